@@ -1,0 +1,21 @@
+/**
+ * Helpers for tests that need external services (Kafka, S3). Locally a missing service skips the
+ * test with a reason; under CI=true it fails, so a broken harness can never pass silently.
+ */
+import type { TestContext } from "node:test";
+
+/** Environment variables that name the external test services. */
+export type ServiceVariable = "KAFKA_BROKERS" | "S3_ENDPOINT";
+
+/**
+ * Returns the value of `variable`, or skips the test (locally) / throws (under CI=true) when it is
+ * unset. Call it first thing in a test: `const brokers = requireService(t, "KAFKA_BROKERS")`.
+ */
+export function requireService(t: TestContext, variable: ServiceVariable): string | undefined {
+  const value = process.env[variable];
+  if (value !== undefined && value !== "") return value;
+  const message = `${variable} is not set: start the test services with 'scripts/test-services.sh up'`;
+  if (process.env["CI"] === "true") throw new Error(`${message} (required under CI=true)`);
+  t.skip(message);
+  return undefined;
+}
