@@ -1,0 +1,213 @@
+/**
+ * The one module that reads the environment. Each service calls its loader once at start-up and
+ * passes typed options down; bad values fail fast with one line naming the variable.
+ */
+import { hostname } from "node:os";
+import { parseDuration } from "./duration.js";
+
+/** Thrown for a missing or malformed environment variable; `variable` names it. */
+export class ConfigError extends Error {
+  override name = "ConfigError";
+  constructor(
+    readonly variable: string,
+    message: string,
+  ) {
+    super(`${variable}: ${message}`);
+  }
+}
+
+type Env = Readonly<Record<string, string | undefined>>;
+
+function str(env: Env, name: string): string | undefined {
+  const v = env[name];
+  return v === undefined || v.trim() === "" ? undefined : v.trim();
+}
+
+function int(env: Env, name: string, def: number, min: number, max: number): number {
+  const v = str(env, name);
+  if (v === undefined) return def;
+  if (!/^-?\d+$/.test(v)) throw new ConfigError(name, `expected an integer, got ${JSON.stringify(v)}`);
+  const n = Number(v);
+  if (n < min || n > max) throw new ConfigError(name, `must be between ${min} and ${max}, got ${n}`);
+  return n;
+}
+
+function port(env: Env, name: string, def: number): number {
+  return int(env, name, def, 0, 65535);
+}
+
+function duration(env: Env, name: string, def: string): number {
+  const v = str(env, name) ?? def;
+  try {
+    return parseDuration(v);
+  } catch (e) {
+    throw new ConfigError(name, (e as Error).message);
+  }
+}
+
+function oneOf<T extends string>(env: Env, name: string, allowed: readonly T[], def: T): T {
+  const v = str(env, name);
+  if (v === undefined) return def;
+  if (!(allowed as readonly string[]).includes(v)) {
+    throw new ConfigError(name, `expected one of ${allowed.join(", ")}, got ${JSON.stringify(v)}`);
+  }
+  return v as T;
+}
+
+function url(env: Env, name: string, protocols: readonly string[]): string | undefined {
+  const v = str(env, name);
+  if (v === undefined) return undefined;
+  let parsed: URL;
+  try {
+    parsed = new URL(v);
+  } catch {
+    throw new ConfigError(name, `not a valid URL: ${JSON.stringify(v)}`);
+  }
+  if (!protocols.includes(parsed.protocol)) {
+    throw new ConfigError(name, `expected a ${protocols.join(" or ")} URL, got ${parsed.protocol}`);
+  }
+  return v;
+}
+
+function hostPort(env: Env, name: string, def: string): string {
+  const v = str(env, name) ?? def;
+  if (!/^[A-Za-z0-9.\-[\]:]+:\d{1,5}$/.test(v)) {
+    throw new ConfigError(name, `expected host:port, got ${JSON.stringify(v)}`);
+  }
+  return v;
+}
+
+/** Log levels accepted by LOG_LEVEL. */
+export const LOG_LEVELS = ["trace", "debug", "info", "warn", "error", "fatal", "silent"] as const;
+/** A log level. */
+export type LogLevel = (typeof LOG_LEVELS)[number];
+
+/** Where the scheduler keeps its state. */
+export interface DatabaseConfig {
+  /** PostgreSQL URL; undefined starts the embedded PostgreSQL. */
+  url: string | undefined;
+  /** Directory of embedded PostgreSQL data and other local state. */
+  dataDir: string;
+  /** Port of the embedded PostgreSQL (0 picks a free one). */
+  embeddedPort: number;
+  /** Connection pool size. */
+  poolSize: number;
+}
+
+/** Kafka publishing; undefined brokers turn it off. */
+export interface KafkaConfig {
+  brokers: string[] | undefined;
+  topic: string;
+  partitions: number;
+  clientId: string;
+}
+
+/** Artifact storage: S3 when an endpoint is set, the filesystem otherwise. */
+export interface ArtifactConfig {
+  s3Endpoint: string | undefined;
+  s3AccessKey: string | undefined;
+  s3SecretKey: string | undefined;
+  s3Region: string;
+  s3Bucket: string;
+  dir: string;
+}
+
+/** Everything the scheduler reads from the environment. */
+export interface SchedulerConfig {
+  host: string;
+  port: number;
+  logLevel: LogLevel;
+  database: DatabaseConfig;
+  kafka: KafkaConfig;
+  artifacts: ArtifactConfig;
+  heartbeatIntervalMs: number;
+  sessionTimeoutMs: number;
+}
+
+/** Everything the executor reads from the environment. */
+export interface ExecutorConfig {
+  schedulerAddress: string;
+  executorId: string;
+  slots: number;
+  taskTypes: string[] | undefined;
+  handlersModule: string | undefined;
+  logLevel: LogLevel;
+  artifacts: ArtifactConfig;
+}
+
+/** Everything the gateway reads from the environment. */
+export interface GatewayConfig {
+  host: string;
+  port: number;
+  schedulerAddress: string;
+  logLevel: LogLevel;
+}
+
+function database(env: Env): DatabaseConfig {
+  return {
+    url: url(env, "DATABASE_URL", ["postgres:", "postgresql:"]),
+    dataDir: str(env, "NEXUSFLOW_DATA_DIR") ?? ".nexusflow",
+    embeddedPort: port(env, "EMBEDDED_PG_PORT", 0),
+    poolSize: int(env, "DATABASE_POOL_SIZE", 10, 2, 200),
+  };
+}
+
+function artifacts(env: Env): ArtifactConfig {
+  return {
+    s3Endpoint: url(env, "S3_ENDPOINT", ["http:", "https:"]),
+    s3AccessKey: str(env, "S3_ACCESS_KEY"),
+    s3SecretKey: str(env, "S3_SECRET_KEY"),
+    s3Region: str(env, "S3_REGION") ?? "us-east-1",
+    s3Bucket: str(env, "S3_BUCKET") ?? "nexusflow",
+    dir: str(env, "ARTIFACTS_DIR") ?? `${str(env, "NEXUSFLOW_DATA_DIR") ?? ".nexusflow"}/artifacts`,
+  };
+}
+
+/** Reads the scheduler's configuration. Throws {@link ConfigError}. */
+export function loadSchedulerConfig(env: Env = process.env): SchedulerConfig {
+  const brokers = str(env, "KAFKA_BROKERS");
+  return {
+    host: str(env, "SCHEDULER_HOST") ?? "127.0.0.1",
+    port: port(env, "SCHEDULER_PORT", 50051),
+    logLevel: oneOf(env, "LOG_LEVEL", LOG_LEVELS, "info"),
+    database: database(env),
+    kafka: {
+      brokers: brokers === undefined ? undefined : brokers.split(",").map((b, i) => {
+        if (!/^[^:\s]+:\d{1,5}$/.test(b.trim())) {
+          throw new ConfigError("KAFKA_BROKERS", `entry ${i + 1} is not host:port: ${JSON.stringify(b)}`);
+        }
+        return b.trim();
+      }),
+      topic: str(env, "KAFKA_TOPIC") ?? "nexusflow.events",
+      partitions: int(env, "KAFKA_PARTITIONS", 6, 1, 1000),
+      clientId: str(env, "KAFKA_CLIENT_ID") ?? "nexusflow-scheduler",
+    },
+    artifacts: artifacts(env),
+    heartbeatIntervalMs: duration(env, "HEARTBEAT_INTERVAL", "2s"),
+    sessionTimeoutMs: duration(env, "SESSION_TIMEOUT", "10s"),
+  };
+}
+
+/** Reads the executor's configuration. Throws {@link ConfigError}. */
+export function loadExecutorConfig(env: Env = process.env): ExecutorConfig {
+  const types = str(env, "EXECUTOR_TASK_TYPES");
+  return {
+    schedulerAddress: hostPort(env, "SCHEDULER_ADDRESS", "127.0.0.1:50051"),
+    executorId: str(env, "EXECUTOR_ID") ?? `${hostname()}-${process.pid}`,
+    slots: int(env, "EXECUTOR_SLOTS", 16, 1, 10_000),
+    taskTypes: types === undefined ? undefined : types.split(",").map((t) => t.trim()).filter((t) => t !== ""),
+    handlersModule: str(env, "EXECUTOR_HANDLERS"),
+    logLevel: oneOf(env, "LOG_LEVEL", LOG_LEVELS, "info"),
+    artifacts: artifacts(env),
+  };
+}
+
+/** Reads the gateway's configuration. Throws {@link ConfigError}. */
+export function loadGatewayConfig(env: Env = process.env): GatewayConfig {
+  return {
+    host: str(env, "GATEWAY_HOST") ?? "127.0.0.1",
+    port: port(env, "GATEWAY_PORT", 8080),
+    schedulerAddress: hostPort(env, "SCHEDULER_ADDRESS", "127.0.0.1:50051"),
+    logLevel: oneOf(env, "LOG_LEVEL", LOG_LEVELS, "info"),
+  };
+}

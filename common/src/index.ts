@@ -1,0 +1,7 @@
+/** @nexusflow/common: configuration, logging, durations and errors shared by the services. */
+export * from "./config.js";
+export * from "./duration.js";
+export * from "./logger.js";
+export * from "./errors.js";
+export * from "./grpc.js";
+export * from "./net.js";

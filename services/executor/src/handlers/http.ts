@@ -1,0 +1,263 @@
+/**
+ * `http`: makes one HTTP request with the global fetch.
+ *
+ * Input:
+ * ```ts
+ * {
+ *   method?: string;                  // default "GET"; upper-cased
+ *   url: string;                      // http: or https: only, no user:password@ (use a header)
+ *   headers?: Record<string, string>;
+ *   body?: unknown;                   // string: sent as-is; anything else: JSON, with
+ *                                     // content-type application/json unless set
+ *   timeout?: string;                 // whole request incl. body, default "30s"
+ * }
+ * ```
+ * Output: `{ status: number, headers: Record<string, string>, body: unknown }`; header names are
+ * lower-case; the body is parsed JSON when the response content-type is JSON, else UTF-8 text.
+ *
+ * Errors: 2xx succeeds. 408, 429 and 5xx are retryable `HTTP_<status>` (Retry-After, in seconds
+ * or as a date, becomes `retryAfterMs`); other statuses are terminal `HTTP_<status>`. Both carry
+ * `details: { status, headers, body }` with the body text cut to 4 KiB. Network failures are
+ * retryable NETWORK_ERROR, the timeout is retryable TIMEOUT, a body over the size cap is terminal
+ * RESPONSE_TOO_LARGE, a 2xx body that is not the JSON it claims is terminal INVALID_RESPONSE,
+ * bad input is INVALID_INPUT, and an abort of `ctx.signal` rejects with `cancellationError`.
+ */
+import { formatDuration } from "@nexusflow/common/duration";
+import { TaskError, cancellationError } from "../task-error.js";
+import { startTimer } from "./timers.js";
+import type { TaskHandler } from "./types.js";
+import { durationField, expectObject, invalidInput, kindOf, optionalString, optionalStringRecord, requiredString } from "./validate.js";
+
+/** Options of {@link createHttpHandler}. */
+export interface HttpHandlerOptions {
+  /**
+   * Largest response body read, in bytes; a larger one fails with RESPONSE_TOO_LARGE.
+   * @default 10 MiB
+   */
+  maxResponseBytes?: number;
+}
+
+/** Input of the `http` handler, as written in a workflow definition. */
+export interface HttpInput {
+  /** HTTP method. @default "GET" */
+  method?: string;
+  /** Absolute http: or https: URL. */
+  url: string;
+  /** Request headers. */
+  headers?: Record<string, string>;
+  /** A string is sent as-is; any other value as JSON. */
+  body?: unknown;
+  /** Duration for the whole exchange, body included. @default "30s" */
+  timeout?: string;
+}
+
+/** {@link HttpInput} after validation. */
+interface ParsedHttpInput {
+  method: string;
+  url: URL;
+  headers: Headers;
+  body: string | undefined;
+  timeoutMs: number;
+}
+
+/** Output of the `http` handler. */
+export interface HttpOutput {
+  /** Response status code (2xx). */
+  status: number;
+  /** Response headers, lower-case names; repeated headers joined with ", ". */
+  headers: Record<string, string>;
+  /** Parsed JSON for JSON content types, otherwise the body as text. */
+  body: unknown;
+}
+
+const DEFAULT_MAX_RESPONSE_BYTES = 10 * 1024 * 1024;
+const DEFAULT_TIMEOUT = "30s";
+const MAX_DETAIL_BODY_CHARS = 4096;
+const INPUT_FIELDS = ["method", "url", "headers", "body", "timeout"] as const;
+const METHOD_TOKEN = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
+const FORBIDDEN_METHODS = new Set(["CONNECT", "TRACE", "TRACK"]);
+const JSON_CONTENT_TYPE = /^(?:application|text)\/(?:[\w.+-]*\+)?json\s*(?:;|$)/i;
+
+/** Creates the `http` handler. */
+export function createHttpHandler(options: HttpHandlerOptions = {}): TaskHandler<unknown, HttpOutput> {
+  const maxResponseBytes = options.maxResponseBytes ?? DEFAULT_MAX_RESPONSE_BYTES;
+  return async (rawInput, ctx) => {
+    const input = parseHttpInput(rawInput);
+    if (ctx.signal.aborted) throw cancellationError(ctx.signal);
+    // Messages name the request without its query string, which often carries tokens.
+    const target = `${input.method} ${input.url.origin}${input.url.pathname}`;
+    const timeout = new AbortController();
+    const stopTimer = startTimer(input.timeoutMs, () => timeout.abort());
+    const signal = AbortSignal.any([ctx.signal, timeout.signal]);
+    // Abort wins over whatever error fetch reports for it; the reason is told apart by signal, not text.
+    const failure = (e: unknown, fallback: () => TaskError): TaskError => {
+      if (ctx.signal.aborted) return cancellationError(ctx.signal);
+      if (timeout.signal.aborted) {
+        return TaskError.retryable("TIMEOUT", `${target} timed out after ${formatDuration(input.timeoutMs)}`, { cause: e });
+      }
+      return fallback();
+    };
+    try {
+      let response: Response;
+      try {
+        response = await fetch(input.url, {
+          method: input.method,
+          headers: input.headers,
+          ...(input.body === undefined ? {} : { body: input.body }),
+          signal,
+        });
+      } catch (e) {
+        throw failure(e, () => TaskError.retryable("NETWORK_ERROR", `${target} failed: ${networkReason(e)}`, { cause: e }));
+      }
+      const headers = headerRecord(response.headers);
+      let text: string;
+      try {
+        text = await readBody(response, maxResponseBytes);
+      } catch (e) {
+        throw failure(e, () =>
+          e instanceof TaskError
+            ? e
+            : TaskError.retryable("NETWORK_ERROR", `${target}: reading the response failed: ${networkReason(e)}`, { cause: e }),
+        );
+      }
+      const isJson = JSON_CONTENT_TYPE.test(headers["content-type"] ?? "");
+      const { status } = response;
+      if (status >= 200 && status < 300) {
+        return { status, headers, body: isJson ? parseJsonBody(text, target, status) : text };
+      }
+      throw statusError(status, response.statusText, headers, text, target);
+    } finally {
+      stopTimer();
+    }
+  };
+}
+
+/** Validates and normalises the handler's input. */
+function parseHttpInput(raw: unknown): ParsedHttpInput {
+  const record = expectObject(raw, INPUT_FIELDS);
+  const method = (optionalString(record, "method") ?? "GET").toUpperCase();
+  if (!METHOD_TOKEN.test(method)) throw invalidInput("method", `${JSON.stringify(method)} is not an HTTP method`);
+  if (FORBIDDEN_METHODS.has(method)) throw invalidInput("method", `${method} is not supported`);
+
+  const urlText = requiredString(record, "url");
+  let url: URL;
+  try {
+    url = new URL(urlText);
+  } catch {
+    throw invalidInput("url", `${JSON.stringify(urlText)} is not an absolute URL`);
+  }
+  if (url.protocol !== "http:" && url.protocol !== "https:") {
+    throw invalidInput("url", `only http: and https: URLs are supported, got ${url.protocol}`);
+  }
+  if (url.username !== "" || url.password !== "") {
+    throw invalidInput("url", "credentials in the URL are not supported; send an Authorization header instead");
+  }
+
+  let headers: Headers;
+  try {
+    headers = new Headers(optionalStringRecord(record, "headers"));
+  } catch (e) {
+    if (e instanceof TaskError) throw e;
+    throw invalidInput("headers", e instanceof Error ? e.message : String(e));
+  }
+
+  let body: string | undefined;
+  const rawBody = record["body"];
+  if (rawBody !== undefined) {
+    if (method === "GET" || method === "HEAD") throw invalidInput("body", `not allowed with ${method}`);
+    if (typeof rawBody === "string") {
+      body = rawBody;
+    } else {
+      const json = JSON.stringify(rawBody);
+      if (typeof json !== "string") throw invalidInput("body", `cannot be sent as JSON (${kindOf(rawBody)})`);
+      body = json;
+      if (!headers.has("content-type")) headers.set("content-type", "application/json");
+    }
+  }
+
+  return { method, url, headers, body, timeoutMs: durationField(record, "timeout", DEFAULT_TIMEOUT) };
+}
+
+/** Reads the whole body as UTF-8, refusing more than `maxBytes`. */
+async function readBody(response: Response, maxBytes: number): Promise<string> {
+  const tooLarge = (): TaskError =>
+    TaskError.terminal("RESPONSE_TOO_LARGE", `response body is larger than ${maxBytes} bytes`, {
+      details: { status: response.status, maxBytes },
+    });
+  const declared = Number(response.headers.get("content-length") ?? Number.NaN);
+  if (Number.isFinite(declared) && declared > maxBytes) {
+    await response.body?.cancel().catch(() => undefined);
+    throw tooLarge();
+  }
+  if (response.body === null) return "";
+  const reader = response.body.getReader();
+  const decoder = new TextDecoder();
+  let size = 0;
+  let text = "";
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    size += value.byteLength;
+    if (size > maxBytes) {
+      await reader.cancel().catch(() => undefined);
+      throw tooLarge();
+    }
+    text += decoder.decode(value, { stream: true });
+  }
+  return text + decoder.decode();
+}
+
+function parseJsonBody(text: string, target: string, status: number): unknown {
+  if (text.trim() === "") return null;
+  try {
+    return JSON.parse(text) as unknown;
+  } catch (e) {
+    throw TaskError.terminal("INVALID_RESPONSE", `${target} returned ${status} with a JSON content-type but the body is not JSON`, {
+      cause: e,
+      details: { status, body: cut(text) },
+    });
+  }
+}
+
+function statusError(status: number, statusText: string, headers: Record<string, string>, text: string, target: string): TaskError {
+  const type = `HTTP_${status}`;
+  const message = `${target} returned ${status}${statusText ? ` ${statusText}` : ""}`;
+  const details = { status, headers, body: cut(text) };
+  if (status === 408 || status === 429 || status >= 500) {
+    const retryAfterMs = parseRetryAfter(headers["retry-after"]);
+    return TaskError.retryable(type, message, { details, retryAfterMs });
+  }
+  return TaskError.terminal(type, message, { details });
+}
+
+/** Retry-After as delay-seconds or an HTTP date, in milliseconds; undefined when absent or invalid. */
+export function parseRetryAfter(value: string | undefined, now = Date.now()): number | undefined {
+  if (value === undefined) return undefined;
+  const trimmed = value.trim();
+  if (/^\d+$/.test(trimmed)) return Number(trimmed) * 1000;
+  const at = Date.parse(trimmed);
+  return Number.isNaN(at) ? undefined : Math.max(0, at - now);
+}
+
+function headerRecord(headers: Headers): Record<string, string> {
+  const record: Record<string, string> = {};
+  for (const [name, value] of headers) {
+    const previous = record[name];
+    record[name] = previous === undefined ? value : `${previous}, ${value}`;
+  }
+  return record;
+}
+
+/** fetch reports "fetch failed" and hides the useful part (ECONNREFUSED, ENOTFOUND) in `cause`. */
+function networkReason(e: unknown): string {
+  const cause = e instanceof Error ? e.cause : undefined;
+  if (cause instanceof Error) {
+    const code = (cause as { code?: unknown }).code;
+    return typeof code === "string" && !cause.message.includes(code) ? `${code}: ${cause.message}` : cause.message;
+  }
+  return e instanceof Error ? e.message : String(e);
+}
+
+function cut(text: string): string {
+  return text.length > MAX_DETAIL_BODY_CHARS ? `${text.slice(0, MAX_DETAIL_BODY_CHARS)}…` : text;
+}

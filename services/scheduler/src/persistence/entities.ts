@@ -1,0 +1,130 @@
+/**
+ * The scheduler's tables, as MikroORM entity schemas. The schema is owned by the committed
+ * migrations in ./migrations; these definitions serve queries and let `schema:diff` catch drift.
+ * Hot-path writes (leases, completions, group commit) go through the batch writer in plain SQL.
+ */
+import { defineEntity, p } from "@mikro-orm/core";
+
+/** An immutable workflow definition, one row per (name, version). */
+export const WorkflowDefinitionEntity = defineEntity({
+  name: "WorkflowDefinition",
+  tableName: "workflow_definitions",
+  properties: {
+    id: p.bigint("number").primary().autoincrement(),
+    name: p.string().length(63),
+    version: p.integer(),
+    spec: p.json<Record<string, unknown>>(),
+    contentHash: p.string().length(64),
+    description: p.text().default(""),
+    createdAt: p.datetime().defaultRaw("now()"),
+  },
+  uniques: [{ name: "workflow_definitions_name_version_uq", properties: ["name", "version"] }],
+});
+
+/** A run of a definition. Labels are JSONB so ListRuns can filter with containment (GIN index). */
+export const WorkflowRunEntity = defineEntity({
+  name: "WorkflowRun",
+  tableName: "workflow_runs",
+  properties: {
+    id: p.uuid().primary(),
+    definitionId: p.bigint("number"),
+    workflowName: p.string().length(63),
+    workflowVersion: p.integer(),
+    status: p.string().length(24),
+    input: p.json<unknown>().nullable(),
+    output: p.json<unknown>().nullable(),
+    error: p.json<unknown>().nullable(),
+    idempotencyKey: p.string().length(200).nullable(),
+    labels: p.json<Record<string, string>>().default("{}"),
+    cancelRequested: p.boolean().default(false),
+    compensateOnCancel: p.boolean().default(false),
+    eventSeq: p.bigint("number").default(0),
+    deadline: p.datetime().nullable(),
+    createdAt: p.datetime().defaultRaw("now()"),
+    updatedAt: p.datetime().defaultRaw("now()"),
+    endedAt: p.datetime().nullable(),
+  },
+  uniques: [{ name: "workflow_runs_idempotency_key_uq", properties: ["idempotencyKey"] }],
+  indexes: [
+    { name: "workflow_runs_created_idx", properties: ["createdAt", "id"] },
+    { name: "workflow_runs_workflow_created_idx", properties: ["workflowName", "createdAt"] },
+    { name: "workflow_runs_status_created_idx", properties: ["status", "createdAt"] },
+  ],
+});
+
+/** One step (or compensation) of a run; `attempt` and `fencingToken` describe the current lease. */
+export const TaskRunEntity = defineEntity({
+  name: "TaskRun",
+  tableName: "task_runs",
+  properties: {
+    id: p.uuid().primary(),
+    runId: p.uuid(),
+    stepId: p.string().length(63),
+    kind: p.string().length(16),
+    type: p.string().length(63),
+    status: p.string().length(16),
+    position: p.integer(),
+    input: p.json<unknown>().nullable(),
+    output: p.json<unknown>().nullable(),
+    outputRef: p.json<unknown>().nullable(),
+    error: p.json<unknown>().nullable(),
+    skipReason: p.string().length(16).nullable(),
+    attempt: p.integer().default(0),
+    fencingToken: p.bigint("number").default(0),
+    executorId: p.string().length(200).nullable(),
+    leaseExpiresAt: p.datetime().nullable(),
+    nextAttemptAt: p.datetime().nullable(),
+    queuedAt: p.datetime().nullable(),
+    createdAt: p.datetime().defaultRaw("now()"),
+    updatedAt: p.datetime().defaultRaw("now()"),
+    endedAt: p.datetime().nullable(),
+  },
+  uniques: [{ name: "task_runs_run_step_kind_uq", properties: ["runId", "stepId", "kind"] }],
+});
+
+/** Every attempt of every task run, for GetRun and audits. */
+export const TaskAttemptEntity = defineEntity({
+  name: "TaskAttempt",
+  tableName: "task_attempts",
+  properties: {
+    taskRunId: p.uuid().primary(),
+    number: p.integer().primary(),
+    runId: p.uuid(),
+    fencingToken: p.bigint("number"),
+    executorId: p.string().length(200),
+    status: p.string().length(16),
+    error: p.json<unknown>().nullable(),
+    logs: p.json<unknown>().nullable(),
+    leasedAt: p.datetime(),
+    startedAt: p.datetime().nullable(),
+    endedAt: p.datetime().nullable(),
+  },
+  indexes: [{ name: "task_attempts_run_idx", properties: ["runId"] }],
+});
+
+/** Transactional outbox: written in the same transaction as the state change it describes. */
+export const OutboxEventEntity = defineEntity({
+  name: "OutboxEvent",
+  tableName: "outbox_events",
+  properties: {
+    id: p.bigint("number").primary().autoincrement(),
+    eventId: p.uuid(),
+    runId: p.uuid(),
+    sequence: p.bigint("number"),
+    type: p.string().length(40),
+    payload: p.blob(),
+    traceContext: p.json<Record<string, string>>().nullable(),
+    createdAt: p.datetime().defaultRaw("now()"),
+    publishedAt: p.datetime().nullable(),
+  },
+  uniques: [{ name: "outbox_events_run_sequence_uq", properties: ["runId", "sequence"] }],
+});
+
+/** Every entity of the scheduler, for the ORM configuration. */
+export const entities = [
+  WorkflowDefinitionEntity,
+  WorkflowRunEntity,
+  TaskRunEntity,
+  TaskAttemptEntity,
+  OutboxEventEntity,
+];

@@ -1,0 +1,56 @@
+import assert from "node:assert/strict";
+import { mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, before, describe, it } from "node:test";
+import { createLogger } from "@nexusflow/common";
+import { openDatabase, type Database } from "../../src/persistence/database.js";
+import { startEmbeddedPostgres, type EmbeddedDatabase } from "../../src/persistence/embedded-postgres.js";
+
+describe("embedded PostgreSQL with migrations", () => {
+  const log = createLogger("test", "warn");
+  let dir: string;
+  let server: EmbeddedDatabase;
+  let db: Database;
+
+  before(async () => {
+    dir = await mkdtemp(join(tmpdir(), "nf-pg-"));
+    server = await startEmbeddedPostgres({ dir: join(dir, "pg"), log });
+    db = await openDatabase({ url: server.url, log });
+  });
+  after(async () => {
+    await db?.close();
+    await server?.stop();
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  it("runs a real PostgreSQL with the schema applied", async () => {
+    const version = await db.pool.query<{ server_version_num: string }>("SHOW server_version_num");
+    assert.ok(Number(version.rows[0]?.server_version_num) >= 150000);
+    const tables = await db.pool.query<{ table_name: string }>(
+      "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' ORDER BY 1",
+    );
+    assert.deepEqual(
+      tables.rows.map((r) => r.table_name),
+      ["nexusflow_migrations", "outbox_events", "task_attempts", "task_runs", "workflow_definitions", "workflow_runs"],
+    );
+  });
+
+  it("enforces immutability keys and keeps the ORM schema in sync with the migrations", async () => {
+    await db.pool.query(`INSERT INTO workflow_definitions (name, version, spec, content_hash) VALUES ('a', 1, '{}', 'h')`);
+    await assert.rejects(
+      db.pool.query(`INSERT INTO workflow_definitions (name, version, spec, content_hash) VALUES ('a', 1, '{}', 'h2')`),
+      /workflow_definitions_name_version_uq/,
+    );
+    const diff = await db.orm.getSchemaGenerator().getUpdateSchemaSQL({ wrap: false, safe: true });
+    // Only the hand-written extras (FKs, partial and GIN indexes) may differ; no missing columns or tables.
+    assert.doesNotMatch(diff, /create table|add column|alter column/i, diff);
+  });
+
+  it("reopens an existing data directory and skips applied migrations", async () => {
+    const second = await openDatabase({ url: server.url, log });
+    const rows = await second.pool.query("SELECT name FROM nexusflow_migrations");
+    assert.equal(rows.rowCount, 1);
+    await second.close();
+  });
+});
