@@ -151,6 +151,13 @@ stop_service() {
       done
     fi
   fi
+  # The exited JVM lingers as a zombie until its adoptive parent reaps it; give that a moment so
+  # callers that check for leftover java processes right after 'down' see none.
+  waited=0
+  while [[ "$(awk '/^State:/ {print $2}' "/proc/$pid/status" 2>/dev/null)" == "Z" ]] && ((waited < 50)); do
+    sleep 0.1
+    waited=$((waited + 1))
+  done
   rm -f "$pidfile"
 }
 
@@ -198,8 +205,18 @@ logger.state.level = WARN
 logger.request.name = kafka.request.logger
 logger.request.level = WARN
 EOF
+  # Kafka 3.x (reload4j) reads the log4j 1 configuration; 4.x the log4j2 one.
+  cat >"$RUN/kafka-log4j.properties" <<'EOF'
+log4j.rootLogger=INFO, out
+log4j.appender.out=org.apache.log4j.ConsoleAppender
+log4j.appender.out.layout=org.apache.log4j.PatternLayout
+log4j.appender.out.layout.ConversionPattern=[%d] %p %m (%c)%n
+log4j.logger.state.change.logger=WARN
+log4j.logger.kafka.request.logger=WARN
+EOF
   local jvm=(java -Xms128m -Xmx512m -XX:+UseG1GC -Djava.awt.headless=true
-    "-Dlog4j2.configurationFile=$RUN/kafka-log4j2.properties" -cp "$lib/*")
+    "-Dlog4j2.configurationFile=$RUN/kafka-log4j2.properties"
+    "-Dlog4j.configuration=file:$RUN/kafka-log4j.properties" -cp "$lib/*")
   cluster_id="$(kafka_cluster_id)"
   if ! "${jvm[@]}" kafka.tools.StorageTool format -t "$cluster_id" -c "$RUN/kafka.properties" \
     --ignore-formatted >"$RUN/kafka-format.log" 2>&1; then
