@@ -5,3 +5,4 @@ export * from "./logger.js";
 export * from "./errors.js";
 export * from "./grpc.js";
 export * from "./net.js";
+export * from "./json-value.js";

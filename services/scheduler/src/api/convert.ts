@@ -1,0 +1,103 @@
+/** Database rows to API messages. */
+import { create, type MessageInitShape } from "@bufbuild/protobuf";
+import { timestampFromDate } from "@bufbuild/protobuf/wkt";
+import { errorToProto, jsonToValue } from "@nexusflow/common";
+import {
+  RunSchema,
+  RunStatus,
+  TaskKind,
+  TaskStatus,
+  WorkflowDefinitionSchema,
+  WorkflowSpecSchema,
+  type Run,
+  type WorkflowDefinition,
+} from "@nexusflow/gen";
+import { fromJson, type JsonValue } from "@bufbuild/protobuf";
+import type { DefinitionRow } from "../engine/definitions.js";
+import type { ErrorInfo } from "../engine/model.js";
+import type { RunDetail, RunRow } from "../persistence/run-store.js";
+
+function ts(d: Date | null | undefined): ReturnType<typeof timestampFromDate> | undefined {
+  return d === null || d === undefined ? undefined : timestampFromDate(d);
+}
+
+function err(e: unknown): ReturnType<typeof errorToProto> | undefined {
+  return e === null || e === undefined ? undefined : errorToProto(e as ErrorInfo);
+}
+
+/** Stored run status name to the enum. */
+export function runStatus(name: string): RunStatus {
+  return RunStatus[name as keyof typeof RunStatus] ?? RunStatus.UNSPECIFIED;
+}
+
+/** Stored task status name to the enum. */
+export function taskStatus(name: string): TaskStatus {
+  return TaskStatus[name as keyof typeof TaskStatus] ?? TaskStatus.UNSPECIFIED;
+}
+
+/** Enum to stored run status name. */
+export function runStatusName(status: RunStatus): string {
+  return RunStatus[status];
+}
+
+function runInit(run: RunRow): MessageInitShape<typeof RunSchema> {
+  return {
+    id: run.id,
+    workflowName: run.workflowName,
+    workflowVersion: run.workflowVersion,
+    status: runStatus(run.status),
+    input: jsonToValue(run.input),
+    ...(run.output === null || run.output === undefined ? {} : { output: jsonToValue(run.output) }),
+    ...(err(run.error) === undefined ? {} : { error: err(run.error) }),
+    idempotencyKey: run.idempotencyKey ?? "",
+    labels: run.labels,
+    createTime: ts(run.createdAt),
+    endTime: ts(run.endedAt),
+    deadline: ts(run.deadline),
+  } as MessageInitShape<typeof RunSchema>;
+}
+
+/** A run without tasks (ListRuns). */
+export function runSummary(run: RunRow): Run {
+  return create(RunSchema, runInit(run));
+}
+
+/** A run with every task and attempt (GetRun, WatchRun). */
+export function runDetail(detail: RunDetail): Run {
+  const tasks = detail.tasks.map((t) => ({
+    id: t.id,
+    stepId: t.stepId,
+    kind: t.kind === "COMPENSATION" ? TaskKind.COMPENSATION : TaskKind.STEP,
+    type: t.type,
+    status: taskStatus(t.status),
+    ...(t.input === null || t.input === undefined ? {} : { input: jsonToValue(t.input) }),
+    ...(t.output === null || t.output === undefined ? {} : { output: jsonToValue(t.output) }),
+    ...(err(t.error) === undefined ? {} : { error: err(t.error) }),
+    attempts: (detail.attempts.get(t.id) ?? []).map((a) => ({
+      number: a.number,
+      fencingToken: BigInt(a.fencingToken),
+      executorId: a.executorId,
+      leaseTime: ts(a.leasedAt),
+      startTime: ts(a.startedAt),
+      endTime: ts(a.endedAt),
+      status: taskStatus(a.status),
+      ...(err(a.error) === undefined ? {} : { error: err(a.error) }),
+    })),
+    nextAttemptTime: ts(t.nextAttemptAt),
+    skipReason: t.skipReason ?? "",
+    createTime: ts(t.createdAt),
+    endTime: ts(t.endedAt),
+  }));
+  return create(RunSchema, { ...runInit(detail.run), tasks } as MessageInitShape<typeof RunSchema>);
+}
+
+/** A definition row to the API message. */
+export function definition(row: DefinitionRow): WorkflowDefinition {
+  return create(WorkflowDefinitionSchema, {
+    name: row.name,
+    version: row.version,
+    spec: fromJson(WorkflowSpecSchema, row.spec as JsonValue, { ignoreUnknownFields: true }),
+    contentHash: row.contentHash,
+    createTime: timestampFromDate(row.createdAt),
+  });
+}

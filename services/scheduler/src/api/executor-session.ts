@@ -1,0 +1,150 @@
+/**
+ * ExecutorService.Session: one bidirectional stream per executor. The first message must be
+ * Attach; afterwards every report is judged by the engine, and a report that is not accepted is
+ * answered with Rejected (the stream stays open, nothing changes).
+ */
+import { randomUUID } from "node:crypto";
+import { create } from "@bufbuild/protobuf";
+import * as grpc from "@grpc/grpc-js";
+import { valueToJson, type Logger } from "@nexusflow/common";
+import { SessionResponseSchema, type LeaseKey, type SessionRequest, type SessionResponse } from "@nexusflow/gen";
+import type { Engine, Rejection } from "../engine/engine.js";
+import type { SessionHandle } from "../engine/dispatcher.js";
+
+const TYPE_NAME = /^[a-z][a-z0-9._-]{0,62}$/;
+
+/** The ExecutorService implementation for grpc-js. */
+export function executorService(engine: Engine, log: Logger): grpc.UntypedServiceImplementation {
+  return {
+    session: (call: grpc.ServerDuplexStream<SessionRequest, SessionResponse>) => {
+      let session: SessionHandle | undefined;
+      let ended = false;
+      const send = (m: SessionResponse): void => {
+        if (!ended && !call.writableEnded && !call.destroyed) call.write(m);
+      };
+      const fail = (code: grpc.status, details: string): void => {
+        if (ended) return;
+        ended = true;
+        call.emit("error", { code, details, metadata: new grpc.Metadata() });
+      };
+      const reject = (key: LeaseKey | undefined, r: Rejection): void => {
+        log.warn({ sessionId: session?.id, executorId: session?.executorId, code: r.code, taskRunId: key?.taskRunId }, `report rejected: ${r.message}`);
+        send(create(SessionResponseSchema, { message: { case: "rejected", value: { ...(key === undefined ? {} : { key }), code: r.code, message: r.message } } }));
+      };
+      const finish = (): void => {
+        if (session !== undefined) engine.detachSession(session);
+        ended = true;
+      };
+      call.on("error", () => finish());
+      call.on("end", () => {
+        finish();
+        if (!call.writableEnded) call.end();
+      });
+      call.on("close", () => finish());
+      call.on("data", (msg: SessionRequest) => {
+        if (ended) return;
+        const m = msg.message;
+        if (session === undefined) {
+          if (m.case !== "attach") {
+            fail(grpc.status.FAILED_PRECONDITION, "the first message of a session must be attach");
+            return;
+          }
+          const a = m.value;
+          if (a.executorId === "" || a.executorId.length > 200) {
+            fail(grpc.status.INVALID_ARGUMENT, "attach.executor_id: required, at most 200 characters");
+            return;
+          }
+          const bad = a.taskTypes.find((t) => !TYPE_NAME.test(t));
+          if (a.taskTypes.length === 0 || bad !== undefined) {
+            fail(grpc.status.INVALID_ARGUMENT, bad === undefined ? "attach.task_types: at least one task type" : `attach.task_types: invalid type ${JSON.stringify(bad)}`);
+            return;
+          }
+          if (engine.state !== "RUNNING") {
+            fail(grpc.status.UNAVAILABLE, `the scheduler is ${engine.state.toLowerCase()}`);
+            return;
+          }
+          session = {
+            id: randomUUID(),
+            executorId: a.executorId,
+            types: new Set(a.taskTypes),
+            credit: 0,
+            leases: new Set(),
+            draining: false,
+            lastSeen: performance.now(),
+            send,
+            close: (reason) => fail(grpc.status.UNAVAILABLE, reason),
+          };
+          const revoked = engine.attach(session, a.heldLeases);
+          send(
+            create(SessionResponseSchema, {
+              message: {
+                case: "attachAck",
+                value: {
+                  sessionId: session.id,
+                  heartbeatIntervalMs: engine.heartbeatIntervalMs,
+                  sessionTimeoutMs: engine.sessionTimeoutMs,
+                  revoked,
+                },
+              },
+            }),
+          );
+          return;
+        }
+        session.lastSeen = performance.now();
+        let r: Rejection | null = null;
+        let key: LeaseKey | undefined;
+        switch (m.case) {
+          case "attach":
+            r = { code: "FAILED_PRECONDITION", message: "already attached" };
+            break;
+          case "credit":
+            r = engine.onCredit(session, m.value.n);
+            break;
+          case "started":
+            key = m.value.key;
+            r = engine.onStarted(session, key);
+            break;
+          case "heartbeat":
+            key = m.value.key;
+            if (key !== undefined) r = engine.onHeartbeat(session, key);
+            break;
+          case "completed":
+            key = m.value.key;
+            r = engine.onCompleted(session, key, valueToJson(m.value.output), m.value.outputRef ?? null, m.value.logs ?? null);
+            break;
+          case "failed": {
+            key = m.value.key;
+            const e = m.value.error;
+            r = engine.onFailed(
+              session,
+              key,
+              {
+                type: e?.type || "UNKNOWN",
+                message: e?.message ?? "",
+                retryable: e?.retryable ?? true,
+                ...(e?.details === undefined ? {} : { details: valueToJson(e.details) }),
+              },
+              Number(m.value.retryAfterMs),
+              m.value.logs ?? null,
+            );
+            break;
+          }
+          case "drain": {
+            const outstanding = engine.onDrain(session);
+            send(create(SessionResponseSchema, { message: { case: "drainAck", value: { outstanding } } }));
+            break;
+          }
+          case "release":
+            key = m.value.key;
+            r = engine.onRelease(session, key, m.value.reason);
+            break;
+          case "pong":
+            break;
+          default:
+            r = { code: "INVALID_ARGUMENT", message: "empty or unknown session message" };
+        }
+        if (r !== null) reject(key, r);
+      });
+    },
+  };
+}

@@ -1,0 +1,156 @@
+/** WorkflowService over gRPC: validates requests, calls the engine and the stores. */
+import { create, toJson } from "@bufbuild/protobuf";
+import { timestampDate, timestampNow } from "@bufbuild/protobuf/wkt";
+import type * as grpc from "@grpc/grpc-js";
+import { ApiError, Code, serverStream, unary, valueToJson } from "@nexusflow/common";
+import {
+  CancelRunResponseSchema,
+  GetRunResponseSchema,
+  GetWorkflowResponseSchema,
+  ListRunsResponseSchema,
+  ListWorkflowsResponseSchema,
+  RegisterWorkflowResponseSchema,
+  RunStatus,
+  StartRunResponseSchema,
+  WatchRunResponseSchema,
+  WorkflowSpecSchema,
+  type CancelRunRequest,
+  type GetRunRequest,
+  type GetWorkflowRequest,
+  type ListRunsRequest,
+  type ListWorkflowsRequest,
+  type RegisterWorkflowRequest,
+  type StartRunRequest,
+  type WatchRunRequest,
+  type WatchRunResponse,
+} from "@nexusflow/gen";
+import type { Engine } from "../engine/engine.js";
+import { TERMINAL_RUN_STATUSES, type RunStatusName } from "../engine/model.js";
+import { checkRunId, type RunStore } from "../persistence/run-store.js";
+import { definition, runDetail, runStatusName, runSummary } from "./convert.js";
+
+const LABEL_KEY = /^[a-z0-9]([a-z0-9._/-]{0,61}[a-z0-9])?$/i;
+
+function checkLabels(labels: Record<string, string>): void {
+  const entries = Object.entries(labels);
+  if (entries.length > 32) throw ApiError.invalid("labels", "at most 32 labels");
+  for (const [k, v] of entries) {
+    if (!LABEL_KEY.test(k)) throw ApiError.invalid(`labels[${k}]`, "keys are 1-63 letters, digits, '.', '_', '/' or '-'");
+    if (v.length > 255) throw ApiError.invalid(`labels[${k}]`, "values are at most 255 characters");
+  }
+}
+
+function parseSpecJson(text: string): unknown {
+  if (text.length > 1024 * 1024) throw ApiError.invalid("spec_json", "larger than 1 MiB");
+  try {
+    return JSON.parse(text) as unknown;
+  } catch (e) {
+    throw ApiError.invalid("spec_json", `not valid JSON: ${(e as Error).message}`);
+  }
+}
+
+/** The WorkflowService implementation for grpc-js. */
+export function workflowService(engine: Engine, runs: RunStore): grpc.UntypedServiceImplementation {
+  return {
+    registerWorkflow: unary(async (req: RegisterWorkflowRequest) => {
+      let spec: unknown;
+      if (req.definition.case === "specJson") spec = parseSpecJson(req.definition.value);
+      else if (req.definition.case === "spec") spec = toJson(WorkflowSpecSchema, req.definition.value);
+      else throw ApiError.invalid("definition", "set spec or spec_json");
+      const { row, created } = await engine.definitions.register(spec);
+      return create(RegisterWorkflowResponseSchema, { workflow: definition(row), created });
+    }),
+
+    getWorkflow: unary(async (req: GetWorkflowRequest) => {
+      const row = await engine.definitions.get(req.name, req.version);
+      return create(GetWorkflowResponseSchema, { workflow: definition(row) });
+    }),
+
+    listWorkflows: unary(async (req: ListWorkflowsRequest) => {
+      const page = await engine.definitions.list(req.name, req.pageSize, req.pageToken, req.latestOnly);
+      return create(ListWorkflowsResponseSchema, { workflows: page.rows.map(definition), nextPageToken: page.nextPageToken });
+    }),
+
+    startRun: unary(async (req: StartRunRequest) => {
+      if (req.workflowName === "") throw ApiError.invalid("workflow_name", "a workflow name is required");
+      if (req.workflowVersion < 0) throw ApiError.invalid("workflow_version", "must be 0 (latest) or a positive version");
+      if (req.idempotencyKey.length > 200) throw ApiError.invalid("idempotency_key", "at most 200 characters");
+      checkLabels(req.labels);
+      const { runId, created } = await engine.startRun({
+        workflowName: req.workflowName,
+        workflowVersion: req.workflowVersion,
+        input: valueToJson(req.input),
+        idempotencyKey: req.idempotencyKey,
+        labels: { ...req.labels },
+      });
+      return create(StartRunResponseSchema, { run: runDetail(await runs.get(runId)), created });
+    }),
+
+    getRun: unary(async (req: GetRunRequest) => {
+      return create(GetRunResponseSchema, { run: runDetail(await runs.get(req.runId)) });
+    }),
+
+    listRuns: unary(async (req: ListRunsRequest) => {
+      for (const [i, s] of req.statuses.entries()) {
+        if (s === RunStatus.UNSPECIFIED || RunStatus[s] === undefined) throw ApiError.invalid(`statuses[${i}]`, `unknown run status ${s}`);
+      }
+      const page = await runs.list({
+        workflowName: req.workflowName,
+        statuses: req.statuses.map(runStatusName),
+        labels: req.labels,
+        createdAfter: req.createdAfter === undefined ? undefined : timestampDate(req.createdAfter),
+        createdBefore: req.createdBefore === undefined ? undefined : timestampDate(req.createdBefore),
+        pageSize: req.pageSize,
+        pageToken: req.pageToken,
+      });
+      return create(ListRunsResponseSchema, { runs: page.runs.map(runSummary), nextPageToken: page.nextPageToken });
+    }),
+
+    cancelRun: unary(async (req: CancelRunRequest) => {
+      checkRunId(req.runId);
+      if (req.compensate) throw new ApiError(Code.UNIMPLEMENTED, "compensate on cancel is not available yet");
+      await runs.get(req.runId);
+      await engine.cancelRun(req.runId, req.reason === "" ? "cancelled by request" : req.reason);
+      return create(CancelRunResponseSchema, { run: runDetail(await runs.get(req.runId)) });
+    }),
+
+    watchRun: serverStream(async (req: WatchRunRequest, send: (m: WatchRunResponse) => Promise<void>, signal: AbortSignal) => {
+      checkRunId(req.runId);
+      let wake: (() => void) | undefined;
+      let dirty = true;
+      // Subscribe before the first read so no commit falls between them.
+      const unsubscribe = engine.watch(req.runId, () => {
+        dirty = true;
+        wake?.();
+      });
+      const onAbort = (): void => wake?.();
+      signal.addEventListener("abort", onAbort);
+      try {
+        let previous = new Map<string, string>();
+        let first = true;
+        while (!signal.aborted) {
+          if (!dirty) {
+            await new Promise<void>((resolve) => (wake = resolve));
+            wake = undefined;
+            continue;
+          }
+          dirty = false;
+          const detail = await runs.get(req.runId);
+          const run = runDetail(detail);
+          const current = new Map(detail.tasks.map((t) => [t.id, `${t.status}:${t.attempt}`]));
+          const changed = first ? [] : [...current].filter(([id, s]) => previous.get(id) !== s).map(([id]) => id);
+          if (first || changed.length > 0 || TERMINAL_RUN_STATUSES.has(detail.run.status as RunStatusName)) {
+            await send(create(WatchRunResponseSchema, { run, changedTaskIds: changed, time: timestampNow() }));
+          }
+          first = false;
+          previous = current;
+          if (TERMINAL_RUN_STATUSES.has(detail.run.status as RunStatusName)) return;
+        }
+      } finally {
+        unsubscribe();
+        signal.removeEventListener("abort", onAbort);
+      }
+    }),
+  };
+}
+

@@ -1,0 +1,84 @@
+/**
+ * The pure DAG engine of the scheduler: workflow validation and compilation, templates, the `when`
+ * expression language, run evaluation, saga compensation order and retry arithmetic. No I/O.
+ */
+export {
+  DagError,
+  EvaluationError,
+  ExpressionSyntaxError,
+  RenderError,
+  isDagError,
+  type DagErrorCode,
+  type SpecError,
+} from "./errors.js";
+export {
+  MAX_EXPRESSION_DEPTH,
+  MAX_EXPRESSION_LENGTH,
+  evaluateExpression,
+  expressionPaths,
+  parseExpression,
+  resolvePath,
+  truthy,
+  type BinaryOp,
+  type EvalScope,
+  type Expr,
+  type FunctionName,
+  type PathExpr,
+  type PathRoot,
+  type Resolution,
+  type StepView,
+} from "./expr.js";
+export {
+  compensationOrder,
+  evaluateRun,
+  renderCompensationInput,
+  type CompensationInput,
+  type Evaluation,
+  type FailDecision,
+  type ReadyStep,
+  type RunOutcome,
+  type SkipDecision,
+  type StepDecisionError,
+} from "./evaluate.js";
+export { canonicalJson, contentHash, jsonEqual, type JsonValue } from "./json.js";
+export {
+  DEFAULT_BACKOFF_COEFFICIENT,
+  DEFAULT_INITIAL_INTERVAL_MS,
+  DEFAULT_JITTER,
+  DEFAULT_MAX_ATTEMPTS,
+  DEFAULT_MAX_INTERVAL_FACTOR,
+  DEFAULT_RETRY_POLICY,
+  MAX_ATTEMPTS_LIMIT,
+  MAX_BACKOFF_COEFFICIENT,
+  isRetryableError,
+  resolveRetryPolicy,
+  retryDelayMs,
+  type Jitter,
+  type ResolvedRetryPolicy,
+} from "./retry.js";
+export { compileSchema, validateAgainstSchema, type CompiledSchema, type SchemaType } from "./schema.js";
+export {
+  MAX_DEPENDENCIES,
+  MAX_DESCRIPTION_LENGTH,
+  MAX_SPEC_BYTES,
+  MAX_SPEC_DEPTH,
+  MAX_STEPS,
+  MAX_VERSION,
+  NAME_PATTERN,
+  STEP_ID_PATTERN,
+  type CompensateSpec,
+  type CompiledCompensation,
+  type CompiledStep,
+  type CompiledWorkflow,
+  type ResolvedTimeouts,
+  type RetryPolicy,
+  type RunInfo,
+  type SkipReason,
+  type StepSpec,
+  type StepState,
+  type StepStatus,
+  type StepTimeouts,
+  type WorkflowSpec,
+} from "./spec.js";
+export { compileTemplate, renderTemplate, templatePaths, type Template } from "./template.js";
+export { compileWorkflow, validateRunInput, type CompileResult } from "./validate.js";

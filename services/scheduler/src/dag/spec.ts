@@ -1,0 +1,182 @@
+/**
+ * Types of the workflow definition language (what users write), of the compiled form the
+ * scheduler works with, and of the run state the evaluator reads.
+ */
+import type { Expr } from "./expr.js";
+import type { ResolvedRetryPolicy } from "./retry.js";
+import type { CompiledSchema } from "./schema.js";
+import type { Template } from "./template.js";
+
+/** Largest accepted workflow definition: 1 MiB of UTF-8 JSON text. */
+export const MAX_SPEC_BYTES = 1024 * 1024;
+/** Most steps in one workflow. */
+export const MAX_STEPS = 1000;
+/** Most entries in one step's `dependsOn`. */
+export const MAX_DEPENDENCIES = 100;
+/** Deepest nesting of arrays/objects anywhere in a definition (the step input is 4 levels down). */
+export const MAX_SPEC_DEPTH = 80;
+/** Longest `description`, in characters. */
+export const MAX_DESCRIPTION_LENGTH = 10_000;
+/** Highest accepted `version` (fits a PostgreSQL integer). */
+export const MAX_VERSION = 2_147_483_647;
+/** Workflow names and task types: lower case, starting with a letter, at most 63 characters. */
+export const NAME_PATTERN = /^[a-z][a-z0-9._-]{0,62}$/;
+/** Step ids: letters, digits, `_` and `-`, not starting with a digit or `-`, at most 63 characters. */
+export const STEP_ID_PATTERN = /^[A-Za-z_][A-Za-z0-9_-]{0,62}$/;
+
+/** Retry policy as written; every field is optional and falls back to `defaults.retry`, then to the engine defaults. */
+export interface RetryPolicy {
+  /** Total attempts including the first, 1..100. */
+  maxAttempts?: number;
+  /** Delay before the second attempt, a duration such as "1s". */
+  initialInterval?: string;
+  /** Growth factor of the delay per attempt, 1..100. */
+  backoffCoefficient?: number;
+  /** Cap on the delay, a duration; must not be below initialInterval. */
+  maxInterval?: string;
+  /** How the delay is randomised. */
+  jitter?: "none" | "full" | "equal";
+  /** Error types (as reported by the task) that are never retried. */
+  nonRetryableErrors?: string[];
+}
+
+/** Per-attempt time limits as written (durations). */
+export interface StepTimeouts {
+  /** From being scheduled to being picked up by an executor. */
+  scheduleToStart?: string;
+  /** From being picked up to finishing one attempt. */
+  startToClose?: string;
+  /** Longest gap between heartbeats of a running attempt. */
+  heartbeat?: string;
+}
+
+/** Saga compensation of a step: a task run to undo it when the run fails after it succeeded. */
+export interface CompensateSpec {
+  type: string;
+  /** Templated; may use `step.input` / `step.output` (the compensated step's own). */
+  input?: unknown;
+  retry?: RetryPolicy;
+}
+
+/** One step of a workflow as written. */
+export interface StepSpec {
+  id: string;
+  type: string;
+  /** Templated value rendered when the step becomes ready. */
+  input?: unknown;
+  dependsOn?: string[];
+  /** Expression; the step is skipped ("condition") when it is falsy. */
+  when?: string;
+  retry?: RetryPolicy;
+  timeouts?: StepTimeouts;
+  compensate?: CompensateSpec;
+}
+
+/** A workflow definition as written by users (JSON). */
+export interface WorkflowSpec {
+  name: string;
+  version: number;
+  description?: string;
+  /** JSON Schema (practical subset) for the run input. */
+  input?: Record<string, unknown>;
+  defaults?: { retry?: RetryPolicy; timeouts?: StepTimeouts };
+  /** Run-level timeout, a duration. */
+  timeout?: string;
+  steps: StepSpec[];
+  /** Templated value computed when the run succeeds. */
+  output?: unknown;
+}
+
+/** Time limits in milliseconds; null means "no limit". */
+export interface ResolvedTimeouts {
+  readonly scheduleToStartMs: number | null;
+  readonly startToCloseMs: number | null;
+  readonly heartbeatMs: number | null;
+}
+
+/** A compensation with its template parsed and its retry policy merged with the workflow defaults. */
+export interface CompiledCompensation {
+  readonly type: string;
+  readonly input: Template | null;
+  readonly retry: ResolvedRetryPolicy;
+  /** Compensation tasks use the workflow-level `defaults.timeouts` (they are a different task type than the step). */
+  readonly timeouts: ResolvedTimeouts;
+}
+
+/** One step, validated, with everything the scheduler needs precomputed. */
+export interface CompiledStep {
+  readonly id: string;
+  readonly type: string;
+  /** Position in `spec.steps`, for locating errors (`$.steps[specIndex]`). */
+  readonly specIndex: number;
+  /** Position in the workflow's topological order (`CompiledWorkflow.steps[order]` is this step). */
+  readonly order: number;
+  readonly dependsOn: readonly string[];
+  /** Steps that list this one in their `dependsOn`. */
+  readonly dependents: readonly string[];
+  /** Topological positions of `dependsOn`, for O(edges) evaluation. */
+  readonly dependencyOrders: readonly number[];
+  /** Topological positions of `dependents`. */
+  readonly dependentOrders: readonly number[];
+  readonly when: Expr | null;
+  readonly input: Template | null;
+  /** Step retry merged over `defaults.retry` over the engine defaults. */
+  readonly retry: ResolvedRetryPolicy;
+  /** Step timeouts merged over `defaults.timeouts`. */
+  readonly timeouts: ResolvedTimeouts;
+  readonly compensate: CompiledCompensation | null;
+  /** The step as written. */
+  readonly spec: Readonly<StepSpec>;
+}
+
+/** A validated workflow: the (deep-frozen) spec plus precomputed graph, templates and policies. */
+export interface CompiledWorkflow {
+  readonly name: string;
+  readonly version: number;
+  /** The definition as written (a frozen JSON copy; nothing filled in). */
+  readonly spec: Readonly<WorkflowSpec>;
+  /** Key-order-independent serialization of `spec`. */
+  readonly canonicalJson: string;
+  /** sha256 hex of `canonicalJson`: equal hashes mean identical content. */
+  readonly contentHash: string;
+  /** Run-level timeout; null when none. */
+  readonly timeoutMs: number | null;
+  /** Steps in topological order (dependencies first; ties keep the order of `spec.steps`). */
+  readonly steps: readonly CompiledStep[];
+  readonly stepsById: ReadonlyMap<string, CompiledStep>;
+  /** Step ids in topological order. */
+  readonly order: readonly string[];
+  /** Step id to the ids it depends on. */
+  readonly dependencies: ReadonlyMap<string, readonly string[]>;
+  /** Step id to the ids that depend on it. */
+  readonly dependents: ReadonlyMap<string, readonly string[]>;
+  /** Parsed `output` mapping; null when the spec has none. */
+  readonly output: Template | null;
+  /** Compiled `input` schema; null when the spec has none. */
+  readonly inputSchema: CompiledSchema | null;
+}
+
+/** Lifecycle of a step as the scheduler records it ("active" = leased, running or waiting for a retry). */
+export type StepStatus = "pending" | "active" | "succeeded" | "failed" | "skipped" | "cancelled";
+
+/** Why a step was skipped: its `when` was false, or something upstream failed / was skipped for that reason. */
+export type SkipReason = "condition" | "upstream";
+
+/** What the evaluator needs to know about one step of a run. Missing entries count as "pending". */
+export interface StepState {
+  readonly status: StepStatus;
+  /** Result of a succeeded step. */
+  readonly output?: unknown;
+  /** Rendered input the step ran with (used for `step.input` in compensations). */
+  readonly input?: unknown;
+  /** Set with status "skipped"; a skipped state without it counts as "upstream". */
+  readonly skipReason?: SkipReason;
+}
+
+/** Identity of a run, visible to templates as `run.*`. */
+export interface RunInfo {
+  readonly id: string;
+  /** Workflow name. */
+  readonly workflow: string;
+  readonly version: number;
+}

@@ -1,0 +1,648 @@
+/**
+ * compileWorkflow: validates a workflow definition and, when it is sound, precomputes everything
+ * the evaluator needs. All problems are collected in one pass (with JSON paths) so an author can fix
+ * a definition in one round trip instead of one error at a time.
+ */
+import { DurationError, parseDuration } from "@nexusflow/common/duration";
+import type { SpecError } from "./errors.js";
+import { ExpressionSyntaxError } from "./errors.js";
+import { MAX_EXPRESSION_LENGTH, expressionPaths, parseExpression } from "./expr.js";
+import type { Expr, PathExpr } from "./expr.js";
+import { analyzeGraph } from "./graph.js";
+import { createHash } from "node:crypto";
+import { canonicalJson, isPlainObject, jsonTypeOf, pathJoin } from "./json.js";
+import { MAX_ATTEMPTS_LIMIT, MAX_BACKOFF_COEFFICIENT, resolveRetryPolicy } from "./retry.js";
+import { compileSchema, validateAgainstSchema } from "./schema.js";
+import type { CompiledSchema } from "./schema.js";
+import {
+  MAX_DEPENDENCIES,
+  MAX_DESCRIPTION_LENGTH,
+  MAX_SPEC_BYTES,
+  MAX_SPEC_DEPTH,
+  MAX_STEPS,
+  MAX_VERSION,
+  NAME_PATTERN,
+  STEP_ID_PATTERN,
+} from "./spec.js";
+import type {
+  CompiledCompensation,
+  CompiledStep,
+  CompiledWorkflow,
+  ResolvedTimeouts,
+  RetryPolicy,
+  StepSpec,
+  StepTimeouts,
+  WorkflowSpec,
+} from "./spec.js";
+import { compileTemplate, templatePaths } from "./template.js";
+import type { Template } from "./template.js";
+
+/** Result of {@link compileWorkflow}: the compiled workflow, or every problem found. */
+export type CompileResult = { readonly ok: true; readonly workflow: CompiledWorkflow } | { readonly ok: false; readonly errors: SpecError[] };
+
+/** Most entries in `nonRetryableErrors`. */
+export const MAX_NON_RETRYABLE_ERRORS = 100;
+/** Longest error type in `nonRetryableErrors`. */
+export const MAX_ERROR_TYPE_LENGTH = 256;
+
+const WORKFLOW_FIELDS = ["name", "version", "description", "input", "defaults", "timeout", "steps", "output"];
+const STEP_FIELDS = ["id", "type", "input", "dependsOn", "when", "retry", "timeouts", "compensate"];
+const COMPENSATE_FIELDS = ["type", "input", "retry"];
+const DEFAULTS_FIELDS = ["retry", "timeouts"];
+const RETRY_FIELDS = ["maxAttempts", "initialInterval", "backoffCoefficient", "maxInterval", "jitter", "nonRetryableErrors"];
+const TIMEOUT_FIELDS = ["scheduleToStart", "startToClose", "heartbeat"];
+const JITTERS = ["none", "full", "equal"];
+// Suggestions cost O(candidates × length²) each; a hostile spec with thousands of typos must not make validation slow.
+const SUGGESTION_BUDGET = 50;
+
+function editDistance(a: string, b: string, limit: number): number {
+  if (Math.abs(a.length - b.length) > limit) return limit + 1;
+  let prev = Array.from({ length: b.length + 1 }, (_, j) => j);
+  for (let i = 1; i <= a.length; i++) {
+    const row = [i];
+    for (let j = 1; j <= b.length; j++) {
+      const cost = a[i - 1] === b[j - 1] ? 0 : 1;
+      row[j] = Math.min((prev[j] as number) + 1, (row[j - 1] as number) + 1, (prev[j - 1] as number) + cost);
+    }
+    prev = row;
+  }
+  return prev[b.length] as number;
+}
+
+/** Collects errors and owns the helpers that check one kind of field each. */
+class Checker {
+  readonly errors: SpecError[] = [];
+  private suggestions = 0;
+
+  err(path: string, message: string): void {
+    this.errors.push({ path, message });
+  }
+
+  suggest(word: string, options: Iterable<string>): string {
+    if (this.suggestions >= SUGGESTION_BUDGET) return "";
+    this.suggestions++;
+    let best: string | undefined;
+    let bestDistance = 3;
+    for (const option of options) {
+      if (option.toLowerCase() === word.toLowerCase()) return ` (did you mean "${option}"?)`;
+      const d = editDistance(word, option, 2);
+      if (d < bestDistance) {
+        best = option;
+        bestDistance = d;
+      }
+    }
+    return best !== undefined && word.length > 2 ? ` (did you mean "${best}"?)` : "";
+  }
+
+  /** Checks that `value` is an object with only `allowed` keys; returns it as a record or undefined. */
+  object(value: unknown, path: string, what: string, allowed: readonly string[]): Record<string, unknown> | undefined {
+    if (!isPlainObject(value)) {
+      this.err(path, `${what} must be an object, got ${jsonTypeOf(value)}`);
+      return undefined;
+    }
+    for (const key of Object.keys(value)) {
+      if (!allowed.includes(key)) {
+        this.err(
+          pathJoin(path, key),
+          `unknown field ${JSON.stringify(key)} in ${what}${this.suggest(key, allowed)}; allowed fields: ${allowed.join(", ")}`,
+        );
+      }
+    }
+    return value;
+  }
+
+  string(value: unknown, path: string, what: string): value is string {
+    if (typeof value === "string") return true;
+    this.err(path, `${what} must be a string, got ${jsonTypeOf(value)}`);
+    return false;
+  }
+
+  name(value: unknown, path: string, what: string, pattern: RegExp, rule: string): value is string {
+    if (!this.string(value, path, what)) return false;
+    if (pattern.test(value)) return true;
+    this.err(path, `${what} ${JSON.stringify(value.slice(0, 100))} is invalid: ${rule}`);
+    return false;
+  }
+
+  integer(value: unknown, path: string, what: string, min: number, max: number): value is number {
+    if (typeof value === "number" && Number.isInteger(value) && value >= min && value <= max) return true;
+    this.err(path, `${what} must be an integer from ${min} to ${max}, got ${JSON.stringify(value) ?? jsonTypeOf(value)}`);
+    return false;
+  }
+
+  /** Parses a duration that must be positive; returns milliseconds or undefined after reporting. */
+  duration(value: unknown, path: string, what: string): number | undefined {
+    if (!this.string(value, path, what)) return undefined;
+    try {
+      const ms = parseDuration(value);
+      if (ms > 0) return ms;
+      this.err(path, `${what} must be longer than 0, got ${JSON.stringify(value)}`);
+    } catch (error) {
+      if (!(error instanceof DurationError)) throw error;
+      this.err(path, `${what}: ${error.message}`);
+    }
+    return undefined;
+  }
+
+  /** Checks a retry policy as written; returns true when it can be resolved. */
+  retry(value: unknown, path: string): boolean {
+    const policy = this.object(value, path, "retry", RETRY_FIELDS);
+    if (policy === undefined) return false;
+    const before = this.errors.length;
+    if (policy["maxAttempts"] !== undefined) {
+      this.integer(policy["maxAttempts"], pathJoin(path, "maxAttempts"), "maxAttempts", 1, MAX_ATTEMPTS_LIMIT);
+    }
+    const initial =
+      policy["initialInterval"] === undefined
+        ? undefined
+        : this.duration(policy["initialInterval"], pathJoin(path, "initialInterval"), "initialInterval");
+    const coefficient = policy["backoffCoefficient"];
+    if (
+      coefficient !== undefined &&
+      (typeof coefficient !== "number" || coefficient < 1 || coefficient > MAX_BACKOFF_COEFFICIENT)
+    ) {
+      this.err(
+        pathJoin(path, "backoffCoefficient"),
+        `backoffCoefficient must be a number from 1 to ${MAX_BACKOFF_COEFFICIENT}, got ${JSON.stringify(coefficient)}`,
+      );
+    }
+    const max =
+      policy["maxInterval"] === undefined
+        ? undefined
+        : this.duration(policy["maxInterval"], pathJoin(path, "maxInterval"), "maxInterval");
+    if (initial !== undefined && max !== undefined && max < initial) {
+      this.err(pathJoin(path, "maxInterval"), "maxInterval must not be shorter than initialInterval");
+    }
+    const jitter = policy["jitter"];
+    if (jitter !== undefined && !(typeof jitter === "string" && JITTERS.includes(jitter))) {
+      this.err(pathJoin(path, "jitter"), `jitter must be one of "none", "full", "equal", got ${JSON.stringify(jitter)}`);
+    }
+    const nonRetryable = policy["nonRetryableErrors"];
+    if (nonRetryable !== undefined) {
+      const at = pathJoin(path, "nonRetryableErrors");
+      if (!Array.isArray(nonRetryable)) {
+        this.err(at, `nonRetryableErrors must be an array of error types, got ${jsonTypeOf(nonRetryable)}`);
+      } else {
+        if (nonRetryable.length > MAX_NON_RETRYABLE_ERRORS) {
+          this.err(at, `nonRetryableErrors has ${nonRetryable.length} entries; the limit is ${MAX_NON_RETRYABLE_ERRORS}`);
+        }
+        nonRetryable.forEach((type: unknown, i) => {
+          if (typeof type !== "string" || type.length === 0 || type.length > MAX_ERROR_TYPE_LENGTH) {
+            this.err(pathJoin(at, i), `must be a non-empty string of at most ${MAX_ERROR_TYPE_LENGTH} characters`);
+          }
+        });
+      }
+    }
+    return this.errors.length === before;
+  }
+
+  /** Checks timeouts as written; returns the parsed values (absent or invalid fields omitted). */
+  timeouts(value: unknown, path: string): Partial<Record<keyof StepTimeouts, number>> | undefined {
+    const timeouts = this.object(value, path, "timeouts", TIMEOUT_FIELDS);
+    if (timeouts === undefined) return undefined;
+    const out: Partial<Record<keyof StepTimeouts, number>> = {};
+    for (const field of TIMEOUT_FIELDS as (keyof StepTimeouts)[]) {
+      if (timeouts[field] === undefined) continue;
+      const ms = this.duration(timeouts[field], pathJoin(path, field), field);
+      if (ms !== undefined) out[field] = ms;
+    }
+    return out;
+  }
+
+  template(value: unknown, path: string): Template {
+    const { template, errors } = compileTemplate(value, path);
+    this.errors.push(...errors);
+    return template;
+  }
+
+  expression(value: unknown, path: string, what: string): Expr | undefined {
+    if (!this.string(value, path, what)) return undefined;
+    if (value.length > MAX_EXPRESSION_LENGTH) {
+      this.err(path, `${what} is longer than ${MAX_EXPRESSION_LENGTH} characters`);
+      return undefined;
+    }
+    try {
+      return parseExpression(value);
+    } catch (error) {
+      if (!(error instanceof ExpressionSyntaxError)) throw error;
+      this.err(path, `invalid expression: ${error.message}`);
+      return undefined;
+    }
+  }
+}
+
+/** Reads the document: JSON text is parsed, anything else is copied through JSON so the caller's object is never shared. */
+function readDocument(json: unknown, checker: Checker): unknown {
+  let text: string | undefined;
+  if (typeof json === "string") {
+    text = json;
+  } else {
+    try {
+      text = JSON.stringify(json);
+    } catch (error) {
+      checker.err("$", `the definition is not JSON-serializable: ${(error as Error).message}`);
+      return undefined;
+    }
+    if (text === undefined) {
+      checker.err("$", `the definition must be a JSON object, got ${typeof json}`);
+      return undefined;
+    }
+  }
+  // Each character is at least one UTF-8 byte, so the cheap length test settles most cases.
+  const bytes = text.length > MAX_SPEC_BYTES ? text.length : Buffer.byteLength(text, "utf8");
+  if (bytes > MAX_SPEC_BYTES) {
+    checker.err("$", `the definition is ${bytes} bytes of JSON; the limit is ${MAX_SPEC_BYTES} (1 MiB)`);
+    return undefined;
+  }
+  try {
+    return JSON.parse(text) as unknown;
+  } catch (error) {
+    checker.err("$", `the definition is not valid JSON: ${(error as Error).message}`);
+    return undefined;
+  }
+}
+
+/**
+ * Finds a value nested deeper than the limit and returns its path. Iterative, because deep input
+ * must not overflow the stack; paths are only built on the second walk, once something is too deep.
+ */
+function tooDeep(doc: unknown): string | undefined {
+  const walk = (withPaths: boolean): string | undefined => {
+    const stack: [unknown, number, string][] = [[doc, 0, "$"]];
+    while (stack.length > 0) {
+      const [value, depth, path] = stack.pop() as [unknown, number, string];
+      if (typeof value !== "object" || value === null) continue;
+      if (depth >= MAX_SPEC_DEPTH) return path;
+      if (Array.isArray(value)) {
+        value.forEach((item, i) => stack.push([item, depth + 1, withPaths ? pathJoin(path, i) : path]));
+      } else {
+        for (const [key, item] of Object.entries(value)) stack.push([item, depth + 1, withPaths ? pathJoin(path, key) : path]);
+      }
+    }
+    return undefined;
+  };
+  return walk(false) === undefined ? undefined : walk(true);
+}
+
+function deepFreeze<T>(value: T): T {
+  if (typeof value === "object" && value !== null && !Object.isFrozen(value)) {
+    Object.freeze(value);
+    for (const item of Object.values(value)) deepFreeze(item);
+  }
+  return value;
+}
+
+interface StepDraft {
+  readonly raw: Record<string, unknown>;
+  readonly path: string;
+  readonly id: string | undefined;
+  readonly type: string | undefined;
+  readonly dependsOn: readonly string[];
+  readonly when: Expr | null;
+  readonly input: Template | null;
+  readonly retryOk: boolean;
+  readonly timeouts: Partial<Record<keyof StepTimeouts, number>>;
+  readonly compensate: { type: string; input: Template | null; retryOk: boolean; raw: Record<string, unknown> } | null;
+}
+
+function checkStep(checker: Checker, value: unknown, path: string): StepDraft | undefined {
+  const step = checker.object(value, path, "step", STEP_FIELDS);
+  if (step === undefined) return undefined;
+  const idPath = pathJoin(path, "id");
+  const typePath = pathJoin(path, "type");
+  let id: string | undefined;
+  if (step["id"] === undefined) checker.err(idPath, "step id is required");
+  else if (checker.name(step["id"], idPath, "step id", STEP_ID_PATTERN, "use letters, digits, _ and -, start with a letter or _, at most 63 characters")) {
+    id = step["id"];
+  }
+  let type: string | undefined;
+  if (step["type"] === undefined) checker.err(typePath, "step type is required");
+  else if (checker.name(step["type"], typePath, "task type", NAME_PATTERN, "use lower case letters, digits, ., _ and -, start with a letter, at most 63 characters")) {
+    type = step["type"];
+  }
+
+  const dependsOn: string[] = [];
+  const deps = step["dependsOn"];
+  const depsPath = pathJoin(path, "dependsOn");
+  if (deps !== undefined) {
+    if (!Array.isArray(deps)) checker.err(depsPath, `dependsOn must be an array of step ids, got ${jsonTypeOf(deps)}`);
+    else {
+      if (deps.length > MAX_DEPENDENCIES) {
+        checker.err(depsPath, `dependsOn has ${deps.length} entries; the limit is ${MAX_DEPENDENCIES}`);
+      }
+      // Wrong types keep their slot (as "") so later checks can still report entries by their index.
+      deps.forEach((dep: unknown, i) => {
+        if (typeof dep === "string") dependsOn.push(dep);
+        else {
+          checker.err(pathJoin(depsPath, i), `dependsOn entries must be step ids (strings), got ${jsonTypeOf(dep)}`);
+          dependsOn.push("");
+        }
+      });
+    }
+  }
+
+  const when = step["when"] === undefined ? null : (checker.expression(step["when"], pathJoin(path, "when"), "when") ?? null);
+  const input = step["input"] === undefined ? null : checker.template(step["input"], pathJoin(path, "input"));
+  const retryOk = step["retry"] === undefined || checker.retry(step["retry"], pathJoin(path, "retry"));
+  const timeouts = step["timeouts"] === undefined ? {} : (checker.timeouts(step["timeouts"], pathJoin(path, "timeouts")) ?? {});
+
+  let compensate: StepDraft["compensate"] = null;
+  if (step["compensate"] !== undefined) {
+    const compPath = pathJoin(path, "compensate");
+    const comp = checker.object(step["compensate"], compPath, "compensate", COMPENSATE_FIELDS);
+    if (comp !== undefined) {
+      const ctPath = pathJoin(compPath, "type");
+      let ctype = "";
+      if (comp["type"] === undefined) checker.err(ctPath, "compensate.type is required");
+      else if (checker.name(comp["type"], ctPath, "task type", NAME_PATTERN, "use lower case letters, digits, ., _ and -, start with a letter, at most 63 characters")) {
+        ctype = comp["type"];
+      }
+      const cinput = comp["input"] === undefined ? null : checker.template(comp["input"], pathJoin(compPath, "input"));
+      const cretryOk = comp["retry"] === undefined || checker.retry(comp["retry"], pathJoin(compPath, "retry"));
+      compensate = { type: ctype, input: cinput, retryOk: cretryOk, raw: comp };
+    }
+  }
+  return { raw: step, path, id, type, dependsOn, when, input, retryOk, timeouts, compensate };
+}
+
+function mergeTimeouts(
+  defaults: Partial<Record<keyof StepTimeouts, number>>,
+  step: Partial<Record<keyof StepTimeouts, number>>,
+): ResolvedTimeouts {
+  return Object.freeze({
+    scheduleToStartMs: step.scheduleToStart ?? defaults.scheduleToStart ?? null,
+    startToCloseMs: step.startToClose ?? defaults.startToClose ?? null,
+    heartbeatMs: step.heartbeat ?? defaults.heartbeat ?? null,
+  });
+}
+
+/** Where a reference appears, which decides what it may point at. */
+interface ReferenceSite {
+  /** Spec index of the step the reference belongs to; undefined for the workflow `output`. */
+  readonly step: number | undefined;
+  /** True inside `compensate.input`: `step.*` and the step's own `steps.<id>` are allowed. */
+  readonly compensation: boolean;
+}
+
+/**
+ * Validates a workflow definition (an object, or JSON text as received by the API) and compiles it.
+ * Never throws for bad input: every problem found is returned, each with a JSON path.
+ */
+export function compileWorkflow(json: unknown): CompileResult {
+  const checker = new Checker();
+  const doc = readDocument(json, checker);
+  if (checker.errors.length > 0) return { ok: false, errors: checker.errors };
+  const deepPath = tooDeep(doc);
+  if (deepPath !== undefined) {
+    // Later passes recurse; stop here rather than risk the stack on a hostile document.
+    return { ok: false, errors: [{ path: deepPath, message: `nested deeper than ${MAX_SPEC_DEPTH} levels` }] };
+  }
+  const spec = checker.object(doc, "$", "workflow", WORKFLOW_FIELDS);
+  if (spec === undefined) return { ok: false, errors: checker.errors };
+
+  if (spec["name"] === undefined) checker.err("$.name", "workflow name is required");
+  else checker.name(spec["name"], "$.name", "workflow name", NAME_PATTERN, "use lower case letters, digits, ., _ and -, start with a letter, at most 63 characters");
+  if (spec["version"] === undefined) checker.err("$.version", "version is required");
+  else checker.integer(spec["version"], "$.version", "version", 1, MAX_VERSION);
+  const description = spec["description"];
+  if (description !== undefined && checker.string(description, "$.description", "description")) {
+    if (description.length > MAX_DESCRIPTION_LENGTH) {
+      checker.err("$.description", `description is longer than ${MAX_DESCRIPTION_LENGTH} characters`);
+    }
+  }
+  let inputSchema: CompiledSchema | null = null;
+  if (spec["input"] !== undefined) {
+    if (!isPlainObject(spec["input"])) checker.err("$.input", `input must be a JSON Schema object, got ${jsonTypeOf(spec["input"])}`);
+    else inputSchema = compileSchema(spec["input"], "$.input", checker.errors);
+  }
+  let defaultsRetryOk = true;
+  let defaultTimeouts: Partial<Record<keyof StepTimeouts, number>> = {};
+  let defaultsRetry: RetryPolicy | undefined;
+  if (spec["defaults"] !== undefined) {
+    const defaults = checker.object(spec["defaults"], "$.defaults", "defaults", DEFAULTS_FIELDS);
+    if (defaults !== undefined) {
+      if (defaults["retry"] !== undefined) {
+        defaultsRetryOk = checker.retry(defaults["retry"], "$.defaults.retry");
+        defaultsRetry = defaults["retry"] as RetryPolicy;
+      }
+      if (defaults["timeouts"] !== undefined) defaultTimeouts = checker.timeouts(defaults["timeouts"], "$.defaults.timeouts") ?? {};
+    }
+  }
+  const timeoutMs = spec["timeout"] === undefined ? null : (checker.duration(spec["timeout"], "$.timeout", "timeout") ?? null);
+  const output = spec["output"] === undefined ? null : checker.template(spec["output"], "$.output");
+
+  // Steps, first pass: each step on its own.
+  const drafts: (StepDraft | undefined)[] = [];
+  const rawSteps = spec["steps"];
+  if (rawSteps === undefined) checker.err("$.steps", "steps is required");
+  else if (!Array.isArray(rawSteps)) checker.err("$.steps", `steps must be an array, got ${jsonTypeOf(rawSteps)}`);
+  else {
+    if (rawSteps.length === 0) checker.err("$.steps", "a workflow needs at least one step");
+    if (rawSteps.length > MAX_STEPS) checker.err("$.steps", `a workflow has at most ${MAX_STEPS} steps, got ${rawSteps.length}`);
+    rawSteps.forEach((raw: unknown, i) => drafts.push(checkStep(checker, raw, pathJoin("$.steps", i))));
+  }
+
+  // Second pass: ids and dependencies, which need every id.
+  const indexById = new Map<string, number>();
+  drafts.forEach((draft, i) => {
+    if (draft?.id === undefined) return;
+    const first = indexById.get(draft.id);
+    if (first === undefined) indexById.set(draft.id, i);
+    else checker.err(pathJoin(draft.path, "id"), `duplicate step id ${JSON.stringify(draft.id)} (first used at $.steps[${first}])`);
+  });
+  const deps: number[][] = drafts.map((draft) => {
+    const out: number[] = [];
+    if (draft === undefined) return out;
+    const seen = new Set<string>();
+    draft.dependsOn.forEach((dep, k) => {
+      if (dep === "") return;
+      const at = (): string => `${draft.path}.dependsOn[${k}]`;
+      const target = indexById.get(dep);
+      if (seen.has(dep)) checker.err(at(), `${JSON.stringify(dep)} is listed more than once`);
+      else if (target === undefined) checker.err(at(), `unknown step ${JSON.stringify(dep)}${checker.suggest(dep, indexById.keys())}`);
+      else if (dep === draft.id) checker.err(at(), `step ${JSON.stringify(dep)} cannot depend on itself`);
+      else out.push(target);
+      seen.add(dep);
+    });
+    return out;
+  });
+
+  // Graph analysis is skipped past the step limit: its cost grows with steps², and the spec is rejected anyway.
+  const graph = drafts.length <= MAX_STEPS ? analyzeGraph(deps) : undefined;
+  const idOf = (i: number): string => drafts[i]?.id ?? `#${i}`;
+  for (const cycle of graph?.cycles ?? []) {
+    const start = cycle[0] as number;
+    const next = cycle[1] as number;
+    const draft = drafts[start] as StepDraft;
+    const k = draft.dependsOn.indexOf(idOf(next));
+    const names = cycle.map(idOf).join(" -> ");
+    checker.err(
+      k >= 0 ? pathJoin(pathJoin(draft.path, "dependsOn"), k) : draft.path,
+      `dependency cycle: ${names} (each step depends on the next one)`,
+    );
+  }
+
+  // References in templates and expressions must point at steps that are certain to have finished.
+  const checkReference = (site: ReferenceSite, at: string, ref: PathExpr): void => {
+    if (ref.root === "step") {
+      if (!site.compensation) checker.err(at, `${ref.text}: step.* is only available in compensate.input; use steps.<id>.output`);
+      return;
+    }
+    if (ref.root !== "steps") return;
+    const id = String(ref.segments[0]);
+    const target = indexById.get(id);
+    if (target === undefined) {
+      checker.err(at, `${ref.text} refers to unknown step ${JSON.stringify(id)}${checker.suggest(id, indexById.keys())}`);
+      return;
+    }
+    if (site.step === undefined || graph === undefined) return;
+    if (target === site.step) {
+      if (!site.compensation) checker.err(at, `${ref.text}: a step cannot refer to itself (in compensate.input, step.output is its own output)`);
+      return;
+    }
+    if (graph.isUpstream(site.step, target) === false) {
+      checker.err(
+        at,
+        `${ref.text} refers to step ${JSON.stringify(id)}, which is not upstream of ${JSON.stringify(idOf(site.step))}: add it to dependsOn (directly or through another step)`,
+      );
+    }
+  };
+  drafts.forEach((draft, i) => {
+    if (draft === undefined) return;
+    const site: ReferenceSite = { step: i, compensation: false };
+    if (draft.when !== null) {
+      for (const ref of expressionPaths(draft.when)) checkReference(site, pathJoin(draft.path, "when"), ref);
+    }
+    if (draft.input !== null) {
+      for (const { at, path } of templatePaths(draft.input, pathJoin(draft.path, "input"))) checkReference(site, at, path);
+    }
+    if (draft.compensate?.input != null) {
+      const base = pathJoin(pathJoin(draft.path, "compensate"), "input");
+      for (const { at, path } of templatePaths(draft.compensate.input, base)) {
+        checkReference({ step: i, compensation: true }, at, path);
+      }
+    }
+  });
+  if (output !== null) {
+    for (const { at, path } of templatePaths(output, "$.output")) checkReference({ step: undefined, compensation: false }, at, path);
+  }
+
+  // Effective policies: a step may combine with the defaults into an inconsistent policy.
+  const effectiveRetry = (layer: unknown, ok: boolean, path: string): ReturnType<typeof resolveRetryPolicy> | undefined => {
+    if (!ok || !defaultsRetryOk) return undefined;
+    const policy = resolveRetryPolicy(defaultsRetry, layer as RetryPolicy | undefined);
+    if (policy.maxIntervalMs < policy.initialIntervalMs) {
+      const own = layer as RetryPolicy;
+      const field = own.initialInterval !== undefined ? "initialInterval" : "maxInterval";
+      checker.err(
+        pathJoin(path, field),
+        `initialInterval (${policy.initialIntervalMs}ms) is longer than maxInterval (${policy.maxIntervalMs}ms) once merged with defaults.retry`,
+      );
+      return undefined;
+    }
+    return policy;
+  };
+  const defaultPolicy = effectiveRetry(undefined, true, "$.defaults.retry");
+  const stepPolicies = drafts.map((draft) => {
+    if (draft === undefined) return undefined;
+    const retry = draft.raw["retry"] === undefined ? defaultPolicy : effectiveRetry(draft.raw["retry"], draft.retryOk, pathJoin(draft.path, "retry"));
+    const comp = draft.compensate;
+    const compRetry =
+      comp === null
+        ? undefined
+        : comp.raw["retry"] === undefined
+          ? defaultPolicy
+          : effectiveRetry(comp.raw["retry"], comp.retryOk, pathJoin(pathJoin(draft.path, "compensate"), "retry"));
+    const timeouts = mergeTimeouts(defaultTimeouts, draft.timeouts);
+    if (timeouts.heartbeatMs !== null && timeouts.startToCloseMs !== null && timeouts.heartbeatMs > timeouts.startToCloseMs) {
+      checker.err(pathJoin(draft.path, "timeouts"), "heartbeat must not be longer than startToClose (after merging defaults.timeouts)");
+    }
+    return { retry, compRetry, timeouts };
+  });
+
+  if (checker.errors.length > 0 || graph === undefined) return { ok: false, errors: checker.errors };
+  return { ok: true, workflow: build(spec as unknown as WorkflowSpec, drafts as StepDraft[], graph.order, stepPolicies, {
+    timeoutMs,
+    output,
+    inputSchema,
+    defaultTimeouts: mergeTimeouts(defaultTimeouts, {}),
+  }) };
+}
+
+function build(
+  spec: WorkflowSpec,
+  drafts: readonly StepDraft[],
+  order: readonly number[],
+  policies: readonly ({ retry: ReturnType<typeof resolveRetryPolicy> | undefined; compRetry: ReturnType<typeof resolveRetryPolicy> | undefined; timeouts: ResolvedTimeouts } | undefined)[],
+  extra: { timeoutMs: number | null; output: Template | null; inputSchema: CompiledSchema | null; defaultTimeouts: ResolvedTimeouts },
+): CompiledWorkflow {
+  deepFreeze(spec);
+  const positionOf = new Array<number>(drafts.length);
+  order.forEach((specIndex, position) => {
+    positionOf[specIndex] = position;
+  });
+  const idAt = (specIndex: number): string => (drafts[specIndex] as StepDraft).id as string;
+  const dependentsOf: number[][] = drafts.map(() => []);
+  // Spec-index adjacency, rebuilt from ids (validation guaranteed they are known, unique and acyclic).
+  const indexById = new Map<string, number>();
+  drafts.forEach((draft, i) => indexById.set(draft.id as string, i));
+  const depIndexes = drafts.map((draft) => draft.dependsOn.map((id) => indexById.get(id) as number));
+  depIndexes.forEach((list, i) => {
+    for (const d of list) (dependentsOf[d] as number[]).push(i);
+  });
+
+  const steps: CompiledStep[] = order.map((specIndex, position) => {
+    const draft = drafts[specIndex] as StepDraft;
+    const policy = policies[specIndex] as NonNullable<(typeof policies)[number]>;
+    const comp = draft.compensate;
+    const compensate: CompiledCompensation | null =
+      comp === null
+        ? null
+        : Object.freeze({
+            type: comp.type,
+            input: comp.input,
+            retry: policy.compRetry as ReturnType<typeof resolveRetryPolicy>,
+            timeouts: extra.defaultTimeouts,
+          });
+    const dependents = (dependentsOf[specIndex] as number[]).slice().sort((a, b) => (positionOf[a] as number) - (positionOf[b] as number));
+    return Object.freeze({
+      id: draft.id as string,
+      type: draft.type as string,
+      specIndex,
+      order: position,
+      dependsOn: Object.freeze([...draft.dependsOn]),
+      dependents: Object.freeze(dependents.map(idAt)),
+      // Not frozen on purpose: V8 iterates frozen arrays several times slower, and these are the hot loop of evaluateRun.
+      dependencyOrders: (depIndexes[specIndex] as number[]).map((d) => positionOf[d] as number),
+      dependentOrders: dependents.map((d) => positionOf[d] as number),
+      when: draft.when,
+      input: draft.input,
+      retry: policy.retry as ReturnType<typeof resolveRetryPolicy>,
+      timeouts: policy.timeouts,
+      compensate,
+      spec: draft.raw as unknown as StepSpec,
+    });
+  });
+  const canonical = canonicalJson(spec);
+  return Object.freeze({
+    name: spec.name,
+    version: spec.version,
+    spec,
+    canonicalJson: canonical,
+    contentHash: createHash("sha256").update(canonical).digest("hex"),
+    timeoutMs: extra.timeoutMs,
+    steps: Object.freeze(steps),
+    stepsById: new Map(steps.map((s) => [s.id, s])),
+    order: Object.freeze(steps.map((s) => s.id)),
+    dependencies: new Map(steps.map((s) => [s.id, s.dependsOn])),
+    dependents: new Map(steps.map((s) => [s.id, s.dependents])),
+    output: extra.output,
+    inputSchema: extra.inputSchema,
+  });
+}
+
+/** Validates a run input against the workflow's `input` schema (no schema: anything goes); undefined is checked as null. */
+export function validateRunInput(workflow: CompiledWorkflow, input: unknown): SpecError[] {
+  if (workflow.inputSchema === null) return [];
+  return validateAgainstSchema(workflow.inputSchema, input === undefined ? null : input, "$");
+}

@@ -1,0 +1,168 @@
+/**
+ * Workflow definitions: validated and compiled on register, immutable per (name, version), cached
+ * compiled by id. Identical content re-registered is a no-op; different content under an existing
+ * version is ALREADY_EXISTS.
+ */
+import { ApiError, Code, type Logger } from "@nexusflow/common";
+import { compileWorkflow, type CompiledWorkflow } from "../dag/index.js";
+import type { Database } from "../persistence/database.js";
+import { WorkflowDefinitionEntity } from "../persistence/entities.js";
+
+/** A stored definition row. */
+export interface DefinitionRow {
+  id: number;
+  name: string;
+  version: number;
+  spec: Record<string, unknown>;
+  contentHash: string;
+  createdAt: Date;
+}
+
+/** Page of definitions. */
+export interface DefinitionPage {
+  rows: DefinitionRow[];
+  nextPageToken: string;
+}
+
+function encodeToken(value: unknown): string {
+  return Buffer.from(JSON.stringify(value)).toString("base64url");
+}
+
+/** Decodes a page token or throws INVALID_ARGUMENT naming the field. */
+export function decodeToken<T>(token: string, check: (v: unknown) => v is T): T {
+  try {
+    const v: unknown = JSON.parse(Buffer.from(token, "base64url").toString("utf8"));
+    if (check(v)) return v;
+  } catch {
+    // fall through
+  }
+  throw ApiError.invalid("page_token", "not a page token returned by this API");
+}
+
+/** Access to workflow definitions. */
+export class DefinitionStore {
+  private readonly byId = new Map<number, CompiledWorkflow>();
+
+  constructor(
+    private readonly db: Database,
+    private readonly log: Logger,
+  ) {}
+
+  private compile(spec: unknown): CompiledWorkflow {
+    const result = compileWorkflow(spec);
+    if (!result.ok) {
+      throw new ApiError(
+        Code.INVALID_ARGUMENT,
+        `invalid workflow definition (${result.errors.length} problem${result.errors.length === 1 ? "" : "s"}): ${result.errors
+          .map((e) => `${e.path}: ${e.message}`)
+          .join("; ")}`,
+        result.errors.map((e) => ({ field: e.path, description: e.message })),
+      );
+    }
+    return result.workflow;
+  }
+
+  /** Validates and stores a definition. */
+  async register(spec: unknown): Promise<{ row: DefinitionRow; created: boolean }> {
+    const workflow = this.compile(spec);
+    const em = this.db.orm.em.fork();
+    const inserted = await this.db.pool.query<{ id: number }>(
+      `INSERT INTO workflow_definitions (name, version, spec, content_hash, description)
+       VALUES ($1, $2, $3, $4, $5) ON CONFLICT (name, version) DO NOTHING RETURNING id`,
+      [workflow.name, workflow.version, workflow.canonicalJson, workflow.contentHash, workflow.spec.description ?? ""],
+    );
+    const existing = await em.findOneOrFail(WorkflowDefinitionEntity, { name: workflow.name, version: workflow.version });
+    const row = toRow(existing);
+    if (inserted.rowCount === 1) {
+      this.byId.set(row.id, workflow);
+      this.log.info({ workflow: workflow.name, version: workflow.version }, "workflow registered");
+      return { row, created: true };
+    }
+    if (row.contentHash !== workflow.contentHash) {
+      throw new ApiError(
+        Code.ALREADY_EXISTS,
+        `workflow ${workflow.name} version ${workflow.version} already exists with different content; register a new version`,
+        [{ field: "version", description: "definitions are immutable per (name, version)" }],
+      );
+    }
+    return { row, created: false };
+  }
+
+  /** The definition `name`@`version` (0 = latest), compiled. */
+  async resolve(name: string, version: number): Promise<{ id: number; workflow: CompiledWorkflow }> {
+    const row = await this.get(name, version);
+    return { id: row.id, workflow: await this.compiledById(row.id, row.spec) };
+  }
+
+  /** One definition row; NOT_FOUND when missing. */
+  async get(name: string, version: number): Promise<DefinitionRow> {
+    if (name === "") throw ApiError.invalid("name", "a workflow name is required");
+    if (!Number.isInteger(version) || version < 0) throw ApiError.invalid("version", "must be 0 (latest) or a positive version");
+    const em = this.db.orm.em.fork();
+    const found =
+      version === 0
+        ? await em.findOne(WorkflowDefinitionEntity, { name }, { orderBy: { version: "desc" } })
+        : await em.findOne(WorkflowDefinitionEntity, { name, version });
+    if (found === null) {
+      throw ApiError.notFound(version === 0 ? `workflow ${name} is not registered` : `workflow ${name} version ${version} is not registered`);
+    }
+    return toRow(found);
+  }
+
+  /** The compiled workflow of a stored definition (cached; definitions never change). */
+  async compiledById(id: number, spec?: unknown): Promise<CompiledWorkflow> {
+    const cached = this.byId.get(id);
+    if (cached !== undefined) return cached;
+    let source = spec;
+    if (source === undefined) {
+      const em = this.db.orm.em.fork();
+      source = (await em.findOneOrFail(WorkflowDefinitionEntity, { id })).spec;
+    }
+    const workflow = this.compile(source);
+    this.byId.set(id, workflow);
+    return workflow;
+  }
+
+  /** Lists definitions, newest first. */
+  async list(name: string, pageSize: number, pageToken: string, latestOnly: boolean): Promise<DefinitionPage> {
+    const size = pageSize === 0 ? 100 : pageSize;
+    if (!Number.isInteger(size) || size < 1 || size > 1000) throw ApiError.invalid("page_size", "must be between 1 and 1000");
+    const after =
+      pageToken === ""
+        ? undefined
+        : decodeToken(pageToken, (v): v is { id: number } => typeof v === "object" && v !== null && typeof (v as { id?: unknown }).id === "number");
+    const params: unknown[] = [];
+    const where: string[] = [];
+    if (name !== "") {
+      params.push(name);
+      where.push(`name = $${params.length}`);
+    }
+    if (after !== undefined) {
+      params.push(after.id);
+      where.push(`id < $${params.length}`);
+    }
+    if (latestOnly) where.push(`version = (SELECT max(version) FROM workflow_definitions d2 WHERE d2.name = workflow_definitions.name)`);
+    params.push(size + 1);
+    const rows = await this.db.pool.query<{ id: number; name: string; version: number; spec: Record<string, unknown>; content_hash: string; created_at: Date }>(
+      `SELECT id, name, version, spec, content_hash, created_at FROM workflow_definitions
+       ${where.length > 0 ? `WHERE ${where.join(" AND ")}` : ""} ORDER BY id DESC LIMIT $${params.length}`,
+      params,
+    );
+    const page = rows.rows.slice(0, size).map((r) => ({
+      id: r.id,
+      name: r.name,
+      version: r.version,
+      spec: r.spec,
+      contentHash: r.content_hash,
+      createdAt: r.created_at,
+    }));
+    const last = page[page.length - 1];
+    return { rows: page, nextPageToken: rows.rows.length > size && last !== undefined ? encodeToken({ id: last.id }) : "" };
+  }
+}
+
+function toRow(e: { id: number; name: string; version: number; spec: Record<string, unknown>; contentHash: string; createdAt: Date }): DefinitionRow {
+  return { id: e.id, name: e.name, version: e.version, spec: e.spec, contentHash: e.contentHash, createdAt: e.createdAt };
+}
+
+export { encodeToken };

@@ -1,0 +1,133 @@
+/**
+ * Ready queues and executor sessions. Picks (session, task) pairs: a task goes only to a session
+ * that advertises its type and holds credit; sessions are served round-robin, one lease per
+ * session per pass, and each session gets the oldest ready task among its types.
+ */
+import type { SessionResponse } from "@nexusflow/gen";
+import type { TaskState } from "./model.js";
+
+/** An attached executor session as the engine sees it. */
+export interface SessionHandle {
+  readonly id: string;
+  readonly executorId: string;
+  readonly types: ReadonlySet<string>;
+  /** Leases the executor can still take. */
+  credit: number;
+  /** Task run ids leased on this session. */
+  readonly leases: Set<string>;
+  /** Drain requested: no more leases. */
+  draining: boolean;
+  /** Last time any message arrived (ms, monotonic). */
+  lastSeen: number;
+  /** Sends a message to the executor (no-op once the stream ended). */
+  send(message: SessionResponse): void;
+  /** Ends the stream (used when the session is declared dead). */
+  close(reason: string): void;
+}
+
+/** A FIFO with O(1) push/shift and removal by skipping non-queued entries. */
+class TaskQueue {
+  private items: TaskState[] = [];
+  private head = 0;
+
+  push(task: TaskState): void {
+    this.items.push(task);
+  }
+
+  unshift(task: TaskState): void {
+    if (this.head > 0) this.items[--this.head] = task;
+    else this.items.unshift(task);
+  }
+
+  /** The oldest task still QUEUED, discarding stale entries on the way. */
+  peek(): TaskState | undefined {
+    while (this.head < this.items.length) {
+      const t = this.items[this.head] as TaskState;
+      if (t.status === "QUEUED") return t;
+      this.head++;
+    }
+    this.compact();
+    return undefined;
+  }
+
+  shift(): void {
+    this.head++;
+    if (this.head > 1024 && this.head * 2 > this.items.length) this.compact();
+  }
+
+  private compact(): void {
+    this.items = this.items.slice(this.head);
+    this.head = 0;
+  }
+
+  get size(): number {
+    return this.items.length - this.head;
+  }
+}
+
+/** Queues of ready tasks by type, and the sessions that take them. */
+export class Dispatcher {
+  private readonly queues = new Map<string, TaskQueue>();
+  /** Attached sessions by id. */
+  readonly sessions = new Map<string, SessionHandle>();
+  private cursor = 0;
+
+  /** Adds a ready task at the back of its type's queue. */
+  enqueue(task: TaskState): void {
+    this.queue(task.type).push(task);
+  }
+
+  /** Puts a task back at the front (a released lease keeps its place). */
+  requeue(task: TaskState): void {
+    this.queue(task.type).unshift(task);
+  }
+
+  private queue(type: string): TaskQueue {
+    let q = this.queues.get(type);
+    if (q === undefined) {
+      q = new TaskQueue();
+      this.queues.set(type, q);
+    }
+    return q;
+  }
+
+  /** Ready tasks waiting per type (approximate: includes entries cancelled meanwhile). */
+  depth(): Record<string, number> {
+    return Object.fromEntries([...this.queues].map(([type, q]) => [type, q.size]));
+  }
+
+  /** Takes as many fair (session, task) pairs as credit and queues allow, consuming credit. */
+  take(limit = 5000): { session: SessionHandle; task: TaskState }[] {
+    const out: { session: SessionHandle; task: TaskState }[] = [];
+    const sessions = [...this.sessions.values()];
+    if (sessions.length === 0) return out;
+    const picked = new Set<string>();
+    let progress = true;
+    while (progress && out.length < limit) {
+      progress = false;
+      for (let i = 0; i < sessions.length && out.length < limit; i++) {
+        const session = sessions[(this.cursor + i) % sessions.length] as SessionHandle;
+        if (session.credit <= 0 || session.draining) continue;
+        let best: TaskQueue | undefined;
+        let bestTask: TaskState | undefined;
+        for (const type of session.types) {
+          const q = this.queues.get(type);
+          const head = q?.peek();
+          if (head !== undefined && (bestTask === undefined || (head.queuedAt?.getTime() ?? 0) < (bestTask.queuedAt?.getTime() ?? 0))) {
+            best = q;
+            bestTask = head;
+          }
+        }
+        if (best === undefined || bestTask === undefined) continue;
+        best.shift();
+        if (picked.has(bestTask.id)) continue;
+        picked.add(bestTask.id);
+        session.credit--;
+        out.push({ session, task: bestTask });
+        progress = true;
+      }
+      this.cursor = (this.cursor + 1) % Math.max(1, sessions.length);
+    }
+    return out;
+  }
+}

@@ -1,0 +1,1012 @@
+/**
+ * The scheduler engine: owns active runs in memory (a cache of PostgreSQL), turns DAG evaluation
+ * into task state, hands leases to executor sessions, judges their reports by fencing token, and
+ * persists every change through the group-commit writer before anyone outside acts on it.
+ */
+import { randomUUID } from "node:crypto";
+import { create } from "@bufbuild/protobuf";
+import { timestampFromDate } from "@bufbuild/protobuf/wkt";
+import { ApiError, Code, UnavailableError, errorToProto, jsonToValue, type Logger } from "@nexusflow/common";
+import { SessionResponseSchema, TaskKind, type LeaseKey } from "@nexusflow/gen";
+import {
+  evaluateRun,
+  isRetryableError,
+  retryDelayMs,
+  validateRunInput,
+  type CompiledWorkflow,
+  type StepState,
+} from "../dag/index.js";
+import { BatchWriter } from "../persistence/batch-writer.js";
+import type { Database } from "../persistence/database.js";
+import { DefinitionStore } from "./definitions.js";
+import { Dispatcher, type SessionHandle } from "./dispatcher.js";
+import { lifecycleEvent, type EventInit } from "./events.js";
+import {
+  TERMINAL_RUN_STATUSES,
+  type AttemptState,
+  type ErrorInfo,
+  type RunState,
+  type TaskState,
+  type TaskStatusName,
+} from "./model.js";
+
+/** Options of the {@link Engine}. */
+export interface EngineOptions {
+  db: Database;
+  log: Logger;
+  /** How often executors should heartbeat. @default 2000 */
+  heartbeatIntervalMs?: number;
+  /** Silence after which a session is dead, and grace before its leases expire. @default 10000 */
+  sessionTimeoutMs?: number;
+  /** Longest wait for a commit before an API call answers UNAVAILABLE. @default 5000 */
+  commitTimeoutMs?: number;
+}
+
+/** Engine lifecycle. */
+export type EngineState = "CREATED" | "RECOVERING" | "RUNNING" | "STOPPING" | "STOPPED";
+
+/** Why a report was not accepted; sent back as `Rejected`. */
+export interface Rejection {
+  code: "FAILED_PRECONDITION" | "NOT_FOUND" | "INVALID_ARGUMENT" | "RESOURCE_EXHAUSTED";
+  message: string;
+}
+
+/** Input of {@link Engine.startRun}. */
+export interface StartRunInput {
+  workflowName: string;
+  workflowVersion: number;
+  input: unknown;
+  idempotencyKey: string;
+  labels: Record<string, string>;
+}
+
+const ACTIVE_LEASE: ReadonlySet<TaskStatusName> = new Set(["LEASED", "RUNNING"]);
+
+function stepState(t: TaskState): StepState {
+  switch (t.status) {
+    case "PENDING":
+      return { status: "pending" };
+    case "QUEUED":
+    case "LEASED":
+    case "RUNNING":
+    case "RETRY_WAIT":
+      return { status: "active", input: t.input };
+    case "SUCCEEDED":
+      return { status: "succeeded", output: t.output, input: t.input };
+    case "FAILED":
+      return { status: "failed", input: t.input };
+    case "SKIPPED":
+      return { status: "skipped", skipReason: t.skipReason ?? "upstream" };
+    case "CANCELLED":
+      return { status: "cancelled" };
+  }
+}
+
+function keyMatches(task: TaskState, key: LeaseKey): boolean {
+  return task.attempt === key.attempt && task.fencingToken === Number(key.fencingToken);
+}
+
+/** The scheduler's core. */
+export class Engine {
+  private readonly log: Logger;
+  private readonly db: Database;
+  /** The group-commit writer (exposed for statistics). */
+  readonly writer: BatchWriter;
+  /** Workflow definitions. */
+  readonly definitions: DefinitionStore;
+  /** Sessions and ready queues. */
+  readonly dispatcher = new Dispatcher();
+  private readonly runs = new Map<string, RunState>();
+  private readonly tasks = new Map<string, TaskState>();
+  private readonly pendingKeys = new Map<string, Promise<{ runId: string; created: boolean }>>();
+  /** Leases without a session (session lost, or scheduler restarted): expiry timers by task id. */
+  private readonly orphans = new Map<string, NodeJS.Timeout>();
+  private readonly timers = new Set<NodeJS.Timeout>();
+  private readonly watchers = new Map<string, Set<() => void>>();
+  private pumpScheduled = false;
+  private livenessTimer: NodeJS.Timeout | undefined;
+  private pingNonce = 0n;
+  /** Heartbeat interval told to executors. */
+  readonly heartbeatIntervalMs: number;
+  /** Session timeout told to executors. */
+  readonly sessionTimeoutMs: number;
+  private readonly commitTimeoutMs: number;
+  private stateValue: EngineState = "CREATED";
+
+  constructor(options: EngineOptions) {
+    this.log = options.log;
+    this.db = options.db;
+    this.heartbeatIntervalMs = options.heartbeatIntervalMs ?? 2000;
+    this.sessionTimeoutMs = options.sessionTimeoutMs ?? 10_000;
+    this.commitTimeoutMs = options.commitTimeoutMs ?? 5000;
+    this.writer = new BatchWriter({
+      pool: options.db.pool,
+      log: options.log,
+      onCommit: (batch) => {
+        for (const runId of batch.runIds) this.notify(runId);
+      },
+    });
+    this.definitions = new DefinitionStore(options.db, options.log);
+  }
+
+  /** Current lifecycle state. */
+  get state(): EngineState {
+    return this.stateValue;
+  }
+
+  // ---------------------------------------------------------------- lifecycle
+
+  /** Rebuilds the in-memory model from the database and starts the timers. */
+  async start(): Promise<void> {
+    if (this.stateValue !== "CREATED") throw new Error(`engine cannot start from ${this.stateValue}`);
+    this.stateValue = "RECOVERING";
+    await this.recover();
+    this.livenessTimer = setInterval(() => this.checkLiveness(), Math.max(100, Math.floor(this.heartbeatIntervalMs / 2)));
+    this.stateValue = "RUNNING";
+    this.schedulePump();
+  }
+
+  /** Stops timers, closes sessions and commits what is pending. */
+  async stop(): Promise<void> {
+    if (this.stateValue === "STOPPED" || this.stateValue === "STOPPING") return;
+    this.stateValue = "STOPPING";
+    clearInterval(this.livenessTimer);
+    for (const t of this.timers) clearTimeout(t);
+    this.timers.clear();
+    for (const t of this.orphans.values()) clearTimeout(t);
+    this.orphans.clear();
+    for (const s of this.dispatcher.sessions.values()) s.close("scheduler shutting down");
+    await this.writer.close();
+    this.stateValue = "STOPPED";
+  }
+
+  private setTimer(ms: number, fn: () => void): NodeJS.Timeout {
+    const t = setTimeout(() => {
+      this.timers.delete(t);
+      if (this.stateValue === "RUNNING" || this.stateValue === "RECOVERING") fn();
+    }, Math.max(0, ms));
+    this.timers.add(t);
+    return t;
+  }
+
+  /** Waits for the commit of everything changed so far, or answers UNAVAILABLE. */
+  private async committed(): Promise<void> {
+    let timer: NodeJS.Timeout | undefined;
+    try {
+      await Promise.race([
+        this.writer.flush(),
+        new Promise<never>((_, reject) => {
+          timer = setTimeout(
+            () => reject(new UnavailableError("the database is unavailable; the change will be committed when it returns")),
+            this.commitTimeoutMs,
+          );
+        }),
+      ]);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  private async recover(): Promise<void> {
+    const pool = this.db.pool;
+    const runRows = await pool.query<{
+      id: string;
+      definition_id: number;
+      status: RunState["status"];
+      input: unknown;
+      idempotency_key: string | null;
+      labels: Record<string, string>;
+      cancel_requested: boolean;
+      compensate_on_cancel: boolean;
+      event_seq: number;
+      deadline: Date | null;
+      created_at: Date;
+    }>(`SELECT * FROM workflow_runs WHERE status IN ('PENDING', 'RUNNING', 'COMPENSATING') ORDER BY created_at`);
+    if (runRows.rowCount === 0) return;
+    const ids = runRows.rows.map((r) => r.id);
+    const taskRows = await pool.query<{
+      id: string;
+      run_id: string;
+      step_id: string;
+      kind: TaskState["kind"];
+      type: string;
+      status: TaskStatusName;
+      position: number;
+      input: unknown;
+      output: unknown;
+      output_ref: unknown;
+      error: ErrorInfo | null;
+      skip_reason: TaskState["skipReason"];
+      attempt: number;
+      fencing_token: number;
+      executor_id: string | null;
+      lease_expires_at: Date | null;
+      next_attempt_at: Date | null;
+      queued_at: Date | null;
+      created_at: Date;
+      ended_at: Date | null;
+      failures: number;
+    }>(
+      `SELECT t.*, (SELECT count(*)::int FROM task_attempts a WHERE a.task_run_id = t.id AND a.status = 'FAILED') AS failures
+       FROM task_runs t WHERE t.run_id = ANY($1::uuid[]) ORDER BY t.run_id, t.position`,
+      [ids],
+    );
+    const attemptRows = await pool.query<{
+      task_run_id: string;
+      run_id: string;
+      number: number;
+      fencing_token: number;
+      executor_id: string;
+      status: TaskStatusName;
+      leased_at: Date;
+      started_at: Date | null;
+    }>(
+      `SELECT a.* FROM task_attempts a JOIN task_runs t ON t.id = a.task_run_id AND t.attempt = a.number
+       WHERE t.run_id = ANY($1::uuid[]) AND t.status IN ('LEASED', 'RUNNING')`,
+      [ids],
+    );
+    const currentAttempts = new Map(attemptRows.rows.map((a) => [a.task_run_id, a]));
+    for (const r of runRows.rows) {
+      const workflow = await this.definitions.compiledById(r.definition_id);
+      const run: RunState = {
+        id: r.id,
+        definitionId: r.definition_id,
+        workflow,
+        status: r.status,
+        input: r.input,
+        output: null,
+        error: null,
+        idempotencyKey: r.idempotency_key,
+        labels: r.labels,
+        cancelRequested: r.cancel_requested,
+        compensateOnCancel: r.compensate_on_cancel,
+        eventSeq: r.event_seq,
+        deadline: r.deadline,
+        createdAt: r.created_at,
+        endedAt: null,
+        tasks: new Map(),
+      };
+      this.runs.set(run.id, run);
+    }
+    let queued = 0;
+    let orphaned = 0;
+    for (const t of taskRows.rows) {
+      const run = this.runs.get(t.run_id);
+      if (run === undefined) continue;
+      const a = currentAttempts.get(t.id);
+      const task: TaskState = {
+        id: t.id,
+        runId: t.run_id,
+        stepId: t.step_id,
+        kind: t.kind,
+        type: t.type,
+        position: t.position,
+        status: t.status,
+        input: t.input,
+        output: t.output,
+        outputRef: t.output_ref,
+        error: t.error,
+        skipReason: t.skip_reason,
+        attempt: t.attempt,
+        fencingToken: t.fencing_token,
+        failures: t.failures,
+        executorId: t.executor_id,
+        sessionId: null,
+        leaseExpiresAt: t.lease_expires_at,
+        nextAttemptAt: t.next_attempt_at,
+        queuedAt: t.queued_at,
+        createdAt: t.created_at,
+        endedAt: t.ended_at,
+        current:
+          a === undefined
+            ? null
+            : {
+                taskRunId: t.id,
+                runId: t.run_id,
+                number: a.number,
+                fencingToken: a.fencing_token,
+                executorId: a.executor_id,
+                status: a.status,
+                error: null,
+                logs: null,
+                leasedAt: a.leased_at,
+                startedAt: a.started_at,
+                endedAt: null,
+              },
+      };
+      if (t.kind === "STEP") run.tasks.set(task.stepId, task);
+      this.tasks.set(task.id, task);
+      if (task.status === "QUEUED") {
+        this.dispatcher.enqueue(task);
+        queued++;
+      } else if (task.status === "RETRY_WAIT") {
+        this.scheduleRetry(task);
+      } else if (ACTIVE_LEASE.has(task.status)) {
+        // Its executor may reconnect and claim it (Attach.held_leases) within the grace period.
+        this.orphan(task);
+        orphaned++;
+      }
+    }
+    for (const run of this.runs.values()) this.advance(run);
+    await this.writer.flush();
+    this.log.info({ runs: this.runs.size, queued, orphanedLeases: orphaned }, "recovered active runs");
+  }
+
+  // ---------------------------------------------------------------- runs
+
+  /** Starts a run (or returns the existing one for a repeated idempotency key). */
+  async startRun(req: StartRunInput): Promise<{ runId: string; created: boolean }> {
+    this.assertRunning();
+    if (req.idempotencyKey !== "") {
+      const pending = this.pendingKeys.get(req.idempotencyKey);
+      if (pending !== undefined) {
+        const r = await pending;
+        return { runId: r.runId, created: false };
+      }
+      const p = this.startRunOnce(req);
+      this.pendingKeys.set(req.idempotencyKey, p);
+      try {
+        return await p;
+      } finally {
+        this.pendingKeys.delete(req.idempotencyKey);
+      }
+    }
+    return this.startRunOnce(req);
+  }
+
+  private async startRunOnce(req: StartRunInput): Promise<{ runId: string; created: boolean }> {
+    if (req.idempotencyKey !== "") {
+      for (const run of this.runs.values()) {
+        if (run.idempotencyKey === req.idempotencyKey) return { runId: run.id, created: false };
+      }
+      const existing = await this.db.pool.query<{ id: string }>("SELECT id FROM workflow_runs WHERE idempotency_key = $1", [
+        req.idempotencyKey,
+      ]);
+      const row = existing.rows[0];
+      if (row !== undefined) return { runId: row.id, created: false };
+    }
+    const def = await this.definitions.resolve(req.workflowName, req.workflowVersion);
+    const problems = validateRunInput(def.workflow, req.input ?? null);
+    if (problems.length > 0) {
+      throw new ApiError(
+        Code.INVALID_ARGUMENT,
+        `input does not match the input schema of ${def.workflow.name} v${def.workflow.version}: ${problems
+          .map((p) => `${p.path}: ${p.message}`)
+          .join("; ")}`,
+        problems.map((p) => ({ field: `input${p.path.slice(1)}`, description: p.message })),
+      );
+    }
+    const now = new Date();
+    const run: RunState = {
+      id: randomUUID(),
+      definitionId: def.id,
+      workflow: def.workflow,
+      status: "RUNNING",
+      input: req.input ?? null,
+      output: null,
+      error: null,
+      idempotencyKey: req.idempotencyKey === "" ? null : req.idempotencyKey,
+      labels: req.labels,
+      cancelRequested: false,
+      compensateOnCancel: false,
+      eventSeq: 0,
+      deadline: def.workflow.timeoutMs === null ? null : new Date(now.getTime() + def.workflow.timeoutMs),
+      createdAt: now,
+      endedAt: null,
+      tasks: new Map(),
+    };
+    for (const step of def.workflow.steps) {
+      const task = this.newTask(run, step.id, "STEP", step.type, step.order, now);
+      run.tasks.set(step.id, task);
+    }
+    this.runs.set(run.id, run);
+    this.writer.markRun(run);
+    this.emit(run, {
+      case: "runStarted",
+      value: { input: jsonToValue(run.input), idempotencyKey: req.idempotencyKey, labels: req.labels },
+    });
+    this.advance(run);
+    if (run.deadline !== null) this.setTimer(run.deadline.getTime() - Date.now(), () => this.timeOutRun(run));
+    try {
+      await this.committed();
+    } catch (e) {
+      // A unique violation means another scheduler call already took this key: return that run.
+      throw e;
+    }
+    return { runId: run.id, created: true };
+  }
+
+  private newTask(run: RunState, stepId: string, kind: TaskState["kind"], type: string, position: number, now: Date): TaskState {
+    const task: TaskState = {
+      id: randomUUID(),
+      runId: run.id,
+      stepId,
+      kind,
+      type,
+      position,
+      status: "PENDING",
+      input: null,
+      output: null,
+      outputRef: null,
+      error: null,
+      skipReason: null,
+      attempt: 0,
+      fencingToken: 0,
+      failures: 0,
+      executorId: null,
+      sessionId: null,
+      leaseExpiresAt: null,
+      nextAttemptAt: null,
+      queuedAt: null,
+      createdAt: now,
+      endedAt: null,
+      current: null,
+    };
+    this.tasks.set(task.id, task);
+    this.writer.markTask(task);
+    return task;
+  }
+
+  /** Cancels a run: pending work is cancelled, leased tasks are told to stop. Idempotent. */
+  async cancelRun(runId: string, reason: string): Promise<void> {
+    this.assertRunning();
+    const run = this.runs.get(runId);
+    if (run === undefined || TERMINAL_RUN_STATUSES.has(run.status)) return;
+    run.cancelRequested = true;
+    this.emit(run, { case: "runCancelRequested", value: { reason, compensate: false } });
+    const now = new Date();
+    for (const task of run.tasks.values()) {
+      if (task.status === "PENDING" || task.status === "QUEUED" || task.status === "RETRY_WAIT") {
+        this.endTask(task, "CANCELLED", now);
+        this.emit(run, { case: "taskCancelled", value: { taskRunId: task.id, stepId: task.stepId, reason } });
+      } else if (ACTIVE_LEASE.has(task.status)) {
+        const session = task.sessionId === null ? undefined : this.dispatcher.sessions.get(task.sessionId);
+        session?.send(
+          create(SessionResponseSchema, {
+            message: { case: "cancel", value: { key: this.leaseKey(task), reason: `run cancelled: ${reason}` } },
+          }),
+        );
+        this.finishAttempt(task, "CANCELLED", { type: "CANCELLED", message: reason, retryable: false }, now);
+        this.endTask(task, "CANCELLED", now);
+        this.emit(run, { case: "taskCancelled", value: { taskRunId: task.id, stepId: task.stepId, reason } });
+      }
+    }
+    this.completeRun(run, "CANCELLED", null, { type: "CANCELLED", message: reason, retryable: false }, now);
+    await this.committed();
+  }
+
+  private timeOutRun(run: RunState): void {
+    if (TERMINAL_RUN_STATUSES.has(run.status)) return;
+    const now = new Date();
+    const error: ErrorInfo = { type: "RUN_TIMEOUT", message: "the run exceeded its timeout", retryable: false };
+    for (const task of run.tasks.values()) {
+      if (ACTIVE_LEASE.has(task.status)) {
+        const session = task.sessionId === null ? undefined : this.dispatcher.sessions.get(task.sessionId);
+        session?.send(
+          create(SessionResponseSchema, { message: { case: "cancel", value: { key: this.leaseKey(task), reason: "run timed out" } } }),
+        );
+        this.finishAttempt(task, "CANCELLED", error, now);
+      }
+      if (!["SUCCEEDED", "FAILED", "SKIPPED", "CANCELLED"].includes(task.status)) this.endTask(task, "CANCELLED", now);
+    }
+    this.completeRun(run, "TIMED_OUT", null, error, now);
+    void this.writer.flush().catch(() => undefined);
+  }
+
+  /** Evaluates the DAG and applies what became ready, skipped or failed; completes the run when done. */
+  private advance(run: RunState): void {
+    if (TERMINAL_RUN_STATUSES.has(run.status) || run.cancelRequested) return;
+    const now = new Date();
+    for (let round = 0; round < run.workflow.steps.length + 1; round++) {
+      const states = new Map<string, StepState>();
+      for (const t of run.tasks.values()) states.set(t.stepId, stepState(t));
+      const ev = evaluateRun(run.workflow, run.input ?? null, states, {
+        id: run.id,
+        workflow: run.workflow.name,
+        version: run.workflow.version,
+      });
+      for (const r of ev.ready) {
+        const task = run.tasks.get(r.stepId);
+        if (task === undefined || task.status !== "PENDING") continue;
+        task.status = "QUEUED";
+        task.input = r.input;
+        task.queuedAt = now;
+        this.writer.markTask(task);
+        this.dispatcher.enqueue(task);
+      }
+      for (const s of ev.skip) {
+        const task = run.tasks.get(s.stepId);
+        if (task === undefined || task.status !== "PENDING") continue;
+        task.skipReason = s.reason;
+        this.endTask(task, "SKIPPED", now);
+        this.emit(run, { case: "taskSkipped", value: { taskRunId: task.id, stepId: task.stepId, reason: s.reason } });
+      }
+      for (const f of ev.fail) {
+        const task = run.tasks.get(f.stepId);
+        if (task === undefined || task.status !== "PENDING") continue;
+        task.error = { type: f.error.type, message: f.error.message, retryable: false };
+        this.endTask(task, "FAILED", now);
+        this.emit(run, {
+          case: "taskFailed",
+          value: { taskRunId: task.id, stepId: task.stepId, attempt: 0, final: true, kind: TaskKind.STEP, error: errorToProto(task.error) },
+        });
+      }
+      if (ev.outcome !== undefined) {
+        if (ev.outcome.status === "succeeded") this.completeRun(run, "SUCCEEDED", ev.outcome.output, null, now);
+        else {
+          const failed = ev.outcome.failedSteps;
+          const message =
+            "message" in ev.outcome && typeof ev.outcome.message === "string"
+              ? ev.outcome.message
+              : `step${failed.length === 1 ? "" : "s"} ${failed.join(", ")} failed`;
+          const first = failed[0] === undefined ? undefined : run.tasks.get(failed[0]);
+          this.completeRun(run, "FAILED", null, { type: first?.error?.type ?? "STEP_FAILED", message, retryable: false }, now);
+        }
+        break;
+      }
+      // Another round only when a render failure may have decided more steps.
+      if (ev.fail.length === 0) break;
+    }
+    if (this.stateValue === "RUNNING") this.schedulePump();
+  }
+
+  private completeRun(run: RunState, status: RunState["status"], output: unknown, error: ErrorInfo | null, now: Date): void {
+    run.status = status;
+    run.output = output ?? null;
+    run.error = error;
+    run.endedAt = now;
+    this.writer.markRun(run);
+    this.emit(run, {
+      case: "runCompleted",
+      value: {
+        status: { SUCCEEDED: 3, FAILED: 4, CANCELLED: 5, TIMED_OUT: 6, COMPENSATED: 8, COMPENSATION_FAILED: 9 }[
+          status as "SUCCEEDED"
+        ],
+        ...(output === null || output === undefined ? {} : { output: jsonToValue(output) }),
+        ...(error === null ? {} : { error: errorToProto(error) }),
+      },
+    });
+    // Once committed, the run lives only in the database.
+    this.writer.flush().then(
+      () => {
+        this.runs.delete(run.id);
+        for (const t of run.tasks.values()) {
+          if (!ACTIVE_LEASE.has(t.status)) this.tasks.delete(t.id);
+        }
+      },
+      () => undefined,
+    );
+  }
+
+  private endTask(task: TaskState, status: TaskStatusName, now: Date): void {
+    task.status = status;
+    task.endedAt = now;
+    task.nextAttemptAt = null;
+    this.detach(task);
+    this.writer.markTask(task);
+  }
+
+  private emit(run: RunState, event: EventInit): void {
+    this.writer.addEvent(lifecycleEvent(run, event));
+  }
+
+  private assertRunning(): void {
+    if (this.stateValue !== "RUNNING") throw new ApiError(Code.UNAVAILABLE, `the scheduler is ${this.stateValue.toLowerCase()}`);
+    if (!this.writer.isHealthy) throw new UnavailableError("the database is unavailable; retry shortly");
+  }
+
+  // ---------------------------------------------------------------- leases
+
+  private schedulePump(): void {
+    if (this.pumpScheduled) return;
+    this.pumpScheduled = true;
+    setImmediate(() => {
+      this.pumpScheduled = false;
+      this.pump();
+    });
+  }
+
+  /** Hands queued tasks to sessions with credit; leases are sent once committed. */
+  private pump(): void {
+    if (this.stateValue !== "RUNNING") return;
+    const pairs = this.dispatcher.take();
+    if (pairs.length === 0) return;
+    const now = new Date();
+    const granted: { session: SessionHandle; task: TaskState; token: number }[] = [];
+    for (const { session, task } of pairs) {
+      const run = this.runs.get(task.runId);
+      if (run === undefined) continue;
+      task.attempt++;
+      task.fencingToken++;
+      task.status = "LEASED";
+      task.executorId = session.executorId;
+      task.sessionId = session.id;
+      task.queuedAt = null;
+      const attempt: AttemptState = {
+        taskRunId: task.id,
+        runId: task.runId,
+        number: task.attempt,
+        fencingToken: task.fencingToken,
+        executorId: session.executorId,
+        status: "LEASED",
+        error: null,
+        logs: null,
+        leasedAt: now,
+        startedAt: null,
+        endedAt: null,
+      };
+      task.current = attempt;
+      const step = run.workflow.stepsById.get(task.stepId);
+      const startToClose = step?.timeouts.startToCloseMs ?? null;
+      task.leaseExpiresAt = startToClose === null ? null : new Date(now.getTime() + startToClose);
+      session.leases.add(task.id);
+      this.writer.markTask(task);
+      this.writer.markAttempt(attempt);
+      this.emit(run, {
+        case: "taskLeased",
+        value: {
+          taskRunId: task.id,
+          stepId: task.stepId,
+          attempt: task.attempt,
+          executorId: session.executorId,
+          fencingToken: BigInt(task.fencingToken),
+          kind: task.kind === "STEP" ? TaskKind.STEP : TaskKind.COMPENSATION,
+        },
+      });
+      granted.push({ session, task, token: task.fencingToken });
+    }
+    this.writer.flush().then(
+      () => {
+        for (const { session, task, token } of granted) {
+          if (task.sessionId !== session.id || task.fencingToken !== token || !ACTIVE_LEASE.has(task.status)) continue;
+          const run = this.runs.get(task.runId);
+          const step = run?.workflow.stepsById.get(task.stepId);
+          session.send(
+            create(SessionResponseSchema, {
+              message: {
+                case: "lease",
+                value: {
+                  key: this.leaseKey(task),
+                  runId: task.runId,
+                  stepId: task.stepId,
+                  taskType: task.type,
+                  kind: task.kind === "STEP" ? TaskKind.STEP : TaskKind.COMPENSATION,
+                  input: jsonToValue(task.input),
+                  workflowName: run?.workflow.name ?? "",
+                  heartbeatTimeoutMs: step?.timeouts.heartbeatMs ?? 0,
+                  ...(task.leaseExpiresAt === null ? {} : { deadline: timestampFromDate(task.leaseExpiresAt) }),
+                },
+              },
+            }),
+          );
+          if (task.leaseExpiresAt !== null) {
+            const expires = task.leaseExpiresAt.getTime();
+            this.setTimer(expires - Date.now(), () => {
+              if (task.fencingToken === token && ACTIVE_LEASE.has(task.status)) {
+                this.sendCancel(task, "start-to-close timeout");
+                this.failAttempt(task, { type: "TIMEOUT", message: "the attempt exceeded its start-to-close timeout", retryable: true }, 0);
+              }
+            });
+          }
+        }
+      },
+      (e: unknown) => this.log.warn({ err: e }, "leases not sent: commit failed"),
+    );
+    // More may fit (credit left, or tasks queued meanwhile).
+    this.schedulePump();
+  }
+
+  private leaseKey(task: TaskState): { taskRunId: string; attempt: number; fencingToken: bigint } {
+    return { taskRunId: task.id, attempt: task.attempt, fencingToken: BigInt(task.fencingToken) };
+  }
+
+  private sendCancel(task: TaskState, reason: string): void {
+    const session = task.sessionId === null ? undefined : this.dispatcher.sessions.get(task.sessionId);
+    session?.send(create(SessionResponseSchema, { message: { case: "cancel", value: { key: this.leaseKey(task), reason } } }));
+  }
+
+  /** Removes the task's lease from its session (the session gets no credit back: the executor grants it). */
+  private detach(task: TaskState): void {
+    if (task.sessionId !== null) this.dispatcher.sessions.get(task.sessionId)?.leases.delete(task.id);
+    task.sessionId = null;
+    task.leaseExpiresAt = null;
+    const orphan = this.orphans.get(task.id);
+    if (orphan !== undefined) {
+      clearTimeout(orphan);
+      this.orphans.delete(task.id);
+    }
+  }
+
+  private finishAttempt(task: TaskState, status: TaskStatusName, error: ErrorInfo | null, now: Date, logs?: unknown): void {
+    const a = task.current;
+    if (a === null) return;
+    a.status = status;
+    a.error = error;
+    a.endedAt = now;
+    if (logs !== undefined) a.logs = logs;
+    this.writer.markAttempt(a);
+    task.current = null;
+  }
+
+  /** Validates a report's lease key against the lease held by `session`. */
+  private check(session: SessionHandle, key: LeaseKey | undefined): TaskState | Rejection {
+    if (key === undefined || key.taskRunId === "") {
+      return { code: "INVALID_ARGUMENT", message: "the report carries no lease key (task_run_id, attempt, fencing_token)" };
+    }
+    const task = this.tasks.get(key.taskRunId);
+    if (task === undefined) return { code: "NOT_FOUND", message: `no active task run ${key.taskRunId}` };
+    if (!keyMatches(task, key)) {
+      return {
+        code: "FAILED_PRECONDITION",
+        message: `stale lease for task run ${key.taskRunId}: attempt ${key.attempt} token ${key.fencingToken}, current attempt ${task.attempt} token ${task.fencingToken}`,
+      };
+    }
+    if (!ACTIVE_LEASE.has(task.status)) {
+      return { code: "FAILED_PRECONDITION", message: `task run ${key.taskRunId} is ${task.status}; its result was already decided` };
+    }
+    if (task.sessionId !== session.id) {
+      return { code: "FAILED_PRECONDITION", message: `task run ${key.taskRunId} is not leased to this session` };
+    }
+    return task;
+  }
+
+  /** Started report. */
+  onStarted(session: SessionHandle, key: LeaseKey | undefined): Rejection | null {
+    const task = this.check(session, key);
+    if ("code" in task) return task;
+    if (task.status !== "LEASED") return { code: "FAILED_PRECONDITION", message: `task run ${task.id} was already started` };
+    const run = this.runs.get(task.runId);
+    task.status = "RUNNING";
+    if (task.current !== null) {
+      task.current.status = "RUNNING";
+      task.current.startedAt = new Date();
+      this.writer.markAttempt(task.current);
+    }
+    this.writer.markTask(task);
+    if (run !== undefined) {
+      this.emit(run, {
+        case: "taskStarted",
+        value: {
+          taskRunId: task.id,
+          stepId: task.stepId,
+          attempt: task.attempt,
+          executorId: session.executorId,
+          kind: task.kind === "STEP" ? TaskKind.STEP : TaskKind.COMPENSATION,
+        },
+      });
+    }
+    void this.writer.flush().catch(() => undefined);
+    return null;
+  }
+
+  /** Heartbeat report for a task. */
+  onHeartbeat(session: SessionHandle, key: LeaseKey | undefined): Rejection | null {
+    const task = this.check(session, key);
+    return "code" in task ? task : null;
+  }
+
+  /** Completed report: accepted at most once per task. */
+  onCompleted(session: SessionHandle, key: LeaseKey | undefined, output: unknown, outputRef: unknown, logs: unknown): Rejection | null {
+    const task = this.check(session, key);
+    if ("code" in task) return task;
+    const run = this.runs.get(task.runId);
+    const now = new Date();
+    this.finishAttempt(task, "SUCCEEDED", null, now, logs);
+    task.output = output ?? null;
+    task.outputRef = outputRef ?? null;
+    this.endTask(task, "SUCCEEDED", now);
+    if (run !== undefined) {
+      this.emit(run, {
+        case: "taskSucceeded",
+        value: {
+          taskRunId: task.id,
+          stepId: task.stepId,
+          attempt: task.attempt,
+          output: jsonToValue(output),
+          kind: task.kind === "STEP" ? TaskKind.STEP : TaskKind.COMPENSATION,
+        },
+      });
+      this.advance(run);
+    }
+    void this.writer.flush().catch(() => undefined);
+    return null;
+  }
+
+  /** Failed report: retried per policy or failed for good. */
+  onFailed(session: SessionHandle, key: LeaseKey | undefined, error: ErrorInfo, retryAfterMs: number, logs: unknown): Rejection | null {
+    const task = this.check(session, key);
+    if ("code" in task) return task;
+    this.failAttempt(task, error, retryAfterMs, logs);
+    return null;
+  }
+
+  /** Release report: the lease goes back to the front of the queue without counting as a failure. */
+  onRelease(session: SessionHandle, key: LeaseKey | undefined, reason: string): Rejection | null {
+    const task = this.check(session, key);
+    if ("code" in task) return task;
+    const now = new Date();
+    this.finishAttempt(task, "CANCELLED", { type: "RELEASED", message: reason || "released by the executor", retryable: true }, now);
+    this.detach(task);
+    task.status = "QUEUED";
+    task.queuedAt = now;
+    this.writer.markTask(task);
+    this.dispatcher.requeue(task);
+    this.schedulePump();
+    return null;
+  }
+
+  private failAttempt(task: TaskState, error: ErrorInfo, retryAfterMs: number, logs?: unknown): void {
+    const run = this.runs.get(task.runId);
+    const now = new Date();
+    this.finishAttempt(task, "FAILED", error, now, logs);
+    this.detach(task);
+    task.failures++;
+    const step = run?.workflow.stepsById.get(task.stepId);
+    const policy = step === undefined ? undefined : task.kind === "STEP" ? step.retry : (step.compensate?.retry ?? step.retry);
+    let delay: number | null = null;
+    if (policy !== undefined && error.retryable && isRetryableError(policy, error.type) && run?.cancelRequested !== true) {
+      delay = retryDelayMs(policy, task.failures);
+      if (delay !== null && retryAfterMs > 0) delay = Math.min(retryAfterMs, policy.maxIntervalMs);
+    }
+    const kind = task.kind === "STEP" ? TaskKind.STEP : TaskKind.COMPENSATION;
+    if (run !== undefined) {
+      this.emit(run, {
+        case: "taskFailed",
+        value: { taskRunId: task.id, stepId: task.stepId, attempt: task.attempt, error: errorToProto(error), final: delay === null, kind },
+      });
+    }
+    if (delay !== null && run !== undefined) {
+      task.status = "RETRY_WAIT";
+      task.nextAttemptAt = new Date(now.getTime() + delay);
+      task.error = error;
+      this.writer.markTask(task);
+      this.emit(run, {
+        case: "taskRetryScheduled",
+        value: {
+          taskRunId: task.id,
+          stepId: task.stepId,
+          nextAttempt: task.attempt + 1,
+          dueTime: timestampFromDate(task.nextAttemptAt),
+          kind,
+        },
+      });
+      this.scheduleRetry(task);
+    } else {
+      task.error = error;
+      this.endTask(task, "FAILED", now);
+      if (run !== undefined) this.advance(run);
+    }
+    void this.writer.flush().catch(() => undefined);
+  }
+
+  /** Arms the durable retry timer of a task in RETRY_WAIT (rebuilt from next_attempt_at on recovery). */
+  private scheduleRetry(task: TaskState): void {
+    const due = task.nextAttemptAt?.getTime() ?? Date.now();
+    this.setTimer(due - Date.now(), () => {
+      if (task.status !== "RETRY_WAIT") return;
+      task.status = "QUEUED";
+      task.nextAttemptAt = null;
+      task.queuedAt = new Date();
+      this.writer.markTask(task);
+      this.dispatcher.enqueue(task);
+      this.schedulePump();
+    });
+  }
+
+  /** Starts the grace period of a lease without a session; it expires unless an executor reclaims it. */
+  private orphan(task: TaskState): void {
+    if (this.orphans.has(task.id)) return;
+    task.sessionId = null;
+    const token = task.fencingToken;
+    const timer = setTimeout(() => {
+      this.orphans.delete(task.id);
+      if (task.fencingToken !== token || !ACTIVE_LEASE.has(task.status) || task.sessionId !== null) return;
+      this.log.warn({ taskRunId: task.id, stepId: task.stepId, executorId: task.executorId }, "lease expired: executor lost");
+      this.failAttempt(task, { type: "LEASE_EXPIRED", message: `executor ${task.executorId ?? "?"} was lost`, retryable: true }, 0);
+    }, this.sessionTimeoutMs);
+    this.orphans.set(task.id, timer);
+  }
+
+  // ---------------------------------------------------------------- sessions
+
+  /** Registers an attached session; returns the held leases that are no longer valid. */
+  attach(session: SessionHandle, held: readonly LeaseKey[]): LeaseKey[] {
+    const revoked: LeaseKey[] = [];
+    for (const key of held) {
+      const task = this.tasks.get(key.taskRunId);
+      if (task === undefined || !keyMatches(task, key) || !ACTIVE_LEASE.has(task.status) || task.executorId !== session.executorId) {
+        revoked.push(key);
+        continue;
+      }
+      const orphan = this.orphans.get(task.id);
+      if (orphan !== undefined) {
+        clearTimeout(orphan);
+        this.orphans.delete(task.id);
+      }
+      if (task.sessionId !== null) this.dispatcher.sessions.get(task.sessionId)?.leases.delete(task.id);
+      task.sessionId = session.id;
+      session.leases.add(task.id);
+    }
+    this.dispatcher.sessions.set(session.id, session);
+    this.log.info({ sessionId: session.id, executorId: session.executorId, types: [...session.types], reclaimed: held.length - revoked.length }, "executor attached");
+    return revoked;
+  }
+
+  /** Credit report. */
+  onCredit(session: SessionHandle, n: number): Rejection | null {
+    if (!Number.isInteger(n) || n <= 0 || n > 100_000) {
+      return { code: "INVALID_ARGUMENT", message: `credit must be between 1 and 100000, got ${n}` };
+    }
+    if (session.credit + n > 1_000_000) return { code: "RESOURCE_EXHAUSTED", message: "credit above 1000000" };
+    session.credit += n;
+    this.schedulePump();
+    return null;
+  }
+
+  /** Drain report: no more leases on this session. */
+  onDrain(session: SessionHandle): number {
+    session.draining = true;
+    return session.leases.size;
+  }
+
+  /** The session's stream ended: its leases wait for a reconnect, then expire. */
+  detachSession(session: SessionHandle): void {
+    if (this.dispatcher.sessions.get(session.id) !== session) return;
+    this.dispatcher.sessions.delete(session.id);
+    for (const id of session.leases) {
+      const task = this.tasks.get(id);
+      if (task !== undefined && task.sessionId === session.id && ACTIVE_LEASE.has(task.status)) this.orphan(task);
+    }
+    session.leases.clear();
+    this.log.info({ sessionId: session.id, executorId: session.executorId }, "executor session ended");
+  }
+
+  private checkLiveness(): void {
+    const now = performance.now();
+    this.pingNonce++;
+    for (const s of this.dispatcher.sessions.values()) {
+      if (now - s.lastSeen > this.sessionTimeoutMs) {
+        this.log.warn({ sessionId: s.id, executorId: s.executorId }, "executor session silent too long; closing it");
+        s.close("no heartbeat within the session timeout");
+        this.detachSession(s);
+      } else {
+        s.send(create(SessionResponseSchema, { message: { case: "ping", value: { nonce: this.pingNonce } } }));
+      }
+    }
+  }
+
+  // ---------------------------------------------------------------- watching
+
+  /** Calls `listener` after each commit that touched the run. Returns the unsubscribe function. */
+  watch(runId: string, listener: () => void): () => void {
+    let set = this.watchers.get(runId);
+    if (set === undefined) {
+      set = new Set();
+      this.watchers.set(runId, set);
+    }
+    set.add(listener);
+    return () => {
+      set.delete(listener);
+      if (set.size === 0) this.watchers.delete(runId);
+    };
+  }
+
+  private notify(runId: string): void {
+    const set = this.watchers.get(runId);
+    if (set === undefined) return;
+    for (const l of set) l();
+  }
+
+  /** Whether the run is still active in memory. */
+  isActive(runId: string): boolean {
+    return this.runs.has(runId);
+  }
+
+  /** Counts, for logs and metrics. */
+  stats(): { activeRuns: number; sessions: number; queued: Record<string, number> } {
+    return { activeRuns: this.runs.size, sessions: this.dispatcher.sessions.size, queued: this.dispatcher.depth() };
+  }
+}
+
+/** Helper for tests and the API: the compiled workflow type. */
+export type { CompiledWorkflow };

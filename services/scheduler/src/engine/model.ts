@@ -1,0 +1,128 @@
+/**
+ * The scheduler's in-memory model of active runs. It is a cache of what is in PostgreSQL: every
+ * change is written by the batch writer before anyone outside the scheduler acts on it, and
+ * recovery rebuilds it from the tables alone.
+ */
+import type { CompiledWorkflow } from "../dag/index.js";
+
+/** Run states as stored (the names of the proto enum without prefix). */
+export type RunStatusName =
+  | "PENDING"
+  | "RUNNING"
+  | "SUCCEEDED"
+  | "FAILED"
+  | "CANCELLED"
+  | "TIMED_OUT"
+  | "COMPENSATING"
+  | "COMPENSATED"
+  | "COMPENSATION_FAILED";
+
+/** Task states as stored. */
+export type TaskStatusName =
+  | "PENDING"
+  | "QUEUED"
+  | "LEASED"
+  | "RUNNING"
+  | "RETRY_WAIT"
+  | "SUCCEEDED"
+  | "FAILED"
+  | "SKIPPED"
+  | "CANCELLED";
+
+/** Step or compensation. */
+export type TaskKindName = "STEP" | "COMPENSATION";
+
+/** Run states after which nothing changes. */
+export const TERMINAL_RUN_STATUSES: ReadonlySet<RunStatusName> = new Set([
+  "SUCCEEDED",
+  "FAILED",
+  "CANCELLED",
+  "TIMED_OUT",
+  "COMPENSATED",
+  "COMPENSATION_FAILED",
+]);
+
+/** Task states after which nothing changes. */
+export const TERMINAL_TASK_STATUSES: ReadonlySet<TaskStatusName> = new Set([
+  "SUCCEEDED",
+  "FAILED",
+  "SKIPPED",
+  "CANCELLED",
+]);
+
+/** A failure as stored with attempts, tasks and runs (the TaskError message as JSON). */
+export interface ErrorInfo {
+  type: string;
+  message: string;
+  retryable: boolean;
+  details?: unknown;
+}
+
+/** One attempt of a task. */
+export interface AttemptState {
+  readonly taskRunId: string;
+  readonly runId: string;
+  readonly number: number;
+  readonly fencingToken: number;
+  readonly executorId: string;
+  status: TaskStatusName;
+  error: ErrorInfo | null;
+  logs: unknown;
+  readonly leasedAt: Date;
+  startedAt: Date | null;
+  endedAt: Date | null;
+}
+
+/** One task run (a step or a compensation) of an active run. */
+export interface TaskState {
+  readonly id: string;
+  readonly runId: string;
+  readonly stepId: string;
+  readonly kind: TaskKindName;
+  readonly type: string;
+  readonly position: number;
+  status: TaskStatusName;
+  input: unknown;
+  output: unknown;
+  outputRef: unknown;
+  error: ErrorInfo | null;
+  skipReason: "condition" | "upstream" | null;
+  /** Number of the latest attempt (0 before the first lease). */
+  attempt: number;
+  /** Fencing token of the latest lease; strictly increasing. */
+  fencingToken: number;
+  /** Failed attempts so far (released or expired-by-shutdown attempts do not count). */
+  failures: number;
+  executorId: string | null;
+  /** Session holding the lease (in memory only). */
+  sessionId: string | null;
+  leaseExpiresAt: Date | null;
+  nextAttemptAt: Date | null;
+  queuedAt: Date | null;
+  readonly createdAt: Date;
+  endedAt: Date | null;
+  /** The current attempt, while leased or running. */
+  current: AttemptState | null;
+}
+
+/** An active run with its tasks. */
+export interface RunState {
+  readonly id: string;
+  readonly definitionId: number;
+  readonly workflow: CompiledWorkflow;
+  status: RunStatusName;
+  readonly input: unknown;
+  output: unknown;
+  error: ErrorInfo | null;
+  readonly idempotencyKey: string | null;
+  readonly labels: Record<string, string>;
+  cancelRequested: boolean;
+  compensateOnCancel: boolean;
+  /** Last event sequence number used. */
+  eventSeq: number;
+  readonly deadline: Date | null;
+  readonly createdAt: Date;
+  endedAt: Date | null;
+  /** Step tasks by step id. */
+  readonly tasks: Map<string, TaskState>;
+}

@@ -1,0 +1,4 @@
+/** @nexusflow/scheduler: the scheduler component, for embedding and tests. */
+export { Scheduler, PortInUseError, type SchedulerOptions, type SchedulerState } from "./scheduler.js";
+export { startEmbeddedPostgres, type EmbeddedDatabase } from "./persistence/embedded-postgres.js";
+export { compileWorkflow } from "./dag/index.js";

@@ -1,0 +1,50 @@
+/** Scheduler entry point: read configuration, start, stop on signals. */
+import { ConfigError, createLogger, loadSchedulerConfig } from "@nexusflow/common";
+import { PortInUseError, Scheduler } from "./scheduler.js";
+
+let config;
+try {
+  config = loadSchedulerConfig();
+} catch (e) {
+  if (e instanceof ConfigError) {
+    process.stderr.write(`nexusflow-scheduler: ${e.message}\n`);
+    process.exit(2);
+  }
+  throw e;
+}
+const log = createLogger("scheduler", config.logLevel);
+const scheduler = new Scheduler({
+  host: config.host,
+  port: config.port,
+  databaseUrl: config.database.url,
+  dataDir: config.database.dataDir,
+  poolSize: config.database.poolSize,
+  heartbeatIntervalMs: config.heartbeatIntervalMs,
+  sessionTimeoutMs: config.sessionTimeoutMs,
+  log,
+});
+
+let stopping = false;
+async function shutdown(signal: string): Promise<void> {
+  if (stopping) {
+    log.warn({ signal }, "second signal: exiting now");
+    process.exit(1);
+  }
+  stopping = true;
+  log.info({ signal }, "shutting down");
+  await scheduler.stop();
+  process.exit(0);
+}
+process.on("SIGTERM", () => void shutdown("SIGTERM"));
+process.on("SIGINT", () => void shutdown("SIGINT"));
+
+try {
+  await scheduler.start();
+} catch (e) {
+  if (e instanceof PortInUseError) {
+    process.stderr.write(`nexusflow-scheduler: ${e.message}\n`);
+    process.exit(1);
+  }
+  log.fatal({ err: e }, "scheduler failed to start");
+  process.exit(1);
+}

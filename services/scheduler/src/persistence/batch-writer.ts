@@ -1,0 +1,330 @@
+/**
+ * Group commit. Engine code changes its in-memory model synchronously and marks what changed; the
+ * writer persists every marked run, task, attempt and outbox event in ONE transaction of a few
+ * multi-row statements, while the next batch accumulates behind it. Waiting for `flush()` means
+ * "my change is durable". A failed commit (database down) is retried with backoff, in order,
+ * until it succeeds or the writer is closed; nothing marked is ever dropped.
+ */
+import type pg from "pg";
+import type { Logger } from "@nexusflow/common";
+import type { AttemptState, RunState, TaskState } from "../engine/model.js";
+
+/** An outbox row: the serialized LifecycleEvent and its identity. */
+export interface OutboxRow {
+  eventId: string;
+  runId: string;
+  sequence: number;
+  type: string;
+  payload: Uint8Array;
+  traceContext: Record<string, string> | null;
+}
+
+/** What one committed batch contained, for watchers and metrics. */
+export interface CommittedBatch {
+  runIds: ReadonlySet<string>;
+  taskIds: ReadonlySet<string>;
+  events: number;
+}
+
+/** Options of {@link BatchWriter}. */
+export interface BatchWriterOptions {
+  pool: pg.Pool;
+  log: Logger;
+  /** Called after each successful commit. */
+  onCommit?: (batch: CommittedBatch) => void;
+  /** First retry delay after a failed commit. @default 100 */
+  retryInitialMs?: number;
+  /** Longest retry delay. @default 2000 */
+  retryMaxMs?: number;
+}
+
+interface Waiter {
+  resolve: () => void;
+  reject: (e: unknown) => void;
+}
+
+/** Raised to flush() waiters when the writer is closed before their batch committed. */
+export class WriterClosedError extends Error {
+  override name = "WriterClosedError";
+}
+
+const RUN_COLUMNS = `id uuid, definition_id bigint, workflow_name text, workflow_version int, status text, input jsonb,
+  output jsonb, error jsonb, idempotency_key text, labels jsonb, cancel_requested boolean, compensate_on_cancel boolean,
+  event_seq bigint, deadline timestamptz, created_at timestamptz, ended_at timestamptz`;
+const RUN_SQL = `INSERT INTO workflow_runs (id, definition_id, workflow_name, workflow_version, status, input, output, error,
+  idempotency_key, labels, cancel_requested, compensate_on_cancel, event_seq, deadline, created_at, updated_at, ended_at)
+SELECT id, definition_id, workflow_name, workflow_version, status, input, output, error, idempotency_key, labels,
+  cancel_requested, compensate_on_cancel, event_seq, deadline, created_at, now(), ended_at
+FROM jsonb_to_recordset($1::jsonb) AS x(${RUN_COLUMNS})
+ON CONFLICT (id) DO UPDATE SET status = excluded.status, output = excluded.output, error = excluded.error,
+  cancel_requested = excluded.cancel_requested, compensate_on_cancel = excluded.compensate_on_cancel,
+  event_seq = excluded.event_seq, updated_at = now(), ended_at = excluded.ended_at`;
+
+const TASK_COLUMNS = `id uuid, run_id uuid, step_id text, kind text, type text, status text, position int, input jsonb,
+  output jsonb, output_ref jsonb, error jsonb, skip_reason text, attempt int, fencing_token bigint, executor_id text,
+  lease_expires_at timestamptz, next_attempt_at timestamptz, queued_at timestamptz, created_at timestamptz, ended_at timestamptz`;
+const TASK_SQL = `INSERT INTO task_runs (id, run_id, step_id, kind, type, status, position, input, output, output_ref, error,
+  skip_reason, attempt, fencing_token, executor_id, lease_expires_at, next_attempt_at, queued_at, created_at, updated_at, ended_at)
+SELECT id, run_id, step_id, kind, type, status, position, input, output, output_ref, error, skip_reason, attempt,
+  fencing_token, executor_id, lease_expires_at, next_attempt_at, queued_at, created_at, now(), ended_at
+FROM jsonb_to_recordset($1::jsonb) AS x(${TASK_COLUMNS})
+ON CONFLICT (id) DO UPDATE SET status = excluded.status, input = excluded.input, output = excluded.output,
+  output_ref = excluded.output_ref, error = excluded.error, skip_reason = excluded.skip_reason, attempt = excluded.attempt,
+  fencing_token = excluded.fencing_token, executor_id = excluded.executor_id, lease_expires_at = excluded.lease_expires_at,
+  next_attempt_at = excluded.next_attempt_at, queued_at = excluded.queued_at, updated_at = now(), ended_at = excluded.ended_at`;
+
+const ATTEMPT_SQL = `INSERT INTO task_attempts (task_run_id, number, run_id, fencing_token, executor_id, status, error, logs,
+  leased_at, started_at, ended_at)
+SELECT task_run_id, number, run_id, fencing_token, executor_id, status, error, logs, leased_at, started_at, ended_at
+FROM jsonb_to_recordset($1::jsonb) AS x(task_run_id uuid, number int, run_id uuid, fencing_token bigint, executor_id text,
+  status text, error jsonb, logs jsonb, leased_at timestamptz, started_at timestamptz, ended_at timestamptz)
+ON CONFLICT (task_run_id, number) DO UPDATE SET status = excluded.status, error = excluded.error, logs = excluded.logs,
+  started_at = excluded.started_at, ended_at = excluded.ended_at`;
+
+const EVENT_SQL = `INSERT INTO outbox_events (event_id, run_id, sequence, type, payload, trace_context)
+SELECT event_id, run_id, sequence, type, decode(payload, 'base64'), trace_context
+FROM jsonb_to_recordset($1::jsonb) AS x(event_id uuid, run_id uuid, sequence bigint, type text, payload text, trace_context jsonb)`;
+
+function runRow(r: RunState): unknown {
+  return {
+    id: r.id,
+    definition_id: r.definitionId,
+    workflow_name: r.workflow.name,
+    workflow_version: r.workflow.version,
+    status: r.status,
+    input: r.input ?? null,
+    output: r.output ?? null,
+    error: r.error,
+    idempotency_key: r.idempotencyKey,
+    labels: r.labels,
+    cancel_requested: r.cancelRequested,
+    compensate_on_cancel: r.compensateOnCancel,
+    event_seq: r.eventSeq,
+    deadline: r.deadline,
+    created_at: r.createdAt,
+    ended_at: r.endedAt,
+  };
+}
+
+function taskRow(t: TaskState): unknown {
+  return {
+    id: t.id,
+    run_id: t.runId,
+    step_id: t.stepId,
+    kind: t.kind,
+    type: t.type,
+    status: t.status,
+    position: t.position,
+    input: t.input ?? null,
+    output: t.output ?? null,
+    output_ref: t.outputRef ?? null,
+    error: t.error,
+    skip_reason: t.skipReason,
+    attempt: t.attempt,
+    fencing_token: t.fencingToken,
+    executor_id: t.executorId,
+    lease_expires_at: t.leaseExpiresAt,
+    next_attempt_at: t.nextAttemptAt,
+    queued_at: t.queuedAt,
+    created_at: t.createdAt,
+    ended_at: t.endedAt,
+  };
+}
+
+function attemptRow(a: AttemptState): unknown {
+  return {
+    task_run_id: a.taskRunId,
+    number: a.number,
+    run_id: a.runId,
+    fencing_token: a.fencingToken,
+    executor_id: a.executorId,
+    status: a.status,
+    error: a.error,
+    logs: a.logs ?? null,
+    leased_at: a.leasedAt,
+    started_at: a.startedAt,
+    ended_at: a.endedAt,
+  };
+}
+
+/** The group-commit writer. */
+export class BatchWriter {
+  private runs = new Map<string, RunState>();
+  private tasks = new Map<string, TaskState>();
+  private attempts = new Map<string, AttemptState>();
+  private events: OutboxRow[] = [];
+  private waiters: Waiter[] = [];
+  private running = false;
+  private closed = false;
+  private healthy = true;
+  private retryTimer: NodeJS.Timeout | undefined;
+  private retryWake: (() => void) | undefined;
+  private readonly retryInitialMs: number;
+  private readonly retryMaxMs: number;
+  /** Statistics, for the benchmark and metrics. */
+  readonly stats = { commits: 0, failedCommits: 0, rows: 0 };
+
+  constructor(private readonly options: BatchWriterOptions) {
+    this.retryInitialMs = options.retryInitialMs ?? 100;
+    this.retryMaxMs = options.retryMaxMs ?? 2000;
+  }
+
+  /** False while commits are failing (the database is unreachable). */
+  get isHealthy(): boolean {
+    return this.healthy;
+  }
+
+  /** Marks a run as changed. */
+  markRun(run: RunState): void {
+    this.runs.set(run.id, run);
+  }
+
+  /** Marks a task as changed. */
+  markTask(task: TaskState): void {
+    this.tasks.set(task.id, task);
+  }
+
+  /** Marks an attempt as changed. */
+  markAttempt(attempt: AttemptState): void {
+    this.attempts.set(`${attempt.taskRunId}:${attempt.number}`, attempt);
+  }
+
+  /** Appends an outbox event (kept in order). */
+  addEvent(event: OutboxRow): void {
+    this.events.push(event);
+  }
+
+  /** Resolves when everything marked so far is committed. */
+  flush(): Promise<void> {
+    if (this.closed) return Promise.reject(new WriterClosedError("the batch writer is closed"));
+    const done = new Promise<void>((resolve, reject) => this.waiters.push({ resolve, reject }));
+    this.kick();
+    return done;
+  }
+
+  /** Starts a commit soon if none is running; changes made in the same tick share it. */
+  private kick(): void {
+    if (this.running || this.closed || this.retryTimer !== undefined) return;
+    this.running = true;
+    setImmediate(() => void this.commitLoop());
+  }
+
+  private hasWork(): boolean {
+    return this.runs.size + this.tasks.size + this.attempts.size + this.events.length > 0 || this.waiters.length > 0;
+  }
+
+  private async commitLoop(): Promise<void> {
+    let delay = this.retryInitialMs;
+    while (this.hasWork() && !this.closed) {
+      const runs = this.runs;
+      const tasks = this.tasks;
+      const attempts = this.attempts;
+      const events = this.events;
+      const waiters = this.waiters;
+      this.runs = new Map();
+      this.tasks = new Map();
+      this.attempts = new Map();
+      this.events = [];
+      this.waiters = [];
+      try {
+        await this.commit(runs, tasks, attempts, events);
+      } catch (e) {
+        // Put everything back in front of what accumulated meanwhile and try again later: the rows
+        // carry full state, so re-marking is idempotent; events keep their order.
+        this.runs = new Map([...runs, ...this.runs]);
+        this.tasks = new Map([...tasks, ...this.tasks]);
+        this.attempts = new Map([...attempts, ...this.attempts]);
+        this.events = [...events, ...this.events];
+        this.waiters = [...waiters, ...this.waiters];
+        this.stats.failedCommits++;
+        if (this.healthy) this.options.log.error({ err: e }, "database commit failed; retrying until it is back");
+        this.healthy = false;
+        if (this.closed) break;
+        await new Promise<void>((resolve) => {
+          this.retryWake = resolve;
+          this.retryTimer = setTimeout(() => {
+            this.retryTimer = undefined;
+            resolve();
+          }, delay);
+        });
+        this.retryWake = undefined;
+        delay = Math.min(delay * 2, this.retryMaxMs);
+        continue;
+      }
+      if (!this.healthy) this.options.log.info("database commits succeed again");
+      this.healthy = true;
+      delay = this.retryInitialMs;
+      this.stats.commits++;
+      this.stats.rows += runs.size + tasks.size + attempts.size + events.length;
+      for (const w of waiters) w.resolve();
+      this.options.onCommit?.({
+        runIds: new Set([...runs.keys(), ...[...tasks.values()].map((t) => t.runId)]),
+        taskIds: new Set(tasks.keys()),
+        events: events.length,
+      });
+    }
+    this.running = false;
+    if (this.closed) this.rejectAll();
+  }
+
+  private async commit(
+    runs: Map<string, RunState>,
+    tasks: Map<string, TaskState>,
+    attempts: Map<string, AttemptState>,
+    events: OutboxRow[],
+  ): Promise<void> {
+    if (runs.size + tasks.size + attempts.size + events.length === 0) return;
+    const client = await this.options.pool.connect();
+    let broken = false;
+    try {
+      await client.query("BEGIN");
+      // Parents before children: runs, tasks, attempts, then the events describing them.
+      if (runs.size > 0) await client.query(RUN_SQL, [JSON.stringify([...runs.values()].map(runRow))]);
+      if (tasks.size > 0) await client.query(TASK_SQL, [JSON.stringify([...tasks.values()].map(taskRow))]);
+      if (attempts.size > 0) await client.query(ATTEMPT_SQL, [JSON.stringify([...attempts.values()].map(attemptRow))]);
+      if (events.length > 0) {
+        const rows = events.map((e) => ({
+          event_id: e.eventId,
+          run_id: e.runId,
+          sequence: e.sequence,
+          type: e.type,
+          payload: Buffer.from(e.payload).toString("base64"),
+          trace_context: e.traceContext,
+        }));
+        await client.query(EVENT_SQL, [JSON.stringify(rows)]);
+      }
+      await client.query("COMMIT");
+    } catch (e) {
+      broken = true;
+      await client.query("ROLLBACK").catch(() => undefined);
+      throw e;
+    } finally {
+      client.release(broken);
+    }
+  }
+
+  private rejectAll(): void {
+    const waiters = this.waiters;
+    this.waiters = [];
+    for (const w of waiters) w.reject(new WriterClosedError("the batch writer closed before the change was committed"));
+  }
+
+  /** Commits what is pending (best effort, bounded by `timeoutMs`), then refuses new work. */
+  async close(timeoutMs = 5000): Promise<void> {
+    if (this.hasWork() && this.healthy) {
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([
+        this.flush().catch(() => undefined),
+        new Promise<void>((resolve) => (timer = setTimeout(resolve, timeoutMs))),
+      ]);
+      clearTimeout(timer);
+    }
+    this.closed = true;
+    if (this.retryTimer !== undefined) {
+      clearTimeout(this.retryTimer);
+      this.retryTimer = undefined;
+    }
+    this.retryWake?.();
+    if (!this.running) this.rejectAll();
+  }
+}

@@ -1,0 +1,95 @@
+/**
+ * The read side of runs: GetRun, ListRuns and WatchRun read committed state from PostgreSQL through
+ * MikroORM, so what clients see is exactly what survives a crash.
+ */
+import type { FilterQuery, InferEntity } from "@mikro-orm/core";
+import { ApiError } from "@nexusflow/common";
+import { decodeToken, encodeToken } from "../engine/definitions.js";
+import type { Database } from "./database.js";
+import { TaskAttemptEntity, TaskRunEntity, WorkflowRunEntity } from "./entities.js";
+
+/** A run row as read. */
+export type RunRow = InferEntity<typeof WorkflowRunEntity>;
+/** A task row as read. */
+export type TaskRow = InferEntity<typeof TaskRunEntity>;
+/** An attempt row as read. */
+export type AttemptRow = InferEntity<typeof TaskAttemptEntity>;
+
+/** A run with its tasks and their attempts. */
+export interface RunDetail {
+  run: RunRow;
+  tasks: TaskRow[];
+  attempts: Map<string, AttemptRow[]>;
+}
+
+/** Filters of ListRuns. */
+export interface RunFilter {
+  workflowName: string;
+  statuses: string[];
+  labels: Record<string, string>;
+  createdAfter: Date | undefined;
+  createdBefore: Date | undefined;
+  pageSize: number;
+  pageToken: string;
+}
+
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+
+/** Throws INVALID_ARGUMENT unless `id` is a UUID. */
+export function checkRunId(id: string, field = "run_id"): void {
+  if (!UUID.test(id)) throw ApiError.invalid(field, id === "" ? "a run id is required" : `not a run id: ${JSON.stringify(id)}`);
+}
+
+/** Queries over runs. */
+export class RunStore {
+  constructor(private readonly db: Database) {}
+
+  /** A run with tasks and attempts; NOT_FOUND when missing. */
+  async get(runId: string): Promise<RunDetail> {
+    checkRunId(runId);
+    const em = this.db.orm.em.fork();
+    const run = await em.findOne(WorkflowRunEntity, { id: runId });
+    if (run === null) throw ApiError.notFound(`run ${runId} does not exist`);
+    const tasks = await em.find(TaskRunEntity, { runId }, { orderBy: { kind: "desc", position: "asc" } });
+    const attemptRows = await em.find(TaskAttemptEntity, { runId }, { orderBy: { number: "asc" } });
+    const attempts = new Map<string, AttemptRow[]>();
+    for (const a of attemptRows) {
+      const list = attempts.get(a.taskRunId) ?? [];
+      list.push(a);
+      attempts.set(a.taskRunId, list);
+    }
+    return { run, tasks, attempts };
+  }
+
+  /** A page of runs, newest first (keyset pagination on created_at, id). */
+  async list(filter: RunFilter): Promise<{ runs: RunRow[]; nextPageToken: string }> {
+    const size = filter.pageSize === 0 ? 100 : filter.pageSize;
+    if (!Number.isInteger(size) || size < 1 || size > 1000) throw ApiError.invalid("page_size", "must be between 1 and 1000");
+    const where: FilterQuery<RunRow>[] = [];
+    if (filter.workflowName !== "") where.push({ workflowName: filter.workflowName });
+    if (filter.statuses.length > 0) where.push({ status: { $in: filter.statuses } });
+    for (const [k, v] of Object.entries(filter.labels)) where.push({ labels: { [k]: v } } as FilterQuery<RunRow>);
+    if (filter.createdAfter !== undefined) where.push({ createdAt: { $gte: filter.createdAfter } });
+    if (filter.createdBefore !== undefined) where.push({ createdAt: { $lt: filter.createdBefore } });
+    if (filter.pageToken !== "") {
+      const t = decodeToken(
+        filter.pageToken,
+        (v): v is { t: string; id: string } =>
+          typeof v === "object" && v !== null && typeof (v as { t?: unknown }).t === "string" && typeof (v as { id?: unknown }).id === "string",
+      );
+      const at = new Date(t.t);
+      where.push({ $or: [{ createdAt: { $lt: at } }, { createdAt: at, id: { $lt: t.id } }] });
+    }
+    const em = this.db.orm.em.fork();
+    const rows = await em.find(WorkflowRunEntity, where.length > 0 ? { $and: where } : {}, {
+      orderBy: { createdAt: "desc", id: "desc" },
+      limit: size + 1,
+    });
+    const page = rows.slice(0, size);
+    const last = page[page.length - 1];
+    return {
+      runs: page,
+      nextPageToken: rows.length > size && last !== undefined ? encodeToken({ t: last.createdAt.toISOString(), id: last.id }) : "",
+    };
+  }
+}

@@ -1,0 +1,148 @@
+/**
+ * The scheduler as one component: database (embedded or external), engine and gRPC server, with
+ * explicit states and a clean stop. Tests create it with port 0; main.ts wires it to the environment.
+ */
+import * as grpc from "@grpc/grpc-js";
+import { serviceDefinition, type Logger } from "@nexusflow/common";
+import { ExecutorService, WorkflowService } from "@nexusflow/gen";
+import { executorService } from "./api/executor-session.js";
+import { workflowService } from "./api/workflow-service.js";
+import { Engine } from "./engine/engine.js";
+import { openDatabase, type Database } from "./persistence/database.js";
+import { startEmbeddedPostgres, type EmbeddedDatabase } from "./persistence/embedded-postgres.js";
+import { RunStore } from "./persistence/run-store.js";
+
+/** Options of {@link Scheduler}. */
+export interface SchedulerOptions {
+  /** Interface to listen on. @default "127.0.0.1" */
+  host?: string;
+  /** Port; 0 picks a free one. @default 0 */
+  port?: number;
+  /** PostgreSQL URL; undefined starts the embedded PostgreSQL in `dataDir`. */
+  databaseUrl?: string | undefined;
+  /** Local state directory (embedded PostgreSQL lives in `<dataDir>/postgres`). @default ".nexusflow" */
+  dataDir?: string;
+  /** Pool size of the hot-path connection pool. @default 10 */
+  poolSize?: number;
+  /** Heartbeat interval told to executors. @default 2000 */
+  heartbeatIntervalMs?: number;
+  /** Session timeout (and lease grace period). @default 10000 */
+  sessionTimeoutMs?: number;
+  log: Logger;
+}
+
+/** Scheduler lifecycle. */
+export type SchedulerState = "IDLE" | "STARTING" | "RUNNING" | "STOPPING" | "STOPPED";
+
+/** Raised when the port is taken; the message names it. */
+export class PortInUseError extends Error {
+  override name = "PortInUseError";
+}
+
+/** The scheduler service. */
+export class Scheduler {
+  private stateValue: SchedulerState = "IDLE";
+  private embedded: EmbeddedDatabase | undefined;
+  private db: Database | undefined;
+  private engineValue: Engine | undefined;
+  private server: grpc.Server | undefined;
+  private addressValue = "";
+
+  constructor(private readonly options: SchedulerOptions) {}
+
+  /** Current state. */
+  get state(): SchedulerState {
+    return this.stateValue;
+  }
+
+  /** host:port it listens on, once running. */
+  get address(): string {
+    return this.addressValue;
+  }
+
+  /** The engine (for tests and metrics). */
+  get engine(): Engine {
+    if (this.engineValue === undefined) throw new Error("the scheduler is not started");
+    return this.engineValue;
+  }
+
+  /** Connects the database, recovers, and starts serving. */
+  async start(): Promise<string> {
+    if (this.stateValue !== "IDLE") throw new Error(`cannot start a scheduler that is ${this.stateValue}`);
+    this.stateValue = "STARTING";
+    const log = this.options.log;
+    try {
+      let url = this.options.databaseUrl;
+      if (url === undefined) {
+        this.embedded = await startEmbeddedPostgres({ dir: `${this.options.dataDir ?? ".nexusflow"}/postgres`, log });
+        url = this.embedded.url;
+        log.info({ port: this.embedded.port }, "embedded PostgreSQL started");
+      }
+      this.db = await openDatabase({ url, poolSize: this.options.poolSize ?? 10, log });
+      this.engineValue = new Engine({
+        db: this.db,
+        log,
+        ...(this.options.heartbeatIntervalMs === undefined ? {} : { heartbeatIntervalMs: this.options.heartbeatIntervalMs }),
+        ...(this.options.sessionTimeoutMs === undefined ? {} : { sessionTimeoutMs: this.options.sessionTimeoutMs }),
+      });
+      await this.engineValue.start();
+      const server = new grpc.Server({ "grpc.keepalive_permit_without_calls": 1, "grpc.max_receive_message_length": 16 * 1024 * 1024 });
+      server.addService(serviceDefinition(WorkflowService), workflowService(this.engineValue, new RunStore(this.db)));
+      server.addService(serviceDefinition(ExecutorService), executorService(this.engineValue, log));
+      const host = this.options.host ?? "127.0.0.1";
+      const port = await new Promise<number>((resolve, reject) => {
+        server.bindAsync(`${host}:${this.options.port ?? 0}`, grpc.ServerCredentials.createInsecure(), (e, p) => {
+          if (e !== null) {
+            reject(
+              /EADDRINUSE|address already in use|No address added/i.test(e.message)
+                ? new PortInUseError(`port ${this.options.port ?? 0} on ${host} is already in use (set SCHEDULER_PORT to another port)`)
+                : e,
+            );
+          } else resolve(p);
+        });
+      });
+      this.server = server;
+      this.addressValue = `${host.includes(":") ? `[${host}]` : host}:${port}`;
+      this.stateValue = "RUNNING";
+      log.info({ address: this.addressValue }, "scheduler listening");
+      return this.addressValue;
+    } catch (e) {
+      await this.release();
+      this.stateValue = "STOPPED";
+      throw e;
+    }
+  }
+
+  /** Stops serving, commits what is pending, closes the database (and the embedded server). */
+  async stop(): Promise<void> {
+    if (this.stateValue === "STOPPED" || this.stateValue === "STOPPING") return;
+    this.stateValue = "STOPPING";
+    await this.release();
+    this.stateValue = "STOPPED";
+    this.options.log.info("scheduler stopped");
+  }
+
+  private async release(): Promise<void> {
+    const server = this.server;
+    this.server = undefined;
+    if (server !== undefined) {
+      await new Promise<void>((resolve) => {
+        const force = setTimeout(() => {
+          server.forceShutdown();
+          resolve();
+        }, 3000);
+        server.tryShutdown(() => {
+          clearTimeout(force);
+          resolve();
+        });
+        // Sessions are infinite streams: end them so tryShutdown can finish.
+        void this.engineValue?.stop();
+      });
+    }
+    await this.engineValue?.stop();
+    await this.db?.close();
+    this.db = undefined;
+    await this.embedded?.stop();
+    this.embedded = undefined;
+  }
+}
