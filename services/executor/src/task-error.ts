@@ -38,7 +38,9 @@ export class TaskError extends Error {
     }
     const { retryAfterMs } = options;
     if (retryAfterMs !== undefined && !(Number.isFinite(retryAfterMs) && retryAfterMs >= 0)) {
-      throw new TypeError(`TaskError: retryAfterMs must be a non-negative number, got ${String(retryAfterMs)}`);
+      throw new TypeError(
+        `TaskError: retryAfterMs must be a non-negative number, got ${String(retryAfterMs)}`,
+      );
     }
     this.type = type;
     this.retryable = retryable;
@@ -121,7 +123,9 @@ function normalise(e: unknown): unknown {
     case "AbortError": {
       // Node's AbortError keeps the signal's reason as `cause`; fetch may reject with the reason itself.
       const cause = (e as { cause?: unknown }).cause;
-      return cause === undefined ? TaskError.terminal("CANCELLED", "task was cancelled", { cause: e }) : fromAbortReason(cause);
+      return cause === undefined
+        ? TaskError.terminal("CANCELLED", "task was cancelled", { cause: e })
+        : fromAbortReason(cause);
     }
     case "TimeoutError":
       return TaskError.retryable("TIMEOUT", messageOf(e) ?? "task timed out", { cause: e });
@@ -142,13 +146,24 @@ function messageOf(e: unknown): string | undefined {
 }
 
 function describeThrown(value: unknown): string {
-  if (typeof value === "string") return value;
-  if (value === undefined || value === null) return `handler threw ${String(value)}`;
-  try {
-    const json = JSON.stringify(value);
-    if (typeof json === "string") return json;
-  } catch {
-    // Not serialisable (cycles, BigInt): fall through to String().
+  switch (typeof value) {
+    case "string":
+      return value;
+    case "number":
+    case "boolean":
+    case "bigint":
+    case "symbol":
+      return value.toString();
+    case "undefined":
+      return "handler threw undefined";
+    default:
+      if (value === null) return "handler threw null";
+      try {
+        const json = JSON.stringify(value);
+        if (typeof json === "string") return json;
+      } catch {
+        // Not serialisable (cycles): describe the kind only.
+      }
+      return `handler threw a non-error ${typeof value}`;
   }
-  return String(value);
 }

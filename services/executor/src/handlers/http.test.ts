@@ -11,7 +11,14 @@ type Route = (req: IncomingMessage, body: string, res: ServerResponse) => void;
 const routes: Record<string, Route> = {
   "/echo": (req, body, res) => {
     res.writeHead(200, { "content-type": "application/json; charset=utf-8", "x-echo": "yes" });
-    res.end(JSON.stringify({ method: req.method, contentType: req.headers["content-type"] ?? null, auth: req.headers["authorization"] ?? null, body }));
+    res.end(
+      JSON.stringify({
+        method: req.method,
+        contentType: req.headers["content-type"] ?? null,
+        auth: req.headers["authorization"] ?? null,
+        body,
+      }),
+    );
   },
   "/text": (_req, _body, res) => {
     res.writeHead(200, { "content-type": "text/plain" });
@@ -82,15 +89,26 @@ function isTaskError(type: string, retryable: boolean, extra: (e: TaskError) => 
 describe("http handler", () => {
   it("sends an object body as JSON and parses a JSON response", async () => {
     const { ctx } = createTestContext();
-    const out = await http({ method: "post", url: `${base}/echo`, headers: { authorization: "Bearer t" }, body: { n: 1, s: "ü" } }, ctx);
+    const out = await http(
+      { method: "post", url: `${base}/echo`, headers: { authorization: "Bearer t" }, body: { n: 1, s: "ü" } },
+      ctx,
+    );
     assert.equal(out.status, 200);
     assert.equal(out.headers["x-echo"], "yes");
-    assert.deepEqual(out.body, { method: "POST", contentType: "application/json", auth: "Bearer t", body: '{"n":1,"s":"ü"}' });
+    assert.deepEqual(out.body, {
+      method: "POST",
+      contentType: "application/json",
+      auth: "Bearer t",
+      body: '{"n":1,"s":"ü"}',
+    });
   });
 
   it("sends a string body as is and keeps a content-type the user set", async () => {
     const { ctx } = createTestContext();
-    const out = await http({ method: "PUT", url: `${base}/echo`, headers: { "Content-Type": "text/csv" }, body: "a,b" }, ctx);
+    const out = await http(
+      { method: "PUT", url: `${base}/echo`, headers: { "Content-Type": "text/csv" }, body: "a,b" },
+      ctx,
+    );
     assert.deepEqual(out.body, { method: "PUT", contentType: "text/csv", auth: null, body: "a,b" });
     const plain = await http({ method: "PUT", url: `${base}/echo`, body: "raw" }, ctx);
     assert.equal((plain.body as { contentType: string }).contentType, "text/plain;charset=UTF-8");
@@ -125,7 +143,10 @@ describe("http handler", () => {
 
   it("times out retryably", async () => {
     const { ctx } = createTestContext();
-    await assert.rejects(Promise.resolve(http({ url: `${base}/hang`, timeout: "100ms" }, ctx)), isTaskError("TIMEOUT", true));
+    await assert.rejects(
+      Promise.resolve(http({ url: `${base}/hang`, timeout: "100ms" }, ctx)),
+      isTaskError("TIMEOUT", true),
+    );
   });
 
   it("is cancelled by ctx.signal while waiting for the response", async () => {
@@ -139,12 +160,18 @@ describe("http handler", () => {
 
   it("refuses a response body over the size cap", async () => {
     const { ctx } = createTestContext();
-    await assert.rejects(Promise.resolve(http({ url: `${base}/big` }, ctx)), isTaskError("RESPONSE_TOO_LARGE", false));
+    await assert.rejects(
+      Promise.resolve(http({ url: `${base}/big` }, ctx)),
+      isTaskError("RESPONSE_TOO_LARGE", false),
+    );
   });
 
   it("refuses a 2xx body that is not the JSON it claims", async () => {
     const { ctx } = createTestContext();
-    await assert.rejects(Promise.resolve(http({ url: `${base}/bad-json` }, ctx)), isTaskError("INVALID_RESPONSE", false));
+    await assert.rejects(
+      Promise.resolve(http({ url: `${base}/bad-json` }, ctx)),
+      isTaskError("INVALID_RESPONSE", false),
+    );
   });
 
   it("reports a refused connection as a retryable NETWORK_ERROR", async () => {
@@ -175,7 +202,10 @@ describe("http handler", () => {
       [{ url: base, retries: 3 }, /^retries: unknown field/],
     ];
     for (const [input, message] of cases) {
-      await assert.rejects(Promise.resolve(http(input, ctx)), isTaskError("INVALID_INPUT", false, (e) => message.test(e.message)));
+      await assert.rejects(
+        Promise.resolve(http(input, ctx)),
+        isTaskError("INVALID_INPUT", false, (e) => message.test(e.message)),
+      );
     }
   });
 });

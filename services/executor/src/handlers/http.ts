@@ -26,7 +26,15 @@ import { formatDuration } from "@nexusflow/common/duration";
 import { TaskError, cancellationError } from "../task-error.js";
 import { startTimer } from "./timers.js";
 import type { TaskHandler } from "./types.js";
-import { durationField, expectObject, invalidInput, kindOf, optionalString, optionalStringRecord, requiredString } from "./validate.js";
+import {
+  durationField,
+  expectObject,
+  invalidInput,
+  kindOf,
+  optionalString,
+  optionalStringRecord,
+  requiredString,
+} from "./validate.js";
 
 /** Options of {@link createHttpHandler}. */
 export interface HttpHandlerOptions {
@@ -93,7 +101,11 @@ export function createHttpHandler(options: HttpHandlerOptions = {}): TaskHandler
     const failure = (e: unknown, fallback: () => TaskError): TaskError => {
       if (ctx.signal.aborted) return cancellationError(ctx.signal);
       if (timeout.signal.aborted) {
-        return TaskError.retryable("TIMEOUT", `${target} timed out after ${formatDuration(input.timeoutMs)}`, { cause: e });
+        return TaskError.retryable(
+          "TIMEOUT",
+          `${target} timed out after ${formatDuration(input.timeoutMs)}`,
+          { cause: e },
+        );
       }
       return fallback();
     };
@@ -107,7 +119,9 @@ export function createHttpHandler(options: HttpHandlerOptions = {}): TaskHandler
           signal,
         });
       } catch (e) {
-        throw failure(e, () => TaskError.retryable("NETWORK_ERROR", `${target} failed: ${networkReason(e)}`, { cause: e }));
+        throw failure(e, () =>
+          TaskError.retryable("NETWORK_ERROR", `${target} failed: ${networkReason(e)}`, { cause: e }),
+        );
       }
       const headers = headerRecord(response.headers);
       let text: string;
@@ -117,7 +131,11 @@ export function createHttpHandler(options: HttpHandlerOptions = {}): TaskHandler
         throw failure(e, () =>
           e instanceof TaskError
             ? e
-            : TaskError.retryable("NETWORK_ERROR", `${target}: reading the response failed: ${networkReason(e)}`, { cause: e }),
+            : TaskError.retryable(
+                "NETWORK_ERROR",
+                `${target}: reading the response failed: ${networkReason(e)}`,
+                { cause: e },
+              ),
         );
       }
       const isJson = JSON_CONTENT_TYPE.test(headers["content-type"] ?? "");
@@ -136,7 +154,8 @@ export function createHttpHandler(options: HttpHandlerOptions = {}): TaskHandler
 function parseHttpInput(raw: unknown): ParsedHttpInput {
   const record = expectObject(raw, INPUT_FIELDS);
   const method = (optionalString(record, "method") ?? "GET").toUpperCase();
-  if (!METHOD_TOKEN.test(method)) throw invalidInput("method", `${JSON.stringify(method)} is not an HTTP method`);
+  if (!METHOD_TOKEN.test(method))
+    throw invalidInput("method", `${JSON.stringify(method)} is not an HTTP method`);
   if (FORBIDDEN_METHODS.has(method)) throw invalidInput("method", `${method} is not supported`);
 
   const urlText = requiredString(record, "url");
@@ -150,7 +169,10 @@ function parseHttpInput(raw: unknown): ParsedHttpInput {
     throw invalidInput("url", `only http: and https: URLs are supported, got ${url.protocol}`);
   }
   if (url.username !== "" || url.password !== "") {
-    throw invalidInput("url", "credentials in the URL are not supported; send an Authorization header instead");
+    throw invalidInput(
+      "url",
+      "credentials in the URL are not supported; send an Authorization header instead",
+    );
   }
 
   let headers: Headers;
@@ -190,7 +212,7 @@ async function readBody(response: Response, maxBytes: number): Promise<string> {
     throw tooLarge();
   }
   if (response.body === null) return "";
-  const reader = response.body.getReader();
+  const reader = response.body.getReader() as ReadableStreamDefaultReader<Uint8Array>;
   const decoder = new TextDecoder();
   let size = 0;
   let text = "";
@@ -212,14 +234,24 @@ function parseJsonBody(text: string, target: string, status: number): unknown {
   try {
     return JSON.parse(text) as unknown;
   } catch (e) {
-    throw TaskError.terminal("INVALID_RESPONSE", `${target} returned ${status} with a JSON content-type but the body is not JSON`, {
-      cause: e,
-      details: { status, body: cut(text) },
-    });
+    throw TaskError.terminal(
+      "INVALID_RESPONSE",
+      `${target} returned ${status} with a JSON content-type but the body is not JSON`,
+      {
+        cause: e,
+        details: { status, body: cut(text) },
+      },
+    );
   }
 }
 
-function statusError(status: number, statusText: string, headers: Record<string, string>, text: string, target: string): TaskError {
+function statusError(
+  status: number,
+  statusText: string,
+  headers: Record<string, string>,
+  text: string,
+  target: string,
+): TaskError {
   const type = `HTTP_${status}`;
   const message = `${target} returned ${status}${statusText ? ` ${statusText}` : ""}`;
   const details = { status, headers, body: cut(text) };
@@ -253,7 +285,9 @@ function networkReason(e: unknown): string {
   const cause = e instanceof Error ? e.cause : undefined;
   if (cause instanceof Error) {
     const code = (cause as { code?: unknown }).code;
-    return typeof code === "string" && !cause.message.includes(code) ? `${code}: ${cause.message}` : cause.message;
+    return typeof code === "string" && !cause.message.includes(code)
+      ? `${code}: ${cause.message}`
+      : cause.message;
   }
   return e instanceof Error ? e.message : String(e);
 }

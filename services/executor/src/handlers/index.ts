@@ -11,7 +11,13 @@ export {
   loadHandlerModule,
   registerBuiltins,
 } from "./registry.js";
-export { type HttpHandlerOptions, type HttpInput, type HttpOutput, createHttpHandler, parseRetryAfter } from "./http.js";
+export {
+  type HttpHandlerOptions,
+  type HttpInput,
+  type HttpOutput,
+  createHttpHandler,
+  parseRetryAfter,
+} from "./http.js";
 export { type ShellHandlerOptions, type ShellInput, type ShellOutput, createShellHandler } from "./shell.js";
 export { type SleepInput, type SleepOutput, sleepHandler } from "./sleep.js";
 export { noopHandler } from "./noop.js";

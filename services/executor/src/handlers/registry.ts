@@ -40,10 +40,14 @@ export class HandlerRegistry {
       );
     }
     if (typeof handler !== "function") {
-      throw new HandlerRegistrationError(`handler for task type "${type}" must be a function, got ${typeof handler}`);
+      throw new HandlerRegistrationError(
+        `handler for task type "${type}" must be a function, got ${typeof handler}`,
+      );
     }
     if (this.#handlers.has(type)) {
-      throw new HandlerRegistrationError(`task type "${type}" is already registered; each type can have only one handler`);
+      throw new HandlerRegistrationError(
+        `task type "${type}" is already registered; each type can have only one handler`,
+      );
     }
     // Handlers validate their own input, so storing them as taking `unknown` is sound at run time.
     this.#handlers.set(type, handler as TaskHandler);
@@ -86,7 +90,10 @@ export interface BuiltinHandlerOptions {
 }
 
 /** Registers the built-in handlers: http, noop, shell, sleep. */
-export function registerBuiltins(registry: HandlerRegistry, options: BuiltinHandlerOptions = {}): HandlerRegistry {
+export function registerBuiltins(
+  registry: HandlerRegistry,
+  options: BuiltinHandlerOptions = {},
+): HandlerRegistry {
   return registry
     .register("http", createHttpHandler(options.http))
     .register("noop", noopHandler)
@@ -119,7 +126,10 @@ export async function loadHandlerModule(
   try {
     mod = (await import(pathToFileURL(file).href)) as Record<string, unknown>;
   } catch (e) {
-    throw new HandlerModuleError(`cannot load handler module ${file}: ${e instanceof Error ? e.message : String(e)}`, { cause: e });
+    throw new HandlerModuleError(
+      `cannot load handler module ${file}: ${e instanceof Error ? e.message : String(e)}`,
+      { cause: e },
+    );
   }
   const setup = mod["default"];
   const handlers = mod["handlers"];
@@ -128,7 +138,8 @@ export async function loadHandlerModule(
   const shape =
     'must either default-export a function (registry) => void or export "handlers", ' +
     "an object mapping task types to handler functions";
-  if (hasSetup && hasHandlers) throw new HandlerModuleError(`handler module ${file} exports both; it ${shape}`);
+  if (hasSetup && hasHandlers)
+    throw new HandlerModuleError(`handler module ${file} exports both; it ${shape}`);
   if (!hasSetup && !hasHandlers) {
     const found = Object.keys(mod).join(", ") || "nothing";
     throw new HandlerModuleError(`handler module ${file} ${shape} (it exports ${found})`);
@@ -140,9 +151,12 @@ export async function loadHandlerModule(
       await (setup as (registry: HandlerRegistry) => unknown)(registry);
     } catch (e) {
       if (e instanceof HandlerRegistrationError) throw e;
-      throw new HandlerModuleError(`handler module ${file} failed to register its handlers: ${e instanceof Error ? e.message : String(e)}`, {
-        cause: e,
-      });
+      throw new HandlerModuleError(
+        `handler module ${file} failed to register its handlers: ${e instanceof Error ? e.message : String(e)}`,
+        {
+          cause: e,
+        },
+      );
     }
   } else {
     for (const [type, handler] of Object.entries(handlers as Record<string, unknown>)) {

@@ -33,7 +33,14 @@ import { formatDuration } from "@nexusflow/common/duration";
 import { TaskError, cancellationError } from "../task-error.js";
 import { startTimer } from "./timers.js";
 import type { TaskContext, TaskHandler } from "./types.js";
-import { durationField, invalidInput, kindOf, optionalString, optionalStringRecord, expectObject } from "./validate.js";
+import {
+  durationField,
+  invalidInput,
+  kindOf,
+  optionalString,
+  optionalStringRecord,
+  expectObject,
+} from "./validate.js";
 
 /** Options of {@link createShellHandler}. */
 export interface ShellHandlerOptions {
@@ -135,7 +142,8 @@ function parseShellInput(raw: unknown): ParsedShellInput {
         `so to use shell syntax write ["sh", "-c", ${JSON.stringify(command)}]`,
     );
   }
-  if (!Array.isArray(command)) throw invalidInput("command", `expected an array of strings, got ${kindOf(command)}`);
+  if (!Array.isArray(command))
+    throw invalidInput("command", `expected an array of strings, got ${kindOf(command)}`);
   if (command.length === 0) throw invalidInput("command", "must not be empty");
   command.forEach((arg: unknown, i) => {
     if (typeof arg !== "string") throw invalidInput(`command[${i}]`, `expected a string, got ${kindOf(arg)}`);
@@ -152,7 +160,8 @@ function parseShellInput(raw: unknown): ParsedShellInput {
     if (value.includes("\0")) throw invalidInput(`env.${name}`, "must not contain NUL characters");
   }
   const cwd = optionalString(record, "cwd");
-  if (cwd !== undefined && (cwd.length === 0 || cwd.includes("\0"))) throw invalidInput("cwd", "must be a non-empty path");
+  if (cwd !== undefined && (cwd.length === 0 || cwd.includes("\0")))
+    throw invalidInput("cwd", "must be a non-empty path");
 
   return {
     command: argv,
@@ -171,10 +180,15 @@ async function checkCwd(cwd: string): Promise<void> {
   } catch (e) {
     throw TaskError.terminal("CWD_NOT_FOUND", `cwd ${JSON.stringify(cwd)} does not exist`, { cause: e });
   }
-  if (!isDirectory) throw TaskError.terminal("CWD_NOT_FOUND", `cwd ${JSON.stringify(cwd)} is not a directory`);
+  if (!isDirectory)
+    throw TaskError.terminal("CWD_NOT_FOUND", `cwd ${JSON.stringify(cwd)} is not a directory`);
 }
 
-function runCommand(input: ParsedShellInput, ctx: TaskContext, options: CompiledShellOptions): Promise<ShellOutput> {
+function runCommand(
+  input: ParsedShellInput,
+  ctx: TaskContext,
+  options: CompiledShellOptions,
+): Promise<ShellOutput> {
   const [file, ...args] = input.command;
   return new Promise<ShellOutput>((resolve, reject) => {
     let child: ChildProcess;
@@ -188,7 +202,11 @@ function runCommand(input: ParsedShellInput, ctx: TaskContext, options: Compiled
         windowsHide: true,
       });
     } catch (e) {
-      reject(TaskError.terminal("SPAWN_FAILED", `cannot start ${JSON.stringify(file)}: ${errorMessage(e)}`, { cause: e }));
+      reject(
+        TaskError.terminal("SPAWN_FAILED", `cannot start ${JSON.stringify(file)}: ${errorMessage(e)}`, {
+          cause: e,
+        }),
+      );
       return;
     }
 
@@ -221,7 +239,7 @@ function runCommand(input: ParsedShellInput, ctx: TaskContext, options: Compiled
       try {
         resolve(outcome());
       } catch (e) {
-        reject(e);
+        reject(e instanceof Error ? e : new Error(String(e)));
       }
     };
 
@@ -268,9 +286,13 @@ function runCommand(input: ParsedShellInput, ctx: TaskContext, options: Compiled
           };
           if (stopReason === "cancel") throw cancellationError(ctx.signal);
           if (stopReason === "timeout") {
-            throw TaskError.retryable("TIMEOUT", `${JSON.stringify(file)} timed out after ${formatDuration(input.timeoutMs)}`, {
-              details: output,
-            });
+            throw TaskError.retryable(
+              "TIMEOUT",
+              `${JSON.stringify(file)} timed out after ${formatDuration(input.timeoutMs)}`,
+              {
+                details: output,
+              },
+            );
           }
           if (code === 0) return output;
           throw exitError(file, output);
@@ -280,7 +302,12 @@ function runCommand(input: ParsedShellInput, ctx: TaskContext, options: Compiled
   });
 }
 
-function forward(stream: NodeJS.ReadableStream | null, name: "stdout" | "stderr", tail: OutputTail, ctx: TaskContext): void {
+function forward(
+  stream: NodeJS.ReadableStream | null,
+  name: "stdout" | "stderr",
+  tail: OutputTail,
+  ctx: TaskContext,
+): void {
   if (stream === null) return;
   stream.setEncoding("utf8"); // decodes across chunk boundaries, so multi-byte characters stay whole
   stream.on("data", (chunk: string) => {
@@ -295,17 +322,28 @@ function forward(stream: NodeJS.ReadableStream | null, name: "stdout" | "stderr"
 
 function spawnError(file: string, e: NodeJS.ErrnoException): TaskError {
   if (e.code === "ENOENT") {
-    return TaskError.terminal("COMMAND_NOT_FOUND", `command ${JSON.stringify(file)} not found (not in PATH or no such file)`, {
-      cause: e,
-    });
+    return TaskError.terminal(
+      "COMMAND_NOT_FOUND",
+      `command ${JSON.stringify(file)} not found (not in PATH or no such file)`,
+      {
+        cause: e,
+      },
+    );
   }
-  return TaskError.terminal("SPAWN_FAILED", `cannot start ${JSON.stringify(file)}: ${e.code ?? e.message}`, { cause: e });
+  return TaskError.terminal("SPAWN_FAILED", `cannot start ${JSON.stringify(file)}: ${e.code ?? e.message}`, {
+    cause: e,
+  });
 }
 
 function exitError(file: string, output: ShellOutput): TaskError {
-  const how = output.exitCode === null ? `was killed by ${output.signal ?? "a signal"}` : `exited with code ${output.exitCode}`;
+  const how =
+    output.exitCode === null
+      ? `was killed by ${output.signal ?? "a signal"}`
+      : `exited with code ${output.exitCode}`;
   const tail = output.stderr.trimEnd().slice(-STDERR_IN_MESSAGE_CHARS);
-  return TaskError.terminal("EXIT_CODE", `${JSON.stringify(file)} ${how}${tail ? `: ${tail}` : ""}`, { details: output });
+  return TaskError.terminal("EXIT_CODE", `${JSON.stringify(file)} ${how}${tail ? `: ${tail}` : ""}`, {
+    details: output,
+  });
 }
 
 function errorMessage(e: unknown): string {

@@ -16,15 +16,18 @@ describe("sleep handler", () => {
 
   it("rejects with CANCELLED when the task is cancelled", async () => {
     const { ctx, controller } = createTestContext();
-    const sleeping = sleepHandler({ duration: "1h" }, ctx);
+    const sleeping = Promise.resolve(sleepHandler({ duration: "1h" }, ctx));
     controller.abort();
-    await assert.rejects(sleeping, (e: unknown) => e instanceof TaskError && e.type === "CANCELLED" && !e.retryable);
+    await assert.rejects(
+      sleeping,
+      (e: unknown) => e instanceof TaskError && e.type === "CANCELLED" && !e.retryable,
+    );
   });
 
   it("rejects with the abort reason when that is a TaskError", async () => {
     const { ctx, controller } = createTestContext();
     const reason = TaskError.retryable("LEASE_LOST", "lease lost");
-    const sleeping = sleepHandler({ duration: "1h" }, ctx);
+    const sleeping = Promise.resolve(sleepHandler({ duration: "1h" }, ctx));
     controller.abort(reason);
     await assert.rejects(sleeping, (e: unknown) => e === reason);
   });
@@ -37,12 +40,25 @@ describe("sleep handler", () => {
 
   it("refuses bad input naming the field", async () => {
     const { ctx } = createTestContext();
-    const invalid = (message: RegExp) => (e: unknown) => e instanceof TaskError && e.type === "INVALID_INPUT" && !e.retryable && message.test(e.message);
-    await assert.rejects(Promise.resolve(sleepHandler({ duration: "soon" }, ctx)), invalid(/^duration: invalid duration "soon"/));
+    const invalid = (message: RegExp) => (e: unknown) =>
+      e instanceof TaskError && e.type === "INVALID_INPUT" && !e.retryable && message.test(e.message);
+    await assert.rejects(
+      Promise.resolve(sleepHandler({ duration: "soon" }, ctx)),
+      invalid(/^duration: invalid duration "soon"/),
+    );
     await assert.rejects(Promise.resolve(sleepHandler({}, ctx)), invalid(/^duration: is required/));
-    await assert.rejects(Promise.resolve(sleepHandler({ duration: 5 }, ctx)), invalid(/^duration: expected a duration string/));
-    await assert.rejects(Promise.resolve(sleepHandler("5s", ctx)), invalid(/^input: expected an object, got string/));
-    await assert.rejects(Promise.resolve(sleepHandler({ duration: "1s", extra: 1 }, ctx)), invalid(/^extra: unknown field/));
+    await assert.rejects(
+      Promise.resolve(sleepHandler({ duration: 5 }, ctx)),
+      invalid(/^duration: expected a duration string/),
+    );
+    await assert.rejects(
+      Promise.resolve(sleepHandler("5s", ctx)),
+      invalid(/^input: expected an object, got string/),
+    );
+    await assert.rejects(
+      Promise.resolve(sleepHandler({ duration: "1s", extra: 1 }, ctx)),
+      invalid(/^extra: unknown field/),
+    );
   });
 });
 

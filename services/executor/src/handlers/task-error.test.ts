@@ -7,7 +7,11 @@ import { TaskError, cancellationError, isTaskError, toTaskFailure } from "../tas
 describe("TaskError", () => {
   it("carries type, verdict, retry delay, details and cause", () => {
     const cause = new Error("socket hang up");
-    const e = TaskError.retryable("HTTP_503", "unavailable", { retryAfterMs: 1500, details: { a: 1 }, cause });
+    const e = TaskError.retryable("HTTP_503", "unavailable", {
+      retryAfterMs: 1500,
+      details: { a: 1 },
+      cause,
+    });
     assert.equal(e.name, "TaskError");
     assert.equal(e.type, "HTTP_503");
     assert.equal(e.retryable, true);
@@ -39,18 +43,31 @@ describe("toTaskFailure", () => {
       message: "not found",
       retryable: false,
     });
-    assert.deepEqual(toTaskFailure(TaskError.retryable("HTTP_429", "slow down", { retryAfterMs: 2000, details: { s: 429 } })), {
-      type: "HTTP_429",
-      message: "slow down",
-      retryable: true,
-      retryAfterMs: 2000,
-      details: { s: 429 },
-    });
+    assert.deepEqual(
+      toTaskFailure(
+        TaskError.retryable("HTTP_429", "slow down", { retryAfterMs: 2000, details: { s: 429 } }),
+      ),
+      {
+        type: "HTTP_429",
+        message: "slow down",
+        retryable: true,
+        retryAfterMs: 2000,
+        details: { s: 429 },
+      },
+    );
   });
 
   it("treats unknown errors as retryable, typed by their name", () => {
-    assert.deepEqual(toTaskFailure(new RangeError("out of range")), { type: "RangeError", message: "out of range", retryable: true });
-    assert.deepEqual(toTaskFailure("plain string"), { type: "Error", message: "plain string", retryable: true });
+    assert.deepEqual(toTaskFailure(new RangeError("out of range")), {
+      type: "RangeError",
+      message: "out of range",
+      retryable: true,
+    });
+    assert.deepEqual(toTaskFailure("plain string"), {
+      type: "Error",
+      message: "plain string",
+      retryable: true,
+    });
     assert.deepEqual(toTaskFailure({ code: 7 }), { type: "Error", message: '{"code":7}', retryable: true });
     assert.equal(toTaskFailure(undefined).type, "Error");
   });
@@ -60,7 +77,11 @@ describe("toTaskFailure", () => {
     const waiting = delay(60_000, undefined, { signal: controller.signal });
     controller.abort();
     const error = await waiting.catch((e: unknown) => e);
-    assert.deepEqual(toTaskFailure(error), { type: "CANCELLED", message: "task was cancelled", retryable: false });
+    assert.deepEqual(toTaskFailure(error), {
+      type: "CANCELLED",
+      message: "task was cancelled",
+      retryable: false,
+    });
     assert.equal(toTaskFailure(new DOMException("aborted", "AbortError")).type, "CANCELLED");
   });
 
@@ -82,12 +103,18 @@ describe("cancellationError", () => {
   it("maps the abort reason of a signal", () => {
     const plain = new AbortController();
     plain.abort();
-    assert.deepEqual([cancellationError(plain.signal).type, cancellationError(plain.signal).retryable], ["CANCELLED", false]);
+    assert.deepEqual(
+      [cancellationError(plain.signal).type, cancellationError(plain.signal).retryable],
+      ["CANCELLED", false],
+    );
     const shutdown = new AbortController();
     const reason = TaskError.retryable("SHUTDOWN", "executor is shutting down");
     shutdown.abort(reason);
     assert.equal(cancellationError(shutdown.signal), reason);
     const timedOut = AbortSignal.abort(new DOMException("deadline", "TimeoutError"));
-    assert.deepEqual([cancellationError(timedOut).type, cancellationError(timedOut).retryable], ["TIMEOUT", true]);
+    assert.deepEqual(
+      [cancellationError(timedOut).type, cancellationError(timedOut).retryable],
+      ["TIMEOUT", true],
+    );
   });
 });

@@ -2,6 +2,7 @@
  * Test utility: a TaskContext that records what a handler logs, writes and heartbeats, and helpers
  * to wait on conditions instead of sleeping.
  */
+import { existsSync, readFileSync } from "node:fs";
 import { setTimeout as delay } from "node:timers/promises";
 import type { TaskContext, TaskLog } from "./types.js";
 
@@ -32,7 +33,9 @@ export interface TestContext {
 
 /** Creates a {@link TestContext}; `overrides` replace the identity fields. */
 export function createTestContext(
-  overrides: Partial<Pick<TaskContext, "runId" | "stepId" | "taskRunId" | "attempt" | "taskType" | "deadline">> = {},
+  overrides: Partial<
+    Pick<TaskContext, "runId" | "stepId" | "taskRunId" | "attempt" | "taskType" | "deadline">
+  > = {},
 ): TestContext {
   const controller = new AbortController();
   const lines: LoggedLine[] = [];
@@ -80,7 +83,11 @@ export function createTestContext(
 }
 
 /** Polls `condition` until it returns a value other than undefined/false, or fails after `timeoutMs`. */
-export async function waitFor<T>(condition: () => T | undefined | false, what: string, timeoutMs = 10_000): Promise<T> {
+export async function waitFor<T>(
+  condition: () => T | undefined | false,
+  what: string,
+  timeoutMs = 10_000,
+): Promise<T> {
   const end = Date.now() + timeoutMs;
   for (;;) {
     const value = condition();
@@ -90,13 +97,23 @@ export async function waitFor<T>(condition: () => T | undefined | false, what: s
   }
 }
 
-/** Whether a process with this pid exists (zombies, which hold no resources, count as gone). */
+/**
+ * Whether a process with this pid is running. A zombie counts as gone: it has exited and only
+ * waits for its parent (here often PID 1, outside our control) to reap it.
+ */
 export function processAlive(pid: number): boolean {
   try {
     process.kill(pid, 0);
-    return true;
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code === "ESRCH") return false;
     throw e;
+  }
+  try {
+    // /proc/<pid>/stat is "pid (comm) state ..."; comm may contain spaces, so split after ")".
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    return stat.slice(stat.lastIndexOf(")") + 2, stat.lastIndexOf(")") + 3) !== "Z";
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === "ENOENT" && existsSync("/proc/self")) return false; // reaped meanwhile
+    return true; // no procfs (macOS): kill(pid, 0) succeeding is all we know
   }
 }

@@ -21,7 +21,11 @@ export function kindOf(value: unknown): string {
 }
 
 /** The input as a plain object, refusing unknown fields so typos ("timout") fail loudly. */
-export function expectObject(value: unknown, allowed: readonly string[], field = "input"): Record<string, unknown> {
+export function expectObject(
+  value: unknown,
+  allowed: readonly string[],
+  field = "input",
+): Record<string, unknown> {
   if (typeof value !== "object" || value === null || Array.isArray(value)) {
     throw invalidInput(field, `expected an object, got ${kindOf(value)}`);
   }
@@ -52,7 +56,10 @@ export function optionalString(record: Record<string, unknown>, field: string): 
 }
 
 /** An optional record of string values (undefined when absent). */
-export function optionalStringRecord(record: Record<string, unknown>, field: string): Record<string, string> | undefined {
+export function optionalStringRecord(
+  record: Record<string, unknown>,
+  field: string,
+): Record<string, string> | undefined {
   const value = record[field];
   if (value === undefined) return undefined;
   if (typeof value !== "object" || value === null || Array.isArray(value)) {
@@ -60,7 +67,8 @@ export function optionalStringRecord(record: Record<string, unknown>, field: str
   }
   const result: Record<string, string> = {};
   for (const [key, item] of Object.entries(value as Record<string, unknown>)) {
-    if (typeof item !== "string") throw invalidInput(`${field}.${key}`, `expected a string, got ${kindOf(item)}`);
+    if (typeof item !== "string")
+      throw invalidInput(`${field}.${key}`, `expected a string, got ${kindOf(item)}`);
     result[key] = item;
   }
   return result;

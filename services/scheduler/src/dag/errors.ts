@@ -14,11 +14,7 @@ export interface SpecError {
 
 /** Closed set of codes carried by {@link DagError}. */
 export type DagErrorCode =
-  | "EXPRESSION_SYNTAX"
-  | "EXPRESSION_ERROR"
-  | "TEMPLATE_ERROR"
-  | "UNKNOWN_STEP"
-  | "INVALID_ARGUMENT";
+  "EXPRESSION_SYNTAX" | "EXPRESSION_ERROR" | "TEMPLATE_ERROR" | "UNKNOWN_STEP" | "INVALID_ARGUMENT";
 
 /** Base class of every error thrown by the DAG engine. */
 export class DagError extends Error {

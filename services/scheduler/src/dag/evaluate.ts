@@ -64,7 +64,15 @@ const FAILED = 3;
 const CANCELLED = 4;
 const SKIPPED_CONDITION = 5;
 const SKIPPED_UPSTREAM = 6;
-const STATUS_NAMES: readonly StepStatus[] = ["pending", "active", "succeeded", "failed", "cancelled", "skipped", "skipped"];
+const STATUS_NAMES: readonly StepStatus[] = [
+  "pending",
+  "active",
+  "succeeded",
+  "failed",
+  "cancelled",
+  "skipped",
+  "skipped",
+];
 
 function codeOf(state: StepState | undefined): number {
   if (state === undefined) return PENDING;
@@ -135,7 +143,10 @@ export function evaluateRun(
       const step = workflow.stepsById.get(id);
       if (step === undefined) return undefined;
       // Templates only reference upstream steps, which were decided earlier in this same pass.
-      return { status: STATUS_NAMES[effective[step.order] as number] as StepStatus, output: states.get(id)?.output };
+      return {
+        status: STATUS_NAMES[effective[step.order] as number] as StepStatus,
+        output: states.get(id)?.output,
+      };
     },
   };
 
@@ -261,8 +272,10 @@ export function renderCompensationInput(
   run: RunInfo,
 ): CompensationInput {
   const step = workflow.stepsById.get(stepId);
-  if (step === undefined) throw new DagError("UNKNOWN_STEP", `workflow ${workflow.name} has no step ${JSON.stringify(stepId)}`);
-  if (step.compensate === null) throw new DagError("INVALID_ARGUMENT", `step ${JSON.stringify(stepId)} has no compensate`);
+  if (step === undefined)
+    throw new DagError("UNKNOWN_STEP", `workflow ${workflow.name} has no step ${JSON.stringify(stepId)}`);
+  if (step.compensate === null)
+    throw new DagError("INVALID_ARGUMENT", `step ${JSON.stringify(stepId)} has no compensate`);
   if (step.compensate.input === null) return { ok: true, input: null };
   const own = states.get(stepId);
   const scope: EvalScope = {
@@ -292,12 +305,16 @@ export function renderCompensationInput(
  * Within a wave, steps are in reverse topological order. O(steps + edges).
  * Throws {@link DagError} UNKNOWN_STEP for ids that are not steps of the workflow.
  */
-export function compensationOrder(workflow: CompiledWorkflow, succeededStepIds: Iterable<string>): string[][] {
+export function compensationOrder(
+  workflow: CompiledWorkflow,
+  succeededStepIds: Iterable<string>,
+): string[][] {
   const steps = workflow.steps;
   const compensated = new Uint8Array(steps.length);
   for (const id of succeededStepIds) {
     const step = workflow.stepsById.get(id);
-    if (step === undefined) throw new DagError("UNKNOWN_STEP", `workflow ${workflow.name} has no step ${JSON.stringify(id)}`);
+    if (step === undefined)
+      throw new DagError("UNKNOWN_STEP", `workflow ${workflow.name} has no step ${JSON.stringify(id)}`);
     if (step.compensate !== null) compensated[step.order] = 1;
   }
   // after[i]: first wave in which anything upstream of i may be compensated, given i's descendants.

@@ -31,7 +31,10 @@ function evalError(text: string, input: unknown = {}, steps: Record<string, Step
   try {
     run(text, input, steps);
   } catch (error) {
-    assert.ok(error instanceof EvaluationError, `expected an evaluation error for ${text}, got ${String(error)}`);
+    assert.ok(
+      error instanceof EvaluationError,
+      `expected an evaluation error for ${text}, got ${String(error)}`,
+    );
     return error;
   }
   assert.fail(`expected ${JSON.stringify(text)} to fail`);
@@ -66,7 +69,11 @@ describe("expression literals and operators", () => {
     assert.equal(run("'abc' < 'abd'"), true);
     assert.equal(run("3 >= 3"), true);
     assert.equal(run("input.a == input.b", { a: { x: [1, 2] }, b: { x: [1, 2] } }), true);
-    assert.equal(run("input.a != input.b", { a: { x: 1, y: 2 }, b: { y: 2, x: 1 } }), false, "key order is irrelevant");
+    assert.equal(
+      run("input.a != input.b", { a: { x: 1, y: 2 }, b: { y: 2, x: 1 } }),
+      false,
+      "key order is irrelevant",
+    );
     assert.equal(run("1 == '1'"), false, "no coercion");
     assert.equal(run("null == null"), true);
   });
@@ -108,7 +115,7 @@ describe("expression literals and operators", () => {
 describe("expression paths", () => {
   const input = { order: { "line items": [{ sku: "A-1" }], id: 7 } };
 
-  it("supports .name, [\"quoted\"] and [index]", () => {
+  it('supports .name, ["quoted"] and [index]', () => {
     assert.equal(run('input.order["line items"][0].sku', input), "A-1");
     assert.equal(run("input['order'].id", input), 7);
     assert.equal(run("input", input), input);
@@ -118,7 +125,11 @@ describe("expression paths", () => {
     const steps = { "fetch-user": { status: "succeeded", output: { name: "ada" } } } as const;
     assert.equal(run("steps.fetch-user.output.name", {}, steps), "ada");
     assert.equal(run('steps["fetch-user"].status', {}, steps), "succeeded");
-    assert.equal(run("steps.fetch-user.output.name + '-' + 'x'", {}, steps), "ada-x", "only the id segment reads dashes");
+    assert.equal(
+      run("steps.fetch-user.output.name + '-' + 'x'", {}, steps),
+      "ada-x",
+      "only the id segment reads dashes",
+    );
   });
 
   it("gives null for paths into a skipped step, but its real status", () => {
@@ -143,8 +154,14 @@ describe("expression paths", () => {
     assert.match(e.message, /input\.order has no field "amount"/);
     assert.match(evalError('input.order["line items"][4]', input).message, /no element \[4\] \(length 1\)/);
     assert.match(evalError("input.order.id.x", input).message, /input\.order\.id is number, not an object/);
-    assert.match(evalError("steps.a.output", {}, { a: { status: "failed" } }).message, /has no output \(it is failed\)/);
-    assert.throws(() => evaluateExpression(parseExpression("input.x"), scope(undefined)), /the run has no input/);
+    assert.match(
+      evalError("steps.a.output", {}, { a: { status: "failed" } }).message,
+      /has no output \(it is failed\)/,
+    );
+    assert.throws(
+      () => evaluateExpression(parseExpression("input.x"), scope(undefined)),
+      /the run has no input/,
+    );
   });
 
   it("lists referenced paths", () => {
@@ -183,7 +200,17 @@ describe("expression safety", () => {
   });
 
   it("rejects anything that looks like code", () => {
-    for (const text of ["process.exit(1)", "globalThis", "this", "require('fs')", "eval('1')", "Function('x')", "input.a = 1", "`x`", "a => 1"]) {
+    for (const text of [
+      "process.exit(1)",
+      "globalThis",
+      "this",
+      "require('fs')",
+      "eval('1')",
+      "Function('x')",
+      "input.a = 1",
+      "`x`",
+      "a => 1",
+    ]) {
       syntaxError(text);
     }
   });

@@ -21,7 +21,8 @@ export type PathRoot = "input" | "steps" | "run" | "step";
 /** Built-in pure functions. */
 export type FunctionName = "len" | "lower" | "upper" | "contains" | "startsWith" | "exists";
 /** Binary operators, including the short-circuit ones. */
-export type BinaryOp = "||" | "&&" | "==" | "!=" | "<" | "<=" | ">" | ">=" | "in" | "+" | "-" | "*" | "/" | "%";
+export type BinaryOp =
+  "||" | "&&" | "==" | "!=" | "<" | "<=" | ">" | ">=" | "in" | "+" | "-" | "*" | "/" | "%";
 
 /** A reference such as `steps.charge.output.id` or `input["order id"][0]`. */
 export interface PathExpr {
@@ -40,8 +41,19 @@ export type Expr =
   | { readonly kind: "array"; readonly items: readonly Expr[]; readonly pos: number }
   | PathExpr
   | { readonly kind: "unary"; readonly op: "!" | "-"; readonly operand: Expr; readonly pos: number }
-  | { readonly kind: "binary"; readonly op: BinaryOp; readonly left: Expr; readonly right: Expr; readonly pos: number }
-  | { readonly kind: "call"; readonly fn: FunctionName; readonly args: readonly Expr[]; readonly pos: number };
+  | {
+      readonly kind: "binary";
+      readonly op: BinaryOp;
+      readonly left: Expr;
+      readonly right: Expr;
+      readonly pos: number;
+    }
+  | {
+      readonly kind: "call";
+      readonly fn: FunctionName;
+      readonly args: readonly Expr[];
+      readonly pos: number;
+    };
 
 /** What an expression can see of one step. */
 export interface StepView {
@@ -127,7 +139,8 @@ class Parser {
     const start = this.tok.pos;
     const expr = this.parseExpr();
     if (this.inTemplate) {
-      if (this.tok.kind !== "close") this.fail(`expected "}}" but found ${this.describe(this.tok)}`, this.tok.pos);
+      if (this.tok.kind !== "close")
+        this.fail(`expected "}}" but found ${this.describe(this.tok)}`, this.tok.pos);
     } else if (this.tok.kind !== "eof") {
       this.fail(`unexpected ${this.describe(this.tok)} after the end of the expression`, this.tok.pos);
     }
@@ -243,12 +256,14 @@ class Parser {
   }
 
   private expectPunct(text: string): Token {
-    if (!this.isPunct(text)) this.fail(`expected "${text}" but found ${this.describe(this.tok)}`, this.tok.pos);
+    if (!this.isPunct(text))
+      this.fail(`expected "${text}" but found ${this.describe(this.tok)}`, this.tok.pos);
     return this.advance();
   }
 
   private enter(pos: number): void {
-    if (++this.depth > MAX_EXPRESSION_DEPTH) this.fail(`expression is nested deeper than ${MAX_EXPRESSION_DEPTH} levels`, pos);
+    if (++this.depth > MAX_EXPRESSION_DEPTH)
+      this.fail(`expression is nested deeper than ${MAX_EXPRESSION_DEPTH} levels`, pos);
   }
 
   private parseExpr(): Expr {
@@ -352,7 +367,10 @@ class Parser {
   private parseCall(nameTok: Token): Expr {
     const fn = nameTok.text;
     if (!Object.hasOwn(FUNCTION_ARITY, fn)) {
-      this.fail(`unknown function ${JSON.stringify(fn)} (known: ${Object.keys(FUNCTION_ARITY).join(", ")})`, nameTok.pos);
+      this.fail(
+        `unknown function ${JSON.stringify(fn)} (known: ${Object.keys(FUNCTION_ARITY).join(", ")})`,
+        nameTok.pos,
+      );
     }
     const arity = FUNCTION_ARITY[fn as FunctionName];
     this.advance();
@@ -368,7 +386,8 @@ class Parser {
     if (args.length !== arity) {
       this.fail(`${fn}() takes ${arity} argument${arity === 1 ? "" : "s"}, got ${args.length}`, nameTok.pos);
     }
-    if (fn === "exists" && args[0]?.kind !== "path") this.fail("exists() takes a path such as input.name", nameTok.pos);
+    if (fn === "exists" && args[0]?.kind !== "path")
+      this.fail("exists() takes a path such as input.name", nameTok.pos);
     return { kind: "call", fn: fn as FunctionName, args, pos: nameTok.pos };
   }
 
@@ -388,7 +407,8 @@ class Parser {
       }
       this.advance();
       const name = this.tok;
-      if (name.kind !== "name") this.fail(`expected a field name after "." but found ${this.describe(name)}`, name.pos);
+      if (name.kind !== "name")
+        this.fail(`expected a field name after "." but found ${this.describe(name)}`, name.pos);
       this.advance();
       return name.text;
     }
@@ -396,9 +416,15 @@ class Parser {
       this.advance();
       const key = this.tok;
       const valid =
-        key.kind === "string" || (key.kind === "number" && !stepId && Number.isSafeInteger(key.value) && /^\d+$/.test(key.text));
+        key.kind === "string" ||
+        (key.kind === "number" && !stepId && Number.isSafeInteger(key.value) && /^\d+$/.test(key.text));
       if (!valid) {
-        this.fail(stepId ? 'expected a quoted step id such as ["my-step"]' : 'expected a quoted key or an index such as [0] or ["key"]', key.pos);
+        this.fail(
+          stepId
+            ? 'expected a quoted step id such as ["my-step"]'
+            : 'expected a quoted key or an index such as [0] or ["key"]',
+          key.pos,
+        );
       }
       this.advance();
       this.expectPunct("]");
@@ -420,7 +446,8 @@ class Parser {
     };
     // The fixed shapes below make paths that can never resolve a parse error rather than a runtime one.
     if (root === "steps") {
-      if (!pushSegment(true)) this.fail('expected a step id after "steps", as in steps.<id>.output', this.tok.pos);
+      if (!pushSegment(true))
+        this.fail('expected a step id after "steps", as in steps.<id>.output', this.tok.pos);
       if (!pushSegment(false) || (segments[1] !== "output" && segments[1] !== "status")) {
         this.fail(`expected .output or .status after ${this.src.slice(rootTok.pos, end)}`, rootTok.pos);
       }
@@ -431,7 +458,8 @@ class Parser {
       if (!pushSegment(false) || !RUN_FIELDS.has(String(segments[0]))) {
         this.fail("expected run.id, run.workflow or run.version", rootTok.pos);
       }
-      if (this.isPunct(".") || this.isPunct("[")) this.fail(`run.${String(segments[0])} has no fields`, this.tok.pos);
+      if (this.isPunct(".") || this.isPunct("["))
+        this.fail(`run.${String(segments[0])} has no fields`, this.tok.pos);
     } else if (root === "step") {
       if (!pushSegment(false) || (segments[0] !== "input" && segments[0] !== "output")) {
         this.fail("expected step.input or step.output", rootTok.pos);
@@ -447,7 +475,10 @@ class Parser {
 /** Parses a standalone expression (a `when`). Throws {@link ExpressionSyntaxError}. */
 export function parseExpression(text: string): Expr {
   if (text.length > MAX_EXPRESSION_LENGTH) {
-    throw new ExpressionSyntaxError(`expression is longer than ${MAX_EXPRESSION_LENGTH} characters`, MAX_EXPRESSION_LENGTH);
+    throw new ExpressionSyntaxError(
+      `expression is longer than ${MAX_EXPRESSION_LENGTH} characters`,
+      MAX_EXPRESSION_LENGTH,
+    );
   }
   return new Parser(text, 0, false).parseAll().expr;
 }
@@ -501,7 +532,8 @@ function formatPrefix(root: PathRoot, segments: readonly (string | number)[], co
   for (let i = 0; i < count; i++) {
     const seg = segments[i] as string | number;
     if (typeof seg === "number") text += `[${seg}]`;
-    else if (SIMPLE_NAME.test(seg) || (root === "steps" && i === 0 && /^[A-Za-z_][A-Za-z0-9_-]*$/.test(seg))) text += `.${seg}`;
+    else if (SIMPLE_NAME.test(seg) || (root === "steps" && i === 0 && /^[A-Za-z_][A-Za-z0-9_-]*$/.test(seg)))
+      text += `.${seg}`;
     else text += `[${JSON.stringify(seg)}]`;
   }
   return text;
@@ -544,15 +576,24 @@ export function resolvePath(path: PathExpr, scope: EvalScope): Resolution {
       if (scope.run === undefined) return { found: false, reason: "run information is not available here" };
       const field = path.segments[0];
       const run = scope.run;
-      const value = field === "id" ? run.id : field === "workflow" ? run.workflow : field === "version" ? run.version : undefined;
+      const value =
+        field === "id"
+          ? run.id
+          : field === "workflow"
+            ? run.workflow
+            : field === "version"
+              ? run.version
+              : undefined;
       if (value === undefined) return { found: false, reason: `run has no field ${JSON.stringify(field)}` };
       return { found: true, value, skipped: false };
     }
     case "step": {
-      if (scope.step === undefined) return { found: false, reason: "step.* is only available in compensate.input" };
+      if (scope.step === undefined)
+        return { found: false, reason: "step.* is only available in compensate.input" };
       const field = path.segments[0] === "input" ? "input" : "output";
       const value = scope.step[field];
-      if (value === undefined) return { found: false, reason: `the compensated step has no recorded ${field}` };
+      if (value === undefined)
+        return { found: false, reason: `the compensated step has no recorded ${field}` };
       return walk(path, value, 1);
     }
     case "steps": {
@@ -586,7 +627,8 @@ function describeValue(value: JsonValue): string {
 function contains(haystack: JsonValue, needle: JsonValue, what: string): boolean {
   if (Array.isArray(haystack)) return haystack.some((item) => jsonEqual(item, needle));
   if (typeof haystack === "string") {
-    if (typeof needle !== "string") fail(`${what}: a substring test needs a string, got ${describeValue(needle)}`);
+    if (typeof needle !== "string")
+      fail(`${what}: a substring test needs a string, got ${describeValue(needle)}`);
     return haystack.includes(needle);
   }
   if (isPlainObject(haystack)) {
@@ -594,6 +636,10 @@ function contains(haystack: JsonValue, needle: JsonValue, what: string): boolean
     return Object.hasOwn(haystack, needle);
   }
   return fail(`${what} needs an array, object or string on the right, got ${describeValue(haystack)}`);
+}
+
+function compare<T extends number | string>(op: "<" | "<=" | ">" | ">=", l: T, r: T): boolean {
+  return op === "<" ? l < r : op === "<=" ? l <= r : op === ">" ? l > r : l >= r;
 }
 
 function binary(op: BinaryOp, left: JsonValue, right: JsonValue): JsonValue {
@@ -606,19 +652,20 @@ function binary(op: BinaryOp, left: JsonValue, right: JsonValue): JsonValue {
     case "<=":
     case ">":
     case ">=": {
-      const comparable =
-        (typeof left === "number" && typeof right === "number") || (typeof left === "string" && typeof right === "string");
-      if (!comparable) fail(`"${op}" compares two numbers or two strings, got ${describeValue(left)} and ${describeValue(right)}`);
-      const l = left as number | string;
-      const r = right as number | string;
-      return op === "<" ? l < r : op === "<=" ? l <= r : op === ">" ? l > r : l >= r;
+      if (typeof left === "number" && typeof right === "number") return compare(op, left, right);
+      if (typeof left === "string" && typeof right === "string") return compare(op, left, right);
+      return fail(
+        `"${op}" compares two numbers or two strings, got ${describeValue(left)} and ${describeValue(right)}`,
+      );
     }
     case "in":
       return contains(right, left, '"in"');
     case "+":
       if (typeof left === "number" && typeof right === "number") return finite(left + right, "+");
       if (typeof left === "string" && typeof right === "string") return left + right;
-      return fail(`"+" adds two numbers or joins two strings, got ${describeValue(left)} and ${describeValue(right)}`);
+      return fail(
+        `"+" adds two numbers or joins two strings, got ${describeValue(left)} and ${describeValue(right)}`,
+      );
     case "-":
     case "*":
     case "/":
@@ -627,7 +674,8 @@ function binary(op: BinaryOp, left: JsonValue, right: JsonValue): JsonValue {
         fail(`"${op}" needs two numbers, got ${describeValue(left)} and ${describeValue(right)}`);
       }
       if ((op === "/" || op === "%") && right === 0) fail(`division by zero in "${op}"`);
-      const result = op === "-" ? left - right : op === "*" ? left * right : op === "/" ? left / right : left % right;
+      const result =
+        op === "-" ? left - right : op === "*" ? left * right : op === "/" ? left / right : left % right;
       return finite(result, op);
     }
     case "&&":

@@ -5,7 +5,8 @@
 import { createHash } from "node:crypto";
 
 /** Any value that survives `JSON.parse(JSON.stringify(x))` unchanged. */
-export type JsonValue = null | boolean | number | string | readonly JsonValue[] | { readonly [key: string]: JsonValue };
+export type JsonValue =
+  null | boolean | number | string | readonly JsonValue[] | { readonly [key: string]: JsonValue };
 
 /** True for objects made by JSON.parse or object literals; arrays, class instances and null are excluded. */
 export function isPlainObject(value: unknown): value is Record<string, unknown> {
@@ -101,5 +102,5 @@ export function pathJoin(base: string, key: string | number): string {
 /** Creates an object with own data properties only, so a key such as `__proto__` stays plain data. */
 export function objectFromEntries(entries: Iterable<readonly [string, unknown]>): Record<string, unknown> {
   // Object.fromEntries uses CreateDataProperty, which never invokes the __proto__ setter.
-  return Object.fromEntries(entries) as Record<string, unknown>;
+  return Object.fromEntries(entries);
 }

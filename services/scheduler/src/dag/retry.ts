@@ -43,7 +43,7 @@ export const DEFAULT_RETRY_POLICY: ResolvedRetryPolicy = Object.freeze({
   backoffCoefficient: DEFAULT_BACKOFF_COEFFICIENT,
   maxIntervalMs: DEFAULT_INITIAL_INTERVAL_MS * DEFAULT_MAX_INTERVAL_FACTOR,
   jitter: DEFAULT_JITTER,
-  nonRetryableErrors: Object.freeze([]) as readonly string[],
+  nonRetryableErrors: Object.freeze([]),
 });
 
 /**
@@ -66,7 +66,8 @@ export function resolveRetryPolicy(...layers: readonly (RetryPolicy | undefined)
     if (layer.backoffCoefficient !== undefined) backoffCoefficient = layer.backoffCoefficient;
     if (layer.maxInterval !== undefined) maxIntervalMs = parseDuration(layer.maxInterval);
     if (layer.jitter !== undefined) jitter = layer.jitter;
-    if (layer.nonRetryableErrors !== undefined) nonRetryableErrors = Object.freeze([...layer.nonRetryableErrors]);
+    if (layer.nonRetryableErrors !== undefined)
+      nonRetryableErrors = Object.freeze([...layer.nonRetryableErrors]);
   }
   return Object.freeze({
     maxAttempts,
@@ -94,7 +95,10 @@ export function retryDelayMs(
   }
   if (attempt >= policy.maxAttempts) return null;
   // pow may overflow to Infinity for large attempts; min() then yields the cap, which is what we want.
-  const base = Math.min(policy.initialIntervalMs * Math.pow(policy.backoffCoefficient, attempt - 1), policy.maxIntervalMs);
+  const base = Math.min(
+    policy.initialIntervalMs * Math.pow(policy.backoffCoefficient, attempt - 1),
+    policy.maxIntervalMs,
+  );
   if (policy.jitter === "none") return Math.round(base);
   // Clamp so a misbehaving random source can never produce a delay outside the documented range.
   const r = Math.min(Math.max(random(), 0), 1);

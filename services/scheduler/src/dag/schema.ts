@@ -37,7 +37,15 @@ export interface CompiledSchema {
 /** Longest accepted `pattern`, in characters. */
 export const MAX_PATTERN_LENGTH = 1000;
 
-const TYPES: ReadonlySet<string> = new Set<SchemaType>(["string", "number", "integer", "boolean", "object", "array", "null"]);
+const TYPES: ReadonlySet<string> = new Set<SchemaType>([
+  "string",
+  "number",
+  "integer",
+  "boolean",
+  "object",
+  "array",
+  "null",
+]);
 // Annotations carry no constraint, so accepting them cannot mislead anyone.
 const ANNOTATIONS: ReadonlySet<string> = new Set([
   "$schema",
@@ -136,7 +144,10 @@ export function compileSchema(schema: unknown, path: string, errors: SpecError[]
       if (typeof t === "string" && TYPES.has(t)) (types as SchemaType[]).push(t as SchemaType);
       else {
         const at = Array.isArray(type) ? pathJoin(pathJoin(path, "type"), i) : pathJoin(path, "type");
-        errors.push({ path: at, message: `must be one of ${[...TYPES].join(", ")}, got ${JSON.stringify(t)}` });
+        errors.push({
+          path: at,
+          message: `must be one of ${[...TYPES].join(", ")}, got ${JSON.stringify(t)}`,
+        });
       }
     });
   }
@@ -148,7 +159,8 @@ export function compileSchema(schema: unknown, path: string, errors: SpecError[]
     else {
       properties = new Map();
       const base = pathJoin(path, "properties");
-      for (const key of Object.keys(props)) properties.set(key, compileSchema(props[key], pathJoin(base, key), errors));
+      for (const key of Object.keys(props))
+        properties.set(key, compileSchema(props[key], pathJoin(base, key), errors));
     }
   }
 
@@ -173,7 +185,8 @@ export function compileSchema(schema: unknown, path: string, errors: SpecError[]
 
   let items: CompiledSchema | null = null;
   if (schema["items"] !== undefined) {
-    if (Array.isArray(schema["items"])) err("items", "tuple form (an array of schemas) is not supported; use one schema");
+    if (Array.isArray(schema["items"]))
+      err("items", "tuple form (an array of schemas) is not supported; use one schema");
     else items = compileSchema(schema["items"], pathJoin(path, "items"), errors);
   }
 
@@ -188,7 +201,8 @@ export function compileSchema(schema: unknown, path: string, errors: SpecError[]
   const pat = schema["pattern"];
   if (pat !== undefined) {
     if (typeof pat !== "string") err("pattern", `must be a string, got ${jsonTypeOf(pat)}`);
-    else if (pat.length > MAX_PATTERN_LENGTH) err("pattern", `must be at most ${MAX_PATTERN_LENGTH} characters`);
+    else if (pat.length > MAX_PATTERN_LENGTH)
+      err("pattern", `must be at most ${MAX_PATTERN_LENGTH} characters`);
     else {
       try {
         pattern = new RegExp(pat, "u");
@@ -267,8 +281,10 @@ export function validateAgainstSchema(schema: CompiledSchema, value: unknown, pa
     } else if (typeof v === "string") {
       // JSON Schema counts characters as code points, not UTF-16 units.
       const length = s.minLength !== null || s.maxLength !== null ? [...v].length : 0;
-      if (s.minLength !== null && length < s.minLength) push(`must be at least ${s.minLength} characters long`);
-      if (s.maxLength !== null && length > s.maxLength) push(`must be at most ${s.maxLength} characters long`);
+      if (s.minLength !== null && length < s.minLength)
+        push(`must be at least ${s.minLength} characters long`);
+      if (s.maxLength !== null && length > s.maxLength)
+        push(`must be at most ${s.maxLength} characters long`);
       if (s.pattern !== null && !s.pattern.test(v)) push(`must match the pattern /${s.pattern.source}/`);
     } else if (Array.isArray(v)) {
       if (s.minItems !== null && v.length < s.minItems) push(`must have at least ${s.minItems} items`);
@@ -284,7 +300,8 @@ export function validateAgainstSchema(schema: CompiledSchema, value: unknown, pa
       for (const key of Object.keys(v)) {
         const sub = s.properties?.get(key);
         if (sub !== undefined) visit(sub, v[key], pathJoin(at, key));
-        else if (!s.additionalProperties) errors.push({ path: pathJoin(at, key), message: "is not an allowed property" });
+        else if (!s.additionalProperties)
+          errors.push({ path: pathJoin(at, key), message: "is not an allowed property" });
       }
     }
   };

@@ -40,10 +40,18 @@ describe("templates", () => {
 
   it("apply recursively through objects and arrays, leaving keys alone", () => {
     const out = render(
-      { "{{ keys }}": "stay", body: { total: "{{ input.amount }}", tags: ["x", "{{ input.name }}", 3] }, run: "{{ run.id }}@{{ run.version }}" },
+      {
+        "{{ keys }}": "stay",
+        body: { total: "{{ input.amount }}", tags: ["x", "{{ input.name }}", 3] },
+        run: "{{ run.id }}@{{ run.version }}",
+      },
       input,
     );
-    assert.deepEqual(out, { "{{ keys }}": "stay", body: { total: 12.5, tags: ["x", "ada", 3] }, run: "run-9@2" });
+    assert.deepEqual(out, {
+      "{{ keys }}": "stay",
+      body: { total: 12.5, tags: ["x", "ada", 3] },
+      run: "run-9@2",
+    });
   });
 
   it("find the closing braces with the expression scanner, so strings may contain }}", () => {
@@ -58,7 +66,10 @@ describe("templates", () => {
   });
 
   it("report syntax errors with the JSON path of the string and the position", () => {
-    const { errors } = compileTemplate({ ok: "{{ input.a }}", bad: ["x", "id={{ input.a + }}"], open: "{{ input.a" }, "$.steps[0].input");
+    const { errors } = compileTemplate(
+      { ok: "{{ input.a }}", bad: ["x", "id={{ input.a + }}"], open: "{{ input.a" },
+      "$.steps[0].input",
+    );
     assert.deepEqual(
       errors.map((e) => e.path),
       ["$.steps[0].input.bad[1]", "$.steps[0].input.open"],
@@ -82,10 +93,13 @@ describe("templates", () => {
   });
 
   it("render a skipped step's output as null", () => {
-    assert.deepEqual(render({ v: "{{ steps.a.output.x }}", s: "{{ steps.a.status }}" }, {}, { a: { status: "skipped" } }), {
-      v: null,
-      s: "skipped",
-    });
+    assert.deepEqual(
+      render({ v: "{{ steps.a.output.x }}", s: "{{ steps.a.status }}" }, {}, { a: { status: "skipped" } }),
+      {
+        v: null,
+        s: "skipped",
+      },
+    );
   });
 
   it("keep a __proto__ key as data instead of setting the prototype", () => {

@@ -52,7 +52,9 @@ export function compileTemplate(value: unknown, path = "$"): { template: Templat
     }
     if (Array.isArray(node)) {
       const items = node.map((item, i) => visit(item, pathJoin(at, i)));
-      return items.every((t) => t.kind === "literal") ? { kind: "literal", value: node as JsonValue } : { kind: "array", items };
+      return items.every((t) => t.kind === "literal")
+        ? { kind: "literal", value: node as JsonValue }
+        : { kind: "array", items };
     }
     if (isPlainObject(node)) {
       const entries = Object.keys(node).map((key) => [key, visit(node[key], pathJoin(at, key))] as const);
@@ -110,9 +112,11 @@ export function renderTemplate(template: Template, scope: EvalScope, path = "$")
       return asText ? stringify(value) : value;
     } catch (error) {
       const at = trail.reduce<string>((p, seg) => pathJoin(p, seg), path);
-      if (error instanceof EvaluationError) throw new RenderError(at, error.message, error.ref, { cause: error });
+      if (error instanceof EvaluationError)
+        throw new RenderError(at, error.message, error.ref, { cause: error });
       // Outside data nested deeper than the stack allows (e.g. in "==") must fail the step, not the scheduler.
-      if (error instanceof RangeError) throw new RenderError(at, `value too deeply nested: ${error.message}`, undefined, { cause: error });
+      if (error instanceof RangeError)
+        throw new RenderError(at, `value too deeply nested: ${error.message}`, undefined, { cause: error });
       throw error;
     }
   };

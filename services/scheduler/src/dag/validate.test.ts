@@ -13,7 +13,10 @@ function workflow(steps: unknown[], extra: Json = {}): Json {
 
 function compile(spec: unknown): CompiledWorkflow {
   const result = compileWorkflow(spec);
-  if (!result.ok) assert.fail(`expected the spec to compile:\n${result.errors.map((e) => `${e.path}: ${e.message}`).join("\n")}`);
+  if (!result.ok)
+    assert.fail(
+      `expected the spec to compile:\n${result.errors.map((e) => `${e.path}: ${e.message}`).join("\n")}`,
+    );
   return result.workflow;
 }
 
@@ -26,7 +29,10 @@ function errorsOf(spec: unknown): SpecError[] {
 function expectError(spec: unknown, path: string, message: RegExp): void {
   const errors = errorsOf(spec);
   const found = errors.some((e) => e.path === path && message.test(e.message));
-  assert.ok(found, `no error at ${path} matching ${message}; got:\n${errors.map((e) => `${e.path}: ${e.message}`).join("\n")}`);
+  assert.ok(
+    found,
+    `no error at ${path} matching ${message}; got:\n${errors.map((e) => `${e.path}: ${e.message}`).join("\n")}`,
+  );
 }
 
 describe("compileWorkflow: shapes and fields", () => {
@@ -60,31 +66,48 @@ describe("compileWorkflow: shapes and fields", () => {
       { owner: "me", defaults: { retries: {} } },
     );
     const errors = errorsOf(spec);
-    assert.deepEqual(
-      errors.map((e) => e.path).sort(),
-      [
-        "$.defaults.retries",
-        "$.owner",
-        "$.steps[0].compensate.inputs",
-        "$.steps[0].dependson",
-        "$.steps[0].retry.maxAttempt",
-        "$.steps[0].timeouts.idle",
-      ],
+    assert.deepEqual(errors.map((e) => e.path).sort(), [
+      "$.defaults.retries",
+      "$.owner",
+      "$.steps[0].compensate.inputs",
+      "$.steps[0].dependson",
+      "$.steps[0].retry.maxAttempt",
+      "$.steps[0].timeouts.idle",
+    ]);
+    expectError(
+      spec,
+      "$.steps[0].dependson",
+      /unknown field "dependson" in step \(did you mean "dependsOn"\?\)/,
     );
-    expectError(spec, "$.steps[0].dependson", /unknown field "dependson" in step \(did you mean "dependsOn"\?\)/);
     expectError(spec, "$.owner", /unknown field "owner" in workflow; allowed fields: name, version/);
   });
 
   it("checks types, names and ids", () => {
-    expectError(workflow([{ id: "a", type: "http" }], { name: "Orders" }), "$.name", /workflow name "Orders" is invalid/);
+    expectError(
+      workflow([{ id: "a", type: "http" }], { name: "Orders" }),
+      "$.name",
+      /workflow name "Orders" is invalid/,
+    );
     expectError({ version: 1, steps: [{ id: "a", type: "x" }] }, "$.name", /required/);
     expectError(workflow([{ id: "a", type: "x" }], { version: 1.5 }), "$.version", /integer from 1/);
     expectError(workflow([{ id: "a", type: "x" }], { version: 0 }), "$.version", /integer from 1/);
-    expectError(workflow([{ id: "a", type: "x" }], { description: 5 }), "$.description", /must be a string, got number/);
-    expectError(workflow([{ id: "a", type: "x" }], { description: "x".repeat(10_001) }), "$.description", /longer than 10000/);
+    expectError(
+      workflow([{ id: "a", type: "x" }], { description: 5 }),
+      "$.description",
+      /must be a string, got number/,
+    );
+    expectError(
+      workflow([{ id: "a", type: "x" }], { description: "x".repeat(10_001) }),
+      "$.description",
+      /longer than 10000/,
+    );
     expectError(workflow([{ id: "1a", type: "x" }]), "$.steps[0].id", /step id "1a" is invalid/);
     expectError(workflow([{ id: "a".repeat(64), type: "x" }]), "$.steps[0].id", /is invalid/);
-    expectError(workflow([{ id: "a", type: "Charge Card" }]), "$.steps[0].type", /task type "Charge Card" is invalid/);
+    expectError(
+      workflow([{ id: "a", type: "Charge Card" }]),
+      "$.steps[0].type",
+      /task type "Charge Card" is invalid/,
+    );
     expectError(workflow([{ type: "x" }]), "$.steps[0].id", /required/);
     expectError(workflow([{ id: "a" }]), "$.steps[0].type", /required/);
     expectError(workflow(["a"]), "$.steps[0]", /step must be an object, got string/);
@@ -186,7 +209,13 @@ describe("compileWorkflow: references in templates and expressions", () => {
     compile(
       workflow([
         ...base.slice(0, 2),
-        { id: "c", type: "x", dependsOn: ["b"], when: "steps.a.output.ok && input.go", input: "{{ steps.a.output }}-{{ run.id }}" },
+        {
+          id: "c",
+          type: "x",
+          dependsOn: ["b"],
+          when: "steps.a.output.ok && input.go",
+          input: "{{ steps.a.output }}-{{ run.id }}",
+        },
       ]),
     );
   });
@@ -194,10 +223,20 @@ describe("compileWorkflow: references in templates and expressions", () => {
   it("rejects steps that are not upstream, unknown steps and self references", () => {
     const spec = workflow([
       ...base,
-      { id: "d", type: "x", dependsOn: ["c"], input: { x: "{{ steps.side.output }}", y: "{{ steps.d.output }}" }, when: "steps.sied.status == 'succeeded'" },
+      {
+        id: "d",
+        type: "x",
+        dependsOn: ["c"],
+        input: { x: "{{ steps.side.output }}", y: "{{ steps.d.output }}" },
+        when: "steps.sied.status == 'succeeded'",
+      },
       { id: "e", type: "x", input: "{{ step.output }}" },
     ]);
-    expectError(spec, "$.steps[4].input.x", /steps\.side\.output refers to step "side", which is not upstream of "d": add it to dependsOn/);
+    expectError(
+      spec,
+      "$.steps[4].input.x",
+      /steps\.side\.output refers to step "side", which is not upstream of "d": add it to dependsOn/,
+    );
     expectError(spec, "$.steps[4].input.y", /a step cannot refer to itself/);
     expectError(spec, "$.steps[4].when", /unknown step "sied" \(did you mean "side"\?\)/);
     expectError(spec, "$.steps[5].input", /step\.\* is only available in compensate\.input/);
@@ -216,29 +255,58 @@ describe("compileWorkflow: references in templates and expressions", () => {
           id: "charge",
           type: "charge-card",
           dependsOn: ["a"],
-          compensate: { type: "refund", input: { id: "{{ step.output.chargeId }}", again: "{{ steps.charge.output }}", from: "{{ steps.a.output }}" } },
+          compensate: {
+            type: "refund",
+            input: {
+              id: "{{ step.output.chargeId }}",
+              again: "{{ steps.charge.output }}",
+              from: "{{ steps.a.output }}",
+            },
+          },
         },
       ]),
     );
     expectError(
-      workflow([{ id: "a", type: "x" }, { id: "b", type: "x", compensate: { type: "undo", input: "{{ steps.a.output }}" } }]),
+      workflow([
+        { id: "a", type: "x" },
+        { id: "b", type: "x", compensate: { type: "undo", input: "{{ steps.a.output }}" } },
+      ]),
       "$.steps[1].compensate.input",
       /not upstream of "b"/,
     );
-    expectError(workflow(base, { output: "{{ step.input }}" }), "$.output", /only available in compensate\.input/);
+    expectError(
+      workflow(base, { output: "{{ step.input }}" }),
+      "$.output",
+      /only available in compensate\.input/,
+    );
     expectError(workflow(base, { output: "{{ steps.nope.output }}" }), "$.output", /unknown step "nope"/);
   });
 
   it("reports unparsable templates and expressions with their position", () => {
-    expectError(workflow([{ id: "a", type: "x", input: { q: "{{ input.a ++ }}" } }]), "$.steps[0].input.q", /invalid template: expected a value but found "\+" at position 12/);
-    expectError(workflow([{ id: "a", type: "x", when: "input.a === 1" }]), "$.steps[0].when", /invalid expression: .* at position 10/);
-    expectError(workflow([{ id: "a", type: "x", when: "1 ||".repeat(1100) + "1" }]), "$.steps[0].when", /longer than 4096/);
+    expectError(
+      workflow([{ id: "a", type: "x", input: { q: "{{ input.a ++ }}" } }]),
+      "$.steps[0].input.q",
+      /invalid template: expected a value but found "\+" at position 12/,
+    );
+    expectError(
+      workflow([{ id: "a", type: "x", when: "input.a === 1" }]),
+      "$.steps[0].when",
+      /invalid expression: .* at position 10/,
+    );
+    expectError(
+      workflow([{ id: "a", type: "x", when: "1 ||".repeat(1100) + "1" }]),
+      "$.steps[0].when",
+      /longer than 4096/,
+    );
   });
 });
 
 describe("compileWorkflow: durations, retry policies and limits", () => {
   it("parses durations and rejects bad or zero ones", () => {
-    const spec = workflow([{ id: "a", type: "x", timeouts: { startToClose: "5 minutes", heartbeat: "0s" } }], { timeout: 30 });
+    const spec = workflow(
+      [{ id: "a", type: "x", timeouts: { startToClose: "5 minutes", heartbeat: "0s" } }],
+      { timeout: 30 },
+    );
     expectError(spec, "$.steps[0].timeouts.startToClose", /invalid duration/);
     expectError(spec, "$.steps[0].timeouts.heartbeat", /longer than 0/);
     expectError(spec, "$.timeout", /must be a string, got number/);
@@ -250,7 +318,14 @@ describe("compileWorkflow: durations, retry policies and limits", () => {
       {
         id: "a",
         type: "x",
-        retry: { maxAttempts: 101, backoffCoefficient: 0.5, jitter: "random", initialInterval: "10s", maxInterval: "1s", nonRetryableErrors: ["", 5] },
+        retry: {
+          maxAttempts: 101,
+          backoffCoefficient: 0.5,
+          jitter: "random",
+          initialInterval: "10s",
+          maxInterval: "1s",
+          nonRetryableErrors: ["", 5],
+        },
       },
     ]);
     expectError(spec, "$.steps[0].retry.maxAttempts", /integer from 1 to 100, got 101/);
@@ -260,12 +335,16 @@ describe("compileWorkflow: durations, retry policies and limits", () => {
     expectError(spec, "$.steps[0].retry.nonRetryableErrors[0]", /non-empty string/);
     expectError(spec, "$.steps[0].retry.nonRetryableErrors[1]", /non-empty string/);
     expectError(
-      workflow([{ id: "a", type: "x", retry: { initialInterval: "1m" } }], { defaults: { retry: { maxInterval: "10s" } } }),
+      workflow([{ id: "a", type: "x", retry: { initialInterval: "1m" } }], {
+        defaults: { retry: { maxInterval: "10s" } },
+      }),
       "$.steps[0].retry.initialInterval",
       /longer than maxInterval .* once merged with defaults\.retry/,
     );
     expectError(
-      workflow([{ id: "a", type: "x", timeouts: { heartbeat: "1m" } }], { defaults: { timeouts: { startToClose: "30s" } } }),
+      workflow([{ id: "a", type: "x", timeouts: { heartbeat: "1m" } }], {
+        defaults: { timeouts: { startToClose: "30s" } },
+      }),
       "$.steps[0].timeouts",
       /heartbeat must not be longer than startToClose/,
     );
@@ -277,14 +356,26 @@ describe("compileWorkflow: durations, retry policies and limits", () => {
     const many = Array.from({ length: 1001 }, (_, i) => ({ id: `s${i}`, type: "x" }));
     expectError(workflow(many), "$.steps", /at most 1000 steps, got 1001/);
     const deps = Array.from({ length: 101 }, (_, i) => `s${i}`);
-    expectError(workflow([...many.slice(0, 101), { id: "z", type: "x", dependsOn: deps }]), "$.steps[101].dependsOn", /101 entries; the limit is 100/);
+    expectError(
+      workflow([...many.slice(0, 101), { id: "z", type: "x", dependsOn: deps }]),
+      "$.steps[101].dependsOn",
+      /101 entries; the limit is 100/,
+    );
     let deep: unknown = 1;
     for (let i = 0; i < 200; i++) deep = [deep];
-    expectError(workflow([{ id: "a", type: "x", input: deep }]), "$.steps[0].input" + "[0]".repeat(77), /nested deeper than 80 levels/);
+    expectError(
+      workflow([{ id: "a", type: "x", input: deep }]),
+      "$.steps[0].input" + "[0]".repeat(77),
+      /nested deeper than 80 levels/,
+    );
   });
 
   it("accepts 1000 steps", () => {
-    const many = Array.from({ length: 1000 }, (_, i) => ({ id: `s${i}`, type: "x", ...(i > 0 ? { dependsOn: [`s${i - 1}`] } : {}) }));
+    const many = Array.from({ length: 1000 }, (_, i) => ({
+      id: `s${i}`,
+      type: "x",
+      ...(i > 0 ? { dependsOn: [`s${i - 1}`] } : {}),
+    }));
     assert.equal(compile(workflow(many)).steps.length, 1000);
   });
 });
@@ -299,14 +390,20 @@ describe("compileWorkflow: the compiled form", () => {
     ],
     {
       timeout: "1h",
-      defaults: { retry: { initialInterval: "2s", nonRetryableErrors: ["Invalid"] }, timeouts: { startToClose: "30s", heartbeat: "10s" } },
+      defaults: {
+        retry: { initialInterval: "2s", nonRetryableErrors: ["Invalid"] },
+        timeouts: { startToClose: "30s", heartbeat: "10s" },
+      },
     },
   );
 
   it("orders steps topologically, keeping spec order among independent steps", () => {
     const wf = compile(spec);
     assert.deepEqual(wf.order, ["root", "left", "right", "join"]);
-    assert.deepEqual(wf.steps.map((s) => s.order), [0, 1, 2, 3]);
+    assert.deepEqual(
+      wf.steps.map((s) => s.order),
+      [0, 1, 2, 3],
+    );
     assert.deepEqual(wf.dependencies.get("join"), ["left", "right"]);
     assert.deepEqual(wf.dependents.get("root"), ["left", "right"]);
     assert.equal(wf.stepsById.get("join")?.specIndex, 0);
@@ -323,8 +420,16 @@ describe("compileWorkflow: the compiled form", () => {
       maxIntervalMs: 200_000,
       nonRetryableErrors: ["Invalid"],
     });
-    assert.deepEqual(wf.stepsById.get("left")?.timeouts, { scheduleToStartMs: null, startToCloseMs: 120_000, heartbeatMs: 10_000 });
-    assert.deepEqual(join?.timeouts, { scheduleToStartMs: null, startToCloseMs: 30_000, heartbeatMs: 10_000 });
+    assert.deepEqual(wf.stepsById.get("left")?.timeouts, {
+      scheduleToStartMs: null,
+      startToCloseMs: 120_000,
+      heartbeatMs: 10_000,
+    });
+    assert.deepEqual(join?.timeouts, {
+      scheduleToStartMs: null,
+      startToCloseMs: 30_000,
+      heartbeatMs: 10_000,
+    });
     const compensate = wf.stepsById.get("root")?.compensate;
     assert.equal(compensate?.type, "undo");
     assert.equal(compensate?.retry.jitter, "none");
@@ -355,7 +460,12 @@ describe("compileWorkflow: the compiled form", () => {
   });
 
   it("accepts step ids that look like prototype keys", () => {
-    const wf = compile(workflow([{ id: "__proto__", type: "x" }, { id: "constructor", type: "x", dependsOn: ["__proto__"], input: "{{ steps.__proto__.output }}" }]));
+    const wf = compile(
+      workflow([
+        { id: "__proto__", type: "x" },
+        { id: "constructor", type: "x", dependsOn: ["__proto__"], input: "{{ steps.__proto__.output }}" },
+      ]),
+    );
     assert.deepEqual(wf.order, ["__proto__", "constructor"]);
   });
 });
@@ -370,7 +480,15 @@ describe("run input schema", () => {
       currency: { enum: ["EUR", "USD"] },
       note: { type: ["string", "null"], maxLength: 5 },
       email: { type: "string", pattern: "^[^@]+@[^@]+$", minLength: 3 },
-      items: { type: "array", minItems: 1, items: { type: "object", required: ["sku"], properties: { sku: { type: "string" }, qty: { type: "integer", minimum: 1 } } } },
+      items: {
+        type: "array",
+        minItems: 1,
+        items: {
+          type: "object",
+          required: ["sku"],
+          properties: { sku: { type: "string" }, qty: { type: "integer", minimum: 1 } },
+        },
+      },
       kind: { const: "order" },
       "odd key": { type: "boolean" },
     },
@@ -378,7 +496,16 @@ describe("run input schema", () => {
   const wf = compile(workflow([{ id: "a", type: "x" }], { input: schema }));
 
   it("accepts valid input", () => {
-    assert.deepEqual(validateRunInput(wf, { amount: 10, currency: "EUR", note: null, items: [{ sku: "a", qty: 2 }], kind: "order" }), []);
+    assert.deepEqual(
+      validateRunInput(wf, {
+        amount: 10,
+        currency: "EUR",
+        note: null,
+        items: [{ sku: "a", qty: 2 }],
+        kind: "order",
+      }),
+      [],
+    );
   });
 
   it("reports every violation with a JSON path", () => {
@@ -423,7 +550,13 @@ describe("run input schema", () => {
       input: {
         type: "object",
         oneOf: [],
-        properties: { a: { type: "strng" }, b: { pattern: "(" }, c: { minLength: -1 }, d: { additionalProperties: {} }, e: { items: [{}] } },
+        properties: {
+          a: { type: "strng" },
+          b: { pattern: "(" },
+          c: { minLength: -1 },
+          d: { additionalProperties: {} },
+          e: { items: [{}] },
+        },
         required: "a",
         title: "annotations are fine",
       },
@@ -436,6 +569,10 @@ describe("run input schema", () => {
     expectError(spec, "$.input.properties.e.items", /tuple form/);
     expectError(spec, "$.input.required", /must be an array/);
     assert.equal(errorsOf(spec).length, 7);
-    expectError(workflow([{ id: "a", type: "x" }], { input: "object" }), "$.input", /must be a JSON Schema object/);
+    expectError(
+      workflow([{ id: "a", type: "x" }], { input: "object" }),
+      "$.input",
+      /must be a JSON Schema object/,
+    );
   });
 });

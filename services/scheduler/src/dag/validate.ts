@@ -12,6 +12,7 @@ import { analyzeGraph } from "./graph.js";
 import { createHash } from "node:crypto";
 import { canonicalJson, isPlainObject, jsonTypeOf, pathJoin } from "./json.js";
 import { MAX_ATTEMPTS_LIMIT, MAX_BACKOFF_COEFFICIENT, resolveRetryPolicy } from "./retry.js";
+import type { ResolvedRetryPolicy } from "./retry.js";
 import { compileSchema, validateAgainstSchema } from "./schema.js";
 import type { CompiledSchema } from "./schema.js";
 import {
@@ -38,7 +39,9 @@ import { compileTemplate, templatePaths } from "./template.js";
 import type { Template } from "./template.js";
 
 /** Result of {@link compileWorkflow}: the compiled workflow, or every problem found. */
-export type CompileResult = { readonly ok: true; readonly workflow: CompiledWorkflow } | { readonly ok: false; readonly errors: SpecError[] };
+export type CompileResult =
+  | { readonly ok: true; readonly workflow: CompiledWorkflow }
+  | { readonly ok: false; readonly errors: SpecError[] };
 
 /** Most entries in `nonRetryableErrors`. */
 export const MAX_NON_RETRYABLE_ERRORS = 100;
@@ -49,9 +52,18 @@ const WORKFLOW_FIELDS = ["name", "version", "description", "input", "defaults", 
 const STEP_FIELDS = ["id", "type", "input", "dependsOn", "when", "retry", "timeouts", "compensate"];
 const COMPENSATE_FIELDS = ["type", "input", "retry"];
 const DEFAULTS_FIELDS = ["retry", "timeouts"];
-const RETRY_FIELDS = ["maxAttempts", "initialInterval", "backoffCoefficient", "maxInterval", "jitter", "nonRetryableErrors"];
+const RETRY_FIELDS = [
+  "maxAttempts",
+  "initialInterval",
+  "backoffCoefficient",
+  "maxInterval",
+  "jitter",
+  "nonRetryableErrors",
+];
 const TIMEOUT_FIELDS = ["scheduleToStart", "startToClose", "heartbeat"];
 const JITTERS = ["none", "full", "equal"];
+const NAME_RULE = "use lower case letters, digits, ., _ and -, start with a letter, at most 63 characters";
+const STEP_ID_RULE = "use letters, digits, _ and -, start with a letter or _, at most 63 characters";
 // Suggestions cost O(candidates × length²) each; a hostile spec with thousands of typos must not make validation slow.
 const SUGGESTION_BUDGET = 50;
 
@@ -95,7 +107,12 @@ class Checker {
   }
 
   /** Checks that `value` is an object with only `allowed` keys; returns it as a record or undefined. */
-  object(value: unknown, path: string, what: string, allowed: readonly string[]): Record<string, unknown> | undefined {
+  object(
+    value: unknown,
+    path: string,
+    what: string,
+    allowed: readonly string[],
+  ): Record<string, unknown> | undefined {
     if (!isPlainObject(value)) {
       this.err(path, `${what} must be an object, got ${jsonTypeOf(value)}`);
       return undefined;
@@ -126,7 +143,10 @@ class Checker {
 
   integer(value: unknown, path: string, what: string, min: number, max: number): value is number {
     if (typeof value === "number" && Number.isInteger(value) && value >= min && value <= max) return true;
-    this.err(path, `${what} must be an integer from ${min} to ${max}, got ${JSON.stringify(value) ?? jsonTypeOf(value)}`);
+    this.err(
+      path,
+      `${what} must be an integer from ${min} to ${max}, got ${JSON.stringify(value) ?? jsonTypeOf(value)}`,
+    );
     return false;
   }
 
@@ -150,7 +170,13 @@ class Checker {
     if (policy === undefined) return false;
     const before = this.errors.length;
     if (policy["maxAttempts"] !== undefined) {
-      this.integer(policy["maxAttempts"], pathJoin(path, "maxAttempts"), "maxAttempts", 1, MAX_ATTEMPTS_LIMIT);
+      this.integer(
+        policy["maxAttempts"],
+        pathJoin(path, "maxAttempts"),
+        "maxAttempts",
+        1,
+        MAX_ATTEMPTS_LIMIT,
+      );
     }
     const initial =
       policy["initialInterval"] === undefined
@@ -175,7 +201,10 @@ class Checker {
     }
     const jitter = policy["jitter"];
     if (jitter !== undefined && !(typeof jitter === "string" && JITTERS.includes(jitter))) {
-      this.err(pathJoin(path, "jitter"), `jitter must be one of "none", "full", "equal", got ${JSON.stringify(jitter)}`);
+      this.err(
+        pathJoin(path, "jitter"),
+        `jitter must be one of "none", "full", "equal", got ${JSON.stringify(jitter)}`,
+      );
     }
     const nonRetryable = policy["nonRetryableErrors"];
     if (nonRetryable !== undefined) {
@@ -184,11 +213,17 @@ class Checker {
         this.err(at, `nonRetryableErrors must be an array of error types, got ${jsonTypeOf(nonRetryable)}`);
       } else {
         if (nonRetryable.length > MAX_NON_RETRYABLE_ERRORS) {
-          this.err(at, `nonRetryableErrors has ${nonRetryable.length} entries; the limit is ${MAX_NON_RETRYABLE_ERRORS}`);
+          this.err(
+            at,
+            `nonRetryableErrors has ${nonRetryable.length} entries; the limit is ${MAX_NON_RETRYABLE_ERRORS}`,
+          );
         }
         nonRetryable.forEach((type: unknown, i) => {
           if (typeof type !== "string" || type.length === 0 || type.length > MAX_ERROR_TYPE_LENGTH) {
-            this.err(pathJoin(at, i), `must be a non-empty string of at most ${MAX_ERROR_TYPE_LENGTH} characters`);
+            this.err(
+              pathJoin(at, i),
+              `must be a non-empty string of at most ${MAX_ERROR_TYPE_LENGTH} characters`,
+            );
           }
         });
       }
@@ -276,7 +311,8 @@ function tooDeep(doc: unknown): string | undefined {
       if (Array.isArray(value)) {
         value.forEach((item, i) => stack.push([item, depth + 1, withPaths ? pathJoin(path, i) : path]));
       } else {
-        for (const [key, item] of Object.entries(value)) stack.push([item, depth + 1, withPaths ? pathJoin(path, key) : path]);
+        for (const [key, item] of Object.entries(value))
+          stack.push([item, depth + 1, withPaths ? pathJoin(path, key) : path]);
       }
     }
     return undefined;
@@ -302,7 +338,12 @@ interface StepDraft {
   readonly input: Template | null;
   readonly retryOk: boolean;
   readonly timeouts: Partial<Record<keyof StepTimeouts, number>>;
-  readonly compensate: { type: string; input: Template | null; retryOk: boolean; raw: Record<string, unknown> } | null;
+  readonly compensate: {
+    type: string;
+    input: Template | null;
+    retryOk: boolean;
+    raw: Record<string, unknown>;
+  } | null;
 }
 
 function checkStep(checker: Checker, value: unknown, path: string): StepDraft | undefined {
@@ -312,12 +353,12 @@ function checkStep(checker: Checker, value: unknown, path: string): StepDraft | 
   const typePath = pathJoin(path, "type");
   let id: string | undefined;
   if (step["id"] === undefined) checker.err(idPath, "step id is required");
-  else if (checker.name(step["id"], idPath, "step id", STEP_ID_PATTERN, "use letters, digits, _ and -, start with a letter or _, at most 63 characters")) {
+  else if (checker.name(step["id"], idPath, "step id", STEP_ID_PATTERN, STEP_ID_RULE)) {
     id = step["id"];
   }
   let type: string | undefined;
   if (step["type"] === undefined) checker.err(typePath, "step type is required");
-  else if (checker.name(step["type"], typePath, "task type", NAME_PATTERN, "use lower case letters, digits, ., _ and -, start with a letter, at most 63 characters")) {
+  else if (checker.name(step["type"], typePath, "task type", NAME_PATTERN, NAME_RULE)) {
     type = step["type"];
   }
 
@@ -325,7 +366,8 @@ function checkStep(checker: Checker, value: unknown, path: string): StepDraft | 
   const deps = step["dependsOn"];
   const depsPath = pathJoin(path, "dependsOn");
   if (deps !== undefined) {
-    if (!Array.isArray(deps)) checker.err(depsPath, `dependsOn must be an array of step ids, got ${jsonTypeOf(deps)}`);
+    if (!Array.isArray(deps))
+      checker.err(depsPath, `dependsOn must be an array of step ids, got ${jsonTypeOf(deps)}`);
     else {
       if (deps.length > MAX_DEPENDENCIES) {
         checker.err(depsPath, `dependsOn has ${deps.length} entries; the limit is ${MAX_DEPENDENCIES}`);
@@ -334,17 +376,26 @@ function checkStep(checker: Checker, value: unknown, path: string): StepDraft | 
       deps.forEach((dep: unknown, i) => {
         if (typeof dep === "string") dependsOn.push(dep);
         else {
-          checker.err(pathJoin(depsPath, i), `dependsOn entries must be step ids (strings), got ${jsonTypeOf(dep)}`);
+          checker.err(
+            pathJoin(depsPath, i),
+            `dependsOn entries must be step ids (strings), got ${jsonTypeOf(dep)}`,
+          );
           dependsOn.push("");
         }
       });
     }
   }
 
-  const when = step["when"] === undefined ? null : (checker.expression(step["when"], pathJoin(path, "when"), "when") ?? null);
+  const when =
+    step["when"] === undefined
+      ? null
+      : (checker.expression(step["when"], pathJoin(path, "when"), "when") ?? null);
   const input = step["input"] === undefined ? null : checker.template(step["input"], pathJoin(path, "input"));
   const retryOk = step["retry"] === undefined || checker.retry(step["retry"], pathJoin(path, "retry"));
-  const timeouts = step["timeouts"] === undefined ? {} : (checker.timeouts(step["timeouts"], pathJoin(path, "timeouts")) ?? {});
+  const timeouts =
+    step["timeouts"] === undefined
+      ? {}
+      : (checker.timeouts(step["timeouts"], pathJoin(path, "timeouts")) ?? {});
 
   let compensate: StepDraft["compensate"] = null;
   if (step["compensate"] !== undefined) {
@@ -354,11 +405,13 @@ function checkStep(checker: Checker, value: unknown, path: string): StepDraft | 
       const ctPath = pathJoin(compPath, "type");
       let ctype = "";
       if (comp["type"] === undefined) checker.err(ctPath, "compensate.type is required");
-      else if (checker.name(comp["type"], ctPath, "task type", NAME_PATTERN, "use lower case letters, digits, ., _ and -, start with a letter, at most 63 characters")) {
+      else if (checker.name(comp["type"], ctPath, "task type", NAME_PATTERN, NAME_RULE)) {
         ctype = comp["type"];
       }
-      const cinput = comp["input"] === undefined ? null : checker.template(comp["input"], pathJoin(compPath, "input"));
-      const cretryOk = comp["retry"] === undefined || checker.retry(comp["retry"], pathJoin(compPath, "retry"));
+      const cinput =
+        comp["input"] === undefined ? null : checker.template(comp["input"], pathJoin(compPath, "input"));
+      const cretryOk =
+        comp["retry"] === undefined || checker.retry(comp["retry"], pathJoin(compPath, "retry"));
       compensate = { type: ctype, input: cinput, retryOk: cretryOk, raw: comp };
     }
   }
@@ -395,13 +448,16 @@ export function compileWorkflow(json: unknown): CompileResult {
   const deepPath = tooDeep(doc);
   if (deepPath !== undefined) {
     // Later passes recurse; stop here rather than risk the stack on a hostile document.
-    return { ok: false, errors: [{ path: deepPath, message: `nested deeper than ${MAX_SPEC_DEPTH} levels` }] };
+    return {
+      ok: false,
+      errors: [{ path: deepPath, message: `nested deeper than ${MAX_SPEC_DEPTH} levels` }],
+    };
   }
   const spec = checker.object(doc, "$", "workflow", WORKFLOW_FIELDS);
   if (spec === undefined) return { ok: false, errors: checker.errors };
 
   if (spec["name"] === undefined) checker.err("$.name", "workflow name is required");
-  else checker.name(spec["name"], "$.name", "workflow name", NAME_PATTERN, "use lower case letters, digits, ., _ and -, start with a letter, at most 63 characters");
+  else checker.name(spec["name"], "$.name", "workflow name", NAME_PATTERN, NAME_RULE);
   if (spec["version"] === undefined) checker.err("$.version", "version is required");
   else checker.integer(spec["version"], "$.version", "version", 1, MAX_VERSION);
   const description = spec["description"];
@@ -412,7 +468,8 @@ export function compileWorkflow(json: unknown): CompileResult {
   }
   let inputSchema: CompiledSchema | null = null;
   if (spec["input"] !== undefined) {
-    if (!isPlainObject(spec["input"])) checker.err("$.input", `input must be a JSON Schema object, got ${jsonTypeOf(spec["input"])}`);
+    if (!isPlainObject(spec["input"]))
+      checker.err("$.input", `input must be a JSON Schema object, got ${jsonTypeOf(spec["input"])}`);
     else inputSchema = compileSchema(spec["input"], "$.input", checker.errors);
   }
   let defaultsRetryOk = true;
@@ -425,20 +482,26 @@ export function compileWorkflow(json: unknown): CompileResult {
         defaultsRetryOk = checker.retry(defaults["retry"], "$.defaults.retry");
         defaultsRetry = defaults["retry"] as RetryPolicy;
       }
-      if (defaults["timeouts"] !== undefined) defaultTimeouts = checker.timeouts(defaults["timeouts"], "$.defaults.timeouts") ?? {};
+      if (defaults["timeouts"] !== undefined)
+        defaultTimeouts = checker.timeouts(defaults["timeouts"], "$.defaults.timeouts") ?? {};
     }
   }
-  const timeoutMs = spec["timeout"] === undefined ? null : (checker.duration(spec["timeout"], "$.timeout", "timeout") ?? null);
+  const timeoutMs =
+    spec["timeout"] === undefined
+      ? null
+      : (checker.duration(spec["timeout"], "$.timeout", "timeout") ?? null);
   const output = spec["output"] === undefined ? null : checker.template(spec["output"], "$.output");
 
   // Steps, first pass: each step on its own.
   const drafts: (StepDraft | undefined)[] = [];
   const rawSteps = spec["steps"];
   if (rawSteps === undefined) checker.err("$.steps", "steps is required");
-  else if (!Array.isArray(rawSteps)) checker.err("$.steps", `steps must be an array, got ${jsonTypeOf(rawSteps)}`);
+  else if (!Array.isArray(rawSteps))
+    checker.err("$.steps", `steps must be an array, got ${jsonTypeOf(rawSteps)}`);
   else {
     if (rawSteps.length === 0) checker.err("$.steps", "a workflow needs at least one step");
-    if (rawSteps.length > MAX_STEPS) checker.err("$.steps", `a workflow has at most ${MAX_STEPS} steps, got ${rawSteps.length}`);
+    if (rawSteps.length > MAX_STEPS)
+      checker.err("$.steps", `a workflow has at most ${MAX_STEPS} steps, got ${rawSteps.length}`);
     rawSteps.forEach((raw: unknown, i) => drafts.push(checkStep(checker, raw, pathJoin("$.steps", i))));
   }
 
@@ -448,7 +511,11 @@ export function compileWorkflow(json: unknown): CompileResult {
     if (draft?.id === undefined) return;
     const first = indexById.get(draft.id);
     if (first === undefined) indexById.set(draft.id, i);
-    else checker.err(pathJoin(draft.path, "id"), `duplicate step id ${JSON.stringify(draft.id)} (first used at $.steps[${first}])`);
+    else
+      checker.err(
+        pathJoin(draft.path, "id"),
+        `duplicate step id ${JSON.stringify(draft.id)} (first used at $.steps[${first}])`,
+      );
   });
   const deps: number[][] = drafts.map((draft) => {
     const out: number[] = [];
@@ -459,7 +526,8 @@ export function compileWorkflow(json: unknown): CompileResult {
       const at = (): string => `${draft.path}.dependsOn[${k}]`;
       const target = indexById.get(dep);
       if (seen.has(dep)) checker.err(at(), `${JSON.stringify(dep)} is listed more than once`);
-      else if (target === undefined) checker.err(at(), `unknown step ${JSON.stringify(dep)}${checker.suggest(dep, indexById.keys())}`);
+      else if (target === undefined)
+        checker.err(at(), `unknown step ${JSON.stringify(dep)}${checker.suggest(dep, indexById.keys())}`);
       else if (dep === draft.id) checker.err(at(), `step ${JSON.stringify(dep)} cannot depend on itself`);
       else out.push(target);
       seen.add(dep);
@@ -485,19 +553,27 @@ export function compileWorkflow(json: unknown): CompileResult {
   // References in templates and expressions must point at steps that are certain to have finished.
   const checkReference = (site: ReferenceSite, at: string, ref: PathExpr): void => {
     if (ref.root === "step") {
-      if (!site.compensation) checker.err(at, `${ref.text}: step.* is only available in compensate.input; use steps.<id>.output`);
+      if (!site.compensation)
+        checker.err(at, `${ref.text}: step.* is only available in compensate.input; use steps.<id>.output`);
       return;
     }
     if (ref.root !== "steps") return;
     const id = String(ref.segments[0]);
     const target = indexById.get(id);
     if (target === undefined) {
-      checker.err(at, `${ref.text} refers to unknown step ${JSON.stringify(id)}${checker.suggest(id, indexById.keys())}`);
+      checker.err(
+        at,
+        `${ref.text} refers to unknown step ${JSON.stringify(id)}${checker.suggest(id, indexById.keys())}`,
+      );
       return;
     }
     if (site.step === undefined || graph === undefined) return;
     if (target === site.step) {
-      if (!site.compensation) checker.err(at, `${ref.text}: a step cannot refer to itself (in compensate.input, step.output is its own output)`);
+      if (!site.compensation)
+        checker.err(
+          at,
+          `${ref.text}: a step cannot refer to itself (in compensate.input, step.output is its own output)`,
+        );
       return;
     }
     if (graph.isUpstream(site.step, target) === false) {
@@ -514,7 +590,8 @@ export function compileWorkflow(json: unknown): CompileResult {
       for (const ref of expressionPaths(draft.when)) checkReference(site, pathJoin(draft.path, "when"), ref);
     }
     if (draft.input !== null) {
-      for (const { at, path } of templatePaths(draft.input, pathJoin(draft.path, "input"))) checkReference(site, at, path);
+      for (const { at, path } of templatePaths(draft.input, pathJoin(draft.path, "input")))
+        checkReference(site, at, path);
     }
     if (draft.compensate?.input != null) {
       const base = pathJoin(pathJoin(draft.path, "compensate"), "input");
@@ -524,16 +601,17 @@ export function compileWorkflow(json: unknown): CompileResult {
     }
   });
   if (output !== null) {
-    for (const { at, path } of templatePaths(output, "$.output")) checkReference({ step: undefined, compensation: false }, at, path);
+    for (const { at, path } of templatePaths(output, "$.output"))
+      checkReference({ step: undefined, compensation: false }, at, path);
   }
 
   // Effective policies: a step may combine with the defaults into an inconsistent policy.
-  const effectiveRetry = (layer: unknown, ok: boolean, path: string): ReturnType<typeof resolveRetryPolicy> | undefined => {
+  const effectiveRetry = (layer: unknown, ok: boolean, path: string): ResolvedRetryPolicy | undefined => {
     if (!ok || !defaultsRetryOk) return undefined;
     const policy = resolveRetryPolicy(defaultsRetry, layer as RetryPolicy | undefined);
     if (policy.maxIntervalMs < policy.initialIntervalMs) {
-      const own = layer as RetryPolicy;
-      const field = own.initialInterval !== undefined ? "initialInterval" : "maxInterval";
+      const field =
+        (layer as RetryPolicy | undefined)?.initialInterval !== undefined ? "initialInterval" : "maxInterval";
       checker.err(
         pathJoin(path, field),
         `initialInterval (${policy.initialIntervalMs}ms) is longer than maxInterval (${policy.maxIntervalMs}ms) once merged with defaults.retry`,
@@ -545,36 +623,65 @@ export function compileWorkflow(json: unknown): CompileResult {
   const defaultPolicy = effectiveRetry(undefined, true, "$.defaults.retry");
   const stepPolicies = drafts.map((draft) => {
     if (draft === undefined) return undefined;
-    const retry = draft.raw["retry"] === undefined ? defaultPolicy : effectiveRetry(draft.raw["retry"], draft.retryOk, pathJoin(draft.path, "retry"));
+    const retry =
+      draft.raw["retry"] === undefined
+        ? defaultPolicy
+        : effectiveRetry(draft.raw["retry"], draft.retryOk, pathJoin(draft.path, "retry"));
     const comp = draft.compensate;
     const compRetry =
       comp === null
         ? undefined
         : comp.raw["retry"] === undefined
           ? defaultPolicy
-          : effectiveRetry(comp.raw["retry"], comp.retryOk, pathJoin(pathJoin(draft.path, "compensate"), "retry"));
+          : effectiveRetry(
+              comp.raw["retry"],
+              comp.retryOk,
+              pathJoin(pathJoin(draft.path, "compensate"), "retry"),
+            );
     const timeouts = mergeTimeouts(defaultTimeouts, draft.timeouts);
-    if (timeouts.heartbeatMs !== null && timeouts.startToCloseMs !== null && timeouts.heartbeatMs > timeouts.startToCloseMs) {
-      checker.err(pathJoin(draft.path, "timeouts"), "heartbeat must not be longer than startToClose (after merging defaults.timeouts)");
+    if (
+      timeouts.heartbeatMs !== null &&
+      timeouts.startToCloseMs !== null &&
+      timeouts.heartbeatMs > timeouts.startToCloseMs
+    ) {
+      checker.err(
+        pathJoin(draft.path, "timeouts"),
+        "heartbeat must not be longer than startToClose (after merging defaults.timeouts)",
+      );
     }
     return { retry, compRetry, timeouts };
   });
 
   if (checker.errors.length > 0 || graph === undefined) return { ok: false, errors: checker.errors };
-  return { ok: true, workflow: build(spec as unknown as WorkflowSpec, drafts as StepDraft[], graph.order, stepPolicies, {
-    timeoutMs,
-    output,
-    inputSchema,
-    defaultTimeouts: mergeTimeouts(defaultTimeouts, {}),
-  }) };
+  return {
+    ok: true,
+    workflow: build(spec as unknown as WorkflowSpec, drafts as StepDraft[], graph.order, stepPolicies, {
+      timeoutMs,
+      output,
+      inputSchema,
+      defaultTimeouts: mergeTimeouts(defaultTimeouts, {}),
+    }),
+  };
 }
 
 function build(
   spec: WorkflowSpec,
   drafts: readonly StepDraft[],
   order: readonly number[],
-  policies: readonly ({ retry: ReturnType<typeof resolveRetryPolicy> | undefined; compRetry: ReturnType<typeof resolveRetryPolicy> | undefined; timeouts: ResolvedTimeouts } | undefined)[],
-  extra: { timeoutMs: number | null; output: Template | null; inputSchema: CompiledSchema | null; defaultTimeouts: ResolvedTimeouts },
+  policies: readonly (
+    | {
+        retry: ResolvedRetryPolicy | undefined;
+        compRetry: ResolvedRetryPolicy | undefined;
+        timeouts: ResolvedTimeouts;
+      }
+    | undefined
+  )[],
+  extra: {
+    timeoutMs: number | null;
+    output: Template | null;
+    inputSchema: CompiledSchema | null;
+    defaultTimeouts: ResolvedTimeouts;
+  },
 ): CompiledWorkflow {
   deepFreeze(spec);
   const positionOf = new Array<number>(drafts.length);
@@ -601,10 +708,12 @@ function build(
         : Object.freeze({
             type: comp.type,
             input: comp.input,
-            retry: policy.compRetry as ReturnType<typeof resolveRetryPolicy>,
+            retry: policy.compRetry as ResolvedRetryPolicy,
             timeouts: extra.defaultTimeouts,
           });
-    const dependents = (dependentsOf[specIndex] as number[]).slice().sort((a, b) => (positionOf[a] as number) - (positionOf[b] as number));
+    const dependents = (dependentsOf[specIndex] as number[])
+      .slice()
+      .sort((a, b) => (positionOf[a] as number) - (positionOf[b] as number));
     return Object.freeze({
       id: draft.id as string,
       type: draft.type as string,
@@ -617,7 +726,7 @@ function build(
       dependentOrders: dependents.map((d) => positionOf[d] as number),
       when: draft.when,
       input: draft.input,
-      retry: policy.retry as ReturnType<typeof resolveRetryPolicy>,
+      retry: policy.retry as ResolvedRetryPolicy,
       timeouts: policy.timeouts,
       compensate,
       spec: draft.raw as unknown as StepSpec,

@@ -1,0 +1,400 @@
+/**
+ * `nexusflow dev`: the whole stack on one machine, as child processes of this CLI.
+ *
+ * Order: scheduler (waits for "scheduler listening"), two executors (executor-2 also loads
+ * examples/handlers.ts), gateway. Then every examples/*.json workflow is registered through the
+ * gateway, the sample order-pipeline runs with its progress shown, and the stack keeps running
+ * until Ctrl-C. Stopping goes the other way round: gateway, executors, scheduler, each with
+ * SIGTERM and, after a grace period, SIGKILL to its process group.
+ */
+import { readFile, readdir } from "node:fs/promises";
+import { join, relative } from "node:path";
+import { fromJson, type JsonValue } from "@bufbuild/protobuf";
+import { ValueSchema } from "@bufbuild/protobuf/wkt";
+import { type Client, ConnectError, createClient } from "@connectrpc/connect";
+import { Http2SessionManager, createGrpcTransport } from "@connectrpc/connect-node";
+import { ConfigError, freePort, loadGatewayConfig, loadSchedulerConfig } from "@nexusflow/common";
+import { type Run, RunStatus, WorkflowService } from "@nexusflow/gen";
+import { BadRequestSchema } from "@nexusflow/gen/google/rpc/error_details_pb";
+import { ChildExitedError, ChildTimeoutError, type ChildSpec, ManagedChild } from "./child.js";
+import { type LogRecord, formatChildLine } from "./log-format.js";
+import { RunProgress, formatRunSummary, formatTaskChange, isTerminal, runStatusName } from "./progress.js";
+import { type Style, box, createStyle } from "./style.js";
+
+/** Options of {@link runDev}. */
+export interface DevOptions {
+  /** Repository root: where `services/` and `examples/` are. */
+  root: string;
+  /** Environment the services inherit; SCHEDULER_PORT and GATEWAY_PORT are honoured when set. */
+  env: NodeJS.ProcessEnv;
+  /** Aborted on SIGINT/SIGTERM: stop the stack and return 0. */
+  signal: AbortSignal;
+  /**
+   * Stop after the sample run and return 0 if it succeeded, 1 otherwise (smoke tests).
+   * @default false
+   */
+  exitAfterSample?: boolean;
+  /**
+   * Writes output text.
+   * @default process.stdout.write
+   */
+  write?: (text: string) => void;
+  /**
+   * Colourful output.
+   * @default false
+   */
+  color?: boolean;
+  /**
+   * Time between SIGTERM and SIGKILL when stopping a service, in milliseconds.
+   * @default 10_000
+   */
+  stopGraceMs?: number;
+}
+
+/** The sample workflow and its input, relative to the examples directory. */
+const SAMPLE_SPEC = "order-pipeline.json";
+const SAMPLE_INPUT = "order-pipeline.input.json";
+
+const SCHEDULER_READY_TIMEOUT_MS = 180_000;
+const EXECUTOR_READY_TIMEOUT_MS = 60_000;
+const GATEWAY_READY_TIMEOUT_MS = 30_000;
+const RPC_TIMEOUT_MS = 30_000;
+const SAMPLE_TIMEOUT_MS = 300_000;
+
+/** Where the stack listens. */
+interface Ports {
+  schedulerHost: string;
+  schedulerPort: number;
+  gatewayHost: string;
+  gatewayPort: number;
+}
+
+/** Ports from the environment when set there (validated like the services do), free ones otherwise. */
+async function choosePorts(env: NodeJS.ProcessEnv): Promise<Ports> {
+  const scheduler = loadSchedulerConfig(env);
+  // SCHEDULER_ADDRESS is ours to set for the gateway; a stale one in the environment must not fail validation.
+  const gateway = loadGatewayConfig({ ...env, SCHEDULER_ADDRESS: undefined });
+  const isSet = (name: string): boolean => (env[name] ?? "").trim() !== "";
+  return {
+    schedulerHost: scheduler.host,
+    schedulerPort: isSet("SCHEDULER_PORT") ? scheduler.port : await freePort(scheduler.host),
+    gatewayHost: gateway.host,
+    gatewayPort: isSet("GATEWAY_PORT") ? gateway.port : await freePort(gateway.host),
+  };
+}
+
+/** A host to connect to for a host the server listens on (wildcards mean this machine). */
+function connectHost(host: string): string {
+  const bare = host.replace(/^\[|\]$/g, "");
+  if (bare === "0.0.0.0" || bare === "::" || bare === "") return "127.0.0.1";
+  return bare.includes(":") ? `[${bare}]` : bare;
+}
+
+/** The port at the end of "host:port", if any. */
+function portOf(address: unknown): number | undefined {
+  if (typeof address !== "string") return undefined;
+  const match = /:(\d{1,5})$/.exec(address);
+  return match?.[1] === undefined ? undefined : Number(match[1]);
+}
+
+function redactUrl(url: string): string {
+  try {
+    const parsed = new URL(url);
+    if (parsed.password !== "") parsed.password = "***";
+    return parsed.toString();
+  } catch {
+    return "(invalid URL)";
+  }
+}
+
+/** The running children, started in order and stopped in reverse. */
+class Stack {
+  readonly #children: ManagedChild[] = [];
+  readonly #lifetime: AbortController;
+  readonly #style: Style;
+  readonly #write: (text: string) => void;
+  #stopping = false;
+
+  constructor(lifetime: AbortController, style: Style, write: (text: string) => void) {
+    this.#lifetime = lifetime;
+    this.#style = style;
+    this.#write = write;
+  }
+
+  start(spec: ChildSpec): ManagedChild {
+    const child = new ManagedChild(spec, (name, line, stream) => this.#write(`${formatChildLine(name, line, stream, this.#style)}\n`));
+    this.#children.push(child);
+    void child.exited.then((exit) => {
+      if (!this.#stopping) this.#lifetime.abort(new ChildExitedError(child.name, exit));
+    });
+    return child;
+  }
+
+  /** Whether any child was started. */
+  get started(): boolean {
+    return this.#children.length > 0;
+  }
+
+  find(name: string): ManagedChild | undefined {
+    return this.#children.find((c) => c.name === name);
+  }
+
+  /** Stops every child, last started first; children started together stop together. */
+  async stop(graceMs: number, groups: readonly (readonly string[])[]): Promise<void> {
+    this.#stopping = true;
+    const remaining = new Set(this.#children);
+    for (const group of groups) {
+      const members = this.#children.filter((c) => group.includes(c.name));
+      members.forEach((c) => remaining.delete(c));
+      await Promise.all(members.map((c) => c.stop(graceMs)));
+    }
+    await Promise.all([...remaining].map((c) => c.stop(graceMs)));
+  }
+
+  /** Last resort on process exit: SIGKILL every child's process group. */
+  killAll(): void {
+    for (const child of this.#children) child.killGroup();
+  }
+}
+
+/** Describes an RPC failure in one line, plus one line per field violation. */
+function describeRpcError(e: unknown): string {
+  if (!(e instanceof ConnectError)) return e instanceof Error ? e.message : String(e);
+  const violations = e.findDetails(BadRequestSchema).flatMap((d) => d.fieldViolations);
+  return [e.message, ...violations.map((v) => `    ${v.field}: ${v.description}`)].join("\n");
+}
+
+/**
+ * Runs the dev stack until `options.signal` aborts (or, with `exitAfterSample`, until the sample
+ * run ends). Returns the process exit code: 0 on a normal stop, 1 when a service failed or the
+ * sample failed, 2 on bad configuration.
+ */
+export async function runDev(options: DevOptions): Promise<number> {
+  const write = options.write ?? ((text: string) => void process.stdout.write(text));
+  const style = createStyle(options.color ?? false);
+  const say = (line = ""): void => write(`${line}\n`);
+  const fail = (message: string): void => write(`${style.red(style.bold("nexusflow dev:"))} ${message}\n`);
+  const { root, env } = options;
+  const examplesDir = join(root, "examples");
+  const watchdog = join(root, "cli", "src", "parent-watchdog.ts");
+  const entry = (service: string): string => join(root, "services", service, "src", "main.ts");
+
+  // Aborted by Ctrl-C (reason: the signal's) or by a child that died (reason: ChildExitedError).
+  const lifetime = new AbortController();
+  const onSignal = (): void => lifetime.abort(options.signal.reason);
+  if (options.signal.aborted) onSignal();
+  else options.signal.addEventListener("abort", onSignal, { once: true });
+
+  const stack = new Stack(lifetime, style, write);
+  const killAll = (): void => stack.killAll();
+  process.on("exit", killAll);
+  const gatewaySessions: Http2SessionManager[] = [];
+
+  let exitCode = 0;
+  try {
+    const ports = await choosePorts(env);
+    const common = (name: string, service: string, extra: NodeJS.ProcessEnv): ChildSpec => ({
+      name,
+      entry: entry(service),
+      cwd: root,
+      env: { ...env, ...extra },
+      preload: [watchdog],
+    });
+
+    const database = env["DATABASE_URL"] ? redactUrl(env["DATABASE_URL"]) : `embedded PostgreSQL in ${env["NEXUSFLOW_DATA_DIR"] ?? ".nexusflow"}/`;
+    say(style.bold(`Starting the Nexusflow dev stack (${database})`));
+
+    const scheduler = stack.start(
+      common("scheduler", "scheduler", { SCHEDULER_HOST: ports.schedulerHost, SCHEDULER_PORT: String(ports.schedulerPort) }),
+    );
+    const schedulerReady = await scheduler.waitForLog(
+      "scheduler listening",
+      (r) => r["msg"] === "scheduler listening",
+      SCHEDULER_READY_TIMEOUT_MS,
+      lifetime.signal,
+    );
+    const schedulerAddress = `${connectHost(ports.schedulerHost)}:${portOf(schedulerReady["address"]) ?? ports.schedulerPort}`;
+
+    const handlersModule = join(examplesDir, "handlers.ts");
+    const executors = [
+      stack.start(common("executor-1", "executor", { SCHEDULER_ADDRESS: schedulerAddress, EXECUTOR_ID: "executor-1" })),
+      stack.start(
+        common("executor-2", "executor", { SCHEDULER_ADDRESS: schedulerAddress, EXECUTOR_ID: "executor-2", EXECUTOR_HANDLERS: handlersModule }),
+      ),
+    ];
+    const isAttached = (r: LogRecord): boolean => typeof r["msg"] === "string" && r["msg"].startsWith("executor attached");
+    await Promise.all(executors.map((e) => e.waitForLog("executor attached", isAttached, EXECUTOR_READY_TIMEOUT_MS, lifetime.signal)));
+
+    const gateway = stack.start(
+      common("gateway", "gateway", {
+        GATEWAY_HOST: ports.gatewayHost,
+        GATEWAY_PORT: String(ports.gatewayPort),
+        SCHEDULER_ADDRESS: schedulerAddress,
+      }),
+    );
+    const gatewayReady = await gateway.waitForLog("gateway listening", (r) => r["msg"] === "gateway listening", GATEWAY_READY_TIMEOUT_MS, lifetime.signal);
+    const gatewayUrl = `http://${connectHost(ports.gatewayHost)}:${portOf(gatewayReady["url"]) ?? ports.gatewayPort}`;
+
+    say();
+    say(
+      box([
+        style.bold("Nexusflow dev stack"),
+        "",
+        `  ${style.cyan("gateway  ")}  ${style.bold(gatewayUrl)}   gRPC, gRPC-Web, Connect (h2c and HTTP/1.1)`,
+        `  ${style.cyan("scheduler")}  ${schedulerAddress}   gRPC, internal`,
+        `  ${style.cyan("executors")}  executor-1 (built-in types), executor-2 (+ examples/handlers.ts)`,
+        `  ${style.cyan("database ")}  ${database}`,
+        "",
+        style.gray(`  curl -s ${gatewayUrl}/nexusflow.v1.WorkflowService/ListWorkflows \\`),
+        style.gray(`    -H 'content-type: application/json' -d '{}'`),
+      ]),
+    );
+    say();
+
+    const sessionManager = new Http2SessionManager(gatewayUrl);
+    gatewaySessions.push(sessionManager);
+    const client = createClient(WorkflowService, createGrpcTransport({ baseUrl: gatewayUrl, sessionManager }));
+
+    const registered = await registerExamples(client, examplesDir, root, lifetime.signal, say, style);
+    let sampleOk = false;
+    if (registered.has(SAMPLE_SPEC)) {
+      try {
+        const run = await runSample(client, examplesDir, root, lifetime.signal, options.exitAfterSample === true, say, style);
+        sampleOk = run.status === RunStatus.SUCCEEDED;
+      } catch (e) {
+        if (lifetime.signal.aborted) throw e;
+        fail(`the sample run failed: ${describeRpcError(e)}`);
+      }
+    } else {
+      fail(`the sample workflow examples/${SAMPLE_SPEC} is not registered; skipping the sample run`);
+    }
+
+    if (options.exitAfterSample === true) {
+      exitCode = sampleOk ? 0 : 1;
+    } else {
+      say();
+      say(style.bold(`Nexusflow is running at ${gatewayUrl}. Press Ctrl-C to stop.`));
+      await new Promise<void>((resolve) => {
+        if (lifetime.signal.aborted) resolve();
+        else lifetime.signal.addEventListener("abort", () => resolve(), { once: true });
+      });
+      throw lifetime.signal.reason;
+    }
+  } catch (e) {
+    exitCode = reportFailure(e, lifetime.signal, options.signal, stack, write, fail, style);
+  } finally {
+    options.signal.removeEventListener("abort", onSignal);
+    for (const s of gatewaySessions) s.abort();
+    if (stack.started) say(style.gray("Stopping gateway, executors and scheduler..."));
+    await stack.stop(options.stopGraceMs ?? 10_000, [["gateway"], ["executor-1", "executor-2"], ["scheduler"]]);
+    process.off("exit", killAll);
+    if (stack.started) say(style.gray("Stopped."));
+  }
+  return exitCode;
+}
+
+/** Prints why the stack stops and returns the exit code. */
+function reportFailure(
+  e: unknown,
+  lifetime: AbortSignal,
+  shutdown: AbortSignal,
+  stack: Stack,
+  write: (text: string) => void,
+  fail: (message: string) => void,
+  style: Style,
+): number {
+  // An orderly stop requested by the user, whatever was in progress.
+  if (shutdown.aborted && !(lifetime.reason instanceof ChildExitedError)) return 0;
+  const error = lifetime.aborted && lifetime.reason instanceof ChildExitedError ? lifetime.reason : e;
+  if (error instanceof ChildExitedError || error instanceof ChildTimeoutError) {
+    const child = stack.find(error.child);
+    const tail = child?.tail() ?? [];
+    if (tail.length > 0) {
+      write(style.gray(`--- last lines of ${error.child} ---\n`));
+      for (const line of tail) write(`${style.gray("|")} ${line}\n`);
+      write(style.gray(`---\n`));
+    }
+    fail(error.message);
+    return 1;
+  }
+  if (error instanceof ConfigError) {
+    fail(error.message);
+    return 2;
+  }
+  fail(describeRpcError(error));
+  return 1;
+}
+
+/** Registers every examples/*.json definition (not the *.input.json files); returns the files that are registered. */
+async function registerExamples(
+  client: Client<typeof WorkflowService>,
+  examplesDir: string,
+  root: string,
+  signal: AbortSignal,
+  say: (line?: string) => void,
+  style: Style,
+): Promise<Set<string>> {
+  const files = (await readdir(examplesDir)).filter((f) => f.endsWith(".json") && !f.endsWith(".input.json")).sort();
+  say(style.bold(`Registering ${files.length} workflow(s) from ${relative(root, examplesDir)}/`));
+  const ok = new Set<string>();
+  for (const file of files) {
+    const text = await readFile(join(examplesDir, file), "utf8");
+    try {
+      const res = await client.registerWorkflow({ definition: { case: "specJson", value: text } }, { signal, timeoutMs: RPC_TIMEOUT_MS });
+      const wf = res.workflow;
+      say(`  ${style.green("✔")} ${wf?.name ?? file} v${wf?.version ?? "?"} ${style.gray(res.created ? "(registered)" : "(unchanged)")}`);
+      ok.add(file);
+    } catch (e) {
+      if (signal.aborted) throw e;
+      say(`  ${style.red("✘")} ${file}: ${describeRpcError(e)}`);
+    }
+  }
+  return ok;
+}
+
+/** Starts the sample workflow with its sample input, prints its progress and returns the final run. */
+async function runSample(
+  client: Client<typeof WorkflowService>,
+  examplesDir: string,
+  root: string,
+  signal: AbortSignal,
+  bounded: boolean,
+  say: (line?: string) => void,
+  style: Style,
+): Promise<Run> {
+  const spec = JSON.parse(await readFile(join(examplesDir, SAMPLE_SPEC), "utf8")) as { name: string; version: number; steps?: { id: string }[] };
+  const input = JSON.parse(await readFile(join(examplesDir, SAMPLE_INPUT), "utf8")) as JsonValue;
+  const stepWidth = Math.max(12, ...(spec.steps ?? []).map((s) => s.id.length + 7));
+  const callOptions = { signal, timeoutMs: RPC_TIMEOUT_MS };
+
+  say();
+  say(style.bold(`Running ${spec.name} v${spec.version} with ${relative(root, join(examplesDir, SAMPLE_INPUT))}`));
+  const started = await client.startRun(
+    { workflowName: spec.name, workflowVersion: spec.version, input: fromJson(ValueSchema, input), labels: { source: "nexusflow-dev" } },
+    callOptions,
+  );
+  const runId = started.run?.id ?? "";
+  say(`  run ${style.bold(runId)}`);
+
+  const progress = new RunProgress();
+  let final: Run | undefined;
+  const watchOptions = bounded ? { signal, timeoutMs: SAMPLE_TIMEOUT_MS } : { signal };
+  for await (const message of client.watchRun({ runId }, watchOptions)) {
+    const run = message.run;
+    if (run === undefined) continue;
+    for (const change of progress.update(run)) say(formatTaskChange(change, style, stepWidth));
+    if (isTerminal(run)) {
+      final = run;
+      break;
+    }
+  }
+  if (final === undefined) {
+    const res = await client.getRun({ runId }, callOptions);
+    if (res.run === undefined || !isTerminal(res.run)) {
+      throw new Error(`WatchRun ended while run ${runId} was ${res.run === undefined ? "unknown" : runStatusName(res.run.status)}`);
+    }
+    final = res.run;
+  }
+  say(formatRunSummary(final, style));
+  return final;
+}

@@ -1,0 +1,629 @@
+/**
+ * The executor against a scripted scheduler: a real grpc-js server on 127.0.0.1, port 0, that
+ * implements ExecutorService.Session in this file, records what the executor sends and answers
+ * what each test tells it to. Tests wait on messages and states, never on sleeps.
+ */
+import assert from "node:assert/strict";
+import { EventEmitter, once } from "node:events";
+import { after, describe, it } from "node:test";
+import { type JsonValue, create, fromJson, toJson } from "@bufbuild/protobuf";
+import { type Value, ValueSchema } from "@bufbuild/protobuf/wkt";
+import * as grpc from "@grpc/grpc-js";
+import { type LogLevel, createLogger, serviceDefinition } from "@nexusflow/common";
+import {
+  type Attach,
+  type AttachAck,
+  AttachAckSchema,
+  CancelSchema,
+  ExecutorService,
+  type Lease,
+  type LeaseKey,
+  LeaseSchema,
+  PingSchema,
+  RejectedSchema,
+  type SessionRequest,
+  type SessionResponse,
+  SessionResponseSchema,
+} from "@nexusflow/gen";
+import { isExecutorError } from "./errors.js";
+import { Executor, type ExecutorState } from "./executor.js";
+import { waitFor } from "./handlers/test-context.js";
+import type { TaskContext } from "./handlers/types.js";
+import { MemoryLogSink } from "./log-sink.js";
+import type { ExecutorOptions } from "./options.js";
+import { TaskError } from "./task-error.js";
+
+type Request = SessionRequest["message"];
+type RequestCase = NonNullable<Request["case"]>;
+type RequestValue<C extends RequestCase> = Extract<Request, { case: C }>["value"];
+type ServerCall = grpc.ServerDuplexStream<SessionRequest, SessionResponse>;
+
+const WAIT_MS = 5_000;
+
+/** One Session stream as the fake scheduler sees it. */
+class FakeSession {
+  readonly received: Request[] = [];
+  readonly #taken = new Set<number>();
+  readonly #events = new EventEmitter();
+  ended = false;
+
+  constructor(readonly call: ServerCall) {}
+
+  record(message: Request): void {
+    this.received.push(message);
+    this.#events.emit("change");
+  }
+
+  markEnded(): void {
+    this.ended = true;
+    this.#events.emit("change");
+  }
+
+  send(message: SessionResponse["message"]): void {
+    this.call.write(create(SessionResponseSchema, { message }));
+  }
+
+  /** Whether a message of `kind` matching `where` was received (taken or not). */
+  has<C extends RequestCase>(kind: C, where: (value: RequestValue<C>) => boolean = () => true): boolean {
+    return this.received.some((m) => m.case === kind && where(m.value as RequestValue<C>));
+  }
+
+  /** Position of the first message of `kind` matching `where`, or -1. */
+  indexOf<C extends RequestCase>(kind: C, where: (value: RequestValue<C>) => boolean = () => true): number {
+    return this.received.findIndex((m) => m.case === kind && where(m.value as RequestValue<C>));
+  }
+
+  /** The first not yet taken message of `kind` matching `where`, waiting for it if need be. */
+  async take<C extends RequestCase>(
+    kind: C,
+    where: (value: RequestValue<C>) => boolean = () => true,
+  ): Promise<RequestValue<C>> {
+    await this.until(() => this.#find(kind, where) !== -1, `a ${kind} message`);
+    const index = this.#find(kind, where);
+    this.#taken.add(index);
+    return this.received[index]?.value as RequestValue<C>;
+  }
+
+  /** Waits until `condition` holds, re-checking on every message and on the end of the stream. */
+  async until(condition: () => boolean, what: string): Promise<void> {
+    const signal = AbortSignal.timeout(WAIT_MS);
+    while (!condition()) {
+      try {
+        await once(this.#events, "change", { signal });
+      } catch {
+        throw new Error(
+          `timed out waiting for ${what}; received: ${this.received.map((m) => m.case).join(", ")}`,
+        );
+      }
+    }
+  }
+
+  #find<C extends RequestCase>(kind: C, where: (value: RequestValue<C>) => boolean): number {
+    return this.received.findIndex(
+      (m, i) => !this.#taken.has(i) && m.case === kind && where(m.value as RequestValue<C>),
+    );
+  }
+}
+
+interface FakeSchedulerOptions {
+  /** Answer Attach with AttachAck (default true). */
+  autoAck?: boolean;
+  /** Held leases to revoke in the AttachAck. */
+  revoke?: (attach: Attach) => LeaseKey[];
+}
+
+/** A scripted scheduler: serves Session, records every stream. */
+class FakeScheduler {
+  readonly sessions: FakeSession[] = [];
+  readonly #events = new EventEmitter();
+
+  private constructor(
+    readonly server: grpc.Server,
+    readonly options: FakeSchedulerOptions,
+    public port = 0,
+  ) {}
+
+  static async start(port = 0, options: FakeSchedulerOptions = {}): Promise<FakeScheduler> {
+    const server = new grpc.Server();
+    const scheduler = new FakeScheduler(server, options);
+    server.addService(serviceDefinition(ExecutorService), {
+      session: (call: ServerCall) => scheduler.#onSession(call),
+    });
+    scheduler.port = await bind(server, port);
+    servers.push(server);
+    return scheduler;
+  }
+
+  /** Session number `index` (from 0), once the executor opened it. */
+  async session(index: number): Promise<FakeSession> {
+    const signal = AbortSignal.timeout(WAIT_MS);
+    while (this.sessions[index] === undefined) {
+      try {
+        await once(this.#events, "session", { signal });
+      } catch {
+        throw new Error(`timed out waiting for session ${index}`);
+      }
+    }
+    return this.sessions[index];
+  }
+
+  /** Kills the server and every stream, as a crashed scheduler would. */
+  kill(): void {
+    this.server.forceShutdown();
+  }
+
+  #onSession(call: ServerCall): void {
+    const session = new FakeSession(call);
+    this.sessions.push(session);
+    call.on("data", (request: SessionRequest) => {
+      session.record(request.message);
+      if (request.message.case === "attach" && this.options.autoAck !== false) {
+        const ack: AttachAck = create(AttachAckSchema, {
+          sessionId: `session-${this.sessions.length}`,
+          heartbeatIntervalMs: 1_000,
+          sessionTimeoutMs: 5_000,
+          revoked: this.options.revoke?.(request.message.value) ?? [],
+        });
+        session.send({ case: "attachAck", value: ack });
+      }
+    });
+    // The executor half-closes on stop(); a scheduler then ends its side.
+    call.on("end", () => {
+      session.markEnded();
+      call.end();
+    });
+    call.on("error", () => session.markEnded());
+    call.on("cancelled", () => session.markEnded());
+    this.#events.emit("session");
+  }
+}
+
+function bind(server: grpc.Server, port: number): Promise<number> {
+  return new Promise((resolve, reject) => {
+    server.bindAsync(`127.0.0.1:${port}`, grpc.ServerCredentials.createInsecure(), (error, bound) => {
+      if (error === null) resolve(bound);
+      else reject(error);
+    });
+  });
+}
+
+const servers: grpc.Server[] = [];
+const executors: Executor[] = [];
+const logger = createLogger(
+  "executor-test",
+  (process.env["TEST_LOG_LEVEL"] as LogLevel | undefined) ?? "silent",
+);
+
+function newExecutor(scheduler: FakeScheduler, options: ExecutorOptions = {}): Executor {
+  const executor = new Executor({
+    schedulerAddress: `127.0.0.1:${scheduler.port}`,
+    executorId: "executor-1",
+    slots: 4,
+    reconnect: { initialDelayMs: 20, maxDelayMs: 200 },
+    drainTimeoutMs: 2_000,
+    logger,
+    ...options,
+  });
+  executors.push(executor);
+  return executor;
+}
+
+let leases = 0;
+function lease(taskType: string, input: JsonValue = null): Lease {
+  const n = ++leases;
+  return create(LeaseSchema, {
+    key: { taskRunId: `task-run-${n}`, attempt: 1, fencingToken: BigInt(n) },
+    runId: `run-${n}`,
+    stepId: `step-${n}`,
+    taskType,
+    input: fromJson(ValueSchema, input),
+    workflowName: "test-workflow",
+  });
+}
+
+function keyOf(l: Lease): LeaseKey {
+  assert.ok(l.key);
+  return l.key;
+}
+
+function sameKey(a: LeaseKey | undefined, b: LeaseKey): boolean {
+  return (
+    a !== undefined &&
+    a.taskRunId === b.taskRunId &&
+    a.attempt === b.attempt &&
+    a.fencingToken === b.fencingToken
+  );
+}
+
+function json(value: Value | undefined): JsonValue {
+  return value === undefined ? null : toJson(ValueSchema, value);
+}
+
+/** A promise the test resolves, for handlers that must stay running until told otherwise. */
+function gate(): { open: () => void; opened: Promise<void> } {
+  let open = (): void => {};
+  const opened = new Promise<void>((resolve) => (open = resolve));
+  return { open, opened };
+}
+
+function waitState(executor: Executor, state: ExecutorState): Promise<void> {
+  if (executor.state === state) return Promise.resolve();
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => {
+      unsubscribe();
+      reject(new Error(`timed out waiting for state ${state} (state is ${executor.state})`));
+    }, WAIT_MS);
+    const unsubscribe = executor.onStateChange((next) => {
+      if (next !== state) return;
+      clearTimeout(timer);
+      unsubscribe();
+      resolve();
+    });
+  });
+}
+
+/** Starts a scheduler and an attached executor, and takes the first credit. */
+async function attached(options: ExecutorOptions = {}, register?: (executor: Executor) => void) {
+  const scheduler = await FakeScheduler.start();
+  const executor = newExecutor(scheduler, options);
+  register?.(executor);
+  await executor.start();
+  const session = await scheduler.session(0);
+  const credit = await session.take("credit");
+  return { scheduler, executor, session, credit };
+}
+
+describe("Executor", { timeout: 60_000 }, () => {
+  after(async () => {
+    await Promise.all(executors.map((e) => e.stop("test over")));
+    for (const server of servers) server.forceShutdown();
+  });
+
+  it(
+    "attaches with its identity and task types, then grants credit for every slot",
+    { timeout: 10_000 },
+    async () => {
+      const { executor, session, credit } = await attached({ labels: { pool: "test" } });
+      const attach = await session.take("attach");
+      assert.equal(attach.executorId, "executor-1");
+      assert.deepEqual(attach.taskTypes, ["http", "noop", "shell", "sleep"]);
+      assert.equal(attach.slots, 4);
+      assert.deepEqual(attach.labels, { pool: "test" });
+      assert.deepEqual(attach.heldLeases, []);
+      assert.ok(attach.version.length > 0);
+      assert.equal(credit.n, 4);
+      assert.equal(executor.state, "ATTACHED");
+      assert.equal(executor.sessionId, "session-1");
+    },
+  );
+
+  it(
+    "runs a lease: Started, then Completed with the handler's output, then one more credit",
+    { timeout: 10_000 },
+    async () => {
+      const logSink = new MemoryLogSink();
+      const { session } = await attached({ logSink }, (executor) =>
+        executor.register("test.echo", (input, ctx: TaskContext) => {
+          ctx.log.info("echoing", { attempt: ctx.attempt });
+          ctx.log.write("stdout", "line one\nline ");
+          ctx.log.write("stdout", "two\n");
+          return { echoed: input, runId: ctx.runId, stepId: ctx.stepId };
+        }),
+      );
+      const noop = lease("noop", { hello: "world" });
+      session.send({ case: "lease", value: noop });
+      await session.take("started", (s) => sameKey(s.key, keyOf(noop)));
+      const completed = await session.take("completed", (c) => sameKey(c.key, keyOf(noop)));
+      assert.deepEqual(json(completed.output), { hello: "world" });
+      assert.equal((await session.take("credit")).n, 1);
+      assert.ok(
+        session.indexOf("started", (s) => sameKey(s.key, keyOf(noop))) <
+          session.indexOf("completed", (c) => sameKey(c.key, keyOf(noop))),
+      );
+
+      const echo = lease("test.echo", [1, "two"]);
+      session.send({ case: "lease", value: echo });
+      const echoed = await session.take("completed", (c) => sameKey(c.key, keyOf(echo)));
+      assert.deepEqual(json(echoed.output), { echoed: [1, "two"], runId: echo.runId, stepId: echo.stepId });
+      const log = logSink.get(keyOf(echo).taskRunId, 1);
+      assert.deepEqual(
+        log?.lines.map((l) => [l.stream, l.text]),
+        [
+          ["log", "echoing"],
+          ["stdout", "line one"],
+          ["stdout", "line two"],
+        ],
+      );
+    },
+  );
+
+  it(
+    "reports failures: thrown errors are retryable, TaskError.terminal is not, unknown types are terminal",
+    { timeout: 10_000 },
+    async () => {
+      const { session } = await attached({}, (executor) =>
+        executor
+          .register("test.throw", () => {
+            throw new RangeError("boom");
+          })
+          .register("test.terminal", () =>
+            Promise.reject(TaskError.terminal("CARD_DECLINED", "declined", { details: { code: 42 } })),
+          )
+          .register("test.later", () =>
+            Promise.reject(TaskError.retryable("HTTP_503", "busy", { retryAfterMs: 1_500 })),
+          ),
+      );
+      const thrown = lease("test.throw");
+      const terminal = lease("test.terminal");
+      const later = lease("test.later");
+      const unknown = lease("test.nobody");
+      for (const l of [thrown, terminal, later, unknown]) session.send({ case: "lease", value: l });
+
+      const a = await session.take("failed", (f) => sameKey(f.key, keyOf(thrown)));
+      assert.deepEqual(
+        [a.error?.type, a.error?.message, a.error?.retryable, a.retryAfterMs],
+        ["RangeError", "boom", true, 0n],
+      );
+      const b = await session.take("failed", (f) => sameKey(f.key, keyOf(terminal)));
+      assert.deepEqual(
+        [b.error?.type, b.error?.retryable, json(b.error?.details)],
+        ["CARD_DECLINED", false, { code: 42 }],
+      );
+      const c = await session.take("failed", (f) => sameKey(f.key, keyOf(later)));
+      assert.deepEqual([c.error?.type, c.error?.retryable, c.retryAfterMs], ["HTTP_503", true, 1_500n]);
+      const d = await session.take("failed", (f) => sameKey(f.key, keyOf(unknown)));
+      assert.deepEqual([d.error?.type, d.error?.retryable], ["UNKNOWN_TASK_TYPE", false]);
+      assert.ok(session.has("started", (s) => sameKey(s.key, keyOf(unknown))));
+    },
+  );
+
+  it(
+    "Cancel aborts a running sleep task, which reports CANCELLED (not retryable) and frees its slot",
+    { timeout: 10_000 },
+    async () => {
+      const { session } = await attached();
+      const sleeping = lease("sleep", { duration: "60s" });
+      session.send({ case: "lease", value: sleeping });
+      await session.take("started", (s) => sameKey(s.key, keyOf(sleeping)));
+      session.send({
+        case: "cancel",
+        value: create(CancelSchema, { key: keyOf(sleeping), reason: "run cancelled" }),
+      });
+      const failed = await session.take("failed", (f) => sameKey(f.key, keyOf(sleeping)));
+      assert.equal(failed.error?.type, "CANCELLED");
+      assert.equal(failed.error?.retryable, false);
+      assert.match(failed.error?.message ?? "", /run cancelled/);
+      assert.equal((await session.take("credit")).n, 1);
+    },
+  );
+
+  it(
+    "sends throttled task heartbeats with the latest progress, and answers Ping with Pong",
+    { timeout: 10_000 },
+    async () => {
+      const release = gate();
+      const { session } = await attached({}, (executor) =>
+        executor.register("test.progress", async (_input, ctx: TaskContext) => {
+          ctx.heartbeat({ step: 1 });
+          ctx.heartbeat({ step: 2 });
+          ctx.heartbeat({ step: 3 });
+          await release.opened;
+          return "done";
+        }),
+      );
+      const task = lease("test.progress");
+      session.send({ case: "lease", value: task });
+      const first = await session.take("heartbeat", (h) => sameKey(h.key, keyOf(task)));
+      assert.deepEqual(json(first.progress), { step: 1 });
+      const trailing = await session.take("heartbeat", (h) => sameKey(h.key, keyOf(task)));
+      assert.deepEqual(
+        json(trailing.progress),
+        { step: 3 },
+        "the throttled heartbeat carries the latest progress",
+      );
+      assert.ok(
+        !session.has(
+          "heartbeat",
+          (h) => json(h.progress) !== null && (json(h.progress) as { step: number }).step === 2,
+        ),
+      );
+
+      session.send({ case: "ping", value: create(PingSchema, { nonce: 7n }) });
+      assert.equal((await session.take("pong")).nonce, 7n);
+      release.open();
+      await session.take("completed", (c) => sameKey(c.key, keyOf(task)));
+    },
+  );
+
+  it(
+    "reconnects after the scheduler dies, re-attaches with its held leases and delivers reports on the new session",
+    { timeout: 15_000 },
+    async () => {
+      const gates = new Map([
+        ["a", gate()],
+        ["b", gate()],
+      ]);
+      const { scheduler, executor, session } = await attached({}, (e) =>
+        e.register("test.block", async (input: { id: string }) => {
+          await gates.get(input.id)?.opened;
+          return { finished: input.id };
+        }),
+      );
+      const a = lease("test.block", { id: "a" });
+      const b = lease("test.block", { id: "b" });
+      session.send({ case: "lease", value: a });
+      session.send({ case: "lease", value: b });
+      await session.take("started", (s) => sameKey(s.key, keyOf(a)));
+      await session.take("started", (s) => sameKey(s.key, keyOf(b)));
+
+      const connecting = waitState(executor, "CONNECTING");
+      scheduler.kill();
+      await connecting;
+      // Task a finishes while there is no session: its report waits for the next one.
+      gates.get("a")?.open();
+      await waitFor(() => executor.runningTasks === 1, "task a to finish");
+
+      const restarted = await FakeScheduler.start(scheduler.port);
+      const next = await restarted.session(0);
+      const attach = await next.take("attach");
+      assert.deepEqual(
+        attach.heldLeases.map((k) => k.taskRunId).sort(),
+        [keyOf(a).taskRunId, keyOf(b).taskRunId].sort(),
+        "held leases: b still runs, a's report is not delivered yet",
+      );
+      const completedA = await next.take("completed", (c) => sameKey(c.key, keyOf(a)));
+      assert.deepEqual(json(completedA.output), { finished: "a" });
+      const credit = await next.take("credit");
+      assert.equal(credit.n, 3, "every slot but b's");
+      assert.ok(
+        next.indexOf("completed") < next.indexOf("credit"),
+        "queued reports go first, right after the AttachAck",
+      );
+      await waitState(executor, "ATTACHED");
+
+      gates.get("b")?.open();
+      const completedB = await next.take("completed", (c) => sameKey(c.key, keyOf(b)));
+      assert.deepEqual(json(completedB.output), { finished: "b" });
+      assert.equal((await next.take("credit")).n, 1);
+    },
+  );
+
+  it(
+    "aborts a held lease the scheduler revoked on re-attach, without reporting it",
+    { timeout: 15_000 },
+    async () => {
+      const { scheduler, executor, session } = await attached();
+      const sleeping = lease("sleep", { duration: "60s" });
+      session.send({ case: "lease", value: sleeping });
+      await session.take("started", (s) => sameKey(s.key, keyOf(sleeping)));
+
+      const connecting = waitState(executor, "CONNECTING");
+      scheduler.kill();
+      await connecting;
+      const restarted = await FakeScheduler.start(scheduler.port, { revoke: (attach) => attach.heldLeases });
+      const next = await restarted.session(0);
+      const attach = await next.take("attach");
+      assert.deepEqual(
+        attach.heldLeases.map((k) => k.taskRunId),
+        [keyOf(sleeping).taskRunId],
+      );
+      await next.take("credit", (c) => c.n === 3);
+      // The aborted task gives its slot back once it has stopped; it reports nothing.
+      await next.take("credit", (c) => c.n === 1);
+      assert.equal(executor.runningTasks, 0);
+      assert.ok(!next.has("failed") && !next.has("completed"));
+    },
+  );
+
+  it(
+    "aborts a running task without reporting it when the scheduler rejects its lease",
+    { timeout: 10_000 },
+    async () => {
+      const { executor, session } = await attached();
+      const sleeping = lease("sleep", { duration: "60s" });
+      session.send({ case: "lease", value: sleeping });
+      await session.take("started", (s) => sameKey(s.key, keyOf(sleeping)));
+      session.send({
+        case: "rejected",
+        value: create(RejectedSchema, {
+          key: keyOf(sleeping),
+          code: "FAILED_PRECONDITION",
+          message: "stale fencing token",
+        }),
+      });
+      await session.take("credit", (c) => c.n === 1);
+      assert.equal(executor.runningTasks, 0);
+      assert.ok(!session.has("failed") && !session.has("completed"));
+    },
+  );
+
+  it(
+    "stop() drains: sends Drain, releases new leases, lets running tasks finish and closes the stream",
+    { timeout: 10_000 },
+    async () => {
+      const release = gate();
+      const { executor, session } = await attached({}, (e) =>
+        e.register("test.block", async () => {
+          await release.opened;
+          return "finished";
+        }),
+      );
+      const states: ExecutorState[] = [];
+      executor.onStateChange((state) => states.push(state));
+      const running = lease("test.block");
+      session.send({ case: "lease", value: running });
+      await session.take("started", (s) => sameKey(s.key, keyOf(running)));
+
+      const stopped = executor.stop("SIGTERM");
+      assert.equal((await session.take("drain")).reason, "SIGTERM");
+      assert.equal(executor.state, "DRAINING");
+      const late = lease("noop");
+      session.send({ case: "lease", value: late });
+      const released = await session.take("release", (r) => sameKey(r.key, keyOf(late)));
+      assert.match(released.reason, /draining/);
+
+      release.open();
+      await session.take("completed", (c) => sameKey(c.key, keyOf(running)));
+      await stopped;
+      assert.equal(executor.state, "STOPPED");
+      assert.deepEqual(states, ["DRAINING", "STOPPED"]);
+      await session.until(() => session.ended, "the executor to close the stream");
+      assert.ok(!session.has("credit", (c) => c.n === 1), "no credit once draining");
+      assert.ok(!session.has("started", (s) => sameKey(s.key, keyOf(late))));
+    },
+  );
+
+  it(
+    "stop() aborts tasks still running at the drain timeout and reports them as retryable EXECUTOR_SHUTDOWN",
+    { timeout: 10_000 },
+    async () => {
+      const { executor, session } = await attached({ drainTimeoutMs: 50 });
+      const sleeping = lease("sleep", { duration: "60s" });
+      session.send({ case: "lease", value: sleeping });
+      await session.take("started", (s) => sameKey(s.key, keyOf(sleeping)));
+      await executor.stop("SIGTERM");
+      const failed = await session.take("failed", (f) => sameKey(f.key, keyOf(sleeping)));
+      assert.equal(failed.error?.type, "EXECUTOR_SHUTDOWN");
+      assert.equal(failed.error?.retryable, true);
+      assert.equal(executor.state, "STOPPED");
+    },
+  );
+
+  it("stop() before the first AttachAck rejects start() with STOPPED", { timeout: 10_000 }, async () => {
+    const scheduler = await FakeScheduler.start(0, { autoAck: false });
+    const executor = newExecutor(scheduler);
+    const starting = executor.start();
+    const session = await scheduler.session(0);
+    await session.take("attach");
+    assert.equal(executor.state, "CONNECTING");
+    await executor.stop();
+    await assert.rejects(starting, (e) => isExecutorError(e, "STOPPED"));
+    assert.equal(executor.state, "STOPPED");
+  });
+
+  it(
+    "start() rejects with ATTACH_REFUSED when the server does not serve ExecutorService",
+    { timeout: 10_000 },
+    async () => {
+      const server = new grpc.Server();
+      servers.push(server);
+      const port = await bind(server, 0);
+      const executor = new Executor({ schedulerAddress: `127.0.0.1:${port}`, logger });
+      executors.push(executor);
+      await assert.rejects(
+        executor.start(),
+        (e) => isExecutorError(e, "ATTACH_REFUSED") && /UNIMPLEMENTED/.test(e.message),
+      );
+      assert.equal(executor.state, "STOPPED");
+    },
+  );
+
+  it("start() rejects when taskTypes names an unregistered type", async () => {
+    const executor = new Executor({ schedulerAddress: "127.0.0.1:1", taskTypes: ["noop", "nope"], logger });
+    await assert.rejects(
+      executor.start(),
+      (e) => isExecutorError(e, "UNKNOWN_TASK_TYPES") && /"nope"/.test(e.message),
+    );
+    assert.equal(executor.state, "IDLE");
+  });
+});

@@ -1,0 +1,802 @@
+/**
+ * The executor: holds one Session stream to the scheduler, grants credit for its free slots, runs
+ * every leased task with its registered handler and reports back. It survives a broken stream
+ * (reconnect with backoff, running tasks keep running and are re-claimed as held leases, reports
+ * made meanwhile are delivered after the next AttachAck) and drains on `stop()`.
+ *
+ * Lifecycle: IDLE -> CONNECTING <-> ATTACHED -> DRAINING -> STOPPED.
+ */
+import { type JsonValue, create } from "@bufbuild/protobuf";
+import { setTimeout as delay } from "node:timers/promises";
+import * as grpc from "@grpc/grpc-js";
+import { type Logger, clientConstructor } from "@nexusflow/common";
+import {
+  type AttachAck,
+  AttachSchema,
+  type Cancel,
+  CompletedSchema,
+  CreditSchema,
+  DrainSchema,
+  ExecutorService,
+  FailedSchema,
+  HeartbeatSchema,
+  type Lease,
+  type LeaseKey,
+  LeaseKeySchema,
+  PongSchema,
+  type Rejected,
+  ReleaseSchema,
+  type SessionRequest,
+  SessionRequestSchema,
+  type SessionResponse,
+  StartedSchema,
+  TaskErrorSchema,
+} from "@nexusflow/gen";
+import { backoffDelay } from "./backoff.js";
+import { ExecutorError } from "./errors.js";
+import { HandlerRegistry, type TaskHandler, registerBuiltins } from "./handlers/index.js";
+import { type CompiledExecutorOptions, type ExecutorOptions, compileExecutorOptions } from "./options.js";
+import { toValue } from "./payload.js";
+import { type AttemptOutcome, TaskAttempt, leaseKeyId } from "./task-attempt.js";
+import { TaskError, toTaskFailure } from "./task-error.js";
+
+/**
+ * Lifecycle states. CONNECTING: opening (or reopening) the session; ATTACHED: the scheduler
+ * acknowledged it and may lease tasks; DRAINING: `stop()` was called, no new tasks are taken
+ * (the session may still be reconnecting to deliver reports); STOPPED: closed for good.
+ */
+export type ExecutorState = "IDLE" | "CONNECTING" | "ATTACHED" | "DRAINING" | "STOPPED";
+
+/** Called on every state change. */
+export type StateListener = (state: ExecutorState, previous: ExecutorState) => void;
+
+/**
+ * Status codes that, before the first attach, mean retrying cannot help (wrong address or
+ * service, bad credentials, a malformed Attach): `start()` rejects instead of retrying forever.
+ * After a first attach they are retried like any other break (e.g. during a scheduler upgrade).
+ */
+export const FATAL_ATTACH_CODES: ReadonlySet<grpc.status> = new Set([
+  grpc.status.UNIMPLEMENTED,
+  grpc.status.UNAUTHENTICATED,
+  grpc.status.PERMISSION_DENIED,
+  grpc.status.INVALID_ARGUMENT,
+]);
+
+/** Used when AttachAck carries no heartbeat interval. */
+const DEFAULT_HEARTBEAT_INTERVAL_MS = 2_000;
+/** How long `stop()` waits for the scheduler to end the stream after the executor half-closed it. */
+const CLOSE_TIMEOUT_MS = 2_000;
+
+type RequestMessage = SessionRequest["message"];
+type SessionCall = grpc.ClientDuplexStream<SessionRequest, SessionResponse>;
+type SessionMethod = (metadata: grpc.Metadata) => SessionCall;
+
+/** One Session stream, from open to status. */
+interface Session {
+  readonly number: number;
+  readonly call: SessionCall;
+  id: string;
+  attached: boolean;
+  ended: boolean;
+  /** The executor ended its side (stop); nothing more may be written. */
+  halfClosed: boolean;
+  wroteSinceTick: boolean;
+  heartbeatTimer: NodeJS.Timeout | undefined;
+  attachTimer: NodeJS.Timeout | undefined;
+}
+
+/** How a session ended. */
+interface SessionEnd {
+  readonly attached: boolean;
+  readonly code: grpc.status;
+  readonly details: string;
+}
+
+interface RunningTask {
+  readonly attempt: TaskAttempt;
+  readonly done: Promise<void>;
+}
+
+function hasKey(lease: Lease): lease is Lease & { key: LeaseKey } {
+  return lease.key !== undefined;
+}
+
+/** The lease a report is about, for held leases and for dropping reports of revoked leases. */
+function reportKey(message: RequestMessage): LeaseKey | undefined {
+  switch (message.case) {
+    case "started":
+    case "completed":
+    case "failed":
+    case "release":
+      return message.value.key;
+    default:
+      return undefined;
+  }
+}
+
+function describeKey(key: LeaseKey | undefined): Record<string, unknown> {
+  return key === undefined
+    ? {}
+    : { taskRunId: key.taskRunId, attempt: key.attempt, fencingToken: String(key.fencingToken) };
+}
+
+/**
+ * Runs tasks leased by a Nexusflow scheduler.
+ *
+ * ```ts
+ * const executor = new Executor({ schedulerAddress: "scheduler:50051", slots: 8 });
+ * executor.register("billing.charge", async (input, ctx) => charge(input, { signal: ctx.signal }));
+ * await executor.start();           // resolves on the first AttachAck
+ * process.once("SIGTERM", () => void executor.stop("SIGTERM"));
+ * ```
+ */
+export class Executor {
+  readonly #options: CompiledExecutorOptions;
+  readonly #logger: Logger;
+  readonly #registry = new HandlerRegistry();
+  readonly #listeners = new Set<StateListener>();
+  readonly #tasks = new Map<string, RunningTask>();
+  /** Reports made while no session was attached, sent in order after the next AttachAck. */
+  #outbox: RequestMessage[] = [];
+  readonly #waiters = new Set<() => void>();
+  readonly #loopAbort = new AbortController();
+  #state: ExecutorState = "IDLE";
+  #client: grpc.Client | undefined;
+  #advertised: readonly string[] = [];
+  #session: Session | undefined;
+  #sessionCount = 0;
+  #everAttached = false;
+  #draining = false;
+  #drainReason = "";
+  #closing = false;
+  #loop: Promise<void> | undefined;
+  #stopped: Promise<void> | undefined;
+  #startWaiter: { resolve: () => void; reject: (e: Error) => void } | undefined;
+
+  /** Creates an executor; throws {@link ExecutorError} `INVALID_OPTIONS` for a bad option. */
+  constructor(options: ExecutorOptions = {}) {
+    this.#options = compileExecutorOptions(options);
+    this.#logger = this.#options.logger.child({ executorId: this.#options.executorId });
+    if (this.#options.builtins !== false) registerBuiltins(this.#registry, this.#options.builtins);
+  }
+
+  /** The current lifecycle state. */
+  get state(): ExecutorState {
+    return this.#state;
+  }
+
+  /** The handlers, built-ins included; register (or load a module into it) before `start()`. */
+  get registry(): HandlerRegistry {
+    return this.#registry;
+  }
+
+  /** Id of the attached session, while attached. */
+  get sessionId(): string | undefined {
+    return this.#session?.attached === true ? this.#session.id : undefined;
+  }
+
+  /** The task types advertised to the scheduler (empty before `start()`). */
+  get taskTypes(): readonly string[] {
+    return this.#advertised;
+  }
+
+  /** Tasks running now. */
+  get runningTasks(): number {
+    return this.#tasks.size;
+  }
+
+  /** Registers the handler of a task type; see `HandlerRegistry.register`. Only before `start()`. */
+  register<I, O>(type: string, handler: TaskHandler<I, O>): this {
+    if (this.#state !== "IDLE") {
+      throw new ExecutorError(
+        "ALREADY_STARTED",
+        `cannot register task type "${type}": the executor has already started`,
+      );
+    }
+    this.#registry.register(type, handler);
+    return this;
+  }
+
+  /** Calls `listener` on every state change; returns a function that unsubscribes it. */
+  onStateChange(listener: StateListener): () => void {
+    this.#listeners.add(listener);
+    return () => this.#listeners.delete(listener);
+  }
+
+  /**
+   * Opens the session and keeps it open (reconnecting with backoff) until {@link Executor.stop}.
+   * Resolves on the first AttachAck, however many attempts that takes. Rejects with an
+   * {@link ExecutorError}: `ALREADY_STARTED`; `UNKNOWN_TASK_TYPES` when `taskTypes` names an
+   * unregistered type; `ATTACH_REFUSED` when the scheduler refuses the first session with one of
+   * {@link FATAL_ATTACH_CODES} (the executor is then STOPPED); `STOPPED` when `stop()` is called
+   * before the first attach. Always handle the returned promise.
+   */
+  start(): Promise<void> {
+    if (this.#state !== "IDLE") {
+      return Promise.reject(new ExecutorError("ALREADY_STARTED", "start() was already called"));
+    }
+    try {
+      this.#advertised = this.#taskTypes();
+      const Client = clientConstructor(ExecutorService);
+      this.#client = new Client(
+        this.#options.schedulerAddress,
+        this.#options.credentials,
+        this.#options.channelOptions,
+      );
+    } catch (e) {
+      return Promise.reject(e instanceof Error ? e : new Error(String(e)));
+    }
+    const attached = new Promise<void>((resolve, reject) => {
+      this.#startWaiter = { resolve, reject };
+    });
+    this.#setState("CONNECTING");
+    this.#logger.debug(
+      { schedulerAddress: this.#options.schedulerAddress, taskTypes: this.#advertised },
+      "connecting to the scheduler",
+    );
+    this.#loop = this.#connectLoop().catch((e: unknown) => {
+      // Not expected: the loop handles every stream outcome. Fail loudly rather than hang.
+      this.#logger.error({ err: e }, "the session loop failed");
+      this.#settleStart(e instanceof Error ? e : new Error(String(e)));
+    });
+    return attached;
+  }
+
+  /**
+   * Drains and stops: sends Drain (with `reason`, e.g. "SIGTERM"), takes no new tasks (leases
+   * still arriving are Released), waits up to `drainTimeoutMs` for running tasks, then aborts the
+   * rest with a retryable EXECUTOR_SHUTDOWN error (reported as Failed; a handler that ignores its
+   * signal for `abortGraceMs` is reported failed without it), delivers the remaining reports,
+   * closes the stream and the client. Idempotent; never rejects.
+   */
+  stop(reason = "stop"): Promise<void> {
+    this.#stopped ??= this.#shutdown(reason).catch((e: unknown) => {
+      this.#logger.error({ err: e }, "error while stopping the executor");
+      this.#closing = true;
+      this.#loopAbort.abort();
+      this.#session?.call.cancel();
+      this.#client?.close();
+      this.#setState("STOPPED");
+    });
+    return this.#stopped;
+  }
+
+  // ---- lifecycle -------------------------------------------------------------------------------
+
+  #taskTypes(): string[] {
+    const registered = this.#registry.types();
+    const wanted = this.#options.taskTypes ?? registered;
+    const unknown = wanted.filter((t) => !this.#registry.has(t));
+    if (unknown.length > 0) {
+      throw new ExecutorError(
+        "UNKNOWN_TASK_TYPES",
+        `no handler is registered for task type(s) ${unknown.map((t) => JSON.stringify(t)).join(", ")} (registered: ${registered.join(", ")})`,
+      );
+    }
+    return [...wanted].sort();
+  }
+
+  #setState(next: ExecutorState): void {
+    const previous = this.#state;
+    if (previous === next || previous === "STOPPED") return;
+    this.#state = next;
+    this.#logger.debug({ state: next, previous }, "executor state");
+    for (const listener of [...this.#listeners]) {
+      try {
+        listener(next, previous);
+      } catch (e) {
+        this.#logger.error({ err: e }, "a state listener threw");
+      }
+    }
+  }
+
+  #settleStart(error?: Error): void {
+    const waiter = this.#startWaiter;
+    this.#startWaiter = undefined;
+    if (waiter === undefined) return;
+    if (error === undefined) waiter.resolve();
+    else waiter.reject(error);
+  }
+
+  async #shutdown(reason: string): Promise<void> {
+    if (this.#state === "IDLE") {
+      this.#closing = true;
+      this.#setState("STOPPED");
+      return;
+    }
+    const started = Date.now();
+    this.#draining = true;
+    this.#drainReason = reason;
+    this.#setState("DRAINING");
+    this.#settleStart(
+      new ExecutorError("STOPPED", "the executor was stopped before it attached to the scheduler"),
+    );
+    const live = this.#liveSession();
+    if (live !== undefined) this.#write(live, { case: "drain", value: create(DrainSchema, { reason }) });
+    this.#logger.info({ reason, runningTasks: this.#tasks.size }, "draining");
+
+    const { drainTimeoutMs, abortGraceMs } = this.#options;
+    if (!(await this.#until(() => this.#tasks.size === 0, drainTimeoutMs))) {
+      const error = TaskError.retryable(
+        "EXECUTOR_SHUTDOWN",
+        `the executor is shutting down (${reason}) and the task did not finish within the drain timeout of ${drainTimeoutMs} ms`,
+      );
+      this.#logger.warn(
+        { runningTasks: this.#tasks.size, drainTimeoutMs },
+        "drain timeout: aborting the remaining tasks",
+      );
+      for (const { attempt } of this.#tasks.values()) attempt.abort(error);
+      if (!(await this.#until(() => this.#tasks.size === 0, abortGraceMs))) {
+        for (const { attempt } of this.#tasks.values()) {
+          this.#logger.warn(
+            { ...describeKey(attempt.key), taskType: attempt.lease.taskType },
+            "the task's handler ignores its abort signal; reporting it failed",
+          );
+          attempt.forceSettle(toTaskFailure(error));
+        }
+      }
+      await Promise.all([...this.#tasks.values()].map((t) => t.done));
+    }
+
+    // Reports made while disconnected still matter (they save the scheduler a lease timeout):
+    // give the reconnect loop what is left of the drain timeout to deliver them.
+    if (this.#outbox.length > 0) {
+      const left = Math.max(0, drainTimeoutMs - (Date.now() - started));
+      if (!(await this.#until(() => this.#outbox.length === 0, left))) {
+        this.#logger.warn(
+          { undelivered: this.#outbox.length },
+          "stopping with undelivered reports; their leases will expire on the scheduler",
+        );
+      }
+    }
+
+    this.#closing = true;
+    this.#loopAbort.abort();
+    await this.#closeSession();
+    await this.#loop;
+    this.#client?.close();
+    this.#setState("STOPPED");
+    this.#logger.info({ reason }, "executor stopped");
+  }
+
+  /** Half-closes the current session and waits for the scheduler to end it (cancels it otherwise). */
+  async #closeSession(): Promise<void> {
+    const session = this.#session;
+    if (session === undefined || session.ended) return;
+    session.halfClosed = true;
+    clearInterval(session.heartbeatTimer);
+    if (session.attached) {
+      // Half-close so what was written is delivered, and let the scheduler end the stream.
+      session.call.end();
+      if (await this.#until(() => session.ended, CLOSE_TIMEOUT_MS)) return;
+    }
+    this.#logger.debug("the scheduler did not end the session after half-close; cancelling it");
+    session.call.cancel();
+    await this.#until(() => session.ended, CLOSE_TIMEOUT_MS);
+  }
+
+  /** Wakes {@link Executor.#until} waiters; called whenever tasks, outbox or session change. */
+  #notify(): void {
+    for (const waiter of [...this.#waiters]) waiter();
+  }
+
+  /** Resolves true once `condition` holds, false after `timeoutMs`. */
+  #until(condition: () => boolean, timeoutMs: number): Promise<boolean> {
+    if (condition()) return Promise.resolve(true);
+    return new Promise((resolve) => {
+      const finish = (value: boolean): void => {
+        clearTimeout(timer);
+        this.#waiters.delete(check);
+        resolve(value);
+      };
+      const check = (): void => {
+        if (condition()) finish(true);
+      };
+      const timer = setTimeout(() => finish(false), timeoutMs);
+      this.#waiters.add(check);
+    });
+  }
+
+  // ---- the session ---------------------------------------------------------------------------
+
+  async #connectLoop(): Promise<void> {
+    let failures = 0;
+    while (!this.#closing) {
+      const end = await this.#runSession();
+      if (this.#closing) return;
+      if (!this.#everAttached && FATAL_ATTACH_CODES.has(end.code)) {
+        this.#refuse(end);
+        return;
+      }
+      failures = end.attached ? 1 : failures + 1;
+      const wait = backoffDelay(failures, this.#options.reconnect);
+      const fields = {
+        code: grpc.status[end.code],
+        details: end.details,
+        attempt: failures,
+        retryInMs: wait,
+      };
+      if (end.attached) this.#logger.warn(fields, "session with the scheduler lost; reconnecting");
+      else this.#logger.warn(fields, "could not attach to the scheduler; retrying");
+      try {
+        await delay(wait, undefined, { signal: this.#loopAbort.signal });
+      } catch {
+        // stop() cut the wait short; the loop condition ends it.
+      }
+    }
+  }
+
+  /** The scheduler refused the first session for good: reject start() and stop. */
+  #refuse(end: SessionEnd): void {
+    const error = new ExecutorError(
+      "ATTACH_REFUSED",
+      `the scheduler at ${this.#options.schedulerAddress} refused the session: ${grpc.status[end.code]}: ${end.details}`,
+    );
+    this.#logger.error(
+      { code: grpc.status[end.code], details: end.details },
+      "the scheduler refused the session",
+    );
+    this.#closing = true;
+    this.#stopped ??= Promise.resolve();
+    this.#client?.close();
+    this.#setState("STOPPED");
+    this.#settleStart(error);
+  }
+
+  /** Opens one session and resolves when it ends (never rejects). */
+  #runSession(): Promise<SessionEnd> {
+    return new Promise((resolve) => {
+      const number = ++this.#sessionCount;
+      let call: SessionCall;
+      try {
+        const method = (this.#client as unknown as { session: SessionMethod }).session;
+        call = method.call(this.#client, this.#options.metadata.clone());
+      } catch (e) {
+        resolve({
+          attached: false,
+          code: grpc.status.INTERNAL,
+          details: e instanceof Error ? e.message : String(e),
+        });
+        return;
+      }
+      const session: Session = {
+        number,
+        call,
+        id: "",
+        attached: false,
+        ended: false,
+        halfClosed: false,
+        wroteSinceTick: false,
+        heartbeatTimer: undefined,
+        attachTimer: undefined,
+      };
+      this.#session = session;
+      call.on("data", (response: SessionResponse) => {
+        try {
+          this.#onResponse(session, response);
+        } catch (e) {
+          this.#logger.error(
+            { err: e },
+            "failed to handle a message from the scheduler; reopening the session",
+          );
+          call.cancel();
+        }
+      });
+      // The status event below says everything; without this listener an error would be thrown.
+      call.on("error", () => {});
+      call.on("status", (status: grpc.StatusObject) => {
+        this.#endSession(session);
+        resolve({ attached: session.attached, code: status.code, details: status.details });
+      });
+      session.attachTimer = setTimeout(() => {
+        if (session.attached || session.ended) return;
+        this.#logger.warn(
+          { attachTimeoutMs: this.#options.attachTimeoutMs },
+          "no AttachAck in time; reopening the session",
+        );
+        call.cancel();
+      }, this.#options.attachTimeoutMs);
+      this.#write(session, {
+        case: "attach",
+        value: create(AttachSchema, {
+          executorId: this.#options.executorId,
+          taskTypes: [...this.#advertised],
+          slots: this.#options.slots,
+          labels: { ...this.#options.labels },
+          version: this.#options.version,
+          heldLeases: this.#heldLeases(),
+        }),
+      });
+    });
+  }
+
+  #endSession(session: Session): void {
+    session.ended = true;
+    clearTimeout(session.attachTimer);
+    clearInterval(session.heartbeatTimer);
+    if (this.#session === session) this.#session = undefined;
+    if (!this.#closing && !this.#draining) this.#setState("CONNECTING");
+    this.#notify();
+  }
+
+  /** Leases this executor still holds: running tasks and finished ones whose report is queued. */
+  #heldLeases(): LeaseKey[] {
+    const held = new Map<string, LeaseKey>();
+    for (const { attempt } of this.#tasks.values()) held.set(attempt.id, attempt.key);
+    for (const message of this.#outbox) {
+      const key = reportKey(message);
+      if (key !== undefined && message.case !== "release") held.set(leaseKeyId(key), key);
+    }
+    return [...held.values()].map((key) => create(LeaseKeySchema, key));
+  }
+
+  #liveSession(): Session | undefined {
+    const session = this.#session;
+    return session !== undefined && session.attached && !session.ended && !session.halfClosed
+      ? session
+      : undefined;
+  }
+
+  #write(session: Session, message: RequestMessage): boolean {
+    if (session.ended || session.halfClosed) return false;
+    session.call.write(create(SessionRequestSchema, { message }));
+    session.wroteSinceTick = true;
+    return true;
+  }
+
+  /** Sends a report now, or queues it for the next attached session. */
+  #report(message: RequestMessage): void {
+    const session = this.#liveSession();
+    if (session !== undefined) this.#write(session, message);
+    else this.#outbox.push(message);
+  }
+
+  /** Sends a message that is worthless later (heartbeat, credit, pong) if attached; drops it otherwise. */
+  #sendLive(message: RequestMessage): void {
+    const session = this.#liveSession();
+    if (session !== undefined) this.#write(session, message);
+  }
+
+  #onResponse(session: Session, response: SessionResponse): void {
+    if (session !== this.#session || session.ended) return;
+    const message = response.message;
+    if (message.case === "ping") {
+      this.#write(session, { case: "pong", value: create(PongSchema, { nonce: message.value.nonce }) });
+      return;
+    }
+    if (message.case === "attachAck") {
+      this.#onAttachAck(session, message.value);
+      return;
+    }
+    if (!session.attached) {
+      this.#logger.warn({ message: message.case }, "protocol: message before AttachAck ignored");
+      return;
+    }
+    switch (message.case) {
+      case "lease":
+        this.#onLease(message.value);
+        return;
+      case "cancel":
+        this.#onCancel(message.value);
+        return;
+      case "rejected":
+        this.#onRejected(message.value);
+        return;
+      case "drainAck":
+        this.#logger.info({ outstanding: message.value.outstanding }, "the scheduler acknowledged the drain");
+        return;
+      default:
+        this.#logger.debug({ message: message.case }, "ignoring an unknown message from the scheduler");
+    }
+  }
+
+  #onAttachAck(session: Session, ack: AttachAck): void {
+    if (session.attached) {
+      this.#logger.warn("protocol: duplicate AttachAck ignored");
+      return;
+    }
+    session.attached = true;
+    session.id = ack.sessionId;
+    clearTimeout(session.attachTimer);
+    const first = !this.#everAttached;
+    this.#everAttached = true;
+
+    for (const key of ack.revoked) this.#revoke(key);
+
+    const interval = ack.heartbeatIntervalMs > 0 ? ack.heartbeatIntervalMs : DEFAULT_HEARTBEAT_INTERVAL_MS;
+    session.heartbeatTimer = setInterval(() => {
+      if (!session.wroteSinceTick)
+        this.#write(session, { case: "heartbeat", value: create(HeartbeatSchema) });
+      session.wroteSinceTick = false;
+    }, interval);
+
+    const queued = this.#outbox;
+    this.#outbox = [];
+    for (const message of queued) this.#write(session, message);
+    if (this.#draining) {
+      this.#write(session, { case: "drain", value: create(DrainSchema, { reason: this.#drainReason }) });
+    } else {
+      const free = this.#options.slots - this.#tasks.size;
+      if (free > 0) this.#write(session, { case: "credit", value: create(CreditSchema, { n: free }) });
+      this.#setState("ATTACHED");
+    }
+    const fields = {
+      sessionId: ack.sessionId,
+      session: session.number,
+      heldLeases: this.#tasks.size,
+      revoked: ack.revoked.length,
+      deliveredReports: queued.length,
+      heartbeatIntervalMs: interval,
+    };
+    if (first) this.#logger.debug(fields, "attached to the scheduler");
+    else this.#logger.info(fields, "re-attached to the scheduler");
+    this.#settleStart();
+    this.#notify();
+  }
+
+  /** AttachAck says a held lease is gone: stop the task and never report it. */
+  #revoke(key: LeaseKey): void {
+    const id = leaseKeyId(key);
+    this.#outbox = this.#outbox.filter((message) => {
+      const k = reportKey(message);
+      return k === undefined || leaseKeyId(k) !== id;
+    });
+    const task = this.#tasks.get(id);
+    if (task === undefined) return;
+    this.#logger.warn(describeKey(key), "the scheduler revoked a held lease; aborting its task");
+    task.attempt.silence();
+    task.attempt.abort(TaskError.terminal("LEASE_REVOKED", "the scheduler no longer recognises this lease"));
+  }
+
+  #onLease(lease: Lease): void {
+    if (!hasKey(lease)) {
+      this.#logger.warn(
+        { taskType: lease.taskType, runId: lease.runId },
+        "protocol: lease without a key ignored",
+      );
+      return;
+    }
+    const key = lease.key;
+    const id = leaseKeyId(key);
+    if (this.#tasks.has(id)) {
+      this.#logger.warn(describeKey(key), "protocol: duplicate lease ignored");
+      return;
+    }
+    if (this.#draining) {
+      this.#report({
+        case: "release",
+        value: create(ReleaseSchema, { key, reason: `executor draining (${this.#drainReason})` }),
+      });
+      return;
+    }
+    if (this.#tasks.size >= this.#options.slots) {
+      this.#logger.warn(
+        { ...describeKey(key), slots: this.#options.slots },
+        "protocol: lease beyond the credit granted; releasing it",
+      );
+      this.#report({ case: "release", value: create(ReleaseSchema, { key, reason: "no free slot" }) });
+      return;
+    }
+    this.#startTask(lease);
+  }
+
+  #startTask(lease: Lease & { key: LeaseKey }): void {
+    const logger = this.#logger.child({
+      runId: lease.runId,
+      stepId: lease.stepId,
+      taskRunId: lease.key.taskRunId,
+      attempt: lease.key.attempt,
+      taskType: lease.taskType,
+    });
+    const attempt = new TaskAttempt(lease, {
+      logSink: this.#options.logSink,
+      logger,
+      maxPayloadBytes: this.#options.maxPayloadBytes,
+      sendHeartbeat: (key, progress) => {
+        const value = create(HeartbeatSchema, { key });
+        if (progress !== undefined) value.progress = toValue(progress);
+        this.#sendLive({ case: "heartbeat", value });
+      },
+    });
+    this.#report({ case: "started", value: create(StartedSchema, { key: lease.key }) });
+    logger.debug({ workflow: lease.workflowName }, "task started");
+    const done = attempt
+      .run(this.#handlerFor(lease.taskType))
+      .then((outcome) => this.#onTaskDone(attempt, outcome))
+      .catch((e: unknown) => {
+        logger.error({ err: e }, "failed to report a finished task");
+        this.#tasks.delete(attempt.id);
+        this.#notify();
+      });
+    this.#tasks.set(attempt.id, { attempt, done });
+  }
+
+  #handlerFor(type: string): TaskHandler {
+    if (!this.#advertised.includes(type)) {
+      const error = TaskError.terminal(
+        "UNKNOWN_TASK_TYPE",
+        `this executor does not serve task type "${type}"`,
+        {
+          details: { taskType: type, served: this.#advertised },
+        },
+      );
+      return () => {
+        throw error;
+      };
+    }
+    return this.#registry.resolve(type);
+  }
+
+  #onTaskDone(attempt: TaskAttempt, outcome: AttemptOutcome): void {
+    this.#tasks.delete(attempt.id);
+    const { key } = attempt;
+    if (attempt.silenced) {
+      this.#logger.debug(
+        { ...describeKey(key), status: outcome.status },
+        "task finished; not reported (its lease is gone)",
+      );
+    } else if (outcome.status === "completed") {
+      const value = create(CompletedSchema, { key, output: toValue(outcome.output) });
+      if (outcome.logs !== undefined) value.logs = outcome.logs;
+      this.#report({ case: "completed", value });
+      this.#logger.debug(describeKey(key), "task completed");
+    } else {
+      const { failure } = outcome;
+      const error = create(TaskErrorSchema, {
+        type: failure.type,
+        message: failure.message,
+        retryable: failure.retryable,
+      });
+      if (failure.details !== undefined) error.details = toValue(failure.details as JsonValue); // checked by TaskAttempt
+      const value = create(FailedSchema, { key, error, retryAfterMs: BigInt(failure.retryAfterMs ?? 0) });
+      if (outcome.logs !== undefined) value.logs = outcome.logs;
+      this.#report({ case: "failed", value });
+      this.#logger.info(
+        { ...describeKey(key), errorType: failure.type, retryable: failure.retryable },
+        "task failed",
+      );
+    }
+    // A slot is free again. While disconnected nothing is sent: the next AttachAck grants every free slot.
+    if (!this.#draining) this.#sendLive({ case: "credit", value: create(CreditSchema, { n: 1 }) });
+    this.#notify();
+  }
+
+  #onCancel(cancel: Cancel): void {
+    const task = cancel.key === undefined ? undefined : this.#tasks.get(leaseKeyId(cancel.key));
+    if (task === undefined) {
+      this.#logger.debug(
+        { ...describeKey(cancel.key), reason: cancel.reason },
+        "cancel for a task not running here",
+      );
+      return;
+    }
+    this.#logger.info(
+      { ...describeKey(cancel.key), reason: cancel.reason },
+      "the scheduler cancelled a task",
+    );
+    task.attempt.abort(
+      TaskError.terminal("CANCELLED", `cancelled by the scheduler: ${cancel.reason || "no reason given"}`),
+    );
+  }
+
+  #onRejected(rejected: Rejected): void {
+    const fields = { ...describeKey(rejected.key), code: rejected.code, reason: rejected.message };
+    this.#logger.warn(fields, "the scheduler rejected a report");
+    if (
+      rejected.key === undefined ||
+      (rejected.code !== "FAILED_PRECONDITION" && rejected.code !== "NOT_FOUND")
+    )
+      return;
+    const task = this.#tasks.get(leaseKeyId(rejected.key));
+    if (task === undefined) return;
+    // The lease is gone (stale token, already finished, unknown): the work is not ours any more.
+    this.#logger.warn(fields, "aborting a task whose lease the scheduler no longer honours");
+    task.attempt.silence();
+    task.attempt.abort(
+      TaskError.terminal(
+        "LEASE_LOST",
+        `the scheduler rejected a report: ${rejected.code}: ${rejected.message}`,
+      ),
+    );
+  }
+}

@@ -1,0 +1,37 @@
+/**
+ * @nexusflow/executor: embed an executor in your own process, or run `main.ts`.
+ *
+ * ```ts
+ * import { Executor, TaskError } from "@nexusflow/executor";
+ * const executor = new Executor({ schedulerAddress: "127.0.0.1:50051" });
+ * executor.register("greet", (input: { name: string }) => ({ greeting: `hello ${input.name}` }));
+ * await executor.start();
+ * ```
+ */
+export { Executor, type ExecutorState, type StateListener, FATAL_ATTACH_CODES } from "./executor.js";
+export {
+  type ExecutorOptions,
+  type ReconnectOptions,
+  type CompiledExecutorOptions,
+  compileExecutorOptions,
+  EXECUTOR_VERSION,
+} from "./options.js";
+export { ExecutorError, type ExecutorErrorCode, isExecutorError } from "./errors.js";
+export {
+  TaskError,
+  type TaskErrorOptions,
+  type TaskFailure,
+  cancellationError,
+  isTaskError,
+  toTaskFailure,
+} from "./task-error.js";
+export {
+  type AttemptIdentity,
+  type AttemptLog,
+  type LogRecord,
+  type LogSink,
+  type MemoryAttemptLog,
+  MemoryLogSink,
+  type MemoryLogSinkOptions,
+} from "./log-sink.js";
+export * from "./handlers/index.js";

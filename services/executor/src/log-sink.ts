@@ -1,0 +1,108 @@
+/**
+ * Where the log of each task attempt goes. The session code only knows {@link LogSink}; the
+ * in-memory sink keeps recent attempts for inspection, and the artifact store will be a second
+ * implementation that writes `logs.jsonl` and returns its {@link LogRef}.
+ */
+import type { LogRef } from "@nexusflow/gen";
+
+/** One line of an attempt's log; mirrors `nexusflow.v1.LogLine`, plus structured fields. */
+export interface LogRecord {
+  /** When it was written. */
+  readonly time: Date;
+  /** "log" for `ctx.log.info/warn/error`, "stdout"/"stderr" for `ctx.log.write`. */
+  readonly stream: "log" | "stdout" | "stderr";
+  /** Level of a "log" line; empty for stdout/stderr. */
+  readonly level: "info" | "warn" | "error" | "";
+  /** The text, without the trailing newline. */
+  readonly text: string;
+  /** Structured fields of a "log" line. */
+  readonly fields?: Readonly<Record<string, unknown>> | undefined;
+  /** Attempt number. */
+  readonly attempt: number;
+}
+
+/** Which attempt a log belongs to. */
+export interface AttemptIdentity {
+  readonly runId: string;
+  readonly stepId: string;
+  readonly taskRunId: string;
+  readonly attempt: number;
+  readonly taskType: string;
+}
+
+/** The open log of one attempt. */
+export interface AttemptLog {
+  /** Appends one line; must not throw or block. */
+  append(record: LogRecord): void;
+  /** Ends the log; resolves to where it was stored, or undefined when it was not stored durably. */
+  close(): Promise<LogRef | undefined>;
+}
+
+/** A factory of per-attempt logs. */
+export interface LogSink {
+  /** Opens the log of one attempt. */
+  open(attempt: AttemptIdentity): AttemptLog;
+}
+
+/** Options of {@link MemoryLogSink}. */
+export interface MemoryLogSinkOptions {
+  /**
+   * Attempts kept; the oldest is forgotten first.
+   * @default 100
+   */
+  maxAttempts?: number;
+  /**
+   * Lines kept per attempt; later lines are counted in `dropped` instead.
+   * @default 10000
+   */
+  maxLinesPerAttempt?: number;
+}
+
+/** The lines of one attempt kept by {@link MemoryLogSink}. */
+export interface MemoryAttemptLog {
+  readonly lines: readonly LogRecord[];
+  /** Lines not kept because of `maxLinesPerAttempt`. */
+  readonly dropped: number;
+  /** Whether the attempt has ended. */
+  readonly closed: boolean;
+}
+
+/** Keeps the logs of recent attempts in memory (bounded); stores nothing durably. */
+export class MemoryLogSink implements LogSink {
+  readonly #maxAttempts: number;
+  readonly #maxLines: number;
+  readonly #attempts = new Map<string, { lines: LogRecord[]; dropped: number; closed: boolean }>();
+
+  constructor(options: MemoryLogSinkOptions = {}) {
+    this.#maxAttempts = options.maxAttempts ?? 100;
+    this.#maxLines = options.maxLinesPerAttempt ?? 10_000;
+  }
+
+  /** Opens the log of one attempt, replacing an earlier log of the same attempt. */
+  open(attempt: AttemptIdentity): AttemptLog {
+    const id = `${attempt.taskRunId}/${attempt.attempt}`;
+    const entry = { lines: [] as LogRecord[], dropped: 0, closed: false };
+    this.#attempts.delete(id);
+    this.#attempts.set(id, entry);
+    while (this.#attempts.size > this.#maxAttempts) {
+      const oldest = this.#attempts.keys().next();
+      if (oldest.done === true) break;
+      this.#attempts.delete(oldest.value);
+    }
+    return {
+      append: (record) => {
+        if (entry.lines.length < this.#maxLines) entry.lines.push(record);
+        else entry.dropped++;
+      },
+      close: () => {
+        entry.closed = true;
+        return Promise.resolve(undefined);
+      },
+    };
+  }
+
+  /** The log of an attempt, if it is still kept. */
+  get(taskRunId: string, attempt: number): MemoryAttemptLog | undefined {
+    return this.#attempts.get(`${taskRunId}/${attempt}`);
+  }
+}

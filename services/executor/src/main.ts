@@ -1,0 +1,91 @@
+/**
+ * The executor process: reads its configuration, registers the built-in handlers and the user's
+ * handler module (EXECUTOR_HANDLERS), attaches to the scheduler and drains on SIGTERM/SIGINT.
+ * Wiring only; the behaviour lives in {@link Executor}.
+ */
+import { ConfigError, type ExecutorConfig, createLogger, loadExecutorConfig } from "@nexusflow/common";
+import { Executor } from "./executor.js";
+import { isExecutorError } from "./errors.js";
+import { HandlerModuleError, HandlerRegistrationError, loadHandlerModule } from "./handlers/index.js";
+
+/** The executor's own secrets, kept out of the environment of `shell` tasks. */
+const SECRET_VARIABLES = ["S3_ACCESS_KEY", "S3_SECRET_KEY", "DATABASE_URL"];
+
+/** Bad configuration: one line naming the variable, exit status 2. */
+function configFailure(message: string): never {
+  process.stderr.write(`nexusflow-executor: ${message}\n`);
+  process.exit(2);
+}
+
+let config: ExecutorConfig;
+try {
+  config = loadExecutorConfig();
+} catch (e) {
+  if (e instanceof ConfigError) configFailure(e.message);
+  throw e;
+}
+
+const logger = createLogger("executor", config.logLevel);
+const baseEnv = Object.fromEntries(
+  Object.entries(process.env).filter(([name]) => !SECRET_VARIABLES.includes(name)),
+);
+const executor = new Executor({
+  schedulerAddress: config.schedulerAddress,
+  executorId: config.executorId,
+  slots: config.slots,
+  taskTypes: config.taskTypes,
+  logger,
+  builtins: { shell: { baseEnv } },
+});
+
+if (config.handlersModule !== undefined) {
+  try {
+    const added = await loadHandlerModule(config.handlersModule, executor.registry);
+    logger.info({ module: config.handlersModule, taskTypes: added }, "handler module loaded");
+  } catch (e) {
+    if (e instanceof HandlerModuleError || e instanceof HandlerRegistrationError)
+      configFailure(`EXECUTOR_HANDLERS: ${e.message}`);
+    throw e;
+  }
+}
+
+let stopping = false;
+const onSignal = (signal: NodeJS.Signals): void => {
+  if (stopping) {
+    logger.warn({ signal }, "second signal: exiting without draining");
+    process.exit(1);
+  }
+  stopping = true;
+  executor.stop(signal).then(
+    () => process.exit(0),
+    (e: unknown) => {
+      logger.error({ err: e }, "stop failed");
+      process.exit(1);
+    },
+  );
+};
+process.on("SIGTERM", onSignal);
+process.on("SIGINT", onSignal);
+
+try {
+  await executor.start();
+  logger.info(
+    {
+      schedulerAddress: config.schedulerAddress,
+      executorId: config.executorId,
+      slots: config.slots,
+      sessionId: executor.sessionId,
+      taskTypes: executor.taskTypes,
+    },
+    "executor attached to the scheduler",
+  );
+} catch (e) {
+  if (isExecutorError(e, "STOPPED")) {
+    // A signal arrived before the first attach; onSignal finishes the stop.
+  } else if (isExecutorError(e, "UNKNOWN_TASK_TYPES")) {
+    configFailure(`EXECUTOR_TASK_TYPES: ${e.message}`);
+  } else {
+    logger.fatal({ err: e }, "the executor could not start");
+    process.exit(1);
+  }
+}

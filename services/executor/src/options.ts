@@ -1,0 +1,219 @@
+/**
+ * Options of {@link Executor}: the public interface with its documented defaults, and the one
+ * function that applies and validates them (Temporal's `addDefaultWorkerOptions` pattern), so the
+ * session code only ever sees a complete, checked {@link CompiledExecutorOptions}.
+ */
+import { createRequire } from "node:module";
+import { hostname } from "node:os";
+import * as grpc from "@grpc/grpc-js";
+import { createLogger, type Logger } from "@nexusflow/common";
+import { ExecutorError } from "./errors.js";
+import type { BuiltinHandlerOptions } from "./handlers/index.js";
+import { type LogSink, MemoryLogSink } from "./log-sink.js";
+
+/** Backoff between attempts to (re)open the session: capped exponential with full jitter. */
+export interface ReconnectOptions {
+  /**
+   * Upper bound of the first delay, in milliseconds (the delay is uniform in [0, bound]).
+   * @default 100
+   */
+  initialDelayMs?: number | undefined;
+  /**
+   * Cap of the bound, in milliseconds; it doubles after every failed attempt until it reaches this.
+   * @default 5000
+   */
+  maxDelayMs?: number | undefined;
+}
+
+/** What an {@link Executor} is built from. Every field is optional. */
+export interface ExecutorOptions {
+  /**
+   * The scheduler's gRPC address, host:port.
+   * @default "127.0.0.1:50051"
+   */
+  schedulerAddress?: string | undefined;
+  /**
+   * Stable id of this executor process; reconnects reuse it so the scheduler recognises held leases.
+   * @default `${hostname()}-${process.pid}`
+   */
+  executorId?: string | undefined;
+  /**
+   * Most tasks run at once: the credit granted to the scheduler.
+   * @default 16
+   */
+  slots?: number | undefined;
+  /**
+   * Task types advertised to the scheduler; each must be registered by the time `start()` is called.
+   * @default every registered type, as of `start()`
+   */
+  taskTypes?: readonly string[] | undefined;
+  /**
+   * Free-form labels sent with Attach (region, pool, ...).
+   * @default {}
+   */
+  labels?: Readonly<Record<string, string>> | undefined;
+  /**
+   * Executor software version sent with Attach.
+   * @default the version of the @nexusflow/executor package
+   */
+  version?: string | undefined;
+  /**
+   * Backoff between reconnection attempts.
+   * @default { initialDelayMs: 100, maxDelayMs: 5000 }
+   */
+  reconnect?: ReconnectOptions | undefined;
+  /**
+   * How long `stop()` waits for running tasks before aborting them, in milliseconds.
+   * @default 30000
+   */
+  drainTimeoutMs?: number | undefined;
+  /**
+   * How long an aborted task (drain timeout) gets to settle before the executor reports it failed
+   * on its behalf and stops waiting for it, in milliseconds.
+   * @default 2000
+   */
+  abortGraceMs?: number | undefined;
+  /**
+   * How long to wait for AttachAck after opening the session before giving up on it, in milliseconds.
+   * @default 10000
+   */
+  attachTimeoutMs?: number | undefined;
+  /**
+   * Largest JSON payload (task output, progress, error details) sent to the scheduler, in bytes.
+   * Keep it below the scheduler's gRPC receive limit (4 MiB by default), or one oversized report
+   * would break the whole session.
+   * @default 3 MiB (3_145_728)
+   */
+  maxPayloadBytes?: number | undefined;
+  /**
+   * Structured logger.
+   * @default a pino logger named "executor" at level "info"
+   */
+  logger?: Logger | undefined;
+  /**
+   * Channel credentials.
+   * @default grpc.credentials.createInsecure()
+   */
+  credentials?: grpc.ChannelCredentials | undefined;
+  /**
+   * Metadata sent when opening every session (e.g. an `authorization` token).
+   * @default no metadata
+   */
+  metadata?: grpc.Metadata | undefined;
+  /**
+   * grpc-js channel options, merged over the executor's (keepalive, and reconnect backoff aligned
+   * with {@link ExecutorOptions.reconnect}).
+   * @default {}
+   */
+  channelOptions?: grpc.ChannelOptions | undefined;
+  /**
+   * Options of the built-in handlers (http, noop, shell, sleep), or `false` to register none.
+   * @default {} (all built-ins with their defaults)
+   */
+  builtins?: BuiltinHandlerOptions | false | undefined;
+  /**
+   * Where each attempt's log lines go.
+   * @default a {@link MemoryLogSink} with its defaults
+   */
+  logSink?: LogSink | undefined;
+}
+
+/** {@link ExecutorOptions} with every default applied and every value checked. */
+export interface CompiledExecutorOptions {
+  readonly schedulerAddress: string;
+  readonly executorId: string;
+  readonly slots: number;
+  readonly taskTypes: readonly string[] | undefined;
+  readonly labels: Readonly<Record<string, string>>;
+  readonly version: string;
+  readonly reconnect: { readonly initialDelayMs: number; readonly maxDelayMs: number };
+  readonly drainTimeoutMs: number;
+  readonly abortGraceMs: number;
+  readonly attachTimeoutMs: number;
+  readonly maxPayloadBytes: number;
+  readonly logger: Logger;
+  readonly credentials: grpc.ChannelCredentials;
+  readonly metadata: grpc.Metadata;
+  readonly channelOptions: grpc.ChannelOptions;
+  readonly builtins: BuiltinHandlerOptions | false;
+  readonly logSink: LogSink;
+}
+
+/** Version of this package, sent with Attach unless overridden. */
+export const EXECUTOR_VERSION: string = (
+  createRequire(import.meta.url)("../package.json") as { version: string }
+).version;
+
+/** Largest slot count; the wire field is an int32 and the scheduler has to track every lease. */
+const MAX_SLOTS = 10_000;
+/** Largest delay or timeout accepted: Node's timer limit (~24.8 days); longer ones would fire at once. */
+const MAX_MS = 2_147_483_647;
+
+function integer(name: string, value: number | undefined, def: number, min: number, max: number): number {
+  const v = value ?? def;
+  if (!Number.isInteger(v) || v < min || v > max) {
+    throw new ExecutorError(
+      "INVALID_OPTIONS",
+      `${name} must be an integer between ${min} and ${max}, got ${String(v)}`,
+    );
+  }
+  return v;
+}
+
+function nonEmpty(name: string, value: string | undefined, def: string): string {
+  const v = value ?? def;
+  if (typeof v !== "string" || v.trim() === "") {
+    throw new ExecutorError("INVALID_OPTIONS", `${name} must be a non-empty string`);
+  }
+  return v;
+}
+
+/** Applies the defaults of {@link ExecutorOptions} and validates them. Throws {@link ExecutorError} `INVALID_OPTIONS`. */
+export function compileExecutorOptions(options: ExecutorOptions = {}): CompiledExecutorOptions {
+  const initialDelayMs = integer(
+    "reconnect.initialDelayMs",
+    options.reconnect?.initialDelayMs,
+    100,
+    1,
+    MAX_MS,
+  );
+  const maxDelayMs = integer(
+    "reconnect.maxDelayMs",
+    options.reconnect?.maxDelayMs,
+    Math.max(5_000, initialDelayMs),
+    initialDelayMs,
+    MAX_MS,
+  );
+  const taskTypes = options.taskTypes === undefined ? undefined : [...new Set(options.taskTypes)];
+  if (taskTypes?.length === 0)
+    throw new ExecutorError("INVALID_OPTIONS", "taskTypes must name at least one task type when given");
+  return {
+    schedulerAddress: nonEmpty("schedulerAddress", options.schedulerAddress, "127.0.0.1:50051"),
+    executorId: nonEmpty("executorId", options.executorId, `${hostname()}-${process.pid}`),
+    slots: integer("slots", options.slots, 16, 1, MAX_SLOTS),
+    taskTypes,
+    labels: { ...options.labels },
+    version: nonEmpty("version", options.version, EXECUTOR_VERSION),
+    reconnect: { initialDelayMs, maxDelayMs },
+    drainTimeoutMs: integer("drainTimeoutMs", options.drainTimeoutMs, 30_000, 0, MAX_MS),
+    abortGraceMs: integer("abortGraceMs", options.abortGraceMs, 2_000, 0, MAX_MS),
+    attachTimeoutMs: integer("attachTimeoutMs", options.attachTimeoutMs, 10_000, 1, MAX_MS),
+    maxPayloadBytes: integer("maxPayloadBytes", options.maxPayloadBytes, 3 * 1024 * 1024, 1, 2 ** 31 - 1),
+    logger: options.logger ?? createLogger("executor", "info"),
+    credentials: options.credentials ?? grpc.credentials.createInsecure(),
+    metadata: options.metadata ?? new grpc.Metadata(),
+    channelOptions: {
+      // Detects a scheduler that vanished without closing the connection (no RST) in ~40 s
+      // rather than after TCP's retransmission timeout (~15 min).
+      "grpc.keepalive_time_ms": 30_000,
+      "grpc.keepalive_timeout_ms": 10_000,
+      // The channel's own reconnect backoff (1 s growing to 120 s by default) would otherwise
+      // dominate ours: a session opened while the channel backs off fails at once.
+      "grpc.initial_reconnect_backoff_ms": initialDelayMs,
+      "grpc.max_reconnect_backoff_ms": maxDelayMs,
+      ...options.channelOptions,
+    },
+    builtins: options.builtins ?? {},
+    logSink: options.logSink ?? new MemoryLogSink(),
+  };
+}

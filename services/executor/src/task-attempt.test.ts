@@ -1,0 +1,119 @@
+import assert from "node:assert/strict";
+import { describe, it } from "node:test";
+import { create, fromJson, type JsonValue } from "@bufbuild/protobuf";
+import { ValueSchema, timestampFromDate } from "@bufbuild/protobuf/wkt";
+import { createLogger } from "@nexusflow/common";
+import { type Lease, type LeaseKey, LeaseSchema } from "@nexusflow/gen";
+import { waitFor } from "./handlers/test-context.js";
+import type { TaskHandler } from "./handlers/types.js";
+import { MemoryLogSink } from "./log-sink.js";
+import { TaskAttempt } from "./task-attempt.js";
+import { TaskError } from "./task-error.js";
+
+function attempt(
+  init: Partial<Pick<Lease, "deadline" | "heartbeatTimeoutMs">> = {},
+  heartbeats: unknown[] = [],
+) {
+  const lease = create(LeaseSchema, {
+    key: { taskRunId: "tr", attempt: 1, fencingToken: 1n },
+    runId: "run",
+    stepId: "step",
+    taskType: "test",
+    input: fromJson(ValueSchema, { n: 1 }),
+    ...init,
+  }) as Lease & { key: LeaseKey };
+  return new TaskAttempt(lease, {
+    logSink: new MemoryLogSink(),
+    logger: createLogger("test", "silent"),
+    maxPayloadBytes: 100,
+    sendHeartbeat: (_key, progress: JsonValue | undefined) => heartbeats.push(progress),
+  });
+}
+
+/** Rejects once the signal aborts, with a generic error (as a killed child process would). */
+const genericOnAbort: TaskHandler = (_input, ctx) =>
+  new Promise((_resolve, reject) =>
+    ctx.signal.addEventListener("abort", () => reject(new Error("socket hang up")), { once: true }),
+  );
+
+describe("TaskAttempt", () => {
+  it("passes the input and returns the output", async () => {
+    const outcome = await attempt().run((input) => ({ got: input }));
+    assert.deepEqual(outcome, { status: "completed", output: { got: { n: 1 } }, logs: undefined });
+  });
+
+  it("fails an output that is too large or not JSON, terminally", async () => {
+    const big = await attempt().run(() => "x".repeat(200));
+    assert.equal(big.status === "failed" && big.failure.type, "OUTPUT_TOO_LARGE");
+    const bigint = await attempt().run(() => ({ n: 1n }));
+    assert.equal(bigint.status === "failed" && bigint.failure.type, "INVALID_OUTPUT");
+    assert.equal(bigint.status === "failed" && bigint.failure.retryable, false);
+  });
+
+  it("aborts at the lease deadline with a retryable TIMEOUT, whatever the handler throws", async () => {
+    const outcome = await attempt({ deadline: timestampFromDate(new Date(Date.now() + 20)) }).run(
+      genericOnAbort,
+    );
+    assert.equal(outcome.status, "failed");
+    assert.deepEqual(outcome.status === "failed" && [outcome.failure.type, outcome.failure.retryable], [
+      "TIMEOUT",
+      true,
+    ]);
+  });
+
+  it("lets a TaskError thrown after an abort win over the abort reason", async () => {
+    const a = attempt();
+    const running = a.run(
+      (_input, ctx) =>
+        new Promise((_r, reject) =>
+          ctx.signal.addEventListener("abort", () => reject(TaskError.terminal("MINE", "mine"))),
+        ),
+    );
+    a.abort(TaskError.terminal("CANCELLED", "cancelled"));
+    const outcome = await running;
+    assert.equal(outcome.status === "failed" && outcome.failure.type, "MINE");
+  });
+
+  it("forceSettle stops waiting for a handler that ignores its signal", async () => {
+    const a = attempt();
+    const running = a.run(() => new Promise(() => {}));
+    a.abort(TaskError.retryable("EXECUTOR_SHUTDOWN", "bye"));
+    a.forceSettle({ type: "EXECUTOR_SHUTDOWN", message: "bye", retryable: true });
+    const outcome = await running;
+    assert.deepEqual(outcome.status === "failed" && outcome.failure, {
+      type: "EXECUTOR_SHUTDOWN",
+      message: "bye",
+      retryable: true,
+    });
+    assert.ok(a.finished);
+  });
+
+  it("drops failure details that cannot be sent but keeps the failure", async () => {
+    const outcome = await attempt().run(() => {
+      throw TaskError.retryable("BIG", "big details", { details: "y".repeat(500), retryAfterMs: 10 });
+    });
+    assert.deepEqual(outcome.status === "failed" && outcome.failure, {
+      type: "BIG",
+      message: "big details",
+      retryable: true,
+      retryAfterMs: 10,
+    });
+  });
+
+  it("throttles heartbeats: the first goes at once, the latest progress follows", async () => {
+    const heartbeats: unknown[] = [];
+    const a = attempt({ heartbeatTimeoutMs: 200 }, heartbeats); // throttle: 200 / 4 = 50 ms
+    let release = (): void => {};
+    const running = a.run(async (_input, ctx) => {
+      ctx.heartbeat(1);
+      ctx.heartbeat(2);
+      ctx.heartbeat(3);
+      await new Promise<void>((resolve) => (release = resolve));
+      return null;
+    });
+    await waitFor(() => heartbeats.length === 2, "the trailing heartbeat");
+    release();
+    await running;
+    assert.deepEqual(heartbeats, [1, 3]);
+  });
+});

@@ -1,0 +1,237 @@
+/**
+ * One leased attempt on this executor: builds the handler's {@link TaskContext} (abort signal,
+ * deadline, throttled heartbeats, log), runs the handler and turns what it returned or threw into
+ * an {@link AttemptOutcome}. No session I/O here: heartbeats go through a callback and the outcome
+ * is returned, so the session decides what is sent when.
+ */
+import type { JsonValue } from "@bufbuild/protobuf";
+import { timestampDate } from "@bufbuild/protobuf/wkt";
+import type { Logger } from "@nexusflow/common";
+import type { Lease, LeaseKey, LogRef } from "@nexusflow/gen";
+import type { TaskContext, TaskHandler } from "./handlers/index.js";
+import { startTimer } from "./handlers/timers.js";
+import type { LogSink } from "./log-sink.js";
+import { PayloadError, fromValue, toJsonPayload } from "./payload.js";
+import { TaskError, type TaskFailure, isTaskError, toTaskFailure } from "./task-error.js";
+import { createTaskLog } from "./task-log.js";
+
+/** How an attempt ended, with where its log went. */
+export type AttemptOutcome =
+  | { readonly status: "completed"; readonly output: JsonValue; readonly logs: LogRef | undefined }
+  | { readonly status: "failed"; readonly failure: TaskFailure; readonly logs: LogRef | undefined };
+
+type Settled = { status: "completed"; output: JsonValue } | { status: "failed"; failure: TaskFailure };
+
+/** What an attempt needs from the executor. */
+export interface TaskAttemptDeps {
+  readonly logSink: LogSink;
+  /** Logger already bound to the task's identity. */
+  readonly logger: Logger;
+  /** Largest JSON output, progress or error details, in bytes. */
+  readonly maxPayloadBytes: number;
+  /** Sends a task heartbeat now (the session drops it when disconnected). */
+  readonly sendHeartbeat: (key: LeaseKey, progress: JsonValue | undefined) => void;
+}
+
+/** Smallest gap between two heartbeats of one task, unless its heartbeat timeout needs less. */
+const HEARTBEAT_THROTTLE_MS = 1_000;
+
+/** A map key for a lease: task run, attempt and fencing token. */
+export function leaseKeyId(key: LeaseKey): string {
+  return `${key.taskRunId}#${key.attempt}#${key.fencingToken}`;
+}
+
+/** One running attempt. Create, then call {@link TaskAttempt.run} once. */
+export class TaskAttempt {
+  /** {@link leaseKeyId} of the lease. */
+  readonly id: string;
+  readonly key: LeaseKey;
+  readonly lease: Lease;
+  readonly #deps: TaskAttemptDeps;
+  readonly #controller = new AbortController();
+  readonly #throttleMs: number;
+  #silenced = false;
+  #finished = false;
+  #force: ((settled: Settled) => void) | undefined;
+  readonly #forced: Promise<Settled>;
+  #lastHeartbeatAt = Number.NEGATIVE_INFINITY;
+  #pendingProgress: { value: unknown } | undefined;
+  #heartbeatTimer: NodeJS.Timeout | undefined;
+  #progressWarned = false;
+
+  constructor(lease: Lease & { key: LeaseKey }, deps: TaskAttemptDeps) {
+    this.lease = lease;
+    this.key = lease.key;
+    this.id = leaseKeyId(lease.key);
+    this.#deps = deps;
+    const timeout = lease.heartbeatTimeoutMs;
+    this.#throttleMs =
+      timeout > 0 ? Math.min(HEARTBEAT_THROTTLE_MS, Math.floor(timeout / 4)) : HEARTBEAT_THROTTLE_MS;
+    this.#forced = new Promise((resolve) => (this.#force = resolve));
+  }
+
+  /** The handler's signal. */
+  get signal(): AbortSignal {
+    return this.#controller.signal;
+  }
+
+  /** Whether the outcome must not be reported (the lease is gone: revoked or rejected). */
+  get silenced(): boolean {
+    return this.#silenced;
+  }
+
+  /** Whether the handler has settled (or was given up on). */
+  get finished(): boolean {
+    return this.#finished;
+  }
+
+  /** Marks the outcome as not to be reported. */
+  silence(): void {
+    this.#silenced = true;
+  }
+
+  /** Aborts the handler's signal with `reason`; the first reason wins. */
+  abort(reason: TaskError): void {
+    if (!this.#controller.signal.aborted) this.#controller.abort(reason);
+  }
+
+  /**
+   * Stops waiting for a handler that ignores its signal: {@link TaskAttempt.run} resolves with
+   * `failure` now and whatever the handler does later is ignored.
+   */
+  forceSettle(failure: TaskFailure): void {
+    this.#force?.({ status: "failed", failure });
+  }
+
+  /** Runs `handler` on the lease's input. Never rejects. */
+  async run(handler: TaskHandler): Promise<AttemptOutcome> {
+    const { lease } = this;
+    const log = this.#deps.logSink.open({
+      runId: lease.runId,
+      stepId: lease.stepId,
+      taskRunId: this.key.taskRunId,
+      attempt: this.key.attempt,
+      taskType: lease.taskType,
+    });
+    const taskLog = createTaskLog(log, this.key.attempt, this.#deps.logger);
+    const deadline = lease.deadline === undefined ? undefined : timestampDate(lease.deadline);
+    const stopDeadline = this.#armDeadline(deadline);
+    const ctx: TaskContext = {
+      signal: this.signal,
+      runId: lease.runId,
+      stepId: lease.stepId,
+      taskRunId: this.key.taskRunId,
+      attempt: this.key.attempt,
+      taskType: lease.taskType,
+      deadline,
+      heartbeat: (progress?: unknown) => this.#heartbeat(progress),
+      log: taskLog,
+    };
+    let settled: Settled;
+    try {
+      settled = await Promise.race([this.#invoke(handler, ctx), this.#forced]);
+    } finally {
+      this.#finished = true;
+      stopDeadline();
+      clearTimeout(this.#heartbeatTimer);
+    }
+    if (settled.status === "failed") {
+      const { failure } = settled;
+      taskLog.error(`attempt failed: ${failure.type}: ${failure.message}`, { retryable: failure.retryable });
+    }
+    taskLog.end();
+    let logs: LogRef | undefined;
+    try {
+      logs = await log.close();
+    } catch (e) {
+      this.#deps.logger.warn({ err: e }, "could not store the task's log; reporting without it");
+    }
+    return { ...settled, logs };
+  }
+
+  async #invoke(handler: TaskHandler, ctx: TaskContext): Promise<Settled> {
+    try {
+      const output: unknown = await handler(fromValue(this.lease.input), ctx);
+      try {
+        return { status: "completed", output: toJsonPayload(output, this.#deps.maxPayloadBytes) };
+      } catch (e) {
+        if (!(e instanceof PayloadError)) throw e;
+        const type = e.problem === "TOO_LARGE" ? "OUTPUT_TOO_LARGE" : "INVALID_OUTPUT";
+        throw TaskError.terminal(type, `the handler's output is ${e.message}`, { cause: e });
+      }
+    } catch (e) {
+      // A handler that reacts to an abort by throwing something generic (a killed child process,
+      // a reset socket) still failed because of the abort: report the abort's reason, which says
+      // whether a retry makes sense. A TaskError it throws is deliberate and wins.
+      const error: unknown = this.signal.aborted && !isTaskError(e) ? this.signal.reason : e;
+      return { status: "failed", failure: this.#sendable(toTaskFailure(error)) };
+    }
+  }
+
+  /** Drops details that cannot be sent, so an odd `details` never loses the failure itself. */
+  #sendable(failure: TaskFailure): TaskFailure {
+    if (failure.details === undefined) return failure;
+    try {
+      return { ...failure, details: toJsonPayload(failure.details, this.#deps.maxPayloadBytes) };
+    } catch (e) {
+      this.#deps.logger.warn({ err: e }, "dropped the details of a task failure: they cannot be sent");
+      const rest: TaskFailure = {
+        type: failure.type,
+        message: failure.message,
+        retryable: failure.retryable,
+      };
+      if (failure.retryAfterMs !== undefined) rest.retryAfterMs = failure.retryAfterMs;
+      return rest;
+    }
+  }
+
+  #armDeadline(deadline: Date | undefined): () => void {
+    if (deadline === undefined) return () => {};
+    const onDeadline = (): void =>
+      this.abort(TaskError.retryable("TIMEOUT", `the attempt passed its deadline ${deadline.toISOString()}`));
+    const ms = deadline.getTime() - Date.now();
+    if (ms <= 0) {
+      onDeadline();
+      return () => {};
+    }
+    return startTimer(ms, onDeadline);
+  }
+
+  /** Sends at most one heartbeat per throttle interval; the latest progress wins and is sent last. */
+  #heartbeat(progress: unknown): void {
+    if (this.#finished) return;
+    this.#pendingProgress = { value: progress };
+    if (this.#heartbeatTimer !== undefined) return;
+    const wait = this.#lastHeartbeatAt + this.#throttleMs - Date.now();
+    if (wait <= 0) {
+      this.#flushHeartbeat();
+      return;
+    }
+    this.#heartbeatTimer = setTimeout(() => {
+      this.#heartbeatTimer = undefined;
+      this.#flushHeartbeat();
+    }, wait);
+  }
+
+  #flushHeartbeat(): void {
+    const pending = this.#pendingProgress;
+    if (pending === undefined || this.#finished) return;
+    this.#pendingProgress = undefined;
+    this.#lastHeartbeatAt = Date.now();
+    let progress: JsonValue | undefined;
+    if (pending.value !== undefined) {
+      try {
+        progress = toJsonPayload(pending.value, this.#deps.maxPayloadBytes);
+      } catch (e) {
+        if (!this.#progressWarned) {
+          this.#progressWarned = true;
+          this.#deps.logger.warn(
+            { err: e },
+            "heartbeat progress cannot be sent; sending heartbeats without it",
+          );
+        }
+      }
+    }
+    this.#deps.sendHeartbeat(this.key, progress);
+  }
+}

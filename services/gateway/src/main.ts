@@ -1,0 +1,49 @@
+/** Gateway process entry: read config, start, stop on signals. */
+import { ConfigError, type GatewayConfig, createLogger, loadGatewayConfig } from "@nexusflow/common";
+import { GatewayListenError, createGateway } from "./server.js";
+
+function fail(message: string, exitCode: number): never {
+  process.stderr.write(`nexusflow-gateway: ${message}\n`);
+  process.exit(exitCode);
+}
+
+let config: GatewayConfig;
+try {
+  config = loadGatewayConfig();
+} catch (e) {
+  if (e instanceof ConfigError) fail(e.message, 2);
+  throw e;
+}
+
+const logger = createLogger("gateway", config.logLevel);
+const gateway = createGateway({ host: config.host, port: config.port, schedulerAddress: config.schedulerAddress, logger });
+
+try {
+  const { url } = await gateway.listen();
+  logger.info({ url, protocols: ["grpc", "grpc-web", "connect"], http: ["h2c", "http/1.1"], scheduler: config.schedulerAddress }, "gateway listening");
+} catch (e) {
+  if (e instanceof GatewayListenError) fail(`${e.message} (set GATEWAY_PORT to use another port)`, 1);
+  throw e;
+}
+
+let stopping = false;
+const stop = (signal: NodeJS.Signals): void => {
+  if (stopping) {
+    logger.warn({ signal }, "second signal, exiting now");
+    process.exit(1);
+  }
+  stopping = true;
+  logger.info({ signal }, "gateway stopping");
+  gateway.close().then(
+    () => {
+      logger.info("gateway stopped");
+      process.exit(0);
+    },
+    (e: unknown) => {
+      logger.error({ err: e }, "gateway failed to stop cleanly");
+      process.exit(1);
+    },
+  );
+};
+process.on("SIGTERM", stop);
+process.on("SIGINT", stop);

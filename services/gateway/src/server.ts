@@ -1,0 +1,379 @@
+/**
+ * The gateway server: one TCP port that speaks HTTP/2 without TLS (h2c, prior knowledge) and
+ * HTTP/1.1, serving gRPC, gRPC-Web and Connect (binary and JSON) for every proxied service.
+ *
+ * HTTP/1.1 and h2c on one port: Node's `allowHTTP1` only works with TLS (it relies on ALPN), so
+ * the gateway owns a plain `net.Server` and looks at the first bytes of each connection. An HTTP/2
+ * client with prior knowledge starts with the fixed connection preface `PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n`;
+ * anything else is HTTP/1.x. The bytes read are pushed back (`unshift`) and the socket is handed
+ * to an `http2` or an `http` server that never listens itself. Both use the same Connect handler.
+ * (h2c via `Upgrade: h2c` from HTTP/1.1 is not supported; gRPC clients use prior knowledge.)
+ *
+ * Lifecycle: idle → starting → listening → stopping → stopped. `close()` stops accepting, ends
+ * open streams with UNAVAILABLE (WatchRun would otherwise never finish), sends GOAWAY to HTTP/2
+ * sessions, closes idle HTTP/1.1 connections and the busy ones after their response, waits for
+ * in-flight unary calls up to `drainTimeoutMs`, then aborts and destroys whatever is left and
+ * finally closes the connection to the scheduler.
+ */
+import * as http from "node:http";
+import * as http2 from "node:http2";
+import * as net from "node:net";
+import { Code, ConnectError, type Interceptor, type Transport } from "@connectrpc/connect";
+import { Http2SessionManager, connectNodeAdapter, createGrpcTransport } from "@connectrpc/connect-node";
+import { type Logger, createLogger, hasErrorCode } from "@nexusflow/common";
+import { createRoutes } from "./routes.js";
+
+type NodeHandler = ReturnType<typeof connectNodeAdapter>;
+type NodeServerRequest = Parameters<NodeHandler>[0];
+type NodeServerResponse = Parameters<NodeHandler>[1];
+
+/** Options of {@link createGateway}. */
+export interface GatewayOptions {
+  /** The scheduler's gRPC address, host:port (plain HTTP/2). */
+  schedulerAddress: string;
+  /**
+   * Interface to listen on.
+   * @default "127.0.0.1"
+   */
+  host?: string;
+  /**
+   * Port to listen on; 0 lets the OS pick one (see the result of `listen()`).
+   * @default 8080
+   */
+  port?: number;
+  /**
+   * Logger of the gateway.
+   * @default a silent logger
+   */
+  logger?: Logger;
+  /**
+   * How long `close()` waits for in-flight calls before cutting connections, in milliseconds.
+   * @default 10_000
+   */
+  drainTimeoutMs?: number;
+  /**
+   * A connection that has not sent its first bytes after this long is closed, in milliseconds.
+   * @default 10_000
+   */
+  prefaceTimeoutMs?: number;
+  /**
+   * Transport to the upstream; when given, the gateway does not create (nor close) its own.
+   * @default a gRPC transport to `schedulerAddress`
+   */
+  transport?: Transport;
+}
+
+/** Lifecycle states of a {@link Gateway}. */
+export type GatewayState = "idle" | "starting" | "listening" | "stopping" | "stopped";
+
+/** Where a listening gateway can be reached. */
+export interface GatewayAddress {
+  /** Base URL for clients, e.g. "http://127.0.0.1:8080" (h2c and HTTP/1.1 alike). */
+  url: string;
+  /** Host the server listens on. */
+  host: string;
+  /** Port the server listens on (the actual one when 0 was asked for). */
+  port: number;
+}
+
+/** The public entry point: serves the proxied services until closed. */
+export interface Gateway {
+  /** Current lifecycle state. */
+  readonly state: GatewayState;
+  /** Starts listening; throws {@link GatewayListenError} when the port cannot be bound. */
+  listen(): Promise<GatewayAddress>;
+  /** Drains and stops; idempotent, and safe in any state. */
+  close(): Promise<void>;
+}
+
+/** The gateway could not bind its port; the message is one line naming host and port. */
+export class GatewayListenError extends Error {
+  override name = "GatewayListenError";
+  constructor(
+    readonly host: string,
+    readonly port: number,
+    /** The system error code, e.g. "EADDRINUSE". */
+    readonly code: string | undefined,
+    options?: ErrorOptions,
+  ) {
+    super(`cannot listen on ${formatHostPort(host, port)}: ${describeListenError(code, port, options?.cause)}`, options);
+  }
+}
+
+function describeListenError(code: string | undefined, port: number, cause: unknown): string {
+  switch (code) {
+    case "EADDRINUSE":
+      return `port ${port} is already in use`;
+    case "EACCES":
+      return `permission denied for port ${port}`;
+    case "EADDRNOTAVAIL":
+      return "address not available on this host";
+    default:
+      return cause instanceof Error ? cause.message : String(cause);
+  }
+}
+
+function formatHostPort(host: string, port: number): string {
+  return host.includes(":") ? `[${host}]:${port}` : `${host}:${port}`;
+}
+
+interface CompiledGatewayOptions {
+  schedulerAddress: string;
+  host: string;
+  port: number;
+  logger: Logger;
+  drainTimeoutMs: number;
+  prefaceTimeoutMs: number;
+  transport: Transport | undefined;
+}
+
+function addGatewayDefaults(options: GatewayOptions): CompiledGatewayOptions {
+  return {
+    schedulerAddress: options.schedulerAddress,
+    host: options.host ?? "127.0.0.1",
+    port: options.port ?? 8080,
+    logger: options.logger ?? createLogger("gateway", "silent"),
+    drainTimeoutMs: options.drainTimeoutMs ?? 10_000,
+    prefaceTimeoutMs: options.prefaceTimeoutMs ?? 10_000,
+    transport: options.transport,
+  };
+}
+
+/** Creates a gateway; nothing is bound until `listen()`. */
+export function createGateway(options: GatewayOptions): Gateway {
+  return new GatewayServer(addGatewayDefaults(options));
+}
+
+/** The HTTP/2 client connection preface (RFC 9113 §3.4). */
+const H2_PREFACE = Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", "latin1");
+
+/** Per-connection bookkeeping, used to drain. */
+interface Connection {
+  protocol: "sniffing" | "h1" | "h2";
+  /** In-flight HTTP/1.1 requests on this connection. */
+  active: number;
+}
+
+const SHUTDOWN_ERROR = (): ConnectError => new ConnectError("gateway is shutting down", Code.Unavailable);
+
+class GatewayServer implements Gateway {
+  #state: GatewayState = "idle";
+  #starting: Promise<unknown> | undefined;
+  #closing: Promise<void> | undefined;
+  readonly #options: CompiledGatewayOptions;
+  readonly #log: Logger;
+  readonly #net: net.Server;
+  readonly #h1: http.Server;
+  readonly #h2: http2.Http2Server;
+  readonly #connections = new Map<net.Socket, Connection>();
+  readonly #sessions = new Set<http2.ServerHttp2Session>();
+  /** Ends streaming calls when draining starts. */
+  readonly #streamShutdown = new AbortController();
+  /** Aborts every handler when the drain timeout expires. */
+  readonly #forceShutdown = new AbortController();
+  readonly #upstreamSessions: Http2SessionManager | undefined;
+  #drained: (() => void) | undefined;
+
+  constructor(options: CompiledGatewayOptions) {
+    this.#options = options;
+    this.#log = options.logger;
+    let transport = options.transport;
+    if (transport === undefined) {
+      const baseUrl = `http://${options.schedulerAddress}`;
+      this.#upstreamSessions = new Http2SessionManager(baseUrl);
+      transport = createGrpcTransport({ baseUrl, sessionManager: this.#upstreamSessions });
+    }
+    const handler = connectNodeAdapter({
+      routes: createRoutes({ transport, streamShutdownSignal: this.#streamShutdown.signal }),
+      shutdownSignal: this.#forceShutdown.signal,
+      interceptors: [logCalls(this.#log)],
+      fallback: (req, res) => this.#fallback(req, res),
+    });
+
+    this.#h2 = http2.createServer({}, handler);
+    this.#h2.on("session", (session) => this.#onSession(session));
+    this.#h2.on("sessionError", (e) => this.#log.debug({ err: e }, "http/2 session error"));
+
+    this.#h1 = http.createServer((req, res) => this.#onHttp1Request(req, res, handler));
+    this.#h1.on("clientError", (e, socket) => {
+      this.#log.debug({ err: e }, "http/1.1 client error");
+      socket.destroy();
+    });
+
+    this.#net = net.createServer((socket) => this.#onConnection(socket));
+  }
+
+  get state(): GatewayState {
+    return this.#state;
+  }
+
+  listen(): Promise<GatewayAddress> {
+    if (this.#state !== "idle") return Promise.reject(new Error(`gateway cannot listen: it is ${this.#state}`));
+    this.#state = "starting";
+    const starting = this.#listen();
+    this.#starting = starting;
+    return starting;
+  }
+
+  async #listen(): Promise<GatewayAddress> {
+    const { host, port } = this.#options;
+    try {
+      await new Promise<void>((resolve, reject) => {
+        this.#net.once("error", reject);
+        this.#net.listen({ host, port }, () => {
+          this.#net.off("error", reject);
+          resolve();
+        });
+      });
+    } catch (e) {
+      if (this.#state === "starting") this.#state = "idle";
+      const code = hasErrorCode(e, "EADDRINUSE") ? "EADDRINUSE" : errorCode(e);
+      throw new GatewayListenError(host, port, code, { cause: e });
+    }
+    this.#net.on("error", (e) => this.#log.error({ err: e }, "gateway server error"));
+    // close() may have been called meanwhile; it then drains this socket once we return.
+    if (this.#state === "starting") this.#state = "listening";
+    const address = this.#net.address();
+    const actualPort = typeof address === "object" && address !== null ? address.port : port;
+    return { url: `http://${formatHostPort(host, actualPort)}`, host, port: actualPort };
+  }
+
+  close(): Promise<void> {
+    if (this.#closing === undefined) {
+      this.#state = "stopping";
+      this.#closing = this.#close();
+    }
+    return this.#closing;
+  }
+
+  async #close(): Promise<void> {
+    // A close() during listen() waits for the outcome so that a bound port is not left behind.
+    await this.#starting?.catch(() => undefined);
+    if (this.#net.listening) {
+      this.#net.close();
+      this.#streamShutdown.abort(SHUTDOWN_ERROR());
+      for (const session of this.#sessions) session.close();
+      for (const [socket, conn] of this.#connections) {
+        if (conn.protocol === "sniffing" || (conn.protocol === "h1" && conn.active === 0)) socket.destroy();
+      }
+      const drained = await this.#waitForDrain(this.#options.drainTimeoutMs);
+      if (!drained) {
+        this.#log.warn({ connections: this.#connections.size }, "drain timeout expired; closing remaining connections");
+        this.#forceShutdown.abort(SHUTDOWN_ERROR());
+        for (const session of this.#sessions) session.destroy();
+        for (const socket of this.#connections.keys()) socket.destroy();
+        await this.#waitForDrain(1000);
+      }
+    }
+    this.#upstreamSessions?.abort();
+    this.#state = "stopped";
+  }
+
+  #waitForDrain(timeoutMs: number): Promise<boolean> {
+    if (this.#connections.size === 0) return Promise.resolve(true);
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => {
+        this.#drained = undefined;
+        resolve(false);
+      }, timeoutMs);
+      this.#drained = () => {
+        clearTimeout(timer);
+        this.#drained = undefined;
+        resolve(true);
+      };
+    });
+  }
+
+  #onConnection(socket: net.Socket): void {
+    if (this.#state !== "listening") {
+      socket.destroy();
+      return;
+    }
+    const conn: Connection = { protocol: "sniffing", active: 0 };
+    this.#connections.set(socket, conn);
+    socket.once("close", () => {
+      this.#connections.delete(socket);
+      if (this.#connections.size === 0) this.#drained?.();
+    });
+    const onError = (e: Error): void => this.#log.debug({ err: e }, "connection error before the first request");
+    socket.on("error", onError);
+    socket.setTimeout(this.#options.prefaceTimeoutMs, () => socket.destroy());
+
+    let seen = Buffer.alloc(0);
+    const onReadable = (): void => {
+      for (let chunk = socket.read() as Buffer | null; chunk !== null; chunk = socket.read() as Buffer | null) {
+        seen = Buffer.concat([seen, chunk]);
+      }
+      const n = Math.min(seen.length, H2_PREFACE.length);
+      const isH2 = seen.subarray(0, n).equals(H2_PREFACE.subarray(0, n));
+      // Undecided while what arrived so far is a strict prefix of the preface.
+      if (seen.length === 0 || (isH2 && seen.length < H2_PREFACE.length)) return;
+      socket.off("readable", onReadable);
+      socket.off("error", onError);
+      socket.setTimeout(0);
+      socket.unshift(seen);
+      conn.protocol = isH2 ? "h2" : "h1";
+      if (isH2) this.#h2.emit("connection", socket);
+      else this.#h1.emit("connection", socket);
+    };
+    socket.on("readable", onReadable);
+  }
+
+  #onSession(session: http2.ServerHttp2Session): void {
+    this.#sessions.add(session);
+    session.once("close", () => this.#sessions.delete(session));
+    // A session that opens while draining gets GOAWAY at once.
+    if (this.#state === "stopping") session.close();
+  }
+
+  #onHttp1Request(req: http.IncomingMessage, res: http.ServerResponse, handler: NodeHandler): void {
+    const conn = this.#connections.get(req.socket as net.Socket);
+    if (conn !== undefined) {
+      conn.active++;
+      res.once("close", () => {
+        conn.active--;
+        if (conn.active === 0 && this.#state === "stopping") req.socket.end();
+      });
+    }
+    if (this.#state === "stopping") res.setHeader("connection", "close");
+    handler(req, res);
+  }
+
+  #fallback(req: NodeServerRequest, res: NodeServerResponse): void {
+    const path = (req.url ?? "/").split("?")[0];
+    if (path === "/healthz" && (req.method === "GET" || req.method === "HEAD")) {
+      const stopping = this.#state !== "listening";
+      sendJson(res, stopping ? 503 : 200, { status: stopping ? "stopping" : "ok" });
+      return;
+    }
+    sendJson(res, 404, { code: "not_found", message: `no route for ${req.method ?? "?"} ${path ?? "/"}` });
+  }
+}
+
+function sendJson(res: NodeServerResponse, status: number, body: unknown): void {
+  const text = JSON.stringify(body);
+  // Both response flavours (http and http2 compat) have writeHead/end with these shapes.
+  const r = res as http.ServerResponse;
+  r.writeHead(status, { "content-type": "application/json", "content-length": Buffer.byteLength(text) });
+  r.end(text);
+}
+
+function errorCode(e: unknown): string | undefined {
+  return typeof e === "object" && e !== null && "code" in e && typeof e.code === "string" ? e.code : undefined;
+}
+
+/** Logs each call at debug level: procedure, protocol-independent outcome and time to response. */
+function logCalls(log: Logger): Interceptor {
+  return (next) => async (req) => {
+    const started = performance.now();
+    try {
+      const res = await next(req);
+      log.debug({ procedure: req.url, ms: Math.round(performance.now() - started) }, "call");
+      return res;
+    } catch (e) {
+      const err = ConnectError.from(e);
+      log.debug({ procedure: req.url, code: Code[err.code], error: err.rawMessage, ms: Math.round(performance.now() - started) }, "call failed");
+      throw e;
+    }
+  };
+}

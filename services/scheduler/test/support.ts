@@ -1,0 +1,147 @@
+/**
+ * Test support for the scheduler's integration tests: a real embedded PostgreSQL per test file, a
+ * real scheduler on port 0, typed Connect clients over gRPC, and a raw session client for protocol
+ * tests. Everything is torn down by `close()`.
+ */
+import { mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { create, type MessageInitShape } from "@bufbuild/protobuf";
+import { createClient, type Client } from "@connectrpc/connect";
+import { createGrpcTransport } from "@connectrpc/connect-node";
+import * as grpc from "@grpc/grpc-js";
+import { clientConstructor, createLogger, type Logger } from "@nexusflow/common";
+import {
+  ExecutorService,
+  RunStatus,
+  SessionRequestSchema,
+  WorkflowService,
+  type Run,
+  type SessionRequest,
+  type SessionResponse,
+} from "@nexusflow/gen";
+import { startEmbeddedPostgres, type EmbeddedDatabase } from "../src/persistence/embedded-postgres.js";
+import { Scheduler, type SchedulerOptions } from "../src/scheduler.js";
+
+/** A quiet logger for tests (LOG_LEVEL overrides). */
+export function testLogger(name = "test"): Logger {
+  return createLogger(name, (process.env["TEST_LOG_LEVEL"] as "warn" | undefined) ?? "warn");
+}
+
+/** A temporary embedded PostgreSQL for one test file. */
+export async function startTestDatabase(): Promise<{ url: string; server: EmbeddedDatabase; close(): Promise<void> }> {
+  const dir = await mkdtemp(join(tmpdir(), "nf-test-"));
+  const server = await startEmbeddedPostgres({ dir: join(dir, "pg"), log: testLogger("postgres") });
+  return {
+    url: server.url,
+    server,
+    async close() {
+      await server.stop();
+      await rm(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+/** Starts a scheduler in this process on a free port against `url`. */
+export async function startTestScheduler(url: string, options: Partial<SchedulerOptions> = {}): Promise<Scheduler> {
+  const scheduler = new Scheduler({ port: 0, databaseUrl: url, log: testLogger("scheduler"), heartbeatIntervalMs: 200, sessionTimeoutMs: 1500, ...options });
+  await scheduler.start();
+  return scheduler;
+}
+
+/** A typed WorkflowService client over gRPC. */
+export function workflowClient(address: string): Client<typeof WorkflowService> {
+  return createClient(WorkflowService, createGrpcTransport({ baseUrl: `http://${address}` }));
+}
+
+/** Waits until `predicate` holds, polling; fails with `what` after `timeoutMs`. */
+export async function waitFor<T>(what: string, probe: () => Promise<T | undefined> | T | undefined, timeoutMs = 20_000): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  let last: unknown;
+  for (;;) {
+    try {
+      const v = await probe();
+      if (v !== undefined && v !== false) return v;
+    } catch (e) {
+      last = e;
+    }
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}${last === undefined ? "" : `: ${String(last)}`}`);
+    await new Promise((r) => setTimeout(r, 25));
+  }
+}
+
+const TERMINAL = new Set([RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED, RunStatus.TIMED_OUT, RunStatus.COMPENSATED, RunStatus.COMPENSATION_FAILED]);
+
+/** Waits for a run to reach a terminal state and returns it (with tasks). */
+export async function waitForRun(client: Client<typeof WorkflowService>, runId: string, timeoutMs = 30_000): Promise<Run> {
+  return waitFor(`run ${runId} to finish`, async () => {
+    const { run } = await client.getRun({ runId });
+    return run !== undefined && TERMINAL.has(run.status) ? run : undefined;
+  }, timeoutMs);
+}
+
+/** A raw executor session for protocol tests: send messages, await the next response. */
+export class RawSession {
+  private readonly client: grpc.Client & { session(): grpc.ClientDuplexStream<SessionRequest, SessionResponse> };
+  readonly stream: grpc.ClientDuplexStream<SessionRequest, SessionResponse>;
+  private readonly inbox: SessionResponse[] = [];
+  private waiters: ((m: SessionResponse) => void)[] = [];
+  /** The status the stream ended with, if it ended. */
+  status: grpc.StatusObject | undefined;
+  /** Error the stream ended with, if any. */
+  error: (Error & { code?: number }) | undefined;
+
+  constructor(address: string) {
+    const Ctor = clientConstructor(ExecutorService);
+    this.client = new Ctor(address, grpc.credentials.createInsecure()) as unknown as RawSession["client"];
+    this.stream = this.client.session();
+    this.stream.on("data", (m: SessionResponse) => {
+      const w = this.waiters.shift();
+      if (w !== undefined) w(m);
+      else this.inbox.push(m);
+    });
+    this.stream.on("status", (s: grpc.StatusObject) => (this.status = s));
+    this.stream.on("error", (e: Error & { code?: number }) => (this.error = e));
+  }
+
+  /** Sends one message. */
+  send(message: MessageInitShape<typeof SessionRequestSchema>["message"]): void {
+    this.stream.write(create(SessionRequestSchema, { message } as MessageInitShape<typeof SessionRequestSchema>));
+  }
+
+  /** The next response of the given case (others are skipped, pings answered), within `timeoutMs`. */
+  async next<C extends NonNullable<SessionResponse["message"]["case"]>>(
+    kind: C,
+    timeoutMs = 10_000,
+  ): Promise<Extract<SessionResponse["message"], { case: C }>["value"]> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const m =
+        this.inbox.shift() ??
+        (await new Promise<SessionResponse | undefined>((resolve) => {
+          const t = setTimeout(() => {
+            this.waiters = this.waiters.filter((w) => w !== done);
+            resolve(undefined);
+          }, Math.max(0, deadline - Date.now()));
+          const done = (msg: SessionResponse): void => {
+            clearTimeout(t);
+            resolve(msg);
+          };
+          this.waiters.push(done);
+        }));
+      if (m === undefined) throw new Error(`no ${kind} within ${timeoutMs} ms`);
+      if (m.message.case === "ping") {
+        this.send({ case: "pong", value: { nonce: m.message.value.nonce } });
+        if (kind === "ping") return m.message.value as never;
+        continue;
+      }
+      if (m.message.case === kind) return m.message.value as never;
+    }
+  }
+
+  /** Ends the stream and the client. */
+  close(): void {
+    this.stream.end();
+    this.client.close();
+  }
+}
