@@ -45,8 +45,10 @@ const cents = (amount: number): number => Math.round(amount * 100) / 100;
 
 function parseQuoteInput(input: unknown): QuoteInput {
   const record = (typeof input === "object" && input !== null ? input : {}) as Partial<QuoteInput>;
-  if (typeof record.orderId !== "string") throw TaskError.terminal("INVALID_INPUT", "orderId: expected a string");
-  if (typeof record.country !== "string") throw TaskError.terminal("INVALID_INPUT", "country: expected a string");
+  if (typeof record.orderId !== "string")
+    throw TaskError.terminal("INVALID_INPUT", "orderId: expected a string");
+  if (typeof record.country !== "string")
+    throw TaskError.terminal("INVALID_INPUT", "country: expected a string");
   if (!Array.isArray(record.items) || record.items.length === 0) {
     throw TaskError.terminal("INVALID_INPUT", "items: expected a non-empty array");
   }
@@ -55,7 +57,12 @@ function parseQuoteInput(input: unknown): QuoteInput {
       throw TaskError.terminal("INVALID_INPUT", `items[${i}]: expected numeric qty and unitPrice`);
     }
   });
-  return { orderId: record.orderId, country: record.country, items: record.items, express: record.express === true };
+  return {
+    orderId: record.orderId,
+    country: record.country,
+    items: record.items,
+    express: record.express === true,
+  };
 }
 
 /** Prices an order: subtotal, VAT of the destination country, shipping and total. Pure computation. */
@@ -74,7 +81,12 @@ export function priceQuote(input: unknown, ctx: TaskContext): Quote {
     shipping,
     total: cents(subtotal + tax + shipping),
   };
-  ctx.log.info("quoted order", { orderId: order.orderId, lines: order.items.length, total: quote.total, currency: quote.currency });
+  ctx.log.info("quoted order", {
+    orderId: order.orderId,
+    lines: order.items.length,
+    total: quote.total,
+    currency: quote.currency,
+  });
   return quote;
 }
 

@@ -76,7 +76,10 @@ export class ManagedChild {
 
   constructor(spec: ChildSpec, sink: LineSink) {
     this.name = spec.name;
-    const imports = ["tsx", ...(spec.preload ?? []).map((p) => pathToFileURL(p).href)].flatMap((m) => ["--import", m]);
+    const imports = ["tsx", ...(spec.preload ?? []).map((p) => pathToFileURL(p).href)].flatMap((m) => [
+      "--import",
+      m,
+    ]);
     this.#process = spawn(process.execPath, [...imports, spec.entry], {
       cwd: spec.cwd,
       env: spec.env,
@@ -130,7 +133,12 @@ export class ManagedChild {
    * {@link ChildExitedError} if the child exits first, {@link ChildTimeoutError} after `timeoutMs`,
    * or with the signal's reason when `signal` aborts.
    */
-  waitForLog(what: string, predicate: (record: LogRecord) => boolean, timeoutMs: number, signal: AbortSignal): Promise<LogRecord> {
+  waitForLog(
+    what: string,
+    predicate: (record: LogRecord) => boolean,
+    timeoutMs: number,
+    signal: AbortSignal,
+  ): Promise<LogRecord> {
     return new Promise((resolve, reject) => {
       const cleanup = (): void => {
         this.#listeners.delete(listener);
@@ -144,7 +152,7 @@ export class ManagedChild {
       };
       const onAbort = (): void => {
         cleanup();
-        reject(signal.reason);
+        reject(signal.reason instanceof Error ? signal.reason : new Error(String(signal.reason)));
       };
       const timer = setTimeout(() => {
         cleanup();

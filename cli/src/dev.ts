@@ -122,7 +122,9 @@ class Stack {
   }
 
   start(spec: ChildSpec): ManagedChild {
-    const child = new ManagedChild(spec, (name, line, stream) => this.#write(`${formatChildLine(name, line, stream, this.#style)}\n`));
+    const child = new ManagedChild(spec, (name, line, stream) =>
+      this.#write(`${formatChildLine(name, line, stream, this.#style)}\n`),
+    );
     this.#children.push(child);
     void child.exited.then((exit) => {
       if (!this.#stopping) this.#lifetime.abort(new ChildExitedError(child.name, exit));
@@ -201,11 +203,16 @@ export async function runDev(options: DevOptions): Promise<number> {
       preload: [watchdog],
     });
 
-    const database = env["DATABASE_URL"] ? redactUrl(env["DATABASE_URL"]) : `embedded PostgreSQL in ${env["NEXUSFLOW_DATA_DIR"] ?? ".nexusflow"}/`;
+    const database = env["DATABASE_URL"]
+      ? redactUrl(env["DATABASE_URL"])
+      : `embedded PostgreSQL in ${env["NEXUSFLOW_DATA_DIR"] ?? ".nexusflow"}/`;
     say(style.bold(`Starting the Nexusflow dev stack (${database})`));
 
     const scheduler = stack.start(
-      common("scheduler", "scheduler", { SCHEDULER_HOST: ports.schedulerHost, SCHEDULER_PORT: String(ports.schedulerPort) }),
+      common("scheduler", "scheduler", {
+        SCHEDULER_HOST: ports.schedulerHost,
+        SCHEDULER_PORT: String(ports.schedulerPort),
+      }),
     );
     const schedulerReady = await scheduler.waitForLog(
       "scheduler listening",
@@ -217,13 +224,24 @@ export async function runDev(options: DevOptions): Promise<number> {
 
     const handlersModule = join(examplesDir, "handlers.ts");
     const executors = [
-      stack.start(common("executor-1", "executor", { SCHEDULER_ADDRESS: schedulerAddress, EXECUTOR_ID: "executor-1" })),
       stack.start(
-        common("executor-2", "executor", { SCHEDULER_ADDRESS: schedulerAddress, EXECUTOR_ID: "executor-2", EXECUTOR_HANDLERS: handlersModule }),
+        common("executor-1", "executor", { SCHEDULER_ADDRESS: schedulerAddress, EXECUTOR_ID: "executor-1" }),
+      ),
+      stack.start(
+        common("executor-2", "executor", {
+          SCHEDULER_ADDRESS: schedulerAddress,
+          EXECUTOR_ID: "executor-2",
+          EXECUTOR_HANDLERS: handlersModule,
+        }),
       ),
     ];
-    const isAttached = (r: LogRecord): boolean => typeof r["msg"] === "string" && r["msg"].startsWith("executor attached");
-    await Promise.all(executors.map((e) => e.waitForLog("executor attached", isAttached, EXECUTOR_READY_TIMEOUT_MS, lifetime.signal)));
+    const isAttached = (r: LogRecord): boolean =>
+      typeof r["msg"] === "string" && r["msg"].startsWith("executor attached");
+    await Promise.all(
+      executors.map((e) =>
+        e.waitForLog("executor attached", isAttached, EXECUTOR_READY_TIMEOUT_MS, lifetime.signal),
+      ),
+    );
 
     const gateway = stack.start(
       common("gateway", "gateway", {
@@ -232,7 +250,12 @@ export async function runDev(options: DevOptions): Promise<number> {
         SCHEDULER_ADDRESS: schedulerAddress,
       }),
     );
-    const gatewayReady = await gateway.waitForLog("gateway listening", (r) => r["msg"] === "gateway listening", GATEWAY_READY_TIMEOUT_MS, lifetime.signal);
+    const gatewayReady = await gateway.waitForLog(
+      "gateway listening",
+      (r) => r["msg"] === "gateway listening",
+      GATEWAY_READY_TIMEOUT_MS,
+      lifetime.signal,
+    );
     const gatewayUrl = `http://${connectHost(ports.gatewayHost)}:${portOf(gatewayReady["url"]) ?? ports.gatewayPort}`;
 
     say();
@@ -253,13 +276,24 @@ export async function runDev(options: DevOptions): Promise<number> {
 
     const sessionManager = new Http2SessionManager(gatewayUrl);
     gatewaySessions.push(sessionManager);
-    const client = createClient(WorkflowService, createGrpcTransport({ baseUrl: gatewayUrl, sessionManager }));
+    const client = createClient(
+      WorkflowService,
+      createGrpcTransport({ baseUrl: gatewayUrl, sessionManager }),
+    );
 
     const registered = await registerExamples(client, examplesDir, root, lifetime.signal, say, style);
     let sampleOk = false;
     if (registered.has(SAMPLE_SPEC)) {
       try {
-        const run = await runSample(client, examplesDir, root, lifetime.signal, options.exitAfterSample === true, say, style);
+        const run = await runSample(
+          client,
+          examplesDir,
+          root,
+          lifetime.signal,
+          options.exitAfterSample === true,
+          say,
+          style,
+        );
         sampleOk = run.status === RunStatus.SUCCEEDED;
       } catch (e) {
         if (lifetime.signal.aborted) throw e;
@@ -286,7 +320,11 @@ export async function runDev(options: DevOptions): Promise<number> {
     options.signal.removeEventListener("abort", onSignal);
     for (const s of gatewaySessions) s.abort();
     if (stack.started) say(style.gray("Stopping gateway, executors and scheduler..."));
-    await stack.stop(options.stopGraceMs ?? 10_000, [["gateway"], ["executor-1", "executor-2"], ["scheduler"]]);
+    await stack.stop(options.stopGraceMs ?? 10_000, [
+      ["gateway"],
+      ["executor-1", "executor-2"],
+      ["scheduler"],
+    ]);
     process.off("exit", killAll);
     if (stack.started) say(style.gray("Stopped."));
   }
@@ -334,15 +372,22 @@ async function registerExamples(
   say: (line?: string) => void,
   style: Style,
 ): Promise<Set<string>> {
-  const files = (await readdir(examplesDir)).filter((f) => f.endsWith(".json") && !f.endsWith(".input.json")).sort();
+  const files = (await readdir(examplesDir))
+    .filter((f) => f.endsWith(".json") && !f.endsWith(".input.json"))
+    .sort();
   say(style.bold(`Registering ${files.length} workflow(s) from ${relative(root, examplesDir)}/`));
   const ok = new Set<string>();
   for (const file of files) {
     const text = await readFile(join(examplesDir, file), "utf8");
     try {
-      const res = await client.registerWorkflow({ definition: { case: "specJson", value: text } }, { signal, timeoutMs: RPC_TIMEOUT_MS });
+      const res = await client.registerWorkflow(
+        { definition: { case: "specJson", value: text } },
+        { signal, timeoutMs: RPC_TIMEOUT_MS },
+      );
       const wf = res.workflow;
-      say(`  ${style.green("✔")} ${wf?.name ?? file} v${wf?.version ?? "?"} ${style.gray(res.created ? "(registered)" : "(unchanged)")}`);
+      say(
+        `  ${style.green("✔")} ${wf?.name ?? file} v${wf?.version ?? "?"} ${style.gray(res.created ? "(registered)" : "(unchanged)")}`,
+      );
       ok.add(file);
     } catch (e) {
       if (signal.aborted) throw e;
@@ -362,15 +407,28 @@ async function runSample(
   say: (line?: string) => void,
   style: Style,
 ): Promise<Run> {
-  const spec = JSON.parse(await readFile(join(examplesDir, SAMPLE_SPEC), "utf8")) as { name: string; version: number; steps?: { id: string }[] };
+  const spec = JSON.parse(await readFile(join(examplesDir, SAMPLE_SPEC), "utf8")) as {
+    name: string;
+    version: number;
+    steps?: { id: string }[];
+  };
   const input = JSON.parse(await readFile(join(examplesDir, SAMPLE_INPUT), "utf8")) as JsonValue;
   const stepWidth = Math.max(12, ...(spec.steps ?? []).map((s) => s.id.length + 7));
   const callOptions = { signal, timeoutMs: RPC_TIMEOUT_MS };
 
   say();
-  say(style.bold(`Running ${spec.name} v${spec.version} with ${relative(root, join(examplesDir, SAMPLE_INPUT))}`));
+  say(
+    style.bold(
+      `Running ${spec.name} v${spec.version} with ${relative(root, join(examplesDir, SAMPLE_INPUT))}`,
+    ),
+  );
   const started = await client.startRun(
-    { workflowName: spec.name, workflowVersion: spec.version, input: fromJson(ValueSchema, input), labels: { source: "nexusflow-dev" } },
+    {
+      workflowName: spec.name,
+      workflowVersion: spec.version,
+      input: fromJson(ValueSchema, input),
+      labels: { source: "nexusflow-dev" },
+    },
     callOptions,
   );
   const runId = started.run?.id ?? "";
@@ -391,7 +449,9 @@ async function runSample(
   if (final === undefined) {
     const res = await client.getRun({ runId }, callOptions);
     if (res.run === undefined || !isTerminal(res.run)) {
-      throw new Error(`WatchRun ended while run ${runId} was ${res.run === undefined ? "unknown" : runStatusName(res.run.status)}`);
+      throw new Error(
+        `WatchRun ended while run ${runId} was ${res.run === undefined ? "unknown" : runStatusName(res.run.status)}`,
+      );
     }
     final = res.run;
   }

@@ -13,7 +13,9 @@ export function parseLogLine(line: string): LogRecord | undefined {
   if (!trimmed.startsWith("{")) return undefined;
   try {
     const value: unknown = JSON.parse(trimmed);
-    return typeof value === "object" && value !== null && !Array.isArray(value) ? (value as LogRecord) : undefined;
+    return typeof value === "object" && value !== null && !Array.isArray(value)
+      ? (value as LogRecord)
+      : undefined;
   } catch {
     return undefined;
   }
@@ -74,7 +76,10 @@ function formatError(err: unknown): { summary: string; stack: string | undefined
   const e = err as Record<string, unknown>;
   const type = typeof e["type"] === "string" ? e["type"] : "Error";
   const message = typeof e["message"] === "string" ? e["message"] : "";
-  return { summary: JSON.stringify(`${type}: ${message}`), stack: typeof e["stack"] === "string" ? e["stack"] : undefined };
+  return {
+    summary: JSON.stringify(`${type}: ${message}`),
+    stack: typeof e["stack"] === "string" ? e["stack"] : undefined,
+  };
 }
 
 /** Formats one pino record from `source` (e.g. "executor-1"); errors at level >= 50 get their stack below. */
@@ -106,7 +111,12 @@ export function formatLogRecord(source: string, record: LogRecord, style: Style)
 }
 
 /** Formats any line of child output: pino records compactly, other text as is behind the source tag. */
-export function formatChildLine(source: string, line: string, stream: "stdout" | "stderr", style: Style): string {
+export function formatChildLine(
+  source: string,
+  line: string,
+  stream: "stdout" | "stderr",
+  style: Style,
+): string {
   const record = parseLogLine(line);
   if (record !== undefined) return formatLogRecord(source, record, style);
   const tag = style.cyan(`[${source}]`);

@@ -41,7 +41,10 @@ switch (command) {
   case "dev": {
     let exitAfterSample = false;
     try {
-      const { values } = parseArgs({ args: rest, options: { "exit-after-sample": { type: "boolean" }, help: { type: "boolean", short: "h" } } });
+      const { values } = parseArgs({
+        args: rest,
+        options: { "exit-after-sample": { type: "boolean" }, help: { type: "boolean", short: "h" } },
+      });
       if (values.help === true) {
         process.stdout.write(USAGE);
         process.exit(0);
@@ -67,7 +70,13 @@ switch (command) {
     process.on("SIGTERM", onSignal);
 
     const color = process.stdout.isTTY === true && (process.env["NO_COLOR"] ?? "") === "";
-    const code = await runDev({ root: ROOT, env: process.env, signal: shutdown.signal, exitAfterSample, color });
+    const code = await runDev({
+      root: ROOT,
+      env: process.env,
+      signal: shutdown.signal,
+      exitAfterSample,
+      color,
+    });
     process.exit(code);
     break;
   }

@@ -32,7 +32,12 @@ if (isMainThread) {
     eval: true,
     // Not the service's flags: they would load tsx and this module again inside the worker.
     execArgv: [],
-    workerData: { parent: process.ppid, pid: process.pid, checkIntervalMs: CHECK_INTERVAL_MS, killAfterMs: KILL_AFTER_MS },
+    workerData: {
+      parent: process.ppid,
+      pid: process.pid,
+      checkIntervalMs: CHECK_INTERVAL_MS,
+      killAfterMs: KILL_AFTER_MS,
+    },
   });
   // The watch must never keep a service alive, nor crash it.
   worker.unref();

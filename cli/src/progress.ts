@@ -123,7 +123,11 @@ export function formatTaskChange(change: TaskChange, style: Style, stepWidth = 1
     (change.executorId ?? "").padEnd(11),
     change.attempt > 0 ? style.gray(`#${change.attempt}`) : "  ",
   ];
-  if (change.durationMs !== undefined && change.status !== TaskStatus.RUNNING && change.status !== TaskStatus.LEASED) {
+  if (
+    change.durationMs !== undefined &&
+    change.status !== TaskStatus.RUNNING &&
+    change.status !== TaskStatus.LEASED
+  ) {
     parts.push(formatDuration(change.durationMs));
   }
   if (change.detail !== undefined) parts.push(style.gray(change.detail));

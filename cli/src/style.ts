@@ -46,5 +46,7 @@ export function visibleLength(text: string): number {
 export function box(lines: readonly string[]): string {
   const width = Math.max(...lines.map(visibleLength));
   const pad = (line: string): string => line + " ".repeat(width - visibleLength(line));
-  return [`┌─${"─".repeat(width)}─┐`, ...lines.map((l) => `│ ${pad(l)} │`), `└─${"─".repeat(width)}─┘`].join("\n");
+  return [`┌─${"─".repeat(width)}─┐`, ...lines.map((l) => `│ ${pad(l)} │`), `└─${"─".repeat(width)}─┘`].join(
+    "\n",
+  );
 }

@@ -7,5 +7,11 @@ export {
   type GatewayState,
   createGateway,
 } from "./server.js";
-export { type ForwardingOptions, createForwardingService, endToEndHeaders, isHopHeader, passThroughError } from "./proxy.js";
+export {
+  type ForwardingOptions,
+  createForwardingService,
+  endToEndHeaders,
+  isHopHeader,
+  passThroughError,
+} from "./proxy.js";
 export { PROXIED_SERVICES, createRoutes } from "./routes.js";

@@ -16,11 +16,24 @@ try {
 }
 
 const logger = createLogger("gateway", config.logLevel);
-const gateway = createGateway({ host: config.host, port: config.port, schedulerAddress: config.schedulerAddress, logger });
+const gateway = createGateway({
+  host: config.host,
+  port: config.port,
+  schedulerAddress: config.schedulerAddress,
+  logger,
+});
 
 try {
   const { url } = await gateway.listen();
-  logger.info({ url, protocols: ["grpc", "grpc-web", "connect"], http: ["h2c", "http/1.1"], scheduler: config.schedulerAddress }, "gateway listening");
+  logger.info(
+    {
+      url,
+      protocols: ["grpc", "grpc-web", "connect"],
+      http: ["h2c", "http/1.1"],
+      scheduler: config.schedulerAddress,
+    },
+    "gateway listening",
+  );
 } catch (e) {
   if (e instanceof GatewayListenError) fail(`${e.message} (set GATEWAY_PORT to use another port)`, 1);
   throw e;

@@ -63,7 +63,10 @@ async function startFake(): Promise<Fake> {
       },
       startRun() {
         throw new ConnectError("bad", Code.InvalidArgument, undefined, [
-          { desc: BadRequestSchema, value: { fieldViolations: [{ field: "input.orderId", description: "is required" }] } },
+          {
+            desc: BadRequestSchema,
+            value: { fieldViolations: [{ field: "input.orderId", description: "is required" }] },
+          },
         ]);
       },
       async *watchRun(req, ctx) {
@@ -121,10 +124,24 @@ function protocols(baseUrl: string): Protocol[] {
   };
   return [
     { name: "gRPC (h2c)", ...h2((sessionManager) => createGrpcTransport({ baseUrl, sessionManager })) },
-    { name: "Connect binary (h2c)", ...h2((sessionManager) => createConnectTransport({ baseUrl, httpVersion: "2", sessionManager, useBinaryFormat: true })) },
-    { name: "Connect JSON (HTTP/1.1)", ...h1((agent) => createConnectTransport({ baseUrl, httpVersion: "1.1", nodeOptions: { agent } })) },
-    { name: "gRPC-Web (HTTP/1.1)", ...h1((agent) => createGrpcWebTransport({ baseUrl, httpVersion: "1.1", nodeOptions: { agent } })) },
-    { name: "gRPC-Web (h2c)", ...h2((sessionManager) => createGrpcWebTransport({ baseUrl, httpVersion: "2", sessionManager })) },
+    {
+      name: "Connect binary (h2c)",
+      ...h2((sessionManager) =>
+        createConnectTransport({ baseUrl, httpVersion: "2", sessionManager, useBinaryFormat: true }),
+      ),
+    },
+    {
+      name: "Connect JSON (HTTP/1.1)",
+      ...h1((agent) => createConnectTransport({ baseUrl, httpVersion: "1.1", nodeOptions: { agent } })),
+    },
+    {
+      name: "gRPC-Web (HTTP/1.1)",
+      ...h1((agent) => createGrpcWebTransport({ baseUrl, httpVersion: "1.1", nodeOptions: { agent } })),
+    },
+    {
+      name: "gRPC-Web (h2c)",
+      ...h2((sessionManager) => createGrpcWebTransport({ baseUrl, httpVersion: "2", sessionManager })),
+    },
   ];
 }
 
@@ -167,7 +184,11 @@ describe("gateway proxy", () => {
         let header: Headers | undefined;
         const res = await client().getRun(
           { runId },
-          { headers: { authorization: "Bearer t0k3n", "x-request-id": "req-1" }, timeoutMs: 5000, onHeader: (h) => (header = h) },
+          {
+            headers: { authorization: "Bearer t0k3n", "x-request-id": "req-1" },
+            timeoutMs: 5000,
+            onHeader: (h) => (header = h),
+          },
         );
         assert.equal(res.run?.id, runId);
         assert.equal(res.run?.status, RunStatus.RUNNING);
@@ -178,7 +199,10 @@ describe("gateway proxy", () => {
         assert.equal(seen.headers.get("x-request-id"), "req-1");
         // The upstream hop is always gRPC, whatever the caller spoke.
         assert.match(seen.headers.get("content-type") ?? "", /^application\/grpc/);
-        assert.ok(seen.timeoutMs !== undefined && seen.timeoutMs > 0 && seen.timeoutMs <= 5000, `deadline ${seen.timeoutMs}`);
+        assert.ok(
+          seen.timeoutMs !== undefined && seen.timeoutMs > 0 && seen.timeoutMs <= 5000,
+          `deadline ${seen.timeoutMs}`,
+        );
       });
 
       it("passes an upstream error through with code, message and details", TEST_TIMEOUT, async () => {
@@ -191,7 +215,8 @@ describe("gateway proxy", () => {
 
       it("passes a server stream through in order", TEST_TIMEOUT, async () => {
         const statuses: RunStatus[] = [];
-        for await (const msg of client().watchRun({ runId: `stream-${index}` })) statuses.push(msg.run?.status ?? RunStatus.UNSPECIFIED);
+        for await (const msg of client().watchRun({ runId: `stream-${index}` }))
+          statuses.push(msg.run?.status ?? RunStatus.UNSPECIFIED);
         assert.deepEqual(statuses, [RunStatus.PENDING, RunStatus.RUNNING, RunStatus.SUCCEEDED]);
       });
 
@@ -258,39 +283,52 @@ describe("gateway lifecycle", () => {
     assert.equal(gateway.state, "stopped");
   });
 
-  it("close() ends open streams with UNAVAILABLE, cancels them upstream and drains", TEST_TIMEOUT, async () => {
-    const fake = await startFake();
-    const gateway = createGateway({ schedulerAddress: fake.address, port: 0, drainTimeoutMs: 5000 });
-    const { url } = await gateway.listen();
-    const sessionManager = new Http2SessionManager(url);
-    const agent = new http.Agent({ keepAlive: true });
-    try {
-      const h2Client = createClient(WorkflowService, createGrpcTransport({ baseUrl: url, sessionManager }));
-      const h1Client = createClient(WorkflowService, createConnectTransport({ baseUrl: url, httpVersion: "1.1", nodeOptions: { agent } }));
-      // An idle keep-alive HTTP/1.1 connection must not hold up the drain either.
-      await h1Client.getRun({ runId: "warm-up" });
-      const h2Stream = h2Client.watchRun({ runId: "hang-close-h2" })[Symbol.asyncIterator]();
-      const h1Stream = h1Client.watchRun({ runId: "hang-close-h1" })[Symbol.asyncIterator]();
-      assert.equal((await h2Stream.next()).value?.run?.id, "hang-close-h2");
-      assert.equal((await h1Stream.next()).value?.run?.id, "hang-close-h1");
+  it(
+    "close() ends open streams with UNAVAILABLE, cancels them upstream and drains",
+    TEST_TIMEOUT,
+    async () => {
+      const fake = await startFake();
+      const gateway = createGateway({ schedulerAddress: fake.address, port: 0, drainTimeoutMs: 5000 });
+      const { url } = await gateway.listen();
+      const sessionManager = new Http2SessionManager(url);
+      const agent = new http.Agent({ keepAlive: true });
+      try {
+        const h2Client = createClient(WorkflowService, createGrpcTransport({ baseUrl: url, sessionManager }));
+        const h1Client = createClient(
+          WorkflowService,
+          createConnectTransport({ baseUrl: url, httpVersion: "1.1", nodeOptions: { agent } }),
+        );
+        // An idle keep-alive HTTP/1.1 connection must not hold up the drain either.
+        await h1Client.getRun({ runId: "warm-up" });
+        const h2Stream = h2Client.watchRun({ runId: "hang-close-h2" })[Symbol.asyncIterator]();
+        const h1Stream = h1Client.watchRun({ runId: "hang-close-h1" })[Symbol.asyncIterator]();
+        for (const [stream, runId] of [
+          [h2Stream, "hang-close-h2"],
+          [h1Stream, "hang-close-h1"],
+        ] as const) {
+          const first = await stream.next();
+          assert.equal(first.done, false);
+          assert.equal(first.done === false ? first.value.run?.id : undefined, runId);
+        }
 
-      const closed = gateway.close();
-      assert.equal(gateway.state, "stopping");
-      for (const stream of [h2Stream, h1Stream]) {
-        const err = await rejection(stream.next());
-        assert.equal(err.code, Code.Unavailable);
+        const closed = gateway.close();
+        assert.equal(gateway.state, "stopping");
+        for (const stream of [h2Stream, h1Stream]) {
+          const err = await rejection(stream.next());
+          assert.equal(err.code, Code.Unavailable);
+        }
+        await Promise.all([fake.watchAborted("hang-close-h2"), fake.watchAborted("hang-close-h1")]);
+        await closed;
+        assert.equal(gateway.state, "stopped");
+        await assert.rejects(fetch(`${url}/healthz`));
+      } finally {
+        sessionManager.abort();
+        agent.destroy();
+        await gateway.close();
+        await fake.close();
       }
-      await Promise.all([fake.watchAborted("hang-close-h2"), fake.watchAborted("hang-close-h1")]);
-      await closed;
-      assert.equal(gateway.state, "stopped");
-      await assert.rejects(fetch(`${url}/healthz`));
-    } finally {
-      sessionManager.abort();
-      agent.destroy();
-      await gateway.close();
-      await fake.close();
-    }
-  });
+    },
+  );
 });
 
 describe("endToEndHeaders", () => {

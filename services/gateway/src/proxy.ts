@@ -24,8 +24,14 @@ import type {
   MessageInitShape,
   MessageShape,
 } from "@bufbuild/protobuf";
-import { Code, ConnectError, type HandlerContext, type ServiceImpl, type Transport } from "@connectrpc/connect";
-import { createLinkedAbortController } from "@connectrpc/connect/protocol";
+import {
+  Code,
+  ConnectError,
+  type HandlerContext,
+  type ServiceImpl,
+  type Transport,
+} from "@connectrpc/connect";
+import { createAsyncIterable, createLinkedAbortController } from "@connectrpc/connect/protocol";
 
 /** Options of {@link createForwardingService}. */
 export interface ForwardingOptions {
@@ -106,10 +112,6 @@ export function passThroughError(e: unknown): ConnectError {
   return copy;
 }
 
-async function* once<T>(value: T): AsyncIterable<T> {
-  yield value;
-}
-
 type AnyUnary = DescMethodUnary<DescMessage, DescMessage>;
 type AnyStreaming =
   | DescMethodServerStreaming<DescMessage, DescMessage>
@@ -121,7 +123,13 @@ type Output = MessageShape<DescMessage>;
 function forwardUnary(method: AnyUnary, { transport }: ForwardingOptions) {
   return async (request: Input, ctx: HandlerContext): Promise<Output> => {
     try {
-      const res = await transport.unary(method, ctx.signal, ctx.timeoutMs(), endToEndHeaders(ctx.requestHeader), request);
+      const res = await transport.unary(
+        method,
+        ctx.signal,
+        ctx.timeoutMs(),
+        endToEndHeaders(ctx.requestHeader),
+        request,
+      );
       copyHeaders(res.header, ctx.responseHeader);
       copyHeaders(res.trailer, ctx.responseTrailer);
       return res.message;
@@ -140,7 +148,13 @@ async function* forwardStream(
   // ctx.signal also fires when the call completes, which releases the listener on the shutdown signal.
   const linked = createLinkedAbortController(ctx.signal, streamShutdownSignal);
   try {
-    const res = await transport.stream(method, linked.signal, ctx.timeoutMs(), endToEndHeaders(ctx.requestHeader), requests);
+    const res = await transport.stream(
+      method,
+      linked.signal,
+      ctx.timeoutMs(),
+      endToEndHeaders(ctx.requestHeader),
+      requests,
+    );
     // Response headers must be set before the first message goes out.
     copyHeaders(res.header, ctx.responseHeader);
     for await (const message of res.message) yield message;
@@ -157,7 +171,10 @@ async function* forwardStream(
  * A Connect implementation of `service` (for `router.service(service, impl)`) that forwards every
  * method, whatever its kind, to the same method over `options.transport`.
  */
-export function createForwardingService<S extends DescService>(service: S, options: ForwardingOptions): ServiceImpl<S> {
+export function createForwardingService<S extends DescService>(
+  service: S,
+  options: ForwardingOptions,
+): ServiceImpl<S> {
   const impl: Record<string, unknown> = {};
   for (const method of service.methods) {
     // DescMethod does not narrow on methodKind; the casts restate what the switch established.
@@ -166,18 +183,24 @@ export function createForwardingService<S extends DescService>(service: S, optio
         impl[method.localName] = forwardUnary(method as AnyUnary, options);
         break;
       case "server_streaming":
-        impl[method.localName] = (request: Input, ctx: HandlerContext) => forwardStream(method as AnyStreaming, options, once(request), ctx);
+        impl[method.localName] = (request: Input, ctx: HandlerContext) =>
+          forwardStream(method as AnyStreaming, options, createAsyncIterable([request]), ctx);
         break;
       case "client_streaming":
-        impl[method.localName] = async (requests: AsyncIterable<Input>, ctx: HandlerContext): Promise<Output> => {
+        impl[method.localName] = async (
+          requests: AsyncIterable<Input>,
+          ctx: HandlerContext,
+        ): Promise<Output> => {
           let last: Output | undefined;
-          for await (const message of forwardStream(method as AnyStreaming, options, requests, ctx)) last = message;
+          for await (const message of forwardStream(method as AnyStreaming, options, requests, ctx))
+            last = message;
           if (last === undefined) throw new ConnectError("upstream sent no response message", Code.Internal);
           return last;
         };
         break;
       case "bidi_streaming":
-        impl[method.localName] = (requests: AsyncIterable<Input>, ctx: HandlerContext) => forwardStream(method as AnyStreaming, options, requests, ctx);
+        impl[method.localName] = (requests: AsyncIterable<Input>, ctx: HandlerContext) =>
+          forwardStream(method as AnyStreaming, options, requests, ctx);
         break;
     }
   }

@@ -10,6 +10,7 @@ export const PROXIED_SERVICES: readonly DescService[] = [WorkflowService, Artifa
 /** Routes for `connectNodeAdapter`: each of {@link PROXIED_SERVICES} forwarded as configured. */
 export function createRoutes(options: ForwardingOptions): (router: ConnectRouter) => void {
   return (router) => {
-    for (const service of PROXIED_SERVICES) router.service(service, createForwardingService(service, options));
+    for (const service of PROXIED_SERVICES)
+      router.service(service, createForwardingService(service, options));
   };
 }

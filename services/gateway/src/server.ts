@@ -96,7 +96,10 @@ export class GatewayListenError extends Error {
     readonly code: string | undefined,
     options?: ErrorOptions,
   ) {
-    super(`cannot listen on ${formatHostPort(host, port)}: ${describeListenError(code, port, options?.cause)}`, options);
+    super(
+      `cannot listen on ${formatHostPort(host, port)}: ${describeListenError(code, port, options?.cause)}`,
+      options,
+    );
   }
 }
 
@@ -208,7 +211,8 @@ class GatewayServer implements Gateway {
   }
 
   listen(): Promise<GatewayAddress> {
-    if (this.#state !== "idle") return Promise.reject(new Error(`gateway cannot listen: it is ${this.#state}`));
+    if (this.#state !== "idle")
+      return Promise.reject(new Error(`gateway cannot listen: it is ${this.#state}`));
     this.#state = "starting";
     const starting = this.#listen();
     this.#starting = starting;
@@ -258,7 +262,10 @@ class GatewayServer implements Gateway {
       }
       const drained = await this.#waitForDrain(this.#options.drainTimeoutMs);
       if (!drained) {
-        this.#log.warn({ connections: this.#connections.size }, "drain timeout expired; closing remaining connections");
+        this.#log.warn(
+          { connections: this.#connections.size },
+          "drain timeout expired; closing remaining connections",
+        );
         this.#forceShutdown.abort(SHUTDOWN_ERROR());
         for (const session of this.#sessions) session.destroy();
         for (const socket of this.#connections.keys()) socket.destroy();
@@ -295,13 +302,18 @@ class GatewayServer implements Gateway {
       this.#connections.delete(socket);
       if (this.#connections.size === 0) this.#drained?.();
     });
-    const onError = (e: Error): void => this.#log.debug({ err: e }, "connection error before the first request");
+    const onError = (e: Error): void =>
+      this.#log.debug({ err: e }, "connection error before the first request");
     socket.on("error", onError);
     socket.setTimeout(this.#options.prefaceTimeoutMs, () => socket.destroy());
 
     let seen = Buffer.alloc(0);
     const onReadable = (): void => {
-      for (let chunk = socket.read() as Buffer | null; chunk !== null; chunk = socket.read() as Buffer | null) {
+      for (
+        let chunk = socket.read() as Buffer | null;
+        chunk !== null;
+        chunk = socket.read() as Buffer | null
+      ) {
         seen = Buffer.concat([seen, chunk]);
       }
       const n = Math.min(seen.length, H2_PREFACE.length);
@@ -327,7 +339,7 @@ class GatewayServer implements Gateway {
   }
 
   #onHttp1Request(req: http.IncomingMessage, res: http.ServerResponse, handler: NodeHandler): void {
-    const conn = this.#connections.get(req.socket as net.Socket);
+    const conn = this.#connections.get(req.socket);
     if (conn !== undefined) {
       conn.active++;
       res.once("close", () => {
@@ -359,7 +371,9 @@ function sendJson(res: NodeServerResponse, status: number, body: unknown): void 
 }
 
 function errorCode(e: unknown): string | undefined {
-  return typeof e === "object" && e !== null && "code" in e && typeof e.code === "string" ? e.code : undefined;
+  return typeof e === "object" && e !== null && "code" in e && typeof e.code === "string"
+    ? e.code
+    : undefined;
 }
 
 /** Logs each call at debug level: procedure, protocol-independent outcome and time to response. */
@@ -372,7 +386,15 @@ function logCalls(log: Logger): Interceptor {
       return res;
     } catch (e) {
       const err = ConnectError.from(e);
-      log.debug({ procedure: req.url, code: Code[err.code], error: err.rawMessage, ms: Math.round(performance.now() - started) }, "call failed");
+      log.debug(
+        {
+          procedure: req.url,
+          code: Code[err.code],
+          error: err.rawMessage,
+          ms: Math.round(performance.now() - started),
+        },
+        "call failed",
+      );
       throw e;
     }
   };

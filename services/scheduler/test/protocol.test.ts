@@ -105,9 +105,9 @@ describe("executor session protocol", () => {
     assert.equal(rejected.code, "FAILED_PRECONDITION");
     assert.match(rejected.message, /stale lease/);
 
-    b.send({ case: "completed", value: { key: second.key } });
+    b.send({ case: "completed", value: { key: second.key, output: jsonToValue({ y: 2 }) } });
     const done = await waitForRun(client, run.id);
-    assert.equal(done.status, RunStatus.SUCCEEDED);
+    assert.equal(done.status, RunStatus.SUCCEEDED, JSON.stringify(done.error) + JSON.stringify(done.tasks.map((t) => t.attempts.map((a) => [a.status, a.error?.type]))));
     const attempts = done.tasks[0]?.attempts ?? [];
     assert.equal(attempts.length, 2);
     assert.equal(attempts[0]?.status, TaskStatus.FAILED);
@@ -145,8 +145,9 @@ describe("executor session protocol", () => {
   it("refuses a session whose first message is not attach", async () => {
     const s = open();
     s.send({ case: "credit", value: { n: 1 } });
-    await new Promise<void>((resolve) => s.stream.on("close", () => resolve()));
-    assert.equal(s.error?.code, 9);
+    const status = await new Promise<{ code: number; details: string }>((resolve) => s.stream.on("status", resolve));
+    assert.equal(status.code, 9);
+    assert.match(status.details, /first message of a session must be attach/);
   });
 
   it("rejects invalid definitions with every problem and its JSON path, storing nothing", async () => {

@@ -86,6 +86,8 @@ export class RawSession {
   readonly stream: grpc.ClientDuplexStream<SessionRequest, SessionResponse>;
   private readonly inbox: SessionResponse[] = [];
   private waiters: ((m: SessionResponse) => void)[] = [];
+  /** Whether pings are answered automatically (turn off to simulate a hung executor). */
+  autoPong = true;
   /** The status the stream ended with, if it ended. */
   status: grpc.StatusObject | undefined;
   /** Error the stream ended with, if any. */
@@ -96,6 +98,8 @@ export class RawSession {
     this.client = new Ctor(address, grpc.credentials.createInsecure()) as unknown as RawSession["client"];
     this.stream = this.client.session();
     this.stream.on("data", (m: SessionResponse) => {
+      // Answer pings at once so the scheduler sees a live executor, as a real one would.
+      if (m.message.case === "ping" && this.autoPong) this.send({ case: "pong", value: { nonce: m.message.value.nonce } });
       const w = this.waiters.shift();
       if (w !== undefined) w(m);
       else this.inbox.push(m);
@@ -130,11 +134,7 @@ export class RawSession {
           this.waiters.push(done);
         }));
       if (m === undefined) throw new Error(`no ${kind} within ${timeoutMs} ms`);
-      if (m.message.case === "ping") {
-        this.send({ case: "pong", value: { nonce: m.message.value.nonce } });
-        if (kind === "ping") return m.message.value as never;
-        continue;
-      }
+      if (m.message.case === "ping" && kind !== "ping") continue;
       if (m.message.case === kind) return m.message.value as never;
     }
   }

@@ -535,12 +535,16 @@ export class Engine {
         if (ev.outcome.status === "succeeded") this.completeRun(run, "SUCCEEDED", ev.outcome.output, null, now);
         else {
           const failed = ev.outcome.failedSteps;
-          const message =
-            "message" in ev.outcome && typeof ev.outcome.message === "string"
-              ? ev.outcome.message
-              : `step${failed.length === 1 ? "" : "s"} ${failed.join(", ")} failed`;
           const first = failed[0] === undefined ? undefined : run.tasks.get(failed[0]);
-          this.completeRun(run, "FAILED", null, { type: first?.error?.type ?? "STEP_FAILED", message, retryable: false }, now);
+          const error: ErrorInfo =
+            ev.outcome.error !== undefined
+              ? { type: ev.outcome.error.type, message: `output mapping: ${ev.outcome.error.message}`, retryable: false }
+              : {
+                  type: first?.error?.type ?? "STEP_FAILED",
+                  message: `step${failed.length === 1 ? "" : "s"} ${failed.join(", ")} failed${first?.error ? `: ${first.error.message}` : ""}`,
+                  retryable: false,
+                };
+          this.completeRun(run, "FAILED", null, error, now);
         }
         break;
       }
