@@ -19,12 +19,28 @@ export default tseslint.config(
       "@typescript-eslint/no-unused-vars": ["error", { argsIgnorePattern: "^_", varsIgnorePattern: "^_" }],
       "no-restricted-imports": [
         "error",
-        { patterns: [{ group: ["@nexusflow/*/src/*", "../../gen/*", "../../../gen/*"], message: "Import workspace packages by name." }] },
+        {
+          patterns: [
+            {
+              group: ["@nexusflow/*/src/*", "../../gen/*", "../../../gen/*"],
+              message: "Import workspace packages by name.",
+            },
+          ],
+        },
       ],
     },
   },
   {
     files: ["**/*.test.ts", "**/test/**/*.ts", "bench/**/*.ts"],
-    rules: { "@typescript-eslint/no-floating-promises": ["error", { allowForKnownSafeCalls: [{ from: "package", package: "node:test", name: ["describe", "it", "test", "suite"] }] }] },
+    rules: {
+      "@typescript-eslint/no-floating-promises": [
+        "error",
+        {
+          allowForKnownSafeCalls: [
+            { from: "package", package: "node:test", name: ["describe", "it", "test", "suite"] },
+          ],
+        },
+      ],
+    },
   },
 );

@@ -92,5 +92,5 @@ export function priceQuote(input: unknown, ctx: TaskContext): Quote {
 
 /** Registers the example handlers. */
 export default function register(registry: HandlerRegistry): void {
-  registry.register("price-quote", async (input: unknown, ctx: TaskContext) => priceQuote(input, ctx));
+  registry.register("price-quote", (input: unknown, ctx: TaskContext) => priceQuote(input, ctx));
 }

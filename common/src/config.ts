@@ -172,12 +172,18 @@ export function loadSchedulerConfig(env: Env = process.env): SchedulerConfig {
     logLevel: oneOf(env, "LOG_LEVEL", LOG_LEVELS, "info"),
     database: database(env),
     kafka: {
-      brokers: brokers === undefined ? undefined : brokers.split(",").map((b, i) => {
-        if (!/^[^:\s]+:\d{1,5}$/.test(b.trim())) {
-          throw new ConfigError("KAFKA_BROKERS", `entry ${i + 1} is not host:port: ${JSON.stringify(b)}`);
-        }
-        return b.trim();
-      }),
+      brokers:
+        brokers === undefined
+          ? undefined
+          : brokers.split(",").map((b, i) => {
+              if (!/^[^:\s]+:\d{1,5}$/.test(b.trim())) {
+                throw new ConfigError(
+                  "KAFKA_BROKERS",
+                  `entry ${i + 1} is not host:port: ${JSON.stringify(b)}`,
+                );
+              }
+              return b.trim();
+            }),
       topic: str(env, "KAFKA_TOPIC") ?? "nexusflow.events",
       partitions: int(env, "KAFKA_PARTITIONS", 6, 1, 1000),
       clientId: str(env, "KAFKA_CLIENT_ID") ?? "nexusflow-scheduler",
@@ -195,7 +201,13 @@ export function loadExecutorConfig(env: Env = process.env): ExecutorConfig {
     schedulerAddress: hostPort(env, "SCHEDULER_ADDRESS", "127.0.0.1:50051"),
     executorId: str(env, "EXECUTOR_ID") ?? `${hostname()}-${process.pid}`,
     slots: int(env, "EXECUTOR_SLOTS", 16, 1, 10_000),
-    taskTypes: types === undefined ? undefined : types.split(",").map((t) => t.trim()).filter((t) => t !== ""),
+    taskTypes:
+      types === undefined
+        ? undefined
+        : types
+            .split(",")
+            .map((t) => t.trim())
+            .filter((t) => t !== ""),
     handlersModule: str(env, "EXECUTOR_HANDLERS"),
     logLevel: oneOf(env, "LOG_LEVEL", LOG_LEVELS, "info"),
     artifacts: artifacts(env),

@@ -17,7 +17,9 @@ export class DurationError extends Error {
 /** Parses a duration such as "1m30s" into milliseconds. Throws {@link DurationError}. */
 export function parseDuration(text: string): number {
   if (typeof text !== "string" || text.length === 0) {
-    throw new DurationError(`expected a duration such as "500ms", "5s" or "1m30s", got ${JSON.stringify(text)}`);
+    throw new DurationError(
+      `expected a duration such as "500ms", "5s" or "1m30s", got ${JSON.stringify(text)}`,
+    );
   }
   let total = 0;
   PART.lastIndex = 0;
@@ -44,7 +46,12 @@ export function formatDuration(ms: number): string {
   if (ms < 1000) return `${Math.round(ms)}ms`;
   const parts: string[] = [];
   let rest = Math.round(ms);
-  for (const [unit, size] of [["h", 3_600_000], ["m", 60_000], ["s", 1_000], ["ms", 1]] as const) {
+  for (const [unit, size] of [
+    ["h", 3_600_000],
+    ["m", 60_000],
+    ["s", 1_000],
+    ["ms", 1],
+  ] as const) {
     const n = Math.floor(rest / size);
     if (n > 0) parts.push(`${n}${unit}`);
     rest -= n * size;

@@ -3,7 +3,14 @@
  * and a generic client constructor, both (de)serializing with @bufbuild/protobuf. Errors thrown by
  * handlers become gRPC statuses with `google.rpc.Status` details.
  */
-import { create, fromBinary, toBinary, type DescMessage, type DescService, type MessageShape } from "@bufbuild/protobuf";
+import {
+  create,
+  fromBinary,
+  toBinary,
+  type DescMessage,
+  type DescService,
+  type MessageShape,
+} from "@bufbuild/protobuf";
 import { anyPack } from "@bufbuild/protobuf/wkt";
 import * as grpc from "@grpc/grpc-js";
 import { BadRequestSchema } from "@nexusflow/gen/google/rpc/error_details_pb";
@@ -41,7 +48,8 @@ export function serviceDefinition(service: DescService): grpc.ServiceDefinition 
 
 /** Converts any throwable into a grpc-js status object with rich details. */
 export function toGrpcStatus(e: unknown): Partial<grpc.StatusObject> {
-  const err = e instanceof ApiError ? e : new ApiError(Code.INTERNAL, e instanceof Error ? e.message : String(e));
+  const err =
+    e instanceof ApiError ? e : new ApiError(Code.INTERNAL, e instanceof Error ? e.message : String(e));
   const metadata = new grpc.Metadata();
   const details =
     err.violations.length > 0
@@ -66,7 +74,12 @@ export function unary<Req, Res>(
 
 /** Wraps a server-streaming handler that writes through `send` and resolves when done. */
 export function serverStream<Req, Res>(
-  handler: (request: Req, send: (res: Res) => Promise<void>, signal: AbortSignal, call: grpc.ServerWritableStream<Req, Res>) => Promise<void>,
+  handler: (
+    request: Req,
+    send: (res: Res) => Promise<void>,
+    signal: AbortSignal,
+    call: grpc.ServerWritableStream<Req, Res>,
+  ) => Promise<void>,
 ): grpc.handleServerStreamingCall<Req, Res> {
   return (call) => {
     const abort = new AbortController();
@@ -93,6 +106,7 @@ export function clientConstructor(service: DescService): grpc.ServiceClientConst
 
 /** Reads the first field violation's message from a grpc-js error, for diagnostics. */
 export function grpcErrorMessage(e: unknown): string {
-  if (typeof e === "object" && e !== null && "details" in e && typeof e.details === "string") return e.details;
+  if (typeof e === "object" && e !== null && "details" in e && typeof e.details === "string")
+    return e.details;
   return e instanceof Error ? e.message : String(e);
 }

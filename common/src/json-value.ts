@@ -13,9 +13,9 @@ export function valueToJson(value: Value | undefined): JsonValue {
 }
 
 /** The ErrorInfo-like object with details converted to a Value. */
-export function errorToProto<E extends { type: string; message: string; retryable: boolean; details?: unknown }>(
-  error: E,
-): { type: string; message: string; retryable: boolean; details?: Value } {
+export function errorToProto<
+  E extends { type: string; message: string; retryable: boolean; details?: unknown },
+>(error: E): { type: string; message: string; retryable: boolean; details?: Value } {
   return {
     type: error.type,
     message: error.message,

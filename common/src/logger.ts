@@ -10,6 +10,9 @@ export function createLogger(service: string, level: LogLevel): Logger {
     name: service,
     level,
     base: { service },
-    redact: { paths: ["token", "authorization", "*.token", "*.authorization", "headers.authorization"], censor: "[redacted]" },
+    redact: {
+      paths: ["token", "authorization", "*.token", "*.authorization", "headers.authorization"],
+      censor: "[redacted]",
+    },
   });
 }

@@ -17,5 +17,5 @@ export function freePort(host = "127.0.0.1"): Promise<number> {
 
 /** True when `e` is a Node error with the given `code` (e.g. "EADDRINUSE"). */
 export function hasErrorCode(e: unknown, code: string): boolean {
-  return typeof e === "object" && e !== null && "code" in e && (e as { code: unknown }).code === code;
+  return typeof e === "object" && e !== null && "code" in e && e.code === code;
 }

@@ -74,7 +74,10 @@ export class Scheduler {
     try {
       let url = this.options.databaseUrl;
       if (url === undefined) {
-        this.embedded = await startEmbeddedPostgres({ dir: `${this.options.dataDir ?? ".nexusflow"}/postgres`, log });
+        this.embedded = await startEmbeddedPostgres({
+          dir: `${this.options.dataDir ?? ".nexusflow"}/postgres`,
+          log,
+        });
         url = this.embedded.url;
         log.info({ port: this.embedded.port }, "embedded PostgreSQL started");
       }
@@ -82,24 +85,40 @@ export class Scheduler {
       this.engineValue = new Engine({
         db: this.db,
         log,
-        ...(this.options.heartbeatIntervalMs === undefined ? {} : { heartbeatIntervalMs: this.options.heartbeatIntervalMs }),
-        ...(this.options.sessionTimeoutMs === undefined ? {} : { sessionTimeoutMs: this.options.sessionTimeoutMs }),
+        ...(this.options.heartbeatIntervalMs === undefined
+          ? {}
+          : { heartbeatIntervalMs: this.options.heartbeatIntervalMs }),
+        ...(this.options.sessionTimeoutMs === undefined
+          ? {}
+          : { sessionTimeoutMs: this.options.sessionTimeoutMs }),
       });
       await this.engineValue.start();
-      const server = new grpc.Server({ "grpc.keepalive_permit_without_calls": 1, "grpc.max_receive_message_length": 16 * 1024 * 1024 });
-      server.addService(serviceDefinition(WorkflowService), workflowService(this.engineValue, new RunStore(this.db)));
+      const server = new grpc.Server({
+        "grpc.keepalive_permit_without_calls": 1,
+        "grpc.max_receive_message_length": 16 * 1024 * 1024,
+      });
+      server.addService(
+        serviceDefinition(WorkflowService),
+        workflowService(this.engineValue, new RunStore(this.db)),
+      );
       server.addService(serviceDefinition(ExecutorService), executorService(this.engineValue, log));
       const host = this.options.host ?? "127.0.0.1";
       const port = await new Promise<number>((resolve, reject) => {
-        server.bindAsync(`${host}:${this.options.port ?? 0}`, grpc.ServerCredentials.createInsecure(), (e, p) => {
-          if (e !== null) {
-            reject(
-              /EADDRINUSE|address already in use|No address added/i.test(e.message)
-                ? new PortInUseError(`port ${this.options.port ?? 0} on ${host} is already in use (set SCHEDULER_PORT to another port)`)
-                : e,
-            );
-          } else resolve(p);
-        });
+        server.bindAsync(
+          `${host}:${this.options.port ?? 0}`,
+          grpc.ServerCredentials.createInsecure(),
+          (e, p) => {
+            if (e !== null) {
+              reject(
+                /EADDRINUSE|address already in use|No address added/i.test(e.message)
+                  ? new PortInUseError(
+                      `port ${this.options.port ?? 0} on ${host} is already in use (set SCHEDULER_PORT to another port)`,
+                    )
+                  : e,
+              );
+            } else resolve(p);
+          },
+        );
       });
       this.server = server;
       this.addressValue = `${host.includes(":") ? `[${host}]` : host}:${port}`;

@@ -32,7 +32,14 @@ describe("executor session protocol", () => {
         value: JSON.stringify({
           name: "proto-one",
           version: 1,
-          steps: [{ id: "only", type: "proto-task", input: { x: "{{ input.x }}" }, retry: { maxAttempts: 3, initialInterval: "10ms" } }],
+          steps: [
+            {
+              id: "only",
+              type: "proto-task",
+              input: { x: "{{ input.x }}" },
+              retry: { maxAttempts: 3, initialInterval: "10ms" },
+            },
+          ],
           output: { got: "{{ steps.only.output.y }}" },
         }),
       },
@@ -97,7 +104,15 @@ describe("executor session protocol", () => {
 
     // The old executor comes back and reports its (stale) result: rejected, nothing changes.
     const a2 = open();
-    a2.send({ case: "attach", value: { executorId: "raw-a", taskTypes: ["proto-task"], slots: 1, heldLeases: first.key ? [first.key] : [] } });
+    a2.send({
+      case: "attach",
+      value: {
+        executorId: "raw-a",
+        taskTypes: ["proto-task"],
+        slots: 1,
+        heldLeases: first.key ? [first.key] : [],
+      },
+    });
     const ack = await a2.next("attachAck");
     assert.equal(ack.revoked.length, 1);
     a2.send({ case: "completed", value: { key: first.key } });
@@ -107,7 +122,12 @@ describe("executor session protocol", () => {
 
     b.send({ case: "completed", value: { key: second.key, output: jsonToValue({ y: 2 }) } });
     const done = await waitForRun(client, run.id);
-    assert.equal(done.status, RunStatus.SUCCEEDED, JSON.stringify(done.error) + JSON.stringify(done.tasks.map((t) => t.attempts.map((a) => [a.status, a.error?.type]))));
+    assert.equal(
+      done.status,
+      RunStatus.SUCCEEDED,
+      JSON.stringify(done.error) +
+        JSON.stringify(done.tasks.map((t) => t.attempts.map((a) => [a.status, a.error?.type]))),
+    );
     const attempts = done.tasks[0]?.attempts ?? [];
     assert.equal(attempts.length, 2);
     assert.equal(attempts[0]?.status, TaskStatus.FAILED);
@@ -121,7 +141,10 @@ describe("executor session protocol", () => {
     const s = open();
     s.send({ case: "attach", value: { executorId: "raw-h", taskTypes: ["proto-task"], slots: 1 } });
     await s.next("attachAck");
-    s.send({ case: "completed", value: { key: { taskRunId: "00000000-0000-4000-8000-000000000000", attempt: 1, fencingToken: 1n } } });
+    s.send({
+      case: "completed",
+      value: { key: { taskRunId: "00000000-0000-4000-8000-000000000000", attempt: 1, fencingToken: 1n } },
+    });
     assert.equal((await s.next("rejected")).code, "NOT_FOUND");
     s.send({ case: "started", value: {} });
     assert.equal((await s.next("rejected")).code, "INVALID_ARGUMENT");
@@ -136,7 +159,10 @@ describe("executor session protocol", () => {
     assert.equal((await s.next("rejected")).code, "FAILED_PRECONDITION");
     const { run: mid } = await client.getRun({ runId: lease.runId });
     assert.equal(mid?.status, RunStatus.RUNNING);
-    s.send({ case: "failed", value: { key: lease.key, error: { type: "BOOM", message: "terminal", retryable: false } } });
+    s.send({
+      case: "failed",
+      value: { key: lease.key, error: { type: "BOOM", message: "terminal", retryable: false } },
+    });
     const done = await waitForRun(client, lease.runId);
     assert.equal(done.status, RunStatus.FAILED);
     assert.equal(done.error?.type, "BOOM");
@@ -145,7 +171,9 @@ describe("executor session protocol", () => {
   it("refuses a session whose first message is not attach", async () => {
     const s = open();
     s.send({ case: "credit", value: { n: 1 } });
-    const status = await new Promise<{ code: number; details: string }>((resolve) => s.stream.on("status", resolve));
+    const status = await new Promise<{ code: number; details: string }>((resolve) =>
+      s.stream.on("status", resolve),
+    );
     assert.equal(status.code, 9);
     assert.match(status.details, /first message of a session must be attach/);
   });
@@ -168,7 +196,10 @@ describe("executor session protocol", () => {
           }),
         },
       })
-      .then(() => undefined, (e: unknown) => ConnectError.from(e));
+      .then(
+        () => undefined,
+        (e: unknown) => ConnectError.from(e),
+      );
     assert.ok(err);
     assert.equal(err.code, Code.InvalidArgument);
     const violations = err.findDetails(BadRequestSchema).flatMap((d) => d.fieldViolations);
@@ -177,17 +208,32 @@ describe("executor session protocol", () => {
     assert.match(text, /\$\.steps\[3\]\.id/);
     assert.match(text, /\$\.steps\[4\]\.dependsOn\[0\]/);
     assert.match(text, /startToClose/);
-    await assert.rejects(client.getWorkflow({ name: "bad" }), (e: unknown) => ConnectError.from(e).code === Code.NotFound);
+    await assert.rejects(
+      client.getWorkflow({ name: "bad" }),
+      (e: unknown) => ConnectError.from(e).code === Code.NotFound,
+    );
   });
 
   it("keeps definitions immutable per version", async () => {
     const spec = { name: "immut", version: 1, steps: [{ id: "a", type: "noop" }] };
-    const first = await client.registerWorkflow({ definition: { case: "specJson", value: JSON.stringify(spec) } });
+    const first = await client.registerWorkflow({
+      definition: { case: "specJson", value: JSON.stringify(spec) },
+    });
     assert.equal(first.created, true);
-    const again = await client.registerWorkflow({ definition: { case: "specJson", value: JSON.stringify({ steps: spec.steps, version: 1, name: "immut" }) } });
+    const again = await client.registerWorkflow({
+      definition: {
+        case: "specJson",
+        value: JSON.stringify({ steps: spec.steps, version: 1, name: "immut" }),
+      },
+    });
     assert.equal(again.created, false);
     await assert.rejects(
-      client.registerWorkflow({ definition: { case: "specJson", value: JSON.stringify({ ...spec, steps: [{ id: "b", type: "noop" }] }) } }),
+      client.registerWorkflow({
+        definition: {
+          case: "specJson",
+          value: JSON.stringify({ ...spec, steps: [{ id: "b", type: "noop" }] }),
+        },
+      }),
       (e: unknown) => ConnectError.from(e).code === Code.AlreadyExists,
     );
   });

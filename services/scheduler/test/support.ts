@@ -29,7 +29,11 @@ export function testLogger(name = "test"): Logger {
 }
 
 /** A temporary embedded PostgreSQL for one test file. */
-export async function startTestDatabase(): Promise<{ url: string; server: EmbeddedDatabase; close(): Promise<void> }> {
+export async function startTestDatabase(): Promise<{
+  url: string;
+  server: EmbeddedDatabase;
+  close(): Promise<void>;
+}> {
   const dir = await mkdtemp(join(tmpdir(), "nf-test-"));
   const server = await startEmbeddedPostgres({ dir: join(dir, "pg"), log: testLogger("postgres") });
   return {
@@ -43,8 +47,18 @@ export async function startTestDatabase(): Promise<{ url: string; server: Embedd
 }
 
 /** Starts a scheduler in this process on a free port against `url`. */
-export async function startTestScheduler(url: string, options: Partial<SchedulerOptions> = {}): Promise<Scheduler> {
-  const scheduler = new Scheduler({ port: 0, databaseUrl: url, log: testLogger("scheduler"), heartbeatIntervalMs: 200, sessionTimeoutMs: 1500, ...options });
+export async function startTestScheduler(
+  url: string,
+  options: Partial<SchedulerOptions> = {},
+): Promise<Scheduler> {
+  const scheduler = new Scheduler({
+    port: 0,
+    databaseUrl: url,
+    log: testLogger("scheduler"),
+    heartbeatIntervalMs: 200,
+    sessionTimeoutMs: 1500,
+    ...options,
+  });
   await scheduler.start();
   return scheduler;
 }
@@ -55,7 +69,11 @@ export function workflowClient(address: string): Client<typeof WorkflowService> 
 }
 
 /** Waits until `predicate` holds, polling; fails with `what` after `timeoutMs`. */
-export async function waitFor<T>(what: string, probe: () => Promise<T | undefined> | T | undefined, timeoutMs = 20_000): Promise<T> {
+export async function waitFor<T>(
+  what: string,
+  probe: () => Promise<T | undefined> | T | undefined,
+  timeoutMs = 20_000,
+): Promise<T> {
   const deadline = Date.now() + timeoutMs;
   let last: unknown;
   for (;;) {
@@ -65,24 +83,42 @@ export async function waitFor<T>(what: string, probe: () => Promise<T | undefine
     } catch (e) {
       last = e;
     }
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}${last === undefined ? "" : `: ${String(last)}`}`);
+    if (Date.now() > deadline)
+      throw new Error(`timed out waiting for ${what}${last instanceof Error ? `: ${last.message}` : ""}`);
     await new Promise((r) => setTimeout(r, 25));
   }
 }
 
-const TERMINAL = new Set([RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED, RunStatus.TIMED_OUT, RunStatus.COMPENSATED, RunStatus.COMPENSATION_FAILED]);
+const TERMINAL = new Set([
+  RunStatus.SUCCEEDED,
+  RunStatus.FAILED,
+  RunStatus.CANCELLED,
+  RunStatus.TIMED_OUT,
+  RunStatus.COMPENSATED,
+  RunStatus.COMPENSATION_FAILED,
+]);
 
 /** Waits for a run to reach a terminal state and returns it (with tasks). */
-export async function waitForRun(client: Client<typeof WorkflowService>, runId: string, timeoutMs = 30_000): Promise<Run> {
-  return waitFor(`run ${runId} to finish`, async () => {
-    const { run } = await client.getRun({ runId });
-    return run !== undefined && TERMINAL.has(run.status) ? run : undefined;
-  }, timeoutMs);
+export async function waitForRun(
+  client: Client<typeof WorkflowService>,
+  runId: string,
+  timeoutMs = 30_000,
+): Promise<Run> {
+  return waitFor(
+    `run ${runId} to finish`,
+    async () => {
+      const { run } = await client.getRun({ runId });
+      return run !== undefined && TERMINAL.has(run.status) ? run : undefined;
+    },
+    timeoutMs,
+  );
 }
 
 /** A raw executor session for protocol tests: send messages, await the next response. */
 export class RawSession {
-  private readonly client: grpc.Client & { session(): grpc.ClientDuplexStream<SessionRequest, SessionResponse> };
+  private readonly client: grpc.Client & {
+    session(): grpc.ClientDuplexStream<SessionRequest, SessionResponse>;
+  };
   readonly stream: grpc.ClientDuplexStream<SessionRequest, SessionResponse>;
   private readonly inbox: SessionResponse[] = [];
   private waiters: ((m: SessionResponse) => void)[] = [];
@@ -99,7 +135,8 @@ export class RawSession {
     this.stream = this.client.session();
     this.stream.on("data", (m: SessionResponse) => {
       // Answer pings at once so the scheduler sees a live executor, as a real one would.
-      if (m.message.case === "ping" && this.autoPong) this.send({ case: "pong", value: { nonce: m.message.value.nonce } });
+      if (m.message.case === "ping" && this.autoPong)
+        this.send({ case: "pong", value: { nonce: m.message.value.nonce } });
       const w = this.waiters.shift();
       if (w !== undefined) w(m);
       else this.inbox.push(m);
@@ -110,7 +147,9 @@ export class RawSession {
 
   /** Sends one message. */
   send(message: MessageInitShape<typeof SessionRequestSchema>["message"]): void {
-    this.stream.write(create(SessionRequestSchema, { message } as MessageInitShape<typeof SessionRequestSchema>));
+    this.stream.write(
+      create(SessionRequestSchema, { message } as MessageInitShape<typeof SessionRequestSchema>),
+    );
   }
 
   /** The next response of the given case (others are skipped, pings answered), within `timeoutMs`. */
@@ -123,10 +162,13 @@ export class RawSession {
       const m =
         this.inbox.shift() ??
         (await new Promise<SessionResponse | undefined>((resolve) => {
-          const t = setTimeout(() => {
-            this.waiters = this.waiters.filter((w) => w !== done);
-            resolve(undefined);
-          }, Math.max(0, deadline - Date.now()));
+          const t = setTimeout(
+            () => {
+              this.waiters = this.waiters.filter((w) => w !== done);
+              resolve(undefined);
+            },
+            Math.max(0, deadline - Date.now()),
+          );
           const done = (msg: SessionResponse): void => {
             clearTimeout(t);
             resolve(msg);

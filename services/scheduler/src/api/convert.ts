@@ -54,7 +54,7 @@ function runInit(run: RunRow): MessageInitShape<typeof RunSchema> {
     createTime: ts(run.createdAt),
     endTime: ts(run.endedAt),
     deadline: ts(run.deadline),
-  } as MessageInitShape<typeof RunSchema>;
+  };
 }
 
 /** A run without tasks (ListRuns). */

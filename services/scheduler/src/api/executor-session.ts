@@ -7,7 +7,12 @@ import { randomUUID } from "node:crypto";
 import { create } from "@bufbuild/protobuf";
 import * as grpc from "@grpc/grpc-js";
 import { valueToJson, type Logger } from "@nexusflow/common";
-import { SessionResponseSchema, type LeaseKey, type SessionRequest, type SessionResponse } from "@nexusflow/gen";
+import {
+  SessionResponseSchema,
+  type LeaseKey,
+  type SessionRequest,
+  type SessionResponse,
+} from "@nexusflow/gen";
 import type { Engine, Rejection } from "../engine/engine.js";
 import type { SessionHandle } from "../engine/dispatcher.js";
 
@@ -28,8 +33,23 @@ export function executorService(engine: Engine, log: Logger): grpc.UntypedServic
         call.emit("error", { code, details, metadata: new grpc.Metadata() });
       };
       const reject = (key: LeaseKey | undefined, r: Rejection): void => {
-        log.warn({ sessionId: session?.id, executorId: session?.executorId, code: r.code, taskRunId: key?.taskRunId }, `report rejected: ${r.message}`);
-        send(create(SessionResponseSchema, { message: { case: "rejected", value: { ...(key === undefined ? {} : { key }), code: r.code, message: r.message } } }));
+        log.warn(
+          {
+            sessionId: session?.id,
+            executorId: session?.executorId,
+            code: r.code,
+            taskRunId: key?.taskRunId,
+          },
+          `report rejected: ${r.message}`,
+        );
+        send(
+          create(SessionResponseSchema, {
+            message: {
+              case: "rejected",
+              value: { ...(key === undefined ? {} : { key }), code: r.code, message: r.message },
+            },
+          }),
+        );
       };
       const finish = (): void => {
         if (session !== undefined) engine.detachSession(session);
@@ -56,7 +76,12 @@ export function executorService(engine: Engine, log: Logger): grpc.UntypedServic
           }
           const bad = a.taskTypes.find((t) => !TYPE_NAME.test(t));
           if (a.taskTypes.length === 0 || bad !== undefined) {
-            fail(grpc.status.INVALID_ARGUMENT, bad === undefined ? "attach.task_types: at least one task type" : `attach.task_types: invalid type ${JSON.stringify(bad)}`);
+            fail(
+              grpc.status.INVALID_ARGUMENT,
+              bad === undefined
+                ? "attach.task_types: at least one task type"
+                : `attach.task_types: invalid type ${JSON.stringify(bad)}`,
+            );
             return;
           }
           if (engine.state !== "RUNNING") {
@@ -110,7 +135,13 @@ export function executorService(engine: Engine, log: Logger): grpc.UntypedServic
             break;
           case "completed":
             key = m.value.key;
-            r = engine.onCompleted(session, key, valueToJson(m.value.output), m.value.outputRef ?? null, m.value.logs ?? null);
+            r = engine.onCompleted(
+              session,
+              key,
+              valueToJson(m.value.output),
+              m.value.outputRef ?? null,
+              m.value.logs ?? null,
+            );
             break;
           case "failed": {
             key = m.value.key;

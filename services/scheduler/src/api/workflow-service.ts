@@ -35,7 +35,8 @@ function checkLabels(labels: Record<string, string>): void {
   const entries = Object.entries(labels);
   if (entries.length > 32) throw ApiError.invalid("labels", "at most 32 labels");
   for (const [k, v] of entries) {
-    if (!LABEL_KEY.test(k)) throw ApiError.invalid(`labels[${k}]`, "keys are 1-63 letters, digits, '.', '_', '/' or '-'");
+    if (!LABEL_KEY.test(k))
+      throw ApiError.invalid(`labels[${k}]`, "keys are 1-63 letters, digits, '.', '_', '/' or '-'");
     if (v.length > 255) throw ApiError.invalid(`labels[${k}]`, "values are at most 255 characters");
   }
 }
@@ -68,13 +69,18 @@ export function workflowService(engine: Engine, runs: RunStore): grpc.UntypedSer
 
     listWorkflows: unary(async (req: ListWorkflowsRequest) => {
       const page = await engine.definitions.list(req.name, req.pageSize, req.pageToken, req.latestOnly);
-      return create(ListWorkflowsResponseSchema, { workflows: page.rows.map(definition), nextPageToken: page.nextPageToken });
+      return create(ListWorkflowsResponseSchema, {
+        workflows: page.rows.map(definition),
+        nextPageToken: page.nextPageToken,
+      });
     }),
 
     startRun: unary(async (req: StartRunRequest) => {
       if (req.workflowName === "") throw ApiError.invalid("workflow_name", "a workflow name is required");
-      if (req.workflowVersion < 0) throw ApiError.invalid("workflow_version", "must be 0 (latest) or a positive version");
-      if (req.idempotencyKey.length > 200) throw ApiError.invalid("idempotency_key", "at most 200 characters");
+      if (req.workflowVersion < 0)
+        throw ApiError.invalid("workflow_version", "must be 0 (latest) or a positive version");
+      if (req.idempotencyKey.length > 200)
+        throw ApiError.invalid("idempotency_key", "at most 200 characters");
       checkLabels(req.labels);
       const { runId, created } = await engine.startRun({
         workflowName: req.workflowName,
@@ -92,7 +98,8 @@ export function workflowService(engine: Engine, runs: RunStore): grpc.UntypedSer
 
     listRuns: unary(async (req: ListRunsRequest) => {
       for (const [i, s] of req.statuses.entries()) {
-        if (s === RunStatus.UNSPECIFIED || RunStatus[s] === undefined) throw ApiError.invalid(`statuses[${i}]`, `unknown run status ${s}`);
+        if (s === RunStatus.UNSPECIFIED || RunStatus[s] === undefined)
+          throw ApiError.invalid(`statuses[${i}]`, `unknown run status ${s}`);
       }
       const page = await runs.list({
         workflowName: req.workflowName,
@@ -103,7 +110,10 @@ export function workflowService(engine: Engine, runs: RunStore): grpc.UntypedSer
         pageSize: req.pageSize,
         pageToken: req.pageToken,
       });
-      return create(ListRunsResponseSchema, { runs: page.runs.map(runSummary), nextPageToken: page.nextPageToken });
+      return create(ListRunsResponseSchema, {
+        runs: page.runs.map(runSummary),
+        nextPageToken: page.nextPageToken,
+      });
     }),
 
     cancelRun: unary(async (req: CancelRunRequest) => {
@@ -114,43 +124,52 @@ export function workflowService(engine: Engine, runs: RunStore): grpc.UntypedSer
       return create(CancelRunResponseSchema, { run: runDetail(await runs.get(req.runId)) });
     }),
 
-    watchRun: serverStream(async (req: WatchRunRequest, send: (m: WatchRunResponse) => Promise<void>, signal: AbortSignal) => {
-      checkRunId(req.runId);
-      let wake: (() => void) | undefined;
-      let dirty = true;
-      // Subscribe before the first read so no commit falls between them.
-      const unsubscribe = engine.watch(req.runId, () => {
-        dirty = true;
-        wake?.();
-      });
-      const onAbort = (): void => wake?.();
-      signal.addEventListener("abort", onAbort);
-      try {
-        let previous = new Map<string, string>();
-        let first = true;
-        while (!signal.aborted) {
-          if (!dirty) {
-            await new Promise<void>((resolve) => (wake = resolve));
-            wake = undefined;
-            continue;
+    watchRun: serverStream(
+      async (req: WatchRunRequest, send: (m: WatchRunResponse) => Promise<void>, signal: AbortSignal) => {
+        checkRunId(req.runId);
+        let wake: (() => void) | undefined;
+        let dirty = true;
+        // Subscribe before the first read so no commit falls between them.
+        const unsubscribe = engine.watch(req.runId, () => {
+          dirty = true;
+          wake?.();
+        });
+        const onAbort = (): void => wake?.();
+        signal.addEventListener("abort", onAbort);
+        try {
+          let previous = new Map<string, string>();
+          let first = true;
+          while (!signal.aborted) {
+            if (!dirty) {
+              await new Promise<void>((resolve) => (wake = resolve));
+              wake = undefined;
+              continue;
+            }
+            dirty = false;
+            const detail = await runs.get(req.runId);
+            const run = runDetail(detail);
+            const current = new Map(detail.tasks.map((t) => [t.id, `${t.status}:${t.attempt}`]));
+            const changed = first
+              ? []
+              : [...current].filter(([id, s]) => previous.get(id) !== s).map(([id]) => id);
+            if (
+              first ||
+              changed.length > 0 ||
+              TERMINAL_RUN_STATUSES.has(detail.run.status as RunStatusName)
+            ) {
+              await send(
+                create(WatchRunResponseSchema, { run, changedTaskIds: changed, time: timestampNow() }),
+              );
+            }
+            first = false;
+            previous = current;
+            if (TERMINAL_RUN_STATUSES.has(detail.run.status as RunStatusName)) return;
           }
-          dirty = false;
-          const detail = await runs.get(req.runId);
-          const run = runDetail(detail);
-          const current = new Map(detail.tasks.map((t) => [t.id, `${t.status}:${t.attempt}`]));
-          const changed = first ? [] : [...current].filter(([id, s]) => previous.get(id) !== s).map(([id]) => id);
-          if (first || changed.length > 0 || TERMINAL_RUN_STATUSES.has(detail.run.status as RunStatusName)) {
-            await send(create(WatchRunResponseSchema, { run, changedTaskIds: changed, time: timestampNow() }));
-          }
-          first = false;
-          previous = current;
-          if (TERMINAL_RUN_STATUSES.has(detail.run.status as RunStatusName)) return;
+        } finally {
+          unsubscribe();
+          signal.removeEventListener("abort", onAbort);
         }
-      } finally {
-        unsubscribe();
-        signal.removeEventListener("abort", onAbort);
-      }
-    }),
+      },
+    ),
   };
 }
-

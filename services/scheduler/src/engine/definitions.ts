@@ -69,9 +69,18 @@ export class DefinitionStore {
     const inserted = await this.db.pool.query<{ id: number }>(
       `INSERT INTO workflow_definitions (name, version, spec, content_hash, description)
        VALUES ($1, $2, $3, $4, $5) ON CONFLICT (name, version) DO NOTHING RETURNING id`,
-      [workflow.name, workflow.version, workflow.canonicalJson, workflow.contentHash, workflow.spec.description ?? ""],
+      [
+        workflow.name,
+        workflow.version,
+        workflow.canonicalJson,
+        workflow.contentHash,
+        workflow.spec.description ?? "",
+      ],
     );
-    const existing = await em.findOneOrFail(WorkflowDefinitionEntity, { name: workflow.name, version: workflow.version });
+    const existing = await em.findOneOrFail(WorkflowDefinitionEntity, {
+      name: workflow.name,
+      version: workflow.version,
+    });
     const row = toRow(existing);
     if (inserted.rowCount === 1) {
       this.byId.set(row.id, workflow);
@@ -97,14 +106,19 @@ export class DefinitionStore {
   /** One definition row; NOT_FOUND when missing. */
   async get(name: string, version: number): Promise<DefinitionRow> {
     if (name === "") throw ApiError.invalid("name", "a workflow name is required");
-    if (!Number.isInteger(version) || version < 0) throw ApiError.invalid("version", "must be 0 (latest) or a positive version");
+    if (!Number.isInteger(version) || version < 0)
+      throw ApiError.invalid("version", "must be 0 (latest) or a positive version");
     const em = this.db.orm.em.fork();
     const found =
       version === 0
         ? await em.findOne(WorkflowDefinitionEntity, { name }, { orderBy: { version: "desc" } })
         : await em.findOne(WorkflowDefinitionEntity, { name, version });
     if (found === null) {
-      throw ApiError.notFound(version === 0 ? `workflow ${name} is not registered` : `workflow ${name} version ${version} is not registered`);
+      throw ApiError.notFound(
+        version === 0
+          ? `workflow ${name} is not registered`
+          : `workflow ${name} version ${version} is not registered`,
+      );
     }
     return toRow(found);
   }
@@ -124,13 +138,23 @@ export class DefinitionStore {
   }
 
   /** Lists definitions, newest first. */
-  async list(name: string, pageSize: number, pageToken: string, latestOnly: boolean): Promise<DefinitionPage> {
+  async list(
+    name: string,
+    pageSize: number,
+    pageToken: string,
+    latestOnly: boolean,
+  ): Promise<DefinitionPage> {
     const size = pageSize === 0 ? 100 : pageSize;
-    if (!Number.isInteger(size) || size < 1 || size > 1000) throw ApiError.invalid("page_size", "must be between 1 and 1000");
+    if (!Number.isInteger(size) || size < 1 || size > 1000)
+      throw ApiError.invalid("page_size", "must be between 1 and 1000");
     const after =
       pageToken === ""
         ? undefined
-        : decodeToken(pageToken, (v): v is { id: number } => typeof v === "object" && v !== null && typeof (v as { id?: unknown }).id === "number");
+        : decodeToken(
+            pageToken,
+            (v): v is { id: number } =>
+              typeof v === "object" && v !== null && typeof (v as { id?: unknown }).id === "number",
+          );
     const params: unknown[] = [];
     const where: string[] = [];
     if (name !== "") {
@@ -141,9 +165,19 @@ export class DefinitionStore {
       params.push(after.id);
       where.push(`id < $${params.length}`);
     }
-    if (latestOnly) where.push(`version = (SELECT max(version) FROM workflow_definitions d2 WHERE d2.name = workflow_definitions.name)`);
+    if (latestOnly)
+      where.push(
+        `version = (SELECT max(version) FROM workflow_definitions d2 WHERE d2.name = workflow_definitions.name)`,
+      );
     params.push(size + 1);
-    const rows = await this.db.pool.query<{ id: number; name: string; version: number; spec: Record<string, unknown>; content_hash: string; created_at: Date }>(
+    const rows = await this.db.pool.query<{
+      id: number;
+      name: string;
+      version: number;
+      spec: Record<string, unknown>;
+      content_hash: string;
+      created_at: Date;
+    }>(
       `SELECT id, name, version, spec, content_hash, created_at FROM workflow_definitions
        ${where.length > 0 ? `WHERE ${where.join(" AND ")}` : ""} ORDER BY id DESC LIMIT $${params.length}`,
       params,
@@ -157,12 +191,29 @@ export class DefinitionStore {
       createdAt: r.created_at,
     }));
     const last = page[page.length - 1];
-    return { rows: page, nextPageToken: rows.rows.length > size && last !== undefined ? encodeToken({ id: last.id }) : "" };
+    return {
+      rows: page,
+      nextPageToken: rows.rows.length > size && last !== undefined ? encodeToken({ id: last.id }) : "",
+    };
   }
 }
 
-function toRow(e: { id: number; name: string; version: number; spec: Record<string, unknown>; contentHash: string; createdAt: Date }): DefinitionRow {
-  return { id: e.id, name: e.name, version: e.version, spec: e.spec, contentHash: e.contentHash, createdAt: e.createdAt };
+function toRow(e: {
+  id: number;
+  name: string;
+  version: number;
+  spec: Record<string, unknown>;
+  contentHash: string;
+  createdAt: Date;
+}): DefinitionRow {
+  return {
+    id: e.id,
+    name: e.name,
+    version: e.version,
+    spec: e.spec,
+    contentHash: e.contentHash,
+    createdAt: e.createdAt,
+  };
 }
 
 export { encodeToken };

@@ -113,7 +113,10 @@ export class Dispatcher {
         for (const type of session.types) {
           const q = this.queues.get(type);
           const head = q?.peek();
-          if (head !== undefined && (bestTask === undefined || (head.queuedAt?.getTime() ?? 0) < (bestTask.queuedAt?.getTime() ?? 0))) {
+          if (
+            head !== undefined &&
+            (bestTask === undefined || (head.queuedAt?.getTime() ?? 0) < (bestTask.queuedAt?.getTime() ?? 0))
+          ) {
             best = q;
             bestTask = head;
           }

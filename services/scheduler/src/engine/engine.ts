@@ -141,7 +141,10 @@ export class Engine {
     if (this.stateValue !== "CREATED") throw new Error(`engine cannot start from ${this.stateValue}`);
     this.stateValue = "RECOVERING";
     await this.recover();
-    this.livenessTimer = setInterval(() => this.checkLiveness(), Math.max(100, Math.floor(this.heartbeatIntervalMs / 2)));
+    this.livenessTimer = setInterval(
+      () => this.checkLiveness(),
+      Math.max(100, Math.floor(this.heartbeatIntervalMs / 2)),
+    );
     this.stateValue = "RUNNING";
     this.schedulePump();
   }
@@ -161,10 +164,13 @@ export class Engine {
   }
 
   private setTimer(ms: number, fn: () => void): NodeJS.Timeout {
-    const t = setTimeout(() => {
-      this.timers.delete(t);
-      if (this.stateValue === "RUNNING" || this.stateValue === "RECOVERING") fn();
-    }, Math.max(0, ms));
+    const t = setTimeout(
+      () => {
+        this.timers.delete(t);
+        if (this.stateValue === "RUNNING" || this.stateValue === "RECOVERING") fn();
+      },
+      Math.max(0, ms),
+    );
     this.timers.add(t);
     return t;
   }
@@ -177,7 +183,12 @@ export class Engine {
         this.writer.flush(),
         new Promise<never>((_, reject) => {
           timer = setTimeout(
-            () => reject(new UnavailableError("the database is unavailable; the change will be committed when it returns")),
+            () =>
+              reject(
+                new UnavailableError(
+                  "the database is unavailable; the change will be committed when it returns",
+                ),
+              ),
             this.commitTimeoutMs,
           );
         }),
@@ -201,7 +212,9 @@ export class Engine {
       event_seq: number;
       deadline: Date | null;
       created_at: Date;
-    }>(`SELECT * FROM workflow_runs WHERE status IN ('PENDING', 'RUNNING', 'COMPENSATING') ORDER BY created_at`);
+    }>(
+      `SELECT * FROM workflow_runs WHERE status IN ('PENDING', 'RUNNING', 'COMPENSATING') ORDER BY created_at`,
+    );
     if (runRows.rowCount === 0) return;
     const ids = runRows.rows.map((r) => r.id);
     const taskRows = await pool.query<{
@@ -359,9 +372,10 @@ export class Engine {
       for (const run of this.runs.values()) {
         if (run.idempotencyKey === req.idempotencyKey) return { runId: run.id, created: false };
       }
-      const existing = await this.db.pool.query<{ id: string }>("SELECT id FROM workflow_runs WHERE idempotency_key = $1", [
-        req.idempotencyKey,
-      ]);
+      const existing = await this.db.pool.query<{ id: string }>(
+        "SELECT id FROM workflow_runs WHERE idempotency_key = $1",
+        [req.idempotencyKey],
+      );
       const row = existing.rows[0];
       if (row !== undefined) return { runId: row.id, created: false };
     }
@@ -407,16 +421,18 @@ export class Engine {
     });
     this.advance(run);
     if (run.deadline !== null) this.setTimer(run.deadline.getTime() - Date.now(), () => this.timeOutRun(run));
-    try {
-      await this.committed();
-    } catch (e) {
-      // A unique violation means another scheduler call already took this key: return that run.
-      throw e;
-    }
+    await this.committed();
     return { runId: run.id, created: true };
   }
 
-  private newTask(run: RunState, stepId: string, kind: TaskState["kind"], type: string, position: number, now: Date): TaskState {
+  private newTask(
+    run: RunState,
+    stepId: string,
+    kind: TaskState["kind"],
+    type: string,
+    position: number,
+    now: Date,
+  ): TaskState {
     const task: TaskState = {
       id: randomUUID(),
       runId: run.id,
@@ -463,7 +479,10 @@ export class Engine {
         const session = task.sessionId === null ? undefined : this.dispatcher.sessions.get(task.sessionId);
         session?.send(
           create(SessionResponseSchema, {
-            message: { case: "cancel", value: { key: this.leaseKey(task), reason: `run cancelled: ${reason}` } },
+            message: {
+              case: "cancel",
+              value: { key: this.leaseKey(task), reason: `run cancelled: ${reason}` },
+            },
           }),
         );
         this.finishAttempt(task, "CANCELLED", { type: "CANCELLED", message: reason, retryable: false }, now);
@@ -478,16 +497,23 @@ export class Engine {
   private timeOutRun(run: RunState): void {
     if (TERMINAL_RUN_STATUSES.has(run.status)) return;
     const now = new Date();
-    const error: ErrorInfo = { type: "RUN_TIMEOUT", message: "the run exceeded its timeout", retryable: false };
+    const error: ErrorInfo = {
+      type: "RUN_TIMEOUT",
+      message: "the run exceeded its timeout",
+      retryable: false,
+    };
     for (const task of run.tasks.values()) {
       if (ACTIVE_LEASE.has(task.status)) {
         const session = task.sessionId === null ? undefined : this.dispatcher.sessions.get(task.sessionId);
         session?.send(
-          create(SessionResponseSchema, { message: { case: "cancel", value: { key: this.leaseKey(task), reason: "run timed out" } } }),
+          create(SessionResponseSchema, {
+            message: { case: "cancel", value: { key: this.leaseKey(task), reason: "run timed out" } },
+          }),
         );
         this.finishAttempt(task, "CANCELLED", error, now);
       }
-      if (!["SUCCEEDED", "FAILED", "SKIPPED", "CANCELLED"].includes(task.status)) this.endTask(task, "CANCELLED", now);
+      if (!["SUCCEEDED", "FAILED", "SKIPPED", "CANCELLED"].includes(task.status))
+        this.endTask(task, "CANCELLED", now);
     }
     this.completeRun(run, "TIMED_OUT", null, error, now);
     void this.writer.flush().catch(() => undefined);
@@ -519,7 +545,10 @@ export class Engine {
         if (task === undefined || task.status !== "PENDING") continue;
         task.skipReason = s.reason;
         this.endTask(task, "SKIPPED", now);
-        this.emit(run, { case: "taskSkipped", value: { taskRunId: task.id, stepId: task.stepId, reason: s.reason } });
+        this.emit(run, {
+          case: "taskSkipped",
+          value: { taskRunId: task.id, stepId: task.stepId, reason: s.reason },
+        });
       }
       for (const f of ev.fail) {
         const task = run.tasks.get(f.stepId);
@@ -528,17 +557,29 @@ export class Engine {
         this.endTask(task, "FAILED", now);
         this.emit(run, {
           case: "taskFailed",
-          value: { taskRunId: task.id, stepId: task.stepId, attempt: 0, final: true, kind: TaskKind.STEP, error: errorToProto(task.error) },
+          value: {
+            taskRunId: task.id,
+            stepId: task.stepId,
+            attempt: 0,
+            final: true,
+            kind: TaskKind.STEP,
+            error: errorToProto(task.error),
+          },
         });
       }
       if (ev.outcome !== undefined) {
-        if (ev.outcome.status === "succeeded") this.completeRun(run, "SUCCEEDED", ev.outcome.output, null, now);
+        if (ev.outcome.status === "succeeded")
+          this.completeRun(run, "SUCCEEDED", ev.outcome.output, null, now);
         else {
           const failed = ev.outcome.failedSteps;
           const first = failed[0] === undefined ? undefined : run.tasks.get(failed[0]);
           const error: ErrorInfo =
             ev.outcome.error !== undefined
-              ? { type: ev.outcome.error.type, message: `output mapping: ${ev.outcome.error.message}`, retryable: false }
+              ? {
+                  type: ev.outcome.error.type,
+                  message: `output mapping: ${ev.outcome.error.message}`,
+                  retryable: false,
+                }
               : {
                   type: first?.error?.type ?? "STEP_FAILED",
                   message: `step${failed.length === 1 ? "" : "s"} ${failed.join(", ")} failed${first?.error ? `: ${first.error.message}` : ""}`,
@@ -554,7 +595,13 @@ export class Engine {
     if (this.stateValue === "RUNNING") this.schedulePump();
   }
 
-  private completeRun(run: RunState, status: RunState["status"], output: unknown, error: ErrorInfo | null, now: Date): void {
+  private completeRun(
+    run: RunState,
+    status: RunState["status"],
+    output: unknown,
+    error: ErrorInfo | null,
+    now: Date,
+  ): void {
     run.status = status;
     run.output = output ?? null;
     run.error = error;
@@ -563,9 +610,14 @@ export class Engine {
     this.emit(run, {
       case: "runCompleted",
       value: {
-        status: { SUCCEEDED: 3, FAILED: 4, CANCELLED: 5, TIMED_OUT: 6, COMPENSATED: 8, COMPENSATION_FAILED: 9 }[
-          status as "SUCCEEDED"
-        ],
+        status: {
+          SUCCEEDED: 3,
+          FAILED: 4,
+          CANCELLED: 5,
+          TIMED_OUT: 6,
+          COMPENSATED: 8,
+          COMPENSATION_FAILED: 9,
+        }[status as "SUCCEEDED"],
         ...(output === null || output === undefined ? {} : { output: jsonToValue(output) }),
         ...(error === null ? {} : { error: errorToProto(error) }),
       },
@@ -595,7 +647,8 @@ export class Engine {
   }
 
   private assertRunning(): void {
-    if (this.stateValue !== "RUNNING") throw new ApiError(Code.UNAVAILABLE, `the scheduler is ${this.stateValue.toLowerCase()}`);
+    if (this.stateValue !== "RUNNING")
+      throw new ApiError(Code.UNAVAILABLE, `the scheduler is ${this.stateValue.toLowerCase()}`);
     if (!this.writer.isHealthy) throw new UnavailableError("the database is unavailable; retry shortly");
   }
 
@@ -662,7 +715,8 @@ export class Engine {
     this.writer.flush().then(
       () => {
         for (const { session, task, token } of granted) {
-          if (task.sessionId !== session.id || task.fencingToken !== token || !ACTIVE_LEASE.has(task.status)) continue;
+          if (task.sessionId !== session.id || task.fencingToken !== token || !ACTIVE_LEASE.has(task.status))
+            continue;
           const run = this.runs.get(task.runId);
           const step = run?.workflow.stepsById.get(task.stepId);
           session.send(
@@ -678,7 +732,9 @@ export class Engine {
                   input: jsonToValue(task.input),
                   workflowName: run?.workflow.name ?? "",
                   heartbeatTimeoutMs: step?.timeouts.heartbeatMs ?? 0,
-                  ...(task.leaseExpiresAt === null ? {} : { deadline: timestampFromDate(task.leaseExpiresAt) }),
+                  ...(task.leaseExpiresAt === null
+                    ? {}
+                    : { deadline: timestampFromDate(task.leaseExpiresAt) }),
                 },
               },
             }),
@@ -688,7 +744,15 @@ export class Engine {
             this.setTimer(expires - Date.now(), () => {
               if (task.fencingToken === token && ACTIVE_LEASE.has(task.status)) {
                 this.sendCancel(task, "start-to-close timeout");
-                this.failAttempt(task, { type: "TIMEOUT", message: "the attempt exceeded its start-to-close timeout", retryable: true }, 0);
+                this.failAttempt(
+                  task,
+                  {
+                    type: "TIMEOUT",
+                    message: "the attempt exceeded its start-to-close timeout",
+                    retryable: true,
+                  },
+                  0,
+                );
               }
             });
           }
@@ -706,7 +770,11 @@ export class Engine {
 
   private sendCancel(task: TaskState, reason: string): void {
     const session = task.sessionId === null ? undefined : this.dispatcher.sessions.get(task.sessionId);
-    session?.send(create(SessionResponseSchema, { message: { case: "cancel", value: { key: this.leaseKey(task), reason } } }));
+    session?.send(
+      create(SessionResponseSchema, {
+        message: { case: "cancel", value: { key: this.leaseKey(task), reason } },
+      }),
+    );
   }
 
   /** Removes the task's lease from its session (the session gets no credit back: the executor grants it). */
@@ -721,7 +789,13 @@ export class Engine {
     }
   }
 
-  private finishAttempt(task: TaskState, status: TaskStatusName, error: ErrorInfo | null, now: Date, logs?: unknown): void {
+  private finishAttempt(
+    task: TaskState,
+    status: TaskStatusName,
+    error: ErrorInfo | null,
+    now: Date,
+    logs?: unknown,
+  ): void {
     const a = task.current;
     if (a === null) return;
     a.status = status;
@@ -735,7 +809,10 @@ export class Engine {
   /** Validates a report's lease key against the lease held by `session`. */
   private check(session: SessionHandle, key: LeaseKey | undefined): TaskState | Rejection {
     if (key === undefined || key.taskRunId === "") {
-      return { code: "INVALID_ARGUMENT", message: "the report carries no lease key (task_run_id, attempt, fencing_token)" };
+      return {
+        code: "INVALID_ARGUMENT",
+        message: "the report carries no lease key (task_run_id, attempt, fencing_token)",
+      };
     }
     const task = this.tasks.get(key.taskRunId);
     if (task === undefined) return { code: "NOT_FOUND", message: `no active task run ${key.taskRunId}` };
@@ -746,10 +823,16 @@ export class Engine {
       };
     }
     if (!ACTIVE_LEASE.has(task.status)) {
-      return { code: "FAILED_PRECONDITION", message: `task run ${key.taskRunId} is ${task.status}; its result was already decided` };
+      return {
+        code: "FAILED_PRECONDITION",
+        message: `task run ${key.taskRunId} is ${task.status}; its result was already decided`,
+      };
     }
     if (task.sessionId !== session.id) {
-      return { code: "FAILED_PRECONDITION", message: `task run ${key.taskRunId} is not leased to this session` };
+      return {
+        code: "FAILED_PRECONDITION",
+        message: `task run ${key.taskRunId} is not leased to this session`,
+      };
     }
     return task;
   }
@@ -758,7 +841,8 @@ export class Engine {
   onStarted(session: SessionHandle, key: LeaseKey | undefined): Rejection | null {
     const task = this.check(session, key);
     if ("code" in task) return task;
-    if (task.status !== "LEASED") return { code: "FAILED_PRECONDITION", message: `task run ${task.id} was already started` };
+    if (task.status !== "LEASED")
+      return { code: "FAILED_PRECONDITION", message: `task run ${task.id} was already started` };
     const run = this.runs.get(task.runId);
     task.status = "RUNNING";
     if (task.current !== null) {
@@ -790,7 +874,13 @@ export class Engine {
   }
 
   /** Completed report: accepted at most once per task. */
-  onCompleted(session: SessionHandle, key: LeaseKey | undefined, output: unknown, outputRef: unknown, logs: unknown): Rejection | null {
+  onCompleted(
+    session: SessionHandle,
+    key: LeaseKey | undefined,
+    output: unknown,
+    outputRef: unknown,
+    logs: unknown,
+  ): Rejection | null {
     const task = this.check(session, key);
     if ("code" in task) return task;
     const run = this.runs.get(task.runId);
@@ -817,7 +907,13 @@ export class Engine {
   }
 
   /** Failed report: retried per policy or failed for good. */
-  onFailed(session: SessionHandle, key: LeaseKey | undefined, error: ErrorInfo, retryAfterMs: number, logs: unknown): Rejection | null {
+  onFailed(
+    session: SessionHandle,
+    key: LeaseKey | undefined,
+    error: ErrorInfo,
+    retryAfterMs: number,
+    logs: unknown,
+  ): Rejection | null {
     const task = this.check(session, key);
     if ("code" in task) return task;
     this.failAttempt(task, error, retryAfterMs, logs);
@@ -829,7 +925,12 @@ export class Engine {
     const task = this.check(session, key);
     if ("code" in task) return task;
     const now = new Date();
-    this.finishAttempt(task, "CANCELLED", { type: "RELEASED", message: reason || "released by the executor", retryable: true }, now);
+    this.finishAttempt(
+      task,
+      "CANCELLED",
+      { type: "RELEASED", message: reason || "released by the executor", retryable: true },
+      now,
+    );
     this.detach(task);
     task.status = "QUEUED";
     task.queuedAt = now;
@@ -846,9 +947,19 @@ export class Engine {
     this.detach(task);
     task.failures++;
     const step = run?.workflow.stepsById.get(task.stepId);
-    const policy = step === undefined ? undefined : task.kind === "STEP" ? step.retry : (step.compensate?.retry ?? step.retry);
+    const policy =
+      step === undefined
+        ? undefined
+        : task.kind === "STEP"
+          ? step.retry
+          : (step.compensate?.retry ?? step.retry);
     let delay: number | null = null;
-    if (policy !== undefined && error.retryable && isRetryableError(policy, error.type) && run?.cancelRequested !== true) {
+    if (
+      policy !== undefined &&
+      error.retryable &&
+      isRetryableError(policy, error.type) &&
+      run?.cancelRequested !== true
+    ) {
       delay = retryDelayMs(policy, task.failures);
       if (delay !== null && retryAfterMs > 0) delay = Math.min(retryAfterMs, policy.maxIntervalMs);
     }
@@ -856,7 +967,14 @@ export class Engine {
     if (run !== undefined) {
       this.emit(run, {
         case: "taskFailed",
-        value: { taskRunId: task.id, stepId: task.stepId, attempt: task.attempt, error: errorToProto(error), final: delay === null, kind },
+        value: {
+          taskRunId: task.id,
+          stepId: task.stepId,
+          attempt: task.attempt,
+          error: errorToProto(error),
+          final: delay === null,
+          kind,
+        },
       });
     }
     if (delay !== null && run !== undefined) {
@@ -905,8 +1023,15 @@ export class Engine {
     const timer = setTimeout(() => {
       this.orphans.delete(task.id);
       if (task.fencingToken !== token || !ACTIVE_LEASE.has(task.status) || task.sessionId !== null) return;
-      this.log.warn({ taskRunId: task.id, stepId: task.stepId, executorId: task.executorId }, "lease expired: executor lost");
-      this.failAttempt(task, { type: "LEASE_EXPIRED", message: `executor ${task.executorId ?? "?"} was lost`, retryable: true }, 0);
+      this.log.warn(
+        { taskRunId: task.id, stepId: task.stepId, executorId: task.executorId },
+        "lease expired: executor lost",
+      );
+      this.failAttempt(
+        task,
+        { type: "LEASE_EXPIRED", message: `executor ${task.executorId ?? "?"} was lost`, retryable: true },
+        0,
+      );
     }, this.sessionTimeoutMs);
     this.orphans.set(task.id, timer);
   }
@@ -918,7 +1043,12 @@ export class Engine {
     const revoked: LeaseKey[] = [];
     for (const key of held) {
       const task = this.tasks.get(key.taskRunId);
-      if (task === undefined || !keyMatches(task, key) || !ACTIVE_LEASE.has(task.status) || task.executorId !== session.executorId) {
+      if (
+        task === undefined ||
+        !keyMatches(task, key) ||
+        !ACTIVE_LEASE.has(task.status) ||
+        task.executorId !== session.executorId
+      ) {
         revoked.push(key);
         continue;
       }
@@ -932,7 +1062,15 @@ export class Engine {
       session.leases.add(task.id);
     }
     this.dispatcher.sessions.set(session.id, session);
-    this.log.info({ sessionId: session.id, executorId: session.executorId, types: [...session.types], reclaimed: held.length - revoked.length }, "executor attached");
+    this.log.info(
+      {
+        sessionId: session.id,
+        executorId: session.executorId,
+        types: [...session.types],
+        reclaimed: held.length - revoked.length,
+      },
+      "executor attached",
+    );
     return revoked;
   }
 
@@ -941,7 +1079,8 @@ export class Engine {
     if (!Number.isInteger(n) || n <= 0 || n > 100_000) {
       return { code: "INVALID_ARGUMENT", message: `credit must be between 1 and 100000, got ${n}` };
     }
-    if (session.credit + n > 1_000_000) return { code: "RESOURCE_EXHAUSTED", message: "credit above 1000000" };
+    if (session.credit + n > 1_000_000)
+      return { code: "RESOURCE_EXHAUSTED", message: "credit above 1000000" };
     session.credit += n;
     this.schedulePump();
     return null;
@@ -959,7 +1098,8 @@ export class Engine {
     this.dispatcher.sessions.delete(session.id);
     for (const id of session.leases) {
       const task = this.tasks.get(id);
-      if (task !== undefined && task.sessionId === session.id && ACTIVE_LEASE.has(task.status)) this.orphan(task);
+      if (task !== undefined && task.sessionId === session.id && ACTIVE_LEASE.has(task.status))
+        this.orphan(task);
     }
     session.leases.clear();
     this.log.info({ sessionId: session.id, executorId: session.executorId }, "executor session ended");
@@ -970,11 +1110,16 @@ export class Engine {
     this.pingNonce++;
     for (const s of this.dispatcher.sessions.values()) {
       if (now - s.lastSeen > this.sessionTimeoutMs) {
-        this.log.warn({ sessionId: s.id, executorId: s.executorId }, "executor session silent too long; closing it");
+        this.log.warn(
+          { sessionId: s.id, executorId: s.executorId },
+          "executor session silent too long; closing it",
+        );
         s.close("no heartbeat within the session timeout");
         this.detachSession(s);
       } else {
-        s.send(create(SessionResponseSchema, { message: { case: "ping", value: { nonce: this.pingNonce } } }));
+        s.send(
+          create(SessionResponseSchema, { message: { case: "ping", value: { nonce: this.pingNonce } } }),
+        );
       }
     }
   }
@@ -1008,7 +1153,11 @@ export class Engine {
 
   /** Counts, for logs and metrics. */
   stats(): { activeRuns: number; sessions: number; queued: Record<string, number> } {
-    return { activeRuns: this.runs.size, sessions: this.dispatcher.sessions.size, queued: this.dispatcher.depth() };
+    return {
+      activeRuns: this.runs.size,
+      sessions: this.dispatcher.sessions.size,
+      queued: this.dispatcher.depth(),
+    };
   }
 }
 

@@ -210,7 +210,10 @@ export class BatchWriter {
   }
 
   private hasWork(): boolean {
-    return this.runs.size + this.tasks.size + this.attempts.size + this.events.length > 0 || this.waiters.length > 0;
+    return (
+      this.runs.size + this.tasks.size + this.attempts.size + this.events.length > 0 ||
+      this.waiters.length > 0
+    );
   }
 
   private async commitLoop(): Promise<void> {
@@ -237,7 +240,8 @@ export class BatchWriter {
         this.events = [...events, ...this.events];
         this.waiters = [...waiters, ...this.waiters];
         this.stats.failedCommits++;
-        if (this.healthy) this.options.log.error({ err: e }, "database commit failed; retrying until it is back");
+        if (this.healthy)
+          this.options.log.error({ err: e }, "database commit failed; retrying until it is back");
         this.healthy = false;
         if (this.closed) break;
         await new Promise<void>((resolve) => {
@@ -281,7 +285,8 @@ export class BatchWriter {
       // Parents before children: runs, tasks, attempts, then the events describing them.
       if (runs.size > 0) await client.query(RUN_SQL, [JSON.stringify([...runs.values()].map(runRow))]);
       if (tasks.size > 0) await client.query(TASK_SQL, [JSON.stringify([...tasks.values()].map(taskRow))]);
-      if (attempts.size > 0) await client.query(ATTEMPT_SQL, [JSON.stringify([...attempts.values()].map(attemptRow))]);
+      if (attempts.size > 0)
+        await client.query(ATTEMPT_SQL, [JSON.stringify([...attempts.values()].map(attemptRow))]);
       if (events.length > 0) {
         const rows = events.map((e) => ({
           event_id: e.eventId,
@@ -306,7 +311,8 @@ export class BatchWriter {
   private rejectAll(): void {
     const waiters = this.waiters;
     this.waiters = [];
-    for (const w of waiters) w.reject(new WriterClosedError("the batch writer closed before the change was committed"));
+    for (const w of waiters)
+      w.reject(new WriterClosedError("the batch writer closed before the change was committed"));
   }
 
   /** Commits what is pending (best effort, bounded by `timeoutMs`), then refuses new work. */

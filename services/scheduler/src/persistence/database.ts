@@ -54,7 +54,8 @@ export async function openDatabase(options: DatabaseOptions): Promise<Database> 
   });
   try {
     const applied = await orm.getMigrator().up();
-    if (applied.length > 0) options.log.info({ migrations: applied.map((m) => m.name) }, "applied database migrations");
+    if (applied.length > 0)
+      options.log.info({ migrations: applied.map((m) => m.name) }, "applied database migrations");
   } catch (e) {
     await orm.close(true);
     throw e;

@@ -54,7 +54,13 @@ export async function startEmbeddedPostgres(options: EmbeddedPostgresOptions): P
     authMethod: "scram-sha-256",
     persistent: true,
     createPostgresUser: isRoot,
-    postgresFlags: ["-c", "listen_addresses=127.0.0.1", "-c", "max_connections=300", ...(options.settings ?? []).flatMap((s) => ["-c", s])],
+    postgresFlags: [
+      "-c",
+      "listen_addresses=127.0.0.1",
+      "-c",
+      "max_connections=300",
+      ...(options.settings ?? []).flatMap((s) => ["-c", s]),
+    ],
     onLog: (message) => options.log.debug({ postgres: message.trim() }, "postgres"),
     onError: (error) => options.log.warn({ postgres: String(error) }, "postgres"),
   });
@@ -62,7 +68,10 @@ export async function startEmbeddedPostgres(options: EmbeddedPostgresOptions): P
   try {
     await server.start();
   } catch (e) {
-    throw new Error(`embedded PostgreSQL did not start in ${dir} on port ${port} (see LOG_LEVEL=debug output)`, { cause: e });
+    throw new Error(
+      `embedded PostgreSQL did not start in ${dir} on port ${port} (see LOG_LEVEL=debug output)`,
+      { cause: e },
+    );
   }
   const client = server.getPgClient("postgres", "127.0.0.1");
   await client.connect();

@@ -37,7 +37,8 @@ const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
 /** Throws INVALID_ARGUMENT unless `id` is a UUID. */
 export function checkRunId(id: string, field = "run_id"): void {
-  if (!UUID.test(id)) throw ApiError.invalid(field, id === "" ? "a run id is required" : `not a run id: ${JSON.stringify(id)}`);
+  if (!UUID.test(id))
+    throw ApiError.invalid(field, id === "" ? "a run id is required" : `not a run id: ${JSON.stringify(id)}`);
 }
 
 /** Queries over runs. */
@@ -64,18 +65,22 @@ export class RunStore {
   /** A page of runs, newest first (keyset pagination on created_at, id). */
   async list(filter: RunFilter): Promise<{ runs: RunRow[]; nextPageToken: string }> {
     const size = filter.pageSize === 0 ? 100 : filter.pageSize;
-    if (!Number.isInteger(size) || size < 1 || size > 1000) throw ApiError.invalid("page_size", "must be between 1 and 1000");
+    if (!Number.isInteger(size) || size < 1 || size > 1000)
+      throw ApiError.invalid("page_size", "must be between 1 and 1000");
     const where: FilterQuery<RunRow>[] = [];
     if (filter.workflowName !== "") where.push({ workflowName: filter.workflowName });
     if (filter.statuses.length > 0) where.push({ status: { $in: filter.statuses } });
-    for (const [k, v] of Object.entries(filter.labels)) where.push({ labels: { [k]: v } } as FilterQuery<RunRow>);
+    for (const [k, v] of Object.entries(filter.labels)) where.push({ labels: { [k]: v } });
     if (filter.createdAfter !== undefined) where.push({ createdAt: { $gte: filter.createdAfter } });
     if (filter.createdBefore !== undefined) where.push({ createdAt: { $lt: filter.createdBefore } });
     if (filter.pageToken !== "") {
       const t = decodeToken(
         filter.pageToken,
         (v): v is { t: string; id: string } =>
-          typeof v === "object" && v !== null && typeof (v as { t?: unknown }).t === "string" && typeof (v as { id?: unknown }).id === "string",
+          typeof v === "object" &&
+          v !== null &&
+          typeof (v as { t?: unknown }).t === "string" &&
+          typeof (v as { id?: unknown }).id === "string",
       );
       const at = new Date(t.t);
       where.push({ $or: [{ createdAt: { $lt: at } }, { createdAt: at, id: { $lt: t.id } }] });
@@ -89,7 +94,10 @@ export class RunStore {
     const last = page[page.length - 1];
     return {
       runs: page,
-      nextPageToken: rows.length > size && last !== undefined ? encodeToken({ t: last.createdAt.toISOString(), id: last.id }) : "",
+      nextPageToken:
+        rows.length > size && last !== undefined
+          ? encodeToken({ t: last.createdAt.toISOString(), id: last.id })
+          : "",
     };
   }
 }

@@ -32,14 +32,25 @@ describe("embedded PostgreSQL with migrations", () => {
     );
     assert.deepEqual(
       tables.rows.map((r) => r.table_name),
-      ["nexusflow_migrations", "outbox_events", "task_attempts", "task_runs", "workflow_definitions", "workflow_runs"],
+      [
+        "nexusflow_migrations",
+        "outbox_events",
+        "task_attempts",
+        "task_runs",
+        "workflow_definitions",
+        "workflow_runs",
+      ],
     );
   });
 
   it("enforces immutability keys and keeps the ORM schema in sync with the migrations", async () => {
-    await db.pool.query(`INSERT INTO workflow_definitions (name, version, spec, content_hash) VALUES ('a', 1, '{}', 'h')`);
+    await db.pool.query(
+      `INSERT INTO workflow_definitions (name, version, spec, content_hash) VALUES ('a', 1, '{}', 'h')`,
+    );
     await assert.rejects(
-      db.pool.query(`INSERT INTO workflow_definitions (name, version, spec, content_hash) VALUES ('a', 1, '{}', 'h2')`),
+      db.pool.query(
+        `INSERT INTO workflow_definitions (name, version, spec, content_hash) VALUES ('a', 1, '{}', 'h2')`,
+      ),
       /workflow_definitions_name_version_uq/,
     );
     const diff = await db.orm.getSchemaGenerator().getUpdateSchemaSQL({ wrap: false, safe: true });

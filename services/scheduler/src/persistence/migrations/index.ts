@@ -2,4 +2,6 @@
 import { Migration20261126000000Initial } from "./Migration20261126000000Initial.js";
 
 /** The migrations MikroORM applies at start-up. */
-export const migrationsList = [{ name: "Migration20261126000000Initial", class: Migration20261126000000Initial }];
+export const migrationsList = [
+  { name: "Migration20261126000000Initial", class: Migration20261126000000Initial },
+];
