@@ -112,6 +112,7 @@ export class Engine {
   readonly sessionTimeoutMs: number;
   private readonly commitTimeoutMs: number;
   private stateValue: EngineState = "CREATED";
+  private stopping: Promise<void> | undefined;
 
   constructor(options: EngineOptions) {
     this.log = options.log;
@@ -149,9 +150,13 @@ export class Engine {
     this.schedulePump();
   }
 
-  /** Stops timers, closes sessions and commits what is pending. */
-  async stop(): Promise<void> {
-    if (this.stateValue === "STOPPED" || this.stateValue === "STOPPING") return;
+  /** Stops timers, closes sessions and commits what is pending. Safe to call more than once. */
+  stop(): Promise<void> {
+    this.stopping ??= this.doStop();
+    return this.stopping;
+  }
+
+  private async doStop(): Promise<void> {
     this.stateValue = "STOPPING";
     clearInterval(this.livenessTimer);
     for (const t of this.timers) clearTimeout(t);

