@@ -2,7 +2,7 @@
 import { create, toJson } from "@bufbuild/protobuf";
 import { timestampDate, timestampNow } from "@bufbuild/protobuf/wkt";
 import type * as grpc from "@grpc/grpc-js";
-import { ApiError, Code, serverStream, unary, valueToJson } from "@nexusflow/common";
+import { ApiError, serverStream, unary, valueToJson } from "@nexusflow/common";
 import {
   CancelRunResponseSchema,
   GetRunResponseSchema,
@@ -118,9 +118,12 @@ export function workflowService(engine: Engine, runs: RunStore): grpc.UntypedSer
 
     cancelRun: unary(async (req: CancelRunRequest) => {
       checkRunId(req.runId);
-      if (req.compensate) throw new ApiError(Code.UNIMPLEMENTED, "compensate on cancel is not available yet");
       await runs.get(req.runId);
-      await engine.cancelRun(req.runId, req.reason === "" ? "cancelled by request" : req.reason);
+      await engine.cancelRun(
+        req.runId,
+        req.reason === "" ? "cancelled by request" : req.reason,
+        req.compensate,
+      );
       return create(CancelRunResponseSchema, { run: runDetail(await runs.get(req.runId)) });
     }),
 

@@ -9,8 +9,10 @@ import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { ApiError, Code, UnavailableError, errorToProto, jsonToValue, type Logger } from "@nexusflow/common";
 import { SessionResponseSchema, TaskKind, type LeaseKey } from "@nexusflow/gen";
 import {
+  compensationOrder,
   evaluateRun,
   isRetryableError,
+  renderCompensationInput,
   retryDelayMs,
   validateRunInput,
   type CompiledWorkflow,
@@ -23,6 +25,7 @@ import { Dispatcher, type SessionHandle } from "./dispatcher.js";
 import { lifecycleEvent, type EventInit } from "./events.js";
 import {
   TERMINAL_RUN_STATUSES,
+  TERMINAL_TASK_STATUSES,
   type AttemptState,
   type ErrorInfo,
   type RunState,
@@ -214,6 +217,7 @@ export class Engine {
       labels: Record<string, string>;
       cancel_requested: boolean;
       compensate_on_cancel: boolean;
+      error: unknown;
       event_seq: number;
       deadline: Date | null;
       created_at: Date;
@@ -283,6 +287,9 @@ export class Engine {
         createdAt: r.created_at,
         endedAt: null,
         tasks: new Map(),
+        compensations: new Map(),
+        compensationWaves: null,
+        rollbackError: r.error as ErrorInfo | null,
       };
       this.runs.set(run.id, run);
     }
@@ -331,8 +338,10 @@ export class Engine {
                 startedAt: a.started_at,
                 endedAt: null,
               },
+        lastHeartbeat: performance.now(),
       };
       if (t.kind === "STEP") run.tasks.set(task.stepId, task);
+      else run.compensations.set(task.stepId, task);
       this.tasks.set(task.id, task);
       if (task.status === "QUEUED") {
         this.dispatcher.enqueue(task);
@@ -345,7 +354,10 @@ export class Engine {
         orphaned++;
       }
     }
-    for (const run of this.runs.values()) this.advance(run);
+    for (const run of this.runs.values()) {
+      if (run.status === "COMPENSATING") this.advanceCompensation(run);
+      else this.advance(run);
+    }
     await this.writer.flush();
     this.log.info({ runs: this.runs.size, queued, orphanedLeases: orphaned }, "recovered active runs");
   }
@@ -413,6 +425,9 @@ export class Engine {
       createdAt: now,
       endedAt: null,
       tasks: new Map(),
+      compensations: new Map(),
+      compensationWaves: null,
+      rollbackError: null,
     };
     for (const step of def.workflow.steps) {
       const task = this.newTask(run, step.id, "STEP", step.type, step.order, now);
@@ -462,41 +477,178 @@ export class Engine {
       createdAt: now,
       endedAt: null,
       current: null,
+      lastHeartbeat: 0,
     };
     this.tasks.set(task.id, task);
     this.writer.markTask(task);
     return task;
   }
 
-  /** Cancels a run: pending work is cancelled, leased tasks are told to stop. Idempotent. */
-  async cancelRun(runId: string, reason: string): Promise<void> {
+  /**
+   * Cancels a run: pending work is cancelled, leased tasks are told to stop. With `compensate`,
+   * the compensations of the steps that succeeded run afterwards. Idempotent; a run that is
+   * already rolling back keeps rolling back.
+   */
+  async cancelRun(runId: string, reason: string, compensate = false): Promise<void> {
     this.assertRunning();
     const run = this.runs.get(runId);
-    if (run === undefined || TERMINAL_RUN_STATUSES.has(run.status)) return;
+    if (
+      run === undefined ||
+      TERMINAL_RUN_STATUSES.has(run.status) ||
+      run.cancelRequested ||
+      run.status === "COMPENSATING"
+    )
+      return;
     run.cancelRequested = true;
-    this.emit(run, { case: "runCancelRequested", value: { reason, compensate: false } });
+    run.compensateOnCancel = compensate;
+    this.writer.markRun(run);
+    this.emit(run, { case: "runCancelRequested", value: { reason, compensate } });
     const now = new Date();
+    const error: ErrorInfo = { type: "CANCELLED", message: reason, retryable: false };
+    this.stopActiveTasks(run, `run cancelled: ${reason}`, error, now);
+    if (!compensate || !this.startCompensation(run, error, now))
+      this.completeRun(run, "CANCELLED", null, error, now);
+    await this.committed();
+  }
+
+  /** Cancels every unfinished step task of `run`, telling executors to stop leased ones. */
+  private stopActiveTasks(run: RunState, reason: string, error: ErrorInfo, now: Date): void {
     for (const task of run.tasks.values()) {
-      if (task.status === "PENDING" || task.status === "QUEUED" || task.status === "RETRY_WAIT") {
-        this.endTask(task, "CANCELLED", now);
-        this.emit(run, { case: "taskCancelled", value: { taskRunId: task.id, stepId: task.stepId, reason } });
-      } else if (ACTIVE_LEASE.has(task.status)) {
-        const session = task.sessionId === null ? undefined : this.dispatcher.sessions.get(task.sessionId);
-        session?.send(
-          create(SessionResponseSchema, {
-            message: {
-              case: "cancel",
-              value: { key: this.leaseKey(task), reason: `run cancelled: ${reason}` },
-            },
-          }),
+      if (TERMINAL_TASK_STATUSES.has(task.status)) continue;
+      if (ACTIVE_LEASE.has(task.status)) {
+        this.sendCancel(task, reason);
+        this.finishAttempt(task, "CANCELLED", error, now);
+      }
+      this.endTask(task, "CANCELLED", now);
+      this.emit(run, { case: "taskCancelled", value: { taskRunId: task.id, stepId: task.stepId, reason } });
+    }
+  }
+
+  /**
+   * Starts the saga rollback when some succeeded step has a compensation: the run goes
+   * COMPENSATING and the first wave is queued. Returns false when there is nothing to compensate.
+   */
+  private startCompensation(run: RunState, error: ErrorInfo, now: Date): boolean {
+    const succeeded = [...run.tasks.values()].filter((t) => t.status === "SUCCEEDED").map((t) => t.stepId);
+    const waves = compensationOrder(run.workflow, succeeded).filter((w) => w.length > 0);
+    if (waves.length === 0) return false;
+    run.status = "COMPENSATING";
+    run.compensationWaves = waves;
+    run.rollbackError = error;
+    run.error = error;
+    this.writer.markRun(run);
+    this.emit(run, { case: "runCompensating", value: { stepIds: waves.flat(), reason: error.message } });
+    for (const wave of waves) {
+      for (const stepId of wave) {
+        const step = run.workflow.stepsById.get(stepId);
+        if (step?.compensate == null || run.compensations.has(stepId)) continue;
+        run.compensations.set(
+          stepId,
+          this.newTask(run, stepId, "COMPENSATION", step.compensate.type, step.order, now),
         );
-        this.finishAttempt(task, "CANCELLED", { type: "CANCELLED", message: reason, retryable: false }, now);
-        this.endTask(task, "CANCELLED", now);
-        this.emit(run, { case: "taskCancelled", value: { taskRunId: task.id, stepId: task.stepId, reason } });
       }
     }
-    this.completeRun(run, "CANCELLED", null, { type: "CANCELLED", message: reason, retryable: false }, now);
-    await this.committed();
+    this.advanceCompensation(run);
+    return true;
+  }
+
+  /** Queues the next wave of compensations once the previous one finished; completes the rollback. */
+  advanceCompensation(run: RunState): void {
+    if (run.status !== "COMPENSATING") return;
+    const waves =
+      run.compensationWaves ??
+      (run.compensationWaves = compensationOrder(
+        run.workflow,
+        [...run.tasks.values()].filter((t) => t.status === "SUCCEEDED").map((t) => t.stepId),
+      ).filter((w) => w.length > 0));
+    const now = new Date();
+    const states = new Map<string, StepState>();
+    for (const t of run.tasks.values()) states.set(t.stepId, stepState(t));
+    for (const wave of waves) {
+      const tasks = wave
+        .map((id) => run.compensations.get(id))
+        .filter((t): t is TaskState => t !== undefined);
+      let unfinished = false;
+      for (const task of tasks) {
+        if (task.status === "PENDING") {
+          const rendered = renderCompensationInput(run.workflow, task.stepId, run.input ?? null, states, {
+            id: run.id,
+            workflow: run.workflow.name,
+            version: run.workflow.version,
+          });
+          if (rendered.ok) {
+            task.input = rendered.input;
+            this.queueTask(task, now);
+            unfinished = true;
+          } else {
+            // A compensation that cannot even be rendered fails alone; the others still run.
+            task.error = { type: rendered.error.type, message: rendered.error.message, retryable: false };
+            this.endTask(task, "FAILED", now);
+            this.emit(run, {
+              case: "taskFailed",
+              value: {
+                taskRunId: task.id,
+                stepId: task.stepId,
+                attempt: 0,
+                final: true,
+                kind: TaskKind.COMPENSATION,
+                error: errorToProto(task.error),
+              },
+            });
+          }
+        } else if (!TERMINAL_TASK_STATUSES.has(task.status)) {
+          unfinished = true;
+        }
+      }
+      if (unfinished) {
+        this.schedulePump();
+        return;
+      }
+    }
+    const failed = [...run.compensations.values()].filter((t) => t.status !== "SUCCEEDED");
+    const base = run.rollbackError ?? { type: "STEP_FAILED", message: "the run failed", retryable: false };
+    if (failed.length === 0) {
+      this.completeRun(run, "COMPENSATED", null, base, now);
+    } else {
+      this.completeRun(
+        run,
+        "COMPENSATION_FAILED",
+        null,
+        {
+          type: "COMPENSATION_FAILED",
+          message: `${base.message}; compensation of ${failed.map((t) => t.stepId).join(", ")} failed`,
+          retryable: false,
+        },
+        now,
+      );
+    }
+  }
+
+  /** Moves a task to QUEUED and arms its schedule-to-start timeout. */
+  private queueTask(task: TaskState, now: Date): void {
+    task.status = "QUEUED";
+    task.queuedAt = now;
+    this.writer.markTask(task);
+    this.dispatcher.enqueue(task);
+    const run = this.runs.get(task.runId);
+    const step = run?.workflow.stepsById.get(task.stepId);
+    const limit =
+      task.kind === "STEP" ? step?.timeouts.scheduleToStartMs : step?.compensate?.timeouts.scheduleToStartMs;
+    if (limit !== null && limit !== undefined) {
+      const attempt = task.attempt;
+      this.setTimer(limit, () => {
+        if (task.status !== "QUEUED" || task.attempt !== attempt) return;
+        this.failAttempt(
+          task,
+          {
+            type: "SCHEDULE_TO_START_TIMEOUT",
+            message: `no executor started the task within ${limit} ms`,
+            retryable: true,
+          },
+          0,
+        );
+      });
+    }
   }
 
   private timeOutRun(run: RunState): void {
@@ -539,11 +691,8 @@ export class Engine {
       for (const r of ev.ready) {
         const task = run.tasks.get(r.stepId);
         if (task === undefined || task.status !== "PENDING") continue;
-        task.status = "QUEUED";
         task.input = r.input;
-        task.queuedAt = now;
-        this.writer.markTask(task);
-        this.dispatcher.enqueue(task);
+        this.queueTask(task, now);
       }
       for (const s of ev.skip) {
         const task = run.tasks.get(s.stepId);
@@ -590,7 +739,7 @@ export class Engine {
                   message: `step${failed.length === 1 ? "" : "s"} ${failed.join(", ")} failed${first?.error ? `: ${first.error.message}` : ""}`,
                   retryable: false,
                 };
-          this.completeRun(run, "FAILED", null, error, now);
+          if (!this.startCompensation(run, error, now)) this.completeRun(run, "FAILED", null, error, now);
         }
         break;
       }
@@ -631,7 +780,7 @@ export class Engine {
     this.writer.flush().then(
       () => {
         this.runs.delete(run.id);
-        for (const t of run.tasks.values()) {
+        for (const t of [...run.tasks.values(), ...run.compensations.values()]) {
           if (!ACTIVE_LEASE.has(t.status)) this.tasks.delete(t.id);
         }
       },
@@ -850,6 +999,7 @@ export class Engine {
       return { code: "FAILED_PRECONDITION", message: `task run ${task.id} was already started` };
     const run = this.runs.get(task.runId);
     task.status = "RUNNING";
+    task.lastHeartbeat = performance.now();
     if (task.current !== null) {
       task.current.status = "RUNNING";
       task.current.startedAt = new Date();
@@ -875,7 +1025,9 @@ export class Engine {
   /** Heartbeat report for a task. */
   onHeartbeat(session: SessionHandle, key: LeaseKey | undefined): Rejection | null {
     const task = this.check(session, key);
-    return "code" in task ? task : null;
+    if ("code" in task) return task;
+    task.lastHeartbeat = performance.now();
+    return null;
   }
 
   /** Completed report: accepted at most once per task. */
@@ -905,7 +1057,8 @@ export class Engine {
           kind: task.kind === "STEP" ? TaskKind.STEP : TaskKind.COMPENSATION,
         },
       });
-      this.advance(run);
+      if (task.kind === "COMPENSATION") this.advanceCompensation(run);
+      else this.advance(run);
     }
     void this.writer.flush().catch(() => undefined);
     return null;
@@ -1001,7 +1154,10 @@ export class Engine {
     } else {
       task.error = error;
       this.endTask(task, "FAILED", now);
-      if (run !== undefined) this.advance(run);
+      if (run !== undefined) {
+        if (task.kind === "COMPENSATION") this.advanceCompensation(run);
+        else this.advance(run);
+      }
     }
     void this.writer.flush().catch(() => undefined);
   }
@@ -1011,11 +1167,8 @@ export class Engine {
     const due = task.nextAttemptAt?.getTime() ?? Date.now();
     this.setTimer(due - Date.now(), () => {
       if (task.status !== "RETRY_WAIT") return;
-      task.status = "QUEUED";
       task.nextAttemptAt = null;
-      task.queuedAt = new Date();
-      this.writer.markTask(task);
-      this.dispatcher.enqueue(task);
+      this.queueTask(task, new Date());
       this.schedulePump();
     });
   }
@@ -1114,6 +1267,21 @@ export class Engine {
     const now = performance.now();
     this.pingNonce++;
     for (const s of this.dispatcher.sessions.values()) {
+      for (const id of s.leases) {
+        const task = this.tasks.get(id);
+        if (task?.status !== "RUNNING") continue;
+        const step = this.runs.get(task.runId)?.workflow.stepsById.get(task.stepId);
+        const limit =
+          task.kind === "STEP" ? step?.timeouts.heartbeatMs : step?.compensate?.timeouts.heartbeatMs;
+        if (limit != null && now - task.lastHeartbeat > limit) {
+          this.sendCancel(task, "heartbeat timeout");
+          this.failAttempt(
+            task,
+            { type: "HEARTBEAT_TIMEOUT", message: `no heartbeat within ${limit} ms`, retryable: true },
+            0,
+          );
+        }
+      }
       if (now - s.lastSeen > this.sessionTimeoutMs) {
         this.log.warn(
           { sessionId: s.id, executorId: s.executorId },

@@ -103,6 +103,8 @@ export interface TaskState {
   endedAt: Date | null;
   /** The current attempt, while leased or running. */
   current: AttemptState | null;
+  /** Last heartbeat of the running attempt (ms, monotonic clock; in memory only). */
+  lastHeartbeat: number;
 }
 
 /** An active run with its tasks. */
@@ -125,4 +127,10 @@ export interface RunState {
   endedAt: Date | null;
   /** Step tasks by step id. */
   readonly tasks: Map<string, TaskState>;
+  /** Compensation tasks by the id of the step they compensate (saga rollback). */
+  readonly compensations: Map<string, TaskState>;
+  /** Compensation waves (step ids, reverse dependency order), set when rollback starts. */
+  compensationWaves: string[][] | null;
+  /** Why the run rolls back; becomes the run's error. */
+  rollbackError: ErrorInfo | null;
 }

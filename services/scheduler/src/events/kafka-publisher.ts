@@ -1,0 +1,221 @@
+/**
+ * The Kafka side of the outbox relay: creates the topic when missing and publishes with an
+ * idempotent kafkajs producer (acks from all in-sync replicas, one request in flight, so a run's
+ * events land on its partition in order). A send that fails or is abandoned discards the producer:
+ * its sequence numbers are then unknown, and a fresh producer id is the only clean restart. The
+ * relay resends the same rows, so the broker may hold duplicates, always with the same event id.
+ */
+import { Kafka, Partitioners, logLevel, type Admin, type LogEntry, type Producer } from "kafkajs";
+import type { Logger } from "@nexusflow/common";
+import { eventMessage, type EventPublisher, type OutboxRecord } from "./publisher.js";
+
+/** Options of {@link KafkaPublisher}. */
+export interface KafkaPublisherOptions {
+  /** Bootstrap brokers, host:port. */
+  brokers: readonly string[];
+  /** Topic of lifecycle events. @default "nexusflow.events" */
+  topic?: string;
+  /** Partitions of the topic when the publisher creates it. @default 6 */
+  partitions?: number;
+  /** Replication factor of the topic when the publisher creates it. @default 1 */
+  replicationFactor?: number;
+  /** Kafka client id. @default "nexusflow-scheduler" */
+  clientId?: string;
+  /** TCP connect timeout. @default 3000 */
+  connectionTimeoutMs?: number;
+  /** Timeout of one request (and of the acks of a produce). @default 10000 */
+  requestTimeoutMs?: number;
+  /** Retries of one send inside kafkajs before it is reported as failed. @default 5 */
+  sendRetries?: number;
+  /** Logger; kafkajs' own lines go to it at debug level. */
+  log: Logger;
+}
+
+type ResolvedOptions = Required<Omit<KafkaPublisherOptions, "log" | "brokers">> & {
+  brokers: string[];
+  log: Logger;
+};
+
+function withDefaults(o: KafkaPublisherOptions): ResolvedOptions {
+  return {
+    brokers: [...o.brokers],
+    topic: o.topic ?? "nexusflow.events",
+    partitions: o.partitions ?? 6,
+    replicationFactor: o.replicationFactor ?? 1,
+    clientId: o.clientId ?? "nexusflow-scheduler",
+    connectionTimeoutMs: o.connectionTimeoutMs ?? 3000,
+    requestTimeoutMs: o.requestTimeoutMs ?? 10_000,
+    sendRetries: o.sendRetries ?? 5,
+    log: o.log,
+  };
+}
+
+/** Raised by {@link KafkaPublisher.publish}; `cause` is the kafkajs error. */
+export class PublishError extends Error {
+  override name = "PublishError";
+}
+
+/** Settles like `promise`, or rejects with the signal's reason once it aborts. */
+function abortable<T>(promise: Promise<T>, signal: AbortSignal): Promise<T> {
+  // The abandoned promise may still reject later; that must not become an unhandled rejection.
+  promise.catch(() => undefined);
+  if (signal.aborted) return Promise.reject(signal.reason as Error);
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = (): void => reject(signal.reason as Error);
+    signal.addEventListener("abort", onAbort, { once: true });
+    promise.then(
+      (v) => {
+        signal.removeEventListener("abort", onAbort);
+        resolve(v);
+      },
+      (e: unknown) => {
+        signal.removeEventListener("abort", onAbort);
+        reject(e as Error);
+      },
+    );
+  });
+}
+
+/** Publishes outbox records to one Kafka topic. */
+export class KafkaPublisher implements EventPublisher {
+  private readonly options: ResolvedOptions;
+  private readonly kafka: Kafka;
+  private producer: Producer | undefined;
+  private preparing: Promise<Producer> | undefined;
+  private admin: Admin | undefined;
+  private topicReady = false;
+  private closed = false;
+  private readonly disconnecting = new Set<Promise<void>>();
+
+  constructor(options: KafkaPublisherOptions) {
+    this.options = withDefaults(options);
+    const log = this.options.log.child({ component: "kafka" });
+    this.kafka = new Kafka({
+      clientId: this.options.clientId,
+      brokers: this.options.brokers,
+      connectionTimeout: this.options.connectionTimeoutMs,
+      requestTimeout: this.options.requestTimeoutMs,
+      retry: { retries: 3, initialRetryTime: 200, maxRetryTime: 2000 },
+      logLevel: logLevel.WARN,
+      // kafkajs reports every refused connection while the broker is down; the relay logs the
+      // outage once itself, so its lines are debug detail.
+      logCreator:
+        () =>
+        ({ namespace, log: entry }: LogEntry) => {
+          const { message, ...fields } = entry;
+          log.debug({ kafkajs: namespace, ...fields }, message);
+        },
+    });
+  }
+
+  /** The topic published to. */
+  get topic(): string {
+    return this.options.topic;
+  }
+
+  async publish(records: readonly OutboxRecord[], signal: AbortSignal): Promise<void> {
+    if (this.closed) throw new PublishError("the Kafka publisher is closed");
+    if (records.length === 0) return;
+    try {
+      const producer = await abortable(this.readyProducer(), signal);
+      await abortable(
+        producer.send({
+          topic: this.options.topic,
+          acks: -1,
+          timeout: this.options.requestTimeoutMs,
+          messages: records.map(eventMessage),
+        }),
+        signal,
+      );
+    } catch (e) {
+      this.discardProducer();
+      if (signal.aborted) throw e;
+      throw new PublishError(`publishing to Kafka topic ${this.options.topic} failed`, { cause: e });
+    }
+  }
+
+  /** The connected producer, preparing it once for concurrent callers. */
+  private readyProducer(): Promise<Producer> {
+    if (this.producer !== undefined) return Promise.resolve(this.producer);
+    this.preparing ??= this.prepare().finally(() => {
+      this.preparing = undefined;
+    });
+    return this.preparing;
+  }
+
+  /** Creates the topic if needed and connects a producer. */
+  private async prepare(): Promise<Producer> {
+    if (!this.topicReady) {
+      await this.ensureTopic();
+      this.topicReady = true;
+    }
+    const producer = this.kafka.producer({
+      idempotent: true,
+      maxInFlightRequests: 1,
+      allowAutoTopicCreation: false,
+      createPartitioner: Partitioners.DefaultPartitioner,
+      retry: { retries: this.options.sendRetries, initialRetryTime: 100, maxRetryTime: 2000 },
+    });
+    try {
+      await producer.connect();
+    } catch (e) {
+      this.track(producer.disconnect());
+      throw e;
+    }
+    if (this.closed) {
+      this.track(producer.disconnect());
+      throw new PublishError("the Kafka publisher is closed");
+    }
+    this.producer = producer;
+    return producer;
+  }
+
+  private async ensureTopic(): Promise<void> {
+    const { topic, partitions, replicationFactor, log } = this.options;
+    const admin = this.kafka.admin();
+    this.admin = admin;
+    try {
+      await admin.connect();
+      const created = await admin.createTopics({
+        topics: [{ topic, numPartitions: partitions, replicationFactor }],
+        waitForLeaders: true,
+        timeout: this.options.requestTimeoutMs,
+      });
+      if (created) {
+        log.info({ topic, partitions, replicationFactor }, "created Kafka topic");
+        return;
+      }
+      const metadata = await admin.fetchTopicMetadata({ topics: [topic] });
+      const actual = metadata.topics[0]?.partitions.length;
+      // Adding partitions would move runs to other partitions and break their order: report only.
+      if (actual !== partitions)
+        log.warn(
+          { topic, partitions: actual, configured: partitions },
+          "Kafka topic exists with a different partition count; keeping it",
+        );
+    } finally {
+      this.admin = undefined;
+      await admin.disconnect().catch(() => undefined);
+    }
+  }
+
+  private discardProducer(): void {
+    const producer = this.producer;
+    this.producer = undefined;
+    if (producer !== undefined) this.track(producer.disconnect());
+  }
+
+  private track(disconnect: Promise<void>): void {
+    const p = disconnect.catch(() => undefined).finally(() => this.disconnecting.delete(p));
+    this.disconnecting.add(p);
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    if (this.admin !== undefined) this.track(this.admin.disconnect());
+    await this.preparing?.catch(() => undefined);
+    this.discardProducer();
+    await Promise.all([...this.disconnecting]);
+  }
+}

@@ -1,0 +1,161 @@
+/**
+ * The relay's side of the `outbox_events` table. Everything runs on one dedicated connection that
+ * holds a session-level advisory lock: only the holder reads, marks and prunes, so two schedulers
+ * never publish concurrently, and a crashed holder's lock vanishes with its connection.
+ */
+import type pg from "pg";
+import type { OutboxRecord } from "./publisher.js";
+
+/** Raised when the database side of the relay fails; `cause` is the pg error. */
+export class OutboxStoreError extends Error {
+  override name = "OutboxStoreError";
+}
+
+interface OutboxRow {
+  id: string | number;
+  event_id: string;
+  run_id: string;
+  sequence: string | number;
+  type: string;
+  payload: Buffer;
+  trace_context: Record<string, unknown> | null;
+  created_at: Date;
+}
+
+const FETCH_SQL = `SELECT id, event_id, run_id, sequence, type, payload, trace_context, created_at
+  FROM outbox_events WHERE published_at IS NULL ORDER BY id LIMIT $1`;
+const MARK_SQL = `UPDATE outbox_events SET published_at = now() WHERE id = ANY($1::bigint[])`;
+// Oldest first along the primary key: published rows precede unpublished ones, so the scan stops
+// early; the LIMIT keeps each delete (and its locks and WAL) small.
+const PRUNE_SQL = `DELETE FROM outbox_events WHERE id IN (
+  SELECT id FROM outbox_events
+   WHERE published_at < now() - $1::double precision * interval '1 millisecond'
+   ORDER BY id LIMIT $2)`;
+const BACKLOG_SQL = `SELECT count(*)::bigint AS n FROM outbox_events WHERE published_at IS NULL`;
+
+/** The relay's connection to the outbox, once it holds the relay lock. */
+export class OutboxStore {
+  private client: pg.PoolClient | undefined;
+  private readonly onClientError = (): void => {
+    // The connection died (the next query fails and drops it). Listening keeps pg from turning
+    // the client's 'error' event into an uncaught exception.
+  };
+
+  constructor(
+    private readonly pool: pg.Pool,
+    private readonly lockKey: bigint,
+  ) {}
+
+  /** Whether this store holds the relay lock (as far as it knows). */
+  get locked(): boolean {
+    return this.client !== undefined;
+  }
+
+  /** Tries to take the relay lock on a dedicated connection; false when another relay holds it. */
+  async tryLock(): Promise<boolean> {
+    if (this.client !== undefined) return true;
+    const client = await this.wrap(() => this.pool.connect());
+    client.on("error", this.onClientError);
+    try {
+      const { rows } = await client.query<{ locked: boolean }>(
+        "SELECT pg_try_advisory_lock($1::bigint) AS locked",
+        [this.lockKey.toString()],
+      );
+      if (rows[0]?.locked === true) {
+        this.client = client;
+        return true;
+      }
+      this.releaseClient(client, false);
+      return false;
+    } catch (e) {
+      this.releaseClient(client, true);
+      throw new OutboxStoreError("could not take the outbox relay lock", { cause: e });
+    }
+  }
+
+  /** The oldest unpublished events, in commit order. */
+  async fetch(limit: number): Promise<OutboxRecord[]> {
+    const { rows } = await this.query<OutboxRow>(FETCH_SQL, [limit]);
+    return rows.map((r) => ({
+      id: Number(r.id),
+      eventId: r.event_id,
+      runId: r.run_id,
+      sequence: Number(r.sequence),
+      type: r.type,
+      payload: new Uint8Array(r.payload.buffer, r.payload.byteOffset, r.payload.byteLength),
+      traceContext: r.trace_context,
+      createdAt: r.created_at,
+    }));
+  }
+
+  /** Marks rows as published. */
+  async markPublished(ids: readonly number[]): Promise<void> {
+    if (ids.length > 0) await this.query(MARK_SQL, [ids]);
+  }
+
+  /** Deletes at most `limit` rows published more than `retentionMs` ago; returns how many. */
+  async prune(retentionMs: number, limit: number): Promise<number> {
+    const result = await this.query(PRUNE_SQL, [retentionMs, limit]);
+    return result.rowCount ?? 0;
+  }
+
+  /** Number of unpublished events. */
+  async backlog(): Promise<number> {
+    const { rows } = await this.query<{ n: string | number }>(BACKLOG_SQL, []);
+    return Number(rows[0]?.n ?? 0);
+  }
+
+  /**
+   * Gives the lock back. `broken` (or a failed unlock) closes the connection instead, which
+   * releases the lock on the server as well.
+   */
+  async unlock(broken = false): Promise<void> {
+    const client = this.client;
+    this.client = undefined;
+    if (client === undefined) return;
+    if (broken) {
+      this.releaseClient(client, true);
+      return;
+    }
+    try {
+      await client.query("SELECT pg_advisory_unlock($1::bigint)", [this.lockKey.toString()]);
+      this.releaseClient(client, false);
+    } catch {
+      this.releaseClient(client, true);
+    }
+  }
+
+  private async query<R extends pg.QueryResultRow>(
+    sql: string,
+    params: unknown[],
+  ): Promise<pg.QueryResult<R>> {
+    const client = this.client;
+    if (client === undefined) throw new OutboxStoreError("the outbox relay lock is not held");
+    try {
+      return await client.query<R>(sql, params);
+    } catch (e) {
+      // Whatever failed, the session (and with it the lock) may be gone: start over from tryLock.
+      this.client = undefined;
+      this.releaseClient(client, true);
+      throw new OutboxStoreError("outbox query failed", { cause: e });
+    }
+  }
+
+  private async wrap<T>(fn: () => Promise<T>): Promise<T> {
+    try {
+      return await fn();
+    } catch (e) {
+      throw new OutboxStoreError("could not connect to the database", { cause: e });
+    }
+  }
+
+  private releaseClient(client: pg.PoolClient, destroy: boolean): void {
+    // A destroyed connection may still report its end: keep listening to it.
+    if (!destroy) client.off("error", this.onClientError);
+    try {
+      client.release(destroy);
+    } catch {
+      // Released twice (already destroyed by a failed query): nothing left to do.
+    }
+  }
+}
