@@ -93,4 +93,61 @@ export function priceQuote(input: unknown, ctx: TaskContext): Quote {
 /** Registers the example handlers. */
 export default function register(registry: HandlerRegistry): void {
   registry.register("price-quote", (input: unknown, ctx: TaskContext) => priceQuote(input, ctx));
+  registerTripHandlers(registry);
+}
+
+/** Bookings of the trip-booking saga; kept in memory so cancellations can be checked. */
+const bookings = new Map<string, { kind: string; who: string; where: string }>();
+let nextBooking = 1;
+
+/** Input of the `book-*` handlers. */
+interface BookInput {
+  traveller?: string;
+  guest?: string;
+  to?: string;
+  city?: string;
+}
+
+function book(kind: "FL" | "HT") {
+  return (input: BookInput, ctx: TaskContext): { booking: string } => {
+    const who = input.traveller ?? input.guest ?? "";
+    const where = input.to ?? input.city ?? "";
+    if (who === "" || where === "")
+      throw TaskError.terminal("INVALID_INPUT", "traveller and destination are required");
+    const booking = `${kind}-${String(nextBooking++).padStart(4, "0")}`;
+    bookings.set(booking, { kind, who, where });
+    ctx.log.info(`booked ${booking}`, { who, where });
+    return { booking };
+  };
+}
+
+function cancel(kind: "FL" | "HT") {
+  return (input: { booking?: string }, ctx: TaskContext): { cancelled: string } => {
+    const booking = input.booking ?? "";
+    if (!booking.startsWith(`${kind}-`))
+      throw TaskError.terminal("INVALID_INPUT", `not a ${kind} booking: ${booking}`);
+    // Idempotent: cancelling twice (a retried compensation) is fine.
+    bookings.delete(booking);
+    ctx.log.info(`cancelled ${booking}`);
+    return { cancelled: booking };
+  };
+}
+
+/** Cards that the example payment provider declines. */
+const DECLINED = /^4000-?0000-?0000-?0002$/;
+
+/** Registers the trip-booking saga's handlers. */
+export function registerTripHandlers(registry: HandlerRegistry): void {
+  registry.register("book-flight", book("FL"));
+  registry.register("book-hotel", book("HT"));
+  registry.register("cancel-flight", cancel("FL"));
+  registry.register("cancel-hotel", cancel("HT"));
+  registry.register(
+    "charge-card",
+    (input: { card?: string; amount?: number; reference?: string }, ctx: TaskContext) => {
+      if (DECLINED.test(input.card ?? "")) throw TaskError.terminal("CARD_DECLINED", "the card was declined");
+      ctx.log.info("charged", { amount: input.amount, reference: input.reference });
+      return { payment: `pay_${input.reference ?? "?"}` };
+    },
+  );
 }
