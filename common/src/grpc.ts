@@ -46,10 +46,47 @@ export function serviceDefinition(service: DescService): grpc.ServiceDefinition 
   return def;
 }
 
+/** Error codes of Node sockets and PostgreSQL that mean "the database is not reachable right now". */
+const UNAVAILABLE_CODES = new Set([
+  "ECONNREFUSED",
+  "ECONNRESET",
+  "ETIMEDOUT",
+  "EPIPE",
+  "57P01", // admin_shutdown
+  "57P02", // crash_shutdown
+  "57P03", // cannot_connect_now
+  "08000", // connection_exception
+  "08001", // sqlclient_unable_to_establish_sqlconnection
+  "08003", // connection_does_not_exist
+  "08006", // connection_failure
+]);
+
+/** Whether `e` (or its cause) says a dependency is unreachable, so a retry may succeed. */
+export function isUnavailable(e: unknown): boolean {
+  for (let cur: unknown = e, depth = 0; cur !== null && typeof cur === "object" && depth < 5; depth++) {
+    const code = (cur as { code?: unknown }).code;
+    if (typeof code === "string" && UNAVAILABLE_CODES.has(code)) return true;
+    if (
+      cur instanceof Error &&
+      /Connection terminated|ECONNREFUSED|connection error|timeout exceeded when trying to connect|Knex: Timeout acquiring/i.test(
+        cur.message,
+      )
+    ) {
+      return true;
+    }
+    cur = (cur as { cause?: unknown }).cause;
+  }
+  return false;
+}
+
 /** Converts any throwable into a grpc-js status object with rich details. */
 export function toGrpcStatus(e: unknown): Partial<grpc.StatusObject> {
   const err =
-    e instanceof ApiError ? e : new ApiError(Code.INTERNAL, e instanceof Error ? e.message : String(e));
+    e instanceof ApiError
+      ? e
+      : isUnavailable(e)
+        ? new ApiError(Code.UNAVAILABLE, "the database is unavailable; retry shortly")
+        : new ApiError(Code.INTERNAL, e instanceof Error ? e.message : String(e));
   const metadata = new grpc.Metadata();
   const details =
     err.violations.length > 0

@@ -47,7 +47,8 @@ export async function openDatabase(options: DatabaseOptions): Promise<Database> 
       allOrNothing: true,
       snapshot: false,
     },
-    pool: { min: 0, max: 4 },
+    pool: { min: 0, max: 4, acquireTimeoutMillis: 3000 },
+    driverOptions: { connection: { connectionTimeoutMillis: 3000 } },
     allowGlobalContext: false,
     debug: false,
     logger: (message) => options.log.debug({ orm: message }, "mikro-orm"),
@@ -60,9 +61,16 @@ export async function openDatabase(options: DatabaseOptions): Promise<Database> 
     await orm.close(true);
     throw e;
   }
-  const pool = new pg.Pool({ connectionString: options.url, max: options.poolSize ?? 10 });
+  // Fail fast while the database is down: callers answer UNAVAILABLE instead of hanging.
+  const pool = new pg.Pool({
+    connectionString: options.url,
+    max: options.poolSize ?? 10,
+    connectionTimeoutMillis: 3000,
+  });
   // An idle client losing its connection (database restart) must not crash the process.
-  pool.on("error", (e) => options.log.warn({ err: e }, "idle database connection lost"));
+  pool.on("error", (e: Error & { code?: string }) =>
+    options.log.warn({ error: e.message, code: e.code }, "idle database connection lost"),
+  );
   return {
     orm,
     pool,

@@ -17,6 +17,8 @@ export interface EmbeddedDatabase {
   readonly port: number;
   /** Stops the server (data is kept). */
   stop(): Promise<void>;
+  /** Starts it again after {@link stop}, on the same port with the same data (outage drills). */
+  restart(): Promise<void>;
 }
 
 /** Options of {@link startEmbeddedPostgres}. */
@@ -108,5 +110,6 @@ export async function startEmbeddedPostgres(options: EmbeddedPostgresOptions): P
     url: `postgresql://${USER}:${PASSWORD}@127.0.0.1:${port}/${DATABASE}`,
     port,
     stop: () => server.stop(),
+    restart: () => server.start(),
   };
 }
