@@ -63,11 +63,17 @@ export class RunTables {
 
   /** The run's outbox events in sequence order. */
   async outbox(runId: string): Promise<{ sequence: number; type: string }[]> {
-    const { rows } = await this.pool.query<{ sequence: string; type: string }>(
-      "SELECT sequence::text, type FROM outbox_events WHERE run_id = $1 ORDER BY sequence",
+    const { rows } = await this.pool.query<{ seq: string; type: string }>(
+      "SELECT sequence::text AS seq, type FROM outbox_events WHERE run_id = $1 ORDER BY outbox_events.sequence",
       [runId],
     );
-    return rows.map((r) => ({ sequence: Number(r.sequence), type: r.type }));
+    return rows.map((r) => ({ sequence: Number(r.seq), type: r.type }));
+  }
+
+  /** The run's `event_seq` column: the last outbox sequence the scheduler will resume from after a restart. */
+  async eventSeq(runId: string): Promise<number | undefined> {
+    const { rows } = await this.pool.query<{ seq: string }>("SELECT event_seq::text AS seq FROM workflow_runs WHERE id = $1", [runId]);
+    return rows[0] === undefined ? undefined : Number(rows[0].seq);
   }
 
   /** Closes the pool. */

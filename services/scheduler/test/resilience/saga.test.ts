@@ -232,8 +232,8 @@ describe("resilience: retries, timeouts, cancellation, sagas", () => {
     const second = await client.cancelRun({ runId: run!.id, reason: "again" });
     assert.equal(second.run?.status, RunStatus.CANCELLED);
     await waitFor("the handler to see the abort", () => aborted.has("c-1") || undefined);
-    assert.equal(task(second.run!, "s").status, TaskStatus.CANCELLED);
-    assert.equal(task(second.run!, "after").status, TaskStatus.CANCELLED);
+    assert.equal(task(second.run, "s").status, TaskStatus.CANCELLED);
+    assert.equal(task(second.run, "after").status, TaskStatus.CANCELLED);
   });
 
   it("rolls a failed saga back: compensations of succeeded steps in reverse order, with their inputs", async () => {
