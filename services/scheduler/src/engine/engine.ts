@@ -100,6 +100,8 @@ export class Engine {
   /** Sessions and ready queues. */
   readonly dispatcher = new Dispatcher();
   private readonly runs = new Map<string, RunState>();
+  /** Active runs by idempotency key (finished ones are found in the database). */
+  private readonly runsByKey = new Map<string, string>();
   private readonly tasks = new Map<string, TaskState>();
   private readonly pendingKeys = new Map<string, Promise<{ runId: string; created: boolean }>>();
   /** Leases without a session (session lost, or scheduler restarted): expiry timers by task id. */
@@ -355,6 +357,9 @@ export class Engine {
       }
     }
     for (const run of this.runs.values()) {
+      if (run.idempotencyKey !== null) this.runsByKey.set(run.idempotencyKey, run.id);
+      if (run.deadline !== null)
+        this.setTimer(run.deadline.getTime() - Date.now(), () => this.timeOutRun(run));
       if (run.status === "COMPENSATING") this.advanceCompensation(run);
       else this.advance(run);
     }
@@ -386,9 +391,8 @@ export class Engine {
 
   private async startRunOnce(req: StartRunInput): Promise<{ runId: string; created: boolean }> {
     if (req.idempotencyKey !== "") {
-      for (const run of this.runs.values()) {
-        if (run.idempotencyKey === req.idempotencyKey) return { runId: run.id, created: false };
-      }
+      const active = this.runsByKey.get(req.idempotencyKey);
+      if (active !== undefined) return { runId: active, created: false };
       const existing = await this.db.pool.query<{ id: string }>(
         "SELECT id FROM workflow_runs WHERE idempotency_key = $1",
         [req.idempotencyKey],
@@ -434,6 +438,7 @@ export class Engine {
       run.tasks.set(step.id, task);
     }
     this.runs.set(run.id, run);
+    if (run.idempotencyKey !== null) this.runsByKey.set(run.idempotencyKey, run.id);
     this.writer.markRun(run);
     this.emit(run, {
       case: "runStarted",
@@ -780,6 +785,7 @@ export class Engine {
     this.writer.flush().then(
       () => {
         this.runs.delete(run.id);
+        if (run.idempotencyKey !== null) this.runsByKey.delete(run.idempotencyKey);
         for (const t of [...run.tasks.values(), ...run.compensations.values()]) {
           if (!ACTIVE_LEASE.has(t.status)) this.tasks.delete(t.id);
         }
@@ -826,7 +832,10 @@ export class Engine {
     const granted: { session: SessionHandle; task: TaskState; token: number }[] = [];
     for (const { session, task } of pairs) {
       const run = this.runs.get(task.runId);
-      if (run === undefined) continue;
+      if (run === undefined) {
+        session.credit++;
+        continue;
+      }
       task.attempt++;
       task.fencingToken++;
       task.status = "LEASED";
