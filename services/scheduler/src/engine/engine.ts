@@ -804,6 +804,8 @@ export class Engine {
 
   private emit(run: RunState, event: EventInit): void {
     this.writer.addEvent(lifecycleEvent(run, event));
+    // The run row carries the last sequence number: recovery continues from it, never reusing one.
+    this.writer.markRun(run);
   }
 
   private assertRunning(): void {
