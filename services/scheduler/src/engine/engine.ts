@@ -63,6 +63,9 @@ export interface StartRunInput {
   labels: Record<string, string>;
 }
 
+/** Extra grace after a scheduler restart: executors back off up to 5 s between reconnects. */
+const RECONNECT_ALLOWANCE_MS = 6000;
+
 const ACTIVE_LEASE: ReadonlySet<TaskStatusName> = new Set(["LEASED", "RUNNING"]);
 
 function stepState(t: TaskState): StepState {
@@ -351,8 +354,9 @@ export class Engine {
       } else if (task.status === "RETRY_WAIT") {
         this.scheduleRetry(task);
       } else if (ACTIVE_LEASE.has(task.status)) {
-        // Its executor may reconnect and claim it (Attach.held_leases) within the grace period.
-        this.orphan(task);
+        // Its executor may reconnect and claim it (Attach.held_leases) within the grace period,
+        // which after a restart also covers the executors' reconnect backoff.
+        this.orphan(task, this.sessionTimeoutMs + RECONNECT_ALLOWANCE_MS);
         orphaned++;
       }
     }
@@ -1185,7 +1189,7 @@ export class Engine {
   }
 
   /** Starts the grace period of a lease without a session; it expires unless an executor reclaims it. */
-  private orphan(task: TaskState): void {
+  private orphan(task: TaskState, graceMs = this.sessionTimeoutMs): void {
     if (this.orphans.has(task.id)) return;
     task.sessionId = null;
     const token = task.fencingToken;
@@ -1201,7 +1205,7 @@ export class Engine {
         { type: "LEASE_EXPIRED", message: `executor ${task.executorId ?? "?"} was lost`, retryable: true },
         0,
       );
-    }, this.sessionTimeoutMs);
+    }, graceMs);
     this.orphans.set(task.id, timer);
   }
 

@@ -49,8 +49,15 @@ export class RunTables {
   }
 
   /** step id -> number of attempts and of SUCCEEDED attempts, as committed. */
-  async attemptCounts(runId: string): Promise<Map<string, { attempts: number; succeeded: number; status: string }>> {
-    const { rows } = await this.pool.query<{ step_id: string; status: string; attempts: number; succeeded: number }>(
+  async attemptCounts(
+    runId: string,
+  ): Promise<Map<string, { attempts: number; succeeded: number; status: string }>> {
+    const { rows } = await this.pool.query<{
+      step_id: string;
+      status: string;
+      attempts: number;
+      succeeded: number;
+    }>(
       `SELECT t.step_id, t.status,
               count(a.number)::int AS attempts,
               count(a.number) FILTER (WHERE a.status = 'SUCCEEDED')::int AS succeeded
@@ -58,7 +65,9 @@ export class RunTables {
         WHERE t.run_id = $1 GROUP BY t.id, t.step_id, t.status`,
       [runId],
     );
-    return new Map(rows.map((r) => [r.step_id, { attempts: r.attempts, succeeded: r.succeeded, status: r.status }]));
+    return new Map(
+      rows.map((r) => [r.step_id, { attempts: r.attempts, succeeded: r.succeeded, status: r.status }]),
+    );
   }
 
   /** The run's outbox events in sequence order. */
@@ -72,7 +81,10 @@ export class RunTables {
 
   /** The run's `event_seq` column: the last outbox sequence the scheduler will resume from after a restart. */
   async eventSeq(runId: string): Promise<number | undefined> {
-    const { rows } = await this.pool.query<{ seq: string }>("SELECT event_seq::text AS seq FROM workflow_runs WHERE id = $1", [runId]);
+    const { rows } = await this.pool.query<{ seq: string }>(
+      "SELECT event_seq::text AS seq FROM workflow_runs WHERE id = $1",
+      [runId],
+    );
     return rows[0] === undefined ? undefined : Number(rows[0].seq);
   }
 
@@ -83,7 +95,11 @@ export class RunTables {
 }
 
 /** Every task accepted exactly one completion, and has exactly `attempts` attempts. */
-export async function assertOneAcceptedCompletion(tables: RunTables, runId: string, attempts = 1): Promise<void> {
+export async function assertOneAcceptedCompletion(
+  tables: RunTables,
+  runId: string,
+  attempts = 1,
+): Promise<void> {
   const counts = await tables.attemptCounts(runId);
   for (const [step, c] of counts) {
     assert.equal(c.succeeded, 1, `step ${step}: ${c.succeeded} SUCCEEDED attempts in task_attempts`);
@@ -92,7 +108,10 @@ export async function assertOneAcceptedCompletion(tables: RunTables, runId: stri
 }
 
 /** The outbox of a finished run is numbered 1..n without gaps, starts with runStarted and ends with runCompleted. */
-export async function assertOutboxContiguous(tables: RunTables, runId: string): Promise<{ sequence: number; type: string }[]> {
+export async function assertOutboxContiguous(
+  tables: RunTables,
+  runId: string,
+): Promise<{ sequence: number; type: string }[]> {
   const events = await tables.outbox(runId);
   assert.deepEqual(
     events.map((e) => e.sequence),

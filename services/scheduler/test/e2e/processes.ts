@@ -1,0 +1,191 @@
+/**
+ * Real service processes for fault tests: the scheduler's and the executor's `main.ts` run under
+ * tsx as separate OS processes, their JSON log lines are captured, and they die by SIGKILL. Every
+ * process started here is tracked so `killAll()` (in `after`) leaves nothing behind.
+ */
+import { spawn, type ChildProcess } from "node:child_process";
+import { fileURLToPath } from "node:url";
+
+/** The repository root (tsx is resolved from here). */
+export const REPO_ROOT = fileURLToPath(new URL("../../../../", import.meta.url));
+/** Entry point of the scheduler process. */
+export const SCHEDULER_MAIN = fileURLToPath(new URL("../../src/main.ts", import.meta.url));
+/** Entry point of the executor process. */
+export const EXECUTOR_MAIN = fileURLToPath(new URL("../../../executor/src/main.ts", import.meta.url));
+
+/** Variables of the developer's shell that would change what the services do. */
+const SCRUBBED = [
+  "KAFKA_BROKERS",
+  "S3_ENDPOINT",
+  "S3_ACCESS_KEY",
+  "S3_SECRET_KEY",
+  "DATABASE_URL",
+  "SCHEDULER_PORT",
+  "SCHEDULER_ADDRESS",
+];
+
+/** One parsed log line (pino JSON), or the raw text of a line that is not JSON. */
+export type LogLine = Record<string, unknown> & { msg?: string; raw?: string };
+
+const live = new Set<ServiceProcess>();
+
+/** A service process with its captured output. */
+export class ServiceProcess {
+  readonly child: ChildProcess;
+  readonly lines: LogLine[] = [];
+  readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+  private readonly listeners = new Set<() => void>();
+  private exitStatus: { code: number | null; signal: NodeJS.Signals | null } | undefined;
+
+  constructor(
+    readonly name: string,
+    script: string,
+    env: Record<string, string>,
+  ) {
+    const base = { ...process.env };
+    for (const v of SCRUBBED) delete base[v];
+    this.child = spawn(process.execPath, ["--import", "tsx", script], {
+      cwd: REPO_ROOT,
+      env: { ...base, LOG_LEVEL: "info", ...env },
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    live.add(this);
+    this.exited = new Promise((resolve) => {
+      this.child.once("exit", (code, signal) => {
+        this.exitStatus = { code, signal };
+        live.delete(this);
+        this.changed();
+        resolve({ code, signal });
+      });
+    });
+    for (const stream of [this.child.stdout, this.child.stderr]) {
+      let buffered = "";
+      stream?.setEncoding("utf8");
+      stream?.on("data", (chunk: string) => {
+        buffered += chunk;
+        let nl: number;
+        while ((nl = buffered.indexOf("\n")) !== -1) {
+          const text = buffered.slice(0, nl);
+          buffered = buffered.slice(nl + 1);
+          if (text.trim() === "") continue;
+          try {
+            this.lines.push(JSON.parse(text) as LogLine);
+          } catch {
+            this.lines.push({ raw: text });
+          }
+          this.changed();
+        }
+      });
+    }
+  }
+
+  /** The process id. */
+  get pid(): number {
+    return this.child.pid ?? -1;
+  }
+
+  /** Whether the process is still running. */
+  get alive(): boolean {
+    return this.exitStatus === undefined;
+  }
+
+  private changed(): void {
+    for (const l of [...this.listeners]) l();
+  }
+
+  /** Resolves with the first log line (from the start) that matches; rejects on exit or timeout. */
+  waitForLog(what: string, match: (line: LogLine) => boolean, timeoutMs = 30_000): Promise<LogLine> {
+    return new Promise((resolve, reject) => {
+      const check = (): void => {
+        const line = this.lines.find(match);
+        if (line !== undefined) finish(() => resolve(line));
+        else if (this.exitStatus !== undefined)
+          finish(() =>
+            reject(
+              new Error(
+                `${this.name} exited (${JSON.stringify(this.exitStatus)}) before logging ${what}\n${this.tail()}`,
+              ),
+            ),
+          );
+      };
+      const timer = setTimeout(
+        () =>
+          finish(() =>
+            reject(new Error(`${this.name} did not log ${what} within ${timeoutMs} ms\n${this.tail()}`)),
+          ),
+        timeoutMs,
+      );
+      const finish = (settle: () => void): void => {
+        clearTimeout(timer);
+        this.listeners.delete(check);
+        settle();
+      };
+      this.listeners.add(check);
+      check();
+    });
+  }
+
+  /** Log lines at warn level or above, plus non-JSON output. */
+  problems(): LogLine[] {
+    return this.lines.filter(
+      (l) => l.raw !== undefined || (typeof l["level"] === "number" && l["level"] >= 40),
+    );
+  }
+
+  /** The last `n` lines, for failure messages. */
+  tail(n = 25): string {
+    return this.lines
+      .slice(-n)
+      .map((l) => `  [${this.name}] ${l.raw ?? JSON.stringify(l)}`)
+      .join("\n");
+  }
+
+  /** SIGKILLs the process (no shutdown code runs) and waits until it is gone. */
+  async kill(): Promise<void> {
+    if (this.exitStatus === undefined) this.child.kill("SIGKILL");
+    await this.exited;
+  }
+}
+
+/** Starts a scheduler process on `port` (0: any) and waits until it listens; returns it with its address. */
+export async function startSchedulerProcess(
+  name: string,
+  databaseUrl: string,
+  port: number,
+  env: Record<string, string> = {},
+): Promise<{ process: ServiceProcess; address: string }> {
+  const p = new ServiceProcess(name, SCHEDULER_MAIN, {
+    DATABASE_URL: databaseUrl,
+    SCHEDULER_HOST: "127.0.0.1",
+    SCHEDULER_PORT: String(port),
+    HEARTBEAT_INTERVAL: "200ms",
+    SESSION_TIMEOUT: "1500ms",
+    ...env,
+  });
+  const line = await p.waitForLog('"scheduler listening"', (l) => l.msg === "scheduler listening", 60_000);
+  return { process: p, address: String(line["address"]) };
+}
+
+/** Starts an executor process attached to `schedulerAddress` and waits for its first attach. */
+export async function startExecutorProcess(
+  executorId: string,
+  schedulerAddress: string,
+  env: Record<string, string> = {},
+): Promise<ServiceProcess> {
+  const p = new ServiceProcess(executorId, EXECUTOR_MAIN, {
+    SCHEDULER_ADDRESS: schedulerAddress,
+    EXECUTOR_ID: executorId,
+    ...env,
+  });
+  await p.waitForLog(
+    '"executor attached to the scheduler"',
+    (l) => l.msg === "executor attached to the scheduler",
+    60_000,
+  );
+  return p;
+}
+
+/** SIGKILLs every process started by this module that is still running. */
+export async function killAll(): Promise<void> {
+  await Promise.all([...live].map((p) => p.kill()));
+}
