@@ -99,7 +99,14 @@ export interface KafkaConfig {
   brokers: string[] | undefined;
   topic: string;
   partitions: number;
+  replicationFactor: number;
   clientId: string;
+  /** How long published outbox rows are kept. */
+  outboxRetentionMs: number;
+  /** How often published rows are pruned. */
+  outboxPruneIntervalMs: number;
+  /** Events per relay batch. */
+  outboxBatchSize: number;
 }
 
 /** Artifact storage: S3 when an endpoint is set, the filesystem otherwise. */
@@ -186,7 +193,11 @@ export function loadSchedulerConfig(env: Env = process.env): SchedulerConfig {
             }),
       topic: str(env, "KAFKA_TOPIC") ?? "nexusflow.events",
       partitions: int(env, "KAFKA_PARTITIONS", 6, 1, 1000),
+      replicationFactor: int(env, "KAFKA_REPLICATION_FACTOR", 1, 1, 10),
       clientId: str(env, "KAFKA_CLIENT_ID") ?? "nexusflow-scheduler",
+      outboxRetentionMs: duration(env, "OUTBOX_RETENTION", "1h"),
+      outboxPruneIntervalMs: duration(env, "OUTBOX_PRUNE_INTERVAL", "1m"),
+      outboxBatchSize: int(env, "OUTBOX_BATCH_SIZE", 500, 1, 10_000),
     },
     artifacts: artifacts(env),
     heartbeatIntervalMs: duration(env, "HEARTBEAT_INTERVAL", "2s"),

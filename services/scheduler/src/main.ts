@@ -21,6 +21,16 @@ const scheduler = new Scheduler({
   poolSize: config.database.poolSize,
   heartbeatIntervalMs: config.heartbeatIntervalMs,
   sessionTimeoutMs: config.sessionTimeoutMs,
+  events: {
+    brokers: config.kafka.brokers,
+    topic: config.kafka.topic,
+    partitions: config.kafka.partitions,
+    replicationFactor: config.kafka.replicationFactor,
+    clientId: config.kafka.clientId,
+    retentionMs: config.kafka.outboxRetentionMs,
+    pruneIntervalMs: config.kafka.outboxPruneIntervalMs,
+    batchSize: config.kafka.outboxBatchSize,
+  },
   log,
 });
 

@@ -8,6 +8,7 @@ import { ExecutorService, WorkflowService } from "@nexusflow/gen";
 import { executorService } from "./api/executor-session.js";
 import { workflowService } from "./api/workflow-service.js";
 import { Engine } from "./engine/engine.js";
+import { createOutboxRelay, type EventsOptions, type OutboxRelay } from "./events/index.js";
 import { openDatabase, type Database } from "./persistence/database.js";
 import { startEmbeddedPostgres, type EmbeddedDatabase } from "./persistence/embedded-postgres.js";
 import { RunStore } from "./persistence/run-store.js";
@@ -28,6 +29,8 @@ export interface SchedulerOptions {
   heartbeatIntervalMs?: number;
   /** Session timeout (and lease grace period). @default 10000 */
   sessionTimeoutMs?: number;
+  /** Lifecycle-event publishing (the outbox relay); undefined runs no relay. */
+  events?: EventsOptions | undefined;
   log: Logger;
 }
 
@@ -45,6 +48,7 @@ export class Scheduler {
   private embedded: EmbeddedDatabase | undefined;
   private db: Database | undefined;
   private engineValue: Engine | undefined;
+  private relay: OutboxRelay | undefined;
   private server: grpc.Server | undefined;
   private addressValue = "";
 
@@ -93,6 +97,12 @@ export class Scheduler {
           : { sessionTimeoutMs: this.options.sessionTimeoutMs }),
       });
       await this.engineValue.start();
+      if (this.options.events !== undefined) {
+        this.relay = createOutboxRelay(this.db.pool, log, this.options.events);
+        this.relay.start();
+        const relay = this.relay;
+        this.engineValue.onEventsCommitted(() => relay.wake());
+      }
       const server = new grpc.Server({
         "grpc.keepalive_permit_without_calls": 1,
         "grpc.max_receive_message_length": 16 * 1024 * 1024,
@@ -159,6 +169,8 @@ export class Scheduler {
       });
     }
     await this.engineValue?.stop();
+    await this.relay?.stop();
+    this.relay = undefined;
     await this.db?.close();
     this.db = undefined;
     await this.embedded?.stop();

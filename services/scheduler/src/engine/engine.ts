@@ -111,6 +111,7 @@ export class Engine {
   private readonly orphans = new Map<string, NodeJS.Timeout>();
   private readonly timers = new Set<NodeJS.Timeout>();
   private readonly watchers = new Map<string, Set<() => void>>();
+  private readonly eventListeners: (() => void)[] = [];
   private pumpScheduled = false;
   private livenessTimer: NodeJS.Timeout | undefined;
   private pingNonce = 0n;
@@ -133,6 +134,7 @@ export class Engine {
       log: options.log,
       onCommit: (batch) => {
         for (const runId of batch.runIds) this.notify(runId);
+        if (batch.events > 0) for (const l of this.eventListeners) l();
       },
     });
     this.definitions = new DefinitionStore(options.db, options.log);
@@ -1332,6 +1334,11 @@ export class Engine {
     const set = this.watchers.get(runId);
     if (set === undefined) return;
     for (const l of set) l();
+  }
+
+  /** Calls `listener` after each commit that wrote lifecycle events (wakes the outbox relay). */
+  onEventsCommitted(listener: () => void): void {
+    this.eventListeners.push(listener);
   }
 
   /** Whether the run is still active in memory. */

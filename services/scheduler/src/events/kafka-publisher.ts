@@ -104,6 +104,17 @@ export class KafkaPublisher implements EventPublisher {
     return this.options.topic;
   }
 
+  async connect(signal: AbortSignal): Promise<void> {
+    if (this.closed) throw new PublishError("the Kafka publisher is closed");
+    if (this.producer !== undefined) return;
+    try {
+      await abortable(this.readyProducer(), signal);
+    } catch (e) {
+      if (signal.aborted) throw e;
+      throw new PublishError(`connecting to Kafka (topic ${this.options.topic}) failed`, { cause: e });
+    }
+  }
+
   async publish(records: readonly OutboxRecord[], signal: AbortSignal): Promise<void> {
     if (this.closed) throw new PublishError("the Kafka publisher is closed");
     if (records.length === 0) return;

@@ -36,6 +36,7 @@ const BACKLOG_SQL = `SELECT count(*)::bigint AS n FROM outbox_events WHERE publi
 /** The relay's connection to the outbox, once it holds the relay lock. */
 export class OutboxStore {
   private client: pg.PoolClient | undefined;
+  private closed = false;
   private readonly onClientError = (): void => {
     // The connection died (the next query fails and drops it). Listening keeps pg from turning
     // the client's 'error' event into an uncaught exception.
@@ -54,8 +55,14 @@ export class OutboxStore {
   /** Tries to take the relay lock on a dedicated connection; false when another relay holds it. */
   async tryLock(): Promise<boolean> {
     if (this.client !== undefined) return true;
+    if (this.closed) return false;
     const client = await this.wrap(() => this.pool.connect());
     client.on("error", this.onClientError);
+    if (this.closed) {
+      // Closed while waiting for a connection: it must not keep one.
+      this.releaseClient(client, false);
+      return false;
+    }
     try {
       const { rows } = await client.query<{ locked: boolean }>(
         "SELECT pg_try_advisory_lock($1::bigint) AS locked",
@@ -123,6 +130,12 @@ export class OutboxStore {
     } catch {
       this.releaseClient(client, true);
     }
+  }
+
+  /** Gives the lock back (see {@link unlock}) and refuses to take it again. */
+  async close(broken = false): Promise<void> {
+    this.closed = true;
+    await this.unlock(broken);
   }
 
   private async query<R extends pg.QueryResultRow>(

@@ -28,6 +28,11 @@ export interface OutboxRecord {
  * record, in order per run; it rejects otherwise (the relay then retries the same records).
  */
 export interface EventPublisher {
+  /**
+   * Gets ready to publish (connects; creates the topic when missing). Cheap once ready; the relay
+   * calls it before every poll, so a missing topic is created at start even with nothing to send.
+   */
+  connect(signal: AbortSignal): Promise<void>;
   /** Publishes `records` in order; rejects with the signal's reason when aborted. */
   publish(records: readonly OutboxRecord[], signal: AbortSignal): Promise<void>;
   /** Releases connections; the publisher may not be used afterwards. */
@@ -87,4 +92,22 @@ export function eventMessage(record: OutboxRecord): EventMessage {
     headers,
     timestamp: String(record.createdAt.getTime()),
   };
+}
+
+/**
+ * Publishing turned off (no brokers configured): acknowledges without sending, so the outbox
+ * is still marked and pruned instead of growing without bound.
+ */
+export class DiscardPublisher implements EventPublisher {
+  connect(): Promise<void> {
+    return Promise.resolve();
+  }
+
+  publish(): Promise<void> {
+    return Promise.resolve();
+  }
+
+  close(): Promise<void> {
+    return Promise.resolve();
+  }
 }
