@@ -117,6 +117,8 @@ export interface ArtifactConfig {
   s3Region: string;
   s3Bucket: string;
   dir: string;
+  /** Task outputs whose JSON is larger than this are offloaded to the store (claim check), in bytes. */
+  offloadThresholdBytes: number;
 }
 
 /** Everything the scheduler reads from the environment. */
@@ -167,6 +169,7 @@ function artifacts(env: Env): ArtifactConfig {
     s3Region: str(env, "S3_REGION") ?? "us-east-1",
     s3Bucket: str(env, "S3_BUCKET") ?? "nexusflow",
     dir: str(env, "ARTIFACTS_DIR") ?? `${str(env, "NEXUSFLOW_DATA_DIR") ?? ".nexusflow"}/artifacts`,
+    offloadThresholdBytes: int(env, "ARTIFACT_OFFLOAD_THRESHOLD", 256 * 1024, 1024, 64 * 1024 * 1024),
   };
 }
 

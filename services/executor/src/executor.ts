@@ -692,6 +692,15 @@ export class Executor {
       logSink: this.#options.logSink,
       logger,
       maxPayloadBytes: this.#options.maxPayloadBytes,
+      artifacts: this.#options.artifacts,
+      offload:
+        this.#options.artifacts === undefined
+          ? undefined
+          : {
+              store: this.#options.artifacts,
+              thresholdBytes: this.#options.offloadThresholdBytes,
+              maxBytes: this.#options.maxOffloadBytes,
+            },
       sendHeartbeat: (key, progress) => {
         const value = create(HeartbeatSchema, { key });
         if (progress !== undefined) value.progress = toValue(progress);
@@ -736,7 +745,11 @@ export class Executor {
         "task finished; not reported (its lease is gone)",
       );
     } else if (outcome.status === "completed") {
-      const value = create(CompletedSchema, { key, output: toValue(outcome.output) });
+      // A claim check replaces the output: the value itself stays in the artifact store.
+      const value =
+        outcome.outputRef === undefined
+          ? create(CompletedSchema, { key, output: toValue(outcome.output) })
+          : create(CompletedSchema, { key, outputRef: outcome.outputRef });
       if (outcome.logs !== undefined) value.logs = outcome.logs;
       this.#report({ case: "completed", value });
       this.#logger.debug(describeKey(key), "task completed");

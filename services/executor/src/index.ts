@@ -34,4 +34,12 @@ export {
   MemoryLogSink,
   type MemoryLogSinkOptions,
 } from "./log-sink.js";
+export { ArtifactLogSink, type ArtifactLogSinkOptions, LOG_CONTENT_TYPE } from "./artifact-log-sink.js";
+export {
+  DEFAULT_MAX_OFFLOAD_BYTES,
+  type OutputOffloadOptions,
+  type SettledOutput,
+  createTaskArtifacts,
+  settleOutput,
+} from "./artifacts.js";
 export * from "./handlers/index.js";

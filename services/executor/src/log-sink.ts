@@ -1,7 +1,7 @@
 /**
  * Where the log of each task attempt goes. The session code only knows {@link LogSink}; the
- * in-memory sink keeps recent attempts for inspection, and the artifact store will be a second
- * implementation that writes `logs.jsonl` and returns its {@link LogRef}.
+ * in-memory sink keeps recent attempts for inspection, and `ArtifactLogSink` (artifact-log-sink.ts)
+ * writes `logs.jsonl` to the artifact store and returns its {@link LogRef}.
  */
 import type { LogRef } from "@nexusflow/gen";
 
@@ -28,6 +28,8 @@ export interface AttemptIdentity {
   readonly taskRunId: string;
   readonly attempt: number;
   readonly taskType: string;
+  /** Step or compensation (their logs go to different folders). @default "STEP" */
+  readonly kind?: "STEP" | "COMPENSATION" | undefined;
 }
 
 /** The open log of one attempt. */

@@ -4,6 +4,7 @@
  * Wiring only; the behaviour lives in {@link Executor}.
  */
 import { ConfigError, type ExecutorConfig, createLogger, loadExecutorConfig } from "@nexusflow/common";
+import { type ArtifactStore, createArtifactStore, isArtifactError } from "@nexusflow/common/artifacts";
 import { Executor } from "./executor.js";
 import { isExecutorError } from "./errors.js";
 import { HandlerModuleError, HandlerRegistrationError, loadHandlerModule } from "./handlers/index.js";
@@ -29,7 +30,18 @@ const logger = createLogger("executor", config.logLevel);
 const baseEnv = Object.fromEntries(
   Object.entries(process.env).filter(([name]) => !SECRET_VARIABLES.includes(name)),
 );
+let artifacts: ArtifactStore;
+try {
+  artifacts = await createArtifactStore(config.artifacts);
+} catch (e) {
+  if (e instanceof ConfigError) configFailure(e.message);
+  if (isArtifactError(e)) configFailure(`artifact store: ${e.message}`);
+  throw e;
+}
+logger.info({ store: artifacts.kind }, "artifact store ready");
 const executor = new Executor({
+  artifacts,
+  offloadThresholdBytes: config.artifacts.offloadThresholdBytes,
   schedulerAddress: config.schedulerAddress,
   executorId: config.executorId,
   slots: config.slots,

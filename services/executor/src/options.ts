@@ -7,6 +7,9 @@ import { createRequire } from "node:module";
 import { hostname } from "node:os";
 import * as grpc from "@grpc/grpc-js";
 import { createLogger, type Logger } from "@nexusflow/common";
+import { type ArtifactStore, DEFAULT_OFFLOAD_THRESHOLD_BYTES } from "@nexusflow/common/artifacts";
+import { ArtifactLogSink } from "./artifact-log-sink.js";
+import { DEFAULT_MAX_OFFLOAD_BYTES } from "./artifacts.js";
 import { ExecutorError } from "./errors.js";
 import type { BuiltinHandlerOptions } from "./handlers/index.js";
 import { type LogSink, MemoryLogSink } from "./log-sink.js";
@@ -113,9 +116,26 @@ export interface ExecutorOptions {
   builtins?: BuiltinHandlerOptions | false | undefined;
   /**
    * Where each attempt's log lines go.
-   * @default a {@link MemoryLogSink} with its defaults
+   * @default an {@link ArtifactLogSink} over `artifacts` when it is set, else a {@link MemoryLogSink}
    */
   logSink?: LogSink | undefined;
+  /**
+   * Where handlers' files (`ctx.artifacts`), attempt logs and large outputs are stored. Without
+   * it `ctx.artifacts.put` fails with ARTIFACTS_UNAVAILABLE and outputs are never offloaded.
+   * @default none
+   */
+  artifacts?: ArtifactStore | undefined;
+  /**
+   * Outputs whose JSON is larger than this are stored in `artifacts` as `output.json` and
+   * reported by reference (claim check), in bytes. Only with `artifacts`.
+   * @default 256 KiB (262_144)
+   */
+  offloadThresholdBytes?: number | undefined;
+  /**
+   * Largest output offloaded, in bytes; a larger one fails the attempt with OUTPUT_TOO_LARGE.
+   * @default 256 MiB
+   */
+  maxOffloadBytes?: number | undefined;
 }
 
 /** {@link ExecutorOptions} with every default applied and every value checked. */
@@ -137,6 +157,9 @@ export interface CompiledExecutorOptions {
   readonly channelOptions: grpc.ChannelOptions;
   readonly builtins: BuiltinHandlerOptions | false;
   readonly logSink: LogSink;
+  readonly artifacts: ArtifactStore | undefined;
+  readonly offloadThresholdBytes: number;
+  readonly maxOffloadBytes: number;
 }
 
 /** Version of this package, sent with Attach unless overridden. */
@@ -187,6 +210,7 @@ export function compileExecutorOptions(options: ExecutorOptions = {}): CompiledE
   const taskTypes = options.taskTypes === undefined ? undefined : [...new Set(options.taskTypes)];
   if (taskTypes?.length === 0)
     throw new ExecutorError("INVALID_OPTIONS", "taskTypes must name at least one task type when given");
+  const logger = options.logger ?? createLogger("executor", "info");
   return {
     schedulerAddress: nonEmpty("schedulerAddress", options.schedulerAddress, "127.0.0.1:50051"),
     executorId: nonEmpty("executorId", options.executorId, `${hostname()}-${process.pid}`),
@@ -199,7 +223,7 @@ export function compileExecutorOptions(options: ExecutorOptions = {}): CompiledE
     abortGraceMs: integer("abortGraceMs", options.abortGraceMs, 2_000, 0, MAX_MS),
     attachTimeoutMs: integer("attachTimeoutMs", options.attachTimeoutMs, 10_000, 1, MAX_MS),
     maxPayloadBytes: integer("maxPayloadBytes", options.maxPayloadBytes, 3 * 1024 * 1024, 1, 2 ** 31 - 1),
-    logger: options.logger ?? createLogger("executor", "info"),
+    logger,
     credentials: options.credentials ?? grpc.credentials.createInsecure(),
     metadata: options.metadata ?? new grpc.Metadata(),
     channelOptions: {
@@ -214,6 +238,25 @@ export function compileExecutorOptions(options: ExecutorOptions = {}): CompiledE
       ...options.channelOptions,
     },
     builtins: options.builtins ?? {},
-    logSink: options.logSink ?? new MemoryLogSink(),
+    logSink:
+      options.logSink ??
+      (options.artifacts === undefined
+        ? new MemoryLogSink()
+        : new ArtifactLogSink({ store: options.artifacts, logger })),
+    artifacts: options.artifacts,
+    offloadThresholdBytes: integer(
+      "offloadThresholdBytes",
+      options.offloadThresholdBytes,
+      DEFAULT_OFFLOAD_THRESHOLD_BYTES,
+      0,
+      2 ** 31 - 1,
+    ),
+    maxOffloadBytes: integer(
+      "maxOffloadBytes",
+      options.maxOffloadBytes,
+      DEFAULT_MAX_OFFLOAD_BYTES,
+      1,
+      2 ** 31 - 1,
+    ),
   };
 }

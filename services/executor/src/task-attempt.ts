@@ -1,13 +1,21 @@
 /**
  * One leased attempt on this executor: builds the handler's {@link TaskContext} (abort signal,
- * deadline, throttled heartbeats, log), runs the handler and turns what it returned or threw into
- * an {@link AttemptOutcome}. No session I/O here: heartbeats go through a callback and the outcome
- * is returned, so the session decides what is sent when.
+ * deadline, throttled heartbeats, log, artifacts), runs the handler and turns what it returned or
+ * threw into an {@link AttemptOutcome} (a large output becomes a claim check). No session I/O
+ * here: heartbeats go through a callback and the outcome is returned, so the session decides
+ * what is sent when.
  */
 import type { JsonValue } from "@bufbuild/protobuf";
 import { timestampDate } from "@bufbuild/protobuf/wkt";
 import type { Logger } from "@nexusflow/common";
-import type { Lease, LeaseKey, LogRef } from "@nexusflow/gen";
+import type { ArtifactStore } from "@nexusflow/common/artifacts";
+import { type ArtifactRef, type Lease, type LeaseKey, type LogRef, TaskKind } from "@nexusflow/gen";
+import {
+  type ArtifactIdentity,
+  type OutputOffloadOptions,
+  createTaskArtifacts,
+  settleOutput,
+} from "./artifacts.js";
 import type { TaskContext, TaskHandler } from "./handlers/index.js";
 import { startTimer } from "./handlers/timers.js";
 import type { LogSink } from "./log-sink.js";
@@ -15,12 +23,19 @@ import { PayloadError, fromValue, toJsonPayload } from "./payload.js";
 import { TaskError, type TaskFailure, isTaskError, toTaskFailure } from "./task-error.js";
 import { createTaskLog } from "./task-log.js";
 
-/** How an attempt ended, with where its log went. */
+/** How an attempt ended, with where its log went; an offloaded output has `outputRef` (and output null). */
 export type AttemptOutcome =
-  | { readonly status: "completed"; readonly output: JsonValue; readonly logs: LogRef | undefined }
+  | {
+      readonly status: "completed";
+      readonly output: JsonValue;
+      readonly outputRef?: ArtifactRef | undefined;
+      readonly logs: LogRef | undefined;
+    }
   | { readonly status: "failed"; readonly failure: TaskFailure; readonly logs: LogRef | undefined };
 
-type Settled = { status: "completed"; output: JsonValue } | { status: "failed"; failure: TaskFailure };
+type Settled =
+  | { status: "completed"; output: JsonValue; outputRef?: ArtifactRef | undefined }
+  | { status: "failed"; failure: TaskFailure };
 
 /** What an attempt needs from the executor. */
 export interface TaskAttemptDeps {
@@ -29,6 +44,10 @@ export interface TaskAttemptDeps {
   readonly logger: Logger;
   /** Largest JSON output, progress or error details, in bytes. */
   readonly maxPayloadBytes: number;
+  /** Where `ctx.artifacts` stores files; undefined when the executor has no store. */
+  readonly artifacts?: ArtifactStore | undefined;
+  /** Offloading of large outputs; undefined keeps every output inline. */
+  readonly offload?: OutputOffloadOptions | undefined;
   /** Sends a task heartbeat now (the session drops it when disconnected). */
   readonly sendHeartbeat: (key: LeaseKey, progress: JsonValue | undefined) => void;
 }
@@ -106,13 +125,15 @@ export class TaskAttempt {
   /** Runs `handler` on the lease's input. Never rejects. */
   async run(handler: TaskHandler): Promise<AttemptOutcome> {
     const { lease } = this;
-    const log = this.#deps.logSink.open({
+    const identity = {
       runId: lease.runId,
       stepId: lease.stepId,
       taskRunId: this.key.taskRunId,
       attempt: this.key.attempt,
       taskType: lease.taskType,
-    });
+      kind: lease.kind === TaskKind.COMPENSATION ? ("COMPENSATION" as const) : ("STEP" as const),
+    };
+    const log = this.#deps.logSink.open(identity);
     const taskLog = createTaskLog(log, this.key.attempt, this.#deps.logger);
     const deadline = lease.deadline === undefined ? undefined : timestampDate(lease.deadline);
     const stopDeadline = this.#armDeadline(deadline);
@@ -126,10 +147,11 @@ export class TaskAttempt {
       deadline,
       heartbeat: (progress?: unknown) => this.#heartbeat(progress),
       log: taskLog,
+      artifacts: createTaskArtifacts(this.#deps.artifacts, identity),
     };
     let settled: Settled;
     try {
-      settled = await Promise.race([this.#invoke(handler, ctx), this.#forced]);
+      settled = await Promise.race([this.#invoke(handler, ctx, identity), this.#forced]);
     } finally {
       this.#finished = true;
       stopDeadline();
@@ -149,11 +171,14 @@ export class TaskAttempt {
     return { ...settled, logs };
   }
 
-  async #invoke(handler: TaskHandler, ctx: TaskContext): Promise<Settled> {
+  async #invoke(handler: TaskHandler, ctx: TaskContext, identity: ArtifactIdentity): Promise<Settled> {
     try {
       const output: unknown = await handler(fromValue(this.lease.input), ctx);
       try {
-        return { status: "completed", output: toJsonPayload(output, this.#deps.maxPayloadBytes) };
+        const settled = await settleOutput(output, identity, this.#deps.maxPayloadBytes, this.#deps.offload);
+        return settled.outputRef === undefined
+          ? { status: "completed", output: settled.output }
+          : { status: "completed", output: null, outputRef: settled.outputRef };
       } catch (e) {
         if (!(e instanceof PayloadError)) throw e;
         const type = e.problem === "TOO_LARGE" ? "OUTPUT_TOO_LARGE" : "INVALID_OUTPUT";

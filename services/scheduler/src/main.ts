@@ -1,5 +1,6 @@
 /** Scheduler entry point: read configuration, start, stop on signals. */
 import { ConfigError, createLogger, loadSchedulerConfig } from "@nexusflow/common";
+import { type ArtifactStore, createArtifactStore, isArtifactError } from "@nexusflow/common/artifacts";
 import { PortInUseError, Scheduler } from "./scheduler.js";
 
 let config;
@@ -13,7 +14,18 @@ try {
   throw e;
 }
 const log = createLogger("scheduler", config.logLevel);
+let artifacts: ArtifactStore;
+try {
+  artifacts = await createArtifactStore(config.artifacts);
+} catch (e) {
+  if (e instanceof ConfigError || isArtifactError(e)) {
+    process.stderr.write(`nexusflow-scheduler: artifact store: ${e.message}\n`);
+    process.exit(2);
+  }
+  throw e;
+}
 const scheduler = new Scheduler({
+  artifacts,
   host: config.host,
   port: config.port,
   databaseUrl: config.database.url,

@@ -4,7 +4,9 @@
  */
 import * as grpc from "@grpc/grpc-js";
 import { serviceDefinition, type Logger } from "@nexusflow/common";
-import { ExecutorService, WorkflowService } from "@nexusflow/gen";
+import { type ArtifactStore, FilesystemArtifactStore, resolveOutputRef } from "@nexusflow/common/artifacts";
+import { ArtifactService, ExecutorService, WorkflowService } from "@nexusflow/gen";
+import { PgTaskIndex, artifactService } from "./api/artifact-service.js";
 import { executorService } from "./api/executor-session.js";
 import { workflowService } from "./api/workflow-service.js";
 import { Engine } from "./engine/engine.js";
@@ -29,6 +31,12 @@ export interface SchedulerOptions {
   heartbeatIntervalMs?: number;
   /** Session timeout (and lease grace period). @default 10000 */
   sessionTimeoutMs?: number;
+  /**
+   * Where executors store logs, files and offloaded outputs: read by ArtifactService and by the
+   * engine (claim checks). The caller owns it (main.ts builds it with `createArtifactStore`).
+   * @default a filesystem store under `<dataDir>/artifacts`
+   */
+  artifacts?: ArtifactStore | undefined;
   /** Lifecycle-event publishing (the outbox relay); undefined runs no relay. */
   events?: EventsOptions | undefined;
   log: Logger;
@@ -86,9 +94,14 @@ export class Scheduler {
         log.info({ port: this.embedded.port }, "embedded PostgreSQL started");
       }
       this.db = await openDatabase({ url, poolSize: this.options.poolSize ?? 10, log });
+      // The default store is only read here; its folder appears when an executor first writes.
+      const store =
+        this.options.artifacts ??
+        new FilesystemArtifactStore({ root: `${this.options.dataDir ?? ".nexusflow"}/artifacts` });
       this.engineValue = new Engine({
         db: this.db,
         log,
+        resolveOutput: (ref) => resolveOutputRef(store, ref),
         ...(this.options.heartbeatIntervalMs === undefined
           ? {}
           : { heartbeatIntervalMs: this.options.heartbeatIntervalMs }),
@@ -112,6 +125,10 @@ export class Scheduler {
         workflowService(this.engineValue, new RunStore(this.db)),
       );
       server.addService(serviceDefinition(ExecutorService), executorService(this.engineValue, log));
+      server.addService(
+        serviceDefinition(ArtifactService),
+        artifactService({ store, tasks: new PgTaskIndex(this.db.pool), log }),
+      );
       const host = this.options.host ?? "127.0.0.1";
       const port = await new Promise<number>((resolve, reject) => {
         server.bindAsync(

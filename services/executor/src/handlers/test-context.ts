@@ -4,7 +4,9 @@
  */
 import { existsSync, readFileSync } from "node:fs";
 import { setTimeout as delay } from "node:timers/promises";
-import type { TaskContext, TaskLog } from "./types.js";
+import { create } from "@bufbuild/protobuf";
+import { ArtifactRefSchema } from "@nexusflow/gen";
+import type { TaskArtifacts, TaskContext, TaskLog } from "./types.js";
 
 /** One `info`/`warn`/`error` call. */
 export interface LoggedLine {
@@ -27,6 +29,8 @@ export interface TestContext {
   lines: LoggedLine[];
   writes: WrittenChunk[];
   heartbeats: unknown[];
+  /** Files saved through `ctx.artifacts.put`, by name (streams are not read). */
+  artifacts: Map<string, { data: unknown; contentType: string | undefined }>;
   /** Concatenation of everything written to `stream`. */
   written(stream: "stdout" | "stderr"): string;
 }
@@ -41,6 +45,15 @@ export function createTestContext(
   const lines: LoggedLine[] = [];
   const writes: WrittenChunk[] = [];
   const heartbeats: unknown[] = [];
+  const artifacts = new Map<string, { data: unknown; contentType: string | undefined }>();
+  const taskArtifacts: TaskArtifacts = {
+    put: (name, data, options) => {
+      artifacts.set(name, { data, contentType: options?.contentType });
+      return Promise.resolve(
+        create(ArtifactRefSchema, { key: `test/${name}`, name, contentType: options?.contentType ?? "" }),
+      );
+    },
+  };
   const line =
     (level: LoggedLine["level"]) =>
     (message: string, fields?: Record<string, unknown>): void => {
@@ -66,6 +79,7 @@ export function createTestContext(
       heartbeats.push(progress);
     },
     log,
+    artifacts: taskArtifacts,
     ...overrides,
   };
   return {
@@ -74,6 +88,7 @@ export function createTestContext(
     lines,
     writes,
     heartbeats,
+    artifacts,
     written: (stream) =>
       writes
         .filter((w) => w.stream === stream)

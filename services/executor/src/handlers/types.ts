@@ -3,6 +3,9 @@
  * {@link TaskContext}. It returns the task's output (JSON-serialisable) or throws; throw a
  * `TaskError` to choose the error type and whether a retry may help.
  */
+import type { TaskArtifacts } from "../artifacts.js";
+
+export type { PutArtifactOptions, TaskArtifacts } from "../artifacts.js";
 
 /** Where a handler's log lines and its process output go (the task's log stream). */
 export interface TaskLog {
@@ -36,6 +39,8 @@ export interface TaskContext {
   heartbeat(progress?: unknown): void;
   /** The task's log stream. */
   readonly log: TaskLog;
+  /** Files kept with this attempt in the artifact store: `await ctx.artifacts.put("report.csv", csv)`. */
+  readonly artifacts: TaskArtifacts;
 }
 
 /** A task implementation: input in, output (or a thrown error) out. */

@@ -2,7 +2,9 @@
 import { create, type MessageInitShape } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { errorToProto, jsonToValue } from "@nexusflow/common";
+import { toArtifactRef } from "@nexusflow/common/artifacts";
 import {
+  LogRefSchema,
   RunSchema,
   RunStatus,
   TaskKind,
@@ -72,6 +74,7 @@ export function runDetail(detail: RunDetail): Run {
     status: taskStatus(t.status),
     ...(t.input === null || t.input === undefined ? {} : { input: jsonToValue(t.input) }),
     ...(t.output === null || t.output === undefined ? {} : { output: jsonToValue(t.output) }),
+    ...(t.outputRef === null || t.outputRef === undefined ? {} : { outputRef: toArtifactRef(t.outputRef) }),
     ...(err(t.error) === undefined ? {} : { error: err(t.error) }),
     attempts: (detail.attempts.get(t.id) ?? []).map((a) => ({
       number: a.number,
@@ -82,6 +85,9 @@ export function runDetail(detail: RunDetail): Run {
       endTime: ts(a.endedAt),
       status: taskStatus(a.status),
       ...(err(a.error) === undefined ? {} : { error: err(a.error) }),
+      ...(a.logs === null || a.logs === undefined
+        ? {}
+        : { logs: fromJson(LogRefSchema, a.logs as JsonValue, { ignoreUnknownFields: true }) }),
     })),
     nextAttemptTime: ts(t.nextAttemptAt),
     skipReason: t.skipReason ?? "",

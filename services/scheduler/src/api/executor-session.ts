@@ -4,10 +4,12 @@
  * answered with Rejected (the stream stays open, nothing changes).
  */
 import { randomUUID } from "node:crypto";
-import { create } from "@bufbuild/protobuf";
+import { create, toJson } from "@bufbuild/protobuf";
 import * as grpc from "@grpc/grpc-js";
 import { valueToJson, type Logger } from "@nexusflow/common";
 import {
+  ArtifactRefSchema,
+  LogRefSchema,
   SessionResponseSchema,
   type LeaseKey,
   type SessionRequest,
@@ -139,8 +141,9 @@ export function executorService(engine: Engine, log: Logger): grpc.UntypedServic
               session,
               key,
               valueToJson(m.value.output),
-              m.value.outputRef ?? null,
-              m.value.logs ?? null,
+              // Stored as JSON (jsonb): the messages' int64 fields are bigints JSON.stringify refuses.
+              m.value.outputRef === undefined ? null : toJson(ArtifactRefSchema, m.value.outputRef),
+              m.value.logs === undefined ? null : toJson(LogRefSchema, m.value.logs),
             );
             break;
           case "failed": {
@@ -156,7 +159,7 @@ export function executorService(engine: Engine, log: Logger): grpc.UntypedServic
                 ...(e?.details === undefined ? {} : { details: valueToJson(e.details) }),
               },
               Number(m.value.retryAfterMs),
-              m.value.logs ?? null,
+              m.value.logs === undefined ? null : toJson(LogRefSchema, m.value.logs),
             );
             break;
           }

@@ -7,6 +7,7 @@ import { randomUUID } from "node:crypto";
 import { create } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { ApiError, Code, UnavailableError, errorToProto, jsonToValue, type Logger } from "@nexusflow/common";
+import { isArtifactError, toArtifactRef } from "@nexusflow/common/artifacts";
 import { SessionResponseSchema, TaskKind, type LeaseKey } from "@nexusflow/gen";
 import {
   compensationOrder,
@@ -43,6 +44,12 @@ export interface EngineOptions {
   sessionTimeoutMs?: number;
   /** Longest wait for a commit before an API call answers UNAVAILABLE. @default 5000 */
   commitTimeoutMs?: number;
+  /**
+   * Reads an offloaded output (claim check, `Completed.output_ref`) back from the artifact store,
+   * e.g. `(ref) => resolveOutputRef(store, ref)`. Dependents of such a step wait until it is read.
+   * @default none: offloaded outputs read as null
+   */
+  resolveOutput?: ((ref: unknown) => Promise<unknown>) | undefined;
 }
 
 /** Engine lifecycle. */
@@ -78,6 +85,12 @@ function stepState(t: TaskState): StepState {
     case "RETRY_WAIT":
       return { status: "active", input: t.input };
     case "SUCCEEDED":
+      // An offloaded output counts once it has been read back (see Engine.resolveOffloaded).
+      if (t.outputRef !== null && t.outputRef !== undefined) {
+        return t.resolvedOutput === undefined
+          ? { status: "active", input: t.input }
+          : { status: "succeeded", output: t.resolvedOutput, input: t.input };
+      }
       return { status: "succeeded", output: t.output, input: t.input };
     case "FAILED":
       return { status: "failed", input: t.input };
@@ -120,6 +133,7 @@ export class Engine {
   /** Session timeout told to executors. */
   readonly sessionTimeoutMs: number;
   private readonly commitTimeoutMs: number;
+  private readonly resolveOutput: ((ref: unknown) => Promise<unknown>) | undefined;
   private stateValue: EngineState = "CREATED";
   private stopping: Promise<void> | undefined;
 
@@ -129,6 +143,7 @@ export class Engine {
     this.heartbeatIntervalMs = options.heartbeatIntervalMs ?? 2000;
     this.sessionTimeoutMs = options.sessionTimeoutMs ?? 10_000;
     this.commitTimeoutMs = options.commitTimeoutMs ?? 5000;
+    this.resolveOutput = options.resolveOutput;
     this.writer = new BatchWriter({
       pool: options.db.pool,
       log: options.log,
@@ -361,6 +376,10 @@ export class Engine {
         this.orphan(task, this.sessionTimeoutMs + RECONNECT_ALLOWANCE_MS);
         orphaned++;
       }
+    }
+    for (const task of this.tasks.values()) {
+      if (task.kind === "STEP" && task.status === "SUCCEEDED" && task.outputRef !== null)
+        this.resolveOffloaded(task);
     }
     for (const run of this.runs.values()) {
       if (run.idempotencyKey !== null) this.runsByKey.set(run.idempotencyKey, run.id);
@@ -1063,6 +1082,7 @@ export class Engine {
     task.output = output ?? null;
     task.outputRef = outputRef ?? null;
     this.endTask(task, "SUCCEEDED", now);
+    if (task.kind === "STEP" && task.outputRef !== null) this.resolveOffloaded(task);
     if (run !== undefined) {
       this.emit(run, {
         case: "taskSucceeded",
@@ -1070,7 +1090,9 @@ export class Engine {
           taskRunId: task.id,
           stepId: task.stepId,
           attempt: task.attempt,
-          output: jsonToValue(output),
+          ...(task.outputRef === null
+            ? { output: jsonToValue(output) }
+            : { outputRef: toArtifactRef(task.outputRef) }),
           kind: task.kind === "STEP" ? TaskKind.STEP : TaskKind.COMPENSATION,
         },
       });
@@ -1079,6 +1101,68 @@ export class Engine {
     }
     void this.writer.flush().catch(() => undefined);
     return null;
+  }
+
+  /**
+   * Reads a step's offloaded output back so templates, conditions and the output mapping see it;
+   * until then the step counts as active and its dependents wait. A store that is unavailable is
+   * retried with backoff; an output that is gone or corrupt fails the step (OUTPUT_UNAVAILABLE).
+   * The value is kept in memory only: PostgreSQL keeps the claim check, and recovery reads it again.
+   */
+  private resolveOffloaded(task: TaskState, attempt = 1): void {
+    const resolve = this.resolveOutput;
+    if (resolve === undefined) {
+      this.log.warn(
+        { taskRunId: task.id },
+        "an offloaded output cannot be read: no artifact store; using null",
+      );
+      task.resolvedOutput = null;
+      return;
+    }
+    const advance = (): void => {
+      const run = this.runs.get(task.runId);
+      if (run === undefined || (this.stateValue !== "RUNNING" && this.stateValue !== "RECOVERING")) return;
+      this.advance(run);
+      void this.writer.flush().catch(() => undefined);
+    };
+    resolve(task.outputRef).then(
+      (value) => {
+        task.resolvedOutput = value ?? null;
+        advance();
+      },
+      (e: unknown) => {
+        if (this.stateValue === "STOPPING" || this.stateValue === "STOPPED") return;
+        if (isArtifactError(e, "UNAVAILABLE")) {
+          const wait = Math.min(30_000, 250 * 2 ** Math.min(attempt, 7));
+          this.log.warn(
+            { err: e, taskRunId: task.id, retryInMs: wait },
+            "cannot read an offloaded output yet",
+          );
+          this.setTimer(wait, () => this.resolveOffloaded(task, attempt + 1));
+          return;
+        }
+        const run = this.runs.get(task.runId);
+        if (run === undefined || task.status !== "SUCCEEDED") return;
+        task.error = {
+          type: "OUTPUT_UNAVAILABLE",
+          message: `the offloaded output of step ${task.stepId} cannot be read: ${e instanceof Error ? e.message : String(e)}`,
+          retryable: false,
+        };
+        this.endTask(task, "FAILED", new Date());
+        this.emit(run, {
+          case: "taskFailed",
+          value: {
+            taskRunId: task.id,
+            stepId: task.stepId,
+            attempt: task.attempt,
+            final: true,
+            kind: TaskKind.STEP,
+            error: errorToProto(task.error),
+          },
+        });
+        advance();
+      },
+    );
   }
 
   /** Failed report: retried per policy or failed for good. */

@@ -84,7 +84,10 @@ export interface TaskState {
   status: TaskStatusName;
   input: unknown;
   output: unknown;
+  /** Claim check of an offloaded output (ArtifactRef as JSON); `output` is null then. */
   outputRef: unknown;
+  /** The offloaded output read back from the artifact store (in memory only); undefined until read. */
+  resolvedOutput?: unknown;
   error: ErrorInfo | null;
   skipReason: "condition" | "upstream" | null;
   /** Number of the latest attempt (0 before the first lease). */

@@ -1,0 +1,153 @@
+/**
+ * What an attempt stores besides its log: files the handler saves through `ctx.artifacts` and,
+ * when the output is large, the output itself (claim check). The executor then reports
+ * `Completed.output_ref` instead of the output, so a multi-megabyte result travels neither
+ * through the session stream nor through PostgreSQL.
+ *
+ * Keys follow the layout of `@nexusflow/common/artifacts`:
+ * `runs/{run}/{step}/attempt-{n}/{name}` for files, `…/attempt-{n}/output.json` for the output.
+ */
+import type { JsonValue } from "@bufbuild/protobuf";
+import {
+  type ArtifactData,
+  type ArtifactStore,
+  DEFAULT_OFFLOAD_THRESHOLD_BYTES,
+  type TaskKindName,
+  attemptPrefix,
+  checkArtifactName,
+  isArtifactError,
+  offloadOutput,
+} from "@nexusflow/common/artifacts";
+import type { ArtifactRef } from "@nexusflow/gen";
+import type { AttemptIdentity } from "./log-sink.js";
+import { PayloadError, toJsonPayload } from "./payload.js";
+import { TaskError } from "./task-error.js";
+
+/** Largest output offloaded by default, in bytes (256 MiB). */
+export const DEFAULT_MAX_OFFLOAD_BYTES = 256 * 1024 * 1024;
+
+/** An attempt's identity as the artifact layout needs it; `kind` defaults to STEP. */
+export type ArtifactIdentity = Pick<AttemptIdentity, "runId" | "stepId" | "attempt"> & {
+  readonly kind?: TaskKindName | undefined;
+};
+
+/** Options of {@link TaskArtifacts.put}. */
+export interface PutArtifactOptions {
+  /**
+   * Media type of the file.
+   * @default "application/octet-stream"
+   */
+  contentType?: string | undefined;
+}
+
+/** `ctx.artifacts`: files a handler keeps with its attempt (reports, dumps, build outputs). */
+export interface TaskArtifacts {
+  /**
+   * Saves `data` as `name` (may contain "/" for sub-folders; `logs.jsonl`, `logs/` and
+   * `output.json` are reserved) under the attempt's folder, replacing a file of the same name.
+   * Resolves to its ref (key, size, SHA-256). Rejects with a terminal TaskError
+   * `INVALID_ARTIFACT` for a bad name or content type, `ARTIFACTS_UNAVAILABLE` when the executor
+   * has no store, and a retryable `ARTIFACT_STORE_UNAVAILABLE` when the store cannot be written.
+   */
+  put(name: string, data: ArtifactData, options?: PutArtifactOptions): Promise<ArtifactRef>;
+}
+
+/** The `ctx.artifacts` of one attempt; without a store every put rejects `ARTIFACTS_UNAVAILABLE`. */
+export function createTaskArtifacts(
+  store: ArtifactStore | undefined,
+  identity: ArtifactIdentity,
+): TaskArtifacts {
+  return {
+    async put(name, data, options = {}) {
+      if (store === undefined) {
+        throw TaskError.terminal(
+          "ARTIFACTS_UNAVAILABLE",
+          "this executor has no artifact store (set ExecutorOptions.artifacts, or S3_ENDPOINT / ARTIFACTS_DIR)",
+        );
+      }
+      try {
+        const key = `${attemptPrefix(identity.runId, identity.stepId, identity.attempt, identity.kind)}${checkArtifactName(name)}`;
+        return await store.put(key, data, { contentType: options.contentType });
+      } catch (e) {
+        throw toTaskError(e, `could not save artifact ${JSON.stringify(name)}`);
+      }
+    },
+  };
+}
+
+/** A store failure as the TaskError a handler (or the attempt) fails with. */
+function toTaskError(e: unknown, what: string): TaskError {
+  const message = `${what}: ${e instanceof Error ? e.message : String(e)}`;
+  if (
+    isArtifactError(e, "INVALID_KEY") ||
+    isArtifactError(e, "INVALID_ARGUMENT") ||
+    isArtifactError(e, "CONFLICT")
+  )
+    return TaskError.terminal("INVALID_ARTIFACT", message, { cause: e });
+  return TaskError.retryable("ARTIFACT_STORE_UNAVAILABLE", message, { cause: e });
+}
+
+/** When and how outputs are offloaded. */
+export interface OutputOffloadOptions {
+  readonly store: ArtifactStore;
+  /**
+   * Outputs whose JSON is larger than this many bytes are offloaded.
+   * @default 256 KiB
+   */
+  readonly thresholdBytes?: number | undefined;
+  /**
+   * Largest output offloaded; a larger one fails the attempt with OUTPUT_TOO_LARGE.
+   * @default 256 MiB
+   */
+  readonly maxBytes?: number | undefined;
+}
+
+/** What a completed attempt reports: the output inline, or a claim check. */
+export type SettledOutput =
+  | { readonly output: JsonValue; readonly outputRef?: undefined }
+  | { readonly output?: undefined; readonly outputRef: ArtifactRef };
+
+/**
+ * Turns a handler's return value into what Completed carries. Without `offload` (or at or below
+ * its threshold) the JSON goes inline, limited to `maxPayloadBytes`; above the threshold (or above
+ * `maxPayloadBytes`) it is stored as `output.json` and only its ref is reported. Throws
+ * {@link PayloadError} (NOT_JSON, or TOO_LARGE past the applicable limit) and a retryable
+ * TaskError `OUTPUT_OFFLOAD_FAILED` when the store cannot take it.
+ */
+export async function settleOutput(
+  value: unknown,
+  identity: ArtifactIdentity,
+  maxPayloadBytes: number,
+  offload?: OutputOffloadOptions,
+): Promise<SettledOutput> {
+  if (offload === undefined) return { output: toJsonPayload(value, maxPayloadBytes) };
+  const threshold = Math.min(offload.thresholdBytes ?? DEFAULT_OFFLOAD_THRESHOLD_BYTES, maxPayloadBytes);
+  const maxBytes = offload.maxBytes ?? DEFAULT_MAX_OFFLOAD_BYTES;
+  let text: string | undefined;
+  try {
+    text = JSON.stringify(value === undefined ? null : value);
+  } catch (e) {
+    throw new PayloadError(
+      "NOT_JSON",
+      `not JSON-serialisable: ${e instanceof Error ? e.message : String(e)}`,
+      {
+        cause: e,
+      },
+    );
+  }
+  if (text === undefined) throw new PayloadError("NOT_JSON", `not JSON-serialisable: a ${typeof value}`);
+  const bytes = Buffer.byteLength(text, "utf8");
+  if (bytes <= threshold) return { output: JSON.parse(text) as JsonValue };
+  if (bytes > maxBytes)
+    throw new PayloadError("TOO_LARGE", `${bytes} bytes of JSON, more than the offload limit of ${maxBytes}`);
+  try {
+    const prefix = attemptPrefix(identity.runId, identity.stepId, identity.attempt, identity.kind);
+    return { outputRef: await offloadOutput(offload.store, prefix, text) };
+  } catch (e) {
+    throw TaskError.retryable(
+      "OUTPUT_OFFLOAD_FAILED",
+      `could not store the ${bytes}-byte output: ${e instanceof Error ? e.message : String(e)}`,
+      { cause: e },
+    );
+  }
+}
