@@ -1320,6 +1320,14 @@ export class Engine {
       task.sessionId = session.id;
       session.leases.add(task.id);
     }
+    // A re-attached executor replaces its earlier sessions, even ones whose connection never
+    // reported closing (half-open TCP): they must not take new leases.
+    for (const other of [...this.dispatcher.sessions.values()]) {
+      if (other.executorId === session.executorId && other.id !== session.id) {
+        other.close("superseded by a new session of the same executor");
+        this.detachSession(other);
+      }
+    }
     this.dispatcher.sessions.set(session.id, session);
     this.log.info(
       {

@@ -229,8 +229,9 @@ export class BatchWriter {
       this.attempts = new Map();
       this.events = [];
       this.waiters = [];
+      const statements = this.snapshot(runs, tasks, attempts, events);
       try {
-        await this.commit(runs, tasks, attempts, events);
+        await this.commit(statements);
       } catch (e) {
         // Put everything back in front of what accumulated meanwhile and try again later: the rows
         // carry full state, so re-marking is idempotent; events keep their order.
@@ -271,39 +272,56 @@ export class BatchWriter {
     if (this.closed) this.rejectAll();
   }
 
-  private async commit(
+  /**
+   * Serializes a batch to its statement parameters. Called synchronously when the batch is taken,
+   * so the rows describe exactly the state that the batch's events describe: changes made while
+   * the commit awaits belong to the next batch, with their events.
+   */
+  private snapshot(
     runs: Map<string, RunState>,
     tasks: Map<string, TaskState>,
     attempts: Map<string, AttemptState>,
     events: OutboxRow[],
-  ): Promise<void> {
-    if (runs.size + tasks.size + attempts.size + events.length === 0) return;
+  ): [string, string][] {
+    const statements: [string, string][] = [];
+    // Parents before children: runs, tasks, attempts, then the events describing them.
+    if (runs.size > 0) statements.push([RUN_SQL, JSON.stringify([...runs.values()].map(runRow))]);
+    if (tasks.size > 0) statements.push([TASK_SQL, JSON.stringify([...tasks.values()].map(taskRow))]);
+    if (attempts.size > 0)
+      statements.push([ATTEMPT_SQL, JSON.stringify([...attempts.values()].map(attemptRow))]);
+    if (events.length > 0) {
+      const rows = events.map((e) => ({
+        event_id: e.eventId,
+        run_id: e.runId,
+        sequence: e.sequence,
+        type: e.type,
+        payload: Buffer.from(e.payload).toString("base64"),
+        trace_context: e.traceContext,
+      }));
+      statements.push([EVENT_SQL, JSON.stringify(rows)]);
+    }
+    return statements;
+  }
+
+  private async commit(statements: [string, string][]): Promise<void> {
+    if (statements.length === 0) return;
     const client = await this.options.pool.connect();
+    // pg-pool removes its own error listener while a client is checked out: without this, a
+    // connection killed mid-commit (database restart) would be an unhandled 'error' event.
+    const onError = (e: Error): void =>
+      this.options.log.warn({ error: e.message }, "database connection lost during a commit");
+    client.on("error", onError);
     let broken = false;
     try {
       await client.query("BEGIN");
-      // Parents before children: runs, tasks, attempts, then the events describing them.
-      if (runs.size > 0) await client.query(RUN_SQL, [JSON.stringify([...runs.values()].map(runRow))]);
-      if (tasks.size > 0) await client.query(TASK_SQL, [JSON.stringify([...tasks.values()].map(taskRow))]);
-      if (attempts.size > 0)
-        await client.query(ATTEMPT_SQL, [JSON.stringify([...attempts.values()].map(attemptRow))]);
-      if (events.length > 0) {
-        const rows = events.map((e) => ({
-          event_id: e.eventId,
-          run_id: e.runId,
-          sequence: e.sequence,
-          type: e.type,
-          payload: Buffer.from(e.payload).toString("base64"),
-          trace_context: e.traceContext,
-        }));
-        await client.query(EVENT_SQL, [JSON.stringify(rows)]);
-      }
+      for (const [sql, param] of statements) await client.query(sql, [param]);
       await client.query("COMMIT");
     } catch (e) {
       broken = true;
       await client.query("ROLLBACK").catch(() => undefined);
       throw e;
     } finally {
+      client.off("error", onError);
       client.release(broken);
     }
   }

@@ -68,6 +68,10 @@ export async function openDatabase(options: DatabaseOptions): Promise<Database> 
     connectionTimeoutMillis: 3000,
   });
   // An idle client losing its connection (database restart) must not crash the process.
+  // A client checked out when the server goes away emits 'error' on itself; never let it crash us.
+  pool.on("connect", (client) => {
+    client.on("error", (e: Error) => options.log.debug({ error: e.message }, "database connection error"));
+  });
   pool.on("error", (e: Error & { code?: string }) =>
     options.log.warn({ error: e.message, code: e.code }, "idle database connection lost"),
   );

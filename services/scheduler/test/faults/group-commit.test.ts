@@ -1,0 +1,115 @@
+/**
+ * The group commit is atomic (issue 4): what a committed transaction says about a run (its state
+ * and `event_seq`) never runs ahead of the outbox events describing it, so a SIGKILL between two
+ * commits cannot leave a gap in the run's event sequence. The scheduler's database connection
+ * goes through a TCP proxy that adds latency, which widens the round trips of each transaction;
+ * a second connection watches the committed tables meanwhile.
+ */
+import assert from "node:assert/strict";
+import { mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, before, describe, it } from "node:test";
+import { setTimeout as delay } from "node:timers/promises";
+import { startTestDatabase, waitFor } from "../support.js";
+import { workflowClient } from "../support.js";
+import { registerSpec } from "../e2e/harness.js";
+import {
+  killAll,
+  startExecutorProcess,
+  startSchedulerProcess,
+  type ServiceProcess,
+} from "../e2e/processes.js";
+import { FaultTables, checkInvariants } from "./invariants.js";
+import { TcpProxy } from "./proxy.js";
+import { FAST_EXPIRY, executorEnv, startRun } from "./support.js";
+
+const RUNS = 10;
+/** Added to every chunk in each direction between the scheduler and PostgreSQL. */
+const DB_LATENCY_MS = 15;
+
+describe("fault injection: group commit atomicity", () => {
+  let db: Awaited<ReturnType<typeof startTestDatabase>>;
+  let tables: FaultTables;
+  let dir: string;
+
+  before(async () => {
+    db = await startTestDatabase();
+    tables = new FaultTables(db.url);
+    dir = await mkdtemp(join(tmpdir(), "nf-faults-commit-"));
+  });
+
+  after(async () => {
+    await killAll();
+    await tables?.close();
+    await db?.close();
+    if (dir !== undefined) await rm(dir, { recursive: true, force: true });
+  });
+
+  it("never commits a run's event_seq ahead of its outbox events, so a SIGKILL leaves no gap", async () => {
+    const proxy = await TcpProxy.start(`127.0.0.1:${db.server.port}`, DB_LATENCY_MS);
+    const slowUrl = db.url.replace(`:${db.server.port}/`, `:${proxy.address.split(":")[1]}/`);
+    const { process: first, address } = await startSchedulerProcess(
+      "sched-commit-1",
+      slowUrl,
+      0,
+      FAST_EXPIRY,
+    );
+    const port = Number(address.slice(address.lastIndexOf(":") + 1));
+    const client = workflowClient(address);
+    const executor = await startExecutorProcess("commit", address, executorEnv(8));
+    let second: ServiceProcess | undefined;
+    try {
+      await registerSpec(client, {
+        name: "commit",
+        version: 1,
+        steps: [
+          {
+            id: "s1",
+            type: "fault.flaky",
+            input: { failures: 2 },
+            retry: { maxAttempts: 3, initialInterval: "100ms", jitter: "none" },
+          },
+          { id: "s2", type: "fault.slow", dependsOn: ["s1"], input: { ms: 0 } },
+        ],
+      });
+      const runIds = await Promise.all(Array.from({ length: RUNS }, () => startRun(client, "commit", {})));
+
+      // Watch the committed state until every run is finished or a run row is ahead of its events.
+      let ahead: { id: string; seq: number; events: number } | undefined;
+      const deadline = Date.now() + 60_000;
+      while (ahead === undefined && Date.now() < deadline) {
+        const { rows } = await tables.pool.query<{ id: string; seq: number; events: number }>(
+          `SELECT r.id, r.event_seq::int AS seq, count(e.id)::int AS events
+             FROM workflow_runs r LEFT JOIN outbox_events e ON e.run_id = r.id
+            WHERE r.id = ANY($1::uuid[]) GROUP BY r.id HAVING r.event_seq <> count(e.id)`,
+          [runIds],
+        );
+        ahead = rows[0];
+        if (ahead === undefined && (await tables.terminalCount(runIds)) === RUNS) break;
+        if (ahead === undefined) await delay(5);
+      }
+      if (ahead !== undefined) {
+        // Crash right there: the events the run row already counts are not committed yet.
+        await first.kill();
+        ({ process: second } = await startSchedulerProcess("sched-commit-2", db.url, port, FAST_EXPIRY));
+      }
+      await waitFor(
+        "every run to finish",
+        async () => ((await tables.terminalCount(runIds)) === RUNS ? true : undefined),
+        60_000,
+      );
+      const report = await checkInvariants(tables.pool, runIds);
+      assert.equal(
+        ahead,
+        undefined,
+        `a committed transaction set workflow_runs.event_seq=${ahead?.seq} for run ${ahead?.id} with only ` +
+          `${ahead?.events} outbox events committed; after a SIGKILL at that moment:\n${report.violations.join("\n")}`,
+      );
+      await tables.assertInvariants(runIds);
+    } finally {
+      await Promise.all([executor.kill(), first.kill(), second?.kill()]);
+      await proxy.close();
+    }
+  });
+});
