@@ -213,6 +213,24 @@ describe("resilience: retries, timeouts, cancellation, sagas", () => {
     await waitFor("the handler to see the abort", () => aborted.has("slow-1") || undefined);
   });
 
+  it("ends a run that exceeds its run-level timeout TIMED_OUT and stops its running handler", async () => {
+    await register({
+      name: "run-timeout",
+      version: 1,
+      timeout: "400ms",
+      steps: [{ id: "s", type: "wait-for-abort", input: { key: "{{ input.key }}" } }],
+    });
+    const { run } = await client.startRun({
+      workflowName: "run-timeout",
+      input: jsonToValue({ key: "rt-1" }),
+    });
+    const done = await waitForRun(client, run!.id);
+    assert.equal(done.status, RunStatus.TIMED_OUT);
+    assert.equal(done.error?.type, "RUN_TIMEOUT");
+    assert.equal(task(done, "s").status, TaskStatus.CANCELLED);
+    await waitFor("the handler to see the abort", () => aborted.has("rt-1") || undefined);
+  });
+
   it("cancels a run: running handlers see ctx.signal abort and the run ends CANCELLED (idempotent)", async () => {
     await register({
       name: "cancellable",
