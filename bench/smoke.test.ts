@@ -1,0 +1,101 @@
+/**
+ * Smoke test of the benchmark harness: every section runs end to end at tiny sizes and produces a
+ * complete report. It asserts that the harness works, never how fast anything is (timing goals
+ * live in `npm run bench`, not in tests).
+ */
+import assert from "node:assert/strict";
+import { mkdtemp, readdir, readFile, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { describe, it } from "node:test";
+import { parseArgs, scaled, UsageError } from "./lib/cli.js";
+import { quantile, summarize } from "./lib/stats.js";
+import { runBench, type BenchReport } from "./main.js";
+import { chainSteps, fanOutSteps } from "./sections/dag.js";
+
+describe("bench command line", () => {
+  it("parses --only, --scale, --systems and --rates", () => {
+    const o = parseArgs([
+      "--only",
+      "latency,dag",
+      "--scale=0.1",
+      "--systems",
+      "nexusflow",
+      "--rates",
+      "10,20",
+    ]);
+    assert.deepEqual(o.only, ["latency", "dag"]);
+    assert.equal(o.scale, 0.1);
+    assert.deepEqual(o.systems, ["nexusflow"]);
+    assert.deepEqual(o.rates, [10, 20]);
+    assert.equal(scaled(20_000, 0.1), 2000);
+    assert.equal(scaled(20_000, 0.00001, 100), 100);
+  });
+
+  it("rejects unknown sections and bad scales with a message naming the flag", () => {
+    assert.throws(
+      () => parseArgs(["--only", "speed"]),
+      (e: unknown) => e instanceof UsageError && /--only/.test(e.message),
+    );
+    assert.throws(
+      () => parseArgs(["--scale", "0"]),
+      (e: unknown) => e instanceof UsageError && /--scale/.test(e.message),
+    );
+    assert.throws(() => parseArgs(["--bogus"]), UsageError);
+  });
+});
+
+describe("bench statistics and shapes", () => {
+  it("computes nearest-rank percentiles", () => {
+    const xs = Array.from({ length: 1000 }, (_, i) => i + 1);
+    assert.equal(quantile(xs, 0.5), 500);
+    assert.equal(quantile(xs, 0.99), 990);
+    assert.equal(quantile(xs, 0.999), 999);
+    const s = summarize([3, 1, 2]);
+    assert.equal(s.min, 1);
+    assert.equal(s.max, 3);
+    assert.equal(s.p50, 2);
+  });
+
+  it("builds fan-out joins within 100 dependencies and chains in order", () => {
+    const steps = fanOutSteps(988) as { id: string; dependsOn?: string[] }[];
+    assert.equal(steps.length, 1000);
+    assert.ok(steps.every((s) => (s.dependsOn?.length ?? 0) <= 100));
+    const chain = chainSteps(3) as { id: string; dependsOn?: string[] }[];
+    assert.deepEqual(chain[2]?.dependsOn, ["s1"]);
+  });
+});
+
+describe("bench smoke run", () => {
+  it("runs every section at tiny sizes and writes a complete JSON report", { timeout: 55_000 }, async () => {
+    const out = await mkdtemp(join(tmpdir(), "nf-bench-smoke-"));
+    try {
+      const printed: string[] = [];
+      const report: BenchReport = await runBench(
+        ["--scale", "0.005", "--rates", "40", "--systems", "nexusflow,graphile-worker", "--out", out],
+        { print: (s) => printed.push(s), note: () => undefined },
+      );
+      assert.deepEqual(report.errors, []);
+      assert.equal(report.throughput?.length, 2);
+      for (const t of report.throughput ?? []) {
+        assert.ok(t.drain.tasksPerSecond > 0, `${t.system} drained`);
+        assert.ok(t.cost.perTask.commits > 0, `${t.system} cost measured`);
+      }
+      assert.equal(report.latency?.length, 2);
+      for (const l of report.latency ?? [])
+        assert.ok(l.scheduleToStart.n > 0 && l.failedSends === 0 && l.notStarted === 0, l.system);
+      assert.ok(Number.isFinite(report.dag?.fanOut.makespan.p50));
+      assert.ok((report.dag?.chain.perHop.n ?? 0) > 0);
+      assert.equal(report.sessions?.idle.sessions, report.sessions?.busy.sessions);
+      assert.ok((report.sessions?.busy.tasksPerSecond ?? 0) > 0);
+      assert.ok(printed.join("\n").includes("No-op throughput"));
+      const files = (await readdir(out)).filter((f) => f.endsWith(".json"));
+      assert.equal(files.length, 1);
+      const written = JSON.parse(await readFile(join(out, files[0] as string), "utf8")) as BenchReport;
+      assert.equal(written.postgres.server["synchronous_commit"], "on");
+      assert.ok(written.machine["cores"]);
+    } finally {
+      await rm(out, { recursive: true, force: true });
+    }
+  });
+});
