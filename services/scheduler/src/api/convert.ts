@@ -16,7 +16,7 @@ import {
 } from "@nexusflow/gen";
 import { fromJson, type JsonValue } from "@bufbuild/protobuf";
 import type { DefinitionRow } from "../engine/definitions.js";
-import type { ErrorInfo } from "../engine/model.js";
+import type { ErrorInfo, RunState, TaskState } from "../engine/model.js";
 import type { RunDetail, RunRow } from "../persistence/run-store.js";
 
 function ts(d: Date | null | undefined): ReturnType<typeof timestampFromDate> | undefined {
@@ -105,5 +105,52 @@ export function definition(row: DefinitionRow): WorkflowDefinition {
     spec: fromJson(WorkflowSpecSchema, row.spec as JsonValue, { ignoreUnknownFields: true }),
     contentHash: row.contentHash,
     createTime: timestampFromDate(row.createdAt),
+  });
+}
+
+/** A run from the engine's memory (StartRun answers without reading back what it just wrote). */
+export function runFromState(run: Readonly<RunState>): Run {
+  const toTask = (
+    t: TaskState,
+  ): MessageInitShape<typeof RunSchema>["tasks"] extends (infer T)[] | undefined ? T : never => ({
+    id: t.id,
+    stepId: t.stepId,
+    kind: t.kind === "COMPENSATION" ? TaskKind.COMPENSATION : TaskKind.STEP,
+    type: t.type,
+    status: taskStatus(t.status),
+    ...(t.input === null || t.input === undefined ? {} : { input: jsonToValue(t.input) }),
+    ...(t.output === null || t.output === undefined ? {} : { output: jsonToValue(t.output) }),
+    ...(t.error === null ? {} : { error: errorToProto(t.error) }),
+    attempts:
+      t.current === null
+        ? []
+        : [
+            {
+              number: t.current.number,
+              fencingToken: BigInt(t.current.fencingToken),
+              executorId: t.current.executorId,
+              leaseTime: ts(t.current.leasedAt),
+              startTime: ts(t.current.startedAt),
+              status: taskStatus(t.current.status),
+            },
+          ],
+    skipReason: t.skipReason ?? "",
+    createTime: ts(t.createdAt),
+    endTime: ts(t.endedAt),
+  });
+  return create(RunSchema, {
+    id: run.id,
+    workflowName: run.workflow.name,
+    workflowVersion: run.workflow.version,
+    status: runStatus(run.status),
+    input: jsonToValue(run.input),
+    ...(run.output === null || run.output === undefined ? {} : { output: jsonToValue(run.output) }),
+    ...(run.error === null ? {} : { error: errorToProto(run.error) }),
+    idempotencyKey: run.idempotencyKey ?? "",
+    labels: run.labels,
+    tasks: [...run.tasks.values(), ...run.compensations.values()].map(toTask),
+    createTime: ts(run.createdAt),
+    endTime: ts(run.endedAt),
+    deadline: ts(run.deadline),
   });
 }

@@ -27,7 +27,7 @@ import {
 import type { Engine } from "../engine/engine.js";
 import { TERMINAL_RUN_STATUSES, type RunStatusName } from "../engine/model.js";
 import { checkRunId, type RunStore } from "../persistence/run-store.js";
-import { definition, runDetail, runStatusName, runSummary } from "./convert.js";
+import { definition, runDetail, runFromState, runStatusName, runSummary } from "./convert.js";
 
 const LABEL_KEY = /^[a-z0-9]([a-z0-9._/-]{0,61}[a-z0-9])?$/i;
 
@@ -89,7 +89,9 @@ export function workflowService(engine: Engine, runs: RunStore): grpc.UntypedSer
         idempotencyKey: req.idempotencyKey,
         labels: { ...req.labels },
       });
-      return create(StartRunResponseSchema, { run: runDetail(await runs.get(runId)), created });
+      const active = created ? engine.activeRun(runId) : undefined;
+      const run = active !== undefined ? runFromState(active) : runDetail(await runs.get(runId));
+      return create(StartRunResponseSchema, { run, created });
     }),
 
     getRun: unary(async (req: GetRunRequest) => {

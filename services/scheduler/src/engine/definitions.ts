@@ -8,6 +8,9 @@ import { compileWorkflow, type CompiledWorkflow } from "../dag/index.js";
 import type { Database } from "../persistence/database.js";
 import { WorkflowDefinitionEntity } from "../persistence/entities.js";
 
+/** How long "the latest version" of a workflow is cached. */
+const LATEST_TTL_MS = 2000;
+
 /** A stored definition row. */
 export interface DefinitionRow {
   id: number;
@@ -42,6 +45,7 @@ export function decodeToken<T>(token: string, check: (v: unknown) => v is T): T 
 /** Access to workflow definitions. */
 export class DefinitionStore {
   private readonly byId = new Map<number, CompiledWorkflow>();
+  private readonly resolved = new Map<string, { id: number; workflow: CompiledWorkflow; at: number }>();
 
   constructor(
     private readonly db: Database,
@@ -84,6 +88,7 @@ export class DefinitionStore {
     const row = toRow(existing);
     if (inserted.rowCount === 1) {
       this.byId.set(row.id, workflow);
+      this.resolved.delete(`${workflow.name}@0`);
       this.log.info({ workflow: workflow.name, version: workflow.version }, "workflow registered");
       return { row, created: true };
     }
@@ -99,8 +104,15 @@ export class DefinitionStore {
 
   /** The definition `name`@`version` (0 = latest), compiled. */
   async resolve(name: string, version: number): Promise<{ id: number; workflow: CompiledWorkflow }> {
+    // Definitions never change, so (name, version) is cached for good; "latest" only briefly,
+    // since another scheduler may register a newer version.
+    const key = `${name}@${version}`;
+    const cached = this.resolved.get(key);
+    if (cached !== undefined && (version !== 0 || cached.at > Date.now() - LATEST_TTL_MS)) return cached;
     const row = await this.get(name, version);
-    return { id: row.id, workflow: await this.compiledById(row.id, row.spec) };
+    const entry = { id: row.id, workflow: await this.compiledById(row.id, row.spec), at: Date.now() };
+    this.resolved.set(key, entry);
+    return entry;
   }
 
   /** One definition row; NOT_FOUND when missing. */

@@ -70,6 +70,9 @@ export interface StartRunInput {
   labels: Record<string, string>;
 }
 
+/** How long a Started report may wait for another commit to ride along with. */
+const STARTED_FLUSH_DELAY_MS = 20;
+
 /** Extra grace after a scheduler restart: executors back off up to 5 s between reconnects. */
 const RECONNECT_ALLOWANCE_MS = 6000;
 
@@ -1054,7 +1057,8 @@ export class Engine {
         },
       });
     }
-    void this.writer.flush().catch(() => undefined);
+    // No commit of its own when another is near: RUNNING rides along with it.
+    this.writer.flushSoon(STARTED_FLUSH_DELAY_MS);
     return null;
   }
 
@@ -1431,6 +1435,11 @@ export class Engine {
   /** Calls `listener` after each commit that wrote lifecycle events (wakes the outbox relay). */
   onEventsCommitted(listener: () => void): void {
     this.eventListeners.push(listener);
+  }
+
+  /** The in-memory state of an active run (a read-only view for API responses). */
+  activeRun(runId: string): Readonly<RunState> | undefined {
+    return this.runs.get(runId);
   }
 
   /** Whether the run is still active in memory. */

@@ -159,6 +159,7 @@ export class BatchWriter {
   private healthy = true;
   private retryTimer: NodeJS.Timeout | undefined;
   private retryWake: (() => void) | undefined;
+  private soonTimer: NodeJS.Timeout | undefined;
   private readonly retryInitialMs: number;
   private readonly retryMaxMs: number;
   /** Statistics, for the benchmark and metrics. */
@@ -200,6 +201,18 @@ export class BatchWriter {
     const done = new Promise<void>((resolve, reject) => this.waiters.push({ resolve, reject }));
     this.kick();
     return done;
+  }
+
+  /**
+   * Commits what is marked within `delayMs` unless another flush takes it along first: for
+   * changes nobody waits for (a task started), so they ride with the next commit when one is near.
+   */
+  flushSoon(delayMs: number): void {
+    if (this.closed || this.soonTimer !== undefined) return;
+    this.soonTimer = setTimeout(() => {
+      this.soonTimer = undefined;
+      this.kick();
+    }, delayMs);
   }
 
   /** Starts a commit soon if none is running; changes made in the same tick share it. */
@@ -344,6 +357,7 @@ export class BatchWriter {
       clearTimeout(timer);
     }
     this.closed = true;
+    clearTimeout(this.soonTimer);
     if (this.retryTimer !== undefined) {
       clearTimeout(this.retryTimer);
       this.retryTimer = undefined;
