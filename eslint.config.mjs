@@ -4,7 +4,16 @@ import tseslint from "typescript-eslint";
 import globals from "globals";
 
 export default tseslint.config(
-  { ignores: ["**/node_modules/**", "gen/src/**", ".nexusflow/**", ".cache/**", "**/*.mjs"] },
+  {
+    ignores: [
+      "**/node_modules/**",
+      "gen/src/**",
+      "services/*/src/gen/**",
+      ".nexusflow/**",
+      ".cache/**",
+      "**/*.mjs",
+    ],
+  },
   js.configs.recommended,
   ...tseslint.configs.recommendedTypeChecked,
   {

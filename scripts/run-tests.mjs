@@ -42,7 +42,10 @@ if (files.length === 0) {
 }
 
 const phases = [
-  { files: files.filter((f) => !f.endsWith(".serial.test.ts")), concurrency: process.env.TEST_CONCURRENCY ?? "2" },
+  {
+    files: files.filter((f) => !f.endsWith(".serial.test.ts")),
+    concurrency: process.env.TEST_CONCURRENCY ?? "2",
+  },
   { files: files.filter((f) => f.endsWith(".serial.test.ts")), concurrency: "1" },
 ].filter((p) => p.files.length > 0);
 
@@ -69,7 +72,8 @@ for (const [i, phase] of phases.entries()) {
   );
   const text = readFileSync(tap, "utf8");
   passed += Number(/^# pass (\d+)$/m.exec(text)?.[1] ?? 0);
-  failed += Number(/^# fail (\d+)$/m.exec(text)?.[1] ?? 0) + Number(/^# cancelled (\d+)$/m.exec(text)?.[1] ?? 0);
+  failed +=
+    Number(/^# fail (\d+)$/m.exec(text)?.[1] ?? 0) + Number(/^# cancelled (\d+)$/m.exec(text)?.[1] ?? 0);
   if (result.status !== 0) status = result.status ?? 1;
 }
 rmSync(tmp, { recursive: true, force: true });

@@ -4,19 +4,21 @@
  * Order: scheduler (waits for "scheduler listening"), two executors (executor-2 also loads
  * examples/handlers.ts), gateway. Then every examples/*.json workflow is registered through the
  * gateway, the sample order-pipeline runs with its progress shown, and the stack keeps running
- * until Ctrl-C. Stopping goes the other way round: gateway, executors, scheduler, each with
+ * until Ctrl-C. Every service trusts only the local dev key (dev-keys.ts), with which this command
+ * mints the executors' tokens and its own. Stopping goes the other way round: gateway, executors, scheduler, each with
  * SIGTERM and, after a grace period, SIGKILL to its process group.
  */
 import { readFile, readdir } from "node:fs/promises";
-import { join, relative } from "node:path";
+import { isAbsolute, join, relative } from "node:path";
 import { fromJson, type JsonValue } from "@bufbuild/protobuf";
 import { ValueSchema } from "@bufbuild/protobuf/wkt";
-import { type Client, ConnectError, createClient } from "@connectrpc/connect";
+import { type Client, ConnectError, type Interceptor, createClient } from "@connectrpc/connect";
 import { Http2SessionManager, createGrpcTransport } from "@connectrpc/connect-node";
 import { ConfigError, freePort, loadGatewayConfig, loadSchedulerConfig } from "@nexusflow/common";
 import { type Run, RunStatus, WorkflowService } from "@nexusflow/gen";
 import { BadRequestSchema } from "@nexusflow/gen/google/rpc/error_details_pb";
 import { ChildExitedError, ChildTimeoutError, type ChildSpec, ManagedChild } from "./child.js";
+import { devAuthEnv, devKeysDir, ensureDevKeys, mintDevToken } from "./dev-keys.js";
 import { type LogRecord, formatChildLine } from "./log-format.js";
 import { RunProgress, formatRunSummary, formatTaskChange, isTerminal, runStatusName } from "./progress.js";
 import { type Style, box, createStyle } from "./style.js";
@@ -60,6 +62,11 @@ const EXECUTOR_READY_TIMEOUT_MS = 60_000;
 const GATEWAY_READY_TIMEOUT_MS = 30_000;
 const RPC_TIMEOUT_MS = 30_000;
 const SAMPLE_TIMEOUT_MS = 300_000;
+
+/** Lifetime of the executors' tokens: the dev stack runs until Ctrl-C, executors reconnect with the same token. */
+const EXECUTOR_TOKEN_TTL_SEC = 7 * 86_400;
+/** Lifetime of the token the dev command itself uses to register the examples and run the sample. */
+const CLI_TOKEN_TTL_SEC = 12 * 3600;
 
 /** Where the stack listens. */
 interface Ports {
@@ -194,14 +201,21 @@ export async function runDev(options: DevOptions): Promise<number> {
 
   let exitCode = 0;
   try {
-    const ports = await choosePorts(env);
+    // Nobody without a valid token gets in, not even in dev: the services trust a local dev key
+    // (created on first use) and nothing else; tokens are minted here for the executors and for us.
+    const dataDir = env["NEXUSFLOW_DATA_DIR"]?.trim() || ".nexusflow";
+    const keys = await ensureDevKeys(devKeysDir(isAbsolute(dataDir) ? dataDir : join(root, dataDir)));
+    const authEnv = devAuthEnv(keys);
+    const ports = await choosePorts({ ...env, ...authEnv });
     const common = (name: string, service: string, extra: NodeJS.ProcessEnv): ChildSpec => ({
       name,
       entry: entry(service),
       cwd: root,
-      env: { ...env, ...extra },
+      env: { ...env, ...authEnv, ...extra },
       preload: [watchdog],
     });
+    const executorToken = (id: string): Promise<string> =>
+      mintDevToken(keys, { subject: id, scopes: ["executor"], ttlSec: EXECUTOR_TOKEN_TTL_SEC });
 
     const database = env["DATABASE_URL"]
       ? redactUrl(env["DATABASE_URL"])
@@ -225,13 +239,18 @@ export async function runDev(options: DevOptions): Promise<number> {
     const handlersModule = join(examplesDir, "handlers.ts");
     const executors = [
       stack.start(
-        common("executor-1", "executor", { SCHEDULER_ADDRESS: schedulerAddress, EXECUTOR_ID: "executor-1" }),
+        common("executor-1", "executor", {
+          SCHEDULER_ADDRESS: schedulerAddress,
+          EXECUTOR_ID: "executor-1",
+          EXECUTOR_TOKEN: await executorToken("executor-1"),
+        }),
       ),
       stack.start(
         common("executor-2", "executor", {
           SCHEDULER_ADDRESS: schedulerAddress,
           EXECUTOR_ID: "executor-2",
           EXECUTOR_HANDLERS: handlersModule,
+          EXECUTOR_TOKEN: await executorToken("executor-2"),
         }),
       ),
     ];
@@ -263,22 +282,35 @@ export async function runDev(options: DevOptions): Promise<number> {
       box([
         style.bold("Nexusflow dev stack"),
         "",
-        `  ${style.cyan("gateway  ")}  ${style.bold(gatewayUrl)}   gRPC, gRPC-Web, Connect (h2c and HTTP/1.1)`,
+        `  ${style.cyan("gateway  ")}  ${style.bold(gatewayUrl)}   gRPC, gRPC-Web, Connect, REST /v1 (h2c and HTTP/1.1)`,
         `  ${style.cyan("scheduler")}  ${schedulerAddress}   gRPC, internal`,
         `  ${style.cyan("executors")}  executor-1 (built-in types), executor-2 (+ examples/handlers.ts)`,
         `  ${style.cyan("database ")}  ${database}`,
+        `  ${style.cyan("auth     ")}  dev key ${relative(root, keys.dir) || keys.dir}/ (tokens: npx nexusflow token --scope ...)`,
         "",
-        style.gray(`  curl -s ${gatewayUrl}/nexusflow.v1.WorkflowService/ListWorkflows \\`),
-        style.gray(`    -H 'content-type: application/json' -d '{}'`),
+        style.gray(
+          `  export NEXUSFLOW_ADDRESS=${gatewayUrl} NEXUSFLOW_TOKEN=$(npx nexusflow token 2>/dev/null)`,
+        ),
+        style.gray(`  npx nexusflow runs list`),
+        style.gray(`  curl -s ${gatewayUrl}/v1/workflows -H "authorization: Bearer $NEXUSFLOW_TOKEN"`),
       ]),
     );
     say();
 
     const sessionManager = new Http2SessionManager(gatewayUrl);
     gatewaySessions.push(sessionManager);
+    const token = await mintDevToken(keys, {
+      subject: "nexusflow-dev",
+      scopes: ["workflows:write", "workflows:read", "runs:write", "runs:read"],
+      ttlSec: CLI_TOKEN_TTL_SEC,
+    });
+    const bearer: Interceptor = (next) => (req) => {
+      req.header.set("authorization", `Bearer ${token}`);
+      return next(req);
+    };
     const client = createClient(
       WorkflowService,
-      createGrpcTransport({ baseUrl: gatewayUrl, sessionManager }),
+      createGrpcTransport({ baseUrl: gatewayUrl, sessionManager, interceptors: [bearer] }),
     );
 
     const registered = await registerExamples(client, examplesDir, root, lifetime.signal, say, style);

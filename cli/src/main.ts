@@ -6,6 +6,15 @@ import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import { runDev } from "./dev.js";
+import {
+  type CommandIo,
+  OPERATOR_USAGE,
+  UsageError,
+  applyCommand,
+  logsCommand,
+  runsCommand,
+  tokenCommand,
+} from "./ops.js";
 
 const USAGE = `Usage: nexusflow <command> [options]
 
@@ -14,12 +23,16 @@ Commands:
            workflows in examples/, run the sample order-pipeline and keep running until Ctrl-C.
            Options:
              --exit-after-sample   stop after the sample run; exit 0 if it succeeded, 1 if not
+           The services trust only a local dev key (.nexusflow/dev-keys, created on first use).
+  events tail [--brokers host:port] [--topic T] [--from-beginning] [--run ID]
+           Print published lifecycle events as JSON lines until Ctrl-C (KAFKA_BROKERS, KAFKA_TOPIC).
   help     Show this help.
 
 Environment (dev): SCHEDULER_PORT and GATEWAY_PORT (free ports when unset), DATABASE_URL (unset:
 embedded PostgreSQL under NEXUSFLOW_DATA_DIR, default .nexusflow), LOG_LEVEL, and everything else
 the services read; it is passed through to them.
-`;
+
+${OPERATOR_USAGE}`;
 
 /** The repository root: cli/src/main.ts is two levels below it. */
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
@@ -27,6 +40,39 @@ const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
 function usageError(message: string): never {
   process.stderr.write(`nexusflow: ${message}\nRun "nexusflow help" for usage.\n`);
   process.exit(2);
+}
+
+/** What an operator command gets: the environment, Ctrl-C as a signal, the output streams. */
+function operatorIo(): CommandIo {
+  const interrupt = new AbortController();
+  const onSignal = (): void => {
+    if (interrupt.signal.aborted) process.exit(130);
+    interrupt.abort(new Error("interrupted"));
+  };
+  process.on("SIGINT", onSignal);
+  process.on("SIGTERM", onSignal);
+  return {
+    env: process.env,
+    signal: interrupt.signal,
+    stdout: (text) => void process.stdout.write(text),
+    stderr: (text) => void process.stderr.write(text),
+    color: process.stdout.isTTY === true && (process.env["NO_COLOR"] ?? "") === "",
+    root: ROOT,
+  };
+}
+
+/** Runs an operator command to its exit code; usage errors exit 2 with one line. */
+async function operator(
+  run: (args: string[], io: CommandIo) => Promise<number>,
+  args: string[],
+): Promise<number> {
+  try {
+    return await run(args, operatorIo());
+  } catch (e) {
+    if (e instanceof UsageError) usageError(e.message);
+    process.stderr.write(`nexusflow: ${e instanceof Error ? e.message : String(e)}\n`);
+    return 1;
+  }
 }
 
 const [command = "help", ...rest] = process.argv.slice(2);
@@ -80,6 +126,21 @@ switch (command) {
     process.exit(code);
     break;
   }
+  case "apply":
+    process.exit(await operator(applyCommand, rest));
+    break;
+  case "runs":
+    process.exit(await operator(runsCommand, rest));
+    break;
+  case "logs":
+    process.exit(await operator(logsCommand, rest));
+    break;
+  case "events": // loaded on demand: only this command needs kafkajs
+    process.exit(await operator(async (a, io) => (await import("./events.js")).eventsCommand(a, io), rest));
+    break;
+  case "token":
+    process.exit(await operator(tokenCommand, rest));
+    break;
   default:
     usageError(`unknown command "${command}"`);
 }

@@ -69,6 +69,24 @@ function url(env: Env, name: string, protocols: readonly string[]): string | und
   return v;
 }
 
+function bool(env: Env, name: string, def: boolean): boolean {
+  const v = str(env, name);
+  if (v === undefined) return def;
+  if (/^(true|1|yes)$/i.test(v)) return true;
+  if (/^(false|0|no)$/i.test(v)) return false;
+  throw new ConfigError(name, `expected true or false, got ${JSON.stringify(v)}`);
+}
+
+function list(env: Env, name: string): string[] | undefined {
+  const v = str(env, name);
+  if (v === undefined) return undefined;
+  const items = v
+    .split(",")
+    .map((s) => s.trim())
+    .filter((s) => s !== "");
+  return items.length === 0 ? undefined : items;
+}
+
 function hostPort(env: Env, name: string, def: string): string {
   const v = str(env, name) ?? def;
   if (!/^[A-Za-z0-9.\-[\]:]+:\d{1,5}$/.test(v)) {
@@ -121,6 +139,27 @@ export interface ArtifactConfig {
   offloadThresholdBytes: number;
 }
 
+/**
+ * Bearer-token authentication. On whenever token keys are configured; with none configured the
+ * services refuse to start unless AUTH_DISABLED=true says so explicitly. `nexusflow dev` (npm start)
+ * configures a local dev key; production configures its identity provider's keys and never the
+ * dev key (whose tokens carry `iss: nexusflow-dev` and so also fail any other AUTH_ISSUER).
+ */
+export interface AuthConfig {
+  /** False only with AUTH_DISABLED=true: every call is let in. */
+  enabled: boolean;
+  /** JWKS URL of the identity provider (AUTH_JWKS_URL). */
+  jwksUrl: string | undefined;
+  /** Public key files: PEM, JWK or JWKS (AUTH_PUBLIC_KEYS, comma-separated paths). */
+  publicKeyFiles: string[];
+  /** Accepted token issuers (AUTH_ISSUER, comma-separated). */
+  issuer: string[];
+  /** Accepted token audiences (AUTH_AUDIENCE, comma-separated). */
+  audience: string[];
+  /** Tolerated clock difference for exp/nbf, in seconds (AUTH_CLOCK_SKEW, a duration). */
+  clockToleranceSec: number;
+}
+
 /** Everything the scheduler reads from the environment. */
 export interface SchedulerConfig {
   host: string;
@@ -131,6 +170,7 @@ export interface SchedulerConfig {
   artifacts: ArtifactConfig;
   heartbeatIntervalMs: number;
   sessionTimeoutMs: number;
+  auth: AuthConfig;
 }
 
 /** Everything the executor reads from the environment. */
@@ -142,6 +182,8 @@ export interface ExecutorConfig {
   handlersModule: string | undefined;
   logLevel: LogLevel;
   artifacts: ArtifactConfig;
+  /** Bearer token sent when opening the session (EXECUTOR_TOKEN); needs the `executor` scope. */
+  token: string | undefined;
 }
 
 /** Everything the gateway reads from the environment. */
@@ -150,6 +192,11 @@ export interface GatewayConfig {
   port: number;
   schedulerAddress: string;
   logLevel: LogLevel;
+  auth: AuthConfig;
+  /** Largest request (message or REST body) accepted, in bytes. */
+  maxRequestBytes: number;
+  /** Most streaming calls open at once per token subject. */
+  maxStreamsPerClient: number;
 }
 
 function database(env: Env): DatabaseConfig {
@@ -171,6 +218,36 @@ function artifacts(env: Env): ArtifactConfig {
     dir: str(env, "ARTIFACTS_DIR") ?? `${str(env, "NEXUSFLOW_DATA_DIR") ?? ".nexusflow"}/artifacts`,
     offloadThresholdBytes: int(env, "ARTIFACT_OFFLOAD_THRESHOLD", 256 * 1024, 1024, 64 * 1024 * 1024),
   };
+}
+
+function auth(env: Env): AuthConfig {
+  const jwksUrl = url(env, "AUTH_JWKS_URL", ["http:", "https:"]);
+  const publicKeyFiles = list(env, "AUTH_PUBLIC_KEYS") ?? [];
+  const disabled = bool(env, "AUTH_DISABLED", false);
+  const configured = jwksUrl !== undefined || publicKeyFiles.length > 0;
+  const clockToleranceSec = Math.ceil(duration(env, "AUTH_CLOCK_SKEW", "30s") / 1000);
+  if (disabled) {
+    if (configured) {
+      throw new ConfigError(
+        "AUTH_DISABLED",
+        "is true while AUTH_PUBLIC_KEYS or AUTH_JWKS_URL is set; choose one",
+      );
+    }
+    return { enabled: false, jwksUrl, publicKeyFiles, issuer: [], audience: [], clockToleranceSec };
+  }
+  if (!configured) {
+    throw new ConfigError(
+      "AUTH_PUBLIC_KEYS",
+      "no token keys configured: set AUTH_PUBLIC_KEYS (public key files) or AUTH_JWKS_URL " +
+        "(`npm start` sets up a local dev key; AUTH_DISABLED=true turns authentication off, for trusted networks only)",
+    );
+  }
+  const issuer = list(env, "AUTH_ISSUER");
+  if (issuer === undefined) throw new ConfigError("AUTH_ISSUER", "required when token keys are configured");
+  const audience = list(env, "AUTH_AUDIENCE");
+  if (audience === undefined)
+    throw new ConfigError("AUTH_AUDIENCE", "required when token keys are configured");
+  return { enabled: true, jwksUrl, publicKeyFiles, issuer, audience, clockToleranceSec };
 }
 
 /** Reads the scheduler's configuration. Throws {@link ConfigError}. */
@@ -205,6 +282,7 @@ export function loadSchedulerConfig(env: Env = process.env): SchedulerConfig {
     artifacts: artifacts(env),
     heartbeatIntervalMs: duration(env, "HEARTBEAT_INTERVAL", "2s"),
     sessionTimeoutMs: duration(env, "SESSION_TIMEOUT", "10s"),
+    auth: auth(env),
   };
 }
 
@@ -225,6 +303,7 @@ export function loadExecutorConfig(env: Env = process.env): ExecutorConfig {
     handlersModule: str(env, "EXECUTOR_HANDLERS"),
     logLevel: oneOf(env, "LOG_LEVEL", LOG_LEVELS, "info"),
     artifacts: artifacts(env),
+    token: str(env, "EXECUTOR_TOKEN"),
   };
 }
 
@@ -235,5 +314,8 @@ export function loadGatewayConfig(env: Env = process.env): GatewayConfig {
     port: port(env, "GATEWAY_PORT", 8080),
     schedulerAddress: hostPort(env, "SCHEDULER_ADDRESS", "127.0.0.1:50051"),
     logLevel: oneOf(env, "LOG_LEVEL", LOG_LEVELS, "info"),
+    auth: auth(env),
+    maxRequestBytes: int(env, "GATEWAY_MAX_REQUEST_BYTES", 4 * 1024 * 1024, 1024, 64 * 1024 * 1024),
+    maxStreamsPerClient: int(env, "GATEWAY_MAX_STREAMS_PER_CLIENT", 32, 1, 10_000),
   };
 }

@@ -1,8 +1,10 @@
 /** @nexusflow/common: configuration, logging, durations and errors shared by the services. */
+export * from "./auth.js";
 export * from "./config.js";
 export * from "./duration.js";
 export * from "./logger.js";
 export * from "./errors.js";
 export * from "./grpc.js";
 export * from "./net.js";
+export * from "./reflection.js";
 export * from "./json-value.js";

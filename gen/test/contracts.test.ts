@@ -9,10 +9,14 @@ describe("contracts", () => {
   for (const service of [WorkflowService, ArtifactService]) {
     it(`every ${service.name} RPC has a google.api.http annotation`, () => {
       for (const method of service.methods) {
-        assert.ok(hasOption(method, http), `${service.typeName}.${method.name} has no google.api.http option`);
+        assert.ok(
+          hasOption(method, http),
+          `${service.typeName}.${method.name} has no google.api.http option`,
+        );
         const rule = getOption(method, http);
         assert.ok(rule.pattern.case !== undefined, `${method.name}: empty HTTP rule`);
-        assert.match(String(rule.pattern.value), /^\/v1\//, `${method.name}: REST paths live under /v1/`);
+        const path = rule.pattern.case === "custom" ? rule.pattern.value.path : (rule.pattern.value ?? "");
+        assert.match(path, /^\/v1\//, `${method.name}: REST paths live under /v1/`);
       }
     });
   }

@@ -3,6 +3,7 @@
  * handler module (EXECUTOR_HANDLERS), attaches to the scheduler and drains on SIGTERM/SIGINT.
  * Wiring only; the behaviour lives in {@link Executor}.
  */
+import * as grpc from "@grpc/grpc-js";
 import { ConfigError, type ExecutorConfig, createLogger, loadExecutorConfig } from "@nexusflow/common";
 import { type ArtifactStore, createArtifactStore, isArtifactError } from "@nexusflow/common/artifacts";
 import { Executor } from "./executor.js";
@@ -10,7 +11,7 @@ import { isExecutorError } from "./errors.js";
 import { HandlerModuleError, HandlerRegistrationError, loadHandlerModule } from "./handlers/index.js";
 
 /** The executor's own secrets, kept out of the environment of `shell` tasks. */
-const SECRET_VARIABLES = ["S3_ACCESS_KEY", "S3_SECRET_KEY", "DATABASE_URL"];
+const SECRET_VARIABLES = ["S3_ACCESS_KEY", "S3_SECRET_KEY", "DATABASE_URL", "EXECUTOR_TOKEN"];
 
 /** Bad configuration: one line naming the variable, exit status 2. */
 function configFailure(message: string): never {
@@ -27,6 +28,9 @@ try {
 }
 
 const logger = createLogger("executor", config.logLevel);
+// The scheduler wants a bearer token with the `executor` scope on the session (unless its AUTH_DISABLED=true).
+const metadata = new grpc.Metadata();
+if (config.token !== undefined) metadata.set("authorization", `Bearer ${config.token}`);
 const baseEnv = Object.fromEntries(
   Object.entries(process.env).filter(([name]) => !SECRET_VARIABLES.includes(name)),
 );
@@ -47,6 +51,7 @@ const executor = new Executor({
   slots: config.slots,
   taskTypes: config.taskTypes,
   logger,
+  metadata,
   builtins: { shell: { baseEnv } },
 });
 

@@ -15,3 +15,8 @@ export {
   passThroughError,
 } from "./proxy.js";
 export { PROXIED_SERVICES, createRoutes } from "./routes.js";
+export { type GuardOptions, StreamLimiter, authConnectError, guardInterceptor, kPrincipal } from "./guard.js";
+export { REFLECTION_SERVICES, addReflection } from "./reflection.js";
+export { type RestHandler, type RestHandlerOptions, createRestHandler } from "./rest/handler.js";
+export { type RestRoute, RestRouteError, type RouteMatch, compileRoutes, matchRoute } from "./rest/routes.js";
+export { httpStatusOf, statusJson } from "./rest/status.js";

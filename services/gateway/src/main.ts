@@ -1,5 +1,13 @@
 /** Gateway process entry: read config, start, stop on signals. */
-import { ConfigError, type GatewayConfig, createLogger, loadGatewayConfig } from "@nexusflow/common";
+import {
+  ConfigError,
+  type GatewayConfig,
+  KeyFileError,
+  type TokenVerifier,
+  createLogger,
+  loadGatewayConfig,
+  tokenVerifierFromConfig,
+} from "@nexusflow/common";
 import { GatewayListenError, createGateway } from "./server.js";
 
 function fail(message: string, exitCode: number): never {
@@ -16,11 +24,26 @@ try {
 }
 
 const logger = createLogger("gateway", config.logLevel);
+let verifier: TokenVerifier | undefined;
+try {
+  verifier = await tokenVerifierFromConfig(config.auth);
+} catch (e) {
+  if (e instanceof KeyFileError) fail(`AUTH_PUBLIC_KEYS: ${e.message}`, 2);
+  throw e;
+}
+if (verifier === undefined) {
+  logger.warn("authentication is OFF (AUTH_DISABLED=true): every caller can do everything");
+} else if (config.auth.issuer.includes("nexusflow-dev")) {
+  logger.warn("accepting dev tokens (AUTH_ISSUER nexusflow-dev): for local development only");
+}
 const gateway = createGateway({
   host: config.host,
   port: config.port,
   schedulerAddress: config.schedulerAddress,
   logger,
+  verifier,
+  maxRequestBytes: config.maxRequestBytes,
+  maxStreamsPerClient: config.maxStreamsPerClient,
 });
 
 try {
@@ -28,7 +51,8 @@ try {
   logger.info(
     {
       url,
-      protocols: ["grpc", "grpc-web", "connect"],
+      protocols: ["grpc", "grpc-web", "connect", "rest"],
+      auth: verifier === undefined ? "off" : config.auth.jwksUrl === undefined ? "public keys" : "jwks",
       http: ["h2c", "http/1.1"],
       scheduler: config.schedulerAddress,
     },

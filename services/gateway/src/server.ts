@@ -1,6 +1,9 @@
 /**
  * The gateway server: one TCP port that speaks HTTP/2 without TLS (h2c, prior knowledge) and
- * HTTP/1.1, serving gRPC, gRPC-Web and Connect (binary and JSON) for every proxied service.
+ * HTTP/1.1, serving gRPC, gRPC-Web and Connect (binary and JSON) for every proxied service, REST/JSON
+ * under the paths of their `google.api.http` annotations (rest/), gRPC server reflection and
+ * `/healthz`. Every call but reflection and health needs a bearer token when a verifier is set
+ * (guard.ts).
  *
  * HTTP/1.1 and h2c on one port: Node's `allowHTTP1` only works with TLS (it relies on ALPN), so
  * the gateway owns a plain `net.Server` and looks at the first bytes of each connection. An HTTP/2
@@ -18,10 +21,19 @@
 import * as http from "node:http";
 import * as http2 from "node:http2";
 import * as net from "node:net";
-import { Code, ConnectError, type Interceptor, type Transport } from "@connectrpc/connect";
+import {
+  Code,
+  ConnectError,
+  type Interceptor,
+  type Transport,
+  createRouterTransport,
+} from "@connectrpc/connect";
 import { Http2SessionManager, connectNodeAdapter, createGrpcTransport } from "@connectrpc/connect-node";
-import { type Logger, createLogger, hasErrorCode } from "@nexusflow/common";
-import { createRoutes } from "./routes.js";
+import { type Logger, type TokenVerifier, createLogger, hasErrorCode } from "@nexusflow/common";
+import { StreamLimiter, guardInterceptor, kPrincipal } from "./guard.js";
+import { type RestHandler, createRestHandler } from "./rest/handler.js";
+import { compileRoutes } from "./rest/routes.js";
+import { PROXIED_SERVICES, createRoutes } from "./routes.js";
 
 type NodeHandler = ReturnType<typeof connectNodeAdapter>;
 type NodeServerRequest = Parameters<NodeHandler>[0];
@@ -61,6 +73,25 @@ export interface GatewayOptions {
    * @default a gRPC transport to `schedulerAddress`
    */
   transport?: Transport;
+  /**
+   * Verifies bearer tokens and so turns authentication and per-RPC authorization on; without one
+   * every call is let in (AUTH_DISABLED=true). Tokens are forwarded to the scheduler, which checks
+   * them again.
+   * @default undefined (no authentication)
+   */
+  verifier?: TokenVerifier | undefined;
+  /**
+   * Largest request accepted, in bytes: each message of gRPC, gRPC-Web and Connect calls, and the
+   * body of REST calls (413 above it).
+   * @default 4 MiB
+   */
+  maxRequestBytes?: number;
+  /**
+   * Most streaming calls (WatchRun, GetTaskLogs, ...) one client, a token subject, may have open
+   * at once; more are RESOURCE_EXHAUSTED. Applies when a verifier is set.
+   * @default 32
+   */
+  maxStreamsPerClient?: number;
 }
 
 /** Lifecycle states of a {@link Gateway}. */
@@ -128,6 +159,9 @@ interface CompiledGatewayOptions {
   drainTimeoutMs: number;
   prefaceTimeoutMs: number;
   transport: Transport | undefined;
+  verifier: TokenVerifier | undefined;
+  maxRequestBytes: number;
+  maxStreamsPerClient: number;
 }
 
 function addGatewayDefaults(options: GatewayOptions): CompiledGatewayOptions {
@@ -139,6 +173,9 @@ function addGatewayDefaults(options: GatewayOptions): CompiledGatewayOptions {
     drainTimeoutMs: options.drainTimeoutMs ?? 10_000,
     prefaceTimeoutMs: options.prefaceTimeoutMs ?? 10_000,
     transport: options.transport,
+    verifier: options.verifier,
+    maxRequestBytes: options.maxRequestBytes ?? 4 * 1024 * 1024,
+    maxStreamsPerClient: options.maxStreamsPerClient ?? 32,
   };
 }
 
@@ -176,6 +213,7 @@ class GatewayServer implements Gateway {
   readonly #forceShutdown = new AbortController();
   readonly #upstreamSessions: Http2SessionManager | undefined;
   #drained: (() => void) | undefined;
+  readonly #rest: RestHandler;
 
   constructor(options: CompiledGatewayOptions) {
     this.#options = options;
@@ -186,11 +224,33 @@ class GatewayServer implements Gateway {
       this.#upstreamSessions = new Http2SessionManager(baseUrl);
       transport = createGrpcTransport({ baseUrl, sessionManager: this.#upstreamSessions });
     }
+    const routes = createRoutes({ transport, streamShutdownSignal: this.#streamShutdown.signal });
+    const interceptors = [
+      logCalls(this.#log),
+      guardInterceptor({
+        verifier: options.verifier,
+        streams: new StreamLimiter(options.maxStreamsPerClient),
+      }),
+    ];
     const handler = connectNodeAdapter({
-      routes: createRoutes({ transport, streamShutdownSignal: this.#streamShutdown.signal }),
+      routes,
       shutdownSignal: this.#forceShutdown.signal,
-      interceptors: [logCalls(this.#log)],
+      interceptors,
+      readMaxBytes: options.maxRequestBytes,
       fallback: (req, res) => this.#fallback(req, res),
+    });
+    // REST calls reach the same handlers in process, through the same interceptors.
+    this.#rest = createRestHandler({
+      routes: compileRoutes(PROXIED_SERVICES),
+      transport: createRouterTransport(routes, {
+        router: {
+          interceptors,
+          readMaxBytes: options.maxRequestBytes,
+          shutdownSignal: this.#forceShutdown.signal,
+        },
+      }),
+      maxBodyBytes: options.maxRequestBytes,
+      log: this.#log,
     });
 
     this.#h2 = http2.createServer({}, handler);
@@ -358,7 +418,9 @@ class GatewayServer implements Gateway {
       sendJson(res, stopping ? 503 : 200, { status: stopping ? "stopping" : "ok" });
       return;
     }
-    sendJson(res, 404, { code: "not_found", message: `no route for ${req.method ?? "?"} ${path ?? "/"}` });
+    if (this.#rest(req, res)) return;
+    // A google.rpc.Status, like every other error of the REST surface.
+    sendJson(res, 404, { code: Code.NotFound, message: `no route for ${req.method ?? "?"} ${path ?? "/"}` });
   }
 }
 
@@ -380,15 +442,21 @@ function errorCode(e: unknown): string | undefined {
 function logCalls(log: Logger): Interceptor {
   return (next) => async (req) => {
     const started = performance.now();
+    // The subject only: tokens never reach the logs.
+    const subject = (): string | undefined => req.contextValues.get(kPrincipal)?.subject;
     try {
       const res = await next(req);
-      log.debug({ procedure: req.url, ms: Math.round(performance.now() - started) }, "call");
+      log.debug(
+        { procedure: req.url, subject: subject(), ms: Math.round(performance.now() - started) },
+        "call",
+      );
       return res;
     } catch (e) {
       const err = ConnectError.from(e);
       log.debug(
         {
           procedure: req.url,
+          subject: subject(),
           code: Code[err.code],
           error: err.rawMessage,
           ms: Math.round(performance.now() - started),

@@ -1,5 +1,11 @@
 /** Scheduler entry point: read configuration, start, stop on signals. */
-import { ConfigError, createLogger, loadSchedulerConfig } from "@nexusflow/common";
+import {
+  ConfigError,
+  KeyFileError,
+  createLogger,
+  loadSchedulerConfig,
+  tokenVerifierFromConfig,
+} from "@nexusflow/common";
 import { type ArtifactStore, createArtifactStore, isArtifactError } from "@nexusflow/common/artifacts";
 import { PortInUseError, Scheduler } from "./scheduler.js";
 
@@ -14,6 +20,18 @@ try {
   throw e;
 }
 const log = createLogger("scheduler", config.logLevel);
+let auth;
+try {
+  auth = await tokenVerifierFromConfig(config.auth);
+} catch (e) {
+  if (e instanceof KeyFileError) {
+    process.stderr.write(`nexusflow-scheduler: AUTH_PUBLIC_KEYS: ${e.message}\n`);
+    process.exit(2);
+  }
+  throw e;
+}
+if (auth === undefined)
+  log.warn("authentication is OFF (AUTH_DISABLED=true): any caller and any executor is let in");
 let artifacts: ArtifactStore;
 try {
   artifacts = await createArtifactStore(config.artifacts);
@@ -33,6 +51,7 @@ const scheduler = new Scheduler({
   poolSize: config.database.poolSize,
   heartbeatIntervalMs: config.heartbeatIntervalMs,
   sessionTimeoutMs: config.sessionTimeoutMs,
+  auth,
   events: {
     brokers: config.kafka.brokers,
     topic: config.kafka.topic,

@@ -3,11 +3,13 @@
  * explicit states and a clean stop. Tests create it with port 0; main.ts wires it to the environment.
  */
 import * as grpc from "@grpc/grpc-js";
-import { serviceDefinition, type Logger } from "@nexusflow/common";
+import { serviceDefinition, type Logger, type TokenVerifier } from "@nexusflow/common";
 import { type ArtifactStore, FilesystemArtifactStore, resolveOutputRef } from "@nexusflow/common/artifacts";
 import { ArtifactService, ExecutorService, WorkflowService } from "@nexusflow/gen";
 import { PgTaskIndex, artifactService } from "./api/artifact-service.js";
+import { authInterceptor } from "./api/auth.js";
 import { executorService } from "./api/executor-session.js";
+import { addReflection } from "./api/reflection.js";
 import { workflowService } from "./api/workflow-service.js";
 import { Engine } from "./engine/engine.js";
 import { createOutboxRelay, type EventsOptions, type OutboxRelay } from "./events/index.js";
@@ -31,6 +33,12 @@ export interface SchedulerOptions {
   heartbeatIntervalMs?: number;
   /** Session timeout (and lease grace period). @default 10000 */
   sessionTimeoutMs?: number;
+  /**
+   * Verifies bearer tokens: every call then needs a token with the scope its RPC requires
+   * (executors: `executor`; reflection is public). Undefined lets every call in.
+   * @default undefined
+   */
+  auth?: TokenVerifier | undefined;
   /**
    * Where executors store logs, files and offloaded outputs: read by ArtifactService and by the
    * engine (claim checks). The caller owns it (main.ts builds it with `createArtifactStore`).
@@ -119,6 +127,7 @@ export class Scheduler {
       const server = new grpc.Server({
         "grpc.keepalive_permit_without_calls": 1,
         "grpc.max_receive_message_length": 16 * 1024 * 1024,
+        interceptors: this.options.auth === undefined ? [] : [authInterceptor(this.options.auth, log)],
       });
       server.addService(
         serviceDefinition(WorkflowService),
@@ -129,6 +138,8 @@ export class Scheduler {
         serviceDefinition(ArtifactService),
         artifactService({ store, tasks: new PgTaskIndex(this.db.pool), log }),
       );
+      // Keep in step with the services added above: reflection lists exactly these.
+      addReflection(server, [WorkflowService, ExecutorService, ArtifactService]);
       const host = this.options.host ?? "127.0.0.1";
       const port = await new Promise<number>((resolve, reject) => {
         server.bindAsync(

@@ -22,6 +22,11 @@ const SCRUBBED = [
   "DATABASE_URL",
   "SCHEDULER_PORT",
   "SCHEDULER_ADDRESS",
+  "AUTH_JWKS_URL",
+  "AUTH_PUBLIC_KEYS",
+  "AUTH_ISSUER",
+  "AUTH_AUDIENCE",
+  "EXECUTOR_TOKEN",
 ];
 
 /** One parsed log line (pino JSON), or the raw text of a line that is not JSON. */
@@ -46,7 +51,8 @@ export class ServiceProcess {
     for (const v of SCRUBBED) delete base[v];
     this.child = spawn(process.execPath, ["--import", "tsx", script], {
       cwd: REPO_ROOT,
-      env: { ...base, LOG_LEVEL: "info", ...env },
+      // These tests are about faults, not tokens (authentication has its own tests in test/auth/).
+      env: { ...base, LOG_LEVEL: "info", AUTH_DISABLED: "true", ...env },
       stdio: ["ignore", "pipe", "pipe"],
     });
     live.add(this);

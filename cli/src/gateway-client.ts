@@ -1,0 +1,99 @@
+/**
+ * How the operator commands reach Nexusflow: the gateway's address (--address, NEXUSFLOW_ADDRESS;
+ * "host:port" or a URL) and a bearer token (--token, NEXUSFLOW_TOKEN; for a gateway on this
+ * machine without either, a short-lived token minted with the local dev key, if there is one).
+ * Calls use gRPC over h2c with the token in `authorization`.
+ */
+import { type Client, type Interceptor, createClient } from "@connectrpc/connect";
+import { Http2SessionManager, createGrpcTransport } from "@connectrpc/connect-node";
+import { ArtifactService, WorkflowService } from "@nexusflow/gen";
+import { access } from "node:fs/promises";
+import { isAbsolute, join } from "node:path";
+import { devKeysDir, ensureDevKeys, mintDevToken } from "./dev-keys.js";
+
+/** Where the gateway listens when nothing says otherwise (GATEWAY_PORT's default). */
+export const DEFAULT_ADDRESS = "http://127.0.0.1:8080";
+
+/** A bad --address or NEXUSFLOW_ADDRESS; the message says which. */
+export class AddressError extends Error {
+  override name = "AddressError";
+}
+
+/** The base URL for an address given as "host:port" or as an http(s) URL. */
+export function gatewayUrl(address: string): string {
+  const text = /^[a-z][a-z0-9+.-]*:\/\//i.test(address) ? address : `http://${address}`;
+  let url: URL;
+  try {
+    url = new URL(text);
+  } catch {
+    throw new AddressError(`not a gateway address: ${JSON.stringify(address)} (expected host:port or a URL)`);
+  }
+  if (url.protocol !== "http:" && url.protocol !== "https:") {
+    throw new AddressError(`not a gateway address: ${JSON.stringify(address)} (expected http or https)`);
+  }
+  return url.origin;
+}
+
+function isLoopback(baseUrl: string): boolean {
+  const host = new URL(baseUrl).hostname.replace(/^\[|\]$/g, "");
+  return host === "localhost" || host === "::1" || /^127\.\d+\.\d+\.\d+$/.test(host);
+}
+
+/** How the token was chosen, for diagnostics. */
+export type TokenSource = "flag" | "env" | "dev-key" | "none";
+
+/**
+ * The token to send: the flag, else NEXUSFLOW_TOKEN, else (for a gateway on this machine) one
+ * minted for 10 minutes with the dev key in `<dataDir>/dev-keys`, if that key exists.
+ */
+export async function resolveToken(
+  flag: string | undefined,
+  env: NodeJS.ProcessEnv,
+  baseUrl: string,
+  /** Directory a relative NEXUSFLOW_DATA_DIR is resolved against. */
+  root: string,
+): Promise<{ token: string | undefined; source: TokenSource }> {
+  if (flag !== undefined && flag !== "") return { token: flag, source: "flag" };
+  const fromEnv = env["NEXUSFLOW_TOKEN"]?.trim();
+  if (fromEnv !== undefined && fromEnv !== "") return { token: fromEnv, source: "env" };
+  if (isLoopback(baseUrl)) {
+    const dataDir = env["NEXUSFLOW_DATA_DIR"]?.trim() || ".nexusflow";
+    const dir = devKeysDir(isAbsolute(dataDir) ? dataDir : join(root, dataDir));
+    const exists = await access(join(dir, "private.pem")).then(
+      () => true,
+      () => false,
+    );
+    if (exists) {
+      const keys = await ensureDevKeys(dir);
+      const token = await mintDevToken(keys, { subject: "nexusflow-cli", scopes: ["admin"], ttlSec: 600 });
+      return { token, source: "dev-key" };
+    }
+  }
+  return { token: undefined, source: "none" };
+}
+
+/** Typed clients of the gateway's services, and how to release the connection. */
+export interface GatewayClients {
+  /** The base URL called. */
+  readonly url: string;
+  readonly workflows: Client<typeof WorkflowService>;
+  readonly artifacts: Client<typeof ArtifactService>;
+  /** Closes the HTTP/2 connection. */
+  close(): void;
+}
+
+/** Clients calling `baseUrl` over gRPC (h2c or TLS), sending `token` when given. */
+export function connectGateway(baseUrl: string, token: string | undefined): GatewayClients {
+  const sessionManager = new Http2SessionManager(baseUrl);
+  const auth: Interceptor = (next) => (req) => {
+    if (token !== undefined) req.header.set("authorization", `Bearer ${token}`);
+    return next(req);
+  };
+  const transport = createGrpcTransport({ baseUrl, sessionManager, interceptors: [auth] });
+  return {
+    url: baseUrl,
+    workflows: createClient(WorkflowService, transport),
+    artifacts: createClient(ArtifactService, transport),
+    close: () => sessionManager.abort(),
+  };
+}
