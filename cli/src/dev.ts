@@ -15,6 +15,17 @@ import { ValueSchema } from "@bufbuild/protobuf/wkt";
 import { type Client, ConnectError, type Interceptor, createClient } from "@connectrpc/connect";
 import { Http2SessionManager, createGrpcTransport } from "@connectrpc/connect-node";
 import { ConfigError, freePort, loadGatewayConfig, loadSchedulerConfig } from "@nexusflow/common";
+import { createServer } from "node:net";
+
+/** `port` when it can be bound on `host` right now, else a free port. */
+async function preferredPort(host: string, port: number): Promise<number> {
+  const free = await new Promise<boolean>((resolve) => {
+    const server = createServer();
+    server.once("error", () => resolve(false));
+    server.listen(port, host, () => server.close(() => resolve(true)));
+  });
+  return free ? port : freePort(host);
+}
 import { type Run, RunStatus, WorkflowService } from "@nexusflow/gen";
 import { BadRequestSchema } from "@nexusflow/gen/google/rpc/error_details_pb";
 import { ChildExitedError, ChildTimeoutError, type ChildSpec, ManagedChild } from "./child.js";
@@ -86,7 +97,8 @@ async function choosePorts(env: NodeJS.ProcessEnv): Promise<Ports> {
     schedulerHost: scheduler.host,
     schedulerPort: isSet("SCHEDULER_PORT") ? scheduler.port : await freePort(scheduler.host),
     gatewayHost: gateway.host,
-    gatewayPort: isSet("GATEWAY_PORT") ? gateway.port : await freePort(gateway.host),
+    // The documented default (8080) when it is free, so the README's curl lines work as written.
+    gatewayPort: isSet("GATEWAY_PORT") ? gateway.port : await preferredPort(gateway.host, gateway.port),
   };
 }
 
