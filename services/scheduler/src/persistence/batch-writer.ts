@@ -242,9 +242,9 @@ export class BatchWriter {
       this.attempts = new Map();
       this.events = [];
       this.waiters = [];
-      const statements = this.snapshot(runs, tasks, attempts, events);
+      const statement = this.snapshot(runs, tasks, attempts, events);
       try {
-        await this.commit(statements);
+        await this.commit(statement);
       } catch (e) {
         // Put everything back in front of what accumulated meanwhile and try again later: the rows
         // carry full state, so re-marking is idempotent; events keep their order.
@@ -286,22 +286,23 @@ export class BatchWriter {
   }
 
   /**
-   * Serializes a batch to its statement parameters. Called synchronously when the batch is taken,
-   * so the rows describe exactly the state that the batch's events describe: changes made while
-   * the commit awaits belong to the next batch, with their events.
+   * Serializes a batch into ONE statement: each table's upsert is a data-modifying CTE over a JSON
+   * parameter. One statement is one implicit transaction (atomic, foreign keys checked at its end)
+   * and one round trip. Called synchronously when the batch is taken, so the rows describe exactly
+   * the state that the batch's events describe: changes made while the commit awaits belong to the
+   * next batch, with their events.
    */
   private snapshot(
     runs: Map<string, RunState>,
     tasks: Map<string, TaskState>,
     attempts: Map<string, AttemptState>,
     events: OutboxRow[],
-  ): [string, string][] {
-    const statements: [string, string][] = [];
+  ): { sql: string; params: string[] } | undefined {
+    const parts: [string, string][] = [];
     // Parents before children: runs, tasks, attempts, then the events describing them.
-    if (runs.size > 0) statements.push([RUN_SQL, JSON.stringify([...runs.values()].map(runRow))]);
-    if (tasks.size > 0) statements.push([TASK_SQL, JSON.stringify([...tasks.values()].map(taskRow))]);
-    if (attempts.size > 0)
-      statements.push([ATTEMPT_SQL, JSON.stringify([...attempts.values()].map(attemptRow))]);
+    if (runs.size > 0) parts.push([RUN_SQL, JSON.stringify([...runs.values()].map(runRow))]);
+    if (tasks.size > 0) parts.push([TASK_SQL, JSON.stringify([...tasks.values()].map(taskRow))]);
+    if (attempts.size > 0) parts.push([ATTEMPT_SQL, JSON.stringify([...attempts.values()].map(attemptRow))]);
     if (events.length > 0) {
       const rows = events.map((e) => ({
         event_id: e.eventId,
@@ -311,13 +312,15 @@ export class BatchWriter {
         payload: Buffer.from(e.payload).toString("base64"),
         trace_context: e.traceContext,
       }));
-      statements.push([EVENT_SQL, JSON.stringify(rows)]);
+      parts.push([EVENT_SQL, JSON.stringify(rows)]);
     }
-    return statements;
+    if (parts.length === 0) return undefined;
+    const ctes = parts.map(([sql], i) => `w${i} AS (${sql.replace("$1::jsonb", `$${i + 1}::jsonb`)})`);
+    return { sql: `WITH ${ctes.join(",\n")}\nSELECT 1`, params: parts.map(([, param]) => param) };
   }
 
-  private async commit(statements: [string, string][]): Promise<void> {
-    if (statements.length === 0) return;
+  private async commit(statement: { sql: string; params: string[] } | undefined): Promise<void> {
+    if (statement === undefined) return;
     const client = await this.options.pool.connect();
     // pg-pool removes its own error listener while a client is checked out: without this, a
     // connection killed mid-commit (database restart) would be an unhandled 'error' event.
@@ -326,12 +329,9 @@ export class BatchWriter {
     client.on("error", onError);
     let broken = false;
     try {
-      await client.query("BEGIN");
-      for (const [sql, param] of statements) await client.query(sql, [param]);
-      await client.query("COMMIT");
+      await client.query(statement.sql, statement.params);
     } catch (e) {
       broken = true;
-      await client.query("ROLLBACK").catch(() => undefined);
       throw e;
     } finally {
       client.off("error", onError);
