@@ -615,19 +615,12 @@ export class Engine {
             unfinished = true;
           } else {
             // A compensation that cannot even be rendered fails alone; the others still run.
-            task.error = { type: rendered.error.type, message: rendered.error.message, retryable: false };
-            this.endTask(task, "FAILED", now);
-            this.emit(run, {
-              case: "taskFailed",
-              value: {
-                taskRunId: task.id,
-                stepId: task.stepId,
-                attempt: 0,
-                final: true,
-                kind: TaskKind.COMPENSATION,
-                error: errorToProto(task.error),
-              },
-            });
+            this.failTerminally(
+              run,
+              task,
+              { type: rendered.error.type, message: rendered.error.message, retryable: false },
+              now,
+            );
           }
         } else if (!TERMINAL_TASK_STATUSES.has(task.status)) {
           unfinished = true;
@@ -740,19 +733,12 @@ export class Engine {
       for (const f of ev.fail) {
         const task = run.tasks.get(f.stepId);
         if (task === undefined || task.status !== "PENDING") continue;
-        task.error = { type: f.error.type, message: f.error.message, retryable: false };
-        this.endTask(task, "FAILED", now);
-        this.emit(run, {
-          case: "taskFailed",
-          value: {
-            taskRunId: task.id,
-            stepId: task.stepId,
-            attempt: 0,
-            final: true,
-            kind: TaskKind.STEP,
-            error: errorToProto(task.error),
-          },
-        });
+        this.failTerminally(
+          run,
+          task,
+          { type: f.error.type, message: f.error.message, retryable: false },
+          now,
+        );
       }
       if (ev.outcome !== undefined) {
         if (ev.outcome.status === "succeeded")
@@ -820,6 +806,23 @@ export class Engine {
       },
       () => undefined,
     );
+  }
+
+  /** Fails a task for good without an attempt of its own (render errors, unreadable outputs). */
+  private failTerminally(run: RunState, task: TaskState, error: ErrorInfo, now: Date): void {
+    task.error = error;
+    this.endTask(task, "FAILED", now);
+    this.emit(run, {
+      case: "taskFailed",
+      value: {
+        taskRunId: task.id,
+        stepId: task.stepId,
+        attempt: task.attempt,
+        final: true,
+        kind: task.kind === "STEP" ? TaskKind.STEP : TaskKind.COMPENSATION,
+        error: errorToProto(error),
+      },
+    });
   }
 
   private endTask(task: TaskState, status: TaskStatusName, now: Date): void {
@@ -1147,23 +1150,16 @@ export class Engine {
         }
         const run = this.runs.get(task.runId);
         if (run === undefined || task.status !== "SUCCEEDED") return;
-        task.error = {
-          type: "OUTPUT_UNAVAILABLE",
-          message: `the offloaded output of step ${task.stepId} cannot be read: ${e instanceof Error ? e.message : String(e)}`,
-          retryable: false,
-        };
-        this.endTask(task, "FAILED", new Date());
-        this.emit(run, {
-          case: "taskFailed",
-          value: {
-            taskRunId: task.id,
-            stepId: task.stepId,
-            attempt: task.attempt,
-            final: true,
-            kind: TaskKind.STEP,
-            error: errorToProto(task.error),
+        this.failTerminally(
+          run,
+          task,
+          {
+            type: "OUTPUT_UNAVAILABLE",
+            message: `the offloaded output of step ${task.stepId} cannot be read: ${e instanceof Error ? e.message : String(e)}`,
+            retryable: false,
           },
-        });
+          new Date(),
+        );
         advance();
       },
     );
