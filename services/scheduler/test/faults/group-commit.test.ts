@@ -6,49 +6,25 @@
  * a second connection watches the committed tables meanwhile.
  */
 import assert from "node:assert/strict";
-import { mkdtemp, rm } from "node:fs/promises";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
-import { after, before, describe, it } from "node:test";
+import { describe, it } from "node:test";
 import { setTimeout as delay } from "node:timers/promises";
-import { startTestDatabase, waitFor } from "../support.js";
-import { workflowClient } from "../support.js";
+import { waitFor, workflowClient } from "../support.js";
 import { registerSpec } from "../e2e/harness.js";
-import {
-  killAll,
-  startExecutorProcess,
-  startSchedulerProcess,
-  type ServiceProcess,
-} from "../e2e/processes.js";
-import { FaultTables, checkInvariants } from "./invariants.js";
+import { startExecutorProcess, startSchedulerProcess, type ServiceProcess } from "../e2e/processes.js";
+import { checkInvariants } from "./invariants.js";
 import { TcpProxy } from "./proxy.js";
-import { FAST_EXPIRY, executorEnv, startRun } from "./support.js";
+import { FAST_EXPIRY, executorEnv, startRun, faultFixture } from "./support.js";
 
 const RUNS = 10;
 /** Added to every chunk in each direction between the scheduler and PostgreSQL. */
 const DB_LATENCY_MS = 15;
 
 describe("fault injection: group commit atomicity", () => {
-  let db: Awaited<ReturnType<typeof startTestDatabase>>;
-  let tables: FaultTables;
-  let dir: string;
-
-  before(async () => {
-    db = await startTestDatabase();
-    tables = new FaultTables(db.url);
-    dir = await mkdtemp(join(tmpdir(), "nf-faults-commit-"));
-  });
-
-  after(async () => {
-    await killAll();
-    await tables?.close();
-    await db?.close();
-    if (dir !== undefined) await rm(dir, { recursive: true, force: true });
-  });
+  const fx = faultFixture("nf-faults-commit-");
 
   it("never commits a run's event_seq ahead of its outbox events, so a SIGKILL leaves no gap", async () => {
-    const proxy = await TcpProxy.start(`127.0.0.1:${db.server.port}`, DB_LATENCY_MS);
-    const slowUrl = db.url.replace(`:${db.server.port}/`, `:${proxy.address.split(":")[1]}/`);
+    const proxy = await TcpProxy.start(`127.0.0.1:${fx.db.server.port}`, DB_LATENCY_MS);
+    const slowUrl = fx.db.url.replace(`:${fx.db.server.port}/`, `:${proxy.address.split(":")[1]}/`);
     const { process: first, address } = await startSchedulerProcess(
       "sched-commit-1",
       slowUrl,
@@ -79,34 +55,34 @@ describe("fault injection: group commit atomicity", () => {
       let ahead: { id: string; seq: number; events: number } | undefined;
       const deadline = Date.now() + 60_000;
       while (ahead === undefined && Date.now() < deadline) {
-        const { rows } = await tables.pool.query<{ id: string; seq: number; events: number }>(
+        const { rows } = await fx.tables.pool.query<{ id: string; seq: number; events: number }>(
           `SELECT r.id, r.event_seq::int AS seq, count(e.id)::int AS events
              FROM workflow_runs r LEFT JOIN outbox_events e ON e.run_id = r.id
             WHERE r.id = ANY($1::uuid[]) GROUP BY r.id HAVING r.event_seq <> count(e.id)`,
           [runIds],
         );
         ahead = rows[0];
-        if (ahead === undefined && (await tables.terminalCount(runIds)) === RUNS) break;
+        if (ahead === undefined && (await fx.tables.terminalCount(runIds)) === RUNS) break;
         if (ahead === undefined) await delay(5);
       }
       if (ahead !== undefined) {
         // Crash right there: the events the run row already counts are not committed yet.
         await first.kill();
-        ({ process: second } = await startSchedulerProcess("sched-commit-2", db.url, port, FAST_EXPIRY));
+        ({ process: second } = await startSchedulerProcess("sched-commit-2", fx.db.url, port, FAST_EXPIRY));
       }
       await waitFor(
         "every run to finish",
-        async () => ((await tables.terminalCount(runIds)) === RUNS ? true : undefined),
+        async () => ((await fx.tables.terminalCount(runIds)) === RUNS ? true : undefined),
         60_000,
       );
-      const report = await checkInvariants(tables.pool, runIds);
+      const report = await checkInvariants(fx.tables.pool, runIds);
       assert.equal(
         ahead,
         undefined,
         `a committed transaction set workflow_runs.event_seq=${ahead?.seq} for run ${ahead?.id} with only ` +
           `${ahead?.events} outbox events committed; after a SIGKILL at that moment:\n${report.violations.join("\n")}`,
       );
-      await tables.assertInvariants(runIds);
+      await fx.tables.assertInvariants(runIds);
     } finally {
       await Promise.all([executor.kill(), first.kill(), second?.kill()]);
       await proxy.close();

@@ -4,18 +4,16 @@
  * scheduler recovers without a restart of its own.
  */
 import assert from "node:assert/strict";
-import { mkdtemp, rm } from "node:fs/promises";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { after, before, describe, it } from "node:test";
+import { describe, it } from "node:test";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { jsonToValue } from "@nexusflow/common";
 import { RunStatus } from "@nexusflow/gen";
-import { startTestDatabase, waitFor, waitForRun, workflowClient } from "../support.js";
+import { waitFor, waitForRun, workflowClient } from "../support.js";
 import { describeRun, registerSpec } from "../e2e/harness.js";
-import { killAll, startExecutorProcess, startSchedulerProcess } from "../e2e/processes.js";
-import { FaultTables } from "./invariants.js";
-import { FAST_EXPIRY, attemptSummary, executorEnv, markers, startRun } from "./support.js";
+import { startExecutorProcess, startSchedulerProcess } from "../e2e/processes.js";
+
+import { FAST_EXPIRY, attemptSummary, executorEnv, markers, startRun, faultFixture } from "./support.js";
 
 /** How long a client call may take during the outage before it counts as hanging. */
 const NO_HANG_MS = 8_000;
@@ -26,28 +24,13 @@ const LOAD_RUNS = 20;
 const LOAD_STEPS = 40;
 
 describe("fault injection: PostgreSQL outage under a scheduler process", () => {
-  let db: Awaited<ReturnType<typeof startTestDatabase>>;
-  let tables: FaultTables;
-  let dir: string;
-
-  before(async () => {
-    db = await startTestDatabase();
-    tables = new FaultTables(db.url);
-    dir = await mkdtemp(join(tmpdir(), "nf-faults-pg-"));
-  });
-
-  after(async () => {
-    await killAll();
-    await tables?.close();
-    await db?.close();
-    if (dir !== undefined) await rm(dir, { recursive: true, force: true });
-  });
+  const fx = faultFixture("nf-faults-pg-");
 
   it("answers UNAVAILABLE within seconds while PostgreSQL is down, then finishes every run without a restart", async () => {
-    const marker = join(dir, "outage.jsonl");
+    const marker = join(fx.dir, "outage.jsonl");
     const { process: scheduler, address } = await startSchedulerProcess(
       "sched-outage",
-      db.url,
+      fx.db.url,
       0,
       FAST_EXPIRY,
     );
@@ -85,14 +68,14 @@ describe("fault injection: PostgreSQL outage under a scheduler process", () => {
         (await markers(marker)).filter((m) => m.stepId === "a").length === runIds.length ? true : undefined,
       );
       await waitFor("the load to be under way", async () => {
-        const { rows } = await tables.pool.query<{ n: number }>(
+        const { rows } = await fx.tables.pool.query<{ n: number }>(
           "SELECT count(*)::int AS n FROM task_runs WHERE run_id = ANY($1::uuid[]) AND status = 'SUCCEEDED'",
           [loadIds],
         );
         return (rows[0]?.n ?? 0) >= LOAD_RUNS ? true : undefined;
       });
 
-      await db.server.stop();
+      await fx.db.server.stop();
       const stoppedAt = Date.now();
       try {
         const timed = async (call: () => Promise<unknown>): Promise<{ code?: Code; ms: number }> => {
@@ -126,7 +109,7 @@ describe("fault injection: PostgreSQL outage under a scheduler process", () => {
         assert.equal(list.code, Code.Unavailable, `ListRuns during the outage: ${JSON.stringify(list)}`);
         assert.ok(list.ms < NO_HANG_MS, `ListRuns took ${list.ms} ms`);
       } finally {
-        await db.server.restart();
+        await fx.db.server.restart();
       }
 
       const runs = await Promise.all(runIds.map((id) => waitForRun(client, id, 30_000)));
@@ -150,14 +133,14 @@ describe("fault injection: PostgreSQL outage under a scheduler process", () => {
       );
 
       // The run StartRun was refused for during the outage must not exist half-created.
-      const { rows } = await tables.pool.query<{ id: string }>(
+      const { rows } = await fx.tables.pool.query<{ id: string }>(
         "SELECT id FROM workflow_runs WHERE workflow_name IN ('outage', 'outage-load')",
       );
       const stray = rows
         .map((r) => r.id)
         .filter((id) => !runIds.includes(id) && !loadIds.includes(id) && id !== again);
       for (const id of stray) await waitForRun(client, id, 30_000);
-      await tables.assertInvariants([...runIds, ...loadIds, again, ...stray]);
+      await fx.tables.assertInvariants([...runIds, ...loadIds, again, ...stray]);
     } finally {
       await Promise.all([executor.kill(), scheduler.kill()]);
     }

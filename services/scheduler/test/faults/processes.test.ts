@@ -4,22 +4,23 @@
  * timers are pending. Each case ends with the invariants of `invariants.ts`.
  */
 import assert from "node:assert/strict";
-import { mkdtemp, rm } from "node:fs/promises";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { after, before, describe, it } from "node:test";
+import { describe, it } from "node:test";
 import { RunStatus, TaskKind, TaskStatus, type Run } from "@nexusflow/gen";
-import { startTestDatabase, waitFor, waitForRun, workflowClient } from "../support.js";
+import { waitFor, waitForRun, workflowClient } from "../support.js";
 import { describeRun, registerSpec, type WorkflowClient } from "../e2e/harness.js";
-import {
-  killAll,
-  startExecutorProcess,
-  startSchedulerProcess,
-  type ServiceProcess,
-} from "../e2e/processes.js";
-import { FaultTables } from "./invariants.js";
+import { startExecutorProcess, startSchedulerProcess, type ServiceProcess } from "../e2e/processes.js";
+
 import { TcpProxy } from "./proxy.js";
-import { FAST_EXPIRY, attemptSummary, executorEnv, markers, startRun, taskOf } from "./support.js";
+import {
+  FAST_EXPIRY,
+  attemptSummary,
+  executorEnv,
+  markers,
+  startRun,
+  taskOf,
+  faultFixture,
+} from "./support.js";
 
 const RETRY = { maxAttempts: 3, initialInterval: "20ms" };
 
@@ -43,26 +44,16 @@ async function waitRunning(
 }
 
 describe("fault injection with real processes", () => {
-  let db: Awaited<ReturnType<typeof startTestDatabase>>;
-  let tables: FaultTables;
-  let dir: string;
-
-  before(async () => {
-    db = await startTestDatabase();
-    tables = new FaultTables(db.url);
-    dir = await mkdtemp(join(tmpdir(), "nf-faults-"));
-  });
-
-  after(async () => {
-    await killAll();
-    await tables?.close();
-    await db?.close();
-    if (dir !== undefined) await rm(dir, { recursive: true, force: true });
-  });
+  const fx = faultFixture("nf-faults-");
 
   it("executor SIGKILLed mid-task: the step re-runs once elsewhere, every other step runs once", async () => {
-    const marker = join(dir, "kill-mid-task.jsonl");
-    const { process: scheduler, address } = await startSchedulerProcess("sched-kill", db.url, 0, FAST_EXPIRY);
+    const marker = join(fx.dir, "kill-mid-task.jsonl");
+    const { process: scheduler, address } = await startSchedulerProcess(
+      "sched-kill",
+      fx.db.url,
+      0,
+      FAST_EXPIRY,
+    );
     const client = workflowClient(address);
     const executors = await Promise.all(
       ["kill-a", "kill-b"].map((id) => startExecutorProcess(id, address, executorEnv(2))),
@@ -104,15 +95,20 @@ describe("fault injection with real processes", () => {
         [1, holder.pid],
         [2, survivor.pid],
       ]);
-      await tables.assertInvariants([runId]);
+      await fx.tables.assertInvariants([runId]);
     } finally {
       await Promise.all([...executors, scheduler].map((p) => p.kill()));
     }
   });
 
   it("executor SIGKILLed mid-compensation: the rollback finishes, compensating exactly the succeeded steps", async () => {
-    const marker = join(dir, "kill-mid-compensation.jsonl");
-    const { process: scheduler, address } = await startSchedulerProcess("sched-saga", db.url, 0, FAST_EXPIRY);
+    const marker = join(fx.dir, "kill-mid-compensation.jsonl");
+    const { process: scheduler, address } = await startSchedulerProcess(
+      "sched-saga",
+      fx.db.url,
+      0,
+      FAST_EXPIRY,
+    );
     const client = workflowClient(address);
     const executors = await Promise.all(
       ["saga-a", "saga-b"].map((id) => startExecutorProcess(id, address, executorEnv(2))),
@@ -165,7 +161,7 @@ describe("fault injection with real processes", () => {
         ["SUCCEEDED", ""],
       ]);
       assert.deepEqual(attemptSummary(taskOf(run, "b", TaskKind.COMPENSATION)), [["SUCCEEDED", ""]]);
-      const facts = await tables.assertInvariants([runId]);
+      const facts = await fx.tables.assertInvariants([runId]);
       assert.deepEqual([...(facts.get(runId)?.compensations.keys() ?? [])].sort(), ["a", "b"]);
     } finally {
       await Promise.all([...executors, scheduler].map((p) => p.kill()));
@@ -178,9 +174,9 @@ describe("fault injection with real processes", () => {
         ? "reset on both sides"
         : "dropped on the executor's side while the scheduler's side stays open and silent";
     it(`executor stream cut without a gRPC close (${how}): the executor reclaims its lease through the proxy`, async () => {
-      const marker = join(dir, `cut-${mode}.jsonl`);
+      const marker = join(fx.dir, `cut-${mode}.jsonl`);
       // A longer session timeout: the grace in which a reconnecting executor reclaims its leases.
-      const { process: scheduler, address } = await startSchedulerProcess(`sched-cut-${mode}`, db.url, 0, {
+      const { process: scheduler, address } = await startSchedulerProcess(`sched-cut-${mode}`, fx.db.url, 0, {
         HEARTBEAT_INTERVAL: "200ms",
         SESSION_TIMEOUT: "3s",
       });
@@ -239,7 +235,7 @@ describe("fault injection with real processes", () => {
               `every step ran exactly once, on its first lease (the executor re-attached at once)\n${describeRun(run)}\n${scheduler.tail(12)}`,
             );
         }
-        await tables.assertInvariants([runId, ...more]);
+        await fx.tables.assertInvariants([runId, ...more]);
       } finally {
         await Promise.all([executor?.kill(), scheduler.kill()]);
         await proxy.close();
@@ -248,8 +244,13 @@ describe("fault injection with real processes", () => {
   }
 
   it("scheduler SIGKILLed with retry timers pending: each retry fires once, on time, after the restart", async () => {
-    const marker = join(dir, "retry-timers.jsonl");
-    const { process: first, address } = await startSchedulerProcess("sched-timers-1", db.url, 0, FAST_EXPIRY);
+    const marker = join(fx.dir, "retry-timers.jsonl");
+    const { process: first, address } = await startSchedulerProcess(
+      "sched-timers-1",
+      fx.db.url,
+      0,
+      FAST_EXPIRY,
+    );
     const port = Number(address.slice(address.lastIndexOf(":") + 1));
     let client = workflowClient(address);
     const executor = await startExecutorProcess("timers", address, executorEnv(4));
@@ -281,7 +282,7 @@ describe("fault injection with real processes", () => {
       // Both timers durable: RETRY_WAIT with its due time, and the events saying so, committed.
       // (That a run row can be committed ahead of its events is group-commit.test.ts's subject.)
       const waiting = async (): Promise<Map<string, Date> | undefined> => {
-        const { rows } = await tables.pool.query<{ run_id: string; due: Date }>(
+        const { rows } = await fx.tables.pool.query<{ run_id: string; due: Date }>(
           `SELECT t.run_id, t.next_attempt_at AS due
              FROM task_runs t JOIN workflow_runs r ON r.id = t.run_id
             WHERE t.run_id = ANY($1::uuid[]) AND t.status = 'RETRY_WAIT' AND t.next_attempt_at IS NOT NULL
@@ -299,13 +300,13 @@ describe("fault injection with real processes", () => {
       // Keep the scheduler down until the first timer is overdue (PostgreSQL's clock, the same host).
       const overdueAt = due.get(overdue) as Date;
       await waitFor("the first retry to be overdue", async () => {
-        const { rows } = await tables.pool.query<{ past: boolean }>(
+        const { rows } = await fx.tables.pool.query<{ past: boolean }>(
           "SELECT now() > $1::timestamptz AS past",
           [overdueAt],
         );
         return rows[0]?.past === true ? true : undefined;
       });
-      ({ process: second } = await startSchedulerProcess("sched-timers-2", db.url, port, FAST_EXPIRY));
+      ({ process: second } = await startSchedulerProcess("sched-timers-2", fx.db.url, port, FAST_EXPIRY));
       client = workflowClient(address);
 
       const done = await Promise.all([overdue, pending].map((id) => waitForRun(client, id, 30_000)));
@@ -322,7 +323,7 @@ describe("fault injection with real processes", () => {
         ["SUCCEEDED", ""],
       ]);
       // Not early: the second attempt of the pending run was leased no sooner than its committed due time.
-      const { rows } = await tables.pool.query<{ leased_at: Date }>(
+      const { rows } = await fx.tables.pool.query<{ leased_at: Date }>(
         "SELECT leased_at FROM task_attempts WHERE run_id = $1 AND number = 2",
         [pending],
       );
@@ -337,7 +338,7 @@ describe("fault injection with real processes", () => {
         (m) => `${m.runId === overdue ? "overdue" : "pending"}#${m.attempt}`,
       );
       assert.deepEqual(ran.sort(), ["overdue#1", "overdue#2", "pending#1", "pending#2", "pending#3"]);
-      await tables.assertInvariants([overdue, pending]);
+      await fx.tables.assertInvariants([overdue, pending]);
     } finally {
       await Promise.all([executor.kill(), first.kill(), second?.kill()]);
     }
