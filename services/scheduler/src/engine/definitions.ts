@@ -6,6 +6,7 @@
 import { ApiError, Code, type Logger } from "@nexusflow/common";
 import { compileWorkflow, type CompiledWorkflow } from "../dag/index.js";
 import type { Database } from "../persistence/database.js";
+import { decodeToken, encodeToken } from "../persistence/page-token.js";
 import { WorkflowDefinitionEntity } from "../persistence/entities.js";
 
 /** How long "the latest version" of a workflow is cached. */
@@ -25,21 +26,6 @@ export interface DefinitionRow {
 export interface DefinitionPage {
   rows: DefinitionRow[];
   nextPageToken: string;
-}
-
-function encodeToken(value: unknown): string {
-  return Buffer.from(JSON.stringify(value)).toString("base64url");
-}
-
-/** Decodes a page token or throws INVALID_ARGUMENT naming the field. */
-export function decodeToken<T>(token: string, check: (v: unknown) => v is T): T {
-  try {
-    const v: unknown = JSON.parse(Buffer.from(token, "base64url").toString("utf8"));
-    if (check(v)) return v;
-  } catch {
-    // fall through
-  }
-  throw ApiError.invalid("page_token", "not a page token returned by this API");
 }
 
 /** Access to workflow definitions. */
@@ -227,5 +213,3 @@ function toRow(e: {
     createdAt: e.createdAt,
   };
 }
-
-export { encodeToken };

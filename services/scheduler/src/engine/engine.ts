@@ -16,7 +16,6 @@ import {
   renderCompensationInput,
   retryDelayMs,
   validateRunInput,
-  type CompiledWorkflow,
   type StepState,
 } from "../dag/index.js";
 import { BatchWriter } from "../persistence/batch-writer.js";
@@ -685,19 +684,7 @@ export class Engine {
       message: "the run exceeded its timeout",
       retryable: false,
     };
-    for (const task of run.tasks.values()) {
-      if (ACTIVE_LEASE.has(task.status)) {
-        const session = task.sessionId === null ? undefined : this.dispatcher.sessions.get(task.sessionId);
-        session?.send(
-          create(SessionResponseSchema, {
-            message: { case: "cancel", value: { key: this.leaseKey(task), reason: "run timed out" } },
-          }),
-        );
-        this.finishAttempt(task, "CANCELLED", error, now);
-      }
-      if (!["SUCCEEDED", "FAILED", "SKIPPED", "CANCELLED"].includes(task.status))
-        this.endTask(task, "CANCELLED", now);
-    }
+    this.stopActiveTasks(run, "run timed out", error, now);
     this.completeRun(run, "TIMED_OUT", null, error, now);
     void this.writer.flush().catch(() => undefined);
   }
@@ -1452,6 +1439,3 @@ export class Engine {
     };
   }
 }
-
-/** Helper for tests and the API: the compiled workflow type. */
-export type { CompiledWorkflow };

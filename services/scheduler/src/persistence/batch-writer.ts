@@ -321,12 +321,8 @@ export class BatchWriter {
 
   private async commit(statement: { sql: string; params: string[] } | undefined): Promise<void> {
     if (statement === undefined) return;
+    // Connection errors while checked out are handled where clients are made (openDatabase).
     const client = await this.options.pool.connect();
-    // pg-pool removes its own error listener while a client is checked out: without this, a
-    // connection killed mid-commit (database restart) would be an unhandled 'error' event.
-    const onError = (e: Error): void =>
-      this.options.log.warn({ error: e.message }, "database connection lost during a commit");
-    client.on("error", onError);
     let broken = false;
     try {
       await client.query(statement.sql, statement.params);
@@ -334,7 +330,6 @@ export class BatchWriter {
       broken = true;
       throw e;
     } finally {
-      client.off("error", onError);
       client.release(broken);
     }
   }

@@ -67,14 +67,14 @@ export async function openDatabase(options: DatabaseOptions): Promise<Database> 
     max: options.poolSize ?? 10,
     connectionTimeoutMillis: 3000,
   });
-  // An idle client losing its connection (database restart) must not crash the process.
-  // A client checked out when the server goes away emits 'error' on itself; never let it crash us.
+  // A connection lost while idle or checked out (database restart) emits 'error' on its client
+  // (pg-pool drops its own listener while a client is checked out): log it, never crash.
   pool.on("connect", (client) => {
-    client.on("error", (e: Error) => options.log.debug({ error: e.message }, "database connection error"));
+    client.on("error", (e: Error) => options.log.warn({ error: e.message }, "database connection lost"));
   });
-  pool.on("error", (e: Error & { code?: string }) =>
-    options.log.warn({ error: e.message, code: e.code }, "idle database connection lost"),
-  );
+  // The pool re-emits an idle client's error; the client listener above already logged it, but
+  // an 'error' event without a listener would crash the process.
+  pool.on("error", () => undefined);
   return {
     orm,
     pool,

@@ -4,7 +4,7 @@
  */
 import type { FilterQuery, InferEntity } from "@mikro-orm/core";
 import { ApiError } from "@nexusflow/common";
-import { decodeToken, encodeToken } from "../engine/definitions.js";
+import { decodeToken, encodeToken } from "./page-token.js";
 import type { Database } from "./database.js";
 import { TaskAttemptEntity, TaskRunEntity, WorkflowRunEntity } from "./entities.js";
 
