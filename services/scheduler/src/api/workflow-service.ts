@@ -119,13 +119,14 @@ export function workflowService(engine: Engine, runs: RunStore): grpc.UntypedSer
     }),
 
     cancelRun: unary(async (req: CancelRunRequest) => {
-      checkRunId(req.runId);
-      await runs.get(req.runId);
-      await engine.cancelRun(
-        req.runId,
-        req.reason === "" ? "cancelled by request" : req.reason,
-        req.compensate,
-      );
+      // Only active runs can change; any other run is finished (or missing: NOT_FOUND from the read).
+      if (engine.isActive(req.runId)) {
+        await engine.cancelRun(
+          req.runId,
+          req.reason === "" ? "cancelled by request" : req.reason,
+          req.compensate,
+        );
+      }
       return create(CancelRunResponseSchema, { run: runDetail(await runs.get(req.runId)) });
     }),
 

@@ -4,6 +4,7 @@
  */
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
+import { Code, ConnectError } from "@connectrpc/connect";
 import { jsonToValue, valueToJson } from "@nexusflow/common";
 import { Executor, TaskError, type TaskContext } from "@nexusflow/executor";
 import { RunStatus, TaskKind, TaskStatus, type Run } from "@nexusflow/gen";
@@ -249,6 +250,12 @@ describe("resilience: retries, timeouts, cancellation, sagas", () => {
     assert.equal(first.run?.status, RunStatus.CANCELLED);
     const second = await client.cancelRun({ runId: run!.id, reason: "again" });
     assert.equal(second.run?.status, RunStatus.CANCELLED);
+    const code = (e: unknown): Code => ConnectError.from(e).code;
+    await assert.rejects(
+      client.cancelRun({ runId: "00000000-0000-4000-8000-000000000000" }),
+      (e) => code(e) === Code.NotFound,
+    );
+    await assert.rejects(client.cancelRun({ runId: "not-a-run" }), (e) => code(e) === Code.InvalidArgument);
     await waitFor("the handler to see the abort", () => aborted.has("c-1") || undefined);
     assert.equal(task(second.run, "s").status, TaskStatus.CANCELLED);
     assert.equal(task(second.run, "after").status, TaskStatus.CANCELLED);
