@@ -195,7 +195,10 @@ describe("REST gateway in front of a real scheduler", () => {
     "WatchRun: GET /v1/runs/{run_id}:watch streams newline-delimited JSON until the run ends",
     T,
     async () => {
-      const res = await fetch(`${url}/v1/runs/${runId}:watch`, {
+      // A fresh run (its sleep step lasts 100 ms), so the stream sees it running, then finished.
+      const fresh = await call("POST", "/v1/workflows/rest-demo/runs", { input: { name: "Ada" } });
+      const freshId = (fresh.json["run"] as Json)["id"] as string;
+      const res = await fetch(`${url}/v1/runs/${freshId}:watch`, {
         headers: { authorization: `Bearer ${admin}` },
       });
       assert.equal(res.status, 200);
