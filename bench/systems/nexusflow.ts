@@ -1,13 +1,15 @@
 /**
- * Nexusflow under test: the scheduler in this process (gRPC on 127.0.0.1, port 0), executors in
- * this process attached over gRPC, StartRun through the typed Connect client, like a user would.
+ * Nexusflow under test: the scheduler on this process's main thread (gRPC on 127.0.0.1, port 0),
+ * the executors in a worker thread (their own event loop, as their own processes would have in a
+ * deployment) attached over gRPC, StartRun through the typed Connect client, like a user would.
  */
 import { createClient, type Client } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
+import { Worker } from "node:worker_threads";
 import { createLogger, jsonToValue, type Logger } from "@nexusflow/common";
-import { Executor } from "@nexusflow/executor";
 import { WorkflowService } from "@nexusflow/gen";
 import { Scheduler } from "@nexusflow/scheduler";
+import type { ExecutorHostData, ExecutorHostMessage } from "./executor-host.js";
 import { pollUntil, StartRecorder, type QueueSystem } from "./types.js";
 
 /** The task type of every benchmark step. */
@@ -42,9 +44,7 @@ export class NexusflowSystem implements QueueSystem {
   private readonly log: Logger;
   private schedulerValue: Scheduler | undefined;
   private clientValue: Client<typeof WorkflowService> | undefined;
-  private executors: Executor[] = [];
-  /** Called at handler start with the task's input (the DAG section keys by step). */
-  onHandler: ((input: { i: number }) => void) | undefined;
+  private host: Worker | undefined;
 
   constructor(private readonly options: NexusflowOptions) {
     this.database = options.database;
@@ -54,7 +54,8 @@ export class NexusflowSystem implements QueueSystem {
       slotsPerExecutor: options.slots ?? 256,
       schedulerPoolSize: options.poolSize ?? 10,
       enqueue: "StartRun one by one over gRPC (no bulk API)",
-      transport: "gRPC over loopback, scheduler and executors in the bench process",
+      transport:
+        "gRPC over loopback; the scheduler on the bench process's main thread, the executors in a worker thread",
     };
   }
 
@@ -71,16 +72,18 @@ export class NexusflowSystem implements QueueSystem {
   }
 
   async start(): Promise<void> {
-    this.schedulerValue = new Scheduler({
+    const scheduler = new Scheduler({
       port: 0,
       databaseUrl: this.options.url,
       log: this.log,
       ...(this.options.poolSize === undefined ? {} : { poolSize: this.options.poolSize }),
     });
-    await this.schedulerValue.start();
+    await scheduler.start();
+    this.schedulerValue = scheduler;
+    this.host = await this.spawnHost();
     this.clientValue = createClient(
       WorkflowService,
-      createGrpcTransport({ baseUrl: `http://${this.schedulerValue.address}` }),
+      createGrpcTransport({ baseUrl: `http://${scheduler.address}` }),
     );
     await this.register(
       workflowSpec(NOOP_WORKFLOW, [{ id: "only", type: NOOP_TYPE, input: { i: "{{ input.i }}" } }]),
@@ -103,33 +106,51 @@ export class NexusflowSystem implements QueueSystem {
     return run.id;
   }
 
-  async startConsumers(): Promise<void> {
-    const n = this.options.executors ?? 4;
-    const slots = this.options.slots ?? 256;
-    const logger = createLogger("executor", "warn");
-    for (let e = 0; e < n; e++) {
-      const executor = new Executor({
-        schedulerAddress: this.scheduler.address,
-        executorId: `bench-executor-${e}`,
-        slots,
-        logger,
-        builtins: false,
-      });
-      executor.register(NOOP_TYPE, (input: { i: number }) => {
-        this.recorder.start(input.i);
-        this.onHandler?.(input);
-        this.recorder.finish();
-        return null;
-      });
-      this.executors.push(executor);
+  /** Spawns the executors' worker thread and loads its modules (before any clock runs). */
+  private async spawnHost(): Promise<Worker> {
+    const data: ExecutorHostData = {
+      schedulerAddress: this.scheduler.address,
+      taskType: NOOP_TYPE,
+      executors: this.options.executors ?? 4,
+      slots: this.options.slots ?? 256,
+      parentTimeOrigin: performance.timeOrigin,
+      starts: this.recorder.starts,
+      counts: this.recorder.counts,
+    };
+    const worker = new Worker(new URL("./executor-host.mjs", import.meta.url), { workerData: data });
+    this.recorder.onReset = (starts, counts) => {
+      const message: ExecutorHostMessage = { kind: "recorder", starts, counts };
+      worker.postMessage(message);
+    };
+    try {
+      await hostReply(worker, "loaded");
+    } catch (e) {
+      await worker.terminate();
+      throw e;
     }
-    await Promise.all(this.executors.map((e) => e.start()));
+    return worker;
+  }
+
+  async startConsumers(): Promise<void> {
+    const worker = this.host ?? (await this.spawnHost());
+    this.host = worker;
+    const message: ExecutorHostMessage = { kind: "start" };
+    worker.postMessage(message);
+    await hostReply(worker, "started");
   }
 
   async stopConsumers(): Promise<void> {
-    const executors = this.executors;
-    this.executors = [];
-    await Promise.all(executors.map((e) => e.stop("bench done")));
+    const worker = this.host;
+    this.host = undefined;
+    this.recorder.onReset = undefined;
+    if (worker === undefined) return;
+    const message: ExecutorHostMessage = { kind: "stop", reason: "bench done" };
+    worker.postMessage(message);
+    try {
+      await hostReply(worker, "stopped");
+    } finally {
+      await worker.terminate();
+    }
   }
 
   /** Runs still active in the engine (runs leave memory once their completion is committed). */
@@ -157,4 +178,31 @@ export class NexusflowSystem implements QueueSystem {
     this.schedulerValue = undefined;
     this.clientValue = undefined;
   }
+}
+
+/** Waits for the host's next message; its `error` message or exit rejects. */
+function hostReply(worker: Worker, kind: "loaded" | "started" | "stopped"): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
+    const cleanup = (): void => {
+      worker.off("message", onMessage);
+      worker.off("error", onError);
+      worker.off("exit", onExit);
+    };
+    const onMessage = (m: { kind: string; message?: string }): void => {
+      cleanup();
+      if (m.kind === kind) resolve();
+      else reject(new Error(`executor host: ${m.message ?? m.kind}`));
+    };
+    const onError = (e: Error): void => {
+      cleanup();
+      reject(e);
+    };
+    const onExit = (code: number): void => {
+      cleanup();
+      reject(new Error(`executor host exited with code ${code}`));
+    };
+    worker.on("message", onMessage);
+    worker.on("error", onError);
+    worker.on("exit", onExit);
+  });
 }

@@ -1,38 +1,49 @@
 /** What the throughput, latency and cost sections need from a system under test. */
 
-/** Records when each job's handler started, on the process's monotonic clock. */
+/**
+ * Records when each job's handler started, on the bench process's monotonic clock. The arrays live
+ * in shared memory so executors in a worker thread (see `executor-host.ts`) record into them too.
+ */
 export class StartRecorder {
-  /** performance.now() at handler start, by job index (NaN until started). */
+  /** performance.now() of the main thread at handler start, by job index (NaN until started). */
   starts: Float64Array;
-  /** Handlers started so far. */
-  started = 0;
-  /** Handlers finished so far. */
-  finished = 0;
+  /** [started, finished] handler counts, shared with worker threads. */
+  counts: Int32Array;
   private waiters: { n: number; resolve: () => void }[] = [];
+  /** Called after every reset with the new shared buffers (worker threads switch to them). */
+  onReset: ((starts: Float64Array, counts: Int32Array) => void) | undefined;
 
   constructor(capacity: number) {
-    this.starts = new Float64Array(capacity).fill(Number.NaN);
+    this.starts = sharedStarts(capacity);
+    this.counts = new Int32Array(new SharedArrayBuffer(8));
+  }
+
+  /** Handlers started so far. */
+  get started(): number {
+    return Atomics.load(this.counts, 0);
+  }
+
+  /** Handlers finished so far. */
+  get finished(): number {
+    return Atomics.load(this.counts, 1);
   }
 
   /** Forgets everything and sizes for `capacity` jobs. */
   reset(capacity: number): void {
-    this.starts = new Float64Array(capacity).fill(Number.NaN);
-    this.started = 0;
-    this.finished = 0;
+    this.starts = sharedStarts(capacity);
+    this.counts = new Int32Array(new SharedArrayBuffer(8));
     this.waiters = [];
+    this.onReset?.(this.starts, this.counts);
   }
 
   /** Called first thing in a handler. Duplicates (re-deliveries) keep the first start. */
   start(i: number): void {
-    if (i >= 0 && i < this.starts.length && Number.isNaN(this.starts[i])) {
-      this.starts[i] = performance.now();
-      this.started++;
-    }
+    recordStart(this.starts, this.counts, i, performance.now());
   }
 
   /** Called when a handler returns. */
   finish(): void {
-    this.finished++;
+    Atomics.add(this.counts, 1, 1);
     if (this.waiters.length === 0) return;
     const still: typeof this.waiters = [];
     for (const w of this.waiters) {
@@ -60,6 +71,18 @@ export class StartRecorder {
     } finally {
       clearTimeout(timer);
     }
+  }
+}
+
+function sharedStarts(capacity: number): Float64Array {
+  return new Float64Array(new SharedArrayBuffer(capacity * 8)).fill(Number.NaN);
+}
+
+/** Records the start of job `i` at `at` (ms on the main thread's clock) unless already recorded. */
+export function recordStart(starts: Float64Array, counts: Int32Array, i: number, at: number): void {
+  if (i >= 0 && i < starts.length && Number.isNaN(starts[i])) {
+    starts[i] = at;
+    Atomics.add(counts, 0, 1);
   }
 }
 
