@@ -147,6 +147,9 @@ export class Executor {
   #sessionCount = 0;
   #everAttached = false;
   #draining = false;
+  /** Slots freed since credit was last sent; granted together once per event-loop turn. */
+  #creditDue = 0;
+  #creditScheduled = false;
   #drainReason = "";
   #closing = false;
   #loop: Promise<void> | undefined;
@@ -612,6 +615,8 @@ export class Executor {
 
     const queued = this.#outbox;
     this.#outbox = [];
+    // The grant below covers every free slot, including those freed while detached.
+    this.#creditDue = 0;
     for (const message of queued) this.#write(session, message);
     if (this.#draining) {
       this.#write(session, { case: "drain", value: create(DrainSchema, { reason: this.#drainReason }) });
@@ -770,8 +775,24 @@ export class Executor {
       );
     }
     // A slot is free again. While disconnected nothing is sent: the next AttachAck grants every free slot.
-    if (!this.#draining) this.#sendLive({ case: "credit", value: create(CreditSchema, { n: 1 }) });
+    if (!this.#draining) this.#grantCredit();
     this.#notify();
+  }
+
+  /**
+   * Grants one more slot. Slots freed in the same event-loop turn go out as one Credit message, so
+   * a busy executor sends one Credit per turn rather than one per task.
+   */
+  #grantCredit(): void {
+    this.#creditDue++;
+    if (this.#creditScheduled) return;
+    this.#creditScheduled = true;
+    setImmediate(() => {
+      this.#creditScheduled = false;
+      const n = this.#creditDue;
+      this.#creditDue = 0;
+      if (n > 0 && !this.#draining) this.#sendLive({ case: "credit", value: create(CreditSchema, { n }) });
+    });
   }
 
   #onCancel(cancel: Cancel): void {

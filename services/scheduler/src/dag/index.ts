@@ -2,9 +2,10 @@
  * The pure DAG engine of the scheduler: workflow validation and compilation, templates, the `when`
  * expression language, run evaluation, saga compensation order and retry arithmetic. No I/O.
  *
- * The scheduler calls `evaluateRun` after every batch of step state changes and applies all of its
- * decisions together. A call is O(steps + edges) on precomputed arrays (tens of microseconds for
- * 1000 steps), so there is deliberately no incremental variant to keep in sync.
+ * The scheduler calls `evaluateRun` after every batch of step state changes (completions that
+ * arrive in the same event-loop turn share one call) and applies all of its decisions together. A
+ * call is O(steps + edges) on precomputed arrays (tens of microseconds for 1000 steps), so there is
+ * deliberately no incremental variant to keep in sync.
  */
 export {
   DagError,

@@ -9,10 +9,10 @@ import type { Template } from "./template.js";
 
 /** Largest accepted workflow definition: 1 MiB of UTF-8 JSON text. */
 export const MAX_SPEC_BYTES = 1024 * 1024;
-/** Most steps in one workflow. */
-export const MAX_STEPS = 1000;
-/** Most entries in one step's `dependsOn`. */
-export const MAX_DEPENDENCIES = 100;
+/** Most steps in one workflow (1 -> 1000 -> 1 and 1,000-step chains fit with room to spare). */
+export const MAX_STEPS = 5000;
+/** Most entries in one step's `dependsOn`: a join may wait for every other step. */
+export const MAX_DEPENDENCIES = MAX_STEPS - 1;
 /** Deepest nesting of arrays/objects anywhere in a definition (the step input is 4 levels down). */
 export const MAX_SPEC_DEPTH = 80;
 /** Longest `description`, in characters. */

