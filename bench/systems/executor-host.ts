@@ -15,6 +15,8 @@ import { recordStart } from "./types.js";
 
 /** What the parent passes as `workerData`. */
 export interface ExecutorHostData {
+  /** This module, for the bootstrap (worker.mjs). */
+  module: string;
   schedulerAddress: string;
   taskType: string;
   executors: number;

@@ -109,6 +109,7 @@ export class NexusflowSystem implements QueueSystem {
   /** Spawns the executors' worker thread and loads its modules (before any clock runs). */
   private async spawnHost(): Promise<Worker> {
     const data: ExecutorHostData = {
+      module: "./executor-host.ts",
       schedulerAddress: this.scheduler.address,
       taskType: NOOP_TYPE,
       executors: this.options.executors ?? 4,
@@ -117,7 +118,7 @@ export class NexusflowSystem implements QueueSystem {
       starts: this.recorder.starts,
       counts: this.recorder.counts,
     };
-    const worker = new Worker(new URL("./executor-host.mjs", import.meta.url), { workerData: data });
+    const worker = new Worker(new URL("./worker.mjs", import.meta.url), { workerData: data });
     this.recorder.onReset = (starts, counts) => {
       const message: ExecutorHostMessage = { kind: "recorder", starts, counts };
       worker.postMessage(message);
@@ -180,18 +181,27 @@ export class NexusflowSystem implements QueueSystem {
   }
 }
 
-/** Waits for the host's next message; its `error` message or exit rejects. */
-function hostReply(worker: Worker, kind: "loaded" | "started" | "stopped"): Promise<void> {
-  return new Promise<void>((resolve, reject) => {
+/** A message of the executor host. */
+interface HostReply {
+  kind: string;
+  message?: string;
+}
+
+/** Waits for the host's next message, which must be `kind`; its `error` message or exit rejects. */
+function hostReply(
+  worker: Worker,
+  kind: "ready" | "loaded" | "started" | "stopped" | "done",
+): Promise<HostReply> {
+  return new Promise<HostReply>((resolve, reject) => {
     const cleanup = (): void => {
       worker.off("message", onMessage);
       worker.off("error", onError);
       worker.off("exit", onExit);
     };
-    const onMessage = (m: { kind: string; message?: string }): void => {
+    const onMessage = (m: HostReply): void => {
       cleanup();
-      if (m.kind === kind) resolve();
-      else reject(new Error(`executor host: ${m.message ?? m.kind}`));
+      if (m.kind === kind) resolve(m);
+      else reject(new Error(`worker host: ${m.message ?? m.kind}`));
     };
     const onError = (e: Error): void => {
       cleanup();
@@ -199,7 +209,7 @@ function hostReply(worker: Worker, kind: "loaded" | "started" | "stopped"): Prom
     };
     const onExit = (code: number): void => {
       cleanup();
-      reject(new Error(`executor host exited with code ${code}`));
+      reject(new Error(`worker host exited with code ${code}`));
     };
     worker.on("message", onMessage);
     worker.on("error", onError);

@@ -1,9 +1,10 @@
 /**
  * Group commit. Engine code changes its in-memory model synchronously and marks what changed; the
- * writer persists every marked run, task, attempt and outbox event in ONE transaction of a few
- * multi-row statements, while the next batch accumulates behind it. Waiting for `flush()` means
- * "my change is durable". A failed commit (database down) is retried with backoff, in order,
- * until it succeeds or the writer is closed; nothing marked is ever dropped.
+ * writer persists every marked run, task, attempt and outbox event in ONE statement (one implicit
+ * transaction, one round trip, a prepared statement per shape of batch), while the next batch
+ * accumulates behind it. Waiting for `flush()` means "my change is durable". A failed commit
+ * (database down) is retried with backoff, in order, until it succeeds or the writer is closed;
+ * nothing marked is ever dropped.
  */
 import type pg from "pg";
 import type { Logger } from "@nexusflow/common";
@@ -86,14 +87,15 @@ SELECT event_id, run_id, sequence, type, decode(payload, 'base64'), trace_contex
 FROM jsonb_to_recordset($1::jsonb) AS x(event_id uuid, run_id uuid, sequence bigint, type text, payload text, trace_context jsonb)`;
 
 // Rows already written once are updated with only the columns a transition can change: smaller
-// parameters to build and parse, and no speculative insert. With fillfactor 70 (migration
+// parameters to build and parse, and no speculative insert. The id array ($2) lets the planner find
+// the rows by primary key (an estimate it cannot make for jsonb_to_recordset), never by a scan. With fillfactor 70 (migration
 // HotUpdates) most of these updates are HOT: no index is touched unless status changes on a run.
 const RUN_UPDATE_SQL = `UPDATE workflow_runs AS r SET status = x.status, output = x.output, error = x.error,
   cancel_requested = x.cancel_requested, compensate_on_cancel = x.compensate_on_cancel, event_seq = x.event_seq,
   updated_at = now(), ended_at = x.ended_at
 FROM jsonb_to_recordset($1::jsonb) AS x(id uuid, status text, output jsonb, error jsonb, cancel_requested boolean,
   compensate_on_cancel boolean, event_seq bigint, ended_at timestamptz)
-WHERE r.id = x.id`;
+WHERE r.id = x.id AND r.id = ANY($2::uuid[])`;
 
 const TASK_UPDATE_SQL = `UPDATE task_runs AS t SET status = x.status,
   input = CASE WHEN x.set_input THEN x.input ELSE t.input END, output = x.output, output_ref = x.output_ref,
@@ -103,13 +105,13 @@ const TASK_UPDATE_SQL = `UPDATE task_runs AS t SET status = x.status,
 FROM jsonb_to_recordset($1::jsonb) AS x(id uuid, status text, set_input boolean, input jsonb, output jsonb,
   output_ref jsonb, error jsonb, skip_reason text, attempt int, fencing_token bigint, executor_id text,
   lease_expires_at timestamptz, next_attempt_at timestamptz, queued_at timestamptz, ended_at timestamptz)
-WHERE t.id = x.id`;
+WHERE t.id = x.id AND t.id = ANY($2::uuid[])`;
 
 const ATTEMPT_UPDATE_SQL = `UPDATE task_attempts AS a SET status = x.status, error = x.error, logs = x.logs,
   started_at = x.started_at, ended_at = x.ended_at
 FROM jsonb_to_recordset($1::jsonb) AS x(task_run_id uuid, number int, status text, error jsonb, logs jsonb,
   started_at timestamptz, ended_at timestamptz)
-WHERE a.task_run_id = x.task_run_id AND a.number = x.number`;
+WHERE a.task_run_id = x.task_run_id AND a.number = x.number AND a.task_run_id = ANY($2::uuid[])`;
 
 function runUpdateRow(r: RunState): unknown {
   return {
@@ -216,6 +218,47 @@ function attemptRow(a: AttemptState): unknown {
     started_at: a.startedAt,
     ended_at: a.endedAt,
   };
+}
+
+/** A batch as one statement: its SQL, a name per shape (for the prepared statement), parameters. */
+interface BatchStatement {
+  name: string;
+  sql: string;
+  params: unknown[];
+}
+
+const PARTS = [
+  RUN_SQL,
+  RUN_UPDATE_SQL,
+  TASK_SQL,
+  TASK_UPDATE_SQL,
+  ATTEMPT_SQL,
+  ATTEMPT_UPDATE_SQL,
+  EVENT_SQL,
+];
+/** Statement text and name by shape: which of PARTS a batch has (at most 2^7 shapes). */
+const statements = new Map<string, { name: string; sql: string }>();
+
+/** The one statement of data-modifying CTEs for the given parts, in order, parameters numbered in turn. */
+function batchStatement(parts: string[]): { name: string; sql: string } {
+  const key = parts.map((sql) => PARTS.indexOf(sql)).join("");
+  let statement = statements.get(key);
+  if (statement === undefined) {
+    let base = 0;
+    const ctes = parts.map((sql, i) => {
+      const from = base;
+      let own = 0;
+      const numbered = sql.replace(/\$(\d)::/g, (_, k: string) => {
+        own = Math.max(own, Number(k));
+        return `$${from + Number(k)}::`;
+      });
+      base += own;
+      return `w${i} AS (${numbered})`;
+    });
+    statement = { name: `nexusflow_batch_${key}`, sql: `WITH ${ctes.join(",\n")}\nSELECT 1` };
+    statements.set(key, statement);
+  }
+  return statement;
 }
 
 /** The group-commit writer. */
@@ -349,7 +392,7 @@ export class BatchWriter {
       if (!this.healthy) this.options.log.info("database commits succeed again");
       this.healthy = true;
       delay = this.retryInitialMs;
-      this.stats.commits++;
+      if (statement !== undefined) this.stats.commits++;
       this.stats.rows += runs.size + tasks.size + attempts.size + events.length;
       for (const w of waiters) w.resolve();
       this.options.onCommit?.({
@@ -374,8 +417,8 @@ export class BatchWriter {
     tasks: Map<string, TaskState>,
     attempts: Map<string, AttemptState>,
     events: OutboxRow[],
-  ): { statement: { sql: string; params: string[] } | undefined; written: Map<object, unknown> } {
-    const parts: [string, string][] = [];
+  ): { statement: BatchStatement | undefined; written: Map<object, unknown> } {
+    const parts: [string, ...unknown[]][] = [];
     // What this batch writes, recorded as written once it commits (never before: a failed batch
     // is retried with full upserts for its new rows).
     const written = new Map<object, unknown>();
@@ -388,19 +431,24 @@ export class BatchWriter {
     // Parents before children: runs, tasks, attempts, then the events describing them.
     const [newRuns, knownRuns] = split(runs.values());
     if (newRuns.length > 0) parts.push([RUN_SQL, JSON.stringify(newRuns.map(runRow))]);
-    if (knownRuns.length > 0) parts.push([RUN_UPDATE_SQL, JSON.stringify(knownRuns.map(runUpdateRow))]);
+    if (knownRuns.length > 0)
+      parts.push([RUN_UPDATE_SQL, JSON.stringify(knownRuns.map(runUpdateRow)), knownRuns.map((r) => r.id)]);
     for (const r of runs.values()) written.set(r, true);
     const [newTasks, knownTasks] = split(tasks.values());
     if (newTasks.length > 0) parts.push([TASK_SQL, JSON.stringify(newTasks.map(taskRow))]);
     if (knownTasks.length > 0) {
       const rows = knownTasks.map((t) => taskUpdateRow(t, this.written.get(t) !== t.input));
-      parts.push([TASK_UPDATE_SQL, JSON.stringify(rows)]);
+      parts.push([TASK_UPDATE_SQL, JSON.stringify(rows), knownTasks.map((t) => t.id)]);
     }
     for (const t of tasks.values()) written.set(t, t.input);
     const [newAttempts, knownAttempts] = split(attempts.values());
     if (newAttempts.length > 0) parts.push([ATTEMPT_SQL, JSON.stringify(newAttempts.map(attemptRow))]);
     if (knownAttempts.length > 0)
-      parts.push([ATTEMPT_UPDATE_SQL, JSON.stringify(knownAttempts.map(attemptUpdateRow))]);
+      parts.push([
+        ATTEMPT_UPDATE_SQL,
+        JSON.stringify(knownAttempts.map(attemptUpdateRow)),
+        knownAttempts.map((a) => a.taskRunId),
+      ]);
     for (const a of attempts.values()) written.set(a, true);
     if (events.length > 0) {
       const rows = events.map((e) => ({
@@ -414,20 +462,19 @@ export class BatchWriter {
       parts.push([EVENT_SQL, JSON.stringify(rows)]);
     }
     if (parts.length === 0) return { statement: undefined, written };
-    const ctes = parts.map(([sql], i) => `w${i} AS (${sql.replace("$1::jsonb", `$${i + 1}::jsonb`)})`);
-    return {
-      statement: { sql: `WITH ${ctes.join(",\n")}\nSELECT 1`, params: parts.map(([, param]) => param) },
-      written,
-    };
+    const params: unknown[] = [];
+    for (const [, ...own] of parts) params.push(...own);
+    return { statement: { ...batchStatement(parts.map(([sql]) => sql)), params }, written };
   }
 
-  private async commit(statement: { sql: string; params: string[] } | undefined): Promise<void> {
+  private async commit(statement: BatchStatement | undefined): Promise<void> {
     if (statement === undefined) return;
     // Connection errors while checked out are handled where clients are made (openDatabase).
     const client = await this.options.pool.connect();
     let broken = false;
     try {
-      await client.query(statement.sql, statement.params);
+      // Named: each connection parses and plans each shape of batch once, not on every commit.
+      await client.query({ name: statement.name, text: statement.sql, values: statement.params });
     } catch (e) {
       broken = true;
       throw e;
