@@ -158,65 +158,41 @@ function attemptUpdateRow(a: AttemptState): unknown {
   };
 }
 
+// A row's first write: the update columns plus those fixed at creation (extra keys such as
+// set_input are ignored by jsonb_to_recordset).
 function runRow(r: RunState): unknown {
   return {
-    id: r.id,
+    ...(runUpdateRow(r) as object),
     definition_id: r.definitionId,
     workflow_name: r.workflow.name,
     workflow_version: r.workflow.version,
-    status: r.status,
     input: r.input ?? null,
-    output: r.output ?? null,
-    error: r.error,
     idempotency_key: r.idempotencyKey,
     labels: r.labels,
-    cancel_requested: r.cancelRequested,
-    compensate_on_cancel: r.compensateOnCancel,
-    event_seq: r.eventSeq,
     deadline: r.deadline,
     created_at: r.createdAt,
-    ended_at: r.endedAt,
   };
 }
 
 function taskRow(t: TaskState): unknown {
   return {
-    id: t.id,
+    ...(taskUpdateRow(t, true) as object),
     run_id: t.runId,
     step_id: t.stepId,
     kind: t.kind,
     type: t.type,
-    status: t.status,
     position: t.position,
-    input: t.input ?? null,
-    output: t.output ?? null,
-    output_ref: t.outputRef ?? null,
-    error: t.error,
-    skip_reason: t.skipReason,
-    attempt: t.attempt,
-    fencing_token: t.fencingToken,
-    executor_id: t.executorId,
-    lease_expires_at: t.leaseExpiresAt,
-    next_attempt_at: t.nextAttemptAt,
-    queued_at: t.queuedAt,
     created_at: t.createdAt,
-    ended_at: t.endedAt,
   };
 }
 
 function attemptRow(a: AttemptState): unknown {
   return {
-    task_run_id: a.taskRunId,
-    number: a.number,
+    ...(attemptUpdateRow(a) as object),
     run_id: a.runId,
     fencing_token: a.fencingToken,
     executor_id: a.executorId,
-    status: a.status,
-    error: a.error,
-    logs: a.logs ?? null,
     leased_at: a.leasedAt,
-    started_at: a.startedAt,
-    ended_at: a.endedAt,
   };
 }
 
