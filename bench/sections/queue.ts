@@ -86,7 +86,11 @@ export async function throughputPhase(
   const e0 = performance.now();
   const cpuE = ctx.cpu();
   await ctx
-    .profiled(`${name}-enqueue`, () => closedLoop(n, ENQUEUE_CONCURRENCY, (i) => system.enqueue(i)))
+    .profiled(`${name}-enqueue`, () =>
+      system.preload !== undefined
+        ? system.preload(n, ENQUEUE_CONCURRENCY)
+        : closedLoop(n, ENQUEUE_CONCURRENCY, (i) => system.enqueue(i)),
+    )
     .catch(stopOnFailure);
   const enqueueSeconds = (performance.now() - e0) / 1000;
   const cpuEnqueue = ctx.cpuSince(cpuE, n);
@@ -212,9 +216,10 @@ async function openLoop(
   n: number,
 ): Promise<{ intended: Float64Array; sentAt: Float64Array; errors: number; firstError?: string }> {
   const intended = new Float64Array(n);
-  const sentAt = new Float64Array(n);
   const t0 = performance.now() + 20;
   for (let i = 0; i < n; i++) intended[i] = t0 + (i * 1000) / rate;
+  if (system.openLoop !== undefined) return { intended, ...(await system.openLoop(intended, rate)) };
+  const sentAt = new Float64Array(n);
   const pending: Promise<void>[] = [];
   let errors = 0;
   let firstError: string | undefined;

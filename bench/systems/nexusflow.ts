@@ -10,6 +10,7 @@ import { createLogger, jsonToValue, type Logger } from "@nexusflow/common";
 import { WorkflowService } from "@nexusflow/gen";
 import { Scheduler } from "@nexusflow/scheduler";
 import type { ExecutorHostData, ExecutorHostMessage } from "./executor-host.js";
+import type { ProducerCommand, ProducerHostData } from "./producer-host.js";
 import { pollUntil, StartRecorder, type QueueSystem } from "./types.js";
 
 /** The task type of every benchmark step. */
@@ -45,6 +46,7 @@ export class NexusflowSystem implements QueueSystem {
   private schedulerValue: Scheduler | undefined;
   private clientValue: Client<typeof WorkflowService> | undefined;
   private host: Worker | undefined;
+  private producer: Worker | undefined;
 
   constructor(private readonly options: NexusflowOptions) {
     this.database = options.database;
@@ -53,7 +55,7 @@ export class NexusflowSystem implements QueueSystem {
       executors: options.executors ?? 4,
       slotsPerExecutor: options.slots ?? 256,
       schedulerPoolSize: options.poolSize ?? 10,
-      enqueue: "StartRun one by one over gRPC (no bulk API)",
+      enqueue: "StartRun one by one over gRPC (no bulk API), from a client in its own worker thread",
       transport:
         "gRPC over loopback; the scheduler on the bench process's main thread, the executors in a worker thread",
     };
@@ -81,6 +83,7 @@ export class NexusflowSystem implements QueueSystem {
     await scheduler.start();
     this.schedulerValue = scheduler;
     this.host = await this.spawnHost();
+    this.producer = await this.spawnProducer();
     this.clientValue = createClient(
       WorkflowService,
       createGrpcTransport({ baseUrl: `http://${scheduler.address}` }),
@@ -132,6 +135,51 @@ export class NexusflowSystem implements QueueSystem {
     return worker;
   }
 
+  /** Spawns the StartRun client's worker thread. */
+  private async spawnProducer(): Promise<Worker> {
+    const data: ProducerHostData = {
+      module: "./producer-host.ts",
+      schedulerAddress: this.scheduler.address,
+      workflowName: NOOP_WORKFLOW,
+      parentTimeOrigin: performance.timeOrigin,
+    };
+    const worker = new Worker(new URL("./worker.mjs", import.meta.url), { workerData: data });
+    try {
+      await hostReply(worker, "ready");
+    } catch (e) {
+      await worker.terminate();
+      throw e;
+    }
+    return worker;
+  }
+
+  private async produce(command: ProducerCommand): Promise<{ errors: number; firstError?: string }> {
+    const worker = this.producer;
+    if (worker === undefined) throw new Error("nexusflow is not started");
+    const reply = hostReply(worker, "done");
+    worker.postMessage(command);
+    const done = await reply;
+    const errors = done.errors ?? 0;
+    if (errors < 0) throw new Error(`producer: ${done.firstError ?? "failed"}`);
+    return { errors, ...(done.firstError === undefined ? {} : { firstError: done.firstError }) };
+  }
+
+  /** Pre-loads runs 0..n-1 from the producer thread, `concurrency` calls in flight. */
+  async preload(n: number, concurrency: number): Promise<void> {
+    const { errors, firstError } = await this.produce({ kind: "closed", n, concurrency });
+    if (errors > 0) throw new Error(`${errors} StartRun calls failed: ${firstError ?? ""}`);
+  }
+
+  /** Sends run i at intended[i] (this thread's clock) from the producer thread. */
+  async openLoop(
+    intended: Float64Array,
+    rate: number,
+  ): Promise<{ sentAt: Float64Array; errors: number; firstError?: string }> {
+    const sentAt = new Float64Array(new SharedArrayBuffer(intended.length * 8));
+    const t0 = intended[0] ?? performance.now();
+    return { sentAt, ...(await this.produce({ kind: "open", n: intended.length, rate, t0, sentAt })) };
+  }
+
   async startConsumers(): Promise<void> {
     const worker = this.host ?? (await this.spawnHost());
     this.host = worker;
@@ -175,6 +223,9 @@ export class NexusflowSystem implements QueueSystem {
 
   async stop(): Promise<void> {
     await this.stopConsumers();
+    const producer = this.producer;
+    this.producer = undefined;
+    await producer?.terminate();
     await this.schedulerValue?.stop();
     this.schedulerValue = undefined;
     this.clientValue = undefined;
@@ -185,6 +236,8 @@ export class NexusflowSystem implements QueueSystem {
 interface HostReply {
   kind: string;
   message?: string;
+  errors?: number;
+  firstError?: string;
 }
 
 /** Waits for the host's next message, which must be `kind`; its `error` message or exit rejects. */

@@ -102,6 +102,16 @@ export interface QueueSystem {
   start(): Promise<void>;
   /** Submits job `i` with one call (StartRun, send, addJob). */
   enqueue(i: number): Promise<void>;
+  /**
+   * Pre-loads jobs 0..n-1, `concurrency` calls in flight, from a client outside this event loop
+   * (a system that is a server has its callers elsewhere). Without it the harness calls `enqueue`.
+   */
+  preload?(n: number, concurrency: number): Promise<void>;
+  /** Sends job i at intended[i] (performance.now() of this thread) from such a client. */
+  openLoop?(
+    intended: Float64Array,
+    rate: number,
+  ): Promise<{ sentAt: Float64Array; errors: number; firstError?: string }>;
   /** Starts the consumers (executors, workers). */
   startConsumers(): Promise<void>;
   /** Stops the consumers. */

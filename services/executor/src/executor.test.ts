@@ -302,24 +302,35 @@ describe("Executor", { timeout: 60_000 }, () => {
     { timeout: 10_000 },
     async () => {
       const logSink = new MemoryLogSink();
-      const { session } = await attached({ logSink }, (executor) =>
+      const { session } = await attached({ logSink }, (executor) => {
         executor.register("test.echo", (input, ctx: TaskContext) => {
           ctx.log.info("echoing", { attempt: ctx.attempt });
           ctx.log.write("stdout", "line one\nline ");
           ctx.log.write("stdout", "two\n");
           return { echoed: input, runId: ctx.runId, stepId: ctx.stepId };
-        }),
-      );
-      const noop = lease("noop", { hello: "world" });
-      session.send({ case: "lease", value: noop });
-      await session.take("started", (s) => sameKey(s.key, keyOf(noop)));
-      const completed = await session.take("completed", (c) => sameKey(c.key, keyOf(noop)));
+        });
+        executor.register("test.slow", async (input) => {
+          await new Promise((r) => setTimeout(r, 50));
+          return input;
+        });
+      });
+      const slow = lease("test.slow", { hello: "world" });
+      session.send({ case: "lease", value: slow });
+      await session.take("started", (s) => sameKey(s.key, keyOf(slow)));
+      const completed = await session.take("completed", (c) => sameKey(c.key, keyOf(slow)));
       assert.deepEqual(json(completed.output), { hello: "world" });
       assert.equal((await session.take("credit")).n, 1);
       assert.ok(
-        session.indexOf("started", (s) => sameKey(s.key, keyOf(noop))) <
-          session.indexOf("completed", (c) => sameKey(c.key, keyOf(noop))),
+        session.indexOf("started", (s) => sameKey(s.key, keyOf(slow))) <
+          session.indexOf("completed", (c) => sameKey(c.key, keyOf(slow))),
       );
+
+      // A task that ends within its first event-loop turn sends only Completed: it implies Started.
+      const noop = lease("noop", { hello: "again" });
+      session.send({ case: "lease", value: noop });
+      const done = await session.take("completed", (c) => sameKey(c.key, keyOf(noop)));
+      assert.deepEqual(json(done.output), { hello: "again" });
+      assert.ok(!session.has("started", (s) => sameKey(s.key, keyOf(noop))));
 
       const echo = lease("test.echo", [1, "two"]);
       session.send({ case: "lease", value: echo });
@@ -373,7 +384,8 @@ describe("Executor", { timeout: 60_000 }, () => {
       assert.deepEqual([c.error?.type, c.error?.retryable, c.retryAfterMs], ["HTTP_503", true, 1_500n]);
       const d = await session.take("failed", (f) => sameKey(f.key, keyOf(unknown)));
       assert.deepEqual([d.error?.type, d.error?.retryable], ["UNKNOWN_TASK_TYPE", false]);
-      assert.ok(session.has("started", (s) => sameKey(s.key, keyOf(unknown))));
+      // It failed before the end of its first event-loop turn: the Failed implies the start.
+      assert.ok(!session.has("started", (s) => sameKey(s.key, keyOf(unknown))));
     },
   );
 

@@ -147,6 +147,8 @@ export class Executor {
   #sessionCount = 0;
   #everAttached = false;
   #draining = false;
+  /** Attempts begun this event-loop turn whose Started is not sent yet. */
+  #startedDue: TaskAttempt[] = [];
   /** Slots freed since credit was last sent; granted together once per event-loop turn. */
   #creditDue = 0;
   #creditScheduled = false;
@@ -712,7 +714,7 @@ export class Executor {
         this.#sendLive({ case: "heartbeat", value });
       },
     });
-    this.#report({ case: "started", value: create(StartedSchema, { key: lease.key }) });
+    this.#reportStarted(attempt);
     logger.debug({ workflow: lease.workflowName }, "task started");
     const done = attempt
       .run(this.#handlerFor(lease.taskType))
@@ -777,6 +779,24 @@ export class Executor {
     // A slot is free again. While disconnected nothing is sent: the next AttachAck grants every free slot.
     if (!this.#draining) this.#grantCredit();
     this.#notify();
+  }
+
+  /**
+   * Reports Started at the end of this event-loop turn, for attempts still running then. An attempt
+   * that already finished sends only its Completed or Failed, which implies the start (the protocol
+   * allows it): a fast task costs the session one message less.
+   */
+  #reportStarted(attempt: TaskAttempt): void {
+    this.#startedDue.push(attempt);
+    if (this.#startedDue.length > 1) return;
+    setImmediate(() => {
+      const due = this.#startedDue;
+      this.#startedDue = [];
+      for (const a of due) {
+        if (this.#tasks.get(a.id)?.attempt !== a || a.silenced) continue;
+        this.#report({ case: "started", value: create(StartedSchema, { key: a.key }) });
+      }
+    });
   }
 
   /**

@@ -5,6 +5,7 @@
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import { ConnectError, Code } from "@connectrpc/connect";
+import pg from "pg";
 import { BadRequestSchema } from "@nexusflow/gen/google/rpc/error_details_pb";
 import { RunStatus, TaskStatus } from "@nexusflow/gen";
 import { jsonToValue, valueToJson } from "@nexusflow/common";
@@ -80,6 +81,35 @@ describe("executor session protocol", () => {
     const { run: after2 } = await client.getRun({ runId: run.id });
     assert.equal(after2?.tasks[0]?.attempts.length, 1);
     assert.equal(after2?.tasks[0]?.status, TaskStatus.SUCCEEDED);
+  });
+
+  it("takes a Completed without a Started as both: the attempt has a start time and taskStarted precedes taskSucceeded", async () => {
+    const s = open();
+    s.send({ case: "attach", value: { executorId: "raw-fast", taskTypes: ["proto-task"], slots: 1 } });
+    await s.next("attachAck");
+    const { run } = await client.startRun({ workflowName: "proto-one", input: jsonToValue({ x: 7 }) });
+    assert.ok(run);
+    s.send({ case: "credit", value: { n: 1 } });
+    const lease = await s.next("lease");
+    s.send({ case: "completed", value: { key: lease.key, output: jsonToValue({ y: 8 }) } });
+    const done = await waitForRun(client, run.id);
+    assert.equal(done.status, RunStatus.SUCCEEDED);
+    const attempt = done.tasks[0]?.attempts[0];
+    assert.ok(attempt?.startTime !== undefined, "the attempt has a start time");
+    assert.equal(attempt?.status, TaskStatus.SUCCEEDED);
+    const pool = new pg.Pool({ connectionString: db.url });
+    try {
+      const events = await pool.query<{ type: string }>(
+        "SELECT type FROM outbox_events WHERE run_id = $1 ORDER BY sequence",
+        [run.id],
+      );
+      assert.deepEqual(
+        events.rows.map((r) => r.type),
+        ["runStarted", "taskLeased", "taskStarted", "taskSucceeded", "runCompleted"],
+      );
+    } finally {
+      await pool.end();
+    }
   });
 
   it("expires the leases of a lost session, re-leases with a new fencing token, and rejects the stale completion", async () => {

@@ -419,7 +419,8 @@ export const LeaseSchema: GenMessage<Lease> = /*@__PURE__*/
   messageDesc(file_nexusflow_v1_executor_service, 6);
 
 /**
- * The leased attempt began.
+ * The leased attempt began. An executor may leave it out for an attempt that ended before Started
+ * was sent: a Completed or Failed for a leased attempt implies its start.
  *
  * @generated from message nexusflow.v1.Started
  */

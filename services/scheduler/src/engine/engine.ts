@@ -1029,6 +1029,18 @@ export class Engine {
     if ("code" in task) return task;
     if (task.status !== "LEASED")
       return { code: "FAILED_PRECONDITION", message: `task run ${task.id} was already started` };
+    this.markStarted(task, session);
+    // No commit of its own when another is near: RUNNING rides along with it.
+    this.writer.flushSoon(STARTED_FLUSH_DELAY_MS);
+    return null;
+  }
+
+  /**
+   * The attempt began: RUNNING, its start time and a taskStarted event. Also applied by a
+   * Completed or Failed report for an attempt still LEASED, because an executor may leave out the
+   * Started of an attempt that finished before Started was sent (the result implies the start).
+   */
+  private markStarted(task: TaskState, session: SessionHandle): void {
     const run = this.runs.get(task.runId);
     task.status = "RUNNING";
     task.lastHeartbeat = performance.now();
@@ -1050,9 +1062,6 @@ export class Engine {
         },
       });
     }
-    // No commit of its own when another is near: RUNNING rides along with it.
-    this.writer.flushSoon(STARTED_FLUSH_DELAY_MS);
-    return null;
   }
 
   /** Heartbeat report for a task. */
@@ -1073,6 +1082,7 @@ export class Engine {
   ): Rejection | null {
     const task = this.check(session, key);
     if ("code" in task) return task;
+    if (task.status === "LEASED") this.markStarted(task, session);
     const run = this.runs.get(task.runId);
     const now = new Date();
     this.finishAttempt(task, "SUCCEEDED", null, now, logs);
@@ -1186,6 +1196,7 @@ export class Engine {
   ): Rejection | null {
     const task = this.check(session, key);
     if ("code" in task) return task;
+    if (task.status === "LEASED") this.markStarted(task, session);
     this.failAttempt(task, error, retryAfterMs, logs);
     return null;
   }
