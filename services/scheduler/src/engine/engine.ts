@@ -245,11 +245,16 @@ export class Engine {
       cancel_requested: boolean;
       compensate_on_cancel: boolean;
       error: unknown;
-      event_seq: number;
+      last_event_seq: string;
       deadline: Date | null;
       created_at: Date;
     }>(
-      `SELECT * FROM workflow_runs WHERE status IN ('PENDING', 'RUNNING', 'COMPENSATING') ORDER BY created_at`,
+      // The run row's event_seq is written with the run's own changes only; events since then are
+      // in the outbox (the relay never prunes an event the run row does not cover), so the next
+      // sequence number continues from whichever is higher.
+      `SELECT r.*, GREATEST(r.event_seq,
+         COALESCE((SELECT max(o.sequence) FROM outbox_events o WHERE o.run_id = r.id), 0)) AS last_event_seq
+         FROM workflow_runs r WHERE r.status IN ('PENDING', 'RUNNING', 'COMPENSATING') ORDER BY r.created_at`,
     );
     if (runRows.rowCount === 0) return;
     const ids = runRows.rows.map((r) => r.id);
@@ -309,7 +314,7 @@ export class Engine {
         labels: r.labels,
         cancelRequested: r.cancel_requested,
         compensateOnCancel: r.compensate_on_cancel,
-        eventSeq: r.event_seq,
+        eventSeq: Number(r.last_event_seq),
         deadline: r.deadline,
         createdAt: r.created_at,
         endedAt: null,
@@ -823,10 +828,13 @@ export class Engine {
     this.writer.markTask(task);
   }
 
+  /**
+   * Appends an event. The run row is not rewritten for it: its event_seq rides along whenever the
+   * run itself changes, recovery continues from the higher of that and the outbox, and the relay
+   * prunes only events the run row covers, so a sequence number is never reused.
+   */
   private emit(run: RunState, event: EventInit): void {
     this.writer.addEvent(lifecycleEvent(run, event));
-    // The run row carries the last sequence number: recovery continues from it, never reusing one.
-    this.writer.markRun(run);
   }
 
   private assertRunning(): void {

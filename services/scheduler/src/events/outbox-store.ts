@@ -27,10 +27,13 @@ const FETCH_SQL = `SELECT id, event_id, run_id, sequence, type, payload, trace_c
 const MARK_SQL = `UPDATE outbox_events SET published_at = now() WHERE id = ANY($1::bigint[])`;
 // Oldest first along the primary key: published rows precede unpublished ones, so the scan stops
 // early; the LIMIT keeps each delete (and its locks and WAL) small.
+// An event the run row's event_seq does not cover yet is kept: recovery numbers the next event
+// from the higher of the two, so the newest sequence of an active run must stay findable.
 const PRUNE_SQL = `DELETE FROM outbox_events WHERE id IN (
-  SELECT id FROM outbox_events
-   WHERE published_at < now() - $1::double precision * interval '1 millisecond'
-   ORDER BY id LIMIT $2)`;
+  SELECT o.id FROM outbox_events o
+   WHERE o.published_at < now() - $1::double precision * interval '1 millisecond'
+     AND NOT EXISTS (SELECT 1 FROM workflow_runs r WHERE r.id = o.run_id AND r.event_seq < o.sequence)
+   ORDER BY o.id LIMIT $2)`;
 const BACKLOG_SQL = `SELECT count(*)::bigint AS n FROM outbox_events WHERE published_at IS NULL`;
 
 /** The relay's connection to the outbox, once it holds the relay lock. */

@@ -286,7 +286,7 @@ describe("fault injection with real processes", () => {
           `SELECT t.run_id, t.next_attempt_at AS due
              FROM task_runs t JOIN workflow_runs r ON r.id = t.run_id
             WHERE t.run_id = ANY($1::uuid[]) AND t.status = 'RETRY_WAIT' AND t.next_attempt_at IS NOT NULL
-              AND r.event_seq = (SELECT count(*) FROM outbox_events e WHERE e.run_id = r.id)
+              AND r.event_seq <= (SELECT count(*) FROM outbox_events e WHERE e.run_id = r.id)
               AND EXISTS (SELECT 1 FROM outbox_events e WHERE e.run_id = r.id AND e.type = 'taskRetryScheduled')`,
           [[overdue, pending]],
         );
