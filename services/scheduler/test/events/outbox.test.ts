@@ -233,6 +233,38 @@ describe("outbox relay (PostgreSQL, in-memory publisher)", () => {
     });
   });
 
+  it("keeps the published events an active run's row does not cover yet (recovery numbers from them)", async () => {
+    const { rows } = await db.pool.query<{ id: string }>(
+      `INSERT INTO workflow_definitions (name, version, spec, content_hash) VALUES ('prune-cover', 1, '{}', 'x')
+       RETURNING id::text`,
+    );
+    const runId = randomUUID();
+    await db.pool.query(
+      `INSERT INTO workflow_runs (id, definition_id, workflow_name, workflow_version, status, event_seq)
+       VALUES ($1, $2, 'prune-cover', 1, 'RUNNING', 2)`,
+      [runId, rows[0]?.id],
+    );
+    await insertEvents(db.pool, runId, 4, 1, { createdAgoMs: 60_000, publishedAgoMs: 60_000 });
+    const r = relay(new MemoryPublisher(), { retentionMs: 0, pruneIntervalMs: 20 });
+    r.start();
+    await waitFor(
+      "the covered events to be pruned",
+      async () => (await committedEvents(db.pool, runId)).length === 2,
+    );
+    // Several more rounds: the uncovered ones stay.
+    const rounds = r.stats.pruneRounds;
+    await waitFor("two more prune rounds", () => r.stats.pruneRounds >= rounds + 2);
+    const left = await db.pool.query<{ sequence: string }>(
+      "SELECT sequence::text FROM outbox_events WHERE run_id = $1 ORDER BY sequence",
+      [runId],
+    );
+    assert.deepEqual(
+      left.rows.map((x) => Number(x.sequence)),
+      [3, 4],
+    );
+    await r.stop();
+  });
+
   it("with publishing off, marks events published unsent so pruning keeps the outbox bounded", async () => {
     const r = createOutboxRelay(db.pool, testLogger("relay"), {
       brokers: undefined,
