@@ -5,6 +5,7 @@
 import type { SystemName } from "../lib/cli.js";
 import { phaseCost, type BenchContext, type PhaseCost } from "../lib/context.js";
 import type { CpuUsage } from "../lib/cpu.js";
+import { closedLoop, openLoop, type OpenLoopResult } from "../lib/loops.js";
 import { roundSummary, summarize, type Summary } from "../lib/stats.js";
 import { NexusflowSystem } from "../systems/nexusflow.js";
 import type { QueueSystem } from "../systems/types.js";
@@ -50,18 +51,6 @@ export interface LatencyResult {
   notStarted: number;
   cost: PhaseCost;
   cpu: CpuUsage;
-}
-
-async function closedLoop(n: number, concurrency: number, send: (i: number) => Promise<void>): Promise<void> {
-  let next = 0;
-  await Promise.all(
-    Array.from({ length: Math.min(concurrency, n) }, async () => {
-      while (next < n) {
-        const i = next++;
-        await send(i);
-      }
-    }),
-  );
 }
 
 /** Section 1 for one system: pre-load `n` no-op jobs, then measure how fast consumers drain them. */
@@ -160,7 +149,7 @@ export async function latencyPhase(
   const { intended, sentAt, errors, firstError } = await ctx.profiled(
     `${name}-open-loop-${Math.round(rate)}`,
     async () => {
-      const r = await openLoop(system, rate, n);
+      const r = await sendOpenLoop(system, rate, n);
       await system.drained(60_000 + n * 5).catch((e: unknown) => {
         ctx.note(`  ${name}: ${e instanceof Error ? e.message : String(e)}`);
       });
@@ -210,39 +199,24 @@ export async function latencyPhase(
   };
 }
 
-async function openLoop(
+async function sendOpenLoop(
   system: QueueSystem,
   rate: number,
   n: number,
-): Promise<{ intended: Float64Array; sentAt: Float64Array; errors: number; firstError?: string }> {
+): Promise<{ intended: Float64Array; sentAt: Float64Array } & OpenLoopResult> {
   const intended = new Float64Array(n);
   const t0 = performance.now() + 20;
   for (let i = 0; i < n; i++) intended[i] = t0 + (i * 1000) / rate;
   if (system.openLoop !== undefined) return { intended, ...(await system.openLoop(intended, rate)) };
   const sentAt = new Float64Array(n);
-  const pending: Promise<void>[] = [];
-  let errors = 0;
-  let firstError: string | undefined;
-  let i = 0;
-  while (i < n) {
-    const now = performance.now();
-    while (i < n && (intended[i] as number) <= now) {
-      sentAt[i] = performance.now();
-      pending.push(
-        system.enqueue(i).catch((e: unknown) => {
-          errors++;
-          firstError ??= e instanceof Error ? e.message : JSON.stringify(e);
-        }),
-      );
-      i++;
-    }
-    if (i < n) {
-      const wait = (intended[i] as number) - performance.now();
-      await new Promise((r) => setTimeout(r, Math.max(0, Math.floor(wait))));
-    }
-  }
-  await Promise.all(pending);
-  return { intended, sentAt, errors, ...(firstError === undefined ? {} : { firstError }) };
+  const result = await openLoop(
+    n,
+    (i) => intended[i] as number,
+    () => performance.now(),
+    (i) => system.enqueue(i),
+    sentAt,
+  );
+  return { intended, sentAt, ...result };
 }
 
 function round3(v: number): number {

@@ -5,7 +5,7 @@
  *
  * The thread is spawned (and its modules loaded) before the clock runs; `{ kind: "start" }` then
  * attaches the executors. Messages from the parent: `start`, `{ kind: "recorder", starts, counts }`
- * (after every reset) and `{ kind: "stop", reason }`. Messages to the parent: `loaded`, `started`,
+ * (after every reset) and `{ kind: "stop", reason }`. Messages to the parent: `ready`, `started`,
  * `stopped`, `{ kind: "error", message }`.
  */
 import { parentPort, workerData } from "node:worker_threads";
@@ -79,4 +79,4 @@ port.on("message", (message: ExecutorHostMessage) => {
   );
 });
 
-port.postMessage({ kind: "loaded" });
+port.postMessage({ kind: "ready" });

@@ -121,36 +121,23 @@ export class NexusflowSystem implements QueueSystem {
       starts: this.recorder.starts,
       counts: this.recorder.counts,
     };
-    const worker = new Worker(new URL("./worker.mjs", import.meta.url), { workerData: data });
+    const worker = await spawnWorker(data);
     this.recorder.onReset = (starts, counts) => {
       const message: ExecutorHostMessage = { kind: "recorder", starts, counts };
       worker.postMessage(message);
     };
-    try {
-      await hostReply(worker, "loaded");
-    } catch (e) {
-      await worker.terminate();
-      throw e;
-    }
     return worker;
   }
 
   /** Spawns the StartRun client's worker thread. */
-  private async spawnProducer(): Promise<Worker> {
+  private spawnProducer(): Promise<Worker> {
     const data: ProducerHostData = {
       module: "./producer-host.ts",
       schedulerAddress: this.scheduler.address,
       workflowName: NOOP_WORKFLOW,
       parentTimeOrigin: performance.timeOrigin,
     };
-    const worker = new Worker(new URL("./worker.mjs", import.meta.url), { workerData: data });
-    try {
-      await hostReply(worker, "ready");
-    } catch (e) {
-      await worker.terminate();
-      throw e;
-    }
-    return worker;
+    return spawnWorker(data);
   }
 
   private async produce(command: ProducerCommand): Promise<{ errors: number; firstError?: string }> {
@@ -232,7 +219,19 @@ export class NexusflowSystem implements QueueSystem {
   }
 }
 
-/** A message of the executor host. */
+/** Starts a worker thread on `data.module` and waits until its modules are loaded. */
+async function spawnWorker(data: { module: string }): Promise<Worker> {
+  const worker = new Worker(new URL("./worker.mjs", import.meta.url), { workerData: data });
+  try {
+    await hostReply(worker, "ready");
+  } catch (e) {
+    await worker.terminate();
+    throw e;
+  }
+  return worker;
+}
+
+/** A message of a worker host. */
 interface HostReply {
   kind: string;
   message?: string;
@@ -241,10 +240,7 @@ interface HostReply {
 }
 
 /** Waits for the host's next message, which must be `kind`; its `error` message or exit rejects. */
-function hostReply(
-  worker: Worker,
-  kind: "ready" | "loaded" | "started" | "stopped" | "done",
-): Promise<HostReply> {
+function hostReply(worker: Worker, kind: "ready" | "started" | "stopped" | "done"): Promise<HostReply> {
   return new Promise<HostReply>((resolve, reject) => {
     const cleanup = (): void => {
       worker.off("message", onMessage);

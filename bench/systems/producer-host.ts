@@ -11,6 +11,7 @@ import { createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { jsonToValue } from "@nexusflow/common";
 import { WorkflowService } from "@nexusflow/gen";
+import { closedLoop, openLoop, type OpenLoopResult } from "../lib/loops.js";
 
 /** What the parent passes as `workerData`. */
 export interface ProducerHostData {
@@ -37,55 +38,36 @@ const client = createClient(
   WorkflowService,
   createGrpcTransport({ baseUrl: `http://${data.schedulerAddress}` }),
 );
-let errors = 0;
-let firstError: string | undefined;
 
 function startRun(i: number): Promise<void> {
-  return client.startRun({ workflowName: data.workflowName, input: jsonToValue({ i }) }).then(
-    () => undefined,
-    (e: unknown) => {
-      errors++;
-      firstError ??= e instanceof Error ? e.message : String(e);
-    },
-  );
-}
-
-async function closedLoop(n: number, concurrency: number): Promise<void> {
-  let next = 0;
-  await Promise.all(
-    Array.from({ length: Math.min(concurrency, n) }, async () => {
-      while (next < n) await startRun(next++);
-    }),
-  );
-}
-
-/** Sends run i at `t0 + i / rate` (parent clock) whether or not earlier calls answered. */
-async function openLoop(n: number, rate: number, t0: number, sentAt: Float64Array): Promise<void> {
-  const pending: Promise<void>[] = [];
-  const intended = (k: number): number => t0 + (k * 1000) / rate;
-  let i = 0;
-  while (i < n) {
-    const t = now();
-    while (i < n && intended(i) <= t) {
-      sentAt[i] = now();
-      pending.push(startRun(i));
-      i++;
-    }
-    if (i < n) await new Promise((r) => setTimeout(r, Math.max(0, Math.floor(intended(i) - now()))));
-  }
-  await Promise.all(pending);
+  return client
+    .startRun({ workflowName: data.workflowName, input: jsonToValue({ i }) })
+    .then(() => undefined);
 }
 
 port.on("message", (command: ProducerCommand) => {
-  errors = 0;
-  firstError = undefined;
-  const run =
+  const run: Promise<OpenLoopResult> =
     command.kind === "closed"
-      ? closedLoop(command.n, command.concurrency)
-      : openLoop(command.n, command.rate, command.t0, command.sentAt);
+      ? countFailures((send) => closedLoop(command.n, command.concurrency, send))
+      : openLoop(command.n, (k) => command.t0 + (k * 1000) / command.rate, now, startRun, command.sentAt);
   run.then(
-    () => port.postMessage({ kind: "done", errors, ...(firstError === undefined ? {} : { firstError }) }),
+    (result) => port.postMessage({ kind: "done", ...result }),
     (e: unknown) => port.postMessage({ kind: "done", errors: -1, firstError: String(e) }),
   );
 });
+
+/** Runs a closed loop of StartRun calls, counting failures instead of stopping at the first. */
+async function countFailures(
+  loop: (send: (i: number) => Promise<void>) => Promise<void>,
+): Promise<OpenLoopResult> {
+  let errors = 0;
+  let firstError: string | undefined;
+  await loop((i) =>
+    startRun(i).catch((e: unknown) => {
+      errors++;
+      firstError ??= e instanceof Error ? e.message : String(e);
+    }),
+  );
+  return { errors, ...(firstError === undefined ? {} : { firstError }) };
+}
 port.postMessage({ kind: "ready" });

@@ -149,9 +149,10 @@ export class Executor {
   #draining = false;
   /** Attempts begun this event-loop turn whose Started is not sent yet. */
   #startedDue: TaskAttempt[] = [];
-  /** Slots freed since credit was last sent; granted together once per event-loop turn. */
+  /** Slots freed since credit was last sent. */
   #creditDue = 0;
-  #creditScheduled = false;
+  /** An end-of-turn flush of the two above is scheduled. */
+  #turnScheduled = false;
   #drainReason = "";
   #closing = false;
   #loop: Promise<void> | undefined;
@@ -788,27 +789,27 @@ export class Executor {
    */
   #reportStarted(attempt: TaskAttempt): void {
     this.#startedDue.push(attempt);
-    if (this.#startedDue.length > 1) return;
+    this.#endOfTurn();
+  }
+
+  /** Grants one more slot; slots freed in one turn go out as one Credit. */
+  #grantCredit(): void {
+    this.#creditDue++;
+    this.#endOfTurn();
+  }
+
+  /** Sends what this turn accumulated: Started of attempts still running, then one Credit. */
+  #endOfTurn(): void {
+    if (this.#turnScheduled) return;
+    this.#turnScheduled = true;
     setImmediate(() => {
+      this.#turnScheduled = false;
       const due = this.#startedDue;
       this.#startedDue = [];
       for (const a of due) {
         if (this.#tasks.get(a.id)?.attempt !== a || a.silenced) continue;
         this.#report({ case: "started", value: create(StartedSchema, { key: a.key }) });
       }
-    });
-  }
-
-  /**
-   * Grants one more slot. Slots freed in the same event-loop turn go out as one Credit message, so
-   * a busy executor sends one Credit per turn rather than one per task.
-   */
-  #grantCredit(): void {
-    this.#creditDue++;
-    if (this.#creditScheduled) return;
-    this.#creditScheduled = true;
-    setImmediate(() => {
-      this.#creditScheduled = false;
       const n = this.#creditDue;
       this.#creditDue = 0;
       if (n > 0 && !this.#draining) this.#sendLive({ case: "credit", value: create(CreditSchema, { n }) });

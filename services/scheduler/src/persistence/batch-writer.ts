@@ -88,8 +88,9 @@ FROM jsonb_to_recordset($1::jsonb) AS x(event_id uuid, run_id uuid, sequence big
 
 // Rows already written once are updated with only the columns a transition can change: smaller
 // parameters to build and parse, and no speculative insert. The id array ($2) lets the planner find
-// the rows by primary key (an estimate it cannot make for jsonb_to_recordset), never by a scan. With fillfactor 70 (migration
-// HotUpdates) most of these updates are HOT: no index is touched unless status changes on a run.
+// the rows by primary key (an estimate it cannot make for jsonb_to_recordset), never by a scan.
+// With fillfactor 70 (migration HotUpdates) most of these updates are HOT: no index is touched
+// unless status changes on a run.
 const RUN_UPDATE_SQL = `UPDATE workflow_runs AS r SET status = x.status, output = x.output, error = x.error,
   cancel_requested = x.cancel_requested, compensate_on_cancel = x.compensate_on_cancel, event_seq = x.event_seq,
   updated_at = now(), ended_at = x.ended_at
