@@ -150,7 +150,7 @@ export class Engine {
     this.commitTimeoutMs = options.commitTimeoutMs ?? 5000;
     this.resolveOutput = options.resolveOutput;
     this.writer = new BatchWriter({
-      pool: options.db.pool,
+      pool: options.db.writerPool,
       log: options.log,
       onCommit: (batch) => {
         for (const runId of batch.runIds) this.notify(runId);

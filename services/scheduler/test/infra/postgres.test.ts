@@ -3,6 +3,7 @@ import { chmod, mkdtemp, rm, stat } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
+import type pg from "pg";
 import { createLogger } from "@nexusflow/common";
 import { openDatabase, type Database } from "../../src/persistence/database.js";
 import { startEmbeddedPostgres, type EmbeddedDatabase } from "../../src/persistence/embedded-postgres.js";
@@ -63,6 +64,59 @@ describe("embedded PostgreSQL with migrations", () => {
     const diff = await db.orm.getSchemaGenerator().getUpdateSchemaSQL({ wrap: false, safe: true });
     // Only the hand-written extras (FKs, partial and GIN indexes) may differ; no missing columns or tables.
     assert.doesNotMatch(diff, /create table|add column|alter column/i, diff);
+  });
+
+  it("lets the batch writer find rows by primary key in a table that grew after its plans were made", async () => {
+    // The writer runs each shape of batch as a prepared statement. A plan made while the table was
+    // tiny (a new database) prices `id = ANY($ids)` as a scan of a few pages and stays cached as
+    // the table grows, so every later commit scans the whole table. The batch writer's
+    // connections must plan primary-key lookups instead.
+    const def = await db.pool.query<{ id: string }>(
+      `INSERT INTO workflow_definitions (name, version, spec, content_hash) VALUES ('grown', 1, '{}', 'h') RETURNING id`,
+    );
+    const insertRuns = (n: number) =>
+      db.pool.query(
+        `INSERT INTO workflow_runs (id, definition_id, workflow_name, workflow_version, status)
+         SELECT gen_random_uuid(), $1, 'grown', 1, 'RUNNING' FROM generate_series(1, $2::int)`,
+        [def.rows[0]?.id, n],
+      );
+    await insertRuns(3);
+    await db.pool.query("ANALYZE workflow_runs");
+    const normal = await db.pool.connect();
+    const writer = await db.writerPool.connect();
+    try {
+      const prepare = async (client: pg.PoolClient): Promise<void> => {
+        await client.query(
+          `PREPARE grown_update(jsonb, uuid[]) AS UPDATE workflow_runs AS r SET status = x.status
+           FROM jsonb_to_recordset($1::jsonb) AS x(id uuid, status text)
+           WHERE r.id = x.id AND r.id = ANY($2::uuid[])`,
+        );
+        // Past the first five executions, PostgreSQL settles on a generic plan and caches it.
+        for (let i = 0; i < 6; i++) await client.query(`EXECUTE grown_update('[]', '{}')`);
+      };
+      await prepare(normal);
+      await prepare(writer);
+      await insertRuns(20_000);
+      const plan = async (client: pg.PoolClient): Promise<string> => {
+        const { rows } = await client.query<{ "QUERY PLAN": string }>(
+          `EXPLAIN EXECUTE grown_update('[]', '{}')`,
+        );
+        return rows.map((r) => r["QUERY PLAN"]).join("\n");
+      };
+      assert.match(
+        await plan(normal),
+        /Seq Scan on workflow_runs/,
+        "a normal connection keeps the stale plan",
+      );
+      const writerPlan = await plan(writer);
+      assert.doesNotMatch(writerPlan, /Seq Scan/);
+      assert.match(writerPlan, /workflow_runs_pkey/);
+    } finally {
+      normal.release(true);
+      writer.release(true);
+      await db.pool.query("DELETE FROM workflow_runs WHERE workflow_name = 'grown'");
+      await db.pool.query("DELETE FROM workflow_definitions WHERE name = 'grown'");
+    }
   });
 
   it("reopens an existing data directory and skips applied migrations", async () => {
