@@ -22,6 +22,13 @@ export interface DefinitionRow {
   createdAt: Date;
 }
 
+/** A definition resolved for a run: its id and compiled workflow, and when it was looked up. */
+interface ResolvedDefinition {
+  id: number;
+  workflow: CompiledWorkflow;
+  at: number;
+}
+
 /** Page of definitions. */
 export interface DefinitionPage {
   rows: DefinitionRow[];
@@ -31,7 +38,8 @@ export interface DefinitionPage {
 /** Access to workflow definitions. */
 export class DefinitionStore {
   private readonly byId = new Map<number, CompiledWorkflow>();
-  private readonly resolved = new Map<string, { id: number; workflow: CompiledWorkflow; at: number }>();
+  private readonly resolved = new Map<string, ResolvedDefinition>();
+  private readonly resolving = new Map<string, Promise<ResolvedDefinition>>();
 
   constructor(
     private readonly db: Database,
@@ -89,23 +97,44 @@ export class DefinitionStore {
   }
 
   /** The definition `name`@`version` (0 = latest), compiled. */
-  async resolve(name: string, version: number): Promise<{ id: number; workflow: CompiledWorkflow }> {
+  async resolve(name: string, version: number): Promise<ResolvedDefinition> {
     // Definitions never change, so (name, version) is cached for good; "latest" only briefly,
-    // since another scheduler may register a newer version.
+    // since another scheduler may register a newer version. Concurrent callers share one lookup.
     const key = `${name}@${version}`;
     const cached = this.resolved.get(key);
     if (cached !== undefined && (version !== 0 || cached.at > Date.now() - LATEST_TTL_MS)) return cached;
-    const row = await this.get(name, version);
-    const entry = { id: row.id, workflow: await this.compiledById(row.id, row.spec), at: Date.now() };
-    this.resolved.set(key, entry);
+    let pending = this.resolving.get(key);
+    if (pending === undefined) {
+      pending = this.lookup(name, version).finally(() => this.resolving.delete(key));
+      this.resolving.set(key, pending);
+    }
+    return pending;
+  }
+
+  private async lookup(name: string, version: number): Promise<ResolvedDefinition> {
+    const at = Date.now();
+    let entry: ResolvedDefinition;
+    if (version === 0) {
+      // Only the id: the spec (up to megabytes for a wide workflow) is read once per id.
+      checkKey(name, version);
+      const { rows } = await this.db.pool.query<{ id: number }>(
+        "SELECT id FROM workflow_definitions WHERE name = $1 ORDER BY version DESC LIMIT 1",
+        [name],
+      );
+      const id = rows[0]?.id;
+      if (id === undefined) throw ApiError.notFound(`workflow ${name} is not registered`);
+      entry = { id, workflow: await this.compiledById(id), at };
+    } else {
+      const row = await this.get(name, version);
+      entry = { id: row.id, workflow: await this.compiledById(row.id, row.spec), at };
+    }
+    this.resolved.set(`${name}@${version}`, entry);
     return entry;
   }
 
   /** One definition row; NOT_FOUND when missing. */
   async get(name: string, version: number): Promise<DefinitionRow> {
-    if (name === "") throw ApiError.invalid("name", "a workflow name is required");
-    if (!Number.isInteger(version) || version < 0)
-      throw ApiError.invalid("version", "must be 0 (latest) or a positive version");
+    checkKey(name, version);
     const em = this.db.orm.em.fork();
     const found =
       version === 0
@@ -212,4 +241,10 @@ function toRow(e: {
     contentHash: e.contentHash,
     createdAt: e.createdAt,
   };
+}
+
+function checkKey(name: string, version: number): void {
+  if (name === "") throw ApiError.invalid("name", "a workflow name is required");
+  if (!Number.isInteger(version) || version < 0)
+    throw ApiError.invalid("version", "must be 0 (latest) or a positive version");
 }
