@@ -1,7 +1,9 @@
 /**
  * Nexusflow under test: the scheduler on this process's main thread (gRPC on 127.0.0.1, port 0),
  * the executors in a worker thread (their own event loop, as their own processes would have in a
- * deployment) attached over gRPC, StartRun through the typed Connect client, like a user would.
+ * deployment) attached over gRPC. The load's StartRun calls come from a @grpc/grpc-js client in
+ * its own worker thread (producer-host.ts); the DAG and session sections call StartRun through the
+ * typed Connect client on this thread.
  */
 import { createClient, type Client } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
@@ -55,7 +57,8 @@ export class NexusflowSystem implements QueueSystem {
       executors: options.executors ?? 4,
       slotsPerExecutor: options.slots ?? 256,
       schedulerPoolSize: options.poolSize ?? 10,
-      enqueue: "StartRun one by one over gRPC (no bulk API), from a client in its own worker thread",
+      enqueue:
+        "StartRun one by one over gRPC (no bulk API), with a @grpc/grpc-js client in its own worker thread",
       transport:
         "gRPC over loopback; the scheduler on the bench process's main thread, the executors in a worker thread",
     };

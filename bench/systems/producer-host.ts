@@ -7,10 +7,15 @@
  * `{ kind: "done", errors, firstError? }` per command.
  */
 import { parentPort, workerData } from "node:worker_threads";
-import { createClient } from "@connectrpc/connect";
-import { createGrpcTransport } from "@connectrpc/connect-node";
-import { jsonToValue } from "@nexusflow/common";
-import { WorkflowService } from "@nexusflow/gen";
+import { create } from "@bufbuild/protobuf";
+import * as grpc from "@grpc/grpc-js";
+import { clientConstructor, jsonToValue } from "@nexusflow/common";
+import {
+  StartRunRequestSchema,
+  WorkflowService,
+  type StartRunRequest,
+  type StartRunResponse,
+} from "@nexusflow/gen";
 import { closedLoop, openLoop, type OpenLoopResult } from "../lib/loops.js";
 
 /** What the parent passes as `workerData`. */
@@ -34,15 +39,25 @@ const data = workerData as ProducerHostData;
 const offset = performance.timeOrigin - data.parentTimeOrigin;
 /** Now, on the parent's clock. */
 const now = (): number => offset + performance.now();
-const client = createClient(
-  WorkflowService,
-  createGrpcTransport({ baseUrl: `http://${data.schedulerAddress}` }),
-);
+// @grpc/grpc-js, as the executor uses: per call it costs this thread about two thirds of the CPU of
+// Connect's gRPC transport (0.27 vs 0.40 ms at 1,000 calls/s here), and this thread shares the
+// machine with the scheduler.
+const WorkflowClient = clientConstructor(WorkflowService);
+const client = new WorkflowClient(data.schedulerAddress, grpc.credentials.createInsecure());
+type StartRunCall = (
+  request: StartRunRequest,
+  callback: (error: grpc.ServiceError | null, response?: StartRunResponse) => void,
+) => grpc.ClientUnaryCall;
+const startRunCall = (client as unknown as { startRun: StartRunCall }).startRun.bind(client);
 
 function startRun(i: number): Promise<void> {
-  return client
-    .startRun({ workflowName: data.workflowName, input: jsonToValue({ i }) })
-    .then(() => undefined);
+  const request = create(StartRunRequestSchema, {
+    workflowName: data.workflowName,
+    input: jsonToValue({ i }),
+  });
+  return new Promise((resolve, reject) => {
+    startRunCall(request, (error) => (error === null ? resolve() : reject(error)));
+  });
 }
 
 port.on("message", (command: ProducerCommand) => {
