@@ -37,9 +37,6 @@ export function describeMachine(): Record<string, unknown> {
     memoryGiB: Math.round((totalmem() / 2 ** 30) * 10) / 10,
     os: `${osType()} ${release()} ${arch()}`,
     node: process.version,
-    // Flags of the bench process, which hosts the scheduler (and the peers' workers): the services
-    // run with --max-semi-space-size=64 (cli/src/dev.ts), so does `npm run bench`.
-    nodeFlags: process.execArgv.filter((a) => a.startsWith("--") && a !== "--require" && a !== "--import"),
     versions: {
       "@nexusflow/scheduler": packageVersion("services/scheduler"),
       "@nexusflow/executor": packageVersion("services/executor"),

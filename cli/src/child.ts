@@ -55,8 +55,6 @@ export interface ChildSpec {
   cwd: string;
   /** Modules loaded before the entry (after tsx), e.g. the parent watchdog. */
   preload?: readonly string[];
-  /** Node/V8 flags of the child, e.g. `--max-semi-space-size=64`. */
-  nodeFlags?: readonly string[];
 }
 
 /** Receives every line a child prints. */
@@ -82,7 +80,7 @@ export class ManagedChild {
       "--import",
       m,
     ]);
-    this.#process = spawn(process.execPath, [...(spec.nodeFlags ?? []), ...imports, spec.entry], {
+    this.#process = spawn(process.execPath, [...imports, spec.entry], {
       cwd: spec.cwd,
       env: spec.env,
       stdio: ["ignore", "pipe", "pipe"],

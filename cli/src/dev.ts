@@ -70,15 +70,6 @@ const SAMPLE_INPUT = "order-pipeline.input.json";
 
 const SCHEDULER_READY_TIMEOUT_MS = 180_000;
 const EXECUTOR_READY_TIMEOUT_MS = 60_000;
-/**
- * Node flags of every service. A 64 MiB young generation (V8's default is 16): the services
- * allocate many short-lived objects per message, and with the default most scavenges promote
- * still-live batches to the old generation. In the benchmark's no-op drain this cut the
- * scheduler's CPU per task by ~15% (bench/README.md); the heap may grow by up to ~100 MiB more under load.
- * docker-compose.yml and the benchmark start Node with the same flag.
- */
-export const SERVICE_NODE_FLAGS = ["--max-semi-space-size=64"];
-
 const GATEWAY_READY_TIMEOUT_MS = 30_000;
 const RPC_TIMEOUT_MS = 30_000;
 const SAMPLE_TIMEOUT_MS = 300_000;
@@ -234,7 +225,6 @@ export async function runDev(options: DevOptions): Promise<number> {
       cwd: root,
       env: { ...env, ...authEnv, ...extra },
       preload: [watchdog],
-      nodeFlags: SERVICE_NODE_FLAGS,
     });
     const executorToken = (id: string): Promise<string> =>
       mintDevToken(keys, { subject: id, scopes: ["executor"], ttlSec: EXECUTOR_TOKEN_TTL_SEC });
