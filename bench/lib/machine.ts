@@ -37,6 +37,8 @@ export function describeMachine(): Record<string, unknown> {
     memoryGiB: Math.round((totalmem() / 2 ** 30) * 10) / 10,
     os: `${osType()} ${release()} ${arch()}`,
     node: process.version,
+    // Node/V8 flags of the bench process (which hosts the scheduler and the peers' workers).
+    nodeFlags: process.execArgv.filter((a) => a.startsWith("--") && a !== "--require" && a !== "--import"),
     versions: {
       "@nexusflow/scheduler": packageVersion("services/scheduler"),
       "@nexusflow/executor": packageVersion("services/executor"),
