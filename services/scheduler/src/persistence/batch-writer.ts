@@ -434,7 +434,8 @@ export class BatchWriter {
         run_id: e.runId,
         sequence: e.sequence,
         type: e.type,
-        payload: Buffer.from(e.payload).toString("base64"),
+        // A view of the encoded bytes, not a copy.
+        payload: Buffer.from(e.payload.buffer, e.payload.byteOffset, e.payload.byteLength).toString("base64"),
         trace_context: e.traceContext,
       }));
       parts.push([EVENT_SQL, JSON.stringify(rows)]);
