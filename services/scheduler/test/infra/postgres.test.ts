@@ -111,6 +111,9 @@ describe("embedded PostgreSQL with migrations", () => {
       const writerPlan = await plan(writer);
       assert.doesNotMatch(writerPlan, /Seq Scan/);
       assert.match(writerPlan, /workflow_runs_pkey/);
+      // Planned once: the writer's connections always use the generic plan of a prepared shape.
+      const mode = await writer.query<{ plan_cache_mode: string }>("SHOW plan_cache_mode");
+      assert.equal(mode.rows[0]?.plan_cache_mode, "force_generic_plan");
     } finally {
       normal.release(true);
       writer.release(true);
