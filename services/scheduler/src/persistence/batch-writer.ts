@@ -88,7 +88,8 @@ FROM json_to_recordset($1::json) AS x(event_id uuid, run_id uuid, sequence bigin
 
 // Rows already written once are updated with only the columns a transition can change: smaller
 // parameters to build and parse, and no speculative insert. The id array ($2) lets the planner find
-// the rows by primary key (an estimate it cannot make for json_to_recordset); its connections never scan (database.ts).
+// the rows by primary key (an estimate it cannot make for json_to_recordset); the writer's
+// connections never scan a table (database.ts).
 // With fillfactor 70 (migration HotUpdates) most of these updates are HOT: no index is touched
 // unless status changes on a run.
 const RUN_UPDATE_SQL = `UPDATE workflow_runs AS r SET status = x.status, output = x.output, error = x.error,
@@ -385,8 +386,8 @@ export class BatchWriter {
   /**
    * Serializes a batch into ONE statement: each table's upsert is a data-modifying CTE over a JSON
    * parameter (read with json_to_recordset, which parses the text once; the jsonb variant first
-   * builds a jsonb value of the whole batch, ~10% more of PostgreSQL's CPU per task). One statement is one implicit transaction (atomic, foreign keys checked at its end)
-   * and one round trip. Called synchronously when the batch is taken, so the rows describe exactly
+   * builds a jsonb value of the whole batch, ~10% more of PostgreSQL's CPU per task). One statement
+   * is one implicit transaction (atomic, foreign keys checked at its end) and one round trip. Called synchronously when the batch is taken, so the rows describe exactly
    * the state that the batch's events describe: changes made while the commit awaits belong to the
    * next batch, with their events.
    */

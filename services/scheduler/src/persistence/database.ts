@@ -17,7 +17,7 @@ export interface Database {
   readonly pool: pg.Pool;
   /** The batch writer's connections (sequential scans disabled; see openDatabase). */
   readonly writerPool: pg.Pool;
-  /** Closes both. */
+  /** Closes the ORM and both pools. */
   close(): Promise<void>;
 }
 
