@@ -331,20 +331,26 @@ export function targets(r: BenchReport): Target[] {
       measured: `${tp.drain.tasksPerSecond} tasks/s`,
       met: tp.drain.tasksPerSecond >= 5000,
     });
-  const l1000 = r.latency?.find((l) => l.system === "nexusflow" && l.rate === 1000);
-  if (l1000 !== undefined) {
-    out.push({
-      target: "open loop 1,000/s p50",
-      goal: "<= 5 ms",
-      measured: `${l1000.scheduleToStart.p50} ms`,
-      met: l1000.scheduleToStart.p50 <= 5,
-    });
-    out.push({
-      target: "open loop 1,000/s p99",
-      goal: "<= 25 ms",
-      measured: `${l1000.scheduleToStart.p99} ms`,
-      met: l1000.scheduleToStart.p99 <= 25,
-    });
+  // `--rates 100,500,1000,1000,1000` repeats the 1,000/s phase (each warm after the one before):
+  // the targets take the median of its phases, since one phase moves a lot between runs here.
+  const l1000 = r.latency?.filter((l) => l.system === "nexusflow" && l.rate === 1000) ?? [];
+  if (l1000.length > 0) {
+    for (const [label, pick, goal] of [
+      ["p50", (l: LatencyResult) => l.scheduleToStart.p50, 5],
+      ["p99", (l: LatencyResult) => l.scheduleToStart.p99, 25],
+    ] as const) {
+      const values = l1000.map(pick).sort((a, b) => a - b);
+      const median = values[Math.floor((values.length - 1) / 2)] ?? Number.NaN;
+      out.push({
+        target: `open loop 1,000/s ${label}`,
+        goal: `<= ${goal} ms`,
+        measured:
+          values.length === 1
+            ? `${median} ms`
+            : `${median} ms (median of ${values.length} phases, ${values[0]}-${values[values.length - 1]})`,
+        met: median <= goal,
+      });
+    }
   }
   if (r.dag !== undefined) {
     out.push({
