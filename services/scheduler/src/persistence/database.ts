@@ -63,18 +63,18 @@ export async function openDatabase(options: DatabaseOptions): Promise<Database> 
     await orm.close(true);
     throw e;
   }
-  const newPool = (max: number, settings?: string): pg.Pool => {
+  const newPool = (max: number, session?: string): pg.Pool => {
     // Fail fast while the database is down: callers answer UNAVAILABLE instead of hanging.
-    const p = new pg.Pool({
-      connectionString: options.url,
-      max,
-      connectionTimeoutMillis: 3000,
-      ...(settings === undefined ? {} : { options: settings }),
-    });
-    // A connection lost while idle or checked out (database restart) emits 'error' on its client
-    // (pg-pool drops its own listener while a client is checked out): log it, never crash.
+    const p = new pg.Pool({ connectionString: options.url, max, connectionTimeoutMillis: 3000 });
     p.on("connect", (client) => {
+      // A connection lost while idle or checked out (database restart) emits 'error' on its client
+      // (pg-pool drops its own listener while a client is checked out): log it, never crash.
       client.on("error", (e: Error) => options.log.warn({ error: e.message }, "database connection lost"));
+      // Session settings as statements, not the `options` startup parameter, which an `options`
+      // in DATABASE_URL would replace. A client runs its queries in order, so this runs before the
+      // first query of whoever receives the connection; if it fails, so does that query.
+      if (session !== undefined)
+        client.query(session).catch((e: unknown) => options.log.warn({ err: e }, "session settings failed"));
     });
     // The pool re-emits an idle client's error; the client listener above already logged it, but
     // an 'error' event without a listener would crash the process.
@@ -82,14 +82,14 @@ export async function openDatabase(options: DatabaseOptions): Promise<Database> 
     return p;
   };
   const pool = newPool(options.poolSize ?? 10);
-  // The batch writer's UPDATEs find their rows by primary key (`id = ANY($ids)`). The planner
-  // prices that against the table size in its statistics, which lag a table that grew since its
-  // last ANALYZE (a new database, a burst of runs): it then picks sequential scans of the whole
-  // table on every commit (2 ms per table at 8,000 rows in the benchmark). Its connections never
-  // scan sequentially; nothing it runs needs to. With scans ruled out, the generic plan of each
-  // batch shape is right for any batch, so it is planned once per connection instead of on every
-  // commit (a custom plan of the multi-CTE statement cost ~0.1-0.3 ms of PostgreSQL per commit).
-  const writerPool = newPool(2, "-c enable_seqscan=off -c plan_cache_mode=force_generic_plan");
+  // The batch writer runs each shape of batch as a prepared statement whose UPDATEs find rows by
+  // primary key (`id = ANY($ids)`). A plan made while a table was small (a new database) prices
+  // that as a scan of a few pages and stays cached as the table grows, so every commit scanned
+  // whole tables (2 ms per table at 8,000 rows in the benchmark). The writer's connections never
+  // scan; nothing it runs needs to. With scans ruled out, the generic plan of each shape is right
+  // for any batch, so it is planned once per connection instead of on every commit (a custom plan
+  // of the multi-CTE statement cost ~0.1-0.3 ms of PostgreSQL per commit).
+  const writerPool = newPool(2, "SET enable_seqscan = off; SET plan_cache_mode = force_generic_plan");
   return {
     orm,
     pool,

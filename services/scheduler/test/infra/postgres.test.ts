@@ -122,6 +122,24 @@ describe("embedded PostgreSQL with migrations", () => {
     }
   });
 
+  it("keeps the batch writer's session settings when DATABASE_URL sets options of its own", async () => {
+    const url = new URL(server.url);
+    url.searchParams.set("options", "-c work_mem=8MB");
+    const other = await openDatabase({ url: url.toString(), log });
+    try {
+      const show = async (p: pg.Pool, name: string): Promise<string | undefined> =>
+        (await p.query<Record<string, string>>(`SHOW ${name}`)).rows[0]?.[name];
+      assert.equal(await show(other.writerPool, "enable_seqscan"), "off");
+      assert.equal(await show(other.writerPool, "plan_cache_mode"), "force_generic_plan");
+      assert.equal(await show(other.writerPool, "work_mem"), "8MB");
+      // Only the writer's connections: the other pool plans as configured.
+      assert.equal(await show(other.pool, "enable_seqscan"), "on");
+      assert.equal(await show(other.pool, "work_mem"), "8MB");
+    } finally {
+      await other.close();
+    }
+  });
+
   it("reopens an existing data directory and skips applied migrations", async () => {
     const second = await openDatabase({ url: server.url, log });
     const rows = await second.pool.query("SELECT name FROM nexusflow_migrations");
