@@ -9,7 +9,7 @@ import type { Database } from "../persistence/database.js";
 import { decodeToken, encodeToken } from "../persistence/page-token.js";
 import { WorkflowDefinitionEntity } from "../persistence/entities.js";
 
-/** How long "the latest version" of a workflow is cached. */
+/** How long "the latest version" of a workflow is cached, by default. */
 const LATEST_TTL_MS = 2000;
 
 /** A stored definition row. */
@@ -41,9 +41,11 @@ export class DefinitionStore {
   private readonly resolved = new Map<string, ResolvedDefinition>();
   private readonly resolving = new Map<string, Promise<ResolvedDefinition>>();
 
+  /** `latestTtlMs`: how long "the latest version" of a workflow is cached. */
   constructor(
     private readonly db: Database,
     private readonly log: Logger,
+    private readonly latestTtlMs = LATEST_TTL_MS,
   ) {}
 
   private compile(spec: unknown): CompiledWorkflow {
@@ -102,7 +104,7 @@ export class DefinitionStore {
     // since another scheduler may register a newer version. Concurrent callers share one lookup.
     const key = `${name}@${version}`;
     const cached = this.resolved.get(key);
-    if (cached !== undefined && (version !== 0 || cached.at > Date.now() - LATEST_TTL_MS)) return cached;
+    if (cached !== undefined && (version !== 0 || cached.at > Date.now() - this.latestTtlMs)) return cached;
     let pending = this.resolving.get(key);
     if (pending === undefined) {
       pending = this.lookup(name, version).finally(() => this.resolving.delete(key));

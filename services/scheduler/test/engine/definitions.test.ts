@@ -24,32 +24,43 @@ describe("DefinitionStore.resolve", () => {
     await pg?.close();
   });
 
-  it("shares one lookup of the latest version among concurrent callers", async () => {
-    const store = new DefinitionStore(db, testLogger());
-    await store.register(spec(1));
+  /** Runs `fn`, counting the lookups of a latest version that reach PostgreSQL meanwhile. */
+  const countLatestLookups = async <T>(fn: () => Promise<T>): Promise<{ result: T; lookups: number }> => {
     const query = db.pool.query.bind(db.pool);
-    let latestQueries = 0;
+    let lookups = 0;
     (db.pool as { query: unknown }).query = (...args: Parameters<typeof query>) => {
-      if (typeof args[0] === "string" && args[0].includes("ORDER BY version DESC")) latestQueries++;
+      if (typeof args[0] === "string" && args[0].includes("ORDER BY version DESC")) lookups++;
       return query(...args);
     };
     try {
-      const resolved = await Promise.all(Array.from({ length: 50 }, () => store.resolve("defs-latest", 0)));
-      assert.equal(latestQueries, 1);
-      assert.ok(resolved.every((r) => r.workflow.version === 1 && r.id === resolved[0]?.id));
+      return { result: await fn(), lookups };
     } finally {
       (db.pool as { query: unknown }).query = query;
     }
+  };
+
+  it("shares one lookup of the latest version among concurrent callers, then serves it from the cache", async () => {
+    const store = new DefinitionStore(db, testLogger());
+    await store.register(spec(1));
+    const { result: resolved, lookups } = await countLatestLookups(() =>
+      Promise.all(Array.from({ length: 50 }, () => store.resolve("defs-latest", 0))),
+    );
+    assert.equal(lookups, 1);
+    assert.ok(resolved.every((r) => r.workflow.version === 1 && r.id === resolved[0]?.id));
+    const cached = await countLatestLookups(() => store.resolve("defs-latest", 0));
+    assert.equal(cached.lookups, 0);
+    assert.equal(cached.result.id, resolved[0]?.id);
   });
 
   it("sees a version registered by another scheduler once the cached latest expires", async () => {
-    const mine = new DefinitionStore(db, testLogger());
+    // A cache window of 0: every resolve of "latest" asks the database again.
+    const mine = new DefinitionStore(db, testLogger(), 0);
     const other = new DefinitionStore(db, testLogger());
     assert.equal((await mine.resolve("defs-latest", 0)).workflow.version, 1);
     await other.register(spec(2));
-    // Within the cache window the latest may still be the old one; after it, never.
-    await new Promise((r) => setTimeout(r, 2100));
-    assert.equal((await mine.resolve("defs-latest", 0)).workflow.version, 2);
+    const again = await countLatestLookups(() => mine.resolve("defs-latest", 0));
+    assert.equal(again.lookups, 1);
+    assert.equal(again.result.workflow.version, 2);
     assert.equal((await mine.resolve("defs-latest", 1)).workflow.version, 1);
   });
 
