@@ -22,6 +22,20 @@ describe("executor session protocol", () => {
     sessions.push(s);
     return s;
   };
+  /** A session attached as `executorId`, for proto-task, with one slot. */
+  const attached = async (executorId: string): Promise<RawSession> => {
+    const s = open();
+    s.send({ case: "attach", value: { executorId, taskTypes: ["proto-task"], slots: 1 } });
+    await s.next("attachAck");
+    return s;
+  };
+  /** Starts a proto-one run with input `x` and takes its lease on `s` (one credit). */
+  const startAndLease = async (s: RawSession, x: number) => {
+    const { run } = await client.startRun({ workflowName: "proto-one", input: jsonToValue({ x }) });
+    assert.ok(run);
+    s.send({ case: "credit", value: { n: 1 } });
+    return { run, lease: await s.next("lease") };
+  };
 
   before(async () => {
     db = await startTestDatabase();
@@ -58,10 +72,7 @@ describe("executor session protocol", () => {
     s.send({ case: "attach", value: { executorId: "raw-1", taskTypes: ["proto-task"], slots: 1 } });
     const ack = await s.next("attachAck");
     assert.ok(ack.sessionId.length > 0);
-    const { run } = await client.startRun({ workflowName: "proto-one", input: jsonToValue({ x: 41 }) });
-    assert.ok(run);
-    s.send({ case: "credit", value: { n: 1 } });
-    const lease = await s.next("lease");
+    const { run, lease } = await startAndLease(s, 41);
     assert.equal(lease.runId, run.id);
     assert.equal(lease.stepId, "only");
     assert.equal(lease.key?.attempt, 1);
@@ -84,13 +95,8 @@ describe("executor session protocol", () => {
   });
 
   it("takes a Completed without a Started as both: the attempt has a start time and taskStarted precedes taskSucceeded", async () => {
-    const s = open();
-    s.send({ case: "attach", value: { executorId: "raw-fast", taskTypes: ["proto-task"], slots: 1 } });
-    await s.next("attachAck");
-    const { run } = await client.startRun({ workflowName: "proto-one", input: jsonToValue({ x: 7 }) });
-    assert.ok(run);
-    s.send({ case: "credit", value: { n: 1 } });
-    const lease = await s.next("lease");
+    const s = await attached("raw-fast");
+    const { run, lease } = await startAndLease(s, 7);
     s.send({ case: "completed", value: { key: lease.key, output: jsonToValue({ y: 8 }) } });
     const done = await waitForRun(client, run.id);
     assert.equal(done.status, RunStatus.SUCCEEDED);
@@ -113,19 +119,12 @@ describe("executor session protocol", () => {
   });
 
   it("expires the leases of a lost session, re-leases with a new fencing token, and rejects the stale completion", async () => {
-    const a = open();
-    a.send({ case: "attach", value: { executorId: "raw-a", taskTypes: ["proto-task"], slots: 1 } });
-    await a.next("attachAck");
-    const { run } = await client.startRun({ workflowName: "proto-one", input: jsonToValue({ x: 1 }) });
-    assert.ok(run);
-    a.send({ case: "credit", value: { n: 1 } });
-    const first = await a.next("lease");
+    const a = await attached("raw-a");
+    const { run, lease: first } = await startAndLease(a, 1);
     a.send({ case: "started", value: { key: first.key } });
     a.close(); // the executor vanishes mid-task
 
-    const b = open();
-    b.send({ case: "attach", value: { executorId: "raw-b", taskTypes: ["proto-task"], slots: 1 } });
-    await b.next("attachAck");
+    const b = await attached("raw-b");
     b.send({ case: "credit", value: { n: 1 } });
     const second = await b.next("lease", 15_000);
     assert.equal(second.runId, run.id);
@@ -168,9 +167,7 @@ describe("executor session protocol", () => {
   });
 
   it("rejects hostile reports without changing state", async () => {
-    const s = open();
-    s.send({ case: "attach", value: { executorId: "raw-h", taskTypes: ["proto-task"], slots: 1 } });
-    await s.next("attachAck");
+    const s = await attached("raw-h");
     s.send({
       case: "completed",
       value: { key: { taskRunId: "00000000-0000-4000-8000-000000000000", attempt: 1, fencingToken: 1n } },
