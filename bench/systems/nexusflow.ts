@@ -9,7 +9,7 @@ import { createClient, type Client } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { Worker } from "node:worker_threads";
 import { createLogger, jsonToValue, type Logger } from "@nexusflow/common";
-import { WorkflowService } from "@nexusflow/gen";
+import { RunView, WorkflowService } from "@nexusflow/gen";
 import { Scheduler } from "@nexusflow/scheduler";
 import type { ExecutorHostData, ExecutorHostMessage } from "./executor-host.js";
 import type { ProducerCommand, ProducerHostData } from "./producer-host.js";
@@ -102,12 +102,20 @@ export class NexusflowSystem implements QueueSystem {
   }
 
   async enqueue(i: number): Promise<void> {
-    await this.client.startRun({ workflowName: NOOP_WORKFLOW, input: jsonToValue({ i }) });
+    await this.client.startRun({
+      workflowName: NOOP_WORKFLOW,
+      input: jsonToValue({ i }),
+      view: RunView.BASIC,
+    });
   }
 
   /** Starts a run of any workflow; returns its id. */
   async startRun(workflowName: string, input: unknown): Promise<string> {
-    const { run } = await this.client.startRun({ workflowName, input: jsonToValue(input) });
+    const { run } = await this.client.startRun({
+      workflowName,
+      input: jsonToValue(input),
+      view: RunView.BASIC,
+    });
     if (run === undefined) throw new Error("StartRun returned no run");
     return run.id;
   }

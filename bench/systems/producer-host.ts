@@ -11,6 +11,7 @@ import { create } from "@bufbuild/protobuf";
 import * as grpc from "@grpc/grpc-js";
 import { clientConstructor, jsonToValue } from "@nexusflow/common";
 import {
+  RunView,
   StartRunRequestSchema,
   WorkflowService,
   type StartRunRequest,
@@ -51,9 +52,11 @@ type StartRunCall = (
 const startRunCall = (client as unknown as { startRun: StartRunCall }).startRun.bind(client);
 
 function startRun(i: number): Promise<void> {
+  // A producer needs only the run's id: the BASIC view leaves the input and tasks out of the answer.
   const request = create(StartRunRequestSchema, {
     workflowName: data.workflowName,
     input: jsonToValue({ i }),
+    view: RunView.BASIC,
   });
   return new Promise((resolve, reject) => {
     startRunCall(request, (error) => (error === null ? resolve() : reject(error)));

@@ -42,14 +42,13 @@ export function runStatusName(status: RunStatus): string {
   return RunStatus[status];
 }
 
-function runInit(run: RunRow): MessageInitShape<typeof RunSchema> {
+/** The fields of RUN_VIEW_BASIC: identity and state, without input, output or tasks. */
+function basicInit(run: RunRow): MessageInitShape<typeof RunSchema> {
   return {
     id: run.id,
     workflowName: run.workflowName,
     workflowVersion: run.workflowVersion,
     status: runStatus(run.status),
-    input: jsonToValue(run.input),
-    ...(run.output === null || run.output === undefined ? {} : { output: jsonToValue(run.output) }),
     ...(err(run.error) === undefined ? {} : { error: err(run.error) }),
     idempotencyKey: run.idempotencyKey ?? "",
     labels: run.labels,
@@ -57,6 +56,39 @@ function runInit(run: RunRow): MessageInitShape<typeof RunSchema> {
     endTime: ts(run.endedAt),
     deadline: ts(run.deadline),
   };
+}
+
+function runInit(run: RunRow): MessageInitShape<typeof RunSchema> {
+  return {
+    ...basicInit(run),
+    input: jsonToValue(run.input),
+    ...(run.output === null || run.output === undefined ? {} : { output: jsonToValue(run.output) }),
+  };
+}
+
+/** A run in RUN_VIEW_BASIC (StartRun for producers that need only the id and state). */
+export function runBasic(run: RunRow): Run {
+  return create(RunSchema, basicInit(run));
+}
+
+function basicStateInit(run: Readonly<RunState>): MessageInitShape<typeof RunSchema> {
+  return {
+    id: run.id,
+    workflowName: run.workflow.name,
+    workflowVersion: run.workflow.version,
+    status: runStatus(run.status),
+    ...(run.error === null ? {} : { error: errorToProto(run.error) }),
+    idempotencyKey: run.idempotencyKey ?? "",
+    labels: run.labels,
+    createTime: ts(run.createdAt),
+    endTime: ts(run.endedAt),
+    deadline: ts(run.deadline),
+  };
+}
+
+/** RUN_VIEW_BASIC of a run in the engine's memory. */
+export function runBasicFromState(run: Readonly<RunState>): Run {
+  return create(RunSchema, basicStateInit(run));
 }
 
 /** A run without tasks (ListRuns). */
@@ -139,18 +171,9 @@ export function runFromState(run: Readonly<RunState>): Run {
     endTime: ts(t.endedAt),
   });
   return create(RunSchema, {
-    id: run.id,
-    workflowName: run.workflow.name,
-    workflowVersion: run.workflow.version,
-    status: runStatus(run.status),
+    ...basicStateInit(run),
     input: jsonToValue(run.input),
     ...(run.output === null || run.output === undefined ? {} : { output: jsonToValue(run.output) }),
-    ...(run.error === null ? {} : { error: errorToProto(run.error) }),
-    idempotencyKey: run.idempotencyKey ?? "",
-    labels: run.labels,
     tasks: [...run.tasks.values(), ...run.compensations.values()].map(toTask),
-    createTime: ts(run.createdAt),
-    endTime: ts(run.endedAt),
-    deadline: ts(run.deadline),
-  });
+  } as MessageInitShape<typeof RunSchema>);
 }

@@ -11,6 +11,7 @@ import {
   ListWorkflowsResponseSchema,
   RegisterWorkflowResponseSchema,
   RunStatus,
+  RunView,
   StartRunResponseSchema,
   WatchRunResponseSchema,
   WorkflowSpecSchema,
@@ -27,7 +28,15 @@ import {
 import type { Engine } from "../engine/engine.js";
 import { TERMINAL_RUN_STATUSES, type RunStatusName } from "../engine/model.js";
 import { checkRunId, type RunStore } from "../persistence/run-store.js";
-import { definition, runDetail, runFromState, runStatusName, runSummary } from "./convert.js";
+import {
+  definition,
+  runBasic,
+  runBasicFromState,
+  runDetail,
+  runFromState,
+  runStatusName,
+  runSummary,
+} from "./convert.js";
 
 const LABEL_KEY = /^[a-z0-9]([a-z0-9._/-]{0,61}[a-z0-9])?$/i;
 
@@ -82,6 +91,7 @@ export function workflowService(engine: Engine, runs: RunStore): grpc.UntypedSer
       if (req.idempotencyKey.length > 200)
         throw ApiError.invalid("idempotency_key", "at most 200 characters");
       checkLabels(req.labels);
+      if (RunView[req.view] === undefined) throw ApiError.invalid("view", `unknown run view ${req.view}`);
       const { runId, created } = await engine.startRun({
         workflowName: req.workflowName,
         workflowVersion: req.workflowVersion,
@@ -90,7 +100,14 @@ export function workflowService(engine: Engine, runs: RunStore): grpc.UntypedSer
         labels: { ...req.labels },
       });
       const active = created ? engine.activeRun(runId) : undefined;
-      const run = active !== undefined ? runFromState(active) : runDetail(await runs.get(runId));
+      const run =
+        req.view === RunView.BASIC
+          ? active !== undefined
+            ? runBasicFromState(active)
+            : runBasic(await runs.getRun(runId))
+          : active !== undefined
+            ? runFromState(active)
+            : runDetail(await runs.get(runId));
       return create(StartRunResponseSchema, { run, created });
     }),
 

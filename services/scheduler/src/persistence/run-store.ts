@@ -47,10 +47,8 @@ export class RunStore {
 
   /** A run with tasks and attempts; NOT_FOUND when missing. */
   async get(runId: string): Promise<RunDetail> {
-    checkRunId(runId);
+    const run = await this.getRun(runId);
     const em = this.db.orm.em.fork();
-    const run = await em.findOne(WorkflowRunEntity, { id: runId });
-    if (run === null) throw ApiError.notFound(`run ${runId} does not exist`);
     const tasks = await em.find(TaskRunEntity, { runId }, { orderBy: { kind: "desc", position: "asc" } });
     const attemptRows = await em.find(TaskAttemptEntity, { runId }, { orderBy: { number: "asc" } });
     const attempts = new Map<string, AttemptRow[]>();
@@ -60,6 +58,14 @@ export class RunStore {
       attempts.set(a.taskRunId, list);
     }
     return { run, tasks, attempts };
+  }
+
+  /** A run's own row, without tasks; NOT_FOUND when missing. */
+  async getRun(runId: string): Promise<RunRow> {
+    checkRunId(runId);
+    const run = await this.db.orm.em.fork().findOne(WorkflowRunEntity, { id: runId });
+    if (run === null) throw ApiError.notFound(`run ${runId} does not exist`);
+    return run;
   }
 
   /** A page of runs, newest first (keyset pagination on created_at, id). */

@@ -9,7 +9,9 @@ import { after, before, describe, it } from "node:test";
 import { setTimeout as delay } from "node:timers/promises";
 import { jsonToValue, valueToJson } from "@nexusflow/common";
 import { Executor, TaskError, type ExecutorOptions } from "@nexusflow/executor";
-import { RunStatus, TaskStatus, type Run } from "@nexusflow/gen";
+import { RunStatus, RunView, TaskStatus, type Run } from "@nexusflow/gen";
+import { BadRequestSchema } from "@nexusflow/gen/google/rpc/error_details_pb";
+import { Code, ConnectError } from "@connectrpc/connect";
 import type { Scheduler } from "../../src/scheduler.js";
 import {
   startTestDatabase,
@@ -471,5 +473,52 @@ describe("DAG execution end to end", () => {
     assert.equal(r3.created, false);
     const keyed = await client.listRuns({ workflowName: "e2e-list", pageSize: 100 });
     assert.equal(keyed.runs.filter((r) => r.idempotencyKey === key).length, 1);
+  });
+
+  it("answers StartRun with the BASIC view (no input, output or tasks), for new runs and repeated keys", async () => {
+    await registerSpec(client, { name: "e2e-view", version: 1, steps: [{ id: "only", type: "noop" }] });
+    const key = `view-${Date.now()}`;
+    const request = {
+      workflowName: "e2e-view",
+      input: jsonToValue({ k: 2 }),
+      idempotencyKey: key,
+      labels: { view: "basic" },
+      view: RunView.BASIC,
+    };
+    const fresh = await client.startRun(request);
+    assert.equal(fresh.created, true);
+    const run = fresh.run;
+    assert.ok(run !== undefined && run.id !== "");
+    assert.deepEqual(
+      [run.workflowName, run.workflowVersion, run.idempotencyKey, run.labels, run.tasks.length],
+      ["e2e-view", 1, key, { view: "basic" }, 0],
+    );
+    assert.equal(run.input, undefined);
+    assert.ok(run.createTime !== undefined);
+    assert.notEqual(run.status, RunStatus.UNSPECIFIED);
+    await finished(run.id);
+    // A repeated key answers from the stored row, in the same view.
+    const again = await client.startRun(request);
+    assert.equal(again.created, false);
+    assert.equal(again.run?.id, run.id);
+    assert.equal(again.run?.status, RunStatus.SUCCEEDED);
+    assert.equal(again.run?.tasks.length, 0);
+    assert.equal(again.run?.input, undefined);
+    assert.ok(again.run?.endTime !== undefined);
+    // Unspecified means FULL: the same call without a view carries input and tasks.
+    const full = await client.startRun({ ...request, view: RunView.UNSPECIFIED });
+    assert.deepEqual(valueToJson(full.run?.input), { k: 2 });
+    assert.equal(full.run?.tasks.length, 1);
+
+    const err = await client.startRun({ ...request, view: 7 as RunView }).then(
+      () => undefined,
+      (e: unknown) => ConnectError.from(e),
+    );
+    assert.ok(err !== undefined, "an unknown view is refused");
+    assert.equal(err.code, Code.InvalidArgument);
+    assert.deepEqual(
+      err.findDetails(BadRequestSchema).flatMap((d) => d.fieldViolations.map((v) => v.field)),
+      ["view"],
+    );
   });
 });
