@@ -505,6 +505,11 @@ describe("DAG execution end to end", () => {
     assert.equal(again.run?.tasks.length, 0);
     assert.equal(again.run?.input, undefined);
     assert.ok(again.run?.endTime !== undefined);
+    // The first answer came from memory, this one from the row: times survive the write to the millisecond.
+    assert.equal(
+      date(again.run.createTime, "stored create time").getTime(),
+      date(run.createTime, "create time").getTime(),
+    );
     // Unspecified means FULL: the same call without a view carries input and tasks.
     const full = await client.startRun({ ...request, view: RunView.UNSPECIFIED });
     assert.deepEqual(valueToJson(full.run?.input), { k: 2 });
