@@ -3,10 +3,11 @@
  * in a deployment (executors are their own processes). The handler records its start time into the
  * recorder's shared arrays, on the main thread's clock.
  *
- * The thread is spawned (and its modules loaded) before the clock runs; `{ kind: "start" }` then
- * attaches the executors. Messages from the parent: `start`, `{ kind: "recorder", starts, counts }`
- * (after every reset) and `{ kind: "stop", reason }`. Messages to the parent: `ready`, `started`,
- * `stopped`, `{ kind: "error", message }`.
+ * The thread is spawned (and its modules loaded) before any clock runs and serves phase after
+ * phase (nexusflow.ts keeps it between phases), so its code is as warm as a long-running
+ * executor's: `start` attaches a fresh set of executors to the phase's scheduler, `stop` detaches
+ * them. Messages from the parent: {@link ExecutorHostMessage}. Messages to the parent: `ready`,
+ * `started`, `stopped`, `{ kind: "error", message }`.
  */
 import { parentPort, workerData } from "node:worker_threads";
 import { createLogger } from "@nexusflow/common";
@@ -17,44 +18,52 @@ import { recordStart } from "./types.js";
 export interface ExecutorHostData {
   /** This module, for the bootstrap (worker.mjs). */
   module: string;
+  /** The parent's `performance.timeOrigin`: starts are recorded on its clock. */
+  parentTimeOrigin: number;
+}
+
+/** What a phase's executors are: where they attach, what they run, where they record. */
+export interface ExecutorHostStart {
+  kind: "start";
   schedulerAddress: string;
   taskType: string;
   executors: number;
   slots: number;
-  /** The parent's `performance.timeOrigin`: starts are recorded on its clock. */
-  parentTimeOrigin: number;
   starts: Float64Array;
   counts: Int32Array;
 }
 
-/** Messages a host accepts. */
 export type ExecutorHostMessage =
-  | { kind: "start" }
+  | ExecutorHostStart
   | { kind: "recorder"; starts: Float64Array; counts: Int32Array }
   | { kind: "stop"; reason: string };
 
 const port = parentPort;
 if (port === null) throw new Error("executor-host.ts runs as a worker thread");
 const data = workerData as ExecutorHostData;
-let starts = data.starts;
-let counts = data.counts;
 const offset = performance.timeOrigin - data.parentTimeOrigin;
 const logger = createLogger("executor", "warn");
-const executors: Executor[] = [];
-for (let e = 0; e < data.executors; e++) {
-  const executor = new Executor({
-    schedulerAddress: data.schedulerAddress,
-    executorId: `bench-executor-${e}`,
-    slots: data.slots,
-    logger,
-    builtins: false,
-  });
-  executor.register(data.taskType, (input: { i: number }) => {
-    recordStart(starts, counts, input.i, offset + performance.now());
-    Atomics.add(counts, 1, 1);
-    return null;
-  });
-  executors.push(executor);
+let starts: Float64Array = new Float64Array(0);
+let counts: Int32Array = new Int32Array(2);
+let executors: Executor[] = [];
+
+function attach(config: ExecutorHostStart): Promise<void> {
+  starts = config.starts;
+  counts = config.counts;
+  executors = Array.from({ length: config.executors }, (_, e) =>
+    new Executor({
+      schedulerAddress: config.schedulerAddress,
+      executorId: `bench-executor-${e}`,
+      slots: config.slots,
+      logger,
+      builtins: false,
+    }).register(config.taskType, (input: { i: number }) => {
+      recordStart(starts, counts, input.i, offset + performance.now());
+      Atomics.add(counts, 1, 1);
+      return null;
+    }),
+  );
+  return Promise.all(executors.map((e) => e.start())).then(() => undefined);
 }
 
 port.on("message", (message: ExecutorHostMessage) => {
@@ -63,20 +72,17 @@ port.on("message", (message: ExecutorHostMessage) => {
     counts = message.counts;
     return;
   }
-  if (message.kind === "start") {
-    Promise.all(executors.map((e) => e.start())).then(
-      () => port.postMessage({ kind: "started" }),
-      (e: unknown) => port.postMessage({ kind: "error", message: String(e) }),
-    );
-    return;
-  }
-  Promise.all(executors.map((e) => e.stop(message.reason))).then(
-    () => {
-      port.postMessage({ kind: "stopped" });
-      port.close();
-    },
+  const done = message.kind === "start" ? attach(message) : detach(message.reason);
+  done.then(
+    () => port.postMessage({ kind: message.kind === "start" ? "started" : "stopped" }),
     (e: unknown) => port.postMessage({ kind: "error", message: String(e) }),
   );
 });
+
+function detach(reason: string): Promise<void> {
+  const current = executors;
+  executors = [];
+  return Promise.all(current.map((e) => e.stop(reason))).then(() => undefined);
+}
 
 port.postMessage({ kind: "ready" });

@@ -4,6 +4,10 @@
  * deployment) attached over gRPC. The load's StartRun calls come from a @grpc/grpc-js client in
  * its own worker thread (producer-host.ts); the DAG and session sections call StartRun through the
  * typed Connect client on this thread.
+ *
+ * The two worker threads outlive a system: the next phase's system takes them over, so their code
+ * is as warm as in long-running processes, like the scheduler's code on this thread and the peers'
+ * clients and workers (all on this thread). A fresh thread per phase measured its own JIT warm-up.
  */
 import { createClient, type Client } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
@@ -85,8 +89,14 @@ export class NexusflowSystem implements QueueSystem {
     });
     await scheduler.start();
     this.schedulerValue = scheduler;
-    this.host = await this.spawnHost();
-    this.producer = await this.spawnProducer();
+    this.host = await acquireWorker("./executor-host.ts");
+    this.producer = await acquireWorker("./producer-host.ts");
+    const connect: ProducerCommand = {
+      kind: "connect",
+      schedulerAddress: scheduler.address,
+      workflowName: NOOP_WORKFLOW,
+    };
+    await command(this.producer, connect, "started");
     this.clientValue = createClient(
       WorkflowService,
       createGrpcTransport({ baseUrl: `http://${scheduler.address}` }),
@@ -120,43 +130,10 @@ export class NexusflowSystem implements QueueSystem {
     return run.id;
   }
 
-  /** Spawns the executors' worker thread and loads its modules (before any clock runs). */
-  private async spawnHost(): Promise<Worker> {
-    const data: ExecutorHostData = {
-      module: "./executor-host.ts",
-      schedulerAddress: this.scheduler.address,
-      taskType: NOOP_TYPE,
-      executors: this.options.executors ?? 4,
-      slots: this.options.slots ?? 256,
-      parentTimeOrigin: performance.timeOrigin,
-      starts: this.recorder.starts,
-      counts: this.recorder.counts,
-    };
-    const worker = await spawnWorker(data);
-    this.recorder.onReset = (starts, counts) => {
-      const message: ExecutorHostMessage = { kind: "recorder", starts, counts };
-      worker.postMessage(message);
-    };
-    return worker;
-  }
-
-  /** Spawns the StartRun client's worker thread. */
-  private spawnProducer(): Promise<Worker> {
-    const data: ProducerHostData = {
-      module: "./producer-host.ts",
-      schedulerAddress: this.scheduler.address,
-      workflowName: NOOP_WORKFLOW,
-      parentTimeOrigin: performance.timeOrigin,
-    };
-    return spawnWorker(data);
-  }
-
-  private async produce(command: ProducerCommand): Promise<{ errors: number; firstError?: string }> {
+  private async produce(order: ProducerCommand): Promise<{ errors: number; firstError?: string }> {
     const worker = this.producer;
     if (worker === undefined) throw new Error("nexusflow is not started");
-    const reply = hostReply(worker, "done");
-    worker.postMessage(command);
-    const done = await reply;
+    const done = await command(worker, order, "done");
     const errors = done.errors ?? 0;
     if (errors < 0) throw new Error(`producer: ${done.firstError ?? "failed"}`);
     return { errors, ...(done.firstError === undefined ? {} : { firstError: done.firstError }) };
@@ -179,11 +156,22 @@ export class NexusflowSystem implements QueueSystem {
   }
 
   async startConsumers(): Promise<void> {
-    const worker = this.host ?? (await this.spawnHost());
+    const worker = this.host ?? (await acquireWorker("./executor-host.ts"));
     this.host = worker;
-    const message: ExecutorHostMessage = { kind: "start" };
-    worker.postMessage(message);
-    await hostReply(worker, "started");
+    const start: ExecutorHostMessage = {
+      kind: "start",
+      schedulerAddress: this.scheduler.address,
+      taskType: NOOP_TYPE,
+      executors: this.options.executors ?? 4,
+      slots: this.options.slots ?? 256,
+      starts: this.recorder.starts,
+      counts: this.recorder.counts,
+    };
+    await command(worker, start, "started");
+    this.recorder.onReset = (starts, counts) => {
+      const message: ExecutorHostMessage = { kind: "recorder", starts, counts };
+      worker.postMessage(message);
+    };
   }
 
   async stopConsumers(): Promise<void> {
@@ -191,13 +179,8 @@ export class NexusflowSystem implements QueueSystem {
     this.host = undefined;
     this.recorder.onReset = undefined;
     if (worker === undefined) return;
-    const message: ExecutorHostMessage = { kind: "stop", reason: "bench done" };
-    worker.postMessage(message);
-    try {
-      await hostReply(worker, "stopped");
-    } finally {
-      await worker.terminate();
-    }
+    const stop: ExecutorHostMessage = { kind: "stop", reason: "bench done" };
+    await releaseWorker("./executor-host.ts", worker, command(worker, stop, "stopped"));
   }
 
   /** Runs still active in the engine (runs leave memory once their completion is committed). */
@@ -223,15 +206,50 @@ export class NexusflowSystem implements QueueSystem {
     await this.stopConsumers();
     const producer = this.producer;
     this.producer = undefined;
-    await producer?.terminate();
+    if (producer !== undefined) {
+      const disconnect: ProducerCommand = { kind: "disconnect" };
+      await releaseWorker("./producer-host.ts", producer, command(producer, disconnect, "stopped"));
+    }
     await this.schedulerValue?.stop();
     this.schedulerValue = undefined;
     this.clientValue = undefined;
   }
 }
 
-/** Starts a worker thread on `data.module` and waits until its modules are loaded. */
-async function spawnWorker(data: { module: string }): Promise<Worker> {
+/** Idle worker hosts by module, kept between phases (unreferenced: they never hold the process open). */
+const idleWorkers = new Map<string, Worker[]>();
+
+/** An idle host of `module`, or a new one (spawned and loaded before any clock runs). */
+async function acquireWorker(module: string): Promise<Worker> {
+  const worker = idleWorkers.get(module)?.pop() ?? (await spawnWorker(module));
+  worker.ref();
+  return worker;
+}
+
+/** Keeps `worker` for the next phase once `detached` settles; a host that failed is ended instead. */
+async function releaseWorker(module: string, worker: Worker, detached: Promise<unknown>): Promise<void> {
+  try {
+    await detached;
+  } catch (e) {
+    await worker.terminate();
+    throw e;
+  }
+  worker.unref();
+  const idle = idleWorkers.get(module) ?? [];
+  idle.push(worker);
+  idleWorkers.set(module, idle);
+}
+
+/** Sends `message` to a host and waits for its reply of `kind`. */
+function command(worker: Worker, message: unknown, kind: "started" | "stopped" | "done"): Promise<HostReply> {
+  const reply = hostReply(worker, kind);
+  worker.postMessage(message);
+  return reply;
+}
+
+/** Starts a worker thread on `module` and waits until its modules are loaded. */
+async function spawnWorker(module: string): Promise<Worker> {
+  const data: ExecutorHostData | ProducerHostData = { module, parentTimeOrigin: performance.timeOrigin };
   const worker = new Worker(new URL("./worker.mjs", import.meta.url), { workerData: data });
   try {
     await hostReply(worker, "ready");

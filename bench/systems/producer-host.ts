@@ -3,8 +3,10 @@
  * calling Nexusflow would be its own process. It runs the harness's closed loop (pre-load) and open
  * loop (fixed schedule) and records actual send times into shared memory on the parent's clock.
  *
+ * Like the executors' host, the thread serves phase after phase with warm code: `connect` points its
+ * client at the phase's scheduler (reply `started`), `disconnect` closes it (reply `stopped`).
  * Messages from the parent: {@link ProducerCommand}. Replies: `{ kind: "ready" }` once loaded, then
- * `{ kind: "done", errors, firstError? }` per command.
+ * one per command (`done`, with `errors` and `firstError?`, for the loops).
  */
 import { parentPort, workerData } from "node:worker_threads";
 import { create } from "@bufbuild/protobuf";
@@ -23,14 +25,14 @@ import { closedLoop, openLoop, type OpenLoopResult } from "../lib/loops.js";
 export interface ProducerHostData {
   /** This module, for the bootstrap (worker.mjs). */
   module: string;
-  schedulerAddress: string;
-  workflowName: string;
   /** The parent's `performance.timeOrigin`: times are exchanged on its clock. */
   parentTimeOrigin: number;
 }
 
 /** Commands of the parent. */
 export type ProducerCommand =
+  | { kind: "connect"; schedulerAddress: string; workflowName: string }
+  | { kind: "disconnect" }
   | { kind: "closed"; n: number; concurrency: number }
   | { kind: "open"; n: number; rate: number; t0: number; sentAt: Float64Array };
 
@@ -44,26 +46,43 @@ const now = (): number => offset + performance.now();
 // Connect's gRPC transport (0.27 vs 0.40 ms at 1,000 calls/s here), and this thread shares the
 // machine with the scheduler.
 const WorkflowClient = clientConstructor(WorkflowService);
-const client = new WorkflowClient(data.schedulerAddress, grpc.credentials.createInsecure());
 type StartRunCall = (
   request: StartRunRequest,
   callback: (error: grpc.ServiceError | null, response?: StartRunResponse) => void,
 ) => grpc.ClientUnaryCall;
-const startRunCall = (client as unknown as { startRun: StartRunCall }).startRun.bind(client);
+let connection: { client: grpc.Client; workflowName: string; startRun: StartRunCall } | undefined;
+
+function connect(schedulerAddress: string, workflowName: string): void {
+  connection?.client.close();
+  const client = new WorkflowClient(schedulerAddress, grpc.credentials.createInsecure());
+  const startRun = (client as unknown as { startRun: StartRunCall }).startRun.bind(client);
+  connection = { client, workflowName, startRun };
+}
 
 function startRun(i: number): Promise<void> {
+  const current = connection;
+  if (current === undefined) return Promise.reject(new Error("the producer is not connected"));
   // A producer needs only the run's id: the BASIC view leaves the input and tasks out of the answer.
   const request = create(StartRunRequestSchema, {
-    workflowName: data.workflowName,
+    workflowName: current.workflowName,
     input: jsonToValue({ i }),
     view: RunView.BASIC,
   });
   return new Promise((resolve, reject) => {
-    startRunCall(request, (error) => (error === null ? resolve() : reject(error)));
+    current.startRun(request, (error) => (error === null ? resolve() : reject(error)));
   });
 }
 
 port.on("message", (command: ProducerCommand) => {
+  if (command.kind === "connect" || command.kind === "disconnect") {
+    if (command.kind === "connect") connect(command.schedulerAddress, command.workflowName);
+    else {
+      connection?.client.close();
+      connection = undefined;
+    }
+    port.postMessage({ kind: command.kind === "connect" ? "started" : "stopped" });
+    return;
+  }
   const run: Promise<OpenLoopResult> =
     command.kind === "closed"
       ? countFailures((send) => closedLoop(command.n, command.concurrency, send))
