@@ -16,7 +16,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file nexusflow/v1/events.proto.
  */
 export const file_nexusflow_v1_events: GenFile = /*@__PURE__*/
-  fileDesc("ChluZXh1c2Zsb3cvdjEvZXZlbnRzLnByb3RvEgxuZXh1c2Zsb3cudjEigwYKDkxpZmVjeWNsZUV2ZW50EhAKCGV2ZW50X2lkGAEgASgJEg4KBnJ1bl9pZBgCIAEoCRIQCghzZXF1ZW5jZRgDIAEoAxIoCgR0aW1lGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIVCg13b3JrZmxvd19uYW1lGAUgASgJEhgKEHdvcmtmbG93X3ZlcnNpb24YBiABKAUSLwoLcnVuX3N0YXJ0ZWQYCiABKAsyGC5uZXh1c2Zsb3cudjEuUnVuU3RhcnRlZEgAEi8KC3Rhc2tfbGVhc2VkGAsgASgLMhgubmV4dXNmbG93LnYxLlRhc2tMZWFzZWRIABIxCgx0YXNrX3N0YXJ0ZWQYDCABKAsyGS5uZXh1c2Zsb3cudjEuVGFza1N0YXJ0ZWRIABI1Cg50YXNrX3N1Y2NlZWRlZBgNIAEoCzIbLm5leHVzZmxvdy52MS5UYXNrU3VjY2VlZGVkSAASLwoLdGFza19mYWlsZWQYDiABKAsyGC5uZXh1c2Zsb3cudjEuVGFza0ZhaWxlZEgAEkAKFHRhc2tfcmV0cnlfc2NoZWR1bGVkGA8gASgLMiAubmV4dXNmbG93LnYxLlRhc2tSZXRyeVNjaGVkdWxlZEgAEjEKDHRhc2tfc2tpcHBlZBgQIAEoCzIZLm5leHVzZmxvdy52MS5UYXNrU2tpcHBlZEgAEjkKEHJ1bl9jb21wZW5zYXRpbmcYESABKAsyHS5uZXh1c2Zsb3cudjEuUnVuQ29tcGVuc2F0aW5nSAASMwoNcnVuX2NvbXBsZXRlZBgSIAEoCzIaLm5leHVzZmxvdy52MS5SdW5Db21wbGV0ZWRIABJAChRydW5fY2FuY2VsX3JlcXVlc3RlZBgTIAEoCzIgLm5leHVzZmxvdy52MS5SdW5DYW5jZWxSZXF1ZXN0ZWRIABI1Cg50YXNrX2NhbmNlbGxlZBgUIAEoCzIbLm5leHVzZmxvdy52MS5UYXNrQ2FuY2VsbGVkSABCBwoFZXZlbnQisQEKClJ1blN0YXJ0ZWQSJQoFaW5wdXQYASABKAsyFi5nb29nbGUucHJvdG9idWYuVmFsdWUSFwoPaWRlbXBvdGVuY3lfa2V5GAIgASgJEjQKBmxhYmVscxgDIAMoCzIkLm5leHVzZmxvdy52MS5SdW5TdGFydGVkLkxhYmVsc0VudHJ5Gi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEilQEKClRhc2tMZWFzZWQSEwoLdGFza19ydW5faWQYASABKAkSDwoHc3RlcF9pZBgCIAEoCRIPCgdhdHRlbXB0GAMgASgFEhMKC2V4ZWN1dG9yX2lkGAQgASgJEhUKDWZlbmNpbmdfdG9rZW4YBSABKAMSJAoEa2luZBgGIAEoDjIWLm5leHVzZmxvdy52MS5UYXNrS2luZCJ/CgtUYXNrU3RhcnRlZBITCgt0YXNrX3J1bl9pZBgBIAEoCRIPCgdzdGVwX2lkGAIgASgJEg8KB2F0dGVtcHQYAyABKAUSEwoLZXhlY3V0b3JfaWQYBCABKAkSJAoEa2luZBgFIAEoDjIWLm5leHVzZmxvdy52MS5UYXNrS2luZCLDAQoNVGFza1N1Y2NlZWRlZBITCgt0YXNrX3J1bl9pZBgBIAEoCRIPCgdzdGVwX2lkGAIgASgJEg8KB2F0dGVtcHQYAyABKAUSJgoGb3V0cHV0GAQgASgLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlEi0KCm91dHB1dF9yZWYYBSABKAsyGS5uZXh1c2Zsb3cudjEuQXJ0aWZhY3RSZWYSJAoEa2luZBgGIAEoDjIWLm5leHVzZmxvdy52MS5UYXNrS2luZCKgAQoKVGFza0ZhaWxlZBITCgt0YXNrX3J1bl9pZBgBIAEoCRIPCgdzdGVwX2lkGAIgASgJEg8KB2F0dGVtcHQYAyABKAUSJgoFZXJyb3IYBCABKAsyFy5uZXh1c2Zsb3cudjEuVGFza0Vycm9yEg0KBWZpbmFsGAUgASgIEiQKBGtpbmQYBiABKA4yFi5uZXh1c2Zsb3cudjEuVGFza0tpbmQipAEKElRhc2tSZXRyeVNjaGVkdWxlZBITCgt0YXNrX3J1bl9pZBgBIAEoCRIPCgdzdGVwX2lkGAIgASgJEhQKDG5leHRfYXR0ZW1wdBgDIAEoBRIsCghkdWVfdGltZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASJAoEa2luZBgFIAEoDjIWLm5leHVzZmxvdy52MS5UYXNrS2luZCJDCgtUYXNrU2tpcHBlZBITCgt0YXNrX3J1bl9pZBgBIAEoCRIPCgdzdGVwX2lkGAIgASgJEg4KBnJlYXNvbhgDIAEoCSJFCg1UYXNrQ2FuY2VsbGVkEhMKC3Rhc2tfcnVuX2lkGAEgASgJEg8KB3N0ZXBfaWQYAiABKAkSDgoGcmVhc29uGAMgASgJIjMKD1J1bkNvbXBlbnNhdGluZxIQCghzdGVwX2lkcxgBIAMoCRIOCgZyZWFzb24YAiABKAkiOAoSUnVuQ2FuY2VsUmVxdWVzdGVkEg4KBnJlYXNvbhgBIAEoCRISCgpjb21wZW5zYXRlGAIgASgIIocBCgxSdW5Db21wbGV0ZWQSJwoGc3RhdHVzGAEgASgOMhcubmV4dXNmbG93LnYxLlJ1blN0YXR1cxImCgZvdXRwdXQYAiABKAsyFi5nb29nbGUucHJvdG9idWYuVmFsdWUSJgoFZXJyb3IYAyABKAsyFy5uZXh1c2Zsb3cudjEuVGFza0Vycm9yYgZwcm90bzM", [file_google_protobuf_struct, file_google_protobuf_timestamp, file_nexusflow_v1_artifacts, file_nexusflow_v1_workflow]);
+  fileDesc("ChluZXh1c2Zsb3cvdjEvZXZlbnRzLnByb3RvEgxuZXh1c2Zsb3cudjEigwYKDkxpZmVjeWNsZUV2ZW50EhAKCGV2ZW50X2lkGAEgASgJEg4KBnJ1bl9pZBgCIAEoCRIQCghzZXF1ZW5jZRgDIAEoAxIoCgR0aW1lGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIVCg13b3JrZmxvd19uYW1lGAUgASgJEhgKEHdvcmtmbG93X3ZlcnNpb24YBiABKAUSLwoLcnVuX3N0YXJ0ZWQYCiABKAsyGC5uZXh1c2Zsb3cudjEuUnVuU3RhcnRlZEgAEi8KC3Rhc2tfbGVhc2VkGAsgASgLMhgubmV4dXNmbG93LnYxLlRhc2tMZWFzZWRIABIxCgx0YXNrX3N0YXJ0ZWQYDCABKAsyGS5uZXh1c2Zsb3cudjEuVGFza1N0YXJ0ZWRIABI1Cg50YXNrX3N1Y2NlZWRlZBgNIAEoCzIbLm5leHVzZmxvdy52MS5UYXNrU3VjY2VlZGVkSAASLwoLdGFza19mYWlsZWQYDiABKAsyGC5uZXh1c2Zsb3cudjEuVGFza0ZhaWxlZEgAEkAKFHRhc2tfcmV0cnlfc2NoZWR1bGVkGA8gASgLMiAubmV4dXNmbG93LnYxLlRhc2tSZXRyeVNjaGVkdWxlZEgAEjEKDHRhc2tfc2tpcHBlZBgQIAEoCzIZLm5leHVzZmxvdy52MS5UYXNrU2tpcHBlZEgAEjkKEHJ1bl9jb21wZW5zYXRpbmcYESABKAsyHS5uZXh1c2Zsb3cudjEuUnVuQ29tcGVuc2F0aW5nSAASMwoNcnVuX2NvbXBsZXRlZBgSIAEoCzIaLm5leHVzZmxvdy52MS5SdW5Db21wbGV0ZWRIABJAChRydW5fY2FuY2VsX3JlcXVlc3RlZBgTIAEoCzIgLm5leHVzZmxvdy52MS5SdW5DYW5jZWxSZXF1ZXN0ZWRIABI1Cg50YXNrX2NhbmNlbGxlZBgUIAEoCzIbLm5leHVzZmxvdy52MS5UYXNrQ2FuY2VsbGVkSABCBwoFZXZlbnQiQwoTTGlmZWN5Y2xlRXZlbnRCYXRjaBIsCgZldmVudHMYASADKAsyHC5uZXh1c2Zsb3cudjEuTGlmZWN5Y2xlRXZlbnQisQEKClJ1blN0YXJ0ZWQSJQoFaW5wdXQYASABKAsyFi5nb29nbGUucHJvdG9idWYuVmFsdWUSFwoPaWRlbXBvdGVuY3lfa2V5GAIgASgJEjQKBmxhYmVscxgDIAMoCzIkLm5leHVzZmxvdy52MS5SdW5TdGFydGVkLkxhYmVsc0VudHJ5Gi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEilQEKClRhc2tMZWFzZWQSEwoLdGFza19ydW5faWQYASABKAkSDwoHc3RlcF9pZBgCIAEoCRIPCgdhdHRlbXB0GAMgASgFEhMKC2V4ZWN1dG9yX2lkGAQgASgJEhUKDWZlbmNpbmdfdG9rZW4YBSABKAMSJAoEa2luZBgGIAEoDjIWLm5leHVzZmxvdy52MS5UYXNrS2luZCJ/CgtUYXNrU3RhcnRlZBITCgt0YXNrX3J1bl9pZBgBIAEoCRIPCgdzdGVwX2lkGAIgASgJEg8KB2F0dGVtcHQYAyABKAUSEwoLZXhlY3V0b3JfaWQYBCABKAkSJAoEa2luZBgFIAEoDjIWLm5leHVzZmxvdy52MS5UYXNrS2luZCLDAQoNVGFza1N1Y2NlZWRlZBITCgt0YXNrX3J1bl9pZBgBIAEoCRIPCgdzdGVwX2lkGAIgASgJEg8KB2F0dGVtcHQYAyABKAUSJgoGb3V0cHV0GAQgASgLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlEi0KCm91dHB1dF9yZWYYBSABKAsyGS5uZXh1c2Zsb3cudjEuQXJ0aWZhY3RSZWYSJAoEa2luZBgGIAEoDjIWLm5leHVzZmxvdy52MS5UYXNrS2luZCKgAQoKVGFza0ZhaWxlZBITCgt0YXNrX3J1bl9pZBgBIAEoCRIPCgdzdGVwX2lkGAIgASgJEg8KB2F0dGVtcHQYAyABKAUSJgoFZXJyb3IYBCABKAsyFy5uZXh1c2Zsb3cudjEuVGFza0Vycm9yEg0KBWZpbmFsGAUgASgIEiQKBGtpbmQYBiABKA4yFi5uZXh1c2Zsb3cudjEuVGFza0tpbmQipAEKElRhc2tSZXRyeVNjaGVkdWxlZBITCgt0YXNrX3J1bl9pZBgBIAEoCRIPCgdzdGVwX2lkGAIgASgJEhQKDG5leHRfYXR0ZW1wdBgDIAEoBRIsCghkdWVfdGltZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASJAoEa2luZBgFIAEoDjIWLm5leHVzZmxvdy52MS5UYXNrS2luZCJDCgtUYXNrU2tpcHBlZBITCgt0YXNrX3J1bl9pZBgBIAEoCRIPCgdzdGVwX2lkGAIgASgJEg4KBnJlYXNvbhgDIAEoCSJFCg1UYXNrQ2FuY2VsbGVkEhMKC3Rhc2tfcnVuX2lkGAEgASgJEg8KB3N0ZXBfaWQYAiABKAkSDgoGcmVhc29uGAMgASgJIjMKD1J1bkNvbXBlbnNhdGluZxIQCghzdGVwX2lkcxgBIAMoCRIOCgZyZWFzb24YAiABKAkiOAoSUnVuQ2FuY2VsUmVxdWVzdGVkEg4KBnJlYXNvbhgBIAEoCRISCgpjb21wZW5zYXRlGAIgASgIIocBCgxSdW5Db21wbGV0ZWQSJwoGc3RhdHVzGAEgASgOMhcubmV4dXNmbG93LnYxLlJ1blN0YXR1cxImCgZvdXRwdXQYAiABKAsyFi5nb29nbGUucHJvdG9idWYuVmFsdWUSJgoFZXJyb3IYAyABKAsyFy5uZXh1c2Zsb3cudjEuVGFza0Vycm9yYgZwcm90bzM", [file_google_protobuf_struct, file_google_protobuf_timestamp, file_nexusflow_v1_artifacts, file_nexusflow_v1_workflow]);
 
 /**
  * A durable lifecycle event as published to Kafka (key = run id; one partition per run keeps
@@ -172,6 +172,29 @@ export const LifecycleEventSchema: GenMessage<LifecycleEvent> = /*@__PURE__*/
   messageDesc(file_nexusflow_v1_events, 0);
 
 /**
+ * Events in commit order, as the scheduler encodes the events of one commit in a single pass.
+ * Each element's bytes are exactly its standalone LifecycleEvent encoding; the outbox stores and
+ * Kafka carries each one on its own. Not published as a whole.
+ *
+ * @generated from message nexusflow.v1.LifecycleEventBatch
+ */
+export type LifecycleEventBatch = Message<"nexusflow.v1.LifecycleEventBatch"> & {
+  /**
+   * The events.
+   *
+   * @generated from field: repeated nexusflow.v1.LifecycleEvent events = 1;
+   */
+  events: LifecycleEvent[];
+};
+
+/**
+ * Describes the message nexusflow.v1.LifecycleEventBatch.
+ * Use `create(LifecycleEventBatchSchema)` to create a new message.
+ */
+export const LifecycleEventBatchSchema: GenMessage<LifecycleEventBatch> = /*@__PURE__*/
+  messageDesc(file_nexusflow_v1_events, 1);
+
+/**
  * A run was created.
  *
  * @generated from message nexusflow.v1.RunStarted
@@ -204,7 +227,7 @@ export type RunStarted = Message<"nexusflow.v1.RunStarted"> & {
  * Use `create(RunStartedSchema)` to create a new message.
  */
 export const RunStartedSchema: GenMessage<RunStarted> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_events, 1);
+  messageDesc(file_nexusflow_v1_events, 2);
 
 /**
  * A task was leased.
@@ -260,7 +283,7 @@ export type TaskLeased = Message<"nexusflow.v1.TaskLeased"> & {
  * Use `create(TaskLeasedSchema)` to create a new message.
  */
 export const TaskLeasedSchema: GenMessage<TaskLeased> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_events, 2);
+  messageDesc(file_nexusflow_v1_events, 3);
 
 /**
  * A task began running.
@@ -309,7 +332,7 @@ export type TaskStarted = Message<"nexusflow.v1.TaskStarted"> & {
  * Use `create(TaskStartedSchema)` to create a new message.
  */
 export const TaskStartedSchema: GenMessage<TaskStarted> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_events, 3);
+  messageDesc(file_nexusflow_v1_events, 4);
 
 /**
  * A task succeeded.
@@ -365,7 +388,7 @@ export type TaskSucceeded = Message<"nexusflow.v1.TaskSucceeded"> & {
  * Use `create(TaskSucceededSchema)` to create a new message.
  */
 export const TaskSucceededSchema: GenMessage<TaskSucceeded> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_events, 4);
+  messageDesc(file_nexusflow_v1_events, 5);
 
 /**
  * A task attempt failed.
@@ -421,7 +444,7 @@ export type TaskFailed = Message<"nexusflow.v1.TaskFailed"> & {
  * Use `create(TaskFailedSchema)` to create a new message.
  */
 export const TaskFailedSchema: GenMessage<TaskFailed> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_events, 5);
+  messageDesc(file_nexusflow_v1_events, 6);
 
 /**
  * A retry was scheduled.
@@ -470,7 +493,7 @@ export type TaskRetryScheduled = Message<"nexusflow.v1.TaskRetryScheduled"> & {
  * Use `create(TaskRetryScheduledSchema)` to create a new message.
  */
 export const TaskRetryScheduledSchema: GenMessage<TaskRetryScheduled> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_events, 6);
+  messageDesc(file_nexusflow_v1_events, 7);
 
 /**
  * A task was skipped.
@@ -505,7 +528,7 @@ export type TaskSkipped = Message<"nexusflow.v1.TaskSkipped"> & {
  * Use `create(TaskSkippedSchema)` to create a new message.
  */
 export const TaskSkippedSchema: GenMessage<TaskSkipped> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_events, 7);
+  messageDesc(file_nexusflow_v1_events, 8);
 
 /**
  * A task was cancelled.
@@ -540,7 +563,7 @@ export type TaskCancelled = Message<"nexusflow.v1.TaskCancelled"> & {
  * Use `create(TaskCancelledSchema)` to create a new message.
  */
 export const TaskCancelledSchema: GenMessage<TaskCancelled> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_events, 8);
+  messageDesc(file_nexusflow_v1_events, 9);
 
 /**
  * A run began rolling back.
@@ -568,7 +591,7 @@ export type RunCompensating = Message<"nexusflow.v1.RunCompensating"> & {
  * Use `create(RunCompensatingSchema)` to create a new message.
  */
 export const RunCompensatingSchema: GenMessage<RunCompensating> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_events, 9);
+  messageDesc(file_nexusflow_v1_events, 10);
 
 /**
  * A run was asked to cancel.
@@ -596,7 +619,7 @@ export type RunCancelRequested = Message<"nexusflow.v1.RunCancelRequested"> & {
  * Use `create(RunCancelRequestedSchema)` to create a new message.
  */
 export const RunCancelRequestedSchema: GenMessage<RunCancelRequested> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_events, 10);
+  messageDesc(file_nexusflow_v1_events, 11);
 
 /**
  * A run reached a terminal state.
@@ -631,5 +654,5 @@ export type RunCompleted = Message<"nexusflow.v1.RunCompleted"> & {
  * Use `create(RunCompletedSchema)` to create a new message.
  */
 export const RunCompletedSchema: GenMessage<RunCompleted> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_events, 11);
+  messageDesc(file_nexusflow_v1_events, 12);
 

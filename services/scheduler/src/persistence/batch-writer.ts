@@ -8,15 +8,17 @@
  */
 import type pg from "pg";
 import type { Logger } from "@nexusflow/common";
+import type { LifecycleEvent } from "@nexusflow/gen";
+import { encodeEvents } from "../engine/events.js";
 import type { AttemptState, RunState, TaskState } from "../engine/model.js";
 
-/** An outbox row: the serialized LifecycleEvent and its identity. */
+/** An outbox row: the LifecycleEvent (encoded when its batch commits) and its identity. */
 export interface OutboxRow {
   eventId: string;
   runId: string;
   sequence: number;
   type: string;
-  payload: Uint8Array;
+  message: LifecycleEvent;
   traceContext: Record<string, string> | null;
 }
 
@@ -208,6 +210,11 @@ function attemptRow(a: AttemptState): Row {
     leased_at: a.leasedAt.getTime(),
   };
   return attemptUpdateRow(a, row);
+}
+
+/** Base64 of a view, without copying it first. */
+function base64(bytes: Uint8Array): string {
+  return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString("base64");
 }
 
 /** A batch as one statement: its SQL, a name per shape (for the prepared statement), parameters. */
@@ -446,13 +453,13 @@ export class BatchWriter {
       ]);
     for (const a of attempts.values()) written.set(a, true);
     if (events.length > 0) {
-      const rows = events.map((e) => ({
+      const payloads = encodeEvents(events.map((e) => e.message));
+      const rows = events.map((e, i) => ({
         event_id: e.eventId,
         run_id: e.runId,
         sequence: e.sequence,
         type: e.type,
-        // A view of the encoded bytes, not a copy.
-        payload: Buffer.from(e.payload.buffer, e.payload.byteOffset, e.payload.byteLength).toString("base64"),
+        payload: base64(payloads[i] as Uint8Array),
         trace_context: e.traceContext,
       }));
       parts.push([EVENT_SQL, JSON.stringify(rows)]);
