@@ -59,12 +59,13 @@ export class BenchPostgres {
   static async start(log: Logger): Promise<BenchPostgres> {
     const dir = await mkdtemp(join(tmpdir(), "nf-bench-"));
     const server = await startEmbeddedPostgres({ dir: join(dir, "pg"), log, settings: POSTGRES_SETTINGS });
-    const monitor = new pg.Client({ connectionString: databaseUrl(server.url, "postgres") });
+    // Every system connects as the scheduler does to its embedded default: over the local socket.
+    const monitor = new pg.Client({ connectionString: databaseUrl(server.localUrl, "postgres") });
     // On Ctrl-C PostgreSQL (same process group) shuts down first and ends this connection.
     monitor.on("error", () => undefined);
     await monitor.connect();
     await monitor.query("CREATE EXTENSION IF NOT EXISTS pg_stat_statements");
-    return new BenchPostgres(server, dir, monitor, server.url);
+    return new BenchPostgres(server, dir, monitor, server.localUrl);
   }
 
   /** Directory of the cluster's data (for the fsync probe). */

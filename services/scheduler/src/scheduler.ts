@@ -98,7 +98,7 @@ export class Scheduler {
           dir: `${this.options.dataDir ?? ".nexusflow"}/postgres`,
           log,
         });
-        url = this.embedded.url;
+        url = this.embedded.localUrl;
         log.info({ port: this.embedded.port }, "embedded PostgreSQL started");
       }
       this.db = await openDatabase({ url, poolSize: this.options.poolSize ?? 10, log });

@@ -11,8 +11,14 @@ import { freePort, type Logger } from "@nexusflow/common";
 
 /** A running embedded PostgreSQL. */
 export interface EmbeddedDatabase {
-  /** Connection URL of the `nexusflow` database. */
+  /** Connection URL of the `nexusflow` database, over TCP on 127.0.0.1. */
   readonly url: string;
+  /**
+   * The same database for clients on this machine: over the Unix socket in the data directory
+   * when it has one (a socket path must fit in 107 bytes), else {@link url}. A local socket costs
+   * both sides less CPU per round trip than TCP over loopback.
+   */
+  readonly localUrl: string;
   /** Port it listens on (127.0.0.1). */
   readonly port: number;
   /** Stops the server (data is kept). */
@@ -55,6 +61,9 @@ function loadEmbeddedPostgres(): Promise<EmbeddedPostgresClass> {
   return loaded;
 }
 
+/** sun_path holds 108 bytes with the terminating NUL; PostgreSQL adds ".lock" files beside it. */
+const MAX_SOCKET_PATH = 100;
+
 const USER = "nexusflow";
 const PASSWORD = "nexusflow";
 const DATABASE = "nexusflow";
@@ -75,6 +84,8 @@ export async function startEmbeddedPostgres(options: EmbeddedPostgresOptions): P
     if ((mode & 0o755) !== 0o755) await chmod(parent, mode | 0o755);
   }
   const initialised = existsSync(join(dir, "PG_VERSION"));
+  // The socket lives in the data directory, which PostgreSQL's user owns, unless its path is too long.
+  const socket = Buffer.byteLength(join(dir, `.s.PGSQL.${port}`)) <= MAX_SOCKET_PATH ? dir : undefined;
   const EmbeddedPostgres = await loadEmbeddedPostgres();
   const server = new EmbeddedPostgres({
     databaseDir: dir,
@@ -87,6 +98,8 @@ export async function startEmbeddedPostgres(options: EmbeddedPostgresOptions): P
     postgresFlags: [
       "-c",
       "listen_addresses=127.0.0.1",
+      "-c",
+      `unix_socket_directories=${socket ?? ""}`,
       "-c",
       "max_connections=300",
       ...(options.settings ?? []).flatMap((s) => ["-c", s]),
@@ -111,8 +124,10 @@ export async function startEmbeddedPostgres(options: EmbeddedPostgresOptions): P
   } finally {
     await client.end();
   }
+  const url = `postgresql://${USER}:${PASSWORD}@127.0.0.1:${port}/${DATABASE}`;
   return {
-    url: `postgresql://${USER}:${PASSWORD}@127.0.0.1:${port}/${DATABASE}`,
+    url,
+    localUrl: socket === undefined ? url : `${url}?host=${encodeURIComponent(socket)}`,
     port,
     stop: () => server.stop(),
     restart: () => server.start(),

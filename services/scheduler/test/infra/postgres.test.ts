@@ -3,7 +3,7 @@ import { chmod, mkdtemp, rm, stat } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
-import type pg from "pg";
+import pg from "pg";
 import { createLogger } from "@nexusflow/common";
 import { openDatabase, type Database } from "../../src/persistence/database.js";
 import { startEmbeddedPostgres, type EmbeddedDatabase } from "../../src/persistence/embedded-postgres.js";
@@ -30,6 +30,35 @@ describe("embedded PostgreSQL with migrations", () => {
 
   it("leaves the permissions of the data directory's parent as they were (only adds what it needs)", async () => {
     assert.equal((await stat(dir)).mode & 0o7777, 0o1777);
+  });
+
+  it("serves local clients over a Unix socket in its data directory, and TCP on 127.0.0.1", async () => {
+    const address = async (url: string): Promise<string | null> => {
+      const client = new pg.Client({ connectionString: url });
+      await client.connect();
+      try {
+        const { rows } = await client.query<{ addr: string | null }>(
+          "SELECT inet_server_addr()::text AS addr",
+        );
+        return rows[0]?.addr ?? null;
+      } finally {
+        await client.end();
+      }
+    };
+    assert.notEqual(server.localUrl, server.url);
+    // A Unix-socket connection has no server address.
+    assert.equal(await address(server.localUrl), null);
+    assert.equal(await address(server.url), "127.0.0.1/32");
+    // The scheduler's pools and its ORM connect through it.
+    const local = await openDatabase({ url: server.localUrl, log, poolSize: 1 });
+    try {
+      const { rows } = await local.pool.query<{ addr: string | null }>(
+        "SELECT inet_server_addr()::text AS addr",
+      );
+      assert.equal(rows[0]?.addr, null);
+    } finally {
+      await local.close();
+    }
   });
 
   it("runs a real PostgreSQL with the schema applied", async () => {
