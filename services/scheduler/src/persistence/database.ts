@@ -34,6 +34,12 @@ export interface DatabaseOptions {
 // int8 columns (fencing tokens, sequences) fit in a double for any realistic value; read them as numbers.
 pg.types.setTypeParser(pg.types.builtins.INT8, (v) => Number(v));
 
+/** `{ host }` when the URL selects a Unix socket directory with `?host=/dir`, else nothing. */
+function socketHost(url: string): { host?: string } {
+  const host = new URL(url).searchParams.get("host");
+  return host !== null && host.startsWith("/") ? { host } : {};
+}
+
 /** Connects, applies pending migrations, and returns the database handles. */
 export async function openDatabase(options: DatabaseOptions): Promise<Database> {
   const orm = await MikroORM.init({
@@ -50,7 +56,9 @@ export async function openDatabase(options: DatabaseOptions): Promise<Database> 
       snapshot: false,
     },
     pool: { min: 0, max: 4, acquireTimeoutMillis: 3000 },
-    driverOptions: { connection: { connectionTimeoutMillis: 3000 } },
+    // MikroORM reads host and port from the URL itself; a Unix socket chosen with `?host=/dir`
+    // (as the embedded default's localUrl does) reaches it only through the driver options.
+    driverOptions: { connection: { connectionTimeoutMillis: 3000, ...socketHost(options.url) } },
     allowGlobalContext: false,
     debug: false,
     logger: (message) => options.log.debug({ orm: message }, "mikro-orm"),

@@ -56,6 +56,11 @@ describe("embedded PostgreSQL with migrations", () => {
         "SELECT inet_server_addr()::text AS addr",
       );
       assert.equal(rows[0]?.addr, null);
+      const orm = await local.orm.em
+        .fork()
+        .getConnection()
+        .execute<{ addr: string | null }[]>("SELECT inet_server_addr()::text AS addr");
+      assert.equal(orm[0]?.addr, null);
     } finally {
       await local.close();
     }
