@@ -84,8 +84,12 @@ export async function startEmbeddedPostgres(options: EmbeddedPostgresOptions): P
     if ((mode & 0o755) !== 0o755) await chmod(parent, mode | 0o755);
   }
   const initialised = existsSync(join(dir, "PG_VERSION"));
-  // The socket lives in the data directory, which PostgreSQL's user owns, unless its path is too long.
-  const socket = Buffer.byteLength(join(dir, `.s.PGSQL.${port}`)) <= MAX_SOCKET_PATH ? dir : undefined;
+  // The socket lives in the data directory, which PostgreSQL's user owns, unless its path is too long
+  // or would not survive unix_socket_directories' list syntax (commas, quotes, spaces).
+  const socket =
+    Buffer.byteLength(join(dir, `.s.PGSQL.${port}`)) <= MAX_SOCKET_PATH && !/[,"'\\\s]/.test(dir)
+      ? dir
+      : undefined;
   const EmbeddedPostgres = await loadEmbeddedPostgres();
   const server = new EmbeddedPostgres({
     databaseDir: dir,

@@ -66,6 +66,19 @@ describe("embedded PostgreSQL with migrations", () => {
     }
   });
 
+  it("falls back to TCP for local clients when the socket's path would be too long", async () => {
+    const long = join(dir, "d".repeat(90), "pg");
+    const other = await startEmbeddedPostgres({ dir: long, log });
+    try {
+      assert.equal(other.localUrl, other.url);
+      const client = new pg.Client({ connectionString: other.localUrl });
+      await client.connect();
+      await client.end();
+    } finally {
+      await other.stop();
+    }
+  });
+
   it("runs a real PostgreSQL with the schema applied", async () => {
     const version = await db.pool.query<{ server_version_num: string }>("SHOW server_version_num");
     assert.ok(Number(version.rows[0]?.server_version_num) >= 150000);
