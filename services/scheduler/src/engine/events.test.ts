@@ -20,10 +20,13 @@ describe("lifecycle events", () => {
     const r = run();
     const a = lifecycleEvent(r, { case: "runCompleted", value: {} });
     const b = lifecycleEvent(r, { case: "runCompleted", value: {} });
-    assert.deepEqual([a.sequence, b.sequence, r.eventSeq], [1, 2, 2]);
-    assert.equal(a.message.sequence, 1n);
-    assert.notEqual(a.eventId, b.eventId);
-    assert.equal(a.type, "runCompleted");
+    assert.deepEqual([a.message.sequence, b.message.sequence, r.eventSeq], [1n, 2n, 2]);
+    assert.notEqual(a.message.eventId, b.message.eventId);
+    assert.deepEqual(
+      [a.message.runId, a.message.workflowName, a.message.workflowVersion],
+      [r.id, "orders", 3],
+    );
+    assert.equal(a.message.event.case, "runCompleted");
   });
 
   it("encodes a commit's events in one pass, each exactly as it encodes alone", () => {

@@ -14,18 +14,16 @@ export type EventInit = NonNullable<MessageInitShape<typeof LifecycleEventSchema
  * message is encoded later, with the rest of its commit's events ({@link encodeEvents}).
  */
 export function lifecycleEvent(run: RunState, event: EventInit, now = new Date()): OutboxRow {
-  const sequence = ++run.eventSeq;
-  const eventId = randomUUID();
   const message = create(LifecycleEventSchema, {
-    eventId,
+    eventId: randomUUID(),
     runId: run.id,
-    sequence: BigInt(sequence),
+    sequence: BigInt(++run.eventSeq),
     time: timestampFromDate(now),
     workflowName: run.workflow.name,
     workflowVersion: run.workflow.version,
     event,
   });
-  return { eventId, runId: run.id, sequence, type: event.case ?? "unknown", message, traceContext: null };
+  return { message, traceContext: null };
 }
 
 /** Tag of field 1 with wire type 2: (1 << 3) | 2. */

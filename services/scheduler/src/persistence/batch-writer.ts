@@ -12,12 +12,11 @@ import type { LifecycleEvent } from "@nexusflow/gen";
 import { encodeEvents } from "../engine/events.js";
 import type { AttemptState, RunState, TaskState } from "../engine/model.js";
 
-/** An outbox row: the LifecycleEvent (encoded when its batch commits) and its identity. */
+/**
+ * An outbox row: the LifecycleEvent (encoded when its batch commits; the row's id, run, sequence and
+ * type columns are read from it) and the trace context to publish it with.
+ */
 export interface OutboxRow {
-  eventId: string;
-  runId: string;
-  sequence: number;
-  type: string;
   message: LifecycleEvent;
   traceContext: Record<string, string> | null;
 }
@@ -454,13 +453,13 @@ export class BatchWriter {
     for (const a of attempts.values()) written.set(a, true);
     if (events.length > 0) {
       const payloads = encodeEvents(events.map((e) => e.message));
-      const rows = events.map((e, i) => ({
-        event_id: e.eventId,
-        run_id: e.runId,
-        sequence: e.sequence,
-        type: e.type,
+      const rows = events.map(({ message, traceContext }, i) => ({
+        event_id: message.eventId,
+        run_id: message.runId,
+        sequence: Number(message.sequence),
+        type: message.event.case ?? "unknown",
         payload: base64(payloads[i] as Uint8Array),
-        trace_context: e.traceContext,
+        trace_context: traceContext,
       }));
       parts.push([EVENT_SQL, JSON.stringify(rows)]);
     }
