@@ -42,8 +42,22 @@ export function runStatusName(status: RunStatus): string {
   return RunStatus[status];
 }
 
+/** What RUN_VIEW_BASIC shows of a run, whether read from its row or from the engine's memory. */
+interface RunBasics {
+  id: string;
+  workflowName: string;
+  workflowVersion: number;
+  status: string;
+  error: unknown;
+  idempotencyKey: string | null | undefined;
+  labels: Record<string, string>;
+  createdAt: Date;
+  endedAt: Date | null | undefined;
+  deadline: Date | null | undefined;
+}
+
 /** The fields of RUN_VIEW_BASIC: identity and state, without input, output or tasks. */
-function basicInit(run: RunRow): MessageInitShape<typeof RunSchema> {
+function basicInit(run: RunBasics): MessageInitShape<typeof RunSchema> {
   return {
     id: run.id,
     workflowName: run.workflowName,
@@ -72,18 +86,7 @@ export function runBasic(run: RunRow): Run {
 }
 
 function basicStateInit(run: Readonly<RunState>): MessageInitShape<typeof RunSchema> {
-  return {
-    id: run.id,
-    workflowName: run.workflow.name,
-    workflowVersion: run.workflow.version,
-    status: runStatus(run.status),
-    ...(run.error === null ? {} : { error: errorToProto(run.error) }),
-    idempotencyKey: run.idempotencyKey ?? "",
-    labels: run.labels,
-    createTime: ts(run.createdAt),
-    endTime: ts(run.endedAt),
-    deadline: ts(run.deadline),
-  };
+  return basicInit({ ...run, workflowName: run.workflow.name, workflowVersion: run.workflow.version });
 }
 
 /** RUN_VIEW_BASIC of a run in the engine's memory. */
