@@ -12,15 +12,7 @@
 import { parentPort, workerData } from "node:worker_threads";
 import { createLogger } from "@nexusflow/common";
 import { Executor } from "@nexusflow/executor";
-import { recordStart } from "./types.js";
-
-/** What the parent passes as `workerData`. */
-export interface ExecutorHostData {
-  /** This module, for the bootstrap (worker.mjs). */
-  module: string;
-  /** The parent's `performance.timeOrigin`: starts are recorded on its clock. */
-  parentTimeOrigin: number;
-}
+import { recordStart, type WorkerHostData } from "./types.js";
 
 /** What a phase's executors are: where they attach, what they run, where they record. */
 export interface ExecutorHostStart {
@@ -40,7 +32,7 @@ export type ExecutorHostMessage =
 
 const port = parentPort;
 if (port === null) throw new Error("executor-host.ts runs as a worker thread");
-const data = workerData as ExecutorHostData;
+const data = workerData as WorkerHostData;
 const offset = performance.timeOrigin - data.parentTimeOrigin;
 const logger = createLogger("executor", "warn");
 let starts: Float64Array = new Float64Array(0);

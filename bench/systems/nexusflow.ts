@@ -15,14 +15,18 @@ import { Worker } from "node:worker_threads";
 import { createLogger, jsonToValue, type Logger } from "@nexusflow/common";
 import { RunView, WorkflowService } from "@nexusflow/gen";
 import { Scheduler } from "@nexusflow/scheduler";
-import type { ExecutorHostData, ExecutorHostMessage } from "./executor-host.js";
-import type { ProducerCommand, ProducerHostData } from "./producer-host.js";
-import { pollUntil, StartRecorder, type QueueSystem } from "./types.js";
+import type { ExecutorHostMessage } from "./executor-host.js";
+import type { ProducerCommand } from "./producer-host.js";
+import { pollUntil, StartRecorder, type QueueSystem, type WorkerHostData } from "./types.js";
 
 /** The task type of every benchmark step. */
 export const NOOP_TYPE = "bench-noop";
 /** The single-step workflow of sections 1, 2 and 5. */
 export const NOOP_WORKFLOW = "bench-noop";
+
+/** The worker hosts' modules (relative to worker.mjs). */
+const EXECUTOR_HOST = "./executor-host.ts";
+const PRODUCER_HOST = "./producer-host.ts";
 
 /** Options of {@link NexusflowSystem}. */
 export interface NexusflowOptions {
@@ -89,8 +93,8 @@ export class NexusflowSystem implements QueueSystem {
     });
     await scheduler.start();
     this.schedulerValue = scheduler;
-    this.host = await acquireWorker("./executor-host.ts");
-    this.producer = await acquireWorker("./producer-host.ts");
+    this.host = await acquireWorker(EXECUTOR_HOST);
+    this.producer = await acquireWorker(PRODUCER_HOST);
     const connect: ProducerCommand = {
       kind: "connect",
       schedulerAddress: scheduler.address,
@@ -156,7 +160,7 @@ export class NexusflowSystem implements QueueSystem {
   }
 
   async startConsumers(): Promise<void> {
-    const worker = this.host ?? (await acquireWorker("./executor-host.ts"));
+    const worker = this.host ?? (await acquireWorker(EXECUTOR_HOST));
     this.host = worker;
     const start: ExecutorHostMessage = {
       kind: "start",
@@ -180,7 +184,7 @@ export class NexusflowSystem implements QueueSystem {
     this.recorder.onReset = undefined;
     if (worker === undefined) return;
     const stop: ExecutorHostMessage = { kind: "stop", reason: "bench done" };
-    await releaseWorker("./executor-host.ts", worker, command(worker, stop, "stopped"));
+    await releaseWorker(EXECUTOR_HOST, worker, command(worker, stop, "stopped"));
   }
 
   /** Runs still active in the engine (runs leave memory once their completion is committed). */
@@ -208,7 +212,7 @@ export class NexusflowSystem implements QueueSystem {
     this.producer = undefined;
     if (producer !== undefined) {
       const disconnect: ProducerCommand = { kind: "disconnect" };
-      await releaseWorker("./producer-host.ts", producer, command(producer, disconnect, "stopped"));
+      await releaseWorker(PRODUCER_HOST, producer, command(producer, disconnect, "stopped"));
     }
     await this.schedulerValue?.stop();
     this.schedulerValue = undefined;
@@ -249,7 +253,7 @@ function command(worker: Worker, message: unknown, kind: "started" | "stopped" |
 
 /** Starts a worker thread on `module` and waits until its modules are loaded. */
 async function spawnWorker(module: string): Promise<Worker> {
-  const data: ExecutorHostData | ProducerHostData = { module, parentTimeOrigin: performance.timeOrigin };
+  const data: WorkerHostData = { module, parentTimeOrigin: performance.timeOrigin };
   const worker = new Worker(new URL("./worker.mjs", import.meta.url), { workerData: data });
   try {
     await hostReply(worker, "ready");
@@ -257,6 +261,11 @@ async function spawnWorker(module: string): Promise<Worker> {
     await worker.terminate();
     throw e;
   }
+  // A host that dies while idle is never handed out again (a command to it would go unanswered).
+  worker.once("exit", () => {
+    const idle = idleWorkers.get(module) ?? [];
+    if (idle.includes(worker)) idle.splice(idle.indexOf(worker), 1);
+  });
   return worker;
 }
 

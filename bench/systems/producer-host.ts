@@ -20,14 +20,7 @@ import {
   type StartRunResponse,
 } from "@nexusflow/gen";
 import { closedLoop, openLoop, type OpenLoopResult } from "../lib/loops.js";
-
-/** What the parent passes as `workerData`. */
-export interface ProducerHostData {
-  /** This module, for the bootstrap (worker.mjs). */
-  module: string;
-  /** The parent's `performance.timeOrigin`: times are exchanged on its clock. */
-  parentTimeOrigin: number;
-}
+import type { WorkerHostData } from "./types.js";
 
 /** Commands of the parent. */
 export type ProducerCommand =
@@ -38,7 +31,7 @@ export type ProducerCommand =
 
 const port = parentPort;
 if (port === null) throw new Error("producer-host.ts runs as a worker thread");
-const data = workerData as ProducerHostData;
+const data = workerData as WorkerHostData;
 const offset = performance.timeOrigin - data.parentTimeOrigin;
 /** Now, on the parent's clock. */
 const now = (): number => offset + performance.now();

@@ -4,6 +4,14 @@
  * Records when each job's handler started, on the bench process's monotonic clock. The arrays live
  * in shared memory so executors in a worker thread (see `executor-host.ts`) record into them too.
  */
+/** What a worker host (executor-host.ts, producer-host.ts) receives as `workerData`. */
+export interface WorkerHostData {
+  /** The host's module, for the bootstrap (worker.mjs). */
+  module: string;
+  /** The parent's `performance.timeOrigin`: times are exchanged on its clock. */
+  parentTimeOrigin: number;
+}
+
 export class StartRecorder {
   /** performance.now() of the main thread at handler start, by job index (NaN until started). */
   starts: Float64Array;
