@@ -123,7 +123,7 @@ export interface KafkaConfig {
   outboxRetentionMs: number;
   /** How often published rows are pruned. */
   outboxPruneIntervalMs: number;
-  /** Events per relay batch. */
+  /** Outbox rows per relay batch (a row is one run's events of one commit). */
   outboxBatchSize: number;
 }
 

@@ -10,7 +10,14 @@ import { BadRequestSchema } from "@nexusflow/gen/google/rpc/error_details_pb";
 import { RunStatus, TaskStatus } from "@nexusflow/gen";
 import { jsonToValue, valueToJson } from "@nexusflow/common";
 import type { Scheduler } from "../src/scheduler.js";
-import { RawSession, startTestDatabase, startTestScheduler, waitForRun, workflowClient } from "./support.js";
+import {
+  RawSession,
+  outboxEvents,
+  startTestDatabase,
+  startTestScheduler,
+  waitForRun,
+  workflowClient,
+} from "./support.js";
 
 describe("executor session protocol", () => {
   let db: Awaited<ReturnType<typeof startTestDatabase>>;
@@ -105,12 +112,9 @@ describe("executor session protocol", () => {
     assert.equal(attempt?.status, TaskStatus.SUCCEEDED);
     const pool = new pg.Pool({ connectionString: db.url });
     try {
-      const events = await pool.query<{ type: string }>(
-        "SELECT type FROM outbox_events WHERE run_id = $1 ORDER BY sequence",
-        [run.id],
-      );
+      const events = await outboxEvents(pool, [run.id]);
       assert.deepEqual(
-        events.rows.map((r) => r.type),
+        events.map((e) => e.type),
         ["runStarted", "taskLeased", "taskStarted", "taskSucceeded", "runCompleted"],
       );
     } finally {

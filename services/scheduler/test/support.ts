@@ -6,20 +6,23 @@
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { create, type MessageInitShape } from "@bufbuild/protobuf";
+import { create, fromBinary, type MessageInitShape } from "@bufbuild/protobuf";
 import { createClient, type Client } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import * as grpc from "@grpc/grpc-js";
 import { clientConstructor, createLogger, type Logger } from "@nexusflow/common";
 import {
   ExecutorService,
+  LifecycleEventBatchSchema,
   RunStatus,
   SessionRequestSchema,
   WorkflowService,
+  type LifecycleEvent,
   type Run,
   type SessionRequest,
   type SessionResponse,
 } from "@nexusflow/gen";
+import type pg from "pg";
 import { startEmbeddedPostgres, type EmbeddedDatabase } from "../src/persistence/embedded-postgres.js";
 import { Scheduler, type SchedulerOptions } from "../src/scheduler.js";
 
@@ -186,4 +189,43 @@ export class RawSession {
     this.stream.end();
     this.client.close();
   }
+}
+
+/** One event of the outbox, decoded from its row's payload. */
+export interface OutboxEventRow {
+  runId: string;
+  sequence: number;
+  type: string;
+  eventId: string;
+  published: boolean;
+  /** The outbox row holding it (one run's events of one commit). */
+  rowId: number;
+  /** The whole event. */
+  message: LifecycleEvent;
+}
+
+/**
+ * The outbox events of `runIds`, by run then sequence: each row holds a run's events of one
+ * commit as a LifecycleEventBatch, which this splits and decodes.
+ */
+export async function outboxEvents(
+  pool: { query: pg.Pool["query"] },
+  runIds: readonly string[],
+): Promise<OutboxEventRow[]> {
+  const { rows } = await pool.query<{ id: string; run_id: string; payload: Buffer; published: boolean }>(
+    `SELECT id::text, run_id, payload, published_at IS NOT NULL AS published FROM outbox_events
+      WHERE run_id = ANY($1::uuid[]) ORDER BY run_id, first_sequence`,
+    [runIds],
+  );
+  return rows.flatMap((r) =>
+    fromBinary(LifecycleEventBatchSchema, r.payload).events.map((message) => ({
+      runId: r.run_id,
+      sequence: Number(message.sequence),
+      type: message.event.case ?? "unknown",
+      eventId: message.eventId,
+      published: r.published,
+      rowId: Number(r.id),
+      message,
+    })),
+  );
 }

@@ -172,9 +172,10 @@ export const LifecycleEventSchema: GenMessage<LifecycleEvent> = /*@__PURE__*/
   messageDesc(file_nexusflow_v1_events, 0);
 
 /**
- * Events in commit order, as the scheduler encodes the events of one commit in a single pass.
- * Each element's bytes are exactly its standalone LifecycleEvent encoding; the outbox stores and
- * Kafka carries each one on its own. Not published as a whole.
+ * Events in order: the payload of an outbox row, which holds one run's events of one commit in
+ * sequence order (the scheduler encodes all of a commit's rows in a single pass). Each element's
+ * bytes are exactly its standalone LifecycleEvent encoding; Kafka carries each one as its own
+ * message. Not published as a whole.
  *
  * @generated from message nexusflow.v1.LifecycleEventBatch
  */

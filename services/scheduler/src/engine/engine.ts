@@ -253,7 +253,7 @@ export class Engine {
       // in the outbox (the relay never prunes an event the run row does not cover), so the next
       // sequence number continues from whichever is higher.
       `SELECT r.*, GREATEST(r.event_seq,
-         COALESCE((SELECT max(o.sequence) FROM outbox_events o WHERE o.run_id = r.id), 0)) AS last_event_seq
+         COALESCE((SELECT max(o.last_sequence) FROM outbox_events o WHERE o.run_id = r.id), 0)) AS last_event_seq
          FROM workflow_runs r WHERE r.status IN ('PENDING', 'RUNNING', 'COMPENSATING') ORDER BY r.created_at`,
     );
     if (runRows.rowCount === 0) return;

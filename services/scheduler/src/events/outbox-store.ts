@@ -4,6 +4,9 @@
  * never publish concurrently, and a crashed holder's lock vanishes with its connection.
  */
 import type pg from "pg";
+import { LifecycleEventSchema } from "@nexusflow/gen";
+import { BinaryReader, WireType } from "@bufbuild/protobuf/wire";
+import { splitEventBatch } from "../engine/events.js";
 import type { OutboxRecord } from "./publisher.js";
 
 /** Raised when the database side of the relay fails; `cause` is the pg error. */
@@ -13,28 +16,57 @@ export class OutboxStoreError extends Error {
 
 interface OutboxRow {
   id: string | number;
-  event_id: string;
   run_id: string;
-  sequence: string | number;
-  type: string;
+  first_sequence: string | number;
+  last_sequence: string | number;
   payload: Buffer;
   trace_context: Record<string, unknown> | null;
   created_at: Date;
 }
 
-const FETCH_SQL = `SELECT id, event_id, run_id, sequence, type, payload, trace_context, created_at
+// A row holds a run's events of one commit (a LifecycleEventBatch); the relay publishes each.
+const FETCH_SQL = `SELECT id, run_id, first_sequence, last_sequence, payload, trace_context, created_at
   FROM outbox_events WHERE published_at IS NULL ORDER BY id LIMIT $1`;
 const MARK_SQL = `UPDATE outbox_events SET published_at = now() WHERE id = ANY($1::bigint[])`;
 // Oldest first along the primary key: published rows precede unpublished ones, so the scan stops
 // early; the LIMIT keeps each delete (and its locks and WAL) small.
-// An event the run row's event_seq does not cover yet is kept: recovery numbers the next event
-// from the higher of the two, so the newest sequence of an active run must stay findable.
+// A row with an event the run row's event_seq does not cover yet is kept: recovery numbers the
+// next event from the higher of the two, so the newest sequence of an active run must stay findable.
 const PRUNE_SQL = `DELETE FROM outbox_events WHERE id IN (
   SELECT o.id FROM outbox_events o
    WHERE o.published_at < now() - $1::double precision * interval '1 millisecond'
-     AND NOT EXISTS (SELECT 1 FROM workflow_runs r WHERE r.id = o.run_id AND r.event_seq < o.sequence)
+     AND NOT EXISTS (SELECT 1 FROM workflow_runs r WHERE r.id = o.run_id AND r.event_seq < o.last_sequence)
    ORDER BY o.id LIMIT $2)`;
-const BACKLOG_SQL = `SELECT count(*)::bigint AS n FROM outbox_events WHERE published_at IS NULL`;
+// Events, not rows: a row's events are numbered without gaps.
+const BACKLOG_SQL = `SELECT coalesce(sum(last_sequence - first_sequence + 1), 0)::bigint AS n
+  FROM outbox_events WHERE published_at IS NULL`;
+
+/** Field number -> oneof case name ("taskSucceeded") of LifecycleEvent's `event`. */
+const EVENT_CASES = new Map(
+  LifecycleEventSchema.fields.filter((f) => f.oneof?.name === "event").map((f) => [f.number, f.localName]),
+);
+
+/**
+ * What a record needs from an event (its id, sequence and type), read from its bytes without
+ * decoding the rest (inputs, outputs): the relay publishes the bytes as they are.
+ */
+export function eventHeader(bytes: Uint8Array): { eventId: string; sequence: number; type: string } {
+  const reader = new BinaryReader(bytes);
+  let eventId = "";
+  let sequence = 0;
+  let type = "unknown";
+  while (reader.pos < reader.len) {
+    const [field, wireType] = reader.tag();
+    if (field === 1 && wireType === WireType.LengthDelimited) eventId = reader.string();
+    else if (field === 3 && wireType === WireType.Varint) sequence = Number(reader.int64());
+    else {
+      const name = EVENT_CASES.get(field);
+      if (name !== undefined) type = name;
+      reader.skip(wireType, field);
+    }
+  }
+  return { eventId, sequence, type };
+}
 
 /** The relay's connection to the outbox, once it holds the relay lock. */
 export class OutboxStore {
@@ -83,24 +115,38 @@ export class OutboxStore {
     }
   }
 
-  /** The oldest unpublished events, in commit order. */
+  /**
+   * The events of the oldest `limit` unpublished rows, in commit order (a row is one run's events of
+   * one commit, in sequence order). Every record of a row carries the row's id.
+   */
   async fetch(limit: number): Promise<OutboxRecord[]> {
     const { rows } = await this.query<OutboxRow>(FETCH_SQL, [limit]);
-    return rows.map((r) => ({
-      id: Number(r.id),
-      eventId: r.event_id,
-      runId: r.run_id,
-      sequence: Number(r.sequence),
-      type: r.type,
-      payload: new Uint8Array(r.payload.buffer, r.payload.byteOffset, r.payload.byteLength),
-      traceContext: r.trace_context,
-      createdAt: r.created_at,
-    }));
+    const records: OutboxRecord[] = [];
+    for (const r of rows) {
+      const id = Number(r.id);
+      const batch = new Uint8Array(r.payload.buffer, r.payload.byteOffset, r.payload.byteLength);
+      const events = splitEventBatch(batch);
+      const expected = Number(r.last_sequence) - Number(r.first_sequence) + 1;
+      if (events.length !== expected)
+        throw new Error(
+          `outbox row ${id} holds ${events.length} events, expected ${expected} (sequences ${r.first_sequence}-${r.last_sequence})`,
+        );
+      for (const payload of events)
+        records.push({
+          id,
+          ...eventHeader(payload),
+          runId: r.run_id,
+          payload,
+          traceContext: r.trace_context,
+          createdAt: r.created_at,
+        });
+    }
+    return records;
   }
 
-  /** Marks rows as published. */
+  /** Marks rows as published (ids may repeat: one per event). */
   async markPublished(ids: readonly number[]): Promise<void> {
-    if (ids.length > 0) await this.query(MARK_SQL, [ids]);
+    if (ids.length > 0) await this.query(MARK_SQL, [[...new Set(ids)]]);
   }
 
   /** Deletes at most `limit` rows published more than `retentionMs` ago; returns how many. */
@@ -109,7 +155,7 @@ export class OutboxStore {
     return result.rowCount ?? 0;
   }
 
-  /** Number of unpublished events. */
+  /** Number of unpublished events (not rows). */
   async backlog(): Promise<number> {
     const { rows } = await this.query<{ n: string | number }>(BACKLOG_SQL, []);
     return Number(rows[0]?.n ?? 0);

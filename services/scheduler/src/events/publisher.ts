@@ -1,11 +1,11 @@
 /**
  * The contract between the outbox relay and a message broker, and the Kafka wire shape of one
- * outbox row (key, value, headers). Pure: no I/O here, so the mapping is tested without a broker.
+ * event (key, value, headers). Pure: no I/O here, so the mapping is tested without a broker.
  */
 
-/** One unpublished outbox row, as the relay reads it and hands it to a publisher. */
+/** One unpublished event of an outbox row, as the relay reads it and hands it to a publisher. */
 export interface OutboxRecord {
-  /** Outbox row id: commit order. */
+  /** Outbox row id: commit order (a row holds a run's events of one commit). */
   id: number;
   /** LifecycleEvent.event_id; a republished event keeps it. */
   eventId: string;
@@ -63,7 +63,7 @@ export function protoEventType(camelCase: string): string {
   return camelCase.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`);
 }
 
-/** A broker-neutral message: what the relay sends for one outbox row. */
+/** A broker-neutral message: what the relay sends for one event. */
 export interface EventMessage {
   key: string;
   value: Buffer;
@@ -72,7 +72,7 @@ export interface EventMessage {
   timestamp: string;
 }
 
-/** The message of one outbox row: key = run id, value = the payload bytes, identifying headers. */
+/** The message of one event: key = run id, value = the payload bytes, identifying headers. */
 export function eventMessage(record: OutboxRecord): EventMessage {
   const headers: Record<string, string> = {
     [EventHeaders.type]: protoEventType(record.type),

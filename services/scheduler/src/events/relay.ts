@@ -18,7 +18,7 @@ export interface OutboxRelayOptions {
   publisher: EventPublisher;
   /** Logger. */
   log: Logger;
-  /** Events read and published per batch. @default 500 */
+  /** Outbox rows (each a run's events of one commit) read and published per batch. @default 500 */
   batchSize?: number;
   /** Wait between polls while the outbox is empty; {@link OutboxRelay.wake} cuts it short. @default 200 */
   pollIntervalMs?: number;

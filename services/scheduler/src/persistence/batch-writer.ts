@@ -9,12 +9,12 @@
 import type pg from "pg";
 import type { Logger } from "@nexusflow/common";
 import type { LifecycleEvent } from "@nexusflow/gen";
-import { encodeEvents } from "../engine/events.js";
+import { encodeRunBatches } from "../engine/events.js";
 import type { AttemptState, RunState, TaskState } from "../engine/model.js";
 
 /**
- * An outbox row: the LifecycleEvent (encoded when its batch commits; the row's id, run, sequence and
- * type columns are read from it) and the trace context to publish it with.
+ * An outbox event: the LifecycleEvent (encoded when its batch commits, with the run's other events
+ * of that commit in one outbox row) and the trace context to publish it with.
  */
 export interface OutboxRow {
   message: LifecycleEvent;
@@ -90,9 +90,11 @@ FROM json_to_recordset($1::json) AS x(task_run_id uuid, number int, run_id uuid,
 ON CONFLICT (task_run_id, number) DO UPDATE SET status = excluded.status, error = excluded.error, logs = excluded.logs,
   started_at = excluded.started_at, ended_at = excluded.ended_at`;
 
-const EVENT_SQL = `INSERT INTO outbox_events (event_id, run_id, sequence, type, payload, trace_context)
-SELECT event_id, run_id, sequence, type, decode(payload, 'base64'), trace_context
-FROM json_to_recordset($1::json) AS x(event_id uuid, run_id uuid, sequence bigint, type text, payload text, trace_context jsonb)`;
+// One row per run and commit: its events as one LifecycleEventBatch (the relay publishes each).
+const EVENT_SQL = `INSERT INTO outbox_events (run_id, first_sequence, last_sequence, payload, trace_context)
+SELECT run_id, first_sequence, last_sequence, decode(payload, 'base64'), trace_context
+FROM json_to_recordset($1::json) AS x(run_id uuid, first_sequence bigint, last_sequence bigint, payload text,
+  trace_context jsonb)`;
 
 // Rows already written once are updated with only the columns a transition can change: smaller
 // parameters to build and parse, and no speculative insert. The id array ($2) lets the planner find
@@ -277,7 +279,7 @@ export class BatchWriter {
   private soonTimer: NodeJS.Timeout | undefined;
   private readonly retryInitialMs: number;
   private readonly retryMaxMs: number;
-  /** Statistics, for the benchmark and metrics. */
+  /** Statistics, for the benchmark and metrics; `rows` counts rows written (an outbox row holds a run's events of one commit). */
   readonly stats = { commits: 0, failedCommits: 0, rows: 0 };
 
   constructor(private readonly options: BatchWriterOptions) {
@@ -357,7 +359,7 @@ export class BatchWriter {
       this.attempts = new Map();
       this.events = [];
       this.waiters = [];
-      const { statement, written } = this.snapshot(runs, tasks, attempts, events);
+      const { statement, written, rows } = this.snapshot(runs, tasks, attempts, events);
       try {
         await this.commit(statement);
       } catch (e) {
@@ -389,7 +391,7 @@ export class BatchWriter {
       this.healthy = true;
       delay = this.retryInitialMs;
       if (statement !== undefined) this.stats.commits++;
-      this.stats.rows += runs.size + tasks.size + attempts.size + events.length;
+      this.stats.rows += rows;
       for (const w of waiters) w.resolve();
       this.options.onCommit?.({
         runIds: new Set([...runs.keys(), ...[...tasks.values()].map((t) => t.runId)]),
@@ -414,7 +416,7 @@ export class BatchWriter {
     tasks: Map<string, TaskState>,
     attempts: Map<string, AttemptState>,
     events: OutboxRow[],
-  ): { statement: BatchStatement | undefined; written: Map<object, unknown> } {
+  ): { statement: BatchStatement | undefined; written: Map<object, unknown>; rows: number } {
     const parts: [string, ...unknown[]][] = [];
     // What this batch writes, recorded as written once it commits (never before: a failed batch
     // is retried with full upserts for its new rows).
@@ -451,22 +453,22 @@ export class BatchWriter {
         knownAttempts.map((a) => a.taskRunId),
       ]);
     for (const a of attempts.values()) written.set(a, true);
+    let rows = runs.size + tasks.size + attempts.size;
     if (events.length > 0) {
-      const payloads = encodeEvents(events.map((e) => e.message));
-      const rows = events.map(({ message, traceContext }, i) => ({
-        event_id: message.eventId,
-        run_id: message.runId,
-        sequence: Number(message.sequence),
-        type: message.event.case ?? "unknown",
-        payload: base64(payloads[i] as Uint8Array),
-        trace_context: traceContext,
+      const eventRows = encodeRunBatches(events).map((b) => ({
+        run_id: b.runId,
+        first_sequence: b.firstSequence,
+        last_sequence: b.lastSequence,
+        payload: base64(b.payload),
+        trace_context: b.traceContext,
       }));
-      parts.push([EVENT_SQL, JSON.stringify(rows)]);
+      parts.push([EVENT_SQL, JSON.stringify(eventRows)]);
+      rows += eventRows.length;
     }
-    if (parts.length === 0) return { statement: undefined, written };
+    if (parts.length === 0) return { statement: undefined, written, rows };
     const params: unknown[] = [];
     for (const [, ...own] of parts) params.push(...own);
-    return { statement: { ...batchStatement(parts.map(([sql]) => sql)), params }, written };
+    return { statement: { ...batchStatement(parts.map(([sql]) => sql)), params }, written, rows };
   }
 
   private async commit(statement: BatchStatement | undefined): Promise<void> {

@@ -102,22 +102,25 @@ export const TaskAttemptEntity = defineEntity({
   indexes: [{ name: "task_attempts_run_idx", properties: ["runId"] }],
 });
 
-/** Transactional outbox: written in the same transaction as the state change it describes. */
+/**
+ * Transactional outbox: written in the same transaction as the state change it describes. One row
+ * per run and commit; `payload` is a LifecycleEventBatch of the run's events `firstSequence` to
+ * `lastSequence`, which the relay publishes one by one.
+ */
 export const OutboxEventEntity = defineEntity({
   name: "OutboxEvent",
   tableName: "outbox_events",
   properties: {
     id: p.bigint("number").primary().autoincrement(),
-    eventId: p.uuid(),
     runId: p.uuid(),
-    sequence: p.bigint("number"),
-    type: p.string().length(40),
+    firstSequence: p.bigint("number"),
+    lastSequence: p.bigint("number"),
     payload: p.blob(),
     traceContext: p.json<Record<string, string>>().nullable(),
     createdAt: p.datetime().defaultRaw("now()"),
     publishedAt: p.datetime().nullable(),
   },
-  uniques: [{ name: "outbox_events_run_sequence_uq", properties: ["runId", "sequence"] }],
+  uniques: [{ name: "outbox_events_run_sequence_uq", properties: ["runId", "firstSequence"] }],
 });
 
 /** Every entity of the scheduler, for the ORM configuration. */

@@ -6,7 +6,7 @@ import assert from "node:assert/strict";
 import { timestampDate, type Timestamp } from "@bufbuild/protobuf/wkt";
 import pg from "pg";
 import { TaskStatus, type Run, type TaskRun } from "@nexusflow/gen";
-import type { workflowClient } from "../support.js";
+import { outboxEvents, type workflowClient } from "../support.js";
 
 /** The typed WorkflowService client of the support module. */
 export type WorkflowClient = ReturnType<typeof workflowClient>;
@@ -72,11 +72,7 @@ export class RunTables {
 
   /** The run's outbox events in sequence order. */
   async outbox(runId: string): Promise<{ sequence: number; type: string }[]> {
-    const { rows } = await this.pool.query<{ seq: string; type: string }>(
-      "SELECT sequence::text AS seq, type FROM outbox_events WHERE run_id = $1 ORDER BY outbox_events.sequence",
-      [runId],
-    );
-    return rows.map((r) => ({ sequence: Number(r.seq), type: r.type }));
+    return (await outboxEvents(this.pool, [runId])).map((e) => ({ sequence: e.sequence, type: e.type }));
   }
 
   /** The run's `event_seq` column: the last outbox sequence the scheduler will resume from after a restart. */

@@ -6,6 +6,9 @@
 import assert from "node:assert/strict";
 import { randomUUID } from "node:crypto";
 import { after, before, beforeEach, describe, it } from "node:test";
+import { fromBinary } from "@bufbuild/protobuf";
+import { LifecycleEventSchema } from "@nexusflow/gen";
+import { OutboxStore } from "../../src/events/outbox-store.js";
 import { OutboxRelay, type OutboxRelayOptions } from "../../src/events/relay.js";
 import { createOutboxRelay } from "../../src/events/setup.js";
 import { openDatabase, type Database } from "../../src/persistence/database.js";
@@ -92,6 +95,49 @@ describe("outbox relay (PostgreSQL, in-memory publisher)", () => {
     assert.equal(first?.sequence, 1);
     assert.equal(first?.type, "runStarted");
     assert.ok(first !== undefined && first.payload.byteLength > 0);
+  });
+
+  it("publishes each event of a row that holds several (one run's commit), in order, and marks the row once", async () => {
+    const a = randomUUID();
+    const b = randomUUID();
+    // Rows: a 1-3, a 4-6, a 7, b 1-2.
+    const ids = [
+      ...(await insertEvents(db.pool, a, 7, 1, { perRow: 3 })),
+      ...(await insertEvents(db.pool, b, 2, 1, { perRow: 2 })),
+    ];
+    // The backlog counts events, not rows.
+    const store = new OutboxStore(db.pool, 42n);
+    assert.equal(await store.tryLock(), true);
+    assert.equal(await store.backlog(), 9);
+    await store.close();
+    const publisher = new MemoryPublisher();
+    const r = relay(publisher, { batchSize: 2 });
+    r.start();
+    await waitFor("every row to be published", async () => (await unpublished()) === 0);
+    assert.deepEqual(
+      publisher.published.map((p) => p.eventId),
+      ids,
+    );
+    assert.deepEqual(
+      publisher.published.map((p) => [p.runId === a ? "a" : "b", p.sequence, p.type]),
+      [
+        ["a", 1, "runStarted"],
+        ...[2, 3, 4, 5, 6, 7].map((n) => ["a", n, "taskStarted"]),
+        ["b", 1, "runStarted"],
+        ["b", 2, "taskStarted"],
+      ],
+    );
+    // Batches of two rows: 3 + 3 events, then 1 + 2.
+    assert.deepEqual(
+      publisher.attempts.map((batch) => batch.length),
+      [6, 3],
+    );
+    assert.equal(r.stats.published, 9);
+    // Each record is exactly one event, carrying its row's id.
+    const rowIds = new Set(publisher.published.map((p) => p.id));
+    assert.equal(rowIds.size, 4);
+    for (const p of publisher.published)
+      assert.equal(fromBinary(LifecycleEventSchema, p.payload).eventId, p.eventId);
   });
 
   it("retries the same batch after publish failures and never skips an event", async () => {
@@ -254,12 +300,8 @@ describe("outbox relay (PostgreSQL, in-memory publisher)", () => {
     // Several more rounds: the uncovered ones stay.
     const rounds = r.stats.pruneRounds;
     await waitFor("two more prune rounds", () => r.stats.pruneRounds >= rounds + 2);
-    const left = await db.pool.query<{ sequence: string }>(
-      "SELECT sequence::text FROM outbox_events WHERE run_id = $1 ORDER BY sequence",
-      [runId],
-    );
     assert.deepEqual(
-      left.rows.map((x) => Number(x.sequence)),
+      (await committedEvents(db.pool, runId)).map((e) => e.sequence),
       [3, 4],
     );
     await r.stop();

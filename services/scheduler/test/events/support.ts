@@ -8,86 +8,76 @@ import { randomUUID } from "node:crypto";
 import { create, toBinary } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { jsonToValue } from "@nexusflow/common";
-import { LifecycleEventSchema, type LifecycleEvent, type SessionResponse } from "@nexusflow/gen";
+import {
+  LifecycleEventBatchSchema,
+  LifecycleEventSchema,
+  type LifecycleEvent,
+  type SessionResponse,
+} from "@nexusflow/gen";
 import { Kafka, logLevel, type Consumer } from "kafkajs";
 import type pg from "pg";
 import { decodeLifecycleEvent, headerStrings } from "../../src/events/decode.js";
 import type { EventPublisher, OutboxRecord } from "../../src/events/publisher.js";
-import { RawSession, waitFor } from "../support.js";
+import { RawSession, outboxEvents, waitFor, type OutboxEventRow } from "../support.js";
 
 // ----------------------------------------------------------------------------- outbox rows
 
-/** Inserts `count` outbox events of `runId` with sequences from `fromSequence`; returns their event ids. */
+/**
+ * Inserts `count` outbox events of `runId` with sequences from `fromSequence`, `perRow` events to a
+ * row (as one commit of the engine writes a run's events); returns their event ids.
+ */
 export async function insertEvents(
   pool: pg.Pool,
   runId: string,
   count: number,
   fromSequence = 1,
-  extra: { publishedAgoMs?: number; createdAgoMs?: number } = {},
+  extra: { publishedAgoMs?: number; createdAgoMs?: number; perRow?: number } = {},
 ): Promise<string[]> {
-  const rows = Array.from({ length: count }, (_, i) => {
+  const events = Array.from({ length: count }, (_, i) => {
     const sequence = fromSequence + i;
-    const eventId = randomUUID();
-    const payload = toBinary(
-      LifecycleEventSchema,
-      create(LifecycleEventSchema, {
-        eventId,
-        runId,
-        sequence: BigInt(sequence),
-        time: timestampFromDate(new Date()),
-        workflowName: "outbox-test",
-        workflowVersion: 1,
-        event:
-          sequence === 1
-            ? { case: "runStarted", value: { input: jsonToValue({ n: sequence }) } }
-            : { case: "taskStarted", value: { taskRunId: randomUUID(), stepId: `s${sequence}`, attempt: 1 } },
-      }),
-    );
-    return {
-      event_id: eventId,
-      sequence,
-      payload: Buffer.from(payload).toString("base64"),
-      type: sequence === 1 ? "runStarted" : "taskStarted",
-    };
+    return create(LifecycleEventSchema, {
+      eventId: randomUUID(),
+      runId,
+      sequence: BigInt(sequence),
+      time: timestampFromDate(new Date()),
+      workflowName: "outbox-test",
+      workflowVersion: 1,
+      event:
+        sequence === 1
+          ? { case: "runStarted", value: { input: jsonToValue({ n: sequence }) } }
+          : { case: "taskStarted", value: { taskRunId: randomUUID(), stepId: `s${sequence}`, attempt: 1 } },
+    });
   });
+  const perRow = extra.perRow ?? 1;
+  const rows = [];
+  for (let i = 0; i < events.length; i += perRow) {
+    const chunk = events.slice(i, i + perRow);
+    rows.push({
+      first_sequence: Number(chunk[0]?.sequence),
+      last_sequence: Number(chunk[chunk.length - 1]?.sequence),
+      payload: Buffer.from(
+        toBinary(LifecycleEventBatchSchema, create(LifecycleEventBatchSchema, { events: chunk })),
+      ).toString("base64"),
+    });
+  }
   await pool.query(
-    `INSERT INTO outbox_events (event_id, run_id, sequence, type, payload, created_at, published_at)
-     SELECT event_id, $2::uuid, sequence, type, decode(payload, 'base64'),
+    `INSERT INTO outbox_events (run_id, first_sequence, last_sequence, payload, created_at, published_at)
+     SELECT $2::uuid, first_sequence, last_sequence, decode(payload, 'base64'),
             now() - $3::double precision * interval '1 millisecond',
             CASE WHEN $4::double precision IS NULL THEN NULL ELSE now() - $4::double precision * interval '1 millisecond' END
-       FROM jsonb_to_recordset($1::jsonb) AS x(event_id uuid, sequence bigint, type text, payload text)
-      ORDER BY sequence`,
+       FROM jsonb_to_recordset($1::jsonb) AS x(first_sequence bigint, last_sequence bigint, payload text)
+      ORDER BY first_sequence`,
     [JSON.stringify(rows), runId, extra.createdAgoMs ?? 0, extra.publishedAgoMs ?? null],
   );
-  return rows.map((r) => r.event_id);
+  return events.map((e) => e.eventId);
 }
 
-/** One committed outbox row of a run, as the engine wrote it. */
-export interface CommittedEvent {
-  eventId: string;
-  sequence: number;
-  type: string;
-  published: boolean;
-}
+/** One committed outbox event of a run, as the engine wrote it. */
+export type CommittedEvent = OutboxEventRow;
 
-/** The outbox rows of `runId` in sequence order. */
+/** The outbox events of `runId` in sequence order, read from its rows' payloads. */
 export async function committedEvents(pool: pg.Pool, runId: string): Promise<CommittedEvent[]> {
-  const { rows } = await pool.query<{
-    event_id: string;
-    sequence: string | number;
-    type: string;
-    published: boolean;
-  }>(
-    `SELECT event_id, sequence, type, published_at IS NOT NULL AS published
-       FROM outbox_events WHERE run_id = $1 ORDER BY sequence`,
-    [runId],
-  );
-  return rows.map((r) => ({
-    eventId: r.event_id,
-    sequence: Number(r.sequence),
-    type: r.type,
-    published: r.published,
-  }));
+  return outboxEvents(pool, [runId]);
 }
 
 // ----------------------------------------------------------------------------- in-memory publisher

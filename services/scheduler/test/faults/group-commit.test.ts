@@ -56,9 +56,11 @@ describe("fault injection: group commit atomicity", () => {
       const deadline = Date.now() + 60_000;
       while (ahead === undefined && Date.now() < deadline) {
         const { rows } = await fx.tables.pool.query<{ id: string; seq: number; events: number }>(
-          `SELECT r.id, r.event_seq::int AS seq, count(e.id)::int AS events
+          `SELECT r.id, r.event_seq::int AS seq,
+                  coalesce(sum(e.last_sequence - e.first_sequence + 1), 0)::int AS events
              FROM workflow_runs r LEFT JOIN outbox_events e ON e.run_id = r.id
-            WHERE r.id = ANY($1::uuid[]) GROUP BY r.id HAVING r.event_seq > count(e.id)`,
+            WHERE r.id = ANY($1::uuid[]) GROUP BY r.id
+           HAVING r.event_seq > coalesce(sum(e.last_sequence - e.first_sequence + 1), 0)`,
           [runIds],
         );
         ahead = rows[0];

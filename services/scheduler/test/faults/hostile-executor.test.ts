@@ -95,7 +95,7 @@ describe("fault injection: hostile executor", () => {
       const { rows } = await tables.pool.query<{ seq: string; attempts: string; events: string }>(
         `SELECT r.event_seq::text AS seq,
                 (SELECT count(*) FROM task_attempts a WHERE a.run_id = r.id)::text AS attempts,
-                (SELECT count(*) FROM outbox_events e WHERE e.run_id = r.id)::text AS events
+                (SELECT coalesce(sum(e.last_sequence - e.first_sequence + 1), 0) FROM outbox_events e WHERE e.run_id = r.id)::text AS events
            FROM workflow_runs r WHERE r.id = $1`,
         [runId],
       );

@@ -6,10 +6,10 @@
  * 1..N without gaps or duplicates.
  */
 import assert from "node:assert/strict";
-import { fromBinary } from "@bufbuild/protobuf";
 import pg from "pg";
-import { LifecycleEventSchema, RunStatus } from "@nexusflow/gen";
+import { RunStatus } from "@nexusflow/gen";
 import { compileWorkflow, isRetryableError, type CompiledWorkflow } from "../../src/dag/index.js";
+import { outboxEvents } from "../support.js";
 
 /** Run statuses after which nothing changes. */
 export const TERMINAL_RUN_STATUSES: ReadonlySet<string> = new Set([
@@ -172,19 +172,14 @@ export async function checkInvariants(pool: pg.Pool, runIds: readonly string[]):
     });
   }
 
-  const eventRows = await pool.query<{ run_id: string; sequence: string; type: string; payload: Buffer }>(
-    `SELECT run_id, sequence::text, type, payload FROM outbox_events
-      WHERE run_id = ANY($1::uuid[]) ORDER BY outbox_events.run_id, outbox_events.sequence`,
-    [ids],
-  );
-  for (const e of eventRows.rows) {
-    const run = runs.get(e.run_id);
+  for (const e of await outboxEvents(pool, ids)) {
+    const run = runs.get(e.runId);
     if (run === undefined) continue;
-    const event = fromBinary(LifecycleEventSchema, e.payload).event;
+    const event = e.message.event;
     const taskRunId =
       event.case === "taskSucceeded" || event.case === "taskLeased" ? event.value.taskRunId : undefined;
     run.events.push({
-      sequence: Number(e.sequence),
+      sequence: e.sequence,
       type: e.type,
       taskRunId,
       runStatus: event.case === "runCompleted" ? event.value.status : undefined,

@@ -7,7 +7,7 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import { describe, it } from "node:test";
 import { RunStatus, TaskKind, TaskStatus, type Run } from "@nexusflow/gen";
-import { waitFor, waitForRun, workflowClient } from "../support.js";
+import { outboxEvents, waitFor, waitForRun, workflowClient } from "../support.js";
 import { describeRun, registerSpec, type WorkflowClient } from "../e2e/harness.js";
 import { startExecutorProcess, startSchedulerProcess, type ServiceProcess } from "../e2e/processes.js";
 
@@ -286,11 +286,16 @@ describe("fault injection with real processes", () => {
           `SELECT t.run_id, t.next_attempt_at AS due
              FROM task_runs t JOIN workflow_runs r ON r.id = t.run_id
             WHERE t.run_id = ANY($1::uuid[]) AND t.status = 'RETRY_WAIT' AND t.next_attempt_at IS NOT NULL
-              AND r.event_seq <= (SELECT count(*) FROM outbox_events e WHERE e.run_id = r.id)
-              AND EXISTS (SELECT 1 FROM outbox_events e WHERE e.run_id = r.id AND e.type = 'taskRetryScheduled')`,
+              AND r.event_seq <= (SELECT coalesce(sum(e.last_sequence - e.first_sequence + 1), 0)
+                                    FROM outbox_events e WHERE e.run_id = r.id)`,
           [[overdue, pending]],
         );
-        const due = new Map(rows.map((r) => [r.run_id, r.due]));
+        const retrying = new Set(
+          (await outboxEvents(fx.tables.pool, [overdue, pending]))
+            .filter((e) => e.type === "taskRetryScheduled")
+            .map((e) => e.runId),
+        );
+        const due = new Map(rows.filter((r) => retrying.has(r.run_id)).map((r) => [r.run_id, r.due]));
         return due.size === 2 ? due : undefined;
       };
       const due = await waitFor("both first attempts to fail and wait for their retry", waiting, 20_000);

@@ -1,10 +1,14 @@
 import assert from "node:assert/strict";
+import { randomUUID } from "node:crypto";
 import { chmod, mkdtemp, rm, stat } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
+import { create, toBinary } from "@bufbuild/protobuf";
 import pg from "pg";
 import { createLogger } from "@nexusflow/common";
+import { LifecycleEventSchema, type LifecycleEvent } from "@nexusflow/gen";
+import { splitEventBatch } from "../../src/engine/events.js";
 import { openDatabase, type Database } from "../../src/persistence/database.js";
 import { startEmbeddedPostgres, type EmbeddedDatabase } from "../../src/persistence/embedded-postgres.js";
 import { migrationsList } from "../../src/persistence/migrations/index.js";
@@ -96,6 +100,69 @@ describe("embedded PostgreSQL with migrations", () => {
         "workflow_runs",
       ],
     );
+  });
+
+  it("turns one-event outbox rows into batches of one when upgrading to one row per run and commit", async () => {
+    // The schema before Migration20261126020000OutboxRunBatches, in a database of its own.
+    await db.pool.query("CREATE DATABASE nf_outbox_upgrade");
+    const url = new URL(server.url);
+    url.pathname = "/nf_outbox_upgrade";
+    const client = new pg.Client({ connectionString: url.toString() });
+    await client.connect();
+    try {
+      const driver = db.orm.em.getDriver();
+      const sql = (m: (typeof migrationsList)[number]): string[] => {
+        const migration = new m.class(driver, db.orm.config);
+        migration.up();
+        return migration.getQueries().map(String);
+      };
+      const [initial, hot, batches] = migrationsList.slice(0, 3) as [
+        (typeof migrationsList)[number],
+        (typeof migrationsList)[number],
+        (typeof migrationsList)[number],
+      ];
+      assert.equal(batches.name, "Migration20261126020000OutboxRunBatches");
+      for (const q of [...sql(initial), ...sql(hot)]) await client.query(q);
+      // Events of 100, 300 and 20,000 bytes: length prefixes of one, two and three bytes.
+      const runId = randomUUID();
+      const events = [100, 300, 20_000].map((size, i) =>
+        create(LifecycleEventSchema, {
+          eventId: randomUUID(),
+          runId,
+          sequence: BigInt(i + 1),
+          workflowName: "w".repeat(size),
+          event: { case: "runCompleted", value: {} },
+        }),
+      );
+      for (const e of events)
+        await client.query(
+          `INSERT INTO outbox_events (event_id, run_id, sequence, type, payload) VALUES ($1, $2, $3, 'runCompleted', $4)`,
+          [e.eventId, runId, Number(e.sequence), Buffer.from(toBinary(LifecycleEventSchema, e))],
+        );
+      for (const q of sql(batches)) await client.query(q);
+      const { rows } = await client.query<{ first_sequence: number; last_sequence: number; payload: Buffer }>(
+        "SELECT first_sequence, last_sequence, payload FROM outbox_events ORDER BY id",
+      );
+      assert.deepEqual(
+        rows.map((r) => [r.first_sequence, r.last_sequence]),
+        [
+          [1, 1],
+          [2, 2],
+          [3, 3],
+        ],
+      );
+      for (const [i, r] of rows.entries()) {
+        const [alone, ...rest] = splitEventBatch(r.payload);
+        assert.equal(rest.length, 0);
+        assert.deepEqual(
+          Buffer.from(alone as Uint8Array),
+          Buffer.from(toBinary(LifecycleEventSchema, events[i] as LifecycleEvent)),
+        );
+      }
+    } finally {
+      await client.end();
+      await db.pool.query("DROP DATABASE nf_outbox_upgrade");
+    }
   });
 
   it("enforces immutability keys and keeps the ORM schema in sync with the migrations", async () => {

@@ -1,9 +1,11 @@
 /** Every migration, in order. Listed explicitly so they load the same under tsx and in bundles. */
 import { Migration20261126000000Initial } from "./Migration20261126000000Initial.js";
 import { Migration20261126010000HotUpdates } from "./Migration20261126010000HotUpdates.js";
+import { Migration20261126020000OutboxRunBatches } from "./Migration20261126020000OutboxRunBatches.js";
 
 /** The migrations MikroORM applies at start-up. */
 export const migrationsList = [
   { name: "Migration20261126000000Initial", class: Migration20261126000000Initial },
   { name: "Migration20261126010000HotUpdates", class: Migration20261126010000HotUpdates },
+  { name: "Migration20261126020000OutboxRunBatches", class: Migration20261126020000OutboxRunBatches },
 ];
