@@ -1,0 +1,178 @@
+/**
+ * The group-commit writer against a real PostgreSQL: a large batch commits as two transactions by
+ * run, in parallel, and when one of them fails only that half is retried (the other half's rows,
+ * events included, are never written twice).
+ */
+import assert from "node:assert/strict";
+import { randomUUID } from "node:crypto";
+import { after, before, describe, it } from "node:test";
+import type { CompiledWorkflow } from "../src/dag/index.js";
+import { lifecycleEvent } from "../src/engine/events.js";
+import type { RunState, TaskState } from "../src/engine/model.js";
+import { BatchWriter } from "../src/persistence/batch-writer.js";
+import { openDatabase, type Database } from "../src/persistence/database.js";
+import { outboxEvents, startTestDatabase, testLogger, waitFor } from "./support.js";
+
+describe("batch writer (PostgreSQL)", () => {
+  let server: Awaited<ReturnType<typeof startTestDatabase>>;
+  let db: Database;
+  let definitionId: number;
+
+  before(async () => {
+    server = await startTestDatabase();
+    db = await openDatabase({ url: server.url, log: testLogger("db") });
+    const { rows } = await db.pool.query<{ id: number }>(
+      `INSERT INTO workflow_definitions (name, version, spec, content_hash) VALUES ('writer', 1, '{}', 'h') RETURNING id`,
+    );
+    definitionId = Number(rows[0]?.id);
+  });
+  after(async () => {
+    await db?.close();
+    await server?.close();
+  });
+
+  /** A new run with one queued task and its runStarted event, marked on `writer`. */
+  const markRun = (writer: BatchWriter, name: string | ((runId: string) => string)): RunState => {
+    const now = new Date();
+    const id = randomUUID();
+    const run: RunState = {
+      id,
+      definitionId,
+      workflow: { name: typeof name === "string" ? name : name(id), version: 1 } as CompiledWorkflow,
+      status: "RUNNING",
+      input: { n: 1 },
+      output: null,
+      error: null,
+      idempotencyKey: null,
+      labels: {},
+      cancelRequested: false,
+      compensateOnCancel: false,
+      eventSeq: 0,
+      deadline: null,
+      createdAt: now,
+      endedAt: null,
+      tasks: new Map(),
+      compensations: new Map(),
+      compensationWaves: null,
+      rollbackError: null,
+    };
+    const task: TaskState = {
+      id: randomUUID(),
+      runId: run.id,
+      stepId: "only",
+      kind: "STEP",
+      type: "noop",
+      position: 0,
+      status: "QUEUED",
+      input: null,
+      output: null,
+      outputRef: null,
+      error: null,
+      skipReason: null,
+      attempt: 0,
+      fencingToken: 0,
+      failures: 0,
+      executorId: null,
+      sessionId: null,
+      leaseExpiresAt: null,
+      nextAttemptAt: null,
+      queuedAt: now,
+      createdAt: now,
+      endedAt: null,
+      current: null,
+      lastHeartbeat: 0,
+    };
+    run.tasks.set(task.stepId, task);
+    writer.markRun(run);
+    writer.markTask(task);
+    writer.addEvent(lifecycleEvent(run, { case: "runStarted", value: {} }));
+    return run;
+  };
+
+  const counts = async (runIds: string[]) => {
+    const { rows } = await db.pool.query<{ runs: number; tasks: number; outbox: number }>(
+      `SELECT (SELECT count(*) FROM workflow_runs WHERE id = ANY($1::uuid[]))::int AS runs,
+              (SELECT count(*) FROM task_runs WHERE run_id = ANY($1::uuid[]))::int AS tasks,
+              (SELECT count(*) FROM outbox_events WHERE run_id = ANY($1::uuid[]))::int AS outbox`,
+      [runIds],
+    );
+    return rows[0];
+  };
+
+  it("commits a large batch as two transactions split by run, each run whole", async () => {
+    const writer = new BatchWriter({ pool: db.writerPool, log: testLogger("writer") });
+    const small = markRun(writer, "writer");
+    await writer.flush();
+    assert.equal(writer.stats.commits, 1, "a small batch is one statement");
+    const runs = Array.from({ length: 300 }, () => markRun(writer, "writer"));
+    await writer.flush();
+    assert.equal(writer.stats.commits, 3);
+    const ids = runs.map((r) => r.id);
+    assert.deepEqual(await counts(ids), { runs: 300, tasks: 300, outbox: 300 });
+    assert.deepEqual(
+      (await outboxEvents(db.pool, [small.id, ...ids.slice(0, 3)])).map((e) => [e.sequence, e.type]),
+      Array.from({ length: 4 }, () => [1, "runStarted"]),
+    );
+    await writer.close();
+  });
+
+  it("retries only the half that failed; the half that committed is not written again", async () => {
+    // Inserting a run named 'flaky' fails while the switch is on: a transient fault in one half.
+    await db.pool.query(`CREATE TABLE writer_fault (failing boolean NOT NULL)`);
+    await db.pool.query(`INSERT INTO writer_fault VALUES (true)`);
+    await db.pool.query(`CREATE FUNCTION writer_fault() RETURNS trigger LANGUAGE plpgsql AS $$
+      BEGIN
+        IF NEW.workflow_name = 'flaky' AND (SELECT failing FROM writer_fault) THEN
+          RAISE EXCEPTION 'injected fault';
+        END IF;
+        RETURN NEW;
+      END $$`);
+    await db.pool.query(
+      `CREATE TRIGGER writer_fault BEFORE INSERT ON workflow_runs FOR EACH ROW EXECUTE FUNCTION writer_fault()`,
+    );
+    const writer = new BatchWriter({
+      pool: db.writerPool,
+      log: testLogger("writer"),
+      retryInitialMs: 20,
+      retryMaxMs: 20,
+    });
+    try {
+      // Runs whose id ends in an odd hex digit go to one half: those are the flaky ones.
+      const odd = (id: string) => (id.charCodeAt(id.length - 1) & 1) === 1;
+      const runs = Array.from({ length: 300 }, () => markRun(writer, (id) => (odd(id) ? "flaky" : "writer")));
+      const steady = runs.filter((r) => !odd(r.id)).map((r) => r.id);
+      const flaky = runs.filter((r) => odd(r.id)).map((r) => r.id);
+      assert.ok(steady.length > 0 && flaky.length > 0);
+      let flushed = false;
+      const done = writer.flush().then(() => (flushed = true));
+      await waitFor("a failed commit", () => writer.stats.failedCommits >= 2);
+      // One half is durable, events included; the other is not, and nobody was told otherwise.
+      assert.deepEqual(await counts(steady), {
+        runs: steady.length,
+        tasks: steady.length,
+        outbox: steady.length,
+      });
+      assert.deepEqual(await counts(flaky), { runs: 0, tasks: 0, outbox: 0 });
+      assert.equal(flushed, false);
+      assert.equal(writer.isHealthy, false);
+      await db.pool.query(`UPDATE writer_fault SET failing = false`);
+      await done;
+      assert.equal(writer.isHealthy, true);
+      assert.deepEqual(await counts(flaky), {
+        runs: flaky.length,
+        tasks: flaky.length,
+        outbox: flaky.length,
+      });
+      assert.deepEqual(await counts(steady), {
+        runs: steady.length,
+        tasks: steady.length,
+        outbox: steady.length,
+      });
+    } finally {
+      await writer.close();
+      await db.pool.query(`DROP TRIGGER writer_fault ON workflow_runs`);
+      await db.pool.query(`DROP FUNCTION writer_fault()`);
+      await db.pool.query(`DROP TABLE writer_fault`);
+    }
+  });
+});
