@@ -4,11 +4,12 @@
  * Usage (by the bench only): node --import tsx bench/sessions-child.ts <databaseUrl>
  */
 import { createLogger } from "@nexusflow/common";
-import { Scheduler } from "@nexusflow/scheduler";
+import { Scheduler, tuneRuntime } from "@nexusflow/scheduler";
 
 /** A message from the bench. */
 type Command = { type: "sample" } | { type: "stop" };
 
+tuneRuntime();
 const url = process.argv[2];
 if (url === undefined || process.send === undefined) {
   process.stderr.write("sessions-child: run by the bench with an IPC channel and a database URL\n");

@@ -4,6 +4,7 @@ import { readFileSync } from "node:fs";
 import { arch, cpus, release, totalmem, type as osType } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
+import { RUNTIME_V8_FLAGS } from "@nexusflow/scheduler";
 
 /** The repository root (bench/ is one level down). */
 export const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
@@ -39,6 +40,8 @@ export function describeMachine(): Record<string, unknown> {
     node: process.version,
     // Node/V8 flags of the bench process (which hosts the scheduler and the peers' workers).
     nodeFlags: process.execArgv.filter((a) => a.startsWith("--") && a !== "--require" && a !== "--import"),
+    // Set at start-up by the scheduler's tuneRuntime(), as in its own process.
+    v8Flags: RUNTIME_V8_FLAGS,
     versions: {
       "@nexusflow/scheduler": packageVersion("services/scheduler"),
       "@nexusflow/executor": packageVersion("services/executor"),

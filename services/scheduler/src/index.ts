@@ -2,3 +2,4 @@
 export { Scheduler, PortInUseError, type SchedulerOptions, type SchedulerState } from "./scheduler.js";
 export { startEmbeddedPostgres, type EmbeddedDatabase } from "./persistence/embedded-postgres.js";
 export { compileWorkflow } from "./dag/index.js";
+export { RUNTIME_V8_FLAGS, tuneRuntime } from "./runtime.js";

@@ -8,6 +8,9 @@ import {
 } from "@nexusflow/common";
 import { type ArtifactStore, createArtifactStore, isArtifactError } from "@nexusflow/common/artifacts";
 import { PortInUseError, Scheduler } from "./scheduler.js";
+import { tuneRuntime } from "./runtime.js";
+
+tuneRuntime();
 
 let config;
 try {
