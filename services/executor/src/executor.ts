@@ -689,13 +689,16 @@ export class Executor {
   }
 
   #startTask(lease: Lease & { key: LeaseKey }): void {
-    const logger = this.#logger.child({
-      runId: lease.runId,
-      stepId: lease.stepId,
-      taskRunId: lease.key.taskRunId,
-      attempt: lease.key.attempt,
-      taskType: lease.taskType,
-    });
+    // Built on first use: most attempts log nothing at the configured level.
+    let child: Logger | undefined;
+    const logger = (): Logger =>
+      (child ??= this.#logger.child({
+        runId: lease.runId,
+        stepId: lease.stepId,
+        taskRunId: lease.key.taskRunId,
+        attempt: lease.key.attempt,
+        taskType: lease.taskType,
+      }));
     const attempt = new TaskAttempt(lease, {
       logSink: this.#options.logSink,
       logger,
@@ -716,12 +719,13 @@ export class Executor {
       },
     });
     this.#reportStarted(attempt);
-    logger.debug({ workflow: lease.workflowName }, "task started");
+    if (this.#logger.isLevelEnabled("debug"))
+      logger().debug({ workflow: lease.workflowName }, "task started");
     const done = attempt
       .run(this.#handlerFor(lease.taskType))
       .then((outcome) => this.#onTaskDone(attempt, outcome))
       .catch((e: unknown) => {
-        logger.error({ err: e }, "failed to report a finished task");
+        logger().error({ err: e }, "failed to report a finished task");
         this.#tasks.delete(attempt.id);
         this.#notify();
       });

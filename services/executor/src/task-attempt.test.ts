@@ -22,9 +22,10 @@ function attempt(
     input: fromJson(ValueSchema, { n: 1 }),
     ...init,
   }) as Lease & { key: LeaseKey };
+  const silent = createLogger("test", "silent");
   return new TaskAttempt(lease, {
     logSink: new MemoryLogSink(),
-    logger: createLogger("test", "silent"),
+    logger: () => silent,
     maxPayloadBytes: 100,
     sendHeartbeat: (_key, progress: JsonValue | undefined) => heartbeats.push(progress),
   });

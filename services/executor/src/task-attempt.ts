@@ -40,8 +40,11 @@ type Settled =
 /** What an attempt needs from the executor. */
 export interface TaskAttemptDeps {
   readonly logSink: LogSink;
-  /** Logger already bound to the task's identity. */
-  readonly logger: Logger;
+  /**
+   * The task's logger, bound to its identity; called only when something is logged (a child
+   * logger costs more to build than a no-op task takes to run).
+   */
+  readonly logger: () => Logger;
   /** Largest JSON output, progress or error details, in bytes. */
   readonly maxPayloadBytes: number;
   /** Where `ctx.artifacts` stores files; undefined when the executor has no store. */
@@ -166,7 +169,7 @@ export class TaskAttempt {
     try {
       logs = await log.close();
     } catch (e) {
-      this.#deps.logger.warn({ err: e }, "could not store the task's log; reporting without it");
+      this.#deps.logger().warn({ err: e }, "could not store the task's log; reporting without it");
     }
     return { ...settled, logs };
   }
@@ -199,7 +202,7 @@ export class TaskAttempt {
     try {
       return { ...failure, details: toJsonPayload(failure.details, this.#deps.maxPayloadBytes) };
     } catch (e) {
-      this.#deps.logger.warn({ err: e }, "dropped the details of a task failure: they cannot be sent");
+      this.#deps.logger().warn({ err: e }, "dropped the details of a task failure: they cannot be sent");
       const rest: TaskFailure = {
         type: failure.type,
         message: failure.message,
@@ -250,10 +253,9 @@ export class TaskAttempt {
       } catch (e) {
         if (!this.#progressWarned) {
           this.#progressWarned = true;
-          this.#deps.logger.warn(
-            { err: e },
-            "heartbeat progress cannot be sent; sending heartbeats without it",
-          );
+          this.#deps
+            .logger()
+            .warn({ err: e }, "heartbeat progress cannot be sent; sending heartbeats without it");
         }
       }
     }

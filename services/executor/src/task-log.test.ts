@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
+import type { Logger } from "@nexusflow/common";
 import { MemoryLogSink } from "./log-sink.js";
 import { MAX_LINE_CHARS, createTaskLog } from "./task-log.js";
 
@@ -47,5 +48,24 @@ describe("createTaskLog", () => {
     for (let i = 0; i < 105; i++) log.warn(`line ${i}`);
     assert.equal(sink.get("t", 2)?.lines.length, 100);
     assert.equal(sink.get("t", 2)?.dropped, 5);
+  });
+
+  it("mirrors log lines to the executor's logger at debug, asking for it only when a line is written", () => {
+    const sink = new MemoryLogSink({ maxLinesPerAttempt: 100 });
+    const seen: unknown[] = [];
+    let asked = 0;
+    const mirror = (): Logger => {
+      asked++;
+      return { debug: (fields: unknown, text: string) => seen.push([fields, text]) } as unknown as Logger;
+    };
+    const log = createTaskLog(
+      sink.open({ runId: "r", stepId: "s", taskRunId: "t", attempt: 1, taskType: "x" }),
+      1,
+      mirror,
+    );
+    assert.equal(asked, 0, "no logger is built for an attempt that logs nothing");
+    log.info("charged", { amount: 3 });
+    assert.equal(asked, 1);
+    assert.deepEqual(seen, [[{ amount: 3, taskLevel: "info" }, "charged"]]);
   });
 });

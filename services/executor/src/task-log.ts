@@ -17,7 +17,7 @@ export interface AttemptTaskLog extends TaskLog {
 }
 
 /** Creates the `ctx.log` of one attempt over `sink`. */
-export function createTaskLog(sink: AttemptLog, attempt: number, mirror?: Logger): AttemptTaskLog {
+export function createTaskLog(sink: AttemptLog, attempt: number, mirror?: () => Logger): AttemptTaskLog {
   let ended = false;
   const partial = { stdout: "", stderr: "" };
   const emit = (record: LogRecord): void => {
@@ -25,7 +25,7 @@ export function createTaskLog(sink: AttemptLog, attempt: number, mirror?: Logger
       sink.append(record);
     } catch (e) {
       // A broken sink must not fail the task; the mirror still has the line.
-      mirror?.warn({ err: e }, "task log sink failed");
+      mirror?.().warn({ err: e }, "task log sink failed");
     }
   };
   const line =
@@ -38,7 +38,7 @@ export function createTaskLog(sink: AttemptLog, attempt: number, mirror?: Logger
           ? { time: new Date(), stream: "log", level, text, attempt }
           : { time: new Date(), stream: "log", level, text, fields, attempt },
       );
-      mirror?.debug({ ...fields, taskLevel: level }, text);
+      mirror?.().debug({ ...fields, taskLevel: level }, text);
     };
   const pushLines = (stream: "stdout" | "stderr", text: string): void => {
     // An empty line is still a line; only over-long ones are cut.
