@@ -8,7 +8,7 @@
  * parameter buffers, the StartRun handler's and the batch writer's objects), and mark-compact
  * pauses of 10-35 ms followed every 5-15 s. Without pretenuring the old generation grows by about
  * a third of that, and in the benchmark's open loop (bench/README.md, fifth round) the median p99
- * of repeated 1,000/s phases went from ~33 to ~21 ms in interleaved runs of the same code.
+ * of repeated 1,000/s phases went from ~34 to ~21 ms in interleaved runs of the same code.
  */
 import { setFlagsFromString } from "node:v8";
 
