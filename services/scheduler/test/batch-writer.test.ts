@@ -8,7 +8,7 @@ import { randomUUID } from "node:crypto";
 import { after, before, describe, it } from "node:test";
 import type { CompiledWorkflow } from "../src/dag/index.js";
 import { lifecycleEvent } from "../src/engine/events.js";
-import type { RunState, TaskState } from "../src/engine/model.js";
+import { newRunState, newTaskState, type RunState } from "../src/engine/model.js";
 import { BatchWriter } from "../src/persistence/batch-writer.js";
 import { openDatabase, type Database } from "../src/persistence/database.js";
 import { outboxEvents, startTestDatabase, testLogger, waitFor } from "./support.js";
@@ -35,53 +35,22 @@ describe("batch writer (PostgreSQL)", () => {
   const markRun = (writer: BatchWriter, name: string | ((runId: string) => string)): RunState => {
     const now = new Date();
     const id = randomUUID();
-    const run: RunState = {
+    const run = newRunState({
       id,
       definitionId,
-      workflow: { name: typeof name === "string" ? name : name(id), version: 1 } as CompiledWorkflow,
-      status: "RUNNING",
+      workflow: {
+        name: typeof name === "string" ? name : name(id),
+        version: 1,
+        timeoutMs: null,
+      } as CompiledWorkflow,
       input: { n: 1 },
-      output: null,
-      error: null,
       idempotencyKey: null,
       labels: {},
-      cancelRequested: false,
-      compensateOnCancel: false,
-      eventSeq: 0,
-      deadline: null,
-      createdAt: now,
-      endedAt: null,
-      tasks: new Map(),
-      compensations: new Map(),
-      compensationWaves: null,
-      rollbackError: null,
-    };
-    const task: TaskState = {
-      id: randomUUID(),
-      runId: run.id,
-      stepId: "only",
-      kind: "STEP",
-      type: "noop",
-      position: 0,
-      status: "QUEUED",
-      input: null,
-      output: null,
-      outputRef: null,
-      error: null,
-      skipReason: null,
-      attempt: 0,
-      fencingToken: 0,
-      failures: 0,
-      executorId: null,
-      sessionId: null,
-      leaseExpiresAt: null,
-      nextAttemptAt: null,
-      queuedAt: now,
-      createdAt: now,
-      endedAt: null,
-      current: null,
-      lastHeartbeat: 0,
-    };
+      now,
+    });
+    const task = newTaskState(run.id, "only", "STEP", "noop", 0, now);
+    task.status = "QUEUED";
+    task.queuedAt = now;
     run.tasks.set(task.stepId, task);
     writer.markRun(run);
     writer.markTask(task);

@@ -3,7 +3,6 @@
  * into task state, hands leases to executor sessions, judges their reports by fencing token, and
  * persists every change through the group-commit writer before anyone outside acts on it.
  */
-import { randomUUID } from "node:crypto";
 import { create } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { ApiError, Code, UnavailableError, errorToProto, jsonToValue, type Logger } from "@nexusflow/common";
@@ -26,6 +25,8 @@ import { lifecycleEvent, type EventInit } from "./events.js";
 import {
   TERMINAL_RUN_STATUSES,
   TERMINAL_TASK_STATUSES,
+  newRunState,
+  newTaskState,
   type AttemptState,
   type ErrorInfo,
   type RunState,
@@ -447,29 +448,16 @@ export class Engine {
       );
     }
     const now = new Date();
-    const run: RunState = {
-      id: randomUUID(),
+    const run = newRunState({
       definitionId: def.id,
       workflow: def.workflow,
-      status: "RUNNING",
       input: req.input ?? null,
-      output: null,
-      error: null,
       idempotencyKey: req.idempotencyKey === "" ? null : req.idempotencyKey,
       labels: req.labels,
-      cancelRequested: false,
-      compensateOnCancel: false,
-      eventSeq: 0,
-      deadline: def.workflow.timeoutMs === null ? null : new Date(now.getTime() + def.workflow.timeoutMs),
-      createdAt: now,
-      endedAt: null,
-      tasks: new Map(),
-      compensations: new Map(),
-      compensationWaves: null,
-      rollbackError: null,
-    };
+      now,
+    });
     for (const step of def.workflow.steps) {
-      const task = this.newTask(run, step.id, "STEP", step.type, step.order, now);
+      const task = this.track(newTaskState(run.id, step.id, "STEP", step.type, step.order, now));
       run.tasks.set(step.id, task);
     }
     this.runs.set(run.id, run);
@@ -485,40 +473,8 @@ export class Engine {
     return { runId: run.id, created: true };
   }
 
-  private newTask(
-    run: RunState,
-    stepId: string,
-    kind: TaskState["kind"],
-    type: string,
-    position: number,
-    now: Date,
-  ): TaskState {
-    const task: TaskState = {
-      id: randomUUID(),
-      runId: run.id,
-      stepId,
-      kind,
-      type,
-      position,
-      status: "PENDING",
-      input: null,
-      output: null,
-      outputRef: null,
-      error: null,
-      skipReason: null,
-      attempt: 0,
-      fencingToken: 0,
-      failures: 0,
-      executorId: null,
-      sessionId: null,
-      leaseExpiresAt: null,
-      nextAttemptAt: null,
-      queuedAt: null,
-      createdAt: now,
-      endedAt: null,
-      current: null,
-      lastHeartbeat: 0,
-    };
+  /** Registers a new task run and marks it for the next commit. */
+  private track(task: TaskState): TaskState {
     this.tasks.set(task.id, task);
     this.writer.markTask(task);
     return task;
@@ -584,7 +540,7 @@ export class Engine {
         if (step?.compensate == null || run.compensations.has(stepId)) continue;
         run.compensations.set(
           stepId,
-          this.newTask(run, stepId, "COMPENSATION", step.compensate.type, step.order, now),
+          this.track(newTaskState(run.id, stepId, "COMPENSATION", step.compensate.type, step.order, now)),
         );
       }
     }

@@ -3,6 +3,7 @@
  * change is written by the batch writer before anyone outside the scheduler acts on it, and
  * recovery rebuilds it from the tables alone.
  */
+import { randomUUID } from "node:crypto";
 import type { CompiledWorkflow } from "../dag/index.js";
 
 /** Run states as stored (the names of the proto enum without prefix). */
@@ -136,4 +137,75 @@ export interface RunState {
   compensationWaves: string[][] | null;
   /** Why the run rolls back; becomes the run's error. */
   rollbackError: ErrorInfo | null;
+}
+
+/** A new task run of `runId`, PENDING, with no attempt yet. */
+export function newTaskState(
+  runId: string,
+  stepId: string,
+  kind: TaskState["kind"],
+  type: string,
+  position: number,
+  now: Date,
+): TaskState {
+  return {
+    id: randomUUID(),
+    runId,
+    stepId,
+    kind,
+    type,
+    position,
+    status: "PENDING",
+    input: null,
+    output: null,
+    outputRef: null,
+    error: null,
+    skipReason: null,
+    attempt: 0,
+    fencingToken: 0,
+    failures: 0,
+    executorId: null,
+    sessionId: null,
+    leaseExpiresAt: null,
+    nextAttemptAt: null,
+    queuedAt: null,
+    createdAt: now,
+    endedAt: null,
+    current: null,
+    lastHeartbeat: 0,
+  };
+}
+
+/** A new RUNNING run, with no tasks yet and no event numbered. */
+export function newRunState(init: {
+  id?: string;
+  definitionId: number;
+  workflow: CompiledWorkflow;
+  input: unknown;
+  idempotencyKey: string | null;
+  labels: Record<string, string>;
+  now: Date;
+}): RunState {
+  const { now, workflow } = init;
+  return {
+    id: init.id ?? randomUUID(),
+    definitionId: init.definitionId,
+    workflow,
+    status: "RUNNING",
+    input: init.input,
+    output: null,
+    error: null,
+    idempotencyKey: init.idempotencyKey,
+    labels: init.labels,
+    cancelRequested: false,
+    compensateOnCancel: false,
+    eventSeq: 0,
+    deadline: workflow.timeoutMs === null ? null : new Date(now.getTime() + workflow.timeoutMs),
+    createdAt: now,
+    endedAt: null,
+    tasks: new Map(),
+    compensations: new Map(),
+    compensationWaves: null,
+    rollbackError: null,
+  };
 }
