@@ -296,7 +296,10 @@ export class BatchWriter {
   private soonTimer: NodeJS.Timeout | undefined;
   private readonly retryInitialMs: number;
   private readonly retryMaxMs: number;
-  /** Statistics, for the benchmark and metrics; `rows` counts rows written (an outbox row holds a run's events of one commit). */
+  /**
+   * Statistics, for the benchmark and metrics. `rows` counts rows written (an outbox row holds a
+   * run's events of one commit); `commits` counts statements (a split batch is two).
+   */
   readonly stats = { commits: 0, failedCommits: 0, rows: 0 };
 
   constructor(private readonly options: BatchWriterOptions) {
