@@ -23,3 +23,28 @@ export function errorToProto<
     ...(error.details === undefined ? {} : { details: jsonToValue(error.details) }),
   };
 }
+
+/**
+ * Where `value` holds a string with a NUL character (U+0000), as a path from `path` ("input.a[2]"),
+ * or undefined. PostgreSQL stores neither text nor jsonb with NUL in it: such a value is refused
+ * where it enters (an API field, an executor's report), never accepted and then failing to commit.
+ */
+export function nulCharacterPath(value: unknown, path: string): string | undefined {
+  if (typeof value === "string") return value.includes("\u0000") ? path : undefined;
+  if (Array.isArray(value)) {
+    for (const [i, item] of value.entries()) {
+      const found = nulCharacterPath(item, `${path}[${i}]`);
+      if (found !== undefined) return found;
+    }
+    return undefined;
+  }
+  if (value !== null && typeof value === "object") {
+    for (const [key, item] of Object.entries(value)) {
+      const at = `${path}.${key}`;
+      if (key.includes("\u0000")) return at;
+      const found = nulCharacterPath(item, at);
+      if (found !== undefined) return found;
+    }
+  }
+  return undefined;
+}

@@ -7,7 +7,7 @@
  */
 import type { JsonValue } from "@bufbuild/protobuf";
 import { timestampDate } from "@bufbuild/protobuf/wkt";
-import type { Logger } from "@nexusflow/common";
+import { nulCharacterPath, type Logger } from "@nexusflow/common";
 import type { ArtifactStore } from "@nexusflow/common/artifacts";
 import { type ArtifactRef, type Lease, type LeaseKey, type LogRef, TaskKind } from "@nexusflow/gen";
 import {
@@ -177,6 +177,13 @@ export class TaskAttempt {
   async #invoke(handler: TaskHandler, ctx: TaskContext, identity: ArtifactIdentity): Promise<Settled> {
     try {
       const output: unknown = await handler(fromValue(this.lease.input), ctx);
+      // PostgreSQL stores no text with U+0000 in it; the scheduler would refuse the report.
+      const nul = nulCharacterPath(output, "output");
+      if (nul !== undefined)
+        throw TaskError.terminal(
+          "INVALID_OUTPUT",
+          `the handler's output holds a NUL character (U+0000) at ${nul}, which cannot be stored`,
+        );
       try {
         const settled = await settleOutput(output, identity, this.#deps.maxPayloadBytes, this.#deps.offload);
         return settled.outputRef === undefined

@@ -199,6 +199,35 @@ describe("executor session protocol", () => {
     assert.equal(done.error?.type, "BOOM");
   });
 
+  it("refuses a result PostgreSQL cannot store (U+0000) naming the field, and keeps a failure's text readable", async () => {
+    const s = await attached("raw-nul");
+    const { run, lease } = await startAndLease(s, 3);
+    s.send({ case: "completed", value: { key: lease.key, output: jsonToValue({ y: ["ok", "a\u0000"] }) } });
+    const rejected = await s.next("rejected");
+    assert.equal(rejected.code, "INVALID_ARGUMENT");
+    assert.match(rejected.message, /completed\.output\.y\[1\]/);
+    // Still leased, nothing stored; a failure whose message holds one is kept with U+FFFD instead.
+    const { run: mid } = await client.getRun({ runId: run.id });
+    assert.equal(mid?.status, RunStatus.RUNNING);
+    s.send({
+      case: "failed",
+      value: {
+        key: lease.key,
+        error: {
+          type: "EXIT_1",
+          message: "stderr: \u0000 bytes",
+          retryable: false,
+          details: jsonToValue({ ["k\u0000"]: "v\u0000" }),
+        },
+      },
+    });
+    const done = await waitForRun(client, run.id);
+    assert.equal(done.status, RunStatus.FAILED);
+    const error = done.tasks[0]?.error;
+    assert.equal(error?.message, "stderr: \ufffd bytes");
+    assert.deepEqual(valueToJson(error?.details), { ["k\ufffd"]: "v\ufffd" });
+  });
+
   it("refuses a session whose first message is not attach", async () => {
     const s = open();
     s.send({ case: "credit", value: { n: 1 } });

@@ -6,7 +6,7 @@
 import { randomUUID } from "node:crypto";
 import { create, toJson } from "@bufbuild/protobuf";
 import * as grpc from "@grpc/grpc-js";
-import { valueToJson, type Logger } from "@nexusflow/common";
+import { nulCharacterPath, valueToJson, type Logger } from "@nexusflow/common";
 import {
   ArtifactRefSchema,
   LogRefSchema,
@@ -21,6 +21,30 @@ import type { SessionHandle } from "../engine/dispatcher.js";
 const TYPE_NAME = /^[a-z][a-z0-9._-]{0,62}$/;
 
 /** The ExecutorService implementation for grpc-js. */
+/**
+ * A report field holding U+0000, which PostgreSQL cannot store, as a rejection naming it
+ * (`completed.output.a[1]`); null when every field can be stored.
+ */
+function unstorable(fields: Record<string, unknown>, message: string): Rejection | null {
+  const at = nulCharacterPath(fields, message);
+  return at === undefined
+    ? null
+    : {
+        code: "INVALID_ARGUMENT",
+        message: `${at}: contains a NUL character (U+0000), which cannot be stored`,
+      };
+}
+
+/** `value` with every U+0000 in its strings (keys too) replaced by U+FFFD. */
+function withoutNul<T>(value: T): T {
+  if (typeof value === "string")
+    return (value.includes("\u0000") ? value.replaceAll("\u0000", "\ufffd") : value) as T;
+  if (Array.isArray(value)) return value.map(withoutNul) as T;
+  if (value !== null && typeof value === "object")
+    return Object.fromEntries(Object.entries(value).map(([k, v]) => [withoutNul(k), withoutNul(v)])) as T;
+  return value;
+}
+
 export function executorService(engine: Engine, log: Logger): grpc.UntypedServiceImplementation {
   return {
     session: (call: grpc.ServerDuplexStream<SessionRequest, SessionResponse>) => {
@@ -72,8 +96,11 @@ export function executorService(engine: Engine, log: Logger): grpc.UntypedServic
             return;
           }
           const a = m.value;
-          if (a.executorId === "" || a.executorId.length > 200) {
-            fail(grpc.status.INVALID_ARGUMENT, "attach.executor_id: required, at most 200 characters");
+          if (a.executorId === "" || a.executorId.length > 200 || a.executorId.includes("\u0000")) {
+            fail(
+              grpc.status.INVALID_ARGUMENT,
+              "attach.executor_id: required, at most 200 characters, no NUL character",
+            );
             return;
           }
           const bad = a.taskTypes.find((t) => !TYPE_NAME.test(t));
@@ -135,32 +162,37 @@ export function executorService(engine: Engine, log: Logger): grpc.UntypedServic
             key = m.value.key;
             if (key !== undefined) r = engine.onHeartbeat(session, key);
             break;
-          case "completed":
+          case "completed": {
             key = m.value.key;
-            r = engine.onCompleted(
-              session,
-              key,
-              valueToJson(m.value.output),
-              // Stored as JSON (jsonb): the messages' int64 fields are bigints JSON.stringify refuses.
-              m.value.outputRef === undefined ? null : toJson(ArtifactRefSchema, m.value.outputRef),
-              m.value.logs === undefined ? null : toJson(LogRefSchema, m.value.logs),
-            );
+            const output = valueToJson(m.value.output);
+            // Stored as JSON (jsonb): the messages' int64 fields are bigints JSON.stringify refuses.
+            const outputRef =
+              m.value.outputRef === undefined ? null : toJson(ArtifactRefSchema, m.value.outputRef);
+            const logs = m.value.logs === undefined ? null : toJson(LogRefSchema, m.value.logs);
+            r =
+              unstorable({ output, output_ref: outputRef, logs }, "completed") ??
+              engine.onCompleted(session, key, output, outputRef, logs);
             break;
+          }
           case "failed": {
             key = m.value.key;
             const e = m.value.error;
-            r = engine.onFailed(
-              session,
-              key,
-              {
-                type: e?.type || "UNKNOWN",
-                message: e?.message ?? "",
-                retryable: e?.retryable ?? true,
-                ...(e?.details === undefined ? {} : { details: valueToJson(e.details) }),
-              },
-              Number(m.value.retryAfterMs),
-              m.value.logs === undefined ? null : toJson(LogRefSchema, m.value.logs),
-            );
+            const logs = m.value.logs === undefined ? null : toJson(LogRefSchema, m.value.logs);
+            // An error's text is kept, readable, even when it holds a NUL (a command's stderr may).
+            r =
+              unstorable({ logs }, "failed") ??
+              engine.onFailed(
+                session,
+                key,
+                {
+                  type: withoutNul(e?.type || "UNKNOWN"),
+                  message: withoutNul(e?.message ?? ""),
+                  retryable: e?.retryable ?? true,
+                  ...(e?.details === undefined ? {} : { details: withoutNul(valueToJson(e.details)) }),
+                },
+                Number(m.value.retryAfterMs),
+                logs,
+              );
             break;
           }
           case "drain": {
@@ -170,7 +202,7 @@ export function executorService(engine: Engine, log: Logger): grpc.UntypedServic
           }
           case "release":
             key = m.value.key;
-            r = engine.onRelease(session, key, m.value.reason);
+            r = engine.onRelease(session, key, withoutNul(m.value.reason));
             break;
           case "pong":
             break;

@@ -2,7 +2,7 @@
 import { create, toJson } from "@bufbuild/protobuf";
 import { timestampDate, timestampNow } from "@bufbuild/protobuf/wkt";
 import type * as grpc from "@grpc/grpc-js";
-import { ApiError, serverStream, unary, valueToJson } from "@nexusflow/common";
+import { ApiError, nulCharacterPath, serverStream, unary, valueToJson } from "@nexusflow/common";
 import {
   CancelRunResponseSchema,
   GetRunResponseSchema,
@@ -40,6 +40,13 @@ import {
 
 const LABEL_KEY = /^[a-z0-9]([a-z0-9._/-]{0,61}[a-z0-9])?$/i;
 
+/** Refuses a value holding U+0000 (PostgreSQL stores no text or jsonb with it), naming where. */
+function refuseNul(value: unknown, field: string): void {
+  const at = nulCharacterPath(value, field);
+  if (at !== undefined)
+    throw ApiError.invalid(at, "contains a NUL character (U+0000), which cannot be stored");
+}
+
 function checkLabels(labels: Record<string, string>): void {
   const entries = Object.entries(labels);
   if (entries.length > 32) throw ApiError.invalid("labels", "at most 32 labels");
@@ -47,6 +54,7 @@ function checkLabels(labels: Record<string, string>): void {
     if (!LABEL_KEY.test(k))
       throw ApiError.invalid(`labels[${k}]`, "keys are 1-63 letters, digits, '.', '_', '/' or '-'");
     if (v.length > 255) throw ApiError.invalid(`labels[${k}]`, "values are at most 255 characters");
+    refuseNul(v, `labels[${k}]`);
   }
 }
 
@@ -67,6 +75,7 @@ export function workflowService(engine: Engine, runs: RunStore): grpc.UntypedSer
       if (req.definition.case === "specJson") spec = parseSpecJson(req.definition.value);
       else if (req.definition.case === "spec") spec = toJson(WorkflowSpecSchema, req.definition.value);
       else throw ApiError.invalid("definition", "set spec or spec_json");
+      refuseNul(spec, req.definition.case === "specJson" ? "spec_json" : "spec");
       const { row, created } = await engine.definitions.register(spec);
       return create(RegisterWorkflowResponseSchema, { workflow: definition(row), created });
     }),
@@ -88,14 +97,18 @@ export function workflowService(engine: Engine, runs: RunStore): grpc.UntypedSer
       if (req.workflowName === "") throw ApiError.invalid("workflow_name", "a workflow name is required");
       if (req.workflowVersion < 0)
         throw ApiError.invalid("workflow_version", "must be 0 (latest) or a positive version");
+      refuseNul(req.workflowName, "workflow_name");
       if (req.idempotencyKey.length > 200)
         throw ApiError.invalid("idempotency_key", "at most 200 characters");
+      refuseNul(req.idempotencyKey, "idempotency_key");
       checkLabels(req.labels);
       if (RunView[req.view] === undefined) throw ApiError.invalid("view", `unknown run view ${req.view}`);
+      const input = valueToJson(req.input);
+      refuseNul(input, "input");
       const { runId, created } = await engine.startRun({
         workflowName: req.workflowName,
         workflowVersion: req.workflowVersion,
-        input: valueToJson(req.input),
+        input,
         idempotencyKey: req.idempotencyKey,
         labels: { ...req.labels },
       });
@@ -136,6 +149,7 @@ export function workflowService(engine: Engine, runs: RunStore): grpc.UntypedSer
     }),
 
     cancelRun: unary(async (req: CancelRunRequest) => {
+      refuseNul(req.reason, "reason");
       // Only active runs can change; any other run is finished (or missing: NOT_FOUND from the read).
       if (engine.isActive(req.runId)) {
         await engine.cancelRun(

@@ -526,4 +526,66 @@ describe("DAG execution end to end", () => {
       ["view"],
     );
   });
+
+  it("refuses text PostgreSQL cannot store (U+0000) where it enters, naming the field, and keeps committing", async () => {
+    const refused = async (call: () => Promise<unknown>): Promise<string[]> => {
+      const err = await call().then(
+        () => undefined,
+        (e: unknown) => ConnectError.from(e),
+      );
+      assert.ok(err !== undefined, "refused");
+      assert.equal(err.code, Code.InvalidArgument, err.message);
+      return err.findDetails(BadRequestSchema).flatMap((d) => d.fieldViolations.map((v) => v.field));
+    };
+    await registerSpec(client, {
+      name: "e2e-nul",
+      version: 1,
+      steps: [{ id: "out", type: "nul.out", input: { n: 1 } }],
+    });
+    const base = { workflowName: "e2e-nul", input: jsonToValue({ ok: "yes" }) };
+    assert.deepEqual(
+      await refused(() => client.startRun({ ...base, input: jsonToValue({ a: [{ b: "x\u0000" }] }) })),
+      ["input.a[0].b"],
+    );
+    assert.deepEqual(await refused(() => client.startRun({ ...base, labels: { team: "a\u0000" } })), [
+      "labels[team]",
+    ]);
+    assert.deepEqual(await refused(() => client.startRun({ ...base, idempotencyKey: "k\u0000" })), [
+      "idempotency_key",
+    ]);
+    assert.deepEqual(
+      await refused(() =>
+        client.registerWorkflow({
+          definition: {
+            case: "specJson",
+            value: JSON.stringify({
+              name: "e2e-nul2",
+              version: 1,
+              steps: [{ id: "s\u0000", type: "alpha" }],
+            }),
+          },
+        }),
+      ),
+      ["spec_json.steps[0].id"],
+    );
+
+    // A handler whose output holds one fails its task with a terminal error that says where.
+    const nul = executor({ executorId: "nul-output", slots: 2, builtins: false }, (e) =>
+      e.register("nul.out", () => ({ text: "a\u0000b" })),
+    );
+    await nul.start();
+    const runId = await start("e2e-nul");
+    const run = await finished(runId, RunStatus.FAILED);
+    const failed = task(run, "out");
+    assert.equal(failed.error?.type, "INVALID_OUTPUT", describeRun(run));
+    assert.match(failed.error?.message ?? "", /output\.text/);
+    assert.deepEqual(await refused(() => client.cancelRun({ runId, reason: "stop\u0000" })), ["reason"]);
+    // The writer is not wedged: the next run commits and finishes.
+    await registerSpec(client, {
+      name: "e2e-after-nul",
+      version: 1,
+      steps: [{ id: "a", type: "alpha", input: { n: 1 } }],
+    });
+    await finished(await start("e2e-after-nul"));
+  });
 });
