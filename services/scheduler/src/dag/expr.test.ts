@@ -239,6 +239,7 @@ describe("expression syntax errors", () => {
     assert.match(syntaxError("step.foo").message, /step\.input or step\.output/);
     assert.match(syntaxError("input[-1]").message, /index/);
     assert.match(syntaxError("'\\q'").message, /invalid escape/);
+    assert.match(syntaxError("'a\\u0000'").message, /NUL character/);
   });
 
   it("bound length and nesting depth", () => {

@@ -234,7 +234,10 @@ class Parser {
         out += simple;
         at += 2;
       } else if (e === "u" && /^[0-9a-fA-F]{4}$/.test(src.slice(at + 2, at + 6))) {
-        out += String.fromCharCode(parseInt(src.slice(at + 2, at + 6), 16));
+        const code = parseInt(src.slice(at + 2, at + 6), 16);
+        // It would reach a task's input or a run's output, which PostgreSQL cannot store with it.
+        if (code === 0) this.fail("a NUL character (\\u0000) cannot be stored", at);
+        out += String.fromCharCode(code);
         at += 6;
       } else {
         this.fail(`invalid escape "\\${e}" in string`, at);
