@@ -81,11 +81,13 @@ export function workflowService(engine: Engine, runs: RunStore): grpc.UntypedSer
     }),
 
     getWorkflow: unary(async (req: GetWorkflowRequest) => {
+      refuseNul(req.name, "name");
       const row = await engine.definitions.get(req.name, req.version);
       return create(GetWorkflowResponseSchema, { workflow: definition(row) });
     }),
 
     listWorkflows: unary(async (req: ListWorkflowsRequest) => {
+      refuseNul(req.name, "name");
       const page = await engine.definitions.list(req.name, req.pageSize, req.pageToken, req.latestOnly);
       return create(ListWorkflowsResponseSchema, {
         workflows: page.rows.map(definition),
@@ -133,6 +135,8 @@ export function workflowService(engine: Engine, runs: RunStore): grpc.UntypedSer
         if (s === RunStatus.UNSPECIFIED || RunStatus[s] === undefined)
           throw ApiError.invalid(`statuses[${i}]`, `unknown run status ${s}`);
       }
+      refuseNul(req.workflowName, "workflow_name");
+      for (const [k, v] of Object.entries(req.labels)) refuseNul(k + v, `labels[${k}]`);
       const page = await runs.list({
         workflowName: req.workflowName,
         statuses: req.statuses.map(runStatusName),

@@ -569,6 +569,10 @@ describe("DAG execution end to end", () => {
       ["spec_json.steps[0].id"],
     );
 
+    // Reads that filter on text say so too, instead of failing inside PostgreSQL.
+    assert.deepEqual(await refused(() => client.listRuns({ labels: { team: "a\u0000" } })), ["labels[team]"]);
+    assert.deepEqual(await refused(() => client.getWorkflow({ name: "e2e\u0000" })), ["name"]);
+
     // A handler whose output holds one fails its task with a terminal error that says where.
     const nul = executor({ executorId: "nul-output", slots: 2, builtins: false }, (e) =>
       e.register("nul.out", () => ({ text: "a\u0000b" })),
