@@ -48,3 +48,18 @@ export function nulCharacterPath(value: unknown, path: string): string | undefin
   }
   return undefined;
 }
+
+/**
+ * `value` with every NUL character (U+0000) in its strings, keys included, replaced by U+FFFD:
+ * for text kept to be read (an error message, a command's stderr) rather than refused.
+ */
+export function replaceNulCharacters<T>(value: T): T {
+  if (typeof value === "string")
+    return (value.includes("\u0000") ? value.replaceAll("\u0000", "\ufffd") : value) as T;
+  if (Array.isArray(value)) return value.map(replaceNulCharacters) as T;
+  if (value !== null && typeof value === "object")
+    return Object.fromEntries(
+      Object.entries(value).map(([k, v]) => [replaceNulCharacters(k), replaceNulCharacters(v)]),
+    ) as T;
+  return value;
+}

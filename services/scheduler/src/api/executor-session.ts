@@ -6,7 +6,7 @@
 import { randomUUID } from "node:crypto";
 import { create, toJson } from "@bufbuild/protobuf";
 import * as grpc from "@grpc/grpc-js";
-import { nulCharacterPath, valueToJson, type Logger } from "@nexusflow/common";
+import { nulCharacterPath, replaceNulCharacters, valueToJson, type Logger } from "@nexusflow/common";
 import {
   ArtifactRefSchema,
   LogRefSchema,
@@ -33,16 +33,6 @@ function unstorable(fields: Record<string, unknown>, message: string): Rejection
         code: "INVALID_ARGUMENT",
         message: `${at}: contains a NUL character (U+0000), which cannot be stored`,
       };
-}
-
-/** `value` with every U+0000 in its strings (keys too) replaced by U+FFFD. */
-function withoutNul<T>(value: T): T {
-  if (typeof value === "string")
-    return (value.includes("\u0000") ? value.replaceAll("\u0000", "\ufffd") : value) as T;
-  if (Array.isArray(value)) return value.map(withoutNul) as T;
-  if (value !== null && typeof value === "object")
-    return Object.fromEntries(Object.entries(value).map(([k, v]) => [withoutNul(k), withoutNul(v)])) as T;
-  return value;
 }
 
 export function executorService(engine: Engine, log: Logger): grpc.UntypedServiceImplementation {
@@ -185,10 +175,12 @@ export function executorService(engine: Engine, log: Logger): grpc.UntypedServic
                 session,
                 key,
                 {
-                  type: withoutNul(e?.type || "UNKNOWN"),
-                  message: withoutNul(e?.message ?? ""),
+                  type: replaceNulCharacters(e?.type || "UNKNOWN"),
+                  message: replaceNulCharacters(e?.message ?? ""),
                   retryable: e?.retryable ?? true,
-                  ...(e?.details === undefined ? {} : { details: withoutNul(valueToJson(e.details)) }),
+                  ...(e?.details === undefined
+                    ? {}
+                    : { details: replaceNulCharacters(valueToJson(e.details)) }),
                 },
                 Number(m.value.retryAfterMs),
                 logs,
@@ -202,7 +194,7 @@ export function executorService(engine: Engine, log: Logger): grpc.UntypedServic
           }
           case "release":
             key = m.value.key;
-            r = engine.onRelease(session, key, withoutNul(m.value.reason));
+            r = engine.onRelease(session, key, replaceNulCharacters(m.value.reason));
             break;
           case "pong":
             break;
