@@ -12,8 +12,8 @@ import { OutboxStore } from "../../src/events/outbox-store.js";
 import { OutboxRelay, type OutboxRelayOptions } from "../../src/events/relay.js";
 import { createOutboxRelay } from "../../src/events/setup.js";
 import { openDatabase, type Database } from "../../src/persistence/database.js";
-import { startTestDatabase, testLogger, waitFor } from "../support.js";
-import { MemoryPublisher, committedEvents, insertEvents } from "./support.js";
+import { outboxEvents, startTestDatabase, testLogger, waitFor } from "../support.js";
+import { MemoryPublisher, insertEvents } from "./support.js";
 
 describe("outbox relay (PostgreSQL, in-memory publisher)", () => {
   let server: Awaited<ReturnType<typeof startTestDatabase>>;
@@ -159,7 +159,7 @@ describe("outbox relay (PostgreSQL, in-memory publisher)", () => {
       ids,
     );
     assert.equal(r.stats.failures, 3);
-    assert.ok((await committedEvents(db.pool, run)).every((e) => e.published));
+    assert.ok((await outboxEvents(db.pool, [run])).every((e) => e.published));
   });
 
   it("lets one relay publish at a time; a standby takes over when the active one stops", async () => {
@@ -265,9 +265,9 @@ describe("outbox relay (PostgreSQL, in-memory publisher)", () => {
     await waitFor("the first prune round", () => r.stats.pruneRounds >= 1);
     await waitFor("every expired row to be pruned", () => r.stats.pruned === 12);
     assert.ok(r.stats.pruneRounds >= 2);
-    assert.equal((await committedEvents(db.pool, old)).length, 0);
-    assert.equal((await committedEvents(db.pool, recent)).length, 3);
-    assert.equal((await committedEvents(db.pool, pending)).length, 4);
+    assert.equal((await outboxEvents(db.pool, [old])).length, 0);
+    assert.equal((await outboxEvents(db.pool, [recent])).length, 3);
+    assert.equal((await outboxEvents(db.pool, [pending])).length, 4);
     await r.stop();
 
     // Retention 0: everything published goes, at once.
@@ -295,13 +295,13 @@ describe("outbox relay (PostgreSQL, in-memory publisher)", () => {
     r.start();
     await waitFor(
       "the covered events to be pruned",
-      async () => (await committedEvents(db.pool, runId)).length === 2,
+      async () => (await outboxEvents(db.pool, [runId])).length === 2,
     );
     // Several more rounds: the uncovered ones stay.
     const rounds = r.stats.pruneRounds;
     await waitFor("two more prune rounds", () => r.stats.pruneRounds >= rounds + 2);
     assert.deepEqual(
-      (await committedEvents(db.pool, runId)).map((e) => e.sequence),
+      (await outboxEvents(db.pool, [runId])).map((e) => e.sequence),
       [3, 4],
     );
     await r.stop();

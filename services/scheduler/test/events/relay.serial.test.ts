@@ -23,6 +23,7 @@ import type { Scheduler } from "../../src/scheduler.js";
 import { REPO_ROOT, ServiceProcess, killAll } from "../e2e/processes.js";
 import {
   RawSession,
+  outboxEvents,
   startTestDatabase,
   startTestScheduler,
   testLogger,
@@ -30,7 +31,7 @@ import {
   waitForRun,
   workflowClient,
 } from "../support.js";
-import { AutoExecutor, EventCollector, assertRunEvents, committedEvents } from "./support.js";
+import { AutoExecutor, EventCollector, assertRunEvents } from "./support.js";
 
 const execFileAsync = promisify(execFile);
 const KAFKA_CTL = process.env["KAFKA_CTL"] ?? `${REPO_ROOT}scripts/kafka-ctl.sh`;
@@ -171,7 +172,7 @@ describe("lifecycle events on Kafka", () => {
       for (const id of runIds) assert.equal((await waitForRun(client, id)).status, RunStatus.SUCCEEDED);
 
       for (const id of runIds) {
-        const committed = await committedEvents(pool, id);
+        const committed = await outboxEvents(pool, [id]);
         const received = await events.waitForRun(id, committed.length);
         assertRunEvents(id, received, committed);
         assert.deepEqual(
@@ -245,7 +246,7 @@ describe("lifecycle events on Kafka", () => {
       const { run: during } = await client.startRun({ workflowName: CHAIN.name, input: jsonToValue({}) });
       assert.ok(during);
       assert.equal((await waitForRun(client, during.id)).status, RunStatus.SUCCEEDED);
-      const pending = (await committedEvents(pool, run.id)).filter((e) => !e.published);
+      const pending = (await outboxEvents(pool, [run.id])).filter((e) => !e.published);
       assert.ok(
         pending.length >= 5,
         `events committed during the outage wait unpublished (${pending.length})`,
@@ -258,10 +259,10 @@ describe("lifecycle events on Kafka", () => {
       for (const id of [run.id, during.id]) {
         await waitFor(
           `all events of ${id} to be published`,
-          async () => (await committedEvents(pool, id)).every((e) => e.published),
+          async () => (await outboxEvents(pool, [id])).every((e) => e.published),
           90_000,
         );
-        const committed = await committedEvents(pool, id);
+        const committed = await outboxEvents(pool, [id]);
         assertRunEvents(id, await afterOutage.waitForRun(id, committed.length), committed);
       }
       assert.deepEqual(afterOutage.undecodable, []);
@@ -343,7 +344,7 @@ describe("lifecycle events on Kafka", () => {
       );
       let duplicates = 0;
       for (const id of runIds) {
-        const committed = await committedEvents(pool, id);
+        const committed = await outboxEvents(pool, [id]);
         const received = await events.waitForRun(id, committed.length);
         assertRunEvents(id, received, committed);
         assert.equal(committed[0]?.type, "runStarted");

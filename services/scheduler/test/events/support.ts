@@ -18,7 +18,7 @@ import { Kafka, logLevel, type Consumer } from "kafkajs";
 import type pg from "pg";
 import { decodeLifecycleEvent, headerStrings } from "../../src/events/decode.js";
 import type { EventPublisher, OutboxRecord } from "../../src/events/publisher.js";
-import { RawSession, outboxEvents, waitFor, type OutboxEventRow } from "../support.js";
+import { RawSession, waitFor, type OutboxEventRow } from "../support.js";
 
 // ----------------------------------------------------------------------------- outbox rows
 
@@ -70,14 +70,6 @@ export async function insertEvents(
     [JSON.stringify(rows), runId, extra.createdAgoMs ?? 0, extra.publishedAgoMs ?? null],
   );
   return events.map((e) => e.eventId);
-}
-
-/** One committed outbox event of a run, as the engine wrote it. */
-export type CommittedEvent = OutboxEventRow;
-
-/** The outbox events of `runId` in sequence order, read from its rows' payloads. */
-export async function committedEvents(pool: pg.Pool, runId: string): Promise<CommittedEvent[]> {
-  return outboxEvents(pool, [runId]);
 }
 
 // ----------------------------------------------------------------------------- in-memory publisher
@@ -222,7 +214,7 @@ export class EventCollector {
 export function assertRunEvents(
   runId: string,
   received: readonly ReceivedEvent[],
-  committed: readonly CommittedEvent[],
+  committed: readonly OutboxEventRow[],
 ): void {
   const label = `run ${runId}`;
   assert.ok(committed.length > 0, `${label}: no committed events`);
