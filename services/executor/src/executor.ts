@@ -34,7 +34,13 @@ import {
 } from "@nexusflow/gen";
 import { backoffDelay } from "./backoff.js";
 import { ExecutorError } from "./errors.js";
-import { HandlerRegistry, type TaskHandler, registerBuiltins } from "./handlers/index.js";
+import {
+  type HandlerOptions,
+  type HandlerRegistration,
+  HandlerRegistry,
+  type TaskHandler,
+  registerBuiltins,
+} from "./handlers/index.js";
 import { type CompiledExecutorOptions, type ExecutorOptions, compileExecutorOptions } from "./options.js";
 import { toValue } from "./payload.js";
 import { type AttemptOutcome, TaskAttempt, leaseKeyId } from "./task-attempt.js";
@@ -192,14 +198,14 @@ export class Executor {
   }
 
   /** Registers the handler of a task type; see `HandlerRegistry.register`. Only before `start()`. */
-  register<I, O>(type: string, handler: TaskHandler<I, O>): this {
+  register<I, O>(type: string, handler: TaskHandler<I, O>, options?: HandlerOptions): this {
     if (this.#state !== "IDLE") {
       throw new ExecutorError(
         "ALREADY_STARTED",
         `cannot register task type "${type}": the executor has already started`,
       );
     }
-    this.#registry.register(type, handler);
+    this.#registry.register(type, handler, options);
     return this;
   }
 
@@ -721,8 +727,9 @@ export class Executor {
     this.#reportStarted(attempt);
     if (this.#logger.isLevelEnabled("debug"))
       logger().debug({ workflow: lease.workflowName }, "task started");
+    const { handler, heartbeat } = this.#handlerFor(lease.taskType);
     const done = attempt
-      .run(this.#handlerFor(lease.taskType))
+      .run(handler, { autoHeartbeat: heartbeat === "auto" })
       .then((outcome) => this.#onTaskDone(attempt, outcome))
       .catch((e: unknown) => {
         logger().error({ err: e }, "failed to report a finished task");
@@ -732,7 +739,7 @@ export class Executor {
     this.#tasks.set(attempt.id, { attempt, done });
   }
 
-  #handlerFor(type: string): TaskHandler {
+  #handlerFor(type: string): HandlerRegistration {
     if (!this.#advertised.includes(type)) {
       const error = TaskError.terminal(
         "UNKNOWN_TASK_TYPE",
@@ -741,11 +748,14 @@ export class Executor {
           details: { taskType: type, served: this.#advertised },
         },
       );
-      return () => {
-        throw error;
+      return {
+        handler: () => {
+          throw error;
+        },
+        heartbeat: "manual",
       };
     }
-    return this.#registry.resolve(type);
+    return this.#registry.registration(type);
   }
 
   #onTaskDone(attempt: TaskAttempt, outcome: AttemptOutcome): void {

@@ -117,4 +117,43 @@ describe("TaskAttempt", () => {
     await running;
     assert.deepEqual(heartbeats, [1, 3]);
   });
+
+  it("heartbeats for a handler registered with automatic heartbeats while it runs, keeping its progress", async () => {
+    const heartbeats: unknown[] = [];
+    const a = attempt({ heartbeatTimeoutMs: 200 }, heartbeats); // every 50 ms
+    let release = (): void => {};
+    const running = a.run(
+      async (_input, ctx) => {
+        await new Promise((resolve) => setTimeout(resolve, 10));
+        ctx.heartbeat("half");
+        ctx.heartbeat("most");
+        await new Promise<void>((resolve) => (release = resolve));
+        return null;
+      },
+      { autoHeartbeat: true },
+    );
+    await waitFor(() => heartbeats.length >= 5, "automatic heartbeats");
+    release();
+    await running;
+    const sent = heartbeats.length;
+    // The handler's latest progress went out, and nothing goes once it has returned.
+    assert.deepEqual(heartbeats.slice(0, 2), ["half", "most"]);
+    assert.ok(heartbeats.slice(2).every((p) => p === undefined));
+    await new Promise((resolve) => setTimeout(resolve, 120));
+    assert.equal(heartbeats.length, sent);
+  });
+
+  it("sends no automatic heartbeats without a heartbeat timeout, nor for a manual handler", async () => {
+    for (const [timeout, auto] of [
+      [0, true],
+      [200, false],
+    ] as const) {
+      const heartbeats: unknown[] = [];
+      await attempt({ heartbeatTimeoutMs: timeout }, heartbeats).run(
+        () => new Promise((resolve) => setTimeout(() => resolve(null), 150)),
+        { autoHeartbeat: auto },
+      );
+      assert.deepEqual(heartbeats, [], `timeout ${timeout}, auto ${auto}`);
+    }
+  });
 });

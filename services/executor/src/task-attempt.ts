@@ -125,8 +125,12 @@ export class TaskAttempt {
     this.#force?.({ status: "failed", failure });
   }
 
-  /** Runs `handler` on the lease's input. Never rejects. */
-  async run(handler: TaskHandler): Promise<AttemptOutcome> {
+  /**
+   * Runs `handler` on the lease's input. Never rejects. With `autoHeartbeat`, and a heartbeat
+   * timeout on the lease, heartbeats go every throttle interval (a quarter of the timeout at most)
+   * while the handler runs, besides any the handler sends.
+   */
+  async run(handler: TaskHandler, options: { autoHeartbeat?: boolean } = {}): Promise<AttemptOutcome> {
     const { lease } = this;
     const identity = {
       runId: lease.runId,
@@ -152,12 +156,20 @@ export class TaskAttempt {
       log: taskLog,
       artifacts: createTaskArtifacts(this.#deps.artifacts, identity),
     };
+    const keepAlive =
+      options.autoHeartbeat === true && lease.heartbeatTimeoutMs > 0
+        ? setInterval(() => {
+            // Progress the handler sent and the throttle holds back is kept, not replaced.
+            if (this.#pendingProgress === undefined) this.#heartbeat(undefined);
+          }, this.#throttleMs)
+        : undefined;
     let settled: Settled;
     try {
       settled = await Promise.race([this.#invoke(handler, ctx, identity), this.#forced]);
     } finally {
       this.#finished = true;
       stopDeadline();
+      clearInterval(keepAlive);
       clearTimeout(this.#heartbeatTimer);
     }
     if (settled.status === "failed") {

@@ -1,5 +1,13 @@
 /** The executor's task-handler layer: the handler API, the registry and the built-in handlers. */
-export type { PutArtifactOptions, TaskArtifacts, TaskContext, TaskHandler, TaskLog } from "./types.js";
+export type {
+  HandlerOptions,
+  HandlerRegistration,
+  PutArtifactOptions,
+  TaskArtifacts,
+  TaskContext,
+  TaskHandler,
+  TaskLog,
+} from "./types.js";
 export {
   BUILTIN_TASK_TYPES,
   type BuiltinHandlerOptions,

@@ -55,6 +55,20 @@ describe("HandlerRegistry", () => {
     assert.deepEqual(registry.types(), [...BUILTIN_TASK_TYPES]);
     assert.deepEqual(await registry.resolve("noop")({ x: 1 }, createTestContext().ctx), { x: 1 });
     assert.throws(() => registry.register("http", () => 1), HandlerRegistrationError);
+    for (const type of BUILTIN_TASK_TYPES) assert.equal(registry.registration(type).heartbeat, "auto", type);
+  });
+
+  it("keeps each handler's heartbeat mode (manual unless asked) and refuses an unknown one", () => {
+    const registry = new HandlerRegistry()
+      .register("own", () => 1)
+      .register("wrapped", () => 2, { heartbeat: "auto" });
+    assert.equal(registry.registration("own").heartbeat, "manual");
+    assert.equal(registry.registration("wrapped").heartbeat, "auto");
+    assert.throws(
+      () => registry.register("odd", () => 3, { heartbeat: "sometimes" as "auto" }),
+      (e: unknown) => e instanceof HandlerRegistrationError && /"auto" or "manual"/.test(e.message),
+    );
+    assert.throws(() => registry.registration("missing"), TaskError);
   });
 });
 

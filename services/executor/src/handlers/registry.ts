@@ -9,7 +9,7 @@ import { type HttpHandlerOptions, createHttpHandler } from "./http.js";
 import { noopHandler } from "./noop.js";
 import { type ShellHandlerOptions, createShellHandler } from "./shell.js";
 import { sleepHandler } from "./sleep.js";
-import type { TaskHandler } from "./types.js";
+import type { HandlerOptions, HandlerRegistration, TaskHandler } from "./types.js";
 
 /** Task type names: lower case, starting with a letter, at most 63 characters. */
 export const TASK_TYPE_PATTERN = /^[a-z][a-z0-9._-]{0,62}$/;
@@ -29,10 +29,13 @@ export class HandlerModuleError extends Error {
 
 /** Task type name to handler. */
 export class HandlerRegistry {
-  readonly #handlers = new Map<string, TaskHandler>();
+  readonly #handlers = new Map<string, HandlerRegistration>();
 
-  /** Registers `handler` for `type`; throws {@link HandlerRegistrationError} on a bad name or a duplicate. */
-  register<I, O>(type: string, handler: TaskHandler<I, O>): this {
+  /**
+   * Registers `handler` for `type` (see {@link HandlerOptions} for `options`); throws
+   * {@link HandlerRegistrationError} on a bad name, a duplicate or an unknown heartbeat mode.
+   */
+  register<I, O>(type: string, handler: TaskHandler<I, O>, options: HandlerOptions = {}): this {
     if (typeof type !== "string" || !TASK_TYPE_PATTERN.test(type)) {
       throw new HandlerRegistrationError(
         `invalid task type ${JSON.stringify(type)}: use lower-case letters, digits, ".", "_" and "-", ` +
@@ -49,25 +52,36 @@ export class HandlerRegistry {
         `task type "${type}" is already registered; each type can have only one handler`,
       );
     }
+    const heartbeat = options.heartbeat ?? "manual";
+    if (heartbeat !== "auto" && heartbeat !== "manual") {
+      throw new HandlerRegistrationError(
+        `heartbeat for task type "${type}" must be "auto" or "manual", got ${JSON.stringify(heartbeat)}`,
+      );
+    }
     // Handlers validate their own input, so storing them as taking `unknown` is sound at run time.
-    this.#handlers.set(type, handler as TaskHandler);
+    this.#handlers.set(type, { handler: handler as TaskHandler, heartbeat });
     return this;
   }
 
   /** The handler for `type`, or undefined. */
   get(type: string): TaskHandler | undefined {
-    return this.#handlers.get(type);
+    return this.#handlers.get(type)?.handler;
   }
 
   /** The handler for `type`; a terminal UNKNOWN_TASK_TYPE TaskError when there is none. */
   resolve(type: string): TaskHandler {
-    const handler = this.#handlers.get(type);
-    if (handler === undefined) {
+    return this.registration(type).handler;
+  }
+
+  /** The handler for `type` with its options; a terminal UNKNOWN_TASK_TYPE TaskError when there is none. */
+  registration(type: string): HandlerRegistration {
+    const registration = this.#handlers.get(type);
+    if (registration === undefined) {
       throw TaskError.terminal("UNKNOWN_TASK_TYPE", `this executor has no handler for task type "${type}"`, {
         details: { taskType: type, known: this.types() },
       });
     }
-    return handler;
+    return registration;
   }
 
   /** Whether `type` has a handler. */
@@ -89,16 +103,20 @@ export interface BuiltinHandlerOptions {
   shell?: ShellHandlerOptions;
 }
 
-/** Registers the built-in handlers: http, noop, shell, sleep. */
+/**
+ * Registers the built-in handlers: http, noop, shell, sleep. They cannot report progress of a
+ * request, a command or a wait, so the executor heartbeats for them (`heartbeat: "auto"`).
+ */
 export function registerBuiltins(
   registry: HandlerRegistry,
   options: BuiltinHandlerOptions = {},
 ): HandlerRegistry {
+  const auto = { heartbeat: "auto" } as const;
   return registry
-    .register("http", createHttpHandler(options.http))
-    .register("noop", noopHandler)
-    .register("shell", createShellHandler(options.shell))
-    .register("sleep", sleepHandler);
+    .register("http", createHttpHandler(options.http), auto)
+    .register("noop", noopHandler, auto)
+    .register("shell", createShellHandler(options.shell), auto)
+    .register("sleep", sleepHandler, auto);
 }
 
 /** Options of {@link loadHandlerModule}. */

@@ -45,3 +45,22 @@ export interface TaskContext {
 
 /** A task implementation: input in, output (or a thrown error) out. */
 export type TaskHandler<I = unknown, O = unknown> = (input: I, ctx: TaskContext) => Promise<O> | O;
+
+/** How a registered handler's attempts heartbeat. */
+export interface HandlerOptions {
+  /**
+   * `"manual"`: only the handler's own `ctx.heartbeat()` calls count, so a step's heartbeat timeout
+   * catches a handler that stopped making progress. `"auto"`: the executor also heartbeats on the
+   * handler's behalf while it runs (only for steps with a heartbeat timeout, often enough for it),
+   * so the timeout catches an executor that stopped (a blocked event loop, a lost connection) —
+   * for handlers that cannot report progress themselves, such as the built-in http, shell and sleep.
+   * @default "manual"
+   */
+  heartbeat?: "auto" | "manual";
+}
+
+/** A handler with its options, as registered. */
+export interface HandlerRegistration {
+  readonly handler: TaskHandler;
+  readonly heartbeat: "auto" | "manual";
+}

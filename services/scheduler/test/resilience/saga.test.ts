@@ -232,6 +232,25 @@ describe("resilience: retries, timeouts, cancellation, sagas", () => {
     await waitFor("the handler to see the abort", () => aborted.has("rt-1") || undefined);
   });
 
+  it("fails a silent handler with HEARTBEAT_TIMEOUT; built-ins, heartbeated by the executor, outlive the timeout", async () => {
+    const spec = (name: string, step: object) => ({
+      name,
+      version: 1,
+      steps: [{ id: "s", retry: { maxAttempts: 1 }, timeouts: { heartbeat: "300ms" }, ...step }],
+    });
+    await register(spec("hb-silent", { type: "wait-for-abort", input: { key: "{{ input.key }}" } }));
+    await register(spec("hb-sleep", { type: "sleep", input: { duration: "1200ms" } }));
+    const silent = await client.startRun({ workflowName: "hb-silent", input: jsonToValue({ key: "hb-1" }) });
+    const sleeping = await client.startRun({ workflowName: "hb-sleep" });
+    const failed = await waitForRun(client, silent.run!.id);
+    assert.equal(failed.status, RunStatus.FAILED);
+    assert.equal(task(failed, "s").attempts[0]?.error?.type, "HEARTBEAT_TIMEOUT");
+    await waitFor("the silent handler to see the abort", () => aborted.has("hb-1") || undefined);
+    const slept = await waitForRun(client, sleeping.run!.id);
+    assert.equal(slept.status, RunStatus.SUCCEEDED, JSON.stringify(task(slept, "s").attempts[0]?.error));
+    assert.deepEqual(valueToJson(task(slept, "s").output), { sleptMs: 1200 });
+  });
+
   it("cancels a run: running handlers see ctx.signal abort and the run ends CANCELLED (idempotent)", async () => {
     await register({
       name: "cancellable",
