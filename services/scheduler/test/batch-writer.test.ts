@@ -144,4 +144,72 @@ describe("batch writer (PostgreSQL)", () => {
       await db.pool.query(`DROP TABLE writer_fault`);
     }
   });
+
+  it("drops only the runs PostgreSQL refuses for their data: the others commit and so do later batches", async () => {
+    const refused: string[] = [];
+    const writer = new BatchWriter({
+      pool: db.writerPool,
+      log: testLogger("writer"),
+      retryInitialMs: 20,
+      onRefused: (runId, error) => {
+        assert.match(error.message, /\\u0000|unsupported Unicode escape/);
+        refused.push(runId);
+      },
+    });
+    try {
+      // A new run whose input jsonb PostgreSQL cannot hold (U+0000), among good ones.
+      const runs = Array.from({ length: 5 }, () => markRun(writer, "writer"));
+      const bad = runs[2] as RunState;
+      (bad as { input: unknown }).input = { text: "a\u0000b" };
+      await writer.flush();
+      const good = runs.filter((r) => r !== bad).map((r) => r.id);
+      assert.deepEqual(await counts(good), { runs: 4, tasks: 4, outbox: 4 });
+      assert.deepEqual(await counts([bad.id]), { runs: 0, tasks: 0, outbox: 0 });
+      assert.deepEqual(refused, [bad.id]);
+      assert.equal(writer.isStored(bad), false);
+      assert.equal(writer.isStored(runs[0] as RunState), true);
+
+      // A stored run's later change is refused: only that run's share of the batch is dropped.
+      const [first, second] = runs as [RunState, RunState];
+      const poisoned = first.tasks.get("only")!;
+      poisoned.output = { text: "\u0000" };
+      poisoned.status = "SUCCEEDED";
+      writer.markTask(poisoned);
+      writer.addEvent(lifecycleEvent(first, { case: "runCancelRequested", value: {} }));
+      const fine = second.tasks.get("only")!;
+      fine.status = "CANCELLED";
+      writer.markTask(fine);
+      writer.addEvent(lifecycleEvent(second, { case: "runCancelRequested", value: {} }));
+      await writer.flush();
+      assert.deepEqual(refused, [bad.id, first.id]);
+      const status = async (taskId: string) =>
+        (await db.pool.query<{ status: string }>("SELECT status FROM task_runs WHERE id = $1", [taskId]))
+          .rows[0]?.status;
+      assert.equal(await status(poisoned.id), "QUEUED", "the refused change was not written");
+      assert.equal(await status(fine.id), "CANCELLED");
+      assert.deepEqual(
+        (await outboxEvents(db.pool, [first.id, second.id])).map((e) => [e.runId === first.id, e.sequence]),
+        [
+          [true, 1],
+          [false, 1],
+          [false, 2],
+        ].sort((a, b) => Number(b[0]) - Number(a[0])),
+      );
+
+      // In a batch large enough to be split, every refused run is found and nothing else lost.
+      const many = Array.from({ length: 300 }, () => markRun(writer, "writer"));
+      const bads = [many[7], many[150], many[299]] as RunState[];
+      for (const r of bads) (r as { labels: Record<string, string> }).labels = { team: "x\u0000" };
+      await writer.flush();
+      const ok = many.filter((r) => !bads.includes(r)).map((r) => r.id);
+      assert.deepEqual(await counts(ok), { runs: 297, tasks: 297, outbox: 297 });
+      assert.deepEqual(await counts(bads.map((r) => r.id)), { runs: 0, tasks: 0, outbox: 0 });
+      assert.deepEqual(refused.slice(2).sort(), bads.map((r) => r.id).sort());
+      assert.equal(writer.stats.refusedRuns, 5);
+      assert.equal(writer.isHealthy, true);
+      assert.equal(writer.stats.failedCommits, 0, "refused data is not a failed commit to retry");
+    } finally {
+      await writer.close();
+    }
+  });
 });

@@ -17,6 +17,7 @@ import {
   validateRunInput,
   type StepState,
 } from "../dag/index.js";
+import { failRefusedRun } from "../persistence/refused-run.js";
 import { BatchWriter } from "../persistence/batch-writer.js";
 import type { Database } from "../persistence/database.js";
 import { DefinitionStore } from "./definitions.js";
@@ -128,6 +129,8 @@ export class Engine {
   private readonly timers = new Set<NodeJS.Timeout>();
   private readonly watchers = new Map<string, Set<() => void>>();
   private readonly eventListeners: (() => void)[] = [];
+  /** New runs PostgreSQL refused to store, for their StartRun call to answer (kept briefly). */
+  private readonly refusedNewRuns = new Map<string, ErrorInfo>();
   private pumpScheduled = false;
   /** Runs with completions not yet evaluated; evaluated once per event-loop turn. */
   private readonly dirtyRuns = new Set<RunState>();
@@ -157,6 +160,7 @@ export class Engine {
         for (const runId of batch.runIds) this.notify(runId);
         if (batch.events > 0) for (const l of this.eventListeners) l();
       },
+      onRefused: (runId, error) => this.refused(runId, error),
     });
     this.definitions = new DefinitionStore(options.db, options.log);
   }
@@ -470,7 +474,55 @@ export class Engine {
     this.advance(run);
     if (run.deadline !== null) this.setTimer(run.deadline.getTime() - Date.now(), () => this.timeOutRun(run));
     await this.committed();
+    const refused = this.refusedNewRuns.get(run.id);
+    if (refused !== undefined) {
+      this.refusedNewRuns.delete(run.id);
+      throw new ApiError(Code.INVALID_ARGUMENT, `the run was not created: ${refused.message}`);
+    }
     return { runId: run.id, created: true };
+  }
+
+  /**
+   * A run whose changes PostgreSQL refused for their data (the writer dropped them and their
+   * events; retrying would fail forever). The run leaves memory: executors holding its leases are
+   * told to stop (their reports no longer match a task), and a run that was stored before is
+   * ended FAILED with STORAGE_REFUSED in the database, with its event. A new run was never stored:
+   * its StartRun call answers INVALID_ARGUMENT.
+   */
+  private refused(runId: string, cause: Error): void {
+    const run = this.runs.get(runId);
+    if (run === undefined) return;
+    const error: ErrorInfo = {
+      type: "STORAGE_REFUSED",
+      message: `PostgreSQL refused to store the run's changes: ${cause.message}`,
+      retryable: false,
+    };
+    for (const task of [...run.tasks.values(), ...run.compensations.values()]) {
+      if (ACTIVE_LEASE.has(task.status))
+        this.sendCancel(task, "the run failed: its changes cannot be stored");
+      this.detach(task);
+      task.status = "CANCELLED";
+      this.tasks.delete(task.id);
+    }
+    this.dirtyRuns.delete(run);
+    run.status = "FAILED";
+    run.error = error;
+    this.runs.delete(runId);
+    if (run.idempotencyKey !== null) this.runsByKey.delete(run.idempotencyKey);
+    if (!this.writer.isStored(run)) {
+      this.refusedNewRuns.set(runId, error);
+      this.setTimer(60_000, () => this.refusedNewRuns.delete(runId));
+      return;
+    }
+    failRefusedRun(this.db.pool, runId, error).then(
+      (outcome) => {
+        this.log.error({ runId, outcome }, "ended a run whose changes PostgreSQL refused");
+        this.notify(runId);
+        for (const l of this.eventListeners) l();
+      },
+      (e: unknown) =>
+        this.log.error({ err: e, runId }, "could not end a run whose changes PostgreSQL refused"),
+    );
   }
 
   /** Registers a new task run and marks it for the next commit. */
@@ -865,8 +917,19 @@ export class Engine {
     this.writer.flush().then(
       () => {
         for (const { session, task, token } of granted) {
-          if (task.sessionId !== session.id || task.fencingToken !== token || !ACTIVE_LEASE.has(task.status))
+          if (
+            task.sessionId !== session.id ||
+            task.fencingToken !== token ||
+            !ACTIVE_LEASE.has(task.status)
+          ) {
+            // Never sent (cancelled, refused or taken back while committing): the executor will not
+            // return its slot, so the session gets it back here.
+            if (this.dispatcher.sessions.get(session.id) === session) {
+              session.credit++;
+              this.schedulePump();
+            }
             continue;
+          }
           const run = this.runs.get(task.runId);
           const step = run?.workflow.stepsById.get(task.stepId);
           session.send(

@@ -5,7 +5,10 @@
  * accumulates behind it. A large batch is split by run into two statements that commit in
  * parallel on the writer's two connections; a run's changes and events always share one. Waiting
  * for `flush()` means "my change is durable". A failed commit (database down) is retried with
- * backoff, in order, until it succeeds or the writer is closed; nothing marked is ever dropped.
+ * backoff, in order, until it succeeds or the writer is closed. A commit that PostgreSQL refuses for
+ * its data (see {@link isDataError}) is split by run until the runs it cannot store are found; the
+ * others commit, and each refused run's changes and events of that batch are handed to `onRefused`
+ * instead of being retried forever (which would stop every later commit).
  */
 import type pg from "pg";
 import type { Logger } from "@nexusflow/common";
@@ -35,6 +38,12 @@ export interface BatchWriterOptions {
   log: Logger;
   /** Called after each successful commit. */
   onCommit?: (batch: CommittedBatch) => void;
+  /**
+   * Called, before the batch's `flush()` waiters resolve, for a run whose changes PostgreSQL
+   * refused for their data: they and the run's events of that batch are dropped (the run keeps
+   * its last committed state and events). Without it they are logged and dropped.
+   */
+  onRefused?: (runId: string, error: Error) => void;
   /** First retry delay after a failed commit. @default 100 */
   retryInitialMs?: number;
   /** Longest retry delay. @default 2000 */
@@ -49,6 +58,18 @@ interface Waiter {
 /** Raised to flush() waiters when the writer is closed before their batch committed. */
 export class WriterClosedError extends Error {
   override name = "WriterClosedError";
+}
+
+/**
+ * Whether PostgreSQL refused a statement for the data it carries, so that retrying the same rows
+ * can never succeed: SQLSTATE classes 22 (data exception, e.g. a NUL character), 23 (integrity
+ * constraint violation) and 54 (program limit exceeded, e.g. a value too large or too deep).
+ * Connection loss, shutdown, lack of resources and errors in the statement itself are not: those
+ * are retried.
+ */
+export function isDataError(e: unknown): e is Error & { code: string } {
+  const code = (e as { code?: unknown } | null)?.code;
+  return e instanceof Error && typeof code === "string" && /^(22|23|54)/.test(code);
 }
 
 // Times travel as epoch milliseconds (numbers): JSON.stringify takes twice as long over Date
@@ -226,6 +247,30 @@ interface BatchStatement {
   params: unknown[];
 }
 
+/**
+ * One table's rows of a batch (one of PARTS), each with the run it belongs to, kept so that a
+ * refused batch can be split by run from exactly the values it was taken with.
+ */
+interface Section {
+  sql: string;
+  rows: Row[];
+  runIds: string[];
+  /** Primary keys for the UPDATE parts' `= ANY($2)`, aligned with rows. */
+  keys?: string[];
+}
+
+/** The statement of `sections` (which are in PARTS order), or undefined when they hold no row. */
+function statementOf(sections: Section[]): BatchStatement | undefined {
+  const used = sections.filter((x) => x.rows.length > 0);
+  if (used.length === 0) return undefined;
+  const params: unknown[] = [];
+  for (const x of used) {
+    params.push(JSON.stringify(x.rows));
+    if (x.keys !== undefined) params.push(x.keys);
+  }
+  return { ...batchStatement(used.map((x) => x.sql)), params };
+}
+
 const PARTS = [
   RUN_SQL,
   RUN_UPDATE_SQL,
@@ -269,11 +314,45 @@ interface Part {
   tasks: Map<string, TaskState>;
   attempts: Map<string, AttemptState>;
   events: OutboxRow[];
+  sections: Section[];
   statement: BatchStatement | undefined;
-  /** Rows it writes, recorded as written once it commits. */
-  written: Map<object, unknown>;
+  /** Rows it writes (with their run), recorded as written once it commits. */
+  written: Map<object, { input: unknown; runId: string }>;
   /** Rows in the statement. */
   rows: number;
+}
+
+/** The runs a part touches. */
+function runsOf(part: Part): string[] {
+  const ids = new Set<string>();
+  for (const x of part.sections) for (const id of x.runIds) ids.add(id);
+  return [...ids];
+}
+
+/** The share of `part` that belongs to `runIds`, from the values the part was taken with. */
+function subPart(part: Part, runIds: ReadonlySet<string>): Part {
+  const sections = part.sections.map((x) => {
+    const keep = x.runIds.map((id) => runIds.has(id));
+    const pick = <T>(values: T[]): T[] => values.filter((_, i) => keep[i]);
+    return {
+      sql: x.sql,
+      rows: pick(x.rows),
+      runIds: pick(x.runIds),
+      ...(x.keys === undefined ? {} : { keys: pick(x.keys) }),
+    };
+  });
+  const byRun = <K, V>(m: Map<K, V>, runOf: (v: V) => string): Map<K, V> =>
+    new Map([...m].filter(([, v]) => runIds.has(runOf(v))));
+  return {
+    runs: byRun(part.runs, (r) => r.id),
+    tasks: byRun(part.tasks, (t) => t.runId),
+    attempts: byRun(part.attempts, (a) => a.runId),
+    events: part.events.filter((e) => runIds.has(e.message.runId)),
+    sections,
+    statement: statementOf(sections),
+    written: byRun(part.written, (w) => w.runId),
+    rows: sections.reduce((n, x) => n + x.rows.length, 0),
+  };
 }
 
 /** The group-commit writer. */
@@ -298,9 +377,10 @@ export class BatchWriter {
   private readonly retryMaxMs: number;
   /**
    * Statistics, for the benchmark and metrics. `rows` counts rows written (an outbox row holds a
-   * run's events of one commit); `commits` counts statements (a split batch is two).
+   * run's events of one commit); `commits` counts statements (a split batch is two); `refusedRuns`
+   * counts runs whose changes PostgreSQL refused for their data (see {@link isDataError}).
    */
-  readonly stats = { commits: 0, failedCommits: 0, rows: 0 };
+  readonly stats = { commits: 0, failedCommits: 0, rows: 0, refusedRuns: 0 };
 
   constructor(private readonly options: BatchWriterOptions) {
     this.retryInitialMs = options.retryInitialMs ?? 100;
@@ -310,6 +390,11 @@ export class BatchWriter {
   /** False while commits are failing (the database is unreachable). */
   get isHealthy(): boolean {
     return this.healthy;
+  }
+
+  /** Whether `row` (a run, task or attempt) has been committed once. */
+  isStored(row: object): boolean {
+    return this.written.has(row);
   }
 
   /** Marks a run as changed. */
@@ -376,14 +461,24 @@ export class BatchWriter {
       // transaction; a run's changes and events are always in one part, so each run stays atomic.
       const results = await Promise.allSettled(parts.map((part) => this.commit(part.statement)));
       let failure: unknown;
+      const failed: Part[] = [];
       for (const [i, result] of results.entries()) {
         const part = parts[i] as Part;
         if (result.status === "fulfilled") this.committedPart(part);
-        else {
+        else if (isDataError(result.reason)) {
+          // Split by run until what PostgreSQL refuses is found; the rest commits now.
+          const left = await this.isolate(part, result.reason);
+          if (left !== undefined) {
+            failure ??= left.error;
+            failed.push(...left.parts);
+          }
+        } else {
           failure ??= result.reason;
-          this.putBack(part);
+          failed.push(part);
         }
       }
+      // In reverse, so that each goes in front of the one after it, all in front of what is new.
+      for (const part of failed.reverse()) this.putBack(part);
       if (failure === undefined) {
         if (!this.healthy) this.options.log.info("database commits succeed again");
         this.healthy = true;
@@ -453,8 +548,45 @@ export class BatchWriter {
     return { runs, tasks, attempts, events, ...this.snapshot(runs, tasks, attempts, events) };
   }
 
+  /**
+   * Commits what it can of a part PostgreSQL refused for its data, halving it by run; a single run
+   * it still refuses is dropped and reported to `onRefused`. Returns what is left when a commit
+   * fails for another reason (connection lost meanwhile), to be retried as usual.
+   */
+  private async isolate(part: Part, error: Error): Promise<{ parts: Part[]; error: unknown } | undefined> {
+    const runIds = runsOf(part);
+    if (runIds.length <= 1) {
+      this.refused(runIds[0], part, error);
+      return undefined;
+    }
+    const half = Math.ceil(runIds.length / 2);
+    const halves = [runIds.slice(0, half), runIds.slice(half)].map((ids) => subPart(part, new Set(ids)));
+    for (const [i, sub] of halves.entries()) {
+      try {
+        await this.commit(sub.statement);
+        this.committedPart(sub);
+      } catch (e) {
+        const rest = halves.slice(i + 1);
+        if (!isDataError(e)) return { parts: [sub, ...rest], error: e };
+        const left = await this.isolate(sub, e);
+        if (left !== undefined) return { parts: [...left.parts, ...rest], error: left.error };
+      }
+    }
+    return undefined;
+  }
+
+  /** Drops a single run's share of a batch that PostgreSQL refuses for its data, and reports it. */
+  private refused(runId: string | undefined, part: Part, error: Error): void {
+    this.stats.refusedRuns++;
+    this.options.log.error(
+      { err: error, runId, code: (error as { code?: string }).code, rows: part.rows },
+      "PostgreSQL refused a run's changes for their data; they and their events are dropped",
+    );
+    if (runId !== undefined) this.options.onRefused?.(runId, error);
+  }
+
   private committedPart(part: Part): void {
-    for (const [row, input] of part.written) this.written.set(row, input);
+    for (const [row, { input }] of part.written) this.written.set(row, input);
     if (part.statement !== undefined) this.stats.commits++;
     this.stats.rows += part.rows;
     this.options.onCommit?.({
@@ -488,11 +620,11 @@ export class BatchWriter {
     tasks: Map<string, TaskState>,
     attempts: Map<string, AttemptState>,
     events: OutboxRow[],
-  ): { statement: BatchStatement | undefined; written: Map<object, unknown>; rows: number } {
-    const parts: [string, ...unknown[]][] = [];
+  ): Pick<Part, "sections" | "statement" | "written" | "rows"> {
+    const sections: Section[] = [];
     // What this batch writes, recorded as written once it commits (never before: a failed batch
     // is retried with full upserts for its new rows).
-    const written = new Map<object, unknown>();
+    const written = new Map<object, { input: unknown; runId: string }>();
     const split = <T extends object>(rows: Iterable<T>): [T[], T[]] => {
       const fresh: T[] = [];
       const known: T[] = [];
@@ -501,46 +633,53 @@ export class BatchWriter {
     };
     // Parents before children: runs, tasks, attempts, then the events describing them.
     const [newRuns, knownRuns] = split(runs.values());
-    if (newRuns.length > 0) parts.push([RUN_SQL, JSON.stringify(newRuns.map(runRow))]);
-    if (knownRuns.length > 0)
-      parts.push([
-        RUN_UPDATE_SQL,
-        JSON.stringify(knownRuns.map((r) => runUpdateRow(r))),
-        knownRuns.map((r) => r.id),
-      ]);
-    for (const r of runs.values()) written.set(r, true);
+    const runIds = (list: RunState[]) => list.map((r) => r.id);
+    sections.push({ sql: RUN_SQL, rows: newRuns.map(runRow), runIds: runIds(newRuns) });
+    sections.push({
+      sql: RUN_UPDATE_SQL,
+      rows: knownRuns.map((r) => runUpdateRow(r)),
+      runIds: runIds(knownRuns),
+      keys: runIds(knownRuns),
+    });
+    for (const r of runs.values()) written.set(r, { input: true, runId: r.id });
     const [newTasks, knownTasks] = split(tasks.values());
-    if (newTasks.length > 0) parts.push([TASK_SQL, JSON.stringify(newTasks.map(taskRow))]);
-    if (knownTasks.length > 0) {
-      const rows = knownTasks.map((t) => taskUpdateRow(t, this.written.get(t) !== t.input));
-      parts.push([TASK_UPDATE_SQL, JSON.stringify(rows), knownTasks.map((t) => t.id)]);
-    }
-    for (const t of tasks.values()) written.set(t, t.input);
+    sections.push({ sql: TASK_SQL, rows: newTasks.map(taskRow), runIds: newTasks.map((t) => t.runId) });
+    sections.push({
+      sql: TASK_UPDATE_SQL,
+      rows: knownTasks.map((t) => taskUpdateRow(t, this.written.get(t) !== t.input)),
+      runIds: knownTasks.map((t) => t.runId),
+      keys: knownTasks.map((t) => t.id),
+    });
+    for (const t of tasks.values()) written.set(t, { input: t.input, runId: t.runId });
     const [newAttempts, knownAttempts] = split(attempts.values());
-    if (newAttempts.length > 0) parts.push([ATTEMPT_SQL, JSON.stringify(newAttempts.map(attemptRow))]);
-    if (knownAttempts.length > 0)
-      parts.push([
-        ATTEMPT_UPDATE_SQL,
-        JSON.stringify(knownAttempts.map((a) => attemptUpdateRow(a))),
-        knownAttempts.map((a) => a.taskRunId),
-      ]);
-    for (const a of attempts.values()) written.set(a, true);
-    let rows = runs.size + tasks.size + attempts.size;
+    sections.push({
+      sql: ATTEMPT_SQL,
+      rows: newAttempts.map(attemptRow),
+      runIds: newAttempts.map((a) => a.runId),
+    });
+    sections.push({
+      sql: ATTEMPT_UPDATE_SQL,
+      rows: knownAttempts.map((a) => attemptUpdateRow(a)),
+      runIds: knownAttempts.map((a) => a.runId),
+      keys: knownAttempts.map((a) => a.taskRunId),
+    });
+    for (const a of attempts.values()) written.set(a, { input: true, runId: a.runId });
     if (events.length > 0) {
-      const eventRows = encodeRunBatches(events).map((b) => ({
-        run_id: b.runId,
-        first_sequence: b.firstSequence,
-        last_sequence: b.lastSequence,
-        payload: base64(b.payload),
-        trace_context: b.traceContext,
-      }));
-      parts.push([EVENT_SQL, JSON.stringify(eventRows)]);
-      rows += eventRows.length;
+      const batches = encodeRunBatches(events);
+      sections.push({
+        sql: EVENT_SQL,
+        rows: batches.map((b) => ({
+          run_id: b.runId,
+          first_sequence: b.firstSequence,
+          last_sequence: b.lastSequence,
+          payload: base64(b.payload),
+          trace_context: b.traceContext,
+        })),
+        runIds: batches.map((b) => b.runId),
+      });
     }
-    if (parts.length === 0) return { statement: undefined, written, rows };
-    const params: unknown[] = [];
-    for (const [, ...own] of parts) params.push(...own);
-    return { statement: { ...batchStatement(parts.map(([sql]) => sql)), params }, written, rows };
+    const rows = sections.reduce((n, x) => n + x.rows.length, 0);
+    return { sections, statement: statementOf(sections), written, rows };
   }
 
   private async commit(statement: BatchStatement | undefined): Promise<void> {

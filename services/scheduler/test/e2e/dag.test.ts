@@ -592,4 +592,54 @@ describe("DAG execution end to end", () => {
     });
     await finished(await start("e2e-after-nul"));
   });
+
+  it("contains data PostgreSQL refuses to one run: a new one is not created, a stored one ends FAILED, others go on", async () => {
+    // Constraints stand in for any value PostgreSQL refuses (SQLSTATE class 23 here, 22 or 54 alike).
+    await tables.exec(
+      `ALTER TABLE workflow_runs ADD CONSTRAINT e2e_refuse_input CHECK (NOT coalesce(input @> '{"refuse": true}', false)) NOT VALID`,
+    );
+    await tables.exec(
+      `ALTER TABLE task_runs ADD CONSTRAINT e2e_refuse_output CHECK (NOT coalesce(output @> '{"v": 9409}', false)) NOT VALID`,
+    );
+    try {
+      await registerSpec(client, {
+        name: "e2e-refused",
+        version: 1,
+        steps: [
+          { id: "sq", type: "square", input: { i: "{{ input.i }}" } },
+          { id: "after", type: "math.inc", dependsOn: ["sq"], input: { x: "{{ steps.sq.output.v }}" } },
+        ],
+      });
+      // A new run the database refuses: the call says so and nothing of it exists.
+      const err = await client
+        .startRun({ workflowName: "e2e-refused", input: jsonToValue({ i: 1, refuse: true }) })
+        .then(
+          () => undefined,
+          (e: unknown) => ConnectError.from(e),
+        );
+      assert.ok(err !== undefined, "refused");
+      assert.equal(err.code, Code.InvalidArgument);
+      assert.match(err.message, /the run was not created: PostgreSQL refused/);
+      // A stored run whose task output (97 * 97) is refused ends FAILED, its tasks cancelled, its
+      // events contiguous; runs around it are untouched.
+      const [poisoned, before, after] = await Promise.all([
+        start("e2e-refused", { i: 97 }),
+        start("e2e-refused", { i: 3 }),
+        start("e2e-refused", { i: 4 }),
+      ]);
+      const run = await finished(poisoned, RunStatus.FAILED);
+      assert.equal(run.error?.type, "STORAGE_REFUSED", describeRun(run));
+      assert.match(run.error?.message ?? "", /e2e_refuse_output/);
+      assert.equal(task(run, "sq").status, TaskStatus.CANCELLED);
+      assert.equal(task(run, "after").status, TaskStatus.CANCELLED);
+      const events = await assertOutboxContiguous(tables, poisoned);
+      assert.equal(events.at(-1)?.type, "runCompleted");
+      for (const id of [before, after]) await finished(id);
+      assert.deepEqual(valueToJson(task(await finished(after), "after").output), { z: 17 });
+      await finished(await start("e2e-refused", { i: 5 }));
+    } finally {
+      await tables.exec("ALTER TABLE workflow_runs DROP CONSTRAINT e2e_refuse_input");
+      await tables.exec("ALTER TABLE task_runs DROP CONSTRAINT e2e_refuse_output");
+    }
+  });
 });

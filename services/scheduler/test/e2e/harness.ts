@@ -84,6 +84,11 @@ export class RunTables {
     return rows[0] === undefined ? undefined : Number(rows[0].seq);
   }
 
+  /** Runs a statement (schema changes a test makes to inject faults). */
+  async exec(sql: string): Promise<void> {
+    await this.pool.query(sql);
+  }
+
   /** Closes the pool. */
   async close(): Promise<void> {
     await this.pool.end();

@@ -1,0 +1,96 @@
+/**
+ * Ends a run whose changes PostgreSQL refused for their data (the batch writer dropped them and
+ * their events): in one transaction its row becomes FAILED with the given error, its unfinished
+ * tasks and attempts CANCELLED, and a runCompleted event joins the outbox with the run's next
+ * sequence number, so that state and events stay in step. Only known-good values are written.
+ */
+import { create } from "@bufbuild/protobuf";
+import { timestampFromDate } from "@bufbuild/protobuf/wkt";
+import { randomUUID } from "node:crypto";
+import type pg from "pg";
+import { errorToProto } from "@nexusflow/common";
+import { LifecycleEventSchema, RunStatus } from "@nexusflow/gen";
+import { encodeRunBatches } from "../engine/events.js";
+import type { ErrorInfo } from "../engine/model.js";
+
+/** What {@link failRefusedRun} did. */
+export type RefusedRunOutcome = "failed" | "not-stored" | "already-ended";
+
+/** Marks a stored run FAILED with `error`, with its event; see the module comment. */
+export async function failRefusedRun(
+  pool: pg.Pool,
+  runId: string,
+  error: ErrorInfo,
+): Promise<RefusedRunOutcome> {
+  const client = await pool.connect();
+  let broken = false;
+  try {
+    await client.query("BEGIN");
+    const run = await client.query<{
+      status: string;
+      workflow_name: string;
+      workflow_version: number;
+      next_sequence: string;
+    }>(
+      // The relay prunes only events the run row's event_seq covers: the higher of the two is the
+      // last sequence number used.
+      `SELECT status, workflow_name, workflow_version,
+              greatest(event_seq, coalesce((SELECT max(last_sequence) FROM outbox_events WHERE run_id = $1), 0)) + 1
+                AS next_sequence
+         FROM workflow_runs WHERE id = $1 FOR UPDATE`,
+      [runId],
+    );
+    const row = run.rows[0];
+    if (row === undefined) {
+      await client.query("ROLLBACK");
+      return "not-stored";
+    }
+    if (!["PENDING", "RUNNING", "COMPENSATING"].includes(row.status)) {
+      await client.query("ROLLBACK");
+      return "already-ended";
+    }
+    const sequence = BigInt(row.next_sequence);
+    const now = new Date();
+    await client.query(
+      `UPDATE workflow_runs SET status = 'FAILED', error = $2, event_seq = $3, updated_at = now(), ended_at = now()
+        WHERE id = $1`,
+      [runId, JSON.stringify(error), sequence.toString()],
+    );
+    await client.query(
+      `UPDATE task_attempts SET status = 'CANCELLED', ended_at = now()
+        WHERE run_id = $1 AND status IN ('LEASED', 'RUNNING')`,
+      [runId],
+    );
+    await client.query(
+      `UPDATE task_runs SET status = 'CANCELLED', lease_expires_at = NULL, next_attempt_at = NULL,
+              updated_at = now(), ended_at = now()
+        WHERE run_id = $1 AND status NOT IN ('SUCCEEDED', 'FAILED', 'SKIPPED', 'CANCELLED')`,
+      [runId],
+    );
+    const message = create(LifecycleEventSchema, {
+      eventId: randomUUID(),
+      runId,
+      sequence,
+      time: timestampFromDate(now),
+      workflowName: row.workflow_name,
+      workflowVersion: row.workflow_version,
+      event: {
+        case: "runCompleted",
+        value: { status: RunStatus.FAILED, error: errorToProto(error) },
+      },
+    });
+    const [batch] = encodeRunBatches([{ message, traceContext: null }]);
+    await client.query(
+      `INSERT INTO outbox_events (run_id, first_sequence, last_sequence, payload) VALUES ($1, $2, $2, $3)`,
+      [runId, sequence.toString(), Buffer.from(batch!.payload)],
+    );
+    await client.query("COMMIT");
+    return "failed";
+  } catch (e) {
+    broken = true;
+    await client.query("ROLLBACK").catch(() => undefined);
+    throw e;
+  } finally {
+    client.release(broken);
+  }
+}
