@@ -637,6 +637,14 @@ describe("DAG execution end to end", () => {
       for (const id of [before, after]) await finished(id);
       assert.deepEqual(valueToJson(task(await finished(after), "after").output), { z: 17 });
       await finished(await start("e2e-refused", { i: 5 }));
+      // The refused new run's lease was granted but never sent: its slot came back to the session.
+      await waitFor(
+        "every general slot free again",
+        () =>
+          [...scheduler.engine.dispatcher.sessions.values()]
+            .filter((x) => x.executorId.startsWith("general-"))
+            .every((x) => x.leases.size === 0 && x.credit === 8) || undefined,
+      );
     } finally {
       await tables.exec("ALTER TABLE workflow_runs DROP CONSTRAINT e2e_refuse_input");
       await tables.exec("ALTER TABLE task_runs DROP CONSTRAINT e2e_refuse_output");
