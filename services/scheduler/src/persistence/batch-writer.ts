@@ -316,10 +316,15 @@ interface Part {
   events: OutboxRow[];
   sections: Section[];
   statement: BatchStatement | undefined;
-  /** Rows it writes (with their run), recorded as written once it commits. */
-  written: Map<object, { input: unknown; runId: string }>;
+  /** Rows it writes (runs, tasks, attempts), recorded as written once it commits. */
+  written: Map<object, unknown>;
   /** Rows in the statement. */
   rows: number;
+}
+
+/** The run of a run, task or attempt. */
+function runOfRow(row: object): string {
+  return "runId" in row ? (row as TaskState | AttemptState).runId : (row as RunState).id;
 }
 
 /** The runs a part touches. */
@@ -350,7 +355,7 @@ function subPart(part: Part, runIds: ReadonlySet<string>): Part {
     events: part.events.filter((e) => runIds.has(e.message.runId)),
     sections,
     statement: statementOf(sections),
-    written: byRun(part.written, (w) => w.runId),
+    written: new Map([...part.written].filter(([row]) => runIds.has(runOfRow(row)))),
     rows: sections.reduce((n, x) => n + x.rows.length, 0),
   };
 }
@@ -586,7 +591,7 @@ export class BatchWriter {
   }
 
   private committedPart(part: Part): void {
-    for (const [row, { input }] of part.written) this.written.set(row, input);
+    for (const [row, input] of part.written) this.written.set(row, input);
     if (part.statement !== undefined) this.stats.commits++;
     this.stats.rows += part.rows;
     this.options.onCommit?.({
@@ -624,7 +629,7 @@ export class BatchWriter {
     const sections: Section[] = [];
     // What this batch writes, recorded as written once it commits (never before: a failed batch
     // is retried with full upserts for its new rows).
-    const written = new Map<object, { input: unknown; runId: string }>();
+    const written = new Map<object, unknown>();
     const split = <T extends object>(rows: Iterable<T>): [T[], T[]] => {
       const fresh: T[] = [];
       const known: T[] = [];
@@ -641,7 +646,7 @@ export class BatchWriter {
       runIds: runIds(knownRuns),
       keys: runIds(knownRuns),
     });
-    for (const r of runs.values()) written.set(r, { input: true, runId: r.id });
+    for (const r of runs.values()) written.set(r, true);
     const [newTasks, knownTasks] = split(tasks.values());
     sections.push({ sql: TASK_SQL, rows: newTasks.map(taskRow), runIds: newTasks.map((t) => t.runId) });
     sections.push({
@@ -650,7 +655,7 @@ export class BatchWriter {
       runIds: knownTasks.map((t) => t.runId),
       keys: knownTasks.map((t) => t.id),
     });
-    for (const t of tasks.values()) written.set(t, { input: t.input, runId: t.runId });
+    for (const t of tasks.values()) written.set(t, t.input);
     const [newAttempts, knownAttempts] = split(attempts.values());
     sections.push({
       sql: ATTEMPT_SQL,
@@ -663,7 +668,7 @@ export class BatchWriter {
       runIds: knownAttempts.map((a) => a.runId),
       keys: knownAttempts.map((a) => a.taskRunId),
     });
-    for (const a of attempts.values()) written.set(a, { input: true, runId: a.runId });
+    for (const a of attempts.values()) written.set(a, true);
     if (events.length > 0) {
       const batches = encodeRunBatches(events);
       sections.push({
