@@ -184,6 +184,12 @@ export interface ExecutorConfig {
   artifacts: ArtifactConfig;
   /** Bearer token sent when opening the session (EXECUTOR_TOKEN); needs the `executor` scope. */
   token: string | undefined;
+  /**
+   * File holding that token (EXECUTOR_TOKEN_FILE), read again for every session the executor
+   * opens, so a token rotated in place (a Kubernetes projected token, a Vault agent) is used on
+   * the next reconnect. At most one of `token` and `tokenFile` is set.
+   */
+  tokenFile: string | undefined;
 }
 
 /** Everything the gateway reads from the environment. */
@@ -303,8 +309,20 @@ export function loadExecutorConfig(env: Env = process.env): ExecutorConfig {
     handlersModule: str(env, "EXECUTOR_HANDLERS"),
     logLevel: oneOf(env, "LOG_LEVEL", LOG_LEVELS, "info"),
     artifacts: artifacts(env),
-    token: str(env, "EXECUTOR_TOKEN"),
+    ...executorToken(env),
   };
+}
+
+function executorToken(env: Env): Pick<ExecutorConfig, "token" | "tokenFile"> {
+  const token = str(env, "EXECUTOR_TOKEN");
+  const tokenFile = str(env, "EXECUTOR_TOKEN_FILE");
+  if (token !== undefined && tokenFile !== undefined) {
+    throw new ConfigError(
+      "EXECUTOR_TOKEN_FILE",
+      "set either EXECUTOR_TOKEN or EXECUTOR_TOKEN_FILE, not both",
+    );
+  }
+  return { token, tokenFile };
 }
 
 /** Reads the gateway's configuration. Throws {@link ConfigError}. */

@@ -601,6 +601,38 @@ describe("Executor", { timeout: 60_000 }, () => {
     },
   );
 
+  it(
+    "makes each session's metadata anew: a rotated token goes on the reconnect, a failing provider is retried",
+    { timeout: 10_000 },
+    async () => {
+      const scheduler = await FakeScheduler.start();
+      let token = "first";
+      let calls = 0;
+      const executor = newExecutor(scheduler, {
+        metadata: () => {
+          calls++;
+          if (calls === 1) throw new Error("the token file is not there yet");
+          const metadata = new grpc.Metadata();
+          metadata.set("authorization", `Bearer ${token}`);
+          return metadata;
+        },
+      });
+      await executor.start();
+      const first = await scheduler.session(0);
+      assert.deepEqual(first.call.metadata.get("authorization"), ["Bearer first"]);
+      assert.equal(calls, 2, "the failed attempt was retried");
+
+      token = "rotated";
+      const connecting = waitState(executor, "CONNECTING");
+      scheduler.kill();
+      await connecting;
+      const restarted = await FakeScheduler.start(scheduler.port);
+      const next = await restarted.session(0);
+      assert.deepEqual(next.call.metadata.get("authorization"), ["Bearer rotated"]);
+      await waitState(executor, "ATTACHED");
+    },
+  );
+
   it("stop() before the first AttachAck rejects start() with STOPPED", { timeout: 10_000 }, async () => {
     const scheduler = await FakeScheduler.start(0, { autoAck: false });
     const executor = newExecutor(scheduler);

@@ -456,13 +456,29 @@ export class Executor {
   }
 
   /** Opens one session and resolves when it ends (never rejects). */
-  #runSession(): Promise<SessionEnd> {
+  async #runSession(): Promise<SessionEnd> {
+    let metadata: grpc.Metadata;
+    try {
+      // Made for every session: a token rotated since the last one is sent on this one.
+      metadata = await this.#options.metadata();
+    } catch (e) {
+      return {
+        attached: false,
+        code: grpc.status.UNAVAILABLE,
+        details: `cannot make the session's metadata: ${e instanceof Error ? e.message : String(e)}`,
+      };
+    }
+    if (this.#closing) return { attached: false, code: grpc.status.CANCELLED, details: "stopping" };
+    return this.#openSession(metadata);
+  }
+
+  #openSession(metadata: grpc.Metadata): Promise<SessionEnd> {
     return new Promise((resolve) => {
       const number = ++this.#sessionCount;
       let call: SessionCall;
       try {
         const method = (this.#client as unknown as { session: SessionMethod }).session;
-        call = method.call(this.#client, this.#options.metadata.clone());
+        call = method.call(this.#client, metadata);
       } catch (e) {
         resolve({
           attached: false,

@@ -3,6 +3,7 @@
  * handler module (EXECUTOR_HANDLERS), attaches to the scheduler and drains on SIGTERM/SIGINT.
  * Wiring only; the behaviour lives in {@link Executor}.
  */
+import { readFile } from "node:fs/promises";
 import * as grpc from "@grpc/grpc-js";
 import { ConfigError, type ExecutorConfig, createLogger, loadExecutorConfig } from "@nexusflow/common";
 import { type ArtifactStore, createArtifactStore, isArtifactError } from "@nexusflow/common/artifacts";
@@ -11,7 +12,20 @@ import { isExecutorError } from "./errors.js";
 import { HandlerModuleError, HandlerRegistrationError, loadHandlerModule } from "./handlers/index.js";
 
 /** The executor's own secrets, kept out of the environment of `shell` tasks. */
-const SECRET_VARIABLES = ["S3_ACCESS_KEY", "S3_SECRET_KEY", "DATABASE_URL", "EXECUTOR_TOKEN"];
+const SECRET_VARIABLES = [
+  "S3_ACCESS_KEY",
+  "S3_SECRET_KEY",
+  "DATABASE_URL",
+  "EXECUTOR_TOKEN",
+  "EXECUTOR_TOKEN_FILE",
+];
+
+/** Session metadata carrying `token` as a bearer token (none without one). */
+function bearerMetadata(token: string | undefined): grpc.Metadata {
+  const metadata = new grpc.Metadata();
+  if (token !== undefined) metadata.set("authorization", `Bearer ${token}`);
+  return metadata;
+}
 
 /** Bad configuration: one line naming the variable, exit status 2. */
 function configFailure(message: string): never {
@@ -28,9 +42,18 @@ try {
 }
 
 const logger = createLogger("executor", config.logLevel);
-// The scheduler wants a bearer token with the `executor` scope on the session (unless its AUTH_DISABLED=true).
-const metadata = new grpc.Metadata();
-if (config.token !== undefined) metadata.set("authorization", `Bearer ${config.token}`);
+// The scheduler wants a bearer token with the `executor` scope on the session (unless its
+// AUTH_DISABLED=true): fixed (EXECUTOR_TOKEN) or read from a file for every session it opens
+// (EXECUTOR_TOKEN_FILE), so a token rotated in place is used on the next reconnect.
+const { token, tokenFile } = config;
+const metadata =
+  tokenFile === undefined
+    ? bearerMetadata(token)
+    : async (): Promise<grpc.Metadata> => {
+        const value = (await readFile(tokenFile, "utf8")).trim();
+        if (value === "") throw new Error(`the token file ${tokenFile} is empty`);
+        return bearerMetadata(value);
+      };
 const baseEnv = Object.fromEntries(
   Object.entries(process.env).filter(([name]) => !SECRET_VARIABLES.includes(name)),
 );

@@ -99,10 +99,12 @@ export interface ExecutorOptions {
    */
   credentials?: grpc.ChannelCredentials | undefined;
   /**
-   * Metadata sent when opening every session (e.g. an `authorization` token).
+   * Metadata sent when opening every session (e.g. an `authorization` token), or a function that
+   * returns it, called for every session the executor opens (to send a token that was rotated
+   * since). When the function fails, that attempt fails and the executor retries with backoff.
    * @default no metadata
    */
-  metadata?: grpc.Metadata | undefined;
+  metadata?: grpc.Metadata | SessionMetadataProvider | undefined;
   /**
    * grpc-js channel options, merged over the executor's (keepalive, and reconnect backoff aligned
    * with {@link ExecutorOptions.reconnect}).
@@ -138,6 +140,9 @@ export interface ExecutorOptions {
   maxOffloadBytes?: number | undefined;
 }
 
+/** Makes the metadata of one session (see {@link ExecutorOptions.metadata}). */
+export type SessionMetadataProvider = () => grpc.Metadata | Promise<grpc.Metadata>;
+
 /** {@link ExecutorOptions} with every default applied and every value checked. */
 export interface CompiledExecutorOptions {
   readonly schedulerAddress: string;
@@ -153,7 +158,8 @@ export interface CompiledExecutorOptions {
   readonly maxPayloadBytes: number;
   readonly logger: Logger;
   readonly credentials: grpc.ChannelCredentials;
-  readonly metadata: grpc.Metadata;
+  /** Makes each session's metadata (a fixed value is cloned). */
+  readonly metadata: SessionMetadataProvider;
   readonly channelOptions: grpc.ChannelOptions;
   readonly builtins: BuiltinHandlerOptions | false;
   readonly logSink: LogSink;
@@ -225,7 +231,7 @@ export function compileExecutorOptions(options: ExecutorOptions = {}): CompiledE
     maxPayloadBytes: integer("maxPayloadBytes", options.maxPayloadBytes, 3 * 1024 * 1024, 1, 2 ** 31 - 1),
     logger,
     credentials: options.credentials ?? grpc.credentials.createInsecure(),
-    metadata: options.metadata ?? new grpc.Metadata(),
+    metadata: sessionMetadata(options.metadata),
     channelOptions: {
       // Detects a scheduler that vanished without closing the connection (no RST) in ~40 s
       // rather than after TCP's retransmission timeout (~15 min).
@@ -259,4 +265,16 @@ export function compileExecutorOptions(options: ExecutorOptions = {}): CompiledE
       2 ** 31 - 1,
     ),
   };
+}
+
+function sessionMetadata(value: ExecutorOptions["metadata"]): SessionMetadataProvider {
+  if (typeof value === "function") return value;
+  if (value !== undefined && !(value instanceof grpc.Metadata)) {
+    throw new ExecutorError(
+      "INVALID_OPTIONS",
+      "metadata: expected a grpc.Metadata or a function returning one",
+    );
+  }
+  const fixed = value ?? new grpc.Metadata();
+  return () => fixed.clone();
 }

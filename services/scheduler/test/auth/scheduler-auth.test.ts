@@ -20,6 +20,7 @@ import { Executor, isExecutorError } from "@nexusflow/executor";
 import { ExecutorService, SessionRequestSchema, type SessionResponse } from "@nexusflow/gen";
 import { type CryptoKey, SignJWT, exportJWK, generateKeyPair } from "jose";
 import type { Scheduler } from "../../src/scheduler.js";
+import { startExecutorProcess } from "../e2e/processes.js";
 import { startTestDatabase, startTestScheduler, workflowClient } from "../support.js";
 
 const run = promisify(execFile);
@@ -180,6 +181,31 @@ describe("scheduler authentication", () => {
       await executor.stop();
     }
   });
+
+  it(
+    "an executor process reads EXECUTOR_TOKEN_FILE for every session: it waits for the file, then attaches",
+    T,
+    async () => {
+      const tokenFile = join(dir, "executor.token");
+      const starting = startExecutorProcess("token-file", scheduler.address, {
+        EXECUTOR_TOKEN_FILE: tokenFile,
+      });
+      // No file yet: the attempt fails and is retried with backoff (not refused for good).
+      const executor = await Promise.race([
+        starting,
+        new Promise<undefined>((resolve) => setTimeout(() => resolve(undefined), 1_500)),
+      ]);
+      assert.equal(executor, undefined, "not attached without the token file");
+      await writeFile(tokenFile, `${await sign({ scope: "executor" }, "token-file")}\n`);
+      const attached = await starting;
+      try {
+        const retried = attached.lines.find((l) => l.msg === "could not attach to the scheduler; retrying");
+        assert.match(String(retried?.["details"]), /cannot make the session's metadata: .*executor\.token/);
+      } finally {
+        await attached.kill();
+      }
+    },
+  );
 
   it("checks WorkflowService calls (as forwarded by the gateway) against their scopes", T, async () => {
     const client = workflowClient(scheduler.address);

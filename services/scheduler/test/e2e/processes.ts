@@ -27,6 +27,7 @@ const SCRUBBED = [
   "AUTH_ISSUER",
   "AUTH_AUDIENCE",
   "EXECUTOR_TOKEN",
+  "EXECUTOR_TOKEN_FILE",
 ];
 
 /** One parsed log line (pino JSON), or the raw text of a line that is not JSON. */
