@@ -180,6 +180,12 @@ describe("batch writer (PostgreSQL)", () => {
       fine.status = "CANCELLED";
       writer.markTask(fine);
       writer.addEvent(lifecycleEvent(second, { case: "runCancelRequested", value: {} }));
+      const flushed = writer.flush();
+      // Marked while that batch commits: it follows the refused change, so it is dropped with it.
+      await new Promise((resolve) => setImmediate(resolve));
+      writer.markRun(first);
+      writer.addEvent(lifecycleEvent(first, { case: "runCancelRequested", value: {} }));
+      await flushed;
       await writer.flush();
       assert.deepEqual(refused, [bad.id, first.id]);
       const status = async (taskId: string) =>

@@ -40,8 +40,9 @@ export interface BatchWriterOptions {
   onCommit?: (batch: CommittedBatch) => void;
   /**
    * Called, before the batch's `flush()` waiters resolve, for a run whose changes PostgreSQL
-   * refused for their data: they and the run's events of that batch are dropped (the run keeps
-   * its last committed state and events). Without it they are logged and dropped.
+   * refused for their data: they, the run's events of that batch and whatever was marked for the
+   * run since are dropped (the run keeps its last committed state and events). Without it they
+   * are logged and dropped.
    */
   onRefused?: (runId: string, error: Error) => void;
   /** First retry delay after a failed commit. @default 100 */
@@ -587,7 +588,14 @@ export class BatchWriter {
       { err: error, runId, code: (error as { code?: string }).code, rows: part.rows },
       "PostgreSQL refused a run's changes for their data; they and their events are dropped",
     );
-    if (runId !== undefined) this.options.onRefused?.(runId, error);
+    if (runId === undefined) return;
+    this.options.onRefused?.(runId, error);
+    // Changes marked for the run while this batch was committing follow the dropped ones (their
+    // events would leave a gap in its sequence): they go too.
+    for (const [id, t] of this.tasks) if (t.runId === runId) this.tasks.delete(id);
+    for (const [key, a] of this.attempts) if (a.runId === runId) this.attempts.delete(key);
+    this.runs.delete(runId);
+    this.events = this.events.filter((e) => e.message.runId !== runId);
   }
 
   private committedPart(part: Part): void {
