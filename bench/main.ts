@@ -225,6 +225,7 @@ function latencyTable(results: LatencyResult[]): string {
         "achieved/s",
         "failed sends",
         "never started",
+        "main-thread GC max ms (scav / m-c)",
         "other procs %",
       ],
       ...results.map((r) => [
@@ -238,6 +239,7 @@ function latencyTable(results: LatencyResult[]): string {
         r.achievedPerSecond,
         r.failedSends,
         r.notStarted,
+        `${r.mainThreadGc.scavenges.maxMs} / ${r.mainThreadGc.markCompacts.maxMs}`,
         r.cpu.othersPct,
       ]),
     ])

@@ -5,6 +5,7 @@
 import type { SystemName } from "../lib/cli.js";
 import { phaseCost, type BenchContext, type PhaseCost } from "../lib/context.js";
 import type { CpuUsage } from "../lib/cpu.js";
+import { type GcPauses, watchGcPauses } from "../lib/gc-pauses.js";
 import { closedLoop, openLoop, type OpenLoopResult } from "../lib/loops.js";
 import { roundSummary, summarize, type Summary } from "../lib/stats.js";
 import { NexusflowSystem } from "../systems/nexusflow.js";
@@ -43,6 +44,11 @@ export interface LatencyResult {
   /** How late the harness sent, ms (its own jitter on a shared CPU). */
   sendLag: Summary;
   achievedPerSecond: number;
+  /**
+   * Garbage-collection pauses of the bench process's main thread during the phase (warm-up
+   * included): the scheduler's thread for Nexusflow, the workers' for the peers.
+   */
+  mainThreadGc: GcPauses;
   /** Sends that failed (of all runs, warm-up included). */
   failedSends: number;
   /** First failure message, if any. */
@@ -146,6 +152,7 @@ export async function latencyPhase(
   });
   ctx.note(`  ${name}: ${rate}/s for ${seconds} s (${n} runs)`);
   const cpu0 = ctx.cpu();
+  const gc = watchGcPauses();
   const { intended, sentAt, errors, firstError } = await ctx.profiled(
     `${name}-open-loop-${Math.round(rate)}`,
     async () => {
@@ -157,6 +164,7 @@ export async function latencyPhase(
     },
   );
   const cpu = ctx.cpuSince(cpu0, n);
+  const mainThreadGc = gc.stop();
   const calls = await ctx.pg.statementCalls(system.database);
   const statements = await ctx.pg.statements(system.database, 8);
   await system.stop();
@@ -191,6 +199,7 @@ export async function latencyPhase(
     sendToStart: roundSummary(summarize(fromSend)),
     sendLag: roundSummary(summarize(lag)),
     achievedPerSecond: Math.round(((n - warmup) / (lastStart - first)) * 1000),
+    mainThreadGc,
     failedSends: errors,
     ...(firstError === undefined ? {} : { firstError }),
     notStarted: missing,
