@@ -82,8 +82,14 @@ describe("bench smoke run", () => {
         assert.ok(t.cost.perTask.commits > 0, `${t.system} cost measured`);
       }
       assert.equal(report.latency?.length, 2);
-      for (const l of report.latency ?? [])
+      for (const l of report.latency ?? []) {
         assert.ok(l.scheduleToStart.n > 0 && l.failedSends === 0 && l.notStarted === 0, l.system);
+        for (const p of [l.mainThreadGc.scavenges, l.mainThreadGc.markCompacts])
+          assert.ok(
+            Number.isInteger(p.count) && p.count >= 0 && p.maxMs >= 0 && p.maxMs <= p.totalMs,
+            l.system,
+          );
+      }
       assert.ok(Number.isFinite(report.dag?.fanOut.makespan.p50));
       assert.ok((report.dag?.chain.perHop.n ?? 0) > 0);
       assert.equal(report.sessions?.idle.sessions, report.sessions?.busy.sessions);
