@@ -193,14 +193,11 @@ describe("batch writer (PostgreSQL)", () => {
           .rows[0]?.status;
       assert.equal(await status(poisoned.id), "QUEUED", "the refused change was not written");
       assert.equal(await status(fine.id), "CANCELLED");
-      assert.deepEqual(
-        (await outboxEvents(db.pool, [first.id, second.id])).map((e) => [e.runId === first.id, e.sequence]),
-        [
-          [true, 1],
-          [false, 1],
-          [false, 2],
-        ].sort((a, b) => Number(b[0]) - Number(a[0])),
-      );
+      // The refused run keeps only its committed event; the other run's batch went through.
+      const sequences = async (runId: string) =>
+        (await outboxEvents(db.pool, [runId])).map((e) => e.sequence);
+      assert.deepEqual(await sequences(first.id), [1]);
+      assert.deepEqual(await sequences(second.id), [1, 2]);
 
       // In a batch large enough to be split, every refused run is found and nothing else lost.
       const many = Array.from({ length: 300 }, () => markRun(writer, "writer"));
