@@ -24,6 +24,8 @@ import { DefinitionStore } from "./definitions.js";
 import { Dispatcher, type SessionHandle } from "./dispatcher.js";
 import { lifecycleEvent, type EventInit } from "./events.js";
 import {
+  ACTIVE_LEASE,
+  STORAGE_REFUSED,
   TERMINAL_RUN_STATUSES,
   TERMINAL_TASK_STATUSES,
   newRunState,
@@ -77,8 +79,6 @@ const STARTED_FLUSH_DELAY_MS = 20;
 /** Extra grace after a scheduler restart: executors back off up to 5 s between reconnects. */
 const RECONNECT_ALLOWANCE_MS = 6000;
 
-const ACTIVE_LEASE: ReadonlySet<TaskStatusName> = new Set(["LEASED", "RUNNING"]);
-
 function stepState(t: TaskState): StepState {
   switch (t.status) {
     case "PENDING":
@@ -129,8 +129,6 @@ export class Engine {
   private readonly timers = new Set<NodeJS.Timeout>();
   private readonly watchers = new Map<string, Set<() => void>>();
   private readonly eventListeners: (() => void)[] = [];
-  /** New runs PostgreSQL refused to store, for their StartRun call to answer (kept briefly). */
-  private readonly refusedNewRuns = new Map<string, ErrorInfo>();
   private pumpScheduled = false;
   /** Runs with completions not yet evaluated; evaluated once per event-loop turn. */
   private readonly dirtyRuns = new Set<RunState>();
@@ -474,11 +472,9 @@ export class Engine {
     this.advance(run);
     if (run.deadline !== null) this.setTimer(run.deadline.getTime() - Date.now(), () => this.timeOutRun(run));
     await this.committed();
-    const refused = this.refusedNewRuns.get(run.id);
-    if (refused !== undefined) {
-      this.refusedNewRuns.delete(run.id);
-      throw new ApiError(Code.INVALID_ARGUMENT, `the run was not created: ${refused.message}`);
-    }
+    // Refused by PostgreSQL in that commit (see refused): the run was never stored.
+    if (run.error?.type === STORAGE_REFUSED)
+      throw new ApiError(Code.INVALID_ARGUMENT, `the run was not created: ${run.error.message}`);
     return { runId: run.id, created: true };
   }
 
@@ -487,13 +483,13 @@ export class Engine {
    * events; retrying would fail forever). The run leaves memory: executors holding its leases are
    * told to stop (their reports no longer match a task), and a run that was stored before is
    * ended FAILED with STORAGE_REFUSED in the database, with its event. A new run was never stored:
-   * its StartRun call answers INVALID_ARGUMENT.
+   * its StartRun call, which holds the run, sees the error and answers INVALID_ARGUMENT.
    */
   private refused(runId: string, cause: Error): void {
     const run = this.runs.get(runId);
     if (run === undefined) return;
     const error: ErrorInfo = {
-      type: "STORAGE_REFUSED",
+      type: STORAGE_REFUSED,
       message: `PostgreSQL refused to store the run's changes: ${cause.message}`,
       retryable: false,
     };
@@ -509,11 +505,7 @@ export class Engine {
     run.error = error;
     this.runs.delete(runId);
     if (run.idempotencyKey !== null) this.runsByKey.delete(run.idempotencyKey);
-    if (!this.writer.isStored(run)) {
-      this.refusedNewRuns.set(runId, error);
-      this.setTimer(60_000, () => this.refusedNewRuns.delete(runId));
-      return;
-    }
+    if (!this.writer.isStored(run)) return;
     failRefusedRun(this.db.pool, runId, error).then(
       (outcome) => {
         this.log.error({ runId, outcome }, "ended a run whose changes PostgreSQL refused");

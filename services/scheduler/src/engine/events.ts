@@ -14,13 +14,31 @@ export type EventInit = NonNullable<MessageInitShape<typeof LifecycleEventSchema
  * message is encoded later, with the rest of its commit's events ({@link encodeEvents}).
  */
 export function lifecycleEvent(run: RunState, event: EventInit, now = new Date()): OutboxRow {
+  return lifecycleEventAt(
+    {
+      runId: run.id,
+      sequence: BigInt(++run.eventSeq),
+      workflowName: run.workflow.name,
+      workflowVersion: run.workflow.version,
+    },
+    event,
+    now,
+  );
+}
+
+/** The outbox row for one event of a run, with the sequence number given (not consumed from a RunState). */
+export function lifecycleEventAt(
+  run: { runId: string; sequence: bigint; workflowName: string; workflowVersion: number },
+  event: EventInit,
+  now = new Date(),
+): OutboxRow {
   const message = create(LifecycleEventSchema, {
     eventId: randomUUID(),
-    runId: run.id,
-    sequence: BigInt(++run.eventSeq),
+    runId: run.runId,
+    sequence: run.sequence,
     time: timestampFromDate(now),
-    workflowName: run.workflow.name,
-    workflowVersion: run.workflow.version,
+    workflowName: run.workflowName,
+    workflowVersion: run.workflowVersion,
     event,
   });
   return { message, traceContext: null };

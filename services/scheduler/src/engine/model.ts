@@ -51,6 +51,12 @@ export const TERMINAL_TASK_STATUSES: ReadonlySet<TaskStatusName> = new Set([
   "CANCELLED",
 ]);
 
+/** Task (and attempt) states while an executor holds the lease. */
+export const ACTIVE_LEASE: ReadonlySet<TaskStatusName> = new Set(["LEASED", "RUNNING"]);
+
+/** Error type of a run whose changes PostgreSQL refused to store (see BatchWriter's onRefused). */
+export const STORAGE_REFUSED = "STORAGE_REFUSED";
+
 /** A failure as stored with attempts, tasks and runs (the TaskError message as JSON). */
 export interface ErrorInfo {
   type: string;

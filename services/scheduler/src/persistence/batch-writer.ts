@@ -323,11 +323,6 @@ interface Part {
   rows: number;
 }
 
-/** The run of a run, task or attempt. */
-function runOfRow(row: object): string {
-  return "runId" in row ? (row as TaskState | AttemptState).runId : (row as RunState).id;
-}
-
 /** The runs a part touches. */
 function runsOf(part: Part): string[] {
   const ids = new Set<string>();
@@ -349,14 +344,18 @@ function subPart(part: Part, runIds: ReadonlySet<string>): Part {
   });
   const byRun = <K, V>(m: Map<K, V>, runOf: (v: V) => string): Map<K, V> =>
     new Map([...m].filter(([, v]) => runIds.has(runOf(v))));
+  const runs = byRun(part.runs, (r) => r.id);
+  const tasks = byRun(part.tasks, (t) => t.runId);
+  const attempts = byRun(part.attempts, (a) => a.runId);
+  const kept = new Set<object>([...runs.values(), ...tasks.values(), ...attempts.values()]);
   return {
-    runs: byRun(part.runs, (r) => r.id),
-    tasks: byRun(part.tasks, (t) => t.runId),
-    attempts: byRun(part.attempts, (a) => a.runId),
+    runs,
+    tasks,
+    attempts,
     events: part.events.filter((e) => runIds.has(e.message.runId)),
     sections,
     statement: statementOf(sections),
-    written: new Map([...part.written].filter(([row]) => runIds.has(runOfRow(row)))),
+    written: new Map([...part.written].filter(([row]) => kept.has(row))),
     rows: sections.reduce((n, x) => n + x.rows.length, 0),
   };
 }
@@ -561,8 +560,11 @@ export class BatchWriter {
    */
   private async isolate(part: Part, error: Error): Promise<{ parts: Part[]; error: unknown } | undefined> {
     const runIds = runsOf(part);
-    if (runIds.length <= 1) {
-      this.refused(runIds[0], part, error);
+    const [only] = runIds;
+    // A part with rows always has a run; one with none has no statement, which cannot fail.
+    if (only === undefined) return undefined;
+    if (runIds.length === 1) {
+      this.refused(only, part, error);
       return undefined;
     }
     const half = Math.ceil(runIds.length / 2);
@@ -582,13 +584,12 @@ export class BatchWriter {
   }
 
   /** Drops a single run's share of a batch that PostgreSQL refuses for its data, and reports it. */
-  private refused(runId: string | undefined, part: Part, error: Error): void {
+  private refused(runId: string, part: Part, error: Error): void {
     this.stats.refusedRuns++;
     this.options.log.error(
       { err: error, runId, code: (error as { code?: string }).code, rows: part.rows },
       "PostgreSQL refused a run's changes for their data; they and their events are dropped",
     );
-    if (runId === undefined) return;
     this.options.onRefused?.(runId, error);
     // Changes marked for the run while this batch was committing follow the dropped ones (their
     // events would leave a gap in its sequence): they go too.

@@ -4,14 +4,17 @@
  * tasks and attempts CANCELLED, and a runCompleted event joins the outbox with the run's next
  * sequence number, so that state and events stay in step. Only known-good values are written.
  */
-import { create } from "@bufbuild/protobuf";
-import { timestampFromDate } from "@bufbuild/protobuf/wkt";
-import { randomUUID } from "node:crypto";
 import type pg from "pg";
 import { errorToProto } from "@nexusflow/common";
-import { LifecycleEventSchema, RunStatus } from "@nexusflow/gen";
-import { encodeRunBatches } from "../engine/events.js";
-import type { ErrorInfo } from "../engine/model.js";
+import { RunStatus } from "@nexusflow/gen";
+import { encodeRunBatches, lifecycleEventAt } from "../engine/events.js";
+import {
+  ACTIVE_LEASE,
+  TERMINAL_RUN_STATUSES,
+  TERMINAL_TASK_STATUSES,
+  type ErrorInfo,
+  type RunStatusName,
+} from "../engine/model.js";
 
 /** What {@link failRefusedRun} did. */
 export type RefusedRunOutcome = "failed" | "not-stored" | "already-ended";
@@ -27,7 +30,7 @@ export async function failRefusedRun(
   try {
     await client.query("BEGIN");
     const run = await client.query<{
-      status: string;
+      status: RunStatusName;
       workflow_name: string;
       workflow_version: number;
       next_sequence: string;
@@ -45,12 +48,11 @@ export async function failRefusedRun(
       await client.query("ROLLBACK");
       return "not-stored";
     }
-    if (!["PENDING", "RUNNING", "COMPENSATING"].includes(row.status)) {
+    if (TERMINAL_RUN_STATUSES.has(row.status)) {
       await client.query("ROLLBACK");
       return "already-ended";
     }
     const sequence = BigInt(row.next_sequence);
-    const now = new Date();
     await client.query(
       `UPDATE workflow_runs SET status = 'FAILED', error = $2, event_seq = $3, updated_at = now(), ended_at = now()
         WHERE id = $1`,
@@ -58,28 +60,20 @@ export async function failRefusedRun(
     );
     await client.query(
       `UPDATE task_attempts SET status = 'CANCELLED', ended_at = now()
-        WHERE run_id = $1 AND status IN ('LEASED', 'RUNNING')`,
-      [runId],
+        WHERE run_id = $1 AND status = ANY($2::text[])`,
+      [runId, [...ACTIVE_LEASE]],
     );
     await client.query(
       `UPDATE task_runs SET status = 'CANCELLED', lease_expires_at = NULL, next_attempt_at = NULL,
               updated_at = now(), ended_at = now()
-        WHERE run_id = $1 AND status NOT IN ('SUCCEEDED', 'FAILED', 'SKIPPED', 'CANCELLED')`,
-      [runId],
+        WHERE run_id = $1 AND status <> ALL($2::text[])`,
+      [runId, [...TERMINAL_TASK_STATUSES]],
     );
-    const message = create(LifecycleEventSchema, {
-      eventId: randomUUID(),
-      runId,
-      sequence,
-      time: timestampFromDate(now),
-      workflowName: row.workflow_name,
-      workflowVersion: row.workflow_version,
-      event: {
-        case: "runCompleted",
-        value: { status: RunStatus.FAILED, error: errorToProto(error) },
-      },
-    });
-    const [batch] = encodeRunBatches([{ message, traceContext: null }]);
+    const event = lifecycleEventAt(
+      { runId, sequence, workflowName: row.workflow_name, workflowVersion: row.workflow_version },
+      { case: "runCompleted", value: { status: RunStatus.FAILED, error: errorToProto(error) } },
+    );
+    const [batch] = encodeRunBatches([event]);
     await client.query(
       `INSERT INTO outbox_events (run_id, first_sequence, last_sequence, payload) VALUES ($1, $2, $2, $3)`,
       [runId, sequence.toString(), Buffer.from(batch!.payload)],
