@@ -10,7 +10,7 @@ import { tuneRuntime } from "@nexusflow/scheduler";
 import { parseArgs, scaled, UsageError, USAGE, type Section } from "./lib/cli.js";
 import { BenchContext } from "./lib/context.js";
 import { describeMachine, ROOT } from "./lib/machine.js";
-import { BenchPostgres, fsyncProbe, POSTGRES_SETTINGS } from "./lib/postgres.js";
+import { BenchPostgres, fsyncProbe, POSTGRES_SETTINGS, WAL_SEGMENTS } from "./lib/postgres.js";
 import { roundSummary } from "./lib/stats.js";
 import { formatTable } from "./lib/table.js";
 import { dagSection, type DagResult } from "./sections/dag.js";
@@ -38,7 +38,12 @@ export interface BenchReport {
   finishedAt?: string;
   options: Record<string, unknown>;
   machine: Record<string, unknown>;
-  postgres: { settings: string[]; server: Record<string, string>; fsync8kMs: unknown };
+  postgres: {
+    settings: string[];
+    walSegmentsPreallocated: number;
+    server: Record<string, string>;
+    fsync8kMs: unknown;
+  };
   throughput?: ThroughputResult[];
   latency?: LatencyResult[];
   dag?: DagResult;
@@ -77,15 +82,22 @@ export async function runBench(argv: readonly string[], io: BenchIo): Promise<Be
   const note = (line: string): void =>
     io.note === undefined ? void process.stderr.write(`${line}\n`) : io.note(line);
 
+  // Enough for a whole run at this scale (a smoke run needs a few).
+  const walSegments = Math.max(2, Math.ceil(WAL_SEGMENTS * options.scale));
   const report: BenchReport = {
     startedAt: new Date().toISOString(),
     options: { ...options },
     machine: describeMachine(),
-    postgres: { settings: POSTGRES_SETTINGS, server: {}, fsync8kMs: null },
+    postgres: {
+      settings: POSTGRES_SETTINGS,
+      walSegmentsPreallocated: walSegments,
+      server: {},
+      fsync8kMs: null,
+    },
     errors: [],
   };
   note(`bench: starting embedded PostgreSQL`);
-  const pg = await BenchPostgres.start(log);
+  const pg = await BenchPostgres.start(log, walSegments);
   stopCluster = () => pg.stop();
   const ctx = new BenchContext(options, pg, log, outDir, stamp, note);
   const section = async (name: string, fn: () => Promise<void>): Promise<void> => {
