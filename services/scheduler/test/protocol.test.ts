@@ -101,6 +101,31 @@ describe("executor session protocol", () => {
     assert.equal(after2?.tasks[0]?.status, TaskStatus.SUCCEEDED);
   });
 
+  it("acknowledges a session's reports once what they changed is committed, rejected ones included", async () => {
+    const s = await attached("raw-acked");
+    const { run, lease } = await startAndLease(s, 3);
+    s.send({ case: "completed", value: { key: lease.key, output: jsonToValue({ y: 4 }) } });
+    const first = await s.next("acked");
+    assert.equal(first.through, 1n);
+    // Acknowledged means stored: the task's success is in PostgreSQL already.
+    const pool = new pg.Pool({ connectionString: db.url });
+    try {
+      const stored = await pool.query<{ status: string }>("SELECT status FROM task_runs WHERE run_id = $1", [
+        run.id,
+      ]);
+      assert.deepEqual(
+        stored.rows.map((r) => r.status),
+        ["SUCCEEDED"],
+      );
+    } finally {
+      await pool.end();
+    }
+    // A report that changes nothing (the same completion again) still counts.
+    s.send({ case: "completed", value: { key: lease.key } });
+    await s.next("rejected");
+    assert.equal((await s.next("acked")).through, 2n);
+  });
+
   it("takes a Completed without a Started as both: the attempt has a start time and taskStarted precedes taskSucceeded", async () => {
     const s = await attached("raw-fast");
     const { run, lease } = await startAndLease(s, 7);

@@ -20,6 +20,12 @@ import type { SessionHandle } from "../engine/dispatcher.js";
 
 const TYPE_NAME = /^[a-z][a-z0-9._-]{0,62}$/;
 
+/**
+ * How long a session collects reports before acknowledging them (Acked, once their changes are
+ * committed): one message per session per interval at most, whatever the report rate.
+ */
+const ACK_INTERVAL_MS = 100;
+
 /** The ExecutorService implementation for grpc-js. */
 /**
  * A report field holding U+0000, which PostgreSQL cannot store, as a rejection naming it
@@ -67,9 +73,37 @@ export function executorService(engine: Engine, log: Logger): grpc.UntypedServic
           }),
         );
       };
+      // Reports (Completed, Failed, Release) received, and how many of them Acked has covered.
+      let reports = 0;
+      let acked = 0;
+      let ackTimer: NodeJS.Timeout | undefined;
+      const acknowledge = (): void => {
+        if (ackTimer !== undefined || ended) return;
+        ackTimer = setTimeout(() => {
+          const through = reports;
+          engine.whenCommitted().then(
+            () => {
+              ackTimer = undefined;
+              if (ended) return;
+              if (through > acked) {
+                acked = through;
+                send(
+                  create(SessionResponseSchema, {
+                    message: { case: "acked", value: { through: BigInt(through) } },
+                  }),
+                );
+              }
+              if (reports > acked) acknowledge();
+            },
+            // The writer closed (shutdown): unacknowledged reports are sent again to the next scheduler.
+            () => undefined,
+          );
+        }, ACK_INTERVAL_MS);
+      };
       const finish = (): void => {
         if (session !== undefined) engine.detachSession(session);
         ended = true;
+        clearTimeout(ackTimer);
       };
       call.on("error", () => finish());
       call.on("end", () => {
@@ -202,6 +236,10 @@ export function executorService(engine: Engine, log: Logger): grpc.UntypedServic
             r = { code: "INVALID_ARGUMENT", message: "empty or unknown session message" };
         }
         if (r !== null) reject(key, r);
+        if (m.case === "completed" || m.case === "failed" || m.case === "release") {
+          reports++;
+          acknowledge();
+        }
       });
     },
   };

@@ -1338,6 +1338,14 @@ export class Engine {
 
   // ---------------------------------------------------------------- sessions
 
+  /**
+   * Resolves once everything changed so far is committed (a session acknowledges its reports
+   * with it); rejects when the writer closes first.
+   */
+  whenCommitted(): Promise<void> {
+    return this.writer.flush();
+  }
+
   /** Registers an attached session; returns the held leases that are no longer valid. */
   attach(session: SessionHandle, held: readonly LeaseKey[]): LeaseKey[] {
     const revoked: LeaseKey[] = [];
