@@ -11,6 +11,7 @@ import { type Value, ValueSchema } from "@bufbuild/protobuf/wkt";
 import * as grpc from "@grpc/grpc-js";
 import { type LogLevel, createLogger, serviceDefinition } from "@nexusflow/common";
 import {
+  AckedSchema,
   type Attach,
   type AttachAck,
   AttachAckSchema,
@@ -110,6 +111,8 @@ interface FakeSchedulerOptions {
   autoAck?: boolean;
   /** Held leases to revoke in the AttachAck. */
   revoke?: (attach: Attach) => LeaseKey[];
+  /** Acknowledge each report (Completed, Failed, Release) at once, as committed (default true). */
+  ackReports?: boolean;
 }
 
 /** A scripted scheduler: serves Session, records every stream. */
@@ -155,8 +158,15 @@ class FakeScheduler {
   #onSession(call: ServerCall): void {
     const session = new FakeSession(call);
     this.sessions.push(session);
+    let reports = 0;
     call.on("data", (request: SessionRequest) => {
       session.record(request.message);
+      const kind = request.message.case;
+      if (kind === "completed" || kind === "failed" || kind === "release") {
+        reports++;
+        if (this.options.ackReports !== false)
+          session.send({ case: "acked", value: create(AckedSchema, { through: BigInt(reports) }) });
+      }
       if (request.message.case === "attach" && this.options.autoAck !== false) {
         const ack: AttachAck = create(AttachAckSchema, {
           sessionId: `session-${this.sessions.length}`,
@@ -497,6 +507,48 @@ describe("Executor", { timeout: 60_000 }, () => {
       const completedB = await next.take("completed", (c) => sameKey(c.key, keyOf(b)));
       assert.deepEqual(json(completedB.output), { finished: "b" });
       assert.equal((await next.take("credit")).n, 1);
+    },
+  );
+
+  it(
+    "keeps each report until the scheduler acknowledges it, and sends the unacknowledged ones again on the next session",
+    { timeout: 15_000 },
+    async () => {
+      const scheduler = await FakeScheduler.start(0, { ackReports: false });
+      const executor = newExecutor(scheduler);
+      await executor.start();
+      const session = await scheduler.session(0);
+      await session.take("credit");
+      const a = lease("noop", { id: "a" });
+      const b = lease("noop", { id: "b" });
+      session.send({ case: "lease", value: a });
+      await session.take("completed", (c) => sameKey(c.key, keyOf(a)));
+      // a's change is committed; b's report arrives and the scheduler stops before committing it.
+      session.send({ case: "acked", value: create(AckedSchema, { through: 1n }) });
+      session.send({ case: "lease", value: b });
+      await session.take("completed", (c) => sameKey(c.key, keyOf(b)));
+
+      const connecting = waitState(executor, "CONNECTING");
+      scheduler.kill();
+      await connecting;
+      const restarted = await FakeScheduler.start(scheduler.port, { ackReports: false });
+      const next = await restarted.session(0);
+      const attach = await next.take("attach");
+      assert.deepEqual(
+        attach.heldLeases.map((k) => k.taskRunId),
+        [keyOf(b).taskRunId],
+        "b's lease is held until its report is acknowledged; a's is not",
+      );
+      const again = await next.take("completed", (c) => sameKey(c.key, keyOf(b)));
+      assert.deepEqual(json(again.output), { id: "b" });
+      await next.take("credit", (c) => c.n === 4);
+      assert.ok(!next.has("completed", (c) => sameKey(c.key, keyOf(a))), "a is not sent again");
+
+      // Stopping waits for the acknowledgement of b's report (until the drain timeout).
+      const stopped = executor.stop("test over");
+      next.send({ case: "acked", value: create(AckedSchema, { through: 1n }) });
+      await stopped;
+      assert.equal(executor.state, "STOPPED");
     },
   );
 

@@ -89,6 +89,10 @@ interface Session {
   wroteSinceTick: boolean;
   heartbeatTimer: NodeJS.Timeout | undefined;
   attachTimer: NodeJS.Timeout | undefined;
+  /** Reports written on this session and not yet acknowledged, oldest first (see Acked). */
+  unacked: RequestMessage[];
+  /** Reports written on this session that Acked has covered. */
+  acked: number;
 }
 
 /** How a session ended. */
@@ -105,6 +109,11 @@ interface RunningTask {
 
 function hasKey(lease: Lease): lease is Lease & { key: LeaseKey } {
   return lease.key !== undefined;
+}
+
+/** Whether the scheduler acknowledges `message` (Acked): kept until then, sent again if need be. */
+function expectsAck(message: RequestMessage): boolean {
+  return message.case === "completed" || message.case === "failed" || message.case === "release";
 }
 
 /** The lease a report is about, for held leases and for dropping reports of revoked leases. */
@@ -350,14 +359,15 @@ export class Executor {
       await Promise.all([...this.#tasks.values()].map((t) => t.done));
     }
 
-    // Reports made while disconnected still matter (they save the scheduler a lease timeout):
-    // give the reconnect loop what is left of the drain timeout to deliver them.
-    if (this.#outbox.length > 0) {
+    // Reports matter until the scheduler committed them (otherwise the task runs again after a
+    // lease timeout): give the reconnect loop what is left of the drain timeout to deliver them
+    // and the scheduler to acknowledge them.
+    if (this.#unacknowledged() > 0) {
       const left = Math.max(0, drainTimeoutMs - (Date.now() - started));
-      if (!(await this.#until(() => this.#outbox.length === 0, left))) {
+      if (!(await this.#until(() => this.#unacknowledged() === 0, left))) {
         this.#logger.warn(
-          { undelivered: this.#outbox.length },
-          "stopping with undelivered reports; their leases will expire on the scheduler",
+          { unacknowledged: this.#unacknowledged() },
+          "stopping with unacknowledged reports; their leases will expire on the scheduler",
         );
       }
     }
@@ -369,6 +379,11 @@ export class Executor {
     this.#client?.close();
     this.#setState("STOPPED");
     this.#logger.info({ reason }, "executor stopped");
+  }
+
+  /** Reports not yet acknowledged: queued for a session, or written on the current one. */
+  #unacknowledged(): number {
+    return this.#outbox.length + (this.#session?.unacked.length ?? 0);
   }
 
   /** Half-closes the current session and waits for the scheduler to end it (cancels it otherwise). */
@@ -497,6 +512,8 @@ export class Executor {
         wroteSinceTick: false,
         heartbeatTimer: undefined,
         attachTimer: undefined,
+        unacked: [],
+        acked: 0,
       };
       this.#session = session;
       call.on("data", (response: SessionResponse) => {
@@ -539,6 +556,11 @@ export class Executor {
   }
 
   #endSession(session: Session): void {
+    // Reports the scheduler may not have committed go out again on the next session, first.
+    if (session.unacked.length > 0) {
+      this.#outbox = [...session.unacked, ...this.#outbox];
+      session.unacked = [];
+    }
     session.ended = true;
     clearTimeout(session.attachTimer);
     clearInterval(session.heartbeatTimer);
@@ -569,6 +591,7 @@ export class Executor {
     if (session.ended || session.halfClosed) return false;
     session.call.write(create(SessionRequestSchema, { message }));
     session.wroteSinceTick = true;
+    if (expectsAck(message)) session.unacked.push(message);
     return true;
   }
 
@@ -610,6 +633,9 @@ export class Executor {
       case "rejected":
         this.#onRejected(message.value);
         return;
+      case "acked":
+        this.#onAcked(session, Number(message.value.through));
+        return;
       case "drainAck":
         this.#logger.info({ outstanding: message.value.outstanding }, "the scheduler acknowledged the drain");
         return;
@@ -629,7 +655,15 @@ export class Executor {
     const first = !this.#everAttached;
     this.#everAttached = true;
 
-    for (const key of ack.revoked) this.#revoke(key);
+    // A revoked lease is a running task the scheduler gave away, or a report it already has (it
+    // committed the report, but its Acked was lost with the previous session).
+    let revokedTasks = 0;
+    let alreadyTaken = 0;
+    for (const key of ack.revoked) {
+      const what = this.#revoke(key);
+      if (what === "task") revokedTasks++;
+      else if (what === "report") alreadyTaken++;
+    }
 
     const interval = ack.heartbeatIntervalMs > 0 ? ack.heartbeatIntervalMs : DEFAULT_HEARTBEAT_INTERVAL_MS;
     session.heartbeatTimer = setInterval(() => {
@@ -642,7 +676,12 @@ export class Executor {
     this.#outbox = [];
     // The grant below covers every free slot, including those freed while detached.
     this.#creditDue = 0;
-    for (const message of queued) this.#write(session, message);
+    for (const [i, message] of queued.entries()) {
+      if (!this.#write(session, message)) {
+        this.#outbox = [...queued.slice(i), ...this.#outbox];
+        break;
+      }
+    }
     if (this.#draining) {
       this.#write(session, { case: "drain", value: create(DrainSchema, { reason: this.#drainReason }) });
     } else {
@@ -654,7 +693,8 @@ export class Executor {
       sessionId: ack.sessionId,
       session: session.number,
       heldLeases: this.#tasks.size,
-      revoked: ack.revoked.length,
+      revoked: revokedTasks,
+      reportsAlreadyTaken: alreadyTaken,
       deliveredReports: queued.length,
       heartbeatIntervalMs: interval,
     };
@@ -664,18 +704,39 @@ export class Executor {
     this.#notify();
   }
 
-  /** AttachAck says a held lease is gone: stop the task and never report it. */
-  #revoke(key: LeaseKey): void {
+  /** The scheduler committed the session's first `through` reports: forget them. */
+  #onAcked(session: Session, through: number): void {
+    const n = through - session.acked;
+    if (n <= 0) return;
+    if (n > session.unacked.length) {
+      this.#logger.warn(
+        { through, acked: session.acked, unacked: session.unacked.length },
+        "protocol: Acked covers reports never sent; ignored",
+      );
+      return;
+    }
+    session.unacked.splice(0, n);
+    session.acked = through;
+    this.#notify();
+  }
+
+  /**
+   * AttachAck says a held lease is gone: stop its task and never report it. Returns what the
+   * lease was here: a running task, or a finished one whose report was waiting.
+   */
+  #revoke(key: LeaseKey): "task" | "report" | "none" {
     const id = leaseKeyId(key);
+    const queued = this.#outbox.length;
     this.#outbox = this.#outbox.filter((message) => {
       const k = reportKey(message);
       return k === undefined || leaseKeyId(k) !== id;
     });
     const task = this.#tasks.get(id);
-    if (task === undefined) return;
+    if (task === undefined) return this.#outbox.length < queued ? "report" : "none";
     this.#logger.warn(describeKey(key), "the scheduler revoked a held lease; aborting its task");
     task.attempt.silence();
     task.attempt.abort(TaskError.terminal("LEASE_REVOKED", "the scheduler no longer recognises this lease"));
+    return "task";
   }
 
   #onLease(lease: Lease): void {
