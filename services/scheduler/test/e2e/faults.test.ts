@@ -159,6 +159,70 @@ describe("faults with real processes", () => {
     }
   });
 
+  it("does not run a finished task again when the scheduler dies after its result arrived but before committing it", async () => {
+    // The grace period for the leases of executors not reconnected yet outlasts their backoff.
+    const { process: first, address } = await startSchedulerProcess("scheduler-ack-1", db.url, 0, {
+      SESSION_TIMEOUT: "8s",
+    });
+    // PostgreSQL refuses (as an outage would) to store the step's success until the test says so.
+    await tables.exec(`CREATE TABLE ack_fault (failing boolean NOT NULL);
+      INSERT INTO ack_fault VALUES (true);
+      CREATE FUNCTION ack_fault() RETURNS trigger LANGUAGE plpgsql AS $$
+      BEGIN
+        IF NEW.step_id = 'ack-held' AND NEW.status = 'SUCCEEDED' AND (SELECT failing FROM ack_fault) THEN
+          RAISE EXCEPTION 'injected: commits of the step''s success fail';
+        END IF;
+        RETURN NEW;
+      END $$;
+      CREATE TRIGGER ack_fault BEFORE INSERT OR UPDATE ON task_runs FOR EACH ROW EXECUTE FUNCTION ack_fault();`);
+    try {
+      const port = Number(address.slice(address.lastIndexOf(":") + 1));
+      const executor = await startExecutorProcess("exec-ack", address, { EXECUTOR_TASK_TYPES: "sleep" });
+      let client = workflowClient(address);
+      await registerSpec(client, {
+        name: "ack-held",
+        version: 1,
+        steps: [{ id: "ack-held", type: "sleep", input: { duration: "50ms" } }],
+      });
+      const { run: started } = await client.startRun({ workflowName: "ack-held" });
+      assert.ok(started);
+      // The scheduler has the result (its commit is what fails), and dies with it uncommitted.
+      await first.waitForLog(
+        "a failed commit of the step's success",
+        (l) => l.msg === "database commit failed; retrying until it is back",
+      );
+      await first.kill();
+      await tables.exec("UPDATE ack_fault SET failing = false");
+
+      const { process: second } = await startSchedulerProcess("scheduler-ack-2", db.url, port, {
+        SESSION_TIMEOUT: "8s",
+      });
+      client = workflowClient(address);
+      const run = await waitFor(
+        "the run to finish after the restart",
+        async () => {
+          const { run: r } = await client.getRun({ runId: started.id });
+          return r !== undefined && TERMINAL.has(r.status) ? r : undefined;
+        },
+        30_000,
+      );
+      assert.equal(run.status, RunStatus.SUCCEEDED, `${describeRun(run)}\n${second.tail()}`);
+      const counts = await tables.attemptCounts(started.id);
+      assert.deepEqual(
+        counts.get("ack-held"),
+        { attempts: 1, succeeded: 1, status: "SUCCEEDED" },
+        `the step ran once: its executor kept the unacknowledged result and sent it again\n${executor.tail()}`,
+      );
+      const reattached = executor.lines.find((l) => l.msg === "re-attached to the scheduler");
+      assert.ok(reattached, executor.tail());
+      assert.equal(reattached["revoked"], 0);
+      assert.equal(reattached["deliveredReports"], 1, "the result, sent again");
+    } finally {
+      await tables.exec(`DROP TRIGGER IF EXISTS ack_fault ON task_runs;
+        DROP FUNCTION IF EXISTS ack_fault(); DROP TABLE IF EXISTS ack_fault;`);
+    }
+  });
+
   it("resumes a run after the scheduler is SIGKILLed and restarted on the same database and port", async () => {
     const { process: first, address } = await startSchedulerProcess("scheduler-1", db.url, 0);
     const port = Number(address.slice(address.lastIndexOf(":") + 1));
@@ -261,9 +325,9 @@ describe("faults with real processes", () => {
       assert.equal(c.succeeded, 1, `${step}: exactly one accepted completion`);
     }
     assert.equal(afterCounts.size, steps);
-    // The in-flight step was claimed back by its executor (held lease, or its report queued while
-    // disconnected) and its result accepted, not run again. Only when the scheduler had received
-    // the result but died before committing it does the executor hold nothing, and the step re-runs.
+    // The in-flight step was claimed back by its executor (held lease, or its report not yet
+    // acknowledged) and its result accepted, not run again. Only a lease the scheduler committed
+    // but died before sending is held by nobody; that step is leased again (it never ran).
     const claimed = Number(reattached["heldLeases"]) + Number(reattached["deliveredReports"]);
     const rerun = inFlight[0];
     if (rerun !== undefined && claimed > 0) {
