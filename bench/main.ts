@@ -238,6 +238,7 @@ function latencyTable(results: LatencyResult[]): string {
         "failed sends",
         "never started",
         "main-thread GC max ms (scav / m-c)",
+        "worker threads' longest m-c ms",
         "other procs %",
       ],
       ...results.map((r) => [
@@ -252,6 +253,9 @@ function latencyTable(results: LatencyResult[]): string {
         r.failedSends,
         r.notStarted,
         `${r.mainThreadGc.scavenges.maxMs} / ${r.mainThreadGc.markCompacts.maxMs}`,
+        Object.entries(r.workerThreadGc ?? {})
+          .map(([thread, gc]) => `${thread} ${gc.markCompacts.maxMs}`)
+          .join(", ") || "-",
         r.cpu.othersPct,
       ]),
     ])

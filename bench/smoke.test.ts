@@ -84,12 +84,16 @@ describe("bench smoke run", () => {
       assert.equal(report.latency?.length, 2);
       for (const l of report.latency ?? []) {
         assert.ok(l.scheduleToStart.n > 0 && l.failedSends === 0 && l.notStarted === 0, l.system);
-        for (const p of [l.mainThreadGc.scavenges, l.mainThreadGc.markCompacts])
+        const threads = [l.mainThreadGc, ...Object.values(l.workerThreadGc ?? {})];
+        for (const p of threads.flatMap((t) => [t.scavenges, t.markCompacts]))
           assert.ok(
             Number.isInteger(p.count) && p.count >= 0 && p.maxMs >= 0 && p.maxMs <= p.totalMs,
             l.system,
           );
       }
+      // Nexusflow's client and executors run in worker threads: their collections are recorded too.
+      const ours = report.latency?.find((l) => l.system === "nexusflow");
+      assert.deepEqual(Object.keys(ours?.workerThreadGc ?? {}).sort(), ["client", "executors"]);
       assert.ok(Number.isFinite(report.dag?.fanOut.makespan.p50));
       assert.ok((report.dag?.chain.perHop.n ?? 0) > 0);
       assert.equal(report.sessions?.idle.sessions, report.sessions?.busy.sessions);

@@ -49,6 +49,11 @@ export interface LatencyResult {
    * included): the scheduler's thread for Nexusflow, the workers' for the peers.
    */
   mainThreadGc: GcPauses;
+  /**
+   * The same for the system's worker threads, when it has any (Nexusflow: the StartRun client's
+   * during the sends, the executors' while attached).
+   */
+  workerThreadGc?: Record<string, GcPauses>;
   /** Sends that failed (of all runs, warm-up included). */
   failedSends: number;
   /** First failure message, if any. */
@@ -168,6 +173,7 @@ export async function latencyPhase(
   const calls = await ctx.pg.statementCalls(system.database);
   const statements = await ctx.pg.statements(system.database, 8);
   await system.stop();
+  const workerThreadGc = system.threadGc?.();
   await ctx.quiesce(system.database);
   const after = await ctx.counters(system.database);
   // The first second (10% of short runs) warms caches and JIT; it is reported but not summarised.
@@ -200,6 +206,7 @@ export async function latencyPhase(
     sendLag: roundSummary(summarize(lag)),
     achievedPerSecond: Math.round(((n - warmup) / (lastStart - first)) * 1000),
     mainThreadGc,
+    ...(workerThreadGc === undefined ? {} : { workerThreadGc }),
     failedSends: errors,
     ...(firstError === undefined ? {} : { firstError }),
     notStarted: missing,

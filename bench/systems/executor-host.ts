@@ -12,6 +12,7 @@
 import { parentPort, workerData } from "node:worker_threads";
 import { createLogger } from "@nexusflow/common";
 import { Executor } from "@nexusflow/executor";
+import { watchGcPauses } from "../lib/gc-pauses.js";
 import { recordStart, type WorkerHostData } from "./types.js";
 
 /** What a phase's executors are: where they attach, what they run, where they record. */
@@ -58,15 +59,20 @@ function attach(config: ExecutorHostStart): Promise<void> {
   return Promise.all(executors.map((e) => e.start())).then(() => undefined);
 }
 
+// This thread's collections while its executors are attached (they delay handler starts).
+let gc: ReturnType<typeof watchGcPauses> | undefined;
+
 port.on("message", (message: ExecutorHostMessage) => {
   if (message.kind === "recorder") {
     starts = message.starts;
     counts = message.counts;
     return;
   }
+  if (message.kind === "start") gc = watchGcPauses();
   const done = message.kind === "start" ? attach(message) : detach(message.reason);
   done.then(
-    () => port.postMessage({ kind: message.kind === "start" ? "started" : "stopped" }),
+    () =>
+      port.postMessage(message.kind === "start" ? { kind: "started" } : { kind: "stopped", gc: gc?.stop() }),
     (e: unknown) => port.postMessage({ kind: "error", message: String(e) }),
   );
 });

@@ -15,6 +15,7 @@ import { Worker } from "node:worker_threads";
 import { createLogger, jsonToValue, type Logger } from "@nexusflow/common";
 import { RunView, WorkflowService } from "@nexusflow/gen";
 import { Scheduler } from "@nexusflow/scheduler";
+import type { GcPauses } from "../lib/gc-pauses.js";
 import type { ExecutorHostMessage } from "./executor-host.js";
 import type { ProducerCommand } from "./producer-host.js";
 import { pollUntil, StartRecorder, type QueueSystem, type WorkerHostData } from "./types.js";
@@ -55,6 +56,7 @@ export class NexusflowSystem implements QueueSystem {
   private readonly log: Logger;
   private schedulerValue: Scheduler | undefined;
   private clientValue: Client<typeof WorkflowService> | undefined;
+  private threadGcValue: Record<string, GcPauses> = {};
   private host: Worker | undefined;
   private producer: Worker | undefined;
 
@@ -135,13 +137,19 @@ export class NexusflowSystem implements QueueSystem {
     return run.id;
   }
 
-  private async produce(order: ProducerCommand): Promise<{ errors: number; firstError?: string }> {
+  private async produce(
+    order: ProducerCommand,
+  ): Promise<{ errors: number; firstError?: string; gc?: GcPauses }> {
     const worker = this.producer;
     if (worker === undefined) throw new Error("nexusflow is not started");
     const done = await command(worker, order, "done");
     const errors = done.errors ?? 0;
     if (errors < 0) throw new Error(`producer: ${done.firstError ?? "failed"}`);
-    return { errors, ...(done.firstError === undefined ? {} : { firstError: done.firstError }) };
+    return {
+      errors,
+      ...(done.firstError === undefined ? {} : { firstError: done.firstError }),
+      ...(done.gc === undefined ? {} : { gc: done.gc }),
+    };
   }
 
   /** Pre-loads runs 0..n-1 from the producer thread, `concurrency` calls in flight. */
@@ -157,7 +165,14 @@ export class NexusflowSystem implements QueueSystem {
   ): Promise<{ sentAt: Float64Array; errors: number; firstError?: string }> {
     const sentAt = new Float64Array(new SharedArrayBuffer(intended.length * 8));
     const t0 = intended[0] ?? performance.now();
-    return { sentAt, ...(await this.produce({ kind: "open", n: intended.length, rate, t0, sentAt })) };
+    const { gc, ...result } = await this.produce({ kind: "open", n: intended.length, rate, t0, sentAt });
+    if (gc !== undefined) this.threadGcValue.client = gc;
+    return { sentAt, ...result };
+  }
+
+  /** The worker threads' collections in the last open loop (client) and consumer run (executors). */
+  threadGc(): Record<string, GcPauses> {
+    return { ...this.threadGcValue };
   }
 
   async startConsumers(): Promise<void> {
@@ -185,7 +200,10 @@ export class NexusflowSystem implements QueueSystem {
     this.recorder.onReset = undefined;
     if (worker === undefined) return;
     const stop: ExecutorHostMessage = { kind: "stop", reason: "bench done" };
-    await releaseWorker(EXECUTOR_HOST, worker, command(worker, stop, "stopped"));
+    const stopped = command(worker, stop, "stopped");
+    await releaseWorker(EXECUTOR_HOST, worker, stopped);
+    const { gc } = await stopped;
+    if (gc !== undefined) this.threadGcValue.executors = gc;
   }
 
   /** Runs still active in the engine (runs leave memory once their completion is committed). */
@@ -291,6 +309,8 @@ interface HostReply {
   message?: string;
   errors?: number;
   firstError?: string;
+  /** The host thread's collections (open loop: the producer's; stopped: the executors'). */
+  gc?: GcPauses;
 }
 
 /** Waits for the host's next message, which must be `kind`; its `error` message or exit rejects. */

@@ -19,6 +19,7 @@ import {
   type StartRunRequest,
   type StartRunResponse,
 } from "@nexusflow/gen";
+import { watchGcPauses } from "../lib/gc-pauses.js";
 import { closedLoop, openLoop, type OpenLoopResult } from "../lib/loops.js";
 import type { WorkerHostData } from "./types.js";
 
@@ -76,12 +77,14 @@ port.on("message", (command: ProducerCommand) => {
     port.postMessage({ kind: command.kind === "connect" ? "started" : "stopped" });
     return;
   }
+  // This thread's collections during the loop (they delay sends: counted as send lag).
+  const gc = watchGcPauses();
   const run: Promise<OpenLoopResult> =
     command.kind === "closed"
       ? countFailures((send) => closedLoop(command.n, command.concurrency, send))
       : openLoop(command.n, (k) => command.t0 + (k * 1000) / command.rate, now, startRun, command.sentAt);
   run.then(
-    (result) => port.postMessage({ kind: "done", ...result }),
+    (result) => port.postMessage({ kind: "done", ...result, gc: gc.stop() }),
     (e: unknown) => port.postMessage({ kind: "done", errors: -1, firstError: String(e) }),
   );
 });

@@ -1,4 +1,5 @@
 /** What the throughput, latency and cost sections need from a system under test. */
+import type { GcPauses } from "../lib/gc-pauses.js";
 
 /**
  * Records when each job's handler started, on the bench process's monotonic clock. The arrays live
@@ -120,6 +121,11 @@ export interface QueueSystem {
     intended: Float64Array,
     rate: number,
   ): Promise<{ sentAt: Float64Array; errors: number; firstError?: string }>;
+  /**
+   * Collections on the system's own worker threads during the last open loop and consumer run
+   * (read after stop), by thread: what the main thread's record does not see.
+   */
+  threadGc?(): Record<string, GcPauses>;
   /** Starts the consumers (executors, workers). */
   startConsumers(): Promise<void>;
   /** Stops the consumers. */
