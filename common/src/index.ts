@@ -8,3 +8,4 @@ export * from "./grpc.js";
 export * from "./net.js";
 export * from "./reflection.js";
 export * from "./json-value.js";
+export * from "./session.js";

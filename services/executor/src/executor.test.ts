@@ -9,7 +9,7 @@ import { after, describe, it } from "node:test";
 import { type JsonValue, create, fromJson, toJson } from "@bufbuild/protobuf";
 import { type Value, ValueSchema } from "@bufbuild/protobuf/wkt";
 import * as grpc from "@grpc/grpc-js";
-import { type LogLevel, createLogger, serviceDefinition } from "@nexusflow/common";
+import { type LogLevel, createLogger, isAcknowledgedReport, serviceDefinition } from "@nexusflow/common";
 import {
   AckedSchema,
   type Attach,
@@ -161,8 +161,7 @@ class FakeScheduler {
     let reports = 0;
     call.on("data", (request: SessionRequest) => {
       session.record(request.message);
-      const kind = request.message.case;
-      if (kind === "completed" || kind === "failed" || kind === "release") {
+      if (isAcknowledgedReport(request.message)) {
         reports++;
         if (this.options.ackReports !== false)
           session.send({ case: "acked", value: create(AckedSchema, { through: BigInt(reports) }) });

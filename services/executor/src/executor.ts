@@ -9,7 +9,7 @@
 import { type JsonValue, create } from "@bufbuild/protobuf";
 import { setTimeout as delay } from "node:timers/promises";
 import * as grpc from "@grpc/grpc-js";
-import { type Logger, clientConstructor } from "@nexusflow/common";
+import { type Logger, clientConstructor, isAcknowledgedReport } from "@nexusflow/common";
 import {
   type AttachAck,
   AttachSchema,
@@ -109,11 +109,6 @@ interface RunningTask {
 
 function hasKey(lease: Lease): lease is Lease & { key: LeaseKey } {
   return lease.key !== undefined;
-}
-
-/** Whether the scheduler acknowledges `message` (Acked): kept until then, sent again if need be. */
-function expectsAck(message: RequestMessage): boolean {
-  return message.case === "completed" || message.case === "failed" || message.case === "release";
 }
 
 /** The lease a report is about, for held leases and for dropping reports of revoked leases. */
@@ -591,7 +586,7 @@ export class Executor {
     if (session.ended || session.halfClosed) return false;
     session.call.write(create(SessionRequestSchema, { message }));
     session.wroteSinceTick = true;
-    if (expectsAck(message)) session.unacked.push(message);
+    if (isAcknowledgedReport(message)) session.unacked.push(message);
     return true;
   }
 

@@ -6,7 +6,13 @@
 import { randomUUID } from "node:crypto";
 import { create, toJson } from "@bufbuild/protobuf";
 import * as grpc from "@grpc/grpc-js";
-import { nulCharacterPath, replaceNulCharacters, valueToJson, type Logger } from "@nexusflow/common";
+import {
+  isAcknowledgedReport,
+  nulCharacterPath,
+  replaceNulCharacters,
+  valueToJson,
+  type Logger,
+} from "@nexusflow/common";
 import {
   ArtifactRefSchema,
   LogRefSchema,
@@ -26,7 +32,6 @@ const TYPE_NAME = /^[a-z][a-z0-9._-]{0,62}$/;
  */
 const ACK_INTERVAL_MS = 100;
 
-/** The ExecutorService implementation for grpc-js. */
 /**
  * A report field holding U+0000, which PostgreSQL cannot store, as a rejection naming it
  * (`completed.output.a[1]`); null when every field can be stored.
@@ -41,6 +46,7 @@ function unstorable(fields: Record<string, unknown>, message: string): Rejection
       };
 }
 
+/** The ExecutorService implementation for grpc-js. */
 export function executorService(engine: Engine, log: Logger): grpc.UntypedServiceImplementation {
   return {
     session: (call: grpc.ServerDuplexStream<SessionRequest, SessionResponse>) => {
@@ -236,7 +242,7 @@ export function executorService(engine: Engine, log: Logger): grpc.UntypedServic
             r = { code: "INVALID_ARGUMENT", message: "empty or unknown session message" };
         }
         if (r !== null) reject(key, r);
-        if (m.case === "completed" || m.case === "failed" || m.case === "release") {
+        if (isAcknowledgedReport(m)) {
           reports++;
           acknowledge();
         }
