@@ -92,7 +92,7 @@ export class BenchPostgres {
 
   /** Directory of the cluster's data (for the fsync probe). */
   get dataDir(): string {
-    return join(this.dir, "pg");
+    return this.server.dataDir;
   }
 
   /** Creates (if missing) a database and returns its URL. */
@@ -218,7 +218,7 @@ export class BenchPostgres {
   async stop(): Promise<void> {
     try {
       await this.monitor.end().catch(() => undefined);
-      await this.server.stop();
+      await this.server.destroy();
     } finally {
       await rm(this.dir, { recursive: true, force: true });
     }

@@ -43,7 +43,7 @@ export async function startTestDatabase(): Promise<{
     url: server.url,
     server,
     async close() {
-      await server.stop();
+      await server.destroy();
       await rm(dir, { recursive: true, force: true });
     },
   };

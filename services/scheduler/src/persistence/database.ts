@@ -47,7 +47,6 @@ export async function openDatabase(options: DatabaseOptions): Promise<Database> 
     clientUrl: options.url,
     entities,
     extensions: [Migrator],
-    discovery: { disableDynamicFileAccess: true },
     migrations: {
       migrationsList,
       tableName: "nexusflow_migrations",
@@ -55,16 +54,17 @@ export async function openDatabase(options: DatabaseOptions): Promise<Database> 
       allOrNothing: true,
       snapshot: false,
     },
-    pool: { min: 0, max: 4, acquireTimeoutMillis: 3000 },
-    // MikroORM reads host and port from the URL itself; a Unix socket chosen with `?host=/dir`
-    // (as the embedded default's localUrl does) reaches it only through the driver options.
-    driverOptions: { connection: { connectionTimeoutMillis: 3000, ...socketHost(options.url) } },
+    pool: { min: 0, max: 4 },
+    // Overrides of the `pg` pool's options. MikroORM reads host and port from the URL itself; a
+    // Unix socket chosen with `?host=/dir` (as the embedded default's localUrl does) reaches it
+    // only through them. Fail fast while the database is down, as the other pools do.
+    driverOptions: { connectionTimeoutMillis: 3000, ...socketHost(options.url) },
     allowGlobalContext: false,
     debug: false,
     logger: (message) => options.log.debug({ orm: message }, "mikro-orm"),
   });
   try {
-    const applied = await orm.getMigrator().up();
+    const applied = await orm.migrator.up();
     if (applied.length > 0)
       options.log.info({ migrations: applied.map((m) => m.name) }, "applied database migrations");
   } catch (e) {
@@ -73,16 +73,21 @@ export async function openDatabase(options: DatabaseOptions): Promise<Database> 
   }
   const newPool = (max: number, session?: string): pg.Pool => {
     // Fail fast while the database is down: callers answer UNAVAILABLE instead of hanging.
-    const p = new pg.Pool({ connectionString: options.url, max, connectionTimeoutMillis: 3000 });
-    p.on("connect", (client) => {
-      // A connection lost while idle or checked out (database restart) emits 'error' on its client
-      // (pg-pool drops its own listener while a client is checked out): log it, never crash.
-      client.on("error", (e: Error) => options.log.warn({ error: e.message }, "database connection lost"));
-      // Session settings as statements, not the `options` startup parameter, which an `options`
-      // in DATABASE_URL would replace. A client runs its queries in order, so this runs before the
-      // first query of whoever receives the connection; if it fails, so does that query.
-      if (session !== undefined)
-        client.query(session).catch((e: unknown) => options.log.warn({ err: e }, "session settings failed"));
+    const p = new pg.Pool({
+      connectionString: options.url,
+      max,
+      connectionTimeoutMillis: 3000,
+      // Runs on every new connection before the pool hands it out; pg-pool awaits the promise and
+      // a failure fails that checkout (@types/pg types the hook as returning void).
+      // eslint-disable-next-line @typescript-eslint/no-misused-promises
+      onConnect: async (client) => {
+        // A connection lost while idle or checked out (database restart) emits 'error' on its client
+        // (pg-pool drops its own listener while a client is checked out): log it, never crash.
+        client.on("error", (e: Error) => options.log.warn({ error: e.message }, "database connection lost"));
+        // Session settings as statements, not the `options` startup parameter, which an `options`
+        // in DATABASE_URL would replace.
+        if (session !== undefined) await client.query(session);
+      },
     });
     // The pool re-emits an idle client's error; the client listener above already logged it, but
     // an 'error' event without a listener would crash the process.

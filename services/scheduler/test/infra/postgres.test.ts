@@ -1,8 +1,8 @@
 import assert from "node:assert/strict";
 import { randomUUID } from "node:crypto";
-import { chmod, mkdtemp, rm, stat } from "node:fs/promises";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { chmod, lstat, mkdir, mkdtemp, readlink, rm, stat } from "node:fs/promises";
+import { tmpdir, userInfo } from "node:os";
+import { dirname, join, resolve } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { create, toBinary } from "@bufbuild/protobuf";
 import pg from "pg";
@@ -28,12 +28,13 @@ describe("embedded PostgreSQL with migrations", () => {
   });
   after(async () => {
     await db?.close();
-    await server?.stop();
+    await server?.destroy();
     await rm(dir, { recursive: true, force: true });
   });
 
-  it("leaves the permissions of the data directory's parent as they were (only adds what it needs)", async () => {
+  it("leaves the permissions of the data directory's parent as they were", async () => {
     assert.equal((await stat(dir)).mode & 0o7777, 0o1777);
+    assert.equal(server.dataDir, join(dir, "pg"));
   });
 
   it("serves local clients over a Unix socket in its data directory, and TCP on 127.0.0.1", async () => {
@@ -79,7 +80,7 @@ describe("embedded PostgreSQL with migrations", () => {
       await client.connect();
       await client.end();
     } finally {
-      await other.stop();
+      await other.destroy();
     }
   });
 
@@ -175,7 +176,7 @@ describe("embedded PostgreSQL with migrations", () => {
       ),
       /workflow_definitions_name_version_uq/,
     );
-    const diff = await db.orm.getSchemaGenerator().getUpdateSchemaSQL({ wrap: false, safe: true });
+    const diff = await db.orm.schema.getUpdateSchemaSQL({ wrap: false, safe: true });
     // Only the hand-written extras (FKs, partial and GIN indexes) may differ; no missing columns or tables.
     assert.doesNotMatch(diff, /create table|add column|alter column/i, diff);
   });
@@ -261,3 +262,103 @@ describe("embedded PostgreSQL with migrations", () => {
     await second.close();
   });
 });
+
+describe(
+  "embedded PostgreSQL in a directory the postgres user cannot enter",
+  { skip: userInfo().uid !== 0 && "only root runs PostgreSQL as another user" },
+  () => {
+    const log = createLogger("test", "warn");
+    let home: string;
+    let shared: string;
+
+    before(async () => {
+      // A checkout under /root or in a `mktemp -d` folder: mode 700, owned by root.
+      home = await mkdtemp(join(tmpdir(), "nf-closed-"));
+      await chmod(home, 0o700);
+      shared = await mkdtemp(join(tmpdir(), "nf-shared-"));
+      await chmod(shared, 0o755);
+    });
+    after(async () => {
+      await rm(home, { recursive: true, force: true });
+      await rm(shared, { recursive: true, force: true });
+    });
+
+    it("starts, keeps the data across restarts, and never opens the user's directory", async () => {
+      const dir = join(home, "checkout", ".nexusflow", "postgres");
+      const first = await startEmbeddedPostgres({ dir, log, sharedDir: join(shared, "pg") });
+      try {
+        assert.equal((await stat(home)).mode & 0o7777, 0o700, "the closed parent stays closed");
+        assert.notEqual(first.dataDir, dir);
+        assert.ok(first.dataDir.startsWith(join(shared, "pg", "data")));
+        assert.equal((await lstat(dir)).isSymbolicLink(), true);
+        assert.equal(resolve(dirname(dir), await readlink(dir)), first.dataDir);
+        const db = await openDatabase({ url: first.localUrl, log });
+        await db.pool.query("CREATE TABLE kept (v int); INSERT INTO kept VALUES (42)");
+        await db.close();
+      } finally {
+        await first.stop();
+      }
+      // Started again from the same path: the same cluster, found through the link.
+      const second = await startEmbeddedPostgres({ dir, log, sharedDir: join(shared, "pg") });
+      try {
+        assert.equal(second.dataDir, first.dataDir);
+        const client = new pg.Client({ connectionString: second.url });
+        await client.connect();
+        const { rows } = await client.query<{ v: number }>("SELECT v FROM kept");
+        await client.end();
+        assert.deepEqual(rows, [{ v: 42 }]);
+      } finally {
+        await second.destroy();
+      }
+      await assert.rejects(stat(first.dataDir), { code: "ENOENT" });
+      await assert.rejects(lstat(dir), { code: "ENOENT" });
+    });
+
+    it("deletes a relocated cluster whose link was removed, and does not reuse it", async () => {
+      const dir = join(home, "scratch", "pg");
+      const sharedDir = join(shared, "pg");
+      const first = await startEmbeddedPostgres({ dir, log, sharedDir });
+      const firstUrl = first.url;
+      await first.stop();
+      const client = async (url: string): Promise<pg.Client> => {
+        const c = new pg.Client({ connectionString: url });
+        await c.connect();
+        return c;
+      };
+      // The owner deletes its folder (the link); the cluster's files are left in the shared directory.
+      await rm(join(home, "scratch"), { recursive: true, force: true });
+      assert.ok((await stat(first.dataDir)).isDirectory());
+      // Another cluster's start sweeps it.
+      const other = await startEmbeddedPostgres({ dir: join(home, "other", "pg"), log, sharedDir });
+      try {
+        await assert.rejects(stat(first.dataDir), { code: "ENOENT" });
+        // Starting at the first path again makes a fresh cluster (no table from before).
+        const again = await startEmbeddedPostgres({ dir, log, sharedDir });
+        try {
+          const c = await client(again.url);
+          const { rows } = await c.query("SELECT 1 FROM pg_tables WHERE tablename = 'kept'");
+          await c.end();
+          assert.equal(rows.length, 0);
+          assert.notEqual(again.url, firstUrl);
+        } finally {
+          await again.destroy();
+        }
+      } finally {
+        await other.destroy();
+      }
+    });
+
+    it("refuses a shared directory that others can write, in one line", async () => {
+      const open = join(shared, "open");
+      await mkdir(open, { mode: 0o777 });
+      await chmod(open, 0o777);
+      await assert.rejects(
+        startEmbeddedPostgres({ dir: join(home, "refused", "pg"), log, sharedDir: open }),
+        (e: Error) =>
+          e.name === "EmbeddedPostgresError" &&
+          /writable by root only/.test(e.message) &&
+          !e.message.includes("\n"),
+      );
+    });
+  },
+);
