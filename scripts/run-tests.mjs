@@ -49,6 +49,7 @@ const phases = [
   { files: files.filter((f) => f.endsWith(".serial.test.ts")), concurrency: "1" },
 ].filter((p) => p.files.length > 0);
 
+console.log(`run-tests: Node ${process.version} (${process.execPath}), ${files.length} files`);
 const tmp = mkdtempSync(join(tmpdir(), "nf-tests-"));
 let passed = 0;
 let failed = 0;
