@@ -29,6 +29,8 @@ describe("bench command line", () => {
     assert.deepEqual(o.systems, ["nexusflow"]);
     assert.deepEqual(o.rates, [10, 20]);
     assert.equal(scaled(20_000, 0.1), 2000);
+    assert.deepEqual(parseArgs([]).systems, ["nexusflow", "pg-boss", "graphile-worker", "dbos"]);
+    assert.deepEqual(parseArgs(["--systems", "dbos,pg-boss"]).systems, ["dbos", "pg-boss"]);
     assert.equal(scaled(20_000, 0.00001, 100), 100);
   });
 
@@ -67,21 +69,24 @@ describe("bench statistics and shapes", () => {
 });
 
 describe("bench smoke run", () => {
-  it("runs every section at tiny sizes and writes a complete JSON report", { timeout: 55_000 }, async () => {
+  it("runs every section at tiny sizes and writes a complete JSON report", { timeout: 90_000 }, async () => {
     const out = await mkdtemp(join(tmpdir(), "nf-bench-smoke-"));
     try {
       const printed: string[] = [];
       const report: BenchReport = await runBench(
-        ["--scale", "0.005", "--rates", "40", "--systems", "nexusflow,graphile-worker", "--out", out],
+        ["--scale", "0.005", "--rates", "40", "--systems", "nexusflow,graphile-worker,dbos", "--out", out],
         { print: (s) => printed.push(s), note: () => undefined },
       );
       assert.deepEqual(report.errors, []);
-      assert.equal(report.throughput?.length, 2);
+      assert.deepEqual(
+        report.throughput?.map((t) => t.system),
+        ["nexusflow", "graphile-worker", "dbos"],
+      );
       for (const t of report.throughput ?? []) {
         assert.ok(t.drain.tasksPerSecond > 0, `${t.system} drained`);
         assert.ok(t.cost.perTask.commits > 0, `${t.system} cost measured`);
       }
-      assert.equal(report.latency?.length, 2);
+      assert.equal(report.latency?.length, 3);
       for (const l of report.latency ?? []) {
         assert.ok(l.scheduleToStart.n > 0 && l.failedSends === 0 && l.notStarted === 0, l.system);
         const threads = [l.mainThreadGc, ...Object.values(l.workerThreadGc ?? {})];
@@ -94,8 +99,20 @@ describe("bench smoke run", () => {
       // Nexusflow's client and executors run in worker threads: their collections are recorded too.
       const ours = report.latency?.find((l) => l.system === "nexusflow");
       assert.deepEqual(Object.keys(ours?.workerThreadGc ?? {}).sort(), ["client", "executors"]);
-      assert.ok(Number.isFinite(report.dag?.fanOut.makespan.p50));
-      assert.ok((report.dag?.chain.perHop.n ?? 0) > 0);
+      // Section 3 runs on the systems with a workflow model, Nexusflow and DBOS, the same shapes.
+      assert.deepEqual(
+        report.dag?.map((d) => d.system),
+        ["nexusflow", "dbos"],
+      );
+      for (const d of report.dag ?? []) {
+        assert.ok(Number.isFinite(d.fanOut.makespan.p50), `${d.system} fan-out ran`);
+        // Every run completed, and every fan-out branch started (one missing start makes this NaN).
+        assert.equal(d.fanOut.makespanMs.length, d.fanOut.runs, d.system);
+        assert.ok(Number.isFinite(d.fanOut.lastFanStartMs), `${d.system} fan-out branches started`);
+        assert.equal(d.chain.perHop.n, d.chain.steps - 1, `${d.system} chain: every hop measured`);
+        assert.ok(d.fanOut.statementsPerRun > 0 && d.chain.statementsPerHop > 0, `${d.system} cost`);
+      }
+      assert.ok(printed.join("\n").includes("DAG shapes"));
       assert.equal(report.sessions?.idle.sessions, report.sessions?.busy.sessions);
       assert.ok((report.sessions?.busy.tasksPerSecond ?? 0) > 0);
       assert.ok(printed.join("\n").includes("No-op throughput"));

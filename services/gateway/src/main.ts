@@ -5,6 +5,7 @@ import {
   KeyFileError,
   type TokenVerifier,
   createLogger,
+  logProcessWarnings,
   loadGatewayConfig,
   tokenVerifierFromConfig,
 } from "@nexusflow/common";
@@ -24,6 +25,7 @@ try {
 }
 
 const logger = createLogger("gateway", config.logLevel);
+logProcessWarnings(logger);
 let verifier: TokenVerifier | undefined;
 try {
   verifier = await tokenVerifierFromConfig(config.auth);

@@ -3,6 +3,7 @@ import {
   ConfigError,
   KeyFileError,
   createLogger,
+  logProcessWarnings,
   loadSchedulerConfig,
   tokenVerifierFromConfig,
 } from "@nexusflow/common";
@@ -23,6 +24,7 @@ try {
   throw e;
 }
 const log = createLogger("scheduler", config.logLevel);
+logProcessWarnings(log);
 let auth;
 try {
   auth = await tokenVerifierFromConfig(config.auth);

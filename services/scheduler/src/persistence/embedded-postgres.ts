@@ -126,14 +126,21 @@ async function installedBinaries(): Promise<Binaries> {
   return { version: pkg.version, root };
 }
 
-/** Runs `test <flag> path` as `ids`: whether that user can reach (and use) the path. */
-async function reachable(ids: Ids, flag: "-x" | "-d", path: string): Promise<boolean> {
+/** Whether `ids` can run the file at `path` ("run"), or enter the directory at `path` ("enter"). */
+async function reachable(ids: Ids, what: "run" | "enter", path: string): Promise<boolean> {
+  const script = what === "run" ? 'test -f "$1" && test -x "$1"' : 'cd -- "$1"';
   try {
-    await run("/bin/sh", ["-c", `test ${flag} "$1"`, "sh", path], { ...ids, cwd: "/" });
+    await run("/bin/sh", ["-c", script, "sh", path], { ...ids, cwd: "/" });
     return true;
   } catch {
     return false;
   }
+}
+
+/** The line of a PostgreSQL program's output that says what went wrong. */
+function reason(output: string): string {
+  const lines = output.split("\n").map((l) => l.trim());
+  return lines.findLast((l) => /\b(error|FATAL|PANIC)\b/i.test(l)) ?? lines.findLast((l) => l !== "") ?? "";
 }
 
 /** The `postgres` user's ids, creating the user (and group) when it does not exist. */
@@ -178,7 +185,7 @@ function defaultSharedDir(): string {
 /** The binaries where `ids` can execute them: in place, or a copy in the shared directory. */
 async function binariesFor(ids: Ids, shared: string, log: Logger): Promise<Binaries> {
   const installed = await installedBinaries();
-  if (await reachable(ids, "-x", join(installed.root, "bin", "postgres"))) return installed;
+  if (await reachable(ids, "run", join(installed.root, "bin", "postgres"))) return installed;
   await ensureSharedDir(shared);
   const root = join(shared, `postgres-${installed.version}-${platform()}-${arch()}`);
   if (!existsSync(join(root, "bin", "postgres"))) {
@@ -196,7 +203,7 @@ async function binariesFor(ids: Ids, shared: string, log: Logger): Promise<Binar
       if (!existsSync(join(root, "bin", "postgres"))) throw e;
     }
   }
-  if (!(await reachable(ids, "-x", join(root, "bin", "postgres"))))
+  if (!(await reachable(ids, "run", join(root, "bin", "postgres"))))
     throw new EmbeddedPostgresError(
       `the user '${SYSTEM_USER}' cannot run ${join(root, "bin", "postgres")}: pass a sharedDir it can reach, or set DATABASE_URL`,
     );
@@ -213,7 +220,7 @@ async function dataDirFor(dir: string, ids: Ids, shared: string, log: Logger): P
   const link = await lstat(dir).catch(() => undefined);
   if (link?.isSymbolicLink()) return resolve(dirname(dir), await readlink(dir));
   await mkdir(dirname(dir), { recursive: true });
-  if (await reachable(ids, "-d", dirname(dir))) return dir;
+  if (await reachable(ids, "enter", dirname(dir))) return dir;
   if (link !== undefined)
     throw new EmbeddedPostgresError(
       `the user '${SYSTEM_USER}' cannot reach the data directory ${dir} (a parent directory is closed to it): move it, or remove it to start afresh`,
@@ -380,7 +387,7 @@ export async function startEmbeddedPostgres(options: EmbeddedPostgresOptions): P
       );
     } catch (e) {
       throw new EmbeddedPostgresError(
-        `initdb could not create a PostgreSQL cluster in ${dataDir}: ${e instanceof Error ? e.message.split("\n")[0] : String(e)}`,
+        `initdb could not create a PostgreSQL cluster in ${dataDir}: ${reason(e instanceof Error ? e.message : String(e))}`,
         { cause: e },
       );
     } finally {
@@ -411,12 +418,8 @@ export async function startEmbeddedPostgres(options: EmbeddedPostgresOptions): P
     try {
       return await Postmaster.start(bin("postgres"), args, ids, log);
     } catch (e) {
-      const why =
-        e instanceof Error
-          ? (e.message.split("\n").findLast((l) => /FATAL|ERROR/.test(l)) ?? e.message)
-          : String(e);
       throw new EmbeddedPostgresError(
-        `embedded PostgreSQL did not start in ${dataDir} on port ${port}: ${why.trim().split("\n")[0]}`,
+        `embedded PostgreSQL did not start in ${dataDir} on port ${port}: ${reason(e instanceof Error ? e.message : String(e))}`,
         { cause: e },
       );
     }

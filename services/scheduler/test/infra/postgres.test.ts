@@ -329,7 +329,11 @@ describe(
       await rm(join(home, "scratch"), { recursive: true, force: true });
       assert.ok((await stat(first.dataDir)).isDirectory());
       // Another cluster's start sweeps it.
-      const other = await startEmbeddedPostgres({ dir: join(home, "other", "pg"), log, sharedDir });
+      const other = await startEmbeddedPostgres({
+        dir: join(home, "other-pg") /* its parent itself is closed */,
+        log,
+        sharedDir,
+      });
       try {
         await assert.rejects(stat(first.dataDir), { code: "ENOENT" });
         // Starting at the first path again makes a fresh cluster (no table from before).
