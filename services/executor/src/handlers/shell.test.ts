@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { existsSync } from "node:fs";
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -99,7 +100,7 @@ describe("shell handler", () => {
     }
   });
 
-  it("fails with EXIT_CODE, not retryable, on a non-zero exit", async () => {
+  it("fails with EXIT_CODE, retryable by default, on a non-zero exit", async () => {
     const { ctx } = createTestContext();
     await assert.rejects(
       Promise.resolve(
@@ -112,7 +113,7 @@ describe("shell handler", () => {
           ctx,
         ),
       ),
-      taskError("EXIT_CODE", false, (e) => {
+      taskError("EXIT_CODE", true, (e) => {
         assert.match(e.message, /exited with code 3: boom: disk full$/);
         const details = e.details as ShellOutput;
         assert.deepEqual(
@@ -122,6 +123,93 @@ describe("shell handler", () => {
         return true;
       }),
     );
+  });
+
+  it("fails retryably with EXIT_CODE when the command dies from a signal", async () => {
+    const { ctx } = createTestContext();
+    await assert.rejects(
+      Promise.resolve(shell({ command: node(`process.kill(process.pid, "SIGKILL")`) }, ctx)),
+      taskError("EXIT_CODE", true, (e) => {
+        assert.match(e.message, /was killed by SIGKILL$/);
+        const details = e.details as ShellOutput;
+        assert.deepEqual([details.exitCode, details.signal], [null, "SIGKILL"]);
+        return true;
+      }),
+    );
+  });
+
+  it("fails terminally for exit codes listed in terminalExitCodes, retryably for the others", async () => {
+    const { ctx } = createTestContext();
+    const exit = (code: number) => ({
+      command: node(`process.stderr.write("code ${code}\\n"); process.exit(${code})`),
+      terminalExitCodes: [2, 64],
+    });
+    for (const code of [2, 64]) {
+      await assert.rejects(
+        Promise.resolve(shell(exit(code), ctx)),
+        taskError("EXIT_CODE", false, (e) => {
+          assert.match(e.message, new RegExp(`exited with code ${code}: code ${code}$`));
+          assert.equal((e.details as ShellOutput).exitCode, code);
+          return true;
+        }),
+      );
+    }
+    await assert.rejects(
+      Promise.resolve(shell(exit(1), ctx)),
+      taskError("EXIT_CODE", true, (e) => (e.details as ShellOutput).exitCode === 1),
+    );
+  });
+
+  it("with retryOnExitCodes, retries only the listed codes (a signal death is terminal)", async () => {
+    const { ctx } = createTestContext();
+    const only75 = (script: string) => ({ command: node(script), retryOnExitCodes: [75] });
+    await assert.rejects(
+      Promise.resolve(shell(only75("process.exit(75)"), ctx)),
+      taskError("EXIT_CODE", true, (e) => (e.details as ShellOutput).exitCode === 75),
+    );
+    await assert.rejects(
+      Promise.resolve(shell(only75("process.exit(1)"), ctx)),
+      taskError("EXIT_CODE", false, (e) => (e.details as ShellOutput).exitCode === 1),
+    );
+    await assert.rejects(
+      Promise.resolve(shell(only75(`process.kill(process.pid, "SIGKILL")`), ctx)),
+      taskError("EXIT_CODE", false, (e) => (e.details as ShellOutput).signal === "SIGKILL"),
+    );
+    // Both lists together: terminal wins for its codes, the rest follows retryOnExitCodes.
+    await assert.rejects(
+      Promise.resolve(shell({ ...only75("process.exit(3)"), terminalExitCodes: [3] }, ctx)),
+      taskError("EXIT_CODE", false),
+    );
+    // An empty retry list means no exit is retried.
+    await assert.rejects(
+      Promise.resolve(shell({ command: node("process.exit(75)"), retryOnExitCodes: [] }, ctx)),
+      taskError("EXIT_CODE", false),
+    );
+  });
+
+  it("passes numbers and booleans in command and env as their JSON text", async () => {
+    const { ctx } = createTestContext();
+    const out = await shell(
+      {
+        command: [
+          ...node(
+            `console.log(JSON.stringify({ argv: process.argv.slice(1), n: process.env.N, b: process.env.B }))`,
+          ),
+          3,
+          true,
+          false,
+          -1.5,
+          "text",
+        ],
+        env: { N: 42, B: false },
+      },
+      ctx,
+    );
+    assert.deepEqual(JSON.parse(out.stdout), {
+      argv: ["3", "true", "false", "-1.5", "text"],
+      n: "42",
+      b: "false",
+    });
   });
 
   it("keeps the tail of long output and flags the truncation", async () => {
@@ -211,8 +299,33 @@ describe("shell handler", () => {
     const cases: [unknown, RegExp][] = [
       [{}, /^command: is required/],
       [{ command: [] }, /^command: must not be empty/],
-      [{ command: ["ls", 1] }, /^command\[1\]: expected a string/],
-      [{ command: ["ls"], env: { A: 1 } }, /^env\.A: expected a string/],
+      [{ command: ["ls", null] }, /^command\[1\]: expected a string, number or boolean, got null/],
+      [{ command: ["ls", "-l", {}] }, /^command\[2\]: expected a string, number or boolean, got object/],
+      [{ command: [["ls"]] }, /^command\[0\]: expected a string, number or boolean, got array/],
+      [{ command: ["ls", "a\0b"] }, /^command\[1\]: must not contain NUL/],
+      [{ command: ["ls"], env: { A: null } }, /^env\.A: expected a string, number or boolean, got null/],
+      [{ command: ["ls"], env: { A: [1] } }, /^env\.A: expected a string, number or boolean, got array/],
+      [{ command: ["ls"], env: { A: "x\0" } }, /^env\.A: must not contain NUL/],
+      [{ command: ["ls"], env: [] }, /^env: expected an object/],
+      [{ command: ["ls"], retryOnExitCodes: 3 }, /^retryOnExitCodes: expected an array of exit codes/],
+      [
+        { command: ["ls"], retryOnExitCodes: [1, 256] },
+        /^retryOnExitCodes\[1\]: expected an exit code \(an integer 0-255\), got 256/,
+      ],
+      [{ command: ["ls"], retryOnExitCodes: [-1] }, /^retryOnExitCodes\[0\]: expected an exit code .*got -1/],
+      [
+        { command: ["ls"], terminalExitCodes: [1.5] },
+        /^terminalExitCodes\[0\]: expected an exit code .*got 1\.5/,
+      ],
+      [
+        { command: ["ls"], terminalExitCodes: ["2"] },
+        /^terminalExitCodes\[0\]: expected an exit code .*got string/,
+      ],
+      [{ command: ["ls"], terminalExitCodes: null }, /^terminalExitCodes: expected an array .*got null/],
+      [
+        { command: ["ls"], retryOnExitCodes: [1, 2, 3], terminalExitCodes: [4, 3] },
+        /^terminalExitCodes\[1\]: exit code 3 is also in retryOnExitCodes/,
+      ],
       [{ command: ["ls"], env: { "A=B": "x" } }, /^env\.A=B: is not a valid/],
       [{ command: ["ls"], timeout: "forever" }, /^timeout: invalid duration/],
       [{ command: ["ls"], stdin: 5 }, /^stdin: expected a string/],
@@ -223,6 +336,38 @@ describe("shell handler", () => {
         Promise.resolve(shell(input, ctx)),
         taskError("INVALID_INPUT", false, (e) => message.test(e.message)),
       );
+    }
+  });
+
+  it("runs nothing when the input is bad, and names the field in the error's details", async () => {
+    const dir = await mkdtemp(join(tmpdir(), "nexusflow-shell-"));
+    try {
+      const { ctx } = createTestContext();
+      const marker = join(dir, "ran");
+      const writesMarker = node(`require("node:fs").writeFileSync(${JSON.stringify(marker)}, "x")`);
+      for (const [extra, field] of [
+        [{ retryOnExitCodes: [1, 300] }, "retryOnExitCodes[1]"],
+        [{ retryOnExitCodes: [7], terminalExitCodes: [7] }, "terminalExitCodes[0]"],
+        [{ env: { A: { nested: true } } }, "env.A"],
+      ] as const) {
+        await assert.rejects(
+          Promise.resolve(shell({ command: writesMarker, ...extra }, ctx)),
+          taskError("INVALID_INPUT", false, (e) => {
+            assert.deepEqual(e.details, { field });
+            return true;
+          }),
+        );
+      }
+      await assert.rejects(
+        Promise.resolve(shell({ command: [...writesMarker, null] }, ctx)),
+        taskError("INVALID_INPUT", false, (e) => (e.details as { field: string }).field === "command[3]"),
+      );
+      assert.equal(existsSync(marker), false, "the command ran despite bad input");
+      // The same command with good input does run, so the check above can fail.
+      await shell({ command: writesMarker, retryOnExitCodes: [1], terminalExitCodes: [2] }, ctx);
+      assert.equal(existsSync(marker), true);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
     }
   });
 

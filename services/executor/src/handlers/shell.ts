@@ -4,21 +4,29 @@
  * Input:
  * ```ts
  * {
- *   command: string[];               // argv, e.g. ["pg_dump", "-Fc", "app"]; never a shell string
+ *   command: Arg[];                  // argv, e.g. ["pg_dump", "-Fc", "app"]; never a shell string
  *                                    // (for pipes and globs, say so: ["sh", "-c", "a | b"])
- *   env?: Record<string, string>;    // merged over the executor's base environment
+ *   env?: Record<string, Arg>;       // merged over the executor's base environment
  *   cwd?: string;                    // relative to the executor's working directory
  *   timeout?: string;                // default "10m"
  *   stdin?: string;                  // written to the command, then closed; without it stdin is empty
+ *   retryOnExitCodes?: number[];     // if given, only these exit codes are retryable
+ *   terminalExitCodes?: number[];    // these exit codes are never retried
  * }
  * ```
+ * `Arg` is a string, or a number or boolean passed as its JSON text (`3`, `true`): a template that
+ * is one expression, such as "{{ steps.a.output.exitCode }}", renders to the value's own type.
+ *
  * Output: `ShellOutput` (exit code, the tails of stdout and stderr, truncation flags). Output is
  * also streamed to `ctx.log.write` chunk by chunk as it arrives.
  *
- * Errors: exit code != 0 or death by a signal -> EXIT_CODE, not retryable, `details` = the
- * ShellOutput; missing executable -> terminal COMMAND_NOT_FOUND; missing cwd -> terminal
- * CWD_NOT_FOUND; other spawn failures -> terminal SPAWN_FAILED; timeout -> retryable TIMEOUT;
- * abort of `ctx.signal` -> `cancellationError` (CANCELLED unless the reason says otherwise).
+ * Errors: exit code != 0 or death by a signal -> EXIT_CODE, `details` = the ShellOutput. It is
+ * retryable, so the step's retry policy decides (its `nonRetryableErrors` may list EXIT_CODE),
+ * unless the code is in `terminalExitCodes`, or `retryOnExitCodes` is given and does not list it
+ * (a death by a signal has no exit code, so it is terminal then). Missing executable -> terminal
+ * COMMAND_NOT_FOUND; missing cwd -> terminal CWD_NOT_FOUND; other spawn failures -> terminal
+ * SPAWN_FAILED; timeout -> retryable TIMEOUT; abort of `ctx.signal` -> `cancellationError`
+ * (CANCELLED unless the reason says otherwise); bad input -> terminal INVALID_INPUT.
  *
  * Lifetime: the command leads a new process group. On abort or timeout the whole group gets
  * SIGTERM, then SIGKILL after the grace period; when the command exits by itself, whatever it
@@ -33,14 +41,7 @@ import { formatDuration } from "@nexusflow/common/duration";
 import { TaskError, cancellationError } from "../task-error.js";
 import { startTimer } from "./timers.js";
 import type { TaskContext, TaskHandler } from "./types.js";
-import {
-  durationField,
-  invalidInput,
-  kindOf,
-  optionalString,
-  optionalStringRecord,
-  expectObject,
-} from "./validate.js";
+import { durationField, invalidInput, kindOf, optionalString, expectObject } from "./validate.js";
 
 /** Options of {@link createShellHandler}. */
 export interface ShellHandlerOptions {
@@ -62,18 +63,25 @@ export interface ShellHandlerOptions {
   killGraceMs?: number;
 }
 
+/** An argument or environment value; numbers and booleans are passed as their JSON text. */
+export type ShellArg = string | number | boolean;
+
 /** Input of the `shell` handler, as written in a workflow definition. */
 export interface ShellInput {
   /** argv: the executable (looked up in PATH) and its arguments. */
-  command: string[];
+  command: ShellArg[];
   /** Variables merged over the base environment. */
-  env?: Record<string, string>;
+  env?: Record<string, ShellArg>;
   /** Working directory. */
   cwd?: string;
   /** Duration after which the command is stopped. @default "10m" */
   timeout?: string;
   /** Text written to the command's stdin. */
   stdin?: string;
+  /** If given, only these exit codes (0-255) fail retryably; every other failure is terminal. */
+  retryOnExitCodes?: number[];
+  /** Exit codes (0-255) that fail terminally; must not overlap `retryOnExitCodes`. */
+  terminalExitCodes?: number[];
 }
 
 /** Output of the `shell` handler (also the `details` of an EXIT_CODE or TIMEOUT failure). */
@@ -98,6 +106,15 @@ interface ParsedShellInput {
   cwd: string | undefined;
   timeoutMs: number;
   stdin: string | undefined;
+  exitCodes: ExitCodeRules;
+}
+
+/** Which failed exits are retryable (the step's retry policy still has the last word). */
+interface ExitCodeRules {
+  /** Only these codes are retryable, when set. */
+  retryOn: ReadonlySet<number> | undefined;
+  /** Never retryable. */
+  terminal: ReadonlySet<number>;
 }
 
 interface CompiledShellOptions {
@@ -106,7 +123,17 @@ interface CompiledShellOptions {
   killGraceMs: number;
 }
 
-const INPUT_FIELDS = ["command", "env", "cwd", "timeout", "stdin"] as const;
+const INPUT_FIELDS = [
+  "command",
+  "env",
+  "cwd",
+  "timeout",
+  "stdin",
+  "retryOnExitCodes",
+  "terminalExitCodes",
+] as const;
+/** Exit codes a process can report (POSIX keeps the low 8 bits of the status). */
+const MAX_EXIT_CODE = 255;
 const DEFAULT_TIMEOUT = "10m";
 const STDERR_IN_MESSAGE_CHARS = 1000;
 const GROUP_POLL_MS = 20;
@@ -145,20 +172,10 @@ function parseShellInput(raw: unknown): ParsedShellInput {
   if (!Array.isArray(command))
     throw invalidInput("command", `expected an array of strings, got ${kindOf(command)}`);
   if (command.length === 0) throw invalidInput("command", "must not be empty");
-  command.forEach((arg: unknown, i) => {
-    if (typeof arg !== "string") throw invalidInput(`command[${i}]`, `expected a string, got ${kindOf(arg)}`);
-    if (arg.includes("\0")) throw invalidInput(`command[${i}]`, "must not contain NUL characters");
-  });
-  const argv = command as [string, ...string[]];
+  const argv = command.map((arg: unknown, i) => argText(arg, `command[${i}]`)) as [string, ...string[]];
   if (argv[0].length === 0) throw invalidInput("command[0]", "must not be empty");
 
-  const env = optionalStringRecord(record, "env");
-  for (const [name, value] of Object.entries(env ?? {})) {
-    if (name.length === 0 || name.includes("=") || name.includes("\0")) {
-      throw invalidInput(`env.${name}`, "is not a valid environment variable name");
-    }
-    if (value.includes("\0")) throw invalidInput(`env.${name}`, "must not contain NUL characters");
-  }
+  const env = parseEnv(record["env"]);
   const cwd = optionalString(record, "cwd");
   if (cwd !== undefined && (cwd.length === 0 || cwd.includes("\0")))
     throw invalidInput("cwd", "must be a non-empty path");
@@ -169,7 +186,73 @@ function parseShellInput(raw: unknown): ParsedShellInput {
     cwd,
     timeoutMs: durationField(record, "timeout", DEFAULT_TIMEOUT),
     stdin: optionalString(record, "stdin"),
+    exitCodes: parseExitCodeRules(record),
   };
+}
+
+/** An argv or env value as the text the process gets: strings as they are, numbers and booleans as JSON. */
+function argText(value: unknown, field: string): string {
+  let text: string;
+  if (typeof value === "string") text = value;
+  else if (typeof value === "boolean" || (typeof value === "number" && Number.isFinite(value)))
+    text = JSON.stringify(value);
+  else throw invalidInput(field, `expected a string, number or boolean, got ${kindOf(value)}`);
+  if (text.includes("\0")) throw invalidInput(field, "must not contain NUL characters");
+  return text;
+}
+
+function parseEnv(value: unknown): Record<string, string> | undefined {
+  if (value === undefined) return undefined;
+  if (typeof value !== "object" || value === null || Array.isArray(value)) {
+    throw invalidInput("env", `expected an object of strings, got ${kindOf(value)}`);
+  }
+  const env: Record<string, string> = {};
+  for (const [name, item] of Object.entries(value as Record<string, unknown>)) {
+    if (name.length === 0 || name.includes("=") || name.includes("\0")) {
+      throw invalidInput(`env.${name}`, "is not a valid environment variable name");
+    }
+    env[name] = argText(item, `env.${name}`);
+  }
+  return env;
+}
+
+function parseExitCodeRules(record: Record<string, unknown>): ExitCodeRules {
+  const retryOn = exitCodeList(record, "retryOnExitCodes");
+  const terminal = exitCodeList(record, "terminalExitCodes") ?? [];
+  if (retryOn !== undefined) {
+    const i = terminal.findIndex((code) => retryOn.includes(code));
+    if (i !== -1) {
+      throw invalidInput(
+        `terminalExitCodes[${i}]`,
+        `exit code ${terminal[i]} is also in retryOnExitCodes; list each code in only one of them`,
+      );
+    }
+  }
+  return { retryOn: retryOn === undefined ? undefined : new Set(retryOn), terminal: new Set(terminal) };
+}
+
+function exitCodeList(record: Record<string, unknown>, field: string): number[] | undefined {
+  const value = record[field];
+  if (value === undefined) return undefined;
+  if (!Array.isArray(value)) {
+    throw invalidInput(
+      field,
+      `expected an array of exit codes (integers 0-${MAX_EXIT_CODE}), got ${kindOf(value)}`,
+    );
+  }
+  if (value.length > MAX_EXIT_CODE + 1) {
+    throw invalidInput(field, `has ${value.length} entries; there are only ${MAX_EXIT_CODE + 1} exit codes`);
+  }
+  return value.map((code: unknown, i) => {
+    if (typeof code !== "number" || !Number.isInteger(code) || code < 0 || code > MAX_EXIT_CODE) {
+      const got = typeof code === "number" ? String(code) : kindOf(code);
+      throw invalidInput(
+        `${field}[${i}]`,
+        `expected an exit code (an integer 0-${MAX_EXIT_CODE}), got ${got}`,
+      );
+    }
+    return code;
+  });
 }
 
 /** spawn reports a missing cwd as ENOENT of the command, so the cwd is checked first. */
@@ -295,7 +378,7 @@ function runCommand(
             );
           }
           if (code === 0) return output;
-          throw exitError(file, output);
+          throw exitError(file, output, input.exitCodes);
         });
       });
     });
@@ -335,15 +418,29 @@ function spawnError(file: string, e: NodeJS.ErrnoException): TaskError {
   });
 }
 
-function exitError(file: string, output: ShellOutput): TaskError {
+function exitError(file: string, output: ShellOutput, rules: ExitCodeRules): TaskError {
   const how =
     output.exitCode === null
       ? `was killed by ${output.signal ?? "a signal"}`
       : `exited with code ${output.exitCode}`;
   const tail = output.stderr.trimEnd().slice(-STDERR_IN_MESSAGE_CHARS);
-  return TaskError.terminal("EXIT_CODE", `${JSON.stringify(file)} ${how}${tail ? `: ${tail}` : ""}`, {
-    details: output,
-  });
+  return new TaskError(
+    "EXIT_CODE",
+    `${JSON.stringify(file)} ${how}${tail ? `: ${tail}` : ""}`,
+    exitRetryable(output.exitCode, rules),
+    { details: output },
+  );
+}
+
+/**
+ * A failed command may succeed when run again (a flaky network, a lock held elsewhere), so a
+ * failure is retryable unless the input says otherwise for its code. A death by a signal has no
+ * code: it is retryable unless `retryOnExitCodes` restricts retries to listed codes.
+ */
+function exitRetryable(exitCode: number | null, rules: ExitCodeRules): boolean {
+  if (exitCode === null) return rules.retryOn === undefined;
+  if (rules.terminal.has(exitCode)) return false;
+  return rules.retryOn === undefined || rules.retryOn.has(exitCode);
 }
 
 function errorMessage(e: unknown): string {
