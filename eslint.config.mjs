@@ -11,6 +11,7 @@ export default tseslint.config(
       "services/*/src/gen/**",
       ".nexusflow/**",
       ".cache/**",
+      "dist/**",
       "**/*.mjs",
     ],
   },
