@@ -2,8 +2,11 @@
  * @nexusflow/executor: embed an executor in your own process, or run `main.ts`.
  *
  * ```ts
- * import { Executor, TaskError } from "@nexusflow/executor";
- * const executor = new Executor({ schedulerAddress: "127.0.0.1:50051" });
+ * import { Executor, TaskError, bearerToken } from "@nexusflow/executor";
+ * const executor = new Executor({
+ *   schedulerAddress: "127.0.0.1:50051",
+ *   metadata: bearerToken(process.env.EXECUTOR_TOKEN ?? ""), // a token with the `executor` scope
+ * });
  * executor.register("greet", (input: { name: string }) => ({ greeting: `hello ${input.name}` }));
  * await executor.start();
  * ```
@@ -13,10 +16,12 @@ export {
   type ExecutorOptions,
   type ReconnectOptions,
   type CompiledExecutorOptions,
+  type SessionMetadataProvider,
   compileExecutorOptions,
   EXECUTOR_VERSION,
 } from "./options.js";
 export { ExecutorError, type ExecutorErrorCode, isExecutorError } from "./errors.js";
+export { type BearerTokenSource, bearerToken } from "./bearer.js";
 export {
   TaskError,
   type TaskErrorOptions,
