@@ -1,0 +1,364 @@
+/**
+ * The Nexusflow client: typed clients of WorkflowService and ArtifactService over one connection,
+ * with the bearer token, deadlines and retries of {@link ClientOptions}, and the conveniences a
+ * caller needs (start a run safely, wait for it to end).
+ */
+import { randomUUID } from "node:crypto";
+import * as http from "node:http";
+import * as https from "node:https";
+import { type JsonValue, fromJson, toJson } from "@bufbuild/protobuf";
+import { type Value, ValueSchema } from "@bufbuild/protobuf/wkt";
+import {
+  type CallOptions,
+  type Client,
+  Code,
+  ConnectError,
+  type Interceptor,
+  type Transport,
+  createClient,
+} from "@connectrpc/connect";
+import { Http2SessionManager, createConnectTransport, createGrpcTransport } from "@connectrpc/connect-node";
+import {
+  ArtifactService,
+  type RegisterWorkflowResponse,
+  type Run,
+  RunStatus,
+  RunView,
+  WorkflowService,
+} from "@nexusflow/gen";
+import { bearerInterceptor } from "./auth.js";
+import { NexusflowClientError } from "./errors.js";
+import { type ClientOptions, type CompiledClientOptions, compileClientOptions } from "./options.js";
+import { retryDelayMs, retryInterceptor, sleep } from "./retry.js";
+
+/** What {@link NexusflowClient.startRun} starts. */
+export interface StartRunRequest {
+  /** Workflow name. */
+  workflowName: string;
+  /**
+   * Workflow version.
+   * @default 0 (the latest)
+   */
+  workflowVersion?: number | undefined;
+  /**
+   * The run's input, plain JSON.
+   * @default none
+   */
+  input?: JsonValue | undefined;
+  /**
+   * Every call with the same key returns the same run, even when calls race (at most 200
+   * characters). It is also what makes the call safe to retry after UNAVAILABLE.
+   * @default a random UUID, so this call's own retries never start a second run
+   */
+  idempotencyKey?: string | undefined;
+  /**
+   * Labels for filtering runs.
+   * @default {}
+   */
+  labels?: Readonly<Record<string, string>> | undefined;
+  /**
+   * How much of the run the answer carries; RunView.BASIC leaves out input, output and tasks.
+   * @default RunView.FULL
+   */
+  view?: RunView | undefined;
+}
+
+/** What {@link NexusflowClient.startRun} answers. */
+export interface StartedRun {
+  /** The run: new, or the existing one for a repeated idempotency key. */
+  readonly run: Run;
+  /** True when this call created the run. */
+  readonly created: boolean;
+}
+
+/** How {@link NexusflowClient.waitForRun} waits. */
+export interface WaitForRunOptions {
+  /**
+   * Stops waiting: the promise rejects with CANCELED (a {@link ConnectError}).
+   * @default none
+   */
+  signal?: AbortSignal | undefined;
+  /**
+   * Gives up after this many milliseconds: the promise rejects with DEADLINE_EXCEEDED.
+   * @default none (waits as long as the run takes)
+   */
+  timeoutMs?: number | undefined;
+  /**
+   * Called with the run as it changes (the first call is its state when the watch opened).
+   * @default none
+   */
+  onUpdate?: ((run: Run) => void) | undefined;
+}
+
+/** Run states that never change again. */
+export const TERMINAL_RUN_STATUSES: ReadonlySet<RunStatus> = new Set([
+  RunStatus.SUCCEEDED,
+  RunStatus.FAILED,
+  RunStatus.CANCELLED,
+  RunStatus.TIMED_OUT,
+  RunStatus.COMPENSATED,
+  RunStatus.COMPENSATION_FAILED,
+]);
+
+/** Whether a run in `status` has ended (and so will not change again). */
+export function isTerminalRunStatus(status: RunStatus): boolean {
+  return TERMINAL_RUN_STATUSES.has(status);
+}
+
+/** The run's output as plain JSON, or undefined when it has none (yet, or in a BASIC view). */
+export function runOutput(run: Run): JsonValue | undefined {
+  return run.output === undefined ? undefined : toJson(ValueSchema, run.output);
+}
+
+/**
+ * Errors after which a watch is opened again: the connection lost (UNAVAILABLE, or the stream
+ * cut: ABORTED, CANCELED by the server, INTERNAL from an HTTP/2 reset). Watching is a read, so
+ * repeating it is always safe; the first message of every watch is the run's current state.
+ */
+const REWATCH_CODES: ReadonlySet<Code> = new Set([
+  Code.Unavailable,
+  Code.Aborted,
+  Code.Canceled,
+  Code.Internal,
+]);
+
+/**
+ * A client of the Nexusflow API.
+ *
+ * ```ts
+ * const nexusflow = new NexusflowClient({ baseUrl: "http://127.0.0.1:8080", token: () => getToken() });
+ * const { run } = await nexusflow.startRun({ workflowName: "order", input: { orderId: "o-1" } });
+ * const done = await nexusflow.waitForRun(run.id, { signal });
+ * ```
+ */
+export class NexusflowClient {
+  /** WorkflowService: every RPC, typed, with this client's token, deadline and retries. */
+  readonly workflows: Client<typeof WorkflowService>;
+  /** ArtifactService: logs and files of runs, with this client's token, deadline and retries. */
+  readonly artifacts: Client<typeof ArtifactService>;
+  /** The options in effect, defaults applied. */
+  readonly options: CompiledClientOptions;
+  readonly #release: () => void;
+
+  /** Throws {@link NexusflowClientError} `INVALID_OPTIONS` for a bad option. */
+  constructor(options: ClientOptions = {}) {
+    this.options = compileClientOptions(options);
+    const { transport, release } = createTransport(this.options);
+    this.#release = release;
+    this.workflows = createClient(WorkflowService, transport);
+    this.artifacts = createClient(ArtifactService, transport);
+  }
+
+  /**
+   * Registers a workflow definition, given as JSON text or as the parsed JSON (the format of
+   * the files in examples/). Identical content under an existing (name, version) changes nothing
+   * (`created: false`); an invalid definition is INVALID_ARGUMENT with every problem in
+   * {@link fieldViolations}.
+   */
+  async registerWorkflow(
+    definition: string | JsonValue,
+    options?: CallOptions,
+  ): Promise<RegisterWorkflowResponse> {
+    let specJson: string;
+    try {
+      specJson = typeof definition === "string" ? definition : JSON.stringify(definition);
+    } catch (e) {
+      throw new NexusflowClientError("INVALID_INPUT", "the definition cannot be written as JSON", {
+        cause: e,
+      });
+    }
+    if (typeof specJson !== "string") {
+      throw new NexusflowClientError("INVALID_INPUT", "the definition cannot be written as JSON");
+    }
+    return this.workflows.registerWorkflow({ definition: { case: "specJson", value: specJson } }, options);
+  }
+
+  /**
+   * Starts a run. Always with an idempotency key (a random one unless you give yours), so a call
+   * retried after UNAVAILABLE never starts a second run. Throws {@link NexusflowClientError}
+   * `INVALID_INPUT` when `input` is not JSON.
+   */
+  async startRun(request: StartRunRequest, options?: CallOptions): Promise<StartedRun> {
+    let input: Value | undefined;
+    try {
+      input = request.input === undefined ? undefined : fromJson(ValueSchema, request.input);
+    } catch (e) {
+      throw new NexusflowClientError("INVALID_INPUT", `the run's input is not JSON: ${String(e)}`, {
+        cause: e,
+      });
+    }
+    const response = await this.workflows.startRun(
+      {
+        workflowName: request.workflowName,
+        workflowVersion: request.workflowVersion ?? 0,
+        input,
+        idempotencyKey: request.idempotencyKey ?? randomUUID(),
+        labels: { ...request.labels },
+        view: request.view ?? RunView.UNSPECIFIED,
+      },
+      options,
+    );
+    return { run: required(response.run, "StartRun"), created: response.created };
+  }
+
+  /** The run with every task and attempt. NOT_FOUND for an unknown id. */
+  async getRun(runId: string, options?: CallOptions): Promise<Run> {
+    return required((await this.workflows.getRun({ runId }, options)).run, "GetRun");
+  }
+
+  /** Cancels a run (idempotent) and returns it as it is after the request. */
+  async cancelRun(
+    runId: string,
+    request: { reason?: string | undefined; compensate?: boolean | undefined } = {},
+    options?: CallOptions,
+  ): Promise<Run> {
+    const response = await this.workflows.cancelRun(
+      { runId, reason: request.reason ?? "", compensate: request.compensate ?? false },
+      options,
+    );
+    return required(response.run, "CancelRun");
+  }
+
+  /**
+   * Waits until the run has ended (any of {@link TERMINAL_RUN_STATUSES}, failures included: look
+   * at `status`) and returns it, with its output and tasks. Watches with WatchRun; when the
+   * connection is lost (the server restarting, say) it watches again, with the client's retry
+   * backoff, and gives up after `retry.maxAttempts` failures in a row without news. Rejects with
+   * NOT_FOUND for an unknown run, CANCELED when `signal` aborts, DEADLINE_EXCEEDED after `timeoutMs`.
+   */
+  async waitForRun(runId: string, options: WaitForRunOptions = {}): Promise<Run> {
+    const controller = new AbortController();
+    const signal = controller.signal;
+    const onAbort = (): void =>
+      controller.abort(ConnectError.from(options.signal?.reason ?? "aborted", Code.Canceled));
+    let timer: NodeJS.Timeout | undefined;
+    if (options.timeoutMs !== undefined) {
+      const timeoutMs = options.timeoutMs;
+      if (!Number.isInteger(timeoutMs) || timeoutMs < 0 || timeoutMs > 2_147_483_647) {
+        throw new NexusflowClientError(
+          "INVALID_OPTIONS",
+          `timeoutMs must be a non-negative integer, got ${timeoutMs}`,
+        );
+      }
+      timer = setTimeout(
+        () =>
+          controller.abort(
+            new ConnectError(`run ${runId} did not end within ${timeoutMs} ms`, Code.DeadlineExceeded),
+          ),
+        timeoutMs,
+      );
+    }
+    if (options.signal?.aborted === true) onAbort();
+    else options.signal?.addEventListener("abort", onAbort, { once: true });
+    const { retry } = this.options;
+    try {
+      let failures = 0;
+      for (;;) {
+        let lastError: unknown;
+        // One controller per watch: leaving the loop early must end the stream on the wire.
+        const watch = new AbortController();
+        const onStop = (): void => watch.abort(signal.reason);
+        signal.addEventListener("abort", onStop, { once: true });
+        try {
+          for await (const message of this.workflows.watchRun(
+            { runId },
+            { signal: watch.signal, timeoutMs: 0 },
+          )) {
+            const run = message.run;
+            if (run === undefined) continue;
+            failures = 0;
+            if (isTerminalRunStatus(run.status)) return run;
+            options.onUpdate?.(run);
+          }
+          lastError = new NexusflowClientError(
+            "WATCH_ENDED",
+            `the watch of run ${runId} ended before the run did`,
+          );
+        } catch (e) {
+          if (signal.aborted) throw ConnectError.from(signal.reason, Code.Canceled);
+          const error = ConnectError.from(e);
+          if (!REWATCH_CODES.has(error.code)) throw error;
+          lastError = error;
+        } finally {
+          signal.removeEventListener("abort", onStop);
+          watch.abort();
+        }
+        failures++;
+        if (failures >= retry.maxAttempts) throw lastError;
+        try {
+          await sleep(retryDelayMs(failures, retry), signal);
+        } catch {
+          throw ConnectError.from(signal.reason, Code.Canceled);
+        }
+      }
+    } finally {
+      clearTimeout(timer);
+      options.signal?.removeEventListener("abort", onAbort);
+    }
+  }
+
+  /** Closes the client's connections; calls still in flight fail. Idempotent. */
+  close(): void {
+    this.#release();
+  }
+}
+
+function required(run: Run | undefined, rpc: string): Run {
+  if (run === undefined)
+    throw new ConnectError(`protocol error: ${rpc} answered without a run`, Code.Internal);
+  return run;
+}
+
+/**
+ * The transport of {@link CompiledClientOptions}: retries outermost (so each attempt asks for the
+ * token again), then the token, then the caller's interceptors; unary calls get the default
+ * deadline, streams none.
+ */
+function createTransport(options: CompiledClientOptions): { transport: Transport; release: () => void } {
+  const interceptors: Interceptor[] = [
+    retryInterceptor(options.retry),
+    ...(options.token === undefined ? [] : [bearerInterceptor(options.token)]),
+    ...options.interceptors,
+  ];
+  const { baseUrl } = options;
+  let transport: Transport;
+  let release: () => void;
+  if (options.httpVersion === "2") {
+    const sessionManager = new Http2SessionManager(baseUrl);
+    transport =
+      options.protocol === "grpc"
+        ? createGrpcTransport({ baseUrl, sessionManager, interceptors })
+        : createConnectTransport({
+            baseUrl,
+            httpVersion: "2",
+            sessionManager,
+            interceptors,
+            useBinaryFormat: true,
+          });
+    release = () => sessionManager.abort();
+  } else {
+    const agent = baseUrl.startsWith("https:")
+      ? new https.Agent({ keepAlive: true })
+      : new http.Agent({ keepAlive: true });
+    transport = createConnectTransport({
+      baseUrl,
+      httpVersion: "1.1",
+      nodeOptions: { agent },
+      interceptors,
+      useBinaryFormat: true,
+    });
+    release = () => agent.destroy();
+  }
+  const timeoutMs = options.timeoutMs;
+  return {
+    transport: {
+      unary(method, signal, callTimeoutMs, header, input, contextValues) {
+        return transport.unary(method, signal, callTimeoutMs ?? timeoutMs, header, input, contextValues);
+      },
+      stream(method, signal, callTimeoutMs, header, input, contextValues) {
+        return transport.stream(method, signal, callTimeoutMs, header, input, contextValues);
+      },
+    },
+    release,
+  };
+}

@@ -1,0 +1,41 @@
+import assert from "node:assert/strict";
+import { describe, it } from "node:test";
+import { isIdempotentCall, retryDelayMs, sleep } from "./retry.js";
+
+describe("isIdempotentCall", () => {
+  it("retries reads, RegisterWorkflow and CancelRun, and StartRun only with an idempotency key", () => {
+    for (const m of ["GetRun", "ListRuns", "GetWorkflow", "ListWorkflows", "RegisterWorkflow", "CancelRun"]) {
+      assert.ok(isIdempotentCall(`nexusflow.v1.WorkflowService/${m}`, {}), m);
+    }
+    assert.ok(isIdempotentCall("nexusflow.v1.ArtifactService/ListArtifacts", {}));
+    const startRun = "nexusflow.v1.WorkflowService/StartRun";
+    assert.ok(isIdempotentCall(startRun, { idempotencyKey: "k" }));
+    assert.equal(isIdempotentCall(startRun, { idempotencyKey: "" }), false);
+    assert.equal(isIdempotentCall(startRun, {}), false);
+    assert.equal(isIdempotentCall("nexusflow.v1.ExecutorService/Session", {}), false);
+    assert.equal(isIdempotentCall("other.Service/GetRun", {}), false);
+  });
+});
+
+describe("retryDelayMs", () => {
+  it("is full jitter under a bound that doubles up to the cap", () => {
+    const bounds = { initialDelayMs: 100, maxDelayMs: 1_000 };
+    const top = (attempt: number): number => retryDelayMs(attempt, bounds, () => 0.999999);
+    assert.deepEqual([1, 2, 3, 4, 5, 50].map(top), [99, 199, 399, 799, 999, 999]);
+    assert.equal(
+      retryDelayMs(3, bounds, () => 0),
+      0,
+    );
+  });
+});
+
+describe("sleep", () => {
+  it("rejects with the signal's reason as soon as it aborts", async () => {
+    const controller = new AbortController();
+    const reason = new Error("stop");
+    const sleeping = sleep(60_000, controller.signal);
+    controller.abort(reason);
+    await assert.rejects(sleeping, (e: unknown) => e === reason);
+    await assert.rejects(sleep(1, controller.signal), (e: unknown) => e === reason);
+  });
+});
