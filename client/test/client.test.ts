@@ -182,6 +182,33 @@ describe("NexusflowClient against a real scheduler (authentication on)", () => {
     assert.match(unkeyed.run.idempotencyKey, /^[0-9a-f-]{36}$/);
   });
 
+  it(
+    "gives unary calls the default deadline, not streams, and runs the caller's interceptors",
+    T,
+    async () => {
+      const sent: { method: string; timeout: string | null }[] = [];
+      const watching = open({
+        baseUrl: stack.address,
+        token: admin,
+        timeoutMs: 45_000,
+        interceptors: [
+          (next) => (req) => {
+            sent.push({ method: req.method.name, timeout: req.header.get("grpc-timeout") });
+            return next(req);
+          },
+        ],
+      });
+      const { run } = await watching.startRun({ workflowName: "client-greet", input: { name: "Eve" } });
+      await watching.waitForRun(run.id);
+      await watching.getRun(run.id, { timeoutMs: 5_000 });
+      assert.deepEqual(sent, [
+        { method: "StartRun", timeout: "45000m" },
+        { method: "WatchRun", timeout: null },
+        { method: "GetRun", timeout: "5000m" },
+      ]);
+    },
+  );
+
   it("waits for failed runs too, with their error", T, async () => {
     const { run } = await client.startRun({ workflowName: "client-decline" });
     const done = await client.waitForRun(run.id);
@@ -311,6 +338,12 @@ describe("NexusflowClient against a real scheduler (authentication on)", () => {
           assert.equal(count(calls, "ListRuns"), 3);
           await assert.rejects(never.workflows.getWorkflow({ name: "client-greet" }), unavailable);
           assert.equal(count(calls, "GetWorkflow"), 1);
+          // Retries stay within the call's deadline: the client's, or the call's own.
+          const deadline = (e: unknown): boolean => isRpcError(e, Code.DeadlineExceeded);
+          const bounded = open({ baseUrl: stack.address, token: provider, retry: PATIENT, timeoutMs: 200 });
+          await assert.rejects(bounded.workflows.listWorkflows({}), deadline);
+          await assert.rejects(patient.workflows.listWorkflows({}, { timeoutMs: 200 }), deadline);
+          assert.ok(count(calls, "ListWorkflows") > 2, "retried until the deadline");
         } finally {
           await stack.startScheduler();
         }

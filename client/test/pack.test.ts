@@ -10,7 +10,7 @@
 import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
 import { existsSync } from "node:fs";
-import { mkdir, mkdtemp, readFile, readdir, rm, writeFile } from "node:fs/promises";
+import { mkdir, mkdtemp, readFile, readdir, realpath, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { after, before, describe, it } from "node:test";
@@ -217,6 +217,8 @@ describe("the SDK packed and installed outside the workspace", () => {
   it("installs public packages that depend on no private or workspace-only package", T, async () => {
     for (const pkg of built) {
       const dir = join(app, "node_modules", ...pkg.name.split("/"));
+      // Extracted from its tarball, not linked to this checkout.
+      assert.ok(!(await realpath(dir)).startsWith(ROOT), `${pkg.name} is installed, not linked`);
       const manifest = await readJson<Manifest>(join(dir, "package.json"));
       assert.equal(manifest.name, pkg.name);
       assert.equal(manifest.private, undefined, `${pkg.name} is not private`);
