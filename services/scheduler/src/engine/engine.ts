@@ -380,6 +380,12 @@ export class Engine {
       this.tasks.set(task.id, task);
       if (task.status === "QUEUED") {
         this.dispatcher.enqueue(task);
+        // The wait in the queue goes on across the restart: only what is left of it remains.
+        const limit = this.scheduleToStartMs(task);
+        if (limit !== null) {
+          const waited = task.queuedAt === null ? 0 : Date.now() - task.queuedAt.getTime();
+          this.armScheduleToStart(task, limit, limit - waited);
+        }
         queued++;
       } else if (task.status === "RETRY_WAIT") {
         this.scheduleRetry(task);
@@ -663,25 +669,55 @@ export class Engine {
     task.queuedAt = now;
     this.writer.markTask(task);
     this.dispatcher.enqueue(task);
-    const run = this.runs.get(task.runId);
-    const step = run?.workflow.stepsById.get(task.stepId);
-    const limit =
-      task.kind === "STEP" ? step?.timeouts.scheduleToStartMs : step?.compensate?.timeouts.scheduleToStartMs;
-    if (limit !== null && limit !== undefined) {
-      const attempt = task.attempt;
-      this.setTimer(limit, () => {
-        if (task.status !== "QUEUED" || task.attempt !== attempt) return;
-        this.failAttempt(
-          task,
-          {
-            type: "SCHEDULE_TO_START_TIMEOUT",
-            message: `no executor started the task within ${limit} ms`,
-            retryable: true,
-          },
-          0,
-        );
-      });
-    }
+    const limit = this.scheduleToStartMs(task);
+    if (limit !== null) this.armScheduleToStart(task, limit, limit);
+  }
+
+  /** The schedule-to-start timeout of the task's step (or compensation), if it has one. */
+  private scheduleToStartMs(task: TaskState): number | null {
+    const step = this.runs.get(task.runId)?.workflow.stepsById.get(task.stepId);
+    const timeouts = task.kind === "STEP" ? step?.timeouts : step?.compensate?.timeouts;
+    return timeouts?.scheduleToStartMs ?? null;
+  }
+
+  /**
+   * Fails the queued attempt with SCHEDULE_TO_START_TIMEOUT unless an executor takes it within
+   * `limitMs`, of which `remainingMs` are left. That attempt had no lease, yet it counts against the
+   * retry policy like any other, so it is recorded as an attempt without executor or start time
+   * (its lease time is when it was queued): GetRun lists it, and recovery, which counts failed
+   * attempts, does not forget it.
+   */
+  private armScheduleToStart(task: TaskState, limitMs: number, remainingMs: number): void {
+    const attempt = task.attempt;
+    this.setTimer(remainingMs, () => {
+      if (task.status !== "QUEUED" || task.attempt !== attempt) return;
+      const now = new Date();
+      task.attempt++;
+      task.fencingToken++;
+      task.current = {
+        taskRunId: task.id,
+        runId: task.runId,
+        number: task.attempt,
+        fencingToken: task.fencingToken,
+        executorId: "",
+        status: "QUEUED",
+        error: null,
+        logs: null,
+        leasedAt: task.queuedAt ?? now,
+        startedAt: null,
+        endedAt: null,
+      };
+      task.queuedAt = null;
+      this.failAttempt(
+        task,
+        {
+          type: "SCHEDULE_TO_START_TIMEOUT",
+          message: `no executor started the task within ${limitMs} ms`,
+          retryable: true,
+        },
+        0,
+      );
+    });
   }
 
   private timeOutRun(run: RunState): void {
