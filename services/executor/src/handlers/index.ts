@@ -26,6 +26,12 @@ export {
   createHttpHandler,
   parseRetryAfter,
 } from "./http.js";
-export { type ShellHandlerOptions, type ShellInput, type ShellOutput, createShellHandler } from "./shell.js";
+export {
+  type ShellArg,
+  type ShellHandlerOptions,
+  type ShellInput,
+  type ShellOutput,
+  createShellHandler,
+} from "./shell.js";
 export { type SleepInput, type SleepOutput, sleepHandler } from "./sleep.js";
 export { noopHandler } from "./noop.js";
