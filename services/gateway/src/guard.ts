@@ -1,13 +1,24 @@
 /**
- * The gateway's guard, one Connect interceptor in front of every handler (gRPC, gRPC-Web, Connect
- * and, through the in-process transport, REST): it authenticates the bearer token and checks the
- * RPC's scope (the table `RPC_ACCESS` in @nexusflow/common), then caps the streaming calls a
- * client (a token subject) has open at once.
+ * The gateway's guard. A request gate ({@link guardRequestGate}) authenticates the bearer token and
+ * checks the RPC's scope (the table `RPC_ACCESS` in @nexusflow/common) as soon as the request
+ * headers are in, before any request message is read or parsed: a caller without a token, or
+ * without the scope, is told so (UNAUTHENTICATED, PERMISSION_DENIED) whatever its body holds,
+ * and a malformed or oversized body is only reported to a caller that may make the call. REST
+ * calls check the same before reading their body ({@link authenticateRequest}). An interceptor
+ * ({@link guardInterceptor}) then caps the streaming calls a client (a token subject) has open
+ * at once, and authenticates itself any call that did not pass the gate.
  *
  * A refused call is UNAUTHENTICATED or PERMISSION_DENIED with a message saying why; the token
  * itself is never logged nor echoed.
  */
-import { Code, ConnectError, type Interceptor, createContextKey } from "@connectrpc/connect";
+import type { DescMethod } from "@bufbuild/protobuf";
+import {
+  Code,
+  ConnectError,
+  type HandlerContext,
+  type Interceptor,
+  createContextKey,
+} from "@connectrpc/connect";
 import {
   type AuthError,
   type Principal,
@@ -18,6 +29,9 @@ import {
 
 /** The caller of the current call, once the guard has verified its token (undefined: public RPC or auth off). */
 export const kPrincipal = createContextKey<Principal | undefined>(undefined, { description: "principal" });
+
+/** True once the request gate has authenticated and authorized the call. */
+const kGuarded = createContextKey<boolean>(false, { description: "guarded" });
 
 /** The ConnectError for an {@link AuthError}. */
 export function authConnectError(e: AuthError): ConnectError {
@@ -68,6 +82,39 @@ export class StreamLimiter {
   }
 }
 
+/**
+ * Authenticates the caller of `method` from its `authorization` header value and checks the
+ * method's scope. Resolves with the caller (undefined for a public RPC); rejects with the
+ * ConnectError to answer (UNAUTHENTICATED, PERMISSION_DENIED or UNAVAILABLE).
+ */
+export async function authenticateRequest(
+  verifier: TokenVerifier,
+  method: DescMethod,
+  authorization: string | null | undefined,
+): Promise<Principal | undefined> {
+  try {
+    return await authenticateCall(verifier, `${method.parent.typeName}/${method.name}`, authorization);
+  } catch (e) {
+    if (isAuthError(e)) throw authConnectError(e);
+    throw e;
+  }
+}
+
+/**
+ * The request gate (the router's `requestGate`) that authenticates and authorizes every call
+ * before its request is read; without a verifier it lets every call in.
+ */
+export function guardRequestGate(
+  verifier: TokenVerifier | undefined,
+): (ctx: HandlerContext) => Promise<void> {
+  return async (ctx) => {
+    if (verifier === undefined) return;
+    const principal = await authenticateRequest(verifier, ctx.method, ctx.requestHeader.get("authorization"));
+    ctx.values.set(kPrincipal, principal);
+    ctx.values.set(kGuarded, true);
+  };
+}
+
 /** Options of {@link guardInterceptor}. */
 export interface GuardOptions {
   /** Verifies bearer tokens; undefined lets every call in (AUTH_DISABLED=true). */
@@ -85,19 +132,20 @@ async function* releasing<T>(source: AsyncIterable<T>, release: () => void): Asy
   }
 }
 
-/** The interceptor that authenticates, authorizes and limits every call. */
+/**
+ * The interceptor that limits the streams of every call, and authenticates and authorizes those
+ * that did not pass {@link guardRequestGate} (a router built without it).
+ */
 export function guardInterceptor({ verifier, streams }: GuardOptions): Interceptor {
   return (next) => async (req) => {
     if (verifier === undefined) return next(req);
-    const rpc = `${req.service.typeName}/${req.method.name}`;
     let principal: Principal | undefined;
-    try {
-      principal = await authenticateCall(verifier, rpc, req.header.get("authorization"));
-    } catch (e) {
-      if (isAuthError(e)) throw authConnectError(e);
-      throw e;
+    if (req.contextValues.get(kGuarded)) {
+      principal = req.contextValues.get(kPrincipal);
+    } else {
+      principal = await authenticateRequest(verifier, req.method, req.header.get("authorization"));
+      req.contextValues.set(kPrincipal, principal);
     }
-    req.contextValues.set(kPrincipal, principal);
     if (!req.stream || principal === undefined) return next(req);
 
     const release = streams.acquire(principal.subject);

@@ -24,14 +24,22 @@ import * as net from "node:net";
 import {
   Code,
   ConnectError,
+  type HandlerContext,
   type Interceptor,
   type Transport,
   createRouterTransport,
 } from "@connectrpc/connect";
 import { Http2SessionManager, connectNodeAdapter, createGrpcTransport } from "@connectrpc/connect-node";
 import { type Logger, type TokenVerifier, createLogger, hasErrorCode } from "@nexusflow/common";
-import { StreamLimiter, guardInterceptor, kPrincipal } from "./guard.js";
-import { type RestHandler, createRestHandler } from "./rest/handler.js";
+import { decodeErrorInterceptor, watchDecodeErrors } from "./decode-errors.js";
+import {
+  StreamLimiter,
+  authenticateRequest,
+  guardInterceptor,
+  guardRequestGate,
+  kPrincipal,
+} from "./guard.js";
+import { MAX_TIMEOUT_MS, type RestHandler, createRestHandler } from "./rest/handler.js";
 import { compileRoutes } from "./rest/routes.js";
 import { PROXIED_SERVICES, createRoutes } from "./routes.js";
 
@@ -225,32 +233,49 @@ class GatewayServer implements Gateway {
       transport = createGrpcTransport({ baseUrl, sessionManager: this.#upstreamSessions });
     }
     const routes = createRoutes({ transport, streamShutdownSignal: this.#streamShutdown.signal });
+    // Authentication and authorization come first, before a request message is read or parsed.
+    const { verifier } = options;
+    const guardGate = guardRequestGate(verifier);
+    const requestGate = logRefusals(this.#log, async (ctx: HandlerContext) => {
+      watchDecodeErrors(ctx);
+      await guardGate(ctx);
+    });
     const interceptors = [
+      decodeErrorInterceptor(),
       logCalls(this.#log),
       guardInterceptor({
-        verifier: options.verifier,
+        verifier,
         streams: new StreamLimiter(options.maxStreamsPerClient),
       }),
     ];
     const handler = connectNodeAdapter({
       routes,
       shutdownSignal: this.#forceShutdown.signal,
+      requestGate,
       interceptors,
       readMaxBytes: options.maxRequestBytes,
+      maxTimeoutMs: MAX_TIMEOUT_MS,
       fallback: (req, res) => this.#fallback(req, res),
     });
-    // REST calls reach the same handlers in process, through the same interceptors.
+    // REST calls reach the same handlers in process, through the same gate and interceptors (and
+    // are authenticated before their body is read, too).
     this.#rest = createRestHandler({
       routes: compileRoutes(PROXIED_SERVICES),
       transport: createRouterTransport(routes, {
         router: {
+          requestGate,
           interceptors,
           readMaxBytes: options.maxRequestBytes,
+          maxTimeoutMs: MAX_TIMEOUT_MS,
           shutdownSignal: this.#forceShutdown.signal,
         },
       }),
       maxBodyBytes: options.maxRequestBytes,
       log: this.#log,
+      authenticate:
+        verifier === undefined
+          ? undefined
+          : (method, headers) => authenticateRequest(verifier, method, headers.get("authorization")),
     });
 
     this.#h2 = http2.createServer({}, handler);
@@ -436,6 +461,22 @@ function errorCode(e: unknown): string | undefined {
   return typeof e === "object" && e !== null && "code" in e && typeof e.code === "string"
     ? e.code
     : undefined;
+}
+
+/** Logs each call the request gate refuses at debug level, as {@link logCalls} logs the others. */
+function logRefusals(
+  log: Logger,
+  gate: (ctx: HandlerContext) => Promise<void>,
+): (ctx: HandlerContext) => Promise<void> {
+  return async (ctx) => {
+    try {
+      await gate(ctx);
+    } catch (e) {
+      const err = ConnectError.from(e);
+      log.debug({ procedure: ctx.url, code: Code[err.code], error: err.rawMessage }, "call refused");
+      throw e;
+    }
+  };
 }
 
 /** Logs each call at debug level: procedure, protocol-independent outcome and time to response. */

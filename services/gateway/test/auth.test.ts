@@ -5,6 +5,7 @@
  * no token in the logs. The upstream is an in-process fake (the proxy itself is tested elsewhere).
  */
 import assert from "node:assert/strict";
+import * as http2 from "node:http2";
 import { Writable } from "node:stream";
 import { after, before, describe, it } from "node:test";
 import {
@@ -310,6 +311,236 @@ describe("gateway authentication and authorization", () => {
     assert.equal(ok.status, 200);
     assert.deepEqual(await ok.json(), { run: { id: "r1", status: "RUN_STATUS_RUNNING" } });
   });
+
+  it(
+    "checks token and scope before reading a REST request: 401, 403, then 400 naming the field",
+    T,
+    async () => {
+      const reader = await sign(keys.keys.EdDSA, { scope: "runs:read" });
+      const writer = await sign(keys.keys.EdDSA, { scope: "runs:write" });
+      const path = "/v1/workflows/orders/runs";
+      // Each bad request, and what the caller with the right scope hears: the field, or 413.
+      const cases: {
+        name: string;
+        path?: string;
+        body: string;
+        headers?: Record<string, string>;
+        then: string;
+      }[] = [
+        { name: "malformed JSON", body: "{not json", then: "body" },
+        { name: "truncated JSON", body: '{"input": {"name": "Ad', then: "body" },
+        { name: "not an object", body: "[1, 2]", then: "body" },
+        { name: "wrong type", body: '{"workflowVersion": "first"}', then: "workflowVersion" },
+        { name: "wrong type, nested", body: '{"labels": {"env": 5}}', then: "labels" },
+        { name: "huge number", body: '{"workflowVersion": 1e400}', then: "workflowVersion" },
+        { name: "unknown field", body: '{"color": "red"}', then: "body" },
+        { name: "too deep", body: `{"input": ${"[".repeat(5000)}${"]".repeat(5000)}}`, then: "body" },
+        { name: "query parameter", path: `${path}?page_size=x`, body: "{}", then: "page_size" },
+        {
+          name: "bad deadline",
+          body: "{}",
+          headers: { "connect-timeout-ms": "soon" },
+          then: "connect-timeout-ms",
+        },
+        { name: "oversized", body: JSON.stringify({ input: "x".repeat(100 * 1024) }), then: "413" },
+      ];
+      const post = async (c: (typeof cases)[number], token: string | undefined) => {
+        const res = await fetch(`${url}${c.path ?? path}`, {
+          method: "POST",
+          headers: {
+            "content-type": "application/json",
+            ...(token === undefined ? {} : { authorization: `Bearer ${token}` }),
+            ...c.headers,
+          },
+          body: c.body,
+        });
+        const json = (await res.json()) as {
+          code: number;
+          message: string;
+          details?: { fieldViolations?: { field: string }[] }[];
+        };
+        return { status: res.status, json };
+      };
+      for (const c of cases) {
+        const none = await post(c, undefined);
+        assert.deepEqual([none.status, none.json.code], [401, Code.Unauthenticated], `${c.name}, no token`);
+        assert.match(none.json.message, /missing bearer token/, c.name);
+        const denied = await post(c, reader);
+        assert.deepEqual(
+          [denied.status, denied.json.code],
+          [403, Code.PermissionDenied],
+          `${c.name}, no scope`,
+        );
+        assert.match(denied.json.message, /requires the scope "runs:write"/, c.name);
+        const allowed = await post(c, writer);
+        if (c.then === "413") {
+          assert.deepEqual([allowed.status, allowed.json.code], [413, Code.ResourceExhausted], c.name);
+          continue;
+        }
+        assert.deepEqual(
+          [allowed.status, allowed.json.code],
+          [400, Code.InvalidArgument],
+          `${c.name}: ${allowed.json.message}`,
+        );
+        const fields = allowed.json.details?.[0]?.fieldViolations?.map((v) => v.field);
+        assert.deepEqual(fields, [c.then], `${c.name}: ${allowed.json.message}`);
+      }
+      // A GET route's query is not read before the token is checked either.
+      const query = await fetch(`${url}/v1/runs/r1?nonsense=1`);
+      assert.equal(query.status, 401);
+      await query.body?.cancel();
+    },
+  );
+
+  it("checks token and scope before reading a Connect, gRPC or gRPC-Web request", T, async () => {
+    const reader = await sign(keys.keys.EdDSA, { scope: "workflows:read" });
+    const writer = await sign(keys.keys.EdDSA, { scope: "runs:write runs:read" });
+    const auth = (token: string | undefined): Record<string, string> =>
+      token === undefined ? {} : { authorization: `Bearer ${token}` };
+    const garbage = Buffer.from([0xff, 0xff, 0xff, 0xff, 0x0f, 0x0a, 0x05]);
+    const envelope = (data: Buffer): Buffer => {
+      const head = Buffer.alloc(5);
+      head.writeUInt32BE(data.length, 1);
+      return Buffer.concat([head, data]);
+    };
+
+    // Connect unary: the HTTP status and the error's code.
+    const connectCases: [string, string, Buffer | string, number, string][] = [
+      ["JSON garbage", "application/json", "{garbage", 400, "invalid_argument"],
+      ["JSON of the wrong type", "application/json", '{"workflowVersion": "x"}', 400, "invalid_argument"],
+      ["protobuf garbage", "application/proto", garbage, 400, "invalid_argument"],
+      [
+        "oversized",
+        "application/json",
+        JSON.stringify({ idempotencyKey: "x".repeat(100 * 1024) }),
+        429,
+        "resource_exhausted",
+      ],
+    ];
+    for (const [name, contentType, body, status, code] of connectCases) {
+      for (const [token, want] of [
+        [undefined, [401, "unauthenticated"]],
+        [reader, [403, "permission_denied"]],
+        [writer, [status, code]],
+      ] as const) {
+        const res = await fetch(`${url}/nexusflow.v1.WorkflowService/StartRun`, {
+          method: "POST",
+          headers: { "content-type": contentType, ...auth(token) },
+          body,
+        });
+        const json = (await res.json()) as { code: string; message: string };
+        assert.deepEqual([res.status, json.code], want, `Connect, ${name}: ${json.message}`);
+      }
+    }
+
+    // gRPC over h2c: unary and server streaming, a garbage message.
+    const grpcStatus = (rpc: string, token: string | undefined, body: Buffer) =>
+      new Promise<{ status: string | undefined; message: string | undefined }>((resolve, reject) => {
+        const session = http2.connect(url);
+        session.on("error", reject);
+        const stream = session.request({
+          ":method": "POST",
+          ":path": `/nexusflow.v1.WorkflowService/${rpc}`,
+          "content-type": "application/grpc+proto",
+          te: "trailers",
+          ...auth(token),
+        });
+        let headers: http2.IncomingHttpHeaders = {};
+        stream.on("response", (h) => (headers = h));
+        stream.on("trailers", (t: http2.IncomingHttpHeaders) => (headers = { ...headers, ...t }));
+        stream.on("data", () => undefined);
+        stream.on("end", () => {
+          session.close();
+          const message = headers["grpc-message"];
+          resolve({
+            status: headers["grpc-status"] as string | undefined,
+            message: typeof message === "string" ? decodeURIComponent(message) : undefined,
+          });
+        });
+        stream.on("error", reject);
+        stream.end(body);
+      });
+    for (const [rpc, scoped] of [
+      ["StartRun", reader],
+      ["WatchRun", await sign(keys.keys.EdDSA, { scope: "runs:write" })],
+    ] as const) {
+      for (const [token, want] of [
+        [undefined, String(Code.Unauthenticated)],
+        [scoped, String(Code.PermissionDenied)],
+        [writer, String(Code.InvalidArgument)],
+      ] as const) {
+        const res = await grpcStatus(rpc, token, envelope(garbage));
+        assert.equal(res.status, want, `gRPC ${rpc}: ${res.message}`);
+      }
+    }
+
+    // gRPC-Web over HTTP/1.1: the status is in the trailer frame at the end of the body.
+    for (const [token, want] of [
+      [undefined, Code.Unauthenticated],
+      [reader, Code.PermissionDenied],
+      [writer, Code.InvalidArgument],
+    ] as const) {
+      const res = await fetch(`${url}/nexusflow.v1.WorkflowService/StartRun`, {
+        method: "POST",
+        headers: { "content-type": "application/grpc-web+proto", "x-grpc-web": "1", ...auth(token) },
+        body: envelope(garbage),
+      });
+      const bytes = Buffer.from(await res.arrayBuffer());
+      const status =
+        res.headers.get("grpc-status") ?? /grpc-status:\s*(\d+)/.exec(bytes.toString("latin1"))?.[1];
+      assert.equal(status, String(want), `gRPC-Web: ${bytes.toString("latin1")}`);
+    }
+  });
+
+  it(
+    "reads a REST body sent without a JSON content type as JSON, and refuses other types with 415",
+    T,
+    async () => {
+      const writer = await sign(keys.keys.EdDSA, { scope: "runs:write" });
+      const post = (contentType: string | undefined, body: string | Uint8Array) =>
+        fetch(`${url}/v1/workflows/orders/runs`, {
+          method: "POST",
+          headers: {
+            authorization: `Bearer ${writer}`,
+            ...(contentType === undefined ? {} : { "content-type": contentType }),
+          },
+          body,
+        });
+      const json = '{"input": {"name": "Ada"}}';
+      for (const contentType of [
+        "application/x-www-form-urlencoded", // curl -d
+        "text/plain;charset=UTF-8", // fetch with a string body
+        "application/json; charset=utf-8",
+        "application/merge-patch+json",
+      ]) {
+        const res = await post(contentType, json);
+        assert.equal(res.status, 200, contentType);
+        assert.deepEqual(await res.json(), { run: { id: "run-of-orders" }, created: true });
+      }
+      const bare = await post(undefined, new TextEncoder().encode(json));
+      assert.equal(bare.status, 200, "no content-type");
+      await bare.body?.cancel();
+      const form = await post("application/x-www-form-urlencoded", "input=Ada");
+      assert.equal(form.status, 400, "a real form body is not JSON");
+      assert.match(((await form.json()) as { message: string }).message, /^body: not JSON/);
+      for (const contentType of [
+        "multipart/form-data; boundary=x",
+        "application/xml",
+        "application/octet-stream",
+      ]) {
+        const res = await post(contentType, json);
+        assert.equal(res.status, 415, contentType);
+        const body = (await res.json()) as {
+          code: number;
+          message: string;
+          details: { fieldViolations: { field: string }[] }[];
+        };
+        assert.equal(body.code, Code.InvalidArgument);
+        assert.match(body.message, /is not supported: send the body as JSON \(application\/json\)/);
+        assert.equal(body.details[0]?.fieldViolations[0]?.field, "content-type");
+      }
+    },
+  );
 
   it("limits concurrent streams per token subject", T, async () => {
     const alice = await sign(keys.keys.EdDSA, { sub: "alice", scope: "runs:read" });

@@ -189,6 +189,14 @@ describe("REST gateway in front of a real scheduler", () => {
     assert.equal(badInput.status, 400);
     const notJson = await call("POST", "/v1/workflows/rest-demo/runs", "{not json");
     assert.equal(notJson.status, 400);
+    // The README's `curl -d` sends its JSON as application/x-www-form-urlencoded.
+    const curlLike = await fetch(`${url}/v1/workflows/rest-demo/runs`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${admin}`, "content-type": "application/x-www-form-urlencoded" },
+      body: '{"input":{"name":"Ada"}}',
+    });
+    assert.equal(curlLike.status, 200);
+    assert.equal(((await curlLike.json()) as { run: Json }).run["workflowName"], "rest-demo");
   });
 
   it(

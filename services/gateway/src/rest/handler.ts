@@ -19,6 +19,7 @@ import type * as http from "node:http";
 import * as http2 from "node:http2";
 import {
   type DescMessage,
+  type DescMethod,
   type DescMethodServerStreaming,
   type DescMethodUnary,
   type JsonValue,
@@ -48,6 +49,13 @@ export interface RestHandlerOptions {
   maxBodyBytes: number;
   /** Logger for failures of the handler itself. */
   log: Logger;
+  /**
+   * Authenticates and authorizes a call of `method` from its request headers before anything else
+   * of the request (query, body) is looked at; rejects with the ConnectError to answer
+   * (UNAUTHENTICATED, PERMISSION_DENIED, UNAVAILABLE). The gateway passes its token check.
+   * @default undefined (no check here; the transport's handlers may still refuse the call)
+   */
+  authenticate?: ((method: DescMethod, headers: Headers) => Promise<unknown>) | undefined;
   /**
    * How long a stream may wait for its first message before the 200 and headers go out anyway
    * (after that, errors can only be reported in-band), in milliseconds.
@@ -139,18 +147,79 @@ class BodyTooLarge extends Error {
   }
 }
 
+/**
+ * Whether a body sent with `contentType` is read as JSON: JSON types (`application/json`,
+ * `application/*+json`), and the types clients send JSON text with by default: none, curl -d's
+ * `application/x-www-form-urlencoded` and fetch's `text/plain`.
+ */
+function isJsonContentType(contentType: string | undefined): boolean {
+  const media = (contentType ?? "").split(";", 1)[0]?.trim().toLowerCase() ?? "";
+  return (
+    media === "" ||
+    media === "application/x-www-form-urlencoded" ||
+    media === "text/plain" ||
+    /^[a-z0-9!#$&^_.+-]+\/(?:[a-z0-9!#$&^_.-]+\+)?json$/.test(media)
+  );
+}
+
+/** Deepest nesting of arrays and objects a body may have (protobuf's own decoding limit). */
+const MAX_JSON_DEPTH = 100;
+
+/** Whether `value` nests arrays and objects deeper than `max` (iterative: no stack to overflow). */
+function nestedDeeperThan(value: JsonValue, max: number): boolean {
+  const stack: [JsonValue, number][] = [[value, 1]];
+  for (let top = stack.pop(); top !== undefined; top = stack.pop()) {
+    const [v, depth] = top;
+    if (typeof v !== "object" || v === null) continue;
+    if (depth > max) return true;
+    for (const child of Array.isArray(v) ? v : Object.values(v)) stack.push([child, depth + 1]);
+  }
+  return false;
+}
+
+/** The body is of a type that is not JSON: 415 (a plain Error, see {@link BodyTooLarge}). */
+class UnsupportedMediaType extends Error {
+  override name = "UnsupportedMediaType";
+  constructor(readonly contentType: string) {
+    super(`${JSON.stringify(contentType)} is not supported: send the body as JSON (application/json)`);
+  }
+}
+
 function parseJsonBody(bytes: Buffer | undefined, contentType: string | undefined): JsonValue | undefined {
   if (bytes === undefined) return undefined;
-  if (contentType !== undefined && contentType !== "" && !/[/+]json\b/i.test(contentType)) {
-    throw invalidArgument([
-      { field: "content-type", description: `expected application/json, got ${JSON.stringify(contentType)}` },
-    ]);
-  }
+  if (!isJsonContentType(contentType)) throw new UnsupportedMediaType(contentType ?? "");
+  let json: JsonValue;
   try {
-    return JSON.parse(bytes.toString("utf8")) as JsonValue;
+    json = JSON.parse(bytes.toString("utf8")) as JsonValue;
   } catch (e) {
     throw invalidArgument([{ field: "body", description: `not JSON: ${(e as Error).message}` }]);
   }
+  if (nestedDeeperThan(json, MAX_JSON_DEPTH)) {
+    throw invalidArgument([
+      { field: "body", description: `nested deeper than ${MAX_JSON_DEPTH} levels of arrays and objects` },
+    ]);
+  }
+  return json;
+}
+
+/**
+ * Reads and drops what is left of a request body that will not be used (the call was answered
+ * before it was read), so that an HTTP/1.1 connection stays usable; a body longer than `max`
+ * ends the connection (HTTP/1.1) or the stream (HTTP/2) instead of being read to its end.
+ */
+function discardBody(req: NodeRequest, max: number): void {
+  if (req.readableEnded) return;
+  let size = 0;
+  const onData = (chunk: Buffer): void => {
+    size += chunk.length;
+    if (size <= max) return;
+    req.off("data", onData);
+    if ("stream" in req) req.stream.close(http2.constants.NGHTTP2_CANCEL);
+    else req.socket.destroy();
+  };
+  req.on("data", onData);
+  req.on("error", () => undefined);
+  req.resume();
 }
 
 function timeoutOf(req: NodeRequest): number | undefined {
@@ -161,7 +230,11 @@ function timeoutOf(req: NodeRequest): number | undefined {
       { field: "connect-timeout-ms", description: "expected milliseconds as an integer" },
     ]);
   }
-  return Number(raw);
+  const ms = Number(raw);
+  if (ms > MAX_TIMEOUT_MS) {
+    throw invalidArgument([{ field: "connect-timeout-ms", description: `at most ${MAX_TIMEOUT_MS}` }]);
+  }
+  return ms;
 }
 
 function responseJson(route: RestRoute, message: MessageShape<DescMessage>): JsonValue {
@@ -192,9 +265,26 @@ function write(res: NodeResponse, text: string): Promise<void> {
   });
 }
 
+/**
+ * The path and query of a request target, split by hand: `new URL` throws for some targets a client
+ * may send (`//[`), which must be a 404 like any other path that is no route.
+ */
+function splitTarget(target: string): { pathname: string; searchParams: URLSearchParams } {
+  const q = target.indexOf("?");
+  return q === -1
+    ? { pathname: target, searchParams: new URLSearchParams() }
+    : { pathname: target.slice(0, q), searchParams: new URLSearchParams(target.slice(q + 1)) };
+}
+
+/**
+ * The longest deadline a call may have, in milliseconds (about 24.8 days): Node's timers cannot
+ * wait longer, and a longer one would expire at once.
+ */
+export const MAX_TIMEOUT_MS = 2_147_483_647;
+
 /** Creates the REST handler. */
 export function createRestHandler(options: RestHandlerOptions): RestHandler {
-  const { routes, transport, maxBodyBytes, log } = options;
+  const { routes, transport, maxBodyBytes, log, authenticate } = options;
   const headerDelayMs = options.streamHeaderDelayMs ?? 250;
 
   async function serve(
@@ -213,14 +303,24 @@ export function createRestHandler(options: RestHandlerOptions): RestHandler {
     });
     let message: MessageShape<DescMessage>;
     let timeoutMs: number | undefined;
+    let bodyRead = false;
     try {
+      // Who calls, and whether they may, before anything the request carries is looked at: a
+      // caller without a token or scope hears so, whatever its body or query holds.
+      await authenticate?.(route.method, headers);
       timeoutMs = timeoutOf(req);
-      const body =
-        route.body === ""
-          ? undefined
-          : parseJsonBody(await readBody(req, maxBodyBytes), req.headers["content-type"]);
+      let body: JsonValue | undefined;
+      if (route.body !== "") {
+        bodyRead = true;
+        body = parseJsonBody(await readBody(req, maxBodyBytes), req.headers["content-type"]);
+      }
       message = buildRequest(route, params, query, body);
     } catch (e) {
+      if (!bodyRead) discardBody(req, maxBodyBytes);
+      if (e instanceof UnsupportedMediaType) {
+        sendError(res, invalidArgument([{ field: "content-type", description: e.message }]), hadToken, 415);
+        return;
+      }
       if (e instanceof BodyTooLarge) {
         if (!("stream" in req)) h1(res).setHeader("connection", "close");
         sendError(res, new ConnectError(e.message, Code.ResourceExhausted), hadToken, 413);
@@ -313,7 +413,7 @@ export function createRestHandler(options: RestHandlerOptions): RestHandler {
   }
 
   return (req, res) => {
-    const url = new URL(req.url ?? "/", "http://gateway");
+    const url = splitTarget(req.url ?? "/");
     const found = matchRoute(routes, req.method ?? "GET", url.pathname);
     if (found.kind === "none") return false;
     if (found.kind === "method-not-allowed") {

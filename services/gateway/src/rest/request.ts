@@ -18,12 +18,14 @@ import {
   type DescEnum,
   type DescField,
   type DescMessage,
+  type DescOneof,
   type JsonObject,
   type JsonValue,
   type MessageShape,
   ScalarType,
   fromJson,
 } from "@bufbuild/protobuf";
+import { isFieldError } from "@bufbuild/protobuf/reflect";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { BadRequestSchema } from "@nexusflow/gen/google/rpc/error_details_pb";
 import { isLeafMessage, resolveFieldPath, type RestRoute } from "./routes.js";
@@ -293,6 +295,47 @@ export function buildRequest(
   try {
     return fromJson(input, json, { ignoreUnknownFields: false });
   } catch (e) {
-    throw invalidArgument([{ field: "body", description: e instanceof Error ? e.message : String(e) }]);
+    const cause = e instanceof Error ? e.cause : undefined;
+    const field = isFieldError(cause) ? jsonPathOf(input, json, cause.field()) : undefined;
+    throw invalidArgument([
+      { field: field ?? "body", description: e instanceof Error ? e.message : String(e) },
+    ]);
   }
+}
+
+/**
+ * Where in `json` (decoded as `message`) the field or oneof `target` of a decoding error is set,
+ * as a JSON path with the keys the caller used (`definition.steps[2].retry.maxAttempts`), or
+ * undefined when it cannot be found. The body's nesting is bounded, so is the recursion.
+ */
+function jsonPathOf(
+  message: DescMessage,
+  json: JsonValue | undefined,
+  target: DescField | DescOneof,
+): string | undefined {
+  if (!isObject(json)) return undefined;
+  for (const field of message.fields) {
+    const key = [field.jsonName, field.name].find((k) => Object.hasOwn(json, k));
+    if (key === undefined) continue;
+    if (field === target || field.oneof === target) return key;
+    const value = json[key];
+    let inner: string | undefined;
+    if (field.fieldKind === "message") {
+      inner = prefixed(".", jsonPathOf(field.message, value, target));
+    } else if (field.fieldKind === "list" && field.listKind === "message" && Array.isArray(value)) {
+      for (let i = 0; i < value.length && inner === undefined; i++)
+        inner = prefixed(`[${i}].`, jsonPathOf(field.message, value[i], target));
+    } else if (field.fieldKind === "map" && field.mapKind === "message" && isObject(value)) {
+      for (const [k, v] of Object.entries(value)) {
+        inner = prefixed(`[${JSON.stringify(k)}].`, jsonPathOf(field.message, v, target));
+        if (inner !== undefined) break;
+      }
+    }
+    if (inner !== undefined) return `${key}${inner}`;
+  }
+  return undefined;
+}
+
+function prefixed(prefix: string, path: string | undefined): string | undefined {
+  return path === undefined ? undefined : `${prefix}${path}`;
 }
