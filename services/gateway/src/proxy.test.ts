@@ -7,7 +7,14 @@ import * as http from "node:http";
 import * as http2 from "node:http2";
 import * as net from "node:net";
 import { after, before, describe, it } from "node:test";
-import { Code, ConnectError, type ConnectRouter, type Transport, createClient } from "@connectrpc/connect";
+import {
+  Code,
+  ConnectError,
+  type ConnectRouter,
+  type Transport,
+  createClient,
+  createRouterTransport,
+} from "@connectrpc/connect";
 import {
   Http2SessionManager,
   connectNodeAdapter,
@@ -246,6 +253,49 @@ describe("gateway proxy", () => {
     assert.equal(missing.status, 404);
     await missing.body?.cancel();
   });
+});
+
+describe("gateway proxy, errors too long for trailers", () => {
+  it(
+    "cuts an upstream error's message and details so that a gRPC client still gets the status",
+    TEST_TIMEOUT,
+    async () => {
+      // In process, the upstream can say as much as it likes; a gRPC client hears it in trailers,
+      // which Node sends up to 64 KiB only.
+      const huge = "x".repeat(100_000);
+      const upstream = createRouterTransport((router) =>
+        router.service(WorkflowService, {
+          startRun() {
+            throw new ConnectError(`not a workflow: ${huge}`, Code.InvalidArgument, undefined, [
+              {
+                desc: BadRequestSchema,
+                value: { fieldViolations: [{ field: "workflow_name", description: huge }] },
+              },
+            ]);
+          },
+        }),
+      );
+      const gateway = createGateway({ schedulerAddress: "127.0.0.1:1", transport: upstream, port: 0 });
+      const { url } = await gateway.listen();
+      const clients = protocols(url);
+      try {
+        for (const { name, transport } of clients) {
+          const err = await rejection(
+            createClient(WorkflowService, transport).startRun({ workflowName: "w" }),
+          );
+          assert.equal(err.code, Code.InvalidArgument, `${name}: ${err.rawMessage.slice(0, 200)}`);
+          assert.ok(err.rawMessage.length < 2100, `${name}: ${err.rawMessage.length} characters`);
+          assert.match(err.rawMessage, /^not a workflow: x+\.\.\. \(\d+ more characters\)$/, name);
+          const [badRequest] = err.findDetails(BadRequestSchema);
+          assert.equal(badRequest?.fieldViolations[0]?.field, "workflow_name", name);
+          assert.ok((badRequest?.fieldViolations[0]?.description.length ?? 0) < 600, name);
+        }
+      } finally {
+        for (const c of clients) c.dispose();
+        await gateway.close();
+      }
+    },
+  );
 });
 
 describe("gateway lifecycle", () => {

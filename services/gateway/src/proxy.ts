@@ -12,17 +12,21 @@
  * - response headers and trailers minus the same framing headers;
  * - errors as they are: code, message and details of an upstream `ConnectError` are re-thrown
  *   unchanged (only protocol headers are dropped from its metadata, as they describe the upstream
- *   hop and would corrupt the downstream response).
+ *   hop and would corrupt the downstream response), but for a message or details too long to
+ *   travel in trailers, which are cut ({@link MAX_ERROR_MESSAGE_CHARS}).
  */
-import type {
-  DescMessage,
-  DescMethodBiDiStreaming,
-  DescMethodClientStreaming,
-  DescMethodServerStreaming,
-  DescMethodUnary,
-  DescService,
-  MessageInitShape,
-  MessageShape,
+import {
+  type DescMessage,
+  type DescMethodBiDiStreaming,
+  type DescMethodClientStreaming,
+  type DescMethodServerStreaming,
+  type DescMethodUnary,
+  type DescService,
+  type MessageInitShape,
+  type MessageShape,
+  create,
+  fromBinary,
+  toBinary,
 } from "@bufbuild/protobuf";
 import {
   Code,
@@ -32,6 +36,7 @@ import {
   type Transport,
 } from "@connectrpc/connect";
 import { createAsyncIterable, createLinkedAbortController } from "@connectrpc/connect/protocol";
+import { BadRequestSchema } from "@nexusflow/gen/google/rpc/error_details_pb";
 
 /** Options of {@link createForwardingService}. */
 export interface ForwardingOptions {
@@ -101,15 +106,79 @@ function copyHeaders(from: Headers, to: Headers): void {
 }
 
 /**
+ * Longest error message passed downstream, in characters. gRPC sends it (and again inside
+ * `grpc-status-details-bin`) in trailers, and Node refuses to send a header block over 64 KiB: the
+ * call would end with a protocol error instead. An upstream message may quote a request value of
+ * any size ("not a run id: ..."), so it is cut, saying how much was left out.
+ */
+export const MAX_ERROR_MESSAGE_CHARS = 2000;
+/** Most bytes of error details passed downstream (the same trailers carry them). */
+const MAX_ERROR_DETAILS_BYTES = 16 * 1024;
+/** Longest field path or description of a `BadRequest` field violation passed downstream. */
+const MAX_VIOLATION_CHARS = 500;
+
+/** `text`, cut to `max` characters with a note of how many more there were. */
+export function shorten(text: string, max: number): string {
+  return text.length <= max ? text : `${text.slice(0, max)}... (${text.length - max} more characters)`;
+}
+
+type ErrorDetail = ConnectError["details"][number];
+
+/** A `BadRequest` from the wire with its field paths and descriptions shortened; others as they are. */
+function shortenDetail(detail: ErrorDetail): ErrorDetail {
+  if ("desc" in detail || detail.type !== BadRequestSchema.typeName) return detail;
+  try {
+    const badRequest = fromBinary(BadRequestSchema, detail.value);
+    for (const v of badRequest.fieldViolations) {
+      v.field = shorten(v.field, MAX_VIOLATION_CHARS);
+      v.description = shorten(v.description, MAX_VIOLATION_CHARS);
+    }
+    return { type: detail.type, value: toBinary(BadRequestSchema, badRequest) };
+  } catch {
+    // Not a BadRequest after all: the size budget decides.
+    return detail;
+  }
+}
+
+/** `details` shortened and, past {@link MAX_ERROR_DETAILS_BYTES}, left out. */
+function boundedDetails(details: readonly ErrorDetail[]): ErrorDetail[] {
+  let budget = MAX_ERROR_DETAILS_BYTES;
+  const kept: ErrorDetail[] = [];
+  for (const original of details) {
+    const detail = shortenDetail(original);
+    const size =
+      "desc" in detail
+        ? toBinary(detail.desc, create(detail.desc, detail.value)).length
+        : detail.value.length;
+    if (size > budget) continue;
+    budget -= size;
+    kept.push(detail);
+  }
+  return kept;
+}
+
+/** `e` with its message and details cut to what can travel in trailers (see {@link MAX_ERROR_MESSAGE_CHARS}). */
+export function boundedError(e: ConnectError, metadata: Headers = e.metadata): ConnectError {
+  const copy = new ConnectError(
+    shorten(e.rawMessage, MAX_ERROR_MESSAGE_CHARS),
+    e.code,
+    metadata,
+    undefined,
+    e.cause,
+  );
+  copy.details = boundedDetails(e.details);
+  return copy;
+}
+
+/**
  * The error to give the downstream caller: an upstream ConnectError keeps its code, raw message,
- * details and cause; only framing headers leave its metadata. Anything else becomes a ConnectError
- * via `ConnectError.from` (an abort reason that is a ConnectError stays one).
+ * details and cause (the message and details cut to what trailers can carry, see
+ * {@link MAX_ERROR_MESSAGE_CHARS}); only framing headers leave its metadata. Anything else becomes
+ * a ConnectError via `ConnectError.from` (an abort reason that is a ConnectError stays one).
  */
 export function passThroughError(e: unknown): ConnectError {
   if (!(e instanceof ConnectError)) return ConnectError.from(e, Code.Internal);
-  const copy = new ConnectError(e.rawMessage, e.code, endToEndHeaders(e.metadata), undefined, e.cause);
-  copy.details = e.details;
-  return copy;
+  return boundedError(e, endToEndHeaders(e.metadata));
 }
 
 type AnyUnary = DescMethodUnary<DescMessage, DescMessage>;
