@@ -1,6 +1,6 @@
 /** WorkflowService over gRPC: validates requests, calls the engine and the stores. */
 import { create, toJson } from "@bufbuild/protobuf";
-import { timestampDate, timestampNow } from "@bufbuild/protobuf/wkt";
+import { type Timestamp, timestampDate, timestampNow } from "@bufbuild/protobuf/wkt";
 import type * as grpc from "@grpc/grpc-js";
 import { ApiError, nulCharacterPath, serverStream, unary, valueToJson } from "@nexusflow/common";
 import {
@@ -56,6 +56,19 @@ function checkLabels(labels: Record<string, string>): void {
     if (v.length > 255) throw ApiError.invalid(`labels[${k}]`, "values are at most 255 characters");
     refuseNul(v, `labels[${k}]`);
   }
+}
+
+/** Seconds of 0001-01-01T00:00:00Z and 9999-12-31T23:59:59Z, the range of a google.protobuf.Timestamp. */
+const TIMESTAMP_SECONDS = [-62_135_596_800n, 253_402_300_799n] as const;
+
+/** A filter's time, or INVALID_ARGUMENT naming `field` when it is no valid Timestamp. */
+function filterTime(ts: Timestamp | undefined, field: string): Date | undefined {
+  if (ts === undefined) return undefined;
+  if (ts.seconds < TIMESTAMP_SECONDS[0] || ts.seconds > TIMESTAMP_SECONDS[1])
+    throw ApiError.invalid(field, "must be from 0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z");
+  if (ts.nanos < 0 || ts.nanos > 999_999_999)
+    throw ApiError.invalid(field, "nanos must be from 0 to 999999999");
+  return timestampDate(ts);
 }
 
 function parseSpecJson(text: string): unknown {
@@ -141,8 +154,8 @@ export function workflowService(engine: Engine, runs: RunStore): grpc.UntypedSer
         workflowName: req.workflowName,
         statuses: req.statuses.map(runStatusName),
         labels: req.labels,
-        createdAfter: req.createdAfter === undefined ? undefined : timestampDate(req.createdAfter),
-        createdBefore: req.createdBefore === undefined ? undefined : timestampDate(req.createdBefore),
+        createdAfter: filterTime(req.createdAfter, "created_after"),
+        createdBefore: filterTime(req.createdBefore, "created_before"),
         pageSize: req.pageSize,
         pageToken: req.pageToken,
       });
