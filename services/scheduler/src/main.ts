@@ -8,7 +8,7 @@ import {
   tokenVerifierFromConfig,
 } from "@nexusflow/common";
 import { type ArtifactStore, createArtifactStore, isArtifactError } from "@nexusflow/common/artifacts";
-import { PortInUseError, Scheduler } from "./scheduler.js";
+import { PortInUseError, Scheduler, isSchedulerLockedError } from "./scheduler.js";
 import { tuneRuntime } from "./runtime.js";
 
 tuneRuntime();
@@ -57,6 +57,10 @@ const scheduler = new Scheduler({
   heartbeatIntervalMs: config.heartbeatIntervalMs,
   sessionTimeoutMs: config.sessionTimeoutMs,
   auth,
+  onFatal: (error) => {
+    process.stderr.write(`nexusflow-scheduler: ${error.message}\n`);
+    process.exit(1);
+  },
   events: {
     brokers: config.kafka.brokers,
     topic: config.kafka.topic,
@@ -87,7 +91,7 @@ process.on("SIGINT", () => void shutdown("SIGINT"));
 try {
   await scheduler.start();
 } catch (e) {
-  if (e instanceof PortInUseError) {
+  if (e instanceof PortInUseError || isSchedulerLockedError(e)) {
     process.stderr.write(`nexusflow-scheduler: ${e.message}\n`);
     process.exit(1);
   }

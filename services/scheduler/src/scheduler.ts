@@ -16,6 +16,13 @@ import { createOutboxRelay, type EventsOptions, type OutboxRelay } from "./event
 import { openDatabase, type Database } from "./persistence/database.js";
 import { startEmbeddedPostgres, type EmbeddedDatabase } from "./persistence/embedded-postgres.js";
 import { RunStore } from "./persistence/run-store.js";
+import {
+  acquireSchedulerLock,
+  type SchedulerLock,
+  type SchedulerLockedError,
+} from "./persistence/scheduler-lock.js";
+
+export { SchedulerLockedError, isSchedulerLockedError } from "./persistence/scheduler-lock.js";
 
 /** Options of {@link Scheduler}. */
 export interface SchedulerOptions {
@@ -47,6 +54,12 @@ export interface SchedulerOptions {
   artifacts?: ArtifactStore | undefined;
   /** Lifecycle-event publishing (the outbox relay); undefined runs no relay. */
   events?: EventsOptions | undefined;
+  /**
+   * Called when the scheduler stopped itself because it lost the database to another scheduler
+   * (its lock session was lost and another scheduler took the lock meanwhile).
+   * @default none
+   */
+  onFatal?: ((error: SchedulerLockedError) => void) | undefined;
   log: Logger;
 }
 
@@ -62,6 +75,7 @@ export class PortInUseError extends Error {
 export class Scheduler {
   private stateValue: SchedulerState = "IDLE";
   private embedded: EmbeddedDatabase | undefined;
+  private lock: SchedulerLock | undefined;
   private db: Database | undefined;
   private engineValue: Engine | undefined;
   private relay: OutboxRelay | undefined;
@@ -86,7 +100,10 @@ export class Scheduler {
     return this.engineValue;
   }
 
-  /** Connects the database, recovers, and starts serving. */
+  /**
+   * Takes the database (one scheduler per database: SchedulerLockedError when another holds it),
+   * connects, recovers, and starts serving.
+   */
   async start(): Promise<string> {
     if (this.stateValue !== "IDLE") throw new Error(`cannot start a scheduler that is ${this.stateValue}`);
     this.stateValue = "STARTING";
@@ -101,6 +118,15 @@ export class Scheduler {
         url = this.embedded.localUrl;
         log.info({ port: this.embedded.port }, "embedded PostgreSQL started");
       }
+      // Before migrations and recovery: a second scheduler must change nothing.
+      this.lock = await acquireSchedulerLock({
+        url,
+        log,
+        onLost: (error) => {
+          const fatal = (): void => this.options.onFatal?.(error);
+          this.stop().then(fatal, fatal);
+        },
+      });
       this.db = await openDatabase({ url, poolSize: this.options.poolSize ?? 10, log });
       // The default store is only read here; its folder appears when an executor first writes.
       const store =
@@ -201,6 +227,9 @@ export class Scheduler {
     this.relay = undefined;
     await this.db?.close();
     this.db = undefined;
+    // Last: a successor may start once everything of this one is committed and closed.
+    await this.lock?.release();
+    this.lock = undefined;
     await this.embedded?.stop();
     this.embedded = undefined;
   }
