@@ -15,7 +15,7 @@ import { anyPack } from "@bufbuild/protobuf/wkt";
 import * as grpc from "@grpc/grpc-js";
 import { BadRequestSchema } from "@nexusflow/gen/google/rpc/error_details_pb";
 import { StatusSchema } from "@nexusflow/gen/google/rpc/status_pb";
-import { ApiError, Code } from "./errors.js";
+import { ApiError, Code, type FieldViolation } from "./errors.js";
 
 function serializer<D extends DescMessage>(schema: D): (m: MessageShape<D>) => Buffer {
   return (m) => {
@@ -28,6 +28,56 @@ function deserializer<D extends DescMessage>(schema: D): (b: Buffer) => MessageS
   return (b) => fromBinary(schema, b);
 }
 
+/**
+ * Stands in for a request message that could not be decoded (malformed protobuf, or nested deeper
+ * than protobuf-es decodes: 100 levels). Thrown in the deserializer, grpc-js would end the call with
+ * INTERNAL at once, while messages received before it on a stream are still handled, and a reply to
+ * one of them then loses the status (the client waits forever). Delivered in order instead, it is
+ * answered with INVALID_ARGUMENT by {@link unary} and {@link serverStream}, and by stream handlers
+ * that check {@link isUndecodable}.
+ */
+export class UndecodableMessage {
+  constructor(
+    /** The message type that was expected, e.g. "nexusflow.v1.SessionRequest". */
+    readonly typeName: string,
+    /** The bytes received. */
+    readonly bytes: Uint8Array,
+    /** Why they could not be decoded. */
+    readonly cause: unknown,
+  ) {}
+
+  /** The field number of the message's first field (a oneof's case), when it can be read. */
+  get firstFieldNumber(): number | undefined {
+    const tag = this.bytes[0];
+    return tag === undefined || tag >= 0x80 ? undefined : tag >> 3;
+  }
+
+  /** INVALID_ARGUMENT saying what could not be decoded, and why. */
+  toApiError(): ApiError {
+    const why = this.cause instanceof Error ? this.cause.message : String(this.cause);
+    return new ApiError(Code.INVALID_ARGUMENT, `the message is not a valid ${this.typeName}: ${why}`, [], {
+      cause: this.cause,
+    });
+  }
+}
+
+/** Type guard for {@link UndecodableMessage}. */
+export function isUndecodable(m: unknown): m is UndecodableMessage {
+  return m instanceof UndecodableMessage;
+}
+
+function requestDeserializer<D extends DescMessage>(
+  schema: D,
+): (b: Buffer) => MessageShape<D> | UndecodableMessage {
+  return (b) => {
+    try {
+      return fromBinary(schema, b);
+    } catch (e) {
+      return new UndecodableMessage(schema.typeName, b, e);
+    }
+  };
+}
+
 /** A grpc-js service definition for a protobuf-es service, keyed by the methods' local names. */
 export function serviceDefinition(service: DescService): grpc.ServiceDefinition {
   const def: Record<string, grpc.MethodDefinition<unknown, unknown>> = {};
@@ -38,7 +88,8 @@ export function serviceDefinition(service: DescService): grpc.ServiceDefinition 
       requestStream: method.methodKind === "client_streaming" || method.methodKind === "bidi_streaming",
       responseStream: method.methodKind === "server_streaming" || method.methodKind === "bidi_streaming",
       requestSerialize: serializer(method.input) as (m: unknown) => Buffer,
-      requestDeserialize: deserializer(method.input),
+      // A request that cannot be decoded reaches the handler as an UndecodableMessage.
+      requestDeserialize: requestDeserializer(method.input),
       responseSerialize: serializer(method.output) as (m: unknown) => Buffer,
       responseDeserialize: deserializer(method.output),
     };
@@ -79,6 +130,38 @@ export function isUnavailable(e: unknown): boolean {
   return false;
 }
 
+/**
+ * Bounds of what a status says, in UTF-16 code units: a message quoting a client's megabyte of text
+ * would make trailers no HTTP/2 client accepts (a protocol error instead of the status).
+ */
+const MAX_STATUS_MESSAGE = 1024;
+const MAX_VIOLATION_FIELD = 256;
+const MAX_VIOLATION_DESCRIPTION = 512;
+/** Field violations sent, by their UTF-8 size: the first ones that fit. */
+const MAX_VIOLATIONS_BYTES = 16 * 1024;
+
+/**
+ * `text` made well-formed (grpc-js percent-encodes the details with encodeURI, which throws on a
+ * lone surrogate a client's text may hold) and cut to `max` code units, saying how much was cut.
+ */
+function boundedText(text: string, max: number): string {
+  if (text.length <= max) return text.toWellFormed();
+  return `${text.slice(0, max).toWellFormed()}… (${text.length - max} more characters)`;
+}
+
+function boundedViolations(violations: readonly FieldViolation[]): FieldViolation[] {
+  const out: FieldViolation[] = [];
+  let bytes = 0;
+  for (const v of violations) {
+    const field = boundedText(v.field, MAX_VIOLATION_FIELD);
+    const description = boundedText(v.description, MAX_VIOLATION_DESCRIPTION);
+    bytes += Buffer.byteLength(field) + Buffer.byteLength(description);
+    if (bytes > MAX_VIOLATIONS_BYTES) break;
+    out.push({ field, description });
+  }
+  return out;
+}
+
 /** Converts any throwable into a grpc-js status object with rich details. */
 export function toGrpcStatus(e: unknown): Partial<grpc.StatusObject> {
   const err =
@@ -88,13 +171,15 @@ export function toGrpcStatus(e: unknown): Partial<grpc.StatusObject> {
         ? new ApiError(Code.UNAVAILABLE, "the database is unavailable; retry shortly")
         : new ApiError(Code.INTERNAL, e instanceof Error ? e.message : String(e));
   const metadata = new grpc.Metadata();
+  const message = boundedText(err.message, MAX_STATUS_MESSAGE);
+  const violations = boundedViolations(err.violations);
   const details =
-    err.violations.length > 0
-      ? [anyPack(BadRequestSchema, create(BadRequestSchema, { fieldViolations: [...err.violations] }))]
+    violations.length > 0
+      ? [anyPack(BadRequestSchema, create(BadRequestSchema, { fieldViolations: violations }))]
       : [];
-  const status = create(StatusSchema, { code: err.code, message: err.message, details });
+  const status = create(StatusSchema, { code: err.code, message, details });
   metadata.set("grpc-status-details-bin", Buffer.from(toBinary(StatusSchema, status)));
-  return { code: err.code, details: err.message, metadata };
+  return { code: err.code, details: message, metadata };
 }
 
 /** Wraps a promise-returning unary handler for grpc-js. */
@@ -102,11 +187,28 @@ export function unary<Req, Res>(
   handler: (request: Req, call: grpc.ServerUnaryCall<Req, Res>) => Promise<Res>,
 ): grpc.handleUnaryCall<Req, Res> {
   return (call, callback) => {
-    handler(call.request, call).then(
-      (res) => callback(null, res),
-      (e: unknown) => callback(toGrpcStatus(e)),
-    );
+    const request: unknown = call.request;
+    if (isUndecodable(request)) {
+      callback(toGrpcStatus(request.toApiError()));
+      return;
+    }
+    handler(call.request, call)
+      .then(
+        (res) => callback(null, res),
+        (e: unknown) => callback(toGrpcStatus(e)),
+      )
+      // Answering failed: end the call without letting the rejection end the process.
+      .catch(() => endWithInternal((status) => callback(status)));
   };
+}
+
+/** Ends a call with a plain INTERNAL status through `end`; a call that is gone already stays gone. */
+function endWithInternal(end: (status: Partial<grpc.StatusObject>) => void): void {
+  try {
+    end({ code: grpc.status.INTERNAL, details: "internal error", metadata: new grpc.Metadata() });
+  } catch {
+    // Nothing more can be said to this caller.
+  }
 }
 
 /** Wraps a server-streaming handler that writes through `send` and resolves when done. */
@@ -119,6 +221,11 @@ export function serverStream<Req, Res>(
   ) => Promise<void>,
 ): grpc.handleServerStreamingCall<Req, Res> {
   return (call) => {
+    const request: unknown = call.request;
+    if (isUndecodable(request)) {
+      call.emit("error", toGrpcStatus(request.toApiError()));
+      return;
+    }
     const abort = new AbortController();
     call.on("cancelled", () => abort.abort(new ApiError(Code.CANCELLED, "client cancelled")));
     call.on("close", () => abort.abort(new ApiError(Code.CANCELLED, "stream closed")));
@@ -127,12 +234,14 @@ export function serverStream<Req, Res>(
         if (call.write(res)) resolve();
         else call.once("drain", () => resolve());
       });
-    handler(call.request, send, abort.signal, call).then(
-      () => call.end(),
-      (e: unknown) => {
-        if (!abort.signal.aborted) call.emit("error", toGrpcStatus(e));
-      },
-    );
+    handler(call.request, send, abort.signal, call)
+      .then(
+        () => call.end(),
+        (e: unknown) => {
+          if (!abort.signal.aborted) call.emit("error", toGrpcStatus(e));
+        },
+      )
+      .catch(() => endWithInternal((status) => call.emit("error", status)));
   };
 }
 
