@@ -10,7 +10,9 @@
  *
  * Authorization is one table, {@link RPC_ACCESS}: each RPC needs one scope, or is public. A token
  * grants the scopes in its `scope` claim (space-separated), its `scp` claim (array or string) and
- * its `roles` claim (role names equal to scope names); `admin` grants everything.
+ * its `roles` claim (role names equal to scope names); `admin` grants everything. An executor
+ * session is also bound to its token: it attaches as the token's `sub` or as an id its
+ * `nexusflow_executors` claim lists ({@link authorizeExecutorId}).
  */
 import { readFile } from "node:fs/promises";
 import { createPublicKey } from "node:crypto";
@@ -113,6 +115,44 @@ export interface Principal {
 /** Whether `principal` may call an RPC that needs `scope` (admin may call everything). */
 export function hasScope(principal: Principal, scope: string): boolean {
   return principal.scopes.has(scope) || principal.scopes.has(Scope.ADMIN);
+}
+
+/**
+ * The claim listing the executor ids a token may attach as, besides its own `sub`: an array of
+ * ids (or one id as a string), where an entry ending in `*` matches every id starting with what
+ * precedes it (`"batch-*"` for an autoscaled fleet `batch-7f3a`, `batch-9c1d`, ...; `"*"` alone
+ * matches any id). Entries that are not non-empty strings grant nothing.
+ */
+export const EXECUTORS_CLAIM = "nexusflow_executors";
+
+/** The executor-id patterns of a token's {@link EXECUTORS_CLAIM} (none when it has no such claim). */
+export function executorPatternsOf(claims: Readonly<JWTPayload>): string[] {
+  const claim = claims[EXECUTORS_CLAIM];
+  const entries = typeof claim === "string" ? [claim] : Array.isArray(claim) ? (claim as unknown[]) : [];
+  return entries.filter((e): e is string => typeof e === "string" && e !== "");
+}
+
+/** Whether `executorId` matches `pattern`: equal, or starting with its prefix when it ends in `*`. */
+export function executorIdMatches(pattern: string, executorId: string): boolean {
+  return pattern.endsWith("*") ? executorId.startsWith(pattern.slice(0, -1)) : pattern === executorId;
+}
+
+/**
+ * Checks that `principal` may attach an executor session as `executorId`: the id is the token's
+ * subject, or matches an entry of its {@link EXECUTORS_CLAIM} claim. Scopes do not matter here (not
+ * even `admin`): a token acts as the executors it names. Throws {@link AuthError} PERMISSION_DENIED
+ * naming the executor id and the token's subject otherwise.
+ */
+export function authorizeExecutorId(principal: Principal, executorId: string): void {
+  if (principal.subject === executorId) return;
+  const patterns = executorPatternsOf(principal.claims);
+  if (patterns.some((p) => executorIdMatches(p, executorId))) return;
+  throw new AuthError(
+    "PERMISSION_DENIED",
+    `the token of ${JSON.stringify(principal.subject)} may not attach as executor ${JSON.stringify(executorId)}: ` +
+      `an executor id must be the token's subject or match its "${EXECUTORS_CLAIM}" claim` +
+      (patterns.length === 0 ? "" : ` (${patterns.map((p) => JSON.stringify(p)).join(", ")})`),
+  );
 }
 
 /**

@@ -3,10 +3,34 @@
  * call's bearer token and scope against the one table of @nexusflow/common (`RPC_ACCESS`) before
  * the handler runs. Executors need a token with the `executor` scope to open a Session; calls the
  * gateway forwards carry the caller's token and are checked again here; reflection is public.
- * A refused call ends with UNAUTHENTICATED or PERMISSION_DENIED and a message saying why.
+ * A refused call ends with UNAUTHENTICATED or PERMISSION_DENIED and a message saying why. The
+ * verified principal reaches the handler through {@link callPrincipal} (a Session binds the
+ * executor id it attaches as to it).
  */
 import * as grpc from "@grpc/grpc-js";
-import { type Logger, type TokenVerifier, authenticateCall, isAuthError, rpcName } from "@nexusflow/common";
+import {
+  type Logger,
+  type Principal,
+  type TokenVerifier,
+  authenticateCall,
+  isAuthError,
+  rpcName,
+} from "@nexusflow/common";
+
+/**
+ * The verified principal of each authorized call, keyed by the metadata object the interceptor
+ * passes on (grpc-js hands that same object to the handler as `call.metadata`). Nothing a client
+ * sends can put an entry here, unlike a header; entries go when the call's metadata is collected.
+ */
+const principals = new WeakMap<grpc.Metadata, Principal>();
+
+/**
+ * The principal whose token {@link authInterceptor} verified for the call with this metadata
+ * (`call.metadata` in a handler); undefined for a public RPC, or when no interceptor ran.
+ */
+export function callPrincipal(metadata: grpc.Metadata): Principal | undefined {
+  return principals.get(metadata);
+}
 
 /** The gRPC status for a refused call. */
 function refusal(e: unknown): { code: grpc.status; details: string; metadata: grpc.Metadata } {
@@ -18,7 +42,8 @@ function refusal(e: unknown): { code: grpc.status; details: string; metadata: gr
           : e.code === "UNAVAILABLE"
             ? grpc.status.UNAVAILABLE
             : grpc.status.UNAUTHENTICATED,
-      details: e.message,
+      // Well-formed: grpc-js's encodeURI of the details throws on a lone surrogate.
+      details: e.message.toWellFormed(),
       metadata: new grpc.Metadata(),
     };
   }
@@ -38,23 +63,35 @@ export function authInterceptor(verifier: TokenVerifier, log?: Logger): grpc.Ser
           onReceiveMetadata: (metadata, pass) => {
             const rpc = rpcName(method.path);
             const header = metadata.get("authorization")[0];
-            authenticateCall(verifier, rpc, typeof header === "string" ? header : undefined).then(
-              (principal) => {
-                log?.debug({ rpc, subject: principal?.subject }, "call authorized");
-                pass(metadata);
-              },
-              (e: unknown) => {
-                log?.info(
-                  {
-                    rpc,
-                    code: isAuthError(e) ? e.code : "INTERNAL",
-                    reason: e instanceof Error ? e.message : String(e),
-                  },
-                  "call refused",
-                );
-                call.sendStatus(refusal(e));
-              },
-            );
+            authenticateCall(verifier, rpc, typeof header === "string" ? header : undefined)
+              .then(
+                (principal) => {
+                  log?.debug({ rpc, subject: principal?.subject }, "call authorized");
+                  if (principal !== undefined) principals.set(metadata, principal);
+                  pass(metadata);
+                },
+                (e: unknown) => {
+                  log?.info(
+                    {
+                      rpc,
+                      code: isAuthError(e) ? e.code : "INTERNAL",
+                      reason: e instanceof Error ? e.message : String(e),
+                    },
+                    "call refused",
+                  );
+                  call.sendStatus(refusal(e));
+                },
+              )
+              // Passing the metadata on runs the handler (and the messages held meanwhile) in this
+              // callback: whatever it throws ends this call, never the process (no unhandled rejection).
+              .catch((e: unknown) => {
+                log?.error({ rpc, err: e }, "call failed while starting its handler");
+                call.sendStatus({
+                  code: grpc.status.INTERNAL,
+                  details: "internal error",
+                  metadata: new grpc.Metadata(),
+                });
+              });
           },
         });
       },
