@@ -159,7 +159,10 @@ export class Scheduler {
         serviceDefinition(WorkflowService),
         workflowService(this.engineValue, new RunStore(this.db)),
       );
-      server.addService(serviceDefinition(ExecutorService), executorService(this.engineValue, log));
+      server.addService(
+        serviceDefinition(ExecutorService),
+        executorService(this.engineValue, log, { authenticated: this.options.auth !== undefined }),
+      );
       server.addService(
         serviceDefinition(ArtifactService),
         artifactService({ store, tasks: new PgTaskIndex(this.db.pool), log }),

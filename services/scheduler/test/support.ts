@@ -120,7 +120,7 @@ export async function waitForRun(
 /** A raw executor session for protocol tests: send messages, await the next response. */
 export class RawSession {
   private readonly client: grpc.Client & {
-    session(): grpc.ClientDuplexStream<SessionRequest, SessionResponse>;
+    session(metadata?: grpc.Metadata): grpc.ClientDuplexStream<SessionRequest, SessionResponse>;
   };
   readonly stream: grpc.ClientDuplexStream<SessionRequest, SessionResponse>;
   private readonly inbox: SessionResponse[] = [];
@@ -132,10 +132,11 @@ export class RawSession {
   /** Error the stream ended with, if any. */
   error: (Error & { code?: number }) | undefined;
 
-  constructor(address: string) {
+  /** `metadata` is sent when the stream opens (e.g. `authorization`). */
+  constructor(address: string, metadata?: grpc.Metadata) {
     const Ctor = clientConstructor(ExecutorService);
     this.client = new Ctor(address, grpc.credentials.createInsecure()) as unknown as RawSession["client"];
-    this.stream = this.client.session();
+    this.stream = this.client.session(metadata ?? new grpc.Metadata());
     this.stream.on("data", (m: SessionResponse) => {
       // Answer pings at once so the scheduler sees a live executor, as a real one would.
       if (m.message.case === "ping" && this.autoPong)

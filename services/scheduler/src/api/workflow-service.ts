@@ -2,7 +2,14 @@
 import { create, toJson } from "@bufbuild/protobuf";
 import { type Timestamp, timestampDate, timestampNow } from "@bufbuild/protobuf/wkt";
 import type * as grpc from "@grpc/grpc-js";
-import { ApiError, nulCharacterPath, serverStream, unary, valueToJson } from "@nexusflow/common";
+import {
+  ApiError,
+  checkJsonForm,
+  nulCharacterPath,
+  serverStream,
+  unary,
+  valueToJsonChecked,
+} from "@nexusflow/common";
 import {
   CancelRunResponseSchema,
   GetRunResponseSchema,
@@ -86,8 +93,11 @@ export function workflowService(engine: Engine, runs: RunStore): grpc.UntypedSer
     registerWorkflow: unary(async (req: RegisterWorkflowRequest) => {
       let spec: unknown;
       if (req.definition.case === "specJson") spec = parseSpecJson(req.definition.value);
-      else if (req.definition.case === "spec") spec = toJson(WorkflowSpecSchema, req.definition.value);
-      else throw ApiError.invalid("definition", "set spec or spec_json");
+      else if (req.definition.case === "spec") {
+        // A Value with no JSON form (NaN, no kind) is the client's fault: INVALID_ARGUMENT naming it.
+        checkJsonForm(WorkflowSpecSchema, req.definition.value, "spec");
+        spec = toJson(WorkflowSpecSchema, req.definition.value);
+      } else throw ApiError.invalid("definition", "set spec or spec_json");
       refuseNul(spec, req.definition.case === "specJson" ? "spec_json" : "spec");
       const { row, created } = await engine.definitions.register(spec);
       return create(RegisterWorkflowResponseSchema, { workflow: definition(row), created });
@@ -118,7 +128,8 @@ export function workflowService(engine: Engine, runs: RunStore): grpc.UntypedSer
       refuseNul(req.idempotencyKey, "idempotency_key");
       checkLabels(req.labels);
       if (RunView[req.view] === undefined) throw ApiError.invalid("view", `unknown run view ${req.view}`);
-      const input = valueToJson(req.input);
+      // INVALID_ARGUMENT naming the field for a Value with no JSON form (NaN, ±Infinity, no kind).
+      const input = valueToJsonChecked(req.input, "input");
       refuseNul(input, "input");
       const { runId, created } = await engine.startRun({
         workflowName: req.workflowName,

@@ -50,7 +50,8 @@ function openSession(
     call.on("status", (s: grpc.StatusObject) => done({ status: s }));
     call.write(
       create(SessionRequestSchema, {
-        message: { case: "attach", value: { executorId: "raw", taskTypes: ["noop"], slots: 1 } },
+        // The subject of the tests' executor tokens: a session attaches as its token's subject.
+        message: { case: "attach", value: { executorId: "executor-1", taskTypes: ["noop"], slots: 1 } },
       }),
     );
   });
