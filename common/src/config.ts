@@ -45,6 +45,17 @@ function duration(env: Env, name: string, def: string): number {
   }
 }
 
+/** A retention: a duration up to 10 years, or `0` to keep forever (returned as 0). */
+function retention(env: Env, name: string, def: string): number {
+  const v = str(env, name) ?? def;
+  if (/^0+$/.test(v)) return 0;
+  try {
+    return parseDuration(v, 3650 * 86_400_000);
+  } catch (e) {
+    throw new ConfigError(name, `${(e as Error).message} (or 0 to turn it off)`);
+  }
+}
+
 function oneOf<T extends string>(env: Env, name: string, allowed: readonly T[], def: T): T {
   const v = str(env, name);
   if (v === undefined) return def;
@@ -160,6 +171,18 @@ export interface AuthConfig {
   clockToleranceSec: number;
 }
 
+/** How long the scheduler keeps what it stores. */
+export interface RetentionConfig {
+  /** Finished runs older than this (by end time) are deleted with their rows and artifacts; 0 keeps them. */
+  runRetentionMs: number;
+  /** How often the purge of old runs starts. */
+  runRetentionIntervalMs: number;
+  /** Export each run as JSON to the artifact store before deleting it. */
+  exportBeforeDelete: boolean;
+  /** How long a StartRun idempotency key names its run. */
+  idempotencyKeyRetentionMs: number;
+}
+
 /** Everything the scheduler reads from the environment. */
 export interface SchedulerConfig {
   host: string;
@@ -171,6 +194,7 @@ export interface SchedulerConfig {
   heartbeatIntervalMs: number;
   sessionTimeoutMs: number;
   auth: AuthConfig;
+  retention: RetentionConfig;
 }
 
 /** Everything the executor reads from the environment. */
@@ -289,6 +313,21 @@ export function loadSchedulerConfig(env: Env = process.env): SchedulerConfig {
     heartbeatIntervalMs: duration(env, "HEARTBEAT_INTERVAL", "2s"),
     sessionTimeoutMs: duration(env, "SESSION_TIMEOUT", "10s"),
     auth: auth(env),
+    retention: retentionConfig(env),
+  };
+}
+
+function retentionConfig(env: Env): RetentionConfig {
+  const idempotencyKeyRetentionMs = duration(env, "IDEMPOTENCY_KEY_RETENTION", "24h");
+  if (idempotencyKeyRetentionMs <= 0)
+    throw new ConfigError("IDEMPOTENCY_KEY_RETENTION", "must be longer than 0");
+  const runRetentionIntervalMs = duration(env, "RUN_RETENTION_INTERVAL", "1m");
+  if (runRetentionIntervalMs < 1000) throw new ConfigError("RUN_RETENTION_INTERVAL", "must be at least 1s");
+  return {
+    runRetentionMs: retention(env, "RUN_RETENTION", "30d"),
+    runRetentionIntervalMs,
+    exportBeforeDelete: bool(env, "RUN_EXPORT_BEFORE_DELETE", false),
+    idempotencyKeyRetentionMs,
   };
 }
 

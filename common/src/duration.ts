@@ -14,8 +14,11 @@ export class DurationError extends Error {
   override name = "DurationError";
 }
 
-/** Parses a duration such as "1m30s" into milliseconds. Throws {@link DurationError}. */
-export function parseDuration(text: string): number {
+/**
+ * Parses a duration such as "1m30s" into milliseconds, at most `maxMs` (retentions may allow more
+ * than timers). Throws {@link DurationError}.
+ */
+export function parseDuration(text: string, maxMs = MAX_DURATION_MS): number {
   if (typeof text !== "string" || text.length === 0) {
     throw new DurationError(
       `expected a duration such as "500ms", "5s" or "1m30s", got ${JSON.stringify(text)}`,
@@ -35,8 +38,10 @@ export function parseDuration(text: string): number {
     total += Number(match[1]) * (UNIT_MS[match[2] as string] as number);
     at = PART.lastIndex;
   }
-  if (total > MAX_DURATION_MS) {
-    throw new DurationError(`duration ${JSON.stringify(text)} is longer than the maximum of 30d`);
+  if (total > maxMs) {
+    throw new DurationError(
+      `duration ${JSON.stringify(text)} is longer than the maximum of ${Math.floor(maxMs / 86_400_000)}d`,
+    );
   }
   return Math.round(total);
 }

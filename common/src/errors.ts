@@ -40,16 +40,48 @@ export interface FieldViolation {
   description: string;
 }
 
+/** Why an error happened, machine-readable (sent as a `google.rpc.ErrorInfo` detail). */
+export interface ErrorReason {
+  /** UPPER_SNAKE_CASE reason, unique within `domain`. */
+  reason: string;
+  /** Who defines the reason, e.g. "nexusflow.dev". */
+  domain: string;
+  /** Facts about this occurrence (e.g. `run_id`). */
+  metadata: Record<string, string>;
+}
+
+/** The resource an error is about (sent as a `google.rpc.ResourceInfo` detail). */
+export interface ErrorResource {
+  /** Type of the resource, e.g. "nexusflow.v1.Run". */
+  resourceType: string;
+  /** Its name or id. */
+  resourceName: string;
+  /** What about it matters here. */
+  description: string;
+}
+
+/** Options of {@link ApiError}: the cause, and details beyond field violations. */
+export interface ApiErrorOptions extends ErrorOptions {
+  errorInfo?: ErrorReason;
+  resourceInfo?: ErrorResource;
+}
+
 /** An error for an API caller: a status code, a message and optional field violations. */
 export class ApiError extends Error {
   override name = "ApiError";
+  /** Sent as a `google.rpc.ErrorInfo` detail when set. */
+  readonly errorInfo: ErrorReason | undefined;
+  /** Sent as a `google.rpc.ResourceInfo` detail when set. */
+  readonly resourceInfo: ErrorResource | undefined;
   constructor(
     readonly code: Code,
     message: string,
     readonly violations: readonly FieldViolation[] = [],
-    options?: ErrorOptions,
+    options?: ApiErrorOptions,
   ) {
     super(message, options);
+    this.errorInfo = options?.errorInfo;
+    this.resourceInfo = options?.resourceInfo;
   }
 
   /** INVALID_ARGUMENT naming the field at fault. */

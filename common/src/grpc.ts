@@ -13,7 +13,11 @@ import {
 } from "@bufbuild/protobuf";
 import { anyPack } from "@bufbuild/protobuf/wkt";
 import * as grpc from "@grpc/grpc-js";
-import { BadRequestSchema } from "@nexusflow/gen/google/rpc/error_details_pb";
+import {
+  BadRequestSchema,
+  ErrorInfoSchema,
+  ResourceInfoSchema,
+} from "@nexusflow/gen/google/rpc/error_details_pb";
 import { StatusSchema } from "@nexusflow/gen/google/rpc/status_pb";
 import { ApiError, Code, type FieldViolation } from "./errors.js";
 
@@ -177,6 +181,10 @@ export function toGrpcStatus(e: unknown): Partial<grpc.StatusObject> {
     violations.length > 0
       ? [anyPack(BadRequestSchema, create(BadRequestSchema, { fieldViolations: violations }))]
       : [];
+  if (err.errorInfo !== undefined)
+    details.push(anyPack(ErrorInfoSchema, create(ErrorInfoSchema, err.errorInfo)));
+  if (err.resourceInfo !== undefined)
+    details.push(anyPack(ResourceInfoSchema, create(ResourceInfoSchema, err.resourceInfo)));
   const status = create(StatusSchema, { code: err.code, message, details });
   metadata.set("grpc-status-details-bin", Buffer.from(toBinary(StatusSchema, status)));
   return { code: err.code, details: message, metadata };

@@ -56,6 +56,10 @@ const scheduler = new Scheduler({
   poolSize: config.database.poolSize,
   heartbeatIntervalMs: config.heartbeatIntervalMs,
   sessionTimeoutMs: config.sessionTimeoutMs,
+  idempotencyKeyRetentionMs: config.retention.idempotencyKeyRetentionMs,
+  runRetentionMs: config.retention.runRetentionMs,
+  runRetentionIntervalMs: config.retention.runRetentionIntervalMs,
+  exportRunsBeforeDelete: config.retention.exportBeforeDelete,
   auth,
   onFatal: (error) => {
     process.stderr.write(`nexusflow-scheduler: ${error.message}\n`);

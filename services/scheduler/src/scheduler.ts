@@ -2,12 +2,14 @@
  * The scheduler as one component: database (embedded or external), engine and gRPC server, with
  * explicit states and a clean stop. Tests create it with port 0; main.ts wires it to the environment.
  */
+import { toJson } from "@bufbuild/protobuf";
 import * as grpc from "@grpc/grpc-js";
 import { serviceDefinition, type Logger, type TokenVerifier } from "@nexusflow/common";
 import { type ArtifactStore, FilesystemArtifactStore, resolveOutputRef } from "@nexusflow/common/artifacts";
-import { ArtifactService, ExecutorService, WorkflowService } from "@nexusflow/gen";
+import { ArtifactService, ExecutorService, RunSchema, WorkflowService } from "@nexusflow/gen";
 import { PgTaskIndex, artifactService } from "./api/artifact-service.js";
 import { authInterceptor } from "./api/auth.js";
+import { runDetail } from "./api/convert.js";
 import { executorService } from "./api/executor-session.js";
 import { addReflection } from "./api/reflection.js";
 import { workflowService } from "./api/workflow-service.js";
@@ -15,6 +17,7 @@ import { Engine } from "./engine/engine.js";
 import { createOutboxRelay, type EventsOptions, type OutboxRelay } from "./events/index.js";
 import { openDatabase, type Database } from "./persistence/database.js";
 import { startEmbeddedPostgres, type EmbeddedDatabase } from "./persistence/embedded-postgres.js";
+import { RunRetention } from "./persistence/retention.js";
 import { RunStore } from "./persistence/run-store.js";
 import {
   acquireSchedulerLock,
@@ -52,6 +55,23 @@ export interface SchedulerOptions {
    * @default a filesystem store under `<dataDir>/artifacts`
    */
   artifacts?: ArtifactStore | undefined;
+  /**
+   * How long a StartRun idempotency key names its run; after that the same key starts a new run.
+   * @default 86400000 (24 hours)
+   */
+  idempotencyKeyRetentionMs?: number | undefined;
+  /**
+   * Finished runs that ended longer ago than this are deleted with their rows and artifacts
+   * (see persistence/retention.ts); 0 keeps every run. @default 2592000000 (30 days)
+   */
+  runRetentionMs?: number | undefined;
+  /** Time between two purges of old runs. @default 60000 */
+  runRetentionIntervalMs?: number | undefined;
+  /**
+   * Export each run (its GetRun view as JSON) to `exports/{yyyy}/{mm}/{dd}/{run_id}.json` in the
+   * artifact store before deleting it. @default false
+   */
+  exportRunsBeforeDelete?: boolean | undefined;
   /** Lifecycle-event publishing (the outbox relay); undefined runs no relay. */
   events?: EventsOptions | undefined;
   /**
@@ -79,6 +99,7 @@ export class Scheduler {
   private db: Database | undefined;
   private engineValue: Engine | undefined;
   private relay: OutboxRelay | undefined;
+  private retentionValue: RunRetention | undefined;
   private server: grpc.Server | undefined;
   private addressValue = "";
 
@@ -98,6 +119,12 @@ export class Scheduler {
   get engine(): Engine {
     if (this.engineValue === undefined) throw new Error("the scheduler is not started");
     return this.engineValue;
+  }
+
+  /** The run retention (for tests and metrics). */
+  get retention(): RunRetention {
+    if (this.retentionValue === undefined) throw new Error("the scheduler is not started");
+    return this.retentionValue;
   }
 
   /**
@@ -142,8 +169,28 @@ export class Scheduler {
         ...(this.options.sessionTimeoutMs === undefined
           ? {}
           : { sessionTimeoutMs: this.options.sessionTimeoutMs }),
+        ...(this.options.idempotencyKeyRetentionMs === undefined
+          ? {}
+          : { idempotencyKeyRetentionMs: this.options.idempotencyKeyRetentionMs }),
       });
       await this.engineValue.start();
+      const engine = this.engineValue;
+      const runStore = new RunStore(this.db);
+      this.retentionValue = new RunRetention({
+        pool: this.db.pool,
+        store,
+        log,
+        isActive: (runId) => engine.isActive(runId),
+        exportRun:
+          this.options.exportRunsBeforeDelete === true
+            ? async (runId) => JSON.stringify(toJson(RunSchema, runDetail(await runStore.get(runId))))
+            : undefined,
+        ...(this.options.runRetentionMs === undefined ? {} : { retentionMs: this.options.runRetentionMs }),
+        ...(this.options.runRetentionIntervalMs === undefined
+          ? {}
+          : { intervalMs: this.options.runRetentionIntervalMs }),
+      });
+      this.retentionValue.start();
       if (this.options.events !== undefined) {
         this.relay = createOutboxRelay(this.db.pool, log, this.options.events);
         this.relay.start();
@@ -155,10 +202,7 @@ export class Scheduler {
         "grpc.max_receive_message_length": 16 * 1024 * 1024,
         interceptors: this.options.auth === undefined ? [] : [authInterceptor(this.options.auth, log)],
       });
-      server.addService(
-        serviceDefinition(WorkflowService),
-        workflowService(this.engineValue, new RunStore(this.db)),
-      );
+      server.addService(serviceDefinition(WorkflowService), workflowService(this.engineValue, runStore));
       server.addService(
         serviceDefinition(ExecutorService),
         executorService(this.engineValue, log, { authenticated: this.options.auth !== undefined }),
@@ -225,6 +269,7 @@ export class Scheduler {
         void this.engineValue?.stop();
       });
     }
+    await this.retentionValue?.stop();
     await this.engineValue?.stop();
     await this.relay?.stop();
     this.relay = undefined;

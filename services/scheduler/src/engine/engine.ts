@@ -20,9 +20,11 @@ import {
 import { failRefusedRun } from "../persistence/refused-run.js";
 import { BatchWriter } from "../persistence/batch-writer.js";
 import type { Database } from "../persistence/database.js";
+import { IdempotencyKeyStore } from "../persistence/idempotency-keys.js";
 import { DefinitionStore } from "./definitions.js";
 import { Dispatcher, type SessionHandle } from "./dispatcher.js";
 import { lifecycleEvent, type EventInit } from "./events.js";
+import { idempotencyConflict, idempotencyScope, requestHash } from "./idempotency.js";
 import {
   ACTIVE_LEASE,
   STORAGE_REFUSED,
@@ -53,6 +55,11 @@ export interface EngineOptions {
    * @default none: offloaded outputs read as null
    */
   resolveOutput?: ((ref: unknown) => Promise<unknown>) | undefined;
+  /**
+   * How long a StartRun idempotency key names its run; after that the same key starts a new run.
+   * @default 86400000 (24 hours)
+   */
+  idempotencyKeyRetentionMs?: number;
 }
 
 /** Engine lifecycle. */
@@ -120,10 +127,16 @@ export class Engine {
   /** Sessions and ready queues. */
   readonly dispatcher = new Dispatcher();
   private readonly runs = new Map<string, RunState>();
-  /** Active runs by idempotency key (finished ones are found in the database). */
-  private readonly runsByKey = new Map<string, string>();
+  /**
+   * Keys of active runs by idempotencyScope (the others are looked up in the database): a repeated
+   * call for a run still in progress is answered without a round trip.
+   */
+  private readonly runsByKey = new Map<string, { runId: string; requestHash: string; createdAt: number }>();
   private readonly tasks = new Map<string, TaskState>();
-  private readonly pendingKeys = new Map<string, Promise<{ runId: string; created: boolean }>>();
+  /** StartRun calls in progress by idempotencyScope: a racing call with the same key waits for it. */
+  private readonly pendingKeys = new Map<string, Promise<{ runId: string; requestHash: string }>>();
+  private readonly keys: IdempotencyKeyStore;
+  private readonly idempotencyKeyRetentionMs: number;
   /** Leases without a session (session lost, or scheduler restarted): expiry timers by task id. */
   private readonly orphans = new Map<string, NodeJS.Timeout>();
   private readonly timers = new Set<NodeJS.Timeout>();
@@ -151,6 +164,8 @@ export class Engine {
     this.sessionTimeoutMs = options.sessionTimeoutMs ?? 10_000;
     this.commitTimeoutMs = options.commitTimeoutMs ?? 5000;
     this.resolveOutput = options.resolveOutput;
+    this.idempotencyKeyRetentionMs = options.idempotencyKeyRetentionMs ?? 24 * 60 * 60 * 1000;
+    this.keys = new IdempotencyKeyStore(options.db.pool);
     this.writer = new BatchWriter({
       pool: options.db.writerPool,
       log: options.log,
@@ -241,6 +256,7 @@ export class Engine {
     const runRows = await pool.query<{
       id: string;
       definition_id: number;
+      workflow_name: string;
       status: RunState["status"];
       input: unknown;
       idempotency_key: string | null;
@@ -261,6 +277,13 @@ export class Engine {
     );
     if (runRows.rowCount === 0) return;
     const ids = runRows.rows.map((r) => r.id);
+    const keyed = await this.keys.ofRuns(
+      runRows.rows.flatMap((r) =>
+        r.idempotency_key === null
+          ? []
+          : [{ id: r.id, workflowName: r.workflow_name, key: r.idempotency_key }],
+      ),
+    );
     const taskRows = await pool.query<{
       id: string;
       run_id: string;
@@ -314,6 +337,7 @@ export class Engine {
         output: null,
         error: null,
         idempotencyKey: r.idempotency_key,
+        requestHash: keyed.get(r.id)?.requestHash ?? null,
         labels: r.labels,
         cancelRequested: r.cancel_requested,
         compensateOnCancel: r.compensate_on_cancel,
@@ -401,7 +425,7 @@ export class Engine {
         this.resolveOffloaded(task);
     }
     for (const run of this.runs.values()) {
-      if (run.idempotencyKey !== null) this.runsByKey.set(run.idempotencyKey, run.id);
+      this.rememberKey(run);
       if (run.deadline !== null)
         this.setTimer(run.deadline.getTime() - Date.now(), () => this.timeOutRun(run));
       if (run.status === "COMPENSATING") this.advanceCompensation(run);
@@ -413,37 +437,85 @@ export class Engine {
 
   // ---------------------------------------------------------------- runs
 
-  /** Starts a run (or returns the existing one for a repeated idempotency key). */
+  /**
+   * Starts a run. With an idempotency key (scoped to the workflow name, valid for the retention):
+   * the same key with the same input and labels returns the run it started, even when the calls
+   * race; with a different input or labels it answers ALREADY_EXISTS naming that run.
+   */
   async startRun(req: StartRunInput): Promise<{ runId: string; created: boolean }> {
     this.assertRunning();
-    if (req.idempotencyKey !== "") {
-      const pending = this.pendingKeys.get(req.idempotencyKey);
-      if (pending !== undefined) {
-        const r = await pending;
-        return { runId: r.runId, created: false };
-      }
-      const p = this.startRunOnce(req);
-      this.pendingKeys.set(req.idempotencyKey, p);
-      try {
-        return await p;
-      } finally {
-        this.pendingKeys.delete(req.idempotencyKey);
-      }
+    if (req.idempotencyKey === "") return this.startRunOnce(req, null);
+    const scope = idempotencyScope(req.workflowName, req.idempotencyKey);
+    const hash = requestHash(req.input, req.labels);
+    for (;;) {
+      const pending = this.pendingKeys.get(scope);
+      if (pending === undefined) break;
+      // A call with this key is in progress: its run is ours too, if it starts one.
+      const first = await pending.catch(() => undefined);
+      if (first !== undefined) return this.existing(req, first, hash);
+      // It failed (its input was invalid, the database was down): try ours.
     }
-    return this.startRunOnce(req);
+    // Gone from pendingKeys before anyone waiting on it resumes.
+    const p: Promise<{ runId: string; requestHash: string; created: boolean }> = this.startKeyed(
+      req,
+      scope,
+      hash,
+    ).finally(() => {
+      if (this.pendingKeys.get(scope) === p) this.pendingKeys.delete(scope);
+    });
+    this.pendingKeys.set(scope, p);
+    const r = await p;
+    return { runId: r.runId, created: r.created };
   }
 
-  private async startRunOnce(req: StartRunInput): Promise<{ runId: string; created: boolean }> {
-    if (req.idempotencyKey !== "") {
-      const active = this.runsByKey.get(req.idempotencyKey);
-      if (active !== undefined) return { runId: active, created: false };
-      const existing = await this.db.pool.query<{ id: string }>(
-        "SELECT id FROM workflow_runs WHERE idempotency_key = $1",
-        [req.idempotencyKey],
-      );
-      const row = existing.rows[0];
-      if (row !== undefined) return { runId: row.id, created: false };
-    }
+  /** The answer for a key that names `found`: that run, or ALREADY_EXISTS for another request. */
+  private existing(
+    req: StartRunInput,
+    found: { runId: string; requestHash: string },
+    hash: string,
+  ): { runId: string; created: boolean } {
+    if (found.requestHash !== hash)
+      throw idempotencyConflict(req.workflowName, req.idempotencyKey, found.runId);
+    return { runId: found.runId, created: false };
+  }
+
+  private async startKeyed(
+    req: StartRunInput,
+    scope: string,
+    hash: string,
+  ): Promise<{ runId: string; requestHash: string; created: boolean }> {
+    const notBefore = Date.now() - this.idempotencyKeyRetentionMs;
+    const active = this.runsByKey.get(scope);
+    const found =
+      active !== undefined && active.createdAt >= notBefore
+        ? active
+        : await this.keys.lookup(req.workflowName, req.idempotencyKey, new Date(notBefore));
+    if (found !== undefined) return { ...this.existing(req, found, hash), requestHash: found.requestHash };
+    const r = await this.startRunOnce(req, hash);
+    return { ...r, requestHash: hash };
+  }
+
+  /** Indexes an active run by its idempotency key (when the key still names it). */
+  private rememberKey(run: RunState): void {
+    if (run.idempotencyKey === null || run.requestHash === null) return;
+    this.runsByKey.set(idempotencyScope(run.workflow.name, run.idempotencyKey), {
+      runId: run.id,
+      requestHash: run.requestHash,
+      createdAt: run.createdAt.getTime(),
+    });
+  }
+
+  /** Forgets a run's key entry, unless the key names a newer run by now. */
+  private forgetKey(run: RunState): void {
+    if (run.idempotencyKey === null) return;
+    const scope = idempotencyScope(run.workflow.name, run.idempotencyKey);
+    if (this.runsByKey.get(scope)?.runId === run.id) this.runsByKey.delete(scope);
+  }
+
+  private async startRunOnce(
+    req: StartRunInput,
+    hash: string | null,
+  ): Promise<{ runId: string; created: boolean }> {
     const def = await this.definitions.resolve(req.workflowName, req.workflowVersion);
     const problems = validateRunInput(def.workflow, req.input ?? null);
     if (problems.length > 0) {
@@ -461,6 +533,7 @@ export class Engine {
       workflow: def.workflow,
       input: req.input ?? null,
       idempotencyKey: req.idempotencyKey === "" ? null : req.idempotencyKey,
+      requestHash: hash,
       labels: req.labels,
       now,
     });
@@ -469,7 +542,7 @@ export class Engine {
       run.tasks.set(step.id, task);
     }
     this.runs.set(run.id, run);
-    if (run.idempotencyKey !== null) this.runsByKey.set(run.idempotencyKey, run.id);
+    this.rememberKey(run);
     this.writer.markRun(run);
     this.emit(run, {
       case: "runStarted",
@@ -510,7 +583,7 @@ export class Engine {
     run.status = "FAILED";
     run.error = error;
     this.runs.delete(runId);
-    if (run.idempotencyKey !== null) this.runsByKey.delete(run.idempotencyKey);
+    this.forgetKey(run);
     if (!this.writer.isStored(run)) return;
     failRefusedRun(this.db.pool, runId, error).then(
       (outcome) => {
@@ -830,7 +903,7 @@ export class Engine {
     this.writer.flush().then(
       () => {
         this.runs.delete(run.id);
-        if (run.idempotencyKey !== null) this.runsByKey.delete(run.idempotencyKey);
+        this.forgetKey(run);
         for (const t of [...run.tasks.values(), ...run.compensations.values()]) {
           if (!ACTIVE_LEASE.has(t.status)) this.tasks.delete(t.id);
         }

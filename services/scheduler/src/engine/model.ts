@@ -127,6 +127,11 @@ export interface RunState {
   output: unknown;
   error: ErrorInfo | null;
   readonly idempotencyKey: string | null;
+  /**
+   * Hash of what the run was started with (see requestHash in ./idempotency.ts), kept with its
+   * idempotency key; null without a key, or after recovery when the key now names a newer run.
+   */
+  readonly requestHash: string | null;
   readonly labels: Record<string, string>;
   cancelRequested: boolean;
   compensateOnCancel: boolean;
@@ -189,6 +194,7 @@ export function newRunState(init: {
   workflow: CompiledWorkflow;
   input: unknown;
   idempotencyKey: string | null;
+  requestHash?: string | null;
   labels: Record<string, string>;
   now: Date;
 }): RunState {
@@ -202,6 +208,7 @@ export function newRunState(init: {
     output: null,
     error: null,
     idempotencyKey: init.idempotencyKey,
+    requestHash: init.requestHash ?? null,
     labels: init.labels,
     cancelRequested: false,
     compensateOnCancel: false,

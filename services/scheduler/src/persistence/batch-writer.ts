@@ -119,6 +119,16 @@ SELECT run_id, first_sequence, last_sequence, decode(payload, 'base64'), trace_c
 FROM json_to_recordset($1::json) AS x(run_id uuid, first_sequence bigint, last_sequence bigint, payload text,
   trace_context jsonb)`;
 
+// A StartRun idempotency key, committed with the run it names. A key only ever moves to a newer run
+// (one started after the key expired); writing a recovered run again leaves a newer one's key alone.
+const KEY_SQL = `INSERT INTO idempotency_keys (workflow_name, idempotency_key, run_id, request_hash, created_at)
+SELECT workflow_name, idempotency_key, run_id, request_hash, ${ts("created_at")}
+FROM json_to_recordset($1::json) AS x(workflow_name text, idempotency_key text, run_id uuid, request_hash text,
+  created_at float8)
+ON CONFLICT (workflow_name, idempotency_key) DO UPDATE SET run_id = excluded.run_id,
+  request_hash = excluded.request_hash, created_at = excluded.created_at
+WHERE idempotency_keys.created_at <= excluded.created_at`;
+
 // Rows already written once are updated with only the columns a transition can change: smaller
 // parameters to build and parse, and no speculative insert. The id array ($2) lets the planner find
 // the rows by primary key (an estimate it cannot make for json_to_recordset); the writer's
@@ -280,8 +290,9 @@ const PARTS = [
   ATTEMPT_SQL,
   ATTEMPT_UPDATE_SQL,
   EVENT_SQL,
+  KEY_SQL,
 ];
-/** Statement text and name by shape: which of PARTS a batch has (at most 2^7 shapes). */
+/** Statement text and name by shape: which of PARTS a batch has (at most 2^8 shapes). */
 const statements = new Map<string, { name: string; sql: string }>();
 
 /** The one statement of data-modifying CTEs for the given parts, in order, parameters numbered in turn. */
@@ -690,6 +701,20 @@ export class BatchWriter {
           trace_context: b.traceContext,
         })),
         runIds: batches.map((b) => b.runId),
+      });
+    }
+    const keyed = newRuns.filter((r) => r.idempotencyKey !== null && r.requestHash !== null);
+    if (keyed.length > 0) {
+      sections.push({
+        sql: KEY_SQL,
+        rows: keyed.map((r) => ({
+          workflow_name: r.workflow.name,
+          idempotency_key: r.idempotencyKey,
+          run_id: r.id,
+          request_hash: r.requestHash,
+          created_at: r.createdAt.getTime(),
+        })),
+        runIds: runIds(keyed),
       });
     }
     const rows = sections.reduce((n, x) => n + x.rows.length, 0);

@@ -44,7 +44,6 @@ export const WorkflowRunEntity = defineEntity({
     updatedAt: p.datetime().defaultRaw("now()"),
     endedAt: p.datetime().nullable(),
   },
-  uniques: [{ name: "workflow_runs_idempotency_key_uq", properties: ["idempotencyKey"] }],
   indexes: [
     { name: "workflow_runs_created_idx", properties: ["createdAt", "id"] },
     { name: "workflow_runs_workflow_created_idx", properties: ["workflowName", "createdAt"] },
@@ -123,6 +122,22 @@ export const OutboxEventEntity = defineEntity({
   uniques: [{ name: "outbox_events_run_sequence_uq", properties: ["runId", "firstSequence"] }],
 });
 
+/**
+ * A StartRun idempotency key: scoped to a workflow name, naming the run it started, with the hash
+ * of that request's input and labels (null for keys carried over by the migration) and its time.
+ */
+export const IdempotencyKeyEntity = defineEntity({
+  name: "IdempotencyKey",
+  tableName: "idempotency_keys",
+  properties: {
+    workflowName: p.string().length(63).primary(),
+    idempotencyKey: p.string().length(200).primary(),
+    runId: p.uuid(),
+    requestHash: p.string().length(64).nullable(),
+    createdAt: p.datetime(),
+  },
+});
+
 /** Every entity of the scheduler, for the ORM configuration. */
 export const entities = [
   WorkflowDefinitionEntity,
@@ -130,4 +145,5 @@ export const entities = [
   TaskRunEntity,
   TaskAttemptEntity,
   OutboxEventEntity,
+  IdempotencyKeyEntity,
 ];

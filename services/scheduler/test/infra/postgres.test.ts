@@ -93,6 +93,7 @@ describe("embedded PostgreSQL with migrations", () => {
     assert.deepEqual(
       tables.rows.map((r) => r.table_name),
       [
+        "idempotency_keys",
         "nexusflow_migrations",
         "outbox_events",
         "task_attempts",

@@ -1,0 +1,271 @@
+/**
+ * Run retention: finished runs that ended longer ago than the retention are deleted, in small
+ * batches, with their tasks and attempts (foreign keys cascade), their idempotency key (when it
+ * still names them), their outbox rows already published, and their logs and files in the
+ * artifact store (`runs/{run_id}/`). Optionally each run is first exported as one JSON document
+ * (the GetRun view) to `exports/{yyyy}/{mm}/{dd}/{run_id}.json`, dated by the run's creation (UTC).
+ *
+ * Safe beside the group-commit writer: only runs whose terminal state is committed, and that the
+ * engine no longer holds in memory, are taken; a terminal run never changes again, and the DELETE
+ * checks the status once more. A run's artifacts (and its export) are handled before its rows, so
+ * a failure leaves the run to the next pass and never an orphaned folder; its rows then go in one
+ * short transaction per batch, with a pause between batches so that the hot path keeps the
+ * database. Unpublished outbox rows stay for the relay (which prunes them once published).
+ */
+import type pg from "pg";
+import type { Logger } from "@nexusflow/common";
+import { type ArtifactStore, runPrefix } from "@nexusflow/common/artifacts";
+import { TERMINAL_RUN_STATUSES } from "../engine/model.js";
+
+/** Options of {@link RunRetention}. */
+export interface RunRetentionOptions {
+  pool: pg.Pool;
+  store: ArtifactStore;
+  log: Logger;
+  /** Finished runs that ended longer ago than this are deleted; 0 turns retention off. @default 2592000000 (30 days) */
+  retentionMs?: number;
+  /** Time between the end of one purge and the start of the next. @default 60000 */
+  intervalMs?: number;
+  /** Runs deleted per transaction. @default 500 */
+  batchSize?: number;
+  /** Pause between two batches of one purge. @default 200 */
+  pauseMs?: number;
+  /** Runs whose artifacts are deleted (and exported) at once. @default 8 */
+  concurrency?: number;
+  /**
+   * Renders a run as the JSON document to export before it is deleted (the GetRun view);
+   * undefined exports nothing. @default undefined
+   */
+  exportRun?: ((runId: string) => Promise<string>) | undefined;
+  /** Whether the engine still holds the run in memory: such a run is never deleted. @default none */
+  isActive?: ((runId: string) => boolean) | undefined;
+}
+
+/** What one purge did. */
+export interface PurgeResult {
+  /** Runs deleted. */
+  deleted: number;
+  /** Runs exported before deletion. */
+  exported: number;
+  /** Runs left for the next purge because their export or artifacts could not be handled. */
+  failed: number;
+}
+
+/** Where a run's export is stored: `exports/{yyyy}/{mm}/{dd}/{run_id}.json`, dated by its creation (UTC). */
+export function exportKey(runId: string, createdAt: Date): string {
+  const yyyy = String(createdAt.getUTCFullYear()).padStart(4, "0");
+  const mm = String(createdAt.getUTCMonth() + 1).padStart(2, "0");
+  const dd = String(createdAt.getUTCDate()).padStart(2, "0");
+  return `exports/${yyyy}/${mm}/${dd}/${runId}.json`;
+}
+
+const TERMINAL = [...TERMINAL_RUN_STATUSES];
+
+// The (status, created_at) index finds them: a run that ended before the cutoff began before it.
+const CANDIDATES_SQL = `SELECT id, created_at FROM workflow_runs
+  WHERE status = ANY($1::text[]) AND created_at < to_timestamp($2::float8 / 1000)
+    AND ended_at < to_timestamp($2::float8 / 1000) AND NOT (id = ANY($3::uuid[]))
+  ORDER BY created_at LIMIT $4`;
+
+const DELETE_RUNS_SQL = `DELETE FROM workflow_runs WHERE id = ANY($1::uuid[]) AND status = ANY($2::text[])
+  RETURNING id, workflow_name, idempotency_key`;
+
+// By primary key, and only where the key still names the deleted run (not a newer one).
+const DELETE_KEYS_SQL = `DELETE FROM idempotency_keys k
+  USING unnest($1::text[], $2::text[], $3::uuid[]) AS x(workflow_name, idempotency_key, run_id)
+  WHERE k.workflow_name = x.workflow_name AND k.idempotency_key = x.idempotency_key AND k.run_id = x.run_id`;
+
+const DELETE_OUTBOX_SQL = `DELETE FROM outbox_events WHERE run_id = ANY($1::uuid[]) AND published_at IS NOT NULL`;
+
+/** Lifecycle of {@link RunRetention}. */
+export type RunRetentionState =
+  | { state: "IDLE" }
+  | { state: "RUNNING"; timer: NodeJS.Timeout | undefined; abort: AbortController }
+  | { state: "STOPPED" };
+
+/** Deletes old finished runs periodically (see the module comment). */
+export class RunRetention {
+  private readonly retentionMs: number;
+  private readonly intervalMs: number;
+  private readonly batchSize: number;
+  private readonly pauseMs: number;
+  private readonly concurrency: number;
+  private current: RunRetentionState = { state: "IDLE" };
+  private purging: Promise<unknown> | undefined;
+  /** Totals since start, for logs and tests. */
+  readonly stats = { purges: 0, deleted: 0, exported: 0, failed: 0 };
+
+  constructor(private readonly options: RunRetentionOptions) {
+    this.retentionMs = options.retentionMs ?? 30 * 86_400_000;
+    this.intervalMs = options.intervalMs ?? 60_000;
+    this.batchSize = options.batchSize ?? 500;
+    this.pauseMs = options.pauseMs ?? 200;
+    this.concurrency = options.concurrency ?? 8;
+  }
+
+  /** Whether retention deletes anything (a retention of 0 turns it off). */
+  get enabled(): boolean {
+    return this.retentionMs > 0;
+  }
+
+  /** Starts purging every `intervalMs` (the first purge right away); does nothing when disabled. */
+  start(): void {
+    if (this.current.state !== "IDLE") return;
+    if (!this.enabled) {
+      this.current = { state: "STOPPED" };
+      return;
+    }
+    this.current = { state: "RUNNING", timer: undefined, abort: new AbortController() };
+    this.schedule(0);
+  }
+
+  private schedule(delay: number): void {
+    const current = this.current;
+    if (current.state !== "RUNNING") return;
+    current.timer = setTimeout(() => {
+      current.timer = undefined;
+      const p = this.purge(current.abort.signal).then(
+        (r) => {
+          if (r.deleted > 0 || r.failed > 0)
+            this.options.log.info({ ...r }, "deleted runs past their retention");
+        },
+        (e: unknown) => {
+          if (!current.abort.signal.aborted)
+            this.options.log.warn({ err: e }, "run retention purge failed; retrying at the next interval");
+        },
+      );
+      this.purging = p;
+      void p.then(() => {
+        this.purging = undefined;
+        this.schedule(this.intervalMs);
+      });
+    }, delay);
+  }
+
+  /** Stops the timer and waits for a purge in progress to end its current batch. */
+  async stop(): Promise<void> {
+    const current = this.current;
+    this.current = { state: "STOPPED" };
+    if (current.state !== "RUNNING") return;
+    clearTimeout(current.timer);
+    current.abort.abort();
+    await this.purging;
+  }
+
+  /**
+   * One purge: batches until no run is past its retention (or `signal` aborts between batches).
+   * Returns what it did; a retention of 0 deletes nothing.
+   */
+  async purge(signal?: AbortSignal): Promise<PurgeResult> {
+    const result: PurgeResult = { deleted: 0, exported: 0, failed: 0 };
+    if (!this.enabled) return result;
+    this.stats.purges++;
+    // Runs skipped in this purge (still in memory, or their artifacts failed): not asked for again.
+    const skipped: string[] = [];
+    for (;;) {
+      if (signal?.aborted) break;
+      const cutoff = Date.now() - this.retentionMs;
+      const { rows } = await this.options.pool.query<{ id: string; created_at: Date }>(CANDIDATES_SQL, [
+        TERMINAL,
+        cutoff,
+        skipped,
+        this.batchSize,
+      ]);
+      if (rows.length === 0) break;
+      const ready: { id: string; created_at: Date }[] = [];
+      for (const r of rows) {
+        if (this.options.isActive?.(r.id) === true) skipped.push(r.id);
+        else ready.push(r);
+      }
+      const cleared = await this.clearArtifacts(ready, result);
+      for (const r of ready) if (!cleared.has(r.id)) skipped.push(r.id);
+      result.deleted += await this.deleteRows([...cleared]);
+      if (rows.length < this.batchSize) break;
+      await pause(this.pauseMs, signal);
+    }
+    this.stats.deleted += result.deleted;
+    this.stats.exported += result.exported;
+    this.stats.failed += result.failed;
+    return result;
+  }
+
+  /** Exports (when configured) and deletes the artifacts of `runs`; returns the ids done. */
+  private async clearArtifacts(
+    runs: readonly { id: string; created_at: Date }[],
+    result: PurgeResult,
+  ): Promise<Set<string>> {
+    const done = new Set<string>();
+    let next = 0;
+    const worker = async (): Promise<void> => {
+      while (next < runs.length) {
+        const run = runs[next++] as { id: string; created_at: Date };
+        try {
+          if (this.options.exportRun !== undefined) {
+            const document = await this.options.exportRun(run.id);
+            await this.options.store.put(exportKey(run.id, run.created_at), document, {
+              contentType: "application/json",
+            });
+            result.exported++;
+          }
+          await this.options.store.delete(runPrefix(run.id));
+          done.add(run.id);
+        } catch (e) {
+          result.failed++;
+          this.options.log.warn(
+            { err: e, runId: run.id },
+            "cannot export or delete a run's artifacts; the run is kept for the next purge",
+          );
+        }
+      }
+    };
+    await Promise.all(Array.from({ length: Math.min(this.concurrency, runs.length) }, worker));
+    return done;
+  }
+
+  /** Deletes the rows of `ids` in one short transaction; returns how many runs went. */
+  private async deleteRows(ids: readonly string[]): Promise<number> {
+    if (ids.length === 0) return 0;
+    const client = await this.options.pool.connect();
+    let broken = false;
+    try {
+      await client.query("BEGIN");
+      const runs = await client.query<{ id: string; workflow_name: string; idempotency_key: string | null }>(
+        DELETE_RUNS_SQL,
+        [ids, TERMINAL],
+      );
+      const keyed = runs.rows.filter((r) => r.idempotency_key !== null);
+      if (keyed.length > 0) {
+        await client.query(DELETE_KEYS_SQL, [
+          keyed.map((r) => r.workflow_name),
+          keyed.map((r) => r.idempotency_key),
+          keyed.map((r) => r.id),
+        ]);
+      }
+      await client.query(DELETE_OUTBOX_SQL, [runs.rows.map((r) => r.id)]);
+      await client.query("COMMIT");
+      return runs.rowCount ?? 0;
+    } catch (e) {
+      broken = true;
+      await client.query("ROLLBACK").catch(() => undefined);
+      throw e;
+    } finally {
+      client.release(broken);
+    }
+  }
+}
+
+/** Waits `ms`, or less when `signal` aborts. */
+function pause(ms: number, signal: AbortSignal | undefined): Promise<void> {
+  return new Promise((resolve) => {
+    if (signal?.aborted === true) return resolve();
+    const onAbort = (): void => {
+      clearTimeout(timer);
+      resolve();
+    };
+    const timer = setTimeout(() => {
+      signal?.removeEventListener("abort", onAbort);
+      resolve();
+    }, ms);
+    signal?.addEventListener("abort", onAbort, { once: true });
+  });
+}

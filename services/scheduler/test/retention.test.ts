@@ -1,0 +1,319 @@
+/**
+ * Run retention against a real scheduler, PostgreSQL and artifact store (the filesystem, and S3
+ * when S3_ENDPOINT is set: skipped locally without it, required under CI=true): finished runs past
+ * the retention go with their tasks, attempts, idempotency key, published outbox rows, logs and
+ * files; recent and active runs stay; the optional export is the GetRun view; 0 turns it off.
+ */
+import assert from "node:assert/strict";
+import { randomUUID } from "node:crypto";
+import { mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { type TestContext, after, before, describe, it } from "node:test";
+import { type JsonValue, fromJson, toJson } from "@bufbuild/protobuf";
+import { jsonToValue, valueToJson } from "@nexusflow/common";
+import { requireService } from "@nexusflow/common/testing";
+import {
+  type ArtifactStore,
+  FilesystemArtifactStore,
+  S3ArtifactStore,
+  readAll,
+  runPrefix,
+} from "@nexusflow/common/artifacts";
+import { ArtifactLogSink, Executor } from "@nexusflow/executor";
+import { RunSchema, RunStatus } from "@nexusflow/gen";
+import pg from "pg";
+import { RunRetention, exportKey } from "../src/persistence/retention.js";
+import type { Scheduler, SchedulerOptions } from "../src/scheduler.js";
+import { registerSpec, type WorkflowClient } from "./e2e/harness.js";
+import {
+  startTestDatabase,
+  startTestScheduler,
+  testLogger,
+  waitFor,
+  waitForRun,
+  workflowClient,
+} from "./support.js";
+
+type Backend = "filesystem" | "s3";
+
+/** A store for the scheduler and one for the executor, on the same place, and how to remove it. */
+async function openStores(
+  backend: Backend,
+): Promise<{ scheduler: ArtifactStore; executor: ArtifactStore; dispose(): Promise<void> }> {
+  if (backend === "filesystem") {
+    const root = await mkdtemp(join(tmpdir(), "nf-retention-"));
+    const executor = new FilesystemArtifactStore({ root });
+    await executor.ensureReady();
+    return {
+      scheduler: new FilesystemArtifactStore({ root }),
+      executor,
+      dispose: () => rm(root, { recursive: true, force: true }),
+    };
+  }
+  const options = {
+    endpoint: process.env["S3_ENDPOINT"] ?? "",
+    accessKey: process.env["S3_ACCESS_KEY"] ?? "",
+    secretKey: process.env["S3_SECRET_KEY"] ?? "",
+    region: process.env["S3_REGION"] ?? "us-east-1",
+    bucket: `nf-retention-${randomUUID()}`,
+  };
+  const executor = new S3ArtifactStore(options);
+  await executor.ensureReady(); // creates the bucket
+  return {
+    scheduler: new S3ArtifactStore(options),
+    executor,
+    dispose: async () => {
+      await executor.delete();
+      const { Client: MinioClient } = await import("minio");
+      const url = new URL(options.endpoint);
+      await new MinioClient({
+        endPoint: url.hostname,
+        port: Number(url.port || 80),
+        useSSL: url.protocol === "https:",
+        accessKey: options.accessKey,
+        secretKey: options.secretKey,
+        region: options.region,
+        pathStyle: true,
+      }).removeBucket(options.bucket);
+    },
+  };
+}
+
+const DAY = 86_400_000;
+
+for (const backend of ["filesystem", "s3"] as const) {
+  describe(`run retention (${backend})`, () => {
+    let db: Awaited<ReturnType<typeof startTestDatabase>> | undefined;
+    let pool: pg.Pool;
+    let stores: Awaited<ReturnType<typeof openStores>> | undefined;
+    let scheduler: Scheduler | undefined;
+    let executor: Executor | undefined;
+    let client: WorkflowClient;
+
+    const available = (t: TestContext): boolean =>
+      backend === "filesystem" || requireService(t, "S3_ENDPOINT") !== undefined;
+
+    /** (Re)starts the scheduler with `options` (purges only when a test asks, unless it sets an interval). */
+    async function start(options: Partial<SchedulerOptions> = {}): Promise<Scheduler> {
+      await executor?.stop();
+      await scheduler?.stop();
+      const store = stores?.executor;
+      assert.ok(store !== undefined);
+      scheduler = await startTestScheduler((db as NonNullable<typeof db>).url, {
+        artifacts: stores?.scheduler,
+        runRetentionIntervalMs: 3_600_000,
+        ...options,
+      });
+      client = workflowClient(scheduler.address);
+      executor = new Executor({
+        schedulerAddress: scheduler.address,
+        executorId: `retention-${backend}`,
+        logger: testLogger("executor"),
+        taskTypes: ["files.make"],
+        artifacts: store,
+        logSink: new ArtifactLogSink({ store, flushIntervalMs: 20 }),
+      }).register("files.make", async (input: { n: number }, ctx) => {
+        ctx.log.info("making a file", { n: input.n });
+        await ctx.artifacts.put("out.txt", `file ${input.n}`, { contentType: "text/plain" });
+        return { n: input.n };
+      });
+      await executor.start();
+      return scheduler;
+    }
+
+    /** Keys stored under the run's prefix. */
+    async function artifactsOf(runId: string): Promise<string[]> {
+      return (await stores!.scheduler.list(runPrefix(runId), { metadata: false })).map((r) => r.key);
+    }
+
+    /** A finished run with a log and a file in the store. */
+    async function finishedRun(n: number, idempotencyKey = ""): Promise<string> {
+      const { run } = await client.startRun({
+        workflowName: "ret-files",
+        input: jsonToValue({ n }),
+        idempotencyKey,
+      });
+      assert.ok(run);
+      assert.equal((await waitForRun(client, run.id)).status, RunStatus.SUCCEEDED);
+      await waitFor(`run ${run.id}'s log and file`, async () => {
+        const keys = await artifactsOf(run.id);
+        return keys.some((k) => k.endsWith("/out.txt")) && keys.some((k) => k.endsWith("/logs.jsonl"))
+          ? true
+          : undefined;
+      });
+      return run.id;
+    }
+
+    /** Moves a run into the past: created at `createdAt`, ended (when it has) a minute later. */
+    async function age(runId: string, createdAt: Date): Promise<void> {
+      await pool.query(
+        `UPDATE workflow_runs SET created_at = $2,
+           ended_at = CASE WHEN ended_at IS NULL THEN NULL ELSE $2::timestamptz + interval '1 minute' END WHERE id = $1`,
+        [runId, createdAt],
+      );
+    }
+
+    async function rowCounts(runId: string): Promise<Record<string, number>> {
+      const { rows } = await pool.query<Record<string, number>>(
+        `SELECT (SELECT count(*)::int FROM workflow_runs WHERE id = $1) AS runs,
+                (SELECT count(*)::int FROM task_runs WHERE run_id = $1) AS tasks,
+                (SELECT count(*)::int FROM task_attempts WHERE run_id = $1) AS attempts,
+                (SELECT count(*)::int FROM idempotency_keys WHERE run_id = $1) AS keys,
+                (SELECT count(*)::int FROM outbox_events WHERE run_id = $1 AND published_at IS NOT NULL) AS published,
+                (SELECT count(*)::int FROM outbox_events WHERE run_id = $1 AND published_at IS NULL) AS unpublished`,
+        [runId],
+      );
+      return rows[0] as Record<string, number>;
+    }
+
+    before(async () => {
+      if (backend === "s3" && (process.env["S3_ENDPOINT"] ?? "") === "") return;
+      db = await startTestDatabase();
+      pool = new pg.Pool({ connectionString: db.url, max: 2 });
+      // pool.end() resolves before its connections are closed: the test database's shutdown may
+      // still end one, which must not become an uncaught 'error' event.
+      pool.on("error", () => undefined);
+      stores = await openStores(backend);
+      await start();
+      await registerSpec(client, {
+        name: "ret-files",
+        version: 1,
+        steps: [{ id: "make", type: "files.make", input: { n: "{{ input.n }}" } }],
+      });
+      // Nobody runs `held`: its runs stay active.
+      await registerSpec(client, { name: "ret-held", version: 1, steps: [{ id: "wait", type: "held" }] });
+    });
+
+    after(async () => {
+      await executor?.stop();
+      await scheduler?.stop();
+      await pool?.end();
+      await stores?.dispose();
+      await db?.close();
+    });
+
+    it("deletes old finished runs with their rows, key, published events and artifacts; keeps recent and active runs", async (t) => {
+      if (!available(t)) return;
+      const s = await start();
+      const key = `ret-key-${randomUUID()}`;
+      const old = await finishedRun(1, key);
+      const recent = await finishedRun(2);
+      const { run: active } = await client.startRun({ workflowName: "ret-held", input: jsonToValue({}) });
+      assert.ok(active);
+      // The relay is not running here: publish all of the old run's outbox rows but its last.
+      await pool.query(
+        `UPDATE outbox_events SET published_at = now()
+          WHERE run_id = $1 AND id < (SELECT max(id) FROM outbox_events WHERE run_id = $1)`,
+        [old],
+      );
+      const before = await rowCounts(old);
+      assert.ok(
+        before.tasks === 1 && before.attempts === 1 && before.keys === 1 && before.published! >= 1,
+        JSON.stringify(before),
+      );
+      const longAgo = new Date(Date.now() - 40 * DAY);
+      await age(old, longAgo);
+      await age(active.id, longAgo);
+
+      const result = await s.retention.purge();
+      assert.deepEqual(result, { deleted: 1, exported: 0, failed: 0 });
+      assert.deepEqual(await rowCounts(old), {
+        runs: 0,
+        tasks: 0,
+        attempts: 0,
+        keys: 0,
+        published: 0,
+        unpublished: 1,
+      });
+      assert.deepEqual(await artifactsOf(old), []);
+      // The key is free: the same request starts a new run.
+      const again = await client.startRun({
+        workflowName: "ret-files",
+        input: jsonToValue({ n: 1 }),
+        idempotencyKey: key,
+      });
+      assert.equal(again.created, true);
+
+      assert.equal((await rowCounts(recent)).runs, 1);
+      assert.ok((await artifactsOf(recent)).length >= 2, "the recent run's artifacts stay");
+      assert.equal((await rowCounts(active.id)).runs, 1, "an active run is never deleted");
+      assert.ok(s.engine.isActive(active.id));
+      await client.cancelRun({ runId: active.id });
+      await waitForRun(client, again.run!.id);
+    });
+
+    it("deletes in batches until no run is past the retention", async (t) => {
+      if (!available(t)) return;
+      await start();
+      const ids: string[] = [];
+      for (let i = 0; i < 5; i++) ids.push(await finishedRun(100 + i));
+      for (const id of ids) await age(id, new Date(Date.now() - 2 * DAY));
+      const retention = new RunRetention({
+        pool,
+        store: stores!.scheduler,
+        log: testLogger("retention"),
+        retentionMs: DAY,
+        batchSize: 2,
+        pauseMs: 5,
+      });
+      assert.deepEqual(await retention.purge(), { deleted: 5, exported: 0, failed: 0 });
+      for (const id of ids) {
+        assert.equal((await rowCounts(id)).runs, 0);
+        assert.deepEqual(await artifactsOf(id), []);
+      }
+    });
+
+    it("exports each run as its GetRun view to exports/{yyyy}/{mm}/{dd}/{run_id}.json before deleting it", async (t) => {
+      if (!available(t)) return;
+      const s = await start({ exportRunsBeforeDelete: true });
+      const runId = await finishedRun(3, `ret-export-${randomUUID()}`);
+      const createdAt = new Date("2026-01-02T03:04:05.678Z");
+      await age(runId, createdAt);
+      const { run: view } = await client.getRun({ runId });
+      assert.ok(view);
+
+      assert.deepEqual(await s.retention.purge(), { deleted: 1, exported: 1, failed: 0 });
+      const key = exportKey(runId, createdAt);
+      assert.equal(key, `exports/2026/01/02/${runId}.json`);
+      const document = JSON.parse(
+        (await readAll(await stores!.scheduler.get(key))).toString("utf8"),
+      ) as JsonValue;
+      assert.deepEqual(document, toJson(RunSchema, view));
+      const exported = fromJson(RunSchema, document);
+      assert.equal(exported.id, runId);
+      assert.equal(exported.status, RunStatus.SUCCEEDED);
+      assert.deepEqual(valueToJson(exported.input), { n: 3 });
+      assert.deepEqual(
+        exported.tasks.map((x) => [x.stepId, x.attempts.length]),
+        [["make", 1]],
+      );
+      assert.equal((await stores!.scheduler.stat(key))?.contentType, "application/json");
+      assert.equal((await rowCounts(runId)).runs, 0);
+      assert.deepEqual(await artifactsOf(runId), []);
+    });
+
+    it("purges on its interval by itself", async (t) => {
+      if (!available(t)) return;
+      const runId = await finishedRun(4);
+      const s = await start({ runRetentionMs: DAY, runRetentionIntervalMs: 100 });
+      await age(runId, new Date(Date.now() - 2 * DAY));
+      await waitFor("the periodic purge to delete the run", async () =>
+        (await rowCounts(runId)).runs === 0 ? true : undefined,
+      );
+      assert.ok(s.retention.stats.deleted >= 1);
+      assert.deepEqual(await artifactsOf(runId), []);
+    });
+
+    it("keeps everything with a retention of 0", async (t) => {
+      if (!available(t)) return;
+      const s = await start({ runRetentionMs: 0, runRetentionIntervalMs: 100 });
+      const runId = await finishedRun(5);
+      await age(runId, new Date(Date.now() - 400 * DAY));
+      assert.equal(s.retention.enabled, false);
+      assert.deepEqual(await s.retention.purge(), { deleted: 0, exported: 0, failed: 0 });
+      assert.equal((await rowCounts(runId)).runs, 1);
+      assert.ok((await artifactsOf(runId)).length >= 2);
+    });
+  });
+}
