@@ -175,9 +175,11 @@ describe("faults with real processes", () => {
         RETURN NEW;
       END $$;
       CREATE TRIGGER ack_fault BEFORE INSERT OR UPDATE ON task_runs FOR EACH ROW EXECUTE FUNCTION ack_fault();`);
+    let executor: ServiceProcess | undefined;
+    let second: ServiceProcess | undefined;
     try {
       const port = Number(address.slice(address.lastIndexOf(":") + 1));
-      const executor = await startExecutorProcess("exec-ack", address, { EXECUTOR_TASK_TYPES: "sleep" });
+      executor = await startExecutorProcess("exec-ack", address, { EXECUTOR_TASK_TYPES: "sleep" });
       let client = workflowClient(address);
       await registerSpec(client, {
         name: "ack-held",
@@ -194,9 +196,9 @@ describe("faults with real processes", () => {
       await first.kill();
       await tables.exec("UPDATE ack_fault SET failing = false");
 
-      const { process: second } = await startSchedulerProcess("scheduler-ack-2", db.url, port, {
+      ({ process: second } = await startSchedulerProcess("scheduler-ack-2", db.url, port, {
         SESSION_TIMEOUT: "8s",
-      });
+      }));
       client = workflowClient(address);
       const run = await waitFor(
         "the run to finish after the restart",
@@ -218,6 +220,8 @@ describe("faults with real processes", () => {
       assert.equal(reattached["revoked"], 0);
       assert.equal(reattached["deliveredReports"], 1, "the result, sent again");
     } finally {
+      // One scheduler per database: the next test starts its own.
+      await Promise.all([first.kill(), executor?.kill(), second?.kill()]);
       await tables.exec(`DROP TRIGGER IF EXISTS ack_fault ON task_runs;
         DROP FUNCTION IF EXISTS ack_fault(); DROP TABLE IF EXISTS ack_fault;`);
     }
