@@ -7,9 +7,13 @@ import { after, before, describe, it } from "node:test";
 import { hostname } from "node:os";
 import pg from "pg";
 import { SchedulerLockedError, isSchedulerLockedError } from "../src/scheduler.js";
-import { SCHEDULER_LOCK_KEY } from "../src/persistence/scheduler-lock.js";
+import {
+  SCHEDULER_LOCK_KEY,
+  acquireSchedulerLock,
+  type SchedulerLockedError as LockedError,
+} from "../src/persistence/scheduler-lock.js";
 import { ServiceProcess, SCHEDULER_MAIN, killAll, startSchedulerProcess } from "./e2e/processes.js";
-import { startTestDatabase, startTestScheduler, waitFor, workflowClient } from "./support.js";
+import { startTestDatabase, startTestScheduler, testLogger, waitFor, workflowClient } from "./support.js";
 
 describe("one scheduler per database", () => {
   let db: Awaited<ReturnType<typeof startTestDatabase>>;
@@ -135,6 +139,37 @@ describe("one scheduler per database", () => {
       await workflowClient(first.address).listWorkflows({});
     } finally {
       await first.stop();
+    }
+  });
+
+  it("reports the database lost when another scheduler took the lock while the session was down", async () => {
+    const lost: LockedError[] = [];
+    const lock = await acquireSchedulerLock({
+      url: db.url,
+      log: testLogger("lock"),
+      onLost: (e) => lost.push(e),
+      retryInitialMs: 1000,
+    });
+    const other = new pg.Client({ connectionString: db.url, application_name: "other-scheduler" });
+    await other.connect();
+    try {
+      const [held] = await holders();
+      assert.ok(held !== undefined);
+      await pool.query("SELECT pg_terminate_backend($1)", [held]);
+      // Another session takes the lock before the holder reconnects (a second after the loss).
+      await waitFor("the lock to be free", async () => ((await holders()).length === 0 ? true : undefined));
+      const { rows } = await other.query<{ locked: boolean }>(
+        "SELECT pg_try_advisory_lock($1::bigint) AS locked",
+        [SCHEDULER_LOCK_KEY.toString()],
+      );
+      assert.equal(rows[0]?.locked, true);
+      const [error] = await waitFor("the holder to report the loss", () =>
+        lost.length > 0 ? lost : undefined,
+      );
+      assert.ok(isSchedulerLockedError(error));
+    } finally {
+      await lock.release();
+      await other.end();
     }
   });
 });
