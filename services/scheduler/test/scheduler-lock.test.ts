@@ -92,6 +92,15 @@ describe("one scheduler per database", () => {
         SCHEDULER_HOST: "127.0.0.1",
         SCHEDULER_PORT: "0",
       });
+      // Without the lock it would start and keep running: fail within a minute instead of hanging.
+      await waitFor(
+        "the second scheduler process to exit",
+        () => (refused.alive ? undefined : true),
+        60_000,
+      ).catch(async (e: unknown) => {
+        await refused.kill();
+        throw e;
+      });
       const { code } = await refused.exited;
       assert.equal(code, 1, refused.tail());
       const lines = refused.lines.filter((l) => l.raw !== undefined);
