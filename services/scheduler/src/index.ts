@@ -7,6 +7,10 @@ export {
   type SchedulerOptions,
   type SchedulerState,
 } from "./scheduler.js";
-export { startEmbeddedPostgres, type EmbeddedDatabase } from "./persistence/embedded-postgres.js";
+export {
+  EmbeddedPostgresError,
+  startEmbeddedPostgres,
+  type EmbeddedDatabase,
+} from "./persistence/embedded-postgres.js";
 export { compileWorkflow } from "./dag/index.js";
 export { RUNTIME_V8_FLAGS, tuneRuntime } from "./runtime.js";

@@ -8,6 +8,7 @@ import {
   tokenVerifierFromConfig,
 } from "@nexusflow/common";
 import { type ArtifactStore, createArtifactStore, isArtifactError } from "@nexusflow/common/artifacts";
+import { EmbeddedPostgresError } from "./persistence/embedded-postgres.js";
 import { PortInUseError, Scheduler, isSchedulerLockedError } from "./scheduler.js";
 import { tuneRuntime } from "./runtime.js";
 
@@ -95,7 +96,7 @@ process.on("SIGINT", () => void shutdown("SIGINT"));
 try {
   await scheduler.start();
 } catch (e) {
-  if (e instanceof PortInUseError || isSchedulerLockedError(e)) {
+  if (e instanceof PortInUseError || e instanceof EmbeddedPostgresError || isSchedulerLockedError(e)) {
     process.stderr.write(`nexusflow-scheduler: ${e.message}\n`);
     process.exit(1);
   }
