@@ -5,7 +5,7 @@
  * Environment: DATABASE_URL, KAFKA_BROKERS, KAFKA_TOPIC, RELAY_BATCH_SIZE (default 500),
  * KAFKA_PARTITIONS (default 3), LOG_LEVEL.
  */
-import { createLogger, type LogLevel } from "@nexusflow/common";
+import { createLogger, logProcessWarnings, type LogLevel } from "@nexusflow/common";
 import pg from "pg";
 import { createOutboxRelay } from "../../src/events/setup.js";
 import { Scheduler } from "../../src/scheduler.js";
@@ -18,6 +18,8 @@ const required = (name: string): string => {
 };
 const databaseUrl = required("DATABASE_URL");
 const log = createLogger("scheduler", (env["LOG_LEVEL"] as LogLevel | undefined) ?? "info");
+// As the scheduler's main does: warnings are log lines (kafkajs 2.2.4 sets a negative timeout on Node 24).
+logProcessWarnings(log);
 
 const scheduler = new Scheduler({
   port: 0,
