@@ -20,6 +20,7 @@ import {
   type LatencyResult,
   type ThroughputResult,
 } from "./sections/queue.js";
+import { retentionSection, type RetentionResult } from "./sections/retention.js";
 import { sessionsSection, type SessionsResult } from "./sections/sessions.js";
 
 /** No-op workflows drained in section 1 at scale 1. */
@@ -48,6 +49,7 @@ export interface BenchReport {
   latency?: LatencyResult[];
   dag?: DagResult;
   sessions?: SessionsResult;
+  retention?: RetentionResult;
   targets?: Target[];
   profiles?: Record<string, unknown>;
   errors: { section: string; message: string }[];
@@ -162,6 +164,14 @@ export async function runBench(argv: readonly string[], io: BenchIo): Promise<Be
         report.sessions = await sessionsSection(ctx);
       });
       if (report.sessions !== undefined) print(sessionsTable(report.sessions));
+    }
+
+    if (want("retention") && options.systems.includes("nexusflow")) {
+      await section("retention", async () => {
+        const n = scaled(THROUGHPUT_TASKS, options.scale, 100);
+        report.retention = await retentionSection(ctx, n, n, 3);
+      });
+      if (report.retention !== undefined) print(retentionTable(report.retention));
     }
 
     report.targets = targets(report);
@@ -327,6 +337,26 @@ function dagTable(d: DagResult): string {
   );
 }
 
+function retentionTable(r: RetentionResult): string {
+  return (
+    "\n6. Drain beside a retention purge (Nexusflow; old runs ended 40 days ago, purged in batches of 500)\n" +
+    formatTable([
+      ["phase", "tasks", "old runs", "drain tasks/s", "old runs deleted during the drain", "whole purge"],
+      ...r.phases.map((p) => [
+        p.purging ? "purging" : "no purge",
+        p.tasks.toLocaleString("en-US"),
+        p.oldRuns.toLocaleString("en-US"),
+        p.tasksPerSecond.toLocaleString("en-US"),
+        p.purging ? p.deletedDuringDrain.toLocaleString("en-US") : "-",
+        p.purge === undefined
+          ? "-"
+          : `${p.purge.deleted.toLocaleString("en-US")} runs in ${p.purge.seconds} s`,
+      ]),
+    ]) +
+    `\nmedian: ${r.purgingMedian} tasks/s while purging vs ${r.offMedian} without (${(r.ratio * 100).toFixed(1)}%)\n`
+  );
+}
+
 function sessionsTable(s: SessionsResult): string {
   return (
     "\n4. Executor sessions (scheduler process only)\n" +
@@ -352,48 +382,66 @@ function targetRow(t: Target): string[] {
 /** The issue's targets against what this run measured (at --scale 1 on 2 cores). */
 export function targets(r: BenchReport): Target[] {
   const out: Target[] = [];
+  const drainOf = (system: string): number | undefined =>
+    r.throughput?.find((t) => t.system === system)?.drain.tasksPerSecond;
   const tp = r.throughput?.find((t) => t.system === "nexusflow");
-  if (tp !== undefined)
+  if (tp !== undefined) {
+    const ours = tp.drain.tasksPerSecond;
+    const peers: [string, number][] = [];
+    for (const name of ["pg-boss", "dbos"]) {
+      const v = drainOf(name);
+      if (v !== undefined) peers.push([name, v]);
+    }
     out.push({
       target: "no-op drain",
-      goal: ">= 5,000 tasks/s",
-      measured: `${tp.drain.tasksPerSecond} tasks/s`,
-      met: tp.drain.tasksPerSecond >= 5000,
+      goal: ">= 6,000 tasks/s, ahead of pg-boss and DBOS",
+      measured: `${ours} tasks/s${peers.map(([n, v]) => `; ${n} ${v}`).join("")}`,
+      met: ours >= 6000 && peers.every(([, v]) => ours > v),
     });
-  // `--rates 100,500,1000,1000,1000` repeats the 1,000/s phase (each warm after the one before):
-  // the targets take the median of its phases, since one phase moves a lot between runs here.
+  }
+  // `--rates 1000,1000,1000,1000,1000` repeats the 1,000/s phase (each warm after the one before):
+  // one phase moves a lot between runs here, so the goal is met in at least 4 of 5 phases (80%),
+  // and the median is shown.
   const l1000 = r.latency?.filter((l) => l.system === "nexusflow" && l.rate === 1000) ?? [];
   if (l1000.length > 0) {
     for (const [label, pick, goal] of [
       ["p50", (l: LatencyResult) => l.scheduleToStart.p50, 5],
       ["p99", (l: LatencyResult) => l.scheduleToStart.p99, 25],
     ] as const) {
-      const values = l1000.map(pick).sort((a, b) => a - b);
-      const median = values[Math.floor((values.length - 1) / 2)] ?? Number.NaN;
+      const values = l1000.map(pick);
+      const sorted = [...values].sort((a, b) => a - b);
+      const median = sorted[Math.floor((sorted.length - 1) / 2)] ?? Number.NaN;
+      const within = values.filter((v) => v <= goal).length;
+      const needed = Math.ceil(values.length * 0.8);
       out.push({
         target: `open loop 1,000/s ${label}`,
-        goal: `<= ${goal} ms`,
+        goal: `<= ${goal} ms in 4 of 5 phases`,
         measured:
           values.length === 1
             ? `${median} ms`
-            : `${median} ms (median of ${values.length} phases, ${values[0]}-${values[values.length - 1]})`,
-        met: median <= goal,
+            : `${within} of ${values.length} phases; median ${median} ms (${sorted[0]}-${sorted[sorted.length - 1]})`,
+        met: within >= needed,
       });
     }
   }
   const dag = r.dag?.find((d) => d.system === "nexusflow");
+  const dbos = r.dag?.find((d) => d.system === "dbos");
   if (dag !== undefined) {
     out.push({
       target: "chain per-hop p50",
-      goal: "<= 3 ms",
-      measured: `${dag.chain.perHop.p50} ms`,
-      met: dag.chain.perHop.p50 <= 3,
+      goal: "<= 1 ms, ahead of DBOS",
+      measured: `${dag.chain.perHop.p50} ms${dbos === undefined ? "" : `; DBOS ${dbos.chain.perHop.p50} ms`}`,
+      met: dag.chain.perHop.p50 <= 1 && (dbos === undefined || dag.chain.perHop.p50 < dbos.chain.perHop.p50),
     });
     out.push({
       target: `${dag.fanOut.shape} makespan`,
-      goal: "<= 1,000 ms (1 -> 1000 -> 1)",
-      measured: `${dag.fanOut.makespan.p50} ms (p50)`,
-      met: dag.fanOut.width >= 1000 ? dag.fanOut.makespan.p50 <= 1000 : null,
+      goal: "<= 150 ms (1 -> 1000 -> 1), ahead of DBOS",
+      measured: `${dag.fanOut.makespan.p50} ms (p50)${dbos === undefined ? "" : `; DBOS ${dbos.fanOut.makespan.p50} ms`}`,
+      met:
+        dag.fanOut.width >= 1000
+          ? dag.fanOut.makespan.p50 <= 150 &&
+            (dbos === undefined || dag.fanOut.makespan.p50 < dbos.fanOut.makespan.p50)
+          : null,
     });
   }
   if (tp !== undefined) {
@@ -403,9 +451,18 @@ export function targets(r: BenchReport): Target[] {
         : (tp.groupCommits.enqueue + tp.groupCommits.drain) / tp.tasks;
     out.push({
       target: "PostgreSQL commits per task",
-      goal: "<= 0.2",
+      goal: "<= 0.03",
       measured: `${tp.cost.perTask.commits}${group === undefined ? "" : ` (of which group commits ${group.toFixed(3)})`}`,
-      met: tp.cost.perTask.commits <= 0.2,
+      met: tp.cost.perTask.commits <= 0.03,
+    });
+  }
+  if (r.retention !== undefined) {
+    const { ratio, offMedian, purgingMedian } = r.retention;
+    out.push({
+      target: "drain while a retention purge runs",
+      goal: "within 5% of the drain without one",
+      measured: `${purgingMedian} vs ${offMedian} tasks/s (${(ratio * 100).toFixed(1)}%)`,
+      met: ratio >= 0.95,
     });
   }
   return out;

@@ -116,6 +116,19 @@ describe("bench smoke run", () => {
       assert.equal(report.sessions?.idle.sessions, report.sessions?.busy.sessions);
       assert.ok((report.sessions?.busy.tasksPerSecond ?? 0) > 0);
       assert.ok(printed.join("\n").includes("No-op throughput"));
+      // Section 6: drains without and with a purge, alternating; every old run deleted by the purge.
+      const retention = report.retention;
+      assert.deepEqual(
+        retention?.phases.map((p) => p.purging),
+        [false, true, false, true, false, true],
+      );
+      for (const p of retention?.phases ?? []) {
+        assert.ok(p.tasksPerSecond > 0);
+        if (p.purging) assert.equal(p.purge?.deleted, p.oldRuns, "the purge deletes every old run");
+        else assert.equal(p.purge, undefined);
+      }
+      assert.ok(Number.isFinite(retention?.ratio));
+      assert.ok(printed.join("\n").includes("retention purge"));
       const files = (await readdir(out)).filter((f) => f.endsWith(".json"));
       assert.equal(files.length, 1);
       const written = JSON.parse(await readFile(join(out, files[0] as string), "utf8")) as BenchReport;

@@ -1,7 +1,7 @@
 /** Command-line options of `npm run bench`. */
 
 /** The sections, in the order they run. */
-export const SECTIONS = ["throughput", "latency", "dag", "sessions", "cost"] as const;
+export const SECTIONS = ["throughput", "latency", "dag", "sessions", "cost", "retention"] as const;
 /** One section name. */
 export type Section = (typeof SECTIONS)[number];
 /** The systems compared in sections 1, 2 and 5 (and 3, those with a workflow model). */
@@ -30,7 +30,8 @@ export interface BenchOptions {
 /** Usage text. */
 export const USAGE = `usage: npm run bench -- [--only ${SECTIONS.join("|")}[,...]] [--scale F]
                         [--systems ${SYSTEMS.join(",")}] [--rates 100,500] [--profile] [--out DIR]
-  --only      run only these sections (comma-separated); cost needs throughput and runs it
+  --only      run only these sections (comma-separated); cost needs throughput and runs it;
+              retention: the drain beside a purge of old runs (Nexusflow)
   --scale     multiply sizes and durations (e.g. 0.1 for a quick run)
   --systems   systems compared in throughput, latency and cost (dag: nexusflow, dbos)
   --rates     open-loop arrival rates in runs/s (default 100,500,1000 and half our drain rate)

@@ -39,6 +39,10 @@ export interface NexusflowOptions {
   slots?: number;
   /** Size of the scheduler's hot-path pool. @default 10 (the scheduler's default) */
   poolSize?: number;
+  /** The scheduler's run retention, ms (0: off). @default the scheduler's (30 days) */
+  runRetentionMs?: number;
+  /** Time between the scheduler's retention purges, ms. @default the scheduler's (1 minute) */
+  runRetentionIntervalMs?: number;
   log?: Logger;
 }
 
@@ -93,6 +97,10 @@ export class NexusflowSystem implements QueueSystem {
       databaseUrl: this.options.url,
       log: this.log,
       ...(this.options.poolSize === undefined ? {} : { poolSize: this.options.poolSize }),
+      ...(this.options.runRetentionMs === undefined ? {} : { runRetentionMs: this.options.runRetentionMs }),
+      ...(this.options.runRetentionIntervalMs === undefined
+        ? {}
+        : { runRetentionIntervalMs: this.options.runRetentionIntervalMs }),
     });
     await scheduler.start();
     this.schedulerValue = scheduler;
