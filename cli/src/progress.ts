@@ -5,6 +5,7 @@
 import { type Timestamp, ValueSchema, timestampMs } from "@bufbuild/protobuf/wkt";
 import { toJson } from "@bufbuild/protobuf";
 import { type Run, RunStatus, type TaskRun, TaskKind, TaskStatus } from "@nexusflow/gen";
+import { isTerminalRunStatus } from "@nexusflow/client";
 import type { Style } from "./style.js";
 
 /** One observed change of a task's state. */
@@ -22,19 +23,9 @@ export interface TaskChange {
   detail: string | undefined;
 }
 
-/** Run states after which nothing changes any more. */
-export const TERMINAL_RUN_STATUSES: ReadonlySet<RunStatus> = new Set([
-  RunStatus.SUCCEEDED,
-  RunStatus.FAILED,
-  RunStatus.CANCELLED,
-  RunStatus.TIMED_OUT,
-  RunStatus.COMPENSATED,
-  RunStatus.COMPENSATION_FAILED,
-]);
-
 /** Whether a run has reached a terminal state. */
 export function isTerminal(run: Run): boolean {
-  return TERMINAL_RUN_STATUSES.has(run.status);
+  return isTerminalRunStatus(run.status);
 }
 
 function ms(ts: Timestamp | undefined): number | undefined {
