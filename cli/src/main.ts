@@ -15,6 +15,7 @@ import {
   runsCommand,
   tokenCommand,
 } from "./ops.js";
+import { stopSignalHandler } from "./stop-signals.js";
 
 const USAGE = `Usage: nexusflow <command> [options]
 
@@ -101,17 +102,15 @@ switch (command) {
     }
 
     const shutdown = new AbortController();
-    let signals = 0;
-    const onSignal = (signal: NodeJS.Signals): void => {
-      signals++;
-      if (signals === 1) {
+    // One Ctrl-C can arrive two or three times (terminal, npm, tsx): see stop-signals.ts.
+    const onSignal = stopSignalHandler({
+      onStop: (signal) => {
         process.stderr.write(`\n${signal}: stopping (press Ctrl-C again to kill everything now)\n`);
         shutdown.abort(new Error(`stopped by ${signal}`));
-        return;
-      }
+      },
       // runDev's exit hook SIGKILLs the services' process groups.
-      process.exit(130);
-    };
+      onForce: () => process.exit(130),
+    });
     process.on("SIGINT", onSignal);
     process.on("SIGTERM", onSignal);
 
