@@ -9,7 +9,7 @@ import { createTokenVerifier } from "@nexusflow/common";
 import { BadRequestSchema } from "@nexusflow/gen/google/rpc/error_details_pb";
 import { DEV_AUDIENCE, DEV_ISSUER, ensureDevKeys, mintDevToken } from "./dev-keys.js";
 import { AddressError, gatewayUrl, resolveToken } from "./gateway-client.js";
-import { describeError } from "./ops.js";
+import { classifyWorkflowFile, describeError } from "./ops.js";
 import { formatTable, truncate } from "./table.js";
 
 describe("operator command helpers", () => {
@@ -51,6 +51,13 @@ describe("operator command helpers", () => {
       describeError(new ConnectError("who?", Code.Unauthenticated), "http://x"),
       /NEXUSFLOW_TOKEN/,
     );
+  });
+
+  it("tells workflow definitions from other JSON and from text that is not JSON", () => {
+    assert.deepEqual(classifyWorkflowFile('{"name":"a","steps":[]}'), { kind: "definition" });
+    assert.equal(classifyWorkflowFile('{"orderId":"o-1"}').kind, "other");
+    assert.equal(classifyWorkflowFile("[1]").kind, "other");
+    assert.equal(classifyWorkflowFile("{nope").kind, "invalid");
   });
 
   it("mints dev tokens that a verifier of the dev key accepts, and only it", async () => {

@@ -69,7 +69,7 @@ export class UsageError extends Error {
 
 /** Usage of the operator commands. */
 export const OPERATOR_USAGE = `Operator commands (talk to the gateway):
-  apply <file>...                 register workflow definitions (JSON files)
+  apply <file>...                 register workflow definitions (JSON files; other JSON is skipped)
   runs start <workflow> [--input <json|@file>] [--version N] [--label k=v]... [--idempotency-key K] [--watch]
   runs get <run-id>               a run with its tasks
   runs list [--workflow W] [--status S]... [--label k=v]... [--limit N] [--page-token T]
@@ -208,14 +208,25 @@ export async function applyCommand(args: string[], io: CommandIo): Promise<numbe
   const output = outputOf(values.output);
   if (files.length === 0) throw new UsageError("apply: expected one or more workflow files");
   const texts: [string, string][] = [];
+  let failed = false;
   for (const file of files) {
+    let text: string;
     try {
-      texts.push([file, await readFile(file, "utf8")]);
+      text = await readFile(file, "utf8");
     } catch (e) {
       io.stderr(`nexusflow: apply: cannot read ${file}: ${(e as Error).message}\n`);
       return 1;
     }
+    // `apply examples/*.json` also matches input documents: those are skipped, not sent.
+    const kind = classifyWorkflowFile(text);
+    if (kind.kind === "definition") texts.push([file, text]);
+    else if (kind.kind === "other") io.stderr(`nexusflow: apply: skipping ${file}: ${kind.reason}\n`);
+    else {
+      io.stderr(`nexusflow: apply: ${file} is not valid JSON: ${kind.message}\n`);
+      failed = true;
+    }
   }
+  if (texts.length === 0) return failed ? 1 : 0;
   return withGateway(io, "apply", values, async ({ workflows }) => {
     const rows: string[][] = [];
     const results: JsonValue[] = [];
@@ -243,8 +254,29 @@ export async function applyCommand(args: string[], io: CommandIo): Promise<numbe
     }
     if (output === "json") io.stdout(`${JSON.stringify(results, null, 2)}\n`);
     else io.stdout(`${formatTable(["WORKFLOW", "VERSION", "RESULT", "FILE"], rows)}\n`);
-    return 0;
+    return failed ? 1 : 0;
   });
+}
+
+/** What a file given to `apply` holds: a definition, other JSON (skipped), or no JSON at all. */
+export type WorkflowFileKind =
+  { kind: "definition" } | { kind: "other"; reason: string } | { kind: "invalid"; message: string };
+
+/** A definition is a JSON object with "name" and "steps"; the server validates the rest. */
+export function classifyWorkflowFile(text: string): WorkflowFileKind {
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch (e) {
+    return { kind: "invalid", message: e instanceof Error ? e.message : String(e) };
+  }
+  if (typeof value !== "object" || value === null || Array.isArray(value)) {
+    return { kind: "other", reason: "not a workflow definition (not a JSON object)" };
+  }
+  if (!("name" in value) || !("steps" in value)) {
+    return { kind: "other", reason: 'not a workflow definition (no "name" and "steps")' };
+  }
+  return { kind: "definition" };
 }
 
 async function readInput(value: string | undefined): Promise<JsonValue> {

@@ -140,6 +140,29 @@ describe("nexusflow CLI against a live stack", () => {
 
   let runId = "";
 
+  it(
+    "apply: skips JSON that is not a definition with a note, fails text that is not JSON, keeps going",
+    T,
+    async () => {
+      const examples = ["hello-world.json", "order-pipeline.input.json", "order-pipeline.json"];
+      const r = await nexusflow(["apply", ...examples.map((f) => join(ROOT, "examples", f))], env);
+      assert.equal(r.code, 0, r.stderr);
+      assert.match(
+        oneLine(r),
+        /^nexusflow: apply: skipping .*order-pipeline\.input\.json: not a workflow definition/,
+      );
+      assert.match(r.stdout, /hello-world +1 /);
+      assert.match(r.stdout, /order-pipeline +1 /);
+
+      const broken = join(dataDir, "broken.json");
+      await writeFile(broken, "{ not json");
+      const b = await nexusflow(["apply", broken, join(ROOT, "examples", "hello-world.json")], env);
+      assert.equal(b.code, 1);
+      assert.match(oneLine(b), /^nexusflow: apply: .*broken\.json is not valid JSON: /);
+      assert.match(b.stdout, /hello-world +1 +unchanged/);
+    },
+  );
+
   it("runs start, watch, get and list: a full run", T, async () => {
     const inputFile = join(dataDir, "input.json");
     await writeFile(inputFile, JSON.stringify({ name: "Ada" }));
