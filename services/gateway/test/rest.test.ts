@@ -286,6 +286,13 @@ describe("REST gateway in front of a real scheduler", () => {
       (listed.json["runs"] as Json[]).map((r) => r["id"]),
       [runId],
     );
+    // Lists are BASIC unless asked: view=RUN_VIEW_FULL adds the input and the tasks.
+    assert.equal((listed.json["runs"] as Json[])[0]?.["input"], undefined);
+    const full = await call("GET", `${q}&view=RUN_VIEW_FULL`);
+    assert.equal(full.status, 200, JSON.stringify(full.json));
+    const [fullRun] = full.json["runs"] as Json[];
+    assert.deepEqual(fullRun?.["input"], { name: "Ada" });
+    assert.ok(((fullRun?.["tasks"] as Json[] | undefined) ?? []).length > 0, JSON.stringify(fullRun));
     const none = await call("GET", `/v1/runs?workflow_name=rest-demo&statuses=RUNNING`);
     assert.deepEqual(none.json, {});
     const future = await call(

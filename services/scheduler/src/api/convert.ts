@@ -94,11 +94,6 @@ export function runBasicFromState(run: Readonly<RunState>): Run {
   return create(RunSchema, basicStateInit(run));
 }
 
-/** A run without tasks (ListRuns). */
-export function runSummary(run: RunRow): Run {
-  return create(RunSchema, runInit(run));
-}
-
 /** A run with every task and attempt (GetRun, WatchRun). */
 export function runDetail(detail: RunDetail): Run {
   const tasks = detail.tasks.map((t) => ({

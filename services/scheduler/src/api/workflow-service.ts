@@ -1,5 +1,5 @@
 /** WorkflowService over gRPC: validates requests, calls the engine and the stores. */
-import { create, toJson } from "@bufbuild/protobuf";
+import { create, toBinary, toJson } from "@bufbuild/protobuf";
 import { type Timestamp, timestampDate, timestampNow } from "@bufbuild/protobuf/wkt";
 import type * as grpc from "@grpc/grpc-js";
 import {
@@ -17,6 +17,8 @@ import {
   ListRunsResponseSchema,
   ListWorkflowsResponseSchema,
   RegisterWorkflowResponseSchema,
+  type Run,
+  RunSchema,
   RunStatus,
   RunView,
   StartRunResponseSchema,
@@ -34,7 +36,7 @@ import {
 } from "@nexusflow/gen";
 import type { Engine } from "../engine/engine.js";
 import { TERMINAL_RUN_STATUSES, type RunStatusName } from "../engine/model.js";
-import { checkRunId, type RunStore } from "../persistence/run-store.js";
+import { checkRunId, runPageToken, type RunStore } from "../persistence/run-store.js";
 import {
   definition,
   runBasic,
@@ -42,8 +44,22 @@ import {
   runDetail,
   runFromState,
   runStatusName,
-  runSummary,
 } from "./convert.js";
+
+/**
+ * Largest encoded ListRuns page in RUN_VIEW_FULL: under the 4 MiB that grpcurl, grpcio and grpc-js
+ * accept by default, with room for the rest of the response and framing.
+ */
+export const LIST_RUNS_PAGE_BYTES = 3 * 1024 * 1024;
+/** Room kept within the bound for next_page_token. */
+const PAGE_TOKEN_ROOM = 512;
+
+/** Bytes of `n` as a protobuf varint. */
+function varintSize(n: number): number {
+  let size = 1;
+  for (let v = n; v >= 0x80; v = Math.floor(v / 0x80)) size++;
+  return size;
+}
 
 const LABEL_KEY = /^[a-z0-9]([a-z0-9._/-]{0,61}[a-z0-9])?$/i;
 
@@ -161,6 +177,7 @@ export function workflowService(engine: Engine, runs: RunStore): grpc.UntypedSer
       }
       refuseNul(req.workflowName, "workflow_name");
       for (const [k, v] of Object.entries(req.labels)) refuseNul(k + v, `labels[${k}]`);
+      if (RunView[req.view] === undefined) throw ApiError.invalid("view", `unknown run view ${req.view}`);
       const page = await runs.list({
         workflowName: req.workflowName,
         statuses: req.statuses.map(runStatusName),
@@ -170,10 +187,28 @@ export function workflowService(engine: Engine, runs: RunStore): grpc.UntypedSer
         pageSize: req.pageSize,
         pageToken: req.pageToken,
       });
-      return create(ListRunsResponseSchema, {
-        runs: page.runs.map(runSummary),
-        nextPageToken: page.nextPageToken,
-      });
+      // Lists default to BASIC: a run's input, output and tasks can be megabytes each.
+      if (req.view !== RunView.FULL) {
+        return create(ListRunsResponseSchema, {
+          runs: page.runs.map(runBasic),
+          nextPageToken: page.nextPageToken,
+        });
+      }
+      // FULL: stop before the encoded page would pass the bound, but always carry one run.
+      const details = await runs.details(page.runs);
+      const full: Run[] = [];
+      let bytes = PAGE_TOKEN_ROOM;
+      for (const detail of details) {
+        const run = runDetail(detail);
+        const length = toBinary(RunSchema, run).length;
+        const size = 1 + varintSize(length) + length; // field tag, length, message
+        const last = details[full.length - 1];
+        if (last !== undefined && bytes + size > LIST_RUNS_PAGE_BYTES)
+          return create(ListRunsResponseSchema, { runs: full, nextPageToken: runPageToken(last.run) });
+        full.push(run);
+        bytes += size;
+      }
+      return create(ListRunsResponseSchema, { runs: full, nextPageToken: page.nextPageToken });
     }),
 
     cancelRun: unary(async (req: CancelRunRequest) => {

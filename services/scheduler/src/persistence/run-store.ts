@@ -98,12 +98,40 @@ export class RunStore {
     });
     const page = rows.slice(0, size);
     const last = page[page.length - 1];
-    return {
-      runs: page,
-      nextPageToken:
-        rows.length > size && last !== undefined
-          ? encodeToken({ t: last.createdAt.toISOString(), id: last.id })
-          : "",
-    };
+    return { runs: page, nextPageToken: rows.length > size && last !== undefined ? runPageToken(last) : "" };
   }
+
+  /** The tasks and attempts of each of `rows`, read in two queries, in the order of `rows`. */
+  async details(rows: RunRow[]): Promise<RunDetail[]> {
+    if (rows.length === 0) return [];
+    const ids = rows.map((r) => r.id);
+    const em = this.db.orm.em.fork();
+    const tasks = await em.find(
+      TaskRunEntity,
+      { runId: { $in: ids } },
+      { orderBy: { kind: "desc", position: "asc" } },
+    );
+    const attemptRows = await em.find(
+      TaskAttemptEntity,
+      { runId: { $in: ids } },
+      { orderBy: { number: "asc" } },
+    );
+    const byRun = new Map<string, RunDetail>(
+      rows.map((run) => [run.id, { run, tasks: [], attempts: new Map<string, AttemptRow[]>() }]),
+    );
+    for (const t of tasks) byRun.get(t.runId)?.tasks.push(t);
+    for (const a of attemptRows) {
+      const attempts = byRun.get(a.runId)?.attempts;
+      if (attempts === undefined) continue;
+      const list = attempts.get(a.taskRunId) ?? [];
+      list.push(a);
+      attempts.set(a.taskRunId, list);
+    }
+    return rows.map((r) => byRun.get(r.id) as RunDetail);
+  }
+}
+
+/** The ListRuns page token that continues after `run` (keyset: created_at, id). */
+export function runPageToken(run: RunRow): string {
+  return encodeToken({ t: run.createdAt.toISOString(), id: run.id });
 }
