@@ -9,7 +9,7 @@
  * SIGTERM and, after a grace period, SIGKILL to its process group.
  */
 import { readFile, readdir } from "node:fs/promises";
-import { isAbsolute, join, relative } from "node:path";
+import { join, relative, resolve } from "node:path";
 import { fromJson, type JsonValue } from "@bufbuild/protobuf";
 import { ValueSchema } from "@bufbuild/protobuf/wkt";
 import { type Client, ConnectError, type Interceptor, createClient } from "@connectrpc/connect";
@@ -30,6 +30,7 @@ import { type Run, RunStatus, WorkflowService } from "@nexusflow/gen";
 import { BadRequestSchema } from "@nexusflow/gen/google/rpc/error_details_pb";
 import { ChildExitedError, ChildTimeoutError, type ChildSpec, ManagedChild } from "./child.js";
 import { devAuthEnv, devKeysDir, ensureDevKeys, mintDevToken } from "./dev-keys.js";
+import { removeDevState, writeDevState } from "./dev-state.js";
 import { type LogRecord, formatChildLine } from "./log-format.js";
 import { RunProgress, formatRunSummary, formatTaskChange, isTerminal, runStatusName } from "./progress.js";
 import { type Style, box, createStyle } from "./style.js";
@@ -212,11 +213,12 @@ export async function runDev(options: DevOptions): Promise<number> {
   const gatewaySessions: Http2SessionManager[] = [];
 
   let exitCode = 0;
+  let stateRecorded = false;
   try {
     // Nobody without a valid token gets in, not even in dev: the services trust a local dev key
     // (created on first use) and nothing else; tokens are minted here for the executors and for us.
-    const dataDir = env["NEXUSFLOW_DATA_DIR"]?.trim() || ".nexusflow";
-    const keys = await ensureDevKeys(devKeysDir(isAbsolute(dataDir) ? dataDir : join(root, dataDir)));
+    const dataDir = resolve(root, env["NEXUSFLOW_DATA_DIR"]?.trim() || ".nexusflow");
+    const keys = await ensureDevKeys(devKeysDir(dataDir));
     const authEnv = devAuthEnv(keys);
     const ports = await choosePorts({ ...env, ...authEnv });
     const common = (name: string, service: string, extra: NodeJS.ProcessEnv): ChildSpec => ({
@@ -288,6 +290,11 @@ export async function runDev(options: DevOptions): Promise<number> {
       lifetime.signal,
     );
     const gatewayUrl = `http://${connectHost(ports.gatewayHost)}:${portOf(gatewayReady["url"]) ?? ports.gatewayPort}`;
+    // So that `nexusflow token` in another shell and directory finds this stack's key (dev-state.ts).
+    stateRecorded = await writeDevState(env, { dataDir, gatewayUrl, pid: process.pid });
+    const tokenCommand =
+      `${stateRecorded ? "" : `NEXUSFLOW_DATA_DIR=${dataDir} `}` +
+      `npm --prefix ${root} exec -- nexusflow token --scope admin`;
 
     say();
     say(
@@ -300,9 +307,7 @@ export async function runDev(options: DevOptions): Promise<number> {
         `  ${style.cyan("database ")}  ${database}`,
         `  ${style.cyan("auth     ")}  dev key ${relative(root, keys.dir) || keys.dir}/ (tokens: npx nexusflow token --scope ...)`,
         "",
-        style.gray(
-          `  export NEXUSFLOW_ADDRESS=${gatewayUrl} NEXUSFLOW_TOKEN=$(npx nexusflow token 2>/dev/null)`,
-        ),
+        style.gray(`  export NEXUSFLOW_ADDRESS=${gatewayUrl} NEXUSFLOW_TOKEN=$(${tokenCommand} 2>/dev/null)`),
         style.gray(`  npx nexusflow runs list`),
         style.gray(`  curl -s ${gatewayUrl}/v1/workflows -H "authorization: Bearer $NEXUSFLOW_TOKEN"`),
       ]),
@@ -370,6 +375,7 @@ export async function runDev(options: DevOptions): Promise<number> {
       ["scheduler"],
     ]);
     process.off("exit", killAll);
+    if (stateRecorded) await removeDevState(env, process.pid);
     if (stack.started) say(style.gray("Stopped."));
   }
   return exitCode;

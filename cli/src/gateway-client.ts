@@ -1,15 +1,17 @@
 /**
  * How the operator commands reach Nexusflow: the gateway's address (--address, NEXUSFLOW_ADDRESS;
  * "host:port" or a URL) and a bearer token (--token, NEXUSFLOW_TOKEN; for a gateway on this
- * machine without either, a short-lived token minted with the local dev key, if there is one).
+ * machine without either, a short-lived token minted with the dev key of NEXUSFLOW_DATA_DIR,
+ * ./.nexusflow or the running dev stack, if there is one).
  * Calls use gRPC over h2c with the token in `authorization`.
  */
 import { type Client, type Interceptor, createClient } from "@connectrpc/connect";
 import { Http2SessionManager, createGrpcTransport } from "@connectrpc/connect-node";
 import { ArtifactService, WorkflowService } from "@nexusflow/gen";
 import { access } from "node:fs/promises";
-import { isAbsolute, join } from "node:path";
-import { devKeysDir, ensureDevKeys, mintDevToken } from "./dev-keys.js";
+import { join } from "node:path";
+import { ensureDevKeys, mintDevToken } from "./dev-keys.js";
+import { findDevKeys } from "./dev-state.js";
 
 /** Where the gateway listens when nothing says otherwise (GATEWAY_PORT's default). */
 export const DEFAULT_ADDRESS = "http://127.0.0.1:8080";
@@ -52,17 +54,24 @@ export async function resolveToken(
   baseUrl: string,
   /** Directory a relative NEXUSFLOW_DATA_DIR is resolved against. */
   root: string,
+  /** The working directory, whose `.nexusflow` may hold the dev key. */
+  cwd: string = root,
 ): Promise<{ token: string | undefined; source: TokenSource }> {
   if (flag !== undefined && flag !== "") return { token: flag, source: "flag" };
   const fromEnv = env["NEXUSFLOW_TOKEN"]?.trim();
   if (fromEnv !== undefined && fromEnv !== "") return { token: fromEnv, source: "env" };
   if (isLoopback(baseUrl)) {
-    const dataDir = env["NEXUSFLOW_DATA_DIR"]?.trim() || ".nexusflow";
-    const dir = devKeysDir(isAbsolute(dataDir) ? dataDir : join(root, dataDir));
-    const exists = await access(join(dir, "private.pem")).then(
-      () => true,
-      () => false,
+    // The same key `nexusflow token` uses (dev-state.ts), but never a new one.
+    const dir = await findDevKeys(env, root, cwd).then(
+      (found) => found.dir,
+      () => undefined,
     );
+    const exists =
+      dir !== undefined &&
+      (await access(join(dir, "private.pem")).then(
+        () => true,
+        () => false,
+      ));
     if (exists) {
       const keys = await ensureDevKeys(dir);
       const token = await mintDevToken(keys, { subject: "nexusflow-cli", scopes: ["admin"], ttlSec: 600 });

@@ -59,6 +59,7 @@ function operatorIo(): CommandIo {
     stderr: (text) => void process.stderr.write(text),
     color: process.stdout.isTTY === true && (process.env["NO_COLOR"] ?? "") === "",
     root: ROOT,
+    cwd: process.cwd(),
   };
 }
 

@@ -6,7 +6,6 @@
  */
 import { readFile } from "node:fs/promises";
 import { userInfo } from "node:os";
-import { isAbsolute, join } from "node:path";
 import { type ParseArgsConfig, parseArgs } from "node:util";
 import { type DescMessage, type JsonValue, type MessageShape, fromJson, toJson } from "@bufbuild/protobuf";
 import { ValueSchema } from "@bufbuild/protobuf/wkt";
@@ -26,7 +25,8 @@ import {
   WatchRunResponseSchema,
 } from "@nexusflow/gen";
 import { BadRequestSchema } from "@nexusflow/gen/google/rpc/error_details_pb";
-import { DEV_ISSUER, devKeysDir, ensureDevKeys, mintDevToken } from "./dev-keys.js";
+import { DEV_ISSUER, ensureDevKeys, mintDevToken } from "./dev-keys.js";
+import { findDevKeys } from "./dev-state.js";
 import {
   AddressError,
   DEFAULT_ADDRESS,
@@ -60,6 +60,8 @@ export interface CommandIo {
   color: boolean;
   /** Directory relative data directories are resolved against (the repository root). */
   root: string;
+  /** The working directory: a `.nexusflow` there holds the dev key to use. */
+  cwd: string;
 }
 
 /** A command that the user called wrongly: exit 2 with the message. */
@@ -77,7 +79,7 @@ export const OPERATOR_USAGE = `Operator commands (talk to the gateway):
   runs cancel <run-id> [--reason R] [--compensate]
   logs <run-id> <step-id> [--attempt N] [--follow]
   token [--scope S]... [--ttl 1h] [--subject NAME]
-                                  mint a DEV token with the local dev key (.nexusflow/dev-keys)
+                                  mint a DEV token with the dev key of NEXUSFLOW_DATA_DIR, ./.nexusflow or the running npm start
 
 Common options:
   --address URL      the gateway (NEXUSFLOW_ADDRESS; default ${DEFAULT_ADDRESS})
@@ -169,7 +171,7 @@ async function withGateway(
     if (e instanceof AddressError) throw new UsageError(e.message);
     throw e;
   }
-  const { token, source } = await resolveToken(values.token, io.env, url, io.root);
+  const { token, source } = await resolveToken(values.token, io.env, url, io.root, io.cwd);
   if (source === "dev-key")
     io.stderr(`nexusflow: using a dev token (${DEV_ISSUER}) minted with the local dev key\n`);
   const clients = connectGateway(url, token);
@@ -605,8 +607,9 @@ export async function tokenCommand(args: string[], io: CommandIo): Promise<numbe
     throw new UsageError(`--ttl: ${(e as Error).message}`);
   }
   if (ttlMs < 1000 || ttlMs > 7 * 86_400_000) throw new UsageError("--ttl must be between 1s and 7d");
-  const dataDir = io.env["NEXUSFLOW_DATA_DIR"]?.trim() || ".nexusflow";
-  const keys = await ensureDevKeys(devKeysDir(isAbsolute(dataDir) ? dataDir : join(io.root, dataDir)));
+  // Never a new key unless NEXUSFLOW_DATA_DIR asks for one: no running stack would accept its tokens.
+  const location = await findDevKeys(io.env, io.root, io.cwd);
+  const keys = await ensureDevKeys(location.dir);
   const subject = values.subject ?? `dev-${userInfo().username}`;
   const token = await mintDevToken(keys, { subject, scopes, ttlSec: Math.round(ttlMs / 1000) });
   const expires = new Date(Date.now() + ttlMs).toISOString();

@@ -11,6 +11,7 @@ import { dirname, join } from "node:path";
 import { describe, it } from "node:test";
 import { setTimeout as delay } from "node:timers/promises";
 import { fileURLToPath } from "node:url";
+import { devStateFile, readDevState } from "./dev-state.js";
 import { REPEAT_WINDOW_MS, stopSignalHandler } from "./stop-signals.js";
 
 const BIN = join(dirname(fileURLToPath(import.meta.url)), "bin.mjs");
@@ -49,7 +50,15 @@ function startDev(dataDir: string): Dev {
     Object.entries(process.env).filter(([k]) => !k.startsWith("NEXUSFLOW_") && !k.startsWith("AUTH_")),
   );
   const child = spawn(process.execPath, [BIN, "dev"], {
-    env: { ...base, NO_COLOR: "1", NEXUSFLOW_DATA_DIR: dataDir, GATEWAY_PORT: "0", SCHEDULER_PORT: "0" },
+    env: {
+      ...base,
+      NO_COLOR: "1",
+      NEXUSFLOW_DATA_DIR: dataDir,
+      GATEWAY_PORT: "0",
+      SCHEDULER_PORT: "0",
+      // The stack's state file (dev-state.ts) goes here, not where a developer's stack keeps its own.
+      XDG_RUNTIME_DIR: join(dataDir, "runtime"),
+    },
     stdio: ["ignore", "pipe", "pipe"],
   });
   let text = "";
@@ -128,6 +137,16 @@ describe("nexusflow dev and Ctrl-C", { ...T, ...linux }, () => {
     const dev = startDev(dataDir);
     try {
       await dev.waitFor("Press Ctrl-C to stop.");
+      // While it runs, it says where its data is, for `nexusflow token` in other directories.
+      const stateEnv = { XDG_RUNTIME_DIR: join(dataDir, "runtime") };
+      assert.deepEqual(
+        { ...(await readDevState(stateEnv)), gatewayUrl: "" },
+        { dataDir, gatewayUrl: "", pid: dev.child.pid },
+      );
+      assert.match(
+        dev.output(),
+        /NEXUSFLOW_TOKEN=\$\(npm --prefix \S+ exec -- nexusflow token --scope admin/,
+      );
       dev.child.kill("SIGINT");
       dev.child.kill("SIGINT");
       const exit = await dev.exited;
@@ -136,6 +155,7 @@ describe("nexusflow dev and Ctrl-C", { ...T, ...linux }, () => {
       assert.match(dev.output(), /\nStopped\.\n/);
       assert.equal(existsSync(join(dataDir, "postgres", "postmaster.pid")), false, "stale postmaster.pid");
       assert.deepEqual(await leftovers(dataDir), []);
+      assert.equal(existsSync(devStateFile(stateEnv)), false, "the state file is removed");
     } finally {
       dev.child.kill("SIGKILL");
       await rm(dataDir, { recursive: true, force: true });
