@@ -96,8 +96,8 @@ function fromGrpcResponse(req: ServerReflectionRequest, res: GrpcResponse): Resp
 }
 
 /**
- * Registers grpc.reflection.v1 and v1alpha on `router`, describing `services` (and every file
- * they import). Only `services` are listed.
+ * Registers grpc.reflection.v1 and v1alpha on `router`, describing `services`, every file they
+ * import and the google.rpc error details they send. Only `services` are listed.
  */
 export function addReflection(router: ConnectRouter, services: readonly DescService[]): void {
   const reflection = new ReflectionV1Implementation(

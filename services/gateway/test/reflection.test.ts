@@ -1,13 +1,27 @@
 /**
  * gRPC server reflection on the gateway (v1 and v1alpha, no token needed), proved with the real
  * clients: `buf curl` lists services and calls a method it only knows through reflection, and
- * `grpcurl` lists, describes and invokes. The upstream is an in-process fake.
+ * `grpcurl` lists, describes and invokes, and decodes the google.rpc details of an error. The
+ * upstream is an in-process fake.
  */
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
-import { type ConnectRouter, createRouterTransport } from "@connectrpc/connect";
+import { type DescService, fromBinary } from "@bufbuild/protobuf";
+import { FileDescriptorProtoSchema } from "@bufbuild/protobuf/wkt";
+import {
+  Code,
+  type ConnectRouter,
+  ConnectError,
+  createClient,
+  createRouterTransport,
+} from "@connectrpc/connect";
+import { createAsyncIterable } from "@connectrpc/connect/protocol";
+import { createGrpcTransport } from "@connectrpc/connect-node";
 import { createTokenVerifier } from "@nexusflow/common";
 import { WorkflowService } from "@nexusflow/gen";
+import { BadRequestSchema } from "@nexusflow/gen/google/rpc/error_details_pb";
+import { ServerReflection as ServerReflectionV1 } from "../src/gen/grpc/reflection/v1/reflection_pb.js";
+import { ServerReflection as ServerReflectionV1Alpha } from "../src/gen/grpc/reflection/v1alpha/reflection_pb.js";
 import { type Gateway, createGateway } from "../src/server.js";
 import { AUDIENCE, ISSUER, type TestKeys, createTestKeys } from "./keys.js";
 import { BUF, grpcurl, missingGrpcurl, tool } from "./tools.js";
@@ -15,7 +29,33 @@ import { BUF, grpcurl, missingGrpcurl, tool } from "./tools.js";
 function fakeUpstream(router: ConnectRouter): void {
   router.service(WorkflowService, {
     listWorkflows: () => ({ workflows: [{ name: "from-the-fake", version: 7 }] }),
+    getWorkflow: () => {
+      throw new ConnectError("version must not be negative", Code.InvalidArgument, undefined, [
+        {
+          desc: BadRequestSchema,
+          value: { fieldViolations: [{ field: "version", description: "must not be negative" }] },
+        },
+      ]);
+    },
   });
+}
+
+/** The error detail types the services send, which reflection must describe. */
+const DETAIL_TYPES = ["google.rpc.BadRequest", "google.rpc.ErrorInfo", "google.rpc.ResourceInfo"];
+
+/** Asks `url`'s reflection (one version) for the file containing `symbol`; the decoded files. */
+async function fileContainingSymbol(url: string, service: DescService, symbol: string) {
+  const client = createClient(service as typeof ServerReflectionV1, createGrpcTransport({ baseUrl: url }));
+  const requests = createAsyncIterable([
+    { messageRequest: { case: "fileContainingSymbol" as const, value: symbol } },
+  ]);
+  for await (const res of client.serverReflectionInfo(requests)) {
+    const r = res.messageResponse;
+    if (r.case !== "fileDescriptorResponse")
+      throw new Error(`${symbol}: ${r.case === "errorResponse" ? r.value.errorMessage : String(r.case)}`);
+    return r.value.fileDescriptorProto.map((b) => fromBinary(FileDescriptorProtoSchema, b));
+  }
+  throw new Error(`${symbol}: no answer`);
 }
 
 const SERVICES = ["nexusflow.v1.ArtifactService", "nexusflow.v1.WorkflowService"];
@@ -76,6 +116,32 @@ describe("gateway reflection with real clients", () => {
     },
   );
 
+  it("describes the error detail types (google.rpc) over v1 and v1alpha", async () => {
+    for (const service of [ServerReflectionV1, ServerReflectionV1Alpha]) {
+      for (const symbol of [...DETAIL_TYPES, "google.rpc.Status"]) {
+        const files = await fileContainingSymbol(url, service, symbol);
+        const [pkg, name] = symbol.split(".rpc.");
+        const file = files.find((f) =>
+          f.messageType.some((m) => `${f.package}.${m.name}` === `${pkg}.rpc.${name}`),
+        );
+        assert.ok(file, `${service.typeName} ${symbol}: ${files.map((f) => f.name).join(", ")}`);
+        // Every import comes along (Duration for RetryInfo, Any for Status), so the file can be linked.
+        const names = new Set(files.map((f) => f.name));
+        for (const dep of file.dependency) assert.ok(names.has(dep), `${symbol}: missing ${dep}`);
+      }
+    }
+    const [badRequest] = (
+      await fileContainingSymbol(url, ServerReflectionV1, "google.rpc.BadRequest")
+    ).filter((f) => f.name === "google/rpc/error_details.proto");
+    const fieldViolation = badRequest?.messageType
+      .find((m) => m.name === "BadRequest")
+      ?.nestedType.find((m) => m.name === "FieldViolation");
+    assert.deepEqual(
+      fieldViolation?.field.slice(0, 2).map((f) => f.name),
+      ["field", "description"],
+    );
+  });
+
   it(
     "buf curl calls a method it learned through reflection, with a token",
     { timeout: 120_000 },
@@ -130,5 +196,25 @@ describe("gateway reflection with real clients", () => {
       tool(bin, ["-plaintext", "-d", "{}", hostPort, "nexusflow.v1.WorkflowService/ListWorkflows"]),
       /Unauthenticated|missing bearer token/,
     );
+    for (const type of DETAIL_TYPES) {
+      const detail = await tool(bin, ["-plaintext", hostPort, "describe", type]);
+      assert.match(detail, new RegExp(`${type.replaceAll(".", "\\.")} is a message`), type);
+    }
+    // An error with a BadRequest detail: grpcurl looks the detail's type up and prints it decoded.
+    const failed = await tool(bin, [
+      "-plaintext",
+      "-H",
+      `authorization: Bearer ${token}`,
+      "-d",
+      '{"name": "x", "version": -1}',
+      hostPort,
+      "nexusflow.v1.WorkflowService/GetWorkflow",
+    ]).then(
+      (out) => assert.fail(`GetWorkflow succeeded: ${out}`),
+      (e: unknown) => String(e),
+    );
+    assert.match(failed, /Code: InvalidArgument/);
+    assert.match(failed, /"@type": "type\.googleapis\.com\/google\.rpc\.BadRequest"/);
+    assert.match(failed, /"field": "version",\s*"description": "must not be negative"/);
   });
 });

@@ -10,7 +10,10 @@ import { reflectionPackageDefinition } from "@nexusflow/common";
 
 type PackageDefinition = ConstructorParameters<typeof ReflectionService>[0];
 
-/** Adds both reflection services to `server`, describing (and listing) exactly `services`. */
+/**
+ * Adds both reflection services to `server`, listing exactly `services` and describing them, what
+ * they import and the google.rpc error details they send.
+ */
 export function addReflection(
   server: Pick<grpc.Server, "addService">,
   services: readonly DescService[],
