@@ -1,24 +1,29 @@
 /**
  * `nexusflow events tail`: follows the lifecycle-event topic and prints each event as one JSON
- * line (proto3 JSON of the LifecycleEvent plus topic, partition, offset, key and headers).
+ * line (proto3 JSON of the LifecycleEvent plus topic, partition, offset, key and headers). Without
+ * brokers it reads the same events from the scheduler's outbox table instead (outbox-tail.ts).
  * `eventsCommand` reads arguments and environment defaults (main.ts wires it like the other
  * operator commands); `tailEvents` does the work and takes everything as options.
  */
 import { randomUUID } from "node:crypto";
+import { resolve } from "node:path";
 import { parseArgs } from "node:util";
 import { Kafka, logLevel, type Consumer } from "kafkajs";
 import { EventDecodeError, decodeEventMessage } from "@nexusflow/scheduler/events";
+import { readDevState } from "./dev-state.js";
 import { type CommandIo, UsageError } from "./ops.js";
 
 /** Help of `nexusflow events`. */
 export const EVENTS_USAGE = `Usage: nexusflow events tail [options]
 
-Prints published lifecycle events as JSON lines until Ctrl-C.
+Prints lifecycle events as JSON lines until Ctrl-C: from Kafka when brokers are given, else
+from the scheduler's outbox table in PostgreSQL (DATABASE_URL, else the embedded database of
+NEXUSFLOW_DATA_DIR or of the running dev stack), polled every 200 ms.
 
 Options:
   --brokers host:port[,host:port]   Kafka brokers (default: KAFKA_BROKERS)
   --topic name                      topic (default: KAFKA_TOPIC, else nexusflow.events)
-  --from-beginning                  start at the oldest retained event, not at new ones
+  --from-beginning                  start at the oldest retained event (or outbox row), not at new ones
   --run id                          only the events of this run
 `;
 
@@ -118,6 +123,28 @@ function brokerList(value: string, source: string): string[] {
 }
 
 /**
+ * The database to read the outbox from when there is no Kafka: DATABASE_URL; else the embedded
+ * PostgreSQL of NEXUSFLOW_DATA_DIR, of the running dev stack (npm start) or of ./.nexusflow, while
+ * it runs. Undefined when there is none.
+ */
+async function findDatabaseUrl(env: NodeJS.ProcessEnv): Promise<string | undefined> {
+  const fromEnv = env["DATABASE_URL"]?.trim();
+  if (fromEnv !== undefined && fromEnv !== "") return fromEnv;
+  const { embeddedDatabaseUrl } = await import("./outbox-tail.js");
+  const dirs: string[] = [];
+  const dataDir = env["NEXUSFLOW_DATA_DIR"]?.trim();
+  if (dataDir !== undefined && dataDir !== "") dirs.push(resolve(dataDir));
+  const running = await readDevState(env);
+  if (running !== undefined) dirs.push(running.dataDir);
+  dirs.push(resolve(".nexusflow"));
+  for (const dir of dirs) {
+    const url = await embeddedDatabaseUrl(dir);
+    if (url !== undefined) return url;
+  }
+  return undefined;
+}
+
+/**
  * `nexusflow events <subcommand>`: parses `args`, takes defaults from the environment
  * (KAFKA_BROKERS, KAFKA_TOPIC) and tails until `io.signal` aborts (Ctrl-C). Returns the exit code;
  * throws {@link UsageError} for bad usage.
@@ -152,17 +179,37 @@ export async function eventsCommand(args: string[], io: CommandIo): Promise<numb
     return 0;
   }
   const brokers = values.brokers ?? io.env["KAFKA_BROKERS"];
-  if (brokers === undefined || brokers.trim() === "")
-    throw new UsageError("events tail: no brokers: pass --brokers host:port or set KAFKA_BROKERS");
+  const fromBeginning = values["from-beginning"] === true;
+  const write = (line: string): void => io.stdout(`${line}\n`);
+  const warn = (line: string): void => io.stderr(`nexusflow events: ${line}\n`);
+  if (brokers === undefined || brokers.trim() === "") {
+    // The embedded default: no Kafka, the events stay in the scheduler's outbox table.
+    const databaseUrl = await findDatabaseUrl(io.env);
+    if (databaseUrl === undefined) {
+      io.stderr(
+        "nexusflow events: no Kafka and no database: set KAFKA_BROKERS (or pass --brokers host:port), " +
+          "set DATABASE_URL, or start the dev stack (npm start)\n",
+      );
+      return 1;
+    }
+    try {
+      const { tailOutbox } = await import("./outbox-tail.js");
+      await tailOutbox({ databaseUrl, fromBeginning, runId: values.run, signal: io.signal, write, warn });
+      return 0;
+    } catch (e) {
+      io.stderr(`nexusflow events: ${e instanceof Error ? e.message : String(e)}\n`);
+      return 1;
+    }
+  }
   try {
     await tailEvents({
       brokers: brokerList(brokers, values.brokers === undefined ? "KAFKA_BROKERS" : "--brokers"),
       topic: values.topic ?? (io.env["KAFKA_TOPIC"]?.trim() || "nexusflow.events"),
-      fromBeginning: values["from-beginning"] === true,
+      fromBeginning,
       runId: values.run,
       signal: io.signal,
-      write: (line) => io.stdout(`${line}\n`),
-      warn: (line) => io.stderr(`nexusflow events: ${line}\n`),
+      write,
+      warn,
     });
     return 0;
   } catch (e) {

@@ -26,7 +26,8 @@ Commands:
              --exit-after-sample   stop after the sample run; exit 0 if it succeeded, 1 if not
            The services trust only a local dev key (.nexusflow/dev-keys, created on first use).
   events tail [--brokers host:port] [--topic T] [--from-beginning] [--run ID]
-           Print published lifecycle events as JSON lines until Ctrl-C (KAFKA_BROKERS, KAFKA_TOPIC).
+           Print lifecycle events as JSON lines until Ctrl-C: from Kafka (KAFKA_BROKERS, KAFKA_TOPIC),
+           else from the outbox in PostgreSQL (DATABASE_URL, else the dev stack's database).
   help     Show this help.
 
 Environment (dev): SCHEDULER_PORT and GATEWAY_PORT (free ports when unset), DATABASE_URL (unset:
