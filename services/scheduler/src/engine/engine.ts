@@ -24,7 +24,7 @@ import { IdempotencyKeyStore } from "../persistence/idempotency-keys.js";
 import { DefinitionStore } from "./definitions.js";
 import { Dispatcher, type SessionHandle } from "./dispatcher.js";
 import { lifecycleEvent, type EventInit } from "./events.js";
-import { idempotencyConflict, idempotencyScope, requestHash } from "./idempotency.js";
+import { KeyedStarts } from "./keyed-starts.js";
 import {
   ACTIVE_LEASE,
   STORAGE_REFUSED,
@@ -127,16 +127,9 @@ export class Engine {
   /** Sessions and ready queues. */
   readonly dispatcher = new Dispatcher();
   private readonly runs = new Map<string, RunState>();
-  /**
-   * Keys of active runs by idempotencyScope (the others are looked up in the database): a repeated
-   * call for a run still in progress is answered without a round trip.
-   */
-  private readonly runsByKey = new Map<string, { runId: string; requestHash: string; createdAt: number }>();
   private readonly tasks = new Map<string, TaskState>();
-  /** StartRun calls in progress by idempotencyScope: a racing call with the same key waits for it. */
-  private readonly pendingKeys = new Map<string, Promise<{ runId: string; requestHash: string }>>();
-  private readonly keys: IdempotencyKeyStore;
-  private readonly idempotencyKeyRetentionMs: number;
+  /** StartRun calls with an idempotency key. */
+  private readonly keyed: KeyedStarts;
   /** Leases without a session (session lost, or scheduler restarted): expiry timers by task id. */
   private readonly orphans = new Map<string, NodeJS.Timeout>();
   private readonly timers = new Set<NodeJS.Timeout>();
@@ -164,8 +157,10 @@ export class Engine {
     this.sessionTimeoutMs = options.sessionTimeoutMs ?? 10_000;
     this.commitTimeoutMs = options.commitTimeoutMs ?? 5000;
     this.resolveOutput = options.resolveOutput;
-    this.idempotencyKeyRetentionMs = options.idempotencyKeyRetentionMs ?? 24 * 60 * 60 * 1000;
-    this.keys = new IdempotencyKeyStore(options.db.pool);
+    this.keyed = new KeyedStarts(
+      new IdempotencyKeyStore(options.db.pool),
+      options.idempotencyKeyRetentionMs ?? 24 * 60 * 60 * 1000,
+    );
     this.writer = new BatchWriter({
       pool: options.db.writerPool,
       log: options.log,
@@ -277,13 +272,7 @@ export class Engine {
     );
     if (runRows.rowCount === 0) return;
     const ids = runRows.rows.map((r) => r.id);
-    const keyed = await this.keys.ofRuns(
-      runRows.rows.flatMap((r) =>
-        r.idempotency_key === null
-          ? []
-          : [{ id: r.id, workflowName: r.workflow_name, key: r.idempotency_key }],
-      ),
-    );
+    const keyed = await this.keyed.ofRuns(runRows.rows);
     const taskRows = await pool.query<{
       id: string;
       run_id: string;
@@ -425,7 +414,7 @@ export class Engine {
         this.resolveOffloaded(task);
     }
     for (const run of this.runs.values()) {
-      this.rememberKey(run);
+      this.keyed.remember(run);
       if (run.deadline !== null)
         this.setTimer(run.deadline.getTime() - Date.now(), () => this.timeOutRun(run));
       if (run.status === "COMPENSATING") this.advanceCompensation(run);
@@ -445,71 +434,7 @@ export class Engine {
   async startRun(req: StartRunInput): Promise<{ runId: string; created: boolean }> {
     this.assertRunning();
     if (req.idempotencyKey === "") return this.startRunOnce(req, null);
-    const scope = idempotencyScope(req.workflowName, req.idempotencyKey);
-    const hash = requestHash(req.input, req.labels);
-    for (;;) {
-      const pending = this.pendingKeys.get(scope);
-      if (pending === undefined) break;
-      // A call with this key is in progress: its run is ours too, if it starts one.
-      const first = await pending.catch(() => undefined);
-      if (first !== undefined) return this.existing(req, first, hash);
-      // It failed (its input was invalid, the database was down): try ours.
-    }
-    // Gone from pendingKeys before anyone waiting on it resumes.
-    const p: Promise<{ runId: string; requestHash: string; created: boolean }> = this.startKeyed(
-      req,
-      scope,
-      hash,
-    ).finally(() => {
-      if (this.pendingKeys.get(scope) === p) this.pendingKeys.delete(scope);
-    });
-    this.pendingKeys.set(scope, p);
-    const r = await p;
-    return { runId: r.runId, created: r.created };
-  }
-
-  /** The answer for a key that names `found`: that run, or ALREADY_EXISTS for another request. */
-  private existing(
-    req: StartRunInput,
-    found: { runId: string; requestHash: string },
-    hash: string,
-  ): { runId: string; created: boolean } {
-    if (found.requestHash !== hash)
-      throw idempotencyConflict(req.workflowName, req.idempotencyKey, found.runId);
-    return { runId: found.runId, created: false };
-  }
-
-  private async startKeyed(
-    req: StartRunInput,
-    scope: string,
-    hash: string,
-  ): Promise<{ runId: string; requestHash: string; created: boolean }> {
-    const notBefore = Date.now() - this.idempotencyKeyRetentionMs;
-    const active = this.runsByKey.get(scope);
-    const found =
-      active !== undefined && active.createdAt >= notBefore
-        ? active
-        : await this.keys.lookup(req.workflowName, req.idempotencyKey, new Date(notBefore));
-    if (found !== undefined) return { ...this.existing(req, found, hash), requestHash: found.requestHash };
-    const r = await this.startRunOnce(req, hash);
-    return { ...r, requestHash: hash };
-  }
-
-  /** Indexes an active run by its idempotency key (when the key still names it). */
-  private rememberKey(run: RunState): void {
-    if (run.idempotencyKey === null || run.requestHash === null) return;
-    this.runsByKey.set(idempotencyScope(run.workflow.name, run.idempotencyKey), {
-      runId: run.id,
-      requestHash: run.requestHash,
-      createdAt: run.createdAt.getTime(),
-    });
-  }
-
-  /** Forgets a run's key entry, unless the key names a newer run by now. */
-  private forgetKey(run: RunState): void {
-    if (run.idempotencyKey === null) return;
-    const scope = idempotencyScope(run.workflow.name, run.idempotencyKey);
-    if (this.runsByKey.get(scope)?.runId === run.id) this.runsByKey.delete(scope);
+    return this.keyed.start(req, (hash) => this.startRunOnce(req, hash));
   }
 
   private async startRunOnce(
@@ -542,7 +467,7 @@ export class Engine {
       run.tasks.set(step.id, task);
     }
     this.runs.set(run.id, run);
-    this.rememberKey(run);
+    this.keyed.remember(run);
     this.writer.markRun(run);
     this.emit(run, {
       case: "runStarted",
@@ -583,7 +508,7 @@ export class Engine {
     run.status = "FAILED";
     run.error = error;
     this.runs.delete(runId);
-    this.forgetKey(run);
+    this.keyed.forget(run);
     if (!this.writer.isStored(run)) return;
     failRefusedRun(this.db.pool, runId, error).then(
       (outcome) => {
@@ -903,7 +828,7 @@ export class Engine {
     this.writer.flush().then(
       () => {
         this.runs.delete(run.id);
-        this.forgetKey(run);
+        this.keyed.forget(run);
         for (const t of [...run.tasks.values(), ...run.compensations.values()]) {
           if (!ACTIVE_LEASE.has(t.status)) this.tasks.delete(t.id);
         }

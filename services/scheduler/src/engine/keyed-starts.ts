@@ -1,0 +1,125 @@
+/**
+ * StartRun calls with an idempotency key: one job of the engine, kept out of it. A key (scoped to
+ * its workflow name, valid for the retention) that names a run answers with that run when the
+ * request is the same (input and labels, see idempotency.ts), ALREADY_EXISTS when it is not; racing
+ * calls with one key wait for the first. Keys of active runs are answered from memory; the others
+ * come from the key table (IdempotencyKeyStore, one query per event-loop turn).
+ */
+import type { IdempotencyKeyStore, KeyRecord } from "../persistence/idempotency-keys.js";
+import { idempotencyConflict, idempotencyScope, requestHash } from "./idempotency.js";
+
+/** What a keyed start needs of the request. */
+export interface KeyedRequest {
+  workflowName: string;
+  idempotencyKey: string;
+  input?: unknown;
+  labels: Readonly<Record<string, string>>;
+}
+
+/** What it needs of an active run to index it. */
+export interface KeyedRun {
+  id: string;
+  workflow: { name: string };
+  idempotencyKey: string | null;
+  requestHash: string | null;
+  createdAt: Date;
+}
+
+interface Named {
+  runId: string;
+  requestHash: string;
+}
+
+/** The keyed StartRun calls of one engine (see the module comment). */
+export class KeyedStarts {
+  /** Keys of active runs by idempotencyScope: a repeated call for a run in progress needs no round trip. */
+  private readonly active = new Map<string, Named & { createdAt: number }>();
+  /** Calls in progress by idempotencyScope: a racing call with the same key waits for it. */
+  private readonly pending = new Map<string, Promise<Named & { created: boolean }>>();
+
+  constructor(
+    private readonly store: IdempotencyKeyStore,
+    /** How long a key names its run. */
+    private readonly retentionMs: number,
+  ) {}
+
+  /**
+   * Answers a keyed StartRun: the run its key names, ALREADY_EXISTS for another request, or the run
+   * `start` starts (given the request's hash, to store with the key).
+   */
+  async start(
+    req: KeyedRequest,
+    start: (hash: string) => Promise<{ runId: string; created: boolean }>,
+  ): Promise<{ runId: string; created: boolean }> {
+    const scope = idempotencyScope(req.workflowName, req.idempotencyKey);
+    const hash = requestHash(req.input, req.labels);
+    for (;;) {
+      const pending = this.pending.get(scope);
+      if (pending === undefined) break;
+      // A call with this key is in progress: its run is ours too, if it starts one.
+      const first = await pending.catch(() => undefined);
+      if (first !== undefined) return this.answer(req, first, hash);
+      // It failed (its input was invalid, the database was down): try ours.
+    }
+    // Gone from `pending` before anyone waiting on it resumes.
+    const p: Promise<Named & { created: boolean }> = this.startOnce(req, scope, hash, start).finally(() => {
+      if (this.pending.get(scope) === p) this.pending.delete(scope);
+    });
+    this.pending.set(scope, p);
+    const r = await p;
+    return { runId: r.runId, created: r.created };
+  }
+
+  private async startOnce(
+    req: KeyedRequest,
+    scope: string,
+    hash: string,
+    start: (hash: string) => Promise<{ runId: string; created: boolean }>,
+  ): Promise<Named & { created: boolean }> {
+    const notBefore = Date.now() - this.retentionMs;
+    const active = this.active.get(scope);
+    const found =
+      active !== undefined && active.createdAt >= notBefore
+        ? active
+        : await this.store.lookup(req.workflowName, req.idempotencyKey, new Date(notBefore));
+    if (found !== undefined) return { ...this.answer(req, found, hash), requestHash: found.requestHash };
+    return { ...(await start(hash)), requestHash: hash };
+  }
+
+  /** The answer for a key that names `found`: that run, or ALREADY_EXISTS for another request. */
+  private answer(req: KeyedRequest, found: Named, hash: string): { runId: string; created: boolean } {
+    if (found.requestHash !== hash)
+      throw idempotencyConflict(req.workflowName, req.idempotencyKey, found.runId);
+    return { runId: found.runId, created: false };
+  }
+
+  /** Indexes an active run by its key (when the key still names it). */
+  remember(run: KeyedRun): void {
+    if (run.idempotencyKey === null || run.requestHash === null) return;
+    this.active.set(idempotencyScope(run.workflow.name, run.idempotencyKey), {
+      runId: run.id,
+      requestHash: run.requestHash,
+      createdAt: run.createdAt.getTime(),
+    });
+  }
+
+  /** Forgets a run's key, unless the key names a newer run by now. */
+  forget(run: KeyedRun): void {
+    if (run.idempotencyKey === null) return;
+    const scope = idempotencyScope(run.workflow.name, run.idempotencyKey);
+    if (this.active.get(scope)?.runId === run.id) this.active.delete(scope);
+  }
+
+  /** The stored keys of recovered runs, by run id (only keys that still name their run). */
+  ofRuns(
+    rows: readonly { id: string; workflow_name: string; idempotency_key: string | null }[],
+  ): Promise<Map<string, KeyRecord>> {
+    return this.store.ofRuns(
+      rows.flatMap((r) =>
+        r.idempotency_key === null
+          ? []
+          : [{ id: r.id, workflowName: r.workflow_name, key: r.idempotency_key }],
+      ),
+    );
+  }
+}
