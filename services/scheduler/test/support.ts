@@ -22,6 +22,7 @@ import {
   type SessionRequest,
   type SessionResponse,
 } from "@nexusflow/gen";
+import { Executor, type ExecutorOptions } from "@nexusflow/executor";
 import type pg from "pg";
 import { startEmbeddedPostgres, type EmbeddedDatabase } from "../src/persistence/embedded-postgres.js";
 import { Scheduler, type SchedulerOptions } from "../src/scheduler.js";
@@ -64,6 +65,30 @@ export async function startTestScheduler(
   });
   await scheduler.start();
   return scheduler;
+}
+
+/**
+ * Starts an executor against `scheduler` (test logger; `options` override) and waits until its
+ * session is attached with credit, so a run started next is leased at once.
+ */
+export async function startTestExecutor(
+  scheduler: Scheduler,
+  options: Partial<ExecutorOptions> & { executorId: string },
+): Promise<Executor> {
+  const executor = new Executor({
+    schedulerAddress: scheduler.address,
+    logger: testLogger("executor"),
+    ...options,
+  });
+  await executor.start();
+  await waitFor(`executor ${options.executorId}'s session`, () =>
+    [...scheduler.engine.dispatcher.sessions.values()].some(
+      (s) => s.executorId === options.executorId && s.credit > 0,
+    )
+      ? true
+      : undefined,
+  );
+  return executor;
 }
 
 /** A typed WorkflowService client over gRPC. */

@@ -9,15 +9,14 @@ import { toBinary } from "@bufbuild/protobuf";
 import { createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { jsonToValue, valueToJson } from "@nexusflow/common";
-import { Executor } from "@nexusflow/executor";
+import type { Executor } from "@nexusflow/executor";
 import { ListRunsResponseSchema, RunStatus, RunView, WorkflowService } from "@nexusflow/gen";
 import { LIST_RUNS_PAGE_BYTES } from "../../src/api/workflow-service.js";
 import type { Scheduler } from "../../src/scheduler.js";
 import {
   startTestDatabase,
+  startTestExecutor,
   startTestScheduler,
-  testLogger,
-  waitFor,
   waitForRun,
   workflowClient,
 } from "../support.js";
@@ -50,16 +49,7 @@ describe("ListRuns views and page bound", () => {
     db = await startTestDatabase();
     scheduler = await startTestScheduler(db.url);
     client = workflowClient(scheduler.address);
-    executor = new Executor({
-      schedulerAddress: scheduler.address,
-      executorId: "list-view",
-      slots: 4,
-      logger: testLogger("executor"),
-    });
-    await executor.start();
-    await waitFor("the executor's session", () =>
-      [...scheduler.engine.dispatcher.sessions.values()].some((s) => s.credit > 0) ? true : undefined,
-    );
+    executor = await startTestExecutor(scheduler, { executorId: "list-view", slots: 4 });
     await registerSpec(client, {
       name: "list-view",
       version: 1,

@@ -9,14 +9,13 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { jsonToValue, valueToJson } from "@nexusflow/common";
-import { Executor } from "@nexusflow/executor";
+import type { Executor } from "@nexusflow/executor";
 import { RunStatus, TaskStatus, type Run } from "@nexusflow/gen";
 import type { Scheduler } from "../../src/scheduler.js";
 import {
   startTestDatabase,
+  startTestExecutor,
   startTestScheduler,
-  testLogger,
-  waitFor,
   waitForRun,
   workflowClient,
 } from "../support.js";
@@ -47,17 +46,11 @@ describe("shell step retries end to end", () => {
     db = await startTestDatabase();
     scheduler = await startTestScheduler(db.url);
     client = workflowClient(scheduler.address);
-    executor = new Executor({
-      schedulerAddress: scheduler.address,
+    executor = await startTestExecutor(scheduler, {
       executorId: "shell-exec",
       slots: 4,
-      logger: testLogger("executor"),
       drainTimeoutMs: 2000,
     });
-    await executor.start();
-    await waitFor("the executor's session", () =>
-      [...scheduler.engine.dispatcher.sessions.values()].some((s) => s.credit > 0) ? true : undefined,
-    );
   });
 
   after(async () => {
