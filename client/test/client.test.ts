@@ -20,7 +20,8 @@ import {
 } from "@nexusflow/client";
 import { Executor, TaskError, bearerToken } from "@nexusflow/executor";
 import { type Gateway, createGateway } from "@nexusflow/gateway";
-import { type TestStack, startTestStack, testLogger, waitUntil } from "./support.js";
+import { waitFor } from "@nexusflow/common/testing";
+import { type TestStack, startTestStack, testLogger } from "./support.js";
 
 const T = { timeout: 90_000 };
 
@@ -297,7 +298,7 @@ describe("NexusflowClient against a real scheduler (authentication on)", () => {
         idempotencyKey: key,
       });
       // Each attempt asks for the token: several of each have failed before the scheduler returns.
-      await waitUntil(
+      await waitFor(
         "retries of GetRun and StartRun",
         () => count(calls, "GetRun") >= 3 && count(calls, "StartRun") >= 3,
       );
@@ -356,7 +357,7 @@ describe("NexusflowClient against a real scheduler (authentication on)", () => {
       const { run } = await patient.startRun({ workflowName: "client-later", input: { v: "after" } });
       let updates = 0;
       const waiting = patient.waitForRun(run.id, { onUpdate: () => updates++ });
-      await waitUntil("the watch to report the waiting run", () => updates === 1);
+      await waitFor("the watch to report the waiting run", () => updates === 1);
       await stack.stopScheduler();
       await stack.startScheduler();
       const later = await startExecutor("client-later-executor", (e) =>

@@ -103,12 +103,3 @@ export async function startTestStack(): Promise<TestStack> {
     throw e;
   }
 }
-
-/** Waits until `probe` returns true, polling every 10 ms; fails naming `what` after `timeoutMs`. */
-export async function waitUntil(what: string, probe: () => boolean, timeoutMs = 20_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!probe()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 10));
-  }
-}

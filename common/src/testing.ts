@@ -1,5 +1,5 @@
 /**
- * Helpers for tests that need external services (Kafka, S3). Locally a missing service skips the
+ * Helpers for tests: waiting on a condition, and tests that need external services (Kafka, S3). Locally a missing service skips the
  * test with a reason; under CI=true it fails, so a broken harness can never pass silently.
  */
 import type { TestContext } from "node:test";
@@ -18,4 +18,29 @@ export function requireService(t: TestContext, variable: ServiceVariable): strin
   if (process.env["CI"] === "true") throw new Error(`${message} (required under CI=true)`);
   t.skip(message);
   return undefined;
+}
+
+/**
+ * Waits until `probe` returns something other than undefined or false (and returns it), polling
+ * every 25 ms; a probe that throws is tried again. Fails naming `what` (and the last error) after
+ * `timeoutMs`. Tests wait on conditions with this, never on a fixed delay.
+ */
+export async function waitFor<T>(
+  what: string,
+  probe: () => Promise<T | undefined> | T | undefined,
+  timeoutMs = 20_000,
+): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  let last: unknown;
+  for (;;) {
+    try {
+      const v = await probe();
+      if (v !== undefined && v !== false) return v;
+    } catch (e) {
+      last = e;
+    }
+    if (Date.now() > deadline)
+      throw new Error(`timed out waiting for ${what}${last instanceof Error ? `: ${last.message}` : ""}`);
+    await new Promise((r) => setTimeout(r, 25));
+  }
 }

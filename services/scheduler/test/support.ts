@@ -96,26 +96,9 @@ export function workflowClient(address: string): Client<typeof WorkflowService> 
   return createClient(WorkflowService, createGrpcTransport({ baseUrl: `http://${address}` }));
 }
 
-/** Waits until `predicate` holds, polling; fails with `what` after `timeoutMs`. */
-export async function waitFor<T>(
-  what: string,
-  probe: () => Promise<T | undefined> | T | undefined,
-  timeoutMs = 20_000,
-): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  let last: unknown;
-  for (;;) {
-    try {
-      const v = await probe();
-      if (v !== undefined && v !== false) return v;
-    } catch (e) {
-      last = e;
-    }
-    if (Date.now() > deadline)
-      throw new Error(`timed out waiting for ${what}${last instanceof Error ? `: ${last.message}` : ""}`);
-    await new Promise((r) => setTimeout(r, 25));
-  }
-}
+export { waitFor } from "@nexusflow/common/testing";
+
+import { waitFor } from "@nexusflow/common/testing";
 
 const TERMINAL = new Set([
   RunStatus.SUCCEEDED,
