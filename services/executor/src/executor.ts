@@ -9,7 +9,7 @@
 import { type JsonValue, create } from "@bufbuild/protobuf";
 import { setTimeout as delay } from "node:timers/promises";
 import * as grpc from "@grpc/grpc-js";
-import { type Logger, clientConstructor, isAcknowledgedReport } from "@nexusflow/common";
+import { type Logger, clientConstructor } from "@nexusflow/common";
 import {
   type AttachAck,
   AttachSchema,
@@ -33,6 +33,7 @@ import {
   TaskErrorSchema,
 } from "@nexusflow/gen";
 import { backoffDelay } from "./backoff.js";
+import { within } from "./changes.js";
 import { ExecutorError } from "./errors.js";
 import {
   type HandlerOptions,
@@ -43,6 +44,7 @@ import {
 } from "./handlers/index.js";
 import { type CompiledExecutorOptions, type ExecutorOptions, compileExecutorOptions } from "./options.js";
 import { toValue } from "./payload.js";
+import { type Report, ReportLedger, type SendReport } from "./report-ledger.js";
 import { type AttemptOutcome, TaskAttempt, leaseKeyId } from "./task-attempt.js";
 import { TaskError, toTaskFailure } from "./task-error.js";
 
@@ -89,10 +91,6 @@ interface Session {
   wroteSinceTick: boolean;
   heartbeatTimer: NodeJS.Timeout | undefined;
   attachTimer: NodeJS.Timeout | undefined;
-  /** Reports written on this session and not yet acknowledged, oldest first (see Acked). */
-  unacked: RequestMessage[];
-  /** Reports written on this session that Acked has covered. */
-  acked: number;
 }
 
 /** How a session ended. */
@@ -109,19 +107,6 @@ interface RunningTask {
 
 function hasKey(lease: Lease): lease is Lease & { key: LeaseKey } {
   return lease.key !== undefined;
-}
-
-/** The lease a report is about, for held leases and for dropping reports of revoked leases. */
-function reportKey(message: RequestMessage): LeaseKey | undefined {
-  switch (message.case) {
-    case "started":
-    case "completed":
-    case "failed":
-    case "release":
-      return message.value.key;
-    default:
-      return undefined;
-  }
 }
 
 function describeKey(key: LeaseKey | undefined): Record<string, unknown> {
@@ -146,8 +131,8 @@ export class Executor {
   readonly #registry = new HandlerRegistry();
   readonly #listeners = new Set<StateListener>();
   readonly #tasks = new Map<string, RunningTask>();
-  /** Reports made while no session was attached, sent in order after the next AttachAck. */
-  #outbox: RequestMessage[] = [];
+  /** Reports until the scheduler acknowledges them: queued while detached, resent on re-attach. */
+  readonly #ledger = new ReportLedger();
   readonly #waiters = new Set<() => void>();
   readonly #loopAbort = new AbortController();
   #state: ExecutorState = "IDLE";
@@ -357,11 +342,11 @@ export class Executor {
     // Reports matter until the scheduler committed them (otherwise the task runs again after a
     // lease timeout): give the reconnect loop what is left of the drain timeout to deliver them
     // and the scheduler to acknowledge them.
-    if (this.#unacknowledged() > 0) {
+    if (this.#ledger.size > 0) {
       const left = Math.max(0, drainTimeoutMs - (Date.now() - started));
-      if (!(await this.#until(() => this.#unacknowledged() === 0, left))) {
+      if (!(await within(left, (signal) => this.#ledger.whenEmpty(signal)))) {
         this.#logger.warn(
-          { unacknowledged: this.#unacknowledged() },
+          { unacknowledged: this.#ledger.size },
           "stopping with unacknowledged reports; their leases will expire on the scheduler",
         );
       }
@@ -374,11 +359,6 @@ export class Executor {
     this.#client?.close();
     this.#setState("STOPPED");
     this.#logger.info({ reason }, "executor stopped");
-  }
-
-  /** Reports not yet acknowledged: queued for a session, or written on the current one. */
-  #unacknowledged(): number {
-    return this.#outbox.length + (this.#session?.unacked.length ?? 0);
   }
 
   /** Half-closes the current session and waits for the scheduler to end it (cancels it otherwise). */
@@ -397,7 +377,7 @@ export class Executor {
     await this.#until(() => session.ended, CLOSE_TIMEOUT_MS);
   }
 
-  /** Wakes {@link Executor.#until} waiters; called whenever tasks, outbox or session change. */
+  /** Wakes {@link Executor.#until} waiters; called whenever tasks or the session change. */
   #notify(): void {
     for (const waiter of [...this.#waiters]) waiter();
   }
@@ -507,8 +487,6 @@ export class Executor {
         wroteSinceTick: false,
         heartbeatTimer: undefined,
         attachTimer: undefined,
-        unacked: [],
-        acked: 0,
       };
       this.#session = session;
       call.on("data", (response: SessionResponse) => {
@@ -552,10 +530,7 @@ export class Executor {
 
   #endSession(session: Session): void {
     // Reports the scheduler may not have committed go out again on the next session, first.
-    if (session.unacked.length > 0) {
-      this.#outbox = [...session.unacked, ...this.#outbox];
-      session.unacked = [];
-    }
+    this.#ledger.detach();
     session.ended = true;
     clearTimeout(session.attachTimer);
     clearInterval(session.heartbeatTimer);
@@ -568,9 +543,9 @@ export class Executor {
   #heldLeases(): LeaseKey[] {
     const held = new Map<string, LeaseKey>();
     for (const { attempt } of this.#tasks.values()) held.set(attempt.id, attempt.key);
-    for (const message of this.#outbox) {
-      const key = reportKey(message);
-      if (key !== undefined && message.case !== "release") held.set(leaseKeyId(key), key);
+    for (const key of this.#ledger.heldLeases()) {
+      const id = leaseKeyId(key);
+      if (!held.has(id)) held.set(id, key);
     }
     return [...held.values()].map((key) => create(LeaseKeySchema, key));
   }
@@ -586,15 +561,18 @@ export class Executor {
     if (session.ended || session.halfClosed) return false;
     session.call.write(create(SessionRequestSchema, { message }));
     session.wroteSinceTick = true;
-    if (isAcknowledgedReport(message)) session.unacked.push(message);
     return true;
   }
 
   /** Sends a report now, or queues it for the next attached session. */
-  #report(message: RequestMessage): void {
+  #report(report: Report): void {
     const session = this.#liveSession();
-    if (session !== undefined) this.#write(session, message);
-    else this.#outbox.push(message);
+    this.#ledger.record(report, session === undefined ? undefined : this.#sender(session));
+  }
+
+  /** Writes reports on `session`; acknowledged ones are written only through the ledger, which counts them. */
+  #sender(session: Session): SendReport {
+    return (report) => this.#write(session, report);
   }
 
   /** Sends a message that is worthless later (heartbeat, credit, pong) if attached; drops it otherwise. */
@@ -629,7 +607,7 @@ export class Executor {
         this.#onRejected(message.value);
         return;
       case "acked":
-        this.#onAcked(session, Number(message.value.through));
+        this.#onAcked(Number(message.value.through));
         return;
       case "drainAck":
         this.#logger.info({ outstanding: message.value.outstanding }, "the scheduler acknowledged the drain");
@@ -667,16 +645,9 @@ export class Executor {
       session.wroteSinceTick = false;
     }, interval);
 
-    const queued = this.#outbox;
-    this.#outbox = [];
     // The grant below covers every free slot, including those freed while detached.
     this.#creditDue = 0;
-    for (const [i, message] of queued.entries()) {
-      if (!this.#write(session, message)) {
-        this.#outbox = [...queued.slice(i), ...this.#outbox];
-        break;
-      }
-    }
+    const delivered = this.#ledger.resend(this.#sender(session));
     if (this.#draining) {
       this.#write(session, { case: "drain", value: create(DrainSchema, { reason: this.#drainReason }) });
     } else {
@@ -690,7 +661,7 @@ export class Executor {
       heldLeases: this.#tasks.size,
       revoked: revokedTasks,
       reportsAlreadyTaken: alreadyTaken,
-      deliveredReports: queued.length,
+      deliveredReports: delivered,
       heartbeatIntervalMs: interval,
     };
     if (first) this.#logger.debug(fields, "attached to the scheduler");
@@ -700,19 +671,14 @@ export class Executor {
   }
 
   /** The scheduler committed the session's first `through` reports: forget them. */
-  #onAcked(session: Session, through: number): void {
-    const n = through - session.acked;
-    if (n <= 0) return;
-    if (n > session.unacked.length) {
+  #onAcked(through: number): void {
+    const acked = this.#ledger.ackedThrough;
+    if (this.#ledger.ack(through) === "ahead") {
       this.#logger.warn(
-        { through, acked: session.acked, unacked: session.unacked.length },
+        { through, acked, unacked: this.#ledger.unacknowledged },
         "protocol: Acked covers reports never sent; ignored",
       );
-      return;
     }
-    session.unacked.splice(0, n);
-    session.acked = through;
-    this.#notify();
   }
 
   /**
@@ -720,14 +686,9 @@ export class Executor {
    * lease was here: a running task, or a finished one whose report was waiting.
    */
   #revoke(key: LeaseKey): "task" | "report" | "none" {
-    const id = leaseKeyId(key);
-    const queued = this.#outbox.length;
-    this.#outbox = this.#outbox.filter((message) => {
-      const k = reportKey(message);
-      return k === undefined || leaseKeyId(k) !== id;
-    });
-    const task = this.#tasks.get(id);
-    if (task === undefined) return this.#outbox.length < queued ? "report" : "none";
+    const dropped = this.#ledger.revoke(key);
+    const task = this.#tasks.get(leaseKeyId(key));
+    if (task === undefined) return dropped ? "report" : "none";
     this.#logger.warn(describeKey(key), "the scheduler revoked a held lease; aborting its task");
     task.attempt.silence();
     task.attempt.abort(TaskError.terminal("LEASE_REVOKED", "the scheduler no longer recognises this lease"));

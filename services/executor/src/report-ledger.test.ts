@@ -1,0 +1,170 @@
+import assert from "node:assert/strict";
+import { describe, it } from "node:test";
+import { create } from "@bufbuild/protobuf";
+import {
+  CompletedSchema,
+  FailedSchema,
+  type LeaseKey,
+  ReleaseSchema,
+  StartedSchema,
+  TaskErrorSchema,
+} from "@nexusflow/gen";
+import { type Report, ReportLedger, type SendReport } from "./report-ledger.js";
+
+function key(n: number): LeaseKey {
+  return {
+    $typeName: "nexusflow.v1.LeaseKey",
+    taskRunId: `task-run-${n}`,
+    attempt: 1,
+    fencingToken: BigInt(n),
+  };
+}
+const started = (n: number): Report => ({ case: "started", value: create(StartedSchema, { key: key(n) }) });
+const completed = (n: number): Report => ({
+  case: "completed",
+  value: create(CompletedSchema, { key: key(n) }),
+});
+const failed = (n: number): Report => ({
+  case: "failed",
+  value: create(FailedSchema, { key: key(n), error: create(TaskErrorSchema, { type: "X" }) }),
+});
+const release = (n: number): Report => ({
+  case: "release",
+  value: create(ReleaseSchema, { key: key(n), reason: "no free slot" }),
+});
+
+/** A session that records what it was sent; `accept` says how many more writes it takes. */
+function session(accept = Number.POSITIVE_INFINITY): { send: SendReport; sent: string[] } {
+  const sent: string[] = [];
+  let left = accept;
+  return {
+    sent,
+    send: (report) => {
+      if (left <= 0) return false;
+      left--;
+      sent.push(`${report.case} ${report.value.key?.taskRunId ?? "?"}`);
+      return true;
+    },
+  };
+}
+
+describe("ReportLedger", () => {
+  it("keeps a report sent on the attached session until Acked covers it; a Started is not kept", () => {
+    const ledger = new ReportLedger();
+    const s = session();
+    ledger.record(started(1), s.send);
+    ledger.record(completed(1), s.send);
+    ledger.record(release(2), s.send);
+    assert.deepEqual(s.sent, ["started task-run-1", "completed task-run-1", "release task-run-2"]);
+    assert.equal(ledger.size, 2);
+    assert.equal(ledger.ack(1), "acked");
+    assert.equal(ledger.size, 1);
+    assert.equal(ledger.ack(2), "acked");
+    assert.equal(ledger.size, 0);
+  });
+
+  it("ignores an Acked that covers nothing new or more than was sent", () => {
+    const ledger = new ReportLedger();
+    const s = session();
+    ledger.record(completed(1), s.send);
+    assert.equal(ledger.ack(0), "stale");
+    assert.equal(ledger.ack(2), "ahead");
+    assert.equal(ledger.unacknowledged, 1);
+    assert.equal(ledger.ack(1), "acked");
+    assert.equal(ledger.ack(1), "stale");
+    assert.equal(ledger.ackedThrough, 1);
+  });
+
+  it("queues reports made without a session and sends them in order on the next one", () => {
+    const ledger = new ReportLedger();
+    ledger.record(started(1), undefined);
+    ledger.record(completed(2), undefined);
+    ledger.record(failed(3), undefined);
+    assert.equal(ledger.queued, 3);
+    const s = session();
+    assert.equal(ledger.resend(s.send), 3);
+    assert.deepEqual(s.sent, ["started task-run-1", "completed task-run-2", "failed task-run-3"]);
+    assert.deepEqual([ledger.queued, ledger.unacknowledged], [0, 2]);
+  });
+
+  it("a report the session refuses is queued, and a resend cut short keeps the rest in order", () => {
+    const ledger = new ReportLedger();
+    ledger.record(completed(1), session(0).send);
+    ledger.record(completed(2), undefined);
+    ledger.record(completed(3), undefined);
+    const s = session(1);
+    assert.equal(ledger.resend(s.send), 1);
+    ledger.record(completed(4), undefined);
+    const next = session();
+    ledger.resend(next.send);
+    assert.deepEqual(s.sent, ["completed task-run-1"]);
+    assert.deepEqual(next.sent, ["completed task-run-2", "completed task-run-3", "completed task-run-4"]);
+  });
+
+  it("when a session ends, its unacknowledged reports go again first, and Acked counts anew", () => {
+    const ledger = new ReportLedger();
+    const first = session();
+    ledger.record(completed(1), first.send);
+    ledger.record(completed(2), first.send);
+    assert.equal(ledger.ack(1), "acked");
+    ledger.record(completed(3), undefined); // e.g. after stop() half-closed the session
+    ledger.detach();
+    assert.deepEqual([ledger.queued, ledger.unacknowledged, ledger.ackedThrough], [2, 0, 0]);
+    const second = session();
+    ledger.resend(second.send);
+    assert.deepEqual(second.sent, ["completed task-run-2", "completed task-run-3"]);
+    assert.equal(ledger.ack(1), "acked", "the new session's count starts at zero");
+    assert.equal(ledger.ack(2), "acked");
+    assert.equal(ledger.size, 0);
+  });
+
+  it("lists the leases its reports still hold, without Releases, each once", () => {
+    const ledger = new ReportLedger();
+    ledger.record(started(1), undefined);
+    ledger.record(completed(1), undefined);
+    ledger.record(release(2), undefined);
+    ledger.record(failed(3), undefined);
+    assert.deepEqual(
+      ledger.heldLeases().map((k) => k.taskRunId),
+      ["task-run-1", "task-run-3"],
+    );
+  });
+
+  it("drops the queued reports of a revoked lease, and only those", () => {
+    const ledger = new ReportLedger();
+    ledger.record(started(1), undefined);
+    ledger.record(completed(1), undefined);
+    ledger.record(completed(2), undefined);
+    assert.equal(ledger.revoke(key(1)), true);
+    assert.equal(ledger.revoke(key(1)), false);
+    assert.equal(
+      ledger.revoke({ ...key(2), fencingToken: 99n }),
+      false,
+      "another lease of the same task run",
+    );
+    const s = session();
+    ledger.resend(s.send);
+    assert.deepEqual(s.sent, ["completed task-run-2"]);
+  });
+
+  it("whenEmpty resolves true once every report is acknowledged, false when its signal aborts", async () => {
+    const ledger = new ReportLedger();
+    assert.equal(await ledger.whenEmpty(new AbortController().signal), true);
+
+    const s = session();
+    ledger.record(completed(1), s.send);
+    ledger.record(started(2), undefined);
+    const empty = ledger.whenEmpty(new AbortController().signal);
+    ledger.ack(1);
+    ledger.detach();
+    ledger.resend(s.send); // the Started goes out; nothing is left to acknowledge
+    assert.equal(await empty, true);
+
+    ledger.record(completed(3), undefined);
+    const abort = new AbortController();
+    const waiting = ledger.whenEmpty(abort.signal);
+    abort.abort();
+    assert.equal(await waiting, false);
+    assert.equal(ledger.size, 1);
+  });
+});

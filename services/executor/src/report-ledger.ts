@@ -1,0 +1,148 @@
+/**
+ * The reports of one executor until the scheduler has them: what it reports on a lease (Started,
+ * Completed, Failed, Release) is sent on the attached session, or queued while there is none. The
+ * ones the scheduler acknowledges (Completed, Failed, Release: see `isAcknowledgedReport`) are kept
+ * after sending until a cumulative `Acked` covers them; a session that ends first hands them back,
+ * and they go out again, first, on the next one. No I/O here: sending is a callback.
+ */
+import { create } from "@bufbuild/protobuf";
+import { isAcknowledgedReport } from "@nexusflow/common";
+import { type LeaseKey, LeaseKeySchema, type SessionRequest } from "@nexusflow/gen";
+import { Changes } from "./changes.js";
+import { leaseKeyId } from "./task-attempt.js";
+
+/** A report about one lease. */
+export type Report = Extract<
+  SessionRequest["message"],
+  { case: "started" | "completed" | "failed" | "release" }
+>;
+
+/** Writes a message on the attached session; false when the session can take nothing more. */
+export type SendReport = (report: Report) => boolean;
+
+/** What an `Acked` did. */
+export type AckResult =
+  /** It covered reports that were waiting: they are forgotten. */
+  | "acked"
+  /** It covered nothing new (a repeat, or an older count). */
+  | "stale"
+  /** It covered more reports than were sent on this session: a protocol error, ignored. */
+  | "ahead";
+
+/** The lease a report is about. */
+export function reportKey(report: Report): LeaseKey | undefined {
+  return report.value.key;
+}
+
+/** Reports not yet in the scheduler's hands, in the order they were made. */
+export class ReportLedger {
+  /** Not on the current session: made while detached, or sent on a session that ended unacknowledged. */
+  #queued: Report[] = [];
+  /** Sent on the current session and not acknowledged yet, oldest first. */
+  #sent: Report[] = [];
+  /** How many of the current session's acknowledged reports its `Acked` has covered. */
+  #ackedThrough = 0;
+  readonly #changes = new Changes();
+
+  /** Reports the scheduler may not have: queued, or sent and not acknowledged. */
+  get size(): number {
+    return this.#queued.length + this.#sent.length;
+  }
+
+  /** Queued reports, waiting for a session. */
+  get queued(): number {
+    return this.#queued.length;
+  }
+
+  /** Sent on the current session and not acknowledged. */
+  get unacknowledged(): number {
+    return this.#sent.length;
+  }
+
+  /** The current session's `Acked` count so far. */
+  get ackedThrough(): number {
+    return this.#ackedThrough;
+  }
+
+  /** Sends `report` with `send` (undefined: no attached session), or queues it if it cannot go now. */
+  record(report: Report, send: SendReport | undefined): void {
+    if (send === undefined || !this.#send(report, send)) this.#queued.push(report);
+  }
+
+  /**
+   * On a new attached session: sends the queued reports in order; any the session refuses stay
+   * queued, in order. Returns how many were sent.
+   */
+  resend(send: SendReport): number {
+    const queued = this.#queued;
+    this.#queued = [];
+    let sent = 0;
+    for (const report of queued) {
+      if (!this.#send(report, send)) break;
+      sent++;
+    }
+    if (sent < queued.length) this.#queued = [...queued.slice(sent), ...this.#queued];
+    // A Started that went out is done with: the ledger may be empty now.
+    if (sent > 0) this.#changes.notify();
+    return sent;
+  }
+
+  /** `Acked`: the scheduler committed the current session's first `through` acknowledged reports. */
+  ack(through: number): AckResult {
+    const n = through - this.#ackedThrough;
+    if (n <= 0) return "stale";
+    if (n > this.#sent.length) return "ahead";
+    this.#sent.splice(0, n);
+    this.#ackedThrough = through;
+    this.#changes.notify();
+    return "acked";
+  }
+
+  /** The session ended: what it did not acknowledge goes out again first, on the next one. */
+  detach(): void {
+    if (this.#sent.length > 0) this.#queued = [...this.#sent, ...this.#queued];
+    this.#sent = [];
+    this.#ackedThrough = 0;
+    this.#changes.notify();
+  }
+
+  /**
+   * The scheduler revoked a lease (it has its result already, or gave it away): its queued reports
+   * are dropped. Returns whether there were any.
+   */
+  revoke(key: LeaseKey): boolean {
+    const id = leaseKeyId(key);
+    const before = this.#queued.length;
+    this.#queued = this.#queued.filter((report) => {
+      const k = reportKey(report);
+      return k === undefined || leaseKeyId(k) !== id;
+    });
+    if (this.#queued.length === before) return false;
+    this.#changes.notify();
+    return true;
+  }
+
+  /**
+   * Leases whose queued reports say they are still held here (finished, the result not delivered):
+   * every lease with a queued report but a Release, each once, in the order first reported.
+   */
+  heldLeases(): LeaseKey[] {
+    const held = new Map<string, LeaseKey>();
+    for (const report of [...this.#sent, ...this.#queued]) {
+      const key = reportKey(report);
+      if (key !== undefined && report.case !== "release") held.set(leaseKeyId(key), key);
+    }
+    return [...held.values()].map((key) => create(LeaseKeySchema, key));
+  }
+
+  /** Resolves true once every report is acknowledged, false if `signal` aborts first. */
+  whenEmpty(signal: AbortSignal): Promise<boolean> {
+    return this.#changes.until(() => this.size === 0, signal);
+  }
+
+  #send(report: Report, send: SendReport): boolean {
+    if (!send(report)) return false;
+    if (isAcknowledgedReport(report)) this.#sent.push(report);
+    return true;
+  }
+}
