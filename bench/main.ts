@@ -8,7 +8,7 @@ import { join } from "node:path";
 import { createLogger } from "@nexusflow/common";
 import { tuneRuntime } from "@nexusflow/scheduler";
 import { parseArgs, scaled, UsageError, USAGE, type Section } from "./lib/cli.js";
-import { BenchContext } from "./lib/context.js";
+import { BenchContext } from "./sections/context.js";
 import { describeMachine, ROOT } from "./lib/machine.js";
 import { BenchPostgres, fsyncProbe, POSTGRES_SETTINGS, WAL_SEGMENTS } from "./lib/postgres.js";
 import { roundSummary } from "./lib/stats.js";

@@ -13,7 +13,8 @@ const root = join(dirname(fileURLToPath(import.meta.url)), "..");
 const args = process.argv.slice(2);
 const unitOnly = args.includes("--unit");
 const roots = args.filter((a) => !a.startsWith("--"));
-const searchRoots = roots.length > 0 ? roots : ["common", "services", "cli", "client", "bench", "gen"];
+const searchRoots =
+  roots.length > 0 ? roots : ["common", "services", "cli", "client", "bench", "gen", "scripts"];
 
 /** @param {string} dir @returns {string[]} */
 function collect(dir) {

@@ -10,7 +10,7 @@
  * handles, then running the join step.
  */
 import { scaled } from "../lib/cli.js";
-import type { BenchContext } from "../lib/context.js";
+import type { BenchContext } from "./context.js";
 import { roundSummary, summarize, type Summary } from "../lib/stats.js";
 import type { DbosShapes, DbosSystem } from "../systems/dbos.js";
 import { NOOP_TYPE, workflowSpec, type NexusflowSystem } from "../systems/nexusflow.js";

@@ -3,7 +3,7 @@
  * schedule-to-start latency, for Nexusflow and the peers, with PostgreSQL cost per task.
  */
 import type { SystemName } from "../lib/cli.js";
-import { phaseCost, type BenchContext, type PhaseCost } from "../lib/context.js";
+import { phaseCost, type BenchContext, type PhaseCost } from "./context.js";
 import type { CpuUsage } from "../lib/cpu.js";
 import { type GcPauses, watchGcPauses } from "../lib/gc-pauses.js";
 import { closedLoop, openLoop, type OpenLoopResult } from "../lib/loops.js";

@@ -7,7 +7,7 @@
  * (off, purging, off, purging, ...) and each variant's median is compared.
  */
 import pg from "pg";
-import type { BenchContext } from "../lib/context.js";
+import type { BenchContext } from "./context.js";
 import { databaseUrl } from "../lib/postgres.js";
 import { NOOP_TYPE, NOOP_WORKFLOW, type NexusflowSystem } from "../systems/nexusflow.js";
 import { ENQUEUE_CONCURRENCY } from "./queue.js";

@@ -13,7 +13,7 @@ import { createLogger, jsonToValue } from "@nexusflow/common";
 import { Executor } from "@nexusflow/executor";
 import { WorkflowService } from "@nexusflow/gen";
 import { scaled } from "../lib/cli.js";
-import type { BenchContext } from "../lib/context.js";
+import type { BenchContext } from "./context.js";
 import { ROOT } from "../lib/machine.js";
 import { workflowSpec } from "../systems/nexusflow.js";
 import { pollUntil } from "../systems/types.js";

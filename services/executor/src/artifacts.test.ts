@@ -16,7 +16,7 @@ import {
 import { ArtifactRefSchema } from "@nexusflow/gen";
 import { createTaskArtifacts, settleOutput } from "./artifacts.js";
 import { PayloadError } from "./payload.js";
-import { isTaskError } from "./task-error.js";
+import { isTaskError } from "./handlers/task-error.js";
 
 const RUN = "7d1c2b3a-0000-4000-8000-000000000001";
 const identity = { runId: RUN, stepId: "report", attempt: 3 };

@@ -9,7 +9,6 @@
  */
 import type { JsonValue } from "@bufbuild/protobuf";
 import {
-  type ArtifactData,
   type ArtifactStore,
   DEFAULT_OFFLOAD_THRESHOLD_BYTES,
   type TaskKindName,
@@ -21,7 +20,8 @@ import {
 import type { ArtifactRef } from "@nexusflow/gen";
 import type { AttemptIdentity } from "./log-sink.js";
 import { PayloadError, toJsonPayload } from "./payload.js";
-import { TaskError } from "./task-error.js";
+import { TaskError } from "./handlers/task-error.js";
+import type { TaskArtifacts } from "./handlers/types.js";
 
 /** Largest output offloaded by default, in bytes (256 MiB). */
 export const DEFAULT_MAX_OFFLOAD_BYTES = 256 * 1024 * 1024;
@@ -30,27 +30,6 @@ export const DEFAULT_MAX_OFFLOAD_BYTES = 256 * 1024 * 1024;
 export type ArtifactIdentity = Pick<AttemptIdentity, "runId" | "stepId" | "attempt"> & {
   readonly kind?: TaskKindName | undefined;
 };
-
-/** Options of {@link TaskArtifacts.put}. */
-export interface PutArtifactOptions {
-  /**
-   * Media type of the file.
-   * @default "application/octet-stream"
-   */
-  contentType?: string | undefined;
-}
-
-/** `ctx.artifacts`: files a handler keeps with its attempt (reports, dumps, build outputs). */
-export interface TaskArtifacts {
-  /**
-   * Saves `data` as `name` (may contain "/" for sub-folders; `logs.jsonl`, `logs/` and
-   * `output.json` are reserved) under the attempt's folder, replacing a file of the same name.
-   * Resolves to its ref (key, size, SHA-256). Rejects with a terminal TaskError
-   * `INVALID_ARTIFACT` for a bad name or content type, `ARTIFACTS_UNAVAILABLE` when the executor
-   * has no store, and a retryable `ARTIFACT_STORE_UNAVAILABLE` when the store cannot be written.
-   */
-  put(name: string, data: ArtifactData, options?: PutArtifactOptions): Promise<ArtifactRef>;
-}
 
 /** The `ctx.artifacts` of one attempt; without a store every put rejects `ARTIFACTS_UNAVAILABLE`. */
 export function createTaskArtifacts(

@@ -29,7 +29,7 @@ export {
   cancellationError,
   isTaskError,
   toTaskFailure,
-} from "./task-error.js";
+} from "./handlers/task-error.js";
 export {
   type AttemptIdentity,
   type AttemptLog,

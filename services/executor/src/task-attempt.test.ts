@@ -8,7 +8,7 @@ import { waitFor } from "./handlers/test-context.js";
 import type { TaskHandler } from "./handlers/types.js";
 import { MemoryLogSink } from "./log-sink.js";
 import { TaskAttempt } from "./task-attempt.js";
-import { TaskError } from "./task-error.js";
+import { TaskError } from "./handlers/task-error.js";
 
 function attempt(
   init: Partial<Pick<Lease, "deadline" | "heartbeatTimeoutMs">> = {},

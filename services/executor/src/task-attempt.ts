@@ -20,7 +20,7 @@ import type { TaskContext, TaskHandler } from "./handlers/index.js";
 import { startTimer } from "./handlers/timers.js";
 import type { LogSink } from "./log-sink.js";
 import { PayloadError, fromValue, toJsonPayload } from "./payload.js";
-import { TaskError, type TaskFailure, isTaskError, toTaskFailure } from "./task-error.js";
+import { TaskError, type TaskFailure, isTaskError, toTaskFailure } from "./handlers/task-error.js";
 import { createTaskLog } from "./task-log.js";
 
 /** How an attempt ended, with where its log went; an offloaded output has `outputRef` (and output null). */

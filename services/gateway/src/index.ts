@@ -7,13 +7,8 @@ export {
   type GatewayState,
   createGateway,
 } from "./server.js";
-export {
-  type ForwardingOptions,
-  createForwardingService,
-  endToEndHeaders,
-  isHopHeader,
-  passThroughError,
-} from "./proxy.js";
+export { type ForwardingOptions, createForwardingService, passThroughError } from "./proxy.js";
+export { endToEndHeaders, isHopHeader } from "./http/headers.js";
 export { PROXIED_SERVICES, createRoutes } from "./routes.js";
 export { type GuardOptions, StreamLimiter, authConnectError, guardInterceptor, kPrincipal } from "./guard.js";
 export { REFLECTION_SERVICES, addReflection } from "./reflection.js";

@@ -25,7 +25,6 @@ import {
 import { freePort } from "@nexusflow/common";
 import { RunStatus, WorkflowService } from "@nexusflow/gen";
 import { BadRequestSchema } from "@nexusflow/gen/google/rpc/error_details_pb";
-import { endToEndHeaders } from "./proxy.js";
 import { type Gateway, GatewayListenError, createGateway } from "./server.js";
 
 const TEST_TIMEOUT = { timeout: 15_000 };
@@ -379,23 +378,4 @@ describe("gateway lifecycle", () => {
       }
     },
   );
-});
-
-describe("endToEndHeaders", () => {
-  it("drops hop-by-hop, framing and Connection-listed headers and keeps the rest", () => {
-    const out = endToEndHeaders(
-      new Headers({
-        authorization: "Bearer x",
-        "x-request-id": "1",
-        connection: "keep-alive, x-hop",
-        "x-hop": "drop me",
-        te: "trailers",
-        "content-type": "application/json",
-        "connect-protocol-version": "1",
-        "grpc-timeout": "5S",
-        traceparent: "00-abc-def-01",
-      }),
-    );
-    assert.deepEqual([...out.keys()].sort(), ["authorization", "traceparent", "x-request-id"]);
-  });
 });

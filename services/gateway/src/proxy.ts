@@ -37,6 +37,7 @@ import {
 } from "@connectrpc/connect";
 import { createAsyncIterable, createLinkedAbortController } from "@connectrpc/connect/protocol";
 import { BadRequestSchema } from "@nexusflow/gen/google/rpc/error_details_pb";
+import { endToEndHeaders } from "./http/headers.js";
 
 /** Options of {@link createForwardingService}. */
 export interface ForwardingOptions {
@@ -48,57 +49,6 @@ export interface ForwardingOptions {
    * streams such as WatchRun would otherwise keep a closing server open indefinitely.
    */
   streamShutdownSignal?: AbortSignal;
-}
-
-/** Hop-by-hop headers (RFC 9110 §7.6.1) plus `host`, which belongs to the upstream hop. */
-const HOP_BY_HOP = new Set([
-  "connection",
-  "keep-alive",
-  "proxy-authenticate",
-  "proxy-authorization",
-  "proxy-connection",
-  "te",
-  "trailer",
-  "transfer-encoding",
-  "upgrade",
-  "host",
-]);
-
-/** Framing headers each protocol implementation writes itself; forwarding them would conflict. */
-const FRAMING = new Set([
-  "content-type",
-  "content-length",
-  "content-encoding",
-  "accept-encoding",
-  "user-agent",
-  "x-user-agent",
-  "x-grpc-web",
-  "date",
-]);
-const FRAMING_PREFIXES = [":", "grpc-", "connect-"];
-
-/** True for headers that describe one hop of the call rather than the call itself. */
-export function isHopHeader(name: string): boolean {
-  const key = name.toLowerCase();
-  return HOP_BY_HOP.has(key) || FRAMING.has(key) || FRAMING_PREFIXES.some((p) => key.startsWith(p));
-}
-
-/**
- * The end-to-end subset of `headers`: hop-by-hop and framing headers removed, as well as any header
- * the `Connection` header names (RFC 9110 §7.6.1).
- */
-export function endToEndHeaders(headers: Headers): Headers {
-  const listed = new Set(
-    (headers.get("connection") ?? "")
-      .split(",")
-      .map((h) => h.trim().toLowerCase())
-      .filter((h) => h !== ""),
-  );
-  const out = new Headers();
-  headers.forEach((value, key) => {
-    if (!isHopHeader(key) && !listed.has(key)) out.append(key, value);
-  });
-  return out;
 }
 
 function copyHeaders(from: Headers, to: Headers): void {

@@ -8,7 +8,7 @@ import { randomUUID } from "node:crypto";
 import { after, before, describe, it } from "node:test";
 import type { CompiledWorkflow } from "../src/dag/index.js";
 import { lifecycleEvent } from "../src/engine/events.js";
-import { newRunState, newTaskState, type RunState } from "../src/engine/model.js";
+import { newRunState, newTaskState, type RunState } from "../src/model/run-state.js";
 import { BatchWriter } from "../src/persistence/batch-writer.js";
 import { openDatabase, type Database } from "../src/persistence/database.js";
 import { outboxEvents, startTestDatabase, testLogger, waitFor } from "./support.js";

@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { type IncomingMessage, type Server, type ServerResponse, createServer } from "node:http";
 import type { AddressInfo } from "node:net";
 import { after, before, describe, it } from "node:test";
-import { TaskError } from "../task-error.js";
+import { TaskError } from "./task-error.js";
 import { createHttpHandler, parseRetryAfter } from "./http.js";
 import { createTestContext, waitFor } from "./test-context.js";
 

@@ -23,7 +23,7 @@
  * bad input is INVALID_INPUT, and an abort of `ctx.signal` rejects with `cancellationError`.
  */
 import { formatDuration } from "@nexusflow/common/duration";
-import { TaskError, cancellationError } from "../task-error.js";
+import { TaskError, cancellationError } from "./task-error.js";
 import { startTimer } from "./timers.js";
 import type { TaskHandler } from "./types.js";
 import {

@@ -3,7 +3,7 @@ import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join, relative } from "node:path";
 import { after, before, describe, it } from "node:test";
-import { TaskError } from "../task-error.js";
+import { TaskError } from "./task-error.js";
 import {
   BUILTIN_TASK_TYPES,
   HandlerModuleError,

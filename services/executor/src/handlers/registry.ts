@@ -4,7 +4,7 @@
  */
 import { resolve } from "node:path";
 import { pathToFileURL } from "node:url";
-import { TaskError } from "../task-error.js";
+import { TaskError } from "./task-error.js";
 import { type HttpHandlerOptions, createHttpHandler } from "./http.js";
 import { noopHandler } from "./noop.js";
 import { type ShellHandlerOptions, createShellHandler } from "./shell.js";

@@ -4,7 +4,7 @@ import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, it } from "node:test";
-import { TaskError } from "../task-error.js";
+import { TaskError } from "./task-error.js";
 import { type ShellOutput, createShellHandler } from "./shell.js";
 import { createTestContext, processAlive, waitFor } from "./test-context.js";
 

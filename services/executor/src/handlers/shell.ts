@@ -38,7 +38,7 @@ import { type ChildProcess, spawn } from "node:child_process";
 import { stat } from "node:fs/promises";
 import { setTimeout as delay } from "node:timers/promises";
 import { formatDuration } from "@nexusflow/common/duration";
-import { TaskError, cancellationError } from "../task-error.js";
+import { TaskError, cancellationError } from "./task-error.js";
 import { startTimer } from "./timers.js";
 import type { TaskContext, TaskHandler } from "./types.js";
 import { durationField, invalidInput, kindOf, optionalString, expectObject } from "./validate.js";

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { TaskError } from "../task-error.js";
+import { TaskError } from "./task-error.js";
 import { noopHandler } from "./noop.js";
 import { sleepHandler } from "./sleep.js";
 import { createTestContext } from "./test-context.js";

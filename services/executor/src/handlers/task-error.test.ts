@@ -2,7 +2,7 @@
 import assert from "node:assert/strict";
 import { setTimeout as delay } from "node:timers/promises";
 import { describe, it } from "node:test";
-import { TaskError, cancellationError, isTaskError, toTaskFailure } from "../task-error.js";
+import { TaskError, cancellationError, isTaskError, toTaskFailure } from "./task-error.js";
 
 describe("TaskError", () => {
   it("carries type, verdict, retry delay, details and cause", () => {

@@ -1,6 +1,6 @@
 /** Abortable waits and timers that also work past Node's 24.8-day timer limit. */
 import { setTimeout as delay } from "node:timers/promises";
-import { cancellationError } from "../task-error.js";
+import { cancellationError } from "./task-error.js";
 import { MAX_TIMER_MS } from "./validate.js";
 
 /** Waits `ms` milliseconds; rejects with `cancellationError(signal)` when `signal` aborts. */

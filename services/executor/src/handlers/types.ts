@@ -3,9 +3,29 @@
  * {@link TaskContext}. It returns the task's output (JSON-serialisable) or throws; throw a
  * `TaskError` to choose the error type and whether a retry may help.
  */
-import type { TaskArtifacts } from "../artifacts.js";
+import type { ArtifactData } from "@nexusflow/common/artifacts";
+import type { ArtifactRef } from "@nexusflow/gen";
 
-export type { PutArtifactOptions, TaskArtifacts } from "../artifacts.js";
+/** Options of {@link TaskArtifacts.put}. */
+export interface PutArtifactOptions {
+  /**
+   * Media type of the file.
+   * @default "application/octet-stream"
+   */
+  contentType?: string | undefined;
+}
+
+/** `ctx.artifacts`: files a handler keeps with its attempt (reports, dumps, build outputs). */
+export interface TaskArtifacts {
+  /**
+   * Saves `data` as `name` (may contain "/" for sub-folders; `logs.jsonl`, `logs/` and
+   * `output.json` are reserved) under the attempt's folder, replacing a file of the same name.
+   * Resolves to its ref (key, size, SHA-256). Rejects with a terminal TaskError
+   * `INVALID_ARTIFACT` for a bad name or content type, `ARTIFACTS_UNAVAILABLE` when the executor
+   * has no store, and a retryable `ARTIFACT_STORE_UNAVAILABLE` when the store cannot be written.
+   */
+  put(name: string, data: ArtifactData, options?: PutArtifactOptions): Promise<ArtifactRef>;
+}
 
 /** Where a handler's log lines and its process output go (the task's log stream). */
 export interface TaskLog {

@@ -3,7 +3,7 @@
  * message starts with the field at fault ("timeout: ..."), since retrying bad input never helps.
  */
 import { DurationError, parseDuration } from "@nexusflow/common/duration";
-import { TaskError } from "../task-error.js";
+import { TaskError } from "./task-error.js";
 
 /** Largest delay a single Node timer supports; longer timeouts would fire at once. */
 export const MAX_TIMER_MS = 2_147_483_647;

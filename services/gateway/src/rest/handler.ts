@@ -30,7 +30,7 @@ import { Code, ConnectError, type Transport } from "@connectrpc/connect";
 import { createAsyncIterable } from "@connectrpc/connect/protocol";
 import type { connectNodeAdapter } from "@connectrpc/connect-node";
 import type { Logger } from "@nexusflow/common";
-import { endToEndHeaders } from "../proxy.js";
+import { endToEndHeaders } from "../http/headers.js";
 import { buildRequest, invalidArgument } from "./request.js";
 import { type RestRoute, matchRoute } from "./routes.js";
 import { httpStatusOf, statusJson } from "./status.js";

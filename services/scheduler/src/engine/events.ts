@@ -1,17 +1,12 @@
-/** Builds outbox rows for lifecycle events, numbering them per run in commit order. */
-import { randomUUID } from "node:crypto";
-import { create, toBinary, type MessageInitShape } from "@bufbuild/protobuf";
-import { timestampFromDate } from "@bufbuild/protobuf/wkt";
-import { LifecycleEventBatchSchema, LifecycleEventSchema, type LifecycleEvent } from "@nexusflow/gen";
-import type { OutboxRow } from "../persistence/batch-writer.js";
-import type { RunState } from "./model.js";
+/** Lifecycle events of the runs the engine holds, numbered per run in the order they happen. */
+import { lifecycleEventAt, type EventInit, type OutboxRow } from "../persistence/outbox.js";
+import type { RunState } from "../model/run-state.js";
 
-/** The `event` oneof of LifecycleEvent, as an init shape. */
-export type EventInit = NonNullable<MessageInitShape<typeof LifecycleEventSchema>["event"]>;
+export type { EventInit };
 
 /**
  * Creates the outbox row for one event of `run`, consuming the run's next sequence number. The
- * message is encoded later, with the rest of its commit's events ({@link encodeEvents}).
+ * message is encoded later, with the rest of its commit's events (encodeRunBatches).
  */
 export function lifecycleEvent(run: RunState, event: EventInit, now = new Date()): OutboxRow {
   return lifecycleEventAt(
@@ -24,105 +19,4 @@ export function lifecycleEvent(run: RunState, event: EventInit, now = new Date()
     event,
     now,
   );
-}
-
-/** The outbox row for one event of a run, with the sequence number given (not consumed from a RunState). */
-export function lifecycleEventAt(
-  run: { runId: string; sequence: bigint; workflowName: string; workflowVersion: number },
-  event: EventInit,
-  now = new Date(),
-): OutboxRow {
-  const message = create(LifecycleEventSchema, {
-    eventId: randomUUID(),
-    runId: run.runId,
-    sequence: run.sequence,
-    time: timestampFromDate(now),
-    workflowName: run.workflowName,
-    workflowVersion: run.workflowVersion,
-    event,
-  });
-  return { message, traceContext: null };
-}
-
-/** Tag of field 1 with wire type 2: (1 << 3) | 2. */
-const FIELD_1_LENGTH_DELIMITED = 0x0a;
-
-/**
- * Reads the entry at `pos` of a LifecycleEventBatch encoding (a length-delimited field 1) and
- * returns where its event's bytes start and end.
- */
-function entryAt(bytes: Uint8Array, pos: number): { start: number; end: number } {
-  if (bytes[pos++] !== FIELD_1_LENGTH_DELIMITED) throw new Error(`unexpected tag at byte ${pos - 1}`);
-  let length = 0;
-  for (let shift = 0; ; shift += 7) {
-    const b = bytes[pos++];
-    if (b === undefined || shift > 28) throw new Error("truncated or oversized length");
-    length += (b & 0x7f) * 2 ** shift;
-    if (b < 0x80) break;
-  }
-  if (pos + length > bytes.length) throw new Error("truncated event");
-  return { start: pos, end: pos + length };
-}
-
-/**
- * The events of a LifecycleEventBatch encoding, each as a view of exactly its standalone
- * LifecycleEvent encoding (what Kafka carries), without decoding or copying them.
- */
-export function splitEventBatch(bytes: Uint8Array): Uint8Array[] {
-  const out: Uint8Array[] = [];
-  let pos = 0;
-  while (pos < bytes.length) {
-    const { start, end } = entryAt(bytes, pos);
-    out.push(bytes.subarray(start, end));
-    pos = end;
-  }
-  return out;
-}
-
-/** One outbox row: the events of one run in one commit, in sequence order. */
-export interface RunEventBatch {
-  runId: string;
-  firstSequence: number;
-  lastSequence: number;
-  /** A LifecycleEventBatch encoding of the events. */
-  payload: Uint8Array;
-  /** The trace context of the first of the events that has one. */
-  traceContext: Record<string, string> | null;
-}
-
-/**
- * Groups a commit's events by run (one outbox row per run and commit instead of one per event:
- * a no-op task's four events become two rows) and encodes them in one pass: a single
- * LifecycleEventBatch of every event, run after run, of which each run's rows are a contiguous
- * slice, itself a LifecycleEventBatch encoding. Encoding each event alone allocated and copied
- * three buffers per event (the writer starts at 128 bytes, grows, then copies out), a tenth of the
- * scheduler thread's busy time in the drain. Runs keep the order of their first event.
- */
-export function encodeRunBatches(events: readonly OutboxRow[]): RunEventBatch[] {
-  const byRun = new Map<string, OutboxRow[]>();
-  for (const e of events) {
-    const rows = byRun.get(e.message.runId);
-    if (rows === undefined) byRun.set(e.message.runId, [e]);
-    else rows.push(e);
-  }
-  const ordered: LifecycleEvent[] = [];
-  for (const rows of byRun.values()) for (const r of rows) ordered.push(r.message);
-  const bytes = toBinary(LifecycleEventBatchSchema, create(LifecycleEventBatchSchema, { events: ordered }));
-  const out: RunEventBatch[] = [];
-  let pos = 0;
-  for (const [runId, rows] of byRun) {
-    const start = pos;
-    for (let i = 0; i < rows.length; i++) pos = entryAt(bytes, pos).end;
-    const first = rows[0] as OutboxRow;
-    const last = rows[rows.length - 1] as OutboxRow;
-    out.push({
-      runId,
-      firstSequence: Number(first.message.sequence),
-      lastSequence: Number(last.message.sequence),
-      payload: bytes.subarray(start, pos),
-      traceContext: rows.find((r) => r.traceContext !== null)?.traceContext ?? null,
-    });
-  }
-  if (pos !== bytes.length) throw new Error(`encoded ${bytes.length} bytes, grouped ${pos}`);
-  return out;
 }

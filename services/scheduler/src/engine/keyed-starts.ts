@@ -6,7 +6,7 @@
  * come from the key table (IdempotencyKeyStore, one query per event-loop turn).
  */
 import type { IdempotencyKeyStore, KeyRecord } from "../persistence/idempotency-keys.js";
-import { idempotencyConflict, idempotencyScope, requestHash } from "./idempotency.js";
+import { idempotencyConflict, idempotencyScope, requestHash } from "../model/idempotency.js";
 
 /** What a keyed start needs of the request. */
 export interface KeyedRequest {

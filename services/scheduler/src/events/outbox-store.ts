@@ -6,7 +6,7 @@
 import type pg from "pg";
 import { LifecycleEventSchema } from "@nexusflow/gen";
 import { BinaryReader, WireType } from "@bufbuild/protobuf/wire";
-import { splitEventBatch } from "../engine/events.js";
+import { splitEventBatch } from "../persistence/outbox.js";
 import type { OutboxRecord } from "./publisher.js";
 
 /** Raised when the database side of the relay fails; `cause` is the pg error. */

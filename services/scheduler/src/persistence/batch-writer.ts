@@ -12,18 +12,8 @@
  */
 import type pg from "pg";
 import type { Logger } from "@nexusflow/common";
-import type { LifecycleEvent } from "@nexusflow/gen";
-import { encodeRunBatches } from "../engine/events.js";
-import type { AttemptState, RunState, TaskState } from "../engine/model.js";
-
-/**
- * An outbox event: the LifecycleEvent (encoded when its batch commits, with the run's other events
- * of that commit in one outbox row) and the trace context to publish it with.
- */
-export interface OutboxRow {
-  message: LifecycleEvent;
-  traceContext: Record<string, string> | null;
-}
+import type { AttemptState, RunState, TaskState } from "../model/run-state.js";
+import { encodeRunBatches, type OutboxRow } from "./outbox.js";
 
 /** What one committed batch contained, for watchers and metrics. */
 export interface CommittedBatch {

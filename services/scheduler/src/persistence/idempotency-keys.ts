@@ -6,7 +6,7 @@
  * their run is purged (see retention.ts), or are taken over by the next run started with the key.
  */
 import type pg from "pg";
-import { requestHash } from "../engine/idempotency.js";
+import { requestHash } from "../model/idempotency.js";
 
 /** A stored key. */
 export interface KeyRecord {

@@ -7,14 +7,14 @@
 import type pg from "pg";
 import { errorToProto } from "@nexusflow/common";
 import { RunStatus } from "@nexusflow/gen";
-import { encodeRunBatches, lifecycleEventAt } from "../engine/events.js";
+import { encodeRunBatches, lifecycleEventAt } from "./outbox.js";
 import {
   ACTIVE_LEASE,
   TERMINAL_RUN_STATUSES,
   TERMINAL_TASK_STATUSES,
   type ErrorInfo,
   type RunStatusName,
-} from "../engine/model.js";
+} from "../model/run-state.js";
 
 /** What {@link failRefusedRun} did. */
 export type RefusedRunOutcome = "failed" | "not-stored" | "already-ended";

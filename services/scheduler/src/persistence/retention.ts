@@ -15,7 +15,7 @@
 import type pg from "pg";
 import type { Logger } from "@nexusflow/common";
 import { type ArtifactStore, runPrefix } from "@nexusflow/common/artifacts";
-import { TERMINAL_RUN_STATUSES } from "../engine/model.js";
+import { TERMINAL_RUN_STATUSES } from "../model/run-state.js";
 
 /** Options of {@link RunRetention}. */
 export interface RunRetentionOptions {

@@ -8,7 +8,7 @@ import { create, toBinary } from "@bufbuild/protobuf";
 import pg from "pg";
 import { createLogger } from "@nexusflow/common";
 import { LifecycleEventSchema, type LifecycleEvent } from "@nexusflow/gen";
-import { splitEventBatch } from "../../src/engine/events.js";
+import { splitEventBatch } from "../../src/persistence/outbox.js";
 import { openDatabase, type Database } from "../../src/persistence/database.js";
 import { startEmbeddedPostgres, type EmbeddedDatabase } from "../../src/persistence/embedded-postgres.js";
 import { migrationsList } from "../../src/persistence/migrations/index.js";

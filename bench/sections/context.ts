@@ -2,10 +2,10 @@
 import { cpus } from "node:os";
 import { join } from "node:path";
 import type { Logger } from "@nexusflow/common";
-import type { BenchOptions, SystemName } from "./cli.js";
-import { cpuBetween, cpuSnapshot, postmasterPid, type CpuSnapshot, type CpuUsage } from "./cpu.js";
-import { diffCounters, type BenchPostgres, type PgCounters, type StatementCost } from "./postgres.js";
-import { startProfile, type ProfileSummary } from "./profile.js";
+import type { BenchOptions, SystemName } from "../lib/cli.js";
+import { cpuBetween, cpuSnapshot, postmasterPid, type CpuSnapshot, type CpuUsage } from "../lib/cpu.js";
+import { diffCounters, type BenchPostgres, type PgCounters, type StatementCost } from "../lib/postgres.js";
+import { startProfile, type ProfileSummary } from "../lib/profile.js";
 import { DbosSystem, type DbosOptions } from "../systems/dbos.js";
 import { GraphileSystem } from "../systems/graphile.js";
 import { NexusflowSystem, type NexusflowOptions } from "../systems/nexusflow.js";

@@ -1,0 +1,224 @@
+/**
+ * The scheduler's in-memory model of active runs. It is a cache of what is in PostgreSQL: every
+ * change is written by the batch writer before anyone outside the scheduler acts on it, and
+ * recovery rebuilds it from the tables alone.
+ */
+import { randomUUID } from "node:crypto";
+import type { CompiledWorkflow } from "../dag/index.js";
+
+/** Run states as stored (the names of the proto enum without prefix). */
+export type RunStatusName =
+  | "PENDING"
+  | "RUNNING"
+  | "SUCCEEDED"
+  | "FAILED"
+  | "CANCELLED"
+  | "TIMED_OUT"
+  | "COMPENSATING"
+  | "COMPENSATED"
+  | "COMPENSATION_FAILED";
+
+/** Task states as stored. */
+export type TaskStatusName =
+  | "PENDING"
+  | "QUEUED"
+  | "LEASED"
+  | "RUNNING"
+  | "RETRY_WAIT"
+  | "SUCCEEDED"
+  | "FAILED"
+  | "SKIPPED"
+  | "CANCELLED";
+
+/** Step or compensation. */
+export type TaskKindName = "STEP" | "COMPENSATION";
+
+/** Run states after which nothing changes. */
+export const TERMINAL_RUN_STATUSES: ReadonlySet<RunStatusName> = new Set([
+  "SUCCEEDED",
+  "FAILED",
+  "CANCELLED",
+  "TIMED_OUT",
+  "COMPENSATED",
+  "COMPENSATION_FAILED",
+]);
+
+/** Task states after which nothing changes. */
+export const TERMINAL_TASK_STATUSES: ReadonlySet<TaskStatusName> = new Set([
+  "SUCCEEDED",
+  "FAILED",
+  "SKIPPED",
+  "CANCELLED",
+]);
+
+/** Task (and attempt) states while an executor holds the lease. */
+export const ACTIVE_LEASE: ReadonlySet<TaskStatusName> = new Set(["LEASED", "RUNNING"]);
+
+/** Error type of a run whose changes PostgreSQL refused to store (see BatchWriter's onRefused). */
+export const STORAGE_REFUSED = "STORAGE_REFUSED";
+
+/** A failure as stored with attempts, tasks and runs (the TaskError message as JSON). */
+export interface ErrorInfo {
+  type: string;
+  message: string;
+  retryable: boolean;
+  details?: unknown;
+}
+
+/** One attempt of a task. */
+export interface AttemptState {
+  readonly taskRunId: string;
+  readonly runId: string;
+  readonly number: number;
+  readonly fencingToken: number;
+  readonly executorId: string;
+  status: TaskStatusName;
+  error: ErrorInfo | null;
+  logs: unknown;
+  readonly leasedAt: Date;
+  startedAt: Date | null;
+  endedAt: Date | null;
+}
+
+/** One task run (a step or a compensation) of an active run. */
+export interface TaskState {
+  readonly id: string;
+  readonly runId: string;
+  readonly stepId: string;
+  readonly kind: TaskKindName;
+  readonly type: string;
+  readonly position: number;
+  status: TaskStatusName;
+  input: unknown;
+  output: unknown;
+  /** Claim check of an offloaded output (ArtifactRef as JSON); `output` is null then. */
+  outputRef: unknown;
+  /** The offloaded output read back from the artifact store (in memory only); undefined until read. */
+  resolvedOutput?: unknown;
+  error: ErrorInfo | null;
+  skipReason: "condition" | "upstream" | null;
+  /** Number of the latest attempt (0 before the first lease). */
+  attempt: number;
+  /** Fencing token of the latest lease; strictly increasing. */
+  fencingToken: number;
+  /** Failed attempts so far (released or expired-by-shutdown attempts do not count). */
+  failures: number;
+  executorId: string | null;
+  /** Session holding the lease (in memory only). */
+  sessionId: string | null;
+  leaseExpiresAt: Date | null;
+  nextAttemptAt: Date | null;
+  queuedAt: Date | null;
+  readonly createdAt: Date;
+  endedAt: Date | null;
+  /** The current attempt, while leased or running. */
+  current: AttemptState | null;
+  /** Last heartbeat of the running attempt (ms, monotonic clock; in memory only). */
+  lastHeartbeat: number;
+}
+
+/** An active run with its tasks. */
+export interface RunState {
+  readonly id: string;
+  readonly definitionId: number;
+  readonly workflow: CompiledWorkflow;
+  status: RunStatusName;
+  readonly input: unknown;
+  output: unknown;
+  error: ErrorInfo | null;
+  readonly idempotencyKey: string | null;
+  /**
+   * Hash of what the run was started with (see requestHash in ./idempotency.ts), kept with its
+   * idempotency key; null without a key, or after recovery when the key now names a newer run.
+   */
+  readonly requestHash: string | null;
+  readonly labels: Record<string, string>;
+  cancelRequested: boolean;
+  compensateOnCancel: boolean;
+  /** Last event sequence number used. */
+  eventSeq: number;
+  readonly deadline: Date | null;
+  readonly createdAt: Date;
+  endedAt: Date | null;
+  /** Step tasks by step id. */
+  readonly tasks: Map<string, TaskState>;
+  /** Compensation tasks by the id of the step they compensate (saga rollback). */
+  readonly compensations: Map<string, TaskState>;
+  /** Compensation waves (step ids, reverse dependency order), set when rollback starts. */
+  compensationWaves: string[][] | null;
+  /** Why the run rolls back; becomes the run's error. */
+  rollbackError: ErrorInfo | null;
+}
+
+/** A new task run of `runId`, PENDING, with no attempt yet. */
+export function newTaskState(
+  runId: string,
+  stepId: string,
+  kind: TaskState["kind"],
+  type: string,
+  position: number,
+  now: Date,
+): TaskState {
+  return {
+    id: randomUUID(),
+    runId,
+    stepId,
+    kind,
+    type,
+    position,
+    status: "PENDING",
+    input: null,
+    output: null,
+    outputRef: null,
+    error: null,
+    skipReason: null,
+    attempt: 0,
+    fencingToken: 0,
+    failures: 0,
+    executorId: null,
+    sessionId: null,
+    leaseExpiresAt: null,
+    nextAttemptAt: null,
+    queuedAt: null,
+    createdAt: now,
+    endedAt: null,
+    current: null,
+    lastHeartbeat: 0,
+  };
+}
+
+/** A new RUNNING run, with no tasks yet and no event numbered. */
+export function newRunState(init: {
+  id?: string;
+  definitionId: number;
+  workflow: CompiledWorkflow;
+  input: unknown;
+  idempotencyKey: string | null;
+  requestHash?: string | null;
+  labels: Record<string, string>;
+  now: Date;
+}): RunState {
+  const { now, workflow } = init;
+  return {
+    id: init.id ?? randomUUID(),
+    definitionId: init.definitionId,
+    workflow,
+    status: "RUNNING",
+    input: init.input,
+    output: null,
+    error: null,
+    idempotencyKey: init.idempotencyKey,
+    requestHash: init.requestHash ?? null,
+    labels: init.labels,
+    cancelRequested: false,
+    compensateOnCancel: false,
+    eventSeq: 0,
+    deadline: workflow.timeoutMs === null ? null : new Date(now.getTime() + workflow.timeoutMs),
+    createdAt: now,
+    endedAt: null,
+    tasks: new Map(),
+    compensations: new Map(),
+    compensationWaves: null,
+    rollbackError: null,
+  };
+}
