@@ -94,8 +94,14 @@ export function runBasicFromState(run: Readonly<RunState>): Run {
   return create(RunSchema, basicStateInit(run));
 }
 
-/** A run with every task and attempt (GetRun, WatchRun). */
-export function runDetail(detail: RunDetail): Run {
+/**
+ * Why a task waits in its queue (TaskRun.pending_reason), by task run id: the engine's live view
+ * (Engine.pendingReason); "" for a task it does not hold back.
+ */
+export type PendingReasons = (taskRunId: string) => string;
+
+/** A run with every task and attempt (GetRun, WatchRun, ListRuns in RUN_VIEW_FULL). */
+export function runDetail(detail: RunDetail, pendingReason: PendingReasons = () => ""): Run {
   const tasks = detail.tasks.map((t) => ({
     id: t.id,
     stepId: t.stepId,
@@ -123,6 +129,9 @@ export function runDetail(detail: RunDetail): Run {
     skipReason: t.skipReason ?? "",
     createTime: ts(t.createdAt),
     endTime: ts(t.endedAt),
+    // Only with the stored QUEUED state, so no other state ever carries a reason; the engine
+    // answers "" for a task it has leased since, whose commit is on its way.
+    pendingReason: t.status === "QUEUED" ? pendingReason(t.id) : "",
   }));
   return create(RunSchema, { ...runInit(detail.run), tasks } as MessageInitShape<typeof RunSchema>);
 }
@@ -139,7 +148,7 @@ export function definition(row: DefinitionRow): WorkflowDefinition {
 }
 
 /** A run from the engine's memory (StartRun answers without reading back what it just wrote). */
-export function runFromState(run: Readonly<RunState>): Run {
+export function runFromState(run: Readonly<RunState>, pendingReason: PendingReasons = () => ""): Run {
   const toTask = (
     t: TaskState,
   ): MessageInitShape<typeof RunSchema>["tasks"] extends (infer T)[] | undefined ? T : never => ({
@@ -167,6 +176,7 @@ export function runFromState(run: Readonly<RunState>): Run {
     skipReason: t.skipReason ?? "",
     createTime: ts(t.createdAt),
     endTime: ts(t.endedAt),
+    pendingReason: t.status === "QUEUED" ? pendingReason(t.id) : "",
   });
   return create(RunSchema, {
     ...basicStateInit(run),

@@ -105,6 +105,8 @@ function parseSpecJson(text: string): unknown {
 
 /** The WorkflowService implementation for grpc-js. */
 export function workflowService(engine: Engine, runs: RunStore): grpc.UntypedServiceImplementation {
+  // Why queued tasks wait is the engine's live knowledge of its executor sessions, not stored.
+  const pendingReason = (taskRunId: string): string => engine.pendingReason(taskRunId);
   return {
     registerWorkflow: unary(async (req: RegisterWorkflowRequest) => {
       let spec: unknown;
@@ -161,13 +163,13 @@ export function workflowService(engine: Engine, runs: RunStore): grpc.UntypedSer
             ? runBasicFromState(active)
             : runBasic(await runs.getRun(runId))
           : active !== undefined
-            ? runFromState(active)
-            : runDetail(await runs.get(runId));
+            ? runFromState(active, pendingReason)
+            : runDetail(await runs.get(runId), pendingReason);
       return create(StartRunResponseSchema, { run, created });
     }),
 
     getRun: unary(async (req: GetRunRequest) => {
-      return create(GetRunResponseSchema, { run: runDetail(await runs.get(req.runId)) });
+      return create(GetRunResponseSchema, { run: runDetail(await runs.get(req.runId), pendingReason) });
     }),
 
     listRuns: unary(async (req: ListRunsRequest) => {
@@ -199,7 +201,7 @@ export function workflowService(engine: Engine, runs: RunStore): grpc.UntypedSer
       const full: Run[] = [];
       let bytes = PAGE_TOKEN_ROOM;
       for (const detail of details) {
-        const run = runDetail(detail);
+        const run = runDetail(detail, pendingReason);
         const length = toBinary(RunSchema, run).length;
         const size = 1 + varintSize(length) + length; // field tag, length, message
         const last = details[full.length - 1];
@@ -221,7 +223,9 @@ export function workflowService(engine: Engine, runs: RunStore): grpc.UntypedSer
           req.compensate,
         );
       }
-      return create(CancelRunResponseSchema, { run: runDetail(await runs.get(req.runId)) });
+      return create(CancelRunResponseSchema, {
+        run: runDetail(await runs.get(req.runId), pendingReason),
+      });
     }),
 
     watchRun: serverStream(
@@ -247,8 +251,15 @@ export function workflowService(engine: Engine, runs: RunStore): grpc.UntypedSer
             }
             dirty = false;
             const detail = await runs.get(req.runId);
-            const run = runDetail(detail);
-            const current = new Map(detail.tasks.map((t) => [t.id, `${t.status}:${t.attempt}`]));
+            const run = runDetail(detail, pendingReason);
+            // A queued task whose reason to wait changed counts as changed (the engine wakes the
+            // stream for that without a commit).
+            const current = new Map(
+              detail.tasks.map((t, i) => [
+                t.id,
+                `${t.status}:${t.attempt}:${run.tasks[i]?.pendingReason ?? ""}`,
+              ]),
+            );
             const changed = first
               ? []
               : [...current].filter(([id, s]) => previous.get(id) !== s).map(([id]) => id);

@@ -5,6 +5,7 @@
  */
 import type { SessionResponse } from "@nexusflow/gen";
 import type { TaskState } from "./model.js";
+import { describeHold, holdOf, sameHold, type Hold } from "./pending.js";
 
 /** An attached executor session as the engine sees it. */
 export interface SessionHandle {
@@ -63,6 +64,19 @@ class TaskQueue {
   get size(): number {
     return this.items.length - this.head;
   }
+
+  /** The tasks still QUEUED, oldest first, each once (a task may sit in the queue twice). */
+  queued(): TaskState[] {
+    const seen = new Set<string>();
+    const out: TaskState[] = [];
+    for (let i = this.head; i < this.items.length; i++) {
+      const t = this.items[i] as TaskState;
+      if (t.status !== "QUEUED" || seen.has(t.id)) continue;
+      seen.add(t.id);
+      out.push(t);
+    }
+    return out;
+  }
 }
 
 /** Queues of ready tasks by type, and the sessions that take them. */
@@ -71,6 +85,12 @@ export class Dispatcher {
   /** Attached sessions by id. */
   readonly sessions = new Map<string, SessionHandle>();
   private cursor = 0;
+  /**
+   * Why each type's ready tasks wait, as of the latest recordHolds; absent when none wait or a
+   * session can take them. Kept in memory only: it is a fact about the sessions attached to this
+   * process, which a restarted scheduler learns again as executors reconnect.
+   */
+  private readonly holds = new Map<string, Hold>();
 
   /** Adds a ready task at the back of its type's queue. */
   enqueue(task: TaskState): void {
@@ -89,6 +109,32 @@ export class Dispatcher {
       this.queues.set(type, q);
     }
     return q;
+  }
+
+  /**
+   * Records, for each type with ready tasks left after a pass, why no session takes them (see
+   * holdOf), and forgets the holds of types with none left. Returns the types whose hold changed.
+   */
+  recordHolds(): { type: string; hold: Hold | null }[] {
+    const changed: { type: string; hold: Hold | null }[] = [];
+    for (const [type, q] of this.queues) {
+      const hold = q.size > 0 && q.peek() !== undefined ? holdOf(type, this.sessions.values()) : null;
+      if (sameHold(this.holds.get(type) ?? null, hold)) continue;
+      if (hold === null) this.holds.delete(type);
+      else this.holds.set(type, hold);
+      changed.push({ type, hold });
+    }
+    return changed;
+  }
+
+  /** Why ready tasks of `type` wait, in one line, as of the latest recordHolds; "" when they do not. */
+  pendingReason(type: string): string {
+    return describeHold(type, this.holds.get(type));
+  }
+
+  /** The tasks of `type` still QUEUED, oldest first. */
+  waiting(type: string): TaskState[] {
+    return this.queues.get(type)?.queued() ?? [];
   }
 
   /** Ready tasks waiting per type (approximate: includes entries cancelled meanwhile). */

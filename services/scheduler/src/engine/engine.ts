@@ -25,6 +25,7 @@ import { DefinitionStore } from "./definitions.js";
 import { Dispatcher, type SessionHandle } from "./dispatcher.js";
 import { lifecycleEvent, type EventInit } from "./events.js";
 import { KeyedStarts } from "./keyed-starts.js";
+import { UnservedTypes } from "./pending.js";
 import {
   ACTIVE_LEASE,
   STORAGE_REFUSED,
@@ -130,6 +131,8 @@ export class Engine {
   private readonly tasks = new Map<string, TaskState>();
   /** StartRun calls with an idempotency key. */
   private readonly keyed: KeyedStarts;
+  /** Logs task types with ready tasks that no executor advertises. */
+  private readonly unserved: UnservedTypes;
   /** Leases without a session (session lost, or scheduler restarted): expiry timers by task id. */
   private readonly orphans = new Map<string, NodeJS.Timeout>();
   private readonly timers = new Set<NodeJS.Timeout>();
@@ -171,6 +174,7 @@ export class Engine {
       onRefused: (runId, error) => this.refused(runId, error),
     });
     this.definitions = new DefinitionStore(options.db, options.log);
+    this.unserved = new UnservedTypes({ log: options.log });
   }
 
   /** Current lifecycle state. */
@@ -421,6 +425,9 @@ export class Engine {
       else this.advance(run);
     }
     await this.writer.flush();
+    // Executors that were attached before the restart are reconnecting: no warning about types
+    // they advertise until they have had the time to.
+    if (queued > 0 || orphaned > 0) this.unserved.quietFor(this.sessionTimeoutMs + RECONNECT_ALLOWANCE_MS);
     this.log.info({ runs: this.runs.size, queued, orphanedLeases: orphaned }, "recovered active runs");
   }
 
@@ -892,7 +899,10 @@ export class Engine {
   private pump(): void {
     if (this.stateValue !== "RUNNING") return;
     const pairs = this.dispatcher.take();
-    if (pairs.length === 0) return;
+    if (pairs.length === 0) {
+      this.recordHolds();
+      return;
+    }
     const now = new Date();
     const granted: { session: SessionHandle; task: TaskState; token: number }[] = [];
     for (const { session, task } of pairs) {
@@ -999,8 +1009,35 @@ export class Engine {
       },
       (e: unknown) => this.log.warn({ err: e }, "leases not sent: commit failed"),
     );
+    this.recordHolds();
     // More may fit (credit left, or tasks queued meanwhile).
     this.schedulePump();
+  }
+
+  /**
+   * After a pass: records why the ready tasks it left wait (TaskRun.pending_reason), logs task
+   * types that no executor advertises, and wakes the WatchRun streams of runs whose queued tasks
+   * now wait for another reason (no commit would, since nothing stored changed).
+   */
+  private recordHolds(): void {
+    for (const { type, hold } of this.dispatcher.recordHolds()) {
+      this.unserved.update(type, hold, () => this.dispatcher.waiting(type).length);
+      if (this.watchers.size === 0) continue;
+      for (const runId of new Set(this.dispatcher.waiting(type).map((t) => t.runId))) this.notify(runId);
+    }
+  }
+
+  /**
+   * Why a task waits, in one line (TaskRun.pending_reason), or "" unless it is QUEUED here: the
+   * reason the dispatcher recorded for its type in its latest pass, from the sessions attached at
+   * that moment (no executor advertises the type; all that do are busy or draining). It is kept
+   * in memory, not stored: it describes executor sessions of this process, changes with every
+   * attach, credit and drain, and a restarted scheduler learns it again as executors reconnect.
+   * Reasons of other kinds (#27: ExplainPending) can join it here, recorded at their decision.
+   */
+  pendingReason(taskRunId: string): string {
+    const task = this.tasks.get(taskRunId);
+    return task?.status === "QUEUED" ? this.dispatcher.pendingReason(task.type) : "";
   }
 
   private leaseKey(task: TaskState): { taskRunId: string; attempt: number; fencingToken: bigint } {
@@ -1421,6 +1458,8 @@ export class Engine {
       },
       "executor attached",
     );
+    this.unserved.attached(session.executorId, session.types, (type) => this.dispatcher.waiting(type).length);
+    this.schedulePump();
     return revoked;
   }
 
@@ -1439,6 +1478,8 @@ export class Engine {
   /** Drain report: no more leases on this session. */
   onDrain(session: SessionHandle): number {
     session.draining = true;
+    // The next pass records that the types it alone ran now wait for it to finish draining.
+    this.schedulePump();
     return session.leases.size;
   }
 
@@ -1452,12 +1493,15 @@ export class Engine {
         this.orphan(task);
     }
     session.leases.clear();
+    // The next pass records whether the types it ran are now without an executor.
+    this.schedulePump();
     this.log.info({ sessionId: session.id, executorId: session.executorId }, "executor session ended");
   }
 
   private checkLiveness(): void {
     const now = performance.now();
     this.pingNonce++;
+    this.unserved.tick((type) => this.dispatcher.waiting(type).length);
     for (const s of this.dispatcher.sessions.values()) {
       for (const id of s.leases) {
         const task = this.tasks.get(id);
