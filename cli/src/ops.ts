@@ -308,7 +308,12 @@ function runRow(run: Run): string[] {
   ];
 }
 
-function describeRun(run: Run, color: boolean): string {
+/**
+ * `runs get` as a table: the run, then a row per task; the last column says why a queued task
+ * waits (`waiting: no executor advertises type "charge-card"`), and holds its latest error or a
+ * skip reason.
+ */
+export function describeRun(run: Run, color: boolean): string {
   const style = createStyle(color);
   const head = formatTable(["RUN", "WORKFLOW", "STATUS", "CREATED", "DURATION"], [runRow(run)]);
   const labels = Object.entries(run.labels);
@@ -328,11 +333,17 @@ function describeRun(run: Run, color: boolean): string {
             String(last?.number ?? 0),
             last?.executorId || "-",
             formatSpan(last?.startTime ?? last?.leaseTime, last?.endTime),
-            error === undefined
-              ? t.skipReason === ""
-                ? ""
-                : `(${t.skipReason})`
-              : truncate(`${error.type}: ${error.message}`, 60),
+            [
+              // A waiting task's reason is shown whole: the type it names is what to act on.
+              t.pendingReason === "" ? "" : style.yellow(`waiting: ${t.pendingReason}`),
+              error === undefined
+                ? t.skipReason === ""
+                  ? ""
+                  : `(${t.skipReason})`
+                : truncate(`${error.type}: ${error.message}`, 60),
+            ]
+              .filter((text) => text !== "")
+              .join("; "),
           ];
         }),
       ),

@@ -21,6 +21,8 @@ export interface TaskChange {
   durationMs: number | undefined;
   /** Extra words: the error of a failure, the skip reason. */
   detail: string | undefined;
+  /** Why a queued task waits (`no executor advertises type "x"`), from the scheduler. */
+  pendingReason: string | undefined;
 }
 
 /** Whether a run has reached a terminal state. */
@@ -50,21 +52,27 @@ function changeOf(task: TaskRun): TaskChange {
     attempt: last?.number ?? 0,
     durationMs: start !== undefined && end !== undefined ? Math.max(0, end - start) : undefined,
     detail,
+    pendingReason: task.pendingReason === "" ? undefined : task.pendingReason,
   };
 }
 
 /** Remembers the last state of each task and reports what changed between snapshots. */
 export class RunProgress {
-  readonly #last = new Map<string, TaskStatus>();
+  readonly #last = new Map<string, { status: TaskStatus; pendingReason: string }>();
 
-  /** The changes in `run` since the previous call (tasks first seen as PENDING are not changes). */
+  /**
+   * The changes in `run` since the previous call: each new state of a task (tasks first seen as
+   * PENDING are not changes), and a queued task's new reason to wait (not its clearing: the task's
+   * next state says that).
+   */
   update(run: Run): TaskChange[] {
     const changes: TaskChange[] = [];
     for (const task of run.tasks) {
       const previous = this.#last.get(task.id);
-      this.#last.set(task.id, task.status);
-      if (previous === task.status) continue;
-      if (previous === undefined && task.status === TaskStatus.PENDING) continue;
+      this.#last.set(task.id, { status: task.status, pendingReason: task.pendingReason });
+      if (previous?.status === task.status) {
+        if (task.pendingReason === "" || task.pendingReason === previous.pendingReason) continue;
+      } else if (previous === undefined && task.status === TaskStatus.PENDING) continue;
       changes.push(changeOf(task));
     }
     return changes;
@@ -105,7 +113,10 @@ function colourTaskStatus(status: TaskStatus, text: string, style: Style): strin
   }
 }
 
-/** One aligned line for a task change, e.g. `  charge        SUCCEEDED   executor-2  #1  12ms`. */
+/**
+ * One aligned line for a task change, e.g. `  charge        SUCCEEDED   executor-2  #1  12ms`, or
+ * `  charge        QUEUED                    waiting: no executor advertises type "charge-card"`.
+ */
 export function formatTaskChange(change: TaskChange, style: Style, stepWidth = 18): string {
   const step = change.kind === TaskKind.COMPENSATION ? `${change.stepId} (undo)` : change.stepId;
   const parts = [
@@ -122,6 +133,7 @@ export function formatTaskChange(change: TaskChange, style: Style, stepWidth = 1
     parts.push(formatDuration(change.durationMs));
   }
   if (change.detail !== undefined) parts.push(style.gray(change.detail));
+  if (change.pendingReason !== undefined) parts.push(style.yellow(`waiting: ${change.pendingReason}`));
   return parts.join(" ").trimEnd();
 }
 
