@@ -44,6 +44,7 @@ import {
 } from "@nexusflow/gen";
 import type pg from "pg";
 import { STEP_ID_PATTERN } from "../dag/index.js";
+import { ACTIVE_LEASE, TERMINAL_TASK_STATUSES } from "../model/run-state.js";
 import { checkRunId } from "../persistence/run-store.js";
 
 // ---------------------------------------------------------------------------------- task index
@@ -116,8 +117,9 @@ export class PgTaskIndex implements TaskIndex {
 
 // ---------------------------------------------------------------------------------- helpers
 
-const ACTIVE_ATTEMPT = new Set(["LEASED", "RUNNING"]);
-const TERMINAL_TASK = new Set(["SUCCEEDED", "FAILED", "SKIPPED", "CANCELLED"]);
+// The stored states, as the plain strings that SQL returns.
+const ACTIVE_ATTEMPT: ReadonlySet<string> = ACTIVE_LEASE;
+const TERMINAL_TASK: ReadonlySet<string> = TERMINAL_TASK_STATUSES;
 
 /** Store errors as API errors. */
 export function artifactApiError(e: unknown, field = "key"): unknown {

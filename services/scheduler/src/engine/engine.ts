@@ -7,7 +7,7 @@ import { create } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { ApiError, Code, UnavailableError, errorToProto, jsonToValue, type Logger } from "@nexusflow/common";
 import { isArtifactError, toArtifactRef } from "@nexusflow/common/artifacts";
-import { SessionResponseSchema, TaskKind, type LeaseKey } from "@nexusflow/gen";
+import { RunStatus, SessionResponseSchema, TaskKind, type LeaseKey } from "@nexusflow/gen";
 import {
   compensationOrder,
   evaluateRun,
@@ -819,14 +819,7 @@ export class Engine {
     this.emit(run, {
       case: "runCompleted",
       value: {
-        status: {
-          SUCCEEDED: 3,
-          FAILED: 4,
-          CANCELLED: 5,
-          TIMED_OUT: 6,
-          COMPENSATED: 8,
-          COMPENSATION_FAILED: 9,
-        }[status as "SUCCEEDED"],
+        status: RunStatus[status],
         ...(output === null || output === undefined ? {} : { output: jsonToValue(output) }),
         ...(error === null ? {} : { error: errorToProto(error) }),
       },

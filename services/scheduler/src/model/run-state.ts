@@ -4,55 +4,53 @@
  * recovery rebuilds it from the tables alone.
  */
 import { randomUUID } from "node:crypto";
+import { RunStatus, TaskStatus, type TaskKind } from "@nexusflow/gen";
 import type { CompiledWorkflow } from "../dag/index.js";
 
-/** Run states as stored (the names of the proto enum without prefix). */
-export type RunStatusName =
-  | "PENDING"
-  | "RUNNING"
-  | "SUCCEEDED"
-  | "FAILED"
-  | "CANCELLED"
-  | "TIMED_OUT"
-  | "COMPENSATING"
-  | "COMPENSATED"
-  | "COMPENSATION_FAILED";
+/** Run states as stored: the names of the generated RunStatus enum ("SUCCEEDED"). */
+export type RunStatusName = Exclude<keyof typeof RunStatus, "UNSPECIFIED">;
 
-/** Task states as stored. */
-export type TaskStatusName =
-  | "PENDING"
-  | "QUEUED"
-  | "LEASED"
-  | "RUNNING"
-  | "RETRY_WAIT"
-  | "SUCCEEDED"
-  | "FAILED"
-  | "SKIPPED"
-  | "CANCELLED";
+/** Task (and attempt) states as stored: the names of the generated TaskStatus enum. */
+export type TaskStatusName = Exclude<keyof typeof TaskStatus, "UNSPECIFIED">;
 
-/** Step or compensation. */
-export type TaskKindName = "STEP" | "COMPENSATION";
+/** Step or compensation: the names of the generated TaskKind enum. */
+export type TaskKindName = Exclude<keyof typeof TaskKind, "UNSPECIFIED">;
+
+/** The stored name of a run state. */
+export function runStatusName(status: Exclude<RunStatus, RunStatus.UNSPECIFIED>): RunStatusName {
+  return RunStatus[status] as RunStatusName;
+}
+
+/** The stored name of a task state. */
+export function taskStatusName(status: Exclude<TaskStatus, TaskStatus.UNSPECIFIED>): TaskStatusName {
+  return TaskStatus[status] as TaskStatusName;
+}
 
 /** Run states after which nothing changes. */
-export const TERMINAL_RUN_STATUSES: ReadonlySet<RunStatusName> = new Set([
-  "SUCCEEDED",
-  "FAILED",
-  "CANCELLED",
-  "TIMED_OUT",
-  "COMPENSATED",
-  "COMPENSATION_FAILED",
-]);
+export const TERMINAL_RUN_STATUSES: ReadonlySet<RunStatusName> = new Set(
+  (
+    [
+      RunStatus.SUCCEEDED,
+      RunStatus.FAILED,
+      RunStatus.CANCELLED,
+      RunStatus.TIMED_OUT,
+      RunStatus.COMPENSATED,
+      RunStatus.COMPENSATION_FAILED,
+    ] as const
+  ).map(runStatusName),
+);
 
 /** Task states after which nothing changes. */
-export const TERMINAL_TASK_STATUSES: ReadonlySet<TaskStatusName> = new Set([
-  "SUCCEEDED",
-  "FAILED",
-  "SKIPPED",
-  "CANCELLED",
-]);
+export const TERMINAL_TASK_STATUSES: ReadonlySet<TaskStatusName> = new Set(
+  ([TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.SKIPPED, TaskStatus.CANCELLED] as const).map(
+    taskStatusName,
+  ),
+);
 
 /** Task (and attempt) states while an executor holds the lease. */
-export const ACTIVE_LEASE: ReadonlySet<TaskStatusName> = new Set(["LEASED", "RUNNING"]);
+export const ACTIVE_LEASE: ReadonlySet<TaskStatusName> = new Set(
+  ([TaskStatus.LEASED, TaskStatus.RUNNING] as const).map(taskStatusName),
+);
 
 /** Error type of a run whose changes PostgreSQL refused to store (see BatchWriter's onRefused). */
 export const STORAGE_REFUSED = "STORAGE_REFUSED";
