@@ -26,7 +26,7 @@ import {
 } from "@nexusflow/gen";
 import { BadRequestSchema } from "@nexusflow/gen/google/rpc/error_details_pb";
 import { DEV_ISSUER, ensureDevKeys, mintDevToken } from "./dev-keys.js";
-import { findDevKeys } from "./dev-state.js";
+import { findDevKeys, readDevState } from "./dev-state.js";
 import {
   AddressError,
   DEFAULT_ADDRESS,
@@ -82,7 +82,7 @@ export const OPERATOR_USAGE = `Operator commands (talk to the gateway):
                                   mint a DEV token with the dev key of NEXUSFLOW_DATA_DIR, ./.nexusflow or the running npm start
 
 Common options:
-  --address URL      the gateway (NEXUSFLOW_ADDRESS; default ${DEFAULT_ADDRESS})
+  --address URL      the gateway (NEXUSFLOW_ADDRESS; default: the running npm start's, else ${DEFAULT_ADDRESS})
   --token JWT        bearer token (NEXUSFLOW_TOKEN; on this machine, a dev token when the dev key exists)
   --output FORMAT    table (default) or json
 `;
@@ -166,7 +166,10 @@ async function withGateway(
 ): Promise<number> {
   let url: string;
   try {
-    url = gatewayUrl(values.address ?? (io.env["NEXUSFLOW_ADDRESS"]?.trim() || DEFAULT_ADDRESS));
+    url = gatewayUrl(
+      values.address ??
+        (io.env["NEXUSFLOW_ADDRESS"]?.trim() || (await readDevState(io.env))?.gatewayUrl || DEFAULT_ADDRESS),
+    );
   } catch (e) {
     if (e instanceof AddressError) throw new UsageError(e.message);
     throw e;
