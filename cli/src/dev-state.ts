@@ -2,7 +2,8 @@
  * Where a running `nexusflow dev` (npm start) keeps its data: a small state file in a per-user
  * place (`$XDG_RUNTIME_DIR/nexusflow/dev-stack.json`, else `<tmpdir>/nexusflow-<uid>/`), written
  * once the stack is up and removed when it stops. `nexusflow token` run from any directory finds
- * the stack's dev key through it, instead of minting with a new key the stack does not trust.
+ * the stack's dev key through it, instead of minting with a new key the stack does not trust;
+ * `nexusflow executor` finds the stack's scheduler and artifact directory there too.
  */
 import { access, lstat, mkdir, readFile, rename, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
@@ -17,6 +18,13 @@ export interface DevState {
   gatewayUrl: string;
   /** Process id of `nexusflow dev`; a state file whose process is gone is ignored. */
   pid: number;
+  /** The scheduler's gRPC address, host:port (absent in a state written by an older CLI). */
+  schedulerAddress?: string | undefined;
+  /**
+   * Absolute directory where the stack keeps logs and artifacts, when on the filesystem (absent
+   * with S3): an executor of its own writes there so the gateway can serve its tasks' logs.
+   */
+  artifactsDir?: string | undefined;
 }
 
 /** The per-user directory of the state file. */
@@ -62,7 +70,10 @@ async function readState(file: string): Promise<DevState | undefined> {
     const value = JSON.parse(await readFile(file, "utf8")) as Partial<DevState>;
     if (typeof value.dataDir !== "string" || typeof value.gatewayUrl !== "string") return undefined;
     if (typeof value.pid !== "number" || !Number.isInteger(value.pid) || value.pid <= 0) return undefined;
-    return { dataDir: value.dataDir, gatewayUrl: value.gatewayUrl, pid: value.pid };
+    const state: DevState = { dataDir: value.dataDir, gatewayUrl: value.gatewayUrl, pid: value.pid };
+    if (typeof value.schedulerAddress === "string") state.schedulerAddress = value.schedulerAddress;
+    if (typeof value.artifactsDir === "string") state.artifactsDir = value.artifactsDir;
+    return state;
   } catch {
     return undefined;
   }

@@ -290,8 +290,16 @@ export async function runDev(options: DevOptions): Promise<number> {
       lifetime.signal,
     );
     const gatewayUrl = `http://${connectHost(ports.gatewayHost)}:${portOf(gatewayReady["url"]) ?? ports.gatewayPort}`;
-    // So that `nexusflow token` in another shell and directory finds this stack's key (dev-state.ts).
-    stateRecorded = await writeDevState(env, { dataDir, gatewayUrl, pid: process.pid });
+    // So that `nexusflow token` in another shell and directory finds this stack's key, and
+    // `nexusflow executor` its scheduler and the artifact directory the scheduler reads (dev-state.ts).
+    const storage = loadSchedulerConfig({ ...env, ...authEnv }).artifacts;
+    stateRecorded = await writeDevState(env, {
+      dataDir,
+      gatewayUrl,
+      pid: process.pid,
+      schedulerAddress,
+      artifactsDir: storage.s3Endpoint === undefined ? resolve(root, storage.dir) : undefined,
+    });
     const tokenCommand =
       `${stateRecorded ? "" : `NEXUSFLOW_DATA_DIR=${dataDir} `}` +
       `npm --prefix ${root} exec -- nexusflow token --scope admin`;
