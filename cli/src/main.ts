@@ -25,6 +25,13 @@ Commands:
            Options:
              --exit-after-sample   stop after the sample run; exit 0 if it succeeded, 1 if not
            The services trust only a local dev key (.nexusflow/dev-keys, created on first use).
+  executor [--handlers <module>] [--id ID] [--slots N] [--types a,b] [--scheduler host:port]
+           Run an executor with the built-in task types and the handlers of a module (.ts or .js,
+           relative to the current directory, default export (registry) => ...; it may import
+           @nexusflow/executor without installing it) until Ctrl-C, which drains it (again: exit now).
+           Defaults: EXECUTOR_HANDLERS, EXECUTOR_ID, EXECUTOR_SLOTS, EXECUTOR_TASK_TYPES and
+           SCHEDULER_ADDRESS, else the running dev stack's scheduler. Token: EXECUTOR_TOKEN or
+           EXECUTOR_TOKEN_FILE, else minted for the executor id with the dev key (as token finds it).
   events tail [--brokers host:port] [--topic T] [--from-beginning] [--run ID]
            Print lifecycle events as JSON lines until Ctrl-C: from Kafka (KAFKA_BROKERS, KAFKA_TOPIC),
            else from the outbox in PostgreSQL (DATABASE_URL, else the dev stack's database).
@@ -142,6 +149,31 @@ switch (command) {
   case "token":
     process.exit(await operator(tokenCommand, rest));
     break;
+  case "executor": {
+    // Ctrl-C drains the executor; a second one (not a copy of the first: stop-signals.ts) exits now.
+    const drain = new AbortController();
+    const onSignal = stopSignalHandler({
+      onStop: (signal) => {
+        process.stderr.write(`\n${signal}: draining (press Ctrl-C again to exit at once)\n`);
+        drain.abort(new Error(signal));
+      },
+      onForce: () => process.exit(130),
+    });
+    process.on("SIGINT", onSignal);
+    process.on("SIGTERM", onSignal);
+    const { executorCommand } = await import("./executor-command.js"); // loads the executor
+    const io: CommandIo = {
+      env: process.env,
+      signal: drain.signal,
+      stdout: (text) => void process.stdout.write(text),
+      stderr: (text) => void process.stderr.write(text),
+      color: false,
+      root: ROOT,
+      cwd: process.cwd(),
+    };
+    process.exit(await executorCommand(rest, io));
+    break;
+  }
   default:
     usageError(`unknown command "${command}"`);
 }
