@@ -78,6 +78,7 @@ export const OPERATOR_USAGE = `Operator commands (talk to the gateway):
   runs watch <run-id>             live progress until the run ends (exit 1 unless it succeeded)
   runs cancel <run-id> [--reason R] [--compensate]
   logs <run-id> <step-id> [--attempt N] [--follow]
+                                  a task's log lines; one that is not there is an error saying where it looked
   token [--scope S]... [--ttl 1h] [--subject NAME]
                                   mint a DEV token with the dev key of NEXUSFLOW_DATA_DIR, ./.nexusflow or the running npm start
 
@@ -566,12 +567,14 @@ export async function logsCommand(args: string[], io: CommandIo): Promise<number
   const output = outputOf(values.output);
   const attempt = parseCount("attempt", values.attempt, 0, 2 ** 31 - 1) ?? 0;
   return withGateway(io, "logs", values, async ({ artifacts, url }) => {
+    let lines = 0;
     try {
       const stream = artifacts.getTaskLogs(
         { runId: runId as string, stepId: stepId as string, attempt, follow: values.follow === true },
         values.follow === true ? { signal: io.signal } : { signal: io.signal, timeoutMs: RPC_TIMEOUT_MS },
       );
       for await (const res of stream) {
+        lines += res.lines.length;
         if (output === "json") {
           io.stdout(`${JSON.stringify(toJson(GetTaskLogsResponseSchema, res))}\n`);
           continue;
@@ -586,8 +589,19 @@ export async function logsCommand(args: string[], io: CommandIo): Promise<number
         io.stderr(`nexusflow: logs: the gateway at ${url} does not serve task logs yet (UNIMPLEMENTED)\n`);
         return 1;
       }
+      // The scheduler says which key it looked for in which store; which stack was asked is known here.
+      if (e instanceof ConnectError && e.code === Code.NotFound && !io.signal.aborted) {
+        io.stderr(`nexusflow: logs: ${describeError(e, url)}; asked the gateway at ${url}\n`);
+        return 1;
+      }
       throw e;
     }
+    // An empty log is not an error, but silence would look like one.
+    if (lines === 0)
+      io.stderr(
+        `nexusflow: logs: step ${stepId} of run ${runId}${attempt > 0 ? ` attempt ${attempt}` : ""} logged no lines; ` +
+          `asked the gateway at ${url}\n`,
+      );
     return 0;
   });
 }

@@ -8,16 +8,22 @@
  * numbered chunks `attempt-{n}/logs/NNNNN.jsonl` while it runs (see the executor's
  * ArtifactLogSink); the two agree line for line, so a follower switches from one to the other
  * without repeating or losing lines.
+ *
+ * A log that is not there is NOT_FOUND, never an empty stream: the message names the key looked
+ * for and the store (its path or bucket only to admins, and to everyone when authentication is
+ * off), and says why it is missing when the database knows (the executor reported storing it
+ * elsewhere, or stored none).
  */
 import { createHash } from "node:crypto";
 import { setTimeout as delay } from "node:timers/promises";
 import { create } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import type * as grpc from "@grpc/grpc-js";
-import { ApiError, Code, type Logger, serverStream, unary } from "@nexusflow/common";
+import { ApiError, Code, type Logger, Scope, hasScope, serverStream, unary } from "@nexusflow/common";
 import {
   type ArtifactStore,
   COMPENSATION_SUFFIX,
+  FilesystemArtifactStore,
   LOGS_OBJECT,
   LOG_CHUNKS_FOLDER,
   type TaskKindName,
@@ -28,6 +34,7 @@ import {
   logChunkSeq,
   readAll,
   runPrefix,
+  S3ArtifactStore,
   stepPrefix,
 } from "@nexusflow/common/artifacts";
 import {
@@ -46,6 +53,7 @@ import type pg from "pg";
 import { STEP_ID_PATTERN } from "../dag/index.js";
 import { ACTIVE_LEASE, TERMINAL_TASK_STATUSES } from "../model/run-state.js";
 import { checkRunId } from "../persistence/run-store.js";
+import { callPrincipal } from "./auth.js";
 
 // ---------------------------------------------------------------------------------- task index
 
@@ -54,6 +62,10 @@ export interface AttemptInfo {
   readonly number: number;
   /** Stored status: LEASED or RUNNING while it runs, SUCCEEDED, FAILED or CANCELLED after. */
   readonly status: string;
+  /** The executor it was leased to. */
+  readonly executorId?: string | undefined;
+  /** Key of the log its executor reported storing (absent: it reported none, or has not ended). */
+  readonly logKey?: string | undefined;
 }
 
 /** One task (a step or its compensation) as the database knows it. */
@@ -92,7 +104,8 @@ export class PgTaskIndex implements TaskIndex {
   async task(runId: string, stepId: string, kind: TaskKindName): Promise<TaskInfo | undefined> {
     const { rows } = await this.pool.query<{ status: string; attempts: AttemptInfo[] | null }>(
       `SELECT t.status,
-              (SELECT json_agg(json_build_object('number', a.number, 'status', a.status) ORDER BY a.number)
+              (SELECT json_agg(json_strip_nulls(json_build_object('number', a.number, 'status', a.status,
+                        'executorId', a.executor_id, 'logKey', a.logs->>'key')) ORDER BY a.number)
                  FROM task_attempts a WHERE a.task_run_id = t.id) AS attempts
          FROM task_runs t WHERE t.run_id = $1 AND t.step_id = $2 AND t.kind = $3`,
       [runId, stepId, kind],
@@ -275,6 +288,55 @@ async function pause(ms: number, signal: AbortSignal): Promise<boolean> {
   }
 }
 
+/**
+ * Whether the caller of a call may see where the store is (a path or a bucket): an admin, or
+ * anyone when the scheduler runs without authentication (then every caller may do everything).
+ */
+function mayLocateStore(metadata: grpc.Metadata): boolean {
+  const principal = callPrincipal(metadata);
+  return principal === undefined || hasScope(principal, Scope.ADMIN);
+}
+
+/** The store as messages name it: with its path or bucket when `located`. */
+export function describeStore(store: ArtifactStore, located: boolean): string {
+  const kind = store.kind === "s3" ? "S3" : "filesystem";
+  if (!located) return `the scheduler's ${kind} artifact store (an admin token shows where it is)`;
+  if (store instanceof FilesystemArtifactStore) return `the filesystem artifact store at ${store.root}`;
+  if (store instanceof S3ArtifactStore) return `the S3 artifact store, bucket ${store.bucket}`;
+  return `the scheduler's ${kind} artifact store`;
+}
+
+/** An ended attempt whose log is not in the store: no logs.jsonl and no chunk was ever read. */
+interface MissingLog {
+  readonly attempt: AttemptInfo;
+  /** The key looked for. */
+  readonly key: string;
+}
+
+/** NOT_FOUND for a task whose ended attempts have no log, saying where it looked and why. */
+export function missingLogError(
+  runId: string,
+  stepId: string,
+  missing: readonly MissingLog[],
+  store: string,
+): ApiError {
+  const keys = missing.map((m) => m.key);
+  const looked = keys.length <= 2 ? keys.join(" and ") : `${keys[0]} and ${keys.length - 1} more`;
+  const reported = missing.find((m) => m.attempt.logKey !== undefined);
+  const last = missing[missing.length - 1]?.attempt;
+  const why =
+    reported !== undefined
+      ? `executor ${reported.attempt.executorId ?? "?"} reported storing ` +
+        `${reported.attempt.logKey === reported.key ? "it" : reported.attempt.logKey}, so ` +
+        "the scheduler reads another artifact store than the executors write to " +
+        "(compare ARTIFACTS_DIR, NEXUSFLOW_DATA_DIR, S3_ENDPOINT and S3_BUCKET of both)"
+      : `executor ${last?.executorId ?? "?"} reported no log for attempt ${last?.number ?? "?"} ` +
+        "(an executor without an artifact store keeps its logs in memory only)";
+  return ApiError.notFound(
+    `no log of step ${stepId} in run ${runId}: looked for ${looked} in ${store}; ${why}`,
+  );
+}
+
 /** The ArtifactService implementation for grpc-js. */
 export function artifactService(options: ArtifactServiceOptions): grpc.UntypedServiceImplementation {
   const { store, tasks } = options;
@@ -323,12 +385,21 @@ export function artifactService(options: ArtifactServiceOptions): grpc.UntypedSe
         req: GetTaskLogsRequest,
         send: (res: GetTaskLogsResponse) => Promise<void>,
         signal: AbortSignal,
+        call: grpc.ServerWritableStream<GetTaskLogsRequest, GetTaskLogsResponse>,
       ) => {
         checkRunId(req.runId);
         const step = parseStepId(req.stepId);
         if (!Number.isInteger(req.attempt) || req.attempt < 0)
           throw ApiError.invalid("attempt", "must be 0 (every attempt) or an attempt number");
         const cursors = new Map<number, LogCursor>();
+        const missing = new Map<number, MissingLog>();
+        let sent = 0;
+        // Nothing sent because no log is there: say so rather than end as if the log were empty.
+        const end = (): void => {
+          if (sent > 0 || missing.size === 0) return;
+          const where = describeStore(store, mayLocateStore(call.metadata));
+          throw missingLogError(req.runId, req.stepId, [...missing.values()], where);
+        };
         for (;;) {
           // The database first: an attempt it shows as ended has its complete log in the store
           // already (the executor stores it before reporting), so the read below is the last one.
@@ -341,6 +412,15 @@ export function artifactService(options: ArtifactServiceOptions): grpc.UntypedSe
           const wanted = task.attempts.filter((a) => req.attempt === 0 || a.number === req.attempt);
           if (wanted.length === 0 && req.attempt > 0 && (!req.follow || TERMINAL_TASK.has(task.status)))
             throw ApiError.notFound(`step ${req.stepId} of run ${req.runId} has no attempt ${req.attempt}`);
+          if (task.attempts.length === 0 && TERMINAL_TASK.has(task.status))
+            throw ApiError.notFound(
+              `step ${req.stepId} of run ${req.runId} never ran (${task.status}), so it has no log`,
+            );
+          if (task.attempts.length === 0 && !req.follow)
+            throw ApiError.notFound(
+              `step ${req.stepId} of run ${req.runId} has not started (${task.status}), so it has no log yet; ` +
+                "follow to wait for it",
+            );
           let open = false;
           for (const attempt of wanted) {
             let cursor = cursors.get(attempt.number);
@@ -351,16 +431,20 @@ export function artifactService(options: ArtifactServiceOptions): grpc.UntypedSe
             for (const batch of batches(lines)) {
               if (signal.aborted) return;
               await send(create(GetTaskLogsResponseSchema, { lines: batch }));
+              sent += batch.length;
             }
-            // An ended attempt without logs.jsonl (its executor died) has nothing more to come either.
-            if (ended) cursor.complete = true;
-            else open = true;
+            if (ended) {
+              if (!cursor.complete && cursor.chunks === 0)
+                missing.set(attempt.number, { attempt, key: `${prefix}${LOGS_OBJECT}` });
+              // An ended attempt without logs.jsonl (its executor died) has nothing more to come either.
+              cursor.complete = true;
+            } else open = true;
             // Following one attempt at a time keeps the lines of attempts in order.
             if (!ended && req.follow) break;
           }
-          if (!req.follow) return;
+          if (!req.follow) return end();
           const done = !open && (req.attempt > 0 ? wanted.length > 0 : TERMINAL_TASK.has(task.status));
-          if (done) return;
+          if (done) return end();
           if (!(await pause(pollMs, signal))) return;
         }
       },
