@@ -143,6 +143,18 @@ switch (command) {
   case "logs":
     process.exit(await operator(logsCommand, rest));
     break;
+  case "artifacts":
+    process.exit(
+      await operator(
+        async (a, io) =>
+          (await import("./artifacts-command.js")).artifactsCommand(a, {
+            ...io,
+            binaryStdout: process.stdout,
+          }),
+        rest,
+      ),
+    );
+    break;
   case "events": // loaded on demand: only this command needs kafkajs
     process.exit(await operator(async (a, io) => (await import("./events.js")).eventsCommand(a, io), rest));
     break;

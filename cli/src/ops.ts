@@ -79,13 +79,18 @@ export const OPERATOR_USAGE = `Operator commands (talk to the gateway):
   runs cancel <run-id> [--reason R] [--compensate]
   logs <run-id> <step-id> [--attempt N] [--follow]
                                   a task's log lines; one that is not there is an error saying where it looked
+  artifacts list <run-id> [<step-id>]
+                                  what a run's tasks stored: step, attempt, name, size, content type
+  artifacts get <run-id> <step-id> <name> [--attempt N] [-o FILE|-] [--force] [--stream]
+                                  one of those files (the latest attempt's unless --attempt) to standard output,
+                                  or with -o to FILE (replaced only with --force); --stream skips presigned URLs
   token [--scope S]... [--ttl 1h] [--subject NAME]
                                   mint a DEV token with the dev key of NEXUSFLOW_DATA_DIR, ./.nexusflow or the running npm start
 
 Common options:
   --address URL      the gateway (NEXUSFLOW_ADDRESS; default: the running npm start's, else ${DEFAULT_ADDRESS})
   --token JWT        bearer token (NEXUSFLOW_TOKEN; on this machine, a dev token when the dev key exists)
-  --output FORMAT    table (default) or json
+  --output FORMAT    table (default) or json (artifacts get: -o/--output is the file to write)
 `;
 
 const RPC_TIMEOUT_MS = 30_000;
@@ -159,7 +164,7 @@ function printJson<D extends DescMessage>(io: CommandIo, schema: D, message: Mes
 }
 
 /** Runs `fn` with gateway clients from the common options; maps failures to exit codes. */
-async function withGateway(
+export async function withGateway(
   io: CommandIo,
   name: string,
   values: { address?: string | undefined; token?: string | undefined },
@@ -191,7 +196,7 @@ async function withGateway(
 }
 
 /** Parses `args`, turning parseArgs' errors into {@link UsageError}. */
-function parse<T extends ParseArgsConfig>(config: T): ReturnType<typeof parseArgs<T>> {
+export function parse<T extends ParseArgsConfig>(config: T): ReturnType<typeof parseArgs<T>> {
   try {
     return parseArgs(config);
   } catch (e) {
