@@ -4,12 +4,13 @@
  * (reconnect with backoff, running tasks keep running and are re-claimed as held leases, reports
  * made meanwhile are delivered after the next AttachAck) and drains on `stop()`.
  *
- * Lifecycle: IDLE -> CONNECTING <-> ATTACHED -> DRAINING -> STOPPED.
+ * Lifecycle: IDLE -> CONNECTING <-> ATTACHED -> DRAINING -> STOPPED, one union of states that carry
+ * their own data (executor-state.ts); a session's own states are in scheduler-session.ts.
  */
 import { type JsonValue, create } from "@bufbuild/protobuf";
 import { setTimeout as delay } from "node:timers/promises";
 import * as grpc from "@grpc/grpc-js";
-import { type Logger, clientConstructor } from "@nexusflow/common";
+import type { Logger } from "@nexusflow/common";
 import {
   type AttachAck,
   AttachSchema,
@@ -17,7 +18,6 @@ import {
   CompletedSchema,
   CreditSchema,
   DrainSchema,
-  ExecutorService,
   FailedSchema,
   HeartbeatSchema,
   type Lease,
@@ -26,15 +26,29 @@ import {
   PongSchema,
   type Rejected,
   ReleaseSchema,
-  type SessionRequest,
-  SessionRequestSchema,
   type SessionResponse,
   StartedSchema,
   TaskErrorSchema,
 } from "@nexusflow/gen";
 import { backoffDelay } from "./backoff.js";
-import { within } from "./changes.js";
+import { Changes, within } from "./changes.js";
 import { ExecutorError } from "./errors.js";
+import {
+  type ExecutorState,
+  type Run,
+  type StartWaiter,
+  type State,
+  attached,
+  attachedBefore,
+  closing,
+  draining,
+  opened,
+  publicState,
+  reconnects,
+  sessionEnded,
+  sessionOf,
+  takesWork,
+} from "./executor-state.js";
 import {
   type HandlerOptions,
   type HandlerRegistration,
@@ -45,15 +59,17 @@ import {
 import { type CompiledExecutorOptions, type ExecutorOptions, compileExecutorOptions } from "./options.js";
 import { toValue } from "./payload.js";
 import { type Report, ReportLedger, type SendReport } from "./report-ledger.js";
+import {
+  type RequestMessage,
+  type SessionCall,
+  SchedulerSession,
+  type SessionEnd,
+  openSessionCall,
+} from "./scheduler-session.js";
 import { type AttemptOutcome, TaskAttempt, leaseKeyId } from "./task-attempt.js";
 import { TaskError, toTaskFailure } from "./task-error.js";
 
-/**
- * Lifecycle states. CONNECTING: opening (or reopening) the session; ATTACHED: the scheduler
- * acknowledged it and may lease tasks; DRAINING: `stop()` was called, no new tasks are taken
- * (the session may still be reconnecting to deliver reports); STOPPED: closed for good.
- */
-export type ExecutorState = "IDLE" | "CONNECTING" | "ATTACHED" | "DRAINING" | "STOPPED";
+export type { ExecutorState } from "./executor-state.js";
 
 /** Called on every state change. */
 export type StateListener = (state: ExecutorState, previous: ExecutorState) => void;
@@ -74,31 +90,6 @@ export const FATAL_ATTACH_CODES: ReadonlySet<grpc.status> = new Set([
 const DEFAULT_HEARTBEAT_INTERVAL_MS = 2_000;
 /** How long `stop()` waits for the scheduler to end the stream after the executor half-closed it. */
 const CLOSE_TIMEOUT_MS = 2_000;
-
-type RequestMessage = SessionRequest["message"];
-type SessionCall = grpc.ClientDuplexStream<SessionRequest, SessionResponse>;
-type SessionMethod = (metadata: grpc.Metadata) => SessionCall;
-
-/** One Session stream, from open to status. */
-interface Session {
-  readonly number: number;
-  readonly call: SessionCall;
-  id: string;
-  attached: boolean;
-  ended: boolean;
-  /** The executor ended its side (stop); nothing more may be written. */
-  halfClosed: boolean;
-  wroteSinceTick: boolean;
-  heartbeatTimer: NodeJS.Timeout | undefined;
-  attachTimer: NodeJS.Timeout | undefined;
-}
-
-/** How a session ended. */
-interface SessionEnd {
-  readonly attached: boolean;
-  readonly code: grpc.status;
-  readonly details: string;
-}
 
 interface RunningTask {
   readonly attempt: TaskAttempt;
@@ -131,28 +122,19 @@ export class Executor {
   readonly #registry = new HandlerRegistry();
   readonly #listeners = new Set<StateListener>();
   readonly #tasks = new Map<string, RunningTask>();
+  readonly #tasksChanged = new Changes();
   /** Reports until the scheduler acknowledges them: queued while detached, resent on re-attach. */
   readonly #ledger = new ReportLedger();
-  readonly #waiters = new Set<() => void>();
-  readonly #loopAbort = new AbortController();
-  #state: ExecutorState = "IDLE";
-  #client: grpc.Client | undefined;
+  #state: State = { t: "idle" };
   #advertised: readonly string[] = [];
-  #session: Session | undefined;
-  #sessionCount = 0;
-  #everAttached = false;
-  #draining = false;
   /** Attempts begun this event-loop turn whose Started is not sent yet. */
   #startedDue: TaskAttempt[] = [];
   /** Slots freed since credit was last sent. */
   #creditDue = 0;
   /** An end-of-turn flush of the two above is scheduled. */
   #turnScheduled = false;
-  #drainReason = "";
-  #closing = false;
-  #loop: Promise<void> | undefined;
+  /** What `stop()` returns, once called (or once the executor stopped by itself). */
   #stopped: Promise<void> | undefined;
-  #startWaiter: { resolve: () => void; reject: (e: Error) => void } | undefined;
 
   /** Creates an executor; throws {@link ExecutorError} `INVALID_OPTIONS` for a bad option. */
   constructor(options: ExecutorOptions = {}) {
@@ -163,7 +145,7 @@ export class Executor {
 
   /** The current lifecycle state. */
   get state(): ExecutorState {
-    return this.#state;
+    return publicState(this.#state);
   }
 
   /** The handlers, built-ins included; register (or load a module into it) before `start()`. */
@@ -173,7 +155,7 @@ export class Executor {
 
   /** Id of the attached session, while attached. */
   get sessionId(): string | undefined {
-    return this.#session?.attached === true ? this.#session.id : undefined;
+    return sessionOf(this.#state)?.id;
   }
 
   /** The task types advertised to the scheduler (empty before `start()`). */
@@ -188,7 +170,7 @@ export class Executor {
 
   /** Registers the handler of a task type; see `HandlerRegistry.register`. Only before `start()`. */
   register<I, O>(type: string, handler: TaskHandler<I, O>, options?: HandlerOptions): this {
-    if (this.#state !== "IDLE") {
+    if (this.#state.t !== "idle") {
       throw new ExecutorError(
         "ALREADY_STARTED",
         `cannot register task type "${type}": the executor has already started`,
@@ -213,34 +195,31 @@ export class Executor {
    * before the first attach. Always handle the returned promise.
    */
   start(): Promise<void> {
-    if (this.#state !== "IDLE") {
+    if (this.#state.t !== "idle") {
       return Promise.reject(new ExecutorError("ALREADY_STARTED", "start() was already called"));
     }
+    let client: grpc.Client;
     try {
       this.#advertised = this.#taskTypes();
-      const Client = clientConstructor(ExecutorService);
-      this.#client = new Client(
-        this.#options.schedulerAddress,
-        this.#options.credentials,
-        this.#options.channelOptions,
-      );
+      const { schedulerAddress, credentials, channelOptions } = this.#options;
+      client = new grpc.Client(schedulerAddress, credentials, channelOptions);
     } catch (e) {
       return Promise.reject(e instanceof Error ? e : new Error(String(e)));
     }
-    const attached = new Promise<void>((resolve, reject) => {
-      this.#startWaiter = { resolve, reject };
+    const run: Run = { client, closing: new AbortController(), loop: Promise.resolve(), sessions: 0 };
+    const firstAttach = new Promise<void>((resolve, reject) => {
+      this.#enter({ t: "connecting", run, session: undefined, start: { resolve, reject } });
     });
-    this.#setState("CONNECTING");
     this.#logger.debug(
       { schedulerAddress: this.#options.schedulerAddress, taskTypes: this.#advertised },
       "connecting to the scheduler",
     );
-    this.#loop = this.#connectLoop().catch((e: unknown) => {
+    run.loop = this.#connectLoop(run).catch((e: unknown) => {
       // Not expected: the loop handles every stream outcome. Fail loudly rather than hang.
       this.#logger.error({ err: e }, "the session loop failed");
-      this.#settleStart(e instanceof Error ? e : new Error(String(e)));
+      this.#pendingStart()?.reject(e instanceof Error ? e : new Error(String(e)));
     });
-    return attached;
+    return firstAttach;
   }
 
   /**
@@ -253,11 +232,13 @@ export class Executor {
   stop(reason = "stop"): Promise<void> {
     this.#stopped ??= this.#shutdown(reason).catch((e: unknown) => {
       this.#logger.error({ err: e }, "error while stopping the executor");
-      this.#closing = true;
-      this.#loopAbort.abort();
-      this.#session?.call.cancel();
-      this.#client?.close();
-      this.#setState("STOPPED");
+      const state = this.#state;
+      if (state.t !== "idle" && state.t !== "stopped") {
+        state.run.closing.abort();
+        state.session?.cancel();
+        state.run.client.close();
+      }
+      this.#enter({ t: "stopped" });
     });
     return this.#stopped;
   }
@@ -277,47 +258,50 @@ export class Executor {
     return [...wanted].sort();
   }
 
-  #setState(next: ExecutorState): void {
+  /**
+   * The one place the state changes. Listeners hear of changes of the public state; nothing
+   * follows STOPPED.
+   */
+  #enter(next: State): void {
     const previous = this.#state;
-    if (previous === next || previous === "STOPPED") return;
+    if (previous.t === "stopped") return;
     this.#state = next;
-    this.#logger.debug({ state: next, previous }, "executor state");
+    const [from, to] = [publicState(previous), publicState(next)];
+    if (from === to) return;
+    this.#logger.debug({ state: to, previous: from }, "executor state");
     for (const listener of [...this.#listeners]) {
       try {
-        listener(next, previous);
+        listener(to, from);
       } catch (e) {
         this.#logger.error({ err: e }, "a state listener threw");
       }
     }
   }
 
-  #settleStart(error?: Error): void {
-    const waiter = this.#startWaiter;
-    this.#startWaiter = undefined;
-    if (waiter === undefined) return;
-    if (error === undefined) waiter.resolve();
-    else waiter.reject(error);
+  /** `start()`, while it waits for the first AttachAck; whoever leaves that state settles it. */
+  #pendingStart(): StartWaiter | undefined {
+    return this.#state.t === "connecting" ? this.#state.start : undefined;
   }
 
   async #shutdown(reason: string): Promise<void> {
-    if (this.#state === "IDLE") {
-      this.#closing = true;
-      this.#setState("STOPPED");
+    const state = this.#state;
+    if (state.t === "idle") {
+      this.#enter({ t: "stopped" });
       return;
     }
+    if (state.t !== "connecting" && state.t !== "attached") return;
+    const { run } = state;
     const started = Date.now();
-    this.#draining = true;
-    this.#drainReason = reason;
-    this.#setState("DRAINING");
-    this.#settleStart(
+    const start = this.#pendingStart();
+    this.#enter(draining(state, reason));
+    start?.reject(
       new ExecutorError("STOPPED", "the executor was stopped before it attached to the scheduler"),
     );
-    const live = this.#liveSession();
-    if (live !== undefined) this.#write(live, { case: "drain", value: create(DrainSchema, { reason }) });
+    this.#liveSession()?.write({ case: "drain", value: create(DrainSchema, { reason }) });
     this.#logger.info({ reason, runningTasks: this.#tasks.size }, "draining");
 
     const { drainTimeoutMs, abortGraceMs } = this.#options;
-    if (!(await this.#until(() => this.#tasks.size === 0, drainTimeoutMs))) {
+    if (!(await this.#tasksDone(drainTimeoutMs))) {
       const error = TaskError.retryable(
         "EXECUTOR_SHUTDOWN",
         `the executor is shutting down (${reason}) and the task did not finish within the drain timeout of ${drainTimeoutMs} ms`,
@@ -327,7 +311,7 @@ export class Executor {
         "drain timeout: aborting the remaining tasks",
       );
       for (const { attempt } of this.#tasks.values()) attempt.abort(error);
-      if (!(await this.#until(() => this.#tasks.size === 0, abortGraceMs))) {
+      if (!(await this.#tasksDone(abortGraceMs))) {
         for (const { attempt } of this.#tasks.values()) {
           this.#logger.warn(
             { ...describeKey(attempt.key), taskType: attempt.lease.taskType },
@@ -352,62 +336,29 @@ export class Executor {
       }
     }
 
-    this.#closing = true;
-    this.#loopAbort.abort();
-    await this.#closeSession();
-    await this.#loop;
-    this.#client?.close();
-    this.#setState("STOPPED");
+    this.#enter(closing(this.#state));
+    run.closing.abort();
+    await sessionOf(this.#state)?.close(CLOSE_TIMEOUT_MS);
+    await run.loop;
+    run.client.close();
+    this.#enter({ t: "stopped" });
     this.#logger.info({ reason }, "executor stopped");
   }
 
-  /** Half-closes the current session and waits for the scheduler to end it (cancels it otherwise). */
-  async #closeSession(): Promise<void> {
-    const session = this.#session;
-    if (session === undefined || session.ended) return;
-    session.halfClosed = true;
-    clearInterval(session.heartbeatTimer);
-    if (session.attached) {
-      // Half-close so what was written is delivered, and let the scheduler end the stream.
-      session.call.end();
-      if (await this.#until(() => session.ended, CLOSE_TIMEOUT_MS)) return;
-    }
-    this.#logger.debug("the scheduler did not end the session after half-close; cancelling it");
-    session.call.cancel();
-    await this.#until(() => session.ended, CLOSE_TIMEOUT_MS);
-  }
-
-  /** Wakes {@link Executor.#until} waiters; called whenever tasks or the session change. */
-  #notify(): void {
-    for (const waiter of [...this.#waiters]) waiter();
-  }
-
-  /** Resolves true once `condition` holds, false after `timeoutMs`. */
-  #until(condition: () => boolean, timeoutMs: number): Promise<boolean> {
-    if (condition()) return Promise.resolve(true);
-    return new Promise((resolve) => {
-      const finish = (value: boolean): void => {
-        clearTimeout(timer);
-        this.#waiters.delete(check);
-        resolve(value);
-      };
-      const check = (): void => {
-        if (condition()) finish(true);
-      };
-      const timer = setTimeout(() => finish(false), timeoutMs);
-      this.#waiters.add(check);
-    });
+  /** Resolves true once no task runs, false after `timeoutMs`. */
+  #tasksDone(timeoutMs: number): Promise<boolean> {
+    return within(timeoutMs, (signal) => this.#tasksChanged.until(() => this.#tasks.size === 0, signal));
   }
 
   // ---- the session ---------------------------------------------------------------------------
 
-  async #connectLoop(): Promise<void> {
+  async #connectLoop(run: Run): Promise<void> {
     let failures = 0;
-    while (!this.#closing) {
-      const end = await this.#runSession();
-      if (this.#closing) return;
-      if (!this.#everAttached && FATAL_ATTACH_CODES.has(end.code)) {
-        this.#refuse(end);
+    while (reconnects(this.#state)) {
+      const end = await this.#runSession(run);
+      if (!reconnects(this.#state)) return;
+      if (!attachedBefore(this.#state) && FATAL_ATTACH_CODES.has(end.code)) {
+        this.#refuse(run, end);
         return;
       }
       failures = end.attached ? 1 : failures + 1;
@@ -421,7 +372,7 @@ export class Executor {
       if (end.attached) this.#logger.warn(fields, "session with the scheduler lost; reconnecting");
       else this.#logger.warn(fields, "could not attach to the scheduler; retrying");
       try {
-        await delay(wait, undefined, { signal: this.#loopAbort.signal });
+        await delay(wait, undefined, { signal: run.closing.signal });
       } catch {
         // stop() cut the wait short; the loop condition ends it.
       }
@@ -429,7 +380,7 @@ export class Executor {
   }
 
   /** The scheduler refused the first session for good: reject start() and stop. */
-  #refuse(end: SessionEnd): void {
+  #refuse(run: Run, end: SessionEnd): void {
     const error = new ExecutorError(
       "ATTACH_REFUSED",
       `the scheduler at ${this.#options.schedulerAddress} refused the session: ${grpc.status[end.code]}: ${end.details}`,
@@ -438,15 +389,15 @@ export class Executor {
       { code: grpc.status[end.code], details: end.details },
       "the scheduler refused the session",
     );
-    this.#closing = true;
     this.#stopped ??= Promise.resolve();
-    this.#client?.close();
-    this.#setState("STOPPED");
-    this.#settleStart(error);
+    run.client.close();
+    const start = this.#pendingStart();
+    this.#enter({ t: "stopped" });
+    start?.reject(error);
   }
 
   /** Opens one session and resolves when it ends (never rejects). */
-  async #runSession(): Promise<SessionEnd> {
+  async #runSession(run: Run): Promise<SessionEnd> {
     let metadata: grpc.Metadata;
     try {
       // Made for every session: a token rotated since the last one is sent on this one.
@@ -458,85 +409,46 @@ export class Executor {
         details: `cannot make the session's metadata: ${e instanceof Error ? e.message : String(e)}`,
       };
     }
-    if (this.#closing) return { attached: false, code: grpc.status.CANCELLED, details: "stopping" };
-    return this.#openSession(metadata);
+    if (!reconnects(this.#state))
+      return { attached: false, code: grpc.status.CANCELLED, details: "stopping" };
+    return this.#openSession(run, metadata);
   }
 
-  #openSession(metadata: grpc.Metadata): Promise<SessionEnd> {
-    return new Promise((resolve) => {
-      const number = ++this.#sessionCount;
-      let call: SessionCall;
-      try {
-        const method = (this.#client as unknown as { session: SessionMethod }).session;
-        call = method.call(this.#client, metadata);
-      } catch (e) {
-        resolve({
-          attached: false,
-          code: grpc.status.INTERNAL,
-          details: e instanceof Error ? e.message : String(e),
-        });
-        return;
-      }
-      const session: Session = {
-        number,
-        call,
-        id: "",
-        attached: false,
-        ended: false,
-        halfClosed: false,
-        wroteSinceTick: false,
-        heartbeatTimer: undefined,
-        attachTimer: undefined,
-      };
-      this.#session = session;
-      call.on("data", (response: SessionResponse) => {
-        try {
-          this.#onResponse(session, response);
-        } catch (e) {
-          this.#logger.error(
-            { err: e },
-            "failed to handle a message from the scheduler; reopening the session",
-          );
-          call.cancel();
-        }
-      });
-      // The status event below says everything; without this listener an error would be thrown.
-      call.on("error", () => {});
-      call.on("status", (status: grpc.StatusObject) => {
-        this.#endSession(session);
-        resolve({ attached: session.attached, code: status.code, details: status.details });
-      });
-      session.attachTimer = setTimeout(() => {
-        if (session.attached || session.ended) return;
-        this.#logger.warn(
-          { attachTimeoutMs: this.#options.attachTimeoutMs },
-          "no AttachAck in time; reopening the session",
-        );
-        call.cancel();
-      }, this.#options.attachTimeoutMs);
-      this.#write(session, {
-        case: "attach",
-        value: create(AttachSchema, {
-          executorId: this.#options.executorId,
-          taskTypes: [...this.#advertised],
-          slots: this.#options.slots,
-          labels: { ...this.#options.labels },
-          version: this.#options.version,
-          heldLeases: this.#heldLeases(),
-        }),
-      });
+  #openSession(run: Run, metadata: grpc.Metadata): Promise<SessionEnd> {
+    let call: SessionCall;
+    try {
+      call = openSessionCall(run.client, metadata);
+    } catch (e) {
+      const details = e instanceof Error ? e.message : String(e);
+      return Promise.resolve({ attached: false, code: grpc.status.INTERNAL, details });
+    }
+    const session: SchedulerSession = new SchedulerSession(call, {
+      number: ++run.sessions,
+      attachTimeoutMs: this.#options.attachTimeoutMs,
+      logger: this.#logger,
+      onMessage: (response) => this.#onResponse(session, response),
+      onEnd: () => this.#endSession(session),
     });
+    this.#enter(opened(this.#state, session));
+    session.write({
+      case: "attach",
+      value: create(AttachSchema, {
+        executorId: this.#options.executorId,
+        taskTypes: [...this.#advertised],
+        slots: this.#options.slots,
+        labels: { ...this.#options.labels },
+        version: this.#options.version,
+        heldLeases: this.#heldLeases(),
+      }),
+    });
+    return session.ended;
   }
 
-  #endSession(session: Session): void {
+  #endSession(session: SchedulerSession): void {
+    if (sessionOf(this.#state) !== session) return;
     // Reports the scheduler may not have committed go out again on the next session, first.
     this.#ledger.detach();
-    session.ended = true;
-    clearTimeout(session.attachTimer);
-    clearInterval(session.heartbeatTimer);
-    if (this.#session === session) this.#session = undefined;
-    if (!this.#closing && !this.#draining) this.#setState("CONNECTING");
-    this.#notify();
+    this.#enter(sessionEnded(this.#state));
   }
 
   /** Leases this executor still holds: running tasks and finished ones whose report is queued. */
@@ -550,18 +462,10 @@ export class Executor {
     return [...held.values()].map((key) => create(LeaseKeySchema, key));
   }
 
-  #liveSession(): Session | undefined {
-    const session = this.#session;
-    return session !== undefined && session.attached && !session.ended && !session.halfClosed
-      ? session
-      : undefined;
-  }
-
-  #write(session: Session, message: RequestMessage): boolean {
-    if (session.ended || session.halfClosed) return false;
-    session.call.write(create(SessionRequestSchema, { message }));
-    session.wroteSinceTick = true;
-    return true;
+  /** The session, if attached and not closing. */
+  #liveSession(): SchedulerSession | undefined {
+    const session = sessionOf(this.#state);
+    return session?.live === true ? session : undefined;
   }
 
   /** Sends a report now, or queues it for the next attached session. */
@@ -571,28 +475,27 @@ export class Executor {
   }
 
   /** Writes reports on `session`; acknowledged ones are written only through the ledger, which counts them. */
-  #sender(session: Session): SendReport {
-    return (report) => this.#write(session, report);
+  #sender(session: SchedulerSession): SendReport {
+    return (report) => session.write(report);
   }
 
   /** Sends a message that is worthless later (heartbeat, credit, pong) if attached; drops it otherwise. */
   #sendLive(message: RequestMessage): void {
-    const session = this.#liveSession();
-    if (session !== undefined) this.#write(session, message);
+    this.#liveSession()?.write(message);
   }
 
-  #onResponse(session: Session, response: SessionResponse): void {
-    if (session !== this.#session || session.ended) return;
+  #onResponse(session: SchedulerSession, response: SessionResponse): void {
+    if (session !== sessionOf(this.#state)) return;
     const message = response.message;
     if (message.case === "ping") {
-      this.#write(session, { case: "pong", value: create(PongSchema, { nonce: message.value.nonce }) });
+      session.write({ case: "pong", value: create(PongSchema, { nonce: message.value.nonce }) });
       return;
     }
     if (message.case === "attachAck") {
       this.#onAttachAck(session, message.value);
       return;
     }
-    if (!session.attached) {
+    if (session.id === undefined) {
       this.#logger.warn({ message: message.case }, "protocol: message before AttachAck ignored");
       return;
     }
@@ -617,16 +520,15 @@ export class Executor {
     }
   }
 
-  #onAttachAck(session: Session, ack: AttachAck): void {
-    if (session.attached) {
+  #onAttachAck(session: SchedulerSession, ack: AttachAck): void {
+    if (session.id !== undefined) {
       this.#logger.warn("protocol: duplicate AttachAck ignored");
       return;
     }
-    session.attached = true;
-    session.id = ack.sessionId;
-    clearTimeout(session.attachTimer);
-    const first = !this.#everAttached;
-    this.#everAttached = true;
+    const interval = ack.heartbeatIntervalMs > 0 ? ack.heartbeatIntervalMs : DEFAULT_HEARTBEAT_INTERVAL_MS;
+    // A session being closed stays closed: nothing more is written on it.
+    if (!session.attach(ack.sessionId, interval)) return;
+    const first = !attachedBefore(this.#state);
 
     // A revoked lease is a running task the scheduler gave away, or a report it already has (it
     // committed the report, but its Acked was lost with the previous session).
@@ -638,23 +540,18 @@ export class Executor {
       else if (what === "report") alreadyTaken++;
     }
 
-    const interval = ack.heartbeatIntervalMs > 0 ? ack.heartbeatIntervalMs : DEFAULT_HEARTBEAT_INTERVAL_MS;
-    session.heartbeatTimer = setInterval(() => {
-      if (!session.wroteSinceTick)
-        this.#write(session, { case: "heartbeat", value: create(HeartbeatSchema) });
-      session.wroteSinceTick = false;
-    }, interval);
-
     // The grant below covers every free slot, including those freed while detached.
     this.#creditDue = 0;
     const delivered = this.#ledger.resend(this.#sender(session));
-    if (this.#draining) {
-      this.#write(session, { case: "drain", value: create(DrainSchema, { reason: this.#drainReason }) });
+    const state = this.#state;
+    if (state.t === "draining") {
+      session.write({ case: "drain", value: create(DrainSchema, { reason: state.reason }) });
     } else {
       const free = this.#options.slots - this.#tasks.size;
-      if (free > 0) this.#write(session, { case: "credit", value: create(CreditSchema, { n: free }) });
-      this.#setState("ATTACHED");
+      if (free > 0) session.write({ case: "credit", value: create(CreditSchema, { n: free }) });
     }
+    const start = this.#pendingStart();
+    this.#enter(attached(state));
     const fields = {
       sessionId: ack.sessionId,
       session: session.number,
@@ -666,8 +563,7 @@ export class Executor {
     };
     if (first) this.#logger.debug(fields, "attached to the scheduler");
     else this.#logger.info(fields, "re-attached to the scheduler");
-    this.#settleStart();
-    this.#notify();
+    start?.resolve();
   }
 
   /** The scheduler committed the session's first `through` reports: forget them. */
@@ -709,10 +605,11 @@ export class Executor {
       this.#logger.warn(describeKey(key), "protocol: duplicate lease ignored");
       return;
     }
-    if (this.#draining) {
+    const state = this.#state;
+    if (state.t === "draining" || state.t === "closing") {
       this.#report({
         case: "release",
-        value: create(ReleaseSchema, { key, reason: `executor draining (${this.#drainReason})` }),
+        value: create(ReleaseSchema, { key, reason: `executor draining (${state.reason})` }),
       });
       return;
     }
@@ -767,7 +664,7 @@ export class Executor {
       .catch((e: unknown) => {
         logger().error({ err: e }, "failed to report a finished task");
         this.#tasks.delete(attempt.id);
-        this.#notify();
+        this.#tasksChanged.notify();
       });
     this.#tasks.set(attempt.id, { attempt, done });
   }
@@ -825,8 +722,8 @@ export class Executor {
       );
     }
     // A slot is free again. While disconnected nothing is sent: the next AttachAck grants every free slot.
-    if (!this.#draining) this.#grantCredit();
-    this.#notify();
+    if (takesWork(this.#state)) this.#grantCredit();
+    this.#tasksChanged.notify();
   }
 
   /**
@@ -859,7 +756,8 @@ export class Executor {
       }
       const n = this.#creditDue;
       this.#creditDue = 0;
-      if (n > 0 && !this.#draining) this.#sendLive({ case: "credit", value: create(CreditSchema, { n }) });
+      if (n > 0 && takesWork(this.#state))
+        this.#sendLive({ case: "credit", value: create(CreditSchema, { n }) });
     });
   }
 

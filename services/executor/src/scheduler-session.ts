@@ -1,0 +1,198 @@
+/**
+ * One Session stream to the scheduler, from open to status. Its state is one union: opening (the
+ * Attach is written, the AttachAck must come within the attach timeout), attached (a heartbeat
+ * goes out whenever nothing else was written for an interval), closing (the executor half-closed
+ * or cancelled it: nothing more is written) and ended (the status arrived). What the messages
+ * mean is the executor's business: they go to a callback.
+ */
+import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
+import type * as grpc from "@grpc/grpc-js";
+import type { Logger } from "@nexusflow/common";
+import {
+  ExecutorService,
+  HeartbeatSchema,
+  type SessionRequest,
+  SessionRequestSchema,
+  type SessionResponse,
+} from "@nexusflow/gen";
+import { Changes, within } from "./changes.js";
+
+/** A message the executor sends on the session. */
+export type RequestMessage = SessionRequest["message"];
+
+/** The Session stream as grpc-js gives it. */
+export type SessionCall = grpc.ClientDuplexStream<SessionRequest, SessionResponse>;
+
+/** How a session ended. */
+export interface SessionEnd {
+  /** Whether the scheduler had acknowledged it (AttachAck). */
+  readonly attached: boolean;
+  readonly code: grpc.status;
+  readonly details: string;
+}
+
+const SESSION = ExecutorService.method.session;
+const SESSION_PATH = `/${ExecutorService.typeName}/${SESSION.name}`;
+
+/** Opens the Session stream on `client`, (de)serializing with the method's own message types. */
+export function openSessionCall(client: grpc.Client, metadata: grpc.Metadata): SessionCall {
+  return client.makeBidiStreamRequest(
+    SESSION_PATH,
+    (request: SessionRequest) => {
+      const bytes = toBinary(SESSION.input, request);
+      return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+    },
+    (bytes: Buffer) => fromBinary(SESSION.output, bytes),
+    metadata,
+  );
+}
+
+/** What a session needs from the executor. */
+export interface SchedulerSessionOptions {
+  /** Sessions of one executor are numbered from 1, for logs. */
+  readonly number: number;
+  /** How long the AttachAck may take; the stream is cancelled after that. */
+  readonly attachTimeoutMs: number;
+  readonly logger: Logger;
+  /** A message from the scheduler; if it throws, the session is cancelled (and reopened). */
+  readonly onMessage: (response: SessionResponse) => void;
+  /** The stream ended; called once, before {@link SchedulerSession.ended} resolves. */
+  readonly onEnd: (end: SessionEnd) => void;
+}
+
+type SessionState =
+  | { readonly t: "opening"; readonly attachTimer: NodeJS.Timeout }
+  | {
+      readonly t: "attached";
+      readonly id: string;
+      readonly heartbeat: NodeJS.Timeout;
+      /** Something was written since the last heartbeat tick (then no heartbeat is needed). */
+      wroteSinceTick: boolean;
+    }
+  /** `id` is set when the session had been attached. */
+  | { readonly t: "closing"; readonly id: string | undefined }
+  | { readonly t: "ended"; readonly end: SessionEnd };
+
+/** One Session stream. Create it on an open call, then write the Attach. */
+export class SchedulerSession {
+  /** See {@link SchedulerSessionOptions.number}. */
+  readonly number: number;
+  /** Resolves with how the session ended; never rejects. */
+  readonly ended: Promise<SessionEnd>;
+  readonly #call: SessionCall;
+  readonly #options: SchedulerSessionOptions;
+  readonly #changes = new Changes();
+  #state: SessionState;
+
+  constructor(call: SessionCall, options: SchedulerSessionOptions) {
+    this.number = options.number;
+    this.#call = call;
+    this.#options = options;
+    this.#state = {
+      t: "opening",
+      attachTimer: setTimeout(() => {
+        if (this.#state.t !== "opening") return;
+        options.logger.warn(
+          { attachTimeoutMs: options.attachTimeoutMs },
+          "no AttachAck in time; reopening the session",
+        );
+        call.cancel();
+      }, options.attachTimeoutMs),
+    };
+    this.ended = new Promise((resolve) => {
+      call.on("status", (status: grpc.StatusObject) => {
+        const end = { attached: this.id !== undefined, code: status.code, details: status.details };
+        this.#enter({ t: "ended", end });
+        options.onEnd(end);
+        resolve(end);
+      });
+    });
+    call.on("data", (response: SessionResponse) => {
+      if (this.#state.t === "ended") return;
+      try {
+        options.onMessage(response);
+      } catch (e) {
+        options.logger.error(
+          { err: e },
+          "failed to handle a message from the scheduler; reopening the session",
+        );
+        call.cancel();
+      }
+    });
+    // The status event says everything; without this listener an error would be thrown.
+    call.on("error", () => {});
+  }
+
+  /** The session id from the AttachAck, once attached (also while closing). */
+  get id(): string | undefined {
+    const s = this.#state;
+    return s.t === "attached" || s.t === "closing" ? s.id : undefined;
+  }
+
+  /** Attached and not closing: leases may come, and reports and credit may go. */
+  get live(): boolean {
+    return this.#state.t === "attached";
+  }
+
+  /** Writes `message` unless the session is closing or ended; returns whether it was written. */
+  write(message: RequestMessage): boolean {
+    const s = this.#state;
+    if (s.t === "closing" || s.t === "ended") return false;
+    this.#call.write(create(SessionRequestSchema, { message }));
+    if (s.t === "attached") s.wroteSinceTick = true;
+    return true;
+  }
+
+  /**
+   * The AttachAck arrived: the session is attached as `id` and heartbeats every
+   * `heartbeatIntervalMs` when idle. Returns false (and changes nothing) unless it was opening.
+   */
+  attach(id: string, heartbeatIntervalMs: number): boolean {
+    if (this.#state.t !== "opening") return false;
+    const heartbeat = setInterval(() => {
+      const s = this.#state;
+      if (s.t !== "attached") return;
+      if (!s.wroteSinceTick) this.write({ case: "heartbeat", value: create(HeartbeatSchema) });
+      s.wroteSinceTick = false;
+    }, heartbeatIntervalMs);
+    // The Attach itself was the last write.
+    this.#enter({ t: "attached", id, heartbeat, wroteSinceTick: true });
+    return true;
+  }
+
+  /**
+   * Closes the session: an attached one is half-closed, so what was written is delivered, and the
+   * scheduler ends it; one that does not end within `timeoutMs` (or was not attached) is
+   * cancelled. Resolves once it ended, or `timeoutMs` after cancelling.
+   */
+  async close(timeoutMs: number): Promise<void> {
+    const s = this.#state;
+    if (s.t === "ended" || s.t === "closing") return;
+    this.#enter({ t: "closing", id: this.id });
+    if (s.t === "attached") {
+      this.#call.end();
+      if (await this.#whenEnded(timeoutMs)) return;
+      this.#options.logger.debug("the scheduler did not end the session after half-close; cancelling it");
+    }
+    this.#call.cancel();
+    await this.#whenEnded(timeoutMs);
+  }
+
+  /** Cancels the stream at once. */
+  cancel(): void {
+    this.#call.cancel();
+  }
+
+  #whenEnded(timeoutMs: number): Promise<boolean> {
+    return within(timeoutMs, (signal) => this.#changes.until(() => this.#state.t === "ended", signal));
+  }
+
+  /** The one place the session's state changes: the timers of the state left are cleared. */
+  #enter(next: SessionState): void {
+    const previous = this.#state;
+    if (previous.t === "opening") clearTimeout(previous.attachTimer);
+    else if (previous.t === "attached") clearInterval(previous.heartbeat);
+    this.#state = next;
+    this.#changes.notify();
+  }
+}
