@@ -12,6 +12,8 @@
  *                                                       matches, stop it when the file is done
  *   <!-- example: file: path -->                        write the block to path (cwd-relative)
  *   <!-- example: definition -->                        a JSON workflow definition: register it
+ *   <!-- example: terminal: new -->                     run in a new terminal: in the checkout,
+ *                                                       none of the earlier blocks' variables
  */
 
 /** How a block is used. */
@@ -38,6 +40,8 @@ export interface Example {
   readonly writeTo?: string;
   /** A workflow definition to register. */
   readonly definition: boolean;
+  /** Runs in a new terminal (the checkout, the starting environment). */
+  readonly newTerminal: boolean;
 }
 
 /** A directive that cannot be understood; the message names the file and line. */
@@ -71,10 +75,11 @@ interface Directives {
   background?: RegExp;
   writeTo?: string;
   definition: boolean;
+  newTerminal: boolean;
 }
 
 function parseDirectives(comments: readonly string[], where: string): Directives {
-  const out: Directives = { expect: [], exit: 0, definition: false };
+  const out: Directives = { expect: [], exit: 0, definition: false, newTerminal: false };
   for (const comment of comments) {
     const text = comment.trim();
     const colon = text.indexOf(":");
@@ -102,6 +107,10 @@ function parseDirectives(comments: readonly string[], where: string): Directives
         break;
       case "definition":
         out.definition = true;
+        break;
+      case "terminal":
+        if (value !== "new") throw new ExampleSyntaxError(`${where}: terminal takes "new", got "${value}"`);
+        out.newTerminal = true;
         break;
       default:
         throw new ExampleSyntaxError(`${where}: unknown directive "${name}"`);
@@ -152,6 +161,7 @@ export function extractExamples(file: string, markdown: string): Example[] {
       expect: directives.expect,
       exit: directives.exit,
       definition: directives.definition,
+      newTerminal: directives.newTerminal,
       ...(directives.skip === undefined ? {} : { skip: directives.skip }),
       ...(directives.background === undefined ? {} : { background: directives.background }),
       ...(directives.writeTo === undefined ? {} : { writeTo: directives.writeTo }),

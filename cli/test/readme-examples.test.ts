@@ -171,18 +171,24 @@ class Terminal {
   env: Record<string, string>;
   cwd = ROOT;
   readonly background: Proc[] = [];
+  /** Every process started, each the leader of its group: what they left running is stopped at the end. */
+  readonly #started: Proc[] = [];
 
   constructor(
-    env: Record<string, string>,
+    private readonly startEnv: Record<string, string>,
     private readonly scratch: string,
     private readonly addresses: AddressMap,
   ) {
-    this.env = { ...env };
+    this.env = { ...startEnv };
   }
 
   /** Runs one example and checks what its comments say about it. */
   async run(example: Example): Promise<void> {
     const where = `${relative(ROOT, example.file)}:${example.line}`;
+    if (example.newTerminal) {
+      this.env = { ...this.startEnv };
+      this.cwd = ROOT;
+    }
     const code = withAddresses(example.code, this.addresses);
     if (example.writeTo !== undefined) {
       const target = resolve(this.cwd, example.writeTo);
@@ -197,6 +203,7 @@ class Terminal {
       return;
     }
     const proc = example.kind === "shell" ? this.#shell(where, code) : await this.#typescript(where, code);
+    this.#started.push(proc);
     if (example.background !== undefined) {
       this.background.push(proc);
       await proc.waitFor(example.background, BLOCK_TIMEOUT_MS, where);
@@ -259,8 +266,13 @@ class Terminal {
     assert.equal(out.code, 0, `${where}: the definition is not accepted\n${proc.transcript()}`);
   }
 
+  /** Stops the servers it started, then whatever a block left running in the background (`cmd &`). */
   async close(): Promise<void> {
     for (const proc of this.background.reverse()) await proc.stop();
+    for (const proc of this.#started) {
+      const pid = proc.child.pid;
+      if (pid !== undefined) signalGroup(pid, "SIGTERM");
+    }
   }
 }
 
