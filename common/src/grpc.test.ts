@@ -6,7 +6,7 @@ import { ExecutorService, SessionRequestSchema, WorkflowService } from "@nexusfl
 import { BadRequestSchema } from "@nexusflow/gen/google/rpc/error_details_pb";
 import { StatusSchema } from "@nexusflow/gen/google/rpc/status_pb";
 import { ApiError, Code } from "./errors.js";
-import { isUndecodable, serviceDefinition, toGrpcStatus } from "./grpc.js";
+import { isUnavailable, isUndecodable, serviceDefinition, toGrpcStatus } from "./grpc.js";
 
 /** The google.rpc.Status a status object carries in grpc-status-details-bin. */
 function richStatus(s: ReturnType<typeof toGrpcStatus>) {
@@ -14,6 +14,51 @@ function richStatus(s: ReturnType<typeof toGrpcStatus>) {
   assert.ok(bin instanceof Buffer);
   return fromBinary(StatusSchema, bin);
 }
+
+/** An Error with a `code`, as Node's sockets and node-postgres make them. */
+function coded(message: string, code: string, cause?: unknown): Error {
+  return Object.assign(new Error(message, { cause }), { code });
+}
+
+describe("isUnavailable", () => {
+  it("recognises an unreachable dependency by the code of the error or of a cause", () => {
+    for (const code of [
+      "ECONNREFUSED",
+      "ECONNRESET",
+      "ETIMEDOUT",
+      "EPIPE",
+      "57P01",
+      "57P03",
+      "08001",
+      "08006",
+    ])
+      assert.ok(isUnavailable(coded("anything", code)), code);
+    // MikroORM and pg-pool wrap the driver's error.
+    const wrapped = new Error("Connection terminated due to connection timeout", {
+      cause: new Error("outer", { cause: coded("connect ECONNREFUSED 127.0.0.1:5432", "ECONNREFUSED") }),
+    });
+    assert.ok(isUnavailable(wrapped));
+  });
+
+  it("never by the message: one without a code is not recognised, whatever it says", () => {
+    for (const text of [
+      "Connection terminated unexpectedly",
+      "connect ECONNREFUSED 127.0.0.1:5432",
+      "timeout exceeded when trying to connect",
+      "Client has encountered a connection error and is not queryable",
+    ])
+      assert.equal(isUnavailable(new Error(text)), false, text);
+    assert.equal(isUnavailable(coded("duplicate key value", "23505")), false);
+    assert.equal(isUnavailable(coded("no such file", "ENOENT")), false);
+    assert.equal(isUnavailable("ECONNREFUSED"), false);
+    assert.equal(isUnavailable(null), false);
+  });
+
+  it("makes toGrpcStatus answer UNAVAILABLE instead of INTERNAL", () => {
+    assert.equal(toGrpcStatus(coded("Connection terminated unexpectedly", "08006")).code, Code.UNAVAILABLE);
+    assert.equal(toGrpcStatus(new Error("Connection terminated unexpectedly")).code, Code.INTERNAL);
+  });
+});
 
 describe("toGrpcStatus", () => {
   it("makes a message with a lone surrogate well-formed: grpc-js's encodeURI of it cannot throw", () => {

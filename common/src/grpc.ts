@@ -101,7 +101,11 @@ export function serviceDefinition(service: DescService): grpc.ServiceDefinition 
   return def;
 }
 
-/** Error codes of Node sockets and PostgreSQL that mean "the database is not reachable right now". */
+/**
+ * Error codes that mean "the database is not reachable right now": of Node sockets (errno) and
+ * PostgreSQL (SQLSTATE). node-postgres's own connection failures carry none; the scheduler's pools
+ * give them the SQLSTATE of class 08 they stand for.
+ */
 const UNAVAILABLE_CODES = new Set([
   "ECONNREFUSED",
   "ECONNRESET",
@@ -116,19 +120,14 @@ const UNAVAILABLE_CODES = new Set([
   "08006", // connection_failure
 ]);
 
-/** Whether `e` (or its cause) says a dependency is unreachable, so a retry may succeed. */
+/**
+ * Whether `e` or one of its causes has a code that says a dependency is unreachable, so that a
+ * retry may succeed. Only codes count: message text is for people.
+ */
 export function isUnavailable(e: unknown): boolean {
   for (let cur: unknown = e, depth = 0; cur !== null && typeof cur === "object" && depth < 5; depth++) {
     const code = (cur as { code?: unknown }).code;
     if (typeof code === "string" && UNAVAILABLE_CODES.has(code)) return true;
-    if (
-      cur instanceof Error &&
-      /Connection terminated|ECONNREFUSED|connection error|timeout exceeded when trying to connect|Knex: Timeout acquiring/i.test(
-        cur.message,
-      )
-    ) {
-      return true;
-    }
     cur = (cur as { cause?: unknown }).cause;
   }
   return false;

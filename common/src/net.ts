@@ -19,3 +19,17 @@ export function freePort(host = "127.0.0.1"): Promise<number> {
 export function hasErrorCode(e: unknown, code: string): boolean {
   return typeof e === "object" && e !== null && "code" in e && e.code === code;
 }
+
+/**
+ * Whether something listens on `host`:`port` now, by the errno of a listen there (EADDRINUSE).
+ * For servers whose bind errors keep only the text of the system error (grpc-js). Port 0 is never
+ * in use.
+ */
+export function portInUse(host: string, port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const probe = createServer();
+    probe.unref();
+    probe.once("error", (e) => resolve(hasErrorCode(e, "EADDRINUSE")));
+    probe.listen({ host, port, exclusive: true }, () => probe.close(() => resolve(false)));
+  });
+}

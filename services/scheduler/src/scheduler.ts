@@ -4,7 +4,7 @@
  */
 import { toJson } from "@bufbuild/protobuf";
 import * as grpc from "@grpc/grpc-js";
-import { serviceDefinition, type Logger, type TokenVerifier } from "@nexusflow/common";
+import { portInUse, serviceDefinition, type Logger, type TokenVerifier } from "@nexusflow/common";
 import { type ArtifactStore, FilesystemArtifactStore, resolveOutputRef } from "@nexusflow/common/artifacts";
 import { ArtifactService, ExecutorService, RunSchema, WorkflowService } from "@nexusflow/gen";
 import { PgTaskIndex, artifactService } from "./api/artifact-service.js";
@@ -219,15 +219,24 @@ export class Scheduler {
           `${host}:${this.options.port ?? 0}`,
           grpc.ServerCredentials.createInsecure(),
           (e, p) => {
-            if (e !== null) {
-              reject(
-                /EADDRINUSE|address already in use|No address added/i.test(e.message)
-                  ? new PortInUseError(
-                      `port ${this.options.port ?? 0} on ${host} is already in use (set SCHEDULER_PORT to another port)`,
-                    )
-                  : e,
-              );
-            } else resolve(p);
+            if (e === null) {
+              resolve(p);
+              return;
+            }
+            // grpc-js keeps only the text of the system error; the port itself says whether it is taken.
+            const port = this.options.port ?? 0;
+            portInUse(host, port).then(
+              (taken) =>
+                reject(
+                  taken
+                    ? new PortInUseError(
+                        `port ${port} on ${host} is already in use (set SCHEDULER_PORT to another port)`,
+                        { cause: e },
+                      )
+                    : e,
+                ),
+              () => reject(e),
+            );
           },
         );
       });

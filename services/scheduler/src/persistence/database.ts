@@ -6,6 +6,7 @@ import { MikroORM, PostgreSqlDriver } from "@mikro-orm/postgresql";
 import { Migrator } from "@mikro-orm/migrations";
 import pg from "pg";
 import type { Logger } from "@nexusflow/common";
+import { codeConnectionErrors } from "./connection-errors.js";
 import { entities } from "./entities.js";
 import { migrationsList } from "./migrations/index.js";
 
@@ -57,8 +58,13 @@ export async function openDatabase(options: DatabaseOptions): Promise<Database> 
     pool: { min: 0, max: 4 },
     // Overrides of the `pg` pool's options. MikroORM reads host and port from the URL itself; a
     // Unix socket chosen with `?host=/dir` (as the embedded default's localUrl does) reaches it
-    // only through them. Fail fast while the database is down, as the other pools do.
-    driverOptions: { connectionTimeoutMillis: 3000, ...socketHost(options.url) },
+    // only through them. Fail fast while the database is down, and give the pool's connection
+    // failures their codes (onPoolCreated), as the other pools do.
+    driverOptions: {
+      connectionTimeoutMillis: 3000,
+      ...socketHost(options.url),
+      onPoolCreated: (pool: pg.Pool) => codeConnectionErrors(pool),
+    },
     allowGlobalContext: false,
     debug: false,
     logger: (message) => options.log.debug({ orm: message }, "mikro-orm"),
@@ -92,6 +98,7 @@ export async function openDatabase(options: DatabaseOptions): Promise<Database> 
     // The pool re-emits an idle client's error; the client listener above already logged it, but
     // an 'error' event without a listener would crash the process.
     p.on("error", () => undefined);
+    codeConnectionErrors(p);
     return p;
   };
   const pool = newPool(options.poolSize ?? 10);
