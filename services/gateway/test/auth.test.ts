@@ -18,6 +18,7 @@ import {
 import { createAsyncIterable } from "@connectrpc/connect/protocol";
 import { Http2SessionManager, createGrpcTransport } from "@connectrpc/connect-node";
 import { AuthError, type TokenVerifier, createTokenVerifier } from "@nexusflow/common";
+import { waitFor } from "@nexusflow/common/testing";
 import { RunStatus, WorkflowService } from "@nexusflow/gen";
 import { SignJWT, UnsecuredJWT } from "jose";
 import { pino } from "pino";
@@ -63,18 +64,6 @@ async function rejection(promise: Promise<unknown>): Promise<ConnectError> {
     return e;
   }
   assert.fail("expected the call to be refused");
-}
-
-async function waitUntil(
-  what: string,
-  predicate: () => boolean | Promise<boolean>,
-  timeoutMs = 5000,
-): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await predicate())) {
-    if (Date.now() > deadline) assert.fail(`timed out waiting until ${what}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
 }
 
 describe("gateway authentication and authorization", () => {
@@ -564,17 +553,10 @@ describe("gateway authentication and authorization", () => {
     const b1 = await open(bob, "b1");
     const ended = watchesEnded;
     a1.abort();
-    await waitUntil("alice's first stream is released", () => watchesEnded > ended);
-    let a3: AbortController | undefined;
-    await waitUntil("alice may open a stream again", async () => {
-      try {
-        a3 = await open(alice, "a3");
-        return true;
-      } catch {
-        return false;
-      }
-    });
-    for (const c of [a2, b1, a3]) c?.abort();
+    await waitFor("alice's first stream to be released", () => watchesEnded > ended);
+    // Refused until the gateway has counted the release too; then it opens.
+    const a3 = await waitFor("alice to open a stream again", () => open(alice, "a3"));
+    for (const c of [a2, b1, a3]) c.abort();
   });
 
   it("refuses oversized requests: RESOURCE_EXHAUSTED over gRPC, 413 over REST", T, async () => {

@@ -20,7 +20,7 @@ import { Executor, isExecutorError } from "@nexusflow/executor";
 import { ExecutorService, SessionRequestSchema, type SessionResponse } from "@nexusflow/gen";
 import { type CryptoKey, SignJWT, exportJWK, generateKeyPair } from "jose";
 import type { Scheduler } from "../../src/scheduler.js";
-import { startExecutorProcess } from "../e2e/processes.js";
+import { EXECUTOR_MAIN, ServiceProcess } from "../e2e/processes.js";
 import { startTestDatabase, startTestScheduler, workflowClient } from "../support.js";
 
 const run = promisify(execFile);
@@ -188,22 +188,32 @@ describe("scheduler authentication", () => {
     T,
     async () => {
       const tokenFile = join(dir, "executor.token");
-      const starting = startExecutorProcess("token-file", scheduler.address, {
+      const executor = new ServiceProcess("token-file", EXECUTOR_MAIN, {
+        SCHEDULER_ADDRESS: scheduler.address,
+        EXECUTOR_ID: "token-file",
         EXECUTOR_TOKEN_FILE: tokenFile,
       });
-      // No file yet: the attempt fails and is retried with backoff (not refused for good).
-      const executor = await Promise.race([
-        starting,
-        new Promise<undefined>((resolve) => setTimeout(() => resolve(undefined), 1_500)),
-      ]);
-      assert.equal(executor, undefined, "not attached without the token file");
-      await writeFile(tokenFile, `${await sign({ scope: "executor" }, "token-file")}\n`);
-      const attached = await starting;
       try {
-        const retried = attached.lines.find((l) => l.msg === "could not attach to the scheduler; retrying");
-        assert.match(String(retried?.["details"]), /cannot make the session's metadata: .*executor\.token/);
+        // No file yet: the attempt fails and is retried with backoff (not refused for good).
+        const retried = await executor.waitForLog(
+          "a failed attempt to attach",
+          (l) => l.msg === "could not attach to the scheduler; retrying",
+          60_000,
+        );
+        assert.match(String(retried["details"]), /cannot make the session's metadata: .*executor\.token/);
+        assert.ok(executor.alive, `the executor is still trying\n${executor.tail()}`);
+        assert.ok(
+          !executor.lines.some((l) => l.msg === "executor attached to the scheduler"),
+          "not attached without the token file",
+        );
+        await writeFile(tokenFile, `${await sign({ scope: "executor" }, "token-file")}\n`);
+        await executor.waitForLog(
+          "the attach once the file is there",
+          (l) => l.msg === "executor attached to the scheduler",
+          60_000,
+        );
       } finally {
-        await attached.kill();
+        await executor.kill();
       }
     },
   );
