@@ -24,6 +24,7 @@ import {
   type Run,
   RunStatus,
   RunView,
+  type WatchRunResponse,
   WorkflowService,
 } from "@nexusflow/gen";
 import { bearerInterceptor } from "./auth.js";
@@ -88,6 +89,13 @@ export interface WaitForRunOptions {
    * @default none
    */
   onUpdate?: ((run: Run) => void) | undefined;
+  /**
+   * Called with every WatchRun message, the last one (the run ended) included, before
+   * `onUpdate`; after the watch is opened again, its first message is the run's current state.
+   * For callers that show the messages themselves (changed task ids, time, annotations).
+   * @default none
+   */
+  onMessage?: ((message: WatchRunResponse) => void) | undefined;
 }
 
 /** Run states that never change again. */
@@ -267,6 +275,7 @@ export class NexusflowClient {
             const run = message.run;
             if (run === undefined) continue;
             failures = 0;
+            options.onMessage?.(message);
             if (isTerminalRunStatus(run.status)) return run;
             options.onUpdate?.(run);
           }

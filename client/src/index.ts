@@ -57,5 +57,6 @@ export {
   type Run,
   type TaskError,
   type TaskRun,
+  type WatchRunResponse,
   type WorkflowDefinition,
 } from "@nexusflow/gen";

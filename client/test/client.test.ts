@@ -11,8 +11,10 @@ import {
   Code,
   ConnectError,
   NexusflowClient,
+  type Run,
   RunStatus,
   type TokenProvider,
+  type WatchRunResponse,
   fieldViolations,
   isNexusflowClientError,
   isRpcError,
@@ -215,6 +217,20 @@ describe("NexusflowClient against a real scheduler (authentication on)", () => {
     const done = await client.waitForRun(run.id);
     assert.equal(RunStatus[done.status], "FAILED");
     assert.equal(done.error?.type, "CARD_DECLINED");
+  });
+
+  it("hands every WatchRun message to onMessage, the last one (the run ended) included", T, async () => {
+    const { run } = await client.startRun({ workflowName: "client-greet", input: { name: "Max" } });
+    const messages: WatchRunResponse[] = [];
+    const updates: Run[] = [];
+    const done = await client.waitForRun(run.id, {
+      onMessage: (m) => messages.push(m),
+      onUpdate: (r) => updates.push(r),
+    });
+    assert.equal(messages.length, updates.length + 1, "onUpdate has every message but the last");
+    updates.forEach((r, i) => assert.equal(messages[i]?.run, r));
+    assert.equal(messages.at(-1)?.run, done);
+    assert.equal(RunStatus[done.status], "SUCCEEDED");
   });
 
   it(
