@@ -32,7 +32,7 @@ import { waitFor } from "./handlers/test-context.js";
 import type { TaskContext } from "./handlers/types.js";
 import { MemoryLogSink } from "./log-sink.js";
 import type { ExecutorOptions } from "./options.js";
-import { TaskError } from "./task-error.js";
+import { TaskError } from "./handlers/task-error.js";
 
 type Request = SessionRequest["message"];
 type RequestCase = NonNullable<Request["case"]>;

@@ -7,18 +7,14 @@
  * Lifecycle: IDLE -> CONNECTING <-> ATTACHED -> DRAINING -> STOPPED, one union of states that carry
  * their own data (executor-state.ts); a session's own states are in scheduler-session.ts.
  */
-import { type JsonValue, create } from "@bufbuild/protobuf";
-import { setTimeout as delay } from "node:timers/promises";
+import { create } from "@bufbuild/protobuf";
 import * as grpc from "@grpc/grpc-js";
 import type { Logger } from "@nexusflow/common";
 import {
   type AttachAck,
   AttachSchema,
-  type Cancel,
-  CompletedSchema,
   CreditSchema,
   DrainSchema,
-  FailedSchema,
   HeartbeatSchema,
   type Lease,
   type LeaseKey,
@@ -28,10 +24,8 @@ import {
   ReleaseSchema,
   type SessionResponse,
   StartedSchema,
-  TaskErrorSchema,
 } from "@nexusflow/gen";
-import { backoffDelay } from "./backoff.js";
-import { Changes, within } from "./changes.js";
+import { within } from "./changes.js";
 import { ExecutorError } from "./errors.js";
 import {
   type ExecutorState,
@@ -51,7 +45,6 @@ import {
 } from "./executor-state.js";
 import {
   type HandlerOptions,
-  type HandlerRegistration,
   HandlerRegistry,
   type TaskHandler,
   registerBuiltins,
@@ -66,44 +59,28 @@ import {
   type SessionEnd,
   openSessionCall,
 } from "./scheduler-session.js";
-import { type AttemptOutcome, TaskAttempt, leaseKeyId } from "./task-attempt.js";
-import { TaskError, toTaskFailure } from "./task-error.js";
+import { RunningTasks, describeKey } from "./running-tasks.js";
+import { advertisedTypes, servedHandler } from "./served-types.js";
+import { runSessionLoop } from "./session-loop.js";
+import { type AttemptOutcome, type TaskAttempt, leaseKeyId } from "./task-attempt.js";
+import { TaskError } from "./handlers/task-error.js";
+import { outcomeReport } from "./task-reports.js";
+import { TurnBatch } from "./turn-batch.js";
 
 export type { ExecutorState } from "./executor-state.js";
 
 /** Called on every state change. */
 export type StateListener = (state: ExecutorState, previous: ExecutorState) => void;
 
-/**
- * Status codes that, before the first attach, mean retrying cannot help (wrong address or
- * service, bad credentials, a malformed Attach): `start()` rejects instead of retrying forever.
- * After a first attach they are retried like any other break (e.g. during a scheduler upgrade).
- */
-export const FATAL_ATTACH_CODES: ReadonlySet<grpc.status> = new Set([
-  grpc.status.UNIMPLEMENTED,
-  grpc.status.UNAUTHENTICATED,
-  grpc.status.PERMISSION_DENIED,
-  grpc.status.INVALID_ARGUMENT,
-]);
+export { FATAL_ATTACH_CODES } from "./session-loop.js";
 
 /** Used when AttachAck carries no heartbeat interval. */
 const DEFAULT_HEARTBEAT_INTERVAL_MS = 2_000;
 /** How long `stop()` waits for the scheduler to end the stream after the executor half-closed it. */
 const CLOSE_TIMEOUT_MS = 2_000;
 
-interface RunningTask {
-  readonly attempt: TaskAttempt;
-  readonly done: Promise<void>;
-}
-
 function hasKey(lease: Lease): lease is Lease & { key: LeaseKey } {
   return lease.key !== undefined;
-}
-
-function describeKey(key: LeaseKey | undefined): Record<string, unknown> {
-  return key === undefined
-    ? {}
-    : { taskRunId: key.taskRunId, attempt: key.attempt, fencingToken: String(key.fencingToken) };
 }
 
 /**
@@ -121,18 +98,13 @@ export class Executor {
   readonly #logger: Logger;
   readonly #registry = new HandlerRegistry();
   readonly #listeners = new Set<StateListener>();
-  readonly #tasks = new Map<string, RunningTask>();
-  readonly #tasksChanged = new Changes();
+  readonly #tasks: RunningTasks;
   /** Reports until the scheduler acknowledges them: queued while detached, resent on re-attach. */
   readonly #ledger = new ReportLedger();
   #state: State = { t: "idle" };
   #advertised: readonly string[] = [];
-  /** Attempts begun this event-loop turn whose Started is not sent yet. */
-  #startedDue: TaskAttempt[] = [];
-  /** Slots freed since credit was last sent. */
-  #creditDue = 0;
-  /** An end-of-turn flush of the two above is scheduled. */
-  #turnScheduled = false;
+  /** Started of attempts begun, and slots freed, in this event-loop turn: sent at its end. */
+  readonly #turn = new TurnBatch((started, freed) => this.#endOfTurn(started, freed));
   /** What `stop()` returns, once called (or once the executor stopped by itself). */
   #stopped: Promise<void> | undefined;
 
@@ -141,6 +113,26 @@ export class Executor {
     this.#options = compileExecutorOptions(options);
     this.#logger = this.#options.logger.child({ executorId: this.#options.executorId });
     if (this.#options.builtins !== false) registerBuiltins(this.#registry, this.#options.builtins);
+    const { logSink, maxPayloadBytes, artifacts, offloadThresholdBytes, maxOffloadBytes } = this.#options;
+    this.#tasks = new RunningTasks({
+      logger: this.#logger,
+      attempts: {
+        logSink,
+        maxPayloadBytes,
+        artifacts,
+        offload:
+          artifacts === undefined
+            ? undefined
+            : { store: artifacts, thresholdBytes: offloadThresholdBytes, maxBytes: maxOffloadBytes },
+        sendHeartbeat: (key, progress) => {
+          const value = create(HeartbeatSchema, { key });
+          if (progress !== undefined) value.progress = toValue(progress);
+          this.#sendLive({ case: "heartbeat", value });
+        },
+      },
+      handlerFor: (type) => servedHandler(this.#registry, this.#advertised, type),
+      onDone: (attempt, outcome) => this.#onTaskDone(attempt, outcome),
+    });
   }
 
   /** The current lifecycle state. */
@@ -200,7 +192,7 @@ export class Executor {
     }
     let client: grpc.Client;
     try {
-      this.#advertised = this.#taskTypes();
+      this.#advertised = advertisedTypes(this.#registry, this.#options.taskTypes);
       const { schedulerAddress, credentials, channelOptions } = this.#options;
       client = new grpc.Client(schedulerAddress, credentials, channelOptions);
     } catch (e) {
@@ -245,19 +237,6 @@ export class Executor {
 
   // ---- lifecycle -------------------------------------------------------------------------------
 
-  #taskTypes(): string[] {
-    const registered = this.#registry.types();
-    const wanted = this.#options.taskTypes ?? registered;
-    const unknown = wanted.filter((t) => !this.#registry.has(t));
-    if (unknown.length > 0) {
-      throw new ExecutorError(
-        "UNKNOWN_TASK_TYPES",
-        `no handler is registered for task type(s) ${unknown.map((t) => JSON.stringify(t)).join(", ")} (registered: ${registered.join(", ")})`,
-      );
-    }
-    return [...wanted].sort();
-  }
-
   /**
    * The one place the state changes. Listeners hear of changes of the public state; nothing
    * follows STOPPED.
@@ -301,7 +280,7 @@ export class Executor {
     this.#logger.info({ reason, runningTasks: this.#tasks.size }, "draining");
 
     const { drainTimeoutMs, abortGraceMs } = this.#options;
-    if (!(await this.#tasksDone(drainTimeoutMs))) {
+    if (!(await within(drainTimeoutMs, (signal) => this.#tasks.whenEmpty(signal)))) {
       const error = TaskError.retryable(
         "EXECUTOR_SHUTDOWN",
         `the executor is shutting down (${reason}) and the task did not finish within the drain timeout of ${drainTimeoutMs} ms`,
@@ -310,17 +289,7 @@ export class Executor {
         { runningTasks: this.#tasks.size, drainTimeoutMs },
         "drain timeout: aborting the remaining tasks",
       );
-      for (const { attempt } of this.#tasks.values()) attempt.abort(error);
-      if (!(await this.#tasksDone(abortGraceMs))) {
-        for (const { attempt } of this.#tasks.values()) {
-          this.#logger.warn(
-            { ...describeKey(attempt.key), taskType: attempt.lease.taskType },
-            "the task's handler ignores its abort signal; reporting it failed",
-          );
-          attempt.forceSettle(toTaskFailure(error));
-        }
-      }
-      await Promise.all([...this.#tasks.values()].map((t) => t.done));
+      await this.#tasks.abortAll(error, abortGraceMs);
     }
 
     // Reports matter until the scheduler committed them (otherwise the task runs again after a
@@ -345,38 +314,20 @@ export class Executor {
     this.#logger.info({ reason }, "executor stopped");
   }
 
-  /** Resolves true once no task runs, false after `timeoutMs`. */
-  #tasksDone(timeoutMs: number): Promise<boolean> {
-    return within(timeoutMs, (signal) => this.#tasksChanged.until(() => this.#tasks.size === 0, signal));
-  }
-
   // ---- the session ---------------------------------------------------------------------------
 
+  /** Keeps a session open until the executor closes, or the scheduler refuses it for good. */
   async #connectLoop(run: Run): Promise<void> {
-    let failures = 0;
-    while (reconnects(this.#state)) {
-      const end = await this.#runSession(run);
-      if (!reconnects(this.#state)) return;
-      if (!attachedBefore(this.#state) && FATAL_ATTACH_CODES.has(end.code)) {
-        this.#refuse(run, end);
-        return;
-      }
-      failures = end.attached ? 1 : failures + 1;
-      const wait = backoffDelay(failures, this.#options.reconnect);
-      const fields = {
-        code: grpc.status[end.code],
-        details: end.details,
-        attempt: failures,
-        retryInMs: wait,
-      };
-      if (end.attached) this.#logger.warn(fields, "session with the scheduler lost; reconnecting");
-      else this.#logger.warn(fields, "could not attach to the scheduler; retrying");
-      try {
-        await delay(wait, undefined, { signal: run.closing.signal });
-      } catch {
-        // stop() cut the wait short; the loop condition ends it.
-      }
-    }
+    const refused = await runSessionLoop({
+      reconnect: this.#options.reconnect,
+      logger: this.#logger,
+      signal: run.closing.signal,
+      wanted: () => reconnects(this.#state),
+      attachedBefore: () => attachedBefore(this.#state),
+      metadata: this.#options.metadata,
+      openSession: (metadata) => this.#openSession(run, metadata),
+    });
+    if (refused !== undefined) this.#refuse(run, refused);
   }
 
   /** The scheduler refused the first session for good: reject start() and stop. */
@@ -397,23 +348,6 @@ export class Executor {
   }
 
   /** Opens one session and resolves when it ends (never rejects). */
-  async #runSession(run: Run): Promise<SessionEnd> {
-    let metadata: grpc.Metadata;
-    try {
-      // Made for every session: a token rotated since the last one is sent on this one.
-      metadata = await this.#options.metadata();
-    } catch (e) {
-      return {
-        attached: false,
-        code: grpc.status.UNAVAILABLE,
-        details: `cannot make the session's metadata: ${e instanceof Error ? e.message : String(e)}`,
-      };
-    }
-    if (!reconnects(this.#state))
-      return { attached: false, code: grpc.status.CANCELLED, details: "stopping" };
-    return this.#openSession(run, metadata);
-  }
-
   #openSession(run: Run, metadata: grpc.Metadata): Promise<SessionEnd> {
     let call: SessionCall;
     try {
@@ -454,7 +388,7 @@ export class Executor {
   /** Leases this executor still holds: running tasks and finished ones whose report is queued. */
   #heldLeases(): LeaseKey[] {
     const held = new Map<string, LeaseKey>();
-    for (const { attempt } of this.#tasks.values()) held.set(attempt.id, attempt.key);
+    for (const key of this.#tasks.keys()) held.set(leaseKeyId(key), key);
     for (const key of this.#ledger.heldLeases()) {
       const id = leaseKeyId(key);
       if (!held.has(id)) held.set(id, key);
@@ -504,7 +438,7 @@ export class Executor {
         this.#onLease(message.value);
         return;
       case "cancel":
-        this.#onCancel(message.value);
+        this.#tasks.cancel(message.value.key, message.value.reason);
         return;
       case "rejected":
         this.#onRejected(message.value);
@@ -541,7 +475,7 @@ export class Executor {
     }
 
     // The grant below covers every free slot, including those freed while detached.
-    this.#creditDue = 0;
+    this.#turn.forgetFreedSlots();
     const delivered = this.#ledger.resend(this.#sender(session));
     const state = this.#state;
     if (state.t === "draining") {
@@ -583,12 +517,8 @@ export class Executor {
    */
   #revoke(key: LeaseKey): "task" | "report" | "none" {
     const dropped = this.#ledger.revoke(key);
-    const task = this.#tasks.get(leaseKeyId(key));
-    if (task === undefined) return dropped ? "report" : "none";
-    this.#logger.warn(describeKey(key), "the scheduler revoked a held lease; aborting its task");
-    task.attempt.silence();
-    task.attempt.abort(TaskError.terminal("LEASE_REVOKED", "the scheduler no longer recognises this lease"));
-    return "task";
+    if (this.#tasks.revoke(key)) return "task";
+    return dropped ? "report" : "none";
   }
 
   #onLease(lease: Lease): void {
@@ -600,8 +530,7 @@ export class Executor {
       return;
     }
     const key = lease.key;
-    const id = leaseKeyId(key);
-    if (this.#tasks.has(id)) {
+    if (this.#tasks.get(key) !== undefined) {
       this.#logger.warn(describeKey(key), "protocol: duplicate lease ignored");
       return;
     }
@@ -621,182 +550,47 @@ export class Executor {
       this.#report({ case: "release", value: create(ReleaseSchema, { key, reason: "no free slot" }) });
       return;
     }
-    this.#startTask(lease);
+    this.#turn.started(this.#tasks.start(lease));
   }
 
-  #startTask(lease: Lease & { key: LeaseKey }): void {
-    // Built on first use: most attempts log nothing at the configured level.
-    let child: Logger | undefined;
-    const logger = (): Logger =>
-      (child ??= this.#logger.child({
-        runId: lease.runId,
-        stepId: lease.stepId,
-        taskRunId: lease.key.taskRunId,
-        attempt: lease.key.attempt,
-        taskType: lease.taskType,
-      }));
-    const attempt = new TaskAttempt(lease, {
-      logSink: this.#options.logSink,
-      logger,
-      maxPayloadBytes: this.#options.maxPayloadBytes,
-      artifacts: this.#options.artifacts,
-      offload:
-        this.#options.artifacts === undefined
-          ? undefined
-          : {
-              store: this.#options.artifacts,
-              thresholdBytes: this.#options.offloadThresholdBytes,
-              maxBytes: this.#options.maxOffloadBytes,
-            },
-      sendHeartbeat: (key, progress) => {
-        const value = create(HeartbeatSchema, { key });
-        if (progress !== undefined) value.progress = toValue(progress);
-        this.#sendLive({ case: "heartbeat", value });
-      },
-    });
-    this.#reportStarted(attempt);
-    if (this.#logger.isLevelEnabled("debug"))
-      logger().debug({ workflow: lease.workflowName }, "task started");
-    const { handler, heartbeat } = this.#handlerFor(lease.taskType);
-    const done = attempt
-      .run(handler, { autoHeartbeat: heartbeat === "auto" })
-      .then((outcome) => this.#onTaskDone(attempt, outcome))
-      .catch((e: unknown) => {
-        logger().error({ err: e }, "failed to report a finished task");
-        this.#tasks.delete(attempt.id);
-        this.#tasksChanged.notify();
-      });
-    this.#tasks.set(attempt.id, { attempt, done });
-  }
-
-  #handlerFor(type: string): HandlerRegistration {
-    if (!this.#advertised.includes(type)) {
-      const error = TaskError.terminal(
-        "UNKNOWN_TASK_TYPE",
-        `this executor does not serve task type "${type}"`,
-        {
-          details: { taskType: type, served: this.#advertised },
-        },
-      );
-      return {
-        handler: () => {
-          throw error;
-        },
-        heartbeat: "manual",
-      };
-    }
-    return this.#registry.registration(type);
-  }
-
+  /** An attempt ended (it has left the table): report it, unless its lease is gone, and free its slot. */
   #onTaskDone(attempt: TaskAttempt, outcome: AttemptOutcome): void {
-    this.#tasks.delete(attempt.id);
     const { key } = attempt;
     if (attempt.silenced) {
       this.#logger.debug(
         { ...describeKey(key), status: outcome.status },
         "task finished; not reported (its lease is gone)",
       );
-    } else if (outcome.status === "completed") {
-      // A claim check replaces the output: the value itself stays in the artifact store.
-      const value =
-        outcome.outputRef === undefined
-          ? create(CompletedSchema, { key, output: toValue(outcome.output) })
-          : create(CompletedSchema, { key, outputRef: outcome.outputRef });
-      if (outcome.logs !== undefined) value.logs = outcome.logs;
-      this.#report({ case: "completed", value });
-      this.#logger.debug(describeKey(key), "task completed");
     } else {
-      const { failure } = outcome;
-      const error = create(TaskErrorSchema, {
-        type: failure.type,
-        message: failure.message,
-        retryable: failure.retryable,
-      });
-      if (failure.details !== undefined) error.details = toValue(failure.details as JsonValue); // checked by TaskAttempt
-      const value = create(FailedSchema, { key, error, retryAfterMs: BigInt(failure.retryAfterMs ?? 0) });
-      if (outcome.logs !== undefined) value.logs = outcome.logs;
-      this.#report({ case: "failed", value });
-      this.#logger.info(
-        { ...describeKey(key), errorType: failure.type, retryable: failure.retryable },
-        "task failed",
-      );
+      this.#report(outcomeReport(key, outcome));
+      if (outcome.status === "completed") this.#logger.debug(describeKey(key), "task completed");
+      else {
+        const { type: errorType, retryable } = outcome.failure;
+        this.#logger.info({ ...describeKey(key), errorType, retryable }, "task failed");
+      }
     }
     // A slot is free again. While disconnected nothing is sent: the next AttachAck grants every free slot.
-    if (takesWork(this.#state)) this.#grantCredit();
-    this.#tasksChanged.notify();
+    if (takesWork(this.#state)) this.#turn.slotFreed();
   }
 
-  /**
-   * Reports Started at the end of this event-loop turn, for attempts still running then. An attempt
-   * that already finished sends only its Completed or Failed, which implies the start (the protocol
-   * allows it): a fast task costs the session one message less.
-   */
-  #reportStarted(attempt: TaskAttempt): void {
-    this.#startedDue.push(attempt);
-    this.#endOfTurn();
-  }
-
-  /** Grants one more slot; slots freed in one turn go out as one Credit. */
-  #grantCredit(): void {
-    this.#creditDue++;
-    this.#endOfTurn();
-  }
-
-  /** Sends what this turn accumulated: Started of attempts still running, then one Credit. */
-  #endOfTurn(): void {
-    if (this.#turnScheduled) return;
-    this.#turnScheduled = true;
-    setImmediate(() => {
-      this.#turnScheduled = false;
-      const due = this.#startedDue;
-      this.#startedDue = [];
-      for (const a of due) {
-        if (this.#tasks.get(a.id)?.attempt !== a || a.silenced) continue;
+  /** The end of an event-loop turn: Started of the attempts begun in it that still run, then one Credit. */
+  #endOfTurn(started: readonly TaskAttempt[], freed: number): void {
+    for (const a of started) {
+      if (this.#tasks.reportable(a))
         this.#report({ case: "started", value: create(StartedSchema, { key: a.key }) });
-      }
-      const n = this.#creditDue;
-      this.#creditDue = 0;
-      if (n > 0 && takesWork(this.#state))
-        this.#sendLive({ case: "credit", value: create(CreditSchema, { n }) });
-    });
-  }
-
-  #onCancel(cancel: Cancel): void {
-    const task = cancel.key === undefined ? undefined : this.#tasks.get(leaseKeyId(cancel.key));
-    if (task === undefined) {
-      this.#logger.debug(
-        { ...describeKey(cancel.key), reason: cancel.reason },
-        "cancel for a task not running here",
-      );
-      return;
     }
-    this.#logger.info(
-      { ...describeKey(cancel.key), reason: cancel.reason },
-      "the scheduler cancelled a task",
-    );
-    task.attempt.abort(
-      TaskError.terminal("CANCELLED", `cancelled by the scheduler: ${cancel.reason || "no reason given"}`),
-    );
+    if (freed > 0 && takesWork(this.#state))
+      this.#sendLive({ case: "credit", value: create(CreditSchema, { n: freed }) });
   }
 
   #onRejected(rejected: Rejected): void {
     const fields = { ...describeKey(rejected.key), code: rejected.code, reason: rejected.message };
     this.#logger.warn(fields, "the scheduler rejected a report");
+    // These codes say the lease is gone; others (a malformed report) leave the task running.
     if (
-      rejected.key === undefined ||
-      (rejected.code !== "FAILED_PRECONDITION" && rejected.code !== "NOT_FOUND")
+      rejected.key !== undefined &&
+      (rejected.code === "FAILED_PRECONDITION" || rejected.code === "NOT_FOUND")
     )
-      return;
-    const task = this.#tasks.get(leaseKeyId(rejected.key));
-    if (task === undefined) return;
-    // The lease is gone (stale token, already finished, unknown): the work is not ours any more.
-    this.#logger.warn(fields, "aborting a task whose lease the scheduler no longer honours");
-    task.attempt.silence();
-    task.attempt.abort(
-      TaskError.terminal(
-        "LEASE_LOST",
-        `the scheduler rejected a report: ${rejected.code}: ${rejected.message}`,
-      ),
-    );
+      this.#tasks.lose(rejected.key, rejected);
   }
 }
