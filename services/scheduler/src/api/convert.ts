@@ -16,7 +16,7 @@ import {
 } from "@nexusflow/gen";
 import { fromJson, type JsonValue } from "@bufbuild/protobuf";
 import type { DefinitionRow } from "../engine/definitions.js";
-import type { ErrorInfo, RunState, TaskState } from "../engine/model.js";
+import type { ErrorInfo, RunState, TaskState } from "../model/run-state.js";
 import type { RunDetail, RunRow } from "../persistence/run-store.js";
 
 function ts(d: Date | null | undefined): ReturnType<typeof timestampFromDate> | undefined {

@@ -35,7 +35,7 @@ import {
   type WatchRunResponse,
 } from "@nexusflow/gen";
 import type { Engine } from "../engine/engine.js";
-import { TERMINAL_RUN_STATUSES, type RunStatusName } from "../engine/model.js";
+import { TERMINAL_RUN_STATUSES, type RunStatusName } from "../model/run-state.js";
 import { checkRunId, runPageToken, type RunStore } from "../persistence/run-store.js";
 import {
   definition,
