@@ -15,7 +15,8 @@ import type { Writable } from "node:stream";
 import { toJson } from "@bufbuild/protobuf";
 import { type Client, Code, ConnectError } from "@connectrpc/connect";
 import { type ArtifactRef, type ArtifactService, ListArtifactsResponseSchema } from "@nexusflow/gen";
-import { type CommandIo, UsageError, parse, withGateway } from "./ops.js";
+import { type CommandIo, UsageError, parse } from "./command.js";
+import { withGateway } from "./gateway-client.js";
 import { formatTable } from "./table.js";
 
 /** What `artifacts` needs beyond the other operator commands. */

@@ -11,7 +11,7 @@ import { parseArgs } from "node:util";
 import { Kafka, logLevel, type Consumer } from "kafkajs";
 import { EventDecodeError, decodeEventMessage } from "@nexusflow/scheduler/events";
 import { readDevState } from "./dev-state.js";
-import { type CommandIo, UsageError } from "./ops.js";
+import { type CommandIo, UsageError } from "./command.js";
 
 /** Help of `nexusflow events`. */
 export const EVENTS_USAGE = `Usage: nexusflow events tail [options]

@@ -30,7 +30,7 @@ import {
 } from "@nexusflow/executor";
 import { ensureDevKeys, mintDevToken } from "./dev-keys.js";
 import { type DevState, findDevKeys, readDevState } from "./dev-state.js";
-import type { CommandIo } from "./ops.js";
+import type { CommandIo } from "./command.js";
 import { shareOwnPackages } from "./own-packages.js";
 
 /** The options of `nexusflow executor` (`nexusflow help` explains them). */

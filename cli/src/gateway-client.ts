@@ -10,8 +10,10 @@ import { Http2SessionManager, createGrpcTransport } from "@connectrpc/connect-no
 import { ArtifactService, WorkflowService } from "@nexusflow/gen";
 import { access } from "node:fs/promises";
 import { join } from "node:path";
-import { ensureDevKeys, mintDevToken } from "./dev-keys.js";
-import { findDevKeys } from "./dev-state.js";
+import { type CommandIo, UsageError } from "./command.js";
+import { describeError } from "./describe-error.js";
+import { DEV_ISSUER, ensureDevKeys, mintDevToken } from "./dev-keys.js";
+import { findDevKeys, readDevState } from "./dev-state.js";
 
 /** Where the gateway listens when nothing says otherwise (GATEWAY_PORT's default). */
 export const DEFAULT_ADDRESS = "http://127.0.0.1:8080";
@@ -105,4 +107,36 @@ export function connectGateway(baseUrl: string, token: string | undefined): Gate
     artifacts: createClient(ArtifactService, transport),
     close: () => sessionManager.abort(),
   };
+}
+
+/** Runs `fn` with gateway clients from the common options; maps failures to exit codes. */
+export async function withGateway(
+  io: CommandIo,
+  name: string,
+  values: { address?: string | undefined; token?: string | undefined },
+  fn: (clients: GatewayClients) => Promise<number>,
+): Promise<number> {
+  let url: string;
+  try {
+    url = gatewayUrl(
+      values.address ??
+        (io.env["NEXUSFLOW_ADDRESS"]?.trim() || (await readDevState(io.env))?.gatewayUrl || DEFAULT_ADDRESS),
+    );
+  } catch (e) {
+    if (e instanceof AddressError) throw new UsageError(e.message);
+    throw e;
+  }
+  const { token, source } = await resolveToken(values.token, io.env, url, io.root, io.cwd);
+  if (source === "dev-key")
+    io.stderr(`nexusflow: using a dev token (${DEV_ISSUER}) minted with the local dev key\n`);
+  const clients = connectGateway(url, token);
+  try {
+    return await fn(clients);
+  } catch (e) {
+    if (io.signal.aborted) return 130;
+    io.stderr(`nexusflow: ${name}: ${describeError(e, url)}\n`);
+    return 1;
+  } finally {
+    clients.close();
+  }
 }

@@ -5,17 +5,38 @@
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
+import { applyCommand } from "./apply-command.js";
+import { type CommandIo, UsageError } from "./command.js";
 import { runDev } from "./dev.js";
-import {
-  type CommandIo,
-  OPERATOR_USAGE,
-  UsageError,
-  applyCommand,
-  logsCommand,
-  runsCommand,
-  tokenCommand,
-} from "./ops.js";
+import { DEFAULT_ADDRESS } from "./gateway-client.js";
+import { logsCommand } from "./logs-command.js";
+import { runsCommand } from "./runs-command.js";
 import { stopSignalHandler } from "./stop-signals.js";
+import { tokenCommand } from "./token-command.js";
+
+/** Usage of the operator commands. */
+const OPERATOR_USAGE = `Operator commands (talk to the gateway):
+  apply <file>...                 register workflow definitions (JSON files; other JSON is skipped)
+  runs start <workflow> [--input <json|@file>] [--version N] [--label k=v]... [--idempotency-key K] [--watch]
+  runs get <run-id>               a run with its tasks
+  runs list [--workflow W] [--status S]... [--label k=v]... [--limit N] [--page-token T]
+  runs watch <run-id>             live progress until the run ends (exit 1 unless it succeeded)
+  runs cancel <run-id> [--reason R] [--compensate]
+  logs <run-id> <step-id> [--attempt N] [--follow]
+                                  a task's log lines; one that is not there is an error saying where it looked
+  artifacts list <run-id> [<step-id>]
+                                  what a run's tasks stored: step, attempt, name, size, content type
+  artifacts get <run-id> <step-id> <name> [--attempt N] [-o FILE|-] [--force] [--stream]
+                                  one of those files (the latest attempt's unless --attempt) to standard output,
+                                  or with -o to FILE (replaced only with --force); --stream skips presigned URLs
+  token [--scope S]... [--ttl 1h] [--subject NAME]
+                                  mint a DEV token with the dev key of NEXUSFLOW_DATA_DIR, ./.nexusflow or the running npm start
+
+Common options:
+  --address URL      the gateway (NEXUSFLOW_ADDRESS; default: the running npm start's, else ${DEFAULT_ADDRESS})
+  --token JWT        bearer token (NEXUSFLOW_TOKEN; on this machine, a dev token when the dev key exists)
+  --output FORMAT    table (default) or json (artifacts get: -o/--output is the file to write)
+`;
 
 const USAGE = `Usage: nexusflow <command> [options]
 

@@ -4,7 +4,7 @@ import { describe, it } from "node:test";
 import { create } from "@bufbuild/protobuf";
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import { RunSchema, RunStatus, TaskErrorSchema, TaskStatus } from "@nexusflow/gen";
-import { describeRun } from "./ops.js";
+import { describeRun } from "./runs-command.js";
 import { RunProgress, formatTaskChange } from "./progress.js";
 import { createStyle } from "./style.js";
 

@@ -9,7 +9,8 @@ import { createTokenVerifier } from "@nexusflow/common";
 import { BadRequestSchema } from "@nexusflow/gen/google/rpc/error_details_pb";
 import { DEV_AUDIENCE, DEV_ISSUER, ensureDevKeys, mintDevToken } from "./dev-keys.js";
 import { AddressError, gatewayUrl, resolveToken } from "./gateway-client.js";
-import { classifyWorkflowFile, describeError } from "./ops.js";
+import { classifyWorkflowFile } from "./apply-command.js";
+import { describeError } from "./describe-error.js";
 import { formatTable, truncate } from "./table.js";
 
 describe("operator command helpers", () => {
