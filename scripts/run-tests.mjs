@@ -2,7 +2,7 @@
 // Runs the node:test suites of the workspace with tsx. Node 20's --test takes no globs, so the
 // files are collected here. Files named *.serial.test.ts (tests that stop shared services such as
 // the Kafka broker) run afterwards, alone. Ends with one line "tests: N passed, N failed".
-// Usage: run-tests.mjs [--unit] [path ...] (paths relative to the repo root).
+// Usage: run-tests.mjs [--unit] [path ...] (folders or test files, relative to the repo root).
 import { spawnSync } from "node:child_process";
 import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -20,6 +20,8 @@ const searchRoots =
 function collect(dir) {
   let entries;
   try {
+    // A test file named on the command line is taken as it is.
+    if (statSync(dir).isFile()) return dir.endsWith(".test.ts") ? [dir] : [];
     entries = readdirSync(dir);
   } catch {
     return [];
