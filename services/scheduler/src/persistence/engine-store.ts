@@ -1,0 +1,97 @@
+/**
+ * What the engine needs of storage, as one interface with two implementations: PostgreSQL
+ * (postgres-engine-store.ts: the group-commit writer, the recovery queries, the idempotency key
+ * table) and memory (memory-engine-store.ts: the same contract, for tests of the engine without a
+ * database). Both pass the suite in engine-store-contract.ts.
+ */
+import type { KeyRecord } from "./idempotency-keys.js";
+import type { OutboxRow } from "./outbox.js";
+import type { RefusedRunOutcome } from "./refused-run.js";
+import type { AttemptState, ErrorInfo, RunState, RunStatusName, TaskState } from "../model/run-state.js";
+
+export type { KeyRecord, RefusedRunOutcome };
+
+/** What one commit contained, for watchers and the outbox relay. */
+export interface CommittedChanges {
+  readonly runIds: ReadonlySet<string>;
+  readonly events: number;
+}
+
+/** Told of commits and of runs whose changes the database refused for their data. */
+export interface EngineStoreListener {
+  /** After each successful commit. */
+  committed(changes: CommittedChanges): void;
+  /**
+   * Before the waiters of the commit resolve: the run's changes (and its events of that commit,
+   * and whatever was marked for it since) were dropped because the database refused their data.
+   */
+  refused(runId: string, error: Error): void;
+}
+
+/** An active run as stored (what recovery needs besides its compiled workflow). */
+export interface StoredRun {
+  readonly id: string;
+  readonly definitionId: number;
+  readonly workflowName: string;
+  readonly status: RunStatusName;
+  readonly input: unknown;
+  readonly idempotencyKey: string | null;
+  readonly labels: Record<string, string>;
+  readonly cancelRequested: boolean;
+  readonly compensateOnCancel: boolean;
+  readonly error: ErrorInfo | null;
+  /** The last event sequence number used: the higher of the run row's and its outbox's. */
+  readonly lastEventSeq: number;
+  readonly deadline: Date | null;
+  readonly createdAt: Date;
+}
+
+/**
+ * A task run of an active run as stored: its state without what lives in memory only (session,
+ * heartbeat, a resolved offloaded output); `failures` counts its failed attempts, and `current` is
+ * its latest attempt while it is LEASED or RUNNING (error, logs and end time not read).
+ */
+export type StoredTask = Omit<TaskState, "sessionId" | "lastHeartbeat" | "resolvedOutput">;
+
+/** Everything recovery reads: active runs oldest first, their tasks by run and position. */
+export interface StoredActiveState {
+  readonly runs: readonly StoredRun[];
+  readonly tasks: readonly StoredTask[];
+}
+
+/** Storage of the engine's state; see the module comment. */
+export interface EngineStore {
+  /** Sets the one listener of commits and refusals (the engine). */
+  listen(listener: EngineStoreListener): void;
+  /** False while commits are failing (the database is unreachable). */
+  readonly isHealthy: boolean;
+  /** Whether `row` (a run, task or attempt object marked here) has been committed once. */
+  isStored(row: object): boolean;
+  /** Marks a run as changed; its idempotency key, if any, is written with it. */
+  markRun(run: RunState): void;
+  /** Marks a task as changed. */
+  markTask(task: TaskState): void;
+  /** Marks an attempt as changed. */
+  markAttempt(attempt: AttemptState): void;
+  /** Appends a lifecycle event (kept in order, committed with the rows marked with it). */
+  addEvent(event: OutboxRow): void;
+  /** Resolves when everything marked so far is committed; rejects once the store is closed. */
+  flush(): Promise<void>;
+  /** Commits what is marked within `delayMs` unless another commit takes it along first. */
+  flushSoon(delayMs: number): void;
+  /** The active runs (PENDING, RUNNING, COMPENSATING) with their tasks. */
+  loadActive(): Promise<StoredActiveState>;
+  /** The record of an idempotency key unless it is missing or older than `notBefore`. */
+  lookupKey(workflowName: string, key: string, notBefore: Date): Promise<KeyRecord | undefined>;
+  /** The keys of the given runs, by run id: only those whose key still names them. */
+  keysOfRuns(
+    runs: readonly { id: string; workflowName: string; key: string }[],
+  ): Promise<Map<string, KeyRecord>>;
+  /**
+   * Ends a stored run FAILED with `error` in one step: its unfinished tasks and attempts
+   * CANCELLED, a runCompleted event with its next sequence number (see refused-run.ts).
+   */
+  failRefusedRun(runId: string, error: ErrorInfo): Promise<RefusedRunOutcome>;
+  /** Commits what is pending (best effort, bounded), then refuses new work. */
+  close(): Promise<void>;
+}

@@ -1,0 +1,352 @@
+/**
+ * The engine's store in memory: the same contract as PostgreSQL's (engine-store-contract.ts), for
+ * tests of the engine and its rules without a database. A commit copies the marked rows, as the
+ * database would, so what recovery reads is what was committed, not the live objects; like
+ * PostgreSQL's jsonb it refuses text with a NUL character, and drops that run's changes.
+ */
+import { create } from "@bufbuild/protobuf";
+import { errorToProto } from "@nexusflow/common";
+import { LifecycleEventSchema, RunStatus } from "@nexusflow/gen";
+import type {
+  CommittedChanges,
+  EngineStore,
+  EngineStoreListener,
+  KeyRecord,
+  RefusedRunOutcome,
+  StoredActiveState,
+  StoredRun,
+  StoredTask,
+} from "./engine-store.js";
+import type { OutboxRow } from "./outbox.js";
+import { WriterClosedError } from "./batch-writer.js";
+import {
+  ACTIVE_LEASE,
+  TERMINAL_RUN_STATUSES,
+  TERMINAL_TASK_STATUSES,
+  type AttemptState,
+  type ErrorInfo,
+  type RunState,
+  type RunStatusName,
+  type TaskState,
+} from "../model/run-state.js";
+
+/** A run row as committed. */
+export interface MemoryRunRow extends StoredRun {
+  readonly workflowVersion: number;
+  readonly output: unknown;
+  readonly eventSeq: number;
+  readonly endedAt: Date | null;
+}
+
+/** An event as committed: its sequence number and the case of its oneof. */
+export interface MemoryEventRow {
+  readonly runId: string;
+  readonly sequence: number;
+  readonly type: string;
+  readonly event: OutboxRow["message"]["event"];
+}
+
+interface Waiter {
+  resolve: () => void;
+  reject: (e: unknown) => void;
+}
+
+const ACTIVE_RUN: ReadonlySet<RunStatusName> = new Set(["PENDING", "RUNNING", "COMPENSATING"]);
+
+/** Whether a JSON value holds a string with a NUL character (PostgreSQL's jsonb refuses it). */
+function hasNul(value: unknown): boolean {
+  if (typeof value === "string") return value.includes("\u0000");
+  if (value === null || typeof value !== "object") return false;
+  if (Array.isArray(value)) return value.some(hasNul);
+  return Object.entries(value).some(([k, v]) => k.includes("\u0000") || hasNul(v));
+}
+
+/** The engine's store in memory (see the module comment). */
+export class MemoryEngineStore implements EngineStore {
+  private listener: EngineStoreListener | undefined;
+  private runs = new Map<string, RunState>();
+  private tasks = new Map<string, TaskState>();
+  private attempts = new Map<string, AttemptState>();
+  private events: OutboxRow[] = [];
+  private waiters: Waiter[] = [];
+  private readonly stored = new WeakSet<object>();
+  private running = false;
+  private closed = false;
+  private soonTimer: NodeJS.Timeout | undefined;
+  /** Committed rows. */
+  private readonly runRows = new Map<string, MemoryRunRow>();
+  private readonly taskRows = new Map<string, StoredTask>();
+  private readonly attemptRows = new Map<string, AttemptState>();
+  private readonly eventRows: MemoryEventRow[] = [];
+  private readonly keyRows = new Map<string, KeyRecord>();
+  /** Commits made, for tests. */
+  commits = 0;
+
+  listen(listener: EngineStoreListener): void {
+    this.listener = listener;
+  }
+
+  get isHealthy(): boolean {
+    return true;
+  }
+
+  isStored(row: object): boolean {
+    return this.stored.has(row);
+  }
+
+  markRun(run: RunState): void {
+    this.runs.set(run.id, run);
+  }
+
+  markTask(task: TaskState): void {
+    this.tasks.set(task.id, task);
+  }
+
+  markAttempt(attempt: AttemptState): void {
+    this.attempts.set(`${attempt.taskRunId}:${attempt.number}`, attempt);
+  }
+
+  addEvent(event: OutboxRow): void {
+    this.events.push(event);
+  }
+
+  flush(): Promise<void> {
+    if (this.closed) return Promise.reject(new WriterClosedError("the store is closed"));
+    const done = new Promise<void>((resolve, reject) => this.waiters.push({ resolve, reject }));
+    this.kick();
+    return done;
+  }
+
+  flushSoon(delayMs: number): void {
+    if (this.closed || this.soonTimer !== undefined) return;
+    this.soonTimer = setTimeout(() => {
+      this.soonTimer = undefined;
+      this.kick();
+    }, delayMs);
+  }
+
+  private kick(): void {
+    if (this.running || this.closed) return;
+    this.running = true;
+    // Like the writer: what is marked in the same turn shares the commit.
+    setImmediate(() => {
+      this.running = false;
+      this.commit();
+    });
+  }
+
+  /** Commits everything marked, run by run refusing what PostgreSQL would refuse. */
+  private commit(): void {
+    const runs = this.runs;
+    const tasks = this.tasks;
+    const attempts = this.attempts;
+    const events = this.events;
+    const waiters = this.waiters;
+    this.runs = new Map();
+    this.tasks = new Map();
+    this.attempts = new Map();
+    this.events = [];
+    this.waiters = [];
+    const refused = new Set<string>();
+    for (const r of runs.values())
+      if (hasNul(r.input) || hasNul(r.output) || hasNul(r.error)) refused.add(r.id);
+    for (const t of tasks.values())
+      if (hasNul(t.input) || hasNul(t.output) || hasNul(t.error)) refused.add(t.runId);
+    for (const a of attempts.values()) if (hasNul(a.error) || hasNul(a.logs)) refused.add(a.runId);
+    const runIds = new Set<string>();
+    let written = 0;
+    for (const r of runs.values()) {
+      if (refused.has(r.id)) continue;
+      this.writeRun(r);
+      runIds.add(r.id);
+    }
+    for (const t of tasks.values()) {
+      if (refused.has(t.runId)) continue;
+      this.writeTask(t);
+      runIds.add(t.runId);
+    }
+    for (const a of attempts.values()) {
+      if (refused.has(a.runId)) continue;
+      this.attemptRows.set(`${a.taskRunId}:${a.number}`, { ...a });
+      this.stored.add(a);
+    }
+    for (const e of events) {
+      if (refused.has(e.message.runId)) continue;
+      this.eventRows.push({
+        runId: e.message.runId,
+        sequence: Number(e.message.sequence),
+        type: e.message.event.case ?? "",
+        event: e.message.event,
+      });
+      written++;
+    }
+    this.commits++;
+    for (const runId of refused)
+      this.listener?.refused(runId, new Error("invalid byte sequence: \\u0000 cannot be converted to text"));
+    const changes: CommittedChanges = { runIds, events: written };
+    this.listener?.committed(changes);
+    for (const w of waiters) w.resolve();
+  }
+
+  private writeRun(r: RunState): void {
+    const before = this.runRows.get(r.id);
+    this.runRows.set(r.id, {
+      id: r.id,
+      definitionId: r.definitionId,
+      workflowName: r.workflow.name,
+      workflowVersion: r.workflow.version,
+      status: r.status,
+      input: r.input,
+      idempotencyKey: r.idempotencyKey,
+      labels: r.labels,
+      cancelRequested: r.cancelRequested,
+      compensateOnCancel: r.compensateOnCancel,
+      error: r.error,
+      output: r.output,
+      eventSeq: r.eventSeq,
+      lastEventSeq: r.eventSeq,
+      deadline: r.deadline,
+      createdAt: before?.createdAt ?? r.createdAt,
+      endedAt: r.endedAt,
+    });
+    this.stored.add(r);
+    if (r.idempotencyKey !== null && r.requestHash !== null) {
+      const scope = `${r.workflow.name}\u0000${r.idempotencyKey}`;
+      const key = this.keyRows.get(scope);
+      // A key only ever moves to a newer run.
+      if (key === undefined || key.createdAt.getTime() <= r.createdAt.getTime())
+        this.keyRows.set(scope, { runId: r.id, requestHash: r.requestHash, createdAt: r.createdAt });
+    }
+  }
+
+  private writeTask(t: TaskState): void {
+    this.taskRows.set(t.id, {
+      id: t.id,
+      runId: t.runId,
+      stepId: t.stepId,
+      kind: t.kind,
+      type: t.type,
+      position: t.position,
+      status: t.status,
+      input: t.input,
+      output: t.output,
+      outputRef: t.outputRef,
+      error: t.error,
+      skipReason: t.skipReason,
+      attempt: t.attempt,
+      fencingToken: t.fencingToken,
+      failures: 0,
+      executorId: t.executorId,
+      leaseExpiresAt: t.leaseExpiresAt,
+      nextAttemptAt: t.nextAttemptAt,
+      queuedAt: t.queuedAt,
+      createdAt: t.createdAt,
+      endedAt: t.endedAt,
+      current: null,
+    });
+    this.stored.add(t);
+  }
+
+  loadActive(): Promise<StoredActiveState> {
+    const runs = [...this.runRows.values()]
+      .filter((r) => ACTIVE_RUN.has(r.status))
+      .sort((a, b) => a.createdAt.getTime() - b.createdAt.getTime())
+      .map((r): StoredRun => ({ ...r, lastEventSeq: Math.max(r.eventSeq, this.lastEvent(r.id)) }));
+    const ids = new Set(runs.map((r) => r.id));
+    const tasks = [...this.taskRows.values()]
+      .filter((t) => ids.has(t.runId))
+      .sort((a, b) => (a.runId === b.runId ? a.position - b.position : a.runId < b.runId ? -1 : 1))
+      .map((t): StoredTask => {
+        const attempts = [...this.attemptRows.values()].filter((a) => a.taskRunId === t.id);
+        const a = ACTIVE_LEASE.has(t.status) ? attempts.find((x) => x.number === t.attempt) : undefined;
+        return {
+          ...t,
+          failures: attempts.filter((x) => x.status === "FAILED").length,
+          current: a === undefined ? null : { ...a, error: null, logs: null, endedAt: null },
+        };
+      });
+    return Promise.resolve({ runs, tasks });
+  }
+
+  private lastEvent(runId: string): number {
+    let last = 0;
+    for (const e of this.eventRows) if (e.runId === runId && e.sequence > last) last = e.sequence;
+    return last;
+  }
+
+  lookupKey(workflowName: string, key: string, notBefore: Date): Promise<KeyRecord | undefined> {
+    const r = this.keyRows.get(`${workflowName}\u0000${key}`);
+    return Promise.resolve(r !== undefined && r.createdAt.getTime() >= notBefore.getTime() ? r : undefined);
+  }
+
+  keysOfRuns(
+    runs: readonly { id: string; workflowName: string; key: string }[],
+  ): Promise<Map<string, KeyRecord>> {
+    const byRun = new Map<string, KeyRecord>();
+    for (const r of runs) {
+      const k = this.keyRows.get(`${r.workflowName}\u0000${r.key}`);
+      if (k?.runId === r.id) byRun.set(r.id, k);
+    }
+    return Promise.resolve(byRun);
+  }
+
+  failRefusedRun(runId: string, error: ErrorInfo): Promise<RefusedRunOutcome> {
+    const row = this.runRows.get(runId);
+    if (row === undefined) return Promise.resolve("not-stored");
+    if (TERMINAL_RUN_STATUSES.has(row.status)) return Promise.resolve("already-ended");
+    const now = new Date();
+    const sequence = Math.max(row.eventSeq, this.lastEvent(runId)) + 1;
+    this.runRows.set(runId, {
+      ...row,
+      status: "FAILED",
+      error,
+      eventSeq: sequence,
+      lastEventSeq: sequence,
+      endedAt: now,
+    });
+    for (const [key, a] of this.attemptRows)
+      if (a.runId === runId && ACTIVE_LEASE.has(a.status))
+        this.attemptRows.set(key, { ...a, status: "CANCELLED", endedAt: now });
+    for (const [id, t] of this.taskRows)
+      if (t.runId === runId && !TERMINAL_TASK_STATUSES.has(t.status))
+        this.taskRows.set(id, {
+          ...t,
+          status: "CANCELLED",
+          leaseExpiresAt: null,
+          nextAttemptAt: null,
+          endedAt: now,
+        });
+    this.eventRows.push({
+      runId,
+      sequence,
+      type: "runCompleted",
+      event: create(LifecycleEventSchema, {
+        event: { case: "runCompleted", value: { status: RunStatus.FAILED, error: errorToProto(error) } },
+      }).event,
+    });
+    return Promise.resolve("failed");
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    if (this.runs.size + this.tasks.size + this.attempts.size + this.events.length + this.waiters.length > 0)
+      await this.flush().catch(() => undefined);
+    this.closed = true;
+    clearTimeout(this.soonTimer);
+  }
+
+  /** The committed rows, for tests that check what a database would hold. */
+  read(): {
+    runs: ReadonlyMap<string, MemoryRunRow>;
+    tasks: ReadonlyMap<string, StoredTask>;
+    attempts: readonly AttemptState[];
+    events: readonly MemoryEventRow[];
+  } {
+    return {
+      runs: this.runRows,
+      tasks: this.taskRows,
+      attempts: [...this.attemptRows.values()],
+      events: this.eventRows,
+    };
+  }
+}

@@ -1,0 +1,244 @@
+/**
+ * The engine's store in PostgreSQL: changes go through the group-commit writer (batch-writer.ts),
+ * recovery reads the active runs with three queries, idempotency keys come from their table
+ * (idempotency-keys.ts), and a refused run is ended by refused-run.ts.
+ */
+import type { Logger } from "@nexusflow/common";
+import { BatchWriter } from "./batch-writer.js";
+import type { Database } from "./database.js";
+import type {
+  EngineStore,
+  EngineStoreListener,
+  StoredActiveState,
+  StoredRun,
+  StoredTask,
+} from "./engine-store.js";
+import { IdempotencyKeyStore, type KeyRecord } from "./idempotency-keys.js";
+import type { OutboxRow } from "./outbox.js";
+import { failRefusedRun, type RefusedRunOutcome } from "./refused-run.js";
+import type {
+  AttemptState,
+  ErrorInfo,
+  RunState,
+  RunStatusName,
+  TaskState,
+  TaskStatusName,
+} from "../model/run-state.js";
+
+interface RunRow {
+  id: string;
+  definition_id: number;
+  workflow_name: string;
+  status: RunStatusName;
+  input: unknown;
+  idempotency_key: string | null;
+  labels: Record<string, string>;
+  cancel_requested: boolean;
+  compensate_on_cancel: boolean;
+  error: unknown;
+  last_event_seq: string;
+  deadline: Date | null;
+  created_at: Date;
+}
+
+interface TaskRow {
+  id: string;
+  run_id: string;
+  step_id: string;
+  kind: TaskState["kind"];
+  type: string;
+  status: TaskStatusName;
+  position: number;
+  input: unknown;
+  output: unknown;
+  output_ref: unknown;
+  error: ErrorInfo | null;
+  skip_reason: TaskState["skipReason"];
+  attempt: number;
+  fencing_token: number;
+  executor_id: string | null;
+  lease_expires_at: Date | null;
+  next_attempt_at: Date | null;
+  queued_at: Date | null;
+  created_at: Date;
+  ended_at: Date | null;
+  failures: number;
+}
+
+interface AttemptRow {
+  task_run_id: string;
+  run_id: string;
+  number: number;
+  fencing_token: number;
+  executor_id: string;
+  status: TaskStatusName;
+  leased_at: Date;
+  started_at: Date | null;
+}
+
+// The run row's event_seq is written with the run's own changes only; events since then are in the
+// outbox (the relay never prunes an event the run row does not cover), so the next sequence number
+// continues from whichever is higher.
+const ACTIVE_RUNS_SQL = `SELECT r.*, GREATEST(r.event_seq,
+   COALESCE((SELECT max(o.last_sequence) FROM outbox_events o WHERE o.run_id = r.id), 0)) AS last_event_seq
+   FROM workflow_runs r WHERE r.status IN ('PENDING', 'RUNNING', 'COMPENSATING') ORDER BY r.created_at`;
+
+const TASKS_SQL = `SELECT t.*, (SELECT count(*)::int FROM task_attempts a WHERE a.task_run_id = t.id AND a.status = 'FAILED') AS failures
+ FROM task_runs t WHERE t.run_id = ANY($1::uuid[]) ORDER BY t.run_id, t.position`;
+
+const CURRENT_ATTEMPTS_SQL = `SELECT a.* FROM task_attempts a JOIN task_runs t ON t.id = a.task_run_id AND t.attempt = a.number
+ WHERE t.run_id = ANY($1::uuid[]) AND t.status IN ('LEASED', 'RUNNING')`;
+
+/** Options of {@link PostgresEngineStore}. */
+export interface PostgresEngineStoreOptions {
+  db: Database;
+  log: Logger;
+}
+
+/** The engine's store in PostgreSQL (see the module comment). */
+export class PostgresEngineStore implements EngineStore {
+  /** The group-commit writer (its statistics are the benchmark's). */
+  readonly writer: BatchWriter;
+  private readonly keys: IdempotencyKeyStore;
+  private readonly db: Database;
+  private listener: EngineStoreListener | undefined;
+
+  constructor(options: PostgresEngineStoreOptions) {
+    this.db = options.db;
+    this.keys = new IdempotencyKeyStore(options.db.pool);
+    this.writer = new BatchWriter({
+      pool: options.db.writerPool,
+      log: options.log,
+      onCommit: (batch) => this.listener?.committed(batch),
+      onRefused: (runId, error) => this.listener?.refused(runId, error),
+    });
+  }
+
+  listen(listener: EngineStoreListener): void {
+    this.listener = listener;
+  }
+
+  get isHealthy(): boolean {
+    return this.writer.isHealthy;
+  }
+
+  isStored(row: object): boolean {
+    return this.writer.isStored(row);
+  }
+
+  markRun(run: RunState): void {
+    this.writer.markRun(run);
+  }
+
+  markTask(task: TaskState): void {
+    this.writer.markTask(task);
+  }
+
+  markAttempt(attempt: AttemptState): void {
+    this.writer.markAttempt(attempt);
+  }
+
+  addEvent(event: OutboxRow): void {
+    this.writer.addEvent(event);
+  }
+
+  flush(): Promise<void> {
+    return this.writer.flush();
+  }
+
+  flushSoon(delayMs: number): void {
+    this.writer.flushSoon(delayMs);
+  }
+
+  async loadActive(): Promise<StoredActiveState> {
+    const pool = this.db.pool;
+    const runRows = await pool.query<RunRow>(ACTIVE_RUNS_SQL);
+    if (runRows.rowCount === 0) return { runs: [], tasks: [] };
+    const ids = runRows.rows.map((r) => r.id);
+    const taskRows = await pool.query<TaskRow>(TASKS_SQL, [ids]);
+    const attemptRows = await pool.query<AttemptRow>(CURRENT_ATTEMPTS_SQL, [ids]);
+    const current = new Map(attemptRows.rows.map((a) => [a.task_run_id, a]));
+    return {
+      runs: runRows.rows.map(storedRun),
+      tasks: taskRows.rows.map((t) => storedTask(t, current.get(t.id))),
+    };
+  }
+
+  lookupKey(workflowName: string, key: string, notBefore: Date): Promise<KeyRecord | undefined> {
+    return this.keys.lookup(workflowName, key, notBefore);
+  }
+
+  keysOfRuns(
+    runs: readonly { id: string; workflowName: string; key: string }[],
+  ): Promise<Map<string, KeyRecord>> {
+    return this.keys.ofRuns(runs);
+  }
+
+  failRefusedRun(runId: string, error: ErrorInfo): Promise<RefusedRunOutcome> {
+    return failRefusedRun(this.db.pool, runId, error);
+  }
+
+  close(): Promise<void> {
+    return this.writer.close();
+  }
+}
+
+function storedRun(r: RunRow): StoredRun {
+  return {
+    id: r.id,
+    definitionId: r.definition_id,
+    workflowName: r.workflow_name,
+    status: r.status,
+    input: r.input,
+    idempotencyKey: r.idempotency_key,
+    labels: r.labels,
+    cancelRequested: r.cancel_requested,
+    compensateOnCancel: r.compensate_on_cancel,
+    error: r.error as ErrorInfo | null,
+    lastEventSeq: Number(r.last_event_seq),
+    deadline: r.deadline,
+    createdAt: r.created_at,
+  };
+}
+
+function storedTask(t: TaskRow, a: AttemptRow | undefined): StoredTask {
+  return {
+    id: t.id,
+    runId: t.run_id,
+    stepId: t.step_id,
+    kind: t.kind,
+    type: t.type,
+    position: t.position,
+    status: t.status,
+    input: t.input,
+    output: t.output,
+    outputRef: t.output_ref,
+    error: t.error,
+    skipReason: t.skip_reason,
+    attempt: t.attempt,
+    fencingToken: t.fencing_token,
+    failures: t.failures,
+    executorId: t.executor_id,
+    leaseExpiresAt: t.lease_expires_at,
+    nextAttemptAt: t.next_attempt_at,
+    queuedAt: t.queued_at,
+    createdAt: t.created_at,
+    endedAt: t.ended_at,
+    current:
+      a === undefined
+        ? null
+        : {
+            taskRunId: t.id,
+            runId: t.run_id,
+            number: a.number,
+            fencingToken: a.fencing_token,
+            executorId: a.executor_id,
+            status: a.status,
+            error: null,
+            logs: null,
+            leasedAt: a.leased_at,
+            startedAt: a.started_at,
+            endedAt: null,
+          },
+  };
+}
