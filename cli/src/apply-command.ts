@@ -11,8 +11,6 @@ import { COMMON_OPTIONS, type CommandIo, UsageError, outputOf, parse } from "./c
 import { withGateway } from "./gateway-client.js";
 import { formatTable } from "./table.js";
 
-const RPC_TIMEOUT_MS = 30_000;
-
 /** `nexusflow apply <file>...`: registers each workflow definition file. */
 export async function applyCommand(args: string[], io: CommandIo): Promise<number> {
   const { values, positionals: files } = parse({ args, options: COMMON_OPTIONS, allowPositionals: true });
@@ -38,16 +36,13 @@ export async function applyCommand(args: string[], io: CommandIo): Promise<numbe
     }
   }
   if (texts.length === 0) return failed ? 1 : 0;
-  return withGateway(io, "apply", values, async ({ workflows }) => {
+  return withGateway(io, "apply", values, async (client) => {
     const rows: string[][] = [];
     const results: JsonValue[] = [];
     for (const [file, text] of texts) {
       let res;
       try {
-        res = await workflows.registerWorkflow(
-          { definition: { case: "specJson", value: text } },
-          { signal: io.signal, timeoutMs: RPC_TIMEOUT_MS },
-        );
+        res = await client.registerWorkflow(text, { signal: io.signal });
       } catch (e) {
         // Name the file: with several, the error alone does not say which one is wrong.
         const err = ConnectError.from(e);

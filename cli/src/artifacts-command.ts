@@ -25,8 +25,6 @@ export interface ArtifactsIo extends CommandIo {
   binaryStdout: Writable;
 }
 
-const RPC_TIMEOUT_MS = 30_000;
-
 /** Where one stored object sits in the task layout: `runs/{run}/{step}/attempt-{n}/{name}`. */
 export interface ArtifactPlace {
   /** The step folder: the step id, or `{step}.compensation`. */
@@ -300,10 +298,7 @@ async function listCommand(args: string[], io: CommandIo): Promise<number> {
   if (output !== "table" && output !== "json")
     throw new UsageError(`--output must be table or json, got ${JSON.stringify(output)}`);
   return withGateway(io, "artifacts list", values, async ({ artifacts }) => {
-    const res = await artifacts.listArtifacts(
-      { runId, stepId },
-      { signal: io.signal, timeoutMs: RPC_TIMEOUT_MS },
-    );
+    const res = await artifacts.listArtifacts({ runId, stepId }, { signal: io.signal });
     if (output === "json") {
       io.stdout(`${JSON.stringify(toJson(ListArtifactsResponseSchema, res), null, 2)}\n`);
       return 0;
@@ -371,11 +366,9 @@ async function getCommand(args: string[], io: ArtifactsIo): Promise<number> {
   }
   const target =
     values.output === undefined || values.output === "-" ? undefined : resolve(io.cwd, values.output);
-  return withGateway(io, "artifacts get", values, async ({ artifacts, url }) => {
+  return withGateway(io, "artifacts get", values, async ({ artifacts }, url) => {
     const list = (): Promise<ArtifactRef[]> =>
-      artifacts
-        .listArtifacts({ runId, stepId: step }, { signal: io.signal, timeoutMs: RPC_TIMEOUT_MS })
-        .then((r) => r.artifacts);
+      artifacts.listArtifacts({ runId, stepId: step }, { signal: io.signal }).then((r) => r.artifacts);
     const notFound = (listed: readonly ArtifactRef[] | undefined, why = ""): number => {
       io.stderr(`nexusflow: artifacts get: ${notFoundLine(runId, step, name, attempt, listed, url, why)}\n`);
       return 1;

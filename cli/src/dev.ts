@@ -10,10 +10,8 @@
  */
 import { readFile, readdir } from "node:fs/promises";
 import { join, relative, resolve } from "node:path";
-import { fromJson, type JsonValue } from "@bufbuild/protobuf";
-import { ValueSchema } from "@bufbuild/protobuf/wkt";
-import { type Client, ConnectError, type Interceptor, createClient } from "@connectrpc/connect";
-import { Http2SessionManager, createGrpcTransport } from "@connectrpc/connect-node";
+import type { JsonValue } from "@bufbuild/protobuf";
+import { NexusflowClient } from "@nexusflow/client";
 import { ConfigError, freePort, loadGatewayConfig, loadSchedulerConfig } from "@nexusflow/common";
 import { createServer } from "node:net";
 
@@ -26,13 +24,14 @@ async function preferredPort(host: string, port: number): Promise<number> {
   });
   return free ? port : freePort(host);
 }
-import { type Run, RunStatus, WorkflowService } from "@nexusflow/gen";
-import { BadRequestSchema } from "@nexusflow/gen/google/rpc/error_details_pb";
+import { type Run, RunStatus } from "@nexusflow/gen";
 import { ChildExitedError, ChildTimeoutError, type ChildSpec, ManagedChild } from "./child.js";
 import { devAuthEnv, devKeysDir, ensureDevKeys, mintDevToken } from "./dev-keys.js";
 import { removeDevState, writeDevState } from "./dev-state.js";
 import { type LogRecord, formatChildLine } from "./log-format.js";
-import { RunProgress, formatRunSummary, formatTaskChange, isTerminal, runStatusName } from "./progress.js";
+import { describeError } from "./describe-error.js";
+import { followRun } from "./follow-run.js";
+import { formatRunSummary } from "./progress.js";
 import { type Style, box, createStyle } from "./style.js";
 
 /** Options of {@link runDev}. */
@@ -72,7 +71,6 @@ const SAMPLE_INPUT = "order-pipeline.input.json";
 const SCHEDULER_READY_TIMEOUT_MS = 180_000;
 const EXECUTOR_READY_TIMEOUT_MS = 60_000;
 const GATEWAY_READY_TIMEOUT_MS = 30_000;
-const RPC_TIMEOUT_MS = 30_000;
 const SAMPLE_TIMEOUT_MS = 300_000;
 
 /** Lifetime of the executors' tokens: the dev stack runs until Ctrl-C, executors reconnect with the same token. */
@@ -179,13 +177,6 @@ class Stack {
   }
 }
 
-/** Describes an RPC failure in one line, plus one line per field violation. */
-function describeRpcError(e: unknown): string {
-  if (!(e instanceof ConnectError)) return e instanceof Error ? e.message : String(e);
-  const violations = e.findDetails(BadRequestSchema).flatMap((d) => d.fieldViolations);
-  return [e.message, ...violations.map((v) => `    ${v.field}: ${v.description}`)].join("\n");
-}
-
 /**
  * Runs the dev stack until `options.signal` aborts (or, with `exitAfterSample`, until the sample
  * run ends). Returns the process exit code: 0 on a normal stop, 1 when a service failed or the
@@ -210,7 +201,7 @@ export async function runDev(options: DevOptions): Promise<number> {
   const stack = new Stack(lifetime, style, write);
   const killAll = (): void => stack.killAll();
   process.on("exit", killAll);
-  const gatewaySessions: Http2SessionManager[] = [];
+  const clients: NexusflowClient[] = [];
 
   let exitCode = 0;
   let stateRecorded = false;
@@ -322,21 +313,13 @@ export async function runDev(options: DevOptions): Promise<number> {
     );
     say();
 
-    const sessionManager = new Http2SessionManager(gatewayUrl);
-    gatewaySessions.push(sessionManager);
     const token = await mintDevToken(keys, {
       subject: "nexusflow-dev",
       scopes: ["workflows:write", "workflows:read", "runs:write", "runs:read"],
       ttlSec: CLI_TOKEN_TTL_SEC,
     });
-    const bearer: Interceptor = (next) => (req) => {
-      req.header.set("authorization", `Bearer ${token}`);
-      return next(req);
-    };
-    const client = createClient(
-      WorkflowService,
-      createGrpcTransport({ baseUrl: gatewayUrl, sessionManager, interceptors: [bearer] }),
-    );
+    const client = new NexusflowClient({ baseUrl: gatewayUrl, token });
+    clients.push(client);
 
     const registered = await registerExamples(client, examplesDir, root, lifetime.signal, say, style);
     let sampleOk = false;
@@ -354,7 +337,7 @@ export async function runDev(options: DevOptions): Promise<number> {
         sampleOk = run.status === RunStatus.SUCCEEDED;
       } catch (e) {
         if (lifetime.signal.aborted) throw e;
-        fail(`the sample run failed: ${describeRpcError(e)}`);
+        fail(`the sample run failed: ${describeError(e)}`);
       }
     } else {
       fail(`the sample workflow examples/${SAMPLE_SPEC} is not registered; skipping the sample run`);
@@ -375,7 +358,7 @@ export async function runDev(options: DevOptions): Promise<number> {
     exitCode = reportFailure(e, lifetime.signal, options.signal, stack, write, fail, style);
   } finally {
     options.signal.removeEventListener("abort", onSignal);
-    for (const s of gatewaySessions) s.abort();
+    for (const c of clients) c.close();
     if (stack.started) say(style.gray("Stopping gateway, executors and scheduler..."));
     await stack.stop(options.stopGraceMs ?? 10_000, [
       ["gateway"],
@@ -417,13 +400,13 @@ function reportFailure(
     fail(error.message);
     return 2;
   }
-  fail(describeRpcError(error));
+  fail(describeError(error));
   return 1;
 }
 
 /** Registers every examples/*.json definition (not the *.input.json files); returns the files that are registered. */
 async function registerExamples(
-  client: Client<typeof WorkflowService>,
+  client: NexusflowClient,
   examplesDir: string,
   root: string,
   signal: AbortSignal,
@@ -438,10 +421,7 @@ async function registerExamples(
   for (const file of files) {
     const text = await readFile(join(examplesDir, file), "utf8");
     try {
-      const res = await client.registerWorkflow(
-        { definition: { case: "specJson", value: text } },
-        { signal, timeoutMs: RPC_TIMEOUT_MS },
-      );
+      const res = await client.registerWorkflow(text, { signal });
       const wf = res.workflow;
       say(
         `  ${style.green("✔")} ${wf?.name ?? file} v${wf?.version ?? "?"} ${style.gray(res.created ? "(registered)" : "(unchanged)")}`,
@@ -449,7 +429,7 @@ async function registerExamples(
       ok.add(file);
     } catch (e) {
       if (signal.aborted) throw e;
-      say(`  ${style.red("✘")} ${file}: ${describeRpcError(e)}`);
+      say(`  ${style.red("✘")} ${file}: ${describeError(e)}`);
     }
   }
   return ok;
@@ -457,7 +437,7 @@ async function registerExamples(
 
 /** Starts the sample workflow with its sample input, prints its progress and returns the final run. */
 async function runSample(
-  client: Client<typeof WorkflowService>,
+  client: NexusflowClient,
   examplesDir: string,
   root: string,
   signal: AbortSignal,
@@ -468,11 +448,8 @@ async function runSample(
   const spec = JSON.parse(await readFile(join(examplesDir, SAMPLE_SPEC), "utf8")) as {
     name: string;
     version: number;
-    steps?: { id: string }[];
   };
   const input = JSON.parse(await readFile(join(examplesDir, SAMPLE_INPUT), "utf8")) as JsonValue;
-  const stepWidth = Math.max(12, ...(spec.steps ?? []).map((s) => s.id.length + 7));
-  const callOptions = { signal, timeoutMs: RPC_TIMEOUT_MS };
 
   say();
   say(
@@ -480,39 +457,24 @@ async function runSample(
       `Running ${spec.name} v${spec.version} with ${relative(root, join(examplesDir, SAMPLE_INPUT))}`,
     ),
   );
-  const started = await client.startRun(
+  const { run } = await client.startRun(
     {
       workflowName: spec.name,
       workflowVersion: spec.version,
-      input: fromJson(ValueSchema, input),
+      input,
       labels: { source: "nexusflow-dev" },
+      // None, as before: the sample run records no idempotency key.
+      idempotencyKey: "",
     },
-    callOptions,
+    { signal },
   );
-  const runId = started.run?.id ?? "";
-  say(`  run ${style.bold(runId)}`);
-
-  const progress = new RunProgress();
-  let final: Run | undefined;
-  const watchOptions = bounded ? { signal, timeoutMs: SAMPLE_TIMEOUT_MS } : { signal };
-  for await (const message of client.watchRun({ runId }, watchOptions)) {
-    const run = message.run;
-    if (run === undefined) continue;
-    for (const change of progress.update(run)) say(formatTaskChange(change, style, stepWidth));
-    if (isTerminal(run)) {
-      final = run;
-      break;
-    }
-  }
-  if (final === undefined) {
-    const res = await client.getRun({ runId }, callOptions);
-    if (res.run === undefined || !isTerminal(res.run)) {
-      throw new Error(
-        `WatchRun ended while run ${runId} was ${res.run === undefined ? "unknown" : runStatusName(res.run.status)}`,
-      );
-    }
-    final = res.run;
-  }
+  say(`  run ${style.bold(run.id)}`);
+  const final = await followRun(client, run.id, {
+    signal,
+    timeoutMs: bounded ? SAMPLE_TIMEOUT_MS : undefined,
+    say,
+    style,
+  });
   say(formatRunSummary(final, style));
   return final;
 }

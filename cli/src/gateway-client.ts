@@ -3,11 +3,9 @@
  * "host:port" or a URL) and a bearer token (--token, NEXUSFLOW_TOKEN; for a gateway on this
  * machine without either, a short-lived token minted with the dev key of NEXUSFLOW_DATA_DIR,
  * ./.nexusflow or the running dev stack, if there is one).
- * Calls use gRPC over h2c with the token in `authorization`.
+ * Calls go through @nexusflow/client (gRPC over h2c, the token in `authorization`).
  */
-import { type Client, type Interceptor, createClient } from "@connectrpc/connect";
-import { Http2SessionManager, createGrpcTransport } from "@connectrpc/connect-node";
-import { ArtifactService, WorkflowService } from "@nexusflow/gen";
+import { NexusflowClient } from "@nexusflow/client";
 import { access } from "node:fs/promises";
 import { join } from "node:path";
 import { type CommandIo, UsageError } from "./command.js";
@@ -83,38 +81,24 @@ export async function resolveToken(
   return { token: undefined, source: "none" };
 }
 
-/** Typed clients of the gateway's services, and how to release the connection. */
-export interface GatewayClients {
-  /** The base URL called. */
-  readonly url: string;
-  readonly workflows: Client<typeof WorkflowService>;
-  readonly artifacts: Client<typeof ArtifactService>;
-  /** Closes the HTTP/2 connection. */
-  close(): void;
+/**
+ * A client of the gateway at `baseUrl`: @nexusflow/client over gRPC (h2c or TLS), sending `token`
+ * when given, with its deadline of unary calls (30 s) and its retries of UNAVAILABLE for calls
+ * that are safe to repeat.
+ */
+export function connectGateway(baseUrl: string, token: string | undefined): NexusflowClient {
+  return new NexusflowClient({ baseUrl, token });
 }
 
-/** Clients calling `baseUrl` over gRPC (h2c or TLS), sending `token` when given. */
-export function connectGateway(baseUrl: string, token: string | undefined): GatewayClients {
-  const sessionManager = new Http2SessionManager(baseUrl);
-  const auth: Interceptor = (next) => (req) => {
-    if (token !== undefined) req.header.set("authorization", `Bearer ${token}`);
-    return next(req);
-  };
-  const transport = createGrpcTransport({ baseUrl, sessionManager, interceptors: [auth] });
-  return {
-    url: baseUrl,
-    workflows: createClient(WorkflowService, transport),
-    artifacts: createClient(ArtifactService, transport),
-    close: () => sessionManager.abort(),
-  };
-}
-
-/** Runs `fn` with gateway clients from the common options; maps failures to exit codes. */
+/**
+ * Runs `fn` with a client of the gateway the common options name (and its base URL, for messages);
+ * maps failures to exit codes: one line on stderr and 1, or 130 after Ctrl-C.
+ */
 export async function withGateway(
   io: CommandIo,
   name: string,
   values: { address?: string | undefined; token?: string | undefined },
-  fn: (clients: GatewayClients) => Promise<number>,
+  fn: (client: NexusflowClient, url: string) => Promise<number>,
 ): Promise<number> {
   let url: string;
   try {
@@ -129,14 +113,15 @@ export async function withGateway(
   const { token, source } = await resolveToken(values.token, io.env, url, io.root, io.cwd);
   if (source === "dev-key")
     io.stderr(`nexusflow: using a dev token (${DEV_ISSUER}) minted with the local dev key\n`);
-  const clients = connectGateway(url, token);
+  let client: NexusflowClient | undefined;
   try {
-    return await fn(clients);
+    client = connectGateway(url, token);
+    return await fn(client, url);
   } catch (e) {
     if (io.signal.aborted) return 130;
     io.stderr(`nexusflow: ${name}: ${describeError(e, url)}\n`);
     return 1;
   } finally {
-    clients.close();
+    client?.close();
   }
 }

@@ -22,7 +22,7 @@ export async function logsCommand(args: string[], io: CommandIo): Promise<number
   const [runId, stepId] = positionals(pos, ["run-id", "step-id"], "logs");
   const output = outputOf(values.output);
   const attempt = parseCount("attempt", values.attempt, 0, 2 ** 31 - 1) ?? 0;
-  return withGateway(io, "logs", values, async ({ artifacts, url }) => {
+  return withGateway(io, "logs", values, async ({ artifacts }, url) => {
     let lines = 0;
     try {
       const stream = artifacts.getTaskLogs(

@@ -52,6 +52,9 @@ describe("operator command helpers", () => {
       describeError(new ConnectError("who?", Code.Unauthenticated), "http://x"),
       /NEXUSFLOW_TOKEN/,
     );
+    // Without a gateway of the user's choosing (nexusflow dev), no hint about what to set.
+    assert.equal(describeError(new ConnectError("no", Code.Unavailable)), "UNAVAILABLE: no");
+    assert.equal(describeError(new Error("plain")), "plain");
   });
 
   it("tells workflow definitions from other JSON and from text that is not JSON", () => {
