@@ -183,6 +183,25 @@ export interface RetentionConfig {
   idempotencyKeyRetentionMs: number;
 }
 
+/**
+ * Where a service serves `/metrics` (Prometheus text format): METRICS_HOST and METRICS_PORT, read
+ * by every service with its own default port; `METRICS_PORT=off` turns the endpoint off.
+ */
+export interface MetricsConfig {
+  /** Interface to listen on (METRICS_HOST). */
+  host: string;
+  /** Port (METRICS_PORT); 0 picks a free one. */
+  port: number;
+  /**
+   * True when METRICS_PORT was set: a port in use then stops the service; the default port in
+   * use only turns metrics off, with a warning (two executors on one host).
+   */
+  explicit: boolean;
+}
+
+/** Default metrics ports: scheduler 9464, executor 9465, gateway 9466. */
+export const DEFAULT_METRICS_PORTS = { scheduler: 9464, executor: 9465, gateway: 9466 } as const;
+
 /** Everything the scheduler reads from the environment. */
 export interface SchedulerConfig {
   host: string;
@@ -195,6 +214,8 @@ export interface SchedulerConfig {
   sessionTimeoutMs: number;
   auth: AuthConfig;
   retention: RetentionConfig;
+  /** The /metrics endpoint; undefined with METRICS_PORT=off. */
+  metrics: MetricsConfig | undefined;
 }
 
 /** Everything the executor reads from the environment. */
@@ -214,6 +235,8 @@ export interface ExecutorConfig {
    * the next reconnect. At most one of `token` and `tokenFile` is set.
    */
   tokenFile: string | undefined;
+  /** The /metrics endpoint; undefined with METRICS_PORT=off. */
+  metrics: MetricsConfig | undefined;
 }
 
 /** Everything the gateway reads from the environment. */
@@ -227,6 +250,24 @@ export interface GatewayConfig {
   maxRequestBytes: number;
   /** Most streaming calls open at once per token subject. */
   maxStreamsPerClient: number;
+  /** The /metrics endpoint; undefined with METRICS_PORT=off. */
+  metrics: MetricsConfig | undefined;
+}
+
+function metrics(env: Env, defaultPort: number): MetricsConfig | undefined {
+  const v = str(env, "METRICS_PORT");
+  if (v !== undefined && /^off$/i.test(v)) return undefined;
+  if (v !== undefined && !/^\d+$/.test(v)) {
+    throw new ConfigError(
+      "METRICS_PORT",
+      `expected a port (0 for any free one) or off, got ${JSON.stringify(v)}`,
+    );
+  }
+  return {
+    host: str(env, "METRICS_HOST") ?? "127.0.0.1",
+    port: port(env, "METRICS_PORT", defaultPort),
+    explicit: v !== undefined,
+  };
 }
 
 function database(env: Env): DatabaseConfig {
@@ -314,6 +355,7 @@ export function loadSchedulerConfig(env: Env = process.env): SchedulerConfig {
     sessionTimeoutMs: duration(env, "SESSION_TIMEOUT", "10s"),
     auth: auth(env),
     retention: retentionConfig(env),
+    metrics: metrics(env, DEFAULT_METRICS_PORTS.scheduler),
   };
 }
 
@@ -349,6 +391,7 @@ export function loadExecutorConfig(env: Env = process.env): ExecutorConfig {
     logLevel: oneOf(env, "LOG_LEVEL", LOG_LEVELS, "info"),
     artifacts: artifacts(env),
     ...executorToken(env),
+    metrics: metrics(env, DEFAULT_METRICS_PORTS.executor),
   };
 }
 
@@ -374,5 +417,6 @@ export function loadGatewayConfig(env: Env = process.env): GatewayConfig {
     auth: auth(env),
     maxRequestBytes: int(env, "GATEWAY_MAX_REQUEST_BYTES", 4 * 1024 * 1024, 1024, 64 * 1024 * 1024),
     maxStreamsPerClient: int(env, "GATEWAY_MAX_STREAMS_PER_CLIENT", 32, 1, 10_000),
+    metrics: metrics(env, DEFAULT_METRICS_PORTS.gateway),
   };
 }

@@ -13,9 +13,17 @@ import {
   loadExecutorConfig,
 } from "@nexusflow/common";
 import { type ArtifactStore, createArtifactStore, isArtifactError } from "@nexusflow/common/artifacts";
+import {
+  MetricsListenError,
+  type MetricsServer,
+  createMetricsRegistry,
+  grpcClientMetrics,
+  startMetricsEndpoint,
+} from "@nexusflow/common/metrics";
 import { Executor } from "./executor.js";
 import { isExecutorError } from "./errors.js";
 import { HandlerModuleError, HandlerRegistrationError, loadHandlerModule } from "./handlers/index.js";
+import { registerExecutorMetrics } from "./metrics.js";
 
 /** The executor's own secrets, kept out of the environment of `shell` tasks. */
 const SECRET_VARIABLES = [
@@ -73,6 +81,7 @@ try {
   throw e;
 }
 logger.info({ store: artifacts.kind }, "artifact store ready");
+const registry = config.metrics === undefined ? undefined : createMetricsRegistry();
 const executor = new Executor({
   artifacts,
   offloadThresholdBytes: config.artifacts.offloadThresholdBytes,
@@ -83,7 +92,24 @@ const executor = new Executor({
   logger,
   metadata,
   builtins: { shell: { baseEnv } },
+  // grpc-js takes client interceptors with the channel options.
+  ...(registry === undefined ? {} : { channelOptions: { interceptors: [grpcClientMetrics(registry)] } }),
 });
+
+let metricsServer: MetricsServer | undefined;
+if (registry !== undefined) {
+  registerExecutorMetrics(registry, executor, config.slots);
+  try {
+    metricsServer = await startMetricsEndpoint(config.metrics, registry, logger);
+  } catch (e) {
+    if (e instanceof MetricsListenError) {
+      process.stderr.write(`nexusflow-executor: ${e.message}\n`);
+      process.exit(1);
+    }
+    throw e;
+  }
+  if (metricsServer !== undefined) logger.info({ url: metricsServer.url }, "metrics listening");
+}
 
 if (config.handlersModule !== undefined) {
   try {
@@ -103,7 +129,7 @@ const onSignal = (signal: NodeJS.Signals): void => {
     process.exit(1);
   }
   stopping = true;
-  executor.stop(signal).then(
+  Promise.all([executor.stop(signal), metricsServer?.close()]).then(
     () => process.exit(0),
     (e: unknown) => {
       logger.error({ err: e }, "stop failed");

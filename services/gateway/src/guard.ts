@@ -82,6 +82,9 @@ export class StreamLimiter {
   }
 }
 
+/** Told of each call refused for its token or scope, with the header it was refused for (metrics). */
+export type RefusalListener = (e: AuthError, authorization: string | null | undefined) => void;
+
 /**
  * Authenticates the caller of `method` from its `authorization` header value and checks the
  * method's scope. Resolves with the caller (undefined for a public RPC); rejects with the
@@ -91,11 +94,15 @@ export async function authenticateRequest(
   verifier: TokenVerifier,
   method: DescMethod,
   authorization: string | null | undefined,
+  onRefused?: RefusalListener,
 ): Promise<Principal | undefined> {
   try {
     return await authenticateCall(verifier, `${method.parent.typeName}/${method.name}`, authorization);
   } catch (e) {
-    if (isAuthError(e)) throw authConnectError(e);
+    if (isAuthError(e)) {
+      onRefused?.(e, authorization);
+      throw authConnectError(e);
+    }
     throw e;
   }
 }
@@ -106,10 +113,16 @@ export async function authenticateRequest(
  */
 export function guardRequestGate(
   verifier: TokenVerifier | undefined,
+  onRefused?: RefusalListener,
 ): (ctx: HandlerContext) => Promise<void> {
   return async (ctx) => {
     if (verifier === undefined) return;
-    const principal = await authenticateRequest(verifier, ctx.method, ctx.requestHeader.get("authorization"));
+    const principal = await authenticateRequest(
+      verifier,
+      ctx.method,
+      ctx.requestHeader.get("authorization"),
+      onRefused,
+    );
     ctx.values.set(kPrincipal, principal);
     ctx.values.set(kGuarded, true);
   };
@@ -121,6 +134,8 @@ export interface GuardOptions {
   verifier: TokenVerifier | undefined;
   /** Limits open streams per token subject (not applied without a verified subject). */
   streams: StreamLimiter;
+  /** Told of each call refused for its token or scope. */
+  onRefused?: RefusalListener | undefined;
 }
 
 /** Yields what `source` yields and calls `release` once, however the iteration ends. */
@@ -136,14 +151,14 @@ async function* releasing<T>(source: AsyncIterable<T>, release: () => void): Asy
  * The interceptor that limits the streams of every call, and authenticates and authorizes those
  * that did not pass {@link guardRequestGate} (a router built without it).
  */
-export function guardInterceptor({ verifier, streams }: GuardOptions): Interceptor {
+export function guardInterceptor({ verifier, streams, onRefused }: GuardOptions): Interceptor {
   return (next) => async (req) => {
     if (verifier === undefined) return next(req);
     let principal: Principal | undefined;
     if (req.contextValues.get(kGuarded)) {
       principal = req.contextValues.get(kPrincipal);
     } else {
-      principal = await authenticateRequest(verifier, req.method, req.header.get("authorization"));
+      principal = await authenticateRequest(verifier, req.method, req.header.get("authorization"), onRefused);
       req.contextValues.set(kPrincipal, principal);
     }
     if (!req.stream || principal === undefined) return next(req);

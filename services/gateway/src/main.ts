@@ -9,6 +9,12 @@ import {
   loadGatewayConfig,
   tokenVerifierFromConfig,
 } from "@nexusflow/common";
+import {
+  MetricsListenError,
+  type MetricsServer,
+  createMetricsRegistry,
+  startMetricsEndpoint,
+} from "@nexusflow/common/metrics";
 import { GatewayListenError, createGateway } from "./server.js";
 
 function fail(message: string, exitCode: number): never {
@@ -38,6 +44,7 @@ if (verifier === undefined) {
 } else if (config.auth.issuer.includes("nexusflow-dev")) {
   logger.warn("accepting dev tokens (AUTH_ISSUER nexusflow-dev): for local development only");
 }
+const registry = config.metrics === undefined ? undefined : createMetricsRegistry();
 const gateway = createGateway({
   host: config.host,
   port: config.port,
@@ -46,7 +53,19 @@ const gateway = createGateway({
   verifier,
   maxRequestBytes: config.maxRequestBytes,
   maxStreamsPerClient: config.maxStreamsPerClient,
+  metrics: registry,
 });
+
+let metricsServer: MetricsServer | undefined;
+if (registry !== undefined) {
+  try {
+    metricsServer = await startMetricsEndpoint(config.metrics, registry, logger);
+  } catch (e) {
+    if (e instanceof MetricsListenError) fail(e.message, 1);
+    throw e;
+  }
+  if (metricsServer !== undefined) logger.info({ url: metricsServer.url }, "metrics listening");
+}
 
 try {
   const { url } = await gateway.listen();
@@ -73,7 +92,7 @@ const stop = (signal: NodeJS.Signals): void => {
   }
   stopping = true;
   logger.info({ signal }, "gateway stopping");
-  gateway.close().then(
+  Promise.all([gateway.close(), metricsServer?.close()]).then(
     () => {
       logger.info("gateway stopped");
       process.exit(0);

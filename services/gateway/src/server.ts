@@ -31,6 +31,7 @@ import {
 } from "@connectrpc/connect";
 import { Http2SessionManager, connectNodeAdapter, createGrpcTransport } from "@connectrpc/connect-node";
 import { type Logger, type TokenVerifier, createLogger, hasErrorCode } from "@nexusflow/common";
+import type { Registry } from "@nexusflow/common/metrics";
 import { decodeErrorInterceptor, watchDecodeErrors } from "./decode-errors.js";
 import {
   StreamLimiter,
@@ -38,7 +39,9 @@ import {
   guardInterceptor,
   guardRequestGate,
   kPrincipal,
+  type RefusalListener,
 } from "./guard.js";
+import { GatewayMetrics, type Protocol, protocolOf, rejectionReason } from "./metrics.js";
 import { MAX_TIMEOUT_MS, type RestHandler, createRestHandler } from "./rest/handler.js";
 import { compileRoutes } from "./rest/routes.js";
 import { PROXIED_SERVICES, createRoutes } from "./routes.js";
@@ -100,6 +103,12 @@ export interface GatewayOptions {
    * @default 32
    */
   maxStreamsPerClient?: number;
+  /**
+   * Registry to record the gateway's metrics on (requests, token rejections, calls to the
+   * scheduler; see metrics.ts); main.ts serves it on METRICS_PORT.
+   * @default undefined (no metrics)
+   */
+  metrics?: Registry | undefined;
 }
 
 /** Lifecycle states of a {@link Gateway}. */
@@ -170,6 +179,7 @@ interface CompiledGatewayOptions {
   verifier: TokenVerifier | undefined;
   maxRequestBytes: number;
   maxStreamsPerClient: number;
+  metrics: Registry | undefined;
 }
 
 function addGatewayDefaults(options: GatewayOptions): CompiledGatewayOptions {
@@ -184,6 +194,7 @@ function addGatewayDefaults(options: GatewayOptions): CompiledGatewayOptions {
     verifier: options.verifier,
     maxRequestBytes: options.maxRequestBytes ?? 4 * 1024 * 1024,
     maxStreamsPerClient: options.maxStreamsPerClient ?? 32,
+    metrics: options.metrics,
   };
 }
 
@@ -226,33 +237,46 @@ class GatewayServer implements Gateway {
   constructor(options: CompiledGatewayOptions) {
     this.#options = options;
     this.#log = options.logger;
+    const metrics = options.metrics === undefined ? undefined : new GatewayMetrics(options.metrics);
     let transport = options.transport;
     if (transport === undefined) {
       const baseUrl = `http://${options.schedulerAddress}`;
       this.#upstreamSessions = new Http2SessionManager(baseUrl);
-      transport = createGrpcTransport({ baseUrl, sessionManager: this.#upstreamSessions });
+      transport = createGrpcTransport({
+        baseUrl,
+        sessionManager: this.#upstreamSessions,
+        interceptors: metrics === undefined ? [] : [metrics.upstreamInterceptor()],
+      });
     }
     const routes = createRoutes({ transport, streamShutdownSignal: this.#streamShutdown.signal });
     // Authentication and authorization come first, before a request message is read or parsed.
     const { verifier } = options;
-    const guardGate = guardRequestGate(verifier);
-    const requestGate = logRefusals(this.#log, async (ctx: HandlerContext) => {
-      watchDecodeErrors(ctx);
-      await guardGate(ctx);
-    });
+    const onRefused: RefusalListener | undefined =
+      metrics === undefined
+        ? undefined
+        : (e, authorization) => metrics.rejected(rejectionReason(e, authorization));
+    const guardGate = guardRequestGate(verifier, onRefused);
+    // Calls the gate refuses never reach the interceptors: they are counted here.
+    const gate = (protocol: Protocol | undefined) =>
+      logRefusals(this.#log, metrics, protocol, async (ctx: HandlerContext) => {
+        watchDecodeErrors(ctx);
+        await guardGate(ctx);
+      });
+    const requestGate = gate(undefined);
     const interceptors = [
       decodeErrorInterceptor(),
       logCalls(this.#log),
       guardInterceptor({
         verifier,
         streams: new StreamLimiter(options.maxStreamsPerClient),
+        onRefused,
       }),
     ];
     const handler = connectNodeAdapter({
       routes,
       shutdownSignal: this.#forceShutdown.signal,
       requestGate,
-      interceptors,
+      interceptors: metrics === undefined ? interceptors : [metrics.interceptor(), ...interceptors],
       readMaxBytes: options.maxRequestBytes,
       maxTimeoutMs: MAX_TIMEOUT_MS,
       fallback: (req, res) => this.#fallback(req, res),
@@ -263,8 +287,8 @@ class GatewayServer implements Gateway {
       routes: compileRoutes(PROXIED_SERVICES),
       transport: createRouterTransport(routes, {
         router: {
-          requestGate,
-          interceptors,
+          requestGate: gate("rest"),
+          interceptors: metrics === undefined ? interceptors : [metrics.interceptor("rest"), ...interceptors],
           readMaxBytes: options.maxRequestBytes,
           maxTimeoutMs: MAX_TIMEOUT_MS,
           shutdownSignal: this.#forceShutdown.signal,
@@ -275,7 +299,9 @@ class GatewayServer implements Gateway {
       authenticate:
         verifier === undefined
           ? undefined
-          : (method, headers) => authenticateRequest(verifier, method, headers.get("authorization")),
+          : (method, headers) =>
+              authenticateRequest(verifier, method, headers.get("authorization"), onRefused),
+      onRefused: metrics === undefined ? undefined : (method, code) => metrics.request(method, "rest", code),
     });
 
     this.#h2 = http2.createServer({}, handler);
@@ -463,9 +489,14 @@ function errorCode(e: unknown): string | undefined {
     : undefined;
 }
 
-/** Logs each call the request gate refuses at debug level, as {@link logCalls} logs the others. */
+/**
+ * Logs each call the request gate refuses at debug level, as {@link logCalls} logs the others, and
+ * counts it (`protocol` undefined: read from the content type).
+ */
 function logRefusals(
   log: Logger,
+  metrics: GatewayMetrics | undefined,
+  protocol: Protocol | undefined,
   gate: (ctx: HandlerContext) => Promise<void>,
 ): (ctx: HandlerContext) => Promise<void> {
   return async (ctx) => {
@@ -473,6 +504,7 @@ function logRefusals(
       await gate(ctx);
     } catch (e) {
       const err = ConnectError.from(e);
+      metrics?.request(ctx.method, protocol ?? protocolOf(ctx.requestHeader.get("content-type")), err.code);
       log.debug({ procedure: ctx.url, code: Code[err.code], error: err.rawMessage }, "call refused");
       throw e;
     }

@@ -57,6 +57,11 @@ export interface RestHandlerOptions {
    */
   authenticate?: ((method: DescMethod, headers: Headers) => Promise<unknown>) | undefined;
   /**
+   * Told of each call answered before it reached the handlers (refused token, unreadable body),
+   * with the code it was answered with (metrics).
+   */
+  onRefused?: ((method: DescMethod, code: Code) => void) | undefined;
+  /**
    * How long a stream may wait for its first message before the 200 and headers go out anyway
    * (after that, errors can only be reported in-band), in milliseconds.
    * @default 250
@@ -284,7 +289,7 @@ export const MAX_TIMEOUT_MS = 2_147_483_647;
 
 /** Creates the REST handler. */
 export function createRestHandler(options: RestHandlerOptions): RestHandler {
-  const { routes, transport, maxBodyBytes, log, authenticate } = options;
+  const { routes, transport, maxBodyBytes, log, authenticate, onRefused } = options;
   const headerDelayMs = options.streamHeaderDelayMs ?? 250;
 
   async function serve(
@@ -317,6 +322,14 @@ export function createRestHandler(options: RestHandlerOptions): RestHandler {
       message = buildRequest(route, params, query, body);
     } catch (e) {
       if (!bodyRead) discardBody(req, maxBodyBytes);
+      onRefused?.(
+        route.method,
+        e instanceof UnsupportedMediaType
+          ? Code.InvalidArgument
+          : e instanceof BodyTooLarge
+            ? Code.ResourceExhausted
+            : ConnectError.from(e).code,
+      );
       if (e instanceof UnsupportedMediaType) {
         sendError(res, invalidArgument([{ field: "content-type", description: e.message }]), hadToken, 415);
         return;

@@ -1,0 +1,137 @@
+/**
+ * The metrics endpoint: a small HTTP/1.1 server of its own port that answers `GET /metrics` with
+ * the registry in the Prometheus text format, and nothing else (404). A port of its own keeps the
+ * scrape away from the service's API (no authentication, no gRPC framing) and lets operators
+ * expose it only to Prometheus.
+ */
+import * as http from "node:http";
+import type { Registry } from "prom-client";
+import type { MetricsConfig } from "../config.js";
+import type { Logger } from "../logger.js";
+import { hasErrorCode } from "../net.js";
+
+/** The metrics port could not be bound; the message is one line naming host, port and METRICS_PORT. */
+export class MetricsListenError extends Error {
+  override name = "MetricsListenError";
+  constructor(
+    readonly host: string,
+    readonly port: number,
+    /** The system error code, e.g. "EADDRINUSE". */
+    readonly code: string | undefined,
+    options?: ErrorOptions,
+  ) {
+    super(
+      `METRICS_PORT: cannot serve metrics on ${hostPort(host, port)}: ${
+        code === "EADDRINUSE" ? `port ${port} is already in use` : (code ?? String(options?.cause))
+      } (set METRICS_PORT to another port, 0 for any free one, or off)`,
+      options,
+    );
+  }
+}
+
+function hostPort(host: string, port: number): string {
+  return host.includes(":") ? `[${host}]:${port}` : `${host}:${port}`;
+}
+
+/** A listening metrics endpoint. */
+export interface MetricsServer {
+  /** The scrape URL, e.g. "http://127.0.0.1:9464/metrics". */
+  readonly url: string;
+  /** The port it listens on (the actual one when 0 was asked for). */
+  readonly port: number;
+  /** Stops listening and closes open connections; idempotent. */
+  close(): Promise<void>;
+}
+
+/** Options of {@link listenMetrics}. */
+export interface MetricsServerOptions {
+  registry: Registry;
+  /** @default "127.0.0.1" */
+  host?: string;
+  /** 0 picks a free port. @default 0 */
+  port?: number;
+}
+
+/** Serves `registry` on `GET /metrics`. Throws {@link MetricsListenError} when the port cannot be bound. */
+export async function listenMetrics(options: MetricsServerOptions): Promise<MetricsServer> {
+  const { registry } = options;
+  const host = options.host ?? "127.0.0.1";
+  const server = http.createServer((req, res) => {
+    const path = (req.url ?? "/").split("?")[0];
+    if (path !== "/metrics") {
+      res.writeHead(404, { "content-type": "text/plain" }).end("not found: metrics are at /metrics\n");
+      return;
+    }
+    if (req.method !== "GET" && req.method !== "HEAD") {
+      res.writeHead(405, { allow: "GET, HEAD" }).end();
+      return;
+    }
+    registry.metrics().then(
+      (text) => {
+        res.writeHead(200, { "content-type": registry.contentType });
+        res.end(req.method === "HEAD" ? undefined : text);
+      },
+      (e: unknown) => {
+        res.writeHead(500, { "content-type": "text/plain" });
+        res.end(`metrics could not be collected: ${e instanceof Error ? e.message : String(e)}\n`);
+      },
+    );
+  });
+  // A scraper keeps its connection; close() must not wait for it.
+  server.keepAliveTimeout = 30_000;
+  try {
+    await new Promise<void>((resolve, reject) => {
+      server.once("error", reject);
+      server.listen({ host, port: options.port ?? 0 }, () => {
+        server.off("error", reject);
+        resolve();
+      });
+    });
+  } catch (e) {
+    const code = hasErrorCode(e, "EADDRINUSE")
+      ? "EADDRINUSE"
+      : typeof (e as { code?: unknown }).code === "string"
+        ? (e as { code: string }).code
+        : undefined;
+    throw new MetricsListenError(host, options.port ?? 0, code, { cause: e });
+  }
+  const address = server.address();
+  const port = typeof address === "object" && address !== null ? address.port : (options.port ?? 0);
+  let closing: Promise<void> | undefined;
+  return {
+    url: `http://${hostPort(host, port)}/metrics`,
+    port,
+    close() {
+      closing ??= new Promise<void>((resolve) => {
+        server.close(() => resolve());
+        server.closeAllConnections();
+      });
+      return closing;
+    },
+  };
+}
+
+/**
+ * Starts the endpoint a service's configuration asks for: none with METRICS_PORT=off; a port set
+ * explicitly that is taken throws {@link MetricsListenError}; the default port taken (a second
+ * executor on the host) turns metrics off with a warning instead of stopping the service.
+ */
+export async function startMetricsEndpoint(
+  config: MetricsConfig | undefined,
+  registry: Registry,
+  log: Logger,
+): Promise<MetricsServer | undefined> {
+  if (config === undefined) return undefined;
+  try {
+    return await listenMetrics({ registry, host: config.host, port: config.port });
+  } catch (e) {
+    if (!config.explicit && e instanceof MetricsListenError && e.code === "EADDRINUSE") {
+      log.warn(
+        { host: config.host, port: config.port },
+        `the default metrics port ${config.port} is in use: metrics are off for this process (set METRICS_PORT to another port or 0)`,
+      );
+      return undefined;
+    }
+    throw e;
+  }
+}
