@@ -139,10 +139,19 @@ describe("nexusflow dev and Ctrl-C", { ...T, ...linux }, () => {
       await dev.waitFor("Press Ctrl-C to stop.");
       // While it runs, it says where its data is, for `nexusflow token` in other directories.
       const stateEnv = { XDG_RUNTIME_DIR: join(dataDir, "runtime") };
+      const state = await readDevState(stateEnv);
       assert.deepEqual(
-        { ...(await readDevState(stateEnv)), gatewayUrl: "" },
-        { dataDir, gatewayUrl: "", pid: dev.child.pid },
+        { ...state, gatewayUrl: "", schedulerAddress: "" },
+        {
+          dataDir,
+          gatewayUrl: "",
+          pid: dev.child.pid,
+          schedulerAddress: "",
+          artifactsDir: join(dataDir, "artifacts"),
+        },
       );
+      assert.match(state?.gatewayUrl ?? "", /^http:\/\/127\.0\.0\.1:\d+$/);
+      assert.match(state?.schedulerAddress ?? "", /^127\.0\.0\.1:\d+$/);
       assert.match(
         dev.output(),
         /NEXUSFLOW_TOKEN=\$\(npm --prefix \S+ exec -- nexusflow token --scope admin/,
