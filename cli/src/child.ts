@@ -1,13 +1,13 @@
 /**
  * A service running as a child process of the dev stack: started with the current Node and tsx,
  * in its own process group (so the terminal's Ctrl-C reaches only the CLI, which stops the
- * services in order), with its output parsed line by line, relayed and remembered.
+ * services in order), with its output relayed line by line and its last lines remembered, and,
+ * when asked for, an IPC channel on which it says that it is ready ({@link READY_MESSAGE}).
  */
 import { type ChildProcess, spawn } from "node:child_process";
 import { createInterface } from "node:readline";
 import { setTimeout as delay } from "node:timers/promises";
 import { pathToFileURL } from "node:url";
-import { type LogRecord, parseLogLine } from "./log-format.js";
 
 /** How a child process ended. */
 export interface ChildExit {
@@ -26,16 +26,37 @@ export class ChildExitedError extends Error {
   }
 }
 
-/** A child did not log what it was expected to log in time. */
-export class ChildTimeoutError extends Error {
-  override name = "ChildTimeoutError";
+/** A child did not become ready: its readiness check failed (the cause says how), or timed out. */
+export class ChildNotReadyError extends Error {
+  override name = "ChildNotReadyError";
   constructor(
     readonly child: string,
-    what: string,
-    timeoutMs: number,
+    message: string,
+    options?: ErrorOptions,
   ) {
-    super(`${child} did not report "${what}" within ${Math.round(timeoutMs / 1000)}s`);
+    super(message, options);
   }
+}
+
+/** A child did not pass its readiness check in time. */
+export class ChildTimeoutError extends ChildNotReadyError {
+  override name = "ChildTimeoutError";
+  constructor(child: string, what: string, timeoutMs: number) {
+    const within = timeoutMs < 1000 ? `${timeoutMs} ms` : `${Math.round(timeoutMs / 1000)}s`;
+    super(child, `${child} was not ready within ${within} (waited for ${what})`);
+  }
+}
+
+/** What a child started with `ipc` sends its parent once it is ready. */
+export const READY_MESSAGE = { nexusflow: "ready" } as const;
+
+/** Whether an IPC message is {@link READY_MESSAGE}. */
+export function isReadyMessage(message: unknown): boolean {
+  return (
+    typeof message === "object" &&
+    message !== null &&
+    (message as Record<string, unknown>)["nexusflow"] === READY_MESSAGE.nexusflow
+  );
 }
 
 /** "code 1" or "killed by SIGKILL". */
@@ -55,6 +76,11 @@ export interface ChildSpec {
   cwd: string;
   /** Modules loaded before the entry (after tsx), e.g. the parent watchdog. */
   preload?: readonly string[];
+  /**
+   * Opens an IPC channel to the child (`process.send` there), for it to say when it is ready.
+   * @default false
+   */
+  ipc?: boolean;
 }
 
 /** Receives every line a child prints. */
@@ -69,7 +95,9 @@ export class ManagedChild {
   readonly name: string;
   readonly #process: ChildProcess;
   readonly #tail: string[] = [];
-  readonly #listeners = new Set<(record: LogRecord) => void>();
+  /** IPC messages received so far, and who waits for the next ones. */
+  readonly #messages: unknown[] = [];
+  readonly #messageListeners = new Set<(message: unknown) => void>();
   #exit: ChildExit | undefined;
   /** Resolves when the process has exited. */
   readonly exited: Promise<ChildExit>;
@@ -83,7 +111,7 @@ export class ManagedChild {
     this.#process = spawn(process.execPath, [...imports, spec.entry], {
       cwd: spec.cwd,
       env: spec.env,
-      stdio: ["ignore", "pipe", "pipe"],
+      stdio: spec.ipc === true ? ["ignore", "pipe", "pipe", "ipc"] : ["ignore", "pipe", "pipe"],
       // A new process group: terminal signals skip the services, and stop() can reach grandchildren.
       detached: true,
     });
@@ -107,10 +135,12 @@ export class ManagedChild {
         this.#tail.push(line);
         if (this.#tail.length > TAIL_LINES) this.#tail.shift();
         sink(this.name, line, stream);
-        const record = parseLogLine(line);
-        if (record !== undefined) for (const listener of this.#listeners) listener(record);
       });
     }
+    this.#process.on("message", (message: unknown) => {
+      this.#messages.push(message);
+      for (const listener of this.#messageListeners) listener(message);
+    });
   }
 
   /** Process id (the process group id as well). */
@@ -129,48 +159,32 @@ export class ManagedChild {
   }
 
   /**
-   * Resolves with the first log record (from now on) matching `predicate`. Rejects with
-   * {@link ChildExitedError} if the child exits first, {@link ChildTimeoutError} after `timeoutMs`,
-   * or with the signal's reason when `signal` aborts.
+   * Resolves with the first IPC message, received so far or from now on, that `predicate`
+   * accepts; rejects with the signal's reason when `signal` aborts first.
    */
-  waitForLog(
-    what: string,
-    predicate: (record: LogRecord) => boolean,
-    timeoutMs: number,
-    signal: AbortSignal,
-  ): Promise<LogRecord> {
+  message(predicate: (message: unknown) => boolean, signal: AbortSignal): Promise<unknown> {
+    const received = this.#messages.find(predicate);
+    if (received !== undefined) return Promise.resolve(received);
     return new Promise((resolve, reject) => {
       const cleanup = (): void => {
-        this.#listeners.delete(listener);
-        clearTimeout(timer);
+        this.#messageListeners.delete(listener);
         signal.removeEventListener("abort", onAbort);
       };
-      const listener = (record: LogRecord): void => {
-        if (!predicate(record)) return;
+      const listener = (message: unknown): void => {
+        if (!predicate(message)) return;
         cleanup();
-        resolve(record);
+        resolve(message);
       };
       const onAbort = (): void => {
         cleanup();
         reject(signal.reason instanceof Error ? signal.reason : new Error(String(signal.reason)));
       };
-      const timer = setTimeout(() => {
-        cleanup();
-        reject(new ChildTimeoutError(this.name, what, timeoutMs));
-      }, timeoutMs);
       if (signal.aborted) {
         onAbort();
         return;
       }
       signal.addEventListener("abort", onAbort, { once: true });
-      this.#listeners.add(listener);
-      this.exited.then(
-        (exit) => {
-          cleanup();
-          reject(new ChildExitedError(this.name, exit));
-        },
-        () => undefined,
-      );
+      this.#messageListeners.add(listener);
     });
   }
 

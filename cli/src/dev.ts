@@ -1,37 +1,30 @@
 /**
  * `nexusflow dev`: the whole stack on one machine, as child processes of this CLI.
  *
- * Order: scheduler (waits for "scheduler listening"), two executors (executor-2 also loads
- * examples/handlers.ts), gateway. Then every examples/*.json workflow is registered through the
- * gateway, the sample order-pipeline runs with its progress shown, and the stack keeps running
- * until Ctrl-C. Every service trusts only the local dev key (dev-keys.ts), with which this command
- * mints the executors' tokens and its own. Stopping goes the other way round: gateway, executors, scheduler, each with
- * SIGTERM and, after a grace period, SIGKILL to its process group.
+ * Order: scheduler, two executors (executor-2 also loads examples/handlers.ts), gateway, each
+ * started once the one before is ready, as its readiness check says (readiness.ts: an RPC, an IPC
+ * message, `GET /healthz`; never its log). Their ports are chosen here, before they start. Then
+ * every examples/*.json workflow is registered through the gateway, the sample order-pipeline runs
+ * with its progress shown, and the stack keeps running until Ctrl-C. Every service trusts only the
+ * local dev key (dev-keys.ts), with which this command mints the executors' tokens and its own.
+ * Stopping goes the other way round: gateway, executors, scheduler, each with SIGTERM and, after a
+ * grace period, SIGKILL to its process group.
  */
 import { readFile, readdir } from "node:fs/promises";
 import { join, relative, resolve } from "node:path";
 import type { JsonValue } from "@bufbuild/protobuf";
 import { NexusflowClient } from "@nexusflow/client";
-import { ConfigError, freePort, loadGatewayConfig, loadSchedulerConfig } from "@nexusflow/common";
 import { createServer } from "node:net";
-
-/** `port` when it can be bound on `host` right now, else a free port. */
-async function preferredPort(host: string, port: number): Promise<number> {
-  const free = await new Promise<boolean>((resolve) => {
-    const server = createServer();
-    server.once("error", () => resolve(false));
-    server.listen(port, host, () => server.close(() => resolve(true)));
-  });
-  return free ? port : freePort(host);
-}
+import { ConfigError, freePort, loadGatewayConfig, loadSchedulerConfig } from "@nexusflow/common";
 import { type Run, RunStatus } from "@nexusflow/gen";
-import { ChildExitedError, ChildTimeoutError, type ChildSpec, ManagedChild } from "./child.js";
+import { ChildExitedError, ChildNotReadyError, type ChildSpec, ManagedChild } from "./child.js";
+import { describeError } from "./describe-error.js";
 import { devAuthEnv, devKeysDir, ensureDevKeys, mintDevToken } from "./dev-keys.js";
 import { removeDevState, writeDevState } from "./dev-state.js";
-import { type LogRecord, formatChildLine } from "./log-format.js";
-import { describeError } from "./describe-error.js";
+import { formatChildLine } from "./log-format.js";
 import { followRun } from "./follow-run.js";
 import { formatRunSummary } from "./progress.js";
+import { attachedReadiness, gatewayReadiness, schedulerReadiness, waitUntilReady } from "./readiness.js";
 import { type Style, box, createStyle } from "./style.js";
 
 /** Options of {@link runDev}. */
@@ -86,7 +79,21 @@ interface Ports {
   gatewayPort: number;
 }
 
-/** Ports from the environment when set there (validated like the services do), free ones otherwise. */
+/** `port` when it can be bound on `host` right now, else a free port. */
+async function preferredPort(host: string, port: number): Promise<number> {
+  const free = await new Promise<boolean>((resolve) => {
+    const server = createServer();
+    server.once("error", () => resolve(false));
+    server.listen(port, host, () => server.close(() => resolve(true)));
+  });
+  return free ? port : freePort(host);
+}
+
+/**
+ * Ports from the environment when set there (validated like the services do), free ones otherwise
+ * (for 0 too): every port is known before its service starts, so that its readiness can be checked
+ * and nothing has to be read from its log.
+ */
 async function choosePorts(env: NodeJS.ProcessEnv): Promise<Ports> {
   const scheduler = loadSchedulerConfig(env);
   // SCHEDULER_ADDRESS is ours to set for the gateway; a stale one in the environment must not fail validation.
@@ -94,10 +101,15 @@ async function choosePorts(env: NodeJS.ProcessEnv): Promise<Ports> {
   const isSet = (name: string): boolean => (env[name] ?? "").trim() !== "";
   return {
     schedulerHost: scheduler.host,
-    schedulerPort: isSet("SCHEDULER_PORT") ? scheduler.port : await freePort(scheduler.host),
+    schedulerPort:
+      scheduler.port !== 0 && isSet("SCHEDULER_PORT") ? scheduler.port : await freePort(scheduler.host),
     gatewayHost: gateway.host,
     // The documented default (8080) when it is free, so the README's curl lines work as written.
-    gatewayPort: isSet("GATEWAY_PORT") ? gateway.port : await preferredPort(gateway.host, gateway.port),
+    gatewayPort: !isSet("GATEWAY_PORT")
+      ? await preferredPort(gateway.host, gateway.port)
+      : gateway.port !== 0
+        ? gateway.port
+        : await freePort(gateway.host),
   };
 }
 
@@ -106,13 +118,6 @@ function connectHost(host: string): string {
   const bare = host.replace(/^\[|\]$/g, "");
   if (bare === "0.0.0.0" || bare === "::" || bare === "") return "127.0.0.1";
   return bare.includes(":") ? `[${bare}]` : bare;
-}
-
-/** The port at the end of "host:port", if any. */
-function portOf(address: unknown): number | undefined {
-  if (typeof address !== "string") return undefined;
-  const match = /:(\d{1,5})$/.exec(address);
-  return match?.[1] === undefined ? undefined : Number(match[1]);
 }
 
 function redactUrl(url: string): string {
@@ -190,7 +195,7 @@ export async function runDev(options: DevOptions): Promise<number> {
   const { root, env } = options;
   const examplesDir = join(root, "examples");
   const watchdog = join(root, "cli", "src", "parent-watchdog.ts");
-  const entry = (service: string): string => join(root, "services", service, "src", "main.ts");
+  const service = (name: string): string => join(root, "services", name, "src", "main.ts");
 
   // Aborted by Ctrl-C (reason: the signal's) or by a child that died (reason: ChildExitedError).
   const lifetime = new AbortController();
@@ -212,75 +217,71 @@ export async function runDev(options: DevOptions): Promise<number> {
     const keys = await ensureDevKeys(devKeysDir(dataDir));
     const authEnv = devAuthEnv(keys);
     const ports = await choosePorts({ ...env, ...authEnv });
-    const common = (name: string, service: string, extra: NodeJS.ProcessEnv): ChildSpec => ({
+    const common = (name: string, entry: string, extra: NodeJS.ProcessEnv): ChildSpec => ({
       name,
-      entry: entry(service),
+      entry,
       cwd: root,
       env: { ...env, ...authEnv, ...extra },
       preload: [watchdog],
     });
     const executorToken = (id: string): Promise<string> =>
       mintDevToken(keys, { subject: id, scopes: ["executor"], ttlSec: EXECUTOR_TOKEN_TTL_SEC });
+    // What this command calls the services with: the scheduler's readiness check, then the gateway.
+    const token = await mintDevToken(keys, {
+      subject: "nexusflow-dev",
+      scopes: ["workflows:write", "workflows:read", "runs:write", "runs:read"],
+      ttlSec: CLI_TOKEN_TTL_SEC,
+    });
 
     const database = env["DATABASE_URL"]
       ? redactUrl(env["DATABASE_URL"])
       : `embedded PostgreSQL in ${env["NEXUSFLOW_DATA_DIR"] ?? ".nexusflow"}/`;
     say(style.bold(`Starting the Nexusflow dev stack (${database})`));
 
+    const schedulerAddress = `${connectHost(ports.schedulerHost)}:${ports.schedulerPort}`;
     const scheduler = stack.start(
-      common("scheduler", "scheduler", {
+      common("scheduler", service("scheduler"), {
         SCHEDULER_HOST: ports.schedulerHost,
         SCHEDULER_PORT: String(ports.schedulerPort),
       }),
     );
-    const schedulerReady = await scheduler.waitForLog(
-      "scheduler listening",
-      (r) => r["msg"] === "scheduler listening",
+    await waitUntilReady(
+      scheduler,
+      schedulerReadiness(schedulerAddress, token),
       SCHEDULER_READY_TIMEOUT_MS,
       lifetime.signal,
     );
-    const schedulerAddress = `${connectHost(ports.schedulerHost)}:${portOf(schedulerReady["address"]) ?? ports.schedulerPort}`;
 
-    const handlersModule = join(examplesDir, "handlers.ts");
-    const executors = [
-      stack.start(
-        common("executor-1", "executor", {
-          SCHEDULER_ADDRESS: schedulerAddress,
-          EXECUTOR_ID: "executor-1",
-          EXECUTOR_TOKEN: await executorToken("executor-1"),
-        }),
-      ),
-      stack.start(
-        common("executor-2", "executor", {
-          SCHEDULER_ADDRESS: schedulerAddress,
-          EXECUTOR_ID: "executor-2",
-          EXECUTOR_HANDLERS: handlersModule,
-          EXECUTOR_TOKEN: await executorToken("executor-2"),
-        }),
-      ),
+    // Run by dev-executor.ts, which says on an IPC channel when the executor has attached.
+    const executorSpec = async (id: string, extra: NodeJS.ProcessEnv = {}): Promise<ChildSpec> => ({
+      ...common(id, join(root, "cli", "src", "dev-executor.ts"), {
+        SCHEDULER_ADDRESS: schedulerAddress,
+        EXECUTOR_ID: id,
+        EXECUTOR_TOKEN: await executorToken(id),
+        ...extra,
+      }),
+      ipc: true,
+    });
+    const specs = [
+      await executorSpec("executor-1"),
+      await executorSpec("executor-2", { EXECUTOR_HANDLERS: join(examplesDir, "handlers.ts") }),
     ];
-    const isAttached = (r: LogRecord): boolean =>
-      typeof r["msg"] === "string" && r["msg"].startsWith("executor attached");
+    const executors = specs.map((spec) => stack.start(spec));
     await Promise.all(
       executors.map((e) =>
-        e.waitForLog("executor attached", isAttached, EXECUTOR_READY_TIMEOUT_MS, lifetime.signal),
+        waitUntilReady(e, attachedReadiness(e), EXECUTOR_READY_TIMEOUT_MS, lifetime.signal),
       ),
     );
 
+    const gatewayUrl = `http://${connectHost(ports.gatewayHost)}:${ports.gatewayPort}`;
     const gateway = stack.start(
-      common("gateway", "gateway", {
+      common("gateway", service("gateway"), {
         GATEWAY_HOST: ports.gatewayHost,
         GATEWAY_PORT: String(ports.gatewayPort),
         SCHEDULER_ADDRESS: schedulerAddress,
       }),
     );
-    const gatewayReady = await gateway.waitForLog(
-      "gateway listening",
-      (r) => r["msg"] === "gateway listening",
-      GATEWAY_READY_TIMEOUT_MS,
-      lifetime.signal,
-    );
-    const gatewayUrl = `http://${connectHost(ports.gatewayHost)}:${portOf(gatewayReady["url"]) ?? ports.gatewayPort}`;
+    await waitUntilReady(gateway, gatewayReadiness(gatewayUrl), GATEWAY_READY_TIMEOUT_MS, lifetime.signal);
     // So that `nexusflow token` in another shell and directory finds this stack's key, and
     // `nexusflow executor` its scheduler and the artifact directory the scheduler reads (dev-state.ts).
     const storage = loadSchedulerConfig({ ...env, ...authEnv }).artifacts;
@@ -313,11 +314,6 @@ export async function runDev(options: DevOptions): Promise<number> {
     );
     say();
 
-    const token = await mintDevToken(keys, {
-      subject: "nexusflow-dev",
-      scopes: ["workflows:write", "workflows:read", "runs:write", "runs:read"],
-      ttlSec: CLI_TOKEN_TTL_SEC,
-    });
     const client = new NexusflowClient({ baseUrl: gatewayUrl, token });
     clients.push(client);
 
@@ -385,7 +381,7 @@ function reportFailure(
   // An orderly stop requested by the user, whatever was in progress.
   if (shutdown.aborted && !(lifetime.reason instanceof ChildExitedError)) return 0;
   const error = lifetime.aborted && lifetime.reason instanceof ChildExitedError ? lifetime.reason : e;
-  if (error instanceof ChildExitedError || error instanceof ChildTimeoutError) {
+  if (error instanceof ChildExitedError || error instanceof ChildNotReadyError) {
     const child = stack.find(error.child);
     const tail = child?.tail() ?? [];
     if (tail.length > 0) {

@@ -2,6 +2,7 @@
 export { type DevOptions, runDev } from "./dev.js";
 export {
   ChildExitedError,
+  ChildNotReadyError,
   ChildTimeoutError,
   type ChildExit,
   type ChildSpec,
