@@ -8,6 +8,7 @@ import {
   tokenVerifierFromConfig,
 } from "@nexusflow/common";
 import { type ArtifactStore, createArtifactStore, isArtifactError } from "@nexusflow/common/artifacts";
+import { MetricsListenError, createMetricsRegistry } from "@nexusflow/common/metrics";
 import { EmbeddedPostgresError } from "./persistence/embedded-postgres.js";
 import { PortInUseError, Scheduler, isSchedulerLockedError } from "./scheduler.js";
 import { tuneRuntime } from "./runtime.js";
@@ -62,6 +63,8 @@ const scheduler = new Scheduler({
   runRetentionIntervalMs: config.retention.runRetentionIntervalMs,
   exportRunsBeforeDelete: config.retention.exportBeforeDelete,
   auth,
+  metrics: config.metrics === undefined ? undefined : createMetricsRegistry(),
+  metricsEndpoint: config.metrics,
   onFatal: (error) => {
     process.stderr.write(`nexusflow-scheduler: ${error.message}\n`);
     process.exit(1);
@@ -96,7 +99,12 @@ process.on("SIGINT", () => void shutdown("SIGINT"));
 try {
   await scheduler.start();
 } catch (e) {
-  if (e instanceof PortInUseError || e instanceof EmbeddedPostgresError || isSchedulerLockedError(e)) {
+  if (
+    e instanceof PortInUseError ||
+    e instanceof EmbeddedPostgresError ||
+    e instanceof MetricsListenError ||
+    isSchedulerLockedError(e)
+  ) {
     process.stderr.write(`nexusflow-scheduler: ${e.message}\n`);
     process.exit(1);
   }

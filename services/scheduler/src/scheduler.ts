@@ -4,8 +4,20 @@
  */
 import { toJson } from "@bufbuild/protobuf";
 import * as grpc from "@grpc/grpc-js";
-import { portInUse, serviceDefinition, type Logger, type TokenVerifier } from "@nexusflow/common";
+import {
+  portInUse,
+  serviceDefinition,
+  type Logger,
+  type MetricsConfig,
+  type TokenVerifier,
+} from "@nexusflow/common";
 import { type ArtifactStore, FilesystemArtifactStore, resolveOutputRef } from "@nexusflow/common/artifacts";
+import {
+  type MetricsServer,
+  type Registry,
+  grpcServerMetrics,
+  startMetricsEndpoint,
+} from "@nexusflow/common/metrics";
 import { ArtifactService, ExecutorService, RunSchema, WorkflowService } from "@nexusflow/gen";
 import { PgTaskIndex, artifactService } from "./api/artifact-service.js";
 import { authInterceptor } from "./api/auth.js";
@@ -15,6 +27,7 @@ import { addReflection } from "./api/reflection.js";
 import { workflowService } from "./api/workflow-service.js";
 import { Engine } from "./engine/engine.js";
 import { createOutboxRelay, type EventsOptions, type OutboxRelay } from "./events/index.js";
+import { registerSchedulerMetrics } from "./metrics/index.js";
 import { openDatabase, type Database } from "./persistence/database.js";
 import { startEmbeddedPostgres, type EmbeddedDatabase } from "./persistence/embedded-postgres.js";
 import { RunRetention } from "./persistence/retention.js";
@@ -80,6 +93,16 @@ export interface SchedulerOptions {
    * @default none
    */
   onFatal?: ((error: SchedulerLockedError) => void) | undefined;
+  /**
+   * Registry to record the scheduler's metrics on (metrics/: runs, tasks, commits, sessions,
+   * queues, outbox, gRPC calls). @default undefined (no metrics)
+   */
+  metrics?: Registry | undefined;
+  /**
+   * Where to serve `metrics` at `/metrics` (METRICS_HOST, METRICS_PORT); a port set explicitly
+   * that is taken fails start() with MetricsListenError. @default undefined (not served)
+   */
+  metricsEndpoint?: MetricsConfig | undefined;
   log: Logger;
 }
 
@@ -101,6 +124,7 @@ export class Scheduler {
   private relay: OutboxRelay | undefined;
   private retentionValue: RunRetention | undefined;
   private server: grpc.Server | undefined;
+  private metricsServer: MetricsServer | undefined;
   private addressValue = "";
 
   constructor(private readonly options: SchedulerOptions) {}
@@ -113,6 +137,11 @@ export class Scheduler {
   /** host:port it listens on, once running. */
   get address(): string {
     return this.addressValue;
+  }
+
+  /** The scrape URL of the metrics endpoint, once running with one. */
+  get metricsUrl(): string | undefined {
+    return this.metricsServer?.url;
   }
 
   /** The engine (for tests and metrics). */
@@ -197,10 +226,17 @@ export class Scheduler {
         const relay = this.relay;
         this.engineValue.onEventsCommitted(() => relay.wake());
       }
+      const registry = this.options.metrics;
+      if (registry !== undefined)
+        registerSchedulerMetrics(registry, engine, engine.writer, { pool: this.db.pool, relay: this.relay });
       const server = new grpc.Server({
         "grpc.keepalive_permit_without_calls": 1,
         "grpc.max_receive_message_length": 16 * 1024 * 1024,
-        interceptors: this.options.auth === undefined ? [] : [authInterceptor(this.options.auth, log)],
+        // Metrics first: calls the authentication refuses are measured too.
+        interceptors: [
+          ...(registry === undefined ? [] : [grpcServerMetrics(registry)]),
+          ...(this.options.auth === undefined ? [] : [authInterceptor(this.options.auth, log)]),
+        ],
       });
       server.addService(serviceDefinition(WorkflowService), workflowService(this.engineValue, runStore));
       server.addService(
@@ -241,6 +277,10 @@ export class Scheduler {
         );
       });
       this.server = server;
+      if (registry !== undefined) {
+        this.metricsServer = await startMetricsEndpoint(this.options.metricsEndpoint, registry, log);
+        if (this.metricsServer !== undefined) log.info({ url: this.metricsServer.url }, "metrics listening");
+      }
       this.addressValue = `${host.includes(":") ? `[${host}]` : host}:${port}`;
       this.stateValue = "RUNNING";
       log.info({ address: this.addressValue }, "scheduler listening");
@@ -262,6 +302,8 @@ export class Scheduler {
   }
 
   private async release(): Promise<void> {
+    await this.metricsServer?.close();
+    this.metricsServer = undefined;
     const server = this.server;
     this.server = undefined;
     if (server !== undefined) {

@@ -41,6 +41,27 @@ const PRUNE_SQL = `DELETE FROM outbox_events WHERE id IN (
 const BACKLOG_SQL = `SELECT coalesce(sum(last_sequence - first_sequence + 1), 0)::bigint AS n
   FROM outbox_events WHERE published_at IS NULL`;
 
+// Rows, with the oldest unpublished row's age; the partial index on unpublished ids finds them.
+const LAG_SQL = `SELECT count(*)::bigint AS rows,
+  coalesce(extract(epoch from now() - min(created_at)), 0)::float8 AS oldest_seconds
+  FROM outbox_events WHERE published_at IS NULL`;
+
+/** How far the relay is behind: unpublished outbox rows and the age of the oldest (0 when none). */
+export interface OutboxLag {
+  rows: number;
+  oldestSeconds: number;
+}
+
+/**
+ * Reads the outbox lag on a connection of `pool` (not the relay's: metrics must not hold up
+ * publishing), for a scrape.
+ */
+export async function readOutboxLag(pool: pg.Pool): Promise<OutboxLag> {
+  const { rows } = await pool.query<{ rows: string; oldest_seconds: number }>(LAG_SQL);
+  const row = rows[0];
+  return { rows: Number(row?.rows ?? 0), oldestSeconds: Number(row?.oldest_seconds ?? 0) };
+}
+
 /** Field number -> oneof case name ("taskSucceeded") of LifecycleEvent's `event`. */
 const EVENT_CASES = new Map(
   LifecycleEventSchema.fields.filter((f) => f.oneof?.name === "event").map((f) => [f.number, f.localName]),

@@ -81,6 +81,8 @@ export interface RelayStats {
   batches: number;
   /** Failed attempts (broker or database). */
   failures: number;
+  /** Failed attempts that the publisher (the broker) caused, not the database. */
+  publishFailures: number;
   /** Published rows deleted by pruning. */
   pruned: number;
   /** Prune rounds completed. */
@@ -106,6 +108,7 @@ export class OutboxRelay {
     published: 0,
     batches: 0,
     failures: 0,
+    publishFailures: 0,
     pruned: 0,
     pruneRounds: 0,
     emptyPolls: 0,
@@ -231,6 +234,7 @@ export class OutboxRelay {
         } catch (e) {
           if (this.signal.aborted) break;
           this.stats.failures++;
+          if (!(e instanceof OutboxStoreError)) this.stats.publishFailures++;
           const now = Date.now();
           if (failures === 0) failingSince = now;
           failures++;

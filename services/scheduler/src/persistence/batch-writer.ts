@@ -22,6 +22,23 @@ export interface CommittedBatch {
   events: number;
 }
 
+/**
+ * One committed statement, as a {@link BatchWriter.observe} observer sees it (metrics). The runs
+ * and tasks are the live objects: their state may have moved on since the statement was taken.
+ */
+export interface CommitObservation {
+  /** Rows written (runs, tasks, attempts, outbox rows). */
+  rows: number;
+  /** Seconds from taking a connection to the statement's success. */
+  seconds: number;
+  /** The lifecycle events it committed, in order. */
+  events: readonly OutboxRow[];
+  /** The tasks it wrote, by id. */
+  tasks: ReadonlyMap<string, TaskState>;
+  /** The runs it wrote, by id. */
+  runs: ReadonlyMap<string, RunState>;
+}
+
 /** Options of {@link BatchWriter}. */
 export interface BatchWriterOptions {
   pool: pg.Pool;
@@ -381,6 +398,7 @@ export class BatchWriter {
   private soonTimer: NodeJS.Timeout | undefined;
   private readonly retryInitialMs: number;
   private readonly retryMaxMs: number;
+  private readonly observers: ((commit: CommitObservation) => void)[] = [];
   /**
    * Statistics, for the benchmark and metrics. `rows` counts rows written (an outbox row holds a
    * run's events of one commit); `commits` counts statements (a split batch is two); `refusedRuns`
@@ -391,6 +409,11 @@ export class BatchWriter {
   constructor(private readonly options: BatchWriterOptions) {
     this.retryInitialMs = options.retryInitialMs ?? 100;
     this.retryMaxMs = options.retryMaxMs ?? 2000;
+  }
+
+  /** Calls `observer` after each committed statement (metrics); it must not throw. */
+  observe(observer: (commit: CommitObservation) => void): void {
+    this.observers.push(observer);
   }
 
   /** False while commits are failing (the database is unreachable). */
@@ -470,7 +493,7 @@ export class BatchWriter {
       const failed: Part[] = [];
       for (const [i, result] of results.entries()) {
         const part = parts[i] as Part;
-        if (result.status === "fulfilled") this.committedPart(part);
+        if (result.status === "fulfilled") this.committedPart(part, result.value);
         else if (isDataError(result.reason)) {
           // Split by run until what PostgreSQL refuses is found; the rest commits now.
           const left = await this.isolate(part, result.reason);
@@ -572,8 +595,7 @@ export class BatchWriter {
     const halves = [runIds.slice(0, half), runIds.slice(half)].map((ids) => subPart(part, new Set(ids)));
     for (const [i, sub] of halves.entries()) {
       try {
-        await this.commit(sub.statement);
-        this.committedPart(sub);
+        this.committedPart(sub, await this.commit(sub.statement));
       } catch (e) {
         const rest = halves.slice(i + 1);
         if (!isDataError(e)) return { parts: [sub, ...rest], error: e };
@@ -600,10 +622,14 @@ export class BatchWriter {
     this.events = this.events.filter((e) => e.message.runId !== runId);
   }
 
-  private committedPart(part: Part): void {
+  private committedPart(part: Part, seconds: number): void {
     for (const [row, input] of part.written) this.written.set(row, input);
     if (part.statement !== undefined) this.stats.commits++;
     this.stats.rows += part.rows;
+    if (part.statement !== undefined && this.observers.length > 0) {
+      const commit = { rows: part.rows, seconds, events: part.events, tasks: part.tasks, runs: part.runs };
+      for (const observer of this.observers) observer(commit);
+    }
     this.options.onCommit?.({
       runIds: new Set([...part.runs.keys(), ...[...part.tasks.values()].map((t) => t.runId)]),
       taskIds: new Set(part.tasks.keys()),
@@ -711,14 +737,17 @@ export class BatchWriter {
     return { sections, statement: statementOf(sections), written, rows };
   }
 
-  private async commit(statement: BatchStatement | undefined): Promise<void> {
-    if (statement === undefined) return;
+  /** Commits one statement; resolves with the seconds it took (0 for none). */
+  private async commit(statement: BatchStatement | undefined): Promise<number> {
+    if (statement === undefined) return 0;
+    const started = performance.now();
     // Connection errors while checked out are handled where clients are made (openDatabase).
     const client = await this.options.pool.connect();
     let broken = false;
     try {
       // Named: each connection parses and plans each shape of batch once, not on every commit.
       await client.query({ name: statement.name, text: statement.sql, values: statement.params });
+      return (performance.now() - started) / 1000;
     } catch (e) {
       broken = true;
       throw e;

@@ -1,0 +1,197 @@
+/**
+ * Gauges of the scheduler's live state, read at scrape time (nothing on the engine's path): runs
+ * active, executor sessions, leases in flight, free slots and ready tasks by task type, the age
+ * of the oldest ready task, the writer's health, the outbox lag and the relay's publish failures.
+ * Everything the engine is asked goes through {@link LiveState}, the one place to follow when the
+ * engine's read API changes.
+ */
+import { Counter, Gauge, type Registry } from "@nexusflow/common/metrics";
+import type pg from "pg";
+import type { Engine } from "../engine/engine.js";
+import { readOutboxLag } from "../events/outbox-store.js";
+import type { OutboxRelay } from "../events/relay.js";
+
+/** An executor session as the gauges see it. */
+export interface LiveSession {
+  readonly types: ReadonlySet<string>;
+  readonly credit: number;
+  readonly draining: boolean;
+  readonly leases: { readonly size: number };
+}
+
+/** What the gauges read from the engine. */
+export interface LiveState {
+  activeRuns(): number;
+  sessions(): Iterable<LiveSession>;
+  /** Task types with a ready queue (possibly empty). */
+  readyTypes(): Iterable<string>;
+  /** The ready tasks of `type`, oldest first. */
+  ready(type: string): readonly { readonly queuedAt: Date | null }[];
+  /** False while commits fail. */
+  writerHealthy(): boolean;
+}
+
+/** {@link LiveState} over the engine's public read API (stats(), dispatcher, writer). */
+export function engineLiveState(engine: Engine): LiveState {
+  return {
+    activeRuns: () => engine.stats().activeRuns,
+    sessions: () => engine.dispatcher.sessions.values(),
+    readyTypes: () => Object.keys(engine.stats().queued),
+    ready: (type) => engine.dispatcher.waiting(type),
+    writerHealthy: () => engine.writer.isHealthy,
+  };
+}
+
+/** Registers the live gauges on `registry`. */
+export function registerLiveMetrics(
+  registry: Registry,
+  live: LiveState,
+  options: { pool?: pg.Pool | undefined; relay?: OutboxRelay | undefined },
+): void {
+  const registers = [registry];
+  new Gauge({
+    name: "nexusflow_scheduler_runs_active",
+    help: "Runs not yet in a final state, held in the scheduler's memory.",
+    registers,
+    collect() {
+      this.set(live.activeRuns());
+    },
+  });
+  new Gauge({
+    name: "nexusflow_scheduler_writer_healthy",
+    help: "1 while the group-commit writer's commits succeed, 0 while they fail (database unreachable).",
+    registers,
+    collect() {
+      this.set(live.writerHealthy() ? 1 : 0);
+    },
+  });
+  // One pass over sessions and queues sets this group of gauges: it runs in the collect of the
+  // first of them, which prom-client collects before the others (registration order).
+  const sessions = new Gauge({
+    name: "nexusflow_scheduler_executor_sessions",
+    help: "Executor sessions attached to this scheduler.",
+    registers,
+    collect: () => collectSessions(),
+  });
+  const leases = new Gauge({
+    name: "nexusflow_scheduler_leases_in_flight",
+    help: "Leases held by attached executor sessions (tasks leased or running).",
+    registers,
+  });
+  const executors = new Gauge({
+    name: "nexusflow_scheduler_executors",
+    help: "Attached executor sessions that advertise a task type (0 for a type with ready tasks and none), by task type.",
+    labelNames: ["task_type"] as const,
+    registers,
+  });
+  const freeSlots = new Gauge({
+    name: "nexusflow_scheduler_free_slots",
+    help: "Leases attached executors can still take (credit of sessions not draining) for a task type, by task type.",
+    labelNames: ["task_type"] as const,
+    registers,
+  });
+  const ready = new Gauge({
+    name: "nexusflow_scheduler_tasks_ready",
+    help: "Tasks ready but not leased (queue depth), by task type.",
+    labelNames: ["task_type"] as const,
+    registers,
+  });
+  const oldest = new Gauge({
+    name: "nexusflow_scheduler_tasks_ready_oldest_age_seconds",
+    help: "How long the oldest ready task of a type has waited for a lease, by task type (0 when none waits).",
+    labelNames: ["task_type"] as const,
+    registers,
+  });
+  const collectSessions = (): void => {
+    let count = 0;
+    let leased = 0;
+    const byType = new Map<string, { executors: number; free: number }>();
+    for (const s of live.sessions()) {
+      count++;
+      leased += s.leases.size;
+      for (const type of s.types) {
+        const t = byType.get(type) ?? { executors: 0, free: 0 };
+        t.executors++;
+        if (!s.draining) t.free += Math.max(0, s.credit);
+        byType.set(type, t);
+      }
+    }
+    sessions.set(count);
+    leases.set(leased);
+    executors.reset();
+    freeSlots.reset();
+    ready.reset();
+    oldest.reset();
+    const now = Date.now();
+    for (const type of live.readyTypes()) {
+      const waiting = live.ready(type);
+      ready.labels(type).set(waiting.length);
+      const first = waiting[0]?.queuedAt;
+      oldest
+        .labels(type)
+        .set(first === null || first === undefined ? 0 : Math.max(0, now - first.getTime()) / 1000);
+      if (waiting.length > 0 && !byType.has(type)) byType.set(type, { executors: 0, free: 0 });
+    }
+    for (const [type, t] of byType) {
+      executors.labels(type).set(t.executors);
+      freeSlots.labels(type).set(t.free);
+    }
+  };
+  const { pool, relay } = options;
+  if (pool !== undefined) {
+    const rows = new Gauge({
+      name: "nexusflow_outbox_pending_rows",
+      help: "Outbox rows not yet published (a row is one run's events of one commit).",
+      registers,
+      collect: () => refresh(),
+    });
+    const age = new Gauge({
+      name: "nexusflow_outbox_oldest_pending_age_seconds",
+      help: "Age of the oldest outbox row not yet published (0 when none).",
+      registers,
+      collect: () => refresh(),
+    });
+    // One query per scrape for both gauges, each of which waits for it.
+    let reading: Promise<void> | undefined;
+    const refresh = (): Promise<void> =>
+      (reading ??= readOutboxLag(pool)
+        .then(
+          (lag) => {
+            rows.set(lag.rows);
+            age.set(lag.oldestSeconds);
+          },
+          () => {
+            // The database is unreachable: the writer's health says so; the lag is unknown.
+            rows.set(Number.NaN);
+            age.set(Number.NaN);
+          },
+        )
+        .finally(() => {
+          reading = undefined;
+        }));
+  }
+  if (relay !== undefined) {
+    let seen = 0;
+    new Counter({
+      name: "nexusflow_kafka_publish_errors_total",
+      help: "Failed attempts to publish outbox events to the broker (each batch is retried until it succeeds).",
+      registers,
+      collect() {
+        const n = relay.stats.publishFailures;
+        if (n > seen) this.inc(n - seen);
+        seen = n;
+      },
+    });
+    let published = 0;
+    new Counter({
+      name: "nexusflow_outbox_published_events_total",
+      help: "Lifecycle events the relay published (acknowledged by the broker) and marked.",
+      registers,
+      collect() {
+        const n = relay.stats.published;
+        if (n > published) this.inc(n - published);
+        published = n;
+      },
+    });
+  }
+}
