@@ -1,8 +1,8 @@
 /**
  * A service running as a child process of the dev stack: started with the current Node and tsx,
  * in its own process group (so the terminal's Ctrl-C reaches only the CLI, which stops the
- * services in order), with its output relayed line by line and its last lines remembered, and,
- * when asked for, an IPC channel on which it says that it is ready ({@link READY_MESSAGE}).
+ * services in order), with its output relayed line by line and its last lines remembered.
+ * Whether it is ready is asked of the service itself (readiness.ts), never read from its output.
  */
 import { type ChildProcess, spawn } from "node:child_process";
 import { createInterface } from "node:readline";
@@ -47,18 +47,6 @@ export class ChildTimeoutError extends ChildNotReadyError {
   }
 }
 
-/** What a child started with `ipc` sends its parent once it is ready. */
-export const READY_MESSAGE = { nexusflow: "ready" } as const;
-
-/** Whether an IPC message is {@link READY_MESSAGE}. */
-export function isReadyMessage(message: unknown): boolean {
-  return (
-    typeof message === "object" &&
-    message !== null &&
-    (message as Record<string, unknown>)["nexusflow"] === READY_MESSAGE.nexusflow
-  );
-}
-
 /** "code 1" or "killed by SIGKILL". */
 export function describeExit(exit: ChildExit): string {
   return exit.signal !== null ? `killed by ${exit.signal}` : `exit code ${exit.code ?? "?"}`;
@@ -76,11 +64,6 @@ export interface ChildSpec {
   cwd: string;
   /** Modules loaded before the entry (after tsx), e.g. the parent watchdog. */
   preload?: readonly string[];
-  /**
-   * Opens an IPC channel to the child (`process.send` there), for it to say when it is ready.
-   * @default false
-   */
-  ipc?: boolean;
 }
 
 /** Receives every line a child prints. */
@@ -95,9 +78,6 @@ export class ManagedChild {
   readonly name: string;
   readonly #process: ChildProcess;
   readonly #tail: string[] = [];
-  /** IPC messages received so far, and who waits for the next ones. */
-  readonly #messages: unknown[] = [];
-  readonly #messageListeners = new Set<(message: unknown) => void>();
   #exit: ChildExit | undefined;
   /** Resolves when the process has exited. */
   readonly exited: Promise<ChildExit>;
@@ -111,7 +91,7 @@ export class ManagedChild {
     this.#process = spawn(process.execPath, [...imports, spec.entry], {
       cwd: spec.cwd,
       env: spec.env,
-      stdio: spec.ipc === true ? ["ignore", "pipe", "pipe", "ipc"] : ["ignore", "pipe", "pipe"],
+      stdio: ["ignore", "pipe", "pipe"],
       // A new process group: terminal signals skip the services, and stop() can reach grandchildren.
       detached: true,
     });
@@ -137,10 +117,6 @@ export class ManagedChild {
         sink(this.name, line, stream);
       });
     }
-    this.#process.on("message", (message: unknown) => {
-      this.#messages.push(message);
-      for (const listener of this.#messageListeners) listener(message);
-    });
   }
 
   /** Process id (the process group id as well). */
@@ -156,36 +132,6 @@ export class ManagedChild {
   /** The last lines the child printed (raw), oldest first. */
   tail(): string[] {
     return [...this.#tail];
-  }
-
-  /**
-   * Resolves with the first IPC message, received so far or from now on, that `predicate`
-   * accepts; rejects with the signal's reason when `signal` aborts first.
-   */
-  message(predicate: (message: unknown) => boolean, signal: AbortSignal): Promise<unknown> {
-    const received = this.#messages.find(predicate);
-    if (received !== undefined) return Promise.resolve(received);
-    return new Promise((resolve, reject) => {
-      const cleanup = (): void => {
-        this.#messageListeners.delete(listener);
-        signal.removeEventListener("abort", onAbort);
-      };
-      const listener = (message: unknown): void => {
-        if (!predicate(message)) return;
-        cleanup();
-        resolve(message);
-      };
-      const onAbort = (): void => {
-        cleanup();
-        reject(signal.reason instanceof Error ? signal.reason : new Error(String(signal.reason)));
-      };
-      if (signal.aborted) {
-        onAbort();
-        return;
-      }
-      signal.addEventListener("abort", onAbort, { once: true });
-      this.#messageListeners.add(listener);
-    });
   }
 
   /**

@@ -2,8 +2,9 @@
  * `nexusflow dev`: the whole stack on one machine, as child processes of this CLI.
  *
  * Order: scheduler, two executors (executor-2 also loads examples/handlers.ts), gateway, each
- * started once the one before is ready, as its readiness check says (readiness.ts: an RPC, an IPC
- * message, `GET /healthz`; never its log). Their ports are chosen here, before they start. Then
+ * started once the one before is ready, as its readiness check says (readiness.ts: an RPC, the
+ * executor's attached gauge, `GET /healthz`; never its log). Their ports are chosen here, before
+ * they start. Then
  * every examples/*.json workflow is registered through the gateway, the sample order-pipeline runs
  * with its progress shown, and the stack keeps running until Ctrl-C. Every service trusts only the
  * local dev key (dev-keys.ts), with which this command mints the executors' tokens and its own.
@@ -15,7 +16,14 @@ import { join, relative, resolve } from "node:path";
 import type { JsonValue } from "@bufbuild/protobuf";
 import { NexusflowClient } from "@nexusflow/client";
 import { createServer } from "node:net";
-import { ConfigError, freePort, loadGatewayConfig, loadSchedulerConfig } from "@nexusflow/common";
+import {
+  ConfigError,
+  DEFAULT_METRICS_PORTS,
+  freePort,
+  loadExecutorConfig,
+  loadGatewayConfig,
+  loadSchedulerConfig,
+} from "@nexusflow/common";
 import { type Run, RunStatus } from "@nexusflow/gen";
 import { ChildExitedError, ChildNotReadyError, type ChildSpec, ManagedChild } from "./child.js";
 import { describeError } from "./describe-error.js";
@@ -24,7 +32,7 @@ import { removeDevState, writeDevState } from "./dev-state.js";
 import { formatChildLine } from "./log-format.js";
 import { followRun } from "./follow-run.js";
 import { formatRunSummary } from "./progress.js";
-import { attachedReadiness, gatewayReadiness, schedulerReadiness, waitUntilReady } from "./readiness.js";
+import { executorReadiness, gatewayReadiness, schedulerReadiness, waitUntilReady } from "./readiness.js";
 import { type Style, box, createStyle } from "./style.js";
 
 /** Options of {@link runDev}. */
@@ -77,6 +85,10 @@ interface Ports {
   schedulerPort: number;
   gatewayHost: string;
   gatewayPort: number;
+  /** Where the executors serve their metrics (METRICS_HOST). */
+  metricsHost: string;
+  /** The metrics port of each executor. */
+  executorMetricsPorts: readonly [number, number];
 }
 
 /** `port` when it can be bound on `host` right now, else a free port. */
@@ -98,6 +110,9 @@ async function choosePorts(env: NodeJS.ProcessEnv): Promise<Ports> {
   const scheduler = loadSchedulerConfig(env);
   // SCHEDULER_ADDRESS is ours to set for the gateway; a stale one in the environment must not fail validation.
   const gateway = loadGatewayConfig({ ...env, SCHEDULER_ADDRESS: undefined });
+  // Only METRICS_HOST is taken from here: each executor gets a metrics port of its own below.
+  const metricsHost =
+    loadExecutorConfig({ METRICS_HOST: env["METRICS_HOST"], METRICS_PORT: "0" }).metrics?.host ?? "127.0.0.1";
   const isSet = (name: string): boolean => (env[name] ?? "").trim() !== "";
   return {
     schedulerHost: scheduler.host,
@@ -110,6 +125,12 @@ async function choosePorts(env: NodeJS.ProcessEnv): Promise<Ports> {
       : gateway.port !== 0
         ? gateway.port
         : await freePort(gateway.host),
+    metricsHost,
+    // The first executor on its documented default when it is free, as it would be without dev.
+    executorMetricsPorts: [
+      await preferredPort(metricsHost, DEFAULT_METRICS_PORTS.executor),
+      await freePort(metricsHost),
+    ],
   };
 }
 
@@ -252,25 +273,29 @@ export async function runDev(options: DevOptions): Promise<number> {
       lifetime.signal,
     );
 
-    // Run by dev-executor.ts, which says on an IPC channel when the executor has attached.
-    const executorSpec = async (id: string, extra: NodeJS.ProcessEnv = {}): Promise<ChildSpec> => ({
-      ...common(id, join(root, "cli", "src", "dev-executor.ts"), {
+    // Each executor's metrics say when it has attached (readiness.ts): a port of its own for each,
+    // whatever METRICS_PORT says (off included), so that the two never contend for one.
+    const executorSpec = async (index: 0 | 1, extra: NodeJS.ProcessEnv = {}): Promise<ChildSpec> => {
+      const id = `executor-${index + 1}`;
+      return common(id, service("executor"), {
         SCHEDULER_ADDRESS: schedulerAddress,
         EXECUTOR_ID: id,
         EXECUTOR_TOKEN: await executorToken(id),
+        METRICS_HOST: ports.metricsHost,
+        METRICS_PORT: String(ports.executorMetricsPorts[index]),
         ...extra,
-      }),
-      ipc: true,
-    });
+      });
+    };
     const specs = [
-      await executorSpec("executor-1"),
-      await executorSpec("executor-2", { EXECUTOR_HANDLERS: join(examplesDir, "handlers.ts") }),
+      await executorSpec(0),
+      await executorSpec(1, { EXECUTOR_HANDLERS: join(examplesDir, "handlers.ts") }),
     ];
     const executors = specs.map((spec) => stack.start(spec));
     await Promise.all(
-      executors.map((e) =>
-        waitUntilReady(e, attachedReadiness(e), EXECUTOR_READY_TIMEOUT_MS, lifetime.signal),
-      ),
+      executors.map((e, i) => {
+        const metricsUrl = `http://${connectHost(ports.metricsHost)}:${ports.executorMetricsPorts[i] ?? 0}/metrics`;
+        return waitUntilReady(e, executorReadiness(metricsUrl), EXECUTOR_READY_TIMEOUT_MS, lifetime.signal);
+      }),
     );
 
     const gatewayUrl = `http://${connectHost(ports.gatewayHost)}:${ports.gatewayPort}`;

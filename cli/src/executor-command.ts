@@ -14,7 +14,6 @@ import { parseArgs } from "node:util";
 import {
   ConfigError,
   type ExecutorConfig,
-  type Logger,
   createLogger,
   loadExecutorConfig,
   logProcessWarnings,
@@ -220,42 +219,21 @@ async function handlerFile(module: string, cwd: string, named: string): Promise<
   return file;
 }
 
-/** What the executor is once attached, for {@link ExecutorHooks.onAttached}. */
-export interface AttachedExecutor {
-  readonly executor: Executor;
-  readonly config: ExecutorConfig;
-  /** The executor's logger. */
-  readonly logger: Logger;
-}
-
-/** What a caller running the command as a service (dev-executor.ts) adds to it. */
-export interface ExecutorHooks {
-  /**
-   * Called once the executor has attached, instead of printing the line that says so.
-   * @default none (the line is printed)
-   */
-  onAttached?: ((attached: AttachedExecutor) => void) | undefined;
-}
-
 /**
  * Runs the executor until `io.signal` aborts, then drains it (`executor.stop()`). Returns the exit
  * code: 0 after a stop, 1 when the scheduler refuses the session or it cannot start, 2 on bad
  * options or configuration (one line on stderr saying which).
  */
-export async function executorCommand(
-  args: string[],
-  io: CommandIo,
-  hooks: ExecutorHooks = {},
-): Promise<number> {
+export async function executorCommand(args: string[], io: CommandIo): Promise<number> {
   try {
-    return await run(args, io, hooks);
+    return await run(args, io);
   } catch (e) {
     io.stderr(`nexusflow: executor: ${errorText(e)}\n`);
     return e instanceof CommandFailure ? e.exitCode : 1;
   }
 }
 
-async function run(args: string[], io: CommandIo, hooks: ExecutorHooks): Promise<number> {
+async function run(args: string[], io: CommandIo): Promise<number> {
   const options = parseOptions(args);
   if (options === "help") {
     io.stdout(`Usage: ${SYNOPSIS}\nRun "nexusflow help" for what each option does.\n`);
@@ -281,7 +259,6 @@ async function run(args: string[], io: CommandIo, hooks: ExecutorHooks): Promise
   }
   const logger = createLogger("executor", config.logLevel);
   logProcessWarnings(logger);
-  logger.info({ store: artifacts.kind }, "artifact store ready");
   const baseEnv = Object.fromEntries(
     Object.entries(io.env).filter(([name]) => !SECRET_VARIABLES.includes(name)),
   );
@@ -339,14 +316,11 @@ async function run(args: string[], io: CommandIo, hooks: ExecutorHooks): Promise
       }
       throw new CommandFailure(`could not start: ${errorText(e)}`, 1);
     }
-    if (hooks.onAttached !== undefined) hooks.onAttached({ executor, config, logger });
-    else {
-      const where = config.schedulerAddress === stack?.schedulerAddress ? " (the running dev stack)" : "";
-      io.stderr(
-        `nexusflow: executor ${config.executorId} attached to ${config.schedulerAddress}${where}: ` +
-          `types ${executor.taskTypes.join(", ")}; ${config.slots} slots; Ctrl-C drains and stops\n`,
-      );
-    }
+    const where = config.schedulerAddress === stack?.schedulerAddress ? " (the running dev stack)" : "";
+    io.stderr(
+      `nexusflow: executor ${config.executorId} attached to ${config.schedulerAddress}${where}: ` +
+        `types ${executor.taskTypes.join(", ")}; ${config.slots} slots; Ctrl-C drains and stops\n`,
+    );
     await stopped;
     return 0;
   } finally {

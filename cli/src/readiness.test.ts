@@ -1,8 +1,8 @@
 /**
  * The dev stack's readiness checks against real processes and servers: a gateway-like `/healthz`
  * that answers 503 before 200, a gRPC server answering ListWorkflows with UNAVAILABLE before it
- * serves (and one refusing the token), a child that says it is ready over IPC; and what
- * `waitUntilReady` says when the child exits first or does not get ready in time.
+ * serves (and one refusing the token), an executor-like /metrics whose attached gauge turns 1; and
+ * what `waitUntilReady` says when the child exits first or does not get ready in time.
  */
 import assert from "node:assert/strict";
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
@@ -18,7 +18,13 @@ import { connectNodeAdapter } from "@connectrpc/connect-node";
 import { freePort } from "@nexusflow/common";
 import { WorkflowService } from "@nexusflow/gen";
 import { ChildExitedError, ChildNotReadyError, ChildTimeoutError, ManagedChild } from "./child.js";
-import { attachedReadiness, gatewayReadiness, schedulerReadiness, waitUntilReady } from "./readiness.js";
+import {
+  executorReadiness,
+  gatewayReadiness,
+  sampleValue,
+  schedulerReadiness,
+  waitUntilReady,
+} from "./readiness.js";
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
 const T = { timeout: 30_000 };
@@ -27,11 +33,11 @@ describe("readiness checks of the dev stack", () => {
   let dir: string;
   const children: ManagedChild[] = [];
 
-  /** A child running `code` (an ES module), with an IPC channel when asked. */
-  const start = async (name: string, code: string, ipc = false): Promise<ManagedChild> => {
+  /** A child running `code` (an ES module). */
+  const start = async (name: string, code: string): Promise<ManagedChild> => {
     const entry = join(dir, `${name}.mjs`);
     await writeFile(entry, code);
-    const child = new ManagedChild({ name, entry, cwd: ROOT, env: process.env, ipc }, () => undefined);
+    const child = new ManagedChild({ name, entry, cwd: ROOT, env: process.env }, () => undefined);
     children.push(child);
     return child;
   };
@@ -118,43 +124,68 @@ describe("readiness checks of the dev stack", () => {
     },
   );
 
-  it("takes an executor's word, sent over IPC, that it is ready", T, async () => {
-    const child = await start(
-      "executor",
-      `setTimeout(() => process.send({ nexusflow: "ready" }, undefined, {}, () => process.disconnect()), 200);\n${idle}`,
-      true,
-    );
-    await waitUntilReady(child, attachedReadiness(child), 20_000, AbortSignal.timeout(20_000));
-    // A message already received counts for whoever asks later.
-    await waitUntilReady(child, attachedReadiness(child), 1_000, AbortSignal.timeout(20_000));
+  it("waits for an executor's metrics to say that it has attached", T, async () => {
+    let scrapes = 0;
+    const server = http.createServer((req, res) => {
+      scrapes++;
+      if (req.url !== "/metrics" || scrapes === 1) {
+        res.writeHead(404).end();
+        return;
+      }
+      res.writeHead(200, { "content-type": "text/plain; version=0.0.4" });
+      res.end(
+        "# HELP nexusflow_executor_attached 1 while the executor has a session with the scheduler, else 0.\n" +
+          "# TYPE nexusflow_executor_attached gauge\n" +
+          `nexusflow_executor_attached ${scrapes >= 3 ? 1 : 0}\n` +
+          "nexusflow_executor_slots 16\n",
+      );
+    });
+    await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+    try {
+      const { port } = server.address() as AddressInfo;
+      const child = await start("executor", idle);
+      const url = `http://127.0.0.1:${port}/metrics`;
+      await waitUntilReady(child, executorReadiness(url), 20_000, AbortSignal.timeout(20_000));
+      assert.equal(scrapes, 3);
+    } finally {
+      server.close();
+    }
+  });
+
+  it("reads one unlabelled sample of a Prometheus exposition", () => {
+    const text = '# HELP a_total x\n# TYPE a_total counter\na_total{kind="x"} 3\na_total 7\nb 1e3\n';
+    assert.equal(sampleValue(text, "a_total"), 7);
+    assert.equal(sampleValue(text, "b"), 1000);
+    assert.equal(sampleValue(text, "c"), undefined);
   });
 
   it("says so when the child exits first, or is not ready in time", T, async () => {
-    const exiting = await start("exiting", "process.exit(3);\n", true);
+    const nobody = `http://127.0.0.1:${await freePort("127.0.0.1")}`;
+    const exiting = await start("exiting", "process.exit(3);\n");
     const exited = await waitUntilReady(
       exiting,
-      attachedReadiness(exiting),
+      gatewayReadiness(nobody),
       20_000,
       AbortSignal.timeout(20_000),
     ).catch((e: unknown) => e);
     assert.ok(exited instanceof ChildExitedError, String(exited));
     assert.equal(exited.message, "exiting exited unexpectedly (exit code 3)");
 
-    const silent = await start("silent", idle, true);
+    const silent = await start("silent", idle);
     const late = await waitUntilReady(
       silent,
-      attachedReadiness(silent),
+      executorReadiness(`${nobody}/metrics`),
       300,
       AbortSignal.timeout(20_000),
     ).catch((e: unknown) => e);
     assert.ok(late instanceof ChildTimeoutError, String(late));
-    assert.match(
+    assert.equal(
       late.message,
-      /^silent was not ready within 300 ms \(waited for its message that it attached/,
+      `silent was not ready within 300 ms (waited for nexusflow_executor_attached 1 at ${nobody}/metrics)`,
     );
 
     const stop = new AbortController();
-    const stopping = waitUntilReady(silent, attachedReadiness(silent), 20_000, stop.signal);
+    const stopping = waitUntilReady(silent, gatewayReadiness(nobody), 20_000, stop.signal);
     stop.abort(new Error("stopped by SIGINT"));
     await assert.rejects(stopping, /stopped by SIGINT/);
   });

@@ -1,20 +1,14 @@
 /**
  * Waiting for the dev stack's services by asking each one whether it serves, never by reading its
  * output: the scheduler answers an RPC (ListWorkflows, through @nexusflow/client: it has no health
- * service of its own), the gateway's `GET /healthz` answers 200, and an executor, run by
- * dev-executor.ts, says on its IPC channel that it has attached to the scheduler (the scheduler
- * tells no one which sessions it holds without a run).
+ * service of its own), the gateway's `GET /healthz` answers 200, and an executor's metrics say
+ * `nexusflow_executor_attached 1` (the scheduler tells no one which sessions it holds without a
+ * run; the executor's gauge is its own word that it has one).
  */
 import * as http from "node:http";
 import { setTimeout as delay } from "node:timers/promises";
 import { Code, NexusflowClient, isRpcError } from "@nexusflow/client";
-import {
-  ChildExitedError,
-  ChildNotReadyError,
-  ChildTimeoutError,
-  type ManagedChild,
-  isReadyMessage,
-} from "./child.js";
+import { ChildExitedError, ChildNotReadyError, ChildTimeoutError, type ManagedChild } from "./child.js";
 import { describeError } from "./describe-error.js";
 
 /** Time between two checks of a service that is not ready yet. */
@@ -114,33 +108,48 @@ export function schedulerReadiness(address: string, token: string): Readiness {
   };
 }
 
+/** `GET url` on a connection of its own (nothing is left open); undefined when it cannot be asked. */
+function get(url: string, signal: AbortSignal): Promise<{ status: number; body: string } | undefined> {
+  return new Promise((resolve) => {
+    const req = http.get(url, { agent: false, signal }, (res) => {
+      let body = "";
+      res.setEncoding("utf8").on("data", (chunk: string) => (body += chunk));
+      res.on("end", () => resolve({ status: res.statusCode ?? 0, body }));
+      res.on("error", () => resolve(undefined));
+    });
+    req.on("error", () => resolve(undefined));
+  });
+}
+
 /** The gateway at `url` is ready once `GET /healthz` answers 200. */
 export function gatewayReadiness(url: string): Readiness {
   const healthz = `${url}/healthz`;
   return {
     what: `GET ${healthz} answering 200`,
-    ready: (signal) =>
-      poll(
-        (attempt) =>
-          new Promise<boolean>((resolve) => {
-            // A connection of its own (no agent): nothing is left open once it has answered.
-            const req = http.get(healthz, { agent: false, signal: attempt }, (res) => {
-              res.resume();
-              resolve(res.statusCode === 200);
-            });
-            req.on("error", () => resolve(false));
-          }),
-        signal,
-      ),
+    ready: (signal) => poll(async (attempt) => (await get(healthz, attempt))?.status === 200, signal),
   };
 }
 
-/** An executor run by dev-executor.ts is ready once it says so on its IPC channel (it has attached). */
-export function attachedReadiness(child: ManagedChild): Readiness {
+/** The value of the unlabelled sample `name` in a Prometheus text exposition, if it holds one. */
+export function sampleValue(exposition: string, name: string): number | undefined {
+  for (const line of exposition.split("\n")) {
+    const [metric, value] = line.trim().split(/\s+/);
+    if (metric === name && value !== undefined) return Number(value);
+  }
+  return undefined;
+}
+
+/**
+ * An executor process is ready once its metrics endpoint (`metricsUrl`, ending in /metrics)
+ * reports `nexusflow_executor_attached 1`: it has a session with the scheduler.
+ */
+export function executorReadiness(metricsUrl: string): Readiness {
   return {
-    what: "its message that it attached to the scheduler",
-    ready: async (signal) => {
-      await child.message(isReadyMessage, signal);
-    },
+    what: `nexusflow_executor_attached 1 at ${metricsUrl}`,
+    ready: (signal) =>
+      poll(async (attempt) => {
+        const res = await get(metricsUrl, attempt);
+        return res?.status === 200 && sampleValue(res.body, "nexusflow_executor_attached") === 1;
+      }, signal),
   };
 }
