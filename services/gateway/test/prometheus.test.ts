@@ -1,0 +1,318 @@
+/**
+ * Metrics as Prometheus sees them: Debian's `prometheus` binary (run here on 127.0.0.1 and a free
+ * port with a configuration this test writes, loading the shipped deploy/prometheus/alerts.yml)
+ * scrapes a running scheduler, executor and gateway; runs started through the gateway move the
+ * metrics, which the test reads back from Prometheus's HTTP API with their labels. `promtool`
+ * checks the shipped configuration and rules, and every metric the rules name must be one the
+ * scrape showed. Without the binaries the test skips locally and fails under CI=true (.ci/run
+ * installs them).
+ */
+import assert from "node:assert/strict";
+import { type ChildProcess, execFile, spawn } from "node:child_process";
+import { existsSync } from "node:fs";
+import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { after, before, describe, it, type TestContext } from "node:test";
+import { promisify } from "node:util";
+import { createClient } from "@connectrpc/connect";
+import { createConnectTransport } from "@connectrpc/connect-node";
+import { createLogger, createTokenVerifier, freePort, jsonToValue } from "@nexusflow/common";
+import {
+  type MetricsServer,
+  createMetricsRegistry,
+  grpcClientMetrics,
+  listenMetrics,
+} from "@nexusflow/common/metrics";
+import { waitFor } from "@nexusflow/common/testing";
+import { Executor, TaskError } from "@nexusflow/executor";
+import { WorkflowService } from "@nexusflow/gen";
+import type { Scheduler } from "@nexusflow/scheduler";
+import { parse } from "yaml";
+import { startTestDatabase, startTestScheduler } from "../../scheduler/test/support.js";
+import { registerExecutorMetrics } from "../../executor/src/metrics.js";
+import { type Gateway, createGateway } from "../src/server.js";
+import { AUDIENCE, ISSUER, type TestKeys, createTestKeys } from "./keys.js";
+
+const run = promisify(execFile);
+const DEPLOY = join(dirname(fileURLToPath(import.meta.url)), "../../../deploy/prometheus");
+
+/** The path of `name` on PATH or in /usr/bin, if installed. */
+function findBinary(name: string): string | undefined {
+  for (const dir of [...(process.env["PATH"] ?? "").split(":"), "/usr/bin", "/usr/sbin"]) {
+    if (dir !== "" && existsSync(join(dir, name))) return join(dir, name);
+  }
+  return undefined;
+}
+
+/** The path of `name`; skips the test locally, and fails it under CI=true, when it is missing. */
+function requireBinary(t: TestContext, name: string): string | undefined {
+  const found = findBinary(name);
+  if (found !== undefined) return found;
+  const message = `${name} is not installed: apt-get install -y prometheus (.ci/run does)`;
+  if (process.env["CI"] === "true") throw new Error(`${message} (required under CI=true)`);
+  t.skip(message);
+  return undefined;
+}
+
+interface Sample {
+  metric: Record<string, string>;
+  value: [number, string];
+}
+
+describe("metrics scraped by Prometheus", () => {
+  let prometheusBin: string | undefined;
+  let promtoolBin: string | undefined;
+  let db: Awaited<ReturnType<typeof startTestDatabase>>;
+  let scheduler: Scheduler;
+  let executor: Executor;
+  let gateway: Gateway;
+  let keys: TestKeys;
+  let executorMetrics: MetricsServer;
+  let gatewayMetrics: MetricsServer;
+  let prometheus: ChildProcess | undefined;
+  let prometheusUrl = "";
+  let dir = "";
+  let gatewayUrl = "";
+
+  const query = async (promql: string): Promise<Sample[]> => {
+    const res = await fetch(`${prometheusUrl}/api/v1/query?query=${encodeURIComponent(promql)}`);
+    const body = (await res.json()) as { status: string; data: { result: Sample[] }; error?: string };
+    assert.equal(body.status, "success", body.error);
+    return body.data.result;
+  };
+  /** The single value of `promql`, undefined while there is none. */
+  const value = async (promql: string): Promise<number | undefined> => {
+    const result = await query(promql);
+    return result.length === 1 ? Number(result[0]?.value[1]) : undefined;
+  };
+
+  before(async () => {
+    prometheusBin = findBinary("prometheus");
+    promtoolBin = findBinary("promtool");
+    if (prometheusBin === undefined || promtoolBin === undefined) return;
+    dir = await mkdtemp(join(tmpdir(), "nf-prometheus-"));
+    keys = await createTestKeys();
+    db = await startTestDatabase();
+    scheduler = await startTestScheduler(db.url, {
+      metrics: createMetricsRegistry(),
+      metricsEndpoint: { host: "127.0.0.1", port: 0, explicit: true },
+      // The relay with no Kafka (events are passed and pruned): its outbox gauges are there.
+      events: {
+        brokers: undefined,
+        topic: "t",
+        partitions: 1,
+        replicationFactor: 1,
+        clientId: "c",
+        retentionMs: 3_600_000,
+        pruneIntervalMs: 60_000,
+        batchSize: 500,
+      },
+    });
+    const executorRegistry = createMetricsRegistry();
+    executor = new Executor({
+      schedulerAddress: scheduler.address,
+      executorId: "prometheus-1",
+      slots: 8,
+      logger: createLogger("executor", "warn"),
+      channelOptions: { interceptors: [grpcClientMetrics(executorRegistry)] },
+    })
+      .register("prom.work", (input: { n: number }) => ({ doubled: input.n * 2 }))
+      .register("prom.fail", () => {
+        throw TaskError.terminal("DECLINED", "fails by design");
+      });
+    registerExecutorMetrics(executorRegistry, executor, 8);
+    await executor.start();
+    executorMetrics = await listenMetrics({ registry: executorRegistry, port: 0 });
+    const gatewayRegistry = createMetricsRegistry();
+    gateway = createGateway({
+      schedulerAddress: scheduler.address,
+      port: 0,
+      verifier: await createTokenVerifier({
+        publicKeyFiles: [keys.keys.EdDSA.jwkFile],
+        issuer: ISSUER,
+        audience: AUDIENCE,
+      }),
+      metrics: gatewayRegistry,
+      drainTimeoutMs: 2000,
+    });
+    ({ url: gatewayUrl } = await gateway.listen());
+    gatewayMetrics = await listenMetrics({ registry: gatewayRegistry, port: 0 });
+
+    const target = (url: string | undefined) => new URL(url ?? "").host;
+    const config = {
+      global: { scrape_interval: "1s", evaluation_interval: "1s" },
+      rule_files: [join(DEPLOY, "alerts.yml")],
+      scrape_configs: [
+        { job_name: "nexusflow-scheduler", static_configs: [{ targets: [target(scheduler.metricsUrl)] }] },
+        { job_name: "nexusflow-executor", static_configs: [{ targets: [target(executorMetrics.url)] }] },
+        { job_name: "nexusflow-gateway", static_configs: [{ targets: [target(gatewayMetrics.url)] }] },
+      ],
+    };
+    await writeFile(join(dir, "prometheus.yml"), JSON.stringify(config));
+    const port = await freePort();
+    prometheusUrl = `http://127.0.0.1:${port}`;
+    prometheus = spawn(
+      prometheusBin,
+      [
+        `--config.file=${join(dir, "prometheus.yml")}`,
+        `--storage.tsdb.path=${join(dir, "data")}`,
+        `--web.listen-address=127.0.0.1:${port}`,
+        "--log.level=warn",
+      ],
+      { stdio: ["ignore", "ignore", "pipe"] },
+    );
+    let stderr = "";
+    prometheus.stderr?.on("data", (chunk: Buffer) => (stderr += chunk.toString()));
+    await waitFor(
+      `Prometheus to be ready (${stderr})`,
+      async () => (await fetch(`${prometheusUrl}/-/ready`)).ok || undefined,
+      30_000,
+    );
+  });
+
+  after(async () => {
+    if (prometheus !== undefined && prometheus.exitCode === null) {
+      const exited = new Promise((resolve) => prometheus?.once("exit", resolve));
+      prometheus.kill("SIGTERM");
+      await exited;
+    }
+    await gateway?.close();
+    await gatewayMetrics?.close();
+    await executor?.stop();
+    await executorMetrics?.close();
+    await scheduler?.stop();
+    await db?.close();
+    await keys?.close();
+    if (dir !== "") await rm(dir, { recursive: true, force: true });
+  });
+
+  it("the shipped configuration and rules pass promtool", async (t) => {
+    const promtool = requireBinary(t, "promtool");
+    if (promtool === undefined) return;
+    await run(promtool, ["check", "rules", join(DEPLOY, "alerts.yml")]);
+    await run(promtool, ["check", "config", join(DEPLOY, "prometheus.yml")]);
+  });
+
+  it("sees runs started through the gateway move the metrics, with their labels", async (t) => {
+    if (requireBinary(t, "prometheus") === undefined) return;
+    const token = await keys.sign(keys.keys.EdDSA, { scope: "admin" });
+    const client = createClient(
+      WorkflowService,
+      createConnectTransport({ baseUrl: gatewayUrl, httpVersion: "1.1" }),
+    );
+    const auth = { headers: { authorization: `Bearer ${token}` } };
+    for (const [name, type] of [
+      ["prom-demo", "prom.work"],
+      ["prom-failing", "prom.fail"],
+    ] as const) {
+      await client.registerWorkflow(
+        {
+          definition: {
+            case: "specJson",
+            value: JSON.stringify({ name, version: 1, steps: [{ id: "s", type, input: { n: 21 } }] }),
+          },
+        },
+        auth,
+      );
+    }
+    const startRuns = async (workflowName: string, n: number): Promise<void> => {
+      for (let i = 0; i < n; i++) await client.startRun({ workflowName, input: jsonToValue({}) }, auth);
+    };
+    await startRuns("prom-demo", 3);
+    await startRuns("prom-failing", 1);
+    // A call without a token, refused by the gateway.
+    await assert.rejects(client.listRuns({}));
+
+    const succeeded =
+      'nexusflow_runs_completed_total{job="nexusflow-scheduler",workflow="prom-demo",status="SUCCEEDED"}';
+    await waitFor(
+      "Prometheus to scrape 3 succeeded runs",
+      async () => (await value(succeeded)) === 3 || undefined,
+      30_000,
+    );
+    const expectations: [string, (v: number) => boolean][] = [
+      ['nexusflow_runs_started_total{workflow="prom-demo"}', (v) => v === 3],
+      ['nexusflow_runs_completed_total{workflow="prom-failing",status="FAILED"}', (v) => v === 1],
+      ['nexusflow_run_duration_seconds_count{workflow="prom-demo",status="SUCCEEDED"}', (v) => v === 3],
+      ['nexusflow_task_attempts_total{task_type="prom.work"}', (v) => v === 3],
+      ['nexusflow_task_failures_total{task_type="prom.fail",error_type="DECLINED"}', (v) => v === 1],
+      ['nexusflow_task_schedule_to_start_seconds_count{task_type="prom.work"}', (v) => v === 3],
+      [
+        'nexusflow_task_handler_duration_seconds_count{task_type="prom.work",outcome="succeeded"}',
+        (v) => v === 3,
+      ],
+      ["nexusflow_scheduler_executor_sessions", (v) => v === 1],
+      ['nexusflow_scheduler_free_slots{task_type="prom.work"}', (v) => v === 8],
+      ["nexusflow_scheduler_commit_batch_rows_count", (v) => v > 0],
+      ["nexusflow_scheduler_writer_healthy", (v) => v === 1],
+      ["nexusflow_outbox_pending_rows", (v) => v >= 0],
+      ["nexusflow_kafka_publish_errors_total", (v) => v === 0],
+      [
+        'nexusflow_grpc_server_duration_seconds_count{method="nexusflow.v1.WorkflowService/StartRun",code="OK"}',
+        (v) => v === 4,
+      ],
+      [
+        'nexusflow_grpc_client_duration_seconds_count{job="nexusflow-gateway",method="nexusflow.v1.WorkflowService/StartRun",code="OK"}',
+        (v) => v === 4,
+      ],
+      [
+        'nexusflow_gateway_requests_total{route="nexusflow.v1.WorkflowService/StartRun",protocol="connect",status="OK"}',
+        (v) => v === 4,
+      ],
+      [
+        'nexusflow_gateway_requests_total{route="nexusflow.v1.WorkflowService/ListRuns",protocol="connect",status="UNAUTHENTICATED"}',
+        (v) => v === 1,
+      ],
+      ['nexusflow_gateway_jwt_rejections_total{reason="missing_token"}', (v) => v === 1],
+      ['nexusflow_executor_attached{job="nexusflow-executor"}', (v) => v === 1],
+      ['count(count by (job) (process_cpu_user_seconds_total{job=~"nexusflow-.*"}))', (v) => v === 3],
+    ];
+    for (const [promql, ok] of expectations) {
+      await waitFor(`${promql} as expected`, async () => {
+        const v = await value(promql);
+        return v !== undefined && ok(v) ? true : undefined;
+      });
+    }
+    // They move: more runs, higher counts at the next scrape.
+    await startRuns("prom-demo", 2);
+    await waitFor(
+      "Prometheus to scrape 5 succeeded runs",
+      async () => (await value(succeeded)) === 5 || undefined,
+      30_000,
+    );
+    await waitFor(
+      "the attempts to move",
+      async () => (await value('nexusflow_task_attempts_total{task_type="prom.work"}')) === 5 || undefined,
+    );
+    // No run id is ever a label value.
+    const series = (await query('{__name__=~"nexusflow_.*"}')).flatMap((s) => Object.values(s.metric));
+    assert.ok(!series.some((v) => /^[0-9a-f]{8}-[0-9a-f]{4}-/.test(v)), "a label value looks like a run id");
+
+    // Every metric the shipped alert rules name is one the scrape showed.
+    const names = await fetch(`${prometheusUrl}/api/v1/label/__name__/values`);
+    const scraped = new Set(((await names.json()) as { data: string[] }).data);
+    const rules = parse(await readFile(join(DEPLOY, "alerts.yml"), "utf8")) as {
+      groups: { rules: { alert: string; expr: string }[] }[];
+    };
+    const exprs = rules.groups.flatMap((g) => g.rules);
+    assert.ok(exprs.length >= 5);
+    for (const rule of exprs) {
+      const named = rule.expr.match(/\bnexusflow_[a-z0-9_]+\b/g) ?? [];
+      for (const name of named)
+        assert.ok(scraped.has(name), `${rule.alert} names ${name}, which no target exposes`);
+    }
+    // The rules load and evaluate in this Prometheus.
+    const loaded = (await (await fetch(`${prometheusUrl}/api/v1/rules`)).json()) as {
+      data: { groups: { rules: { name: string; health: string; lastError?: string }[] }[] };
+    };
+    const evaluated = loaded.data.groups.flatMap((g) => g.rules);
+    assert.deepEqual(evaluated.map((r) => r.name).sort(), exprs.map((r) => r.alert).sort());
+    await waitFor("every rule evaluated without error", async () => {
+      const l = (await (await fetch(`${prometheusUrl}/api/v1/rules`)).json()) as typeof loaded;
+      const rs = l.data.groups.flatMap((g) => g.rules);
+      return rs.every((r) => r.health === "ok") || undefined;
+    });
+  });
+});
