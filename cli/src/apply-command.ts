@@ -5,7 +5,7 @@
  */
 import { readFile } from "node:fs/promises";
 import { type JsonValue, toJson } from "@bufbuild/protobuf";
-import { ConnectError } from "@connectrpc/connect";
+import { ConnectError } from "@nexusflow/client";
 import { RegisterWorkflowResponseSchema } from "@nexusflow/gen";
 import { COMMON_OPTIONS, type CommandIo, UsageError, outputOf, parse } from "./command.js";
 import { withGateway } from "./gateway-client.js";

@@ -13,7 +13,7 @@ import { type FileHandle, link, open, rename, stat, unlink } from "node:fs/promi
 import { basename, dirname, join, resolve } from "node:path";
 import type { Writable } from "node:stream";
 import { toJson } from "@bufbuild/protobuf";
-import { type Client, Code, ConnectError } from "@connectrpc/connect";
+import { type Client, Code, ConnectError } from "@nexusflow/client";
 import { type ArtifactRef, type ArtifactService, ListArtifactsResponseSchema } from "@nexusflow/gen";
 import { type CommandIo, UsageError, parse } from "./command.js";
 import { withGateway } from "./gateway-client.js";

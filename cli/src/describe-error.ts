@@ -2,8 +2,7 @@
  * The one line that says why something failed, for every command of the CLI (`nexusflow dev`
  * included): an RPC's code, message and field violations; anything else, its message.
  */
-import { Code, ConnectError } from "@connectrpc/connect";
-import { BadRequestSchema } from "@nexusflow/gen/google/rpc/error_details_pb";
+import { Code, ConnectError, fieldViolations } from "@nexusflow/client";
 
 /** SCREAMING_SNAKE name of a code ("INVALID_ARGUMENT"). */
 function codeName(code: Code): string {
@@ -16,7 +15,7 @@ function codeName(code: Code): string {
  */
 export function describeError(e: unknown, address?: string): string {
   if (!(e instanceof ConnectError)) return e instanceof Error ? e.message : String(e);
-  const violations = e.findDetails(BadRequestSchema).flatMap((d) => d.fieldViolations);
+  const violations = fieldViolations(e);
   let text = `${codeName(e.code)}: ${e.rawMessage}`;
   const listed = violations.filter((v) => !e.rawMessage.includes(v.description));
   if (listed.length > 0) text += ` (${listed.map((v) => `${v.field}: ${v.description}`).join("; ")})`;

@@ -3,7 +3,7 @@
  * there is one line saying where the scheduler looked and which gateway was asked.
  */
 import { toJson } from "@bufbuild/protobuf";
-import { Code, ConnectError } from "@connectrpc/connect";
+import { Code, ConnectError } from "@nexusflow/client";
 import { GetTaskLogsResponseSchema } from "@nexusflow/gen";
 import { COMMON_OPTIONS, type CommandIo, outputOf, parse, parseCount, positionals } from "./command.js";
 import { describeError } from "./describe-error.js";
