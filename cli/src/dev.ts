@@ -3,31 +3,23 @@
  *
  * Order: scheduler, two executors (executor-2 also loads examples/handlers.ts), gateway, each
  * started once the one before is ready, as its readiness check says (readiness.ts: an RPC, the
- * executor's attached gauge, `GET /healthz`; never its log). Their ports are chosen here, before
- * they start. Then
- * every examples/*.json workflow is registered through the gateway, the sample order-pipeline runs
- * with its progress shown, and the stack keeps running until Ctrl-C. Every service trusts only the
- * local dev key (dev-keys.ts), with which this command mints the executors' tokens and its own.
- * Stopping goes the other way round: gateway, executors, scheduler, each with SIGTERM and, after a
- * grace period, SIGKILL to its process group.
+ * executor's attached gauge, `GET /healthz`; never its log), at ports chosen before they start
+ * (dev-ports.ts). Then every examples/*.json workflow is registered through the gateway, the sample
+ * order-pipeline runs with its progress shown, and the stack keeps running until Ctrl-C. Every
+ * service trusts only the local dev key (dev-keys.ts), with which this command mints the
+ * executors' tokens and its own. Stopping goes the other way round: gateway, executors, scheduler,
+ * each with SIGTERM and, after a grace period, SIGKILL to its process group.
  */
 import { readFile, readdir } from "node:fs/promises";
 import { join, relative, resolve } from "node:path";
 import type { JsonValue } from "@bufbuild/protobuf";
 import { NexusflowClient } from "@nexusflow/client";
-import { createServer } from "node:net";
-import {
-  ConfigError,
-  DEFAULT_METRICS_PORTS,
-  freePort,
-  loadExecutorConfig,
-  loadGatewayConfig,
-  loadSchedulerConfig,
-} from "@nexusflow/common";
+import { ConfigError, loadSchedulerConfig } from "@nexusflow/common";
 import { type Run, RunStatus } from "@nexusflow/gen";
 import { ChildExitedError, ChildNotReadyError, type ChildSpec, ManagedChild } from "./child.js";
 import { describeError } from "./describe-error.js";
 import { devAuthEnv, devKeysDir, ensureDevKeys, mintDevToken } from "./dev-keys.js";
+import { choosePorts } from "./dev-ports.js";
 import { removeDevState, writeDevState } from "./dev-state.js";
 import { formatChildLine } from "./log-format.js";
 import { followRun } from "./follow-run.js";
@@ -78,68 +70,6 @@ const SAMPLE_TIMEOUT_MS = 300_000;
 const EXECUTOR_TOKEN_TTL_SEC = 7 * 86_400;
 /** Lifetime of the token the dev command itself uses to register the examples and run the sample. */
 const CLI_TOKEN_TTL_SEC = 12 * 3600;
-
-/** Where the stack listens. */
-interface Ports {
-  schedulerHost: string;
-  schedulerPort: number;
-  gatewayHost: string;
-  gatewayPort: number;
-  /** Where the executors serve their metrics (METRICS_HOST). */
-  metricsHost: string;
-  /** The metrics port of each executor. */
-  executorMetricsPorts: readonly [number, number];
-}
-
-/** `port` when it can be bound on `host` right now, else a free port. */
-async function preferredPort(host: string, port: number): Promise<number> {
-  const free = await new Promise<boolean>((resolve) => {
-    const server = createServer();
-    server.once("error", () => resolve(false));
-    server.listen(port, host, () => server.close(() => resolve(true)));
-  });
-  return free ? port : freePort(host);
-}
-
-/**
- * Ports from the environment when set there (validated like the services do), free ones otherwise
- * (for 0 too): every port is known before its service starts, so that its readiness can be checked
- * and nothing has to be read from its log.
- */
-async function choosePorts(env: NodeJS.ProcessEnv): Promise<Ports> {
-  const scheduler = loadSchedulerConfig(env);
-  // SCHEDULER_ADDRESS is ours to set for the gateway; a stale one in the environment must not fail validation.
-  const gateway = loadGatewayConfig({ ...env, SCHEDULER_ADDRESS: undefined });
-  // Only METRICS_HOST is taken from here: each executor gets a metrics port of its own below.
-  const metricsHost =
-    loadExecutorConfig({ METRICS_HOST: env["METRICS_HOST"], METRICS_PORT: "0" }).metrics?.host ?? "127.0.0.1";
-  const isSet = (name: string): boolean => (env[name] ?? "").trim() !== "";
-  return {
-    schedulerHost: scheduler.host,
-    schedulerPort:
-      scheduler.port !== 0 && isSet("SCHEDULER_PORT") ? scheduler.port : await freePort(scheduler.host),
-    gatewayHost: gateway.host,
-    // The documented default (8080) when it is free, so the README's curl lines work as written.
-    gatewayPort: !isSet("GATEWAY_PORT")
-      ? await preferredPort(gateway.host, gateway.port)
-      : gateway.port !== 0
-        ? gateway.port
-        : await freePort(gateway.host),
-    metricsHost,
-    // The first executor on its documented default when it is free, as it would be without dev.
-    executorMetricsPorts: [
-      await preferredPort(metricsHost, DEFAULT_METRICS_PORTS.executor),
-      await freePort(metricsHost),
-    ],
-  };
-}
-
-/** A host to connect to for a host the server listens on (wildcards mean this machine). */
-function connectHost(host: string): string {
-  const bare = host.replace(/^\[|\]$/g, "");
-  if (bare === "0.0.0.0" || bare === "::" || bare === "") return "127.0.0.1";
-  return bare.includes(":") ? `[${bare}]` : bare;
-}
 
 function redactUrl(url: string): string {
   try {
@@ -259,7 +189,7 @@ export async function runDev(options: DevOptions): Promise<number> {
       : `embedded PostgreSQL in ${env["NEXUSFLOW_DATA_DIR"] ?? ".nexusflow"}/`;
     say(style.bold(`Starting the Nexusflow dev stack (${database})`));
 
-    const schedulerAddress = `${connectHost(ports.schedulerHost)}:${ports.schedulerPort}`;
+    const { schedulerAddress, gatewayUrl } = ports;
     const scheduler = stack.start(
       common("scheduler", service("scheduler"), {
         SCHEDULER_HOST: ports.schedulerHost,
@@ -273,32 +203,29 @@ export async function runDev(options: DevOptions): Promise<number> {
       lifetime.signal,
     );
 
-    // Each executor's metrics say when it has attached (readiness.ts): a port of its own for each,
-    // whatever METRICS_PORT says (off included), so that the two never contend for one.
-    const executorSpec = async (index: 0 | 1, extra: NodeJS.ProcessEnv = {}): Promise<ChildSpec> => {
-      const id = `executor-${index + 1}`;
-      return common(id, service("executor"), {
-        SCHEDULER_ADDRESS: schedulerAddress,
-        EXECUTOR_ID: id,
-        EXECUTOR_TOKEN: await executorToken(id),
-        METRICS_HOST: ports.metricsHost,
-        METRICS_PORT: String(ports.executorMetricsPorts[index]),
-        ...extra,
-      });
-    };
-    const specs = [
-      await executorSpec(0),
-      await executorSpec(1, { EXECUTOR_HANDLERS: join(examplesDir, "handlers.ts") }),
-    ];
-    const executors = specs.map((spec) => stack.start(spec));
+    // Each executor's metrics say when it has attached (readiness.ts); executor-2 also runs the
+    // examples' handlers.
+    const executors: [ManagedChild, string][] = [];
+    for (const [i, metrics] of ports.executorMetrics.entries()) {
+      const id = `executor-${i + 1}`;
+      const child = stack.start(
+        common(id, service("executor"), {
+          SCHEDULER_ADDRESS: schedulerAddress,
+          EXECUTOR_ID: id,
+          EXECUTOR_TOKEN: await executorToken(id),
+          METRICS_HOST: ports.metricsHost,
+          METRICS_PORT: String(metrics.port),
+          ...(i === 1 ? { EXECUTOR_HANDLERS: join(examplesDir, "handlers.ts") } : {}),
+        }),
+      );
+      executors.push([child, metrics.url]);
+    }
     await Promise.all(
-      executors.map((e, i) => {
-        const metricsUrl = `http://${connectHost(ports.metricsHost)}:${ports.executorMetricsPorts[i] ?? 0}/metrics`;
-        return waitUntilReady(e, executorReadiness(metricsUrl), EXECUTOR_READY_TIMEOUT_MS, lifetime.signal);
-      }),
+      executors.map(([child, metricsUrl]) =>
+        waitUntilReady(child, executorReadiness(metricsUrl), EXECUTOR_READY_TIMEOUT_MS, lifetime.signal),
+      ),
     );
 
-    const gatewayUrl = `http://${connectHost(ports.gatewayHost)}:${ports.gatewayPort}`;
     const gateway = stack.start(
       common("gateway", service("gateway"), {
         GATEWAY_HOST: ports.gatewayHost,

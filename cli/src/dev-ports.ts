@@ -1,0 +1,87 @@
+/**
+ * Where the dev stack's services listen, chosen before they start: from the environment when set
+ * there (validated as the services do), free ports otherwise (for 0 too). Every address is thus
+ * known in advance, so that each service's readiness can be asked there (readiness.ts) and nothing
+ * has to be read from its log.
+ */
+import { createServer } from "node:net";
+import {
+  DEFAULT_METRICS_PORTS,
+  freePort,
+  loadExecutorConfig,
+  loadGatewayConfig,
+  loadSchedulerConfig,
+} from "@nexusflow/common";
+
+/** Where the stack listens, and the addresses to reach it at. */
+export interface DevPorts {
+  schedulerHost: string;
+  schedulerPort: number;
+  /** host:port to call the scheduler at. */
+  schedulerAddress: string;
+  gatewayHost: string;
+  gatewayPort: number;
+  /** The gateway's base URL. */
+  gatewayUrl: string;
+  /** Where the executors serve their metrics (METRICS_HOST). */
+  metricsHost: string;
+  /**
+   * Where each executor serves its metrics, its readiness check: a port of its own, whatever
+   * METRICS_PORT says (off included), so that the two never contend for one.
+   */
+  executorMetrics: readonly { port: number; url: string }[];
+}
+
+/** `port` when it can be bound on `host` right now, else a free port. */
+async function preferredPort(host: string, port: number): Promise<number> {
+  const free = await new Promise<boolean>((resolve) => {
+    const server = createServer();
+    server.once("error", () => resolve(false));
+    server.listen(port, host, () => server.close(() => resolve(true)));
+  });
+  return free ? port : freePort(host);
+}
+
+/** A host to connect to for a host the server listens on (wildcards mean this machine). */
+export function connectHost(host: string): string {
+  const bare = host.replace(/^\[|\]$/g, "");
+  if (bare === "0.0.0.0" || bare === "::" || bare === "") return "127.0.0.1";
+  return bare.includes(":") ? `[${bare}]` : bare;
+}
+
+/** Chooses the ports of the stack; throws ConfigError for a bad variable, naming it. */
+export async function choosePorts(env: NodeJS.ProcessEnv): Promise<DevPorts> {
+  const scheduler = loadSchedulerConfig(env);
+  // SCHEDULER_ADDRESS is ours to set for the gateway; a stale one in the environment must not fail validation.
+  const gateway = loadGatewayConfig({ ...env, SCHEDULER_ADDRESS: undefined });
+  // Only METRICS_HOST is taken from the environment: each executor gets a metrics port of its own.
+  const metricsHost =
+    loadExecutorConfig({ METRICS_HOST: env["METRICS_HOST"], METRICS_PORT: "0" }).metrics?.host ?? "127.0.0.1";
+  const isSet = (name: string): boolean => (env[name] ?? "").trim() !== "";
+  const schedulerPort =
+    scheduler.port !== 0 && isSet("SCHEDULER_PORT") ? scheduler.port : await freePort(scheduler.host);
+  const gatewayPort = !isSet("GATEWAY_PORT")
+    ? // The documented default (8080) when it is free, so the README's curl lines work as written.
+      await preferredPort(gateway.host, gateway.port)
+    : gateway.port !== 0
+      ? gateway.port
+      : await freePort(gateway.host);
+  // The first executor on its documented default when it is free, as it would be without dev.
+  const metricsPorts = [
+    await preferredPort(metricsHost, DEFAULT_METRICS_PORTS.executor),
+    await freePort(metricsHost),
+  ];
+  return {
+    schedulerHost: scheduler.host,
+    schedulerPort,
+    schedulerAddress: `${connectHost(scheduler.host)}:${schedulerPort}`,
+    gatewayHost: gateway.host,
+    gatewayPort,
+    gatewayUrl: `http://${connectHost(gateway.host)}:${gatewayPort}`,
+    metricsHost,
+    executorMetrics: metricsPorts.map((port) => ({
+      port,
+      url: `http://${connectHost(metricsHost)}:${port}/metrics`,
+    })),
+  };
+}
