@@ -230,7 +230,7 @@ export class NexusflowSystem implements QueueSystem {
 
   /** Group-commit statistics of the engine. */
   writerStats(): { commits: number; failedCommits: number; rows: number } {
-    return { ...this.scheduler.engine.writer.stats };
+    return { ...this.scheduler.writerStats };
   }
 
   async stop(): Promise<void> {

@@ -169,7 +169,7 @@ async function startExecutor(
   );
   await executor.start();
   await waitFor(`executor ${options.executorId}'s session`, () =>
-    [...scheduler.engine.dispatcher.sessions.values()].some(
+    [...scheduler.engine.sessions()].some(
       (s) => s.executorId === options.executorId && s.credit > 0,
     ),
   );

@@ -25,12 +25,14 @@ import { runDetail } from "./api/convert.js";
 import { executorService } from "./api/executor-session.js";
 import { addReflection } from "./api/reflection.js";
 import { workflowService } from "./api/workflow-service.js";
+import { DefinitionStore } from "./engine/definitions.js";
 import { Engine } from "./engine/engine.js";
 import { createOutboxRelay, type EventsOptions, type OutboxRelay } from "./events/index.js";
 import { registerSchedulerMetrics } from "./metrics/index.js";
 import { openDatabase, type Database } from "./persistence/database.js";
 import { startEmbeddedPostgres, type EmbeddedDatabase } from "./persistence/embedded-postgres.js";
 import { RunRetention } from "./persistence/retention.js";
+import { PostgresEngineStore } from "./persistence/postgres-engine-store.js";
 import { RunStore } from "./persistence/run-store.js";
 import {
   acquireSchedulerLock,
@@ -121,6 +123,7 @@ export class Scheduler {
   private lock: SchedulerLock | undefined;
   private db: Database | undefined;
   private engineValue: Engine | undefined;
+  private engineStore: PostgresEngineStore | undefined;
   private relay: OutboxRelay | undefined;
   private retentionValue: RunRetention | undefined;
   private server: grpc.Server | undefined;
@@ -137,6 +140,12 @@ export class Scheduler {
   /** host:port it listens on, once running. */
   get address(): string {
     return this.addressValue;
+  }
+
+  /** The group-commit writer's statistics (for the benchmark and metrics). */
+  get writerStats(): PostgresEngineStore["writer"]["stats"] {
+    if (this.engineStore === undefined) throw new Error("the scheduler is not started");
+    return this.engineStore.writer.stats;
   }
 
   /** The scrape URL of the metrics endpoint, once running with one. */
@@ -188,8 +197,10 @@ export class Scheduler {
       const store =
         this.options.artifacts ??
         new FilesystemArtifactStore({ root: `${this.options.dataDir ?? ".nexusflow"}/artifacts` });
+      this.engineStore = new PostgresEngineStore({ db: this.db, log });
       this.engineValue = new Engine({
-        db: this.db,
+        store: this.engineStore,
+        definitions: new DefinitionStore(this.db, log),
         log,
         resolveOutput: (ref) => resolveOutputRef(store, ref),
         ...(this.options.heartbeatIntervalMs === undefined
@@ -228,7 +239,10 @@ export class Scheduler {
       }
       const registry = this.options.metrics;
       if (registry !== undefined)
-        registerSchedulerMetrics(registry, engine, engine.writer, { pool: this.db.pool, relay: this.relay });
+        registerSchedulerMetrics(registry, engine, this.engineStore.writer, {
+          pool: this.db.pool,
+          relay: this.relay,
+        });
       const server = new grpc.Server({
         "grpc.keepalive_permit_without_calls": 1,
         "grpc.max_receive_message_length": 16 * 1024 * 1024,

@@ -4,7 +4,7 @@
  * session per pass, and each session gets the oldest ready task among its types.
  */
 import type { SessionResponse } from "@nexusflow/gen";
-import type { TaskState } from "./model.js";
+import type { TaskState } from "../model/run-state.js";
 import { describeHold, holdOf, sameHold, type Hold } from "./pending.js";
 
 /** An attached executor session as the engine sees it. */

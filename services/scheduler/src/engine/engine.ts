@@ -1,48 +1,35 @@
 /**
- * The scheduler engine: owns active runs in memory (a cache of PostgreSQL), turns DAG evaluation
- * into task state, hands leases to executor sessions, judges their reports by fencing token, and
- * persists every change through the group-commit writer before anyone outside acts on it.
+ * The scheduler engine, as a thin shell around the rules in ../core: it feeds them their inputs
+ * (API calls, executor reports, timers, sessions coming and going) with the time, and carries out
+ * the effects they report: rows and events go to the {@link EngineStore} and are committed before
+ * anyone outside acts on them, leases go out through the dispatcher, timers are set here.
  */
-import { create } from "@bufbuild/protobuf";
-import { timestampFromDate } from "@bufbuild/protobuf/wkt";
-import { ApiError, Code, UnavailableError, errorToProto, jsonToValue, type Logger } from "@nexusflow/common";
-import { isArtifactError, toArtifactRef } from "@nexusflow/common/artifacts";
-import { RunStatus, SessionResponseSchema, TaskKind, type LeaseKey } from "@nexusflow/gen";
-import {
-  compensationOrder,
-  evaluateRun,
-  isRetryableError,
-  renderCompensationInput,
-  retryDelayMs,
-  validateRunInput,
-  type StepState,
-} from "../dag/index.js";
-import { failRefusedRun } from "../persistence/refused-run.js";
-import { BatchWriter } from "../persistence/batch-writer.js";
-import type { Database } from "../persistence/database.js";
-import { IdempotencyKeyStore } from "../persistence/idempotency-keys.js";
-import { DefinitionStore } from "./definitions.js";
+import { randomUUID } from "node:crypto";
+import { ApiError, Code, UnavailableError, type Logger } from "@nexusflow/common";
+import type { LeaseKey } from "@nexusflow/gen";
+import { validateRunInput, type CompiledWorkflow } from "../dag/index.js";
+import * as core from "../core/index.js";
+import type { Core, Effects, EventInit, Moment, Rejection, Timer } from "../core/index.js";
+import type { EngineStore } from "../persistence/engine-store.js";
+import { STORAGE_REFUSED, type ErrorInfo, type RunState } from "../model/run-state.js";
+import type { DefinitionStore } from "./definitions.js";
 import { Dispatcher, type SessionHandle } from "./dispatcher.js";
-import { lifecycleEvent, type EventInit } from "./events.js";
+import { lifecycleEvent } from "./events.js";
 import { KeyedStarts } from "./keyed-starts.js";
+import { LeasePump } from "./lease-pump.js";
+import { cancelMessage, pingMessage } from "./messages.js";
+import { OutputReader } from "./offloaded-outputs.js";
 import { UnservedTypes } from "./pending.js";
-import {
-  ACTIVE_LEASE,
-  STORAGE_REFUSED,
-  TERMINAL_RUN_STATUSES,
-  TERMINAL_TASK_STATUSES,
-  newRunState,
-  newTaskState,
-  type AttemptState,
-  type ErrorInfo,
-  type RunState,
-  type TaskState,
-  type TaskStatusName,
-} from "./model.js";
+import { Watchers } from "./watchers.js";
+
+export type { Rejection };
 
 /** Options of the {@link Engine}. */
 export interface EngineOptions {
-  db: Database;
+  /** Where runs, tasks, attempts and events are stored, and recovery reads. */
+  store: EngineStore;
+  /** Workflow definitions. */
+  definitions: DefinitionStore;
   log: Logger;
   /** How often executors should heartbeat. @default 2000 */
   heartbeatIntervalMs?: number;
@@ -66,12 +53,6 @@ export interface EngineOptions {
 /** Engine lifecycle. */
 export type EngineState = "CREATED" | "RECOVERING" | "RUNNING" | "STOPPING" | "STOPPED";
 
-/** Why a report was not accepted; sent back as `Rejected`. */
-export interface Rejection {
-  code: "FAILED_PRECONDITION" | "NOT_FOUND" | "INVALID_ARGUMENT" | "RESOURCE_EXHAUSTED";
-  message: string;
-}
-
 /** Input of {@link Engine.startRun}. */
 export interface StartRunInput {
   workflowName: string;
@@ -87,58 +68,28 @@ const STARTED_FLUSH_DELAY_MS = 20;
 /** Extra grace after a scheduler restart: executors back off up to 5 s between reconnects. */
 const RECONNECT_ALLOWANCE_MS = 6000;
 
-function stepState(t: TaskState): StepState {
-  switch (t.status) {
-    case "PENDING":
-      return { status: "pending" };
-    case "QUEUED":
-    case "LEASED":
-    case "RUNNING":
-    case "RETRY_WAIT":
-      return { status: "active", input: t.input };
-    case "SUCCEEDED":
-      // An offloaded output counts once it has been read back (see Engine.resolveOffloaded).
-      if (t.outputRef !== null && t.outputRef !== undefined) {
-        return t.resolvedOutput === undefined
-          ? { status: "active", input: t.input }
-          : { status: "succeeded", output: t.resolvedOutput, input: t.input };
-      }
-      return { status: "succeeded", output: t.output, input: t.input };
-    case "FAILED":
-      return { status: "failed", input: t.input };
-    case "SKIPPED":
-      return { status: "skipped", skipReason: t.skipReason ?? "upstream" };
-    case "CANCELLED":
-      return { status: "cancelled" };
-  }
-}
+const ignore = (): undefined => undefined;
 
-function keyMatches(task: TaskState, key: LeaseKey): boolean {
-  return task.attempt === key.attempt && task.fencingToken === Number(key.fencingToken);
-}
-
-/** The scheduler's core. */
+/** The scheduler's engine (see the module comment). */
 export class Engine {
   private readonly log: Logger;
-  private readonly db: Database;
-  /** The group-commit writer (exposed for statistics). */
-  readonly writer: BatchWriter;
+  private readonly store: EngineStore;
   /** Workflow definitions. */
   readonly definitions: DefinitionStore;
-  /** Sessions and ready queues. */
+  /** Sessions and ready queues (read them only: metrics; tests use sessions()). */
   readonly dispatcher = new Dispatcher();
-  private readonly runs = new Map<string, RunState>();
-  private readonly tasks = new Map<string, TaskState>();
+  /** The rules' state and where their effects go. */
+  private readonly core: Core;
   /** StartRun calls with an idempotency key. */
   private readonly keyed: KeyedStarts;
   /** Logs task types with ready tasks that no executor advertises. */
   private readonly unserved: UnservedTypes;
-  /** Leases without a session (session lost, or scheduler restarted): expiry timers by task id. */
+  /** Leases without a session (session lost, or scheduler restarted): grace timers by task id. */
   private readonly orphans = new Map<string, NodeJS.Timeout>();
   private readonly timers = new Set<NodeJS.Timeout>();
-  private readonly watchers = new Map<string, Set<() => void>>();
-  private readonly eventListeners: (() => void)[] = [];
-  private pumpScheduled = false;
+  private readonly watchers = new Watchers();
+  private readonly outputs: OutputReader;
+  private readonly leases: LeasePump;
   /** Runs with completions not yet evaluated; evaluated once per event-loop turn. */
   private readonly dirtyRuns = new Set<RunState>();
   private advanceScheduled = false;
@@ -149,32 +100,54 @@ export class Engine {
   /** Session timeout told to executors. */
   readonly sessionTimeoutMs: number;
   private readonly commitTimeoutMs: number;
-  private readonly resolveOutput: ((ref: unknown) => Promise<unknown>) | undefined;
   private stateValue: EngineState = "CREATED";
   private stopping: Promise<void> | undefined;
 
   constructor(options: EngineOptions) {
     this.log = options.log;
-    this.db = options.db;
+    this.store = options.store;
+    this.definitions = options.definitions;
     this.heartbeatIntervalMs = options.heartbeatIntervalMs ?? 2000;
     this.sessionTimeoutMs = options.sessionTimeoutMs ?? 10_000;
     this.commitTimeoutMs = options.commitTimeoutMs ?? 5000;
-    this.resolveOutput = options.resolveOutput;
+    this.unserved = new UnservedTypes({ log: options.log });
+    this.leases = new LeasePump({
+      log: options.log,
+      dispatcher: this.dispatcher,
+      store: this.store,
+      unserved: this.unserved,
+      watchers: this.watchers,
+      core: () => this.core,
+      running: () => this.stateValue === "RUNNING",
+    });
+    this.outputs = new OutputReader({
+      log: options.log,
+      resolve: options.resolveOutput,
+      live: () => this.stateValue === "RUNNING" || this.stateValue === "RECOVERING",
+      stopping: () => this.stateValue === "STOPPING" || this.stateValue === "STOPPED",
+      after: (ms, fn) => this.after(ms, fn),
+      resolved: (task, value) => core.outputResolved(this.core, task, value, new Date()),
+      unavailable: (task, reason) => core.outputUnavailable(this.core, task, reason, new Date()),
+    });
     this.keyed = new KeyedStarts(
-      new IdempotencyKeyStore(options.db.pool),
+      { lookup: (name, key, notBefore) => this.store.lookupKey(name, key, notBefore) },
       options.idempotencyKeyRetentionMs ?? 24 * 60 * 60 * 1000,
     );
-    this.writer = new BatchWriter({
-      pool: options.db.writerPool,
-      log: options.log,
-      onCommit: (batch) => {
-        for (const runId of batch.runIds) this.notify(runId);
-        if (batch.events > 0) for (const l of this.eventListeners) l();
+    this.store.listen({
+      committed: (changes) => {
+        for (const runId of changes.runIds) this.watchers.notify(runId);
+        if (changes.events > 0) this.watchers.eventsCommitted();
       },
-      onRefused: (runId, error) => this.refused(runId, error),
+      refused: (runId, error) => this.refused(runId, error),
     });
-    this.definitions = new DefinitionStore(options.db, options.log);
-    this.unserved = new UnservedTypes({ log: options.log });
+    this.core = {
+      runs: new Map(),
+      tasks: new Map(),
+      sessions: this.dispatcher.sessions,
+      fx: this.effects(),
+      sessionTimeoutMs: this.sessionTimeoutMs,
+      newId: randomUUID,
+    };
   }
 
   /** Current lifecycle state. */
@@ -182,9 +155,62 @@ export class Engine {
     return this.stateValue;
   }
 
+  /** The store's health as metrics read it (false while commits fail). */
+  get writer(): { readonly isHealthy: boolean } {
+    return this.store;
+  }
+
+  /** The attached executor sessions (read-only; for tests and metrics). */
+  sessions(): readonly Readonly<SessionHandle>[] {
+    return [...this.dispatcher.sessions.values()];
+  }
+
+  /** How the engine carries out the rules' effects. */
+  private effects(): Effects {
+    const store = this.store;
+    return {
+      writeRun: (run) => store.markRun(run),
+      writeTask: (task) => store.markTask(task),
+      writeAttempt: (attempt) => store.markAttempt(attempt),
+      // The run row is not rewritten for an event: its event_seq rides along whenever the run
+      // itself changes, recovery continues from the higher of that and the outbox, and the relay
+      // prunes only events the run row covers, so a sequence number is never reused.
+      event: (run: RunState, event: EventInit) => store.addEvent(lifecycleEvent(run, event)),
+      offer: (task, front) => (front ? this.dispatcher.requeue(task) : this.dispatcher.enqueue(task)),
+      pump: () => this.schedulePump(),
+      cancelLease: (task, reason) => {
+        const session = task.sessionId === null ? undefined : this.dispatcher.sessions.get(task.sessionId);
+        session?.send(cancelMessage(task, reason));
+      },
+      leaseEnded: (task) => {
+        if (this.orphans.size === 0) return;
+        const orphan = this.orphans.get(task.id);
+        if (orphan === undefined) return;
+        clearTimeout(orphan);
+        this.orphans.delete(task.id);
+      },
+      setTimer: (timer, delayMs) => this.setTimer(timer, delayMs),
+      resolveOutput: (task) => this.outputs.read(task),
+      advanceSoon: (run) => this.advanceSoon(run),
+      runEnded: (run) =>
+        // Once committed, the run lives only in the database.
+        void store.flush().then(() => {
+          core.forgetRun(this.core, run);
+          this.keyed.forget(run);
+        }, ignore),
+      commit: () => void store.flush().catch(ignore),
+      commitSoon: () => store.flushSoon(STARTED_FLUSH_DELAY_MS),
+    };
+  }
+
+  /** The time of an input. */
+  private moment(): Moment {
+    return { now: new Date(), mono: performance.now(), jitter: Math.random() };
+  }
+
   // ---------------------------------------------------------------- lifecycle
 
-  /** Rebuilds the in-memory model from the database and starts the timers. */
+  /** Rebuilds the in-memory model from the store and starts the timers. */
   async start(): Promise<void> {
     if (this.stateValue !== "CREATED") throw new Error(`engine cannot start from ${this.stateValue}`);
     this.stateValue = "RECOVERING";
@@ -211,11 +237,30 @@ export class Engine {
     for (const t of this.orphans.values()) clearTimeout(t);
     this.orphans.clear();
     for (const s of this.dispatcher.sessions.values()) s.close("scheduler shutting down");
-    await this.writer.close();
+    await this.store.close();
     this.stateValue = "STOPPED";
   }
 
-  private setTimer(ms: number, fn: () => void): NodeJS.Timeout {
+  /** Sets a timer of the rules; it comes back to them when it fires (lease grace: unless reclaimed). */
+  private setTimer(timer: Timer, ms: number): void {
+    if (timer.kind === "lease-grace") {
+      const task = timer.task;
+      if (this.orphans.has(task.id)) return;
+      const t = setTimeout(() => {
+        this.orphans.delete(task.id);
+        if (core.timerFired(this.core, timer, this.moment()))
+          this.log.warn(
+            { taskRunId: task.id, stepId: task.stepId, executorId: task.executorId },
+            "lease expired: executor lost",
+          );
+      }, ms);
+      this.orphans.set(task.id, t);
+      return;
+    }
+    this.after(ms, () => void core.timerFired(this.core, timer, this.moment()));
+  }
+
+  private after(ms: number, fn: () => void): void {
     const t = setTimeout(
       () => {
         this.timers.delete(t);
@@ -224,7 +269,6 @@ export class Engine {
       Math.max(0, ms),
     );
     this.timers.add(t);
-    return t;
   }
 
   /** Waits for the commit of everything changed so far, or answers UNAVAILABLE. */
@@ -232,7 +276,7 @@ export class Engine {
     let timer: NodeJS.Timeout | undefined;
     try {
       await Promise.race([
-        this.writer.flush(),
+        this.store.flush(),
         new Promise<never>((_, reject) => {
           timer = setTimeout(
             () =>
@@ -251,184 +295,33 @@ export class Engine {
   }
 
   private async recover(): Promise<void> {
-    const pool = this.db.pool;
-    const runRows = await pool.query<{
-      id: string;
-      definition_id: number;
-      workflow_name: string;
-      status: RunState["status"];
-      input: unknown;
-      idempotency_key: string | null;
-      labels: Record<string, string>;
-      cancel_requested: boolean;
-      compensate_on_cancel: boolean;
-      error: unknown;
-      last_event_seq: string;
-      deadline: Date | null;
-      created_at: Date;
-    }>(
-      // The run row's event_seq is written with the run's own changes only; events since then are
-      // in the outbox (the relay never prunes an event the run row does not cover), so the next
-      // sequence number continues from whichever is higher.
-      `SELECT r.*, GREATEST(r.event_seq,
-         COALESCE((SELECT max(o.last_sequence) FROM outbox_events o WHERE o.run_id = r.id), 0)) AS last_event_seq
-         FROM workflow_runs r WHERE r.status IN ('PENDING', 'RUNNING', 'COMPENSATING') ORDER BY r.created_at`,
+    const stored = await this.store.loadActive();
+    if (stored.runs.length === 0) return;
+    const keys = await this.store.keysOfRuns(
+      stored.runs.flatMap((r) =>
+        r.idempotencyKey === null ? [] : [{ id: r.id, workflowName: r.workflowName, key: r.idempotencyKey }],
+      ),
     );
-    if (runRows.rowCount === 0) return;
-    const ids = runRows.rows.map((r) => r.id);
-    const keyed = await this.keyed.ofRuns(runRows.rows);
-    const taskRows = await pool.query<{
-      id: string;
-      run_id: string;
-      step_id: string;
-      kind: TaskState["kind"];
-      type: string;
-      status: TaskStatusName;
-      position: number;
-      input: unknown;
-      output: unknown;
-      output_ref: unknown;
-      error: ErrorInfo | null;
-      skip_reason: TaskState["skipReason"];
-      attempt: number;
-      fencing_token: number;
-      executor_id: string | null;
-      lease_expires_at: Date | null;
-      next_attempt_at: Date | null;
-      queued_at: Date | null;
-      created_at: Date;
-      ended_at: Date | null;
-      failures: number;
-    }>(
-      `SELECT t.*, (SELECT count(*)::int FROM task_attempts a WHERE a.task_run_id = t.id AND a.status = 'FAILED') AS failures
-       FROM task_runs t WHERE t.run_id = ANY($1::uuid[]) ORDER BY t.run_id, t.position`,
-      [ids],
+    const workflows = new Map<number, CompiledWorkflow>();
+    for (const r of stored.runs)
+      if (!workflows.has(r.definitionId))
+        workflows.set(r.definitionId, await this.definitions.compiledById(r.definitionId));
+    const hashes = new Map([...keys].map(([runId, k]) => [runId, k.requestHash]));
+    const graceMs = this.sessionTimeoutMs + RECONNECT_ALLOWANCE_MS;
+    const { runs, queued, orphaned } = core.recover(
+      this.core,
+      stored,
+      workflows,
+      hashes,
+      graceMs,
+      this.moment(),
     );
-    const attemptRows = await pool.query<{
-      task_run_id: string;
-      run_id: string;
-      number: number;
-      fencing_token: number;
-      executor_id: string;
-      status: TaskStatusName;
-      leased_at: Date;
-      started_at: Date | null;
-    }>(
-      `SELECT a.* FROM task_attempts a JOIN task_runs t ON t.id = a.task_run_id AND t.attempt = a.number
-       WHERE t.run_id = ANY($1::uuid[]) AND t.status IN ('LEASED', 'RUNNING')`,
-      [ids],
-    );
-    const currentAttempts = new Map(attemptRows.rows.map((a) => [a.task_run_id, a]));
-    for (const r of runRows.rows) {
-      const workflow = await this.definitions.compiledById(r.definition_id);
-      const run: RunState = {
-        id: r.id,
-        definitionId: r.definition_id,
-        workflow,
-        status: r.status,
-        input: r.input,
-        output: null,
-        error: null,
-        idempotencyKey: r.idempotency_key,
-        requestHash: keyed.get(r.id)?.requestHash ?? null,
-        labels: r.labels,
-        cancelRequested: r.cancel_requested,
-        compensateOnCancel: r.compensate_on_cancel,
-        eventSeq: Number(r.last_event_seq),
-        deadline: r.deadline,
-        createdAt: r.created_at,
-        endedAt: null,
-        tasks: new Map(),
-        compensations: new Map(),
-        compensationWaves: null,
-        rollbackError: r.error as ErrorInfo | null,
-      };
-      this.runs.set(run.id, run);
-    }
-    let queued = 0;
-    let orphaned = 0;
-    for (const t of taskRows.rows) {
-      const run = this.runs.get(t.run_id);
-      if (run === undefined) continue;
-      const a = currentAttempts.get(t.id);
-      const task: TaskState = {
-        id: t.id,
-        runId: t.run_id,
-        stepId: t.step_id,
-        kind: t.kind,
-        type: t.type,
-        position: t.position,
-        status: t.status,
-        input: t.input,
-        output: t.output,
-        outputRef: t.output_ref,
-        error: t.error,
-        skipReason: t.skip_reason,
-        attempt: t.attempt,
-        fencingToken: t.fencing_token,
-        failures: t.failures,
-        executorId: t.executor_id,
-        sessionId: null,
-        leaseExpiresAt: t.lease_expires_at,
-        nextAttemptAt: t.next_attempt_at,
-        queuedAt: t.queued_at,
-        createdAt: t.created_at,
-        endedAt: t.ended_at,
-        current:
-          a === undefined
-            ? null
-            : {
-                taskRunId: t.id,
-                runId: t.run_id,
-                number: a.number,
-                fencingToken: a.fencing_token,
-                executorId: a.executor_id,
-                status: a.status,
-                error: null,
-                logs: null,
-                leasedAt: a.leased_at,
-                startedAt: a.started_at,
-                endedAt: null,
-              },
-        lastHeartbeat: performance.now(),
-      };
-      if (t.kind === "STEP") run.tasks.set(task.stepId, task);
-      else run.compensations.set(task.stepId, task);
-      this.tasks.set(task.id, task);
-      if (task.status === "QUEUED") {
-        this.dispatcher.enqueue(task);
-        // The wait in the queue goes on across the restart: only what is left of it remains.
-        const limit = this.scheduleToStartMs(task);
-        if (limit !== null) {
-          const waited = task.queuedAt === null ? 0 : Date.now() - task.queuedAt.getTime();
-          this.armScheduleToStart(task, limit, limit - waited);
-        }
-        queued++;
-      } else if (task.status === "RETRY_WAIT") {
-        this.scheduleRetry(task);
-      } else if (ACTIVE_LEASE.has(task.status)) {
-        // Its executor may reconnect and claim it (Attach.held_leases) within the grace period,
-        // which after a restart also covers the executors' reconnect backoff.
-        this.orphan(task, this.sessionTimeoutMs + RECONNECT_ALLOWANCE_MS);
-        orphaned++;
-      }
-    }
-    for (const task of this.tasks.values()) {
-      if (task.kind === "STEP" && task.status === "SUCCEEDED" && task.outputRef !== null)
-        this.resolveOffloaded(task);
-    }
-    for (const run of this.runs.values()) {
-      this.keyed.remember(run);
-      if (run.deadline !== null)
-        this.setTimer(run.deadline.getTime() - Date.now(), () => this.timeOutRun(run));
-      if (run.status === "COMPENSATING") this.advanceCompensation(run);
-      else this.advance(run);
-    }
-    await this.writer.flush();
+    for (const run of runs) this.keyed.remember(run);
+    await this.store.flush();
     // Executors that were attached before the restart are reconnecting: no warning about types
     // they advertise until they have had the time to.
-    if (queued > 0 || orphaned > 0) this.unserved.quietFor(this.sessionTimeoutMs + RECONNECT_ALLOWANCE_MS);
-    this.log.info({ runs: this.runs.size, queued, orphanedLeases: orphaned }, "recovered active runs");
+    if (queued > 0 || orphaned > 0) this.unserved.quietFor(graceMs);
+    this.log.info({ runs: this.core.runs.size, queued, orphanedLeases: orphaned }, "recovered active runs");
   }
 
   // ---------------------------------------------------------------- runs
@@ -459,29 +352,19 @@ export class Engine {
         problems.map((p) => ({ field: `input${p.path.slice(1)}`, description: p.message })),
       );
     }
-    const now = new Date();
-    const run = newRunState({
-      definitionId: def.id,
-      workflow: def.workflow,
-      input: req.input ?? null,
-      idempotencyKey: req.idempotencyKey === "" ? null : req.idempotencyKey,
-      requestHash: hash,
-      labels: req.labels,
-      now,
-    });
-    for (const step of def.workflow.steps) {
-      const task = this.track(newTaskState(run.id, step.id, "STEP", step.type, step.order, now));
-      run.tasks.set(step.id, task);
-    }
-    this.runs.set(run.id, run);
+    const run = core.startRun(
+      this.core,
+      {
+        definitionId: def.id,
+        workflow: def.workflow,
+        input: req.input ?? null,
+        idempotencyKey: req.idempotencyKey === "" ? null : req.idempotencyKey,
+        requestHash: hash,
+        labels: req.labels,
+      },
+      new Date(),
+    );
     this.keyed.remember(run);
-    this.writer.markRun(run);
-    this.emit(run, {
-      case: "runStarted",
-      value: { input: jsonToValue(run.input), idempotencyKey: req.idempotencyKey, labels: req.labels },
-    });
-    this.advance(run);
-    if (run.deadline !== null) this.setTimer(run.deadline.getTime() - Date.now(), () => this.timeOutRun(run));
     await this.committed();
     // Refused by PostgreSQL in that commit (see refused): the run was never stored.
     if (run.error?.type === STORAGE_REFUSED)
@@ -497,42 +380,20 @@ export class Engine {
    * its StartRun call, which holds the run, sees the error and answers INVALID_ARGUMENT.
    */
   private refused(runId: string, cause: Error): void {
-    const run = this.runs.get(runId);
+    const run = core.dropRefusedRun(this.core, runId, cause.message);
     if (run === undefined) return;
-    const error: ErrorInfo = {
-      type: STORAGE_REFUSED,
-      message: `PostgreSQL refused to store the run's changes: ${cause.message}`,
-      retryable: false,
-    };
-    for (const task of [...run.tasks.values(), ...run.compensations.values()]) {
-      if (ACTIVE_LEASE.has(task.status))
-        this.sendCancel(task, "the run failed: its changes cannot be stored");
-      this.detach(task);
-      task.status = "CANCELLED";
-      this.tasks.delete(task.id);
-    }
     this.dirtyRuns.delete(run);
-    run.status = "FAILED";
-    run.error = error;
-    this.runs.delete(runId);
     this.keyed.forget(run);
-    if (!this.writer.isStored(run)) return;
-    failRefusedRun(this.db.pool, runId, error).then(
+    if (!this.store.isStored(run)) return;
+    this.store.failRefusedRun(runId, run.error as ErrorInfo).then(
       (outcome) => {
         this.log.error({ runId, outcome }, "ended a run whose changes PostgreSQL refused");
-        this.notify(runId);
-        for (const l of this.eventListeners) l();
+        this.watchers.notify(runId);
+        this.watchers.eventsCommitted();
       },
       (e: unknown) =>
         this.log.error({ err: e, runId }, "could not end a run whose changes PostgreSQL refused"),
     );
-  }
-
-  /** Registers a new task run and marks it for the next commit. */
-  private track(task: TaskState): TaskState {
-    this.tasks.set(task.id, task);
-    this.writer.markTask(task);
-    return task;
   }
 
   /**
@@ -542,482 +403,41 @@ export class Engine {
    */
   async cancelRun(runId: string, reason: string, compensate = false): Promise<void> {
     this.assertRunning();
-    const run = this.runs.get(runId);
-    if (
-      run === undefined ||
-      TERMINAL_RUN_STATUSES.has(run.status) ||
-      run.cancelRequested ||
-      run.status === "COMPENSATING"
-    )
-      return;
-    run.cancelRequested = true;
-    run.compensateOnCancel = compensate;
-    this.writer.markRun(run);
-    this.emit(run, { case: "runCancelRequested", value: { reason, compensate } });
-    const now = new Date();
-    const error: ErrorInfo = { type: "CANCELLED", message: reason, retryable: false };
-    this.stopActiveTasks(run, `run cancelled: ${reason}`, error, now);
-    if (!compensate || !this.startCompensation(run, error, now))
-      this.completeRun(run, "CANCELLED", null, error, now);
+    const run = this.core.runs.get(runId);
+    if (run === undefined || !core.cancelRun(this.core, run, reason, compensate, new Date())) return;
     await this.committed();
-  }
-
-  /** Cancels every unfinished step task of `run`, telling executors to stop leased ones. */
-  private stopActiveTasks(run: RunState, reason: string, error: ErrorInfo, now: Date): void {
-    for (const task of run.tasks.values()) {
-      if (TERMINAL_TASK_STATUSES.has(task.status)) continue;
-      if (ACTIVE_LEASE.has(task.status)) {
-        this.sendCancel(task, reason);
-        this.finishAttempt(task, "CANCELLED", error, now);
-      }
-      this.endTask(task, "CANCELLED", now);
-      this.emit(run, { case: "taskCancelled", value: { taskRunId: task.id, stepId: task.stepId, reason } });
-    }
-  }
-
-  /**
-   * Starts the saga rollback when some succeeded step has a compensation: the run goes
-   * COMPENSATING and the first wave is queued. Returns false when there is nothing to compensate.
-   */
-  private startCompensation(run: RunState, error: ErrorInfo, now: Date): boolean {
-    const succeeded = [...run.tasks.values()].filter((t) => t.status === "SUCCEEDED").map((t) => t.stepId);
-    const waves = compensationOrder(run.workflow, succeeded).filter((w) => w.length > 0);
-    if (waves.length === 0) return false;
-    run.status = "COMPENSATING";
-    run.compensationWaves = waves;
-    run.rollbackError = error;
-    run.error = error;
-    this.writer.markRun(run);
-    this.emit(run, { case: "runCompensating", value: { stepIds: waves.flat(), reason: error.message } });
-    for (const wave of waves) {
-      for (const stepId of wave) {
-        const step = run.workflow.stepsById.get(stepId);
-        if (step?.compensate == null || run.compensations.has(stepId)) continue;
-        run.compensations.set(
-          stepId,
-          this.track(newTaskState(run.id, stepId, "COMPENSATION", step.compensate.type, step.order, now)),
-        );
-      }
-    }
-    this.advanceCompensation(run);
-    return true;
   }
 
   /** Queues the next wave of compensations once the previous one finished; completes the rollback. */
   advanceCompensation(run: RunState): void {
-    if (run.status !== "COMPENSATING") return;
-    const waves =
-      run.compensationWaves ??
-      (run.compensationWaves = compensationOrder(
-        run.workflow,
-        [...run.tasks.values()].filter((t) => t.status === "SUCCEEDED").map((t) => t.stepId),
-      ).filter((w) => w.length > 0));
-    const now = new Date();
-    const states = new Map<string, StepState>();
-    for (const t of run.tasks.values()) states.set(t.stepId, stepState(t));
-    for (const wave of waves) {
-      const tasks = wave
-        .map((id) => run.compensations.get(id))
-        .filter((t): t is TaskState => t !== undefined);
-      let unfinished = false;
-      for (const task of tasks) {
-        if (task.status === "PENDING") {
-          const rendered = renderCompensationInput(run.workflow, task.stepId, run.input ?? null, states, {
-            id: run.id,
-            workflow: run.workflow.name,
-            version: run.workflow.version,
-          });
-          if (rendered.ok) {
-            task.input = rendered.input;
-            this.queueTask(task, now);
-            unfinished = true;
-          } else {
-            // A compensation that cannot even be rendered fails alone; the others still run.
-            this.failTerminally(
-              run,
-              task,
-              { type: rendered.error.type, message: rendered.error.message, retryable: false },
-              now,
-            );
-          }
-        } else if (!TERMINAL_TASK_STATUSES.has(task.status)) {
-          unfinished = true;
-        }
-      }
-      if (unfinished) {
-        this.schedulePump();
-        return;
-      }
-    }
-    const failed = [...run.compensations.values()].filter((t) => t.status !== "SUCCEEDED");
-    const base = run.rollbackError ?? { type: "STEP_FAILED", message: "the run failed", retryable: false };
-    if (failed.length === 0) {
-      this.completeRun(run, "COMPENSATED", null, base, now);
-    } else {
-      this.completeRun(
-        run,
-        "COMPENSATION_FAILED",
-        null,
-        {
-          type: "COMPENSATION_FAILED",
-          message: `${base.message}; compensation of ${failed.map((t) => t.stepId).join(", ")} failed`,
-          retryable: false,
-        },
-        now,
-      );
-    }
-  }
-
-  /** Moves a task to QUEUED and arms its schedule-to-start timeout. */
-  private queueTask(task: TaskState, now: Date): void {
-    task.status = "QUEUED";
-    task.queuedAt = now;
-    this.writer.markTask(task);
-    this.dispatcher.enqueue(task);
-    const limit = this.scheduleToStartMs(task);
-    if (limit !== null) this.armScheduleToStart(task, limit, limit);
-  }
-
-  /** The schedule-to-start timeout of the task's step (or compensation), if it has one. */
-  private scheduleToStartMs(task: TaskState): number | null {
-    const step = this.runs.get(task.runId)?.workflow.stepsById.get(task.stepId);
-    const timeouts = task.kind === "STEP" ? step?.timeouts : step?.compensate?.timeouts;
-    return timeouts?.scheduleToStartMs ?? null;
-  }
-
-  /**
-   * Fails the queued attempt with SCHEDULE_TO_START_TIMEOUT unless an executor takes it within
-   * `limitMs`, of which `remainingMs` are left. That attempt had no lease, yet it counts against the
-   * retry policy like any other, so it is recorded as an attempt without executor or start time
-   * (its lease time is when it was queued): GetRun lists it, and recovery, which counts failed
-   * attempts, does not forget it.
-   */
-  private armScheduleToStart(task: TaskState, limitMs: number, remainingMs: number): void {
-    const attempt = task.attempt;
-    this.setTimer(remainingMs, () => {
-      if (task.status !== "QUEUED" || task.attempt !== attempt) return;
-      const now = new Date();
-      task.attempt++;
-      task.fencingToken++;
-      task.current = {
-        taskRunId: task.id,
-        runId: task.runId,
-        number: task.attempt,
-        fencingToken: task.fencingToken,
-        executorId: "",
-        status: "QUEUED",
-        error: null,
-        logs: null,
-        leasedAt: task.queuedAt ?? now,
-        startedAt: null,
-        endedAt: null,
-      };
-      task.queuedAt = null;
-      this.failAttempt(
-        task,
-        {
-          type: "SCHEDULE_TO_START_TIMEOUT",
-          message: `no executor started the task within ${limitMs} ms`,
-          retryable: true,
-        },
-        0,
-      );
-    });
-  }
-
-  private timeOutRun(run: RunState): void {
-    if (TERMINAL_RUN_STATUSES.has(run.status)) return;
-    const now = new Date();
-    const error: ErrorInfo = {
-      type: "RUN_TIMEOUT",
-      message: "the run exceeded its timeout",
-      retryable: false,
-    };
-    this.stopActiveTasks(run, "run timed out", error, now);
-    this.completeRun(run, "TIMED_OUT", null, error, now);
-    void this.writer.flush().catch(() => undefined);
-  }
-
-  /** Evaluates the DAG and applies what became ready, skipped or failed; completes the run when done. */
-  private advance(run: RunState): void {
-    if (TERMINAL_RUN_STATUSES.has(run.status) || run.cancelRequested) return;
-    const now = new Date();
-    for (let round = 0; round < run.workflow.steps.length + 1; round++) {
-      const states = new Map<string, StepState>();
-      for (const t of run.tasks.values()) states.set(t.stepId, stepState(t));
-      const ev = evaluateRun(run.workflow, run.input ?? null, states, {
-        id: run.id,
-        workflow: run.workflow.name,
-        version: run.workflow.version,
-      });
-      for (const r of ev.ready) {
-        const task = run.tasks.get(r.stepId);
-        if (task === undefined || task.status !== "PENDING") continue;
-        task.input = r.input;
-        this.queueTask(task, now);
-      }
-      for (const s of ev.skip) {
-        const task = run.tasks.get(s.stepId);
-        if (task === undefined || task.status !== "PENDING") continue;
-        task.skipReason = s.reason;
-        this.endTask(task, "SKIPPED", now);
-        this.emit(run, {
-          case: "taskSkipped",
-          value: { taskRunId: task.id, stepId: task.stepId, reason: s.reason },
-        });
-      }
-      for (const f of ev.fail) {
-        const task = run.tasks.get(f.stepId);
-        if (task === undefined || task.status !== "PENDING") continue;
-        this.failTerminally(
-          run,
-          task,
-          { type: f.error.type, message: f.error.message, retryable: false },
-          now,
-        );
-      }
-      if (ev.outcome !== undefined) {
-        if (ev.outcome.status === "succeeded")
-          this.completeRun(run, "SUCCEEDED", ev.outcome.output, null, now);
-        else {
-          const failed = ev.outcome.failedSteps;
-          const first = failed[0] === undefined ? undefined : run.tasks.get(failed[0]);
-          const error: ErrorInfo =
-            ev.outcome.error !== undefined
-              ? {
-                  type: ev.outcome.error.type,
-                  message: `output mapping: ${ev.outcome.error.message}`,
-                  retryable: false,
-                }
-              : {
-                  type: first?.error?.type ?? "STEP_FAILED",
-                  message: `step${failed.length === 1 ? "" : "s"} ${failed.join(", ")} failed${first?.error ? `: ${first.error.message}` : ""}`,
-                  retryable: false,
-                };
-          if (!this.startCompensation(run, error, now)) this.completeRun(run, "FAILED", null, error, now);
-        }
-        break;
-      }
-      // Another round only when a render failure may have decided more steps.
-      if (ev.fail.length === 0) break;
-    }
-    if (this.stateValue === "RUNNING") this.schedulePump();
-  }
-
-  private completeRun(
-    run: RunState,
-    status: RunState["status"],
-    output: unknown,
-    error: ErrorInfo | null,
-    now: Date,
-  ): void {
-    run.status = status;
-    run.output = output ?? null;
-    run.error = error;
-    run.endedAt = now;
-    this.writer.markRun(run);
-    this.emit(run, {
-      case: "runCompleted",
-      value: {
-        status: RunStatus[status],
-        ...(output === null || output === undefined ? {} : { output: jsonToValue(output) }),
-        ...(error === null ? {} : { error: errorToProto(error) }),
-      },
-    });
-    // Once committed, the run lives only in the database.
-    this.writer.flush().then(
-      () => {
-        this.runs.delete(run.id);
-        this.keyed.forget(run);
-        for (const t of [...run.tasks.values(), ...run.compensations.values()]) {
-          if (!ACTIVE_LEASE.has(t.status)) this.tasks.delete(t.id);
-        }
-      },
-      () => undefined,
-    );
-  }
-
-  /** Fails a task for good without an attempt of its own (render errors, unreadable outputs). */
-  private failTerminally(run: RunState, task: TaskState, error: ErrorInfo, now: Date): void {
-    task.error = error;
-    this.endTask(task, "FAILED", now);
-    this.emit(run, {
-      case: "taskFailed",
-      value: {
-        taskRunId: task.id,
-        stepId: task.stepId,
-        attempt: task.attempt,
-        final: true,
-        kind: task.kind === "STEP" ? TaskKind.STEP : TaskKind.COMPENSATION,
-        error: errorToProto(error),
-      },
-    });
-  }
-
-  private endTask(task: TaskState, status: TaskStatusName, now: Date): void {
-    task.status = status;
-    task.endedAt = now;
-    task.nextAttemptAt = null;
-    this.detach(task);
-    this.writer.markTask(task);
-  }
-
-  /**
-   * Appends an event. The run row is not rewritten for it: its event_seq rides along whenever the
-   * run itself changes, recovery continues from the higher of that and the outbox, and the relay
-   * prunes only events the run row covers, so a sequence number is never reused.
-   */
-  private emit(run: RunState, event: EventInit): void {
-    this.writer.addEvent(lifecycleEvent(run, event));
+    core.advanceCompensation(this.core, run, new Date());
   }
 
   private assertRunning(): void {
     if (this.stateValue !== "RUNNING")
       throw new ApiError(Code.UNAVAILABLE, `the scheduler is ${this.stateValue.toLowerCase()}`);
-    if (!this.writer.isHealthy) throw new UnavailableError("the database is unavailable; retry shortly");
+    if (!this.store.isHealthy) throw new UnavailableError("the database is unavailable; retry shortly");
+  }
+
+  /** Evaluates `run` once the reports already received have been applied, then commits. */
+  private advanceSoon(run: RunState): void {
+    this.dirtyRuns.add(run);
+    if (this.advanceScheduled) return;
+    this.advanceScheduled = true;
+    setImmediate(() => {
+      this.advanceScheduled = false;
+      const runs = [...this.dirtyRuns];
+      this.dirtyRuns.clear();
+      const now = new Date();
+      for (const r of runs) core.advance(this.core, r, now);
+      void this.store.flush().catch(ignore);
+    });
   }
 
   // ---------------------------------------------------------------- leases
 
   private schedulePump(): void {
-    if (this.pumpScheduled) return;
-    this.pumpScheduled = true;
-    setImmediate(() => {
-      this.pumpScheduled = false;
-      this.pump();
-    });
-  }
-
-  /** Hands queued tasks to sessions with credit; leases are sent once committed. */
-  private pump(): void {
-    if (this.stateValue !== "RUNNING") return;
-    const pairs = this.dispatcher.take();
-    if (pairs.length === 0) {
-      this.recordHolds();
-      return;
-    }
-    const now = new Date();
-    const granted: { session: SessionHandle; task: TaskState; token: number }[] = [];
-    for (const { session, task } of pairs) {
-      const run = this.runs.get(task.runId);
-      if (run === undefined) {
-        session.credit++;
-        continue;
-      }
-      task.attempt++;
-      task.fencingToken++;
-      task.status = "LEASED";
-      task.executorId = session.executorId;
-      task.sessionId = session.id;
-      task.queuedAt = null;
-      const attempt: AttemptState = {
-        taskRunId: task.id,
-        runId: task.runId,
-        number: task.attempt,
-        fencingToken: task.fencingToken,
-        executorId: session.executorId,
-        status: "LEASED",
-        error: null,
-        logs: null,
-        leasedAt: now,
-        startedAt: null,
-        endedAt: null,
-      };
-      task.current = attempt;
-      const step = run.workflow.stepsById.get(task.stepId);
-      const startToClose = step?.timeouts.startToCloseMs ?? null;
-      task.leaseExpiresAt = startToClose === null ? null : new Date(now.getTime() + startToClose);
-      session.leases.add(task.id);
-      this.writer.markTask(task);
-      this.writer.markAttempt(attempt);
-      this.emit(run, {
-        case: "taskLeased",
-        value: {
-          taskRunId: task.id,
-          stepId: task.stepId,
-          attempt: task.attempt,
-          executorId: session.executorId,
-          fencingToken: BigInt(task.fencingToken),
-          kind: task.kind === "STEP" ? TaskKind.STEP : TaskKind.COMPENSATION,
-        },
-      });
-      granted.push({ session, task, token: task.fencingToken });
-    }
-    this.writer.flush().then(
-      () => {
-        for (const { session, task, token } of granted) {
-          if (
-            task.sessionId !== session.id ||
-            task.fencingToken !== token ||
-            !ACTIVE_LEASE.has(task.status)
-          ) {
-            // Never sent (cancelled, refused or taken back while committing): the executor will not
-            // return its slot, so the session gets it back here.
-            if (this.dispatcher.sessions.get(session.id) === session) {
-              session.credit++;
-              this.schedulePump();
-            }
-            continue;
-          }
-          const run = this.runs.get(task.runId);
-          const step = run?.workflow.stepsById.get(task.stepId);
-          session.send(
-            create(SessionResponseSchema, {
-              message: {
-                case: "lease",
-                value: {
-                  key: this.leaseKey(task),
-                  runId: task.runId,
-                  stepId: task.stepId,
-                  taskType: task.type,
-                  kind: task.kind === "STEP" ? TaskKind.STEP : TaskKind.COMPENSATION,
-                  input: jsonToValue(task.input),
-                  workflowName: run?.workflow.name ?? "",
-                  heartbeatTimeoutMs: step?.timeouts.heartbeatMs ?? 0,
-                  ...(task.leaseExpiresAt === null
-                    ? {}
-                    : { deadline: timestampFromDate(task.leaseExpiresAt) }),
-                },
-              },
-            }),
-          );
-          if (task.leaseExpiresAt !== null) {
-            const expires = task.leaseExpiresAt.getTime();
-            this.setTimer(expires - Date.now(), () => {
-              if (task.fencingToken === token && ACTIVE_LEASE.has(task.status)) {
-                this.sendCancel(task, "start-to-close timeout");
-                this.failAttempt(
-                  task,
-                  {
-                    type: "TIMEOUT",
-                    message: "the attempt exceeded its start-to-close timeout",
-                    retryable: true,
-                  },
-                  0,
-                );
-              }
-            });
-          }
-        }
-      },
-      (e: unknown) => this.log.warn({ err: e }, "leases not sent: commit failed"),
-    );
-    this.recordHolds();
-    // More may fit (credit left, or tasks queued meanwhile).
-    this.schedulePump();
-  }
-
-  /**
-   * After a pass: records why the ready tasks it left wait (TaskRun.pending_reason), logs task
-   * types that no executor advertises, and wakes the WatchRun streams of runs whose queued tasks
-   * now wait for another reason (no commit would, since nothing stored changed).
-   */
-  private recordHolds(): void {
-    for (const { type, hold } of this.dispatcher.recordHolds()) {
-      this.unserved.update(type, hold, () => this.dispatcher.waiting(type).length);
-      if (this.watchers.size === 0) continue;
-      for (const runId of new Set(this.dispatcher.waiting(type).map((t) => t.runId))) this.notify(runId);
-    }
+    this.leases.schedule();
   }
 
   /**
@@ -1029,130 +449,18 @@ export class Engine {
    * Reasons of other kinds (#27: ExplainPending) can join it here, recorded at their decision.
    */
   pendingReason(taskRunId: string): string {
-    const task = this.tasks.get(taskRunId);
+    const task = this.core.tasks.get(taskRunId);
     return task?.status === "QUEUED" ? this.dispatcher.pendingReason(task.type) : "";
-  }
-
-  private leaseKey(task: TaskState): { taskRunId: string; attempt: number; fencingToken: bigint } {
-    return { taskRunId: task.id, attempt: task.attempt, fencingToken: BigInt(task.fencingToken) };
-  }
-
-  private sendCancel(task: TaskState, reason: string): void {
-    const session = task.sessionId === null ? undefined : this.dispatcher.sessions.get(task.sessionId);
-    session?.send(
-      create(SessionResponseSchema, {
-        message: { case: "cancel", value: { key: this.leaseKey(task), reason } },
-      }),
-    );
-  }
-
-  /** Removes the task's lease from its session (the session gets no credit back: the executor grants it). */
-  private detach(task: TaskState): void {
-    if (task.sessionId !== null) this.dispatcher.sessions.get(task.sessionId)?.leases.delete(task.id);
-    task.sessionId = null;
-    task.leaseExpiresAt = null;
-    const orphan = this.orphans.get(task.id);
-    if (orphan !== undefined) {
-      clearTimeout(orphan);
-      this.orphans.delete(task.id);
-    }
-  }
-
-  private finishAttempt(
-    task: TaskState,
-    status: TaskStatusName,
-    error: ErrorInfo | null,
-    now: Date,
-    logs?: unknown,
-  ): void {
-    const a = task.current;
-    if (a === null) return;
-    a.status = status;
-    a.error = error;
-    a.endedAt = now;
-    if (logs !== undefined) a.logs = logs;
-    this.writer.markAttempt(a);
-    task.current = null;
-  }
-
-  /** Validates a report's lease key against the lease held by `session`. */
-  private check(session: SessionHandle, key: LeaseKey | undefined): TaskState | Rejection {
-    if (key === undefined || key.taskRunId === "") {
-      return {
-        code: "INVALID_ARGUMENT",
-        message: "the report carries no lease key (task_run_id, attempt, fencing_token)",
-      };
-    }
-    const task = this.tasks.get(key.taskRunId);
-    if (task === undefined) return { code: "NOT_FOUND", message: `no active task run ${key.taskRunId}` };
-    if (!keyMatches(task, key)) {
-      return {
-        code: "FAILED_PRECONDITION",
-        message: `stale lease for task run ${key.taskRunId}: attempt ${key.attempt} token ${key.fencingToken}, current attempt ${task.attempt} token ${task.fencingToken}`,
-      };
-    }
-    if (!ACTIVE_LEASE.has(task.status)) {
-      return {
-        code: "FAILED_PRECONDITION",
-        message: `task run ${key.taskRunId} is ${task.status}; its result was already decided`,
-      };
-    }
-    if (task.sessionId !== session.id) {
-      return {
-        code: "FAILED_PRECONDITION",
-        message: `task run ${key.taskRunId} is not leased to this session`,
-      };
-    }
-    return task;
   }
 
   /** Started report. */
   onStarted(session: SessionHandle, key: LeaseKey | undefined): Rejection | null {
-    const task = this.check(session, key);
-    if ("code" in task) return task;
-    if (task.status !== "LEASED")
-      return { code: "FAILED_PRECONDITION", message: `task run ${task.id} was already started` };
-    this.markStarted(task, session);
-    // No commit of its own when another is near: RUNNING rides along with it.
-    this.writer.flushSoon(STARTED_FLUSH_DELAY_MS);
-    return null;
-  }
-
-  /**
-   * The attempt began: RUNNING, its start time and a taskStarted event. Also applied by a
-   * Completed or Failed report for an attempt still LEASED, because an executor may leave out the
-   * Started of an attempt that finished before Started was sent (the result implies the start).
-   */
-  private markStarted(task: TaskState, session: SessionHandle): void {
-    const run = this.runs.get(task.runId);
-    task.status = "RUNNING";
-    task.lastHeartbeat = performance.now();
-    if (task.current !== null) {
-      task.current.status = "RUNNING";
-      task.current.startedAt = new Date();
-      this.writer.markAttempt(task.current);
-    }
-    this.writer.markTask(task);
-    if (run !== undefined) {
-      this.emit(run, {
-        case: "taskStarted",
-        value: {
-          taskRunId: task.id,
-          stepId: task.stepId,
-          attempt: task.attempt,
-          executorId: session.executorId,
-          kind: task.kind === "STEP" ? TaskKind.STEP : TaskKind.COMPENSATION,
-        },
-      });
-    }
+    return core.started(this.core, session, key, this.moment());
   }
 
   /** Heartbeat report for a task. */
   onHeartbeat(session: SessionHandle, key: LeaseKey | undefined): Rejection | null {
-    const task = this.check(session, key);
-    if ("code" in task) return task;
-    task.lastHeartbeat = performance.now();
-    return null;
+    return core.heartbeat(this.core, session, key, this.moment());
   }
 
   /** Completed report: accepted at most once per task. */
@@ -1163,110 +471,7 @@ export class Engine {
     outputRef: unknown,
     logs: unknown,
   ): Rejection | null {
-    const task = this.check(session, key);
-    if ("code" in task) return task;
-    if (task.status === "LEASED") this.markStarted(task, session);
-    const run = this.runs.get(task.runId);
-    const now = new Date();
-    this.finishAttempt(task, "SUCCEEDED", null, now, logs);
-    task.output = output ?? null;
-    task.outputRef = outputRef ?? null;
-    this.endTask(task, "SUCCEEDED", now);
-    if (task.kind === "STEP" && task.outputRef !== null) this.resolveOffloaded(task);
-    if (run !== undefined) {
-      this.emit(run, {
-        case: "taskSucceeded",
-        value: {
-          taskRunId: task.id,
-          stepId: task.stepId,
-          attempt: task.attempt,
-          ...(task.outputRef === null
-            ? { output: jsonToValue(output) }
-            : { outputRef: toArtifactRef(task.outputRef) }),
-          kind: task.kind === "STEP" ? TaskKind.STEP : TaskKind.COMPENSATION,
-        },
-      });
-      if (task.kind === "STEP") {
-        this.advanceSoon(run);
-        return null;
-      }
-      this.advanceCompensation(run);
-    }
-    void this.writer.flush().catch(() => undefined);
-    return null;
-  }
-
-  /**
-   * Evaluates `run` once the reports already received have been applied: the completions of a wide
-   * fan-in that arrive together cost one evaluation, not one each. The commit follows the
-   * evaluation, so a completion and the steps it makes ready are written together.
-   */
-  private advanceSoon(run: RunState): void {
-    this.dirtyRuns.add(run);
-    if (this.advanceScheduled) return;
-    this.advanceScheduled = true;
-    setImmediate(() => {
-      this.advanceScheduled = false;
-      const runs = [...this.dirtyRuns];
-      this.dirtyRuns.clear();
-      for (const r of runs) this.advance(r);
-      void this.writer.flush().catch(() => undefined);
-    });
-  }
-
-  /**
-   * Reads a step's offloaded output back so templates, conditions and the output mapping see it;
-   * until then the step counts as active and its dependents wait. A store that is unavailable is
-   * retried with backoff; an output that is gone or corrupt fails the step (OUTPUT_UNAVAILABLE).
-   * The value is kept in memory only: PostgreSQL keeps the claim check, and recovery reads it again.
-   */
-  private resolveOffloaded(task: TaskState, attempt = 1): void {
-    const resolve = this.resolveOutput;
-    if (resolve === undefined) {
-      this.log.warn(
-        { taskRunId: task.id },
-        "an offloaded output cannot be read: no artifact store; using null",
-      );
-      task.resolvedOutput = null;
-      return;
-    }
-    const advance = (): void => {
-      const run = this.runs.get(task.runId);
-      if (run === undefined || (this.stateValue !== "RUNNING" && this.stateValue !== "RECOVERING")) return;
-      this.advance(run);
-      void this.writer.flush().catch(() => undefined);
-    };
-    resolve(task.outputRef).then(
-      (value) => {
-        task.resolvedOutput = value ?? null;
-        advance();
-      },
-      (e: unknown) => {
-        if (this.stateValue === "STOPPING" || this.stateValue === "STOPPED") return;
-        if (isArtifactError(e, "UNAVAILABLE")) {
-          const wait = Math.min(30_000, 250 * 2 ** Math.min(attempt, 7));
-          this.log.warn(
-            { err: e, taskRunId: task.id, retryInMs: wait },
-            "cannot read an offloaded output yet",
-          );
-          this.setTimer(wait, () => this.resolveOffloaded(task, attempt + 1));
-          return;
-        }
-        const run = this.runs.get(task.runId);
-        if (run === undefined || task.status !== "SUCCEEDED") return;
-        this.failTerminally(
-          run,
-          task,
-          {
-            type: "OUTPUT_UNAVAILABLE",
-            message: `the offloaded output of step ${task.stepId} cannot be read: ${e instanceof Error ? e.message : String(e)}`,
-            retryable: false,
-          },
-          new Date(),
-        );
-        advance();
-      },
-    );
+    return core.completed(this.core, session, key, output, outputRef, logs, this.moment());
   }
 
   /** Failed report: retried per policy or failed for good. */
@@ -1277,162 +482,27 @@ export class Engine {
     retryAfterMs: number,
     logs: unknown,
   ): Rejection | null {
-    const task = this.check(session, key);
-    if ("code" in task) return task;
-    if (task.status === "LEASED") this.markStarted(task, session);
-    this.failAttempt(task, error, retryAfterMs, logs);
-    return null;
+    return core.failed(this.core, session, key, error, retryAfterMs, logs, this.moment());
   }
 
   /** Release report: the lease goes back to the front of the queue without counting as a failure. */
   onRelease(session: SessionHandle, key: LeaseKey | undefined, reason: string): Rejection | null {
-    const task = this.check(session, key);
-    if ("code" in task) return task;
-    const now = new Date();
-    this.finishAttempt(
-      task,
-      "CANCELLED",
-      { type: "RELEASED", message: reason || "released by the executor", retryable: true },
-      now,
-    );
-    this.detach(task);
-    task.status = "QUEUED";
-    task.queuedAt = now;
-    this.writer.markTask(task);
-    this.dispatcher.requeue(task);
-    this.schedulePump();
-    return null;
-  }
-
-  private failAttempt(task: TaskState, error: ErrorInfo, retryAfterMs: number, logs?: unknown): void {
-    const run = this.runs.get(task.runId);
-    const now = new Date();
-    this.finishAttempt(task, "FAILED", error, now, logs);
-    this.detach(task);
-    task.failures++;
-    const step = run?.workflow.stepsById.get(task.stepId);
-    const policy =
-      step === undefined
-        ? undefined
-        : task.kind === "STEP"
-          ? step.retry
-          : (step.compensate?.retry ?? step.retry);
-    let delay: number | null = null;
-    if (
-      policy !== undefined &&
-      error.retryable &&
-      isRetryableError(policy, error.type) &&
-      run?.cancelRequested !== true
-    ) {
-      delay = retryDelayMs(policy, task.failures);
-      if (delay !== null && retryAfterMs > 0) delay = Math.min(retryAfterMs, policy.maxIntervalMs);
-    }
-    const kind = task.kind === "STEP" ? TaskKind.STEP : TaskKind.COMPENSATION;
-    if (run !== undefined) {
-      this.emit(run, {
-        case: "taskFailed",
-        value: {
-          taskRunId: task.id,
-          stepId: task.stepId,
-          attempt: task.attempt,
-          error: errorToProto(error),
-          final: delay === null,
-          kind,
-        },
-      });
-    }
-    if (delay !== null && run !== undefined) {
-      task.status = "RETRY_WAIT";
-      task.nextAttemptAt = new Date(now.getTime() + delay);
-      task.error = error;
-      this.writer.markTask(task);
-      this.emit(run, {
-        case: "taskRetryScheduled",
-        value: {
-          taskRunId: task.id,
-          stepId: task.stepId,
-          nextAttempt: task.attempt + 1,
-          dueTime: timestampFromDate(task.nextAttemptAt),
-          kind,
-        },
-      });
-      this.scheduleRetry(task);
-    } else {
-      task.error = error;
-      this.endTask(task, "FAILED", now);
-      if (run !== undefined) {
-        if (task.kind === "COMPENSATION") this.advanceCompensation(run);
-        else this.advance(run);
-      }
-    }
-    void this.writer.flush().catch(() => undefined);
-  }
-
-  /** Arms the durable retry timer of a task in RETRY_WAIT (rebuilt from next_attempt_at on recovery). */
-  private scheduleRetry(task: TaskState): void {
-    const due = task.nextAttemptAt?.getTime() ?? Date.now();
-    this.setTimer(due - Date.now(), () => {
-      if (task.status !== "RETRY_WAIT") return;
-      task.nextAttemptAt = null;
-      this.queueTask(task, new Date());
-      this.schedulePump();
-    });
-  }
-
-  /** Starts the grace period of a lease without a session; it expires unless an executor reclaims it. */
-  private orphan(task: TaskState, graceMs = this.sessionTimeoutMs): void {
-    if (this.orphans.has(task.id)) return;
-    task.sessionId = null;
-    const token = task.fencingToken;
-    const timer = setTimeout(() => {
-      this.orphans.delete(task.id);
-      if (task.fencingToken !== token || !ACTIVE_LEASE.has(task.status) || task.sessionId !== null) return;
-      this.log.warn(
-        { taskRunId: task.id, stepId: task.stepId, executorId: task.executorId },
-        "lease expired: executor lost",
-      );
-      this.failAttempt(
-        task,
-        { type: "LEASE_EXPIRED", message: `executor ${task.executorId ?? "?"} was lost`, retryable: true },
-        0,
-      );
-    }, graceMs);
-    this.orphans.set(task.id, timer);
+    return core.released(this.core, session, key, reason, this.moment());
   }
 
   // ---------------------------------------------------------------- sessions
 
   /**
    * Resolves once everything changed so far is committed (a session acknowledges its reports
-   * with it); rejects when the writer closes first.
+   * with it); rejects when the store closes first.
    */
   whenCommitted(): Promise<void> {
-    return this.writer.flush();
+    return this.store.flush();
   }
 
   /** Registers an attached session; returns the held leases that are no longer valid. */
   attach(session: SessionHandle, held: readonly LeaseKey[]): LeaseKey[] {
-    const revoked: LeaseKey[] = [];
-    for (const key of held) {
-      const task = this.tasks.get(key.taskRunId);
-      if (
-        task === undefined ||
-        !keyMatches(task, key) ||
-        !ACTIVE_LEASE.has(task.status) ||
-        task.executorId !== session.executorId
-      ) {
-        revoked.push(key);
-        continue;
-      }
-      const orphan = this.orphans.get(task.id);
-      if (orphan !== undefined) {
-        clearTimeout(orphan);
-        this.orphans.delete(task.id);
-      }
-      if (task.sessionId !== null) this.dispatcher.sessions.get(task.sessionId)?.leases.delete(task.id);
-      task.sessionId = session.id;
-      session.leases.add(task.id);
-    }
+    const revoked = core.reclaim(this.core, session, held);
     // A re-attached executor replaces its earlier sessions, even ones whose connection never
     // reported closing (half-open TCP): they must not take new leases.
     for (const other of [...this.dispatcher.sessions.values()]) {
@@ -1480,38 +550,19 @@ export class Engine {
   detachSession(session: SessionHandle): void {
     if (this.dispatcher.sessions.get(session.id) !== session) return;
     this.dispatcher.sessions.delete(session.id);
-    for (const id of session.leases) {
-      const task = this.tasks.get(id);
-      if (task !== undefined && task.sessionId === session.id && ACTIVE_LEASE.has(task.status))
-        this.orphan(task);
-    }
-    session.leases.clear();
+    core.sessionLost(this.core, session);
     // The next pass records whether the types it ran are now without an executor.
     this.schedulePump();
     this.log.info({ sessionId: session.id, executorId: session.executorId }, "executor session ended");
   }
 
   private checkLiveness(): void {
-    const now = performance.now();
+    const at = this.moment();
     this.pingNonce++;
     this.unserved.tick((type) => this.dispatcher.waiting(type).length);
     for (const s of this.dispatcher.sessions.values()) {
-      for (const id of s.leases) {
-        const task = this.tasks.get(id);
-        if (task?.status !== "RUNNING") continue;
-        const step = this.runs.get(task.runId)?.workflow.stepsById.get(task.stepId);
-        const limit =
-          task.kind === "STEP" ? step?.timeouts.heartbeatMs : step?.compensate?.timeouts.heartbeatMs;
-        if (limit != null && now - task.lastHeartbeat > limit) {
-          this.sendCancel(task, "heartbeat timeout");
-          this.failAttempt(
-            task,
-            { type: "HEARTBEAT_TIMEOUT", message: `no heartbeat within ${limit} ms`, retryable: true },
-            0,
-          );
-        }
-      }
-      if (now - s.lastSeen > this.sessionTimeoutMs) {
+      for (const id of s.leases) core.checkHeartbeat(this.core, id, at);
+      if (core.isSilent(s.lastSeen, at.mono, this.sessionTimeoutMs)) {
         this.log.warn(
           { sessionId: s.id, executorId: s.executorId },
           "executor session silent too long; closing it",
@@ -1519,9 +570,7 @@ export class Engine {
         s.close("no heartbeat within the session timeout");
         this.detachSession(s);
       } else {
-        s.send(
-          create(SessionResponseSchema, { message: { case: "ping", value: { nonce: this.pingNonce } } }),
-        );
+        s.send(pingMessage(this.pingNonce));
       }
     }
   }
@@ -1530,43 +579,28 @@ export class Engine {
 
   /** Calls `listener` after each commit that touched the run. Returns the unsubscribe function. */
   watch(runId: string, listener: () => void): () => void {
-    let set = this.watchers.get(runId);
-    if (set === undefined) {
-      set = new Set();
-      this.watchers.set(runId, set);
-    }
-    set.add(listener);
-    return () => {
-      set.delete(listener);
-      if (set.size === 0) this.watchers.delete(runId);
-    };
-  }
-
-  private notify(runId: string): void {
-    const set = this.watchers.get(runId);
-    if (set === undefined) return;
-    for (const l of set) l();
+    return this.watchers.watch(runId, listener);
   }
 
   /** Calls `listener` after each commit that wrote lifecycle events (wakes the outbox relay). */
   onEventsCommitted(listener: () => void): void {
-    this.eventListeners.push(listener);
+    this.watchers.onEvents(listener);
   }
 
   /** The in-memory state of an active run (a read-only view for API responses). */
   activeRun(runId: string): Readonly<RunState> | undefined {
-    return this.runs.get(runId);
+    return this.core.runs.get(runId);
   }
 
   /** Whether the run is still active in memory. */
   isActive(runId: string): boolean {
-    return this.runs.has(runId);
+    return this.core.runs.has(runId);
   }
 
   /** Counts, for logs and metrics. */
   stats(): { activeRuns: number; sessions: number; queued: Record<string, number> } {
     return {
-      activeRuns: this.runs.size,
+      activeRuns: this.core.runs.size,
       sessions: this.dispatcher.sessions.size,
       queued: this.dispatcher.depth(),
     };

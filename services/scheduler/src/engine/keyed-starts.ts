@@ -5,8 +5,13 @@
  * calls with one key wait for the first. Keys of active runs are answered from memory; the others
  * come from the key table (IdempotencyKeyStore, one query per event-loop turn).
  */
-import type { IdempotencyKeyStore, KeyRecord } from "../persistence/idempotency-keys.js";
+import type { KeyRecord } from "../persistence/idempotency-keys.js";
 import { idempotencyConflict, idempotencyScope, requestHash } from "../model/idempotency.js";
+
+/** Where stored keys are looked up (EngineStore.lookupKey). */
+export interface KeyLookup {
+  lookup(workflowName: string, key: string, notBefore: Date): Promise<KeyRecord | undefined>;
+}
 
 /** What a keyed start needs of the request. */
 export interface KeyedRequest {
@@ -38,7 +43,7 @@ export class KeyedStarts {
   private readonly pending = new Map<string, Promise<Named & { created: boolean }>>();
 
   constructor(
-    private readonly store: IdempotencyKeyStore,
+    private readonly store: KeyLookup,
     /** How long a key names its run. */
     private readonly retentionMs: number,
   ) {}
@@ -108,18 +113,5 @@ export class KeyedStarts {
     if (run.idempotencyKey === null) return;
     const scope = idempotencyScope(run.workflow.name, run.idempotencyKey);
     if (this.active.get(scope)?.runId === run.id) this.active.delete(scope);
-  }
-
-  /** The stored keys of recovered runs, by run id (only keys that still name their run). */
-  ofRuns(
-    rows: readonly { id: string; workflow_name: string; idempotency_key: string | null }[],
-  ): Promise<Map<string, KeyRecord>> {
-    return this.store.ofRuns(
-      rows.flatMap((r) =>
-        r.idempotency_key === null
-          ? []
-          : [{ id: r.id, workflowName: r.workflow_name, key: r.idempotency_key }],
-      ),
-    );
   }
 }

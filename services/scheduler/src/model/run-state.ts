@@ -148,7 +148,7 @@ export interface RunState {
   rollbackError: ErrorInfo | null;
 }
 
-/** A new task run of `runId`, PENDING, with no attempt yet. */
+/** A new task run of `runId`, PENDING, with no attempt yet (`id` random unless given). */
 export function newTaskState(
   runId: string,
   stepId: string,
@@ -156,9 +156,10 @@ export function newTaskState(
   type: string,
   position: number,
   now: Date,
+  id: string = randomUUID(),
 ): TaskState {
   return {
-    id: randomUUID(),
+    id,
     runId,
     stepId,
     kind,

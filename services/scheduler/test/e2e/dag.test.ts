@@ -108,7 +108,7 @@ describe("DAG execution end to end", () => {
     await Promise.all([...general, alpha, beta].map((e) => e.start()));
     // Attached and holding credit: work started from now on can go to any of them.
     await waitFor("four sessions with credit", () =>
-      [...scheduler.engine.dispatcher.sessions.values()].filter((s) => s.credit > 0).length === 4
+      [...scheduler.engine.sessions()].filter((s) => s.credit > 0).length === 4
         ? true
         : undefined,
     );
@@ -641,7 +641,7 @@ describe("DAG execution end to end", () => {
       await waitFor(
         "every general slot free again",
         () =>
-          [...scheduler.engine.dispatcher.sessions.values()]
+          [...scheduler.engine.sessions()]
             .filter((x) => x.executorId.startsWith("general-"))
             .every((x) => x.leases.size === 0 && x.credit === 8) || undefined,
       );

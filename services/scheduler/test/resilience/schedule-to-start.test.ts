@@ -56,7 +56,7 @@ describe("schedule-to-start timeout", () => {
 
   /** Sessions attached for `executorId`. */
   const attached = (executorId: string): boolean =>
-    [...scheduler.engine.dispatcher.sessions.values()].some((s) => s.executorId === executorId);
+    [...scheduler.engine.sessions()].some((s) => s.executorId === executorId);
 
   const start = async (workflowName: string, input: unknown = {}): Promise<string> => {
     const { run } = await client.startRun({ workflowName, input: jsonToValue(input) });

@@ -1,0 +1,95 @@
+/**
+ * What every rule of the core works on: the active runs and tasks (the in-memory model, changed in
+ * place), the sessions' leases, and the sink of effects the shell carries out. The core has no
+ * clock, randomness or I/O of its own: time, jitter and ids come in with each input (a
+ * {@link Moment}, `newId`), and everything to be done outside goes out through {@link Effects}.
+ */
+import type { MessageInitShape } from "@bufbuild/protobuf";
+import type { LifecycleEventSchema } from "@nexusflow/gen";
+import type { AttemptState, RunState, TaskState } from "../model/run-state.js";
+
+/** A lifecycle event as the rules emit it: the `event` oneof of LifecycleEvent. */
+export type EventInit = NonNullable<MessageInitShape<typeof LifecycleEventSchema>["event"]>;
+
+/** When an input happens: wall time, monotonic time (ms) and a jitter draw in [0, 1). */
+export interface Moment {
+  readonly now: Date;
+  readonly mono: number;
+  readonly jitter: number;
+}
+
+/** A session as the rules see it: which executor, and the task runs leased on it. */
+export interface SessionLeases {
+  readonly id: string;
+  readonly executorId: string;
+  readonly leases: Set<string>;
+}
+
+/** A timer the shell sets and, when it fires, feeds back as an input (see timeouts.ts). */
+export type Timer =
+  | {
+      readonly kind: "schedule-to-start";
+      readonly task: TaskState;
+      readonly attempt: number;
+      readonly limitMs: number;
+    }
+  | { readonly kind: "start-to-close"; readonly task: TaskState; readonly token: number }
+  | { readonly kind: "retry"; readonly task: TaskState }
+  | { readonly kind: "run-deadline"; readonly run: RunState }
+  | { readonly kind: "lease-grace"; readonly task: TaskState; readonly token: number };
+
+/**
+ * The effects of the rules, carried out by the shell as they are reported (no array of them is
+ * built on the hot path). Rows and events are committed together by the next commit.
+ */
+export interface Effects {
+  /** The run's row changed. */
+  writeRun(run: RunState): void;
+  /** The task's row changed. */
+  writeTask(task: TaskState): void;
+  /** The attempt's row changed. */
+  writeAttempt(attempt: AttemptState): void;
+  /** A lifecycle event of the run, numbered in this order. */
+  event(run: RunState, event: EventInit): void;
+  /** The task is ready: offer its lease to the sessions (`front`: a released lease keeps its place). */
+  offer(task: TaskState, front: boolean): void;
+  /** Hand out leases soon (a pass over the ready queues). */
+  pump(): void;
+  /** Tell the executor holding the task's lease to stop. */
+  cancelLease(task: TaskState, reason: string): void;
+  /** The task's lease ended: any grace timer of it is moot. */
+  leaseEnded(task: TaskState): void;
+  /** Set a timer, due in `delayMs`. */
+  setTimer(timer: Timer, delayMs: number): void;
+  /** Read the task's offloaded output back (see reports.ts outputResolved/outputUnavailable). */
+  resolveOutput(task: TaskState): void;
+  /** Evaluate the run once the reports already received are applied (see runs.ts advance). */
+  advanceSoon(run: RunState): void;
+  /** The run ended: once committed, it leaves memory (see runs.ts forgetRun). */
+  runEnded(run: RunState): void;
+  /** Commit now (nobody needs to wait for it). */
+  commit(): void;
+  /** Commit soon, with the next commit if one is near. */
+  commitSoon(): void;
+}
+
+/** The state the rules work on and where their effects go. */
+export interface Core {
+  /** Active runs by id. */
+  readonly runs: Map<string, RunState>;
+  /** Task runs of active runs (and leased tasks of runs just ended) by id. */
+  readonly tasks: Map<string, TaskState>;
+  /** Attached sessions by id. */
+  readonly sessions: ReadonlyMap<string, SessionLeases>;
+  readonly fx: Effects;
+  /** Grace of a lease whose session was lost before it expires. */
+  readonly sessionTimeoutMs: number;
+  /** A new unique id (runs, task runs). */
+  newId(): string;
+}
+
+/** Why a report was not accepted; sent back as `Rejected`. */
+export interface Rejection {
+  code: "FAILED_PRECONDITION" | "NOT_FOUND" | "INVALID_ARGUMENT" | "RESOURCE_EXHAUSTED";
+  message: string;
+}

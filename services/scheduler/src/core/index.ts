@@ -1,0 +1,47 @@
+/**
+ * The engine's rules, as a pure core: each input (a run started or cancelled, a lease granted, a
+ * task started, completed, failed or released, a heartbeat, a timer fired, a session lost or
+ * re-attached) changes the in-memory model (context.ts) and reports the effects to carry out
+ * (rows and events to write, leases to offer, timers to set, messages to send) to the shell,
+ * engine/engine.ts, which performs them through an EngineStore and the executor sessions. Nothing
+ * here does I/O or reads a clock: time, jitter and ids are inputs. One file per job:
+ *
+ * - transitions.ts: the state changes the rules are made of (queue, end, fail, complete)
+ * - runs.ts: start, advance (DAG evaluation applied), cancel, run deadline, refusal
+ * - compensation.ts: the saga rollback in waves
+ * - leasing.ts: granting a lease, and whether it still stands when committed
+ * - fencing.ts: judging a report by its lease key
+ * - reports.ts: started, heartbeat, completed, failed, released; offloaded outputs
+ * - retries.ts: a failed attempt retried by policy (jitter an input) or failed for good
+ * - timers.ts / timeouts.ts: arming the durable timers / what each does when it fires
+ * - sessions.ts: lost sessions, the grace of their leases, reclaim on re-attach
+ * - recovery.ts: the model rebuilt from storage and resumed
+ */
+export type { Core, Effects, EventInit, Moment, Rejection, SessionLeases, Timer } from "./context.js";
+export { advanceCompensation } from "./compensation.js";
+export { checkReport, keyMatches, leaseKey } from "./fencing.js";
+export { grantLease, leaseStands } from "./leasing.js";
+export { recover, type Recovered } from "./recovery.js";
+export {
+  completed,
+  failed,
+  heartbeat,
+  outputResolved,
+  outputUnavailable,
+  released,
+  started,
+} from "./reports.js";
+export { failAttempt, retryDelay, retryPolicyOf } from "./retries.js";
+export {
+  advance,
+  advanceAny,
+  cancelRun,
+  dropRefusedRun,
+  forgetRun,
+  startRun,
+  timeOutRun,
+  type RunStart,
+} from "./runs.js";
+export { isSilent, reclaim, sessionLost } from "./sessions.js";
+export { armStartToClose } from "./timers.js";
+export { checkHeartbeat, timerFired } from "./timeouts.js";

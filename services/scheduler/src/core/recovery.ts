@@ -1,0 +1,96 @@
+/**
+ * Recovery: the model rebuilt from what storage holds (engine-store.ts StoredActiveState), and
+ * every run picked up where it was: queued tasks offered again with what is left of their
+ * schedule-to-start timeout, retries re-armed, held leases given a grace period for their
+ * executors to reconnect and reclaim them, offloaded outputs read back, runs advanced.
+ */
+import type { CompiledWorkflow } from "../dag/index.js";
+import type { StoredActiveState } from "../persistence/engine-store.js";
+import { ACTIVE_LEASE, type RunState, type TaskState } from "../model/run-state.js";
+import type { Core, Moment } from "./context.js";
+import { advanceAny } from "./runs.js";
+import { orphan } from "./sessions.js";
+import { armRetry, armRunDeadline, armScheduleToStart } from "./timers.js";
+
+/** What was recovered. */
+export interface Recovered {
+  readonly runs: readonly RunState[];
+  /** Tasks offered again. */
+  readonly queued: number;
+  /** Leases waiting for their executor to reclaim them. */
+  readonly orphaned: number;
+}
+
+/**
+ * Rebuilds the active runs from `stored` (`workflows` by definition id, `requestHashes` by run id
+ * for runs whose idempotency key still names them) and resumes them; held leases get `graceMs`.
+ */
+export function recover(
+  core: Core,
+  stored: StoredActiveState,
+  workflows: ReadonlyMap<number, CompiledWorkflow>,
+  requestHashes: ReadonlyMap<string, string>,
+  graceMs: number,
+  at: Moment,
+): Recovered {
+  const runs: RunState[] = [];
+  for (const r of stored.runs) {
+    const workflow = workflows.get(r.definitionId);
+    if (workflow === undefined) throw new Error(`no workflow definition ${r.definitionId} for run ${r.id}`);
+    const run: RunState = {
+      id: r.id,
+      definitionId: r.definitionId,
+      workflow,
+      status: r.status,
+      input: r.input,
+      output: null,
+      error: null,
+      idempotencyKey: r.idempotencyKey,
+      requestHash: requestHashes.get(r.id) ?? null,
+      labels: r.labels,
+      cancelRequested: r.cancelRequested,
+      compensateOnCancel: r.compensateOnCancel,
+      eventSeq: r.lastEventSeq,
+      deadline: r.deadline,
+      createdAt: r.createdAt,
+      endedAt: null,
+      tasks: new Map(),
+      compensations: new Map(),
+      compensationWaves: null,
+      rollbackError: r.error,
+    };
+    core.runs.set(run.id, run);
+    runs.push(run);
+  }
+  let queued = 0;
+  let orphaned = 0;
+  const nowMs = at.now.getTime();
+  for (const t of stored.tasks) {
+    const run = core.runs.get(t.runId);
+    if (run === undefined) continue;
+    const task: TaskState = { ...t, sessionId: null, lastHeartbeat: at.mono };
+    if (task.kind === "STEP") run.tasks.set(task.stepId, task);
+    else run.compensations.set(task.stepId, task);
+    core.tasks.set(task.id, task);
+    if (task.status === "QUEUED") {
+      core.fx.offer(task, false);
+      // The wait in the queue goes on across the restart: only what is left of it remains.
+      armScheduleToStart(core, task, nowMs);
+      queued++;
+    } else if (task.status === "RETRY_WAIT") {
+      armRetry(core, task, nowMs);
+    } else if (ACTIVE_LEASE.has(task.status)) {
+      orphan(core, task, graceMs);
+      orphaned++;
+    }
+  }
+  for (const task of core.tasks.values()) {
+    if (task.kind === "STEP" && task.status === "SUCCEEDED" && task.outputRef !== null)
+      core.fx.resolveOutput(task);
+  }
+  for (const run of runs) {
+    armRunDeadline(core, run, nowMs);
+    advanceAny(core, run, at.now);
+  }
+  return { runs, queued, orphaned };
+}

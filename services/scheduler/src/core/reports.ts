@@ -1,0 +1,192 @@
+/**
+ * An executor's reports about a lease it holds: started, heartbeat, completed (accepted at most
+ * once), failed, released; and the offloaded output of a completion read back, or not readable.
+ * Every report is fenced first (fencing.ts).
+ */
+import type { LeaseKey } from "@nexusflow/gen";
+import { jsonToValue } from "@nexusflow/common";
+import { toArtifactRef } from "@nexusflow/common/artifacts";
+import type { ErrorInfo, TaskState } from "../model/run-state.js";
+import { advanceCompensation } from "./compensation.js";
+import type { Core, Moment, Rejection } from "./context.js";
+import { checkReport, isRejection } from "./fencing.js";
+import { failAttempt } from "./retries.js";
+import { advance } from "./runs.js";
+import { detach, failTerminally, finishAttempt, endTask, taskKind } from "./transitions.js";
+
+/** Who reports: the session and its executor. */
+export interface Reporter {
+  readonly id: string;
+  readonly executorId: string;
+}
+
+/**
+ * The attempt began: RUNNING, its start time and a taskStarted event. Also applied by a Completed
+ * or Failed report for an attempt still LEASED, because an executor may leave out the Started of
+ * an attempt that finished before Started was sent (the result implies the start).
+ */
+function markStarted(core: Core, task: TaskState, executorId: string, at: Moment): void {
+  const run = core.runs.get(task.runId);
+  task.status = "RUNNING";
+  task.lastHeartbeat = at.mono;
+  if (task.current !== null) {
+    task.current.status = "RUNNING";
+    task.current.startedAt = at.now;
+    core.fx.writeAttempt(task.current);
+  }
+  core.fx.writeTask(task);
+  if (run !== undefined) {
+    core.fx.event(run, {
+      case: "taskStarted",
+      value: {
+        taskRunId: task.id,
+        stepId: task.stepId,
+        attempt: task.attempt,
+        executorId,
+        kind: taskKind(task),
+      },
+    });
+  }
+}
+
+/** Started report. */
+export function started(
+  core: Core,
+  session: Reporter,
+  key: LeaseKey | undefined,
+  at: Moment,
+): Rejection | null {
+  const task = checkReport(core, session.id, key);
+  if (isRejection(task)) return task;
+  if (task.status !== "LEASED")
+    return { code: "FAILED_PRECONDITION", message: `task run ${task.id} was already started` };
+  markStarted(core, task, session.executorId, at);
+  // No commit of its own when another is near: RUNNING rides along with it.
+  core.fx.commitSoon();
+  return null;
+}
+
+/** Heartbeat report for a task. */
+export function heartbeat(
+  core: Core,
+  session: Reporter,
+  key: LeaseKey | undefined,
+  at: Moment,
+): Rejection | null {
+  const task = checkReport(core, session.id, key);
+  if (isRejection(task)) return task;
+  task.lastHeartbeat = at.mono;
+  return null;
+}
+
+/** Completed report: accepted at most once per task. */
+export function completed(
+  core: Core,
+  session: Reporter,
+  key: LeaseKey | undefined,
+  output: unknown,
+  outputRef: unknown,
+  logs: unknown,
+  at: Moment,
+): Rejection | null {
+  const task = checkReport(core, session.id, key);
+  if (isRejection(task)) return task;
+  if (task.status === "LEASED") markStarted(core, task, session.executorId, at);
+  const run = core.runs.get(task.runId);
+  const now = at.now;
+  finishAttempt(core, task, "SUCCEEDED", null, now, logs);
+  task.output = output ?? null;
+  task.outputRef = outputRef ?? null;
+  endTask(core, task, "SUCCEEDED", now);
+  if (task.kind === "STEP" && task.outputRef !== null) core.fx.resolveOutput(task);
+  if (run !== undefined) {
+    core.fx.event(run, {
+      case: "taskSucceeded",
+      value: {
+        taskRunId: task.id,
+        stepId: task.stepId,
+        attempt: task.attempt,
+        ...(task.outputRef === null
+          ? { output: jsonToValue(output) }
+          : { outputRef: toArtifactRef(task.outputRef) }),
+        kind: taskKind(task),
+      },
+    });
+    if (task.kind === "STEP") {
+      // The completions of a wide fan-in that arrive together cost one evaluation, not one each;
+      // the commit follows it, so a completion and the steps it makes ready are written together.
+      core.fx.advanceSoon(run);
+      return null;
+    }
+    advanceCompensation(core, run, now);
+  }
+  core.fx.commit();
+  return null;
+}
+
+/** Failed report: retried per policy or failed for good. */
+export function failed(
+  core: Core,
+  session: Reporter,
+  key: LeaseKey | undefined,
+  error: ErrorInfo,
+  retryAfterMs: number,
+  logs: unknown,
+  at: Moment,
+): Rejection | null {
+  const task = checkReport(core, session.id, key);
+  if (isRejection(task)) return task;
+  if (task.status === "LEASED") markStarted(core, task, session.executorId, at);
+  failAttempt(core, task, error, retryAfterMs, at, logs);
+  return null;
+}
+
+/** Release report: the lease goes back to the front of the queue without counting as a failure. */
+export function released(
+  core: Core,
+  session: Reporter,
+  key: LeaseKey | undefined,
+  reason: string,
+  at: Moment,
+): Rejection | null {
+  const task = checkReport(core, session.id, key);
+  if (isRejection(task)) return task;
+  const now = at.now;
+  const error = { type: "RELEASED", message: reason || "released by the executor", retryable: true };
+  finishAttempt(core, task, "CANCELLED", error, now);
+  detach(core, task);
+  task.status = "QUEUED";
+  task.queuedAt = now;
+  core.fx.writeTask(task);
+  core.fx.offer(task, true);
+  core.fx.pump();
+  return null;
+}
+
+/** A step's offloaded output was read back: templates, conditions and the output mapping see it now. */
+export function outputResolved(core: Core, task: TaskState, value: unknown, now: Date): void {
+  task.resolvedOutput = value ?? null;
+  const run = core.runs.get(task.runId);
+  if (run === undefined) return;
+  advance(core, run, now);
+  core.fx.commit();
+}
+
+/** A step's offloaded output is gone or corrupt: the step fails (OUTPUT_UNAVAILABLE). */
+export function outputUnavailable(core: Core, task: TaskState, reason: string, now: Date): void {
+  const run = core.runs.get(task.runId);
+  if (run === undefined || task.status !== "SUCCEEDED") return;
+  failTerminally(
+    core,
+    run,
+    task,
+    {
+      type: "OUTPUT_UNAVAILABLE",
+      message: `the offloaded output of step ${task.stepId} cannot be read: ${reason}`,
+      retryable: false,
+    },
+    now,
+  );
+  advance(core, run, now);
+  core.fx.commit();
+}

@@ -1,0 +1,212 @@
+/**
+ * A run's own inputs: started, advanced (its DAG evaluated and what became ready, skipped or
+ * failed applied), cancelled, timed out, refused by storage, and forgotten once its end is committed.
+ */
+import { jsonToValue } from "@nexusflow/common";
+import { evaluateRun, type CompiledWorkflow } from "../dag/index.js";
+import {
+  ACTIVE_LEASE,
+  STORAGE_REFUSED,
+  TERMINAL_RUN_STATUSES,
+  TERMINAL_TASK_STATUSES,
+  newRunState,
+  newTaskState,
+  type ErrorInfo,
+  type RunState,
+} from "../model/run-state.js";
+import { advanceCompensation, startCompensation } from "./compensation.js";
+import type { Core } from "./context.js";
+import { armRunDeadline } from "./timers.js";
+import {
+  completeRun,
+  detach,
+  endTask,
+  failTerminally,
+  finishAttempt,
+  queueTask,
+  stepStates,
+} from "./transitions.js";
+
+/** What a new run is started with (its input already validated). */
+export interface RunStart {
+  definitionId: number;
+  workflow: CompiledWorkflow;
+  input: unknown;
+  idempotencyKey: string | null;
+  requestHash: string | null;
+  labels: Record<string, string>;
+}
+
+/** Starts a run: its tasks, its runStarted event, its first ready steps and its deadline. */
+export function startRun(core: Core, start: RunStart, now: Date): RunState {
+  const run = newRunState({ ...start, id: core.newId(), now });
+  for (const step of start.workflow.steps) {
+    const task = newTaskState(run.id, step.id, "STEP", step.type, step.order, now, core.newId());
+    core.tasks.set(task.id, task);
+    core.fx.writeTask(task);
+    run.tasks.set(step.id, task);
+  }
+  core.runs.set(run.id, run);
+  core.fx.writeRun(run);
+  core.fx.event(run, {
+    case: "runStarted",
+    value: {
+      input: jsonToValue(run.input),
+      idempotencyKey: start.idempotencyKey ?? "",
+      labels: start.labels,
+    },
+  });
+  advance(core, run, now);
+  armRunDeadline(core, run, now.getTime());
+  return run;
+}
+
+/** Evaluates the DAG and applies what became ready, skipped or failed; completes the run when done. */
+export function advance(core: Core, run: RunState, now: Date): void {
+  if (TERMINAL_RUN_STATUSES.has(run.status) || run.cancelRequested) return;
+  for (let round = 0; round < run.workflow.steps.length + 1; round++) {
+    const ev = evaluateRun(run.workflow, run.input ?? null, stepStates(run), {
+      id: run.id,
+      workflow: run.workflow.name,
+      version: run.workflow.version,
+    });
+    for (const r of ev.ready) {
+      const task = run.tasks.get(r.stepId);
+      if (task === undefined || task.status !== "PENDING") continue;
+      task.input = r.input;
+      queueTask(core, task, now);
+    }
+    for (const s of ev.skip) {
+      const task = run.tasks.get(s.stepId);
+      if (task === undefined || task.status !== "PENDING") continue;
+      task.skipReason = s.reason;
+      endTask(core, task, "SKIPPED", now);
+      core.fx.event(run, {
+        case: "taskSkipped",
+        value: { taskRunId: task.id, stepId: task.stepId, reason: s.reason },
+      });
+    }
+    for (const f of ev.fail) {
+      const task = run.tasks.get(f.stepId);
+      if (task === undefined || task.status !== "PENDING") continue;
+      failTerminally(
+        core,
+        run,
+        task,
+        { type: f.error.type, message: f.error.message, retryable: false },
+        now,
+      );
+    }
+    if (ev.outcome !== undefined) {
+      if (ev.outcome.status === "succeeded")
+        completeRun(core, run, "SUCCEEDED", ev.outcome.output, null, now);
+      else {
+        const failed = ev.outcome.failedSteps;
+        const first = failed[0] === undefined ? undefined : run.tasks.get(failed[0]);
+        const error: ErrorInfo =
+          ev.outcome.error !== undefined
+            ? {
+                type: ev.outcome.error.type,
+                message: `output mapping: ${ev.outcome.error.message}`,
+                retryable: false,
+              }
+            : {
+                type: first?.error?.type ?? "STEP_FAILED",
+                message: `step${failed.length === 1 ? "" : "s"} ${failed.join(", ")} failed${first?.error ? `: ${first.error.message}` : ""}`,
+                retryable: false,
+              };
+        if (!startCompensation(core, run, error, now)) completeRun(core, run, "FAILED", null, error, now);
+      }
+      break;
+    }
+    // Another round only when a render failure may have decided more steps.
+    if (ev.fail.length === 0) break;
+  }
+  core.fx.pump();
+}
+
+/** Advances a run in either direction: its DAG, or its rollback. */
+export function advanceAny(core: Core, run: RunState, now: Date): void {
+  if (run.status === "COMPENSATING") advanceCompensation(core, run, now);
+  else advance(core, run, now);
+}
+
+/** Cancels every unfinished step task of `run`, telling executors to stop leased ones. */
+function stopActiveTasks(core: Core, run: RunState, reason: string, error: ErrorInfo, now: Date): void {
+  for (const task of run.tasks.values()) {
+    if (TERMINAL_TASK_STATUSES.has(task.status)) continue;
+    if (ACTIVE_LEASE.has(task.status)) {
+      core.fx.cancelLease(task, reason);
+      finishAttempt(core, task, "CANCELLED", error, now);
+    }
+    endTask(core, task, "CANCELLED", now);
+    core.fx.event(run, { case: "taskCancelled", value: { taskRunId: task.id, stepId: task.stepId, reason } });
+  }
+}
+
+/**
+ * Cancels a run: pending work is cancelled, leased tasks are told to stop. With `compensate`, the
+ * compensations of the steps that succeeded run afterwards. Idempotent: returns false (and does
+ * nothing) for a run already ended, cancelled or rolling back.
+ */
+export function cancelRun(
+  core: Core,
+  run: RunState,
+  reason: string,
+  compensate: boolean,
+  now: Date,
+): boolean {
+  if (TERMINAL_RUN_STATUSES.has(run.status) || run.cancelRequested || run.status === "COMPENSATING")
+    return false;
+  run.cancelRequested = true;
+  run.compensateOnCancel = compensate;
+  core.fx.writeRun(run);
+  core.fx.event(run, { case: "runCancelRequested", value: { reason, compensate } });
+  const error: ErrorInfo = { type: "CANCELLED", message: reason, retryable: false };
+  stopActiveTasks(core, run, `run cancelled: ${reason}`, error, now);
+  if (!compensate || !startCompensation(core, run, error, now))
+    completeRun(core, run, "CANCELLED", null, error, now);
+  return true;
+}
+
+/** The run's deadline passed: its tasks are cancelled and it ends TIMED_OUT. */
+export function timeOutRun(core: Core, run: RunState, now: Date): void {
+  if (TERMINAL_RUN_STATUSES.has(run.status)) return;
+  const error: ErrorInfo = { type: "RUN_TIMEOUT", message: "the run exceeded its timeout", retryable: false };
+  stopActiveTasks(core, run, "run timed out", error, now);
+  completeRun(core, run, "TIMED_OUT", null, error, now);
+  core.fx.commit();
+}
+
+/** The run's end is committed: it lives only in storage now (leased tasks stay to reject reports). */
+export function forgetRun(core: Core, run: RunState): void {
+  core.runs.delete(run.id);
+  for (const t of run.tasks.values()) if (!ACTIVE_LEASE.has(t.status)) core.tasks.delete(t.id);
+  for (const t of run.compensations.values()) if (!ACTIVE_LEASE.has(t.status)) core.tasks.delete(t.id);
+}
+
+/**
+ * Storage refused the run's changes for their data (retrying would fail forever): the run leaves
+ * memory FAILED with STORAGE_REFUSED, executors holding its leases are told to stop. Returns the
+ * run, or undefined when it is not active.
+ */
+export function dropRefusedRun(core: Core, runId: string, cause: string): RunState | undefined {
+  const run = core.runs.get(runId);
+  if (run === undefined) return undefined;
+  const error: ErrorInfo = {
+    type: STORAGE_REFUSED,
+    message: `PostgreSQL refused to store the run's changes: ${cause}`,
+    retryable: false,
+  };
+  for (const task of [...run.tasks.values(), ...run.compensations.values()]) {
+    if (ACTIVE_LEASE.has(task.status))
+      core.fx.cancelLease(task, "the run failed: its changes cannot be stored");
+    detach(core, task);
+    task.status = "CANCELLED";
+    core.tasks.delete(task.id);
+  }
+  run.status = "FAILED";
+  run.error = error;
+  core.runs.delete(runId);
+  return run;
+}

@@ -1,0 +1,72 @@
+/**
+ * Executor sessions and their leases: a lost session's leases wait out a grace period for their
+ * executor to reconnect and reclaim them (Attach.held_leases); unclaimed, they expire as a failed
+ * attempt. A silent session is declared lost.
+ */
+import type { LeaseKey } from "@nexusflow/gen";
+import { ACTIVE_LEASE, type TaskState } from "../model/run-state.js";
+import type { Core, Moment, SessionLeases } from "./context.js";
+import { keyMatches } from "./fencing.js";
+import { failAttempt } from "./retries.js";
+
+/** Starts the grace period of a lease without a session; it expires unless an executor reclaims it. */
+export function orphan(core: Core, task: TaskState, graceMs: number): void {
+  task.sessionId = null;
+  core.fx.setTimer({ kind: "lease-grace", task, token: task.fencingToken }, graceMs);
+}
+
+/** The session ended: its leases wait for a reconnect, then expire. */
+export function sessionLost(core: Core, session: SessionLeases): void {
+  for (const id of session.leases) {
+    const task = core.tasks.get(id);
+    if (task !== undefined && task.sessionId === session.id && ACTIVE_LEASE.has(task.status))
+      orphan(core, task, core.sessionTimeoutMs);
+  }
+  session.leases.clear();
+}
+
+/**
+ * A lease's grace period ended: unless reclaimed (or decided) meanwhile, the attempt fails with
+ * LEASE_EXPIRED. Returns whether it did.
+ */
+export function leaseGraceExpired(core: Core, task: TaskState, token: number, at: Moment): boolean {
+  if (task.fencingToken !== token || !ACTIVE_LEASE.has(task.status) || task.sessionId !== null) return false;
+  failAttempt(
+    core,
+    task,
+    { type: "LEASE_EXPIRED", message: `executor ${task.executorId ?? "?"} was lost`, retryable: true },
+    0,
+    at,
+  );
+  return true;
+}
+
+/**
+ * A session attached with the leases its executor says it holds: those that are still its current
+ * leases move to the session; the others are returned, to be revoked.
+ */
+export function reclaim(core: Core, session: SessionLeases, held: readonly LeaseKey[]): LeaseKey[] {
+  const revoked: LeaseKey[] = [];
+  for (const key of held) {
+    const task = core.tasks.get(key.taskRunId);
+    if (
+      task === undefined ||
+      !keyMatches(task, key) ||
+      !ACTIVE_LEASE.has(task.status) ||
+      task.executorId !== session.executorId
+    ) {
+      revoked.push(key);
+      continue;
+    }
+    core.fx.leaseEnded(task);
+    if (task.sessionId !== null) core.sessions.get(task.sessionId)?.leases.delete(task.id);
+    task.sessionId = session.id;
+    session.leases.add(task.id);
+  }
+  return revoked;
+}
+
+/** Whether a session has been silent longer than the session timeout (monotonic ms). */
+export function isSilent(lastSeen: number, mono: number, sessionTimeoutMs: number): boolean {
+  return mono - lastSeen > sessionTimeoutMs;
+}

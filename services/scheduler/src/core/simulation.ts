@@ -1,0 +1,131 @@
+/**
+ * A whole engine core driven by hand, for tests without a server (test code): effects are recorded
+ * and carried out in memory (offers queue up, timers wait in a list until fired, rows and events
+ * are kept), time moves only when the test says so, and ids and jitter are deterministic.
+ */
+import { create } from "@bufbuild/protobuf";
+import { LeaseKeySchema, type LeaseKey } from "@nexusflow/gen";
+import { compileWorkflow, type CompiledWorkflow } from "../dag/index.js";
+import type { AttemptState, RunState, TaskState } from "../model/run-state.js";
+import type { Core, Effects, EventInit, Moment, SessionLeases, Timer } from "./context.js";
+import { leaseKey } from "./fencing.js";
+import { grantLease } from "./leasing.js";
+import { forgetRun } from "./runs.js";
+import { timerFired } from "./timeouts.js";
+
+/** Compiles a workflow spec or throws. */
+export function workflowOf(spec: unknown): CompiledWorkflow {
+  const r = compileWorkflow(spec);
+  if (!r.ok) throw new Error(r.errors.map((e) => `${e.path}: ${e.message}`).join("; "));
+  return r.workflow;
+}
+
+/** An event as recorded. */
+export interface RecordedEvent {
+  runId: string;
+  case: EventInit["case"];
+  value: EventInit["value"];
+}
+
+/** The simulated core (see the module comment). */
+export class Simulation {
+  readonly sessions = new Map<string, SessionLeases>();
+  readonly offered: TaskState[] = [];
+  readonly timers: { timer: Timer; due: number }[] = [];
+  readonly events: RecordedEvent[] = [];
+  readonly cancels: { taskRunId: string; reason: string }[] = [];
+  readonly written = {
+    runs: new Set<RunState>(),
+    tasks: new Set<TaskState>(),
+    attempts: new Set<AttemptState>(),
+  };
+  readonly ended: RunState[] = [];
+  readonly soon = new Set<RunState>();
+  commits = 0;
+  clock = 1_000_000;
+  jitter = 0.5;
+  private ids = 0;
+  readonly core: Core;
+
+  constructor(sessionTimeoutMs = 10_000) {
+    const fx: Effects = {
+      writeRun: (r) => this.written.runs.add(r),
+      writeTask: (t) => this.written.tasks.add(t),
+      writeAttempt: (a) => this.written.attempts.add(a),
+      event: (run, e) => this.events.push({ runId: run.id, case: e.case, value: e.value }),
+      offer: (t, front) => (front ? this.offered.unshift(t) : this.offered.push(t)),
+      pump: () => undefined,
+      cancelLease: (t, reason) => this.cancels.push({ taskRunId: t.id, reason }),
+      leaseEnded: () => undefined,
+      setTimer: (timer, ms) => this.timers.push({ timer, due: this.clock + Math.max(0, ms) }),
+      resolveOutput: (t) => (t.resolvedOutput = t.outputRef),
+      advanceSoon: (run) => this.soon.add(run),
+      runEnded: (run) => this.ended.push(run),
+      commit: () => this.commits++,
+      commitSoon: () => this.commits++,
+    };
+    this.core = {
+      runs: new Map(),
+      tasks: new Map(),
+      sessions: this.sessions,
+      fx,
+      sessionTimeoutMs,
+      newId: () => `id-${++this.ids}`,
+    };
+  }
+
+  /** The time of the next input. */
+  at(): Moment {
+    return { now: new Date(this.clock), mono: this.clock, jitter: this.jitter };
+  }
+
+  /** Attaches a session. */
+  session(id: string, executorId = id): SessionLeases {
+    const s = { id, executorId, leases: new Set<string>() };
+    this.sessions.set(id, s);
+    return s;
+  }
+
+  /** Leases the oldest offered task still QUEUED to `session`; undefined when none is. */
+  lease(session: SessionLeases): TaskState | undefined {
+    while (this.offered.length > 0) {
+      const task = this.offered.shift() as TaskState;
+      if (task.status !== "QUEUED") continue;
+      const run = this.core.runs.get(task.runId);
+      if (run === undefined) continue;
+      grantLease(this.core, run, task, session, this.at().now);
+      return task;
+    }
+    return undefined;
+  }
+
+  /** The lease key of the task's current lease, as an executor sends it. */
+  key(task: TaskState): LeaseKey {
+    return create(LeaseKeySchema, leaseKey(task));
+  }
+
+  /** Moves time on by `ms` and fires the timers then due, in order. */
+  advanceTime(ms: number): void {
+    this.clock += ms;
+    for (;;) {
+      this.timers.sort((a, b) => a.due - b.due);
+      const next = this.timers[0];
+      if (next === undefined || next.due > this.clock) return;
+      this.timers.shift();
+      timerFired(this.core, next.timer, this.at());
+    }
+  }
+
+  /** Evaluates the runs marked to advance soon, and forgets ended runs (their commit happened). */
+  settle(advance: (run: RunState) => void): void {
+    const runs = [...this.soon];
+    this.soon.clear();
+    for (const r of runs) advance(r);
+    for (const r of this.ended.splice(0)) forgetRun(this.core, r);
+  }
+
+  /** The event cases of a run, in order. */
+  eventsOf(runId: string): string[] {
+    return this.events.filter((e) => e.runId === runId).map((e) => e.case ?? "");
+  }
+}

@@ -1,0 +1,143 @@
+/**
+ * The state changes every rule is made of: a task queued, its attempt finished, the task ended or
+ * failed for good, its lease detached from its session, the run completed. Each writes the rows it
+ * changes and the events it implies.
+ */
+import { errorToProto, jsonToValue } from "@nexusflow/common";
+import { RunStatus, TaskKind } from "@nexusflow/gen";
+import type { StepState } from "../dag/index.js";
+import type { ErrorInfo, RunState, TaskState, TaskStatusName } from "../model/run-state.js";
+import type { Core } from "./context.js";
+import { armScheduleToStart } from "./timers.js";
+
+/** The task's kind as in events. */
+export function taskKind(task: TaskState): TaskKind {
+  return task.kind === "STEP" ? TaskKind.STEP : TaskKind.COMPENSATION;
+}
+
+/** A task as DAG evaluation sees it. */
+export function stepState(t: TaskState): StepState {
+  switch (t.status) {
+    case "PENDING":
+      return { status: "pending" };
+    case "QUEUED":
+    case "LEASED":
+    case "RUNNING":
+    case "RETRY_WAIT":
+      return { status: "active", input: t.input };
+    case "SUCCEEDED":
+      // An offloaded output counts once it has been read back (see reports.ts outputResolved).
+      if (t.outputRef !== null && t.outputRef !== undefined) {
+        return t.resolvedOutput === undefined
+          ? { status: "active", input: t.input }
+          : { status: "succeeded", output: t.resolvedOutput, input: t.input };
+      }
+      return { status: "succeeded", output: t.output, input: t.input };
+    case "FAILED":
+      return { status: "failed", input: t.input };
+    case "SKIPPED":
+      return { status: "skipped", skipReason: t.skipReason ?? "upstream" };
+    case "CANCELLED":
+      return { status: "cancelled" };
+  }
+}
+
+/** The DAG states of a run's steps. */
+export function stepStates(run: RunState): Map<string, StepState> {
+  const states = new Map<string, StepState>();
+  for (const t of run.tasks.values()) states.set(t.stepId, stepState(t));
+  return states;
+}
+
+/** Moves a task to QUEUED, offers its lease and arms its schedule-to-start timeout. */
+export function queueTask(core: Core, task: TaskState, now: Date): void {
+  task.status = "QUEUED";
+  task.queuedAt = now;
+  core.fx.writeTask(task);
+  core.fx.offer(task, false);
+  armScheduleToStart(core, task, null);
+}
+
+/** Removes the task's lease from its session (the session gets no credit back: the executor grants it). */
+export function detach(core: Core, task: TaskState): void {
+  if (task.sessionId !== null) core.sessions.get(task.sessionId)?.leases.delete(task.id);
+  task.sessionId = null;
+  task.leaseExpiresAt = null;
+  core.fx.leaseEnded(task);
+}
+
+/** Ends the current attempt with `status`. */
+export function finishAttempt(
+  core: Core,
+  task: TaskState,
+  status: TaskStatusName,
+  error: ErrorInfo | null,
+  now: Date,
+  logs?: unknown,
+): void {
+  const a = task.current;
+  if (a === null) return;
+  a.status = status;
+  a.error = error;
+  a.endedAt = now;
+  if (logs !== undefined) a.logs = logs;
+  core.fx.writeAttempt(a);
+  task.current = null;
+}
+
+/** Ends a task with a terminal `status`. */
+export function endTask(core: Core, task: TaskState, status: TaskStatusName, now: Date): void {
+  task.status = status;
+  task.endedAt = now;
+  task.nextAttemptAt = null;
+  detach(core, task);
+  core.fx.writeTask(task);
+}
+
+/** Fails a task for good without an attempt of its own (render errors, unreadable outputs). */
+export function failTerminally(
+  core: Core,
+  run: RunState,
+  task: TaskState,
+  error: ErrorInfo,
+  now: Date,
+): void {
+  task.error = error;
+  endTask(core, task, "FAILED", now);
+  core.fx.event(run, {
+    case: "taskFailed",
+    value: {
+      taskRunId: task.id,
+      stepId: task.stepId,
+      attempt: task.attempt,
+      final: true,
+      kind: taskKind(task),
+      error: errorToProto(error),
+    },
+  });
+}
+
+/** Ends the run with `status`; once committed it leaves memory. */
+export function completeRun(
+  core: Core,
+  run: RunState,
+  status: RunState["status"],
+  output: unknown,
+  error: ErrorInfo | null,
+  now: Date,
+): void {
+  run.status = status;
+  run.output = output ?? null;
+  run.error = error;
+  run.endedAt = now;
+  core.fx.writeRun(run);
+  core.fx.event(run, {
+    case: "runCompleted",
+    value: {
+      status: RunStatus[status],
+      ...(output === null || output === undefined ? {} : { output: jsonToValue(output) }),
+      ...(error === null ? {} : { error: errorToProto(error) }),
+    },
+  });
+  core.fx.runEnded(run);
+}

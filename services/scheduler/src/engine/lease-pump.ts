@@ -1,0 +1,98 @@
+/**
+ * Passes over the ready queues: queued tasks go to sessions with credit (core leasing.ts), and each
+ * lease is sent once its grant is committed, if it still stands; then why the tasks left wait is
+ * recorded (TaskRun.pending_reason) and the runs' watchers are woken when that changed.
+ */
+import type { Logger } from "@nexusflow/common";
+import * as core from "../core/index.js";
+import type { Core } from "../core/index.js";
+import type { EngineStore } from "../persistence/engine-store.js";
+import type { TaskState } from "../model/run-state.js";
+import type { Dispatcher, SessionHandle } from "./dispatcher.js";
+import { leaseMessage } from "./messages.js";
+import type { UnservedTypes } from "./pending.js";
+import type { Watchers } from "./watchers.js";
+
+/** What the lease pump works with. */
+export interface LeasePumpOptions {
+  log: Logger;
+  dispatcher: Dispatcher;
+  store: EngineStore;
+  unserved: UnservedTypes;
+  watchers: Watchers;
+  core(): Core;
+  /** Whether the engine is RUNNING (no leases otherwise). */
+  running(): boolean;
+}
+
+/** The lease pump (see the module comment). */
+export class LeasePump {
+  private scheduled = false;
+
+  constructor(private readonly o: LeasePumpOptions) {}
+
+  /** Runs a pass soon (once per event-loop turn however often asked). */
+  schedule(): void {
+    if (this.scheduled) return;
+    this.scheduled = true;
+    setImmediate(() => {
+      this.scheduled = false;
+      this.pump();
+    });
+  }
+
+  /** Hands queued tasks to sessions with credit; leases are sent once committed. */
+  private pump(): void {
+    if (!this.o.running()) return;
+    const pairs = this.o.dispatcher.take();
+    if (pairs.length === 0) {
+      this.recordHolds();
+      return;
+    }
+    const now = new Date();
+    const granted: { session: SessionHandle; task: TaskState; token: number }[] = [];
+    for (const { session, task } of pairs) {
+      const run = this.o.core().runs.get(task.runId);
+      if (run === undefined) {
+        session.credit++;
+        continue;
+      }
+      granted.push({ session, task, token: core.grantLease(this.o.core(), run, task, session, now) });
+    }
+    this.o.store.flush().then(
+      () => {
+        const sentAt = Date.now();
+        for (const { session, task, token } of granted) {
+          if (!core.leaseStands(task, session.id, token)) {
+            // Never sent: the executor will not return its slot, so the session gets it back here.
+            if (this.o.dispatcher.sessions.get(session.id) === session) {
+              session.credit++;
+              this.schedule();
+            }
+            continue;
+          }
+          session.send(leaseMessage(this.o.core().runs.get(task.runId), task));
+          core.armStartToClose(this.o.core(), task, sentAt);
+        }
+      },
+      (e: unknown) => this.o.log.warn({ err: e }, "leases not sent: commit failed"),
+    );
+    this.recordHolds();
+    // More may fit (credit left, or tasks queued meanwhile).
+    this.schedule();
+  }
+
+  /**
+   * After a pass: records why the ready tasks it left wait (TaskRun.pending_reason), logs task
+   * types that no executor advertises, and wakes the WatchRun streams of runs whose queued tasks
+   * now wait for another reason (no commit would, since nothing stored changed).
+   */
+  private recordHolds(): void {
+    for (const { type, hold } of this.o.dispatcher.recordHolds()) {
+      this.o.unserved.update(type, hold, () => this.o.dispatcher.waiting(type).length);
+      if (this.o.watchers.size === 0) continue;
+      for (const runId of new Set(this.o.dispatcher.waiting(type).map((t) => t.runId)))
+        this.o.watchers.notify(runId);
+    }
+  }
+}
