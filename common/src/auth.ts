@@ -61,6 +61,9 @@ export const RPC_ACCESS: Readonly<Record<string, Scope | typeof PUBLIC>> = {
   "nexusflow.v1.ExecutorService/Session": Scope.EXECUTOR,
   "grpc.reflection.v1.ServerReflection/ServerReflectionInfo": PUBLIC,
   "grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo": PUBLIC,
+  // Probes (kubelet, grpc_health_probe) carry no token.
+  "grpc.health.v1.Health/Check": PUBLIC,
+  "grpc.health.v1.Health/Watch": PUBLIC,
 };
 
 /** `package.Service/Method` for a gRPC path `/package.Service/Method` (the key of {@link RPC_ACCESS}). */

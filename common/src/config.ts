@@ -420,3 +420,18 @@ export function loadGatewayConfig(env: Env = process.env): GatewayConfig {
     metrics: metrics(env, DEFAULT_METRICS_PORTS.gateway),
   };
 }
+
+/** Configuration of `migrate` (the schema step before a scheduler starts): the database and logging. */
+export interface MigrateConfig {
+  logLevel: LogLevel;
+  /** DATABASE_URL; required (migrate never starts the embedded PostgreSQL). */
+  databaseUrl: string;
+}
+
+/** Reads `migrate`'s configuration. Throws {@link ConfigError}. */
+export function loadMigrateConfig(env: Env = process.env): MigrateConfig {
+  const databaseUrl = url(env, "DATABASE_URL", ["postgres:", "postgresql:"]);
+  if (databaseUrl === undefined)
+    throw new ConfigError("DATABASE_URL", "required by migrate (the database whose schema it updates)");
+  return { logLevel: oneOf(env, "LOG_LEVEL", LOG_LEVELS, "info"), databaseUrl };
+}

@@ -5,6 +5,7 @@ export * from "./duration.js";
 export * from "./logger.js";
 export * from "./errors.js";
 export * from "./grpc.js";
+export * from "./health.js";
 export * from "./net.js";
 export * from "./reflection.js";
 export * from "./json-value.js";

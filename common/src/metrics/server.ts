@@ -2,11 +2,14 @@
  * The metrics endpoint: a small HTTP/1.1 server of its own port that answers `GET /metrics` with
  * the registry in the Prometheus text format, and nothing else (404). A port of its own keeps the
  * scrape away from the service's API (no authentication, no gRPC framing) and lets operators
- * expose it only to Prometheus.
+ * expose it only to Prometheus. The same port answers the probes of orchestrators: `GET /healthz`
+ * (live: the process answers) and, given a readiness check, `GET /readyz` (200 when ready, else
+ * 503 with the reason).
  */
 import * as http from "node:http";
 import type { Registry } from "prom-client";
 import type { MetricsConfig } from "../config.js";
+import type { ReadinessCheck } from "../health.js";
 import type { Logger } from "../logger.js";
 import { hasErrorCode } from "../net.js";
 
@@ -33,6 +36,31 @@ function hostPort(host: string, port: number): string {
   return host.includes(":") ? `[${host}]:${port}` : `${host}:${port}`;
 }
 
+/** Answers a probe: live (no check), or the check's verdict (200 "ready", 503 "not ready: why"). */
+function serveProbe(
+  req: http.IncomingMessage,
+  res: http.ServerResponse,
+  ready: ReadinessCheck | undefined,
+): void {
+  if (req.method !== "GET" && req.method !== "HEAD") {
+    res.writeHead(405, { allow: "GET, HEAD" }).end();
+    return;
+  }
+  const answer = (status: number, text: string): void => {
+    res.writeHead(status, { "content-type": "text/plain", "cache-control": "no-store" });
+    res.end(req.method === "HEAD" ? undefined : `${text}\n`);
+  };
+  if (ready === undefined) {
+    answer(200, "ok");
+    return;
+  }
+  ready().then(
+    (reason) =>
+      answer(reason === undefined ? 200 : 503, reason === undefined ? "ready" : `not ready: ${reason}`),
+    (e: unknown) => answer(503, `not ready: ${e instanceof Error ? e.message : String(e)}`),
+  );
+}
+
 /** A listening metrics endpoint. */
 export interface MetricsServer {
   /** The scrape URL, e.g. "http://127.0.0.1:9464/metrics". */
@@ -50,6 +78,8 @@ export interface MetricsServerOptions {
   host?: string;
   /** 0 picks a free port. @default 0 */
   port?: number;
+  /** Serves `GET /readyz` with this check. @default undefined (no /readyz: 404) */
+  ready?: ReadinessCheck | undefined;
 }
 
 /** Serves `registry` on `GET /metrics`. Throws {@link MetricsListenError} when the port cannot be bound. */
@@ -58,6 +88,10 @@ export async function listenMetrics(options: MetricsServerOptions): Promise<Metr
   const host = options.host ?? "127.0.0.1";
   const server = http.createServer((req, res) => {
     const path = (req.url ?? "/").split("?")[0];
+    if (path === "/healthz" || (path === "/readyz" && options.ready !== undefined)) {
+      serveProbe(req, res, path === "/healthz" ? undefined : options.ready);
+      return;
+    }
     if (path !== "/metrics") {
       res.writeHead(404, { "content-type": "text/plain" }).end("not found: metrics are at /metrics\n");
       return;
@@ -120,10 +154,12 @@ export async function startMetricsEndpoint(
   config: MetricsConfig | undefined,
   registry: Registry,
   log: Logger,
+  /** Serves `/readyz` with this check (see {@link MetricsServerOptions.ready}). */
+  ready?: ReadinessCheck,
 ): Promise<MetricsServer | undefined> {
   if (config === undefined) return undefined;
   try {
-    return await listenMetrics({ registry, host: config.host, port: config.port });
+    return await listenMetrics({ registry, host: config.host, port: config.port, ready });
   } catch (e) {
     if (!config.explicit && e instanceof MetricsListenError && e.code === "EADDRINUSE") {
       log.warn(

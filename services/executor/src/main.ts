@@ -100,7 +100,12 @@ let metricsServer: MetricsServer | undefined;
 if (registry !== undefined) {
   registerExecutorMetrics(registry, executor, config.slots);
   try {
-    metricsServer = await startMetricsEndpoint(config.metrics, registry, logger);
+    // Ready (GET /readyz) while it has a session with the scheduler.
+    metricsServer = await startMetricsEndpoint(config.metrics, registry, logger, () =>
+      Promise.resolve(
+        executor.state === "ATTACHED" ? undefined : `no session with the scheduler (${executor.state})`,
+      ),
+    );
   } catch (e) {
     if (e instanceof MetricsListenError) {
       process.stderr.write(`nexusflow-executor: ${e.message}\n`);

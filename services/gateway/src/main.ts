@@ -3,7 +3,10 @@ import {
   ConfigError,
   type GatewayConfig,
   KeyFileError,
+  type ReadinessCheck,
+  ServingStatus,
   type TokenVerifier,
+  checkGrpcHealth,
   createLogger,
   logProcessWarnings,
   loadGatewayConfig,
@@ -44,8 +47,18 @@ if (verifier === undefined) {
 } else if (config.auth.issuer.includes("nexusflow-dev")) {
   logger.warn("accepting dev tokens (AUTH_ISSUER nexusflow-dev): for local development only");
 }
+// Ready (GET /readyz) while the scheduler's health service answers SERVING.
+const schedulerReady: ReadinessCheck = async () => {
+  try {
+    const status = await checkGrpcHealth(config.schedulerAddress, { timeoutMs: 2000 });
+    return status === ServingStatus.SERVING ? undefined : `the scheduler is not serving (status ${status})`;
+  } catch (e) {
+    return `the scheduler at ${config.schedulerAddress} does not answer: ${e instanceof Error ? e.message : String(e)}`;
+  }
+};
 const registry = config.metrics === undefined ? undefined : createMetricsRegistry();
 const gateway = createGateway({
+  ready: schedulerReady,
   host: config.host,
   port: config.port,
   schedulerAddress: config.schedulerAddress,
@@ -59,7 +72,7 @@ const gateway = createGateway({
 let metricsServer: MetricsServer | undefined;
 if (registry !== undefined) {
   try {
-    metricsServer = await startMetricsEndpoint(config.metrics, registry, logger);
+    metricsServer = await startMetricsEndpoint(config.metrics, registry, logger, schedulerReady);
   } catch (e) {
     if (e instanceof MetricsListenError) fail(e.message, 1);
     throw e;

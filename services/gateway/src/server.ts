@@ -1,8 +1,8 @@
 /**
  * The gateway server: one TCP port that speaks HTTP/2 without TLS (h2c, prior knowledge) and
  * HTTP/1.1, serving gRPC, gRPC-Web and Connect (binary and JSON) for every proxied service, REST/JSON
- * under the paths of their `google.api.http` annotations (rest/), gRPC server reflection and
- * `/healthz`. Every call but reflection and health needs a bearer token when a verifier is set
+ * under the paths of their `google.api.http` annotations (rest/), gRPC server reflection,
+ * `/healthz` (live) and `/readyz` (ready: listening, and the readiness check passes). Every call but reflection and health needs a bearer token when a verifier is set
  * (guard.ts).
  *
  * HTTP/1.1 and h2c on one port: Node's `allowHTTP1` only works with TLS (it relies on ALPN), so
@@ -30,7 +30,13 @@ import {
   createRouterTransport,
 } from "@connectrpc/connect";
 import { Http2SessionManager, connectNodeAdapter, createGrpcTransport } from "@connectrpc/connect-node";
-import { type Logger, type TokenVerifier, createLogger, hasErrorCode } from "@nexusflow/common";
+import {
+  type Logger,
+  type ReadinessCheck,
+  type TokenVerifier,
+  createLogger,
+  hasErrorCode,
+} from "@nexusflow/common";
 import type { Registry } from "@nexusflow/common/metrics";
 import { decodeErrorInterceptor, watchDecodeErrors } from "./decode-errors.js";
 import {
@@ -54,6 +60,11 @@ type NodeServerResponse = Parameters<NodeHandler>[1];
 export interface GatewayOptions {
   /** The scheduler's gRPC address, host:port (plain HTTP/2). */
   schedulerAddress: string;
+  /**
+   * Readiness beyond listening, answered on `GET /readyz` (main.ts: the scheduler's health service
+   * answers SERVING). @default none: ready while listening
+   */
+  ready?: ReadinessCheck | undefined;
   /**
    * Interface to listen on.
    * @default "127.0.0.1"
@@ -170,6 +181,7 @@ function formatHostPort(host: string, port: number): string {
 
 interface CompiledGatewayOptions {
   schedulerAddress: string;
+  ready: ReadinessCheck | undefined;
   host: string;
   port: number;
   logger: Logger;
@@ -185,6 +197,7 @@ interface CompiledGatewayOptions {
 function addGatewayDefaults(options: GatewayOptions): CompiledGatewayOptions {
   return {
     schedulerAddress: options.schedulerAddress,
+    ready: options.ready,
     host: options.host ?? "127.0.0.1",
     port: options.port ?? 8080,
     logger: options.logger ?? createLogger("gateway", "silent"),
@@ -467,6 +480,23 @@ class GatewayServer implements Gateway {
     if (path === "/healthz" && (req.method === "GET" || req.method === "HEAD")) {
       const stopping = this.#state !== "listening";
       sendJson(res, stopping ? 503 : 200, { status: stopping ? "stopping" : "ok" });
+      return;
+    }
+    if (path === "/readyz" && (req.method === "GET" || req.method === "HEAD")) {
+      const check =
+        this.#state !== "listening"
+          ? Promise.resolve("stopping")
+          : (this.#options.ready?.() ?? Promise.resolve(undefined));
+      check.then(
+        (reason) =>
+          sendJson(
+            res,
+            reason === undefined ? 200 : 503,
+            reason === undefined ? { status: "ready" } : { status: "not ready", reason },
+          ),
+        (e: unknown) =>
+          sendJson(res, 503, { status: "not ready", reason: e instanceof Error ? e.message : String(e) }),
+      );
       return;
     }
     if (this.#rest(req, res)) return;

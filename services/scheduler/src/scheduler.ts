@@ -21,6 +21,7 @@ import {
 import { ArtifactService, ExecutorService, RunSchema, WorkflowService } from "@nexusflow/gen";
 import { PgTaskIndex, artifactService } from "./api/artifact-service.js";
 import { authInterceptor } from "./api/auth.js";
+import { addSchedulerHealth } from "./api/health.js";
 import { runDetail } from "./api/convert.js";
 import { executorService } from "./api/executor-session.js";
 import { addReflection } from "./api/reflection.js";
@@ -263,6 +264,10 @@ export class Scheduler {
       );
       // Keep in step with the services added above: reflection lists exactly these.
       addReflection(server, [WorkflowService, ExecutorService, ArtifactService]);
+      const ready = addSchedulerHealth(server, {
+        running: () => this.stateValue === "RUNNING",
+        pool: this.db.pool,
+      });
       const host = this.options.host ?? "127.0.0.1";
       const port = await new Promise<number>((resolve, reject) => {
         server.bindAsync(
@@ -292,7 +297,7 @@ export class Scheduler {
       });
       this.server = server;
       if (registry !== undefined) {
-        this.metricsServer = await startMetricsEndpoint(this.options.metricsEndpoint, registry, log);
+        this.metricsServer = await startMetricsEndpoint(this.options.metricsEndpoint, registry, log, ready);
         if (this.metricsServer !== undefined) log.info({ url: this.metricsServer.url }, "metrics listening");
       }
       this.addressValue = `${host.includes(":") ? `[${host}]` : host}:${port}`;

@@ -1,0 +1,197 @@
+/**
+ * The container image runs the services from compiled JavaScript (scripts/build-dist.mjs, the
+ * Dockerfile's build stage), not through tsx. This runs that build and starts each service the way
+ * the image does, `node entrypoint.mjs SERVICE` on Node 24 (process.execPath), against a real
+ * PostgreSQL: `migrate` applies the schema (twice: the second finds nothing to do; `--wait` returns
+ * at once), the scheduler, an executor and the gateway become ready on `/readyz` and the
+ * scheduler's `grpc.health.v1.Health` answers SERVING; with PostgreSQL gone the scheduler turns not
+ * ready (HTTP and gRPC) and so does the gateway; SIGTERM stops each with status 0.
+ */
+import assert from "node:assert/strict";
+import { type ChildProcess, spawn } from "node:child_process";
+import { once } from "node:events";
+import { mkdtemp, readFile, rm } from "node:fs/promises";
+import { join } from "node:path";
+import { after, before, describe, it } from "node:test";
+import { ServingStatus, checkGrpcHealth } from "@nexusflow/common";
+import { waitFor } from "@nexusflow/common/testing";
+import { startTestDatabase } from "../../scheduler/test/support.js";
+import { ROOT } from "./tools.js";
+
+const TIMEOUT = { timeout: 240_000 };
+
+/** A service process started from the build, with its JSON log lines collected. */
+interface Service {
+  name: string;
+  child: ChildProcess;
+  lines: Record<string, unknown>[];
+  output: string[];
+  exit: Promise<number | null>;
+}
+
+function start(dir: string, name: string, env: Record<string, string>, args: string[] = []): Service {
+  const child = spawn(process.execPath, [join(dir, "entrypoint.mjs"), name, ...args], {
+    // Only what the service is given: no TS loader, no inherited NODE_OPTIONS.
+    env: { PATH: process.env["PATH"] ?? "", LOG_LEVEL: "info", ...env },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  const service: Service = {
+    name,
+    child,
+    lines: [],
+    output: [],
+    exit: once(child, "exit").then(([code]) => code as number | null),
+  };
+  let buffered = "";
+  child.stdout?.setEncoding("utf8").on("data", (chunk: string) => {
+    buffered += chunk;
+    const parts = buffered.split("\n");
+    buffered = parts.pop() ?? "";
+    for (const line of parts) {
+      service.output.push(line);
+      try {
+        service.lines.push(JSON.parse(line) as Record<string, unknown>);
+      } catch {
+        // not a log line
+      }
+    }
+  });
+  child.stderr?.setEncoding("utf8").on("data", (chunk: string) => service.output.push(chunk));
+  return service;
+}
+
+/** The value of `field` in the first log line whose msg is `msg`. */
+function logged(service: Service, msg: string, field: string): Promise<string> {
+  return waitFor(`${service.name} to log "${msg}"`, () => {
+    if (service.child.exitCode !== null)
+      throw new Error(`${service.name} exited ${service.child.exitCode}: ${service.output.join("\n")}`);
+    const line = service.lines.find((l) => l["msg"] === msg);
+    return typeof line?.[field] === "string" ? line[field] : undefined;
+  });
+}
+
+async function status(url: string): Promise<number> {
+  return (await fetch(url)).status;
+}
+
+async function stop(service: Service): Promise<number | null> {
+  if (service.child.exitCode === null && service.child.signalCode === null) service.child.kill("SIGTERM");
+  return service.exit;
+}
+
+describe("the services compiled to JavaScript, started as the image starts them", () => {
+  let dir: string;
+  let db: Awaited<ReturnType<typeof startTestDatabase>>;
+  const services: Service[] = [];
+
+  before(async () => {
+    // Inside the checkout: third-party packages resolve from its node_modules, one level up.
+    dir = await mkdtemp(join(ROOT, ".cache", "dist-test-"));
+    const build = spawn(
+      process.execPath,
+      [join(ROOT, "scripts", "build-dist.mjs"), "--out", dir, "--link-node-modules"],
+      { stdio: ["ignore", "pipe", "pipe"] },
+    );
+    let output = "";
+    build.stdout.setEncoding("utf8").on("data", (c: string) => (output += c));
+    build.stderr.setEncoding("utf8").on("data", (c: string) => (output += c));
+    const [code] = (await once(build, "exit")) as [number | null];
+    assert.equal(code, 0, `build-dist failed:\n${output}`);
+    db = await startTestDatabase();
+  }, TIMEOUT);
+
+  after(async () => {
+    for (const s of services) await stop(s);
+    await db?.close();
+    if (dir !== undefined) await rm(dir, { recursive: true, force: true });
+  });
+
+  it("the build holds each service's main module, compiled", TIMEOUT, async () => {
+    const manifest = JSON.parse(await readFile(join(dir, "services.json"), "utf8")) as Record<string, string>;
+    assert.deepEqual(Object.keys(manifest).sort(), ["executor", "gateway", "migrate", "scheduler"]);
+    for (const main of Object.values(manifest)) {
+      assert.match(main, /\.js$/);
+      assert.ok((await readFile(join(dir, main), "utf8")).length > 0, main);
+    }
+  });
+
+  it("migrate applies the schema once, then finds nothing to do; --wait returns", TIMEOUT, async () => {
+    const first = start(dir, "migrate", { DATABASE_URL: db.url });
+    assert.equal(await first.exit, 0, first.output.join("\n"));
+    assert.ok(
+      first.lines.some((l) => l["msg"] === "migrations applied"),
+      first.output.join("\n"),
+    );
+    const second = start(dir, "migrate", { DATABASE_URL: db.url });
+    assert.equal(await second.exit, 0, second.output.join("\n"));
+    assert.ok(second.lines.some((l) => l["msg"] === "the database schema was up to date"));
+    const wait = start(dir, "migrate", { DATABASE_URL: db.url }, ["--wait", "30"]);
+    assert.equal(await wait.exit, 0, wait.output.join("\n"));
+    const bad = start(dir, "migrate", {});
+    assert.equal(await bad.exit, 2);
+    assert.match(bad.output.join(""), /DATABASE_URL/);
+  });
+
+  it("scheduler, executor and gateway become ready; without PostgreSQL they are not", TIMEOUT, async () => {
+    const common = { AUTH_DISABLED: "true", METRICS_PORT: "0", METRICS_HOST: "127.0.0.1" };
+    const scheduler = start(dir, "scheduler", {
+      ...common,
+      DATABASE_URL: db.url,
+      SCHEDULER_HOST: "127.0.0.1",
+      SCHEDULER_PORT: "0",
+    });
+    services.push(scheduler);
+    const address = await logged(scheduler, "scheduler listening", "address");
+    const schedulerMetrics = await logged(scheduler, "metrics listening", "url");
+    const schedulerReady = schedulerMetrics.replace(/\/metrics$/, "/readyz");
+    await waitFor("the scheduler's /readyz", async () => (await status(schedulerReady)) === 200);
+    assert.equal(await status(schedulerMetrics.replace(/\/metrics$/, "/healthz")), 200);
+    assert.equal(await checkGrpcHealth(address), ServingStatus.SERVING);
+    assert.equal(
+      await checkGrpcHealth(address, { service: "nexusflow.v1.WorkflowService" }),
+      ServingStatus.SERVING,
+    );
+
+    const executor = start(dir, "executor", {
+      ...common,
+      SCHEDULER_ADDRESS: address,
+      EXECUTOR_ID: "dist-executor",
+      ARTIFACTS_DIR: join(dir, "artifacts"),
+    });
+    services.push(executor);
+    const executorReady = (await logged(executor, "metrics listening", "url")).replace(
+      /\/metrics$/,
+      "/readyz",
+    );
+    await waitFor("the executor's /readyz", async () => (await status(executorReady)) === 200);
+
+    const gateway = start(dir, "gateway", {
+      ...common,
+      SCHEDULER_ADDRESS: address,
+      GATEWAY_HOST: "127.0.0.1",
+      GATEWAY_PORT: "0",
+    });
+    services.push(gateway);
+    const gatewayUrl = await logged(gateway, "gateway listening", "url");
+    await waitFor("the gateway's /readyz", async () => (await status(`${gatewayUrl}/readyz`)) === 200);
+    assert.equal(await status(`${gatewayUrl}/healthz`), 200);
+    const gatewayMetrics = await logged(gateway, "metrics listening", "url");
+    assert.equal(await status(gatewayMetrics.replace(/\/metrics$/, "/readyz")), 200);
+
+    // PostgreSQL goes away: the scheduler is no longer ready, on HTTP and on gRPC, nor the gateway.
+    await db.server.stop();
+    await waitFor("the scheduler's /readyz to fail", async () => (await status(schedulerReady)) === 503);
+    assert.equal(await checkGrpcHealth(address), ServingStatus.NOT_SERVING);
+    await waitFor(
+      "the gateway's /readyz to fail",
+      async () => (await status(`${gatewayUrl}/readyz`)) === 503,
+    );
+    const reason = await (await fetch(schedulerReady)).text();
+    assert.match(reason, /not ready: PostgreSQL/);
+
+    // SIGTERM: each drains and exits 0 (the executor first, as an upgrade rolls them).
+    for (const s of [gateway, executor]) assert.equal(await stop(s), 0, `${s.name}: ${s.output.join("\n")}`);
+    await db.server.restart();
+    assert.equal(await stop(scheduler), 0, scheduler.output.join("\n"));
+  });
+});
