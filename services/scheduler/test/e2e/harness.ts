@@ -46,6 +46,10 @@ export class RunTables {
 
   constructor(url: string) {
     this.pool = new pg.Pool({ connectionString: url, max: 2 });
+    // An idle connection that PostgreSQL ends (its shutdown at the end of a file, a terminated
+    // backend) is an 'error' on the pool; unheard, it would be an uncaught exception of the test
+    // process. The next query opens a new connection, so there is nothing to do.
+    this.pool.on("error", () => undefined);
   }
 
   /** step id -> number of attempts and of SUCCEEDED attempts, as committed. */
