@@ -4,6 +4,7 @@
 // (@nexusflow/gen -> ../../gen, ...) find the compiled packages:
 //
 //   dist/app/entrypoint.mjs                  the image's command: `entrypoint.mjs scheduler|executor|gateway|migrate`
+//   dist/app/healthcheck.mjs                 the image's HEALTHCHECK (GET /readyz of the running service)
 //   dist/app/services/<name>/src/*.js         compiled sources (with source maps)
 //   dist/app/<workspace>/package.json         the workspace's manifest, exports pointing at .js
 //   dist/app/services.json                    the services and their main modules
@@ -98,6 +99,7 @@ for (const dir of WORKSPACES) {
 }
 
 copyFileSync(join(root, "deploy", "docker", "entrypoint.mjs"), join(out, "entrypoint.mjs"));
+copyFileSync(join(root, "deploy", "docker", "healthcheck.mjs"), join(out, "healthcheck.mjs"));
 const { SERVICES } = await import(join(out, "entrypoint.mjs"));
 for (const [service, main] of Object.entries(SERVICES)) {
   if (!existsSync(join(out, main))) fail(`the ${service} service's main module ${main} was not built`);

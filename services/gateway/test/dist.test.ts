@@ -8,8 +8,9 @@
  * ready (HTTP and gRPC) and so does the gateway; SIGTERM stops each with status 0.
  */
 import assert from "node:assert/strict";
-import { type ChildProcess, spawn } from "node:child_process";
+import { type ChildProcess, spawn, spawnSync } from "node:child_process";
 import { once } from "node:events";
+import { existsSync } from "node:fs";
 import { mkdtemp, readFile, rm } from "node:fs/promises";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
@@ -58,6 +59,15 @@ function start(dir: string, name: string, env: Record<string, string>, args: str
   });
   child.stderr?.setEncoding("utf8").on("data", (chunk: string) => service.output.push(chunk));
   return service;
+}
+
+/** Runs the image's HEALTHCHECK (healthcheck.mjs SERVICE) against a service's metrics port. */
+function healthcheck(dir: string, service: string, metricsUrl: string): number | null {
+  const port = new URL(metricsUrl).port;
+  return spawnSync(process.execPath, [join(dir, "healthcheck.mjs"), service], {
+    env: { PATH: process.env["PATH"] ?? "", AUTH_DISABLED: "true", METRICS_PORT: port },
+    stdio: "ignore",
+  }).status;
 }
 
 /** The value of `field` in the first log line whose msg is `msg`. */
@@ -109,6 +119,7 @@ describe("the services compiled to JavaScript, started as the image starts them"
   it("the build holds each service's main module, compiled", TIMEOUT, async () => {
     const manifest = JSON.parse(await readFile(join(dir, "services.json"), "utf8")) as Record<string, string>;
     assert.deepEqual(Object.keys(manifest).sort(), ["executor", "gateway", "migrate", "scheduler"]);
+    for (const file of ["entrypoint.mjs", "healthcheck.mjs"]) assert.ok(existsSync(join(dir, file)), file);
     for (const main of Object.values(manifest)) {
       assert.match(main, /\.js$/);
       assert.ok((await readFile(join(dir, main), "utf8")).length > 0, main);
@@ -147,6 +158,7 @@ describe("the services compiled to JavaScript, started as the image starts them"
     await waitFor("the scheduler's /readyz", async () => (await status(schedulerReady)) === 200);
     assert.equal(await status(schedulerMetrics.replace(/\/metrics$/, "/healthz")), 200);
     assert.equal(await checkGrpcHealth(address), ServingStatus.SERVING);
+    assert.equal(healthcheck(dir, "scheduler", schedulerMetrics), 0);
     assert.equal(
       await checkGrpcHealth(address, { service: "nexusflow.v1.WorkflowService" }),
       ServingStatus.SERVING,
@@ -188,6 +200,7 @@ describe("the services compiled to JavaScript, started as the image starts them"
     );
     const reason = await (await fetch(schedulerReady)).text();
     assert.match(reason, /not ready: PostgreSQL/);
+    assert.equal(healthcheck(dir, "scheduler", schedulerMetrics), 1);
 
     // SIGTERM: each drains and exits 0 (the executor first, as an upgrade rolls them).
     for (const s of [gateway, executor]) assert.equal(await stop(s), 0, `${s.name}: ${s.output.join("\n")}`);
