@@ -36,7 +36,7 @@ type output struct {
 	// MetaArgs are the ARGs before the first FROM, with their defaults.
 	MetaArgs map[string]string `json:"metaArgs"`
 	Stages   []stage           `json:"stages"`
-	Warnings []string `json:"warnings"`
+	Warnings []string          `json:"warnings"`
 }
 
 func fail(format string, args ...any) {
