@@ -6,6 +6,8 @@
 #   actionlint         github.com/rhysd/actionlint (checks .github/workflows)
 #   k8s-check          scripts/tools/k8s-check: strict decoding of manifests into k8s.io/api types
 #   dockerfile-check   scripts/tools/dockerfile-check: BuildKit's Dockerfile parser, as JSON
+#   compose-check      scripts/tools/compose-check: `docker compose config` with compose-go, the
+#                      library Docker Compose loads files with (the docker CLI here has no compose plugin)
 # Needs Go (1.26) and the Go module proxy. The tests (deploy/test) use these binaries: under CI=true
 # they fail when one is missing, locally they skip.
 #
@@ -53,4 +55,5 @@ install actionlint "$ACTIONLINT_VERSION" \
 checkers_stamp="$(cd "$ROOT/scripts/tools" && cat go.mod go.sum ./*/*.go | sha256sum | cut -c1-16)"
 install k8s-check "$checkers_stamp" go build -C "$ROOT/scripts/tools" -o "$BIN/" ./k8s-check
 install dockerfile-check "$checkers_stamp" go build -C "$ROOT/scripts/tools" -o "$BIN/" ./dockerfile-check
+install compose-check "$checkers_stamp" go build -C "$ROOT/scripts/tools" -o "$BIN/" ./compose-check
 log "tools ready in ${BIN#"$ROOT"/}: $(cd "$BIN" && ls | tr '\n' ' ')"

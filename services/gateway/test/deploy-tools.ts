@@ -1,6 +1,6 @@
 /**
  * The tools that check the deployment files, built by scripts/build-tools.sh into .cache/tools/bin
- * (.ci/run builds them first): kustomize, actionlint, k8s-check and dockerfile-check. A test that
+ * (.ci/run builds them first): kustomize, actionlint, k8s-check, dockerfile-check and compose-check. A test that
  * needs one skips when it is missing, except under CI=true, where it fails.
  */
 import { execFile } from "node:child_process";
@@ -13,7 +13,7 @@ import { ROOT } from "./tools.js";
 const run = promisify(execFile);
 
 /** A tool of .cache/tools/bin. */
-export type DeployTool = "kustomize" | "actionlint" | "k8s-check" | "dockerfile-check";
+export type DeployTool = "kustomize" | "actionlint" | "k8s-check" | "dockerfile-check" | "compose-check";
 
 /** The tool's path, or undefined after skipping `t` (locally) or failing (CI=true) when it is missing. */
 export function deployTool(t: TestContext, name: DeployTool): string | undefined {
