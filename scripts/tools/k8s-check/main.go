@@ -9,12 +9,12 @@ package main
 import (
 	"bufio"
 	"bytes"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 	"reflect"
+	"strings"
 
 	monitoringv1 "github.com/prometheus-operator/prometheus-operator/pkg/apis/monitoring/v1"
 	appsv1 "k8s.io/api/apps/v1"
@@ -25,6 +25,7 @@ import (
 	policyv1 "k8s.io/api/policy/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+	kjson "sigs.k8s.io/json"
 	"sigs.k8s.io/yaml"
 )
 
@@ -67,17 +68,24 @@ func check(doc []byte) (string, error) {
 	if !ok {
 		return id, fmt.Errorf("unknown apiVersion and kind %s/%s", h.APIVersion, h.Kind)
 	}
-	// sigs.k8s.io/yaml converts to JSON (refusing duplicate keys in strict mode); the JSON decoder
-	// then refuses any field the Go type does not have, at any depth.
+	// sigs.k8s.io/yaml converts to JSON (refusing duplicate keys in strict mode); sigs.k8s.io/json
+	// then decodes as the API server does: field names case-sensitively, and any field the Go type
+	// does not have, at any depth, is an error.
 	js, err := yaml.YAMLToJSONStrict(doc)
 	if err != nil {
 		return id, err
 	}
 	target := reflect.New(reflect.TypeOf(proto)).Interface()
-	dec := json.NewDecoder(bytes.NewReader(js))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(target); err != nil {
+	strict, err := kjson.UnmarshalStrict(js, target, kjson.DisallowDuplicateFields, kjson.DisallowUnknownFields)
+	if err != nil {
 		return id, err
+	}
+	if len(strict) > 0 {
+		messages := make([]string, len(strict))
+		for i, e := range strict {
+			messages[i] = e.Error()
+		}
+		return id, errors.New(strings.Join(messages, "; "))
 	}
 	if h.Metadata.Name == "" {
 		return id, errors.New("metadata.name is empty")
