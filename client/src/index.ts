@@ -42,6 +42,14 @@ export {
   isRpcError,
 } from "./errors.js";
 export { IDEMPOTENT_METHODS, isIdempotentCall, retryDelayMs } from "./retry.js";
+export {
+  TASK_ERROR_TYPES,
+  THROWN_ERROR_FALLBACK_TYPE,
+  TaskErrorType,
+  httpStatusErrorType,
+  isHttpStatusErrorType,
+  isTaskErrorType,
+} from "@nexusflow/common/task-error-types";
 export type { CallOptions, Client, Interceptor } from "@connectrpc/connect";
 export type { JsonValue } from "@bufbuild/protobuf";
 export {

@@ -10,3 +10,4 @@ export * from "./net.js";
 export * from "./reflection.js";
 export * from "./json-value.js";
 export * from "./session.js";
+export * from "./task-error-types.js";

@@ -18,6 +18,7 @@ import {
   offloadOutput,
 } from "@nexusflow/common/artifacts";
 import type { ArtifactRef } from "@nexusflow/gen";
+import { TaskErrorType } from "@nexusflow/common/task-error-types";
 import type { AttemptIdentity } from "./log-sink.js";
 import { PayloadError, toJsonPayload } from "./payload.js";
 import { TaskError } from "./handlers/task-error.js";
@@ -40,7 +41,7 @@ export function createTaskArtifacts(
     async put(name, data, options = {}) {
       if (store === undefined) {
         throw TaskError.terminal(
-          "ARTIFACTS_UNAVAILABLE",
+          TaskErrorType.ARTIFACTS_UNAVAILABLE,
           "this executor has no artifact store (set ExecutorOptions.artifacts, or S3_ENDPOINT / ARTIFACTS_DIR)",
         );
       }
@@ -62,8 +63,8 @@ function toTaskError(e: unknown, what: string): TaskError {
     isArtifactError(e, "INVALID_ARGUMENT") ||
     isArtifactError(e, "CONFLICT")
   )
-    return TaskError.terminal("INVALID_ARTIFACT", message, { cause: e });
-  return TaskError.retryable("ARTIFACT_STORE_UNAVAILABLE", message, { cause: e });
+    return TaskError.terminal(TaskErrorType.INVALID_ARTIFACT, message, { cause: e });
+  return TaskError.retryable(TaskErrorType.ARTIFACT_STORE_UNAVAILABLE, message, { cause: e });
 }
 
 /** When and how outputs are offloaded. */
@@ -124,7 +125,7 @@ export async function settleOutput(
     return { outputRef: await offloadOutput(offload.store, prefix, text) };
   } catch (e) {
     throw TaskError.retryable(
-      "OUTPUT_OFFLOAD_FAILED",
+      TaskErrorType.OUTPUT_OFFLOAD_FAILED,
       `could not store the ${bytes}-byte output: ${e instanceof Error ? e.message : String(e)}`,
       { cause: e },
     );

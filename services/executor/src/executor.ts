@@ -10,6 +10,7 @@
 import { create } from "@bufbuild/protobuf";
 import * as grpc from "@grpc/grpc-js";
 import type { Logger } from "@nexusflow/common";
+import { TaskErrorType } from "@nexusflow/common/task-error-types";
 import {
   type AttachAck,
   AttachSchema,
@@ -282,7 +283,7 @@ export class Executor {
     const { drainTimeoutMs, abortGraceMs } = this.#options;
     if (!(await within(drainTimeoutMs, (signal) => this.#tasks.whenEmpty(signal)))) {
       const error = TaskError.retryable(
-        "EXECUTOR_SHUTDOWN",
+        TaskErrorType.EXECUTOR_SHUTDOWN,
         `the executor is shutting down (${reason}) and the task did not finish within the drain timeout of ${drainTimeoutMs} ms`,
       );
       this.#logger.warn(

@@ -31,6 +31,14 @@ export {
   toTaskFailure,
 } from "./handlers/task-error.js";
 export {
+  TASK_ERROR_TYPES,
+  THROWN_ERROR_FALLBACK_TYPE,
+  TaskErrorType,
+  httpStatusErrorType,
+  isHttpStatusErrorType,
+  isTaskErrorType,
+} from "@nexusflow/common/task-error-types";
+export {
   type AttemptIdentity,
   type AttemptLog,
   type LogRecord,

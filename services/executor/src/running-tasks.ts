@@ -5,6 +5,7 @@
  * what to report.
  */
 import type { Logger } from "@nexusflow/common";
+import { TaskErrorType } from "@nexusflow/common/task-error-types";
 import type { Lease, LeaseKey } from "@nexusflow/gen";
 import { Changes, within } from "./changes.js";
 import type { HandlerRegistration } from "./handlers/index.js";
@@ -107,7 +108,10 @@ export class RunningTasks {
     }
     this.#options.logger.info(fields, "the scheduler cancelled a task");
     attempt.abort(
-      TaskError.terminal("CANCELLED", `cancelled by the scheduler: ${reason || "no reason given"}`),
+      TaskError.terminal(
+        TaskErrorType.CANCELLED,
+        `cancelled by the scheduler: ${reason || "no reason given"}`,
+      ),
     );
   }
 
@@ -120,7 +124,9 @@ export class RunningTasks {
     if (attempt === undefined) return false;
     this.#options.logger.warn(describeKey(key), "the scheduler revoked a held lease; aborting its task");
     attempt.silence();
-    attempt.abort(TaskError.terminal("LEASE_REVOKED", "the scheduler no longer recognises this lease"));
+    attempt.abort(
+      TaskError.terminal(TaskErrorType.LEASE_REVOKED, "the scheduler no longer recognises this lease"),
+    );
     return true;
   }
 
@@ -136,7 +142,10 @@ export class RunningTasks {
     this.#options.logger.warn(fields, "aborting a task whose lease the scheduler no longer honours");
     attempt.silence();
     attempt.abort(
-      TaskError.terminal("LEASE_LOST", `the scheduler rejected a report: ${why.code}: ${why.message}`),
+      TaskError.terminal(
+        TaskErrorType.LEASE_LOST,
+        `the scheduler rejected a report: ${why.code}: ${why.message}`,
+      ),
     );
   }
 

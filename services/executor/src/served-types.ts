@@ -2,6 +2,7 @@
  * The task types an executor serves: the ones it advertises in its Attach, and the handler it
  * runs for a leased type.
  */
+import { TaskErrorType } from "@nexusflow/common/task-error-types";
 import { ExecutorError } from "./errors.js";
 import type { HandlerRegistration, HandlerRegistry } from "./handlers/index.js";
 import { TaskError } from "./handlers/task-error.js";
@@ -33,9 +34,13 @@ export function servedHandler(
   type: string,
 ): HandlerRegistration {
   if (advertised.includes(type)) return registry.registration(type);
-  const error = TaskError.terminal("UNKNOWN_TASK_TYPE", `this executor does not serve task type "${type}"`, {
-    details: { taskType: type, served: advertised },
-  });
+  const error = TaskError.terminal(
+    TaskErrorType.UNKNOWN_TASK_TYPE,
+    `this executor does not serve task type "${type}"`,
+    {
+      details: { taskType: type, served: advertised },
+    },
+  );
   return {
     handler: () => {
       throw error;

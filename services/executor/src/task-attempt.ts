@@ -9,6 +9,7 @@ import type { JsonValue } from "@bufbuild/protobuf";
 import { timestampDate } from "@bufbuild/protobuf/wkt";
 import { nulCharacterPath, type Logger } from "@nexusflow/common";
 import type { ArtifactStore } from "@nexusflow/common/artifacts";
+import { TaskErrorType } from "@nexusflow/common/task-error-types";
 import { type ArtifactRef, type Lease, type LeaseKey, type LogRef, TaskKind } from "@nexusflow/gen";
 import {
   type ArtifactIdentity,
@@ -193,7 +194,7 @@ export class TaskAttempt {
       const nul = nulCharacterPath(output, "output");
       if (nul !== undefined)
         throw TaskError.terminal(
-          "INVALID_OUTPUT",
+          TaskErrorType.INVALID_OUTPUT,
           `the handler's output holds a NUL character (U+0000) at ${nul}, which cannot be stored`,
         );
       try {
@@ -203,7 +204,8 @@ export class TaskAttempt {
           : { status: "completed", output: null, outputRef: settled.outputRef };
       } catch (e) {
         if (!(e instanceof PayloadError)) throw e;
-        const type = e.problem === "TOO_LARGE" ? "OUTPUT_TOO_LARGE" : "INVALID_OUTPUT";
+        const type =
+          e.problem === "TOO_LARGE" ? TaskErrorType.OUTPUT_TOO_LARGE : TaskErrorType.INVALID_OUTPUT;
         throw TaskError.terminal(type, `the handler's output is ${e.message}`, { cause: e });
       }
     } catch (e) {
@@ -235,7 +237,12 @@ export class TaskAttempt {
   #armDeadline(deadline: Date | undefined): () => void {
     if (deadline === undefined) return () => {};
     const onDeadline = (): void =>
-      this.abort(TaskError.retryable("TIMEOUT", `the attempt passed its deadline ${deadline.toISOString()}`));
+      this.abort(
+        TaskError.retryable(
+          TaskErrorType.TIMEOUT,
+          `the attempt passed its deadline ${deadline.toISOString()}`,
+        ),
+      );
     const ms = deadline.getTime() - Date.now();
     if (ms <= 0) {
       onDeadline();

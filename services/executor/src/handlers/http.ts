@@ -23,6 +23,7 @@
  * bad input is INVALID_INPUT, and an abort of `ctx.signal` rejects with `cancellationError`.
  */
 import { formatDuration } from "@nexusflow/common/duration";
+import { TaskErrorType, httpStatusErrorType } from "@nexusflow/common/task-error-types";
 import { TaskError, cancellationError } from "./task-error.js";
 import { startTimer } from "./timers.js";
 import type { TaskHandler } from "./types.js";
@@ -102,7 +103,7 @@ export function createHttpHandler(options: HttpHandlerOptions = {}): TaskHandler
       if (ctx.signal.aborted) return cancellationError(ctx.signal);
       if (timeout.signal.aborted) {
         return TaskError.retryable(
-          "TIMEOUT",
+          TaskErrorType.TIMEOUT,
           `${target} timed out after ${formatDuration(input.timeoutMs)}`,
           { cause: e },
         );
@@ -120,7 +121,9 @@ export function createHttpHandler(options: HttpHandlerOptions = {}): TaskHandler
         });
       } catch (e) {
         throw failure(e, () =>
-          TaskError.retryable("NETWORK_ERROR", `${target} failed: ${networkReason(e)}`, { cause: e }),
+          TaskError.retryable(TaskErrorType.NETWORK_ERROR, `${target} failed: ${networkReason(e)}`, {
+            cause: e,
+          }),
         );
       }
       const headers = headerRecord(response.headers);
@@ -132,7 +135,7 @@ export function createHttpHandler(options: HttpHandlerOptions = {}): TaskHandler
           e instanceof TaskError
             ? e
             : TaskError.retryable(
-                "NETWORK_ERROR",
+                TaskErrorType.NETWORK_ERROR,
                 `${target}: reading the response failed: ${networkReason(e)}`,
                 { cause: e },
               ),
@@ -203,7 +206,7 @@ function parseHttpInput(raw: unknown): ParsedHttpInput {
 /** Reads the whole body as UTF-8, refusing more than `maxBytes`. */
 async function readBody(response: Response, maxBytes: number): Promise<string> {
   const tooLarge = (): TaskError =>
-    TaskError.terminal("RESPONSE_TOO_LARGE", `response body is larger than ${maxBytes} bytes`, {
+    TaskError.terminal(TaskErrorType.RESPONSE_TOO_LARGE, `response body is larger than ${maxBytes} bytes`, {
       details: { status: response.status, maxBytes },
     });
   const declared = Number(response.headers.get("content-length") ?? Number.NaN);
@@ -235,7 +238,7 @@ function parseJsonBody(text: string, target: string, status: number): unknown {
     return JSON.parse(text) as unknown;
   } catch (e) {
     throw TaskError.terminal(
-      "INVALID_RESPONSE",
+      TaskErrorType.INVALID_RESPONSE,
       `${target} returned ${status} with a JSON content-type but the body is not JSON`,
       {
         cause: e,
@@ -252,7 +255,7 @@ function statusError(
   text: string,
   target: string,
 ): TaskError {
-  const type = `HTTP_${status}`;
+  const type = httpStatusErrorType(status);
   const message = `${target} returned ${status}${statusText ? ` ${statusText}` : ""}`;
   const details = { status, headers, body: cut(text) };
   if (status === 408 || status === 429 || status >= 500) {

@@ -4,6 +4,7 @@
  */
 import { resolve } from "node:path";
 import { pathToFileURL } from "node:url";
+import { TaskErrorType } from "@nexusflow/common/task-error-types";
 import { TaskError } from "./task-error.js";
 import { type HttpHandlerOptions, createHttpHandler } from "./http.js";
 import { noopHandler } from "./noop.js";
@@ -77,9 +78,13 @@ export class HandlerRegistry {
   registration(type: string): HandlerRegistration {
     const registration = this.#handlers.get(type);
     if (registration === undefined) {
-      throw TaskError.terminal("UNKNOWN_TASK_TYPE", `this executor has no handler for task type "${type}"`, {
-        details: { taskType: type, known: this.types() },
-      });
+      throw TaskError.terminal(
+        TaskErrorType.UNKNOWN_TASK_TYPE,
+        `this executor has no handler for task type "${type}"`,
+        {
+          details: { taskType: type, known: this.types() },
+        },
+      );
     }
     return registration;
   }

@@ -38,6 +38,7 @@ import { type ChildProcess, spawn } from "node:child_process";
 import { stat } from "node:fs/promises";
 import { setTimeout as delay } from "node:timers/promises";
 import { formatDuration } from "@nexusflow/common/duration";
+import { TaskErrorType } from "@nexusflow/common/task-error-types";
 import { TaskError, cancellationError } from "./task-error.js";
 import { startTimer } from "./timers.js";
 import type { TaskContext, TaskHandler } from "./types.js";
@@ -261,10 +262,12 @@ async function checkCwd(cwd: string): Promise<void> {
   try {
     isDirectory = (await stat(cwd)).isDirectory();
   } catch (e) {
-    throw TaskError.terminal("CWD_NOT_FOUND", `cwd ${JSON.stringify(cwd)} does not exist`, { cause: e });
+    throw TaskError.terminal(TaskErrorType.CWD_NOT_FOUND, `cwd ${JSON.stringify(cwd)} does not exist`, {
+      cause: e,
+    });
   }
   if (!isDirectory)
-    throw TaskError.terminal("CWD_NOT_FOUND", `cwd ${JSON.stringify(cwd)} is not a directory`);
+    throw TaskError.terminal(TaskErrorType.CWD_NOT_FOUND, `cwd ${JSON.stringify(cwd)} is not a directory`);
 }
 
 function runCommand(
@@ -286,9 +289,13 @@ function runCommand(
       });
     } catch (e) {
       reject(
-        TaskError.terminal("SPAWN_FAILED", `cannot start ${JSON.stringify(file)}: ${errorMessage(e)}`, {
-          cause: e,
-        }),
+        TaskError.terminal(
+          TaskErrorType.SPAWN_FAILED,
+          `cannot start ${JSON.stringify(file)}: ${errorMessage(e)}`,
+          {
+            cause: e,
+          },
+        ),
       );
       return;
     }
@@ -370,7 +377,7 @@ function runCommand(
           if (stopReason === "cancel") throw cancellationError(ctx.signal);
           if (stopReason === "timeout") {
             throw TaskError.retryable(
-              "TIMEOUT",
+              TaskErrorType.TIMEOUT,
               `${JSON.stringify(file)} timed out after ${formatDuration(input.timeoutMs)}`,
               {
                 details: output,
@@ -406,16 +413,20 @@ function forward(
 function spawnError(file: string, e: NodeJS.ErrnoException): TaskError {
   if (e.code === "ENOENT") {
     return TaskError.terminal(
-      "COMMAND_NOT_FOUND",
+      TaskErrorType.COMMAND_NOT_FOUND,
       `command ${JSON.stringify(file)} not found (not in PATH or no such file)`,
       {
         cause: e,
       },
     );
   }
-  return TaskError.terminal("SPAWN_FAILED", `cannot start ${JSON.stringify(file)}: ${e.code ?? e.message}`, {
-    cause: e,
-  });
+  return TaskError.terminal(
+    TaskErrorType.SPAWN_FAILED,
+    `cannot start ${JSON.stringify(file)}: ${e.code ?? e.message}`,
+    {
+      cause: e,
+    },
+  );
 }
 
 function exitError(file: string, output: ShellOutput, rules: ExitCodeRules): TaskError {
@@ -425,7 +436,7 @@ function exitError(file: string, output: ShellOutput, rules: ExitCodeRules): Tas
       : `exited with code ${output.exitCode}`;
   const tail = output.stderr.trimEnd().slice(-STDERR_IN_MESSAGE_CHARS);
   return new TaskError(
-    "EXIT_CODE",
+    TaskErrorType.EXIT_CODE,
     `${JSON.stringify(file)} ${how}${tail ? `: ${tail}` : ""}`,
     exitRetryable(output.exitCode, rules),
     { details: output },

@@ -5,6 +5,8 @@
  * code reports one closed form to the scheduler whatever the handler did.
  */
 
+import { THROWN_ERROR_FALLBACK_TYPE, TaskErrorType } from "@nexusflow/common/task-error-types";
+
 /** Marks TaskErrors across duplicated module instances (a user module may bundle its own copy). */
 const TASK_ERROR_BRAND = Symbol.for("nexusflow.TaskError");
 
@@ -92,9 +94,9 @@ export function cancellationError(signal: AbortSignal): TaskError {
 function fromAbortReason(reason: unknown): TaskError {
   if (isTaskError(reason)) return reason;
   if (errorName(reason) === "TimeoutError") {
-    return TaskError.retryable("TIMEOUT", "task timed out", { cause: reason });
+    return TaskError.retryable(TaskErrorType.TIMEOUT, "task timed out", { cause: reason });
   }
-  return TaskError.terminal("CANCELLED", "task was cancelled", { cause: reason });
+  return TaskError.terminal(TaskErrorType.CANCELLED, "task was cancelled", { cause: reason });
 }
 
 /**
@@ -111,10 +113,11 @@ export function toTaskFailure(e: unknown): TaskFailure {
     return failure;
   }
   if (error instanceof Error) {
-    const type = typeof error.name === "string" && error.name.length > 0 ? error.name : "Error";
+    const type =
+      typeof error.name === "string" && error.name.length > 0 ? error.name : THROWN_ERROR_FALLBACK_TYPE;
     return { type, message: error.message.length > 0 ? error.message : type, retryable: true };
   }
-  return { type: "Error", message: describeThrown(error), retryable: true };
+  return { type: THROWN_ERROR_FALLBACK_TYPE, message: describeThrown(error), retryable: true };
 }
 
 /** Maps the abort-shaped errors (AbortError, TimeoutError) to TaskErrors; others pass through. */
@@ -124,11 +127,11 @@ function normalise(e: unknown): unknown {
       // Node's AbortError keeps the signal's reason as `cause`; fetch may reject with the reason itself.
       const cause = (e as { cause?: unknown }).cause;
       return cause === undefined
-        ? TaskError.terminal("CANCELLED", "task was cancelled", { cause: e })
+        ? TaskError.terminal(TaskErrorType.CANCELLED, "task was cancelled", { cause: e })
         : fromAbortReason(cause);
     }
     case "TimeoutError":
-      return TaskError.retryable("TIMEOUT", messageOf(e) ?? "task timed out", { cause: e });
+      return TaskError.retryable(TaskErrorType.TIMEOUT, messageOf(e) ?? "task timed out", { cause: e });
     default:
       return e;
   }

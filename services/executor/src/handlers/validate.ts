@@ -3,6 +3,7 @@
  * message starts with the field at fault ("timeout: ..."), since retrying bad input never helps.
  */
 import { DurationError, parseDuration } from "@nexusflow/common/duration";
+import { TaskErrorType } from "@nexusflow/common/task-error-types";
 import { TaskError } from "./task-error.js";
 
 /** Largest delay a single Node timer supports; longer timeouts would fire at once. */
@@ -10,7 +11,7 @@ export const MAX_TIMER_MS = 2_147_483_647;
 
 /** A terminal INVALID_INPUT error for `field`. */
 export function invalidInput(field: string, problem: string): TaskError {
-  return TaskError.terminal("INVALID_INPUT", `${field}: ${problem}`, { details: { field } });
+  return TaskError.terminal(TaskErrorType.INVALID_INPUT, `${field}: ${problem}`, { details: { field } });
 }
 
 /** Describes a value's JSON type for error messages ("array", "null", "string"). */

@@ -10,6 +10,7 @@
 import { randomUUID } from "node:crypto";
 import { create, toJson, type DescMessage, type JsonValue, type MessageShape } from "@bufbuild/protobuf";
 import * as grpc from "@grpc/grpc-js";
+import { TaskErrorType } from "@nexusflow/common/task-error-types";
 import {
   authorizeExecutorId,
   checkJsonForm,
@@ -296,7 +297,7 @@ export function executorService(
                   session,
                   key,
                   {
-                    type: replaceNulCharacters(e?.type || "UNKNOWN"),
+                    type: replaceNulCharacters(e?.type || TaskErrorType.UNKNOWN),
                     message: replaceNulCharacters(e?.message ?? ""),
                     retryable: e?.retryable ?? true,
                     ...(details === undefined ? {} : { details: replaceNulCharacters(details) }),

@@ -4,6 +4,7 @@
  * per call (plus rendering the inputs of the steps it starts), so the scheduler can simply call it
  * after every batch of state changes instead of tracking what changed.
  */
+import { TaskErrorType } from "@nexusflow/common/task-error-types";
 import { DagError } from "./errors.js";
 import { evaluateExpression, truthy } from "./expr.js";
 import type { EvalScope, StepView } from "./expr.js";
@@ -26,7 +27,7 @@ export interface SkipDecision {
 
 /** Why a step failed before running: its input or its `when` could not be rendered / evaluated. */
 export interface StepDecisionError {
-  readonly type: "TEMPLATE_ERROR" | "EXPRESSION_ERROR";
+  readonly type: typeof TaskErrorType.TEMPLATE_ERROR | typeof TaskErrorType.EXPRESSION_ERROR;
   readonly message: string;
 }
 
@@ -44,7 +45,7 @@ export type RunOutcome =
       /** Failed and cancelled steps, in topological order; empty when only the output mapping failed. */
       readonly failedSteps: readonly string[];
       /** Set when every step succeeded or was skipped but the `output` mapping could not be rendered. */
-      readonly error?: { readonly type: "TEMPLATE_ERROR"; readonly message: string };
+      readonly error?: { readonly type: typeof TaskErrorType.TEMPLATE_ERROR; readonly message: string };
     };
 
 /** Decisions of one {@link evaluateRun} call. */
@@ -194,7 +195,10 @@ export function evaluateRun(
         const message = errorMessage(error);
         if (message === undefined) throw error;
         effective[i] = FAILED;
-        fail.push({ stepId: step.id, error: { type: "EXPRESSION_ERROR", message: `when: ${message}` } });
+        fail.push({
+          stepId: step.id,
+          error: { type: TaskErrorType.EXPRESSION_ERROR, message: `when: ${message}` },
+        });
         continue;
       }
       if (!go) {
@@ -211,7 +215,7 @@ export function evaluateRun(
         const message = errorMessage(error);
         if (message === undefined) throw error;
         effective[i] = FAILED;
-        fail.push({ stepId: step.id, error: { type: "TEMPLATE_ERROR", message } });
+        fail.push({ stepId: step.id, error: { type: TaskErrorType.TEMPLATE_ERROR, message } });
         continue;
       }
     }
@@ -250,14 +254,17 @@ function outcomeOf(
   } catch (error) {
     const message = errorMessage(error);
     if (message === undefined) throw error;
-    return { status: "failed", failedSteps: [], error: { type: "TEMPLATE_ERROR", message } };
+    return { status: "failed", failedSteps: [], error: { type: TaskErrorType.TEMPLATE_ERROR, message } };
   }
 }
 
 /** Result of {@link renderCompensationInput}. */
 export type CompensationInput =
   | { readonly ok: true; readonly input: JsonValue }
-  | { readonly ok: false; readonly error: { readonly type: "TEMPLATE_ERROR"; readonly message: string } };
+  | {
+      readonly ok: false;
+      readonly error: { readonly type: typeof TaskErrorType.TEMPLATE_ERROR; readonly message: string };
+    };
 
 /**
  * Renders the `compensate.input` of a step (null when it has none). `step.input` / `step.output` are
@@ -294,7 +301,7 @@ export function renderCompensationInput(
   } catch (error) {
     const message = errorMessage(error);
     if (message === undefined) throw error;
-    return { ok: false, error: { type: "TEMPLATE_ERROR", message } };
+    return { ok: false, error: { type: TaskErrorType.TEMPLATE_ERROR, message } };
   }
 }
 

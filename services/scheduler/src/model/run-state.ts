@@ -5,6 +5,7 @@
  */
 import { randomUUID } from "node:crypto";
 import { RunStatus, TaskStatus, type TaskKind } from "@nexusflow/gen";
+import { TaskErrorType } from "@nexusflow/common/task-error-types";
 import type { CompiledWorkflow } from "../dag/index.js";
 
 /** Run states as stored: the names of the generated RunStatus enum ("SUCCEEDED"). */
@@ -53,7 +54,7 @@ export const ACTIVE_LEASE: ReadonlySet<TaskStatusName> = new Set(
 );
 
 /** Error type of a run whose changes PostgreSQL refused to store (see BatchWriter's onRefused). */
-export const STORAGE_REFUSED = "STORAGE_REFUSED";
+export const STORAGE_REFUSED = TaskErrorType.STORAGE_REFUSED;
 
 /** A failure as stored with attempts, tasks and runs (the TaskError message as JSON). */
 export interface ErrorInfo {

@@ -7,6 +7,7 @@ import assert from "node:assert/strict";
 import { randomUUID } from "node:crypto";
 import { type TestContext, it } from "node:test";
 import { waitFor } from "@nexusflow/common/testing";
+import { TaskErrorType } from "@nexusflow/common/task-error-types";
 import type { CompiledWorkflow } from "../dag/index.js";
 import { lifecycleEvent } from "../engine/events.js";
 import { newRunState, newTaskState, type RunState, type TaskState } from "../model/run-state.js";
@@ -244,7 +245,7 @@ export function engineStoreContract(makeStore: EngineStoreFactory): void {
   );
 
   storeTest("a refused run is ended once, with its tasks", async ({ store, definitionId }) => {
-    const error = { type: "STORAGE_REFUSED", message: "refused", retryable: false };
+    const error = { type: TaskErrorType.STORAGE_REFUSED, message: "refused", retryable: false };
     assert.equal(await store.failRefusedRun(randomUUID(), error), "not-stored");
     const { run, a } = newRun(store, definitionId);
     lease(store, a);

@@ -1,0 +1,231 @@
+/**
+ * The error types the scheduler and the executor give a failed attempt, task or run (`error.type`
+ * of `Attempt`, `TaskRun` and `Run` in GetRun; proto `nexusflow.v1.TaskError`). One vocabulary, so
+ * a workflow's retry policy can name them without spelling strings by hand (`TaskErrorType` is
+ * exported by @nexusflow/client, @nexusflow/executor and @nexusflow/common):
+ *
+ * ```ts
+ * const retry = { maxAttempts: 5, nonRetryableErrors: [TaskErrorType.EXIT_CODE, "CARD_DECLINED"] };
+ * ```
+ *
+ * Besides these constants, two families of types are produced: `HTTP_<status>` by the built-in
+ * `http` handler ({@link httpStatusErrorType}), and the `name` of an error a handler threw that is
+ * not a TaskError (`TypeError`, ...; {@link THROWN_ERROR_FALLBACK_TYPE} when it has none). Types a
+ * handler gives its own `TaskError`s (`CARD_DECLINED`) are the handler's to document.
+ *
+ * "Retried by default" is the verdict the error carries (`retryable`); a retryable error is still
+ * not retried once the step's `maxAttempts` are used or when its type is in `nonRetryableErrors`.
+ * This module has no dependencies, so the client can re-export it.
+ */
+export const TaskErrorType = {
+  // ---- Scheduler: timeouts and lost executors (every one retryable, like any attempt failure) ----
+
+  /**
+   * Scheduler. No executor leased and started the attempt within the step's `scheduleToStart`
+   * (no executor attached serves its type, or none has a free slot), counted from when it was
+   * queued. Retried by default; the attempt has no executor or start time. No details.
+   */
+  SCHEDULE_TO_START_TIMEOUT: "SCHEDULE_TO_START_TIMEOUT",
+  /**
+   * Scheduler or executor. The attempt passed its `startToClose` timeout: the scheduler fences the
+   * lease and tells the executor to stop; the executor aborts the handler at the same deadline.
+   * The built-in `http` and `shell` handlers also report it when their own `timeout` input passes,
+   * and an abort by a `TimeoutError` (`AbortSignal.timeout`) becomes it. Retried by default.
+   * Details: none, except `shell`, whose details are the command's output so far (`exitCode`,
+   * `signal`, `stdout`, `stderr`, `stdoutTruncated`, `stderrTruncated`).
+   */
+  TIMEOUT: "TIMEOUT",
+  /**
+   * Scheduler. A running attempt whose step has a `heartbeat` timeout sent no heartbeat for longer
+   * than that; the lease is fenced and the executor told to stop. Retried by default. No details.
+   */
+  HEARTBEAT_TIMEOUT: "HEARTBEAT_TIMEOUT",
+  /**
+   * Scheduler. The executor holding the lease lost its session and did not re-attach with it
+   * within the grace period. Retried by default. No details.
+   */
+  LEASE_EXPIRED: "LEASE_EXPIRED",
+  /**
+   * Scheduler. The executor gave the lease back (a `Release` report, e.g. while draining): the
+   * attempt ends CANCELLED with this error and the task is queued again at the front, without
+   * counting as a failure against `maxAttempts` or the retry policy. Marked retryable. No details.
+   */
+  RELEASED: "RELEASED",
+
+  // ---- Scheduler: runs ended by a user, a deadline, storage, or a failed step ----
+
+  /**
+   * Scheduler or executor. Scheduler: `CancelRun` cancelled the run; the run, and the attempts it
+   * stopped, carry it with the cancellation's reason as message. Executor: the handler was aborted
+   * because the scheduler cancelled its task, or threw an `AbortError` for another abort. Terminal.
+   * No details.
+   */
+  CANCELLED: "CANCELLED",
+  /**
+   * Scheduler. The run passed its `timeout`: it ends TIMED_OUT with this error, and so do the
+   * attempts it stopped. Terminal. No details.
+   */
+  RUN_TIMEOUT: "RUN_TIMEOUT",
+  /**
+   * Scheduler. The run's error when it failed because steps failed and the first of them has no
+   * error of its own to lend (a run's error normally takes the type of its first failed step).
+   * Also the error of a COMPENSATED run in that case. Terminal. No details.
+   */
+  STEP_FAILED: "STEP_FAILED",
+  /**
+   * Scheduler. The run's error when it ends COMPENSATION_FAILED: some compensations kept failing;
+   * the message names them after the error that started the rollback. Terminal. No details.
+   */
+  COMPENSATION_FAILED: "COMPENSATION_FAILED",
+  /**
+   * Scheduler. PostgreSQL refused to store the run's changes for their data (retrying would fail
+   * forever): the run ends FAILED with this error and its leases are cancelled; a run refused at
+   * `StartRun` is not created. Terminal. No details.
+   */
+  STORAGE_REFUSED: "STORAGE_REFUSED",
+  /**
+   * Scheduler. A succeeded step's offloaded output (a claim check in the artifact store) is gone or
+   * corrupt when the run needs it: the step fails. Terminal. No details.
+   */
+  OUTPUT_UNAVAILABLE: "OUTPUT_UNAVAILABLE",
+  /**
+   * Scheduler. A template could not be rendered against the run's data: a step's `input` (the step
+   * fails before running), a compensation's `input` (that compensation fails), or the workflow's
+   * `output` mapping (the run fails). The message names the JSON path. Terminal. No details.
+   */
+  TEMPLATE_ERROR: "TEMPLATE_ERROR",
+  /**
+   * Scheduler. A step's `when` condition could not be evaluated (a missing path, wrong types): the
+   * step fails before running. Terminal. No details.
+   */
+  EXPRESSION_ERROR: "EXPRESSION_ERROR",
+  /**
+   * Scheduler. An executor reported a failure without a type (an executor not built on
+   * @nexusflow/executor). Retried as the report says (by default when it says nothing).
+   * Details: as reported.
+   */
+  UNKNOWN: "UNKNOWN",
+
+  // ---- Executor: the attempt, its output and its artifacts ----
+
+  /**
+   * Executor. The lease names a task type this executor has no handler for, or does not
+   * advertise. Terminal. Details: `{ taskType, known }` (registered types) or `{ taskType, served }`.
+   */
+  UNKNOWN_TASK_TYPE: "UNKNOWN_TASK_TYPE",
+  /**
+   * Executor. The handler's output cannot be sent: not JSON-serialisable, or a string holding a NUL
+   * character (U+0000), which PostgreSQL cannot store. Terminal. No details.
+   */
+  INVALID_OUTPUT: "INVALID_OUTPUT",
+  /**
+   * Executor. The handler's output is larger than the executor's payload limit (without offload)
+   * or its offload limit (`OutputOffloadOptions.maxBytes`). Terminal. No details.
+   */
+  OUTPUT_TOO_LARGE: "OUTPUT_TOO_LARGE",
+  /**
+   * Executor. An output above the offload threshold could not be written to the artifact store.
+   * Retried by default. No details.
+   */
+  OUTPUT_OFFLOAD_FAILED: "OUTPUT_OFFLOAD_FAILED",
+  /**
+   * Executor. A handler called `ctx.artifacts.put` on an executor with no artifact store
+   * configured. Terminal. No details.
+   */
+  ARTIFACTS_UNAVAILABLE: "ARTIFACTS_UNAVAILABLE",
+  /**
+   * Executor. The artifact store refused a `ctx.artifacts.put` for its name or data (an invalid
+   * key, a conflict). Terminal. No details.
+   */
+  INVALID_ARTIFACT: "INVALID_ARTIFACT",
+  /**
+   * Executor. The artifact store failed a `ctx.artifacts.put` otherwise (unreachable, an error of
+   * its own). Retried by default. No details.
+   */
+  ARTIFACT_STORE_UNAVAILABLE: "ARTIFACT_STORE_UNAVAILABLE",
+  /**
+   * Executor. The executor was stopped and the handler did not finish within the drain timeout,
+   * so it was aborted. Retried by default (another executor may run it). No details.
+   */
+  EXECUTOR_SHUTDOWN: "EXECUTOR_SHUTDOWN",
+  /**
+   * Executor, as the abort reason a handler sees in `ctx.signal.reason`; never reported: the
+   * scheduler gave the lease to another executor while this one was away (on re-attach). Terminal.
+   */
+  LEASE_REVOKED: "LEASE_REVOKED",
+  /**
+   * Executor, as the abort reason a handler sees in `ctx.signal.reason`; never reported: the
+   * scheduler rejected a report on the lease (stale fencing token, task already decided), so the
+   * work is no longer this executor's. The scheduler's own record says why (e.g. TIMEOUT,
+   * LEASE_EXPIRED). Terminal.
+   */
+  LEASE_LOST: "LEASE_LOST",
+
+  // ---- Executor: the built-in handlers ----
+
+  /**
+   * Executor, built-in handlers (`http`, `shell`, `sleep`). The task's input is invalid (a missing
+   * or mistyped field, an unknown field, a bad duration). Terminal. Details: `{ field }`.
+   */
+  INVALID_INPUT: "INVALID_INPUT",
+  /**
+   * Executor, `http`. The request failed before a response arrived (DNS, refused or reset
+   * connection, TLS) or while reading the body. Retried by default. No details.
+   */
+  NETWORK_ERROR: "NETWORK_ERROR",
+  /**
+   * Executor, `http`. The response body is larger than the handler's `maxResponseBytes`. Terminal.
+   * Details: `{ status, maxBytes }`.
+   */
+  RESPONSE_TOO_LARGE: "RESPONSE_TOO_LARGE",
+  /**
+   * Executor, `http`. A 2xx response says JSON in its content-type but its body is not JSON.
+   * Terminal. Details: `{ status, body }` (the body cut to a few KiB).
+   */
+  INVALID_RESPONSE: "INVALID_RESPONSE",
+  /**
+   * Executor, `shell`. The command exited with a non-zero code or was killed by a signal. Retried
+   * by default, unless the input's `terminalExitCodes` lists the code or `retryOnExitCodes` does
+   * not. Details: `{ exitCode, signal, stdout, stderr, stdoutTruncated, stderrTruncated }` (the
+   * output's last characters).
+   */
+  EXIT_CODE: "EXIT_CODE",
+  /** Executor, `shell`. The command is not in PATH, or no such file. Terminal. No details. */
+  COMMAND_NOT_FOUND: "COMMAND_NOT_FOUND",
+  /** Executor, `shell`. The input's `cwd` does not exist or is not a directory. Terminal. No details. */
+  CWD_NOT_FOUND: "CWD_NOT_FOUND",
+  /** Executor, `shell`. The command could not be started otherwise (permissions, ...). Terminal. No details. */
+  SPAWN_FAILED: "SPAWN_FAILED",
+} as const;
+
+/** One of the error types of {@link TaskErrorType}. */
+export type TaskErrorType = (typeof TaskErrorType)[keyof typeof TaskErrorType];
+
+/** Every type of {@link TaskErrorType}, for checks and listings. */
+export const TASK_ERROR_TYPES: readonly TaskErrorType[] = Object.freeze(Object.values(TaskErrorType));
+
+/** True when `type` is one of {@link TaskErrorType} (not a family member or a handler's own type). */
+export function isTaskErrorType(type: string): type is TaskErrorType {
+  return (TASK_ERROR_TYPES as readonly string[]).includes(type);
+}
+
+/**
+ * The type the built-in `http` handler gives a non-2xx response, e.g. `HTTP_404`. Retried by
+ * default for 408, 429 and 5xx (after the response's `Retry-After`, when given), terminal for the
+ * others. Details: `{ status, headers, body }` (the body cut to a few KiB).
+ */
+export function httpStatusErrorType(status: number): `HTTP_${number}` {
+  return `HTTP_${status}`;
+}
+
+/** True for a type made by {@link httpStatusErrorType}. */
+export function isHttpStatusErrorType(type: string): boolean {
+  return /^HTTP_[1-5]\d\d$/.test(type);
+}
+
+/**
+ * The type of a failure whose handler threw something that is not a TaskError: the thrown error's
+ * `name` (`TypeError`, `MyError`), or this when it has none or is not an Error at all (a string).
+ * Retried by default. No details.
+ */
+export const THROWN_ERROR_FALLBACK_TYPE = "Error";
