@@ -9,7 +9,7 @@ import { type TestContext, it } from "node:test";
 import { waitFor } from "@nexusflow/common/testing";
 import { TaskErrorType } from "@nexusflow/common/task-error-types";
 import type { CompiledWorkflow } from "../dag/index.js";
-import { lifecycleEvent } from "../engine/events.js";
+import { lifecycleEvent } from "./outbox.js";
 import { newRunState, newTaskState, type RunState, type TaskState } from "../model/run-state.js";
 import type { CommittedChanges, EngineStore } from "./engine-store.js";
 

@@ -7,6 +7,7 @@ import { randomUUID } from "node:crypto";
 import { create, toBinary, type MessageInitShape } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { LifecycleEventBatchSchema, LifecycleEventSchema, type LifecycleEvent } from "@nexusflow/gen";
+import type { RunState } from "../model/run-state.js";
 
 /**
  * An outbox event: the LifecycleEvent (encoded when its batch commits, with the run's other events
@@ -56,6 +57,23 @@ function entryAt(bytes: Uint8Array, pos: number): { start: number; end: number }
   }
   if (pos + length > bytes.length) throw new Error("truncated event");
   return { start: pos, end: pos + length };
+}
+
+/**
+ * Creates the outbox row for one event of `run`, consuming the run's next sequence number. The
+ * message is encoded later, with the rest of its commit's events (encodeRunBatches).
+ */
+export function lifecycleEvent(run: RunState, event: EventInit, now = new Date()): OutboxRow {
+  return lifecycleEventAt(
+    {
+      runId: run.id,
+      sequence: BigInt(++run.eventSeq),
+      workflowName: run.workflow.name,
+      workflowVersion: run.workflow.version,
+    },
+    event,
+    now,
+  );
 }
 
 /**
