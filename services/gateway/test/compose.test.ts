@@ -12,7 +12,7 @@
  */
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, posix } from "node:path";
 import { describe, it } from "node:test";
@@ -218,6 +218,7 @@ describe("docker-compose.yml", () => {
     for (const secret of ["POSTGRES_PASSWORD", "S3_SECRET_KEY", "GRAFANA_ADMIN_PASSWORD"])
       assert.match(without.stderr, new RegExp(`${secret} is missing`));
     // The loader bites: a misspelled key is refused.
+    mkdirSync(join(ROOT, ".cache"), { recursive: true });
     const broken = join(ROOT, ".cache", `compose-broken-${process.pid}.yml`);
     writeFileSync(
       broken,

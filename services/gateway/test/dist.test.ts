@@ -11,7 +11,7 @@ import assert from "node:assert/strict";
 import { type ChildProcess, spawn, spawnSync } from "node:child_process";
 import { once } from "node:events";
 import { existsSync } from "node:fs";
-import { mkdtemp, readFile, rm } from "node:fs/promises";
+import { mkdir, mkdtemp, readFile, rm } from "node:fs/promises";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { ServingStatus, checkGrpcHealth } from "@nexusflow/common";
@@ -96,6 +96,7 @@ describe("the services compiled to JavaScript, started as the image starts them"
 
   before(async () => {
     // Inside the checkout: third-party packages resolve from its node_modules, one level up.
+    await mkdir(join(ROOT, ".cache"), { recursive: true });
     dir = await mkdtemp(join(ROOT, ".cache", "dist-test-"));
     const build = spawn(
       process.execPath,

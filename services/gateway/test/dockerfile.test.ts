@@ -9,7 +9,7 @@
  */
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
-import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { describe, it } from "node:test";
 import { deployTool, runTool } from "./deploy-tools.js";
@@ -158,6 +158,7 @@ describe("Dockerfile", () => {
         ["build", "deps", "runtime"],
       );
 
+      mkdirSync(join(ROOT, ".cache"), { recursive: true });
       const out = mkdtempSync(join(ROOT, ".cache", "dockerfile-test-"));
       t.after(() => rmSync(out, { recursive: true, force: true }));
       const build = spawnSync(process.execPath, [join(ROOT, "scripts", "build-dist.mjs"), "--out", out], {

@@ -1,6 +1,6 @@
 /**
  * The one authorization table (`RPC_ACCESS` in @nexusflow/common) against the API: every RPC of
- * every Nexusflow service, and of gRPC reflection, has an entry, and no entry names an RPC that
+ * every Nexusflow service, of gRPC reflection and of gRPC health, has an entry, and no entry names an RPC that
  * does not exist. A new RPC without a rule fails here (and is refused at run time).
  */
 import assert from "node:assert/strict";
@@ -13,6 +13,7 @@ import {
   RPC_ACCESS,
   Scope,
   authorize,
+  healthServiceDefinition,
   requiredScope,
   scopesOf,
 } from "@nexusflow/common";
@@ -26,9 +27,12 @@ const REFLECTION_RPCS = [
   "grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
   "grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
 ];
+/** grpc.health.v1.Health (Check, Watch), served by the scheduler for probes. */
+const HEALTH_RPCS = Object.values(healthServiceDefinition).map((m) => m.path.slice(1));
 const ALL_RPCS = [
   ...API_SERVICES.flatMap((s) => s.methods.map((m) => `${s.typeName}/${m.name}`)),
   ...REFLECTION_RPCS,
+  ...HEALTH_RPCS,
 ];
 
 const principal = (...scopes: string[]): Principal => ({
@@ -64,7 +68,7 @@ describe("the authorization table", () => {
       "nexusflow.v1.ExecutorService/Session": Scope.EXECUTOR,
     };
     for (const [rpc, scope] of Object.entries(expected)) assert.equal(requiredScope(rpc), scope, rpc);
-    for (const rpc of REFLECTION_RPCS) assert.equal(requiredScope(rpc), PUBLIC);
+    for (const rpc of [...REFLECTION_RPCS, ...HEALTH_RPCS]) assert.equal(requiredScope(rpc), PUBLIC);
   });
 
   it("lets admin do everything and names the missing scope otherwise", () => {
