@@ -169,6 +169,8 @@ describe("the services compiled to JavaScript, started as the image starts them"
       ...common,
       SCHEDULER_ADDRESS: address,
       EXECUTOR_ID: "dist-executor",
+      // The compose executors load the compiled example handlers.
+      EXECUTOR_HANDLERS: join(dir, "examples", "handlers.js"),
       ARTIFACTS_DIR: join(dir, "artifacts"),
     });
     services.push(executor);
@@ -177,6 +179,7 @@ describe("the services compiled to JavaScript, started as the image starts them"
       "/readyz",
     );
     await waitFor("the executor's /readyz", async () => (await status(executorReady)) === 200);
+    assert.ok(executor.lines.some((l) => l["msg"] === "handler module loaded"));
 
     const gateway = start(dir, "gateway", {
       ...common,
