@@ -169,9 +169,7 @@ async function startExecutor(
   );
   await executor.start();
   await waitFor(`executor ${options.executorId}'s session`, () =>
-    [...scheduler.engine.sessions()].some(
-      (s) => s.executorId === options.executorId && s.credit > 0,
-    ),
+    [...scheduler.engine.sessions()].some((s) => s.executorId === options.executorId && s.credit > 0),
   );
   return executor;
 }

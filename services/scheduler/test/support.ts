@@ -82,9 +82,7 @@ export async function startTestExecutor(
   });
   await executor.start();
   await waitFor(`executor ${options.executorId}'s session`, () =>
-    [...scheduler.engine.sessions()].some(
-      (s) => s.executorId === options.executorId && s.credit > 0,
-    )
+    [...scheduler.engine.sessions()].some((s) => s.executorId === options.executorId && s.credit > 0)
       ? true
       : undefined,
   );

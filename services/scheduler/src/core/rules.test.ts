@@ -31,10 +31,7 @@ void describe("core rules", () => {
     assert.ok(task);
     const key = sim.key(task);
     assert.equal(started(sim.core, s2, key, sim.at())?.code, "FAILED_PRECONDITION", "foreign");
-    assert.equal(
-      started(sim.core, s1, { ...key, fencingToken: 0n }, sim.at())?.code,
-      "FAILED_PRECONDITION",
-    );
+    assert.equal(started(sim.core, s1, { ...key, fencingToken: 0n }, sim.at())?.code, "FAILED_PRECONDITION");
     assert.equal(started(sim.core, s1, { ...key, taskRunId: "nope" }, sim.at())?.code, "NOT_FOUND");
     assert.equal(started(sim.core, s1, undefined, sim.at())?.code, "INVALID_ARGUMENT");
     assert.equal(task.status, "LEASED");

@@ -108,9 +108,7 @@ describe("DAG execution end to end", () => {
     await Promise.all([...general, alpha, beta].map((e) => e.start()));
     // Attached and holding credit: work started from now on can go to any of them.
     await waitFor("four sessions with credit", () =>
-      [...scheduler.engine.sessions()].filter((s) => s.credit > 0).length === 4
-        ? true
-        : undefined,
+      [...scheduler.engine.sessions()].filter((s) => s.credit > 0).length === 4 ? true : undefined,
     );
   });
 

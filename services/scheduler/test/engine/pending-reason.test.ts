@@ -89,9 +89,7 @@ describe("pending reason of queued tasks", () => {
     executors.push(e);
     await e.start();
     await waitFor(`executor ${executorId}'s session`, () =>
-      [...scheduler.engine.sessions()].some(
-        (s) => s.executorId === executorId && s.credit > 0,
-      ),
+      [...scheduler.engine.sessions()].some((s) => s.executorId === executorId && s.credit > 0),
     );
     return e;
   };
