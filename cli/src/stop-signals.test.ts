@@ -46,8 +46,10 @@ interface Dev {
 }
 
 function startDev(dataDir: string): Dev {
+  // The stack as `npm start` runs it on a fresh machine: embedded PostgreSQL and filesystem storage,
+  // whatever services the test run itself was given (test:all sets S3_ENDPOINT and KAFKA_BROKERS).
   const base = Object.fromEntries(
-    Object.entries(process.env).filter(([k]) => !k.startsWith("NEXUSFLOW_") && !k.startsWith("AUTH_")),
+    Object.entries(process.env).filter(([k]) => !/^(NEXUSFLOW_|AUTH_|S3_|KAFKA_|DATABASE_URL$)/.test(k)),
   );
   const child = spawn(process.execPath, [BIN, "dev"], {
     env: {
