@@ -27,6 +27,7 @@ import {
   bearerToken,
   isExecutorError,
   loadHandlerModule,
+  processExecutorOptions,
 } from "@nexusflow/executor";
 import { ensureDevKeys, mintDevToken } from "./dev-keys.js";
 import { type DevState, findDevKeys, readDevState } from "./dev-state.js";
@@ -41,16 +42,6 @@ const SYNOPSIS =
 const DEV_TOKEN_TTL_SEC = 3600;
 /** A minted token with less than this left is replaced before a session is opened with it. */
 const DEV_TOKEN_RENEW_BEFORE_MS = 10 * 60_000;
-
-/** The executor's own secrets (and the operator token), kept out of the environment of `shell` tasks. */
-const SECRET_VARIABLES = [
-  "S3_ACCESS_KEY",
-  "S3_SECRET_KEY",
-  "DATABASE_URL",
-  "EXECUTOR_TOKEN",
-  "EXECUTOR_TOKEN_FILE",
-  "NEXUSFLOW_TOKEN",
-];
 
 /** Each option and the variable it overrides. */
 const OPTION_VARIABLES = {
@@ -259,22 +250,11 @@ async function run(args: string[], io: CommandIo): Promise<number> {
   }
   const logger = createLogger("executor", config.logLevel);
   logProcessWarnings(logger);
-  const baseEnv = Object.fromEntries(
-    Object.entries(io.env).filter(([name]) => !SECRET_VARIABLES.includes(name)),
-  );
   let executor: Executor;
   try {
-    executor = new Executor({
-      artifacts,
-      offloadThresholdBytes: config.artifacts.offloadThresholdBytes,
-      schedulerAddress: config.schedulerAddress,
-      executorId: config.executorId,
-      slots: config.slots,
-      taskTypes: config.taskTypes,
-      logger,
-      metadata: bearerToken(token.source),
-      builtins: { shell: { baseEnv } },
-    });
+    executor = new Executor(
+      processExecutorOptions(config, io.env, { artifacts, logger, metadata: bearerToken(token.source) }),
+    );
   } catch (e) {
     if (isExecutorError(e, "INVALID_OPTIONS")) throw new CommandFailure(errorText(e), 2);
     throw e;

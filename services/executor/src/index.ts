@@ -55,4 +55,5 @@ export {
   createTaskArtifacts,
   settleOutput,
 } from "./artifacts.js";
+export { SECRET_VARIABLES, processExecutorOptions, shellBaseEnv } from "./process-options.js";
 export * from "./handlers/index.js";

@@ -24,15 +24,7 @@ import { Executor } from "./executor.js";
 import { isExecutorError } from "./errors.js";
 import { HandlerModuleError, HandlerRegistrationError, loadHandlerModule } from "./handlers/index.js";
 import { registerExecutorMetrics } from "./metrics.js";
-
-/** The executor's own secrets, kept out of the environment of `shell` tasks. */
-const SECRET_VARIABLES = [
-  "S3_ACCESS_KEY",
-  "S3_SECRET_KEY",
-  "DATABASE_URL",
-  "EXECUTOR_TOKEN",
-  "EXECUTOR_TOKEN_FILE",
-];
+import { processExecutorOptions } from "./process-options.js";
 
 /** Session metadata carrying `token` as a bearer token (none without one). */
 function bearerMetadata(token: string | undefined): grpc.Metadata {
@@ -69,9 +61,6 @@ const metadata =
         if (value === "") throw new Error(`the token file ${tokenFile} is empty`);
         return bearerMetadata(value);
       };
-const baseEnv = Object.fromEntries(
-  Object.entries(process.env).filter(([name]) => !SECRET_VARIABLES.includes(name)),
-);
 let artifacts: ArtifactStore;
 try {
   artifacts = await createArtifactStore(config.artifacts);
@@ -82,19 +71,15 @@ try {
 }
 logger.info({ store: artifacts.kind }, "artifact store ready");
 const registry = config.metrics === undefined ? undefined : createMetricsRegistry();
-const executor = new Executor({
-  artifacts,
-  offloadThresholdBytes: config.artifacts.offloadThresholdBytes,
-  schedulerAddress: config.schedulerAddress,
-  executorId: config.executorId,
-  slots: config.slots,
-  taskTypes: config.taskTypes,
-  logger,
-  metadata,
-  builtins: { shell: { baseEnv } },
-  // grpc-js takes client interceptors with the channel options.
-  ...(registry === undefined ? {} : { channelOptions: { interceptors: [grpcClientMetrics(registry)] } }),
-});
+const executor = new Executor(
+  processExecutorOptions(config, process.env, {
+    artifacts,
+    logger,
+    metadata,
+    // grpc-js takes client interceptors with the channel options.
+    ...(registry === undefined ? {} : { channelOptions: { interceptors: [grpcClientMetrics(registry)] } }),
+  }),
+);
 
 let metricsServer: MetricsServer | undefined;
 if (registry !== undefined) {
