@@ -19,6 +19,11 @@ export interface BenchOptions {
   systems: SystemName[];
   /** Write a V8 CPU profile of the bench process for each Nexusflow phase. @default false */
   profile: boolean;
+  /**
+   * Nexusflow's scheduler records Prometheus metrics and is scraped every 15 s, as a deployment
+   * is, to measure what metrics cost. @default false (no metrics)
+   */
+  metrics: boolean;
   /** Directory for the JSON results (and profiles). @default bench/results */
   out: string | undefined;
   /** Explicit open-loop rates (runs/s); replaces 100, 500, 1000 and half the drain rate. */
@@ -29,13 +34,14 @@ export interface BenchOptions {
 
 /** Usage text. */
 export const USAGE = `usage: npm run bench -- [--only ${SECTIONS.join("|")}[,...]] [--scale F]
-                        [--systems ${SYSTEMS.join(",")}] [--rates 100,500] [--profile] [--out DIR]
+                        [--systems ${SYSTEMS.join(",")}] [--rates 100,500] [--profile] [--metrics] [--out DIR]
   --only      run only these sections (comma-separated); cost needs throughput and runs it;
               retention: the drain beside a purge of old runs (Nexusflow)
   --scale     multiply sizes and durations (e.g. 0.1 for a quick run)
   --systems   systems compared in throughput, latency and cost (dag: nexusflow, dbos)
   --rates     open-loop arrival rates in runs/s (default 100,500,1000 and half our drain rate)
   --profile   write a .cpuprofile per Nexusflow phase and print its hottest functions
+  --metrics   Nexusflow's scheduler records Prometheus metrics, scraped every 15 s (their cost)
   --out       directory for results (default bench/results)`;
 
 /** Raised for a bad command line; the message says what is wrong. */
@@ -61,6 +67,7 @@ export function parseArgs(argv: readonly string[]): BenchOptions {
     scale: 1,
     systems: [...SYSTEMS],
     profile: false,
+    metrics: false,
     out: undefined,
     rates: undefined,
     help: false,
@@ -98,6 +105,9 @@ export function parseArgs(argv: readonly string[]): BenchOptions {
       }
       case "--profile":
         options.profile = true;
+        break;
+      case "--metrics":
+        options.metrics = true;
         break;
       case "--out":
         options.out = value();

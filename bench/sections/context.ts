@@ -51,7 +51,13 @@ export class BenchContext {
   /** A Nexusflow system on a fresh database. */
   async nexusflow(phase: string, options: Partial<NexusflowOptions> = {}): Promise<NexusflowSystem> {
     const db = await this.freshDatabase(`nf_${phase}`);
-    return new NexusflowSystem({ url: db.url, database: db.name, log: this.log, ...options });
+    return new NexusflowSystem({
+      url: db.url,
+      database: db.name,
+      log: this.log,
+      metrics: this.options.metrics,
+      ...options,
+    });
   }
 
   /** A DBOS system on a fresh database (its system database). */

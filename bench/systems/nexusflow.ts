@@ -14,6 +14,7 @@ import { createGrpcTransport } from "@connectrpc/connect-node";
 import { Worker } from "node:worker_threads";
 import { createLogger, jsonToValue, type Logger } from "@nexusflow/common";
 import { RunView, WorkflowService } from "@nexusflow/gen";
+import { createMetricsRegistry } from "@nexusflow/common/metrics";
 import { Scheduler } from "@nexusflow/scheduler";
 import type { GcPauses } from "../lib/gc-pauses.js";
 import type { ExecutorHostMessage } from "./executor-host.js";
@@ -43,8 +44,13 @@ export interface NexusflowOptions {
   runRetentionMs?: number;
   /** Time between the scheduler's retention purges, ms. @default the scheduler's (1 minute) */
   runRetentionIntervalMs?: number;
+  /** Record the scheduler's Prometheus metrics and scrape them every 15 s. @default false */
+  metrics?: boolean;
   log?: Logger;
 }
+
+/** How often a Prometheus would scrape the scheduler (its usual interval). */
+const SCRAPE_INTERVAL_MS = 15_000;
 
 /** A workflow spec of `steps` (already shaped) made of bench-noop tasks. */
 export function workflowSpec(name: string, steps: unknown[]): string {
@@ -63,6 +69,7 @@ export class NexusflowSystem implements QueueSystem {
   private threadGcValue: Record<string, GcPauses> = {};
   private host: Worker | undefined;
   private producer: Worker | undefined;
+  private scrapeTimer: NodeJS.Timeout | undefined;
 
   constructor(private readonly options: NexusflowOptions) {
     this.database = options.database;
@@ -74,6 +81,7 @@ export class NexusflowSystem implements QueueSystem {
       enqueue:
         "StartRun one by one over gRPC (no bulk API), with a @grpc/grpc-js client in its own worker thread",
       producerYoungGenerationMb: PRODUCER_YOUNG_GENERATION_MB,
+      metrics: options.metrics === true ? `on, scraped every ${SCRAPE_INTERVAL_MS / 1000} s` : "off",
       transport:
         "gRPC over loopback; the scheduler on the bench process's main thread, the executors in a worker thread",
     };
@@ -92,8 +100,10 @@ export class NexusflowSystem implements QueueSystem {
   }
 
   async start(): Promise<void> {
+    const registry = this.options.metrics === true ? createMetricsRegistry() : undefined;
     const scheduler = new Scheduler({
       port: 0,
+      ...(registry === undefined ? {} : { metrics: registry }),
       databaseUrl: this.options.url,
       log: this.log,
       ...(this.options.poolSize === undefined ? {} : { poolSize: this.options.poolSize }),
@@ -104,6 +114,12 @@ export class NexusflowSystem implements QueueSystem {
     });
     await scheduler.start();
     this.schedulerValue = scheduler;
+    if (registry !== undefined) {
+      // What a Prometheus costs the scheduler: a whole exposition every interval.
+      this.scrapeTimer = setInterval(() => {
+        registry.metrics().catch((e: unknown) => this.log.warn({ err: e }, "metrics scrape failed"));
+      }, SCRAPE_INTERVAL_MS);
+    }
     this.host = await acquireWorker(EXECUTOR_HOST);
     this.producer = await acquireWorker(PRODUCER_HOST);
     const connect: ProducerCommand = {
@@ -234,6 +250,8 @@ export class NexusflowSystem implements QueueSystem {
   }
 
   async stop(): Promise<void> {
+    clearInterval(this.scrapeTimer);
+    this.scrapeTimer = undefined;
     await this.stopConsumers();
     const producer = this.producer;
     this.producer = undefined;
