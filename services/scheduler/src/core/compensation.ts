@@ -3,6 +3,7 @@
  * steps that succeeded run in waves, in reverse dependency order; the run ends COMPENSATED when all
  * succeed, COMPENSATION_FAILED otherwise.
  */
+import { TaskErrorType } from "@nexusflow/common/task-error-types";
 import { compensationOrder, renderCompensationInput } from "../dag/index.js";
 import { TERMINAL_TASK_STATUSES, newTaskState, type ErrorInfo, type RunState } from "../model/run-state.js";
 import type { Core } from "./context.js";
@@ -83,7 +84,11 @@ export function advanceCompensation(core: Core, run: RunState, now: Date): void 
     }
   }
   const failed = [...run.compensations.values()].filter((t) => t.status !== "SUCCEEDED");
-  const base = run.rollbackError ?? { type: "STEP_FAILED", message: "the run failed", retryable: false };
+  const base = run.rollbackError ?? {
+    type: TaskErrorType.STEP_FAILED,
+    message: "the run failed",
+    retryable: false,
+  };
   if (failed.length === 0) {
     completeRun(core, run, "COMPENSATED", null, base, now);
   } else {
@@ -93,7 +98,7 @@ export function advanceCompensation(core: Core, run: RunState, now: Date): void 
       "COMPENSATION_FAILED",
       null,
       {
-        type: "COMPENSATION_FAILED",
+        type: TaskErrorType.COMPENSATION_FAILED,
         message: `${base.message}; compensation of ${failed.map((t) => t.stepId).join(", ")} failed`,
         retryable: false,
       },

@@ -3,6 +3,7 @@
  * once), failed, released; and the offloaded output of a completion read back, or not readable.
  * Every report is fenced first (fencing.ts).
  */
+import { TaskErrorType } from "@nexusflow/common/task-error-types";
 import type { LeaseKey } from "@nexusflow/gen";
 import { jsonToValue } from "@nexusflow/common";
 import { toArtifactRef } from "@nexusflow/common/artifacts";
@@ -152,7 +153,11 @@ export function released(
   const task = checkReport(core, session.id, key);
   if (isRejection(task)) return task;
   const now = at.now;
-  const error = { type: "RELEASED", message: reason || "released by the executor", retryable: true };
+  const error = {
+    type: TaskErrorType.RELEASED,
+    message: reason || "released by the executor",
+    retryable: true,
+  };
   finishAttempt(core, task, "CANCELLED", error, now);
   detach(core, task);
   task.status = "QUEUED";
@@ -181,7 +186,7 @@ export function outputUnavailable(core: Core, task: TaskState, reason: string, n
     run,
     task,
     {
-      type: "OUTPUT_UNAVAILABLE",
+      type: TaskErrorType.OUTPUT_UNAVAILABLE,
       message: `the offloaded output of step ${task.stepId} cannot be read: ${reason}`,
       retryable: false,
     },

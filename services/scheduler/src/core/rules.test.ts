@@ -2,9 +2,10 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { cancelRun, startRun, advance } from "./runs.js";
-import { completed, failed, started, released } from "./reports.js";
+import { completed, failed, heartbeat, started, released } from "./reports.js";
 import { retryDelay } from "./retries.js";
 import { reclaim, sessionLost } from "./sessions.js";
+import { checkHeartbeat } from "./timeouts.js";
 import { Simulation, workflowOf } from "./simulation.js";
 import type { CompiledWorkflow } from "../dag/index.js";
 
@@ -120,6 +121,37 @@ void describe("core rules", () => {
     sim2.advanceTime(5000);
     assert.equal(timed.status, "TIMED_OUT");
     assert.equal(timed.tasks.get("a")?.status, "CANCELLED");
+  });
+
+  it("heartbeat timeout: a running attempt silent for longer than its limit fails, one that beats does not", () => {
+    const sim = new Simulation();
+    const run = begin(
+      sim,
+      flow([{ id: "a", type: "t", retry: { maxAttempts: 1 }, timeouts: { heartbeat: "1s" } }]),
+    );
+    const s = sim.session("s");
+    const task = sim.lease(s)!;
+    const key = sim.key(task);
+    assert.equal(started(sim.core, s, key, sim.at()), null);
+    sim.advanceTime(800);
+    assert.equal(heartbeat(sim.core, s, key, sim.at()), null);
+    sim.advanceTime(800);
+    checkHeartbeat(sim.core, task.id, sim.at());
+    assert.equal(task.status, "RUNNING", "beat 800 ms ago: within the limit");
+    sim.advanceTime(201);
+    checkHeartbeat(sim.core, task.id, sim.at());
+    assert.equal(task.status, "FAILED");
+    assert.equal(task.error?.type, "HEARTBEAT_TIMEOUT");
+    assert.deepEqual(
+      sim.cancels.map((c) => c.reason),
+      ["heartbeat timeout"],
+    );
+    assert.equal(run.status, "FAILED");
+    assert.equal(
+      completed(sim.core, s, key, null, null, null, sim.at())?.code,
+      "FAILED_PRECONDITION",
+      "fenced",
+    );
   });
 
   it("cancellation with compensation runs the compensations in reverse dependency order", () => {

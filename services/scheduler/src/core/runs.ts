@@ -2,6 +2,7 @@
  * A run's own inputs: started, advanced (its DAG evaluated and what became ready, skipped or
  * failed applied), cancelled, timed out, refused by storage, and forgotten once its end is committed.
  */
+import { TaskErrorType } from "@nexusflow/common/task-error-types";
 import { jsonToValue } from "@nexusflow/common";
 import { evaluateRun, type CompiledWorkflow } from "../dag/index.js";
 import {
@@ -111,7 +112,7 @@ export function advance(core: Core, run: RunState, now: Date): void {
                 retryable: false,
               }
             : {
-                type: first?.error?.type ?? "STEP_FAILED",
+                type: first?.error?.type ?? TaskErrorType.STEP_FAILED,
                 message: `step${failed.length === 1 ? "" : "s"} ${failed.join(", ")} failed${first?.error ? `: ${first.error.message}` : ""}`,
                 retryable: false,
               };
@@ -162,7 +163,7 @@ export function cancelRun(
   run.compensateOnCancel = compensate;
   core.fx.writeRun(run);
   core.fx.event(run, { case: "runCancelRequested", value: { reason, compensate } });
-  const error: ErrorInfo = { type: "CANCELLED", message: reason, retryable: false };
+  const error: ErrorInfo = { type: TaskErrorType.CANCELLED, message: reason, retryable: false };
   stopActiveTasks(core, run, `run cancelled: ${reason}`, error, now);
   if (!compensate || !startCompensation(core, run, error, now))
     completeRun(core, run, "CANCELLED", null, error, now);
@@ -172,7 +173,11 @@ export function cancelRun(
 /** The run's deadline passed: its tasks are cancelled and it ends TIMED_OUT. */
 export function timeOutRun(core: Core, run: RunState, now: Date): void {
   if (TERMINAL_RUN_STATUSES.has(run.status)) return;
-  const error: ErrorInfo = { type: "RUN_TIMEOUT", message: "the run exceeded its timeout", retryable: false };
+  const error: ErrorInfo = {
+    type: TaskErrorType.RUN_TIMEOUT,
+    message: "the run exceeded its timeout",
+    retryable: false,
+  };
   stopActiveTasks(core, run, "run timed out", error, now);
   completeRun(core, run, "TIMED_OUT", null, error, now);
   core.fx.commit();

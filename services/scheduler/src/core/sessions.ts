@@ -3,6 +3,7 @@
  * executor to reconnect and reclaim them (Attach.held_leases); unclaimed, they expire as a failed
  * attempt. A silent session is declared lost.
  */
+import { TaskErrorType } from "@nexusflow/common/task-error-types";
 import type { LeaseKey } from "@nexusflow/gen";
 import { ACTIVE_LEASE, type TaskState } from "../model/run-state.js";
 import type { Core, Moment, SessionLeases } from "./context.js";
@@ -34,7 +35,11 @@ export function leaseGraceExpired(core: Core, task: TaskState, token: number, at
   failAttempt(
     core,
     task,
-    { type: "LEASE_EXPIRED", message: `executor ${task.executorId ?? "?"} was lost`, retryable: true },
+    {
+      type: TaskErrorType.LEASE_EXPIRED,
+      message: `executor ${task.executorId ?? "?"} was lost`,
+      retryable: true,
+    },
     0,
     at,
   );

@@ -3,6 +3,7 @@
  * queued task in time), start-to-close (the attempt ran too long), heartbeat (the running attempt
  * went silent); and the run's own deadline. Timers come back here as inputs when they fire.
  */
+import { TaskErrorType } from "@nexusflow/common/task-error-types";
 import { ACTIVE_LEASE, type TaskState } from "../model/run-state.js";
 import type { Core, Moment, Timer } from "./context.js";
 import { failAttempt, retryDue } from "./retries.js";
@@ -43,7 +44,7 @@ export function scheduleToStartExpired(
     core,
     task,
     {
-      type: "SCHEDULE_TO_START_TIMEOUT",
+      type: TaskErrorType.SCHEDULE_TO_START_TIMEOUT,
       message: `no executor started the task within ${limitMs} ms`,
       retryable: true,
     },
@@ -59,7 +60,11 @@ export function startToCloseExpired(core: Core, task: TaskState, token: number, 
   failAttempt(
     core,
     task,
-    { type: "TIMEOUT", message: "the attempt exceeded its start-to-close timeout", retryable: true },
+    {
+      type: TaskErrorType.TIMEOUT,
+      message: "the attempt exceeded its start-to-close timeout",
+      retryable: true,
+    },
     0,
     at,
   );
@@ -76,7 +81,7 @@ export function checkHeartbeat(core: Core, taskRunId: string, at: Moment): void 
   failAttempt(
     core,
     task,
-    { type: "HEARTBEAT_TIMEOUT", message: `no heartbeat within ${limit} ms`, retryable: true },
+    { type: TaskErrorType.HEARTBEAT_TIMEOUT, message: `no heartbeat within ${limit} ms`, retryable: true },
     0,
     at,
   );
