@@ -421,6 +421,73 @@ export function loadGatewayConfig(env: Env = process.env): GatewayConfig {
   };
 }
 
+/**
+ * Tracing (OpenTelemetry), read from the standard `OTEL_*` variables by every service. Off unless
+ * OTEL_EXPORTER_OTLP_ENDPOINT (or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT) is set; OTEL_SDK_DISABLED=true
+ * turns it off even then.
+ */
+export interface TelemetryConfig {
+  /**
+   * The OTLP/HTTP (protobuf) traces URL: OTEL_EXPORTER_OTLP_TRACES_ENDPOINT as given, or
+   * OTEL_EXPORTER_OTLP_ENDPOINT with `/v1/traces` appended.
+   */
+  tracesUrl: string;
+  /** OTEL_SERVICE_NAME; defaults to the service's own name (`nexusflow-scheduler`, ...). */
+  serviceName: string;
+  /**
+   * The share of new traces recorded (OTEL_TRACES_SAMPLER / OTEL_TRACES_SAMPLER_ARG): `always_on`
+   * and `parentbased_always_on` give 1, `traceidratio` and `parentbased_traceidratio` the ratio,
+   * `always_off` and `parentbased_always_off` 0. A child always follows its parent's decision.
+   * @default 1
+   */
+  sampleRatio: number;
+  /** OTEL_EXPORTER_OTLP_HEADERS (`key=value,key=value`, values URL-decoded). */
+  headers: Record<string, string>;
+}
+
+const SAMPLERS = [
+  "always_on",
+  "always_off",
+  "traceidratio",
+  "parentbased_always_on",
+  "parentbased_always_off",
+  "parentbased_traceidratio",
+] as const;
+
+/**
+ * Reads the tracing configuration; `undefined` when tracing is off (the default). `service` is the
+ * default service name. Throws {@link ConfigError}.
+ */
+export function loadTelemetryConfig(service: string, env: Env = process.env): TelemetryConfig | undefined {
+  if (bool(env, "OTEL_SDK_DISABLED", false)) return undefined;
+  const traces = url(env, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", ["http:", "https:"]);
+  const base = url(env, "OTEL_EXPORTER_OTLP_ENDPOINT", ["http:", "https:"]);
+  if (traces === undefined && base === undefined) return undefined;
+  const tracesUrl = traces ?? `${base!.replace(/\/+$/, "")}/v1/traces`;
+  const sampler = oneOf(env, "OTEL_TRACES_SAMPLER", SAMPLERS, "parentbased_always_on");
+  let sampleRatio = 1;
+  if (sampler.endsWith("always_off")) sampleRatio = 0;
+  else if (sampler.endsWith("traceidratio")) {
+    const arg = str(env, "OTEL_TRACES_SAMPLER_ARG") ?? "1";
+    const ratio = Number(arg);
+    if (!/^\d*\.?\d+$/.test(arg) || ratio > 1) {
+      throw new ConfigError(
+        "OTEL_TRACES_SAMPLER_ARG",
+        `expected a ratio from 0 to 1, got ${JSON.stringify(arg)}`,
+      );
+    }
+    sampleRatio = ratio;
+  }
+  const headers: Record<string, string> = {};
+  for (const pair of list(env, "OTEL_EXPORTER_OTLP_HEADERS") ?? []) {
+    const eq = pair.indexOf("=");
+    if (eq <= 0)
+      throw new ConfigError("OTEL_EXPORTER_OTLP_HEADERS", `expected key=value, got ${JSON.stringify(pair)}`);
+    headers[pair.slice(0, eq).trim()] = decodeURIComponent(pair.slice(eq + 1).trim());
+  }
+  return { tracesUrl, serviceName: str(env, "OTEL_SERVICE_NAME") ?? service, sampleRatio, headers };
+}
+
 /** Configuration of `migrate` (the schema step before a scheduler starts): the database and logging. */
 export interface MigrateConfig {
   logLevel: LogLevel;

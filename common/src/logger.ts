@@ -1,20 +1,40 @@
 /** The one structured logger of every service (pino, JSON lines on stdout). */
-import { pino, type Logger } from "pino";
+import { type DestinationStream, pino, type Logger } from "pino";
 import type { LogLevel } from "./config.js";
+import { activeTraceFields } from "./telemetry/index.js";
 
 export type { Logger } from "pino";
 
+/** Options of {@link createLogger}. */
+export interface LoggerOptions {
+  /**
+   * Adds `trace_id` and `span_id` of the active span to every line written inside one (pass
+   * `tracingEnabled()`: with tracing off no span is ever active, and the lookup is skipped).
+   * @default false
+   */
+  traceContext?: boolean;
+  /**
+   * Where the lines go.
+   * @default stdout
+   */
+  destination?: DestinationStream;
+}
+
 /** Creates the root logger of a service. Secrets are redacted wherever they appear in fields. */
-export function createLogger(service: string, level: LogLevel): Logger {
-  return pino({
-    name: service,
-    level,
-    base: { service },
-    redact: {
-      paths: ["token", "authorization", "*.token", "*.authorization", "headers.authorization"],
-      censor: "[redacted]",
+export function createLogger(service: string, level: LogLevel, options: LoggerOptions = {}): Logger {
+  return pino(
+    {
+      name: service,
+      level,
+      base: { service },
+      ...(options.traceContext === true ? { mixin: activeTraceFields } : {}),
+      redact: {
+        paths: ["token", "authorization", "*.token", "*.authorization", "headers.authorization"],
+        censor: "[redacted]",
+      },
     },
-  });
+    options.destination,
+  );
 }
 
 /**

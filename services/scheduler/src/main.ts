@@ -1,23 +1,13 @@
-/** Scheduler entry point: read configuration, start, stop on signals. */
-import {
-  ConfigError,
-  KeyFileError,
-  createLogger,
-  logProcessWarnings,
-  loadSchedulerConfig,
-  tokenVerifierFromConfig,
-} from "@nexusflow/common";
-import { type ArtifactStore, createArtifactStore, isArtifactError } from "@nexusflow/common/artifacts";
-import { MetricsListenError, createMetricsRegistry } from "@nexusflow/common/metrics";
-import { EmbeddedPostgresError } from "./persistence/embedded-postgres.js";
-import { PortInUseError, Scheduler, isSchedulerLockedError } from "./scheduler.js";
-import { tuneRuntime } from "./runtime.js";
+/**
+ * The scheduler process's entry point. Tracing (OTEL_* variables; off by default) starts first, before
+ * any module it instruments (gRPC, HTTP, pg, kafkajs) is imported; then serve.ts reads the rest of
+ * the configuration, starts the scheduler and stops it on signals.
+ */
+import { ConfigError, loadTelemetryConfig } from "@nexusflow/common/config";
+import { startTelemetry } from "@nexusflow/common/telemetry";
 
-tuneRuntime();
-
-let config;
 try {
-  config = loadSchedulerConfig();
+  await startTelemetry(loadTelemetryConfig("nexusflow-scheduler"));
 } catch (e) {
   if (e instanceof ConfigError) {
     process.stderr.write(`nexusflow-scheduler: ${e.message}\n`);
@@ -25,89 +15,4 @@ try {
   }
   throw e;
 }
-const log = createLogger("scheduler", config.logLevel);
-logProcessWarnings(log);
-let auth;
-try {
-  auth = await tokenVerifierFromConfig(config.auth);
-} catch (e) {
-  if (e instanceof KeyFileError) {
-    process.stderr.write(`nexusflow-scheduler: AUTH_PUBLIC_KEYS: ${e.message}\n`);
-    process.exit(2);
-  }
-  throw e;
-}
-if (auth === undefined)
-  log.warn("authentication is OFF (AUTH_DISABLED=true): any caller and any executor is let in");
-let artifacts: ArtifactStore;
-try {
-  artifacts = await createArtifactStore(config.artifacts);
-} catch (e) {
-  if (e instanceof ConfigError || isArtifactError(e)) {
-    process.stderr.write(`nexusflow-scheduler: artifact store: ${e.message}\n`);
-    process.exit(2);
-  }
-  throw e;
-}
-const scheduler = new Scheduler({
-  artifacts,
-  host: config.host,
-  port: config.port,
-  databaseUrl: config.database.url,
-  dataDir: config.database.dataDir,
-  poolSize: config.database.poolSize,
-  heartbeatIntervalMs: config.heartbeatIntervalMs,
-  sessionTimeoutMs: config.sessionTimeoutMs,
-  idempotencyKeyRetentionMs: config.retention.idempotencyKeyRetentionMs,
-  runRetentionMs: config.retention.runRetentionMs,
-  runRetentionIntervalMs: config.retention.runRetentionIntervalMs,
-  exportRunsBeforeDelete: config.retention.exportBeforeDelete,
-  auth,
-  metrics: config.metrics === undefined ? undefined : createMetricsRegistry(),
-  metricsEndpoint: config.metrics,
-  onFatal: (error) => {
-    process.stderr.write(`nexusflow-scheduler: ${error.message}\n`);
-    process.exit(1);
-  },
-  events: {
-    brokers: config.kafka.brokers,
-    topic: config.kafka.topic,
-    partitions: config.kafka.partitions,
-    replicationFactor: config.kafka.replicationFactor,
-    clientId: config.kafka.clientId,
-    retentionMs: config.kafka.outboxRetentionMs,
-    pruneIntervalMs: config.kafka.outboxPruneIntervalMs,
-    batchSize: config.kafka.outboxBatchSize,
-  },
-  log,
-});
-
-let stopping = false;
-async function shutdown(signal: string): Promise<void> {
-  if (stopping) {
-    log.warn({ signal }, "second signal: exiting now");
-    process.exit(1);
-  }
-  stopping = true;
-  log.info({ signal }, "shutting down");
-  await scheduler.stop();
-  process.exit(0);
-}
-process.on("SIGTERM", () => void shutdown("SIGTERM"));
-process.on("SIGINT", () => void shutdown("SIGINT"));
-
-try {
-  await scheduler.start();
-} catch (e) {
-  if (
-    e instanceof PortInUseError ||
-    e instanceof EmbeddedPostgresError ||
-    e instanceof MetricsListenError ||
-    isSchedulerLockedError(e)
-  ) {
-    process.stderr.write(`nexusflow-scheduler: ${e.message}\n`);
-    process.exit(1);
-  }
-  log.fatal({ err: e }, "scheduler failed to start");
-  process.exit(1);
-}
+await import("./serve.js");

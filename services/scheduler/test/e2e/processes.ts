@@ -28,6 +28,8 @@ const SCRUBBED = [
   "AUTH_AUDIENCE",
   "EXECUTOR_TOKEN",
   "EXECUTOR_TOKEN_FILE",
+  "OTEL_EXPORTER_OTLP_ENDPOINT",
+  "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
 ];
 
 /** One parsed log line (pino JSON), or the raw text of a line that is not JSON. */

@@ -1,0 +1,97 @@
+/**
+ * Tracing (OpenTelemetry) for every service: {@link startTelemetry} starts the SDK from a
+ * {@link TelemetryConfig} and is a no-op without one (the default: OTEL_EXPORTER_OTLP_ENDPOINT
+ * unset). This module imports only `@opentelemetry/api`; the SDK, the exporter and the
+ * instrumentations are loaded by `sdk.ts` when tracing is on, so a process with tracing off loads
+ * none of them, and the helpers below return before doing any work ({@link tracingEnabled}).
+ *
+ * A service's `main.ts` calls {@link startTelemetry} before it imports the modules the
+ * instrumentations patch (gRPC, HTTP, pg, kafkajs), then imports the rest of the service.
+ */
+import { type Context, type Span, ROOT_CONTEXT, context, trace, TraceFlags } from "@opentelemetry/api";
+import type { TelemetryConfig } from "../config.js";
+
+export type { TelemetryConfig } from "../config.js";
+
+/** The handle {@link startTelemetry} returns: `shutdown` flushes the spans still buffered. */
+export interface Telemetry {
+  readonly enabled: boolean;
+  shutdown(): Promise<void>;
+}
+
+const OFF: Telemetry = { enabled: false, shutdown: () => Promise.resolve() };
+
+let current: Telemetry = OFF;
+
+/** True once {@link startTelemetry} started the SDK (and until its `shutdown`). */
+export function tracingEnabled(): boolean {
+  return current.enabled;
+}
+
+/**
+ * Starts tracing as configured: the OTLP exporter, W3C trace-context propagation and the gRPC,
+ * HTTP, pg and kafkajs instrumentations. Without a configuration (tracing off) it does nothing.
+ * Call it once per process, before the instrumented modules are imported.
+ */
+export async function startTelemetry(config: TelemetryConfig | undefined): Promise<Telemetry> {
+  if (config === undefined || current.enabled) return current;
+  const { startSdk } = await import("./sdk.js");
+  const shutdown = await startSdk(config);
+  const started: Telemetry = {
+    enabled: true,
+    shutdown: async () => {
+      if (current === started) current = OFF;
+      await shutdown();
+    },
+  };
+  current = started;
+  return started;
+}
+
+/** Flushes and stops tracing if it was started (for a service's shutdown path). */
+export function shutdownTelemetry(): Promise<void> {
+  return current.shutdown();
+}
+
+/** The trace fields of a log line: `trace_id` and `span_id` of the active span, if any. */
+export function activeTraceFields(): { trace_id?: string; span_id?: string } {
+  const span = trace.getActiveSpan();
+  if (span === undefined) return {};
+  const { traceId, spanId } = span.spanContext();
+  return { trace_id: traceId, span_id: spanId };
+}
+
+const TRACEPARENT = /^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$/;
+
+/**
+ * The W3C `traceparent` of a span (or of the span active in `ctx`): `00-<trace id>-<span id>-<flags>`.
+ * Undefined for no span or an invalid one.
+ */
+export function traceparentOf(spanOrContext: Span | Context | undefined): string | undefined {
+  if (spanOrContext === undefined) return undefined;
+  const span = "spanContext" in spanOrContext ? spanOrContext : trace.getSpan(spanOrContext);
+  if (span === undefined) return undefined;
+  const sc = span.spanContext();
+  if (!trace.isSpanContextValid(sc)) return undefined;
+  return `00-${sc.traceId}-${sc.spanId}-0${(sc.traceFlags & TraceFlags.SAMPLED).toString(16)}`;
+}
+
+/** The `traceparent` of the active span, or undefined (always undefined with tracing off). */
+export function activeTraceparent(): string | undefined {
+  return current.enabled ? traceparentOf(context.active()) : undefined;
+}
+
+/**
+ * A context whose parent is the remote span a `traceparent` names (the root context for an
+ * undefined or malformed one), for starting a child span in another process or after a restart.
+ */
+export function contextFromTraceparent(
+  traceparent: string | undefined,
+  base: Context = ROOT_CONTEXT,
+): Context {
+  const m = traceparent === undefined ? null : TRACEPARENT.exec(traceparent);
+  if (m === null) return base;
+  const sc = { traceId: m[1]!, spanId: m[2]!, traceFlags: parseInt(m[3]!, 16), isRemote: true };
+  if (!trace.isSpanContextValid(sc)) return base;
+  return trace.setSpanContext(base, sc);
+}

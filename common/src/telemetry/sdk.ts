@@ -1,0 +1,43 @@
+/**
+ * The OpenTelemetry SDK of a service, loaded by `startTelemetry` only when tracing is on: the
+ * OTLP/HTTP (protobuf) exporter behind a batching processor, a parent-based ratio sampler, W3C trace
+ * context, and the gRPC, HTTP, pg and kafkajs instrumentations. The instrumentations patch ESM
+ * imports through import-in-the-middle's loader hook, registered here for just their modules.
+ */
+import { register } from "node:module";
+import { OTLPTraceExporter } from "@opentelemetry/exporter-trace-otlp-proto";
+import { GrpcInstrumentation } from "@opentelemetry/instrumentation-grpc";
+import { HttpInstrumentation } from "@opentelemetry/instrumentation-http";
+import { KafkaJsInstrumentation } from "@opentelemetry/instrumentation-kafkajs";
+import { PgInstrumentation } from "@opentelemetry/instrumentation-pg";
+import { NodeSDK } from "@opentelemetry/sdk-node";
+import { BatchSpanProcessor, ParentBasedSampler, TraceIdRatioBasedSampler } from "@opentelemetry/sdk-trace";
+import { createAddHookMessageChannel } from "import-in-the-middle";
+import type { TelemetryConfig } from "../config.js";
+
+/** Starts the SDK; resolves to its shutdown (flush, then stop). */
+export async function startSdk(config: TelemetryConfig): Promise<() => Promise<void>> {
+  const { registerOptions, waitForAllMessagesAcknowledged } = createAddHookMessageChannel();
+  register("import-in-the-middle/hook.mjs", import.meta.url, registerOptions);
+  const sdk = new NodeSDK({
+    serviceName: config.serviceName,
+    autoDetectResources: false,
+    // Logs go to stdout through pino, metrics to Prometheus: the SDK exports traces only.
+    logRecordProcessors: [],
+    sampler: new ParentBasedSampler({ root: new TraceIdRatioBasedSampler(config.sampleRatio) }),
+    spanProcessors: [
+      new BatchSpanProcessor({
+        exporter: new OTLPTraceExporter({ url: config.tracesUrl, headers: config.headers }),
+      }),
+    ],
+    instrumentations: [
+      new GrpcInstrumentation(),
+      new HttpInstrumentation(),
+      new PgInstrumentation({ requireParentSpan: true }),
+      new KafkaJsInstrumentation(),
+    ],
+  });
+  sdk.start();
+  await waitForAllMessagesAcknowledged();
+  return () => sdk.shutdown();
+}

@@ -1,0 +1,123 @@
+/** The gateway process (after main.ts started tracing): read config, start, stop on signals. */
+import {
+  ConfigError,
+  type GatewayConfig,
+  KeyFileError,
+  type ReadinessCheck,
+  ServingStatus,
+  type TokenVerifier,
+  checkGrpcHealth,
+  createLogger,
+  logProcessWarnings,
+  loadGatewayConfig,
+  tokenVerifierFromConfig,
+} from "@nexusflow/common";
+import {
+  MetricsListenError,
+  type MetricsServer,
+  createMetricsRegistry,
+  startMetricsEndpoint,
+} from "@nexusflow/common/metrics";
+import { shutdownTelemetry, tracingEnabled } from "@nexusflow/common/telemetry";
+import { GatewayListenError, createGateway } from "./server.js";
+
+function fail(message: string, exitCode: number): never {
+  process.stderr.write(`nexusflow-gateway: ${message}\n`);
+  process.exit(exitCode);
+}
+
+let config: GatewayConfig;
+try {
+  config = loadGatewayConfig();
+} catch (e) {
+  if (e instanceof ConfigError) fail(e.message, 2);
+  throw e;
+}
+
+const logger = createLogger("gateway", config.logLevel, { traceContext: tracingEnabled() });
+logProcessWarnings(logger);
+let verifier: TokenVerifier | undefined;
+try {
+  verifier = await tokenVerifierFromConfig(config.auth);
+} catch (e) {
+  if (e instanceof KeyFileError) fail(`AUTH_PUBLIC_KEYS: ${e.message}`, 2);
+  throw e;
+}
+if (verifier === undefined) {
+  logger.warn("authentication is OFF (AUTH_DISABLED=true): every caller can do everything");
+} else if (config.auth.issuer.includes("nexusflow-dev")) {
+  logger.warn("accepting dev tokens (AUTH_ISSUER nexusflow-dev): for local development only");
+}
+// Ready (GET /readyz) while the scheduler's health service answers SERVING.
+const schedulerReady: ReadinessCheck = async () => {
+  try {
+    const status = await checkGrpcHealth(config.schedulerAddress, { timeoutMs: 2000 });
+    return status === ServingStatus.SERVING ? undefined : `the scheduler is not serving (status ${status})`;
+  } catch (e) {
+    return `the scheduler at ${config.schedulerAddress} does not answer: ${e instanceof Error ? e.message : String(e)}`;
+  }
+};
+const registry = config.metrics === undefined ? undefined : createMetricsRegistry();
+const gateway = createGateway({
+  ready: schedulerReady,
+  host: config.host,
+  port: config.port,
+  schedulerAddress: config.schedulerAddress,
+  logger,
+  verifier,
+  maxRequestBytes: config.maxRequestBytes,
+  maxStreamsPerClient: config.maxStreamsPerClient,
+  metrics: registry,
+});
+
+let metricsServer: MetricsServer | undefined;
+if (registry !== undefined) {
+  try {
+    metricsServer = await startMetricsEndpoint(config.metrics, registry, logger, schedulerReady);
+  } catch (e) {
+    if (e instanceof MetricsListenError) fail(e.message, 1);
+    throw e;
+  }
+  if (metricsServer !== undefined) logger.info({ url: metricsServer.url }, "metrics listening");
+}
+
+try {
+  const { url } = await gateway.listen();
+  logger.info(
+    {
+      url,
+      protocols: ["grpc", "grpc-web", "connect", "rest"],
+      auth: verifier === undefined ? "off" : config.auth.jwksUrl === undefined ? "public keys" : "jwks",
+      http: ["h2c", "http/1.1"],
+      scheduler: config.schedulerAddress,
+    },
+    "gateway listening",
+  );
+} catch (e) {
+  if (e instanceof GatewayListenError) fail(`${e.message} (set GATEWAY_PORT to use another port)`, 1);
+  throw e;
+}
+
+let stopping = false;
+const stop = (signal: NodeJS.Signals): void => {
+  if (stopping) {
+    logger.warn({ signal }, "second signal, exiting now");
+    process.exit(1);
+  }
+  stopping = true;
+  logger.info({ signal }, "gateway stopping");
+  Promise.all([gateway.close(), metricsServer?.close()])
+    .then(() => shutdownTelemetry())
+    .then(
+      () => {
+        logger.info("gateway stopped");
+        process.exit(0);
+      },
+      (e: unknown) => {
+        logger.error({ err: e }, "gateway failed to stop cleanly");
+        process.exit(1);
+      },
+    );
+};
+process.on("SIGTERM", stop);
+process.on("SIGINT", stop);
