@@ -5,13 +5,7 @@
  * has to be read from its log.
  */
 import { createServer } from "node:net";
-import {
-  DEFAULT_METRICS_PORTS,
-  freePort,
-  loadExecutorConfig,
-  loadGatewayConfig,
-  loadSchedulerConfig,
-} from "@nexusflow/common";
+import { freePort, loadExecutorConfig, loadGatewayConfig, loadSchedulerConfig } from "@nexusflow/common";
 
 /** Where the stack listens, and the addresses to reach it at. */
 export interface DevPorts {
@@ -30,6 +24,12 @@ export interface DevPorts {
    * METRICS_PORT says (off included), so that the two never contend for one.
    */
   executorMetrics: readonly { port: number; url: string }[];
+  /**
+   * Where the scheduler and the gateway serve their metrics: free ports (so that a second stack on
+   * this machine never meets the defaults taken), or none with METRICS_PORT=off.
+   */
+  serviceMetrics:
+    { scheduler: { port: number; url: string }; gateway: { port: number; url: string } } | undefined;
 }
 
 /** `port` when it can be bound on `host` right now, else a free port. */
@@ -66,11 +66,15 @@ export async function choosePorts(env: NodeJS.ProcessEnv): Promise<DevPorts> {
     : gateway.port !== 0
       ? gateway.port
       : await freePort(gateway.host);
-  // The first executor on its documented default when it is free, as it would be without dev.
-  const metricsPorts = [
-    await preferredPort(metricsHost, DEFAULT_METRICS_PORTS.executor),
-    await freePort(metricsHost),
-  ];
+  // Free ports, never the documented default (9465): dev sets the port explicitly, so a port taken
+  // between this choice and the executor's start would stop it, and a default is what another
+  // stack on this machine (a second npm start, tests starting several) picks at the same moment.
+  const metricsPorts = [await freePort(metricsHost), await freePort(metricsHost)];
+  const endpoint = (port: number): { port: number; url: string } => ({
+    port,
+    url: `http://${connectHost(metricsHost)}:${port}/metrics`,
+  });
+  const metricsOff = (env["METRICS_PORT"] ?? "").trim().toLowerCase() === "off";
   return {
     schedulerHost: scheduler.host,
     schedulerPort,
@@ -79,9 +83,9 @@ export async function choosePorts(env: NodeJS.ProcessEnv): Promise<DevPorts> {
     gatewayPort,
     gatewayUrl: `http://${connectHost(gateway.host)}:${gatewayPort}`,
     metricsHost,
-    executorMetrics: metricsPorts.map((port) => ({
-      port,
-      url: `http://${connectHost(metricsHost)}:${port}/metrics`,
-    })),
+    executorMetrics: metricsPorts.map(endpoint),
+    serviceMetrics: metricsOff
+      ? undefined
+      : { scheduler: endpoint(await freePort(metricsHost)), gateway: endpoint(await freePort(metricsHost)) },
   };
 }

@@ -19,7 +19,7 @@ import { type Run, RunStatus } from "@nexusflow/gen";
 import { ChildExitedError, ChildNotReadyError, type ChildSpec, ManagedChild } from "./child.js";
 import { describeError } from "./describe-error.js";
 import { devAuthEnv, devKeysDir, ensureDevKeys, mintDevToken } from "./dev-keys.js";
-import { choosePorts } from "./dev-ports.js";
+import { type DevPorts, choosePorts } from "./dev-ports.js";
 import { removeDevState, writeDevState } from "./dev-state.js";
 import { formatChildLine } from "./log-format.js";
 import { followRun } from "./follow-run.js";
@@ -70,6 +70,24 @@ const SAMPLE_TIMEOUT_MS = 300_000;
 const EXECUTOR_TOKEN_TTL_SEC = 7 * 86_400;
 /** Lifetime of the token the dev command itself uses to register the examples and run the sample. */
 const CLI_TOKEN_TTL_SEC = 12 * 3600;
+
+/** METRICS_HOST and METRICS_PORT for a service with `endpoint`, or METRICS_PORT=off without one. */
+function metricsEnv(host: string, endpoint: { port: number } | undefined): NodeJS.ProcessEnv {
+  return endpoint === undefined
+    ? { METRICS_PORT: "off" }
+    : { METRICS_HOST: host, METRICS_PORT: String(endpoint.port) };
+}
+
+/** Where each service serves `/metrics`, a line each, for the box printed at start. */
+function metricsLines(ports: DevPorts): string[] {
+  const services = ports.serviceMetrics;
+  return [
+    ...(services === undefined
+      ? []
+      : [`scheduler   ${services.scheduler.url}`, `gateway     ${services.gateway.url}`]),
+    ...ports.executorMetrics.map((m, i) => `executor-${i + 1}  ${m.url}`),
+  ];
+}
 
 function redactUrl(url: string): string {
   try {
@@ -194,6 +212,7 @@ export async function runDev(options: DevOptions): Promise<number> {
       common("scheduler", service("scheduler"), {
         SCHEDULER_HOST: ports.schedulerHost,
         SCHEDULER_PORT: String(ports.schedulerPort),
+        ...metricsEnv(ports.metricsHost, ports.serviceMetrics?.scheduler),
       }),
     );
     await waitUntilReady(
@@ -231,6 +250,7 @@ export async function runDev(options: DevOptions): Promise<number> {
         GATEWAY_HOST: ports.gatewayHost,
         GATEWAY_PORT: String(ports.gatewayPort),
         SCHEDULER_ADDRESS: schedulerAddress,
+        ...metricsEnv(ports.metricsHost, ports.serviceMetrics?.gateway),
       }),
     );
     await waitUntilReady(gateway, gatewayReadiness(gatewayUrl), GATEWAY_READY_TIMEOUT_MS, lifetime.signal);
@@ -257,6 +277,9 @@ export async function runDev(options: DevOptions): Promise<number> {
         `  ${style.cyan("scheduler")}  ${schedulerAddress}   gRPC, internal`,
         `  ${style.cyan("executors")}  executor-1 (built-in types), executor-2 (+ examples/handlers.ts)`,
         `  ${style.cyan("database ")}  ${database}`,
+        ...metricsLines(ports).map(
+          (line, i) => `  ${style.cyan(i === 0 ? "metrics  " : "         ")}  ${line}`,
+        ),
         `  ${style.cyan("auth     ")}  dev key ${relative(root, keys.dir) || keys.dir}/ (tokens: npx nexusflow token --scope ...)`,
         "",
         style.gray(`  export NEXUSFLOW_ADDRESS=${gatewayUrl} NEXUSFLOW_TOKEN=$(${tokenCommand} 2>/dev/null)`),
