@@ -6,9 +6,18 @@
  * none of them, and the helpers below return before doing any work ({@link tracingEnabled}).
  *
  * A service's `main.ts` calls {@link startTelemetry} before it imports the modules the
- * instrumentations patch (gRPC, HTTP, pg, kafkajs), then imports the rest of the service.
+ * instrumentations patch (gRPC, HTTP, pg), then imports the rest of the service.
  */
-import { type Context, type Span, ROOT_CONTEXT, context, trace, TraceFlags } from "@opentelemetry/api";
+import {
+  type Context,
+  type Span,
+  type Tracer,
+  INVALID_SPAN_CONTEXT,
+  ROOT_CONTEXT,
+  context,
+  trace,
+  TraceFlags,
+} from "@opentelemetry/api";
 import type { TelemetryConfig } from "../config.js";
 
 export type { TelemetryConfig } from "../config.js";
@@ -30,13 +39,22 @@ export function tracingEnabled(): boolean {
 
 /**
  * Starts tracing as configured: the OTLP exporter, W3C trace-context propagation and the gRPC,
- * HTTP, pg and kafkajs instrumentations. Without a configuration (tracing off) it does nothing.
+ * HTTP and pg instrumentations (Kafka publishes are traced by the relay). Without a configuration (tracing off) it does nothing.
  * Call it once per process, before the instrumented modules are imported.
  */
 export async function startTelemetry(config: TelemetryConfig | undefined): Promise<Telemetry> {
   if (config === undefined || current.enabled) return current;
   const { startSdk } = await import("./sdk.js");
-  const shutdown = await startSdk(config);
+  return startTracingWith(() => startSdk(config));
+}
+
+/**
+ * Turns tracing on with the tracer provider `start` registers (it resolves to its shutdown):
+ * the SDK for a service, an in-memory exporter in tests (./testing.ts).
+ */
+export async function startTracingWith(start: () => Promise<() => Promise<void>>): Promise<Telemetry> {
+  if (current.enabled) return current;
+  const shutdown = await start();
   const started: Telemetry = {
     enabled: true,
     shutdown: async () => {
@@ -94,4 +112,12 @@ export function contextFromTraceparent(
   const sc = { traceId: m[1]!, spanId: m[2]!, traceFlags: parseInt(m[3]!, 16), isRemote: true };
   if (!trace.isSpanContextValid(sc)) return base;
   return trace.setSpanContext(base, sc);
+}
+
+/** The span handed out where tracing is off: records nothing, costs one shared object. */
+export const NON_RECORDING_SPAN: Span = trace.wrapSpanContext(INVALID_SPAN_CONTEXT);
+
+/** The tracer of a Nexusflow component (the global provider's; a no-op one with tracing off). */
+export function tracer(name: string): Tracer {
+  return trace.getTracer(name);
 }

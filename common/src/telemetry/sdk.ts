@@ -1,14 +1,15 @@
 /**
  * The OpenTelemetry SDK of a service, loaded by `startTelemetry` only when tracing is on: the
  * OTLP/HTTP (protobuf) exporter behind a batching processor, a parent-based ratio sampler, W3C trace
- * context, and the gRPC, HTTP, pg and kafkajs instrumentations. The instrumentations patch ESM
+ * context, and the gRPC, HTTP and pg instrumentations. Kafka publishes are traced by hand in the
+ * outbox relay's publisher: each event's message carries the context of the span that caused it,
+ * which the kafkajs instrumentation would replace with that of its own send span. The instrumentations patch ESM
  * imports through import-in-the-middle's loader hook, registered here for just their modules.
  */
 import { register } from "node:module";
 import { OTLPTraceExporter } from "@opentelemetry/exporter-trace-otlp-proto";
 import { GrpcInstrumentation } from "@opentelemetry/instrumentation-grpc";
 import { HttpInstrumentation } from "@opentelemetry/instrumentation-http";
-import { KafkaJsInstrumentation } from "@opentelemetry/instrumentation-kafkajs";
 import { PgInstrumentation } from "@opentelemetry/instrumentation-pg";
 import { NodeSDK } from "@opentelemetry/sdk-node";
 import { BatchSpanProcessor, ParentBasedSampler, TraceIdRatioBasedSampler } from "@opentelemetry/sdk-trace";
@@ -34,7 +35,6 @@ export async function startSdk(config: TelemetryConfig): Promise<() => Promise<v
       new GrpcInstrumentation(),
       new HttpInstrumentation(),
       new PgInstrumentation({ requireParentSpan: true }),
-      new KafkaJsInstrumentation(),
     ],
   });
   sdk.start();

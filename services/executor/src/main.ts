@@ -1,6 +1,6 @@
 /**
  * The executor process's entry point. Tracing (OTEL_* variables; off by default) starts first, before
- * any module it instruments (gRPC, HTTP, pg, kafkajs) is imported; then serve.ts reads the rest of
+ * any module it instruments (gRPC, HTTP, pg) is imported; then serve.ts reads the rest of
  * the configuration, starts the executor and stops it on signals.
  */
 import { ConfigError, loadTelemetryConfig } from "@nexusflow/common/config";

@@ -12,6 +12,13 @@ import type { ArtifactStore } from "@nexusflow/common/artifacts";
 import { TaskErrorType } from "@nexusflow/common/task-error-types";
 import { type ArtifactRef, type Lease, type LeaseKey, type LogRef, TaskKind } from "@nexusflow/gen";
 import {
+  NON_RECORDING_SPAN,
+  contextFromTraceparent,
+  tracer,
+  tracingEnabled,
+} from "@nexusflow/common/telemetry";
+import { type Context, type Span, SpanKind, SpanStatusCode, context, trace } from "@opentelemetry/api";
+import {
   type ArtifactIdentity,
   type OutputOffloadOptions,
   createTaskArtifacts,
@@ -23,6 +30,9 @@ import type { LogSink } from "./log-sink.js";
 import { PayloadError, fromValue, toJsonPayload } from "./payload.js";
 import { TaskError, type TaskFailure, isTaskError, toTaskFailure } from "./handlers/task-error.js";
 import { createTaskLog } from "./task-log.js";
+
+/** The tracer of handler spans. */
+const TRACER = "nexusflow-executor";
 
 /** How an attempt ended, with where its log went; an offloaded output has `outputRef` (and output null). */
 export type AttemptOutcome =
@@ -145,6 +155,8 @@ export class TaskAttempt {
     const taskLog = createTaskLog(log, this.key.attempt, this.#deps.logger);
     const deadline = lease.deadline === undefined ? undefined : timestampDate(lease.deadline);
     const stopDeadline = this.#armDeadline(deadline);
+    const traced = tracingEnabled() ? this.#startSpan() : undefined;
+    const span = traced?.span ?? NON_RECORDING_SPAN;
     const ctx: TaskContext = {
       signal: this.signal,
       runId: lease.runId,
@@ -156,6 +168,11 @@ export class TaskAttempt {
       heartbeat: (progress?: unknown) => this.#heartbeat(progress),
       log: taskLog,
       artifacts: createTaskArtifacts(this.#deps.artifacts, identity),
+      span,
+      startSpan: (name, attributes) =>
+        traced === undefined
+          ? NON_RECORDING_SPAN
+          : tracer(TRACER).startSpan(name, attributes === undefined ? {} : { attributes }, traced.context),
     };
     const keepAlive =
       options.autoHeartbeat === true && lease.heartbeatTimeoutMs > 0
@@ -166,12 +183,23 @@ export class TaskAttempt {
         : undefined;
     let settled: Settled;
     try {
-      settled = await Promise.race([this.#invoke(handler, ctx, identity), this.#forced]);
+      const invoked =
+        traced === undefined
+          ? this.#invoke(handler, ctx, identity)
+          : context.with(traced.context, () => this.#invoke(handler, ctx, identity));
+      settled = await Promise.race([invoked, this.#forced]);
     } finally {
       this.#finished = true;
       stopDeadline();
       clearInterval(keepAlive);
       clearTimeout(this.#heartbeatTimer);
+    }
+    if (traced !== undefined) {
+      if (settled.status === "failed") {
+        span.setAttribute("error.type", settled.failure.type);
+        span.setStatus({ code: SpanStatusCode.ERROR, message: settled.failure.message });
+      }
+      span.end();
     }
     if (settled.status === "failed") {
       const { failure } = settled;
@@ -185,6 +213,32 @@ export class TaskAttempt {
       this.#deps.logger().warn({ err: e }, "could not store the task's log; reporting without it");
     }
     return { ...settled, logs };
+  }
+
+  /**
+   * The handler's span, a child of the scheduler's attempt span the lease names (its
+   * `trace_context`), and the context that makes it the active span.
+   */
+  #startSpan(): { span: Span; context: Context } {
+    const { lease } = this;
+    const parent = contextFromTraceparent(lease.traceContext["traceparent"]);
+    const span = tracer(TRACER).startSpan(
+      `handler ${lease.taskType}`,
+      {
+        kind: SpanKind.CONSUMER,
+        attributes: {
+          "nexusflow.run_id": lease.runId,
+          "nexusflow.workflow": lease.workflowName,
+          "nexusflow.step_id": lease.stepId,
+          "nexusflow.task_run_id": this.key.taskRunId,
+          "nexusflow.attempt": this.key.attempt,
+          "nexusflow.task_type": lease.taskType,
+          "nexusflow.task_kind": lease.kind === TaskKind.COMPENSATION ? "COMPENSATION" : "STEP",
+        },
+      },
+      parent,
+    );
+    return { span, context: trace.setSpan(parent, span) };
   }
 
   async #invoke(handler: TaskHandler, ctx: TaskContext, identity: ArtifactIdentity): Promise<Settled> {

@@ -5,6 +5,7 @@
 import { existsSync, readFileSync } from "node:fs";
 import { setTimeout as delay } from "node:timers/promises";
 import { create } from "@bufbuild/protobuf";
+import { NON_RECORDING_SPAN } from "@nexusflow/common/telemetry";
 import { ArtifactRefSchema } from "@nexusflow/gen";
 import type { TaskArtifacts, TaskContext, TaskLog } from "./types.js";
 
@@ -80,6 +81,8 @@ export function createTestContext(
     },
     log,
     artifacts: taskArtifacts,
+    span: NON_RECORDING_SPAN,
+    startSpan: () => NON_RECORDING_SPAN,
     ...overrides,
   };
   return {

@@ -3,6 +3,7 @@
  * {@link TaskContext}. It returns the task's output (JSON-serialisable) or throws; throw a
  * `TaskError` to choose the error type and whether a retry may help.
  */
+import type { Attributes, Span } from "@opentelemetry/api";
 import type { ArtifactData } from "@nexusflow/common/artifacts";
 import type { ArtifactRef } from "@nexusflow/gen";
 
@@ -61,6 +62,18 @@ export interface TaskContext {
   readonly log: TaskLog;
   /** Files kept with this attempt in the artifact store: `await ctx.artifacts.put("report.csv", csv)`. */
   readonly artifacts: TaskArtifacts;
+  /**
+   * The attempt's span (tracing on: OTEL_EXPORTER_OTLP_ENDPOINT set), in the run's trace; the
+   * handler runs inside it, so spans of instrumented calls it makes (HTTP, gRPC, pg) join it. A
+   * span that records nothing with tracing off.
+   */
+  readonly span: Span;
+  /**
+   * Starts a child span of {@link span} for a part of the handler's work; the handler ends it:
+   * `const s = ctx.startSpan("parse"); try { ... } finally { s.end(); }`. Records nothing with
+   * tracing off.
+   */
+  startSpan(name: string, attributes?: Attributes): Span;
 }
 
 /** A task implementation: input in, output (or a thrown error) out. */

@@ -48,6 +48,7 @@ export function recover(
       idempotencyKey: r.idempotencyKey,
       requestHash: requestHashes.get(r.id) ?? null,
       labels: r.labels,
+      traceParent: r.traceParent ?? null,
       cancelRequested: r.cancelRequested,
       compensateOnCancel: r.compensateOnCancel,
       eventSeq: r.lastEventSeq,

@@ -36,6 +36,8 @@ export interface RunStart {
   idempotencyKey: string | null;
   requestHash: string | null;
   labels: Record<string, string>;
+  /** The StartRun call's trace context (RunState.traceParent). */
+  traceParent?: string | null;
 }
 
 /** Starts a run: its tasks, its runStarted event, its first ready steps and its deadline. */

@@ -6,6 +6,7 @@
  */
 import { randomUUID } from "node:crypto";
 import { ApiError, Code, UnavailableError, type Logger } from "@nexusflow/common";
+import { traceparentOf, tracingEnabled } from "@nexusflow/common/telemetry";
 import type { LeaseKey } from "@nexusflow/gen";
 import { validateRunInput, type CompiledWorkflow } from "../dag/index.js";
 import * as core from "../core/index.js";
@@ -21,6 +22,7 @@ import { cancelMessage, pingMessage } from "./messages.js";
 import { OutputReader } from "./offloaded-outputs.js";
 import { UnservedTypes } from "./pending.js";
 import { Watchers } from "./watchers.js";
+import { AttemptSpans, endRunSpan, eventTraceContext, startRunSpan } from "./tracing.js";
 
 export type { Rejection };
 
@@ -90,6 +92,8 @@ export class Engine {
   private readonly watchers = new Watchers();
   private readonly outputs: OutputReader;
   private readonly leases: LeasePump;
+  /** Attempt spans (tracing on only: with tracing off the effects take no detour). */
+  private readonly spans = tracingEnabled() ? new AttemptSpans() : undefined;
   /** Runs with completions not yet evaluated; evaluated once per event-loop turn. */
   private readonly dirtyRuns = new Set<RunState>();
   private advanceScheduled = false;
@@ -119,6 +123,10 @@ export class Engine {
       watchers: this.watchers,
       core: () => this.core,
       running: () => this.stateValue === "RUNNING",
+      traceContext: (task) => {
+        const traceparent = this.spans?.traceparent(task.id);
+        return traceparent === undefined ? undefined : { traceparent };
+      },
     });
     this.outputs = new OutputReader({
       log: options.log,
@@ -168,14 +176,33 @@ export class Engine {
   /** How the engine carries out the rules' effects. */
   private effects(): Effects {
     const store = this.store;
+    const spans = this.spans;
     return {
       writeRun: (run) => store.markRun(run),
       writeTask: (task) => store.markTask(task),
-      writeAttempt: (attempt) => store.markAttempt(attempt),
+      writeAttempt:
+        spans === undefined
+          ? (attempt) => store.markAttempt(attempt)
+          : (attempt) => {
+              spans.written(
+                this.core.runs.get(attempt.runId),
+                this.core.tasks.get(attempt.taskRunId),
+                attempt,
+              );
+              store.markAttempt(attempt);
+            },
       // The run row is not rewritten for an event: its event_seq rides along whenever the run
       // itself changes, recovery continues from the higher of that and the outbox, and the relay
       // prunes only events the run row covers, so a sequence number is never reused.
-      event: (run: RunState, event: EventInit) => store.addEvent(lifecycleEvent(run, event)),
+      event:
+        spans === undefined
+          ? (run: RunState, event: EventInit) => store.addEvent(lifecycleEvent(run, event))
+          : (run: RunState, event: EventInit) => {
+              const row = lifecycleEvent(run, event);
+              const about = (event.value as { taskRunId?: unknown }).taskRunId;
+              row.traceContext = eventTraceContext(spans, run, typeof about === "string" ? about : undefined);
+              store.addEvent(row);
+            },
       offer: (task, front) => (front ? this.dispatcher.requeue(task) : this.dispatcher.enqueue(task)),
       pump: () => this.schedulePump(),
       cancelLease: (task, reason) => {
@@ -195,6 +222,7 @@ export class Engine {
       runEnded: (run) =>
         // Once committed, the run lives only in the database.
         void store.flush().then(() => {
+          spans?.runEnded(run);
           core.forgetRun(this.core, run);
           this.keyed.forget(run);
         }, ignore),
@@ -341,6 +369,23 @@ export class Engine {
     req: StartRunInput,
     hash: string | null,
   ): Promise<{ runId: string; created: boolean }> {
+    if (this.spans === undefined) return this.createRun(req, hash, null);
+    const span = startRunSpan(req.workflowName);
+    try {
+      const started = await this.createRun(req, hash, traceparentOf(span) ?? null);
+      endRunSpan(span, this.core.runs.get(started.runId));
+      return started;
+    } catch (e) {
+      endRunSpan(span, undefined, e);
+      throw e;
+    }
+  }
+
+  private async createRun(
+    req: StartRunInput,
+    hash: string | null,
+    traceParent: string | null,
+  ): Promise<{ runId: string; created: boolean }> {
     const def = await this.definitions.resolve(req.workflowName, req.workflowVersion);
     const problems = validateRunInput(def.workflow, req.input ?? null);
     if (problems.length > 0) {
@@ -361,6 +406,7 @@ export class Engine {
         idempotencyKey: req.idempotencyKey === "" ? null : req.idempotencyKey,
         requestHash: hash,
         labels: req.labels,
+        traceParent,
       },
       new Date(),
     );

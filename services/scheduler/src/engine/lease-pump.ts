@@ -23,6 +23,8 @@ export interface LeasePumpOptions {
   core(): Core;
   /** Whether the engine is RUNNING (no leases otherwise). */
   running(): boolean;
+  /** The trace context the lease carries to the executor (its attempt's span), if any. */
+  traceContext(task: TaskState): Record<string, string> | undefined;
 }
 
 /** The lease pump (see the module comment). */
@@ -71,7 +73,7 @@ export class LeasePump {
             }
             continue;
           }
-          session.send(leaseMessage(this.o.core().runs.get(task.runId), task));
+          session.send(leaseMessage(this.o.core().runs.get(task.runId), task, this.o.traceContext(task)));
           core.armStartToClose(this.o.core(), task, sentAt);
         }
       },

@@ -7,7 +7,11 @@ import { leaseKey } from "../core/index.js";
 import type { RunState, TaskState } from "../model/run-state.js";
 
 /** The Lease message of the task's current lease. */
-export function leaseMessage(run: RunState | undefined, task: TaskState): SessionResponse {
+export function leaseMessage(
+  run: RunState | undefined,
+  task: TaskState,
+  traceContext?: Record<string, string>,
+): SessionResponse {
   const step = run?.workflow.stepsById.get(task.stepId);
   return create(SessionResponseSchema, {
     message: {
@@ -21,6 +25,7 @@ export function leaseMessage(run: RunState | undefined, task: TaskState): Sessio
         input: jsonToValue(task.input),
         workflowName: run?.workflow.name ?? "",
         heartbeatTimeoutMs: step?.timeouts.heartbeatMs ?? 0,
+        ...(traceContext === undefined ? {} : { traceContext }),
         ...(task.leaseExpiresAt === null ? {} : { deadline: timestampFromDate(task.leaseExpiresAt) }),
       },
     },

@@ -5,6 +5,8 @@
  * its sequence numbers are then unknown, and a fresh producer id is the only clean restart. The
  * relay resends the same rows, so the broker may hold duplicates, always with the same event id.
  */
+import { type Span, SpanKind, SpanStatusCode } from "@opentelemetry/api";
+import { contextFromTraceparent, tracer, tracingEnabled } from "@nexusflow/common/telemetry";
 import { Kafka, Partitioners, logLevel, type Admin, type LogEntry, type Producer } from "kafkajs";
 import type { Logger } from "@nexusflow/common";
 import { eventMessage, type EventPublisher, type OutboxRecord } from "./publisher.js";
@@ -118,6 +120,17 @@ export class KafkaPublisher implements EventPublisher {
   async publish(records: readonly OutboxRecord[], signal: AbortSignal): Promise<void> {
     if (this.closed) throw new PublishError("the Kafka publisher is closed");
     if (records.length === 0) return;
+    const spans = tracingEnabled() ? publishSpans(this.options.topic, records) : undefined;
+    try {
+      await this.send(records, signal);
+    } catch (e) {
+      if (spans !== undefined) endPublishSpans(spans, e);
+      throw e;
+    }
+    if (spans !== undefined) endPublishSpans(spans);
+  }
+
+  private async send(records: readonly OutboxRecord[], signal: AbortSignal): Promise<void> {
     try {
       const producer = await abortable(this.readyProducer(), signal);
       await abortable(
@@ -219,5 +232,53 @@ export class KafkaPublisher implements EventPublisher {
     await this.preparing?.catch(() => undefined);
     this.discardProducer();
     await Promise.all([...this.disconnecting]);
+  }
+}
+
+/**
+ * A PRODUCER span per event that has a trace context (tracing on), a child of the span that
+ * caused the event (the `traceparent` the message carries), named and described by the
+ * OpenTelemetry messaging conventions.
+ */
+function publishSpans(topic: string, records: readonly OutboxRecord[]): Span[] {
+  const spans: Span[] = [];
+  for (const r of records) {
+    const traceparent = r.traceContext?.["traceparent"];
+    if (typeof traceparent !== "string") continue;
+    spans.push(
+      tracer("nexusflow-scheduler").startSpan(
+        `send ${topic}`,
+        {
+          kind: SpanKind.PRODUCER,
+          attributes: {
+            "messaging.system": "kafka",
+            "messaging.operation.name": "send",
+            "messaging.operation.type": "send",
+            "messaging.destination.name": topic,
+            "messaging.batch.message_count": records.length,
+            "messaging.message.id": r.eventId,
+            "messaging.kafka.message.key": r.runId,
+            "nexusflow.run_id": r.runId,
+            "nexusflow.event_type": r.type,
+            "nexusflow.event_sequence": r.sequence,
+          },
+        },
+        contextFromTraceparent(traceparent),
+      ),
+    );
+  }
+  return spans;
+}
+
+function endPublishSpans(spans: readonly Span[], error?: unknown): void {
+  for (const span of spans) {
+    if (error !== undefined) {
+      span.setAttribute("error.type", error instanceof Error ? error.name : "Error");
+      span.setStatus({
+        code: SpanStatusCode.ERROR,
+        message: error instanceof Error ? error.message : "publish failed",
+      });
+    }
+    span.end();
   }
 }

@@ -132,6 +132,12 @@ export interface RunState {
    */
   readonly requestHash: string | null;
   readonly labels: Record<string, string>;
+  /**
+   * The W3C `traceparent` of the StartRun call that created the run (tracing on), stored with it:
+   * every later span of the run (attempts, handlers, events) joins that trace, even after a
+   * restart. Null with tracing off.
+   */
+  readonly traceParent: string | null;
   cancelRequested: boolean;
   compensateOnCancel: boolean;
   /** Last event sequence number used. */
@@ -196,6 +202,7 @@ export function newRunState(init: {
   idempotencyKey: string | null;
   requestHash?: string | null;
   labels: Record<string, string>;
+  traceParent?: string | null;
   now: Date;
 }): RunState {
   const { now, workflow } = init;
@@ -210,6 +217,7 @@ export function newRunState(init: {
     idempotencyKey: init.idempotencyKey,
     requestHash: init.requestHash ?? null,
     labels: init.labels,
+    traceParent: init.traceParent ?? null,
     cancelRequested: false,
     compensateOnCancel: false,
     eventSeq: 0,

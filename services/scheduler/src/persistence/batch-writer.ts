@@ -87,11 +87,13 @@ const ts = (column: string): string => `to_timestamp(${column} / 1000)`;
 
 const RUN_COLUMNS = `id uuid, definition_id bigint, workflow_name text, workflow_version int, status text, input jsonb,
   output jsonb, error jsonb, idempotency_key text, labels jsonb, cancel_requested boolean, compensate_on_cancel boolean,
-  event_seq bigint, deadline float8, created_at float8, ended_at float8`;
+  event_seq bigint, deadline float8, created_at float8, ended_at float8, trace_parent text`;
 const RUN_SQL = `INSERT INTO workflow_runs (id, definition_id, workflow_name, workflow_version, status, input, output, error,
-  idempotency_key, labels, cancel_requested, compensate_on_cancel, event_seq, deadline, created_at, updated_at, ended_at)
+  idempotency_key, labels, cancel_requested, compensate_on_cancel, event_seq, deadline, created_at, updated_at, ended_at,
+  trace_parent)
 SELECT id, definition_id, workflow_name, workflow_version, status, input, output, error, idempotency_key, labels,
-  cancel_requested, compensate_on_cancel, event_seq, ${ts("deadline")}, ${ts("created_at")}, now(), ${ts("ended_at")}
+  cancel_requested, compensate_on_cancel, event_seq, ${ts("deadline")}, ${ts("created_at")}, now(), ${ts("ended_at")},
+  trace_parent
 FROM json_to_recordset($1::json) AS x(${RUN_COLUMNS})
 ON CONFLICT (id) DO UPDATE SET status = excluded.status, output = excluded.output, error = excluded.error,
   cancel_requested = excluded.cancel_requested, compensate_on_cancel = excluded.compensate_on_cancel,
@@ -228,6 +230,7 @@ function runRow(r: RunState): Row {
   if (r.input !== null && r.input !== undefined) row.input = r.input;
   if (r.idempotencyKey !== null) row.idempotency_key = r.idempotencyKey;
   if (r.deadline !== null) row.deadline = r.deadline.getTime();
+  if (r.traceParent !== null) row.trace_parent = r.traceParent;
   return runUpdateRow(r, row);
 }
 

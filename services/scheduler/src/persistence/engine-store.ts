@@ -37,6 +37,8 @@ export interface StoredRun {
   readonly input: unknown;
   readonly idempotencyKey: string | null;
   readonly labels: Record<string, string>;
+  /** The run's trace context (RunState.traceParent); absent is null. */
+  readonly traceParent?: string | null;
   readonly cancelRequested: boolean;
   readonly compensateOnCancel: boolean;
   readonly error: ErrorInfo | null;

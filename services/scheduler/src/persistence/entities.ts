@@ -36,6 +36,7 @@ export const WorkflowRunEntity = defineEntity({
     error: p.json<unknown>().nullable(),
     idempotencyKey: p.string().length(200).nullable(),
     labels: p.json<Record<string, string>>().default("{}"),
+    traceParent: p.string().length(55).nullable(),
     cancelRequested: p.boolean().default(false),
     compensateOnCancel: p.boolean().default(false),
     eventSeq: p.bigint("number").defaultRaw("0"),

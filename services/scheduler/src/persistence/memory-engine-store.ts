@@ -199,6 +199,7 @@ export class MemoryEngineStore implements EngineStore {
       input: r.input,
       idempotencyKey: r.idempotencyKey,
       labels: r.labels,
+      traceParent: r.traceParent,
       cancelRequested: r.cancelRequested,
       compensateOnCancel: r.compensateOnCancel,
       error: r.error,

@@ -63,18 +63,18 @@ describe("outbox rows", () => {
     ];
     rows[1] = { ...(rows[1] as (typeof rows)[number]), traceContext: { traceparent: "00-abc-def-01" } };
     const batches = encodeRunBatches(rows);
-    // Runs in the order of their first event; each run's events in order.
+    // Runs in the order of their first event; each run's events in order, in consecutive rows
+    // where their trace contexts differ (each event is published with its own).
     assert.deepEqual(
       batches.map((b) => [b.runId, b.firstSequence, b.lastSequence, b.traceContext]),
       [
         [r.id, 1, 4, null],
-        [other.id, 7, 8, { traceparent: "00-abc-def-01" }],
+        [other.id, 7, 7, { traceparent: "00-abc-def-01" }],
+        [other.id, 8, 8, null],
       ],
     );
-    const byRun = [
-      rows.filter((e) => e.message.runId === r.id),
-      rows.filter((e) => e.message.runId === other.id),
-    ];
+    const ofOther = rows.filter((e) => e.message.runId === other.id);
+    const byRun = [rows.filter((e) => e.message.runId === r.id), ofOther.slice(0, 1), ofOther.slice(1)];
     for (const [k, batch] of batches.entries()) {
       const expected = byRun[k] as typeof rows;
       // Each payload is a LifecycleEventBatch of its run's events ...

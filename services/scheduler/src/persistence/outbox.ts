@@ -123,18 +123,28 @@ export function encodeRunBatches(events: readonly OutboxRow[]): RunEventBatch[] 
   const out: RunEventBatch[] = [];
   let pos = 0;
   for (const [runId, rows] of byRun) {
-    const start = pos;
-    for (let i = 0; i < rows.length; i++) pos = entryAt(bytes, pos).end;
-    const first = rows[0] as OutboxRow;
-    const last = rows[rows.length - 1] as OutboxRow;
-    out.push({
-      runId,
-      firstSequence: Number(first.message.sequence),
-      lastSequence: Number(last.message.sequence),
-      payload: bytes.subarray(start, pos),
-      traceContext: rows.find((r) => r.traceContext !== null)?.traceContext ?? null,
-    });
+    // A run's events caused by different spans (tracing on) go to consecutive rows, one per
+    // trace context, so that each event is published with its own; with tracing off, one row.
+    for (let from = 0; from < rows.length;) {
+      const traceContext = (rows[from] as OutboxRow).traceContext;
+      let to = from + 1;
+      while (to < rows.length && sameTrace((rows[to] as OutboxRow).traceContext, traceContext)) to++;
+      const start = pos;
+      for (let i = from; i < to; i++) pos = entryAt(bytes, pos).end;
+      out.push({
+        runId,
+        firstSequence: Number((rows[from] as OutboxRow).message.sequence),
+        lastSequence: Number((rows[to - 1] as OutboxRow).message.sequence),
+        payload: bytes.subarray(start, pos),
+        traceContext,
+      });
+      from = to;
+    }
   }
   if (pos !== bytes.length) throw new Error(`encoded ${bytes.length} bytes, grouped ${pos}`);
   return out;
+}
+
+function sameTrace(a: Record<string, string> | null, b: Record<string, string> | null): boolean {
+  return a === b || (a !== null && b !== null && a["traceparent"] === b["traceparent"]);
 }

@@ -33,6 +33,7 @@ interface RunRow {
   input: unknown;
   idempotency_key: string | null;
   labels: Record<string, string>;
+  trace_parent: string | null;
   cancel_requested: boolean;
   compensate_on_cancel: boolean;
   error: unknown;
@@ -192,6 +193,7 @@ function storedRun(r: RunRow): StoredRun {
     input: r.input,
     idempotencyKey: r.idempotency_key,
     labels: r.labels,
+    traceParent: r.trace_parent,
     cancelRequested: r.cancel_requested,
     compensateOnCancel: r.compensate_on_cancel,
     error: r.error as ErrorInfo | null,

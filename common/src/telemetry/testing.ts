@@ -1,0 +1,36 @@
+/**
+ * Tracing on in a test process, with the finished spans kept in memory (no SDK, no exporter):
+ * `const tracing = await startTestTracing(); ...; tracing.spans()`; `stop()` turns it off again.
+ */
+import { context, trace } from "@opentelemetry/api";
+import { AsyncLocalStorageContextManager } from "@opentelemetry/context-async-hooks";
+import {
+  InMemorySpanExporter,
+  type ReadableSpan,
+  SimpleSpanProcessor,
+  TracerProvider,
+} from "@opentelemetry/sdk-trace";
+import { startTracingWith } from "./index.js";
+
+/** Tracing in a test: the spans finished so far, and how to stop. */
+export interface TestTracing {
+  spans(): readonly ReadableSpan[];
+  stop(): Promise<void>;
+}
+
+/** Turns tracing on for this process with an in-memory exporter. */
+export async function startTestTracing(): Promise<TestTracing> {
+  const exporter = new InMemorySpanExporter();
+  const provider = new TracerProvider({ spanProcessors: [new SimpleSpanProcessor({ exporter })] });
+  const manager = new AsyncLocalStorageContextManager().enable();
+  const telemetry = await startTracingWith(() => {
+    context.setGlobalContextManager(manager);
+    trace.setGlobalTracerProvider(provider);
+    return Promise.resolve(async () => {
+      await provider.shutdown();
+      trace.disable();
+      context.disable();
+    });
+  });
+  return { spans: () => exporter.getFinishedSpans(), stop: () => telemetry.shutdown() };
+}

@@ -1,0 +1,114 @@
+/**
+ * The spans of runs and attempts (tracing on), made by the engine shell from the effects the core
+ * reports; the core knows nothing of them. One trace per run: the run span is a child of the
+ * StartRun call's span and its `traceparent` is stored with the run (RunState.traceParent); each
+ * attempt is a span, child of that stored context, opened when the lease is granted and ended
+ * when the attempt ends (completed, failed, released, expired, cancelled), so after a restart the
+ * attempts of a recovered run still join its trace. An attempt's context goes to the executor in
+ * its Lease, and each lifecycle event carries the context of the span that caused it.
+ */
+import { type Span, SpanKind, SpanStatusCode, context } from "@opentelemetry/api";
+import { contextFromTraceparent, traceparentOf, tracer } from "@nexusflow/common/telemetry";
+import type { AttemptState, RunState, TaskState } from "../model/run-state.js";
+
+const TRACER = "nexusflow-scheduler";
+
+/** Span attributes of a run. */
+function runAttributes(run: Pick<RunState, "id" | "workflow">): Record<string, string | number> {
+  return {
+    "nexusflow.run_id": run.id,
+    "nexusflow.workflow": run.workflow.name,
+    "nexusflow.workflow_version": run.workflow.version,
+  };
+}
+
+/** Starts the span of a new run, a child of the active span (the StartRun call's). */
+export function startRunSpan(workflowName: string): Span {
+  return tracer(TRACER).startSpan(`run ${workflowName}`, { kind: SpanKind.INTERNAL }, context.active());
+}
+
+/** Ends the span of a run once it is started (committed), or with the error that stopped it. */
+export function endRunSpan(span: Span, run: RunState | undefined, error?: unknown): void {
+  if (run !== undefined) span.setAttributes(runAttributes(run));
+  if (error !== undefined) {
+    const message = error instanceof Error ? error.message : "StartRun failed";
+    if (error instanceof Error) span.recordException(error);
+    span.setStatus({ code: SpanStatusCode.ERROR, message });
+  }
+  span.end();
+}
+
+/** The spans of the attempts in flight, and the context of each task's latest attempt. */
+export class AttemptSpans {
+  private readonly open = new Map<string, { span: Span; started: boolean }>();
+  /** `traceparent` of each task's latest attempt span, by task run id (events name their task). */
+  private readonly latest = new Map<string, string>();
+
+  /** Follows an attempt written by the core: opens its span, marks its start, ends it. */
+  written(run: RunState | undefined, task: TaskState | undefined, attempt: AttemptState): void {
+    const key = `${attempt.taskRunId}/${attempt.number}`;
+    let entry = this.open.get(key);
+    if (entry === undefined) {
+      const span = tracer(TRACER).startSpan(
+        `attempt ${task?.stepId ?? attempt.taskRunId}`,
+        {
+          kind: SpanKind.PRODUCER,
+          startTime: attempt.leasedAt,
+          attributes: {
+            "nexusflow.run_id": attempt.runId,
+            "nexusflow.task_run_id": attempt.taskRunId,
+            "nexusflow.attempt": attempt.number,
+            "nexusflow.executor_id": attempt.executorId,
+            ...(run === undefined ? {} : runAttributes(run)),
+            ...(task === undefined
+              ? {}
+              : {
+                  "nexusflow.step_id": task.stepId,
+                  "nexusflow.task_type": task.type,
+                  "nexusflow.task_kind": task.kind,
+                }),
+          },
+        },
+        contextFromTraceparent(run?.traceParent ?? undefined),
+      );
+      entry = { span, started: false };
+      this.open.set(key, entry);
+      const traceparent = traceparentOf(span);
+      if (traceparent !== undefined) this.latest.set(attempt.taskRunId, traceparent);
+    }
+    const { span } = entry;
+    if (attempt.startedAt !== null && !entry.started) {
+      entry.started = true;
+      span.addEvent("started", attempt.startedAt);
+    }
+    if (attempt.endedAt === null) return;
+    span.setAttribute("nexusflow.attempt_status", attempt.status);
+    if (attempt.error !== null) {
+      span.setAttribute("error.type", attempt.error.type);
+      span.setStatus({ code: SpanStatusCode.ERROR, message: attempt.error.message });
+    }
+    span.end(attempt.endedAt);
+    this.open.delete(key);
+  }
+
+  /** The `traceparent` of the task's latest attempt, if it had one here. */
+  traceparent(taskRunId: string): string | undefined {
+    return this.latest.get(taskRunId);
+  }
+
+  /** Forgets the tasks of an ended run. */
+  runEnded(run: RunState): void {
+    for (const task of run.tasks.values()) this.latest.delete(task.id);
+    for (const task of run.compensations.values()) this.latest.delete(task.id);
+  }
+}
+
+/** The W3C trace headers of an event of `run` (about `taskRunId` if it names one). */
+export function eventTraceContext(
+  spans: AttemptSpans,
+  run: RunState,
+  taskRunId: string | undefined,
+): Record<string, string> | null {
+  const traceparent = (taskRunId === undefined ? undefined : spans.traceparent(taskRunId)) ?? run.traceParent;
+  return traceparent === null || traceparent === undefined ? null : { traceparent };
+}

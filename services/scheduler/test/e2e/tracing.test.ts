@@ -1,0 +1,134 @@
+/**
+ * One trace per run, in one process with tracing on (spans kept in memory): the run span, each
+ * attempt's span (a child of the run's stored context), the handler span on the executor (a child
+ * of the attempt span the Lease carries), a user handler's own span (ctx.startSpan), and the trace
+ * context each lifecycle event is stored with (the outbox), over a real PostgreSQL.
+ */
+import assert from "node:assert/strict";
+import { after, before, describe, it } from "node:test";
+import { jsonToValue } from "@nexusflow/common";
+import { contextFromTraceparent } from "@nexusflow/common/telemetry";
+import { type TestTracing, startTestTracing } from "@nexusflow/common/telemetry/testing";
+import { Executor } from "@nexusflow/executor";
+import { RunStatus } from "@nexusflow/gen";
+import { trace } from "@opentelemetry/api";
+import type { ReadableSpan } from "@opentelemetry/sdk-trace";
+import pg from "pg";
+import type { Scheduler } from "../../src/scheduler.js";
+import {
+  startTestDatabase,
+  startTestScheduler,
+  testLogger,
+  waitFor,
+  waitForRun,
+  workflowClient,
+} from "../support.js";
+import { registerSpec } from "./harness.js";
+
+const attr = (s: ReadableSpan, name: string): unknown => s.attributes[name];
+const parentOf = (s: ReadableSpan): string | undefined => s.parentSpanContext?.spanId;
+
+describe("tracing: one trace per run", () => {
+  let tracing: TestTracing;
+  let db: Awaited<ReturnType<typeof startTestDatabase>>;
+  let scheduler: Scheduler;
+  let executor: Executor;
+  let pool: pg.Pool;
+
+  before(async () => {
+    tracing = await startTestTracing();
+    db = await startTestDatabase();
+    pool = new pg.Pool({ connectionString: db.url, max: 2 });
+    scheduler = await startTestScheduler(db.url);
+    executor = new Executor({
+      schedulerAddress: scheduler.address,
+      logger: testLogger("executor"),
+      executorId: "traced",
+    });
+    executor.register("traced.step", (input: { x: number }, ctx) => {
+      const span = ctx.startSpan("user work", { "user.step": ctx.stepId });
+      span.end();
+      return { x: input.x + 1 };
+    });
+    await executor.start();
+  });
+
+  after(async () => {
+    await executor.stop();
+    await scheduler.stop();
+    await pool.end();
+    await db.close();
+    await tracing.stop();
+  });
+
+  it("joins the run, its attempts, the handlers, their user spans and the events in one trace", async () => {
+    const client = workflowClient(scheduler.address);
+    await registerSpec(client, {
+      name: "traced-diamond",
+      version: 1,
+      steps: [
+        { id: "a", type: "traced.step", input: { x: "{{ input.x }}" } },
+        { id: "b", type: "traced.step", dependsOn: ["a"], input: { x: "{{ steps.a.output.x }}" } },
+        { id: "c", type: "traced.step", dependsOn: ["a"], input: { x: "{{ steps.a.output.x }}" } },
+        { id: "d", type: "traced.step", dependsOn: ["b", "c"], input: { x: "{{ steps.b.output.x }}" } },
+      ],
+    });
+    const { run: started } = await client.startRun({
+      workflowName: "traced-diamond",
+      input: jsonToValue({ x: 1 }),
+    });
+    assert.ok(started);
+    const runId = started.id;
+    const run = await waitForRun(client, runId);
+    assert.equal(run.status, RunStatus.SUCCEEDED);
+
+    const ofRun = (): ReadableSpan[] =>
+      tracing.spans().filter((s) => attr(s, "nexusflow.run_id") === runId || s.name === "user work");
+    await waitFor("the spans of the run", () =>
+      ofRun().filter((s) => s.name === "user work").length === 4 ? true : undefined,
+    );
+    const spans = ofRun();
+    const runSpans = spans.filter((s) => s.name === "run traced-diamond");
+    assert.equal(runSpans.length, 1);
+    const runSpan = runSpans[0] as ReadableSpan;
+    const traceId = runSpan.spanContext().traceId;
+    const inTrace = spans.filter((s) => s.spanContext().traceId === traceId);
+
+    const attempts = inTrace.filter((s) => s.name.startsWith("attempt "));
+    assert.deepEqual(attempts.map((s) => attr(s, "nexusflow.step_id")).sort(), ["a", "b", "c", "d"]);
+    for (const a of attempts) {
+      assert.equal(parentOf(a), runSpan.spanContext().spanId, `${a.name}'s parent is the run span`);
+      assert.equal(attr(a, "nexusflow.attempt_status"), "SUCCEEDED");
+    }
+    const handlers = inTrace.filter((s) => s.name === "handler traced.step");
+    assert.equal(handlers.length, 4);
+    for (const h of handlers) {
+      const attempt = attempts.find((a) => a.spanContext().spanId === parentOf(h));
+      assert.ok(attempt, "a handler span's parent is an attempt span");
+      assert.equal(attr(h, "nexusflow.step_id"), attr(attempt, "nexusflow.step_id"));
+    }
+    const user = inTrace.filter((s) => s.name === "user work");
+    assert.equal(user.length, 4);
+    for (const u of user) {
+      const handler = handlers.find((h) => h.spanContext().spanId === parentOf(u));
+      assert.ok(handler, "a user span's parent is its handler's span");
+      assert.equal(attr(u, "user.step"), attr(handler, "nexusflow.step_id"));
+    }
+
+    // Every event is stored with the context of the span that caused it: the run span for the
+    // run's own events, the attempt span for a task's.
+    const { rows } = await pool.query<{
+      trace_context: { traceparent?: string } | null;
+      first_sequence: string;
+    }>("SELECT trace_context, first_sequence FROM outbox_events WHERE run_id = $1 ORDER BY first_sequence", [
+      runId,
+    ]);
+    assert.ok(rows.length > 0);
+    const known = new Set([runSpan, ...attempts].map((s) => s.spanContext().spanId));
+    for (const r of rows) {
+      const ctx = trace.getSpanContext(contextFromTraceparent(r.trace_context?.traceparent));
+      assert.equal(ctx?.traceId, traceId, `event ${r.first_sequence} is in the run's trace`);
+      assert.ok(known.has(ctx.spanId), `event ${r.first_sequence} names the run or an attempt span`);
+    }
+  });
+});
