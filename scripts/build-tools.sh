@@ -8,6 +8,9 @@
 #   dockerfile-check   scripts/tools/dockerfile-check: BuildKit's Dockerfile parser, as JSON
 #   compose-check      scripts/tools/compose-check: `docker compose config` with compose-go, the
 #                      library Docker Compose loads files with (the docker CLI here has no compose plugin)
+#   jaeger             github.com/jaegertracing/jaeger/cmd/jaeger (all-in-one: OTLP in, query API
+#                      out) for the tracing test (services/scheduler/test/e2e/tracing-jaeger.test.ts);
+#                      about 4.5 minutes the first time with the module downloads
 # Needs Go (1.26) and the Go module proxy. The tests (deploy/test) use these binaries: under CI=true
 # they fail when one is missing, locally they skip.
 #
@@ -22,6 +25,7 @@ BIN="$CACHE/bin"
 # builds (v5.8.3 and api v0.21.3 need Go 1.27).
 KUSTOMIZE_VERSION="${KUSTOMIZE_VERSION:-v5.8.2}"
 ACTIONLINT_VERSION="${ACTIONLINT_VERSION:-v1.7.12}"
+JAEGER_VERSION="${JAEGER_VERSION:-v1.75.0}"
 
 if [[ "${1:-}" == "--print" ]]; then
   echo "$BIN"
@@ -51,6 +55,15 @@ install kustomize "$KUSTOMIZE_VERSION" \
   env GOBIN="$BIN" go install "sigs.k8s.io/kustomize/kustomize/v5@$KUSTOMIZE_VERSION"
 install actionlint "$ACTIONLINT_VERSION" \
   env GOBIN="$BIN" go install "github.com/rhysd/actionlint/cmd/actionlint@$ACTIONLINT_VERSION"
+
+# Jaeger's go.mod has replace directives, which `go install module@version` refuses: build it in
+# its downloaded module, where they apply.
+build_jaeger() {
+  local dir
+  dir="$(go mod download -json "github.com/jaegertracing/jaeger@$JAEGER_VERSION" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')"
+  go build -C "$dir" -o "$BIN/jaeger" ./cmd/jaeger
+}
+install jaeger "$JAEGER_VERSION" build_jaeger
 
 checkers_stamp="$(cd "$ROOT/scripts/tools" && cat go.mod go.sum ./*/*.go | sha256sum | cut -c1-16)"
 install k8s-check "$checkers_stamp" go build -C "$ROOT/scripts/tools" -o "$BIN/" ./k8s-check

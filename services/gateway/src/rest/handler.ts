@@ -30,6 +30,7 @@ import { Code, ConnectError, type Transport } from "@connectrpc/connect";
 import { createAsyncIterable } from "@connectrpc/connect/protocol";
 import type { connectNodeAdapter } from "@connectrpc/connect-node";
 import type { Logger } from "@nexusflow/common";
+import { activeTraceparent } from "@nexusflow/common/telemetry";
 import { endToEndHeaders } from "../http/headers.js";
 import { buildRequest, invalidArgument } from "./request.js";
 import { type RestRoute, matchRoute } from "./routes.js";
@@ -348,6 +349,9 @@ export function createRestHandler(options: RestHandlerOptions): RestHandler {
       return;
     }
     const forward = endToEndHeaders(headers);
+    // Tracing on: the scheduler's span becomes a child of this call's HTTP span, not a sibling.
+    const traceparent = activeTraceparent();
+    if (traceparent !== undefined) forward.set("traceparent", traceparent);
 
     if (route.method.methodKind === "unary") {
       try {
