@@ -71,12 +71,31 @@ export function shutdownTelemetry(): Promise<void> {
   return current.shutdown();
 }
 
-/** The trace fields of a log line: `trace_id` and `span_id` of the active span, if any. */
-export function activeTraceFields(): { trace_id?: string; span_id?: string } {
+/** The trace fields of a log line (see {@link activeTraceFields}). */
+export interface TraceFields {
+  trace_id?: string;
+  span_id?: string;
+  run_id?: string;
+  task?: string;
+}
+
+/**
+ * The trace fields of a log line: `trace_id` and `span_id` of the active span, if any, and
+ * `run_id` and `task` (the step id) when that span is a run's (its `nexusflow.run_id` and
+ * `nexusflow.step_id` attributes: a handler's span on the executor, an attempt's).
+ */
+export function activeTraceFields(): TraceFields {
   const span = trace.getActiveSpan();
   if (span === undefined) return {};
   const { traceId, spanId } = span.spanContext();
-  return { trace_id: traceId, span_id: spanId };
+  const fields: TraceFields = { trace_id: traceId, span_id: spanId };
+  // The SDK's spans expose their attributes; the API's interface does not promise them.
+  const attributes = (span as { attributes?: Record<string, unknown> }).attributes;
+  const runId = attributes?.["nexusflow.run_id"];
+  const stepId = attributes?.["nexusflow.step_id"];
+  if (typeof runId === "string") fields.run_id = runId;
+  if (typeof stepId === "string") fields.task = stepId;
+  return fields;
 }
 
 const TRACEPARENT = /^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$/;

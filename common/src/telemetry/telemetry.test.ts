@@ -134,7 +134,7 @@ describe("traceparent", () => {
 });
 
 describe("log lines inside a span", () => {
-  it("carry trace_id and span_id when the logger is asked to", () => {
+  it("carry trace_id, span_id, run_id and task when the logger is asked to", () => {
     const exporter = new InMemorySpanExporter();
     const provider = new TracerProvider({ spanProcessors: [new SimpleSpanProcessor({ exporter })] });
     const manager = new StackContextManager().enable();
@@ -147,13 +147,24 @@ describe("log lines inside a span", () => {
     });
     const traced = createLogger("svc", "info", { traceContext: true, destination: sink });
     const plain = createLogger("svc", "info", { destination: sink });
-    const span = provider.getTracer("t").startSpan("work", {}, contextFromTraceparent(TRACEPARENT));
+    const span = provider
+      .getTracer("t")
+      .startSpan(
+        "work",
+        { attributes: { "nexusflow.run_id": "r1", "nexusflow.step_id": "charge" } },
+        contextFromTraceparent(TRACEPARENT),
+      );
     const { traceId, spanId } = span.spanContext();
     context.setGlobalContextManager(manager);
     try {
       context.with(trace.setSpan(context.active(), span), () => {
-        assert.deepEqual(activeTraceFields(), { trace_id: traceId, span_id: spanId });
-        traced.info({ run_id: "r1" }, "inside");
+        assert.deepEqual(activeTraceFields(), {
+          trace_id: traceId,
+          span_id: spanId,
+          run_id: "r1",
+          task: "charge",
+        });
+        traced.info("inside");
         plain.info("inside, plain");
       });
       traced.info("outside");
@@ -165,6 +176,7 @@ describe("log lines inside a span", () => {
     assert.equal(lines[0]?.["trace_id"], traceId);
     assert.equal(lines[0]?.["span_id"], spanId);
     assert.equal(lines[0]?.["run_id"], "r1");
+    assert.equal(lines[0]?.["task"], "charge");
     assert.equal(lines[1]?.["trace_id"], undefined);
     assert.equal(lines[2]?.["trace_id"], undefined);
   });
