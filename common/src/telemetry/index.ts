@@ -18,9 +18,30 @@ import {
   trace,
   TraceFlags,
 } from "@opentelemetry/api";
-import type { TelemetryConfig } from "../config.js";
 
-export type { TelemetryConfig } from "../config.js";
+/**
+ * Tracing (OpenTelemetry), read from the standard `OTEL_*` variables by every service. Off unless
+ * OTEL_EXPORTER_OTLP_ENDPOINT (or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT) is set; OTEL_SDK_DISABLED=true
+ * turns it off even then.
+ */
+export interface TelemetryConfig {
+  /**
+   * The OTLP/HTTP (protobuf) traces URL: OTEL_EXPORTER_OTLP_TRACES_ENDPOINT as given, or
+   * OTEL_EXPORTER_OTLP_ENDPOINT with `/v1/traces` appended.
+   */
+  tracesUrl: string;
+  /** OTEL_SERVICE_NAME; defaults to the service's own name (`nexusflow-scheduler`, ...). */
+  serviceName: string;
+  /**
+   * The share of new traces recorded (OTEL_TRACES_SAMPLER / OTEL_TRACES_SAMPLER_ARG): `always_on`
+   * and `parentbased_always_on` give 1, `traceidratio` and `parentbased_traceidratio` the ratio,
+   * `always_off` and `parentbased_always_off` 0. A child always follows its parent's decision.
+   * @default 1
+   */
+  sampleRatio: number;
+  /** OTEL_EXPORTER_OTLP_HEADERS (`key=value,key=value`, values URL-decoded). */
+  headers: Record<string, string>;
+}
 
 /** The handle {@link startTelemetry} returns: `shutdown` flushes the spans still buffered. */
 export interface Telemetry {

@@ -14,7 +14,7 @@ import { PgInstrumentation } from "@opentelemetry/instrumentation-pg";
 import { NodeSDK } from "@opentelemetry/sdk-node";
 import { BatchSpanProcessor, ParentBasedSampler, TraceIdRatioBasedSampler } from "@opentelemetry/sdk-trace";
 import { createAddHookMessageChannel } from "import-in-the-middle";
-import type { TelemetryConfig } from "../config.js";
+import type { TelemetryConfig } from "./index.js";
 
 /** Starts the SDK; resolves to its shutdown (flush, then stop). */
 export async function startSdk(config: TelemetryConfig): Promise<() => Promise<void>> {
