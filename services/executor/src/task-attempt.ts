@@ -34,6 +34,9 @@ import { createTaskLog } from "./task-log.js";
 /** The tracer of handler spans. */
 const TRACER = "nexusflow-executor";
 
+/** `ctx.startSpan` with tracing off. */
+const noSpan = (): Span => NON_RECORDING_SPAN;
+
 /** How an attempt ended, with where its log went; an offloaded output has `outputRef` (and output null). */
 export type AttemptOutcome =
   | {
@@ -169,10 +172,11 @@ export class TaskAttempt {
       log: taskLog,
       artifacts: createTaskArtifacts(this.#deps.artifacts, identity),
       span,
-      startSpan: (name, attributes) =>
+      startSpan:
         traced === undefined
-          ? NON_RECORDING_SPAN
-          : tracer(TRACER).startSpan(name, attributes === undefined ? {} : { attributes }, traced.context),
+          ? noSpan
+          : (name, attributes) =>
+              tracer(TRACER).startSpan(name, attributes === undefined ? {} : { attributes }, traced.context),
     };
     const keepAlive =
       options.autoHeartbeat === true && lease.heartbeatTimeoutMs > 0
