@@ -31,7 +31,7 @@ const root = join(dirname(fileURLToPath(import.meta.url)), "..");
  */
 const PACKAGES = [
   { dir: "gen", srcRoot: ".", omitExports: [] },
-  { dir: "common", srcRoot: "src", omitExports: ["./testing"] },
+  { dir: "common", srcRoot: "src", omitExports: ["./testing", "./telemetry/testing"] },
   { dir: "services/executor", srcRoot: "src", omitExports: [] },
   { dir: "client", srcRoot: "src", omitExports: [] },
 ];
