@@ -12,7 +12,7 @@ import { validateRunInput, type CompiledWorkflow } from "../dag/index.js";
 import * as core from "../core/index.js";
 import type { Core, Effects, EventInit, Moment, Rejection, Timer } from "../core/index.js";
 import type { EngineStore } from "../persistence/engine-store.js";
-import { STORAGE_REFUSED, type ErrorInfo, type RunState } from "../model/run-state.js";
+import { STORAGE_REFUSED, type ErrorInfo, type RunState, type TaskState } from "../model/run-state.js";
 import type { DefinitionStore } from "./definitions.js";
 import { Dispatcher, type SessionHandle } from "./dispatcher.js";
 import { lifecycleEvent } from "./events.js";
@@ -78,8 +78,8 @@ export class Engine {
   private readonly store: EngineStore;
   /** Workflow definitions. */
   readonly definitions: DefinitionStore;
-  /** Sessions and ready queues (read them only: metrics; tests use sessions()). */
-  readonly dispatcher = new Dispatcher();
+  /** Sessions and ready queues (read through sessions() and waitingTasks()). */
+  private readonly dispatcher = new Dispatcher();
   /** The rules' state and where their effects go. */
   private readonly core: Core;
   /** StartRun calls with an idempotency key. */
@@ -164,8 +164,13 @@ export class Engine {
   }
 
   /** The store's health as metrics read it (false while commits fail). */
-  get writer(): { readonly isHealthy: boolean } {
-    return this.store;
+  get writerHealthy(): boolean {
+    return this.store.isHealthy;
+  }
+
+  /** The tasks of `type` still QUEUED, oldest first (read-only; for metrics). */
+  waitingTasks(type: string): readonly Readonly<TaskState>[] {
+    return this.dispatcher.waiting(type);
   }
 
   /** The attached executor sessions (read-only; for tests and metrics). */

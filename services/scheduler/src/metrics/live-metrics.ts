@@ -31,14 +31,14 @@ export interface LiveState {
   writerHealthy(): boolean;
 }
 
-/** {@link LiveState} over the engine's public read API (stats(), dispatcher, writer). */
+/** {@link LiveState} over the engine's public read API (stats(), sessions(), waitingTasks(), writerHealthy). */
 export function engineLiveState(engine: Engine): LiveState {
   return {
     activeRuns: () => engine.stats().activeRuns,
-    sessions: () => engine.dispatcher.sessions.values(),
+    sessions: () => engine.sessions(),
     readyTypes: () => Object.keys(engine.stats().queued),
-    ready: (type) => engine.dispatcher.waiting(type),
-    writerHealthy: () => engine.writer.isHealthy,
+    ready: (type) => engine.waitingTasks(type),
+    writerHealthy: () => engine.writerHealthy,
   };
 }
 
