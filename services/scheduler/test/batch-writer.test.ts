@@ -7,7 +7,7 @@ import assert from "node:assert/strict";
 import { randomUUID } from "node:crypto";
 import { after, before, describe, it } from "node:test";
 import type { CompiledWorkflow } from "../src/dag/index.js";
-import { lifecycleEvent } from "../src/engine/events.js";
+import { lifecycleEvent } from "../src/persistence/outbox.js";
 import { newRunState, newTaskState, type RunState } from "../src/model/run-state.js";
 import { BatchWriter } from "../src/persistence/batch-writer.js";
 import { openDatabase, type Database } from "../src/persistence/database.js";

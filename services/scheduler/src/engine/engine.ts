@@ -15,7 +15,7 @@ import type { EngineStore } from "../persistence/engine-store.js";
 import { STORAGE_REFUSED, type ErrorInfo, type RunState, type TaskState } from "../model/run-state.js";
 import type { DefinitionStore } from "./definitions.js";
 import { Dispatcher, type SessionHandle } from "./dispatcher.js";
-import { lifecycleEvent } from "./events.js";
+import { lifecycleEvent } from "../persistence/outbox.js";
 import { KeyedStarts } from "./keyed-starts.js";
 import { LeasePump } from "./lease-pump.js";
 import { cancelMessage, pingMessage } from "./messages.js";

@@ -12,7 +12,7 @@ import {
   type OutboxRow,
 } from "./outbox.js";
 
-/** A run's event counter, as the engine keeps it (see lifecycleEvent in ../engine/events.ts). */
+/** A run's event counter, as the engine keeps it (see lifecycleEvent in outbox.ts). */
 interface Run {
   id: string;
   eventSeq: number;

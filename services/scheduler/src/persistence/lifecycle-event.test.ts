@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import type { RunState } from "../model/run-state.js";
-import { lifecycleEvent } from "./events.js";
+import { lifecycleEvent } from "./outbox.js";
 
 /** The fields of a run that events read. */
 function run(id = "7f1c9a52-3c1e-4e53-9d0b-1c2d3e4f5a6b"): RunState {
