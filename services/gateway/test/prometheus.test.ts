@@ -30,7 +30,7 @@ import { Executor, TaskError } from "@nexusflow/executor";
 import { WorkflowService } from "@nexusflow/gen";
 import type { Scheduler } from "@nexusflow/scheduler";
 import { parse } from "yaml";
-import { startTestDatabase, startTestScheduler } from "../../scheduler/test/support.js";
+import { startMeteredTestScheduler, startTestDatabase } from "../../scheduler/test/support.js";
 import { registerExecutorMetrics } from "../../executor/src/metrics.js";
 import { type Gateway, createGateway } from "../src/server.js";
 import { AUDIENCE, ISSUER, type TestKeys, createTestKeys } from "./keys.js";
@@ -95,21 +95,8 @@ describe("metrics scraped by Prometheus", () => {
     dir = await mkdtemp(join(tmpdir(), "nf-prometheus-"));
     keys = await createTestKeys();
     db = await startTestDatabase();
-    scheduler = await startTestScheduler(db.url, {
-      metrics: createMetricsRegistry(),
-      metricsEndpoint: { host: "127.0.0.1", port: 0, explicit: true },
-      // The relay with no Kafka (events are passed and pruned): its outbox gauges are there.
-      events: {
-        brokers: undefined,
-        topic: "t",
-        partitions: 1,
-        replicationFactor: 1,
-        clientId: "c",
-        retentionMs: 3_600_000,
-        pruneIntervalMs: 60_000,
-        batchSize: 500,
-      },
-    });
+    // Metrics served, and the relay with no Kafka: its outbox gauges are there.
+    scheduler = await startMeteredTestScheduler(db.url);
     const executorRegistry = createMetricsRegistry();
     executor = new Executor({
       schedulerAddress: scheduler.address,

@@ -11,6 +11,7 @@ import { createClient, type Client } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import * as grpc from "@grpc/grpc-js";
 import { clientConstructor, createLogger, type Logger } from "@nexusflow/common";
+import { createMetricsRegistry } from "@nexusflow/common/metrics";
 import {
   ExecutorService,
   LifecycleEventBatchSchema,
@@ -65,6 +66,32 @@ export async function startTestScheduler(
   });
   await scheduler.start();
   return scheduler;
+}
+
+/**
+ * A scheduler as a deployment runs it for Prometheus: its metrics recorded and served on a free
+ * port, and the outbox relay running without Kafka (events are passed and pruned), so that its
+ * outbox gauges are there too. `options` override.
+ */
+export function startMeteredTestScheduler(
+  url: string,
+  options: Partial<SchedulerOptions> = {},
+): Promise<Scheduler> {
+  return startTestScheduler(url, {
+    metrics: createMetricsRegistry(),
+    metricsEndpoint: { host: "127.0.0.1", port: 0, explicit: true },
+    events: {
+      brokers: undefined,
+      topic: "t",
+      partitions: 1,
+      replicationFactor: 1,
+      clientId: "c",
+      retentionMs: 3_600_000,
+      pruneIntervalMs: 60_000,
+      batchSize: 500,
+    },
+    ...options,
+  });
 }
 
 /**

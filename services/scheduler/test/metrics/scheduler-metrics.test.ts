@@ -8,14 +8,13 @@
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import { jsonToValue } from "@nexusflow/common";
-import { createMetricsRegistry } from "@nexusflow/common/metrics";
 import { Executor, TaskError } from "@nexusflow/executor";
 import { RunStatus } from "@nexusflow/gen";
 import type { Scheduler } from "../../src/scheduler.js";
 import { registerSpec, type WorkflowClient } from "../e2e/harness.js";
 import {
   startTestDatabase,
-  startTestScheduler,
+  startMeteredTestScheduler,
   testLogger,
   waitFor,
   waitForRun,
@@ -49,20 +48,7 @@ describe("scheduler metrics", () => {
 
   before(async () => {
     db = await startTestDatabase();
-    scheduler = await startTestScheduler(db.url, {
-      metrics: createMetricsRegistry(),
-      metricsEndpoint: { host: "127.0.0.1", port: 0, explicit: true },
-      events: {
-        brokers: undefined,
-        topic: "t",
-        partitions: 1,
-        replicationFactor: 1,
-        clientId: "c",
-        retentionMs: 3_600_000,
-        pruneIntervalMs: 60_000,
-        batchSize: 500,
-      },
-    });
+    scheduler = await startMeteredTestScheduler(db.url);
     client = workflowClient(scheduler.address);
   });
 
