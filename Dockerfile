@@ -6,11 +6,9 @@
 
 ARG NODE_IMAGE=node:24.21.0-trixie-slim
 
-# --- build: every dependency, then TypeScript -> JavaScript --------------------------------------
-FROM ${NODE_IMAGE} AS build
-WORKDIR /src
-# Manifests first: the npm ci layer is reused until a dependency changes. npm ci checks the lock
-# against every workspace, so all their manifests come along.
+# --- manifests: the lock and every workspace's package.json (npm ci checks the lock against every
+# workspace, so all of them come along); the npm ci layers below are reused until one changes ------
+FROM scratch AS manifests
 COPY package.json package-lock.json ./
 COPY gen/package.json gen/
 COPY common/package.json common/
@@ -20,6 +18,11 @@ COPY services/gateway/package.json services/gateway/
 COPY cli/package.json cli/
 COPY bench/package.json bench/
 COPY client/package.json client/
+
+# --- build: every dependency, then TypeScript -> JavaScript --------------------------------------
+FROM ${NODE_IMAGE} AS build
+WORKDIR /src
+COPY --from=manifests / ./
 RUN --mount=type=cache,target=/root/.npm \
     npm ci --no-audit --no-fund --ignore-scripts
 COPY tsconfig.base.json tsconfig.dist.json ./
@@ -36,15 +39,7 @@ RUN node scripts/build-dist.mjs --out /out
 # --- deps: production dependencies of the services' workspaces only -------------------------------
 FROM ${NODE_IMAGE} AS deps
 WORKDIR /app
-COPY package.json package-lock.json ./
-COPY gen/package.json gen/
-COPY common/package.json common/
-COPY services/scheduler/package.json services/scheduler/
-COPY services/executor/package.json services/executor/
-COPY services/gateway/package.json services/gateway/
-COPY cli/package.json cli/
-COPY bench/package.json bench/
-COPY client/package.json client/
+COPY --from=manifests / ./
 # --omit=optional leaves out the embedded PostgreSQL binaries: in a container DATABASE_URL is required.
 RUN --mount=type=cache,target=/root/.npm \
     npm ci --omit=dev --omit=optional --ignore-scripts --no-audit --no-fund \

@@ -155,7 +155,7 @@ describe("Dockerfile", () => {
       const parsed = JSON.parse(result.stdout) as Parsed;
       assert.deepEqual(
         parsed.stages.map((s) => s.name),
-        ["build", "deps", "runtime"],
+        ["manifests", "build", "deps", "runtime"],
       );
 
       mkdirSync(join(ROOT, ".cache"), { recursive: true });
