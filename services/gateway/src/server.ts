@@ -2,8 +2,9 @@
  * The gateway server: one TCP port that speaks HTTP/2 without TLS (h2c, prior knowledge) and
  * HTTP/1.1, serving gRPC, gRPC-Web and Connect (binary and JSON) for every proxied service, REST/JSON
  * under the paths of their `google.api.http` annotations (rest/), gRPC server reflection,
- * `/healthz` (live) and `/readyz` (ready: listening, and the readiness check passes). Every call but reflection and health needs a bearer token when a verifier is set
- * (guard.ts).
+ * `/healthz` (live) and `/readyz` (ready: listening, and the readiness check passes), and the
+ * standard `grpc.health.v1.Health` answering with that same readiness (health.ts). Every call but
+ * reflection and health needs a bearer token when a verifier is set (guard.ts).
  *
  * HTTP/1.1 and h2c on one port: Node's `allowHTTP1` only works with TLS (it relies on ALPN), so
  * the gateway owns a plain `net.Server` and looks at the first bytes of each connection. An HTTP/2
@@ -61,10 +62,15 @@ export interface GatewayOptions {
   /** The scheduler's gRPC address, host:port (plain HTTP/2). */
   schedulerAddress: string;
   /**
-   * Readiness beyond listening, answered on `GET /readyz` (main.ts: the scheduler's health service
-   * answers SERVING). @default none: ready while listening
+   * Readiness beyond listening, answered on `GET /readyz` and by grpc.health.v1.Health (serve.ts:
+   * the scheduler's health service answers SERVING). @default none: ready while listening
    */
   ready?: ReadinessCheck | undefined;
+  /**
+   * How often a grpc.health.v1.Health Watch call re-evaluates readiness, in milliseconds.
+   * @default 5000
+   */
+  healthWatchIntervalMs?: number;
   /**
    * Interface to listen on.
    * @default "127.0.0.1"
@@ -182,6 +188,7 @@ function formatHostPort(host: string, port: number): string {
 interface CompiledGatewayOptions {
   schedulerAddress: string;
   ready: ReadinessCheck | undefined;
+  healthWatchIntervalMs: number;
   host: string;
   port: number;
   logger: Logger;
@@ -198,6 +205,7 @@ function addGatewayDefaults(options: GatewayOptions): CompiledGatewayOptions {
   return {
     schedulerAddress: options.schedulerAddress,
     ready: options.ready,
+    healthWatchIntervalMs: options.healthWatchIntervalMs ?? 5000,
     host: options.host ?? "127.0.0.1",
     port: options.port ?? 8080,
     logger: options.logger ?? createLogger("gateway", "silent"),
@@ -261,7 +269,12 @@ class GatewayServer implements Gateway {
         interceptors: metrics === undefined ? [] : [metrics.upstreamInterceptor()],
       });
     }
-    const routes = createRoutes({ transport, streamShutdownSignal: this.#streamShutdown.signal });
+    const routes = createRoutes({
+      transport,
+      streamShutdownSignal: this.#streamShutdown.signal,
+      ready: () => this.#readiness(),
+      healthWatchIntervalMs: options.healthWatchIntervalMs,
+    });
     // Authentication and authorization come first, before a request message is read or parsed.
     const { verifier } = options;
     const onRefused: RefusalListener | undefined =
@@ -475,6 +488,13 @@ class GatewayServer implements Gateway {
     handler(req, res);
   }
 
+  /** Undefined when ready (listening, and the readiness check passes), else why not: /readyz and health. */
+  #readiness(): Promise<string | undefined> {
+    if (this.#state !== "listening")
+      return Promise.resolve(this.#state === "stopping" ? "stopping" : this.#state);
+    return this.#options.ready?.() ?? Promise.resolve(undefined);
+  }
+
   #fallback(req: NodeServerRequest, res: NodeServerResponse): void {
     const path = (req.url ?? "/").split("?")[0];
     if (path === "/healthz" && (req.method === "GET" || req.method === "HEAD")) {
@@ -483,11 +503,7 @@ class GatewayServer implements Gateway {
       return;
     }
     if (path === "/readyz" && (req.method === "GET" || req.method === "HEAD")) {
-      const check =
-        this.#state !== "listening"
-          ? Promise.resolve("stopping")
-          : (this.#options.ready?.() ?? Promise.resolve(undefined));
-      check.then(
+      this.#readiness().then(
         (reason) =>
           sendJson(
             res,

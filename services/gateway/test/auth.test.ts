@@ -263,7 +263,11 @@ describe("gateway authentication and authorization", () => {
       if (res.messageResponse.case === "listServicesResponse")
         names.push(...res.messageResponse.value.service.map((s) => s.name));
     }
-    assert.deepEqual(names.sort(), ["nexusflow.v1.ArtifactService", "nexusflow.v1.WorkflowService"]);
+    assert.deepEqual(names.sort(), [
+      "grpc.health.v1.Health",
+      "nexusflow.v1.ArtifactService",
+      "nexusflow.v1.WorkflowService",
+    ]);
     const health = await fetch(`${url}/healthz`);
     assert.equal(health.status, 200);
     await health.body?.cancel();
