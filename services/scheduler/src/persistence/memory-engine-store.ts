@@ -18,7 +18,7 @@ import type {
   StoredTask,
 } from "./engine-store.js";
 import type { OutboxRow } from "./outbox.js";
-import { WriterClosedError } from "./batch-writer.js";
+import { WriterClosedError } from "./pending-changes.js";
 import {
   ACTIVE_LEASE,
   TERMINAL_RUN_STATUSES,

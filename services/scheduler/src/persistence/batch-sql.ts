@@ -1,0 +1,164 @@
+/**
+ * The SQL of a group commit (batch-writer.ts): one upsert or update per table, each a
+ * data-modifying CTE over a JSON parameter read with json_to_recordset, and the one statement a
+ * batch becomes, named by its shape so that each connection prepares each shape once.
+ */
+
+// Times travel as epoch milliseconds (numbers): JSON.stringify takes twice as long over Date
+// objects (each one calls toJSON), and PostgreSQL parses a number faster than an ISO string.
+// to_timestamp rounds to whole microseconds, so a millisecond time arrives exactly.
+const ts = (column: string): string => `to_timestamp(${column} / 1000)`;
+
+const RUN_COLUMNS = `id uuid, definition_id bigint, workflow_name text, workflow_version int, status text, input jsonb,
+  output jsonb, error jsonb, idempotency_key text, labels jsonb, cancel_requested boolean, compensate_on_cancel boolean,
+  event_seq bigint, deadline float8, created_at float8, ended_at float8, trace_parent text`;
+export const RUN_SQL = `INSERT INTO workflow_runs (id, definition_id, workflow_name, workflow_version, status, input, output, error,
+  idempotency_key, labels, cancel_requested, compensate_on_cancel, event_seq, deadline, created_at, updated_at, ended_at,
+  trace_parent)
+SELECT id, definition_id, workflow_name, workflow_version, status, input, output, error, idempotency_key, labels,
+  cancel_requested, compensate_on_cancel, event_seq, ${ts("deadline")}, ${ts("created_at")}, now(), ${ts("ended_at")},
+  trace_parent
+FROM json_to_recordset($1::json) AS x(${RUN_COLUMNS})
+ON CONFLICT (id) DO UPDATE SET status = excluded.status, output = excluded.output, error = excluded.error,
+  cancel_requested = excluded.cancel_requested, compensate_on_cancel = excluded.compensate_on_cancel,
+  event_seq = excluded.event_seq, updated_at = now(), ended_at = excluded.ended_at`;
+
+const TASK_COLUMNS = `id uuid, run_id uuid, step_id text, kind text, type text, status text, position int, input jsonb,
+  output jsonb, output_ref jsonb, error jsonb, skip_reason text, attempt int, fencing_token bigint, executor_id text,
+  lease_expires_at float8, next_attempt_at float8, queued_at float8, created_at float8, ended_at float8`;
+export const TASK_SQL = `INSERT INTO task_runs (id, run_id, step_id, kind, type, status, position, input, output, output_ref, error,
+  skip_reason, attempt, fencing_token, executor_id, lease_expires_at, next_attempt_at, queued_at, created_at, updated_at, ended_at)
+SELECT id, run_id, step_id, kind, type, status, position, input, output, output_ref, error, skip_reason, attempt,
+  fencing_token, executor_id, ${ts("lease_expires_at")}, ${ts("next_attempt_at")}, ${ts("queued_at")}, ${ts("created_at")},
+  now(), ${ts("ended_at")}
+FROM json_to_recordset($1::json) AS x(${TASK_COLUMNS})
+ON CONFLICT (id) DO UPDATE SET status = excluded.status, input = excluded.input, output = excluded.output,
+  output_ref = excluded.output_ref, error = excluded.error, skip_reason = excluded.skip_reason, attempt = excluded.attempt,
+  fencing_token = excluded.fencing_token, executor_id = excluded.executor_id, lease_expires_at = excluded.lease_expires_at,
+  next_attempt_at = excluded.next_attempt_at, queued_at = excluded.queued_at, updated_at = now(), ended_at = excluded.ended_at`;
+
+export const ATTEMPT_SQL = `INSERT INTO task_attempts (task_run_id, number, run_id, fencing_token, executor_id, status, error, logs,
+  leased_at, started_at, ended_at)
+SELECT task_run_id, number, run_id, fencing_token, executor_id, status, error, logs, ${ts("leased_at")}, ${ts("started_at")},
+  ${ts("ended_at")}
+FROM json_to_recordset($1::json) AS x(task_run_id uuid, number int, run_id uuid, fencing_token bigint, executor_id text,
+  status text, error jsonb, logs jsonb, leased_at float8, started_at float8, ended_at float8)
+ON CONFLICT (task_run_id, number) DO UPDATE SET status = excluded.status, error = excluded.error, logs = excluded.logs,
+  started_at = excluded.started_at, ended_at = excluded.ended_at`;
+
+// One row per run and commit: its events as one LifecycleEventBatch (the relay publishes each).
+export const EVENT_SQL = `INSERT INTO outbox_events (run_id, first_sequence, last_sequence, payload, trace_context)
+SELECT run_id, first_sequence, last_sequence, decode(payload, 'base64'), trace_context
+FROM json_to_recordset($1::json) AS x(run_id uuid, first_sequence bigint, last_sequence bigint, payload text,
+  trace_context jsonb)`;
+
+// A StartRun idempotency key, committed with the run it names. A key only ever moves to a newer run
+// (one started after the key expired); writing a recovered run again leaves a newer one's key alone.
+export const KEY_SQL = `INSERT INTO idempotency_keys (workflow_name, idempotency_key, run_id, request_hash, created_at)
+SELECT workflow_name, idempotency_key, run_id, request_hash, ${ts("created_at")}
+FROM json_to_recordset($1::json) AS x(workflow_name text, idempotency_key text, run_id uuid, request_hash text,
+  created_at float8)
+ON CONFLICT (workflow_name, idempotency_key) DO UPDATE SET run_id = excluded.run_id,
+  request_hash = excluded.request_hash, created_at = excluded.created_at
+WHERE idempotency_keys.created_at <= excluded.created_at`;
+
+// Rows already written once are updated with only the columns a transition can change: smaller
+// parameters to build and parse, and no speculative insert. The id array ($2) lets the planner find
+// the rows by primary key (an estimate it cannot make for json_to_recordset); the writer's
+// connections never scan a table (database.ts).
+// With fillfactor 70 (migration HotUpdates) most of these updates are HOT: no index is touched
+// unless status changes on a run.
+export const RUN_UPDATE_SQL = `UPDATE workflow_runs AS r SET status = x.status, output = x.output, error = x.error,
+  cancel_requested = x.cancel_requested, compensate_on_cancel = x.compensate_on_cancel, event_seq = x.event_seq,
+  updated_at = now(), ended_at = ${ts("x.ended_at")}
+FROM json_to_recordset($1::json) AS x(id uuid, status text, output jsonb, error jsonb, cancel_requested boolean,
+  compensate_on_cancel boolean, event_seq bigint, ended_at float8)
+WHERE r.id = x.id AND r.id = ANY($2::uuid[])`;
+
+export const TASK_UPDATE_SQL = `UPDATE task_runs AS t SET status = x.status,
+  input = CASE WHEN x.set_input THEN x.input ELSE t.input END, output = x.output, output_ref = x.output_ref,
+  error = x.error, skip_reason = x.skip_reason, attempt = x.attempt, fencing_token = x.fencing_token,
+  executor_id = x.executor_id, lease_expires_at = ${ts("x.lease_expires_at")},
+  next_attempt_at = ${ts("x.next_attempt_at")}, queued_at = ${ts("x.queued_at")}, updated_at = now(),
+  ended_at = ${ts("x.ended_at")}
+FROM json_to_recordset($1::json) AS x(id uuid, status text, set_input boolean, input jsonb, output jsonb,
+  output_ref jsonb, error jsonb, skip_reason text, attempt int, fencing_token bigint, executor_id text,
+  lease_expires_at float8, next_attempt_at float8, queued_at float8, ended_at float8)
+WHERE t.id = x.id AND t.id = ANY($2::uuid[])`;
+
+export const ATTEMPT_UPDATE_SQL = `UPDATE task_attempts AS a SET status = x.status, error = x.error, logs = x.logs,
+  started_at = ${ts("x.started_at")}, ended_at = ${ts("x.ended_at")}
+FROM json_to_recordset($1::json) AS x(task_run_id uuid, number int, status text, error jsonb, logs jsonb,
+  started_at float8, ended_at float8)
+WHERE a.task_run_id = x.task_run_id AND a.number = x.number AND a.task_run_id = ANY($2::uuid[])`;
+
+// Rows carry only the values that are set: json_to_recordset reads a missing key as NULL, exactly
+// as it reads a JSON null, so leaving nulls out changes nothing but the size of the parameter
+// (about half of a task row) and the time to build, stringify and parse it.
+export type Row = Record<string, unknown>;
+
+/** A batch as one statement: its SQL, a name per shape (for the prepared statement), parameters. */
+export interface BatchStatement {
+  name: string;
+  sql: string;
+  params: unknown[];
+}
+
+/**
+ * One table's rows of a batch (one of PARTS), each with the run it belongs to, kept so that a
+ * refused batch can be split by run from exactly the values it was taken with.
+ */
+export interface Section {
+  sql: string;
+  rows: Row[];
+  runIds: string[];
+  /** Primary keys for the UPDATE parts' `= ANY($2)`, aligned with rows. */
+  keys?: string[];
+}
+
+/** The statement of `sections` (which are in PARTS order), or undefined when they hold no row. */
+export function statementOf(sections: Section[]): BatchStatement | undefined {
+  const used = sections.filter((x) => x.rows.length > 0);
+  if (used.length === 0) return undefined;
+  const params: unknown[] = [];
+  for (const x of used) {
+    params.push(JSON.stringify(x.rows));
+    if (x.keys !== undefined) params.push(x.keys);
+  }
+  return { ...batchStatement(used.map((x) => x.sql)), params };
+}
+
+const PARTS = [
+  RUN_SQL,
+  RUN_UPDATE_SQL,
+  TASK_SQL,
+  TASK_UPDATE_SQL,
+  ATTEMPT_SQL,
+  ATTEMPT_UPDATE_SQL,
+  EVENT_SQL,
+  KEY_SQL,
+];
+/** Statement text and name by shape: which of PARTS a batch has (at most 2^8 shapes). */
+const statements = new Map<string, { name: string; sql: string }>();
+
+/** The one statement of data-modifying CTEs for the given parts, in order, parameters numbered in turn. */
+function batchStatement(parts: string[]): { name: string; sql: string } {
+  const key = parts.map((sql) => PARTS.indexOf(sql)).join("");
+  let statement = statements.get(key);
+  if (statement === undefined) {
+    let base = 0;
+    const ctes = parts.map((sql, i) => {
+      const from = base;
+      let own = 0;
+      const numbered = sql.replace(/\$(\d)::/g, (_, k: string) => {
+        own = Math.max(own, Number(k));
+        return `$${from + Number(k)}::`;
+      });
+      base += own;
+      return `w${i} AS (${numbered})`;
+    });
+    statement = { name: `nexusflow_batch_${key}`, sql: `WITH ${ctes.join(",\n")}\nSELECT 1` };
+    statements.set(key, statement);
+  }
+  return statement;
+}
