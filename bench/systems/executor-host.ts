@@ -11,7 +11,8 @@
  */
 import { parentPort, workerData } from "node:worker_threads";
 import { createLogger } from "@nexusflow/common";
-import { Executor } from "@nexusflow/executor";
+import { createMetricsRegistry, grpcClientMetrics, type Registry } from "@nexusflow/common/metrics";
+import { Executor, registerExecutorMetrics } from "@nexusflow/executor";
 import { watchGcPauses } from "../lib/gc-pauses.js";
 import { recordStart, type WorkerHostData } from "./types.js";
 
@@ -24,6 +25,11 @@ export interface ExecutorHostStart {
   slots: number;
   starts: Float64Array;
   counts: Int32Array;
+  /**
+   * Each executor records its Prometheus metrics (its own registry, as its own process would) and
+   * is scraped every `scrapeIntervalMs`; undefined: no metrics.
+   */
+  metrics?: { scrapeIntervalMs: number };
 }
 
 export type ExecutorHostMessage =
@@ -39,23 +45,40 @@ const logger = createLogger("executor", "warn");
 let starts: Float64Array = new Float64Array(0);
 let counts: Int32Array = new Int32Array(2);
 let executors: Executor[] = [];
+let scrapeTimer: NodeJS.Timeout | undefined;
 
 function attach(config: ExecutorHostStart): Promise<void> {
   starts = config.starts;
   counts = config.counts;
-  executors = Array.from({ length: config.executors }, (_, e) =>
-    new Executor({
+  const registries: Registry[] = [];
+  executors = Array.from({ length: config.executors }, (_, e) => {
+    const registry = config.metrics === undefined ? undefined : createMetricsRegistry();
+    const executor = new Executor({
       schedulerAddress: config.schedulerAddress,
       executorId: `bench-executor-${e}`,
       slots: config.slots,
       logger,
       builtins: false,
+      // As services/executor/src/serve.ts does with METRICS_PORT set.
+      ...(registry === undefined ? {} : { channelOptions: { interceptors: [grpcClientMetrics(registry)] } }),
     }).register(config.taskType, (input: { i: number }) => {
       recordStart(starts, counts, input.i, offset + performance.now());
       Atomics.add(counts, 1, 1);
       return null;
-    }),
-  );
+    });
+    if (registry !== undefined) {
+      registerExecutorMetrics(registry, executor, config.slots);
+      registries.push(registry);
+    }
+    return executor;
+  });
+  if (config.metrics !== undefined) {
+    // What a Prometheus costs each executor: a whole exposition every interval.
+    scrapeTimer = setInterval(() => {
+      for (const registry of registries)
+        registry.metrics().catch((e: unknown) => logger.warn({ err: e }, "metrics scrape failed"));
+    }, config.metrics.scrapeIntervalMs);
+  }
   return Promise.all(executors.map((e) => e.start())).then(() => undefined);
 }
 
@@ -78,6 +101,8 @@ port.on("message", (message: ExecutorHostMessage) => {
 });
 
 function detach(reason: string): Promise<void> {
+  clearInterval(scrapeTimer);
+  scrapeTimer = undefined;
   const current = executors;
   executors = [];
   return Promise.all(current.map((e) => e.stop(reason))).then(() => undefined);

@@ -17,6 +17,7 @@ import { RunView, WorkflowService } from "@nexusflow/gen";
 import { createMetricsRegistry } from "@nexusflow/common/metrics";
 import { Scheduler } from "@nexusflow/scheduler";
 import type { GcPauses } from "../lib/gc-pauses.js";
+import { benchTracing } from "../lib/tracing.js";
 import type { ExecutorHostMessage } from "./executor-host.js";
 import type { ProducerCommand } from "./producer-host.js";
 import { pollUntil, StartRecorder, type QueueSystem, type WorkerHostData } from "./types.js";
@@ -44,13 +45,21 @@ export interface NexusflowOptions {
   runRetentionMs?: number;
   /** Time between the scheduler's retention purges, ms. @default the scheduler's (1 minute) */
   runRetentionIntervalMs?: number;
-  /** Record the scheduler's Prometheus metrics and scrape them every 15 s. @default false */
+  /** Record the scheduler's and executors' Prometheus metrics, scraped every 15 s. @default false */
   metrics?: boolean;
   log?: Logger;
 }
 
 /** How often a Prometheus would scrape the scheduler (its usual interval). */
 const SCRAPE_INTERVAL_MS = 15_000;
+
+/** The tracing setting of this run, for the report. */
+function describeTracing(): string {
+  const tracing = benchTracing();
+  if (tracing === undefined) return "off";
+  const percent = Math.round(tracing.config.sampleRatio * 1000) / 10;
+  return `${percent}% of runs sampled; scheduler and executors export over OTLP/HTTP to a discarding sink in its own process`;
+}
 
 /** A workflow spec of `steps` (already shaped) made of bench-noop tasks. */
 export function workflowSpec(name: string, steps: unknown[]): string {
@@ -81,7 +90,11 @@ export class NexusflowSystem implements QueueSystem {
       enqueue:
         "StartRun one by one over gRPC (no bulk API), with a @grpc/grpc-js client in its own worker thread",
       producerYoungGenerationMb: PRODUCER_YOUNG_GENERATION_MB,
-      metrics: options.metrics === true ? `on, scraped every ${SCRAPE_INTERVAL_MS / 1000} s` : "off",
+      metrics:
+        options.metrics === true
+          ? `scheduler and executors, each scraped every ${SCRAPE_INTERVAL_MS / 1000} s`
+          : "off",
+      tracing: describeTracing(),
       transport:
         "gRPC over loopback; the scheduler on the bench process's main thread, the executors in a worker thread",
     };
@@ -210,6 +223,7 @@ export class NexusflowSystem implements QueueSystem {
       slots: this.options.slots ?? 256,
       starts: this.recorder.starts,
       counts: this.recorder.counts,
+      ...(this.options.metrics === true ? { metrics: { scrapeIntervalMs: SCRAPE_INTERVAL_MS } } : {}),
     };
     await command(worker, start, "started");
     this.recorder.onReset = (starts, counts) => {
@@ -308,7 +322,13 @@ const PRODUCER_YOUNG_GENERATION_MB = 6;
 
 /** Starts a worker thread on `module` and waits until its modules are loaded. */
 async function spawnWorker(module: string): Promise<Worker> {
-  const data: WorkerHostData = { module, parentTimeOrigin: performance.timeOrigin };
+  // The executors trace as an executor process would; the StartRun client is the user's, untraced.
+  const tracing = module === EXECUTOR_HOST ? benchTracing()?.config : undefined;
+  const data: WorkerHostData = {
+    module,
+    parentTimeOrigin: performance.timeOrigin,
+    ...(tracing === undefined ? {} : { tracing: { ...tracing, serviceName: "nexusflow-executor" } }),
+  };
   const worker = new Worker(new URL("./worker.mjs", import.meta.url), {
     workerData: data,
     ...(module === PRODUCER_HOST

@@ -1,4 +1,5 @@
 /** What the throughput, latency and cost sections need from a system under test. */
+import type { TelemetryConfig } from "@nexusflow/common/telemetry";
 import type { GcPauses } from "../lib/gc-pauses.js";
 
 /**
@@ -11,6 +12,8 @@ export interface WorkerHostData {
   module: string;
   /** The parent's `performance.timeOrigin`: times are exchanged on its clock. */
   parentTimeOrigin: number;
+  /** Telemetry the thread starts before it loads the module (`--tracing`; executors only). */
+  tracing?: TelemetryConfig;
 }
 
 export class StartRecorder {

@@ -57,3 +57,5 @@ export {
 } from "./artifacts.js";
 export { SECRET_VARIABLES, processExecutorOptions, shellBaseEnv } from "./process-options.js";
 export * from "./handlers/index.js";
+/** An embedded executor's gauges (sessions, free slots) in your own Prometheus registry. */
+export { registerExecutorMetrics } from "./metrics.js";
