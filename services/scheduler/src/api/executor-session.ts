@@ -114,10 +114,10 @@ export function executorService(
       const reject = (key: LeaseKey | undefined, r: Rejection): void => {
         log.warn(
           {
-            sessionId: session?.id,
-            executorId: session?.executorId,
+            session_id: session?.id,
+            executor_id: session?.executorId,
             code: r.code,
-            taskRunId: key?.taskRunId,
+            task_run_id: key?.taskRunId,
           },
           `report rejected: ${r.message}`,
         );
@@ -158,7 +158,7 @@ export function executorService(
               () => undefined,
             )
             .catch((e: unknown) =>
-              log.error({ err: e, sessionId: session?.id }, "acknowledging reports failed"),
+              log.error({ err: e, session_id: session?.id }, "acknowledging reports failed"),
             );
         }, ACK_INTERVAL_MS);
       };
@@ -169,7 +169,7 @@ export function executorService(
           if (session !== undefined) engine.detachSession(session);
         } catch (e) {
           // Runs in a stream event listener, where a throw would end the process.
-          log.error({ err: e, sessionId: session?.id }, "detaching a session failed");
+          log.error({ err: e, session_id: session?.id }, "detaching a session failed");
         }
       };
       call.on("error", () => finish());
@@ -217,7 +217,7 @@ export function executorService(
               authorizeExecutorId(principal, a.executorId);
             } catch (e) {
               if (!isAuthError(e)) throw e;
-              log.warn({ executorId: a.executorId, subject: principal.subject }, "attach refused");
+              log.warn({ executor_id: a.executorId, subject: principal.subject }, "attach refused");
               fail(grpc.status.PERMISSION_DENIED, `attach.executor_id: ${e.message}`);
               return;
             }
@@ -357,8 +357,8 @@ export function executorService(
           log.error(
             {
               err: e,
-              sessionId: session?.id,
-              executorId: session?.executorId,
+              session_id: session?.id,
+              executor_id: session?.executorId,
               message: isUndecodable(msg) ? "undecodable" : msg.message.case,
             },
             "session message failed; ending the session",

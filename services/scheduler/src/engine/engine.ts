@@ -283,7 +283,7 @@ export class Engine {
         this.orphans.delete(task.id);
         if (core.timerFired(this.core, timer, this.moment()))
           this.log.warn(
-            { taskRunId: task.id, stepId: task.stepId, executorId: task.executorId },
+            { task_run_id: task.id, task: task.stepId, executor_id: task.executorId },
             "lease expired: executor lost",
           );
       }, ms);
@@ -354,7 +354,7 @@ export class Engine {
     // Executors that were attached before the restart are reconnecting: no warning about types
     // they advertise until they have had the time to.
     if (queued > 0 || orphaned > 0) this.unserved.quietFor(graceMs);
-    this.log.info({ runs: this.core.runs.size, queued, orphanedLeases: orphaned }, "recovered active runs");
+    this.log.info({ runs: this.core.runs.size, queued, orphaned_leases: orphaned }, "recovered active runs");
   }
 
   // ---------------------------------------------------------------- runs
@@ -438,12 +438,12 @@ export class Engine {
     if (!this.store.isStored(run)) return;
     this.store.failRefusedRun(runId, run.error as ErrorInfo).then(
       (outcome) => {
-        this.log.error({ runId, outcome }, "ended a run whose changes PostgreSQL refused");
+        this.log.error({ run_id: runId, outcome }, "ended a run whose changes PostgreSQL refused");
         this.watchers.notify(runId);
         this.watchers.eventsCommitted();
       },
       (e: unknown) =>
-        this.log.error({ err: e, runId }, "could not end a run whose changes PostgreSQL refused"),
+        this.log.error({ err: e, run_id: runId }, "could not end a run whose changes PostgreSQL refused"),
     );
   }
 
@@ -565,8 +565,8 @@ export class Engine {
     this.dispatcher.sessions.set(session.id, session);
     this.log.info(
       {
-        sessionId: session.id,
-        executorId: session.executorId,
+        session_id: session.id,
+        executor_id: session.executorId,
         types: [...session.types],
         reclaimed: held.length - revoked.length,
       },
@@ -604,7 +604,7 @@ export class Engine {
     core.sessionLost(this.core, session);
     // The next pass records whether the types it ran are now without an executor.
     this.schedulePump();
-    this.log.info({ sessionId: session.id, executorId: session.executorId }, "executor session ended");
+    this.log.info({ session_id: session.id, executor_id: session.executorId }, "executor session ended");
   }
 
   private checkLiveness(): void {
@@ -615,7 +615,7 @@ export class Engine {
       for (const id of s.leases) core.checkHeartbeat(this.core, id, at);
       if (core.isSilent(s.lastSeen, at.mono, this.sessionTimeoutMs)) {
         this.log.warn(
-          { sessionId: s.id, executorId: s.executorId },
+          { session_id: s.id, executor_id: s.executorId },
           "executor session silent too long; closing it",
         );
         s.close("no heartbeat within the session timeout");

@@ -18,7 +18,7 @@ import type {
   StoredTask,
 } from "./engine-store.js";
 import type { OutboxRow } from "./outbox.js";
-import { WriterClosedError } from "./pending-changes.js";
+import { PendingChanges } from "./pending-changes.js";
 import {
   ACTIVE_LEASE,
   TERMINAL_RUN_STATUSES,
@@ -46,11 +46,6 @@ export interface MemoryEventRow {
   readonly event: OutboxRow["message"]["event"];
 }
 
-interface Waiter {
-  resolve: () => void;
-  reject: (e: unknown) => void;
-}
-
 const ACTIVE_RUN: ReadonlySet<RunStatusName> = new Set(["PENDING", "RUNNING", "COMPENSATING"]);
 
 /** Whether a JSON value holds a string with a NUL character (PostgreSQL's jsonb refuses it). */
@@ -62,17 +57,9 @@ function hasNul(value: unknown): boolean {
 }
 
 /** The engine's store in memory (see the module comment). */
-export class MemoryEngineStore implements EngineStore {
+export class MemoryEngineStore extends PendingChanges implements EngineStore {
   private listener: EngineStoreListener | undefined;
-  private runs = new Map<string, RunState>();
-  private tasks = new Map<string, TaskState>();
-  private attempts = new Map<string, AttemptState>();
-  private events: OutboxRow[] = [];
-  private waiters: Waiter[] = [];
   private readonly stored = new WeakSet<object>();
-  private running = false;
-  private closed = false;
-  private soonTimer: NodeJS.Timeout | undefined;
   /** Committed rows. */
   private readonly runRows = new Map<string, MemoryRunRow>();
   private readonly taskRows = new Map<string, StoredTask>();
@@ -81,6 +68,10 @@ export class MemoryEngineStore implements EngineStore {
   private readonly keyRows = new Map<string, KeyRecord>();
   /** Commits made, for tests. */
   commits = 0;
+
+  constructor() {
+    super("the store");
+  }
 
   listen(listener: EngineStoreListener): void {
     this.listener = listener;
@@ -94,59 +85,16 @@ export class MemoryEngineStore implements EngineStore {
     return this.stored.has(row);
   }
 
-  markRun(run: RunState): void {
-    this.runs.set(run.id, run);
-  }
-
-  markTask(task: TaskState): void {
-    this.tasks.set(task.id, task);
-  }
-
-  markAttempt(attempt: AttemptState): void {
-    this.attempts.set(`${attempt.taskRunId}:${attempt.number}`, attempt);
-  }
-
-  addEvent(event: OutboxRow): void {
-    this.events.push(event);
-  }
-
-  flush(): Promise<void> {
-    if (this.closed) return Promise.reject(new WriterClosedError("the store is closed"));
-    const done = new Promise<void>((resolve, reject) => this.waiters.push({ resolve, reject }));
-    this.kick();
-    return done;
-  }
-
-  flushSoon(delayMs: number): void {
-    if (this.closed || this.soonTimer !== undefined) return;
-    this.soonTimer = setTimeout(() => {
-      this.soonTimer = undefined;
-      this.kick();
-    }, delayMs);
-  }
-
-  private kick(): void {
-    if (this.running || this.closed) return;
-    this.running = true;
-    // Like the writer: what is marked in the same turn shares the commit.
-    setImmediate(() => {
-      this.running = false;
-      this.commit();
-    });
+  /** Like the writer: what is marked in the same turn shares the commit, one commit a drain. */
+  protected drain(): Promise<void> {
+    this.commit();
+    return Promise.resolve();
   }
 
   /** Commits everything marked, run by run refusing what PostgreSQL would refuse. */
   private commit(): void {
-    const runs = this.runs;
-    const tasks = this.tasks;
-    const attempts = this.attempts;
-    const events = this.events;
-    const waiters = this.waiters;
-    this.runs = new Map();
-    this.tasks = new Map();
-    this.attempts = new Map();
-    this.events = [];
-    this.waiters = [];
+    const { runs, tasks, attempts, events } = this.takeChanges();
+    const waiters = this.takeWaiters();
     const refused = new Set<string>();
     for (const r of runs.values())
       if (hasNul(r.input) || hasNul(r.output) || hasNul(r.error)) refused.add(r.id);
@@ -330,10 +278,8 @@ export class MemoryEngineStore implements EngineStore {
 
   async close(): Promise<void> {
     if (this.closed) return;
-    if (this.runs.size + this.tasks.size + this.attempts.size + this.events.length + this.waiters.length > 0)
-      await this.flush().catch(() => undefined);
-    this.closed = true;
-    clearTimeout(this.soonTimer);
+    if (this.hasWork()) await this.flush().catch(() => undefined);
+    this.closePending();
   }
 
   /** The committed rows, for tests that check what a database would hold. */
