@@ -264,7 +264,7 @@ async function run(args: string[], io: CommandIo): Promise<number> {
     shareOwnPackages();
     try {
       const added = await loadHandlerModule(file, executor.registry);
-      logger.info({ module: file, taskTypes: added }, "handler module loaded");
+      logger.info({ module: file, task_types: added }, "handler module loaded");
     } catch (e) {
       if (e instanceof HandlerModuleError || e instanceof HandlerRegistrationError) {
         throw new CommandFailure(`${named("handlers")}: ${errorText(e)}`, 2);

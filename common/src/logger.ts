@@ -1,7 +1,7 @@
 /** The one structured logger of every service (pino, JSON lines on stdout). */
 import { type DestinationStream, pino, type Logger } from "pino";
 import type { LogLevel } from "./config.js";
-import { activeTraceFields } from "./telemetry/index.js";
+import { type TraceFields, activeTraceFields } from "./telemetry/index.js";
 
 export type { Logger } from "pino";
 
@@ -20,6 +20,38 @@ export interface LoggerOptions {
   destination?: DestinationStream;
 }
 
+/** Marks a logger (and, through the prototype chain, its children) bound to a run's fields. */
+const kRunBound = Symbol("nexusflow.runBound");
+
+/**
+ * The fields a log line about one task attempt carries, named as every service names them
+ * (snake_case, like the trace fields and the metrics' labels): `run_id`, `task` (the step id),
+ * `task_run_id`, `attempt` and `task_type`.
+ */
+export interface RunLogFields {
+  run_id: string;
+  task?: string;
+  task_run_id?: string;
+  attempt?: number;
+  task_type?: string;
+}
+
+/**
+ * A child of `parent` whose every line carries `fields`. Its lines get only `trace_id` and
+ * `span_id` from the active span, not the span's `run_id` and `task` again (a JSON line with a
+ * key twice).
+ */
+export function runLogger(parent: Logger, fields: RunLogFields): Logger {
+  const child = parent.child(fields);
+  (child as unknown as Record<symbol, boolean>)[kRunBound] = true;
+  return child;
+}
+
+/** The pino mixin: the active span's trace fields, without the run's where the logger has them. */
+function traceMixin(_line: object, _level: number, logger: Logger): TraceFields {
+  return activeTraceFields((logger as unknown as Record<symbol, boolean | undefined>)[kRunBound] !== true);
+}
+
 /** Creates the root logger of a service. Secrets are redacted wherever they appear in fields. */
 export function createLogger(service: string, level: LogLevel, options: LoggerOptions = {}): Logger {
   return pino(
@@ -27,7 +59,7 @@ export function createLogger(service: string, level: LogLevel, options: LoggerOp
       name: service,
       level,
       base: { service },
-      ...(options.traceContext === true ? { mixin: activeTraceFields } : {}),
+      ...(options.traceContext === true ? { mixin: traceMixin } : {}),
       redact: {
         paths: ["token", "authorization", "*.token", "*.authorization", "headers.authorization"],
         censor: "[redacted]",

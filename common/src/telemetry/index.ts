@@ -103,13 +103,15 @@ export interface TraceFields {
 /**
  * The trace fields of a log line: `trace_id` and `span_id` of the active span, if any, and
  * `run_id` and `task` (the step id) when that span is a run's (its `nexusflow.run_id` and
- * `nexusflow.step_id` attributes: a handler's span on the executor, an attempt's).
+ * `nexusflow.step_id` attributes: a handler's span on the executor, an attempt's), unless
+ * `withRun` is false (a logger that has them bound already, see `runLogger`).
  */
-export function activeTraceFields(): TraceFields {
+export function activeTraceFields(withRun = true): TraceFields {
   const span = trace.getActiveSpan();
   if (span === undefined) return {};
   const { traceId, spanId } = span.spanContext();
   const fields: TraceFields = { trace_id: traceId, span_id: spanId };
+  if (!withRun) return fields;
   // The SDK's spans expose their attributes; the API's interface does not promise them.
   const attributes = (span as { attributes?: Record<string, unknown> }).attributes;
   const runId = attributes?.["nexusflow.run_id"];

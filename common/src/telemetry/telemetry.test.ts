@@ -9,7 +9,7 @@ import {
   TracerProvider,
 } from "@opentelemetry/sdk-trace";
 import { ConfigError, loadTelemetryConfig } from "../config.js";
-import { createLogger } from "../logger.js";
+import { createLogger, runLogger } from "../logger.js";
 import {
   activeTraceFields,
   activeTraceparent,
@@ -139,8 +139,10 @@ describe("log lines inside a span", () => {
     const provider = new TracerProvider({ spanProcessors: [new SimpleSpanProcessor({ exporter })] });
     const manager = new StackContextManager().enable();
     const lines: Record<string, unknown>[] = [];
+    const raw: string[] = [];
     const sink = new Writable({
       write(chunk: Buffer, _encoding, done) {
+        raw.push(chunk.toString());
         lines.push(JSON.parse(chunk.toString()) as Record<string, unknown>);
         done();
       },
@@ -166,6 +168,11 @@ describe("log lines inside a span", () => {
         });
         traced.info("inside");
         plain.info("inside, plain");
+        // A logger bound to the run (the executor's per-attempt one) and its children: the run's
+        // fields once, the span's ids from the span.
+        runLogger(traced, { run_id: "r1", task: "charge", task_run_id: "t1" })
+          .child({ part: 1 })
+          .info("bound");
       });
       traced.info("outside");
     } finally {
@@ -178,6 +185,10 @@ describe("log lines inside a span", () => {
     assert.equal(lines[0]?.["run_id"], "r1");
     assert.equal(lines[0]?.["task"], "charge");
     assert.equal(lines[1]?.["trace_id"], undefined);
-    assert.equal(lines[2]?.["trace_id"], undefined);
+    assert.equal(lines[2]?.["span_id"], spanId);
+    assert.equal(lines[2]?.["task_run_id"], "t1");
+    assert.equal(raw[2]?.match(/"run_id"/g)?.length, 1, raw[2]);
+    assert.equal(raw[2]?.match(/"task"/g)?.length, 1, raw[2]);
+    assert.equal(lines[3]?.["trace_id"], undefined);
   });
 });

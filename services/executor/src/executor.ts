@@ -112,7 +112,7 @@ export class Executor {
   /** Creates an executor; throws {@link ExecutorError} `INVALID_OPTIONS` for a bad option. */
   constructor(options: ExecutorOptions = {}) {
     this.#options = compileExecutorOptions(options);
-    this.#logger = this.#options.logger.child({ executorId: this.#options.executorId });
+    this.#logger = this.#options.logger.child({ executor_id: this.#options.executorId });
     if (this.#options.builtins !== false) registerBuiltins(this.#registry, this.#options.builtins);
     const { logSink, maxPayloadBytes, artifacts, offloadThresholdBytes, maxOffloadBytes } = this.#options;
     this.#tasks = new RunningTasks({
@@ -204,7 +204,7 @@ export class Executor {
       this.#enter({ t: "connecting", run, session: undefined, start: { resolve, reject } });
     });
     this.#logger.debug(
-      { schedulerAddress: this.#options.schedulerAddress, taskTypes: this.#advertised },
+      { scheduler_address: this.#options.schedulerAddress, task_types: this.#advertised },
       "connecting to the scheduler",
     );
     run.loop = this.#connectLoop(run).catch((e: unknown) => {
@@ -278,7 +278,7 @@ export class Executor {
       new ExecutorError("STOPPED", "the executor was stopped before it attached to the scheduler"),
     );
     this.#liveSession()?.write({ case: "drain", value: create(DrainSchema, { reason }) });
-    this.#logger.info({ reason, runningTasks: this.#tasks.size }, "draining");
+    this.#logger.info({ reason, running_tasks: this.#tasks.size }, "draining");
 
     const { drainTimeoutMs, abortGraceMs } = this.#options;
     if (!(await within(drainTimeoutMs, (signal) => this.#tasks.whenEmpty(signal)))) {
@@ -287,7 +287,7 @@ export class Executor {
         `the executor is shutting down (${reason}) and the task did not finish within the drain timeout of ${drainTimeoutMs} ms`,
       );
       this.#logger.warn(
-        { runningTasks: this.#tasks.size, drainTimeoutMs },
+        { running_tasks: this.#tasks.size, drain_timeout_ms: drainTimeoutMs },
         "drain timeout: aborting the remaining tasks",
       );
       await this.#tasks.abortAll(error, abortGraceMs);
@@ -525,7 +525,7 @@ export class Executor {
   #onLease(lease: Lease): void {
     if (!hasKey(lease)) {
       this.#logger.warn(
-        { taskType: lease.taskType, runId: lease.runId },
+        { task_type: lease.taskType, run_id: lease.runId },
         "protocol: lease without a key ignored",
       );
       return;
@@ -567,7 +567,7 @@ export class Executor {
       if (outcome.status === "completed") this.#logger.debug(describeKey(key), "task completed");
       else {
         const { type: errorType, retryable } = outcome.failure;
-        this.#logger.info({ ...describeKey(key), errorType, retryable }, "task failed");
+        this.#logger.info({ ...describeKey(key), error_type: errorType, retryable }, "task failed");
       }
     }
     // A slot is free again. While disconnected nothing is sent: the next AttachAck grants every free slot.

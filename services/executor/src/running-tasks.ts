@@ -4,7 +4,7 @@
  * each one ends. No session I/O: the executor hears of each end through a callback and decides
  * what to report.
  */
-import type { Logger } from "@nexusflow/common";
+import { type Logger, runLogger } from "@nexusflow/common";
 import { TaskErrorType } from "@nexusflow/common/task-error-types";
 import type { Lease, LeaseKey } from "@nexusflow/gen";
 import { Changes, within } from "./changes.js";
@@ -16,7 +16,7 @@ import { TaskError, toTaskFailure } from "./handlers/task-error.js";
 export function describeKey(key: LeaseKey | undefined): Record<string, unknown> {
   return key === undefined
     ? {}
-    : { taskRunId: key.taskRunId, attempt: key.attempt, fencingToken: String(key.fencingToken) };
+    : { task_run_id: key.taskRunId, attempt: key.attempt, fencing_token: String(key.fencingToken) };
 }
 
 /** What the table needs from the executor. */
@@ -72,12 +72,12 @@ export class RunningTasks {
     // Built on first use: most attempts log nothing at the configured level.
     let child: Logger | undefined;
     const logger = (): Logger =>
-      (child ??= parent.child({
-        runId: lease.runId,
-        stepId: lease.stepId,
-        taskRunId: lease.key.taskRunId,
+      (child ??= runLogger(parent, {
+        run_id: lease.runId,
+        task: lease.stepId,
+        task_run_id: lease.key.taskRunId,
         attempt: lease.key.attempt,
-        taskType: lease.taskType,
+        task_type: lease.taskType,
       }));
     const attempt = new TaskAttempt(lease, { ...attempts, logger });
     if (parent.isLevelEnabled("debug")) logger().debug({ workflow: lease.workflowName }, "task started");
@@ -158,7 +158,7 @@ export class RunningTasks {
     if (!(await within(graceMs, (signal) => this.whenEmpty(signal)))) {
       for (const { attempt } of this.#tasks.values()) {
         this.#options.logger.warn(
-          { ...describeKey(attempt.key), taskType: attempt.lease.taskType },
+          { ...describeKey(attempt.key), task_type: attempt.lease.taskType },
           "the task's handler ignores its abort signal; reporting it failed",
         );
         attempt.forceSettle(toTaskFailure(reason));

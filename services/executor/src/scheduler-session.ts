@@ -93,7 +93,7 @@ export class SchedulerSession {
       attachTimer: setTimeout(() => {
         if (this.#state.t !== "opening") return;
         options.logger.warn(
-          { attachTimeoutMs: options.attachTimeoutMs },
+          { attach_timeout_ms: options.attachTimeoutMs },
           "no AttachAck in time; reopening the session",
         );
         call.cancel();

@@ -105,7 +105,7 @@ if (registry !== undefined) {
 if (config.handlersModule !== undefined) {
   try {
     const added = await loadHandlerModule(config.handlersModule, executor.registry);
-    logger.info({ module: config.handlersModule, taskTypes: added }, "handler module loaded");
+    logger.info({ module: config.handlersModule, task_types: added }, "handler module loaded");
   } catch (e) {
     if (e instanceof HandlerModuleError || e instanceof HandlerRegistrationError)
       configFailure(`EXECUTOR_HANDLERS: ${e.message}`);
@@ -137,11 +137,11 @@ try {
   await executor.start();
   logger.info(
     {
-      schedulerAddress: config.schedulerAddress,
-      executorId: config.executorId,
+      scheduler_address: config.schedulerAddress,
+      executor_id: config.executorId,
       slots: config.slots,
-      sessionId: executor.sessionId,
-      taskTypes: executor.taskTypes,
+      session_id: executor.sessionId,
+      task_types: executor.taskTypes,
     },
     "executor attached to the scheduler",
   );

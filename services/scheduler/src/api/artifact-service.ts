@@ -373,7 +373,7 @@ export function artifactService(options: ArtifactServiceOptions): grpc.UntypedSe
           return undefined;
         });
         if (ref !== undefined) artifacts.set(key, ref);
-        else options.log?.debug({ key, runId: req.runId }, "a reported artifact is not in the store");
+        else options.log?.debug({ key, run_id: req.runId }, "a reported artifact is not in the store");
       }
       return create(ListArtifactsResponseSchema, {
         artifacts: [...artifacts.values()].sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0)),

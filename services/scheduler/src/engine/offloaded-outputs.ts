@@ -32,7 +32,10 @@ export class OutputReader {
   read(task: TaskState, attempt = 1): void {
     const o = this.options;
     if (o.resolve === undefined) {
-      o.log.warn({ taskRunId: task.id }, "an offloaded output cannot be read: no artifact store; using null");
+      o.log.warn(
+        { task_run_id: task.id },
+        "an offloaded output cannot be read: no artifact store; using null",
+      );
       task.resolvedOutput = null;
       return;
     }
@@ -45,7 +48,10 @@ export class OutputReader {
         if (o.stopping()) return;
         if (isArtifactError(e, "UNAVAILABLE")) {
           const wait = Math.min(30_000, 250 * 2 ** Math.min(attempt, 7));
-          o.log.warn({ err: e, taskRunId: task.id, retryInMs: wait }, "cannot read an offloaded output yet");
+          o.log.warn(
+            { err: e, task_run_id: task.id, retry_in_ms: wait },
+            "cannot read an offloaded output yet",
+          );
           o.after(wait, () => this.read(task, attempt + 1));
           return;
         }

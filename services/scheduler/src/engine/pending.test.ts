@@ -45,7 +45,7 @@ describe("holds of ready tasks", () => {
 describe("UnservedTypes", () => {
   /** A real pino logger writing into `lines`, and a clock the test moves. */
   const setup = () => {
-    const lines: { level: number; msg: string; taskType: string; waiting: number }[] = [];
+    const lines: { level: number; msg: string; task_type: string; waiting: number }[] = [];
     const log = pino({ level: "info" }, { write: (l: string) => void lines.push(JSON.parse(l) as never) });
     const clock = { now: 0 };
     const unserved = new UnservedTypes({ log, repeatMs: 60_000, now: () => clock.now });
@@ -59,7 +59,7 @@ describe("UnservedTypes", () => {
     unserved.update("x", unadvertised, () => 4);
     unserved.tick(() => 5);
     assert.deepEqual(
-      lines.map((l) => [l.level, l.msg, l.taskType, l.waiting]),
+      lines.map((l) => [l.level, l.msg, l.task_type, l.waiting]),
       [[40, 'no executor advertises type "x"; 3 tasks waiting', "x", 3]],
     );
     clock.now = 59_999;

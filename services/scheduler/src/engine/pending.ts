@@ -127,7 +127,7 @@ export class UnservedTypes {
       if (warned !== true) continue;
       const n = waiting(type);
       this.log.info(
-        { taskType: type, executorId, waiting: n },
+        { task_type: type, executor_id: executorId, waiting: n },
         `executor ${JSON.stringify(executorId)} advertises type ${JSON.stringify(type)}; ${tasks(n)} waiting for it can be leased`,
       );
     }
@@ -160,7 +160,7 @@ export class UnservedTypes {
     this.warnedAt.set(type, now);
     this.unserved.set(type, true);
     this.log.warn(
-      { taskType: type, waiting },
+      { task_type: type, waiting },
       `no executor advertises type ${JSON.stringify(type)}; ${tasks(waiting)} waiting`,
     );
   }

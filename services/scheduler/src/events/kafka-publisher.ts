@@ -197,7 +197,7 @@ export class KafkaPublisher implements EventPublisher {
         timeout: this.options.requestTimeoutMs,
       });
       if (created) {
-        log.info({ topic, partitions, replicationFactor }, "created Kafka topic");
+        log.info({ topic, partitions, replication_factor: replicationFactor }, "created Kafka topic");
         return;
       }
       const metadata = await admin.fetchTopicMetadata({ topics: [topic] });

@@ -201,7 +201,7 @@ export class OutboxRelay {
     let standby = false;
     const succeeded = (): void => {
       if (failures > 0)
-        this.log.info({ failures, afterMs: Date.now() - failingSince }, "outbox relay publishing again");
+        this.log.info({ failures, after_ms: Date.now() - failingSince }, "outbox relay publishing again");
       failures = 0;
       delay = o.retryInitialMs;
     };

@@ -206,7 +206,7 @@ export class BatchWriter extends PendingChanges {
   private refused(runId: string, part: Part, error: Error): void {
     this.stats.refusedRuns++;
     this.options.log.error(
-      { err: error, runId, code: (error as { code?: string }).code, rows: part.rows },
+      { err: error, run_id: runId, code: (error as { code?: string }).code, rows: part.rows },
       "PostgreSQL refused a run's changes for their data; they and their events are dropped",
     );
     this.options.onRefused?.(runId, error);

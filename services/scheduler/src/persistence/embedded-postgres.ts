@@ -236,7 +236,7 @@ async function dataDirFor(dir: string, ids: Ids, shared: string, log: Logger): P
   await writeFile(`${target}${ORIGIN}`, dir);
   await symlink(target, dir);
   log.info(
-    { dir, dataDir: target },
+    { dir, data_dir: target },
     `the user '${SYSTEM_USER}' cannot reach ${dirname(dir)}: PostgreSQL's data lives in ${target} (linked from ${dir})`,
   );
   return target;
@@ -259,7 +259,7 @@ async function sweepOrphans(store: string, log: Logger): Promise<void> {
       ));
     if (pointsHere) continue;
     log.info(
-      { dataDir: target, link: origin },
+      { data_dir: target, link: origin },
       "deleting an embedded PostgreSQL cluster whose data directory link is gone",
     );
     await rm(target, { recursive: true, force: true });

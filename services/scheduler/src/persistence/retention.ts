@@ -212,7 +212,7 @@ export class RunRetention {
         } catch (e) {
           result.failed++;
           this.options.log.warn(
-            { err: e, runId: run.id },
+            { err: e, run_id: run.id },
             "cannot export or delete a run's artifacts; the run is kept for the next purge",
           );
         }

@@ -28,7 +28,7 @@ import {
 interface LogLine {
   level: number;
   msg: string;
-  taskType?: string;
+  task_type?: string;
   waiting?: number;
   executorId?: string;
 }
@@ -69,7 +69,7 @@ describe("pending reason of queued tasks", () => {
     });
 
   const linesAbout = (level: number, taskType: string): LogLine[] =>
-    lines.filter((l) => l.level === level && l.taskType === taskType);
+    lines.filter((l) => l.level === level && l.task_type === taskType);
 
   /** Starts an executor running only what `register` adds, and waits until it has credit. */
   const attach = async (
