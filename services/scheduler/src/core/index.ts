@@ -14,7 +14,7 @@
  * - reports.ts: started, heartbeat, completed, failed, released; offloaded outputs
  * - retries.ts: a failed attempt retried by policy (jitter an input) or failed for good
  * - timers.ts / timeouts.ts: arming the durable timers / what each does when it fires
- * - sessions.ts: lost sessions, the grace of their leases, reclaim on re-attach
+ * - sessions.ts: lost sessions, the grace of their leases, reclaim and expiry on re-attach
  * - recovery.ts: the model rebuilt from storage and resumed
  */
 export type { Core, Effects, EventInit, Moment, Rejection, SessionLeases, Timer } from "./context.js";
@@ -42,6 +42,6 @@ export {
   timeOutRun,
   type RunStart,
 } from "./runs.js";
-export { isSilent, reclaim, sessionLost } from "./sessions.js";
+export { attached, isSilent, reclaim, sessionLost, type Attached } from "./sessions.js";
 export { armStartToClose } from "./timers.js";
 export { checkHeartbeat, timerFired } from "./timeouts.js";

@@ -3,6 +3,12 @@
  * every run picked up where it was: queued tasks offered again with what is left of their
  * schedule-to-start timeout, retries re-armed, held leases given a grace period for their
  * executors to reconnect and reclaim them, offloaded outputs read back, runs advanced.
+ *
+ * The grace of a lease after a restart is the session timeout, counted from the restart: no
+ * allowance on top. An executor that is alive reconnects well within it (its reconnect backoff is
+ * capped at 5 s, the default timeout is 10 s) and reclaims what it holds, expiring what it does
+ * not at once (sessions.ts attached); a dead one's leases wait one session timeout, as they would
+ * have without the restart.
  */
 import type { CompiledWorkflow } from "../dag/index.js";
 import type { StoredActiveState } from "../persistence/engine-store.js";
@@ -17,20 +23,20 @@ export interface Recovered {
   readonly runs: readonly RunState[];
   /** Tasks offered again. */
   readonly queued: number;
-  /** Leases waiting for their executor to reclaim them. */
+  /** Leases waiting (one session timeout) for their executor to reclaim them. */
   readonly orphaned: number;
 }
 
 /**
  * Rebuilds the active runs from `stored` (`workflows` by definition id, `requestHashes` by run id
- * for runs whose idempotency key still names them) and resumes them; held leases get `graceMs`.
+ * for runs whose idempotency key still names them) and resumes them; held leases expire one
+ * session timeout (`core.sessionTimeoutMs`) after `at` unless their executor reclaims them.
  */
 export function recover(
   core: Core,
   stored: StoredActiveState,
   workflows: ReadonlyMap<number, CompiledWorkflow>,
   requestHashes: ReadonlyMap<string, string>,
-  graceMs: number,
   at: Moment,
 ): Recovered {
   const runs: RunState[] = [];
@@ -81,7 +87,7 @@ export function recover(
     } else if (task.status === "RETRY_WAIT") {
       armRetry(core, task, nowMs);
     } else if (ACTIVE_LEASE.has(task.status)) {
-      orphan(core, task, graceMs);
+      orphan(core, task, core.sessionTimeoutMs);
       orphaned++;
     }
   }

@@ -1,7 +1,9 @@
 /**
- * Executor sessions and their leases: a lost session's leases wait out a grace period for their
- * executor to reconnect and reclaim them (Attach.held_leases); unclaimed, they expire as a failed
- * attempt. A silent session is declared lost.
+ * Executor sessions and their leases: a lost session's leases wait out a grace period (the session
+ * timeout) for their executor to reconnect and reclaim them (Attach.held_leases); unclaimed, they
+ * expire as a failed attempt. An executor that re-attaches says which leases it holds, so the
+ * others of its id expire at once instead of at the end of the grace. A silent session is
+ * declared lost.
  */
 import { TaskErrorType } from "@nexusflow/common/task-error-types";
 import type { LeaseKey } from "@nexusflow/gen";
@@ -69,6 +71,56 @@ export function reclaim(core: Core, session: SessionLeases, held: readonly Lease
     session.leases.add(task.id);
   }
   return revoked;
+}
+
+/** What an attach changed: held leases no longer valid (to revoke), and leases expired at once. */
+export interface Attached {
+  readonly revoked: LeaseKey[];
+  readonly expired: number;
+}
+
+/**
+ * A session of `session.executorId` attached holding `held`: those leases move to it (the ones
+ * that are no longer its executor's current leases are returned, to be revoked), and every other
+ * active lease of the same executor id expires now, as it would at the end of its grace
+ * (LEASE_EXPIRED, a failed attempt retried by policy): an executor that does not list a lease
+ * does not hold it, whether its process died with the lease running or never received it, so
+ * waiting the grace out only delays the retry. Leases on the executor's earlier sessions count
+ * too (the new session supersedes them). The caller has checked that the session may use this
+ * executor id (the token binds it): attaching is what releases the id's leases.
+ */
+export function attached(
+  core: Core,
+  session: SessionLeases,
+  held: readonly LeaseKey[],
+  at: Moment,
+): Attached {
+  const revoked = reclaim(core, session, held);
+  const lost: TaskState[] = [];
+  for (const task of core.tasks.values()) {
+    if (
+      task.executorId === session.executorId &&
+      task.sessionId !== session.id &&
+      ACTIVE_LEASE.has(task.status)
+    )
+      lost.push(task);
+  }
+  for (const task of lost) {
+    // Still on an earlier session (half-open): tell it to stop before that session is closed.
+    if (task.sessionId !== null) core.fx.cancelLease(task, "the executor re-attached without this lease");
+    failAttempt(
+      core,
+      task,
+      {
+        type: TaskErrorType.LEASE_EXPIRED,
+        message: `executor ${session.executorId} re-attached without this lease`,
+        retryable: true,
+      },
+      0,
+      at,
+    );
+  }
+  return { revoked, expired: lost.length };
 }
 
 /** Whether a session has been silent longer than the session timeout (monotonic ms). */

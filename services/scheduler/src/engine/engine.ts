@@ -67,9 +67,6 @@ export interface StartRunInput {
 /** How long a Started report may wait for another commit to ride along with. */
 const STARTED_FLUSH_DELAY_MS = 20;
 
-/** Extra grace after a scheduler restart: executors back off up to 5 s between reconnects. */
-const RECONNECT_ALLOWANCE_MS = 6000;
-
 const ignore = (): undefined => undefined;
 
 /** The scheduler's engine (see the module comment). */
@@ -340,20 +337,13 @@ export class Engine {
       if (!workflows.has(r.definitionId))
         workflows.set(r.definitionId, await this.definitions.compiledById(r.definitionId));
     const hashes = new Map([...keys].map(([runId, k]) => [runId, k.requestHash]));
-    const graceMs = this.sessionTimeoutMs + RECONNECT_ALLOWANCE_MS;
-    const { runs, queued, orphaned } = core.recover(
-      this.core,
-      stored,
-      workflows,
-      hashes,
-      graceMs,
-      this.moment(),
-    );
+    // A lease whose executor does not come back expires one session timeout after the restart.
+    const { runs, queued, orphaned } = core.recover(this.core, stored, workflows, hashes, this.moment());
     for (const run of runs) this.keyed.remember(run);
     await this.store.flush();
     // Executors that were attached before the restart are reconnecting: no warning about types
     // they advertise until they have had the time to.
-    if (queued > 0 || orphaned > 0) this.unserved.quietFor(graceMs);
+    if (queued > 0 || orphaned > 0) this.unserved.quietFor(this.sessionTimeoutMs);
     this.log.info({ runs: this.core.runs.size, queued, orphaned_leases: orphaned }, "recovered active runs");
   }
 
@@ -551,9 +541,13 @@ export class Engine {
     return this.store.flush();
   }
 
-  /** Registers an attached session; returns the held leases that are no longer valid. */
+  /**
+   * Registers an attached session (its executor id already authorised); returns the held leases
+   * that are no longer valid. The executor's other leases expire now (core/sessions.ts attached).
+   */
   attach(session: SessionHandle, held: readonly LeaseKey[]): LeaseKey[] {
-    const revoked = core.reclaim(this.core, session, held);
+    // Leases of this executor id that it does not list expire now (it no longer holds them).
+    const { revoked, expired } = core.attached(this.core, session, held, this.moment());
     // A re-attached executor replaces its earlier sessions, even ones whose connection never
     // reported closing (half-open TCP): they must not take new leases.
     for (const other of [...this.dispatcher.sessions.values()]) {
@@ -569,6 +563,7 @@ export class Engine {
         executor_id: session.executorId,
         types: [...session.types],
         reclaimed: held.length - revoked.length,
+        expired,
       },
       "executor attached",
     );

@@ -1,0 +1,190 @@
+/**
+ * Recovery in seconds (issue 28), as rules of the pure core: an executor that re-attaches under its
+ * id gives up at once every lease it does not list, and after a restart a lease whose executor
+ * does not come back expires one session timeout later, with no allowance on top.
+ */
+import assert from "node:assert/strict";
+import { describe, it } from "node:test";
+import type { CompiledWorkflow } from "../dag/index.js";
+import type { StoredActiveState } from "../persistence/engine-store.js";
+import type { RunState, TaskState } from "../model/run-state.js";
+import { recover } from "./recovery.js";
+import { started } from "./reports.js";
+import { startRun } from "./runs.js";
+import { attached, sessionLost } from "./sessions.js";
+import { Simulation, workflowOf } from "./simulation.js";
+
+const flow = (steps: unknown[]): CompiledWorkflow => workflowOf({ name: "flow", version: 1, steps });
+
+const three = flow(
+  ["a", "b", "c"].map((id) => ({ id, type: "t", retry: { maxAttempts: 3, jitter: "none" } })),
+);
+
+function begin(sim: Simulation, workflow: CompiledWorkflow): RunState {
+  return startRun(
+    sim.core,
+    { definitionId: 1, workflow, input: {}, idempotencyKey: null, requestHash: null, labels: {} },
+    sim.at().now,
+  );
+}
+
+/** What storage would hold of `sim`'s active runs (the rows the rules wrote, as loadActive reads them). */
+function stored(sim: Simulation): StoredActiveState {
+  return {
+    runs: [...sim.core.runs.values()].map((r) => ({
+      id: r.id,
+      definitionId: r.definitionId,
+      workflowName: r.workflow.name,
+      status: r.status,
+      input: r.input,
+      idempotencyKey: r.idempotencyKey,
+      labels: r.labels,
+      cancelRequested: r.cancelRequested,
+      compensateOnCancel: r.compensateOnCancel,
+      error: r.error,
+      lastEventSeq: r.eventSeq,
+      deadline: r.deadline,
+      createdAt: r.createdAt,
+    })),
+    tasks: [...sim.core.tasks.values()].map((t) => {
+      const { sessionId: _s, lastHeartbeat: _h, resolvedOutput: _o, ...row } = t;
+      return { ...row, current: t.current === null ? null : { ...t.current } };
+    }),
+  };
+}
+
+const attempts = (sim: Simulation, task: TaskState): string[] =>
+  [...sim.written.attempts]
+    .filter((a) => a.taskRunId === task.id)
+    .sort((x, y) => x.number - y.number)
+    .map((a) => `${a.number}:${a.status}:${a.error?.type ?? ""}`);
+
+void describe("sessions: re-attach and restart", () => {
+  it("a re-attach expires at once every lease of the executor it does not list, LEASED or RUNNING", () => {
+    const sim = new Simulation(60_000);
+    begin(sim, three);
+    const old = sim.session("old", "ex");
+    const [a, b, c] = [sim.lease(old)!, sim.lease(old)!, sim.lease(old)!];
+    assert.equal(started(sim.core, old, sim.key(a), sim.at()), null);
+    assert.equal(started(sim.core, old, sim.key(c), sim.at()), null);
+    // The process dies: its stream ends, the leases wait for their executor.
+    sim.sessions.delete("old");
+    sessionLost(sim.core, old);
+    assert.deepEqual(
+      sim.timers.filter((t) => t.timer.kind === "lease-grace").map((t) => t.due - sim.clock),
+      [60_000, 60_000, 60_000],
+    );
+
+    // Back under its id within the second, holding only c (a running lease it kept).
+    sim.advanceTime(500);
+    const back = sim.session("new", "ex");
+    const { revoked, expired } = attached(sim.core, back, [sim.key(c)], sim.at());
+    assert.deepEqual([revoked, expired], [[], 2]);
+    for (const t of [a, b]) {
+      assert.equal(t.status, "RETRY_WAIT", `${t.stepId} expired without waiting out the grace`);
+      assert.equal(t.error?.type, "LEASE_EXPIRED");
+      assert.equal(t.failures, 1, "lost work counts as a failed attempt, as a session lost for good does");
+      assert.equal(t.sessionId, null);
+    }
+    assert.deepEqual(attempts(sim, a), ["1:FAILED:LEASE_EXPIRED"]);
+    assert.deepEqual(attempts(sim, b), ["1:FAILED:LEASE_EXPIRED"]);
+    assert.equal(c.status, "RUNNING");
+    assert.equal(c.sessionId, "new");
+    assert.deepEqual([...back.leases], [c.id]);
+
+    // Their grace timers, when they fire, change nothing; the retries come due and are leased again.
+    sim.advanceTime(60_000);
+    assert.equal(c.status, "RUNNING", "the reclaimed lease does not expire");
+    const again = [sim.lease(back), sim.lease(back)];
+    assert.deepEqual(again.map((t) => [t?.stepId, t?.attempt]).sort(), [
+      ["a", 2],
+      ["b", 2],
+    ]);
+  });
+
+  it("a re-attach leaves other executors' leases alone and revokes a listed lease that is no longer its own", () => {
+    const sim = new Simulation(60_000);
+    begin(sim, three);
+    const mine = sim.session("mine", "ex");
+    const theirs = sim.session("theirs", "other");
+    const a = sim.lease(mine)!;
+    const b = sim.lease(theirs)!;
+    const c = sim.lease(theirs)!;
+    sim.sessions.delete("theirs");
+    sessionLost(sim.core, theirs);
+
+    const back = sim.session("back", "ex");
+    // Lists another executor's lease: revoked, and nothing of that executor changes.
+    const { revoked, expired } = attached(sim.core, back, [sim.key(a), sim.key(b)], sim.at());
+    assert.deepEqual(
+      revoked.map((k) => k.taskRunId),
+      [b.id],
+    );
+    assert.equal(expired, 0);
+    assert.deepEqual(
+      [a.status, a.sessionId, b.status, b.sessionId, c.status],
+      ["LEASED", "back", "LEASED", null, "LEASED"],
+    );
+  });
+
+  it("a re-attach while the old session still looks open (half-open) cancels and expires its unlisted leases", () => {
+    const sim = new Simulation(60_000);
+    begin(sim, three);
+    const old = sim.session("old", "ex");
+    const a = sim.lease(old)!;
+    const back = sim.session("new", "ex");
+    const { expired } = attached(sim.core, back, [], sim.at());
+    assert.equal(expired, 1);
+    assert.deepEqual(sim.cancels, [
+      { taskRunId: a.id, reason: "the executor re-attached without this lease" },
+    ]);
+    assert.equal(a.error?.type, "LEASE_EXPIRED");
+    assert.equal(old.leases.size, 0, "the lease left the superseded session");
+  });
+
+  it("after a restart a lease waits one session timeout for its executor, not more", () => {
+    const before = new Simulation(1500);
+    begin(before, three);
+    const s = before.session("s", "ex");
+    const [a, b] = [before.lease(s)!, before.lease(s)!];
+    assert.equal(started(before.core, s, before.key(a), before.at()), null);
+
+    const after = new Simulation(1500);
+    after.clock = before.clock + 30_000;
+    const result = recover(after.core, stored(before), new Map([[1, three]]), new Map(), after.at());
+    assert.deepEqual([result.queued, result.orphaned], [1, 2]);
+    const graces = after.timers.filter((t) => t.timer.kind === "lease-grace");
+    assert.deepEqual(
+      graces.map((t) => t.due - after.clock),
+      [1500, 1500],
+      "the grace is the session timeout from the restart",
+    );
+    after.advanceTime(1499);
+    assert.deepEqual(
+      [a.id, b.id].map((id) => after.core.tasks.get(id)?.status),
+      ["RUNNING", "LEASED"],
+    );
+    after.advanceTime(1);
+    assert.deepEqual(
+      [a.id, b.id].map((id) => after.core.tasks.get(id)?.error?.type),
+      ["LEASE_EXPIRED", "LEASE_EXPIRED"],
+    );
+  });
+
+  it("after a restart an executor back under its id keeps what it lists and loses the rest at once", () => {
+    const before = new Simulation(10_000);
+    begin(before, three);
+    const s = before.session("s", "ex");
+    const [a, b] = [before.lease(s)!, before.lease(s)!];
+    const keyA = before.key(a);
+
+    const after = new Simulation(10_000);
+    recover(after.core, stored(before), new Map([[1, three]]), new Map(), after.at());
+    after.advanceTime(800);
+    const back = after.session("back", "ex");
+    const { revoked, expired } = attached(after.core, back, [keyA], after.at());
+    assert.deepEqual([revoked, expired], [[], 1]);
+    assert.equal(after.core.tasks.get(a.id)?.sessionId, "back");
+    assert.equal(after.core.tasks.get(b.id)?.error?.type, "LEASE_EXPIRED");
+  });
+});
