@@ -26,13 +26,14 @@ import { runDetail } from "./api/convert.js";
 import { executorService } from "./api/executor-session.js";
 import { addReflection } from "./api/reflection.js";
 import { workflowService } from "./api/workflow-service.js";
-import { DefinitionStore } from "./engine/definitions.js";
+import { Definitions } from "./engine/definitions.js";
 import { Engine } from "./engine/engine.js";
 import { createOutboxRelay, type EventsOptions, type OutboxRelay } from "./events/index.js";
 import { registerSchedulerMetrics } from "./metrics/index.js";
 import { openDatabase, type Database } from "./persistence/database.js";
 import { startEmbeddedPostgres, type EmbeddedDatabase } from "./persistence/embedded-postgres.js";
 import { RunRetention } from "./persistence/retention.js";
+import { PostgresDefinitionStore } from "./persistence/postgres-definition-store.js";
 import { PostgresEngineStore } from "./persistence/postgres-engine-store.js";
 import { RunStore } from "./persistence/run-store.js";
 import {
@@ -201,7 +202,7 @@ export class Scheduler {
       this.engineStore = new PostgresEngineStore({ db: this.db, log });
       this.engineValue = new Engine({
         store: this.engineStore,
-        definitions: new DefinitionStore(this.db, log),
+        definitions: new Definitions(new PostgresDefinitionStore(this.db), log),
         log,
         resolveOutput: (ref) => resolveOutputRef(store, ref),
         ...(this.options.heartbeatIntervalMs === undefined

@@ -1,26 +1,18 @@
 /**
  * Workflow definitions: validated and compiled on register, immutable per (name, version), cached
  * compiled by id. Identical content re-registered is a no-op; different content under an existing
- * version is ALREADY_EXISTS.
+ * version is ALREADY_EXISTS. The rows are kept by a {@link DefinitionStore} (PostgreSQL, or memory
+ * for an engine without a database).
  */
 import { ApiError, Code, type Logger } from "@nexusflow/common";
 import { compileWorkflow, type CompiledWorkflow } from "../dag/index.js";
-import type { Database } from "../persistence/database.js";
+import type { DefinitionRow, DefinitionStore } from "../persistence/definition-store.js";
 import { decodeToken, encodeToken } from "../persistence/page-token.js";
-import { WorkflowDefinitionEntity } from "../persistence/entities.js";
+
+export type { DefinitionRow };
 
 /** How long "the latest version" of a workflow is cached, by default. */
 const LATEST_TTL_MS = 2000;
-
-/** A stored definition row. */
-export interface DefinitionRow {
-  id: number;
-  name: string;
-  version: number;
-  spec: Record<string, unknown>;
-  contentHash: string;
-  createdAt: Date;
-}
 
 /** A definition resolved for a run: its id and compiled workflow, and when it was looked up. */
 interface ResolvedDefinition {
@@ -36,14 +28,14 @@ export interface DefinitionPage {
 }
 
 /** Access to workflow definitions. */
-export class DefinitionStore {
+export class Definitions {
   private readonly byId = new Map<number, CompiledWorkflow>();
   private readonly resolved = new Map<string, ResolvedDefinition>();
   private readonly resolving = new Map<string, Promise<ResolvedDefinition>>();
 
   /** `latestTtlMs`: how long "the latest version" of a workflow is cached. */
   constructor(
-    private readonly db: Database,
+    private readonly store: DefinitionStore,
     private readonly log: Logger,
     private readonly latestTtlMs = LATEST_TTL_MS,
   ) {}
@@ -65,24 +57,14 @@ export class DefinitionStore {
   /** Validates and stores a definition. */
   async register(spec: unknown): Promise<{ row: DefinitionRow; created: boolean }> {
     const workflow = this.compile(spec);
-    const em = this.db.orm.em.fork();
-    const inserted = await this.db.pool.query<{ id: number }>(
-      `INSERT INTO workflow_definitions (name, version, spec, content_hash, description)
-       VALUES ($1, $2, $3, $4, $5) ON CONFLICT (name, version) DO NOTHING RETURNING id`,
-      [
-        workflow.name,
-        workflow.version,
-        workflow.canonicalJson,
-        workflow.contentHash,
-        workflow.spec.description ?? "",
-      ],
-    );
-    const existing = await em.findOneOrFail(WorkflowDefinitionEntity, {
+    const { row, created } = await this.store.insert({
       name: workflow.name,
       version: workflow.version,
+      canonicalJson: workflow.canonicalJson,
+      contentHash: workflow.contentHash,
+      description: workflow.spec.description ?? "",
     });
-    const row = toRow(existing);
-    if (inserted.rowCount === 1) {
+    if (created) {
       this.byId.set(row.id, workflow);
       this.resolved.delete(`${workflow.name}@0`);
       this.log.info({ workflow: workflow.name, version: workflow.version }, "workflow registered");
@@ -119,11 +101,7 @@ export class DefinitionStore {
     if (version === 0) {
       // Only the id: the spec (up to megabytes for a wide workflow) is read once per id.
       checkKey(name, version);
-      const { rows } = await this.db.pool.query<{ id: number }>(
-        "SELECT id FROM workflow_definitions WHERE name = $1 ORDER BY version DESC LIMIT 1",
-        [name],
-      );
-      const id = rows[0]?.id;
+      const id = await this.store.latestId(name);
       if (id === undefined) throw ApiError.notFound(`workflow ${name} is not registered`);
       entry = { id, workflow: await this.compiledById(id), at };
     } else {
@@ -137,31 +115,22 @@ export class DefinitionStore {
   /** One definition row; NOT_FOUND when missing. */
   async get(name: string, version: number): Promise<DefinitionRow> {
     checkKey(name, version);
-    const em = this.db.orm.em.fork();
-    const found =
-      version === 0
-        ? await em.findOne(WorkflowDefinitionEntity, { name }, { orderBy: { version: "desc" } })
-        : await em.findOne(WorkflowDefinitionEntity, { name, version });
-    if (found === null) {
+    const found = await this.store.get(name, version);
+    if (found === undefined) {
       throw ApiError.notFound(
         version === 0
           ? `workflow ${name} is not registered`
           : `workflow ${name} version ${version} is not registered`,
       );
     }
-    return toRow(found);
+    return found;
   }
 
   /** The compiled workflow of a stored definition (cached; definitions never change). */
   async compiledById(id: number, spec?: unknown): Promise<CompiledWorkflow> {
     const cached = this.byId.get(id);
     if (cached !== undefined) return cached;
-    let source = spec;
-    if (source === undefined) {
-      const em = this.db.orm.em.fork();
-      source = (await em.findOneOrFail(WorkflowDefinitionEntity, { id })).spec;
-    }
-    const workflow = this.compile(source);
+    const workflow = this.compile(spec ?? (await this.store.specById(id)));
     this.byId.set(id, workflow);
     return workflow;
   }
@@ -184,65 +153,14 @@ export class DefinitionStore {
             (v): v is { id: number } =>
               typeof v === "object" && v !== null && typeof (v as { id?: unknown }).id === "number",
           );
-    const params: unknown[] = [];
-    const where: string[] = [];
-    if (name !== "") {
-      params.push(name);
-      where.push(`name = $${params.length}`);
-    }
-    if (after !== undefined) {
-      params.push(after.id);
-      where.push(`id < $${params.length}`);
-    }
-    if (latestOnly)
-      where.push(
-        `version = (SELECT max(version) FROM workflow_definitions d2 WHERE d2.name = workflow_definitions.name)`,
-      );
-    params.push(size + 1);
-    const rows = await this.db.pool.query<{
-      id: number;
-      name: string;
-      version: number;
-      spec: Record<string, unknown>;
-      content_hash: string;
-      created_at: Date;
-    }>(
-      `SELECT id, name, version, spec, content_hash, created_at FROM workflow_definitions
-       ${where.length > 0 ? `WHERE ${where.join(" AND ")}` : ""} ORDER BY id DESC LIMIT $${params.length}`,
-      params,
-    );
-    const page = rows.rows.slice(0, size).map((r) => ({
-      id: r.id,
-      name: r.name,
-      version: r.version,
-      spec: r.spec,
-      contentHash: r.content_hash,
-      createdAt: r.created_at,
-    }));
+    const rows = await this.store.list({ name, beforeId: after?.id, latestOnly, limit: size + 1 });
+    const page = rows.slice(0, size);
     const last = page[page.length - 1];
     return {
       rows: page,
-      nextPageToken: rows.rows.length > size && last !== undefined ? encodeToken({ id: last.id }) : "",
+      nextPageToken: rows.length > size && last !== undefined ? encodeToken({ id: last.id }) : "",
     };
   }
-}
-
-function toRow(e: {
-  id: number;
-  name: string;
-  version: number;
-  spec: Record<string, unknown>;
-  contentHash: string;
-  createdAt: Date;
-}): DefinitionRow {
-  return {
-    id: e.id,
-    name: e.name,
-    version: e.version,
-    spec: e.spec,
-    contentHash: e.contentHash,
-    createdAt: e.createdAt,
-  };
 }
 
 function checkKey(name: string, version: number): void {

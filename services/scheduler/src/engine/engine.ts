@@ -13,7 +13,7 @@ import * as core from "../core/index.js";
 import type { Core, Effects, EventInit, Moment, Rejection, Timer } from "../core/index.js";
 import type { EngineStore } from "../persistence/engine-store.js";
 import { STORAGE_REFUSED, type ErrorInfo, type RunState, type TaskState } from "../model/run-state.js";
-import type { DefinitionStore } from "./definitions.js";
+import type { Definitions } from "./definitions.js";
 import { Dispatcher, type SessionHandle } from "./dispatcher.js";
 import { lifecycleEvent } from "../persistence/outbox.js";
 import { KeyedStarts } from "./keyed-starts.js";
@@ -31,7 +31,7 @@ export interface EngineOptions {
   /** Where runs, tasks, attempts and events are stored, and recovery reads. */
   store: EngineStore;
   /** Workflow definitions. */
-  definitions: DefinitionStore;
+  definitions: Definitions;
   log: Logger;
   /** How often executors should heartbeat. @default 2000 */
   heartbeatIntervalMs?: number;
@@ -74,7 +74,7 @@ export class Engine {
   private readonly log: Logger;
   private readonly store: EngineStore;
   /** Workflow definitions. */
-  readonly definitions: DefinitionStore;
+  readonly definitions: Definitions;
   /** Sessions and ready queues (read through sessions() and waitingTasks()). */
   private readonly dispatcher = new Dispatcher();
   /** The rules' state and where their effects go. */

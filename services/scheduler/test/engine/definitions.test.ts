@@ -1,8 +1,10 @@
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import { Code } from "@nexusflow/common";
-import { DefinitionStore } from "../../src/engine/definitions.js";
+import { Definitions } from "../../src/engine/definitions.js";
+import { PostgresDefinitionStore } from "../../src/persistence/postgres-definition-store.js";
 import { openDatabase, type Database } from "../../src/persistence/database.js";
+import { definitionStoreContract } from "../../src/persistence/definition-store-contract.js";
 import { startTestDatabase, testLogger } from "../support.js";
 
 const spec = (version: number) => ({
@@ -11,7 +13,7 @@ const spec = (version: number) => ({
   steps: [{ id: "only", type: "noop" }],
 });
 
-describe("DefinitionStore.resolve", () => {
+describe("Definitions.resolve (PostgreSQL)", () => {
   let pg: Awaited<ReturnType<typeof startTestDatabase>>;
   let db: Database;
 
@@ -40,7 +42,7 @@ describe("DefinitionStore.resolve", () => {
   };
 
   it("shares one lookup of the latest version among concurrent callers, then serves it from the cache", async () => {
-    const store = new DefinitionStore(db, testLogger());
+    const store = new Definitions(new PostgresDefinitionStore(db), testLogger());
     await store.register(spec(1));
     const { result: resolved, lookups } = await countLatestLookups(() =>
       Promise.all(Array.from({ length: 50 }, () => store.resolve("defs-latest", 0))),
@@ -54,8 +56,8 @@ describe("DefinitionStore.resolve", () => {
 
   it("sees a version registered by another scheduler once the cached latest expires", async () => {
     // A cache window of 0: every resolve of "latest" asks the database again.
-    const mine = new DefinitionStore(db, testLogger(), 0);
-    const other = new DefinitionStore(db, testLogger());
+    const mine = new Definitions(new PostgresDefinitionStore(db), testLogger(), 0);
+    const other = new Definitions(new PostgresDefinitionStore(db), testLogger());
     assert.equal((await mine.resolve("defs-latest", 0)).workflow.version, 1);
     await other.register(spec(2));
     const again = await countLatestLookups(() => mine.resolve("defs-latest", 0));
@@ -65,7 +67,7 @@ describe("DefinitionStore.resolve", () => {
   });
 
   it("answers NOT_FOUND for an unknown workflow and INVALID_ARGUMENT for a bad key, and retries after a failure", async () => {
-    const store = new DefinitionStore(db, testLogger());
+    const store = new Definitions(new PostgresDefinitionStore(db), testLogger());
     await assert.rejects(store.resolve("nope", 0), (e: { code?: Code }) => e.code === Code.NOT_FOUND);
     await assert.rejects(store.resolve("", 0), (e: { code?: Code }) => e.code === Code.INVALID_ARGUMENT);
     await assert.rejects(
@@ -75,4 +77,22 @@ describe("DefinitionStore.resolve", () => {
     await store.register({ ...spec(1), name: "nope" });
     assert.equal((await store.resolve("nope", 0)).workflow.name, "nope");
   });
+});
+
+describe("definition store contract: PostgreSQL", () => {
+  let pg: Awaited<ReturnType<typeof startTestDatabase>>;
+  let db: Database;
+  let store: PostgresDefinitionStore;
+
+  before(async () => {
+    pg = await startTestDatabase();
+    db = await openDatabase({ url: pg.url, log: testLogger() });
+    store = new PostgresDefinitionStore(db);
+  });
+  after(async () => {
+    await db?.close();
+    await pg?.close();
+  });
+
+  definitionStoreContract(() => store);
 });
