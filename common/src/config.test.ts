@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { ConfigError, loadExecutorConfig } from "./config.js";
+import { ConfigError, loadExecutorConfig, loadGatewayConfig, loadSchedulerConfig } from "./config.js";
 
 describe("executor configuration", () => {
   it("takes the session token as a value or as a file read per session, not both", () => {
@@ -19,6 +19,59 @@ describe("executor configuration", () => {
       () => loadExecutorConfig({ EXECUTOR_TOKEN: "abc", EXECUTOR_TOKEN_FILE: "/t" }),
       (e: unknown) =>
         e instanceof ConfigError && e.variable === "EXECUTOR_TOKEN_FILE" && /not both/.test(e.message),
+    );
+  });
+});
+
+describe("probe endpoints (HEALTH_PORT)", () => {
+  const AUTH = { AUTH_DISABLED: "true" };
+
+  it("ride on the metrics port by default, and are gone with METRICS_PORT=off alone", () => {
+    const c = loadSchedulerConfig({ ...AUTH, METRICS_HOST: "0.0.0.0" });
+    assert.deepEqual(c.metrics, { host: "0.0.0.0", port: 9464, explicit: false });
+    assert.deepEqual(c.probes, { host: "0.0.0.0", port: 9464, onMetricsPort: true });
+    assert.equal(loadSchedulerConfig({ ...AUTH, METRICS_PORT: "off" }).probes, undefined);
+  });
+
+  it("with HEALTH_PORT are served whatever METRICS_PORT says", () => {
+    const off = loadExecutorConfig({ METRICS_PORT: "off", HEALTH_PORT: "8081", METRICS_HOST: "0.0.0.0" });
+    assert.equal(off.metrics, undefined);
+    assert.deepEqual(off.probes, { host: "0.0.0.0", port: 8081, onMetricsPort: false });
+    const apart = loadGatewayConfig({ ...AUTH, METRICS_PORT: "9999", HEALTH_PORT: "8081" });
+    assert.equal(apart.metrics?.port, 9999);
+    assert.deepEqual(apart.probes, { host: "127.0.0.1", port: 8081, onMetricsPort: false });
+  });
+
+  it("share the metrics server when HEALTH_PORT names its port, which then counts as set", () => {
+    const c = loadExecutorConfig({ HEALTH_PORT: "9465" });
+    assert.deepEqual(c.metrics, { host: "127.0.0.1", port: 9465, explicit: true });
+    assert.deepEqual(c.probes, { host: "127.0.0.1", port: 9465, onMetricsPort: true });
+  });
+
+  it("refuse a HEALTH_PORT that is not a port, naming it", () => {
+    for (const value of ["off", "http", "70000"])
+      assert.throws(
+        () => loadExecutorConfig({ HEALTH_PORT: value }),
+        (e: unknown) => e instanceof ConfigError && e.variable === "HEALTH_PORT",
+        value,
+      );
+  });
+});
+
+describe("MIGRATE_ON_START", () => {
+  const AUTH = { AUTH_DISABLED: "true" };
+
+  it("is on unless set false, so `npm start` needs no migrate step", () => {
+    assert.equal(loadSchedulerConfig(AUTH).migrateOnStart, true);
+    assert.equal(loadSchedulerConfig({ ...AUTH, MIGRATE_ON_START: "true" }).migrateOnStart, true);
+    assert.equal(loadSchedulerConfig({ ...AUTH, MIGRATE_ON_START: "false" }).migrateOnStart, false);
+    assert.equal(loadSchedulerConfig({ ...AUTH, MIGRATE_ON_START: "0" }).migrateOnStart, false);
+  });
+
+  it("refuses anything but a boolean, naming the variable", () => {
+    assert.throws(
+      () => loadSchedulerConfig({ ...AUTH, MIGRATE_ON_START: "later" }),
+      (e: unknown) => e instanceof ConfigError && e.variable === "MIGRATE_ON_START",
     );
   });
 });

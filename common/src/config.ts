@@ -202,6 +202,22 @@ export interface MetricsConfig {
   explicit: boolean;
 }
 
+/**
+ * Where a service answers the orchestrator's probes, `GET /healthz` (live) and `GET /readyz`
+ * (ready). By default they ride on the metrics endpoint (METRICS_HOST:METRICS_PORT). HEALTH_PORT
+ * gives them a port that does not depend on metrics: they are served there whatever METRICS_PORT
+ * says (off included), on the metrics endpoint's own server when both name the same port, on a
+ * server of their own otherwise. The host is METRICS_HOST either way (one ops interface).
+ */
+export interface ProbesConfig {
+  /** Interface to listen on (METRICS_HOST). */
+  host: string;
+  /** Port: HEALTH_PORT, else METRICS_PORT's; 0 picks a free one. */
+  port: number;
+  /** True when the probes are served by the metrics endpoint's server (HEALTH_PORT unset or equal to METRICS_PORT). */
+  onMetricsPort: boolean;
+}
+
 /** Default metrics ports: scheduler 9464, executor 9465, gateway 9466. */
 export const DEFAULT_METRICS_PORTS = { scheduler: 9464, executor: 9465, gateway: 9466 } as const;
 
@@ -217,8 +233,16 @@ export interface SchedulerConfig {
   sessionTimeoutMs: number;
   auth: AuthConfig;
   retention: RetentionConfig;
+  /**
+   * Apply pending database migrations at start (MIGRATE_ON_START, default true: `npm start` needs
+   * no separate step). False where a deployment runs `migrate` first (compose, Kubernetes): the
+   * scheduler then only checks that no migration is pending and refuses to start, naming them.
+   */
+  migrateOnStart: boolean;
   /** The /metrics endpoint; undefined with METRICS_PORT=off. */
   metrics: MetricsConfig | undefined;
+  /** The /healthz and /readyz endpoint; undefined with METRICS_PORT=off and no HEALTH_PORT. */
+  probes: ProbesConfig | undefined;
 }
 
 /** Everything the executor reads from the environment. */
@@ -240,6 +264,8 @@ export interface ExecutorConfig {
   tokenFile: string | undefined;
   /** The /metrics endpoint; undefined with METRICS_PORT=off. */
   metrics: MetricsConfig | undefined;
+  /** The /healthz and /readyz endpoint; undefined with METRICS_PORT=off and no HEALTH_PORT. */
+  probes: ProbesConfig | undefined;
 }
 
 /** Everything the gateway reads from the environment. */
@@ -255,6 +281,24 @@ export interface GatewayConfig {
   maxStreamsPerClient: number;
   /** The /metrics endpoint; undefined with METRICS_PORT=off. */
   metrics: MetricsConfig | undefined;
+  /** The /healthz and /readyz endpoint; undefined with METRICS_PORT=off and no HEALTH_PORT. */
+  probes: ProbesConfig | undefined;
+}
+
+/** The metrics and probe endpoints (METRICS_HOST, METRICS_PORT, HEALTH_PORT). */
+function opsEndpoints(
+  env: Env,
+  defaultPort: number,
+): { metrics: MetricsConfig | undefined; probes: ProbesConfig | undefined } {
+  const m = metrics(env, defaultPort);
+  const host = str(env, "METRICS_HOST") ?? "127.0.0.1";
+  if (str(env, "HEALTH_PORT") === undefined)
+    return { metrics: m, probes: m === undefined ? undefined : { host, port: m.port, onMetricsPort: true } };
+  const healthPort = port(env, "HEALTH_PORT", 0);
+  if (m !== undefined && m.port === healthPort)
+    // One server for both, and the port was named: taken, it stops the service.
+    return { metrics: { ...m, explicit: true }, probes: { host, port: healthPort, onMetricsPort: true } };
+  return { metrics: m, probes: { host, port: healthPort, onMetricsPort: false } };
 }
 
 function metrics(env: Env, defaultPort: number): MetricsConfig | undefined {
@@ -358,7 +402,8 @@ export function loadSchedulerConfig(env: Env = process.env): SchedulerConfig {
     sessionTimeoutMs: duration(env, "SESSION_TIMEOUT", "10s"),
     auth: auth(env),
     retention: retentionConfig(env),
-    metrics: metrics(env, DEFAULT_METRICS_PORTS.scheduler),
+    migrateOnStart: bool(env, "MIGRATE_ON_START", true),
+    ...opsEndpoints(env, DEFAULT_METRICS_PORTS.scheduler),
   };
 }
 
@@ -394,7 +439,7 @@ export function loadExecutorConfig(env: Env = process.env): ExecutorConfig {
     logLevel: oneOf(env, "LOG_LEVEL", LOG_LEVELS, "info"),
     artifacts: artifacts(env),
     ...executorToken(env),
-    metrics: metrics(env, DEFAULT_METRICS_PORTS.executor),
+    ...opsEndpoints(env, DEFAULT_METRICS_PORTS.executor),
   };
 }
 
@@ -420,7 +465,7 @@ export function loadGatewayConfig(env: Env = process.env): GatewayConfig {
     auth: auth(env),
     maxRequestBytes: int(env, "GATEWAY_MAX_REQUEST_BYTES", 4 * 1024 * 1024, 1024, 64 * 1024 * 1024),
     maxStreamsPerClient: int(env, "GATEWAY_MAX_STREAMS_PER_CLIENT", 32, 1, 10_000),
-    metrics: metrics(env, DEFAULT_METRICS_PORTS.gateway),
+    ...opsEndpoints(env, DEFAULT_METRICS_PORTS.gateway),
   };
 }
 

@@ -1,19 +1,23 @@
 /**
- * The metrics endpoint: a small HTTP/1.1 server of its own port that answers `GET /metrics` with
- * the registry in the Prometheus text format, and nothing else (404). A port of its own keeps the
+ * The ops endpoint: a small HTTP/1.1 server of its own port that answers `GET /metrics` with the
+ * registry in the Prometheus text format, and nothing else (404). A port of its own keeps the
  * scrape away from the service's API (no authentication, no gRPC framing) and lets operators
  * expose it only to Prometheus. The same port answers the probes of orchestrators: `GET /healthz`
  * (live: the process answers) and, given a readiness check, `GET /readyz` (200 when ready, else
- * 503 with the reason).
+ * 503 with the reason). With HEALTH_PORT (config.ts, ProbesConfig) the probes get a server of
+ * their own, without /metrics, so they do not depend on metrics being on ({@link startOpsEndpoints}).
  */
 import * as http from "node:http";
 import type { Registry } from "prom-client";
-import type { MetricsConfig } from "../config.js";
+import type { MetricsConfig, ProbesConfig } from "../config.js";
 import type { ReadinessCheck } from "../health.js";
 import type { Logger } from "../logger.js";
 import { hasErrorCode } from "../net.js";
 
-/** The metrics port could not be bound; the message is one line naming host, port and METRICS_PORT. */
+/**
+ * The metrics (or probe) port could not be bound; the message is one line naming host, port and
+ * the variable that set it (METRICS_PORT, or HEALTH_PORT for a probe server of its own).
+ */
 export class MetricsListenError extends Error {
   override name = "MetricsListenError";
   constructor(
@@ -21,12 +25,13 @@ export class MetricsListenError extends Error {
     readonly port: number,
     /** The system error code, e.g. "EADDRINUSE". */
     readonly code: string | undefined,
-    options?: ErrorOptions,
+    options?: ErrorOptions & { variable?: "METRICS_PORT" | "HEALTH_PORT" },
   ) {
+    const variable = options?.variable ?? "METRICS_PORT";
     super(
-      `METRICS_PORT: cannot serve metrics on ${hostPort(host, port)}: ${
+      `${variable}: cannot serve ${variable === "HEALTH_PORT" ? "/healthz and /readyz" : "metrics"} on ${hostPort(host, port)}: ${
         code === "EADDRINUSE" ? `port ${port} is already in use` : (code ?? String(options?.cause))
-      } (set METRICS_PORT to another port, 0 for any free one, or off)`,
+      } (set ${variable} to another port${variable === "HEALTH_PORT" ? " or 0 for any free one" : ", 0 for any free one, or off"})`,
       options,
     );
   }
@@ -61,7 +66,7 @@ function serveProbe(
   );
 }
 
-/** A listening metrics endpoint. */
+/** A listening metrics endpoint (or a probe server of its own: then `url` names /metrics, which answers 404). */
 export interface MetricsServer {
   /** The scrape URL, e.g. "http://127.0.0.1:9464/metrics". */
   readonly url: string;
@@ -73,16 +78,22 @@ export interface MetricsServer {
 
 /** Options of {@link listenMetrics}. */
 export interface MetricsServerOptions {
-  registry: Registry;
+  /** Served on `GET /metrics`. @default undefined (a probe server: /metrics answers 404) */
+  registry?: Registry | undefined;
   /** @default "127.0.0.1" */
   host?: string;
   /** 0 picks a free port. @default 0 */
   port?: number;
   /** Serves `GET /readyz` with this check. @default undefined (no /readyz: 404) */
   ready?: ReadinessCheck | undefined;
+  /** The variable that chose the port, named by {@link MetricsListenError}. @default "METRICS_PORT" */
+  variable?: "METRICS_PORT" | "HEALTH_PORT";
 }
 
-/** Serves `registry` on `GET /metrics`. Throws {@link MetricsListenError} when the port cannot be bound. */
+/**
+ * Serves `registry` on `GET /metrics` and the probes. Throws {@link MetricsListenError} when the
+ * port cannot be bound.
+ */
 export async function listenMetrics(options: MetricsServerOptions): Promise<MetricsServer> {
   const { registry } = options;
   const host = options.host ?? "127.0.0.1";
@@ -92,8 +103,14 @@ export async function listenMetrics(options: MetricsServerOptions): Promise<Metr
       serveProbe(req, res, path === "/healthz" ? undefined : options.ready);
       return;
     }
-    if (path !== "/metrics") {
-      res.writeHead(404, { "content-type": "text/plain" }).end("not found: metrics are at /metrics\n");
+    if (path !== "/metrics" || registry === undefined) {
+      res
+        .writeHead(404, { "content-type": "text/plain" })
+        .end(
+          registry === undefined
+            ? "not found: this port serves /healthz and /readyz only (metrics are at METRICS_PORT)\n"
+            : "not found: metrics are at /metrics\n",
+        );
       return;
     }
     if (req.method !== "GET" && req.method !== "HEAD") {
@@ -127,7 +144,10 @@ export async function listenMetrics(options: MetricsServerOptions): Promise<Metr
       : typeof (e as { code?: unknown }).code === "string"
         ? (e as { code: string }).code
         : undefined;
-    throw new MetricsListenError(host, options.port ?? 0, code, { cause: e });
+    throw new MetricsListenError(host, options.port ?? 0, code, {
+      cause: e,
+      ...(options.variable === undefined ? {} : { variable: options.variable }),
+    });
   }
   const address = server.address();
   const port = typeof address === "object" && address !== null ? address.port : (options.port ?? 0);
@@ -170,4 +190,62 @@ export async function startMetricsEndpoint(
     }
     throw e;
   }
+}
+
+/** The endpoints {@link startOpsEndpoints} started. */
+export interface OpsEndpoints {
+  /** The metrics endpoint (serving the probes too); undefined when metrics are off. */
+  readonly metrics: MetricsServer | undefined;
+  /** A probe server of its own (HEALTH_PORT apart from METRICS_PORT); undefined otherwise. */
+  readonly probes: MetricsServer | undefined;
+  /** Closes both; idempotent. */
+  close(): Promise<void>;
+}
+
+/** Options of {@link startOpsEndpoints}. */
+export interface OpsEndpointsOptions {
+  /** The /metrics endpoint (METRICS_PORT); undefined: metrics off. */
+  metrics: MetricsConfig | undefined;
+  /** Where the probes are (HEALTH_PORT, or the metrics endpoint); undefined: none. */
+  probes: ProbesConfig | undefined;
+  /** The metrics; undefined serves no /metrics even when `metrics` is set. */
+  registry: Registry | undefined;
+  log: Logger;
+  /** Serves `/readyz` with this check. */
+  ready?: ReadinessCheck | undefined;
+}
+
+/**
+ * Starts what a service's configuration asks for: the metrics endpoint (with the probes) as
+ * {@link startMetricsEndpoint} does, and a probe server of its own when HEALTH_PORT names another
+ * port than METRICS_PORT, or METRICS_PORT is off. A probe port that is taken throws
+ * {@link MetricsListenError} naming HEALTH_PORT. Logs where each listens.
+ */
+export async function startOpsEndpoints(options: OpsEndpointsOptions): Promise<OpsEndpoints> {
+  const { log, probes, ready } = options;
+  const metrics =
+    options.registry === undefined
+      ? undefined
+      : await startMetricsEndpoint(options.metrics, options.registry, log, ready);
+  if (metrics !== undefined) log.info({ url: metrics.url }, "metrics listening");
+  let own: MetricsServer | undefined;
+  if (probes !== undefined && (!probes.onMetricsPort || options.registry === undefined)) {
+    try {
+      own = await listenMetrics({ host: probes.host, port: probes.port, ready, variable: "HEALTH_PORT" });
+    } catch (e) {
+      await metrics?.close();
+      throw e;
+    }
+    const base = own.url.replace(/\/metrics$/, "");
+    log.info({ healthz: `${base}/healthz`, readyz: `${base}/readyz` }, "probes listening");
+  } else if (probes === undefined || metrics === undefined) {
+    log.info("no /healthz or /readyz: metrics are off and HEALTH_PORT is not set");
+  }
+  return {
+    metrics,
+    probes: own,
+    async close() {
+      await Promise.all([metrics?.close(), own?.close()]);
+    },
+  };
 }

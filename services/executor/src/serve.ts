@@ -15,10 +15,10 @@ import {
 import { type ArtifactStore, createArtifactStore, isArtifactError } from "@nexusflow/common/artifacts";
 import {
   MetricsListenError,
-  type MetricsServer,
+  type OpsEndpoints,
   createMetricsRegistry,
   grpcClientMetrics,
-  startMetricsEndpoint,
+  startOpsEndpoints,
 } from "@nexusflow/common/metrics";
 import { shutdownTelemetry, tracingEnabled } from "@nexusflow/common/telemetry";
 import { Executor } from "./executor.js";
@@ -82,24 +82,26 @@ const executor = new Executor(
   }),
 );
 
-let metricsServer: MetricsServer | undefined;
-if (registry !== undefined) {
-  registerExecutorMetrics(registry, executor, config.slots);
-  try {
-    // Ready (GET /readyz) while it has a session with the scheduler.
-    metricsServer = await startMetricsEndpoint(config.metrics, registry, logger, () =>
+if (registry !== undefined) registerExecutorMetrics(registry, executor, config.slots);
+let ops: OpsEndpoints;
+try {
+  // Ready (GET /readyz) while it has a session with the scheduler.
+  ops = await startOpsEndpoints({
+    metrics: config.metrics,
+    probes: config.probes,
+    registry,
+    log: logger,
+    ready: () =>
       Promise.resolve(
         executor.state === "ATTACHED" ? undefined : `no session with the scheduler (${executor.state})`,
       ),
-    );
-  } catch (e) {
-    if (e instanceof MetricsListenError) {
-      process.stderr.write(`nexusflow-executor: ${e.message}\n`);
-      process.exit(1);
-    }
-    throw e;
+  });
+} catch (e) {
+  if (e instanceof MetricsListenError) {
+    process.stderr.write(`nexusflow-executor: ${e.message}\n`);
+    process.exit(1);
   }
-  if (metricsServer !== undefined) logger.info({ url: metricsServer.url }, "metrics listening");
+  throw e;
 }
 
 if (config.handlersModule !== undefined) {
@@ -120,7 +122,7 @@ const onSignal = (signal: NodeJS.Signals): void => {
     process.exit(1);
   }
   stopping = true;
-  Promise.all([executor.stop(signal), metricsServer?.close()])
+  Promise.all([executor.stop(signal), ops.close()])
     .then(() => shutdownTelemetry())
     .then(
       () => process.exit(0),

@@ -14,9 +14,9 @@ import {
 } from "@nexusflow/common";
 import {
   MetricsListenError,
-  type MetricsServer,
+  type OpsEndpoints,
   createMetricsRegistry,
-  startMetricsEndpoint,
+  startOpsEndpoints,
 } from "@nexusflow/common/metrics";
 import { shutdownTelemetry, tracingEnabled } from "@nexusflow/common/telemetry";
 import { GatewayListenError, createGateway } from "./server.js";
@@ -70,15 +70,19 @@ const gateway = createGateway({
   metrics: registry,
 });
 
-let metricsServer: MetricsServer | undefined;
-if (registry !== undefined) {
-  try {
-    metricsServer = await startMetricsEndpoint(config.metrics, registry, logger, schedulerReady);
-  } catch (e) {
-    if (e instanceof MetricsListenError) fail(e.message, 1);
-    throw e;
-  }
-  if (metricsServer !== undefined) logger.info({ url: metricsServer.url }, "metrics listening");
+// The ops endpoints' /readyz answers as the gateway's own port does (there also while draining).
+let ops: OpsEndpoints;
+try {
+  ops = await startOpsEndpoints({
+    metrics: config.metrics,
+    probes: config.probes,
+    registry,
+    log: logger,
+    ready: schedulerReady,
+  });
+} catch (e) {
+  if (e instanceof MetricsListenError) fail(e.message, 1);
+  throw e;
 }
 
 try {
@@ -106,7 +110,7 @@ const stop = (signal: NodeJS.Signals): void => {
   }
   stopping = true;
   logger.info({ signal }, "gateway stopping");
-  Promise.all([gateway.close(), metricsServer?.close()])
+  Promise.all([gateway.close(), ops.close()])
     .then(() => shutdownTelemetry())
     .then(
       () => {

@@ -1,8 +1,8 @@
 /**
  * `migrate`: the schema step of a deployment, run before schedulers start or roll (a one-shot
  * service in docker-compose.yml, a Job in Kubernetes). It applies the pending migrations while
- * holding a PostgreSQL advisory lock of its own, so several migrate runs never race on the schema
- * (a second one waits, then finds nothing to do), and exits. It does not take the scheduler's lock:
+ * holding a PostgreSQL advisory lock of its own, so several migrate runs (and schedulers migrating
+ * at start) never race on the schema (a second one waits, then finds nothing to do), and exits. It does not take the scheduler's lock:
  * an upgrade migrates while the previous scheduler still runs.
  *
  *   migrate                 apply pending migrations, exit 0 (1 on failure, 2 on bad configuration)
@@ -10,60 +10,20 @@
  *                           (a scheduler pod's init container, so it never starts on an old schema);
  *                           exit 1 after SECS (default 600)
  *
- * The scheduler itself still applies pending migrations at start (under its own lock), so a
- * single-process setup (`npm start`) needs no separate step.
+ * By default the scheduler itself also applies pending migrations at start (under its own lock),
+ * so a single-process setup (`npm start`) needs no separate step. Deployments that run this step
+ * set MIGRATE_ON_START=false on the scheduler: it then migrates nothing and refuses to start on a
+ * schema with pending migrations, naming them (it does not wait: the orchestrator restarts it, and
+ * `migrate --wait` is there for an init container that should wait instead).
  */
 import { setTimeout as delay } from "node:timers/promises";
 import { ConfigError, type Logger, createLogger, loadMigrateConfig } from "@nexusflow/common";
-import pg from "pg";
-import { openDatabase } from "./persistence/database.js";
-import { migrationsList } from "./persistence/migrations/index.js";
+import { applyMigrations, pendingMigrations } from "./persistence/schema.js";
 
-/** Advisory lock key of `migrate` ("NFMIGRAT"), distinct from the scheduler's. */
-export const MIGRATE_LOCK_KEY = 0x4e464d4947524154n;
-/** The table where MikroORM records applied migrations (persistence/database.ts). */
-const MIGRATIONS_TABLE = "nexusflow_migrations";
-
-/** The migrations this build knows that `url`'s database has not applied (all when the table is missing). */
-export async function pendingMigrations(url: string): Promise<string[]> {
-  const client = new pg.Client({ connectionString: url, connectionTimeoutMillis: 5000 });
-  await client.connect();
-  try {
-    const table = await client.query<{ exists: boolean }>("SELECT to_regclass($1) IS NOT NULL AS exists", [
-      MIGRATIONS_TABLE,
-    ]);
-    const applied = new Set<string>();
-    if (table.rows[0]?.exists === true) {
-      const rows = await client.query<{ name: string }>(`SELECT name FROM ${MIGRATIONS_TABLE}`);
-      for (const { name } of rows.rows) applied.add(name.replace(/\.[jt]s$/, ""));
-    }
-    return migrationsList.map((m) => m.name).filter((name) => !applied.has(name));
-  } finally {
-    await client.end();
-  }
-}
+export { MIGRATE_LOCK_KEY, pendingMigrations } from "./persistence/schema.js";
 
 /** Applies pending migrations under the migrate lock; resolves with the names applied. */
-export async function migrate(url: string, log: Logger): Promise<string[]> {
-  const lock = new pg.Client({
-    connectionString: url,
-    connectionTimeoutMillis: 5000,
-    application_name: "nexusflow-migrate",
-  });
-  await lock.connect();
-  try {
-    await lock.query("SELECT pg_advisory_lock($1)", [MIGRATE_LOCK_KEY.toString()]);
-    const pending = await pendingMigrations(url);
-    if (pending.length === 0) return [];
-    log.info({ migrations: pending }, "applying database migrations");
-    // openDatabase applies what is pending (MikroORM's migrator, one transaction for all).
-    const db = await openDatabase({ url, poolSize: 2, log });
-    await db.close();
-    return pending;
-  } finally {
-    await lock.end();
-  }
-}
+export const migrate = applyMigrations;
 
 /** Waits until no migration is pending; false when `timeoutMs` passes first. */
 export async function waitForMigrations(url: string, timeoutMs: number, log: Logger): Promise<boolean> {

@@ -9,21 +9,22 @@ import {
   serviceDefinition,
   type Logger,
   type MetricsConfig,
+  type ProbesConfig,
   type TokenVerifier,
 } from "@nexusflow/common";
 import { type ArtifactStore, FilesystemArtifactStore, resolveOutputRef } from "@nexusflow/common/artifacts";
 import {
-  type MetricsServer,
+  type OpsEndpoints,
   type Registry,
   grpcServerMetrics,
-  startMetricsEndpoint,
+  startOpsEndpoints,
 } from "@nexusflow/common/metrics";
 import { ArtifactService, ExecutorService, RunSchema, WorkflowService } from "@nexusflow/gen";
 import { PgTaskIndex, artifactService } from "./api/artifact-service.js";
 import { authInterceptor } from "./api/auth.js";
 import { addSchedulerHealth } from "./api/health.js";
 import { runDetail } from "./api/convert.js";
-import { executorService } from "./api/executor-session.js";
+import { executorService, executorServiceDefinition } from "./api/executor-session.js";
 import { addReflection } from "./api/reflection.js";
 import { workflowService } from "./api/workflow-service.js";
 import { Definitions } from "./engine/definitions.js";
@@ -32,6 +33,7 @@ import { createOutboxRelay, type EventsOptions, type OutboxRelay } from "./event
 import { registerSchedulerMetrics } from "./metrics/index.js";
 import { openDatabase, type Database } from "./persistence/database.js";
 import { startEmbeddedPostgres, type EmbeddedDatabase } from "./persistence/embedded-postgres.js";
+import { SchemaNotCurrentError, applyMigrations, pendingMigrations } from "./persistence/schema.js";
 import { RunRetention } from "./persistence/retention.js";
 import { PostgresDefinitionStore } from "./persistence/postgres-definition-store.js";
 import { PostgresEngineStore } from "./persistence/postgres-engine-store.js";
@@ -43,6 +45,7 @@ import {
 } from "./persistence/scheduler-lock.js";
 
 export { SchedulerLockedError, isSchedulerLockedError } from "./persistence/scheduler-lock.js";
+export { SchemaNotCurrentError, isSchemaNotCurrentError } from "./persistence/schema.js";
 
 /** Options of {@link Scheduler}. */
 export interface SchedulerOptions {
@@ -56,6 +59,13 @@ export interface SchedulerOptions {
   dataDir?: string;
   /** Pool size of the hot-path connection pool. @default 10 */
   poolSize?: number;
+  /**
+   * Apply pending database migrations at start (under the migrate lock, as `migrate` does), so a
+   * single process needs no separate step. False (MIGRATE_ON_START=false, where a deployment runs
+   * `migrate` before the scheduler) applies nothing and fails start() with SchemaNotCurrentError,
+   * naming the pending migrations, when the schema is behind this build. @default true
+   */
+  migrateOnStart?: boolean | undefined;
   /** Heartbeat interval told to executors. @default 2000 */
   heartbeatIntervalMs?: number;
   /** Session timeout (and lease grace period). @default 10000 */
@@ -107,6 +117,12 @@ export interface SchedulerOptions {
    * that is taken fails start() with MetricsListenError. @default undefined (not served)
    */
   metricsEndpoint?: MetricsConfig | undefined;
+  /**
+   * Where `/healthz` and `/readyz` are served (serve.ts: the configuration's `probes`): on the
+   * metrics endpoint, or on a port of their own (HEALTH_PORT), which is served even without
+   * `metrics`. @default undefined (on the metrics endpoint, when there is one)
+   */
+  probesEndpoint?: ProbesConfig | undefined;
   log: Logger;
 }
 
@@ -129,7 +145,7 @@ export class Scheduler {
   private relay: OutboxRelay | undefined;
   private retentionValue: RunRetention | undefined;
   private server: grpc.Server | undefined;
-  private metricsServer: MetricsServer | undefined;
+  private ops: OpsEndpoints | undefined;
   private addressValue = "";
 
   constructor(private readonly options: SchedulerOptions) {}
@@ -152,7 +168,12 @@ export class Scheduler {
 
   /** The scrape URL of the metrics endpoint, once running with one. */
   get metricsUrl(): string | undefined {
-    return this.metricsServer?.url;
+    return this.ops?.metrics?.url;
+  }
+
+  /** Base URL of `/healthz` and `/readyz` (e.g. "http://127.0.0.1:9464"), once running with one. */
+  get probesUrl(): string | undefined {
+    return (this.ops?.probes ?? this.ops?.metrics)?.url.replace(/\/metrics$/, "");
   }
 
   /** The engine (for tests and metrics). */
@@ -194,7 +215,12 @@ export class Scheduler {
           this.stop().then(fatal, fatal);
         },
       });
-      this.db = await openDatabase({ url, poolSize: this.options.poolSize ?? 10, log });
+      if (this.options.migrateOnStart ?? true) await applyMigrations(url, log);
+      else {
+        const pending = await pendingMigrations(url);
+        if (pending.length > 0) throw new SchemaNotCurrentError(pending);
+      }
+      this.db = await openDatabase({ url, poolSize: this.options.poolSize ?? 10, log, migrate: false });
       // The default store is only read here; its folder appears when an executor first writes.
       const store =
         this.options.artifacts ??
@@ -256,7 +282,7 @@ export class Scheduler {
       });
       server.addService(serviceDefinition(WorkflowService), workflowService(this.engineValue, runStore));
       server.addService(
-        serviceDefinition(ExecutorService),
+        executorServiceDefinition(),
         executorService(this.engineValue, log, { authenticated: this.options.auth !== undefined }),
       );
       server.addService(
@@ -297,10 +323,17 @@ export class Scheduler {
         );
       });
       this.server = server;
-      if (registry !== undefined) {
-        this.metricsServer = await startMetricsEndpoint(this.options.metricsEndpoint, registry, log, ready);
-        if (this.metricsServer !== undefined) log.info({ url: this.metricsServer.url }, "metrics listening");
-      }
+      this.ops = await startOpsEndpoints({
+        metrics: this.options.metricsEndpoint,
+        probes:
+          this.options.probesEndpoint ??
+          (this.options.metricsEndpoint === undefined
+            ? undefined
+            : { ...this.options.metricsEndpoint, onMetricsPort: true }),
+        registry,
+        log,
+        ready,
+      });
       this.addressValue = `${host.includes(":") ? `[${host}]` : host}:${port}`;
       this.stateValue = "RUNNING";
       log.info({ address: this.addressValue }, "scheduler listening");
@@ -322,8 +355,8 @@ export class Scheduler {
   }
 
   private async release(): Promise<void> {
-    await this.metricsServer?.close();
-    this.metricsServer = undefined;
+    await this.ops?.close();
+    this.ops = undefined;
     const server = this.server;
     this.server = undefined;
     if (server !== undefined) {

@@ -11,7 +11,7 @@ import { type ArtifactStore, createArtifactStore, isArtifactError } from "@nexus
 import { MetricsListenError, createMetricsRegistry } from "@nexusflow/common/metrics";
 import { shutdownTelemetry, tracingEnabled } from "@nexusflow/common/telemetry";
 import { EmbeddedPostgresError } from "./persistence/embedded-postgres.js";
-import { PortInUseError, Scheduler, isSchedulerLockedError } from "./scheduler.js";
+import { PortInUseError, Scheduler, isSchedulerLockedError, isSchemaNotCurrentError } from "./scheduler.js";
 import { tuneRuntime } from "./runtime.js";
 
 tuneRuntime();
@@ -57,6 +57,7 @@ const scheduler = new Scheduler({
   databaseUrl: config.database.url,
   dataDir: config.database.dataDir,
   poolSize: config.database.poolSize,
+  migrateOnStart: config.migrateOnStart,
   heartbeatIntervalMs: config.heartbeatIntervalMs,
   sessionTimeoutMs: config.sessionTimeoutMs,
   idempotencyKeyRetentionMs: config.retention.idempotencyKeyRetentionMs,
@@ -66,6 +67,7 @@ const scheduler = new Scheduler({
   auth,
   metrics: config.metrics === undefined ? undefined : createMetricsRegistry(),
   metricsEndpoint: config.metrics,
+  probesEndpoint: config.probes,
   onFatal: (error) => {
     process.stderr.write(`nexusflow-scheduler: ${error.message}\n`);
     process.exit(1);
@@ -105,7 +107,8 @@ try {
     e instanceof PortInUseError ||
     e instanceof EmbeddedPostgresError ||
     e instanceof MetricsListenError ||
-    isSchedulerLockedError(e)
+    isSchedulerLockedError(e) ||
+    isSchemaNotCurrentError(e)
   ) {
     process.stderr.write(`nexusflow-scheduler: ${e.message}\n`);
     process.exit(1);

@@ -28,6 +28,11 @@ export interface DatabaseOptions {
   url: string;
   /** Connections of the pg pool. @default 10 */
   poolSize?: number;
+  /**
+   * Apply pending migrations on opening. False when the caller applied them (under the migrate
+   * lock, schema.ts) or checked that none is pending. @default true
+   */
+  migrate?: boolean;
   /** Logger. */
   log: Logger;
 }
@@ -41,7 +46,7 @@ function socketHost(url: string): { host?: string } {
   return host !== null && host.startsWith("/") ? { host } : {};
 }
 
-/** Connects, applies pending migrations, and returns the database handles. */
+/** Connects, applies pending migrations (unless `migrate` is false), and returns the database handles. */
 export async function openDatabase(options: DatabaseOptions): Promise<Database> {
   const orm = await MikroORM.init({
     driver: PostgreSqlDriver,
@@ -70,7 +75,7 @@ export async function openDatabase(options: DatabaseOptions): Promise<Database> 
     logger: (message) => options.log.debug({ orm: message }, "mikro-orm"),
   });
   try {
-    const applied = await orm.migrator.up();
+    const applied = options.migrate === false ? [] : await orm.migrator.up();
     if (applied.length > 0)
       options.log.info({ migrations: applied.map((m) => m.name) }, "applied database migrations");
   } catch (e) {
