@@ -8,6 +8,8 @@
  */
 import assert from "node:assert/strict";
 import { type ChildProcess, spawn } from "node:child_process";
+import * as http from "node:http";
+import type { AddressInfo } from "node:net";
 import { access, mkdir, mkdtemp, readdir, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
@@ -228,6 +230,42 @@ describe("nexusflow executor --handlers from another directory", () => {
       assert.deepEqual(await readdir(handlersDir), ["my-handlers.ts"], "nothing written where it ran");
     },
   );
+
+  it("traces its handlers to the OTLP endpoint OTEL_EXPORTER_OTLP_ENDPOINT names", T, async () => {
+    // An OTLP/HTTP receiver: the protobuf export requests, whose span names are plain bytes.
+    const exports: Buffer[] = [];
+    const receiver = http.createServer((req, res) => {
+      const chunks: Buffer[] = [];
+      req.on("data", (c: Buffer) => chunks.push(c));
+      req.on("end", () => {
+        if (req.url === "/v1/traces") exports.push(Buffer.concat(chunks));
+        res.writeHead(200, { "content-type": "application/x-protobuf" }).end();
+      });
+    });
+    await new Promise<void>((resolve) => receiver.listen(0, "127.0.0.1", resolve));
+    try {
+      const { port } = receiver.address() as AddressInfo;
+      const p = executor(["--handlers", "./my-handlers.ts", "--id", "traced-1"], {
+        OTEL_EXPORTER_OTLP_ENDPOINT: `http://127.0.0.1:${port}`,
+      });
+      await p.waitForStderr(/^nexusflow: executor traced-1 attached /m);
+      const { run } = await client.startRun({
+        workflowName: "greet-outside",
+        input: jsonToValue({ name: "Bo" }),
+      });
+      assert.ok(run);
+      assert.equal((await finished(run.id)).status, RunStatus.SUCCEEDED);
+      // Ctrl-C drains and flushes the spans still buffered before the process ends.
+      p.child.kill("SIGINT");
+      assert.equal(await p.exited, 0, p.stderr);
+      const sent = Buffer.concat(exports);
+      assert.ok(sent.includes("handler greet-outside"), "the handler's span reached the receiver");
+      assert.ok(sent.includes(run.id), "the span names its run");
+      assert.ok(sent.includes("nexusflow-executor"), "as the executor service");
+    } finally {
+      await new Promise((resolve) => receiver.close(resolve));
+    }
+  });
 
   it("rejects a bad option with one line and exit code 2", T, async () => {
     const slots = executor(["--handlers", "./my-handlers.ts", "--slots", "0"]);

@@ -19,6 +19,8 @@ import {
   logProcessWarnings,
 } from "@nexusflow/common";
 import { type ArtifactStore, createArtifactStore, isArtifactError } from "@nexusflow/common/artifacts";
+import { loadTelemetryConfig } from "@nexusflow/common/config";
+import { type TelemetryConfig, shutdownTelemetry, startTelemetry } from "@nexusflow/common/telemetry";
 import {
   Executor,
   type BearerTokenSource,
@@ -248,7 +250,40 @@ async function run(args: string[], io: CommandIo): Promise<number> {
     if (isArtifactError(e)) throw new CommandFailure(`artifact store: ${errorText(e)}`, 2);
     throw e;
   }
-  const logger = createLogger("executor", config.logLevel);
+  const telemetry = telemetryConfig(io.env);
+  try {
+    return await serve(config, named, file, token, artifacts, stack, telemetry, io);
+  } finally {
+    // Flushes the spans still buffered (a no-op with tracing off).
+    await shutdownTelemetry();
+  }
+}
+
+/**
+ * Tracing as the executor process has it (services/executor/src/main.ts): from the OTEL_*
+ * variables, off unless OTEL_EXPORTER_OTLP_ENDPOINT is set; a bad value ends the command at once.
+ */
+function telemetryConfig(env: NodeJS.ProcessEnv): TelemetryConfig | undefined {
+  try {
+    return loadTelemetryConfig("nexusflow-executor", env);
+  } catch (e) {
+    if (e instanceof ConfigError) throw new CommandFailure(e.message, 2);
+    throw e;
+  }
+}
+
+/** Builds the executor, loads the handlers, runs until the signal aborts, and drains. */
+async function serve(
+  config: ExecutorConfig,
+  named: (name: OptionName) => string,
+  file: string | undefined,
+  token: TokenChoice,
+  artifacts: ArtifactStore,
+  stack: DevState | undefined,
+  telemetry: TelemetryConfig | undefined,
+  io: CommandIo,
+): Promise<number> {
+  const logger = createLogger("executor", config.logLevel, { traceContext: telemetry !== undefined });
   logProcessWarnings(logger);
   let executor: Executor;
   try {
@@ -273,6 +308,13 @@ async function run(args: string[], io: CommandIo): Promise<number> {
     }
   }
 
+  // Tracing starts once the handler module is loaded: the module hooks its instrumentations
+  // register (import-in-the-middle) would keep the module's imports of @nexusflow/executor from
+  // resolving through shareOwnPackages. So, unlike the executor process, the modules loaded before
+  // (gRPC, HTTP, pg, the handler module's own imports) are not instrumented: what is traced is the
+  // SDK's own spans, the handler span (a child of the scheduler's attempt span the lease names)
+  // and a handler's spans (`ctx.startSpan`).
+  await startTelemetry(telemetry);
   if (io.signal.aborted) return 0; // Ctrl-C while loading: nothing to drain
   // From here on, Ctrl-C drains: the executor stops when the signal aborts.
   let onAbort = (): void => {};
