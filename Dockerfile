@@ -52,16 +52,21 @@ FROM ${NODE_IMAGE} AS runtime
 RUN apt-get update \
     && apt-get install -y --no-install-recommends tini \
     && rm -rf /var/lib/apt/lists/*
+# HEALTH_PORT: /healthz and /readyz on a port of their own in every service, whatever METRICS_PORT
+# says (off included), so probes and the HEALTHCHECK never depend on metrics being on.
 ENV NODE_ENV=production \
     NODE_OPTIONS=--enable-source-maps \
-    NEXUSFLOW_DATA_DIR=/tmp/nexusflow
+    NEXUSFLOW_DATA_DIR=/tmp/nexusflow \
+    HEALTH_PORT=8081
 WORKDIR /app
 COPY --from=deps /app/ /app/
 COPY --from=build /out/ /app/
 # The node image's unprivileged user, by number so that Kubernetes' runAsNonRoot can verify it.
 # Nothing is written under /app: the root filesystem can be read-only (give /tmp a tmpfs).
 USER 1000:1000
-EXPOSE 50051 8080 9464 9465 9466
+EXPOSE 50051 8080 8081 9464 9465 9466
+# Readiness without metrics: the scheduler's grpc.health.v1 Check, the gateway's /readyz on its own
+# port, the executor's /readyz on HEALTH_PORT (deploy/docker/healthcheck.mjs).
 HEALTHCHECK --interval=10s --timeout=5s --start-period=20s --retries=3 \
     CMD ["node", "/app/healthcheck.mjs"]
 STOPSIGNAL SIGTERM

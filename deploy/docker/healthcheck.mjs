@@ -1,11 +1,23 @@
 #!/usr/bin/env node
-// The image's HEALTHCHECK: asks the running service's ops endpoint (METRICS_HOST:METRICS_PORT, the
-// port of /metrics) for GET /readyz and exits 0 when it answers 200, else 1 with the reason.
+// The image's HEALTHCHECK: exits 0 when the running service is ready, else 1 with the reason. It
+// asks each service where its readiness does not depend on metrics being on:
+//   scheduler  grpc.health.v1.Health/Check on its gRPC port (SCHEDULER_HOST:SCHEDULER_PORT)
+//   gateway    GET /readyz on its own port (GATEWAY_HOST:GATEWAY_PORT)
+//   executor   GET /readyz on its probe endpoint: HEALTH_PORT (the image sets 8081), else the
+//              metrics port; with METRICS_PORT=off and no HEALTH_PORT it has none, and says so
+// Each check is the same readiness as the service's /readyz.
 //   healthcheck.mjs [SERVICE]    SERVICE defaults to the one PID 1 runs (tini -- node entrypoint.mjs SERVICE)
 // It reads the service's configuration through @nexusflow/common (the one module that reads the
-// environment), so it finds the same port the service listens on. `migrate` is a one-shot: healthy.
+// environment), so it finds the same ports the service listens on. `migrate` is a one-shot: healthy.
 import { readFileSync } from "node:fs";
-import { ConfigError, loadExecutorConfig, loadGatewayConfig, loadSchedulerConfig } from "@nexusflow/common";
+import {
+  ConfigError,
+  ServingStatus,
+  checkGrpcHealth,
+  loadExecutorConfig,
+  loadGatewayConfig,
+  loadSchedulerConfig,
+} from "@nexusflow/common";
 
 const LOADERS = { scheduler: loadSchedulerConfig, executor: loadExecutorConfig, gateway: loadGatewayConfig };
 
@@ -25,6 +37,23 @@ function serviceOfPid1() {
   }
 }
 
+/** host:port to connect to; a wildcard listen address is reached on loopback. */
+function address(host, port) {
+  const h = ["0.0.0.0", "::", ""].includes(host) ? "127.0.0.1" : host;
+  return `${h.includes(":") ? `[${h}]` : h}:${port}`;
+}
+
+async function readyz(base) {
+  const url = `http://${base}/readyz`;
+  try {
+    const res = await fetch(url, { signal: AbortSignal.timeout(4000) });
+    const text = (await res.text()).trim();
+    if (res.status !== 200) fail(`${url}: ${res.status} ${text}`);
+  } catch (e) {
+    fail(`${url}: ${e instanceof Error ? e.message : String(e)}`);
+  }
+}
+
 const service = process.argv[2] ?? serviceOfPid1();
 if (service === "migrate") process.exit(0);
 const load = LOADERS[service];
@@ -36,14 +65,19 @@ try {
   if (e instanceof ConfigError) fail(e.message);
   throw e;
 }
-if (config.metrics === undefined) fail("METRICS_PORT=off: the service has no /readyz to ask");
-const wildcard = ["0.0.0.0", "::", ""].includes(config.metrics.host);
-const host = wildcard ? "127.0.0.1" : config.metrics.host;
-const url = `http://${host.includes(":") ? `[${host}]` : host}:${config.metrics.port}/readyz`;
-try {
-  const res = await fetch(url, { signal: AbortSignal.timeout(4000) });
-  const text = (await res.text()).trim();
-  if (res.status !== 200) fail(`${url}: ${res.status} ${text}`);
-} catch (e) {
-  fail(`${url}: ${e instanceof Error ? e.message : String(e)}`);
+if (service === "scheduler") {
+  const target = address(config.host, config.port);
+  let status;
+  try {
+    status = await checkGrpcHealth(target, { timeoutMs: 4000 });
+  } catch (e) {
+    fail(`grpc.health.v1.Health/Check at ${target}: ${e instanceof Error ? e.message : String(e)}`);
+  }
+  if (status !== ServingStatus.SERVING) fail(`grpc.health.v1.Health/Check at ${target}: status ${status}`);
+} else if (service === "gateway") {
+  await readyz(address(config.host, config.port));
+} else {
+  if (config.probes === undefined)
+    fail("METRICS_PORT=off and HEALTH_PORT is not set: the executor has no /readyz to ask");
+  await readyz(address(config.probes.host, config.probes.port));
 }

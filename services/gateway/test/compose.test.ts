@@ -267,6 +267,19 @@ describe("docker-compose.yml", () => {
     const deps = (name: string) => Object.keys(project.services[name]?.depends_on ?? {}).sort();
     assert.deepEqual(deps("scheduler"), ["kafka", "keys", "migrate", "postgres", "s3"]);
     assert.deepEqual(deps("migrate"), ["postgres"]);
+    // The migrate one-shot owns the schema: the scheduler, started after it, only checks it.
+    assert.equal(project.services["scheduler"]?.environment?.["MIGRATE_ON_START"], "false");
+    assert.equal(project.services["migrate"]?.command?.[0], "migrate");
+    // Readiness that does not depend on metrics: each service's healthcheck is the image's.
+    for (const name of ["scheduler", "executor-1", "executor-2", "gateway"]) {
+      const service: Service | undefined = project.services[name];
+      assert.deepEqual(
+        service?.healthcheck?.test,
+        ["CMD", "node", "/app/healthcheck.mjs", name.replace(/-\d+$/, "")],
+        name,
+      );
+      assert.ok(service?.environment?.["HEALTH_PORT"] !== undefined, `${name}: HEALTH_PORT`);
+    }
     for (const e of ["executor-1", "executor-2"]) assert.ok(deps(e).includes("scheduler"));
     assert.ok(deps("envoy").includes("descriptors") && deps("envoy").includes("gateway"));
   });

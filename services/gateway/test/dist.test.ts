@@ -2,10 +2,13 @@
  * The container image runs the services from compiled JavaScript (scripts/build-dist.mjs, the
  * Dockerfile's build stage), not through tsx. This runs that build and starts each service the way
  * the image does, `node entrypoint.mjs SERVICE` on Node 24 (process.execPath), against a real
- * PostgreSQL: `migrate` applies the schema (twice: the second finds nothing to do; `--wait` returns
- * at once), the scheduler, an executor and the gateway become ready on `/readyz` and the
- * scheduler's `grpc.health.v1.Health` answers SERVING; with PostgreSQL gone the scheduler turns not
- * ready (HTTP and gRPC) and so does the gateway; SIGTERM stops each with status 0.
+ * PostgreSQL: a scheduler with MIGRATE_ON_START=false refuses the empty database naming the
+ * pending migrations; `migrate` applies the schema (twice: the second finds nothing to do; `--wait`
+ * returns at once); then the scheduler (MIGRATE_ON_START=false, as deployed), an executor (metrics
+ * off, probes on HEALTH_PORT) and the gateway become ready on `/readyz`, the scheduler's and the
+ * gateway's `grpc.health.v1.Health` answer SERVING, and the image's HEALTHCHECK passes for each;
+ * with PostgreSQL gone the scheduler turns not ready (HTTP and gRPC) and so does the gateway;
+ * SIGTERM stops each with status 0.
  */
 import assert from "node:assert/strict";
 import { type ChildProcess, spawn, spawnSync } from "node:child_process";
@@ -61,11 +64,10 @@ function start(dir: string, name: string, env: Record<string, string>, args: str
   return service;
 }
 
-/** Runs the image's HEALTHCHECK (healthcheck.mjs SERVICE) against a service's metrics port. */
-function healthcheck(dir: string, service: string, metricsUrl: string): number | null {
-  const port = new URL(metricsUrl).port;
+/** Runs the image's HEALTHCHECK (healthcheck.mjs SERVICE) with the service's own variables. */
+function healthcheck(dir: string, service: string, env: Record<string, string>): number | null {
   return spawnSync(process.execPath, [join(dir, "healthcheck.mjs"), service], {
-    env: { PATH: process.env["PATH"] ?? "", AUTH_DISABLED: "true", METRICS_PORT: port },
+    env: { PATH: process.env["PATH"] ?? "", AUTH_DISABLED: "true", ...env },
     stdio: "ignore",
   }).status;
 }
@@ -128,6 +130,19 @@ describe("the services compiled to JavaScript, started as the image starts them"
   });
 
   it("migrate applies the schema once, then finds nothing to do; --wait returns", TIMEOUT, async () => {
+    // Before the schema step, a scheduler that must not migrate refuses, naming what is pending.
+    const early = start(dir, "scheduler", {
+      AUTH_DISABLED: "true",
+      METRICS_PORT: "off",
+      DATABASE_URL: db.url,
+      SCHEDULER_PORT: "0",
+      MIGRATE_ON_START: "false",
+    });
+    assert.equal(await early.exit, 1, early.output.join("\n"));
+    assert.match(
+      early.output.join(""),
+      /nexusflow-scheduler: the database schema is not current: \d+ pending migrations \(Migration2\d+\w+, /,
+    );
     const first = start(dir, "migrate", { DATABASE_URL: db.url });
     assert.equal(await first.exit, 0, first.output.join("\n"));
     assert.ok(
@@ -151,6 +166,8 @@ describe("the services compiled to JavaScript, started as the image starts them"
       DATABASE_URL: db.url,
       SCHEDULER_HOST: "127.0.0.1",
       SCHEDULER_PORT: "0",
+      // As compose and Kubernetes run it: `migrate` ran above.
+      MIGRATE_ON_START: "false",
     });
     services.push(scheduler);
     const address = await logged(scheduler, "scheduler listening", "address");
@@ -159,14 +176,18 @@ describe("the services compiled to JavaScript, started as the image starts them"
     await waitFor("the scheduler's /readyz", async () => (await status(schedulerReady)) === 200);
     assert.equal(await status(schedulerMetrics.replace(/\/metrics$/, "/healthz")), 200);
     assert.equal(await checkGrpcHealth(address), ServingStatus.SERVING);
-    assert.equal(healthcheck(dir, "scheduler", schedulerMetrics), 0);
+    const schedulerCheck = { SCHEDULER_HOST: "127.0.0.1", SCHEDULER_PORT: address.split(":").at(-1)! };
+    assert.equal(healthcheck(dir, "scheduler", schedulerCheck), 0);
     assert.equal(
       await checkGrpcHealth(address, { service: "nexusflow.v1.WorkflowService" }),
       ServingStatus.SERVING,
     );
 
+    // Metrics off: the probes are on HEALTH_PORT all the same.
     const executor = start(dir, "executor", {
       ...common,
+      METRICS_PORT: "off",
+      HEALTH_PORT: "0",
       SCHEDULER_ADDRESS: address,
       EXECUTOR_ID: "dist-executor",
       // The compose executors load the compiled example handlers.
@@ -174,11 +195,12 @@ describe("the services compiled to JavaScript, started as the image starts them"
       ARTIFACTS_DIR: join(dir, "artifacts"),
     });
     services.push(executor);
-    const executorReady = (await logged(executor, "metrics listening", "url")).replace(
-      /\/metrics$/,
-      "/readyz",
-    );
+    const executorReady = await logged(executor, "probes listening", "readyz");
     await waitFor("the executor's /readyz", async () => (await status(executorReady)) === 200);
+    assert.ok(!executor.lines.some((l) => l["msg"] === "metrics listening"));
+    const executorCheck = { METRICS_PORT: "off", HEALTH_PORT: new URL(executorReady).port };
+    assert.equal(healthcheck(dir, "executor", executorCheck), 0);
+    assert.equal(healthcheck(dir, "executor", { METRICS_PORT: "off" }), 1, "no probe endpoint to ask");
     assert.ok(executor.lines.some((l) => l["msg"] === "handler module loaded"));
 
     const gateway = start(dir, "gateway", {
@@ -193,6 +215,10 @@ describe("the services compiled to JavaScript, started as the image starts them"
     assert.equal(await status(`${gatewayUrl}/healthz`), 200);
     const gatewayMetrics = await logged(gateway, "metrics listening", "url");
     assert.equal(await status(gatewayMetrics.replace(/\/metrics$/, "/readyz")), 200);
+    const gatewayAddress = new URL(gatewayUrl).host;
+    assert.equal(await checkGrpcHealth(gatewayAddress), ServingStatus.SERVING);
+    const gatewayCheck = { GATEWAY_HOST: "127.0.0.1", GATEWAY_PORT: new URL(gatewayUrl).port };
+    assert.equal(healthcheck(dir, "gateway", gatewayCheck), 0);
 
     // PostgreSQL goes away: the scheduler is no longer ready, on HTTP and on gRPC, nor the gateway.
     await db.server.stop();
@@ -204,7 +230,9 @@ describe("the services compiled to JavaScript, started as the image starts them"
     );
     const reason = await (await fetch(schedulerReady)).text();
     assert.match(reason, /not ready: PostgreSQL/);
-    assert.equal(healthcheck(dir, "scheduler", schedulerMetrics), 1);
+    assert.equal(healthcheck(dir, "scheduler", schedulerCheck), 1);
+    assert.equal(await checkGrpcHealth(gatewayAddress), ServingStatus.NOT_SERVING);
+    assert.equal(healthcheck(dir, "gateway", gatewayCheck), 1);
 
     // SIGTERM: each drains and exits 0 (the executor first, as an upgrade rolls them).
     for (const s of [gateway, executor]) assert.equal(await stop(s), 0, `${s.name}: ${s.output.join("\n")}`);

@@ -3,9 +3,10 @@
  * here, so the image itself is never built in tests): it parses without warnings; every COPY from
  * the build context names a file that exists and that .dockerignore lets through; the runtime stage
  * is a pinned slim Node 24, runs as a numeric non-root user, has a HEALTHCHECK, and runs under
- * tini; its ENTRYPOINT and HEALTHCHECK name files that scripts/build-dist.mjs produces (the build
- * runs here), and each service the entry point knows is a compiled file of that build. A broken
- * copy of the parsed file proves the checks bite. dist.test.ts starts those files with Node.
+ * tini, and sets and exposes HEALTH_PORT (probes without metrics); its ENTRYPOINT and HEALTHCHECK
+ * name files that scripts/build-dist.mjs produces (the build runs here), and each service the entry
+ * point knows is a compiled file of that build. A broken copy of the parsed file proves the checks
+ * bite. dist.test.ts starts those files with Node.
  */
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
@@ -135,6 +136,16 @@ export function dockerfileProblems(parsed: Parsed, ctx: Context): string[] {
     if (!ctx.built(file.slice("/app/".length)))
       problems.push(`${file}: not produced by scripts/build-dist.mjs`);
   }
+  // Probes that do not depend on metrics: the image sets HEALTH_PORT (BuildKit gives ENV as
+  // key, value, separator triples) and exposes it.
+  const env = new Map<string, string>();
+  for (const i of runtime.instructions.filter((i) => i.keyword === "ENV"))
+    for (let k = 0; k + 1 < i.args.length; k += 3) env.set(i.args[k]!, i.args[k + 1]!);
+  const healthPort = env.get("HEALTH_PORT");
+  if (healthPort === undefined)
+    problems.push("the runtime stage sets no HEALTH_PORT: probes would depend on metrics being on");
+  else if (!runtime.instructions.some((i) => i.keyword === "EXPOSE" && i.args.includes(healthPort)))
+    problems.push(`HEALTH_PORT ${healthPort} is not EXPOSEd`);
   const cmd = last("CMD")?.args[0];
   if (cmd === undefined || ctx.services[cmd] === undefined) problems.push(`CMD ${cmd}: not a service`);
   for (const [service, main] of Object.entries(ctx.services)) {
@@ -207,11 +218,14 @@ describe("Dockerfile", () => {
       });
       runtime.instructions.push({ line: 1000, keyword: "USER", args: ["root"], flags: [], json: false });
       runtime.instructions.find((i) => i.keyword === "ENTRYPOINT")!.args.push("/app/missing.mjs");
+      const env = runtime.instructions.find((i) => i.keyword === "ENV" && i.args.includes("HEALTH_PORT"))!;
+      env.args = env.args.map((a) => (a === "HEALTH_PORT" ? "HEALTH_PORTS" : a));
       const problems = dockerfileProblems(broken, ctx).join("\n");
       assert.match(problems, /no\/such\/file: not in the repository/);
       assert.match(problems, /README.md: left out by .dockerignore/);
       assert.match(problems, /USER root/);
       assert.match(problems, /\/app\/missing.mjs: not produced/);
+      assert.match(problems, /sets no HEALTH_PORT/);
     },
   );
 

@@ -3,8 +3,10 @@
  * strictly into the k8s.io/api types of its apiVersion (scripts/tools/k8s-check: an unknown or
  * misspelled field fails), then what a reviewer would check by hand: probes, resources, a
  * non-root read-only securityContext, topology spread and a drain-long grace period, the scheduler
- * at one replica with Recreate, the migrate Job and init container, PDBs, the HPA, ConfigMap keys
- * that common/src/config.ts reads, and the NetworkPolicies evaluated for who may talk to whom.
+ * at one replica with Recreate whose init container migrates (no Job: its pod template could not
+ * change with the image), probes on the ports the ConfigMap gives the services (HEALTH_PORT for
+ * /healthz and /readyz, gRPC health on the gRPC ports), PDBs, the HPA, ConfigMap keys that
+ * common/src/config.ts reads, and the NetworkPolicies evaluated for who may talk to whom.
  */
 /* eslint-disable @typescript-eslint/no-unsafe-member-access, @typescript-eslint/no-unsafe-assignment, @typescript-eslint/no-unsafe-argument, @typescript-eslint/no-unsafe-return --
    the manifests are untyped YAML; k8s-check has already decoded each into its k8s.io/api type. */
@@ -145,11 +147,69 @@ describe("deploy/kubernetes", () => {
         scheduler["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["grpc"]["port"],
         50051,
       );
-      assert.deepEqual(scheduler["spec"]["template"]["spec"]["initContainers"][0]["args"], [
-        "migrate",
-        "--wait",
-        "600",
-      ]);
+      // Migrations: the scheduler pod's init container applies them (one pod at a time: replicas 1,
+      // Recreate; migrate's advisory lock besides), the scheduler only checks (MIGRATE_ON_START).
+      const schedulerSpec = scheduler["spec"]["template"]["spec"];
+      const [migrate, ...otherInits] = schedulerSpec["initContainers"] as Obj[];
+      assert.deepEqual(otherInits, []);
+      assert.deepEqual(migrate?.["args"], ["migrate"]);
+      assert.equal(migrate?.["image"], schedulerSpec["containers"][0]["image"], "the same image migrates");
+      // The database secret (dev generates it, with a hash suffix).
+      const secretRef = (migrate?.["env"] as Obj[]).find((e) => e["name"] === "DATABASE_URL")?.["valueFrom"][
+        "secretKeyRef"
+      ] as Obj;
+      assert.equal(secretRef["key"], "DATABASE_URL");
+      assert.match(secretRef["name"] as string, /^nexusflow-database(-[a-z0-9]+)?$/);
+      const configMap = objects.find((o) => o["kind"] === "ConfigMap")!;
+      const config = configMap["data"] as Record<string, string>;
+      assert.equal(config["MIGRATE_ON_START"], "false");
+      assert.deepEqual(
+        (schedulerSpec["containers"][0]["envFrom"] as Obj[]).map((e) => e["configMapRef"]?.["name"]),
+        [configMap["metadata"]["name"], undefined],
+      );
+      // Nothing with a pod template that `kubectl apply` of a new image could not update.
+      assert.deepEqual(
+        objects.filter((o) => ["Job", "CronJob", "Pod"].includes(o["kind"] as string)).map((o) => o["kind"]),
+        [],
+      );
+      // Probes ask the ports the services listen on: HEALTH_PORT for HTTP, the gRPC ports for
+      // grpc.health.v1 (the scheduler's, and the gateway's, which serves it too).
+      const listens: Record<string, Record<string, string | undefined>> = {
+        scheduler: { grpc: config["SCHEDULER_PORT"], http: config["HEALTH_PORT"] },
+        executor: { http: config["HEALTH_PORT"] },
+        gateway: { grpc: config["GATEWAY_PORT"], http: config["GATEWAY_PORT"] },
+      };
+      assert.equal(config["HEALTH_PORT"], "8081");
+      for (const name of ["scheduler", "executor", "gateway"]) {
+        const main = find(objects, "Deployment", `nexusflow-${name}`)!["spec"]["template"]["spec"][
+          "containers"
+        ][0] as Obj;
+        const portOf = (port: unknown): string =>
+          String(
+            typeof port === "number"
+              ? port
+              : (main["ports"] as Obj[]).find((p) => p["name"] === port)?.["containerPort"],
+          );
+        for (const probe of ["readinessProbe", "livenessProbe", "startupProbe"]) {
+          const p = main[probe] as Obj | undefined;
+          if (p === undefined) continue;
+          if (p["grpc"] !== undefined)
+            assert.equal(portOf(p["grpc"]["port"]), listens[name]!["grpc"], `${name} ${probe}`);
+          else {
+            assert.equal(portOf(p["httpGet"]["port"]), listens[name]!["http"], `${name} ${probe}`);
+            const path = p["httpGet"]["path"] as string;
+            assert.equal(path, probe === "livenessProbe" ? "/healthz" : "/readyz", `${name} ${probe}`);
+          }
+        }
+      }
+      // Readiness of the services with a gRPC port is asked over gRPC.
+      for (const name of ["scheduler", "gateway"])
+        assert.ok(
+          find(objects, "Deployment", `nexusflow-${name}`)!["spec"]["template"]["spec"]["containers"][0][
+            "readinessProbe"
+          ]["grpc"],
+          name,
+        );
       for (const name of ["executor", "gateway"]) {
         const spec = find(objects, "Deployment", `nexusflow-${name}`)!["spec"]["template"]["spec"];
         const keys = (spec["topologySpreadConstraints"] as Obj[]).map((c) => c["topologyKey"]);
@@ -157,8 +217,6 @@ describe("deploy/kubernetes", () => {
       }
       const executorSpec = find(objects, "Deployment", "nexusflow-executor")!["spec"]["template"]["spec"];
       assert.ok(executorSpec["terminationGracePeriodSeconds"] >= 60, "long enough for a drain");
-      const job = find(objects, "Job", "nexusflow-migrate");
-      assert.deepEqual(job?.["spec"]["template"]["spec"]["containers"][0]["args"], ["migrate"]);
       for (const name of ["executor", "gateway"])
         assert.ok(find(objects, "PodDisruptionBudget", `nexusflow-${name}`));
       const hpa = find(objects, "HorizontalPodAutoscaler", "nexusflow-executor");
@@ -226,7 +284,6 @@ describe("deploy/kubernetes", () => {
       assert.equal(egress("scheduler", outside, port), true, `scheduler -> ${port}`);
     assert.equal(egress("gateway", outside, 5432), false, "gateway -> PostgreSQL");
     assert.equal(egress("executor", outside, 5432), false, "executor -> PostgreSQL");
-    assert.equal(egress("migrate", outside, 5432), true, "migrate -> PostgreSQL");
     for (const [name, port] of [
       ["scheduler", 9464],
       ["executor", 9465],
