@@ -72,6 +72,14 @@ export interface StartedRun {
   readonly created: boolean;
 }
 
+/**
+ * One result of {@link NexusflowClient.startRuns}, in the order of the requests: the run, or the
+ * error StartRun would have thrown for that request alone (its field violations name
+ * `runs[i].<field>`; read them with {@link fieldViolations}).
+ */
+export type StartRunsResult =
+  ({ readonly ok: true } & StartedRun) | { readonly ok: false; readonly error: ConnectError };
+
 /** How {@link NexusflowClient.waitForRun} waits. */
 export interface WaitForRunOptions {
   /**
@@ -207,6 +215,57 @@ export class NexusflowClient {
       options,
     );
     return { run: required(response.run, "StartRun"), created: response.created };
+  }
+
+  /**
+   * Starts up to 1000 runs in one call, committed together; each request gets its own result (a
+   * RUN_VIEW_BASIC run, or its error), so one bad request does not fail the others. Every request
+   * gets an idempotency key (a random one unless you give yours), which makes the whole call safe
+   * to retry after UNAVAILABLE. Throws {@link NexusflowClientError} `INVALID_INPUT` naming the
+   * request whose input is not JSON; the call itself fails only for no requests or too many.
+   */
+  async startRuns(requests: readonly StartRunRequest[], options?: CallOptions): Promise<StartRunsResult[]> {
+    const runs = requests.map((request, i) => {
+      let input: Value | undefined;
+      try {
+        input = request.input === undefined ? undefined : fromJson(ValueSchema, request.input);
+      } catch (e) {
+        throw new NexusflowClientError(
+          "INVALID_INPUT",
+          `runs[${i}]: the run's input is not JSON: ${String(e)}`,
+          {
+            cause: e,
+          },
+        );
+      }
+      return {
+        workflowName: request.workflowName,
+        workflowVersion: request.workflowVersion ?? 0,
+        input,
+        idempotencyKey: request.idempotencyKey ?? randomUUID(),
+        labels: { ...request.labels },
+        view: request.view ?? RunView.UNSPECIFIED,
+      };
+    });
+    const response = await this.workflows.startRuns({ runs }, options);
+    return response.results.map((result): StartRunsResult => {
+      if (result.result.case === "started") {
+        const started = result.result.value;
+        return { ok: true, run: required(started.run, "StartRuns"), created: started.created };
+      }
+      const status = result.result.value;
+      const error = new ConnectError(
+        status?.message ?? "StartRuns answered no result for this run",
+        status === undefined ? Code.Internal : status.code,
+      );
+      // As a status received in grpc-status-details-bin: findDetails() decodes them.
+      for (const detail of status?.details ?? [])
+        error.details.push({
+          type: detail.typeUrl.slice(detail.typeUrl.lastIndexOf("/") + 1),
+          value: detail.value,
+        });
+      return { ok: false, error };
+    });
   }
 
   /** The run with every task and attempt. NOT_FOUND for an unknown id. */

@@ -15,6 +15,7 @@ export {
   NexusflowClient,
   type StartRunRequest,
   type StartedRun,
+  type StartRunsResult,
   type WaitForRunOptions,
   TERMINAL_RUN_STATUSES,
   isTerminalRunStatus,

@@ -12,6 +12,14 @@ describe("isIdempotentCall", () => {
     assert.ok(isIdempotentCall(startRun, { idempotencyKey: "k" }));
     assert.equal(isIdempotentCall(startRun, { idempotencyKey: "" }), false);
     assert.equal(isIdempotentCall(startRun, {}), false);
+    const startRuns = "nexusflow.v1.WorkflowService/StartRuns";
+    assert.ok(isIdempotentCall(startRuns, { runs: [{ idempotencyKey: "a" }, { idempotencyKey: "b" }] }));
+    assert.equal(
+      isIdempotentCall(startRuns, { runs: [{ idempotencyKey: "a" }, { idempotencyKey: "" }] }),
+      false,
+    );
+    assert.equal(isIdempotentCall(startRuns, { runs: [] }), false);
+    assert.equal(isIdempotentCall(startRuns, {}), false);
     assert.equal(isIdempotentCall("nexusflow.v1.ExecutorService/Session", {}), false);
     assert.equal(isIdempotentCall("other.Service/GetRun", {}), false);
   });

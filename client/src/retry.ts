@@ -9,7 +9,7 @@ import type { CompiledRetryOptions } from "./options.js";
 /**
  * Unary methods that are safe to repeat, as `package.Service/Method`: every read, RegisterWorkflow
  * (identical content is a no-op) and CancelRun (idempotent). StartRun is one only with an
- * idempotency key ({@link isIdempotentCall}).
+ * idempotency key, StartRuns only when every run has one ({@link isIdempotentCall}).
  */
 export const IDEMPOTENT_METHODS: ReadonlySet<string> = new Set([
   "nexusflow.v1.WorkflowService/RegisterWorkflow",
@@ -22,13 +22,20 @@ export const IDEMPOTENT_METHODS: ReadonlySet<string> = new Set([
 ]);
 
 const START_RUN = "nexusflow.v1.WorkflowService/StartRun";
+const START_RUNS = "nexusflow.v1.WorkflowService/StartRuns";
+
+function hasIdempotencyKey(message: unknown): boolean {
+  const key = (message as { idempotencyKey?: unknown } | undefined)?.idempotencyKey;
+  return typeof key === "string" && key !== "";
+}
 
 /** Whether a unary call of `method` (`package.Service/Method`) with `message` may be repeated. */
 export function isIdempotentCall(method: string, message: unknown): boolean {
   if (IDEMPOTENT_METHODS.has(method)) return true;
-  if (method !== START_RUN) return false;
-  const key = (message as { idempotencyKey?: unknown } | undefined)?.idempotencyKey;
-  return typeof key === "string" && key !== "";
+  if (method === START_RUN) return hasIdempotencyKey(message);
+  if (method !== START_RUNS) return false;
+  const runs = (message as { runs?: unknown } | undefined)?.runs;
+  return Array.isArray(runs) && runs.length > 0 && runs.every(hasIdempotencyKey);
 }
 
 /**

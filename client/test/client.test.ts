@@ -186,6 +186,42 @@ describe("NexusflowClient against a real scheduler (authentication on)", () => {
   });
 
   it(
+    "starts many runs in one call: each its own result, errors with their fields, keys kept",
+    T,
+    async () => {
+      const key = `bulk-${randomUUID()}`;
+      const results = await client.startRuns([
+        { workflowName: "client-greet", input: { name: "Ann" }, idempotencyKey: key },
+        { workflowName: "client-nope", input: {} },
+        { workflowName: "client-greet", input: { name: "Ben" } },
+      ]);
+      assert.equal(results.length, 3);
+      const [first, missing, third] = results;
+      assert.ok(first?.ok === true && third?.ok === true, "runs[0] and runs[2] started");
+      assert.ok(missing?.ok === false);
+      assert.equal(missing.error.code, Code.NotFound);
+      assert.match(missing.error.rawMessage, /^runs\[1\]: workflow client-nope is not registered/);
+      // Every request carries a key, so the whole call may be retried: the same key, the same run.
+      assert.match(third.run.idempotencyKey, /^[0-9a-f-]{36}$/);
+      const [again] = await client.startRuns([
+        { workflowName: "client-greet", input: { name: "Ann" }, idempotencyKey: key },
+      ]);
+      assert.ok(again?.ok === true);
+      assert.deepEqual([again.run.id, again.created], [first.run.id, false]);
+      const done = await client.waitForRun(third.run.id, { signal: AbortSignal.timeout(60_000) });
+      assert.deepEqual(runOutput(done), { greeting: "hello Ben" });
+      // An item's field violations name it; the call itself fails only when malformed as a whole.
+      const [bad] = await client.startRuns([{ workflowName: "" }]);
+      assert.ok(bad?.ok === false);
+      assert.deepEqual(
+        fieldViolations(bad.error).map((v) => v.field),
+        ["runs[0].workflow_name"],
+      );
+      await assert.rejects(client.startRuns([]), (e: unknown) => isRpcError(e, Code.InvalidArgument));
+    },
+  );
+
+  it(
     "gives unary calls the default deadline, not streams, and runs the caller's interceptors",
     T,
     async () => {

@@ -51,6 +51,7 @@ export const RPC_ACCESS: Readonly<Record<string, Scope | typeof PUBLIC>> = {
   "nexusflow.v1.WorkflowService/GetWorkflow": Scope.WORKFLOWS_READ,
   "nexusflow.v1.WorkflowService/ListWorkflows": Scope.WORKFLOWS_READ,
   "nexusflow.v1.WorkflowService/StartRun": Scope.RUNS_WRITE,
+  "nexusflow.v1.WorkflowService/StartRuns": Scope.RUNS_WRITE,
   "nexusflow.v1.WorkflowService/GetRun": Scope.RUNS_READ,
   "nexusflow.v1.WorkflowService/ListRuns": Scope.RUNS_READ,
   "nexusflow.v1.WorkflowService/CancelRun": Scope.RUNS_WRITE,

@@ -18,7 +18,7 @@ import {
   ErrorInfoSchema,
   ResourceInfoSchema,
 } from "@nexusflow/gen/google/rpc/error_details_pb";
-import { StatusSchema } from "@nexusflow/gen/google/rpc/status_pb";
+import { type Status, StatusSchema } from "@nexusflow/gen/google/rpc/status_pb";
 import { ApiError, Code, type FieldViolation } from "./errors.js";
 
 function serializer<D extends DescMessage>(schema: D): (m: MessageShape<D>) => Buffer {
@@ -165,16 +165,22 @@ function boundedViolations(violations: readonly FieldViolation[]): FieldViolatio
   return out;
 }
 
-/** Converts any throwable into a grpc-js status object with rich details. */
-export function toGrpcStatus(e: unknown): Partial<grpc.StatusObject> {
-  const err =
-    e instanceof ApiError
-      ? e
-      : isUnavailable(e)
-        ? new ApiError(Code.UNAVAILABLE, "the database is unavailable; retry shortly")
-        : new ApiError(Code.INTERNAL, e instanceof Error ? e.message : String(e));
-  const metadata = new grpc.Metadata();
-  const message = boundedText(err.message, MAX_STATUS_MESSAGE);
+/** The {@link ApiError} a throwable answers as: itself, UNAVAILABLE for a lost database, else INTERNAL. */
+function asApiError(e: unknown): ApiError {
+  return e instanceof ApiError
+    ? e
+    : isUnavailable(e)
+      ? new ApiError(Code.UNAVAILABLE, "the database is unavailable; retry shortly")
+      : new ApiError(Code.INTERNAL, e instanceof Error ? e.message : String(e));
+}
+
+/**
+ * Any throwable as a `google.rpc.Status` with rich details (field violations, error info, resource
+ * info), bounded in size: what {@link toGrpcStatus} sends in `grpc-status-details-bin`, and what a
+ * batch call answers for one item.
+ */
+export function toRpcStatus(e: unknown): Status {
+  const err = asApiError(e);
   const violations = boundedViolations(err.violations);
   const details =
     violations.length > 0
@@ -184,9 +190,19 @@ export function toGrpcStatus(e: unknown): Partial<grpc.StatusObject> {
     details.push(anyPack(ErrorInfoSchema, create(ErrorInfoSchema, err.errorInfo)));
   if (err.resourceInfo !== undefined)
     details.push(anyPack(ResourceInfoSchema, create(ResourceInfoSchema, err.resourceInfo)));
-  const status = create(StatusSchema, { code: err.code, message, details });
+  return create(StatusSchema, {
+    code: err.code,
+    message: boundedText(err.message, MAX_STATUS_MESSAGE),
+    details,
+  });
+}
+
+/** Converts any throwable into a grpc-js status object with rich details. */
+export function toGrpcStatus(e: unknown): Partial<grpc.StatusObject> {
+  const status = toRpcStatus(e);
+  const metadata = new grpc.Metadata();
   metadata.set("grpc-status-details-bin", Buffer.from(toBinary(StatusSchema, status)));
-  return { code: err.code, details: message, metadata };
+  return { code: status.code, details: status.message, metadata };
 }
 
 /** Wraps a promise-returning unary handler for grpc-js. */

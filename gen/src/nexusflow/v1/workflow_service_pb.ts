@@ -5,6 +5,8 @@
 import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import { file_google_api_annotations } from "../../google/api/annotations_pb.js";
+import type { Status } from "../../google/rpc/status_pb.js";
+import { file_google_rpc_status } from "../../google/rpc/status_pb.js";
 import type { Timestamp, Value } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_struct, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
 import type { Run, RunStatus, WorkflowDefinition, WorkflowSpec } from "./workflow_pb.js";
@@ -15,7 +17,7 @@ import type { JsonObject, Message } from "@bufbuild/protobuf";
  * Describes the file nexusflow/v1/workflow_service.proto.
  */
 export const file_nexusflow_v1_workflow_service: GenFile = /*@__PURE__*/
-  fileDesc("CiNuZXh1c2Zsb3cvdjEvd29ya2Zsb3dfc2VydmljZS5wcm90bxIMbmV4dXNmbG93LnYxImgKF1JlZ2lzdGVyV29ya2Zsb3dSZXF1ZXN0EioKBHNwZWMYASABKAsyGi5uZXh1c2Zsb3cudjEuV29ya2Zsb3dTcGVjSAASEwoJc3BlY19qc29uGAIgASgJSABCDAoKZGVmaW5pdGlvbiJfChhSZWdpc3RlcldvcmtmbG93UmVzcG9uc2USMgoId29ya2Zsb3cYASABKAsyIC5uZXh1c2Zsb3cudjEuV29ya2Zsb3dEZWZpbml0aW9uEg8KB2NyZWF0ZWQYAiABKAgiMwoSR2V0V29ya2Zsb3dSZXF1ZXN0EgwKBG5hbWUYASABKAkSDwoHdmVyc2lvbhgCIAEoBSJJChNHZXRXb3JrZmxvd1Jlc3BvbnNlEjIKCHdvcmtmbG93GAEgASgLMiAubmV4dXNmbG93LnYxLldvcmtmbG93RGVmaW5pdGlvbiJgChRMaXN0V29ya2Zsb3dzUmVxdWVzdBIMCgRuYW1lGAEgASgJEhEKCXBhZ2Vfc2l6ZRgCIAEoBRISCgpwYWdlX3Rva2VuGAMgASgJEhMKC2xhdGVzdF9vbmx5GAQgASgIImUKFUxpc3RXb3JrZmxvd3NSZXNwb25zZRIzCgl3b3JrZmxvd3MYASADKAsyIC5uZXh1c2Zsb3cudjEuV29ya2Zsb3dEZWZpbml0aW9uEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSKRAgoPU3RhcnRSdW5SZXF1ZXN0EhUKDXdvcmtmbG93X25hbWUYASABKAkSGAoQd29ya2Zsb3dfdmVyc2lvbhgCIAEoBRIlCgVpbnB1dBgDIAEoCzIWLmdvb2dsZS5wcm90b2J1Zi5WYWx1ZRIXCg9pZGVtcG90ZW5jeV9rZXkYBCABKAkSOQoGbGFiZWxzGAUgAygLMikubmV4dXNmbG93LnYxLlN0YXJ0UnVuUmVxdWVzdC5MYWJlbHNFbnRyeRIjCgR2aWV3GAYgASgOMhUubmV4dXNmbG93LnYxLlJ1blZpZXcaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJDChBTdGFydFJ1blJlc3BvbnNlEh4KA3J1bhgBIAEoCzIRLm5leHVzZmxvdy52MS5SdW4SDwoHY3JlYXRlZBgCIAEoCCIfCg1HZXRSdW5SZXF1ZXN0Eg4KBnJ1bl9pZBgBIAEoCSIwCg5HZXRSdW5SZXNwb25zZRIeCgNydW4YASABKAsyES5uZXh1c2Zsb3cudjEuUnVuIvACCg9MaXN0UnVuc1JlcXVlc3QSFQoNd29ya2Zsb3dfbmFtZRgBIAEoCRIpCghzdGF0dXNlcxgCIAMoDjIXLm5leHVzZmxvdy52MS5SdW5TdGF0dXMSOQoGbGFiZWxzGAMgAygLMikubmV4dXNmbG93LnYxLkxpc3RSdW5zUmVxdWVzdC5MYWJlbHNFbnRyeRIxCg1jcmVhdGVkX2FmdGVyGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIyCg5jcmVhdGVkX2JlZm9yZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEQoJcGFnZV9zaXplGAYgASgFEhIKCnBhZ2VfdG9rZW4YByABKAkSIwoEdmlldxgIIAEoDjIVLm5leHVzZmxvdy52MS5SdW5WaWV3Gi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiTAoQTGlzdFJ1bnNSZXNwb25zZRIfCgRydW5zGAEgAygLMhEubmV4dXNmbG93LnYxLlJ1bhIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiRgoQQ2FuY2VsUnVuUmVxdWVzdBIOCgZydW5faWQYASABKAkSDgoGcmVhc29uGAIgASgJEhIKCmNvbXBlbnNhdGUYAyABKAgiMwoRQ2FuY2VsUnVuUmVzcG9uc2USHgoDcnVuGAEgASgLMhEubmV4dXNmbG93LnYxLlJ1biIhCg9XYXRjaFJ1blJlcXVlc3QSDgoGcnVuX2lkGAEgASgJIqQBChBXYXRjaFJ1blJlc3BvbnNlEh4KA3J1bhgBIAEoCzIRLm5leHVzZmxvdy52MS5SdW4SGAoQY2hhbmdlZF90YXNrX2lkcxgCIAMoCRIoCgR0aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCgthbm5vdGF0aW9ucxgEIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QqSgoHUnVuVmlldxIYChRSVU5fVklFV19VTlNQRUNJRklFRBAAEhIKDlJVTl9WSUVXX0JBU0lDEAESEQoNUlVOX1ZJRVdfRlVMTBACMrUHCg9Xb3JrZmxvd1NlcnZpY2USewoQUmVnaXN0ZXJXb3JrZmxvdxIlLm5leHVzZmxvdy52MS5SZWdpc3RlcldvcmtmbG93UmVxdWVzdBomLm5leHVzZmxvdy52MS5SZWdpc3RlcldvcmtmbG93UmVzcG9uc2UiGILT5JMCEjoBKiINL3YxL3dvcmtmbG93cxKbAQoLR2V0V29ya2Zsb3cSIC5uZXh1c2Zsb3cudjEuR2V0V29ya2Zsb3dSZXF1ZXN0GiEubmV4dXNmbG93LnYxLkdldFdvcmtmbG93UmVzcG9uc2UiR4LT5JMCQVopEicvdjEvd29ya2Zsb3dzL3tuYW1lfS92ZXJzaW9ucy97dmVyc2lvbn0SFC92MS93b3JrZmxvd3Mve25hbWV9Em8KDUxpc3RXb3JrZmxvd3MSIi5uZXh1c2Zsb3cudjEuTGlzdFdvcmtmbG93c1JlcXVlc3QaIy5uZXh1c2Zsb3cudjEuTGlzdFdvcmtmbG93c1Jlc3BvbnNlIhWC0+STAg8SDS92MS93b3JrZmxvd3MSeAoIU3RhcnRSdW4SHS5uZXh1c2Zsb3cudjEuU3RhcnRSdW5SZXF1ZXN0Gh4ubmV4dXNmbG93LnYxLlN0YXJ0UnVuUmVzcG9uc2UiLYLT5JMCJzoBKiIiL3YxL3dvcmtmbG93cy97d29ya2Zsb3dfbmFtZX0vcnVucxJeCgZHZXRSdW4SGy5uZXh1c2Zsb3cudjEuR2V0UnVuUmVxdWVzdBocLm5leHVzZmxvdy52MS5HZXRSdW5SZXNwb25zZSIZgtPkkwITEhEvdjEvcnVucy97cnVuX2lkfRJbCghMaXN0UnVucxIdLm5leHVzZmxvdy52MS5MaXN0UnVuc1JlcXVlc3QaHi5uZXh1c2Zsb3cudjEuTGlzdFJ1bnNSZXNwb25zZSIQgtPkkwIKEggvdjEvcnVucxJxCglDYW5jZWxSdW4SHi5uZXh1c2Zsb3cudjEuQ2FuY2VsUnVuUmVxdWVzdBofLm5leHVzZmxvdy52MS5DYW5jZWxSdW5SZXNwb25zZSIjgtPkkwIdOgEqIhgvdjEvcnVucy97cnVuX2lkfTpjYW5jZWwSbAoIV2F0Y2hSdW4SHS5uZXh1c2Zsb3cudjEuV2F0Y2hSdW5SZXF1ZXN0Gh4ubmV4dXNmbG93LnYxLldhdGNoUnVuUmVzcG9uc2UiH4LT5JMCGRIXL3YxL3J1bnMve3J1bl9pZH06d2F0Y2gwAWIGcHJvdG8z", [file_google_api_annotations, file_google_protobuf_struct, file_google_protobuf_timestamp, file_nexusflow_v1_workflow]);
+  fileDesc("CiNuZXh1c2Zsb3cvdjEvd29ya2Zsb3dfc2VydmljZS5wcm90bxIMbmV4dXNmbG93LnYxImgKF1JlZ2lzdGVyV29ya2Zsb3dSZXF1ZXN0EioKBHNwZWMYASABKAsyGi5uZXh1c2Zsb3cudjEuV29ya2Zsb3dTcGVjSAASEwoJc3BlY19qc29uGAIgASgJSABCDAoKZGVmaW5pdGlvbiJfChhSZWdpc3RlcldvcmtmbG93UmVzcG9uc2USMgoId29ya2Zsb3cYASABKAsyIC5uZXh1c2Zsb3cudjEuV29ya2Zsb3dEZWZpbml0aW9uEg8KB2NyZWF0ZWQYAiABKAgiMwoSR2V0V29ya2Zsb3dSZXF1ZXN0EgwKBG5hbWUYASABKAkSDwoHdmVyc2lvbhgCIAEoBSJJChNHZXRXb3JrZmxvd1Jlc3BvbnNlEjIKCHdvcmtmbG93GAEgASgLMiAubmV4dXNmbG93LnYxLldvcmtmbG93RGVmaW5pdGlvbiJgChRMaXN0V29ya2Zsb3dzUmVxdWVzdBIMCgRuYW1lGAEgASgJEhEKCXBhZ2Vfc2l6ZRgCIAEoBRISCgpwYWdlX3Rva2VuGAMgASgJEhMKC2xhdGVzdF9vbmx5GAQgASgIImUKFUxpc3RXb3JrZmxvd3NSZXNwb25zZRIzCgl3b3JrZmxvd3MYASADKAsyIC5uZXh1c2Zsb3cudjEuV29ya2Zsb3dEZWZpbml0aW9uEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSKRAgoPU3RhcnRSdW5SZXF1ZXN0EhUKDXdvcmtmbG93X25hbWUYASABKAkSGAoQd29ya2Zsb3dfdmVyc2lvbhgCIAEoBRIlCgVpbnB1dBgDIAEoCzIWLmdvb2dsZS5wcm90b2J1Zi5WYWx1ZRIXCg9pZGVtcG90ZW5jeV9rZXkYBCABKAkSOQoGbGFiZWxzGAUgAygLMikubmV4dXNmbG93LnYxLlN0YXJ0UnVuUmVxdWVzdC5MYWJlbHNFbnRyeRIjCgR2aWV3GAYgASgOMhUubmV4dXNmbG93LnYxLlJ1blZpZXcaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASI/ChBTdGFydFJ1bnNSZXF1ZXN0EisKBHJ1bnMYASADKAsyHS5uZXh1c2Zsb3cudjEuU3RhcnRSdW5SZXF1ZXN0IkIKEVN0YXJ0UnVuc1Jlc3BvbnNlEi0KB3Jlc3VsdHMYASADKAsyHC5uZXh1c2Zsb3cudjEuU3RhcnRSdW5SZXN1bHQicgoOU3RhcnRSdW5SZXN1bHQSMQoHc3RhcnRlZBgBIAEoCzIeLm5leHVzZmxvdy52MS5TdGFydFJ1blJlc3BvbnNlSAASIwoFZXJyb3IYAiABKAsyEi5nb29nbGUucnBjLlN0YXR1c0gAQggKBnJlc3VsdCJDChBTdGFydFJ1blJlc3BvbnNlEh4KA3J1bhgBIAEoCzIRLm5leHVzZmxvdy52MS5SdW4SDwoHY3JlYXRlZBgCIAEoCCIfCg1HZXRSdW5SZXF1ZXN0Eg4KBnJ1bl9pZBgBIAEoCSIwCg5HZXRSdW5SZXNwb25zZRIeCgNydW4YASABKAsyES5uZXh1c2Zsb3cudjEuUnVuIvACCg9MaXN0UnVuc1JlcXVlc3QSFQoNd29ya2Zsb3dfbmFtZRgBIAEoCRIpCghzdGF0dXNlcxgCIAMoDjIXLm5leHVzZmxvdy52MS5SdW5TdGF0dXMSOQoGbGFiZWxzGAMgAygLMikubmV4dXNmbG93LnYxLkxpc3RSdW5zUmVxdWVzdC5MYWJlbHNFbnRyeRIxCg1jcmVhdGVkX2FmdGVyGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIyCg5jcmVhdGVkX2JlZm9yZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEQoJcGFnZV9zaXplGAYgASgFEhIKCnBhZ2VfdG9rZW4YByABKAkSIwoEdmlldxgIIAEoDjIVLm5leHVzZmxvdy52MS5SdW5WaWV3Gi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiTAoQTGlzdFJ1bnNSZXNwb25zZRIfCgRydW5zGAEgAygLMhEubmV4dXNmbG93LnYxLlJ1bhIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiRgoQQ2FuY2VsUnVuUmVxdWVzdBIOCgZydW5faWQYASABKAkSDgoGcmVhc29uGAIgASgJEhIKCmNvbXBlbnNhdGUYAyABKAgiMwoRQ2FuY2VsUnVuUmVzcG9uc2USHgoDcnVuGAEgASgLMhEubmV4dXNmbG93LnYxLlJ1biIhCg9XYXRjaFJ1blJlcXVlc3QSDgoGcnVuX2lkGAEgASgJIqQBChBXYXRjaFJ1blJlc3BvbnNlEh4KA3J1bhgBIAEoCzIRLm5leHVzZmxvdy52MS5SdW4SGAoQY2hhbmdlZF90YXNrX2lkcxgCIAMoCRIoCgR0aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCgthbm5vdGF0aW9ucxgEIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QqSgoHUnVuVmlldxIYChRSVU5fVklFV19VTlNQRUNJRklFRBAAEhIKDlJVTl9WSUVXX0JBU0lDEAESEQoNUlVOX1ZJRVdfRlVMTBACMqMICg9Xb3JrZmxvd1NlcnZpY2USewoQUmVnaXN0ZXJXb3JrZmxvdxIlLm5leHVzZmxvdy52MS5SZWdpc3RlcldvcmtmbG93UmVxdWVzdBomLm5leHVzZmxvdy52MS5SZWdpc3RlcldvcmtmbG93UmVzcG9uc2UiGILT5JMCEjoBKiINL3YxL3dvcmtmbG93cxKbAQoLR2V0V29ya2Zsb3cSIC5uZXh1c2Zsb3cudjEuR2V0V29ya2Zsb3dSZXF1ZXN0GiEubmV4dXNmbG93LnYxLkdldFdvcmtmbG93UmVzcG9uc2UiR4LT5JMCQVopEicvdjEvd29ya2Zsb3dzL3tuYW1lfS92ZXJzaW9ucy97dmVyc2lvbn0SFC92MS93b3JrZmxvd3Mve25hbWV9Em8KDUxpc3RXb3JrZmxvd3MSIi5uZXh1c2Zsb3cudjEuTGlzdFdvcmtmbG93c1JlcXVlc3QaIy5uZXh1c2Zsb3cudjEuTGlzdFdvcmtmbG93c1Jlc3BvbnNlIhWC0+STAg8SDS92MS93b3JrZmxvd3MSeAoIU3RhcnRSdW4SHS5uZXh1c2Zsb3cudjEuU3RhcnRSdW5SZXF1ZXN0Gh4ubmV4dXNmbG93LnYxLlN0YXJ0UnVuUmVzcG9uc2UiLYLT5JMCJzoBKiIiL3YxL3dvcmtmbG93cy97d29ya2Zsb3dfbmFtZX0vcnVucxJsCglTdGFydFJ1bnMSHi5uZXh1c2Zsb3cudjEuU3RhcnRSdW5zUmVxdWVzdBofLm5leHVzZmxvdy52MS5TdGFydFJ1bnNSZXNwb25zZSIegtPkkwIYOgEqIhMvdjEvcnVuczpiYXRjaFN0YXJ0El4KBkdldFJ1bhIbLm5leHVzZmxvdy52MS5HZXRSdW5SZXF1ZXN0GhwubmV4dXNmbG93LnYxLkdldFJ1blJlc3BvbnNlIhmC0+STAhMSES92MS9ydW5zL3tydW5faWR9ElsKCExpc3RSdW5zEh0ubmV4dXNmbG93LnYxLkxpc3RSdW5zUmVxdWVzdBoeLm5leHVzZmxvdy52MS5MaXN0UnVuc1Jlc3BvbnNlIhCC0+STAgoSCC92MS9ydW5zEnEKCUNhbmNlbFJ1bhIeLm5leHVzZmxvdy52MS5DYW5jZWxSdW5SZXF1ZXN0Gh8ubmV4dXNmbG93LnYxLkNhbmNlbFJ1blJlc3BvbnNlIiOC0+STAh06ASoiGC92MS9ydW5zL3tydW5faWR9OmNhbmNlbBJsCghXYXRjaFJ1bhIdLm5leHVzZmxvdy52MS5XYXRjaFJ1blJlcXVlc3QaHi5uZXh1c2Zsb3cudjEuV2F0Y2hSdW5SZXNwb25zZSIfgtPkkwIZEhcvdjEvcnVucy97cnVuX2lkfTp3YXRjaDABYgZwcm90bzM", [file_google_api_annotations, file_google_rpc_status, file_google_protobuf_struct, file_google_protobuf_timestamp, file_nexusflow_v1_workflow]);
 
 /**
  * Request of RegisterWorkflow.
@@ -259,6 +261,88 @@ export const StartRunRequestSchema: GenMessage<StartRunRequest> = /*@__PURE__*/
   messageDesc(file_nexusflow_v1_workflow_service, 6);
 
 /**
+ * Request of StartRuns.
+ *
+ * @generated from message nexusflow.v1.StartRunsRequest
+ */
+export type StartRunsRequest = Message<"nexusflow.v1.StartRunsRequest"> & {
+  /**
+   * The runs to start, 1 to 1000. Results carry RUN_VIEW_BASIC runs (GetRun has the rest): an
+   * item's `view` is unspecified or RUN_VIEW_BASIC.
+   *
+   * @generated from field: repeated nexusflow.v1.StartRunRequest runs = 1;
+   */
+  runs: StartRunRequest[];
+};
+
+/**
+ * Describes the message nexusflow.v1.StartRunsRequest.
+ * Use `create(StartRunsRequestSchema)` to create a new message.
+ */
+export const StartRunsRequestSchema: GenMessage<StartRunsRequest> = /*@__PURE__*/
+  messageDesc(file_nexusflow_v1_workflow_service, 7);
+
+/**
+ * Response of StartRuns.
+ *
+ * @generated from message nexusflow.v1.StartRunsResponse
+ */
+export type StartRunsResponse = Message<"nexusflow.v1.StartRunsResponse"> & {
+  /**
+   * One result per item of the request, in its order.
+   *
+   * @generated from field: repeated nexusflow.v1.StartRunResult results = 1;
+   */
+  results: StartRunResult[];
+};
+
+/**
+ * Describes the message nexusflow.v1.StartRunsResponse.
+ * Use `create(StartRunsResponseSchema)` to create a new message.
+ */
+export const StartRunsResponseSchema: GenMessage<StartRunsResponse> = /*@__PURE__*/
+  messageDesc(file_nexusflow_v1_workflow_service, 8);
+
+/**
+ * The result of one item of StartRuns.
+ *
+ * @generated from message nexusflow.v1.StartRunResult
+ */
+export type StartRunResult = Message<"nexusflow.v1.StartRunResult"> & {
+  /**
+   * The run, or why it was not started.
+   *
+   * @generated from oneof nexusflow.v1.StartRunResult.result
+   */
+  result: {
+    /**
+     * What StartRun would have answered.
+     *
+     * @generated from field: nexusflow.v1.StartRunResponse started = 1;
+     */
+    value: StartRunResponse;
+    case: "started";
+  } | {
+    /**
+     * The status StartRun would have failed with (code, message, details such as
+     * google.rpc.BadRequest). UNAVAILABLE and the like may be retried; with an idempotency key,
+     * a retry never starts the run twice.
+     *
+     * @generated from field: google.rpc.Status error = 2;
+     */
+    value: Status;
+    case: "error";
+  } | { case: undefined; value?: undefined };
+};
+
+/**
+ * Describes the message nexusflow.v1.StartRunResult.
+ * Use `create(StartRunResultSchema)` to create a new message.
+ */
+export const StartRunResultSchema: GenMessage<StartRunResult> = /*@__PURE__*/
+  messageDesc(file_nexusflow_v1_workflow_service, 9);
+
+/**
  * Response of StartRun.
  *
  * @generated from message nexusflow.v1.StartRunResponse
@@ -284,7 +368,7 @@ export type StartRunResponse = Message<"nexusflow.v1.StartRunResponse"> & {
  * Use `create(StartRunResponseSchema)` to create a new message.
  */
 export const StartRunResponseSchema: GenMessage<StartRunResponse> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow_service, 7);
+  messageDesc(file_nexusflow_v1_workflow_service, 10);
 
 /**
  * Request of GetRun.
@@ -305,7 +389,7 @@ export type GetRunRequest = Message<"nexusflow.v1.GetRunRequest"> & {
  * Use `create(GetRunRequestSchema)` to create a new message.
  */
 export const GetRunRequestSchema: GenMessage<GetRunRequest> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow_service, 8);
+  messageDesc(file_nexusflow_v1_workflow_service, 11);
 
 /**
  * Response of GetRun.
@@ -326,7 +410,7 @@ export type GetRunResponse = Message<"nexusflow.v1.GetRunResponse"> & {
  * Use `create(GetRunResponseSchema)` to create a new message.
  */
 export const GetRunResponseSchema: GenMessage<GetRunResponse> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow_service, 9);
+  messageDesc(file_nexusflow_v1_workflow_service, 12);
 
 /**
  * Request of ListRuns.
@@ -400,7 +484,7 @@ export type ListRunsRequest = Message<"nexusflow.v1.ListRunsRequest"> & {
  * Use `create(ListRunsRequestSchema)` to create a new message.
  */
 export const ListRunsRequestSchema: GenMessage<ListRunsRequest> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow_service, 10);
+  messageDesc(file_nexusflow_v1_workflow_service, 13);
 
 /**
  * Response of ListRuns.
@@ -429,7 +513,7 @@ export type ListRunsResponse = Message<"nexusflow.v1.ListRunsResponse"> & {
  * Use `create(ListRunsResponseSchema)` to create a new message.
  */
 export const ListRunsResponseSchema: GenMessage<ListRunsResponse> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow_service, 11);
+  messageDesc(file_nexusflow_v1_workflow_service, 14);
 
 /**
  * Request of CancelRun.
@@ -464,7 +548,7 @@ export type CancelRunRequest = Message<"nexusflow.v1.CancelRunRequest"> & {
  * Use `create(CancelRunRequestSchema)` to create a new message.
  */
 export const CancelRunRequestSchema: GenMessage<CancelRunRequest> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow_service, 12);
+  messageDesc(file_nexusflow_v1_workflow_service, 15);
 
 /**
  * Response of CancelRun.
@@ -485,7 +569,7 @@ export type CancelRunResponse = Message<"nexusflow.v1.CancelRunResponse"> & {
  * Use `create(CancelRunResponseSchema)` to create a new message.
  */
 export const CancelRunResponseSchema: GenMessage<CancelRunResponse> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow_service, 13);
+  messageDesc(file_nexusflow_v1_workflow_service, 16);
 
 /**
  * Request of WatchRun.
@@ -506,7 +590,7 @@ export type WatchRunRequest = Message<"nexusflow.v1.WatchRunRequest"> & {
  * Use `create(WatchRunRequestSchema)` to create a new message.
  */
 export const WatchRunRequestSchema: GenMessage<WatchRunRequest> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow_service, 14);
+  messageDesc(file_nexusflow_v1_workflow_service, 17);
 
 /**
  * One message of a WatchRun stream.
@@ -548,7 +632,7 @@ export type WatchRunResponse = Message<"nexusflow.v1.WatchRunResponse"> & {
  * Use `create(WatchRunResponseSchema)` to create a new message.
  */
 export const WatchRunResponseSchema: GenMessage<WatchRunResponse> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow_service, 15);
+  messageDesc(file_nexusflow_v1_workflow_service, 18);
 
 /**
  * How much of a run a response carries.
@@ -633,6 +717,20 @@ export const WorkflowService: GenService<{
     methodKind: "unary";
     input: typeof StartRunRequestSchema;
     output: typeof StartRunResponseSchema;
+  },
+  /**
+   * Starts up to 1000 runs in one call, each as StartRun would (its own workflow, input,
+   * idempotency key and labels) and all committed together. Each item has its own result, in
+   * order: the run, or the error StartRun would have answered for that item alone (its field
+   * violations name `runs[i].<field>`). One item's error does not fail the others; only a request
+   * that is malformed as a whole (no items, too many) fails the call.
+   *
+   * @generated from rpc nexusflow.v1.WorkflowService.StartRuns
+   */
+  startRuns: {
+    methodKind: "unary";
+    input: typeof StartRunsRequestSchema;
+    output: typeof StartRunsResponseSchema;
   },
   /**
    * Returns a run with every task, attempt, timing and executor.

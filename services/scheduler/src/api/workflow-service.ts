@@ -7,6 +7,7 @@ import {
   checkJsonForm,
   nulCharacterPath,
   serverStream,
+  toRpcStatus,
   unary,
   valueToJsonChecked,
 } from "@nexusflow/common";
@@ -22,6 +23,10 @@ import {
   RunStatus,
   RunView,
   StartRunResponseSchema,
+  StartRunResultSchema,
+  StartRunsResponseSchema,
+  type StartRunResponse,
+  type StartRunsRequest,
   WatchRunResponseSchema,
   WorkflowSpecSchema,
   type CancelRunRequest,
@@ -103,10 +108,64 @@ function parseSpecJson(text: string): unknown {
   }
 }
 
+/** Most runs one StartRuns call starts. */
+export const MAX_START_RUNS = 1000;
+
+/**
+ * `e` as one item's error in a batch: its message and field violations name `runs[i]`, as if the
+ * item had been sent alone under that path.
+ */
+function itemError(e: unknown, i: number): unknown {
+  if (!(e instanceof ApiError)) return e;
+  return new ApiError(
+    e.code,
+    `runs[${i}]: ${e.message}`,
+    e.violations.map((v) => ({ field: `runs[${i}].${v.field}`, description: v.description })),
+    {
+      ...(e.errorInfo === undefined ? {} : { errorInfo: e.errorInfo }),
+      ...(e.resourceInfo === undefined ? {} : { resourceInfo: e.resourceInfo }),
+    },
+  );
+}
+
 /** The WorkflowService implementation for grpc-js. */
 export function workflowService(engine: Engine, runs: RunStore): grpc.UntypedServiceImplementation {
   // Why queued tasks wait is the engine's live knowledge of its executor sessions, not stored.
   const pendingReason = (taskRunId: string): string => engine.pendingReason(taskRunId);
+
+  /** StartRun: `defaultView` answers an unspecified view (FULL alone, BASIC in StartRuns). */
+  async function startRun(req: StartRunRequest, defaultView: RunView): Promise<StartRunResponse> {
+    if (req.workflowName === "") throw ApiError.invalid("workflow_name", "a workflow name is required");
+    if (req.workflowVersion < 0)
+      throw ApiError.invalid("workflow_version", "must be 0 (latest) or a positive version");
+    refuseNul(req.workflowName, "workflow_name");
+    if (req.idempotencyKey.length > 200) throw ApiError.invalid("idempotency_key", "at most 200 characters");
+    refuseNul(req.idempotencyKey, "idempotency_key");
+    checkLabels(req.labels);
+    if (RunView[req.view] === undefined) throw ApiError.invalid("view", `unknown run view ${req.view}`);
+    const view = req.view === RunView.UNSPECIFIED ? defaultView : req.view;
+    // INVALID_ARGUMENT naming the field for a Value with no JSON form (NaN, ±Infinity, no kind).
+    const input = valueToJsonChecked(req.input, "input");
+    refuseNul(input, "input");
+    const { runId, created } = await engine.startRun({
+      workflowName: req.workflowName,
+      workflowVersion: req.workflowVersion,
+      input,
+      idempotencyKey: req.idempotencyKey,
+      labels: { ...req.labels },
+    });
+    const active = created ? engine.activeRun(runId) : undefined;
+    const run =
+      view === RunView.BASIC
+        ? active !== undefined
+          ? runBasicFromState(active)
+          : runBasic(await runs.getRun(runId))
+        : active !== undefined
+          ? runFromState(active, pendingReason)
+          : runDetail(await runs.get(runId), pendingReason);
+    return create(StartRunResponseSchema, { run, created });
+  }
+
   return {
     registerWorkflow: unary(async (req: RegisterWorkflowRequest) => {
       let spec: unknown;
@@ -136,36 +195,31 @@ export function workflowService(engine: Engine, runs: RunStore): grpc.UntypedSer
       });
     }),
 
-    startRun: unary(async (req: StartRunRequest) => {
-      if (req.workflowName === "") throw ApiError.invalid("workflow_name", "a workflow name is required");
-      if (req.workflowVersion < 0)
-        throw ApiError.invalid("workflow_version", "must be 0 (latest) or a positive version");
-      refuseNul(req.workflowName, "workflow_name");
-      if (req.idempotencyKey.length > 200)
-        throw ApiError.invalid("idempotency_key", "at most 200 characters");
-      refuseNul(req.idempotencyKey, "idempotency_key");
-      checkLabels(req.labels);
-      if (RunView[req.view] === undefined) throw ApiError.invalid("view", `unknown run view ${req.view}`);
-      // INVALID_ARGUMENT naming the field for a Value with no JSON form (NaN, ±Infinity, no kind).
-      const input = valueToJsonChecked(req.input, "input");
-      refuseNul(input, "input");
-      const { runId, created } = await engine.startRun({
-        workflowName: req.workflowName,
-        workflowVersion: req.workflowVersion,
-        input,
-        idempotencyKey: req.idempotencyKey,
-        labels: { ...req.labels },
-      });
-      const active = created ? engine.activeRun(runId) : undefined;
-      const run =
-        req.view === RunView.BASIC
-          ? active !== undefined
-            ? runBasicFromState(active)
-            : runBasic(await runs.getRun(runId))
-          : active !== undefined
-            ? runFromState(active, pendingReason)
-            : runDetail(await runs.get(runId), pendingReason);
-      return create(StartRunResponseSchema, { run, created });
+    startRun: unary((req: StartRunRequest) => startRun(req, RunView.FULL)),
+
+    startRuns: unary(async (req: StartRunsRequest) => {
+      if (req.runs.length === 0) throw ApiError.invalid("runs", "at least one run is required");
+      if (req.runs.length > MAX_START_RUNS)
+        throw ApiError.invalid("runs", `at most ${MAX_START_RUNS} runs per call; got ${req.runs.length}`);
+      // Each item as its own StartRun, all at once: they share the engine's next group commit.
+      const results = await Promise.all(
+        req.runs.map((item, i) => {
+          const started =
+            item.view === RunView.UNSPECIFIED || item.view === RunView.BASIC
+              ? startRun(item, RunView.BASIC)
+              : Promise.reject(
+                  ApiError.invalid("view", "StartRuns answers RUN_VIEW_BASIC; leave view unset or BASIC"),
+                );
+          return started.then(
+            (value) => create(StartRunResultSchema, { result: { case: "started", value } }),
+            (e: unknown) =>
+              create(StartRunResultSchema, {
+                result: { case: "error", value: toRpcStatus(itemError(e, i)) },
+              }),
+          );
+        }),
+      );
+      return create(StartRunsResponseSchema, { results });
     }),
 
     getRun: unary(async (req: GetRunRequest) => {

@@ -403,17 +403,25 @@ describe("fault injection: hostile messages never end the scheduler", () => {
       run,
       [fc.toStringMethod]: () => `${name}(${fc.stringify(req).slice(0, 2000)})`,
     });
+    const startRunRequest = fc.record({
+      workflowName,
+      workflowVersion: fc.integer(INT32),
+      input: optional(shallow),
+      idempotencyKey: text,
+      labels,
+      view: fc.integer({ min: -1, max: 3 }),
+    });
     const call = fc.oneof(
-      fc
-        .record({
-          workflowName,
-          workflowVersion: fc.integer(INT32),
-          input: optional(shallow),
-          idempotencyKey: text,
-          labels,
-          view: fc.integer({ min: -1, max: 3 }),
-        })
-        .map((req) => rpc("StartRun", req, (c) => c.startRun(req))),
+      startRunRequest.map((req) => rpc("StartRun", req, (c) => c.startRun(req))),
+      fc.array(startRunRequest, { maxLength: 4 }).map((runs) =>
+        rpc("StartRuns", { runs }, async (c) => {
+          // Each item's error is judged as a call's would be: never INTERNAL or UNKNOWN.
+          for (const { result } of (await c.startRuns({ runs })).results) {
+            if (result.case === "error" && [Code.Internal, Code.Unknown].includes(result.value.code))
+              throw new ConnectError(result.value.message, result.value.code);
+          }
+        }),
+      ),
       fc
         .oneof(
           text.map((value) => ({ case: "specJson" as const, value })),
