@@ -1,13 +1,112 @@
 /**
- * What the executor session's two ends must agree on beyond the messages themselves.
+ * What the executor session's two ends must agree on beyond the messages themselves: the protocol
+ * versions, which messages Acked counts, and how batches are bounded and framed.
  */
+import { BinaryWriter, WireType } from "@bufbuild/protobuf/wire";
 import type { SessionRequest } from "@nexusflow/gen";
+
+/**
+ * The session protocol version this code speaks (see ExecutorService in executor_service.proto):
+ * 2 adds LeaseBatch and Reports to version 1's single messages.
+ */
+export const SESSION_PROTOCOL_VERSION = 2;
+
+/** The oldest session protocol version still spoken; an Attach without a version is this one. */
+export const MIN_SESSION_PROTOCOL_VERSION = 1;
+
+/** Most items a Reports message may hold: a larger one is rejected as a whole. */
+export const MAX_BATCH_ITEMS = 4096;
+
+/**
+ * The byte bound of a batch either end builds (LeaseBatch, Reports): well under gRPC's default
+ * receive limit of 4 MiB, so that a batch never fails where its items alone would not.
+ */
+export const BATCH_BYTES = 1024 * 1024;
+
+/** The item bound of a batch either end builds (at most {@link MAX_BATCH_ITEMS}). */
+export const BATCH_ITEMS = 1024;
 
 /**
  * Whether `message` is a report the scheduler acknowledges (Acked counts these per session, in the
  * order received): Completed, Failed and Release. The executor keeps each until it is counted, so
- * both ends must count the same messages.
+ * both ends must count the same messages. A Reports message is several: see
+ * {@link acknowledgedReports}.
  */
 export function isAcknowledgedReport(message: SessionRequest["message"]): boolean {
   return message.case === "completed" || message.case === "failed" || message.case === "release";
+}
+
+/**
+ * How many reports Acked counts for `message`: 1 for a Completed, Failed or Release, the number of
+ * such items for a Reports (each item counted as if it had come alone), 0 otherwise.
+ */
+export function acknowledgedReports(message: SessionRequest["message"]): number {
+  if (message.case !== "reports") return isAcknowledgedReport(message) ? 1 : 0;
+  let n = 0;
+  for (const item of message.value.items)
+    if (item.report.case === "completed" || item.report.case === "failed" || item.report.case === "release")
+      n++;
+  return n;
+}
+
+/** An item of a batch, already encoded: the message of one Lease or one report. */
+export interface EncodedItem {
+  /** Its field number in the single-message oneof (SessionResponse.lease, SessionRequest.completed, ...). */
+  readonly single: number;
+  /** Its field number in the batch item (Report.completed, ...); 0 when the item is the batch's element itself (Lease). */
+  readonly item: number;
+  /** The encoded message. */
+  readonly bytes: Uint8Array;
+}
+
+/** Bytes a batch spends on an item beyond its message: two tags and two lengths at most. */
+const ITEM_OVERHEAD = 12;
+
+/** The bounds of a batch. */
+export interface BatchBounds {
+  /** Most bytes of the items' messages, framing included. */
+  readonly maxBytes: number;
+  /** Most items. */
+  readonly maxItems: number;
+}
+
+/**
+ * Splits `items` into consecutive runs, in order, each within `bounds` (an item larger than
+ * `maxBytes` alone is a run of its own).
+ */
+export function splitBatches<T extends EncodedItem>(items: readonly T[], bounds: BatchBounds): T[][] {
+  const out: T[][] = [];
+  let current: T[] = [];
+  let bytes = 0;
+  for (const item of items) {
+    const size = item.bytes.byteLength + ITEM_OVERHEAD;
+    if (current.length > 0 && (current.length >= bounds.maxItems || bytes + size > bounds.maxBytes)) {
+      out.push(current);
+      current = [];
+      bytes = 0;
+    }
+    current.push(item);
+    bytes += size;
+  }
+  if (current.length > 0) out.push(current);
+  return out;
+}
+
+/**
+ * One session message holding `items`, encoded: a single item is the message it would be alone
+ * (its `single` field); several are field `batch` (LeaseBatch, Reports) whose repeated field 1
+ * holds each item, wrapped in its `item` field when that is not 0. Each item's bytes are copied,
+ * not encoded again.
+ */
+export function encodeBatch(items: readonly EncodedItem[], batch: number): Uint8Array {
+  const only = items.length === 1 ? items[0] : undefined;
+  if (only !== undefined)
+    return new BinaryWriter().tag(only.single, WireType.LengthDelimited).bytes(only.bytes).finish();
+  const w = new BinaryWriter().tag(batch, WireType.LengthDelimited).fork();
+  for (const item of items) {
+    w.tag(1, WireType.LengthDelimited);
+    if (item.item === 0) w.bytes(item.bytes);
+    else w.fork().tag(item.item, WireType.LengthDelimited).bytes(item.bytes).join();
+  }
+  return w.join().finish();
 }

@@ -16,7 +16,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file nexusflow/v1/executor_service.proto.
  */
 export const file_nexusflow_v1_executor_service: GenFile = /*@__PURE__*/
-  fileDesc("CiNuZXh1c2Zsb3cvdjEvZXhlY3V0b3Jfc2VydmljZS5wcm90bxIMbmV4dXNmbG93LnYxIo0DCg5TZXNzaW9uUmVxdWVzdBImCgZhdHRhY2gYASABKAsyFC5uZXh1c2Zsb3cudjEuQXR0YWNoSAASJgoGY3JlZGl0GAIgASgLMhQubmV4dXNmbG93LnYxLkNyZWRpdEgAEigKB3N0YXJ0ZWQYAyABKAsyFS5uZXh1c2Zsb3cudjEuU3RhcnRlZEgAEiwKCWhlYXJ0YmVhdBgEIAEoCzIXLm5leHVzZmxvdy52MS5IZWFydGJlYXRIABIsCgljb21wbGV0ZWQYBSABKAsyFy5uZXh1c2Zsb3cudjEuQ29tcGxldGVkSAASJgoGZmFpbGVkGAYgASgLMhQubmV4dXNmbG93LnYxLkZhaWxlZEgAEiQKBWRyYWluGAcgASgLMhMubmV4dXNmbG93LnYxLkRyYWluSAASKAoHcmVsZWFzZRgIIAEoCzIVLm5leHVzZmxvdy52MS5SZWxlYXNlSAASIgoEcG9uZxgJIAEoCzISLm5leHVzZmxvdy52MS5Qb25nSABCCQoHbWVzc2FnZSK8AgoPU2Vzc2lvblJlc3BvbnNlEi0KCmF0dGFjaF9hY2sYASABKAsyFy5uZXh1c2Zsb3cudjEuQXR0YWNoQWNrSAASJAoFbGVhc2UYAiABKAsyEy5uZXh1c2Zsb3cudjEuTGVhc2VIABImCgZjYW5jZWwYAyABKAsyFC5uZXh1c2Zsb3cudjEuQ2FuY2VsSAASIgoEcGluZxgEIAEoCzISLm5leHVzZmxvdy52MS5QaW5nSAASKgoIcmVqZWN0ZWQYBSABKAsyFi5uZXh1c2Zsb3cudjEuUmVqZWN0ZWRIABIrCglkcmFpbl9hY2sYBiABKAsyFi5uZXh1c2Zsb3cudjEuRHJhaW5BY2tIABIkCgVhY2tlZBgHIAEoCzITLm5leHVzZmxvdy52MS5BY2tlZEgAQgkKB21lc3NhZ2UiRwoITGVhc2VLZXkSEwoLdGFza19ydW5faWQYASABKAkSDwoHYXR0ZW1wdBgCIAEoBRIVCg1mZW5jaW5nX3Rva2VuGAMgASgDIt8BCgZBdHRhY2gSEwoLZXhlY3V0b3JfaWQYASABKAkSEgoKdGFza190eXBlcxgCIAMoCRINCgVzbG90cxgDIAEoBRIwCgZsYWJlbHMYBCADKAsyIC5uZXh1c2Zsb3cudjEuQXR0YWNoLkxhYmVsc0VudHJ5Eg8KB3ZlcnNpb24YBSABKAkSKwoLaGVsZF9sZWFzZXMYBiADKAsyFi5uZXh1c2Zsb3cudjEuTGVhc2VLZXkaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASKDAQoJQXR0YWNoQWNrEhIKCnNlc3Npb25faWQYASABKAkSHQoVaGVhcnRiZWF0X2ludGVydmFsX21zGAIgASgFEhoKEnNlc3Npb25fdGltZW91dF9tcxgDIAEoBRInCgdyZXZva2VkGAQgAygLMhYubmV4dXNmbG93LnYxLkxlYXNlS2V5IhMKBkNyZWRpdBIJCgFuGAEgASgFIoMDCgVMZWFzZRIjCgNrZXkYASABKAsyFi5uZXh1c2Zsb3cudjEuTGVhc2VLZXkSDgoGcnVuX2lkGAIgASgJEg8KB3N0ZXBfaWQYAyABKAkSEQoJdGFza190eXBlGAQgASgJEiQKBGtpbmQYBSABKA4yFi5uZXh1c2Zsb3cudjEuVGFza0tpbmQSJQoFaW5wdXQYBiABKAsyFi5nb29nbGUucHJvdG9idWYuVmFsdWUSLAoIZGVhZGxpbmUYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhwKFGhlYXJ0YmVhdF90aW1lb3V0X21zGAggASgFEjwKDXRyYWNlX2NvbnRleHQYCSADKAsyJS5uZXh1c2Zsb3cudjEuTGVhc2UuVHJhY2VDb250ZXh0RW50cnkSFQoNd29ya2Zsb3dfbmFtZRgKIAEoCRozChFUcmFjZUNvbnRleHRFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIi4KB1N0YXJ0ZWQSIwoDa2V5GAEgASgLMhYubmV4dXNmbG93LnYxLkxlYXNlS2V5IloKCUhlYXJ0YmVhdBIjCgNrZXkYASABKAsyFi5uZXh1c2Zsb3cudjEuTGVhc2VLZXkSKAoIcHJvZ3Jlc3MYAiABKAsyFi5nb29nbGUucHJvdG9idWYuVmFsdWUiqwEKCUNvbXBsZXRlZBIjCgNrZXkYASABKAsyFi5uZXh1c2Zsb3cudjEuTGVhc2VLZXkSJgoGb3V0cHV0GAIgASgLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlEi0KCm91dHB1dF9yZWYYAyABKAsyGS5uZXh1c2Zsb3cudjEuQXJ0aWZhY3RSZWYSIgoEbG9ncxgEIAEoCzIULm5leHVzZmxvdy52MS5Mb2dSZWYikQEKBkZhaWxlZBIjCgNrZXkYASABKAsyFi5uZXh1c2Zsb3cudjEuTGVhc2VLZXkSJgoFZXJyb3IYAiABKAsyFy5uZXh1c2Zsb3cudjEuVGFza0Vycm9yEhYKDnJldHJ5X2FmdGVyX21zGAMgASgDEiIKBGxvZ3MYBCABKAsyFC5uZXh1c2Zsb3cudjEuTG9nUmVmIhcKBURyYWluEg4KBnJlYXNvbhgBIAEoCSI+CgdSZWxlYXNlEiMKA2tleRgBIAEoCzIWLm5leHVzZmxvdy52MS5MZWFzZUtleRIOCgZyZWFzb24YAiABKAkiFQoEUG9uZxINCgVub25jZRgBIAEoAyI9CgZDYW5jZWwSIwoDa2V5GAEgASgLMhYubmV4dXNmbG93LnYxLkxlYXNlS2V5Eg4KBnJlYXNvbhgCIAEoCSIVCgRQaW5nEg0KBW5vbmNlGAEgASgDIk4KCFJlamVjdGVkEiMKA2tleRgBIAEoCzIWLm5leHVzZmxvdy52MS5MZWFzZUtleRIMCgRjb2RlGAIgASgJEg8KB21lc3NhZ2UYAyABKAkiGAoFQWNrZWQSDwoHdGhyb3VnaBgBIAEoAyIfCghEcmFpbkFjaxITCgtvdXRzdGFuZGluZxgBIAEoBTJdCg9FeGVjdXRvclNlcnZpY2USSgoHU2Vzc2lvbhIcLm5leHVzZmxvdy52MS5TZXNzaW9uUmVxdWVzdBodLm5leHVzZmxvdy52MS5TZXNzaW9uUmVzcG9uc2UoATABYgZwcm90bzM", [file_google_protobuf_struct, file_google_protobuf_timestamp, file_nexusflow_v1_artifacts, file_nexusflow_v1_workflow]);
+  fileDesc("CiNuZXh1c2Zsb3cvdjEvZXhlY3V0b3Jfc2VydmljZS5wcm90bxIMbmV4dXNmbG93LnYxIrcDCg5TZXNzaW9uUmVxdWVzdBImCgZhdHRhY2gYASABKAsyFC5uZXh1c2Zsb3cudjEuQXR0YWNoSAASJgoGY3JlZGl0GAIgASgLMhQubmV4dXNmbG93LnYxLkNyZWRpdEgAEigKB3N0YXJ0ZWQYAyABKAsyFS5uZXh1c2Zsb3cudjEuU3RhcnRlZEgAEiwKCWhlYXJ0YmVhdBgEIAEoCzIXLm5leHVzZmxvdy52MS5IZWFydGJlYXRIABIsCgljb21wbGV0ZWQYBSABKAsyFy5uZXh1c2Zsb3cudjEuQ29tcGxldGVkSAASJgoGZmFpbGVkGAYgASgLMhQubmV4dXNmbG93LnYxLkZhaWxlZEgAEiQKBWRyYWluGAcgASgLMhMubmV4dXNmbG93LnYxLkRyYWluSAASKAoHcmVsZWFzZRgIIAEoCzIVLm5leHVzZmxvdy52MS5SZWxlYXNlSAASIgoEcG9uZxgJIAEoCzISLm5leHVzZmxvdy52MS5Qb25nSAASKAoHcmVwb3J0cxgKIAEoCzIVLm5leHVzZmxvdy52MS5SZXBvcnRzSABCCQoHbWVzc2FnZSLoAgoPU2Vzc2lvblJlc3BvbnNlEi0KCmF0dGFjaF9hY2sYASABKAsyFy5uZXh1c2Zsb3cudjEuQXR0YWNoQWNrSAASJAoFbGVhc2UYAiABKAsyEy5uZXh1c2Zsb3cudjEuTGVhc2VIABImCgZjYW5jZWwYAyABKAsyFC5uZXh1c2Zsb3cudjEuQ2FuY2VsSAASIgoEcGluZxgEIAEoCzISLm5leHVzZmxvdy52MS5QaW5nSAASKgoIcmVqZWN0ZWQYBSABKAsyFi5uZXh1c2Zsb3cudjEuUmVqZWN0ZWRIABIrCglkcmFpbl9hY2sYBiABKAsyFi5uZXh1c2Zsb3cudjEuRHJhaW5BY2tIABIkCgVhY2tlZBgHIAEoCzITLm5leHVzZmxvdy52MS5BY2tlZEgAEioKBmxlYXNlcxgIIAEoCzIYLm5leHVzZmxvdy52MS5MZWFzZUJhdGNoSABCCQoHbWVzc2FnZSJHCghMZWFzZUtleRITCgt0YXNrX3J1bl9pZBgBIAEoCRIPCgdhdHRlbXB0GAIgASgFEhUKDWZlbmNpbmdfdG9rZW4YAyABKAMi+QEKBkF0dGFjaBITCgtleGVjdXRvcl9pZBgBIAEoCRISCgp0YXNrX3R5cGVzGAIgAygJEg0KBXNsb3RzGAMgASgFEjAKBmxhYmVscxgEIAMoCzIgLm5leHVzZmxvdy52MS5BdHRhY2guTGFiZWxzRW50cnkSDwoHdmVyc2lvbhgFIAEoCRIrCgtoZWxkX2xlYXNlcxgGIAMoCzIWLm5leHVzZmxvdy52MS5MZWFzZUtleRIYChBwcm90b2NvbF92ZXJzaW9uGAcgASgFGi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEinQEKCUF0dGFjaEFjaxISCgpzZXNzaW9uX2lkGAEgASgJEh0KFWhlYXJ0YmVhdF9pbnRlcnZhbF9tcxgCIAEoBRIaChJzZXNzaW9uX3RpbWVvdXRfbXMYAyABKAUSJwoHcmV2b2tlZBgEIAMoCzIWLm5leHVzZmxvdy52MS5MZWFzZUtleRIYChBwcm90b2NvbF92ZXJzaW9uGAUgASgFIhMKBkNyZWRpdBIJCgFuGAEgASgFIoMDCgVMZWFzZRIjCgNrZXkYASABKAsyFi5uZXh1c2Zsb3cudjEuTGVhc2VLZXkSDgoGcnVuX2lkGAIgASgJEg8KB3N0ZXBfaWQYAyABKAkSEQoJdGFza190eXBlGAQgASgJEiQKBGtpbmQYBSABKA4yFi5uZXh1c2Zsb3cudjEuVGFza0tpbmQSJQoFaW5wdXQYBiABKAsyFi5nb29nbGUucHJvdG9idWYuVmFsdWUSLAoIZGVhZGxpbmUYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhwKFGhlYXJ0YmVhdF90aW1lb3V0X21zGAggASgFEjwKDXRyYWNlX2NvbnRleHQYCSADKAsyJS5uZXh1c2Zsb3cudjEuTGVhc2UuVHJhY2VDb250ZXh0RW50cnkSFQoNd29ya2Zsb3dfbmFtZRgKIAEoCRozChFUcmFjZUNvbnRleHRFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIjEKCkxlYXNlQmF0Y2gSIwoGbGVhc2VzGAEgAygLMhMubmV4dXNmbG93LnYxLkxlYXNlIi4KB1JlcG9ydHMSIwoFaXRlbXMYASADKAsyFC5uZXh1c2Zsb3cudjEuUmVwb3J0IuoBCgZSZXBvcnQSKAoHc3RhcnRlZBgBIAEoCzIVLm5leHVzZmxvdy52MS5TdGFydGVkSAASLAoJaGVhcnRiZWF0GAIgASgLMhcubmV4dXNmbG93LnYxLkhlYXJ0YmVhdEgAEiwKCWNvbXBsZXRlZBgDIAEoCzIXLm5leHVzZmxvdy52MS5Db21wbGV0ZWRIABImCgZmYWlsZWQYBCABKAsyFC5uZXh1c2Zsb3cudjEuRmFpbGVkSAASKAoHcmVsZWFzZRgFIAEoCzIVLm5leHVzZmxvdy52MS5SZWxlYXNlSABCCAoGcmVwb3J0Ii4KB1N0YXJ0ZWQSIwoDa2V5GAEgASgLMhYubmV4dXNmbG93LnYxLkxlYXNlS2V5IloKCUhlYXJ0YmVhdBIjCgNrZXkYASABKAsyFi5uZXh1c2Zsb3cudjEuTGVhc2VLZXkSKAoIcHJvZ3Jlc3MYAiABKAsyFi5nb29nbGUucHJvdG9idWYuVmFsdWUiqwEKCUNvbXBsZXRlZBIjCgNrZXkYASABKAsyFi5uZXh1c2Zsb3cudjEuTGVhc2VLZXkSJgoGb3V0cHV0GAIgASgLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlEi0KCm91dHB1dF9yZWYYAyABKAsyGS5uZXh1c2Zsb3cudjEuQXJ0aWZhY3RSZWYSIgoEbG9ncxgEIAEoCzIULm5leHVzZmxvdy52MS5Mb2dSZWYikQEKBkZhaWxlZBIjCgNrZXkYASABKAsyFi5uZXh1c2Zsb3cudjEuTGVhc2VLZXkSJgoFZXJyb3IYAiABKAsyFy5uZXh1c2Zsb3cudjEuVGFza0Vycm9yEhYKDnJldHJ5X2FmdGVyX21zGAMgASgDEiIKBGxvZ3MYBCABKAsyFC5uZXh1c2Zsb3cudjEuTG9nUmVmIhcKBURyYWluEg4KBnJlYXNvbhgBIAEoCSI+CgdSZWxlYXNlEiMKA2tleRgBIAEoCzIWLm5leHVzZmxvdy52MS5MZWFzZUtleRIOCgZyZWFzb24YAiABKAkiFQoEUG9uZxINCgVub25jZRgBIAEoAyI9CgZDYW5jZWwSIwoDa2V5GAEgASgLMhYubmV4dXNmbG93LnYxLkxlYXNlS2V5Eg4KBnJlYXNvbhgCIAEoCSIVCgRQaW5nEg0KBW5vbmNlGAEgASgDIk4KCFJlamVjdGVkEiMKA2tleRgBIAEoCzIWLm5leHVzZmxvdy52MS5MZWFzZUtleRIMCgRjb2RlGAIgASgJEg8KB21lc3NhZ2UYAyABKAkiGAoFQWNrZWQSDwoHdGhyb3VnaBgBIAEoAyIfCghEcmFpbkFjaxITCgtvdXRzdGFuZGluZxgBIAEoBTJdCg9FeGVjdXRvclNlcnZpY2USSgoHU2Vzc2lvbhIcLm5leHVzZmxvdy52MS5TZXNzaW9uUmVxdWVzdBodLm5leHVzZmxvdy52MS5TZXNzaW9uUmVzcG9uc2UoATABYgZwcm90bzM", [file_google_protobuf_struct, file_google_protobuf_timestamp, file_nexusflow_v1_artifacts, file_nexusflow_v1_workflow]);
 
 /**
  * Executor -> scheduler.
@@ -101,6 +101,14 @@ export type SessionRequest = Message<"nexusflow.v1.SessionRequest"> & {
      */
     value: Pong;
     case: "pong";
+  } | {
+    /**
+     * Several reports in one message, handled one by one in order (protocol version 2).
+     *
+     * @generated from field: nexusflow.v1.Reports reports = 10;
+     */
+    value: Reports;
+    case: "reports";
   } | { case: undefined; value?: undefined };
 };
 
@@ -178,6 +186,14 @@ export type SessionResponse = Message<"nexusflow.v1.SessionResponse"> & {
      */
     value: Acked;
     case: "acked";
+  } | {
+    /**
+     * Several leases in one message, each as if sent alone, in order (protocol version 2 only).
+     *
+     * @generated from field: nexusflow.v1.LeaseBatch leases = 8;
+     */
+    value: LeaseBatch;
+    case: "leases";
   } | { case: undefined; value?: undefined };
 };
 
@@ -270,6 +286,14 @@ export type Attach = Message<"nexusflow.v1.Attach"> & {
    * @generated from field: repeated nexusflow.v1.LeaseKey held_leases = 6;
    */
   heldLeases: LeaseKey[];
+
+  /**
+   * The session protocol version the executor speaks (see ExecutorService); 0 (unset) means 1.
+   * One the scheduler does not support ends the stream with FAILED_PRECONDITION naming both.
+   *
+   * @generated from field: int32 protocol_version = 7;
+   */
+  protocolVersion: number;
 };
 
 /**
@@ -312,6 +336,14 @@ export type AttachAck = Message<"nexusflow.v1.AttachAck"> & {
    * @generated from field: repeated nexusflow.v1.LeaseKey revoked = 4;
    */
   revoked: LeaseKey[];
+
+  /**
+   * The protocol version of this session: the executor's (1 when its Attach had none). 0 from a
+   * scheduler that predates versions, which speaks version 1: send it no Reports.
+   *
+   * @generated from field: int32 protocol_version = 5;
+   */
+  protocolVersion: number;
 };
 
 /**
@@ -427,6 +459,116 @@ export const LeaseSchema: GenMessage<Lease> = /*@__PURE__*/
   messageDesc(file_nexusflow_v1_executor_service, 6);
 
 /**
+ * Several leases of one session (protocol version 2), sent when the scheduler grants more than one
+ * in the same pass. Never empty; bounded in bytes well under gRPC's default 4 MiB message limit (a
+ * lease larger than the bound goes alone, as a `lease`).
+ *
+ * @generated from message nexusflow.v1.LeaseBatch
+ */
+export type LeaseBatch = Message<"nexusflow.v1.LeaseBatch"> & {
+  /**
+   * The leases, in the order granted; each counts against the credit like a single Lease.
+   *
+   * @generated from field: repeated nexusflow.v1.Lease leases = 1;
+   */
+  leases: Lease[];
+};
+
+/**
+ * Describes the message nexusflow.v1.LeaseBatch.
+ * Use `create(LeaseBatchSchema)` to create a new message.
+ */
+export const LeaseBatchSchema: GenMessage<LeaseBatch> = /*@__PURE__*/
+  messageDesc(file_nexusflow_v1_executor_service, 7);
+
+/**
+ * Several reports of one executor in one message (protocol version 2): the scheduler handles the
+ * items one by one, in order, exactly as if each had arrived in its own SessionRequest (the same
+ * checks, the same fencing, a Rejected for each item not accepted, whose message starts with the
+ * item's path, e.g. `reports.items[2]: stale lease`). An empty Reports, or one with more than 4096
+ * items, is rejected as a whole (and its Completed, Failed and Release items still counted, see
+ * Acked); an item with no report set is rejected on its own.
+ *
+ * @generated from message nexusflow.v1.Reports
+ */
+export type Reports = Message<"nexusflow.v1.Reports"> & {
+  /**
+   * The reports, in the order they were made.
+   *
+   * @generated from field: repeated nexusflow.v1.Report items = 1;
+   */
+  items: Report[];
+};
+
+/**
+ * Describes the message nexusflow.v1.Reports.
+ * Use `create(ReportsSchema)` to create a new message.
+ */
+export const ReportsSchema: GenMessage<Reports> = /*@__PURE__*/
+  messageDesc(file_nexusflow_v1_executor_service, 8);
+
+/**
+ * One item of Reports.
+ *
+ * @generated from message nexusflow.v1.Report
+ */
+export type Report = Message<"nexusflow.v1.Report"> & {
+  /**
+   * The report: the same message as the SessionRequest case of the same name.
+   *
+   * @generated from oneof nexusflow.v1.Report.report
+   */
+  report: {
+    /**
+     * A leased task began running.
+     *
+     * @generated from field: nexusflow.v1.Started started = 1;
+     */
+    value: Started;
+    case: "started";
+  } | {
+    /**
+     * A running task is alive (optionally with progress).
+     *
+     * @generated from field: nexusflow.v1.Heartbeat heartbeat = 2;
+     */
+    value: Heartbeat;
+    case: "heartbeat";
+  } | {
+    /**
+     * A task finished successfully.
+     *
+     * @generated from field: nexusflow.v1.Completed completed = 3;
+     */
+    value: Completed;
+    case: "completed";
+  } | {
+    /**
+     * A task attempt failed.
+     *
+     * @generated from field: nexusflow.v1.Failed failed = 4;
+     */
+    value: Failed;
+    case: "failed";
+  } | {
+    /**
+     * Gives a lease back unstarted.
+     *
+     * @generated from field: nexusflow.v1.Release release = 5;
+     */
+    value: Release;
+    case: "release";
+  } | { case: undefined; value?: undefined };
+};
+
+/**
+ * Describes the message nexusflow.v1.Report.
+ * Use `create(ReportSchema)` to create a new message.
+ */
+export const ReportSchema: GenMessage<Report> = /*@__PURE__*/
+  messageDesc(file_nexusflow_v1_executor_service, 9);
+
+/**
  * The leased attempt began. An executor may leave it out for an attempt that ended before Started
  * was sent: a Completed or Failed for a leased attempt implies its start.
  *
@@ -446,7 +588,7 @@ export type Started = Message<"nexusflow.v1.Started"> & {
  * Use `create(StartedSchema)` to create a new message.
  */
 export const StartedSchema: GenMessage<Started> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_executor_service, 7);
+  messageDesc(file_nexusflow_v1_executor_service, 10);
 
 /**
  * Liveness of the session and, optionally, of a running task.
@@ -474,7 +616,7 @@ export type Heartbeat = Message<"nexusflow.v1.Heartbeat"> & {
  * Use `create(HeartbeatSchema)` to create a new message.
  */
 export const HeartbeatSchema: GenMessage<Heartbeat> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_executor_service, 8);
+  messageDesc(file_nexusflow_v1_executor_service, 11);
 
 /**
  * The attempt succeeded.
@@ -516,7 +658,7 @@ export type Completed = Message<"nexusflow.v1.Completed"> & {
  * Use `create(CompletedSchema)` to create a new message.
  */
 export const CompletedSchema: GenMessage<Completed> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_executor_service, 9);
+  messageDesc(file_nexusflow_v1_executor_service, 12);
 
 /**
  * The attempt failed.
@@ -558,7 +700,7 @@ export type Failed = Message<"nexusflow.v1.Failed"> & {
  * Use `create(FailedSchema)` to create a new message.
  */
 export const FailedSchema: GenMessage<Failed> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_executor_service, 10);
+  messageDesc(file_nexusflow_v1_executor_service, 13);
 
 /**
  * The executor drains: no more leases.
@@ -579,7 +721,7 @@ export type Drain = Message<"nexusflow.v1.Drain"> & {
  * Use `create(DrainSchema)` to create a new message.
  */
 export const DrainSchema: GenMessage<Drain> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_executor_service, 11);
+  messageDesc(file_nexusflow_v1_executor_service, 14);
 
 /**
  * Gives an unstarted or abandoned lease back.
@@ -607,7 +749,7 @@ export type Release = Message<"nexusflow.v1.Release"> & {
  * Use `create(ReleaseSchema)` to create a new message.
  */
 export const ReleaseSchema: GenMessage<Release> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_executor_service, 12);
+  messageDesc(file_nexusflow_v1_executor_service, 15);
 
 /**
  * Answer to Ping.
@@ -628,7 +770,7 @@ export type Pong = Message<"nexusflow.v1.Pong"> & {
  * Use `create(PongSchema)` to create a new message.
  */
 export const PongSchema: GenMessage<Pong> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_executor_service, 13);
+  messageDesc(file_nexusflow_v1_executor_service, 16);
 
 /**
  * Stop a task.
@@ -656,7 +798,7 @@ export type Cancel = Message<"nexusflow.v1.Cancel"> & {
  * Use `create(CancelSchema)` to create a new message.
  */
 export const CancelSchema: GenMessage<Cancel> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_executor_service, 14);
+  messageDesc(file_nexusflow_v1_executor_service, 17);
 
 /**
  * Liveness probe.
@@ -677,7 +819,7 @@ export type Ping = Message<"nexusflow.v1.Ping"> & {
  * Use `create(PingSchema)` to create a new message.
  */
 export const PingSchema: GenMessage<Ping> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_executor_service, 15);
+  messageDesc(file_nexusflow_v1_executor_service, 18);
 
 /**
  * A report that did not change state.
@@ -713,12 +855,14 @@ export type Rejected = Message<"nexusflow.v1.Rejected"> & {
  * Use `create(RejectedSchema)` to create a new message.
  */
 export const RejectedSchema: GenMessage<Rejected> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_executor_service, 16);
+  messageDesc(file_nexusflow_v1_executor_service, 19);
 
 /**
  * What the first `through` reports of this session changed is committed. Reports are the
  * session's Completed, Failed and Release messages, counted in the order the scheduler received
- * them, whether accepted or rejected. An executor keeps each report until it is acknowledged: when
+ * them, whether accepted or rejected; the items of a Reports message count one by one, in order,
+ * exactly as if each had come alone (a Reports holding Started, Completed, Release, Heartbeat and
+ * Failed counts 3; Started, Heartbeat and items with no report set count 0). An executor keeps each report until it is acknowledged: when
  * a session ends first (connection lost, scheduler restarted before its commit), it lists the
  * report's lease as held in its next Attach and sends the report again, unless that AttachAck
  * revokes the lease (the scheduler had it already, or the lease is gone).
@@ -739,7 +883,7 @@ export type Acked = Message<"nexusflow.v1.Acked"> & {
  * Use `create(AckedSchema)` to create a new message.
  */
 export const AckedSchema: GenMessage<Acked> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_executor_service, 17);
+  messageDesc(file_nexusflow_v1_executor_service, 20);
 
 /**
  * The scheduler will send no more leases on this session.
@@ -760,13 +904,23 @@ export type DrainAck = Message<"nexusflow.v1.DrainAck"> & {
  * Use `create(DrainAckSchema)` to create a new message.
  */
 export const DrainAckSchema: GenMessage<DrainAck> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_executor_service, 18);
+  messageDesc(file_nexusflow_v1_executor_service, 21);
 
 /**
  * ExecutorService is how executors take work. Each executor process holds exactly one
  * bidirectional Session stream: it attaches, grants credit, and reports on every lease; the
  * scheduler pushes leases (never more than the credit granted), cancellations and pings.
  * Internal: not exposed through the gateway's REST surface.
+ *
+ * Protocol versions (Attach.protocol_version, AttachAck.protocol_version):
+ *   1: one lease per SessionResponse, one report per SessionRequest. An Attach without a version
+ *      (an older executor, grpcurl) is version 1.
+ *   2: as 1, and the scheduler may also send several leases in one `leases` (LeaseBatch); the
+ *      executor may send several reports in one `reports` (Reports). Each item of a batch means
+ *      exactly what it would mean alone, in its place: a batch is handled as if its items had
+ *      arrived one after another, in order.
+ * A version the scheduler does not support ends the stream with FAILED_PRECONDITION naming the
+ * executor's version and the scheduler's.
  *
  * @generated from service nexusflow.v1.ExecutorService
  */

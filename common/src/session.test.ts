@@ -1,0 +1,103 @@
+/** Batch bounds and framing of the executor session (session.ts). */
+import assert from "node:assert/strict";
+import { describe, it } from "node:test";
+import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
+import {
+  CompletedSchema,
+  LeaseSchema,
+  ReportSchema,
+  SessionRequestSchema,
+  SessionResponseSchema,
+  StartedSchema,
+} from "@nexusflow/gen";
+import { acknowledgedReports, encodeBatch, splitBatches, type EncodedItem } from "./session.js";
+
+const lease = (i: number, pad = 0): EncodedItem => ({
+  single: SessionResponseSchema.field.lease.number,
+  item: 0,
+  bytes: toBinary(
+    LeaseSchema,
+    create(LeaseSchema, {
+      key: { taskRunId: `t${i}`, attempt: 1, fencingToken: BigInt(i) },
+      stepId: "x".repeat(pad),
+    }),
+  ),
+});
+
+describe("session batches", () => {
+  it("splits items in order by count", () => {
+    const items = Array.from({ length: 7 }, (_, i) => lease(i));
+    const batches = splitBatches(items, { maxItems: 3, maxBytes: 1 << 20 });
+    assert.deepEqual(
+      batches.map((b) => b.length),
+      [3, 3, 1],
+    );
+    assert.deepEqual(batches.flat(), items, "every item once, in order");
+  });
+
+  it("splits by bytes, framing included, and sends an item larger than the bound alone", () => {
+    const items = [lease(0, 400), lease(1, 400), lease(2, 5000), lease(3, 10), lease(4, 10)];
+    const maxBytes = 1000;
+    const batches = splitBatches(items, { maxItems: 100, maxBytes });
+    assert.deepEqual(
+      batches.map((b) => b.length),
+      [2, 1, 2],
+    );
+    for (const batch of batches) {
+      const frame = encodeBatch(batch, SessionResponseSchema.field.leases.number);
+      if (batch.length > 1) assert.ok(frame.byteLength <= maxBytes, `${frame.byteLength} bytes`);
+    }
+    assert.deepEqual(splitBatches([], { maxItems: 1, maxBytes: 1 }), []);
+  });
+
+  it("frames one lease as a Lease and several as a LeaseBatch, decoded as if encoded whole", () => {
+    const one = fromBinary(
+      SessionResponseSchema,
+      encodeBatch([lease(1)], SessionResponseSchema.field.leases.number),
+    );
+    assert.equal(one.message.case, "lease");
+    assert.equal(one.message.value?.key?.taskRunId, "t1");
+    const many = fromBinary(
+      SessionResponseSchema,
+      encodeBatch([lease(1), lease(2), lease(3)], SessionResponseSchema.field.leases.number),
+    );
+    assert.equal(many.message.case, "leases");
+    assert.deepEqual(
+      many.message.value?.leases.map((l) => l.key?.taskRunId),
+      ["t1", "t2", "t3"],
+    );
+  });
+
+  it("frames reports as their single message or as Reports items, and counts them as Acked does", () => {
+    const completed: EncodedItem = {
+      single: SessionRequestSchema.field.completed.number,
+      item: ReportSchema.field.completed.number,
+      bytes: toBinary(CompletedSchema, create(CompletedSchema, { key: { taskRunId: "c" } })),
+    };
+    const started: EncodedItem = {
+      single: SessionRequestSchema.field.started.number,
+      item: ReportSchema.field.started.number,
+      bytes: toBinary(StartedSchema, create(StartedSchema, { key: { taskRunId: "s" } })),
+    };
+    const alone = fromBinary(
+      SessionRequestSchema,
+      encodeBatch([started], SessionRequestSchema.field.reports.number),
+    );
+    assert.equal(alone.message.case, "started");
+    assert.equal(acknowledgedReports(alone.message), 0);
+    const batch = fromBinary(
+      SessionRequestSchema,
+      encodeBatch([started, completed, completed], SessionRequestSchema.field.reports.number),
+    );
+    assert.equal(batch.message.case, "reports");
+    assert.deepEqual(
+      batch.message.value?.items.map((i) => [i.report.case, i.report.value?.key?.taskRunId]),
+      [
+        ["started", "s"],
+        ["completed", "c"],
+        ["completed", "c"],
+      ],
+    );
+    assert.equal(acknowledgedReports(batch.message), 2);
+  });
+});
