@@ -6,30 +6,50 @@
  * Value with no JSON form, a field PostgreSQL cannot store), is answered with Rejected: the stream
  * stays open and nothing changes. A message that makes the handler fail unexpectedly ends only its
  * session, with INTERNAL, and is logged; no message ends the process.
+ *
+ * The Attach names the session protocol version (none: version 1); one this scheduler does not
+ * speak ends the stream with FAILED_PRECONDITION naming both. A Reports message (version 2) is
+ * handled item by item, in order, as if each item had come alone; leases go out in LeaseBatch
+ * frames, already encoded, to version 2 sessions only (see lease-pump.ts).
  */
 import { randomUUID } from "node:crypto";
-import { create, toJson, type DescMessage, type JsonValue, type MessageShape } from "@bufbuild/protobuf";
+import {
+  create,
+  fromBinary,
+  toJson,
+  type DescMessage,
+  type JsonValue,
+  type MessageShape,
+} from "@bufbuild/protobuf";
+import { BinaryReader, WireType } from "@bufbuild/protobuf/wire";
 import * as grpc from "@grpc/grpc-js";
 import { TaskErrorType } from "@nexusflow/common/task-error-types";
 import {
+  MAX_BATCH_ITEMS,
+  MIN_SESSION_PROTOCOL_VERSION,
+  SESSION_PROTOCOL_VERSION,
+  UndecodableMessage,
+  acknowledgedReports,
   authorizeExecutorId,
   checkJsonForm,
-  isAcknowledgedReport,
   isAuthError,
   isJsonValueError,
   isUndecodable,
   nulCharacterPath,
   replaceNulCharacters,
+  serviceDefinition,
   valueToJsonChecked,
   type Logger,
-  type UndecodableMessage,
 } from "@nexusflow/common";
 import {
   ArtifactRefSchema,
+  ExecutorService,
   LogRefSchema,
+  ReportSchema,
   SessionRequestSchema,
   SessionResponseSchema,
   type LeaseKey,
+  type Report,
   type SessionRequest,
   type SessionResponse,
 } from "@nexusflow/gen";
@@ -45,6 +65,75 @@ const REPORT_FIELDS: ReadonlySet<number | undefined> = new Set([
   SessionRequestSchema.field.failed.number,
   SessionRequestSchema.field.release.number,
 ]);
+/** Field numbers of the Report (a Reports item) cases that are reports Acked counts. */
+const REPORT_ITEM_FIELDS: ReadonlySet<number | undefined> = new Set([
+  ReportSchema.field.completed.number,
+  ReportSchema.field.failed.number,
+  ReportSchema.field.release.number,
+]);
+const REPORTS_FIELD = SessionRequestSchema.field.reports.number;
+
+/** Whether Acked counts a Reports item (a Completed, Failed or Release, read or not). */
+function countsForAck(item: Report | UndecodableMessage): boolean {
+  if (isUndecodable(item)) return REPORT_ITEM_FIELDS.has(item.firstFieldNumber);
+  const c = item.report.case;
+  return c === "completed" || c === "failed" || c === "release";
+}
+
+/** A report about one lease: a single SessionRequest's, or a Reports item's (the same messages). */
+type LeaseReport = Exclude<Report["report"], { case: undefined }>;
+
+/**
+ * The items of a Reports message that could not be decoded as a whole (an item nested deeper
+ * than protobuf decodes, a malformed one), each decoded alone, so that the others are handled and
+ * every item is counted as it would be alone; undefined when the bytes are not a SessionRequest
+ * holding only `reports` (it is then refused as one message).
+ */
+function reportItemsOf(bytes: Uint8Array): (Report | UndecodableMessage)[] | undefined {
+  try {
+    const outer = new BinaryReader(bytes);
+    const items: (Report | UndecodableMessage)[] = [];
+    while (outer.pos < outer.len) {
+      const [field, wireType] = outer.tag();
+      if (field !== REPORTS_FIELD || wireType !== WireType.LengthDelimited) return undefined;
+      const inner = new BinaryReader(outer.bytes());
+      while (inner.pos < inner.len) {
+        const [no, type] = inner.tag();
+        if (no !== 1 || type !== WireType.LengthDelimited) {
+          inner.skip(type, no);
+          continue;
+        }
+        const item = inner.bytes();
+        try {
+          items.push(fromBinary(ReportSchema, item));
+        } catch (e) {
+          items.push(new UndecodableMessage(ReportSchema.typeName, item, e));
+        }
+      }
+    }
+    return items;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * The ExecutorService definition for grpc-js, whose Session writes a SessionResponse given already
+ * encoded (a Uint8Array: the lease pump encodes each lease once, into its frame) as it is.
+ */
+export function executorServiceDefinition(): grpc.ServiceDefinition {
+  const def = serviceDefinition(ExecutorService);
+  const session = def.session as grpc.MethodDefinition<unknown, unknown>;
+  const serialize = session.responseSerialize;
+  return {
+    ...def,
+    session: {
+      ...session,
+      responseSerialize: (m: unknown) =>
+        m instanceof Uint8Array ? Buffer.from(m.buffer, m.byteOffset, m.byteLength) : serialize(m),
+    },
+  };
+}
 
 /**
  * How long a session collects reports before acknowledging them (Acked, once their changes are
@@ -99,10 +188,11 @@ export function executorService(
 ): grpc.UntypedServiceImplementation {
   const authenticated = options.authenticated ?? false;
   return {
-    session: (call: grpc.ServerDuplexStream<SessionRequest, SessionResponse>) => {
+    // Writes a SessionResponse, or one already encoded (see executorServiceDefinition).
+    session: (call: grpc.ServerDuplexStream<SessionRequest, SessionResponse | Uint8Array>) => {
       let session: SessionHandle | undefined;
       let ended = false;
-      const send = (m: SessionResponse): void => {
+      const send = (m: SessionResponse | Uint8Array): void => {
         if (!ended && !call.writableEnded && !call.destroyed) call.write(m);
       };
       const fail = (code: grpc.status, details: string): void => {
@@ -190,6 +280,23 @@ export function executorService(
             return;
           }
           const a = m.value;
+          if (a.protocolVersion < 0) {
+            fail(
+              grpc.status.INVALID_ARGUMENT,
+              `attach.protocol_version: must be positive (or unset for version 1), got ${a.protocolVersion}`,
+            );
+            return;
+          }
+          const protocolVersion = a.protocolVersion === 0 ? MIN_SESSION_PROTOCOL_VERSION : a.protocolVersion;
+          if (protocolVersion < MIN_SESSION_PROTOCOL_VERSION || protocolVersion > SESSION_PROTOCOL_VERSION) {
+            fail(
+              grpc.status.FAILED_PRECONDITION,
+              `attach.protocol_version: the executor speaks session protocol version ${protocolVersion}, ` +
+                `this scheduler versions ${MIN_SESSION_PROTOCOL_VERSION} to ${SESSION_PROTOCOL_VERSION}; ` +
+                `use an executor release that speaks version ${SESSION_PROTOCOL_VERSION}`,
+            );
+            return;
+          }
           if (a.executorId === "" || a.executorId.length > 200 || a.executorId.includes("\u0000")) {
             fail(
               grpc.status.INVALID_ARGUMENT,
@@ -230,11 +337,13 @@ export function executorService(
             id: randomUUID(),
             executorId: a.executorId,
             types: new Set(a.taskTypes),
+            protocolVersion,
             credit: 0,
             leases: new Set(),
             draining: false,
             lastSeen: performance.now(),
             send,
+            sendFrame: send,
             close: (reason) => fail(grpc.status.UNAVAILABLE, reason),
           };
           const revoked = engine.attach(session, a.heldLeases);
@@ -247,6 +356,7 @@ export function executorService(
                   heartbeatIntervalMs: engine.heartbeatIntervalMs,
                   sessionTimeoutMs: engine.sessionTimeoutMs,
                   revoked,
+                  protocolVersion,
                 },
               },
             }),
@@ -254,82 +364,150 @@ export function executorService(
           return;
         }
         session.lastSeen = performance.now();
+        switch (m.case) {
+          case "attach":
+            reject(undefined, { code: "FAILED_PRECONDITION", message: "already attached" });
+            return;
+          case "credit": {
+            const r = engine.onCredit(session, m.value.n);
+            if (r !== null) reject(undefined, r);
+            return;
+          }
+          case "drain": {
+            const outstanding = engine.onDrain(session);
+            send(create(SessionResponseSchema, { message: { case: "drainAck", value: { outstanding } } }));
+            return;
+          }
+          case "pong":
+            return;
+          case "reports":
+            onReports(session, m.value.items);
+            return;
+          case "started":
+          case "heartbeat":
+          case "completed":
+          case "failed":
+          case "release":
+            onReport(session, m, "");
+            counted(acknowledgedReports(m));
+            return;
+          default:
+            reject(undefined, { code: "INVALID_ARGUMENT", message: "empty or unknown session message" });
+        }
+      };
+      /** Counts `n` reports for Acked (see acknowledgedReports), and acknowledges them once committed. */
+      const counted = (n: number): void => {
+        if (n === 0) return;
+        reports += n;
+        acknowledge();
+      };
+      /**
+       * Judges one report and rejects it if it is not accepted. `at` is where it sits in a batch
+       * (`reports.items[2]`; "" for a message of its own): field paths start with it, and so does
+       * the message of any other rejection (`reports.items[2]: stale lease`).
+       */
+      const onReport = (s: SessionHandle, m: LeaseReport, at: string): void => {
+        const key = m.value.key;
+        const path = at === "" ? "" : `${at}.`;
         let r: Rejection | null = null;
-        let key: LeaseKey | undefined;
         // A report's fields are converted before the engine sees it: one with no JSON form (a
         // Value with no kind, NaN, ±Infinity) is rejected naming it, and nothing changes.
         try {
           switch (m.case) {
-            case "attach":
-              r = { code: "FAILED_PRECONDITION", message: "already attached" };
-              break;
-            case "credit":
-              r = engine.onCredit(session, m.value.n);
-              break;
             case "started":
-              key = m.value.key;
-              r = engine.onStarted(session, key);
+              r = engine.onStarted(s, key);
               break;
             case "heartbeat":
-              key = m.value.key;
-              if (key !== undefined) r = engine.onHeartbeat(session, key);
+              if (key !== undefined) r = engine.onHeartbeat(s, key);
               break;
             case "completed": {
-              key = m.value.key;
-              const output = valueToJsonChecked(m.value.output, "completed.output");
-              const outputRef = reportJson(ArtifactRefSchema, m.value.outputRef, "completed.output_ref");
-              const logs = reportJson(LogRefSchema, m.value.logs, "completed.logs");
-              r =
-                unstorable({ output, output_ref: outputRef, logs }, "completed") ??
-                engine.onCompleted(session, key, output, outputRef, logs);
+              const output = valueToJsonChecked(m.value.output, `${path}completed.output`);
+              const outputRef = reportJson(
+                ArtifactRefSchema,
+                m.value.outputRef,
+                `${path}completed.output_ref`,
+              );
+              const logs = reportJson(LogRefSchema, m.value.logs, `${path}completed.logs`);
+              const bad = unstorable({ output, output_ref: outputRef, logs }, `${path}completed`);
+              if (bad !== null) {
+                reject(key, bad);
+                return;
+              }
+              r = engine.onCompleted(s, key, output, outputRef, logs);
               break;
             }
             case "failed": {
-              key = m.value.key;
               const e = m.value.error;
-              const logs = reportJson(LogRefSchema, m.value.logs, "failed.logs");
+              const logs = reportJson(LogRefSchema, m.value.logs, `${path}failed.logs`);
               const details =
-                e?.details === undefined ? undefined : valueToJsonChecked(e.details, "failed.error.details");
+                e?.details === undefined
+                  ? undefined
+                  : valueToJsonChecked(e.details, `${path}failed.error.details`);
+              const bad = unstorable({ logs }, `${path}failed`);
+              if (bad !== null) {
+                reject(key, bad);
+                return;
+              }
               // An error's text is kept, readable, even when it holds a NUL (a command's stderr may).
-              r =
-                unstorable({ logs }, "failed") ??
-                engine.onFailed(
-                  session,
-                  key,
-                  {
-                    type: replaceNulCharacters(e?.type || TaskErrorType.UNKNOWN),
-                    message: replaceNulCharacters(e?.message ?? ""),
-                    retryable: e?.retryable ?? true,
-                    ...(details === undefined ? {} : { details: replaceNulCharacters(details) }),
-                  },
-                  Number(m.value.retryAfterMs),
-                  logs,
-                );
-              break;
-            }
-            case "drain": {
-              const outstanding = engine.onDrain(session);
-              send(create(SessionResponseSchema, { message: { case: "drainAck", value: { outstanding } } }));
+              r = engine.onFailed(
+                s,
+                key,
+                {
+                  type: replaceNulCharacters(e?.type || TaskErrorType.UNKNOWN),
+                  message: replaceNulCharacters(e?.message ?? ""),
+                  retryable: e?.retryable ?? true,
+                  ...(details === undefined ? {} : { details: replaceNulCharacters(details) }),
+                },
+                Number(m.value.retryAfterMs),
+                logs,
+              );
               break;
             }
             case "release":
-              key = m.value.key;
-              r = engine.onRelease(session, key, replaceNulCharacters(m.value.reason));
+              r = engine.onRelease(s, key, replaceNulCharacters(m.value.reason));
               break;
-            case "pong":
-              break;
-            default:
-              r = { code: "INVALID_ARGUMENT", message: "empty or unknown session message" };
           }
         } catch (e) {
           if (!isJsonValueError(e)) throw e;
-          r = { code: "INVALID_ARGUMENT", message: e.message };
+          // Its message starts with the field's path, `at` included.
+          reject(key, { code: "INVALID_ARGUMENT", message: e.message });
+          return;
         }
-        if (r !== null) reject(key, r);
-        if (isAcknowledgedReport(m)) {
-          reports++;
-          acknowledge();
+        if (r !== null) reject(key, at === "" ? r : { code: r.code, message: `${at}: ${r.message}` });
+      };
+      /**
+       * The items of a Reports message (each decoded, or refused alone when it could not be), one
+       * by one, in order, each as if it had come alone, and counted as such for Acked.
+       */
+      const onReports = (s: SessionHandle, items: readonly (Report | UndecodableMessage)[]): void => {
+        if (items.length === 0 || items.length > MAX_BATCH_ITEMS) {
+          reject(undefined, {
+            code: "INVALID_ARGUMENT",
+            message:
+              items.length === 0
+                ? "reports.items: a Reports message needs at least one item"
+                : `reports.items: ${items.length} items, more than the ${MAX_BATCH_ITEMS} a Reports message may hold`,
+          });
+          // Counted all the same, as the executor counts what it sent.
+          counted(items.filter(countsForAck).length);
+          return;
         }
+        let n = 0;
+        for (const [i, item] of items.entries()) {
+          const at = `reports.items[${i}]`;
+          if (countsForAck(item)) n++;
+          if (isUndecodable(item)) {
+            reject(undefined, { code: "INVALID_ARGUMENT", message: `${at}: ${item.toApiError().message}` });
+            continue;
+          }
+          const report = item.report;
+          if (report.case === undefined) {
+            reject(undefined, { code: "INVALID_ARGUMENT", message: `${at}: no report set` });
+            continue;
+          }
+          onReport(s, report, at);
+        }
+        counted(n);
       };
       // A message that could not be decoded (e.g. nested deeper than protobuf decodes) is refused in
       // its turn, like any malformed one; counted as a report when its oneof case is one, so that
@@ -341,11 +519,16 @@ export function executorService(
           return;
         }
         session.lastSeen = performance.now();
-        reject(undefined, { code: "INVALID_ARGUMENT", message });
-        if (REPORT_FIELDS.has(msg.firstFieldNumber)) {
-          reports++;
-          acknowledge();
+        if (msg.firstFieldNumber === REPORTS_FIELD) {
+          // A Reports message with an item that cannot be read: every other item is handled.
+          const items = reportItemsOf(msg.bytes);
+          if (items !== undefined) {
+            onReports(session, items);
+            return;
+          }
         }
+        reject(undefined, { code: "INVALID_ARGUMENT", message });
+        if (REPORT_FIELDS.has(msg.firstFieldNumber)) counted(1);
       };
       // A throw in a grpc-js 'data' listener escapes to the process: whatever a message makes the
       // handler fail with ends this session only (its leases wait for a reconnect, as on any loss).

@@ -12,6 +12,8 @@ export interface SessionHandle {
   readonly id: string;
   readonly executorId: string;
   readonly types: ReadonlySet<string>;
+  /** The session protocol version agreed in the attach (absent: 1); 2 and later take LeaseBatch frames. */
+  readonly protocolVersion?: number;
   /** Leases the executor can still take. */
   credit: number;
   /** Task run ids leased on this session. */
@@ -22,6 +24,11 @@ export interface SessionHandle {
   lastSeen: number;
   /** Sends a message to the executor (no-op once the stream ended). */
   send(message: SessionResponse): void;
+  /**
+   * Sends a SessionResponse already encoded (a lease frame) as it is (no-op once the stream ended);
+   * needed from sessions of protocol version 2.
+   */
+  sendFrame?(frame: Uint8Array): void;
   /** Ends the stream (used when the session is declared dead). */
   close(reason: string): void;
 }

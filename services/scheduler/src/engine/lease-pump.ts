@@ -1,15 +1,18 @@
 /**
  * Passes over the ready queues: queued tasks go to sessions with credit (core leasing.ts), and each
- * lease is sent once its grant is committed, if it still stands; then why the tasks left wait is
- * recorded (TaskRun.pending_reason) and the runs' watchers are woken when that changed.
+ * lease is sent once its grant is committed, if it still stands (a session of protocol version 2
+ * gets the leases of one pass in LeaseBatch frames, a single one as a Lease: never waiting for
+ * more); then why the tasks left wait is recorded (TaskRun.pending_reason) and the runs' watchers
+ * are woken when that changed.
  */
 import type { Logger } from "@nexusflow/common";
+import type { Lease } from "@nexusflow/gen";
 import * as core from "../core/index.js";
 import type { Core } from "../core/index.js";
 import type { EngineStore } from "../persistence/engine-store.js";
 import type { TaskState } from "../model/run-state.js";
 import type { Dispatcher, SessionHandle } from "./dispatcher.js";
-import { leaseMessage } from "./messages.js";
+import { leaseFrames, leaseMessage, leaseValue } from "./messages.js";
 import type { UnservedTypes } from "./pending.js";
 import type { Watchers } from "./watchers.js";
 
@@ -64,6 +67,8 @@ export class LeasePump {
     this.o.store.flush().then(
       () => {
         const sentAt = Date.now();
+        // Leases for sessions that take batches (protocol version 2), by session, in grant order.
+        let batched: Map<SessionHandle, Lease[]> | undefined;
         for (const { session, task, token } of granted) {
           if (!core.leaseStands(task, session.id, token)) {
             // Never sent: the executor will not return its slot, so the session gets it back here.
@@ -73,8 +78,22 @@ export class LeasePump {
             }
             continue;
           }
-          session.send(leaseMessage(this.o.core().runs.get(task.runId), task, this.o.traceContext(task)));
+          const lease = leaseValue(this.o.core().runs.get(task.runId), task, this.o.traceContext(task));
+          if ((session.protocolVersion ?? 1) < 2) session.send(leaseMessage(lease));
+          else {
+            batched ??= new Map();
+            const leases = batched.get(session);
+            if (leases === undefined) batched.set(session, [lease]);
+            else leases.push(lease);
+          }
           core.armStartToClose(this.o.core(), task, sentAt);
+        }
+        // The same pass, the same turn: no lease waits for another to fill a batch.
+        if (batched !== undefined) {
+          for (const [session, leases] of batched) {
+            if (leases.length === 1) session.send(leaseMessage(leases[0] as Lease));
+            else for (const frame of leaseFrames(leases)) session.sendFrame?.(frame);
+          }
         }
       },
       (e: unknown) => this.o.log.warn({ err: e }, "leases not sent: commit failed"),

@@ -1,7 +1,8 @@
 /**
  * Hostile input from any client must never end the scheduler (issue 18): a real scheduler process
  * is fed generated executor-session messages of every kind (unset oneofs, empty and huge strings,
- * NaN/±Infinity/-0, Values with no kind, deep nesting, foreign task ids and fencing tokens) and
+ * NaN/±Infinity/-0, Values with no kind, deep nesting, foreign task ids and fencing tokens; and
+ * batches of such reports, issue 28: empty, with unset items, over the item limit) and
  * generated WorkflowService requests. Afterwards the process is still up, no handler failed
  * unexpectedly, no call answered INTERNAL, and a legitimate executor still attaches, leases and
  * completes a run. The first cases pin down how a Value with no JSON form is refused: an executor's
@@ -333,6 +334,7 @@ describe("fault injection: hostile messages never end the scheduler", () => {
       labels: fc.dictionary(fc.string({ maxLength: 10 }), text, { maxKeys: 3 }),
       version: text,
       heldLeases: fc.array(key, { maxLength: 3 }),
+      protocolVersion: fc.oneof(fc.integer(INT32), fc.integer({ min: -1, max: 3 })),
     });
     // Mostly a valid Attach first, so that most sessions get as far as their reports.
     const firstAttach = fc.oneof(
@@ -346,16 +348,14 @@ describe("fault injection: hostile messages never end the scheduler", () => {
           taskTypes: fc.subarray(["fuzz.task", "probe.none"], { minLength: 1 }),
           slots: fc.integer(INT32),
           heldLeases: fc.array(key, { maxLength: 3 }),
+          // Mostly version 2 (batches), else none (version 1).
+          protocolVersion: fc.constantFrom(2, 2, 0),
         }),
       },
       { weight: 1, arbitrary: attach },
     );
-    const message: fc.Arbitrary<SessionMessage> = fc.oneof(
-      fc.constant(undefined),
-      attach.map((value) => ({ case: "attach" as const, value })),
-      fc
-        .oneof(fc.integer(INT32), fc.integer({ min: 0, max: 3 }))
-        .map((n) => ({ case: "credit" as const, value: { n } })),
+    // What a report may be, alone or as an item of a Reports message.
+    const report = fc.oneof(
       optional(key).map((k) => ({ case: "started" as const, value: { key: k } })),
       fc
         .record({ key: optional(key), progress: optional(value) })
@@ -387,8 +387,36 @@ describe("fault injection: hostile messages never end the scheduler", () => {
           logs: optional(logRef),
         })
         .map((value) => ({ case: "failed" as const, value })),
-      text.map((reason) => ({ case: "drain" as const, value: { reason } })),
       fc.record({ key: optional(key), reason: text }).map((value) => ({ case: "release" as const, value })),
+    );
+    // Batches (protocol version 2): empty ones, items with no report set, and now and then more
+    // items than a Reports may hold (each a report on its own, or none).
+    const reports = fc
+      .oneof(
+        { weight: 8, arbitrary: fc.array(fc.option(report, { nil: undefined, freq: 6 }), { maxLength: 5 }) },
+        {
+          weight: 1,
+          arbitrary: fc
+            .tuple(
+              fc.integer({ min: 4000, max: 4200 }),
+              fc.constantFrom(undefined, { case: "release" as const, value: { key: real, reason: "x" } }),
+            )
+            .map(([n, r]) => Array.from({ length: n }, () => r)),
+        },
+      )
+      .map((items) => ({
+        case: "reports" as const,
+        value: { items: items.map((r) => (r === undefined ? {} : { report: r })) },
+      }));
+    const message: fc.Arbitrary<SessionMessage> = fc.oneof(
+      fc.constant(undefined),
+      attach.map((value) => ({ case: "attach" as const, value })),
+      fc
+        .oneof(fc.integer(INT32), fc.integer({ min: 0, max: 3 }))
+        .map((n) => ({ case: "credit" as const, value: { n } })),
+      report,
+      reports,
+      text.map((reason) => ({ case: "drain" as const, value: { reason } })),
       fc.bigInt(INT64).map((nonce) => ({ case: "pong" as const, value: { nonce } })),
     );
     const runId = fc.oneof(fc.constantFrom(...runIds), fc.uuid(), fc.string({ maxLength: 300 }));
