@@ -51,6 +51,7 @@ import {
 import { GatewayMetrics, type Protocol, protocolOf, rejectionReason } from "./metrics.js";
 import { MAX_TIMEOUT_MS, type RestHandler, createRestHandler } from "./rest/handler.js";
 import { compileRoutes } from "./rest/routes.js";
+import { DETAILS_REGISTRY } from "./rest/status.js";
 import { PROXIED_SERVICES, createRoutes } from "./routes.js";
 
 type NodeHandler = ReturnType<typeof connectNodeAdapter>;
@@ -300,6 +301,8 @@ class GatewayServer implements Gateway {
     ];
     const handler = connectNodeAdapter({
       routes,
+      // Connect's JSON writes the google.rpc details StartRuns' results carry.
+      jsonOptions: { registry: DETAILS_REGISTRY },
       shutdownSignal: this.#forceShutdown.signal,
       requestGate,
       interceptors: metrics === undefined ? interceptors : [metrics.interceptor(), ...interceptors],

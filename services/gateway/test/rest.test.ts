@@ -346,6 +346,46 @@ describe("REST gateway in front of a real scheduler", () => {
     assert.equal(res.json["code"], Code.NotFound);
   });
 
+  it(
+    "StartRuns: POST /v1/runs:batchStart, and over Connect JSON, with each item's error details",
+    T,
+    async () => {
+      const body = {
+        runs: [{ workflowName: "rest-demo", input: { name: "Bulk" } }, { workflowName: "" }],
+      };
+      const expectResults = (json: Json, how: string): void => {
+        const [ok, bad] = json["results"] as Json[];
+        assert.equal(((ok?.["started"] as Json)["run"] as Json)["workflowName"], "rest-demo", how);
+        // The item's google.rpc.Status, its BadRequest detail written as JSON (a registry the
+        // gateway's JSON writers need: without it the whole answer was an error).
+        assert.deepEqual(bad?.["error"], {
+          code: 3,
+          message: "runs[1]: workflow_name: a workflow name is required",
+          details: [
+            {
+              "@type": "type.googleapis.com/google.rpc.BadRequest",
+              fieldViolations: [
+                { field: "runs[1].workflow_name", description: "a workflow name is required" },
+              ],
+            },
+          ],
+        });
+      };
+      const rest = await call("POST", "/v1/runs:batchStart", body);
+      assert.equal(rest.status, 200, JSON.stringify(rest.json));
+      expectResults(rest.json, "REST");
+      const connect = await fetch(`${url}/nexusflow.v1.WorkflowService/StartRuns`, {
+        method: "POST",
+        headers: { authorization: `Bearer ${admin}`, "content-type": "application/json" },
+        body: JSON.stringify(body),
+      });
+      assert.equal(connect.status, 200);
+      expectResults((await connect.json()) as Json, "Connect JSON");
+      const empty = await call("POST", "/v1/runs:batchStart", { runs: [] });
+      assert.equal(empty.status, 400);
+    },
+  );
+
   it("serves the same API to gRPC-Web and Connect clients, with the same authentication", T, async () => {
     const transports = [
       createGrpcWebTransport({ baseUrl: url, httpVersion: "1.1", nodeOptions: { agent } }),

@@ -34,7 +34,7 @@ import { activeTraceparent } from "@nexusflow/common/telemetry";
 import { endToEndHeaders } from "../http/headers.js";
 import { buildRequest, invalidArgument } from "./request.js";
 import { type RestRoute, matchRoute } from "./routes.js";
-import { httpStatusOf, statusJson } from "./status.js";
+import { DETAILS_REGISTRY, httpStatusOf, statusJson } from "./status.js";
 
 type NodeHandler = ReturnType<typeof connectNodeAdapter>;
 type NodeRequest = Parameters<NodeHandler>[0];
@@ -244,7 +244,7 @@ function timeoutOf(req: NodeRequest): number | undefined {
 }
 
 function responseJson(route: RestRoute, message: MessageShape<DescMessage>): JsonValue {
-  const json = toJson(route.method.output, message);
+  const json = toJson(route.method.output, message, { registry: DETAILS_REGISTRY });
   if (route.responseBody === "") return json;
   const field = route.method.output.fields.find((f) => f.name === route.responseBody);
   const obj = json as Record<string, JsonValue>;

@@ -34,8 +34,11 @@ export function httpStatusOf(code: Code): number {
   return HTTP_STATUS[code] ?? 500;
 }
 
-/** Error detail types the gateway can write as JSON (google.rpc.*: BadRequest, ErrorInfo, RetryInfo, ...). */
-const DETAILS_REGISTRY = createRegistry(file_google_rpc_error_details);
+/**
+ * Error detail types the gateway can write as JSON (google.rpc.*: BadRequest, ErrorInfo, RetryInfo,
+ * ...): in an error's status, and in a response that carries statuses (StartRuns' results).
+ */
+export const DETAILS_REGISTRY = createRegistry(file_google_rpc_error_details);
 
 /** `err` as a google.rpc.Status in proto3 JSON. Details of unknown types are left out. */
 export function statusJson(err: ConnectError): JsonObject {
