@@ -3,16 +3,22 @@
  * leases, reports (valid, stale, duplicate, foreign), timers firing, sessions lost and re-attached,
  * cancellations; then executors that behave drain every run. The invariants are the fault suite's
  * (test/faults/invariants.ts): no completion accepted twice, no run lost or stuck, run and task
- * states consistent.
+ * states consistent; and fencing's own: a stale or foreign report is rejected and changes nothing.
+ *
+ * The property is shown able to fail: with a fixed seed it is run against deliberately broken
+ * variants of the rules (mutants: the fencing comparison skipped, the holder session not checked,
+ * a decided completion accepted again, a lost session's leases dropped) and must fail for each.
  */
 import assert from "node:assert/strict";
-import { it } from "node:test";
+import { describe, it } from "node:test";
 import fc from "fast-check";
+import type { LeaseKey } from "@nexusflow/gen";
 import { TERMINAL_RUN_STATUSES, TERMINAL_TASK_STATUSES, type TaskState } from "../model/run-state.js";
-import type { SessionLeases } from "./context.js";
+import type { Core, Rejection, SessionLeases } from "./context.js";
+import { keyMatches } from "./fencing.js";
 import { completed, failed, heartbeat, released, started } from "./reports.js";
 import { advance, cancelRun, startRun } from "./runs.js";
-import { reclaim, sessionLost } from "./sessions.js";
+import { attached, sessionLost } from "./sessions.js";
 import { Simulation, workflowOf } from "./simulation.js";
 
 const workflow = workflowOf({
@@ -33,6 +39,12 @@ const workflow = workflowOf({
 });
 
 type KeyKind = "valid" | "stale" | "foreign";
+/**
+ * After a session is lost, its executor attaches again listing the leases it holds ("held"), or
+ * listing none ("none": they expire at once), or never comes back ("never": a new executor attaches
+ * instead, and the leases wait out their grace).
+ */
+type Reattach = "held" | "none" | "never";
 type Command =
   | { op: "lease"; session: number }
   | {
@@ -45,7 +57,7 @@ type Command =
     }
   | { op: "duplicate" }
   | { op: "time"; ms: number }
-  | { op: "lose"; session: number; reclaim: boolean }
+  | { op: "lose"; session: number; reattach: Reattach }
   | { op: "cancel"; run: number; compensate: boolean };
 
 const command: fc.Arbitrary<Command> = fc.oneof(
@@ -74,7 +86,11 @@ const command: fc.Arbitrary<Command> = fc.oneof(
   },
   {
     weight: 1,
-    arbitrary: fc.record({ op: fc.constant("lose" as const), session: fc.nat(1), reclaim: fc.boolean() }),
+    arbitrary: fc.record({
+      op: fc.constant("lose" as const),
+      session: fc.nat(1),
+      reattach: fc.constantFrom("held" as const, "none" as const, "never" as const),
+    }),
   },
   {
     weight: 1,
@@ -82,7 +98,20 @@ const command: fc.Arbitrary<Command> = fc.oneof(
   },
 );
 
-function simulate(commands: Command[], jitter: number): void {
+/** The rules an interleaving drives: the core's, or a broken variant of them (MUTANTS). */
+interface Rules {
+  started: typeof started;
+  heartbeat: typeof heartbeat;
+  completed: typeof completed;
+  failed: typeof failed;
+  released: typeof released;
+  sessionLost: typeof sessionLost;
+  attached: typeof attached;
+}
+
+const RULES: Rules = { started, heartbeat, completed, failed, released, sessionLost, attached };
+
+function simulate(commands: Command[], jitter: number, rules: Rules = RULES): void {
   const sim = new Simulation(3000);
   sim.jitter = jitter;
   const runs = [0, 1].map(() =>
@@ -99,12 +128,22 @@ function simulate(commands: Command[], jitter: number): void {
   let last: { session: SessionLeases; key: ReturnType<Simulation["key"]> } | undefined;
   const all = (): TaskState[] => [...sim.core.tasks.values()].sort((x, y) => (x.id < y.id ? -1 : 1));
   const settle = (): void => sim.settle((r) => advance(sim.core, r, sim.at().now));
-  const complete = (session: SessionLeases, key: ReturnType<Simulation["key"]>): void => {
-    if (completed(sim.core, session, key, { ok: true }, null, null, sim.at()) === null) {
+  const complete = (session: SessionLeases, key: ReturnType<Simulation["key"]>): Rejection | null => {
+    const r = rules.completed(sim.core, session, key, { ok: true }, null, null, sim.at());
+    if (r === null) {
       accepted.set(key.taskRunId, (accepted.get(key.taskRunId) ?? 0) + 1);
       last = { session, key };
     }
+    return r;
   };
+  /** What a rejected report must leave as it was. */
+  const stateOf = (task: TaskState) => ({
+    status: task.status,
+    attempt: task.attempt,
+    fencingToken: task.fencingToken,
+    sessionId: task.sessionId,
+    events: sim.events.length,
+  });
 
   for (const c of commands) {
     switch (c.op) {
@@ -126,11 +165,16 @@ function simulate(commands: Command[], jitter: number): void {
               } as never)
             : sim.key(task);
         const by = c.key === "valid" ? holder : session;
-        if (c.kind === "start") started(sim.core, by, key, sim.at());
-        else if (c.kind === "heartbeat") heartbeat(sim.core, by, key, sim.at());
-        else if (c.kind === "complete") complete(by, key);
+        // Fencing: a report with an older lease's key, or from a session that does not hold the
+        // lease, is rejected and changes nothing.
+        const mustReject = c.key === "stale" || task.sessionId !== by.id;
+        const before = stateOf(task);
+        let r: Rejection | null;
+        if (c.kind === "start") r = rules.started(sim.core, by, key, sim.at());
+        else if (c.kind === "heartbeat") r = rules.heartbeat(sim.core, by, key, sim.at());
+        else if (c.kind === "complete") r = complete(by, key);
         else if (c.kind === "fail")
-          failed(
+          r = rules.failed(
             sim.core,
             by,
             key,
@@ -139,11 +183,16 @@ function simulate(commands: Command[], jitter: number): void {
             null,
             sim.at(),
           );
-        else released(sim.core, by, key, "", sim.at());
+        else r = rules.released(sim.core, by, key, "", sim.at());
+        if (mustReject) {
+          assert.notEqual(r, null, `a ${c.key} ${c.kind} report of ${task.stepId} was accepted`);
+          assert.deepEqual(stateOf(task), before, `a rejected ${c.kind} report of ${task.stepId} changed it`);
+        }
         break;
       }
       case "duplicate":
-        if (last !== undefined) complete(last.session, last.key);
+        if (last !== undefined)
+          assert.notEqual(complete(last.session, last.key), null, "a duplicate completion was accepted");
         break;
       case "time":
         settle();
@@ -153,10 +202,15 @@ function simulate(commands: Command[], jitter: number): void {
         const old = sessions[c.session]!;
         const held = [...old.leases].map((id) => sim.key(sim.core.tasks.get(id)!));
         sim.sessions.delete(old.id);
-        sessionLost(sim.core, old);
-        const fresh = sim.session(`s${c.session}-${++generation}`, old.executorId);
+        rules.sessionLost(sim.core, old);
+        generation++;
+        if (c.reattach === "never") {
+          sessions[c.session] = sim.session(`s${c.session}-${generation}`, `ex${c.session}-${generation}`);
+          break;
+        }
+        const fresh = sim.session(`s${c.session}-${generation}`, old.executorId);
         sessions[c.session] = fresh;
-        if (c.reclaim) reclaim(sim.core, fresh, held);
+        rules.attached(sim.core, fresh, c.reattach === "held" ? held : [], sim.at());
         break;
       }
       case "cancel":
@@ -208,13 +262,92 @@ function simulate(commands: Command[], jitter: number): void {
   }
 }
 
-void it("random interleavings keep the invariants of the fault suite", () => {
-  fc.assert(
-    fc.property(
-      fc.array(command, { maxLength: 80 }),
-      fc.double({ min: 0, max: 0.999999, noNaN: true }),
-      (cmds, jitter) => simulate(cmds, jitter),
-    ),
-    { numRuns: 300 },
+/** The property over the given rules. */
+const property = (rules: Rules) =>
+  fc.property(
+    fc.array(command, { maxLength: 80 }),
+    fc.double({ min: 0, max: 0.999999, noNaN: true }),
+    (cmds, jitter) => simulate(cmds, jitter, rules),
   );
+
+void it("random interleavings keep the invariants of the fault suite", () => {
+  fc.assert(property(RULES), { numRuns: 300 });
+});
+
+/** The current lease's key of the task a key names, if it is active: as if keys were not compared. */
+const currentKey = (core: Core, key: LeaseKey | undefined): LeaseKey | undefined => {
+  const task = key === undefined ? undefined : core.tasks.get(key.taskRunId);
+  if (key === undefined || task === undefined) return key;
+  return { ...key, attempt: task.attempt, fencingToken: BigInt(task.fencingToken) };
+};
+
+/** The session holding the task a key names, reporting instead: as if the holder were not checked. */
+const holderOf = <S extends { id: string; executorId: string }>(
+  core: Core,
+  session: S,
+  key?: LeaseKey,
+): S => {
+  const task = key === undefined ? undefined : core.tasks.get(key.taskRunId);
+  return task?.sessionId == null ? session : { ...session, id: task.sessionId };
+};
+
+/** Broken variants of the rules, each missing one safeguard; the property must fail for each. */
+const MUTANTS: Record<string, { rules: Rules; caught: RegExp }> = {
+  "the fencing token and attempt are not compared": {
+    rules: {
+      ...RULES,
+      started: (core, s, key, at) => started(core, s, currentKey(core, key), at),
+      heartbeat: (core, s, key, at) => heartbeat(core, s, currentKey(core, key), at),
+      completed: (core, s, key, ...rest) => completed(core, s, currentKey(core, key), ...rest),
+      failed: (core, s, key, ...rest) => failed(core, s, currentKey(core, key), ...rest),
+      released: (core, s, key, ...rest) => released(core, s, currentKey(core, key), ...rest),
+    },
+    caught: /a stale \w+ report of \w+ was accepted/,
+  },
+  "the session holding the lease is not checked": {
+    rules: {
+      ...RULES,
+      started: (core, s, key, at) => started(core, holderOf(core, s, key), key, at),
+      heartbeat: (core, s, key, at) => heartbeat(core, holderOf(core, s, key), key, at),
+      completed: (core, s, key, ...rest) => completed(core, holderOf(core, s, key), key, ...rest),
+      failed: (core, s, key, ...rest) => failed(core, holderOf(core, s, key), key, ...rest),
+      released: (core, s, key, ...rest) => released(core, holderOf(core, s, key), key, ...rest),
+    },
+    caught: /a (valid|foreign) \w+ report of \w+ was accepted/,
+  },
+  "a completion of a decided task is accepted again": {
+    rules: {
+      ...RULES,
+      completed: (core, s, key, ...rest) => {
+        const task = key === undefined ? undefined : core.tasks.get(key.taskRunId);
+        if (task !== undefined && key !== undefined && task.status === "SUCCEEDED" && keyMatches(task, key)) {
+          task.status = "RUNNING";
+          task.sessionId = s.id;
+        }
+        return completed(core, s, key, ...rest);
+      },
+    },
+    caught: /duplicate completion was accepted|accepted 2 times|report of \w+ was accepted/,
+  },
+  "a lost session's leases are dropped instead of waiting for their executor": {
+    rules: { ...RULES, sessionLost: (_core, session) => session.leases.clear() },
+    caught: /stuck in|left (LEASED|RUNNING)/,
+  },
+};
+
+void describe("the interleavings property fails for broken rules (fixed seed)", () => {
+  const options = { seed: 2025, numRuns: 300, endOnFailure: true };
+
+  void it("the rules as they are pass with that seed", () => {
+    fc.assert(property(RULES), options);
+  });
+
+  for (const [name, { rules, caught }] of Object.entries(MUTANTS)) {
+    void it(`fails when ${name}`, () => {
+      const result = fc.check(property(rules), options);
+      assert.equal(result.failed, true, `the property held although ${name}`);
+      const message = result.errorInstance instanceof Error ? result.errorInstance.message : "";
+      assert.match(message, caught);
+    });
+  }
 });
