@@ -29,6 +29,8 @@ import { sessionsSection, type SessionsResult } from "./sections/sessions.js";
 tuneRuntime();
 
 const THROUGHPUT_TASKS = 20_000;
+/** Jobs per call and calls in flight of the bulk section. */
+const BULK = { batch: 500, concurrency: 4 };
 /** Fixed open-loop rates of section 2 (half the measured drain rate is added). */
 const RATES = [100, 500, 1000];
 /** Seconds of each open-loop phase at scale 1. */
@@ -47,6 +49,8 @@ export interface BenchReport {
     fsync8kMs: unknown;
   };
   throughput?: ThroughputResult[];
+  /** The bulk section: each system's bulk API, then the drain. */
+  bulk?: ThroughputResult[];
   latency?: LatencyResult[];
   dag?: DagResult;
   sessions?: SessionsResult;
@@ -127,6 +131,19 @@ export async function runBench(argv: readonly string[], io: BenchIo): Promise<Be
       });
       if (report.throughput !== undefined && want("throughput")) print(throughputTable(report.throughput));
       if (report.throughput !== undefined && want("cost")) print(costTable(report.throughput, undefined));
+    }
+
+    if (want("bulk")) {
+      await section("bulk", async () => {
+        const n = scaled(THROUGHPUT_TASKS, options.scale, 100);
+        report.bulk = [];
+        for (const system of options.systems) {
+          // DBOS has no bulk enqueue: each workflow is started by its own call.
+          if (system === "dbos") continue;
+          report.bulk.push(await throughputPhase(ctx, system, n, BULK));
+        }
+      });
+      if (report.bulk !== undefined) print(bulkTable(report.bulk));
     }
 
     if (want("latency")) {
@@ -235,6 +252,35 @@ function throughputTable(results: ThroughputResult[]): string {
         Math.max(r.cpu.enqueue.othersPct, r.cpu.drain.othersPct),
         r.cost.perTask.commits,
         r.cost.perTask.statements,
+      ]),
+    ])
+  );
+}
+
+function bulkTable(results: ThroughputResult[]): string {
+  const ours = results.find((r) => r.system === "nexusflow");
+  return (
+    `\n1b. Bulk enqueue (${BULK.batch} jobs per call, ${BULK.concurrency} calls in flight: StartRuns, pg-boss insert(), graphile-worker addJobs(); DBOS has none), then the drain\n` +
+    formatTable([
+      [
+        "system",
+        "tasks",
+        "enqueue/s",
+        "ours / theirs",
+        "enqueue CPU ms/task (node+pg)",
+        "drain tasks/s",
+        "other procs %",
+      ],
+      ...results.map((r) => [
+        r.system,
+        r.tasks,
+        r.enqueue.perSecond,
+        ours === undefined || r === ours
+          ? "-"
+          : `${(ours.enqueue.perSecond / r.enqueue.perSecond).toFixed(2)}x`,
+        `${r.cpu.enqueue.perTaskMs?.benchProcess ?? "?"} + ${r.cpu.enqueue.perTaskMs?.postgres ?? "?"}`,
+        r.drain.tasksPerSecond,
+        Math.max(r.cpu.enqueue.othersPct, r.cpu.drain.othersPct),
       ]),
     ])
   );

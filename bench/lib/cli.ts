@@ -1,7 +1,7 @@
 /** Command-line options of `npm run bench`. */
 
 /** The sections, in the order they run. */
-export const SECTIONS = ["throughput", "latency", "dag", "sessions", "cost", "retention"] as const;
+export const SECTIONS = ["throughput", "bulk", "latency", "dag", "sessions", "cost", "retention"] as const;
 /** One section name. */
 export type Section = (typeof SECTIONS)[number];
 /** The systems compared in sections 1, 2 and 5 (and 3, those with a workflow model). */
@@ -42,6 +42,7 @@ export interface BenchOptions {
 export const USAGE = `usage: npm run bench -- [--only ${SECTIONS.join("|")}[,...]] [--scale F]
                         [--systems ${SYSTEMS.join(",")}] [--rates 100,500] [--profile] [--metrics] [--tracing RATIO] [--out DIR]
   --only      run only these sections (comma-separated); cost needs throughput and runs it;
+              bulk: enqueue through each system's bulk API (StartRuns, insert, addJobs), then drain;
               retention: the drain beside a purge of old runs (Nexusflow)
   --scale     multiply sizes and durations (e.g. 0.1 for a quick run)
   --systems   systems compared in throughput, latency and cost (dag: nexusflow, dbos)

@@ -19,7 +19,8 @@ export interface ThroughputResult {
   system: SystemName;
   tasks: number;
   settings: Record<string, unknown>;
-  enqueue: { seconds: number; perSecond: number; concurrency: number };
+  /** `batch`: jobs per call of the bulk API (bulk section); absent: one job per call. */
+  enqueue: { seconds: number; perSecond: number; concurrency: number; batch?: number };
   drain: { seconds: number; tasksPerSecond: number };
   cost: PhaseCost;
   /** CPU of the enqueue and of the drain. */
@@ -69,6 +70,7 @@ export async function throughputPhase(
   ctx: BenchContext,
   name: SystemName,
   n: number,
+  bulk?: { batch: number; concurrency: number },
 ): Promise<ThroughputResult> {
   const system = await ctx.system(name, "tp");
   await ctx.prepare(system);
@@ -82,16 +84,26 @@ export async function throughputPhase(
   system.recorder.reset(n);
   const nf = system instanceof NexusflowSystem ? system : undefined;
   const c0 = nf?.writerStats().commits ?? 0;
-  ctx.note(`  ${name}: enqueue ${n} (${ENQUEUE_CONCURRENCY} in flight)`);
+  const concurrency = bulk?.concurrency ?? ENQUEUE_CONCURRENCY;
+  ctx.note(
+    `  ${name}: enqueue ${n} (${concurrency} calls in flight${bulk === undefined ? "" : `, ${bulk.batch} per call`})`,
+  );
   const e0 = performance.now();
   const cpuE = ctx.cpu();
-  await ctx
-    .profiled(`${name}-enqueue`, () =>
-      system.preload !== undefined
-        ? system.preload(n, ENQUEUE_CONCURRENCY)
-        : closedLoop(n, ENQUEUE_CONCURRENCY, (i) => system.enqueue(i)),
-    )
-    .catch(stopOnFailure);
+  const enqueue = (): Promise<void> => {
+    if (bulk !== undefined) {
+      const bulkEnqueue = system.bulkEnqueue?.bind(system);
+      if (bulkEnqueue === undefined) throw new Error(`${name} has no bulk enqueue`);
+      const calls = Math.ceil(n / bulk.batch);
+      return closedLoop(calls, concurrency, (c) =>
+        bulkEnqueue(c * bulk.batch, Math.min(bulk.batch, n - c * bulk.batch)),
+      );
+    }
+    return system.preload !== undefined
+      ? system.preload(n, concurrency)
+      : closedLoop(n, concurrency, (i) => system.enqueue(i));
+  };
+  await ctx.profiled(`${name}-enqueue`, enqueue).catch(stopOnFailure);
   const enqueueSeconds = (performance.now() - e0) / 1000;
   const cpuEnqueue = ctx.cpuSince(cpuE, n);
   const enqueueCalls = await ctx.pg.statementCalls(system.database);
@@ -122,7 +134,8 @@ export async function throughputPhase(
     enqueue: {
       seconds: round3(enqueueSeconds),
       perSecond: Math.round(n / enqueueSeconds),
-      concurrency: ENQUEUE_CONCURRENCY,
+      concurrency,
+      ...(bulk === undefined ? {} : { batch: bulk.batch }),
     },
     drain: { seconds: round3(drainSeconds), tasksPerSecond: Math.round(n / drainSeconds) },
     cost: phaseCost(n, before, after, enqueueCalls + drainCalls, system.probeQueries ?? 0, []),

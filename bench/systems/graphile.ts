@@ -58,6 +58,13 @@ export class GraphileSystem implements QueueSystem {
     this.enqueued++;
   }
 
+  async bulkEnqueue(first: number, count: number): Promise<void> {
+    await this.requireUtils().addJobs(
+      Array.from({ length: count }, (_, k) => ({ identifier: TASK, payload: { i: first + k } })),
+    );
+    this.enqueued += count;
+  }
+
   async startConsumers(): Promise<void> {
     this.runner = await run({
       noHandleSignals: true,

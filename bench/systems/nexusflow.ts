@@ -163,6 +163,20 @@ export class NexusflowSystem implements QueueSystem {
     });
   }
 
+  async bulkEnqueue(first: number, count: number): Promise<void> {
+    const { results } = await this.client.startRuns({
+      runs: Array.from({ length: count }, (_, k) => ({
+        workflowName: NOOP_WORKFLOW,
+        input: jsonToValue({ i: first + k }),
+      })),
+    });
+    const failed = results.find((r) => r.result.case !== "started");
+    if (failed !== undefined || results.length !== count)
+      throw new Error(
+        `StartRuns: ${failed?.result.case === "error" ? failed.result.value.message : `${results.length} of ${count} results`}`,
+      );
+  }
+
   /** Starts a run of any workflow; returns its id. */
   async startRun(workflowName: string, input: unknown): Promise<string> {
     const { run } = await this.client.startRun({

@@ -74,6 +74,14 @@ export class PgBossSystem implements QueueSystem {
     this.enqueued++;
   }
 
+  async bulkEnqueue(first: number, count: number): Promise<void> {
+    await this.requireBoss().insert(
+      QUEUE,
+      Array.from({ length: count }, (_, k) => ({ data: { i: first + k } })),
+    );
+    this.enqueued += count;
+  }
+
   async startConsumers(): Promise<void> {
     const boss = this.requireBoss();
     await boss.work<{ i: number }>(

@@ -115,6 +115,11 @@ export interface QueueSystem {
   /** Submits job `i` with one call (StartRun, send, addJob). */
   enqueue(i: number): Promise<void>;
   /**
+   * Submits jobs `first`..`first + count - 1` with one call of the system's bulk API (StartRuns,
+   * insert, addJobs); absent for a system without one.
+   */
+  bulkEnqueue?(first: number, count: number): Promise<void>;
+  /**
    * Pre-loads jobs 0..n-1, `concurrency` calls in flight, from a client outside this event loop
    * (a system that is a server has its callers elsewhere). Without it the harness calls `enqueue`.
    */
