@@ -163,3 +163,5 @@ export const NON_RECORDING_SPAN: Span = trace.wrapSpanContext(INVALID_SPAN_CONTE
 export function tracer(name: string): Tracer {
   return trace.getTracer(name);
 }
+
+export * from "./rpc.js";

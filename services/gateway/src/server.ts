@@ -52,6 +52,7 @@ import { GatewayMetrics, type Protocol, protocolOf, rejectionReason } from "./me
 import { MAX_TIMEOUT_MS, type RestHandler, createRestHandler } from "./rest/handler.js";
 import { compileRoutes } from "./rest/routes.js";
 import { DETAILS_REGISTRY } from "./rest/status.js";
+import { tracingInterceptor } from "./tracing.js";
 import { PROXIED_SERVICES, createRoutes } from "./routes.js";
 
 type NodeHandler = ReturnType<typeof connectNodeAdapter>;
@@ -305,7 +306,11 @@ class GatewayServer implements Gateway {
       jsonOptions: { registry: DETAILS_REGISTRY },
       shutdownSignal: this.#forceShutdown.signal,
       requestGate,
-      interceptors: metrics === undefined ? interceptors : [metrics.interceptor(), ...interceptors],
+      // The call's span outermost: the others, and the call to the scheduler, run in it.
+      interceptors: [
+        tracingInterceptor(),
+        ...(metrics === undefined ? interceptors : [metrics.interceptor(), ...interceptors]),
+      ],
       readMaxBytes: options.maxRequestBytes,
       maxTimeoutMs: MAX_TIMEOUT_MS,
       fallback: (req, res) => this.#fallback(req, res),
@@ -317,7 +322,10 @@ class GatewayServer implements Gateway {
       transport: createRouterTransport(routes, {
         router: {
           requestGate: gate("rest"),
-          interceptors: metrics === undefined ? interceptors : [metrics.interceptor("rest"), ...interceptors],
+          interceptors: [
+            tracingInterceptor("rest"),
+            ...(metrics === undefined ? interceptors : [metrics.interceptor("rest"), ...interceptors]),
+          ],
           readMaxBytes: options.maxRequestBytes,
           maxTimeoutMs: MAX_TIMEOUT_MS,
           shutdownSignal: this.#forceShutdown.signal,

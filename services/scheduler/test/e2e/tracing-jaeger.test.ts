@@ -2,9 +2,11 @@
  * Traces as an operator sees them: Jaeger all-in-one (OTLP in, query API out) receives the spans
  * of real scheduler, executor and gateway processes (their main.ts, tracing on through the OTEL_*
  * variables) and Kafka publishes. A run of a diamond workflow started through the REST API with a
- * `traceparent` is one trace holding the REST call, the scheduler's run and attempt spans, each
- * step's handler span on the executor, a user handler's own child span and the Kafka publishes;
- * a run that survives a scheduler restart (SIGKILL) is still one trace.
+ * `traceparent` is one trace holding the REST call, the gateway's span of the RPC it is routed to,
+ * the scheduler's run and attempt spans, each step's handler span on the executor, a user
+ * handler's own child span and the Kafka publishes; runs started with gRPC and Connect over HTTP/2
+ * are one trace each, from the gateway's span of the call (the HTTP instrumentation sees only
+ * HTTP/1.1); a run that survives a scheduler restart (SIGKILL) is still one trace.
  *
  * Needs Jaeger (scripts/build-tools.sh builds it into .cache/tools/bin) and Kafka (KAFKA_BROKERS):
  * under CI=true a missing one fails the test, locally it skips.
@@ -16,9 +18,11 @@ import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, describe, it, type TestContext } from "node:test";
+import { createClient } from "@connectrpc/connect";
+import { createConnectTransport, createGrpcTransport } from "@connectrpc/connect-node";
 import { freePort, jsonToValue } from "@nexusflow/common";
 import { requireService } from "@nexusflow/common/testing";
-import { RunStatus, TaskStatus } from "@nexusflow/gen";
+import { RunStatus, TaskStatus, WorkflowService } from "@nexusflow/gen";
 import pg from "pg";
 import { startTestDatabase, waitFor, waitForRun, workflowClient } from "../support.js";
 import { registerSpec } from "./harness.js";
@@ -235,6 +239,12 @@ describe("traces in Jaeger", () => {
       (s) => tag(s, "rpc.method") === "StartRun" && service(trace, s) === "nexusflow-scheduler",
     );
     assert.ok(rpc, "the scheduler's StartRun span");
+    // Between them, the gateway's span of the RPC the REST call was routed to.
+    const routed = byId.get(parentOf(rpc) ?? "");
+    assert.equal(routed?.operationName, "nexusflow.v1.WorkflowService/StartRun");
+    assert.equal(service(trace, routed), "nexusflow-gateway");
+    assert.equal(tag(routed, "nexusflow.gateway.protocol"), "rest");
+    assert.equal(parentOf(routed), rest.spanID, "the routed call's span is the REST call's child");
     const run = trace.spans.find((s) => s.operationName === "run traced-diamond");
     assert.ok(run);
     assert.equal(parentOf(run), rpc.spanID);
@@ -259,6 +269,56 @@ describe("traces in Jaeger", () => {
         (s) => tag(s, "db.system.name") === "postgresql" || tag(s, "db.system") === "postgresql",
       ),
     );
+
+    // gRPC and Connect over HTTP/2, which the HTTP instrumentation does not see: the gateway's
+    // span of the call (RPC conventions) is the caller's span's child and the scheduler's parent.
+    const h2Clients = [
+      ["grpc", createGrpcTransport({ baseUrl: `http://127.0.0.1:${gatewayPort}` })],
+      [
+        "connect_rpc",
+        createConnectTransport({ baseUrl: `http://127.0.0.1:${gatewayPort}`, httpVersion: "2" }),
+      ],
+    ] as const;
+    for (const [i, [system, transport]] of h2Clients.entries()) {
+      const h2Trace = `5bf92f3577b34da6a3ce929d0e0e473${i}`;
+      const callerSpan = `10f067aa0ba902b${i}`;
+      const { run: h2Run } = await createClient(WorkflowService, transport).startRun(
+        { workflowName: "traced-diamond", input: jsonToValue({ x: 1 }) },
+        { headers: { traceparent: `00-${h2Trace}-${callerSpan}-01` } },
+      );
+      assert.ok(h2Run);
+      assert.equal((await waitForRun(client, h2Run.id)).status, RunStatus.SUCCEEDED);
+      const tr = await waitFor(
+        `the ${system} call's trace in Jaeger`,
+        async () => {
+          const t = await jaegerTrace(jaeger.query, h2Trace);
+          return (t?.spans.filter((x) => x.operationName === "handler traced.step").length ?? 0) === 4
+            ? t
+            : undefined;
+        },
+        60_000,
+      );
+      const gatewaySpan = tr.spans.find(
+        (x) => service(tr, x) === "nexusflow-gateway" && tag(x, "rpc.method") === "StartRun",
+      );
+      assert.ok(gatewaySpan, `the gateway's span of the ${system} call`);
+      assert.equal(tag(gatewaySpan, "rpc.system"), system);
+      assert.equal(tag(gatewaySpan, "rpc.service"), "nexusflow.v1.WorkflowService");
+      assert.equal(tag(gatewaySpan, "span.kind"), "server");
+      if (system === "grpc") assert.equal(tag(gatewaySpan, "rpc.grpc.status_code"), 0);
+      assert.equal(parentOf(gatewaySpan), callerSpan, "the caller's span is its parent");
+      const schedulerSpan = tr.spans.find(
+        (x) => service(tr, x) === "nexusflow-scheduler" && tag(x, "rpc.method") === "StartRun",
+      );
+      assert.ok(schedulerSpan);
+      assert.equal(
+        parentOf(schedulerSpan),
+        gatewaySpan.spanID,
+        "the scheduler's span is the gateway's child",
+      );
+      const runSpan = tr.spans.find((x) => x.operationName === "run traced-diamond");
+      assert.equal(parentOf(runSpan as JaegerSpan), schedulerSpan.spanID);
+    }
 
     // A run that survives a scheduler restart is still one trace.
     await registerSpec(client, {
