@@ -1,20 +1,21 @@
 /**
  * `migrate`: the schema step of a deployment, run before schedulers start or roll (a one-shot
- * service in docker-compose.yml, a Job in Kubernetes). It applies the pending migrations while
- * holding a PostgreSQL advisory lock of its own, so several migrate runs (and schedulers migrating
- * at start) never race on the schema (a second one waits, then finds nothing to do), and exits. It does not take the scheduler's lock:
- * an upgrade migrates while the previous scheduler still runs.
+ * service in docker-compose.yml, the scheduler pod's init container in Kubernetes). It applies the
+ * pending migrations while holding a PostgreSQL advisory lock of its own, so several migrate runs
+ * (and schedulers migrating at start) never race on the schema: a second one waits, then finds
+ * nothing to do. It does not take the scheduler's lock, so it can run while the previous scheduler
+ * still serves.
  *
  *   migrate                 apply pending migrations, exit 0 (1 on failure, 2 on bad configuration)
  *   migrate --wait [SECS]   apply nothing: wait until every migration this build knows is applied
- *                           (a scheduler pod's init container, so it never starts on an old schema);
- *                           exit 1 after SECS (default 600)
+ *                           (for an init container that should wait for a migrate step run
+ *                           elsewhere); exit 1 after SECS (default 600)
  *
- * By default the scheduler itself also applies pending migrations at start (under its own lock),
- * so a single-process setup (`npm start`) needs no separate step. Deployments that run this step
- * set MIGRATE_ON_START=false on the scheduler: it then migrates nothing and refuses to start on a
- * schema with pending migrations, naming them (it does not wait: the orchestrator restarts it, and
- * `migrate --wait` is there for an init container that should wait instead).
+ * By default (MIGRATE_ON_START=true) the scheduler also applies pending migrations at start, under
+ * the same lock, so a single-process setup (`npm start`) needs no separate step. Deployments that
+ * run this step set MIGRATE_ON_START=false on the scheduler: it then applies nothing and refuses to
+ * start on a schema with pending migrations, naming them. It fails rather than waits, so a
+ * forgotten step shows at once; the orchestrator's restart is the retry.
  */
 import { setTimeout as delay } from "node:timers/promises";
 import { ConfigError, type Logger, createLogger, loadMigrateConfig } from "@nexusflow/common";
