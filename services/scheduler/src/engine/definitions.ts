@@ -5,7 +5,7 @@
  * for an engine without a database).
  */
 import { ApiError, Code, type Logger } from "@nexusflow/common";
-import { compileWorkflow, type CompiledWorkflow } from "../dag/index.js";
+import { compileWorkflow, validateRunInput, type CompiledWorkflow } from "../dag/index.js";
 import type { DefinitionRow, DefinitionStore } from "../persistence/definition-store.js";
 import { decodeToken, encodeToken } from "../persistence/page-token.js";
 
@@ -161,6 +161,19 @@ export class Definitions {
       nextPageToken: rows.length > size && last !== undefined ? encodeToken({ id: last.id }) : "",
     };
   }
+}
+
+/** Throws INVALID_ARGUMENT naming each field of a run's input that its workflow's input schema refuses. */
+export function checkRunInput(workflow: CompiledWorkflow, input: unknown): void {
+  const problems = validateRunInput(workflow, input);
+  if (problems.length === 0) return;
+  throw new ApiError(
+    Code.INVALID_ARGUMENT,
+    `input does not match the input schema of ${workflow.name} v${workflow.version}: ${problems
+      .map((p) => `${p.path}: ${p.message}`)
+      .join("; ")}`,
+    problems.map((p) => ({ field: `input${p.path.slice(1)}`, description: p.message })),
+  );
 }
 
 function checkKey(name: string, version: number): void {

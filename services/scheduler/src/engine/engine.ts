@@ -6,15 +6,16 @@
  */
 import { randomUUID } from "node:crypto";
 import { ApiError, Code, UnavailableError, type Logger } from "@nexusflow/common";
-import { traceparentOf, tracingEnabled } from "@nexusflow/common/telemetry";
+import { tracingEnabled } from "@nexusflow/common/telemetry";
 import type { LeaseKey } from "@nexusflow/gen";
-import { validateRunInput, type CompiledWorkflow } from "../dag/index.js";
+import type { CompiledWorkflow } from "../dag/index.js";
 import * as core from "../core/index.js";
-import type { Core, Effects, EventInit, Moment, Rejection, Timer } from "../core/index.js";
+import type { Core, Effects, Moment, Rejection } from "../core/index.js";
 import type { EngineStore } from "../persistence/engine-store.js";
 import { STORAGE_REFUSED, type ErrorInfo, type RunState, type TaskState } from "../model/run-state.js";
-import type { Definitions } from "./definitions.js";
+import { checkRunInput, type Definitions } from "./definitions.js";
 import { Dispatcher, type SessionHandle } from "./dispatcher.js";
+import { EngineTimers, commitWithin } from "./engine-timers.js";
 import { lifecycleEvent } from "../persistence/outbox.js";
 import { KeyedStarts } from "./keyed-starts.js";
 import { LeasePump } from "./lease-pump.js";
@@ -22,7 +23,7 @@ import { cancelMessage, pingMessage } from "./messages.js";
 import { OutputReader } from "./offloaded-outputs.js";
 import { UnservedTypes } from "./pending.js";
 import { Watchers } from "./watchers.js";
-import { AttemptSpans, endRunSpan, eventTraceContext, startRunSpan } from "./tracing.js";
+import { AttemptSpans, inRunSpan, tracedWrites } from "./tracing.js";
 
 export type { Rejection };
 
@@ -83,9 +84,8 @@ export class Engine {
   private readonly keyed: KeyedStarts;
   /** Logs task types with ready tasks that no executor advertises. */
   private readonly unserved: UnservedTypes;
-  /** Leases without a session (session lost, or scheduler restarted): grace timers by task id. */
-  private readonly orphans = new Map<string, NodeJS.Timeout>();
-  private readonly timers = new Set<NodeJS.Timeout>();
+  /** The rules' timers, and the grace timers of leases without a session. */
+  private readonly timers: EngineTimers;
   private readonly watchers = new Watchers();
   private readonly outputs: OutputReader;
   private readonly leases: LeasePump;
@@ -112,6 +112,15 @@ export class Engine {
     this.sessionTimeoutMs = options.sessionTimeoutMs ?? 10_000;
     this.commitTimeoutMs = options.commitTimeoutMs ?? 5000;
     this.unserved = new UnservedTypes({ log: options.log });
+    this.timers = new EngineTimers({
+      live: () => this.stateValue === "RUNNING" || this.stateValue === "RECOVERING",
+      fired: (timer) => core.timerFired(this.core, timer, this.moment()),
+      leaseExpired: (task) =>
+        this.log.warn(
+          { task_run_id: task.id, task: task.stepId, executor_id: task.executorId },
+          "lease expired: executor lost",
+        ),
+    });
     this.leases = new LeasePump({
       log: options.log,
       dispatcher: this.dispatcher,
@@ -120,17 +129,14 @@ export class Engine {
       watchers: this.watchers,
       core: () => this.core,
       running: () => this.stateValue === "RUNNING",
-      traceContext: (task) => {
-        const traceparent = this.spans?.traceparent(task.id);
-        return traceparent === undefined ? undefined : { traceparent };
-      },
+      traceContext: (task) => this.spans?.traceContext(task.id),
     });
     this.outputs = new OutputReader({
       log: options.log,
       resolve: options.resolveOutput,
       live: () => this.stateValue === "RUNNING" || this.stateValue === "RECOVERING",
       stopping: () => this.stateValue === "STOPPING" || this.stateValue === "STOPPED",
-      after: (ms, fn) => this.after(ms, fn),
+      after: (ms, fn) => this.timers.after(ms, fn),
       resolved: (task, value) => core.outputResolved(this.core, task, value, new Date()),
       unavailable: (task, reason) => core.outputUnavailable(this.core, task, reason, new Date()),
     });
@@ -179,46 +185,22 @@ export class Engine {
   private effects(): Effects {
     const store = this.store;
     const spans = this.spans;
-    return {
+    const fx: Effects = {
       writeRun: (run) => store.markRun(run),
       writeTask: (task) => store.markTask(task),
-      writeAttempt:
-        spans === undefined
-          ? (attempt) => store.markAttempt(attempt)
-          : (attempt) => {
-              spans.written(
-                this.core.runs.get(attempt.runId),
-                this.core.tasks.get(attempt.taskRunId),
-                attempt,
-              );
-              store.markAttempt(attempt);
-            },
+      writeAttempt: (attempt) => store.markAttempt(attempt),
       // The run row is not rewritten for an event: its event_seq rides along whenever the run
       // itself changes, recovery continues from the higher of that and the outbox, and the relay
       // prunes only events the run row covers, so a sequence number is never reused.
-      event:
-        spans === undefined
-          ? (run: RunState, event: EventInit) => store.addEvent(lifecycleEvent(run, event))
-          : (run: RunState, event: EventInit) => {
-              const row = lifecycleEvent(run, event);
-              const about = (event.value as { taskRunId?: unknown }).taskRunId;
-              row.traceContext = eventTraceContext(spans, run, typeof about === "string" ? about : undefined);
-              store.addEvent(row);
-            },
+      event: (run, event) => store.addEvent(lifecycleEvent(run, event)),
       offer: (task, front) => (front ? this.dispatcher.requeue(task) : this.dispatcher.enqueue(task)),
       pump: () => this.schedulePump(),
       cancelLease: (task, reason) => {
         const session = task.sessionId === null ? undefined : this.dispatcher.sessions.get(task.sessionId);
         session?.send(cancelMessage(task, reason));
       },
-      leaseEnded: (task) => {
-        if (this.orphans.size === 0) return;
-        const orphan = this.orphans.get(task.id);
-        if (orphan === undefined) return;
-        clearTimeout(orphan);
-        this.orphans.delete(task.id);
-      },
-      setTimer: (timer, delayMs) => this.setTimer(timer, delayMs),
+      leaseEnded: (task) => this.timers.leaseEnded(task),
+      setTimer: (timer, delayMs) => this.timers.set(timer, delayMs),
       resolveOutput: (task) => this.outputs.read(task),
       advanceSoon: (run) => this.advanceSoon(run),
       runEnded: (run) =>
@@ -231,6 +213,8 @@ export class Engine {
       commit: () => void store.flush().catch(ignore),
       commitSoon: () => store.flushSoon(STARTED_FLUSH_DELAY_MS),
     };
+    // Tracing on: attempt spans follow the attempts written, events carry their span's context.
+    return spans === undefined ? fx : { ...fx, ...tracedWrites(spans, store, () => this.core) };
   }
 
   /** The time of an input. */
@@ -262,66 +246,15 @@ export class Engine {
   private async doStop(): Promise<void> {
     this.stateValue = "STOPPING";
     clearInterval(this.livenessTimer);
-    for (const t of this.timers) clearTimeout(t);
     this.timers.clear();
-    for (const t of this.orphans.values()) clearTimeout(t);
-    this.orphans.clear();
     for (const s of this.dispatcher.sessions.values()) s.close("scheduler shutting down");
     await this.store.close();
     this.stateValue = "STOPPED";
   }
 
-  /** Sets a timer of the rules; it comes back to them when it fires (lease grace: unless reclaimed). */
-  private setTimer(timer: Timer, ms: number): void {
-    if (timer.kind === "lease-grace") {
-      const task = timer.task;
-      if (this.orphans.has(task.id)) return;
-      const t = setTimeout(() => {
-        this.orphans.delete(task.id);
-        if (core.timerFired(this.core, timer, this.moment()))
-          this.log.warn(
-            { task_run_id: task.id, task: task.stepId, executor_id: task.executorId },
-            "lease expired: executor lost",
-          );
-      }, ms);
-      this.orphans.set(task.id, t);
-      return;
-    }
-    this.after(ms, () => void core.timerFired(this.core, timer, this.moment()));
-  }
-
-  private after(ms: number, fn: () => void): void {
-    const t = setTimeout(
-      () => {
-        this.timers.delete(t);
-        if (this.stateValue === "RUNNING" || this.stateValue === "RECOVERING") fn();
-      },
-      Math.max(0, ms),
-    );
-    this.timers.add(t);
-  }
-
   /** Waits for the commit of everything changed so far, or answers UNAVAILABLE. */
-  private async committed(): Promise<void> {
-    let timer: NodeJS.Timeout | undefined;
-    try {
-      await Promise.race([
-        this.store.flush(),
-        new Promise<never>((_, reject) => {
-          timer = setTimeout(
-            () =>
-              reject(
-                new UnavailableError(
-                  "the database is unavailable; the change will be committed when it returns",
-                ),
-              ),
-            this.commitTimeoutMs,
-          );
-        }),
-      ]);
-    } finally {
-      clearTimeout(timer);
-    }
+  private committed(): Promise<void> {
+    return commitWithin(this.store.flush(), this.commitTimeoutMs);
   }
 
   private async recover(): Promise<void> {
@@ -365,15 +298,11 @@ export class Engine {
     hash: string | null,
   ): Promise<{ runId: string; created: boolean }> {
     if (this.spans === undefined) return this.createRun(req, hash, null);
-    const span = startRunSpan(req.workflowName);
-    try {
-      const started = await this.createRun(req, hash, traceparentOf(span) ?? null);
-      endRunSpan(span, this.core.runs.get(started.runId));
-      return started;
-    } catch (e) {
-      endRunSpan(span, undefined, e);
-      throw e;
-    }
+    return inRunSpan(
+      req.workflowName,
+      (traceParent) => this.createRun(req, hash, traceParent),
+      (runId) => this.core.runs.get(runId),
+    );
   }
 
   private async createRun(
@@ -382,16 +311,7 @@ export class Engine {
     traceParent: string | null,
   ): Promise<{ runId: string; created: boolean }> {
     const def = await this.definitions.resolve(req.workflowName, req.workflowVersion);
-    const problems = validateRunInput(def.workflow, req.input ?? null);
-    if (problems.length > 0) {
-      throw new ApiError(
-        Code.INVALID_ARGUMENT,
-        `input does not match the input schema of ${def.workflow.name} v${def.workflow.version}: ${problems
-          .map((p) => `${p.path}: ${p.message}`)
-          .join("; ")}`,
-        problems.map((p) => ({ field: `input${p.path.slice(1)}`, description: p.message })),
-      );
-    }
+    checkRunInput(def.workflow, req.input ?? null);
     const run = core.startRun(
       this.core,
       {

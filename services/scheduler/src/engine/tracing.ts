@@ -9,7 +9,10 @@
  */
 import { type Span, SpanKind, SpanStatusCode, context } from "@opentelemetry/api";
 import { contextFromTraceparent, traceparentOf, tracer } from "@nexusflow/common/telemetry";
+import type { Core, Effects } from "../core/index.js";
 import type { AttemptState, RunState, TaskState } from "../model/run-state.js";
+import type { EngineStore } from "../persistence/engine-store.js";
+import { lifecycleEvent } from "../persistence/outbox.js";
 
 const TRACER = "nexusflow-scheduler";
 
@@ -36,6 +39,26 @@ export function endRunSpan(span: Span, run: RunState | undefined, error?: unknow
     span.setStatus({ code: SpanStatusCode.ERROR, message });
   }
   span.end();
+}
+
+/**
+ * Starts a run inside its run span: `start` is given the span's `traceparent` (stored with the
+ * run), and the span ends once the run is started, or with the error that stopped it.
+ */
+export async function inRunSpan<T extends { runId: string }>(
+  workflowName: string,
+  start: (traceParent: string | null) => Promise<T>,
+  runOf: (runId: string) => RunState | undefined,
+): Promise<T> {
+  const span = startRunSpan(workflowName);
+  try {
+    const started = await start(traceparentOf(span) ?? null);
+    endRunSpan(span, runOf(started.runId));
+    return started;
+  } catch (e) {
+    endRunSpan(span, undefined, e);
+    throw e;
+  }
 }
 
 /** The spans of the attempts in flight, and the context of each task's latest attempt. */
@@ -96,6 +119,12 @@ export class AttemptSpans {
     return this.latest.get(taskRunId);
   }
 
+  /** The trace context a lease of the task carries to its executor (its attempt span's), if any. */
+  traceContext(taskRunId: string): Record<string, string> | undefined {
+    const traceparent = this.latest.get(taskRunId);
+    return traceparent === undefined ? undefined : { traceparent };
+  }
+
   /** Forgets the tasks of an ended run. */
   runEnded(run: RunState): void {
     for (const task of run.tasks.values()) this.latest.delete(task.id);
@@ -111,4 +140,29 @@ export function eventTraceContext(
 ): Record<string, string> | null {
   const traceparent = (taskRunId === undefined ? undefined : spans.traceparent(taskRunId)) ?? run.traceParent;
   return traceparent === null || traceparent === undefined ? null : { traceparent };
+}
+
+/**
+ * The effects that write attempts and events, traced (tracing on only, so that with it off the
+ * effects take no detour): an attempt written opens, marks or ends its span (the run and task are
+ * read from the model), and an event is stored with the trace context of the span that caused it.
+ */
+export function tracedWrites(
+  spans: AttemptSpans,
+  store: Pick<EngineStore, "markAttempt" | "addEvent">,
+  model: () => Pick<Core, "runs" | "tasks">,
+): Pick<Effects, "writeAttempt" | "event"> {
+  return {
+    writeAttempt: (attempt) => {
+      const { runs, tasks } = model();
+      spans.written(runs.get(attempt.runId), tasks.get(attempt.taskRunId), attempt);
+      store.markAttempt(attempt);
+    },
+    event: (run, event) => {
+      const row = lifecycleEvent(run, event);
+      const about = (event.value as { taskRunId?: unknown }).taskRunId;
+      row.traceContext = eventTraceContext(spans, run, typeof about === "string" ? about : undefined);
+      store.addEvent(row);
+    },
+  };
 }
