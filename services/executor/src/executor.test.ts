@@ -5,11 +5,18 @@
  */
 import assert from "node:assert/strict";
 import { EventEmitter, once } from "node:events";
-import { after, describe, it } from "node:test";
+import { after, before, describe, it } from "node:test";
 import { type JsonValue, create, fromJson, toJson } from "@bufbuild/protobuf";
 import { type Value, ValueSchema } from "@bufbuild/protobuf/wkt";
 import * as grpc from "@grpc/grpc-js";
-import { type LogLevel, createLogger, isAcknowledgedReport, serviceDefinition } from "@nexusflow/common";
+import {
+  type LogLevel,
+  SESSION_PROTOCOL_VERSION,
+  acknowledgedReports,
+  createLogger,
+  isAcknowledgedReport,
+  serviceDefinition,
+} from "@nexusflow/common";
 import {
   AckedSchema,
   type Attach,
@@ -19,6 +26,7 @@ import {
   ExecutorService,
   type Lease,
   type LeaseKey,
+  LeaseBatchSchema,
   LeaseSchema,
   PingSchema,
   RejectedSchema,
@@ -44,6 +52,8 @@ const WAIT_MS = 5_000;
 /** One Session stream as the fake scheduler sees it. */
 class FakeSession {
   readonly received: Request[] = [];
+  /** The number of items of each Reports message received, in order. */
+  readonly reportFrames: number[] = [];
   readonly #taken = new Set<number>();
   readonly #events = new EventEmitter();
   ended = false;
@@ -113,7 +123,15 @@ interface FakeSchedulerOptions {
   revoke?: (attach: Attach) => LeaseKey[];
   /** Acknowledge each report (Completed, Failed, Release) at once, as committed (default true). */
   ackReports?: boolean;
+  /**
+   * The protocol version the AttachAck names: 2 takes Reports (recorded item by item), 0 is a
+   * scheduler older than versions (default: the suite's, {@link schedulerProtocolVersion}).
+   */
+  protocolVersion?: number;
 }
+
+/** The protocol version of the fake scheduler, unless a test names one. */
+let schedulerProtocolVersion = 2;
 
 /** A scripted scheduler: serves Session, records every stream. */
 class FakeScheduler {
@@ -159,19 +177,27 @@ class FakeScheduler {
     const session = new FakeSession(call);
     this.sessions.push(session);
     let reports = 0;
+    const protocolVersion = this.options.protocolVersion ?? schedulerProtocolVersion;
     call.on("data", (request: SessionRequest) => {
-      session.record(request.message);
-      if (isAcknowledgedReport(request.message)) {
-        reports++;
-        if (this.options.ackReports !== false)
-          session.send({ case: "acked", value: create(AckedSchema, { through: BigInt(reports) }) });
+      // A Reports message is recorded as its items, each as if it had come alone.
+      const messages: Request[] =
+        request.message.case === "reports"
+          ? request.message.value.items.map((item) => item.report)
+          : [request.message];
+      if (request.message.case === "reports") session.reportFrames.push(request.message.value.items.length);
+      for (const message of messages) {
+        session.record(message);
+        if (isAcknowledgedReport(message)) reports++;
       }
+      if (acknowledgedReports(request.message) > 0 && this.options.ackReports !== false)
+        session.send({ case: "acked", value: create(AckedSchema, { through: BigInt(reports) }) });
       if (request.message.case === "attach" && this.options.autoAck !== false) {
         const ack: AttachAck = create(AttachAckSchema, {
           sessionId: `session-${this.sessions.length}`,
           heartbeatIntervalMs: 1_000,
           sessionTimeoutMs: 5_000,
           revoked: this.options.revoke?.(request.message.value) ?? [],
+          protocolVersion,
         });
         session.send({ case: "attachAck", value: ack });
       }
@@ -282,7 +308,8 @@ async function attached(options: ExecutorOptions = {}, register?: (executor: Exe
   return { scheduler, executor, session, credit };
 }
 
-describe("Executor", { timeout: 60_000 }, () => {
+/** The executor's tests, run against a scheduler of each protocol version (see the end of the file). */
+function executorTests(): void {
   after(async () => {
     await Promise.all(executors.map((e) => e.stop("test over")));
     for (const server of servers) server.forceShutdown();
@@ -721,4 +748,118 @@ describe("Executor", { timeout: 60_000 }, () => {
     );
     assert.equal(executor.state, "IDLE");
   });
+}
+
+describe("Executor, with a scheduler of session protocol version 2", { timeout: 60_000 }, () => {
+  before(() => (schedulerProtocolVersion = 2));
+  executorTests();
+});
+
+describe("Executor, with a scheduler older than session protocol versions", { timeout: 60_000 }, () => {
+  before(() => (schedulerProtocolVersion = 0));
+  executorTests();
+});
+
+describe("Executor batches (session protocol version 2)", { timeout: 60_000 }, () => {
+  after(async () => {
+    await Promise.all(executors.map((e) => e.stop("test over")));
+    for (const server of servers) server.forceShutdown();
+  });
+
+  /** An executor attached to a fake scheduler of `protocolVersion`, its four slots granted. */
+  const start = async (protocolVersion: number, options: FakeSchedulerOptions = {}) => {
+    const scheduler = await FakeScheduler.start(0, { ...options, protocolVersion });
+    const executor = newExecutor(scheduler);
+    await executor.start();
+    const session = await scheduler.session(0);
+    assert.equal((await session.take("credit")).n, 4);
+    return { scheduler, executor, session };
+  };
+
+  it("start() rejects with ATTACH_REFUSED when the scheduler does not speak its protocol version", async () => {
+    const server = new grpc.Server();
+    servers.push(server);
+    const details =
+      "attach.protocol_version: the executor speaks session protocol version 2, this scheduler versions 1 to 1";
+    server.addService(serviceDefinition(ExecutorService), {
+      session: (call: ServerCall) =>
+        call.once("data", () => call.emit("error", { code: grpc.status.FAILED_PRECONDITION, details })),
+    });
+    const port = await bind(server, 0);
+    const executor = new Executor({ schedulerAddress: `127.0.0.1:${port}`, logger });
+    executors.push(executor);
+    await assert.rejects(
+      executor.start(),
+      (e) => isExecutorError(e, "ATTACH_REFUSED") && e.message.endsWith(`FAILED_PRECONDITION: ${details}`),
+    );
+    assert.equal(executor.state, "STOPPED");
+  });
+
+  it("says which protocol version it speaks in the Attach", async () => {
+    const { session } = await start(SESSION_PROTOCOL_VERSION);
+    assert.equal((await session.take("attach")).protocolVersion, SESSION_PROTOCOL_VERSION);
+  });
+
+  it("runs each lease of a LeaseBatch and reports what one turn finished in one Reports message", async () => {
+    const { session } = await start(2);
+    const batch = [1, 2, 3, 4].map((i) => lease("noop", { i }));
+    session.send({ case: "leases", value: create(LeaseBatchSchema, { leases: batch }) });
+    for (const l of batch) {
+      const done = await session.take("completed", (c) => sameKey(c.key, keyOf(l)));
+      assert.deepEqual(json(done.output), json(l.input));
+    }
+    assert.equal((await session.take("credit")).n >= 1, true);
+    // Four results in fewer messages than four: at least one Reports held several.
+    assert.ok(
+      session.reportFrames.some((n) => n > 1),
+      `Reports sizes: ${session.reportFrames.join(", ")}`,
+    );
+  });
+
+  it("sends a scheduler older than versions each report alone", async () => {
+    const { session } = await start(0);
+    const batch = [1, 2, 3].map((i) => lease("noop", { i }));
+    for (const l of batch) session.send({ case: "lease", value: l });
+    for (const l of batch) await session.take("completed", (c) => sameKey(c.key, keyOf(l)));
+    assert.deepEqual(session.reportFrames, [], "no Reports message");
+  });
+
+  it(
+    "sends the unacknowledged reports of a lost session again, batched, on the next one",
+    { timeout: 15_000 },
+    async () => {
+      const { scheduler, executor, session } = await start(2, { ackReports: false });
+      const batch = [1, 2, 3].map((i) => lease("noop", { i }));
+      session.send({ case: "leases", value: create(LeaseBatchSchema, { leases: batch }) });
+      for (const l of batch) await session.take("completed", (c) => sameKey(c.key, keyOf(l)));
+      // The first result is committed; the scheduler is lost before the others are.
+      session.send({ case: "acked", value: create(AckedSchema, { through: 1n }) });
+      // The Pong follows the Acked's handling.
+      session.send({ case: "ping", value: create(PingSchema, { nonce: 7n }) });
+      await session.take("pong", (p) => p.nonce === 7n);
+      const connecting = waitState(executor, "CONNECTING");
+      scheduler.kill();
+      await connecting;
+      const restarted = await FakeScheduler.start(scheduler.port, { ackReports: false, protocolVersion: 2 });
+      const next = await restarted.session(0);
+      const attach = await next.take("attach");
+      const ordered = session.received
+        .filter((m) => m.case === "completed")
+        .map((m) => (m.value as { key?: LeaseKey }).key?.taskRunId);
+      assert.deepEqual(
+        attach.heldLeases.map((k) => k.taskRunId),
+        ordered.slice(1),
+        "the leases of the unacknowledged reports are held",
+      );
+      for (const taskRunId of ordered.slice(1))
+        await next.take("completed", (c) => c.key?.taskRunId === taskRunId);
+      assert.deepEqual(next.reportFrames, [2], "both again, in one Reports, before the credit");
+      await next.take("credit");
+      assert.ok(next.indexOf("completed") < next.indexOf("credit"));
+      const stopped = executor.stop("test over");
+      next.send({ case: "acked", value: create(AckedSchema, { through: 2n }) });
+      await stopped;
+      assert.equal(executor.state, "STOPPED");
+    },
+  );
 });

@@ -9,7 +9,7 @@
  */
 import { create } from "@bufbuild/protobuf";
 import * as grpc from "@grpc/grpc-js";
-import type { Logger } from "@nexusflow/common";
+import { type Logger, SESSION_PROTOCOL_VERSION } from "@nexusflow/common";
 import { TaskErrorType } from "@nexusflow/common/task-error-types";
 import {
   type AttachAck,
@@ -128,7 +128,8 @@ export class Executor {
         sendHeartbeat: (key, progress) => {
           const value = create(HeartbeatSchema, { key });
           if (progress !== undefined) value.progress = toValue(progress);
-          this.#sendLive({ case: "heartbeat", value });
+          // With the turn's reports; dropped when not attached (worthless later).
+          this.#liveSession()?.report({ case: "heartbeat", value });
         },
       },
       handlerFor: (type) => servedHandler(this.#registry, this.#advertised, type),
@@ -374,6 +375,7 @@ export class Executor {
         labels: { ...this.#options.labels },
         version: this.#options.version,
         heldLeases: this.#heldLeases(),
+        protocolVersion: SESSION_PROTOCOL_VERSION,
       }),
     });
     return session.ended;
@@ -409,9 +411,12 @@ export class Executor {
     this.#ledger.record(report, session === undefined ? undefined : this.#sender(session));
   }
 
-  /** Writes reports on `session`; acknowledged ones are written only through the ledger, which counts them. */
+  /**
+   * Sends reports on `session` (with the turn's others, see SchedulerSession.report); acknowledged
+   * ones go only through the ledger, which counts them in the order the scheduler receives them.
+   */
   #sender(session: SchedulerSession): SendReport {
-    return (report) => session.write(report);
+    return (report) => session.report(report);
   }
 
   /** Sends a message that is worthless later (heartbeat, credit, pong) if attached; drops it otherwise. */
@@ -438,6 +443,10 @@ export class Executor {
       case "lease":
         this.#onLease(message.value);
         return;
+      case "leases":
+        // Each as if it had come alone, in order.
+        for (const lease of message.value.leases) this.#onLease(lease);
+        return;
       case "cancel":
         this.#tasks.cancel(message.value.key, message.value.reason);
         return;
@@ -462,7 +471,7 @@ export class Executor {
     }
     const interval = ack.heartbeatIntervalMs > 0 ? ack.heartbeatIntervalMs : DEFAULT_HEARTBEAT_INTERVAL_MS;
     // A session being closed stays closed: nothing more is written on it.
-    if (!session.attach(ack.sessionId, interval)) return;
+    if (!session.attach(ack.sessionId, interval, ack.protocolVersion)) return;
     const first = !attachedBefore(this.#state);
 
     // A revoked lease is a running task the scheduler gave away, or a report it already has (it
@@ -495,6 +504,7 @@ export class Executor {
       reportsAlreadyTaken: alreadyTaken,
       deliveredReports: delivered,
       heartbeatIntervalMs: interval,
+      protocolVersion: ack.protocolVersion,
     };
     if (first) this.#logger.debug(fields, "attached to the scheduler");
     else this.#logger.info(fields, "re-attached to the scheduler");

@@ -4,6 +4,12 @@
  * goes out whenever nothing else was written for an interval), closing (the executor half-closed
  * or cancelled it: nothing more is written) and ended (the status arrived). What the messages
  * mean is the executor's business: they go to a callback.
+ *
+ * Reports (Started, Heartbeat, Completed, Failed, Release) given to {@link SchedulerSession.report}
+ * go out at the end of the event-loop turn, several in one Reports message, when the scheduler
+ * speaks protocol version 2 (AttachAck.protocol_version); one that does not gets each at once,
+ * alone. Any other message written flushes them first, so the scheduler sees everything in the
+ * order it was made.
  */
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import type * as grpc from "@grpc/grpc-js";
@@ -16,12 +22,13 @@ import {
   type SessionResponse,
 } from "@nexusflow/gen";
 import { Changes, within } from "./changes.js";
+import { type BatchableMessage, ReportFrames } from "./report-frames.js";
 
 /** A message the executor sends on the session. */
 export type RequestMessage = SessionRequest["message"];
 
-/** The Session stream as grpc-js gives it. */
-export type SessionCall = grpc.ClientDuplexStream<SessionRequest, SessionResponse>;
+/** The Session stream as grpc-js gives it; it writes a SessionRequest, or one already encoded. */
+export type SessionCall = grpc.ClientDuplexStream<SessionRequest | Uint8Array, SessionResponse>;
 
 /** How a session ended. */
 export interface SessionEnd {
@@ -38,8 +45,8 @@ const SESSION_PATH = `/${ExecutorService.typeName}/${SESSION.name}`;
 export function openSessionCall(client: grpc.Client, metadata: grpc.Metadata): SessionCall {
   return client.makeBidiStreamRequest(
     SESSION_PATH,
-    (request: SessionRequest) => {
-      const bytes = toBinary(SESSION.input, request);
+    (request: SessionRequest | Uint8Array) => {
+      const bytes = request instanceof Uint8Array ? request : toBinary(SESSION.input, request);
       return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
     },
     (bytes: Buffer) => fromBinary(SESSION.output, bytes),
@@ -65,6 +72,8 @@ type SessionState =
   | {
       readonly t: "attached";
       readonly id: string;
+      /** Reports of the turn, when the scheduler takes them in Reports messages (version 2). */
+      readonly frames: ReportFrames | undefined;
       readonly heartbeat: NodeJS.Timeout;
       /** Something was written since the last heartbeat tick (then no heartbeat is needed). */
       wroteSinceTick: boolean;
@@ -134,20 +143,39 @@ export class SchedulerSession {
     return this.#state.t === "attached";
   }
 
-  /** Writes `message` unless the session is closing or ended; returns whether it was written. */
+  /**
+   * Writes `message` unless the session is closing or ended, after the reports waiting for the end
+   * of the turn; returns whether it was written.
+   */
   write(message: RequestMessage): boolean {
     const s = this.#state;
     if (s.t === "closing" || s.t === "ended") return false;
+    if (s.t === "attached") {
+      s.frames?.flush();
+      s.wroteSinceTick = true;
+    }
     this.#call.write(create(SessionRequestSchema, { message }));
-    if (s.t === "attached") s.wroteSinceTick = true;
     return true;
   }
 
   /**
-   * The AttachAck arrived: the session is attached as `id` and heartbeats every
+   * Sends a report: at the end of the turn, with the turn's others, when the scheduler takes
+   * Reports; at once otherwise. Returns false (and sends nothing) unless attached and not closing.
+   */
+  report(message: BatchableMessage): boolean {
+    const s = this.#state;
+    if (s.t !== "attached") return false;
+    if (s.frames === undefined) return this.write(message);
+    s.frames.add(message);
+    return true;
+  }
+
+  /**
+   * The AttachAck arrived: the session is attached as `id`, speaks `protocolVersion` (the
+   * AttachAck's: 0 from a scheduler older than versions) and heartbeats every
    * `heartbeatIntervalMs` when idle. Returns false (and changes nothing) unless it was opening.
    */
-  attach(id: string, heartbeatIntervalMs: number): boolean {
+  attach(id: string, heartbeatIntervalMs: number, protocolVersion: number): boolean {
     if (this.#state.t !== "opening") return false;
     const heartbeat = setInterval(() => {
       const s = this.#state;
@@ -155,8 +183,17 @@ export class SchedulerSession {
       if (!s.wroteSinceTick) this.write({ case: "heartbeat", value: create(HeartbeatSchema) });
       s.wroteSinceTick = false;
     }, heartbeatIntervalMs);
+    const frames =
+      protocolVersion >= 2
+        ? new ReportFrames((frame) => {
+            const s = this.#state;
+            if (s.t !== "attached") return;
+            s.wroteSinceTick = true;
+            this.#call.write(frame);
+          })
+        : undefined;
     // The Attach itself was the last write.
-    this.#enter({ t: "attached", id, heartbeat, wroteSinceTick: true });
+    this.#enter({ t: "attached", id, frames, heartbeat, wroteSinceTick: true });
     return true;
   }
 
@@ -168,6 +205,8 @@ export class SchedulerSession {
   async close(timeoutMs: number): Promise<void> {
     const s = this.#state;
     if (s.t === "ended" || s.t === "closing") return;
+    // What the turn reported goes before the half-close.
+    if (s.t === "attached") s.frames?.flush();
     this.#enter({ t: "closing", id: this.id });
     if (s.t === "attached") {
       this.#call.end();
@@ -191,7 +230,11 @@ export class SchedulerSession {
   #enter(next: SessionState): void {
     const previous = this.#state;
     if (previous.t === "opening") clearTimeout(previous.attachTimer);
-    else if (previous.t === "attached") clearInterval(previous.heartbeat);
+    else if (previous.t === "attached") {
+      clearInterval(previous.heartbeat);
+      // Not written: on an ended session the report ledger sends them again on the next.
+      previous.frames?.discard();
+    }
     this.#state = next;
     this.#changes.notify();
   }

@@ -11,14 +11,16 @@ import type { SessionEnd } from "./scheduler-session.js";
 
 /**
  * Status codes that, before the first attach, mean retrying cannot help (wrong address or
- * service, bad credentials, a malformed Attach): `start()` rejects instead of retrying forever.
- * After a first attach they are retried like any other break (e.g. during a scheduler upgrade).
+ * service, bad credentials, a malformed Attach, a session protocol version the scheduler does not
+ * speak): `start()` rejects instead of retrying forever. After a first attach they are retried
+ * like any other break (e.g. during a scheduler upgrade).
  */
 export const FATAL_ATTACH_CODES: ReadonlySet<grpc.status> = new Set([
   grpc.status.UNIMPLEMENTED,
   grpc.status.UNAUTHENTICATED,
   grpc.status.PERMISSION_DENIED,
   grpc.status.INVALID_ARGUMENT,
+  grpc.status.FAILED_PRECONDITION,
 ]);
 
 /** What the loop asks of the executor. */
