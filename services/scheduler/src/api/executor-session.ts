@@ -293,7 +293,7 @@ export function executorService(
               grpc.status.FAILED_PRECONDITION,
               `attach.protocol_version: the executor speaks session protocol version ${protocolVersion}, ` +
                 `this scheduler versions ${MIN_SESSION_PROTOCOL_VERSION} to ${SESSION_PROTOCOL_VERSION}; ` +
-                `use an executor release that speaks version ${SESSION_PROTOCOL_VERSION}`,
+                "upgrade the scheduler or run an executor release that speaks one of those",
             );
             return;
           }
