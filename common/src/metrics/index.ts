@@ -6,6 +6,7 @@
 export { Counter, Gauge, Histogram, Registry } from "prom-client";
 export * from "./buckets.js";
 export * from "./children.js";
+export * from "./exemplars.js";
 export * from "./grpc.js";
 export * from "./registry.js";
 export * from "./server.js";

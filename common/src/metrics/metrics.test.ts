@@ -6,9 +6,12 @@ import { createLogger } from "../logger.js";
 import {
   Children2,
   Counter,
+  Histogram,
   MetricsListenError,
   createMetricsRegistry,
   listenMetrics,
+  observeWithTrace,
+  sampledTraceId,
   startMetricsEndpoint,
 } from "./index.js";
 
@@ -59,18 +62,44 @@ describe("metrics endpoint", () => {
       assert.match(server.url, /^http:\/\/127\.0\.0\.1:\d+\/metrics$/);
       const res = await fetch(server.url);
       assert.equal(res.status, 200);
-      assert.match(res.headers.get("content-type") ?? "", /^text\/plain; version=0\.0\.4/);
+      assert.match(res.headers.get("content-type") ?? "", /^application\/openmetrics-text; version=1\.0\.0/);
       const text = await res.text();
       assert.match(text, /^nexusflow_test_total\{kind="a"\} 1$/m);
       assert.match(text, /^nexusflow_pairs_total\{x="x1",y="y1"\} 2$/m);
       assert.match(text, /^process_cpu_user_seconds_total /m);
       assert.match(text, /^nodejs_eventloop_lag_seconds /m);
+      assert.match(text, /^# EOF$/m);
       assert.equal((await fetch(server.url.replace("/metrics", "/"))).status, 404);
       assert.equal((await fetch(server.url, { method: "POST" })).status, 405);
     } finally {
       await server.close();
     }
     await assert.rejects(fetch(server.url));
+  });
+
+  it("carries the trace id of an observation made in a sampled trace as its bucket's exemplar", async () => {
+    const registry = createMetricsRegistry();
+    const histogram = new Histogram({
+      name: "nexusflow_test_seconds",
+      help: "t",
+      labelNames: ["kind"],
+      buckets: [0.1, 1],
+      enableExemplars: true,
+      registers: [registry],
+    });
+    const traceId = sampledTraceId("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+    assert.equal(traceId, "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert.equal(sampledTraceId("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"), undefined);
+    assert.equal(sampledTraceId(null), undefined);
+    assert.equal(sampledTraceId("garbage"), undefined);
+    observeWithTrace(histogram, { kind: "a" }, 0.5, traceId);
+    histogram.labels("a").observe(0.05); // no trace: no exemplar
+    const text = await registry.metrics();
+    assert.match(
+      text,
+      /^nexusflow_test_seconds_bucket\{le="1",kind="a"\} 2 # \{trace_id="4bf92f3577b34da6a3ce929d0e0e4736"\} 0\.5 \d+(\.\d+)?$/m,
+    );
+    assert.match(text, /^nexusflow_test_seconds_bucket\{le="0\.1",kind="a"\} 1$/m);
   });
 
   it("fails on an explicit port in use, and only warns on the default port in use", async () => {

@@ -7,6 +7,8 @@
  * events' times:
  *
  * - run duration: `runCompleted` time minus the run's creation;
+ *   with the run's `trace_id` as the exemplar when its trace is sampled (common/src/metrics/exemplars.ts),
+ *   and likewise for handler durations;
  * - handler duration: an attempt's `taskSucceeded`/`taskFailed` time minus its `taskStarted` time
  *   (both as the scheduler received the executor's reports);
  * - schedule-to-start: `taskStarted` time minus when the attempt became ready: a retry's due time
@@ -26,6 +28,8 @@ import {
   LATENCY_BUCKETS,
   type Registry,
   SIZE_BUCKETS,
+  observeWithTrace,
+  sampledTraceId,
 } from "@nexusflow/common/metrics";
 import { RunStatus, TaskKind, type LifecycleEvent } from "@nexusflow/gen";
 import type { RunState, TaskState } from "../model/run-state.js";
@@ -56,7 +60,9 @@ type Child<M extends { labels: (...v: string[]) => unknown }> = ReturnType<M["la
 export class LifecycleMetrics {
   readonly #runsStarted: Children1<Child<Counter<"workflow">>>;
   readonly #runsCompleted: Children2<Child<Counter<"workflow" | "status">>>;
+  readonly #runFailures: Children2<Child<Counter<"workflow" | "error_type">>>;
   readonly #runDuration: Children2<Child<Histogram<"workflow" | "status">>>;
+  readonly #runDurationHistogram: Histogram<"workflow" | "status">;
   readonly #attempts: Children1<Child<Counter<"task_type">>>;
   readonly #failures: Children2<Child<Counter<"task_type" | "error_type">>>;
   readonly #retries: Children1<Child<Counter<"task_type">>>;
@@ -64,6 +70,7 @@ export class LifecycleMetrics {
   readonly #compensationTasks: Children1<Child<Counter<"task_type">>>;
   readonly #scheduleToStart: Children1<Child<Histogram<"task_type">>>;
   readonly #handler: Children2<Child<Histogram<"task_type" | "outcome">>>;
+  readonly #handlerHistogram: Histogram<"task_type" | "outcome">;
   readonly #batchRows: Histogram;
   readonly #commitSeconds: Histogram;
   /** Start time (ms) of running attempts by task run id. */
@@ -92,15 +99,23 @@ export class LifecycleMetrics {
         registers,
       }),
     );
-    this.#runDuration = new Children2(
-      new Histogram({
-        name: "nexusflow_run_duration_seconds",
-        help: "Time from a run's creation to its final state, by workflow name and final status.",
-        labelNames: ["workflow", "status"] as const,
-        buckets: [...DURATION_BUCKETS],
+    this.#runFailures = new Children2(
+      new Counter({
+        name: "nexusflow_run_failures_total",
+        help: "Runs that ended other than SUCCEEDED with an error, by workflow name and the error's type (the failing step's, RUN_TIMEOUT, CANCELLED...).",
+        labelNames: ["workflow", "error_type"] as const,
         registers,
       }),
     );
+    this.#runDurationHistogram = new Histogram({
+      name: "nexusflow_run_duration_seconds",
+      help: "Time from a run's creation to its final state, by workflow name and final status.",
+      labelNames: ["workflow", "status"] as const,
+      buckets: [...DURATION_BUCKETS],
+      enableExemplars: true,
+      registers,
+    });
+    this.#runDuration = new Children2(this.#runDurationHistogram);
     this.#attempts = new Children1(
       new Counter({
         name: "nexusflow_task_attempts_total",
@@ -150,15 +165,15 @@ export class LifecycleMetrics {
         registers,
       }),
     );
-    this.#handler = new Children2(
-      new Histogram({
-        name: "nexusflow_task_handler_duration_seconds",
-        help: "Time from an attempt's start to its result, as the scheduler received them, by task type and outcome (succeeded, failed).",
-        labelNames: ["task_type", "outcome"] as const,
-        buckets: [...DURATION_BUCKETS],
-        registers,
-      }),
-    );
+    this.#handlerHistogram = new Histogram({
+      name: "nexusflow_task_handler_duration_seconds",
+      help: "Time from an attempt's start to its result, as the scheduler received them, by task type and outcome (succeeded, failed).",
+      labelNames: ["task_type", "outcome"] as const,
+      buckets: [...DURATION_BUCKETS],
+      enableExemplars: true,
+      registers,
+    });
+    this.#handler = new Children2(this.#handlerHistogram);
     this.#batchRows = new Histogram({
       name: "nexusflow_scheduler_commit_batch_rows",
       help: "Rows written per group commit (runs, tasks, attempts, outbox rows).",
@@ -193,11 +208,20 @@ export class LifecycleMetrics {
       case "runCompleted": {
         const status = RUN_STATUS_NAMES[ev.value.status] ?? "UNSPECIFIED";
         this.#runsCompleted.get(e.workflowName, status).inc();
+        if (ev.value.status !== RunStatus.SUCCEEDED && ev.value.error !== undefined)
+          this.#runFailures.get(e.workflowName, ev.value.error.type || "UNKNOWN").inc();
         const run = runs.get(e.runId) ?? this.activeRun(e.runId);
-        if (run !== undefined)
-          this.#runDuration
-            .get(e.workflowName, status)
-            .observe(Math.max(0, millis(e) - run.createdAt.getTime()) / 1000);
+        if (run === undefined) return;
+        const seconds = Math.max(0, millis(e) - run.createdAt.getTime()) / 1000;
+        const traceId = sampledTraceId(run.traceParent);
+        if (traceId === undefined) this.#runDuration.get(e.workflowName, status).observe(seconds);
+        else
+          observeWithTrace(
+            this.#runDurationHistogram,
+            { workflow: e.workflowName, status },
+            seconds,
+            traceId,
+          );
         return;
       }
       case "runCompensating":
@@ -252,7 +276,12 @@ export class LifecycleMetrics {
     const started = this.#started.get(id);
     if (started === undefined) return;
     this.#started.delete(id);
-    this.#handler.get(typeOf(tasks, id), outcome).observe(Math.max(0, millis(e) - started) / 1000);
+    const type = typeOf(tasks, id);
+    const seconds = Math.max(0, millis(e) - started) / 1000;
+    // The attempt's spans are in its run's trace.
+    const traceId = sampledTraceId(this.activeRun(e.runId)?.traceParent);
+    if (traceId === undefined) this.#handler.get(type, outcome).observe(seconds);
+    else observeWithTrace(this.#handlerHistogram, { task_type: type, outcome }, seconds, traceId);
   }
 
   /** When the attempt became ready, if the events tell (see the module comment). */
