@@ -25,11 +25,12 @@ const kRunBound = Symbol("nexusflow.runBound");
 
 /**
  * The fields a log line about one task attempt carries, named as every service names them
- * (snake_case, like the trace fields and the metrics' labels): `run_id`, `task` (the step id),
- * `task_run_id`, `attempt` and `task_type`.
+ * (snake_case, like the trace fields and the metrics' labels): `run_id`, `workflow`, `task` (the
+ * step id), `task_run_id`, `attempt` and `task_type`.
  */
 export interface RunLogFields {
   run_id: string;
+  workflow?: string;
   task?: string;
   task_run_id?: string;
   attempt?: number;

@@ -74,13 +74,14 @@ export class RunningTasks {
     const logger = (): Logger =>
       (child ??= runLogger(parent, {
         run_id: lease.runId,
+        workflow: lease.workflowName,
         task: lease.stepId,
         task_run_id: lease.key.taskRunId,
         attempt: lease.key.attempt,
         task_type: lease.taskType,
       }));
     const attempt = new TaskAttempt(lease, { ...attempts, logger });
-    if (parent.isLevelEnabled("debug")) logger().debug({ workflow: lease.workflowName }, "task started");
+    if (parent.isLevelEnabled("debug")) logger().debug("task started");
     const { handler, heartbeat } = handlerFor(lease.taskType);
     const done = attempt
       .run(handler, { autoHeartbeat: heartbeat === "auto" })

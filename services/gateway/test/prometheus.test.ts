@@ -10,7 +10,7 @@
 import assert from "node:assert/strict";
 import { type ChildProcess, execFile, spawn } from "node:child_process";
 import { existsSync } from "node:fs";
-import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { mkdtemp, readFile, readdir, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -26,6 +26,7 @@ import {
   listenMetrics,
 } from "@nexusflow/common/metrics";
 import { waitFor } from "@nexusflow/common/testing";
+import { type TestTracing, startTestTracing } from "@nexusflow/common/telemetry/testing";
 import { Executor, TaskError } from "@nexusflow/executor";
 import { WorkflowService } from "@nexusflow/gen";
 import type { Scheduler } from "@nexusflow/scheduler";
@@ -37,6 +38,29 @@ import { AUDIENCE, ISSUER, type TestKeys, createTestKeys } from "./keys.js";
 
 const run = promisify(execFile);
 const DEPLOY = join(dirname(fileURLToPath(import.meta.url)), "../../../deploy/prometheus");
+const DASHBOARDS = join(dirname(fileURLToPath(import.meta.url)), "../../../deploy/grafana/dashboards");
+
+/** Every PromQL expression of a Grafana dashboard: its panels' targets and its query variables. */
+function dashboardExprs(dashboard: unknown): { where: string; expr: string }[] {
+  const found: { where: string; expr: string }[] = [];
+  const visit = (node: unknown, where: string): void => {
+    if (Array.isArray(node)) node.forEach((n, i) => visit(n, `${where}[${i}]`));
+    else if (typeof node === "object" && node !== null) {
+      const o = node as Record<string, unknown>;
+      const title = typeof o["title"] === "string" ? `${where} "${o["title"]}"` : where;
+      const prometheus = (o["datasource"] as { type?: string } | undefined)?.type === "prometheus";
+      if (prometheus && typeof o["expr"] === "string") found.push({ where: title, expr: o["expr"] });
+      if (prometheus && o["type"] === "query") {
+        const q = o["query"];
+        const expr = typeof q === "string" ? q : (q as { query?: string } | undefined)?.query;
+        if (expr !== undefined) found.push({ where: title, expr });
+      }
+      for (const [k, v] of Object.entries(o)) visit(v, `${title}.${k}`);
+    }
+  };
+  visit(dashboard, "");
+  return found;
+}
 
 /** The path of `name` on PATH or in /usr/bin, if installed. */
 function findBinary(name: string): string | undefined {
@@ -72,6 +96,7 @@ describe("metrics scraped by Prometheus", () => {
   let executorMetrics: MetricsServer;
   let gatewayMetrics: MetricsServer;
   let prometheus: ChildProcess | undefined;
+  let tracing: TestTracing | undefined;
   let prometheusUrl = "";
   let dir = "";
   let gatewayUrl = "";
@@ -93,6 +118,9 @@ describe("metrics scraped by Prometheus", () => {
     promtoolBin = findBinary("promtool");
     if (prometheusBin === undefined || promtoolBin === undefined) return;
     dir = await mkdtemp(join(tmpdir(), "nf-prometheus-"));
+    // Tracing on (spans kept in memory): runs store their trace context, and their durations
+    // carry its trace id as an exemplar.
+    tracing = await startTestTracing();
     keys = await createTestKeys();
     db = await startTestDatabase();
     // Metrics served, and the relay with no Kafka: its outbox gauges are there.
@@ -108,6 +136,10 @@ describe("metrics scraped by Prometheus", () => {
       .register("prom.work", (input: { n: number }) => ({ doubled: input.n * 2 }))
       .register("prom.fail", () => {
         throw TaskError.terminal("DECLINED", "fails by design");
+      })
+      .register("prom.flaky", (_input: unknown, ctx: { attempt: number }) => {
+        if (ctx.attempt === 1) throw TaskError.retryable("FLAKY", "fails once", { retryAfterMs: 10 });
+        return {};
       });
     registerExecutorMetrics(executorRegistry, executor, 8);
     await executor.start();
@@ -147,6 +179,7 @@ describe("metrics scraped by Prometheus", () => {
         `--storage.tsdb.path=${join(dir, "data")}`,
         `--web.listen-address=127.0.0.1:${port}`,
         "--log.level=warn",
+        "--enable-feature=exemplar-storage",
       ],
       { stdio: ["ignore", "ignore", "pipe"] },
     );
@@ -172,6 +205,7 @@ describe("metrics scraped by Prometheus", () => {
     await scheduler?.stop();
     await db?.close();
     await keys?.close();
+    await tracing?.stop();
     if (dir !== "") await rm(dir, { recursive: true, force: true });
   });
 
@@ -193,6 +227,7 @@ describe("metrics scraped by Prometheus", () => {
     for (const [name, type] of [
       ["prom-demo", "prom.work"],
       ["prom-failing", "prom.fail"],
+      ["prom-flaky", "prom.flaky"],
     ] as const) {
       await client.registerWorkflow(
         {
@@ -209,6 +244,7 @@ describe("metrics scraped by Prometheus", () => {
     };
     await startRuns("prom-demo", 3);
     await startRuns("prom-failing", 1);
+    await startRuns("prom-flaky", 1);
     // A call without a token, refused by the gateway.
     await assert.rejects(client.listRuns({}));
 
@@ -225,6 +261,9 @@ describe("metrics scraped by Prometheus", () => {
       ['nexusflow_run_duration_seconds_count{workflow="prom-demo",status="SUCCEEDED"}', (v) => v === 3],
       ['nexusflow_task_attempts_total{task_type="prom.work"}', (v) => v === 3],
       ['nexusflow_task_failures_total{task_type="prom.fail",error_type="DECLINED"}', (v) => v === 1],
+      ['nexusflow_run_failures_total{workflow="prom-failing",error_type="DECLINED"}', (v) => v === 1],
+      ['nexusflow_task_retries_total{task_type="prom.flaky"}', (v) => v === 1],
+      ['nexusflow_runs_completed_total{workflow="prom-flaky",status="SUCCEEDED"}', (v) => v === 1],
       ['nexusflow_task_schedule_to_start_seconds_count{task_type="prom.work"}', (v) => v === 3],
       [
         'nexusflow_task_handler_duration_seconds_count{task_type="prom.work",outcome="succeeded"}',
@@ -238,15 +277,15 @@ describe("metrics scraped by Prometheus", () => {
       ["nexusflow_kafka_publish_errors_total", (v) => v === 0],
       [
         'nexusflow_grpc_server_duration_seconds_count{method="nexusflow.v1.WorkflowService/StartRun",code="OK"}',
-        (v) => v === 4,
+        (v) => v === 5,
       ],
       [
         'nexusflow_grpc_client_duration_seconds_count{job="nexusflow-gateway",method="nexusflow.v1.WorkflowService/StartRun",code="OK"}',
-        (v) => v === 4,
+        (v) => v === 5,
       ],
       [
         'nexusflow_gateway_requests_total{route="nexusflow.v1.WorkflowService/StartRun",protocol="connect",status="OK"}',
-        (v) => v === 4,
+        (v) => v === 5,
       ],
       [
         'nexusflow_gateway_requests_total{route="nexusflow.v1.WorkflowService/ListRuns",protocol="connect",status="UNAUTHENTICATED"}',
@@ -277,6 +316,39 @@ describe("metrics scraped by Prometheus", () => {
     const series = (await query('{__name__=~"nexusflow_.*"}')).flatMap((s) => Object.values(s.metric));
     assert.ok(!series.some((v) => /^[0-9a-f]{8}-[0-9a-f]{4}-/.test(v)), "a label value looks like a run id");
 
+    // Exemplars: the duration of a run started with tracing on, and of its attempts, carries the
+    // run's trace id, and Prometheus stores it (what Grafana links to the trace).
+    const exemplarIds = async (promql: string): Promise<string[]> => {
+      const now = Date.now() / 1000;
+      const res = await fetch(
+        `${prometheusUrl}/api/v1/query_exemplars?query=${encodeURIComponent(promql)}&start=${now - 600}&end=${now + 60}`,
+      );
+      const body = (await res.json()) as {
+        status: string;
+        data?: { exemplars: { labels: Record<string, string> }[] }[];
+      };
+      assert.equal(body.status, "success");
+      return (body.data ?? []).flatMap((d) => d.exemplars.map((x) => x.labels["trace_id"] ?? ""));
+    };
+    const runTraces = (): Set<string> =>
+      new Set(
+        (tracing?.spans() ?? [])
+          .filter((x) => x.name === "run prom-demo")
+          .map((x) => x.spanContext().traceId),
+      );
+    for (const promql of [
+      'nexusflow_run_duration_seconds_bucket{workflow="prom-demo"}',
+      'nexusflow_task_handler_duration_seconds_bucket{task_type="prom.work"}',
+    ]) {
+      const ids = await waitFor(`an exemplar of ${promql} in Prometheus`, async () => {
+        const found = await exemplarIds(promql);
+        return found.length > 0 ? found : undefined;
+      });
+      const traces = runTraces();
+      for (const id of ids)
+        assert.ok(traces.has(id), `${promql}: exemplar ${id} is not a prom-demo run's trace`);
+    }
+
     // Every metric the shipped alert rules name is one the scrape showed.
     const names = await fetch(`${prometheusUrl}/api/v1/label/__name__/values`);
     const scraped = new Set(((await names.json()) as { data: string[] }).data);
@@ -290,6 +362,28 @@ describe("metrics scraped by Prometheus", () => {
       for (const name of named)
         assert.ok(scraped.has(name), `${rule.alert} names ${name}, which no target exposes`);
     }
+    // So is every metric the shipped Grafana dashboards name, and each of their expressions is
+    // one this Prometheus evaluates (dashboard variables replaced by a value).
+    const files = (await readdir(DASHBOARDS)).filter((f) => f.endsWith(".json"));
+    assert.ok(files.length >= 3, `dashboards: ${files.join(", ")}`);
+    for (const file of files) {
+      const exprs = dashboardExprs(JSON.parse(await readFile(join(DASHBOARDS, file), "utf8")));
+      assert.ok(exprs.length > 3, `${file} has PromQL panels`);
+      for (const { where, expr } of exprs) {
+        for (const name of expr.match(/\bnexusflow_[a-z0-9_]+\b/g) ?? [])
+          assert.ok(scraped.has(name), `${file}${where} names ${name}, which no target exposes`);
+        const concrete = expr
+          .replace(/^label_values\((.*),\s*\w+\)$/, "$1")
+          .replaceAll("$__rate_interval", "1m")
+          .replaceAll("$__interval", "15s")
+          .replaceAll("$__range", "1h")
+          .replace(/\$\{?(\w+)(:\w+)?\}?/g, "prom-demo");
+        const res = await fetch(`${prometheusUrl}/api/v1/query?query=${encodeURIComponent(concrete)}`);
+        const body = (await res.json()) as { status: string; error?: string };
+        assert.equal(body.status, "success", `${file}${where}: ${concrete}: ${body.error}`);
+      }
+    }
+
     // The rules load and evaluate in this Prometheus.
     const loaded = (await (await fetch(`${prometheusUrl}/api/v1/rules`)).json()) as {
       data: { groups: { rules: { name: string; health: string; lastError?: string }[] }[] };
