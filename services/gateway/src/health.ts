@@ -15,9 +15,9 @@ import type { DescService } from "@bufbuild/protobuf";
 import { Code, ConnectError, type ConnectRouter, type ServiceImpl } from "@connectrpc/connect";
 import type { ReadinessCheck } from "@nexusflow/common";
 import { setTimeout as sleep } from "node:timers/promises";
-import { Health, HealthCheckResponse_ServingStatus as Status } from "./gen/grpc/health/v1/health_pb.js";
+import { Health, HealthCheckResponse_ServingStatus as Status } from "@nexusflow/gen/grpc/health/v1/health_pb";
 
-export { Health as HealthService } from "./gen/grpc/health/v1/health_pb.js";
+export { Health as HealthService } from "@nexusflow/gen/grpc/health/v1/health_pb";
 
 /** Options of {@link addHealth}. */
 export interface HealthOptions {

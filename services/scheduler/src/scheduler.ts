@@ -20,6 +20,7 @@ import {
   startOpsEndpoints,
 } from "@nexusflow/common/metrics";
 import { ArtifactService, ExecutorService, RunSchema, WorkflowService } from "@nexusflow/gen";
+import { Health } from "@nexusflow/gen/grpc/health/v1/health_pb";
 import { PgTaskIndex, artifactService } from "./api/artifact-service.js";
 import { authInterceptor } from "./api/auth.js";
 import { addSchedulerHealth } from "./api/health.js";
@@ -289,8 +290,8 @@ export class Scheduler {
         serviceDefinition(ArtifactService),
         artifactService({ store, tasks: new PgTaskIndex(this.db.pool), log }),
       );
-      // Keep in step with the services added above: reflection lists exactly these.
-      addReflection(server, [WorkflowService, ExecutorService, ArtifactService]);
+      // Keep in step with the services added above and below: reflection lists exactly these.
+      addReflection(server, [WorkflowService, ExecutorService, ArtifactService, Health]);
       const ready = addSchedulerHealth(server, {
         running: () => this.stateValue === "RUNNING",
         pool: this.db.pool,

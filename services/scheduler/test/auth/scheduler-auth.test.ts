@@ -66,11 +66,15 @@ const bearer = (token: string): grpc.Metadata => {
 /** The listing names the scheduler's services, and only Nexusflow services. */
 function assertServices(listing: string): void {
   const names = listing.trim().split("\n");
-  for (const name of ["nexusflow.v1.ExecutorService", "nexusflow.v1.WorkflowService"]) {
+  for (const name of [
+    "nexusflow.v1.ExecutorService",
+    "nexusflow.v1.WorkflowService",
+    "grpc.health.v1.Health",
+  ]) {
     assert.ok(names.includes(name), `${name} is listed: ${names.join(", ")}`);
   }
   assert.ok(
-    names.every((n) => n.startsWith("nexusflow.v1.")),
+    names.every((n) => n.startsWith("nexusflow.v1.") || n === "grpc.health.v1.Health"),
     names.join(", "),
   );
 }
@@ -266,5 +270,8 @@ describe("scheduler authentication", () => {
       described.stdout,
       /rpc Session \( stream \.nexusflow\.v1\.SessionRequest \) returns \( stream \.nexusflow\.v1\.SessionResponse \)/,
     );
+    // Health needs no token and, described by reflection, no .proto file.
+    const health = await run(bin, ["-plaintext", scheduler.address, "grpc.health.v1.Health/Check"]);
+    assert.deepEqual(JSON.parse(health.stdout), { status: "SERVING" });
   });
 });
