@@ -1,7 +1,8 @@
 /**
  * The ops endpoint: a small HTTP/1.1 server of its own port that answers `GET /metrics` with the
- * registry in its format (OpenMetrics text, with exemplars: registry.ts), and nothing else (404). A port of its own keeps the
- * scrape away from the service's API (no authentication, no gRPC framing) and lets operators
+ * registry in its format (OpenMetrics text, with exemplars: registry.ts), and nothing else (404).
+ * A port of its own keeps the scrape away from the service's API (no authentication, no gRPC
+ * framing) and lets operators
  * expose it only to Prometheus. The same port answers the probes of orchestrators: `GET /healthz`
  * (live: the process answers) and, given a readiness check, `GET /readyz` (200 when ready, else
  * 503 with the reason). With HEALTH_PORT (config.ts, ProbesConfig) the probes get a server of
