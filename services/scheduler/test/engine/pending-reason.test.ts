@@ -30,7 +30,7 @@ interface LogLine {
   msg: string;
   task_type?: string;
   waiting?: number;
-  executorId?: string;
+  executor_id?: string;
 }
 
 /** pino's numbers for the levels asserted here. */
@@ -151,7 +151,7 @@ describe("pending reason of queued tasks", () => {
     assert.equal(linesAbout(WARN, "charge-card").length, 1, "still one warning");
     const attached = linesAbout(INFO, "charge-card");
     assert.equal(attached.length, 1, JSON.stringify(attached));
-    assert.equal(attached[0]?.executorId, "payments-1");
+    assert.equal(attached[0]?.executor_id, "payments-1");
     assert.equal(attached[0]?.waiting, 2);
   });
 
