@@ -187,7 +187,7 @@ export interface RetentionConfig {
 }
 
 /**
- * Where a service serves `/metrics` (Prometheus text format): METRICS_HOST and METRICS_PORT, read
+ * Where a service serves `/metrics` (the OpenMetrics text format): METRICS_HOST and METRICS_PORT, read
  * by every service with its own default port; `METRICS_PORT=off` turns the endpoint off.
  */
 export interface MetricsConfig {
