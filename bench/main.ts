@@ -413,15 +413,29 @@ function retentionTable(r: RetentionResult): string {
 
 function sessionsTable(s: SessionsResult): string {
   return (
-    "\n4. Executor sessions (scheduler process only)\n" +
+    "\n4. Executor sessions (the compiled scheduler's process only)\n" +
     formatTable([
-      ["window", "sessions", "busy", "RSS MiB", "heap MiB", "CPU % of a core", "tasks/s"],
+      [
+        "window",
+        "sessions",
+        "busy",
+        "RSS MiB",
+        "anon / file MiB",
+        "heap used / total MiB",
+        "young gen MiB",
+        "external MiB",
+        "CPU % of a core",
+        "tasks/s",
+      ],
       ...(["baseline", "idle", "busy"] as const).map((k) => [
         k,
         s[k].sessions,
         s[k].busy,
         s[k].rssMiB,
-        s[k].heapUsedMiB,
+        `${s[k].anonymousMiB ?? "-"} / ${s[k].fileBackedMiB ?? "-"}`,
+        `${s[k].heapUsedMiB} / ${s[k].heapTotalMiB}`,
+        s[k].youngGenerationMiB,
+        s[k].externalMiB,
         s[k].cpuPercent,
         s[k].tasksPerSecond,
       ]),
