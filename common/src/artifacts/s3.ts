@@ -6,6 +6,10 @@
  * hash for multipart uploads. A stream is spooled first (in memory up to `spoolMemoryBytes`, then
  * to a temporary file) so its size and hash are known before the upload starts, which also makes
  * the upload a single atomic PUT for small objects.
+ *
+ * `minio` (with its XML parsers and their dependencies, ~10 MiB of V8 heap once loaded) is imported
+ * on the store's first request, not with this module: every service imports the artifact stores,
+ * most run with the filesystem one.
  */
 import { createHash } from "node:crypto";
 import { once } from "node:events";
@@ -15,7 +19,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { Readable } from "node:stream";
 import { finished } from "node:stream/promises";
-import { Client, S3Error } from "minio";
+import type * as Minio from "minio";
 import type { ArtifactRef } from "@nexusflow/gen";
 import { ArtifactError } from "./errors.js";
 import { checkKey, checkPrefix } from "./keys.js";
@@ -63,12 +67,16 @@ const NOT_FOUND_CODES = new Set(["NoSuchKey", "NotFound", "NoSuchObject"]);
 /** Largest TTL of a presigned URL (SigV4 limit: 7 days). */
 const MAX_PRESIGN_SECONDS = 7 * 24 * 3600;
 
+/** The `minio` module, once a store has loaded it (its errors come only from a loaded client). */
+let minio: typeof Minio | undefined;
+
 function isNotFound(e: unknown): boolean {
-  return e instanceof S3Error && e.code !== undefined && NOT_FOUND_CODES.has(e.code);
+  const code = s3Code(e);
+  return code !== undefined && NOT_FOUND_CODES.has(code);
 }
 
 function s3Code(e: unknown): string | undefined {
-  return e instanceof S3Error ? e.code : undefined;
+  return minio !== undefined && e instanceof minio.S3Error ? e.code : undefined;
 }
 
 /** Artifacts as objects of one S3 bucket. */
@@ -76,7 +84,8 @@ export class S3ArtifactStore implements ArtifactStore {
   readonly kind = "s3" as const;
   /** The bucket. */
   readonly bucket: string;
-  readonly #client: Client;
+  readonly #clientOptions: Minio.ClientOptions;
+  #client: Promise<Minio.Client> | undefined;
   readonly #region: string;
   readonly #endpoint: string;
   readonly #spoolMemoryBytes: number;
@@ -101,7 +110,7 @@ export class S3ArtifactStore implements ArtifactStore {
     this.#endpoint = url.origin;
     this.#spoolMemoryBytes = options.spoolMemoryBytes ?? 8 * 1024 * 1024;
     this.#statConcurrency = Math.max(1, options.statConcurrency ?? 8);
-    this.#client = new Client({
+    this.#clientOptions = {
       endPoint: url.hostname,
       port: Number(url.port || (url.protocol === "https:" ? 443 : 80)),
       useSSL: url.protocol === "https:",
@@ -109,7 +118,16 @@ export class S3ArtifactStore implements ArtifactStore {
       secretKey: options.secretKey,
       region: options.region,
       pathStyle: options.pathStyle ?? true,
+    };
+  }
+
+  /** The minio client, created (and `minio` imported) on first use. */
+  #s3(): Promise<Minio.Client> {
+    this.#client ??= import("minio").then((m) => {
+      minio = m;
+      return new m.Client(this.#clientOptions);
     });
+    return this.#client;
   }
 
   #unavailable(what: string, key: string | undefined, e: unknown): ArtifactError {
@@ -124,8 +142,9 @@ export class S3ArtifactStore implements ArtifactStore {
 
   async ensureReady(): Promise<void> {
     try {
-      if (await this.#client.bucketExists(this.bucket)) return;
-      await this.#client.makeBucket(this.bucket, this.#region);
+      const client = await this.#s3();
+      if (await client.bucketExists(this.bucket)) return;
+      await client.makeBucket(this.bucket, this.#region);
     } catch (e) {
       // Another process created it first.
       const code = s3Code(e);
@@ -142,7 +161,9 @@ export class S3ArtifactStore implements ArtifactStore {
       const sha256 = "buffer" in spooled ? sha256Hex(spooled.buffer) : spooled.sha256;
       const size = "buffer" in spooled ? spooled.buffer.length : spooled.size;
       const body = "buffer" in spooled ? spooled.buffer : createReadStream(spooled.file);
-      await this.#client.putObject(this.bucket, key, body, size, {
+      await (
+        await this.#s3()
+      ).putObject(this.bucket, key, body, size, {
         "Content-Type": contentType,
         "X-Amz-Meta-Sha256": sha256,
       });
@@ -199,7 +220,7 @@ export class S3ArtifactStore implements ArtifactStore {
   async get(key: string): Promise<Readable> {
     checkKey(key);
     try {
-      return await this.#client.getObject(this.bucket, key);
+      return await (await this.#s3()).getObject(this.bucket, key);
     } catch (e) {
       if (isNotFound(e))
         throw new ArtifactError("NOT_FOUND", `no artifact ${JSON.stringify(key)}`, key, { cause: e });
@@ -210,7 +231,7 @@ export class S3ArtifactStore implements ArtifactStore {
   async stat(key: string): Promise<ArtifactRef | undefined> {
     checkKey(key);
     try {
-      const s = await this.#client.statObject(this.bucket, key);
+      const s = await (await this.#s3()).statObject(this.bucket, key);
       const meta = s.metaData as Record<string, unknown>;
       return artifactRef({
         key,
@@ -229,7 +250,7 @@ export class S3ArtifactStore implements ArtifactStore {
     checkPrefix(prefix);
     const items: { name: string; size: number; lastModified: Date }[] = [];
     try {
-      for await (const item of this.#client.listObjectsV2(this.bucket, prefix, true)) {
+      for await (const item of (await this.#s3()).listObjectsV2(this.bucket, prefix, true)) {
         const i = item as { name?: string; size?: number; lastModified?: Date };
         if (i.name !== undefined)
           items.push({ name: i.name, size: i.size ?? 0, lastModified: i.lastModified ?? new Date(0) });
@@ -268,7 +289,7 @@ export class S3ArtifactStore implements ArtifactStore {
       throw new ArtifactError("NOT_FOUND", `no artifact ${JSON.stringify(key)}`, key);
     const issued = Date.now();
     try {
-      const url = await this.#client.presignedGetObject(this.bucket, key, ttlSeconds);
+      const url = await (await this.#s3()).presignedGetObject(this.bucket, key, ttlSeconds);
       return { url, expiresAt: new Date(issued + ttlSeconds * 1000) };
     } catch (e) {
       throw this.#unavailable(`presigning ${JSON.stringify(key)}`, key, e);
@@ -278,8 +299,9 @@ export class S3ArtifactStore implements ArtifactStore {
   async delete(prefix = ""): Promise<number> {
     const names = (await this.list(prefix, { metadata: false })).map((r) => r.key);
     try {
+      const client = await this.#s3();
       for (let at = 0; at < names.length; at += 1000) {
-        await this.#client.removeObjects(this.bucket, names.slice(at, at + 1000));
+        await client.removeObjects(this.bucket, names.slice(at, at + 1000));
       }
     } catch (e) {
       throw this.#unavailable(`deleting ${JSON.stringify(prefix)}`, undefined, e);
