@@ -76,7 +76,9 @@ export class RunStore {
     const where: FilterQuery<RunRow>[] = [];
     if (filter.workflowName !== "") where.push({ workflowName: filter.workflowName });
     if (filter.statuses.length > 0) where.push({ status: { $in: filter.statuses } });
-    for (const [k, v] of Object.entries(filter.labels)) where.push({ labels: { [k]: v } });
+    // Containment, on labelled runs only: what the partial GIN index on labels serves.
+    if (Object.keys(filter.labels).length > 0)
+      where.push({ labels: { $contains: filter.labels } }, { labels: { $ne: {} } });
     if (filter.createdAfter !== undefined) where.push({ createdAt: { $gte: filter.createdAfter } });
     if (filter.createdBefore !== undefined) where.push({ createdAt: { $lt: filter.createdBefore } });
     if (filter.pageToken !== "") {

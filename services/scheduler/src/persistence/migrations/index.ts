@@ -4,6 +4,7 @@ import { Migration20261126010000HotUpdates } from "./Migration20261126010000HotU
 import { Migration20261126020000OutboxRunBatches } from "./Migration20261126020000OutboxRunBatches.js";
 import { Migration20261205000000IdempotencyKeys } from "./Migration20261205000000IdempotencyKeys.js";
 import { Migration20261205010000RunTraceParent } from "./Migration20261205010000RunTraceParent.js";
+import { Migration20261205020000LeanerRunIndexes } from "./Migration20261205020000LeanerRunIndexes.js";
 
 /** The migrations MikroORM applies at start-up. */
 export const migrationsList = [
@@ -12,4 +13,5 @@ export const migrationsList = [
   { name: "Migration20261126020000OutboxRunBatches", class: Migration20261126020000OutboxRunBatches },
   { name: "Migration20261205000000IdempotencyKeys", class: Migration20261205000000IdempotencyKeys },
   { name: "Migration20261205010000RunTraceParent", class: Migration20261205010000RunTraceParent },
+  { name: "Migration20261205020000LeanerRunIndexes", class: Migration20261205020000LeanerRunIndexes },
 ];
