@@ -12,7 +12,7 @@ import { MetricsListenError, createMetricsRegistry } from "@nexusflow/common/met
 import { shutdownTelemetry, tracingEnabled } from "@nexusflow/common/telemetry";
 import { EmbeddedPostgresError } from "./persistence/embedded-postgres.js";
 import { PortInUseError, Scheduler, isSchedulerLockedError, isSchemaNotCurrentError } from "./scheduler.js";
-import { tuneRuntime } from "./runtime.js";
+import { releaseStartupMemory, tuneRuntime } from "./runtime.js";
 
 tuneRuntime();
 
@@ -116,3 +116,4 @@ try {
   log.fatal({ err: e }, "scheduler failed to start");
   process.exit(1);
 }
+log.debug({ gc_ms: Math.round(releaseStartupMemory()) }, "start-up memory released");
