@@ -35,7 +35,7 @@ export interface WriteCost {
   /** Of which full-page images. */
   fpiBytes: number;
   tables: Record<string, TableCost>;
-  /** WAL by resource manager / record type, per task (largest first). */
+  /** WAL by table (an index counts for its table) and record type, per task (largest first). */
   records: { type: string; bytes: number; count: number }[];
   /** Transactions committed on the database, per task. */
   commitsPerTask: number;
@@ -208,8 +208,13 @@ async function summarize(
     [before.lsn, after.lsn],
   );
   const { rows: types } = await admin.query<{ type: string; bytes: string; count: string }>(
-    `SELECT resource_manager || ' ' || split_part(record_type, ' ', 1) AS type, sum(record_length) AS bytes, count(*) AS count
-       FROM pg_get_wal_records_info($1::pg_lsn, $2::pg_lsn) GROUP BY 1 ORDER BY 2 DESC`,
+    `SELECT coalesce(t.relname, c.relname, '-') || ': ' || r.resource_manager || ' ' || split_part(r.record_type, ' ', 1) AS type,
+            sum(r.record_length) AS bytes, count(*) AS count
+       FROM pg_get_wal_records_info($1::pg_lsn, $2::pg_lsn) r
+       LEFT JOIN pg_get_wal_block_info($1::pg_lsn, $2::pg_lsn) b ON b.start_lsn = r.start_lsn AND b.block_id = 0
+       LEFT JOIN pg_class c ON c.relfilenode = b.relfilenode
+       LEFT JOIN pg_index i ON i.indexrelid = c.oid LEFT JOIN pg_class t ON t.oid = i.indrelid
+      GROUP BY 1 ORDER BY 2 DESC`,
     [before.lsn, after.lsn],
   );
   const tables: Record<string, TableCost> = {};

@@ -5,6 +5,7 @@ import { Migration20261126020000OutboxRunBatches } from "./Migration202611260200
 import { Migration20261205000000IdempotencyKeys } from "./Migration20261205000000IdempotencyKeys.js";
 import { Migration20261205010000RunTraceParent } from "./Migration20261205010000RunTraceParent.js";
 import { Migration20261205020000LeanerRunIndexes } from "./Migration20261205020000LeanerRunIndexes.js";
+import { Migration20261205030000TaskFillfactor } from "./Migration20261205030000TaskFillfactor.js";
 
 /** The migrations MikroORM applies at start-up. */
 export const migrationsList = [
@@ -14,4 +15,5 @@ export const migrationsList = [
   { name: "Migration20261205000000IdempotencyKeys", class: Migration20261205000000IdempotencyKeys },
   { name: "Migration20261205010000RunTraceParent", class: Migration20261205010000RunTraceParent },
   { name: "Migration20261205020000LeanerRunIndexes", class: Migration20261205020000LeanerRunIndexes },
+  { name: "Migration20261205030000TaskFillfactor", class: Migration20261205030000TaskFillfactor },
 ];
