@@ -91,8 +91,10 @@ export class LeasePump {
         // The same pass, the same turn: no lease waits for another to fill a batch.
         if (batched !== undefined) {
           for (const [session, leases] of batched) {
-            if (leases.length === 1) session.send(leaseMessage(leases[0] as Lease));
-            else for (const frame of leaseFrames(leases)) session.sendFrame?.(frame);
+            // A session that cannot send encoded frames gets its leases one by one, never none.
+            if (leases.length === 1 || session.sendFrame === undefined)
+              for (const lease of leases) session.send(leaseMessage(lease));
+            else for (const frame of leaseFrames(leases)) session.sendFrame(frame);
           }
         }
       },
