@@ -7,7 +7,8 @@
  */
 import { type Span, SpanKind, SpanStatusCode } from "@opentelemetry/api";
 import { contextFromTraceparent, tracer, tracingEnabled } from "@nexusflow/common/telemetry";
-import { Kafka, Partitioners, logLevel, type Admin, type LogEntry, type Producer } from "kafkajs";
+import type * as KafkaJs from "kafkajs";
+import type { Admin, Kafka, LogEntry, Producer } from "kafkajs";
 import type { Logger } from "@nexusflow/common";
 import { eventMessage, type EventPublisher, type OutboxRecord } from "./publisher.js";
 
@@ -72,7 +73,8 @@ function abortable<T>(promise: Promise<T>, signal: AbortSignal): Promise<T> {
 /** Publishes outbox records to one Kafka topic. */
 export class KafkaPublisher implements EventPublisher {
   private readonly options: ResolvedOptions;
-  private readonly kafka: Kafka;
+  /** The client, created (and kafkajs imported, ~1.5 MiB of heap) when first connecting. */
+  private kafka: Promise<{ kafka: Kafka; kafkajs: typeof KafkaJs }> | undefined;
   private producer: Producer | undefined;
   private preparing: Promise<Producer> | undefined;
   private admin: Admin | undefined;
@@ -82,14 +84,23 @@ export class KafkaPublisher implements EventPublisher {
 
   constructor(options: KafkaPublisherOptions) {
     this.options = withDefaults(options);
+  }
+
+  /** The kafkajs client, created on first use. */
+  private client(): Promise<{ kafka: Kafka; kafkajs: typeof KafkaJs }> {
+    this.kafka ??= import("kafkajs").then((kafkajs) => ({ kafka: this.createClient(kafkajs), kafkajs }));
+    return this.kafka;
+  }
+
+  private createClient(kafkajs: typeof KafkaJs): Kafka {
     const log = this.options.log.child({ component: "kafka" });
-    this.kafka = new Kafka({
+    return new kafkajs.Kafka({
       clientId: this.options.clientId,
       brokers: this.options.brokers,
       connectionTimeout: this.options.connectionTimeoutMs,
       requestTimeout: this.options.requestTimeoutMs,
       retry: { retries: 3, initialRetryTime: 200, maxRetryTime: 2000 },
-      logLevel: logLevel.WARN,
+      logLevel: kafkajs.logLevel.WARN,
       // kafkajs reports every refused connection while the broker is down; the relay logs the
       // outage once itself, so its lines are debug detail.
       logCreator:
@@ -164,11 +175,12 @@ export class KafkaPublisher implements EventPublisher {
       await this.ensureTopic();
       this.topicReady = true;
     }
-    const producer = this.kafka.producer({
+    const { kafka, kafkajs } = await this.client();
+    const producer = kafka.producer({
       idempotent: true,
       maxInFlightRequests: 1,
       allowAutoTopicCreation: false,
-      createPartitioner: Partitioners.DefaultPartitioner,
+      createPartitioner: kafkajs.Partitioners.DefaultPartitioner,
       retry: { retries: this.options.sendRetries, initialRetryTime: 100, maxRetryTime: 2000 },
     });
     try {
@@ -187,7 +199,7 @@ export class KafkaPublisher implements EventPublisher {
 
   private async ensureTopic(): Promise<void> {
     const { topic, partitions, replicationFactor, log } = this.options;
-    const admin = this.kafka.admin();
+    const admin = (await this.client()).kafka.admin();
     this.admin = admin;
     try {
       await admin.connect();
