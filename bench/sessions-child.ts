@@ -2,7 +2,8 @@
  * Section 4's probe inside the scheduler process. sections/sessions.ts starts the scheduler as the
  * container image does, `node entrypoint.mjs scheduler` on the JavaScript compiled by
  * scripts/build-dist.mjs (no tsx, no TypeScript compiler in the process), and preloads this module
- * with `--import` (Node strips its types itself). It answers the bench's "sample" messages over IPC
+ * with `--import`, compiled to JavaScript beside the build (not Node's own type stripping, whose
+ * WebAssembly would add ~9 MiB to what is measured). It answers the bench's "sample" messages over IPC
  * with the process's memory and CPU, and on "stop" (or when the bench goes away) sends the process
  * the SIGTERM a deployment would. It imports only `node:` modules, so it adds next to nothing to
  * what it measures.

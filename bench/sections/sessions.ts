@@ -12,13 +12,14 @@
  */
 import { fork, spawn, type ChildProcess } from "node:child_process";
 import { once } from "node:events";
-import { mkdtemp, rm } from "node:fs/promises";
+import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { pathToFileURL } from "node:url";
 import { createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { createLogger, jsonToValue } from "@nexusflow/common";
+import ts from "typescript";
 import { Executor } from "@nexusflow/executor";
 import { WorkflowService } from "@nexusflow/gen";
 import { scaled } from "../lib/cli.js";
@@ -145,13 +146,27 @@ async function runNode(args: string[], env: NodeJS.ProcessEnv, what: string): Pr
   if (code !== 0) throw new Error(`${what} exited with ${code ?? signal}: ${output.slice(-2000)}`);
 }
 
-/** Compiles the services as the Dockerfile's build stage does, once per bench run. */
+/** The probe preloaded into the scheduler: sessions-child.ts compiled beside the build. */
+const PROBE = join(BENCH_DIST, "sessions-child.mjs");
+
+/**
+ * Compiles the services as the Dockerfile's build stage does, once per bench run, and the probe
+ * with them: preloading the .ts itself would have Node load its TypeScript stripper (a WebAssembly
+ * module) into the scheduler, ~9 MiB of RSS that a deployed scheduler does not have.
+ */
 function compiledServices(): Promise<void> {
-  built ??= runNode(
-    [join(ROOT, "scripts", "build-dist.mjs"), "--out", BENCH_DIST, "--link-node-modules"],
-    process.env,
-    "scripts/build-dist.mjs",
-  );
+  built ??= (async () => {
+    await runNode(
+      [join(ROOT, "scripts", "build-dist.mjs"), "--out", BENCH_DIST, "--link-node-modules"],
+      process.env,
+      "scripts/build-dist.mjs",
+    );
+    const source = await readFile(join(ROOT, "bench", "sessions-child.ts"), "utf8");
+    const js = ts.transpileModule(source, {
+      compilerOptions: { module: ts.ModuleKind.ESNext, target: ts.ScriptTarget.ES2022 },
+    });
+    await writeFile(PROBE, js.outputText);
+  })();
   return built;
 }
 
@@ -180,7 +195,7 @@ async function startScheduler(env: NodeJS.ProcessEnv): Promise<{ child: ChildPro
   const child = fork(join(BENCH_DIST, "entrypoint.mjs"), ["scheduler"], {
     cwd: env["NEXUSFLOW_DATA_DIR"],
     env,
-    execArgv: ["--import", pathToFileURL(join(ROOT, "bench", "sessions-child.ts")).href],
+    execArgv: ["--import", pathToFileURL(PROBE).href],
     stdio: ["ignore", "pipe", "pipe", "ipc"],
   });
   const output: string[] = [];
