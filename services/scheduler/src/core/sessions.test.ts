@@ -142,6 +142,32 @@ void describe("sessions: re-attach and restart", () => {
     assert.equal(old.leases.size, 0, "the lease left the superseded session");
   });
 
+  it("a lost session's leases wait until its executor has been silent for the session timeout, counted from its last word", () => {
+    const sim = new Simulation(10_000);
+    begin(sim, three);
+    const killed = sim.session("killed", "ex1");
+    const partitioned = sim.session("partitioned", "ex2");
+    const a = sim.lease(killed)!;
+    const b = sim.lease(partitioned)!;
+    // A stream that ends 400 ms after its last message (a SIGKILLed process): 9.6 s of grace left.
+    sessionLost(sim.core, killed, 400);
+    // One declared dead after 11 s of silence (the liveness check): nothing left to wait for.
+    sessionLost(sim.core, partitioned, 11_000);
+    assert.deepEqual(
+      sim.timers.flatMap((t) =>
+        t.timer.kind === "lease-grace" ? [[t.timer.task.id, t.due - sim.clock]] : [],
+      ),
+      [
+        [a.id, 9600],
+        [b.id, 0],
+      ],
+    );
+    sim.advanceTime(0);
+    assert.deepEqual([a.status, b.error?.type], ["LEASED", "LEASE_EXPIRED"]);
+    sim.advanceTime(9600);
+    assert.equal(a.error?.type, "LEASE_EXPIRED");
+  });
+
   it("after a restart a lease waits one session timeout for its executor, not more", () => {
     const before = new Simulation(1500);
     begin(before, three);

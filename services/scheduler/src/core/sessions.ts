@@ -1,9 +1,9 @@
 /**
- * Executor sessions and their leases: a lost session's leases wait out a grace period (the session
- * timeout) for their executor to reconnect and reclaim them (Attach.held_leases); unclaimed, they
- * expire as a failed attempt. An executor that re-attaches says which leases it holds, so the
- * others of its id expire at once instead of at the end of the grace. A silent session is
- * declared lost.
+ * Executor sessions and their leases: a lost session's leases wait for their executor to reconnect
+ * and reclaim them (Attach.held_leases) until it has been silent for the session timeout;
+ * unclaimed, they expire as a failed attempt. An executor that re-attaches says which leases it
+ * holds, so the others of its id expire at once instead of at the end of the grace. A silent
+ * session is declared lost.
  */
 import { TaskErrorType } from "@nexusflow/common/task-error-types";
 import type { LeaseKey } from "@nexusflow/gen";
@@ -18,12 +18,19 @@ export function orphan(core: Core, task: TaskState, graceMs: number): void {
   core.fx.setTimer({ kind: "lease-grace", task, token: task.fencingToken }, graceMs);
 }
 
-/** The session ended: its leases wait for a reconnect, then expire. */
-export function sessionLost(core: Core, session: SessionLeases): void {
+/**
+ * The session ended, its executor silent for `silentForMs`: its leases wait for a reconnect until
+ * the executor has been silent for the session timeout, then expire. Counting from the last word
+ * rather than from the end of the stream makes every way of losing an executor cost the same one
+ * timeout: a stream that ends at once (a SIGKILLed process) and one declared dead after a
+ * timeout of silence (a partition), whose leases then go at once rather than a timeout later.
+ */
+export function sessionLost(core: Core, session: SessionLeases, silentForMs = 0): void {
+  const graceMs = Math.max(0, core.sessionTimeoutMs - silentForMs);
   for (const id of session.leases) {
     const task = core.tasks.get(id);
     if (task !== undefined && task.sessionId === session.id && ACTIVE_LEASE.has(task.status))
-      orphan(core, task, core.sessionTimeoutMs);
+      orphan(core, task, graceMs);
   }
   session.leases.clear();
 }

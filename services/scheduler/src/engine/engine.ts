@@ -512,11 +512,17 @@ export class Engine {
     return session.leases.size;
   }
 
-  /** The session's stream ended: its leases wait for a reconnect, then expire. */
+  /**
+   * The session's stream ended: its leases wait for a reconnect until the executor has been
+   * silent for the session timeout, then expire.
+   */
   detachSession(session: SessionHandle): void {
     if (this.dispatcher.sessions.get(session.id) !== session) return;
     this.dispatcher.sessions.delete(session.id);
-    core.sessionLost(this.core, session);
+    // Stopping (stop() closes every session): the leases stay as stored, and the next start gives
+    // them their grace; a grace timer set now would outlive the engine.
+    if (this.stateValue === "STOPPING" || this.stateValue === "STOPPED") return;
+    core.sessionLost(this.core, session, performance.now() - session.lastSeen);
     // The next pass records whether the types it ran are now without an executor.
     this.schedulePump();
     this.log.info({ session_id: session.id, executor_id: session.executorId }, "executor session ended");
