@@ -50,15 +50,14 @@ runs AS (
 ),
 tasks AS (
   INSERT INTO task_runs (id, run_id, step_id, kind, type, status, position, input, output, attempt,
-                         fencing_token, executor_id, created_at, updated_at, ended_at)
+                         fencing_token, executor_id, created_at, updated_at, ended_at, attempt_status,
+                         leased_at, started_at, attempt_ended_at)
   SELECT gen_random_uuid(), id, 'only', 'STEP', $3, 'SUCCEEDED', 0, '{}'::jsonb, '{}'::jsonb, 1, 1,
-         'old-executor', created_at, created_at, created_at
+         'old-executor', created_at, created_at, created_at, 'SUCCEEDED', created_at, created_at, created_at
   FROM runs
-  RETURNING id, run_id, created_at
+  RETURNING id
 )
-INSERT INTO task_attempts (task_run_id, number, run_id, fencing_token, executor_id, status, leased_at,
-                           started_at, ended_at)
-SELECT id, 1, run_id, 1, 'old-executor', 'SUCCEEDED', created_at, created_at, created_at FROM tasks`;
+SELECT count(*) FROM tasks`;
 
 /** The scheduler's default retention (30 days). */
 const RETENTION_MS = 30 * 86_400_000;
@@ -103,7 +102,7 @@ async function phase(
     await system.preload(n, ENQUEUE_CONCURRENCY);
     await withClient(url, async (c) => {
       await c.query(INSERT_OLD_RUNS_SQL, [NOOP_WORKFLOW, oldRuns, NOOP_TYPE]);
-      await c.query("ANALYZE workflow_runs, task_runs, task_attempts");
+      await c.query("ANALYZE workflow_runs, task_runs, task_attempt_history");
     });
     ctx.note(`  nexusflow: drain ${purging ? "while purging" : "(no purge)"}`);
     const d0 = performance.now();

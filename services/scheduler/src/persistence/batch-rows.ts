@@ -5,9 +5,11 @@
  */
 import type { AttemptState, RunState, TaskState } from "../model/run-state.js";
 import {
-  ATTEMPT_SQL,
-  ATTEMPT_UPDATE_SQL,
+  ATTEMPT_HISTORY_SQL,
+  ATTEMPT_ROW_SQL,
   EVENT_SQL,
+  HISTORY_COPY_SQL,
+  HISTORY_SQL,
   KEY_SQL,
   RUN_SQL,
   RUN_UPDATE_SQL,
@@ -62,6 +64,18 @@ function attemptUpdateRow(a: AttemptState, row: Row = {}): Row {
   if (a.logs !== null && a.logs !== undefined) row.logs = a.logs;
   if (a.startedAt !== null) row.started_at = a.startedAt.getTime();
   if (a.endedAt !== null) row.ended_at = a.endedAt.getTime();
+  return row;
+}
+
+/** The task row's columns of its latest attempt `a` (see TASK_SQL). */
+function latestAttemptColumns(t: TaskState, a: AttemptState, row: Row): Row {
+  row.attempt_status = a.status;
+  if (a.error !== null) row.attempt_error = a.error;
+  if (a.logs !== null && a.logs !== undefined) row.attempt_logs = a.logs;
+  if (a.executorId !== t.executorId) row.attempt_executor_id = a.executorId;
+  row.leased_at = a.leasedAt.getTime();
+  if (a.startedAt !== null) row.started_at = a.startedAt.getTime();
+  if (a.endedAt !== null) row.attempt_ended_at = a.endedAt.getTime();
   return row;
 }
 
@@ -226,26 +240,71 @@ function snapshot(
     keys: runIds(knownRuns),
   });
   for (const r of runs.values()) written.set(r, true);
+  // A task's latest attempt lives in its row; attempts it has moved past go to task_attempt_history
+  // (from memory when this batch carries them, else copied from the stored row). An attempt
+  // marked without its task goes where the stored row says it belongs.
+  const marked = new Map<string, AttemptState[]>();
+  const orphans: AttemptState[] = [];
+  for (const a of attempts.values()) {
+    if (!tasks.has(a.taskRunId)) orphans.push(a);
+    else {
+      const list = marked.get(a.taskRunId);
+      if (list === undefined) marked.set(a.taskRunId, [a]);
+      else list.push(a);
+    }
+  }
+  const history: AttemptState[] = [];
+  const copies: { task: TaskState; skip: number[] }[] = [];
+  const taskRows = (list: TaskState[], row: (t: TaskState) => Row, fresh: boolean): Row[] =>
+    list.map((t) => {
+      const own = marked.get(t.id);
+      let latest: AttemptState | undefined;
+      const skip: number[] = [];
+      for (const a of own ?? []) {
+        if (a.number === t.attempt) latest = a;
+        else if (a.number < t.attempt) {
+          history.push(a);
+          skip.push(a.number);
+        }
+      }
+      if (latest === undefined && fresh && t.current !== null && t.current.number === t.attempt)
+        latest = t.current;
+      if (latest !== undefined && t.attempt > 1) copies.push({ task: t, skip });
+      const r = row(t);
+      return latest === undefined ? r : latestAttemptColumns(t, latest, r);
+    });
   const [newTasks, knownTasks] = split(tasks.values());
-  sections.push({ sql: TASK_SQL, rows: newTasks.map(taskRow), runIds: newTasks.map((t) => t.runId) });
+  const newRows = taskRows(newTasks, taskRow, true);
+  const knownRows = taskRows(knownTasks, (t) => taskUpdateRow(t, stored.get(t) !== t.input), false);
+  sections.push({
+    sql: HISTORY_COPY_SQL,
+    rows: copies.map(({ task, skip }) => ({
+      id: task.id,
+      attempt: task.attempt,
+      ...(skip.length > 0 ? { skip } : {}),
+    })),
+    runIds: copies.map((c) => c.task.runId),
+    keys: copies.map((c) => c.task.id),
+  });
+  sections.push({ sql: TASK_SQL, rows: newRows, runIds: newTasks.map((t) => t.runId) });
   sections.push({
     sql: TASK_UPDATE_SQL,
-    rows: knownTasks.map((t) => taskUpdateRow(t, stored.get(t) !== t.input)),
+    rows: knownRows,
     runIds: knownTasks.map((t) => t.runId),
     keys: knownTasks.map((t) => t.id),
   });
   for (const t of tasks.values()) written.set(t, t.input);
-  const [newAttempts, knownAttempts] = split(attempts.values());
+  sections.push({ sql: HISTORY_SQL, rows: history.map(attemptRow), runIds: history.map((a) => a.runId) });
   sections.push({
-    sql: ATTEMPT_SQL,
-    rows: newAttempts.map(attemptRow),
-    runIds: newAttempts.map((a) => a.runId),
+    sql: ATTEMPT_ROW_SQL,
+    rows: orphans.map(attemptRow),
+    runIds: orphans.map((a) => a.runId),
+    keys: orphans.map((a) => a.taskRunId),
   });
   sections.push({
-    sql: ATTEMPT_UPDATE_SQL,
-    rows: knownAttempts.map((a) => attemptUpdateRow(a)),
-    runIds: knownAttempts.map((a) => a.runId),
-    keys: knownAttempts.map((a) => a.taskRunId),
+    sql: ATTEMPT_HISTORY_SQL,
+    rows: orphans.map(attemptRow),
+    runIds: orphans.map((a) => a.runId),
   });
   for (const a of attempts.values()) written.set(a, true);
   if (events.length > 0) {

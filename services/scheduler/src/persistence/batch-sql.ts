@@ -23,28 +23,81 @@ ON CONFLICT (id) DO UPDATE SET status = excluded.status, output = excluded.outpu
   cancel_requested = excluded.cancel_requested, compensate_on_cancel = excluded.compensate_on_cancel,
   event_seq = excluded.event_seq, updated_at = now(), ended_at = excluded.ended_at`;
 
+// A task row holds its latest attempt (attempt_* columns, leased_at, started_at); earlier attempts
+// are rows of task_attempt_history, and the view task_attempts shows both (migration
+// LatestAttemptInTaskRow). A row without attempt_status leaves the stored attempt as it is.
+// attempt_executor_id is set only when the attempt's executor is not the task's (an attempt that
+// timed out in the queue has none).
+const ATTEMPT_COLUMNS = `attempt_status text, attempt_error jsonb, attempt_logs jsonb, attempt_executor_id text,
+  leased_at float8, started_at float8, attempt_ended_at float8`;
+const keepAttempt = (table: string, from: string, column: string, value = `${from}.${column}`): string =>
+  `${column} = CASE WHEN ${from}.attempt_status IS NULL THEN ${table}.${column} ELSE ${value} END`;
+const setAttempt = (table: string, from: string, timestamps: boolean): string =>
+  [
+    keepAttempt(table, from, "attempt_status"),
+    keepAttempt(table, from, "attempt_error"),
+    keepAttempt(table, from, "attempt_logs"),
+    keepAttempt(table, from, "attempt_executor_id"),
+    keepAttempt(table, from, "leased_at", timestamps ? ts(`${from}.leased_at`) : undefined),
+    keepAttempt(table, from, "started_at", timestamps ? ts(`${from}.started_at`) : undefined),
+    keepAttempt(table, from, "attempt_ended_at", timestamps ? ts(`${from}.attempt_ended_at`) : undefined),
+  ].join(", ");
+
 const TASK_COLUMNS = `id uuid, run_id uuid, step_id text, kind text, type text, status text, position int, input jsonb,
   output jsonb, output_ref jsonb, error jsonb, skip_reason text, attempt int, fencing_token bigint, executor_id text,
-  lease_expires_at float8, next_attempt_at float8, queued_at float8, created_at float8, ended_at float8`;
+  lease_expires_at float8, next_attempt_at float8, queued_at float8, created_at float8, ended_at float8, ${ATTEMPT_COLUMNS}`;
 export const TASK_SQL = `INSERT INTO task_runs (id, run_id, step_id, kind, type, status, position, input, output, output_ref, error,
-  skip_reason, attempt, fencing_token, executor_id, lease_expires_at, next_attempt_at, queued_at, created_at, updated_at, ended_at)
+  skip_reason, attempt, fencing_token, executor_id, lease_expires_at, next_attempt_at, queued_at, created_at, updated_at, ended_at,
+  attempt_status, attempt_error, attempt_logs, attempt_executor_id, leased_at, started_at, attempt_ended_at)
 SELECT id, run_id, step_id, kind, type, status, position, input, output, output_ref, error, skip_reason, attempt,
   fencing_token, executor_id, ${ts("lease_expires_at")}, ${ts("next_attempt_at")}, ${ts("queued_at")}, ${ts("created_at")},
-  now(), ${ts("ended_at")}
+  now(), ${ts("ended_at")}, attempt_status, attempt_error, attempt_logs, attempt_executor_id, ${ts("leased_at")},
+  ${ts("started_at")}, ${ts("attempt_ended_at")}
 FROM json_to_recordset($1::json) AS x(${TASK_COLUMNS})
 ON CONFLICT (id) DO UPDATE SET status = excluded.status, input = excluded.input, output = excluded.output,
   output_ref = excluded.output_ref, error = excluded.error, skip_reason = excluded.skip_reason, attempt = excluded.attempt,
   fencing_token = excluded.fencing_token, executor_id = excluded.executor_id, lease_expires_at = excluded.lease_expires_at,
-  next_attempt_at = excluded.next_attempt_at, queued_at = excluded.queued_at, updated_at = now(), ended_at = excluded.ended_at`;
+  next_attempt_at = excluded.next_attempt_at, queued_at = excluded.queued_at, updated_at = now(), ended_at = excluded.ended_at,
+  ${setAttempt("task_runs", "excluded", false)}`;
 
-export const ATTEMPT_SQL = `INSERT INTO task_attempts (task_run_id, number, run_id, fencing_token, executor_id, status, error, logs,
-  leased_at, started_at, ended_at)
-SELECT task_run_id, number, run_id, fencing_token, executor_id, status, error, logs, ${ts("leased_at")}, ${ts("started_at")},
-  ${ts("ended_at")}
-FROM json_to_recordset($1::json) AS x(task_run_id uuid, number int, run_id uuid, fencing_token bigint, executor_id text,
-  status text, error jsonb, logs jsonb, leased_at float8, started_at float8, ended_at float8)
-ON CONFLICT (task_run_id, number) DO UPDATE SET status = excluded.status, error = excluded.error, logs = excluded.logs,
-  started_at = excluded.started_at, ended_at = excluded.ended_at`;
+const HISTORY_COLUMNS = `task_run_id, number, run_id, fencing_token, executor_id, status, error, logs, leased_at, started_at,
+  ended_at`;
+const HISTORY_RECORD = `task_run_id uuid, number int, run_id uuid, fencing_token bigint, executor_id text, status text,
+  error jsonb, logs jsonb, leased_at float8, started_at float8, ended_at float8`;
+const HISTORY_VALUES = `task_run_id, number, run_id, fencing_token, executor_id, status, error, logs, ${ts("leased_at")},
+  ${ts("started_at")}, ${ts("ended_at")}`;
+const HISTORY_UPSERT = `ON CONFLICT (task_run_id, number) DO UPDATE SET status = excluded.status, error = excluded.error,
+  logs = excluded.logs, started_at = excluded.started_at, ended_at = excluded.ended_at`;
+
+// Attempts of a task in the batch that are no longer its latest: into the history, from memory.
+export const HISTORY_SQL = `INSERT INTO task_attempt_history (${HISTORY_COLUMNS})
+SELECT ${HISTORY_VALUES}
+FROM json_to_recordset($1::json) AS x(${HISTORY_RECORD})
+${HISTORY_UPSERT}`;
+
+// A task of the batch whose new attempt supersedes the one its stored row holds: that one moves to
+// the history, read from the row as it was before this statement (every part of one statement
+// sees the same snapshot), unless the batch carries it from memory (numbers in \`skip\`).
+export const HISTORY_COPY_SQL = `INSERT INTO task_attempt_history (${HISTORY_COLUMNS})
+SELECT t.id, t.attempt, t.run_id, t.fencing_token, coalesce(t.attempt_executor_id, t.executor_id), t.attempt_status,
+  t.attempt_error, t.attempt_logs, t.leased_at, t.started_at, t.attempt_ended_at
+FROM task_runs t JOIN json_to_recordset($1::json) AS x(id uuid, attempt int, skip int[]) ON t.id = x.id
+WHERE t.id = ANY($2::uuid[]) AND t.attempt_status IS NOT NULL AND t.attempt < x.attempt
+  AND NOT (t.attempt = ANY(coalesce(x.skip, '{}')))
+ON CONFLICT (task_run_id, number) DO NOTHING`;
+
+// An attempt marked without its task (the core marks both together; this keeps the writer correct
+// regardless): into its task's row when it is the stored latest, else into the history.
+export const ATTEMPT_ROW_SQL = `UPDATE task_runs AS t SET attempt_status = x.status, attempt_error = x.error,
+  attempt_logs = x.logs, attempt_executor_id = CASE WHEN x.executor_id IS DISTINCT FROM t.executor_id THEN x.executor_id END,
+  leased_at = ${ts("x.leased_at")}, started_at = ${ts("x.started_at")}, attempt_ended_at = ${ts("x.ended_at")}
+FROM json_to_recordset($1::json) AS x(${HISTORY_RECORD})
+WHERE t.id = x.task_run_id AND t.attempt = x.number AND t.id = ANY($2::uuid[])`;
+export const ATTEMPT_HISTORY_SQL = `INSERT INTO task_attempt_history (${HISTORY_COLUMNS})
+SELECT ${HISTORY_VALUES}
+FROM json_to_recordset($1::json) AS x(${HISTORY_RECORD})
+WHERE NOT EXISTS (SELECT 1 FROM task_runs t WHERE t.id = x.task_run_id AND t.attempt = x.number)
+${HISTORY_UPSERT}`;
 
 // One row per run and commit: its events as one LifecycleEventBatch (the relay publishes each).
 export const EVENT_SQL = `INSERT INTO outbox_events (run_id, first_sequence, last_sequence, payload, trace_context)
@@ -66,8 +119,8 @@ WHERE idempotency_keys.created_at <= excluded.created_at`;
 // parameters to build and parse, and no speculative insert. The id array ($2) lets the planner find
 // the rows by primary key (an estimate it cannot make for json_to_recordset); the writer's
 // connections never scan a table (database.ts).
-// With fillfactor 70 (migration HotUpdates) most of these updates are HOT: no index is touched
-// unless status changes on a run.
+// With fillfactor 70 (migration HotUpdates; 50 for tasks, TaskFillfactor) most of these updates are
+// HOT: no index is touched unless status changes on a run.
 export const RUN_UPDATE_SQL = `UPDATE workflow_runs AS r SET status = x.status, output = x.output, error = x.error,
   cancel_requested = x.cancel_requested, compensate_on_cancel = x.compensate_on_cancel, event_seq = x.event_seq,
   updated_at = now(), ended_at = ${ts("x.ended_at")}
@@ -80,17 +133,11 @@ export const TASK_UPDATE_SQL = `UPDATE task_runs AS t SET status = x.status,
   error = x.error, skip_reason = x.skip_reason, attempt = x.attempt, fencing_token = x.fencing_token,
   executor_id = x.executor_id, lease_expires_at = ${ts("x.lease_expires_at")},
   next_attempt_at = ${ts("x.next_attempt_at")}, queued_at = ${ts("x.queued_at")}, updated_at = now(),
-  ended_at = ${ts("x.ended_at")}
+  ended_at = ${ts("x.ended_at")}, ${setAttempt("t", "x", true)}
 FROM json_to_recordset($1::json) AS x(id uuid, status text, set_input boolean, input jsonb, output jsonb,
   output_ref jsonb, error jsonb, skip_reason text, attempt int, fencing_token bigint, executor_id text,
-  lease_expires_at float8, next_attempt_at float8, queued_at float8, ended_at float8)
+  lease_expires_at float8, next_attempt_at float8, queued_at float8, ended_at float8, ${ATTEMPT_COLUMNS})
 WHERE t.id = x.id AND t.id = ANY($2::uuid[])`;
-
-export const ATTEMPT_UPDATE_SQL = `UPDATE task_attempts AS a SET status = x.status, error = x.error, logs = x.logs,
-  started_at = ${ts("x.started_at")}, ended_at = ${ts("x.ended_at")}
-FROM json_to_recordset($1::json) AS x(task_run_id uuid, number int, status text, error jsonb, logs jsonb,
-  started_at float8, ended_at float8)
-WHERE a.task_run_id = x.task_run_id AND a.number = x.number AND a.task_run_id = ANY($2::uuid[])`;
 
 // Rows carry only the values that are set: json_to_recordset reads a missing key as NULL, exactly
 // as it reads a JSON null, so leaving nulls out changes nothing but the size of the parameter
@@ -131,19 +178,21 @@ export function statementOf(sections: Section[]): BatchStatement | undefined {
 const PARTS = [
   RUN_SQL,
   RUN_UPDATE_SQL,
+  HISTORY_COPY_SQL,
   TASK_SQL,
   TASK_UPDATE_SQL,
-  ATTEMPT_SQL,
-  ATTEMPT_UPDATE_SQL,
+  HISTORY_SQL,
+  ATTEMPT_ROW_SQL,
+  ATTEMPT_HISTORY_SQL,
   EVENT_SQL,
   KEY_SQL,
 ];
-/** Statement text and name by shape: which of PARTS a batch has (at most 2^8 shapes). */
+/** Statement text and name by shape: which of PARTS a batch has (at most 2^10 shapes). */
 const statements = new Map<string, { name: string; sql: string }>();
 
 /** The one statement of data-modifying CTEs for the given parts, in order, parameters numbered in turn. */
 function batchStatement(parts: string[]): { name: string; sql: string } {
-  const key = parts.map((sql) => PARTS.indexOf(sql)).join("");
+  const key = parts.map((sql) => PARTS.indexOf(sql).toString(16)).join("");
   let statement = statements.get(key);
   if (statement === undefined) {
     let base = 0;

@@ -4,6 +4,7 @@
  * Hot-path writes (leases, completions, group commit) go through the batch writer in plain SQL.
  */
 import { defineEntity, p } from "@mikro-orm/core";
+import { TASK_ATTEMPTS_VIEW } from "./migrations/Migration20261205040000LatestAttemptInTaskRow.js";
 
 /** An immutable workflow definition, one row per (name, version). */
 export const WorkflowDefinitionEntity = defineEntity({
@@ -78,14 +79,23 @@ export const TaskRunEntity = defineEntity({
     createdAt: p.datetime().defaultRaw("now()"),
     updatedAt: p.datetime().defaultRaw("now()"),
     endedAt: p.datetime().nullable(),
+    // The latest attempt (number `attempt`, token `fencingToken`); null before the first.
+    attemptStatus: p.string().length(16).nullable(),
+    attemptError: p.json<unknown>().nullable(),
+    attemptLogs: p.json<unknown>().nullable(),
+    /** Set only when the attempt's executor is not `executorId`. */
+    attemptExecutorId: p.string().length(200).nullable(),
+    leasedAt: p.datetime().nullable(),
+    startedAt: p.datetime().nullable(),
+    attemptEndedAt: p.datetime().nullable(),
   },
   uniques: [{ name: "task_runs_run_step_kind_uq", properties: ["runId", "stepId", "kind"] }],
 });
 
-/** Every attempt of every task run, for GetRun and audits. */
-export const TaskAttemptEntity = defineEntity({
-  name: "TaskAttempt",
-  tableName: "task_attempts",
+/** The attempts a task has moved past (its latest is in its row, see TaskRunEntity). */
+export const TaskAttemptHistoryEntity = defineEntity({
+  name: "TaskAttemptHistory",
+  tableName: "task_attempt_history",
   properties: {
     taskRunId: p.uuid().primary(),
     number: p.integer().primary(),
@@ -100,6 +110,30 @@ export const TaskAttemptEntity = defineEntity({
     endedAt: p.datetime().nullable(),
   },
   indexes: [{ name: "task_attempts_run_idx", properties: ["runId"] }],
+});
+
+/**
+ * Every attempt of every task run, for GetRun and audits: the view over task_attempt_history and
+ * the latest attempt of each task row (migration LatestAttemptInTaskRow).
+ */
+export const TaskAttemptEntity = defineEntity({
+  name: "TaskAttempt",
+  tableName: "task_attempts",
+  view: true,
+  expression: TASK_ATTEMPTS_VIEW,
+  properties: {
+    taskRunId: p.uuid().primary(),
+    number: p.integer().primary(),
+    runId: p.uuid(),
+    fencingToken: p.bigint("number"),
+    executorId: p.string().length(200),
+    status: p.string().length(16),
+    error: p.json<unknown>().nullable(),
+    logs: p.json<unknown>().nullable(),
+    leasedAt: p.datetime(),
+    startedAt: p.datetime().nullable(),
+    endedAt: p.datetime().nullable(),
+  },
 });
 
 /**
@@ -144,6 +178,7 @@ export const entities = [
   WorkflowDefinitionEntity,
   WorkflowRunEntity,
   TaskRunEntity,
+  TaskAttemptHistoryEntity,
   TaskAttemptEntity,
   OutboxEventEntity,
   IdempotencyKeyEntity,

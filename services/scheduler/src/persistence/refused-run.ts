@@ -59,8 +59,9 @@ export async function failRefusedRun(
       [runId, JSON.stringify(error), sequence.toString()],
     );
     await client.query(
-      `UPDATE task_attempts SET status = 'CANCELLED', ended_at = now()
-        WHERE run_id = $1 AND status = ANY($2::text[])`,
+      // A leased or running attempt is its task's latest, held in the task's row.
+      `UPDATE task_runs SET attempt_status = 'CANCELLED', attempt_ended_at = now()
+        WHERE run_id = $1 AND attempt_status = ANY($2::text[])`,
       [runId, [...ACTIVE_LEASE]],
     );
     await client.query(

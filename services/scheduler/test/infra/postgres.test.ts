@@ -96,6 +96,7 @@ describe("embedded PostgreSQL with migrations", () => {
         "idempotency_keys",
         "nexusflow_migrations",
         "outbox_events",
+        "task_attempt_history",
         "task_attempts",
         "task_runs",
         "workflow_definitions",

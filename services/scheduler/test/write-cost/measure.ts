@@ -13,7 +13,13 @@ import { registerSpec } from "../e2e/harness.js";
 import { startTestDatabase, startTestScheduler, testLogger, waitFor, workflowClient } from "../support.js";
 
 /** The tables a run writes. */
-export const TABLES = ["workflow_runs", "task_runs", "task_attempts", "outbox_events", "idempotency_keys"];
+export const TABLES = [
+  "workflow_runs",
+  "task_runs",
+  "task_attempt_history",
+  "outbox_events",
+  "idempotency_keys",
+];
 
 /** Per-table counters per task. */
 export interface TableCost {

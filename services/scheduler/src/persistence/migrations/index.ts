@@ -6,6 +6,7 @@ import { Migration20261205000000IdempotencyKeys } from "./Migration2026120500000
 import { Migration20261205010000RunTraceParent } from "./Migration20261205010000RunTraceParent.js";
 import { Migration20261205020000LeanerRunIndexes } from "./Migration20261205020000LeanerRunIndexes.js";
 import { Migration20261205030000TaskFillfactor } from "./Migration20261205030000TaskFillfactor.js";
+import { Migration20261205040000LatestAttemptInTaskRow } from "./Migration20261205040000LatestAttemptInTaskRow.js";
 
 /** The migrations MikroORM applies at start-up. */
 export const migrationsList = [
@@ -16,4 +17,8 @@ export const migrationsList = [
   { name: "Migration20261205010000RunTraceParent", class: Migration20261205010000RunTraceParent },
   { name: "Migration20261205020000LeanerRunIndexes", class: Migration20261205020000LeanerRunIndexes },
   { name: "Migration20261205030000TaskFillfactor", class: Migration20261205030000TaskFillfactor },
+  {
+    name: "Migration20261205040000LatestAttemptInTaskRow",
+    class: Migration20261205040000LatestAttemptInTaskRow,
+  },
 ];
