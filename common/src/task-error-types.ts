@@ -41,8 +41,10 @@ export const TaskErrorType = {
    */
   HEARTBEAT_TIMEOUT: "HEARTBEAT_TIMEOUT",
   /**
-   * Scheduler. The executor holding the lease lost its session and did not re-attach with it
-   * within the grace period. Retried by default. No details.
+   * Scheduler. The executor holding the lease lost its session and did not re-attach listing it
+   * within the session timeout (counted from its last message), or re-attached under its id
+   * without listing it (it no longer holds it). Retried by default, due at once rather than after
+   * the policy's backoff, and counted against `maxAttempts`. No details.
    */
   LEASE_EXPIRED: "LEASE_EXPIRED",
   /**

@@ -84,6 +84,11 @@ void describe("sessions: re-attach and restart", () => {
       assert.equal(t.status, "RETRY_WAIT", `${t.stepId} expired without waiting out the grace`);
       assert.equal(t.error?.type, "LEASE_EXPIRED");
       assert.equal(t.failures, 1, "lost work counts as a failed attempt, as a session lost for good does");
+      assert.equal(
+        t.nextAttemptAt?.getTime(),
+        sim.clock + 1,
+        "its retry is due at once, not after a backoff",
+      );
       assert.equal(t.sessionId, null);
     }
     assert.deepEqual(attempts(sim, a), ["1:FAILED:LEASE_EXPIRED"]);
@@ -92,14 +97,19 @@ void describe("sessions: re-attach and restart", () => {
     assert.equal(c.sessionId, "new");
     assert.deepEqual([...back.leases], [c.id]);
 
-    // Their grace timers, when they fire, change nothing; the retries come due and are leased again.
-    sim.advanceTime(60_000);
-    assert.equal(c.status, "RUNNING", "the reclaimed lease does not expire");
+    // The retries come due at once and are leased again.
+    sim.advanceTime(1);
     const again = [sim.lease(back), sim.lease(back)];
     assert.deepEqual(again.map((t) => [t?.stepId, t?.attempt]).sort(), [
       ["a", 2],
       ["b", 2],
     ]);
+    // The old grace timers, when they fire, change nothing.
+    sim.advanceTime(60_000);
+    assert.deepEqual(
+      [a, b, c].map((t) => t.status),
+      ["LEASED", "LEASED", "RUNNING"],
+    );
   });
 
   it("a re-attach leaves other executors' leases alone and revokes a listed lease that is no longer its own", () => {

@@ -12,6 +12,14 @@ import type { Core, Moment, SessionLeases } from "./context.js";
 import { keyMatches } from "./fencing.js";
 import { failAttempt } from "./retries.js";
 
+/**
+ * The retry-after hint a lost lease's attempt fails with: the retry is due at once instead of
+ * after the policy's backoff. The executor was lost, not the task's dependencies, so waiting
+ * would only add to the recovery; the attempt still counts against `maxAttempts`, which bounds a
+ * task that keeps killing its executors.
+ */
+export const LOST_LEASE_RETRY_AFTER_MS = 1;
+
 /** Starts the grace period of a lease without a session; it expires unless an executor reclaims it. */
 export function orphan(core: Core, task: TaskState, graceMs: number): void {
   task.sessionId = null;
@@ -37,7 +45,7 @@ export function sessionLost(core: Core, session: SessionLeases, silentForMs = 0)
 
 /**
  * A lease's grace period ended: unless reclaimed (or decided) meanwhile, the attempt fails with
- * LEASE_EXPIRED. Returns whether it did.
+ * LEASE_EXPIRED, its retry due at once. Returns whether it did.
  */
 export function leaseGraceExpired(core: Core, task: TaskState, token: number, at: Moment): boolean {
   if (task.fencingToken !== token || !ACTIVE_LEASE.has(task.status) || task.sessionId !== null) return false;
@@ -49,7 +57,7 @@ export function leaseGraceExpired(core: Core, task: TaskState, token: number, at
       message: `executor ${task.executorId ?? "?"} was lost`,
       retryable: true,
     },
-    0,
+    LOST_LEASE_RETRY_AFTER_MS,
     at,
   );
   return true;
@@ -90,9 +98,9 @@ export interface Attached {
  * A session of `session.executorId` attached holding `held`: those leases move to it (the ones
  * that are no longer its executor's current leases are returned, to be revoked), and every other
  * active lease of the same executor id expires now, as it would at the end of its grace
- * (LEASE_EXPIRED, a failed attempt retried by policy): an executor that does not list a lease
- * does not hold it, whether its process died with the lease running or never received it, so
- * waiting the grace out only delays the retry. Leases on the executor's earlier sessions count
+ * (LEASE_EXPIRED, a failed attempt whose retry is due at once): an executor that does not list
+ * a lease does not hold it, whether its process died with the lease running or never received
+ * it, so waiting the grace out only delays the retry. Leases on the executor's earlier sessions count
  * too (the new session supersedes them). The caller has checked that the session may use this
  * executor id (the token binds it): attaching is what releases the id's leases.
  */
@@ -123,7 +131,7 @@ export function attached(
         message: `executor ${session.executorId} re-attached without this lease`,
         retryable: true,
       },
-      0,
+      LOST_LEASE_RETRY_AFTER_MS,
       at,
     );
   }
