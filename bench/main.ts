@@ -21,6 +21,7 @@ import {
   type LatencyResult,
   type ThroughputResult,
 } from "./sections/queue.js";
+import { recoverySection, recoveryTargets, type RecoveryResult } from "./sections/recovery.js";
 import { retentionSection, type RetentionResult } from "./sections/retention.js";
 import { sessionsSection, type SessionsResult } from "./sections/sessions.js";
 
@@ -55,6 +56,8 @@ export interface BenchReport {
   dag?: DagResult;
   sessions?: SessionsResult;
   retention?: RetentionResult;
+  /** `--only recovery`: SIGKILLed executors' tasks running again. */
+  recovery?: RecoveryResult;
   /** `--tracing`: the share of runs sampled and what the sink received. */
   tracing?: { sampleRatio: number } & SinkStats;
   targets?: Target[];
@@ -192,6 +195,13 @@ export async function runBench(argv: readonly string[], io: BenchIo): Promise<Be
         report.retention = await retentionSection(ctx, n, n, 3);
       });
       if (report.retention !== undefined) print(retentionTable(report.retention));
+    }
+
+    if (want("recovery") && options.systems.includes("nexusflow")) {
+      await section("recovery", async () => {
+        report.recovery = await recoverySection(ctx);
+      });
+      if (report.recovery !== undefined) print(recoveryTable(report.recovery));
     }
 
     report.targets = targets(report);
@@ -411,6 +421,24 @@ function retentionTable(r: RetentionResult): string {
   );
 }
 
+function recoveryTable(r: RecoveryResult): string {
+  const label = { gone: "A gone", back: "A back under its id", restart: "A gone, scheduler restarted" };
+  return (
+    `\n7. Recovery: executor A SIGKILLed holding ${r.tasks} tasks, until every one runs again elsewhere (ms; session timeout ${r.sessionTimeoutMs}, heartbeat ${r.heartbeatIntervalMs})\n` +
+    formatTable([
+      ["mode", "kills", "all running p50", "all running max", "leases given up p50", "leases given up max"],
+      ...r.modes.map((m) => [
+        label[m.mode],
+        m.kills.length,
+        m.allRunningMs.p50,
+        m.allRunningMs.max,
+        m.leasesGoneMs.p50,
+        m.leasesGoneMs.max,
+      ]),
+    ])
+  );
+}
+
 function sessionsTable(s: SessionsResult): string {
   return (
     "\n4. Executor sessions (the compiled scheduler's process only)\n" +
@@ -533,6 +561,7 @@ export function targets(r: BenchReport): Target[] {
       met: ratio >= 0.95,
     });
   }
+  if (r.recovery !== undefined) out.push(...recoveryTargets(r.recovery));
   return out;
 }
 

@@ -1,9 +1,20 @@
 /** Command-line options of `npm run bench`. */
 
 /** The sections, in the order they run. */
-export const SECTIONS = ["throughput", "bulk", "latency", "dag", "sessions", "cost", "retention"] as const;
+export const SECTIONS = [
+  "throughput",
+  "bulk",
+  "latency",
+  "dag",
+  "sessions",
+  "cost",
+  "retention",
+  "recovery",
+] as const;
 /** One section name. */
 export type Section = (typeof SECTIONS)[number];
+/** The sections run without --only: recovery (minutes of killed processes) only when named. */
+export const DEFAULT_SECTIONS: readonly Section[] = SECTIONS.filter((s) => s !== "recovery");
 /** The systems compared in sections 1, 2 and 5 (and 3, those with a workflow model). */
 export const SYSTEMS = ["nexusflow", "pg-boss", "graphile-worker", "dbos"] as const;
 /** One system name. */
@@ -11,7 +22,7 @@ export type SystemName = (typeof SYSTEMS)[number];
 
 /** Parsed options. */
 export interface BenchOptions {
-  /** Sections to run. @default every section */
+  /** Sections to run. @default every section but recovery ({@link DEFAULT_SECTIONS}) */
   only: Section[];
   /** Multiplies every size and duration (0.1 for a quick look). @default 1 */
   scale: number;
@@ -43,7 +54,8 @@ export const USAGE = `usage: npm run bench -- [--only ${SECTIONS.join("|")}[,...
                         [--systems ${SYSTEMS.join(",")}] [--rates 100,500] [--profile] [--metrics] [--tracing RATIO] [--out DIR]
   --only      run only these sections (comma-separated); cost needs throughput and runs it;
               bulk: enqueue through each system's bulk API (StartRuns, insert, addJobs), then drain;
-              retention: the drain beside a purge of old runs (Nexusflow)
+              retention: the drain beside a purge of old runs (Nexusflow);
+              recovery: SIGKILLed executors' tasks running again (Nexusflow; only when named)
   --scale     multiply sizes and durations (e.g. 0.1 for a quick run)
   --systems   systems compared in throughput, latency and cost (dag: nexusflow, dbos)
   --rates     open-loop arrival rates in runs/s (default 100,500,1000 and half our drain rate)
@@ -73,7 +85,7 @@ function list<T extends string>(flag: string, value: string, allowed: readonly T
 /** Parses `argv` (without node and the script). Throws {@link UsageError}. */
 export function parseArgs(argv: readonly string[]): BenchOptions {
   const options: BenchOptions = {
-    only: [...SECTIONS],
+    only: [...DEFAULT_SECTIONS],
     scale: 1,
     systems: [...SYSTEMS],
     profile: false,
