@@ -18,6 +18,7 @@ COPY services/gateway/package.json services/gateway/
 COPY cli/package.json cli/
 COPY bench/package.json bench/
 COPY client/package.json client/
+COPY ui/package.json ui/
 
 # --- build: every dependency, then TypeScript -> JavaScript --------------------------------------
 FROM ${NODE_IMAGE} AS build
@@ -32,6 +33,9 @@ COPY services/scheduler/src/ services/scheduler/src/
 COPY services/executor/src/ services/executor/src/
 COPY services/gateway/src/ services/gateway/src/
 COPY examples/handlers.ts examples/
+# The web UI's sources: build-dist.mjs builds them (vite) into /out/ui/dist, served by the gateway.
+COPY ui/index.html ui/vite.config.ts ui/tsconfig.json ui/
+COPY ui/src/ ui/src/
 COPY scripts/build-dist.mjs scripts/
 COPY deploy/docker/ deploy/docker/
 RUN node scripts/build-dist.mjs --out /out

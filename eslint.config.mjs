@@ -12,6 +12,7 @@ export default tseslint.config(
       ".nexusflow/**",
       ".cache/**",
       "dist/**",
+      "ui/dist/**",
       "**/*.mjs",
     ],
   },
@@ -39,6 +40,11 @@ export default tseslint.config(
         },
       ],
     },
+  },
+  {
+    // The web UI runs in the browser.
+    files: ["ui/src/**/*.{ts,tsx}"],
+    languageOptions: { globals: globals.browser },
   },
   {
     files: ["**/*.test.ts", "**/test/**/*.ts", "bench/**/*.ts"],

@@ -8,6 +8,8 @@
 //   dist/app/services/<name>/src/*.js         compiled sources (with source maps)
 //   dist/app/<workspace>/package.json         the workspace's manifest, exports pointing at .js
 //   dist/app/services.json                    the services and their main modules
+//   dist/app/ui/dist/                         the web UI (ui/, `vite build`), which the gateway serves
+//                                            under /ui/ from ../../../ui/dist relative to its server.js
 //
 // With --link-node-modules (for running the build in this checkout, as the tests do) it also links
 //   DIR/node_modules/@nexusflow/<name>  -> the compiled workspace folders, and
@@ -66,6 +68,25 @@ const tsc = spawnSync(
   { cwd: root, stdio: "inherit" },
 );
 if (tsc.status !== 0) fail(`tsc exited with ${tsc.status ?? tsc.signal}`);
+
+// The web UI: static files, so the image serves it with no Node build step at run time.
+const uiOut = join(out, "ui", "dist");
+console.log(`build-dist: building the web UI into ${relative(process.cwd(), uiOut)}`);
+const vite = spawnSync(
+  process.execPath,
+  [
+    join(root, "node_modules", "vite", "bin", "vite.js"),
+    "build",
+    "--outDir",
+    uiOut,
+    "--emptyOutDir",
+    "--logLevel",
+    "warn",
+  ],
+  { cwd: join(root, "ui"), stdio: "inherit" },
+);
+if (vite.status !== 0) fail(`vite build exited with ${vite.status ?? vite.signal}`);
+if (!existsSync(join(uiOut, "index.html"))) fail("the web UI was built without an index.html");
 
 /** `./src/x.ts` -> `./src/x.js` (exports and their patterns). */
 function toJs(target) {

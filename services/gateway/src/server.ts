@@ -2,9 +2,10 @@
  * The gateway server: one TCP port that speaks HTTP/2 without TLS (h2c, prior knowledge) and
  * HTTP/1.1, serving gRPC, gRPC-Web and Connect (binary and JSON) for every proxied service, REST/JSON
  * under the paths of their `google.api.http` annotations (rest/), gRPC server reflection,
- * `/healthz` (live) and `/readyz` (ready: listening, and the readiness check passes), and the
- * standard `grpc.health.v1.Health` answering with that same readiness (health.ts). Every call but
- * reflection and health needs a bearer token when a verifier is set (guard.ts).
+ * `/healthz` (live) and `/readyz` (ready: listening, and the readiness check passes), the
+ * standard `grpc.health.v1.Health` answering with that same readiness (health.ts), and the web UI's
+ * built files under `/ui/` (static-files.ts). Every call but reflection and health needs a bearer
+ * token when a verifier is set (guard.ts); the UI's static files need none.
  *
  * HTTP/1.1 and h2c on one port: Node's `allowHTTP1` only works with TLS (it relies on ALPN), so
  * the gateway owns a plain `net.Server` and looks at the first bytes of each connection. An HTTP/2
@@ -22,6 +23,7 @@
 import * as http from "node:http";
 import * as http2 from "node:http2";
 import * as net from "node:net";
+import { fileURLToPath } from "node:url";
 import {
   Code,
   ConnectError,
@@ -52,6 +54,7 @@ import { GatewayMetrics, type Protocol, protocolOf, rejectionReason } from "./me
 import { MAX_TIMEOUT_MS, type RestHandler, createRestHandler } from "./rest/handler.js";
 import { compileRoutes } from "./rest/routes.js";
 import { DETAILS_REGISTRY } from "./rest/status.js";
+import { createStaticFiles } from "./static-files.js";
 import { tracingInterceptor } from "./tracing.js";
 import { PROXIED_SERVICES, createRoutes } from "./routes.js";
 
@@ -128,7 +131,16 @@ export interface GatewayOptions {
    * @default undefined (no metrics)
    */
   metrics?: Registry | undefined;
+  /**
+   * The folder of the built web UI (ui/, `vite build`), served under `/ui/` (static-files.ts).
+   * @default the ui/dist folder of the checkout (`../../../ui/dist` from this module), where
+   * scripts/build-dist.mjs also puts it in the compiled layout of the image
+   */
+  uiDir?: string;
 }
+
+/** Where the built UI is, relative to this module, in the checkout and in the compiled image alike. */
+const DEFAULT_UI_DIR = fileURLToPath(new URL("../../../ui/dist", import.meta.url));
 
 /** Lifecycle states of a {@link Gateway}. */
 export type GatewayState = "idle" | "starting" | "listening" | "stopping" | "stopped";
@@ -201,6 +213,7 @@ interface CompiledGatewayOptions {
   maxRequestBytes: number;
   maxStreamsPerClient: number;
   metrics: Registry | undefined;
+  uiDir: string;
 }
 
 function addGatewayDefaults(options: GatewayOptions): CompiledGatewayOptions {
@@ -218,6 +231,7 @@ function addGatewayDefaults(options: GatewayOptions): CompiledGatewayOptions {
     maxRequestBytes: options.maxRequestBytes ?? 4 * 1024 * 1024,
     maxStreamsPerClient: options.maxStreamsPerClient ?? 32,
     metrics: options.metrics,
+    uiDir: options.uiDir ?? DEFAULT_UI_DIR,
   };
 }
 
@@ -256,6 +270,7 @@ class GatewayServer implements Gateway {
   readonly #upstreamSessions: Http2SessionManager | undefined;
   #drained: (() => void) | undefined;
   readonly #rest: RestHandler;
+  readonly #ui: ReturnType<typeof createStaticFiles>;
 
   constructor(options: CompiledGatewayOptions) {
     this.#options = options;
@@ -340,6 +355,8 @@ class GatewayServer implements Gateway {
               authenticateRequest(verifier, method, headers.get("authorization"), onRefused),
       onRefused: metrics === undefined ? undefined : (method, code) => metrics.request(method, "rest", code),
     });
+
+    this.#ui = createStaticFiles({ root: options.uiDir, log: this.#log });
 
     this.#h2 = http2.createServer({}, handler);
     this.#h2.on("session", (session) => this.#onSession(session));
@@ -526,6 +543,8 @@ class GatewayServer implements Gateway {
       );
       return;
     }
+    // The web UI's files under /ui/ (no token: they hold no data; its API calls carry one).
+    if (this.#ui(req, res as http.ServerResponse)) return;
     if (this.#rest(req, res)) return;
     // A google.rpc.Status, like every other error of the REST surface.
     sendJson(res, 404, { code: Code.NotFound, message: `no route for ${req.method ?? "?"} ${path ?? "/"}` });

@@ -7,6 +7,7 @@
  * returns at once); then the scheduler (MIGRATE_ON_START=false, as deployed), an executor (metrics
  * off, probes on HEALTH_PORT) and the gateway become ready on `/readyz`, the scheduler's and the
  * gateway's `grpc.health.v1.Health` answer SERVING, and the image's HEALTHCHECK passes for each;
+ * the gateway serves the web UI built with it under /ui/;
  * with PostgreSQL gone the scheduler turns not ready (HTTP and gRPC) and so does the gateway;
  * SIGTERM stops each with status 0.
  */
@@ -213,6 +214,15 @@ describe("the services compiled to JavaScript, started as the image starts them"
     const gatewayUrl = await logged(gateway, "gateway listening", "url");
     await waitFor("the gateway's /readyz", async () => (await status(`${gatewayUrl}/readyz`)) === 200);
     assert.equal(await status(`${gatewayUrl}/healthz`), 200);
+    // The web UI comes with the build: its index.html, and the hashed script it loads.
+    const ui = await fetch(`${gatewayUrl}/ui/`);
+    assert.equal(ui.status, 200);
+    assert.equal(ui.headers.get("content-type"), "text/html; charset=utf-8");
+    const script = /src="(\/ui\/assets\/[^"]+\.js)"/.exec(await ui.text())?.[1];
+    assert.ok(script !== undefined, "index.html loads no script from /ui/assets/");
+    const asset = await fetch(`${gatewayUrl}${script}`);
+    assert.equal(asset.status, 200);
+    assert.equal(asset.headers.get("cache-control"), "public, max-age=31536000, immutable");
     const gatewayMetrics = await logged(gateway, "metrics listening", "url");
     assert.equal(await status(gatewayMetrics.replace(/\/metrics$/, "/readyz")), 200);
     const gatewayAddress = new URL(gatewayUrl).host;

@@ -1,0 +1,195 @@
+/**
+ * A workflow's DAG as boxes and arrows (pure functions, no DOM): steps placed in columns by the
+ * longest chain of dependencies before them (left to right), each column in definition order; and
+ * the state a step is shown in, from its task and its compensation's task.
+ */
+import { type Run, type StepSpec, TaskKind, type TaskRun, TaskStatus } from "@nexusflow/gen";
+
+/** Box size and spacing, in SVG user units. */
+export const NODE_WIDTH = 168;
+export const NODE_HEIGHT = 52;
+const COLUMN_GAP = 64;
+const ROW_GAP = 20;
+const MARGIN = 12;
+
+/** A step placed on the canvas. */
+export interface DagNode {
+  id: string;
+  type: string;
+  column: number;
+  x: number;
+  y: number;
+}
+
+/** An arrow from a dependency to its dependent. */
+export interface DagEdge {
+  from: string;
+  to: string;
+  /** SVG path data. */
+  path: string;
+}
+
+/** A laid-out graph. */
+export interface DagLayout {
+  nodes: DagNode[];
+  edges: DagEdge[];
+  width: number;
+  height: number;
+}
+
+/** The steps of a graph: an id, a type and what it depends on. */
+export type DagStep = Pick<StepSpec, "id" | "type" | "dependsOn">;
+
+/**
+ * Places `steps`. Dependencies on unknown steps are ignored, and a cycle (which registration
+ * refuses) cannot hang it: a step on one is put in the column after the ones already placed.
+ */
+export function layoutDag(steps: readonly DagStep[]): DagLayout {
+  const byId = new Map(steps.map((s) => [s.id, s]));
+  const columns = new Map<string, number>();
+  const visiting = new Set<string>();
+  const columnOf = (id: string): number => {
+    const known = columns.get(id);
+    if (known !== undefined) return known;
+    if (visiting.has(id)) return 0;
+    visiting.add(id);
+    const step = byId.get(id);
+    let column = 0;
+    for (const dep of step?.dependsOn ?? []) {
+      if (byId.has(dep)) column = Math.max(column, columnOf(dep) + 1);
+    }
+    visiting.delete(id);
+    columns.set(id, column);
+    return column;
+  };
+  const rows = new Map<number, number>();
+  const nodes: DagNode[] = steps.map((s) => {
+    const column = columnOf(s.id);
+    const row = rows.get(column) ?? 0;
+    rows.set(column, row + 1);
+    return {
+      id: s.id,
+      type: s.type,
+      column,
+      x: MARGIN + column * (NODE_WIDTH + COLUMN_GAP),
+      y: MARGIN + row * (NODE_HEIGHT + ROW_GAP),
+    };
+  });
+  const placed = new Map(nodes.map((n) => [n.id, n]));
+  const edges: DagEdge[] = [];
+  for (const s of steps) {
+    const to = placed.get(s.id);
+    for (const dep of s.dependsOn) {
+      const from = placed.get(dep);
+      if (from === undefined || to === undefined) continue;
+      const x1 = from.x + NODE_WIDTH;
+      const y1 = from.y + NODE_HEIGHT / 2;
+      const x2 = to.x;
+      const y2 = to.y + NODE_HEIGHT / 2;
+      const bend = Math.max(24, (x2 - x1) / 2);
+      edges.push({
+        from: dep,
+        to: s.id,
+        path: `M ${x1} ${y1} C ${x1 + bend} ${y1}, ${x2 - bend} ${y2}, ${x2} ${y2}`,
+      });
+    }
+  }
+  const columnsUsed = Math.max(0, ...nodes.map((n) => n.column)) + 1;
+  const rowsUsed = Math.max(1, ...rows.values());
+  return {
+    nodes,
+    edges,
+    width: 2 * MARGIN + columnsUsed * NODE_WIDTH + (columnsUsed - 1) * COLUMN_GAP,
+    height: 2 * MARGIN + rowsUsed * NODE_HEIGHT + (rowsUsed - 1) * ROW_GAP,
+  };
+}
+
+/**
+ * How a step is shown: its task's state, or, once a compensation of it exists, that
+ * compensation's progress. "waiting" is a step with no task yet.
+ */
+export type StepState =
+  | "waiting"
+  | "pending"
+  | "queued"
+  | "leased"
+  | "running"
+  | "retrying"
+  | "succeeded"
+  | "failed"
+  | "skipped"
+  | "cancelled"
+  | "compensating"
+  | "compensated"
+  | "compensation-failed";
+
+/** The tasks of one step: its own and its compensation's (each the latest, if several). */
+export interface StepTasks {
+  step: TaskRun | undefined;
+  compensation: TaskRun | undefined;
+}
+
+const COMPENSATION_SUFFIX = ".compensation";
+
+/** The tasks of each step of `run`, by step id. */
+export function tasksByStep(run: Run | undefined): Map<string, StepTasks> {
+  const map = new Map<string, StepTasks>();
+  for (const task of run?.tasks ?? []) {
+    const compensation = task.kind === TaskKind.COMPENSATION;
+    const stepId =
+      compensation && task.stepId.endsWith(COMPENSATION_SUFFIX)
+        ? task.stepId.slice(0, -COMPENSATION_SUFFIX.length)
+        : task.stepId;
+    const entry = map.get(stepId) ?? { step: undefined, compensation: undefined };
+    if (compensation) entry.compensation = task;
+    else entry.step = task;
+    map.set(stepId, entry);
+  }
+  return map;
+}
+
+function taskState(status: TaskStatus): StepState {
+  switch (status) {
+    case TaskStatus.PENDING:
+      return "pending";
+    case TaskStatus.QUEUED:
+      return "queued";
+    case TaskStatus.LEASED:
+      return "leased";
+    case TaskStatus.RUNNING:
+      return "running";
+    case TaskStatus.RETRY_WAIT:
+      return "retrying";
+    case TaskStatus.SUCCEEDED:
+      return "succeeded";
+    case TaskStatus.FAILED:
+      return "failed";
+    case TaskStatus.SKIPPED:
+      return "skipped";
+    case TaskStatus.CANCELLED:
+      return "cancelled";
+    default:
+      return "waiting";
+  }
+}
+
+/** The state a step is drawn in. */
+export function stepState(tasks: StepTasks | undefined): StepState {
+  if (tasks?.compensation !== undefined) {
+    switch (tasks.compensation.status) {
+      case TaskStatus.SUCCEEDED:
+        return "compensated";
+      case TaskStatus.FAILED:
+      case TaskStatus.CANCELLED:
+        return "compensation-failed";
+      default:
+        return "compensating";
+    }
+  }
+  return tasks?.step === undefined ? "waiting" : taskState(tasks.step.status);
+}
+
+/** A state as words for people and screen readers. */
+export function stateLabel(state: StepState): string {
+  return state === "compensation-failed" ? "compensation failed" : state;
+}

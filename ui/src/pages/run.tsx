@@ -1,0 +1,390 @@
+/**
+ * A run: its DAG from the workflow definition (steps and dependsOn), each step coloured by its
+ * state and updated live from WatchRun; the selected step's tasks (the step's and its
+ * compensation's) with attempts, input, output, error and why it waits; and the cancel actions,
+ * shown to tokens with runs:write (the server checks the scope regardless).
+ */
+import type { Run, TaskRun } from "@nexusflow/gen";
+import { useEffect, useMemo, useState } from "preact/hooks";
+import { describeError, isAborted, isUnauthenticated } from "../api";
+import { canWriteRuns, useSession } from "../session";
+import { Dag } from "../Dag";
+import { type DagStep, layoutDag, stateLabel, stepState, tasksByStep } from "../dag";
+import { TERMINAL_RUN_STATUSES, formatTime, prettyJson, taskStatusName, valueJson } from "../format";
+import { linkHandler, routePath } from "../router";
+import { StatusBadge } from "./runs";
+
+/** How the live view stands. */
+type Live =
+  { state: "connecting" } | { state: "live" } | { state: "ended" } | { state: "retrying"; error: string };
+
+const RECONNECT_MS = 2000;
+
+/** The run page. */
+export function RunPage({ runId }: { runId: string }) {
+  const session = useSession();
+  const { api, signOut } = session;
+  const [run, setRun] = useState<Run | undefined>(undefined);
+  const [error, setError] = useState<string | undefined>(undefined);
+  const [steps, setSteps] = useState<DagStep[] | undefined>(undefined);
+  const [stepsNote, setStepsNote] = useState<string | undefined>(undefined);
+  const [live, setLive] = useState<Live>({ state: "connecting" });
+  const [selected, setSelected] = useState<string | undefined>(undefined);
+
+  // GetRun for the first picture, then WatchRun (its first message is a snapshot too) until the
+  // run ends; a stream cut off early (a gateway restart) is opened again.
+  useEffect(() => {
+    const controller = new AbortController();
+    const { signal } = controller;
+    const wait = (ms: number): Promise<void> =>
+      new Promise((resolve) => {
+        const timer = setTimeout(resolve, ms);
+        signal.addEventListener("abort", () => clearTimeout(timer), { once: true });
+      });
+    const watch = async (): Promise<void> => {
+      let first: Run | undefined;
+      try {
+        first = (await api.getRun({ runId }, { signal })).run;
+      } catch (e) {
+        if (isAborted(e)) return;
+        if (isUnauthenticated(e)) signOut(`The gateway refused the token: ${describeError(e)}`);
+        else setError(describeError(e));
+        return;
+      }
+      if (first === undefined) return;
+      setRun(first);
+      let current = first;
+      while (!signal.aborted && !TERMINAL_RUN_STATUSES.has(current.status)) {
+        try {
+          setLive({ state: "connecting" });
+          for await (const msg of api.watchRun({ runId }, { signal })) {
+            if (msg.run === undefined) continue;
+            current = msg.run;
+            setRun(msg.run);
+            setLive({ state: "live" });
+          }
+        } catch (e) {
+          if (isAborted(e) || signal.aborted) return;
+          if (isUnauthenticated(e)) {
+            signOut(`The gateway refused the token: ${describeError(e)}`);
+            return;
+          }
+          setLive({ state: "retrying", error: describeError(e) });
+          await wait(RECONNECT_MS);
+        }
+      }
+      if (!signal.aborted) setLive({ state: "ended" });
+    };
+    void watch();
+    return () => controller.abort();
+  }, [api, runId, signOut]);
+
+  // The definition the run was started from, for the graph's edges.
+  const workflowName = run?.workflowName;
+  const workflowVersion = run?.workflowVersion;
+  useEffect(() => {
+    if (workflowName === undefined || workflowVersion === undefined) return;
+    const controller = new AbortController();
+    api.getWorkflow({ name: workflowName, version: workflowVersion }, { signal: controller.signal }).then(
+      (res) => {
+        setSteps(res.workflow?.spec?.steps ?? []);
+        setStepsNote(undefined);
+      },
+      (e: unknown) => {
+        if (isAborted(e)) return;
+        setSteps(undefined);
+        setStepsNote(`Dependencies not shown: the definition could not be read (${describeError(e)}).`);
+      },
+    );
+    return () => controller.abort();
+  }, [api, workflowName, workflowVersion]);
+
+  const byStep = useMemo(() => tasksByStep(run), [run]);
+  // Without the definition, the steps the run has tasks for, without edges.
+  const graphSteps = useMemo<DagStep[]>(
+    () =>
+      steps ??
+      [...byStep.keys()].map((id) => ({ id, type: byStep.get(id)?.step?.type ?? "", dependsOn: [] })),
+    [steps, byStep],
+  );
+  const layout = useMemo(() => layoutDag(graphSteps), [graphSteps]);
+  const states = useMemo(
+    () => new Map(graphSteps.map((s) => [s.id, stepState(byStep.get(s.id))])),
+    [graphSteps, byStep],
+  );
+
+  if (error !== undefined)
+    return (
+      <section>
+        <h1>Run {runId}</h1>
+        <p class="error" role="alert">
+          {error}
+        </p>
+      </section>
+    );
+  if (run === undefined) return <p aria-busy="true">Loading run {runId}…</p>;
+  const terminal = TERMINAL_RUN_STATUSES.has(run.status);
+  const selectedTasks = selected === undefined ? undefined : byStep.get(selected);
+  const workflowRoute = { page: "workflows", name: run.workflowName } as const;
+  return (
+    <section aria-labelledby="run-title" class="run">
+      <h1 id="run-title">
+        Run <span class="mono">{run.id}</span>
+      </h1>
+      <dl class="summary">
+        <dt>Status</dt>
+        <dd>
+          <span data-testid="run-status">
+            <StatusBadge status={run.status} />
+          </span>{" "}
+          <span class="live" aria-live="polite" data-live={live.state}>
+            {live.state === "live" && "live"}
+            {live.state === "connecting" && "connecting…"}
+            {live.state === "ended" && "ended"}
+            {live.state === "retrying" && `reconnecting (${live.error})`}
+          </span>
+        </dd>
+        <dt>Workflow</dt>
+        <dd>
+          <a href={routePath(workflowRoute)} onClick={linkHandler(workflowRoute)}>
+            {run.workflowName}
+          </a>{" "}
+          <span class="muted">v{run.workflowVersion}</span>
+        </dd>
+        <dt>Created</dt>
+        <dd>{formatTime(run.createTime)}</dd>
+        <dt>Ended</dt>
+        <dd>{formatTime(run.endTime)}</dd>
+        {Object.keys(run.labels).length > 0 && (
+          <>
+            <dt>Labels</dt>
+            <dd>
+              {Object.entries(run.labels).map(([k, v]) => (
+                <span key={k} class="label">
+                  {k}={v}
+                </span>
+              ))}
+            </dd>
+          </>
+        )}
+      </dl>
+      {canWriteRuns(session) && !terminal && <CancelActions run={run} onCancelled={setRun} />}
+      <h2>Graph</h2>
+      {stepsNote !== undefined && <p class="muted">{stepsNote}</p>}
+      <Dag
+        layout={layout}
+        states={states}
+        selected={selected}
+        onSelect={(id) => setSelected(id === selected ? undefined : id)}
+        label={`Steps of run ${run.id}; select one for its details`}
+      />
+      <Legend />
+      {selected !== undefined && (
+        <section class="step-details" aria-labelledby="step-title">
+          <h2 id="step-title">
+            Step <span class="mono">{selected}</span>: {stateLabel(states.get(selected) ?? "waiting")}
+          </h2>
+          {selectedTasks?.step === undefined && selectedTasks?.compensation === undefined && (
+            <p>No task yet: the step waits for its dependencies.</p>
+          )}
+          {selectedTasks?.step !== undefined && <TaskDetails title="Task" task={selectedTasks.step} />}
+          {selectedTasks?.compensation !== undefined && (
+            <TaskDetails title="Compensation" task={selectedTasks.compensation} />
+          )}
+        </section>
+      )}
+      <div class="io">
+        <Json title="Input" value={valueJson(run.input)} />
+        {run.output !== undefined && <Json title="Output" value={valueJson(run.output)} />}
+        {run.error !== undefined && (
+          <Json
+            title="Error"
+            value={{
+              type: run.error.type,
+              message: run.error.message,
+              details: valueJson(run.error.details),
+            }}
+          />
+        )}
+      </div>
+    </section>
+  );
+}
+
+function CancelActions({ run, onCancelled }: { run: Run; onCancelled: (run: Run) => void }) {
+  const { api } = useSession();
+  const [confirming, setConfirming] = useState<"cancel" | "compensate" | undefined>(undefined);
+  const [busy, setBusy] = useState(false);
+  const [problem, setProblem] = useState<string | undefined>(undefined);
+  const cancel = async (compensate: boolean): Promise<void> => {
+    setBusy(true);
+    try {
+      const res = await api.cancelRun({ runId: run.id, reason: "cancelled from the web UI", compensate });
+      setProblem(undefined);
+      if (res.run !== undefined) onCancelled(res.run);
+    } catch (e) {
+      setProblem(describeError(e));
+    } finally {
+      setBusy(false);
+      setConfirming(undefined);
+    }
+  };
+  return (
+    <div class="actions" role="group" aria-label="Run actions">
+      {confirming === undefined ? (
+        <>
+          <button type="button" class="danger" onClick={() => setConfirming("cancel")}>
+            Cancel run
+          </button>
+          <button type="button" class="danger" onClick={() => setConfirming("compensate")}>
+            Cancel with compensation
+          </button>
+        </>
+      ) : (
+        <>
+          <span>
+            {confirming === "cancel"
+              ? "Cancel this run? Running tasks are told to stop."
+              : "Cancel this run and compensate the steps that succeeded?"}
+          </span>
+          <button
+            type="button"
+            class="danger"
+            disabled={busy}
+            onClick={() => void cancel(confirming === "compensate")}
+          >
+            Yes, cancel
+          </button>
+          <button type="button" class="secondary" disabled={busy} onClick={() => setConfirming(undefined)}>
+            Keep running
+          </button>
+        </>
+      )}
+      {problem !== undefined && (
+        <p class="error" role="alert">
+          {problem}
+        </p>
+      )}
+    </div>
+  );
+}
+
+function TaskDetails({ title, task }: { title: string; task: TaskRun }) {
+  return (
+    <div class="task" data-task={task.id}>
+      <h3>
+        {title}: <span class="mono">{task.type}</span>,{" "}
+        {taskStatusName(task.status).toLowerCase().replace(/_/g, " ")}
+      </h3>
+      <dl class="summary">
+        {task.pendingReason !== "" && (
+          <>
+            <dt>Waiting because</dt>
+            <dd data-testid="pending-reason">{task.pendingReason}</dd>
+          </>
+        )}
+        {task.nextAttemptTime !== undefined && (
+          <>
+            <dt>Next attempt</dt>
+            <dd>{formatTime(task.nextAttemptTime)}</dd>
+          </>
+        )}
+        {task.skipReason !== "" && (
+          <>
+            <dt>Skipped because</dt>
+            <dd>{task.skipReason}</dd>
+          </>
+        )}
+        {task.outputRef !== undefined && (
+          <>
+            <dt>Output stored as</dt>
+            <dd class="mono">{task.outputRef.key}</dd>
+          </>
+        )}
+      </dl>
+      {task.attempts.length > 0 && (
+        <table class="attempts">
+          <caption>Attempts</caption>
+          <thead>
+            <tr>
+              <th scope="col">#</th>
+              <th scope="col">Executor</th>
+              <th scope="col">Leased</th>
+              <th scope="col">Started</th>
+              <th scope="col">Ended</th>
+              <th scope="col">Status</th>
+              <th scope="col">Error</th>
+            </tr>
+          </thead>
+          <tbody>
+            {task.attempts.map((a) => (
+              <tr key={a.number}>
+                <td>{a.number}</td>
+                <td>{a.executorId || "—"}</td>
+                <td>{formatTime(a.leaseTime)}</td>
+                <td>{formatTime(a.startTime)}</td>
+                <td>{formatTime(a.endTime)}</td>
+                <td>{taskStatusName(a.status).toLowerCase()}</td>
+                <td>{a.error === undefined ? "" : `${a.error.type}: ${a.error.message}`}</td>
+              </tr>
+            ))}
+          </tbody>
+        </table>
+      )}
+      <div class="io">
+        <Json title="Input" value={valueJson(task.input)} />
+        {task.output !== undefined && <Json title="Output" value={valueJson(task.output)} />}
+        {task.error !== undefined && (
+          <Json
+            title="Error"
+            value={{
+              type: task.error.type,
+              message: task.error.message,
+              retryable: task.error.retryable,
+              details: valueJson(task.error.details),
+            }}
+          />
+        )}
+      </div>
+    </div>
+  );
+}
+
+/** A titled JSON block. */
+export function Json({ title, value }: { title: string; value: unknown }) {
+  return (
+    <figure class="json">
+      <figcaption>{title}</figcaption>
+      <pre tabIndex={0}>{value === undefined ? "—" : prettyJson(value)}</pre>
+    </figure>
+  );
+}
+
+const LEGEND = [
+  "waiting",
+  "pending",
+  "queued",
+  "leased",
+  "running",
+  "retrying",
+  "succeeded",
+  "failed",
+  "skipped",
+  "cancelled",
+  "compensating",
+  "compensated",
+  "compensation-failed",
+] as const;
+
+function Legend() {
+  return (
+    <ul class="legend" aria-label="Colours of the step states">
+      {LEGEND.map((s) => (
+        <li key={s} class={`state-${s}`}>
+          <span class="swatch" aria-hidden="true" />
+          {stateLabel(s)}
+        </li>
+      ))}
+    </ul>
+  );
+}

@@ -1,0 +1,178 @@
+/** Runs: filtered by workflow and status, a page at a time, refreshed every two seconds. */
+import type { RunStatus } from "@nexusflow/gen";
+import { type Run, RunView } from "@nexusflow/gen";
+import { useState } from "preact/hooks";
+import { describeError, isAborted, isUnauthenticated } from "../api";
+import { useSession } from "../session";
+import { RUN_STATUSES, formatTime, runStatusName } from "../format";
+import { usePolling } from "../hooks";
+import { linkHandler, routePath } from "../router";
+
+const PAGE_SIZE = 25;
+const REFRESH_MS = 2000;
+
+/** The runs page. */
+export function RunsPage() {
+  const { api, signOut } = useSession();
+  const [workflow, setWorkflow] = useState("");
+  const [status, setStatus] = useState<RunStatus | undefined>(undefined);
+  // Tokens of the pages before this one ("" is the first page).
+  const [pages, setPages] = useState<string[]>([""]);
+  const [runs, setRuns] = useState<Run[] | undefined>(undefined);
+  const [next, setNext] = useState("");
+  const [error, setError] = useState<string | undefined>(undefined);
+  const [updated, setUpdated] = useState<Date | undefined>(undefined);
+  const pageToken = pages[pages.length - 1] ?? "";
+
+  usePolling(
+    async (signal) => {
+      try {
+        const res = await api.listRuns(
+          {
+            workflowName: workflow.trim(),
+            statuses: status === undefined ? [] : [status],
+            pageSize: PAGE_SIZE,
+            pageToken,
+            view: RunView.BASIC,
+          },
+          { signal },
+        );
+        setRuns(res.runs);
+        setNext(res.nextPageToken);
+        setError(undefined);
+        setUpdated(new Date());
+      } catch (e) {
+        if (isAborted(e)) return;
+        if (isUnauthenticated(e)) signOut(`The gateway refused the token: ${describeError(e)}`);
+        else setError(describeError(e));
+      }
+    },
+    REFRESH_MS,
+    [api, workflow, status, pageToken],
+  );
+
+  const resetPaging = (): void => setPages([""]);
+  return (
+    <section aria-labelledby="runs-title">
+      <h1 id="runs-title">Runs</h1>
+      <form class="filters" onSubmit={(e) => e.preventDefault()} aria-label="Filter runs">
+        <label>
+          Workflow
+          <input
+            type="search"
+            name="workflow"
+            placeholder="any"
+            value={workflow}
+            onInput={(e) => {
+              setWorkflow(e.currentTarget.value);
+              resetPaging();
+            }}
+          />
+        </label>
+        <label>
+          Status
+          <select
+            name="status"
+            value={status === undefined ? "" : String(status)}
+            onChange={(e) => {
+              const v = e.currentTarget.value;
+              setStatus(v === "" ? undefined : Number(v));
+              resetPaging();
+            }}
+          >
+            <option value="">any</option>
+            {RUN_STATUSES.map((s) => (
+              <option key={s} value={String(s)}>
+                {runStatusName(s)}
+              </option>
+            ))}
+          </select>
+        </label>
+        <span class="live" aria-live="polite">
+          {updated === undefined
+            ? "loading…"
+            : `live, updated ${updated.toLocaleTimeString(undefined, { hour12: false })}`}
+        </span>
+      </form>
+      {error !== undefined && (
+        <p class="error" role="alert">
+          {error}
+        </p>
+      )}
+      {runs !== undefined && runs.length === 0 && <p>No runs match.</p>}
+      {runs !== undefined && runs.length > 0 && (
+        <table class="runs">
+          <caption class="visually-hidden">Runs, newest first</caption>
+          <thead>
+            <tr>
+              <th scope="col">Run</th>
+              <th scope="col">Workflow</th>
+              <th scope="col">Status</th>
+              <th scope="col">Created</th>
+              <th scope="col">Ended</th>
+              <th scope="col">Labels</th>
+            </tr>
+          </thead>
+          <tbody>
+            {runs.map((run) => {
+              const route = { page: "run", runId: run.id } as const;
+              return (
+                <tr key={run.id} data-run={run.id}>
+                  <td>
+                    <a href={routePath(route)} onClick={linkHandler(route)} class="mono">
+                      {run.id}
+                    </a>
+                  </td>
+                  <td>
+                    {run.workflowName} <span class="muted">v{run.workflowVersion}</span>
+                  </td>
+                  <td>
+                    <StatusBadge status={run.status} />
+                  </td>
+                  <td>{formatTime(run.createTime)}</td>
+                  <td>{formatTime(run.endTime)}</td>
+                  <td>
+                    {Object.entries(run.labels).map(([k, v]) => (
+                      <span key={k} class="label">
+                        {k}={v}
+                      </span>
+                    ))}
+                  </td>
+                </tr>
+              );
+            })}
+          </tbody>
+        </table>
+      )}
+      <nav class="paging" aria-label="Pages of runs">
+        <button
+          type="button"
+          class="secondary"
+          disabled={pages.length <= 1}
+          onClick={() => setPages(pages.slice(0, -1))}
+        >
+          Previous page
+        </button>
+        <span>Page {pages.length}</span>
+        <button
+          type="button"
+          class="secondary"
+          disabled={next === ""}
+          onClick={() => setPages([...pages, next])}
+        >
+          Next page
+        </button>
+      </nav>
+    </section>
+  );
+}
+
+/** A run status as a coloured, labelled badge. */
+export function StatusBadge({ status }: { status: RunStatus }) {
+  const name = runStatusName(status);
+  return (
+    <span class={`badge run-${name.toLowerCase().replace(/_/g, "-")}`} data-status={name}>
+      {name.replace(/_/g, " ").toLowerCase()}
+    </span>
+  );
+}

@@ -1,0 +1,64 @@
+/** Client-side routes under /ui/ (the gateway answers each with index.html). */
+import { useEffect, useState } from "preact/hooks";
+
+/** The app's pages. */
+export type Route =
+  { page: "runs" } | { page: "run"; runId: string } | { page: "workflows"; name: string | undefined };
+
+const BASE = "/ui";
+
+/** The route of a pathname; unknown paths show the runs. */
+export function parseRoute(pathname: string): Route {
+  const rest = pathname.startsWith(`${BASE}/`) ? pathname.slice(BASE.length + 1) : "";
+  const [first, second] = rest.split("/").map((s) => decodeURIComponent(s));
+  if (first === "runs" && second !== undefined && second !== "") return { page: "run", runId: second };
+  if (first === "workflows")
+    return { page: "workflows", name: second === undefined || second === "" ? undefined : second };
+  return { page: "runs" };
+}
+
+/** The path of a route. */
+export function routePath(route: Route): string {
+  switch (route.page) {
+    case "runs":
+      return `${BASE}/runs`;
+    case "run":
+      return `${BASE}/runs/${encodeURIComponent(route.runId)}`;
+    case "workflows":
+      return route.name === undefined
+        ? `${BASE}/workflows`
+        : `${BASE}/workflows/${encodeURIComponent(route.name)}`;
+  }
+}
+
+const listeners = new Set<() => void>();
+
+/** Goes to `route`, adding a history entry. */
+export function navigate(route: Route): void {
+  window.history.pushState(null, "", routePath(route));
+  for (const l of listeners) l();
+}
+
+/** The current route, updated on navigation and on back/forward. */
+export function useRoute(): Route {
+  const [route, setRoute] = useState(() => parseRoute(window.location.pathname));
+  useEffect(() => {
+    const update = (): void => setRoute(parseRoute(window.location.pathname));
+    listeners.add(update);
+    window.addEventListener("popstate", update);
+    return () => {
+      listeners.delete(update);
+      window.removeEventListener("popstate", update);
+    };
+  }, []);
+  return route;
+}
+
+/** An onClick for links to app routes: navigates in place unless a modifier asks for a new tab. */
+export function linkHandler(route: Route): (e: MouseEvent) => void {
+  return (e) => {
+    if (e.defaultPrevented || e.button !== 0 || e.metaKey || e.ctrlKey || e.shiftKey || e.altKey) return;
+    e.preventDefault();
+    navigate(route);
+  };
+}
