@@ -426,7 +426,15 @@ function recoveryTable(r: RecoveryResult): string {
   return (
     `\n7. Recovery: executor A SIGKILLed holding ${r.tasks} tasks, until every one runs again elsewhere (ms; session timeout ${r.sessionTimeoutMs}, heartbeat ${r.heartbeatIntervalMs})\n` +
     formatTable([
-      ["mode", "kills", "all running p50", "all running max", "leases given up p50", "leases given up max"],
+      [
+        "mode",
+        "kills",
+        "all running p50",
+        "all running max",
+        "leases given up p50",
+        "leases given up max",
+        "from the restart p50 / max",
+      ],
       ...r.modes.map((m) => [
         label[m.mode],
         m.kills.length,
@@ -434,6 +442,7 @@ function recoveryTable(r: RecoveryResult): string {
         m.allRunningMs.max,
         m.leasesGoneMs.p50,
         m.leasesGoneMs.max,
+        m.afterRestartMs === undefined ? "-" : `${m.afterRestartMs.p50} / ${m.afterRestartMs.max}`,
       ]),
     ])
   );

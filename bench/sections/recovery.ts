@@ -71,6 +71,8 @@ export interface RecoveryKill {
   leasesGoneMs: number;
   /** Processes the tasks run on again. */
   processes: number;
+  /** restart: the new scheduler's recovery -> the last task's handler started again, ms. */
+  afterRestartMs?: number;
 }
 
 /** One mode over its kills. */
@@ -79,6 +81,8 @@ export interface RecoveryMode {
   kills: RecoveryKill[];
   allRunningMs: Summary;
   leasesGoneMs: Summary;
+  /** restart: from the new scheduler's recovery to all running. */
+  afterRestartMs?: Summary;
 }
 
 /** Result of section 7. */
@@ -286,7 +290,11 @@ async function runMode(
         mode === "back"
           ? logs.filter((l) => l.msg === "executor attached" && Number(l["expired"] ?? 0) > 0)
           : logs.filter((l) => l.msg === "lease expired: executor lost");
+      const recovered = logs.find((l) => l.msg === "recovered active runs");
       results.push({
+        ...(mode === "restart" && recovered !== undefined
+          ? { afterRestartMs: (starts.at(-1) ?? Number.NaN) + killedAt - (recovered.time as number) }
+          : {}),
         allRunningMs: starts.at(-1) ?? Number.NaN,
         halfRunningMs: starts[Math.floor((starts.length - 1) / 2)] ?? Number.NaN,
         leasesGoneMs: Math.max(...gone.map((l) => (l.time as number) - killedAt)),
@@ -311,6 +319,9 @@ async function runMode(
     kills: results,
     allRunningMs: roundSummary(summarize(results.map((r) => r.allRunningMs))),
     leasesGoneMs: roundSummary(summarize(results.map((r) => r.leasesGoneMs))),
+    ...(mode === "restart"
+      ? { afterRestartMs: roundSummary(summarize(results.map((r) => r.afterRestartMs ?? Number.NaN))) }
+      : {}),
   };
 }
 
@@ -355,15 +366,21 @@ export function recoveryTargets(r: RecoveryResult): RecoveryTarget[] {
       measured: `${back.allRunningMs.p50} ms (max ${back.allRunningMs.max})`,
       met: back.allRunningMs.p50 <= 2000,
     });
-  for (const mode of ["gone", "restart"] as const) {
-    const m = of(mode);
-    if (m === undefined) continue;
+  const gone = of("gone");
+  if (gone !== undefined)
     out.push({
-      target: `recovery, executor gone${mode === "restart" ? ", scheduler restarted" : ""}`,
-      goal: `all tasks running elsewhere <= session timeout ${r.sessionTimeoutMs} ms (p50)`,
-      measured: `${m.allRunningMs.p50} ms (max ${m.allRunningMs.max}); leases given up ${m.leasesGoneMs.p50} ms`,
-      met: m.allRunningMs.p50 <= r.sessionTimeoutMs,
+      target: "recovery, executor gone",
+      goal: `all tasks running elsewhere <= session timeout ${r.sessionTimeoutMs} ms after the kill (p50)`,
+      measured: `${gone.allRunningMs.p50} ms (max ${gone.allRunningMs.max}); leases given up ${gone.leasesGoneMs.p50} ms`,
+      met: gone.allRunningMs.p50 <= r.sessionTimeoutMs,
     });
-  }
+  const restart = of("restart");
+  if (restart?.afterRestartMs !== undefined)
+    out.push({
+      target: "recovery, executor gone, scheduler restarted",
+      goal: `all tasks running elsewhere <= session timeout ${r.sessionTimeoutMs} ms after the restart (p50)`,
+      measured: `${restart.afterRestartMs.p50} ms (max ${restart.afterRestartMs.max}); from the kill ${restart.allRunningMs.p50} ms`,
+      met: restart.afterRestartMs.p50 <= r.sessionTimeoutMs,
+    });
   return out;
 }
