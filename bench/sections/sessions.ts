@@ -170,8 +170,11 @@ function compiledServices(): Promise<void> {
   return built;
 }
 
-/** The scheduler's environment: the image's Node settings (Dockerfile) and the bench's database. */
-function serviceEnv(databaseUrl: string, dataDir: string): NodeJS.ProcessEnv {
+/**
+ * The scheduler's environment: the image's Node settings (Dockerfile) and the bench's database;
+ * metrics served (on a free port, not scraped) with --metrics, as the image's default has them.
+ */
+function serviceEnv(databaseUrl: string, dataDir: string, metrics: boolean): NodeJS.ProcessEnv {
   return {
     PATH: process.env["PATH"] ?? "",
     NODE_ENV: "production",
@@ -182,7 +185,7 @@ function serviceEnv(databaseUrl: string, dataDir: string): NodeJS.ProcessEnv {
     MIGRATE_ON_START: "false",
     AUTH_DISABLED: "true",
     SCHEDULER_PORT: "0",
-    METRICS_PORT: "off",
+    METRICS_PORT: metrics ? "0" : "off",
     LOG_LEVEL: "info",
   };
 }
@@ -248,7 +251,7 @@ export async function sessionsSection(ctx: BenchContext): Promise<SessionsResult
   await compiledServices();
   const db = await ctx.freshDatabase("nf_sessions");
   const dataDir = await mkdtemp(join(tmpdir(), "nf-bench-sessions-"));
-  const env = serviceEnv(db.url, dataDir);
+  const env = serviceEnv(db.url, dataDir, ctx.options.metrics);
   await runNode([join(BENCH_DIST, "entrypoint.mjs"), "migrate"], env, "entrypoint.mjs migrate");
   const started = await startScheduler(env).catch(async (e: unknown) => {
     await rm(dataDir, { recursive: true, force: true });
@@ -325,8 +328,7 @@ export async function sessionsSection(ctx: BenchContext): Promise<SessionsResult
     const c1 = completed;
     looping = false;
     return {
-      scheduler:
-        "compiled (scripts/build-dist.mjs): NODE_OPTIONS=--enable-source-maps node entrypoint.mjs scheduler",
+      scheduler: `compiled (scripts/build-dist.mjs): NODE_OPTIONS=--enable-source-maps node entrypoint.mjs scheduler, metrics ${ctx.options.metrics ? "on" : "off"}`,
       heartbeatIntervalMs: 2000,
       busyTaskMs: BUSY_TASK_MS,
       baseline: windowOf(b0, b1, 0, 0),
