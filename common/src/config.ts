@@ -229,7 +229,17 @@ export interface SchedulerConfig {
   database: DatabaseConfig;
   kafka: KafkaConfig;
   artifacts: ArtifactConfig;
+  /**
+   * How often an executor with nothing else to say sends a heartbeat (HEARTBEAT_INTERVAL, 2 s;
+   * Hatchet's workers beat every 4 s). The scheduler pings every half interval.
+   */
   heartbeatIntervalMs: number;
+  /**
+   * Silence after which an executor session is dead (SESSION_TIMEOUT, 10 s: five intervals, a
+   * third of Hatchet's 30 s); its leases expire this long after it was last heard from, or after
+   * a scheduler restart. A crashed executor back under its id gives them up at once instead. The
+   * README's "Executor loss" has the comparison with Temporal and Hatchet.
+   */
   sessionTimeoutMs: number;
   auth: AuthConfig;
   retention: RetentionConfig;
