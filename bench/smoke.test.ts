@@ -80,7 +80,8 @@ describe("bench statistics and shapes", () => {
 });
 
 describe("bench smoke run", () => {
-  it("runs every section at tiny sizes and writes a complete JSON report", { timeout: 90_000 }, async () => {
+  // 150 s: section 4 first compiles the services as the image does (scripts/build-dist.mjs, ~30 s).
+  it("runs every section at tiny sizes and writes a complete JSON report", { timeout: 150_000 }, async () => {
     const out = await mkdtemp(join(tmpdir(), "nf-bench-smoke-"));
     try {
       const printed: string[] = [];
