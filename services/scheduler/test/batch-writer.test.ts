@@ -5,10 +5,11 @@
  */
 import assert from "node:assert/strict";
 import { randomUUID } from "node:crypto";
+import type pg from "pg";
 import { after, before, describe, it } from "node:test";
 import type { CompiledWorkflow } from "../src/dag/index.js";
 import { lifecycleEvent } from "../src/persistence/outbox.js";
-import { newRunState, newTaskState, type RunState } from "../src/model/run-state.js";
+import { newRunState, newTaskState, type RunState, type TaskState } from "../src/model/run-state.js";
 import { BatchWriter } from "../src/persistence/batch-writer.js";
 import { openDatabase, type Database } from "../src/persistence/database.js";
 import { outboxEvents, startTestDatabase, testLogger, waitFor } from "./support.js";
@@ -142,6 +143,82 @@ describe("batch writer (PostgreSQL)", () => {
       await db.pool.query(`DROP TRIGGER writer_fault ON workflow_runs`);
       await db.pool.query(`DROP FUNCTION writer_fault()`);
       await db.pool.query(`DROP TABLE writer_fault`);
+    }
+  });
+
+  it("inserts new rows plainly, and upserts rows whose statement failed after it may have committed", async () => {
+    // A pool whose next statement commits and then reports a broken connection.
+    let lose = 0;
+    const pool = {
+      connect: async () => {
+        const client = await db.writerPool.connect();
+        return {
+          query: async (q: pg.QueryConfig) => {
+            const result = await client.query(q);
+            if (lose > 0) {
+              lose--;
+              throw Object.assign(new Error("Connection terminated unexpectedly"), { code: undefined });
+            }
+            return result;
+          },
+          release: (broken?: boolean) => client.release(broken),
+        };
+      },
+    } as unknown as pg.Pool;
+    const refused: string[] = [];
+    const writer = new BatchWriter({
+      pool,
+      log: testLogger("writer"),
+      retryInitialMs: 10,
+      retryMaxMs: 10,
+      onRefused: (runId) => refused.push(runId),
+    });
+    try {
+      const now = new Date();
+      const runWithTask = (): [RunState, TaskState] => {
+        const run = newRunState({
+          definitionId,
+          workflow: { name: "writer", version: 1, timeoutMs: null } as CompiledWorkflow,
+          input: null,
+          idempotencyKey: null,
+          labels: {},
+          now,
+        });
+        const task = newTaskState(run.id, "only", "STEP", "noop", 0, now);
+        writer.markRun(run);
+        writer.markTask(task);
+        return [run, task];
+      };
+      // Committed, but the writer is told otherwise: its retry must not insert the rows again.
+      lose = 1;
+      const [run, task] = runWithTask();
+      await writer.flush();
+      assert.equal(writer.stats.failedCommits, 1);
+      assert.deepEqual(refused, []);
+      assert.deepEqual(await counts([run.id]), { runs: 1, tasks: 1, outbox: 0 });
+      assert.ok(writer.isStored(run) && writer.isStored(task));
+      // A row recovery loaded exists too: its first write here is an upsert as well.
+      const [loaded, loadedTask] = runWithTask();
+      await writer.flush();
+      const [again, againTask] = [
+        { ...loaded, status: "SUCCEEDED" as const },
+        { ...loadedTask, status: "SUCCEEDED" as const },
+      ];
+      writer.expectStored([again.id, againTask.id]);
+      writer.markRun(again);
+      writer.markTask(againTask);
+      await writer.flush();
+      assert.deepEqual(refused, []);
+      const { rows } = await db.pool.query<{ status: string }>(
+        "SELECT status FROM workflow_runs WHERE id = $1 UNION ALL SELECT status FROM task_runs WHERE run_id = $1",
+        [again.id],
+      );
+      assert.deepEqual(
+        rows.map((r) => r.status),
+        ["SUCCEEDED", "SUCCEEDED"],
+      );
+    } finally {
+      await writer.close();
     }
   });
 

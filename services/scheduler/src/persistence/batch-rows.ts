@@ -11,8 +11,10 @@ import {
   HISTORY_COPY_SQL,
   HISTORY_SQL,
   KEY_SQL,
+  RUN_INSERT_SQL,
   RUN_SQL,
   RUN_UPDATE_SQL,
+  TASK_INSERT_SQL,
   TASK_SQL,
   TASK_UPDATE_SQL,
   statementOf,
@@ -175,19 +177,24 @@ export function subPart(part: Part, runIds: ReadonlySet<string>): Part {
 
 /**
  * Rows known to exist in the database, and for tasks the input they were last written with
- * (BatchWriter keeps it). Unknown rows (new, or loaded by recovery) take the full upsert, which is
- * always correct.
+ * (BatchWriter keeps it). Unknown rows take the full upsert when they may exist (loaded by
+ * recovery, or in a statement that failed and may have committed: see {@link MayExist}), else a
+ * plain insert.
  */
 export type WrittenRows = WeakMap<object, unknown>;
+
+/** Whether a run or task row not known as written may exist in the database all the same. */
+export type MayExist = (row: RunState | TaskState) => boolean;
 
 /**
  * What was marked, as one part, or as two parts by run when the batch is large: a large statement
  * keeps one PostgreSQL backend (one core) busy for tens of milliseconds while the leases it carries
  * wait; two halves on two connections commit in about half the time.
  */
-export function takeParts(written: WrittenRows, changes: Changes): Part[] {
+export function takeParts(written: WrittenRows, changes: Changes, mayExist: MayExist = () => true): Part[] {
   const { runs, tasks, attempts, events } = changes;
-  if (runs.size + tasks.size < SPLIT_ROWS) return [snapshot(written, runs, tasks, attempts, events)];
+  if (runs.size + tasks.size < SPLIT_ROWS)
+    return [snapshot(written, mayExist, runs, tasks, attempts, events)];
   const empty = () => ({
     runs: new Map<string, RunState>(),
     tasks: new Map<string, TaskState>(),
@@ -201,7 +208,7 @@ export function takeParts(written: WrittenRows, changes: Changes): Part[] {
   for (const [id, t] of tasks) half(t.runId).tasks.set(id, t);
   for (const [key, a] of attempts) half(a.runId).attempts.set(key, a);
   for (const e of events) half(e.message.runId).events.push(e);
-  return halves.map((h) => snapshot(written, h.runs, h.tasks, h.attempts, h.events));
+  return halves.map((h) => snapshot(written, mayExist, h.runs, h.tasks, h.attempts, h.events));
 }
 
 /**
@@ -214,6 +221,7 @@ export function takeParts(written: WrittenRows, changes: Changes): Part[] {
  */
 function snapshot(
   stored: WrittenRows,
+  mayExist: MayExist,
   runs: Map<string, RunState>,
   tasks: Map<string, TaskState>,
   attempts: Map<string, AttemptState>,
@@ -229,10 +237,18 @@ function snapshot(
     for (const row of rows) (stored.has(row) ? known : fresh).push(row);
     return [fresh, known];
   };
+  const unsure = <T extends RunState | TaskState>(rows: T[]): [T[], T[]] => {
+    const fresh: T[] = [];
+    const maybe: T[] = [];
+    for (const row of rows) (mayExist(row) ? maybe : fresh).push(row);
+    return [fresh, maybe];
+  };
   // Parents before children: runs, tasks, attempts, then the events describing them.
   const [newRuns, knownRuns] = split(runs.values());
   const runIds = (list: RunState[]) => list.map((r) => r.id);
-  sections.push({ sql: RUN_SQL, rows: newRuns.map(runRow), runIds: runIds(newRuns) });
+  const [freshRuns, unsureRuns] = unsure(newRuns);
+  sections.push({ sql: RUN_INSERT_SQL, rows: freshRuns.map(runRow), runIds: runIds(freshRuns) });
+  sections.push({ sql: RUN_SQL, rows: unsureRuns.map(runRow), runIds: runIds(unsureRuns) });
   sections.push({
     sql: RUN_UPDATE_SQL,
     rows: knownRuns.map((r) => runUpdateRow(r)),
@@ -274,7 +290,9 @@ function snapshot(
       return latest === undefined ? r : latestAttemptColumns(t, latest, r);
     });
   const [newTasks, knownTasks] = split(tasks.values());
-  const newRows = taskRows(newTasks, taskRow, true);
+  const [freshTasks, unsureTasks] = unsure(newTasks);
+  const freshRows = taskRows(freshTasks, taskRow, true);
+  const unsureRows = taskRows(unsureTasks, taskRow, true);
   const knownRows = taskRows(knownTasks, (t) => taskUpdateRow(t, stored.get(t) !== t.input), false);
   sections.push({
     sql: HISTORY_COPY_SQL,
@@ -286,7 +304,8 @@ function snapshot(
     runIds: copies.map((c) => c.task.runId),
     keys: copies.map((c) => c.task.id),
   });
-  sections.push({ sql: TASK_SQL, rows: newRows, runIds: newTasks.map((t) => t.runId) });
+  sections.push({ sql: TASK_INSERT_SQL, rows: freshRows, runIds: freshTasks.map((t) => t.runId) });
+  sections.push({ sql: TASK_SQL, rows: unsureRows, runIds: unsureTasks.map((t) => t.runId) });
   sections.push({
     sql: TASK_UPDATE_SQL,
     rows: knownRows,

@@ -60,6 +60,13 @@ ON CONFLICT (id) DO UPDATE SET status = excluded.status, input = excluded.input,
   next_attempt_at = excluded.next_attempt_at, queued_at = excluded.queued_at, updated_at = now(), ended_at = excluded.ended_at,
   ${setAttempt("task_runs", "excluded", false)}`;
 
+// Rows the writer knows are new (created by this process and in no statement that may have
+// committed): a plain insert, without the speculative insertion of ON CONFLICT (a conflict check
+// before the insert and a confirmation record in the WAL after it).
+const insertOnly = (upsert: string): string => upsert.slice(0, upsert.indexOf("\nON CONFLICT"));
+export const RUN_INSERT_SQL = insertOnly(RUN_SQL);
+export const TASK_INSERT_SQL = insertOnly(TASK_SQL);
+
 const HISTORY_COLUMNS = `task_run_id, number, run_id, fencing_token, executor_id, status, error, logs, leased_at, started_at,
   ended_at`;
 const HISTORY_RECORD = `task_run_id uuid, number int, run_id uuid, fencing_token bigint, executor_id text, status text,
@@ -176,9 +183,11 @@ export function statementOf(sections: Section[]): BatchStatement | undefined {
 }
 
 const PARTS = [
+  RUN_INSERT_SQL,
   RUN_SQL,
   RUN_UPDATE_SQL,
   HISTORY_COPY_SQL,
+  TASK_INSERT_SQL,
   TASK_SQL,
   TASK_UPDATE_SQL,
   HISTORY_SQL,
@@ -187,7 +196,7 @@ const PARTS = [
   EVENT_SQL,
   KEY_SQL,
 ];
-/** Statement text and name by shape: which of PARTS a batch has (at most 2^10 shapes). */
+/** Statement text and name by shape: which of PARTS a batch has (at most 2^12 shapes). */
 const statements = new Map<string, { name: string; sql: string }>();
 
 /** The one statement of data-modifying CTEs for the given parts, in order, parameters numbered in turn. */

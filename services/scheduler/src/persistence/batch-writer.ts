@@ -84,6 +84,16 @@ export class BatchWriter extends PendingChanges {
    * Unknown rows (new, or loaded by recovery) take the full upsert, which is always correct.
    */
   private readonly written = new WeakMap<object, unknown>();
+  /**
+   * Rows of statements that failed other than for their data: the commit may have succeeded
+   * before the connection broke, so they are upserted until one commits.
+   */
+  private readonly uncertain = new WeakSet<object>();
+  /** Ids of runs and tasks loaded by recovery and not written since: they exist. */
+  private readonly loaded = new Set<string>();
+  /** Whether a run or task not known as written may exist (see takeParts). */
+  private readonly mayExist = (row: RunState | TaskState): boolean =>
+    this.uncertain.has(row) || this.loaded.has(row.id);
   private healthy = true;
   private retryTimer: NodeJS.Timeout | undefined;
   private retryWake: (() => void) | undefined;
@@ -113,6 +123,14 @@ export class BatchWriter extends PendingChanges {
     return this.healthy;
   }
 
+  /**
+   * Names runs and tasks that exist in the database though this writer has not written them
+   * (loaded by recovery), so that their first write here is an upsert, not an insert.
+   */
+  expectStored(ids: Iterable<string>): void {
+    for (const id of ids) this.loaded.add(id);
+  }
+
   /** Whether `row` (a run, task or attempt) has been committed once. */
   isStored(row: object): boolean {
     return this.written.has(row);
@@ -123,7 +141,7 @@ export class BatchWriter extends PendingChanges {
     let delay = this.retryInitialMs;
     while (this.hasWork() && !this.closed) {
       const waiters = this.takeWaiters();
-      const parts = takeParts(this.written, this.takeChanges());
+      const parts = takeParts(this.written, this.takeChanges(), this.mayExist);
       // Parts hold disjoint runs: each commits on its own connection, in parallel, as its own
       // transaction; a run's changes and events are always in one part, so each run stays atomic.
       const results = await Promise.allSettled(parts.map((part) => this.commit(part.statement)));
@@ -145,7 +163,10 @@ export class BatchWriter extends PendingChanges {
         }
       }
       // In reverse, so that each goes in front of the one after it, all in front of what is new.
-      for (const part of failed.reverse()) this.putBack(part);
+      for (const part of failed.reverse()) {
+        for (const row of part.written.keys()) this.uncertain.add(row);
+        this.putBack(part);
+      }
       if (failure === undefined) {
         if (!this.healthy) this.options.log.info("database commits succeed again");
         this.healthy = true;
@@ -216,7 +237,10 @@ export class BatchWriter extends PendingChanges {
   }
 
   private committedPart(part: Part, seconds: number): void {
-    for (const [row, input] of part.written) this.written.set(row, input);
+    for (const [row, input] of part.written) {
+      this.written.set(row, input);
+      if (this.loaded.size > 0 && "id" in row) this.loaded.delete((row as { id: string }).id);
+    }
     if (part.statement !== undefined) this.stats.commits++;
     this.stats.rows += part.rows;
     if (part.statement !== undefined && this.observers.length > 0) {

@@ -159,6 +159,8 @@ export class PostgresEngineStore implements EngineStore {
     const taskRows = await pool.query<TaskRow>(TASKS_SQL, [ids]);
     const attemptRows = await pool.query<AttemptRow>(CURRENT_ATTEMPTS_SQL, [ids]);
     const current = new Map(attemptRows.rows.map((a) => [a.task_run_id, a]));
+    // Their rows exist: the writer upserts them when they are next written.
+    this.writer.expectStored([...ids, ...taskRows.rows.map((t) => t.id)]);
     return {
       runs: runRows.rows.map(storedRun),
       tasks: taskRows.rows.map((t) => storedTask(t, current.get(t.id))),

@@ -47,6 +47,8 @@ export interface WriteCost {
   commitsPerTask: number;
   /** The batch writer's statements (one per group commit), per task. */
   groupCommitsPerTask: number;
+  /** Lifecycle events in the outbox per task (several share a row when they share a commit). */
+  eventsPerTask: number;
   rowsInsertedPerTask: number;
   rowsUpdatedPerTask: number;
   hotShare: number;
@@ -223,6 +225,9 @@ async function summarize(
       GROUP BY 1 ORDER BY 2 DESC`,
     [before.lsn, after.lsn],
   );
+  const { rows: events } = await admin.query<{ n: string }>(
+    "SELECT coalesce(sum(last_sequence - first_sequence + 1), 0) AS n FROM outbox_events",
+  );
   const tables: Record<string, TableCost> = {};
   let ins = 0;
   let upd = 0;
@@ -263,6 +268,7 @@ async function summarize(
     })),
     commitsPerTask: round((after.xacts - before.xacts) / n, 3),
     groupCommitsPerTask: round(groupCommits / n, 3),
+    eventsPerTask: round(Number(events[0]?.n) / n, 3),
     rowsInsertedPerTask: round(ins / n, 3),
     rowsUpdatedPerTask: round(upd / n, 3),
     hotShare: upd === 0 ? 1 : round(hot / upd, 3),
