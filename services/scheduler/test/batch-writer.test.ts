@@ -9,7 +9,13 @@ import type pg from "pg";
 import { after, before, describe, it } from "node:test";
 import type { CompiledWorkflow } from "../src/dag/index.js";
 import { lifecycleEvent } from "../src/persistence/outbox.js";
-import { newRunState, newTaskState, type RunState, type TaskState } from "../src/model/run-state.js";
+import {
+  newRunState,
+  newTaskState,
+  type AttemptState,
+  type RunState,
+  type TaskState,
+} from "../src/model/run-state.js";
 import { BatchWriter } from "../src/persistence/batch-writer.js";
 import { openDatabase, type Database } from "../src/persistence/database.js";
 import { outboxEvents, startTestDatabase, testLogger, waitFor } from "./support.js";
@@ -217,6 +223,91 @@ describe("batch writer (PostgreSQL)", () => {
         rows.map((r) => r.status),
         ["SUCCEEDED", "SUCCEEDED"],
       );
+    } finally {
+      await writer.close();
+    }
+  });
+
+  it("keeps a task's latest attempt in its row and moves the ones it passed to the history", async () => {
+    const writer = new BatchWriter({ pool: db.writerPool, log: testLogger("writer") });
+    try {
+      const run = markRun(writer, "writer");
+      const task = [...run.tasks.values()][0] as TaskState;
+      const lease = (executorId: string): AttemptState => {
+        task.attempt++;
+        task.fencingToken++;
+        task.status = "LEASED";
+        task.executorId = executorId;
+        const attempt: AttemptState = {
+          taskRunId: task.id,
+          runId: run.id,
+          number: task.attempt,
+          fencingToken: task.fencingToken,
+          executorId,
+          status: "LEASED",
+          error: null,
+          logs: null,
+          leasedAt: new Date(),
+          startedAt: null,
+          endedAt: null,
+        };
+        task.current = attempt;
+        writer.markTask(task);
+        writer.markAttempt(attempt);
+        return attempt;
+      };
+      const fail = (a: AttemptState): void => {
+        a.status = "FAILED";
+        a.error = { type: "X", message: `attempt ${a.number}`, retryable: true };
+        a.endedAt = new Date();
+        task.current = null;
+        task.status = "QUEUED";
+        writer.markTask(task);
+        writer.markAttempt(a);
+      };
+      const attempts = async () =>
+        (
+          await db.pool.query<{ number: number; status: string; executor_id: string; error: unknown }>(
+            "SELECT number, status, executor_id, error->>'message' AS error FROM task_attempts WHERE task_run_id = $1 ORDER BY number",
+            [task.id],
+          )
+        ).rows.map((r) => [r.number, r.status, r.executor_id, r.error]);
+      const history = async () =>
+        (
+          await db.pool.query<{ number: number }>(
+            "SELECT number FROM task_attempt_history WHERE task_run_id = $1 ORDER BY number",
+            [task.id],
+          )
+        ).rows.map((r) => r.number);
+      // Attempt 1 in its own commit: in the task row only.
+      const first = lease("e1");
+      await writer.flush();
+      assert.deepEqual(await attempts(), [[1, "LEASED", "e1", null]]);
+      assert.deepEqual(await history(), []);
+      // One batch fails 1, leases and fails 2, leases 3: 1 (final state from memory) and 2 go to
+      // the history, 3 to the row.
+      fail(first);
+      fail(lease("e2"));
+      lease("e3");
+      await writer.flush();
+      assert.deepEqual(await attempts(), [
+        [1, "FAILED", "e1", "attempt 1"],
+        [2, "FAILED", "e2", "attempt 2"],
+        [3, "LEASED", "e3", null],
+      ]);
+      assert.deepEqual(await history(), [1, 2]);
+      // Attempt 3, committed in the row, is copied from there when 4 is leased in a later batch.
+      writer.markTask(task);
+      task.status = "QUEUED";
+      task.current = null;
+      await writer.flush();
+      lease("e4");
+      await writer.flush();
+      assert.deepEqual(await history(), [1, 2, 3]);
+      assert.deepEqual((await attempts()).slice(2), [
+        [3, "LEASED", "e3", null],
+        [4, "LEASED", "e4", null],
+      ]);
     } finally {
       await writer.close();
     }
