@@ -1,6 +1,7 @@
 /**
  * Prints what a no-op single-step run writes per task (see measure.ts), as JSON:
- * `npm exec -- tsx services/scheduler/test/write-cost/run.ts [runs] [keyed]`.
+ * `TEST_LOG_LEVEL=error npm exec -- tsx services/scheduler/test/write-cost/run.ts [runs] [keyed]` (the
+ * scheduler's warnings go to stdout too at the default level).
  */
 import { measureWriteCost } from "./measure.js";
 
