@@ -19,6 +19,7 @@ import { type Run, RunStatus } from "@nexusflow/gen";
 import { ChildExitedError, ChildNotReadyError, type ChildSpec, ManagedChild } from "./child.js";
 import { describeError } from "./describe-error.js";
 import { devAuthEnv, devKeysDir, ensureDevKeys, mintDevToken } from "./dev-keys.js";
+import { type UiBuild, ensureUiBuilt, uiSignInLink, uiUrl } from "./dev-ui.js";
 import { type DevPorts, choosePorts } from "./dev-ports.js";
 import { removeDevState, writeDevState } from "./dev-state.js";
 import { formatChildLine } from "./log-format.js";
@@ -202,6 +203,14 @@ export async function runDev(options: DevOptions): Promise<number> {
       ttlSec: CLI_TOKEN_TTL_SEC,
     });
 
+    // The web UI builds while the services start (dev-ui.ts); the gateway serves it under /ui/.
+    const uiBuild: Promise<UiBuild> = ensureUiBuilt(root, lifetime.signal);
+    const uiToken = await mintDevToken(keys, {
+      subject: "nexusflow-dev-ui",
+      scopes: ["workflows:read", "workflows:write", "runs:read", "runs:write"],
+      ttlSec: CLI_TOKEN_TTL_SEC,
+    });
+
     const database = env["DATABASE_URL"]
       ? redactUrl(env["DATABASE_URL"])
       : `embedded PostgreSQL in ${env["NEXUSFLOW_DATA_DIR"] ?? ".nexusflow"}/`;
@@ -264,6 +273,8 @@ export async function runDev(options: DevOptions): Promise<number> {
       schedulerAddress,
       artifactsDir: storage.s3Endpoint === undefined ? resolve(root, storage.dir) : undefined,
     });
+    const ui = await uiBuild;
+    if (ui.state === "failed") fail(`the web UI could not be built (${ui.reason}); /ui/ will say so`);
     const tokenCommand =
       `${stateRecorded ? "" : `NEXUSFLOW_DATA_DIR=${dataDir} `}` +
       `npm --prefix ${root} exec -- nexusflow token --scope admin`;
@@ -274,6 +285,7 @@ export async function runDev(options: DevOptions): Promise<number> {
         style.bold("Nexusflow dev stack"),
         "",
         `  ${style.cyan("gateway  ")}  ${style.bold(gatewayUrl)}   gRPC, gRPC-Web, Connect, REST /v1 (h2c and HTTP/1.1)`,
+        `  ${style.cyan("web UI   ")}  ${style.bold(uiUrl(gatewayUrl))}   runs, live DAGs, workflows (link below)`,
         `  ${style.cyan("scheduler")}  ${schedulerAddress}   gRPC, internal`,
         `  ${style.cyan("executors")}  executor-1 (built-in types), executor-2 (+ examples/handlers.ts)`,
         `  ${style.cyan("database ")}  ${database}`,
@@ -319,6 +331,9 @@ export async function runDev(options: DevOptions): Promise<number> {
     } else {
       say();
       say(style.bold(`Nexusflow is running at ${gatewayUrl}. Press Ctrl-C to stop.`));
+      say(`Web UI: ${uiUrl(gatewayUrl)}. To open it signed in with a dev token (which the page keeps`);
+      say(`in the tab's session storage and removes from the address bar), open:`);
+      say(`  ${uiSignInLink(gatewayUrl, uiToken)}`);
       await new Promise<void>((resolve) => {
         if (lifetime.signal.aborted) resolve();
         else lifetime.signal.addEventListener("abort", () => resolve(), { once: true });

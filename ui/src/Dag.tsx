@@ -4,7 +4,10 @@ import { NODE_HEIGHT, NODE_WIDTH, type DagLayout, type StepState, stateLabel } f
 /** Props of {@link Dag}. */
 export interface DagProps {
   layout: DagLayout;
-  /** The state of each step, by id; steps not in it are drawn as "waiting". */
+  /**
+   * The state of each step, by id; steps not in it are drawn as "waiting". Without it (a
+   * definition, not a run) each box shows its step's type instead.
+   */
   states?: ReadonlyMap<string, StepState>;
   selected?: string | undefined;
   onSelect?: (stepId: string) => void;
@@ -53,7 +56,7 @@ export function Dag({ layout, states, selected, onSelect, label }: DagProps) {
               {...(interactive
                 ? {
                     role: "button",
-                    tabIndex: 0,
+                    tabindex: 0,
                     "aria-pressed": selected === n.id,
                     onClick: activate,
                     onKeyDown: (e: KeyboardEvent) => {
@@ -64,14 +67,16 @@ export function Dag({ layout, states, selected, onSelect, label }: DagProps) {
                     },
                   }
                 : { role: "img" })}
-              aria-label={`${n.id} (${n.type}): ${stateLabel(state)}`}
+              aria-label={
+                states === undefined ? `${n.id} (${n.type})` : `${n.id} (${n.type}): ${stateLabel(state)}`
+              }
             >
               <rect width={NODE_WIDTH} height={NODE_HEIGHT} rx="8" />
               <text x="12" y="21" class="dag-node-id">
                 {truncate(n.id, 20)}
               </text>
               <text x="12" y="40" class="dag-node-state">
-                {stateLabel(state)}
+                {states === undefined ? truncate(n.type, 22) : stateLabel(state)}
               </text>
             </g>
           );

@@ -7,6 +7,7 @@
 import type { Run, TaskRun } from "@nexusflow/gen";
 import { useEffect, useMemo, useState } from "preact/hooks";
 import { describeError, isAborted, isUnauthenticated } from "../api";
+import { hasScope } from "../auth";
 import { canWriteRuns, useSession } from "../session";
 import { Dag } from "../Dag";
 import { type DagStep, layoutDag, stateLabel, stepState, tasksByStep } from "../dag";
@@ -82,8 +83,14 @@ export function RunPage({ runId }: { runId: string }) {
   // The definition the run was started from, for the graph's edges.
   const workflowName = run?.workflowName;
   const workflowVersion = run?.workflowVersion;
+  const canReadWorkflows = session.token === undefined || hasScope(session.token, "workflows:read");
   useEffect(() => {
     if (workflowName === undefined || workflowVersion === undefined) return;
+    // A call the token's scopes say will be refused is not made (the browser would log the 403).
+    if (!canReadWorkflows) {
+      setStepsNote("Dependencies not shown: reading the workflow definition needs the workflows:read scope.");
+      return;
+    }
     const controller = new AbortController();
     api.getWorkflow({ name: workflowName, version: workflowVersion }, { signal: controller.signal }).then(
       (res) => {
@@ -97,7 +104,7 @@ export function RunPage({ runId }: { runId: string }) {
       },
     );
     return () => controller.abort();
-  }, [api, workflowName, workflowVersion]);
+  }, [api, workflowName, workflowVersion, canReadWorkflows]);
 
   const byStep = useMemo(() => tasksByStep(run), [run]);
   // Without the definition, the steps the run has tasks for, without edges.
@@ -193,6 +200,7 @@ export function RunPage({ runId }: { runId: string }) {
           )}
         </section>
       )}
+      <h2>Run input and result</h2>
       <div class="io">
         <Json title="Input" value={valueJson(run.input)} />
         {run.output !== undefined && <Json title="Output" value={valueJson(run.output)} />}

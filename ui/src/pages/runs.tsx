@@ -56,9 +56,10 @@ export function RunsPage() {
     <section aria-labelledby="runs-title">
       <h1 id="runs-title">Runs</h1>
       <form class="filters" onSubmit={(e) => e.preventDefault()} aria-label="Filter runs">
-        <label>
-          Workflow
+        <div class="field">
+          <label for="filter-workflow">Workflow</label>
           <input
+            id="filter-workflow"
             type="search"
             name="workflow"
             placeholder="any"
@@ -68,10 +69,11 @@ export function RunsPage() {
               resetPaging();
             }}
           />
-        </label>
-        <label>
-          Status
+        </div>
+        <div class="field">
+          <label for="filter-status">Status</label>
           <select
+            id="filter-status"
             name="status"
             value={status === undefined ? "" : String(status)}
             onChange={(e) => {
@@ -87,7 +89,7 @@ export function RunsPage() {
               </option>
             ))}
           </select>
-        </label>
+        </div>
         <span class="live" aria-live="polite">
           {updated === undefined
             ? "loading…"

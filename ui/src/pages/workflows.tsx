@@ -5,6 +5,7 @@ import { ValueSchema } from "@bufbuild/protobuf/wkt";
 import { type WorkflowDefinition, WorkflowSpecSchema } from "@nexusflow/gen";
 import { useEffect, useMemo, useState } from "preact/hooks";
 import { describeError, isAborted, isUnauthenticated } from "../api";
+import { hasScope } from "../auth";
 import { canWriteRuns, useSession } from "../session";
 import { Dag } from "../Dag";
 import { layoutDag } from "../dag";
@@ -16,12 +17,18 @@ const PAGE_SIZE = 100;
 
 /** The workflows page; `selected` is a workflow name from the URL. */
 export function WorkflowsPage({ selected }: { selected: string | undefined }) {
-  const { api, signOut } = useSession();
+  const { api, signOut, token } = useSession();
+  const allowed = token === undefined || hasScope(token, "workflows:read");
   const [definitions, setDefinitions] = useState<WorkflowDefinition[] | undefined>(undefined);
   const [error, setError] = useState<string | undefined>(undefined);
   const [version, setVersion] = useState<number | undefined>(undefined);
 
   useEffect(() => {
+    // A call the token's scopes say will be refused is not made (the browser would log the 403).
+    if (!allowed) {
+      setError("Listing workflows needs a token with the workflows:read scope.");
+      return;
+    }
     const controller = new AbortController();
     const load = async (): Promise<void> => {
       const all: WorkflowDefinition[] = [];
@@ -42,7 +49,7 @@ export function WorkflowsPage({ selected }: { selected: string | undefined }) {
       else setError(describeError(e));
     });
     return () => controller.abort();
-  }, [api, signOut]);
+  }, [api, signOut, allowed]);
 
   // Names in order, each with its versions, newest first.
   const byName = useMemo(() => {

@@ -1,0 +1,311 @@
+/**
+ * The web UI in a real browser: Debian's Chromium (/usr/bin/chromium) driven by playwright-core,
+ * headless and kept off the network, against a stack this test starts: embedded PostgreSQL, a
+ * scheduler and a gateway with authentication on (as `npm start` runs them), the UI built from
+ * ui/ by Vite and served by the gateway under /ui/, and later an executor with the examples'
+ * handlers.
+ *
+ * - A token handed over in the fragment (`/ui/#token=...`, as `npm start`'s link does) signs in,
+ *   lands in sessionStorage and is gone from the address bar.
+ * - The trip-booking saga is started from the Workflows page with the declined card. No executor
+ *   serves its task types yet, so the run waits: its DAG shows flight and hotel queued, the step's
+ *   details say why it waits, and a runs:write token sees the cancel actions.
+ * - A second browser context signs in through the token prompt with a read-only token (runs:read):
+ *   the same run shows no cancel action.
+ * - The executor starts; without a reload (a marker set on the page survives) the DAG changes
+ *   live from WatchRun until the run is COMPENSATED: flight and hotel compensated, charge failed
+ *   with CARD_DECLINED.
+ * - The runs page lists the run, filtered by workflow and by status.
+ * - No console errors or page errors in any of it.
+ *
+ * Without Chromium the test is skipped, except under CI=true, where it fails. A screenshot of the
+ * compensated run is written to docs/ui-run.png with NEXUSFLOW_UPDATE_SCREENSHOTS=1 (it is
+ * committed for the README), else to a temporary directory.
+ */
+import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
+import { existsSync } from "node:fs";
+import { mkdir, mkdtemp, readFile, rm, stat } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { type TestContext, after, before, describe, it } from "node:test";
+import { type Client, type Interceptor, createClient } from "@connectrpc/connect";
+import { Http2SessionManager, createGrpcTransport } from "@connectrpc/connect-node";
+import { createTokenVerifier } from "@nexusflow/common";
+import { Executor, bearerToken } from "@nexusflow/executor";
+import { RunStatus, WorkflowService } from "@nexusflow/gen";
+import type { Scheduler } from "@nexusflow/scheduler";
+import { type Browser, type BrowserContext, type Page, chromium } from "playwright-core";
+import { registerTripHandlers } from "../../../examples/handlers.js";
+import { startTestDatabase, startTestScheduler, testLogger, waitFor } from "../../scheduler/test/support.js";
+import { type Gateway, createGateway } from "../src/server.js";
+import { AUDIENCE, ISSUER, type TestKeys, createTestKeys } from "./keys.js";
+import { ROOT } from "./tools.js";
+
+const CHROMIUM = "/usr/bin/chromium";
+const T = { timeout: 180_000 };
+/** How long the page may take to show a state (the run itself takes well under a second). */
+const SHOW_MS = 20_000;
+
+/** Flags that keep the browser to the loopback address and quiet (no updates, sync or lookups). */
+const OFFLINE_FLAGS = [
+  "--no-sandbox",
+  "--disable-dev-shm-usage",
+  "--disable-gpu",
+  "--no-first-run",
+  "--no-default-browser-check",
+  "--disable-background-networking",
+  "--disable-component-update",
+  "--disable-default-apps",
+  "--disable-domain-reliability",
+  "--disable-sync",
+  "--disable-extensions",
+  "--disable-client-side-phishing-detection",
+  "--disable-breakpad",
+  "--metrics-recording-only",
+  "--disable-features=Translate,OptimizationHints,MediaRouter,DialMediaRouteProvider,AutofillServerCommunication,CertificateTransparencyComponentUpdater",
+  // Every host name resolves nowhere; the test uses 127.0.0.1 only.
+  "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+  "--proxy-server=http://127.0.0.1:9",
+  "--proxy-bypass-list=127.0.0.1",
+];
+
+/** Whether Chromium is here; under CI=true its absence fails the test instead of skipping it. */
+function chromiumOrSkip(t: TestContext): boolean {
+  if (existsSync(CHROMIUM)) return true;
+  const why = `${CHROMIUM} not found (Debian package chromium)`;
+  if (process.env["CI"] === "true") throw new Error(`${why}: required under CI=true`);
+  t.skip(why);
+  return false;
+}
+
+/** Builds ui/ with Vite into `out`. */
+function buildUi(out: string): void {
+  const vite = spawnSync(
+    process.execPath,
+    [
+      join(ROOT, "node_modules", "vite", "bin", "vite.js"),
+      "build",
+      "--outDir",
+      out,
+      "--emptyOutDir",
+      "--logLevel",
+      "warn",
+    ],
+    { cwd: join(ROOT, "ui"), encoding: "utf8" },
+  );
+  assert.equal(vite.status, 0, `vite build failed:\n${vite.stdout}${vite.stderr}`);
+}
+
+/** Console errors and uncaught page errors of a page, collected. */
+function watchErrors(page: Page, errors: string[], name: string): void {
+  page.on("console", (msg) => {
+    if (msg.type() === "error") errors.push(`${name} console: ${msg.text()}`);
+  });
+  page.on("pageerror", (e) => errors.push(`${name} page error: ${e.message}`));
+}
+
+/** The state the DAG shows for `step`. */
+function stepState(page: Page, step: string): Promise<string | null> {
+  return page.locator(`svg.dag g.dag-node[data-step="${step}"]`).getAttribute("data-state");
+}
+
+/** Waits until the DAG shows each step in its expected state; on a time-out, says what it showed. */
+async function waitForStates(page: Page, expected: Record<string, string>): Promise<void> {
+  let seen: Record<string, string | null> = {};
+  try {
+    await waitFor(
+      `the DAG to show ${JSON.stringify(expected)}`,
+      async () => {
+        seen = {};
+        for (const step of Object.keys(expected)) seen[step] = await stepState(page, step);
+        return Object.entries(expected).every(([step, state]) => seen[step] === state) ? true : undefined;
+      },
+      SHOW_MS,
+    );
+  } catch (e) {
+    throw new Error(`${e instanceof Error ? e.message : String(e)}; it showed ${JSON.stringify(seen)}`, {
+      cause: e,
+    });
+  }
+}
+
+describe("web UI in Chromium", () => {
+  let keys: TestKeys;
+  let db: Awaited<ReturnType<typeof startTestDatabase>> | undefined;
+  let scheduler: Scheduler | undefined;
+  let gateway: Gateway | undefined;
+  let executor: Executor | undefined;
+  let sessions: Http2SessionManager | undefined;
+  let browser: Browser | undefined;
+  let work: string;
+  let url: string;
+  let workflows: Client<typeof WorkflowService>;
+  let sign: (subject: string, scope: string) => Promise<string>;
+
+  before(async () => {
+    work = await mkdtemp(join(tmpdir(), "nf-ui-browser-"));
+    if (!existsSync(CHROMIUM)) return;
+    const uiDir = join(work, "ui");
+    buildUi(uiDir);
+    keys = await createTestKeys();
+    const key = keys.keys.ES256;
+    sign = (subject, scope) => keys.sign(key, { sub: subject, scope });
+    const verifier = await createTokenVerifier({
+      publicKeyFiles: [key.pemFile],
+      issuer: ISSUER,
+      audience: AUDIENCE,
+    });
+    db = await startTestDatabase();
+    scheduler = await startTestScheduler(db.url, { auth: verifier });
+    gateway = createGateway({ schedulerAddress: scheduler.address, port: 0, verifier, uiDir });
+    ({ url } = await gateway.listen());
+    const admin = await sign("ui-test-admin", "admin");
+    const auth: Interceptor = (next) => (req) => {
+      req.header.set("authorization", `Bearer ${admin}`);
+      return next(req);
+    };
+    sessions = new Http2SessionManager(url);
+    workflows = createClient(
+      WorkflowService,
+      createGrpcTransport({ baseUrl: url, sessionManager: sessions, interceptors: [auth] }),
+    );
+    const spec = await readFile(join(ROOT, "examples", "trip-booking.json"), "utf8");
+    await workflows.registerWorkflow({ definition: { case: "specJson", value: spec } });
+  });
+
+  after(async () => {
+    await browser?.close();
+    sessions?.abort();
+    await gateway?.close();
+    await executor?.stop("test over");
+    await scheduler?.stop();
+    await db?.close();
+    await keys?.close();
+    await rm(work, { recursive: true, force: true });
+  });
+
+  it(
+    "follows the declined trip-booking saga live to COMPENSATED; read-only tokens get no cancel",
+    T,
+    async (t) => {
+      if (!chromiumOrSkip(t)) return;
+      browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: OFFLINE_FLAGS });
+      const errors: string[] = [];
+      const viewport = { width: 1280, height: 860 };
+
+      // Signed in by the link `npm start` prints: the token goes from the fragment to sessionStorage.
+      const operatorToken = await sign("ui-operator", "workflows:read runs:read runs:write");
+      const operator: BrowserContext = await browser.newContext({ viewport });
+      const page = await operator.newPage();
+      watchErrors(page, errors, "operator");
+      await page.goto(`${url}/ui/workflows/trip-booking#token=${encodeURIComponent(operatorToken)}`);
+      await page.getByRole("heading", { name: /trip-booking/ }).waitFor({ timeout: SHOW_MS });
+      assert.equal(page.url(), `${url}/ui/workflows/trip-booking`, "the token is removed from the URL");
+      assert.equal(await page.evaluate("sessionStorage.getItem('nexusflow.token')"), operatorToken);
+      assert.match((await page.getByTestId("scopes").textContent()) ?? "", /runs:write/);
+      // The definition's DAG: charge depends on flight and hotel.
+      assert.equal(await page.locator("svg.dag g.dag-node").count(), 3);
+      assert.equal(await page.locator("svg.dag path.dag-edge").count(), 2);
+
+      // Started from the form with the card the example provider declines.
+      await page.getByLabel("Input (JSON)").fill(
+        JSON.stringify({
+          traveller: "Ada",
+          destination: "Lisbon",
+          card: "4000-0000-0000-0002",
+          amount: 420,
+        }),
+      );
+      await page.getByRole("button", { name: "Start run" }).click();
+      await page.waitForURL(/\/ui\/runs\/[^/]+$/, { timeout: SHOW_MS });
+      const runId = decodeURIComponent(page.url().split("/").at(-1) ?? "");
+      assert.ok(runId !== "");
+      // A marker that a reload would lose.
+      await page.evaluate("window.__notReloaded = true");
+
+      // No executor serves these task types yet: the run waits, and says why.
+      await waitForStates(page, { flight: "queued", hotel: "queued", charge: "pending" });
+      assert.match(
+        (await page.getByTestId("run-status").locator("[data-status]").getAttribute("data-status")) ?? "",
+        /^(PENDING|RUNNING)$/,
+      );
+      await page.locator('svg.dag g.dag-node[data-step="flight"]').focus();
+      await page.keyboard.press("Enter");
+      const reason = await page.getByTestId("pending-reason").textContent({ timeout: SHOW_MS });
+      assert.match(reason ?? "", /no executor advertises type .*book-flight/);
+      assert.equal(await page.getByRole("button", { name: "Cancel run", exact: true }).count(), 1);
+      assert.equal(await page.getByRole("button", { name: "Cancel with compensation" }).count(), 1);
+
+      // A read-only token, pasted into the prompt, sees the same waiting run and no cancel action.
+      const readerToken = await sign("ui-reader", "runs:read");
+      const reader = await browser.newContext({ viewport });
+      const readerPage = await reader.newPage();
+      watchErrors(readerPage, errors, "reader");
+      await readerPage.goto(`${url}/ui/runs/${encodeURIComponent(runId)}`);
+      await readerPage.getByLabel("Bearer token").fill(readerToken);
+      await readerPage.getByRole("button", { name: "Open" }).click();
+      await readerPage
+        .getByRole("heading", { name: new RegExp(`Run ${runId}`) })
+        .waitFor({ timeout: SHOW_MS });
+      assert.equal(readerPage.url(), `${url}/ui/runs/${encodeURIComponent(runId)}`);
+      await waitForStates(readerPage, { flight: "queued", hotel: "queued" });
+      assert.equal(await readerPage.getByRole("button", { name: /cancel/i }).count(), 0);
+      await reader.close();
+
+      // The executor comes: the DAG follows the saga live to its end.
+      executor = new Executor({
+        schedulerAddress: scheduler!.address,
+        logger: testLogger("executor"),
+        executorId: "ui-trip",
+        metadata: bearerToken(await sign("ui-trip", "executor")),
+      });
+      registerTripHandlers(executor.registry);
+      await executor.start();
+      await waitForStates(page, { flight: "compensated", hotel: "compensated", charge: "failed" });
+      await waitFor(
+        "the run status COMPENSATED",
+        async () =>
+          (await page.getByTestId("run-status").locator("[data-status]").getAttribute("data-status")) ===
+          "COMPENSATED",
+        SHOW_MS,
+      );
+      assert.equal(await page.evaluate("window.__notReloaded === true"), true, "the page was reloaded");
+      const { run } = await workflows.getRun({ runId });
+      assert.equal(run?.status, RunStatus.COMPENSATED);
+      // States are labelled, not only coloured; a finished run offers no cancel.
+      assert.match(
+        (await page.locator('svg.dag g.dag-node[data-step="charge"]').getAttribute("aria-label")) ?? "",
+        /charge \(charge-card\): failed/,
+      );
+      assert.match(
+        (await page.locator('svg.dag g.dag-node[data-step="hotel"]').getAttribute("class")) ?? "",
+        /state-compensated/,
+      );
+      assert.equal(await page.getByRole("button", { name: /cancel/i }).count(), 0);
+      await page.locator('svg.dag g.dag-node[data-step="charge"]').click();
+      await page.getByText("CARD_DECLINED: the card was declined").first().waitFor({ timeout: SHOW_MS });
+
+      // The screenshot for the README: the compensated run with the failed step's details.
+      const shot =
+        process.env["NEXUSFLOW_UPDATE_SCREENSHOTS"] === "1"
+          ? join(ROOT, "docs", "ui-run.png")
+          : join(work, "ui-run.png");
+      await mkdir(join(shot, ".."), { recursive: true });
+      await page.screenshot({ path: shot, fullPage: true });
+      assert.ok((await stat(shot)).size > 10_000);
+
+      // The runs page lists it, by workflow and by status, and links to it.
+      await page.getByRole("link", { name: "Runs" }).click();
+      await page.getByLabel("Workflow", { exact: true }).fill("trip-booking");
+      await page.getByLabel("Status", { exact: true }).selectOption({ label: "COMPENSATED" });
+      const row = page.locator(`tr[data-run="${runId}"]`);
+      await row.waitFor({ timeout: SHOW_MS });
+      await page.getByLabel("Status", { exact: true }).selectOption({ label: "SUCCEEDED" });
+      await row.waitFor({ state: "detached", timeout: SHOW_MS });
+
+      await operator.close();
+      assert.deepEqual(errors, []);
+    },
+  );
+});
