@@ -195,13 +195,15 @@ describe("batch writer (PostgreSQL)", () => {
         writer.markTask(task);
         return [run, task];
       };
-      // Committed, but the writer is told otherwise: its retry must not insert the rows again.
+      // Committed, but the writer is told otherwise: its retry must not insert the rows again,
+      // nor its events (the outbox's unique (run_id, first_sequence) would refuse the run).
       lose = 1;
       const [run, task] = runWithTask();
+      writer.addEvent(lifecycleEvent(run, { case: "runStarted", value: {} }));
       await writer.flush();
       assert.equal(writer.stats.failedCommits, 1);
       assert.deepEqual(refused, []);
-      assert.deepEqual(await counts([run.id]), { runs: 1, tasks: 1, outbox: 0 });
+      assert.deepEqual(await counts([run.id]), { runs: 1, tasks: 1, outbox: 1 });
       assert.ok(writer.isStored(run) && writer.isStored(task));
       // A row recovery loaded exists too: its first write here is an upsert as well.
       const [loaded, loadedTask] = runWithTask();

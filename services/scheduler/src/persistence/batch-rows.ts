@@ -7,6 +7,7 @@ import type { AttemptState, RunState, TaskState } from "../model/run-state.js";
 import {
   ATTEMPT_HISTORY_SQL,
   ATTEMPT_ROW_SQL,
+  EVENT_RETRY_SQL,
   EVENT_SQL,
   HISTORY_COPY_SQL,
   HISTORY_SQL,
@@ -183,8 +184,11 @@ export function subPart(part: Part, runIds: ReadonlySet<string>): Part {
  */
 export type WrittenRows = WeakMap<object, unknown>;
 
-/** Whether a run or task row not known as written may exist in the database all the same. */
-export type MayExist = (row: RunState | TaskState) => boolean;
+/**
+ * Whether a run or task row not known as written, or an outbox row, may exist in the database all
+ * the same.
+ */
+export type MayExist = (row: RunState | TaskState | OutboxRow) => boolean;
 
 /**
  * What was marked, as one part, or as two parts by run when the batch is large: a large statement
@@ -327,18 +331,27 @@ function snapshot(
   });
   for (const a of attempts.values()) written.set(a, true);
   if (events.length > 0) {
-    const batches = encodeRunBatches(events);
-    sections.push({
-      sql: EVENT_SQL,
-      rows: batches.map((b) => ({
-        run_id: b.runId,
-        first_sequence: b.firstSequence,
-        last_sequence: b.lastSequence,
-        payload: base64(b.payload),
-        trace_context: b.traceContext,
-      })),
-      runIds: batches.map((b) => b.runId),
-    });
+    // Events of a statement that may have committed are written again without failing on the
+    // rows that did (their run's batches are cut the same way: same events, same rows).
+    const retried = events.filter((e) => mayExist(e));
+    for (const [sql, rows] of [
+      [EVENT_SQL, retried.length === 0 ? events : events.filter((e) => !mayExist(e))],
+      [EVENT_RETRY_SQL, retried],
+    ] as const) {
+      if (rows.length === 0) continue;
+      const batches = encodeRunBatches(rows);
+      sections.push({
+        sql,
+        rows: batches.map((b) => ({
+          run_id: b.runId,
+          first_sequence: b.firstSequence,
+          last_sequence: b.lastSequence,
+          payload: base64(b.payload),
+          trace_context: b.traceContext,
+        })),
+        runIds: batches.map((b) => b.runId),
+      });
+    }
   }
   const keyed = newRuns.filter((r) => r.idempotencyKey !== null && r.requestHash !== null);
   if (keyed.length > 0) {

@@ -112,6 +112,11 @@ SELECT run_id, first_sequence, last_sequence, decode(payload, 'base64'), trace_c
 FROM json_to_recordset($1::json) AS x(run_id uuid, first_sequence bigint, last_sequence bigint, payload text,
   trace_context jsonb)`;
 
+// The same rows again, from a statement that failed after it may have committed (the connection
+// broke before its answer): a row already there is that very row, written by the lost commit.
+export const EVENT_RETRY_SQL = `${EVENT_SQL}
+ON CONFLICT ON CONSTRAINT outbox_events_run_sequence_uq DO NOTHING`;
+
 // A StartRun idempotency key, committed with the run it names. A key only ever moves to a newer run
 // (one started after the key expired); writing a recovered run again leaves a newer one's key alone.
 export const KEY_SQL = `INSERT INTO idempotency_keys (workflow_name, idempotency_key, run_id, request_hash, created_at)
@@ -194,9 +199,10 @@ const PARTS = [
   ATTEMPT_ROW_SQL,
   ATTEMPT_HISTORY_SQL,
   EVENT_SQL,
+  EVENT_RETRY_SQL,
   KEY_SQL,
 ];
-/** Statement text and name by shape: which of PARTS a batch has (at most 2^12 shapes). */
+/** Statement text and name by shape: which of PARTS a batch has (at most 2^13 shapes). */
 const statements = new Map<string, { name: string; sql: string }>();
 
 /** The one statement of data-modifying CTEs for the given parts, in order, parameters numbered in turn. */

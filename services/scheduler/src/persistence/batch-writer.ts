@@ -85,15 +85,16 @@ export class BatchWriter extends PendingChanges {
    */
   private readonly written = new WeakMap<object, unknown>();
   /**
-   * Rows of statements that failed other than for their data: the commit may have succeeded
-   * before the connection broke, so they are upserted until one commits.
+   * Rows (and outbox rows) of statements that failed other than for their data: the commit may
+   * have succeeded before the connection broke, so they are upserted (events inserted unless
+   * there) until one commits.
    */
   private readonly uncertain = new WeakSet<object>();
   /** Ids of runs and tasks loaded by recovery and not written since: they exist. */
   private readonly loaded = new Set<string>();
   /** Whether a run or task not known as written may exist (see takeParts). */
-  private readonly mayExist = (row: RunState | TaskState): boolean =>
-    this.uncertain.has(row) || this.loaded.has(row.id);
+  private readonly mayExist = (row: RunState | TaskState | OutboxRow): boolean =>
+    this.uncertain.has(row) || ("id" in row && this.loaded.has(row.id));
   private healthy = true;
   private retryTimer: NodeJS.Timeout | undefined;
   private retryWake: (() => void) | undefined;
@@ -165,6 +166,7 @@ export class BatchWriter extends PendingChanges {
       // In reverse, so that each goes in front of the one after it, all in front of what is new.
       for (const part of failed.reverse()) {
         for (const row of part.written.keys()) this.uncertain.add(row);
+        for (const event of part.events) this.uncertain.add(event);
         this.putBack(part);
       }
       if (failure === undefined) {
