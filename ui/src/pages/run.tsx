@@ -64,6 +64,11 @@ export function RunPage({ runId }: { runId: string }) {
             setRun(msg.run);
             setLive({ state: "live" });
           }
+          // Ended before the run did (the gateway is draining): open it again, not at once.
+          if (!TERMINAL_RUN_STATUSES.has(current.status)) {
+            setLive({ state: "retrying", error: "the stream ended" });
+            await wait(RECONNECT_MS);
+          }
         } catch (e) {
           if (isAborted(e) || signal.aborted) return;
           if (isUnauthenticated(e)) {
