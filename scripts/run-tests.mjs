@@ -14,7 +14,7 @@ const args = process.argv.slice(2);
 const unitOnly = args.includes("--unit");
 const roots = args.filter((a) => !a.startsWith("--"));
 const searchRoots =
-  roots.length > 0 ? roots : ["common", "services", "cli", "client", "bench", "gen", "scripts"];
+  roots.length > 0 ? roots : ["common", "services", "cli", "client", "bench", "gen", "scripts", "ui"];
 
 /** @param {string} dir @returns {string[]} */
 function collect(dir) {

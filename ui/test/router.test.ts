@@ -1,0 +1,23 @@
+/** The UI's client routes (ui/src/router.ts): paths to pages and back. */
+import assert from "node:assert/strict";
+import { describe, it } from "node:test";
+import { type Route, parseRoute, routePath } from "../src/router";
+
+describe("routes", () => {
+  it("map paths to pages and back, ids and names percent-encoded", () => {
+    const routes: Route[] = [
+      { page: "runs" },
+      { page: "run", runId: "0190a1b2-c3d4" },
+      { page: "run", runId: "a/b?c#d" },
+      { page: "workflows", name: undefined },
+      { page: "workflows", name: "trip-booking" },
+    ];
+    for (const route of routes) assert.deepEqual(parseRoute(routePath(route)), route);
+    assert.equal(routePath({ page: "run", runId: "a/b" }), "/ui/runs/a%2Fb");
+  });
+
+  it("shows the runs for /ui/ and anything unknown", () => {
+    for (const path of ["/ui/", "/ui", "/", "/ui/nothing/here", "/ui/runs/"])
+      assert.deepEqual(parseRoute(path), { page: "runs" });
+  });
+});
