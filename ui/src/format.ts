@@ -52,3 +52,16 @@ export function valueJson(value: Value | undefined): JsonValue | undefined {
 export function prettyJson(value: unknown): string {
   return JSON.stringify(value, null, 2) ?? "undefined";
 }
+
+/** `k=v, k2=v2` as a label map, or what is wrong with it. */
+export function parseLabels(text: string): { labels: Record<string, string> } | { problem: string } {
+  const labels: Record<string, string> = {};
+  for (const part of text.split(",")) {
+    if (part.trim() === "") continue;
+    const eq = part.indexOf("=");
+    const key = eq < 0 ? "" : part.slice(0, eq).trim();
+    if (key === "") return { problem: `Labels: "${part.trim()}" is not key=value.` };
+    labels[key] = part.slice(eq + 1).trim();
+  }
+  return { labels };
+}

@@ -15,7 +15,7 @@
  * - The executor starts; without a reload (a marker set on the page survives) the DAG changes
  *   live from WatchRun until the run is COMPENSATED: flight and hotel compensated, charge failed
  *   with CARD_DECLINED.
- * - The runs page lists the run, filtered by workflow and by status.
+ * - The runs page lists the run, filtered by workflow, status and labels.
  * - No console errors or page errors in any of it.
  *
  * Without Chromium the test is skipped, except under CI=true, where it fails. A screenshot of the
@@ -302,6 +302,11 @@ describe("web UI in Chromium", () => {
       const row = page.locator(`tr[data-run="${runId}"]`);
       await row.waitFor({ timeout: SHOW_MS });
       await page.getByLabel("Status", { exact: true }).selectOption({ label: "SUCCEEDED" });
+      await row.waitFor({ state: "detached", timeout: SHOW_MS });
+      await page.getByLabel("Status", { exact: true }).selectOption({ label: "any" });
+      await row.waitFor({ timeout: SHOW_MS });
+      // Labels the run does not carry leave it out.
+      await page.getByLabel("Labels", { exact: true }).fill("team=nobody");
       await row.waitFor({ state: "detached", timeout: SHOW_MS });
 
       await operator.close();

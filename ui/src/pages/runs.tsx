@@ -1,10 +1,14 @@
-/** Runs: filtered by workflow and status, a page at a time, refreshed every two seconds. */
+/**
+ * Runs: filtered by workflow, status, creation time and labels, a page at a time, refreshed every
+ * two seconds.
+ */
+import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import type { RunStatus } from "@nexusflow/gen";
 import { type Run, RunView } from "@nexusflow/gen";
 import { useState } from "preact/hooks";
 import { describeError, isAborted, isUnauthenticated } from "../api";
 import { useSession } from "../session";
-import { RUN_STATUSES, formatTime, runStatusName } from "../format";
+import { RUN_STATUSES, formatTime, parseLabels, runStatusName } from "../format";
 import { usePolling } from "../hooks";
 import { linkHandler, routePath } from "../router";
 
@@ -16,6 +20,9 @@ export function RunsPage() {
   const { api, signOut } = useSession();
   const [workflow, setWorkflow] = useState("");
   const [status, setStatus] = useState<RunStatus | undefined>(undefined);
+  const [after, setAfter] = useState("");
+  const [before, setBefore] = useState("");
+  const [labelsText, setLabelsText] = useState("");
   // Tokens of the pages before this one ("" is the first page).
   const [pages, setPages] = useState<string[]>([""]);
   const [runs, setRuns] = useState<Run[] | undefined>(undefined);
@@ -24,13 +31,22 @@ export function RunsPage() {
   const [updated, setUpdated] = useState<Date | undefined>(undefined);
   const pageToken = pages[pages.length - 1] ?? "";
 
+  const labels = parseLabels(labelsText);
+  const labelsKey = "problem" in labels ? labelsText : JSON.stringify(labels.labels);
   usePolling(
     async (signal) => {
+      if ("problem" in labels) {
+        setError(labels.problem);
+        return;
+      }
       try {
         const res = await api.listRuns(
           {
             workflowName: workflow.trim(),
             statuses: status === undefined ? [] : [status],
+            labels: labels.labels,
+            ...(after === "" ? {} : { createdAfter: timestampFromDate(new Date(after)) }),
+            ...(before === "" ? {} : { createdBefore: timestampFromDate(new Date(before)) }),
             pageSize: PAGE_SIZE,
             pageToken,
             view: RunView.BASIC,
@@ -48,7 +64,7 @@ export function RunsPage() {
       }
     },
     REFRESH_MS,
-    [api, workflow, status, pageToken],
+    [api, workflow, status, after, before, labelsKey, pageToken],
   );
 
   const resetPaging = (): void => setPages([""]);
@@ -89,6 +105,50 @@ export function RunsPage() {
               </option>
             ))}
           </select>
+        </div>
+        <div class="field">
+          <label for="filter-after">Created after</label>
+          <input
+            id="filter-after"
+            type="datetime-local"
+            name="after"
+            value={after}
+            onInput={(e) => {
+              setAfter(e.currentTarget.value);
+              resetPaging();
+            }}
+          />
+        </div>
+        <div class="field">
+          <label for="filter-before">Created before</label>
+          <input
+            id="filter-before"
+            type="datetime-local"
+            name="before"
+            value={before}
+            onInput={(e) => {
+              setBefore(e.currentTarget.value);
+              resetPaging();
+            }}
+          />
+        </div>
+        <div class="field">
+          <label for="filter-labels">Labels</label>
+          <input
+            id="filter-labels"
+            type="search"
+            name="labels"
+            placeholder="env=prod, team=ops"
+            aria-describedby="labels-help"
+            value={labelsText}
+            onInput={(e) => {
+              setLabelsText(e.currentTarget.value);
+              resetPaging();
+            }}
+          />
+          <span id="labels-help" class="visually-hidden">
+            Comma-separated key=value pairs; runs must carry all of them.
+          </span>
         </div>
         <span class="live" aria-live="polite">
           {updated === undefined
