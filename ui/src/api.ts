@@ -1,21 +1,27 @@
-/** The gateway's WorkflowService over Connect (JSON over HTTP), every call with the bearer token. */
+/**
+ * The gateway's WorkflowService and ArtifactService over Connect (JSON over HTTP), every call with
+ * the bearer token.
+ */
 import { Code, ConnectError, type Client, type Interceptor, createClient } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-web";
-import { WorkflowService } from "@nexusflow/gen";
+import { ArtifactService, WorkflowService } from "@nexusflow/gen";
 
 /** A typed WorkflowService client. */
 export type Api = Client<typeof WorkflowService>;
+/** A typed ArtifactService client (artifacts, task logs). */
+export type ArtifactsApi = Client<typeof ArtifactService>;
 
-/** A client of the gateway this page was served by, sending `token` with every call. */
-export function createApi(token: string): Api {
+/** Clients of the gateway this page was served by, sending `token` with every call. */
+export function createApi(token: string): { api: Api; artifacts: ArtifactsApi } {
   const auth: Interceptor = (next) => (req) => {
     req.header.set("authorization", `Bearer ${token}`);
     return next(req);
   };
-  return createClient(
-    WorkflowService,
-    createConnectTransport({ baseUrl: window.location.origin, interceptors: [auth] }),
-  );
+  const transport = createConnectTransport({ baseUrl: window.location.origin, interceptors: [auth] });
+  return {
+    api: createClient(WorkflowService, transport),
+    artifacts: createClient(ArtifactService, transport),
+  };
 }
 
 /** A call's error as one line for the page, with its code. */

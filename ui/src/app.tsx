@@ -19,7 +19,7 @@ export function App() {
     setReason(why);
   }, []);
   const session = useMemo<Session | undefined>(
-    () => (token === undefined ? undefined : { api: createApi(token), token: decodeToken(token), signOut }),
+    () => (token === undefined ? undefined : { ...createApi(token), token: decodeToken(token), signOut }),
     [token, signOut],
   );
   if (session === undefined)

@@ -14,8 +14,10 @@
  *   the same run shows no cancel action.
  * - The executor starts; without a reload (a marker set on the page survives) the DAG changes
  *   live from WatchRun until the run is COMPENSATED: flight and hotel compensated, charge failed
- *   with CARD_DECLINED.
+ *   with CARD_DECLINED; the failed step's log shows the decline, the flight's the booking and
+ *   its compensation's the cancellation (logs in a filesystem store the executor writes).
  * - The runs page lists the run, filtered by workflow, status and labels.
+ * - A step's artifact downloads from its details (through GetArtifact, with the token).
  * - No console errors or page errors in any of it.
  *
  * Without Chromium the test is skipped, except under CI=true, where it fails. A screenshot of the
@@ -32,6 +34,7 @@ import { type TestContext, after, before, describe, it } from "node:test";
 import { type Client, type Interceptor, createClient } from "@connectrpc/connect";
 import { Http2SessionManager, createGrpcTransport } from "@connectrpc/connect-node";
 import { createTokenVerifier } from "@nexusflow/common";
+import { FilesystemArtifactStore } from "@nexusflow/common/artifacts";
 import { Executor, bearerToken } from "@nexusflow/executor";
 import { RunStatus, WorkflowService } from "@nexusflow/gen";
 import type { Scheduler } from "@nexusflow/scheduler";
@@ -46,6 +49,9 @@ const CHROMIUM = "/usr/bin/chromium";
 const T = { timeout: 180_000 };
 /** How long the page may take to show a state (the run itself takes well under a second). */
 const SHOW_MS = 20_000;
+
+/** What the `ui.report` handler stores as an artifact. */
+const REPORT = "n,square\n1,1\n2,4\n3,9\n";
 
 /** Flags that keep the browser to the loopback address and quiet (no updates, sync or lookups). */
 const OFFLINE_FLAGS = [
@@ -136,6 +142,7 @@ describe("web UI in Chromium", () => {
   let scheduler: Scheduler | undefined;
   let gateway: Gateway | undefined;
   let executor: Executor | undefined;
+  let store: FilesystemArtifactStore;
   let sessions: Http2SessionManager | undefined;
   let browser: Browser | undefined;
   let work: string;
@@ -157,7 +164,10 @@ describe("web UI in Chromium", () => {
       audience: AUDIENCE,
     });
     db = await startTestDatabase();
-    scheduler = await startTestScheduler(db.url, { auth: verifier });
+    // Logs and artifacts in a filesystem store that the executor writes and the scheduler reads.
+    store = new FilesystemArtifactStore({ root: join(work, "artifacts") });
+    await store.ensureReady();
+    scheduler = await startTestScheduler(db.url, { auth: verifier, artifacts: store });
     gateway = createGateway({ schedulerAddress: scheduler.address, port: 0, verifier, uiDir });
     ({ url } = await gateway.listen());
     const admin = await sign("ui-test-admin", "admin");
@@ -259,8 +269,13 @@ describe("web UI in Chromium", () => {
         logger: testLogger("executor"),
         executorId: "ui-trip",
         metadata: bearerToken(await sign("ui-trip", "executor")),
+        artifacts: store,
       });
       registerTripHandlers(executor.registry);
+      executor.register("ui.report", async (_input, ctx) => {
+        await ctx.artifacts.put("report.csv", REPORT, { contentType: "text/csv" });
+        return { rows: 3 };
+      });
       await executor.start();
       await waitForStates(page, { flight: "compensated", hotel: "compensated", charge: "failed" });
       await waitFor(
@@ -285,6 +300,24 @@ describe("web UI in Chromium", () => {
       assert.equal(await page.getByRole("button", { name: /cancel/i }).count(), 0);
       await page.locator('svg.dag g.dag-node[data-step="charge"]').click();
       await page.getByText("CARD_DECLINED: the card was declined").first().waitFor({ timeout: SHOW_MS });
+      // The failed step's log says why.
+      await page
+        .getByTestId("task-log")
+        .getByText(/#1 error attempt failed: CARD_DECLINED: the card was declined/)
+        .waitFor({ timeout: SHOW_MS });
+      // The flight's own log, and its compensation's, as the handlers wrote them.
+      await page.locator('svg.dag g.dag-node[data-step="flight"]').click();
+      await page
+        .getByTestId("task-log")
+        .first()
+        .getByText(/info booked FL-\d+/)
+        .waitFor({ timeout: SHOW_MS });
+      await page
+        .getByTestId("task-log")
+        .nth(1)
+        .getByText(/info cancelled FL-\d+/)
+        .waitFor({ timeout: SHOW_MS });
+      await page.locator('svg.dag g.dag-node[data-step="charge"]').click();
 
       // The screenshot for the README: the compensated run with the failed step's details.
       const shot =
@@ -308,6 +341,28 @@ describe("web UI in Chromium", () => {
       // Labels the run does not carry leave it out.
       await page.getByLabel("Labels", { exact: true }).fill("team=nobody");
       await row.waitFor({ state: "detached", timeout: SHOW_MS });
+
+      // A step's artifact downloads through the API (the token goes with the call, not in a link).
+      await workflows.registerWorkflow({
+        definition: {
+          case: "specJson",
+          value: JSON.stringify({
+            name: "ui-report",
+            version: 1,
+            steps: [{ id: "report", type: "ui.report" }],
+          }),
+        },
+      });
+      const { run: reportRun } = await workflows.startRun({ workflowName: "ui-report" });
+      assert.ok(reportRun !== undefined);
+      await page.goto(`${url}/ui/runs/${encodeURIComponent(reportRun.id)}`);
+      await waitForStates(page, { report: "succeeded" });
+      await page.locator('svg.dag g.dag-node[data-step="report"]').click();
+      const downloading = page.waitForEvent("download", { timeout: SHOW_MS });
+      await page.getByRole("button", { name: "report.csv" }).click();
+      const download = await downloading;
+      assert.equal(download.suggestedFilename(), "report.csv");
+      assert.equal(await readFile(await download.path(), "utf8"), REPORT);
 
       await operator.close();
       assert.deepEqual(errors, []);

@@ -14,6 +14,7 @@ import { type DagStep, layoutDag, stateLabel, stepState, tasksByStep } from "../
 import { TERMINAL_RUN_STATUSES, formatTime, prettyJson, taskStatusName, valueJson } from "../format";
 import { linkHandler, routePath } from "../router";
 import { StatusBadge } from "./runs";
+import { TaskArtifacts, TaskLog } from "./step-files";
 
 /** How the live view stands. */
 type Live =
@@ -199,9 +200,11 @@ export function RunPage({ runId }: { runId: string }) {
           {selectedTasks?.step === undefined && selectedTasks?.compensation === undefined && (
             <p>No task yet: the step waits for its dependencies.</p>
           )}
-          {selectedTasks?.step !== undefined && <TaskDetails title="Task" task={selectedTasks.step} />}
+          {selectedTasks?.step !== undefined && (
+            <TaskDetails title="Task" runId={run.id} task={selectedTasks.step} />
+          )}
           {selectedTasks?.compensation !== undefined && (
-            <TaskDetails title="Compensation" task={selectedTasks.compensation} />
+            <TaskDetails title="Compensation" runId={run.id} task={selectedTasks.compensation} />
           )}
         </section>
       )}
@@ -282,7 +285,7 @@ function CancelActions({ run, onCancelled }: { run: Run; onCancelled: (run: Run)
   );
 }
 
-function TaskDetails({ title, task }: { title: string; task: TaskRun }) {
+function TaskDetails({ title, runId, task }: { title: string; runId: string; task: TaskRun }) {
   return (
     <div class="task" data-task={task.id}>
       <h3>
@@ -359,6 +362,8 @@ function TaskDetails({ title, task }: { title: string; task: TaskRun }) {
           />
         )}
       </div>
+      <TaskLog runId={runId} task={task} />
+      <TaskArtifacts runId={runId} task={task} />
     </div>
   );
 }
