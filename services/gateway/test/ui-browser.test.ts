@@ -18,6 +18,7 @@
  *   its compensation's the cancellation (logs in a filesystem store the executor writes).
  * - The runs page lists the run, filtered by workflow, status and labels.
  * - A step's artifact downloads from its details (through GetArtifact, with the token).
+ * - A long run (a 10-minute sleep) is cancelled from its page and shown CANCELLED.
  * - No console errors or page errors in any of it.
  *
  * Without Chromium the test is skipped, except under CI=true, where it fails. A screenshot of the
@@ -363,6 +364,33 @@ describe("web UI in Chromium", () => {
       const download = await downloading;
       assert.equal(download.suggestedFilename(), "report.csv");
       assert.equal(await readFile(await download.path(), "utf8"), REPORT);
+
+      // A long run, cancelled from its page: the confirmation, then the run ends live.
+      await workflows.registerWorkflow({
+        definition: {
+          case: "specJson",
+          value: JSON.stringify({
+            name: "ui-long",
+            version: 1,
+            steps: [{ id: "wait", type: "sleep", input: { duration: "10m" } }],
+          }),
+        },
+      });
+      const { run: longRun } = await workflows.startRun({ workflowName: "ui-long" });
+      assert.ok(longRun !== undefined);
+      await page.goto(`${url}/ui/runs/${encodeURIComponent(longRun.id)}`);
+      await waitForStates(page, { wait: "running" });
+      await page.getByRole("button", { name: "Cancel run", exact: true }).click();
+      await page.getByRole("button", { name: "Yes, cancel" }).click();
+      await waitFor(
+        "the long run's status CANCELLED",
+        async () =>
+          (await page.getByTestId("run-status").locator("[data-status]").getAttribute("data-status")) ===
+          "CANCELLED",
+        SHOW_MS,
+      );
+      await waitForStates(page, { wait: "cancelled" });
+      assert.equal((await workflows.getRun({ runId: longRun.id })).run?.status, RunStatus.CANCELLED);
 
       await operator.close();
       assert.deepEqual(errors, []);
