@@ -67,13 +67,17 @@ export function Dag({ layout, states, selected, onSelect, label }: DagProps) {
                     },
                   }
                 : { role: "img" })}
+              // The visible text first (WCAG 2.5.3, label in name), then the type.
               aria-label={
-                states === undefined ? `${n.id} (${n.type})` : `${n.id} (${n.type}): ${stateLabel(state)}`
+                states === undefined
+                  ? `${n.id} ${n.type}`
+                  : `${n.id} ${stateLabel(state)}, step type ${n.type}`
               }
             >
               <rect width={NODE_WIDTH} height={NODE_HEIGHT} rx="8" />
               <text x="12" y="21" class="dag-node-id">
                 {truncate(n.id, 20)}
+                {/* A space, so that the box's text reads "id state" (not "idstate") to assistive tools. */}{" "}
               </text>
               <text x="12" y="40" class="dag-node-state">
                 {states === undefined ? truncate(n.type, 22) : stateLabel(state)}
