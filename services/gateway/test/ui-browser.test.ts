@@ -19,6 +19,8 @@
  * - The runs page lists the run, filtered by workflow, status and labels.
  * - A step's artifact downloads from its details (through GetArtifact, with the token).
  * - A long run (a 10-minute sleep) is cancelled from its page and shown CANCELLED.
+ * - A 1 -> 1000 -> 1 run is drawn whole (1002 boxes, all succeeded) and a box still selects; the
+ *   main thread's busy time for opening it is reported as a diagnostic.
  * - No console errors or page errors in any of it, and no WCAG 2.1 A/AA violation that axe-core
  *   finds on the token prompt, a workflow, a waiting and a compensated run, and the runs page.
  *
@@ -42,13 +44,19 @@ import { RunStatus, WorkflowService } from "@nexusflow/gen";
 import type { Scheduler } from "@nexusflow/scheduler";
 import { type Browser, type BrowserContext, type Page, chromium } from "playwright-core";
 import { registerTripHandlers } from "../../../examples/handlers.js";
-import { startTestDatabase, startTestScheduler, testLogger, waitFor } from "../../scheduler/test/support.js";
+import {
+  startTestDatabase,
+  startTestScheduler,
+  testLogger,
+  waitFor,
+  waitForRun,
+} from "../../scheduler/test/support.js";
 import { type Gateway, createGateway } from "../src/server.js";
 import { AUDIENCE, ISSUER, type TestKeys, createTestKeys } from "./keys.js";
 import { ROOT } from "./tools.js";
 
 const CHROMIUM = "/usr/bin/chromium";
-const T = { timeout: 180_000 };
+const T = { timeout: 420_000 };
 /** How long the page may take to show a state (the run itself takes well under a second). */
 const SHOW_MS = 20_000;
 
@@ -410,6 +418,49 @@ describe("web UI in Chromium", () => {
       );
       await waitForStates(page, { wait: "cancelled" });
       assert.equal((await workflows.getRun({ runId: longRun.id })).run?.status, RunStatus.CANCELLED);
+
+      // A large run, 1 -> 1000 -> 1: drawn whole, every box ends succeeded, a box still selects.
+      const middle = Array.from({ length: 1000 }, (_, i) => `s${i}`);
+      await workflows.registerWorkflow({
+        definition: {
+          case: "specJson",
+          value: JSON.stringify({
+            name: "ui-wide",
+            version: 1,
+            steps: [
+              { id: "first", type: "noop" },
+              ...middle.map((id) => ({ id, type: "noop", dependsOn: ["first"] })),
+              { id: "last", type: "noop", dependsOn: middle },
+            ],
+          }),
+        },
+      });
+      const { run: wideRun } = await workflows.startRun({ workflowName: "ui-wide" });
+      assert.ok(wideRun !== undefined);
+      // The run itself takes a while on a busy machine (one executor): the page opens it once
+      // it has ended, and the main thread's busy time for that is reported.
+      await waitForRun(workflows, wideRun.id, 170_000);
+      const cdp = await operator.newCDPSession(page);
+      await cdp.send("Performance.enable");
+      const busy = async (): Promise<number> => {
+        const { metrics } = await cdp.send("Performance.getMetrics");
+        return metrics.find((m) => m.name === "TaskDuration")?.value ?? 0;
+      };
+      const busyBefore = await busy();
+      await page.goto(`${url}/ui/runs/${encodeURIComponent(wideRun.id)}`);
+      await waitForStates(page, {
+        first: "succeeded",
+        s0: "succeeded",
+        s999: "succeeded",
+        last: "succeeded",
+      });
+      t.diagnostic(
+        `1 -> 1000 -> 1 run page: ${Math.round(((await busy()) - busyBefore) * 1000)} ms of main-thread time`,
+      );
+      assert.equal(await page.locator("svg.dag g.dag-node").count(), 1002);
+      assert.equal(await page.locator('svg.dag g.dag-node[data-state="succeeded"]').count(), 1002);
+      await page.locator('svg.dag g.dag-node[data-step="s500"]').click();
+      await page.getByRole("heading", { name: /Step s500: succeeded/ }).waitFor({ timeout: SHOW_MS });
 
       await operator.close();
       assert.deepEqual(errors, []);

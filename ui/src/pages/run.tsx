@@ -56,14 +56,27 @@ export function RunPage({ runId }: { runId: string }) {
       if (first === undefined) return;
       setRun(first);
       let current = first;
+      // Changes can come faster than frames (a wide fan-out): the page shows the latest run once
+      // per frame, not every message.
+      let frame: number | undefined;
+      const show = (run: Run): void => {
+        current = run;
+        if (frame !== undefined) return;
+        frame = requestAnimationFrame(() => {
+          frame = undefined;
+          if (!signal.aborted) setRun(current);
+        });
+      };
+      signal.addEventListener("abort", () => frame !== undefined && cancelAnimationFrame(frame), {
+        once: true,
+      });
       while (!signal.aborted && !TERMINAL_RUN_STATUSES.has(current.status)) {
         try {
           setLive({ state: "connecting" });
           for await (const msg of api.watchRun({ runId }, { signal })) {
             if (msg.run === undefined) continue;
-            current = msg.run;
-            setRun(msg.run);
-            setLive({ state: "live" });
+            show(msg.run);
+            setLive((prev) => (prev.state === "live" ? prev : { state: "live" }));
           }
           // Ended before the run did (the gateway is draining): open it again, not at once.
           if (!TERMINAL_RUN_STATUSES.has(current.status)) {
