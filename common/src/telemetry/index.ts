@@ -156,6 +156,17 @@ export function contextFromTraceparent(
   return trace.setSpanContext(base, sc);
 }
 
+/**
+ * Whether a `traceparent` says its trace is recorded (its sampled flag); undefined for none or an
+ * invalid one. A child of an unsampled parent records nothing under the parent-based sampler, so
+ * callers skip making its span at all.
+ */
+export function traceparentSampled(traceparent: string | null | undefined): boolean | undefined {
+  const m = traceparent === undefined || traceparent === null ? null : TRACEPARENT.exec(traceparent);
+  if (m === null) return undefined;
+  return (parseInt(m[3]!, 16) & TraceFlags.SAMPLED) !== 0;
+}
+
 /** The span handed out where tracing is off: records nothing, costs one shared object. */
 export const NON_RECORDING_SPAN: Span = trace.wrapSpanContext(INVALID_SPAN_CONTEXT);
 

@@ -16,6 +16,7 @@ import {
   contextFromTraceparent,
   startTelemetry,
   traceparentOf,
+  traceparentSampled,
   tracingEnabled,
 } from "./index.js";
 
@@ -190,5 +191,19 @@ describe("log lines inside a span", () => {
     assert.equal(raw[2]?.match(/"run_id"/g)?.length, 1, raw[2]);
     assert.equal(raw[2]?.match(/"task"/g)?.length, 1, raw[2]);
     assert.equal(lines[3]?.["trace_id"], undefined);
+  });
+
+  it("says whether its trace is sampled, and nothing for a missing or malformed one", () => {
+    assert.equal(traceparentSampled(TRACEPARENT), true);
+    assert.equal(traceparentSampled(TRACEPARENT.replace(/-01$/, "-00")), false);
+    assert.equal(traceparentSampled(TRACEPARENT.replace(/-01$/, "-03")), true);
+    for (const bad of [
+      undefined,
+      null,
+      "",
+      "00-0-0-01",
+      "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331",
+    ])
+      assert.equal(traceparentSampled(bad), undefined, String(bad));
   });
 });

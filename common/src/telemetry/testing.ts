@@ -7,6 +7,7 @@ import { AsyncLocalStorageContextManager } from "@opentelemetry/context-async-ho
 import {
   InMemorySpanExporter,
   type ReadableSpan,
+  type Sampler,
   SimpleSpanProcessor,
   TracerProvider,
 } from "@opentelemetry/sdk-trace";
@@ -18,10 +19,16 @@ export interface TestTracing {
   stop(): Promise<void>;
 }
 
-/** Turns tracing on for this process with an in-memory exporter. */
-export async function startTestTracing(): Promise<TestTracing> {
+/**
+ * Turns tracing on for this process with an in-memory exporter; `sampler` decides what is
+ * recorded (default: every span, the SDK's parent-based always-on).
+ */
+export async function startTestTracing(options: { sampler?: Sampler } = {}): Promise<TestTracing> {
   const exporter = new InMemorySpanExporter();
-  const provider = new TracerProvider({ spanProcessors: [new SimpleSpanProcessor({ exporter })] });
+  const provider = new TracerProvider({
+    spanProcessors: [new SimpleSpanProcessor({ exporter })],
+    ...(options.sampler === undefined ? {} : { sampler: options.sampler }),
+  });
   const manager = new AsyncLocalStorageContextManager().enable();
   const telemetry = await startTracingWith(() => {
     context.setGlobalContextManager(manager);

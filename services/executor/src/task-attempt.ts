@@ -14,6 +14,7 @@ import { type ArtifactRef, type Lease, type LeaseKey, type LogRef, TaskKind } fr
 import {
   NON_RECORDING_SPAN,
   contextFromTraceparent,
+  traceparentSampled,
   tracer,
   tracingEnabled,
 } from "@nexusflow/common/telemetry";
@@ -225,7 +226,13 @@ export class TaskAttempt {
    */
   #startSpan(): { span: Span; context: Context } {
     const { lease } = this;
-    const parent = contextFromTraceparent(lease.traceContext["traceparent"]);
+    const traceparent = lease.traceContext["traceparent"];
+    const parent = contextFromTraceparent(traceparent);
+    // The run's trace is not recorded (sampled out where it started): the handler's span, and
+    // any child, would record nothing. The lease's own context stays active, so calls the handler
+    // makes are not recorded either, and no span is made.
+    if (traceparentSampled(traceparent) === false)
+      return { span: trace.getSpan(parent) ?? NON_RECORDING_SPAN, context: parent };
     const span = tracer(TRACER).startSpan(
       `handler ${lease.taskType}`,
       {

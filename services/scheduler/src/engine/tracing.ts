@@ -8,7 +8,12 @@
  * its Lease, and each lifecycle event carries the context of the span that caused it.
  */
 import { type Span, SpanKind, SpanStatusCode, context } from "@opentelemetry/api";
-import { contextFromTraceparent, traceparentOf, tracer } from "@nexusflow/common/telemetry";
+import {
+  contextFromTraceparent,
+  traceparentOf,
+  traceparentSampled,
+  tracer,
+} from "@nexusflow/common/telemetry";
 import type { Core, Effects } from "../core/index.js";
 import type { AttemptState, RunState, TaskState } from "../model/run-state.js";
 import type { EngineStore } from "../persistence/engine-store.js";
@@ -72,6 +77,14 @@ export class AttemptSpans {
     const key = `${attempt.taskRunId}/${attempt.number}`;
     let entry = this.open.get(key);
     if (entry === undefined) {
+      const parent = run?.traceParent ?? undefined;
+      if (traceparentSampled(parent) === false) {
+        // The run's trace is not recorded (sampled out at StartRun): its attempt would be a span
+        // that records nothing. The attempt's leases and events carry the run's own context, so
+        // the executor records nothing for it either.
+        this.latest.set(attempt.taskRunId, parent as string);
+        return;
+      }
       const span = tracer(TRACER).startSpan(
         `attempt ${task?.stepId ?? attempt.taskRunId}`,
         {
@@ -92,7 +105,7 @@ export class AttemptSpans {
                 }),
           },
         },
-        contextFromTraceparent(run?.traceParent ?? undefined),
+        contextFromTraceparent(parent),
       );
       entry = { span, started: false };
       this.open.set(key, entry);

@@ -12,7 +12,7 @@ import { type TestTracing, startTestTracing } from "@nexusflow/common/telemetry/
 import { Executor } from "@nexusflow/executor";
 import { RunStatus } from "@nexusflow/gen";
 import { trace } from "@opentelemetry/api";
-import type { ReadableSpan } from "@opentelemetry/sdk-trace";
+import { ParentBasedSampler, type ReadableSpan, SamplingDecision } from "@opentelemetry/sdk-trace";
 import pg from "pg";
 import type { Scheduler } from "../../src/scheduler.js";
 import {
@@ -36,7 +36,20 @@ describe("tracing: one trace per run", () => {
   let pool: pg.Pool;
 
   before(async () => {
-    tracing = await startTestTracing();
+    // Every trace is recorded but those of `traced-unsampled` runs, as a ratio sampler leaves some out.
+    tracing = await startTestTracing({
+      sampler: new ParentBasedSampler({
+        root: {
+          shouldSample: (_context, _traceId, name) => ({
+            decision:
+              name === "run traced-unsampled"
+                ? SamplingDecision.NOT_RECORD
+                : SamplingDecision.RECORD_AND_SAMPLED,
+          }),
+          toString: () => "all but traced-unsampled",
+        },
+      }),
+    });
     db = await startTestDatabase();
     pool = new pg.Pool({ connectionString: db.url, max: 2 });
     scheduler = await startTestScheduler(db.url);
@@ -130,5 +143,51 @@ describe("tracing: one trace per run", () => {
       assert.equal(ctx?.traceId, traceId, `event ${r.first_sequence} is in the run's trace`);
       assert.ok(known.has(ctx.spanId), `event ${r.first_sequence} names the run or an attempt span`);
     }
+  });
+
+  it("makes no span for a run whose trace is sampled out: its leases and events carry the run's context", async () => {
+    const client = workflowClient(scheduler.address);
+    await registerSpec(client, {
+      name: "traced-unsampled",
+      version: 1,
+      steps: [
+        { id: "a", type: "traced.step", input: { x: "{{ input.x }}" } },
+        { id: "b", type: "traced.step", dependsOn: ["a"], input: { x: "{{ steps.a.output.x }}" } },
+      ],
+    });
+    const before = tracing.spans().length;
+    const { run: started } = await client.startRun({
+      workflowName: "traced-unsampled",
+      input: jsonToValue({ x: 1 }),
+    });
+    assert.ok(started);
+    const runId = started.id;
+    assert.equal((await waitForRun(client, runId)).status, RunStatus.SUCCEEDED);
+    const { rows: runs } = await pool.query<{ trace_parent: string | null }>(
+      "SELECT trace_parent FROM workflow_runs WHERE id = $1",
+      [runId],
+    );
+    const runParent = runs[0]?.trace_parent;
+    assert.match(
+      runParent ?? "",
+      /^00-[0-9a-f]{32}-[0-9a-f]{16}-00$/,
+      "the run's stored context is not sampled",
+    );
+    // No attempt span, no handler span, no user span was recorded for it.
+    assert.deepEqual(
+      tracing
+        .spans()
+        .slice(before)
+        .filter((s) => attr(s, "nexusflow.run_id") === runId || s.name === "user work")
+        .map((s) => s.name),
+      [],
+    );
+    // Its events name the run's own (unsampled) context: no attempt span was made to name.
+    const { rows } = await pool.query<{ trace_context: { traceparent?: string } | null }>(
+      "SELECT trace_context FROM outbox_events WHERE run_id = $1",
+      [runId],
+    );
+    assert.ok(rows.length > 0);
+    for (const r of rows) assert.equal(r.trace_context?.traceparent, runParent);
   });
 });
