@@ -407,8 +407,10 @@ describe("NexusflowClient against a real scheduler (authentication on)", () => {
       const { provider } = recordingToken(admin);
       const patient = open({ baseUrl: stack.address, token: provider, retry: PATIENT });
       const { run } = await patient.startRun({ workflowName: "client-later", input: { v: "after" } });
+      // Messages, not updates: the watch opened again after the restart may find the run ended
+      // already (its executor is quick), and a run's last message is no update but the result.
       let updates = 0;
-      const waiting = patient.waitForRun(run.id, { onUpdate: () => updates++ });
+      const waiting = patient.waitForRun(run.id, { onMessage: () => updates++ });
       await waitFor("the watch to report the waiting run", () => updates === 1);
       await stack.stopScheduler();
       await stack.startScheduler();
