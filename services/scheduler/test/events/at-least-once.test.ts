@@ -10,7 +10,6 @@
  */
 import assert from "node:assert/strict";
 import { randomUUID } from "node:crypto";
-import { fileURLToPath } from "node:url";
 import { after, before, describe, it } from "node:test";
 import { jsonToValue } from "@nexusflow/common";
 import { requireService } from "@nexusflow/common/testing";
@@ -18,11 +17,9 @@ import { RunStatus, type LifecycleEvent } from "@nexusflow/gen";
 import { Kafka, logLevel, type Consumer } from "kafkajs";
 import pg from "pg";
 import { decodeLifecycleEvent } from "../../src/events/decode.js";
-import { ServiceProcess, killAll } from "../e2e/processes.js";
+import { killAll } from "../e2e/processes.js";
 import { outboxEvents, startTestDatabase, waitFor, waitForRun, workflowClient } from "../support.js";
-import { AutoExecutor } from "./support.js";
-
-const RELAY_PROCESS = fileURLToPath(new URL("./relay-process.ts", import.meta.url));
+import { AutoExecutor, relayEnv, startRelayProcess, waitForTopic } from "./support.js";
 
 const FAN = {
   name: "dedup-fan",
@@ -51,17 +48,7 @@ class DeduplicatingConsumer {
 
   static async start(brokers: string[], topic: string): Promise<DeduplicatingConsumer> {
     const kafka = new Kafka({ clientId: "nexusflow-dedup-test", brokers, logLevel: logLevel.NOTHING });
-    const admin = kafka.admin();
-    await admin.connect();
-    try {
-      await waitFor(
-        `topic ${topic} to exist`,
-        async () => (await admin.listTopics()).includes(topic),
-        30_000,
-      );
-    } finally {
-      await admin.disconnect();
-    }
+    await waitForTopic(kafka, topic);
     const consumer = kafka.consumer({
       groupId: `nexusflow-dedup-test-${randomUUID()}`,
       allowAutoTopicCreation: false,
@@ -132,23 +119,8 @@ describe("lifecycle events at least once, deduplicated by run id and sequence", 
       const brokers = requireService(t, "KAFKA_BROKERS");
       if (brokers === undefined) return;
       const topic = `nexusflow-dedup-test-${randomUUID()}`;
-      const env = {
-        DATABASE_URL: db.url,
-        KAFKA_BROKERS: brokers,
-        KAFKA_TOPIC: topic,
-        KAFKA_PARTITIONS: "3",
-        // Small batches: many publish-then-mark steps for the faults to land between.
-        RELAY_BATCH_SIZE: "3",
-      };
-      const startProcess = async (name: string): Promise<{ process: ServiceProcess; address: string }> => {
-        const p = new ServiceProcess(name, RELAY_PROCESS, env);
-        const line = await p.waitForLog(
-          '"scheduler listening"',
-          (l) => l.msg === "scheduler listening",
-          60_000,
-        );
-        return { process: p, address: String(line["address"]) };
-      };
+      const env = relayEnv(db.url, brokers, topic);
+      const startProcess = (name: string) => startRelayProcess(name, env);
       const executor = async (address: string, executorId: string): Promise<void> => {
         const e = new AutoExecutor(address, { executorId, taskTypes: ["auto"], slots: 16 });
         cleanups.push(() => e.close());

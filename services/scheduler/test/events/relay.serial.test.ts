@@ -10,7 +10,6 @@
 import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
 import { randomUUID } from "node:crypto";
-import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
 import { after, afterEach, before, describe, it } from "node:test";
 import { jsonToValue } from "@nexusflow/common";
@@ -20,7 +19,7 @@ import pg from "pg";
 import { KafkaPublisher } from "../../src/events/kafka-publisher.js";
 import { OutboxRelay } from "../../src/events/relay.js";
 import type { Scheduler } from "../../src/scheduler.js";
-import { REPO_ROOT, ServiceProcess, killAll } from "../e2e/processes.js";
+import { REPO_ROOT, killAll } from "../e2e/processes.js";
 import {
   RawSession,
   outboxEvents,
@@ -31,11 +30,10 @@ import {
   waitForRun,
   workflowClient,
 } from "../support.js";
-import { AutoExecutor, EventCollector, assertRunEvents } from "./support.js";
+import { AutoExecutor, EventCollector, assertRunEvents, relayEnv, startRelayProcess } from "./support.js";
 
 const execFileAsync = promisify(execFile);
 const KAFKA_CTL = process.env["KAFKA_CTL"] ?? `${REPO_ROOT}scripts/kafka-ctl.sh`;
-const RELAY_PROCESS = fileURLToPath(new URL("./relay-process.ts", import.meta.url));
 
 async function kafkaCtl(command: "stop" | "start"): Promise<void> {
   await execFileAsync(KAFKA_CTL, [command], { timeout: 180_000 });
@@ -276,23 +274,8 @@ describe("lifecycle events on Kafka", () => {
       const brokers = requireService(t, "KAFKA_BROKERS");
       if (brokers === undefined) return;
       const topic = `nexusflow-events-test-${randomUUID()}`;
-      const env = {
-        DATABASE_URL: db.url,
-        KAFKA_BROKERS: brokers,
-        KAFKA_TOPIC: topic,
-        KAFKA_PARTITIONS: "3",
-        // Small batches: many publish-then-mark steps for the kill to land between.
-        RELAY_BATCH_SIZE: "3",
-      };
-      const startProcess = async (name: string): Promise<{ process: ServiceProcess; address: string }> => {
-        const p = new ServiceProcess(name, RELAY_PROCESS, env);
-        const line = await p.waitForLog(
-          '"scheduler listening"',
-          (l) => l.msg === "scheduler listening",
-          60_000,
-        );
-        return { process: p, address: String(line["address"]) };
-      };
+      const env = relayEnv(db.url, brokers, topic);
+      const startProcess = (name: string) => startRelayProcess(name, env);
 
       const first = await startProcess("scheduler-1");
       const client1 = workflowClient(first.address);

@@ -5,6 +5,7 @@
  */
 import assert from "node:assert/strict";
 import { randomUUID } from "node:crypto";
+import { fileURLToPath } from "node:url";
 import { create, toBinary } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { jsonToValue } from "@nexusflow/common";
@@ -18,7 +19,48 @@ import { Kafka, logLevel, type Consumer } from "kafkajs";
 import type pg from "pg";
 import { decodeLifecycleEvent, headerStrings } from "../../src/events/decode.js";
 import type { EventPublisher, OutboxRecord } from "../../src/events/publisher.js";
+import { ServiceProcess } from "../e2e/processes.js";
 import { RawSession, waitFor, type OutboxEventRow } from "../support.js";
+
+// ----------------------------------------------------------------------------- relay processes
+
+/** A scheduler with its outbox relay, as its own process (relay-process.ts). */
+export const RELAY_PROCESS = fileURLToPath(new URL("./relay-process.ts", import.meta.url));
+
+/**
+ * The environment of a relay process publishing to `topic` (3 partitions) from `databaseUrl`, in
+ * batches of 3: many publish-then-mark steps for a fault to land between.
+ */
+export function relayEnv(databaseUrl: string, brokers: string, topic: string): Record<string, string> {
+  return {
+    DATABASE_URL: databaseUrl,
+    KAFKA_BROKERS: brokers,
+    KAFKA_TOPIC: topic,
+    KAFKA_PARTITIONS: "3",
+    RELAY_BATCH_SIZE: "3",
+  };
+}
+
+/** Starts a relay process named `name` and waits until its scheduler listens; its address. */
+export async function startRelayProcess(
+  name: string,
+  env: Record<string, string>,
+): Promise<{ process: ServiceProcess; address: string }> {
+  const p = new ServiceProcess(name, RELAY_PROCESS, env);
+  const line = await p.waitForLog('"scheduler listening"', (l) => l.msg === "scheduler listening", 60_000);
+  return { process: p, address: String(line["address"]) };
+}
+
+/** Waits until `topic` exists on `kafka`'s brokers (the relay creates it). */
+export async function waitForTopic(kafka: Kafka, topic: string): Promise<void> {
+  const admin = kafka.admin();
+  await admin.connect();
+  try {
+    await waitFor(`topic ${topic} to exist`, async () => (await admin.listTopics()).includes(topic), 30_000);
+  } finally {
+    await admin.disconnect();
+  }
+}
 
 // ----------------------------------------------------------------------------- outbox rows
 
@@ -147,17 +189,7 @@ export class EventCollector {
   /** Waits until `topic` exists (the relay creates it), then consumes it from the beginning. */
   static async start(brokers: string[], topic: string): Promise<EventCollector> {
     const kafka = new Kafka({ clientId: "nexusflow-events-test", brokers, logLevel: logLevel.NOTHING });
-    const admin = kafka.admin();
-    await admin.connect();
-    try {
-      await waitFor(
-        `topic ${topic} to exist`,
-        async () => (await admin.listTopics()).includes(topic),
-        30_000,
-      );
-    } finally {
-      await admin.disconnect();
-    }
+    await waitForTopic(kafka, topic);
     const c = new EventCollector(kafka);
     await c.consumer.connect();
     await c.consumer.subscribe({ topic, fromBeginning: true });
