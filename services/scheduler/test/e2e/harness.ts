@@ -16,6 +16,18 @@ export async function registerSpec(client: WorkflowClient, spec: Record<string, 
   await client.registerWorkflow({ definition: { case: "specJson", value: JSON.stringify(spec) } });
 }
 
+/** The diamond a -> (b, c) -> d of `traced.step` tasks the tracing tests start. */
+export const TRACED_DIAMOND = {
+  name: "traced-diamond",
+  version: 1,
+  steps: [
+    { id: "a", type: "traced.step", input: { x: "{{ input.x }}" } },
+    { id: "b", type: "traced.step", dependsOn: ["a"], input: { x: "{{ steps.a.output.x }}" } },
+    { id: "c", type: "traced.step", dependsOn: ["a"], input: { x: "{{ steps.a.output.x }}" } },
+    { id: "d", type: "traced.step", dependsOn: ["b", "c"], input: { x: "{{ steps.b.output.x }}" } },
+  ],
+};
+
 /** The task of `stepId`, or a failed assertion listing the steps there are. */
 export function task(run: Run, stepId: string): TaskRun {
   const t = run.tasks.find((x) => x.stepId === stepId);

@@ -25,7 +25,7 @@ import { requireService } from "@nexusflow/common/testing";
 import { RunStatus, TaskStatus, WorkflowService } from "@nexusflow/gen";
 import pg from "pg";
 import { startTestDatabase, waitFor, waitForRun, workflowClient } from "../support.js";
-import { registerSpec } from "./harness.js";
+import { TRACED_DIAMOND, registerSpec } from "./harness.js";
 import {
   REPO_ROOT,
   ServiceProcess,
@@ -186,16 +186,7 @@ describe("traces in Jaeger", () => {
     await gateway.waitForLog('"gateway listening"', (l) => l.msg === "gateway listening", 60_000);
 
     const client = workflowClient(scheduler.address);
-    await registerSpec(client, {
-      name: "traced-diamond",
-      version: 1,
-      steps: [
-        { id: "a", type: "traced.step", input: { x: "{{ input.x }}" } },
-        { id: "b", type: "traced.step", dependsOn: ["a"], input: { x: "{{ steps.a.output.x }}" } },
-        { id: "c", type: "traced.step", dependsOn: ["a"], input: { x: "{{ steps.a.output.x }}" } },
-        { id: "d", type: "traced.step", dependsOn: ["b", "c"], input: { x: "{{ steps.b.output.x }}" } },
-      ],
-    });
+    await registerSpec(client, TRACED_DIAMOND);
     const traceId = "4bf92f3577b34da6a3ce929d0e0e4736";
     const res = await fetch(`http://127.0.0.1:${gatewayPort}/v1/workflows/traced-diamond/runs`, {
       method: "POST",

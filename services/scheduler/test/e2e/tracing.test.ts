@@ -23,7 +23,7 @@ import {
   waitForRun,
   workflowClient,
 } from "../support.js";
-import { registerSpec } from "./harness.js";
+import { TRACED_DIAMOND, registerSpec } from "./harness.js";
 
 const attr = (s: ReadableSpan, name: string): unknown => s.attributes[name];
 const parentOf = (s: ReadableSpan): string | undefined => s.parentSpanContext?.spanId;
@@ -76,16 +76,7 @@ describe("tracing: one trace per run", () => {
 
   it("joins the run, its attempts, the handlers, their user spans and the events in one trace", async () => {
     const client = workflowClient(scheduler.address);
-    await registerSpec(client, {
-      name: "traced-diamond",
-      version: 1,
-      steps: [
-        { id: "a", type: "traced.step", input: { x: "{{ input.x }}" } },
-        { id: "b", type: "traced.step", dependsOn: ["a"], input: { x: "{{ steps.a.output.x }}" } },
-        { id: "c", type: "traced.step", dependsOn: ["a"], input: { x: "{{ steps.a.output.x }}" } },
-        { id: "d", type: "traced.step", dependsOn: ["b", "c"], input: { x: "{{ steps.b.output.x }}" } },
-      ],
-    });
+    await registerSpec(client, TRACED_DIAMOND);
     const { run: started } = await client.startRun({
       workflowName: "traced-diamond",
       input: jsonToValue({ x: 1 }),
