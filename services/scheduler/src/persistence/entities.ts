@@ -92,11 +92,9 @@ export const TaskRunEntity = defineEntity({
   uniques: [{ name: "task_runs_run_step_kind_uq", properties: ["runId", "stepId", "kind"] }],
 });
 
-/** The attempts a task has moved past (its latest is in its row, see TaskRunEntity). */
-export const TaskAttemptHistoryEntity = defineEntity({
-  name: "TaskAttemptHistory",
-  tableName: "task_attempt_history",
-  properties: {
+/** The columns of an attempt, in the history table and in the view of every attempt (new builders each call). */
+function attemptProperties() {
+  return {
     taskRunId: p.uuid().primary(),
     number: p.integer().primary(),
     runId: p.uuid(),
@@ -108,7 +106,14 @@ export const TaskAttemptHistoryEntity = defineEntity({
     leasedAt: p.datetime(),
     startedAt: p.datetime().nullable(),
     endedAt: p.datetime().nullable(),
-  },
+  };
+}
+
+/** The attempts a task has moved past (its latest is in its row, see TaskRunEntity). */
+export const TaskAttemptHistoryEntity = defineEntity({
+  name: "TaskAttemptHistory",
+  tableName: "task_attempt_history",
+  properties: attemptProperties(),
   indexes: [{ name: "task_attempts_run_idx", properties: ["runId"] }],
 });
 
@@ -121,19 +126,7 @@ export const TaskAttemptEntity = defineEntity({
   tableName: "task_attempts",
   view: true,
   expression: TASK_ATTEMPTS_VIEW,
-  properties: {
-    taskRunId: p.uuid().primary(),
-    number: p.integer().primary(),
-    runId: p.uuid(),
-    fencingToken: p.bigint("number"),
-    executorId: p.string().length(200),
-    status: p.string().length(16),
-    error: p.json<unknown>().nullable(),
-    logs: p.json<unknown>().nullable(),
-    leasedAt: p.datetime(),
-    startedAt: p.datetime().nullable(),
-    endedAt: p.datetime().nullable(),
-  },
+  properties: attemptProperties(),
 });
 
 /**
