@@ -7,15 +7,11 @@
  * one: an unsampled trace is in no trace store.
  */
 import type { Histogram } from "prom-client";
-
-const TRACEPARENT = /^00-([0-9a-f]{32})-[0-9a-f]{16}-([0-9a-f]{2})$/;
+import { traceparentSampled } from "../telemetry/index.js";
 
 /** The trace id of a W3C `traceparent` whose trace is sampled, else undefined. */
 export function sampledTraceId(traceparent: string | null | undefined): string | undefined {
-  if (traceparent === null || traceparent === undefined) return undefined;
-  const m = TRACEPARENT.exec(traceparent);
-  if (m === null || (parseInt(m[2]!, 16) & 1) === 0) return undefined;
-  return m[1];
+  return traceparentSampled(traceparent) === true ? (traceparent as string).slice(3, 35) : undefined;
 }
 
 /**
