@@ -6,7 +6,7 @@
 import { randomUUID } from "node:crypto";
 import * as http from "node:http";
 import * as https from "node:https";
-import { type JsonValue, fromJson, toJson } from "@bufbuild/protobuf";
+import { type JsonValue, type MessageInitShape, fromJson, toJson } from "@bufbuild/protobuf";
 import { type Value, ValueSchema } from "@bufbuild/protobuf/wkt";
 import {
   type CallOptions,
@@ -24,6 +24,7 @@ import {
   type Run,
   RunStatus,
   RunView,
+  type StartRunRequestSchema,
   type WatchRunResponse,
   WorkflowService,
 } from "@nexusflow/gen";
@@ -195,25 +196,7 @@ export class NexusflowClient {
    * `INVALID_INPUT` when `input` is not JSON.
    */
   async startRun(request: StartRunRequest, options?: CallOptions): Promise<StartedRun> {
-    let input: Value | undefined;
-    try {
-      input = request.input === undefined ? undefined : fromJson(ValueSchema, request.input);
-    } catch (e) {
-      throw new NexusflowClientError("INVALID_INPUT", `the run's input is not JSON: ${String(e)}`, {
-        cause: e,
-      });
-    }
-    const response = await this.workflows.startRun(
-      {
-        workflowName: request.workflowName,
-        workflowVersion: request.workflowVersion ?? 0,
-        input,
-        idempotencyKey: request.idempotencyKey ?? randomUUID(),
-        labels: { ...request.labels },
-        view: request.view ?? RunView.UNSPECIFIED,
-      },
-      options,
-    );
+    const response = await this.workflows.startRun(startRunMessage(request, ""), options);
     return { run: required(response.run, "StartRun"), created: response.created };
   }
 
@@ -225,28 +208,7 @@ export class NexusflowClient {
    * request whose input is not JSON; the call itself fails only for no requests or too many.
    */
   async startRuns(requests: readonly StartRunRequest[], options?: CallOptions): Promise<StartRunsResult[]> {
-    const runs = requests.map((request, i) => {
-      let input: Value | undefined;
-      try {
-        input = request.input === undefined ? undefined : fromJson(ValueSchema, request.input);
-      } catch (e) {
-        throw new NexusflowClientError(
-          "INVALID_INPUT",
-          `runs[${i}]: the run's input is not JSON: ${String(e)}`,
-          {
-            cause: e,
-          },
-        );
-      }
-      return {
-        workflowName: request.workflowName,
-        workflowVersion: request.workflowVersion ?? 0,
-        input,
-        idempotencyKey: request.idempotencyKey ?? randomUUID(),
-        labels: { ...request.labels },
-        view: request.view ?? RunView.UNSPECIFIED,
-      };
-    });
+    const runs = requests.map((request, i) => startRunMessage(request, `runs[${i}]: `));
     const response = await this.workflows.startRuns({ runs }, options);
     return response.results.map((result): StartRunsResult => {
       if (result.result.case === "started") {
@@ -369,6 +331,33 @@ export class NexusflowClient {
   close(): void {
     this.#release();
   }
+}
+
+/**
+ * The StartRunRequest message of `request`: its input as a Value, and an idempotency key (a random
+ * one unless it has its own). Throws `INVALID_INPUT` (its message starting with `where`) when the
+ * input is not JSON.
+ */
+function startRunMessage(
+  request: StartRunRequest,
+  where: string,
+): MessageInitShape<typeof StartRunRequestSchema> {
+  let input: Value | undefined;
+  try {
+    input = request.input === undefined ? undefined : fromJson(ValueSchema, request.input);
+  } catch (e) {
+    throw new NexusflowClientError("INVALID_INPUT", `${where}the run's input is not JSON: ${String(e)}`, {
+      cause: e,
+    });
+  }
+  return {
+    workflowName: request.workflowName,
+    workflowVersion: request.workflowVersion ?? 0,
+    input,
+    idempotencyKey: request.idempotencyKey ?? randomUUID(),
+    labels: { ...request.labels },
+    view: request.view ?? RunView.UNSPECIFIED,
+  };
 }
 
 function required(run: Run | undefined, rpc: string): Run {
