@@ -71,7 +71,7 @@ export interface RecoveryKill {
   leasesGoneMs: number;
   /** Processes the tasks run on again. */
   processes: number;
-  /** restart: the new scheduler's recovery -> the last task's handler started again, ms. */
+  /** restart: the new scheduler starting (its first log line) -> the last task's handler started again, ms. */
   afterRestartMs?: number;
 }
 
@@ -81,7 +81,7 @@ export interface RecoveryMode {
   kills: RecoveryKill[];
   allRunningMs: Summary;
   leasesGoneMs: Summary;
-  /** restart: from the new scheduler's recovery to all running. */
+  /** restart: from the new scheduler starting to all running. */
   afterRestartMs?: Summary;
 }
 
@@ -290,10 +290,11 @@ async function runMode(
         mode === "back"
           ? logs.filter((l) => l.msg === "executor attached" && Number(l["expired"] ?? 0) > 0)
           : logs.filter((l) => l.msg === "lease expired: executor lost");
-      const recovered = logs.find((l) => l.msg === "recovered active runs");
+      // The restart begins when the new scheduler starts taking the database (its first line).
+      const restarted = logs.find((l) => l.msg === "scheduler starting");
       results.push({
-        ...(mode === "restart" && recovered !== undefined
-          ? { afterRestartMs: (starts.at(-1) ?? Number.NaN) + killedAt - (recovered.time as number) }
+        ...(mode === "restart" && restarted !== undefined
+          ? { afterRestartMs: (starts.at(-1) ?? Number.NaN) + killedAt - (restarted.time as number) }
           : {}),
         allRunningMs: starts.at(-1) ?? Number.NaN,
         halfRunningMs: starts[Math.floor((starts.length - 1) / 2)] ?? Number.NaN,

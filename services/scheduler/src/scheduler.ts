@@ -19,10 +19,11 @@ import {
   grpcServerMetrics,
   startOpsEndpoints,
 } from "@nexusflow/common/metrics";
-import { ArtifactService, ExecutorService, RunSchema, WorkflowService } from "@nexusflow/gen";
+import { ArtifactService, ClusterService, ExecutorService, RunSchema, WorkflowService } from "@nexusflow/gen";
 import { Health } from "@nexusflow/gen/grpc/health/v1/health_pb";
 import { PgTaskIndex, artifactService } from "./api/artifact-service.js";
 import { authInterceptor } from "./api/auth.js";
+import { clusterService } from "./api/cluster-service.js";
 import { addSchedulerHealth } from "./api/health.js";
 import { runDetail } from "./api/convert.js";
 import { executorService, executorServiceDefinition } from "./api/executor-session.js";
@@ -196,7 +197,10 @@ export class Scheduler {
   async start(): Promise<string> {
     if (this.stateValue !== "IDLE") throw new Error(`cannot start a scheduler that is ${this.stateValue}`);
     this.stateValue = "STARTING";
+    // The restart begins now: recovered leases expire one session timeout after it.
+    const restartedAt = performance.now();
     const log = this.options.log;
+    log.info("scheduler starting");
     try {
       let url = this.options.databaseUrl;
       if (url === undefined) {
@@ -231,6 +235,7 @@ export class Scheduler {
         store: this.engineStore,
         definitions: new Definitions(new PostgresDefinitionStore(this.db), log),
         log,
+        restartedAt,
         resolveOutput: (ref) => resolveOutputRef(store, ref),
         ...(this.options.heartbeatIntervalMs === undefined
           ? {}
@@ -290,8 +295,9 @@ export class Scheduler {
         serviceDefinition(ArtifactService),
         artifactService({ store, tasks: new PgTaskIndex(this.db.pool), log }),
       );
+      server.addService(serviceDefinition(ClusterService), clusterService(engine));
       // Keep in step with the services added above and below: reflection lists exactly these.
-      addReflection(server, [WorkflowService, ExecutorService, ArtifactService, Health]);
+      addReflection(server, [WorkflowService, ExecutorService, ArtifactService, ClusterService, Health]);
       const ready = addSchedulerHealth(server, {
         running: () => this.stateValue === "RUNNING",
         pool: this.db.pool,

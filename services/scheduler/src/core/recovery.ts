@@ -4,8 +4,9 @@
  * schedule-to-start timeout, retries re-armed, held leases given a grace period for their
  * executors to reconnect and reclaim them, offloaded outputs read back, runs advanced.
  *
- * The grace of a lease after a restart is the session timeout, counted from the restart: no
- * allowance on top. An executor that is alive reconnects well within it (its reconnect backoff is
+ * The grace of a lease after a restart is the session timeout, counted from the restart (the
+ * moment the scheduler began starting, before it took the database), no allowance on top: the
+ * caller passes what is left of it. An executor that is alive reconnects well within it (its reconnect backoff is
  * capped at 5 s, the default timeout is 10 s) and reclaims what it holds, expiring what it does
  * not at once (sessions.ts attached); a dead one's leases wait one session timeout, as they would
  * have without the restart.
@@ -29,8 +30,9 @@ export interface Recovered {
 
 /**
  * Rebuilds the active runs from `stored` (`workflows` by definition id, `requestHashes` by run id
- * for runs whose idempotency key still names them) and resumes them; held leases expire one
- * session timeout (`core.sessionTimeoutMs`) after `at` unless their executor reclaims them.
+ * for runs whose idempotency key still names them) and resumes them; held leases expire `graceMs`
+ * after `at` unless their executor reclaims them: what is left of one session timeout since the
+ * restart began (@default `core.sessionTimeoutMs`, the restart taken to be `at`).
  */
 export function recover(
   core: Core,
@@ -38,6 +40,7 @@ export function recover(
   workflows: ReadonlyMap<number, CompiledWorkflow>,
   requestHashes: ReadonlyMap<string, string>,
   at: Moment,
+  graceMs: number = core.sessionTimeoutMs,
 ): Recovered {
   const runs: RunState[] = [];
   for (const r of stored.runs) {
@@ -87,7 +90,7 @@ export function recover(
     } else if (task.status === "RETRY_WAIT") {
       armRetry(core, task, nowMs);
     } else if (ACTIVE_LEASE.has(task.status)) {
-      orphan(core, task, core.sessionTimeoutMs);
+      orphan(core, task, graceMs);
       orphaned++;
     }
   }

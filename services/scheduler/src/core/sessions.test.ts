@@ -207,6 +207,21 @@ void describe("sessions: re-attach and restart", () => {
     );
   });
 
+  it("after a restart the time the scheduler took to start counts against the grace", () => {
+    const before = new Simulation(1500);
+    begin(before, three);
+    const s = before.session("s", "ex");
+    const a = before.lease(s)!;
+
+    const after = new Simulation(1500);
+    // The restart began 400 ms before recovery ran (taking the database, migrations, loading).
+    recover(after.core, stored(before), new Map([[1, three]]), new Map(), after.at(), 1500 - 400);
+    after.advanceTime(1099);
+    assert.equal(after.core.tasks.get(a.id)?.status, "LEASED");
+    after.advanceTime(1);
+    assert.equal(after.core.tasks.get(a.id)?.error?.type, "LEASE_EXPIRED");
+  });
+
   it("after a restart an executor back under its id keeps what it lists and loses the rest at once", () => {
     const before = new Simulation(10_000);
     begin(before, three);

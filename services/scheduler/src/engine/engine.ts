@@ -15,6 +15,7 @@ import type { EngineStore } from "../persistence/engine-store.js";
 import { STORAGE_REFUSED, type ErrorInfo, type RunState, type TaskState } from "../model/run-state.js";
 import { checkRunInput, type Definitions } from "./definitions.js";
 import { Dispatcher, type SessionHandle } from "./dispatcher.js";
+import { type ExecutorView, describeSessions } from "./executors.js";
 import { EngineTimers, commitWithin } from "./engine-timers.js";
 import { lifecycleEvent } from "../persistence/outbox.js";
 import { KeyedStarts } from "./keyed-starts.js";
@@ -51,6 +52,12 @@ export interface EngineOptions {
    * @default 86400000 (24 hours)
    */
   idempotencyKeyRetentionMs?: number;
+  /**
+   * When the restart began (`performance.now()`), e.g. when the scheduler started taking the
+   * database: the leases recovery finds expire one session timeout after it unless reclaimed.
+   * @default the moment {@link Engine.start} is called
+   */
+  restartedAt?: number;
 }
 
 /** Engine lifecycle. */
@@ -101,6 +108,7 @@ export class Engine {
   /** Session timeout told to executors. */
   readonly sessionTimeoutMs: number;
   private readonly commitTimeoutMs: number;
+  private readonly restartedAt: number | undefined;
   private stateValue: EngineState = "CREATED";
   private stopping: Promise<void> | undefined;
 
@@ -111,6 +119,7 @@ export class Engine {
     this.heartbeatIntervalMs = options.heartbeatIntervalMs ?? 2000;
     this.sessionTimeoutMs = options.sessionTimeoutMs ?? 10_000;
     this.commitTimeoutMs = options.commitTimeoutMs ?? 5000;
+    this.restartedAt = options.restartedAt;
     this.unserved = new UnservedTypes({ log: options.log });
     this.timers = new EngineTimers({
       live: () => this.stateValue === "RUNNING" || this.stateValue === "RECOVERING",
@@ -181,6 +190,16 @@ export class Engine {
     return [...this.dispatcher.sessions.values()];
   }
 
+  /** The attached executor sessions as ListExecutors shows them (see executors.ts). */
+  executors(): ExecutorView[] {
+    return describeSessions(this.dispatcher.sessions.values(), {
+      taskType: (id) => this.core.tasks.get(id)?.type,
+      queued: (type) => this.dispatcher.waiting(type).length,
+      wallNow: Date.now(),
+      monoNow: performance.now(),
+    });
+  }
+
   /** How the engine carries out the rules' effects. */
   private effects(): Effects {
     const store = this.store;
@@ -228,7 +247,7 @@ export class Engine {
   async start(): Promise<void> {
     if (this.stateValue !== "CREATED") throw new Error(`engine cannot start from ${this.stateValue}`);
     this.stateValue = "RECOVERING";
-    await this.recover();
+    await this.recover(this.restartedAt ?? performance.now());
     this.livenessTimer = setInterval(
       () => this.checkLiveness(),
       Math.max(100, Math.floor(this.heartbeatIntervalMs / 2)),
@@ -257,7 +276,7 @@ export class Engine {
     return commitWithin(this.store.flush(), this.commitTimeoutMs);
   }
 
-  private async recover(): Promise<void> {
+  private async recover(restartedAt: number): Promise<void> {
     const stored = await this.store.loadActive();
     if (stored.runs.length === 0) return;
     const keys = await this.store.keysOfRuns(
@@ -271,7 +290,9 @@ export class Engine {
         workflows.set(r.definitionId, await this.definitions.compiledById(r.definitionId));
     const hashes = new Map([...keys].map(([runId, k]) => [runId, k.requestHash]));
     // A lease whose executor does not come back expires one session timeout after the restart.
-    const { runs, queued, orphaned } = core.recover(this.core, stored, workflows, hashes, this.moment());
+    const at = this.moment();
+    const graceMs = Math.max(0, this.sessionTimeoutMs - Math.max(0, at.mono - restartedAt));
+    const { runs, queued, orphaned } = core.recover(this.core, stored, workflows, hashes, at, graceMs);
     for (const run of runs) this.keyed.remember(run);
     await this.store.flush();
     // Executors that were attached before the restart are reconnecting: no warning about types
