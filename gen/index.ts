@@ -6,3 +6,4 @@ export * from "./src/nexusflow/v1/executor_service_pb.js";
 export * from "./src/nexusflow/v1/artifacts_pb.js";
 export * from "./src/nexusflow/v1/artifact_service_pb.js";
 export * from "./src/nexusflow/v1/events_pb.js";
+export * from "./src/nexusflow/v1/schedule_service_pb.js";
