@@ -6,4 +6,5 @@ export * from "./src/nexusflow/v1/executor_service_pb.js";
 export * from "./src/nexusflow/v1/artifacts_pb.js";
 export * from "./src/nexusflow/v1/artifact_service_pb.js";
 export * from "./src/nexusflow/v1/events_pb.js";
+export * from "./src/nexusflow/v1/cluster_service_pb.js";
 export * from "./src/nexusflow/v1/schedule_service_pb.js";

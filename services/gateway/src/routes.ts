@@ -5,13 +5,13 @@
  */
 import type { DescService } from "@bufbuild/protobuf";
 import type { ConnectRouter } from "@connectrpc/connect";
-import { ArtifactService, WorkflowService } from "@nexusflow/gen";
+import { ArtifactService, ClusterService, WorkflowService } from "@nexusflow/gen";
 import { type HealthOptions, HealthService, addHealth } from "./health.js";
 import { type ForwardingOptions, createForwardingService } from "./proxy.js";
 import { addReflection } from "./reflection.js";
 
 /** The services the gateway exposes, all served by the scheduler. */
-export const PROXIED_SERVICES: readonly DescService[] = [WorkflowService, ArtifactService];
+export const PROXIED_SERVICES: readonly DescService[] = [WorkflowService, ArtifactService, ClusterService];
 
 /** Options of {@link createRoutes}. */
 export interface RoutesOptions extends ForwardingOptions {

@@ -266,6 +266,7 @@ describe("gateway authentication and authorization", () => {
     assert.deepEqual(names.sort(), [
       "grpc.health.v1.Health",
       "nexusflow.v1.ArtifactService",
+      "nexusflow.v1.ClusterService",
       "nexusflow.v1.WorkflowService",
     ]);
     const health = await fetch(`${url}/healthz`);

@@ -59,7 +59,12 @@ async function fileContainingSymbol(url: string, service: DescService, symbol: s
 }
 
 // The gateway also serves grpc.health.v1.Health (health.ts), which reflection lists for grpcurl.
-const SERVICES = ["grpc.health.v1.Health", "nexusflow.v1.ArtifactService", "nexusflow.v1.WorkflowService"];
+const SERVICES = [
+  "grpc.health.v1.Health",
+  "nexusflow.v1.ArtifactService",
+  "nexusflow.v1.ClusterService",
+  "nexusflow.v1.WorkflowService",
+];
 
 describe("gateway reflection with real clients", () => {
   let keys: TestKeys;

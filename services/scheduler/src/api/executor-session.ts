@@ -43,6 +43,7 @@ import {
 } from "@nexusflow/common";
 import {
   ArtifactRefSchema,
+  type Attach,
   ExecutorService,
   LogRefSchema,
   ReportSchema,
@@ -58,6 +59,25 @@ import type { SessionHandle } from "../engine/dispatcher.js";
 import { callPrincipal } from "./auth.js";
 
 const TYPE_NAME = /^[a-z][a-z0-9._-]{0,62}$/;
+
+/** Bounds of what an Attach says of the executor (labels, version), as ListExecutors shows it. */
+const ADVERTISED_LABELS = 32;
+const ADVERTISED_TEXT = 256;
+
+/**
+ * What ListExecutors shows of an Attach: slots (0 when negative), at most 32 labels and texts of at
+ * most 256 characters. Informational only, so an executor saying too much is cut short, not refused.
+ */
+function advertisedBy(a: Attach): NonNullable<SessionHandle["advertised"]> {
+  const cut = (text: string): string =>
+    text.length > ADVERTISED_TEXT ? text.slice(0, ADVERTISED_TEXT) : text;
+  const labels: Record<string, string> = {};
+  for (const [k, v] of Object.entries(a.labels)
+    .sort(([x], [y]) => (x < y ? -1 : x > y ? 1 : 0))
+    .slice(0, ADVERTISED_LABELS))
+    labels[cut(k)] = cut(v);
+  return { slots: Math.max(0, a.slots), labels, version: cut(a.version) };
+}
 
 /** Field numbers of the SessionRequest cases that are reports (see isAcknowledgedReport). */
 const REPORT_FIELDS: ReadonlySet<number | undefined> = new Set([
@@ -342,6 +362,8 @@ export function executorService(
             leases: new Set(),
             draining: false,
             lastSeen: performance.now(),
+            attachedAt: Date.now(),
+            advertised: advertisedBy(a),
             send,
             sendFrame: send,
             close: (reason) => fail(grpc.status.UNAVAILABLE, reason),

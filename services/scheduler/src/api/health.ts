@@ -5,7 +5,7 @@
  */
 import type * as grpc from "@grpc/grpc-js";
 import { type ReadinessCheck, addHealthService } from "@nexusflow/common";
-import { ArtifactService, ExecutorService, WorkflowService } from "@nexusflow/gen";
+import { ArtifactService, ClusterService, ExecutorService, WorkflowService } from "@nexusflow/gen";
 import type pg from "pg";
 
 /** How long the database may take to answer `SELECT 1` before the scheduler counts as not ready. */
@@ -44,7 +44,12 @@ export function addSchedulerHealth(server: grpc.Server, options: SchedulerHealth
   const ready = schedulerReadiness(options);
   addHealthService(server, {
     ready,
-    services: [WorkflowService.typeName, ExecutorService.typeName, ArtifactService.typeName],
+    services: [
+      WorkflowService.typeName,
+      ExecutorService.typeName,
+      ArtifactService.typeName,
+      ClusterService.typeName,
+    ],
   });
   return ready;
 }

@@ -22,6 +22,14 @@ export interface SessionHandle {
   draining: boolean;
   /** Last time any message arrived (ms, monotonic). */
   lastSeen: number;
+  /** When the session attached (ms since the epoch; absent: unknown). Shown by ListExecutors. */
+  readonly attachedAt?: number;
+  /** What the executor said of itself in its Attach (slots, labels, version), for ListExecutors. */
+  readonly advertised?: {
+    readonly slots: number;
+    readonly labels: Readonly<Record<string, string>>;
+    readonly version: string;
+  };
   /** Sends a message to the executor (no-op once the stream ended). */
   send(message: SessionResponse): void;
   /**

@@ -1,0 +1,121 @@
+/**
+ * ClusterService over gRPC: the executor sessions attached to this scheduler, from the engine's
+ * live state (engine/executors.ts), a page at a time.
+ */
+import { create } from "@bufbuild/protobuf";
+import { timestampFromMs } from "@bufbuild/protobuf/wkt";
+import type * as grpc from "@grpc/grpc-js";
+import { ApiError, unary } from "@nexusflow/common";
+import {
+  type ExecutorSession,
+  ExecutorSessionSchema,
+  type ListExecutorsRequest,
+  ListExecutorsResponseSchema,
+} from "@nexusflow/gen";
+import { type ExecutorView, compareKeys } from "../engine/executors.js";
+
+/** The task type names executors may advertise (as the session's Attach checks them). */
+const TYPE_NAME = /^[a-z][a-z0-9._-]{0,62}$/;
+const DEFAULT_PAGE_SIZE = 100;
+const MAX_PAGE_SIZE = 1000;
+/** Longest page token we hand out: two ids of at most 200 characters, JSON, base64url. */
+const MAX_PAGE_TOKEN = 2048;
+
+/** What ClusterService reads from the engine. */
+export interface ClusterSource {
+  /** The attached sessions, ordered by executor id then session id. */
+  executors(): ExecutorView[];
+}
+
+/** The position after `view`, as next_page_token. */
+export function executorPageToken(view: { executorId: string; sessionId: string }): string {
+  return Buffer.from(JSON.stringify([view.executorId, view.sessionId]), "utf8").toString("base64url");
+}
+
+/** The position a page token names; INVALID_ARGUMENT naming page_token when it is not one of ours. */
+export function parseExecutorPageToken(token: string): { executorId: string; sessionId: string } {
+  const bad = (): ApiError =>
+    ApiError.invalid("page_token", "not a token from a previous ListExecutors response");
+  if (token.length > MAX_PAGE_TOKEN || !/^[A-Za-z0-9_-]+$/.test(token)) throw bad();
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(Buffer.from(token, "base64url").toString("utf8"));
+  } catch {
+    throw bad();
+  }
+  if (
+    !Array.isArray(parsed) ||
+    parsed.length !== 2 ||
+    typeof parsed[0] !== "string" ||
+    typeof parsed[1] !== "string"
+  )
+    throw bad();
+  return { executorId: parsed[0], sessionId: parsed[1] };
+}
+
+/** One page of `views` (already ordered) as the request asks; bad fields are INVALID_ARGUMENT. */
+export function executorsPage(
+  views: readonly ExecutorView[],
+  req: Pick<ListExecutorsRequest, "taskType" | "pageSize" | "pageToken">,
+): { executors: ExecutorView[]; nextPageToken: string } {
+  if (req.taskType !== "" && !TYPE_NAME.test(req.taskType))
+    throw ApiError.invalid(
+      "task_type",
+      `${JSON.stringify(req.taskType.slice(0, 100))} is not a task type (lower case letters, digits, '.', '_', '-'; at most 63 characters)`,
+    );
+  if (req.pageSize < 0 || req.pageSize > MAX_PAGE_SIZE)
+    throw ApiError.invalid(
+      "page_size",
+      `must be between 0 (the default, ${DEFAULT_PAGE_SIZE}) and ${MAX_PAGE_SIZE}`,
+    );
+  const size = req.pageSize === 0 ? DEFAULT_PAGE_SIZE : req.pageSize;
+  const after = req.pageToken === "" ? undefined : parseExecutorPageToken(req.pageToken);
+  const matching = views.filter(
+    (v) =>
+      (req.taskType === "" || v.taskTypes.some((t) => t.name === req.taskType)) &&
+      (after === undefined || compareKeys(v, after) > 0),
+  );
+  const executors = matching.slice(0, size);
+  const last = executors.at(-1);
+  return {
+    executors,
+    nextPageToken: matching.length > size && last !== undefined ? executorPageToken(last) : "",
+  };
+}
+
+/** A view as the ExecutorSession message. */
+export function executorSession(view: ExecutorView): ExecutorSession {
+  return create(ExecutorSessionSchema, {
+    executorId: view.executorId,
+    sessionId: view.sessionId,
+    ...(view.attachedAt === undefined ? {} : { attachTime: timestampFromMs(view.attachedAt) }),
+    protocolVersion: view.protocolVersion,
+    taskTypes: view.taskTypes.map((t) => ({ name: t.name, slotsInUse: t.slotsInUse, queued: t.queued })),
+    slots: view.slots,
+    slotsInUse: view.slotsInUse,
+    credit: view.credit,
+    draining: view.draining,
+    labels: { ...view.labels },
+    version: view.version,
+    lastSeenTime: timestampFromMs(view.lastSeenAt),
+  });
+}
+
+/** The ClusterService implementation for grpc-js. */
+export function clusterService(source: ClusterSource): grpc.UntypedServiceImplementation {
+  return {
+    listExecutors: unary((req: ListExecutorsRequest) => {
+      try {
+        const page = executorsPage(source.executors(), req);
+        return Promise.resolve(
+          create(ListExecutorsResponseSchema, {
+            executors: page.executors.map(executorSession),
+            nextPageToken: page.nextPageToken,
+          }),
+        );
+      } catch (e) {
+        return Promise.reject(e instanceof Error ? e : new Error(String(e)));
+      }
+    }),
+  };
+}
