@@ -14,7 +14,7 @@ import type { JsonObject, Message } from "@bufbuild/protobuf";
  * Describes the file nexusflow/v1/workflow.proto.
  */
 export const file_nexusflow_v1_workflow: GenFile = /*@__PURE__*/
-  fileDesc("ChtuZXh1c2Zsb3cvdjEvd29ya2Zsb3cucHJvdG8SDG5leHVzZmxvdy52MSL4AQoMV29ya2Zsb3dTcGVjEgwKBG5hbWUYASABKAkSDwoHdmVyc2lvbhgCIAEoBRITCgtkZXNjcmlwdGlvbhgDIAEoCRImCgVpbnB1dBgEIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSLAoIZGVmYXVsdHMYBSABKAsyGi5uZXh1c2Zsb3cudjEuU3RlcERlZmF1bHRzEg8KB3RpbWVvdXQYBiABKAkSJQoFc3RlcHMYByADKAsyFi5uZXh1c2Zsb3cudjEuU3RlcFNwZWMSJgoGb3V0cHV0GAggASgLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlImYKDFN0ZXBEZWZhdWx0cxIoCgVyZXRyeRgBIAEoCzIZLm5leHVzZmxvdy52MS5SZXRyeVBvbGljeRIsCgh0aW1lb3V0cxgCIAEoCzIaLm5leHVzZmxvdy52MS5TdGVwVGltZW91dHMi9QEKCFN0ZXBTcGVjEgoKAmlkGAEgASgJEgwKBHR5cGUYAiABKAkSJQoFaW5wdXQYAyABKAsyFi5nb29nbGUucHJvdG9idWYuVmFsdWUSEgoKZGVwZW5kc19vbhgEIAMoCRIMCgR3aGVuGAUgASgJEigKBXJldHJ5GAYgASgLMhkubmV4dXNmbG93LnYxLlJldHJ5UG9saWN5EiwKCHRpbWVvdXRzGAcgASgLMhoubmV4dXNmbG93LnYxLlN0ZXBUaW1lb3V0cxIuCgpjb21wZW5zYXRlGAggASgLMhoubmV4dXNmbG93LnYxLkNvbXBlbnNhdGlvbiKeAQoLUmV0cnlQb2xpY3kSFAoMbWF4X2F0dGVtcHRzGAEgASgFEhgKEGluaXRpYWxfaW50ZXJ2YWwYAiABKAkSGwoTYmFja29mZl9jb2VmZmljaWVudBgDIAEoARIUCgxtYXhfaW50ZXJ2YWwYBCABKAkSDgoGaml0dGVyGAUgASgJEhwKFG5vbl9yZXRyeWFibGVfZXJyb3JzGAYgAygJIlQKDFN0ZXBUaW1lb3V0cxIZChFzY2hlZHVsZV90b19zdGFydBgBIAEoCRIWCg5zdGFydF90b19jbG9zZRgCIAEoCRIRCgloZWFydGJlYXQYAyABKAkibQoMQ29tcGVuc2F0aW9uEgwKBHR5cGUYASABKAkSJQoFaW5wdXQYAiABKAsyFi5nb29nbGUucHJvdG9idWYuVmFsdWUSKAoFcmV0cnkYAyABKAsyGS5uZXh1c2Zsb3cudjEuUmV0cnlQb2xpY3kipAEKEldvcmtmbG93RGVmaW5pdGlvbhIMCgRuYW1lGAEgASgJEg8KB3ZlcnNpb24YAiABKAUSKAoEc3BlYxgDIAEoCzIaLm5leHVzZmxvdy52MS5Xb3JrZmxvd1NwZWMSFAoMY29udGVudF9oYXNoGAQgASgJEi8KC2NyZWF0ZV90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJmCglUYXNrRXJyb3ISDAoEdHlwZRgBIAEoCRIPCgdtZXNzYWdlGAIgASgJEhEKCXJldHJ5YWJsZRgDIAEoCBInCgdkZXRhaWxzGAQgASgLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlIskCCgdBdHRlbXB0Eg4KBm51bWJlchgBIAEoBRIVCg1mZW5jaW5nX3Rva2VuGAIgASgDEhMKC2V4ZWN1dG9yX2lkGAMgASgJEi4KCmxlYXNlX3RpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnN0YXJ0X3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiwKCGVuZF90aW1lGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIoCgZzdGF0dXMYByABKA4yGC5uZXh1c2Zsb3cudjEuVGFza1N0YXR1cxImCgVlcnJvchgIIAEoCzIXLm5leHVzZmxvdy52MS5UYXNrRXJyb3ISIgoEbG9ncxgJIAEoCzIULm5leHVzZmxvdy52MS5Mb2dSZWYilgQKB1Rhc2tSdW4SCgoCaWQYASABKAkSDwoHc3RlcF9pZBgCIAEoCRIkCgRraW5kGAMgASgOMhYubmV4dXNmbG93LnYxLlRhc2tLaW5kEgwKBHR5cGUYBCABKAkSKAoGc3RhdHVzGAUgASgOMhgubmV4dXNmbG93LnYxLlRhc2tTdGF0dXMSJQoFaW5wdXQYBiABKAsyFi5nb29nbGUucHJvdG9idWYuVmFsdWUSJgoGb3V0cHV0GAcgASgLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlEi0KCm91dHB1dF9yZWYYCCABKAsyGS5uZXh1c2Zsb3cudjEuQXJ0aWZhY3RSZWYSJgoFZXJyb3IYCSABKAsyFy5uZXh1c2Zsb3cudjEuVGFza0Vycm9yEicKCGF0dGVtcHRzGAogAygLMhUubmV4dXNmbG93LnYxLkF0dGVtcHQSNQoRbmV4dF9hdHRlbXB0X3RpbWUYCyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhMKC3NraXBfcmVhc29uGAwgASgJEi8KC2NyZWF0ZV90aW1lGA0gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCghlbmRfdGltZRgOIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFgoOcGVuZGluZ19yZWFzb24YDyABKAkijAQKA1J1bhIKCgJpZBgBIAEoCRIVCg13b3JrZmxvd19uYW1lGAIgASgJEhgKEHdvcmtmbG93X3ZlcnNpb24YAyABKAUSJwoGc3RhdHVzGAQgASgOMhcubmV4dXNmbG93LnYxLlJ1blN0YXR1cxIlCgVpbnB1dBgFIAEoCzIWLmdvb2dsZS5wcm90b2J1Zi5WYWx1ZRImCgZvdXRwdXQYBiABKAsyFi5nb29nbGUucHJvdG9idWYuVmFsdWUSJgoFZXJyb3IYByABKAsyFy5uZXh1c2Zsb3cudjEuVGFza0Vycm9yEhcKD2lkZW1wb3RlbmN5X2tleRgIIAEoCRItCgZsYWJlbHMYCSADKAsyHS5uZXh1c2Zsb3cudjEuUnVuLkxhYmVsc0VudHJ5EiQKBXRhc2tzGAogAygLMhUubmV4dXNmbG93LnYxLlRhc2tSdW4SLwoLY3JlYXRlX3RpbWUYCyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiwKCGVuZF90aW1lGAwgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCghkZWFkbGluZRgNIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASqZAgoJUnVuU3RhdHVzEhoKFlJVTl9TVEFUVVNfVU5TUEVDSUZJRUQQABIWChJSVU5fU1RBVFVTX1BFTkRJTkcQARIWChJSVU5fU1RBVFVTX1JVTk5JTkcQAhIYChRSVU5fU1RBVFVTX1NVQ0NFRURFRBADEhUKEVJVTl9TVEFUVVNfRkFJTEVEEAQSGAoUUlVOX1NUQVRVU19DQU5DRUxMRUQQBRIYChRSVU5fU1RBVFVTX1RJTUVEX09VVBAGEhsKF1JVTl9TVEFUVVNfQ09NUEVOU0FUSU5HEAcSGgoWUlVOX1NUQVRVU19DT01QRU5TQVRFRBAIEiIKHlJVTl9TVEFUVVNfQ09NUEVOU0FUSU9OX0ZBSUxFRBAJKo4CCgpUYXNrU3RhdHVzEhsKF1RBU0tfU1RBVFVTX1VOU1BFQ0lGSUVEEAASFwoTVEFTS19TVEFUVVNfUEVORElORxABEhYKElRBU0tfU1RBVFVTX1FVRVVFRBACEhYKElRBU0tfU1RBVFVTX0xFQVNFRBADEhcKE1RBU0tfU1RBVFVTX1JVTk5JTkcQBBIaChZUQVNLX1NUQVRVU19SRVRSWV9XQUlUEAUSGQoVVEFTS19TVEFUVVNfU1VDQ0VFREVEEAYSFgoSVEFTS19TVEFUVVNfRkFJTEVEEAcSFwoTVEFTS19TVEFUVVNfU0tJUFBFRBAIEhkKFVRBU0tfU1RBVFVTX0NBTkNFTExFRBAJKlUKCFRhc2tLaW5kEhkKFVRBU0tfS0lORF9VTlNQRUNJRklFRBAAEhIKDlRBU0tfS0lORF9TVEVQEAESGgoWVEFTS19LSU5EX0NPTVBFTlNBVElPThACYgZwcm90bzM", [file_google_protobuf_struct, file_google_protobuf_timestamp, file_nexusflow_v1_artifacts]);
+  fileDesc("ChtuZXh1c2Zsb3cvdjEvd29ya2Zsb3cucHJvdG8SDG5leHVzZmxvdy52MSL4AQoMV29ya2Zsb3dTcGVjEgwKBG5hbWUYASABKAkSDwoHdmVyc2lvbhgCIAEoBRITCgtkZXNjcmlwdGlvbhgDIAEoCRImCgVpbnB1dBgEIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSLAoIZGVmYXVsdHMYBSABKAsyGi5uZXh1c2Zsb3cudjEuU3RlcERlZmF1bHRzEg8KB3RpbWVvdXQYBiABKAkSJQoFc3RlcHMYByADKAsyFi5uZXh1c2Zsb3cudjEuU3RlcFNwZWMSJgoGb3V0cHV0GAggASgLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlImYKDFN0ZXBEZWZhdWx0cxIoCgVyZXRyeRgBIAEoCzIZLm5leHVzZmxvdy52MS5SZXRyeVBvbGljeRIsCgh0aW1lb3V0cxgCIAEoCzIaLm5leHVzZmxvdy52MS5TdGVwVGltZW91dHMi9QEKCFN0ZXBTcGVjEgoKAmlkGAEgASgJEgwKBHR5cGUYAiABKAkSJQoFaW5wdXQYAyABKAsyFi5nb29nbGUucHJvdG9idWYuVmFsdWUSEgoKZGVwZW5kc19vbhgEIAMoCRIMCgR3aGVuGAUgASgJEigKBXJldHJ5GAYgASgLMhkubmV4dXNmbG93LnYxLlJldHJ5UG9saWN5EiwKCHRpbWVvdXRzGAcgASgLMhoubmV4dXNmbG93LnYxLlN0ZXBUaW1lb3V0cxIuCgpjb21wZW5zYXRlGAggASgLMhoubmV4dXNmbG93LnYxLkNvbXBlbnNhdGlvbiKeAQoLUmV0cnlQb2xpY3kSFAoMbWF4X2F0dGVtcHRzGAEgASgFEhgKEGluaXRpYWxfaW50ZXJ2YWwYAiABKAkSGwoTYmFja29mZl9jb2VmZmljaWVudBgDIAEoARIUCgxtYXhfaW50ZXJ2YWwYBCABKAkSDgoGaml0dGVyGAUgASgJEhwKFG5vbl9yZXRyeWFibGVfZXJyb3JzGAYgAygJIlQKDFN0ZXBUaW1lb3V0cxIZChFzY2hlZHVsZV90b19zdGFydBgBIAEoCRIWCg5zdGFydF90b19jbG9zZRgCIAEoCRIRCgloZWFydGJlYXQYAyABKAkibQoMQ29tcGVuc2F0aW9uEgwKBHR5cGUYASABKAkSJQoFaW5wdXQYAiABKAsyFi5nb29nbGUucHJvdG9idWYuVmFsdWUSKAoFcmV0cnkYAyABKAsyGS5uZXh1c2Zsb3cudjEuUmV0cnlQb2xpY3kipAEKEldvcmtmbG93RGVmaW5pdGlvbhIMCgRuYW1lGAEgASgJEg8KB3ZlcnNpb24YAiABKAUSKAoEc3BlYxgDIAEoCzIaLm5leHVzZmxvdy52MS5Xb3JrZmxvd1NwZWMSFAoMY29udGVudF9oYXNoGAQgASgJEi8KC2NyZWF0ZV90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJmCglUYXNrRXJyb3ISDAoEdHlwZRgBIAEoCRIPCgdtZXNzYWdlGAIgASgJEhEKCXJldHJ5YWJsZRgDIAEoCBInCgdkZXRhaWxzGAQgASgLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlIskCCgdBdHRlbXB0Eg4KBm51bWJlchgBIAEoBRIVCg1mZW5jaW5nX3Rva2VuGAIgASgDEhMKC2V4ZWN1dG9yX2lkGAMgASgJEi4KCmxlYXNlX3RpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnN0YXJ0X3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiwKCGVuZF90aW1lGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIoCgZzdGF0dXMYByABKA4yGC5uZXh1c2Zsb3cudjEuVGFza1N0YXR1cxImCgVlcnJvchgIIAEoCzIXLm5leHVzZmxvdy52MS5UYXNrRXJyb3ISIgoEbG9ncxgJIAEoCzIULm5leHVzZmxvdy52MS5Mb2dSZWYilgQKB1Rhc2tSdW4SCgoCaWQYASABKAkSDwoHc3RlcF9pZBgCIAEoCRIkCgRraW5kGAMgASgOMhYubmV4dXNmbG93LnYxLlRhc2tLaW5kEgwKBHR5cGUYBCABKAkSKAoGc3RhdHVzGAUgASgOMhgubmV4dXNmbG93LnYxLlRhc2tTdGF0dXMSJQoFaW5wdXQYBiABKAsyFi5nb29nbGUucHJvdG9idWYuVmFsdWUSJgoGb3V0cHV0GAcgASgLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlEi0KCm91dHB1dF9yZWYYCCABKAsyGS5uZXh1c2Zsb3cudjEuQXJ0aWZhY3RSZWYSJgoFZXJyb3IYCSABKAsyFy5uZXh1c2Zsb3cudjEuVGFza0Vycm9yEicKCGF0dGVtcHRzGAogAygLMhUubmV4dXNmbG93LnYxLkF0dGVtcHQSNQoRbmV4dF9hdHRlbXB0X3RpbWUYCyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhMKC3NraXBfcmVhc29uGAwgASgJEi8KC2NyZWF0ZV90aW1lGA0gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCghlbmRfdGltZRgOIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFgoOcGVuZGluZ19yZWFzb24YDyABKAkinwMKC1BlbmRpbmdHYXRlEjYKDGRlcGVuZGVuY2llcxgBIAEoCzIeLm5leHVzZmxvdy52MS5EZXBlbmRlbmNpZXNHYXRlSAASMAoJY29uZGl0aW9uGAIgASgLMhsubmV4dXNmbG93LnYxLkNvbmRpdGlvbkdhdGVIABI3Cg1yZXRyeV9iYWNrb2ZmGAMgASgLMh4ubmV4dXNmbG93LnYxLlJldHJ5QmFja29mZkdhdGVIABIzCgtub19leGVjdXRvchgEIAEoCzIcLm5leHVzZmxvdy52MS5Ob0V4ZWN1dG9yR2F0ZUgAEjkKDmV4ZWN1dG9yc19idXN5GAUgASgLMh8ubmV4dXNmbG93LnYxLkV4ZWN1dG9yc0J1c3lHYXRlSAASPgoRc2NoZWR1bGVfdG9fc3RhcnQYBiABKAsyIS5uZXh1c2Zsb3cudjEuU2NoZWR1bGVUb1N0YXJ0R2F0ZUgAEjUKDHJ1bl9zdG9wcGluZxgHIAEoCzIdLm5leHVzZmxvdy52MS5SdW5TdG9wcGluZ0dhdGVIAEIGCgRnYXRlIkUKEERlcGVuZGVuY2llc0dhdGUSEAoIc3RlcF9pZHMYASADKAkSHwoXcmVhZGluZ19vdXRwdXRfc3RlcF9pZHMYAiADKAkiNQoNQ29uZGl0aW9uR2F0ZRISCgpleHByZXNzaW9uGAEgASgJEhAKCHN0ZXBfaWRzGAIgAygJIqIBChBSZXRyeUJhY2tvZmZHYXRlEjUKEW5leHRfYXR0ZW1wdF90aW1lGAEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIUCgxuZXh0X2F0dGVtcHQYAiABKAUSFAoMbWF4X2F0dGVtcHRzGAMgASgFEisKCmxhc3RfZXJyb3IYBCABKAsyFy5uZXh1c2Zsb3cudjEuVGFza0Vycm9yIlgKDk5vRXhlY3V0b3JHYXRlEgwKBHR5cGUYASABKAkSDQoFYWhlYWQYAiABKAUSKQoFc2luY2UYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIoABChFFeGVjdXRvcnNCdXN5R2F0ZRIMCgR0eXBlGAEgASgJEhEKCWV4ZWN1dG9ycxgCIAEoBRIQCghkcmFpbmluZxgDIAEoBRINCgVhaGVhZBgEIAEoBRIpCgVzaW5jZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiVwoTU2NoZWR1bGVUb1N0YXJ0R2F0ZRIsCghkZWFkbGluZRgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEgoKdGltZW91dF9tcxgCIAEoAyJYCg9SdW5TdG9wcGluZ0dhdGUSKwoKcnVuX3N0YXR1cxgBIAEoDjIXLm5leHVzZmxvdy52MS5SdW5TdGF0dXMSGAoQY2FuY2VsX3JlcXVlc3RlZBgCIAEoCCKMBAoDUnVuEgoKAmlkGAEgASgJEhUKDXdvcmtmbG93X25hbWUYAiABKAkSGAoQd29ya2Zsb3dfdmVyc2lvbhgDIAEoBRInCgZzdGF0dXMYBCABKA4yFy5uZXh1c2Zsb3cudjEuUnVuU3RhdHVzEiUKBWlucHV0GAUgASgLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlEiYKBm91dHB1dBgGIAEoCzIWLmdvb2dsZS5wcm90b2J1Zi5WYWx1ZRImCgVlcnJvchgHIAEoCzIXLm5leHVzZmxvdy52MS5UYXNrRXJyb3ISFwoPaWRlbXBvdGVuY3lfa2V5GAggASgJEi0KBmxhYmVscxgJIAMoCzIdLm5leHVzZmxvdy52MS5SdW4uTGFiZWxzRW50cnkSJAoFdGFza3MYCiADKAsyFS5uZXh1c2Zsb3cudjEuVGFza1J1bhIvCgtjcmVhdGVfdGltZRgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLAoIZW5kX3RpbWUYDCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiwKCGRlYWRsaW5lGA0gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBKpkCCglSdW5TdGF0dXMSGgoWUlVOX1NUQVRVU19VTlNQRUNJRklFRBAAEhYKElJVTl9TVEFUVVNfUEVORElORxABEhYKElJVTl9TVEFUVVNfUlVOTklORxACEhgKFFJVTl9TVEFUVVNfU1VDQ0VFREVEEAMSFQoRUlVOX1NUQVRVU19GQUlMRUQQBBIYChRSVU5fU1RBVFVTX0NBTkNFTExFRBAFEhgKFFJVTl9TVEFUVVNfVElNRURfT1VUEAYSGwoXUlVOX1NUQVRVU19DT01QRU5TQVRJTkcQBxIaChZSVU5fU1RBVFVTX0NPTVBFTlNBVEVEEAgSIgoeUlVOX1NUQVRVU19DT01QRU5TQVRJT05fRkFJTEVEEAkqjgIKClRhc2tTdGF0dXMSGwoXVEFTS19TVEFUVVNfVU5TUEVDSUZJRUQQABIXChNUQVNLX1NUQVRVU19QRU5ESU5HEAESFgoSVEFTS19TVEFUVVNfUVVFVUVEEAISFgoSVEFTS19TVEFUVVNfTEVBU0VEEAMSFwoTVEFTS19TVEFUVVNfUlVOTklORxAEEhoKFlRBU0tfU1RBVFVTX1JFVFJZX1dBSVQQBRIZChVUQVNLX1NUQVRVU19TVUNDRUVERUQQBhIWChJUQVNLX1NUQVRVU19GQUlMRUQQBxIXChNUQVNLX1NUQVRVU19TS0lQUEVEEAgSGQoVVEFTS19TVEFUVVNfQ0FOQ0VMTEVEEAkqVQoIVGFza0tpbmQSGQoVVEFTS19LSU5EX1VOU1BFQ0lGSUVEEAASEgoOVEFTS19LSU5EX1NURVAQARIaChZUQVNLX0tJTkRfQ09NUEVOU0FUSU9OEAJiBnByb3RvMw", [file_google_protobuf_struct, file_google_protobuf_timestamp, file_nexusflow_v1_artifacts]);
 
 /**
  * A workflow definition: a DAG of steps. It is the protobuf twin of the JSON definition format
@@ -589,13 +589,14 @@ export type TaskRun = Message<"nexusflow.v1.TaskRun"> & {
   endTime?: Timestamp | undefined;
 
   /**
-   * Why the scheduler holds the task back, in one line, while it is QUEUED and cannot be leased:
-   * `no executor advertises type "charge-card"` (no attached executor session runs its type),
-   * `all 2 executors for type "charge-card" are busy (no credit)`, or `... are draining`. Empty in
-   * every other state, and for a queued task that is about to be leased. It is the scheduler's
-   * live view of its executor sessions as of its latest scheduling pass, kept in memory, not
-   * stored: it clears once an executor for the type attaches and takes the task. Text for people;
-   * more reasons may be added.
+   * Why the task is not running, in one line, while it is PENDING, QUEUED or RETRY_WAIT: the gates
+   * that hold it now (ExplainPending has each of them in full), most decisive first, joined by
+   * "; ". For example `waiting for dependencies: validate, reserve`,
+   * `retry (attempt 3) due at 2026-01-31T12:00:05.000Z`, `no executor advertises type
+   * "charge-card"`, `all 2 executors for type "charge-card" are busy (no credit)` or `... are
+   * draining`. Empty while leased, running or finished, and for a task about to be leased. The
+   * executor reasons are the scheduler's live view of its sessions as of its latest scheduling
+   * pass, kept in memory, not stored. Text for people; more reasons may be added.
    *
    * @generated from field: string pending_reason = 15;
    */
@@ -608,6 +609,325 @@ export type TaskRun = Message<"nexusflow.v1.TaskRun"> & {
  */
 export const TaskRunSchema: GenMessage<TaskRun> = /*@__PURE__*/
   messageDesc(file_nexusflow_v1_workflow, 9);
+
+/**
+ * One gate that holds a task back now (ExplainPending). A task may be held by several at once.
+ *
+ * @generated from message nexusflow.v1.PendingGate
+ */
+export type PendingGate = Message<"nexusflow.v1.PendingGate"> & {
+  /**
+   * The gate.
+   *
+   * @generated from oneof nexusflow.v1.PendingGate.gate
+   */
+  gate: {
+    /**
+     * Dependencies of the step have not finished.
+     *
+     * @generated from field: nexusflow.v1.DependenciesGate dependencies = 1;
+     */
+    value: DependenciesGate;
+    case: "dependencies";
+  } | {
+    /**
+     * The step's `when` condition cannot be decided yet.
+     *
+     * @generated from field: nexusflow.v1.ConditionGate condition = 2;
+     */
+    value: ConditionGate;
+    case: "condition";
+  } | {
+    /**
+     * A failed attempt's retry waits out its backoff.
+     *
+     * @generated from field: nexusflow.v1.RetryBackoffGate retry_backoff = 3;
+     */
+    value: RetryBackoffGate;
+    case: "retryBackoff";
+  } | {
+    /**
+     * No attached executor session advertises the task's type.
+     *
+     * @generated from field: nexusflow.v1.NoExecutorGate no_executor = 4;
+     */
+    value: NoExecutorGate;
+    case: "noExecutor";
+  } | {
+    /**
+     * Every session that advertises the type has its credit in use (or is draining).
+     *
+     * @generated from field: nexusflow.v1.ExecutorsBusyGate executors_busy = 5;
+     */
+    value: ExecutorsBusyGate;
+    case: "executorsBusy";
+  } | {
+    /**
+     * The queued attempt fails if no executor starts it by a deadline.
+     *
+     * @generated from field: nexusflow.v1.ScheduleToStartGate schedule_to_start = 6;
+     */
+    value: ScheduleToStartGate;
+    case: "scheduleToStart";
+  } | {
+    /**
+     * The run is cancelled or rolling back: the step will not be started.
+     *
+     * @generated from field: nexusflow.v1.RunStoppingGate run_stopping = 7;
+     */
+    value: RunStoppingGate;
+    case: "runStopping";
+  } | { case: undefined; value?: undefined };
+};
+
+/**
+ * Describes the message nexusflow.v1.PendingGate.
+ * Use `create(PendingGateSchema)` to create a new message.
+ */
+export const PendingGateSchema: GenMessage<PendingGate> = /*@__PURE__*/
+  messageDesc(file_nexusflow_v1_workflow, 10);
+
+/**
+ * The task waits for other tasks of its run to finish.
+ *
+ * @generated from message nexusflow.v1.DependenciesGate
+ */
+export type DependenciesGate = Message<"nexusflow.v1.DependenciesGate"> & {
+  /**
+   * The steps it waits for, in topological order: unfinished dependencies of a step; for a
+   * compensation, the unfinished compensations of the wave before it.
+   *
+   * @generated from field: repeated string step_ids = 1;
+   */
+  stepIds: string[];
+
+  /**
+   * Dependencies that succeeded with an offloaded output the scheduler is still reading back
+   * (claim check): the step's input cannot be rendered before it is read.
+   *
+   * @generated from field: repeated string reading_output_step_ids = 2;
+   */
+  readingOutputStepIds: string[];
+};
+
+/**
+ * Describes the message nexusflow.v1.DependenciesGate.
+ * Use `create(DependenciesGateSchema)` to create a new message.
+ */
+export const DependenciesGateSchema: GenMessage<DependenciesGate> = /*@__PURE__*/
+  messageDesc(file_nexusflow_v1_workflow, 11);
+
+/**
+ * The step's `when` condition is evaluated only once its dependencies have finished.
+ *
+ * @generated from message nexusflow.v1.ConditionGate
+ */
+export type ConditionGate = Message<"nexusflow.v1.ConditionGate"> & {
+  /**
+   * The condition as written in the definition.
+   *
+   * @generated from field: string expression = 1;
+   */
+  expression: string;
+
+  /**
+   * The dependencies it waits for (as in DependenciesGate.step_ids).
+   *
+   * @generated from field: repeated string step_ids = 2;
+   */
+  stepIds: string[];
+};
+
+/**
+ * Describes the message nexusflow.v1.ConditionGate.
+ * Use `create(ConditionGateSchema)` to create a new message.
+ */
+export const ConditionGateSchema: GenMessage<ConditionGate> = /*@__PURE__*/
+  messageDesc(file_nexusflow_v1_workflow, 12);
+
+/**
+ * The task failed and its next attempt waits for its retry backoff.
+ *
+ * @generated from message nexusflow.v1.RetryBackoffGate
+ */
+export type RetryBackoffGate = Message<"nexusflow.v1.RetryBackoffGate"> & {
+  /**
+   * When the next attempt is queued.
+   *
+   * @generated from field: google.protobuf.Timestamp next_attempt_time = 1;
+   */
+  nextAttemptTime?: Timestamp | undefined;
+
+  /**
+   * Number of the next attempt, from 2.
+   *
+   * @generated from field: int32 next_attempt = 2;
+   */
+  nextAttempt: number;
+
+  /**
+   * Most attempts the step's retry policy allows.
+   *
+   * @generated from field: int32 max_attempts = 3;
+   */
+  maxAttempts: number;
+
+  /**
+   * Why the last attempt failed.
+   *
+   * @generated from field: nexusflow.v1.TaskError last_error = 4;
+   */
+  lastError?: TaskError | undefined;
+};
+
+/**
+ * Describes the message nexusflow.v1.RetryBackoffGate.
+ * Use `create(RetryBackoffGateSchema)` to create a new message.
+ */
+export const RetryBackoffGateSchema: GenMessage<RetryBackoffGate> = /*@__PURE__*/
+  messageDesc(file_nexusflow_v1_workflow, 13);
+
+/**
+ * No attached executor session advertises the task's type: an executor for it must be started.
+ *
+ * @generated from message nexusflow.v1.NoExecutorGate
+ */
+export type NoExecutorGate = Message<"nexusflow.v1.NoExecutorGate"> & {
+  /**
+   * The task type.
+   *
+   * @generated from field: string type = 1;
+   */
+  type: string;
+
+  /**
+   * Queued tasks of the same type ahead of this one in the ready queue.
+   *
+   * @generated from field: int32 ahead = 2;
+   */
+  ahead: number;
+
+  /**
+   * Since when the scheduler's passes have found no such session (its latest change of reason).
+   *
+   * @generated from field: google.protobuf.Timestamp since = 3;
+   */
+  since?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message nexusflow.v1.NoExecutorGate.
+ * Use `create(NoExecutorGateSchema)` to create a new message.
+ */
+export const NoExecutorGateSchema: GenMessage<NoExecutorGate> = /*@__PURE__*/
+  messageDesc(file_nexusflow_v1_workflow, 14);
+
+/**
+ * Every attached session that advertises the task's type has no credit left (all its slots are
+ * leased) or is draining.
+ *
+ * @generated from message nexusflow.v1.ExecutorsBusyGate
+ */
+export type ExecutorsBusyGate = Message<"nexusflow.v1.ExecutorsBusyGate"> & {
+  /**
+   * The task type.
+   *
+   * @generated from field: string type = 1;
+   */
+  type: string;
+
+  /**
+   * Sessions advertising the type.
+   *
+   * @generated from field: int32 executors = 2;
+   */
+  executors: number;
+
+  /**
+   * How many of them are draining (take no new leases).
+   *
+   * @generated from field: int32 draining = 3;
+   */
+  draining: number;
+
+  /**
+   * Queued tasks of the same type ahead of this one in the ready queue (served oldest first).
+   *
+   * @generated from field: int32 ahead = 4;
+   */
+  ahead: number;
+
+  /**
+   * Since when the scheduler's passes have found them so (its latest change of reason).
+   *
+   * @generated from field: google.protobuf.Timestamp since = 5;
+   */
+  since?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message nexusflow.v1.ExecutorsBusyGate.
+ * Use `create(ExecutorsBusyGateSchema)` to create a new message.
+ */
+export const ExecutorsBusyGateSchema: GenMessage<ExecutorsBusyGate> = /*@__PURE__*/
+  messageDesc(file_nexusflow_v1_workflow, 15);
+
+/**
+ * The queued attempt fails with SCHEDULE_TO_START_TIMEOUT (and is retried per the step's policy)
+ * unless an executor takes it by then.
+ *
+ * @generated from message nexusflow.v1.ScheduleToStartGate
+ */
+export type ScheduleToStartGate = Message<"nexusflow.v1.ScheduleToStartGate"> & {
+  /**
+   * When the attempt times out.
+   *
+   * @generated from field: google.protobuf.Timestamp deadline = 1;
+   */
+  deadline?: Timestamp | undefined;
+
+  /**
+   * The step's schedule-to-start timeout, in milliseconds.
+   *
+   * @generated from field: int64 timeout_ms = 2;
+   */
+  timeoutMs: bigint;
+};
+
+/**
+ * Describes the message nexusflow.v1.ScheduleToStartGate.
+ * Use `create(ScheduleToStartGateSchema)` to create a new message.
+ */
+export const ScheduleToStartGateSchema: GenMessage<ScheduleToStartGate> = /*@__PURE__*/
+  messageDesc(file_nexusflow_v1_workflow, 16);
+
+/**
+ * The run is cancelled or rolling back its completed steps: the step is not started.
+ *
+ * @generated from message nexusflow.v1.RunStoppingGate
+ */
+export type RunStoppingGate = Message<"nexusflow.v1.RunStoppingGate"> & {
+  /**
+   * The run's state.
+   *
+   * @generated from field: nexusflow.v1.RunStatus run_status = 1;
+   */
+  runStatus: RunStatus;
+
+  /**
+   * Whether a cancellation was requested.
+   *
+   * @generated from field: bool cancel_requested = 2;
+   */
+  cancelRequested: boolean;
+};
+
+/**
+ * Describes the message nexusflow.v1.RunStoppingGate.
+ * Use `create(RunStoppingGateSchema)` to create a new message.
+ */
+export const RunStoppingGateSchema: GenMessage<RunStoppingGate> = /*@__PURE__*/
+  messageDesc(file_nexusflow_v1_workflow, 17);
 
 /**
  * A run of a workflow definition.
@@ -712,7 +1032,7 @@ export type Run = Message<"nexusflow.v1.Run"> & {
  * Use `create(RunSchema)` to create a new message.
  */
 export const RunSchema: GenMessage<Run> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 10);
+  messageDesc(file_nexusflow_v1_workflow, 18);
 
 /**
  * Lifecycle state of a run.

@@ -9,7 +9,7 @@ import type { Status } from "../../google/rpc/status_pb.js";
 import { file_google_rpc_status } from "../../google/rpc/status_pb.js";
 import type { Timestamp, Value } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_struct, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
-import type { Run, RunStatus, WorkflowDefinition, WorkflowSpec } from "./workflow_pb.js";
+import type { PendingGate, Run, RunStatus, TaskKind, TaskStatus, WorkflowDefinition, WorkflowSpec } from "./workflow_pb.js";
 import { file_nexusflow_v1_workflow } from "./workflow_pb.js";
 import type { JsonObject, Message } from "@bufbuild/protobuf";
 
@@ -17,7 +17,7 @@ import type { JsonObject, Message } from "@bufbuild/protobuf";
  * Describes the file nexusflow/v1/workflow_service.proto.
  */
 export const file_nexusflow_v1_workflow_service: GenFile = /*@__PURE__*/
-  fileDesc("CiNuZXh1c2Zsb3cvdjEvd29ya2Zsb3dfc2VydmljZS5wcm90bxIMbmV4dXNmbG93LnYxImgKF1JlZ2lzdGVyV29ya2Zsb3dSZXF1ZXN0EioKBHNwZWMYASABKAsyGi5uZXh1c2Zsb3cudjEuV29ya2Zsb3dTcGVjSAASEwoJc3BlY19qc29uGAIgASgJSABCDAoKZGVmaW5pdGlvbiJfChhSZWdpc3RlcldvcmtmbG93UmVzcG9uc2USMgoId29ya2Zsb3cYASABKAsyIC5uZXh1c2Zsb3cudjEuV29ya2Zsb3dEZWZpbml0aW9uEg8KB2NyZWF0ZWQYAiABKAgiMwoSR2V0V29ya2Zsb3dSZXF1ZXN0EgwKBG5hbWUYASABKAkSDwoHdmVyc2lvbhgCIAEoBSJJChNHZXRXb3JrZmxvd1Jlc3BvbnNlEjIKCHdvcmtmbG93GAEgASgLMiAubmV4dXNmbG93LnYxLldvcmtmbG93RGVmaW5pdGlvbiJgChRMaXN0V29ya2Zsb3dzUmVxdWVzdBIMCgRuYW1lGAEgASgJEhEKCXBhZ2Vfc2l6ZRgCIAEoBRISCgpwYWdlX3Rva2VuGAMgASgJEhMKC2xhdGVzdF9vbmx5GAQgASgIImUKFUxpc3RXb3JrZmxvd3NSZXNwb25zZRIzCgl3b3JrZmxvd3MYASADKAsyIC5uZXh1c2Zsb3cudjEuV29ya2Zsb3dEZWZpbml0aW9uEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSKRAgoPU3RhcnRSdW5SZXF1ZXN0EhUKDXdvcmtmbG93X25hbWUYASABKAkSGAoQd29ya2Zsb3dfdmVyc2lvbhgCIAEoBRIlCgVpbnB1dBgDIAEoCzIWLmdvb2dsZS5wcm90b2J1Zi5WYWx1ZRIXCg9pZGVtcG90ZW5jeV9rZXkYBCABKAkSOQoGbGFiZWxzGAUgAygLMikubmV4dXNmbG93LnYxLlN0YXJ0UnVuUmVxdWVzdC5MYWJlbHNFbnRyeRIjCgR2aWV3GAYgASgOMhUubmV4dXNmbG93LnYxLlJ1blZpZXcaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASI/ChBTdGFydFJ1bnNSZXF1ZXN0EisKBHJ1bnMYASADKAsyHS5uZXh1c2Zsb3cudjEuU3RhcnRSdW5SZXF1ZXN0IkIKEVN0YXJ0UnVuc1Jlc3BvbnNlEi0KB3Jlc3VsdHMYASADKAsyHC5uZXh1c2Zsb3cudjEuU3RhcnRSdW5SZXN1bHQicgoOU3RhcnRSdW5SZXN1bHQSMQoHc3RhcnRlZBgBIAEoCzIeLm5leHVzZmxvdy52MS5TdGFydFJ1blJlc3BvbnNlSAASIwoFZXJyb3IYAiABKAsyEi5nb29nbGUucnBjLlN0YXR1c0gAQggKBnJlc3VsdCJDChBTdGFydFJ1blJlc3BvbnNlEh4KA3J1bhgBIAEoCzIRLm5leHVzZmxvdy52MS5SdW4SDwoHY3JlYXRlZBgCIAEoCCIfCg1HZXRSdW5SZXF1ZXN0Eg4KBnJ1bl9pZBgBIAEoCSIwCg5HZXRSdW5SZXNwb25zZRIeCgNydW4YASABKAsyES5uZXh1c2Zsb3cudjEuUnVuIvACCg9MaXN0UnVuc1JlcXVlc3QSFQoNd29ya2Zsb3dfbmFtZRgBIAEoCRIpCghzdGF0dXNlcxgCIAMoDjIXLm5leHVzZmxvdy52MS5SdW5TdGF0dXMSOQoGbGFiZWxzGAMgAygLMikubmV4dXNmbG93LnYxLkxpc3RSdW5zUmVxdWVzdC5MYWJlbHNFbnRyeRIxCg1jcmVhdGVkX2FmdGVyGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIyCg5jcmVhdGVkX2JlZm9yZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEQoJcGFnZV9zaXplGAYgASgFEhIKCnBhZ2VfdG9rZW4YByABKAkSIwoEdmlldxgIIAEoDjIVLm5leHVzZmxvdy52MS5SdW5WaWV3Gi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiTAoQTGlzdFJ1bnNSZXNwb25zZRIfCgRydW5zGAEgAygLMhEubmV4dXNmbG93LnYxLlJ1bhIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiRgoQQ2FuY2VsUnVuUmVxdWVzdBIOCgZydW5faWQYASABKAkSDgoGcmVhc29uGAIgASgJEhIKCmNvbXBlbnNhdGUYAyABKAgiMwoRQ2FuY2VsUnVuUmVzcG9uc2USHgoDcnVuGAEgASgLMhEubmV4dXNmbG93LnYxLlJ1biIhCg9XYXRjaFJ1blJlcXVlc3QSDgoGcnVuX2lkGAEgASgJIqQBChBXYXRjaFJ1blJlc3BvbnNlEh4KA3J1bhgBIAEoCzIRLm5leHVzZmxvdy52MS5SdW4SGAoQY2hhbmdlZF90YXNrX2lkcxgCIAMoCRIoCgR0aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCgthbm5vdGF0aW9ucxgEIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QqSgoHUnVuVmlldxIYChRSVU5fVklFV19VTlNQRUNJRklFRBAAEhIKDlJVTl9WSUVXX0JBU0lDEAESEQoNUlVOX1ZJRVdfRlVMTBACMqMICg9Xb3JrZmxvd1NlcnZpY2USewoQUmVnaXN0ZXJXb3JrZmxvdxIlLm5leHVzZmxvdy52MS5SZWdpc3RlcldvcmtmbG93UmVxdWVzdBomLm5leHVzZmxvdy52MS5SZWdpc3RlcldvcmtmbG93UmVzcG9uc2UiGILT5JMCEjoBKiINL3YxL3dvcmtmbG93cxKbAQoLR2V0V29ya2Zsb3cSIC5uZXh1c2Zsb3cudjEuR2V0V29ya2Zsb3dSZXF1ZXN0GiEubmV4dXNmbG93LnYxLkdldFdvcmtmbG93UmVzcG9uc2UiR4LT5JMCQVopEicvdjEvd29ya2Zsb3dzL3tuYW1lfS92ZXJzaW9ucy97dmVyc2lvbn0SFC92MS93b3JrZmxvd3Mve25hbWV9Em8KDUxpc3RXb3JrZmxvd3MSIi5uZXh1c2Zsb3cudjEuTGlzdFdvcmtmbG93c1JlcXVlc3QaIy5uZXh1c2Zsb3cudjEuTGlzdFdvcmtmbG93c1Jlc3BvbnNlIhWC0+STAg8SDS92MS93b3JrZmxvd3MSeAoIU3RhcnRSdW4SHS5uZXh1c2Zsb3cudjEuU3RhcnRSdW5SZXF1ZXN0Gh4ubmV4dXNmbG93LnYxLlN0YXJ0UnVuUmVzcG9uc2UiLYLT5JMCJzoBKiIiL3YxL3dvcmtmbG93cy97d29ya2Zsb3dfbmFtZX0vcnVucxJsCglTdGFydFJ1bnMSHi5uZXh1c2Zsb3cudjEuU3RhcnRSdW5zUmVxdWVzdBofLm5leHVzZmxvdy52MS5TdGFydFJ1bnNSZXNwb25zZSIegtPkkwIYOgEqIhMvdjEvcnVuczpiYXRjaFN0YXJ0El4KBkdldFJ1bhIbLm5leHVzZmxvdy52MS5HZXRSdW5SZXF1ZXN0GhwubmV4dXNmbG93LnYxLkdldFJ1blJlc3BvbnNlIhmC0+STAhMSES92MS9ydW5zL3tydW5faWR9ElsKCExpc3RSdW5zEh0ubmV4dXNmbG93LnYxLkxpc3RSdW5zUmVxdWVzdBoeLm5leHVzZmxvdy52MS5MaXN0UnVuc1Jlc3BvbnNlIhCC0+STAgoSCC92MS9ydW5zEnEKCUNhbmNlbFJ1bhIeLm5leHVzZmxvdy52MS5DYW5jZWxSdW5SZXF1ZXN0Gh8ubmV4dXNmbG93LnYxLkNhbmNlbFJ1blJlc3BvbnNlIiOC0+STAh06ASoiGC92MS9ydW5zL3tydW5faWR9OmNhbmNlbBJsCghXYXRjaFJ1bhIdLm5leHVzZmxvdy52MS5XYXRjaFJ1blJlcXVlc3QaHi5uZXh1c2Zsb3cudjEuV2F0Y2hSdW5SZXNwb25zZSIfgtPkkwIZEhcvdjEvcnVucy97cnVuX2lkfTp3YXRjaDABYgZwcm90bzM", [file_google_api_annotations, file_google_rpc_status, file_google_protobuf_struct, file_google_protobuf_timestamp, file_nexusflow_v1_workflow]);
+  fileDesc("CiNuZXh1c2Zsb3cvdjEvd29ya2Zsb3dfc2VydmljZS5wcm90bxIMbmV4dXNmbG93LnYxImgKF1JlZ2lzdGVyV29ya2Zsb3dSZXF1ZXN0EioKBHNwZWMYASABKAsyGi5uZXh1c2Zsb3cudjEuV29ya2Zsb3dTcGVjSAASEwoJc3BlY19qc29uGAIgASgJSABCDAoKZGVmaW5pdGlvbiJfChhSZWdpc3RlcldvcmtmbG93UmVzcG9uc2USMgoId29ya2Zsb3cYASABKAsyIC5uZXh1c2Zsb3cudjEuV29ya2Zsb3dEZWZpbml0aW9uEg8KB2NyZWF0ZWQYAiABKAgiMwoSR2V0V29ya2Zsb3dSZXF1ZXN0EgwKBG5hbWUYASABKAkSDwoHdmVyc2lvbhgCIAEoBSJJChNHZXRXb3JrZmxvd1Jlc3BvbnNlEjIKCHdvcmtmbG93GAEgASgLMiAubmV4dXNmbG93LnYxLldvcmtmbG93RGVmaW5pdGlvbiJgChRMaXN0V29ya2Zsb3dzUmVxdWVzdBIMCgRuYW1lGAEgASgJEhEKCXBhZ2Vfc2l6ZRgCIAEoBRISCgpwYWdlX3Rva2VuGAMgASgJEhMKC2xhdGVzdF9vbmx5GAQgASgIImUKFUxpc3RXb3JrZmxvd3NSZXNwb25zZRIzCgl3b3JrZmxvd3MYASADKAsyIC5uZXh1c2Zsb3cudjEuV29ya2Zsb3dEZWZpbml0aW9uEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSKRAgoPU3RhcnRSdW5SZXF1ZXN0EhUKDXdvcmtmbG93X25hbWUYASABKAkSGAoQd29ya2Zsb3dfdmVyc2lvbhgCIAEoBRIlCgVpbnB1dBgDIAEoCzIWLmdvb2dsZS5wcm90b2J1Zi5WYWx1ZRIXCg9pZGVtcG90ZW5jeV9rZXkYBCABKAkSOQoGbGFiZWxzGAUgAygLMikubmV4dXNmbG93LnYxLlN0YXJ0UnVuUmVxdWVzdC5MYWJlbHNFbnRyeRIjCgR2aWV3GAYgASgOMhUubmV4dXNmbG93LnYxLlJ1blZpZXcaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASI/ChBTdGFydFJ1bnNSZXF1ZXN0EisKBHJ1bnMYASADKAsyHS5uZXh1c2Zsb3cudjEuU3RhcnRSdW5SZXF1ZXN0IkIKEVN0YXJ0UnVuc1Jlc3BvbnNlEi0KB3Jlc3VsdHMYASADKAsyHC5uZXh1c2Zsb3cudjEuU3RhcnRSdW5SZXN1bHQicgoOU3RhcnRSdW5SZXN1bHQSMQoHc3RhcnRlZBgBIAEoCzIeLm5leHVzZmxvdy52MS5TdGFydFJ1blJlc3BvbnNlSAASIwoFZXJyb3IYAiABKAsyEi5nb29nbGUucnBjLlN0YXR1c0gAQggKBnJlc3VsdCJDChBTdGFydFJ1blJlc3BvbnNlEh4KA3J1bhgBIAEoCzIRLm5leHVzZmxvdy52MS5SdW4SDwoHY3JlYXRlZBgCIAEoCCIfCg1HZXRSdW5SZXF1ZXN0Eg4KBnJ1bl9pZBgBIAEoCSIwCg5HZXRSdW5SZXNwb25zZRIeCgNydW4YASABKAsyES5uZXh1c2Zsb3cudjEuUnVuIvACCg9MaXN0UnVuc1JlcXVlc3QSFQoNd29ya2Zsb3dfbmFtZRgBIAEoCRIpCghzdGF0dXNlcxgCIAMoDjIXLm5leHVzZmxvdy52MS5SdW5TdGF0dXMSOQoGbGFiZWxzGAMgAygLMikubmV4dXNmbG93LnYxLkxpc3RSdW5zUmVxdWVzdC5MYWJlbHNFbnRyeRIxCg1jcmVhdGVkX2FmdGVyGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIyCg5jcmVhdGVkX2JlZm9yZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEQoJcGFnZV9zaXplGAYgASgFEhIKCnBhZ2VfdG9rZW4YByABKAkSIwoEdmlldxgIIAEoDjIVLm5leHVzZmxvdy52MS5SdW5WaWV3Gi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiTAoQTGlzdFJ1bnNSZXNwb25zZRIfCgRydW5zGAEgAygLMhEubmV4dXNmbG93LnYxLlJ1bhIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiRgoQQ2FuY2VsUnVuUmVxdWVzdBIOCgZydW5faWQYASABKAkSDgoGcmVhc29uGAIgASgJEhIKCmNvbXBlbnNhdGUYAyABKAgiMwoRQ2FuY2VsUnVuUmVzcG9uc2USHgoDcnVuGAEgASgLMhEubmV4dXNmbG93LnYxLlJ1biIhCg9XYXRjaFJ1blJlcXVlc3QSDgoGcnVuX2lkGAEgASgJIqQBChBXYXRjaFJ1blJlc3BvbnNlEh4KA3J1bhgBIAEoCzIRLm5leHVzZmxvdy52MS5SdW4SGAoQY2hhbmdlZF90YXNrX2lkcxgCIAMoCRIoCgR0aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCgthbm5vdGF0aW9ucxgEIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QiTgoVRXhwbGFpblBlbmRpbmdSZXF1ZXN0Eg4KBnJ1bl9pZBgBIAEoCRIPCgdzdGVwX2lkGAIgASgJEhQKDGNvbXBlbnNhdGlvbhgDIAEoCCK3AgoWRXhwbGFpblBlbmRpbmdSZXNwb25zZRIOCgZydW5faWQYASABKAkSDwoHc3RlcF9pZBgCIAEoCRIkCgRraW5kGAMgASgOMhYubmV4dXNmbG93LnYxLlRhc2tLaW5kEhMKC3Rhc2tfcnVuX2lkGAQgASgJEigKBnN0YXR1cxgFIAEoDjIYLm5leHVzZmxvdy52MS5UYXNrU3RhdHVzEisKCnJ1bl9zdGF0dXMYBiABKA4yFy5uZXh1c2Zsb3cudjEuUnVuU3RhdHVzEigKBWdhdGVzGAcgAygLMhkubmV4dXNmbG93LnYxLlBlbmRpbmdHYXRlEhYKDnBlbmRpbmdfcmVhc29uGAggASgJEigKBHRpbWUYCSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wKkoKB1J1blZpZXcSGAoUUlVOX1ZJRVdfVU5TUEVDSUZJRUQQABISCg5SVU5fVklFV19CQVNJQxABEhEKDVJVTl9WSUVXX0ZVTEwQAjK0CQoPV29ya2Zsb3dTZXJ2aWNlEnsKEFJlZ2lzdGVyV29ya2Zsb3cSJS5uZXh1c2Zsb3cudjEuUmVnaXN0ZXJXb3JrZmxvd1JlcXVlc3QaJi5uZXh1c2Zsb3cudjEuUmVnaXN0ZXJXb3JrZmxvd1Jlc3BvbnNlIhiC0+STAhI6ASoiDS92MS93b3JrZmxvd3MSmwEKC0dldFdvcmtmbG93EiAubmV4dXNmbG93LnYxLkdldFdvcmtmbG93UmVxdWVzdBohLm5leHVzZmxvdy52MS5HZXRXb3JrZmxvd1Jlc3BvbnNlIkeC0+STAkFaKRInL3YxL3dvcmtmbG93cy97bmFtZX0vdmVyc2lvbnMve3ZlcnNpb259EhQvdjEvd29ya2Zsb3dzL3tuYW1lfRJvCg1MaXN0V29ya2Zsb3dzEiIubmV4dXNmbG93LnYxLkxpc3RXb3JrZmxvd3NSZXF1ZXN0GiMubmV4dXNmbG93LnYxLkxpc3RXb3JrZmxvd3NSZXNwb25zZSIVgtPkkwIPEg0vdjEvd29ya2Zsb3dzEngKCFN0YXJ0UnVuEh0ubmV4dXNmbG93LnYxLlN0YXJ0UnVuUmVxdWVzdBoeLm5leHVzZmxvdy52MS5TdGFydFJ1blJlc3BvbnNlIi2C0+STAic6ASoiIi92MS93b3JrZmxvd3Mve3dvcmtmbG93X25hbWV9L3J1bnMSbAoJU3RhcnRSdW5zEh4ubmV4dXNmbG93LnYxLlN0YXJ0UnVuc1JlcXVlc3QaHy5uZXh1c2Zsb3cudjEuU3RhcnRSdW5zUmVzcG9uc2UiHoLT5JMCGDoBKiITL3YxL3J1bnM6YmF0Y2hTdGFydBJeCgZHZXRSdW4SGy5uZXh1c2Zsb3cudjEuR2V0UnVuUmVxdWVzdBocLm5leHVzZmxvdy52MS5HZXRSdW5SZXNwb25zZSIZgtPkkwITEhEvdjEvcnVucy97cnVuX2lkfRJbCghMaXN0UnVucxIdLm5leHVzZmxvdy52MS5MaXN0UnVuc1JlcXVlc3QaHi5uZXh1c2Zsb3cudjEuTGlzdFJ1bnNSZXNwb25zZSIQgtPkkwIKEggvdjEvcnVucxJxCglDYW5jZWxSdW4SHi5uZXh1c2Zsb3cudjEuQ2FuY2VsUnVuUmVxdWVzdBofLm5leHVzZmxvdy52MS5DYW5jZWxSdW5SZXNwb25zZSIjgtPkkwIdOgEqIhgvdjEvcnVucy97cnVuX2lkfTpjYW5jZWwSbAoIV2F0Y2hSdW4SHS5uZXh1c2Zsb3cudjEuV2F0Y2hSdW5SZXF1ZXN0Gh4ubmV4dXNmbG93LnYxLldhdGNoUnVuUmVzcG9uc2UiH4LT5JMCGRIXL3YxL3J1bnMve3J1bl9pZH06d2F0Y2gwARKOAQoORXhwbGFpblBlbmRpbmcSIy5uZXh1c2Zsb3cudjEuRXhwbGFpblBlbmRpbmdSZXF1ZXN0GiQubmV4dXNmbG93LnYxLkV4cGxhaW5QZW5kaW5nUmVzcG9uc2UiMYLT5JMCKxIpL3YxL3J1bnMve3J1bl9pZH0vc3RlcHMve3N0ZXBfaWR9OmV4cGxhaW5iBnByb3RvMw", [file_google_api_annotations, file_google_rpc_status, file_google_protobuf_struct, file_google_protobuf_timestamp, file_nexusflow_v1_workflow]);
 
 /**
  * Request of RegisterWorkflow.
@@ -635,6 +635,119 @@ export const WatchRunResponseSchema: GenMessage<WatchRunResponse> = /*@__PURE__*
   messageDesc(file_nexusflow_v1_workflow_service, 18);
 
 /**
+ * Request of ExplainPending.
+ *
+ * @generated from message nexusflow.v1.ExplainPendingRequest
+ */
+export type ExplainPendingRequest = Message<"nexusflow.v1.ExplainPendingRequest"> & {
+  /**
+   * Run id (UUID).
+   *
+   * @generated from field: string run_id = 1;
+   */
+  runId: string;
+
+  /**
+   * Step id from the run's definition.
+   *
+   * @generated from field: string step_id = 2;
+   */
+  stepId: string;
+
+  /**
+   * Explain the step's compensation task (saga rollback) instead of the step itself.
+   *
+   * @generated from field: bool compensation = 3;
+   */
+  compensation: boolean;
+};
+
+/**
+ * Describes the message nexusflow.v1.ExplainPendingRequest.
+ * Use `create(ExplainPendingRequestSchema)` to create a new message.
+ */
+export const ExplainPendingRequestSchema: GenMessage<ExplainPendingRequest> = /*@__PURE__*/
+  messageDesc(file_nexusflow_v1_workflow_service, 19);
+
+/**
+ * Response of ExplainPending.
+ *
+ * @generated from message nexusflow.v1.ExplainPendingResponse
+ */
+export type ExplainPendingResponse = Message<"nexusflow.v1.ExplainPendingResponse"> & {
+  /**
+   * Run id.
+   *
+   * @generated from field: string run_id = 1;
+   */
+  runId: string;
+
+  /**
+   * Step id.
+   *
+   * @generated from field: string step_id = 2;
+   */
+  stepId: string;
+
+  /**
+   * Step or compensation.
+   *
+   * @generated from field: nexusflow.v1.TaskKind kind = 3;
+   */
+  kind: TaskKind;
+
+  /**
+   * Task run id.
+   *
+   * @generated from field: string task_run_id = 4;
+   */
+  taskRunId: string;
+
+  /**
+   * The task's state now.
+   *
+   * @generated from field: nexusflow.v1.TaskStatus status = 5;
+   */
+  status: TaskStatus;
+
+  /**
+   * The run's state now.
+   *
+   * @generated from field: nexusflow.v1.RunStatus run_status = 6;
+   */
+  runStatus: RunStatus;
+
+  /**
+   * Every gate that holds the task now, most decisive first; empty when the task is leased,
+   * running or finished, or about to be leased.
+   *
+   * @generated from field: repeated nexusflow.v1.PendingGate gates = 7;
+   */
+  gates: PendingGate[];
+
+  /**
+   * The gates in one line, as TaskRun.pending_reason in GetRun.
+   *
+   * @generated from field: string pending_reason = 8;
+   */
+  pendingReason: string;
+
+  /**
+   * When the scheduler computed the answer.
+   *
+   * @generated from field: google.protobuf.Timestamp time = 9;
+   */
+  time?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message nexusflow.v1.ExplainPendingResponse.
+ * Use `create(ExplainPendingResponseSchema)` to create a new message.
+ */
+export const ExplainPendingResponseSchema: GenMessage<ExplainPendingResponse> = /*@__PURE__*/
+  messageDesc(file_nexusflow_v1_workflow_service, 20);
+
+/**
  * How much of a run a response carries.
  *
  * @generated from enum nexusflow.v1.RunView
@@ -771,6 +884,18 @@ export const WorkflowService: GenService<{
     methodKind: "server_streaming";
     input: typeof WatchRunRequestSchema;
     output: typeof WatchRunResponseSchema;
+  },
+  /**
+   * Says why a step's task is not running: every gate that holds it now, from the scheduler's own
+   * state. A task that is leased, running or finished answers with its state and no gates. An
+   * unknown run or step is NOT_FOUND; a missing or malformed field is INVALID_ARGUMENT naming it.
+   *
+   * @generated from rpc nexusflow.v1.WorkflowService.ExplainPending
+   */
+  explainPending: {
+    methodKind: "unary";
+    input: typeof ExplainPendingRequestSchema;
+    output: typeof ExplainPendingResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_nexusflow_v1_workflow_service, 0);
