@@ -95,10 +95,13 @@ export function runBasicFromState(run: Readonly<RunState>): Run {
 }
 
 /**
- * Why a task waits in its queue (TaskRun.pending_reason), by task run id: the engine's live view
+ * Why a task is not running (TaskRun.pending_reason), by task run id: the engine's live view
  * (Engine.pendingReason); "" for a task it does not hold back.
  */
 export type PendingReasons = (taskRunId: string) => string;
+
+/** The states in which a task may be held back (and so carry a pending reason). */
+const WAITING: ReadonlySet<string> = new Set(["PENDING", "QUEUED", "RETRY_WAIT"]);
 
 /** A run with every task and attempt (GetRun, WatchRun, ListRuns in RUN_VIEW_FULL). */
 export function runDetail(detail: RunDetail, pendingReason: PendingReasons = () => ""): Run {
@@ -129,9 +132,9 @@ export function runDetail(detail: RunDetail, pendingReason: PendingReasons = () 
     skipReason: t.skipReason ?? "",
     createTime: ts(t.createdAt),
     endTime: ts(t.endedAt),
-    // Only with the stored QUEUED state, so no other state ever carries a reason; the engine
+    // Only with a stored waiting state, so no other state ever carries a reason; the engine
     // answers "" for a task it has leased since, whose commit is on its way.
-    pendingReason: t.status === "QUEUED" ? pendingReason(t.id) : "",
+    pendingReason: WAITING.has(t.status) ? pendingReason(t.id) : "",
   }));
   return create(RunSchema, { ...runInit(detail.run), tasks } as MessageInitShape<typeof RunSchema>);
 }
@@ -176,7 +179,7 @@ export function runFromState(run: Readonly<RunState>, pendingReason: PendingReas
     skipReason: t.skipReason ?? "",
     createTime: ts(t.createdAt),
     endTime: ts(t.endedAt),
-    pendingReason: t.status === "QUEUED" ? pendingReason(t.id) : "",
+    pendingReason: WAITING.has(t.status) ? pendingReason(t.id) : "",
   });
   return create(RunSchema, {
     ...basicStateInit(run),

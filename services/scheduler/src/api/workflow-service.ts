@@ -30,6 +30,7 @@ import {
   WatchRunResponseSchema,
   WorkflowSpecSchema,
   type CancelRunRequest,
+  type ExplainPendingRequest,
   type GetRunRequest,
   type GetWorkflowRequest,
   type ListRunsRequest,
@@ -50,6 +51,7 @@ import {
   runFromState,
   runStatusName,
 } from "./convert.js";
+import { explainPending } from "./explain-pending.js";
 
 /**
  * Largest encoded ListRuns page in RUN_VIEW_FULL: under the 4 MiB that grpcurl, grpcio and grpc-js
@@ -225,6 +227,8 @@ export function workflowService(engine: Engine, runs: RunStore): grpc.UntypedSer
     getRun: unary(async (req: GetRunRequest) => {
       return create(GetRunResponseSchema, { run: runDetail(await runs.get(req.runId), pendingReason) });
     }),
+
+    explainPending: unary((req: ExplainPendingRequest) => explainPending(engine, runs, req)),
 
     listRuns: unary(async (req: ListRunsRequest) => {
       for (const [i, s] of req.statuses.entries()) {

@@ -16,9 +16,11 @@
  * - timers.ts / timeouts.ts: arming the durable timers / what each does when it fires
  * - sessions.ts: lost sessions, the grace of their leases, reclaim and expiry on re-attach
  * - recovery.ts: the model rebuilt from storage and resumed
+ * - holds.ts / explain.ts: why a task is not running (the gates that hold it)
  */
 export type { Core, Effects, EventInit, Moment, Rejection, SessionLeases, Timer } from "./context.js";
 export { advanceCompensation } from "./compensation.js";
+export { describeGate, explainPending, pendingReason, type Gate } from "./explain.js";
 export { checkReport, keyMatches, leaseKey } from "./fencing.js";
 export { grantLease, leaseStands } from "./leasing.js";
 export { recover, type Recovered } from "./recovery.js";

@@ -5,7 +5,7 @@
  */
 import type { SessionResponse } from "@nexusflow/gen";
 import type { TaskState } from "../model/run-state.js";
-import { describeHold, holdOf, sameHold, type Hold } from "./pending.js";
+import { holdOf, sameHold, type Hold, type QueueHold } from "./pending.js";
 
 /** An attached executor session as the engine sees it. */
 export interface SessionHandle {
@@ -101,20 +101,33 @@ export class Dispatcher {
   readonly sessions = new Map<string, SessionHandle>();
   private cursor = 0;
   /**
-   * Why each type's ready tasks wait, as of the latest recordHolds; absent when none wait or a
-   * session can take them. Kept in memory only: it is a fact about the sessions attached to this
-   * process, which a restarted scheduler learns again as executors reconnect.
+   * Why each type's ready tasks wait, as of the latest recordHolds (hold null when none wait or a
+   * session can take them); every queued task of the type points to its record (TaskState.hold).
+   * Kept in memory only: it is a fact about the sessions attached to this process, which a
+   * restarted scheduler learns again as executors reconnect.
    */
-  private readonly holds = new Map<string, Hold>();
+  private readonly holds = new Map<string, QueueHold>();
 
   /** Adds a ready task at the back of its type's queue. */
   enqueue(task: TaskState): void {
+    task.hold = this.holdRecord(task.type);
     this.queue(task.type).push(task);
   }
 
   /** Puts a task back at the front (a released lease keeps its place). */
   requeue(task: TaskState): void {
+    task.hold = this.holdRecord(task.type);
     this.queue(task.type).unshift(task);
+  }
+
+  /** The hold record of `type`, which its queued tasks share. */
+  private holdRecord(type: string): QueueHold {
+    let record = this.holds.get(type);
+    if (record === undefined) {
+      record = { hold: null, since: null };
+      this.holds.set(type, record);
+    }
+    return record;
   }
 
   private queue(type: string): TaskQueue {
@@ -127,24 +140,28 @@ export class Dispatcher {
   }
 
   /**
-   * Records, for each type with ready tasks left after a pass, why no session takes them (see
-   * holdOf), and forgets the holds of types with none left. Returns the types whose hold changed.
+   * Records, for each type with ready tasks left after the pass made at `now`, why no session
+   * takes them (see holdOf), and clears the holds of types with none left. Returns the types
+   * whose hold changed.
    */
-  recordHolds(): { type: string; hold: Hold | null }[] {
+  recordHolds(now: Date): { type: string; hold: Hold | null }[] {
     const changed: { type: string; hold: Hold | null }[] = [];
     for (const [type, q] of this.queues) {
       const hold = q.size > 0 && q.peek() !== undefined ? holdOf(type, this.sessions.values()) : null;
-      if (sameHold(this.holds.get(type) ?? null, hold)) continue;
-      if (hold === null) this.holds.delete(type);
-      else this.holds.set(type, hold);
+      const record = this.holdRecord(type);
+      if (sameHold(record.hold, hold)) continue;
+      record.hold = hold;
+      record.since = now;
       changed.push({ type, hold });
     }
     return changed;
   }
 
-  /** Why ready tasks of `type` wait, in one line, as of the latest recordHolds; "" when they do not. */
-  pendingReason(type: string): string {
-    return describeHold(type, this.holds.get(type));
+  /** How many tasks of its type are QUEUED ahead of `task` (walks the type's queue). */
+  ahead(task: TaskState): number {
+    const waiting = this.waiting(task.type);
+    const i = waiting.indexOf(task);
+    return i < 0 ? waiting.length : i;
   }
 
   /** The tasks of `type` still QUEUED, oldest first. */

@@ -423,16 +423,37 @@ export class Engine {
   }
 
   /**
-   * Why a task waits, in one line (TaskRun.pending_reason), or "" unless it is QUEUED here: the
-   * reason the dispatcher recorded for its type in its latest pass, from the sessions attached at
-   * that moment (no executor advertises the type; all that do are busy or draining). It is kept
-   * in memory, not stored: it describes executor sessions of this process, changes with every
-   * attach, credit and drain, and a restarted scheduler learns it again as executors reconnect.
-   * Reasons of other kinds (#27: ExplainPending) can join it here, recorded at their decision.
+   * Why a task is not running, in one line (TaskRun.pending_reason): the gates that hold it now
+   * (core/explain.ts), "" for a task nothing holds or that is not active here. The executor gates
+   * are what the latest scheduling pass recorded for its type from the sessions attached to this
+   * process (in memory, not stored: a restarted scheduler learns them again as executors
+   * reconnect).
    */
   pendingReason(taskRunId: string): string {
     const task = this.core.tasks.get(taskRunId);
-    return task?.status === "QUEUED" ? this.dispatcher.pendingReason(task.type) : "";
+    const run = task === undefined ? undefined : this.core.runs.get(task.runId);
+    if (task === undefined || run === undefined) return "";
+    return core.pendingReason(core.explainPending(run, task));
+  }
+
+  /**
+   * ExplainPending for an active run: its step's task (or the step's compensation) and every
+   * gate that holds it now; undefined when the run is not active here (finished, or unknown).
+   * `task` is undefined when the run has no such task (no such step, or no compensation of it yet).
+   */
+  explainPending(
+    runId: string,
+    stepId: string,
+    compensation: boolean,
+  ):
+    | { run: Readonly<RunState>; task: Readonly<TaskState> | undefined; gates: core.Gate[]; at: Date }
+    | undefined {
+    const run = this.core.runs.get(runId);
+    if (run === undefined) return undefined;
+    const task = compensation ? run.compensations.get(stepId) : run.tasks.get(stepId);
+    const at = new Date();
+    if (task === undefined) return { run, task, gates: [], at };
+    return { run, task, gates: core.explainPending(run, task, () => this.dispatcher.ahead(task)), at };
   }
 
   /** Started report. */

@@ -111,7 +111,7 @@ export class LeasePump {
    * now wait for another reason (no commit would, since nothing stored changed).
    */
   private recordHolds(): void {
-    for (const { type, hold } of this.o.dispatcher.recordHolds()) {
+    for (const { type, hold } of this.o.dispatcher.recordHolds(new Date())) {
       this.o.unserved.update(type, hold, () => this.o.dispatcher.waiting(type).length);
       if (this.o.watchers.size === 0) continue;
       for (const runId of new Set(this.o.dispatcher.waiting(type).map((t) => t.runId)))

@@ -1,65 +1,23 @@
 /**
  * Why ready tasks wait. A task is QUEUED until a session that advertises its type has credit; when
  * the dispatcher's pass leaves ready tasks of a type behind, the reason is one of a few facts about
- * the attached sessions, recorded per type (see Dispatcher.recordHolds) and shown with each queued
- * task in GetRun (`TaskRun.pending_reason`). A type that no session advertises at all is a problem
- * an operator must fix (deploy or configure an executor), so it is also logged: see UnservedTypes.
+ * the attached sessions (core/holds.ts), recorded per type (see Dispatcher.recordHolds), read by
+ * ExplainPending and shown with each queued task in GetRun (`TaskRun.pending_reason`). A type
+ * that no session advertises at all is a problem an operator must fix (deploy or configure an
+ * executor), so it is also logged: see UnservedTypes.
  */
 import type { Logger } from "@nexusflow/common";
+import type { Hold } from "../core/holds.js";
 
-/**
- * Why the ready tasks of a type are held back: no attached session advertises the type, or every
- * session that does is busy (no credit) or draining.
- */
-export type Hold =
-  | { readonly kind: "unadvertised" }
-  | { readonly kind: "busy"; readonly executors: number; readonly draining: number };
-
-/** The minimum a hold needs to know of a session (SessionHandle has it). */
-export interface SessionView {
-  readonly types: ReadonlySet<string>;
-  readonly credit: number;
-  readonly draining: boolean;
-}
-
-/** Why ready tasks of `type` cannot be leased to any of `sessions` now; null when one can take them. */
-export function holdOf(type: string, sessions: Iterable<SessionView>): Hold | null {
-  let executors = 0;
-  let draining = 0;
-  for (const s of sessions) {
-    if (!s.types.has(type)) continue;
-    if (!s.draining && s.credit > 0) return null;
-    executors++;
-    if (s.draining) draining++;
-  }
-  return executors === 0 ? { kind: "unadvertised" } : { kind: "busy", executors, draining };
-}
-
-/** Whether two holds say the same (null: not held). */
-export function sameHold(a: Hold | null, b: Hold | null): boolean {
-  if (a === null || b === null) return a === b;
-  if (a.kind === "unadvertised" || b.kind === "unadvertised") return a.kind === b.kind;
-  return a.executors === b.executors && a.draining === b.draining;
-}
-
-/**
- * The one-line reason of a hold: `no executor advertises type "charge-card"`,
- * `all 2 executors for type "charge-card" are busy (no credit)`; "" when not held.
- */
-export function describeHold(type: string, hold: Hold | null | undefined): string {
-  if (hold === null || hold === undefined) return "";
-  const t = JSON.stringify(type);
-  if (hold.kind === "unadvertised") return `no executor advertises type ${t}`;
-  const state =
-    hold.draining === hold.executors
-      ? "draining"
-      : hold.draining === 0
-        ? "busy (no credit)"
-        : "busy (no credit) or draining";
-  return hold.executors === 1
-    ? `the one executor for type ${t} is ${state}`
-    : `all ${hold.executors} executors for type ${t} are ${state}`;
-}
+// The holds are the core's (core/holds.ts); re-exported for the shell's modules and their tests.
+export {
+  describeHold,
+  holdOf,
+  sameHold,
+  type Hold,
+  type QueueHold,
+  type SessionView,
+} from "../core/holds.js";
 
 /** Options of {@link UnservedTypes}. */
 export interface UnservedTypesOptions {

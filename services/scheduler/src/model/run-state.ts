@@ -6,6 +6,7 @@
 import { randomUUID } from "node:crypto";
 import { RunStatus, TaskStatus, type TaskKind } from "@nexusflow/gen";
 import { TaskErrorType } from "@nexusflow/common/task-error-types";
+import type { QueueHold } from "../core/holds.js";
 import type { CompiledWorkflow } from "../dag/index.js";
 
 /** Run states as stored: the names of the generated RunStatus enum ("SUCCEEDED"). */
@@ -114,6 +115,12 @@ export interface TaskState {
   current: AttemptState | null;
   /** Last heartbeat of the running attempt (ms, monotonic clock; in memory only). */
   lastHeartbeat: number;
+  /**
+   * While QUEUED: the latest scheduling pass's decision for the task's type, why no executor
+   * session took it (shared by the type's queued tasks; in memory only: it is about the sessions
+   * attached to this process). Set when the task is offered; read by core/explain.ts.
+   */
+  hold?: QueueHold | undefined;
 }
 
 /** An active run with its tasks. */

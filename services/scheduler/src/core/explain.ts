@@ -1,0 +1,206 @@
+/**
+ * Why a task is not running (ExplainPending, TaskRun.pending_reason): every gate that holds it
+ * now, computed from the engine's own state, not guessed from outside. Dependencies, conditions,
+ * retries and deadlines are read from the run and its tasks; the executor gates are the decision
+ * the latest scheduling pass recorded for the task's type (`TaskState.hold`, see holds.ts), never
+ * recomputed here. Later gates (keyed concurrency, rate limits, fair shares) are more members of
+ * {@link Gate}, each with its line in {@link describeGate}.
+ */
+import type { ErrorInfo, RunState, RunStatusName, TaskState } from "../model/run-state.js";
+import { TERMINAL_TASK_STATUSES } from "../model/run-state.js";
+import { describeHold } from "./holds.js";
+import { retryPolicyOf } from "./retries.js";
+import { stepState } from "./transitions.js";
+
+/** One gate that holds a task back (proto PendingGate). */
+export type Gate =
+  | {
+      /** Dependencies (for a compensation: the wave before it) have not finished. */
+      readonly kind: "dependencies";
+      /** Unfinished, in topological order. */
+      readonly steps: readonly string[];
+      /** Succeeded with an offloaded output still being read back. */
+      readonly readingOutput: readonly string[];
+    }
+  | {
+      /** The step's `when` is evaluated once its dependencies finish. */
+      readonly kind: "condition";
+      readonly expression: string;
+      readonly steps: readonly string[];
+    }
+  | {
+      /** A failed attempt's retry waits out its backoff. */
+      readonly kind: "retry-backoff";
+      readonly until: Date | null;
+      readonly nextAttempt: number;
+      readonly maxAttempts: number;
+      readonly lastError: ErrorInfo | null;
+    }
+  | {
+      /** No attached session advertises the type. */
+      readonly kind: "no-executor";
+      readonly type: string;
+      /** Queued tasks of the type ahead of this one. */
+      readonly ahead: number;
+      readonly since: Date | null;
+    }
+  | {
+      /** Every session advertising the type has no credit or is draining. */
+      readonly kind: "executors-busy";
+      readonly type: string;
+      readonly executors: number;
+      readonly draining: number;
+      readonly ahead: number;
+      readonly since: Date | null;
+    }
+  | {
+      /** The queued attempt times out at `deadline` unless an executor takes it. */
+      readonly kind: "schedule-to-start";
+      readonly deadline: Date;
+      readonly timeoutMs: number;
+    }
+  | {
+      /** The run is cancelled or rolling back: the step will not start. */
+      readonly kind: "run-stopping";
+      readonly runStatus: RunStatusName;
+      readonly cancelRequested: boolean;
+    };
+
+/**
+ * Every gate that holds `task` of `run` now, most decisive first; none for a task that is leased,
+ * running or finished, or that nothing holds (about to be queued or leased). `ahead` counts the
+ * queued tasks of its type ahead of it, asked only for a queued task held for an executor (it
+ * walks the queue).
+ */
+export function explainPending(
+  run: Readonly<RunState>,
+  task: Readonly<TaskState>,
+  ahead: () => number = () => 0,
+): Gate[] {
+  const gates: Gate[] = [];
+  if (TERMINAL_TASK_STATUSES.has(task.status)) return gates;
+  if (
+    task.kind === "STEP" &&
+    (run.cancelRequested || run.status === "COMPENSATING") &&
+    (task.status === "PENDING" || task.status === "QUEUED" || task.status === "RETRY_WAIT")
+  )
+    gates.push({ kind: "run-stopping", runStatus: run.status, cancelRequested: run.cancelRequested });
+  switch (task.status) {
+    case "PENDING":
+      if (task.kind === "STEP") dependencyGates(run, task, gates);
+      else compensationGates(run, task, gates);
+      break;
+    case "RETRY_WAIT":
+      gates.push({
+        kind: "retry-backoff",
+        until: task.nextAttemptAt,
+        nextAttempt: task.attempt + 1,
+        maxAttempts: retryPolicyOf(run, task)?.maxAttempts ?? task.attempt,
+        lastError: task.error,
+      });
+      break;
+    case "QUEUED": {
+      const hold = task.hold?.hold ?? null;
+      const since = task.hold?.since ?? null;
+      if (hold?.kind === "unadvertised")
+        gates.push({ kind: "no-executor", type: task.type, ahead: ahead(), since });
+      else if (hold?.kind === "busy")
+        gates.push({
+          kind: "executors-busy",
+          type: task.type,
+          executors: hold.executors,
+          draining: hold.draining,
+          ahead: ahead(),
+          since,
+        });
+      const step = run.workflow.stepsById.get(task.stepId);
+      const timeouts = task.kind === "STEP" ? step?.timeouts : step?.compensate?.timeouts;
+      const limit = timeouts?.scheduleToStartMs ?? null;
+      if (limit !== null && task.queuedAt !== null)
+        gates.push({
+          kind: "schedule-to-start",
+          deadline: new Date(task.queuedAt.getTime() + limit),
+          timeoutMs: limit,
+        });
+      break;
+    }
+    default:
+      // LEASED or RUNNING: nothing holds it.
+      return [];
+  }
+  return gates;
+}
+
+/** A pending step: the dependencies it waits for, and its condition if it has one. */
+function dependencyGates(run: Readonly<RunState>, task: Readonly<TaskState>, gates: Gate[]): void {
+  const step = run.workflow.stepsById.get(task.stepId);
+  if (step === undefined) return;
+  const steps: string[] = [];
+  const readingOutput: string[] = [];
+  // dependencyOrders sorted: the dependencies in topological order.
+  for (const order of [...step.dependencyOrders].sort((a, b) => a - b)) {
+    const id = run.workflow.steps[order]?.id;
+    const dep = id === undefined ? undefined : run.tasks.get(id);
+    if (id === undefined || dep === undefined) continue;
+    const state = stepState(dep).status;
+    if (state === "pending" || state === "active") {
+      if (dep.status === "SUCCEEDED") readingOutput.push(id);
+      else steps.push(id);
+    }
+  }
+  if (steps.length + readingOutput.length === 0) return;
+  gates.push({ kind: "dependencies", steps, readingOutput });
+  if (step.when !== null && typeof step.spec.when === "string")
+    gates.push({ kind: "condition", expression: step.spec.when, steps: [...steps, ...readingOutput] });
+}
+
+/** A pending compensation: the unfinished compensations of the waves before its own. */
+function compensationGates(run: Readonly<RunState>, task: Readonly<TaskState>, gates: Gate[]): void {
+  const waves = run.compensationWaves;
+  if (waves === null) return;
+  const steps: string[] = [];
+  for (const wave of waves) {
+    if (wave.includes(task.stepId)) break;
+    for (const id of wave) {
+      const c = run.compensations.get(id);
+      if (c !== undefined && !TERMINAL_TASK_STATUSES.has(c.status)) steps.push(id);
+    }
+  }
+  if (steps.length > 0) gates.push({ kind: "dependencies", steps, readingOutput: [] });
+}
+
+/** One gate in a few words, for people (a part of TaskRun.pending_reason). */
+export function describeGate(gate: Gate): string {
+  switch (gate.kind) {
+    case "dependencies": {
+      const parts: string[] = [];
+      if (gate.steps.length > 0) parts.push(`waiting for dependencies: ${gate.steps.join(", ")}`);
+      if (gate.readingOutput.length > 0)
+        parts.push(`reading the offloaded output of ${gate.readingOutput.join(", ")}`);
+      return parts.join("; ");
+    }
+    case "condition":
+      return `condition ${JSON.stringify(gate.expression)} is decided once ${gate.steps.join(", ")} finish${gate.steps.length === 1 ? "es" : ""}`;
+    case "retry-backoff":
+      return `retry (attempt ${gate.nextAttempt} of ${gate.maxAttempts}) due at ${gate.until?.toISOString() ?? "once recovered"}`;
+    case "no-executor":
+      return describeHold(gate.type, { kind: "unadvertised" });
+    case "executors-busy":
+      return describeHold(gate.type, { kind: "busy", executors: gate.executors, draining: gate.draining });
+    case "schedule-to-start":
+      return `times out unless started by ${gate.deadline.toISOString()}`;
+    case "run-stopping":
+      return gate.cancelRequested ? "the run was cancelled" : "the run is rolling back (compensating)";
+  }
+}
+
+/**
+ * The gates in one line (TaskRun.pending_reason): what holds the task, joined by "; ". The
+ * schedule-to-start deadline is left out: it does not hold the task, it ends its wait.
+ */
+export function pendingReason(gates: readonly Gate[]): string {
+  return gates
+    .filter((g) => g.kind !== "schedule-to-start")
+    .map(describeGate)
+    .join("; ");
+}
