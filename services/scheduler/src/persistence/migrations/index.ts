@@ -7,6 +7,7 @@ import { Migration20261205010000RunTraceParent } from "./Migration20261205010000
 import { Migration20261205020000LeanerRunIndexes } from "./Migration20261205020000LeanerRunIndexes.js";
 import { Migration20261205030000TaskFillfactor } from "./Migration20261205030000TaskFillfactor.js";
 import { Migration20261205040000LatestAttemptInTaskRow } from "./Migration20261205040000LatestAttemptInTaskRow.js";
+import { Migration20261205100000Schedules } from "./Migration20261205100000Schedules.js";
 
 /** The migrations MikroORM applies at start-up. */
 export const migrationsList = [
@@ -21,4 +22,5 @@ export const migrationsList = [
     name: "Migration20261205040000LatestAttemptInTaskRow",
     class: Migration20261205040000LatestAttemptInTaskRow,
   },
+  { name: "Migration20261205100000Schedules", class: Migration20261205100000Schedules },
 ];

@@ -1,0 +1,257 @@
+/**
+ * The fire loop: one component of the scheduler that sleeps until the next fire time of any
+ * schedule (or until woken by the API), then makes one pass: it finishes fires left STARTING
+ * (a crash, an unavailable database), plans each due schedule (plan.ts), commits every plan in one
+ * transaction (cursors, counters, buffered fires, the new fires as STARTING rows), ends the runs
+ * an overlap policy ends, and starts the new fires' runs (fires.ts). States: IDLE -> RUNNING ->
+ * STOPPING -> STOPPED; stop() aborts the sleep and waits for the pass in progress.
+ */
+import type { Logger } from "@nexusflow/common";
+import { cronOf } from "./spec.js";
+import { fireTimesBetween, type CronSchedule } from "./cron.js";
+import { FireStarter, type RunStarter } from "./fires.js";
+import { planFires } from "./plan.js";
+import {
+  timeFireKey,
+  type PassUpdate,
+  type PendingFire,
+  type ScheduleRow,
+  type ScheduleStore,
+} from "./store.js";
+
+/** Options of {@link FireLoop}. */
+export interface FireLoopOptions {
+  store: ScheduleStore;
+  engine: RunStarter;
+  log: Logger;
+  /**
+   * How often the loop looks again while a fire waits for runs to end (buffered) or a fire could
+   * not start for now; also the pause after a failed pass. @default 500
+   */
+  pollMs?: number | undefined;
+  /** Most schedules one pass plans. @default 1000 */
+  batchSize?: number | undefined;
+  /** Most fire times of one schedule one pass walks through (a long downtime takes several). @default 10000 */
+  maxFiresPerPass?: number | undefined;
+}
+
+/** The loop's state; RUNNING carries what stop() needs. */
+export type FireLoopState =
+  | { kind: "IDLE" }
+  | { kind: "RUNNING"; controller: AbortController; done: Promise<void> }
+  | { kind: "STOPPING"; done: Promise<void> }
+  | { kind: "STOPPED" };
+
+const MAX_SLEEP_MS = 60_000;
+
+/** See the module comment. */
+export class FireLoop {
+  private stateValue: FireLoopState = { kind: "IDLE" };
+  private readonly starter: FireStarter;
+  private readonly pollMs: number;
+  private readonly batchSize: number;
+  private readonly maxFiresPerPass: number;
+  private loopStartedAt = new Date(0);
+  private woken = false;
+  private wakeSleep: (() => void) | undefined;
+  private passes = 0;
+
+  constructor(private readonly options: FireLoopOptions) {
+    this.starter = new FireStarter(options.store, options.engine, options.log);
+    this.pollMs = options.pollMs ?? 500;
+    this.batchSize = options.batchSize ?? 1000;
+    this.maxFiresPerPass = options.maxFiresPerPass ?? 10_000;
+  }
+
+  /** The current state's kind. */
+  get state(): FireLoopState["kind"] {
+    return this.stateValue.kind;
+  }
+
+  /** When the loop began: fire times before it fell during downtime (the catch-up policy's). */
+  get startedAt(): Date {
+    return this.loopStartedAt;
+  }
+
+  /** The fires' run starter (the API drives triggers and backfills through it). */
+  get fires(): FireStarter {
+    return this.starter;
+  }
+
+  /** Passes completed (for tests and metrics). */
+  get passCount(): number {
+    return this.passes;
+  }
+
+  /** Starts the loop; fire times before now count as downtime. */
+  start(): void {
+    if (this.stateValue.kind !== "IDLE")
+      throw new Error(`cannot start a fire loop that is ${this.stateValue.kind}`);
+    this.loopStartedAt = new Date();
+    const controller = new AbortController();
+    const done = this.run(controller.signal);
+    this.stateValue = { kind: "RUNNING", controller, done };
+  }
+
+  /** Makes the loop look again now (a schedule was created, resumed or deleted). */
+  wake(): void {
+    this.woken = true;
+    this.wakeSleep?.();
+  }
+
+  /** Stops the loop after the pass in progress. */
+  async stop(): Promise<void> {
+    const state = this.stateValue;
+    if (state.kind === "IDLE") {
+      this.stateValue = { kind: "STOPPED" };
+      return;
+    }
+    if (state.kind === "STOPPED") return;
+    if (state.kind === "STOPPING") return state.done;
+    state.controller.abort();
+    this.stateValue = { kind: "STOPPING", done: state.done };
+    await state.done;
+    this.stateValue = { kind: "STOPPED" };
+  }
+
+  private async run(signal: AbortSignal): Promise<void> {
+    while (!signal.aborted) {
+      let delay: number;
+      try {
+        delay = await this.pass();
+        this.passes++;
+      } catch (e) {
+        if (signal.aborted) break;
+        this.options.log.error({ err: e }, "schedule fire loop pass failed; retrying");
+        delay = this.pollMs;
+      }
+      await this.sleep(delay, signal);
+    }
+  }
+
+  /** Sleeps `ms` unless woken or aborted. */
+  private sleep(ms: number, signal: AbortSignal): Promise<void> {
+    if (this.woken || signal.aborted || ms <= 0) {
+      this.woken = false;
+      return Promise.resolve();
+    }
+    return new Promise((resolve) => {
+      const done = (): void => {
+        clearTimeout(timer);
+        signal.removeEventListener("abort", done);
+        this.wakeSleep = undefined;
+        this.woken = false;
+        resolve();
+      };
+      const timer = setTimeout(done, ms);
+      signal.addEventListener("abort", done, { once: true });
+      this.wakeSleep = done;
+    });
+  }
+
+  /** One pass; resolves with how long to sleep before the next. */
+  private async pass(): Promise<number> {
+    const { store, engine, log } = this.options;
+    // Fires a crash or an outage left STARTING first: they are older than anything due now.
+    const leftover = await store.startingFires(this.batchSize);
+    const retried = await this.starter.drive(leftover);
+    // `again`: more is due than one pass takes; `poll`: a fire could not start for now.
+    let again = false;
+    let poll = retried.some((o) => "retry" in o && o.retry);
+    const now = new Date();
+    const due = await store.due(now, this.batchSize);
+    if (due.length === this.batchSize) again = true;
+    const unended = await store.unendedRuns(due.map((s) => s.uid));
+    const ended: string[] = [];
+    const updates: (PassUpdate & { expected: Date })[] = [];
+    const toEnd = new Map<string, { runIds: string[]; compensate: boolean; scheduleId: string }>();
+    for (const schedule of due) {
+      const runIds = unended.get(schedule.uid) ?? [];
+      const active = runIds.filter((id) => engine.isActive(id));
+      ended.push(...runIds.filter((id) => !engine.isActive(id)));
+      let cron: CronSchedule;
+      try {
+        cron = cronOf(schedule.spec);
+      } catch (e) {
+        // Valid when created; a runtime whose time zone data lacks the zone cannot evaluate it.
+        log.error(
+          { err: e, schedule_id: schedule.scheduleId },
+          "cannot evaluate a schedule's cron expression",
+        );
+        continue;
+      }
+      const times = fireTimesBetween(cron, schedule.cursorAt, now, this.maxFiresPerPass);
+      if (times.length === this.maxFiresPerPass) again = true;
+      const plan = planFires({
+        overlapPolicy: schedule.spec.overlapPolicy,
+        maxConcurrentRuns: schedule.spec.maxConcurrentRuns,
+        catchUpPolicy: schedule.spec.catchUpPolicy,
+        catchUpWindowMs: schedule.spec.catchUpWindowMs,
+        buffered: schedule.bufferedFireAt,
+        activeRuns: active.length,
+        due: times,
+        now,
+        loopStartedAt: this.loopStartedAt,
+      });
+      const last = times.at(-1);
+      const cursor = last ?? schedule.cursorAt;
+      updates.push({
+        uid: schedule.uid,
+        expected: schedule.cursorAt,
+        cursorAt: cursor,
+        lastFireAt: last ?? null,
+        nextFireAt: cron.next(cursor) ?? null,
+        bufferedFireAt: plan.buffered,
+        skipped: plan.skipped,
+        missed: plan.missed,
+        starts: plan.start,
+      });
+      if (plan.activeRuns !== "keep")
+        toEnd.set(schedule.uid, {
+          runIds: active,
+          compensate: plan.activeRuns === "cancel",
+          scheduleId: schedule.scheduleId,
+        });
+    }
+    await store.markEnded(ended);
+    const applied = await store.applyPass(updates, now);
+    await Promise.all(
+      [...toEnd].flatMap(([uid, end]) =>
+        applied.has(uid)
+          ? end.runIds.map((runId) =>
+              engine.cancelRun(
+                runId,
+                `a new fire of schedule ${end.scheduleId} (overlap policy ${end.compensate ? "CANCEL_OTHER" : "TERMINATE_OTHER"})`,
+                end.compensate,
+              ),
+            )
+          : [],
+      ),
+    );
+    const byUid = new Map<string, ScheduleRow>(due.map((s) => [s.uid, s]));
+    const fires: PendingFire[] = updates
+      .filter((u) => applied.has(u.uid))
+      .flatMap((u) => {
+        const schedule = byUid.get(u.uid) as ScheduleRow;
+        return u.starts.map((t) => ({
+          scheduleUid: u.uid,
+          scheduleId: schedule.scheduleId,
+          spec: schedule.spec,
+          fireKey: timeFireKey(t),
+          fireAt: t,
+          origin: "SCHEDULED" as const,
+          status: "STARTING" as const,
+          runId: null,
+          error: null,
+        }));
+      });
+    const outcomes = await this.starter.drive(fires);
+    if (outcomes.some((o) => "retry" in o && o.retry)) poll = true;
+    if (again) return 0;
+    const wake = await store.nextWake();
+    let delay = poll ? this.pollMs : MAX_SLEEP_MS;
+    if (wake.nextFireAt !== null) delay = Math.min(delay, wake.nextFireAt.getTime() - Date.now());
+    if (wake.buffered) delay = Math.min(delay, this.pollMs);
+    return Math.max(0, delay);
+  }
+}

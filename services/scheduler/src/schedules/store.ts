@@ -1,0 +1,438 @@
+/**
+ * Schedules and their fires in PostgreSQL (tables `schedules` and `schedule_fires`, migration
+ * Schedules): plain SQL over the scheduler's pool. The fire loop's pass is one transaction
+ * ({@link ScheduleStore.applyPass}) that moves cursors and writes the fires that start runs as
+ * STARTING rows; the rows become STARTED with their run once StartRun answered.
+ */
+import { ApiError, Code } from "@nexusflow/common";
+import type pg from "pg";
+import { decodeToken, encodeToken } from "../persistence/page-token.js";
+import type { ScheduleSpec } from "./spec.js";
+
+/** A stored schedule. */
+export interface ScheduleRow {
+  scheduleId: string;
+  /** New for each creation: scopes the fires' idempotency keys. */
+  uid: string;
+  spec: ScheduleSpec;
+  paused: boolean;
+  note: string;
+  /** The latest instant the loop has dealt with: fire times after it are still to come. */
+  cursorAt: Date;
+  lastFireAt: Date | null;
+  nextFireAt: Date | null;
+  bufferedFireAt: Date | null;
+  startedCount: number;
+  skippedCount: number;
+  missedCount: number;
+  createdAt: Date;
+  updatedAt: Date;
+}
+
+/** How a fire was started. */
+export type FireOrigin = "SCHEDULED" | "TRIGGERED" | "BACKFILL";
+
+/** A fire that starts (or started) a run. */
+export interface FireRow {
+  scheduleUid: string;
+  /** The fire time as ISO text, or `trigger:<key>`. */
+  fireKey: string;
+  fireAt: Date;
+  origin: FireOrigin;
+  status: "STARTING" | "STARTED" | "FAILED";
+  runId: string | null;
+  error: string | null;
+}
+
+/** A STARTING fire with what starting its run needs. */
+export interface PendingFire extends FireRow {
+  scheduleId: string;
+  spec: ScheduleSpec;
+}
+
+/** One schedule's changes in a pass of the fire loop. */
+export interface PassUpdate {
+  uid: string;
+  cursorAt: Date;
+  lastFireAt: Date | null;
+  nextFireAt: Date | null;
+  bufferedFireAt: Date | null;
+  skipped: number;
+  missed: number;
+  /** Fire times that start runs (SCHEDULED). */
+  starts: Date[];
+}
+
+const COLUMNS = `schedule_id, uid, spec, paused, note, cursor_at, last_fire_at, next_fire_at, buffered_fire_at,
+  started_count, skipped_count, missed_count, created_at, updated_at`;
+
+interface Row {
+  schedule_id: string;
+  uid: string;
+  spec: ScheduleSpec;
+  paused: boolean;
+  note: string;
+  cursor_at: Date;
+  last_fire_at: Date | null;
+  next_fire_at: Date | null;
+  buffered_fire_at: Date | null;
+  started_count: string;
+  skipped_count: string;
+  missed_count: string;
+  created_at: Date;
+  updated_at: Date;
+}
+
+function toRow(r: Row): ScheduleRow {
+  return {
+    scheduleId: r.schedule_id,
+    uid: r.uid,
+    spec: r.spec,
+    paused: r.paused,
+    note: r.note,
+    cursorAt: r.cursor_at,
+    lastFireAt: r.last_fire_at,
+    nextFireAt: r.next_fire_at,
+    bufferedFireAt: r.buffered_fire_at,
+    startedCount: Number(r.started_count),
+    skippedCount: Number(r.skipped_count),
+    missedCount: Number(r.missed_count),
+    createdAt: r.created_at,
+    updatedAt: r.updated_at,
+  };
+}
+
+interface FireDbRow {
+  schedule_uid: string;
+  fire_key: string;
+  fire_at: Date;
+  origin: FireOrigin;
+  status: FireRow["status"];
+  run_id: string | null;
+  error: string | null;
+}
+
+function toFire(r: FireDbRow): FireRow {
+  return {
+    scheduleUid: r.schedule_uid,
+    fireKey: r.fire_key,
+    fireAt: r.fire_at,
+    origin: r.origin,
+    status: r.status,
+    runId: r.run_id,
+    error: r.error,
+  };
+}
+
+/** The fire key of a fire time (SCHEDULED and BACKFILL share it: a time starts one run). */
+export function timeFireKey(at: Date): string {
+  return at.toISOString();
+}
+
+const notFound = (id: string): ApiError => ApiError.notFound(`schedule ${JSON.stringify(id)} does not exist`);
+
+const isToken = (v: unknown): v is { after: string } =>
+  typeof v === "object" && v !== null && typeof (v as { after?: unknown }).after === "string";
+
+/** Schedules and fires in PostgreSQL. */
+export class ScheduleStore {
+  constructor(private readonly pool: pg.Pool) {}
+
+  /** Inserts a schedule, or returns the one under its id (`created` false). */
+  async insert(row: ScheduleRow): Promise<{ row: ScheduleRow; created: boolean }> {
+    const { rows } = await this.pool.query<Row>(
+      `INSERT INTO schedules (schedule_id, uid, workflow_name, spec, paused, note, cursor_at, next_fire_at,
+         created_at, updated_at)
+       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9)
+       ON CONFLICT (schedule_id) DO NOTHING RETURNING ${COLUMNS}`,
+      [
+        row.scheduleId,
+        row.uid,
+        row.spec.workflowName,
+        JSON.stringify(row.spec),
+        row.paused,
+        row.note,
+        row.cursorAt,
+        row.nextFireAt,
+        row.createdAt,
+      ],
+    );
+    const inserted = rows[0];
+    if (inserted !== undefined) return { row: toRow(inserted), created: true };
+    return { row: await this.get(row.scheduleId), created: false };
+  }
+
+  /** The schedule; NOT_FOUND when missing. */
+  async get(scheduleId: string): Promise<ScheduleRow> {
+    const { rows } = await this.pool.query<Row>(`SELECT ${COLUMNS} FROM schedules WHERE schedule_id = $1`, [
+      scheduleId,
+    ]);
+    const row = rows[0];
+    if (row === undefined) throw notFound(scheduleId);
+    return toRow(row);
+  }
+
+  /** A page of schedules by id. */
+  async list(
+    workflowName: string,
+    pageSize: number,
+    pageToken: string,
+  ): Promise<{ rows: ScheduleRow[]; nextPageToken: string }> {
+    if (!Number.isInteger(pageSize) || pageSize < 0 || pageSize > 1000)
+      throw ApiError.invalid("page_size", "must be from 1 to 1000 (0 means 100)");
+    const size = pageSize === 0 ? 100 : pageSize;
+    const after = pageToken === "" ? "" : decodeToken(pageToken, isToken).after;
+    const { rows } = await this.pool.query<Row>(
+      `SELECT ${COLUMNS} FROM schedules WHERE schedule_id > $1 AND ($2 = '' OR workflow_name = $2)
+       ORDER BY schedule_id LIMIT $3`,
+      [after, workflowName, size + 1],
+    );
+    const page = rows.slice(0, size).map(toRow);
+    const last = page.at(-1);
+    return {
+      rows: page,
+      nextPageToken: rows.length > size && last !== undefined ? encodeToken({ after: last.scheduleId }) : "",
+    };
+  }
+
+  /** Deletes the schedule and its fire rows; NOT_FOUND when missing. */
+  async delete(scheduleId: string): Promise<void> {
+    const r = await this.pool.query(`DELETE FROM schedules WHERE schedule_id = $1`, [scheduleId]);
+    if (r.rowCount === 0) throw notFound(scheduleId);
+  }
+
+  /**
+   * Pauses or resumes. Resuming moves the cursor to `now` (fire times of the pause are not fired)
+   * and sets the next fire time; pausing clears it. NOT_FOUND when missing.
+   */
+  async setPaused(
+    scheduleId: string,
+    paused: boolean,
+    note: string,
+    now: Date,
+    nextFireAt: (row: ScheduleRow) => Date | null,
+  ): Promise<ScheduleRow> {
+    const client = await this.pool.connect();
+    try {
+      await client.query("BEGIN");
+      const { rows } = await client.query<Row>(
+        `SELECT ${COLUMNS} FROM schedules WHERE schedule_id = $1 FOR UPDATE`,
+        [scheduleId],
+      );
+      const found = rows[0];
+      if (found === undefined) throw notFound(scheduleId);
+      const row = toRow(found);
+      let updated = row;
+      if (row.paused !== paused) {
+        const cursor = paused ? row.cursorAt : new Date(Math.max(now.getTime(), row.cursorAt.getTime()));
+        const next = paused ? null : nextFireAt({ ...row, cursorAt: cursor });
+        const r = await client.query<Row>(
+          `UPDATE schedules SET paused = $2, note = $3, cursor_at = $4, next_fire_at = $5, updated_at = $6
+           WHERE schedule_id = $1 RETURNING ${COLUMNS}`,
+          [scheduleId, paused, note, cursor, next, now],
+        );
+        updated = toRow(r.rows[0] as Row);
+      } else if (note !== "" && note !== row.note) {
+        const r = await client.query<Row>(
+          `UPDATE schedules SET note = $2, updated_at = $3 WHERE schedule_id = $1 RETURNING ${COLUMNS}`,
+          [scheduleId, note, now],
+        );
+        updated = toRow(r.rows[0] as Row);
+      }
+      await client.query("COMMIT");
+      return updated;
+    } catch (e) {
+      await client.query("ROLLBACK").catch(() => undefined);
+      throw e;
+    } finally {
+      client.release();
+    }
+  }
+
+  /** The most recent fires of a schedule that started (or are starting) runs, newest first. */
+  async recentFires(uid: string, limit: number): Promise<FireRow[]> {
+    const { rows } = await this.pool.query<FireDbRow>(
+      `SELECT * FROM schedule_fires WHERE schedule_uid = $1 ORDER BY created_at DESC, fire_at DESC LIMIT $2`,
+      [uid, limit],
+    );
+    return rows.map(toFire);
+  }
+
+  /** Schedules due by `now` (a fire time reached, or a fire buffered), at most `limit`. */
+  async due(now: Date, limit: number): Promise<ScheduleRow[]> {
+    const { rows } = await this.pool.query<Row>(
+      `SELECT ${COLUMNS} FROM schedules
+       WHERE NOT paused AND (next_fire_at <= $1 OR buffered_fire_at IS NOT NULL)
+       ORDER BY next_fire_at NULLS LAST LIMIT $2`,
+      [now, limit],
+    );
+    return rows.map(toRow);
+  }
+
+  /** The earliest next fire time of any running schedule, and whether any has a buffered fire. */
+  async nextWake(): Promise<{ nextFireAt: Date | null; buffered: boolean }> {
+    const { rows } = await this.pool.query<{ next: Date | null; buffered: boolean }>(
+      `SELECT (SELECT min(next_fire_at) FROM schedules WHERE NOT paused) AS next,
+              EXISTS (SELECT 1 FROM schedules WHERE NOT paused AND buffered_fire_at IS NOT NULL) AS buffered`,
+    );
+    return { nextFireAt: rows[0]?.next ?? null, buffered: rows[0]?.buffered ?? false };
+  }
+
+  /** Run ids of each schedule's fires not yet known to have ended. */
+  async unendedRuns(uids: readonly string[]): Promise<Map<string, string[]>> {
+    const out = new Map<string, string[]>();
+    if (uids.length === 0) return out;
+    const { rows } = await this.pool.query<{ schedule_uid: string; run_id: string }>(
+      `SELECT schedule_uid, run_id FROM schedule_fires
+       WHERE schedule_uid = ANY($1::uuid[]) AND run_id IS NOT NULL AND NOT run_ended`,
+      [uids],
+    );
+    for (const r of rows) out.set(r.schedule_uid, [...(out.get(r.schedule_uid) ?? []), r.run_id]);
+    return out;
+  }
+
+  /** Marks fires whose runs have ended, so that they are not looked at again. */
+  async markEnded(runIds: readonly string[]): Promise<void> {
+    if (runIds.length === 0) return;
+    await this.pool.query(`UPDATE schedule_fires SET run_ended = true WHERE run_id = ANY($1::uuid[])`, [
+      runIds,
+    ]);
+  }
+
+  /**
+   * One pass of the fire loop, in one transaction: each schedule's cursor, counters and buffered
+   * fire move only if its cursor is still where the pass read it (`expected`), with its starts
+   * written as STARTING fires. Returns the uids whose update applied.
+   */
+  async applyPass(updates: readonly (PassUpdate & { expected: Date })[], now: Date): Promise<Set<string>> {
+    const applied = new Set<string>();
+    if (updates.length === 0) return applied;
+    const client = await this.pool.connect();
+    try {
+      await client.query("BEGIN");
+      const { rows } = await client.query<{ uid: string }>(
+        `UPDATE schedules s SET cursor_at = u.cursor_at, last_fire_at = COALESCE(u.last_fire_at, s.last_fire_at),
+           next_fire_at = u.next_fire_at, buffered_fire_at = u.buffered_fire_at,
+           skipped_count = s.skipped_count + u.skipped, missed_count = s.missed_count + u.missed
+         FROM unnest($1::uuid[], $2::timestamptz[], $3::timestamptz[], $4::timestamptz[], $5::timestamptz[],
+                     $6::int[], $7::int[], $8::timestamptz[])
+           AS u(uid, cursor_at, last_fire_at, next_fire_at, buffered_fire_at, skipped, missed, expected)
+         WHERE s.uid = u.uid AND s.cursor_at = u.expected AND NOT s.paused
+         RETURNING s.uid`,
+        [
+          updates.map((u) => u.uid),
+          updates.map((u) => u.cursorAt),
+          updates.map((u) => u.lastFireAt),
+          updates.map((u) => u.nextFireAt),
+          updates.map((u) => u.bufferedFireAt),
+          updates.map((u) => u.skipped),
+          updates.map((u) => u.missed),
+          updates.map((u) => u.expected),
+        ],
+      );
+      for (const r of rows) applied.add(r.uid);
+      const starts = updates
+        .filter((u) => applied.has(u.uid))
+        .flatMap((u) => u.starts.map((t) => ({ uid: u.uid, t })));
+      if (starts.length > 0) {
+        await client.query(
+          `INSERT INTO schedule_fires (schedule_uid, fire_key, fire_at, origin, status, created_at)
+           SELECT uid, key, at, 'SCHEDULED', 'STARTING', $4 FROM unnest($1::uuid[], $2::text[], $3::timestamptz[])
+             AS x(uid, key, at)
+           ON CONFLICT (schedule_uid, fire_key) DO NOTHING`,
+          [starts.map((s) => s.uid), starts.map((s) => timeFireKey(s.t)), starts.map((s) => s.t), now],
+        );
+      }
+      await client.query("COMMIT");
+      return applied;
+    } catch (e) {
+      await client.query("ROLLBACK").catch(() => undefined);
+      throw e;
+    } finally {
+      client.release();
+    }
+  }
+
+  /** Writes fires (TRIGGERED or BACKFILL) as STARTING unless their key exists; returns them all. */
+  async insertFires(
+    uid: string,
+    fires: readonly { fireKey: string; fireAt: Date; origin: FireOrigin }[],
+    now: Date,
+  ): Promise<FireRow[]> {
+    if (fires.length === 0) return [];
+    await this.pool.query(
+      `INSERT INTO schedule_fires (schedule_uid, fire_key, fire_at, origin, status, created_at)
+       SELECT $1, key, at, origin, 'STARTING', $5 FROM unnest($2::text[], $3::timestamptz[], $4::text[])
+         AS x(key, at, origin)
+       ON CONFLICT (schedule_uid, fire_key) DO NOTHING`,
+      [uid, fires.map((f) => f.fireKey), fires.map((f) => f.fireAt), fires.map((f) => f.origin), now],
+    );
+    const { rows } = await this.pool.query<FireDbRow>(
+      `SELECT * FROM schedule_fires WHERE schedule_uid = $1 AND fire_key = ANY($2::text[])`,
+      [uid, fires.map((f) => f.fireKey)],
+    );
+    const byKey = new Map(rows.map((r) => [r.fire_key, toFire(r)]));
+    return fires.map((f) => {
+      const row = byKey.get(f.fireKey);
+      // The schedule was deleted meanwhile (its fires went with it).
+      if (row === undefined) throw new ApiError(Code.NOT_FOUND, "the schedule was deleted");
+      return row;
+    });
+  }
+
+  /** STARTING fires of every schedule, oldest first, at most `limit`. */
+  async startingFires(limit: number): Promise<PendingFire[]> {
+    const { rows } = await this.pool.query<FireDbRow & { schedule_id: string; spec: ScheduleSpec }>(
+      `SELECT f.*, s.schedule_id, s.spec FROM schedule_fires f JOIN schedules s ON s.uid = f.schedule_uid
+       WHERE f.status = 'STARTING' ORDER BY f.fire_at LIMIT $1`,
+      [limit],
+    );
+    return rows.map((r) => ({ ...toFire(r), scheduleId: r.schedule_id, spec: r.spec }));
+  }
+
+  /** Records the outcome of fires: STARTED with their run, or FAILED with why. */
+  async settle(
+    outcomes: readonly { uid: string; fireKey: string; runId: string | null; error: string | null }[],
+  ): Promise<void> {
+    if (outcomes.length === 0) return;
+    // Counted once: only a row still STARTING changes.
+    await this.pool.query(
+      `WITH done AS (
+         UPDATE schedule_fires f SET status = CASE WHEN x.run_id IS NULL THEN 'FAILED' ELSE 'STARTED' END,
+           run_id = x.run_id, error = x.error
+         FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::text[]) AS x(uid, key, run_id, error)
+         WHERE f.schedule_uid = x.uid AND f.fire_key = x.key AND f.status = 'STARTING'
+         RETURNING f.schedule_uid, f.status)
+       UPDATE schedules s SET started_count = s.started_count + c.n
+       FROM (SELECT schedule_uid, count(*) AS n FROM done WHERE status = 'STARTED' GROUP BY schedule_uid) c
+       WHERE s.uid = c.schedule_uid`,
+      [
+        outcomes.map((o) => o.uid),
+        outcomes.map((o) => o.fireKey),
+        outcomes.map((o) => o.runId),
+        outcomes.map((o) => o.error),
+      ],
+    );
+  }
+
+  /**
+   * The runs that idempotency keys name, whatever their age (the engine's lookup forgets keys
+   * after the retention; a fire left STARTING by a crash must find its run however long ago).
+   */
+  async runsOfKeys(keys: readonly { workflowName: string; key: string }[]): Promise<Map<string, string>> {
+    const out = new Map<string, string>();
+    if (keys.length === 0) return out;
+    const { rows } = await this.pool.query<{
+      workflow_name: string;
+      idempotency_key: string;
+      run_id: string;
+    }>(
+      `SELECT k.workflow_name, k.idempotency_key, k.run_id
+       FROM unnest($1::text[], $2::text[]) AS x(workflow_name, idempotency_key)
+       JOIN idempotency_keys k ON k.workflow_name = x.workflow_name AND k.idempotency_key = x.idempotency_key`,
+      [keys.map((k) => k.workflowName), keys.map((k) => k.key)],
+    );
+    for (const r of rows) out.set(`${r.workflow_name}\u0000${r.idempotency_key}`, r.run_id);
+    return out;
+  }
+}
