@@ -1,18 +1,20 @@
 /**
- * The gateway's WorkflowService and ArtifactService over Connect (binary protobuf over HTTP), every call with
+ * The gateway's WorkflowService, ArtifactService and ClusterService over Connect (binary protobuf over HTTP), every call with
  * the bearer token.
  */
 import { Code, ConnectError, type Client, type Interceptor, createClient } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-web";
-import { ArtifactService, WorkflowService } from "@nexusflow/gen";
+import { ArtifactService, ClusterService, WorkflowService } from "@nexusflow/gen";
 
 /** A typed WorkflowService client. */
 export type Api = Client<typeof WorkflowService>;
 /** A typed ArtifactService client (artifacts, task logs). */
 export type ArtifactsApi = Client<typeof ArtifactService>;
+/** A typed ClusterService client (executor sessions). */
+export type ClusterApi = Client<typeof ClusterService>;
 
 /** Clients of the gateway this page was served by, sending `token` with every call. */
-export function createApi(token: string): { api: Api; artifacts: ArtifactsApi } {
+export function createApi(token: string): { api: Api; artifacts: ArtifactsApi; cluster: ClusterApi } {
   const auth: Interceptor = (next) => (req) => {
     req.header.set("authorization", `Bearer ${token}`);
     return next(req);
@@ -27,6 +29,7 @@ export function createApi(token: string): { api: Api; artifacts: ArtifactsApi } 
   return {
     api: createClient(WorkflowService, transport),
     artifacts: createClient(ArtifactService, transport),
+    cluster: createClient(ClusterService, transport),
   };
 }
 

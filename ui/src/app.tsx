@@ -3,6 +3,7 @@ import { useCallback, useMemo, useState } from "preact/hooks";
 import { createApi } from "./api";
 import { decodeToken, forgetToken, storeToken, storedToken } from "./auth";
 import { type Route, linkHandler, routePath, useRoute } from "./router";
+import { ExecutorsPage } from "./pages/executors";
 import { RunPage } from "./pages/run";
 import { RunsPage } from "./pages/runs";
 import { TokenPrompt } from "./pages/token-prompt";
@@ -67,6 +68,9 @@ function Shell() {
           <NavLink route={{ page: "workflows", name: undefined }} current={route.page === "workflows"}>
             Workflows
           </NavLink>
+          <NavLink route={{ page: "executors" }} current={route.page === "executors"}>
+            Executors
+          </NavLink>
         </nav>
         <div class="who" aria-label="Signed in as">
           <span class="subject">{info?.subject ?? "token"}</span>{" "}
@@ -82,6 +86,7 @@ function Shell() {
         {route.page === "runs" && <RunsPage />}
         {route.page === "run" && <RunPage key={route.runId} runId={route.runId} />}
         {route.page === "workflows" && <WorkflowsPage selected={route.name} />}
+        {route.page === "executors" && <ExecutorsPage />}
       </main>
     </>
   );

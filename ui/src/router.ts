@@ -3,7 +3,10 @@ import { useEffect, useState } from "preact/hooks";
 
 /** The app's pages. */
 export type Route =
-  { page: "runs" } | { page: "run"; runId: string } | { page: "workflows"; name: string | undefined };
+  | { page: "runs" }
+  | { page: "run"; runId: string }
+  | { page: "workflows"; name: string | undefined }
+  | { page: "executors" };
 
 const BASE = "/ui";
 
@@ -12,6 +15,7 @@ export function parseRoute(pathname: string): Route {
   const rest = pathname.startsWith(`${BASE}/`) ? pathname.slice(BASE.length + 1) : "";
   const [first, second] = rest.split("/").map((s) => decodeURIComponent(s));
   if (first === "runs" && second !== undefined && second !== "") return { page: "run", runId: second };
+  if (first === "executors") return { page: "executors" };
   if (first === "workflows")
     return { page: "workflows", name: second === undefined || second === "" ? undefined : second };
   return { page: "runs" };
@@ -24,6 +28,8 @@ export function routePath(route: Route): string {
       return `${BASE}/runs`;
     case "run":
       return `${BASE}/runs/${encodeURIComponent(route.runId)}`;
+    case "executors":
+      return `${BASE}/executors`;
     case "workflows":
       return route.name === undefined
         ? `${BASE}/workflows`

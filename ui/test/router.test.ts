@@ -11,6 +11,7 @@ describe("routes", () => {
       { page: "run", runId: "a/b?c#d" },
       { page: "workflows", name: undefined },
       { page: "workflows", name: "trip-booking" },
+      { page: "executors" },
     ];
     for (const route of routes) assert.deepEqual(parseRoute(routePath(route)), route);
     assert.equal(routePath({ page: "run", runId: "a/b" }), "/ui/runs/a%2Fb");
