@@ -1,10 +1,11 @@
 /**
  * A run: its DAG from the workflow definition (steps and dependsOn), each step coloured by its
  * state and updated live from WatchRun; the selected step's tasks (the step's and its
- * compensation's) with attempts, input, output, error and why it waits; and the cancel actions,
+ * compensation's) with attempts (a timeline and a table), input, output, error and why it waits;
+ * the compensations as their own lane; and the cancel actions,
  * shown to tokens with runs:write (the server checks the scope regardless).
  */
-import type { Run, TaskRun } from "@nexusflow/gen";
+import type { Run, StepSpec, TaskRun } from "@nexusflow/gen";
 import { useEffect, useMemo, useState } from "preact/hooks";
 import { describeError, isAborted, isUnauthenticated } from "../api";
 import { hasScope } from "../auth";
@@ -13,6 +14,7 @@ import { Dag } from "../Dag";
 import { type DagStep, layoutDag, stateLabel, stepState, tasksByStep } from "../dag";
 import { TERMINAL_RUN_STATUSES, formatTime, prettyJson, taskStatusName, valueJson } from "../format";
 import { linkHandler, routePath } from "../router";
+import { AttemptTimeline, type Compensable, CompensationLane } from "./run-lanes";
 import { StatusBadge } from "./runs";
 import { TaskArtifacts, TaskLog } from "./step-files";
 
@@ -28,7 +30,7 @@ export function RunPage({ runId }: { runId: string }) {
   const { api, signOut } = session;
   const [run, setRun] = useState<Run | undefined>(undefined);
   const [error, setError] = useState<string | undefined>(undefined);
-  const [steps, setSteps] = useState<DagStep[] | undefined>(undefined);
+  const [steps, setSteps] = useState<StepSpec[] | undefined>(undefined);
   const [stepsNote, setStepsNote] = useState<string | undefined>(undefined);
   const [live, setLive] = useState<Live>({ state: "connecting" });
   const [selected, setSelected] = useState<string | undefined>(undefined);
@@ -138,6 +140,10 @@ export function RunPage({ runId }: { runId: string }) {
     () => new Map(graphSteps.map((s) => [s.id, stepState(byStep.get(s.id))])),
     [graphSteps, byStep],
   );
+  const compensable = useMemo<Compensable[] | undefined>(
+    () => steps?.flatMap((s) => (s.compensate === undefined ? [] : [{ id: s.id, type: s.compensate.type }])),
+    [steps],
+  );
 
   if (error !== undefined)
     return (
@@ -205,6 +211,12 @@ export function RunPage({ runId }: { runId: string }) {
         label={`Steps of run ${run.id}; select one for its details`}
       />
       <Legend />
+      <CompensationLane
+        byStep={byStep}
+        compensable={compensable}
+        selected={selected}
+        onSelect={(id) => setSelected(id === selected ? undefined : id)}
+      />
       {selected !== undefined && (
         <section class="step-details" aria-labelledby="step-title">
           <h2 id="step-title">
@@ -213,6 +225,14 @@ export function RunPage({ runId }: { runId: string }) {
           {selectedTasks?.step === undefined && selectedTasks?.compensation === undefined && (
             <p>No task yet: the step waits for its dependencies.</p>
           )}
+          <AttemptTimeline
+            tasks={[
+              ...(selectedTasks?.step === undefined ? [] : [{ title: "Task", task: selectedTasks.step }]),
+              ...(selectedTasks?.compensation === undefined
+                ? []
+                : [{ title: "Compensation", task: selectedTasks.compensation }]),
+            ]}
+          />
           {selectedTasks?.step !== undefined && (
             <TaskDetails title="Task" runId={run.id} task={selectedTasks.step} />
           )}
