@@ -35,14 +35,15 @@ import {
 const cases = (r: ExplainPendingResponse): (PendingGate["gate"]["case"] | undefined)[] =>
   r.gates.map((g) => g.gate.case);
 
+type Gates = Exclude<PendingGate["gate"], { case: undefined }>;
+/** Each gate's value by its case. */
+type GateValue = { [G in Gates as G["case"]]: G["value"] };
+
 /** The value of the response's gate of `kind`. */
-function gate<K extends NonNullable<PendingGate["gate"]["case"]>>(
-  r: ExplainPendingResponse,
-  kind: K,
-): Extract<PendingGate["gate"], { case: K }>["value"] {
-  const g = r.gates.find((x) => x.gate.case === kind)?.gate;
-  assert.ok(g?.case === kind, `no ${kind} gate in ${JSON.stringify(cases(r))}`);
-  return g.value as Extract<PendingGate["gate"], { case: K }>["value"];
+function gate<K extends keyof GateValue>(r: ExplainPendingResponse, kind: K): GateValue[K] {
+  const g = r.gates.find((x) => x.gate.case === kind);
+  assert.ok(g, `no ${kind} gate in ${JSON.stringify(cases(r))}`);
+  return g.gate.value as GateValue[K];
 }
 
 async function rejection(p: Promise<unknown>): Promise<ConnectError> {
