@@ -29,6 +29,8 @@ const OPERATOR_USAGE = `Operator commands (talk to the gateway):
   artifacts get <run-id> <step-id> <name> [--attempt N] [-o FILE|-] [--force] [--stream]
                                   one of those files (the latest attempt's unless --attempt) to standard output,
                                   or with -o to FILE (replaced only with --force); --stream skips presigned URLs
+  executors [--type T] [--limit N] [--page-token T]
+                                  the executor sessions attached now: task types, leases held, slots, credit, draining
   token [--scope S]... [--ttl 1h] [--subject NAME]
                                   mint a DEV token with the dev key of NEXUSFLOW_DATA_DIR, ./.nexusflow or the running npm start
 
@@ -163,6 +165,11 @@ switch (command) {
     break;
   case "logs":
     process.exit(await operator(logsCommand, rest));
+    break;
+  case "executors":
+    process.exit(
+      await operator(async (a, io) => (await import("./executors-command.js")).executorsCommand(a, io), rest),
+    );
     break;
   case "artifacts":
     process.exit(

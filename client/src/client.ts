@@ -1,7 +1,7 @@
 /**
- * The Nexusflow client: typed clients of WorkflowService and ArtifactService over one connection,
- * with the bearer token, deadlines and retries of {@link ClientOptions}, and the conveniences a
- * caller needs (start a run safely, wait for it to end).
+ * The Nexusflow client: typed clients of WorkflowService, ArtifactService and ClusterService over
+ * one connection, with the bearer token, deadlines and retries of {@link ClientOptions}, and the
+ * conveniences a caller needs (start a run safely, wait for it to end).
  */
 import { randomUUID } from "node:crypto";
 import * as http from "node:http";
@@ -20,6 +20,7 @@ import {
 import { Http2SessionManager, createConnectTransport, createGrpcTransport } from "@connectrpc/connect-node";
 import {
   ArtifactService,
+  ClusterService,
   type RegisterWorkflowResponse,
   type Run,
   RunStatus,
@@ -153,6 +154,8 @@ export class NexusflowClient {
   readonly workflows: Client<typeof WorkflowService>;
   /** ArtifactService: logs and files of runs, with this client's token, deadline and retries. */
   readonly artifacts: Client<typeof ArtifactService>;
+  /** ClusterService: the executor sessions attached to the scheduler, with this client's token. */
+  readonly cluster: Client<typeof ClusterService>;
   /** The options in effect, defaults applied. */
   readonly options: CompiledClientOptions;
   readonly #release: () => void;
@@ -164,6 +167,7 @@ export class NexusflowClient {
     this.#release = release;
     this.workflows = createClient(WorkflowService, transport);
     this.artifacts = createClient(ArtifactService, transport);
+    this.cluster = createClient(ClusterService, transport);
   }
 
   /**

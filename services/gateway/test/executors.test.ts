@@ -1,9 +1,11 @@
 /**
  * ClusterService through the gateway: GET /v1/executors (REST, from the proto's google.api.http)
  * and ListExecutors over Connect list a real executor's session; the call needs runs:read; a bad
- * field is a 400 naming it.
+ * field is a 400 naming it. `nexusflow executors` (the CLI's bin, spawned) prints the session.
  */
 import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { Code, ConnectError, createClient, type Interceptor } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
@@ -14,6 +16,34 @@ import type { Scheduler } from "@nexusflow/scheduler";
 import { startTestDatabase, startTestExecutor, startTestScheduler } from "../../scheduler/test/support.js";
 import { type Gateway, createGateway } from "../src/server.js";
 import { AUDIENCE, ISSUER, type TestKeys, createTestKeys } from "./keys.js";
+import { ROOT } from "./tools.js";
+
+/** `nexusflow ...args` as a child process, without the NEXUSFLOW_ variables of this one. */
+function nexusflow(
+  args: readonly string[],
+  env: Record<string, string>,
+): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  const base = Object.fromEntries(
+    Object.entries(process.env).filter(([k]) => !k.startsWith("NEXUSFLOW_") && !k.startsWith("AUTH_")),
+  );
+  const child = spawn(process.execPath, [join(ROOT, "cli", "src", "bin.mjs"), ...args], {
+    cwd: ROOT,
+    env: { ...base, NO_COLOR: "1", ...env },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  let stdout = "";
+  let stderr = "";
+  child.stdout.setEncoding("utf8").on("data", (c: string) => (stdout += c));
+  child.stderr.setEncoding("utf8").on("data", (c: string) => (stderr += c));
+  const timer = setTimeout(() => child.kill("SIGKILL"), 50_000);
+  return new Promise((resolve, reject) => {
+    child.on("error", reject);
+    child.on("close", (code) => {
+      clearTimeout(timer);
+      resolve({ code, stdout, stderr });
+    });
+  });
+}
 
 const T = { timeout: 60_000 };
 type Json = Record<string, unknown>;
@@ -101,5 +131,28 @@ describe("GET /v1/executors through the gateway", () => {
       client.listExecutors({}),
       (e: unknown) => e instanceof ConnectError && e.code === Code.Unauthenticated,
     );
+  });
+
+  it("nexusflow executors prints the session, and --output json the response", T, async () => {
+    const env = { NEXUSFLOW_ADDRESS: url, NEXUSFLOW_TOKEN: await sign("runs:read") };
+    const table = await nexusflow(["executors", "--type", "noop"], env);
+    assert.equal(table.code, 0, table.stderr);
+    const [head, row, ...more] = table.stdout.trim().split("\n");
+    assert.match(head ?? "", /^EXECUTOR +SESSION +TYPES \(LEASES HELD\) +IN USE +CREDIT +STATE +ATTACHED$/);
+    assert.match(row ?? "", /^gw-exec +[0-9a-f]{8} +.*\bnoop\b.* taking work /);
+    assert.deepEqual(more, []);
+    const json = await nexusflow(["executors", "-o", "json"], env);
+    assert.equal(json.code, 0, json.stderr);
+    const parsed = JSON.parse(json.stdout) as { executors: { executorId: string }[] };
+    assert.deepEqual(
+      parsed.executors.map((e) => e.executorId),
+      ["gw-exec"],
+    );
+    const none = await nexusflow(["executors", "--type", "nobody.here"], env);
+    assert.equal(none.code, 0, none.stderr);
+    assert.equal(none.stdout, "no executor is attached for nobody.here\n");
+    const bad = await nexusflow(["executors", "--type", "Not A Type"], env);
+    assert.equal(bad.code, 1);
+    assert.match(bad.stderr, /^nexusflow: executors: INVALID_ARGUMENT: task_type: /);
   });
 });
