@@ -23,8 +23,12 @@ export async function startSdk(config: TelemetryConfig): Promise<() => Promise<v
   const sdk = new NodeSDK({
     serviceName: config.serviceName,
     autoDetectResources: false,
-    // Logs go to stdout through pino, metrics to Prometheus: the SDK exports traces only.
+    // Logs go to stdout through pino, metrics to Prometheus: the SDK exports traces only. Without
+    // an explicit empty list of metric readers the SDK would add an OTLP metrics exporter
+    // (OTEL_METRICS_EXPORTER defaults to otlp), and the instrumentations would record a duration
+    // histogram for every call and query, traced or not.
     logRecordProcessors: [],
+    metricReaders: [],
     sampler: new ParentBasedSampler({ root: new TraceIdRatioBasedSampler(config.sampleRatio) }),
     spanProcessors: [
       new BatchSpanProcessor({

@@ -14,11 +14,18 @@ import { type ArtifactRef, type Lease, type LeaseKey, type LogRef, TaskKind } fr
 import {
   NON_RECORDING_SPAN,
   contextFromTraceparent,
-  traceparentSampled,
   tracer,
   tracingEnabled,
 } from "@nexusflow/common/telemetry";
-import { type Context, type Span, SpanKind, SpanStatusCode, context, trace } from "@opentelemetry/api";
+import {
+  type Context,
+  type Span,
+  SpanKind,
+  SpanStatusCode,
+  TraceFlags,
+  context,
+  trace,
+} from "@opentelemetry/api";
 import {
   type ArtifactIdentity,
   type OutputOffloadOptions,
@@ -228,11 +235,12 @@ export class TaskAttempt {
     const { lease } = this;
     const traceparent = lease.traceContext["traceparent"];
     const parent = contextFromTraceparent(traceparent);
+    const remote = trace.getSpan(parent);
     // The run's trace is not recorded (sampled out where it started): the handler's span, and
     // any child, would record nothing. The lease's own context stays active, so calls the handler
     // makes are not recorded either, and no span is made.
-    if (traceparentSampled(traceparent) === false)
-      return { span: trace.getSpan(parent) ?? NON_RECORDING_SPAN, context: parent };
+    if (remote !== undefined && (remote.spanContext().traceFlags & TraceFlags.SAMPLED) === 0)
+      return { span: remote, context: parent };
     const span = tracer(TRACER).startSpan(
       `handler ${lease.taskType}`,
       {

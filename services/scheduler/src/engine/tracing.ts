@@ -71,6 +71,19 @@ export class AttemptSpans {
   private readonly open = new Map<string, { span: Span; started: boolean }>();
   /** `traceparent` of each task's latest attempt span, by task run id (events name their task). */
   private readonly latest = new Map<string, string>();
+  /** Runs whose trace is not recorded (sampled out at StartRun), decided once per run. */
+  private readonly unsampled = new WeakMap<RunState, boolean>();
+
+  /** Whether the run's stored context says its trace is not recorded. */
+  private sampledOut(run: RunState | undefined): boolean {
+    if (run === undefined) return false;
+    let out = this.unsampled.get(run);
+    if (out === undefined) {
+      out = traceparentSampled(run.traceParent) === false;
+      this.unsampled.set(run, out);
+    }
+    return out;
+  }
 
   /** Follows an attempt written by the core: opens its span, marks its start, ends it. */
   written(run: RunState | undefined, task: TaskState | undefined, attempt: AttemptState): void {
@@ -78,11 +91,11 @@ export class AttemptSpans {
     let entry = this.open.get(key);
     if (entry === undefined) {
       const parent = run?.traceParent ?? undefined;
-      if (traceparentSampled(parent) === false) {
+      if (this.sampledOut(run)) {
         // The run's trace is not recorded (sampled out at StartRun): its attempt would be a span
         // that records nothing. The attempt's leases and events carry the run's own context, so
         // the executor records nothing for it either.
-        this.latest.set(attempt.taskRunId, parent as string);
+        if (attempt.endedAt === null) this.latest.set(attempt.taskRunId, parent as string);
         return;
       }
       const span = tracer(TRACER).startSpan(
