@@ -5,13 +5,18 @@
  */
 import type { DescService } from "@bufbuild/protobuf";
 import type { ConnectRouter } from "@connectrpc/connect";
-import { ArtifactService, ClusterService, WorkflowService } from "@nexusflow/gen";
+import { ArtifactService, ClusterService, ScheduleService, WorkflowService } from "@nexusflow/gen";
 import { type HealthOptions, HealthService, addHealth } from "./health.js";
 import { type ForwardingOptions, createForwardingService } from "./proxy.js";
 import { addReflection } from "./reflection.js";
 
 /** The services the gateway exposes, all served by the scheduler. */
-export const PROXIED_SERVICES: readonly DescService[] = [WorkflowService, ArtifactService, ClusterService];
+export const PROXIED_SERVICES: readonly DescService[] = [
+  WorkflowService,
+  ArtifactService,
+  ClusterService,
+  ScheduleService,
+];
 
 /** Options of {@link createRoutes}. */
 export interface RoutesOptions extends ForwardingOptions {

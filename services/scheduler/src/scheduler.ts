@@ -19,7 +19,14 @@ import {
   grpcServerMetrics,
   startOpsEndpoints,
 } from "@nexusflow/common/metrics";
-import { ArtifactService, ClusterService, ExecutorService, RunSchema, WorkflowService } from "@nexusflow/gen";
+import {
+  ArtifactService,
+  ClusterService,
+  ExecutorService,
+  RunSchema,
+  ScheduleService,
+  WorkflowService,
+} from "@nexusflow/gen";
 import { Health } from "@nexusflow/gen/grpc/health/v1/health_pb";
 import { PgTaskIndex, artifactService } from "./api/artifact-service.js";
 import { authInterceptor } from "./api/auth.js";
@@ -28,6 +35,7 @@ import { addSchedulerHealth } from "./api/health.js";
 import { runDetail } from "./api/convert.js";
 import { executorService, executorServiceDefinition } from "./api/executor-session.js";
 import { addReflection } from "./api/reflection.js";
+import { scheduleService } from "./api/schedule-service.js";
 import { workflowService } from "./api/workflow-service.js";
 import { Definitions } from "./engine/definitions.js";
 import { Engine } from "./engine/engine.js";
@@ -40,6 +48,8 @@ import { RunRetention } from "./persistence/retention.js";
 import { PostgresDefinitionStore } from "./persistence/postgres-definition-store.js";
 import { PostgresEngineStore } from "./persistence/postgres-engine-store.js";
 import { RunStore } from "./persistence/run-store.js";
+import { FireLoop } from "./schedules/fire-loop.js";
+import { ScheduleStore } from "./schedules/store.js";
 import {
   acquireSchedulerLock,
   type SchedulerLock,
@@ -146,6 +156,7 @@ export class Scheduler {
   private engineStore: PostgresEngineStore | undefined;
   private relay: OutboxRelay | undefined;
   private retentionValue: RunRetention | undefined;
+  private fireLoop: FireLoop | undefined;
   private server: grpc.Server | undefined;
   private ops: OpsEndpoints | undefined;
   private addressValue = "";
@@ -182,6 +193,12 @@ export class Scheduler {
   get engine(): Engine {
     if (this.engineValue === undefined) throw new Error("the scheduler is not started");
     return this.engineValue;
+  }
+
+  /** The schedules' fire loop (for tests and metrics). */
+  get schedules(): FireLoop {
+    if (this.fireLoop === undefined) throw new Error("the scheduler is not started");
+    return this.fireLoop;
   }
 
   /** The run retention (for tests and metrics). */
@@ -265,6 +282,10 @@ export class Scheduler {
           : { intervalMs: this.options.runRetentionIntervalMs }),
       });
       this.retentionValue.start();
+      const schedules = new ScheduleStore(this.db.pool);
+      this.fireLoop = new FireLoop({ store: schedules, engine, log });
+      this.fireLoop.start();
+      const fireLoop = this.fireLoop;
       if (this.options.events !== undefined) {
         this.relay = createOutboxRelay(this.db.pool, log, this.options.events);
         this.relay.start();
@@ -292,12 +313,28 @@ export class Scheduler {
         executorService(this.engineValue, log, { authenticated: this.options.auth !== undefined }),
       );
       server.addService(
+        serviceDefinition(ScheduleService),
+        scheduleService({
+          store: schedules,
+          definitions: engine.definitions,
+          fires: fireLoop.fires,
+          wake: () => fireLoop.wake(),
+        }),
+      );
+      server.addService(
         serviceDefinition(ArtifactService),
         artifactService({ store, tasks: new PgTaskIndex(this.db.pool), log }),
       );
       server.addService(serviceDefinition(ClusterService), clusterService(engine));
       // Keep in step with the services added above and below: reflection lists exactly these.
-      addReflection(server, [WorkflowService, ExecutorService, ArtifactService, ClusterService, Health]);
+      addReflection(server, [
+        WorkflowService,
+        ScheduleService,
+        ExecutorService,
+        ArtifactService,
+        ClusterService,
+        Health,
+      ]);
       const ready = addSchedulerHealth(server, {
         running: () => this.stateValue === "RUNNING",
         pool: this.db.pool,
@@ -362,6 +399,9 @@ export class Scheduler {
   }
 
   private async release(): Promise<void> {
+    // First: no fire starts a run while the engine stops (a fire in progress finishes).
+    await this.fireLoop?.stop();
+    this.fireLoop = undefined;
     await this.ops?.close();
     this.ops = undefined;
     const server = this.server;

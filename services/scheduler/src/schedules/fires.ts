@@ -35,7 +35,7 @@ const PERMANENT: ReadonlySet<number> = new Set([
 /** A fire once driven: its run, or why it has none (`retry`: it is still STARTING). */
 export type FireOutcome =
   | { fire: PendingFire; runId: string; created: boolean }
-  | { fire: PendingFire; error: string; retry: boolean };
+  | { fire: PendingFire; error: string; retry: boolean; cause?: unknown };
 
 /** Drives STARTING fires to their runs. */
 export class FireStarter {
@@ -75,7 +75,7 @@ export class FireStarter {
             { schedule_id: fire.scheduleId, fire: fire.fireKey, err: e, retry },
             "a schedule's fire could not start its run",
           );
-          return { fire, error, retry };
+          return { fire, error, retry, cause: e };
         }
       }),
     );
