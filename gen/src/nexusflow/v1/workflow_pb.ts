@@ -591,8 +591,8 @@ export type TaskRun = Message<"nexusflow.v1.TaskRun"> & {
   /**
    * Why the task is not running, in one line, while it is PENDING, QUEUED or RETRY_WAIT: the gates
    * that hold it now (ExplainPending has each of them in full), most decisive first, joined by
-   * "; ". For example `waiting for dependencies: validate, reserve`,
-   * `retry (attempt 3) due at 2026-01-31T12:00:05.000Z`, `no executor advertises type
+   * "; ". For example `unfinished dependencies: validate, reserve`,
+   * `retry (attempt 3 of 5) due at 2026-01-31T12:00:05.000Z`, `no executor advertises type
    * "charge-card"`, `all 2 executors for type "charge-card" are busy (no credit)` or `... are
    * draining`. Empty while leased, running or finished, and for a task about to be leased. The
    * executor reasons are the scheduler's live view of its sessions as of its latest scheduling

@@ -58,14 +58,14 @@ void describe("explain: the gates that hold a task", () => {
     assert.deepEqual(explainPending(run, c), [
       { kind: "dependencies", steps: ["a", "b"], readingOutput: [] },
     ]);
-    assert.equal(pendingReason(explainPending(run, c)), "waiting for dependencies: a, b");
+    assert.equal(pendingReason(explainPending(run, c)), "unfinished dependencies: a, b");
     const s = sim.session("s");
     const a = sim.lease(s)!;
     assert.equal(a.stepId, "a");
     // A dependency leased or running is still unfinished.
     assert.deepEqual(kinds(explainPending(run, c)), ["dependencies"]);
     finish(sim, run, a);
-    assert.equal(pendingReason(explainPending(run, c)), "waiting for dependencies: b");
+    assert.equal(pendingReason(explainPending(run, c)), "unfinished dependencies: b");
     finish(sim, run, sim.lease(s)!);
     // Both done: c was queued by the evaluation, and nothing holds it until a pass decides.
     assert.equal(c.status, "QUEUED");
@@ -108,7 +108,7 @@ void describe("explain: the gates that hold a task", () => {
     ]);
     assert.equal(
       pendingReason(gates),
-      'waiting for dependencies: check; condition "steps.check.output.ok == true" is decided once check finishes',
+      'unfinished dependencies: check; condition "steps.check.output.ok == true" is decided once check finishes',
     );
     // Decided (false): the step is skipped, a finished task with no gates.
     finish(sim, run, sim.lease(sim.session("s"))!, { ok: false });

@@ -174,7 +174,7 @@ export function describeGate(gate: Gate): string {
   switch (gate.kind) {
     case "dependencies": {
       const parts: string[] = [];
-      if (gate.steps.length > 0) parts.push(`waiting for dependencies: ${gate.steps.join(", ")}`);
+      if (gate.steps.length > 0) parts.push(`unfinished dependencies: ${gate.steps.join(", ")}`);
       if (gate.readingOutput.length > 0)
         parts.push(`reading the offloaded output of ${gate.readingOutput.join(", ")}`);
       return parts.join("; ");

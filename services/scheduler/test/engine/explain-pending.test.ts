@@ -140,7 +140,7 @@ describe("ExplainPending", () => {
     assert.equal(deps.kind, TaskKind.STEP);
     assert.deepEqual(cases(deps), ["dependencies"]);
     assert.deepEqual(gate(deps, "dependencies").stepIds, ["first"]);
-    assert.equal(deps.pendingReason, "waiting for dependencies: first");
+    assert.equal(deps.pendingReason, "unfinished dependencies: first");
     const a1 = await getRun(runA);
     assert.equal(task(a1, "charge").pendingReason, deps.pendingReason, describeRun(a1));
     assert.equal(task(a1, "charge").id, deps.taskRunId);
