@@ -22,6 +22,8 @@ const OPERATOR_USAGE = `Operator commands (talk to the gateway):
   runs list [--workflow W] [--status S]... [--label k=v]... [--limit N] [--page-token T]
   runs watch <run-id>             live progress until the run ends (exit 1 unless it succeeded)
   runs cancel <run-id> [--reason R] [--compensate]
+  runs why <run-id> <step-id> [--compensation]
+                                  why a step is not running: every gate that holds it now
   logs <run-id> <step-id> [--attempt N] [--follow]
                                   a task's log lines; one that is not there is an error saying where it looked
   artifacts list <run-id> [<step-id>]

@@ -81,6 +81,20 @@ describe("pending reasons in the CLI", () => {
     assert.deepEqual(print(orderRun("", TaskStatus.LEASED)), ["  charge   LEASED"]);
   });
 
+  it("runs watch does not print a pending step's reason as its dependencies finish", () => {
+    const progress = new RunProgress();
+    const plain = createStyle(false);
+    const print = (reason: string, status = TaskStatus.PENDING) =>
+      progress.update(orderRun(reason, status)).map((c) => formatTaskChange(c, plain, 8));
+    assert.deepEqual(print("unfinished dependencies: validate, reserve"), [
+      "  validate SUCCEEDED   exec-1      #1 12ms",
+    ]);
+    assert.deepEqual(print("unfinished dependencies: reserve"), []);
+    assert.deepEqual(print(REASON, TaskStatus.QUEUED), [
+      `  charge   QUEUED                     waiting: ${REASON}`,
+    ]);
+  });
+
   it("colours the reason as a warning", () => {
     const [change] = new RunProgress().update(orderRun(REASON)).slice(1);
     assert.ok(change);

@@ -62,8 +62,8 @@ export class RunProgress {
 
   /**
    * The changes in `run` since the previous call: each new state of a task (tasks first seen as
-   * PENDING are not changes), and a queued task's new reason to wait (not its clearing: the task's
-   * next state says that).
+   * PENDING are not changes), and a waiting task's new reason to wait (not its clearing: the task's
+   * next state says that; nor a pending step's, which changes as its dependencies finish).
    */
   update(run: Run): TaskChange[] {
     const changes: TaskChange[] = [];
@@ -71,7 +71,13 @@ export class RunProgress {
       const previous = this.#last.get(task.id);
       this.#last.set(task.id, { status: task.status, pendingReason: task.pendingReason });
       if (previous?.status === task.status) {
-        if (task.pendingReason === "" || task.pendingReason === previous.pendingReason) continue;
+        // A pending step's reason changes as each dependency finishes: those lines say that already.
+        if (
+          task.status === TaskStatus.PENDING ||
+          task.pendingReason === "" ||
+          task.pendingReason === previous.pendingReason
+        )
+          continue;
       } else if (previous === undefined && task.status === TaskStatus.PENDING) continue;
       changes.push(changeOf(task));
     }

@@ -1,5 +1,5 @@
 /**
- * `nexusflow runs start|get|list|watch|cancel`: runs through the gateway, as tables or JSON
+ * `nexusflow runs start|get|list|watch|cancel|why`: runs through the gateway, as tables or JSON
  * (`--output json`); `runs watch` (and `runs start --watch`) shows each step as it changes and
  * exits 1 unless the run succeeded.
  */
@@ -33,6 +33,7 @@ import { withGateway } from "./gateway-client.js";
 import { formatRunSummary, isTerminal, runStatusName, taskStatusName } from "./progress.js";
 import { createStyle } from "./style.js";
 import { formatSpan, formatTable, formatTime, truncate } from "./table.js";
+import { whyCommand } from "./why-command.js";
 
 async function readInput(value: string | undefined): Promise<JsonValue> {
   if (value === undefined) return {};
@@ -262,7 +263,7 @@ async function cancelCommand(args: string[], io: CommandIo): Promise<number> {
   });
 }
 
-/** `nexusflow runs <start|get|list|watch|cancel> ...`. */
+/** `nexusflow runs <start|get|list|watch|cancel|why> ...`. */
 export async function runsCommand(args: string[], io: CommandIo): Promise<number> {
   const [sub, ...rest] = args;
   switch (sub) {
@@ -276,11 +277,13 @@ export async function runsCommand(args: string[], io: CommandIo): Promise<number
       return watchCommand(rest, io);
     case "cancel":
       return cancelCommand(rest, io);
+    case "why":
+      return whyCommand(rest, io);
     case undefined:
-      throw new UsageError("runs: expected start, get, list, watch or cancel");
+      throw new UsageError("runs: expected start, get, list, watch, cancel or why");
     default:
       throw new UsageError(
-        `runs: unknown subcommand ${JSON.stringify(sub)} (start, get, list, watch, cancel)`,
+        `runs: unknown subcommand ${JSON.stringify(sub)} (start, get, list, watch, cancel, why)`,
       );
   }
 }

@@ -1,0 +1,105 @@
+/** `runs why` prints each gate of ExplainPending as a sentence. */
+import assert from "node:assert/strict";
+import { describe, it } from "node:test";
+import { create } from "@bufbuild/protobuf";
+import { timestampFromMs } from "@bufbuild/protobuf/wkt";
+import type { MessageInitShape } from "@bufbuild/protobuf";
+import {
+  ExplainPendingResponseSchema,
+  PendingGateSchema,
+  RunStatus,
+  TaskKind,
+  TaskStatus,
+} from "@nexusflow/gen";
+import { createStyle } from "./style.js";
+import { describeExplanation } from "./why-command.js";
+
+const NOW = Date.UTC(2026, 0, 31, 12, 0, 0);
+const plain = createStyle(false);
+
+function answer(status: TaskStatus, gates: MessageInitShape<typeof PendingGateSchema>[]) {
+  return create(ExplainPendingResponseSchema, {
+    runId: "run-1",
+    stepId: "charge",
+    kind: TaskKind.STEP,
+    taskRunId: "t-1",
+    status,
+    runStatus: RunStatus.RUNNING,
+    gates: gates.map((g) => create(PendingGateSchema, g)),
+    time: timestampFromMs(NOW),
+  });
+}
+
+const g = (
+  gate: NonNullable<MessageInitShape<typeof PendingGateSchema>["gate"]>,
+): MessageInitShape<typeof PendingGateSchema> => ({ gate });
+
+describe("runs why", () => {
+  it("says a running or finished task is not held", () => {
+    assert.equal(
+      describeExplanation(answer(TaskStatus.RUNNING, []), plain),
+      "charge of run run-1 (RUNNING) is RUNNING: it is running.",
+    );
+    assert.equal(
+      describeExplanation(answer(TaskStatus.SUCCEEDED, []), plain),
+      "charge of run run-1 (RUNNING) is SUCCEEDED: it has finished.",
+    );
+  });
+
+  it("prints each gate as a sentence, with times relative to the answer", () => {
+    const queued = answer(TaskStatus.QUEUED, [
+      g({
+        case: "noExecutor",
+        value: { type: "charge-card", ahead: 2, since: timestampFromMs(NOW - 5000) },
+      }),
+      g({
+        case: "scheduleToStart",
+        value: { deadline: timestampFromMs(NOW + 25_000), timeoutMs: 30_000n },
+      }),
+    ]);
+    assert.deepEqual(describeExplanation(queued, plain).split("\n"), [
+      "charge of run run-1 (RUNNING) is QUEUED; held by 2 gates:",
+      '  - no executor advertises type "charge-card" (since 2026-01-31 11:59:55 UTC): start one that runs it; 2 tasks of its type are ahead of it',
+      "  - unless an executor takes it by 2026-01-31 12:00:25 UTC (in 25.0s), this attempt fails with SCHEDULE_TO_START_TIMEOUT (timeout 30.0s) and is retried per its policy",
+    ]);
+    const busy = answer(TaskStatus.QUEUED, [
+      g({
+        case: "executorsBusy",
+        value: { type: "charge-card", executors: 2, draining: 0, ahead: 0 },
+      }),
+    ]);
+    assert.match(
+      describeExplanation(busy, plain),
+      /all 2 executors for type "charge-card" have every slot in use \(no credit\); it is first in line$/,
+    );
+  });
+
+  it("names dependencies, the condition and the retry", () => {
+    const pending = answer(TaskStatus.PENDING, [
+      g({
+        case: "dependencies",
+        value: { stepIds: ["a", "b"], readingOutputStepIds: [] },
+      }),
+      g({ case: "condition", value: { expression: "input.ok", stepIds: ["a", "b"] } }),
+    ]);
+    assert.deepEqual(describeExplanation(pending, plain).split("\n").slice(1), [
+      "  - waiting for steps a, b to finish",
+      '  - its condition "input.ok" is decided once a, b finish',
+    ]);
+    const retry = answer(TaskStatus.RETRY_WAIT, [
+      g({
+        case: "retryBackoff",
+        value: {
+          nextAttemptTime: timestampFromMs(NOW + 90_000),
+          nextAttempt: 2,
+          maxAttempts: 3,
+          lastError: { type: "PSP_DOWN", message: "try later", retryable: true },
+        },
+      }),
+    ]);
+    assert.equal(
+      describeExplanation(retry, plain).split("\n")[1],
+      "  - its last attempt failed (PSP_DOWN: try later); attempt 2 of 3 is due at 2026-01-31 12:01:30 UTC (in 1m30s)",
+    );
+  });
+});
