@@ -1,5 +1,7 @@
 /** A DAG as an SVG: one focusable box per step, coloured and labelled by its state. */
-import { NODE_HEIGHT, NODE_WIDTH, type DagLayout, type StepState, stateLabel } from "./dag";
+import { Component } from "preact";
+import { useCallback, useRef } from "preact/hooks";
+import { NODE_HEIGHT, NODE_WIDTH, type DagLayout, type DagNode, type StepState, stateLabel } from "./dag";
 
 /** Props of {@link Dag}. */
 export interface DagProps {
@@ -16,6 +18,11 @@ export interface DagProps {
 
 /** The graph, with keyboard and pointer selection of a step when `onSelect` is given. */
 export function Dag({ layout, states, selected, onSelect, label }: DagProps) {
+  // One callback for every box, whatever the parent passes: a box re-renders only when its own
+  // state or selection changes (a run of a thousand steps changes a few boxes at a time).
+  const onSelectRef = useRef(onSelect);
+  onSelectRef.current = onSelect;
+  const select = useCallback((id: string) => onSelectRef.current?.(id), []);
   return (
     <div class="dag-scroll">
       <svg
@@ -39,55 +46,98 @@ export function Dag({ layout, states, selected, onSelect, label }: DagProps) {
             <path d="M 0 0 L 10 5 L 0 10 z" class="dag-arrowhead" />
           </marker>
         </defs>
-        {layout.edges.map((e) => (
-          <path key={`${e.from}->${e.to}`} class="dag-edge" d={e.path} marker-end="url(#arrow)" />
+        <DagEdges edges={layout.edges} />
+        {layout.nodes.map((n) => (
+          <DagNodeView
+            key={n.id}
+            node={n}
+            state={states?.get(n.id) ?? "waiting"}
+            showState={states !== undefined}
+            selected={selected === n.id}
+            select={onSelect === undefined ? undefined : select}
+          />
         ))}
-        {layout.nodes.map((n) => {
-          const state = states?.get(n.id) ?? "waiting";
-          const interactive = onSelect !== undefined;
-          const activate = (): void => onSelect?.(n.id);
-          return (
-            <g
-              key={n.id}
-              class={`dag-node state-${state}${selected === n.id ? " selected" : ""}`}
-              data-step={n.id}
-              data-state={state}
-              transform={`translate(${n.x} ${n.y})`}
-              {...(interactive
-                ? {
-                    role: "button",
-                    tabindex: 0,
-                    "aria-pressed": selected === n.id,
-                    onClick: activate,
-                    onKeyDown: (e: KeyboardEvent) => {
-                      if (e.key === "Enter" || e.key === " ") {
-                        e.preventDefault();
-                        activate();
-                      }
-                    },
-                  }
-                : { role: "img" })}
-              // The visible text first (WCAG 2.5.3, label in name), then the type.
-              aria-label={
-                states === undefined
-                  ? `${n.id} ${n.type}`
-                  : `${n.id} ${stateLabel(state)}, step type ${n.type}`
-              }
-            >
-              <rect width={NODE_WIDTH} height={NODE_HEIGHT} rx="8" />
-              <text x="12" y="21" class="dag-node-id">
-                {truncate(n.id, 20)}
-                {/* A space, so that the box's text reads "id state" (not "idstate") to assistive tools. */}{" "}
-              </text>
-              <text x="12" y="40" class="dag-node-state">
-                {states === undefined ? truncate(n.type, 22) : stateLabel(state)}
-              </text>
-            </g>
-          );
-        })}
       </svg>
     </div>
   );
+}
+
+/** The arrows; rendered again only for a new layout. */
+class DagEdges extends Component<{ edges: DagLayout["edges"] }> {
+  override shouldComponentUpdate(next: { edges: DagLayout["edges"] }): boolean {
+    return next.edges !== this.props.edges;
+  }
+
+  override render() {
+    return (
+      <g class="dag-edges">
+        {this.props.edges.map((e) => (
+          <path key={`${e.from}->${e.to}`} class="dag-edge" d={e.path} marker-end="url(#arrow)" />
+        ))}
+      </g>
+    );
+  }
+}
+
+interface DagNodeProps {
+  node: DagNode;
+  state: StepState;
+  /** A run's graph (the state shown) rather than a definition's (the type shown). */
+  showState: boolean;
+  selected: boolean;
+  select: ((stepId: string) => void) | undefined;
+}
+
+/** One box; rendered again only when one of its props changes. */
+class DagNodeView extends Component<DagNodeProps> {
+  override shouldComponentUpdate(next: DagNodeProps): boolean {
+    const p = this.props;
+    return (
+      next.node !== p.node ||
+      next.state !== p.state ||
+      next.showState !== p.showState ||
+      next.selected !== p.selected ||
+      next.select !== p.select
+    );
+  }
+
+  override render() {
+    const { node: n, state, showState, selected, select } = this.props;
+    const activate = (): void => select?.(n.id);
+    return (
+      <g
+        class={`dag-node state-${state}${selected ? " selected" : ""}`}
+        data-step={n.id}
+        data-state={state}
+        transform={`translate(${n.x} ${n.y})`}
+        {...(select !== undefined
+          ? {
+              role: "button",
+              tabindex: 0,
+              "aria-pressed": selected,
+              onClick: activate,
+              onKeyDown: (e: KeyboardEvent) => {
+                if (e.key === "Enter" || e.key === " ") {
+                  e.preventDefault();
+                  activate();
+                }
+              },
+            }
+          : { role: "img" })}
+        // The visible text first (WCAG 2.5.3, label in name), then the type.
+        aria-label={showState ? `${n.id} ${stateLabel(state)}, step type ${n.type}` : `${n.id} ${n.type}`}
+      >
+        <rect width={NODE_WIDTH} height={NODE_HEIGHT} rx="8" />
+        <text x="12" y="21" class="dag-node-id">
+          {truncate(n.id, 20)}
+          {/* A space, so that the box's text reads "id state" (not "idstate") to assistive tools. */}{" "}
+        </text>
+        <text x="12" y="40" class="dag-node-state">
+          {showState ? stateLabel(state) : truncate(n.type, 22)}
+        </text>
+      </g>
+    );
+  }
 }
 
 function truncate(text: string, max: number): string {
