@@ -67,6 +67,9 @@ const T = { timeout: 420_000 };
 /** How long the page may take to show a state (the run itself takes well under a second). */
 const SHOW_MS = 20_000;
 
+/** What the `ui.big` handler returns: more than the 256 KiB an output may take inline. */
+const BIG = "x".repeat(300 * 1024);
+
 /** What the `ui.report` handler stores as an artifact. */
 const REPORT = "n,square\n1,1\n2,4\n3,9\n";
 
@@ -323,6 +326,8 @@ describe("web UI in Chromium", () => {
         artifacts: store,
       });
       registerTripHandlers(executor.registry);
+      // An output over the claim-check threshold (256 KiB): stored as output.json, not in the run.
+      executor.register("ui.big", () => Promise.resolve({ blob: BIG }));
       executor.register("ui.report", async (_input, ctx) => {
         await ctx.artifacts.put("report.csv", REPORT, { contentType: "text/csv" });
         return { rows: 3 };
@@ -419,7 +424,10 @@ describe("web UI in Chromium", () => {
           value: JSON.stringify({
             name: "ui-report",
             version: 1,
-            steps: [{ id: "report", type: "ui.report" }],
+            steps: [
+              { id: "report", type: "ui.report" },
+              { id: "big", type: "ui.big" },
+            ],
           }),
         },
       });
@@ -442,6 +450,14 @@ describe("web UI in Chromium", () => {
       const download = await downloading;
       assert.equal(download.suggestedFilename(), "report.csv");
       assert.equal(await readFile(await download.path(), "utf8"), REPORT);
+      // An offloaded output (claim check) downloads from its key the same way.
+      await waitForStates(page, { big: "succeeded" });
+      await page.locator('svg.dag g.dag-node[data-step="big"]').click();
+      const outputDownload = page.waitForEvent("download", { timeout: SHOW_MS });
+      await page.getByRole("button", { name: /output\.json \(download the output\)$/ }).click();
+      const output = await outputDownload;
+      assert.equal(output.suggestedFilename(), "output.json");
+      assert.deepEqual(JSON.parse(await readFile(await output.path(), "utf8")), { blob: BIG });
 
       // A long run, cancelled from its page: the confirmation, then the run ends live.
       await workflows.registerWorkflow({

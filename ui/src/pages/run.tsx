@@ -5,7 +5,7 @@
  * the compensations as their own lane; and the cancel actions,
  * shown to tokens with runs:write (the server checks the scope regardless).
  */
-import type { Run, StepSpec, TaskRun } from "@nexusflow/gen";
+import type { ArtifactRef, Run, StepSpec, TaskRun } from "@nexusflow/gen";
 import { useEffect, useMemo, useState } from "preact/hooks";
 import { describeError, isAborted, isUnauthenticated } from "../api";
 import { hasScope } from "../auth";
@@ -16,7 +16,7 @@ import { TERMINAL_RUN_STATUSES, formatTime, prettyJson, taskStatusName, valueJso
 import { linkHandler, routePath } from "../router";
 import { AttemptTimeline, type Compensable, CompensationLane } from "./run-lanes";
 import { StatusBadge } from "./runs";
-import { TaskArtifacts, TaskLog } from "./step-files";
+import { TaskArtifacts, TaskLog, downloadArtifact } from "./step-files";
 
 /** How the live view stands. */
 type Live =
@@ -344,12 +344,7 @@ function TaskDetails({ title, runId, task }: { title: string; runId: string; tas
             <dd>{task.skipReason}</dd>
           </>
         )}
-        {task.outputRef !== undefined && (
-          <>
-            <dt>Output stored as</dt>
-            <dd class="mono">{task.outputRef.key}</dd>
-          </>
-        )}
+        {task.outputRef !== undefined && <OutputRef ref_={task.outputRef} />}
       </dl>
       {task.attempts.length > 0 && (
         <table class="attempts">
@@ -398,6 +393,38 @@ function TaskDetails({ title, runId, task }: { title: string; runId: string; tas
       <TaskLog runId={runId} task={task} />
       <TaskArtifacts runId={runId} task={task} />
     </div>
+  );
+}
+
+/** An offloaded output (claim check): its key, downloadable through GetArtifact with the token. */
+function OutputRef({ ref_ }: { ref_: ArtifactRef }) {
+  const { artifacts } = useSession();
+  const [problem, setProblem] = useState<string | undefined>(undefined);
+  return (
+    <>
+      <dt>Output stored as</dt>
+      <dd>
+        <button
+          type="button"
+          class="link mono"
+          onClick={() =>
+            void downloadArtifact(artifacts, { ...ref_, name: ref_.name || "output.json" }).then(
+              () => setProblem(undefined),
+              (e: unknown) => setProblem(describeError(e)),
+            )
+          }
+        >
+          {ref_.key}
+          <span class="visually-hidden"> (download the output)</span>
+        </button>
+        {problem !== undefined && (
+          <span class="error" role="alert">
+            {" "}
+            {problem}
+          </span>
+        )}
+      </dd>
+    </>
   );
 }
 

@@ -5,7 +5,7 @@
 import { timestampDate } from "@bufbuild/protobuf/wkt";
 import { type ArtifactRef, type LogLine, TaskKind, type TaskRun, TaskStatus } from "@nexusflow/gen";
 import { useEffect, useState } from "preact/hooks";
-import { describeError, isAborted } from "../api";
+import { type ArtifactsApi, describeError, isAborted } from "../api";
 import { useSession } from "../session";
 
 /** Task statuses after which no more log lines come. */
@@ -97,22 +97,7 @@ export function TaskArtifacts({ runId, task }: { runId: string; task: TaskRun })
   }, [artifacts, runId, stepId, ended]);
   const download = async (ref: ArtifactRef): Promise<void> => {
     try {
-      const chunks: Uint8Array<ArrayBuffer>[] = [];
-      for await (const res of artifacts.getArtifact({ key: ref.key, presign: true })) {
-        if (res.url !== "") {
-          window.open(res.url, "_blank", "noopener");
-          return;
-        }
-        if (res.chunk.length > 0) chunks.push(new Uint8Array(res.chunk));
-      }
-      const url = URL.createObjectURL(
-        new Blob(chunks, { type: ref.contentType || "application/octet-stream" }),
-      );
-      const a = document.createElement("a");
-      a.href = url;
-      a.download = ref.name || ref.key.split("/").at(-1) || "artifact";
-      a.click();
-      setTimeout(() => URL.revokeObjectURL(url), 60_000);
+      await downloadArtifact(artifacts, ref);
     } catch (e) {
       setProblem(describeError(e));
     }
@@ -140,6 +125,27 @@ export function TaskArtifacts({ runId, task }: { runId: string; task: TaskRun })
       </ul>
     </div>
   );
+}
+
+/**
+ * Saves an artifact (or an offloaded output, stored the same way) through GetArtifact: a presigned
+ * URL when the store gives one, else the streamed chunks as a file.
+ */
+export async function downloadArtifact(artifacts: ArtifactsApi, ref: ArtifactRef): Promise<void> {
+  const chunks: Uint8Array<ArrayBuffer>[] = [];
+  for await (const res of artifacts.getArtifact({ key: ref.key, presign: true })) {
+    if (res.url !== "") {
+      window.open(res.url, "_blank", "noopener");
+      return;
+    }
+    if (res.chunk.length > 0) chunks.push(new Uint8Array(res.chunk));
+  }
+  const url = URL.createObjectURL(new Blob(chunks, { type: ref.contentType || "application/octet-stream" }));
+  const a = document.createElement("a");
+  a.href = url;
+  a.download = ref.name || ref.key.split("/").at(-1) || "artifact";
+  a.click();
+  setTimeout(() => URL.revokeObjectURL(url), 60_000);
 }
 
 /** A log line's local time of day, to the millisecond. */
