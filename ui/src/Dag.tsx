@@ -11,13 +11,15 @@ export interface DagProps {
    * definition, not a run) each box shows its step's type instead.
    */
   states?: ReadonlyMap<string, StepState>;
+  /** Words after a step's state, by id (a retrying step's "at 14:05:31"). */
+  notes?: ReadonlyMap<string, string>;
   selected?: string | undefined;
   onSelect?: (stepId: string) => void;
   label: string;
 }
 
 /** The graph, with keyboard and pointer selection of a step when `onSelect` is given. */
-export function Dag({ layout, states, selected, onSelect, label }: DagProps) {
+export function Dag({ layout, states, notes, selected, onSelect, label }: DagProps) {
   // One callback for every box, whatever the parent passes: a box re-renders only when its own
   // state or selection changes (a run of a thousand steps changes a few boxes at a time).
   const onSelectRef = useRef(onSelect);
@@ -52,6 +54,7 @@ export function Dag({ layout, states, selected, onSelect, label }: DagProps) {
             key={n.id}
             node={n}
             state={states?.get(n.id) ?? "waiting"}
+            note={notes?.get(n.id)}
             showState={states !== undefined}
             selected={selected === n.id}
             select={onSelect === undefined ? undefined : select}
@@ -82,6 +85,7 @@ class DagEdges extends Component<{ edges: DagLayout["edges"] }> {
 interface DagNodeProps {
   node: DagNode;
   state: StepState;
+  note: string | undefined;
   /** A run's graph (the state shown) rather than a definition's (the type shown). */
   showState: boolean;
   selected: boolean;
@@ -95,6 +99,7 @@ class DagNodeView extends Component<DagNodeProps> {
     return (
       next.node !== p.node ||
       next.state !== p.state ||
+      next.note !== p.note ||
       next.showState !== p.showState ||
       next.selected !== p.selected ||
       next.select !== p.select
@@ -102,7 +107,8 @@ class DagNodeView extends Component<DagNodeProps> {
   }
 
   override render() {
-    const { node: n, state, showState, selected, select } = this.props;
+    const { node: n, state, note, showState, selected, select } = this.props;
+    const shown = note === undefined ? stateLabel(state) : `${stateLabel(state)} ${note}`;
     const activate = (): void => select?.(n.id);
     return (
       <g
@@ -125,7 +131,7 @@ class DagNodeView extends Component<DagNodeProps> {
             }
           : { role: "img" })}
         // The visible text first (WCAG 2.5.3, label in name), then the type.
-        aria-label={showState ? `${n.id} ${stateLabel(state)}, step type ${n.type}` : `${n.id} ${n.type}`}
+        aria-label={showState ? `${n.id} ${shown}, step type ${n.type}` : `${n.id} ${n.type}`}
       >
         <rect width={NODE_WIDTH} height={NODE_HEIGHT} rx="8" />
         <text x="12" y="21" class="dag-node-id">
@@ -133,7 +139,7 @@ class DagNodeView extends Component<DagNodeProps> {
           {/* A space, so that the box's text reads "id state" (not "idstate") to assistive tools. */}{" "}
         </text>
         <text x="12" y="40" class="dag-node-state">
-          {showState ? stateLabel(state) : truncate(n.type, 22)}
+          {showState ? truncate(shown, 22) : truncate(n.type, 22)}
         </text>
       </g>
     );

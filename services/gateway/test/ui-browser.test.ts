@@ -46,7 +46,7 @@ import { type Client, type Interceptor, createClient } from "@connectrpc/connect
 import { Http2SessionManager, createGrpcTransport } from "@connectrpc/connect-node";
 import { createTokenVerifier } from "@nexusflow/common";
 import { FilesystemArtifactStore } from "@nexusflow/common/artifacts";
-import { Executor, bearerToken } from "@nexusflow/executor";
+import { Executor, TaskError, bearerToken } from "@nexusflow/executor";
 import { RunStatus, WorkflowService } from "@nexusflow/gen";
 import type { Scheduler } from "@nexusflow/scheduler";
 import { type Browser, type BrowserContext, type CDPSession, type Page, chromium } from "playwright-core";
@@ -328,6 +328,7 @@ describe("web UI in Chromium", () => {
       registerTripHandlers(executor.registry);
       // An output over the claim-check threshold (256 KiB): stored as output.json, not in the run.
       executor.register("ui.big", () => Promise.resolve({ blob: BIG }));
+      executor.register("ui.flaky", () => Promise.reject(TaskError.retryable("FLAKY", "not this time")));
       executor.register("ui.report", async (_input, ctx) => {
         await ctx.artifacts.put("report.csv", REPORT, { contentType: "text/csv" });
         return { rows: 3 };
@@ -466,14 +467,23 @@ describe("web UI in Chromium", () => {
           value: JSON.stringify({
             name: "ui-long",
             version: 1,
-            steps: [{ id: "wait", type: "sleep", input: { duration: "10m" } }],
+            steps: [
+              { id: "wait", type: "sleep", input: { duration: "10m" } },
+              // Fails once, and its next attempt is not due for ten minutes.
+              { id: "flaky", type: "ui.flaky", retry: { maxAttempts: 3, initialInterval: "10m" } },
+            ],
           }),
         },
       });
       const { run: longRun } = await workflows.startRun({ workflowName: "ui-long" });
       assert.ok(longRun !== undefined);
       await page.goto(`${url}/ui/runs/${encodeURIComponent(longRun.id)}`);
-      await waitForStates(page, { wait: "running" });
+      await waitForStates(page, { wait: "running", flaky: "retrying" });
+      // A retrying step says on the graph when its next attempt is due.
+      assert.match(
+        (await page.locator('svg.dag g.dag-node[data-step="flaky"]').getAttribute("aria-label")) ?? "",
+        /^flaky retrying at \d{2}:\d{2}:\d{2}, step type ui\.flaky$/,
+      );
 
       // The Executors page shows the executor's session holding the sleep's lease.
       await page.getByRole("link", { name: "Executors" }).click();

@@ -5,6 +5,7 @@
  * the compensations as their own lane; and the cancel actions,
  * shown to tokens with runs:write (the server checks the scope regardless).
  */
+import { timestampDate } from "@bufbuild/protobuf/wkt";
 import type { ArtifactRef, Run, StepSpec, TaskRun } from "@nexusflow/gen";
 import { useEffect, useMemo, useState } from "preact/hooks";
 import { describeError, isAborted, isUnauthenticated } from "../api";
@@ -140,6 +141,16 @@ export function RunPage({ runId }: { runId: string }) {
     () => new Map(graphSteps.map((s) => [s.id, stepState(byStep.get(s.id))])),
     [graphSteps, byStep],
   );
+  // A retrying step says when its next attempt is due, on the graph itself.
+  const notes = useMemo(() => {
+    const out = new Map<string, string>();
+    for (const [id, state] of states) {
+      const next = byStep.get(id)?.step?.nextAttemptTime;
+      if (state === "retrying" && next !== undefined)
+        out.set(id, `at ${timestampDate(next).toLocaleTimeString(undefined, { hour12: false })}`);
+    }
+    return out;
+  }, [states, byStep]);
   const compensable = useMemo<Compensable[] | undefined>(
     () => steps?.flatMap((s) => (s.compensate === undefined ? [] : [{ id: s.id, type: s.compensate.type }])),
     [steps],
@@ -206,6 +217,7 @@ export function RunPage({ runId }: { runId: string }) {
       <Dag
         layout={layout}
         states={states}
+        notes={notes}
         selected={selected}
         onSelect={(id) => setSelected(id === selected ? undefined : id)}
         label={`Steps of run ${run.id}; select one for its details`}
