@@ -21,7 +21,7 @@ import {
   fromJson,
 } from "@bufbuild/protobuf";
 import { FileDescriptorSetSchema } from "@bufbuild/protobuf/wkt";
-import { ArtifactService, WorkflowService } from "@nexusflow/gen";
+import { ArtifactService, ClusterService, WorkflowService } from "@nexusflow/gen";
 import { parse as parseYaml } from "yaml";
 import { envoyRegistry } from "./envoy-descriptors.js";
 import { BUF, ROOT, tool } from "./tools.js";
@@ -124,7 +124,11 @@ describe("deploy/envoy/envoy.yaml", () => {
     );
 
     const transcoder = findAll(json, typed("GrpcJsonTranscoder"))[0] as Obj;
-    assert.deepEqual(transcoder["services"], [WorkflowService.typeName, ArtifactService.typeName]);
+    assert.deepEqual(transcoder["services"], [
+      WorkflowService.typeName,
+      ArtifactService.typeName,
+      ClusterService.typeName,
+    ]);
   });
 
   it(
