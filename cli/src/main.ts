@@ -24,6 +24,17 @@ const OPERATOR_USAGE = `Operator commands (talk to the gateway):
   runs cancel <run-id> [--reason R] [--compensate]
   runs why <run-id> <step-id> [--compensation]
                                   why a step is not running: every gate that holds it now
+  schedules create <id> --workflow W --cron EXPR [--zone Europe/Lisbon] [--input <json|@file>] [--version N]
+                                  [--label k=v]... [--overlap skip|buffer-one|allow-all|cancel-other|terminate-other]
+                                  [--max-concurrent N] [--catch-up off|last|all] [--catch-up-window 1h] [--paused] [--note N]
+  schedules list [--workflow W] [--limit N] [--page-token T]
+  schedules get <id>              a schedule, its next ten fire times and its recent fires
+  schedules pause|resume <id> [--note N]
+  schedules trigger <id> [--idempotency-key K]
+                                  start a run now, whatever the overlap policy
+  schedules backfill <id> --from TIME --to TIME
+                                  a run for each fire time of [from, to) that has none
+  schedules delete <id>
   logs <run-id> <step-id> [--attempt N] [--follow]
                                   a task's log lines; one that is not there is an error saying where it looked
   artifacts list <run-id> [<step-id>]
@@ -167,6 +178,11 @@ switch (command) {
     break;
   case "logs":
     process.exit(await operator(logsCommand, rest));
+    break;
+  case "schedules":
+    process.exit(
+      await operator(async (a, io) => (await import("./schedules-command.js")).schedulesCommand(a, io), rest),
+    );
     break;
   case "executors":
     process.exit(

@@ -35,7 +35,8 @@ import { createStyle } from "./style.js";
 import { formatSpan, formatTable, formatTime, truncate } from "./table.js";
 import { whyCommand } from "./why-command.js";
 
-async function readInput(value: string | undefined): Promise<JsonValue> {
+/** The --input value as JSON: the text itself, or `@file` to read it from; `{}` when not given. */
+export async function readInput(value: string | undefined): Promise<JsonValue> {
   if (value === undefined) return {};
   let text = value;
   if (value.startsWith("@")) {

@@ -25,6 +25,7 @@ import {
   type Run,
   RunStatus,
   RunView,
+  ScheduleService,
   type StartRunRequestSchema,
   type WatchRunResponse,
   WorkflowService,
@@ -156,6 +157,8 @@ export class NexusflowClient {
   readonly artifacts: Client<typeof ArtifactService>;
   /** ClusterService: the executor sessions attached to the scheduler, with this client's token. */
   readonly cluster: Client<typeof ClusterService>;
+  /** ScheduleService: cron schedules that start runs, with this client's token, deadline and retries. */
+  readonly schedules: Client<typeof ScheduleService>;
   /** The options in effect, defaults applied. */
   readonly options: CompiledClientOptions;
   readonly #release: () => void;
@@ -168,6 +171,7 @@ export class NexusflowClient {
     this.workflows = createClient(WorkflowService, transport);
     this.artifacts = createClient(ArtifactService, transport);
     this.cluster = createClient(ClusterService, transport);
+    this.schedules = createClient(ScheduleService, transport);
   }
 
   /**
