@@ -60,6 +60,12 @@ describe("REST routes", () => {
     assert.equal(request("GET", "/v1/runs/r1:watch").rpc, "nexusflow.v1.WorkflowService/WatchRun");
     assert.equal(request("POST", "/v1/runs/r1:cancel").rpc, "nexusflow.v1.WorkflowService/CancelRun");
     assert.equal(request("GET", "/v1/runs/r1/artifacts").rpc, "nexusflow.v1.ArtifactService/ListArtifacts");
+    const explain = request("GET", "/v1/runs/r1/steps/charge:explain?compensation=true");
+    assert.equal(explain.rpc, "nexusflow.v1.WorkflowService/ExplainPending");
+    assert.deepEqual(
+      { ...explain.message, $typeName: undefined },
+      { $typeName: undefined, runId: "r1", stepId: "charge", compensation: true },
+    );
     assert.deepEqual(matchRoute(routes, "GET", "/v1/runs/r1:cancel"), {
       kind: "method-not-allowed",
       allowed: ["POST"],
