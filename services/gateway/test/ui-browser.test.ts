@@ -24,8 +24,8 @@
  * - A long run (a 10-minute sleep) holds a lease the Executors page shows (the executor's session,
  *   its sleep type with one lease held), then is cancelled from its page and shown CANCELLED.
  * - A 1 -> 1000 -> 1 run, opened from the runs list, is drawn whole (1002 boxes, all succeeded)
- *   in under 1 s of main-thread time (Chrome's TaskDuration over CDP), and a box selected from the
- *   keyboard also takes under 1 s.
+ *   in under 1 s of main-thread time (Chrome's TaskDuration over CDP, as the thread's CPU time),
+ *   and a box selected from the keyboard also takes under 1 s.
  * - No console errors or page errors in any of it, and no WCAG 2.1 A/AA violation that axe-core
  *   finds on the token prompt, a workflow, a waiting and a compensated run, the runs page, the
  *   executors page and the large run.
@@ -156,7 +156,11 @@ async function screenshot(page: Page, work: string, name: string): Promise<void>
   assert.ok((await stat(shot)).size > 10_000, `${name} is an image of something`);
 }
 
-/** The main thread's busy time of a page so far, in ms (Chrome's TaskDuration metric). */
+/**
+ * The main thread's busy time of a page so far, in ms: Chrome's TaskDuration metric, which with
+ * `Performance.enable({ timeDomain: "threadTicks" })` counts the thread's CPU time, so other
+ * processes on a busy machine do not inflate it.
+ */
 async function mainThreadMs(cdp: CDPSession): Promise<number> {
   const { metrics } = await cdp.send("Performance.getMetrics");
   return (metrics.find((m) => m.name === "TaskDuration")?.value ?? 0) * 1000;
@@ -539,8 +543,9 @@ describe("web UI in Chromium", () => {
       const wideLink = page.getByRole("link", { name: wideRun.id });
       await wideLink.waitFor({ timeout: SHOW_MS });
       const cdp = await operator.newCDPSession(page);
-      await cdp.send("Performance.enable");
+      await cdp.send("Performance.enable", { timeDomain: "threadTicks" });
       const busyBefore = await mainThreadMs(cdp);
+      const clickedAt = performance.now();
       await wideLink.click();
       const succeeded = page.locator('svg.dag g.dag-node[data-state="succeeded"]');
       await waitFor(
@@ -549,6 +554,7 @@ describe("web UI in Chromium", () => {
         SHOW_MS,
       );
       const openMs = (await mainThreadMs(cdp)) - busyBefore;
+      const openWallMs = performance.now() - clickedAt;
       assert.equal(await page.locator("svg.dag g.dag-node").count(), 1002);
       // Interactive: a box selects from the keyboard, and that costs little main-thread time.
       const selectBefore = await mainThreadMs(cdp);
@@ -560,7 +566,7 @@ describe("web UI in Chromium", () => {
         .waitFor({ timeout: SHOW_MS });
       const selectMs = (await mainThreadMs(cdp)) - selectBefore;
       t.diagnostic(
-        `1 -> 1000 -> 1 run page: ${Math.round(openMs)} ms of main-thread time to open, ${Math.round(selectMs)} ms to select a step`,
+        `1 -> 1000 -> 1 run page: ${Math.round(openMs)} ms of main-thread time to open (${Math.round(openWallMs)} ms from the click until the test saw every box), ${Math.round(selectMs)} ms to select a step`,
       );
       assert.ok(
         openMs < 1000,
