@@ -49,6 +49,7 @@ import { PostgresDefinitionStore } from "./persistence/postgres-definition-store
 import { PostgresEngineStore } from "./persistence/postgres-engine-store.js";
 import { RunStore } from "./persistence/run-store.js";
 import { FireLoop } from "./schedules/fire-loop.js";
+import { FireStore } from "./schedules/fire-store.js";
 import { ScheduleStore } from "./schedules/store.js";
 import {
   acquireSchedulerLock,
@@ -283,7 +284,8 @@ export class Scheduler {
       });
       this.retentionValue.start();
       const schedules = new ScheduleStore(this.db.pool);
-      this.fireLoop = new FireLoop({ store: schedules, engine, log });
+      const fireStore = new FireStore(this.db.pool);
+      this.fireLoop = new FireLoop({ store: schedules, fireStore, engine, log });
       this.fireLoop.start();
       const fireLoop = this.fireLoop;
       if (this.options.events !== undefined) {
@@ -316,6 +318,7 @@ export class Scheduler {
         serviceDefinition(ScheduleService),
         scheduleService({
           store: schedules,
+          fireStore,
           definitions: engine.definitions,
           fires: fireLoop.fires,
           wake: () => fireLoop.wake(),

@@ -15,7 +15,8 @@ import {
 } from "@nexusflow/gen";
 import { nextFireTimes } from "../schedules/cron.js";
 import { cronOf, type ScheduleSpecInput, type ScheduleSpec } from "../schedules/spec.js";
-import type { FireRow, ScheduleRow } from "../schedules/store.js";
+import type { FireRow } from "../schedules/fire-store.js";
+import type { ScheduleRow } from "../schedules/store.js";
 
 const OVERLAP: Record<OverlapPolicy, ScheduleSpec["overlapPolicy"] | undefined> = {
   [OverlapPolicy.UNSPECIFIED]: undefined,

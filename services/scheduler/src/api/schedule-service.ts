@@ -27,7 +27,8 @@ import { checkRunInput, type Definitions } from "../engine/definitions.js";
 import { fireTimesBetween } from "../schedules/cron.js";
 import type { FireOutcome, FireStarter } from "../schedules/fires.js";
 import { checkNote, checkScheduleId, cronOf, normalizeSpec } from "../schedules/spec.js";
-import { type FireRow, type ScheduleRow, type ScheduleStore, timeFireKey } from "../schedules/store.js";
+import { type FireRow, type FireStore, timeFireKey } from "../schedules/fire-store.js";
+import type { ScheduleRow, ScheduleStore } from "../schedules/store.js";
 import { fireView, scheduleView, specInput } from "./schedule-convert.js";
 
 /** Most fire times one BackfillSchedule call starts. */
@@ -38,6 +39,8 @@ const RECENT_FIRES = 10;
 /** What the service needs besides the store. */
 export interface ScheduleServiceDeps {
   store: ScheduleStore;
+  /** The schedules' fires. */
+  fireStore: FireStore;
   definitions: Pick<Definitions, "resolve">;
   fires: Pick<FireStarter, "drive">;
   /** Makes the fire loop look again (a schedule was created, resumed or deleted). */
@@ -81,9 +84,9 @@ function runOf(outcome: FireOutcome | undefined): { runId: string; created: bool
 
 /** The ScheduleService implementation for grpc-js. */
 export function scheduleService(deps: ScheduleServiceDeps): grpc.UntypedServiceImplementation {
-  const { store } = deps;
+  const { store, fireStore } = deps;
   const view = async (row: ScheduleRow): Promise<ReturnType<typeof scheduleView>> =>
-    scheduleView(row, await store.recentFires(row.uid, RECENT_FIRES));
+    scheduleView(row, await fireStore.recentFires(row.uid, RECENT_FIRES));
   const pending = (row: ScheduleRow, fires: readonly FireRow[]) =>
     fires.map((f) => ({ ...f, scheduleId: row.scheduleId, spec: row.spec }));
 
@@ -173,7 +176,7 @@ export function scheduleService(deps: ScheduleServiceDeps): grpc.UntypedServiceI
         throw ApiError.invalid("idempotency_key", "contains a NUL character (U+0000)");
       const row = await store.get(req.scheduleId);
       const key = `trigger:${req.idempotencyKey === "" ? randomUUID() : req.idempotencyKey}`;
-      const [fire] = await store.insertFires(
+      const [fire] = await fireStore.insertFires(
         row.uid,
         [{ fireKey: key, fireAt: new Date(), origin: "TRIGGERED" }],
         new Date(),
@@ -206,7 +209,7 @@ export function scheduleService(deps: ScheduleServiceDeps): grpc.UntypedServiceI
           "end_time",
           `the range holds more than ${MAX_BACKFILL_FIRES} fire times; backfill it in smaller ranges`,
         );
-      const fires = await store.insertFires(
+      const fires = await fireStore.insertFires(
         row.uid,
         times.map((t) => ({ fireKey: timeFireKey(t), fireAt: t, origin: "BACKFILL" as const })),
         now,

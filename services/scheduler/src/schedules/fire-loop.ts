@@ -11,17 +11,14 @@ import { cronOf } from "./spec.js";
 import { fireTimesBetween, type CronSchedule } from "./cron.js";
 import { FireStarter, type RunStarter } from "./fires.js";
 import { planFires } from "./plan.js";
-import {
-  timeFireKey,
-  type PassUpdate,
-  type PendingFire,
-  type ScheduleRow,
-  type ScheduleStore,
-} from "./store.js";
+import { type FireStore, type PendingFire, timeFireKey } from "./fire-store.js";
+import type { PassUpdate, ScheduleRow, ScheduleStore } from "./store.js";
 
 /** Options of {@link FireLoop}. */
 export interface FireLoopOptions {
   store: ScheduleStore;
+  /** The fires of the schedules. */
+  fireStore: FireStore;
   engine: RunStarter;
   log: Logger;
   /**
@@ -57,7 +54,7 @@ export class FireLoop {
   private passes = 0;
 
   constructor(private readonly options: FireLoopOptions) {
-    this.starter = new FireStarter(options.store, options.engine, options.log);
+    this.starter = new FireStarter(options.fireStore, options.engine, options.log);
     this.pollMs = options.pollMs ?? 500;
     this.batchSize = options.batchSize ?? 1000;
     this.maxFiresPerPass = options.maxFiresPerPass ?? 10_000;
@@ -151,9 +148,9 @@ export class FireLoop {
 
   /** One pass; resolves with how long to sleep before the next. */
   private async pass(): Promise<number> {
-    const { store, engine, log } = this.options;
+    const { store, fireStore, engine, log } = this.options;
     // Fires a crash or an outage left STARTING first: they are older than anything due now.
-    const leftover = await store.startingFires(this.batchSize);
+    const leftover = await fireStore.startingFires(this.batchSize);
     const retried = await this.starter.drive(leftover);
     // `again`: more is due than one pass takes; `poll`: a fire could not start for now.
     let again = false;
@@ -161,7 +158,7 @@ export class FireLoop {
     const now = new Date();
     const due = await store.due(now, this.batchSize);
     if (due.length === this.batchSize) again = true;
-    const unended = await store.unendedRuns(due.map((s) => s.uid));
+    const unended = await fireStore.unendedRuns(due.map((s) => s.uid));
     const ended: string[] = [];
     const updates: (PassUpdate & { expected: Date })[] = [];
     const toEnd = new Map<string, { runIds: string[]; compensate: boolean; scheduleId: string }>();
@@ -213,7 +210,7 @@ export class FireLoop {
           scheduleId: schedule.scheduleId,
         });
     }
-    await store.markEnded(ended);
+    await fireStore.markEnded(ended);
     const applied = await store.applyPass(updates, now);
     await Promise.all(
       [...toEnd].flatMap(([uid, end]) =>

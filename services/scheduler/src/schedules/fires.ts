@@ -10,7 +10,7 @@
 import { Code, isApiError, type Logger } from "@nexusflow/common";
 import type { StartRunInput } from "../engine/engine.js";
 import { FIRE_LABEL, SCHEDULE_LABEL } from "./spec.js";
-import type { FireRow, PendingFire, ScheduleStore } from "./store.js";
+import type { FireRow, FireStore, PendingFire } from "./fire-store.js";
 
 /** What fires need of the engine. */
 export interface RunStarter {
@@ -40,7 +40,7 @@ export type FireOutcome =
 /** Drives STARTING fires to their runs. */
 export class FireStarter {
   constructor(
-    private readonly store: ScheduleStore,
+    private readonly store: FireStore,
     private readonly engine: RunStarter,
     private readonly log: Logger,
   ) {}

@@ -1,12 +1,13 @@
 /**
- * Schedules and their fires in PostgreSQL (tables `schedules` and `schedule_fires`, migration
- * Schedules): plain SQL over the scheduler's pool. The fire loop's pass is one transaction
- * ({@link ScheduleStore.applyPass}) that moves cursors and writes the fires that start runs as
- * STARTING rows; the rows become STARTED with their run once StartRun answered.
+ * Schedules in PostgreSQL (table `schedules`, migration Schedules): plain SQL over the scheduler's
+ * pool. The fire loop's pass is one transaction ({@link ScheduleStore.applyPass}) that moves
+ * cursors and writes the fires that start runs as STARTING rows of `schedule_fires`; fire-store.ts
+ * has the rest of that table.
  */
-import { ApiError, Code } from "@nexusflow/common";
+import { ApiError } from "@nexusflow/common";
 import type pg from "pg";
 import { decodeToken, encodeToken } from "../persistence/page-token.js";
+import { timeFireKey } from "./fire-store.js";
 import type { ScheduleSpec } from "./spec.js";
 
 /** A stored schedule. */
@@ -27,27 +28,6 @@ export interface ScheduleRow {
   missedCount: number;
   createdAt: Date;
   updatedAt: Date;
-}
-
-/** How a fire was started. */
-export type FireOrigin = "SCHEDULED" | "TRIGGERED" | "BACKFILL";
-
-/** A fire that starts (or started) a run. */
-export interface FireRow {
-  scheduleUid: string;
-  /** The fire time as ISO text, or `trigger:<key>`. */
-  fireKey: string;
-  fireAt: Date;
-  origin: FireOrigin;
-  status: "STARTING" | "STARTED" | "FAILED";
-  runId: string | null;
-  error: string | null;
-}
-
-/** A STARTING fire with what starting its run needs. */
-export interface PendingFire extends FireRow {
-  scheduleId: string;
-  spec: ScheduleSpec;
 }
 
 /** One schedule's changes in a pass of the fire loop. */
@@ -100,33 +80,6 @@ function toRow(r: Row): ScheduleRow {
     createdAt: r.created_at,
     updatedAt: r.updated_at,
   };
-}
-
-interface FireDbRow {
-  schedule_uid: string;
-  fire_key: string;
-  fire_at: Date;
-  origin: FireOrigin;
-  status: FireRow["status"];
-  run_id: string | null;
-  error: string | null;
-}
-
-function toFire(r: FireDbRow): FireRow {
-  return {
-    scheduleUid: r.schedule_uid,
-    fireKey: r.fire_key,
-    fireAt: r.fire_at,
-    origin: r.origin,
-    status: r.status,
-    runId: r.run_id,
-    error: r.error,
-  };
-}
-
-/** The fire key of a fire time (SCHEDULED and BACKFILL share it: a time starts one run). */
-export function timeFireKey(at: Date): string {
-  return at.toISOString();
 }
 
 const notFound = (id: string): ApiError => ApiError.notFound(`schedule ${JSON.stringify(id)} does not exist`);
@@ -249,15 +202,6 @@ export class ScheduleStore {
     }
   }
 
-  /** The most recent fires of a schedule that started (or are starting) runs, newest first. */
-  async recentFires(uid: string, limit: number): Promise<FireRow[]> {
-    const { rows } = await this.pool.query<FireDbRow>(
-      `SELECT * FROM schedule_fires WHERE schedule_uid = $1 ORDER BY created_at DESC, fire_at DESC LIMIT $2`,
-      [uid, limit],
-    );
-    return rows.map(toFire);
-  }
-
   /** Schedules due by `now` (a fire time reached, or a fire buffered), at most `limit`. */
   async due(now: Date, limit: number): Promise<ScheduleRow[]> {
     const { rows } = await this.pool.query<Row>(
@@ -276,27 +220,6 @@ export class ScheduleStore {
               EXISTS (SELECT 1 FROM schedules WHERE NOT paused AND buffered_fire_at IS NOT NULL) AS buffered`,
     );
     return { nextFireAt: rows[0]?.next ?? null, buffered: rows[0]?.buffered ?? false };
-  }
-
-  /** Run ids of each schedule's fires not yet known to have ended. */
-  async unendedRuns(uids: readonly string[]): Promise<Map<string, string[]>> {
-    const out = new Map<string, string[]>();
-    if (uids.length === 0) return out;
-    const { rows } = await this.pool.query<{ schedule_uid: string; run_id: string }>(
-      `SELECT schedule_uid, run_id FROM schedule_fires
-       WHERE schedule_uid = ANY($1::uuid[]) AND run_id IS NOT NULL AND NOT run_ended`,
-      [uids],
-    );
-    for (const r of rows) out.set(r.schedule_uid, [...(out.get(r.schedule_uid) ?? []), r.run_id]);
-    return out;
-  }
-
-  /** Marks fires whose runs have ended, so that they are not looked at again. */
-  async markEnded(runIds: readonly string[]): Promise<void> {
-    if (runIds.length === 0) return;
-    await this.pool.query(`UPDATE schedule_fires SET run_ended = true WHERE run_id = ANY($1::uuid[])`, [
-      runIds,
-    ]);
   }
 
   /**
@@ -351,88 +274,5 @@ export class ScheduleStore {
     } finally {
       client.release();
     }
-  }
-
-  /** Writes fires (TRIGGERED or BACKFILL) as STARTING unless their key exists; returns them all. */
-  async insertFires(
-    uid: string,
-    fires: readonly { fireKey: string; fireAt: Date; origin: FireOrigin }[],
-    now: Date,
-  ): Promise<FireRow[]> {
-    if (fires.length === 0) return [];
-    await this.pool.query(
-      `INSERT INTO schedule_fires (schedule_uid, fire_key, fire_at, origin, status, created_at)
-       SELECT $1, key, at, origin, 'STARTING', $5 FROM unnest($2::text[], $3::timestamptz[], $4::text[])
-         AS x(key, at, origin)
-       ON CONFLICT (schedule_uid, fire_key) DO NOTHING`,
-      [uid, fires.map((f) => f.fireKey), fires.map((f) => f.fireAt), fires.map((f) => f.origin), now],
-    );
-    const { rows } = await this.pool.query<FireDbRow>(
-      `SELECT * FROM schedule_fires WHERE schedule_uid = $1 AND fire_key = ANY($2::text[])`,
-      [uid, fires.map((f) => f.fireKey)],
-    );
-    const byKey = new Map(rows.map((r) => [r.fire_key, toFire(r)]));
-    return fires.map((f) => {
-      const row = byKey.get(f.fireKey);
-      // The schedule was deleted meanwhile (its fires went with it).
-      if (row === undefined) throw new ApiError(Code.NOT_FOUND, "the schedule was deleted");
-      return row;
-    });
-  }
-
-  /** STARTING fires of every schedule, oldest first, at most `limit`. */
-  async startingFires(limit: number): Promise<PendingFire[]> {
-    const { rows } = await this.pool.query<FireDbRow & { schedule_id: string; spec: ScheduleSpec }>(
-      `SELECT f.*, s.schedule_id, s.spec FROM schedule_fires f JOIN schedules s ON s.uid = f.schedule_uid
-       WHERE f.status = 'STARTING' ORDER BY f.fire_at LIMIT $1`,
-      [limit],
-    );
-    return rows.map((r) => ({ ...toFire(r), scheduleId: r.schedule_id, spec: r.spec }));
-  }
-
-  /** Records the outcome of fires: STARTED with their run, or FAILED with why. */
-  async settle(
-    outcomes: readonly { uid: string; fireKey: string; runId: string | null; error: string | null }[],
-  ): Promise<void> {
-    if (outcomes.length === 0) return;
-    // Counted once: only a row still STARTING changes.
-    await this.pool.query(
-      `WITH done AS (
-         UPDATE schedule_fires f SET status = CASE WHEN x.run_id IS NULL THEN 'FAILED' ELSE 'STARTED' END,
-           run_id = x.run_id, error = x.error
-         FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::text[]) AS x(uid, key, run_id, error)
-         WHERE f.schedule_uid = x.uid AND f.fire_key = x.key AND f.status = 'STARTING'
-         RETURNING f.schedule_uid, f.status)
-       UPDATE schedules s SET started_count = s.started_count + c.n
-       FROM (SELECT schedule_uid, count(*) AS n FROM done WHERE status = 'STARTED' GROUP BY schedule_uid) c
-       WHERE s.uid = c.schedule_uid`,
-      [
-        outcomes.map((o) => o.uid),
-        outcomes.map((o) => o.fireKey),
-        outcomes.map((o) => o.runId),
-        outcomes.map((o) => o.error),
-      ],
-    );
-  }
-
-  /**
-   * The runs that idempotency keys name, whatever their age (the engine's lookup forgets keys
-   * after the retention; a fire left STARTING by a crash must find its run however long ago).
-   */
-  async runsOfKeys(keys: readonly { workflowName: string; key: string }[]): Promise<Map<string, string>> {
-    const out = new Map<string, string>();
-    if (keys.length === 0) return out;
-    const { rows } = await this.pool.query<{
-      workflow_name: string;
-      idempotency_key: string;
-      run_id: string;
-    }>(
-      `SELECT k.workflow_name, k.idempotency_key, k.run_id
-       FROM unnest($1::text[], $2::text[]) AS x(workflow_name, idempotency_key)
-       JOIN idempotency_keys k ON k.workflow_name = x.workflow_name AND k.idempotency_key = x.idempotency_key`,
-      [keys.map((k) => k.workflowName), keys.map((k) => k.key)],
-    );
-    for (const r of rows) out.set(`${r.workflow_name}\u0000${r.idempotency_key}`, r.run_id);
-    return out;
   }
 }
