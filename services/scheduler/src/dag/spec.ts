@@ -70,6 +70,12 @@ export interface StepSpec {
   retry?: RetryPolicy;
   timeouts?: StepTimeouts;
   compensate?: CompensateSpec;
+  /**
+   * Scheduling priority from -10 to 10 (default: the workflow's `defaults.priority`, else 0):
+   * among ready tasks of a type, higher first, each level worth a fixed time waited (ageing), so
+   * that a waiting task of any priority is eventually first.
+   */
+  priority?: number;
 }
 
 /** A workflow definition as written by users (JSON). */
@@ -79,7 +85,7 @@ export interface WorkflowSpec {
   description?: string;
   /** JSON Schema (practical subset) for the run input. */
   input?: Record<string, unknown>;
-  defaults?: { retry?: RetryPolicy; timeouts?: StepTimeouts };
+  defaults?: { retry?: RetryPolicy; timeouts?: StepTimeouts; priority?: number };
   /** Run-level timeout, a duration. */
   timeout?: string;
   steps: StepSpec[];
@@ -124,6 +130,8 @@ export interface CompiledStep {
   readonly retry: ResolvedRetryPolicy;
   /** Step timeouts merged over `defaults.timeouts`. */
   readonly timeouts: ResolvedTimeouts;
+  /** Scheduling priority (`priority`, else `defaults.priority`, else 0), for it and its compensation. */
+  readonly priority: number;
   readonly compensate: CompiledCompensation | null;
   /** The step as written. */
   readonly spec: Readonly<StepSpec>;

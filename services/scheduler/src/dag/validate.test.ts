@@ -313,6 +313,39 @@ describe("compileWorkflow: durations, retry policies and limits", () => {
     expectError(workflow([{ id: "a", type: "x" }], { timeout: "31d" }), "$.timeout", /maximum of 30d/);
   });
 
+  it("takes a step's priority, else the workflow default, else 0, from -10 to 10", () => {
+    const w = compile(
+      workflow(
+        [
+          { id: "a", type: "x", priority: 10 },
+          { id: "b", type: "x" },
+          { id: "c", type: "x", priority: -10 },
+        ],
+        { defaults: { priority: 3 } },
+      ),
+    );
+    assert.deepEqual(
+      w.steps.map((s) => [s.id, s.priority]),
+      [
+        ["a", 10],
+        ["b", 3],
+        ["c", -10],
+      ],
+    );
+    assert.equal(compile(workflow([{ id: "a", type: "x" }])).steps[0]?.priority, 0);
+    expectError(
+      workflow([{ id: "a", type: "x", priority: 11 }]),
+      "$.steps[0].priority",
+      /from -10 to 10, got 11/,
+    );
+    expectError(workflow([{ id: "a", type: "x", priority: 1.5 }]), "$.steps[0].priority", /integer/);
+    expectError(
+      workflow([{ id: "a", type: "x" }], { defaults: { priority: "high" } }),
+      "$.defaults.priority",
+      /integer from -10 to 10, got "high"/,
+    );
+  });
+
   it("checks retry policy bounds", () => {
     const spec = workflow([
       {

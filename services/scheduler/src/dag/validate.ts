@@ -49,9 +49,23 @@ export const MAX_NON_RETRYABLE_ERRORS = 100;
 export const MAX_ERROR_TYPE_LENGTH = 256;
 
 const WORKFLOW_FIELDS = ["name", "version", "description", "input", "defaults", "timeout", "steps", "output"];
-const STEP_FIELDS = ["id", "type", "input", "dependsOn", "when", "retry", "timeouts", "compensate"];
+const STEP_FIELDS = [
+  "id",
+  "type",
+  "input",
+  "dependsOn",
+  "when",
+  "retry",
+  "timeouts",
+  "compensate",
+  "priority",
+];
 const COMPENSATE_FIELDS = ["type", "input", "retry"];
-const DEFAULTS_FIELDS = ["retry", "timeouts"];
+const DEFAULTS_FIELDS = ["retry", "timeouts", "priority"];
+/** Lowest scheduling priority of a step. */
+export const MIN_PRIORITY = -10;
+/** Highest scheduling priority of a step. */
+export const MAX_PRIORITY = 10;
 const RETRY_FIELDS = [
   "maxAttempts",
   "initialInterval",
@@ -148,6 +162,11 @@ class Checker {
       `${what} must be an integer from ${min} to ${max}, got ${JSON.stringify(value) ?? jsonTypeOf(value)}`,
     );
     return false;
+  }
+  /** A priority as written (absent: undefined; out of range: an error, and undefined). */
+  priority(value: unknown, path: string): number | undefined {
+    if (value === undefined) return undefined;
+    return this.integer(value, path, "priority", MIN_PRIORITY, MAX_PRIORITY) ? value : undefined;
   }
 
   /** Parses a duration that must be positive; returns milliseconds or undefined after reporting. */
@@ -338,6 +357,7 @@ interface StepDraft {
   readonly input: Template | null;
   readonly retryOk: boolean;
   readonly timeouts: Partial<Record<keyof StepTimeouts, number>>;
+  readonly priority: number | undefined;
   readonly compensate: {
     type: string;
     input: Template | null;
@@ -415,7 +435,8 @@ function checkStep(checker: Checker, value: unknown, path: string): StepDraft | 
       compensate = { type: ctype, input: cinput, retryOk: cretryOk, raw: comp };
     }
   }
-  return { raw: step, path, id, type, dependsOn, when, input, retryOk, timeouts, compensate };
+  const priority = checker.priority(step["priority"], pathJoin(path, "priority"));
+  return { raw: step, path, id, type, dependsOn, when, input, retryOk, timeouts, priority, compensate };
 }
 
 function mergeTimeouts(
@@ -475,6 +496,7 @@ export function compileWorkflow(json: unknown): CompileResult {
   let defaultsRetryOk = true;
   let defaultTimeouts: Partial<Record<keyof StepTimeouts, number>> = {};
   let defaultsRetry: RetryPolicy | undefined;
+  let defaultPriority = 0;
   if (spec["defaults"] !== undefined) {
     const defaults = checker.object(spec["defaults"], "$.defaults", "defaults", DEFAULTS_FIELDS);
     if (defaults !== undefined) {
@@ -484,6 +506,7 @@ export function compileWorkflow(json: unknown): CompileResult {
       }
       if (defaults["timeouts"] !== undefined)
         defaultTimeouts = checker.timeouts(defaults["timeouts"], "$.defaults.timeouts") ?? {};
+      defaultPriority = checker.priority(defaults["priority"], "$.defaults.priority") ?? 0;
     }
   }
   const timeoutMs =
@@ -660,6 +683,7 @@ export function compileWorkflow(json: unknown): CompileResult {
       output,
       inputSchema,
       defaultTimeouts: mergeTimeouts(defaultTimeouts, {}),
+      defaultPriority,
     }),
   };
 }
@@ -681,6 +705,7 @@ function build(
     output: Template | null;
     inputSchema: CompiledSchema | null;
     defaultTimeouts: ResolvedTimeouts;
+    defaultPriority: number;
   },
 ): CompiledWorkflow {
   deepFreeze(spec);
@@ -728,6 +753,7 @@ function build(
       input: draft.input,
       retry: policy.retry as ResolvedRetryPolicy,
       timeouts: policy.timeouts,
+      priority: draft.priority ?? extra.defaultPriority,
       compensate,
       spec: draft.raw as unknown as StepSpec,
     });

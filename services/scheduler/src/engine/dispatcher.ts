@@ -1,7 +1,8 @@
 /**
  * Ready queues and executor sessions. Picks (session, task) pairs: a task goes only to a session
  * that advertises its type and holds credit; sessions are served round-robin, one lease per
- * session per pass, and each session gets the oldest ready task among its types.
+ * session per pass, and each session gets the first ready task among its types: the one with the
+ * highest priority after ageing (see PriorityQueue), which with equal priorities is the oldest.
  */
 import type { SessionResponse } from "@nexusflow/gen";
 import type { TaskState } from "../model/run-state.js";
@@ -94,9 +95,99 @@ class TaskQueue {
   }
 }
 
+/** Default of {@link Dispatcher}'s ageing: the time waited that is worth one priority level. */
+export const DEFAULT_PRIORITY_AGEING_MS = 10_000;
+
+/**
+ * The ready tasks of one type, by priority with ageing: a task's place is its queue time minus its
+ * priority times `ageingMs` (smallest first), so each level is worth `ageingMs` of waiting and a
+ * task waits at most `ageingMs` per level above it before it is first, whatever arrives after it.
+ * The order of two tasks never changes as time passes, so one FIFO per priority level keeps it: a
+ * peek compares the heads of the levels (one in the usual case, all tasks of priority 0). A
+ * released lease goes back in front of all of them (it keeps its place).
+ */
+class PriorityQueue {
+  private readonly levels = new Map<number, TaskQueue>();
+  /** Released leases, served before any level. */
+  private readonly front = new TaskQueue();
+  /** The level the latest peek found the head in (what shift removes). */
+  private headLevel: TaskQueue | undefined;
+  /** The place (see the class comment) of the latest peek's head. */
+  headKey = 0;
+
+  constructor(private readonly ageingMs: number) {}
+
+  push(task: TaskState, priority: number): void {
+    let level = this.levels.get(priority);
+    if (level === undefined) {
+      level = new TaskQueue();
+      this.levels.set(priority, level);
+    }
+    level.push(task);
+  }
+
+  unshift(task: TaskState): void {
+    this.front.unshift(task);
+  }
+
+  private key(task: TaskState, priority: number): number {
+    return (task.queuedAt?.getTime() ?? 0) - priority * this.ageingMs;
+  }
+
+  /** The first task still QUEUED (stale entries are discarded on the way). */
+  peek(): TaskState | undefined {
+    const first = this.front.peek();
+    if (first !== undefined) {
+      this.headLevel = this.front;
+      this.headKey = Number.NEGATIVE_INFINITY;
+      return first;
+    }
+    let best: TaskState | undefined;
+    for (const [priority, level] of this.levels) {
+      const head = level.peek();
+      if (head === undefined) continue;
+      const key = this.key(head, priority);
+      if (best === undefined || key < this.headKey) {
+        best = head;
+        this.headKey = key;
+        this.headLevel = level;
+      }
+    }
+    return best;
+  }
+
+  /** Removes the head the latest peek returned. */
+  shift(): void {
+    this.headLevel?.shift();
+  }
+
+  get size(): number {
+    let n = this.front.size;
+    for (const level of this.levels.values()) n += level.size;
+    return n;
+  }
+
+  /** The tasks still QUEUED, first first, each once. */
+  queued(): TaskState[] {
+    const ranked: { task: TaskState; key: number }[] = [];
+    for (const [priority, level] of this.levels)
+      for (const task of level.queued()) ranked.push({ task, key: this.key(task, priority) });
+    // Stable: equal places keep the order of the levels' queues.
+    ranked.sort((a, b) => a.key - b.key);
+    const seen = new Set<string>();
+    const out: TaskState[] = [];
+    for (const task of [...this.front.queued(), ...ranked.map((r) => r.task)]) {
+      if (seen.has(task.id)) continue;
+      seen.add(task.id);
+      out.push(task);
+    }
+    return out;
+  }
+}
+
 /** Queues of ready tasks by type, and the sessions that take them. */
 export class Dispatcher {
-  private readonly queues = new Map<string, TaskQueue>();
+  private readonly queues = new Map<string, PriorityQueue>();
   /** Attached sessions by id. */
   readonly sessions = new Map<string, SessionHandle>();
   private cursor = 0;
@@ -108,10 +199,16 @@ export class Dispatcher {
    */
   private readonly holds = new Map<string, QueueHold>();
 
-  /** Adds a ready task at the back of its type's queue. */
-  enqueue(task: TaskState): void {
+  /**
+   * `ageingMs`: the time waited that is worth one priority level (see PriorityQueue).
+   * @default DEFAULT_PRIORITY_AGEING_MS
+   */
+  constructor(private readonly ageingMs: number = DEFAULT_PRIORITY_AGEING_MS) {}
+
+  /** Adds a ready task to its type's queue, placed by `priority` and its queue time. */
+  enqueue(task: TaskState, priority = 0): void {
     task.hold = this.holdRecord(task.type);
-    this.queue(task.type).push(task);
+    this.queue(task.type).push(task, priority);
   }
 
   /** Puts a task back at the front (a released lease keeps its place). */
@@ -130,10 +227,10 @@ export class Dispatcher {
     return record;
   }
 
-  private queue(type: string): TaskQueue {
+  private queue(type: string): PriorityQueue {
     let q = this.queues.get(type);
     if (q === undefined) {
-      q = new TaskQueue();
+      q = new PriorityQueue(this.ageingMs);
       this.queues.set(type, q);
     }
     return q;
@@ -186,20 +283,20 @@ export class Dispatcher {
       for (let i = 0; i < sessions.length && out.length < limit; i++) {
         const session = sessions[(this.cursor + i) % sessions.length] as SessionHandle;
         if (session.credit <= 0 || session.draining) continue;
-        let best: TaskQueue | undefined;
+        let best: PriorityQueue | undefined;
         let bestTask: TaskState | undefined;
+        let bestKey = 0;
         for (const type of session.types) {
           const q = this.queues.get(type);
           const head = q?.peek();
-          if (
-            head !== undefined &&
-            (bestTask === undefined || (head.queuedAt?.getTime() ?? 0) < (bestTask.queuedAt?.getTime() ?? 0))
-          ) {
+          if (q !== undefined && head !== undefined && (bestTask === undefined || q.headKey < bestKey)) {
             best = q;
             bestTask = head;
+            bestKey = q.headKey;
           }
         }
         if (best === undefined || bestTask === undefined) continue;
+        // Each queue remembers its own latest peek: shifting `best` removes `bestTask`.
         best.shift();
         if (picked.has(bestTask.id)) continue;
         picked.add(bestTask.id);

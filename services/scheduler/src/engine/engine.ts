@@ -14,7 +14,7 @@ import type { Core, Effects, Moment, Rejection } from "../core/index.js";
 import type { EngineStore } from "../persistence/engine-store.js";
 import { STORAGE_REFUSED, type ErrorInfo, type RunState, type TaskState } from "../model/run-state.js";
 import { checkRunInput, type Definitions } from "./definitions.js";
-import { Dispatcher, type SessionHandle } from "./dispatcher.js";
+import { DEFAULT_PRIORITY_AGEING_MS, Dispatcher, type SessionHandle } from "./dispatcher.js";
 import { type ExecutorView, describeSessions } from "./executors.js";
 import { EngineTimers, commitWithin } from "./engine-timers.js";
 import { lifecycleEvent } from "../persistence/outbox.js";
@@ -53,6 +53,12 @@ export interface EngineOptions {
    */
   idempotencyKeyRetentionMs?: number;
   /**
+   * The time waited that is worth one step priority level: a ready task waits at most this long
+   * per level above its own before it is leased first (ageing, so that nothing starves).
+   * @default 10000
+   */
+  priorityAgeingMs?: number;
+  /**
    * When the restart began (`performance.now()`), e.g. when the scheduler started taking the
    * database: the leases recovery finds expire one session timeout after it unless reclaimed.
    * @default the moment {@link Engine.start} is called
@@ -84,7 +90,7 @@ export class Engine {
   /** Workflow definitions. */
   readonly definitions: Definitions;
   /** Sessions and ready queues (read through sessions() and waitingTasks()). */
-  private readonly dispatcher = new Dispatcher();
+  private readonly dispatcher: Dispatcher;
   /** The rules' state and where their effects go. */
   private readonly core: Core;
   /** StartRun calls with an idempotency key. */
@@ -119,6 +125,7 @@ export class Engine {
     this.heartbeatIntervalMs = options.heartbeatIntervalMs ?? 2000;
     this.sessionTimeoutMs = options.sessionTimeoutMs ?? 10_000;
     this.commitTimeoutMs = options.commitTimeoutMs ?? 5000;
+    this.dispatcher = new Dispatcher(options.priorityAgeingMs ?? DEFAULT_PRIORITY_AGEING_MS);
     this.restartedAt = options.restartedAt;
     this.unserved = new UnservedTypes({ log: options.log });
     this.timers = new EngineTimers({
@@ -212,7 +219,8 @@ export class Engine {
       // itself changes, recovery continues from the higher of that and the outbox, and the relay
       // prunes only events the run row covers, so a sequence number is never reused.
       event: (run, event) => store.addEvent(lifecycleEvent(run, event)),
-      offer: (task, front) => (front ? this.dispatcher.requeue(task) : this.dispatcher.enqueue(task)),
+      offer: (task, front) =>
+        front ? this.dispatcher.requeue(task) : this.dispatcher.enqueue(task, this.priorityOf(task)),
       pump: () => this.schedulePump(),
       cancelLease: (task, reason) => {
         const session = task.sessionId === null ? undefined : this.dispatcher.sessions.get(task.sessionId);
@@ -234,6 +242,11 @@ export class Engine {
     };
     // Tracing on: attempt spans follow the attempts written, events carry their span's context.
     return spans === undefined ? fx : { ...fx, ...tracedWrites(spans, store, () => this.core) };
+  }
+
+  /** The scheduling priority of a task: its step's (a compensation's too). */
+  private priorityOf(task: TaskState): number {
+    return this.core.runs.get(task.runId)?.workflow.stepsById.get(task.stepId)?.priority ?? 0;
   }
 
   /** The time of an input. */
