@@ -96,6 +96,8 @@ describe("embedded PostgreSQL with migrations", () => {
         "idempotency_keys",
         "nexusflow_migrations",
         "outbox_events",
+        "schedule_fires",
+        "schedules",
         "task_attempt_history",
         "task_attempts",
         "task_runs",
