@@ -107,7 +107,8 @@ export const DEFAULT_PRIORITY_AGEING_MS = 10_000;
  * released lease goes back in front of all of them (it keeps its place).
  */
 class PriorityQueue {
-  private readonly levels = new Map<number, TaskQueue>();
+  /** One FIFO per priority level present, in the order the levels first appeared. */
+  private readonly levels: { readonly priority: number; readonly queue: TaskQueue }[] = [];
   /** Released leases, served before any level. */
   private readonly front = new TaskQueue();
   /** The level the latest peek found the head in (what shift removes). */
@@ -118,12 +119,12 @@ class PriorityQueue {
   constructor(private readonly ageingMs: number) {}
 
   push(task: TaskState, priority: number): void {
-    let level = this.levels.get(priority);
+    let level = this.levels.find((l) => l.priority === priority);
     if (level === undefined) {
-      level = new TaskQueue();
-      this.levels.set(priority, level);
+      level = { priority, queue: new TaskQueue() };
+      this.levels.push(level);
     }
-    level.push(task);
+    level.queue.push(task);
   }
 
   unshift(task: TaskState): void {
@@ -134,23 +135,31 @@ class PriorityQueue {
     return (task.queuedAt?.getTime() ?? 0) - priority * this.ageingMs;
   }
 
-  /** The first task still QUEUED (stale entries are discarded on the way). */
+  /**
+   * The first task still QUEUED (stale entries are discarded on the way). No allocation: this is
+   * the dispatcher's inner loop.
+   */
   peek(): TaskState | undefined {
-    const first = this.front.peek();
-    if (first !== undefined) {
-      this.headLevel = this.front;
-      this.headKey = Number.NEGATIVE_INFINITY;
-      return first;
+    if (this.front.size > 0) {
+      const first = this.front.peek();
+      if (first !== undefined) {
+        this.headLevel = this.front;
+        this.headKey = Number.NEGATIVE_INFINITY;
+        return first;
+      }
     }
+    const levels = this.levels;
     let best: TaskState | undefined;
-    for (const [priority, level] of this.levels) {
-      const head = level.peek();
+    for (let i = 0; i < levels.length; i++) {
+      const level = levels[i] as (typeof levels)[number];
+      if (levels.length > 1 && level.queue.size === 0) continue;
+      const head = level.queue.peek();
       if (head === undefined) continue;
-      const key = this.key(head, priority);
+      const key = this.key(head, level.priority);
       if (best === undefined || key < this.headKey) {
         best = head;
         this.headKey = key;
-        this.headLevel = level;
+        this.headLevel = level.queue;
       }
     }
     return best;
@@ -163,15 +172,15 @@ class PriorityQueue {
 
   get size(): number {
     let n = this.front.size;
-    for (const level of this.levels.values()) n += level.size;
+    for (const level of this.levels) n += level.queue.size;
     return n;
   }
 
   /** The tasks still QUEUED, first first, each once. */
   queued(): TaskState[] {
     const ranked: { task: TaskState; key: number }[] = [];
-    for (const [priority, level] of this.levels)
-      for (const task of level.queued()) ranked.push({ task, key: this.key(task, priority) });
+    for (const { priority, queue } of this.levels)
+      for (const task of queue.queued()) ranked.push({ task, key: this.key(task, priority) });
     // Stable: equal places keep the order of the levels' queues.
     ranked.sort((a, b) => a.key - b.key);
     const seen = new Set<string>();
