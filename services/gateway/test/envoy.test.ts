@@ -21,7 +21,7 @@ import {
   fromJson,
 } from "@bufbuild/protobuf";
 import { FileDescriptorSetSchema } from "@bufbuild/protobuf/wkt";
-import { ArtifactService, ClusterService, WorkflowService } from "@nexusflow/gen";
+import { ArtifactService, ClusterService, ScheduleService, WorkflowService } from "@nexusflow/gen";
 import { parse as parseYaml } from "yaml";
 import { envoyRegistry } from "./envoy-descriptors.js";
 import { BUF, ROOT, tool } from "./tools.js";
@@ -128,6 +128,7 @@ describe("deploy/envoy/envoy.yaml", () => {
       WorkflowService.typeName,
       ArtifactService.typeName,
       ClusterService.typeName,
+      ScheduleService.typeName,
     ]);
   });
 

@@ -5,7 +5,13 @@
  */
 import type * as grpc from "@grpc/grpc-js";
 import { type ReadinessCheck, addHealthService } from "@nexusflow/common";
-import { ArtifactService, ClusterService, ExecutorService, WorkflowService } from "@nexusflow/gen";
+import {
+  ArtifactService,
+  ClusterService,
+  ExecutorService,
+  ScheduleService,
+  WorkflowService,
+} from "@nexusflow/gen";
 import type pg from "pg";
 
 /** How long the database may take to answer `SELECT 1` before the scheduler counts as not ready. */
@@ -49,6 +55,7 @@ export function addSchedulerHealth(server: grpc.Server, options: SchedulerHealth
       ExecutorService.typeName,
       ArtifactService.typeName,
       ClusterService.typeName,
+      ScheduleService.typeName,
     ],
   });
   return ready;
