@@ -1,6 +1,6 @@
 /**
  * `nexusflow events tail` without Kafka: reads the lifecycle events from the `outbox_events` table
- * (one row per run and commit, a LifecycleEventBatch of that run's events in sequence order) and
+ * (one row per commit, a LifecycleEventBatch of its events, each run's in sequence order) and
  * follows it by polling by id. Each event is turned into the message the relay would publish
  * (`eventMessage`) and decoded like a consumed Kafka message (`decodeEventMessage`), so the lines
  * have the same shape as on the Kafka path; `topic` is "outbox_events", `partition` 0 and `offset`
@@ -44,15 +44,16 @@ interface Row {
   id: string;
   run_id: string;
   payload: Buffer;
-  trace_context: Record<string, unknown> | null;
+  /** One context for every event of the row, or one per event (null where it has none). */
+  trace_context: Record<string, unknown> | (Record<string, unknown> | null)[] | null;
   created_at: Date;
 }
 
 const PAGE = 500;
 const START_SQL = "SELECT coalesce(max(id), 0)::text AS id FROM outbox_events";
+// A row holds a whole commit's events, of any runs: `--run` filters the decoded events.
 const POLL_SQL = `SELECT id::text AS id, run_id::text AS run_id, payload, trace_context, created_at
-  FROM outbox_events WHERE id > $1::bigint AND ($2::text IS NULL OR run_id::text = $2::text)
-  ORDER BY id LIMIT ${PAGE}`;
+  FROM outbox_events WHERE id > $1::bigint ORDER BY id LIMIT ${PAGE}`;
 
 /** A URL without its password, for messages. */
 export function redactDatabaseUrl(url: string): string {
@@ -72,11 +73,12 @@ export function decodeOutboxRow(row: Row): DecodedEvent[] {
     const message = eventMessage({
       id: Number(row.id),
       eventId: event.eventId,
-      runId: row.run_id,
+      // Rows written before one row held a whole commit name their run only on the row.
+      runId: event.runId === "" ? row.run_id : event.runId,
       sequence: Number(event.sequence),
       type: event.event.case ?? "unknown",
       payload: toBinary(LifecycleEventSchema, event),
-      traceContext: row.trace_context,
+      traceContext: Array.isArray(row.trace_context) ? (row.trace_context[i] ?? null) : row.trace_context,
       createdAt: row.created_at,
     });
     return decodeEventMessage(OUTBOX_TOPIC, 0, {
@@ -115,7 +117,7 @@ export async function tailOutbox(o: OutboxTailOptions): Promise<void> {
     let last = o.fromBeginning ? "0" : ((await query<{ id: string }>(START_SQL, []))[0]?.id ?? "0");
     o.warn(`no Kafka brokers given: following the outbox table at ${where} after row ${last}`);
     while (!o.signal.aborted) {
-      const rows = await query<Row>(POLL_SQL, [last, o.runId ?? null]);
+      const rows = await query<Row>(POLL_SQL, [last]);
       for (const row of rows) {
         last = row.id;
         let events: DecodedEvent[];
@@ -125,7 +127,8 @@ export async function tailOutbox(o: OutboxTailOptions): Promise<void> {
           o.warn(`skipping outbox row ${row.id}: ${e instanceof Error ? e.message : String(e)}`);
           continue;
         }
-        for (const event of events) o.write(JSON.stringify(event));
+        for (const event of events)
+          if (o.runId === undefined || event.key === o.runId) o.write(JSON.stringify(event));
       }
       if (rows.length < PAGE) {
         await delay(o.pollIntervalMs ?? 200, undefined, { signal: o.signal }).catch(() => undefined);

@@ -137,7 +137,7 @@ export interface KafkaConfig {
   outboxRetentionMs: number;
   /** How often published rows are pruned. */
   outboxPruneIntervalMs: number;
-  /** Outbox rows per relay batch (a row is one run's events of one commit). */
+  /** Outbox rows per relay batch (a row is the events of one group commit: up to a few thousand). */
   outboxBatchSize: number;
 }
 
@@ -405,7 +405,7 @@ export function loadSchedulerConfig(env: Env = process.env): SchedulerConfig {
       clientId: str(env, "KAFKA_CLIENT_ID") ?? "nexusflow-scheduler",
       outboxRetentionMs: duration(env, "OUTBOX_RETENTION", "1h"),
       outboxPruneIntervalMs: duration(env, "OUTBOX_PRUNE_INTERVAL", "1m"),
-      outboxBatchSize: int(env, "OUTBOX_BATCH_SIZE", 500, 1, 10_000),
+      outboxBatchSize: int(env, "OUTBOX_BATCH_SIZE", 50, 1, 10_000),
     },
     artifacts: artifacts(env),
     heartbeatIntervalMs: duration(env, "HEARTBEAT_INTERVAL", "2s"),

@@ -26,6 +26,7 @@ import {
 import { Executor, type ExecutorOptions } from "@nexusflow/executor";
 import type pg from "pg";
 import { startEmbeddedPostgres, type EmbeddedDatabase } from "../src/persistence/embedded-postgres.js";
+import { eventTraceContexts } from "../src/persistence/outbox.js";
 import { Scheduler, type SchedulerOptions } from "../src/scheduler.js";
 
 /** A quiet logger for tests (LOG_LEVEL overrides). */
@@ -232,34 +233,46 @@ export interface OutboxEventRow {
   type: string;
   eventId: string;
   published: boolean;
-  /** The outbox row holding it (one run's events of one commit). */
+  /** The outbox row holding it (the events of one commit). */
   rowId: number;
+  /** The trace context it is published with, if any. */
+  traceContext: Readonly<Record<string, unknown>> | null;
   /** The whole event. */
   message: LifecycleEvent;
 }
 
 /**
- * The outbox events of `runIds`, by run then sequence: each row holds a run's events of one
- * commit as a LifecycleEventBatch, which this splits and decodes.
+ * The outbox events of `runIds`, by run then sequence: each row holds a commit's events (of any
+ * runs) as a LifecycleEventBatch, which this splits and decodes.
  */
 export async function outboxEvents(
   pool: { query: pg.Pool["query"] },
   runIds: readonly string[],
 ): Promise<OutboxEventRow[]> {
-  const { rows } = await pool.query<{ id: string; run_id: string; payload: Buffer; published: boolean }>(
-    `SELECT id::text, run_id, payload, published_at IS NOT NULL AS published FROM outbox_events
-      WHERE run_id = ANY($1::uuid[]) ORDER BY run_id, first_sequence`,
-    [runIds],
+  const { rows } = await pool.query<{
+    id: string;
+    run_id: string;
+    payload: Buffer;
+    trace_context: unknown;
+    published: boolean;
+  }>(
+    `SELECT id::text, run_id, payload, trace_context, published_at IS NOT NULL AS published
+       FROM outbox_events ORDER BY id`,
   );
-  return rows.flatMap((r) =>
-    fromBinary(LifecycleEventBatchSchema, r.payload).events.map((message) => ({
-      runId: r.run_id,
-      sequence: Number(message.sequence),
-      type: message.event.case ?? "unknown",
-      eventId: message.eventId,
-      published: r.published,
-      rowId: Number(r.id),
-      message,
-    })),
-  );
+  const wanted = new Set(runIds);
+  return rows
+    .flatMap((r) =>
+      fromBinary(LifecycleEventBatchSchema, r.payload).events.map((message, i, all) => ({
+        runId: message.runId === "" ? r.run_id : message.runId,
+        traceContext: eventTraceContexts(r.trace_context, all.length)[i] ?? null,
+        sequence: Number(message.sequence),
+        type: message.event.case ?? "unknown",
+        eventId: message.eventId,
+        published: r.published,
+        rowId: Number(r.id),
+        message,
+      })),
+    )
+    .filter((e) => wanted.has(e.runId))
+    .sort((a, b) => (a.runId < b.runId ? -1 : a.runId > b.runId ? 1 : a.sequence - b.sequence));
 }

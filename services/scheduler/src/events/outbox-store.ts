@@ -6,7 +6,7 @@
 import type pg from "pg";
 import { LifecycleEventSchema } from "@nexusflow/gen";
 import { BinaryReader, WireType } from "@bufbuild/protobuf/wire";
-import { splitEventBatch } from "../persistence/outbox.js";
+import { eventTraceContexts, splitEventBatch } from "../persistence/outbox.js";
 import type { OutboxRecord } from "./publisher.js";
 
 /** Raised when the database side of the relay fails; `cause` is the pg error. */
@@ -18,27 +18,25 @@ interface OutboxRow {
   id: string | number;
   run_id: string;
   first_sequence: string | number;
-  last_sequence: string | number;
+  event_count: number;
   payload: Buffer;
   trace_context: Record<string, unknown> | null;
   created_at: Date;
 }
 
-// A row holds a run's events of one commit (a LifecycleEventBatch); the relay publishes each.
-const FETCH_SQL = `SELECT id, run_id, first_sequence, last_sequence, payload, trace_context, created_at
+// A row holds the events of one commit (a LifecycleEventBatch); the relay publishes each.
+const FETCH_SQL = `SELECT id, run_id, first_sequence, event_count, payload, trace_context, created_at
   FROM outbox_events WHERE published_at IS NULL ORDER BY id LIMIT $1`;
 const MARK_SQL = `UPDATE outbox_events SET published_at = now() WHERE id = ANY($1::bigint[])`;
 // Oldest first along the primary key: published rows precede unpublished ones, so the scan stops
 // early; the LIMIT keeps each delete (and its locks and WAL) small.
-// A row with an event the run row's event_seq does not cover yet is kept: recovery numbers the
-// next event from the higher of the two, so the newest sequence of an active run must stay findable.
+// (Recovery numbers a run's next event from its run and task rows, never from the outbox.)
 const PRUNE_SQL = `DELETE FROM outbox_events WHERE id IN (
   SELECT o.id FROM outbox_events o
    WHERE o.published_at < now() - $1::double precision * interval '1 millisecond'
-     AND NOT EXISTS (SELECT 1 FROM workflow_runs r WHERE r.id = o.run_id AND r.event_seq < o.last_sequence)
    ORDER BY o.id LIMIT $2)`;
-// Events, not rows: a row's events are numbered without gaps.
-const BACKLOG_SQL = `SELECT coalesce(sum(last_sequence - first_sequence + 1), 0)::bigint AS n
+// Events, not rows.
+const BACKLOG_SQL = `SELECT coalesce(sum(event_count), 0)::bigint AS n
   FROM outbox_events WHERE published_at IS NULL`;
 
 // Rows, with the oldest unpublished row's age; the partial index on unpublished ids finds them.
@@ -71,14 +69,21 @@ const EVENT_CASES = new Map(
  * What a record needs from an event (its id, sequence and type), read from its bytes without
  * decoding the rest (inputs, outputs): the relay publishes the bytes as they are.
  */
-export function eventHeader(bytes: Uint8Array): { eventId: string; sequence: number; type: string } {
+export function eventHeader(bytes: Uint8Array): {
+  eventId: string;
+  runId: string;
+  sequence: number;
+  type: string;
+} {
   const reader = new BinaryReader(bytes);
   let eventId = "";
+  let runId = "";
   let sequence = 0;
   let type = "unknown";
   while (reader.pos < reader.len) {
     const [field, wireType] = reader.tag();
     if (field === 1 && wireType === WireType.LengthDelimited) eventId = reader.string();
+    else if (field === 2 && wireType === WireType.LengthDelimited) runId = reader.string();
     else if (field === 3 && wireType === WireType.Varint) sequence = Number(reader.int64());
     else {
       const name = EVENT_CASES.get(field);
@@ -86,7 +91,7 @@ export function eventHeader(bytes: Uint8Array): { eventId: string; sequence: num
       reader.skip(wireType, field);
     }
   }
-  return { eventId, sequence, type };
+  return { eventId, runId, sequence, type };
 }
 
 /** The relay's connection to the outbox, once it holds the relay lock. */
@@ -137,8 +142,8 @@ export class OutboxStore {
   }
 
   /**
-   * The events of the oldest `limit` unpublished rows, in commit order (a row is one run's events of
-   * one commit, in sequence order). Every record of a row carries the row's id.
+   * The events of the oldest `limit` unpublished rows, in commit order (a row is one commit's
+   * events, each run's in sequence order). Every record of a row carries the row's id.
    */
   async fetch(limit: number): Promise<OutboxRecord[]> {
     const { rows } = await this.query<OutboxRow>(FETCH_SQL, [limit]);
@@ -147,20 +152,21 @@ export class OutboxStore {
       const id = Number(r.id);
       const batch = new Uint8Array(r.payload.buffer, r.payload.byteOffset, r.payload.byteLength);
       const events = splitEventBatch(batch);
-      const expected = Number(r.last_sequence) - Number(r.first_sequence) + 1;
-      if (events.length !== expected)
-        throw new Error(
-          `outbox row ${id} holds ${events.length} events, expected ${expected} (sequences ${r.first_sequence}-${r.last_sequence})`,
-        );
-      for (const payload of events)
+      if (events.length !== r.event_count)
+        throw new Error(`outbox row ${id} holds ${events.length} events, expected ${r.event_count}`);
+      const traces = eventTraceContexts(r.trace_context, events.length);
+      events.forEach((payload, i) => {
+        const header = eventHeader(payload);
         records.push({
           id,
-          ...eventHeader(payload),
-          runId: r.run_id,
+          ...header,
+          // Rows written before one row held a whole commit name their run only on the row.
+          runId: header.runId === "" ? r.run_id : header.runId,
           payload,
-          traceContext: r.trace_context,
+          traceContext: traces[i] ?? null,
           createdAt: r.created_at,
         });
+      });
     }
     return records;
   }

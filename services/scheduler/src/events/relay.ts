@@ -18,7 +18,7 @@ export interface OutboxRelayOptions {
   publisher: EventPublisher;
   /** Logger. */
   log: Logger;
-  /** Outbox rows (each a run's events of one commit) read and published per batch. @default 500 */
+  /** Outbox rows (each the events of one group commit) read and published per batch. @default 50 */
   batchSize?: number;
   /** Wait between polls while the outbox is empty; {@link OutboxRelay.wake} cuts it short. @default 200 */
   pollIntervalMs?: number;
@@ -51,7 +51,7 @@ export function relayOptionsWithDefaults(o: OutboxRelayOptions): ResolvedRelayOp
     pool: o.pool,
     publisher: o.publisher,
     log: o.log,
-    batchSize: o.batchSize ?? 500,
+    batchSize: o.batchSize ?? 50,
     pollIntervalMs: o.pollIntervalMs ?? 200,
     retentionMs: o.retentionMs ?? 3_600_000,
     pruneIntervalMs: o.pruneIntervalMs ?? 60_000,

@@ -141,7 +141,7 @@ export function registerLiveMetrics(
   if (pool !== undefined) {
     const rows = new Gauge({
       name: "nexusflow_outbox_pending_rows",
-      help: "Outbox rows not yet published (a row is one run's events of one commit).",
+      help: "Outbox rows not yet published (a row is the events of one commit).",
       registers,
       collect: () => refresh(),
     });

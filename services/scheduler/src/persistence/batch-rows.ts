@@ -13,6 +13,7 @@ import {
   HISTORY_SQL,
   KEY_SQL,
   RUN_INSERT_SQL,
+  RUN_SEQ_SQL,
   RUN_SQL,
   RUN_UPDATE_SQL,
   TASK_INSERT_SQL,
@@ -23,7 +24,7 @@ import {
   type Row,
   type Section,
 } from "./batch-sql.js";
-import { encodeRunBatches, type OutboxRow } from "./outbox.js";
+import { encodeEventRows, type OutboxRow } from "./outbox.js";
 import type { Changes } from "./pending-changes.js";
 
 function runUpdateRow(r: RunState, row: Row = {}): Row {
@@ -132,6 +133,8 @@ export const SPLIT_ROWS = 256;
 /** A batch, or one of its halves by run: what it holds and its statement. */
 export interface Part extends Changes {
   sections: Section[];
+  /** Whether an event may be stored already (the part's {@link MayExist}). */
+  eventsAgain: (event: OutboxRow) => boolean;
   statement: BatchStatement | undefined;
   /** Rows it writes (runs, tasks, attempts), recorded as written once it commits. */
   written: Map<object, unknown>;
@@ -143,32 +146,39 @@ export interface Part extends Changes {
 export function runsOf(part: Part): string[] {
   const ids = new Set<string>();
   for (const x of part.sections) for (const id of x.runIds) ids.add(id);
+  for (const e of part.events) ids.add(e.message.runId);
   return [...ids];
 }
 
 /** The share of `part` that belongs to `runIds`, from the values the part was taken with. */
 export function subPart(part: Part, runIds: ReadonlySet<string>): Part {
-  const sections = part.sections.map((x) => {
-    const keep = x.runIds.map((id) => runIds.has(id));
-    const pick = <T>(values: T[]): T[] => values.filter((_, i) => keep[i]);
-    return {
-      sql: x.sql,
-      rows: pick(x.rows),
-      runIds: pick(x.runIds),
-      ...(x.keys === undefined ? {} : { keys: pick(x.keys) }),
-    };
-  });
+  const events = part.events.filter((e) => runIds.has(e.message.runId));
+  // An outbox row holds several runs' events: the share's rows are encoded again from its events.
+  const sections = part.sections
+    .filter((x) => !EVENT_PARTS.has(x.sql))
+    .map((x) => {
+      const keep = x.runIds.map((id) => runIds.has(id));
+      const pick = <T>(values: T[]): T[] => values.filter((_, i) => keep[i]);
+      return {
+        sql: x.sql,
+        rows: pick(x.rows),
+        runIds: pick(x.runIds),
+        ...(x.keys === undefined ? {} : { keys: pick(x.keys) }),
+      };
+    });
   const byRun = <K, V>(m: Map<K, V>, runOf: (v: V) => string): Map<K, V> =>
     new Map([...m].filter(([, v]) => runIds.has(runOf(v))));
   const runs = byRun(part.runs, (r) => r.id);
   const tasks = byRun(part.tasks, (t) => t.runId);
   const attempts = byRun(part.attempts, (a) => a.runId);
   const kept = new Set<object>([...runs.values(), ...tasks.values(), ...attempts.values()]);
+  sections.push(...eventSections(events, part.eventsAgain));
   return {
     runs,
     tasks,
     attempts,
-    events: part.events.filter((e) => runIds.has(e.message.runId)),
+    events,
+    eventsAgain: part.eventsAgain,
     sections,
     statement: statementOf(sections),
     written: new Map([...part.written].filter(([row]) => kept.has(row))),
@@ -273,6 +283,18 @@ function snapshot(
       else list.push(a);
     }
   }
+  // Every event is committed with a write of its run's row or of one of its task rows, which
+  // carries the run's latest sequence: recovery numbers the run's next event from the higher of
+  // the two (an outbox row holds many runs' events and cannot say). A run with events and neither
+  // row in the batch gets its sequence written alone.
+  const lastEvent = new Map<string, number>();
+  for (const e of events) lastEvent.set(e.message.runId, Number(e.message.sequence));
+  for (const id of runs.keys()) lastEvent.delete(id);
+  const sequenceOf = (t: TaskState, row: Row): Row => {
+    const seq = lastEvent.get(t.runId);
+    if (seq !== undefined) row.run_event_seq = seq;
+    return row;
+  };
   const history: AttemptState[] = [];
   const copies: { task: TaskState; skip: number[] }[] = [];
   const taskRows = (list: TaskState[], row: (t: TaskState) => Row, fresh: boolean): Row[] =>
@@ -290,7 +312,7 @@ function snapshot(
       if (latest === undefined && fresh && t.current !== null && t.current.number === t.attempt)
         latest = t.current;
       if (latest !== undefined && t.attempt > 1) copies.push({ task: t, skip });
-      const r = row(t);
+      const r = sequenceOf(t, row(t));
       return latest === undefined ? r : latestAttemptColumns(t, latest, r);
     });
   const [newTasks, knownTasks] = split(tasks.values());
@@ -330,29 +352,14 @@ function snapshot(
     runIds: orphans.map((a) => a.runId),
   });
   for (const a of attempts.values()) written.set(a, true);
-  if (events.length > 0) {
-    // Events of a statement that may have committed are written again without failing on the
-    // rows that did (their run's batches are cut the same way: same events, same rows).
-    const retried = events.filter((e) => mayExist(e));
-    for (const [sql, rows] of [
-      [EVENT_SQL, retried.length === 0 ? events : events.filter((e) => !mayExist(e))],
-      [EVENT_RETRY_SQL, retried],
-    ] as const) {
-      if (rows.length === 0) continue;
-      const batches = encodeRunBatches(rows);
-      sections.push({
-        sql,
-        rows: batches.map((b) => ({
-          run_id: b.runId,
-          first_sequence: b.firstSequence,
-          last_sequence: b.lastSequence,
-          payload: base64(b.payload),
-          trace_context: b.traceContext,
-        })),
-        runIds: batches.map((b) => b.runId),
-      });
-    }
-  }
+  for (const t of tasks.values()) lastEvent.delete(t.runId);
+  sections.push({
+    sql: RUN_SEQ_SQL,
+    rows: [...lastEvent].map(([id, seq]) => ({ id, event_seq: seq })),
+    runIds: [...lastEvent.keys()],
+    keys: [...lastEvent.keys()],
+  });
+  sections.push(...eventSections(events, mayExist));
   const keyed = newRuns.filter((r) => r.idempotencyKey !== null && r.requestHash !== null);
   if (keyed.length > 0) {
     sections.push({
@@ -368,5 +375,48 @@ function snapshot(
     });
   }
   const rows = sections.reduce((n, x) => n + x.rows.length, 0);
-  return { runs, tasks, attempts, events, sections, statement: statementOf(sections), written, rows };
+  return {
+    runs,
+    tasks,
+    attempts,
+    events,
+    eventsAgain: mayExist,
+    sections,
+    statement: statementOf(sections),
+    written,
+    rows,
+  };
+}
+
+const EVENT_PARTS: ReadonlySet<string> = new Set([EVENT_SQL, EVENT_RETRY_SQL]);
+
+/**
+ * The outbox rows of a batch's events: one row of them all; events of a statement that may have
+ * committed are written again as the rows they were in, and a row that is there already is left
+ * alone (EVENT_RETRY_SQL). A section's `runIds` name each row's first run; subPart encodes a share's
+ * rows again from its events.
+ */
+function eventSections(events: OutboxRow[], again: (event: OutboxRow) => boolean): Section[] {
+  if (events.length === 0) return [];
+  const retried = events.filter((e) => again(e));
+  const out: Section[] = [];
+  for (const [sql, list] of [
+    [EVENT_SQL, retried.length === 0 ? events : events.filter((e) => !again(e))],
+    [EVENT_RETRY_SQL, retried],
+  ] as const) {
+    if (list.length === 0) continue;
+    const rows = encodeEventRows(list, again);
+    out.push({
+      sql,
+      rows: rows.map((b) => ({
+        run_id: b.runId,
+        first_sequence: b.firstSequence,
+        event_count: b.eventCount,
+        payload: base64(b.payload),
+        trace_context: b.traceContext,
+      })),
+      runIds: rows.map((b) => b.runId),
+    });
+  }
+  return out;
 }

@@ -45,20 +45,21 @@ const setAttempt = (table: string, from: string, timestamps: boolean): string =>
 
 const TASK_COLUMNS = `id uuid, run_id uuid, step_id text, kind text, type text, status text, position int, input jsonb,
   output jsonb, output_ref jsonb, error jsonb, skip_reason text, attempt int, fencing_token bigint, executor_id text,
-  lease_expires_at float8, next_attempt_at float8, queued_at float8, created_at float8, ended_at float8, ${ATTEMPT_COLUMNS}`;
+  lease_expires_at float8, next_attempt_at float8, queued_at float8, created_at float8, ended_at float8, ${ATTEMPT_COLUMNS},
+  run_event_seq bigint`;
 export const TASK_SQL = `INSERT INTO task_runs (id, run_id, step_id, kind, type, status, position, input, output, output_ref, error,
   skip_reason, attempt, fencing_token, executor_id, lease_expires_at, next_attempt_at, queued_at, created_at, updated_at, ended_at,
-  attempt_status, attempt_error, attempt_logs, attempt_executor_id, leased_at, started_at, attempt_ended_at)
+  attempt_status, attempt_error, attempt_logs, attempt_executor_id, leased_at, started_at, attempt_ended_at, run_event_seq)
 SELECT id, run_id, step_id, kind, type, status, position, input, output, output_ref, error, skip_reason, attempt,
   fencing_token, executor_id, ${ts("lease_expires_at")}, ${ts("next_attempt_at")}, ${ts("queued_at")}, ${ts("created_at")},
   now(), ${ts("ended_at")}, attempt_status, attempt_error, attempt_logs, attempt_executor_id, ${ts("leased_at")},
-  ${ts("started_at")}, ${ts("attempt_ended_at")}
+  ${ts("started_at")}, ${ts("attempt_ended_at")}, coalesce(run_event_seq, 0)
 FROM json_to_recordset($1::json) AS x(${TASK_COLUMNS})
 ON CONFLICT (id) DO UPDATE SET status = excluded.status, input = excluded.input, output = excluded.output,
   output_ref = excluded.output_ref, error = excluded.error, skip_reason = excluded.skip_reason, attempt = excluded.attempt,
   fencing_token = excluded.fencing_token, executor_id = excluded.executor_id, lease_expires_at = excluded.lease_expires_at,
   next_attempt_at = excluded.next_attempt_at, queued_at = excluded.queued_at, updated_at = now(), ended_at = excluded.ended_at,
-  ${setAttempt("task_runs", "excluded", false)}`;
+  ${setAttempt("task_runs", "excluded", false)}, run_event_seq = greatest(task_runs.run_event_seq, excluded.run_event_seq)`;
 
 // Rows the writer knows are new (created by this process and in no statement that may have
 // committed): a plain insert, without the speculative insertion of ON CONFLICT (a conflict check
@@ -106,10 +107,11 @@ FROM json_to_recordset($1::json) AS x(${HISTORY_RECORD})
 WHERE NOT EXISTS (SELECT 1 FROM task_runs t WHERE t.id = x.task_run_id AND t.attempt = x.number)
 ${HISTORY_UPSERT}`;
 
-// One row per run and commit: its events as one LifecycleEventBatch (the relay publishes each).
-export const EVENT_SQL = `INSERT INTO outbox_events (run_id, first_sequence, last_sequence, payload, trace_context)
-SELECT run_id, first_sequence, last_sequence, decode(payload, 'base64'), trace_context
-FROM json_to_recordset($1::json) AS x(run_id uuid, first_sequence bigint, last_sequence bigint, payload text,
+// One row per commit: its events (of any runs) as one LifecycleEventBatch, named by its first
+// event (run_id, first_sequence); the relay publishes each event.
+export const EVENT_SQL = `INSERT INTO outbox_events (run_id, first_sequence, event_count, payload, trace_context)
+SELECT run_id, first_sequence, event_count, decode(payload, 'base64'), trace_context
+FROM json_to_recordset($1::json) AS x(run_id uuid, first_sequence bigint, event_count int, payload text,
   trace_context jsonb)`;
 
 // The same rows again, from a statement that failed after it may have committed (the connection
@@ -145,11 +147,19 @@ export const TASK_UPDATE_SQL = `UPDATE task_runs AS t SET status = x.status,
   error = x.error, skip_reason = x.skip_reason, attempt = x.attempt, fencing_token = x.fencing_token,
   executor_id = x.executor_id, lease_expires_at = ${ts("x.lease_expires_at")},
   next_attempt_at = ${ts("x.next_attempt_at")}, queued_at = ${ts("x.queued_at")}, updated_at = now(),
-  ended_at = ${ts("x.ended_at")}, ${setAttempt("t", "x", true)}
+  ended_at = ${ts("x.ended_at")}, ${setAttempt("t", "x", true)},
+  run_event_seq = greatest(t.run_event_seq, x.run_event_seq)
 FROM json_to_recordset($1::json) AS x(id uuid, status text, set_input boolean, input jsonb, output jsonb,
   output_ref jsonb, error jsonb, skip_reason text, attempt int, fencing_token bigint, executor_id text,
-  lease_expires_at float8, next_attempt_at float8, queued_at float8, ended_at float8, ${ATTEMPT_COLUMNS})
+  lease_expires_at float8, next_attempt_at float8, queued_at float8, ended_at float8, ${ATTEMPT_COLUMNS},
+  run_event_seq bigint)
 WHERE t.id = x.id AND t.id = ANY($2::uuid[])`;
+
+// The latest event sequence of a run whose events are in a batch without its run row or any of its
+// task rows (which carry it otherwise): recovery numbers the run's next event from it.
+export const RUN_SEQ_SQL = `UPDATE workflow_runs AS r SET event_seq = greatest(r.event_seq, x.event_seq)
+FROM json_to_recordset($1::json) AS x(id uuid, event_seq bigint)
+WHERE r.id = x.id AND r.id = ANY($2::uuid[])`;
 
 // Rows carry only the values that are set: json_to_recordset reads a missing key as NULL, exactly
 // as it reads a JSON null, so leaving nulls out changes nothing but the size of the parameter
@@ -191,6 +201,7 @@ const PARTS = [
   RUN_INSERT_SQL,
   RUN_SQL,
   RUN_UPDATE_SQL,
+  RUN_SEQ_SQL,
   HISTORY_COPY_SQL,
   TASK_INSERT_SQL,
   TASK_SQL,
@@ -202,7 +213,7 @@ const PARTS = [
   EVENT_RETRY_SQL,
   KEY_SQL,
 ];
-/** Statement text and name by shape: which of PARTS a batch has (at most 2^13 shapes). */
+/** Statement text and name by shape: which of PARTS a batch has (at most 2^14 shapes). */
 const statements = new Map<string, { name: string; sql: string }>();
 
 /** The one statement of data-modifying CTEs for the given parts, in order, parameters numbered in turn. */

@@ -88,6 +88,8 @@ export const TaskRunEntity = defineEntity({
     leasedAt: p.datetime().nullable(),
     startedAt: p.datetime().nullable(),
     attemptEndedAt: p.datetime().nullable(),
+    /** The run's latest event sequence when this row was written (recovery numbers from it). */
+    runEventSeq: p.bigint("number").defaultRaw("0"),
   },
   uniques: [{ name: "task_runs_run_step_kind_uq", properties: ["runId", "stepId", "kind"] }],
 });
@@ -131,8 +133,9 @@ export const TaskAttemptEntity = defineEntity({
 
 /**
  * Transactional outbox: written in the same transaction as the state change it describes. One row
- * per run and commit; `payload` is a LifecycleEventBatch of the run's events `firstSequence` to
- * `lastSequence`, which the relay publishes one by one.
+ * per commit; `payload` is a LifecycleEventBatch of the commit's `eventCount` events (of any runs,
+ * each run's in sequence order), which the relay publishes one by one; `runId` and `firstSequence`
+ * name its first event. `traceContext` is one context per event (an array), or one for all.
  */
 export const OutboxEventEntity = defineEntity({
   name: "OutboxEvent",
@@ -141,9 +144,9 @@ export const OutboxEventEntity = defineEntity({
     id: p.bigint("number").primary().autoincrement(),
     runId: p.uuid(),
     firstSequence: p.bigint("number"),
-    lastSequence: p.bigint("number"),
+    eventCount: p.integer(),
     payload: p.blob(),
-    traceContext: p.json<Record<string, string>>().nullable(),
+    traceContext: p.json<Record<string, string> | (Record<string, string> | null)[]>().nullable(),
     createdAt: p.datetime().defaultRaw("now()"),
     publishedAt: p.datetime().nullable(),
   },

@@ -5,10 +5,12 @@ import { jsonToValue } from "@nexusflow/common";
 import { LifecycleEventBatchSchema, LifecycleEventSchema, TaskKind } from "@nexusflow/gen";
 import { eventHeader } from "../events/outbox-store.js";
 import {
-  encodeRunBatches,
+  encodeEventRows,
+  eventTraceContexts,
   lifecycleEventAt,
   splitEventBatch,
   type EventInit,
+  type EventRow,
   type OutboxRow,
 } from "./outbox.js";
 
@@ -31,7 +33,8 @@ function lifecycleEvent(r: Run, event: EventInit): OutboxRow {
 }
 
 describe("outbox rows", () => {
-  it("encodes a commit's events in one pass, one batch per run, each event exactly as it encodes alone", () => {
+  /** A commit's events of two runs: lengths of one, two and three bytes, one with a trace context. */
+  function commit(): { r: Run; other: Run; rows: OutboxRow[] } {
     const r = run();
     const other = run("0d4c3b2a-1f0e-4d9c-8b7a-6f5e4d3c2b1a");
     other.eventSeq = 6;
@@ -61,47 +64,76 @@ describe("outbox rows", () => {
       lifecycleEvent(other, { case: "runCompleted", value: {} }),
       lifecycleEvent(r, { case: "runCompleted", value: {} }),
     ];
-    rows[1] = { ...(rows[1] as (typeof rows)[number]), traceContext: { traceparent: "00-abc-def-01" } };
-    const batches = encodeRunBatches(rows);
-    // Runs in the order of their first event; each run's events in order, in consecutive rows
-    // where their trace contexts differ (each event is published with its own).
+    rows[1] = { ...(rows[1] as OutboxRow), traceContext: { traceparent: "00-abc-def-01" } };
+    return { r, other, rows };
+  }
+
+  it("encodes a commit's events as one row, in order, each event exactly as it encodes alone", () => {
+    const { r, rows } = commit();
+    const encoded = encodeEventRows(rows);
+    assert.equal(encoded.length, 1);
+    const [row] = encoded as [EventRow];
+    // Named by its first event; one trace context per event, null where an event has none.
     assert.deepEqual(
-      batches.map((b) => [b.runId, b.firstSequence, b.lastSequence, b.traceContext]),
-      [
-        [r.id, 1, 4, null],
-        [other.id, 7, 7, { traceparent: "00-abc-def-01" }],
-        [other.id, 8, 8, null],
-      ],
+      [row.runId, row.firstSequence, row.eventCount, row.traceContext],
+      [r.id, 1, 6, [null, { traceparent: "00-abc-def-01" }, null, null, null, null]],
     );
-    const ofOther = rows.filter((e) => e.message.runId === other.id);
-    const byRun = [rows.filter((e) => e.message.runId === r.id), ofOther.slice(0, 1), ofOther.slice(1)];
-    for (const [k, batch] of batches.entries()) {
-      const expected = byRun[k] as typeof rows;
-      // Each payload is a LifecycleEventBatch of its run's events ...
-      const decoded = fromBinary(LifecycleEventBatchSchema, batch.payload).events;
-      assert.deepEqual(
-        decoded.map((e) => e.eventId),
-        expected.map((e) => e.message.eventId),
-      );
-      // ... and each event's bytes are exactly its standalone encoding.
-      const views = splitEventBatch(batch.payload);
-      assert.equal(views.length, expected.length);
-      for (const [i, row] of expected.entries()) {
-        const alone = toBinary(LifecycleEventSchema, row.message);
-        assert.deepEqual(Buffer.from(views[i] as Uint8Array), Buffer.from(alone), `run ${k} event ${i}`);
-        assert.deepEqual(eventHeader(views[i] as Uint8Array), {
-          eventId: row.message.eventId,
-          sequence: Number(row.message.sequence),
-          type: row.message.event.case,
-        });
-      }
+    const decoded = fromBinary(LifecycleEventBatchSchema, row.payload).events;
+    assert.deepEqual(
+      decoded.map((e) => e.eventId),
+      rows.map((e) => e.message.eventId),
+    );
+    const views = splitEventBatch(row.payload);
+    assert.equal(views.length, rows.length);
+    for (const [i, event] of rows.entries()) {
+      const alone = toBinary(LifecycleEventSchema, event.message);
+      assert.deepEqual(Buffer.from(views[i] as Uint8Array), Buffer.from(alone), `event ${i}`);
+      assert.deepEqual(eventHeader(views[i] as Uint8Array), {
+        eventId: event.message.eventId,
+        runId: event.message.runId,
+        sequence: Number(event.message.sequence),
+        type: event.message.event.case,
+      });
     }
-    assert.deepEqual(encodeRunBatches([]), []);
+    assert.deepEqual(encodeEventRows([]), []);
     assert.deepEqual(splitEventBatch(new Uint8Array()), []);
+    // Without any trace context the column is null.
+    assert.equal(encodeEventRows([rows[0] as OutboxRow])[0]?.traceContext, null);
+  });
+
+  it("writes events that may be stored again as exactly the rows they were written in", () => {
+    const { rows } = commit();
+    // Two statements: the first wrote rows 0-2, the second 3-5; both failed and may have committed.
+    const [first] = encodeEventRows(rows.slice(0, 3));
+    const [second] = encodeEventRows(rows.slice(3));
+    const again = encodeEventRows(rows, () => true);
+    assert.deepEqual(
+      again.map((x) => [x.runId, x.firstSequence, x.eventCount, Buffer.from(x.payload).toString("hex")]),
+      [first, second].map((x) => [
+        x?.runId,
+        x?.firstSequence,
+        x?.eventCount,
+        Buffer.from(x?.payload ?? []).toString("hex"),
+      ]),
+    );
+    // Events not written before go to one new row of their own.
+    assert.deepEqual(
+      encodeEventRows(rows, (e) => e !== rows[5]).map((x) => x.eventCount),
+      [3, 2, 1],
+    );
+  });
+
+  it("reads a row's trace contexts: none, one for all, or one per event", () => {
+    const ctx = { traceparent: "00-abc-def-01" };
+    assert.deepEqual(eventTraceContexts(null, 2), [null, null]);
+    assert.deepEqual(eventTraceContexts(ctx, 2), [ctx, ctx]);
+    assert.deepEqual(eventTraceContexts([null, ctx], 2), [null, ctx]);
+    // Hostile shapes read as none.
+    assert.deepEqual(eventTraceContexts([1, "x"], 3), [null, null, null]);
   });
 
   it("refuses a batch whose bytes are not whole events", () => {
-    const [batch] = encodeRunBatches([lifecycleEvent(run(), { case: "runCompleted", value: {} })]);
+    const [batch] = encodeEventRows([lifecycleEvent(run(), { case: "runCompleted", value: {} })]);
     const bytes = (batch as { payload: Uint8Array }).payload;
     assert.throws(() => splitEventBatch(bytes.subarray(0, bytes.length - 1)), /truncated/);
     assert.throws(() => splitEventBatch(bytes.subarray(1)), /unexpected tag/);

@@ -1,7 +1,7 @@
 /**
  * The transactional outbox's rows: a lifecycle event as it is queued with the batch writer, and
- * the payload of the outbox table, a LifecycleEventBatch per run and commit, which the writer
- * encodes and the relay splits back into events.
+ * the payload of the outbox table, a LifecycleEventBatch per commit, which the writer encodes and
+ * the relay splits back into events.
  */
 import { randomUUID } from "node:crypto";
 import { create, toBinary, type MessageInitShape } from "@bufbuild/protobuf";
@@ -10,8 +10,8 @@ import { LifecycleEventBatchSchema, LifecycleEventSchema, type LifecycleEvent } 
 import type { RunState } from "../model/run-state.js";
 
 /**
- * An outbox event: the LifecycleEvent (encoded when its batch commits, with the run's other events
- * of that commit in one outbox row) and the trace context to publish it with.
+ * An outbox event: the LifecycleEvent (encoded when its batch commits, with the other events of
+ * that commit in one outbox row) and the trace context to publish it with.
  */
 export interface OutboxRow {
   message: LifecycleEvent;
@@ -61,7 +61,7 @@ function entryAt(bytes: Uint8Array, pos: number): { start: number; end: number }
 
 /**
  * Creates the outbox row for one event of `run`, consuming the run's next sequence number. The
- * message is encoded later, with the rest of its commit's events (encodeRunBatches).
+ * message is encoded later, with the rest of its commit's events (encodeEventRows).
  */
 export function lifecycleEvent(run: RunState, event: EventInit, now = new Date()): OutboxRow {
   return lifecycleEventAt(
@@ -91,60 +91,79 @@ export function splitEventBatch(bytes: Uint8Array): Uint8Array[] {
   return out;
 }
 
-/** One outbox row: the events of one run in one commit, in sequence order. */
-export interface RunEventBatch {
+/**
+ * One outbox row: the events of one commit (of any runs; each run's in sequence order), named by
+ * its first event.
+ */
+export interface EventRow {
+  /** Run of the row's first event. */
   runId: string;
+  /** Sequence of the row's first event; (runId, firstSequence) is unique. */
   firstSequence: number;
-  lastSequence: number;
+  eventCount: number;
   /** A LifecycleEventBatch encoding of the events. */
   payload: Uint8Array;
-  /** The trace context of the first of the events that has one. */
-  traceContext: Record<string, string> | null;
+  /** The trace context of each event (null where it has none); null when none has one. */
+  traceContext: (Record<string, string> | null)[] | null;
 }
 
+/** The row key an event was last written under (see {@link encodeEventRows}). */
+const writtenUnder = new WeakMap<OutboxRow, string>();
+
 /**
- * Groups a commit's events by run (one outbox row per run and commit instead of one per event:
- * a no-op task's four events become two rows) and encodes them in one pass: a single
- * LifecycleEventBatch of every event, run after run, of which each run's rows are a contiguous
- * slice, itself a LifecycleEventBatch encoding. Encoding each event alone allocated and copied
- * three buffers per event (the writer starts at 128 bytes, grows, then copies out), a tenth of the
- * scheduler thread's busy time in the drain. Runs keep the order of their first event.
+ * Encodes a commit's events as outbox rows: one row of all of them (a no-op task's five events,
+ * over its three commits, share rows with every other task of those commits), encoded in one pass.
+ * Events `again` says may already be stored (their statement may have committed before its
+ * connection broke) are written as exactly the rows they were written in before, so that the
+ * unique key of each row's first event finds a row that did commit.
  */
-export function encodeRunBatches(events: readonly OutboxRow[]): RunEventBatch[] {
-  const byRun = new Map<string, OutboxRow[]>();
+export function encodeEventRows(
+  events: readonly OutboxRow[],
+  again: (event: OutboxRow) => boolean = () => false,
+): EventRow[] {
+  const groups = new Map<string | undefined, OutboxRow[]>();
   for (const e of events) {
-    const rows = byRun.get(e.message.runId);
-    if (rows === undefined) byRun.set(e.message.runId, [e]);
-    else rows.push(e);
+    const key = again(e) ? writtenUnder.get(e) : undefined;
+    const group = groups.get(key);
+    if (group === undefined) groups.set(key, [e]);
+    else group.push(e);
   }
-  const ordered: LifecycleEvent[] = [];
-  for (const rows of byRun.values()) for (const r of rows) ordered.push(r.message);
-  const bytes = toBinary(LifecycleEventBatchSchema, create(LifecycleEventBatchSchema, { events: ordered }));
-  const out: RunEventBatch[] = [];
-  let pos = 0;
-  for (const [runId, rows] of byRun) {
-    // A run's events caused by different spans (tracing on) go to consecutive rows, one per
-    // trace context, so that each event is published with its own; with tracing off, one row.
-    for (let from = 0; from < rows.length;) {
-      const traceContext = (rows[from] as OutboxRow).traceContext;
-      let to = from + 1;
-      while (to < rows.length && sameTrace((rows[to] as OutboxRow).traceContext, traceContext)) to++;
-      const start = pos;
-      for (let i = from; i < to; i++) pos = entryAt(bytes, pos).end;
-      out.push({
-        runId,
-        firstSequence: Number((rows[from] as OutboxRow).message.sequence),
-        lastSequence: Number((rows[to - 1] as OutboxRow).message.sequence),
-        payload: bytes.subarray(start, pos),
-        traceContext,
-      });
-      from = to;
+  const out: EventRow[] = [];
+  for (const group of groups.values()) {
+    const first = group[0] as OutboxRow;
+    const key = `${first.message.runId}/${first.message.sequence}`;
+    let traced = false;
+    for (const e of group) {
+      writtenUnder.set(e, key);
+      if (e.traceContext !== null) traced = true;
     }
+    out.push({
+      runId: first.message.runId,
+      firstSequence: Number(first.message.sequence),
+      eventCount: group.length,
+      payload: toBinary(
+        LifecycleEventBatchSchema,
+        create(LifecycleEventBatchSchema, { events: group.map((e) => e.message) }),
+      ),
+      traceContext: traced ? group.map((e) => e.traceContext) : null,
+    });
   }
-  if (pos !== bytes.length) throw new Error(`encoded ${bytes.length} bytes, grouped ${pos}`);
   return out;
 }
 
-function sameTrace(a: Record<string, string> | null, b: Record<string, string> | null): boolean {
-  return a === b || (a !== null && b !== null && a["traceparent"] === b["traceparent"]);
+/**
+ * The trace context of each of a row's `count` events from its `trace_context` column: null (none),
+ * one object for all (rows written before one row held a whole commit), or one entry per event.
+ */
+export function eventTraceContexts(
+  column: unknown,
+  count: number,
+): (Readonly<Record<string, unknown>> | null)[] {
+  if (Array.isArray(column))
+    return Array.from({ length: count }, (_, i) => {
+      const c: unknown = column[i];
+      return typeof c === "object" && c !== null ? (c as Record<string, unknown>) : null;
+    });
+  const all = typeof column === "object" && column !== null ? (column as Record<string, unknown>) : null;
+  return Array.from({ length: count }, () => all);
 }

@@ -77,11 +77,11 @@ interface AttemptRow {
   started_at: Date | null;
 }
 
-// The run row's event_seq is written with the run's own changes only; events since then are in the
-// outbox (the relay never prunes an event the run row does not cover), so the next sequence number
-// continues from whichever is higher.
+// Every event is committed with a write of its run row (event_seq) or of one of its task rows
+// (run_event_seq: the run's latest sequence then), so the next sequence number continues from the
+// highest of them.
 const ACTIVE_RUNS_SQL = `SELECT r.*, GREATEST(r.event_seq,
-   COALESCE((SELECT max(o.last_sequence) FROM outbox_events o WHERE o.run_id = r.id), 0)) AS last_event_seq
+   COALESCE((SELECT max(t.run_event_seq) FROM task_runs t WHERE t.run_id = r.id), 0)) AS last_event_seq
    FROM workflow_runs r WHERE r.status IN ('PENDING', 'RUNNING', 'COMPENSATING') ORDER BY r.created_at`;
 
 const TASKS_SQL = `SELECT t.*, (SELECT count(*)::int FROM task_attempts a WHERE a.task_run_id = t.id AND a.status = 'FAILED') AS failures

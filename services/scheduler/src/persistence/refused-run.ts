@@ -7,7 +7,7 @@
 import type pg from "pg";
 import { errorToProto } from "@nexusflow/common";
 import { RunStatus } from "@nexusflow/gen";
-import { encodeRunBatches, lifecycleEventAt } from "./outbox.js";
+import { encodeEventRows, lifecycleEventAt } from "./outbox.js";
 import {
   ACTIVE_LEASE,
   TERMINAL_RUN_STATUSES,
@@ -35,10 +35,9 @@ export async function failRefusedRun(
       workflow_version: number;
       next_sequence: string;
     }>(
-      // The relay prunes only events the run row's event_seq covers: the higher of the two is the
-      // last sequence number used.
+      // The run's latest sequence is on its row or on the task row written with the event.
       `SELECT status, workflow_name, workflow_version,
-              greatest(event_seq, coalesce((SELECT max(last_sequence) FROM outbox_events WHERE run_id = $1), 0)) + 1
+              greatest(event_seq, coalesce((SELECT max(run_event_seq) FROM task_runs WHERE run_id = $1), 0)) + 1
                 AS next_sequence
          FROM workflow_runs WHERE id = $1 FOR UPDATE`,
       [runId],
@@ -74,9 +73,9 @@ export async function failRefusedRun(
       { runId, sequence, workflowName: row.workflow_name, workflowVersion: row.workflow_version },
       { case: "runCompleted", value: { status: RunStatus.FAILED, error: errorToProto(error) } },
     );
-    const [batch] = encodeRunBatches([event]);
+    const [batch] = encodeEventRows([event]);
     await client.query(
-      `INSERT INTO outbox_events (run_id, first_sequence, last_sequence, payload) VALUES ($1, $2, $2, $3)`,
+      `INSERT INTO outbox_events (run_id, first_sequence, event_count, payload) VALUES ($1, $2, 1, $3)`,
       [runId, sequence.toString(), Buffer.from(batch!.payload)],
     );
     await client.query("COMMIT");

@@ -16,6 +16,7 @@ import { ParentBasedSampler, type ReadableSpan, SamplingDecision } from "@opente
 import pg from "pg";
 import type { Scheduler } from "../../src/scheduler.js";
 import {
+  outboxEvents,
   startTestDatabase,
   startTestScheduler,
   testLogger,
@@ -121,18 +122,16 @@ describe("tracing: one trace per run", () => {
 
     // Every event is stored with the context of the span that caused it: the run span for the
     // run's own events, the attempt span for a task's.
-    const { rows } = await pool.query<{
-      trace_context: { traceparent?: string } | null;
-      first_sequence: string;
-    }>("SELECT trace_context, first_sequence FROM outbox_events WHERE run_id = $1 ORDER BY first_sequence", [
-      runId,
-    ]);
-    assert.ok(rows.length > 0);
+    const events = await outboxEvents(pool, [runId]);
+    assert.ok(events.length > 0);
     const known = new Set([runSpan, ...attempts].map((s) => s.spanContext().spanId));
-    for (const r of rows) {
-      const ctx = trace.getSpanContext(contextFromTraceparent(r.trace_context?.traceparent));
-      assert.equal(ctx?.traceId, traceId, `event ${r.first_sequence} is in the run's trace`);
-      assert.ok(known.has(ctx.spanId), `event ${r.first_sequence} names the run or an attempt span`);
+    for (const e of events) {
+      const traceparent = e.traceContext?.["traceparent"];
+      const ctx = trace.getSpanContext(
+        contextFromTraceparent(typeof traceparent === "string" ? traceparent : undefined),
+      );
+      assert.equal(ctx?.traceId, traceId, `event ${e.sequence} is in the run's trace`);
+      assert.ok(known.has(ctx.spanId), `event ${e.sequence} names the run or an attempt span`);
     }
   });
 
@@ -174,11 +173,8 @@ describe("tracing: one trace per run", () => {
       [],
     );
     // Its events name the run's own (unsampled) context: no attempt span was made to name.
-    const { rows } = await pool.query<{ trace_context: { traceparent?: string } | null }>(
-      "SELECT trace_context FROM outbox_events WHERE run_id = $1",
-      [runId],
-    );
-    assert.ok(rows.length > 0);
-    for (const r of rows) assert.equal(r.trace_context?.traceparent, runParent);
+    const events = await outboxEvents(pool, [runId]);
+    assert.ok(events.length > 0);
+    for (const e of events) assert.equal(e.traceContext?.["traceparent"], runParent);
   });
 });

@@ -293,14 +293,14 @@ describe("lifecycle events on Kafka", () => {
       await waitFor("events to reach Kafka", () => events.received.length >= 30, 60_000);
       await first.process.kill();
       const { rows } = await pool.query<{ unpublished: string; total: string }>(
-        `SELECT sum(last_sequence - first_sequence + 1) FILTER (WHERE published_at IS NULL) AS unpublished,
-                sum(last_sequence - first_sequence + 1) AS total FROM outbox_events`,
+        `SELECT sum(event_count) FILTER (WHERE published_at IS NULL) AS unpublished,
+                sum(event_count) AS total FROM outbox_events`,
       );
       t.diagnostic(
         `killed with ${rows[0]?.unpublished}/${rows[0]?.total} events unpublished, ${events.received.length} received`,
       );
       // The kill rarely lands between Kafka's ack and the UPDATE that marks a batch; make that window
-      // certain: the newest published rows (each one run's events of one commit) count as acked but
+      // certain: the newest published rows (each the events of one commit) count as acked but
       // never marked, so they are sent again.
       const REPUBLISHED = 10;
       await pool.query(

@@ -96,18 +96,18 @@ export async function insertEvents(
     const chunk = events.slice(i, i + perRow);
     rows.push({
       first_sequence: Number(chunk[0]?.sequence),
-      last_sequence: Number(chunk[chunk.length - 1]?.sequence),
+      event_count: chunk.length,
       payload: Buffer.from(
         toBinary(LifecycleEventBatchSchema, create(LifecycleEventBatchSchema, { events: chunk })),
       ).toString("base64"),
     });
   }
   await pool.query(
-    `INSERT INTO outbox_events (run_id, first_sequence, last_sequence, payload, created_at, published_at)
-     SELECT $2::uuid, first_sequence, last_sequence, decode(payload, 'base64'),
+    `INSERT INTO outbox_events (run_id, first_sequence, event_count, payload, created_at, published_at)
+     SELECT $2::uuid, first_sequence, event_count, decode(payload, 'base64'),
             now() - $3::double precision * interval '1 millisecond',
             CASE WHEN $4::double precision IS NULL THEN NULL ELSE now() - $4::double precision * interval '1 millisecond' END
-       FROM jsonb_to_recordset($1::jsonb) AS x(first_sequence bigint, last_sequence bigint, payload text)
+       FROM jsonb_to_recordset($1::jsonb) AS x(first_sequence bigint, event_count int, payload text)
       ORDER BY first_sequence`,
     [JSON.stringify(rows), runId, extra.createdAgoMs ?? 0, extra.publishedAgoMs ?? null],
   );

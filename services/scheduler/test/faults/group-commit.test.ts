@@ -8,7 +8,7 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { setTimeout as delay } from "node:timers/promises";
-import { waitFor, workflowClient } from "../support.js";
+import { outboxEvents, waitFor, workflowClient } from "../support.js";
 import { registerSpec } from "../e2e/harness.js";
 import { startExecutorProcess, startSchedulerProcess, type ServiceProcess } from "../e2e/processes.js";
 import { checkInvariants } from "./invariants.js";
@@ -55,15 +55,22 @@ describe("fault injection: group commit atomicity", () => {
       let ahead: { id: string; seq: number; events: number } | undefined;
       const deadline = Date.now() + 60_000;
       while (ahead === undefined && Date.now() < deadline) {
-        const { rows } = await fx.tables.pool.query<{ id: string; seq: number; events: number }>(
-          `SELECT r.id, r.event_seq::int AS seq,
-                  coalesce(sum(e.last_sequence - e.first_sequence + 1), 0)::int AS events
-             FROM workflow_runs r LEFT JOIN outbox_events e ON e.run_id = r.id
-            WHERE r.id = ANY($1::uuid[]) GROUP BY r.id
-           HAVING r.event_seq > coalesce(sum(e.last_sequence - e.first_sequence + 1), 0)`,
-          [runIds],
-        );
-        ahead = rows[0];
+        // One transaction's view of both: the run rows and the outbox rows committed with them.
+        const snapshot = await fx.tables.pool.connect();
+        try {
+          await snapshot.query("BEGIN ISOLATION LEVEL REPEATABLE READ");
+          const { rows } = await snapshot.query<{ id: string; seq: number }>(
+            `SELECT id, event_seq::int AS seq FROM workflow_runs WHERE id = ANY($1::uuid[])`,
+            [runIds],
+          );
+          const events = new Map<string, number>();
+          for (const e of await outboxEvents(snapshot, runIds))
+            events.set(e.runId, (events.get(e.runId) ?? 0) + 1);
+          ahead = rows.map((r) => ({ ...r, events: events.get(r.id) ?? 0 })).find((r) => r.seq > r.events);
+          await snapshot.query("COMMIT");
+        } finally {
+          snapshot.release();
+        }
         if (ahead === undefined && (await fx.tables.terminalCount(runIds)) === RUNS) break;
         if (ahead === undefined) await delay(5);
       }

@@ -12,6 +12,7 @@ import { RunSchema, RunStatus, TaskStatus, type LeaseKey } from "@nexusflow/gen"
 import type { Scheduler } from "../../src/scheduler.js";
 import {
   RawSession,
+  outboxEvents,
   startTestDatabase,
   startTestScheduler,
   waitFor,
@@ -92,17 +93,17 @@ describe("fault injection: hostile executor", () => {
     const snapshot = async (): Promise<unknown> => {
       const { run } = await client.getRun({ runId });
       assert.ok(run);
-      const { rows } = await tables.pool.query<{ seq: string; attempts: string; events: string }>(
+      const { rows } = await tables.pool.query<{ seq: string; attempts: string }>(
         `SELECT r.event_seq::text AS seq,
-                (SELECT count(*) FROM task_attempts a WHERE a.run_id = r.id)::text AS attempts,
-                (SELECT coalesce(sum(e.last_sequence - e.first_sequence + 1), 0) FROM outbox_events e WHERE e.run_id = r.id)::text AS events
+                (SELECT count(*) FROM task_attempts a WHERE a.run_id = r.id)::text AS attempts
            FROM workflow_runs r WHERE r.id = $1`,
         [runId],
       );
+      const events = (await outboxEvents(tables.pool, [runId])).length;
       // A queued task's pending_reason is the scheduler's live view of its sessions (it counts the
       // hostile executor too once it attaches), not stored state: left out of the comparison.
       for (const task of run.tasks) task.pendingReason = "";
-      return { run: toJson(RunSchema, run), db: rows[0] };
+      return { run: toJson(RunSchema, run), db: rows[0], events };
     };
     const beforeState = await snapshot();
 

@@ -226,7 +226,7 @@ async function summarize(
     [before.lsn, after.lsn],
   );
   const { rows: events } = await admin.query<{ n: string }>(
-    "SELECT coalesce(sum(last_sequence - first_sequence + 1), 0) AS n FROM outbox_events",
+    "SELECT coalesce(sum(event_count), 0) AS n FROM outbox_events",
   );
   const tables: Record<string, TableCost> = {};
   let ins = 0;

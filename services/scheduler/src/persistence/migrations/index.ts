@@ -8,6 +8,7 @@ import { Migration20261205020000LeanerRunIndexes } from "./Migration202612050200
 import { Migration20261205030000TaskFillfactor } from "./Migration20261205030000TaskFillfactor.js";
 import { Migration20261205040000LatestAttemptInTaskRow } from "./Migration20261205040000LatestAttemptInTaskRow.js";
 import { Migration20261205100000Schedules } from "./Migration20261205100000Schedules.js";
+import { Migration20261205150000OutboxRowPerCommit } from "./Migration20261205150000OutboxRowPerCommit.js";
 
 /** The migrations MikroORM applies at start-up. */
 export const migrationsList = [
@@ -23,4 +24,5 @@ export const migrationsList = [
     class: Migration20261205040000LatestAttemptInTaskRow,
   },
   { name: "Migration20261205100000Schedules", class: Migration20261205100000Schedules },
+  { name: "Migration20261205150000OutboxRowPerCommit", class: Migration20261205150000OutboxRowPerCommit },
 ];
