@@ -40,6 +40,7 @@ export type FireLoopState =
   | { kind: "STOPPED" };
 
 const MAX_SLEEP_MS = 60_000;
+const MAX_RETRY_MS = 5_000;
 
 /** See the module comment. */
 export class FireLoop {
@@ -96,8 +97,12 @@ export class FireLoop {
     this.wakeSleep?.();
   }
 
-  /** Stops the loop after the pass in progress. */
-  async stop(): Promise<void> {
+  /**
+   * Stops the loop after the pass in progress, waiting at most `graceMs` for it (a pass stuck on
+   * an unreachable database must not hold the scheduler's stop; what it did not commit is done by
+   * the next scheduler, and its failure is caught in run()).
+   */
+  async stop(graceMs = 5000): Promise<void> {
     const state = this.stateValue;
     if (state.kind === "IDLE") {
       this.stateValue = { kind: "STOPPED" };
@@ -107,20 +112,29 @@ export class FireLoop {
     if (state.kind === "STOPPING") return state.done;
     state.controller.abort();
     this.stateValue = { kind: "STOPPING", done: state.done };
-    await state.done;
+    let timer: NodeJS.Timeout | undefined;
+    const late = new Promise<"late">((resolve) => (timer = setTimeout(() => resolve("late"), graceMs)));
+    const outcome = await Promise.race([state.done, late]);
+    clearTimeout(timer);
+    if (outcome === "late")
+      this.options.log.warn({ grace_ms: graceMs }, "schedule fire loop stopped mid-pass");
     this.stateValue = { kind: "STOPPED" };
   }
 
   private async run(signal: AbortSignal): Promise<void> {
+    let failures = 0;
     while (!signal.aborted) {
       let delay: number;
       try {
         delay = await this.pass();
         this.passes++;
+        failures = 0;
       } catch (e) {
         if (signal.aborted) break;
-        this.options.log.error({ err: e }, "schedule fire loop pass failed; retrying");
-        delay = this.pollMs;
+        // Backing off (up to 5 s) while the database is away: one line per attempt, not a flood.
+        failures++;
+        delay = Math.min(this.pollMs * 2 ** (failures - 1), MAX_RETRY_MS);
+        this.options.log.error({ err: e, retry_ms: delay }, "schedule fire loop pass failed; retrying");
       }
       await this.sleep(delay, signal);
     }
