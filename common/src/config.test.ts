@@ -75,3 +75,20 @@ describe("MIGRATE_ON_START", () => {
     );
   });
 });
+
+describe("PRIORITY_AGEING", () => {
+  const AUTH = { AUTH_DISABLED: "true" };
+
+  it("is 10 s unless set, a duration", () => {
+    assert.equal(loadSchedulerConfig(AUTH).priorityAgeingMs, 10_000);
+    assert.equal(loadSchedulerConfig({ ...AUTH, PRIORITY_AGEING: "1m" }).priorityAgeingMs, 60_000);
+  });
+
+  it("refuses zero and what is not a duration, naming the variable", () => {
+    for (const value of ["0s", "soon"])
+      assert.throws(
+        () => loadSchedulerConfig({ ...AUTH, PRIORITY_AGEING: value }),
+        (e: unknown) => e instanceof ConfigError && e.variable === "PRIORITY_AGEING",
+      );
+  });
+});

@@ -241,6 +241,11 @@ export interface SchedulerConfig {
    * README's "Executor loss" has the comparison with Temporal and Hatchet.
    */
   sessionTimeoutMs: number;
+  /**
+   * The time waited that is worth one step priority level (PRIORITY_AGEING, 10 s): a ready task
+   * is leased before one a level above it that became ready more than this later, so none starves.
+   */
+  priorityAgeingMs: number;
   auth: AuthConfig;
   retention: RetentionConfig;
   /**
@@ -410,11 +415,18 @@ export function loadSchedulerConfig(env: Env = process.env): SchedulerConfig {
     artifacts: artifacts(env),
     heartbeatIntervalMs: duration(env, "HEARTBEAT_INTERVAL", "2s"),
     sessionTimeoutMs: duration(env, "SESSION_TIMEOUT", "10s"),
+    priorityAgeingMs: priorityAgeing(env),
     auth: auth(env),
     retention: retentionConfig(env),
     migrateOnStart: bool(env, "MIGRATE_ON_START", true),
     ...opsEndpoints(env, DEFAULT_METRICS_PORTS.scheduler),
   };
+}
+
+function priorityAgeing(env: Env): number {
+  const ms = duration(env, "PRIORITY_AGEING", "10s");
+  if (ms <= 0) throw new ConfigError("PRIORITY_AGEING", "must be longer than 0");
+  return ms;
 }
 
 function retentionConfig(env: Env): RetentionConfig {

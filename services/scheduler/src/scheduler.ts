@@ -83,6 +83,8 @@ export interface SchedulerOptions {
   heartbeatIntervalMs?: number;
   /** Session timeout (and lease grace period). @default 10000 */
   sessionTimeoutMs?: number;
+  /** The time waited that is worth one step priority level (ageing). @default 10000 */
+  priorityAgeingMs?: number | undefined;
   /**
    * Verifies bearer tokens: every call then needs a token with the scope its RPC requires
    * (executors: `executor`; reflection is public). Undefined lets every call in.
@@ -264,6 +266,9 @@ export class Scheduler {
         ...(this.options.idempotencyKeyRetentionMs === undefined
           ? {}
           : { idempotencyKeyRetentionMs: this.options.idempotencyKeyRetentionMs }),
+        ...(this.options.priorityAgeingMs === undefined
+          ? {}
+          : { priorityAgeingMs: this.options.priorityAgeingMs }),
       });
       await this.engineValue.start();
       const engine = this.engineValue;

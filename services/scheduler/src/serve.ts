@@ -60,6 +60,7 @@ const scheduler = new Scheduler({
   migrateOnStart: config.migrateOnStart,
   heartbeatIntervalMs: config.heartbeatIntervalMs,
   sessionTimeoutMs: config.sessionTimeoutMs,
+  priorityAgeingMs: config.priorityAgeingMs,
   idempotencyKeyRetentionMs: config.retention.idempotencyKeyRetentionMs,
   runRetentionMs: config.retention.runRetentionMs,
   runRetentionIntervalMs: config.retention.runRetentionIntervalMs,
