@@ -29,7 +29,7 @@ import {
 } from "./command.js";
 import { withGateway } from "./gateway-client.js";
 import { readInput } from "./runs-command.js";
-import { formatTable, formatTime } from "./table.js";
+import { formatTable, formatTime, truncate } from "./table.js";
 
 /** An enum option given by its name in kebab case (`buffer-one`) or as the API writes it. */
 function enumOption<E extends number>(
@@ -124,7 +124,11 @@ export function describeSchedule(s: Schedule): string {
     lines.push(
       formatTable(
         ["FIRE TIME", "ORIGIN", "RUN"],
-        s.recentFires.map((f) => [formatTime(f.fireTime), kebab(FireOrigin[f.origin]), f.runId]),
+        s.recentFires.map((f) => [
+          formatTime(f.fireTime),
+          kebab(FireOrigin[f.origin]),
+          f.runId === "" ? `none: ${truncate(f.error, 80)}` : f.runId,
+        ]),
       ),
     );
   }

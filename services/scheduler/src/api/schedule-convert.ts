@@ -79,6 +79,7 @@ export function fireView(fire: FireRow): ScheduleFire {
     fireTime: timestampFromDate(fire.fireAt),
     runId: fire.runId ?? "",
     origin: ORIGIN[fire.origin],
+    error: fire.runId === null && fire.status === "FAILED" ? (fire.error ?? "") : "",
   });
 }
 
@@ -114,7 +115,8 @@ export function scheduleView(row: ScheduleRow, recent: readonly FireRow[]): Sche
     startedCount: BigInt(row.startedCount),
     skippedCount: BigInt(row.skippedCount),
     missedCount: BigInt(row.missedCount),
-    recentFires: recent.filter((f) => f.runId !== null).map(fireView),
+    // A fire still STARTING has neither a run nor an error yet.
+    recentFires: recent.filter((f) => f.status !== "STARTING").map(fireView),
     createTime: timestampFromDate(row.createdAt),
     updateTime: timestampFromDate(row.updatedAt),
   });

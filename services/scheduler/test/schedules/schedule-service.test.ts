@@ -296,6 +296,40 @@ describe("ScheduleService", () => {
     assert.equal((await runsOf("nightly")).length, 5);
   });
 
+  it("shows a fire whose run was refused, with why, and does not retry it", async () => {
+    const define = (version: number, input?: unknown) =>
+      runs.registerWorkflow({
+        definition: {
+          case: "specJson",
+          value: JSON.stringify({
+            name: "evolving",
+            version,
+            ...(input === undefined ? {} : { input }),
+            steps: [{ id: "wait", type: "sched.never" }],
+          }),
+        },
+      });
+    await define(1);
+    await schedules.createSchedule({
+      scheduleId: "evolving",
+      spec: spec({ workflowName: "evolving", overlapPolicy: OverlapPolicy.ALLOW_ALL }),
+    });
+    await waitSchedule("evolving", "a run", (x) => x.startedCount >= 1n);
+    // The latest version now needs an input field the schedule does not send.
+    await define(2, { type: "object", required: ["region"], properties: { region: { type: "string" } } });
+    const s = await waitSchedule(
+      "evolving",
+      "a refused fire",
+      (x) => x.recentFires[0]?.error !== "" && x.recentFires[0]?.error !== undefined,
+    );
+    await stop("evolving");
+    const refused = s.recentFires[0];
+    assert.equal(refused?.runId, "");
+    assert.match(refused?.error ?? "", /input does not match the input schema of evolving v2/);
+    const started = await runsOf("evolving");
+    assert.equal(BigInt(started.length), (await get("evolving")).startedCount, "refused fires start no run");
+  });
+
   it("applies the spec's defaults and shows them", async () => {
     const { schedule } = await schedules.createSchedule({
       scheduleId: "pinned",
