@@ -68,6 +68,11 @@ describe("runs why", () => {
         value: { type: "charge-card", executors: 2, draining: 0, ahead: 0 },
       }),
     ]);
+    busy.priority = 5;
+    assert.match(
+      describeExplanation(busy, plain),
+      /^charge of run run-1 \(RUNNING\) is QUEUED, priority 5; held by 1 gate:/,
+    );
     assert.match(
       describeExplanation(busy, plain),
       /all 2 executors for type "charge-card" have every slot in use \(no credit\); it is first in line$/,

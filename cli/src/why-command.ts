@@ -104,7 +104,8 @@ function stateSentence(status: TaskStatus): string {
 export function describeExplanation(r: ExplainPendingResponse, style: Style): string {
   const nowMs = r.time === undefined ? Date.now() : timestampMs(r.time);
   const name = r.kind === TaskKind.COMPENSATION ? `${r.stepId} (undo)` : r.stepId;
-  const head = `${style.bold(name)} of run ${r.runId} (${runStatusName(r.runStatus)}) is ${taskStatusName(r.status)}`;
+  const priority = r.priority === 0 ? "" : `, priority ${r.priority}`;
+  const head = `${style.bold(name)} of run ${r.runId} (${runStatusName(r.runStatus)}) is ${taskStatusName(r.status)}${priority}`;
   if (r.gates.length === 0) return `${head}: ${stateSentence(r.status)}.`;
   const lines = [`${head}; held by ${plural(r.gates.length, "gate")}:`];
   for (const gate of r.gates) lines.push(`  - ${style.yellow(describeGate(gate, nowMs))}`);

@@ -93,6 +93,7 @@ export async function explainPending(
   if (active !== undefined) {
     const { run, task, gates, at } = active;
     if (task === undefined) throw notFound(req, run.workflow.stepsById.has(req.stepId));
+    const priority = run.workflow.stepsById.get(task.stepId)?.priority ?? 0;
     return create(ExplainPendingResponseSchema, {
       runId: run.id,
       stepId: task.stepId,
@@ -103,6 +104,7 @@ export async function explainPending(
       gates: gates.map(gateMessage),
       pendingReason: pendingReason(gates),
       time: timestampFromDate(at),
+      priority,
     });
   }
   // Not active here: ended (or this scheduler is still recovering it); its stored state answers.

@@ -69,6 +69,7 @@ describe("step priorities", () => {
     const ahead = (r: typeof explained.l) =>
       r.gates.find((g) => g.gate.case === "noExecutor")?.gate.value as { ahead: number } | undefined;
     assert.equal(ahead(explained.h)?.ahead, 0, "the higher priority is first");
+    assert.deepEqual([explained.h.priority, explained.l.priority], [5, 0]);
     assert.equal(ahead(explained.l)?.ahead, 1, "the older, lower one is behind it");
 
     const session = new RawSession(scheduler.address);
