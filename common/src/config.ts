@@ -254,6 +254,13 @@ export interface SchedulerConfig {
    * scheduler then only checks that no migration is pending and refuses to start, naming them.
    */
   migrateOnStart: boolean;
+  /**
+   * The installation's partition count (PARTITIONS, 1 to 4096): runs are spread over this many
+   * partitions, each owned by one scheduler replica (docs/replicas.md). Written by the first
+   * scheduler of a new database and fixed from then on; undefined (unset) uses the stored count,
+   * or 16 for a new database.
+   */
+  partitions: number | undefined;
   /** The /metrics endpoint; undefined with METRICS_PORT=off. */
   metrics: MetricsConfig | undefined;
   /** The /healthz and /readyz endpoint; undefined with METRICS_PORT=off and no HEALTH_PORT. */
@@ -419,6 +426,7 @@ export function loadSchedulerConfig(env: Env = process.env): SchedulerConfig {
     auth: auth(env),
     retention: retentionConfig(env),
     migrateOnStart: bool(env, "MIGRATE_ON_START", true),
+    partitions: str(env, "PARTITIONS") === undefined ? undefined : int(env, "PARTITIONS", 16, 1, 4096),
     ...opsEndpoints(env, DEFAULT_METRICS_PORTS.scheduler),
   };
 }

@@ -237,3 +237,30 @@ function batchStatement(parts: string[]): { name: string; sql: string } {
   }
   return statement;
 }
+
+const fencedStatements = new Map<string, { name: string; sql: string }>();
+
+/**
+ * `statement` with the partitions' fence in it (docs/replicas.md): its final SELECT calls
+ * `nexusflow_fence(owner, partitions, epochs)`, which raises SQLSTATE NF001, rolling back every
+ * write of the statement, unless `owner` still holds each partition at its epoch. The three
+ * parameters follow the statement's own.
+ */
+export function fencedStatement(
+  statement: BatchStatement,
+  owner: string,
+  partitions: readonly number[],
+  epochs: readonly number[],
+): BatchStatement {
+  let fenced = fencedStatements.get(statement.name);
+  if (fenced === undefined) {
+    const n = statement.params.length;
+    if (!statement.sql.endsWith("\nSELECT 1")) throw new Error("not a batch statement");
+    fenced = {
+      name: `${statement.name}_f`,
+      sql: `${statement.sql.slice(0, -"SELECT 1".length)}SELECT nexusflow_fence($${n + 1}::uuid, $${n + 2}::int[], $${n + 3}::bigint[])`,
+    };
+    fencedStatements.set(statement.name, fenced);
+  }
+  return { ...fenced, params: [...statement.params, owner, partitions, epochs] };
+}

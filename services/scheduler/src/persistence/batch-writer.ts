@@ -8,7 +8,11 @@
  * backoff, in order, until it succeeds or the writer is closed. A commit that PostgreSQL refuses for
  * its data (see {@link isDataError}) is split by run until the runs it cannot store are found; the
  * others commit, and each refused run's changes and events of that batch are handed to `onRefused`
- * instead of being retried forever (which would stop every later commit).
+ * instead of being retried forever (which would stop every later commit). With a `fence` (issue
+ * #22, docs/replicas.md) every statement checks, in itself, that this replica still holds the
+ * partitions of the runs it writes at the epochs it believes; a statement refused for that
+ * ({@link PartitionFencedError}) is not retried: the runs of the lost partitions are dropped and
+ * handed to `onFenced`, the others of the statement are committed again.
  *
  * The writer's parts: pending-changes.ts (what is marked, flush waiters, when a commit starts, shared
  * with the in-memory store), batch-rows.ts (a batch as rows, split by run), batch-sql.ts (the
@@ -17,8 +21,16 @@
 import type pg from "pg";
 import type { Logger } from "@nexusflow/common";
 import type { RunState, TaskState } from "../model/run-state.js";
+import {
+  claimOf,
+  fencedByDatabase,
+  isPartitionFencedError,
+  partitionOf,
+  type PartitionFencedError,
+  type WriteFence,
+} from "../cluster/partitioning.js";
 import { runsOf, subPart, takeParts, type Part } from "./batch-rows.js";
-import type { BatchStatement } from "./batch-sql.js";
+import { fencedStatement } from "./batch-sql.js";
 import type { OutboxRow } from "./outbox.js";
 import { PendingChanges } from "./pending-changes.js";
 
@@ -59,6 +71,16 @@ export interface BatchWriterOptions {
    * are logged and dropped.
    */
   onRefused?: (runId: string, error: Error) => void;
+  /**
+   * Fences every commit with the partitions this replica holds (see the module comment).
+   * @default none: nothing is checked (one writer per database, as the scheduler lock ensures)
+   */
+  fence?: WriteFence | undefined;
+  /**
+   * Called for the runs of a commit refused by the fence, after their changes (and whatever was
+   * marked for them since) were dropped: they belong to another replica now.
+   */
+  onFenced?: (runIds: readonly string[], error: PartitionFencedError) => void;
   /** First retry delay after a failed commit. @default 100 */
   retryInitialMs?: number;
   /** Longest retry delay. @default 2000 */
@@ -104,9 +126,10 @@ export class BatchWriter extends PendingChanges {
   /**
    * Statistics, for the benchmark and metrics. `rows` counts rows written (an outbox row holds a
    * run's events of one commit); `commits` counts statements (a split batch is two); `refusedRuns`
-   * counts runs whose changes PostgreSQL refused for their data (see {@link isDataError}).
+   * counts runs whose changes PostgreSQL refused for their data (see {@link isDataError});
+   * `fencedCommits` counts statements refused by the partitions' fence.
    */
-  readonly stats = { commits: 0, failedCommits: 0, rows: 0, refusedRuns: 0 };
+  readonly stats = { commits: 0, failedCommits: 0, rows: 0, refusedRuns: 0, fencedCommits: 0 };
 
   constructor(private readonly options: BatchWriterOptions) {
     super("the batch writer");
@@ -145,13 +168,19 @@ export class BatchWriter extends PendingChanges {
       const parts = takeParts(this.written, this.takeChanges(), this.mayExist);
       // Parts hold disjoint runs: each commits on its own connection, in parallel, as its own
       // transaction; a run's changes and events are always in one part, so each run stays atomic.
-      const results = await Promise.allSettled(parts.map((part) => this.commit(part.statement)));
+      const results = await Promise.allSettled(parts.map((part) => this.commit(part)));
       let failure: unknown;
+      let fenced: PartitionFencedError | undefined;
       const failed: Part[] = [];
       for (const [i, result] of results.entries()) {
         const part = parts[i] as Part;
         if (result.status === "fulfilled") this.committedPart(part, result.value);
-        else if (isDataError(result.reason)) {
+        else if (isPartitionFencedError(result.reason)) {
+          fenced ??= result.reason;
+          // The runs of partitions still held were rolled back with the others: again, at once.
+          const again = this.fencedPart(part, result.reason);
+          if (again !== undefined) failed.push(again);
+        } else if (isDataError(result.reason)) {
           // Split by run until what PostgreSQL refuses is found; the rest commits now.
           const left = await this.isolate(part, result.reason);
           if (left !== undefined) {
@@ -169,16 +198,18 @@ export class BatchWriter extends PendingChanges {
         for (const event of part.events) this.uncertain.add(event);
         this.putBack(part);
       }
+      // Some of these waiters' changes were dropped by the fence: none of them may read "committed".
+      if (fenced !== undefined) for (const w of waiters) w.reject(fenced);
       if (failure === undefined) {
         if (!this.healthy) this.options.log.info("database commits succeed again");
         this.healthy = true;
         delay = this.retryInitialMs;
-        for (const w of waiters) w.resolve();
+        if (fenced === undefined) for (const w of waiters) w.resolve();
         continue;
       }
       // What failed is back in front of what accumulated meanwhile (see putBack); its waiters wait
       // for the retry. Parts that committed stay committed: their rows are known now.
-      this.putBackWaiters(waiters);
+      if (fenced === undefined) this.putBackWaiters(waiters);
       this.stats.failedCommits++;
       if (this.healthy)
         this.options.log.error({ err: failure }, "database commit failed; retrying until it is back");
@@ -214,7 +245,7 @@ export class BatchWriter extends PendingChanges {
     const halves = [runIds.slice(0, half), runIds.slice(half)].map((ids) => subPart(part, new Set(ids)));
     for (const [i, sub] of halves.entries()) {
       try {
-        this.committedPart(sub, await this.commit(sub.statement));
+        this.committedPart(sub, await this.commit(sub));
       } catch (e) {
         const rest = halves.slice(i + 1);
         if (!isDataError(e)) return { parts: [sub, ...rest], error: e };
@@ -223,6 +254,31 @@ export class BatchWriter extends PendingChanges {
       }
     }
     return undefined;
+  }
+
+  /**
+   * A part the fence refused: the runs of the lost partitions are dropped (with what was marked
+   * for them since) and reported; returns the share of the others, to be committed again.
+   */
+  private fencedPart(part: Part, error: PartitionFencedError): Part | undefined {
+    const fence = this.options.fence;
+    this.stats.fencedCommits++;
+    const lost = new Set(error.partitions);
+    const runIds = runsOf(part);
+    const dropped: string[] = [];
+    const kept = new Set<string>();
+    for (const id of runIds) {
+      if (fence === undefined || lost.has(partitionOf(id, fence.partitionCount))) dropped.push(id);
+      else kept.add(id);
+    }
+    this.options.log.error(
+      { err: error, partitions: error.partitions, runs: dropped.length },
+      "a commit was refused: this replica no longer holds the partitions of its runs; their changes are dropped",
+    );
+    for (const id of dropped) this.dropRun(id);
+    fence?.fenced(error);
+    this.options.onFenced?.(dropped, error);
+    return kept.size === 0 ? undefined : subPart(part, kept);
   }
 
   /** Drops a single run's share of a batch that PostgreSQL refuses for its data, and reports it. */
@@ -256,9 +312,21 @@ export class BatchWriter extends PendingChanges {
     });
   }
 
-  /** Commits one statement; resolves with the seconds it took (0 for none). */
-  private async commit(statement: BatchStatement | undefined): Promise<number> {
+  /**
+   * Commits one part's statement, fenced when the writer has a fence; resolves with the seconds it
+   * took (0 for none). Rejects with {@link PartitionFencedError} when the fence refuses it.
+   */
+  private async commit(part: Part): Promise<number> {
+    let statement = part.statement;
     if (statement === undefined) return 0;
+    const fence = this.options.fence;
+    let checked: readonly number[] = [];
+    if (fence !== undefined) {
+      const claim = claimOf(fence, runsOf(part));
+      if (isPartitionFencedError(claim)) throw claim;
+      checked = claim.partitions;
+      statement = fencedStatement(statement, fence.replicaId, claim.partitions, claim.epochs);
+    }
     const started = performance.now();
     // Connection errors while checked out are handled where clients are made (openDatabase).
     const client = await this.options.pool.connect();
@@ -268,6 +336,8 @@ export class BatchWriter extends PendingChanges {
       await client.query({ name: statement.name, text: statement.sql, values: statement.params });
       return (performance.now() - started) / 1000;
     } catch (e) {
+      const fenced = fencedByDatabase(e, checked);
+      if (fenced !== undefined) throw fenced;
       broken = true;
       throw e;
     } finally {

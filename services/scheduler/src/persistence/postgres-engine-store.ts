@@ -4,6 +4,7 @@
  * (idempotency-keys.ts), and a refused run is ended by refused-run.ts.
  */
 import type { Logger } from "@nexusflow/common";
+import type { PartitionFencedError, WriteFence } from "../cluster/partitioning.js";
 import { BatchWriter } from "./batch-writer.js";
 import type { Database } from "./database.js";
 import type {
@@ -94,6 +95,10 @@ const CURRENT_ATTEMPTS_SQL = `SELECT a.* FROM task_attempts a JOIN task_runs t O
 export interface PostgresEngineStoreOptions {
   db: Database;
   log: Logger;
+  /** Fences every group commit with the partitions this replica holds (docs/replicas.md). @default none */
+  fence?: WriteFence | undefined;
+  /** Called for runs whose commit the fence refused (their changes were dropped). @default none */
+  onFenced?: ((runIds: readonly string[], error: PartitionFencedError) => void) | undefined;
 }
 
 /** The engine's store in PostgreSQL (see the module comment). */
@@ -112,6 +117,8 @@ export class PostgresEngineStore implements EngineStore {
       log: options.log,
       onCommit: (batch) => this.listener?.committed(batch),
       onRefused: (runId, error) => this.listener?.refused(runId, error),
+      fence: options.fence,
+      ...(options.onFenced === undefined ? {} : { onFenced: options.onFenced }),
     });
   }
 

@@ -93,9 +93,12 @@ describe("embedded PostgreSQL with migrations", () => {
     assert.deepEqual(
       tables.rows.map((r) => r.table_name),
       [
+        "cluster_settings",
         "idempotency_keys",
         "nexusflow_migrations",
         "outbox_events",
+        "partitions",
+        "replicas",
         "schedule_fires",
         "schedules",
         "task_attempt_history",

@@ -1,0 +1,269 @@
+/**
+ * Partition leases and the fence of group commits (issue #22, docs/replicas.md) on a real
+ * PostgreSQL: replicas split the partitions, take over from one that stops or stops renewing
+ * (raising the epoch), and a replica that lost its partitions cannot commit a change to their runs:
+ * the statement that carries the change refuses it itself.
+ */
+import assert from "node:assert/strict";
+import { randomUUID } from "node:crypto";
+import { after, afterEach, before, beforeEach, describe, it } from "node:test";
+import pg from "pg";
+import { ConfigError, loadSchedulerConfig } from "@nexusflow/common/config";
+import { PartitionCountMismatchError, PartitionLeases } from "../../src/cluster/partition-leases.js";
+import {
+  PartitionCountError,
+  PartitionFencedError,
+  isPartitionFencedError,
+  partitionOf,
+} from "../../src/cluster/partitioning.js";
+import type { CompiledWorkflow } from "../../src/dag/index.js";
+import { newRunState, newTaskState, type RunState } from "../../src/model/run-state.js";
+import { BatchWriter } from "../../src/persistence/batch-writer.js";
+import { openDatabase, type Database } from "../../src/persistence/database.js";
+import { lifecycleEvent } from "../../src/persistence/outbox.js";
+import { startTestDatabase, testLogger, waitFor } from "../support.js";
+
+describe("partition leases (PostgreSQL)", () => {
+  let server: Awaited<ReturnType<typeof startTestDatabase>>;
+  let db: Database;
+  let definitionId: number;
+  const started: PartitionLeases[] = [];
+
+  before(async () => {
+    server = await startTestDatabase();
+    db = await openDatabase({ url: server.url, log: testLogger("db") });
+    const { rows } = await db.pool.query<{ id: number }>(
+      `INSERT INTO workflow_definitions (name, version, spec, content_hash) VALUES ('fenced', 1, '{}', 'h') RETURNING id`,
+    );
+    definitionId = Number(rows[0]?.id);
+  });
+  beforeEach(async () => {
+    await db.pool.query("TRUNCATE partitions, replicas");
+  });
+  afterEach(async () => {
+    for (const leases of started.splice(0)) await leases.stop();
+  });
+  after(async () => {
+    await db?.close();
+    await server?.close();
+  });
+
+  const replica = async (
+    options: Partial<ConstructorParameters<typeof PartitionLeases>[0]> = {},
+  ): Promise<PartitionLeases> => {
+    const leases = new PartitionLeases({ url: server.url, log: testLogger("leases"), ...options });
+    started.push(leases);
+    await leases.start();
+    return leases;
+  };
+
+  const rows = async () =>
+    (
+      await db.pool.query<{ partition: number; owner: string | null; epoch: number }>(
+        "SELECT partition, owner, epoch FROM partitions ORDER BY partition",
+      )
+    ).rows;
+
+  it("splits the partitions between two replicas, and one takes all at once when the other stops", async () => {
+    const a = await replica({ leaseMs: 2000, renewIntervalMs: 25, stablePeriodMs: 100 });
+    assert.equal(a.partitionCount, 16);
+    assert.deepEqual(
+      a.held().map((x) => [x.partition, x.epoch]),
+      Array.from({ length: 16 }, (_, p) => [p, 1]),
+    );
+    const b = await replica({ leaseMs: 2000, renewIntervalMs: 25, stablePeriodMs: 100 });
+    // A sees two live replicas, waits for the stable period, hands over its excess; B takes it.
+    await waitFor("an even split", () => a.held().length === 8 && b.held().length === 8);
+    const split = await rows();
+    assert.deepEqual(
+      split.map((r) => r.owner),
+      [...Array<string>(8).fill(a.replicaId), ...Array<string>(8).fill(b.replicaId)],
+    );
+    // Moved partitions changed owner once: epoch 2; the others kept epoch 1.
+    assert.deepEqual(
+      split.map((r) => r.epoch),
+      [...Array<number>(8).fill(1), ...Array<number>(8).fill(2)],
+    );
+    // No flapping: more heartbeats of both move nothing.
+    for (let i = 0; i < 5; i++) {
+      await a.renew();
+      await b.renew();
+    }
+    assert.deepEqual(await rows(), split);
+
+    // A clean stop hands over at once: one heartbeat of A takes B's partitions, epoch + 1.
+    await b.stop();
+    const handed = await rows();
+    assert.deepEqual(
+      handed.slice(8).map((r) => r.owner),
+      Array<null>(8).fill(null),
+    );
+    const replicas = await db.pool.query("SELECT id FROM replicas");
+    assert.deepEqual(
+      replicas.rows.map((r: { id: string }) => r.id),
+      [a.replicaId],
+    );
+    await a.renew();
+    assert.equal(a.held().length, 16);
+    assert.deepEqual(
+      (await rows()).map((r) => [r.owner, r.epoch]),
+      [
+        ...Array.from({ length: 8 }, () => [a.replicaId, 1]),
+        ...Array.from({ length: 8 }, () => [a.replicaId, 3]),
+      ],
+    );
+  });
+
+  /** A new run with one queued task and its runStarted event, marked on `writer`. */
+  const markRun = (writer: BatchWriter): RunState => {
+    const now = new Date();
+    const run = newRunState({
+      id: randomUUID(),
+      definitionId,
+      workflow: { name: "fenced", version: 1, timeoutMs: null } as CompiledWorkflow,
+      input: { n: 1 },
+      idempotencyKey: null,
+      labels: {},
+      now,
+    });
+    const task = newTaskState(run.id, "only", "STEP", "noop", 0, now);
+    task.status = "QUEUED";
+    task.queuedAt = now;
+    run.tasks.set(task.stepId, task);
+    writer.markRun(run);
+    writer.markTask(task);
+    writer.addEvent(lifecycleEvent(run, { case: "runStarted", value: {} }));
+    return run;
+  };
+
+  it("refuses, in the same statement, the late write of a replica whose partitions were taken over", async () => {
+    // A renews only when told (a paused replica); its leases expire 300 ms after its last renewal.
+    const a = await replica({ leaseMs: 300, renewIntervalMs: 1e9 });
+    const fencedRuns: string[] = [];
+    const writer = new BatchWriter({
+      pool: db.writerPool,
+      log: testLogger("writer"),
+      fence: a,
+      onFenced: (runIds) => fencedRuns.push(...runIds),
+    });
+    try {
+      const run = markRun(writer);
+      await writer.flush();
+      const before = await db.pool.query<{ status: string }>(
+        "SELECT status FROM workflow_runs WHERE id = $1",
+        [run.id],
+      );
+      const stored = before.rows[0]?.status;
+      assert.equal(stored, run.status);
+
+      // B takes every partition once A's leases expired (in database time), each at epoch 2.
+      const b = await replica({ leaseMs: 300, renewIntervalMs: 20 });
+      await waitFor("B to take over", () => b.held().length === 16);
+      assert.ok(b.held().every((x) => x.epoch === 2));
+      // A still believes it holds its partitions at epoch 1, and writes: the run changes and a new run.
+      assert.equal(a.epochOf(partitionOf(run.id, 16)), 1);
+      run.status = "SUCCEEDED";
+      writer.markRun(run);
+      const late = markRun(writer);
+      await assert.rejects(writer.flush(), (e: unknown) => {
+        assert.ok(isPartitionFencedError(e), String(e));
+        assert.ok(e.partitions.includes(partitionOf(run.id, 16)));
+        // Refused by the statement itself (nexusflow_fence), not by A, which still believed.
+        assert.equal((e.cause as { code?: string } | undefined)?.code, "NF001");
+        return true;
+      });
+      const after = await db.pool.query<{ id: string; status: string }>(
+        "SELECT id, status FROM workflow_runs WHERE id = ANY($1::uuid[])",
+        [[run.id, late.id]],
+      );
+      assert.deepEqual(after.rows, [{ id: run.id, status: stored }]);
+      const tasks = await db.pool.query("SELECT 1 FROM task_runs WHERE run_id = $1", [late.id]);
+      assert.equal(tasks.rowCount, 0);
+      assert.equal(writer.stats.fencedCommits, 1);
+      assert.deepEqual(new Set(fencedRuns), new Set([run.id, late.id]));
+      // The refusal told A: it no longer holds those partitions, and refuses their runs itself.
+      assert.equal(a.epochOf(partitionOf(run.id, 16)), undefined);
+      run.status = "FAILED";
+      writer.markRun(run);
+      await assert.rejects(writer.flush(), (e: unknown) => e instanceof PartitionFencedError);
+      assert.equal(writer.stats.fencedCommits, 2);
+    } finally {
+      await writer.close();
+    }
+  });
+
+  it("takes no partition while a commit of its previous owner holds it, and takes it once that commit ended", async () => {
+    const a = await replica({ leaseMs: 200, renewIntervalMs: 1e9 });
+    const held = a.held();
+    // A commit of A in flight: inside its transaction, past the fence (which holds shared locks).
+    const client = new pg.Client({ connectionString: server.url });
+    await client.connect();
+    try {
+      await client.query("BEGIN");
+      await client.query("SELECT nexusflow_fence($1, $2::int[], $3::bigint[])", [
+        a.replicaId,
+        [3],
+        [held[3]?.epoch],
+      ]);
+      // A stopped renewing long ago: its leases and its heartbeat are older than a lease.
+      await db.pool.query("UPDATE partitions SET lease_expires_at = now() - interval '1 second'");
+      await db.pool.query("UPDATE replicas SET heartbeat_at = now() - interval '1 second'");
+      const b = await replica({ leaseMs: 200, renewIntervalMs: 1e9 });
+      assert.deepEqual(
+        b.held().map((x) => x.partition),
+        Array.from({ length: 16 }, (_, p) => p).filter((p) => p !== 3),
+      );
+      await client.query("COMMIT");
+      await b.renew();
+      assert.equal(b.held().length, 16);
+      // A commit that starts after the takeover waits for none and is refused.
+      await assert.rejects(
+        client.query("SELECT nexusflow_fence($1, $2::int[], $3::bigint[])", [
+          a.replicaId,
+          [3],
+          [held[3]?.epoch],
+        ]),
+        (e: unknown) => (e as { code?: string }).code === "NF001",
+      );
+    } finally {
+      await client.end();
+    }
+  });
+
+  it("computes a run's partition the same in TypeScript and in SQL", async () => {
+    const ids = Array.from({ length: 200 }, () => randomUUID());
+    for (const count of [1, 7, 16, 4096]) {
+      const { rows: sql } = await db.pool.query<{ p: number }>(
+        "SELECT nexusflow_partition_of(id, $2) AS p FROM unnest($1::uuid[]) WITH ORDINALITY AS x(id, n) ORDER BY n",
+        [ids, count],
+      );
+      assert.deepEqual(
+        sql.map((r) => r.p),
+        ids.map((id) => partitionOf(id, count)),
+      );
+    }
+  });
+
+  it("refuses a partition count of 0, NaN or another than the installation's, saying which", async () => {
+    for (const bad of [0, -1, Number.NaN, 1.5, 5000])
+      assert.throws(
+        () => new PartitionLeases({ url: server.url, log: testLogger(), partitions: bad }),
+        (e: unknown) => e instanceof PartitionCountError && /PARTITIONS/.test(e.message),
+      );
+    for (const bad of ["0", "NaN", "-3", "4097", "16x"])
+      assert.throws(
+        () => loadSchedulerConfig({ AUTH_DISABLED: "true", PARTITIONS: bad }),
+        (e: unknown) => e instanceof ConfigError && /PARTITIONS/.test(e.message),
+      );
+    assert.equal(loadSchedulerConfig({ AUTH_DISABLED: "true" }).partitions, undefined);
+    assert.equal(loadSchedulerConfig({ AUTH_DISABLED: "true", PARTITIONS: "64" }).partitions, 64);
+    // The installation has 16 (the first test's replicas set it up).
+    const other = new PartitionLeases({ url: server.url, log: testLogger(), partitions: 32 });
+    await assert.rejects(other.start(), (e: unknown) => {
+      assert.ok(e instanceof PartitionCountMismatchError);
+      assert.match(e.message, /PARTITIONS is 32 but this installation was set up with 16 partitions/);
+      return true;
+    });
+    assert.equal(other.state.kind, "STOPPED");
+  });
+});
