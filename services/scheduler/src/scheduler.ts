@@ -37,6 +37,8 @@ import { executorService, executorServiceDefinition } from "./api/executor-sessi
 import { addReflection } from "./api/reflection.js";
 import { scheduleService } from "./api/schedule-service.js";
 import { workflowService } from "./api/workflow-service.js";
+import { PartitionLeases } from "./cluster/partition-leases.js";
+import { PartitionFencedError } from "./cluster/partitioning.js";
 import { Definitions } from "./engine/definitions.js";
 import { Engine } from "./engine/engine.js";
 import { createOutboxRelay, type EventsOptions, type OutboxRelay } from "./events/index.js";
@@ -117,11 +119,20 @@ export interface SchedulerOptions {
   /** Lifecycle-event publishing (the outbox relay); undefined runs no relay. */
   events?: EventsOptions | undefined;
   /**
+   * The installation's partition count (PARTITIONS, docs/replicas.md): written by the first
+   * scheduler of a new database, fixed from then on; another count refuses to start.
+   * @default the stored count, or 16 for a new database
+   */
+  partitions?: number | undefined;
+  /** How long a partition lease holds after its renewal (database time). @default 5000 */
+  partitionLeaseMs?: number | undefined;
+  /**
    * Called when the scheduler stopped itself because it lost the database to another scheduler
-   * (its lock session was lost and another scheduler took the lock meanwhile).
+   * (its lock session was lost and another scheduler took the lock meanwhile, or a commit was
+   * refused because another replica holds partitions of its runs now).
    * @default none
    */
-  onFatal?: ((error: SchedulerLockedError) => void) | undefined;
+  onFatal?: ((error: SchedulerLockedError | PartitionFencedError) => void) | undefined;
   /**
    * Registry to record the scheduler's metrics on (metrics/: runs, tasks, commits, sessions,
    * queues, outbox, gRPC calls). @default undefined (no metrics)
@@ -154,6 +165,7 @@ export class Scheduler {
   private stateValue: SchedulerState = "IDLE";
   private embedded: EmbeddedDatabase | undefined;
   private lock: SchedulerLock | undefined;
+  private leases: PartitionLeases | undefined;
   private db: Database | undefined;
   private engineValue: Engine | undefined;
   private engineStore: PostgresEngineStore | undefined;
@@ -190,6 +202,12 @@ export class Scheduler {
   /** Base URL of `/healthz` and `/readyz` (e.g. "http://127.0.0.1:9464"), once running with one. */
   get probesUrl(): string | undefined {
     return (this.ops?.probes ?? this.ops?.metrics)?.url.replace(/\/metrics$/, "");
+  }
+
+  /** The partition leases of this replica (for tests and `nexusflow cluster`). */
+  get partitions(): PartitionLeases {
+    if (this.leases === undefined) throw new Error("the scheduler is not started");
+    return this.leases;
   }
 
   /** The engine (for tests and metrics). */
@@ -246,11 +264,22 @@ export class Scheduler {
         if (pending.length > 0) throw new SchemaNotCurrentError(pending);
       }
       this.db = await openDatabase({ url, poolSize: this.options.poolSize ?? 10, log, migrate: false });
+      // Before recovery writes anything: every group commit is fenced by these leases. Holding the
+      // scheduler lock, this is the only live replica: it takes every partition at once.
+      this.leases = new PartitionLeases({
+        url,
+        log,
+        sole: true,
+        partitions: this.options.partitions,
+        ...(this.options.partitionLeaseMs === undefined ? {} : { leaseMs: this.options.partitionLeaseMs }),
+        onLost: (partitions) => this.lostPartitions(partitions),
+      });
+      await this.leases.start();
       // The default store is only read here; its folder appears when an executor first writes.
       const store =
         this.options.artifacts ??
         new FilesystemArtifactStore({ root: `${this.options.dataDir ?? ".nexusflow"}/artifacts` });
-      this.engineStore = new PostgresEngineStore({ db: this.db, log });
+      this.engineStore = new PostgresEngineStore({ db: this.db, log, fence: this.leases });
       this.engineValue = new Engine({
         store: this.engineStore,
         definitions: new Definitions(new PostgresDefinitionStore(this.db), log),
@@ -387,6 +416,7 @@ export class Scheduler {
         ready,
       });
       this.addressValue = `${host.includes(":") ? `[${host}]` : host}:${port}`;
+      this.leases.setAddress(this.addressValue);
       this.stateValue = "RUNNING";
       log.info({ address: this.addressValue }, "scheduler listening");
       return this.addressValue;
@@ -395,6 +425,25 @@ export class Scheduler {
       this.stateValue = "STOPPED";
       throw e;
     }
+  }
+
+  /**
+   * Partitions this replica held went to another replica (its renewals stopped long enough, or a
+   * commit was refused by the fence): its runs in memory are stale. Until a replica can unload a
+   * partition's runs (a later milestone of issue #22), it stops, as on losing the scheduler lock.
+   */
+  private lostPartitions(partitions: readonly number[]): void {
+    if (this.stateValue !== "RUNNING") return;
+    const error = new PartitionFencedError(
+      partitions,
+      `another scheduler replica took over partition${partitions.length === 1 ? "" : "s"} ${partitions.join(", ")} of this one`,
+    );
+    this.options.log.fatal(
+      { err: error, partitions },
+      "stopping: partitions of this replica's runs were taken over",
+    );
+    const fatal = (): void => this.options.onFatal?.(error);
+    this.stop().then(fatal, fatal);
   }
 
   /** Stops serving, commits what is pending, closes the database (and the embedded server). */
@@ -432,6 +481,9 @@ export class Scheduler {
     await this.engineValue?.stop();
     await this.relay?.stop();
     this.relay = undefined;
+    // After the last commit: hands every partition over at once.
+    await this.leases?.stop();
+    this.leases = undefined;
     await this.db?.close();
     this.db = undefined;
     // Last: a successor may start once everything of this one is committed and closed.

@@ -58,6 +58,7 @@ const scheduler = new Scheduler({
   dataDir: config.database.dataDir,
   poolSize: config.database.poolSize,
   migrateOnStart: config.migrateOnStart,
+  partitions: config.partitions,
   heartbeatIntervalMs: config.heartbeatIntervalMs,
   sessionTimeoutMs: config.sessionTimeoutMs,
   priorityAgeingMs: config.priorityAgeingMs,

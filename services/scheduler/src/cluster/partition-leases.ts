@@ -186,9 +186,11 @@ export class PartitionLeases implements WriteFence {
     this.lose(error.partitions.filter((p) => this.owned.has(p)));
   }
 
-  /** Sets the address shown for this replica (written with the next heartbeat). */
+  /** Sets the address shown for this replica, written by a heartbeat now. */
   setAddress(address: string): void {
     this.address = address;
+    // renew() never rejects.
+    void this.renew();
   }
 
   /**
