@@ -8,6 +8,7 @@ import { describeError, isAborted, isUnauthenticated } from "../api";
 import { hasScope } from "../auth";
 import { formatTime } from "../format";
 import { usePolling } from "../hooks";
+import { PagingNav, usePaging } from "../paging";
 import { useSession } from "../session";
 
 const PAGE_SIZE = 100;
@@ -18,14 +19,13 @@ export function ExecutorsPage() {
   const { cluster, signOut, token } = useSession();
   const allowed = token === undefined || hasScope(token, "runs:read");
   const [taskType, setTaskType] = useState("");
-  const [pages, setPages] = useState<string[]>([""]);
+  const paging = usePaging();
   const [executors, setExecutors] = useState<ExecutorSession[] | undefined>(undefined);
-  const [next, setNext] = useState("");
   const [error, setError] = useState<string | undefined>(
     allowed ? undefined : "Listing executors needs a token with the runs:read scope.",
   );
   const [updated, setUpdated] = useState<Date | undefined>(undefined);
-  const pageToken = pages[pages.length - 1] ?? "";
+  const { pageToken } = paging;
 
   usePolling(
     async (signal) => {
@@ -37,7 +37,7 @@ export function ExecutorsPage() {
           { signal },
         );
         setExecutors(res.executors);
-        setNext(res.nextPageToken);
+        paging.setNext(res.nextPageToken);
         setError(undefined);
         setUpdated(new Date());
       } catch (e) {
@@ -64,7 +64,7 @@ export function ExecutorsPage() {
             value={taskType}
             onInput={(e) => {
               setTaskType(e.currentTarget.value);
-              setPages([""]);
+              paging.reset();
             }}
           />
         </div>
@@ -145,25 +145,7 @@ export function ExecutorsPage() {
           </tbody>
         </table>
       )}
-      <nav class="paging" aria-label="Pages of executors">
-        <button
-          type="button"
-          class="secondary"
-          disabled={pages.length <= 1}
-          onClick={() => setPages(pages.slice(0, -1))}
-        >
-          Previous page
-        </button>
-        <span>Page {pages.length}</span>
-        <button
-          type="button"
-          class="secondary"
-          disabled={next === ""}
-          onClick={() => setPages([...pages, next])}
-        >
-          Next page
-        </button>
-      </nav>
+      <PagingNav paging={paging} label="Pages of executors" />
     </section>
   );
 }

@@ -10,6 +10,7 @@ import { describeError, isAborted, isUnauthenticated } from "../api";
 import { useSession } from "../session";
 import { RUN_STATUSES, formatTime, parseLabels, runStatusName } from "../format";
 import { usePolling } from "../hooks";
+import { PagingNav, usePaging } from "../paging";
 import { linkHandler, routePath } from "../router";
 
 const PAGE_SIZE = 25;
@@ -23,13 +24,11 @@ export function RunsPage() {
   const [after, setAfter] = useState("");
   const [before, setBefore] = useState("");
   const [labelsText, setLabelsText] = useState("");
-  // Tokens of the pages before this one ("" is the first page).
-  const [pages, setPages] = useState<string[]>([""]);
+  const paging = usePaging();
   const [runs, setRuns] = useState<Run[] | undefined>(undefined);
-  const [next, setNext] = useState("");
   const [error, setError] = useState<string | undefined>(undefined);
   const [updated, setUpdated] = useState<Date | undefined>(undefined);
-  const pageToken = pages[pages.length - 1] ?? "";
+  const { pageToken } = paging;
 
   const labels = parseLabels(labelsText);
   const labelsKey = "problem" in labels ? labelsText : JSON.stringify(labels.labels);
@@ -54,7 +53,7 @@ export function RunsPage() {
           { signal },
         );
         setRuns(res.runs);
-        setNext(res.nextPageToken);
+        paging.setNext(res.nextPageToken);
         setError(undefined);
         setUpdated(new Date());
       } catch (e) {
@@ -67,7 +66,7 @@ export function RunsPage() {
     [api, workflow, status, after, before, labelsKey, pageToken],
   );
 
-  const resetPaging = (): void => setPages([""]);
+  const resetPaging = paging.reset;
   return (
     <section aria-labelledby="runs-title">
       <h1 id="runs-title">Runs</h1>
@@ -206,25 +205,7 @@ export function RunsPage() {
           </tbody>
         </table>
       )}
-      <nav class="paging" aria-label="Pages of runs">
-        <button
-          type="button"
-          class="secondary"
-          disabled={pages.length <= 1}
-          onClick={() => setPages(pages.slice(0, -1))}
-        >
-          Previous page
-        </button>
-        <span>Page {pages.length}</span>
-        <button
-          type="button"
-          class="secondary"
-          disabled={next === ""}
-          onClick={() => setPages([...pages, next])}
-        >
-          Next page
-        </button>
-      </nav>
+      <PagingNav paging={paging} label="Pages of runs" />
     </section>
   );
 }
