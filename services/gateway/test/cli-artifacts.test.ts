@@ -10,7 +10,6 @@
  * interrupted download).
  */
 import assert from "node:assert/strict";
-import { type ChildProcess, spawn } from "node:child_process";
 import { createHash, randomBytes, randomUUID } from "node:crypto";
 import { mkdtemp, readFile, readdir, rm, stat, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
@@ -41,55 +40,14 @@ import {
 } from "../../scheduler/test/support.js";
 import { type Gateway, createGateway } from "../src/server.js";
 import { AUDIENCE, ISSUER, type TestKeys, createTestKeys } from "./keys.js";
-import { ROOT } from "./tools.js";
+import { type CliExit, oneLine, startCli } from "./cli-process.js";
 
-const BIN = join(ROOT, "cli", "src", "bin.mjs");
 const T = { timeout: 120_000 };
 
-interface Result {
-  code: number | null;
-  signal: NodeJS.Signals | null;
-  stdout: Buffer;
-  stderr: string;
-}
-
-/** `nexusflow ...args` as a child process with `env` on a clean base; `exited` collects its output. */
-function start(
-  args: readonly string[],
-  env: Record<string, string>,
-): { child: ChildProcess; exited: Promise<Result> } {
-  const base = Object.fromEntries(
-    Object.entries(process.env).filter(([k]) => !k.startsWith("NEXUSFLOW_") && !k.startsWith("AUTH_")),
-  );
-  const child = spawn(process.execPath, [BIN, ...args], {
-    cwd: ROOT,
-    env: { ...base, NO_COLOR: "1", ...env },
-    stdio: ["ignore", "pipe", "pipe"],
-  });
-  const out: Buffer[] = [];
-  let stderr = "";
-  child.stdout?.on("data", (c: Buffer) => out.push(c));
-  child.stderr?.setEncoding("utf8").on("data", (c: string) => (stderr += c));
-  const timer = setTimeout(() => child.kill("SIGKILL"), 90_000);
-  const exited = new Promise<Result>((resolve, reject) => {
-    child.on("error", reject);
-    child.on("close", (code, signal) => {
-      clearTimeout(timer);
-      resolve({ code, signal, stdout: Buffer.concat(out), stderr });
-    });
-  });
-  return { child, exited };
-}
-
+type Result = CliExit;
+const start = (args: readonly string[], env: Record<string, string>) => startCli(args, env, 90_000);
 const nexusflow = (args: readonly string[], env: Record<string, string>): Promise<Result> =>
   start(args, env).exited;
-
-/** The one line a failing command writes to stderr. */
-function oneLine(r: Result): string {
-  const lines = r.stderr.trim().split("\n");
-  assert.equal(lines.length, 1, `expected one line on stderr, got:\n${r.stderr}`);
-  return lines[0] as string;
-}
 
 const sha256 = (data: Buffer | string): string => createHash("sha256").update(data).digest("hex");
 const escape = (text: string): string => text.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");

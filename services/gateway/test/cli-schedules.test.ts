@@ -4,7 +4,6 @@
  * trigger, backfill, pause, resume and delete; bad input refused naming the flag or the field.
  */
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -13,9 +12,8 @@ import { createTokenVerifier } from "@nexusflow/common";
 import type { Scheduler } from "@nexusflow/scheduler";
 import { startTestDatabase, startTestScheduler, waitFor } from "../../scheduler/test/support.js";
 import { type Gateway, createGateway } from "../src/server.js";
-import { ROOT } from "./tools.js";
+import { nexusflow } from "./cli-process.js";
 
-const BIN = join(ROOT, "cli", "src", "bin.mjs");
 const T = { timeout: 120_000 };
 
 /** The parts of ScheduleService's JSON these tests read. */
@@ -33,36 +31,6 @@ interface ResponseJson {
   schedules?: ScheduleJson[];
   fire?: { runId: string };
   message?: string;
-}
-
-interface Result {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-}
-
-/** Runs `nexusflow ...args` with `env` (on top of a clean base) and collects its output. */
-function nexusflow(args: readonly string[], env: Record<string, string>): Promise<Result> {
-  return new Promise((resolve, reject) => {
-    const base = Object.fromEntries(
-      Object.entries(process.env).filter(([k]) => !k.startsWith("NEXUSFLOW_") && !k.startsWith("AUTH_")),
-    );
-    const child = spawn(process.execPath, [BIN, ...args], {
-      cwd: ROOT,
-      env: { ...base, NO_COLOR: "1", ...env },
-      stdio: ["ignore", "pipe", "pipe"],
-    });
-    let stdout = "";
-    let stderr = "";
-    child.stdout.setEncoding("utf8").on("data", (c: string) => (stdout += c));
-    child.stderr.setEncoding("utf8").on("data", (c: string) => (stderr += c));
-    const timer = setTimeout(() => child.kill("SIGKILL"), 60_000);
-    child.on("error", reject);
-    child.on("close", (code) => {
-      clearTimeout(timer);
-      resolve({ code, stdout, stderr });
-    });
-  });
 }
 
 describe("nexusflow schedules and /v1/schedules against a live stack", () => {

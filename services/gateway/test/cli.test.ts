@@ -4,7 +4,6 @@
  * executor: token, apply, runs start/watch/get/list/cancel, logs, and the one-line errors.
  */
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -14,46 +13,10 @@ import { Executor } from "@nexusflow/executor";
 import type { Scheduler } from "@nexusflow/scheduler";
 import { startTestDatabase, startTestScheduler } from "../../scheduler/test/support.js";
 import { type Gateway, createGateway } from "../src/server.js";
+import { nexusflow, oneLine } from "./cli-process.js";
 import { ROOT } from "./tools.js";
 
-const BIN = join(ROOT, "cli", "src", "bin.mjs");
 const T = { timeout: 120_000 };
-
-interface Result {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-}
-
-/** Runs `nexusflow ...args` with `env` (on top of a clean base) and collects its output. */
-function nexusflow(args: readonly string[], env: Record<string, string | undefined>): Promise<Result> {
-  return new Promise((resolve, reject) => {
-    const base = Object.fromEntries(
-      Object.entries(process.env).filter(([k]) => !k.startsWith("NEXUSFLOW_") && !k.startsWith("AUTH_")),
-    );
-    const child = spawn(process.execPath, [BIN, ...args], {
-      cwd: ROOT,
-      env: { ...base, NO_COLOR: "1", ...env },
-      stdio: ["ignore", "pipe", "pipe"],
-    });
-    let stdout = "";
-    let stderr = "";
-    child.stdout.setEncoding("utf8").on("data", (c: string) => (stdout += c));
-    child.stderr.setEncoding("utf8").on("data", (c: string) => (stderr += c));
-    const timer = setTimeout(() => child.kill("SIGKILL"), 60_000);
-    child.on("error", reject);
-    child.on("close", (code) => {
-      clearTimeout(timer);
-      resolve({ code, stdout, stderr });
-    });
-  });
-}
-
-const oneLine = (r: Result): string => {
-  const lines = r.stderr.trim().split("\n");
-  assert.equal(lines.length, 1, `expected one line on stderr, got:\n${r.stderr}`);
-  return lines[0] as string;
-};
 
 describe("nexusflow CLI against a live stack", () => {
   let db: Awaited<ReturnType<typeof startTestDatabase>>;

@@ -4,8 +4,6 @@
  * field is a 400 naming it. `nexusflow executors` (the CLI's bin, spawned) prints the session.
  */
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
-import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { Code, ConnectError, createClient, type Interceptor } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
@@ -16,34 +14,7 @@ import type { Scheduler } from "@nexusflow/scheduler";
 import { startTestDatabase, startTestExecutor, startTestScheduler } from "../../scheduler/test/support.js";
 import { type Gateway, createGateway } from "../src/server.js";
 import { AUDIENCE, ISSUER, type TestKeys, createTestKeys } from "./keys.js";
-import { ROOT } from "./tools.js";
-
-/** `nexusflow ...args` as a child process, without the NEXUSFLOW_ variables of this one. */
-function nexusflow(
-  args: readonly string[],
-  env: Record<string, string>,
-): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  const base = Object.fromEntries(
-    Object.entries(process.env).filter(([k]) => !k.startsWith("NEXUSFLOW_") && !k.startsWith("AUTH_")),
-  );
-  const child = spawn(process.execPath, [join(ROOT, "cli", "src", "bin.mjs"), ...args], {
-    cwd: ROOT,
-    env: { ...base, NO_COLOR: "1", ...env },
-    stdio: ["ignore", "pipe", "pipe"],
-  });
-  let stdout = "";
-  let stderr = "";
-  child.stdout.setEncoding("utf8").on("data", (c: string) => (stdout += c));
-  child.stderr.setEncoding("utf8").on("data", (c: string) => (stderr += c));
-  const timer = setTimeout(() => child.kill("SIGKILL"), 50_000);
-  return new Promise((resolve, reject) => {
-    child.on("error", reject);
-    child.on("close", (code) => {
-      clearTimeout(timer);
-      resolve({ code, stdout, stderr });
-    });
-  });
-}
+import { nexusflow } from "./cli-process.js";
 
 const T = { timeout: 60_000 };
 type Json = Record<string, unknown>;
