@@ -8,3 +8,4 @@ export * from "./src/nexusflow/v1/artifact_service_pb.js";
 export * from "./src/nexusflow/v1/events_pb.js";
 export * from "./src/nexusflow/v1/cluster_service_pb.js";
 export * from "./src/nexusflow/v1/schedule_service_pb.js";
+export * from "./src/nexusflow/v1/replica_service_pb.js";

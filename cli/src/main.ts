@@ -44,6 +44,7 @@ const OPERATOR_USAGE = `Operator commands (talk to the gateway):
                                   or with -o to FILE (replaced only with --force); --stream skips presigned URLs
   executors [--type T] [--limit N] [--page-token T]
                                   the executor sessions attached now: task types, leases held, slots, credit, draining
+  cluster                         the scheduler replicas, the partitions each owns and their epochs
   token [--scope S]... [--ttl 1h] [--subject NAME]
                                   mint a DEV token with the dev key of NEXUSFLOW_DATA_DIR, ./.nexusflow or the running npm start
 
@@ -187,6 +188,11 @@ switch (command) {
   case "executors":
     process.exit(
       await operator(async (a, io) => (await import("./executors-command.js")).executorsCommand(a, io), rest),
+    );
+    break;
+  case "cluster":
+    process.exit(
+      await operator(async (a, io) => (await import("./cluster-command.js")).clusterCommand(a, io), rest),
     );
     break;
   case "artifacts":

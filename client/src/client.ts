@@ -22,6 +22,7 @@ import {
   ArtifactService,
   ClusterService,
   type RegisterWorkflowResponse,
+  ReplicaService,
   type Run,
   RunStatus,
   RunView,
@@ -159,6 +160,8 @@ export class NexusflowClient {
   readonly cluster: Client<typeof ClusterService>;
   /** ScheduleService: cron schedules that start runs, with this client's token, deadline and retries. */
   readonly schedules: Client<typeof ScheduleService>;
+  /** ReplicaService: the scheduler replicas and the partitions they own, with this client's token. */
+  readonly replicas: Client<typeof ReplicaService>;
   /** The options in effect, defaults applied. */
   readonly options: CompiledClientOptions;
   readonly #release: () => void;
@@ -172,6 +175,7 @@ export class NexusflowClient {
     this.artifacts = createClient(ArtifactService, transport);
     this.cluster = createClient(ClusterService, transport);
     this.schedules = createClient(ScheduleService, transport);
+    this.replicas = createClient(ReplicaService, transport);
   }
 
   /**

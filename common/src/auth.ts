@@ -62,6 +62,8 @@ export const RPC_ACCESS: Readonly<Record<string, Scope | typeof PUBLIC>> = {
   "nexusflow.v1.ArtifactService/GetArtifact": Scope.RUNS_READ,
   // Operators who may read runs may see which executors run them.
   "nexusflow.v1.ClusterService/ListExecutors": Scope.RUNS_READ,
+  // And which scheduler replicas own which partitions of runs.
+  "nexusflow.v1.ReplicaService/ListReplicas": Scope.RUNS_READ,
   // A schedule starts runs: changing one needs what starting runs needs.
   "nexusflow.v1.ScheduleService/CreateSchedule": Scope.RUNS_WRITE,
   "nexusflow.v1.ScheduleService/GetSchedule": Scope.RUNS_READ,

@@ -5,7 +5,13 @@
  */
 import type { DescService } from "@bufbuild/protobuf";
 import type { ConnectRouter } from "@connectrpc/connect";
-import { ArtifactService, ClusterService, ScheduleService, WorkflowService } from "@nexusflow/gen";
+import {
+  ArtifactService,
+  ClusterService,
+  ReplicaService,
+  ScheduleService,
+  WorkflowService,
+} from "@nexusflow/gen";
 import { type HealthOptions, HealthService, addHealth } from "./health.js";
 import { type ForwardingOptions, createForwardingService } from "./proxy.js";
 import { addReflection } from "./reflection.js";
@@ -16,6 +22,7 @@ export const PROXIED_SERVICES: readonly DescService[] = [
   ArtifactService,
   ClusterService,
   ScheduleService,
+  ReplicaService,
 ];
 
 /** Options of {@link createRoutes}. */

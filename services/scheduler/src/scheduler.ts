@@ -23,6 +23,7 @@ import {
   ArtifactService,
   ClusterService,
   ExecutorService,
+  ReplicaService,
   RunSchema,
   ScheduleService,
   WorkflowService,
@@ -31,6 +32,8 @@ import { Health } from "@nexusflow/gen/grpc/health/v1/health_pb";
 import { PgTaskIndex, artifactService } from "./api/artifact-service.js";
 import { authInterceptor } from "./api/auth.js";
 import { clusterService } from "./api/cluster-service.js";
+import { replicaService } from "./api/replica-service.js";
+import { readClusterView } from "./cluster/cluster-view.js";
 import { addSchedulerHealth } from "./api/health.js";
 import { runDetail } from "./api/convert.js";
 import { executorService, executorServiceDefinition } from "./api/executor-session.js";
@@ -363,6 +366,12 @@ export class Scheduler {
         artifactService({ store, tasks: new PgTaskIndex(this.db.pool), log }),
       );
       server.addService(serviceDefinition(ClusterService), clusterService(engine));
+      const leases = this.leases;
+      const pool = this.db.pool;
+      server.addService(
+        serviceDefinition(ReplicaService),
+        replicaService({ replicaId: leases.replicaId, view: () => readClusterView(pool, leases.leaseMs) }),
+      );
       // Keep in step with the services added above and below: reflection lists exactly these.
       addReflection(server, [
         WorkflowService,
@@ -370,6 +379,7 @@ export class Scheduler {
         ExecutorService,
         ArtifactService,
         ClusterService,
+        ReplicaService,
         Health,
       ]);
       const ready = addSchedulerHealth(server, {

@@ -9,6 +9,7 @@ import {
   ArtifactService,
   ClusterService,
   ExecutorService,
+  ReplicaService,
   ScheduleService,
   WorkflowService,
 } from "@nexusflow/gen";
@@ -56,6 +57,7 @@ export function addSchedulerHealth(server: grpc.Server, options: SchedulerHealth
       ArtifactService.typeName,
       ClusterService.typeName,
       ScheduleService.typeName,
+      ReplicaService.typeName,
     ],
   });
   return ready;

@@ -130,7 +130,8 @@ export class PartitionLeases implements WriteFence {
   private readonly owned = new Map<number, number>();
   private count = 0;
   private address: string;
-  private readonly leaseMs: number;
+  /** How long a lease holds after a renewal. */
+  readonly leaseMs: number;
   private readonly renewIntervalMs: number;
   private readonly stablePeriodMs: number;
   private readonly pool: pg.Pool;

@@ -1,0 +1,59 @@
+/**
+ * ReplicaService over gRPC: the installation's scheduler replicas and the partitions they own,
+ * read from the database (cluster/cluster-view.ts), so any replica answers for all.
+ */
+import { create } from "@bufbuild/protobuf";
+import { timestampFromDate } from "@bufbuild/protobuf/wkt";
+import type * as grpc from "@grpc/grpc-js";
+import { unary } from "@nexusflow/common";
+import {
+  type ListReplicasResponse,
+  ListReplicasResponseSchema,
+  type PartitionLease,
+  PartitionLeaseSchema,
+} from "@nexusflow/gen";
+import type { ClusterView, PartitionView } from "../cluster/cluster-view.js";
+
+/** What ReplicaService reads. */
+export interface ReplicaSource {
+  /** The view of the tables now. */
+  view(): Promise<ClusterView>;
+  /** The answering replica's id. */
+  readonly replicaId: string;
+}
+
+function lease(p: PartitionView): PartitionLease {
+  return create(PartitionLeaseSchema, {
+    partition: p.partition,
+    epoch: BigInt(p.epoch),
+    leaseExpireTime: timestampFromDate(p.leaseExpiresAt),
+    owner: p.owner ?? "",
+  });
+}
+
+/** A view as the ListReplicas response. */
+export function listReplicasResponse(view: ClusterView, answeredBy: string): ListReplicasResponse {
+  return create(ListReplicasResponseSchema, {
+    partitionCount: view.partitionCount,
+    replicas: view.replicas.map((r) => ({
+      replicaId: r.id,
+      address: r.address,
+      host: r.host,
+      pid: r.pid,
+      startTime: timestampFromDate(r.startedAt),
+      heartbeatTime: timestampFromDate(r.heartbeatAt),
+      live: r.live,
+      partitions: r.partitions.map(lease),
+    })),
+    unowned: view.unowned.map(lease),
+    readTime: timestampFromDate(view.readAt),
+    answeredBy,
+  });
+}
+
+/** The ReplicaService implementation for grpc-js. */
+export function replicaService(source: ReplicaSource): grpc.UntypedServiceImplementation {
+  return {
+    listReplicas: unary(async () => listReplicasResponse(await source.view(), source.replicaId)),
+  };
+}
