@@ -78,6 +78,22 @@ export function describeGate(gate: PendingGate, nowMs: number): string {
       return g.value.cancelRequested
         ? "the run was cancelled: it will not start"
         : "the run is rolling back (compensating): it will not start";
+    case "concurrencyKey": {
+      const v = g.value;
+      const what = v.scope === "workflow" ? "its run waits for a slot of" : "it waits for a slot of";
+      const holders = v.holders.map((h) =>
+        h.stepId === "" ? `run ${h.runId}` : `${h.stepId} of run ${h.runId}`,
+      );
+      const more = v.holding > holders.length ? ` and ${v.holding - holders.length} more` : "";
+      const held = v.holding === 0 ? "nobody holds it" : `held by ${holders.join(", ")}${more}`;
+      const place =
+        v.position > 0
+          ? `it is ${v.position} of ${v.waiting} in the key's queue`
+          : v.waiting > 0
+            ? `${plural(v.waiting, "other")} wait${v.waiting === 1 ? "s" : ""} in the key's queue`
+            : "nothing else waits for it";
+      return `${what} concurrency key ${JSON.stringify(v.key)} (${v.keyExpression}, limit ${v.limit}, ${v.strategy}): ${held}; ${place}`;
+    }
     case undefined:
       return "held by a gate this CLI does not know (a newer scheduler?): see --output json";
   }

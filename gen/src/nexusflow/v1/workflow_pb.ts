@@ -14,7 +14,7 @@ import type { JsonObject, Message } from "@bufbuild/protobuf";
  * Describes the file nexusflow/v1/workflow.proto.
  */
 export const file_nexusflow_v1_workflow: GenFile = /*@__PURE__*/
-  fileDesc("ChtuZXh1c2Zsb3cvdjEvd29ya2Zsb3cucHJvdG8SDG5leHVzZmxvdy52MSL4AQoMV29ya2Zsb3dTcGVjEgwKBG5hbWUYASABKAkSDwoHdmVyc2lvbhgCIAEoBRITCgtkZXNjcmlwdGlvbhgDIAEoCRImCgVpbnB1dBgEIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSLAoIZGVmYXVsdHMYBSABKAsyGi5uZXh1c2Zsb3cudjEuU3RlcERlZmF1bHRzEg8KB3RpbWVvdXQYBiABKAkSJQoFc3RlcHMYByADKAsyFi5uZXh1c2Zsb3cudjEuU3RlcFNwZWMSJgoGb3V0cHV0GAggASgLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlIngKDFN0ZXBEZWZhdWx0cxIoCgVyZXRyeRgBIAEoCzIZLm5leHVzZmxvdy52MS5SZXRyeVBvbGljeRIsCgh0aW1lb3V0cxgCIAEoCzIaLm5leHVzZmxvdy52MS5TdGVwVGltZW91dHMSEAoIcHJpb3JpdHkYAyABKAUihwIKCFN0ZXBTcGVjEgoKAmlkGAEgASgJEgwKBHR5cGUYAiABKAkSJQoFaW5wdXQYAyABKAsyFi5nb29nbGUucHJvdG9idWYuVmFsdWUSEgoKZGVwZW5kc19vbhgEIAMoCRIMCgR3aGVuGAUgASgJEigKBXJldHJ5GAYgASgLMhkubmV4dXNmbG93LnYxLlJldHJ5UG9saWN5EiwKCHRpbWVvdXRzGAcgASgLMhoubmV4dXNmbG93LnYxLlN0ZXBUaW1lb3V0cxIuCgpjb21wZW5zYXRlGAggASgLMhoubmV4dXNmbG93LnYxLkNvbXBlbnNhdGlvbhIQCghwcmlvcml0eRgJIAEoBSKeAQoLUmV0cnlQb2xpY3kSFAoMbWF4X2F0dGVtcHRzGAEgASgFEhgKEGluaXRpYWxfaW50ZXJ2YWwYAiABKAkSGwoTYmFja29mZl9jb2VmZmljaWVudBgDIAEoARIUCgxtYXhfaW50ZXJ2YWwYBCABKAkSDgoGaml0dGVyGAUgASgJEhwKFG5vbl9yZXRyeWFibGVfZXJyb3JzGAYgAygJIlQKDFN0ZXBUaW1lb3V0cxIZChFzY2hlZHVsZV90b19zdGFydBgBIAEoCRIWCg5zdGFydF90b19jbG9zZRgCIAEoCRIRCgloZWFydGJlYXQYAyABKAkibQoMQ29tcGVuc2F0aW9uEgwKBHR5cGUYASABKAkSJQoFaW5wdXQYAiABKAsyFi5nb29nbGUucHJvdG9idWYuVmFsdWUSKAoFcmV0cnkYAyABKAsyGS5uZXh1c2Zsb3cudjEuUmV0cnlQb2xpY3kipAEKEldvcmtmbG93RGVmaW5pdGlvbhIMCgRuYW1lGAEgASgJEg8KB3ZlcnNpb24YAiABKAUSKAoEc3BlYxgDIAEoCzIaLm5leHVzZmxvdy52MS5Xb3JrZmxvd1NwZWMSFAoMY29udGVudF9oYXNoGAQgASgJEi8KC2NyZWF0ZV90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJmCglUYXNrRXJyb3ISDAoEdHlwZRgBIAEoCRIPCgdtZXNzYWdlGAIgASgJEhEKCXJldHJ5YWJsZRgDIAEoCBInCgdkZXRhaWxzGAQgASgLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlIskCCgdBdHRlbXB0Eg4KBm51bWJlchgBIAEoBRIVCg1mZW5jaW5nX3Rva2VuGAIgASgDEhMKC2V4ZWN1dG9yX2lkGAMgASgJEi4KCmxlYXNlX3RpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnN0YXJ0X3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiwKCGVuZF90aW1lGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIoCgZzdGF0dXMYByABKA4yGC5uZXh1c2Zsb3cudjEuVGFza1N0YXR1cxImCgVlcnJvchgIIAEoCzIXLm5leHVzZmxvdy52MS5UYXNrRXJyb3ISIgoEbG9ncxgJIAEoCzIULm5leHVzZmxvdy52MS5Mb2dSZWYilgQKB1Rhc2tSdW4SCgoCaWQYASABKAkSDwoHc3RlcF9pZBgCIAEoCRIkCgRraW5kGAMgASgOMhYubmV4dXNmbG93LnYxLlRhc2tLaW5kEgwKBHR5cGUYBCABKAkSKAoGc3RhdHVzGAUgASgOMhgubmV4dXNmbG93LnYxLlRhc2tTdGF0dXMSJQoFaW5wdXQYBiABKAsyFi5nb29nbGUucHJvdG9idWYuVmFsdWUSJgoGb3V0cHV0GAcgASgLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlEi0KCm91dHB1dF9yZWYYCCABKAsyGS5uZXh1c2Zsb3cudjEuQXJ0aWZhY3RSZWYSJgoFZXJyb3IYCSABKAsyFy5uZXh1c2Zsb3cudjEuVGFza0Vycm9yEicKCGF0dGVtcHRzGAogAygLMhUubmV4dXNmbG93LnYxLkF0dGVtcHQSNQoRbmV4dF9hdHRlbXB0X3RpbWUYCyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhMKC3NraXBfcmVhc29uGAwgASgJEi8KC2NyZWF0ZV90aW1lGA0gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCghlbmRfdGltZRgOIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFgoOcGVuZGluZ19yZWFzb24YDyABKAkinwMKC1BlbmRpbmdHYXRlEjYKDGRlcGVuZGVuY2llcxgBIAEoCzIeLm5leHVzZmxvdy52MS5EZXBlbmRlbmNpZXNHYXRlSAASMAoJY29uZGl0aW9uGAIgASgLMhsubmV4dXNmbG93LnYxLkNvbmRpdGlvbkdhdGVIABI3Cg1yZXRyeV9iYWNrb2ZmGAMgASgLMh4ubmV4dXNmbG93LnYxLlJldHJ5QmFja29mZkdhdGVIABIzCgtub19leGVjdXRvchgEIAEoCzIcLm5leHVzZmxvdy52MS5Ob0V4ZWN1dG9yR2F0ZUgAEjkKDmV4ZWN1dG9yc19idXN5GAUgASgLMh8ubmV4dXNmbG93LnYxLkV4ZWN1dG9yc0J1c3lHYXRlSAASPgoRc2NoZWR1bGVfdG9fc3RhcnQYBiABKAsyIS5uZXh1c2Zsb3cudjEuU2NoZWR1bGVUb1N0YXJ0R2F0ZUgAEjUKDHJ1bl9zdG9wcGluZxgHIAEoCzIdLm5leHVzZmxvdy52MS5SdW5TdG9wcGluZ0dhdGVIAEIGCgRnYXRlIkUKEERlcGVuZGVuY2llc0dhdGUSEAoIc3RlcF9pZHMYASADKAkSHwoXcmVhZGluZ19vdXRwdXRfc3RlcF9pZHMYAiADKAkiNQoNQ29uZGl0aW9uR2F0ZRISCgpleHByZXNzaW9uGAEgASgJEhAKCHN0ZXBfaWRzGAIgAygJIqIBChBSZXRyeUJhY2tvZmZHYXRlEjUKEW5leHRfYXR0ZW1wdF90aW1lGAEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIUCgxuZXh0X2F0dGVtcHQYAiABKAUSFAoMbWF4X2F0dGVtcHRzGAMgASgFEisKCmxhc3RfZXJyb3IYBCABKAsyFy5uZXh1c2Zsb3cudjEuVGFza0Vycm9yIlgKDk5vRXhlY3V0b3JHYXRlEgwKBHR5cGUYASABKAkSDQoFYWhlYWQYAiABKAUSKQoFc2luY2UYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIoABChFFeGVjdXRvcnNCdXN5R2F0ZRIMCgR0eXBlGAEgASgJEhEKCWV4ZWN1dG9ycxgCIAEoBRIQCghkcmFpbmluZxgDIAEoBRINCgVhaGVhZBgEIAEoBRIpCgVzaW5jZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiVwoTU2NoZWR1bGVUb1N0YXJ0R2F0ZRIsCghkZWFkbGluZRgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEgoKdGltZW91dF9tcxgCIAEoAyJYCg9SdW5TdG9wcGluZ0dhdGUSKwoKcnVuX3N0YXR1cxgBIAEoDjIXLm5leHVzZmxvdy52MS5SdW5TdGF0dXMSGAoQY2FuY2VsX3JlcXVlc3RlZBgCIAEoCCKMBAoDUnVuEgoKAmlkGAEgASgJEhUKDXdvcmtmbG93X25hbWUYAiABKAkSGAoQd29ya2Zsb3dfdmVyc2lvbhgDIAEoBRInCgZzdGF0dXMYBCABKA4yFy5uZXh1c2Zsb3cudjEuUnVuU3RhdHVzEiUKBWlucHV0GAUgASgLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlEiYKBm91dHB1dBgGIAEoCzIWLmdvb2dsZS5wcm90b2J1Zi5WYWx1ZRImCgVlcnJvchgHIAEoCzIXLm5leHVzZmxvdy52MS5UYXNrRXJyb3ISFwoPaWRlbXBvdGVuY3lfa2V5GAggASgJEi0KBmxhYmVscxgJIAMoCzIdLm5leHVzZmxvdy52MS5SdW4uTGFiZWxzRW50cnkSJAoFdGFza3MYCiADKAsyFS5uZXh1c2Zsb3cudjEuVGFza1J1bhIvCgtjcmVhdGVfdGltZRgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLAoIZW5kX3RpbWUYDCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiwKCGRlYWRsaW5lGA0gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBKpkCCglSdW5TdGF0dXMSGgoWUlVOX1NUQVRVU19VTlNQRUNJRklFRBAAEhYKElJVTl9TVEFUVVNfUEVORElORxABEhYKElJVTl9TVEFUVVNfUlVOTklORxACEhgKFFJVTl9TVEFUVVNfU1VDQ0VFREVEEAMSFQoRUlVOX1NUQVRVU19GQUlMRUQQBBIYChRSVU5fU1RBVFVTX0NBTkNFTExFRBAFEhgKFFJVTl9TVEFUVVNfVElNRURfT1VUEAYSGwoXUlVOX1NUQVRVU19DT01QRU5TQVRJTkcQBxIaChZSVU5fU1RBVFVTX0NPTVBFTlNBVEVEEAgSIgoeUlVOX1NUQVRVU19DT01QRU5TQVRJT05fRkFJTEVEEAkqjgIKClRhc2tTdGF0dXMSGwoXVEFTS19TVEFUVVNfVU5TUEVDSUZJRUQQABIXChNUQVNLX1NUQVRVU19QRU5ESU5HEAESFgoSVEFTS19TVEFUVVNfUVVFVUVEEAISFgoSVEFTS19TVEFUVVNfTEVBU0VEEAMSFwoTVEFTS19TVEFUVVNfUlVOTklORxAEEhoKFlRBU0tfU1RBVFVTX1JFVFJZX1dBSVQQBRIZChVUQVNLX1NUQVRVU19TVUNDRUVERUQQBhIWChJUQVNLX1NUQVRVU19GQUlMRUQQBxIXChNUQVNLX1NUQVRVU19TS0lQUEVEEAgSGQoVVEFTS19TVEFUVVNfQ0FOQ0VMTEVEEAkqVQoIVGFza0tpbmQSGQoVVEFTS19LSU5EX1VOU1BFQ0lGSUVEEAASEgoOVEFTS19LSU5EX1NURVAQARIaChZUQVNLX0tJTkRfQ09NUEVOU0FUSU9OEAJiBnByb3RvMw", [file_google_protobuf_struct, file_google_protobuf_timestamp, file_nexusflow_v1_artifacts]);
+  fileDesc("ChtuZXh1c2Zsb3cvdjEvd29ya2Zsb3cucHJvdG8SDG5leHVzZmxvdy52MSKtAgoMV29ya2Zsb3dTcGVjEgwKBG5hbWUYASABKAkSDwoHdmVyc2lvbhgCIAEoBRITCgtkZXNjcmlwdGlvbhgDIAEoCRImCgVpbnB1dBgEIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSLAoIZGVmYXVsdHMYBSABKAsyGi5uZXh1c2Zsb3cudjEuU3RlcERlZmF1bHRzEg8KB3RpbWVvdXQYBiABKAkSJQoFc3RlcHMYByADKAsyFi5uZXh1c2Zsb3cudjEuU3RlcFNwZWMSJgoGb3V0cHV0GAggASgLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlEjMKC2NvbmN1cnJlbmN5GAkgAygLMh4ubmV4dXNmbG93LnYxLkNvbmN1cnJlbmN5TGltaXQiQAoQQ29uY3VycmVuY3lMaW1pdBILCgNrZXkYASABKAkSDQoFbGltaXQYAiABKAUSEAoIc3RyYXRlZ3kYAyABKAkieAoMU3RlcERlZmF1bHRzEigKBXJldHJ5GAEgASgLMhkubmV4dXNmbG93LnYxLlJldHJ5UG9saWN5EiwKCHRpbWVvdXRzGAIgASgLMhoubmV4dXNmbG93LnYxLlN0ZXBUaW1lb3V0cxIQCghwcmlvcml0eRgDIAEoBSK8AgoIU3RlcFNwZWMSCgoCaWQYASABKAkSDAoEdHlwZRgCIAEoCRIlCgVpbnB1dBgDIAEoCzIWLmdvb2dsZS5wcm90b2J1Zi5WYWx1ZRISCgpkZXBlbmRzX29uGAQgAygJEgwKBHdoZW4YBSABKAkSKAoFcmV0cnkYBiABKAsyGS5uZXh1c2Zsb3cudjEuUmV0cnlQb2xpY3kSLAoIdGltZW91dHMYByABKAsyGi5uZXh1c2Zsb3cudjEuU3RlcFRpbWVvdXRzEi4KCmNvbXBlbnNhdGUYCCABKAsyGi5uZXh1c2Zsb3cudjEuQ29tcGVuc2F0aW9uEhAKCHByaW9yaXR5GAkgASgFEjMKC2NvbmN1cnJlbmN5GAogAygLMh4ubmV4dXNmbG93LnYxLkNvbmN1cnJlbmN5TGltaXQingEKC1JldHJ5UG9saWN5EhQKDG1heF9hdHRlbXB0cxgBIAEoBRIYChBpbml0aWFsX2ludGVydmFsGAIgASgJEhsKE2JhY2tvZmZfY29lZmZpY2llbnQYAyABKAESFAoMbWF4X2ludGVydmFsGAQgASgJEg4KBmppdHRlchgFIAEoCRIcChRub25fcmV0cnlhYmxlX2Vycm9ycxgGIAMoCSJUCgxTdGVwVGltZW91dHMSGQoRc2NoZWR1bGVfdG9fc3RhcnQYASABKAkSFgoOc3RhcnRfdG9fY2xvc2UYAiABKAkSEQoJaGVhcnRiZWF0GAMgASgJIm0KDENvbXBlbnNhdGlvbhIMCgR0eXBlGAEgASgJEiUKBWlucHV0GAIgASgLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlEigKBXJldHJ5GAMgASgLMhkubmV4dXNmbG93LnYxLlJldHJ5UG9saWN5IqQBChJXb3JrZmxvd0RlZmluaXRpb24SDAoEbmFtZRgBIAEoCRIPCgd2ZXJzaW9uGAIgASgFEigKBHNwZWMYAyABKAsyGi5uZXh1c2Zsb3cudjEuV29ya2Zsb3dTcGVjEhQKDGNvbnRlbnRfaGFzaBgEIAEoCRIvCgtjcmVhdGVfdGltZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiZgoJVGFza0Vycm9yEgwKBHR5cGUYASABKAkSDwoHbWVzc2FnZRgCIAEoCRIRCglyZXRyeWFibGUYAyABKAgSJwoHZGV0YWlscxgEIAEoCzIWLmdvb2dsZS5wcm90b2J1Zi5WYWx1ZSLJAgoHQXR0ZW1wdBIOCgZudW1iZXIYASABKAUSFQoNZmVuY2luZ190b2tlbhgCIAEoAxITCgtleGVjdXRvcl9pZBgDIAEoCRIuCgpsZWFzZV90aW1lGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpzdGFydF90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCghlbmRfdGltZRgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASKAoGc3RhdHVzGAcgASgOMhgubmV4dXNmbG93LnYxLlRhc2tTdGF0dXMSJgoFZXJyb3IYCCABKAsyFy5uZXh1c2Zsb3cudjEuVGFza0Vycm9yEiIKBGxvZ3MYCSABKAsyFC5uZXh1c2Zsb3cudjEuTG9nUmVmIpYECgdUYXNrUnVuEgoKAmlkGAEgASgJEg8KB3N0ZXBfaWQYAiABKAkSJAoEa2luZBgDIAEoDjIWLm5leHVzZmxvdy52MS5UYXNrS2luZBIMCgR0eXBlGAQgASgJEigKBnN0YXR1cxgFIAEoDjIYLm5leHVzZmxvdy52MS5UYXNrU3RhdHVzEiUKBWlucHV0GAYgASgLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlEiYKBm91dHB1dBgHIAEoCzIWLmdvb2dsZS5wcm90b2J1Zi5WYWx1ZRItCgpvdXRwdXRfcmVmGAggASgLMhkubmV4dXNmbG93LnYxLkFydGlmYWN0UmVmEiYKBWVycm9yGAkgASgLMhcubmV4dXNmbG93LnYxLlRhc2tFcnJvchInCghhdHRlbXB0cxgKIAMoCzIVLm5leHVzZmxvdy52MS5BdHRlbXB0EjUKEW5leHRfYXR0ZW1wdF90aW1lGAsgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBITCgtza2lwX3JlYXNvbhgMIAEoCRIvCgtjcmVhdGVfdGltZRgNIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLAoIZW5kX3RpbWUYDiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhYKDnBlbmRpbmdfcmVhc29uGA8gASgJItwDCgtQZW5kaW5nR2F0ZRI2CgxkZXBlbmRlbmNpZXMYASABKAsyHi5uZXh1c2Zsb3cudjEuRGVwZW5kZW5jaWVzR2F0ZUgAEjAKCWNvbmRpdGlvbhgCIAEoCzIbLm5leHVzZmxvdy52MS5Db25kaXRpb25HYXRlSAASNwoNcmV0cnlfYmFja29mZhgDIAEoCzIeLm5leHVzZmxvdy52MS5SZXRyeUJhY2tvZmZHYXRlSAASMwoLbm9fZXhlY3V0b3IYBCABKAsyHC5uZXh1c2Zsb3cudjEuTm9FeGVjdXRvckdhdGVIABI5Cg5leGVjdXRvcnNfYnVzeRgFIAEoCzIfLm5leHVzZmxvdy52MS5FeGVjdXRvcnNCdXN5R2F0ZUgAEj4KEXNjaGVkdWxlX3RvX3N0YXJ0GAYgASgLMiEubmV4dXNmbG93LnYxLlNjaGVkdWxlVG9TdGFydEdhdGVIABI1CgxydW5fc3RvcHBpbmcYByABKAsyHS5uZXh1c2Zsb3cudjEuUnVuU3RvcHBpbmdHYXRlSAASOwoPY29uY3VycmVuY3lfa2V5GAggASgLMiAubmV4dXNmbG93LnYxLkNvbmN1cnJlbmN5S2V5R2F0ZUgAQgYKBGdhdGUizwEKEkNvbmN1cnJlbmN5S2V5R2F0ZRINCgVzY29wZRgBIAEoCRIWCg5rZXlfZXhwcmVzc2lvbhgCIAEoCRILCgNrZXkYAyABKAkSDQoFbGltaXQYBCABKAUSEAoIc3RyYXRlZ3kYBSABKAkSMAoHaG9sZGVycxgGIAMoCzIfLm5leHVzZmxvdy52MS5Db25jdXJyZW5jeUhvbGRlchIPCgdob2xkaW5nGAcgASgFEhAKCHBvc2l0aW9uGAggASgFEg8KB3dhaXRpbmcYCSABKAUiSQoRQ29uY3VycmVuY3lIb2xkZXISDgoGcnVuX2lkGAEgASgJEg8KB3N0ZXBfaWQYAiABKAkSEwoLdGFza19ydW5faWQYAyABKAkiRQoQRGVwZW5kZW5jaWVzR2F0ZRIQCghzdGVwX2lkcxgBIAMoCRIfChdyZWFkaW5nX291dHB1dF9zdGVwX2lkcxgCIAMoCSI1Cg1Db25kaXRpb25HYXRlEhIKCmV4cHJlc3Npb24YASABKAkSEAoIc3RlcF9pZHMYAiADKAkiogEKEFJldHJ5QmFja29mZkdhdGUSNQoRbmV4dF9hdHRlbXB0X3RpbWUYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhQKDG5leHRfYXR0ZW1wdBgCIAEoBRIUCgxtYXhfYXR0ZW1wdHMYAyABKAUSKwoKbGFzdF9lcnJvchgEIAEoCzIXLm5leHVzZmxvdy52MS5UYXNrRXJyb3IiWAoOTm9FeGVjdXRvckdhdGUSDAoEdHlwZRgBIAEoCRINCgVhaGVhZBgCIAEoBRIpCgVzaW5jZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAigAEKEUV4ZWN1dG9yc0J1c3lHYXRlEgwKBHR5cGUYASABKAkSEQoJZXhlY3V0b3JzGAIgASgFEhAKCGRyYWluaW5nGAMgASgFEg0KBWFoZWFkGAQgASgFEikKBXNpbmNlGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJXChNTY2hlZHVsZVRvU3RhcnRHYXRlEiwKCGRlYWRsaW5lGAEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBISCgp0aW1lb3V0X21zGAIgASgDIlgKD1J1blN0b3BwaW5nR2F0ZRIrCgpydW5fc3RhdHVzGAEgASgOMhcubmV4dXNmbG93LnYxLlJ1blN0YXR1cxIYChBjYW5jZWxfcmVxdWVzdGVkGAIgASgIIowECgNSdW4SCgoCaWQYASABKAkSFQoNd29ya2Zsb3dfbmFtZRgCIAEoCRIYChB3b3JrZmxvd192ZXJzaW9uGAMgASgFEicKBnN0YXR1cxgEIAEoDjIXLm5leHVzZmxvdy52MS5SdW5TdGF0dXMSJQoFaW5wdXQYBSABKAsyFi5nb29nbGUucHJvdG9idWYuVmFsdWUSJgoGb3V0cHV0GAYgASgLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlEiYKBWVycm9yGAcgASgLMhcubmV4dXNmbG93LnYxLlRhc2tFcnJvchIXCg9pZGVtcG90ZW5jeV9rZXkYCCABKAkSLQoGbGFiZWxzGAkgAygLMh0ubmV4dXNmbG93LnYxLlJ1bi5MYWJlbHNFbnRyeRIkCgV0YXNrcxgKIAMoCzIVLm5leHVzZmxvdy52MS5UYXNrUnVuEi8KC2NyZWF0ZV90aW1lGAsgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCghlbmRfdGltZRgMIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLAoIZGVhZGxpbmUYDSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wGi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEqmQIKCVJ1blN0YXR1cxIaChZSVU5fU1RBVFVTX1VOU1BFQ0lGSUVEEAASFgoSUlVOX1NUQVRVU19QRU5ESU5HEAESFgoSUlVOX1NUQVRVU19SVU5OSU5HEAISGAoUUlVOX1NUQVRVU19TVUNDRUVERUQQAxIVChFSVU5fU1RBVFVTX0ZBSUxFRBAEEhgKFFJVTl9TVEFUVVNfQ0FOQ0VMTEVEEAUSGAoUUlVOX1NUQVRVU19USU1FRF9PVVQQBhIbChdSVU5fU1RBVFVTX0NPTVBFTlNBVElORxAHEhoKFlJVTl9TVEFUVVNfQ09NUEVOU0FURUQQCBIiCh5SVU5fU1RBVFVTX0NPTVBFTlNBVElPTl9GQUlMRUQQCSqOAgoKVGFza1N0YXR1cxIbChdUQVNLX1NUQVRVU19VTlNQRUNJRklFRBAAEhcKE1RBU0tfU1RBVFVTX1BFTkRJTkcQARIWChJUQVNLX1NUQVRVU19RVUVVRUQQAhIWChJUQVNLX1NUQVRVU19MRUFTRUQQAxIXChNUQVNLX1NUQVRVU19SVU5OSU5HEAQSGgoWVEFTS19TVEFUVVNfUkVUUllfV0FJVBAFEhkKFVRBU0tfU1RBVFVTX1NVQ0NFRURFRBAGEhYKElRBU0tfU1RBVFVTX0ZBSUxFRBAHEhcKE1RBU0tfU1RBVFVTX1NLSVBQRUQQCBIZChVUQVNLX1NUQVRVU19DQU5DRUxMRUQQCSpVCghUYXNrS2luZBIZChVUQVNLX0tJTkRfVU5TUEVDSUZJRUQQABISCg5UQVNLX0tJTkRfU1RFUBABEhoKFlRBU0tfS0lORF9DT01QRU5TQVRJT04QAmIGcHJvdG8z", [file_google_protobuf_struct, file_google_protobuf_timestamp, file_nexusflow_v1_artifacts]);
 
 /**
  * A workflow definition: a DAG of steps. It is the protobuf twin of the JSON definition format
@@ -81,6 +81,14 @@ export type WorkflowSpec = Message<"nexusflow.v1.WorkflowSpec"> & {
    * @generated from field: google.protobuf.Value output = 8;
    */
   output?: Value | undefined;
+
+  /**
+   * Keyed concurrency limits on the runs, at most 10: a run holds a slot of each from its start
+   * until it ends, is cancelled or starts rolling back. Keys may use `input` and `run` only.
+   *
+   * @generated from field: repeated nexusflow.v1.ConcurrencyLimit concurrency = 9;
+   */
+  concurrency: ConcurrencyLimit[];
 };
 
 /**
@@ -89,6 +97,48 @@ export type WorkflowSpec = Message<"nexusflow.v1.WorkflowSpec"> & {
  */
 export const WorkflowSpecSchema: GenMessage<WorkflowSpec> = /*@__PURE__*/
   messageDesc(file_nexusflow_v1_workflow, 0);
+
+/**
+ * A keyed concurrency limit: at most `limit` holders with the same key value at once, shared by
+ * every version of the workflow (of the step, on a step) with the same key expression.
+ *
+ * @generated from message nexusflow.v1.ConcurrencyLimit
+ */
+export type ConcurrencyLimit = Message<"nexusflow.v1.ConcurrencyLimit"> & {
+  /**
+   * Expression in Nexusflow's expression language, e.g. "input.customerId": its value, a string
+   * or a number (42 and "42" are one key), names the key. Evaluated when the run starts (on the
+   * workflow) or when the step's task is first queued (on a step). Any other value fails the
+   * StartRun call (INVALID_ARGUMENT) or the step (CONCURRENCY_KEY_ERROR).
+   *
+   * @generated from field: string key = 1;
+   */
+  key: string;
+
+  /**
+   * Holders per key value, 1 to 10000.
+   *
+   * @generated from field: int32 limit = 2;
+   */
+  limit: number;
+
+  /**
+   * What one more task (or run) does while the key is full: "queue" (default: it waits in the
+   * key's queue, in order), "cancel-newest" (it is cancelled), "cancel-in-progress" (the oldest
+   * holder's run is cancelled, with compensation, and it takes the slot) or "keep-newest-queued"
+   * (it waits, and any older waiter's run is cancelled).
+   *
+   * @generated from field: string strategy = 3;
+   */
+  strategy: string;
+};
+
+/**
+ * Describes the message nexusflow.v1.ConcurrencyLimit.
+ * Use `create(ConcurrencyLimitSchema)` to create a new message.
+ */
+export const ConcurrencyLimitSchema: GenMessage<ConcurrencyLimit> = /*@__PURE__*/
+  messageDesc(file_nexusflow_v1_workflow, 1);
 
 /**
  * Workflow-wide defaults for step policies.
@@ -123,7 +173,7 @@ export type StepDefaults = Message<"nexusflow.v1.StepDefaults"> & {
  * Use `create(StepDefaultsSchema)` to create a new message.
  */
 export const StepDefaultsSchema: GenMessage<StepDefaults> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 1);
+  messageDesc(file_nexusflow_v1_workflow, 2);
 
 /**
  * One step of a workflow: a task of a given type with templated input.
@@ -197,6 +247,15 @@ export type StepSpec = Message<"nexusflow.v1.StepSpec"> & {
    * @generated from field: int32 priority = 9;
    */
   priority: number;
+
+  /**
+   * Keyed concurrency limits on this step's tasks, at most 10: a task holds a slot of each while
+   * an executor holds its lease (leased or running). Keys may use `input`, `run` and the outputs
+   * of upstream steps. The step's compensation is not limited.
+   *
+   * @generated from field: repeated nexusflow.v1.ConcurrencyLimit concurrency = 10;
+   */
+  concurrency: ConcurrencyLimit[];
 };
 
 /**
@@ -204,7 +263,7 @@ export type StepSpec = Message<"nexusflow.v1.StepSpec"> & {
  * Use `create(StepSpecSchema)` to create a new message.
  */
 export const StepSpecSchema: GenMessage<StepSpec> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 2);
+  messageDesc(file_nexusflow_v1_workflow, 3);
 
 /**
  * How a failed step is retried.
@@ -260,7 +319,7 @@ export type RetryPolicy = Message<"nexusflow.v1.RetryPolicy"> & {
  * Use `create(RetryPolicySchema)` to create a new message.
  */
 export const RetryPolicySchema: GenMessage<RetryPolicy> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 3);
+  messageDesc(file_nexusflow_v1_workflow, 4);
 
 /**
  * Time limits of one step.
@@ -295,7 +354,7 @@ export type StepTimeouts = Message<"nexusflow.v1.StepTimeouts"> & {
  * Use `create(StepTimeoutsSchema)` to create a new message.
  */
 export const StepTimeoutsSchema: GenMessage<StepTimeouts> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 4);
+  messageDesc(file_nexusflow_v1_workflow, 5);
 
 /**
  * The compensating action of a step (saga rollback).
@@ -330,7 +389,7 @@ export type Compensation = Message<"nexusflow.v1.Compensation"> & {
  * Use `create(CompensationSchema)` to create a new message.
  */
 export const CompensationSchema: GenMessage<Compensation> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 5);
+  messageDesc(file_nexusflow_v1_workflow, 6);
 
 /**
  * A registered workflow definition.
@@ -379,7 +438,7 @@ export type WorkflowDefinition = Message<"nexusflow.v1.WorkflowDefinition"> & {
  * Use `create(WorkflowDefinitionSchema)` to create a new message.
  */
 export const WorkflowDefinitionSchema: GenMessage<WorkflowDefinition> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 6);
+  messageDesc(file_nexusflow_v1_workflow, 7);
 
 /**
  * A failure as reported by a handler or decided by the scheduler.
@@ -421,7 +480,7 @@ export type TaskError = Message<"nexusflow.v1.TaskError"> & {
  * Use `create(TaskErrorSchema)` to create a new message.
  */
 export const TaskErrorSchema: GenMessage<TaskError> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 7);
+  messageDesc(file_nexusflow_v1_workflow, 8);
 
 /**
  * One attempt of a task run.
@@ -498,7 +557,7 @@ export type Attempt = Message<"nexusflow.v1.Attempt"> & {
  * Use `create(AttemptSchema)` to create a new message.
  */
 export const AttemptSchema: GenMessage<Attempt> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 8);
+  messageDesc(file_nexusflow_v1_workflow, 9);
 
 /**
  * The state of one step (or compensation) within a run.
@@ -624,7 +683,7 @@ export type TaskRun = Message<"nexusflow.v1.TaskRun"> & {
  * Use `create(TaskRunSchema)` to create a new message.
  */
 export const TaskRunSchema: GenMessage<TaskRun> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 9);
+  messageDesc(file_nexusflow_v1_workflow, 10);
 
 /**
  * One gate that holds a task back now (ExplainPending). A task may be held by several at once.
@@ -693,6 +752,14 @@ export type PendingGate = Message<"nexusflow.v1.PendingGate"> & {
      */
     value: RunStoppingGate;
     case: "runStopping";
+  } | {
+    /**
+     * A concurrency limit's key is full: the task (or its run) waits for a slot.
+     *
+     * @generated from field: nexusflow.v1.ConcurrencyKeyGate concurrency_key = 8;
+     */
+    value: ConcurrencyKeyGate;
+    case: "concurrencyKey";
   } | { case: undefined; value?: undefined };
 };
 
@@ -701,7 +768,120 @@ export type PendingGate = Message<"nexusflow.v1.PendingGate"> & {
  * Use `create(PendingGateSchema)` to create a new message.
  */
 export const PendingGateSchema: GenMessage<PendingGate> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 10);
+  messageDesc(file_nexusflow_v1_workflow, 11);
+
+/**
+ * A keyed concurrency limit whose key is full holds the task, or its run (a workflow's limit).
+ *
+ * @generated from message nexusflow.v1.ConcurrencyKeyGate
+ */
+export type ConcurrencyKeyGate = Message<"nexusflow.v1.ConcurrencyKeyGate"> & {
+  /**
+   * "workflow" (the run waits to start its steps) or "step" (the step's task waits to be leased).
+   *
+   * @generated from field: string scope = 1;
+   */
+  scope: string;
+
+  /**
+   * The limit's key expression as written.
+   *
+   * @generated from field: string key_expression = 2;
+   */
+  keyExpression: string;
+
+  /**
+   * The key value (a number as its decimal text).
+   *
+   * @generated from field: string key = 3;
+   */
+  key: string;
+
+  /**
+   * Holders allowed at once.
+   *
+   * @generated from field: int32 limit = 4;
+   */
+  limit: number;
+
+  /**
+   * The limit's strategy ("queue", "cancel-newest", "cancel-in-progress", "keep-newest-queued").
+   *
+   * @generated from field: string strategy = 5;
+   */
+  strategy: string;
+
+  /**
+   * Who holds the key's slots now (the first 20, oldest first).
+   *
+   * @generated from field: repeated nexusflow.v1.ConcurrencyHolder holders = 6;
+   */
+  holders: ConcurrencyHolder[];
+
+  /**
+   * How many hold it (holders lists at most 20 of them).
+   *
+   * @generated from field: int32 holding = 7;
+   */
+  holding: number;
+
+  /**
+   * The task's (or run's) place in the key's queue, from 1; 0 when it is not in it yet (still in
+   * its type's ready queue: it joins the key's queue when an executor could take it).
+   *
+   * @generated from field: int32 position = 8;
+   */
+  position: number;
+
+  /**
+   * How many wait in the key's queue.
+   *
+   * @generated from field: int32 waiting = 9;
+   */
+  waiting: number;
+};
+
+/**
+ * Describes the message nexusflow.v1.ConcurrencyKeyGate.
+ * Use `create(ConcurrencyKeyGateSchema)` to create a new message.
+ */
+export const ConcurrencyKeyGateSchema: GenMessage<ConcurrencyKeyGate> = /*@__PURE__*/
+  messageDesc(file_nexusflow_v1_workflow, 12);
+
+/**
+ * A holder of a concurrency key's slot: a run (a workflow's limit) or a step's task.
+ *
+ * @generated from message nexusflow.v1.ConcurrencyHolder
+ */
+export type ConcurrencyHolder = Message<"nexusflow.v1.ConcurrencyHolder"> & {
+  /**
+   * The run.
+   *
+   * @generated from field: string run_id = 1;
+   */
+  runId: string;
+
+  /**
+   * The step whose task holds it; empty for a run.
+   *
+   * @generated from field: string step_id = 2;
+   */
+  stepId: string;
+
+  /**
+   * The task run; empty for a run.
+   *
+   * @generated from field: string task_run_id = 3;
+   */
+  taskRunId: string;
+};
+
+/**
+ * Describes the message nexusflow.v1.ConcurrencyHolder.
+ * Use `create(ConcurrencyHolderSchema)` to create a new message.
+ */
+export const ConcurrencyHolderSchema: GenMessage<ConcurrencyHolder> = /*@__PURE__*/
+  messageDesc(file_nexusflow_v1_workflow, 13);
 
 /**
  * The task waits for other tasks of its run to finish.
@@ -731,7 +911,7 @@ export type DependenciesGate = Message<"nexusflow.v1.DependenciesGate"> & {
  * Use `create(DependenciesGateSchema)` to create a new message.
  */
 export const DependenciesGateSchema: GenMessage<DependenciesGate> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 11);
+  messageDesc(file_nexusflow_v1_workflow, 14);
 
 /**
  * The step's `when` condition is evaluated only once its dependencies have finished.
@@ -759,7 +939,7 @@ export type ConditionGate = Message<"nexusflow.v1.ConditionGate"> & {
  * Use `create(ConditionGateSchema)` to create a new message.
  */
 export const ConditionGateSchema: GenMessage<ConditionGate> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 12);
+  messageDesc(file_nexusflow_v1_workflow, 15);
 
 /**
  * The task failed and its next attempt waits for its retry backoff.
@@ -801,7 +981,7 @@ export type RetryBackoffGate = Message<"nexusflow.v1.RetryBackoffGate"> & {
  * Use `create(RetryBackoffGateSchema)` to create a new message.
  */
 export const RetryBackoffGateSchema: GenMessage<RetryBackoffGate> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 13);
+  messageDesc(file_nexusflow_v1_workflow, 16);
 
 /**
  * No attached executor session advertises the task's type: an executor for it must be started.
@@ -836,7 +1016,7 @@ export type NoExecutorGate = Message<"nexusflow.v1.NoExecutorGate"> & {
  * Use `create(NoExecutorGateSchema)` to create a new message.
  */
 export const NoExecutorGateSchema: GenMessage<NoExecutorGate> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 14);
+  messageDesc(file_nexusflow_v1_workflow, 17);
 
 /**
  * Every attached session that advertises the task's type has no credit left (all its slots are
@@ -886,7 +1066,7 @@ export type ExecutorsBusyGate = Message<"nexusflow.v1.ExecutorsBusyGate"> & {
  * Use `create(ExecutorsBusyGateSchema)` to create a new message.
  */
 export const ExecutorsBusyGateSchema: GenMessage<ExecutorsBusyGate> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 15);
+  messageDesc(file_nexusflow_v1_workflow, 18);
 
 /**
  * The queued attempt fails with SCHEDULE_TO_START_TIMEOUT (and is retried per the step's policy)
@@ -915,7 +1095,7 @@ export type ScheduleToStartGate = Message<"nexusflow.v1.ScheduleToStartGate"> & 
  * Use `create(ScheduleToStartGateSchema)` to create a new message.
  */
 export const ScheduleToStartGateSchema: GenMessage<ScheduleToStartGate> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 16);
+  messageDesc(file_nexusflow_v1_workflow, 19);
 
 /**
  * The run is cancelled or rolling back its completed steps: the step is not started.
@@ -943,7 +1123,7 @@ export type RunStoppingGate = Message<"nexusflow.v1.RunStoppingGate"> & {
  * Use `create(RunStoppingGateSchema)` to create a new message.
  */
 export const RunStoppingGateSchema: GenMessage<RunStoppingGate> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 17);
+  messageDesc(file_nexusflow_v1_workflow, 20);
 
 /**
  * A run of a workflow definition.
@@ -1048,7 +1228,7 @@ export type Run = Message<"nexusflow.v1.Run"> & {
  * Use `create(RunSchema)` to create a new message.
  */
 export const RunSchema: GenMessage<Run> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 18);
+  messageDesc(file_nexusflow_v1_workflow, 21);
 
 /**
  * Lifecycle state of a run.

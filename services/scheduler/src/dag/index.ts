@@ -45,6 +45,14 @@ export {
   type SkipDecision,
   type StepDecisionError,
 } from "./evaluate.js";
+export {
+  SIGNAL_NAME_PATTERN,
+  SIGNAL_NAME_RULE,
+  untilTime,
+  type CompiledDurable,
+  type SleepSpec,
+  type WaitSpec,
+} from "./durable.js";
 export { canonicalJson, contentHash, jsonEqual, type JsonValue } from "./json.js";
 export {
   DEFAULT_BACKOFF_COEFFICIENT,
@@ -63,6 +71,9 @@ export {
 } from "./retry.js";
 export { compileSchema, validateAgainstSchema, type CompiledSchema, type SchemaType } from "./schema.js";
 export {
+  CONCURRENCY_STRATEGIES,
+  MAX_CONCURRENCY_LIMIT,
+  MAX_CONCURRENCY_LIMITS,
   MAX_DEPENDENCIES,
   MAX_DESCRIPTION_LENGTH,
   MAX_SPEC_BYTES,
@@ -73,6 +84,9 @@ export {
   STEP_ID_PATTERN,
   type CompensateSpec,
   type CompiledCompensation,
+  type CompiledConcurrencyLimit,
+  type ConcurrencyLimitSpec,
+  type ConcurrencyStrategy,
   type CompiledStep,
   type CompiledWorkflow,
   type ResolvedTimeouts,

@@ -2,6 +2,7 @@
  * Types of the workflow definition language (what users write), of the compiled form the
  * scheduler works with, and of the run state the evaluator reads.
  */
+import type { CompiledDurable, SleepSpec, WaitSpec } from "./durable.js";
 import type { Expr } from "./expr.js";
 import type { ResolvedRetryPolicy } from "./retry.js";
 import type { CompiledSchema } from "./schema.js";
@@ -58,6 +59,35 @@ export interface CompensateSpec {
   retry?: RetryPolicy;
 }
 
+/** How a full concurrency key treats a task (or run) that wants one of its slots. */
+export type ConcurrencyStrategy = "queue" | "cancel-newest" | "cancel-in-progress" | "keep-newest-queued";
+
+/** The strategies, in the order the documentation lists them. */
+export const CONCURRENCY_STRATEGIES: readonly ConcurrencyStrategy[] = [
+  "queue",
+  "cancel-newest",
+  "cancel-in-progress",
+  "keep-newest-queued",
+];
+
+/** Highest `limit` of a concurrency limit. */
+export const MAX_CONCURRENCY_LIMIT = 10_000;
+/** Most concurrency limits on one workflow or one step. */
+export const MAX_CONCURRENCY_LIMITS = 10;
+
+/**
+ * A keyed concurrency limit as written: at most `limit` tasks (on a step) or runs (on the
+ * workflow) with the same value of `key` hold a slot at once; `strategy` says what happens to one
+ * more (default "queue").
+ */
+export interface ConcurrencyLimitSpec {
+  /** Expression over `input`, `run` and (on a step) its upstream `steps.<id>.output`; a string or a number. */
+  key: string;
+  /** Slots per key value, 1..10000. */
+  limit: number;
+  strategy?: ConcurrencyStrategy;
+}
+
 /** One step of a workflow as written. */
 export interface StepSpec {
   id: string;
@@ -76,6 +106,12 @@ export interface StepSpec {
    * that a waiting task of any priority is eventually first.
    */
   priority?: number;
+  /** A durable wait for a signal instead of a task (dag/durable.ts). */
+  wait?: WaitSpec;
+  /** A durable sleep instead of a task (dag/durable.ts). */
+  sleep?: SleepSpec;
+  /** Keyed concurrency limits on the step's tasks (its compensation is not limited). */
+  concurrency?: ConcurrencyLimitSpec[];
 }
 
 /** A workflow definition as written by users (JSON). */
@@ -91,6 +127,26 @@ export interface WorkflowSpec {
   steps: StepSpec[];
   /** Templated value computed when the run succeeds. */
   output?: unknown;
+  /** Keyed concurrency limits on the runs (a run holds its slots from its start to its end). */
+  concurrency?: ConcurrencyLimitSpec[];
+}
+
+/** A concurrency limit, validated, with its key parsed. */
+export interface CompiledConcurrencyLimit {
+  /** "workflow" (the run holds the slot) or "step" (the step's task holds it). */
+  readonly scope: "workflow" | "step";
+  /** The key expression as written. */
+  readonly expression: string;
+  readonly key: Expr;
+  readonly limit: number;
+  readonly strategy: ConcurrencyStrategy;
+  /**
+   * The key space: slots are shared by the limits with the same space and key value, i.e. by
+   * every version of the workflow (and step) with the same key expression.
+   */
+  readonly space: string;
+  /** JSON path of the limit in the definition, e.g. `$.steps[1].concurrency[0]`. */
+  readonly path: string;
 }
 
 /** Time limits in milliseconds; null means "no limit". */
@@ -133,6 +189,10 @@ export interface CompiledStep {
   /** Scheduling priority (`priority`, else `defaults.priority`, else 0), for it and its compensation. */
   readonly priority: number;
   readonly compensate: CompiledCompensation | null;
+  /** A durable wait or sleep (no executor runs it; dag/durable.ts); null for a task. */
+  readonly durable: CompiledDurable | null;
+  /** The step's concurrency limits (empty: none). */
+  readonly concurrency: readonly CompiledConcurrencyLimit[];
   /** The step as written. */
   readonly spec: Readonly<StepSpec>;
 }
@@ -162,6 +222,8 @@ export interface CompiledWorkflow {
   readonly output: Template | null;
   /** Compiled `input` schema; null when the spec has none. */
   readonly inputSchema: CompiledSchema | null;
+  /** The workflow's concurrency limits on its runs (empty: none). */
+  readonly concurrency: readonly CompiledConcurrencyLimit[];
 }
 
 /** Lifecycle of a step as the scheduler records it ("active" = leased, running or waiting for a retry). */

@@ -621,3 +621,100 @@ describe("run input schema", () => {
     );
   });
 });
+
+describe("compileWorkflow: concurrency limits", () => {
+  it("compiles limits on the workflow and on steps, strategy queue by default, each with its key space", () => {
+    const w = compile(
+      workflow(
+        [
+          { id: "a", type: "x" },
+          {
+            id: "b",
+            type: "x",
+            dependsOn: ["a"],
+            concurrency: [
+              { key: "input.customerId", limit: 1 },
+              { key: "steps.a.output.merchant", limit: 5, strategy: "cancel-in-progress" },
+            ],
+          },
+        ],
+        { concurrency: [{ key: "input.tenant", limit: 10000, strategy: "keep-newest-queued" }] },
+      ),
+    );
+    assert.deepEqual(
+      w.concurrency.map((l) => [l.scope, l.expression, l.limit, l.strategy, l.space, l.path]),
+      [
+        [
+          "workflow",
+          "input.tenant",
+          10000,
+          "keep-newest-queued",
+          "workflow:orders:input.tenant",
+          "$.concurrency[0]",
+        ],
+      ],
+    );
+    const b = w.stepsById.get("b");
+    assert.deepEqual(
+      b?.concurrency.map((l) => [l.scope, l.limit, l.strategy, l.space]),
+      [
+        ["step", 1, "queue", "step:orders/b:input.customerId"],
+        ["step", 5, "cancel-in-progress", "step:orders/b:steps.a.output.merchant"],
+      ],
+    );
+    assert.deepEqual(w.stepsById.get("a")?.concurrency, []);
+  });
+
+  it("names the field at fault: limit range, strategy, expression, unknown fields, references", () => {
+    const step = (concurrency: unknown) => workflow([{ id: "a", type: "x", concurrency }]);
+    expectError(
+      step([{ key: "input.c", limit: 0 }]),
+      "$.steps[0].concurrency[0].limit",
+      /integer from 1 to 10000/,
+    );
+    expectError(step([{ key: "input.c", limit: 10001 }]), "$.steps[0].concurrency[0].limit", /got 10001/);
+    expectError(step([{ key: "input.c", limit: 1.5 }]), "$.steps[0].concurrency[0].limit", /integer/);
+    expectError(step([{ key: "input.c" }]), "$.steps[0].concurrency[0].limit", /limit is required/);
+    expectError(step([{ limit: 1 }]), "$.steps[0].concurrency[0].key", /key is required/);
+    expectError(
+      step([{ key: "input.c", limit: 1, strategy: "cancel-newset" }]),
+      "$.steps[0].concurrency[0].strategy",
+      /unknown strategy "cancel-newset" \(did you mean "cancel-newest"\?\)/,
+    );
+    expectError(
+      step([{ key: "input.c ==", limit: 1 }]),
+      "$.steps[0].concurrency[0].key",
+      /invalid expression/,
+    );
+    expectError(step([{ key: 42, limit: 1 }]), "$.steps[0].concurrency[0].key", /must be a string/);
+    expectError(
+      step([{ key: "input.c", limit: 1, max: 2 }]),
+      "$.steps[0].concurrency[0].max",
+      /unknown field/,
+    );
+    expectError(step({ key: "input.c", limit: 1 }), "$.steps[0].concurrency", /must be an array/);
+    expectError(
+      step([
+        { key: "input.c", limit: 1 },
+        { key: "input.c", limit: 2 },
+      ]),
+      "$.steps[0].concurrency[1].key",
+      /already limited at \$\.steps\[0\]\.concurrency\[0\]/,
+    );
+    expectError(
+      step([{ key: "steps.zz.output", limit: 1 }]),
+      "$.steps[0].concurrency[0].key",
+      /unknown step "zz"/,
+    );
+    expectError(
+      workflow([{ id: "a", type: "x" }], { concurrency: [{ key: "steps.a.output.id", limit: 1 }] }),
+      "$.concurrency[0].key",
+      /evaluated when the run starts/,
+    );
+    expectError(
+      step(Array.from({ length: 11 }, (_, i) => ({ key: `input.k${i}`, limit: 1 }))),
+      "$.steps[0].concurrency",
+      /11 limits; the most is 10/,
+    );
+  });
+});

@@ -16,6 +16,9 @@ import type { ResolvedRetryPolicy } from "./retry.js";
 import { compileSchema, validateAgainstSchema } from "./schema.js";
 import type { CompiledSchema } from "./schema.js";
 import {
+  CONCURRENCY_STRATEGIES,
+  MAX_CONCURRENCY_LIMIT,
+  MAX_CONCURRENCY_LIMITS,
   MAX_DEPENDENCIES,
   MAX_DESCRIPTION_LENGTH,
   MAX_SPEC_BYTES,
@@ -27,6 +30,7 @@ import {
 } from "./spec.js";
 import type {
   CompiledCompensation,
+  CompiledConcurrencyLimit,
   CompiledStep,
   CompiledWorkflow,
   ResolvedTimeouts,
@@ -35,6 +39,7 @@ import type {
   StepTimeouts,
   WorkflowSpec,
 } from "./spec.js";
+import { checkDurable, type CompiledDurable } from "./durable.js";
 import { compileTemplate, templatePaths } from "./template.js";
 import type { Template } from "./template.js";
 
@@ -48,7 +53,17 @@ export const MAX_NON_RETRYABLE_ERRORS = 100;
 /** Longest error type in `nonRetryableErrors`. */
 export const MAX_ERROR_TYPE_LENGTH = 256;
 
-const WORKFLOW_FIELDS = ["name", "version", "description", "input", "defaults", "timeout", "steps", "output"];
+const WORKFLOW_FIELDS = [
+  "name",
+  "version",
+  "description",
+  "input",
+  "defaults",
+  "timeout",
+  "steps",
+  "output",
+  "concurrency",
+];
 const STEP_FIELDS = [
   "id",
   "type",
@@ -59,7 +74,11 @@ const STEP_FIELDS = [
   "timeouts",
   "compensate",
   "priority",
+  "concurrency",
+  "wait",
+  "sleep",
 ];
+const CONCURRENCY_FIELDS = ["key", "limit", "strategy"];
 const COMPENSATE_FIELDS = ["type", "input", "retry"];
 const DEFAULTS_FIELDS = ["retry", "timeouts", "priority"];
 /** Lowest scheduling priority of a step. */
@@ -269,6 +288,60 @@ class Checker {
     return template;
   }
 
+  /**
+   * Checks a `concurrency` list as written; returns its limits without their key space (filled in
+   * by the caller), or an empty list after reporting.
+   */
+  concurrency(value: unknown, path: string): Omit<CompiledConcurrencyLimit, "space" | "scope">[] {
+    if (!Array.isArray(value)) {
+      this.err(path, `concurrency must be an array of limits, got ${jsonTypeOf(value)}`);
+      return [];
+    }
+    if (value.length > MAX_CONCURRENCY_LIMITS)
+      this.err(path, `concurrency has ${value.length} limits; the most is ${MAX_CONCURRENCY_LIMITS}`);
+    const out: Omit<CompiledConcurrencyLimit, "space" | "scope">[] = [];
+    const seen = new Map<string, number>();
+    value.forEach((raw: unknown, i) => {
+      const at = pathJoin(path, i);
+      const limit = this.object(raw, at, "concurrency limit", CONCURRENCY_FIELDS);
+      if (limit === undefined) return;
+      const keyAt = pathJoin(at, "key");
+      let key: Expr | undefined;
+      if (limit["key"] === undefined)
+        this.err(keyAt, "key is required (an expression such as input.customerId)");
+      else key = this.expression(limit["key"], keyAt, "key");
+      const limitAt = pathJoin(at, "limit");
+      let n: number | undefined;
+      if (limit["limit"] === undefined)
+        this.err(limitAt, `limit is required (1 to ${MAX_CONCURRENCY_LIMIT})`);
+      else if (this.integer(limit["limit"], limitAt, "limit", 1, MAX_CONCURRENCY_LIMIT)) n = limit["limit"];
+      const strategy = limit["strategy"] ?? "queue";
+      const known =
+        typeof strategy === "string" && (CONCURRENCY_STRATEGIES as readonly string[]).includes(strategy);
+      if (!known)
+        this.err(
+          pathJoin(at, "strategy"),
+          `unknown strategy ${JSON.stringify(strategy)}${typeof strategy === "string" ? this.suggest(strategy, CONCURRENCY_STRATEGIES) : ""}; use one of ${CONCURRENCY_STRATEGIES.map((s) => JSON.stringify(s)).join(", ")}`,
+        );
+      if (key === undefined || n === undefined || !known) return;
+      const expression = limit["key"] as string;
+      const first = seen.get(expression);
+      if (first !== undefined) {
+        this.err(keyAt, `key ${JSON.stringify(expression)} is already limited at ${pathJoin(path, first)}`);
+        return;
+      }
+      seen.set(expression, i);
+      out.push({
+        expression,
+        key,
+        limit: n,
+        strategy: strategy as CompiledConcurrencyLimit["strategy"],
+        path: at,
+      });
+    });
+    return out;
+  }
+
   expression(value: unknown, path: string, what: string): Expr | undefined {
     if (!this.string(value, path, what)) return undefined;
     if (value.length > MAX_EXPRESSION_LENGTH) {
@@ -355,9 +428,14 @@ interface StepDraft {
   readonly dependsOn: readonly string[];
   readonly when: Expr | null;
   readonly input: Template | null;
+  /** A wait or sleep step (durable.ts); null for a task. */
+  readonly durable: CompiledDurable | null;
+  /** Where references of `input` are reported. */
+  readonly inputPath: string;
   readonly retryOk: boolean;
   readonly timeouts: Partial<Record<keyof StepTimeouts, number>>;
   readonly priority: number | undefined;
+  readonly concurrency: readonly Omit<CompiledConcurrencyLimit, "space" | "scope">[];
   readonly compensate: {
     type: string;
     input: Template | null;
@@ -377,7 +455,10 @@ function checkStep(checker: Checker, value: unknown, path: string): StepDraft | 
     id = step["id"];
   }
   let type: string | undefined;
-  if (step["type"] === undefined) checker.err(typePath, "step type is required");
+  const durable = checkDurable(step, path, checker.errors);
+  if (durable !== undefined || step["wait"] !== undefined || step["sleep"] !== undefined) type = "";
+  else if (step["type"] === undefined)
+    checker.err(typePath, "step type is required (or wait, or sleep: a durable wait)");
   else if (checker.name(step["type"], typePath, "task type", NAME_PATTERN, NAME_RULE)) {
     type = step["type"];
   }
@@ -410,7 +491,12 @@ function checkStep(checker: Checker, value: unknown, path: string): StepDraft | 
     step["when"] === undefined
       ? null
       : (checker.expression(step["when"], pathJoin(path, "when"), "when") ?? null);
-  const input = step["input"] === undefined ? null : checker.template(step["input"], pathJoin(path, "input"));
+  const input =
+    durable !== undefined
+      ? durable.input
+      : step["input"] === undefined
+        ? null
+        : checker.template(step["input"], pathJoin(path, "input"));
   const retryOk = step["retry"] === undefined || checker.retry(step["retry"], pathJoin(path, "retry"));
   const timeouts =
     step["timeouts"] === undefined
@@ -436,7 +522,26 @@ function checkStep(checker: Checker, value: unknown, path: string): StepDraft | 
     }
   }
   const priority = checker.priority(step["priority"], pathJoin(path, "priority"));
-  return { raw: step, path, id, type, dependsOn, when, input, retryOk, timeouts, priority, compensate };
+  const concurrency =
+    step["concurrency"] === undefined
+      ? []
+      : checker.concurrency(step["concurrency"], pathJoin(path, "concurrency"));
+  return {
+    raw: step,
+    path,
+    id,
+    type,
+    dependsOn,
+    when,
+    input,
+    durable: durable?.durable ?? null,
+    inputPath: durable?.inputPath ?? pathJoin(path, "input"),
+    retryOk,
+    timeouts,
+    priority,
+    concurrency,
+    compensate,
+  };
 }
 
 function mergeTimeouts(
@@ -514,6 +619,16 @@ export function compileWorkflow(json: unknown): CompileResult {
       ? null
       : (checker.duration(spec["timeout"], "$.timeout", "timeout") ?? null);
   const output = spec["output"] === undefined ? null : checker.template(spec["output"], "$.output");
+  const concurrency =
+    spec["concurrency"] === undefined ? [] : checker.concurrency(spec["concurrency"], "$.concurrency");
+  // A run's keys are evaluated when it starts: only its input and run.* exist then.
+  for (const limit of concurrency)
+    for (const ref of expressionPaths(limit.key))
+      if (ref.root === "steps" || ref.root === "step")
+        checker.err(
+          pathJoin(limit.path, "key"),
+          `${ref.text}: a workflow's concurrency key is evaluated when the run starts, so it may use input and run only (put the limit on a step to key it on a step's output)`,
+        );
 
   // Steps, first pass: each step on its own.
   const drafts: (StepDraft | undefined)[] = [];
@@ -613,9 +728,10 @@ export function compileWorkflow(json: unknown): CompileResult {
       for (const ref of expressionPaths(draft.when)) checkReference(site, pathJoin(draft.path, "when"), ref);
     }
     if (draft.input !== null) {
-      for (const { at, path } of templatePaths(draft.input, pathJoin(draft.path, "input")))
-        checkReference(site, at, path);
+      for (const { at, path } of templatePaths(draft.input, draft.inputPath)) checkReference(site, at, path);
     }
+    for (const limit of draft.concurrency)
+      for (const ref of expressionPaths(limit.key)) checkReference(site, pathJoin(limit.path, "key"), ref);
     if (draft.compensate?.input != null) {
       const base = pathJoin(pathJoin(draft.path, "compensate"), "input");
       for (const { at, path } of templatePaths(draft.compensate.input, base)) {
@@ -684,6 +800,7 @@ export function compileWorkflow(json: unknown): CompileResult {
       inputSchema,
       defaultTimeouts: mergeTimeouts(defaultTimeouts, {}),
       defaultPriority,
+      concurrency,
     }),
   };
 }
@@ -706,6 +823,7 @@ function build(
     inputSchema: CompiledSchema | null;
     defaultTimeouts: ResolvedTimeouts;
     defaultPriority: number;
+    concurrency: readonly Omit<CompiledConcurrencyLimit, "space" | "scope">[];
   },
 ): CompiledWorkflow {
   deepFreeze(spec);
@@ -754,6 +872,16 @@ function build(
       retry: policy.retry as ResolvedRetryPolicy,
       timeouts: policy.timeouts,
       priority: draft.priority ?? extra.defaultPriority,
+      durable: draft.durable,
+      concurrency: Object.freeze(
+        draft.concurrency.map((l) =>
+          Object.freeze({
+            ...l,
+            scope: "step" as const,
+            space: `step:${spec.name}/${draft.id as string}:${l.expression}`,
+          }),
+        ),
+      ),
       compensate,
       spec: draft.raw as unknown as StepSpec,
     });
@@ -773,6 +901,11 @@ function build(
     dependents: new Map(steps.map((s) => [s.id, s.dependents])),
     output: extra.output,
     inputSchema: extra.inputSchema,
+    concurrency: Object.freeze(
+      extra.concurrency.map((l) =>
+        Object.freeze({ ...l, scope: "workflow" as const, space: `workflow:${spec.name}:${l.expression}` }),
+      ),
+    ),
   });
 }
 
