@@ -107,10 +107,12 @@ export class PostgresEngineStore implements EngineStore {
   readonly writer: BatchWriter;
   private readonly keys: IdempotencyKeyStore;
   private readonly db: Database;
+  private readonly fence: WriteFence | undefined;
   private listener: EngineStoreListener | undefined;
 
   constructor(options: PostgresEngineStoreOptions) {
     this.db = options.db;
+    this.fence = options.fence;
     this.keys = new IdempotencyKeyStore(options.db.pool);
     this.writer = new BatchWriter({
       pool: options.db.writerPool,
@@ -185,7 +187,7 @@ export class PostgresEngineStore implements EngineStore {
   }
 
   failRefusedRun(runId: string, error: ErrorInfo): Promise<RefusedRunOutcome> {
-    return failRefusedRun(this.db.pool, runId, error);
+    return failRefusedRun(this.db.pool, runId, error, this.fence);
   }
 
   close(): Promise<void> {

@@ -3,8 +3,16 @@
  * their events): in one transaction its row becomes FAILED with the given error, its unfinished
  * tasks and attempts CANCELLED, and a runCompleted event joins the outbox with the run's next
  * sequence number, so that state and events stay in step. Only known-good values are written.
+ * With a fence (docs/replicas.md), the transaction first checks that this replica still holds the
+ * run's partition at its epoch, and keeps that check's lock until it commits.
  */
 import type pg from "pg";
+import {
+  claimOf,
+  fencedByDatabase,
+  isPartitionFencedError,
+  type WriteFence,
+} from "../cluster/partitioning.js";
 import { errorToProto } from "@nexusflow/common";
 import { RunStatus } from "@nexusflow/gen";
 import { encodeEventRows, lifecycleEventAt } from "./outbox.js";
@@ -24,11 +32,24 @@ export async function failRefusedRun(
   pool: pg.Pool,
   runId: string,
   error: ErrorInfo,
+  fence?: WriteFence,
 ): Promise<RefusedRunOutcome> {
+  const claim = fence === undefined ? undefined : claimOf(fence, [runId]);
+  if (isPartitionFencedError(claim)) throw claim;
   const client = await pool.connect();
   let broken = false;
   try {
     await client.query("BEGIN");
+    if (fence !== undefined && claim !== undefined)
+      await client
+        .query("SELECT nexusflow_fence($1::uuid, $2::int[], $3::bigint[])", [
+          fence.replicaId,
+          claim.partitions,
+          claim.epochs,
+        ])
+        .catch((e: unknown) => {
+          throw fencedByDatabase(e, claim.partitions) ?? e;
+        });
     const run = await client.query<{
       status: RunStatusName;
       workflow_name: string;

@@ -15,12 +15,14 @@ import {
   PartitionFencedError,
   isPartitionFencedError,
   partitionOf,
+  type WriteFence,
 } from "../../src/cluster/partitioning.js";
 import type { CompiledWorkflow } from "../../src/dag/index.js";
-import { newRunState, newTaskState, type RunState } from "../../src/model/run-state.js";
+import { newRunState, newTaskState, type ErrorInfo, type RunState } from "../../src/model/run-state.js";
 import { BatchWriter } from "../../src/persistence/batch-writer.js";
 import { openDatabase, type Database } from "../../src/persistence/database.js";
 import { lifecycleEvent } from "../../src/persistence/outbox.js";
+import { failRefusedRun } from "../../src/persistence/refused-run.js";
 import { startTestDatabase, testLogger, waitFor } from "../support.js";
 
 describe("partition leases (PostgreSQL)", () => {
@@ -187,6 +189,25 @@ describe("partition leases (PostgreSQL)", () => {
       writer.markRun(run);
       await assert.rejects(writer.flush(), (e: unknown) => e instanceof PartitionFencedError);
       assert.equal(writer.stats.fencedCommits, 2);
+      // Ending a refused run outside the writer is fenced the same way, in its transaction.
+      const believing: WriteFence = {
+        replicaId: a.replicaId,
+        partitionCount: 16,
+        epochOf: () => 1,
+        fenced: () => {},
+      };
+      const problem = { type: "STORAGE_REFUSED", message: "x", details: null };
+      await assert.rejects(
+        failRefusedRun(db.pool, run.id, problem as unknown as ErrorInfo, believing),
+        (e: unknown) =>
+          isPartitionFencedError(e) && (e.cause as { code?: string } | undefined)?.code === "NF001",
+      );
+      await assert.rejects(
+        failRefusedRun(db.pool, run.id, problem as unknown as ErrorInfo, a),
+        isPartitionFencedError,
+      );
+      const still = await db.pool.query("SELECT status FROM workflow_runs WHERE id = $1", [run.id]);
+      assert.deepEqual(still.rows, [{ status: stored }]);
     } finally {
       await writer.close();
     }
