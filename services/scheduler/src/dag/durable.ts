@@ -1,0 +1,174 @@
+/**
+ * Durable waits and sleeps in the definition language: a step with `wait` ({"signal": "approval",
+ * "timeout": "2d"}) waits for a signal sent to its run; a step with `sleep` ({"for": "10m"} or
+ * {"until": "{{ input.remindAt }}"}) waits for a time. Neither is a task: no executor runs it and
+ * it holds no executor slot. A step sets exactly one of `type`, `wait` and `sleep`; a wait or sleep
+ * step takes no `input`, `retry`, `timeouts`, `compensate` or `priority` (there is nothing to run,
+ * retry or undo).
+ *
+ * The step's task input is what it waits for, rendered when it becomes ready ({"signal",
+ * "timeout"}, {"for"} or {"until"}): `until` is a template in the language of step inputs, so it
+ * may name the run's input or an upstream step's output.
+ */
+import { DurationError, parseDuration } from "@nexusflow/common/duration";
+import type { SpecError } from "./errors.js";
+import { isPlainObject, jsonTypeOf, pathJoin } from "./json.js";
+import { compileTemplate, type Template } from "./template.js";
+
+/** Signal names: a letter, then letters, digits, `_`, `.`, `:` or `-`, at most 128 characters. */
+export const SIGNAL_NAME_PATTERN = /^[A-Za-z][A-Za-z0-9_.:-]{0,127}$/;
+/** How a bad signal name is explained. */
+export const SIGNAL_NAME_RULE =
+  "use letters, digits, _, ., : and -, start with a letter, at most 128 characters";
+
+/** A wait or sleep as written. */
+export interface WaitSpec {
+  signal: string;
+  timeout?: string;
+}
+export interface SleepSpec {
+  for?: string;
+  until?: string;
+}
+
+/** A compiled wait or sleep step. */
+export type CompiledDurable =
+  | { readonly kind: "wait"; readonly signal: string; readonly timeoutMs: number | null }
+  | { readonly kind: "sleep"; readonly forMs: number | null };
+
+/** What {@link checkDurable} found: the compiled kind and the task input template. */
+export interface DurableDraft {
+  readonly durable: CompiledDurable;
+  readonly input: Template;
+  /** Where the input template's references are reported (`$.steps[i].sleep`). */
+  readonly inputPath: string;
+}
+
+/** Fields a wait or sleep step may not have. */
+const TASK_ONLY_FIELDS = ["type", "input", "retry", "timeouts", "compensate", "priority", "concurrency"];
+
+function duration(value: unknown, path: string, what: string, errors: SpecError[]): number | undefined {
+  if (typeof value !== "string") {
+    errors.push({
+      path,
+      message: `${what} must be a duration string such as "10m", got ${jsonTypeOf(value)}`,
+    });
+    return undefined;
+  }
+  try {
+    const ms = parseDuration(value);
+    if (ms > 0) return ms;
+    errors.push({ path, message: `${what} must be longer than 0, got ${JSON.stringify(value)}` });
+  } catch (error) {
+    if (!(error instanceof DurationError)) throw error;
+    errors.push({ path, message: `${what}: ${error.message}` });
+  }
+  return undefined;
+}
+
+function unknownFields(
+  obj: Record<string, unknown>,
+  allowed: string[],
+  path: string,
+  what: string,
+  errors: SpecError[],
+): void {
+  for (const key of Object.keys(obj)) {
+    if (!allowed.includes(key))
+      errors.push({
+        path: pathJoin(path, key),
+        message: `unknown field ${JSON.stringify(key)} in ${what}; allowed fields: ${allowed.join(", ")}`,
+      });
+  }
+}
+
+/**
+ * Checks the `wait` or `sleep` of a step (`step` as written, at `path`); undefined when it has
+ * neither (a task step) or after reporting errors.
+ */
+export function checkDurable(
+  step: Record<string, unknown>,
+  path: string,
+  errors: SpecError[],
+): DurableDraft | undefined {
+  const hasWait = step["wait"] !== undefined;
+  const hasSleep = step["sleep"] !== undefined;
+  if (!hasWait && !hasSleep) return undefined;
+  const kind = hasWait ? "wait" : "sleep";
+  const before = errors.length;
+  if (hasWait && hasSleep)
+    errors.push({ path: pathJoin(path, "sleep"), message: "a step sets only one of type, wait and sleep" });
+  for (const field of TASK_ONLY_FIELDS) {
+    if (step[field] !== undefined)
+      errors.push({
+        path: pathJoin(path, field),
+        message: `a ${kind} step has no ${field}: no executor runs it (a step sets only one of type, wait and sleep)`,
+      });
+  }
+  const at = pathJoin(path, kind);
+  const body = step[kind];
+  if (!isPlainObject(body)) {
+    errors.push({ path: at, message: `${kind} must be an object, got ${jsonTypeOf(body)}` });
+    return undefined;
+  }
+  if (kind === "wait") {
+    unknownFields(body, ["signal", "timeout"], at, "wait", errors);
+    const signal = body["signal"];
+    const signalPath = pathJoin(at, "signal");
+    if (signal === undefined) errors.push({ path: signalPath, message: "wait.signal is required" });
+    else if (typeof signal !== "string" || !SIGNAL_NAME_PATTERN.test(signal))
+      errors.push({
+        path: signalPath,
+        message: `signal name ${typeof signal === "string" ? JSON.stringify(signal.slice(0, 100)) : jsonTypeOf(signal)} is invalid: ${SIGNAL_NAME_RULE}`,
+      });
+    const timeoutMs =
+      body["timeout"] === undefined
+        ? null
+        : (duration(body["timeout"], pathJoin(at, "timeout"), "wait.timeout", errors) ?? null);
+    if (errors.length > before) return undefined;
+    const literal: Record<string, string> = { signal: signal as string };
+    if (typeof body["timeout"] === "string") literal["timeout"] = body["timeout"];
+    return {
+      durable: { kind: "wait", signal: signal as string, timeoutMs },
+      input: { kind: "literal", value: literal },
+      inputPath: at,
+    };
+  }
+  unknownFields(body, ["for", "until"], at, "sleep", errors);
+  const hasFor = body["for"] !== undefined;
+  const hasUntil = body["until"] !== undefined;
+  if (hasFor === hasUntil)
+    errors.push({ path: at, message: "sleep sets exactly one of for (a duration) and until (a time)" });
+  let forMs: number | null = null;
+  if (hasFor) forMs = duration(body["for"], pathJoin(at, "for"), "sleep.for", errors) ?? null;
+  let input: Template = { kind: "literal", value: { for: body["for"] as string } };
+  if (hasUntil) {
+    const until = body["until"];
+    if (typeof until !== "string" || until.length === 0)
+      errors.push({
+        path: pathJoin(at, "until"),
+        message: `sleep.until must be an RFC 3339 time or a template rendering one, got ${typeof until === "string" ? "an empty string" : jsonTypeOf(until)}`,
+      });
+    else {
+      const compiled = compileTemplate({ until }, at);
+      errors.push(...compiled.errors);
+      input = compiled.template;
+      if (compiled.template.kind === "literal" && untilTime(until) === null)
+        errors.push({
+          path: pathJoin(at, "until"),
+          message: `sleep.until must be an RFC 3339 time with an offset (e.g. "2026-12-24T18:00:00Z"), got ${JSON.stringify(until.slice(0, 100))}`,
+        });
+    }
+  }
+  if (errors.length > before) return undefined;
+  return { durable: { kind: "sleep", forMs }, input, inputPath: at };
+}
+
+const RFC3339 = /^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$/;
+
+/** The time of a rendered `sleep.until` (an RFC 3339 string with an offset), or null. */
+export function untilTime(value: unknown): Date | null {
+  if (typeof value !== "string" || !RFC3339.test(value)) return null;
+  const ms = Date.parse(value);
+  return Number.isFinite(ms) ? new Date(ms) : null;
+}
