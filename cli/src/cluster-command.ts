@@ -70,9 +70,8 @@ export async function clusterCommand(args: string[], io: CommandIo): Promise<num
       return 0;
     }
     const readMs = res.readTime === undefined ? Date.now() : timestampMs(res.readTime);
-    io.stdout(
-      `${res.partitionCount} partitions, ${res.replicas.filter((r) => r.live).length} live replicas\n`,
-    );
+    const live = res.replicas.filter((r) => r.live).length;
+    io.stdout(`${res.partitionCount} partitions, ${live} live replica${live === 1 ? "" : "s"}\n`);
     if (res.replicas.length > 0)
       io.stdout(
         `${formatTable(

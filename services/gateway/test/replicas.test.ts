@@ -85,7 +85,7 @@ describe("GET /v1/replicas through the gateway", () => {
       const table = await nexusflow(["cluster"], env);
       assert.equal(table.code, 0, table.stderr);
       const [summary, head, row, ...more] = table.stdout.trim().split("\n");
-      assert.equal(summary, "8 partitions, 1 live replicas");
+      assert.equal(summary, "8 partitions, 1 live replica");
       assert.match(head ?? "", /^REPLICA +ADDRESS +HOST\/PID +STATE +HEARTBEAT +PARTITIONS \(EPOCH\)$/);
       assert.match(
         row ?? "",
