@@ -102,6 +102,24 @@ export const TaskErrorType = {
    */
   EXPRESSION_ERROR: "EXPRESSION_ERROR",
   /**
+   * Scheduler. A step's concurrency key (`concurrency[].key`) evaluated to something other than a
+   * string or a number, or could not be evaluated (a missing path): the step fails before it is
+   * queued. The message names the key's JSON path. Terminal. No details. (A workflow's key is
+   * checked by StartRun, which answers INVALID_ARGUMENT instead.)
+   */
+  CONCURRENCY_KEY_ERROR: "CONCURRENCY_KEY_ERROR",
+  /**
+   * Scheduler. A wait step (`wait: {signal, timeout}`) saw no signal of its name before its
+   * timeout: the step fails for good (a wait is not retried; its retry policy does not apply), and
+   * the run fails or rolls back like for any failed step. No details.
+   */
+  WAIT_TIMEOUT: "WAIT_TIMEOUT",
+  /**
+   * Scheduler. A sleep step's `until` template rendered something that is not an RFC 3339 time
+   * with an offset: the step fails before sleeping. Terminal. No details.
+   */
+  INVALID_SLEEP_UNTIL: "INVALID_SLEEP_UNTIL",
+  /**
    * Scheduler. An executor reported a failure without a type (an executor not built on
    * @nexusflow/executor). Retried as the report says (by default when it says nothing).
    * Details: as reported.

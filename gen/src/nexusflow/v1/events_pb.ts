@@ -16,7 +16,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file nexusflow/v1/events.proto.
  */
 export const file_nexusflow_v1_events: GenFile = /*@__PURE__*/
-  fileDesc("ChluZXh1c2Zsb3cvdjEvZXZlbnRzLnByb3RvEgxuZXh1c2Zsb3cudjEigwYKDkxpZmVjeWNsZUV2ZW50EhAKCGV2ZW50X2lkGAEgASgJEg4KBnJ1bl9pZBgCIAEoCRIQCghzZXF1ZW5jZRgDIAEoAxIoCgR0aW1lGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIVCg13b3JrZmxvd19uYW1lGAUgASgJEhgKEHdvcmtmbG93X3ZlcnNpb24YBiABKAUSLwoLcnVuX3N0YXJ0ZWQYCiABKAsyGC5uZXh1c2Zsb3cudjEuUnVuU3RhcnRlZEgAEi8KC3Rhc2tfbGVhc2VkGAsgASgLMhgubmV4dXNmbG93LnYxLlRhc2tMZWFzZWRIABIxCgx0YXNrX3N0YXJ0ZWQYDCABKAsyGS5uZXh1c2Zsb3cudjEuVGFza1N0YXJ0ZWRIABI1Cg50YXNrX3N1Y2NlZWRlZBgNIAEoCzIbLm5leHVzZmxvdy52MS5UYXNrU3VjY2VlZGVkSAASLwoLdGFza19mYWlsZWQYDiABKAsyGC5uZXh1c2Zsb3cudjEuVGFza0ZhaWxlZEgAEkAKFHRhc2tfcmV0cnlfc2NoZWR1bGVkGA8gASgLMiAubmV4dXNmbG93LnYxLlRhc2tSZXRyeVNjaGVkdWxlZEgAEjEKDHRhc2tfc2tpcHBlZBgQIAEoCzIZLm5leHVzZmxvdy52MS5UYXNrU2tpcHBlZEgAEjkKEHJ1bl9jb21wZW5zYXRpbmcYESABKAsyHS5uZXh1c2Zsb3cudjEuUnVuQ29tcGVuc2F0aW5nSAASMwoNcnVuX2NvbXBsZXRlZBgSIAEoCzIaLm5leHVzZmxvdy52MS5SdW5Db21wbGV0ZWRIABJAChRydW5fY2FuY2VsX3JlcXVlc3RlZBgTIAEoCzIgLm5leHVzZmxvdy52MS5SdW5DYW5jZWxSZXF1ZXN0ZWRIABI1Cg50YXNrX2NhbmNlbGxlZBgUIAEoCzIbLm5leHVzZmxvdy52MS5UYXNrQ2FuY2VsbGVkSABCBwoFZXZlbnQiQwoTTGlmZWN5Y2xlRXZlbnRCYXRjaBIsCgZldmVudHMYASADKAsyHC5uZXh1c2Zsb3cudjEuTGlmZWN5Y2xlRXZlbnQisQEKClJ1blN0YXJ0ZWQSJQoFaW5wdXQYASABKAsyFi5nb29nbGUucHJvdG9idWYuVmFsdWUSFwoPaWRlbXBvdGVuY3lfa2V5GAIgASgJEjQKBmxhYmVscxgDIAMoCzIkLm5leHVzZmxvdy52MS5SdW5TdGFydGVkLkxhYmVsc0VudHJ5Gi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEilQEKClRhc2tMZWFzZWQSEwoLdGFza19ydW5faWQYASABKAkSDwoHc3RlcF9pZBgCIAEoCRIPCgdhdHRlbXB0GAMgASgFEhMKC2V4ZWN1dG9yX2lkGAQgASgJEhUKDWZlbmNpbmdfdG9rZW4YBSABKAMSJAoEa2luZBgGIAEoDjIWLm5leHVzZmxvdy52MS5UYXNrS2luZCJ/CgtUYXNrU3RhcnRlZBITCgt0YXNrX3J1bl9pZBgBIAEoCRIPCgdzdGVwX2lkGAIgASgJEg8KB2F0dGVtcHQYAyABKAUSEwoLZXhlY3V0b3JfaWQYBCABKAkSJAoEa2luZBgFIAEoDjIWLm5leHVzZmxvdy52MS5UYXNrS2luZCLDAQoNVGFza1N1Y2NlZWRlZBITCgt0YXNrX3J1bl9pZBgBIAEoCRIPCgdzdGVwX2lkGAIgASgJEg8KB2F0dGVtcHQYAyABKAUSJgoGb3V0cHV0GAQgASgLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlEi0KCm91dHB1dF9yZWYYBSABKAsyGS5uZXh1c2Zsb3cudjEuQXJ0aWZhY3RSZWYSJAoEa2luZBgGIAEoDjIWLm5leHVzZmxvdy52MS5UYXNrS2luZCKgAQoKVGFza0ZhaWxlZBITCgt0YXNrX3J1bl9pZBgBIAEoCRIPCgdzdGVwX2lkGAIgASgJEg8KB2F0dGVtcHQYAyABKAUSJgoFZXJyb3IYBCABKAsyFy5uZXh1c2Zsb3cudjEuVGFza0Vycm9yEg0KBWZpbmFsGAUgASgIEiQKBGtpbmQYBiABKA4yFi5uZXh1c2Zsb3cudjEuVGFza0tpbmQipAEKElRhc2tSZXRyeVNjaGVkdWxlZBITCgt0YXNrX3J1bl9pZBgBIAEoCRIPCgdzdGVwX2lkGAIgASgJEhQKDG5leHRfYXR0ZW1wdBgDIAEoBRIsCghkdWVfdGltZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASJAoEa2luZBgFIAEoDjIWLm5leHVzZmxvdy52MS5UYXNrS2luZCJDCgtUYXNrU2tpcHBlZBITCgt0YXNrX3J1bl9pZBgBIAEoCRIPCgdzdGVwX2lkGAIgASgJEg4KBnJlYXNvbhgDIAEoCSJFCg1UYXNrQ2FuY2VsbGVkEhMKC3Rhc2tfcnVuX2lkGAEgASgJEg8KB3N0ZXBfaWQYAiABKAkSDgoGcmVhc29uGAMgASgJIjMKD1J1bkNvbXBlbnNhdGluZxIQCghzdGVwX2lkcxgBIAMoCRIOCgZyZWFzb24YAiABKAkiOAoSUnVuQ2FuY2VsUmVxdWVzdGVkEg4KBnJlYXNvbhgBIAEoCRISCgpjb21wZW5zYXRlGAIgASgIIocBCgxSdW5Db21wbGV0ZWQSJwoGc3RhdHVzGAEgASgOMhcubmV4dXNmbG93LnYxLlJ1blN0YXR1cxImCgZvdXRwdXQYAiABKAsyFi5nb29nbGUucHJvdG9idWYuVmFsdWUSJgoFZXJyb3IYAyABKAsyFy5uZXh1c2Zsb3cudjEuVGFza0Vycm9yYgZwcm90bzM", [file_google_protobuf_struct, file_google_protobuf_timestamp, file_nexusflow_v1_artifacts, file_nexusflow_v1_workflow]);
+  fileDesc("ChluZXh1c2Zsb3cvdjEvZXZlbnRzLnByb3RvEgxuZXh1c2Zsb3cudjEi7wYKDkxpZmVjeWNsZUV2ZW50EhAKCGV2ZW50X2lkGAEgASgJEg4KBnJ1bl9pZBgCIAEoCRIQCghzZXF1ZW5jZRgDIAEoAxIoCgR0aW1lGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIVCg13b3JrZmxvd19uYW1lGAUgASgJEhgKEHdvcmtmbG93X3ZlcnNpb24YBiABKAUSLwoLcnVuX3N0YXJ0ZWQYCiABKAsyGC5uZXh1c2Zsb3cudjEuUnVuU3RhcnRlZEgAEi8KC3Rhc2tfbGVhc2VkGAsgASgLMhgubmV4dXNmbG93LnYxLlRhc2tMZWFzZWRIABIxCgx0YXNrX3N0YXJ0ZWQYDCABKAsyGS5uZXh1c2Zsb3cudjEuVGFza1N0YXJ0ZWRIABI1Cg50YXNrX3N1Y2NlZWRlZBgNIAEoCzIbLm5leHVzZmxvdy52MS5UYXNrU3VjY2VlZGVkSAASLwoLdGFza19mYWlsZWQYDiABKAsyGC5uZXh1c2Zsb3cudjEuVGFza0ZhaWxlZEgAEkAKFHRhc2tfcmV0cnlfc2NoZWR1bGVkGA8gASgLMiAubmV4dXNmbG93LnYxLlRhc2tSZXRyeVNjaGVkdWxlZEgAEjEKDHRhc2tfc2tpcHBlZBgQIAEoCzIZLm5leHVzZmxvdy52MS5UYXNrU2tpcHBlZEgAEjkKEHJ1bl9jb21wZW5zYXRpbmcYESABKAsyHS5uZXh1c2Zsb3cudjEuUnVuQ29tcGVuc2F0aW5nSAASMwoNcnVuX2NvbXBsZXRlZBgSIAEoCzIaLm5leHVzZmxvdy52MS5SdW5Db21wbGV0ZWRIABJAChRydW5fY2FuY2VsX3JlcXVlc3RlZBgTIAEoCzIgLm5leHVzZmxvdy52MS5SdW5DYW5jZWxSZXF1ZXN0ZWRIABI1Cg50YXNrX2NhbmNlbGxlZBgUIAEoCzIbLm5leHVzZmxvdy52MS5UYXNrQ2FuY2VsbGVkSAASNwoPc2lnbmFsX3JlY2VpdmVkGBUgASgLMhwubmV4dXNmbG93LnYxLlNpZ25hbFJlY2VpdmVkSAASMQoMdGFza193YWl0aW5nGBYgASgLMhkubmV4dXNmbG93LnYxLlRhc2tXYWl0aW5nSABCBwoFZXZlbnQiQwoTTGlmZWN5Y2xlRXZlbnRCYXRjaBIsCgZldmVudHMYASADKAsyHC5uZXh1c2Zsb3cudjEuTGlmZWN5Y2xlRXZlbnQisQEKClJ1blN0YXJ0ZWQSJQoFaW5wdXQYASABKAsyFi5nb29nbGUucHJvdG9idWYuVmFsdWUSFwoPaWRlbXBvdGVuY3lfa2V5GAIgASgJEjQKBmxhYmVscxgDIAMoCzIkLm5leHVzZmxvdy52MS5SdW5TdGFydGVkLkxhYmVsc0VudHJ5Gi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEilQEKClRhc2tMZWFzZWQSEwoLdGFza19ydW5faWQYASABKAkSDwoHc3RlcF9pZBgCIAEoCRIPCgdhdHRlbXB0GAMgASgFEhMKC2V4ZWN1dG9yX2lkGAQgASgJEhUKDWZlbmNpbmdfdG9rZW4YBSABKAMSJAoEa2luZBgGIAEoDjIWLm5leHVzZmxvdy52MS5UYXNrS2luZCJ/CgtUYXNrU3RhcnRlZBITCgt0YXNrX3J1bl9pZBgBIAEoCRIPCgdzdGVwX2lkGAIgASgJEg8KB2F0dGVtcHQYAyABKAUSEwoLZXhlY3V0b3JfaWQYBCABKAkSJAoEa2luZBgFIAEoDjIWLm5leHVzZmxvdy52MS5UYXNrS2luZCLDAQoNVGFza1N1Y2NlZWRlZBITCgt0YXNrX3J1bl9pZBgBIAEoCRIPCgdzdGVwX2lkGAIgASgJEg8KB2F0dGVtcHQYAyABKAUSJgoGb3V0cHV0GAQgASgLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlEi0KCm91dHB1dF9yZWYYBSABKAsyGS5uZXh1c2Zsb3cudjEuQXJ0aWZhY3RSZWYSJAoEa2luZBgGIAEoDjIWLm5leHVzZmxvdy52MS5UYXNrS2luZCKgAQoKVGFza0ZhaWxlZBITCgt0YXNrX3J1bl9pZBgBIAEoCRIPCgdzdGVwX2lkGAIgASgJEg8KB2F0dGVtcHQYAyABKAUSJgoFZXJyb3IYBCABKAsyFy5uZXh1c2Zsb3cudjEuVGFza0Vycm9yEg0KBWZpbmFsGAUgASgIEiQKBGtpbmQYBiABKA4yFi5uZXh1c2Zsb3cudjEuVGFza0tpbmQipAEKElRhc2tSZXRyeVNjaGVkdWxlZBITCgt0YXNrX3J1bl9pZBgBIAEoCRIPCgdzdGVwX2lkGAIgASgJEhQKDG5leHRfYXR0ZW1wdBgDIAEoBRIsCghkdWVfdGltZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASJAoEa2luZBgFIAEoDjIWLm5leHVzZmxvdy52MS5UYXNrS2luZCJDCgtUYXNrU2tpcHBlZBITCgt0YXNrX3J1bl9pZBgBIAEoCRIPCgdzdGVwX2lkGAIgASgJEg4KBnJlYXNvbhgDIAEoCSJFCg1UYXNrQ2FuY2VsbGVkEhMKC3Rhc2tfcnVuX2lkGAEgASgJEg8KB3N0ZXBfaWQYAiABKAkSDgoGcmVhc29uGAMgASgJIjMKD1J1bkNvbXBlbnNhdGluZxIQCghzdGVwX2lkcxgBIAMoCRIOCgZyZWFzb24YAiABKAkiOAoSUnVuQ2FuY2VsUmVxdWVzdGVkEg4KBnJlYXNvbhgBIAEoCRISCgpjb21wZW5zYXRlGAIgASgIIocBCgxSdW5Db21wbGV0ZWQSJwoGc3RhdHVzGAEgASgOMhcubmV4dXNmbG93LnYxLlJ1blN0YXR1cxImCgZvdXRwdXQYAiABKAsyFi5nb29nbGUucHJvdG9idWYuVmFsdWUSJgoFZXJyb3IYAyABKAsyFy5uZXh1c2Zsb3cudjEuVGFza0Vycm9yIkgKDlNpZ25hbFJlY2VpdmVkEgwKBG5hbWUYASABKAkSFwoPaWRlbXBvdGVuY3lfa2V5GAIgASgJEg8KB3N0ZXBfaWQYAyABKAkicQoLVGFza1dhaXRpbmcSEwoLdGFza19ydW5faWQYASABKAkSDwoHc3RlcF9pZBgCIAEoCRIOCgZzaWduYWwYAyABKAkSLAoIZHVlX3RpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wYgZwcm90bzM", [file_google_protobuf_struct, file_google_protobuf_timestamp, file_nexusflow_v1_artifacts, file_nexusflow_v1_workflow]);
 
 /**
  * A durable lifecycle event as published to Kafka (key = run id; one partition per run keeps
@@ -161,6 +161,22 @@ export type LifecycleEvent = Message<"nexusflow.v1.LifecycleEvent"> & {
      */
     value: TaskCancelled;
     case: "taskCancelled";
+  } | {
+    /**
+     * A signal was stored on the run (SignalRun), consumed at once or kept for a later wait.
+     *
+     * @generated from field: nexusflow.v1.SignalReceived signal_received = 21;
+     */
+    value: SignalReceived;
+    case: "signalReceived";
+  } | {
+    /**
+     * A wait or sleep step began waiting.
+     *
+     * @generated from field: nexusflow.v1.TaskWaiting task_waiting = 22;
+     */
+    value: TaskWaiting;
+    case: "taskWaiting";
   } | { case: undefined; value?: undefined };
 };
 
@@ -656,4 +672,81 @@ export type RunCompleted = Message<"nexusflow.v1.RunCompleted"> & {
  */
 export const RunCompletedSchema: GenMessage<RunCompleted> = /*@__PURE__*/
   messageDesc(file_nexusflow_v1_events, 12);
+
+/**
+ * A signal was stored on the run.
+ *
+ * @generated from message nexusflow.v1.SignalReceived
+ */
+export type SignalReceived = Message<"nexusflow.v1.SignalReceived"> & {
+  /**
+   * Signal name.
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * Its idempotency key, if any.
+   *
+   * @generated from field: string idempotency_key = 2;
+   */
+  idempotencyKey: string;
+
+  /**
+   * Id of the wait step it completed at once; empty when it is kept for a later wait.
+   *
+   * @generated from field: string step_id = 3;
+   */
+  stepId: string;
+};
+
+/**
+ * Describes the message nexusflow.v1.SignalReceived.
+ * Use `create(SignalReceivedSchema)` to create a new message.
+ */
+export const SignalReceivedSchema: GenMessage<SignalReceived> = /*@__PURE__*/
+  messageDesc(file_nexusflow_v1_events, 13);
+
+/**
+ * A wait or sleep step began waiting.
+ *
+ * @generated from message nexusflow.v1.TaskWaiting
+ */
+export type TaskWaiting = Message<"nexusflow.v1.TaskWaiting"> & {
+  /**
+   * Task run id.
+   *
+   * @generated from field: string task_run_id = 1;
+   */
+  taskRunId: string;
+
+  /**
+   * Step id.
+   *
+   * @generated from field: string step_id = 2;
+   */
+  stepId: string;
+
+  /**
+   * The signal it waits for; empty for a sleep.
+   *
+   * @generated from field: string signal = 3;
+   */
+  signal: string;
+
+  /**
+   * When it times out (a wait) or wakes (a sleep); absent for a wait without a timeout.
+   *
+   * @generated from field: google.protobuf.Timestamp due_time = 4;
+   */
+  dueTime?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message nexusflow.v1.TaskWaiting.
+ * Use `create(TaskWaitingSchema)` to create a new message.
+ */
+export const TaskWaitingSchema: GenMessage<TaskWaiting> = /*@__PURE__*/
+  messageDesc(file_nexusflow_v1_events, 14);
 

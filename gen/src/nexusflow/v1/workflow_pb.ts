@@ -14,7 +14,7 @@ import type { JsonObject, Message } from "@bufbuild/protobuf";
  * Describes the file nexusflow/v1/workflow.proto.
  */
 export const file_nexusflow_v1_workflow: GenFile = /*@__PURE__*/
-  fileDesc("ChtuZXh1c2Zsb3cvdjEvd29ya2Zsb3cucHJvdG8SDG5leHVzZmxvdy52MSKtAgoMV29ya2Zsb3dTcGVjEgwKBG5hbWUYASABKAkSDwoHdmVyc2lvbhgCIAEoBRITCgtkZXNjcmlwdGlvbhgDIAEoCRImCgVpbnB1dBgEIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSLAoIZGVmYXVsdHMYBSABKAsyGi5uZXh1c2Zsb3cudjEuU3RlcERlZmF1bHRzEg8KB3RpbWVvdXQYBiABKAkSJQoFc3RlcHMYByADKAsyFi5uZXh1c2Zsb3cudjEuU3RlcFNwZWMSJgoGb3V0cHV0GAggASgLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlEjMKC2NvbmN1cnJlbmN5GAkgAygLMh4ubmV4dXNmbG93LnYxLkNvbmN1cnJlbmN5TGltaXQiQAoQQ29uY3VycmVuY3lMaW1pdBILCgNrZXkYASABKAkSDQoFbGltaXQYAiABKAUSEAoIc3RyYXRlZ3kYAyABKAkieAoMU3RlcERlZmF1bHRzEigKBXJldHJ5GAEgASgLMhkubmV4dXNmbG93LnYxLlJldHJ5UG9saWN5EiwKCHRpbWVvdXRzGAIgASgLMhoubmV4dXNmbG93LnYxLlN0ZXBUaW1lb3V0cxIQCghwcmlvcml0eRgDIAEoBSK8AgoIU3RlcFNwZWMSCgoCaWQYASABKAkSDAoEdHlwZRgCIAEoCRIlCgVpbnB1dBgDIAEoCzIWLmdvb2dsZS5wcm90b2J1Zi5WYWx1ZRISCgpkZXBlbmRzX29uGAQgAygJEgwKBHdoZW4YBSABKAkSKAoFcmV0cnkYBiABKAsyGS5uZXh1c2Zsb3cudjEuUmV0cnlQb2xpY3kSLAoIdGltZW91dHMYByABKAsyGi5uZXh1c2Zsb3cudjEuU3RlcFRpbWVvdXRzEi4KCmNvbXBlbnNhdGUYCCABKAsyGi5uZXh1c2Zsb3cudjEuQ29tcGVuc2F0aW9uEhAKCHByaW9yaXR5GAkgASgFEjMKC2NvbmN1cnJlbmN5GAogAygLMh4ubmV4dXNmbG93LnYxLkNvbmN1cnJlbmN5TGltaXQingEKC1JldHJ5UG9saWN5EhQKDG1heF9hdHRlbXB0cxgBIAEoBRIYChBpbml0aWFsX2ludGVydmFsGAIgASgJEhsKE2JhY2tvZmZfY29lZmZpY2llbnQYAyABKAESFAoMbWF4X2ludGVydmFsGAQgASgJEg4KBmppdHRlchgFIAEoCRIcChRub25fcmV0cnlhYmxlX2Vycm9ycxgGIAMoCSJUCgxTdGVwVGltZW91dHMSGQoRc2NoZWR1bGVfdG9fc3RhcnQYASABKAkSFgoOc3RhcnRfdG9fY2xvc2UYAiABKAkSEQoJaGVhcnRiZWF0GAMgASgJIm0KDENvbXBlbnNhdGlvbhIMCgR0eXBlGAEgASgJEiUKBWlucHV0GAIgASgLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlEigKBXJldHJ5GAMgASgLMhkubmV4dXNmbG93LnYxLlJldHJ5UG9saWN5IqQBChJXb3JrZmxvd0RlZmluaXRpb24SDAoEbmFtZRgBIAEoCRIPCgd2ZXJzaW9uGAIgASgFEigKBHNwZWMYAyABKAsyGi5uZXh1c2Zsb3cudjEuV29ya2Zsb3dTcGVjEhQKDGNvbnRlbnRfaGFzaBgEIAEoCRIvCgtjcmVhdGVfdGltZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiZgoJVGFza0Vycm9yEgwKBHR5cGUYASABKAkSDwoHbWVzc2FnZRgCIAEoCRIRCglyZXRyeWFibGUYAyABKAgSJwoHZGV0YWlscxgEIAEoCzIWLmdvb2dsZS5wcm90b2J1Zi5WYWx1ZSLJAgoHQXR0ZW1wdBIOCgZudW1iZXIYASABKAUSFQoNZmVuY2luZ190b2tlbhgCIAEoAxITCgtleGVjdXRvcl9pZBgDIAEoCRIuCgpsZWFzZV90aW1lGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpzdGFydF90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCghlbmRfdGltZRgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASKAoGc3RhdHVzGAcgASgOMhgubmV4dXNmbG93LnYxLlRhc2tTdGF0dXMSJgoFZXJyb3IYCCABKAsyFy5uZXh1c2Zsb3cudjEuVGFza0Vycm9yEiIKBGxvZ3MYCSABKAsyFC5uZXh1c2Zsb3cudjEuTG9nUmVmIpYECgdUYXNrUnVuEgoKAmlkGAEgASgJEg8KB3N0ZXBfaWQYAiABKAkSJAoEa2luZBgDIAEoDjIWLm5leHVzZmxvdy52MS5UYXNrS2luZBIMCgR0eXBlGAQgASgJEigKBnN0YXR1cxgFIAEoDjIYLm5leHVzZmxvdy52MS5UYXNrU3RhdHVzEiUKBWlucHV0GAYgASgLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlEiYKBm91dHB1dBgHIAEoCzIWLmdvb2dsZS5wcm90b2J1Zi5WYWx1ZRItCgpvdXRwdXRfcmVmGAggASgLMhkubmV4dXNmbG93LnYxLkFydGlmYWN0UmVmEiYKBWVycm9yGAkgASgLMhcubmV4dXNmbG93LnYxLlRhc2tFcnJvchInCghhdHRlbXB0cxgKIAMoCzIVLm5leHVzZmxvdy52MS5BdHRlbXB0EjUKEW5leHRfYXR0ZW1wdF90aW1lGAsgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBITCgtza2lwX3JlYXNvbhgMIAEoCRIvCgtjcmVhdGVfdGltZRgNIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLAoIZW5kX3RpbWUYDiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhYKDnBlbmRpbmdfcmVhc29uGA8gASgJItwDCgtQZW5kaW5nR2F0ZRI2CgxkZXBlbmRlbmNpZXMYASABKAsyHi5uZXh1c2Zsb3cudjEuRGVwZW5kZW5jaWVzR2F0ZUgAEjAKCWNvbmRpdGlvbhgCIAEoCzIbLm5leHVzZmxvdy52MS5Db25kaXRpb25HYXRlSAASNwoNcmV0cnlfYmFja29mZhgDIAEoCzIeLm5leHVzZmxvdy52MS5SZXRyeUJhY2tvZmZHYXRlSAASMwoLbm9fZXhlY3V0b3IYBCABKAsyHC5uZXh1c2Zsb3cudjEuTm9FeGVjdXRvckdhdGVIABI5Cg5leGVjdXRvcnNfYnVzeRgFIAEoCzIfLm5leHVzZmxvdy52MS5FeGVjdXRvcnNCdXN5R2F0ZUgAEj4KEXNjaGVkdWxlX3RvX3N0YXJ0GAYgASgLMiEubmV4dXNmbG93LnYxLlNjaGVkdWxlVG9TdGFydEdhdGVIABI1CgxydW5fc3RvcHBpbmcYByABKAsyHS5uZXh1c2Zsb3cudjEuUnVuU3RvcHBpbmdHYXRlSAASOwoPY29uY3VycmVuY3lfa2V5GAggASgLMiAubmV4dXNmbG93LnYxLkNvbmN1cnJlbmN5S2V5R2F0ZUgAQgYKBGdhdGUizwEKEkNvbmN1cnJlbmN5S2V5R2F0ZRINCgVzY29wZRgBIAEoCRIWCg5rZXlfZXhwcmVzc2lvbhgCIAEoCRILCgNrZXkYAyABKAkSDQoFbGltaXQYBCABKAUSEAoIc3RyYXRlZ3kYBSABKAkSMAoHaG9sZGVycxgGIAMoCzIfLm5leHVzZmxvdy52MS5Db25jdXJyZW5jeUhvbGRlchIPCgdob2xkaW5nGAcgASgFEhAKCHBvc2l0aW9uGAggASgFEg8KB3dhaXRpbmcYCSABKAUiSQoRQ29uY3VycmVuY3lIb2xkZXISDgoGcnVuX2lkGAEgASgJEg8KB3N0ZXBfaWQYAiABKAkSEwoLdGFza19ydW5faWQYAyABKAkiRQoQRGVwZW5kZW5jaWVzR2F0ZRIQCghzdGVwX2lkcxgBIAMoCRIfChdyZWFkaW5nX291dHB1dF9zdGVwX2lkcxgCIAMoCSI1Cg1Db25kaXRpb25HYXRlEhIKCmV4cHJlc3Npb24YASABKAkSEAoIc3RlcF9pZHMYAiADKAkiogEKEFJldHJ5QmFja29mZkdhdGUSNQoRbmV4dF9hdHRlbXB0X3RpbWUYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhQKDG5leHRfYXR0ZW1wdBgCIAEoBRIUCgxtYXhfYXR0ZW1wdHMYAyABKAUSKwoKbGFzdF9lcnJvchgEIAEoCzIXLm5leHVzZmxvdy52MS5UYXNrRXJyb3IiWAoOTm9FeGVjdXRvckdhdGUSDAoEdHlwZRgBIAEoCRINCgVhaGVhZBgCIAEoBRIpCgVzaW5jZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAigAEKEUV4ZWN1dG9yc0J1c3lHYXRlEgwKBHR5cGUYASABKAkSEQoJZXhlY3V0b3JzGAIgASgFEhAKCGRyYWluaW5nGAMgASgFEg0KBWFoZWFkGAQgASgFEikKBXNpbmNlGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJXChNTY2hlZHVsZVRvU3RhcnRHYXRlEiwKCGRlYWRsaW5lGAEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBISCgp0aW1lb3V0X21zGAIgASgDIlgKD1J1blN0b3BwaW5nR2F0ZRIrCgpydW5fc3RhdHVzGAEgASgOMhcubmV4dXNmbG93LnYxLlJ1blN0YXR1cxIYChBjYW5jZWxfcmVxdWVzdGVkGAIgASgIIowECgNSdW4SCgoCaWQYASABKAkSFQoNd29ya2Zsb3dfbmFtZRgCIAEoCRIYChB3b3JrZmxvd192ZXJzaW9uGAMgASgFEicKBnN0YXR1cxgEIAEoDjIXLm5leHVzZmxvdy52MS5SdW5TdGF0dXMSJQoFaW5wdXQYBSABKAsyFi5nb29nbGUucHJvdG9idWYuVmFsdWUSJgoGb3V0cHV0GAYgASgLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlEiYKBWVycm9yGAcgASgLMhcubmV4dXNmbG93LnYxLlRhc2tFcnJvchIXCg9pZGVtcG90ZW5jeV9rZXkYCCABKAkSLQoGbGFiZWxzGAkgAygLMh0ubmV4dXNmbG93LnYxLlJ1bi5MYWJlbHNFbnRyeRIkCgV0YXNrcxgKIAMoCzIVLm5leHVzZmxvdy52MS5UYXNrUnVuEi8KC2NyZWF0ZV90aW1lGAsgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCghlbmRfdGltZRgMIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLAoIZGVhZGxpbmUYDSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wGi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEqmQIKCVJ1blN0YXR1cxIaChZSVU5fU1RBVFVTX1VOU1BFQ0lGSUVEEAASFgoSUlVOX1NUQVRVU19QRU5ESU5HEAESFgoSUlVOX1NUQVRVU19SVU5OSU5HEAISGAoUUlVOX1NUQVRVU19TVUNDRUVERUQQAxIVChFSVU5fU1RBVFVTX0ZBSUxFRBAEEhgKFFJVTl9TVEFUVVNfQ0FOQ0VMTEVEEAUSGAoUUlVOX1NUQVRVU19USU1FRF9PVVQQBhIbChdSVU5fU1RBVFVTX0NPTVBFTlNBVElORxAHEhoKFlJVTl9TVEFUVVNfQ09NUEVOU0FURUQQCBIiCh5SVU5fU1RBVFVTX0NPTVBFTlNBVElPTl9GQUlMRUQQCSqOAgoKVGFza1N0YXR1cxIbChdUQVNLX1NUQVRVU19VTlNQRUNJRklFRBAAEhcKE1RBU0tfU1RBVFVTX1BFTkRJTkcQARIWChJUQVNLX1NUQVRVU19RVUVVRUQQAhIWChJUQVNLX1NUQVRVU19MRUFTRUQQAxIXChNUQVNLX1NUQVRVU19SVU5OSU5HEAQSGgoWVEFTS19TVEFUVVNfUkVUUllfV0FJVBAFEhkKFVRBU0tfU1RBVFVTX1NVQ0NFRURFRBAGEhYKElRBU0tfU1RBVFVTX0ZBSUxFRBAHEhcKE1RBU0tfU1RBVFVTX1NLSVBQRUQQCBIZChVUQVNLX1NUQVRVU19DQU5DRUxMRUQQCSpVCghUYXNrS2luZBIZChVUQVNLX0tJTkRfVU5TUEVDSUZJRUQQABISCg5UQVNLX0tJTkRfU1RFUBABEhoKFlRBU0tfS0lORF9DT01QRU5TQVRJT04QAmIGcHJvdG8z", [file_google_protobuf_struct, file_google_protobuf_timestamp, file_nexusflow_v1_artifacts]);
+  fileDesc("ChtuZXh1c2Zsb3cvdjEvd29ya2Zsb3cucHJvdG8SDG5leHVzZmxvdy52MSKtAgoMV29ya2Zsb3dTcGVjEgwKBG5hbWUYASABKAkSDwoHdmVyc2lvbhgCIAEoBRITCgtkZXNjcmlwdGlvbhgDIAEoCRImCgVpbnB1dBgEIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSLAoIZGVmYXVsdHMYBSABKAsyGi5uZXh1c2Zsb3cudjEuU3RlcERlZmF1bHRzEg8KB3RpbWVvdXQYBiABKAkSJQoFc3RlcHMYByADKAsyFi5uZXh1c2Zsb3cudjEuU3RlcFNwZWMSJgoGb3V0cHV0GAggASgLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlEjMKC2NvbmN1cnJlbmN5GAkgAygLMh4ubmV4dXNmbG93LnYxLkNvbmN1cnJlbmN5TGltaXQiQAoQQ29uY3VycmVuY3lMaW1pdBILCgNrZXkYASABKAkSDQoFbGltaXQYAiABKAUSEAoIc3RyYXRlZ3kYAyABKAkieAoMU3RlcERlZmF1bHRzEigKBXJldHJ5GAEgASgLMhkubmV4dXNmbG93LnYxLlJldHJ5UG9saWN5EiwKCHRpbWVvdXRzGAIgASgLMhoubmV4dXNmbG93LnYxLlN0ZXBUaW1lb3V0cxIQCghwcmlvcml0eRgDIAEoBSKKAwoIU3RlcFNwZWMSCgoCaWQYASABKAkSDAoEdHlwZRgCIAEoCRIlCgVpbnB1dBgDIAEoCzIWLmdvb2dsZS5wcm90b2J1Zi5WYWx1ZRISCgpkZXBlbmRzX29uGAQgAygJEgwKBHdoZW4YBSABKAkSKAoFcmV0cnkYBiABKAsyGS5uZXh1c2Zsb3cudjEuUmV0cnlQb2xpY3kSLAoIdGltZW91dHMYByABKAsyGi5uZXh1c2Zsb3cudjEuU3RlcFRpbWVvdXRzEi4KCmNvbXBlbnNhdGUYCCABKAsyGi5uZXh1c2Zsb3cudjEuQ29tcGVuc2F0aW9uEhAKCHByaW9yaXR5GAkgASgFEjMKC2NvbmN1cnJlbmN5GAogAygLMh4ubmV4dXNmbG93LnYxLkNvbmN1cnJlbmN5TGltaXQSJAoEd2FpdBgUIAEoCzIWLm5leHVzZmxvdy52MS5XYWl0U3BlYxImCgVzbGVlcBgVIAEoCzIXLm5leHVzZmxvdy52MS5TbGVlcFNwZWMiKwoIV2FpdFNwZWMSDgoGc2lnbmFsGAEgASgJEg8KB3RpbWVvdXQYAiABKAkiJwoJU2xlZXBTcGVjEgsKA2ZvchgBIAEoCRINCgV1bnRpbBgCIAEoCSKeAQoLUmV0cnlQb2xpY3kSFAoMbWF4X2F0dGVtcHRzGAEgASgFEhgKEGluaXRpYWxfaW50ZXJ2YWwYAiABKAkSGwoTYmFja29mZl9jb2VmZmljaWVudBgDIAEoARIUCgxtYXhfaW50ZXJ2YWwYBCABKAkSDgoGaml0dGVyGAUgASgJEhwKFG5vbl9yZXRyeWFibGVfZXJyb3JzGAYgAygJIlQKDFN0ZXBUaW1lb3V0cxIZChFzY2hlZHVsZV90b19zdGFydBgBIAEoCRIWCg5zdGFydF90b19jbG9zZRgCIAEoCRIRCgloZWFydGJlYXQYAyABKAkibQoMQ29tcGVuc2F0aW9uEgwKBHR5cGUYASABKAkSJQoFaW5wdXQYAiABKAsyFi5nb29nbGUucHJvdG9idWYuVmFsdWUSKAoFcmV0cnkYAyABKAsyGS5uZXh1c2Zsb3cudjEuUmV0cnlQb2xpY3kipAEKEldvcmtmbG93RGVmaW5pdGlvbhIMCgRuYW1lGAEgASgJEg8KB3ZlcnNpb24YAiABKAUSKAoEc3BlYxgDIAEoCzIaLm5leHVzZmxvdy52MS5Xb3JrZmxvd1NwZWMSFAoMY29udGVudF9oYXNoGAQgASgJEi8KC2NyZWF0ZV90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJmCglUYXNrRXJyb3ISDAoEdHlwZRgBIAEoCRIPCgdtZXNzYWdlGAIgASgJEhEKCXJldHJ5YWJsZRgDIAEoCBInCgdkZXRhaWxzGAQgASgLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlIskCCgdBdHRlbXB0Eg4KBm51bWJlchgBIAEoBRIVCg1mZW5jaW5nX3Rva2VuGAIgASgDEhMKC2V4ZWN1dG9yX2lkGAMgASgJEi4KCmxlYXNlX3RpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnN0YXJ0X3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiwKCGVuZF90aW1lGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIoCgZzdGF0dXMYByABKA4yGC5uZXh1c2Zsb3cudjEuVGFza1N0YXR1cxImCgVlcnJvchgIIAEoCzIXLm5leHVzZmxvdy52MS5UYXNrRXJyb3ISIgoEbG9ncxgJIAEoCzIULm5leHVzZmxvdy52MS5Mb2dSZWYilgQKB1Rhc2tSdW4SCgoCaWQYASABKAkSDwoHc3RlcF9pZBgCIAEoCRIkCgRraW5kGAMgASgOMhYubmV4dXNmbG93LnYxLlRhc2tLaW5kEgwKBHR5cGUYBCABKAkSKAoGc3RhdHVzGAUgASgOMhgubmV4dXNmbG93LnYxLlRhc2tTdGF0dXMSJQoFaW5wdXQYBiABKAsyFi5nb29nbGUucHJvdG9idWYuVmFsdWUSJgoGb3V0cHV0GAcgASgLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlEi0KCm91dHB1dF9yZWYYCCABKAsyGS5uZXh1c2Zsb3cudjEuQXJ0aWZhY3RSZWYSJgoFZXJyb3IYCSABKAsyFy5uZXh1c2Zsb3cudjEuVGFza0Vycm9yEicKCGF0dGVtcHRzGAogAygLMhUubmV4dXNmbG93LnYxLkF0dGVtcHQSNQoRbmV4dF9hdHRlbXB0X3RpbWUYCyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhMKC3NraXBfcmVhc29uGAwgASgJEi8KC2NyZWF0ZV90aW1lGA0gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCghlbmRfdGltZRgOIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFgoOcGVuZGluZ19yZWFzb24YDyABKAki3AMKC1BlbmRpbmdHYXRlEjYKDGRlcGVuZGVuY2llcxgBIAEoCzIeLm5leHVzZmxvdy52MS5EZXBlbmRlbmNpZXNHYXRlSAASMAoJY29uZGl0aW9uGAIgASgLMhsubmV4dXNmbG93LnYxLkNvbmRpdGlvbkdhdGVIABI3Cg1yZXRyeV9iYWNrb2ZmGAMgASgLMh4ubmV4dXNmbG93LnYxLlJldHJ5QmFja29mZkdhdGVIABIzCgtub19leGVjdXRvchgEIAEoCzIcLm5leHVzZmxvdy52MS5Ob0V4ZWN1dG9yR2F0ZUgAEjkKDmV4ZWN1dG9yc19idXN5GAUgASgLMh8ubmV4dXNmbG93LnYxLkV4ZWN1dG9yc0J1c3lHYXRlSAASPgoRc2NoZWR1bGVfdG9fc3RhcnQYBiABKAsyIS5uZXh1c2Zsb3cudjEuU2NoZWR1bGVUb1N0YXJ0R2F0ZUgAEjUKDHJ1bl9zdG9wcGluZxgHIAEoCzIdLm5leHVzZmxvdy52MS5SdW5TdG9wcGluZ0dhdGVIABI7Cg9jb25jdXJyZW5jeV9rZXkYCCABKAsyIC5uZXh1c2Zsb3cudjEuQ29uY3VycmVuY3lLZXlHYXRlSABCBgoEZ2F0ZSLPAQoSQ29uY3VycmVuY3lLZXlHYXRlEg0KBXNjb3BlGAEgASgJEhYKDmtleV9leHByZXNzaW9uGAIgASgJEgsKA2tleRgDIAEoCRINCgVsaW1pdBgEIAEoBRIQCghzdHJhdGVneRgFIAEoCRIwCgdob2xkZXJzGAYgAygLMh8ubmV4dXNmbG93LnYxLkNvbmN1cnJlbmN5SG9sZGVyEg8KB2hvbGRpbmcYByABKAUSEAoIcG9zaXRpb24YCCABKAUSDwoHd2FpdGluZxgJIAEoBSJJChFDb25jdXJyZW5jeUhvbGRlchIOCgZydW5faWQYASABKAkSDwoHc3RlcF9pZBgCIAEoCRITCgt0YXNrX3J1bl9pZBgDIAEoCSJFChBEZXBlbmRlbmNpZXNHYXRlEhAKCHN0ZXBfaWRzGAEgAygJEh8KF3JlYWRpbmdfb3V0cHV0X3N0ZXBfaWRzGAIgAygJIjUKDUNvbmRpdGlvbkdhdGUSEgoKZXhwcmVzc2lvbhgBIAEoCRIQCghzdGVwX2lkcxgCIAMoCSKiAQoQUmV0cnlCYWNrb2ZmR2F0ZRI1ChFuZXh0X2F0dGVtcHRfdGltZRgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFAoMbmV4dF9hdHRlbXB0GAIgASgFEhQKDG1heF9hdHRlbXB0cxgDIAEoBRIrCgpsYXN0X2Vycm9yGAQgASgLMhcubmV4dXNmbG93LnYxLlRhc2tFcnJvciJYCg5Ob0V4ZWN1dG9yR2F0ZRIMCgR0eXBlGAEgASgJEg0KBWFoZWFkGAIgASgFEikKBXNpbmNlGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCKAAQoRRXhlY3V0b3JzQnVzeUdhdGUSDAoEdHlwZRgBIAEoCRIRCglleGVjdXRvcnMYAiABKAUSEAoIZHJhaW5pbmcYAyABKAUSDQoFYWhlYWQYBCABKAUSKQoFc2luY2UYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIlcKE1NjaGVkdWxlVG9TdGFydEdhdGUSLAoIZGVhZGxpbmUYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhIKCnRpbWVvdXRfbXMYAiABKAMiWAoPUnVuU3RvcHBpbmdHYXRlEisKCnJ1bl9zdGF0dXMYASABKA4yFy5uZXh1c2Zsb3cudjEuUnVuU3RhdHVzEhgKEGNhbmNlbF9yZXF1ZXN0ZWQYAiABKAgijAQKA1J1bhIKCgJpZBgBIAEoCRIVCg13b3JrZmxvd19uYW1lGAIgASgJEhgKEHdvcmtmbG93X3ZlcnNpb24YAyABKAUSJwoGc3RhdHVzGAQgASgOMhcubmV4dXNmbG93LnYxLlJ1blN0YXR1cxIlCgVpbnB1dBgFIAEoCzIWLmdvb2dsZS5wcm90b2J1Zi5WYWx1ZRImCgZvdXRwdXQYBiABKAsyFi5nb29nbGUucHJvdG9idWYuVmFsdWUSJgoFZXJyb3IYByABKAsyFy5uZXh1c2Zsb3cudjEuVGFza0Vycm9yEhcKD2lkZW1wb3RlbmN5X2tleRgIIAEoCRItCgZsYWJlbHMYCSADKAsyHS5uZXh1c2Zsb3cudjEuUnVuLkxhYmVsc0VudHJ5EiQKBXRhc2tzGAogAygLMhUubmV4dXNmbG93LnYxLlRhc2tSdW4SLwoLY3JlYXRlX3RpbWUYCyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiwKCGVuZF90aW1lGAwgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCghkZWFkbGluZRgNIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASqZAgoJUnVuU3RhdHVzEhoKFlJVTl9TVEFUVVNfVU5TUEVDSUZJRUQQABIWChJSVU5fU1RBVFVTX1BFTkRJTkcQARIWChJSVU5fU1RBVFVTX1JVTk5JTkcQAhIYChRSVU5fU1RBVFVTX1NVQ0NFRURFRBADEhUKEVJVTl9TVEFUVVNfRkFJTEVEEAQSGAoUUlVOX1NUQVRVU19DQU5DRUxMRUQQBRIYChRSVU5fU1RBVFVTX1RJTUVEX09VVBAGEhsKF1JVTl9TVEFUVVNfQ09NUEVOU0FUSU5HEAcSGgoWUlVOX1NUQVRVU19DT01QRU5TQVRFRBAIEiIKHlJVTl9TVEFUVVNfQ09NUEVOU0FUSU9OX0ZBSUxFRBAJKqcCCgpUYXNrU3RhdHVzEhsKF1RBU0tfU1RBVFVTX1VOU1BFQ0lGSUVEEAASFwoTVEFTS19TVEFUVVNfUEVORElORxABEhYKElRBU0tfU1RBVFVTX1FVRVVFRBACEhYKElRBU0tfU1RBVFVTX0xFQVNFRBADEhcKE1RBU0tfU1RBVFVTX1JVTk5JTkcQBBIaChZUQVNLX1NUQVRVU19SRVRSWV9XQUlUEAUSGQoVVEFTS19TVEFUVVNfU1VDQ0VFREVEEAYSFgoSVEFTS19TVEFUVVNfRkFJTEVEEAcSFwoTVEFTS19TVEFUVVNfU0tJUFBFRBAIEhkKFVRBU0tfU1RBVFVTX0NBTkNFTExFRBAJEhcKE1RBU0tfU1RBVFVTX1dBSVRJTkcQCipVCghUYXNrS2luZBIZChVUQVNLX0tJTkRfVU5TUEVDSUZJRUQQABISCg5UQVNLX0tJTkRfU1RFUBABEhoKFlRBU0tfS0lORF9DT01QRU5TQVRJT04QAmIGcHJvdG8z", [file_google_protobuf_struct, file_google_protobuf_timestamp, file_nexusflow_v1_artifacts]);
 
 /**
  * A workflow definition: a DAG of steps. It is the protobuf twin of the JSON definition format
@@ -256,6 +256,21 @@ export type StepSpec = Message<"nexusflow.v1.StepSpec"> & {
    * @generated from field: repeated nexusflow.v1.ConcurrencyLimit concurrency = 10;
    */
   concurrency: ConcurrencyLimit[];
+
+  /**
+   * Makes the step a durable wait for a signal (SignalRun) instead of a task: no executor runs it.
+   * A step sets exactly one of type, wait and sleep.
+   *
+   * @generated from field: nexusflow.v1.WaitSpec wait = 20;
+   */
+  wait?: WaitSpec | undefined;
+
+  /**
+   * Makes the step a durable sleep instead of a task: no executor runs it.
+   *
+   * @generated from field: nexusflow.v1.SleepSpec sleep = 21;
+   */
+  sleep?: SleepSpec | undefined;
 };
 
 /**
@@ -264,6 +279,66 @@ export type StepSpec = Message<"nexusflow.v1.StepSpec"> & {
  */
 export const StepSpecSchema: GenMessage<StepSpec> = /*@__PURE__*/
   messageDesc(file_nexusflow_v1_workflow, 3);
+
+/**
+ * A step that waits for a signal sent to its run (SignalRun): it succeeds with the signal's
+ * payload as its output, or fails with WAIT_TIMEOUT (not retried) once its timeout passes. A
+ * signal sent before the step starts waiting is kept on the run and consumed when it does.
+ *
+ * @generated from message nexusflow.v1.WaitSpec
+ */
+export type WaitSpec = Message<"nexusflow.v1.WaitSpec"> & {
+  /**
+   * The signal's name: a letter, then letters, digits, '_', '.', ':' or '-', at most 128.
+   *
+   * @generated from field: string signal = 1;
+   */
+  signal: string;
+
+  /**
+   * How long to wait, a duration such as "2d" or "30m"; empty: no limit (the run's timeout still applies).
+   *
+   * @generated from field: string timeout = 2;
+   */
+  timeout: string;
+};
+
+/**
+ * Describes the message nexusflow.v1.WaitSpec.
+ * Use `create(WaitSpecSchema)` to create a new message.
+ */
+export const WaitSpecSchema: GenMessage<WaitSpec> = /*@__PURE__*/
+  messageDesc(file_nexusflow_v1_workflow, 4);
+
+/**
+ * A step that sleeps: it succeeds (output {"until": RFC 3339 time}) at its time. Exactly one of
+ * for and until.
+ *
+ * @generated from message nexusflow.v1.SleepSpec
+ */
+export type SleepSpec = Message<"nexusflow.v1.SleepSpec"> & {
+  /**
+   * How long, a duration such as "10m", counted from when the step becomes ready.
+   *
+   * @generated from field: string for = 1;
+   */
+  for: string;
+
+  /**
+   * Until when: an RFC 3339 time with an offset, or a template rendering one, e.g.
+   * "{{ input.remindAt }}". A time in the past wakes it at once.
+   *
+   * @generated from field: string until = 2;
+   */
+  until: string;
+};
+
+/**
+ * Describes the message nexusflow.v1.SleepSpec.
+ * Use `create(SleepSpecSchema)` to create a new message.
+ */
+export const SleepSpecSchema: GenMessage<SleepSpec> = /*@__PURE__*/
+  messageDesc(file_nexusflow_v1_workflow, 5);
 
 /**
  * How a failed step is retried.
@@ -319,7 +394,7 @@ export type RetryPolicy = Message<"nexusflow.v1.RetryPolicy"> & {
  * Use `create(RetryPolicySchema)` to create a new message.
  */
 export const RetryPolicySchema: GenMessage<RetryPolicy> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 4);
+  messageDesc(file_nexusflow_v1_workflow, 6);
 
 /**
  * Time limits of one step.
@@ -354,7 +429,7 @@ export type StepTimeouts = Message<"nexusflow.v1.StepTimeouts"> & {
  * Use `create(StepTimeoutsSchema)` to create a new message.
  */
 export const StepTimeoutsSchema: GenMessage<StepTimeouts> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 5);
+  messageDesc(file_nexusflow_v1_workflow, 7);
 
 /**
  * The compensating action of a step (saga rollback).
@@ -389,7 +464,7 @@ export type Compensation = Message<"nexusflow.v1.Compensation"> & {
  * Use `create(CompensationSchema)` to create a new message.
  */
 export const CompensationSchema: GenMessage<Compensation> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 6);
+  messageDesc(file_nexusflow_v1_workflow, 8);
 
 /**
  * A registered workflow definition.
@@ -438,7 +513,7 @@ export type WorkflowDefinition = Message<"nexusflow.v1.WorkflowDefinition"> & {
  * Use `create(WorkflowDefinitionSchema)` to create a new message.
  */
 export const WorkflowDefinitionSchema: GenMessage<WorkflowDefinition> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 7);
+  messageDesc(file_nexusflow_v1_workflow, 9);
 
 /**
  * A failure as reported by a handler or decided by the scheduler.
@@ -480,7 +555,7 @@ export type TaskError = Message<"nexusflow.v1.TaskError"> & {
  * Use `create(TaskErrorSchema)` to create a new message.
  */
 export const TaskErrorSchema: GenMessage<TaskError> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 8);
+  messageDesc(file_nexusflow_v1_workflow, 10);
 
 /**
  * One attempt of a task run.
@@ -557,7 +632,7 @@ export type Attempt = Message<"nexusflow.v1.Attempt"> & {
  * Use `create(AttemptSchema)` to create a new message.
  */
 export const AttemptSchema: GenMessage<Attempt> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 9);
+  messageDesc(file_nexusflow_v1_workflow, 11);
 
 /**
  * The state of one step (or compensation) within a run.
@@ -683,7 +758,7 @@ export type TaskRun = Message<"nexusflow.v1.TaskRun"> & {
  * Use `create(TaskRunSchema)` to create a new message.
  */
 export const TaskRunSchema: GenMessage<TaskRun> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 10);
+  messageDesc(file_nexusflow_v1_workflow, 12);
 
 /**
  * One gate that holds a task back now (ExplainPending). A task may be held by several at once.
@@ -768,7 +843,7 @@ export type PendingGate = Message<"nexusflow.v1.PendingGate"> & {
  * Use `create(PendingGateSchema)` to create a new message.
  */
 export const PendingGateSchema: GenMessage<PendingGate> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 11);
+  messageDesc(file_nexusflow_v1_workflow, 13);
 
 /**
  * A keyed concurrency limit whose key is full holds the task, or its run (a workflow's limit).
@@ -846,7 +921,7 @@ export type ConcurrencyKeyGate = Message<"nexusflow.v1.ConcurrencyKeyGate"> & {
  * Use `create(ConcurrencyKeyGateSchema)` to create a new message.
  */
 export const ConcurrencyKeyGateSchema: GenMessage<ConcurrencyKeyGate> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 12);
+  messageDesc(file_nexusflow_v1_workflow, 14);
 
 /**
  * A holder of a concurrency key's slot: a run (a workflow's limit) or a step's task.
@@ -881,7 +956,7 @@ export type ConcurrencyHolder = Message<"nexusflow.v1.ConcurrencyHolder"> & {
  * Use `create(ConcurrencyHolderSchema)` to create a new message.
  */
 export const ConcurrencyHolderSchema: GenMessage<ConcurrencyHolder> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 13);
+  messageDesc(file_nexusflow_v1_workflow, 15);
 
 /**
  * The task waits for other tasks of its run to finish.
@@ -911,7 +986,7 @@ export type DependenciesGate = Message<"nexusflow.v1.DependenciesGate"> & {
  * Use `create(DependenciesGateSchema)` to create a new message.
  */
 export const DependenciesGateSchema: GenMessage<DependenciesGate> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 14);
+  messageDesc(file_nexusflow_v1_workflow, 16);
 
 /**
  * The step's `when` condition is evaluated only once its dependencies have finished.
@@ -939,7 +1014,7 @@ export type ConditionGate = Message<"nexusflow.v1.ConditionGate"> & {
  * Use `create(ConditionGateSchema)` to create a new message.
  */
 export const ConditionGateSchema: GenMessage<ConditionGate> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 15);
+  messageDesc(file_nexusflow_v1_workflow, 17);
 
 /**
  * The task failed and its next attempt waits for its retry backoff.
@@ -981,7 +1056,7 @@ export type RetryBackoffGate = Message<"nexusflow.v1.RetryBackoffGate"> & {
  * Use `create(RetryBackoffGateSchema)` to create a new message.
  */
 export const RetryBackoffGateSchema: GenMessage<RetryBackoffGate> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 16);
+  messageDesc(file_nexusflow_v1_workflow, 18);
 
 /**
  * No attached executor session advertises the task's type: an executor for it must be started.
@@ -1016,7 +1091,7 @@ export type NoExecutorGate = Message<"nexusflow.v1.NoExecutorGate"> & {
  * Use `create(NoExecutorGateSchema)` to create a new message.
  */
 export const NoExecutorGateSchema: GenMessage<NoExecutorGate> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 17);
+  messageDesc(file_nexusflow_v1_workflow, 19);
 
 /**
  * Every attached session that advertises the task's type has no credit left (all its slots are
@@ -1066,7 +1141,7 @@ export type ExecutorsBusyGate = Message<"nexusflow.v1.ExecutorsBusyGate"> & {
  * Use `create(ExecutorsBusyGateSchema)` to create a new message.
  */
 export const ExecutorsBusyGateSchema: GenMessage<ExecutorsBusyGate> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 18);
+  messageDesc(file_nexusflow_v1_workflow, 20);
 
 /**
  * The queued attempt fails with SCHEDULE_TO_START_TIMEOUT (and is retried per the step's policy)
@@ -1095,7 +1170,7 @@ export type ScheduleToStartGate = Message<"nexusflow.v1.ScheduleToStartGate"> & 
  * Use `create(ScheduleToStartGateSchema)` to create a new message.
  */
 export const ScheduleToStartGateSchema: GenMessage<ScheduleToStartGate> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 19);
+  messageDesc(file_nexusflow_v1_workflow, 21);
 
 /**
  * The run is cancelled or rolling back its completed steps: the step is not started.
@@ -1123,7 +1198,7 @@ export type RunStoppingGate = Message<"nexusflow.v1.RunStoppingGate"> & {
  * Use `create(RunStoppingGateSchema)` to create a new message.
  */
 export const RunStoppingGateSchema: GenMessage<RunStoppingGate> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 20);
+  messageDesc(file_nexusflow_v1_workflow, 22);
 
 /**
  * A run of a workflow definition.
@@ -1228,7 +1303,7 @@ export type Run = Message<"nexusflow.v1.Run"> & {
  * Use `create(RunSchema)` to create a new message.
  */
 export const RunSchema: GenMessage<Run> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 21);
+  messageDesc(file_nexusflow_v1_workflow, 23);
 
 /**
  * Lifecycle state of a run.
@@ -1388,6 +1463,13 @@ export enum TaskStatus {
    * @generated from enum value: TASK_STATUS_CANCELLED = 9;
    */
   CANCELLED = 9,
+
+  /**
+   * A wait or sleep step waiting for its signal or its time (no executor involved).
+   *
+   * @generated from enum value: TASK_STATUS_WAITING = 10;
+   */
+  WAITING = 10,
 }
 
 /**

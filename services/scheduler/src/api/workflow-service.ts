@@ -4,6 +4,7 @@ import { type Timestamp, timestampDate, timestampNow } from "@bufbuild/protobuf/
 import type * as grpc from "@grpc/grpc-js";
 import {
   ApiError,
+  Code,
   checkJsonForm,
   nulCharacterPath,
   serverStream,
@@ -30,6 +31,8 @@ import {
   WatchRunResponseSchema,
   WorkflowSpecSchema,
   type CancelRunRequest,
+  type SignalRunRequest,
+  SignalRunResponseSchema,
   type ExplainPendingRequest,
   type GetRunRequest,
   type GetWorkflowRequest,
@@ -41,7 +44,8 @@ import {
   type WatchRunResponse,
 } from "@nexusflow/gen";
 import type { Engine } from "../engine/engine.js";
-import { TERMINAL_RUN_STATUSES, type RunStatusName } from "../model/run-state.js";
+import { SIGNAL_NAME_PATTERN, SIGNAL_NAME_RULE } from "../dag/index.js";
+import { TERMINAL_RUN_STATUSES, type RunStatusName, type SignalState } from "../model/run-state.js";
 import { checkRunId, runPageToken, type RunStore } from "../persistence/run-store.js";
 import {
   definition,
@@ -75,6 +79,14 @@ function refuseNul(value: unknown, field: string): void {
   const at = nulCharacterPath(value, field);
   if (at !== undefined)
     throw ApiError.invalid(at, "contains a NUL character (U+0000), which cannot be stored");
+}
+
+/** Largest signal payload, as JSON. */
+export const MAX_SIGNAL_PAYLOAD_BYTES = 64 * 1024;
+
+/** The signals column of a run row (RunState.signals as stored). */
+function storedSignals(column: unknown): SignalState[] {
+  return Array.isArray(column) ? (column as SignalState[]) : [];
 }
 
 function checkLabels(labels: Record<string, string>): void {
@@ -284,6 +296,46 @@ export function workflowService(engine: Engine, runs: RunStore): grpc.UntypedSer
       return create(CancelRunResponseSchema, {
         run: runDetail(await runs.get(req.runId), pendingReason),
       });
+    }),
+
+    signalRun: unary(async (req: SignalRunRequest) => {
+      checkRunId(req.runId);
+      if (req.name === "") throw ApiError.invalid("name", "a signal name is required");
+      if (!SIGNAL_NAME_PATTERN.test(req.name))
+        throw ApiError.invalid(
+          "name",
+          `${JSON.stringify(req.name.slice(0, 100))} is invalid: ${SIGNAL_NAME_RULE}`,
+        );
+      if (req.idempotencyKey.length > 200)
+        throw ApiError.invalid("idempotency_key", "at most 200 characters");
+      refuseNul(req.idempotencyKey, "idempotency_key");
+      const payload = valueToJsonChecked(req.payload, "payload");
+      refuseNul(payload, "payload");
+      const bytes = Buffer.byteLength(JSON.stringify(payload));
+      if (bytes > MAX_SIGNAL_PAYLOAD_BYTES)
+        throw ApiError.invalid(
+          "payload",
+          `is ${bytes} bytes as JSON; a signal's payload is at most ${MAX_SIGNAL_PAYLOAD_BYTES}`,
+        );
+      const key = req.idempotencyKey === "" ? null : req.idempotencyKey;
+      const outcome = engine.isActive(req.runId)
+        ? await engine.signalRun(req.runId, { name: req.name, key, payload })
+        : undefined;
+      if (outcome !== undefined)
+        return create(SignalRunResponseSchema, {
+          stepId: outcome.stepId ?? "",
+          duplicate: outcome.duplicate,
+        });
+      // Not active here: unknown (NOT_FOUND from the read) or ended; a repeat of a signal it took is
+      // still answered as one.
+      const row = await runs.getRun(req.runId);
+      const stored = key === null ? undefined : storedSignals(row.signals).find((x) => x.key === key);
+      if (stored !== undefined)
+        return create(SignalRunResponseSchema, { stepId: stored.stepId ?? "", duplicate: true });
+      throw new ApiError(
+        Code.FAILED_PRECONDITION,
+        `run ${req.runId} has ended (${row.status}): it takes no more signals`,
+      );
     }),
 
     watchRun: serverStream(

@@ -36,7 +36,8 @@ export type Timer =
   | { readonly kind: "start-to-close"; readonly task: TaskState; readonly token: number }
   | { readonly kind: "retry"; readonly task: TaskState }
   | { readonly kind: "run-deadline"; readonly run: RunState }
-  | { readonly kind: "lease-grace"; readonly task: TaskState; readonly token: number };
+  | { readonly kind: "lease-grace"; readonly task: TaskState; readonly token: number }
+  | { readonly kind: "durable"; readonly task: TaskState };
 
 /**
  * The effects of the rules, carried out by the shell as they are reported (no array of them is

@@ -17,6 +17,7 @@
  * - sessions.ts: lost sessions, the grace of their leases, reclaim and expiry on re-attach
  * - recovery.ts: the model rebuilt from storage and resumed
  * - holds.ts / explain.ts: why a task is not running (the gates that hold it)
+ * - waits.ts: durable waits for signals and sleeps (steps no executor runs)
  */
 export type { Core, Effects, EventInit, Moment, Rejection, SessionLeases, Timer } from "./context.js";
 export { advanceCompensation } from "./compensation.js";
@@ -47,3 +48,4 @@ export {
 export { attached, isSilent, reclaim, sessionLost, type Attached } from "./sessions.js";
 export { armStartToClose } from "./timers.js";
 export { checkHeartbeat, timerFired } from "./timeouts.js";
+export { MAX_SIGNALS_PER_RUN, signalReceived, type SignalInput, type SignalOutcome } from "./waits.js";

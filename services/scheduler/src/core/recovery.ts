@@ -18,6 +18,7 @@ import type { Core, Moment } from "./context.js";
 import { advanceAny } from "./runs.js";
 import { orphan } from "./sessions.js";
 import { armRetry, armRunDeadline, armScheduleToStart } from "./timers.js";
+import { armDurable } from "./waits.js";
 
 /** What was recovered. */
 export interface Recovered {
@@ -68,6 +69,7 @@ export function recover(
       compensations: new Map(),
       compensationWaves: null,
       rollbackError: r.error,
+      signals: r.signals ?? [],
     };
     core.runs.set(run.id, run);
     runs.push(run);
@@ -89,6 +91,9 @@ export function recover(
       queued++;
     } else if (task.status === "RETRY_WAIT") {
       armRetry(core, task, nowMs);
+    } else if (task.status === "WAITING") {
+      // A wait or sleep goes on across the restart: its timeout or wake-up time is stored.
+      armDurable(core, task, nowMs);
     } else if (ACTIVE_LEASE.has(task.status)) {
       orphan(core, task, graceMs);
       orphaned++;

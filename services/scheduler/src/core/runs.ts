@@ -18,6 +18,7 @@ import {
 import { advanceCompensation, startCompensation } from "./compensation.js";
 import type { Core } from "./context.js";
 import { armRunDeadline } from "./timers.js";
+import { startWaiting } from "./waits.js";
 import {
   completeRun,
   detach,
@@ -77,7 +78,9 @@ export function advance(core: Core, run: RunState, now: Date): void {
       const task = run.tasks.get(r.stepId);
       if (task === undefined || task.status !== "PENDING") continue;
       task.input = r.input;
-      queueTask(core, task, now);
+      const step = run.workflow.stepsById.get(task.stepId);
+      if (step?.durable != null) startWaiting(core, run, task, step.durable, now);
+      else queueTask(core, task, now);
     }
     for (const s of ev.skip) {
       const task = run.tasks.get(s.stepId);

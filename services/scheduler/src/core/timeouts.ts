@@ -9,6 +9,7 @@ import type { Core, Moment, Timer } from "./context.js";
 import { failAttempt, retryDue } from "./retries.js";
 import { timeOutRun } from "./runs.js";
 import { leaseGraceExpired } from "./sessions.js";
+import { durableDue } from "./waits.js";
 
 /**
  * No executor took the queued attempt within `limitMs`. That attempt had no lease, yet it counts
@@ -104,5 +105,8 @@ export function timerFired(core: Core, timer: Timer, at: Moment): boolean {
       return false;
     case "lease-grace":
       return leaseGraceExpired(core, timer.task, timer.token, at);
+    case "durable":
+      durableDue(core, timer.task, at.now);
+      return false;
   }
 }

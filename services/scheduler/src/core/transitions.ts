@@ -24,6 +24,7 @@ export function stepState(t: TaskState): StepState {
     case "LEASED":
     case "RUNNING":
     case "RETRY_WAIT":
+    case "WAITING":
       return { status: "active", input: t.input };
     case "SUCCEEDED":
       // An offloaded output counts once it has been read back (see reports.ts outputResolved).

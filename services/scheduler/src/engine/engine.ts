@@ -403,6 +403,20 @@ export class Engine {
     await this.committed();
   }
 
+  /**
+   * SignalRun for a run active here (core/waits.ts): answers once the signal (and the wait step it
+   * completed) is committed; undefined when the run is not active here.
+   */
+  async signalRun(runId: string, input: core.SignalInput): Promise<core.SignalOutcome | undefined> {
+    this.assertRunning();
+    const run = this.core.runs.get(runId);
+    if (run === undefined) return undefined;
+    const outcome = core.signalReceived(this.core, run, input, new Date());
+    if ("code" in outcome) throw new ApiError(Code[outcome.code], outcome.message);
+    await this.committed();
+    return outcome;
+  }
+
   /** Queues the next wave of compensations once the previous one finished; completes the rollback. */
   advanceCompensation(run: RunState): void {
     core.advanceCompensation(this.core, run, new Date());

@@ -123,6 +123,21 @@ export interface TaskState {
   hold?: QueueHold | undefined;
 }
 
+/**
+ * A signal sent to a run (SignalRun), stored on the run's row (column `signals`) in the commit
+ * that applies it: consumed by a wait step at once (`stepId`), or kept until one starts waiting.
+ */
+export interface SignalState {
+  readonly name: string;
+  /** Its idempotency key: a signal with a key the run already has is not stored again. */
+  readonly key: string | null;
+  readonly payload: unknown;
+  /** When it was received (epoch ms). */
+  readonly at: number;
+  /** The wait step that consumed it; null while it is kept for a later wait. */
+  stepId: string | null;
+}
+
 /** An active run with its tasks. */
 export interface RunState {
   readonly id: string;
@@ -160,6 +175,8 @@ export interface RunState {
   compensationWaves: string[][] | null;
   /** Why the run rolls back; becomes the run's error. */
   rollbackError: ErrorInfo | null;
+  /** Signals received, in order (see SignalState); empty for most runs. */
+  signals: SignalState[];
 }
 
 /** A new task run of `runId`, PENDING, with no attempt yet (`id` random unless given). */
@@ -235,5 +252,6 @@ export function newRunState(init: {
     compensations: new Map(),
     compensationWaves: null,
     rollbackError: null,
+    signals: [],
   };
 }

@@ -36,6 +36,7 @@ function runUpdateRow(r: RunState, row: Row = {}): Row {
   if (r.output !== null && r.output !== undefined) row.output = r.output;
   if (r.error !== null) row.error = r.error;
   if (r.endedAt !== null) row.ended_at = r.endedAt.getTime();
+  if (r.signals.length > 0) row.signals = r.signals;
   return row;
 }
 

@@ -11,17 +11,17 @@ const ts = (column: string): string => `to_timestamp(${column} / 1000)`;
 
 const RUN_COLUMNS = `id uuid, definition_id bigint, workflow_name text, workflow_version int, status text, input jsonb,
   output jsonb, error jsonb, idempotency_key text, labels jsonb, cancel_requested boolean, compensate_on_cancel boolean,
-  event_seq bigint, deadline float8, created_at float8, ended_at float8, trace_parent text`;
+  event_seq bigint, deadline float8, created_at float8, ended_at float8, trace_parent text, signals jsonb`;
 export const RUN_SQL = `INSERT INTO workflow_runs (id, definition_id, workflow_name, workflow_version, status, input, output, error,
   idempotency_key, labels, cancel_requested, compensate_on_cancel, event_seq, deadline, created_at, updated_at, ended_at,
-  trace_parent)
+  trace_parent, signals)
 SELECT id, definition_id, workflow_name, workflow_version, status, input, output, error, idempotency_key, labels,
   cancel_requested, compensate_on_cancel, event_seq, ${ts("deadline")}, ${ts("created_at")}, now(), ${ts("ended_at")},
-  trace_parent
+  trace_parent, signals
 FROM json_to_recordset($1::json) AS x(${RUN_COLUMNS})
 ON CONFLICT (id) DO UPDATE SET status = excluded.status, output = excluded.output, error = excluded.error,
   cancel_requested = excluded.cancel_requested, compensate_on_cancel = excluded.compensate_on_cancel,
-  event_seq = excluded.event_seq, updated_at = now(), ended_at = excluded.ended_at`;
+  event_seq = excluded.event_seq, updated_at = now(), ended_at = excluded.ended_at, signals = excluded.signals`;
 
 // A task row holds its latest attempt (attempt_* columns, leased_at, started_at); earlier attempts
 // are rows of task_attempt_history, and the view task_attempts shows both (migration
@@ -137,9 +137,9 @@ WHERE idempotency_keys.created_at <= excluded.created_at`;
 // HOT: no index is touched unless status changes on a run.
 export const RUN_UPDATE_SQL = `UPDATE workflow_runs AS r SET status = x.status, output = x.output, error = x.error,
   cancel_requested = x.cancel_requested, compensate_on_cancel = x.compensate_on_cancel, event_seq = x.event_seq,
-  updated_at = now(), ended_at = ${ts("x.ended_at")}
+  updated_at = now(), ended_at = ${ts("x.ended_at")}, signals = x.signals
 FROM json_to_recordset($1::json) AS x(id uuid, status text, output jsonb, error jsonb, cancel_requested boolean,
-  compensate_on_cancel boolean, event_seq bigint, ended_at float8)
+  compensate_on_cancel boolean, event_seq bigint, ended_at float8, signals jsonb)
 WHERE r.id = x.id AND r.id = ANY($2::uuid[])`;
 
 export const TASK_UPDATE_SQL = `UPDATE task_runs AS t SET status = x.status,

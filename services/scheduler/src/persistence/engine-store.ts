@@ -7,7 +7,14 @@
 import type { KeyRecord } from "./idempotency-keys.js";
 import type { OutboxRow } from "./outbox.js";
 import type { RefusedRunOutcome } from "./refused-run.js";
-import type { AttemptState, ErrorInfo, RunState, RunStatusName, TaskState } from "../model/run-state.js";
+import type {
+  AttemptState,
+  ErrorInfo,
+  RunState,
+  RunStatusName,
+  SignalState,
+  TaskState,
+} from "../model/run-state.js";
 
 export type { KeyRecord, RefusedRunOutcome };
 
@@ -46,6 +53,8 @@ export interface StoredRun {
   readonly lastEventSeq: number;
   readonly deadline: Date | null;
   readonly createdAt: Date;
+  /** Signals stored on the run (RunState.signals); absent is none. */
+  readonly signals?: SignalState[];
 }
 
 /**

@@ -38,6 +38,7 @@ export const WorkflowRunEntity = defineEntity({
     idempotencyKey: p.string().length(200).nullable(),
     labels: p.json<Record<string, string>>().default("{}"),
     traceParent: p.string().length(55).nullable(),
+    signals: p.json<unknown>().nullable(),
     cancelRequested: p.boolean().default(false),
     compensateOnCancel: p.boolean().default(false),
     eventSeq: p.bigint("number").defaultRaw("0"),

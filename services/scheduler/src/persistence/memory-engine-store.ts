@@ -148,6 +148,7 @@ export class MemoryEngineStore extends PendingChanges implements EngineStore {
       idempotencyKey: r.idempotencyKey,
       labels: r.labels,
       traceParent: r.traceParent,
+      signals: r.signals.map((s) => ({ ...s })),
       cancelRequested: r.cancelRequested,
       compensateOnCancel: r.compensateOnCancel,
       error: r.error,

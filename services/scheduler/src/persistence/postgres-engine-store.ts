@@ -22,6 +22,7 @@ import type {
   ErrorInfo,
   RunState,
   RunStatusName,
+  SignalState,
   TaskState,
   TaskStatusName,
 } from "../model/run-state.js";
@@ -35,6 +36,7 @@ interface RunRow {
   idempotency_key: string | null;
   labels: Record<string, string>;
   trace_parent: string | null;
+  signals: SignalState[] | null;
   cancel_requested: boolean;
   compensate_on_cancel: boolean;
   error: unknown;
@@ -205,6 +207,7 @@ function storedRun(r: RunRow): StoredRun {
     idempotencyKey: r.idempotency_key,
     labels: r.labels,
     traceParent: r.trace_parent,
+    signals: r.signals ?? [],
     cancelRequested: r.cancel_requested,
     compensateOnCancel: r.compensate_on_cancel,
     error: r.error as ErrorInfo | null,

@@ -10,6 +10,7 @@ import { Migration20261205040000LatestAttemptInTaskRow } from "./Migration202612
 import { Migration20261205100000Schedules } from "./Migration20261205100000Schedules.js";
 import { Migration20261205150000OutboxRowPerCommit } from "./Migration20261205150000OutboxRowPerCommit.js";
 import { Migration20261205160000Partitions } from "./Migration20261205160000Partitions.js";
+import { Migration20261205170000RunSignals } from "./Migration20261205170000RunSignals.js";
 
 /** The migrations MikroORM applies at start-up. */
 export const migrationsList = [
@@ -27,4 +28,5 @@ export const migrationsList = [
   { name: "Migration20261205100000Schedules", class: Migration20261205100000Schedules },
   { name: "Migration20261205150000OutboxRowPerCommit", class: Migration20261205150000OutboxRowPerCommit },
   { name: "Migration20261205160000Partitions", class: Migration20261205160000Partitions },
+  { name: "Migration20261205170000RunSignals", class: Migration20261205170000RunSignals },
 ];

@@ -1,0 +1,210 @@
+/**
+ * Durable waits and sleeps (dag/durable.ts): steps that no executor runs. When one becomes ready
+ * it goes WAITING, its timeout or wake-up time stored as the task's `nextAttemptAt` (so that
+ * recovery re-arms it, recovery.ts), and costs no executor slot. A wait completes with the payload
+ * of a signal of its name (SignalRun), taken at once from those the run already holds, or when one
+ * arrives; it fails with WAIT_TIMEOUT, not retried, once its timeout passes. A sleep succeeds at
+ * its time with {"until": time}.
+ *
+ * Signals live on the run (RunState.signals, written with the run's row in the commit that
+ * applies them): one is never lost (the SignalRun call answers once it is committed) and never
+ * applied twice (it names the step that consumed it, in the same commit as that step's end); a
+ * signal whose idempotency key the run already has is not stored again.
+ */
+import { jsonToValue } from "@nexusflow/common";
+import { TaskErrorType } from "@nexusflow/common/task-error-types";
+import { timestampFromDate } from "@bufbuild/protobuf/wkt";
+import { untilTime, type CompiledDurable } from "../dag/index.js";
+import {
+  TERMINAL_RUN_STATUSES,
+  type RunState,
+  type SignalState,
+  type TaskState,
+} from "../model/run-state.js";
+import type { Core, Rejection } from "./context.js";
+import { advance } from "./runs.js";
+import { endTask, failTerminally, taskKind } from "./transitions.js";
+
+/** Longest delay a Node.js timer takes (about 24.8 days); a later time is reached in steps. */
+export const MAX_TIMER_MS = 2_147_483_647;
+/** Most signals one run holds (consumed or not). */
+export const MAX_SIGNALS_PER_RUN = 1000;
+
+/** A signal as SignalRun sends it (checked by the API). */
+export interface SignalInput {
+  readonly name: string;
+  readonly key: string | null;
+  readonly payload: unknown;
+}
+
+/** What became of a signal: the step it completed (null: kept), or a duplicate of a stored one. */
+export interface SignalOutcome {
+  readonly stepId: string | null;
+  readonly duplicate: boolean;
+}
+
+/** Arms the timer of a WAITING task at its stored time (a wait without timeout has none). */
+export function armDurable(core: Core, task: TaskState, nowMs: number): void {
+  if (task.nextAttemptAt === null) return;
+  const delay = Math.max(0, task.nextAttemptAt.getTime() - nowMs);
+  core.fx.setTimer({ kind: "durable", task }, Math.min(MAX_TIMER_MS, delay));
+}
+
+/** Ends a wait or sleep task SUCCEEDED with `output`. */
+function succeed(core: Core, run: RunState, task: TaskState, output: unknown, now: Date): void {
+  task.output = output ?? null;
+  endTask(core, task, "SUCCEEDED", now);
+  core.fx.event(run, {
+    case: "taskSucceeded",
+    value: {
+      taskRunId: task.id,
+      stepId: task.stepId,
+      attempt: task.attempt,
+      output: jsonToValue(output ?? null),
+      kind: taskKind(task),
+    },
+  });
+}
+
+/**
+ * A wait or sleep step became ready (runs.ts advance): it takes a signal the run already holds,
+ * or goes WAITING with its timer. Its end (taken at once, or a bad `until`) is evaluated soon.
+ */
+export function startWaiting(
+  core: Core,
+  run: RunState,
+  task: TaskState,
+  durable: CompiledDurable,
+  now: Date,
+): void {
+  let due: Date | null;
+  let signal = "";
+  if (durable.kind === "wait") {
+    signal = durable.signal;
+    const held = run.signals.find((s) => s.stepId === null && s.name === durable.signal);
+    if (held !== undefined) {
+      held.stepId = task.stepId;
+      core.fx.writeRun(run);
+      succeed(core, run, task, held.payload, now);
+      core.fx.advanceSoon(run);
+      return;
+    }
+    due = durable.timeoutMs === null ? null : new Date(now.getTime() + durable.timeoutMs);
+  } else if (durable.forMs !== null) {
+    due = new Date(now.getTime() + durable.forMs);
+  } else {
+    const until = (task.input as { until?: unknown } | null)?.until;
+    due = untilTime(until);
+    if (due === null) {
+      failTerminally(
+        core,
+        run,
+        task,
+        {
+          type: TaskErrorType.INVALID_SLEEP_UNTIL,
+          message: `sleep.until rendered ${JSON.stringify(until) ?? "undefined"}, not an RFC 3339 time with an offset`,
+          retryable: false,
+        },
+        now,
+      );
+      core.fx.advanceSoon(run);
+      return;
+    }
+  }
+  task.status = "WAITING";
+  task.nextAttemptAt = due;
+  core.fx.writeTask(task);
+  core.fx.event(run, {
+    case: "taskWaiting",
+    value: {
+      taskRunId: task.id,
+      stepId: task.stepId,
+      signal,
+      ...(due === null ? {} : { dueTime: timestampFromDate(due) }),
+    },
+  });
+  armDurable(core, task, now.getTime());
+}
+
+/** The timer of a WAITING task fired: a sleep wakes, a wait times out (or, early, re-armed). */
+export function durableDue(core: Core, task: TaskState, now: Date): void {
+  if (task.status !== "WAITING" || task.nextAttemptAt === null) return;
+  if (task.nextAttemptAt.getTime() > now.getTime()) {
+    armDurable(core, task, now.getTime());
+    return;
+  }
+  const run = core.runs.get(task.runId);
+  const durable = run?.workflow.stepsById.get(task.stepId)?.durable;
+  if (run === undefined || durable == null) return;
+  if (durable.kind === "sleep") {
+    succeed(core, run, task, { until: task.nextAttemptAt.toISOString() }, now);
+  } else {
+    failTerminally(
+      core,
+      run,
+      task,
+      {
+        type: TaskErrorType.WAIT_TIMEOUT,
+        message: `no signal ${JSON.stringify(durable.signal)} arrived by ${task.nextAttemptAt.toISOString()}`,
+        retryable: false,
+      },
+      now,
+    );
+  }
+  advance(core, run, now);
+  core.fx.commit();
+}
+
+/**
+ * A signal sent to an active run: a duplicate of a stored one (same idempotency key) changes
+ * nothing; otherwise it is stored, completing the first wait step WAITING for its name (by
+ * position), or kept for a later one. Refused once the run is ending (cancelled, rolling back)
+ * or holds {@link MAX_SIGNALS_PER_RUN} signals.
+ */
+export function signalReceived(
+  core: Core,
+  run: RunState,
+  input: SignalInput,
+  now: Date,
+): SignalOutcome | Rejection {
+  if (input.key !== null) {
+    const stored = run.signals.find((s) => s.key === input.key);
+    if (stored !== undefined) return { stepId: stored.stepId, duplicate: true };
+  }
+  if (TERMINAL_RUN_STATUSES.has(run.status) || run.cancelRequested || run.status === "COMPENSATING")
+    return {
+      code: "FAILED_PRECONDITION",
+      message: `run ${run.id} is ${run.status === "COMPENSATING" ? "rolling back" : "ending"}: it takes no more signals`,
+    };
+  if (run.signals.length >= MAX_SIGNALS_PER_RUN)
+    return {
+      code: "RESOURCE_EXHAUSTED",
+      message: `run ${run.id} already holds ${MAX_SIGNALS_PER_RUN} signals, the most one run holds`,
+    };
+  let waiting: TaskState | undefined;
+  for (const task of run.tasks.values()) {
+    if (task.status !== "WAITING") continue;
+    const durable = run.workflow.stepsById.get(task.stepId)?.durable;
+    if (durable?.kind !== "wait" || durable.signal !== input.name) continue;
+    if (waiting === undefined || task.position < waiting.position) waiting = task;
+  }
+  const signal: SignalState = {
+    name: input.name,
+    key: input.key,
+    payload: input.payload ?? null,
+    at: now.getTime(),
+    stepId: waiting?.stepId ?? null,
+  };
+  run.signals.push(signal);
+  core.fx.writeRun(run);
+  core.fx.event(run, {
+    case: "signalReceived",
+    value: { name: input.name, idempotencyKey: input.key ?? "", stepId: signal.stepId ?? "" },
+  });
+  if (waiting !== undefined) {
+    succeed(core, run, waiting, signal.payload, now);
+    advance(core, run, now);
+  }
+  core.fx.commit();
+  return { stepId: signal.stepId, duplicate: false };
+}
