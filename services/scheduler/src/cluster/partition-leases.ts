@@ -137,6 +137,8 @@ export class PartitionLeases implements WriteFence {
   private readonly pool: pg.Pool;
   private timer: NodeJS.Timeout | undefined;
   private ticking: Promise<void> = Promise.resolve();
+  /** A heartbeat is queued or running. */
+  private beating = false;
   /** Live replicas (this one included) at the last heartbeat, and since when that number holds. */
   private live = { n: 0, since: 0 };
   private lastRelease = 0;
@@ -157,6 +159,9 @@ export class PartitionLeases implements WriteFence {
       max: 1,
       connectionTimeoutMillis: 3000,
       application_name: "nexusflow-partitions",
+      // A heartbeat that hangs (a network partition without a reset) ends within a lease.
+      statement_timeout: this.leaseMs,
+      query_timeout: this.leaseMs,
     });
     // An idle connection lost (database restart) is re-made on the next heartbeat.
     this.pool.on("error", () => undefined);
@@ -208,8 +213,18 @@ export class PartitionLeases implements WriteFence {
       await this.tick();
       // Sole: a partition whose lock a late commit of a dead predecessor still holds is taken on
       // the next try, once that commit ended.
+      const since = performance.now();
+      let warned = false;
       while (this.options.sole === true && this.owned.size < this.count) {
         signal?.throwIfAborted();
+        if (!warned && performance.now() - since > this.leaseMs) {
+          warned = true;
+          const missing = Array.from({ length: this.count }, (_, p) => p).filter((p) => !this.owned.has(p));
+          this.options.log.warn(
+            { partitions: missing },
+            "still waiting to take partitions: a transaction of a previous scheduler holds their lock",
+          );
+        }
         await new Promise((resolve) => setTimeout(resolve, 20));
         await this.tick();
       }
@@ -220,7 +235,10 @@ export class PartitionLeases implements WriteFence {
       throw e;
     }
     this.stateValue = { kind: "RUNNING", owned: this.owned };
-    this.timer = setInterval(() => void this.renew(), this.renewIntervalMs);
+    // A heartbeat still running (the database slow or away) is not queued behind again.
+    this.timer = setInterval(() => {
+      if (!this.beating) void this.renew();
+    }, this.renewIntervalMs);
     this.options.log.info(
       { replica_id: this.replicaId, partitions: this.count, held: this.owned.size },
       "partition leases started",
@@ -254,6 +272,7 @@ export class PartitionLeases implements WriteFence {
    * the cluster has been stable. Never rejects: a failure (database unreachable) is logged.
    */
   renew(): Promise<void> {
+    this.beating = true;
     const next = this.ticking.then(async () => {
       if (this.stateValue.kind !== "RUNNING") return;
       try {
@@ -267,6 +286,9 @@ export class PartitionLeases implements WriteFence {
       }
     });
     this.ticking = next;
+    void next.then(() => {
+      if (this.ticking === next) this.beating = false;
+    });
     return next;
   }
 
