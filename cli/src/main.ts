@@ -22,6 +22,7 @@ const OPERATOR_USAGE = `Operator commands (talk to the gateway):
   runs list [--workflow W] [--status S]... [--label k=v]... [--limit N] [--page-token T]
   runs watch <run-id>             live progress until the run ends (exit 1 unless it succeeded)
   runs cancel <run-id> [--reason R] [--compensate]
+  runs signal <run-id> <name> [--payload JSON|@file] [--idempotency-key K]
   runs why <run-id> <step-id> [--compensation]
                                   why a step is not running: every gate that holds it now
   schedules create <id> --workflow W --cron EXPR [--zone Europe/Lisbon] [--input <json|@file>] [--version N]

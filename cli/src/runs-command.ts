@@ -1,5 +1,5 @@
 /**
- * `nexusflow runs start|get|list|watch|cancel|why`: runs through the gateway, as tables or JSON
+ * `nexusflow runs start|get|list|watch|cancel|signal|why`: runs through the gateway, as tables or JSON
  * (`--output json`); `runs watch` (and `runs start --watch`) shows each step as it changes and
  * exits 1 unless the run succeeded.
  */
@@ -12,6 +12,7 @@ import {
   type Run,
   RunSchema,
   RunStatus,
+  SignalRunResponseSchema,
   StartRunResponseSchema,
   TaskKind,
 } from "@nexusflow/gen";
@@ -38,18 +39,23 @@ import { whyCommand } from "./why-command.js";
 /** The --input value as JSON: the text itself, or `@file` to read it from; `{}` when not given. */
 export async function readInput(value: string | undefined): Promise<JsonValue> {
   if (value === undefined) return {};
+  return readJson(value, "--input");
+}
+
+/** A flag's JSON value (`flag` names it in errors): the text itself, or `@file` to read it from. */
+async function readJson(value: string, flag: string): Promise<JsonValue> {
   let text = value;
   if (value.startsWith("@")) {
     try {
       text = await readFile(value.slice(1), "utf8");
     } catch (e) {
-      throw new UsageError(`--input: cannot read ${value.slice(1)}: ${(e as Error).message}`);
+      throw new UsageError(`${flag}: cannot read ${value.slice(1)}: ${(e as Error).message}`);
     }
   }
   try {
     return JSON.parse(text) as JsonValue;
   } catch (e) {
-    throw new UsageError(`--input is not JSON: ${(e as Error).message}`);
+    throw new UsageError(`${flag} is not JSON: ${(e as Error).message}`);
   }
 }
 
@@ -264,7 +270,38 @@ async function cancelCommand(args: string[], io: CommandIo): Promise<number> {
   });
 }
 
-/** `nexusflow runs <start|get|list|watch|cancel|why> ...`. */
+/** `runs signal <run-id> <name> [--payload JSON|@file] [--idempotency-key K]`. */
+async function signalCommand(args: string[], io: CommandIo): Promise<number> {
+  const { values, positionals: pos } = parse({
+    args,
+    allowPositionals: true,
+    options: { ...COMMON_OPTIONS, payload: { type: "string" }, "idempotency-key": { type: "string" } },
+  });
+  const [runId = "", name = ""] = positionals(pos, ["run-id", "name"], "runs signal");
+  const output = outputOf(values.output);
+  const payload = values.payload === undefined ? null : await readJson(values.payload, "--payload");
+  return withGateway(io, "runs signal", values, async (client) => {
+    const answer = await client.signalRun(
+      runId,
+      name,
+      { payload, idempotencyKey: values["idempotency-key"] },
+      { signal: io.signal },
+    );
+    if (output === "json") {
+      printJson(io, SignalRunResponseSchema, create(SignalRunResponseSchema, answer));
+      return 0;
+    }
+    const what = answer.duplicate ? "already received (same idempotency key)" : "sent";
+    const where =
+      answer.stepId === ""
+        ? "kept on the run until a wait step for it starts waiting"
+        : `completed step ${answer.stepId}`;
+    io.stdout(`signal ${name} ${what}: ${where}\n`);
+    return 0;
+  });
+}
+
+/** `nexusflow runs <start|get|list|watch|cancel|signal|why> ...`. */
 export async function runsCommand(args: string[], io: CommandIo): Promise<number> {
   const [sub, ...rest] = args;
   switch (sub) {
@@ -278,13 +315,15 @@ export async function runsCommand(args: string[], io: CommandIo): Promise<number
       return watchCommand(rest, io);
     case "cancel":
       return cancelCommand(rest, io);
+    case "signal":
+      return signalCommand(rest, io);
     case "why":
       return whyCommand(rest, io);
     case undefined:
-      throw new UsageError("runs: expected start, get, list, watch, cancel or why");
+      throw new UsageError("runs: expected start, get, list, watch, cancel, signal or why");
     default:
       throw new UsageError(
-        `runs: unknown subcommand ${JSON.stringify(sub)} (start, get, list, watch, cancel, why)`,
+        `runs: unknown subcommand ${JSON.stringify(sub)} (start, get, list, watch, cancel, signal, why)`,
       );
   }
 }

@@ -247,6 +247,29 @@ export class NexusflowClient {
     return required((await this.workflows.getRun({ runId }, options)).run, "GetRun");
   }
 
+  /**
+   * Sends a signal to a run: it completes the run's wait step for `name` with `payload` as the
+   * step's output, or is kept on the run until such a step waits. With an idempotency key it is
+   * stored once (and retried on UNAVAILABLE). FAILED_PRECONDITION once the run has ended.
+   */
+  async signalRun(
+    runId: string,
+    name: string,
+    request: { payload?: JsonValue | undefined; idempotencyKey?: string | undefined } = {},
+    options?: CallOptions,
+  ): Promise<{ stepId: string; duplicate: boolean }> {
+    const response = await this.workflows.signalRun(
+      {
+        runId,
+        name,
+        ...(request.payload === undefined ? {} : { payload: fromJson(ValueSchema, request.payload) }),
+        idempotencyKey: request.idempotencyKey ?? "",
+      },
+      options,
+    );
+    return { stepId: response.stepId, duplicate: response.duplicate };
+  }
+
   /** Cancels a run (idempotent) and returns it as it is after the request. */
   async cancelRun(
     runId: string,

@@ -8,8 +8,8 @@ import type { CompiledRetryOptions } from "./options.js";
 
 /**
  * Unary methods that are safe to repeat, as `package.Service/Method`: every read, RegisterWorkflow
- * (identical content is a no-op) and CancelRun (idempotent). StartRun is one only with an
- * idempotency key, StartRuns only when every run has one ({@link isIdempotentCall}).
+ * (identical content is a no-op) and CancelRun (idempotent). StartRun and SignalRun are ones only
+ * with an idempotency key, StartRuns only when every run has one ({@link isIdempotentCall}).
  */
 export const IDEMPOTENT_METHODS: ReadonlySet<string> = new Set([
   "nexusflow.v1.WorkflowService/RegisterWorkflow",
@@ -22,6 +22,7 @@ export const IDEMPOTENT_METHODS: ReadonlySet<string> = new Set([
 ]);
 
 const START_RUN = "nexusflow.v1.WorkflowService/StartRun";
+const SIGNAL_RUN = "nexusflow.v1.WorkflowService/SignalRun";
 const START_RUNS = "nexusflow.v1.WorkflowService/StartRuns";
 
 function hasIdempotencyKey(message: unknown): boolean {
@@ -32,7 +33,7 @@ function hasIdempotencyKey(message: unknown): boolean {
 /** Whether a unary call of `method` (`package.Service/Method`) with `message` may be repeated. */
 export function isIdempotentCall(method: string, message: unknown): boolean {
   if (IDEMPOTENT_METHODS.has(method)) return true;
-  if (method === START_RUN) return hasIdempotencyKey(message);
+  if (method === START_RUN || method === SIGNAL_RUN) return hasIdempotencyKey(message);
   if (method !== START_RUNS) return false;
   const runs = (message as { runs?: unknown } | undefined)?.runs;
   return Array.isArray(runs) && runs.length > 0 && runs.every(hasIdempotencyKey);
