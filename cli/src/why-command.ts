@@ -94,6 +94,10 @@ export function describeGate(gate: PendingGate, nowMs: number): string {
             : "nothing else waits for it";
       return `${what} concurrency key ${JSON.stringify(v.key)} (${v.keyExpression}, limit ${v.limit}, ${v.strategy}): ${held}; ${place}`;
     }
+    case "durableWait":
+      return g.value.signal === ""
+        ? `it sleeps until ${when(g.value.until, nowMs)}`
+        : `it waits for signal ${JSON.stringify(g.value.signal)}${g.value.until === undefined ? "" : `, and fails with WAIT_TIMEOUT unless it arrives by ${when(g.value.until, nowMs)}`}: send it with nexusflow runs signal`;
     case undefined:
       return "held by a gate this CLI does not know (a newer scheduler?): see --output json";
   }

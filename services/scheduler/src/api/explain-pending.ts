@@ -75,6 +75,9 @@ export function gateMessage(gate: Gate): PendingGate {
         value: { runStatus: runStatus(gate.runStatus), cancelRequested: gate.cancelRequested },
       };
       break;
+    case "durable-wait":
+      init = { case: "durableWait", value: { signal: gate.signal ?? "", until: ts(gate.until) } };
+      break;
   }
   return create(PendingGateSchema, { gate: init });
 }

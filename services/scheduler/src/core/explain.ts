@@ -64,6 +64,13 @@ export type Gate =
       readonly kind: "run-stopping";
       readonly runStatus: RunStatusName;
       readonly cancelRequested: boolean;
+    }
+  | {
+      /** A wait step waits for its signal (until its timeout, if any), a sleep step for its time. */
+      readonly kind: "durable-wait";
+      /** The signal; null for a sleep. */
+      readonly signal: string | null;
+      readonly until: Date | null;
     };
 
 /**
@@ -122,6 +129,15 @@ export function explainPending(
           deadline: new Date(task.queuedAt.getTime() + limit),
           timeoutMs: limit,
         });
+      break;
+    }
+    case "WAITING": {
+      const durable = run.workflow.stepsById.get(task.stepId)?.durable;
+      gates.push({
+        kind: "durable-wait",
+        signal: durable?.kind === "wait" ? durable.signal : null,
+        until: task.nextAttemptAt,
+      });
       break;
     }
     default:
@@ -191,6 +207,10 @@ export function describeGate(gate: Gate): string {
       return `times out unless started by ${gate.deadline.toISOString()}`;
     case "run-stopping":
       return gate.cancelRequested ? "the run was cancelled" : "the run is rolling back (compensating)";
+    case "durable-wait":
+      return gate.signal === null
+        ? `sleeping until ${gate.until?.toISOString() ?? "its time"}`
+        : `waiting for signal ${JSON.stringify(gate.signal)}${gate.until === null ? "" : ` until ${gate.until.toISOString()}`}`;
   }
 }
 

@@ -100,6 +100,14 @@ describe("durable waits and signals", () => {
   it("completes a waiting step with the signal's payload (signal during the wait), with its events", async () => {
     const runId = await start(client, "approval");
     await waiting(client, runId, "approve");
+    // ExplainPending says what it waits for, and until when.
+    const why = await client.explainPending({ runId, stepId: "approve" });
+    assert.equal(why.status, TaskStatus.WAITING);
+    const gate = why.gates[0]?.gate;
+    assert.equal(gate?.case, "durableWait");
+    assert.equal(gate.value.signal, "approval");
+    assert.ok(gate.value.until !== undefined, "the timeout's time");
+    assert.match(why.pendingReason, /^waiting for signal "approval" until \d{4}-/);
     const answer = await client.signalRun({
       runId,
       name: "approval",
@@ -293,6 +301,9 @@ describe("durable waits and signals", () => {
     });
     const napping = await start(client, "restart-nap");
     await waiting(client, napping, "nap");
+    const sleeping = await client.explainPending({ runId: napping, stepId: "nap" });
+    assert.equal(sleeping.gates[0]?.gate.case, "durableWait");
+    assert.match(sleeping.pendingReason, /^sleeping until /);
     const { rows } = await sql.query<{ next_attempt_at: Date }>(
       `SELECT next_attempt_at FROM task_runs WHERE run_id = $1 AND step_id = 'nap'`,
       [napping],
