@@ -69,6 +69,26 @@ export function gateMessage(gate: Gate): PendingGate {
         value: { deadline: timestampFromDate(gate.deadline), timeoutMs: BigInt(gate.timeoutMs) },
       };
       break;
+    case "concurrency-key":
+      init = {
+        case: "concurrencyKey",
+        value: {
+          scope: gate.scope,
+          keyExpression: gate.expression,
+          key: gate.key,
+          limit: gate.limit,
+          strategy: gate.strategy,
+          holders: gate.holders.map((h) => ({
+            runId: h.runId,
+            stepId: h.stepId ?? "",
+            taskRunId: h.taskRunId ?? "",
+          })),
+          holding: gate.holding,
+          position: gate.position,
+          waiting: gate.waiting,
+        },
+      };
+      break;
     case "run-stopping":
       init = {
         case: "runStopping",

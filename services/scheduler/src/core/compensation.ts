@@ -6,6 +6,7 @@
 import { TaskErrorType } from "@nexusflow/common/task-error-types";
 import { compensationOrder, renderCompensationInput } from "../dag/index.js";
 import { TERMINAL_TASK_STATUSES, newTaskState, type ErrorInfo, type RunState } from "../model/run-state.js";
+import { releaseRun } from "./concurrency.js";
 import type { Core } from "./context.js";
 import { completeRun, failTerminally, queueTask, stepStates } from "./transitions.js";
 
@@ -22,6 +23,8 @@ export function startCompensation(core: Core, run: RunState, error: ErrorInfo, n
   const order = waves(run);
   if (order.length === 0) return false;
   run.status = "COMPENSATING";
+  // Compensations run outside the workflow's concurrency limits: the run's slots go now.
+  if (run.claim !== undefined) releaseRun(core, run);
   run.compensationWaves = order;
   run.rollbackError = error;
   run.error = error;

@@ -7,6 +7,7 @@
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import type { LifecycleEventSchema } from "@nexusflow/gen";
 import type { AttemptState, RunState, TaskState } from "../model/run-state.js";
+import type { ConcurrencyState } from "./concurrency.js";
 
 /** A lifecycle event as the rules emit it: the `event` oneof of LifecycleEvent. */
 export type EventInit = NonNullable<MessageInitShape<typeof LifecycleEventSchema>["event"]>;
@@ -87,6 +88,8 @@ export interface Core {
   readonly sessionTimeoutMs: number;
   /** A new unique id (runs, task runs). */
   newId(): string;
+  /** Holders and queues of the concurrency keys, made on first use (see concurrency.ts). */
+  concurrency?: ConcurrencyState;
 }
 
 /** Why a report was not accepted; sent back as `Rejected`. */

@@ -8,6 +8,7 @@
  */
 import type { ErrorInfo, RunState, RunStatusName, TaskState } from "../model/run-state.js";
 import { TERMINAL_TASK_STATUSES } from "../model/run-state.js";
+import { keyWaits, type KeyWait } from "./concurrency.js";
 import { describeHold } from "./holds.js";
 import { retryPolicyOf } from "./retries.js";
 import { stepState } from "./transitions.js";
@@ -59,6 +60,13 @@ export type Gate =
       readonly deadline: Date;
       readonly timeoutMs: number;
     }
+  | ({
+      /**
+       * A concurrency limit's key is full: the task waits for a slot (scope "step"), or its run
+       * does before starting its steps (scope "workflow").
+       */
+      readonly kind: "concurrency-key";
+    } & KeyWait)
   | {
       /** The run is cancelled or rolling back: the step will not start. */
       readonly kind: "run-stopping";
@@ -92,6 +100,15 @@ export function explainPending(
     (task.status === "PENDING" || task.status === "QUEUED" || task.status === "RETRY_WAIT")
   )
     gates.push({ kind: "run-stopping", runStatus: run.status, cancelRequested: run.cancelRequested });
+  const runClaim = run.claim;
+  if (
+    runClaim !== undefined &&
+    task.kind === "STEP" &&
+    task.status === "PENDING" &&
+    run.status === "RUNNING" &&
+    !run.cancelRequested
+  )
+    for (const wait of keyWaits(runClaim)) gates.push({ kind: "concurrency-key", ...wait });
   switch (task.status) {
     case "PENDING":
       if (task.kind === "STEP") dependencyGates(run, task, gates);
@@ -107,7 +124,11 @@ export function explainPending(
       });
       break;
     case "QUEUED": {
-      const hold = task.hold?.hold ?? null;
+      const claim = task.claim;
+      const keys = claim === undefined ? [] : keyWaits(claim);
+      for (const wait of keys) gates.push({ kind: "concurrency-key", ...wait });
+      // A task in a key's queue is out of its type's queue: no executor gate holds it.
+      const hold = claim?.state === "parked" ? null : (task.hold?.hold ?? null);
       const since = task.hold?.since ?? null;
       if (hold?.kind === "unadvertised")
         gates.push({ kind: "no-executor", type: task.type, ahead: ahead(), since });
@@ -211,7 +232,22 @@ export function describeGate(gate: Gate): string {
       return gate.signal === null
         ? `sleeping until ${gate.until?.toISOString() ?? "its time"}`
         : `waiting for signal ${JSON.stringify(gate.signal)}${gate.until === null ? "" : ` until ${gate.until.toISOString()}`}`;
+    case "concurrency-key":
+      return describeKeyWait(gate);
   }
+}
+
+/**
+ * A key wait in a few words: `concurrency key "c1" (input.customerId) is full: 1 of 1 held by
+ * charge of run 0190...; 2nd of 3 in its queue`.
+ */
+function describeKeyWait(w: KeyWait): string {
+  const who = w.holders.map((h) => (h.stepId === null ? `run ${h.runId}` : `${h.stepId} of run ${h.runId}`));
+  const more = w.holding > who.length ? ` and ${w.holding - who.length} more` : "";
+  const held = w.holding === 0 ? "no holder" : `held by ${who.join(", ")}${more}`;
+  const place = w.position > 0 ? `; ${w.position} of ${w.waiting} in its queue` : "";
+  const subject = w.scope === "workflow" ? "the run waits for " : "";
+  return `${subject}concurrency key ${JSON.stringify(w.key)} (${w.expression}, limit ${w.limit}): ${held}${place}`;
 }
 
 /**

@@ -18,9 +18,18 @@
  * - recovery.ts: the model rebuilt from storage and resumed
  * - holds.ts / explain.ts: why a task is not running (the gates that hold it)
  * - waits.ts: durable waits for signals and sleeps (steps no executor runs)
+ * - concurrency.ts: keyed concurrency limits (slots held, queues of full keys, strategies)
  */
 export type { Core, Effects, EventInit, Moment, Rejection, SessionLeases, Timer } from "./context.js";
 export { advanceCompensation } from "./compensation.js";
+export {
+  ConcurrencyKeyError,
+  ConcurrencyState,
+  keyWaits,
+  workflowKeys,
+  type Claim,
+  type KeyWait,
+} from "./concurrency.js";
 export { describeGate, explainPending, pendingReason, type Gate } from "./explain.js";
 export { checkReport, keyMatches, leaseKey } from "./fencing.js";
 export { grantLease, leaseStands } from "./leasing.js";
@@ -36,6 +45,7 @@ export {
 } from "./reports.js";
 export { failAttempt, retryDelay, retryPolicyOf } from "./retries.js";
 export {
+  admitQueued,
   advance,
   advanceAny,
   cancelRun,

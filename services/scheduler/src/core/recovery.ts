@@ -15,9 +15,11 @@ import type { CompiledWorkflow } from "../dag/index.js";
 import type { StoredActiveState } from "../persistence/engine-store.js";
 import { ACTIVE_LEASE, type RunState, type TaskState } from "../model/run-state.js";
 import type { Core, Moment } from "./context.js";
-import { advanceAny } from "./runs.js";
+import { recoverClaims } from "./concurrency.js";
+import { advanceAny, cancelByLimit } from "./runs.js";
 import { orphan } from "./sessions.js";
 import { armRetry, armRunDeadline, armScheduleToStart } from "./timers.js";
+import { stepState } from "./transitions.js";
 import { armDurable } from "./waits.js";
 
 /** What was recovered. */
@@ -103,6 +105,8 @@ export function recover(
     if (task.kind === "STEP" && task.status === "SUCCEEDED" && task.outputRef !== null)
       core.fx.resolveOutput(task);
   }
+  // Concurrency keys: holders and queues derived from the runs, before any lease is handed out.
+  recoverClaims(core, runs, at.now, stepState, cancelByLimit(core, at.now));
   for (const run of runs) {
     armRunDeadline(core, run, nowMs);
     advanceAny(core, run, at.now);

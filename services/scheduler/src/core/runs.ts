@@ -14,8 +14,18 @@ import {
   newTaskState,
   type ErrorInfo,
   type RunState,
+  type TaskState,
 } from "../model/run-state.js";
 import { advanceCompensation, startCompensation } from "./compensation.js";
+import {
+  ConcurrencyKeyError,
+  admitRun,
+  admitTask,
+  claimTask,
+  keyErrorInfo,
+  releaseRun,
+  type CancelRun,
+} from "./concurrency.js";
 import type { Core } from "./context.js";
 import { armRunDeadline } from "./timers.js";
 import { startWaiting } from "./waits.js";
@@ -26,6 +36,7 @@ import {
   failTerminally,
   finishAttempt,
   queueTask,
+  stepState,
   stepStates,
 } from "./transitions.js";
 
@@ -60,24 +71,62 @@ export function startRun(core: Core, start: RunStart, now: Date): RunState {
       labels: start.labels,
     },
   });
+  // A run of a workflow with concurrency limits starts its steps once it holds its keys.
+  if (start.workflow.concurrency.length > 0) admitNewRun(core, run, now);
   advance(core, run, now);
   armRunDeadline(core, run, now.getTime());
   return run;
 }
 
+/** How a concurrency strategy cancels a run: as CancelRun with compensation. */
+export function cancelByLimit(core: Core, now: Date): CancelRun {
+  return (run, reason) => void cancelRun(core, run, reason, true, now);
+}
+
+/** A new run takes its workflow's concurrency keys, or waits for them (concurrency.ts). */
+function admitNewRun(core: Core, run: RunState, now: Date): void {
+  try {
+    admitRun(core, run, now, cancelByLimit(core, now));
+  } catch (error) {
+    // StartRun checked the keys; a run that gets here anyway fails rather than start unlimited.
+    if (!(error instanceof ConcurrencyKeyError)) throw error;
+    completeRun(core, run, "FAILED", null, keyErrorInfo(error), now);
+  }
+}
+
+/**
+ * The dispatcher is about to lease `task`, which has concurrency keys: true when it takes their
+ * slots, false when it waits for one (or its run was cancelled by a strategy): skip it.
+ */
+export function admitQueued(core: Core, task: TaskState, now: Date): boolean {
+  return admitTask(core, task, now, cancelByLimit(core, now));
+}
+
 /** Evaluates the DAG and applies what became ready, skipped or failed; completes the run when done. */
 export function advance(core: Core, run: RunState, now: Date): void {
   if (TERMINAL_RUN_STATUSES.has(run.status) || run.cancelRequested) return;
+  // Waiting for its workflow's concurrency keys: its steps start once it holds them.
+  if (run.claim !== undefined && run.claim.state !== "held") return;
   for (let round = 0; round < run.workflow.steps.length + 1; round++) {
     const ev = evaluateRun(run.workflow, run.input ?? null, stepStates(run), {
       id: run.id,
       workflow: run.workflow.name,
       version: run.workflow.version,
     });
+    let keyFailed = false;
     for (const r of ev.ready) {
       const task = run.tasks.get(r.stepId);
       if (task === undefined || task.status !== "PENDING") continue;
       task.input = r.input;
+      const limits = run.workflow.steps[task.position]?.concurrency;
+      if (limits !== undefined && limits.length > 0) {
+        const error = claimTask(core, run, task, limits, stepState);
+        if (error !== null) {
+          failTerminally(core, run, task, keyErrorInfo(error), now);
+          keyFailed = true;
+          continue;
+        }
+      }
       const step = run.workflow.stepsById.get(task.stepId);
       if (step?.durable != null) startWaiting(core, run, task, step.durable, now);
       else queueTask(core, task, now);
@@ -125,8 +174,8 @@ export function advance(core: Core, run: RunState, now: Date): void {
       }
       break;
     }
-    // Another round only when a render failure may have decided more steps.
-    if (ev.fail.length === 0) break;
+    // Another round only when a render (or key) failure may have decided more steps.
+    if (ev.fail.length === 0 && !keyFailed) break;
   }
   core.fx.pump();
 }
@@ -215,6 +264,7 @@ export function dropRefusedRun(core: Core, runId: string, cause: string): RunSta
     task.status = "CANCELLED";
     core.tasks.delete(task.id);
   }
+  if (run.claim !== undefined) releaseRun(core, run);
   run.status = "FAILED";
   run.error = error;
   core.runs.delete(runId);

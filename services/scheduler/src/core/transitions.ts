@@ -7,6 +7,7 @@ import { errorToProto, jsonToValue } from "@nexusflow/common";
 import { RunStatus, TaskKind } from "@nexusflow/gen";
 import type { StepState } from "../dag/index.js";
 import type { ErrorInfo, RunState, TaskState, TaskStatusName } from "../model/run-state.js";
+import { releaseRun, releaseTask } from "./concurrency.js";
 import type { Core } from "./context.js";
 import { armScheduleToStart } from "./timers.js";
 
@@ -65,6 +66,8 @@ export function detach(core: Core, task: TaskState): void {
   task.sessionId = null;
   task.leaseExpiresAt = null;
   core.fx.leaseEnded(task);
+  // Its concurrency slots (or its place in a key's queue) go to the next in line.
+  if (task.claim !== undefined) releaseTask(core, task);
 }
 
 /** Ends the current attempt with `status`. */
@@ -131,6 +134,7 @@ export function completeRun(
   run.output = output ?? null;
   run.error = error;
   run.endedAt = now;
+  if (run.claim !== undefined) releaseRun(core, run);
   core.fx.writeRun(run);
   core.fx.event(run, {
     case: "runCompleted",

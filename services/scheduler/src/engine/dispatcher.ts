@@ -210,9 +210,15 @@ export class Dispatcher {
 
   /**
    * `ageingMs`: the time waited that is worth one priority level (see PriorityQueue).
-   * @default DEFAULT_PRIORITY_AGEING_MS
+   * `admit`: asked for a task with concurrency keys (`TaskState.claim`) about to be leased: true
+   * when it takes their slots; false when it waits in a full key's queue (or its run was
+   * cancelled by the key's strategy), and the pass skips it (core/concurrency.ts).
+   * @default DEFAULT_PRIORITY_AGEING_MS, every task admitted
    */
-  constructor(private readonly ageingMs: number = DEFAULT_PRIORITY_AGEING_MS) {}
+  constructor(
+    private readonly ageingMs: number = DEFAULT_PRIORITY_AGEING_MS,
+    private readonly admit: (task: TaskState) => boolean = () => true,
+  ) {}
 
   /** Adds a ready task to its type's queue, placed by `priority` and its queue time. */
   enqueue(task: TaskState, priority = 0): void {
@@ -292,21 +298,31 @@ export class Dispatcher {
       for (let i = 0; i < sessions.length && out.length < limit; i++) {
         const session = sessions[(this.cursor + i) % sessions.length] as SessionHandle;
         if (session.credit <= 0 || session.draining) continue;
-        let best: PriorityQueue | undefined;
         let bestTask: TaskState | undefined;
-        let bestKey = 0;
-        for (const type of session.types) {
-          const q = this.queues.get(type);
-          const head = q?.peek();
-          if (q !== undefined && head !== undefined && (bestTask === undefined || q.headKey < bestKey)) {
-            best = q;
+        for (;;) {
+          let best: PriorityQueue | undefined;
+          let head: TaskState | undefined;
+          let bestKey = 0;
+          for (const type of session.types) {
+            const q = this.queues.get(type);
+            const h = q?.peek();
+            if (q !== undefined && h !== undefined && (head === undefined || q.headKey < bestKey)) {
+              best = q;
+              head = h;
+              bestKey = q.headKey;
+            }
+          }
+          if (best === undefined || head === undefined) break;
+          // Each queue remembers its own latest peek: shifting `best` removes `head`.
+          best.shift();
+          // No concurrency keys (the usual case): one check. A task whose key is full now waits in
+          // the key's queue, out of this one: the pass goes on to the next, never blocked by it.
+          if (head.claim === undefined || picked.has(head.id) || this.admit(head)) {
             bestTask = head;
-            bestKey = q.headKey;
+            break;
           }
         }
-        if (best === undefined || bestTask === undefined) continue;
-        // Each queue remembers its own latest peek: shifting `best` removes `bestTask`.
-        best.shift();
+        if (bestTask === undefined) continue;
         if (picked.has(bestTask.id)) continue;
         picked.add(bestTask.id);
         session.credit--;

@@ -125,7 +125,9 @@ export class Engine {
     this.heartbeatIntervalMs = options.heartbeatIntervalMs ?? 2000;
     this.sessionTimeoutMs = options.sessionTimeoutMs ?? 10_000;
     this.commitTimeoutMs = options.commitTimeoutMs ?? 5000;
-    this.dispatcher = new Dispatcher(options.priorityAgeingMs ?? DEFAULT_PRIORITY_AGEING_MS);
+    this.dispatcher = new Dispatcher(options.priorityAgeingMs ?? DEFAULT_PRIORITY_AGEING_MS, (task) =>
+      core.admitQueued(this.core, task, new Date()),
+    );
     this.restartedAt = options.restartedAt;
     this.unserved = new UnservedTypes({ log: options.log });
     this.timers = new EngineTimers({
@@ -346,6 +348,7 @@ export class Engine {
   ): Promise<{ runId: string; created: boolean }> {
     const def = await this.definitions.resolve(req.workflowName, req.workflowVersion);
     checkRunInput(def.workflow, req.input ?? null);
+    if (def.workflow.concurrency.length > 0) checkConcurrencyKeys(def.workflow, req.input ?? null);
     const run = core.startRun(
       this.core,
       {
@@ -645,5 +648,16 @@ export class Engine {
       sessions: this.dispatcher.sessions.size,
       queued: this.dispatcher.depth(),
     };
+  }
+}
+
+/** A workflow's concurrency keys must be strings or numbers for `input`: INVALID_ARGUMENT naming the key otherwise. */
+function checkConcurrencyKeys(workflow: CompiledWorkflow, input: unknown): void {
+  try {
+    // run.id is not known yet: a key built from it is a string whatever the id.
+    core.workflowKeys({ id: "", workflow, input });
+  } catch (error) {
+    if (error instanceof core.ConcurrencyKeyError) throw ApiError.invalid("input", error.message);
+    throw error;
   }
 }

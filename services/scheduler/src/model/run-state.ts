@@ -6,6 +6,7 @@
 import { randomUUID } from "node:crypto";
 import { RunStatus, TaskStatus, type TaskKind } from "@nexusflow/gen";
 import { TaskErrorType } from "@nexusflow/common/task-error-types";
+import type { Claim } from "../core/concurrency.js";
 import type { QueueHold } from "../core/holds.js";
 import type { CompiledWorkflow } from "../dag/index.js";
 
@@ -121,6 +122,8 @@ export interface TaskState {
    * attached to this process). Set when the task is offered; read by core/explain.ts.
    */
   hold?: QueueHold | undefined;
+  /** The step's concurrency keys, from when it is first queued (core/concurrency.ts; in memory only). */
+  claim?: Claim | undefined;
 }
 
 /**
@@ -175,6 +178,8 @@ export interface RunState {
   compensationWaves: string[][] | null;
   /** Why the run rolls back; becomes the run's error. */
   rollbackError: ErrorInfo | null;
+  /** The workflow's concurrency keys, when it has limits (core/concurrency.ts; in memory only). */
+  claim?: Claim | undefined;
   /** Signals received, in order (see SignalState); empty for most runs. */
   signals: SignalState[];
 }

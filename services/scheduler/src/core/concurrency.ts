@@ -1,0 +1,478 @@
+/**
+ * Keyed concurrency limits (`concurrency` on a workflow or a step): at most `limit` holders with
+ * the same key value at once. A step's task holds a slot of each of its keys while an executor
+ * holds its lease (leased or running); a run holds its workflow's keys from its start until it
+ * ends, is cancelled or starts rolling back. A {@link Claim} is what one task (or run) wants; a
+ * {@link KeySpace} is one key value's holders and its queue of waiters, in arrival order.
+ *
+ * What happens when a key is full is the limit's strategy, decided when the task would be leased
+ * (the dispatcher asks {@link admitTask} for a task that has a claim, and skips it when refused,
+ * so a full key never holds up other keys or types) or when the run starts ({@link admitRun}):
+ * - queue: it waits in the key's queue; a freed slot goes back to the first waiter;
+ * - cancel-newest: its run is cancelled (with compensation, as CancelRun with compensate);
+ * - cancel-in-progress: the oldest holders' runs are cancelled, and it takes the slot;
+ * - keep-newest-queued: it waits, and older waiters' runs are cancelled (a newer waiter cancels it).
+ * With several limits, cancel-newest and the queues are decided first; cancel-in-progress cancels
+ * holders only when every other key has room.
+ *
+ * Nothing is stored: holders and queues are derived from the active runs (the tasks' states, the
+ * keys evaluated again from the run's input and outputs), so recovery rebuilds them
+ * ({@link recoverClaims}). A key evaluates to a string or a number (42 and "42" are one key);
+ * anything else fails the StartRun call (a workflow's key) or the step (CONCURRENCY_KEY_ERROR).
+ */
+import { TaskErrorType } from "@nexusflow/common/task-error-types";
+import {
+  EvaluationError,
+  evaluateExpression,
+  type CompiledConcurrencyLimit,
+  type ConcurrencyStrategy,
+  type EvalScope,
+  type StepStatus,
+} from "../dag/index.js";
+import { ACTIVE_LEASE, type RunState, type TaskState } from "../model/run-state.js";
+import type { Core } from "./context.js";
+
+/** One key of a claim: its limit and the key value. */
+export interface Slot {
+  readonly limit: CompiledConcurrencyLimit;
+  /** The key value (a number as its decimal text). */
+  readonly value: string;
+  /** The key space and value: what holders share. */
+  readonly id: string;
+}
+
+/** What a task (or a run, `task` null) wants of the concurrency limits that apply to it. */
+export interface Claim {
+  readonly keys: ConcurrencyState;
+  readonly run: RunState;
+  readonly task: TaskState | null;
+  readonly slots: readonly Slot[];
+  /** Arrival order (the order of the keys' queues): smaller came first. */
+  readonly seq: number;
+  /** free: neither holding nor waiting; held: holds a slot of every key; parked: in the queue of a full key. */
+  state: "free" | "held" | "parked";
+}
+
+/** One key value: who holds its slots (in the order they took them) and who waits, in arrival order. */
+export interface KeySpace {
+  readonly holders: Set<Claim>;
+  readonly waiters: Claim[];
+}
+
+/** The holders and queues of every key in use (empty ones are dropped). */
+export class ConcurrencyState {
+  readonly spaces = new Map<string, KeySpace>();
+  seq = 0;
+
+  /** The key space `id`, made when missing. */
+  space(id: string): KeySpace {
+    let s = this.spaces.get(id);
+    if (s === undefined) {
+      s = { holders: new Set(), waiters: [] };
+      this.spaces.set(id, s);
+    }
+    return s;
+  }
+
+  /** How many hold `id`. */
+  holding(id: string): number {
+    return this.spaces.get(id)?.holders.size ?? 0;
+  }
+
+  /** Drops `id` when nobody holds or waits for it. */
+  tidy(id: string): void {
+    const s = this.spaces.get(id);
+    if (s !== undefined && s.holders.size === 0 && s.waiters.length === 0) this.spaces.delete(id);
+  }
+}
+
+/** A key that is not a string or a number, or that cannot be evaluated. */
+export class ConcurrencyKeyError extends Error {
+  override name = "ConcurrencyKeyError";
+  /** JSON path of the key in the definition, e.g. `$.steps[1].concurrency[0].key`. */
+  readonly path: string;
+
+  constructor(path: string, message: string, options?: ErrorOptions) {
+    super(message, options);
+    this.path = path;
+  }
+}
+
+/** The concurrency state of `core`, made on first use. */
+export function concurrencyOf(core: Core): ConcurrencyState {
+  return (core.concurrency ??= new ConcurrencyState());
+}
+
+/** The value of one limit's key in `scope` (see the module comment); throws ConcurrencyKeyError. */
+export function keyValue(limit: CompiledConcurrencyLimit, scope: EvalScope): string {
+  const path = `${limit.path}.key`;
+  const what = `concurrency key ${JSON.stringify(limit.expression)} (${path})`;
+  let value: unknown;
+  try {
+    value = evaluateExpression(limit.key, scope);
+  } catch (error) {
+    if (!(error instanceof EvaluationError)) throw error;
+    throw new ConcurrencyKeyError(path, `${what}: ${error.message}`, { cause: error });
+  }
+  if (typeof value === "string") return value;
+  if (typeof value === "number" && Number.isFinite(value)) return String(value);
+  const type = value === null ? "null" : Array.isArray(value) ? "an array" : `a ${typeof value}`;
+  throw new ConcurrencyKeyError(path, `${what} is ${type}; a concurrency key must be a string or a number`);
+}
+
+function slotsOf(limits: readonly CompiledConcurrencyLimit[], scope: EvalScope): Slot[] {
+  return limits.map((limit) => {
+    const value = keyValue(limit, scope);
+    return { limit, value, id: `${limit.space}\u0000${value}` };
+  });
+}
+
+/** The scope of a workflow's keys: the run's input and `run.*`. */
+export function runScope(run: Pick<RunState, "id" | "workflow" | "input">): EvalScope {
+  return {
+    input: run.input ?? null,
+    run: { id: run.id, workflow: run.workflow.name, version: run.workflow.version },
+    step: undefined,
+    stepView: () => undefined,
+  };
+}
+
+/** The scope of a step's keys: the run's input, `run.*` and its steps' outputs. */
+function taskScope(run: RunState, stepState: StepStateOf): EvalScope {
+  return {
+    ...runScope(run),
+    stepView: (id) => {
+      const t = run.tasks.get(id);
+      if (t === undefined) return undefined;
+      const s = stepState(t);
+      return { status: s.status, output: s.output };
+    },
+  };
+}
+
+/** How a task looks to expressions (transitions.ts stepState, passed in to keep imports one way). */
+type StepStateOf = (t: TaskState) => { status: StepStatus; output?: unknown };
+
+/** The keys of a workflow's limits for `input` (what StartRun checks before creating a run). */
+export function workflowKeys(run: Pick<RunState, "id" | "workflow" | "input">): Slot[] {
+  return slotsOf(run.workflow.concurrency, runScope(run));
+}
+
+function newClaim(keys: ConcurrencyState, run: RunState, task: TaskState | null, slots: Slot[]): Claim {
+  return { keys, run, task, slots, seq: ++keys.seq, state: "free" };
+}
+
+// ---------------------------------------------------------------- runs
+
+/**
+ * A new run of a workflow with limits takes its slots: true when it holds them and may start its
+ * steps, false when it waits (its steps stay pending) or was cancelled by a strategy. A key that
+ * cannot be evaluated throws ConcurrencyKeyError (StartRun checks the keys first).
+ */
+export function admitRun(core: Core, run: RunState, now: Date, cancel: CancelRun): boolean {
+  const keys = concurrencyOf(core);
+  const claim = newClaim(keys, run, null, workflowKeys(run));
+  run.claim = claim;
+  return acquire(core, claim, now, cancel);
+}
+
+/** The run stopped its forward work (ended, cancelled or rolling back): its slots are freed. */
+export function releaseRun(core: Core, run: RunState): void {
+  if (run.claim !== undefined) leave(core, run.claim);
+}
+
+// ---------------------------------------------------------------- tasks
+
+/**
+ * Evaluates the keys of a step's task when it is first queued; returns the error that fails the
+ * step when a key is not a string or a number (null when the keys are set).
+ */
+export function claimTask(
+  core: Core,
+  run: RunState,
+  task: TaskState,
+  limits: readonly CompiledConcurrencyLimit[],
+  stepState: StepStateOf,
+): ConcurrencyKeyError | null {
+  if (task.claim !== undefined) return null;
+  try {
+    task.claim = newClaim(concurrencyOf(core), run, task, slotsOf(limits, taskScope(run, stepState)));
+    return null;
+  } catch (error) {
+    if (error instanceof ConcurrencyKeyError) return error;
+    throw error;
+  }
+}
+
+/** The error a step fails with when its key is not a string or a number. */
+export function keyErrorInfo(error: ConcurrencyKeyError): {
+  type: string;
+  message: string;
+  retryable: false;
+} {
+  return { type: TaskErrorType.CONCURRENCY_KEY_ERROR, message: error.message, retryable: false };
+}
+
+/**
+ * The dispatcher is about to lease `task`, which has a claim: true when it takes a slot of every
+ * key (lease it), false when it waits in a key's queue or its run was cancelled by a strategy
+ * (skip it: it is offered again when a slot frees).
+ */
+export function admitTask(core: Core, task: TaskState, now: Date, cancel: CancelRun): boolean {
+  const claim = task.claim;
+  if (claim === undefined || claim.state === "held" || task.status !== "QUEUED") return true;
+  return acquire(core, claim, now, cancel);
+}
+
+/** The task's lease ended (or the task ended): its slots are freed and their first waiters go. */
+export function releaseTask(core: Core, task: TaskState): void {
+  if (task.claim !== undefined) leave(core, task.claim);
+}
+
+// ---------------------------------------------------------------- the rules
+
+/** Cancels a run by a strategy (runs.ts cancelRun with compensation; passed in to keep imports one way). */
+export type CancelRun = (run: RunState, reason: string) => void;
+
+function describeSlot(s: Slot): string {
+  return `concurrency key ${JSON.stringify(s.value)} (${s.limit.expression}, limit ${s.limit.limit})`;
+}
+
+function isFull(keys: ConcurrencyState, s: Slot): boolean {
+  return keys.holding(s.id) >= s.limit.limit;
+}
+
+/** Takes the slots of `claim` by its limits' strategies (see the module comment). */
+function acquire(core: Core, claim: Claim, now: Date, cancel: CancelRun): boolean {
+  const keys = claim.keys;
+  let blocked = claim.slots.filter((s) => isFull(keys, s));
+  if (blocked.length === 0) {
+    hold(claim);
+    return true;
+  }
+  const what = claim.task === null ? "run" : "task";
+  for (const s of blocked) {
+    if (s.limit.strategy !== "cancel-newest") continue;
+    giveUp(claim, cancel, `${describeSlot(s)} is full: the newest ${what} is cancelled (cancel-newest)`);
+    return false;
+  }
+  for (const s of blocked) {
+    if (s.limit.strategy !== "keep-newest-queued") continue;
+    const space = keys.space(s.id);
+    if (space.waiters.some((w) => w !== claim && w.seq > claim.seq)) {
+      giveUp(claim, cancel, `${describeSlot(s)}: a newer ${what} is queued (keep-newest-queued)`);
+      return false;
+    }
+    for (const w of [...space.waiters])
+      if (w !== claim && w.seq < claim.seq)
+        giveUp(w, cancel, `${describeSlot(s)}: superseded by a newer ${what} (keep-newest-queued)`);
+  }
+  if (blocked.some((s) => s.limit.strategy !== "cancel-in-progress")) {
+    park(claim, blocked);
+    return false;
+  }
+  // Only cancel-in-progress keys are full: their oldest holders give way.
+  for (const s of blocked) {
+    const space = keys.spaces.get(s.id);
+    while (space !== undefined && space.holders.size >= s.limit.limit) {
+      const oldest = space.holders.values().next().value as Claim;
+      giveUp(oldest, cancel, `${describeSlot(s)}: a newer ${what} takes its slot (cancel-in-progress)`);
+    }
+  }
+  blocked = claim.slots.filter((s) => isFull(keys, s));
+  if (blocked.length > 0) {
+    park(claim, blocked);
+    return false;
+  }
+  hold(claim);
+  return true;
+}
+
+/** Cancels the claim's run; its slots and places are freed whatever the run's state. */
+function giveUp(claim: Claim, cancel: CancelRun, reason: string): void {
+  cancel(claim.run, reason);
+  // A run already stopping frees nothing by being cancelled again: the claim leaves here.
+  forget(claim);
+}
+
+function hold(claim: Claim): void {
+  if (claim.state === "parked") unpark(claim);
+  for (const s of claim.slots) claim.keys.space(s.id).holders.add(claim);
+  claim.state = "held";
+}
+
+function park(claim: Claim, blocked: readonly Slot[]): void {
+  if (claim.state === "parked") unpark(claim);
+  for (const s of blocked) {
+    const waiters = claim.keys.space(s.id).waiters;
+    let i = waiters.length;
+    while (i > 0 && (waiters[i - 1] as Claim).seq > claim.seq) i--;
+    waiters.splice(i, 0, claim);
+  }
+  claim.state = "parked";
+}
+
+function unpark(claim: Claim): void {
+  for (const s of claim.slots) {
+    const space = claim.keys.spaces.get(s.id);
+    if (space === undefined) continue;
+    const i = space.waiters.indexOf(claim);
+    if (i >= 0) space.waiters.splice(i, 1);
+    claim.keys.tidy(s.id);
+  }
+  claim.state = "free";
+}
+
+/** Frees the claim's slots or places without promoting anyone (see leave). */
+function forget(claim: Claim): boolean {
+  if (claim.state === "parked") {
+    unpark(claim);
+    return false;
+  }
+  if (claim.state !== "held") return false;
+  for (const s of claim.slots) {
+    claim.keys.spaces.get(s.id)?.holders.delete(claim);
+    claim.keys.tidy(s.id);
+  }
+  claim.state = "free";
+  return true;
+}
+
+/** Frees the claim's slots (or its places in queues); each freed key's first waiters go. */
+function leave(core: Core, claim: Claim): void {
+  if (!forget(claim)) return;
+  for (const s of claim.slots) promote(core, claim.keys, s.id);
+}
+
+/**
+ * Slots of `id` are free: its waiters, first first, go while there is room: a task is offered
+ * again at the front of its queue (it takes the slot when leased), a run takes its slots and
+ * starts its steps. A waiter that another full key still holds stays in that key's queue.
+ */
+function promote(core: Core, keys: ConcurrencyState, id: string): void {
+  const space = keys.spaces.get(id);
+  if (space === undefined || space.waiters.length === 0) return;
+  let promoted = 0;
+  for (const w of [...space.waiters]) {
+    const mine = w.slots.find((s) => s.id === id);
+    if (mine === undefined || space.holders.size + promoted >= mine.limit.limit) break;
+    if (w.slots.some((s) => s.id !== id && isFull(keys, s))) continue;
+    if (w.task === null) {
+      hold(w);
+      core.fx.advanceSoon(w.run);
+    } else {
+      unpark(w);
+      promoted++;
+      core.fx.offer(w.task, true);
+    }
+  }
+  core.fx.pump();
+}
+
+// ---------------------------------------------------------------- recovery
+
+/**
+ * Rebuilds the holders and queues from recovered runs (before any lease is handed out): a run
+ * with a step already started holds its workflow's keys, one without waits for them (taken in
+ * the order the runs were created); a leased or running task holds its step's keys (even above a
+ * limit lowered since); queued and retrying tasks get their keys back, in the order they were
+ * queued. A step's key that cannot be evaluated again (it reads an offloaded output not read back
+ * yet) does not apply to that task.
+ */
+export function recoverClaims(
+  core: Core,
+  runs: readonly RunState[],
+  now: Date,
+  stepState: StepStateOf,
+  cancel: CancelRun,
+): void {
+  const keys = concurrencyOf(core);
+  const byAge = [...runs].sort((a, b) => a.createdAt.getTime() - b.createdAt.getTime());
+  const waiting: Claim[] = [];
+  for (const run of byAge) {
+    if (run.workflow.concurrency.length === 0 || run.status !== "RUNNING" || run.cancelRequested) continue;
+    let slots: Slot[];
+    try {
+      slots = workflowKeys(run);
+    } catch (error) {
+      if (error instanceof ConcurrencyKeyError) continue;
+      throw error;
+    }
+    const claim = newClaim(keys, run, null, slots);
+    run.claim = claim;
+    if ([...run.tasks.values()].some((t) => t.status !== "PENDING")) hold(claim);
+    else waiting.push(claim);
+  }
+  const tasks: { run: RunState; task: TaskState }[] = [];
+  for (const run of runs)
+    for (const task of run.tasks.values()) {
+      const step = run.workflow.steps[task.position];
+      if (step === undefined || step.concurrency.length === 0) continue;
+      if (task.status === "QUEUED" || task.status === "RETRY_WAIT" || ACTIVE_LEASE.has(task.status))
+        tasks.push({ run, task });
+    }
+  const at = (t: TaskState): number => (t.queuedAt ?? t.createdAt).getTime();
+  tasks.sort((a, b) => at(a.task) - at(b.task));
+  for (const { run, task } of tasks) {
+    const step = run.workflow.steps[task.position];
+    if (step === undefined || claimTask(core, run, task, step.concurrency, stepState) !== null) continue;
+    if (ACTIVE_LEASE.has(task.status) && task.claim !== undefined) hold(task.claim);
+  }
+  for (const claim of waiting) if (claim.state === "free") acquire(core, claim, now, cancel);
+}
+
+// ---------------------------------------------------------------- explaining
+
+/** A holder of a key as ExplainPending names it. */
+export interface KeyHolder {
+  readonly runId: string;
+  /** The step whose task holds it; null for a run. */
+  readonly stepId: string | null;
+  readonly taskRunId: string | null;
+}
+
+/** Why a claim waits on one key (core/explain.ts turns it into a gate). */
+export interface KeyWait {
+  readonly scope: "workflow" | "step";
+  readonly expression: string;
+  readonly key: string;
+  readonly limit: number;
+  readonly strategy: ConcurrencyStrategy;
+  /** The first 20 holders, oldest first. */
+  readonly holders: readonly KeyHolder[];
+  readonly holding: number;
+  /** Place in the key's queue from 1; 0 when not in it. */
+  readonly position: number;
+  readonly waiting: number;
+}
+
+/** Most holders an explanation names. */
+export const MAX_NAMED_HOLDERS = 20;
+
+/** The keys that hold `claim` back now: those it waits in, and full ones it would wait in. */
+export function keyWaits(claim: Claim): KeyWait[] {
+  if (claim.state === "held") return [];
+  const out: KeyWait[] = [];
+  for (const s of claim.slots) {
+    const space = claim.keys.spaces.get(s.id);
+    const position = space === undefined ? 0 : space.waiters.indexOf(claim) + 1;
+    if (position === 0 && !isFull(claim.keys, s)) continue;
+    const holders: KeyHolder[] = [];
+    for (const h of space?.holders ?? []) {
+      if (holders.length >= MAX_NAMED_HOLDERS) break;
+      holders.push({ runId: h.run.id, stepId: h.task?.stepId ?? null, taskRunId: h.task?.id ?? null });
+    }
+    out.push({
+      scope: s.limit.scope,
+      expression: s.limit.expression,
+      key: s.value,
+      limit: s.limit.limit,
+      strategy: s.limit.strategy,
+      holders,
+      holding: space?.holders.size ?? 0,
+      position,
+      waiting: space?.waiters.length ?? 0,
+    });
+  }
+  return out;
+}
