@@ -56,6 +56,7 @@ export class BenchContext {
       database: db.name,
       log: this.log,
       metrics: this.options.metrics,
+      ...(this.options.profile ? { executorProfilePrefix: join(this.outDir, `${this.stamp}-${phase}`) } : {}),
       ...options,
     });
   }

@@ -14,6 +14,7 @@ import { createLogger } from "@nexusflow/common";
 import { createMetricsRegistry, grpcClientMetrics, type Registry } from "@nexusflow/common/metrics";
 import { Executor, registerExecutorMetrics } from "@nexusflow/executor";
 import { watchGcPauses } from "../lib/gc-pauses.js";
+import { type Profiling, startProfile } from "../lib/profile.js";
 import { recordStart, type WorkerHostData } from "./types.js";
 
 /** What a phase's executors are: where they attach, what they run, where they record. */
@@ -30,6 +31,8 @@ export interface ExecutorHostStart {
    * is scraped every `scrapeIntervalMs`; undefined: no metrics.
    */
   metrics?: { scrapeIntervalMs: number };
+  /** Profile this thread while its executors are attached, into this file (--profile). */
+  profileFile?: string;
 }
 
 export type ExecutorHostMessage =
@@ -84,6 +87,8 @@ function attach(config: ExecutorHostStart): Promise<void> {
 
 // This thread's collections while its executors are attached (they delay handler starts).
 let gc: ReturnType<typeof watchGcPauses> | undefined;
+// This thread's CPU profile while its executors are attached (--profile).
+let profiling: Promise<Profiling> | undefined;
 
 port.on("message", (message: ExecutorHostMessage) => {
   if (message.kind === "recorder") {
@@ -91,8 +96,18 @@ port.on("message", (message: ExecutorHostMessage) => {
     counts = message.counts;
     return;
   }
-  if (message.kind === "start") gc = watchGcPauses();
-  const done = message.kind === "start" ? attach(message) : detach(message.reason);
+  if (message.kind === "start") {
+    gc = watchGcPauses();
+    if (message.profileFile !== undefined) profiling = startProfile(message.profileFile);
+  }
+  const done =
+    message.kind === "start"
+      ? attach(message)
+      : detach(message.reason).then(async () => {
+          const current = profiling;
+          profiling = undefined;
+          if (current !== undefined) await (await current).stop();
+        });
   done.then(
     () =>
       port.postMessage(message.kind === "start" ? { kind: "started" } : { kind: "stopped", gc: gc?.stop() }),

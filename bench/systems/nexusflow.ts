@@ -47,6 +47,11 @@ export interface NexusflowOptions {
   runRetentionIntervalMs?: number;
   /** Record the scheduler's and executors' Prometheus metrics, scraped every 15 s. @default false */
   metrics?: boolean;
+  /**
+   * Profile the executors' thread (--profile): each attach writes `<prefix>-executors-<n>.cpuprofile`
+   * when its executors stop. @default undefined (no profile)
+   */
+  executorProfilePrefix?: string;
   log?: Logger;
 }
 
@@ -79,6 +84,9 @@ export class NexusflowSystem implements QueueSystem {
   private host: Worker | undefined;
   private producer: Worker | undefined;
   private scrapeTimer: NodeJS.Timeout | undefined;
+
+  /** Executor-thread profiles written so far (--profile). */
+  private profiles = 0;
 
   constructor(private readonly options: NexusflowOptions) {
     this.database = options.database;
@@ -238,6 +246,9 @@ export class NexusflowSystem implements QueueSystem {
       starts: this.recorder.starts,
       counts: this.recorder.counts,
       ...(this.options.metrics === true ? { metrics: { scrapeIntervalMs: SCRAPE_INTERVAL_MS } } : {}),
+      ...(this.options.executorProfilePrefix === undefined
+        ? {}
+        : { profileFile: `${this.options.executorProfilePrefix}-executors-${++this.profiles}.cpuprofile` }),
     };
     await command(worker, start, "started");
     this.recorder.onReset = (starts, counts) => {
