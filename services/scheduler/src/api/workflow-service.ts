@@ -332,6 +332,11 @@ export function workflowService(engine: Engine, runs: RunStore): grpc.UntypedSer
       const stored = key === null ? undefined : storedSignals(row.signals).find((x) => x.key === key);
       if (stored !== undefined)
         return create(SignalRunResponseSchema, { stepId: stored.stepId ?? "", duplicate: true });
+      if (!TERMINAL_RUN_STATUSES.has(row.status as RunStatusName))
+        throw new ApiError(
+          Code.UNAVAILABLE,
+          `run ${req.runId} is active but not on this scheduler (recovering, or another replica holds it); retry`,
+        );
       throw new ApiError(
         Code.FAILED_PRECONDITION,
         `run ${req.runId} has ended (${row.status}): it takes no more signals`,

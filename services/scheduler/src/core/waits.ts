@@ -29,6 +29,16 @@ import { endTask, failTerminally, taskKind } from "./transitions.js";
 export const MAX_TIMER_MS = 2_147_483_647;
 /** Most signals one run holds (consumed or not). */
 export const MAX_SIGNALS_PER_RUN = 1000;
+/**
+ * Most payload one run keeps for its waits to come, in bytes of JSON (the run's row carries it).
+ * A consumed signal keeps no payload: it is its step's output.
+ */
+export const MAX_KEPT_SIGNAL_BYTES = 1024 * 1024;
+
+/** Bytes of `value` as JSON. */
+function jsonBytes(value: unknown): number {
+  return Buffer.byteLength(JSON.stringify(value ?? null));
+}
 
 /** A signal as SignalRun sends it (checked by the API). */
 export interface SignalInput {
@@ -83,9 +93,11 @@ export function startWaiting(
     signal = durable.signal;
     const held = run.signals.find((s) => s.stepId === null && s.name === durable.signal);
     if (held !== undefined) {
+      const payload = held.payload;
       held.stepId = task.stepId;
+      held.payload = null;
       core.fx.writeRun(run);
-      succeed(core, run, task, held.payload, now);
+      succeed(core, run, task, payload, now);
       core.fx.advanceSoon(run);
       return;
     }
@@ -188,10 +200,21 @@ export function signalReceived(
     if (durable?.kind !== "wait" || durable.signal !== input.name) continue;
     if (waiting === undefined || task.position < waiting.position) waiting = task;
   }
+  if (waiting === undefined) {
+    let kept = jsonBytes(input.payload);
+    for (const s of run.signals) if (s.stepId === null) kept += jsonBytes(s.payload);
+    if (kept > MAX_KEPT_SIGNAL_BYTES)
+      return {
+        code: "RESOURCE_EXHAUSTED",
+        message: `run ${run.id} would keep ${kept} bytes of signal payloads for its waits to come; the most is ${MAX_KEPT_SIGNAL_BYTES}`,
+      };
+  }
+  const payload = input.payload ?? null;
   const signal: SignalState = {
     name: input.name,
     key: input.key,
-    payload: input.payload ?? null,
+    // A consumed signal's payload is its step's output; the run's row keeps only what waits.
+    payload: waiting === undefined ? payload : null,
     at: now.getTime(),
     stepId: waiting?.stepId ?? null,
   };
@@ -202,7 +225,7 @@ export function signalReceived(
     value: { name: input.name, idempotencyKey: input.key ?? "", stepId: signal.stepId ?? "" },
   });
   if (waiting !== undefined) {
-    succeed(core, run, waiting, signal.payload, now);
+    succeed(core, run, waiting, payload, now);
     advance(core, run, now);
   }
   core.fx.commit();

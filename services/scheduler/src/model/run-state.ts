@@ -134,7 +134,8 @@ export interface SignalState {
   readonly name: string;
   /** Its idempotency key: a signal with a key the run already has is not stored again. */
   readonly key: string | null;
-  readonly payload: unknown;
+  /** Its payload while it is kept for a wait; null once consumed (it is the step's output then). */
+  payload: unknown;
   /** When it was received (epoch ms). */
   readonly at: number;
   /** The wait step that consumed it; null while it is kept for a later wait. */
