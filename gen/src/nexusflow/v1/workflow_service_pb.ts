@@ -983,7 +983,8 @@ export const WorkflowService: GenService<{
    * for that signal (the payload becomes the step's output), or it is stored on the run until a
    * wait step for it starts waiting. A signal repeated with the same idempotency key is stored
    * once. Bad input is INVALID_ARGUMENT naming the field; an unknown run NOT_FOUND; a run that has
-   * ended FAILED_PRECONDITION (unless the key names a signal the run already has).
+   * ended FAILED_PRECONDITION (unless the key names a signal the run already has); a run that
+   * would keep more than 1,000 signals or 1 MiB of payloads for its waits RESOURCE_EXHAUSTED.
    *
    * @generated from rpc nexusflow.v1.WorkflowService.SignalRun
    */
