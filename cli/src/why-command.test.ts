@@ -107,4 +107,45 @@ describe("runs why", () => {
       "  - its last attempt failed (PSP_DOWN: try later); attempt 2 of 3 is due at 2026-01-31 12:01:30 UTC (in 1m30s)",
     );
   });
+
+  it("names a full concurrency key: its holders and the place in its queue", () => {
+    const key = (value: Record<string, unknown>) => g({ case: "concurrencyKey", value });
+    const queued = answer(TaskStatus.QUEUED, [
+      key({
+        scope: "step",
+        keyExpression: "input.customerId",
+        key: "c-42",
+        limit: 1,
+        strategy: "queue",
+        holders: [{ runId: "run-0", stepId: "charge", taskRunId: "t-0" }],
+        holding: 1,
+        position: 2,
+        waiting: 3,
+      }),
+    ]);
+    assert.equal(
+      describeExplanation(queued, plain).split("\n")[1],
+      '  - it waits for a slot of concurrency key "c-42" (input.customerId, limit 1, queue): held by charge of run run-0; it is 2 of 3 in the key\'s queue',
+    );
+    const run = answer(TaskStatus.PENDING, [
+      key({
+        scope: "workflow",
+        keyExpression: "input.tenant",
+        key: "acme",
+        limit: 2,
+        strategy: "queue",
+        holders: [
+          { runId: "run-a", stepId: "", taskRunId: "" },
+          { runId: "run-b", stepId: "", taskRunId: "" },
+        ],
+        holding: 25,
+        position: 0,
+        waiting: 1,
+      }),
+    ]);
+    assert.equal(
+      describeExplanation(run, plain).split("\n")[1],
+      '  - its run waits for a slot of concurrency key "acme" (input.tenant, limit 2, queue): held by run run-a, run run-b and 23 more; 1 other waits in the key\'s queue',
+    );
+  });
 });
