@@ -299,6 +299,50 @@ describe("keyed concurrency limits", () => {
     assert.equal(held.has("k2"), false);
   });
 
+  it("a workflow's limit: a run waits with its steps pending, named by ExplainPending, across a restart", async () => {
+    await registerSpec(client, {
+      name: "cc-per-tenant",
+      version: 1,
+      concurrency: [{ key: "input.tenant", limit: 1 }],
+      steps: [{ id: "hold", type: "cc.hold", input: { id: "{{ input.id }}" } }],
+    });
+    const first = await start("cc-per-tenant", { tenant: "acme", id: "t1" });
+    await holding("t1");
+    const second = await start("cc-per-tenant", { tenant: "acme", id: "t2" });
+    const waiting = async () => {
+      const r = await client.explainPending({ runId: second, stepId: "hold" });
+      const g = r.gates[0]?.gate;
+      return g?.case === "concurrencyKey"
+        ? { status: r.status, reason: r.pendingReason, g: g.value }
+        : undefined;
+    };
+    const before = await waitFor("the second run waiting for its key", waiting);
+    const expected = {
+      status: TaskStatus.PENDING,
+      reason: `the run waits for concurrency key "acme" (input.tenant, limit 1): held by run ${first}; 1 of 1 in its queue`,
+      scope: "workflow",
+      holders: [[first, ""]],
+      position: 1,
+    };
+    const shape = (w: NonNullable<Awaited<ReturnType<typeof waiting>>>) => ({
+      status: w.status,
+      reason: w.reason,
+      scope: w.g.scope,
+      holders: w.g.holders.map((h) => [h.runId, h.stepId]),
+      position: w.g.position,
+    });
+    assert.deepEqual(shape(before), expected);
+    // A restart rebuilds it from the runs: the first (started) holds the key, the second waits.
+    await scheduler.stop();
+    scheduler = await startTestScheduler(db.url, { sessionTimeoutMs: 10_000, port });
+    assert.deepEqual(shape(await waitFor("the second still waiting after the restart", waiting)), expected);
+    held.get("t1")?.();
+    assert.equal((await waitForRun(client, first)).status, RunStatus.SUCCEEDED);
+    await holding("t2");
+    held.get("t2")?.();
+    assert.equal((await waitForRun(client, second)).status, RunStatus.SUCCEEDED);
+  });
+
   it("a workflow's key that is not a string or a number: StartRun answers INVALID_ARGUMENT naming it", async () => {
     await registerSpec(client, {
       name: "cc-run-key",
