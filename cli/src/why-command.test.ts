@@ -148,4 +148,19 @@ describe("runs why", () => {
       '  - its run waits for a slot of concurrency key "acme" (input.tenant, limit 2, queue): held by run run-a, run run-b and 23 more; 1 other waits in the key\'s queue',
     );
   });
+
+  it("says what a wait or sleep step waits for, and until when", () => {
+    const gate = (signal: string) =>
+      answer(TaskStatus.WAITING, [
+        g({ case: "durableWait", value: { signal, until: timestampFromMs(NOW + 3_600_000) } }),
+      ]);
+    assert.deepEqual(describeExplanation(gate("approved"), plain).split("\n"), [
+      "charge of run run-1 (RUNNING) is WAITING; held by 1 gate:",
+      '  - it waits for signal "approved", and fails with WAIT_TIMEOUT unless it arrives by 2026-01-31 13:00:00 UTC (in 60m00s): send it with nexusflow runs signal',
+    ]);
+    assert.deepEqual(describeExplanation(gate(""), plain).split("\n"), [
+      "charge of run run-1 (RUNNING) is WAITING; held by 1 gate:",
+      "  - it sleeps until 2026-01-31 13:00:00 UTC (in 60m00s)",
+    ]);
+  });
 });
