@@ -291,6 +291,37 @@ describe("durable waits and signals", () => {
     assert.equal(ok.ok, true);
   });
 
+  it("takes wait and sleep steps in a WorkflowSpec message as in JSON", async () => {
+    await client.registerWorkflow({
+      definition: {
+        case: "spec",
+        value: {
+          name: "as-message",
+          version: 1,
+          steps: [
+            { id: "nap", sleep: { for: "10ms" } },
+            { id: "ok", wait: { signal: "ok", timeout: "1h" }, dependsOn: ["nap"] },
+          ],
+        },
+      },
+    });
+    const runId = await start(client, "as-message");
+    await waiting(client, runId, "ok");
+    await client.signalRun({ runId, name: "ok", payload: jsonToValue(true) });
+    const run = await waitForRun(client, runId);
+    assert.equal(run.status, RunStatus.SUCCEEDED);
+    const bad = await failure(
+      client.registerWorkflow({
+        definition: {
+          case: "spec",
+          value: { name: "bad-message", version: 1, steps: [{ id: "w", wait: {} }] },
+        },
+      }),
+    );
+    assert.equal(bad.code, Code.InvalidArgument);
+    assert.match(bad.message, /steps\[0\]\.wait\.signal/);
+  });
+
   it("completes a run waiting across a scheduler restart when the signal arrives after it", async () => {
     const waitingRun = await start(client, "approval");
     await waiting(client, waitingRun, "approve");
