@@ -4,7 +4,7 @@
  */
 import { hostname } from "node:os";
 import { parseDuration } from "./duration.js";
-import type { TelemetryConfig } from "./telemetry/index.js";
+import { DEFAULT_EXPORT_DELAY_MS, type TelemetryConfig } from "./telemetry/index.js";
 
 export type { TelemetryConfig } from "./telemetry/index.js";
 
@@ -539,7 +539,13 @@ export function loadTelemetryConfig(service: string, env: Env = process.env): Te
       throw new ConfigError("OTEL_EXPORTER_OTLP_HEADERS", `expected key=value, got ${JSON.stringify(pair)}`);
     headers[pair.slice(0, eq).trim()] = decodeURIComponent(pair.slice(eq + 1).trim());
   }
-  return { tracesUrl, serviceName: str(env, "OTEL_SERVICE_NAME") ?? service, sampleRatio, headers };
+  return {
+    tracesUrl,
+    serviceName: str(env, "OTEL_SERVICE_NAME") ?? service,
+    sampleRatio,
+    headers,
+    exportDelayMs: int(env, "OTEL_BSP_SCHEDULE_DELAY", DEFAULT_EXPORT_DELAY_MS, 1, 3_600_000),
+  };
 }
 
 /** Configuration of `migrate` (the schema step before a scheduler starts): the database and logging. */

@@ -14,7 +14,7 @@ import { PgInstrumentation } from "@opentelemetry/instrumentation-pg";
 import { NodeSDK } from "@opentelemetry/sdk-node";
 import { BatchSpanProcessor, ParentBasedSampler, TraceIdRatioBasedSampler } from "@opentelemetry/sdk-trace";
 import { createAddHookMessageChannel } from "import-in-the-middle";
-import type { TelemetryConfig } from "./index.js";
+import { DEFAULT_EXPORT_DELAY_MS, type TelemetryConfig } from "./index.js";
 
 /** Starts the SDK; resolves to its shutdown (flush, then stop). */
 export async function startSdk(config: TelemetryConfig): Promise<() => Promise<void>> {
@@ -33,6 +33,7 @@ export async function startSdk(config: TelemetryConfig): Promise<() => Promise<v
     spanProcessors: [
       new BatchSpanProcessor({
         exporter: new OTLPTraceExporter({ url: config.tracesUrl, headers: config.headers }),
+        scheduledDelayMillis: config.exportDelayMs ?? DEFAULT_EXPORT_DELAY_MS,
       }),
     ],
     instrumentations: [

@@ -43,6 +43,7 @@ describe("tracing configuration (OTEL_*)", () => {
         serviceName: "nexusflow-scheduler",
         sampleRatio: 1,
         headers: {},
+        exportDelayMs: 200,
       },
     );
   });
@@ -56,12 +57,14 @@ describe("tracing configuration (OTEL_*)", () => {
         OTEL_TRACES_SAMPLER: "parentbased_traceidratio",
         OTEL_TRACES_SAMPLER_ARG: "0.1",
         OTEL_EXPORTER_OTLP_HEADERS: "api-key=a%20b, x=1",
+        OTEL_BSP_SCHEDULE_DELAY: "5000",
       }),
       {
         tracesUrl: "https://t:443/traces",
         serviceName: "mine",
         sampleRatio: 0.1,
         headers: { "api-key": "a b", x: "1" },
+        exportDelayMs: 5000,
       },
     );
     assert.equal(
@@ -81,6 +84,11 @@ describe("tracing configuration (OTEL_*)", () => {
   });
 
   it("refuses bad values, naming the variable", () => {
+    for (const bad of ["0", "-1", "1.5", "soon", "3600001"])
+      refuses(
+        { OTEL_EXPORTER_OTLP_ENDPOINT: "http://c", OTEL_BSP_SCHEDULE_DELAY: bad },
+        "OTEL_BSP_SCHEDULE_DELAY",
+      );
     refuses({ OTEL_EXPORTER_OTLP_ENDPOINT: "grpc://c:4317" }, "OTEL_EXPORTER_OTLP_ENDPOINT");
     refuses(
       { OTEL_EXPORTER_OTLP_ENDPOINT: "http://c", OTEL_TRACES_SAMPLER: "sometimes" },

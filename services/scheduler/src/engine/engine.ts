@@ -147,7 +147,7 @@ export class Engine {
       watchers: this.watchers,
       core: () => this.core,
       running: () => this.stateValue === "RUNNING",
-      traceContext: (task) => this.spans?.traceContext(task.id),
+      traceContext: (task, run) => this.spans?.traceContext(task, run),
     });
     this.outputs = new OutputReader({
       log: options.log,

@@ -10,7 +10,7 @@ import type { Lease } from "@nexusflow/gen";
 import * as core from "../core/index.js";
 import type { Core } from "../core/index.js";
 import type { EngineStore } from "../persistence/engine-store.js";
-import type { TaskState } from "../model/run-state.js";
+import type { RunState, TaskState } from "../model/run-state.js";
 import type { Dispatcher, SessionHandle } from "./dispatcher.js";
 import { leaseFrames, leaseMessage, leaseValue } from "./messages.js";
 import type { UnservedTypes } from "./pending.js";
@@ -27,7 +27,7 @@ export interface LeasePumpOptions {
   /** Whether the engine is RUNNING (no leases otherwise). */
   running(): boolean;
   /** The trace context the lease carries to the executor (its attempt's span), if any. */
-  traceContext(task: TaskState): Record<string, string> | undefined;
+  traceContext(task: TaskState, run: RunState | undefined): Readonly<Record<string, string>> | undefined;
 }
 
 /** The lease pump (see the module comment). */
@@ -78,7 +78,8 @@ export class LeasePump {
             }
             continue;
           }
-          const lease = leaseValue(this.o.core().runs.get(task.runId), task, this.o.traceContext(task));
+          const run = this.o.core().runs.get(task.runId);
+          const lease = leaseValue(run, task, this.o.traceContext(task, run));
           if ((session.protocolVersion ?? 1) < 2) session.send(leaseMessage(lease));
           else {
             batched ??= new Map();

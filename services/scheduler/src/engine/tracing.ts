@@ -69,20 +69,29 @@ export async function inRunSpan<T extends { runId: string }>(
 /** The spans of the attempts in flight, and the context of each task's latest attempt. */
 export class AttemptSpans {
   private readonly open = new Map<string, { span: Span; started: boolean }>();
-  /** `traceparent` of each task's latest attempt span, by task run id (events name their task). */
+  /**
+   * `traceparent` of each task's latest attempt span, by task run id (events name their task);
+   * tasks of runs whose trace is not recorded have none (their leases and events carry the run's).
+   */
   private readonly latest = new Map<string, string>();
-  /** Runs whose trace is not recorded (sampled out at StartRun), decided once per run. */
-  private readonly unsampled = new WeakMap<RunState, boolean>();
+  /**
+   * The trace context of each run whose trace is not recorded (sampled out at StartRun), decided
+   * once per run: every lease and event of the run carries this one object.
+   */
+  private readonly unsampled = new WeakMap<RunState, Readonly<Record<string, string>> | null>();
 
-  /** Whether the run's stored context says its trace is not recorded. */
-  private sampledOut(run: RunState | undefined): boolean {
-    if (run === undefined) return false;
-    let out = this.unsampled.get(run);
-    if (out === undefined) {
-      out = traceparentSampled(run.traceParent) === false;
-      this.unsampled.set(run, out);
+  /** The run's own context when its trace is not recorded, else null. */
+  private sampledOut(run: RunState | undefined): Readonly<Record<string, string>> | null {
+    if (run === undefined) return null;
+    let context = this.unsampled.get(run);
+    if (context === undefined) {
+      context =
+        traceparentSampled(run.traceParent) === false
+          ? Object.freeze({ traceparent: run.traceParent! })
+          : null;
+      this.unsampled.set(run, context);
     }
-    return out;
+    return context;
   }
 
   /** Follows an attempt written by the core: opens its span, marks its start, ends it. */
@@ -91,13 +100,10 @@ export class AttemptSpans {
     let entry = this.open.get(key);
     if (entry === undefined) {
       const parent = run?.traceParent ?? undefined;
-      if (this.sampledOut(run)) {
-        // The run's trace is not recorded (sampled out at StartRun): its attempt would be a span
-        // that records nothing. The attempt's leases and events carry the run's own context, so
-        // the executor records nothing for it either.
-        if (attempt.endedAt === null) this.latest.set(attempt.taskRunId, parent as string);
-        return;
-      }
+      // The run's trace is not recorded (sampled out at StartRun): its attempt would be a span
+      // that records nothing. The attempt's leases and events carry the run's own context, so
+      // the executor records nothing for it either.
+      if (this.sampledOut(run) !== null) return;
       const span = tracer(TRACER).startSpan(
         `attempt ${task?.stepId ?? attempt.taskRunId}`,
         {
@@ -145,27 +151,31 @@ export class AttemptSpans {
     return this.latest.get(taskRunId);
   }
 
-  /** The trace context a lease of the task carries to its executor (its attempt span's), if any. */
-  traceContext(taskRunId: string): Record<string, string> | undefined {
-    const traceparent = this.latest.get(taskRunId);
+  /**
+   * The trace context a lease of the task carries to its executor: its attempt span's, or the
+   * run's own when the run's trace is not recorded.
+   */
+  traceContext(task: TaskState, run: RunState | undefined): Readonly<Record<string, string>> | undefined {
+    const unsampled = this.sampledOut(run);
+    if (unsampled !== null) return unsampled;
+    const traceparent = this.latest.get(task.id);
     return traceparent === undefined ? undefined : { traceparent };
+  }
+
+  /** The W3C trace headers of an event of `run` (about `taskRunId` if it names one). */
+  eventContext(run: RunState, taskRunId: string | undefined): Readonly<Record<string, string>> | null {
+    const unsampled = this.sampledOut(run);
+    if (unsampled !== null) return unsampled;
+    const traceparent = (taskRunId === undefined ? undefined : this.latest.get(taskRunId)) ?? run.traceParent;
+    return traceparent === null ? null : { traceparent };
   }
 
   /** Forgets the tasks of an ended run. */
   runEnded(run: RunState): void {
+    if (this.sampledOut(run) !== null) return;
     for (const task of run.tasks.values()) this.latest.delete(task.id);
     for (const task of run.compensations.values()) this.latest.delete(task.id);
   }
-}
-
-/** The W3C trace headers of an event of `run` (about `taskRunId` if it names one). */
-export function eventTraceContext(
-  spans: AttemptSpans,
-  run: RunState,
-  taskRunId: string | undefined,
-): Record<string, string> | null {
-  const traceparent = (taskRunId === undefined ? undefined : spans.traceparent(taskRunId)) ?? run.traceParent;
-  return traceparent === null || traceparent === undefined ? null : { traceparent };
 }
 
 /**
@@ -187,7 +197,7 @@ export function tracedWrites(
     event: (run, event) => {
       const row = lifecycleEvent(run, event);
       const about = (event.value as { taskRunId?: unknown }).taskRunId;
-      row.traceContext = eventTraceContext(spans, run, typeof about === "string" ? about : undefined);
+      row.traceContext = spans.eventContext(run, typeof about === "string" ? about : undefined);
       store.addEvent(row);
     },
   };
