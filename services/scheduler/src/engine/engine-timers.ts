@@ -2,8 +2,10 @@
  * The timers the engine shell sets for the rules (core timers.ts): each comes back to them as an
  * input when it fires, while the engine is live. A lease whose session was lost waits out its grace
  * on a timer of its own, by task, cleared as soon as the lease ends (reclaimed or decided) so that
- * an executor that comes back in time keeps it. And the deadline of an API call that waits for
- * its change to be committed.
+ * an executor that comes back in time keeps it. A wait or sleep step's timer (its timeout, which
+ * may be days away) is by task too, cleared when the step ends (a signal came), so that waits
+ * answered early hold no timer. And the deadline of an API call that waits for its change to be
+ * committed.
  */
 import { UnavailableError } from "@nexusflow/common";
 import type { Timer } from "../core/index.js";
@@ -23,6 +25,8 @@ export interface EngineTimersOptions {
 export class EngineTimers {
   /** Leases without a session (session lost, or scheduler restarted): grace timers by task id. */
   private readonly orphans = new Map<string, NodeJS.Timeout>();
+  /** WAITING steps' timers (core/waits.ts) by task id. */
+  private readonly waits = new Map<string, NodeJS.Timeout>();
   private readonly timers = new Set<NodeJS.Timeout>();
 
   constructor(private readonly o: EngineTimersOptions) {}
@@ -37,6 +41,19 @@ export class EngineTimers {
         if (this.o.fired(timer)) this.o.leaseExpired(task);
       }, ms);
       this.orphans.set(task.id, t);
+      return;
+    }
+    if (timer.kind === "durable") {
+      const id = timer.task.id;
+      clearTimeout(this.waits.get(id));
+      const t = setTimeout(
+        () => {
+          this.waits.delete(id);
+          if (this.o.live()) this.o.fired(timer);
+        },
+        Math.max(0, ms),
+      );
+      this.waits.set(id, t);
       return;
     }
     this.after(ms, () => void this.o.fired(timer));
@@ -54,8 +71,15 @@ export class EngineTimers {
     this.timers.add(t);
   }
 
-  /** The task's lease ended: its grace timer, if any, is moot. */
+  /** The task's lease (or its wait) ended: its grace timer (or its wait's), if any, is moot. */
   leaseEnded(task: TaskState): void {
+    if (this.waits.size > 0) {
+      const wait = this.waits.get(task.id);
+      if (wait !== undefined) {
+        clearTimeout(wait);
+        this.waits.delete(task.id);
+      }
+    }
     if (this.orphans.size === 0) return;
     const orphan = this.orphans.get(task.id);
     if (orphan === undefined) return;
@@ -69,6 +93,8 @@ export class EngineTimers {
     this.timers.clear();
     for (const t of this.orphans.values()) clearTimeout(t);
     this.orphans.clear();
+    for (const t of this.waits.values()) clearTimeout(t);
+    this.waits.clear();
   }
 }
 
