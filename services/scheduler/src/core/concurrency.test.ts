@@ -288,6 +288,83 @@ void describe("keyed concurrency (core)", () => {
     assert.ok(runs.every((r) => r.status === "SUCCEEDED"));
   });
 
+  it("mixed strategies on one task: cancel-newest decides first; cancel-in-progress cancels nobody while another key queues it", () => {
+    const sim = new Simulation();
+    const s = sim.session("s");
+    const newest = limited([
+      { key: "input.c", limit: 1 },
+      { key: "input.m", limit: 1, strategy: "cancel-newest" },
+    ]);
+    const a = begin(sim, newest, { c: "c1", m: "m1" });
+    assert.equal(leaseAll(sim, s).length, 1);
+    // Both keys full: the merchant's cancel-newest cancels it rather than queue it for the customer.
+    const b = begin(sim, newest, { c: "c1", m: "m1" });
+    // Only the customer's key full: it queues.
+    const c = begin(sim, newest, { c: "c1", m: "m2" });
+    assert.deepEqual(leaseAll(sim, s), []);
+    assert.equal(b.status, "CANCELLED");
+    assert.equal(c.status, "RUNNING");
+    assert.equal(keyGates(c)[0]?.position, 1);
+    succeed(sim, s, task(a));
+    assert.deepEqual(
+      leaseAll(sim, s).map((t) => t.runId),
+      [c.id],
+    );
+
+    const preempt = limited([
+      { key: "input.c", limit: 1, strategy: "cancel-in-progress" },
+      { key: "input.m", limit: 1 },
+    ]);
+    const x = begin(sim, preempt, { c: "k1", m: "n1" });
+    const y = begin(sim, preempt, { c: "k2", m: "n2" });
+    assert.equal(leaseAll(sim, s).length, 2);
+    // Its customer k1 is held by x, its merchant n2 by y: it waits for n2, and x is not cancelled.
+    const z = begin(sim, preempt, { c: "k1", m: "n2" });
+    assert.deepEqual(leaseAll(sim, s), []);
+    assert.deepEqual(
+      [x.status, task(x).status, keyGates(z).map((g) => [g.key, g.position])],
+      [
+        "RUNNING",
+        "LEASED",
+        [
+          ["k1", 1],
+          ["n2", 1],
+        ],
+      ],
+    );
+    // Once n2 frees, only the cancel-in-progress key is full: x gives way to z.
+    succeed(sim, s, task(y));
+    assert.deepEqual(
+      leaseAll(sim, s).map((t) => t.runId),
+      [z.id],
+    );
+    assert.equal(x.status, "CANCELLED");
+  });
+
+  it("a long queue on one key drains in arrival order", () => {
+    const sim = new Simulation();
+    const w = limited([{ key: "input.c", limit: 3 }]);
+    const s = sim.session("s");
+    const runs = Array.from({ length: 1000 }, () => begin(sim, w, { c: "hot" }));
+    // One slot frees at a time (the oldest holder ends), and the first in line takes it.
+    const order: string[] = [];
+    const active: TaskState[] = [];
+    for (let round = 0; round <= runs.length; round++) {
+      for (const t of leaseAll(sim, s)) {
+        order.push(t.runId);
+        active.push(t);
+      }
+      assert.ok(active.length <= 3);
+      const oldest = active.shift();
+      if (oldest === undefined) break;
+      succeed(sim, s, oldest);
+    }
+    assert.deepEqual(
+      order,
+      runs.map((r) => r.id),
+    );
+  });
+
   it("a workflow's limit: a run waits with its steps pending, and starts when the holder ends", () => {
     const sim = new Simulation();
     const w = flow(

@@ -176,6 +176,17 @@ export function admitRun(core: Core, run: RunState, now: Date, cancel: CancelRun
   return acquire(core, claim, now, cancel);
 }
 
+/**
+ * A run that waited for its workflow's keys and was let out of their queues (its `claim` free)
+ * takes them now by the same rules; true when it holds them.
+ */
+export function readmitRun(core: Core, run: RunState, now: Date, cancel: CancelRun): boolean {
+  const claim = run.claim;
+  if (claim === undefined || claim.state === "held") return true;
+  if (claim.state === "parked" || run.status !== "RUNNING") return false;
+  return acquire(core, claim, now, cancel);
+}
+
 /** The run stopped its forward work (ended, cancelled or rolling back): its slots are freed. */
 export function releaseRun(core: Core, run: RunState): void {
   if (run.claim !== undefined) leave(core, run.claim);
@@ -346,25 +357,30 @@ function leave(core: Core, claim: Claim): void {
 
 /**
  * Slots of `id` are free: its waiters, first first, go while there is room: a task is offered
- * again at the front of its queue (it takes the slot when leased), a run takes its slots and
- * starts its steps. A waiter that another full key still holds stays in that key's queue.
+ * again at the front of its queue (it takes the slot when leased), a run advances (it takes its
+ * slots and starts its steps). A waiter that another full key still queues stays in its queue.
  */
 function promote(core: Core, keys: ConcurrencyState, id: string): void {
   const space = keys.spaces.get(id);
   if (space === undefined || space.waiters.length === 0) return;
   let promoted = 0;
-  for (const w of [...space.waiters]) {
+  // Walks the queue in place (a long queue is not copied per freed slot): a waiter that goes
+  // leaves it, so the next one moves up to the same index.
+  for (let i = 0; i < space.waiters.length;) {
+    const w = space.waiters[i] as Claim;
     const mine = w.slots.find((s) => s.id === id);
     if (mine === undefined || space.holders.size + promoted >= mine.limit.limit) break;
-    if (w.slots.some((s) => s.id !== id && isFull(keys, s))) continue;
-    if (w.task === null) {
-      hold(w);
-      core.fx.advanceSoon(w.run);
-    } else {
-      unpark(w);
-      promoted++;
-      core.fx.offer(w.task, true);
+    // Held by another key that queues it: it stays in that key's queue. (A full
+    // cancel-in-progress key does not hold it: it takes that slot when admitted.)
+    if (w.slots.some((s) => s.id !== id && s.limit.strategy !== "cancel-in-progress" && isFull(keys, s))) {
+      i++;
+      continue;
     }
+    unpark(w);
+    promoted++;
+    // Admitted again by the same rules: a task when the dispatcher reaches it, a run when it advances.
+    if (w.task === null) core.fx.advanceSoon(w.run);
+    else core.fx.offer(w.task, true);
   }
   core.fx.pump();
 }

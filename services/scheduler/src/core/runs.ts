@@ -23,6 +23,7 @@ import {
   admitTask,
   claimTask,
   keyErrorInfo,
+  readmitRun,
   releaseRun,
   type CancelRun,
 } from "./concurrency.js";
@@ -106,7 +107,12 @@ export function admitQueued(core: Core, task: TaskState, now: Date): boolean {
 export function advance(core: Core, run: RunState, now: Date): void {
   if (TERMINAL_RUN_STATUSES.has(run.status) || run.cancelRequested) return;
   // Waiting for its workflow's concurrency keys: its steps start once it holds them.
-  if (run.claim !== undefined && run.claim.state !== "held") return;
+  if (
+    run.claim !== undefined &&
+    run.claim.state !== "held" &&
+    !readmitRun(core, run, now, cancelByLimit(core, now))
+  )
+    return;
   for (let round = 0; round < run.workflow.steps.length + 1; round++) {
     const ev = evaluateRun(run.workflow, run.input ?? null, stepStates(run), {
       id: run.id,

@@ -63,4 +63,16 @@ describe("dispatcher with concurrency keys", () => {
       ["next"],
     );
   });
+
+  it("keyed tasks put back in front keep their order; a released lease without keys goes first", () => {
+    const d = new Dispatcher(10_000, () => true);
+    d.enqueue(queued("later"));
+    for (const name of ["first", "second", "third"]) d.requeue(queued(name, "t", true));
+    d.requeue(queued("released"));
+    d.sessions.set("s", session(["t"], 10));
+    assert.deepEqual(
+      d.take().map((p) => p.task.stepId),
+      ["released", "first", "second", "third", "later"],
+    );
+  });
 });

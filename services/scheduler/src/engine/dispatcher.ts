@@ -131,6 +131,11 @@ class PriorityQueue {
     this.front.unshift(task);
   }
 
+  /** Appends to the front queue: before every level, after what is in front already. */
+  pushFront(task: TaskState): void {
+    this.front.push(task);
+  }
+
   private key(task: TaskState, priority: number): number {
     return (task.queuedAt?.getTime() ?? 0) - priority * this.ageingMs;
   }
@@ -226,10 +231,15 @@ export class Dispatcher {
     this.queue(task.type).push(task, priority);
   }
 
-  /** Puts a task back at the front (a released lease keeps its place). */
+  /**
+   * Puts a task back at the front (a released lease keeps its place). A task with concurrency
+   * keys (one a freed slot let out of its key's queue) goes behind those already in front, so
+   * that several let out at once keep their order.
+   */
   requeue(task: TaskState): void {
     task.hold = this.holdRecord(task.type);
-    this.queue(task.type).unshift(task);
+    if (task.claim === undefined) this.queue(task.type).unshift(task);
+    else this.queue(task.type).pushFront(task);
   }
 
   /** The hold record of `type`, which its queued tasks share. */
