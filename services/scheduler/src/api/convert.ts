@@ -15,8 +15,9 @@ import {
   type WorkflowDefinition,
 } from "@nexusflow/gen";
 import { fromJson, type JsonValue } from "@bufbuild/protobuf";
+import { RunSignalSchema, type RunSignal } from "@nexusflow/gen";
 import type { DefinitionRow } from "../engine/definitions.js";
-import type { ErrorInfo, RunState, TaskState } from "../model/run-state.js";
+import type { ErrorInfo, RunState, SignalState, TaskState } from "../model/run-state.js";
 import type { RunDetail, RunRow } from "../persistence/run-store.js";
 
 function ts(d: Date | null | undefined): ReturnType<typeof timestampFromDate> | undefined {
@@ -77,6 +78,7 @@ function runInit(run: RunRow): MessageInitShape<typeof RunSchema> {
     ...basicInit(run),
     input: jsonToValue(run.input),
     ...(run.output === null || run.output === undefined ? {} : { output: jsonToValue(run.output) }),
+    signals: signalsInit(run.signals),
   };
 }
 
@@ -101,7 +103,21 @@ export function runBasicFromState(run: Readonly<RunState>): Run {
 export type PendingReasons = (taskRunId: string) => string;
 
 /** The states in which a task may be held back (and so carry a pending reason). */
-const WAITING: ReadonlySet<string> = new Set(["PENDING", "QUEUED", "RETRY_WAIT"]);
+const WAITING: ReadonlySet<string> = new Set(["PENDING", "QUEUED", "RETRY_WAIT", "WAITING"]);
+
+/** A run's signals (RunState.signals, or its row's column) as RunSignal inits. */
+function signalsInit(column: unknown): RunSignal[] {
+  if (!Array.isArray(column)) return [];
+  return (column as SignalState[]).map((s) =>
+    create(RunSignalSchema, {
+      name: s.name,
+      idempotencyKey: s.key ?? "",
+      stepId: s.stepId ?? "",
+      ...(s.stepId === null ? { payload: jsonToValue(s.payload ?? null) } : {}),
+      receiveTime: timestampFromDate(new Date(s.at)),
+    }),
+  );
+}
 
 /** A run with every task and attempt (GetRun, WatchRun, ListRuns in RUN_VIEW_FULL). */
 export function runDetail(detail: RunDetail, pendingReason: PendingReasons = () => ""): Run {
@@ -186,5 +202,6 @@ export function runFromState(run: Readonly<RunState>, pendingReason: PendingReas
     input: jsonToValue(run.input),
     ...(run.output === null || run.output === undefined ? {} : { output: jsonToValue(run.output) }),
     tasks: [...run.tasks.values(), ...run.compensations.values()].map(toTask),
+    signals: signalsInit(run.signals),
   } as MessageInitShape<typeof RunSchema>);
 }

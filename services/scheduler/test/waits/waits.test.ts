@@ -138,12 +138,28 @@ describe("durable waits and signals", () => {
       [runId],
     );
     assert.equal(rows[0]?.signals.length, 1, "stored before the answer");
+    // GetRun lists it, with its payload while it is kept, and says what the gate waits for.
+    const { run: before } = await client.getRun({ runId });
+    assert.deepEqual(
+      before?.signals.map((x) => [x.name, x.stepId, valueToJson(x.payload)]),
+      [["approval", "", "early"]],
+    );
+    assert.ok(before?.signals[0]?.receiveTime !== undefined);
+    assert.match(task(before, "gate").pendingReason, /^waiting for signal "go"$/);
     const go = await client.signalRun({ runId, name: "go" });
     assert.equal(go.stepId, "gate");
     const run = await waitForRun(client, runId);
     assert.equal(run.status, RunStatus.SUCCEEDED);
     assert.equal(valueToJson(task(run, "approve").output), "early");
     assert.equal(valueToJson(task(run, "gate").output), null);
+    assert.deepEqual(
+      run.signals.map((x) => [x.name, x.stepId, x.payload === undefined]),
+      [
+        ["approval", "approve", true],
+        ["go", "gate", true],
+      ],
+      "taken: the payload is the step's output now",
+    );
   });
 
   it("stores a signal with the same idempotency key once, and refuses signals once the run ended", async () => {
