@@ -133,6 +133,29 @@ export function engineStoreContract(makeStore: EngineStoreFactory): void {
     );
   });
 
+  storeTest(
+    "a run's signals and a WAITING step's time are what recovery reads, first write or update",
+    async ({ store, definitionId }) => {
+      const { run, a } = newRun(store, definitionId);
+      run.signals.push({ name: "early", key: "k1", payload: { n: 1 }, at: 1_000, stepId: null });
+      await store.flush();
+      assert.deepEqual((await active(store, run)).run?.signals, run.signals, "first write");
+      const due = new Date(Date.now() + 3_600_000);
+      a.status = "WAITING";
+      a.nextAttemptAt = due;
+      run.signals.push({ name: "approval", key: null, payload: null, at: 2_000, stepId: "a" });
+      store.markTask(a);
+      store.markRun(run);
+      await store.flush();
+      const found = await active(store, run);
+      assert.deepEqual(found.run?.signals, run.signals, "update");
+      assert.deepEqual(
+        found.tasks.filter((t) => t.stepId === "a").map((t) => [t.status, t.nextAttemptAt?.getTime()]),
+        [["WAITING", due.getTime()]],
+      );
+    },
+  );
+
   storeTest("an ended run is not active", async ({ store, definitionId }) => {
     const { run } = newRun(store, definitionId);
     run.status = "SUCCEEDED";
