@@ -189,7 +189,8 @@ export type StepSpec = Message<"nexusflow.v1.StepSpec"> & {
   id: string;
 
   /**
-   * Task type an executor must advertise to run this step (e.g. "http", "shell", "charge-card").
+   * Task type an executor must advertise to run this step (e.g. "http", "shell", "charge-card");
+   * empty for a wait or sleep step.
    *
    * @generated from field: string type = 2;
    */
