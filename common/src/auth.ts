@@ -74,6 +74,10 @@ export const RPC_ACCESS: Readonly<Record<string, Scope | typeof PUBLIC>> = {
   "nexusflow.v1.ScheduleService/ResumeSchedule": Scope.RUNS_WRITE,
   "nexusflow.v1.ScheduleService/TriggerSchedule": Scope.RUNS_WRITE,
   "nexusflow.v1.ScheduleService/BackfillSchedule": Scope.RUNS_WRITE,
+  // An event starts the runs of the workflows it triggers: publishing needs what starting runs needs.
+  "nexusflow.v1.EventService/PublishEvent": Scope.RUNS_WRITE,
+  "nexusflow.v1.EventService/GetEvent": Scope.RUNS_READ,
+  "nexusflow.v1.EventService/ListEvents": Scope.RUNS_READ,
   "nexusflow.v1.ExecutorService/Session": Scope.EXECUTOR,
   "grpc.reflection.v1.ServerReflection/ServerReflectionInfo": PUBLIC,
   "grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo": PUBLIC,
