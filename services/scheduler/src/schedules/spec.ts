@@ -57,6 +57,11 @@ export const MAX_CATCH_UP_WINDOW_MS = 366 * 24 * 3600 * 1000;
 const SCHEDULE_ID = /^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$/i;
 const LABEL_KEY = /^[a-z0-9]([a-z0-9._/-]{0,61}[a-z0-9])?$/i;
 
+/** Whether `id` is a schedule id (1 to 63 letters, digits, '.', '_' or '-'). */
+export function isScheduleId(id: string): boolean {
+  return SCHEDULE_ID.test(id);
+}
+
 /** INVALID_ARGUMENT naming `field` unless `id` is a schedule id. */
 export function checkScheduleId(id: string, field = "schedule_id"): void {
   if (id === "") throw ApiError.invalid(field, "a schedule id is required");

@@ -8,7 +8,7 @@ import { ApiError } from "@nexusflow/common";
 import type pg from "pg";
 import { decodeToken, encodeToken } from "../persistence/page-token.js";
 import { timeFireKey } from "./fire-store.js";
-import type { ScheduleSpec } from "./spec.js";
+import { isScheduleId, type ScheduleSpec } from "./spec.js";
 
 /** A stored schedule. */
 export interface ScheduleRow {
@@ -84,8 +84,12 @@ function toRow(r: Row): ScheduleRow {
 
 const notFound = (id: string): ApiError => ApiError.notFound(`schedule ${JSON.stringify(id)} does not exist`);
 
+/** A page token names a schedule id: anything else (a NUL PostgreSQL cannot take) is not ours. */
 const isToken = (v: unknown): v is { after: string } =>
-  typeof v === "object" && v !== null && typeof (v as { after?: unknown }).after === "string";
+  typeof v === "object" &&
+  v !== null &&
+  typeof (v as { after?: unknown }).after === "string" &&
+  isScheduleId((v as { after: string }).after);
 
 /** Schedules and fires in PostgreSQL. */
 export class ScheduleStore {

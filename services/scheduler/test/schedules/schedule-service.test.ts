@@ -133,6 +133,13 @@ describe("ScheduleService", () => {
     assert.equal((await refusal(schedules.deleteSchedule({ scheduleId: "missing" }))).code, Code.NotFound);
     assert.equal((await refusal(schedules.triggerSchedule({ scheduleId: "missing" }))).code, Code.NotFound);
     assert.match((await refusal(schedules.listSchedules({ pageSize: -1 }))).message, /^page_size: /);
+    // A forged page token (base64url JSON like ours) naming what no schedule id can be.
+    for (const after of ["\u0000", "x".repeat(100_000), 5]) {
+      const pageToken = Buffer.from(JSON.stringify({ after })).toString("base64url");
+      const r = await refusal(schedules.listSchedules({ pageToken }));
+      assert.equal(Code[r.code], Code[Code.InvalidArgument], r.message);
+      assert.match(r.message, /^page_token: /);
+    }
     // Nothing was created by any of the refused calls.
     assert.deepEqual((await schedules.listSchedules({})).schedules, []);
   });
