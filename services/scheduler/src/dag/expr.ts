@@ -16,8 +16,11 @@ export const MAX_EXPRESSION_LENGTH = 4096;
 /** Deepest accepted nesting of parentheses, brackets, calls and unary operators. */
 export const MAX_EXPRESSION_DEPTH = 64;
 
-/** Names an expression may start a path with. `step` exists only in `compensate.input`. */
-export type PathRoot = "input" | "steps" | "run" | "step";
+/**
+ * Names an expression may start a path with. `step` exists only in `compensate.input`, `event`
+ * (`event.key`, `event.payload`) only in a trigger's `filter`.
+ */
+export type PathRoot = "input" | "steps" | "run" | "step" | "event";
 /** Built-in pure functions. */
 export type FunctionName = "len" | "lower" | "upper" | "contains" | "startsWith" | "exists";
 /** Binary operators, including the short-circuit ones. */
@@ -70,6 +73,8 @@ export interface EvalScope {
   readonly run: RunInfo | undefined;
   /** The compensated step's own input/output (`step.*`); only set while rendering `compensate.input`. */
   readonly step: { readonly input?: unknown; readonly output?: unknown } | undefined;
+  /** The event a trigger's filter looks at (`event.*`); absent everywhere else. */
+  readonly event?: { readonly key: string; readonly payload: unknown } | undefined;
   /** Looks up a step by id; `undefined` for unknown ids. */
   stepView(id: string): StepView | undefined;
 }
@@ -87,7 +92,7 @@ const FUNCTION_ARITY: Readonly<Record<FunctionName, number>> = {
   startsWith: 2,
   exists: 1,
 };
-const ROOTS: ReadonlySet<string> = new Set<PathRoot>(["input", "steps", "run", "step"]);
+const ROOTS: ReadonlySet<string> = new Set<PathRoot>(["input", "steps", "run", "step", "event"]);
 const RUN_FIELDS: ReadonlySet<string> = new Set(["id", "workflow", "version"]);
 
 type TokenKind = "number" | "string" | "name" | "punct" | "close" | "eof";
@@ -467,6 +472,12 @@ class Parser {
       if (!pushSegment(false) || (segments[0] !== "input" && segments[0] !== "output")) {
         this.fail("expected step.input or step.output", rootTok.pos);
       }
+    } else if (root === "event") {
+      if (!pushSegment(false) || (segments[0] !== "key" && segments[0] !== "payload")) {
+        this.fail("expected event.key or event.payload", rootTok.pos);
+      }
+      if (segments[0] === "key" && (this.isPunct(".") || this.isPunct("[")))
+        this.fail("event.key is a string and has no fields", this.tok.pos);
     }
     while (pushSegment(false)) {
       // keep reading .name / [key] segments
@@ -598,6 +609,12 @@ export function resolvePath(path: PathExpr, scope: EvalScope): Resolution {
       if (value === undefined)
         return { found: false, reason: `the compensated step has no recorded ${field}` };
       return walk(path, value, 1);
+    }
+    case "event": {
+      if (scope.event === undefined)
+        return { found: false, reason: "event.* is only available in a trigger's filter" };
+      if (path.segments[0] === "key") return { found: true, value: scope.event.key, skipped: false };
+      return walk(path, scope.event.payload, 1);
     }
     case "steps": {
       const id = String(path.segments[0]);

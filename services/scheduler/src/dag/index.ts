@@ -101,3 +101,14 @@ export {
 } from "./spec.js";
 export { compileTemplate, renderTemplate, templatePaths, type Template } from "./template.js";
 export { compileWorkflow, validateRunInput, type CompileResult } from "./validate.js";
+export {
+  checkTriggers,
+  eventKeyProblem,
+  keyMatches,
+  matchTriggers,
+  MAX_EVENT_KEY_LENGTH,
+  type CompiledTrigger,
+  type TriggerEvent,
+  type TriggerOutcome,
+  type TriggerSpec,
+} from "./triggers.js";

@@ -7,6 +7,7 @@ import type { Expr } from "./expr.js";
 import type { ResolvedRetryPolicy } from "./retry.js";
 import type { CompiledSchema } from "./schema.js";
 import type { Template } from "./template.js";
+import type { TriggerSpec } from "./triggers.js";
 
 /** Largest accepted workflow definition: 1 MiB of UTF-8 JSON text. */
 export const MAX_SPEC_BYTES = 1024 * 1024;
@@ -129,6 +130,8 @@ export interface WorkflowSpec {
   output?: unknown;
   /** Keyed concurrency limits on the runs (a run holds its slots from its start to its end). */
   concurrency?: ConcurrencyLimitSpec[];
+  /** Events that start runs of the workflow, with their payload as input (dag/triggers.ts). */
+  triggers?: TriggerSpec[];
 }
 
 /** A concurrency limit, validated, with its key parsed. */

@@ -41,6 +41,7 @@ import type {
 } from "./spec.js";
 import { checkDurable, type CompiledDurable } from "./durable.js";
 import { compileTemplate, templatePaths } from "./template.js";
+import { checkTriggers } from "./triggers.js";
 import type { Template } from "./template.js";
 
 /** Result of {@link compileWorkflow}: the compiled workflow, or every problem found. */
@@ -63,6 +64,7 @@ const WORKFLOW_FIELDS = [
   "steps",
   "output",
   "concurrency",
+  "triggers",
 ];
 const STEP_FIELDS = [
   "id",
@@ -624,11 +626,14 @@ export function compileWorkflow(json: unknown): CompileResult {
   // A run's keys are evaluated when it starts: only its input and run.* exist then.
   for (const limit of concurrency)
     for (const ref of expressionPaths(limit.key))
-      if (ref.root === "steps" || ref.root === "step")
+      if (ref.root === "steps" || ref.root === "step" || ref.root === "event")
         checker.err(
           pathJoin(limit.path, "key"),
           `${ref.text}: a workflow's concurrency key is evaluated when the run starts, so it may use input and run only (put the limit on a step to key it on a step's output)`,
         );
+
+  if (spec["triggers"] !== undefined)
+    for (const e of checkTriggers(spec["triggers"], "$.triggers").errors) checker.err(e.path, e.message);
 
   // Steps, first pass: each step on its own.
   const drafts: (StepDraft | undefined)[] = [];
@@ -690,6 +695,13 @@ export function compileWorkflow(json: unknown): CompileResult {
 
   // References in templates and expressions must point at steps that are certain to have finished.
   const checkReference = (site: ReferenceSite, at: string, ref: PathExpr): void => {
+    if (ref.root === "event") {
+      checker.err(
+        at,
+        `${ref.text}: event.* is only available in a trigger's filter; a run started by an event has its payload as input`,
+      );
+      return;
+    }
     if (ref.root === "step") {
       if (!site.compensation)
         checker.err(at, `${ref.text}: step.* is only available in compensate.input; use steps.<id>.output`);
