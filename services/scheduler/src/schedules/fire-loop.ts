@@ -53,6 +53,8 @@ export class FireLoop {
   private woken = false;
   private wakeSleep: (() => void) | undefined;
   private passes = 0;
+  /** Passes in a row in which a fire could not start for now (the poll backs off over them). */
+  private stalls = 0;
 
   constructor(private readonly options: FireLoopOptions) {
     this.starter = new FireStarter(options.fireStore, options.engine, options.log);
@@ -258,9 +260,11 @@ export class FireLoop {
       });
     const outcomes = await this.starter.drive(fires);
     if (outcomes.some((o) => "retry" in o && o.retry)) poll = true;
+    // A fire that keeps failing for now is tried again ever more slowly (up to 5 s), not every poll.
+    this.stalls = poll ? this.stalls + 1 : 0;
     if (again) return 0;
     const wake = await store.nextWake();
-    let delay = poll ? this.pollMs : MAX_SLEEP_MS;
+    let delay = poll ? Math.min(this.pollMs * 2 ** (this.stalls - 1), MAX_RETRY_MS) : MAX_SLEEP_MS;
     if (wake.nextFireAt !== null) delay = Math.min(delay, wake.nextFireAt.getTime() - Date.now());
     if (wake.buffered) delay = Math.min(delay, this.pollMs);
     return Math.max(0, delay);

@@ -39,6 +39,9 @@ export type FireOutcome =
 
 /** Drives STARTING fires to their runs. */
 export class FireStarter {
+  /** A fire could not start for now and none has started since (its warning was logged). */
+  private retrying = false;
+
   constructor(
     private readonly store: FireStore,
     private readonly engine: RunStarter,
@@ -71,14 +74,25 @@ export class FireStarter {
         } catch (e) {
           const retry = !(isApiError(e) && PERMANENT.has(e.code));
           const error = e instanceof Error ? e.message : String(e);
-          this.log.warn(
-            { schedule_id: fire.scheduleId, fire: fire.fireKey, err: e, retry },
-            "a schedule's fire could not start its run",
-          );
+          const fields = { schedule_id: fire.scheduleId, fire: fire.fireKey, err: e, retry };
+          // A refusal for good is the fire's end: always said. One for now (the engine or its
+          // database away) is tried again on every pass: said once until a fire starts again.
+          if (!retry) this.log.warn(fields, "a schedule's fire could not start its run");
+          else if (!this.retrying) {
+            this.retrying = true;
+            this.log.warn(
+              fields,
+              "a schedule's fire could not start its run; retrying (said once until one starts)",
+            );
+          } else this.log.debug(fields, "a schedule's fire could not start its run; retrying");
           return { fire, error, retry, cause: e };
         }
       }),
     );
+    if (this.retrying && outcomes.some((o) => "runId" in o)) {
+      this.retrying = false;
+      this.log.info("schedules' fires start runs again");
+    }
     await this.store.settle(
       outcomes.flatMap((o): { uid: string; fireKey: string; runId: string | null; error: string | null }[] =>
         "runId" in o
