@@ -69,8 +69,25 @@ function time(ts: Timestamp | undefined, field: string): Date {
   return timestampDate(ts);
 }
 
-/** The run of a driven fire, or the error to answer with. */
-function runOf(outcome: FireOutcome | undefined): { runId: string; created: boolean } {
+/**
+ * The field of the stored spec a refused run faults: the engine names its own request's fields
+ * (`input`), which the caller of TriggerSchedule or BackfillSchedule never sent.
+ */
+function specFieldOf(cause: unknown): string {
+  if (!isApiError(cause)) return "spec";
+  if (cause.code === Code.NOT_FOUND) return "spec.workflow_name";
+  const field = cause.violations[0]?.field ?? "";
+  return field === "input" || field.startsWith("input.") || field.startsWith("input[")
+    ? `spec.${field}`
+    : "spec";
+}
+
+/**
+ * The run of a driven fire, or the error to answer with: UNAVAILABLE when it could not start for
+ * now (it stays STARTING and the fire loop starts it), FAILED_PRECONDITION when the engine refused
+ * it for good (the request was fine; the schedule's stored spec no longer fits its workflow).
+ */
+function runOf(scheduleId: string, outcome: FireOutcome | undefined): { runId: string; created: boolean } {
   if (outcome === undefined) throw new ApiError(Code.INTERNAL, "the fire was not driven");
   if ("runId" in outcome) return outcome;
   if (outcome.retry)
@@ -78,8 +95,22 @@ function runOf(outcome: FireOutcome | undefined): { runId: string; created: bool
       Code.UNAVAILABLE,
       `the run could not be started now (${outcome.error}); the scheduler starts it as soon as it can`,
     );
-  if (isApiError(outcome.cause)) throw outcome.cause;
-  throw new ApiError(Code.FAILED_PRECONDITION, `the fire could not start its run: ${outcome.error}`);
+  throw refused(scheduleId, [outcome]);
+}
+
+/** FAILED_PRECONDITION for fires the engine refused for good, naming the stored spec's field. */
+function refused(scheduleId: string, outcomes: readonly { error: string; cause?: unknown }[]): ApiError {
+  const first = outcomes[0];
+  const why = `${specFieldOf(first?.cause)}: ${first?.error ?? "refused"}`;
+  const id = JSON.stringify(scheduleId);
+  const head =
+    outcomes.length === 1
+      ? `schedule ${id} cannot start its run: ${why}; the fire is recorded as failed`
+      : `schedule ${id} cannot start the runs of ${outcomes.length} fires (the first: ${why}); they are recorded as failed`;
+  return new ApiError(
+    Code.FAILED_PRECONDITION,
+    `${head} (schedules get shows them); register a workflow version that accepts the spec, or create the schedule again`,
+  );
 }
 
 /** The ScheduleService implementation for grpc-js. */
@@ -182,7 +213,7 @@ export function scheduleService(deps: ScheduleServiceDeps): grpc.UntypedServiceI
         new Date(),
       );
       const [outcome] = await deps.fires.drive(pending(row, fire === undefined ? [] : [fire]));
-      const { runId, created } = runOf(outcome);
+      const { runId, created } = runOf(row.scheduleId, outcome);
       return create(TriggerScheduleResponseSchema, {
         fire: fireView({ ...(fire as FireRow), runId }),
         created,
@@ -215,7 +246,12 @@ export function scheduleService(deps: ScheduleServiceDeps): grpc.UntypedServiceI
         now,
       );
       const outcomes = await deps.fires.drive(pending(row, fires));
-      const runs = outcomes.map((o) => runOf(o));
+      // Fires that could not start for now first (UNAVAILABLE: a retry answers them all), then
+      // those refused for good (the others started, and a retry answers them).
+      for (const o of outcomes) if ("retry" in o && o.retry) runOf(row.scheduleId, o);
+      const failed = outcomes.flatMap((o) => ("error" in o ? [o] : []));
+      if (failed.length > 0) throw refused(row.scheduleId, failed);
+      const runs = outcomes.map((o) => runOf(row.scheduleId, o));
       return create(BackfillScheduleResponseSchema, {
         fires: fires.map((f, i) => fireView({ ...f, runId: runs[i]?.runId ?? null })),
         startedCount: runs.filter((r) => r.created).length,

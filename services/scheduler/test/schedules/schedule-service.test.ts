@@ -335,6 +335,28 @@ describe("ScheduleService", () => {
     assert.match(refused?.error ?? "", /input does not match the input schema of evolving v2/);
     const started = await runsOf("evolving");
     assert.equal(BigInt(started.length), (await get("evolving")).startedCount, "refused fires start no run");
+    // A trigger or a backfill is refused the same way: the request is fine, the stored spec is
+    // what no longer fits, so FAILED_PRECONDITION naming spec.input (not the engine's own field).
+    const trigger = await refusal(schedules.triggerSchedule({ scheduleId: "evolving" }));
+    assert.equal(Code[trigger.code], Code[Code.FailedPrecondition], trigger.message);
+    assert.match(
+      trigger.message,
+      /^schedule "evolving" cannot start its run: spec\.input\.region: .*is required/,
+    );
+    const created = timestampMs(s.createTime ?? assert.fail("no create time"));
+    const backfill = await refusal(
+      schedules.backfillSchedule({
+        scheduleId: "evolving",
+        startTime: timestampFromMs(created - 5000),
+        endTime: timestampFromMs(created - 2000),
+      }),
+    );
+    assert.equal(Code[backfill.code], Code[Code.FailedPrecondition], backfill.message);
+    assert.match(
+      backfill.message,
+      /cannot start the runs of 3 fires \(the first: spec\.input\.region: .*is required\)/,
+    );
+    assert.equal((await runsOf("evolving")).length, started.length);
   });
 
   it("applies the spec's defaults and shows them", async () => {
