@@ -56,6 +56,7 @@ export const RPC_ACCESS: Readonly<Record<string, Scope | typeof PUBLIC>> = {
   "nexusflow.v1.WorkflowService/ListRuns": Scope.RUNS_READ,
   "nexusflow.v1.WorkflowService/CancelRun": Scope.RUNS_WRITE,
   "nexusflow.v1.WorkflowService/SignalRun": Scope.RUNS_WRITE,
+  "nexusflow.v1.WorkflowService/RerunRun": Scope.RUNS_WRITE,
   "nexusflow.v1.WorkflowService/WatchRun": Scope.RUNS_READ,
   "nexusflow.v1.WorkflowService/ExplainPending": Scope.RUNS_READ,
   "nexusflow.v1.ArtifactService/ListArtifacts": Scope.RUNS_READ,
