@@ -8,6 +8,7 @@ import type { ConnectRouter } from "@connectrpc/connect";
 import {
   ArtifactService,
   ClusterService,
+  EventService,
   ReplicaService,
   ScheduleService,
   WorkflowService,
@@ -22,6 +23,7 @@ export const PROXIED_SERVICES: readonly DescService[] = [
   ArtifactService,
   ClusterService,
   ScheduleService,
+  EventService,
   ReplicaService,
 ];
 

@@ -21,7 +21,13 @@ import {
   fromJson,
 } from "@bufbuild/protobuf";
 import { FileDescriptorSetSchema } from "@bufbuild/protobuf/wkt";
-import { ArtifactService, ClusterService, ScheduleService, WorkflowService } from "@nexusflow/gen";
+import {
+  ArtifactService,
+  ClusterService,
+  EventService,
+  ScheduleService,
+  WorkflowService,
+} from "@nexusflow/gen";
 import { parse as parseYaml } from "yaml";
 import { envoyRegistry } from "./envoy-descriptors.js";
 import { BUF, ROOT, tool } from "./tools.js";
@@ -129,6 +135,7 @@ describe("deploy/envoy/envoy.yaml", () => {
       ArtifactService.typeName,
       ClusterService.typeName,
       ScheduleService.typeName,
+      EventService.typeName,
     ]);
   });
 

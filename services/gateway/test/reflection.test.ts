@@ -63,6 +63,7 @@ const SERVICES = [
   "grpc.health.v1.Health",
   "nexusflow.v1.ArtifactService",
   "nexusflow.v1.ClusterService",
+  "nexusflow.v1.EventService",
   "nexusflow.v1.ReplicaService",
   "nexusflow.v1.ScheduleService",
   "nexusflow.v1.WorkflowService",

@@ -22,6 +22,7 @@ import {
 import {
   ArtifactService,
   ClusterService,
+  EventService,
   ExecutorService,
   ReplicaService,
   RunSchema,
@@ -32,6 +33,7 @@ import { Health } from "@nexusflow/gen/grpc/health/v1/health_pb";
 import { PgTaskIndex, artifactService } from "./api/artifact-service.js";
 import { authInterceptor } from "./api/auth.js";
 import { clusterService } from "./api/cluster-service.js";
+import { eventService } from "./api/event-service.js";
 import { replicaService } from "./api/replica-service.js";
 import { readClusterView } from "./cluster/cluster-view.js";
 import { addSchedulerHealth } from "./api/health.js";
@@ -56,6 +58,9 @@ import { RunStore } from "./persistence/run-store.js";
 import { FireLoop } from "./schedules/fire-loop.js";
 import { FireStore } from "./schedules/fire-store.js";
 import { ScheduleStore } from "./schedules/store.js";
+import { EventStore } from "./triggers/event-store.js";
+import { MatchLoop, MatchStarter } from "./triggers/match-loop.js";
+import { TriggerIndex } from "./triggers/trigger-index.js";
 import {
   acquireSchedulerLock,
   type SchedulerLock,
@@ -175,6 +180,7 @@ export class Scheduler {
   private relay: OutboxRelay | undefined;
   private retentionValue: RunRetention | undefined;
   private fireLoop: FireLoop | undefined;
+  private matchLoop: MatchLoop | undefined;
   private server: grpc.Server | undefined;
   private ops: OpsEndpoints | undefined;
   private addressValue = "";
@@ -325,6 +331,12 @@ export class Scheduler {
       this.fireLoop = new FireLoop({ store: schedules, fireStore, engine, log });
       this.fireLoop.start();
       const fireLoop = this.fireLoop;
+      // Events: matches a crash left STARTING are started by the loop's first pass.
+      const events = new EventStore(this.db.pool);
+      const matchStarter = new MatchStarter(events, engine, log);
+      const matchLoop = new MatchLoop({ store: events, starter: matchStarter, log });
+      this.matchLoop = matchLoop;
+      matchLoop.start();
       if (this.options.events !== undefined) {
         this.relay = createOutboxRelay(this.db.pool, log, this.options.events);
         this.relay.start();
@@ -362,6 +374,15 @@ export class Scheduler {
         }),
       );
       server.addService(
+        serviceDefinition(EventService),
+        eventService({
+          store: events,
+          triggers: new TriggerIndex(this.db.pool, log),
+          starter: matchStarter,
+          wake: () => matchLoop.wake(),
+        }),
+      );
+      server.addService(
         serviceDefinition(ArtifactService),
         artifactService({ store, tasks: new PgTaskIndex(this.db.pool), log }),
       );
@@ -376,6 +397,7 @@ export class Scheduler {
       addReflection(server, [
         WorkflowService,
         ScheduleService,
+        EventService,
         ExecutorService,
         ArtifactService,
         ClusterService,
@@ -469,6 +491,8 @@ export class Scheduler {
     // First: no fire starts a run while the engine stops (a fire in progress finishes).
     await this.fireLoop?.stop();
     this.fireLoop = undefined;
+    await this.matchLoop?.stop();
+    this.matchLoop = undefined;
     await this.ops?.close();
     this.ops = undefined;
     const server = this.server;

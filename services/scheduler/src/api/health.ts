@@ -8,6 +8,7 @@ import { type ReadinessCheck, addHealthService } from "@nexusflow/common";
 import {
   ArtifactService,
   ClusterService,
+  EventService,
   ExecutorService,
   ReplicaService,
   ScheduleService,
@@ -57,6 +58,7 @@ export function addSchedulerHealth(server: grpc.Server, options: SchedulerHealth
       ArtifactService.typeName,
       ClusterService.typeName,
       ScheduleService.typeName,
+      EventService.typeName,
       ReplicaService.typeName,
     ],
   });

@@ -11,6 +11,7 @@ import { Migration20261205100000Schedules } from "./Migration20261205100000Sched
 import { Migration20261205150000OutboxRowPerCommit } from "./Migration20261205150000OutboxRowPerCommit.js";
 import { Migration20261205160000Partitions } from "./Migration20261205160000Partitions.js";
 import { Migration20261205170000RunSignals } from "./Migration20261205170000RunSignals.js";
+import { Migration20261205180000EventTriggers } from "./Migration20261205180000EventTriggers.js";
 
 /** The migrations MikroORM applies at start-up. */
 export const migrationsList = [
@@ -29,4 +30,5 @@ export const migrationsList = [
   { name: "Migration20261205150000OutboxRowPerCommit", class: Migration20261205150000OutboxRowPerCommit },
   { name: "Migration20261205160000Partitions", class: Migration20261205160000Partitions },
   { name: "Migration20261205170000RunSignals", class: Migration20261205170000RunSignals },
+  { name: "Migration20261205180000EventTriggers", class: Migration20261205180000EventTriggers },
 ];

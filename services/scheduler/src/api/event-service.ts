@@ -1,0 +1,185 @@
+/**
+ * EventService over gRPC: validates a published event, matches it against the triggers of the
+ * latest version of every workflow, stores it with its matches in one statement, then starts the
+ * matches' runs (triggers/match-loop.ts); a match it could not start for now is left to the loop.
+ */
+import { randomUUID } from "node:crypto";
+import { create } from "@bufbuild/protobuf";
+import { timestampFromDate } from "@bufbuild/protobuf/wkt";
+import type * as grpc from "@grpc/grpc-js";
+import { ApiError, Code, jsonToValue, nulCharacterPath, unary, valueToJsonChecked } from "@nexusflow/common";
+import {
+  EventMatchSchema,
+  EventMatchStatus,
+  GetEventResponseSchema,
+  ListEventsResponseSchema,
+  PublishEventResponseSchema,
+  PublishedEventSchema,
+  type GetEventRequest,
+  type ListEventsRequest,
+  type PublishEventRequest,
+  type PublishedEvent,
+} from "@nexusflow/gen";
+import { eventKeyProblem, MAX_EVENT_KEY_LENGTH } from "../dag/index.js";
+import { decodeToken, encodeToken } from "../persistence/page-token.js";
+import type { EventRow, EventStore, MatchRow } from "../triggers/event-store.js";
+import type { MatchStarter } from "../triggers/match-loop.js";
+import type { TriggerIndex } from "../triggers/trigger-index.js";
+
+/** Largest event payload, as JSON. */
+export const MAX_EVENT_PAYLOAD_BYTES = 256 * 1024;
+/** Longest idempotency key of a publish. */
+export const MAX_EVENT_IDEMPOTENCY_KEY_LENGTH = 200;
+/** Most payload bytes one ListEvents page carries (a page ends early rather than exceed it). */
+export const LIST_EVENTS_PAGE_BYTES = 3 * 1024 * 1024;
+
+/** What the service needs. */
+export interface EventServiceDeps {
+  store: EventStore;
+  triggers: Pick<TriggerIndex, "match">;
+  starter: Pick<MatchStarter, "drive">;
+  /** Makes the match loop look again (a match could not start its run now). */
+  wake(): void;
+}
+
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+
+const STATUS: Record<MatchRow["status"], EventMatchStatus> = {
+  STARTING: EventMatchStatus.PENDING,
+  STARTED: EventMatchStatus.STARTED,
+  FAILED: EventMatchStatus.FAILED,
+};
+
+function eventView(row: EventRow, matches: readonly MatchRow[]): PublishedEvent {
+  return create(PublishedEventSchema, {
+    eventId: row.eventId,
+    key: row.key,
+    payload: jsonToValue(row.payload),
+    idempotencyKey: row.idempotencyKey ?? "",
+    publishTime: timestampFromDate(row.createdAt),
+    matches: matches.map((m) =>
+      create(EventMatchSchema, {
+        workflowName: m.workflowName,
+        workflowVersion: m.workflowVersion,
+        triggerIndex: m.triggerIndex,
+        status: STATUS[m.status],
+        runId: m.runId ?? "",
+        error: m.error ?? "",
+      }),
+    ),
+  });
+}
+
+function refuseNul(value: unknown, field: string): void {
+  const at = nulCharacterPath(value, field);
+  if (at !== undefined)
+    throw ApiError.invalid(at, "contains a NUL character (U+0000), which cannot be stored");
+}
+
+/** The EventService implementation for grpc-js. */
+export function eventService(deps: EventServiceDeps): grpc.UntypedServiceImplementation {
+  const { store } = deps;
+
+  /** Starts the event's STARTING matches; returns its matches as they then are. */
+  async function startMatches(event: EventRow): Promise<MatchRow[]> {
+    const matches = await store.matches(event.eventId);
+    const starting = matches.filter((m) => m.status === "STARTING");
+    if (starting.length === 0) return matches;
+    try {
+      const outcomes = await deps.starter.drive(
+        starting.map((m) => ({ ...m, key: event.key, payload: event.payload })),
+      );
+      if (outcomes.some((o) => "retry" in o && o.retry)) deps.wake();
+    } catch {
+      // The event and its matches are stored: the loop starts what is left (and logs its failures).
+      deps.wake();
+    }
+    return store.matches(event.eventId);
+  }
+
+  return {
+    publishEvent: unary(async (req: PublishEventRequest) => {
+      const keyProblem = eventKeyProblem(req.key);
+      if (keyProblem !== undefined) throw ApiError.invalid("key", keyProblem);
+      if (req.idempotencyKey.length > MAX_EVENT_IDEMPOTENCY_KEY_LENGTH)
+        throw ApiError.invalid("idempotency_key", `at most ${MAX_EVENT_IDEMPOTENCY_KEY_LENGTH} characters`);
+      refuseNul(req.idempotencyKey, "idempotency_key");
+      const payload = valueToJsonChecked(req.payload, "payload");
+      refuseNul(payload, "payload");
+      const bytes = Buffer.byteLength(JSON.stringify(payload));
+      if (bytes > MAX_EVENT_PAYLOAD_BYTES)
+        throw ApiError.invalid(
+          "payload",
+          `is ${bytes} bytes as JSON; an event's payload is at most ${MAX_EVENT_PAYLOAD_BYTES}`,
+        );
+      const idempotencyKey = req.idempotencyKey === "" ? null : req.idempotencyKey;
+      const earlier = idempotencyKey === null ? undefined : await store.byIdempotencyKey(idempotencyKey);
+      if (earlier !== undefined)
+        return create(PublishEventResponseSchema, {
+          event: eventView(earlier, await startMatches(earlier)),
+          created: false,
+        });
+      const matches = await deps.triggers.match({ key: req.key, payload });
+      const stored = await store.insert(
+        { eventId: randomUUID(), key: req.key, payload, idempotencyKey, now: new Date() },
+        matches,
+      );
+      // Undefined: a concurrent publish with the same key stored it first.
+      const event =
+        stored ?? (idempotencyKey === null ? undefined : await store.byIdempotencyKey(idempotencyKey));
+      if (event === undefined) throw new ApiError(Code.UNAVAILABLE, "the event could not be stored; retry");
+      return create(PublishEventResponseSchema, {
+        event: eventView(event, await startMatches(event)),
+        created: stored !== undefined,
+      });
+    }),
+
+    getEvent: unary(async (req: GetEventRequest) => {
+      if (!UUID.test(req.eventId))
+        throw ApiError.invalid(
+          "event_id",
+          req.eventId === ""
+            ? "an event id is required"
+            : `not an event id: ${JSON.stringify(req.eventId.slice(0, 100))}`,
+        );
+      const event = await store.get(req.eventId);
+      if (event === undefined) throw ApiError.notFound(`event ${req.eventId} does not exist`);
+      return create(GetEventResponseSchema, { event: eventView(event, await store.matches(event.eventId)) });
+    }),
+
+    listEvents: unary(async (req: ListEventsRequest) => {
+      if (req.keyPrefix.length > MAX_EVENT_KEY_LENGTH)
+        throw ApiError.invalid("key_prefix", `at most ${MAX_EVENT_KEY_LENGTH} characters`);
+      refuseNul(req.keyPrefix, "key_prefix");
+      const size = req.pageSize === 0 ? 100 : req.pageSize;
+      if (!Number.isInteger(size) || size < 1 || size > 1000)
+        throw ApiError.invalid("page_size", "must be between 1 and 1000");
+      const after =
+        req.pageToken === ""
+          ? undefined
+          : decodeToken(
+              req.pageToken,
+              (v): v is { seq: string } =>
+                typeof v === "object" &&
+                v !== null &&
+                typeof (v as { seq?: unknown }).seq === "string" &&
+                /^[0-9]{1,19}$/.test((v as { seq: string }).seq),
+            );
+      const rows = await store.list({ keyPrefix: req.keyPrefix, beforeSeq: after?.seq, limit: size + 1 });
+      const page: EventRow[] = [];
+      let total = 0;
+      for (const row of rows.slice(0, size)) {
+        // At least one event per page, however large.
+        if (page.length > 0 && total + row.bytes > LIST_EVENTS_PAGE_BYTES) break;
+        total += row.bytes;
+        page.push(row);
+      }
+      const last = page.at(-1);
+      const more = rows.length > page.length;
+      return create(ListEventsResponseSchema, {
+        events: page.map((row) => eventView(row, [])),
+        nextPageToken: more && last !== undefined ? encodeToken({ seq: last.seq }) : "",
+      });
+    }),
+  };
+}

@@ -1,0 +1,230 @@
+/**
+ * Starting the runs of STARTING matches, exactly once each, and the loop that finishes matches a
+ * crash or an outage left STARTING. A match's run is a StartRun of the matched workflow version
+ * with the event's payload as input and the idempotency key `event:<event_id>` (keys are per
+ * workflow, so the pair (event, workflow) names one run): a match is first looked up by that key in
+ * the key table (whatever its age), and only a match whose key names no run is started; racing
+ * drivers of one match (PublishEvent and the loop) share the engine's keyed start. A match the
+ * engine refuses for good (the workflow version is gone, the payload does not fit its input
+ * schema) is FAILED with the reason; one it could not start for now stays STARTING for the loop.
+ *
+ * The loop: IDLE -> RUNNING -> STOPPING -> STOPPED. It makes a pass at once when started (the
+ * recovery after a restart), then whenever woken (a publish could not start a run for now), and
+ * while matches remain STARTING, every `pollMs`.
+ */
+import { Code, isApiError, type Logger } from "@nexusflow/common";
+import type { StartRunInput } from "../engine/engine.js";
+import type { EventStore, PendingMatch } from "./event-store.js";
+
+/** What matches need of the engine. */
+export interface MatchRunStarter {
+  startRun(req: StartRunInput): Promise<{ runId: string; created: boolean }>;
+}
+
+/** Label of a run started by an event: the event's id. */
+export const EVENT_ID_LABEL = "event-id";
+/** Label of a run started by an event: the event's key. */
+export const EVENT_KEY_LABEL = "event-key";
+
+/** The StartRun idempotency key of a match (per workflow, so per (event, workflow)). */
+export function matchIdempotencyKey(eventId: string): string {
+  return `event:${eventId}`;
+}
+
+/** Engine errors that retrying the same StartRun would meet again. */
+const PERMANENT: ReadonlySet<number> = new Set([
+  Code.INVALID_ARGUMENT,
+  Code.NOT_FOUND,
+  Code.FAILED_PRECONDITION,
+  Code.ALREADY_EXISTS,
+]);
+
+/** A match once driven: its run, or why it has none (`retry`: it is still STARTING). */
+export type MatchOutcome =
+  | { match: PendingMatch; runId: string; created: boolean }
+  | { match: PendingMatch; error: string; retry: boolean };
+
+/** Drives STARTING matches to their runs. */
+export class MatchStarter {
+  constructor(
+    private readonly store: EventStore,
+    private readonly engine: MatchRunStarter,
+    private readonly log: Logger,
+  ) {}
+
+  /** Starts (or finds) the run of each match and records the outcomes. */
+  async drive(matches: readonly PendingMatch[]): Promise<MatchOutcome[]> {
+    if (matches.length === 0) return [];
+    const found = await this.store.runsOfKeys(
+      matches.map((m) => ({ workflowName: m.workflowName, key: matchIdempotencyKey(m.eventId) })),
+    );
+    const outcomes = await Promise.all(
+      matches.map(async (match): Promise<MatchOutcome> => {
+        const key = matchIdempotencyKey(match.eventId);
+        const known = found.get(`${match.workflowName}\u0000${key}`);
+        if (known !== undefined) return { match, runId: known, created: false };
+        try {
+          const { runId, created } = await this.engine.startRun({
+            workflowName: match.workflowName,
+            workflowVersion: match.workflowVersion,
+            input: match.payload,
+            idempotencyKey: key,
+            labels: { [EVENT_ID_LABEL]: match.eventId, [EVENT_KEY_LABEL]: match.key },
+          });
+          return { match, runId, created };
+        } catch (e) {
+          const retry = !(isApiError(e) && PERMANENT.has(e.code));
+          const error = e instanceof Error ? e.message : String(e);
+          this.log.warn(
+            { event_id: match.eventId, workflow: match.workflowName, err: e, retry },
+            "an event's match could not start its run",
+          );
+          return { match, error, retry };
+        }
+      }),
+    );
+    await this.store.settle(
+      outcomes.flatMap(
+        (o): { eventId: string; workflowName: string; runId: string | null; error: string | null }[] =>
+          "runId" in o
+            ? [{ eventId: o.match.eventId, workflowName: o.match.workflowName, runId: o.runId, error: null }]
+            : o.retry
+              ? []
+              : [
+                  {
+                    eventId: o.match.eventId,
+                    workflowName: o.match.workflowName,
+                    runId: null,
+                    error: o.error,
+                  },
+                ],
+      ),
+    );
+    return outcomes;
+  }
+}
+
+/** Options of {@link MatchLoop}. */
+export interface MatchLoopOptions {
+  store: EventStore;
+  starter: MatchStarter;
+  log: Logger;
+  /** How often the loop looks again while matches remain STARTING; also the pause after a failed pass. @default 1000 */
+  pollMs?: number | undefined;
+  /** Most matches one pass drives. @default 500 */
+  batchSize?: number | undefined;
+}
+
+/** The loop's state; RUNNING carries what stop() needs. */
+export type MatchLoopState =
+  | { kind: "IDLE" }
+  | { kind: "RUNNING"; controller: AbortController; done: Promise<void> }
+  | { kind: "STOPPING"; done: Promise<void> }
+  | { kind: "STOPPED" };
+
+const MAX_RETRY_MS = 5_000;
+
+/** See the module comment. */
+export class MatchLoop {
+  private stateValue: MatchLoopState = { kind: "IDLE" };
+  private readonly pollMs: number;
+  private readonly batchSize: number;
+  private woken = false;
+  private wakeSleep: (() => void) | undefined;
+  private passes = 0;
+
+  constructor(private readonly options: MatchLoopOptions) {
+    this.pollMs = options.pollMs ?? 1000;
+    this.batchSize = options.batchSize ?? 500;
+  }
+
+  /** The current state's kind. */
+  get state(): MatchLoopState["kind"] {
+    return this.stateValue.kind;
+  }
+
+  /** Passes completed (for tests and metrics). */
+  get passCount(): number {
+    return this.passes;
+  }
+
+  /** Starts the loop; its first pass is at once. */
+  start(): void {
+    if (this.stateValue.kind !== "IDLE")
+      throw new Error(`cannot start an event match loop that is ${this.stateValue.kind}`);
+    const controller = new AbortController();
+    const done = this.run(controller.signal);
+    this.stateValue = { kind: "RUNNING", controller, done };
+  }
+
+  /** Makes the loop look again now (a publish left a match STARTING). */
+  wake(): void {
+    this.woken = true;
+    this.wakeSleep?.();
+  }
+
+  /** Stops the loop after the pass in progress, waiting at most `graceMs` for it. */
+  async stop(graceMs = 5000): Promise<void> {
+    const state = this.stateValue;
+    if (state.kind === "IDLE") {
+      this.stateValue = { kind: "STOPPED" };
+      return;
+    }
+    if (state.kind === "STOPPED") return;
+    if (state.kind === "STOPPING") return state.done;
+    state.controller.abort();
+    this.stateValue = { kind: "STOPPING", done: state.done };
+    let timer: NodeJS.Timeout | undefined;
+    const late = new Promise<"late">((resolve) => (timer = setTimeout(() => resolve("late"), graceMs)));
+    const outcome = await Promise.race([state.done, late]);
+    clearTimeout(timer);
+    if (outcome === "late") this.options.log.warn({ grace_ms: graceMs }, "event match loop stopped mid-pass");
+    this.stateValue = { kind: "STOPPED" };
+  }
+
+  private async run(signal: AbortSignal): Promise<void> {
+    let failures = 0;
+    while (!signal.aborted) {
+      let delay: number | undefined;
+      try {
+        delay = await this.pass();
+        this.passes++;
+        failures = 0;
+      } catch (e) {
+        if (signal.aborted) break;
+        failures++;
+        delay = Math.min(this.pollMs * 2 ** (failures - 1), MAX_RETRY_MS);
+        this.options.log.error({ err: e, retry_ms: delay }, "event match loop pass failed; retrying");
+      }
+      await this.sleep(delay, signal);
+    }
+  }
+
+  /** Sleeps `ms` (undefined: until woken) unless woken or aborted. */
+  private sleep(ms: number | undefined, signal: AbortSignal): Promise<void> {
+    if (this.woken || signal.aborted || ms === 0) {
+      this.woken = false;
+      return Promise.resolve();
+    }
+    return new Promise((resolve) => {
+      const done = (): void => {
+        clearTimeout(timer);
+        signal.removeEventListener("abort", done);
+        this.wakeSleep = undefined;
+        this.woken = false;
+        resolve();
+      };
+      const timer = ms === undefined ? undefined : setTimeout(done, ms);
+      signal.addEventListener("abort", done, { once: true });
+      this.wakeSleep = done;
+    });
+  }
+
+  /** One pass; resolves with how long to sleep before the next (undefined: until woken). */
+  private async pass(): Promise<number | undefined> {
+    const pending = await this.options.store.startingMatches(this.batchSize);
+    const outcomes = await this.options.starter.drive(pending);
+    if (pending.length === this.batchSize) return 0;
+    return outcomes.some((o) => "retry" in o && o.retry) ? this.pollMs : undefined;
+  }
+}
