@@ -45,6 +45,7 @@ export {
   type SkipDecision,
   type StepDecisionError,
 } from "./evaluate.js";
+export { MAX_CHILD_DEPTH, type ChildWorkflowSpec, type CompiledChild, type OnParentCancel } from "./child.js";
 export {
   SIGNAL_NAME_PATTERN,
   SIGNAL_NAME_RULE,

@@ -2,6 +2,7 @@
  * Types of the workflow definition language (what users write), of the compiled form the
  * scheduler works with, and of the run state the evaluator reads.
  */
+import type { ChildWorkflowSpec, CompiledChild } from "./child.js";
 import type { CompiledDurable, SleepSpec, WaitSpec } from "./durable.js";
 import type { Expr } from "./expr.js";
 import type { ResolvedRetryPolicy } from "./retry.js";
@@ -111,6 +112,8 @@ export interface StepSpec {
   wait?: WaitSpec;
   /** A durable sleep instead of a task (dag/durable.ts). */
   sleep?: SleepSpec;
+  /** Starts a run of another workflow instead of a task (dag/child.ts). */
+  workflow?: ChildWorkflowSpec;
   /** Keyed concurrency limits on the step's tasks (its compensation is not limited). */
   concurrency?: ConcurrencyLimitSpec[];
 }
@@ -194,6 +197,8 @@ export interface CompiledStep {
   readonly compensate: CompiledCompensation | null;
   /** A durable wait or sleep (no executor runs it; dag/durable.ts); null for a task. */
   readonly durable: CompiledDurable | null;
+  /** A child workflow (no executor runs it; dag/child.ts); null otherwise. */
+  readonly child: CompiledChild | null;
   /** The step's concurrency limits (empty: none). */
   readonly concurrency: readonly CompiledConcurrencyLimit[];
   /** The step as written. */

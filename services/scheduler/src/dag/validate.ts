@@ -39,6 +39,7 @@ import type {
   StepTimeouts,
   WorkflowSpec,
 } from "./spec.js";
+import { checkChild, type CompiledChild } from "./child.js";
 import { checkDurable, type CompiledDurable } from "./durable.js";
 import { compileTemplate, templatePaths } from "./template.js";
 import { checkTriggers } from "./triggers.js";
@@ -68,6 +69,7 @@ const WORKFLOW_FIELDS = [
 ];
 const STEP_FIELDS = [
   "id",
+  "workflow",
   "type",
   "input",
   "dependsOn",
@@ -432,6 +434,8 @@ interface StepDraft {
   readonly input: Template | null;
   /** A wait or sleep step (durable.ts); null for a task. */
   readonly durable: CompiledDurable | null;
+  /** A child workflow step (child.ts); null otherwise. */
+  readonly child: CompiledChild | null;
   /** Where references of `input` are reported. */
   readonly inputPath: string;
   readonly retryOk: boolean;
@@ -457,10 +461,24 @@ function checkStep(checker: Checker, value: unknown, path: string): StepDraft | 
     id = step["id"];
   }
   let type: string | undefined;
-  const durable = checkDurable(step, path, checker.errors);
-  if (durable !== undefined || step["wait"] !== undefined || step["sleep"] !== undefined) type = "";
+  const child =
+    step["workflow"] === undefined
+      ? undefined
+      : checkChild(step, path, NAME_PATTERN, NAME_RULE, MAX_VERSION, checker.errors);
+  const durable = step["workflow"] === undefined ? checkDurable(step, path, checker.errors) : undefined;
+  if (
+    child !== undefined ||
+    durable !== undefined ||
+    step["workflow"] !== undefined ||
+    step["wait"] !== undefined ||
+    step["sleep"] !== undefined
+  )
+    type = "";
   else if (step["type"] === undefined)
-    checker.err(typePath, "step type is required (or wait, or sleep: a durable wait)");
+    checker.err(
+      typePath,
+      "step type is required (or wait, or sleep: a durable wait; or workflow: a child workflow)",
+    );
   else if (checker.name(step["type"], typePath, "task type", NAME_PATTERN, NAME_RULE)) {
     type = step["type"];
   }
@@ -494,11 +512,13 @@ function checkStep(checker: Checker, value: unknown, path: string): StepDraft | 
       ? null
       : (checker.expression(step["when"], pathJoin(path, "when"), "when") ?? null);
   const input =
-    durable !== undefined
-      ? durable.input
-      : step["input"] === undefined
-        ? null
-        : checker.template(step["input"], pathJoin(path, "input"));
+    child !== undefined
+      ? child.input
+      : durable !== undefined
+        ? durable.input
+        : step["input"] === undefined
+          ? null
+          : checker.template(step["input"], pathJoin(path, "input"));
   const retryOk = step["retry"] === undefined || checker.retry(step["retry"], pathJoin(path, "retry"));
   const timeouts =
     step["timeouts"] === undefined
@@ -537,7 +557,8 @@ function checkStep(checker: Checker, value: unknown, path: string): StepDraft | 
     when,
     input,
     durable: durable?.durable ?? null,
-    inputPath: durable?.inputPath ?? pathJoin(path, "input"),
+    child: child?.child ?? null,
+    inputPath: child?.inputPath ?? durable?.inputPath ?? pathJoin(path, "input"),
     retryOk,
     timeouts,
     priority,
@@ -885,6 +906,7 @@ function build(
       timeouts: policy.timeouts,
       priority: draft.priority ?? extra.defaultPriority,
       durable: draft.durable,
+      child: draft.child,
       concurrency: Object.freeze(
         draft.concurrency.map((l) =>
           Object.freeze({
