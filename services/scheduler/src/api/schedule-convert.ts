@@ -107,9 +107,11 @@ export function scheduleView(row: ScheduleRow, recent: readonly FireRow[]): Sche
     }),
     paused: row.paused,
     note: row.note,
-    nextFireTimes: row.paused
-      ? []
-      : nextFireTimes(cronOf(s), row.cursorAt, 10).map((d) => timestampFromDate(d)),
+    // None while paused, or parked by the fire loop (an expression this runtime cannot evaluate).
+    nextFireTimes:
+      row.paused || row.nextFireAt === null
+        ? []
+        : nextFireTimes(cronOf(s), row.cursorAt, 10).map((d) => timestampFromDate(d)),
     lastFireTime: ts(row.lastFireAt),
     bufferedFireTime: ts(row.bufferedFireAt),
     startedCount: BigInt(row.startedCount),

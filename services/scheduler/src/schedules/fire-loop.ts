@@ -130,13 +130,21 @@ export class FireLoop {
       try {
         delay = await this.pass();
         this.passes++;
+        if (failures > 0) this.options.log.info({ failures }, "schedule fire loop passes again");
         failures = 0;
       } catch (e) {
         if (signal.aborted) break;
-        // Backing off (up to 5 s) while the database is away: one line per attempt, not a flood.
+        // Backing off (up to 5 s) while the database is away; said once per outage (then again
+        // when a pass succeeds), not every 5 s while it lasts.
         failures++;
         delay = Math.min(this.pollMs * 2 ** (failures - 1), MAX_RETRY_MS);
-        this.options.log.error({ err: e, retry_ms: delay }, "schedule fire loop pass failed; retrying");
+        if (failures === 1)
+          this.options.log.error({ err: e, retry_ms: delay }, "schedule fire loop pass failed; retrying");
+        else
+          this.options.log.debug(
+            { err: e, retry_ms: delay, failures },
+            "schedule fire loop pass failed again",
+          );
       }
       await this.sleep(delay, signal);
     }
@@ -187,10 +195,23 @@ export class FireLoop {
         cron = cronOf(schedule.spec);
       } catch (e) {
         // Valid when created; a runtime whose time zone data lacks the zone cannot evaluate it.
+        // It is parked (no next fire time, no buffered fire), said once: left due, every pass
+        // would find it again at once, and the loop would spin on it.
         log.error(
           { err: e, schedule_id: schedule.scheduleId },
-          "cannot evaluate a schedule's cron expression",
+          "cannot evaluate a schedule's cron expression; it does not fire until it is created again",
         );
+        updates.push({
+          uid: schedule.uid,
+          expected: schedule.cursorAt,
+          cursorAt: schedule.cursorAt,
+          lastFireAt: null,
+          nextFireAt: null,
+          bufferedFireAt: null,
+          skipped: 0,
+          missed: 0,
+          starts: [],
+        });
         continue;
       }
       const times = fireTimesBetween(cron, schedule.cursorAt, now, this.maxFiresPerPass);

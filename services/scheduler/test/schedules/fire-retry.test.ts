@@ -1,23 +1,86 @@
 /**
- * A fire the engine cannot start for now (UNAVAILABLE: its database away) stays STARTING and is
- * tried again on later passes, each further apart (up to 5 s) rather than on every poll, with one
- * warning for the burst rather than one per attempt; once the engine takes runs again the fire
- * starts its run and the loop says so. The loop runs over a real PostgreSQL; the engine is a
- * stand-in that refuses while told to.
+ * The fire loop when things fail, over a real PostgreSQL with a stand-in engine:
+ * - a fire the engine cannot start for now (UNAVAILABLE: its database away) stays STARTING and is
+ *   tried again on later passes, each further apart (up to 5 s) rather than on every poll, with
+ *   one warning for the burst rather than one per attempt; once the engine takes runs again the
+ *   fire starts its run and the loop says so;
+ * - passes that fail (the schedules' queries refused) are logged once per outage, not per retry;
+ * - a stored schedule whose expression this runtime cannot evaluate is parked (no next fire time)
+ *   and logged once, rather than found due again by every pass with no pause in between.
  */
 import assert from "node:assert/strict";
 import { randomUUID } from "node:crypto";
-import { after, before, describe, it } from "node:test";
+import { after, afterEach, before, describe, it } from "node:test";
 import { ApiError, Code, createLogger } from "@nexusflow/common";
 import pg from "pg";
+import { scheduleView } from "../../src/api/schedule-convert.js";
 import { FireLoop } from "../../src/schedules/fire-loop.js";
 import { FireStore } from "../../src/schedules/fire-store.js";
 import type { RunStarter } from "../../src/schedules/fires.js";
-import { normalizeSpec } from "../../src/schedules/spec.js";
+import { normalizeSpec, type ScheduleSpec } from "../../src/schedules/spec.js";
 import { ScheduleStore } from "../../src/schedules/store.js";
 import { startTestDatabase, startTestScheduler, waitFor } from "../support.js";
 
-describe("a fire that cannot start for now", () => {
+/** A logger whose lines the test reads. */
+function capture(): { lines: { level: number; msg: string }[]; log: ReturnType<typeof createLogger> } {
+  const lines: { level: number; msg: string }[] = [];
+  const log = createLogger("fire-loop", "debug", {
+    destination: { write: (line: string) => void lines.push(JSON.parse(line) as (typeof lines)[0]) },
+  });
+  return { lines, log };
+}
+
+/** A valid spec firing once a year. */
+function yearly(): ScheduleSpec {
+  return normalizeSpec({
+    cron: "0 0 1 1 *",
+    timeZone: "",
+    workflowName: "tick",
+    workflowVersion: 0,
+    input: {},
+    labels: {},
+    overlapPolicy: undefined,
+    maxConcurrentRuns: 0,
+    catchUpPolicy: undefined,
+    catchUpWindowMs: undefined,
+  }).spec;
+}
+
+/** Stores a running schedule of `spec`, next due at `next`. */
+async function insertSchedule(
+  store: ScheduleStore,
+  scheduleId: string,
+  spec: ScheduleSpec,
+  now: Date,
+  next: Date | null,
+) {
+  const { row } = await store.insert({
+    scheduleId,
+    uid: randomUUID(),
+    spec,
+    paused: false,
+    note: "",
+    cursorAt: now,
+    lastFireAt: null,
+    nextFireAt: next,
+    bufferedFireAt: null,
+    startedCount: 0,
+    skippedCount: 0,
+    missedCount: 0,
+    createdAt: now,
+    updatedAt: now,
+  });
+  return row;
+}
+
+/** An engine that starts every run. */
+const engineUp: RunStarter = {
+  startRun: () => Promise.resolve({ runId: randomUUID(), created: true }),
+  cancelRun: () => Promise.resolve(),
+  isActive: () => false,
+};
+
+describe("the fire loop when things fail", () => {
   let db: Awaited<ReturnType<typeof startTestDatabase>>;
   let pool: pg.Pool;
   let loop: FireLoop | undefined;
@@ -27,19 +90,23 @@ describe("a fire that cannot start for now", () => {
     // The scheduler migrates the database; the loop under test runs on its own.
     await (await startTestScheduler(db.url)).stop();
     pool = new pg.Pool({ connectionString: db.url, max: 4 });
+    // An idle connection the database ends as it stops is of no interest here.
+    pool.on("error", () => undefined);
+  });
+
+  afterEach(async () => {
+    await loop?.stop();
+    loop = undefined;
+    await pool.query("DELETE FROM schedules");
   });
 
   after(async () => {
-    await loop?.stop();
     await pool?.end();
     await db?.close();
   });
 
   it("is retried with a growing pause and one warning, then starts its run", async () => {
-    const lines: { level: number; msg: string }[] = [];
-    const log = createLogger("fire-retry", "debug", {
-      destination: { write: (line: string) => void lines.push(JSON.parse(line) as (typeof lines)[0]) },
-    });
+    const { lines, log } = capture();
     let down = true;
     const attempts: number[] = [];
     const engine: RunStarter = {
@@ -53,35 +120,8 @@ describe("a fire that cannot start for now", () => {
     };
     const store = new ScheduleStore(pool);
     const fireStore = new FireStore(pool);
-    const { spec, cron } = normalizeSpec({
-      cron: "0 0 1 1 *",
-      timeZone: "",
-      workflowName: "tick",
-      workflowVersion: 0,
-      input: {},
-      labels: {},
-      overlapPolicy: undefined,
-      maxConcurrentRuns: 0,
-      catchUpPolicy: undefined,
-      catchUpWindowMs: undefined,
-    });
     const now = new Date();
-    const { row } = await store.insert({
-      scheduleId: "yearly",
-      uid: randomUUID(),
-      spec,
-      paused: false,
-      note: "",
-      cursorAt: now,
-      lastFireAt: null,
-      nextFireAt: cron.next(now) ?? null,
-      bufferedFireAt: null,
-      startedCount: 0,
-      skippedCount: 0,
-      missedCount: 0,
-      createdAt: now,
-      updatedAt: now,
-    });
+    const row = await insertSchedule(store, "yearly", yearly(), now, now);
     await fireStore.insertFires(row.uid, [{ fireKey: "trigger:t", fireAt: now, origin: "TRIGGERED" }], now);
 
     const pollMs = 50;
@@ -103,5 +143,52 @@ describe("a fire that cannot start for now", () => {
     });
     assert.ok(lines.some((l) => l.level === 30 && /start runs again/.test(l.msg)));
     assert.equal((await store.get("yearly")).startedCount, 1);
+  });
+
+  it("logs failing passes once per outage, and when they pass again", async () => {
+    const { lines, log } = capture();
+    let down = true;
+    let tries = 0;
+    class FlakyFireStore extends FireStore {
+      override startingFires(limit: number) {
+        tries++;
+        return down ? Promise.reject(new Error("connection refused")) : super.startingFires(limit);
+      }
+    }
+    const store = new ScheduleStore(pool);
+    loop = new FireLoop({ store, fireStore: new FlakyFireStore(pool), engine: engineUp, log, pollMs: 10 });
+    loop.start();
+    await waitFor("five failed passes", () => tries >= 5);
+    const failed = lines.filter((l) => l.level >= 40 && /pass failed/.test(l.msg));
+    assert.equal(failed.length, 1, `one line for the outage, not one per retry (${failed.length})`);
+    down = false;
+    loop.wake();
+    await waitFor("a pass again", () => lines.some((l) => l.level === 30 && /passes again/.test(l.msg)));
+  });
+
+  it("parks a schedule it cannot evaluate, rather than spin on it", async () => {
+    const { lines, log } = capture();
+    const store = new ScheduleStore(pool);
+    const now = new Date();
+    // Stored by a runtime that knew the zone; this one does not.
+    await insertSchedule(
+      store,
+      "elsewhere",
+      { ...yearly(), timeZone: "Mars/Olympus_Mons" },
+      now,
+      new Date(now.getTime() - 1000),
+    );
+    loop = new FireLoop({ store, fireStore: new FireStore(pool), engine: engineUp, log, pollMs: 10 });
+    loop.start();
+    const parked = await waitFor("the schedule parked", async () => {
+      const row = await store.get("elsewhere");
+      return row.nextFireAt === null ? row : undefined;
+    });
+    assert.deepEqual(scheduleView(parked, []).nextFireTimes, [], "Get and List still answer");
+    // A pass after the one that parked it finds nothing due and says nothing more.
+    const passes = loop.passCount;
+    loop.wake();
+    await waitFor("another pass", () => (loop?.passCount ?? 0) > passes);
+    assert.equal(lines.filter((l) => /cannot evaluate/.test(l.msg)).length, 1);
   });
 });
