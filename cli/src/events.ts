@@ -14,13 +14,20 @@ import { readDevState } from "./dev-state.js";
 import { type CommandIo, UsageError } from "./command.js";
 
 /** Help of `nexusflow events`. */
-export const EVENTS_USAGE = `Usage: nexusflow events tail [options]
+export const EVENTS_USAGE = `Usage: nexusflow events publish KEY [--payload JSON|@file] [--idempotency-key K]
+       nexusflow events get EVENT-ID
+       nexusflow events list [--prefix P] [--limit N] [--page-token T]
+       nexusflow events tail [options]
 
-Prints lifecycle events as JSON lines until Ctrl-C: from Kafka when brokers are given, else
+publish stores an event (through the gateway, as the runs commands) and starts a run of each
+workflow whose triggers match it, with the payload as input; get shows an event with the run each
+matching workflow started (or why it did not); list shows stored events, newest first.
+
+tail prints lifecycle events as JSON lines until Ctrl-C: from Kafka when brokers are given, else
 from the scheduler's outbox table in PostgreSQL (DATABASE_URL, else the embedded database of
 NEXUSFLOW_DATA_DIR or of the running dev stack), polled every 200 ms.
 
-Options:
+Options of tail:
   --brokers host:port[,host:port]   Kafka brokers (default: KAFKA_BROKERS)
   --topic name                      topic (default: KAFKA_TOPIC, else nexusflow.events)
   --from-beginning                  start at the oldest retained event (or outbox row), not at new ones
@@ -155,9 +162,13 @@ export async function eventsCommand(args: string[], io: CommandIo): Promise<numb
     io.stdout(EVENTS_USAGE);
     return 0;
   }
+  if (sub === "publish" || sub === "get" || sub === "list")
+    return (await import("./event-publish-command.js")).publishedEventsCommand(sub, rest, io);
   if (sub !== "tail")
     throw new UsageError(
-      sub === undefined ? "events: missing subcommand (tail)" : `events: unknown subcommand "${sub}"`,
+      sub === undefined
+        ? "events: missing subcommand (publish, get, list, tail)"
+        : `events: unknown subcommand "${sub}" (publish, get, list, tail)`,
     );
   let values;
   try {

@@ -36,6 +36,11 @@ const OPERATOR_USAGE = `Operator commands (talk to the gateway):
   schedules backfill <id> --from TIME --to TIME
                                   a run for each fire time of [from, to) that has none
   schedules delete <id>
+  events publish <key> [--payload JSON|@file] [--idempotency-key K]
+                                  store an event: each workflow whose triggers match it starts a run
+                                  with the payload as input (the same key again starts nothing)
+  events get <event-id>           an event and the run each matching workflow started, or why not
+  events list [--prefix P] [--limit N] [--page-token T]
   logs <run-id> <step-id> [--attempt N] [--follow]
                                   a task's log lines; one that is not there is an error saying where it looked
   artifacts list <run-id> [<step-id>]

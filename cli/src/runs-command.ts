@@ -43,7 +43,7 @@ export async function readInput(value: string | undefined): Promise<JsonValue> {
 }
 
 /** A flag's JSON value (`flag` names it in errors): the text itself, or `@file` to read it from. */
-async function readJson(value: string, flag: string): Promise<JsonValue> {
+export async function readJson(value: string, flag: string): Promise<JsonValue> {
   let text = value;
   if (value.startsWith("@")) {
     try {

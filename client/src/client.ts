@@ -21,6 +21,7 @@ import { Http2SessionManager, createConnectTransport, createGrpcTransport } from
 import {
   ArtifactService,
   ClusterService,
+  EventService,
   type RegisterWorkflowResponse,
   ReplicaService,
   type Run,
@@ -162,6 +163,8 @@ export class NexusflowClient {
   readonly schedules: Client<typeof ScheduleService>;
   /** ReplicaService: the scheduler replicas and the partitions they own, with this client's token. */
   readonly replicas: Client<typeof ReplicaService>;
+  /** EventService: publish events that start the runs of workflows whose triggers match them. */
+  readonly events: Client<typeof EventService>;
   /** The options in effect, defaults applied. */
   readonly options: CompiledClientOptions;
   readonly #release: () => void;
@@ -176,6 +179,7 @@ export class NexusflowClient {
     this.cluster = createClient(ClusterService, transport);
     this.schedules = createClient(ScheduleService, transport);
     this.replicas = createClient(ReplicaService, transport);
+    this.events = createClient(EventService, transport);
   }
 
   /**
