@@ -1,0 +1,192 @@
+/**
+ * `nexusflow events publish|get|list` spawned as processes, and EventService over REST, against a
+ * real gateway (authentication on) and scheduler on a real embedded PostgreSQL: a published event
+ * starts the run of a workflow whose trigger matches it, with the payload as input; the same
+ * idempotency key again starts nothing; bad input refused naming the field.
+ */
+import assert from "node:assert/strict";
+import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, before, describe, it } from "node:test";
+import { createTokenVerifier } from "@nexusflow/common";
+import type { Scheduler } from "@nexusflow/scheduler";
+import { startTestDatabase, startTestScheduler } from "../../scheduler/test/support.js";
+import { type Gateway, createGateway } from "../src/server.js";
+import { nexusflow } from "./cli-process.js";
+
+const T = { timeout: 120_000 };
+
+/** The parts of EventService's JSON these tests read. */
+interface EventJson {
+  eventId: string;
+  key: string;
+  payload?: unknown;
+  matches?: { workflowName: string; status: string; runId?: string; error?: string }[];
+}
+interface ResponseJson {
+  created?: boolean;
+  event?: EventJson;
+  events?: EventJson[];
+  message?: string;
+  code?: number;
+}
+
+describe("nexusflow events and /v1/events against a live stack", () => {
+  let db: Awaited<ReturnType<typeof startTestDatabase>>;
+  let scheduler: Scheduler;
+  let gateway: Gateway;
+  let dataDir: string;
+  let env: Record<string, string>;
+  let url: string;
+  let token: string;
+
+  before(async () => {
+    dataDir = await mkdtemp(join(tmpdir(), "nf-cli-events-"));
+    const minted = await nexusflow(["token", "--scope", "admin", "--ttl", "10m"], {
+      NEXUSFLOW_DATA_DIR: dataDir,
+    });
+    assert.equal(minted.code, 0, minted.stderr);
+    token = minted.stdout.trim();
+    db = await startTestDatabase();
+    scheduler = await startTestScheduler(db.url);
+    gateway = createGateway({
+      schedulerAddress: scheduler.address,
+      port: 0,
+      verifier: await createTokenVerifier({
+        publicKeyFiles: [join(dataDir, "dev-keys", "public.pem")],
+        issuer: "nexusflow-dev",
+        audience: "nexusflow",
+      }),
+    });
+    url = (await gateway.listen()).url;
+    env = { NEXUSFLOW_ADDRESS: url, NEXUSFLOW_TOKEN: token, NEXUSFLOW_DATA_DIR: dataDir };
+    const file = join(dataDir, "on-order.json");
+    await writeFile(
+      file,
+      JSON.stringify({
+        name: "on-order",
+        version: 1,
+        triggers: [{ event: "orders.*", filter: "event.payload.total >= 100" }],
+        steps: [{ id: "wait", type: "cli-events.never" }],
+      }),
+    );
+    const applied = await nexusflow(["apply", file], env);
+    assert.equal(applied.code, 0, applied.stderr);
+  });
+
+  after(async () => {
+    await gateway?.close();
+    await scheduler?.stop();
+    await db?.close();
+    await rm(dataDir, { recursive: true, force: true });
+  });
+
+  const rest = async (
+    method: string,
+    path: string,
+    body?: unknown,
+  ): Promise<{ status: number; json: ResponseJson }> => {
+    const res = await fetch(`${url}${path}`, {
+      method,
+      headers: { authorization: `Bearer ${token}`, "content-type": "application/json" },
+      ...(body === undefined ? {} : { body: typeof body === "string" ? body : JSON.stringify(body) }),
+    });
+    return { status: res.status, json: (await res.json()) as ResponseJson };
+  };
+
+  it("publishes with the CLI, once per idempotency key, and shows and lists events", T, async () => {
+    const payloadFile = join(dataDir, "payload.json");
+    await writeFile(payloadFile, JSON.stringify({ id: "o-1", total: 250 }));
+    const args = [
+      "events",
+      "publish",
+      "orders.created",
+      "--payload",
+      `@${payloadFile}`,
+      "--idempotency-key",
+      "o-1",
+    ];
+    const first = await nexusflow([...args, "--output", "json"], env);
+    assert.equal(first.code, 0, first.stderr);
+    const published = JSON.parse(first.stdout) as ResponseJson;
+    assert.equal(published.created, true);
+    const match = published.event?.matches?.[0];
+    assert.equal(match?.workflowName, "on-order");
+    assert.equal(match?.status, "EVENT_MATCH_STATUS_STARTED");
+    const runId = match?.runId ?? "";
+    const run = await nexusflow(["runs", "get", runId, "--output", "json"], env);
+    assert.equal(run.code, 0, run.stderr);
+    assert.deepEqual((JSON.parse(run.stdout) as { input: unknown }).input, { id: "o-1", total: 250 });
+
+    const again = await nexusflow(args, env);
+    assert.equal(again.code, 0, again.stderr);
+    assert.match(again.stdout, /^\(existing event for this idempotency key\)\n/);
+    assert.match(again.stdout, new RegExp(`on-order +1 +0 +started +${runId}\\n`));
+
+    const failing = await nexusflow(
+      ["events", "publish", "orders.updated", "--payload", '{"id":"o-2"}'],
+      env,
+    );
+    assert.equal(failing.code, 0, failing.stderr);
+    assert.match(
+      failing.stdout,
+      /on-order +1 +0 +failed +triggers\[0\]\.filter: event\.payload\.total does not resolve/,
+    );
+
+    const shown = await nexusflow(["events", "get", published.event?.eventId ?? ""], env);
+    assert.equal(shown.code, 0, shown.stderr);
+    assert.match(shown.stdout, /^event [0-9a-f-]{36} orders\.created at /);
+    assert.match(shown.stdout, new RegExp(`started +${runId}`));
+
+    const listed = await nexusflow(["events", "list", "--prefix", "orders.", "--limit", "1"], env);
+    assert.equal(listed.code, 0, listed.stderr);
+    assert.match(listed.stdout, /orders\.updated/);
+    assert.doesNotMatch(listed.stdout, /orders\.created/);
+    assert.match(listed.stderr, /more: --page-token \S+/);
+
+    const bad = await nexusflow(["events", "publish", "orders.*"], env);
+    assert.equal(bad.code, 1);
+    assert.match(bad.stderr, /INVALID_ARGUMENT: key: "orders\.\*" is invalid/);
+    const notJson = await nexusflow(["events", "publish", "a", "--payload", "{nope"], env);
+    assert.notEqual(notJson.code, 0);
+    assert.match(notJson.stderr, /--payload is not JSON/);
+  });
+
+  it("publishes over REST and refuses bad input naming the field", T, async () => {
+    const created = await rest("POST", "/v1/events", {
+      key: "orders.created",
+      payload: { id: "o-9", total: 120 },
+      idempotencyKey: "rest-1",
+    });
+    assert.equal(created.status, 200, JSON.stringify(created.json));
+    assert.equal(created.json.created, true);
+    const runId = created.json.event?.matches?.[0]?.runId;
+    assert.ok(runId);
+    const again = await rest("POST", "/v1/events", {
+      key: "orders.created",
+      payload: {},
+      idempotencyKey: "rest-1",
+    });
+    assert.equal(again.json.event?.eventId, created.json.event?.eventId);
+    assert.equal(again.json.event?.matches?.[0]?.runId, runId);
+    const got = await rest("GET", `/v1/events/${created.json.event?.eventId ?? ""}`);
+    assert.equal(got.status, 200);
+    assert.deepEqual(got.json.event?.payload, { id: "o-9", total: 120 });
+    const listed = await rest("GET", "/v1/events?keyPrefix=orders.&pageSize=1");
+    assert.equal(listed.json.events?.length, 1);
+
+    const empty = await rest("POST", "/v1/events", { key: "" });
+    assert.equal(empty.status, 400);
+    assert.match(empty.json.message ?? "", /^key: an event key is required/);
+    const huge = await rest("POST", "/v1/events", { key: "a", payload: { s: "x".repeat(300 * 1024) } });
+    assert.equal(huge.status, 400);
+    assert.match(huge.json.message ?? "", /^payload: is \d+ bytes as JSON/);
+    const unknown = await rest("POST", "/v1/events", { key: "a", bogus: 1 });
+    assert.equal(unknown.status, 400);
+    assert.match(unknown.json.message ?? "", /"bogus" is unknown/);
+    const badId = await rest("GET", "/v1/events/nope");
+    assert.equal(badId.status, 400);
+    assert.match(badId.json.message ?? "", /^event_id: not an event id/);
+  });
+});
