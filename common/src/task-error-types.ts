@@ -120,6 +120,30 @@ export const TaskErrorType = {
    */
   INVALID_SLEEP_UNTIL: "INVALID_SLEEP_UNTIL",
   /**
+   * Scheduler. A child workflow step's child run ended other than SUCCEEDED (FAILED, TIMED_OUT,
+   * CANCELLED, COMPENSATED, COMPENSATION_FAILED): the step fails with this type, not the child's
+   * (the child's own type is in the message and the details), so that a parent can tell "my child
+   * failed" from its own steps' failures. Terminal: a failed child is not started again. Details:
+   * `{"childRunId", "status", "error"}` (the child run's id, its status and its error).
+   */
+  CHILD_FAILED: "CHILD_FAILED",
+  /**
+   * Scheduler. A child workflow step names a workflow (or version) that is not registered when
+   * the step starts (definitions may name workflows registered later). Terminal. No details.
+   */
+  CHILD_WORKFLOW_NOT_FOUND: "CHILD_WORKFLOW_NOT_FOUND",
+  /**
+   * Scheduler. A child workflow step could not start its child: the rendered `workflow.input` does
+   * not match the child workflow's input schema or concurrency keys. Terminal. No details.
+   */
+  CHILD_START_FAILED: "CHILD_START_FAILED",
+  /**
+   * Scheduler. A child workflow step of a run that is already 10 levels under its root run (a
+   * workflow starting itself, or a chain that deep): the step fails instead of starting an 11th
+   * level. Terminal. No details.
+   */
+  CHILD_DEPTH_EXCEEDED: "CHILD_DEPTH_EXCEEDED",
+  /**
    * Scheduler. An executor reported a failure without a type (an executor not built on
    * @nexusflow/executor). Retried as the report says (by default when it says nothing).
    * Details: as reported.

@@ -67,6 +67,11 @@ export interface Effects {
   resolveOutput(task: TaskState): void;
   /** Evaluate the run once the reports already received are applied (see runs.ts advance). */
   advanceSoon(run: RunState): void;
+  /**
+   * A child workflow step went WAITING: read the child's row, resolve its workflow and input, and
+   * answer with children.ts childResolved (or childFoundEnded for a child that already ended).
+   */
+  startChild(run: RunState, task: TaskState): void;
   /** The run ended: once committed, it leaves memory (see runs.ts forgetRun). */
   runEnded(run: RunState): void;
   /** Commit now (nobody needs to wait for it). */

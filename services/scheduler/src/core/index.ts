@@ -18,10 +18,19 @@
  * - recovery.ts: the model rebuilt from storage and resumed
  * - holds.ts / explain.ts: why a task is not running (the gates that hold it)
  * - waits.ts: durable waits for signals and sleeps (steps no executor runs)
+ * - children.ts: child workflow steps (a run started by a step, its end the step's end)
  * - concurrency.ts: keyed concurrency limits (slots held, queues of full keys, strategies)
  */
 export type { Core, Effects, EventInit, Moment, Rejection, SessionLeases, Timer } from "./context.js";
 export { advanceCompensation } from "./compensation.js";
+export {
+  childFoundEnded,
+  childOf,
+  childResolved,
+  childRunId,
+  type ChildEnd,
+  type ChildResolution,
+} from "./children.js";
 export {
   ConcurrencyKeyError,
   ConcurrencyState,

@@ -21,6 +21,7 @@ import { orphan } from "./sessions.js";
 import { armRetry, armRunDeadline, armScheduleToStart } from "./timers.js";
 import { stepState } from "./transitions.js";
 import { armDurable } from "./waits.js";
+import { childOf, childRunId } from "./children.js";
 
 /** What was recovered. */
 export interface Recovered {
@@ -72,6 +73,7 @@ export function recover(
       compensationWaves: null,
       rollbackError: r.error,
       signals: r.signals ?? [],
+      parent: r.parent ?? null,
     };
     core.runs.set(run.id, run);
     runs.push(run);
@@ -104,6 +106,17 @@ export function recover(
   for (const task of core.tasks.values()) {
     if (task.kind === "STEP" && task.status === "SUCCEEDED" && task.outputRef !== null)
       core.fx.resolveOutput(task);
+    // A child step whose child is not active here: not started yet (a crash before its commit),
+    // or ended without its parent's step (children.ts); the shell reads its row and says which.
+    if (task.kind === "STEP" && task.status === "WAITING") {
+      const run = core.runs.get(task.runId);
+      if (
+        run !== undefined &&
+        childOf(run, task.stepId) !== null &&
+        !core.runs.has(childRunId(run.id, task.stepId))
+      )
+        core.fx.startChild(run, task);
+    }
   }
   // Concurrency keys: holders and queues derived from the runs, before any lease is handed out.
   recoverClaims(core, runs, at.now, stepState, cancelByLimit(core, at.now));

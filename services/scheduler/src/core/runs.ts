@@ -13,6 +13,7 @@ import {
   newRunState,
   newTaskState,
   type ErrorInfo,
+  type ParentLink,
   type RunState,
   type TaskState,
 } from "../model/run-state.js";
@@ -28,6 +29,7 @@ import {
   type CancelRun,
 } from "./concurrency.js";
 import type { Core } from "./context.js";
+import { cancelChild, startChildStep } from "./children.js";
 import { armRunDeadline } from "./timers.js";
 import { startWaiting } from "./waits.js";
 import {
@@ -51,11 +53,15 @@ export interface RunStart {
   labels: Record<string, string>;
   /** The StartRun call's trace context (RunState.traceParent). */
   traceParent?: string | null;
+  /** The run's id (a child run's is derived, children.ts); default a new one. */
+  id?: string;
+  /** The parent run and step of a child run (children.ts). */
+  parent?: ParentLink | null;
 }
 
 /** Starts a run: its tasks, its runStarted event, its first ready steps and its deadline. */
 export function startRun(core: Core, start: RunStart, now: Date): RunState {
-  const run = newRunState({ ...start, id: core.newId(), now });
+  const run = newRunState({ ...start, id: start.id ?? core.newId(), now });
   for (const step of start.workflow.steps) {
     const task = newTaskState(run.id, step.id, "STEP", step.type, step.order, now, core.newId());
     core.tasks.set(task.id, task);
@@ -135,6 +141,7 @@ export function advance(core: Core, run: RunState, now: Date): void {
       }
       const step = run.workflow.stepsById.get(task.stepId);
       if (step?.durable != null) startWaiting(core, run, task, step.durable, now);
+      else if (step?.child != null) startChildStep(core, run, task, step.child, now);
       else queueTask(core, task, now);
     }
     for (const s of ev.skip) {
@@ -200,8 +207,10 @@ function stopActiveTasks(core: Core, run: RunState, reason: string, error: Error
       core.fx.cancelLease(task, reason);
       finishAttempt(core, task, "CANCELLED", error, now);
     }
+    const waiting = task.status === "WAITING";
     endTask(core, task, "CANCELLED", now);
     core.fx.event(run, { case: "taskCancelled", value: { taskRunId: task.id, stepId: task.stepId, reason } });
+    if (waiting) cancelChild(core, run, task, reason, now);
   }
 }
 

@@ -41,6 +41,8 @@ export class Simulation {
   };
   readonly ended: RunState[] = [];
   readonly soon = new Set<RunState>();
+  /** Child workflow steps the shell was asked to start (children.ts), in order. */
+  readonly childStarts: { runId: string; stepId: string }[] = [];
   commits = 0;
   clock = 1_000_000;
   jitter = 0.5;
@@ -61,6 +63,7 @@ export class Simulation {
       resolveOutput: (t) => (t.resolvedOutput = t.outputRef),
       advanceSoon: (run) => this.soon.add(run),
       runEnded: (run) => this.ended.push(run),
+      startChild: (run, task) => this.childStarts.push({ runId: run.id, stepId: task.stepId }),
       commit: () => this.commits++,
       commitSoon: () => this.commits++,
     };

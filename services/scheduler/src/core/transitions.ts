@@ -7,6 +7,7 @@ import { errorToProto, jsonToValue } from "@nexusflow/common";
 import { RunStatus, TaskKind } from "@nexusflow/gen";
 import type { StepState } from "../dag/index.js";
 import type { ErrorInfo, RunState, TaskState, TaskStatusName } from "../model/run-state.js";
+import { childEnded } from "./children.js";
 import { releaseRun, releaseTask } from "./concurrency.js";
 import type { Core } from "./context.js";
 import { armScheduleToStart } from "./timers.js";
@@ -145,4 +146,6 @@ export function completeRun(
     },
   });
   core.fx.runEnded(run);
+  // A child's end ends its parent's step in the same commit.
+  if (run.parent !== null) childEnded(core, run, now);
 }

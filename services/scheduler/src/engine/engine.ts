@@ -7,6 +7,7 @@
 import { randomUUID } from "node:crypto";
 import { ApiError, Code, UnavailableError, type Logger } from "@nexusflow/common";
 import { tracingEnabled } from "@nexusflow/common/telemetry";
+import { TaskErrorType } from "@nexusflow/common/task-error-types";
 import type { LeaseKey } from "@nexusflow/gen";
 import type { CompiledWorkflow } from "../dag/index.js";
 import * as core from "../core/index.js";
@@ -232,6 +233,7 @@ export class Engine {
       setTimer: (timer, delayMs) => this.timers.set(timer, delayMs),
       resolveOutput: (task) => this.outputs.read(task),
       advanceSoon: (run) => this.advanceSoon(run),
+      startChild: (run, task) => void this.startChild(run.id, task.stepId),
       runEnded: (run) =>
         // Once committed, the run lives only in the database.
         void store.flush().then(() => {
@@ -418,6 +420,60 @@ export class Engine {
     if ("code" in outcome) throw new ApiError(Code[outcome.code], outcome.message);
     await this.committed();
     return outcome;
+  }
+
+  /**
+   * Starts the child of a child workflow step that went WAITING (core/children.ts): reads the
+   * child's row first (a restarted parent's child may exist, or have ended), then resolves its
+   * workflow and checks its input. A workflow that is not registered, or an input the child
+   * refuses, fails the step; a database error is tried again a second later.
+   */
+  private async startChild(runId: string, stepId: string): Promise<void> {
+    const parent = this.core.runs.get(runId);
+    const task = parent?.tasks.get(stepId);
+    const child = parent === undefined ? null : core.childOf(parent, stepId);
+    if (task?.status !== "WAITING" || child === null) return;
+    const childId = core.childRunId(runId, stepId);
+    let resolution: core.ChildResolution;
+    try {
+      const stored = await this.store.runOutcome(childId);
+      if (stored !== undefined) {
+        // Started before a restart: ended (its parent's step ends now), or active here already.
+        core.childFoundEnded(this.core, runId, stepId, stored, new Date());
+        return;
+      }
+      const input = (task.input as { input?: unknown } | null)?.input ?? null;
+      try {
+        const def = await this.definitions.resolve(child.name, child.version ?? 0);
+        checkRunInput(def.workflow, input);
+        if (def.workflow.concurrency.length > 0) checkConcurrencyKeys(def.workflow, input);
+        resolution = { definitionId: def.id, workflow: def.workflow, input };
+      } catch (error) {
+        if (
+          !(error instanceof ApiError) ||
+          (error.code !== Code.NOT_FOUND && error.code !== Code.INVALID_ARGUMENT)
+        )
+          throw error;
+        const notFound = error.code === Code.NOT_FOUND;
+        resolution = {
+          error: {
+            type: notFound ? TaskErrorType.CHILD_WORKFLOW_NOT_FOUND : TaskErrorType.CHILD_START_FAILED,
+            message: `workflow ${child.name}${child.version === null ? "" : ` v${child.version}`}: ${error.message}`,
+            retryable: false,
+          },
+        };
+      }
+    } catch (error) {
+      if (this.stateValue === "STOPPING" || this.stateValue === "STOPPED") return;
+      this.log.warn(
+        { err: error, run_id: runId, step_id: stepId },
+        "could not start a child run; trying again in 1 s",
+      );
+      setTimeout(() => void this.startChild(runId, stepId), 1000).unref();
+      return;
+    }
+    if (this.stateValue === "STOPPING" || this.stateValue === "STOPPED") return;
+    core.childResolved(this.core, runId, stepId, resolution, new Date());
   }
 
   /** Queues the next wave of compensations once the previous one finished; completes the rollback. */

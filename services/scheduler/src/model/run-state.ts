@@ -183,6 +183,15 @@ export interface RunState {
   claim?: Claim | undefined;
   /** Signals received, in order (see SignalState); empty for most runs. */
   signals: SignalState[];
+  /** The run that started this one from a child workflow step (core/children.ts); null for most. */
+  readonly parent: ParentLink | null;
+}
+
+/** A child run's parent: its run, its step, and how deep the child is (a root run is 0). */
+export interface ParentLink {
+  readonly runId: string;
+  readonly stepId: string;
+  readonly depth: number;
 }
 
 /** A new task run of `runId`, PENDING, with no attempt yet (`id` random unless given). */
@@ -233,6 +242,7 @@ export function newRunState(init: {
   requestHash?: string | null;
   labels: Record<string, string>;
   traceParent?: string | null;
+  parent?: ParentLink | null;
   now: Date;
 }): RunState {
   const { now, workflow } = init;
@@ -259,5 +269,6 @@ export function newRunState(init: {
     compensationWaves: null,
     rollbackError: null,
     signals: [],
+    parent: init.parent ?? null,
   };
 }

@@ -98,6 +98,11 @@ function runRow(r: RunState): Row {
   if (r.idempotencyKey !== null) row.idempotency_key = r.idempotencyKey;
   if (r.deadline !== null) row.deadline = r.deadline.getTime();
   if (r.traceParent !== null) row.trace_parent = r.traceParent;
+  if (r.parent !== null) {
+    row.parent_run_id = r.parent.runId;
+    row.parent_step_id = r.parent.stepId;
+    row.child_depth = r.parent.depth;
+  }
   return runUpdateRow(r, row);
 }
 

@@ -11,6 +11,7 @@ import type {
   AttemptState,
   ErrorInfo,
   RunState,
+  ParentLink,
   RunStatusName,
   SignalState,
   TaskState,
@@ -35,6 +36,13 @@ export interface EngineStoreListener {
   refused(runId: string, error: Error): void;
 }
 
+/** How a run stands in the database: what a parent's child workflow step reads of its child. */
+export interface RunOutcome {
+  readonly status: RunStatusName;
+  readonly output: unknown;
+  readonly error: ErrorInfo | null;
+}
+
 /** An active run as stored (what recovery needs besides its compiled workflow). */
 export interface StoredRun {
   readonly id: string;
@@ -55,6 +63,8 @@ export interface StoredRun {
   readonly createdAt: Date;
   /** Signals stored on the run (RunState.signals); absent is none. */
   readonly signals?: SignalState[];
+  /** The run's parent, when a child workflow step started it (RunState.parent); absent is none. */
+  readonly parent?: ParentLink | null;
 }
 
 /**
@@ -92,6 +102,8 @@ export interface EngineStore {
   flushSoon(delayMs: number): void;
   /** The active runs (PENDING, RUNNING, COMPENSATING) with their tasks. */
   loadActive(): Promise<StoredActiveState>;
+  /** A run's status, output and error as committed (a child run, core/children.ts); undefined when absent. */
+  runOutcome(runId: string): Promise<RunOutcome | undefined>;
   /** The record of an idempotency key unless it is missing or older than `notBefore`. */
   lookupKey(workflowName: string, key: string, notBefore: Date): Promise<KeyRecord | undefined>;
   /** The keys of the given runs, by run id: only those whose key still names them. */

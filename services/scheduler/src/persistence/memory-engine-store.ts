@@ -13,6 +13,7 @@ import type {
   EngineStoreListener,
   KeyRecord,
   RefusedRunOutcome,
+  RunOutcome,
   StoredActiveState,
   StoredRun,
   StoredTask,
@@ -149,6 +150,7 @@ export class MemoryEngineStore extends PendingChanges implements EngineStore {
       labels: r.labels,
       traceParent: r.traceParent,
       signals: r.signals.map((s) => ({ ...s })),
+      parent: r.parent,
       cancelRequested: r.cancelRequested,
       compensateOnCancel: r.compensateOnCancel,
       error: r.error,
@@ -195,6 +197,13 @@ export class MemoryEngineStore extends PendingChanges implements EngineStore {
       current: null,
     });
     this.stored.add(t);
+  }
+
+  runOutcome(runId: string): Promise<RunOutcome | undefined> {
+    const r = this.runRows.get(runId);
+    return Promise.resolve(
+      r === undefined ? undefined : { status: r.status, output: r.output ?? null, error: r.error },
+    );
   }
 
   loadActive(): Promise<StoredActiveState> {

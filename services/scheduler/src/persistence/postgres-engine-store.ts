@@ -10,6 +10,7 @@ import type { Database } from "./database.js";
 import type {
   EngineStore,
   EngineStoreListener,
+  RunOutcome,
   StoredActiveState,
   StoredRun,
   StoredTask,
@@ -37,6 +38,9 @@ interface RunRow {
   labels: Record<string, string>;
   trace_parent: string | null;
   signals: SignalState[] | null;
+  parent_run_id: string | null;
+  parent_step_id: string | null;
+  child_depth: number | null;
   cancel_requested: boolean;
   compensate_on_cancel: boolean;
   error: unknown;
@@ -162,6 +166,17 @@ export class PostgresEngineStore implements EngineStore {
     this.writer.flushSoon(delayMs);
   }
 
+  async runOutcome(runId: string): Promise<RunOutcome | undefined> {
+    const found = await this.db.pool.query<{ status: RunStatusName; output: unknown; error: unknown }>(
+      "SELECT status, output, error FROM workflow_runs WHERE id = $1",
+      [runId],
+    );
+    const row = found.rows[0];
+    return row === undefined
+      ? undefined
+      : { status: row.status, output: row.output ?? null, error: (row.error as ErrorInfo | null) ?? null };
+  }
+
   async loadActive(): Promise<StoredActiveState> {
     const pool = this.db.pool;
     const runRows = await pool.query<RunRow>(ACTIVE_RUNS_SQL);
@@ -208,6 +223,10 @@ function storedRun(r: RunRow): StoredRun {
     labels: r.labels,
     traceParent: r.trace_parent,
     signals: r.signals ?? [],
+    parent:
+      r.parent_run_id === null || r.parent_step_id === null
+        ? null
+        : { runId: r.parent_run_id, stepId: r.parent_step_id, depth: r.child_depth ?? 1 },
     cancelRequested: r.cancel_requested,
     compensateOnCancel: r.compensate_on_cancel,
     error: r.error as ErrorInfo | null,

@@ -12,6 +12,7 @@ import { Migration20261205150000OutboxRowPerCommit } from "./Migration2026120515
 import { Migration20261205160000Partitions } from "./Migration20261205160000Partitions.js";
 import { Migration20261205170000RunSignals } from "./Migration20261205170000RunSignals.js";
 import { Migration20261205180000EventTriggers } from "./Migration20261205180000EventTriggers.js";
+import { Migration20261205190000ChildRuns } from "./Migration20261205190000ChildRuns.js";
 
 /** The migrations MikroORM applies at start-up. */
 export const migrationsList = [
@@ -31,4 +32,5 @@ export const migrationsList = [
   { name: "Migration20261205160000Partitions", class: Migration20261205160000Partitions },
   { name: "Migration20261205170000RunSignals", class: Migration20261205170000RunSignals },
   { name: "Migration20261205180000EventTriggers", class: Migration20261205180000EventTriggers },
+  { name: "Migration20261205190000ChildRuns", class: Migration20261205190000ChildRuns },
 ];
