@@ -40,6 +40,8 @@ export type FireLoopState =
   | { kind: "STOPPED" };
 
 const MAX_SLEEP_MS = 60_000;
+/** Cron evaluations between two turns of the event loop (see FireLoop.walk). */
+export const WALK_CHUNK = 256;
 const MAX_RETRY_MS = 5_000;
 
 /** See the module comment. */
@@ -53,6 +55,8 @@ export class FireLoop {
   private woken = false;
   private wakeSleep: (() => void) | undefined;
   private passes = 0;
+  /** Cron evaluations since the last turn of the event loop. */
+  private walked = 0;
   /** Passes in a row in which a fire could not start for now (the poll backs off over them). */
   private stalls = 0;
 
@@ -170,6 +174,31 @@ export class FireLoop {
     });
   }
 
+  /**
+   * The fire times in (`after`, `until`], at most maxFiresPerPass, evaluated {@link WALK_CHUNK} at a
+   * time with a turn of the event loop between chunks: a time costs tens of microseconds, and a
+   * long downtime of per-second schedules is hundreds of thousands of them, which in one go would
+   * hold sessions, heartbeats and every call for seconds.
+   */
+  private async walk(cron: CronSchedule, after: Date, until: Date): Promise<Date[]> {
+    const times: Date[] = [];
+    let at = after;
+    for (;;) {
+      if (this.walked >= WALK_CHUNK) {
+        this.walked = 0;
+        await new Promise<void>((resolve) => setImmediate(resolve));
+      }
+      const room = Math.min(WALK_CHUNK - this.walked, this.maxFiresPerPass - times.length);
+      const chunk = fireTimesBetween(cron, at, until, room);
+      // Each time evaluated, and the one evaluation past the end.
+      this.walked += chunk.length + 1;
+      times.push(...chunk);
+      const last = chunk.at(-1);
+      if (chunk.length < room || last === undefined || times.length >= this.maxFiresPerPass) return times;
+      at = last;
+    }
+  }
+
   /** One pass; resolves with how long to sleep before the next. */
   private async pass(): Promise<number> {
     const { store, fireStore, engine, log } = this.options;
@@ -214,7 +243,7 @@ export class FireLoop {
         });
         continue;
       }
-      const times = fireTimesBetween(cron, schedule.cursorAt, now, this.maxFiresPerPass);
+      const times = await this.walk(cron, schedule.cursorAt, now);
       if (times.length === this.maxFiresPerPass) again = true;
       const plan = planFires({
         overlapPolicy: schedule.spec.overlapPolicy,

@@ -12,12 +12,13 @@ import assert from "node:assert/strict";
 import { randomUUID } from "node:crypto";
 import { after, afterEach, before, describe, it } from "node:test";
 import { ApiError, Code, createLogger } from "@nexusflow/common";
+import { Cron } from "croner";
 import pg from "pg";
 import { scheduleView } from "../../src/api/schedule-convert.js";
-import { FireLoop } from "../../src/schedules/fire-loop.js";
+import { FireLoop, WALK_CHUNK } from "../../src/schedules/fire-loop.js";
 import { FireStore } from "../../src/schedules/fire-store.js";
 import type { RunStarter } from "../../src/schedules/fires.js";
-import { normalizeSpec, type ScheduleSpec } from "../../src/schedules/spec.js";
+import { normalizeSpec, type ScheduleSpec, type ScheduleSpecInput } from "../../src/schedules/spec.js";
 import { ScheduleStore } from "../../src/schedules/store.js";
 import { startTestDatabase, startTestScheduler, waitFor } from "../support.js";
 
@@ -30,20 +31,23 @@ function capture(): { lines: { level: number; msg: string }[]; log: ReturnType<t
   return { lines, log };
 }
 
+/** The request's spec of a schedule firing once a year. */
+const yearlyInput: ScheduleSpecInput = {
+  cron: "0 0 1 1 *",
+  timeZone: "",
+  workflowName: "tick",
+  workflowVersion: 0,
+  input: {},
+  labels: {},
+  overlapPolicy: undefined,
+  maxConcurrentRuns: 0,
+  catchUpPolicy: undefined,
+  catchUpWindowMs: undefined,
+};
+
 /** A valid spec firing once a year. */
 function yearly(): ScheduleSpec {
-  return normalizeSpec({
-    cron: "0 0 1 1 *",
-    timeZone: "",
-    workflowName: "tick",
-    workflowVersion: 0,
-    input: {},
-    labels: {},
-    overlapPolicy: undefined,
-    maxConcurrentRuns: 0,
-    catchUpPolicy: undefined,
-    catchUpWindowMs: undefined,
-  }).spec;
+  return normalizeSpec(yearlyInput).spec;
 }
 
 /** Stores a running schedule of `spec`, next due at `next`. */
@@ -190,5 +194,41 @@ describe("the fire loop when things fail", () => {
     loop.wake();
     await waitFor("another pass", () => (loop?.passCount ?? 0) > passes);
     assert.equal(lines.filter((l) => /cannot evaluate/.test(l.msg)).length, 1);
+  });
+
+  it("walks a long downtime's fire times a chunk at a time, turning the event loop between chunks", async () => {
+    const { log } = capture();
+    const store = new ScheduleStore(pool);
+    const now = new Date();
+    const hourAgo = new Date(now.getTime() - 3_600_000);
+    // Every second, last dealt with an hour ago: 3,600 fire times to walk (all but a minute missed).
+    const spec = normalizeSpec({ ...yearlyInput, cron: "* * * * * *" }).spec;
+    await insertSchedule(store, "per-second", spec, hourAgo, new Date(hourAgo.getTime() + 1000));
+    // Cron evaluations counted between two turns of the event loop (an operation count, not time).
+    let calls = 0;
+    let mark = 0;
+    let most = 0;
+    let turning = true;
+    const nextRun = Object.getOwnPropertyDescriptor(Cron.prototype, "nextRun")?.value as Cron["nextRun"];
+    Cron.prototype.nextRun = function (this: Cron, ...args: Parameters<Cron["nextRun"]>) {
+      calls++;
+      return nextRun.apply(this, args);
+    };
+    const turn = (): void => {
+      most = Math.max(most, calls - mark);
+      mark = calls;
+      if (turning) setImmediate(turn);
+    };
+    setImmediate(turn);
+    try {
+      loop = new FireLoop({ store, fireStore: new FireStore(pool), engine: engineUp, log, pollMs: 10 });
+      loop.start();
+      await waitFor("the downtime walked", async () => (await store.get("per-second")).missedCount >= 3500);
+    } finally {
+      turning = false;
+      Cron.prototype.nextRun = nextRun;
+    }
+    assert.ok(calls >= 3600, `${calls} evaluations`);
+    assert.ok(most <= WALK_CHUNK + 8, `${most} cron evaluations without a turn of the event loop`);
   });
 });
