@@ -94,6 +94,8 @@ describe("embedded PostgreSQL with migrations", () => {
       tables.rows.map((r) => r.table_name),
       [
         "cluster_settings",
+        "event_matches",
+        "events",
         "idempotency_keys",
         "nexusflow_migrations",
         "outbox_events",
