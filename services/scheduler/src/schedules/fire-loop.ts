@@ -244,7 +244,11 @@ export class FireLoop {
         continue;
       }
       const times = await this.walk(cron, schedule.cursorAt, now);
-      if (times.length === this.maxFiresPerPass) again = true;
+      const last = times.at(-1);
+      const cut = times.length === this.maxFiresPerPass;
+      if (cut) again = true;
+      // The next pass goes on from `last`: does it still have a fire time of the downtime?
+      const following = cut && last !== undefined ? cron.next(last) : undefined;
       const plan = planFires({
         overlapPolicy: schedule.spec.overlapPolicy,
         maxConcurrentRuns: schedule.spec.maxConcurrentRuns,
@@ -255,8 +259,8 @@ export class FireLoop {
         due: times,
         now,
         loopStartedAt: this.loopStartedAt,
+        moreDowntime: following !== undefined && following.getTime() < this.loopStartedAt.getTime(),
       });
-      const last = times.at(-1);
       const cursor = last ?? schedule.cursorAt;
       updates.push({
         uid: schedule.uid,

@@ -37,6 +37,35 @@ describe("catch-up after downtime", () => {
     assert.equal(r.missed, 3);
   });
 
+  it("LAST keeps none of a downtime walked in parts until the part with its latest fire time", () => {
+    // The same fire times walked two at a time (a pass takes at most maxFiresPerPass of them),
+    // with a window holding all of them: 10..40 fell during the downtime.
+    const parts = [
+      [10, 20],
+      [30, 40],
+      [50, 60],
+    ].map((p) => p.map(t));
+    const kept = parts.map((part, i) => {
+      const next = parts[i + 1]?.[0];
+      return catchUp({
+        ...base,
+        catchUpWindowMs: 60_000,
+        due: part,
+        catchUpPolicy: "LAST",
+        moreDowntime: next !== undefined && next.getTime() < base.loopStartedAt.getTime(),
+      });
+    });
+    assert.deepEqual(
+      kept.flatMap((r) => secs(r.kept)),
+      [40, 50, 60],
+      "the latest once, as in one part",
+    );
+    assert.equal(
+      kept.reduce((n, r) => n + r.missed, 0),
+      3,
+    );
+  });
+
   it("ALL starts every one within the window, in order", () => {
     const r = catchUp({ ...base, catchUpPolicy: "ALL" });
     assert.deepEqual(secs(r.kept), [40, 50, 60]);

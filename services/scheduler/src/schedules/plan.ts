@@ -26,6 +26,12 @@ export interface PlanInput {
   now: Date;
   /** When this scheduler's fire loop began: earlier fire times fell during downtime. */
   loopStartedAt: Date;
+  /**
+   * `due` was cut short (a long downtime is walked over several passes) and the fire time after
+   * its last still fell during downtime: a later pass has a later one, so LAST keeps none of these.
+   * @default false
+   */
+  moreDowntime?: boolean;
 }
 
 /** What to do, in order. */
@@ -44,7 +50,10 @@ export interface Plan {
 
 /** The due fire times the catch-up policy keeps, and how many it drops as missed. */
 export function catchUp(
-  input: Pick<PlanInput, "catchUpPolicy" | "catchUpWindowMs" | "due" | "now" | "loopStartedAt">,
+  input: Pick<
+    PlanInput,
+    "catchUpPolicy" | "catchUpWindowMs" | "due" | "now" | "loopStartedAt" | "moreDowntime"
+  >,
 ): { kept: Date[]; missed: number } {
   const start = input.loopStartedAt.getTime();
   const oldest = input.now.getTime() - input.catchUpWindowMs;
@@ -54,7 +63,7 @@ export function catchUp(
   if (input.catchUpPolicy === "OFF") caught = [];
   else {
     const inWindow = downtime.filter((t) => t.getTime() >= oldest);
-    caught = input.catchUpPolicy === "ALL" ? inWindow : inWindow.slice(-1);
+    caught = input.catchUpPolicy === "ALL" ? inWindow : input.moreDowntime === true ? [] : inWindow.slice(-1);
   }
   return { kept: [...caught, ...live], missed: downtime.length - caught.length };
 }

@@ -6,7 +6,9 @@
  *   fire starts its run and the loop says so;
  * - passes that fail (the schedules' queries refused) are logged once per outage, not per retry;
  * - a stored schedule whose expression this runtime cannot evaluate is parked (no next fire time)
- *   and logged once, rather than found due again by every pass with no pause in between.
+ *   and logged once, rather than found due again by every pass with no pause in between;
+ * - a long downtime is walked a chunk at a time with turns of the event loop between, and over
+ *   several passes LAST still catches up one fire time, the latest.
  */
 import assert from "node:assert/strict";
 import { randomUUID } from "node:crypto";
@@ -230,5 +232,45 @@ describe("the fire loop when things fail", () => {
     }
     assert.ok(calls >= 3600, `${calls} evaluations`);
     assert.ok(most <= WALK_CHUNK + 8, `${most} cron evaluations without a turn of the event loop`);
+  });
+
+  it("catches up LAST once when the downtime takes several passes", async () => {
+    const { log } = capture();
+    const store = new ScheduleStore(pool);
+    const tenMinutesAgo = new Date(Date.now() - 600_000);
+    const spec = normalizeSpec({
+      ...yearlyInput,
+      cron: "* * * * * *",
+      catchUpPolicy: "LAST",
+      catchUpWindowMs: 3_600_000,
+    }).spec;
+    const row = await insertSchedule(
+      store,
+      "last",
+      spec,
+      tenMinutesAgo,
+      new Date(tenMinutesAgo.getTime() + 1000),
+    );
+    // 600 fire times of the downtime, all within the window, 100 a pass.
+    loop = new FireLoop({
+      store,
+      fireStore: new FireStore(pool),
+      engine: engineUp,
+      log,
+      maxFiresPerPass: 100,
+    });
+    loop.start();
+    const startedAt = loop.startedAt;
+    await waitFor("the downtime walked", async () => (await store.get("last")).missedCount >= 598);
+    const { rows } = await pool.query<{ fire_at: Date }>(
+      "SELECT fire_at FROM schedule_fires WHERE schedule_uid = $1 AND fire_at < $2",
+      [row.uid, startedAt],
+    );
+    assert.equal(
+      rows.length,
+      1,
+      `fires of the downtime: ${rows.map((r) => r.fire_at.toISOString()).join(", ")}`,
+    );
+    assert.ok((rows[0]?.fire_at.getTime() ?? 0) > startedAt.getTime() - 1000, "the latest one");
   });
 });
