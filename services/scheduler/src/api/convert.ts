@@ -55,6 +55,25 @@ interface RunBasics {
   createdAt: Date;
   endedAt: Date | null | undefined;
   deadline: Date | null | undefined;
+  /** A rerun's original run (RerunRun) and its `{fromStep, reused}` (RunState.rerun, or the row's column). */
+  rerunOf?: string | null | undefined;
+  rerun?: unknown;
+}
+
+/** A rerun's `{fromStep, reused}` as stored, or undefined for a run that is no rerun. */
+function rerunOf(column: unknown): { fromStep: string; reused: Record<string, string> } | undefined {
+  if (typeof column !== "object" || column === null) return undefined;
+  const c = column as { fromStep?: unknown; reused?: unknown };
+  return {
+    fromStep: typeof c.fromStep === "string" ? c.fromStep : "",
+    reused: typeof c.reused === "object" && c.reused !== null ? (c.reused as Record<string, string>) : {},
+  };
+}
+
+/** TaskRun.reused_from of a step task of a rerun: the original task run id whose output it took over. */
+function reusedFrom(rerun: unknown, kind: string, stepId: string): string {
+  if (kind !== "STEP") return "";
+  return rerunOf(rerun)?.reused[stepId] ?? "";
 }
 
 /** The fields of RUN_VIEW_BASIC: identity and state, without input, output or tasks. */
@@ -70,6 +89,8 @@ function basicInit(run: RunBasics): MessageInitShape<typeof RunSchema> {
     createTime: ts(run.createdAt),
     endTime: ts(run.endedAt),
     deadline: ts(run.deadline),
+    rerunOf: run.rerunOf ?? "",
+    rerunFromStep: rerunOf(run.rerun)?.fromStep ?? "",
   };
 }
 
@@ -88,7 +109,12 @@ export function runBasic(run: RunRow): Run {
 }
 
 function basicStateInit(run: Readonly<RunState>): MessageInitShape<typeof RunSchema> {
-  return basicInit({ ...run, workflowName: run.workflow.name, workflowVersion: run.workflow.version });
+  return basicInit({
+    ...run,
+    workflowName: run.workflow.name,
+    workflowVersion: run.workflow.version,
+    rerunOf: run.rerun?.of ?? null,
+  });
 }
 
 /** RUN_VIEW_BASIC of a run in the engine's memory. */
@@ -151,8 +177,13 @@ export function runDetail(detail: RunDetail, pendingReason: PendingReasons = () 
     // Only with a stored waiting state, so no other state ever carries a reason; the engine
     // answers "" for a task it has leased since, whose commit is on its way.
     pendingReason: WAITING.has(t.status) ? pendingReason(t.id) : "",
+    reusedFrom: reusedFrom(detail.run.rerun, t.kind, t.stepId),
   }));
-  return create(RunSchema, { ...runInit(detail.run), tasks } as MessageInitShape<typeof RunSchema>);
+  return create(RunSchema, {
+    ...runInit(detail.run),
+    tasks,
+    reruns: detail.reruns ?? [],
+  } as MessageInitShape<typeof RunSchema>);
 }
 
 /** A definition row to the API message. */
@@ -196,6 +227,7 @@ export function runFromState(run: Readonly<RunState>, pendingReason: PendingReas
     createTime: ts(t.createdAt),
     endTime: ts(t.endedAt),
     pendingReason: WAITING.has(t.status) ? pendingReason(t.id) : "",
+    reusedFrom: reusedFrom(run.rerun, t.kind, t.stepId),
   });
   return create(RunSchema, {
     ...basicStateInit(run),

@@ -39,6 +39,7 @@ import {
   type ListRunsRequest,
   type ListWorkflowsRequest,
   type RegisterWorkflowRequest,
+  type RerunRunRequest,
   type StartRunRequest,
   type WatchRunRequest,
   type WatchRunResponse,
@@ -56,6 +57,7 @@ import {
   runStatusName,
 } from "./convert.js";
 import { explainPending } from "./explain-pending.js";
+import { rerunRun } from "./rerun-run.js";
 
 /**
  * Largest encoded ListRuns page in RUN_VIEW_FULL: under the 4 MiB that grpcurl, grpcio and grpc-js
@@ -297,6 +299,8 @@ export function workflowService(engine: Engine, runs: RunStore): grpc.UntypedSer
         run: runDetail(await runs.get(req.runId), pendingReason),
       });
     }),
+
+    rerunRun: unary((req: RerunRunRequest) => rerunRun(engine, runs, req, pendingReason)),
 
     signalRun: unary(async (req: SignalRunRequest) => {
       checkRunId(req.runId);

@@ -16,6 +16,7 @@
  * - timers.ts / timeouts.ts: arming the durable timers / what each does when it fires
  * - sessions.ts: lost sessions, the grace of their leases, reclaim and expiry on re-attach
  * - recovery.ts: the model rebuilt from storage and resumed
+ * - reruns.ts: rerun from a step (the steps a new run takes over from an ended one)
  * - holds.ts / explain.ts: why a task is not running (the gates that hold it)
  * - waits.ts: durable waits for signals and sleeps (steps no executor runs)
  * - children.ts: child workflow steps (a run started by a step, its end the step's end)
@@ -43,6 +44,14 @@ export { describeGate, explainPending, pendingReason, type Gate } from "./explai
 export { checkReport, keyMatches, leaseKey } from "./fencing.js";
 export { grantLease, leaseStands } from "./leasing.js";
 export { recover, type Recovered } from "./recovery.js";
+export {
+  isRefusal,
+  planRerun,
+  type OriginalStep,
+  type RerunPlan,
+  type RerunRefusal,
+  type RerunStart,
+} from "./reruns.js";
 export {
   completed,
   failed,

@@ -30,6 +30,7 @@ import {
 } from "./concurrency.js";
 import type { Core } from "./context.js";
 import { cancelChild, startChildStep } from "./children.js";
+import { rerunLink, takeOver, type RerunStart } from "./reruns.js";
 import { armRunDeadline } from "./timers.js";
 import { startWaiting } from "./waits.js";
 import {
@@ -53,6 +54,8 @@ export interface RunStart {
   labels: Record<string, string>;
   /** The StartRun call's trace context (RunState.traceParent). */
   traceParent?: string | null;
+  /** A rerun's original run, the steps it takes over and its chosen step's new input (reruns.ts). */
+  rerun?: RerunStart;
   /** The run's id (a child run's is derived, children.ts); default a new one. */
   id?: string;
   /** The parent run and step of a child run (children.ts). */
@@ -68,6 +71,7 @@ export function startRun(core: Core, start: RunStart, now: Date): RunState {
     core.fx.writeTask(task);
     run.tasks.set(step.id, task);
   }
+  if (start.rerun !== undefined) run.rerun = rerunLink(start.rerun);
   core.runs.set(run.id, run);
   core.fx.writeRun(run);
   core.fx.event(run, {
@@ -76,8 +80,10 @@ export function startRun(core: Core, start: RunStart, now: Date): RunState {
       input: jsonToValue(run.input),
       idempotencyKey: start.idempotencyKey ?? "",
       labels: start.labels,
+      ...(start.rerun === undefined ? {} : { rerunOf: start.rerun.of, rerunFromStep: start.rerun.fromStep }),
     },
   });
+  if (start.rerun !== undefined) takeOver(core, run, start.rerun, now);
   // A run of a workflow with concurrency limits starts its steps once it holds its keys.
   if (start.workflow.concurrency.length > 0) admitNewRun(core, run, now);
   advance(core, run, now);
@@ -129,7 +135,8 @@ export function advance(core: Core, run: RunState, now: Date): void {
     for (const r of ev.ready) {
       const task = run.tasks.get(r.stepId);
       if (task === undefined || task.status !== "PENDING") continue;
-      task.input = r.input;
+      // A rerun's chosen step may come with a new input of its own (reruns.ts takeOver).
+      task.input ??= r.input;
       const limits = run.workflow.steps[task.position]?.concurrency;
       if (limits !== undefined && limits.length > 0) {
         const error = claimTask(core, run, task, limits, stepState);

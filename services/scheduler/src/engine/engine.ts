@@ -79,6 +79,27 @@ export interface StartRunInput {
   labels: Record<string, string>;
 }
 
+/** Input of {@link Engine.rerunRun}. */
+export interface RerunRunInput {
+  /** The original run as stored; it has ended. */
+  original: {
+    id: string;
+    definitionId: number;
+    workflowName: string;
+    input: unknown;
+    labels: Record<string, string>;
+  };
+  /** The original run's steps by step id (core/reruns.ts OriginalStep). */
+  steps: ReadonlyMap<string, core.OriginalStep>;
+  fromStep: string;
+  /** A new input for `fromStep`; undefined to render its template. */
+  stepInput: unknown;
+  idempotencyKey: string;
+}
+
+/** The label a rerun carries, naming its original run. */
+export const RERUN_OF_LABEL = "rerun-of";
+
 /** How long a Started report may wait for another commit to ride along with. */
 const STARTED_FLUSH_DELAY_MS = 20;
 
@@ -394,6 +415,71 @@ export class Engine {
       (e: unknown) =>
         this.log.error({ err: e, run_id: runId }, "could not end a run whose changes PostgreSQL refused"),
     );
+  }
+
+  /**
+   * RerunRun (core/reruns.ts): a new run of the original's workflow version and input that takes
+   * over the steps the plan reuses and runs `fromStep` and everything downstream again, labelled
+   * as the original plus `rerun-of`. An idempotency key (in the workflow's StartRun key space)
+   * answers with the run it started for the same request, ALREADY_EXISTS for another.
+   */
+  async rerunRun(req: RerunRunInput): Promise<{ runId: string; created: boolean }> {
+    this.assertRunning();
+    if (this.core.runs.has(req.original.id))
+      throw new ApiError(
+        Code.FAILED_PRECONDITION,
+        `run ${req.original.id} is still active: rerun it once it has ended (or cancel it first)`,
+      );
+    const labels = { ...req.original.labels, [RERUN_OF_LABEL]: req.original.id };
+    const start = (hash: string | null): Promise<{ runId: string; created: boolean }> =>
+      this.createRerun(req, labels, hash);
+    if (req.idempotencyKey === "") return start(null);
+    return this.keyed.start(
+      {
+        workflowName: req.original.workflowName,
+        idempotencyKey: req.idempotencyKey,
+        input: { rerunOf: req.original.id, fromStep: req.fromStep, stepInput: req.stepInput ?? null },
+        labels,
+      },
+      start,
+    );
+  }
+
+  private async createRerun(
+    req: RerunRunInput,
+    labels: Record<string, string>,
+    hash: string | null,
+  ): Promise<{ runId: string; created: boolean }> {
+    const workflow = await this.definitions.compiledById(req.original.definitionId);
+    const plan = core.planRerun(workflow, req.original.id, req.fromStep, req.steps);
+    if (core.isRefusal(plan))
+      throw plan.code === "NOT_FOUND"
+        ? ApiError.notFound(plan.message)
+        : new ApiError(Code.FAILED_PRECONDITION, plan.message);
+    const run = core.startRun(
+      this.core,
+      {
+        definitionId: req.original.definitionId,
+        workflow,
+        input: req.original.input ?? null,
+        idempotencyKey: req.idempotencyKey === "" ? null : req.idempotencyKey,
+        requestHash: hash,
+        labels,
+        traceParent: null,
+        rerun: {
+          of: req.original.id,
+          fromStep: req.fromStep,
+          reused: plan,
+          ...(req.stepInput === undefined ? {} : { stepInput: req.stepInput }),
+        },
+      },
+      new Date(),
+    );
+    this.keyed.remember(run);
+    await this.committed();
+    if (run.error?.type === STORAGE_REFUSED)
+      throw new ApiError(Code.INVALID_ARGUMENT, `the run was not created: ${run.error.message}`);
+    return { runId: run.id, created: true };
   }
 
   /**

@@ -183,6 +183,11 @@ export interface RunState {
   claim?: Claim | undefined;
   /** Signals received, in order (see SignalState); empty for most runs. */
   signals: SignalState[];
+  /**
+   * What a rerun (RerunRun) was made of, written with its first row (core/reruns.ts); undefined
+   * for other runs, and after recovery (the row keeps it, nothing reads it back).
+   */
+  rerun?: RerunLink | undefined;
   /** The run that started this one from a child workflow step (core/children.ts); null for most. */
   readonly parent: ParentLink | null;
 }
@@ -192,6 +197,16 @@ export interface ParentLink {
   readonly runId: string;
   readonly stepId: string;
   readonly depth: number;
+}
+
+/** A rerun's link to its original run. */
+export interface RerunLink {
+  /** The original run's id. */
+  readonly of: string;
+  /** The step it reran from. */
+  readonly fromStep: string;
+  /** The original task run id of each step whose output it took over, by step id. */
+  readonly reused: Readonly<Record<string, string>>;
 }
 
 /** A new task run of `runId`, PENDING, with no attempt yet (`id` random unless given). */

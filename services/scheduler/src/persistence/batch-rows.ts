@@ -98,6 +98,10 @@ function runRow(r: RunState): Row {
   if (r.idempotencyKey !== null) row.idempotency_key = r.idempotencyKey;
   if (r.deadline !== null) row.deadline = r.deadline.getTime();
   if (r.traceParent !== null) row.trace_parent = r.traceParent;
+  if (r.rerun !== undefined) {
+    row.rerun_of = r.rerun.of;
+    row.rerun = { fromStep: r.rerun.fromStep, reused: r.rerun.reused };
+  }
   if (r.parent !== null) {
     row.parent_run_id = r.parent.runId;
     row.parent_step_id = r.parent.stepId;

@@ -12,13 +12,14 @@ const ts = (column: string): string => `to_timestamp(${column} / 1000)`;
 const RUN_COLUMNS = `id uuid, definition_id bigint, workflow_name text, workflow_version int, status text, input jsonb,
   output jsonb, error jsonb, idempotency_key text, labels jsonb, cancel_requested boolean, compensate_on_cancel boolean,
   event_seq bigint, deadline float8, created_at float8, ended_at float8, trace_parent text, signals jsonb,
+  rerun_of uuid, rerun jsonb,
   parent_run_id uuid, parent_step_id text, child_depth int`;
 export const RUN_SQL = `INSERT INTO workflow_runs (id, definition_id, workflow_name, workflow_version, status, input, output, error,
   idempotency_key, labels, cancel_requested, compensate_on_cancel, event_seq, deadline, created_at, updated_at, ended_at,
-  trace_parent, signals, parent_run_id, parent_step_id, child_depth)
+  trace_parent, signals, rerun_of, rerun, parent_run_id, parent_step_id, child_depth)
 SELECT id, definition_id, workflow_name, workflow_version, status, input, output, error, idempotency_key, labels,
   cancel_requested, compensate_on_cancel, event_seq, ${ts("deadline")}, ${ts("created_at")}, now(), ${ts("ended_at")},
-  trace_parent, signals, parent_run_id, parent_step_id, COALESCE(child_depth, 0)
+  trace_parent, signals, rerun_of, rerun, parent_run_id, parent_step_id, COALESCE(child_depth, 0)
 FROM json_to_recordset($1::json) AS x(${RUN_COLUMNS})
 ON CONFLICT (id) DO UPDATE SET status = excluded.status, output = excluded.output, error = excluded.error,
   cancel_requested = excluded.cancel_requested, compensate_on_cancel = excluded.compensate_on_cancel,

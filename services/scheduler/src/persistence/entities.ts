@@ -39,6 +39,10 @@ export const WorkflowRunEntity = defineEntity({
     labels: p.json<Record<string, string>>().default("{}"),
     traceParent: p.string().length(55).nullable(),
     signals: p.json<unknown>().nullable(),
+    /** The run this one reruns (RerunRun); null for other runs. */
+    rerunOf: p.uuid().nullable(),
+    /** A rerun's `{fromStep, reused: {stepId: original task run id}}` (migration RunReruns). */
+    rerun: p.json<unknown>().nullable(),
     parentRunId: p.uuid().nullable(),
     parentStepId: p.string().length(63).nullable(),
     childDepth: p.integer().default(0),

@@ -20,7 +20,12 @@ export interface RunDetail {
   run: RunRow;
   tasks: TaskRow[];
   attempts: Map<string, AttemptRow[]>;
+  /** Ids of the run's reruns (RerunRun), oldest first; read by `get` only. */
+  reruns?: string[];
 }
+
+/** Most reruns of one run GetRun lists. */
+const MAX_LISTED_RERUNS = 100;
 
 /** Filters of ListRuns. */
 export interface RunFilter {
@@ -51,13 +56,19 @@ export class RunStore {
     const em = this.db.orm.em.fork();
     const tasks = await em.find(TaskRunEntity, { runId }, { orderBy: { kind: "desc", position: "asc" } });
     const attemptRows = await em.find(TaskAttemptEntity, { runId }, { orderBy: { number: "asc" } });
+    // The partial index on rerun_of answers this without a row for runs that were never rerun.
+    const reruns = await em.find(
+      WorkflowRunEntity,
+      { rerunOf: runId },
+      { fields: ["id"], orderBy: { createdAt: "asc", id: "asc" }, limit: MAX_LISTED_RERUNS },
+    );
     const attempts = new Map<string, AttemptRow[]>();
     for (const a of attemptRows) {
       const list = attempts.get(a.taskRunId) ?? [];
       list.push(a);
       attempts.set(a.taskRunId, list);
     }
-    return { run, tasks, attempts };
+    return { run, tasks, attempts, reruns: reruns.map((r) => r.id) };
   }
 
   /** A run's own row, without tasks; NOT_FOUND when missing. */

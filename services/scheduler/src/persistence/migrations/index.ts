@@ -13,6 +13,7 @@ import { Migration20261205160000Partitions } from "./Migration20261205160000Part
 import { Migration20261205170000RunSignals } from "./Migration20261205170000RunSignals.js";
 import { Migration20261205180000EventTriggers } from "./Migration20261205180000EventTriggers.js";
 import { Migration20261205190000ChildRuns } from "./Migration20261205190000ChildRuns.js";
+import { Migration20261205200000RunReruns } from "./Migration20261205200000RunReruns.js";
 
 /** The migrations MikroORM applies at start-up. */
 export const migrationsList = [
@@ -33,4 +34,5 @@ export const migrationsList = [
   { name: "Migration20261205170000RunSignals", class: Migration20261205170000RunSignals },
   { name: "Migration20261205180000EventTriggers", class: Migration20261205180000EventTriggers },
   { name: "Migration20261205190000ChildRuns", class: Migration20261205190000ChildRuns },
+  { name: "Migration20261205200000RunReruns", class: Migration20261205200000RunReruns },
 ];

@@ -1,0 +1,106 @@
+/**
+ * RerunRun: validates the request, reads the original run as committed, and has the engine start
+ * the rerun (core/reruns.ts decides which steps it takes over).
+ */
+import { create } from "@bufbuild/protobuf";
+import { ApiError, Code, nulCharacterPath, valueToJsonChecked } from "@nexusflow/common";
+import { RerunRunResponseSchema, RunView, type RerunRunRequest, type RerunRunResponse } from "@nexusflow/gen";
+import type { OriginalStep } from "../core/index.js";
+import type { Engine } from "../engine/engine.js";
+import { TERMINAL_RUN_STATUSES, type RunStatusName, type TaskStatusName } from "../model/run-state.js";
+import { checkRunId, type RunStore, type TaskRow } from "../persistence/run-store.js";
+import { runBasic, runBasicFromState, runDetail, runFromState, type PendingReasons } from "./convert.js";
+
+/** Longest step id a definition accepts. */
+const MAX_STEP_ID = 63;
+
+/** Compensation states after which a step's effects count as undone (or attempted to be). */
+const COMPENSATION_RAN: ReadonlySet<string> = new Set([
+  "LEASED",
+  "RUNNING",
+  "RETRY_WAIT",
+  "SUCCEEDED",
+  "FAILED",
+]);
+
+/** The original run's steps as core/reruns.ts reads them. */
+export function originalSteps(tasks: readonly TaskRow[]): Map<string, OriginalStep> {
+  const compensated = new Set(
+    tasks.filter((t) => t.kind === "COMPENSATION" && COMPENSATION_RAN.has(t.status)).map((t) => t.stepId),
+  );
+  const steps = new Map<string, OriginalStep>();
+  for (const t of tasks) {
+    if (t.kind !== "STEP") continue;
+    steps.set(t.stepId, {
+      taskRunId: t.id,
+      status: t.status as TaskStatusName,
+      input: t.input ?? null,
+      output: t.output ?? null,
+      outputRef: t.outputRef ?? null,
+      compensated: compensated.has(t.stepId),
+    });
+  }
+  return steps;
+}
+
+function refuseNul(value: unknown, field: string): void {
+  const path = nulCharacterPath(value, field);
+  if (path !== undefined)
+    throw ApiError.invalid(path, "contains a NUL character (U+0000), which cannot be stored");
+}
+
+/** RerunRun (see the rpc's comment in workflow_service.proto). */
+export async function rerunRun(
+  engine: Engine,
+  runs: RunStore,
+  req: RerunRunRequest,
+  pendingReason: PendingReasons,
+): Promise<RerunRunResponse> {
+  checkRunId(req.runId);
+  if (req.fromStep === "") throw ApiError.invalid("from_step", "a step id is required");
+  if (req.fromStep.length > MAX_STEP_ID)
+    throw ApiError.invalid("from_step", `at most ${MAX_STEP_ID} characters (a step id)`);
+  refuseNul(req.fromStep, "from_step");
+  if (req.idempotencyKey.length > 200) throw ApiError.invalid("idempotency_key", "at most 200 characters");
+  refuseNul(req.idempotencyKey, "idempotency_key");
+  if (RunView[req.view] === undefined) throw ApiError.invalid("view", `unknown run view ${req.view}`);
+  let stepInput: unknown;
+  if (req.stepInput !== undefined) {
+    stepInput = valueToJsonChecked(req.stepInput, "step_input");
+    if (stepInput === null)
+      throw ApiError.invalid(
+        "step_input",
+        "null is no new input: leave it unset to render the step's template",
+      );
+    refuseNul(stepInput, "step_input");
+  }
+  const original = await runs.get(req.runId);
+  if (!TERMINAL_RUN_STATUSES.has(original.run.status as RunStatusName))
+    throw new ApiError(
+      Code.FAILED_PRECONDITION,
+      `run ${req.runId} is still active (${original.run.status}): rerun it once it has ended (or cancel it first)`,
+    );
+  const { runId, created } = await engine.rerunRun({
+    original: {
+      id: original.run.id,
+      definitionId: original.run.definitionId,
+      workflowName: original.run.workflowName,
+      input: original.run.input ?? null,
+      labels: original.run.labels,
+    },
+    steps: originalSteps(original.tasks),
+    fromStep: req.fromStep,
+    stepInput,
+    idempotencyKey: req.idempotencyKey,
+  });
+  const active = created ? engine.activeRun(runId) : undefined;
+  const run =
+    req.view === RunView.BASIC
+      ? active !== undefined
+        ? runBasicFromState(active)
+        : runBasic(await runs.getRun(runId))
+      : active !== undefined
+        ? runFromState(active, pendingReason)
+        : runDetail(await runs.get(runId), pendingReason);
+  return create(RerunRunResponseSchema, { run, created });
+}
