@@ -82,19 +82,21 @@ export function eventService(deps: EventServiceDeps): grpc.UntypedServiceImpleme
 
   /** Starts the event's STARTING matches; returns its matches as they then are. */
   async function startMatches(event: EventRow): Promise<MatchRow[]> {
-    const matches = await store.matches(event.eventId);
-    const starting = matches.filter((m) => m.status === "STARTING");
-    if (starting.length === 0) return matches;
     try {
+      const matches = await store.matches(event.eventId);
+      const starting = matches.filter((m) => m.status === "STARTING");
+      if (starting.length === 0) return matches;
       const outcomes = await deps.starter.drive(
         starting.map((m) => ({ ...m, key: event.key, payload: event.payload })),
       );
       if (outcomes.some((o) => "retry" in o && o.retry)) deps.wake();
-    } catch {
-      // The event and its matches are stored: the loop starts what is left (and logs its failures).
+      return await store.matches(event.eventId);
+    } catch (e) {
+      // The event and its matches are stored: the loop starts what is left. The caller sees the
+      // error (UNAVAILABLE from the database); publishing again with its idempotency key is safe.
       deps.wake();
+      throw e;
     }
-    return store.matches(event.eventId);
   }
 
   return {

@@ -9,8 +9,8 @@
  * schema) is FAILED with the reason; one it could not start for now stays STARTING for the loop.
  *
  * The loop: IDLE -> RUNNING -> STOPPING -> STOPPED. It makes a pass at once when started (the
- * recovery after a restart), then whenever woken (a publish could not start a run for now), and
- * while matches remain STARTING, every `pollMs`.
+ * recovery after a restart), then whenever woken (a publish could not start a run for now), every
+ * `pollMs` while a match could not start, and every `idleMs` otherwise.
  */
 import { Code, isApiError, type Logger } from "@nexusflow/common";
 import type { StartRunInput } from "../engine/engine.js";
@@ -113,6 +113,12 @@ export interface MatchLoopOptions {
   pollMs?: number | undefined;
   /** Most matches one pass drives. @default 500 */
   batchSize?: number | undefined;
+  /**
+   * How long the loop sleeps when nothing is STARTING, unless woken: the bound on how long a match
+   * left STARTING without a wake (a publish that lost the database after storing its event) waits.
+   * @default 30000
+   */
+  idleMs?: number | undefined;
 }
 
 /** The loop's state; RUNNING carries what stop() needs. */
@@ -129,6 +135,7 @@ export class MatchLoop {
   private stateValue: MatchLoopState = { kind: "IDLE" };
   private readonly pollMs: number;
   private readonly batchSize: number;
+  private readonly idleMs: number;
   private woken = false;
   private wakeSleep: (() => void) | undefined;
   private passes = 0;
@@ -136,6 +143,7 @@ export class MatchLoop {
   constructor(private readonly options: MatchLoopOptions) {
     this.pollMs = options.pollMs ?? 1000;
     this.batchSize = options.batchSize ?? 500;
+    this.idleMs = options.idleMs ?? 30_000;
   }
 
   /** The current state's kind. */
@@ -185,7 +193,7 @@ export class MatchLoop {
   private async run(signal: AbortSignal): Promise<void> {
     let failures = 0;
     while (!signal.aborted) {
-      let delay: number | undefined;
+      let delay: number;
       try {
         delay = await this.pass();
         this.passes++;
@@ -200,9 +208,9 @@ export class MatchLoop {
     }
   }
 
-  /** Sleeps `ms` (undefined: until woken) unless woken or aborted. */
-  private sleep(ms: number | undefined, signal: AbortSignal): Promise<void> {
-    if (this.woken || signal.aborted || ms === 0) {
+  /** Sleeps `ms` unless woken or aborted. */
+  private sleep(ms: number, signal: AbortSignal): Promise<void> {
+    if (this.woken || signal.aborted || ms <= 0) {
       this.woken = false;
       return Promise.resolve();
     }
@@ -214,17 +222,17 @@ export class MatchLoop {
         this.woken = false;
         resolve();
       };
-      const timer = ms === undefined ? undefined : setTimeout(done, ms);
+      const timer = setTimeout(done, ms);
       signal.addEventListener("abort", done, { once: true });
       this.wakeSleep = done;
     });
   }
 
-  /** One pass; resolves with how long to sleep before the next (undefined: until woken). */
-  private async pass(): Promise<number | undefined> {
+  /** One pass; resolves with how long to sleep before the next. */
+  private async pass(): Promise<number> {
     const pending = await this.options.store.startingMatches(this.batchSize);
     const outcomes = await this.options.starter.drive(pending);
     if (pending.length === this.batchSize) return 0;
-    return outcomes.some((o) => "retry" in o && o.retry) ? this.pollMs : undefined;
+    return outcomes.some((o) => "retry" in o && o.retry) ? this.pollMs : this.idleMs;
   }
 }
