@@ -23,6 +23,8 @@ const OPERATOR_USAGE = `Operator commands (talk to the gateway):
   runs watch <run-id>             live progress until the run ends (exit 1 unless it succeeded)
   runs cancel <run-id> [--reason R] [--compensate]
   runs signal <run-id> <name> [--payload JSON|@file] [--idempotency-key K]
+  runs rerun <run-id> --from STEP [--input JSON|@file] [--idempotency-key K] [--watch]
+                                  a new run from STEP: the steps upstream keep their outputs
   runs why <run-id> <step-id> [--compensation]
                                   why a step is not running: every gate that holds it now
   schedules create <id> --workflow W --cron EXPR [--zone Europe/Lisbon] [--input <json|@file>] [--version N]

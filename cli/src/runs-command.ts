@@ -1,5 +1,5 @@
 /**
- * `nexusflow runs start|get|list|watch|cancel|signal|why`: runs through the gateway, as tables or JSON
+ * `nexusflow runs start|get|list|watch|cancel|signal|rerun|why`: runs through the gateway, as tables or JSON
  * (`--output json`); `runs watch` (and `runs start --watch`) shows each step as it changes and
  * exits 1 unless the run succeeded.
  */
@@ -11,6 +11,7 @@ import {
   ListRunsResponseSchema,
   type Run,
   RunSchema,
+  RerunRunResponseSchema,
   RunStatus,
   SignalRunResponseSchema,
   StartRunResponseSchema,
@@ -82,6 +83,8 @@ export function describeRun(run: Run, color: boolean): string {
   const labels = Object.entries(run.labels);
   const lines = [head];
   if (labels.length > 0) lines.push(`labels: ${labels.map(([k, v]) => `${k}=${v}`).join(", ")}`);
+  if (run.rerunOf !== "") lines.push(`rerun of ${run.rerunOf} from step ${run.rerunFromStep}`);
+  if (run.reruns.length > 0) lines.push(`reruns: ${run.reruns.join(", ")}`);
   if (run.tasks.length > 0) {
     lines.push("");
     lines.push(
@@ -99,6 +102,7 @@ export function describeRun(run: Run, color: boolean): string {
             [
               // A waiting task's reason is shown whole: the type it names is what to act on.
               t.pendingReason === "" ? "" : style.yellow(`waiting: ${t.pendingReason}`),
+              t.reusedFrom === "" ? "" : style.gray("reused (not run again)"),
               error === undefined
                 ? t.skipReason === ""
                   ? ""
@@ -301,7 +305,46 @@ async function signalCommand(args: string[], io: CommandIo): Promise<number> {
   });
 }
 
-/** `nexusflow runs <start|get|list|watch|cancel|signal|why> ...`. */
+/** `runs rerun <run-id> --from STEP [--input JSON|@file] [--idempotency-key K] [--watch]`. */
+async function rerunCommand(args: string[], io: CommandIo): Promise<number> {
+  const { values, positionals: pos } = parse({
+    args,
+    allowPositionals: true,
+    options: {
+      ...COMMON_OPTIONS,
+      from: { type: "string" },
+      input: { type: "string", short: "i" },
+      "idempotency-key": { type: "string" },
+      watch: { type: "boolean", short: "w" },
+    },
+  });
+  const [runId = ""] = positionals(pos, ["run-id"], "runs rerun");
+  if (values.from === undefined || values.from === "")
+    throw new UsageError("runs rerun: --from STEP is required (the step to run again)");
+  const output = outputOf(values.output);
+  const stepInput = values.input === undefined ? undefined : await readJson(values.input, "--input");
+  return withGateway(io, "runs rerun", values, async (client) => {
+    const started = await client.rerunRun(
+      runId,
+      values.from as string,
+      { stepInput, idempotencyKey: values["idempotency-key"] },
+      { signal: io.signal },
+    );
+    if (output === "json" && values.watch !== true)
+      printJson(io, RerunRunResponseSchema, create(RerunRunResponseSchema, started));
+    else if (output === "table") {
+      const reused = started.run.tasks.filter((t) => t.reusedFrom !== "").map((t) => t.stepId);
+      io.stdout(`${formatTable(RUN_HEADERS, [runRow(started.run)])}\n`);
+      io.stdout(
+        `rerun of ${started.run.rerunOf} from ${started.run.rerunFromStep}; reused: ${reused.length === 0 ? "none" : reused.join(", ")}\n`,
+      );
+      if (!started.created) io.stdout(`(existing rerun for this idempotency key)\n`);
+    }
+    return values.watch === true ? watchRun(client, started.run.id, output, io) : 0;
+  });
+}
+
+/** `nexusflow runs <start|get|list|watch|cancel|signal|rerun|why> ...`. */
 export async function runsCommand(args: string[], io: CommandIo): Promise<number> {
   const [sub, ...rest] = args;
   switch (sub) {
@@ -317,13 +360,15 @@ export async function runsCommand(args: string[], io: CommandIo): Promise<number
       return cancelCommand(rest, io);
     case "signal":
       return signalCommand(rest, io);
+    case "rerun":
+      return rerunCommand(rest, io);
     case "why":
       return whyCommand(rest, io);
     case undefined:
-      throw new UsageError("runs: expected start, get, list, watch, cancel, signal or why");
+      throw new UsageError("runs: expected start, get, list, watch, cancel, signal, rerun or why");
     default:
       throw new UsageError(
-        `runs: unknown subcommand ${JSON.stringify(sub)} (start, get, list, watch, cancel, signal, why)`,
+        `runs: unknown subcommand ${JSON.stringify(sub)} (start, get, list, watch, cancel, signal, rerun, why)`,
       );
   }
 }

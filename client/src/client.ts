@@ -274,6 +274,31 @@ export class NexusflowClient {
     return { stepId: response.stepId, duplicate: response.duplicate };
   }
 
+  /**
+   * Reruns an ended run from `fromStep`: a new run of the same workflow version and input that
+   * takes over the stored outputs of the steps upstream of it and runs it and everything
+   * downstream again, optionally with a new input for `fromStep`. Always with an idempotency key
+   * (a random one unless you give yours), so a call retried after UNAVAILABLE never starts a second
+   * rerun. FAILED_PRECONDITION while the run is active, or when a step upstream did not succeed.
+   */
+  async rerunRun(
+    runId: string,
+    fromStep: string,
+    request: { stepInput?: JsonValue | undefined; idempotencyKey?: string | undefined } = {},
+    options?: CallOptions,
+  ): Promise<StartedRun> {
+    const response = await this.workflows.rerunRun(
+      {
+        runId,
+        fromStep,
+        ...(request.stepInput === undefined ? {} : { stepInput: fromJson(ValueSchema, request.stepInput) }),
+        idempotencyKey: request.idempotencyKey ?? randomUUID(),
+      },
+      options,
+    );
+    return { run: required(response.run, "RerunRun"), created: response.created };
+  }
+
   /** Cancels a run (idempotent) and returns it as it is after the request. */
   async cancelRun(
     runId: string,
