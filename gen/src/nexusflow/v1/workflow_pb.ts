@@ -14,7 +14,7 @@ import type { JsonObject, Message } from "@bufbuild/protobuf";
  * Describes the file nexusflow/v1/workflow.proto.
  */
 export const file_nexusflow_v1_workflow: GenFile = /*@__PURE__*/
-  fileDesc("ChtuZXh1c2Zsb3cvdjEvd29ya2Zsb3cucHJvdG8SDG5leHVzZmxvdy52MSKtAgoMV29ya2Zsb3dTcGVjEgwKBG5hbWUYASABKAkSDwoHdmVyc2lvbhgCIAEoBRITCgtkZXNjcmlwdGlvbhgDIAEoCRImCgVpbnB1dBgEIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSLAoIZGVmYXVsdHMYBSABKAsyGi5uZXh1c2Zsb3cudjEuU3RlcERlZmF1bHRzEg8KB3RpbWVvdXQYBiABKAkSJQoFc3RlcHMYByADKAsyFi5uZXh1c2Zsb3cudjEuU3RlcFNwZWMSJgoGb3V0cHV0GAggASgLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlEjMKC2NvbmN1cnJlbmN5GAkgAygLMh4ubmV4dXNmbG93LnYxLkNvbmN1cnJlbmN5TGltaXQiQAoQQ29uY3VycmVuY3lMaW1pdBILCgNrZXkYASABKAkSDQoFbGltaXQYAiABKAUSEAoIc3RyYXRlZ3kYAyABKAkieAoMU3RlcERlZmF1bHRzEigKBXJldHJ5GAEgASgLMhkubmV4dXNmbG93LnYxLlJldHJ5UG9saWN5EiwKCHRpbWVvdXRzGAIgASgLMhoubmV4dXNmbG93LnYxLlN0ZXBUaW1lb3V0cxIQCghwcmlvcml0eRgDIAEoBSKKAwoIU3RlcFNwZWMSCgoCaWQYASABKAkSDAoEdHlwZRgCIAEoCRIlCgVpbnB1dBgDIAEoCzIWLmdvb2dsZS5wcm90b2J1Zi5WYWx1ZRISCgpkZXBlbmRzX29uGAQgAygJEgwKBHdoZW4YBSABKAkSKAoFcmV0cnkYBiABKAsyGS5uZXh1c2Zsb3cudjEuUmV0cnlQb2xpY3kSLAoIdGltZW91dHMYByABKAsyGi5uZXh1c2Zsb3cudjEuU3RlcFRpbWVvdXRzEi4KCmNvbXBlbnNhdGUYCCABKAsyGi5uZXh1c2Zsb3cudjEuQ29tcGVuc2F0aW9uEhAKCHByaW9yaXR5GAkgASgFEjMKC2NvbmN1cnJlbmN5GAogAygLMh4ubmV4dXNmbG93LnYxLkNvbmN1cnJlbmN5TGltaXQSJAoEd2FpdBgUIAEoCzIWLm5leHVzZmxvdy52MS5XYWl0U3BlYxImCgVzbGVlcBgVIAEoCzIXLm5leHVzZmxvdy52MS5TbGVlcFNwZWMiKwoIV2FpdFNwZWMSDgoGc2lnbmFsGAEgASgJEg8KB3RpbWVvdXQYAiABKAkiJwoJU2xlZXBTcGVjEgsKA2ZvchgBIAEoCRINCgV1bnRpbBgCIAEoCSKeAQoLUmV0cnlQb2xpY3kSFAoMbWF4X2F0dGVtcHRzGAEgASgFEhgKEGluaXRpYWxfaW50ZXJ2YWwYAiABKAkSGwoTYmFja29mZl9jb2VmZmljaWVudBgDIAEoARIUCgxtYXhfaW50ZXJ2YWwYBCABKAkSDgoGaml0dGVyGAUgASgJEhwKFG5vbl9yZXRyeWFibGVfZXJyb3JzGAYgAygJIlQKDFN0ZXBUaW1lb3V0cxIZChFzY2hlZHVsZV90b19zdGFydBgBIAEoCRIWCg5zdGFydF90b19jbG9zZRgCIAEoCRIRCgloZWFydGJlYXQYAyABKAkibQoMQ29tcGVuc2F0aW9uEgwKBHR5cGUYASABKAkSJQoFaW5wdXQYAiABKAsyFi5nb29nbGUucHJvdG9idWYuVmFsdWUSKAoFcmV0cnkYAyABKAsyGS5uZXh1c2Zsb3cudjEuUmV0cnlQb2xpY3kipAEKEldvcmtmbG93RGVmaW5pdGlvbhIMCgRuYW1lGAEgASgJEg8KB3ZlcnNpb24YAiABKAUSKAoEc3BlYxgDIAEoCzIaLm5leHVzZmxvdy52MS5Xb3JrZmxvd1NwZWMSFAoMY29udGVudF9oYXNoGAQgASgJEi8KC2NyZWF0ZV90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJmCglUYXNrRXJyb3ISDAoEdHlwZRgBIAEoCRIPCgdtZXNzYWdlGAIgASgJEhEKCXJldHJ5YWJsZRgDIAEoCBInCgdkZXRhaWxzGAQgASgLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlIskCCgdBdHRlbXB0Eg4KBm51bWJlchgBIAEoBRIVCg1mZW5jaW5nX3Rva2VuGAIgASgDEhMKC2V4ZWN1dG9yX2lkGAMgASgJEi4KCmxlYXNlX3RpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnN0YXJ0X3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiwKCGVuZF90aW1lGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIoCgZzdGF0dXMYByABKA4yGC5uZXh1c2Zsb3cudjEuVGFza1N0YXR1cxImCgVlcnJvchgIIAEoCzIXLm5leHVzZmxvdy52MS5UYXNrRXJyb3ISIgoEbG9ncxgJIAEoCzIULm5leHVzZmxvdy52MS5Mb2dSZWYiqwQKB1Rhc2tSdW4SCgoCaWQYASABKAkSDwoHc3RlcF9pZBgCIAEoCRIkCgRraW5kGAMgASgOMhYubmV4dXNmbG93LnYxLlRhc2tLaW5kEgwKBHR5cGUYBCABKAkSKAoGc3RhdHVzGAUgASgOMhgubmV4dXNmbG93LnYxLlRhc2tTdGF0dXMSJQoFaW5wdXQYBiABKAsyFi5nb29nbGUucHJvdG9idWYuVmFsdWUSJgoGb3V0cHV0GAcgASgLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlEi0KCm91dHB1dF9yZWYYCCABKAsyGS5uZXh1c2Zsb3cudjEuQXJ0aWZhY3RSZWYSJgoFZXJyb3IYCSABKAsyFy5uZXh1c2Zsb3cudjEuVGFza0Vycm9yEicKCGF0dGVtcHRzGAogAygLMhUubmV4dXNmbG93LnYxLkF0dGVtcHQSNQoRbmV4dF9hdHRlbXB0X3RpbWUYCyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhMKC3NraXBfcmVhc29uGAwgASgJEi8KC2NyZWF0ZV90aW1lGA0gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCghlbmRfdGltZRgOIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFgoOcGVuZGluZ19yZWFzb24YDyABKAkSEwoLcmV1c2VkX2Zyb20YHiABKAkikwQKC1BlbmRpbmdHYXRlEjYKDGRlcGVuZGVuY2llcxgBIAEoCzIeLm5leHVzZmxvdy52MS5EZXBlbmRlbmNpZXNHYXRlSAASMAoJY29uZGl0aW9uGAIgASgLMhsubmV4dXNmbG93LnYxLkNvbmRpdGlvbkdhdGVIABI3Cg1yZXRyeV9iYWNrb2ZmGAMgASgLMh4ubmV4dXNmbG93LnYxLlJldHJ5QmFja29mZkdhdGVIABIzCgtub19leGVjdXRvchgEIAEoCzIcLm5leHVzZmxvdy52MS5Ob0V4ZWN1dG9yR2F0ZUgAEjkKDmV4ZWN1dG9yc19idXN5GAUgASgLMh8ubmV4dXNmbG93LnYxLkV4ZWN1dG9yc0J1c3lHYXRlSAASPgoRc2NoZWR1bGVfdG9fc3RhcnQYBiABKAsyIS5uZXh1c2Zsb3cudjEuU2NoZWR1bGVUb1N0YXJ0R2F0ZUgAEjUKDHJ1bl9zdG9wcGluZxgHIAEoCzIdLm5leHVzZmxvdy52MS5SdW5TdG9wcGluZ0dhdGVIABI1CgxkdXJhYmxlX3dhaXQYFCABKAsyHS5uZXh1c2Zsb3cudjEuRHVyYWJsZVdhaXRHYXRlSAASOwoPY29uY3VycmVuY3lfa2V5GAggASgLMiAubmV4dXNmbG93LnYxLkNvbmN1cnJlbmN5S2V5R2F0ZUgAQgYKBGdhdGUiTAoPRHVyYWJsZVdhaXRHYXRlEg4KBnNpZ25hbBgBIAEoCRIpCgV1bnRpbBgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAizwEKEkNvbmN1cnJlbmN5S2V5R2F0ZRINCgVzY29wZRgBIAEoCRIWCg5rZXlfZXhwcmVzc2lvbhgCIAEoCRILCgNrZXkYAyABKAkSDQoFbGltaXQYBCABKAUSEAoIc3RyYXRlZ3kYBSABKAkSMAoHaG9sZGVycxgGIAMoCzIfLm5leHVzZmxvdy52MS5Db25jdXJyZW5jeUhvbGRlchIPCgdob2xkaW5nGAcgASgFEhAKCHBvc2l0aW9uGAggASgFEg8KB3dhaXRpbmcYCSABKAUiSQoRQ29uY3VycmVuY3lIb2xkZXISDgoGcnVuX2lkGAEgASgJEg8KB3N0ZXBfaWQYAiABKAkSEwoLdGFza19ydW5faWQYAyABKAkiRQoQRGVwZW5kZW5jaWVzR2F0ZRIQCghzdGVwX2lkcxgBIAMoCRIfChdyZWFkaW5nX291dHB1dF9zdGVwX2lkcxgCIAMoCSI1Cg1Db25kaXRpb25HYXRlEhIKCmV4cHJlc3Npb24YASABKAkSEAoIc3RlcF9pZHMYAiADKAkiogEKEFJldHJ5QmFja29mZkdhdGUSNQoRbmV4dF9hdHRlbXB0X3RpbWUYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhQKDG5leHRfYXR0ZW1wdBgCIAEoBRIUCgxtYXhfYXR0ZW1wdHMYAyABKAUSKwoKbGFzdF9lcnJvchgEIAEoCzIXLm5leHVzZmxvdy52MS5UYXNrRXJyb3IiWAoOTm9FeGVjdXRvckdhdGUSDAoEdHlwZRgBIAEoCRINCgVhaGVhZBgCIAEoBRIpCgVzaW5jZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAigAEKEUV4ZWN1dG9yc0J1c3lHYXRlEgwKBHR5cGUYASABKAkSEQoJZXhlY3V0b3JzGAIgASgFEhAKCGRyYWluaW5nGAMgASgFEg0KBWFoZWFkGAQgASgFEikKBXNpbmNlGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJXChNTY2hlZHVsZVRvU3RhcnRHYXRlEiwKCGRlYWRsaW5lGAEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBISCgp0aW1lb3V0X21zGAIgASgDIlgKD1J1blN0b3BwaW5nR2F0ZRIrCgpydW5fc3RhdHVzGAEgASgOMhcubmV4dXNmbG93LnYxLlJ1blN0YXR1cxIYChBjYW5jZWxfcmVxdWVzdGVkGAIgASgIIvEECgNSdW4SCgoCaWQYASABKAkSFQoNd29ya2Zsb3dfbmFtZRgCIAEoCRIYChB3b3JrZmxvd192ZXJzaW9uGAMgASgFEicKBnN0YXR1cxgEIAEoDjIXLm5leHVzZmxvdy52MS5SdW5TdGF0dXMSJQoFaW5wdXQYBSABKAsyFi5nb29nbGUucHJvdG9idWYuVmFsdWUSJgoGb3V0cHV0GAYgASgLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlEiYKBWVycm9yGAcgASgLMhcubmV4dXNmbG93LnYxLlRhc2tFcnJvchIXCg9pZGVtcG90ZW5jeV9rZXkYCCABKAkSLQoGbGFiZWxzGAkgAygLMh0ubmV4dXNmbG93LnYxLlJ1bi5MYWJlbHNFbnRyeRIkCgV0YXNrcxgKIAMoCzIVLm5leHVzZmxvdy52MS5UYXNrUnVuEi8KC2NyZWF0ZV90aW1lGAsgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCghlbmRfdGltZRgMIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLAoIZGVhZGxpbmUYDSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEigKB3NpZ25hbHMYDiADKAsyFy5uZXh1c2Zsb3cudjEuUnVuU2lnbmFsEhAKCHJlcnVuX29mGB4gASgJEhcKD3JlcnVuX2Zyb21fc3RlcBgfIAEoCRIOCgZyZXJ1bnMYICADKAkaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASKeAQoJUnVuU2lnbmFsEgwKBG5hbWUYASABKAkSFwoPaWRlbXBvdGVuY3lfa2V5GAIgASgJEg8KB3N0ZXBfaWQYAyABKAkSJwoHcGF5bG9hZBgEIAEoCzIWLmdvb2dsZS5wcm90b2J1Zi5WYWx1ZRIwCgxyZWNlaXZlX3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wKpkCCglSdW5TdGF0dXMSGgoWUlVOX1NUQVRVU19VTlNQRUNJRklFRBAAEhYKElJVTl9TVEFUVVNfUEVORElORxABEhYKElJVTl9TVEFUVVNfUlVOTklORxACEhgKFFJVTl9TVEFUVVNfU1VDQ0VFREVEEAMSFQoRUlVOX1NUQVRVU19GQUlMRUQQBBIYChRSVU5fU1RBVFVTX0NBTkNFTExFRBAFEhgKFFJVTl9TVEFUVVNfVElNRURfT1VUEAYSGwoXUlVOX1NUQVRVU19DT01QRU5TQVRJTkcQBxIaChZSVU5fU1RBVFVTX0NPTVBFTlNBVEVEEAgSIgoeUlVOX1NUQVRVU19DT01QRU5TQVRJT05fRkFJTEVEEAkqpwIKClRhc2tTdGF0dXMSGwoXVEFTS19TVEFUVVNfVU5TUEVDSUZJRUQQABIXChNUQVNLX1NUQVRVU19QRU5ESU5HEAESFgoSVEFTS19TVEFUVVNfUVVFVUVEEAISFgoSVEFTS19TVEFUVVNfTEVBU0VEEAMSFwoTVEFTS19TVEFUVVNfUlVOTklORxAEEhoKFlRBU0tfU1RBVFVTX1JFVFJZX1dBSVQQBRIZChVUQVNLX1NUQVRVU19TVUNDRUVERUQQBhIWChJUQVNLX1NUQVRVU19GQUlMRUQQBxIXChNUQVNLX1NUQVRVU19TS0lQUEVEEAgSGQoVVEFTS19TVEFUVVNfQ0FOQ0VMTEVEEAkSFwoTVEFTS19TVEFUVVNfV0FJVElORxAKKlUKCFRhc2tLaW5kEhkKFVRBU0tfS0lORF9VTlNQRUNJRklFRBAAEhIKDlRBU0tfS0lORF9TVEVQEAESGgoWVEFTS19LSU5EX0NPTVBFTlNBVElPThACYgZwcm90bzM", [file_google_protobuf_struct, file_google_protobuf_timestamp, file_nexusflow_v1_artifacts]);
+  fileDesc("ChtuZXh1c2Zsb3cvdjEvd29ya2Zsb3cucHJvdG8SDG5leHVzZmxvdy52MSKtAgoMV29ya2Zsb3dTcGVjEgwKBG5hbWUYASABKAkSDwoHdmVyc2lvbhgCIAEoBRITCgtkZXNjcmlwdGlvbhgDIAEoCRImCgVpbnB1dBgEIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSLAoIZGVmYXVsdHMYBSABKAsyGi5uZXh1c2Zsb3cudjEuU3RlcERlZmF1bHRzEg8KB3RpbWVvdXQYBiABKAkSJQoFc3RlcHMYByADKAsyFi5uZXh1c2Zsb3cudjEuU3RlcFNwZWMSJgoGb3V0cHV0GAggASgLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlEjMKC2NvbmN1cnJlbmN5GAkgAygLMh4ubmV4dXNmbG93LnYxLkNvbmN1cnJlbmN5TGltaXQiQAoQQ29uY3VycmVuY3lMaW1pdBILCgNrZXkYASABKAkSDQoFbGltaXQYAiABKAUSEAoIc3RyYXRlZ3kYAyABKAkieAoMU3RlcERlZmF1bHRzEigKBXJldHJ5GAEgASgLMhkubmV4dXNmbG93LnYxLlJldHJ5UG9saWN5EiwKCHRpbWVvdXRzGAIgASgLMhoubmV4dXNmbG93LnYxLlN0ZXBUaW1lb3V0cxIQCghwcmlvcml0eRgDIAEoBSK9AwoIU3RlcFNwZWMSCgoCaWQYASABKAkSDAoEdHlwZRgCIAEoCRIlCgVpbnB1dBgDIAEoCzIWLmdvb2dsZS5wcm90b2J1Zi5WYWx1ZRISCgpkZXBlbmRzX29uGAQgAygJEgwKBHdoZW4YBSABKAkSKAoFcmV0cnkYBiABKAsyGS5uZXh1c2Zsb3cudjEuUmV0cnlQb2xpY3kSLAoIdGltZW91dHMYByABKAsyGi5uZXh1c2Zsb3cudjEuU3RlcFRpbWVvdXRzEi4KCmNvbXBlbnNhdGUYCCABKAsyGi5uZXh1c2Zsb3cudjEuQ29tcGVuc2F0aW9uEhAKCHByaW9yaXR5GAkgASgFEjMKC2NvbmN1cnJlbmN5GAogAygLMh4ubmV4dXNmbG93LnYxLkNvbmN1cnJlbmN5TGltaXQSJAoEd2FpdBgUIAEoCzIWLm5leHVzZmxvdy52MS5XYWl0U3BlYxImCgVzbGVlcBgVIAEoCzIXLm5leHVzZmxvdy52MS5TbGVlcFNwZWMSMQoId29ya2Zsb3cYFiABKAsyHy5uZXh1c2Zsb3cudjEuQ2hpbGRXb3JrZmxvd1NwZWMicwoRQ2hpbGRXb3JrZmxvd1NwZWMSDAoEbmFtZRgBIAEoCRIPCgd2ZXJzaW9uGAIgASgFEiUKBWlucHV0GAMgASgLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlEhgKEG9uX3BhcmVudF9jYW5jZWwYBCABKAkiKwoIV2FpdFNwZWMSDgoGc2lnbmFsGAEgASgJEg8KB3RpbWVvdXQYAiABKAkiJwoJU2xlZXBTcGVjEgsKA2ZvchgBIAEoCRINCgV1bnRpbBgCIAEoCSKeAQoLUmV0cnlQb2xpY3kSFAoMbWF4X2F0dGVtcHRzGAEgASgFEhgKEGluaXRpYWxfaW50ZXJ2YWwYAiABKAkSGwoTYmFja29mZl9jb2VmZmljaWVudBgDIAEoARIUCgxtYXhfaW50ZXJ2YWwYBCABKAkSDgoGaml0dGVyGAUgASgJEhwKFG5vbl9yZXRyeWFibGVfZXJyb3JzGAYgAygJIlQKDFN0ZXBUaW1lb3V0cxIZChFzY2hlZHVsZV90b19zdGFydBgBIAEoCRIWCg5zdGFydF90b19jbG9zZRgCIAEoCRIRCgloZWFydGJlYXQYAyABKAkibQoMQ29tcGVuc2F0aW9uEgwKBHR5cGUYASABKAkSJQoFaW5wdXQYAiABKAsyFi5nb29nbGUucHJvdG9idWYuVmFsdWUSKAoFcmV0cnkYAyABKAsyGS5uZXh1c2Zsb3cudjEuUmV0cnlQb2xpY3kipAEKEldvcmtmbG93RGVmaW5pdGlvbhIMCgRuYW1lGAEgASgJEg8KB3ZlcnNpb24YAiABKAUSKAoEc3BlYxgDIAEoCzIaLm5leHVzZmxvdy52MS5Xb3JrZmxvd1NwZWMSFAoMY29udGVudF9oYXNoGAQgASgJEi8KC2NyZWF0ZV90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJmCglUYXNrRXJyb3ISDAoEdHlwZRgBIAEoCRIPCgdtZXNzYWdlGAIgASgJEhEKCXJldHJ5YWJsZRgDIAEoCBInCgdkZXRhaWxzGAQgASgLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlIskCCgdBdHRlbXB0Eg4KBm51bWJlchgBIAEoBRIVCg1mZW5jaW5nX3Rva2VuGAIgASgDEhMKC2V4ZWN1dG9yX2lkGAMgASgJEi4KCmxlYXNlX3RpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnN0YXJ0X3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiwKCGVuZF90aW1lGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIoCgZzdGF0dXMYByABKA4yGC5uZXh1c2Zsb3cudjEuVGFza1N0YXR1cxImCgVlcnJvchgIIAEoCzIXLm5leHVzZmxvdy52MS5UYXNrRXJyb3ISIgoEbG9ncxgJIAEoCzIULm5leHVzZmxvdy52MS5Mb2dSZWYiwQQKB1Rhc2tSdW4SCgoCaWQYASABKAkSDwoHc3RlcF9pZBgCIAEoCRIkCgRraW5kGAMgASgOMhYubmV4dXNmbG93LnYxLlRhc2tLaW5kEgwKBHR5cGUYBCABKAkSKAoGc3RhdHVzGAUgASgOMhgubmV4dXNmbG93LnYxLlRhc2tTdGF0dXMSJQoFaW5wdXQYBiABKAsyFi5nb29nbGUucHJvdG9idWYuVmFsdWUSJgoGb3V0cHV0GAcgASgLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlEi0KCm91dHB1dF9yZWYYCCABKAsyGS5uZXh1c2Zsb3cudjEuQXJ0aWZhY3RSZWYSJgoFZXJyb3IYCSABKAsyFy5uZXh1c2Zsb3cudjEuVGFza0Vycm9yEicKCGF0dGVtcHRzGAogAygLMhUubmV4dXNmbG93LnYxLkF0dGVtcHQSNQoRbmV4dF9hdHRlbXB0X3RpbWUYCyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhMKC3NraXBfcmVhc29uGAwgASgJEi8KC2NyZWF0ZV90aW1lGA0gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCghlbmRfdGltZRgOIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFgoOcGVuZGluZ19yZWFzb24YDyABKAkSEwoLcmV1c2VkX2Zyb20YHiABKAkSFAoMY2hpbGRfcnVuX2lkGCggASgJIpMECgtQZW5kaW5nR2F0ZRI2CgxkZXBlbmRlbmNpZXMYASABKAsyHi5uZXh1c2Zsb3cudjEuRGVwZW5kZW5jaWVzR2F0ZUgAEjAKCWNvbmRpdGlvbhgCIAEoCzIbLm5leHVzZmxvdy52MS5Db25kaXRpb25HYXRlSAASNwoNcmV0cnlfYmFja29mZhgDIAEoCzIeLm5leHVzZmxvdy52MS5SZXRyeUJhY2tvZmZHYXRlSAASMwoLbm9fZXhlY3V0b3IYBCABKAsyHC5uZXh1c2Zsb3cudjEuTm9FeGVjdXRvckdhdGVIABI5Cg5leGVjdXRvcnNfYnVzeRgFIAEoCzIfLm5leHVzZmxvdy52MS5FeGVjdXRvcnNCdXN5R2F0ZUgAEj4KEXNjaGVkdWxlX3RvX3N0YXJ0GAYgASgLMiEubmV4dXNmbG93LnYxLlNjaGVkdWxlVG9TdGFydEdhdGVIABI1CgxydW5fc3RvcHBpbmcYByABKAsyHS5uZXh1c2Zsb3cudjEuUnVuU3RvcHBpbmdHYXRlSAASNQoMZHVyYWJsZV93YWl0GBQgASgLMh0ubmV4dXNmbG93LnYxLkR1cmFibGVXYWl0R2F0ZUgAEjsKD2NvbmN1cnJlbmN5X2tleRgIIAEoCzIgLm5leHVzZmxvdy52MS5Db25jdXJyZW5jeUtleUdhdGVIAEIGCgRnYXRlIkwKD0R1cmFibGVXYWl0R2F0ZRIOCgZzaWduYWwYASABKAkSKQoFdW50aWwYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIs8BChJDb25jdXJyZW5jeUtleUdhdGUSDQoFc2NvcGUYASABKAkSFgoOa2V5X2V4cHJlc3Npb24YAiABKAkSCwoDa2V5GAMgASgJEg0KBWxpbWl0GAQgASgFEhAKCHN0cmF0ZWd5GAUgASgJEjAKB2hvbGRlcnMYBiADKAsyHy5uZXh1c2Zsb3cudjEuQ29uY3VycmVuY3lIb2xkZXISDwoHaG9sZGluZxgHIAEoBRIQCghwb3NpdGlvbhgIIAEoBRIPCgd3YWl0aW5nGAkgASgFIkkKEUNvbmN1cnJlbmN5SG9sZGVyEg4KBnJ1bl9pZBgBIAEoCRIPCgdzdGVwX2lkGAIgASgJEhMKC3Rhc2tfcnVuX2lkGAMgASgJIkUKEERlcGVuZGVuY2llc0dhdGUSEAoIc3RlcF9pZHMYASADKAkSHwoXcmVhZGluZ19vdXRwdXRfc3RlcF9pZHMYAiADKAkiNQoNQ29uZGl0aW9uR2F0ZRISCgpleHByZXNzaW9uGAEgASgJEhAKCHN0ZXBfaWRzGAIgAygJIqIBChBSZXRyeUJhY2tvZmZHYXRlEjUKEW5leHRfYXR0ZW1wdF90aW1lGAEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIUCgxuZXh0X2F0dGVtcHQYAiABKAUSFAoMbWF4X2F0dGVtcHRzGAMgASgFEisKCmxhc3RfZXJyb3IYBCABKAsyFy5uZXh1c2Zsb3cudjEuVGFza0Vycm9yIlgKDk5vRXhlY3V0b3JHYXRlEgwKBHR5cGUYASABKAkSDQoFYWhlYWQYAiABKAUSKQoFc2luY2UYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIoABChFFeGVjdXRvcnNCdXN5R2F0ZRIMCgR0eXBlGAEgASgJEhEKCWV4ZWN1dG9ycxgCIAEoBRIQCghkcmFpbmluZxgDIAEoBRINCgVhaGVhZBgEIAEoBRIpCgVzaW5jZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiVwoTU2NoZWR1bGVUb1N0YXJ0R2F0ZRIsCghkZWFkbGluZRgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEgoKdGltZW91dF9tcxgCIAEoAyJYCg9SdW5TdG9wcGluZ0dhdGUSKwoKcnVuX3N0YXR1cxgBIAEoDjIXLm5leHVzZmxvdy52MS5SdW5TdGF0dXMSGAoQY2FuY2VsX3JlcXVlc3RlZBgCIAEoCCKgBQoDUnVuEgoKAmlkGAEgASgJEhUKDXdvcmtmbG93X25hbWUYAiABKAkSGAoQd29ya2Zsb3dfdmVyc2lvbhgDIAEoBRInCgZzdGF0dXMYBCABKA4yFy5uZXh1c2Zsb3cudjEuUnVuU3RhdHVzEiUKBWlucHV0GAUgASgLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlEiYKBm91dHB1dBgGIAEoCzIWLmdvb2dsZS5wcm90b2J1Zi5WYWx1ZRImCgVlcnJvchgHIAEoCzIXLm5leHVzZmxvdy52MS5UYXNrRXJyb3ISFwoPaWRlbXBvdGVuY3lfa2V5GAggASgJEi0KBmxhYmVscxgJIAMoCzIdLm5leHVzZmxvdy52MS5SdW4uTGFiZWxzRW50cnkSJAoFdGFza3MYCiADKAsyFS5uZXh1c2Zsb3cudjEuVGFza1J1bhIvCgtjcmVhdGVfdGltZRgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLAoIZW5kX3RpbWUYDCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiwKCGRlYWRsaW5lGA0gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIoCgdzaWduYWxzGA4gAygLMhcubmV4dXNmbG93LnYxLlJ1blNpZ25hbBIQCghyZXJ1bl9vZhgeIAEoCRIXCg9yZXJ1bl9mcm9tX3N0ZXAYHyABKAkSDgoGcmVydW5zGCAgAygJEhUKDXBhcmVudF9ydW5faWQYKCABKAkSFgoOcGFyZW50X3N0ZXBfaWQYKSABKAkaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASKeAQoJUnVuU2lnbmFsEgwKBG5hbWUYASABKAkSFwoPaWRlbXBvdGVuY3lfa2V5GAIgASgJEg8KB3N0ZXBfaWQYAyABKAkSJwoHcGF5bG9hZBgEIAEoCzIWLmdvb2dsZS5wcm90b2J1Zi5WYWx1ZRIwCgxyZWNlaXZlX3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wKpkCCglSdW5TdGF0dXMSGgoWUlVOX1NUQVRVU19VTlNQRUNJRklFRBAAEhYKElJVTl9TVEFUVVNfUEVORElORxABEhYKElJVTl9TVEFUVVNfUlVOTklORxACEhgKFFJVTl9TVEFUVVNfU1VDQ0VFREVEEAMSFQoRUlVOX1NUQVRVU19GQUlMRUQQBBIYChRSVU5fU1RBVFVTX0NBTkNFTExFRBAFEhgKFFJVTl9TVEFUVVNfVElNRURfT1VUEAYSGwoXUlVOX1NUQVRVU19DT01QRU5TQVRJTkcQBxIaChZSVU5fU1RBVFVTX0NPTVBFTlNBVEVEEAgSIgoeUlVOX1NUQVRVU19DT01QRU5TQVRJT05fRkFJTEVEEAkqpwIKClRhc2tTdGF0dXMSGwoXVEFTS19TVEFUVVNfVU5TUEVDSUZJRUQQABIXChNUQVNLX1NUQVRVU19QRU5ESU5HEAESFgoSVEFTS19TVEFUVVNfUVVFVUVEEAISFgoSVEFTS19TVEFUVVNfTEVBU0VEEAMSFwoTVEFTS19TVEFUVVNfUlVOTklORxAEEhoKFlRBU0tfU1RBVFVTX1JFVFJZX1dBSVQQBRIZChVUQVNLX1NUQVRVU19TVUNDRUVERUQQBhIWChJUQVNLX1NUQVRVU19GQUlMRUQQBxIXChNUQVNLX1NUQVRVU19TS0lQUEVEEAgSGQoVVEFTS19TVEFUVVNfQ0FOQ0VMTEVEEAkSFwoTVEFTS19TVEFUVVNfV0FJVElORxAKKlUKCFRhc2tLaW5kEhkKFVRBU0tfS0lORF9VTlNQRUNJRklFRBAAEhIKDlRBU0tfS0lORF9TVEVQEAESGgoWVEFTS19LSU5EX0NPTVBFTlNBVElPThACYgZwcm90bzM", [file_google_protobuf_struct, file_google_protobuf_timestamp, file_nexusflow_v1_artifacts]);
 
 /**
  * A workflow definition: a DAG of steps. It is the protobuf twin of the JSON definition format
@@ -272,6 +272,14 @@ export type StepSpec = Message<"nexusflow.v1.StepSpec"> & {
    * @generated from field: nexusflow.v1.SleepSpec sleep = 21;
    */
   sleep?: SleepSpec | undefined;
+
+  /**
+   * Makes the step start a run of another workflow (a child run) and end with it: no executor
+   * runs it. A step sets exactly one of type, wait, sleep and workflow.
+   *
+   * @generated from field: nexusflow.v1.ChildWorkflowSpec workflow = 22;
+   */
+  workflow?: ChildWorkflowSpec | undefined;
 };
 
 /**
@@ -280,6 +288,53 @@ export type StepSpec = Message<"nexusflow.v1.StepSpec"> & {
  */
 export const StepSpecSchema: GenMessage<StepSpec> = /*@__PURE__*/
   messageDesc(file_nexusflow_v1_workflow, 3);
+
+/**
+ * A step that starts a run of another workflow (its child) and ends with it: SUCCEEDED with the
+ * child's output, or FAILED with CHILD_FAILED (the child's error in its details) when the child
+ * ends otherwise. A failed child is not started again (the step has no retry policy). The
+ * workflow is looked up when the step starts: one not registered then fails the step with
+ * CHILD_WORKFLOW_NOT_FOUND. A run 10 levels under its root starts no child (CHILD_DEPTH_EXCEEDED).
+ *
+ * @generated from message nexusflow.v1.ChildWorkflowSpec
+ */
+export type ChildWorkflowSpec = Message<"nexusflow.v1.ChildWorkflowSpec"> & {
+  /**
+   * The child workflow's name.
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * Its version; 0 (unset): the latest registered when the step starts.
+   *
+   * @generated from field: int32 version = 2;
+   */
+  version: number;
+
+  /**
+   * The child run's input, a template like a step's input (run input, upstream outputs).
+   *
+   * @generated from field: google.protobuf.Value input = 3;
+   */
+  input?: Value | undefined;
+
+  /**
+   * What cancelling (or timing out) the parent does to a running child: "cancel" (default) or
+   * "abandon" (it runs on).
+   *
+   * @generated from field: string on_parent_cancel = 4;
+   */
+  onParentCancel: string;
+};
+
+/**
+ * Describes the message nexusflow.v1.ChildWorkflowSpec.
+ * Use `create(ChildWorkflowSpecSchema)` to create a new message.
+ */
+export const ChildWorkflowSpecSchema: GenMessage<ChildWorkflowSpec> = /*@__PURE__*/
+  messageDesc(file_nexusflow_v1_workflow, 4);
 
 /**
  * A step that waits for a signal sent to its run (SignalRun): it succeeds with the signal's
@@ -309,7 +364,7 @@ export type WaitSpec = Message<"nexusflow.v1.WaitSpec"> & {
  * Use `create(WaitSpecSchema)` to create a new message.
  */
 export const WaitSpecSchema: GenMessage<WaitSpec> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 4);
+  messageDesc(file_nexusflow_v1_workflow, 5);
 
 /**
  * A step that sleeps: it succeeds (output {"until": RFC 3339 time}) at its time. Exactly one of
@@ -339,7 +394,7 @@ export type SleepSpec = Message<"nexusflow.v1.SleepSpec"> & {
  * Use `create(SleepSpecSchema)` to create a new message.
  */
 export const SleepSpecSchema: GenMessage<SleepSpec> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 5);
+  messageDesc(file_nexusflow_v1_workflow, 6);
 
 /**
  * How a failed step is retried.
@@ -395,7 +450,7 @@ export type RetryPolicy = Message<"nexusflow.v1.RetryPolicy"> & {
  * Use `create(RetryPolicySchema)` to create a new message.
  */
 export const RetryPolicySchema: GenMessage<RetryPolicy> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 6);
+  messageDesc(file_nexusflow_v1_workflow, 7);
 
 /**
  * Time limits of one step.
@@ -430,7 +485,7 @@ export type StepTimeouts = Message<"nexusflow.v1.StepTimeouts"> & {
  * Use `create(StepTimeoutsSchema)` to create a new message.
  */
 export const StepTimeoutsSchema: GenMessage<StepTimeouts> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 7);
+  messageDesc(file_nexusflow_v1_workflow, 8);
 
 /**
  * The compensating action of a step (saga rollback).
@@ -465,7 +520,7 @@ export type Compensation = Message<"nexusflow.v1.Compensation"> & {
  * Use `create(CompensationSchema)` to create a new message.
  */
 export const CompensationSchema: GenMessage<Compensation> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 8);
+  messageDesc(file_nexusflow_v1_workflow, 9);
 
 /**
  * A registered workflow definition.
@@ -514,7 +569,7 @@ export type WorkflowDefinition = Message<"nexusflow.v1.WorkflowDefinition"> & {
  * Use `create(WorkflowDefinitionSchema)` to create a new message.
  */
 export const WorkflowDefinitionSchema: GenMessage<WorkflowDefinition> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 9);
+  messageDesc(file_nexusflow_v1_workflow, 10);
 
 /**
  * A failure as reported by a handler or decided by the scheduler.
@@ -556,7 +611,7 @@ export type TaskError = Message<"nexusflow.v1.TaskError"> & {
  * Use `create(TaskErrorSchema)` to create a new message.
  */
 export const TaskErrorSchema: GenMessage<TaskError> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 10);
+  messageDesc(file_nexusflow_v1_workflow, 11);
 
 /**
  * One attempt of a task run.
@@ -633,7 +688,7 @@ export type Attempt = Message<"nexusflow.v1.Attempt"> & {
  * Use `create(AttemptSchema)` to create a new message.
  */
 export const AttemptSchema: GenMessage<Attempt> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 11);
+  messageDesc(file_nexusflow_v1_workflow, 12);
 
 /**
  * The state of one step (or compensation) within a run.
@@ -761,6 +816,13 @@ export type TaskRun = Message<"nexusflow.v1.TaskRun"> & {
    * @generated from field: string reused_from = 30;
    */
   reusedFrom: string;
+
+  /**
+   * A child workflow step's child run id, once the child is started; empty otherwise.
+   *
+   * @generated from field: string child_run_id = 40;
+   */
+  childRunId: string;
 };
 
 /**
@@ -768,7 +830,7 @@ export type TaskRun = Message<"nexusflow.v1.TaskRun"> & {
  * Use `create(TaskRunSchema)` to create a new message.
  */
 export const TaskRunSchema: GenMessage<TaskRun> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 12);
+  messageDesc(file_nexusflow_v1_workflow, 13);
 
 /**
  * One gate that holds a task back now (ExplainPending). A task may be held by several at once.
@@ -861,7 +923,7 @@ export type PendingGate = Message<"nexusflow.v1.PendingGate"> & {
  * Use `create(PendingGateSchema)` to create a new message.
  */
 export const PendingGateSchema: GenMessage<PendingGate> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 13);
+  messageDesc(file_nexusflow_v1_workflow, 14);
 
 /**
  * A wait step waiting for a signal (until its timeout), or a sleep step until its time.
@@ -889,7 +951,7 @@ export type DurableWaitGate = Message<"nexusflow.v1.DurableWaitGate"> & {
  * Use `create(DurableWaitGateSchema)` to create a new message.
  */
 export const DurableWaitGateSchema: GenMessage<DurableWaitGate> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 14);
+  messageDesc(file_nexusflow_v1_workflow, 15);
 
 /**
  * A keyed concurrency limit whose key is full holds the task, or its run (a workflow's limit).
@@ -967,7 +1029,7 @@ export type ConcurrencyKeyGate = Message<"nexusflow.v1.ConcurrencyKeyGate"> & {
  * Use `create(ConcurrencyKeyGateSchema)` to create a new message.
  */
 export const ConcurrencyKeyGateSchema: GenMessage<ConcurrencyKeyGate> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 15);
+  messageDesc(file_nexusflow_v1_workflow, 16);
 
 /**
  * A holder of a concurrency key's slot: a run (a workflow's limit) or a step's task.
@@ -1002,7 +1064,7 @@ export type ConcurrencyHolder = Message<"nexusflow.v1.ConcurrencyHolder"> & {
  * Use `create(ConcurrencyHolderSchema)` to create a new message.
  */
 export const ConcurrencyHolderSchema: GenMessage<ConcurrencyHolder> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 16);
+  messageDesc(file_nexusflow_v1_workflow, 17);
 
 /**
  * The task waits for other tasks of its run to finish.
@@ -1032,7 +1094,7 @@ export type DependenciesGate = Message<"nexusflow.v1.DependenciesGate"> & {
  * Use `create(DependenciesGateSchema)` to create a new message.
  */
 export const DependenciesGateSchema: GenMessage<DependenciesGate> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 17);
+  messageDesc(file_nexusflow_v1_workflow, 18);
 
 /**
  * The step's `when` condition is evaluated only once its dependencies have finished.
@@ -1060,7 +1122,7 @@ export type ConditionGate = Message<"nexusflow.v1.ConditionGate"> & {
  * Use `create(ConditionGateSchema)` to create a new message.
  */
 export const ConditionGateSchema: GenMessage<ConditionGate> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 18);
+  messageDesc(file_nexusflow_v1_workflow, 19);
 
 /**
  * The task failed and its next attempt waits for its retry backoff.
@@ -1102,7 +1164,7 @@ export type RetryBackoffGate = Message<"nexusflow.v1.RetryBackoffGate"> & {
  * Use `create(RetryBackoffGateSchema)` to create a new message.
  */
 export const RetryBackoffGateSchema: GenMessage<RetryBackoffGate> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 19);
+  messageDesc(file_nexusflow_v1_workflow, 20);
 
 /**
  * No attached executor session advertises the task's type: an executor for it must be started.
@@ -1137,7 +1199,7 @@ export type NoExecutorGate = Message<"nexusflow.v1.NoExecutorGate"> & {
  * Use `create(NoExecutorGateSchema)` to create a new message.
  */
 export const NoExecutorGateSchema: GenMessage<NoExecutorGate> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 20);
+  messageDesc(file_nexusflow_v1_workflow, 21);
 
 /**
  * Every attached session that advertises the task's type has no credit left (all its slots are
@@ -1187,7 +1249,7 @@ export type ExecutorsBusyGate = Message<"nexusflow.v1.ExecutorsBusyGate"> & {
  * Use `create(ExecutorsBusyGateSchema)` to create a new message.
  */
 export const ExecutorsBusyGateSchema: GenMessage<ExecutorsBusyGate> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 21);
+  messageDesc(file_nexusflow_v1_workflow, 22);
 
 /**
  * The queued attempt fails with SCHEDULE_TO_START_TIMEOUT (and is retried per the step's policy)
@@ -1216,7 +1278,7 @@ export type ScheduleToStartGate = Message<"nexusflow.v1.ScheduleToStartGate"> & 
  * Use `create(ScheduleToStartGateSchema)` to create a new message.
  */
 export const ScheduleToStartGateSchema: GenMessage<ScheduleToStartGate> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 22);
+  messageDesc(file_nexusflow_v1_workflow, 23);
 
 /**
  * The run is cancelled or rolling back its completed steps: the step is not started.
@@ -1244,7 +1306,7 @@ export type RunStoppingGate = Message<"nexusflow.v1.RunStoppingGate"> & {
  * Use `create(RunStoppingGateSchema)` to create a new message.
  */
 export const RunStoppingGateSchema: GenMessage<RunStoppingGate> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 23);
+  messageDesc(file_nexusflow_v1_workflow, 24);
 
 /**
  * A run of a workflow definition.
@@ -1370,6 +1432,20 @@ export type Run = Message<"nexusflow.v1.Run"> & {
    * @generated from field: repeated string reruns = 32;
    */
   reruns: string[];
+
+  /**
+   * The run whose child workflow step started this one, if any.
+   *
+   * @generated from field: string parent_run_id = 40;
+   */
+  parentRunId: string;
+
+  /**
+   * That step's id, when parent_run_id is set.
+   *
+   * @generated from field: string parent_step_id = 41;
+   */
+  parentStepId: string;
 };
 
 /**
@@ -1377,7 +1453,7 @@ export type Run = Message<"nexusflow.v1.Run"> & {
  * Use `create(RunSchema)` to create a new message.
  */
 export const RunSchema: GenMessage<Run> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 24);
+  messageDesc(file_nexusflow_v1_workflow, 25);
 
 /**
  * A signal sent to a run.
@@ -1426,7 +1502,7 @@ export type RunSignal = Message<"nexusflow.v1.RunSignal"> & {
  * Use `create(RunSignalSchema)` to create a new message.
  */
 export const RunSignalSchema: GenMessage<RunSignal> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 25);
+  messageDesc(file_nexusflow_v1_workflow, 26);
 
 /**
  * Lifecycle state of a run.

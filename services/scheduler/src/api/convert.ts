@@ -3,6 +3,7 @@ import { create, type MessageInitShape } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { errorToProto, jsonToValue } from "@nexusflow/common";
 import { toArtifactRef } from "@nexusflow/common/artifacts";
+import { TaskErrorType } from "@nexusflow/common/task-error-types";
 import {
   LogRefSchema,
   RunSchema,
@@ -16,6 +17,7 @@ import {
 } from "@nexusflow/gen";
 import { fromJson, type JsonValue } from "@bufbuild/protobuf";
 import { RunSignalSchema, type RunSignal } from "@nexusflow/gen";
+import { childRunId } from "../core/children.js";
 import type { DefinitionRow } from "../engine/definitions.js";
 import type { ErrorInfo, RunState, SignalState, TaskState } from "../model/run-state.js";
 import type { RunDetail, RunRow } from "../persistence/run-store.js";
@@ -55,6 +57,10 @@ interface RunBasics {
   createdAt: Date;
   endedAt: Date | null | undefined;
   deadline: Date | null | undefined;
+  /** A child run's parent, as stored (its row) or in memory (RunState.parent). */
+  parentRunId?: string | null | undefined;
+  parentStepId?: string | null | undefined;
+  parent?: { runId: string; stepId: string } | null | undefined;
   /** A rerun's original run (RerunRun) and its `{fromStep, reused}` (RunState.rerun, or the row's column). */
   rerunOf?: string | null | undefined;
   rerun?: unknown;
@@ -89,6 +95,8 @@ function basicInit(run: RunBasics): MessageInitShape<typeof RunSchema> {
     createTime: ts(run.createdAt),
     endTime: ts(run.endedAt),
     deadline: ts(run.deadline),
+    parentRunId: run.parent?.runId ?? run.parentRunId ?? "",
+    parentStepId: run.parent?.stepId ?? run.parentStepId ?? "",
     rerunOf: run.rerunOf ?? "",
     rerunFromStep: rerunOf(run.rerun)?.fromStep ?? "",
   };
@@ -177,6 +185,7 @@ export function runDetail(detail: RunDetail, pendingReason: PendingReasons = () 
     // Only with a stored waiting state, so no other state ever carries a reason; the engine
     // answers "" for a task it has leased since, whose commit is on its way.
     pendingReason: WAITING.has(t.status) ? pendingReason(t.id) : "",
+    childRunId: t.kind === "STEP" ? (detail.children?.[t.stepId] ?? "") : "",
     reusedFrom: reusedFrom(detail.run.rerun, t.kind, t.stepId),
   }));
   return create(RunSchema, {
@@ -195,6 +204,19 @@ export function definition(row: DefinitionRow): WorkflowDefinition {
     contentHash: row.contentHash,
     createTime: timestampFromDate(row.createdAt),
   });
+}
+
+/**
+ * TaskRun.child_run_id of a task in memory: a child workflow step's derived child id
+ * (core/children.ts) once it waits on its child or ended with it; "" for other tasks.
+ */
+function childRunIdOf(run: Readonly<RunState>, t: TaskState): string {
+  if (run.workflow.stepsById.get(t.stepId)?.child == null) return "";
+  const started =
+    t.status === "WAITING" ||
+    t.status === "SUCCEEDED" ||
+    (t.status === "FAILED" && t.error?.type === TaskErrorType.CHILD_FAILED);
+  return started ? childRunId(run.id, t.stepId) : "";
 }
 
 /** A run from the engine's memory (StartRun answers without reading back what it just wrote). */
@@ -227,6 +249,7 @@ export function runFromState(run: Readonly<RunState>, pendingReason: PendingReas
     createTime: ts(t.createdAt),
     endTime: ts(t.endedAt),
     pendingReason: WAITING.has(t.status) ? pendingReason(t.id) : "",
+    childRunId: t.kind === "STEP" ? childRunIdOf(run, t) : "",
     reusedFrom: reusedFrom(run.rerun, t.kind, t.stepId),
   });
   return create(RunSchema, {

@@ -20,6 +20,8 @@ export interface RunDetail {
   run: RunRow;
   tasks: TaskRow[];
   attempts: Map<string, AttemptRow[]>;
+  /** The ids of the child runs its child workflow steps started, by step id; read by `get` only. */
+  children?: Record<string, string>;
   /** Ids of the run's reruns (RerunRun), oldest first; read by `get` only. */
   reruns?: string[];
 }
@@ -56,6 +58,14 @@ export class RunStore {
     const em = this.db.orm.em.fork();
     const tasks = await em.find(TaskRunEntity, { runId }, { orderBy: { kind: "desc", position: "asc" } });
     const attemptRows = await em.find(TaskAttemptEntity, { runId }, { orderBy: { number: "asc" } });
+    // The partial index on parent_run_id holds child runs only.
+    const childRows = await em.find(
+      WorkflowRunEntity,
+      { parentRunId: runId },
+      { fields: ["id", "parentStepId"] },
+    );
+    const children: Record<string, string> = {};
+    for (const c of childRows) if (typeof c.parentStepId === "string") children[c.parentStepId] = c.id;
     // The partial index on rerun_of answers this without a row for runs that were never rerun.
     const reruns = await em.find(
       WorkflowRunEntity,
@@ -68,7 +78,7 @@ export class RunStore {
       list.push(a);
       attempts.set(a.taskRunId, list);
     }
-    return { run, tasks, attempts, reruns: reruns.map((r) => r.id) };
+    return { run, tasks, attempts, reruns: reruns.map((r) => r.id), children };
   }
 
   /** A run's own row, without tasks; NOT_FOUND when missing. */
