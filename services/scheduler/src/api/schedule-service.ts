@@ -22,6 +22,7 @@ import {
   type ResumeScheduleRequest,
   type TriggerScheduleRequest,
 } from "@nexusflow/gen";
+import { ConcurrencyKeyError, workflowKeys } from "../core/index.js";
 import { contentHash } from "../dag/index.js";
 import { checkRunInput, type Definitions } from "../engine/definitions.js";
 import { fireTimesBetween } from "../schedules/cron.js";
@@ -129,7 +130,10 @@ export function scheduleService(deps: ScheduleServiceDeps): grpc.UntypedServiceI
       try {
         const def = await deps.definitions.resolve(spec.workflowName, spec.workflowVersion);
         checkRunInput(def.workflow, spec.input);
+        // The workflow's concurrency keys over the input, as StartRun checks them at every fire.
+        workflowKeys({ id: "", workflow: def.workflow, input: spec.input });
       } catch (e) {
+        if (e instanceof ConcurrencyKeyError) throw ApiError.invalid("spec.input", e.message);
         throw aboutSpec(e);
       }
       const now = new Date();

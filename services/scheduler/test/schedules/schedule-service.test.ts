@@ -118,6 +118,25 @@ describe("ScheduleService", () => {
       [spec(), "", Code.InvalidArgument, /^schedule_id: /],
       [spec(), "-bad-", Code.InvalidArgument, /^schedule_id: /],
     ];
+    // A workflow whose concurrency key is read from the input: an input without it would fail
+    // every fire, so the schedule is refused at once.
+    await runs.registerWorkflow({
+      definition: {
+        case: "specJson",
+        value: JSON.stringify({
+          name: "keyed",
+          version: 1,
+          concurrency: [{ key: "input.customer", limit: 1 }],
+          steps: [{ id: "wait", type: "sched.never" }],
+        }),
+      },
+    });
+    cases.push([
+      spec({ workflowName: "keyed" }),
+      "ok",
+      Code.InvalidArgument,
+      /^spec\.input: concurrency key "input\.customer" .*has no field "customer"/,
+    ]);
     for (const [s, id, code, message] of cases) {
       const r = await refusal(
         schedules.createSchedule({ scheduleId: id, ...(s === undefined ? {} : { spec: s }) }),
