@@ -163,4 +163,16 @@ describe("runs why", () => {
       "  - it sleeps until 2026-01-31 13:00:00 UTC (in 60m00s)",
     ]);
   });
+
+  it("says which child run a child workflow step waits for", () => {
+    const child = (workflowVersion: number) =>
+      answer(TaskStatus.WAITING, [
+        g({ case: "childRun", value: { runId: "run-2", workflowName: "charge-card", workflowVersion } }),
+      ]);
+    assert.deepEqual(describeExplanation(child(3), plain).split("\n"), [
+      "charge of run run-1 (RUNNING) is WAITING; held by 1 gate:",
+      "  - it waits for its child run run-2 (workflow charge-card v3) to end: see nexusflow runs get run-2",
+    ]);
+    assert.match(describeExplanation(child(0), plain), /\(workflow charge-card\) to end/);
+  });
 });

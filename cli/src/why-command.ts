@@ -98,6 +98,8 @@ export function describeGate(gate: PendingGate, nowMs: number): string {
       return g.value.signal === ""
         ? `it sleeps until ${when(g.value.until, nowMs)}`
         : `it waits for signal ${JSON.stringify(g.value.signal)}${g.value.until === undefined ? "" : `, and fails with WAIT_TIMEOUT unless it arrives by ${when(g.value.until, nowMs)}`}: send it with nexusflow runs signal`;
+    case "childRun":
+      return `it waits for its child run ${g.value.runId} (workflow ${g.value.workflowName}${g.value.workflowVersion === 0 ? "" : ` v${g.value.workflowVersion}`}) to end: see nexusflow runs get ${g.value.runId}`;
     case undefined:
       return "held by a gate this CLI does not know (a newer scheduler?): see --output json";
   }

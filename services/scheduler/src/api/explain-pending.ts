@@ -98,6 +98,12 @@ export function gateMessage(gate: Gate): PendingGate {
     case "durable-wait":
       init = { case: "durableWait", value: { signal: gate.signal ?? "", until: ts(gate.until) } };
       break;
+    case "child-run":
+      init = {
+        case: "childRun",
+        value: { runId: gate.runId, workflowName: gate.workflow, workflowVersion: gate.version ?? 0 },
+      };
+      break;
   }
   return create(PendingGateSchema, { gate: init });
 }

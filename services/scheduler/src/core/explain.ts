@@ -8,6 +8,7 @@
  */
 import type { ErrorInfo, RunState, RunStatusName, TaskState } from "../model/run-state.js";
 import { TERMINAL_TASK_STATUSES } from "../model/run-state.js";
+import { childRunId } from "./children.js";
 import { keyWaits, type KeyWait } from "./concurrency.js";
 import { describeHold } from "./holds.js";
 import { retryPolicyOf } from "./retries.js";
@@ -79,6 +80,14 @@ export type Gate =
       /** The signal; null for a sleep. */
       readonly signal: string | null;
       readonly until: Date | null;
+    }
+  | {
+      /** A child workflow step waits for its child run to end (core/children.ts). */
+      readonly kind: "child-run";
+      readonly runId: string;
+      readonly workflow: string;
+      /** The version asked for; null: the latest. */
+      readonly version: number | null;
     };
 
 /**
@@ -153,6 +162,16 @@ export function explainPending(
       break;
     }
     case "WAITING": {
+      const child = run.workflow.stepsById.get(task.stepId)?.child;
+      if (child != null) {
+        gates.push({
+          kind: "child-run",
+          runId: childRunId(run.id, task.stepId),
+          workflow: child.name,
+          version: child.version,
+        });
+        break;
+      }
       const durable = run.workflow.stepsById.get(task.stepId)?.durable;
       gates.push({
         kind: "durable-wait",
@@ -234,6 +253,8 @@ export function describeGate(gate: Gate): string {
         : `waiting for signal ${JSON.stringify(gate.signal)}${gate.until === null ? "" : ` until ${gate.until.toISOString()}`}`;
     case "concurrency-key":
       return describeKeyWait(gate);
+    case "child-run":
+      return `waiting for child run ${gate.runId} (${gate.workflow}${gate.version === null ? "" : ` v${gate.version}`}) to end`;
   }
 }
 

@@ -123,6 +123,16 @@ describe("child workflows", () => {
     assert.equal(child?.parentStepId, "pay");
     assert.equal(child?.workflowName, "charge-card");
     assert.deepEqual(valueToJson(child?.input), { amount: 12 });
+    // ExplainPending and pending_reason name the child it waits for.
+    const why = await client.explainPending({ runId, stepId: "pay" });
+    assert.equal(why.status, TaskStatus.WAITING);
+    const gate = why.gates[0]?.gate;
+    assert.equal(gate?.case, "childRun");
+    assert.deepEqual(
+      [gate.value.runId, gate.value.workflowName, gate.value.workflowVersion],
+      [childId, "charge-card", 1],
+    );
+    assert.equal(why.pendingReason, `waiting for child run ${childId} (charge-card v1) to end`);
     await client.signalRun({ runId: childId, name: "go", payload: jsonToValue({ charged: 12 }) });
     const run = await waitForRun(client, runId);
     assert.equal(run.status, RunStatus.SUCCEEDED, JSON.stringify(run.error));
