@@ -61,6 +61,25 @@ const CATCH_UP: Record<string, CatchUpPolicy> = {
 };
 const kebab = (name: string): string => name.toLowerCase().replace(/_/g, "-");
 
+/**
+ * Whether the date and time written in `value` (before any offset) name a real instant of the
+ * calendar: Date.parse reads 2026-02-30 as March 2 and 24:00 as the next day without a word.
+ */
+function realCalendarTime(value: string): boolean {
+  const m = /^(\d{4})-(\d{2})-(\d{2})(?:[T ](\d{2}):(\d{2})(?::(\d{2}))?)?/.exec(value);
+  if (m === null) return false;
+  const [y, mo, d, h = "0", mi = "0", s = "0"] = m.slice(1);
+  const at = new Date(Date.UTC(Number(y), Number(mo) - 1, Number(d), Number(h), Number(mi), Number(s)));
+  return (
+    at.getUTCFullYear() === Number(y) &&
+    at.getUTCMonth() === Number(mo) - 1 &&
+    at.getUTCDate() === Number(d) &&
+    at.getUTCHours() === Number(h) &&
+    at.getUTCMinutes() === Number(mi) &&
+    at.getUTCSeconds() === Number(s)
+  );
+}
+
 /** A time option (ISO 8601, e.g. 2026-12-01T00:00:00Z). */
 function timeOption(name: string, value: string | undefined): Timestamp {
   if (value === undefined)
@@ -70,6 +89,8 @@ function timeOption(name: string, value: string | undefined): Timestamp {
     throw new UsageError(
       `--${name} must be an ISO 8601 time (e.g. 2026-12-01T00:00:00Z), got ${JSON.stringify(value)}`,
     );
+  if (!realCalendarTime(value))
+    throw new UsageError(`--${name}: ${JSON.stringify(value)} is not a date and time of the calendar`);
   return timestampFromMs(ms);
 }
 

@@ -189,6 +189,17 @@ describe("nexusflow schedules and /v1/schedules against a live stack", () => {
         2,
         /--from must be an ISO 8601 time/,
       ],
+      // Date.parse would read these as March 2 and the next day's midnight.
+      [
+        ["schedules", "backfill", "x", "--from", "2026-02-30T00:00:00Z", "--to", "2026-03-03T00:00:00Z"],
+        2,
+        /--from: "2026-02-30T00:00:00Z" is not a date and time of the calendar/,
+      ],
+      [
+        ["schedules", "backfill", "x", "--from", "2026-02-01T00:00:00Z", "--to", "2026-02-28T24:00:00Z"],
+        2,
+        /--to: "2026-02-28T24:00:00Z" is not a date and time of the calendar/,
+      ],
       [["schedules", "frobnicate"], 2, /unknown subcommand "frobnicate"/],
     ];
     for (const [args, code, message] of cases) {
