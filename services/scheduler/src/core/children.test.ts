@@ -8,6 +8,7 @@ import type { ParentLink, RunState } from "../model/run-state.js";
 import type { StoredTask } from "../persistence/engine-store.js";
 import { childFoundEnded, childResolved, childRunId } from "./children.js";
 import { recover } from "./recovery.js";
+import { completed } from "./reports.js";
 import { advance, cancelRun, startRun } from "./runs.js";
 import { Simulation, workflowOf } from "./simulation.js";
 import { signalReceived } from "./waits.js";
@@ -149,6 +150,62 @@ void describe("child workflow steps (core)", () => {
       }
       for (const step of run.tasks.values()) assert.equal(step.status, "CANCELLED");
     }
+  });
+
+  it("a cancel with compensation reaches running children: a child's succeeded step is compensated", () => {
+    const sim = new Simulation();
+    const payThenWait = workflowOf({
+      name: "pay-then-wait",
+      version: 1,
+      steps: [
+        { id: "charge", type: "pay", compensate: { type: "refund" } },
+        { id: "w", wait: { signal: "go" }, dependsOn: ["charge"] },
+      ],
+    });
+    const run = begin(sim, parentFlow([{ id: "c", workflow: { name: "pay-then-wait" } }]));
+    childResolved(sim.core, run.id, "c", { definitionId: 3, workflow: payThenWait, input: {} }, sim.at().now);
+    const child = sim.core.runs.get(childRunId(run.id, "c"))!;
+    const s = sim.session("s");
+    const charge = sim.lease(s)!;
+    assert.equal(completed(sim.core, s, sim.key(charge), { paid: 1 }, null, null, sim.at()), null);
+    settle(sim);
+    assert.equal(child.tasks.get("w")!.status, "WAITING");
+    cancelRun(sim.core, run, "operator", true, sim.at().now);
+    assert.equal(child.status, "COMPENSATING", "the child rolls back its charge");
+    const refund = sim.lease(s)!;
+    assert.equal(refund.type, "refund");
+    assert.equal(completed(sim.core, s, sim.key(refund), null, null, null, sim.at()), null);
+    settle(sim);
+    assert.equal(child.status, "COMPENSATED");
+    assert.equal(run.tasks.get("c")!.status, "CANCELLED", "the parent's step ended with the cancel");
+  });
+
+  it("a parent's run timeout cancels its running child", () => {
+    const sim = new Simulation();
+    const run = startRun(
+      sim.core,
+      {
+        definitionId: 1,
+        workflow: workflowOf({
+          name: "parent",
+          version: 1,
+          timeout: "1m",
+          steps: [{ id: "c", workflow: { name: "child" } }],
+        }),
+        input: {},
+        idempotencyKey: null,
+        requestHash: null,
+        labels: {},
+      },
+      sim.at().now,
+    );
+    const patient = workflowOf({ name: "patient", version: 1, steps: [{ id: "w", wait: { signal: "go" } }] });
+    childResolved(sim.core, run.id, "c", { definitionId: 2, workflow: patient, input: {} }, sim.at().now);
+    const child = sim.core.runs.get(childRunId(run.id, "c"));
+    sim.advanceTime(60_000);
+    assert.equal(run.status, "TIMED_OUT");
+    assert.equal(child!.status, "CANCELLED");
+    assert.match(child!.error?.message ?? "", /run timed out/);
   });
 
   it("a run 10 levels deep starts no child: CHILD_DEPTH_EXCEEDED", () => {
