@@ -150,8 +150,12 @@ export class Definitions {
         ? undefined
         : decodeToken(
             pageToken,
+            // Ours name a stored id: a forged one PostgreSQL could not read is refused.
             (v): v is { id: number } =>
-              typeof v === "object" && v !== null && typeof (v as { id?: unknown }).id === "number",
+              typeof v === "object" &&
+              v !== null &&
+              Number.isSafeInteger((v as { id?: unknown }).id) &&
+              (v as { id: number }).id > 0,
           );
     const rows = await this.store.list({ name, beforeId: after?.id, latestOnly, limit: size + 1 });
     const page = rows.slice(0, size);

@@ -105,11 +105,14 @@ export class RunStore {
     if (filter.pageToken !== "") {
       const t = decodeToken(
         filter.pageToken,
+        // Ours name a stored instant and a run id: a forged one PostgreSQL could not read is refused.
         (v): v is { t: string; id: string } =>
           typeof v === "object" &&
           v !== null &&
           typeof (v as { t?: unknown }).t === "string" &&
-          typeof (v as { id?: unknown }).id === "string",
+          Number.isFinite(Date.parse((v as { t: string }).t)) &&
+          typeof (v as { id?: unknown }).id === "string" &&
+          UUID.test((v as { id: string }).id),
       );
       const at = new Date(t.t);
       where.push({ $or: [{ createdAt: { $lt: at } }, { createdAt: at, id: { $lt: t.id } }] });

@@ -6,7 +6,7 @@
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import { toBinary } from "@bufbuild/protobuf";
-import { createClient } from "@connectrpc/connect";
+import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { jsonToValue, valueToJson } from "@nexusflow/common";
 import type { Executor } from "@nexusflow/executor";
@@ -62,6 +62,26 @@ describe("ListRuns views and page bound", () => {
     await executor?.stop("test over");
     await scheduler?.stop();
     await db?.close();
+  });
+
+  it("refuses a forged page token naming what PostgreSQL cannot read, naming page_token", async () => {
+    const token = (v: unknown): string => Buffer.from(JSON.stringify(v)).toString("base64url");
+    const now = new Date().toISOString();
+    const forged = [
+      ["listRuns", token({ t: "garbage", id: "00000000-0000-4000-8000-000000000000" })],
+      ["listRuns", token({ t: now, id: "not-a-uuid" })],
+      ["listRuns", token({ t: now, id: "\u0000" })],
+      ["listWorkflows", token({ id: 1.5 })],
+      ["listWorkflows", token({ id: 1e300 })],
+    ] as const;
+    for (const [rpc, pageToken] of forged) {
+      const err = await client[rpc]({ pageToken }).then(
+        () => assert.fail(`${rpc} accepted ${pageToken}`),
+        (e: unknown) => ConnectError.from(e),
+      );
+      assert.equal(Code[err.code], Code[Code.InvalidArgument], `${rpc}: ${err.rawMessage}`);
+      assert.match(err.rawMessage, /^page_token: /);
+    }
   });
 
   it("lists runs in the BASIC view by default, and with input, output and tasks in FULL", async () => {
