@@ -249,7 +249,8 @@ export function runFromState(run: Readonly<RunState>, pendingReason: PendingReas
     createTime: ts(t.createdAt),
     endTime: ts(t.endedAt),
     pendingReason: WAITING.has(t.status) ? pendingReason(t.id) : "",
-    childRunId: t.kind === "STEP" ? childRunIdOf(run, t) : "",
+    // A step a rerun took over started no child of this run (its child is the original's).
+    childRunId: t.kind === "STEP" && run.rerun?.reused[t.stepId] === undefined ? childRunIdOf(run, t) : "",
     reusedFrom: reusedFrom(run.rerun, t.kind, t.stepId),
   });
   return create(RunSchema, {
