@@ -6,23 +6,9 @@
  * (`TaskState.hold`): what explain.ts reads, never recomputed from the sessions afterwards.
  */
 
-/**
- * Why the ready tasks of a type are held back: no attached session advertises the type, or every
- * session that does is busy (no credit) or draining.
- */
-export type Hold =
-  | { readonly kind: "unadvertised" }
-  | { readonly kind: "busy"; readonly executors: number; readonly draining: number };
+import type { Hold, QueueHold } from "../model/queue-hold.js";
 
-/**
- * The latest scheduling pass's decision for one task type, shared by its queued tasks: the hold
- * (null when a session could take them) and since when it has said so.
- */
-export interface QueueHold {
-  hold: Hold | null;
-  /** When the pass that recorded `hold` ran (the latest change of it); null before any. */
-  since: Date | null;
-}
+export type { Hold, QueueHold };
 
 /** The minimum a hold needs to know of a session (SessionHandle has it). */
 export interface SessionView {

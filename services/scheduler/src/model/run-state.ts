@@ -6,8 +6,8 @@
 import { randomUUID } from "node:crypto";
 import { RunStatus, TaskStatus, type TaskKind } from "@nexusflow/gen";
 import { TaskErrorType } from "@nexusflow/common/task-error-types";
-import type { Claim } from "../core/concurrency.js";
-import type { QueueHold } from "../core/holds.js";
+import type { Claim } from "./concurrency-state.js";
+import type { QueueHold } from "./queue-hold.js";
 import type { CompiledWorkflow } from "../dag/index.js";
 
 /** Run states as stored: the names of the generated RunStatus enum ("SUCCEEDED"). */
