@@ -4,7 +4,8 @@ import { describe, it } from "node:test";
 import type { CompiledWorkflow } from "../dag/index.js";
 import type { TaskStatusName } from "../model/run-state.js";
 import { isRefusal, planRerun, type OriginalStep, type RerunPlan, type RerunRefusal } from "./reruns.js";
-import { startRun } from "./runs.js";
+import { failed } from "./reports.js";
+import { advance, startRun } from "./runs.js";
 import { Simulation, workflowOf } from "./simulation.js";
 
 const step = (id: string, dependsOn: string[] = [], extra: Record<string, unknown> = {}) => ({
@@ -203,5 +204,48 @@ void describe("rerun plans (core)", () => {
         ["y", "task-y"],
       ],
     );
+  });
+
+  it("rolls back the steps it took over when the rerun fails: they are its own", () => {
+    const sim = new Simulation();
+    const wf = workflowOf({
+      name: "saga",
+      version: 1,
+      steps: [
+        step("a", [], { compensate: { type: "undo-a" } }),
+        step("b", ["a"], { retry: { maxAttempts: 1 } }),
+      ],
+    });
+    const reused = planRerun(wf, "run-1", "b", original({ a: "SUCCEEDED", b: "FAILED" }));
+    assert.ok(!isRefusal(reused));
+    const run = startRun(
+      sim.core,
+      {
+        definitionId: 1,
+        workflow: wf,
+        input: {},
+        idempotencyKey: null,
+        requestHash: null,
+        labels: {},
+        rerun: { of: "run-1", fromStep: "b", reused },
+      },
+      sim.at().now,
+    );
+    const s = sim.session("s");
+    const b = sim.lease(s)!;
+    assert.equal(b.stepId, "b");
+    failed(
+      sim.core,
+      s,
+      sim.key(b),
+      { type: "BOOM", message: "still broken", retryable: false },
+      0,
+      null,
+      sim.at(),
+    );
+    sim.settle((r) => advance(sim.core, r, sim.at().now));
+    assert.equal(run.status, "COMPENSATING");
+    const undo = sim.lease(s)!;
+    assert.equal(undo.type, "undo-a");
   });
 });
