@@ -243,6 +243,42 @@ for (const backend of ["filesystem", "s3"] as const) {
       await waitForRun(client, again.run!.id);
     });
 
+    it("deletes a schedule's fires with their runs, and its refused fires past the retention", async (t) => {
+      if (!available(t)) return;
+      const s = await start();
+      const old = await finishedRun(3);
+      const recent = await finishedRun(4);
+      const longAgo = new Date(Date.now() - 40 * DAY);
+      await age(old, longAgo);
+      const uid = randomUUID();
+      await pool.query(
+        `INSERT INTO schedules (schedule_id, uid, workflow_name, spec, paused, cursor_at, created_at, updated_at)
+         VALUES ('ret-sched', $1, 'ret-files', '{}', true, now(), now(), now())`,
+        [uid],
+      );
+      const fire = (key: string, status: string, runId: string | null, createdAt: Date) =>
+        pool.query(
+          `INSERT INTO schedule_fires (schedule_uid, fire_key, fire_at, origin, status, run_id, error, created_at)
+           VALUES ($1, $2, $4, 'SCHEDULED', $3, $5, $6, $4)`,
+          [uid, key, status, createdAt, runId, runId === null ? "refused" : null],
+        );
+      await fire("old-run", "STARTED", old, longAgo);
+      await fire("recent-run", "STARTED", recent, new Date());
+      await fire("old-refused", "FAILED", null, longAgo);
+      await fire("recent-refused", "FAILED", null, new Date());
+
+      assert.equal((await s.retention.purge()).deleted, 1);
+      const { rows } = await pool.query<{ fire_key: string }>(
+        "SELECT fire_key FROM schedule_fires WHERE schedule_uid = $1 ORDER BY fire_key",
+        [uid],
+      );
+      assert.deepEqual(
+        rows.map((r) => r.fire_key),
+        ["recent-refused", "recent-run"],
+      );
+      await pool.query("DELETE FROM schedules WHERE uid = $1", [uid]);
+    });
+
     it("deletes in batches until no run is past the retention", async (t) => {
       if (!available(t)) return;
       await start();

@@ -2,8 +2,10 @@
  * Run retention: finished runs that ended longer ago than the retention are deleted, in small
  * batches, with their tasks and attempts (foreign keys cascade), their idempotency key (when it
  * still names them), their outbox rows already published, and their logs and files in the
- * artifact store (`runs/{run_id}/`). Optionally each run is first exported as one JSON document
- * (the GetRun view) to `exports/{yyyy}/{mm}/{dd}/{run_id}.json`, dated by the run's creation (UTC).
+ * artifact store (`runs/{run_id}/`), and the schedule fires that started them (schedule fires
+ * refused for good, with no run, go once past the retention too). Optionally each run is first
+ * exported as one JSON document (the GetRun view) to `exports/{yyyy}/{mm}/{dd}/{run_id}.json`,
+ * dated by the run's creation (UTC).
  *
  * Safe beside the group-commit writer: only runs whose terminal state is committed, and that the
  * engine no longer holds in memory, are taken; a terminal run never changes again, and the DELETE
@@ -76,6 +78,19 @@ const DELETE_KEYS_SQL = `DELETE FROM idempotency_keys k
   WHERE k.workflow_name = x.workflow_name AND k.idempotency_key = x.idempotency_key AND k.run_id = x.run_id`;
 
 const DELETE_OUTBOX_SQL = `DELETE FROM outbox_events WHERE run_id = ANY($1::uuid[]) AND published_at IS NOT NULL`;
+
+// A schedule's fire of a deleted run: its fire time is behind the schedule's cursor for good.
+const DELETE_FIRES_SQL = `DELETE FROM schedule_fires WHERE run_id = ANY($1::uuid[])`;
+
+// Fires refused for good (no run) past the retention, schedule by schedule through the
+// (schedule_uid, created_at) index; at most $2 of them a purge.
+const DELETE_REFUSED_FIRES_SQL = `DELETE FROM schedule_fires f USING (
+    SELECT x.schedule_uid, x.fire_key FROM schedules s
+    CROSS JOIN LATERAL (SELECT schedule_uid, fire_key FROM schedule_fires
+      WHERE schedule_uid = s.uid AND created_at < to_timestamp($1::float8 / 1000) AND status = 'FAILED'
+      LIMIT $2) x
+    LIMIT $2) old
+  WHERE f.schedule_uid = old.schedule_uid AND f.fire_key = old.fire_key`;
 
 /** Lifecycle of {@link RunRetention}. */
 export type RunRetentionState =
@@ -183,6 +198,10 @@ export class RunRetention {
       if (rows.length < this.batchSize) break;
       await pause(this.pauseMs, signal);
     }
+    if (!signal?.aborted) {
+      // A schedule whose workflow refuses its input fails a fire each tick, for ever if let be.
+      await this.options.pool.query(DELETE_REFUSED_FIRES_SQL, [Date.now() - this.retentionMs, 10_000]);
+    }
     this.stats.deleted += result.deleted;
     this.stats.exported += result.exported;
     this.stats.failed += result.failed;
@@ -242,6 +261,7 @@ export class RunRetention {
         ]);
       }
       await client.query(DELETE_OUTBOX_SQL, [runs.rows.map((r) => r.id)]);
+      await client.query(DELETE_FIRES_SQL, [runs.rows.map((r) => r.id)]);
       await client.query("COMMIT");
       return runs.rowCount ?? 0;
     } catch (e) {
