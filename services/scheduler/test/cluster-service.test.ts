@@ -1,14 +1,19 @@
 /**
  * ClusterService.ListExecutors against a real scheduler: the sessions attached now, what each
  * advertised, the leases each holds by type, draining, paging, and bad requests refused with
- * INVALID_ARGUMENT naming the field. An executor that says too much of itself is cut short.
+ * INVALID_ARGUMENT naming the field. An executor that says too much of itself is cut short, one
+ * advertising more than 1,000 task types is refused, and a page stays within its byte bound.
  */
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import { timestampMs } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, createClient, type Client } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
-import { ClusterService, type ExecutorSession } from "@nexusflow/gen";
+import { toBinary } from "@bufbuild/protobuf";
+import * as grpc from "@grpc/grpc-js";
+import { ClusterService, ListExecutorsResponseSchema, type ExecutorSession } from "@nexusflow/gen";
+import { LIST_EXECUTORS_PAGE_BYTES } from "../src/api/cluster-service.js";
+import { MAX_ATTACH_TASK_TYPES } from "../src/api/executor-session.js";
 import type { Scheduler } from "../src/index.js";
 import { RawSession, startTestDatabase, startTestScheduler, waitFor, workflowClient } from "./support.js";
 
@@ -168,5 +173,41 @@ describe("ClusterService.ListExecutors", () => {
     await waitFor("cl-loud's session to go", async () =>
       (await list("cl.loud")).length === 0 ? true : undefined,
     );
+  });
+
+  it("refuses an Attach advertising more task types than it bounds, naming attach.task_types", async () => {
+    const s = new RawSession(scheduler.address);
+    sessions.push(s);
+    const types = Array.from({ length: MAX_ATTACH_TASK_TYPES + 1 }, (_, i) => `cl.many-${i}`);
+    s.send({ case: "attach", value: { executorId: "cl-many", taskTypes: types, protocolVersion: 2 } });
+    const status = await waitFor("the session refused", () => s.status);
+    assert.equal(status.code, grpc.status.INVALID_ARGUMENT, status.details);
+    assert.match(status.details, /^attach\.task_types: at most 1000 task types, got 1001/);
+    assert.deepEqual(await list("cl.many-0"), []);
+  });
+
+  it("cuts a page at its byte bound and goes on from there, however much each session advertises", async () => {
+    // 20 sessions of 1,000 long type names each (~70 kB a session): ~1.4 MB in all.
+    const long = (i: number) => `cl.wide.${"x".repeat(48)}${String(i).padStart(4, "0")}`;
+    const types = Array.from({ length: MAX_ATTACH_TASK_TYPES }, (_, i) => long(i));
+    const wide: RawSession[] = [];
+    for (let i = 0; i < 20; i++) wide.push(await attach(`cl-wide-${String(i).padStart(2, "0")}`, types));
+    const seen: string[] = [];
+    let pageToken = "";
+    let pages = 0;
+    do {
+      const page = await cluster.listExecutors({ taskType: long(0), pageToken });
+      const bytes = toBinary(ListExecutorsResponseSchema, page).length;
+      assert.ok(bytes <= LIST_EXECUTORS_PAGE_BYTES + 1024, `a page of ${bytes} bytes`);
+      seen.push(...page.executors.map((e) => e.executorId));
+      pageToken = page.nextPageToken;
+      pages++;
+    } while (pageToken !== "");
+    assert.ok(pages >= 2, `${pages} page(s)`);
+    assert.deepEqual(
+      seen,
+      wide.map((_, i) => `cl-wide-${String(i).padStart(2, "0")}`),
+    );
+    for (const w of wide) w.close();
   });
 });

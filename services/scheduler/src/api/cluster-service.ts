@@ -2,7 +2,7 @@
  * ClusterService over gRPC: the executor sessions attached to this scheduler, from the engine's
  * live state (engine/executors.ts), a page at a time.
  */
-import { create } from "@bufbuild/protobuf";
+import { create, toBinary } from "@bufbuild/protobuf";
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import type * as grpc from "@grpc/grpc-js";
 import { ApiError, unary } from "@nexusflow/common";
@@ -101,15 +101,42 @@ export function executorSession(view: ExecutorView): ExecutorSession {
   });
 }
 
+/**
+ * Most bytes of sessions one ListExecutors answer carries (a session larger goes alone): a page of
+ * sessions that each advertise many types stays well under gRPC's usual 4 MiB receive limit, and
+ * next_page_token goes on from the last one carried.
+ */
+export const LIST_EXECUTORS_PAGE_BYTES = 1024 * 1024;
+
+/** The page's sessions as messages, cut at {@link LIST_EXECUTORS_PAGE_BYTES}. */
+export function executorsMessages(page: { executors: ExecutorView[]; nextPageToken: string }): {
+  executors: ExecutorSession[];
+  nextPageToken: string;
+} {
+  const executors: ExecutorSession[] = [];
+  let bytes = 0;
+  for (const view of page.executors) {
+    const message = executorSession(view);
+    const size = toBinary(ExecutorSessionSchema, message).length;
+    if (executors.length > 0 && bytes + size > LIST_EXECUTORS_PAGE_BYTES) {
+      const last = page.executors[executors.length - 1] as ExecutorView;
+      return { executors, nextPageToken: executorPageToken(last) };
+    }
+    executors.push(message);
+    bytes += size;
+  }
+  return { executors, nextPageToken: page.nextPageToken };
+}
+
 /** The ClusterService implementation for grpc-js. */
 export function clusterService(source: ClusterSource): grpc.UntypedServiceImplementation {
   return {
     listExecutors: unary((req: ListExecutorsRequest) => {
       try {
-        const page = executorsPage(source.executors(), req);
+        const page = executorsMessages(executorsPage(source.executors(), req));
         return Promise.resolve(
           create(ListExecutorsResponseSchema, {
-            executors: page.executors.map(executorSession),
+            executors: page.executors,
             nextPageToken: page.nextPageToken,
           }),
         );

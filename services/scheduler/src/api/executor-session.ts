@@ -59,6 +59,11 @@ import type { SessionHandle } from "../engine/dispatcher.js";
 import { callPrincipal } from "./auth.js";
 
 const TYPE_NAME = /^[a-z][a-z0-9._-]{0,62}$/;
+/**
+ * Most task types one Attach advertises: each is a queue the dispatcher weighs and a line of every
+ * ListExecutors answer (an Attach of 60,000 made one session of ~4 MiB there).
+ */
+export const MAX_ATTACH_TASK_TYPES = 1000;
 
 /** Bounds of what an Attach says of the executor (labels, version), as ListExecutors shows it. */
 const ADVERTISED_LABELS = 32;
@@ -321,6 +326,13 @@ export function executorService(
             fail(
               grpc.status.INVALID_ARGUMENT,
               "attach.executor_id: required, at most 200 characters, no NUL character",
+            );
+            return;
+          }
+          if (a.taskTypes.length > MAX_ATTACH_TASK_TYPES) {
+            fail(
+              grpc.status.INVALID_ARGUMENT,
+              `attach.task_types: at most ${MAX_ATTACH_TASK_TYPES} task types, got ${a.taskTypes.length}`,
             );
             return;
           }
