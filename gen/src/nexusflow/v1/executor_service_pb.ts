@@ -253,7 +253,7 @@ export type Attach = Message<"nexusflow.v1.Attach"> & {
   executorId: string;
 
   /**
-   * Task types this executor can run.
+   * Task types this executor can run (at most 1,000: more is INVALID_ARGUMENT naming attach.task_types).
    *
    * @generated from field: repeated string task_types = 2;
    */
