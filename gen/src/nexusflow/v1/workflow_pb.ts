@@ -14,7 +14,7 @@ import type { JsonObject, Message } from "@bufbuild/protobuf";
  * Describes the file nexusflow/v1/workflow.proto.
  */
 export const file_nexusflow_v1_workflow: GenFile = /*@__PURE__*/
-  fileDesc("ChtuZXh1c2Zsb3cvdjEvd29ya2Zsb3cucHJvdG8SDG5leHVzZmxvdy52MSKtAgoMV29ya2Zsb3dTcGVjEgwKBG5hbWUYASABKAkSDwoHdmVyc2lvbhgCIAEoBRITCgtkZXNjcmlwdGlvbhgDIAEoCRImCgVpbnB1dBgEIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSLAoIZGVmYXVsdHMYBSABKAsyGi5uZXh1c2Zsb3cudjEuU3RlcERlZmF1bHRzEg8KB3RpbWVvdXQYBiABKAkSJQoFc3RlcHMYByADKAsyFi5uZXh1c2Zsb3cudjEuU3RlcFNwZWMSJgoGb3V0cHV0GAggASgLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlEjMKC2NvbmN1cnJlbmN5GAkgAygLMh4ubmV4dXNmbG93LnYxLkNvbmN1cnJlbmN5TGltaXQiQAoQQ29uY3VycmVuY3lMaW1pdBILCgNrZXkYASABKAkSDQoFbGltaXQYAiABKAUSEAoIc3RyYXRlZ3kYAyABKAkieAoMU3RlcERlZmF1bHRzEigKBXJldHJ5GAEgASgLMhkubmV4dXNmbG93LnYxLlJldHJ5UG9saWN5EiwKCHRpbWVvdXRzGAIgASgLMhoubmV4dXNmbG93LnYxLlN0ZXBUaW1lb3V0cxIQCghwcmlvcml0eRgDIAEoBSK9AwoIU3RlcFNwZWMSCgoCaWQYASABKAkSDAoEdHlwZRgCIAEoCRIlCgVpbnB1dBgDIAEoCzIWLmdvb2dsZS5wcm90b2J1Zi5WYWx1ZRISCgpkZXBlbmRzX29uGAQgAygJEgwKBHdoZW4YBSABKAkSKAoFcmV0cnkYBiABKAsyGS5uZXh1c2Zsb3cudjEuUmV0cnlQb2xpY3kSLAoIdGltZW91dHMYByABKAsyGi5uZXh1c2Zsb3cudjEuU3RlcFRpbWVvdXRzEi4KCmNvbXBlbnNhdGUYCCABKAsyGi5uZXh1c2Zsb3cudjEuQ29tcGVuc2F0aW9uEhAKCHByaW9yaXR5GAkgASgFEjMKC2NvbmN1cnJlbmN5GAogAygLMh4ubmV4dXNmbG93LnYxLkNvbmN1cnJlbmN5TGltaXQSJAoEd2FpdBgUIAEoCzIWLm5leHVzZmxvdy52MS5XYWl0U3BlYxImCgVzbGVlcBgVIAEoCzIXLm5leHVzZmxvdy52MS5TbGVlcFNwZWMSMQoId29ya2Zsb3cYFiABKAsyHy5uZXh1c2Zsb3cudjEuQ2hpbGRXb3JrZmxvd1NwZWMicwoRQ2hpbGRXb3JrZmxvd1NwZWMSDAoEbmFtZRgBIAEoCRIPCgd2ZXJzaW9uGAIgASgFEiUKBWlucHV0GAMgASgLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlEhgKEG9uX3BhcmVudF9jYW5jZWwYBCABKAkiKwoIV2FpdFNwZWMSDgoGc2lnbmFsGAEgASgJEg8KB3RpbWVvdXQYAiABKAkiJwoJU2xlZXBTcGVjEgsKA2ZvchgBIAEoCRINCgV1bnRpbBgCIAEoCSKeAQoLUmV0cnlQb2xpY3kSFAoMbWF4X2F0dGVtcHRzGAEgASgFEhgKEGluaXRpYWxfaW50ZXJ2YWwYAiABKAkSGwoTYmFja29mZl9jb2VmZmljaWVudBgDIAEoARIUCgxtYXhfaW50ZXJ2YWwYBCABKAkSDgoGaml0dGVyGAUgASgJEhwKFG5vbl9yZXRyeWFibGVfZXJyb3JzGAYgAygJIlQKDFN0ZXBUaW1lb3V0cxIZChFzY2hlZHVsZV90b19zdGFydBgBIAEoCRIWCg5zdGFydF90b19jbG9zZRgCIAEoCRIRCgloZWFydGJlYXQYAyABKAkibQoMQ29tcGVuc2F0aW9uEgwKBHR5cGUYASABKAkSJQoFaW5wdXQYAiABKAsyFi5nb29nbGUucHJvdG9idWYuVmFsdWUSKAoFcmV0cnkYAyABKAsyGS5uZXh1c2Zsb3cudjEuUmV0cnlQb2xpY3kipAEKEldvcmtmbG93RGVmaW5pdGlvbhIMCgRuYW1lGAEgASgJEg8KB3ZlcnNpb24YAiABKAUSKAoEc3BlYxgDIAEoCzIaLm5leHVzZmxvdy52MS5Xb3JrZmxvd1NwZWMSFAoMY29udGVudF9oYXNoGAQgASgJEi8KC2NyZWF0ZV90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJmCglUYXNrRXJyb3ISDAoEdHlwZRgBIAEoCRIPCgdtZXNzYWdlGAIgASgJEhEKCXJldHJ5YWJsZRgDIAEoCBInCgdkZXRhaWxzGAQgASgLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlIskCCgdBdHRlbXB0Eg4KBm51bWJlchgBIAEoBRIVCg1mZW5jaW5nX3Rva2VuGAIgASgDEhMKC2V4ZWN1dG9yX2lkGAMgASgJEi4KCmxlYXNlX3RpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnN0YXJ0X3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiwKCGVuZF90aW1lGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIoCgZzdGF0dXMYByABKA4yGC5uZXh1c2Zsb3cudjEuVGFza1N0YXR1cxImCgVlcnJvchgIIAEoCzIXLm5leHVzZmxvdy52MS5UYXNrRXJyb3ISIgoEbG9ncxgJIAEoCzIULm5leHVzZmxvdy52MS5Mb2dSZWYiwQQKB1Rhc2tSdW4SCgoCaWQYASABKAkSDwoHc3RlcF9pZBgCIAEoCRIkCgRraW5kGAMgASgOMhYubmV4dXNmbG93LnYxLlRhc2tLaW5kEgwKBHR5cGUYBCABKAkSKAoGc3RhdHVzGAUgASgOMhgubmV4dXNmbG93LnYxLlRhc2tTdGF0dXMSJQoFaW5wdXQYBiABKAsyFi5nb29nbGUucHJvdG9idWYuVmFsdWUSJgoGb3V0cHV0GAcgASgLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlEi0KCm91dHB1dF9yZWYYCCABKAsyGS5uZXh1c2Zsb3cudjEuQXJ0aWZhY3RSZWYSJgoFZXJyb3IYCSABKAsyFy5uZXh1c2Zsb3cudjEuVGFza0Vycm9yEicKCGF0dGVtcHRzGAogAygLMhUubmV4dXNmbG93LnYxLkF0dGVtcHQSNQoRbmV4dF9hdHRlbXB0X3RpbWUYCyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhMKC3NraXBfcmVhc29uGAwgASgJEi8KC2NyZWF0ZV90aW1lGA0gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCghlbmRfdGltZRgOIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFgoOcGVuZGluZ19yZWFzb24YDyABKAkSEwoLcmV1c2VkX2Zyb20YHiABKAkSFAoMY2hpbGRfcnVuX2lkGCggASgJIsQECgtQZW5kaW5nR2F0ZRI2CgxkZXBlbmRlbmNpZXMYASABKAsyHi5uZXh1c2Zsb3cudjEuRGVwZW5kZW5jaWVzR2F0ZUgAEjAKCWNvbmRpdGlvbhgCIAEoCzIbLm5leHVzZmxvdy52MS5Db25kaXRpb25HYXRlSAASNwoNcmV0cnlfYmFja29mZhgDIAEoCzIeLm5leHVzZmxvdy52MS5SZXRyeUJhY2tvZmZHYXRlSAASMwoLbm9fZXhlY3V0b3IYBCABKAsyHC5uZXh1c2Zsb3cudjEuTm9FeGVjdXRvckdhdGVIABI5Cg5leGVjdXRvcnNfYnVzeRgFIAEoCzIfLm5leHVzZmxvdy52MS5FeGVjdXRvcnNCdXN5R2F0ZUgAEj4KEXNjaGVkdWxlX3RvX3N0YXJ0GAYgASgLMiEubmV4dXNmbG93LnYxLlNjaGVkdWxlVG9TdGFydEdhdGVIABI1CgxydW5fc3RvcHBpbmcYByABKAsyHS5uZXh1c2Zsb3cudjEuUnVuU3RvcHBpbmdHYXRlSAASNQoMZHVyYWJsZV93YWl0GBQgASgLMh0ubmV4dXNmbG93LnYxLkR1cmFibGVXYWl0R2F0ZUgAEi8KCWNoaWxkX3J1bhgVIAEoCzIaLm5leHVzZmxvdy52MS5DaGlsZFJ1bkdhdGVIABI7Cg9jb25jdXJyZW5jeV9rZXkYCCABKAsyIC5uZXh1c2Zsb3cudjEuQ29uY3VycmVuY3lLZXlHYXRlSABCBgoEZ2F0ZSJPCgxDaGlsZFJ1bkdhdGUSDgoGcnVuX2lkGAEgASgJEhUKDXdvcmtmbG93X25hbWUYAiABKAkSGAoQd29ya2Zsb3dfdmVyc2lvbhgDIAEoBSJMCg9EdXJhYmxlV2FpdEdhdGUSDgoGc2lnbmFsGAEgASgJEikKBXVudGlsGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCLPAQoSQ29uY3VycmVuY3lLZXlHYXRlEg0KBXNjb3BlGAEgASgJEhYKDmtleV9leHByZXNzaW9uGAIgASgJEgsKA2tleRgDIAEoCRINCgVsaW1pdBgEIAEoBRIQCghzdHJhdGVneRgFIAEoCRIwCgdob2xkZXJzGAYgAygLMh8ubmV4dXNmbG93LnYxLkNvbmN1cnJlbmN5SG9sZGVyEg8KB2hvbGRpbmcYByABKAUSEAoIcG9zaXRpb24YCCABKAUSDwoHd2FpdGluZxgJIAEoBSJJChFDb25jdXJyZW5jeUhvbGRlchIOCgZydW5faWQYASABKAkSDwoHc3RlcF9pZBgCIAEoCRITCgt0YXNrX3J1bl9pZBgDIAEoCSJFChBEZXBlbmRlbmNpZXNHYXRlEhAKCHN0ZXBfaWRzGAEgAygJEh8KF3JlYWRpbmdfb3V0cHV0X3N0ZXBfaWRzGAIgAygJIjUKDUNvbmRpdGlvbkdhdGUSEgoKZXhwcmVzc2lvbhgBIAEoCRIQCghzdGVwX2lkcxgCIAMoCSKiAQoQUmV0cnlCYWNrb2ZmR2F0ZRI1ChFuZXh0X2F0dGVtcHRfdGltZRgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFAoMbmV4dF9hdHRlbXB0GAIgASgFEhQKDG1heF9hdHRlbXB0cxgDIAEoBRIrCgpsYXN0X2Vycm9yGAQgASgLMhcubmV4dXNmbG93LnYxLlRhc2tFcnJvciJYCg5Ob0V4ZWN1dG9yR2F0ZRIMCgR0eXBlGAEgASgJEg0KBWFoZWFkGAIgASgFEikKBXNpbmNlGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCKAAQoRRXhlY3V0b3JzQnVzeUdhdGUSDAoEdHlwZRgBIAEoCRIRCglleGVjdXRvcnMYAiABKAUSEAoIZHJhaW5pbmcYAyABKAUSDQoFYWhlYWQYBCABKAUSKQoFc2luY2UYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIlcKE1NjaGVkdWxlVG9TdGFydEdhdGUSLAoIZGVhZGxpbmUYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhIKCnRpbWVvdXRfbXMYAiABKAMiWAoPUnVuU3RvcHBpbmdHYXRlEisKCnJ1bl9zdGF0dXMYASABKA4yFy5uZXh1c2Zsb3cudjEuUnVuU3RhdHVzEhgKEGNhbmNlbF9yZXF1ZXN0ZWQYAiABKAgioAUKA1J1bhIKCgJpZBgBIAEoCRIVCg13b3JrZmxvd19uYW1lGAIgASgJEhgKEHdvcmtmbG93X3ZlcnNpb24YAyABKAUSJwoGc3RhdHVzGAQgASgOMhcubmV4dXNmbG93LnYxLlJ1blN0YXR1cxIlCgVpbnB1dBgFIAEoCzIWLmdvb2dsZS5wcm90b2J1Zi5WYWx1ZRImCgZvdXRwdXQYBiABKAsyFi5nb29nbGUucHJvdG9idWYuVmFsdWUSJgoFZXJyb3IYByABKAsyFy5uZXh1c2Zsb3cudjEuVGFza0Vycm9yEhcKD2lkZW1wb3RlbmN5X2tleRgIIAEoCRItCgZsYWJlbHMYCSADKAsyHS5uZXh1c2Zsb3cudjEuUnVuLkxhYmVsc0VudHJ5EiQKBXRhc2tzGAogAygLMhUubmV4dXNmbG93LnYxLlRhc2tSdW4SLwoLY3JlYXRlX3RpbWUYCyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiwKCGVuZF90aW1lGAwgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCghkZWFkbGluZRgNIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASKAoHc2lnbmFscxgOIAMoCzIXLm5leHVzZmxvdy52MS5SdW5TaWduYWwSEAoIcmVydW5fb2YYHiABKAkSFwoPcmVydW5fZnJvbV9zdGVwGB8gASgJEg4KBnJlcnVucxggIAMoCRIVCg1wYXJlbnRfcnVuX2lkGCggASgJEhYKDnBhcmVudF9zdGVwX2lkGCkgASgJGi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEingEKCVJ1blNpZ25hbBIMCgRuYW1lGAEgASgJEhcKD2lkZW1wb3RlbmN5X2tleRgCIAEoCRIPCgdzdGVwX2lkGAMgASgJEicKB3BheWxvYWQYBCABKAsyFi5nb29nbGUucHJvdG9idWYuVmFsdWUSMAoMcmVjZWl2ZV90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCqZAgoJUnVuU3RhdHVzEhoKFlJVTl9TVEFUVVNfVU5TUEVDSUZJRUQQABIWChJSVU5fU1RBVFVTX1BFTkRJTkcQARIWChJSVU5fU1RBVFVTX1JVTk5JTkcQAhIYChRSVU5fU1RBVFVTX1NVQ0NFRURFRBADEhUKEVJVTl9TVEFUVVNfRkFJTEVEEAQSGAoUUlVOX1NUQVRVU19DQU5DRUxMRUQQBRIYChRSVU5fU1RBVFVTX1RJTUVEX09VVBAGEhsKF1JVTl9TVEFUVVNfQ09NUEVOU0FUSU5HEAcSGgoWUlVOX1NUQVRVU19DT01QRU5TQVRFRBAIEiIKHlJVTl9TVEFUVVNfQ09NUEVOU0FUSU9OX0ZBSUxFRBAJKqcCCgpUYXNrU3RhdHVzEhsKF1RBU0tfU1RBVFVTX1VOU1BFQ0lGSUVEEAASFwoTVEFTS19TVEFUVVNfUEVORElORxABEhYKElRBU0tfU1RBVFVTX1FVRVVFRBACEhYKElRBU0tfU1RBVFVTX0xFQVNFRBADEhcKE1RBU0tfU1RBVFVTX1JVTk5JTkcQBBIaChZUQVNLX1NUQVRVU19SRVRSWV9XQUlUEAUSGQoVVEFTS19TVEFUVVNfU1VDQ0VFREVEEAYSFgoSVEFTS19TVEFUVVNfRkFJTEVEEAcSFwoTVEFTS19TVEFUVVNfU0tJUFBFRBAIEhkKFVRBU0tfU1RBVFVTX0NBTkNFTExFRBAJEhcKE1RBU0tfU1RBVFVTX1dBSVRJTkcQCipVCghUYXNrS2luZBIZChVUQVNLX0tJTkRfVU5TUEVDSUZJRUQQABISCg5UQVNLX0tJTkRfU1RFUBABEhoKFlRBU0tfS0lORF9DT01QRU5TQVRJT04QAmIGcHJvdG8z", [file_google_protobuf_struct, file_google_protobuf_timestamp, file_nexusflow_v1_artifacts]);
+  fileDesc("ChtuZXh1c2Zsb3cvdjEvd29ya2Zsb3cucHJvdG8SDG5leHVzZmxvdy52MSKtAgoMV29ya2Zsb3dTcGVjEgwKBG5hbWUYASABKAkSDwoHdmVyc2lvbhgCIAEoBRITCgtkZXNjcmlwdGlvbhgDIAEoCRImCgVpbnB1dBgEIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSLAoIZGVmYXVsdHMYBSABKAsyGi5uZXh1c2Zsb3cudjEuU3RlcERlZmF1bHRzEg8KB3RpbWVvdXQYBiABKAkSJQoFc3RlcHMYByADKAsyFi5uZXh1c2Zsb3cudjEuU3RlcFNwZWMSJgoGb3V0cHV0GAggASgLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlEjMKC2NvbmN1cnJlbmN5GAkgAygLMh4ubmV4dXNmbG93LnYxLkNvbmN1cnJlbmN5TGltaXQiQAoQQ29uY3VycmVuY3lMaW1pdBILCgNrZXkYASABKAkSDQoFbGltaXQYAiABKAUSEAoIc3RyYXRlZ3kYAyABKAkieAoMU3RlcERlZmF1bHRzEigKBXJldHJ5GAEgASgLMhkubmV4dXNmbG93LnYxLlJldHJ5UG9saWN5EiwKCHRpbWVvdXRzGAIgASgLMhoubmV4dXNmbG93LnYxLlN0ZXBUaW1lb3V0cxIQCghwcmlvcml0eRgDIAEoBSLrAwoIU3RlcFNwZWMSCgoCaWQYASABKAkSDAoEdHlwZRgCIAEoCRIlCgVpbnB1dBgDIAEoCzIWLmdvb2dsZS5wcm90b2J1Zi5WYWx1ZRISCgpkZXBlbmRzX29uGAQgAygJEgwKBHdoZW4YBSABKAkSKAoFcmV0cnkYBiABKAsyGS5uZXh1c2Zsb3cudjEuUmV0cnlQb2xpY3kSLAoIdGltZW91dHMYByABKAsyGi5uZXh1c2Zsb3cudjEuU3RlcFRpbWVvdXRzEi4KCmNvbXBlbnNhdGUYCCABKAsyGi5uZXh1c2Zsb3cudjEuQ29tcGVuc2F0aW9uEhAKCHByaW9yaXR5GAkgASgFEjMKC2NvbmN1cnJlbmN5GAogAygLMh4ubmV4dXNmbG93LnYxLkNvbmN1cnJlbmN5TGltaXQSJAoEd2FpdBgUIAEoCzIWLm5leHVzZmxvdy52MS5XYWl0U3BlYxImCgVzbGVlcBgVIAEoCzIXLm5leHVzZmxvdy52MS5TbGVlcFNwZWMSMQoId29ya2Zsb3cYFiABKAsyHy5uZXh1c2Zsb3cudjEuQ2hpbGRXb3JrZmxvd1NwZWMSLAoLcmF0ZV9saW1pdHMYMiADKAsyFy5uZXh1c2Zsb3cudjEuUmF0ZUxpbWl0Il8KCVJhdGVMaW1pdBIMCgRuYW1lGAEgASgJEgsKA2tleRgCIAEoCRINCgV1bml0cxgDIAEoBRIMCgRyYXRlGAQgASgFEgsKA3BlchgFIAEoCRINCgVidXJzdBgGIAEoBSJzChFDaGlsZFdvcmtmbG93U3BlYxIMCgRuYW1lGAEgASgJEg8KB3ZlcnNpb24YAiABKAUSJQoFaW5wdXQYAyABKAsyFi5nb29nbGUucHJvdG9idWYuVmFsdWUSGAoQb25fcGFyZW50X2NhbmNlbBgEIAEoCSIrCghXYWl0U3BlYxIOCgZzaWduYWwYASABKAkSDwoHdGltZW91dBgCIAEoCSInCglTbGVlcFNwZWMSCwoDZm9yGAEgASgJEg0KBXVudGlsGAIgASgJIp4BCgtSZXRyeVBvbGljeRIUCgxtYXhfYXR0ZW1wdHMYASABKAUSGAoQaW5pdGlhbF9pbnRlcnZhbBgCIAEoCRIbChNiYWNrb2ZmX2NvZWZmaWNpZW50GAMgASgBEhQKDG1heF9pbnRlcnZhbBgEIAEoCRIOCgZqaXR0ZXIYBSABKAkSHAoUbm9uX3JldHJ5YWJsZV9lcnJvcnMYBiADKAkiVAoMU3RlcFRpbWVvdXRzEhkKEXNjaGVkdWxlX3RvX3N0YXJ0GAEgASgJEhYKDnN0YXJ0X3RvX2Nsb3NlGAIgASgJEhEKCWhlYXJ0YmVhdBgDIAEoCSJtCgxDb21wZW5zYXRpb24SDAoEdHlwZRgBIAEoCRIlCgVpbnB1dBgCIAEoCzIWLmdvb2dsZS5wcm90b2J1Zi5WYWx1ZRIoCgVyZXRyeRgDIAEoCzIZLm5leHVzZmxvdy52MS5SZXRyeVBvbGljeSKkAQoSV29ya2Zsb3dEZWZpbml0aW9uEgwKBG5hbWUYASABKAkSDwoHdmVyc2lvbhgCIAEoBRIoCgRzcGVjGAMgASgLMhoubmV4dXNmbG93LnYxLldvcmtmbG93U3BlYxIUCgxjb250ZW50X2hhc2gYBCABKAkSLwoLY3JlYXRlX3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wImYKCVRhc2tFcnJvchIMCgR0eXBlGAEgASgJEg8KB21lc3NhZ2UYAiABKAkSEQoJcmV0cnlhYmxlGAMgASgIEicKB2RldGFpbHMYBCABKAsyFi5nb29nbGUucHJvdG9idWYuVmFsdWUiyQIKB0F0dGVtcHQSDgoGbnVtYmVyGAEgASgFEhUKDWZlbmNpbmdfdG9rZW4YAiABKAMSEwoLZXhlY3V0b3JfaWQYAyABKAkSLgoKbGVhc2VfdGltZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKc3RhcnRfdGltZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLAoIZW5kX3RpbWUYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEigKBnN0YXR1cxgHIAEoDjIYLm5leHVzZmxvdy52MS5UYXNrU3RhdHVzEiYKBWVycm9yGAggASgLMhcubmV4dXNmbG93LnYxLlRhc2tFcnJvchIiCgRsb2dzGAkgASgLMhQubmV4dXNmbG93LnYxLkxvZ1JlZiLBBAoHVGFza1J1bhIKCgJpZBgBIAEoCRIPCgdzdGVwX2lkGAIgASgJEiQKBGtpbmQYAyABKA4yFi5uZXh1c2Zsb3cudjEuVGFza0tpbmQSDAoEdHlwZRgEIAEoCRIoCgZzdGF0dXMYBSABKA4yGC5uZXh1c2Zsb3cudjEuVGFza1N0YXR1cxIlCgVpbnB1dBgGIAEoCzIWLmdvb2dsZS5wcm90b2J1Zi5WYWx1ZRImCgZvdXRwdXQYByABKAsyFi5nb29nbGUucHJvdG9idWYuVmFsdWUSLQoKb3V0cHV0X3JlZhgIIAEoCzIZLm5leHVzZmxvdy52MS5BcnRpZmFjdFJlZhImCgVlcnJvchgJIAEoCzIXLm5leHVzZmxvdy52MS5UYXNrRXJyb3ISJwoIYXR0ZW1wdHMYCiADKAsyFS5uZXh1c2Zsb3cudjEuQXR0ZW1wdBI1ChFuZXh0X2F0dGVtcHRfdGltZRgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEwoLc2tpcF9yZWFzb24YDCABKAkSLwoLY3JlYXRlX3RpbWUYDSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiwKCGVuZF90aW1lGA4gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIWCg5wZW5kaW5nX3JlYXNvbhgPIAEoCRITCgtyZXVzZWRfZnJvbRgeIAEoCRIUCgxjaGlsZF9ydW5faWQYKCABKAki9wQKC1BlbmRpbmdHYXRlEjYKDGRlcGVuZGVuY2llcxgBIAEoCzIeLm5leHVzZmxvdy52MS5EZXBlbmRlbmNpZXNHYXRlSAASMAoJY29uZGl0aW9uGAIgASgLMhsubmV4dXNmbG93LnYxLkNvbmRpdGlvbkdhdGVIABI3Cg1yZXRyeV9iYWNrb2ZmGAMgASgLMh4ubmV4dXNmbG93LnYxLlJldHJ5QmFja29mZkdhdGVIABIzCgtub19leGVjdXRvchgEIAEoCzIcLm5leHVzZmxvdy52MS5Ob0V4ZWN1dG9yR2F0ZUgAEjkKDmV4ZWN1dG9yc19idXN5GAUgASgLMh8ubmV4dXNmbG93LnYxLkV4ZWN1dG9yc0J1c3lHYXRlSAASPgoRc2NoZWR1bGVfdG9fc3RhcnQYBiABKAsyIS5uZXh1c2Zsb3cudjEuU2NoZWR1bGVUb1N0YXJ0R2F0ZUgAEjUKDHJ1bl9zdG9wcGluZxgHIAEoCzIdLm5leHVzZmxvdy52MS5SdW5TdG9wcGluZ0dhdGVIABI1CgxkdXJhYmxlX3dhaXQYFCABKAsyHS5uZXh1c2Zsb3cudjEuRHVyYWJsZVdhaXRHYXRlSAASLwoJY2hpbGRfcnVuGBUgASgLMhoubmV4dXNmbG93LnYxLkNoaWxkUnVuR2F0ZUgAEjsKD2NvbmN1cnJlbmN5X2tleRgIIAEoCzIgLm5leHVzZmxvdy52MS5Db25jdXJyZW5jeUtleUdhdGVIABIxCgpyYXRlX2xpbWl0GDIgASgLMhsubmV4dXNmbG93LnYxLlJhdGVMaW1pdEdhdGVIAEIGCgRnYXRlIrYBCg1SYXRlTGltaXRHYXRlEgwKBG5hbWUYASABKAkSCwoDa2V5GAIgASgJEjEKDW5leHRfdG9rZW5fYXQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjAKDHBhdXNlZF91bnRpbBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEQoJcGF1c2VkX2J5GAUgASgJEhIKCnBhdXNlX25vdGUYBiABKAkiTwoMQ2hpbGRSdW5HYXRlEg4KBnJ1bl9pZBgBIAEoCRIVCg13b3JrZmxvd19uYW1lGAIgASgJEhgKEHdvcmtmbG93X3ZlcnNpb24YAyABKAUiTAoPRHVyYWJsZVdhaXRHYXRlEg4KBnNpZ25hbBgBIAEoCRIpCgV1bnRpbBgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAizwEKEkNvbmN1cnJlbmN5S2V5R2F0ZRINCgVzY29wZRgBIAEoCRIWCg5rZXlfZXhwcmVzc2lvbhgCIAEoCRILCgNrZXkYAyABKAkSDQoFbGltaXQYBCABKAUSEAoIc3RyYXRlZ3kYBSABKAkSMAoHaG9sZGVycxgGIAMoCzIfLm5leHVzZmxvdy52MS5Db25jdXJyZW5jeUhvbGRlchIPCgdob2xkaW5nGAcgASgFEhAKCHBvc2l0aW9uGAggASgFEg8KB3dhaXRpbmcYCSABKAUiSQoRQ29uY3VycmVuY3lIb2xkZXISDgoGcnVuX2lkGAEgASgJEg8KB3N0ZXBfaWQYAiABKAkSEwoLdGFza19ydW5faWQYAyABKAkiRQoQRGVwZW5kZW5jaWVzR2F0ZRIQCghzdGVwX2lkcxgBIAMoCRIfChdyZWFkaW5nX291dHB1dF9zdGVwX2lkcxgCIAMoCSI1Cg1Db25kaXRpb25HYXRlEhIKCmV4cHJlc3Npb24YASABKAkSEAoIc3RlcF9pZHMYAiADKAkiogEKEFJldHJ5QmFja29mZkdhdGUSNQoRbmV4dF9hdHRlbXB0X3RpbWUYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhQKDG5leHRfYXR0ZW1wdBgCIAEoBRIUCgxtYXhfYXR0ZW1wdHMYAyABKAUSKwoKbGFzdF9lcnJvchgEIAEoCzIXLm5leHVzZmxvdy52MS5UYXNrRXJyb3IiWAoOTm9FeGVjdXRvckdhdGUSDAoEdHlwZRgBIAEoCRINCgVhaGVhZBgCIAEoBRIpCgVzaW5jZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAigAEKEUV4ZWN1dG9yc0J1c3lHYXRlEgwKBHR5cGUYASABKAkSEQoJZXhlY3V0b3JzGAIgASgFEhAKCGRyYWluaW5nGAMgASgFEg0KBWFoZWFkGAQgASgFEikKBXNpbmNlGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJXChNTY2hlZHVsZVRvU3RhcnRHYXRlEiwKCGRlYWRsaW5lGAEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBISCgp0aW1lb3V0X21zGAIgASgDIlgKD1J1blN0b3BwaW5nR2F0ZRIrCgpydW5fc3RhdHVzGAEgASgOMhcubmV4dXNmbG93LnYxLlJ1blN0YXR1cxIYChBjYW5jZWxfcmVxdWVzdGVkGAIgASgIIqAFCgNSdW4SCgoCaWQYASABKAkSFQoNd29ya2Zsb3dfbmFtZRgCIAEoCRIYChB3b3JrZmxvd192ZXJzaW9uGAMgASgFEicKBnN0YXR1cxgEIAEoDjIXLm5leHVzZmxvdy52MS5SdW5TdGF0dXMSJQoFaW5wdXQYBSABKAsyFi5nb29nbGUucHJvdG9idWYuVmFsdWUSJgoGb3V0cHV0GAYgASgLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlEiYKBWVycm9yGAcgASgLMhcubmV4dXNmbG93LnYxLlRhc2tFcnJvchIXCg9pZGVtcG90ZW5jeV9rZXkYCCABKAkSLQoGbGFiZWxzGAkgAygLMh0ubmV4dXNmbG93LnYxLlJ1bi5MYWJlbHNFbnRyeRIkCgV0YXNrcxgKIAMoCzIVLm5leHVzZmxvdy52MS5UYXNrUnVuEi8KC2NyZWF0ZV90aW1lGAsgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCghlbmRfdGltZRgMIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLAoIZGVhZGxpbmUYDSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEigKB3NpZ25hbHMYDiADKAsyFy5uZXh1c2Zsb3cudjEuUnVuU2lnbmFsEhAKCHJlcnVuX29mGB4gASgJEhcKD3JlcnVuX2Zyb21fc3RlcBgfIAEoCRIOCgZyZXJ1bnMYICADKAkSFQoNcGFyZW50X3J1bl9pZBgoIAEoCRIWCg5wYXJlbnRfc3RlcF9pZBgpIAEoCRotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIp4BCglSdW5TaWduYWwSDAoEbmFtZRgBIAEoCRIXCg9pZGVtcG90ZW5jeV9rZXkYAiABKAkSDwoHc3RlcF9pZBgDIAEoCRInCgdwYXlsb2FkGAQgASgLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlEjAKDHJlY2VpdmVfdGltZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAqmQIKCVJ1blN0YXR1cxIaChZSVU5fU1RBVFVTX1VOU1BFQ0lGSUVEEAASFgoSUlVOX1NUQVRVU19QRU5ESU5HEAESFgoSUlVOX1NUQVRVU19SVU5OSU5HEAISGAoUUlVOX1NUQVRVU19TVUNDRUVERUQQAxIVChFSVU5fU1RBVFVTX0ZBSUxFRBAEEhgKFFJVTl9TVEFUVVNfQ0FOQ0VMTEVEEAUSGAoUUlVOX1NUQVRVU19USU1FRF9PVVQQBhIbChdSVU5fU1RBVFVTX0NPTVBFTlNBVElORxAHEhoKFlJVTl9TVEFUVVNfQ09NUEVOU0FURUQQCBIiCh5SVU5fU1RBVFVTX0NPTVBFTlNBVElPTl9GQUlMRUQQCSqnAgoKVGFza1N0YXR1cxIbChdUQVNLX1NUQVRVU19VTlNQRUNJRklFRBAAEhcKE1RBU0tfU1RBVFVTX1BFTkRJTkcQARIWChJUQVNLX1NUQVRVU19RVUVVRUQQAhIWChJUQVNLX1NUQVRVU19MRUFTRUQQAxIXChNUQVNLX1NUQVRVU19SVU5OSU5HEAQSGgoWVEFTS19TVEFUVVNfUkVUUllfV0FJVBAFEhkKFVRBU0tfU1RBVFVTX1NVQ0NFRURFRBAGEhYKElRBU0tfU1RBVFVTX0ZBSUxFRBAHEhcKE1RBU0tfU1RBVFVTX1NLSVBQRUQQCBIZChVUQVNLX1NUQVRVU19DQU5DRUxMRUQQCRIXChNUQVNLX1NUQVRVU19XQUlUSU5HEAoqVQoIVGFza0tpbmQSGQoVVEFTS19LSU5EX1VOU1BFQ0lGSUVEEAASEgoOVEFTS19LSU5EX1NURVAQARIaChZUQVNLX0tJTkRfQ09NUEVOU0FUSU9OEAJiBnByb3RvMw", [file_google_protobuf_struct, file_google_protobuf_timestamp, file_nexusflow_v1_artifacts]);
 
 /**
  * A workflow definition: a DAG of steps. It is the protobuf twin of the JSON definition format
@@ -280,6 +280,15 @@ export type StepSpec = Message<"nexusflow.v1.StepSpec"> & {
    * @generated from field: nexusflow.v1.ChildWorkflowSpec workflow = 22;
    */
   workflow?: ChildWorkflowSpec | undefined;
+
+  /**
+   * Named rate limits on this step's tasks, at most 10: a task is leased only when every one of
+   * them has its units in its token bucket, and takes them then. Keys may use `input`, `run` and
+   * the outputs of upstream steps. The step's compensation is not limited.
+   *
+   * @generated from field: repeated nexusflow.v1.RateLimit rate_limits = 50;
+   */
+  rateLimits: RateLimit[];
 };
 
 /**
@@ -288,6 +297,65 @@ export type StepSpec = Message<"nexusflow.v1.StepSpec"> & {
  */
 export const StepSpecSchema: GenMessage<StepSpec> = /*@__PURE__*/
   messageDesc(file_nexusflow_v1_workflow, 3);
+
+/**
+ * A named rate limit: a token bucket per key value (one for the name when `key` is empty), shared
+ * by every step of every workflow that names it and stored in PostgreSQL, so that a restarted
+ * scheduler, a rerun or another replica never grants more than it allows.
+ *
+ * @generated from message nexusflow.v1.RateLimit
+ */
+export type RateLimit = Message<"nexusflow.v1.RateLimit"> & {
+  /**
+   * The limit's name: 1 to 63 of a-z, 0-9, '.', '_', '-', starting with a letter or digit.
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * Expression in Nexusflow's expression language, e.g. "input.account": its value (a string or a
+   * number) names the bucket. Empty: one bucket for the name.
+   *
+   * @generated from field: string key = 2;
+   */
+  key: string;
+
+  /**
+   * Tokens one leased task takes, 1 (default) to `burst`.
+   *
+   * @generated from field: int32 units = 3;
+   */
+  units: number;
+
+  /**
+   * Tokens that come back every `per`, 1 to 1000000.
+   *
+   * @generated from field: int32 rate = 4;
+   */
+  rate: number;
+
+  /**
+   * The refill interval as a duration ("1s" default, "1m", "500ms").
+   *
+   * @generated from field: string per = 5;
+   */
+  per: string;
+
+  /**
+   * Tokens the bucket holds at most (default: `rate`).
+   *
+   * @generated from field: int32 burst = 6;
+   */
+  burst: number;
+};
+
+/**
+ * Describes the message nexusflow.v1.RateLimit.
+ * Use `create(RateLimitSchema)` to create a new message.
+ */
+export const RateLimitSchema: GenMessage<RateLimit> = /*@__PURE__*/
+  messageDesc(file_nexusflow_v1_workflow, 4);
 
 /**
  * A step that starts a run of another workflow (its child) and ends with it: SUCCEEDED with the
@@ -334,7 +402,7 @@ export type ChildWorkflowSpec = Message<"nexusflow.v1.ChildWorkflowSpec"> & {
  * Use `create(ChildWorkflowSpecSchema)` to create a new message.
  */
 export const ChildWorkflowSpecSchema: GenMessage<ChildWorkflowSpec> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 4);
+  messageDesc(file_nexusflow_v1_workflow, 5);
 
 /**
  * A step that waits for a signal sent to its run (SignalRun): it succeeds with the signal's
@@ -364,7 +432,7 @@ export type WaitSpec = Message<"nexusflow.v1.WaitSpec"> & {
  * Use `create(WaitSpecSchema)` to create a new message.
  */
 export const WaitSpecSchema: GenMessage<WaitSpec> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 5);
+  messageDesc(file_nexusflow_v1_workflow, 6);
 
 /**
  * A step that sleeps: it succeeds (output {"until": RFC 3339 time}) at its time. Exactly one of
@@ -394,7 +462,7 @@ export type SleepSpec = Message<"nexusflow.v1.SleepSpec"> & {
  * Use `create(SleepSpecSchema)` to create a new message.
  */
 export const SleepSpecSchema: GenMessage<SleepSpec> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 6);
+  messageDesc(file_nexusflow_v1_workflow, 7);
 
 /**
  * How a failed step is retried.
@@ -450,7 +518,7 @@ export type RetryPolicy = Message<"nexusflow.v1.RetryPolicy"> & {
  * Use `create(RetryPolicySchema)` to create a new message.
  */
 export const RetryPolicySchema: GenMessage<RetryPolicy> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 7);
+  messageDesc(file_nexusflow_v1_workflow, 8);
 
 /**
  * Time limits of one step.
@@ -485,7 +553,7 @@ export type StepTimeouts = Message<"nexusflow.v1.StepTimeouts"> & {
  * Use `create(StepTimeoutsSchema)` to create a new message.
  */
 export const StepTimeoutsSchema: GenMessage<StepTimeouts> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 8);
+  messageDesc(file_nexusflow_v1_workflow, 9);
 
 /**
  * The compensating action of a step (saga rollback).
@@ -520,7 +588,7 @@ export type Compensation = Message<"nexusflow.v1.Compensation"> & {
  * Use `create(CompensationSchema)` to create a new message.
  */
 export const CompensationSchema: GenMessage<Compensation> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 9);
+  messageDesc(file_nexusflow_v1_workflow, 10);
 
 /**
  * A registered workflow definition.
@@ -569,7 +637,7 @@ export type WorkflowDefinition = Message<"nexusflow.v1.WorkflowDefinition"> & {
  * Use `create(WorkflowDefinitionSchema)` to create a new message.
  */
 export const WorkflowDefinitionSchema: GenMessage<WorkflowDefinition> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 10);
+  messageDesc(file_nexusflow_v1_workflow, 11);
 
 /**
  * A failure as reported by a handler or decided by the scheduler.
@@ -611,7 +679,7 @@ export type TaskError = Message<"nexusflow.v1.TaskError"> & {
  * Use `create(TaskErrorSchema)` to create a new message.
  */
 export const TaskErrorSchema: GenMessage<TaskError> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 11);
+  messageDesc(file_nexusflow_v1_workflow, 12);
 
 /**
  * One attempt of a task run.
@@ -688,7 +756,7 @@ export type Attempt = Message<"nexusflow.v1.Attempt"> & {
  * Use `create(AttemptSchema)` to create a new message.
  */
 export const AttemptSchema: GenMessage<Attempt> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 12);
+  messageDesc(file_nexusflow_v1_workflow, 13);
 
 /**
  * The state of one step (or compensation) within a run.
@@ -830,7 +898,7 @@ export type TaskRun = Message<"nexusflow.v1.TaskRun"> & {
  * Use `create(TaskRunSchema)` to create a new message.
  */
 export const TaskRunSchema: GenMessage<TaskRun> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 13);
+  messageDesc(file_nexusflow_v1_workflow, 14);
 
 /**
  * One gate that holds a task back now (ExplainPending). A task may be held by several at once.
@@ -923,6 +991,14 @@ export type PendingGate = Message<"nexusflow.v1.PendingGate"> & {
      */
     value: ConcurrencyKeyGate;
     case: "concurrencyKey";
+  } | {
+    /**
+     * A rate limit's bucket has no token for the task, or its key is paused.
+     *
+     * @generated from field: nexusflow.v1.RateLimitGate rate_limit = 50;
+     */
+    value: RateLimitGate;
+    case: "rateLimit";
   } | { case: undefined; value?: undefined };
 };
 
@@ -931,7 +1007,63 @@ export type PendingGate = Message<"nexusflow.v1.PendingGate"> & {
  * Use `create(PendingGateSchema)` to create a new message.
  */
 export const PendingGateSchema: GenMessage<PendingGate> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 14);
+  messageDesc(file_nexusflow_v1_workflow, 15);
+
+/**
+ * A rate limit holds the task: its bucket is empty until a time, or its key is paused.
+ *
+ * @generated from message nexusflow.v1.RateLimitGate
+ */
+export type RateLimitGate = Message<"nexusflow.v1.RateLimitGate"> & {
+  /**
+   * The rate limit's name.
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * The key value (a number as its decimal text); empty for a limit without a key.
+   *
+   * @generated from field: string key = 2;
+   */
+  key: string;
+
+  /**
+   * When the bucket next has the task's units (or the pause ends, the later of the two).
+   *
+   * @generated from field: google.protobuf.Timestamp next_token_at = 3;
+   */
+  nextTokenAt?: Timestamp | undefined;
+
+  /**
+   * Set while the key is paused: until when.
+   *
+   * @generated from field: google.protobuf.Timestamp paused_until = 4;
+   */
+  pausedUntil?: Timestamp | undefined;
+
+  /**
+   * Who paused it ("handler" with its task run, "http 429", or the operator's principal).
+   *
+   * @generated from field: string paused_by = 5;
+   */
+  pausedBy: string;
+
+  /**
+   * Why it was paused (the handler's message, the operator's note).
+   *
+   * @generated from field: string pause_note = 6;
+   */
+  pauseNote: string;
+};
+
+/**
+ * Describes the message nexusflow.v1.RateLimitGate.
+ * Use `create(RateLimitGateSchema)` to create a new message.
+ */
+export const RateLimitGateSchema: GenMessage<RateLimitGate> = /*@__PURE__*/
+  messageDesc(file_nexusflow_v1_workflow, 16);
 
 /**
  * A child workflow step waiting for its child run to end.
@@ -964,7 +1096,7 @@ export type ChildRunGate = Message<"nexusflow.v1.ChildRunGate"> & {
  * Use `create(ChildRunGateSchema)` to create a new message.
  */
 export const ChildRunGateSchema: GenMessage<ChildRunGate> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 15);
+  messageDesc(file_nexusflow_v1_workflow, 17);
 
 /**
  * A wait step waiting for a signal (until its timeout), or a sleep step until its time.
@@ -992,7 +1124,7 @@ export type DurableWaitGate = Message<"nexusflow.v1.DurableWaitGate"> & {
  * Use `create(DurableWaitGateSchema)` to create a new message.
  */
 export const DurableWaitGateSchema: GenMessage<DurableWaitGate> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 16);
+  messageDesc(file_nexusflow_v1_workflow, 18);
 
 /**
  * A keyed concurrency limit whose key is full holds the task, or its run (a workflow's limit).
@@ -1070,7 +1202,7 @@ export type ConcurrencyKeyGate = Message<"nexusflow.v1.ConcurrencyKeyGate"> & {
  * Use `create(ConcurrencyKeyGateSchema)` to create a new message.
  */
 export const ConcurrencyKeyGateSchema: GenMessage<ConcurrencyKeyGate> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 17);
+  messageDesc(file_nexusflow_v1_workflow, 19);
 
 /**
  * A holder of a concurrency key's slot: a run (a workflow's limit) or a step's task.
@@ -1105,7 +1237,7 @@ export type ConcurrencyHolder = Message<"nexusflow.v1.ConcurrencyHolder"> & {
  * Use `create(ConcurrencyHolderSchema)` to create a new message.
  */
 export const ConcurrencyHolderSchema: GenMessage<ConcurrencyHolder> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 18);
+  messageDesc(file_nexusflow_v1_workflow, 20);
 
 /**
  * The task waits for other tasks of its run to finish.
@@ -1135,7 +1267,7 @@ export type DependenciesGate = Message<"nexusflow.v1.DependenciesGate"> & {
  * Use `create(DependenciesGateSchema)` to create a new message.
  */
 export const DependenciesGateSchema: GenMessage<DependenciesGate> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 19);
+  messageDesc(file_nexusflow_v1_workflow, 21);
 
 /**
  * The step's `when` condition is evaluated only once its dependencies have finished.
@@ -1163,7 +1295,7 @@ export type ConditionGate = Message<"nexusflow.v1.ConditionGate"> & {
  * Use `create(ConditionGateSchema)` to create a new message.
  */
 export const ConditionGateSchema: GenMessage<ConditionGate> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 20);
+  messageDesc(file_nexusflow_v1_workflow, 22);
 
 /**
  * The task failed and its next attempt waits for its retry backoff.
@@ -1205,7 +1337,7 @@ export type RetryBackoffGate = Message<"nexusflow.v1.RetryBackoffGate"> & {
  * Use `create(RetryBackoffGateSchema)` to create a new message.
  */
 export const RetryBackoffGateSchema: GenMessage<RetryBackoffGate> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 21);
+  messageDesc(file_nexusflow_v1_workflow, 23);
 
 /**
  * No attached executor session advertises the task's type: an executor for it must be started.
@@ -1240,7 +1372,7 @@ export type NoExecutorGate = Message<"nexusflow.v1.NoExecutorGate"> & {
  * Use `create(NoExecutorGateSchema)` to create a new message.
  */
 export const NoExecutorGateSchema: GenMessage<NoExecutorGate> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 22);
+  messageDesc(file_nexusflow_v1_workflow, 24);
 
 /**
  * Every attached session that advertises the task's type has no credit left (all its slots are
@@ -1290,7 +1422,7 @@ export type ExecutorsBusyGate = Message<"nexusflow.v1.ExecutorsBusyGate"> & {
  * Use `create(ExecutorsBusyGateSchema)` to create a new message.
  */
 export const ExecutorsBusyGateSchema: GenMessage<ExecutorsBusyGate> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 23);
+  messageDesc(file_nexusflow_v1_workflow, 25);
 
 /**
  * The queued attempt fails with SCHEDULE_TO_START_TIMEOUT (and is retried per the step's policy)
@@ -1319,7 +1451,7 @@ export type ScheduleToStartGate = Message<"nexusflow.v1.ScheduleToStartGate"> & 
  * Use `create(ScheduleToStartGateSchema)` to create a new message.
  */
 export const ScheduleToStartGateSchema: GenMessage<ScheduleToStartGate> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 24);
+  messageDesc(file_nexusflow_v1_workflow, 26);
 
 /**
  * The run is cancelled or rolling back its completed steps: the step is not started.
@@ -1347,7 +1479,7 @@ export type RunStoppingGate = Message<"nexusflow.v1.RunStoppingGate"> & {
  * Use `create(RunStoppingGateSchema)` to create a new message.
  */
 export const RunStoppingGateSchema: GenMessage<RunStoppingGate> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 25);
+  messageDesc(file_nexusflow_v1_workflow, 27);
 
 /**
  * A run of a workflow definition.
@@ -1494,7 +1626,7 @@ export type Run = Message<"nexusflow.v1.Run"> & {
  * Use `create(RunSchema)` to create a new message.
  */
 export const RunSchema: GenMessage<Run> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 26);
+  messageDesc(file_nexusflow_v1_workflow, 28);
 
 /**
  * A signal sent to a run.
@@ -1543,7 +1675,7 @@ export type RunSignal = Message<"nexusflow.v1.RunSignal"> & {
  * Use `create(RunSignalSchema)` to create a new message.
  */
 export const RunSignalSchema: GenMessage<RunSignal> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 27);
+  messageDesc(file_nexusflow_v1_workflow, 29);
 
 /**
  * Lifecycle state of a run.

@@ -67,6 +67,7 @@ const TASK_ONLY_FIELDS = [
   "compensate",
   "priority",
   "concurrency",
+  "rateLimits",
   "wait",
   "sleep",
 ];

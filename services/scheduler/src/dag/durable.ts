@@ -45,7 +45,16 @@ export interface DurableDraft {
 }
 
 /** Fields a wait or sleep step may not have. */
-const TASK_ONLY_FIELDS = ["type", "input", "retry", "timeouts", "compensate", "priority", "concurrency"];
+const TASK_ONLY_FIELDS = [
+  "type",
+  "input",
+  "retry",
+  "timeouts",
+  "compensate",
+  "priority",
+  "concurrency",
+  "rateLimits",
+];
 
 function duration(value: unknown, path: string, what: string, errors: SpecError[]): number | undefined {
   if (typeof value !== "string") {

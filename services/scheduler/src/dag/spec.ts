@@ -116,6 +116,43 @@ export interface StepSpec {
   workflow?: ChildWorkflowSpec;
   /** Keyed concurrency limits on the step's tasks (its compensation is not limited). */
   concurrency?: ConcurrencyLimitSpec[];
+  /** Named rate limits (token buckets) the step's tasks take tokens from when leased. */
+  rateLimits?: RateLimitSpec[];
+}
+
+/** Most rate limits on one step. */
+export const MAX_RATE_LIMITS = 10;
+/** Highest `rate`, `burst` and `units` of a rate limit. */
+export const MAX_RATE = 1_000_000;
+/** Pattern of a rate limit's name. */
+export const RATE_LIMIT_NAME_PATTERN = /^[a-z0-9][a-z0-9._-]{0,62}$/;
+
+/**
+ * A named rate limit as written: a token bucket per value of `key` (one bucket when absent),
+ * shared by every step of every workflow that names it; `rate` tokens come back every `per`
+ * (default "1s") up to `burst` (default `rate`); each leased task takes `units` (default 1).
+ */
+export interface RateLimitSpec {
+  name: string;
+  key?: string;
+  units?: number;
+  rate: number;
+  per?: string;
+  burst?: number;
+}
+
+/** A rate limit, validated, with its key parsed. */
+export interface CompiledRateLimit {
+  readonly name: string;
+  /** The key expression as written; null: one bucket for the name. */
+  readonly expression: string | null;
+  readonly key: Expr | null;
+  readonly units: number;
+  readonly rate: number;
+  readonly perMs: number;
+  readonly burst: number;
+  /** JSON path in the definition, e.g. `$.steps[1].rateLimits[0]`. */
+  readonly path: string;
 }
 
 /** A workflow definition as written by users (JSON). */
@@ -201,6 +238,8 @@ export interface CompiledStep {
   readonly child: CompiledChild | null;
   /** The step's concurrency limits (empty: none). */
   readonly concurrency: readonly CompiledConcurrencyLimit[];
+  /** The step's rate limits (empty: none). */
+  readonly rateLimits: readonly CompiledRateLimit[];
   /** The step as written. */
   readonly spec: Readonly<StepSpec>;
 }

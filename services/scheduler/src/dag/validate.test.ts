@@ -718,3 +718,64 @@ describe("compileWorkflow: concurrency limits", () => {
     );
   });
 });
+
+describe("compileWorkflow: rate limits", () => {
+  it("compiles named limits with their defaults (per 1s, burst = rate, units 1)", () => {
+    const w = compile(
+      workflow([
+        {
+          id: "a",
+          type: "x",
+          rateLimits: [
+            { name: "partner-api", key: "input.account", rate: 50 },
+            { name: "global", rate: 10, per: "1m", burst: 20, units: 2 },
+          ],
+        },
+      ]),
+    );
+    assert.deepEqual(
+      w.stepsById
+        .get("a")
+        ?.rateLimits.map((l) => [l.name, l.expression, l.units, l.rate, l.perMs, l.burst, l.path]),
+      [
+        ["partner-api", "input.account", 1, 50, 1000, 50, "$.steps[0].rateLimits[0]"],
+        ["global", null, 2, 10, 60_000, 20, "$.steps[0].rateLimits[1]"],
+      ],
+    );
+  });
+
+  it("names the field at fault", () => {
+    const step = (rateLimits: unknown) => workflow([{ id: "a", type: "x", rateLimits }]);
+    expectError(step({ name: "p", rate: 1 }), "$.steps[0].rateLimits", /must be an array/);
+    expectError(step([{ rate: 1 }]), "$.steps[0].rateLimits[0].name", /name is required/);
+    expectError(step([{ name: "Bad Name", rate: 1 }]), "$.steps[0].rateLimits[0].name", /a-z/);
+    expectError(step([{ name: "p" }]), "$.steps[0].rateLimits[0].rate", /rate is required/);
+    expectError(step([{ name: "p", rate: 0 }]), "$.steps[0].rateLimits[0].rate", /integer from 1/);
+    expectError(step([{ name: "p", rate: 1, per: "soon" }]), "$.steps[0].rateLimits[0].per", /per/);
+    expectError(step([{ name: "p", rate: 1, burst: 0 }]), "$.steps[0].rateLimits[0].burst", /integer from 1/);
+    expectError(step([{ name: "p", rate: 5, units: 6 }]), "$.steps[0].rateLimits[0].units", /exceed burst/);
+    expectError(
+      step([{ name: "p", rate: 1, perSecond: 2 }]),
+      "$.steps[0].rateLimits[0].perSecond",
+      /unknown field/,
+    );
+    expectError(
+      step([{ name: "p", rate: 1, key: "input.c ==" }]),
+      "$.steps[0].rateLimits[0].key",
+      /invalid expression/,
+    );
+    expectError(
+      step([{ name: "p", rate: 1, key: "steps.zz.output" }]),
+      "$.steps[0].rateLimits[0].key",
+      /unknown step "zz"/,
+    );
+    expectError(
+      step([
+        { name: "p", rate: 1 },
+        { name: "p", rate: 2 },
+      ]),
+      "$.steps[0].rateLimits[1].name",
+      /already declared at \$\.steps\[0\]\.rateLimits\[0\]/,
+    );
+  });
+});

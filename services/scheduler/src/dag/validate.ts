@@ -19,6 +19,9 @@ import {
   CONCURRENCY_STRATEGIES,
   MAX_CONCURRENCY_LIMIT,
   MAX_CONCURRENCY_LIMITS,
+  MAX_RATE,
+  MAX_RATE_LIMITS,
+  RATE_LIMIT_NAME_PATTERN,
   MAX_DEPENDENCIES,
   MAX_DESCRIPTION_LENGTH,
   MAX_SPEC_BYTES,
@@ -31,6 +34,7 @@ import {
 import type {
   CompiledCompensation,
   CompiledConcurrencyLimit,
+  CompiledRateLimit,
   CompiledStep,
   CompiledWorkflow,
   ResolvedTimeouts,
@@ -79,10 +83,12 @@ const STEP_FIELDS = [
   "compensate",
   "priority",
   "concurrency",
+  "rateLimits",
   "wait",
   "sleep",
 ];
 const CONCURRENCY_FIELDS = ["key", "limit", "strategy"];
+const RATE_LIMIT_FIELDS = ["name", "key", "units", "rate", "per", "burst"];
 const COMPENSATE_FIELDS = ["type", "input", "retry"];
 const DEFAULTS_FIELDS = ["retry", "timeouts", "priority"];
 /** Lowest scheduling priority of a step. */
@@ -346,6 +352,77 @@ class Checker {
     return out;
   }
 
+  /** Checks a `rateLimits` list as written; returns its limits, or an empty list after reporting. */
+  rateLimits(value: unknown, path: string): CompiledRateLimit[] {
+    if (!Array.isArray(value)) {
+      this.err(path, `rateLimits must be an array of rate limits, got ${jsonTypeOf(value)}`);
+      return [];
+    }
+    if (value.length > MAX_RATE_LIMITS)
+      this.err(path, `rateLimits has ${value.length} limits; the most is ${MAX_RATE_LIMITS}`);
+    const out: CompiledRateLimit[] = [];
+    const seen = new Map<string, number>();
+    value.forEach((raw: unknown, i) => {
+      const at = pathJoin(path, i);
+      const limit = this.object(raw, at, "rate limit", RATE_LIMIT_FIELDS);
+      if (limit === undefined) return;
+      const before = this.errors.length;
+      const nameAt = pathJoin(at, "name");
+      const name = limit["name"];
+      if (name === undefined) this.err(nameAt, 'name is required (e.g. "partner-api")');
+      else if (typeof name !== "string" || !RATE_LIMIT_NAME_PATTERN.test(name))
+        this.err(
+          nameAt,
+          `name must be 1 to 63 of a-z, 0-9, '.', '_', '-', starting with a letter or digit, got ${JSON.stringify(name)}`,
+        );
+      else if (seen.has(name))
+        this.err(
+          nameAt,
+          `rate limit "${name}" is already declared at ${pathJoin(path, seen.get(name) as number)}`,
+        );
+      else seen.set(name, i);
+      const key =
+        limit["key"] === undefined
+          ? null
+          : (this.expression(limit["key"], pathJoin(at, "key"), "key") ?? null);
+      const rateAt = pathJoin(at, "rate");
+      if (limit["rate"] === undefined)
+        this.err(rateAt, `rate is required (tokens per \`per\`, 1 to ${MAX_RATE})`);
+      else this.integer(limit["rate"], rateAt, "rate", 1, MAX_RATE);
+      const perMs =
+        limit["per"] === undefined ? 1000 : this.duration(limit["per"], pathJoin(at, "per"), "per");
+      const rate = limit["rate"] as number;
+      const burst = limit["burst"] ?? rate;
+      if (limit["burst"] !== undefined) this.integer(burst, pathJoin(at, "burst"), "burst", 1, MAX_RATE);
+      const units = limit["units"] ?? 1;
+      if (limit["units"] !== undefined) this.integer(units, pathJoin(at, "units"), "units", 1, MAX_RATE);
+      if (
+        this.errors.length === before &&
+        typeof units === "number" &&
+        typeof burst === "number" &&
+        units > burst
+      )
+        this.err(
+          pathJoin(at, "units"),
+          `units (${units}) must not exceed burst (${burst}): no lease could ever take them`,
+        );
+      if (this.errors.length !== before || perMs === undefined) return;
+      out.push(
+        Object.freeze({
+          name: name as string,
+          expression: key === null ? null : (limit["key"] as string),
+          key,
+          units: units as number,
+          rate,
+          perMs,
+          burst: burst as number,
+          path: at,
+        }),
+      );
+    });
+    return out;
+  }
+
   expression(value: unknown, path: string, what: string): Expr | undefined {
     if (!this.string(value, path, what)) return undefined;
     if (value.length > MAX_EXPRESSION_LENGTH) {
@@ -442,6 +519,7 @@ interface StepDraft {
   readonly timeouts: Partial<Record<keyof StepTimeouts, number>>;
   readonly priority: number | undefined;
   readonly concurrency: readonly Omit<CompiledConcurrencyLimit, "space" | "scope">[];
+  readonly rateLimits: readonly CompiledRateLimit[];
   readonly compensate: {
     type: string;
     input: Template | null;
@@ -548,6 +626,10 @@ function checkStep(checker: Checker, value: unknown, path: string): StepDraft | 
     step["concurrency"] === undefined
       ? []
       : checker.concurrency(step["concurrency"], pathJoin(path, "concurrency"));
+  const rateLimits =
+    step["rateLimits"] === undefined
+      ? []
+      : checker.rateLimits(step["rateLimits"], pathJoin(path, "rateLimits"));
   return {
     raw: step,
     path,
@@ -563,6 +645,7 @@ function checkStep(checker: Checker, value: unknown, path: string): StepDraft | 
     timeouts,
     priority,
     concurrency,
+    rateLimits,
     compensate,
   };
 }
@@ -765,6 +848,9 @@ export function compileWorkflow(json: unknown): CompileResult {
     }
     for (const limit of draft.concurrency)
       for (const ref of expressionPaths(limit.key)) checkReference(site, pathJoin(limit.path, "key"), ref);
+    for (const limit of draft.rateLimits)
+      if (limit.key !== null)
+        for (const ref of expressionPaths(limit.key)) checkReference(site, pathJoin(limit.path, "key"), ref);
     if (draft.compensate?.input != null) {
       const base = pathJoin(pathJoin(draft.path, "compensate"), "input");
       for (const { at, path } of templatePaths(draft.compensate.input, base)) {
@@ -916,6 +1002,7 @@ function build(
           }),
         ),
       ),
+      rateLimits: Object.freeze([...draft.rateLimits]),
       compensate,
       spec: draft.raw as unknown as StepSpec,
     });
