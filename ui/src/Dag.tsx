@@ -7,7 +7,7 @@ import { NODE_HEIGHT, NODE_WIDTH, type DagLayout, type DagNode, type StepState, 
 export interface DagProps {
   layout: DagLayout;
   /**
-   * The state of each step, by id; steps not in it are drawn as "waiting". Without it (a
+   * The state of each step, by id; steps not in it are drawn as "not-started". Without it (a
    * definition, not a run) each box shows its step's type instead.
    */
   states?: ReadonlyMap<string, StepState>;
@@ -53,7 +53,7 @@ export function Dag({ layout, states, notes, selected, onSelect, label }: DagPro
           <DagNodeView
             key={n.id}
             node={n}
-            state={states?.get(n.id) ?? "waiting"}
+            state={states?.get(n.id) ?? "not-started"}
             note={notes?.get(n.id)}
             showState={states !== undefined}
             selected={selected === n.id}

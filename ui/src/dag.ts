@@ -106,9 +106,12 @@ export function layoutDag(steps: readonly DagStep[]): DagLayout {
 
 /**
  * How a step is shown: its task's state, or, once a compensation of it exists, that
- * compensation's progress. "waiting" is a step with no task yet.
+ * compensation's progress. "not-started" is a step with no task yet; "waiting" is a wait or sleep
+ * step waiting for its signal or its time (TASK_STATUS_WAITING), or a child workflow step for its
+ * child run.
  */
 export type StepState =
+  | "not-started"
   | "waiting"
   | "pending"
   | "queued"
@@ -168,8 +171,10 @@ function taskState(status: TaskStatus): StepState {
       return "skipped";
     case TaskStatus.CANCELLED:
       return "cancelled";
-    default:
+    case TaskStatus.WAITING:
       return "waiting";
+    default:
+      return "not-started";
   }
 }
 
@@ -186,10 +191,10 @@ export function stepState(tasks: StepTasks | undefined): StepState {
         return "compensating";
     }
   }
-  return tasks?.step === undefined ? "waiting" : taskState(tasks.step.status);
+  return tasks?.step === undefined ? "not-started" : taskState(tasks.step.status);
 }
 
 /** A state as words for people and screen readers. */
 export function stateLabel(state: StepState): string {
-  return state === "compensation-failed" ? "compensation failed" : state;
+  return state.replace(/-/g, " ");
 }

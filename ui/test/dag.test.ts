@@ -61,7 +61,7 @@ describe("layoutDag", () => {
 
 describe("stepState", () => {
   it("follows the step's task, then its compensation's", () => {
-    assert.equal(stepState(undefined), "waiting");
+    assert.equal(stepState(undefined), "not-started");
     const states: [TaskStatus, string][] = [
       [TaskStatus.PENDING, "pending"],
       [TaskStatus.QUEUED, "queued"],
@@ -72,6 +72,7 @@ describe("stepState", () => {
       [TaskStatus.FAILED, "failed"],
       [TaskStatus.SKIPPED, "skipped"],
       [TaskStatus.CANCELLED, "cancelled"],
+      [TaskStatus.WAITING, "waiting"],
     ];
     for (const [status, state] of states)
       assert.equal(stepState({ step: task("s", status), compensation: undefined }), state);

@@ -6,7 +6,7 @@
  * shown to tokens with runs:write (the server checks the scope regardless).
  */
 import { timestampDate } from "@bufbuild/protobuf/wkt";
-import type { ArtifactRef, Run, StepSpec, TaskRun } from "@nexusflow/gen";
+import { type ArtifactRef, type Run, type StepSpec, type TaskRun, TaskStatus } from "@nexusflow/gen";
 import { useEffect, useMemo, useState } from "preact/hooks";
 import { describeError, isAborted, isUnauthenticated } from "../api";
 import { hasScope } from "../auth";
@@ -16,6 +16,7 @@ import { type DagStep, layoutDag, stateLabel, stepState, tasksByStep } from "../
 import { TERMINAL_RUN_STATUSES, formatTime, prettyJson, taskStatusName, valueJson } from "../format";
 import { linkHandler, routePath } from "../router";
 import { AttemptTimeline, type Compensable, CompensationLane } from "./run-lanes";
+import { RerunButton, RunLink, SignalForm, SignalsTable } from "./run-waits";
 import { StatusBadge } from "./runs";
 import { TaskArtifacts, TaskLog, downloadArtifact } from "./step-files";
 
@@ -141,16 +142,38 @@ export function RunPage({ runId }: { runId: string }) {
     () => new Map(graphSteps.map((s) => [s.id, stepState(byStep.get(s.id))])),
     [graphSteps, byStep],
   );
-  // A retrying step says when its next attempt is due, on the graph itself.
+  const specById = useMemo(() => new Map((steps ?? []).map((s) => [s.id, s])), [steps]);
+  // A retrying step says when its next attempt is due, a waiting one what for, and a step a rerun
+  // took over from its original that it was reused, on the graph itself.
   const notes = useMemo(() => {
     const out = new Map<string, string>();
+    const clock = (ts: Parameters<typeof timestampDate>[0]): string =>
+      timestampDate(ts).toLocaleTimeString(undefined, { hour12: false });
     for (const [id, state] of states) {
-      const next = byStep.get(id)?.step?.nextAttemptTime;
-      if (state === "retrying" && next !== undefined)
-        out.set(id, `at ${timestampDate(next).toLocaleTimeString(undefined, { hour12: false })}`);
+      const task = byStep.get(id)?.step;
+      const next = task?.nextAttemptTime;
+      if (state === "retrying" && next !== undefined) out.set(id, `at ${clock(next)}`);
+      if (state === "waiting") {
+        const spec = specById.get(id);
+        const signal = spec?.wait?.signal;
+        if (signal !== undefined && signal !== "") out.set(id, `for ${signal}`);
+        else if (spec?.workflow !== undefined) out.set(id, "for its child run");
+        else if (next !== undefined) out.set(id, `until ${clock(next)}`);
+      }
+      if (state === "succeeded" && task !== undefined && task.reusedFrom !== "") out.set(id, "(reused)");
     }
     return out;
-  }, [states, byStep]);
+  }, [states, byStep, specById]);
+  // Signal names the run's wait steps take, waiting ones first (the form suggests them).
+  const signalNames = useMemo(() => {
+    const names = new Set<string>();
+    for (const [id, state] of states) {
+      const signal = specById.get(id)?.wait?.signal;
+      if (state === "waiting" && signal !== undefined && signal !== "") names.add(signal);
+    }
+    for (const s of steps ?? []) if (s.wait !== undefined && s.wait.signal !== "") names.add(s.wait.signal);
+    return [...names];
+  }, [states, specById, steps]);
   const compensable = useMemo<Compensable[] | undefined>(
     () => steps?.flatMap((s) => (s.compensate === undefined ? [] : [{ id: s.id, type: s.compensate.type }])),
     [steps],
@@ -169,6 +192,7 @@ export function RunPage({ runId }: { runId: string }) {
   const terminal = TERMINAL_RUN_STATUSES.has(run.status);
   const selectedTasks = selected === undefined ? undefined : byStep.get(selected);
   const workflowRoute = { page: "workflows", name: run.workflowName } as const;
+  const waiting = run.tasks.filter((t) => t.status === TaskStatus.WAITING);
   return (
     <section aria-labelledby="run-title" class="run">
       <h1 id="run-title">
@@ -194,6 +218,55 @@ export function RunPage({ runId }: { runId: string }) {
           </a>{" "}
           <span class="muted">v{run.workflowVersion}</span>
         </dd>
+        {waiting.length > 0 && (
+          <>
+            <dt>Waiting for</dt>
+            <dd data-testid="waiting-for">
+              <ul class="plain">
+                {waiting.map((t) => (
+                  <li key={t.id}>
+                    <span class="mono">{t.stepId}</span>:{" "}
+                    {t.pendingReason !== ""
+                      ? t.pendingReason
+                      : t.nextAttemptTime !== undefined
+                        ? `until ${formatTime(t.nextAttemptTime)}`
+                        : "waiting"}
+                  </li>
+                ))}
+              </ul>
+            </dd>
+          </>
+        )}
+        {run.rerunOf !== "" && (
+          <>
+            <dt>Rerun of</dt>
+            <dd data-testid="rerun-of">
+              <RunLink runId={run.rerunOf} /> from step <span class="mono">{run.rerunFromStep}</span>
+            </dd>
+          </>
+        )}
+        {run.reruns.length > 0 && (
+          <>
+            <dt>Reruns</dt>
+            <dd data-testid="reruns">
+              <ul class="plain">
+                {run.reruns.map((id) => (
+                  <li key={id}>
+                    <RunLink runId={id} />
+                  </li>
+                ))}
+              </ul>
+            </dd>
+          </>
+        )}
+        {run.parentRunId !== "" && (
+          <>
+            <dt>Parent run</dt>
+            <dd data-testid="parent-run">
+              <RunLink runId={run.parentRunId} /> at step <span class="mono">{run.parentStepId}</span>
+            </dd>
+          </>
+        )}
         <dt>Created</dt>
         <dd>{formatTime(run.createTime)}</dd>
         <dt>Ended</dt>
@@ -212,6 +285,13 @@ export function RunPage({ runId }: { runId: string }) {
         )}
       </dl>
       {canWriteRuns(session) && !terminal && <CancelActions run={run} onCancelled={setRun} />}
+      {(run.signals.length > 0 || signalNames.length > 0 || (canWriteRuns(session) && !terminal)) && (
+        <section aria-labelledby="signals-title">
+          <h2 id="signals-title">Signals</h2>
+          <SignalsTable signals={run.signals} />
+          {canWriteRuns(session) && !terminal && <SignalForm run={run} signalNames={signalNames} />}
+        </section>
+      )}
       <h2>Graph</h2>
       {stepsNote !== undefined && <p class="muted">{stepsNote}</p>}
       <Dag
@@ -232,7 +312,7 @@ export function RunPage({ runId }: { runId: string }) {
       {selected !== undefined && (
         <section class="step-details" aria-labelledby="step-title">
           <h2 id="step-title">
-            Step <span class="mono">{selected}</span>: {stateLabel(states.get(selected) ?? "waiting")}
+            Step <span class="mono">{selected}</span>: {stateLabel(states.get(selected) ?? "not-started")}
           </h2>
           {selectedTasks?.step === undefined && selectedTasks?.compensation === undefined && (
             <p>No task yet: the step waits for its dependencies.</p>
@@ -246,7 +326,10 @@ export function RunPage({ runId }: { runId: string }) {
             ]}
           />
           {selectedTasks?.step !== undefined && (
-            <TaskDetails title="Task" runId={run.id} task={selectedTasks.step} />
+            <TaskDetails title="Task" runId={run.id} task={selectedTasks.step} rerunOf={run.rerunOf} />
+          )}
+          {selectedTasks?.step?.status === TaskStatus.FAILED && terminal && canWriteRuns(session) && (
+            <RerunButton key={selected} run={run} stepId={selected} />
           )}
           {selectedTasks?.compensation !== undefined && (
             <TaskDetails title="Compensation" runId={run.id} task={selectedTasks.compensation} />
@@ -330,7 +413,17 @@ function CancelActions({ run, onCancelled }: { run: Run; onCancelled: (run: Run)
   );
 }
 
-function TaskDetails({ title, runId, task }: { title: string; runId: string; task: TaskRun }) {
+function TaskDetails({
+  title,
+  runId,
+  task,
+  rerunOf = "",
+}: {
+  title: string;
+  runId: string;
+  task: TaskRun;
+  rerunOf?: string;
+}) {
   return (
     <div class="task" data-task={task.id}>
       <h3>
@@ -344,9 +437,32 @@ function TaskDetails({ title, runId, task }: { title: string; runId: string; tas
             <dd data-testid="pending-reason">{task.pendingReason}</dd>
           </>
         )}
+        {task.reusedFrom !== "" && (
+          <>
+            <dt>Reused from</dt>
+            <dd data-testid="reused-from" class="reused">
+              task <span class="mono">{task.reusedFrom}</span>
+              {rerunOf !== "" && (
+                <>
+                  {" "}
+                  of run <RunLink runId={rerunOf} />
+                </>
+              )}
+              : this rerun took its output over without running it
+            </dd>
+          </>
+        )}
+        {task.childRunId !== "" && (
+          <>
+            <dt>Child run</dt>
+            <dd data-testid="child-run">
+              <RunLink runId={task.childRunId} />
+            </dd>
+          </>
+        )}
         {task.nextAttemptTime !== undefined && (
           <>
-            <dt>Next attempt</dt>
+            <dt>{task.status === TaskStatus.WAITING ? "Waits until" : "Next attempt"}</dt>
             <dd>{formatTime(task.nextAttemptTime)}</dd>
           </>
         )}
@@ -451,9 +567,10 @@ export function Json({ title, value }: { title: string; value: unknown }) {
 }
 
 const LEGEND = [
-  "waiting",
+  "not-started",
   "pending",
   "queued",
+  "waiting",
   "leased",
   "running",
   "retrying",
