@@ -1,10 +1,16 @@
 /**
- * The gateway's WorkflowService, ArtifactService and ClusterService over Connect (binary protobuf over HTTP), every call with
+ * The gateway's WorkflowService, ArtifactService, ClusterService, ScheduleService and EventService over Connect (binary protobuf over HTTP), every call with
  * the bearer token.
  */
 import { Code, ConnectError, type Client, type Interceptor, createClient } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-web";
-import { ArtifactService, ClusterService, WorkflowService } from "@nexusflow/gen";
+import {
+  ArtifactService,
+  ClusterService,
+  EventService,
+  ScheduleService,
+  WorkflowService,
+} from "@nexusflow/gen";
 
 /** A typed WorkflowService client. */
 export type Api = Client<typeof WorkflowService>;
@@ -13,8 +19,19 @@ export type ArtifactsApi = Client<typeof ArtifactService>;
 /** A typed ClusterService client (executor sessions). */
 export type ClusterApi = Client<typeof ClusterService>;
 
+/** A typed ScheduleService client (cron schedules). */
+export type SchedulesApi = Client<typeof ScheduleService>;
+/** A typed EventService client (published events and the runs they started). */
+export type EventsApi = Client<typeof EventService>;
+
 /** Clients of the gateway this page was served by, sending `token` with every call. */
-export function createApi(token: string): { api: Api; artifacts: ArtifactsApi; cluster: ClusterApi } {
+export function createApi(token: string): {
+  api: Api;
+  artifacts: ArtifactsApi;
+  cluster: ClusterApi;
+  schedules: SchedulesApi;
+  events: EventsApi;
+} {
   const auth: Interceptor = (next) => (req) => {
     req.header.set("authorization", `Bearer ${token}`);
     return next(req);
@@ -30,6 +47,8 @@ export function createApi(token: string): { api: Api; artifacts: ArtifactsApi; c
     api: createClient(WorkflowService, transport),
     artifacts: createClient(ArtifactService, transport),
     cluster: createClient(ClusterService, transport),
+    schedules: createClient(ScheduleService, transport),
+    events: createClient(EventService, transport),
   };
 }
 

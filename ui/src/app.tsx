@@ -3,9 +3,11 @@ import { useCallback, useMemo, useState } from "preact/hooks";
 import { createApi } from "./api";
 import { decodeToken, forgetToken, storeToken, storedToken } from "./auth";
 import { type Route, linkHandler, routePath, useRoute } from "./router";
+import { EventsPage } from "./pages/events";
 import { ExecutorsPage } from "./pages/executors";
 import { RunPage } from "./pages/run";
 import { RunsPage } from "./pages/runs";
+import { SchedulesPage } from "./pages/schedules";
 import { TokenPrompt } from "./pages/token-prompt";
 import { WorkflowsPage } from "./pages/workflows";
 import { type Session, SessionContext, useSession } from "./session";
@@ -68,6 +70,12 @@ function Shell() {
           <NavLink route={{ page: "workflows", name: undefined }} current={route.page === "workflows"}>
             Workflows
           </NavLink>
+          <NavLink route={{ page: "schedules", scheduleId: undefined }} current={route.page === "schedules"}>
+            Schedules
+          </NavLink>
+          <NavLink route={{ page: "events", eventId: undefined }} current={route.page === "events"}>
+            Events
+          </NavLink>
           <NavLink route={{ page: "executors" }} current={route.page === "executors"}>
             Executors
           </NavLink>
@@ -87,6 +95,8 @@ function Shell() {
         {route.page === "run" && <RunPage key={route.runId} runId={route.runId} />}
         {route.page === "workflows" && <WorkflowsPage selected={route.name} />}
         {route.page === "executors" && <ExecutorsPage />}
+        {route.page === "schedules" && <SchedulesPage selected={route.scheduleId} />}
+        {route.page === "events" && <EventsPage selected={route.eventId} />}
       </main>
     </>
   );

@@ -6,7 +6,9 @@ export type Route =
   | { page: "runs" }
   | { page: "run"; runId: string }
   | { page: "workflows"; name: string | undefined }
-  | { page: "executors" };
+  | { page: "executors" }
+  | { page: "schedules"; scheduleId: string | undefined }
+  | { page: "events"; eventId: string | undefined };
 
 const BASE = "/ui";
 
@@ -16,6 +18,10 @@ export function parseRoute(pathname: string): Route {
   const [first, second] = rest.split("/").map((s) => decodeURIComponent(s));
   if (first === "runs" && second !== undefined && second !== "") return { page: "run", runId: second };
   if (first === "executors") return { page: "executors" };
+  if (first === "schedules")
+    return { page: "schedules", scheduleId: second === undefined || second === "" ? undefined : second };
+  if (first === "events")
+    return { page: "events", eventId: second === undefined || second === "" ? undefined : second };
   if (first === "workflows")
     return { page: "workflows", name: second === undefined || second === "" ? undefined : second };
   return { page: "runs" };
@@ -30,6 +36,14 @@ export function routePath(route: Route): string {
       return `${BASE}/runs/${encodeURIComponent(route.runId)}`;
     case "executors":
       return `${BASE}/executors`;
+    case "schedules":
+      return route.scheduleId === undefined
+        ? `${BASE}/schedules`
+        : `${BASE}/schedules/${encodeURIComponent(route.scheduleId)}`;
+    case "events":
+      return route.eventId === undefined
+        ? `${BASE}/events`
+        : `${BASE}/events/${encodeURIComponent(route.eventId)}`;
     case "workflows":
       return route.name === undefined
         ? `${BASE}/workflows`

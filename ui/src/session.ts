@@ -1,7 +1,7 @@
 /** The session every page gets: the API client, what the token says, and a way to drop it. */
 import { createContext } from "preact";
 import { useContext } from "preact/hooks";
-import type { Api, ArtifactsApi, ClusterApi } from "./api";
+import type { Api, ArtifactsApi, ClusterApi, EventsApi, SchedulesApi } from "./api";
 import { type TokenInfo, hasScope } from "./auth";
 
 /** What every page gets: the API client, what the token says, and a way to ask for another. */
@@ -9,6 +9,8 @@ export interface Session {
   api: Api;
   artifacts: ArtifactsApi;
   cluster: ClusterApi;
+  schedules: SchedulesApi;
+  events: EventsApi;
   token: TokenInfo | undefined;
   /** Drops the token (it was refused) and shows the prompt with `reason`. */
   signOut: (reason?: string) => void;

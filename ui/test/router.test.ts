@@ -12,6 +12,10 @@ describe("routes", () => {
       { page: "workflows", name: undefined },
       { page: "workflows", name: "trip-booking" },
       { page: "executors" },
+      { page: "schedules", scheduleId: undefined },
+      { page: "schedules", scheduleId: "nightly/eu" },
+      { page: "events", eventId: undefined },
+      { page: "events", eventId: "0190a1b2-e" },
     ];
     for (const route of routes) assert.deepEqual(parseRoute(routePath(route)), route);
     assert.equal(routePath({ page: "run", runId: "a/b" }), "/ui/runs/a%2Fb");
