@@ -85,6 +85,7 @@ export function describeRun(run: Run, color: boolean): string {
   if (labels.length > 0) lines.push(`labels: ${labels.map(([k, v]) => `${k}=${v}`).join(", ")}`);
   if (run.rerunOf !== "") lines.push(`rerun of ${run.rerunOf} from step ${run.rerunFromStep}`);
   if (run.reruns.length > 0) lines.push(`reruns: ${run.reruns.join(", ")}`);
+  if (run.parentRunId !== "") lines.push(`child of run ${run.parentRunId} (step ${run.parentStepId})`);
   if (run.tasks.length > 0) {
     lines.push("");
     lines.push(
@@ -103,6 +104,8 @@ export function describeRun(run: Run, color: boolean): string {
               // A waiting task's reason is shown whole: the type it names is what to act on.
               t.pendingReason === "" ? "" : style.yellow(`waiting: ${t.pendingReason}`),
               t.reusedFrom === "" ? "" : style.gray("reused (not run again)"),
+              // A waiting child step's reason names its child already.
+              t.childRunId === "" || t.pendingReason !== "" ? "" : style.gray(`child run ${t.childRunId}`),
               error === undefined
                 ? t.skipReason === ""
                   ? ""
