@@ -109,6 +109,12 @@ export const TaskErrorType = {
    */
   CONCURRENCY_KEY_ERROR: "CONCURRENCY_KEY_ERROR",
   /**
+   * Scheduler. A step's rate limit key (`rateLimits[].key`) evaluated to something other than a
+   * string or a number, or could not be evaluated: the step fails when it would first be leased.
+   * Terminal. No details (the message names the limit, the key and its path).
+   */
+  RATE_LIMIT_KEY_ERROR: "RATE_LIMIT_KEY_ERROR",
+  /**
    * Scheduler. A wait step (`wait: {signal, timeout}`) saw no signal of its name before its
    * timeout: the step fails for good (a wait is not retried; its retry policy does not apply), and
    * the run fails or rolls back like for any failed step. No details.
@@ -143,6 +149,25 @@ export const TaskErrorType = {
    * level. Terminal. No details.
    */
   CHILD_DEPTH_EXCEEDED: "CHILD_DEPTH_EXCEEDED",
+  /**
+   * Scheduler. A map step's `map.items` did not evaluate to an array, or to one of more than
+   * 10,000 elements: the step fails before any element runs. Terminal. Details: `{ "items" }`
+   * (the expression), with `"got"` (the JSON type) or `"length"` (the array's length).
+   */
+  MAP_ITEMS_INVALID: "MAP_ITEMS_INVALID",
+  /**
+   * Scheduler. An element of a map step with `failure: "fail-fast"` failed for good (its retries
+   * spent): the step fails and its other running elements are cancelled. Terminal. Details:
+   * `{ "index", "error" }` (the element's position and its error).
+   */
+  MAP_ELEMENT_FAILED: "MAP_ELEMENT_FAILED",
+  /**
+   * Scheduler. Elements of a map step with `failure: "collect"` failed for good; the step failed
+   * once every element had ended. Terminal. Details: `{ "failedCount", "succeededCount",
+   * "failed": [{ "index", "error" }] }` (the first 100 failures in item order; every element's
+   * own result stays on its task row, listed by GetRun as `<step>[<index>]`).
+   */
+  MAP_ELEMENTS_FAILED: "MAP_ELEMENTS_FAILED",
   /**
    * Scheduler. An executor reported a failure without a type (an executor not built on
    * @nexusflow/executor). Retried as the report says (by default when it says nothing).

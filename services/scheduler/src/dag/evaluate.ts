@@ -10,7 +10,8 @@ import { evaluateExpression, truthy } from "./expr.js";
 import type { EvalScope, StepView } from "./expr.js";
 import { objectFromEntries, pathJoin } from "./json.js";
 import type { JsonValue } from "./json.js";
-import type { CompiledWorkflow, RunInfo, SkipReason, StepState, StepStatus } from "./spec.js";
+import { MAX_MAP_ITEMS } from "./map.js";
+import type { CompiledStep, CompiledWorkflow, RunInfo, SkipReason, StepState, StepStatus } from "./spec.js";
 import { renderTemplate } from "./template.js";
 
 /** A step to start now with its rendered input (null when the step has no `input`). */
@@ -27,8 +28,13 @@ export interface SkipDecision {
 
 /** Why a step failed before running: its input or its `when` could not be rendered / evaluated. */
 export interface StepDecisionError {
-  readonly type: typeof TaskErrorType.TEMPLATE_ERROR | typeof TaskErrorType.EXPRESSION_ERROR;
+  readonly type:
+    | typeof TaskErrorType.TEMPLATE_ERROR
+    | typeof TaskErrorType.EXPRESSION_ERROR
+    | typeof TaskErrorType.MAP_ITEMS_INVALID;
   readonly message: string;
+  /** MAP_ITEMS_INVALID's details (task-error-types.ts). */
+  readonly details?: unknown;
 }
 
 /** A pending step to mark failed now (terminal: no retry can fix a template against the same data). */
@@ -208,7 +214,16 @@ export function evaluateRun(
       }
     }
     let input: JsonValue = null;
-    if (step.input !== null) {
+    if (step.map !== null) {
+      // A map step's input is rendered per element (renderElementInput); what it starts with is its items.
+      const items = mapItems(step, scope);
+      if ("error" in items) {
+        effective[i] = FAILED;
+        fail.push({ stepId: step.id, error: items.error });
+        continue;
+      }
+      input = items.items;
+    } else if (step.input !== null) {
       try {
         input = renderTemplate(step.input, scope, pathJoin(pathJoin("$.steps", step.specIndex), "input"));
       } catch (error) {
@@ -339,4 +354,65 @@ export function compensationOrder(
     }
   }
   return waves.filter((w) => w !== undefined);
+}
+
+/** Evaluates a map step's `map.items`: the array, or why the step fails (MAP_ITEMS_INVALID, EXPRESSION_ERROR). */
+function mapItems(
+  step: CompiledStep,
+  scope: EvalScope,
+): { items: JsonValue[] } | { error: StepDecisionError } {
+  const map = step.map as NonNullable<CompiledStep["map"]>;
+  let value: JsonValue;
+  try {
+    value = evaluateExpression(map.items, scope);
+  } catch (error) {
+    const message = errorMessage(error);
+    if (message === undefined) throw error;
+    return { error: { type: TaskErrorType.EXPRESSION_ERROR, message: `map.items: ${message}` } };
+  }
+  if (!Array.isArray(value))
+    return {
+      error: {
+        type: TaskErrorType.MAP_ITEMS_INVALID,
+        message: `map.items (${map.expression}) must yield an array, got ${value === null ? "null" : typeof value}`,
+        details: { items: map.expression, got: value === null ? "null" : typeof value },
+      },
+    };
+  if (value.length > MAX_MAP_ITEMS)
+    return {
+      error: {
+        type: TaskErrorType.MAP_ITEMS_INVALID,
+        message: `map.items (${map.expression}) has ${value.length} elements; a map step takes at most ${MAX_MAP_ITEMS}`,
+        details: { items: map.expression, length: value.length },
+      },
+    };
+  return { items: value as JsonValue[] };
+}
+
+/**
+ * Renders a map step's `input` for one element (`item`, `index`), over the run input and the
+ * recorded states of its upstream steps. Throws a DagError (RenderError) when it cannot.
+ */
+export function renderElementInput(
+  workflow: CompiledWorkflow,
+  step: CompiledStep,
+  runInput: unknown,
+  states: ReadonlyMap<string, StepState>,
+  run: RunInfo,
+  item: unknown,
+  index: number,
+): JsonValue {
+  if (step.input === null) return item as JsonValue;
+  const scope: EvalScope = {
+    input: runInput,
+    run,
+    step: undefined,
+    element: { item, index },
+    stepView(id: string): StepView | undefined {
+      if (!workflow.stepsById.has(id)) return undefined;
+      const state = states.get(id);
+      return { status: state?.status ?? "pending", output: state?.output };
+    },
+  };
+  return renderTemplate(step.input, scope, pathJoin(pathJoin("$.steps", step.specIndex), "input"));
 }

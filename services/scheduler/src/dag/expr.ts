@@ -18,9 +18,9 @@ export const MAX_EXPRESSION_DEPTH = 64;
 
 /**
  * Names an expression may start a path with. `step` exists only in `compensate.input`, `event`
- * (`event.key`, `event.payload`) only in a trigger's `filter`.
+ * (`event.key`, `event.payload`) only in a trigger's `filter`, `item` and `index` only in a map step's `input`.
  */
-export type PathRoot = "input" | "steps" | "run" | "step" | "event";
+export type PathRoot = "input" | "steps" | "run" | "step" | "event" | "item" | "index";
 /** Built-in pure functions. */
 export type FunctionName = "len" | "lower" | "upper" | "contains" | "startsWith" | "exists";
 /** Binary operators, including the short-circuit ones. */
@@ -73,6 +73,8 @@ export interface EvalScope {
   readonly run: RunInfo | undefined;
   /** The compensated step's own input/output (`step.*`); only set while rendering `compensate.input`. */
   readonly step: { readonly input?: unknown; readonly output?: unknown } | undefined;
+  /** A map step's element (`item`) and its position (`index`); absent everywhere else. */
+  readonly element?: { readonly item: unknown; readonly index: number } | undefined;
   /** The event a trigger's filter looks at (`event.*`); absent everywhere else. */
   readonly event?: { readonly key: string; readonly payload: unknown } | undefined;
   /** Looks up a step by id; `undefined` for unknown ids. */
@@ -92,7 +94,15 @@ const FUNCTION_ARITY: Readonly<Record<FunctionName, number>> = {
   startsWith: 2,
   exists: 1,
 };
-const ROOTS: ReadonlySet<string> = new Set<PathRoot>(["input", "steps", "run", "step", "event"]);
+const ROOTS: ReadonlySet<string> = new Set<PathRoot>([
+  "input",
+  "steps",
+  "run",
+  "step",
+  "event",
+  "item",
+  "index",
+]);
 const RUN_FIELDS: ReadonlySet<string> = new Set(["id", "workflow", "version"]);
 
 type TokenKind = "number" | "string" | "name" | "punct" | "close" | "eof";
@@ -472,6 +482,9 @@ class Parser {
       if (!pushSegment(false) || (segments[0] !== "input" && segments[0] !== "output")) {
         this.fail("expected step.input or step.output", rootTok.pos);
       }
+    } else if (root === "index") {
+      if (this.isPunct(".") || this.isPunct("["))
+        this.fail("index is a number and has no fields", this.tok.pos);
     } else if (root === "event") {
       if (!pushSegment(false) || (segments[0] !== "key" && segments[0] !== "payload")) {
         this.fail("expected event.key or event.payload", rootTok.pos);
@@ -610,6 +623,14 @@ export function resolvePath(path: PathExpr, scope: EvalScope): Resolution {
         return { found: false, reason: `the compensated step has no recorded ${field}` };
       return walk(path, value, 1);
     }
+    case "item":
+      if (scope.element === undefined)
+        return { found: false, reason: "item is only available in the input of a map step" };
+      return walk(path, scope.element.item, 0);
+    case "index":
+      if (scope.element === undefined)
+        return { found: false, reason: "index is only available in the input of a map step" };
+      return { found: true, value: scope.element.index, skipped: false };
     case "event": {
       if (scope.event === undefined)
         return { found: false, reason: "event.* is only available in a trigger's filter" };

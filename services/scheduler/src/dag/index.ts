@@ -37,6 +37,7 @@ export {
   compensationOrder,
   evaluateRun,
   renderCompensationInput,
+  renderElementInput,
   type CompensationInput,
   type Evaluation,
   type FailDecision,
@@ -46,6 +47,14 @@ export {
   type StepDecisionError,
 } from "./evaluate.js";
 export { MAX_CHILD_DEPTH, type ChildWorkflowSpec, type CompiledChild, type OnParentCancel } from "./child.js";
+export {
+  DEFAULT_MAP_PARALLELISM,
+  MAX_MAP_ITEMS,
+  MAX_MAP_PARALLELISM,
+  type CompiledMap,
+  type MapFailurePolicy,
+  type MapSpec,
+} from "./map.js";
 export {
   SIGNAL_NAME_PATTERN,
   SIGNAL_NAME_RULE,

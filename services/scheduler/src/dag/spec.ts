@@ -5,6 +5,7 @@
 import type { ChildWorkflowSpec, CompiledChild } from "./child.js";
 import type { CompiledDurable, SleepSpec, WaitSpec } from "./durable.js";
 import type { Expr } from "./expr.js";
+import type { CompiledMap, MapSpec } from "./map.js";
 import type { ResolvedRetryPolicy } from "./retry.js";
 import type { CompiledSchema } from "./schema.js";
 import type { Template } from "./template.js";
@@ -114,6 +115,8 @@ export interface StepSpec {
   sleep?: SleepSpec;
   /** Starts a run of another workflow instead of a task (dag/child.ts). */
   workflow?: ChildWorkflowSpec;
+  /** Runs the step's task once per element of an array (dag/map.ts). */
+  map?: MapSpec;
   /** Keyed concurrency limits on the step's tasks (its compensation is not limited). */
   concurrency?: ConcurrencyLimitSpec[];
   /** Named rate limits (token buckets) the step's tasks take tokens from when leased. */
@@ -236,6 +239,8 @@ export interface CompiledStep {
   readonly durable: CompiledDurable | null;
   /** A child workflow (no executor runs it; dag/child.ts); null otherwise. */
   readonly child: CompiledChild | null;
+  /** A map step (dag/map.ts): its task runs once per element; null otherwise. */
+  readonly map: CompiledMap | null;
   /** The step's concurrency limits (empty: none). */
   readonly concurrency: readonly CompiledConcurrencyLimit[];
   /** The step's rate limits (empty: none). */

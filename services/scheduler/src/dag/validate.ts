@@ -44,6 +44,7 @@ import type {
   WorkflowSpec,
 } from "./spec.js";
 import { checkChild, type CompiledChild } from "./child.js";
+import { checkMap, type CompiledMap } from "./map.js";
 import { checkDurable, type CompiledDurable } from "./durable.js";
 import { compileTemplate, templatePaths } from "./template.js";
 import { checkTriggers } from "./triggers.js";
@@ -86,6 +87,7 @@ const STEP_FIELDS = [
   "rateLimits",
   "wait",
   "sleep",
+  "map",
 ];
 const CONCURRENCY_FIELDS = ["key", "limit", "strategy"];
 const RATE_LIMIT_FIELDS = ["name", "key", "units", "rate", "per", "burst"];
@@ -513,6 +515,8 @@ interface StepDraft {
   readonly durable: CompiledDurable | null;
   /** A child workflow step (child.ts); null otherwise. */
   readonly child: CompiledChild | null;
+  /** A map step (map.ts); null otherwise. */
+  readonly map: CompiledMap | null;
   /** Where references of `input` are reported. */
   readonly inputPath: string;
   readonly retryOk: boolean;
@@ -640,6 +644,7 @@ function checkStep(checker: Checker, value: unknown, path: string): StepDraft | 
     input,
     durable: durable?.durable ?? null,
     child: child?.child ?? null,
+    map: step["map"] === undefined ? null : (checkMap(step, path, checker.errors) ?? null),
     inputPath: child?.inputPath ?? durable?.inputPath ?? pathJoin(path, "input"),
     retryOk,
     timeouts,
@@ -667,6 +672,8 @@ interface ReferenceSite {
   readonly step: number | undefined;
   /** True inside `compensate.input`: `step.*` and the step's own `steps.<id>` are allowed. */
   readonly compensation: boolean;
+  /** True inside a map step's `input`: `item` and `index` are allowed. */
+  readonly element?: boolean;
 }
 
 /**
@@ -730,7 +737,7 @@ export function compileWorkflow(json: unknown): CompileResult {
   // A run's keys are evaluated when it starts: only its input and run.* exist then.
   for (const limit of concurrency)
     for (const ref of expressionPaths(limit.key))
-      if (ref.root === "steps" || ref.root === "step" || ref.root === "event")
+      if (ref.root !== "input" && ref.root !== "run")
         checker.err(
           pathJoin(limit.path, "key"),
           `${ref.text}: a workflow's concurrency key is evaluated when the run starts, so it may use input and run only (put the limit on a step to key it on a step's output)`,
@@ -799,6 +806,11 @@ export function compileWorkflow(json: unknown): CompileResult {
 
   // References in templates and expressions must point at steps that are certain to have finished.
   const checkReference = (site: ReferenceSite, at: string, ref: PathExpr): void => {
+    if (ref.root === "item" || ref.root === "index") {
+      if (site.element !== true)
+        checker.err(at, `${ref.text}: item and index are only available in the input of a map step`);
+      return;
+    }
     if (ref.root === "event") {
       checker.err(
         at,
@@ -844,8 +856,13 @@ export function compileWorkflow(json: unknown): CompileResult {
       for (const ref of expressionPaths(draft.when)) checkReference(site, pathJoin(draft.path, "when"), ref);
     }
     if (draft.input !== null) {
-      for (const { at, path } of templatePaths(draft.input, draft.inputPath)) checkReference(site, at, path);
+      const inputSite = draft.map === null ? site : { ...site, element: true };
+      for (const { at, path } of templatePaths(draft.input, draft.inputPath))
+        checkReference(inputSite, at, path);
     }
+    if (draft.map !== null)
+      for (const ref of expressionPaths(draft.map.items))
+        checkReference(site, pathJoin(pathJoin(draft.path, "map"), "items"), ref);
     for (const limit of draft.concurrency)
       for (const ref of expressionPaths(limit.key)) checkReference(site, pathJoin(limit.path, "key"), ref);
     for (const limit of draft.rateLimits)
@@ -993,6 +1010,7 @@ function build(
       priority: draft.priority ?? extra.defaultPriority,
       durable: draft.durable,
       child: draft.child,
+      map: draft.map,
       concurrency: Object.freeze(
         draft.concurrency.map((l) =>
           Object.freeze({
