@@ -6,10 +6,10 @@ import { partitionOf } from "../cluster/partitioning.js";
 import type { CompiledWorkflow } from "../dag/index.js";
 import type { ParentLink, RunState } from "../model/run-state.js";
 import type { StoredTask } from "../persistence/engine-store.js";
-import { childFoundEnded, childResolved, childRunId } from "./children.js";
+import { childEnded, childFoundEnded, childResolved, childRunId } from "./children.js";
 import { recover } from "./recovery.js";
 import { completed } from "./reports.js";
-import { advance, cancelRun, startRun } from "./runs.js";
+import { advance, cancelRun, dropRefusedRun, startRun } from "./runs.js";
 import { Simulation, workflowOf } from "./simulation.js";
 import { signalReceived } from "./waits.js";
 
@@ -206,6 +206,21 @@ void describe("child workflow steps (core)", () => {
     assert.equal(run.status, "TIMED_OUT");
     assert.equal(child!.status, "CANCELLED");
     assert.match(child!.error?.message ?? "", /run timed out/);
+  });
+
+  it("a child dropped for changes PostgreSQL refused fails its parent's step, not leaving it waiting", () => {
+    const sim = new Simulation();
+    const run = begin(sim, parentFlow([{ id: "c", workflow: { name: "child" } }]));
+    const [child] = startChildren(sim);
+    const dropped = dropRefusedRun(sim.core, child!.id, "invalid byte sequence");
+    assert.ok(dropped);
+    childEnded(sim.core, dropped, sim.at().now);
+    const step = run.tasks.get("c")!;
+    assert.equal(step.status, "FAILED");
+    assert.equal(step.error?.type, TaskErrorType.CHILD_FAILED);
+    assert.match(step.error?.message ?? "", /STORAGE_REFUSED/);
+    settle(sim);
+    assert.equal(run.status, "FAILED");
   });
 
   it("a run 10 levels deep starts no child: CHILD_DEPTH_EXCEEDED", () => {

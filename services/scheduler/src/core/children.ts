@@ -206,8 +206,9 @@ export function childFoundEnded(
 }
 
 /**
- * A run with a parent ended (completeRun): its parent's step ends in the same turn, so in the same
- * commit, and the parent is evaluated soon.
+ * A run with a parent ended (completeRun), or was dropped for changes PostgreSQL refused
+ * (runs.ts dropRefusedRun, FAILED with STORAGE_REFUSED): its parent's step ends in the same turn,
+ * so in the same commit, and the parent is evaluated soon.
  */
 export function childEnded(core: Core, child: RunState, now: Date): void {
   if (child.parent === null) return;

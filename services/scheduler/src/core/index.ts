@@ -25,6 +25,7 @@
 export type { Core, Effects, EventInit, Moment, Rejection, SessionLeases, Timer } from "./context.js";
 export { advanceCompensation } from "./compensation.js";
 export {
+  childEnded,
   childFoundEnded,
   childOf,
   childResolved,

@@ -405,6 +405,8 @@ export class Engine {
     if (run === undefined) return;
     this.dirtyRuns.delete(run);
     this.keyed.forget(run);
+    // A child's parent step fails with it (CHILD_FAILED, the STORAGE_REFUSED error in details).
+    if (run.parent !== null) core.childEnded(this.core, run, new Date());
     if (!this.store.isStored(run)) return;
     this.store.failRefusedRun(runId, run.error as ErrorInfo).then(
       (outcome) => {
