@@ -22,6 +22,7 @@ import { armRetry, armRunDeadline, armScheduleToStart } from "./timers.js";
 import { stepState } from "./transitions.js";
 import { armDurable } from "./waits.js";
 import { childOf, childRunId } from "./children.js";
+import { rebuildMaps } from "./maps.js";
 
 /** What was recovered. */
 export interface Recovered {
@@ -80,12 +81,15 @@ export function recover(
   }
   let queued = 0;
   let orphaned = 0;
+  /** Element tasks of map steps, by run (maps.ts rebuildMaps). */
+  const elements = new Map<RunState, TaskState[]>();
   const nowMs = at.now.getTime();
   for (const t of stored.tasks) {
     const run = core.runs.get(t.runId);
     if (run === undefined) continue;
     const task: TaskState = { ...t, sessionId: null, lastHeartbeat: at.mono };
-    if (task.kind === "STEP") run.tasks.set(task.stepId, task);
+    if (task.elementIndex !== undefined) (elements.get(run) ?? elements.set(run, []).get(run))?.push(task);
+    else if (task.kind === "STEP") run.tasks.set(task.stepId, task);
     else run.compensations.set(task.stepId, task);
     core.tasks.set(task.id, task);
     if (task.status === "QUEUED") {
@@ -118,6 +122,8 @@ export function recover(
         core.fx.startChild(run, task);
     }
   }
+  // Map steps: their counters from their element rows, before the runs advance.
+  for (const run of runs) rebuildMaps(core, run, elements.get(run) ?? [], at.now);
   // Concurrency keys: holders and queues derived from the runs, before any lease is handed out.
   recoverClaims(core, runs, at.now, stepState, cancelByLimit(core, at.now));
   for (const run of runs) {

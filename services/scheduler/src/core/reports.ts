@@ -13,6 +13,7 @@ import type { Core, Moment, Rejection } from "./context.js";
 import { checkReport, isRejection } from "./fencing.js";
 import { failAttempt } from "./retries.js";
 import { advance } from "./runs.js";
+import { mapOutputResolved, mapOutputUnavailable } from "./maps.js";
 import { detach, failTerminally, finishAttempt, endTask, taskKind } from "./transitions.js";
 
 /** Who reports: the session and its executor. */
@@ -173,6 +174,7 @@ export function outputResolved(core: Core, task: TaskState, value: unknown, now:
   task.resolvedOutput = value ?? null;
   const run = core.runs.get(task.runId);
   if (run === undefined) return;
+  if (task.elementIndex !== undefined) mapOutputResolved(core, task, now);
   advance(core, run, now);
   core.fx.commit();
 }
@@ -181,6 +183,7 @@ export function outputResolved(core: Core, task: TaskState, value: unknown, now:
 export function outputUnavailable(core: Core, task: TaskState, reason: string, now: Date): void {
   const run = core.runs.get(task.runId);
   if (run === undefined || task.status !== "SUCCEEDED") return;
+  if (task.elementIndex !== undefined) mapOutputUnavailable(core, task);
   failTerminally(
     core,
     run,

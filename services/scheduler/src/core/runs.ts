@@ -33,6 +33,7 @@ import { cancelChild, startChildStep } from "./children.js";
 import { rerunLink, takeOver, type RerunStart } from "./reruns.js";
 import { armRunDeadline } from "./timers.js";
 import { startWaiting } from "./waits.js";
+import { mapElements, startMap } from "./maps.js";
 import {
   completeRun,
   detach,
@@ -149,6 +150,7 @@ export function advance(core: Core, run: RunState, now: Date): void {
       const step = run.workflow.stepsById.get(task.stepId);
       if (step?.durable != null) startWaiting(core, run, task, step.durable, now);
       else if (step?.child != null) startChildStep(core, run, task, step.child, now);
+      else if (step?.map != null) startMap(core, run, task, step, r.input as unknown[], now);
       else queueTask(core, task, now);
     }
     for (const s of ev.skip) {
@@ -168,7 +170,12 @@ export function advance(core: Core, run: RunState, now: Date): void {
         core,
         run,
         task,
-        { type: f.error.type, message: f.error.message, retryable: false },
+        {
+          type: f.error.type,
+          message: f.error.message,
+          retryable: false,
+          ...(f.error.details === undefined ? {} : { details: f.error.details }),
+        },
         now,
       );
     }
@@ -208,7 +215,8 @@ export function advanceAny(core: Core, run: RunState, now: Date): void {
 
 /** Cancels every unfinished step task of `run`, telling executors to stop leased ones. */
 function stopActiveTasks(core: Core, run: RunState, reason: string, error: ErrorInfo, now: Date): void {
-  for (const task of run.tasks.values()) {
+  // A map step ends before its elements, so that their ends only count (maps.ts mapElementEnded).
+  for (const task of [...run.tasks.values(), ...mapElements(run, true)]) {
     if (TERMINAL_TASK_STATUSES.has(task.status)) continue;
     if (ACTIVE_LEASE.has(task.status)) {
       core.fx.cancelLease(task, reason);
@@ -263,6 +271,7 @@ export function timeOutRun(core: Core, run: RunState, now: Date): void {
 export function forgetRun(core: Core, run: RunState): void {
   core.runs.delete(run.id);
   for (const t of run.tasks.values()) if (!ACTIVE_LEASE.has(t.status)) core.tasks.delete(t.id);
+  for (const t of mapElements(run, false)) if (!ACTIVE_LEASE.has(t.status)) core.tasks.delete(t.id);
   for (const t of run.compensations.values()) if (!ACTIVE_LEASE.has(t.status)) core.tasks.delete(t.id);
 }
 
@@ -279,7 +288,7 @@ export function dropRefusedRun(core: Core, runId: string, cause: string): RunSta
     message: `PostgreSQL refused to store the run's changes: ${cause}`,
     retryable: false,
   };
-  for (const task of [...run.tasks.values(), ...run.compensations.values()]) {
+  for (const task of [...mapElements(run, false), ...run.tasks.values(), ...run.compensations.values()]) {
     if (ACTIVE_LEASE.has(task.status))
       core.fx.cancelLease(task, "the run failed: its changes cannot be stored");
     detach(core, task);

@@ -8,6 +8,7 @@ import { RunStatus, TaskKind } from "@nexusflow/gen";
 import type { StepState } from "../dag/index.js";
 import type { ErrorInfo, RunState, TaskState, TaskStatusName } from "../model/run-state.js";
 import { childEnded } from "./children.js";
+import { mapElementEnded } from "./maps.js";
 import { releaseRun, releaseTask } from "./concurrency.js";
 import type { Core } from "./context.js";
 import { armScheduleToStart } from "./timers.js";
@@ -97,6 +98,7 @@ export function endTask(core: Core, task: TaskState, status: TaskStatusName, now
   task.nextAttemptAt = null;
   detach(core, task);
   core.fx.writeTask(task);
+  if (task.elementIndex !== undefined) mapElementEnded(core, task, now);
 }
 
 /** Fails a task for good without an attempt of its own (render errors, unreadable outputs). */

@@ -124,6 +124,36 @@ export interface TaskState {
   hold?: QueueHold | undefined;
   /** The step's concurrency keys, from when it is first queued (core/concurrency.ts; in memory only). */
   claim?: Claim | undefined;
+  /**
+   * An element task of a map step (core/maps.ts): the element's position. Stored as step id
+   * `<step>[<index>]` (a step id cannot hold "["), `stepId` is the map step's own in memory.
+   */
+  elementIndex?: number | undefined;
+}
+
+/**
+ * A map step being run (core/maps.ts), in memory: derived from its WAITING task (whose input is
+ * the items) and its element tasks, so recovery rebuilds it from the rows. Counters, not scans:
+ * an element's end costs O(1) whatever the number of elements.
+ */
+export interface MapState {
+  /** The map step's own task (WAITING while its elements run). */
+  readonly task: TaskState;
+  readonly items: readonly unknown[];
+  /** Element tasks by index; elements [0, created) exist. */
+  readonly elements: TaskState[];
+  /** Elements created so far (the next index to create). */
+  created: number;
+  /** Elements created and not ended. */
+  inFlight: number;
+  succeeded: number;
+  failed: number;
+  /** Succeeded elements whose offloaded output is not read back yet. */
+  unresolved: number;
+  /** True while elements are being made (an element failing meanwhile does not make more). */
+  filling: boolean;
+  /** Elements touched by the map's bookkeeping (created, ended, collected): a cost counter for tests. */
+  work: number;
 }
 
 /**
@@ -190,6 +220,8 @@ export interface RunState {
   rerun?: RerunLink | undefined;
   /** The run that started this one from a child workflow step (core/children.ts); null for most. */
   readonly parent: ParentLink | null;
+  /** Map steps running, by step id (core/maps.ts); undefined for runs without any. */
+  maps?: Map<string, MapState> | undefined;
 }
 
 /** A child run's parent: its run, its step, and how deep the child is (a root run is 0). */
@@ -207,6 +239,17 @@ export interface RerunLink {
   readonly fromStep: string;
   /** The original task run id of each step whose output it took over, by step id. */
   readonly reused: Readonly<Record<string, string>>;
+}
+
+/** The step id a task row is stored under: the step's, or `<step>[<index>]` for a map element. */
+export function storedStepId(t: Pick<TaskState, "stepId" | "elementIndex">): string {
+  return t.elementIndex === undefined ? t.stepId : `${t.stepId}[${t.elementIndex}]`;
+}
+
+/** The step id and element index of a stored task row's step id (see storedStepId). */
+export function parseStoredStepId(stored: string): { stepId: string; elementIndex?: number } {
+  const m = /^(.+)\[(\d+)\]$/.exec(stored);
+  return m === null ? { stepId: stored } : { stepId: m[1] as string, elementIndex: Number(m[2]) };
 }
 
 /** A new task run of `runId`, PENDING, with no attempt yet (`id` random unless given). */

@@ -3,7 +3,7 @@
  * taken synchronously, become one table section each (batch-sql.ts); a large batch is taken as two
  * parts by run, and a part the database refuses can be cut down to the share of some of its runs.
  */
-import type { AttemptState, RunState, TaskState } from "../model/run-state.js";
+import { storedStepId, type AttemptState, type RunState, type TaskState } from "../model/run-state.js";
 import {
   ATTEMPT_HISTORY_SQL,
   ATTEMPT_ROW_SQL,
@@ -113,7 +113,7 @@ function runRow(r: RunState): Row {
 function taskRow(t: TaskState): Row {
   const row: Row = {
     run_id: t.runId,
-    step_id: t.stepId,
+    step_id: storedStepId(t),
     kind: t.kind,
     type: t.type,
     position: t.position,

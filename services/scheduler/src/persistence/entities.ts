@@ -68,7 +68,7 @@ export const TaskRunEntity = defineEntity({
   properties: {
     id: p.uuid().primary(),
     runId: p.uuid(),
-    stepId: p.string().length(63),
+    stepId: p.string().length(80),
     kind: p.string().length(16),
     type: p.string().length(63),
     status: p.string().length(16),

@@ -176,6 +176,7 @@ export class MemoryEngineStore extends PendingChanges implements EngineStore {
       id: t.id,
       runId: t.runId,
       stepId: t.stepId,
+      ...(t.elementIndex === undefined ? {} : { elementIndex: t.elementIndex }),
       kind: t.kind,
       type: t.type,
       position: t.position,

@@ -27,6 +27,7 @@ import type {
   TaskState,
   TaskStatusName,
 } from "../model/run-state.js";
+import { parseStoredStepId } from "../model/run-state.js";
 
 interface RunRow {
   id: string;
@@ -240,7 +241,7 @@ function storedTask(t: TaskRow, a: AttemptRow | undefined): StoredTask {
   return {
     id: t.id,
     runId: t.run_id,
-    stepId: t.step_id,
+    ...parseStoredStepId(t.step_id),
     kind: t.kind,
     type: t.type,
     position: t.position,
