@@ -41,6 +41,23 @@ export interface DagLayout {
 export type DagStep = Pick<StepSpec, "id" | "type" | "dependsOn">;
 
 /**
+ * What a step of a definition does, for its box: its task type, or for the steps no executor runs
+ * (which have none) "wait: SIGNAL", "sleep" or "child: WORKFLOW".
+ */
+export function stepKind(step: Pick<StepSpec, "type" | "wait" | "sleep" | "workflow">): string {
+  if (step.type !== "") return step.type;
+  if (step.wait !== undefined) return `wait: ${step.wait.signal}`;
+  if (step.sleep !== undefined) return "sleep";
+  if (step.workflow !== undefined) return `child: ${step.workflow.name}`;
+  return "";
+}
+
+/** A definition's steps as graph steps, each with its {@link stepKind} as its type. */
+export function graphStepsOf(steps: readonly StepSpec[]): DagStep[] {
+  return steps.map((s) => ({ id: s.id, type: stepKind(s), dependsOn: s.dependsOn }));
+}
+
+/**
  * Places `steps`. Dependencies on unknown steps are ignored, and a cycle (which registration
  * refuses) cannot hang it: a step on one is put in the column after the ones already placed.
  */

@@ -46,7 +46,13 @@ export function SignalsTable({ signals }: { signals: readonly RunSignal[] }) {
             <td class="mono">{s.stepId === "" ? "kept for a wait to come" : s.stepId}</td>
             <td class="mono">{s.idempotencyKey || "—"}</td>
             <td>
-              <code>{s.payload === undefined ? "—" : JSON.stringify(valueJson(s.payload))}</code>
+              {s.payload !== undefined ? (
+                <code>{JSON.stringify(valueJson(s.payload))}</code>
+              ) : s.stepId !== "" ? (
+                `the output of step ${s.stepId}`
+              ) : (
+                "—"
+              )}
             </td>
           </tr>
         ))}

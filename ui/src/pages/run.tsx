@@ -12,7 +12,7 @@ import { describeError, isAborted, isUnauthenticated } from "../api";
 import { hasScope } from "../auth";
 import { canWriteRuns, useSession } from "../session";
 import { Dag } from "../Dag";
-import { type DagStep, layoutDag, stateLabel, stepState, tasksByStep } from "../dag";
+import { type DagStep, graphStepsOf, layoutDag, stateLabel, stepState, tasksByStep } from "../dag";
 import { TERMINAL_RUN_STATUSES, formatTime, prettyJson, taskStatusName, valueJson } from "../format";
 import { linkHandler, routePath } from "../router";
 import { AttemptTimeline, type Compensable, CompensationLane } from "./run-lanes";
@@ -133,7 +133,7 @@ export function RunPage({ runId }: { runId: string }) {
   // Without the definition, the steps the run has tasks for, without edges.
   const graphSteps = useMemo<DagStep[]>(
     () =>
-      steps ??
+      (steps === undefined ? undefined : graphStepsOf(steps)) ??
       [...byStep.keys()].map((id) => ({ id, type: byStep.get(id)?.step?.type ?? "", dependsOn: [] })),
     [steps, byStep],
   );
@@ -156,9 +156,10 @@ export function RunPage({ runId }: { runId: string }) {
       if (state === "waiting") {
         const spec = specById.get(id);
         const signal = spec?.wait?.signal;
-        if (signal !== undefined && signal !== "") out.set(id, `for ${signal}`);
+        const until = next === undefined ? "" : `until ${clock(next)}`;
+        if (signal !== undefined && signal !== "") out.set(id, `for ${signal} ${until}`.trim());
         else if (spec?.workflow !== undefined) out.set(id, "for its child run");
-        else if (next !== undefined) out.set(id, `until ${clock(next)}`);
+        else if (until !== "") out.set(id, until);
       }
       if (state === "succeeded" && task !== undefined && task.reusedFrom !== "") out.set(id, "(reused)");
     }

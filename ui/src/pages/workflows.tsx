@@ -8,7 +8,7 @@ import { describeError, isAborted, isUnauthenticated } from "../api";
 import { hasScope } from "../auth";
 import { canWriteRuns, useSession } from "../session";
 import { Dag } from "../Dag";
-import { layoutDag } from "../dag";
+import { graphStepsOf, layoutDag } from "../dag";
 import { formatTime } from "../format";
 import { linkHandler, navigate, routePath } from "../router";
 import { Json } from "./run";
@@ -127,7 +127,7 @@ function WorkflowDetail({
 }) {
   const session = useSession();
   const spec = definition.spec;
-  const layout = useMemo(() => layoutDag(spec?.steps ?? []), [spec]);
+  const layout = useMemo(() => layoutDag(graphStepsOf(spec?.steps ?? [])), [spec]);
   const specJson = useMemo(() => (spec === undefined ? undefined : toJson(WorkflowSpecSchema, spec)), [spec]);
   return (
     <article aria-labelledby="workflow-title">
