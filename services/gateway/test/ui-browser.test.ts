@@ -30,9 +30,19 @@
  *   finds on the token prompt, a workflow, a waiting and a compensated run, the runs page, the
  *   executors page and the large run.
  *
+ * - Durable waits, reruns and schedules (a second test): a run whose wait step is shown WAITING
+ *   (its own colour, "waiting for approved") is signalled from its page (the Send signal form)
+ *   and succeeds without a reload, its signal listed; a read-only token sees neither the form nor
+ *   a rerun action, and the gateway refuses its SignalRun anyway (PERMISSION_DENIED). A run failed
+ *   at its second step (a handler failing on its first call only) is rerun from that step from its
+ *   page: the page goes to the new run, which succeeds with its first step reused (not called
+ *   again) and links back, and the original lists its rerun. The Schedules page lists a schedule,
+ *   shows its next ten fire times in its zone, pauses, resumes and triggers it (the fire's run
+ *   linked).
+ *
  * Without Chromium the test is skipped, except under CI=true, where it fails. Screenshots of the
- * compensated run, the runs page and the executors page are written to docs/ (ui-run.png,
- * ui-runs.png, ui-executors.png) with NEXUSFLOW_UPDATE_SCREENSHOTS=1 (they are committed for the
+ * compensated run, the runs page, the executors page, a waiting run and the schedules page are
+ * written to docs/ (ui-run.png, ui-runs.png, ui-executors.png, ui-waiting-run.png, ui-schedules.png) with NEXUSFLOW_UPDATE_SCREENSHOTS=1 (they are committed for the
  * README), else to a temporary directory.
  */
 import assert from "node:assert/strict";
@@ -47,7 +57,8 @@ import { Http2SessionManager, createGrpcTransport } from "@connectrpc/connect-no
 import { createTokenVerifier } from "@nexusflow/common";
 import { FilesystemArtifactStore } from "@nexusflow/common/artifacts";
 import { Executor, TaskError, bearerToken } from "@nexusflow/executor";
-import { RunStatus, WorkflowService } from "@nexusflow/gen";
+import { Code, ConnectError } from "@connectrpc/connect";
+import { RunStatus, ScheduleService, WorkflowService } from "@nexusflow/gen";
 import type { Scheduler } from "@nexusflow/scheduler";
 import { type Browser, type BrowserContext, type CDPSession, type Page, chromium } from "playwright-core";
 import { registerTripHandlers } from "../../../examples/handlers.js";
@@ -197,12 +208,14 @@ describe("web UI in Chromium", () => {
   let scheduler: Scheduler | undefined;
   let gateway: Gateway | undefined;
   let executor: Executor | undefined;
+  let waitsExecutor: Executor | undefined;
   let store: FilesystemArtifactStore;
   let sessions: Http2SessionManager | undefined;
   let browser: Browser | undefined;
   let work: string;
   let url: string;
   let workflows: Client<typeof WorkflowService>;
+  let schedules: Client<typeof ScheduleService>;
   let sign: (subject: string, scope: string) => Promise<string>;
 
   before(async () => {
@@ -231,16 +244,16 @@ describe("web UI in Chromium", () => {
       return next(req);
     };
     sessions = new Http2SessionManager(url);
-    workflows = createClient(
-      WorkflowService,
-      createGrpcTransport({ baseUrl: url, sessionManager: sessions, interceptors: [auth] }),
-    );
+    const transport = createGrpcTransport({ baseUrl: url, sessionManager: sessions, interceptors: [auth] });
+    workflows = createClient(WorkflowService, transport);
+    schedules = createClient(ScheduleService, transport);
     const spec = await readFile(join(ROOT, "examples", "trip-booking.json"), "utf8");
     await workflows.registerWorkflow({ definition: { case: "specJson", value: spec } });
   });
 
   after(async () => {
     await browser?.close();
+    await waitsExecutor?.stop("test over");
     sessions?.abort();
     await gateway?.close();
     await executor?.stop("test over");
@@ -575,6 +588,244 @@ describe("web UI in Chromium", () => {
       assert.ok(selectMs < 1000, `selecting a step took ${Math.round(selectMs)} ms of main-thread time`);
       a11y.push(...(await accessibilityViolations(page, "1 -> 1000 -> 1 run page")));
 
+      await operator.close();
+      assert.deepEqual(errors, []);
+      assert.deepEqual(a11y, []);
+    },
+  );
+
+  it(
+    "signals a waiting run, reruns a failed one from its step and lists schedules, from the pages",
+    T,
+    async (t) => {
+      if (!chromiumOrSkip(t)) return;
+      browser ??= await chromium.launch({ executablePath: CHROMIUM, headless: true, args: OFFLINE_FLAGS });
+      const errors: string[] = [];
+      const a11y: string[] = [];
+      const viewport = { width: 1280, height: 860 };
+      const status = (p: Page): Promise<string | null> =>
+        p.getByTestId("run-status").locator("[data-status]").getAttribute("data-status");
+
+      // Handlers that count their calls; ui.once fails its first call for good, then succeeds.
+      const calls = { first: 0, once: 0 };
+      waitsExecutor = new Executor({
+        schedulerAddress: scheduler!.address,
+        logger: testLogger("executor"),
+        executorId: "ui-waits",
+        metadata: bearerToken(await sign("ui-waits", "executor")),
+      });
+      waitsExecutor.register("ui.first", () => Promise.resolve({ n: ++calls.first }));
+      waitsExecutor.register("ui.once", () =>
+        ++calls.once === 1
+          ? Promise.reject(TaskError.terminal("NOT_YET", "the first call fails"))
+          : Promise.resolve({ ok: true }),
+      );
+      waitsExecutor.register("ui.done", () => Promise.resolve({ done: true }));
+      await waitsExecutor.start();
+      for (const spec of [
+        {
+          name: "ui-approval",
+          version: 1,
+          steps: [
+            { id: "submit", type: "ui.done" },
+            { id: "approval", dependsOn: ["submit"], wait: { signal: "approved", timeout: "1h" } },
+            { id: "pay", type: "ui.done", dependsOn: ["approval"] },
+          ],
+        },
+        {
+          name: "ui-rerun",
+          version: 1,
+          steps: [
+            { id: "first", type: "ui.first" },
+            { id: "once", type: "ui.once", dependsOn: ["first"] },
+            { id: "last", type: "ui.done", dependsOn: ["once"] },
+          ],
+        },
+        { name: "ui-tick", version: 1, steps: [{ id: "tick", type: "ui.done" }] },
+      ])
+        await workflows.registerWorkflow({ definition: { case: "specJson", value: JSON.stringify(spec) } });
+
+      const operatorToken = await sign("ui-operator", "workflows:read runs:read runs:write");
+      const operator = await browser.newContext({ viewport });
+      const page = await operator.newPage();
+      watchErrors(page, errors, "operator");
+
+      // A run waiting for a signal: WAITING on the graph, in its own colour, saying what for.
+      const { run: waitRun } = await workflows.startRun({ workflowName: "ui-approval" });
+      assert.ok(waitRun !== undefined);
+      await page.goto(
+        `${url}/ui/runs/${encodeURIComponent(waitRun.id)}#token=${encodeURIComponent(operatorToken)}`,
+      );
+      await waitForStates(page, { submit: "succeeded", approval: "waiting", pay: "pending" });
+      await page.evaluate("window.__notReloaded = true");
+      // Once the definition is read, the box says which signal it waits for, and until when.
+      await waitFor(
+        "the wait step's box to name its signal",
+        async () =>
+          /^approval waiting for approved until \d{2}:\d{2}:\d{2}, step type wait: approved$/.test(
+            (await page.locator('svg.dag g.dag-node[data-step="approval"]').getAttribute("aria-label")) ?? "",
+          )
+            ? true
+            : undefined,
+        SHOW_MS,
+      );
+      assert.match(
+        (await page.locator('svg.dag g.dag-node[data-step="approval"]').getAttribute("class")) ?? "",
+        /state-waiting/,
+      );
+      assert.match((await page.getByTestId("waiting-for").textContent()) ?? "", /approval: .*approved/);
+      a11y.push(...(await accessibilityViolations(page, "waiting run page")));
+      await screenshot(page, work, "ui-waiting-run.png");
+
+      // A read-only token sees the waiting run but no form, and the gateway refuses it anyway.
+      const readerToken = await sign("ui-reader", "runs:read");
+      const reader = await browser.newContext({ viewport });
+      const readerPage = await reader.newPage();
+      watchErrors(readerPage, errors, "reader");
+      await readerPage.goto(
+        `${url}/ui/runs/${encodeURIComponent(waitRun.id)}#token=${encodeURIComponent(readerToken)}`,
+      );
+      await waitForStates(readerPage, { approval: "waiting" });
+      assert.equal(await readerPage.getByRole("button", { name: "Send signal" }).count(), 0);
+      const readerWorkflows = createClient(
+        WorkflowService,
+        createGrpcTransport({
+          baseUrl: url,
+          sessionManager: sessions!,
+          interceptors: [
+            (next) => (req) => {
+              req.header.set("authorization", `Bearer ${readerToken}`);
+              return next(req);
+            },
+          ],
+        }),
+      );
+      await assert.rejects(
+        readerWorkflows.signalRun({ runId: waitRun.id, name: "approved" }),
+        (e: unknown) => e instanceof ConnectError && e.code === Code.PermissionDenied,
+      );
+
+      // Signalled from the page: the wait takes it, and the run goes on live to SUCCEEDED.
+      await page.getByLabel("Signal name").fill("approved");
+      await page.getByLabel("Payload (JSON, optional)").fill('{"by": "ada"}');
+      await page.getByRole("button", { name: "Send signal" }).click();
+      await page
+        .getByRole("status")
+        .filter({ hasText: "step approval took it" })
+        .waitFor({ timeout: SHOW_MS });
+      await waitForStates(page, { approval: "succeeded", pay: "succeeded" });
+      await waitFor(
+        "the waiting run's status SUCCEEDED",
+        async () => ((await status(page)) === "SUCCEEDED" ? true : undefined),
+        SHOW_MS,
+      );
+      assert.equal(await page.evaluate("window.__notReloaded === true"), true, "the page was reloaded");
+      assert.match(
+        (await page.getByTestId("signals").locator('tr[data-signal="approved"]').textContent()) ?? "",
+        /approved.*approval.*the output of step approval$/,
+      );
+      // A signal a wait took is its step's output.
+      await page.locator('svg.dag g.dag-node[data-step="approval"]').click();
+      await page.locator(".task figure.json", { hasText: "Output" }).getByText('"by": "ada"').waitFor({
+        timeout: SHOW_MS,
+      });
+      a11y.push(...(await accessibilityViolations(page, "signalled run page")));
+
+      // A run failed at its second step, rerun from it on its page.
+      const { run: failedRun } = await workflows.startRun({ workflowName: "ui-rerun" });
+      assert.ok(failedRun !== undefined);
+      assert.equal((await waitForRun(workflows, failedRun.id)).status, RunStatus.FAILED);
+      await readerPage.goto(`${url}/ui/runs/${encodeURIComponent(failedRun.id)}`);
+      await waitForStates(readerPage, { once: "failed" });
+      await readerPage.locator('svg.dag g.dag-node[data-step="once"]').click();
+      await readerPage.getByRole("heading", { name: /Step once: failed/ }).waitFor({ timeout: SHOW_MS });
+      assert.equal(await readerPage.getByRole("button", { name: "Rerun from this step" }).count(), 0);
+      await page.goto(`${url}/ui/runs/${encodeURIComponent(failedRun.id)}`);
+      await waitForStates(page, { first: "succeeded", once: "failed" });
+      await page.locator('svg.dag g.dag-node[data-step="once"]').focus();
+      await page.keyboard.press("Enter");
+      await page.getByRole("button", { name: "Rerun from this step" }).click();
+      await page.getByRole("button", { name: "Yes, rerun" }).click();
+      await page.waitForURL((u) => u.pathname.startsWith("/ui/runs/") && !u.pathname.endsWith(failedRun.id), {
+        timeout: SHOW_MS,
+      });
+      const rerunId = decodeURIComponent(page.url().split("/").at(-1) ?? "");
+      await waitFor(
+        "the rerun's status SUCCEEDED",
+        async () => ((await status(page)) === "SUCCEEDED" ? true : undefined),
+        SHOW_MS,
+      );
+      await waitForStates(page, { first: "succeeded", once: "succeeded", last: "succeeded" });
+      assert.deepEqual(calls, { first: 1, once: 2 }, "the rerun reused first and called once again");
+      assert.match(
+        (await page.locator('svg.dag g.dag-node[data-step="first"]').getAttribute("aria-label")) ?? "",
+        /^first succeeded \(reused\)/,
+      );
+      assert.match(
+        (await page.getByTestId("rerun-of").textContent()) ?? "",
+        new RegExp(`${failedRun.id} from step once`),
+      );
+      await page.locator('svg.dag g.dag-node[data-step="first"]').click();
+      assert.match(
+        (await page.getByTestId("reused-from").textContent()) ?? "",
+        new RegExp(`of run ${failedRun.id}`),
+      );
+      a11y.push(...(await accessibilityViolations(page, "rerun page")));
+      // And back: the original lists its rerun.
+      await page.getByTestId("rerun-of").getByRole("link").click();
+      await page.getByTestId("reruns").getByRole("link", { name: rerunId }).waitFor({ timeout: SHOW_MS });
+      assert.equal((await workflows.getRun({ runId: rerunId })).run?.rerunOf, failedRun.id);
+
+      // A schedule: listed with its next fire times in its zone, paused, resumed and triggered.
+      await schedules.createSchedule({
+        scheduleId: "ui-nightly",
+        spec: { cron: "0 30 3 * * *", timeZone: "Europe/Lisbon", workflowName: "ui-tick" },
+        note: "created by the UI test",
+      });
+      await page.getByRole("link", { name: "Schedules" }).click();
+      const scheduleRow = page.locator('tr[data-schedule="ui-nightly"]');
+      await scheduleRow.waitFor({ timeout: SHOW_MS });
+      assert.match(
+        (await scheduleRow.textContent()) ?? "",
+        /ui-tick.*0 30 3 \* \* \*.*Europe\/Lisbon.*active/,
+      );
+      await scheduleRow.getByRole("link", { name: "ui-nightly" }).click();
+      const fireTimes = page.getByTestId("next-fire-times").locator("li");
+      await fireTimes.first().waitFor({ timeout: SHOW_MS });
+      assert.equal(await fireTimes.count(), 10);
+      const { schedule } = await schedules.getSchedule({ scheduleId: "ui-nightly" });
+      const expected = (schedule?.nextFireTimes ?? []).map((ts) =>
+        new Date(Number(ts.seconds) * 1000).toISOString(),
+      );
+      // 03:30 in Lisbon is 02:30 or 03:30 UTC, by the season.
+      assert.ok(
+        expected.every((iso) => /T0[23]:30:00/.test(iso)),
+        expected.join(" "),
+      );
+      a11y.push(...(await accessibilityViolations(page, "schedules page")));
+      await screenshot(page, work, "ui-schedules.png");
+      await page.getByRole("button", { name: "Pause" }).click();
+      await page
+        .getByTestId("schedule-state")
+        .getByText(/^paused/)
+        .waitFor({ timeout: SHOW_MS });
+      assert.equal((await schedules.getSchedule({ scheduleId: "ui-nightly" })).schedule?.paused, true);
+      await page.getByRole("button", { name: "Resume" }).click();
+      await page
+        .getByTestId("schedule-state")
+        .getByText(/^active/)
+        .waitFor({ timeout: SHOW_MS });
+      await page.getByRole("button", { name: "Trigger now" }).click();
+      const fireLink = page.getByTestId("recent-fires").getByRole("link");
+      await fireLink.first().waitFor({ timeout: SHOW_MS });
+      const firedRun = (await fireLink.first().textContent()) ?? "";
+      assert.equal((await waitForRun(workflows, firedRun)).status, RunStatus.SUCCEEDED);
+      // The reader sees the schedule but no action.
+      await readerPage.goto(`${url}/ui/schedules/ui-nightly`);
+      await readerPage.getByTestId("next-fire-times").waitFor({ timeout: SHOW_MS });
+      assert.equal(await readerPage.getByRole("button", { name: /^(Pause|Resume|Trigger now)$/ }).count(), 0);
+
+      await reader.close();
       await operator.close();
       assert.deepEqual(errors, []);
       assert.deepEqual(a11y, []);
