@@ -98,6 +98,13 @@ export function describeGate(gate: PendingGate, nowMs: number): string {
       return g.value.signal === ""
         ? `it sleeps until ${when(g.value.until, nowMs)}`
         : `it waits for signal ${JSON.stringify(g.value.signal)}${g.value.until === undefined ? "" : `, and fails with WAIT_TIMEOUT unless it arrives by ${when(g.value.until, nowMs)}`}: send it with nexusflow runs signal`;
+    case "rateLimit": {
+      const v = g.value;
+      const limit = `rate limit ${JSON.stringify(v.name)}${v.key === "" ? "" : ` key ${JSON.stringify(v.key)}`}`;
+      if (v.pausedUntil !== undefined)
+        return `${limit} is paused until ${when(v.pausedUntil, nowMs)}${v.pausedBy === "" ? "" : ` by ${v.pausedBy}`}${v.pauseNote === "" ? "" : ` (${v.pauseNote})`}: resume it with nexusflow ratelimits resume ${v.name}${v.key === "" ? "" : ` --key ${JSON.stringify(v.key)}`}`;
+      return `${limit} has no token for it: the next is due at ${when(v.nextTokenAt, nowMs)}`;
+    }
     case "childRun":
       return `it waits for its child run ${g.value.runId} (workflow ${g.value.workflowName}${g.value.workflowVersion === 0 ? "" : ` v${g.value.workflowVersion}`}) to end: see nexusflow runs get ${g.value.runId}`;
     case undefined:

@@ -89,6 +89,19 @@ export function gateMessage(gate: Gate): PendingGate {
         },
       };
       break;
+    case "rate-limit":
+      init = {
+        case: "rateLimit",
+        value: {
+          name: gate.name,
+          key: gate.key,
+          nextTokenAt: timestampFromDate(gate.nextTokenAt),
+          ...(gate.pausedUntil === null ? {} : { pausedUntil: timestampFromDate(gate.pausedUntil) }),
+          pausedBy: gate.pausedBy,
+          pauseNote: gate.pauseNote,
+        },
+      };
+      break;
     case "run-stopping":
       init = {
         case: "runStopping",

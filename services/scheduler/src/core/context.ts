@@ -7,6 +7,7 @@
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import type { LifecycleEventSchema } from "@nexusflow/gen";
 import type { AttemptState, RunState, TaskState } from "../model/run-state.js";
+import type { Bucket, RateLimitState } from "../model/rate-limit-state.js";
 import type { ConcurrencyState } from "./concurrency.js";
 
 /** A lifecycle event as the rules emit it: the `event` oneof of LifecycleEvent. */
@@ -38,7 +39,8 @@ export type Timer =
   | { readonly kind: "retry"; readonly task: TaskState }
   | { readonly kind: "run-deadline"; readonly run: RunState }
   | { readonly kind: "lease-grace"; readonly task: TaskState; readonly token: number }
-  | { readonly kind: "durable"; readonly task: TaskState };
+  | { readonly kind: "durable"; readonly task: TaskState }
+  | { readonly kind: "rate-limit"; readonly bucket: Bucket; readonly at: number };
 
 /**
  * The effects of the rules, carried out by the shell as they are reported (no array of them is
@@ -95,6 +97,8 @@ export interface Core {
   newId(): string;
   /** Holders and queues of the concurrency keys, made on first use (see concurrency.ts). */
   concurrency?: ConcurrencyState;
+  /** Token buckets of the rate limits, made on first use (see rate-limits.ts). */
+  rateLimits?: RateLimitState;
 }
 
 /** Why a report was not accepted; sent back as `Rejected`. */

@@ -11,6 +11,7 @@ import { TERMINAL_TASK_STATUSES } from "../model/run-state.js";
 import { childRunId } from "./children.js";
 import { keyWaits, type KeyWait } from "./concurrency.js";
 import { describeHold } from "./holds.js";
+import { rateHolds } from "./rate-limits.js";
 import { retryPolicyOf } from "./retries.js";
 import { stepState } from "./transitions.js";
 
@@ -82,6 +83,19 @@ export type Gate =
       readonly until: Date | null;
     }
   | {
+      /**
+       * A rate limit holds the task (core/rate-limits.ts): its bucket lacks the task's units
+       * until `nextTokenAt`, or its key is paused until `pausedUntil` (by whom, why).
+       */
+      readonly kind: "rate-limit";
+      readonly name: string;
+      readonly key: string;
+      readonly nextTokenAt: Date;
+      readonly pausedUntil: Date | null;
+      readonly pausedBy: string;
+      readonly pauseNote: string;
+    }
+  | {
       /** A child workflow step waits for its child run to end (core/children.ts). */
       readonly kind: "child-run";
       readonly runId: string;
@@ -100,6 +114,7 @@ export function explainPending(
   run: Readonly<RunState>,
   task: Readonly<TaskState>,
   ahead: () => number = () => 0,
+  now: Date | null = null,
 ): Gate[] {
   const gates: Gate[] = [];
   if (TERMINAL_TASK_STATUSES.has(task.status)) return gates;
@@ -136,8 +151,25 @@ export function explainPending(
       const claim = task.claim;
       const keys = claim === undefined ? [] : keyWaits(claim);
       for (const wait of keys) gates.push({ kind: "concurrency-key", ...wait });
+      // A task waiting for a bucket's tokens is out of its type's queue too (rate-limits.ts).
+      const nowMs = now?.getTime() ?? 0;
+      const rate = now === null ? [] : rateHolds(task, now);
+      for (const r of rate)
+        gates.push({
+          kind: "rate-limit",
+          name: r.name,
+          key: r.key,
+          nextTokenAt: new Date(r.nextTokenAt),
+          pausedUntil:
+            r.bucket.pausedUntil !== null && r.bucket.pausedUntil > nowMs
+              ? new Date(r.bucket.pausedUntil)
+              : null,
+          pausedBy: r.bucket.pausedBy,
+          pauseNote: r.bucket.pauseNote,
+        });
+      const bucketWait = rate.some((r) => r.bucket.waiters.some((w) => w.id === task.id));
       // A task in a key's queue is out of its type's queue: no executor gate holds it.
-      const hold = claim?.state === "parked" ? null : (task.hold?.hold ?? null);
+      const hold = claim?.state === "parked" || bucketWait ? null : (task.hold?.hold ?? null);
       const since = task.hold?.since ?? null;
       if (hold?.kind === "unadvertised")
         gates.push({ kind: "no-executor", type: task.type, ahead: ahead(), since });
@@ -253,6 +285,10 @@ export function describeGate(gate: Gate): string {
         : `waiting for signal ${JSON.stringify(gate.signal)}${gate.until === null ? "" : ` until ${gate.until.toISOString()}`}`;
     case "concurrency-key":
       return describeKeyWait(gate);
+    case "rate-limit":
+      return gate.pausedUntil !== null
+        ? `rate limit ${JSON.stringify(gate.name)}${gate.key === "" ? "" : ` key ${JSON.stringify(gate.key)}`} is paused until ${gate.pausedUntil.toISOString()}${gate.pausedBy === "" ? "" : ` by ${gate.pausedBy}`}${gate.pauseNote === "" ? "" : ` (${gate.pauseNote})`}`
+        : `rate limit ${JSON.stringify(gate.name)}${gate.key === "" ? "" : ` key ${JSON.stringify(gate.key)}`}: next token at ${gate.nextTokenAt.toISOString()}`;
     case "child-run":
       return `waiting for child run ${gate.runId} (${gate.workflow}${gate.version === null ? "" : ` v${gate.version}`}) to end`;
   }

@@ -64,6 +64,14 @@ export {
 } from "./reports.js";
 export { failAttempt, retryDelay, retryPolicyOf } from "./retries.js";
 export {
+  RateLimitKeyError,
+  pauseBucket,
+  rateHolds,
+  rateLimitsOf,
+  type Bucket,
+  type RateLimitState,
+} from "./rate-limits.js";
+export {
   admitQueued,
   advance,
   advanceAny,

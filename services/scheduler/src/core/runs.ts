@@ -29,6 +29,7 @@ import {
   type CancelRun,
 } from "./concurrency.js";
 import type { Core } from "./context.js";
+import { admitWithRate } from "./rate-limits.js";
 import { cancelChild, startChildStep } from "./children.js";
 import { rerunLink, takeOver, type RerunStart } from "./reruns.js";
 import { armRunDeadline } from "./timers.js";
@@ -109,11 +110,13 @@ function admitNewRun(core: Core, run: RunState, now: Date): void {
 }
 
 /**
- * The dispatcher is about to lease `task`, which has concurrency keys: true when it takes their
- * slots, false when it waits for one (or its run was cancelled by a strategy): skip it.
+ * The dispatcher is about to lease `task`, which has concurrency keys or rate limits: true when it
+ * takes their slots and tokens, false when it waits for one (or its run was cancelled by a
+ * strategy): skip it. Rate limits first: a task without tokens takes no slot (rate-limits.ts).
  */
 export function admitQueued(core: Core, task: TaskState, now: Date): boolean {
-  return admitTask(core, task, now, cancelByLimit(core, now));
+  if (task.rate === undefined) return admitTask(core, task, now, cancelByLimit(core, now));
+  return admitWithRate(core, task, now, () => admitTask(core, task, now, cancelByLimit(core, now)));
 }
 
 /** Evaluates the DAG and applies what became ready, skipped or failed; completes the run when done. */

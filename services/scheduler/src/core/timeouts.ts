@@ -9,6 +9,7 @@ import type { Core, Moment, Timer } from "./context.js";
 import { failAttempt, retryDue } from "./retries.js";
 import { timeOutRun } from "./runs.js";
 import { leaseGraceExpired } from "./sessions.js";
+import { rateWake } from "./rate-limits.js";
 import { durableDue } from "./waits.js";
 
 /**
@@ -107,6 +108,9 @@ export function timerFired(core: Core, timer: Timer, at: Moment): boolean {
       return leaseGraceExpired(core, timer.task, timer.token, at);
     case "durable":
       durableDue(core, timer.task, at.now);
+      return false;
+    case "rate-limit":
+      rateWake(core, timer.bucket, timer.at, at.now);
       return false;
   }
 }

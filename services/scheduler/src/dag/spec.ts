@@ -133,7 +133,8 @@ export const RATE_LIMIT_NAME_PATTERN = /^[a-z0-9][a-z0-9._-]{0,62}$/;
 /**
  * A named rate limit as written: a token bucket per value of `key` (one bucket when absent),
  * shared by every step of every workflow that names it; `rate` tokens come back every `per`
- * (default "1s") up to `burst` (default `rate`); each leased task takes `units` (default 1).
+ * (default "1s") up to `burst` (default `units`: no window of `per` grants more than `rate`);
+ * each leased task takes `units` (default 1).
  */
 export interface RateLimitSpec {
   name: string;

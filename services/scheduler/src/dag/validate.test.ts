@@ -720,7 +720,7 @@ describe("compileWorkflow: concurrency limits", () => {
 });
 
 describe("compileWorkflow: rate limits", () => {
-  it("compiles named limits with their defaults (per 1s, burst = rate, units 1)", () => {
+  it("compiles named limits with their defaults (per 1s, units 1, burst = units)", () => {
     const w = compile(
       workflow([
         {
@@ -738,7 +738,7 @@ describe("compileWorkflow: rate limits", () => {
         .get("a")
         ?.rateLimits.map((l) => [l.name, l.expression, l.units, l.rate, l.perMs, l.burst, l.path]),
       [
-        ["partner-api", "input.account", 1, 50, 1000, 50, "$.steps[0].rateLimits[0]"],
+        ["partner-api", "input.account", 1, 50, 1000, 1, "$.steps[0].rateLimits[0]"],
         ["global", null, 2, 10, 60_000, 20, "$.steps[0].rateLimits[1]"],
       ],
     );
@@ -753,7 +753,11 @@ describe("compileWorkflow: rate limits", () => {
     expectError(step([{ name: "p", rate: 0 }]), "$.steps[0].rateLimits[0].rate", /integer from 1/);
     expectError(step([{ name: "p", rate: 1, per: "soon" }]), "$.steps[0].rateLimits[0].per", /per/);
     expectError(step([{ name: "p", rate: 1, burst: 0 }]), "$.steps[0].rateLimits[0].burst", /integer from 1/);
-    expectError(step([{ name: "p", rate: 5, units: 6 }]), "$.steps[0].rateLimits[0].units", /exceed burst/);
+    expectError(
+      step([{ name: "p", rate: 5, burst: 4, units: 6 }]),
+      "$.steps[0].rateLimits[0].units",
+      /exceed burst/,
+    );
     expectError(
       step([{ name: "p", rate: 1, perSecond: 2 }]),
       "$.steps[0].rateLimits[0].perSecond",

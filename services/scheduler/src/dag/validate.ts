@@ -394,9 +394,10 @@ class Checker {
       const perMs =
         limit["per"] === undefined ? 1000 : this.duration(limit["per"], pathJoin(at, "per"), "per");
       const rate = limit["rate"] as number;
-      const burst = limit["burst"] ?? rate;
-      if (limit["burst"] !== undefined) this.integer(burst, pathJoin(at, "burst"), "burst", 1, MAX_RATE);
       const units = limit["units"] ?? 1;
+      // Default burst: one lease's units, so that no window of `per` grants more than `rate`.
+      const burst = limit["burst"] ?? units;
+      if (limit["burst"] !== undefined) this.integer(burst, pathJoin(at, "burst"), "burst", 1, MAX_RATE);
       if (limit["units"] !== undefined) this.integer(units, pathJoin(at, "units"), "units", 1, MAX_RATE);
       if (
         this.errors.length === before &&

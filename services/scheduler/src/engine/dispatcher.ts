@@ -222,7 +222,7 @@ export class Dispatcher {
    */
   constructor(
     private readonly ageingMs: number = DEFAULT_PRIORITY_AGEING_MS,
-    private readonly admit: (task: TaskState) => boolean = () => true,
+    private readonly admit: (task: TaskState, now: Date) => boolean = () => true,
   ) {}
 
   /** Adds a ready task to its type's queue, placed by `priority` and its queue time. */
@@ -238,7 +238,8 @@ export class Dispatcher {
    */
   requeue(task: TaskState): void {
     task.hold = this.holdRecord(task.type);
-    if (task.claim === undefined) this.queue(task.type).unshift(task);
+    // A task with rate limits too (a bucket's tokens let it out of the bucket's waiters).
+    if (task.claim === undefined && task.rate === undefined) this.queue(task.type).unshift(task);
     else this.queue(task.type).pushFront(task);
   }
 
@@ -296,8 +297,12 @@ export class Dispatcher {
     return Object.fromEntries([...this.queues].map(([type, q]) => [type, q.size]));
   }
 
-  /** Takes as many fair (session, task) pairs as credit and queues allow, consuming credit. */
-  take(limit = 5000): { session: SessionHandle; task: TaskState }[] {
+  /**
+   * Takes as many fair (session, task) pairs as credit and queues allow, consuming credit. `now`:
+   * the time of the leases (what `admit` decides rate limits at, so the lease times recorded are
+   * the times the tokens were taken at).
+   */
+  take(limit = 5000, now: Date = new Date()): { session: SessionHandle; task: TaskState }[] {
     const out: { session: SessionHandle; task: TaskState }[] = [];
     const sessions = [...this.sessions.values()];
     if (sessions.length === 0) return out;
@@ -327,7 +332,11 @@ export class Dispatcher {
           best.shift();
           // No concurrency keys (the usual case): one check. A task whose key is full now waits in
           // the key's queue, out of this one: the pass goes on to the next, never blocked by it.
-          if (head.claim === undefined || picked.has(head.id) || this.admit(head)) {
+          if (
+            (head.claim === undefined && head.rate === undefined) ||
+            picked.has(head.id) ||
+            this.admit(head, now)
+          ) {
             bestTask = head;
             break;
           }

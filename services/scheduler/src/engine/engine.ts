@@ -147,8 +147,8 @@ export class Engine {
     this.heartbeatIntervalMs = options.heartbeatIntervalMs ?? 2000;
     this.sessionTimeoutMs = options.sessionTimeoutMs ?? 10_000;
     this.commitTimeoutMs = options.commitTimeoutMs ?? 5000;
-    this.dispatcher = new Dispatcher(options.priorityAgeingMs ?? DEFAULT_PRIORITY_AGEING_MS, (task) =>
-      core.admitQueued(this.core, task, new Date()),
+    this.dispatcher = new Dispatcher(options.priorityAgeingMs ?? DEFAULT_PRIORITY_AGEING_MS, (task, now) =>
+      core.admitQueued(this.core, task, now),
     );
     this.restartedAt = options.restartedAt;
     this.unserved = new UnservedTypes({ log: options.log });
@@ -243,8 +243,12 @@ export class Engine {
       // itself changes, recovery continues from the higher of that and the outbox, and the relay
       // prunes only events the run row covers, so a sequence number is never reused.
       event: (run, event) => store.addEvent(lifecycleEvent(run, event)),
-      offer: (task, front) =>
-        front ? this.dispatcher.requeue(task) : this.dispatcher.enqueue(task, this.priorityOf(task)),
+      offer: (task, front) => {
+        // A step with rate limits: its keys are evaluated when the task would first be leased.
+        if (task.rate === undefined && task.kind === "STEP" && this.hasRateLimits(task)) task.rate = null;
+        if (front) this.dispatcher.requeue(task);
+        else this.dispatcher.enqueue(task, this.priorityOf(task));
+      },
       pump: () => this.schedulePump(),
       cancelLease: (task, reason) => {
         const session = task.sessionId === null ? undefined : this.dispatcher.sessions.get(task.sessionId);
@@ -267,6 +271,12 @@ export class Engine {
     };
     // Tracing on: attempt spans follow the attempts written, events carry their span's context.
     return spans === undefined ? fx : { ...fx, ...tracedWrites(spans, store, () => this.core) };
+  }
+
+  /** Whether the task's step declares rate limits (its compensation's tasks are not limited). */
+  private hasRateLimits(task: TaskState): boolean {
+    const limits = this.core.runs.get(task.runId)?.workflow.stepsById.get(task.stepId)?.rateLimits;
+    return limits !== undefined && limits.length > 0;
   }
 
   /** The scheduling priority of a task: its step's (a compensation's too). */
@@ -315,6 +325,9 @@ export class Engine {
   }
 
   private async recover(restartedAt: number): Promise<void> {
+    // The buckets first: no lease is granted before they are back as committed.
+    const buckets = core.rateLimitsOf(this.core);
+    for (const row of await this.store.loadRateLimits()) buckets.restore(row);
     const stored = await this.store.loadActive();
     if (stored.runs.length === 0) return;
     const keys = await this.store.keysOfRuns(
@@ -607,7 +620,7 @@ export class Engine {
     const task = this.core.tasks.get(taskRunId);
     const run = task === undefined ? undefined : this.core.runs.get(task.runId);
     if (task === undefined || run === undefined) return "";
-    return core.pendingReason(core.explainPending(run, task));
+    return core.pendingReason(core.explainPending(run, task, undefined, new Date()));
   }
 
   /**
@@ -627,7 +640,12 @@ export class Engine {
     const task = compensation ? run.compensations.get(stepId) : run.tasks.get(stepId);
     const at = new Date();
     if (task === undefined) return { run, task, gates: [], at };
-    return { run, task, gates: core.explainPending(run, task, () => this.dispatcher.ahead(task)), at };
+    return {
+      run,
+      task,
+      gates: core.explainPending(run, task, () => this.dispatcher.ahead(task), at),
+      at,
+    };
   }
 
   /** Started report. */

@@ -49,12 +49,12 @@ export class LeasePump {
   /** Hands queued tasks to sessions with credit; leases are sent once committed. */
   private pump(): void {
     if (!this.o.running()) return;
-    const pairs = this.o.dispatcher.take();
+    const now = new Date();
+    const pairs = this.o.dispatcher.take(undefined, now);
     if (pairs.length === 0) {
       this.recordHolds();
       return;
     }
-    const now = new Date();
     const granted: { session: SessionHandle; task: TaskState; token: number }[] = [];
     for (const { session, task } of pairs) {
       const run = this.o.core().runs.get(task.runId);

@@ -8,6 +8,7 @@ import { RunStatus, TaskStatus, type TaskKind } from "@nexusflow/gen";
 import { TaskErrorType } from "@nexusflow/common/task-error-types";
 import type { Claim } from "./concurrency-state.js";
 import type { QueueHold } from "./queue-hold.js";
+import type { BucketSnapshot, RateWant } from "./rate-limit-state.js";
 import type { CompiledWorkflow } from "../dag/index.js";
 
 /** Run states as stored: the names of the generated RunStatus enum ("SUCCEEDED"). */
@@ -124,6 +125,14 @@ export interface TaskState {
   hold?: QueueHold | undefined;
   /** The step's concurrency keys, from when it is first queued (core/concurrency.ts; in memory only). */
   claim?: Claim | undefined;
+  /**
+   * The step's rate limit buckets (core/rate-limits.ts; in memory only): null while their keys
+   * are not evaluated yet (the engine sets it when it offers a task of a step with rate limits),
+   * then evaluated when the task would first be leased.
+   */
+  rate?: RateWant[] | null | undefined;
+  /** The buckets as this task's latest grant left them: written with its lease (rate_limit_buckets). */
+  rateTaken?: BucketSnapshot[] | undefined;
   /**
    * An element task of a map step (core/maps.ts): the element's position. Stored as step id
    * `<step>[<index>]` (a step id cannot hold "["), `stepId` is the map step's own in memory.

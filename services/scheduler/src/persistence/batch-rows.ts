@@ -12,6 +12,7 @@ import {
   HISTORY_COPY_SQL,
   HISTORY_SQL,
   KEY_SQL,
+  BUCKET_SQL,
   RUN_INSERT_SQL,
   RUN_SEQ_SQL,
   RUN_SQL,
@@ -384,6 +385,8 @@ function snapshot(
       runIds: runIds(keyed),
     });
   }
+  const buckets = bucketSection(tasks);
+  if (buckets !== undefined) sections.push(buckets);
   const rows = sections.reduce((n, x) => n + x.rows.length, 0);
   return {
     runs,
@@ -396,6 +399,30 @@ function snapshot(
     written,
     rows,
   };
+}
+
+/**
+ * The token buckets the batch's tasks took tokens from (TaskState.rateTaken, core/rate-limits.ts),
+ * each with its task's run, so that it commits with the lease that took them: one row per bucket
+ * (its latest grant: one statement may not upsert a row twice), in key order (parts committing in
+ * parallel lock shared buckets in the same order).
+ */
+function bucketSection(tasks: Map<string, TaskState>): Section | undefined {
+  let latest: Map<string, { row: Row; runId: string; seq: number }> | undefined;
+  for (const t of tasks.values()) {
+    if (t.rateTaken === undefined) continue;
+    latest ??= new Map();
+    for (const b of t.rateTaken) {
+      const id = `${b.name}\u0000${b.key}`;
+      const seen = latest.get(id);
+      if (seen !== undefined && seen.seq >= b.seq) continue;
+      const row = { name: b.name, key: b.key, tokens: b.tokens, refilled_at: b.refilledAt, seq: b.seq };
+      latest.set(id, { row, runId: t.runId, seq: b.seq });
+    }
+  }
+  if (latest === undefined || latest.size === 0) return undefined;
+  const sorted = [...latest].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)).map(([, v]) => v);
+  return { sql: BUCKET_SQL, rows: sorted.map((v) => v.row), runIds: sorted.map((v) => v.runId) };
 }
 
 const EVENT_PARTS: ReadonlySet<string> = new Set([EVENT_SQL, EVENT_RETRY_SQL]);

@@ -131,6 +131,15 @@ ON CONFLICT (workflow_name, idempotency_key) DO UPDATE SET run_id = excluded.run
   request_hash = excluded.request_hash, created_at = excluded.created_at
 WHERE idempotency_keys.created_at <= excluded.created_at`;
 
+// Token buckets as grants left them (core/rate-limits.ts), each with the lease that took its tokens:
+// a row only ever moves to a later grant (seq), whatever order the parts of a batch commit in.
+export const BUCKET_SQL = `INSERT INTO rate_limit_buckets (name, key, tokens, refilled_at, seq, updated_at)
+SELECT name, key, tokens, refilled_at, seq, now()
+FROM json_to_recordset($1::json) AS x(name text, key text, tokens float8, refilled_at float8, seq bigint)
+ON CONFLICT (name, key) DO UPDATE SET tokens = excluded.tokens, refilled_at = excluded.refilled_at,
+  seq = excluded.seq, updated_at = now()
+WHERE rate_limit_buckets.seq < excluded.seq`;
+
 // Rows already written once are updated with only the columns a transition can change: smaller
 // parameters to build and parse, and no speculative insert. The id array ($2) lets the planner find
 // the rows by primary key (an estimate it cannot make for json_to_recordset); the writer's
@@ -214,8 +223,9 @@ const PARTS = [
   EVENT_SQL,
   EVENT_RETRY_SQL,
   KEY_SQL,
+  BUCKET_SQL,
 ];
-/** Statement text and name by shape: which of PARTS a batch has (at most 2^14 shapes). */
+/** Statement text and name by shape: which of PARTS a batch has (at most 2^15 shapes). */
 const statements = new Map<string, { name: string; sql: string }>();
 
 /** The one statement of data-modifying CTEs for the given parts, in order, parameters numbered in turn. */

@@ -4,6 +4,7 @@
  * table) and memory (memory-engine-store.ts: the same contract, for tests of the engine without a
  * database). Both pass the suite in engine-store-contract.ts.
  */
+import type { StoredBucket } from "../model/rate-limit-state.js";
 import type { KeyRecord } from "./idempotency-keys.js";
 import type { OutboxRow } from "./outbox.js";
 import type { RefusedRunOutcome } from "./refused-run.js";
@@ -80,6 +81,18 @@ export interface StoredActiveState {
   readonly tasks: readonly StoredTask[];
 }
 
+/** A pause (or resume, `until` null) of a rate limit's key, as written by {@link EngineStore.pauseRateLimit}. */
+export interface RateLimitPause {
+  readonly name: string;
+  readonly key: string;
+  readonly until: number | null;
+  readonly by: string;
+  readonly note: string;
+  /** The tokens of a bucket that has no row yet (its burst). */
+  readonly tokens: number;
+  readonly now: number;
+}
+
 /** Storage of the engine's state; see the module comment. */
 export interface EngineStore {
   /** Sets the one listener of commits and refusals (the engine). */
@@ -102,6 +115,13 @@ export interface EngineStore {
   flushSoon(delayMs: number): void;
   /** The active runs (PENDING, RUNNING, COMPENSATING) with their tasks. */
   loadActive(): Promise<StoredActiveState>;
+  /** The rate limits' token buckets as committed (core/rate-limits.ts), for recovery and listing. */
+  loadRateLimits(): Promise<StoredBucket[]>;
+  /**
+   * Writes a pause of a bucket's key until `until` (ms since the epoch; null: resumed), with who
+   * and why, at once (not with a batch); a bucket without a row gets one, full (`tokens`).
+   */
+  pauseRateLimit(pause: RateLimitPause): Promise<void>;
   /** A run's status, output and error as committed (a child run, core/children.ts); undefined when absent. */
   runOutcome(runId: string): Promise<RunOutcome | undefined>;
   /** The record of an idempotency key unless it is missing or older than `notBefore`. */

@@ -18,6 +18,8 @@ import type {
   StoredRun,
   StoredTask,
 } from "./engine-store.js";
+import type { StoredBucket } from "../model/rate-limit-state.js";
+import type { RateLimitPause } from "./engine-store.js";
 import type { OutboxRow } from "./outbox.js";
 import { PendingChanges } from "./pending-changes.js";
 import {
@@ -67,6 +69,8 @@ export class MemoryEngineStore extends PendingChanges implements EngineStore {
   private readonly attemptRows = new Map<string, AttemptState>();
   private readonly eventRows: MemoryEventRow[] = [];
   private readonly keyRows = new Map<string, KeyRecord>();
+  /** Token buckets by name NUL key (rate_limit_buckets). */
+  private readonly bucketRows = new Map<string, StoredBucket>();
   /** Commits made, for tests. */
   commits = 0;
 
@@ -113,6 +117,22 @@ export class MemoryEngineStore extends PendingChanges implements EngineStore {
       if (refused.has(t.runId)) continue;
       this.writeTask(t);
       runIds.add(t.runId);
+      for (const b of t.rateTaken ?? []) {
+        const id = `${b.name}\u0000${b.key}`;
+        const row = this.bucketRows.get(id);
+        if (row !== undefined && row.seq >= b.seq) continue;
+        this.bucketRows.set(id, {
+          pausedUntil: null,
+          pausedBy: "",
+          pauseNote: "",
+          ...row,
+          name: b.name,
+          key: b.key,
+          tokens: b.tokens,
+          refilledAt: b.refilledAt,
+          seq: b.seq,
+        });
+      }
     }
     for (const a of attempts.values()) {
       if (refused.has(a.runId)) continue;
@@ -205,6 +225,28 @@ export class MemoryEngineStore extends PendingChanges implements EngineStore {
     return Promise.resolve(
       r === undefined ? undefined : { status: r.status, output: r.output ?? null, error: r.error },
     );
+  }
+
+  loadRateLimits(): Promise<StoredBucket[]> {
+    return Promise.resolve([...this.bucketRows.values()].map((b) => ({ ...b })));
+  }
+
+  pauseRateLimit(p: RateLimitPause): Promise<void> {
+    const id = `${p.name}\u0000${p.key}`;
+    const row = this.bucketRows.get(id) ?? {
+      name: p.name,
+      key: p.key,
+      tokens: p.tokens,
+      refilledAt: p.now,
+      seq: 0,
+    };
+    this.bucketRows.set(id, {
+      ...row,
+      pausedUntil: p.until,
+      pausedBy: p.until === null ? "" : p.by,
+      pauseNote: p.until === null ? "" : p.note,
+    });
+    return Promise.resolve();
   }
 
   loadActive(): Promise<StoredActiveState> {

@@ -28,6 +28,8 @@ import type {
   TaskStatusName,
 } from "../model/run-state.js";
 import { parseStoredStepId } from "../model/run-state.js";
+import type { StoredBucket } from "../model/rate-limit-state.js";
+import type { RateLimitPause } from "./engine-store.js";
 
 interface RunRow {
   id: string;
@@ -192,6 +194,42 @@ export class PostgresEngineStore implements EngineStore {
       runs: runRows.rows.map(storedRun),
       tasks: taskRows.rows.map((t) => storedTask(t, current.get(t.id))),
     };
+  }
+
+  async loadRateLimits(): Promise<StoredBucket[]> {
+    const found = await this.db.pool.query<{
+      name: string;
+      key: string;
+      tokens: number;
+      refilled_at: number;
+      seq: string;
+      paused_until: Date | null;
+      paused_by: string;
+      pause_note: string;
+    }>(
+      `SELECT name, key, tokens, refilled_at, seq, paused_until, paused_by, pause_note
+       FROM rate_limit_buckets ORDER BY name, key`,
+    );
+    return found.rows.map((r) => ({
+      name: r.name,
+      key: r.key,
+      tokens: r.tokens,
+      refilledAt: r.refilled_at,
+      seq: Number(r.seq),
+      pausedUntil: r.paused_until === null ? null : r.paused_until.getTime(),
+      pausedBy: r.paused_by,
+      pauseNote: r.pause_note,
+    }));
+  }
+
+  async pauseRateLimit(p: RateLimitPause): Promise<void> {
+    await this.db.pool.query(
+      `INSERT INTO rate_limit_buckets (name, key, tokens, refilled_at, seq, paused_until, paused_by, pause_note)
+VALUES ($1, $2, $3, $4, 0, to_timestamp($5::float8 / 1000), $6, $7)
+ON CONFLICT (name, key) DO UPDATE SET paused_until = excluded.paused_until, paused_by = excluded.paused_by,
+  pause_note = excluded.pause_note, updated_at = now()`,
+      [p.name, p.key, p.tokens, p.now, p.until, p.until === null ? "" : p.by, p.until === null ? "" : p.note],
+    );
   }
 
   lookupKey(workflowName: string, key: string, notBefore: Date): Promise<KeyRecord | undefined> {

@@ -14,6 +14,7 @@ import { Migration20261205170000RunSignals } from "./Migration20261205170000RunS
 import { Migration20261205180000EventTriggers } from "./Migration20261205180000EventTriggers.js";
 import { Migration20261205190000ChildRuns } from "./Migration20261205190000ChildRuns.js";
 import { Migration20261205200000RunReruns } from "./Migration20261205200000RunReruns.js";
+import { Migration20261205210000RateLimitBuckets } from "./Migration20261205210000RateLimitBuckets.js";
 import { Migration20261205220000MapElements } from "./Migration20261205220000MapElements.js";
 
 /** The migrations MikroORM applies at start-up. */
@@ -36,5 +37,6 @@ export const migrationsList = [
   { name: "Migration20261205180000EventTriggers", class: Migration20261205180000EventTriggers },
   { name: "Migration20261205190000ChildRuns", class: Migration20261205190000ChildRuns },
   { name: "Migration20261205200000RunReruns", class: Migration20261205200000RunReruns },
+  { name: "Migration20261205210000RateLimitBuckets", class: Migration20261205210000RateLimitBuckets },
   { name: "Migration20261205220000MapElements", class: Migration20261205220000MapElements },
 ];
