@@ -343,7 +343,8 @@ export type RateLimit = Message<"nexusflow.v1.RateLimit"> & {
   per: string;
 
   /**
-   * Tokens the bucket holds at most (default: `rate`).
+   * Tokens the bucket holds at most, `units` (default) to 1000000. A window of `per` grants at
+   * most `rate + burst - units` tokens: with the default, at most `rate`.
    *
    * @generated from field: int32 burst = 6;
    */
