@@ -43,6 +43,19 @@ export function formatTime(ts: Timestamp | undefined): string {
   return timestampDate(ts).toLocaleString(undefined, { hour12: false });
 }
 
+/**
+ * A timestamp as date and time in the IANA zone `zone` (e.g. a schedule's), or "—"; local time when
+ * this browser does not know the zone.
+ */
+export function formatTimeIn(ts: Timestamp | undefined, zone: string): string {
+  if (ts === undefined) return "—";
+  try {
+    return timestampDate(ts).toLocaleString(undefined, { hour12: false, timeZone: zone || "UTC" });
+  } catch {
+    return formatTime(ts);
+  }
+}
+
 /** A google.protobuf.Value as plain JSON. */
 export function valueJson(value: Value | undefined): JsonValue | undefined {
   return value === undefined ? undefined : toJson(ValueSchema, value);

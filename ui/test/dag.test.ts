@@ -2,13 +2,14 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { create } from "@bufbuild/protobuf";
-import { RunSchema, TaskKind, type TaskRun, TaskRunSchema, TaskStatus } from "@nexusflow/gen";
+import { RunSchema, StepSpecSchema, TaskKind, type TaskRun, TaskRunSchema, TaskStatus } from "@nexusflow/gen";
 import {
   NODE_HEIGHT,
   NODE_WIDTH,
   type DagStep,
   layoutDag,
   stateLabel,
+  stepKind,
   stepState,
   tasksByStep,
 } from "../src/dag";
@@ -104,5 +105,18 @@ describe("stepState", () => {
     assert.equal(stepState(byStep.get("hotel")), "compensating");
     assert.equal(stepState(byStep.get("charge")), "failed");
     assert.equal(tasksByStep(undefined).size, 0);
+  });
+});
+
+describe("stepKind", () => {
+  it("names a task step by its type and the steps no executor runs by what they do", () => {
+    assert.equal(stepKind(create(StepSpecSchema, { id: "a", type: "charge-card" })), "charge-card");
+    assert.equal(
+      stepKind(create(StepSpecSchema, { id: "w", wait: { signal: "approved" } })),
+      "wait: approved",
+    );
+    assert.equal(stepKind(create(StepSpecSchema, { id: "s", sleep: { for: "10m" } })), "sleep");
+    assert.equal(stepKind(create(StepSpecSchema, { id: "c", workflow: { name: "child" } })), "child: child");
+    assert.equal(stateLabel("not-started"), "not started");
   });
 });

@@ -2,7 +2,14 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { RunStatus, TaskStatus } from "@nexusflow/gen";
-import { TERMINAL_RUN_STATUSES, parseLabels, runStatusName, taskStatusName } from "../src/format";
+import { timestampFromDate } from "@bufbuild/protobuf/wkt";
+import {
+  TERMINAL_RUN_STATUSES,
+  formatTimeIn,
+  parseLabels,
+  runStatusName,
+  taskStatusName,
+} from "../src/format";
 
 describe("format", () => {
   it("parses the labels filter, and names what is not key=value", () => {
@@ -20,5 +27,17 @@ describe("format", () => {
     assert.equal(TERMINAL_RUN_STATUSES.has(RunStatus.COMPENSATED), true);
     assert.equal(TERMINAL_RUN_STATUSES.has(RunStatus.COMPENSATING), false);
     assert.equal(TERMINAL_RUN_STATUSES.has(RunStatus.RUNNING), false);
+  });
+
+  it("shows a time in a schedule's zone, and local time for a zone it does not know", () => {
+    const ts = timestampFromDate(new Date("2026-07-01T02:30:00Z"));
+    assert.match(formatTimeIn(ts, "Europe/Lisbon"), /03:30:00/);
+    assert.match(formatTimeIn(ts, "Asia/Tokyo"), /11:30:00/);
+    assert.match(formatTimeIn(ts, ""), /02:30:00/);
+    assert.equal(
+      formatTimeIn(ts, "Nowhere/Atall"),
+      formatTimeIn(ts, Intl.DateTimeFormat().resolvedOptions().timeZone),
+    );
+    assert.equal(formatTimeIn(undefined, "UTC"), "—");
   });
 });

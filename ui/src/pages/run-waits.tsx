@@ -7,7 +7,7 @@
 import { type JsonValue, fromJson } from "@bufbuild/protobuf";
 import { type Value, ValueSchema } from "@bufbuild/protobuf/wkt";
 import type { Run, RunSignal } from "@nexusflow/gen";
-import { useState } from "preact/hooks";
+import { useEffect, useState } from "preact/hooks";
 import { describeError } from "../api";
 import { formatTime, valueJson } from "../format";
 import { linkHandler, navigate, routePath } from "../router";
@@ -75,6 +75,11 @@ function parsePayload(text: string): { value: Value | undefined } | { problem: s
 export function SignalForm({ run, signalNames }: { run: Run; signalNames: readonly string[] }) {
   const { api } = useSession();
   const [name, setName] = useState(signalNames[0] ?? "");
+  // The definition may be read after the form is shown: suggest its first signal then.
+  const suggested = signalNames[0];
+  useEffect(() => {
+    if (suggested !== undefined) setName((n) => (n === "" ? suggested : n));
+  }, [suggested]);
   const [payload, setPayload] = useState("");
   const [busy, setBusy] = useState(false);
   const [result, setResult] = useState<{ ok: boolean; text: string } | undefined>(undefined);

@@ -8,7 +8,7 @@ import { type Schedule, FireOrigin, OverlapPolicy, CatchUpPolicy } from "@nexusf
 import { useState } from "preact/hooks";
 import { describeError, isAborted, isUnauthenticated } from "../api";
 import { hasScope } from "../auth";
-import { formatTime, valueJson } from "../format";
+import { formatTime, formatTimeIn, valueJson } from "../format";
 import { usePolling } from "../hooks";
 import { PagingNav, usePaging } from "../paging";
 import { linkHandler, routePath } from "../router";
@@ -94,7 +94,7 @@ export function SchedulesPage({ selected }: { selected: string | undefined }) {
               <th scope="col">Cron</th>
               <th scope="col">Time zone</th>
               <th scope="col">State</th>
-              <th scope="col">Next fire</th>
+              <th scope="col">Next fire (its zone)</th>
               <th scope="col">Runs started</th>
             </tr>
           </thead>
@@ -117,7 +117,7 @@ export function SchedulesPage({ selected }: { selected: string | undefined }) {
                   <td class="mono">{s.spec?.cron}</td>
                   <td>{s.spec?.timeZone || "UTC"}</td>
                   <td>{s.paused ? "paused" : "active"}</td>
-                  <td>{formatTime(s.nextFireTimes[0])}</td>
+                  <td>{formatTimeIn(s.nextFireTimes[0], s.spec?.timeZone ?? "")}</td>
                   <td>{s.startedCount.toString()}</td>
                 </tr>
               );
@@ -228,14 +228,16 @@ function ScheduleDetails({ scheduleId }: { scheduleId: string }) {
           {schedule.startedCount.toString()} started, {schedule.skippedCount.toString()} skipped,{" "}
           {schedule.missedCount.toString()} missed; last {formatTime(schedule.lastFireTime)}
         </dd>
-        <dt>Next fire times</dt>
+        <dt>
+          Next fire times <span class="muted">({spec?.timeZone || "UTC"})</span>
+        </dt>
         <dd>
           {schedule.nextFireTimes.length === 0 ? (
             "none (paused)"
           ) : (
             <ol class="fire-times" data-testid="next-fire-times">
               {schedule.nextFireTimes.map((t, i) => (
-                <li key={i}>{formatTime(t)}</li>
+                <li key={i}>{formatTimeIn(t, spec?.timeZone ?? "")}</li>
               ))}
             </ol>
           )}
