@@ -38,7 +38,8 @@
  *   page: the page goes to the new run, which succeeds with its first step reused (not called
  *   again) and links back, and the original lists its rerun. The Schedules page lists a schedule,
  *   shows its next ten fire times in its zone, pauses, resumes and triggers it (the fire's run
- *   linked).
+ *   linked). The Events page lists an event published elsewhere, and its match links to the run
+ *   it started.
  *
  * Without Chromium the test is skipped, except under CI=true, where it fails. Screenshots of the
  * compensated run, the runs page, the executors page, a waiting run and the schedules page are
@@ -58,7 +59,7 @@ import { createTokenVerifier } from "@nexusflow/common";
 import { FilesystemArtifactStore } from "@nexusflow/common/artifacts";
 import { Executor, TaskError, bearerToken } from "@nexusflow/executor";
 import { Code, ConnectError } from "@connectrpc/connect";
-import { RunStatus, ScheduleService, WorkflowService } from "@nexusflow/gen";
+import { EventService, RunStatus, ScheduleService, WorkflowService } from "@nexusflow/gen";
 import type { Scheduler } from "@nexusflow/scheduler";
 import { type Browser, type BrowserContext, type CDPSession, type Page, chromium } from "playwright-core";
 import { registerTripHandlers } from "../../../examples/handlers.js";
@@ -216,6 +217,7 @@ describe("web UI in Chromium", () => {
   let url: string;
   let workflows: Client<typeof WorkflowService>;
   let schedules: Client<typeof ScheduleService>;
+  let events: Client<typeof EventService>;
   let sign: (subject: string, scope: string) => Promise<string>;
 
   before(async () => {
@@ -247,6 +249,7 @@ describe("web UI in Chromium", () => {
     const transport = createGrpcTransport({ baseUrl: url, sessionManager: sessions, interceptors: [auth] });
     workflows = createClient(WorkflowService, transport);
     schedules = createClient(ScheduleService, transport);
+    events = createClient(EventService, transport);
     const spec = await readFile(join(ROOT, "examples", "trip-booking.json"), "utf8");
     await workflows.registerWorkflow({ definition: { case: "specJson", value: spec } });
   });
@@ -642,6 +645,12 @@ describe("web UI in Chromium", () => {
           ],
         },
         { name: "ui-tick", version: 1, steps: [{ id: "tick", type: "ui.done" }] },
+        {
+          name: "ui-on-order",
+          version: 1,
+          triggers: [{ event: "ui.orders.created" }],
+          steps: [{ id: "ack", type: "ui.done" }],
+        },
       ])
         await workflows.registerWorkflow({ definition: { case: "specJson", value: JSON.stringify(spec) } });
 
@@ -820,6 +829,21 @@ describe("web UI in Chromium", () => {
       await fireLink.first().waitFor({ timeout: SHOW_MS });
       const firedRun = (await fireLink.first().textContent()) ?? "";
       assert.equal((await waitForRun(workflows, firedRun)).status, RunStatus.SUCCEEDED);
+      // An event published elsewhere: listed, and its match links to the run it started.
+      const { event } = await events.publishEvent({ key: "ui.orders.created", idempotencyKey: "ui-order-1" });
+      assert.ok(event !== undefined);
+      await page.getByRole("link", { name: "Events" }).click();
+      await page.getByLabel("Key prefix").fill("ui.orders");
+      await page.locator(`tr[data-event="${event.eventId}"]`).getByRole("link").click();
+      const matchRun = page
+        .getByTestId("event-details")
+        .getByRole("table")
+        .getByRole("link", { name: /^[0-9a-f-]{36}$/ });
+      await matchRun.waitFor({ timeout: SHOW_MS });
+      a11y.push(...(await accessibilityViolations(page, "events page")));
+      await matchRun.click();
+      await page.waitForURL(/\/ui\/runs\/[^/]+$/, { timeout: SHOW_MS });
+      await waitForStates(page, { ack: "succeeded" });
       // The reader sees the schedule but no action.
       await readerPage.goto(`${url}/ui/schedules/ui-nightly`);
       await readerPage.getByTestId("next-fire-times").waitFor({ timeout: SHOW_MS });
