@@ -303,6 +303,7 @@ export class TaskAttempt {
         retryable: failure.retryable,
       };
       if (failure.retryAfterMs !== undefined) rest.retryAfterMs = failure.retryAfterMs;
+      if (failure.pauseKeyUntilMs !== undefined) rest.pauseKeyUntilMs = failure.pauseKeyUntilMs;
       return rest;
     }
   }

@@ -3,6 +3,7 @@
  * of an offloaded one), or Failed with its error, each with where its log went.
  */
 import { type JsonValue, create } from "@bufbuild/protobuf";
+import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import { CompletedSchema, FailedSchema, type LeaseKey, TaskErrorSchema } from "@nexusflow/gen";
 import { toValue } from "./payload.js";
 import type { Report } from "./report-ledger.js";
@@ -27,6 +28,7 @@ export function outcomeReport(key: LeaseKey, outcome: AttemptOutcome): Report {
   });
   if (failure.details !== undefined) error.details = toValue(failure.details as JsonValue); // checked by TaskAttempt
   const value = create(FailedSchema, { key, error, retryAfterMs: BigInt(failure.retryAfterMs ?? 0) });
+  if (failure.pauseKeyUntilMs !== undefined) value.pauseKeyUntil = timestampFromMs(failure.pauseKeyUntilMs);
   if (outcome.logs !== undefined) value.logs = outcome.logs;
   return { case: "failed", value };
 }

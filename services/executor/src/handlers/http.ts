@@ -260,7 +260,13 @@ function statusError(
   const details = { status, headers, body: cut(text) };
   if (status === 408 || status === 429 || status >= 500) {
     const retryAfterMs = parseRetryAfter(headers["retry-after"]);
-    return TaskError.retryable(type, message, { details, retryAfterMs });
+    // A 429 or 503 with Retry-After also pauses the keys of the step's rate limits until then,
+    // so that no other task of those buckets calls the partner before it asked.
+    const pauseKeyUntil =
+      (status === 429 || status === 503) && retryAfterMs !== undefined
+        ? new Date(Date.now() + retryAfterMs)
+        : undefined;
+    return TaskError.retryable(type, message, { details, retryAfterMs, pauseKeyUntil });
   }
   return TaskError.terminal(type, message, { details });
 }

@@ -18,6 +18,11 @@ export interface TaskErrorOptions {
   readonly details?: unknown;
   /** The underlying error, kept for logs; never sent to the scheduler. */
   readonly cause?: unknown;
+  /**
+   * Pauses the keys of the step's rate limits until this time (a partner API's Retry-After): no
+   * task of those buckets, of this run or any other, is leased before it.
+   */
+  readonly pauseKeyUntil?: Date | undefined;
 }
 
 /** A task failure with a type, a retry verdict and optional retry delay and details. */
@@ -31,6 +36,8 @@ export class TaskError extends Error {
   readonly retryAfterMs: number | undefined;
   /** JSON-serialisable data about the failure. */
   readonly details: unknown;
+  /** The keys of the step's rate limits are paused until this time. */
+  readonly pauseKeyUntil: Date | undefined;
 
   /** Prefer {@link TaskError.terminal} and {@link TaskError.retryable}, which name the verdict. */
   constructor(type: string, message: string, retryable: boolean, options: TaskErrorOptions = {}) {
@@ -48,6 +55,13 @@ export class TaskError extends Error {
     this.retryable = retryable;
     this.retryAfterMs = retryAfterMs === undefined ? undefined : Math.round(retryAfterMs);
     this.details = options.details;
+    const { pauseKeyUntil } = options;
+    if (
+      pauseKeyUntil !== undefined &&
+      !(pauseKeyUntil instanceof Date && Number.isFinite(pauseKeyUntil.getTime()))
+    )
+      throw new TypeError(`TaskError: pauseKeyUntil must be a valid Date, got ${String(pauseKeyUntil)}`);
+    this.pauseKeyUntil = pauseKeyUntil;
     Object.defineProperty(this, TASK_ERROR_BRAND, { value: true });
   }
 
@@ -79,6 +93,8 @@ export interface TaskFailure {
   retryAfterMs?: number;
   /** JSON-serialisable data about the failure. */
   details?: unknown;
+  /** The keys of the step's rate limits are paused until this time (ms since the epoch). */
+  pauseKeyUntilMs?: number;
 }
 
 /**
@@ -110,6 +126,7 @@ export function toTaskFailure(e: unknown): TaskFailure {
     const failure: TaskFailure = { type: error.type, message: error.message, retryable: error.retryable };
     if (error.retryAfterMs !== undefined) failure.retryAfterMs = error.retryAfterMs;
     if (error.details !== undefined) failure.details = error.details;
+    if (error.pauseKeyUntil !== undefined) failure.pauseKeyUntilMs = error.pauseKeyUntil.getTime();
     return failure;
   }
   if (error instanceof Error) {

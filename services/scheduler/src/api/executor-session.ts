@@ -12,6 +12,7 @@
  * handled item by item, in order, as if each item had come alone; leases go out in LeaseBatch
  * frames, already encoded, to version 2 sessions only (see lease-pump.ts).
  */
+import { timestampMs } from "@bufbuild/protobuf/wkt";
 import { randomUUID } from "node:crypto";
 import {
   create,
@@ -494,6 +495,7 @@ export function executorService(
                 },
                 Number(m.value.retryAfterMs),
                 logs,
+                m.value.pauseKeyUntil === undefined ? 0 : timestampMs(m.value.pauseKeyUntil),
               );
               break;
             }

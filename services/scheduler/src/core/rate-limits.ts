@@ -266,3 +266,29 @@ export function admitWithRate(core: Core, task: TaskState, now: Date, admitKeys:
   takeRate(task, now);
   return true;
 }
+
+/** Longest pause a handler may ask for (a partner's Retry-After of days is read as this). */
+export const MAX_HANDLER_PAUSE_MS = 24 * 60 * 60 * 1000;
+
+/**
+ * A handler's failure paused the keys of its task's rate limits until `until` (TaskError
+ * pauseKeyUntil, an HTTP step's Retry-After): each bucket is paused until then (at most
+ * {@link MAX_HANDLER_PAUSE_MS} away; a longer pause already set stays), and the pause is stored.
+ */
+export function pauseTaskKeys(
+  core: Core,
+  task: TaskState,
+  until: number,
+  by: string,
+  note: string,
+  now: Date,
+): void {
+  const t = now.getTime();
+  const end = Math.min(until, t + MAX_HANDLER_PAUSE_MS);
+  for (const want of task.rate ?? []) {
+    const b = want.bucket;
+    if (b.pausedUntil !== null && b.pausedUntil >= end) continue;
+    pauseBucket(core, b, end, by, note.slice(0, 500), now);
+    core.fx.pauseRateLimit(b, want.limit.burst);
+  }
+}

@@ -11,6 +11,7 @@ import type { ErrorInfo, TaskState } from "../model/run-state.js";
 import { advanceCompensation } from "./compensation.js";
 import type { Core, Moment, Rejection } from "./context.js";
 import { checkReport, isRejection } from "./fencing.js";
+import { pauseTaskKeys } from "./rate-limits.js";
 import { failAttempt } from "./retries.js";
 import { advance } from "./runs.js";
 import { mapOutputResolved, mapOutputUnavailable } from "./maps.js";
@@ -135,10 +136,20 @@ export function failed(
   retryAfterMs: number,
   logs: unknown,
   at: Moment,
+  pauseKeyUntilMs = 0,
 ): Rejection | null {
   const task = checkReport(core, session.id, key);
   if (isRejection(task)) return task;
   if (task.status === "LEASED") markStarted(core, task, session.executorId, at);
+  if (pauseKeyUntilMs > at.now.getTime())
+    pauseTaskKeys(
+      core,
+      task,
+      pauseKeyUntilMs,
+      `handler (task run ${task.id})`,
+      `${error.type}: ${error.message}`,
+      at.now,
+    );
   failAttempt(core, task, error, retryAfterMs, at, logs);
   return null;
 }

@@ -43,6 +43,8 @@ export class Simulation {
   readonly soon = new Set<RunState>();
   /** Child workflow steps the shell was asked to start (children.ts), in order. */
   readonly childStarts: { runId: string; stepId: string }[] = [];
+  /** Rate limit pauses stored (core/rate-limits.ts), in order. */
+  readonly pauses: { name: string; key: string; until: number | null }[] = [];
   commits = 0;
   clock = 1_000_000;
   jitter = 0.5;
@@ -64,6 +66,8 @@ export class Simulation {
       advanceSoon: (run) => this.soon.add(run),
       runEnded: (run) => this.ended.push(run),
       startChild: (run, task) => this.childStarts.push({ runId: run.id, stepId: task.stepId }),
+      pauseRateLimit: (bucket) =>
+        this.pauses.push({ name: bucket.name, key: bucket.key, until: bucket.pausedUntil }),
       commit: () => this.commits++,
       commitSoon: () => this.commits++,
     };

@@ -256,6 +256,23 @@ export class Engine {
       },
       leaseEnded: (task) => this.timers.leaseEnded(task),
       setTimer: (timer, delayMs) => this.timers.set(timer, delayMs),
+      pauseRateLimit: (bucket, tokens) =>
+        void this.store
+          .pauseRateLimit({
+            name: bucket.name,
+            key: bucket.key,
+            until: bucket.pausedUntil,
+            by: bucket.pausedBy,
+            note: bucket.pauseNote,
+            tokens,
+            now: Date.now(),
+          })
+          .catch((e: unknown) =>
+            this.log.error(
+              { err: e, rate_limit: bucket.name, key: bucket.key },
+              "a rate limit pause was not stored: it holds in this process only",
+            ),
+          ),
       resolveOutput: (task) => this.outputs.read(task),
       advanceSoon: (run) => this.advanceSoon(run),
       startChild: (run, task) => void this.startChild(run.id, task.stepId),
@@ -676,8 +693,9 @@ export class Engine {
     error: ErrorInfo,
     retryAfterMs: number,
     logs: unknown,
+    pauseKeyUntilMs = 0,
   ): Rejection | null {
-    return core.failed(this.core, session, key, error, retryAfterMs, logs, this.moment());
+    return core.failed(this.core, session, key, error, retryAfterMs, logs, this.moment(), pauseKeyUntilMs);
   }
 
   /** Release report: the lease goes back to the front of the queue without counting as a failure. */

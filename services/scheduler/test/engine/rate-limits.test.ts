@@ -9,7 +9,8 @@ import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { jsonToValue } from "@nexusflow/common";
-import { Executor } from "@nexusflow/executor";
+import { createServer, type Server } from "node:http";
+import { Executor, TaskError } from "@nexusflow/executor";
 import { RunStatus, TaskStatus, type Run } from "@nexusflow/gen";
 import type { Scheduler } from "../../src/scheduler.js";
 import { date, registerSpec, task, type WorkflowClient } from "../e2e/harness.js";
@@ -46,6 +47,11 @@ describe("rate limits", () => {
   let executor: Executor;
   let port = 0;
   let worked = 0;
+  /** Pause asked by the rl.pausing handler's first attempt of each key, by key. */
+  const pausedUntil = new Map<string, number>();
+  /** A partner API: 429 with Retry-After: 2 on its first call, then 200. */
+  let partner: Server;
+  let partnerCalls: number[] = [];
 
   before(async () => {
     db = await startTestDatabase();
@@ -64,6 +70,24 @@ describe("rate limits", () => {
       return { ok: true };
     });
     executor.register("rl.other", () => ({ ok: true }));
+    executor.register("rl.pausing", (input: unknown) => {
+      const { k } = input as { k: string };
+      if (!pausedUntil.has(k)) {
+        const until = Date.now() + 1500;
+        pausedUntil.set(k, until);
+        throw TaskError.retryable("SLOW_DOWN", "the partner asks for a pause", {
+          pauseKeyUntil: new Date(until),
+          retryAfterMs: 1,
+        });
+      }
+      return { ok: true };
+    });
+    partner = createServer((_req, res) => {
+      partnerCalls.push(Date.now());
+      if (partnerCalls.length === 1) res.writeHead(429, { "retry-after": "2" }).end("slow down");
+      else res.writeHead(200, { "content-type": "application/json" }).end('{"ok":true}');
+    });
+    await new Promise<void>((resolve) => partner.listen(0, "127.0.0.1", resolve));
     await executor.start();
     await registerSpec(client, {
       name: "rl-fifty",
@@ -85,6 +109,7 @@ describe("rate limits", () => {
   });
 
   after(async () => {
+    partner?.close();
     await executor?.stop();
     await scheduler?.stop();
     await db?.close();
@@ -146,6 +171,83 @@ describe("rate limits", () => {
     // Executors are not shown as the reason: the task is out of its type's queue.
     assert.doesNotMatch(t?.pendingReason ?? "", /executor/);
     await client.cancelRun({ runId: second });
+  });
+
+  it("a handler's TaskError pauses its key until the time it names", async () => {
+    await registerSpec(client, {
+      name: "rl-pausing",
+      version: 1,
+      steps: [
+        {
+          id: "call",
+          type: "rl.pausing",
+          input: { k: "{{ input.k }}" },
+          retry: { maxAttempts: 3, initialInterval: "1ms" },
+          rateLimits: [{ name: "pausing", key: "input.k", rate: 1000 }],
+        },
+      ],
+    });
+    const first = await start("rl-pausing", { k: "p-1" });
+    await waitFor("the pause asked", () => pausedUntil.get("p-1"));
+    const until = pausedUntil.get("p-1") as number;
+    const second = await start("rl-pausing", { k: "p-1" });
+    const gate = await waitFor("the paused gate", async () => {
+      const r = await client.explainPending({ runId: second, stepId: "call" });
+      const g = r.gates.find((x) => x.gate.case === "rateLimit");
+      return g?.gate.case === "rateLimit" && g.gate.value.pausedUntil !== undefined
+        ? g.gate.value
+        : undefined;
+    });
+    assert.equal(gate.name, "pausing");
+    assert.equal(gate.key, "p-1");
+    assert.equal(date(gate.pausedUntil, "paused until").getTime(), until);
+    assert.match(gate.pausedBy, /^handler \(task run /);
+    assert.match(gate.pauseNote, /SLOW_DOWN: the partner asks for a pause/);
+    const runs = await Promise.all([first, second].map((id) => waitForRun(client, id, 30_000)));
+    assert.ok(runs.every((r) => r.status === RunStatus.SUCCEEDED));
+    // Every lease of key p-1 after the pause was asked waits for its end: the first run's retry
+    // and the second run, which was queued meanwhile.
+    const leases = leaseTimes(runs, "call").sort((a, b) => a - b);
+    assert.equal(leases.length, 3);
+    assert.ok((leases[1] as number) >= until, `the retry leased at ${leases[1]}, the pause ends ${until}`);
+    assert.ok((leases[2] as number) >= until);
+  });
+
+  it("an HTTP step's 429 Retry-After pauses the key of its step's rate limits", async () => {
+    const address = partner.address();
+    assert.ok(address !== null && typeof address === "object");
+    partnerCalls = [];
+    await registerSpec(client, {
+      name: "rl-http",
+      version: 1,
+      steps: [
+        {
+          id: "call",
+          type: "http",
+          input: { url: `http://127.0.0.1:${address.port}/api` },
+          retry: { maxAttempts: 3, initialInterval: "1ms" },
+          rateLimits: [{ name: "partner-http", rate: 1000 }],
+        },
+      ],
+    });
+    const first = await start("rl-http", {});
+    await waitFor("the 429", () => (partnerCalls.length >= 1 ? true : undefined));
+    const second = await start("rl-http", {});
+    const gate = await waitFor("the paused gate", async () => {
+      const r = await client.explainPending({ runId: second, stepId: "call" });
+      const g = r.gates.find((x) => x.gate.case === "rateLimit");
+      return g?.gate.case === "rateLimit" && g.gate.value.pausedUntil !== undefined
+        ? g.gate.value
+        : undefined;
+    });
+    assert.equal(gate.name, "partner-http");
+    assert.match(gate.pauseNote, /HTTP_429/);
+    const runs = await Promise.all([first, second].map((id) => waitForRun(client, id, 30_000)));
+    assert.ok(runs.every((r) => r.status === RunStatus.SUCCEEDED));
+    const [c429, ...after] = partnerCalls as [number, ...number[]];
+    assert.equal(after.length, 2);
+    // Retry-After: 2 (whole seconds): nobody called the partner again before about 2 s had passed.
+    for (const t of after) assert.ok(t - c429 >= 1900, `a call ${t - c429} ms after the 429`);
   });
 
   it("bad definitions are INVALID_ARGUMENT naming the field", async () => {
