@@ -39,7 +39,7 @@
  *   again) and links back, and the original lists its rerun. The Schedules page lists a schedule,
  *   shows its next ten fire times in its zone, pauses, resumes and triggers it (the fire's run
  *   linked). The Events page lists an event published elsewhere, and its match links to the run
- *   it started.
+ *   it started. A child workflow step links to its child run, which links back to its parent.
  *
  * Without Chromium the test is skipped, except under CI=true, where it fails. Screenshots of the
  * compensated run, the runs page, the executors page, a waiting run and the schedules page are
@@ -598,7 +598,7 @@ describe("web UI in Chromium", () => {
   );
 
   it(
-    "signals a waiting run, reruns a failed one from its step and lists schedules, from the pages",
+    "signals a waiting run, reruns a failed one, follows a child run, lists schedules and events",
     T,
     async (t) => {
       if (!chromiumOrSkip(t)) return;
@@ -645,6 +645,14 @@ describe("web UI in Chromium", () => {
           ],
         },
         { name: "ui-tick", version: 1, steps: [{ id: "tick", type: "ui.done" }] },
+        {
+          name: "ui-parent",
+          version: 1,
+          steps: [
+            { id: "child", workflow: { name: "ui-tick" } },
+            { id: "after", type: "ui.done", dependsOn: ["child"] },
+          ],
+        },
         {
           name: "ui-on-order",
           version: 1,
@@ -844,6 +852,31 @@ describe("web UI in Chromium", () => {
       await matchRun.click();
       await page.waitForURL(/\/ui\/runs\/[^/]+$/, { timeout: SHOW_MS });
       await waitForStates(page, { ack: "succeeded" });
+      // A child workflow step links to its child run, and the child back to its parent.
+      const { run: parentRun } = await workflows.startRun({ workflowName: "ui-parent" });
+      assert.ok(parentRun !== undefined);
+      assert.equal((await waitForRun(workflows, parentRun.id)).status, RunStatus.SUCCEEDED);
+      await page.goto(`${url}/ui/runs/${encodeURIComponent(parentRun.id)}`);
+      await waitForStates(page, { child: "succeeded", after: "succeeded" });
+      // Once the definition is read, the box says which workflow it runs.
+      await waitFor(
+        "the child step's box to name its workflow",
+        async () =>
+          (await page.locator('svg.dag g.dag-node[data-step="child"]').getAttribute("aria-label")) ===
+          "child succeeded, step type child: ui-tick"
+            ? true
+            : undefined,
+        SHOW_MS,
+      );
+      await page.locator('svg.dag g.dag-node[data-step="child"]').click();
+      await page.getByTestId("child-run").getByRole("link").click();
+      await page.getByTestId("parent-run").waitFor({ timeout: SHOW_MS });
+      assert.match(
+        (await page.getByTestId("parent-run").textContent()) ?? "",
+        new RegExp(`^${parentRun.id} at step child$`),
+      );
+      await waitForStates(page, { tick: "succeeded" });
+      a11y.push(...(await accessibilityViolations(page, "child run page")));
       // The reader sees the schedule but no action.
       await readerPage.goto(`${url}/ui/schedules/ui-nightly`);
       await readerPage.getByTestId("next-fire-times").waitFor({ timeout: SHOW_MS });
