@@ -175,4 +175,25 @@ describe("runs why", () => {
     ]);
     assert.match(describeExplanation(child(0), plain), /\(workflow charge-card\) to end/);
   });
+
+  it("says how far a map step's elements are", () => {
+    const map = answer(TaskStatus.WAITING, [
+      g({
+        case: "mapElements",
+        value: {
+          total: 1000,
+          succeeded: 120,
+          failed: 2,
+          running: 50,
+          queued: 0,
+          waitingForParallelism: 828,
+          parallelism: 50,
+        },
+      }),
+    ]);
+    assert.deepEqual(describeExplanation(map, plain).split("\n"), [
+      "charge of run run-1 (RUNNING) is WAITING; held by 1 gate:",
+      "  - it is a map step waiting for its elements: 122 of 1000 ended (120 succeeded, 2 failed), 50 running, 0 queued, 828 waiting for a place under its parallelism of 50; each is a task run of its own (nexusflow runs get lists them as <step>[<index>])",
+    ]);
+  });
 });

@@ -105,6 +105,10 @@ export function describeGate(gate: PendingGate, nowMs: number): string {
         return `${limit} is paused until ${when(v.pausedUntil, nowMs)}${v.pausedBy === "" ? "" : ` by ${v.pausedBy}`}${v.pauseNote === "" ? "" : ` (${v.pauseNote})`}: resume it with nexusflow ratelimits resume ${v.name}${v.key === "" ? "" : ` --key ${JSON.stringify(v.key)}`}`;
       return `${limit} has no token for it: the next is due at ${when(v.nextTokenAt, nowMs)}`;
     }
+    case "mapElements": {
+      const v = g.value;
+      return `it is a map step waiting for its elements: ${v.succeeded + v.failed} of ${v.total} ended (${v.succeeded} succeeded, ${v.failed} failed), ${v.running} running, ${v.queued} queued, ${v.waitingForParallelism} waiting for a place under its parallelism of ${v.parallelism}; each is a task run of its own (nexusflow runs get lists them as <step>[<index>])`;
+    }
     case "childRun":
       return `it waits for its child run ${g.value.runId} (workflow ${g.value.workflowName}${g.value.workflowVersion === 0 ? "" : ` v${g.value.workflowVersion}`}) to end: see nexusflow runs get ${g.value.runId}`;
     case undefined:

@@ -111,6 +111,20 @@ export function gateMessage(gate: Gate): PendingGate {
     case "durable-wait":
       init = { case: "durableWait", value: { signal: gate.signal ?? "", until: ts(gate.until) } };
       break;
+    case "map-elements":
+      init = {
+        case: "mapElements",
+        value: {
+          total: gate.total,
+          succeeded: gate.succeeded,
+          failed: gate.failed,
+          running: gate.running,
+          queued: gate.queued,
+          waitingForParallelism: gate.waitingForParallelism,
+          parallelism: gate.parallelism,
+        },
+      };
+      break;
     case "child-run":
       init = {
         case: "childRun",

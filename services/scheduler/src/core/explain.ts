@@ -9,6 +9,7 @@
 import type { ErrorInfo, RunState, RunStatusName, TaskState } from "../model/run-state.js";
 import { TERMINAL_TASK_STATUSES } from "../model/run-state.js";
 import { childRunId } from "./children.js";
+import { mapProgress } from "./maps.js";
 import { keyWaits, type KeyWait } from "./concurrency.js";
 import { describeHold } from "./holds.js";
 import { rateHolds } from "./rate-limits.js";
@@ -102,6 +103,18 @@ export type Gate =
       readonly workflow: string;
       /** The version asked for; null: the latest. */
       readonly version: number | null;
+    }
+  | {
+      /** A map step waits for its elements (core/maps.ts): counts, read from its counters. */
+      readonly kind: "map-elements";
+      readonly total: number;
+      readonly succeeded: number;
+      readonly failed: number;
+      readonly running: number;
+      /** Made and not running: queued or waiting for a retry. */
+      readonly queued: number;
+      readonly waitingForParallelism: number;
+      readonly parallelism: number;
     };
 
 /**
@@ -194,6 +207,12 @@ export function explainPending(
       break;
     }
     case "WAITING": {
+      const map = mapProgress(run, task.stepId);
+      if (map !== undefined) {
+        const { inFlight, ...counts } = map;
+        gates.push({ kind: "map-elements", ...counts, queued: inFlight - counts.running });
+        break;
+      }
       const child = run.workflow.stepsById.get(task.stepId)?.child;
       if (child != null) {
         gates.push({
@@ -289,6 +308,8 @@ export function describeGate(gate: Gate): string {
       return gate.pausedUntil !== null
         ? `rate limit ${JSON.stringify(gate.name)}${gate.key === "" ? "" : ` key ${JSON.stringify(gate.key)}`} is paused until ${gate.pausedUntil.toISOString()}${gate.pausedBy === "" ? "" : ` by ${gate.pausedBy}`}${gate.pauseNote === "" ? "" : ` (${gate.pauseNote})`}`
         : `rate limit ${JSON.stringify(gate.name)}${gate.key === "" ? "" : ` key ${JSON.stringify(gate.key)}`}: next token at ${gate.nextTokenAt.toISOString()}`;
+    case "map-elements":
+      return `waiting for its elements: ${gate.succeeded + gate.failed} of ${gate.total} ended (${gate.failed} failed), ${gate.running} running, ${gate.queued} queued, ${gate.waitingForParallelism} waiting for parallelism (${gate.parallelism})`;
     case "child-run":
       return `waiting for child run ${gate.runId} (${gate.workflow}${gate.version === null ? "" : ` v${gate.version}`}) to end`;
   }

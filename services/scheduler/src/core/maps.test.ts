@@ -5,6 +5,7 @@ import { TaskErrorType } from "@nexusflow/common/task-error-types";
 import type { CompiledWorkflow } from "../dag/index.js";
 import type { RunState, TaskState } from "../model/run-state.js";
 import type { StoredTask } from "../persistence/engine-store.js";
+import { explainPending, pendingReason } from "./explain.js";
 import { mapElements, mapProgress } from "./maps.js";
 import { recover } from "./recovery.js";
 import { completed, failed } from "./reports.js";
@@ -125,6 +126,53 @@ void describe("map steps (core)", () => {
     completed(sim.core, s, sim.key(join), "joined", null, null, sim.at());
     settle(sim);
     assert.equal(run.status, "SUCCEEDED");
+  });
+
+  it("runs why for a map step: its elements by state, and its reason in one line", () => {
+    const sim = new Simulation();
+    const s = sim.session("s");
+    const run = begin(
+      sim,
+      fanFlow({ parallelism: 3 }, { maxAttempts: 2, initialInterval: "1s", jitter: "none" }),
+    );
+    split(sim, s, [0, 1, 2, 3, 4, 5, 6, 7]);
+    const first = sim.lease(s)!;
+    const second = sim.lease(s)!;
+    completed(sim.core, s, sim.key(first), 0, null, null, sim.at());
+    failed(sim.core, s, sim.key(second), { type: "BOOM", message: "b", retryable: true }, 0, null, sim.at());
+    settle(sim);
+    const gates = explainPending(run, run.tasks.get("each")!);
+    assert.deepEqual(gates, [
+      {
+        kind: "map-elements",
+        total: 8,
+        succeeded: 1,
+        failed: 0,
+        running: 0,
+        queued: 3,
+        waitingForParallelism: 4,
+        parallelism: 3,
+      },
+    ]);
+    assert.equal(
+      pendingReason(gates),
+      "waiting for its elements: 1 of 8 ended (0 failed), 0 running, 3 queued, 4 waiting for parallelism (3)",
+    );
+    const leased = sim.lease(s)!;
+    assert.equal(leased.elementIndex, 2);
+    assert.deepEqual(
+      { ...explainPending(run, run.tasks.get("each")!)[0] },
+      {
+        kind: "map-elements",
+        total: 8,
+        succeeded: 1,
+        failed: 0,
+        running: 1,
+        queued: 2,
+        waitingForParallelism: 4,
+        parallelism: 3,
+      },
+    );
   });
 
   it("10,000 elements cost O(n) bookkeeping, not O(n²)", () => {

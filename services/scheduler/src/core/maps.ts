@@ -313,7 +313,7 @@ export interface MapProgress {
 }
 
 /** The progress of the map step `stepId` of `run`, or undefined when it is not running a map. */
-export function mapProgress(run: RunState, stepId: string): MapProgress | undefined {
+export function mapProgress(run: Readonly<RunState>, stepId: string): MapProgress | undefined {
   const map = run.maps?.get(stepId);
   const step = run.workflow.stepsById.get(stepId);
   if (map === undefined || step?.map == null || map.task.status !== "WAITING") return undefined;

@@ -9,7 +9,9 @@ import { after, before, describe, it } from "node:test";
 import { jsonToValue, valueToJson } from "@nexusflow/common";
 import { TaskErrorType } from "@nexusflow/common/task-error-types";
 import { Executor } from "@nexusflow/executor";
-import { RunStatus, TaskStatus, type Run } from "@nexusflow/gen";
+import { create } from "@bufbuild/protobuf";
+import { Code, ConnectError } from "@connectrpc/connect";
+import { RunStatus, TaskStatus, WorkflowSpecSchema, type Run } from "@nexusflow/gen";
 import pg from "pg";
 import type { Scheduler } from "../../src/scheduler.js";
 import {
@@ -279,6 +281,22 @@ describe("map steps", () => {
         );
         return rows.length >= 8 ? rows.map((r) => r.step_id) : undefined;
       });
+      // runs why: the map step waits for its elements; four are under way (parallelism 4).
+      const why = await client.explainPending({ runId, stepId: "each" });
+      assert.equal(why.status, TaskStatus.WAITING);
+      const g = why.gates[0]?.gate;
+      assert.equal(g?.case, "mapElements");
+      if (g?.case === "mapElements") {
+        assert.equal(g.value.total, 24);
+        assert.equal(g.value.parallelism, 4);
+        assert.ok(g.value.succeeded >= 8, `${g.value.succeeded} succeeded`);
+        assert.equal(g.value.running + g.value.queued, Math.min(4, 24 - g.value.succeeded));
+        assert.equal(
+          g.value.waitingForParallelism,
+          24 - g.value.succeeded - g.value.running - g.value.queued,
+        );
+      }
+      assert.match(why.pendingReason, /^waiting for its elements: \d+ of 24 ended \(0 failed\)/);
       await scheduler?.stop();
       gate.release();
       gate = undefined;
@@ -298,6 +316,51 @@ describe("map steps", () => {
       }
       for (let i = 0; i < 24; i++) assert.ok((calls.get(`restart-${i}`) ?? 0) >= 1);
       assert.equal(run.tasks.filter((t) => t.stepId.startsWith("each[")).length, 24);
+    },
+  );
+
+  it(
+    "a map step registered as a WorkflowSpec message (StepSpec.map) runs, and bad map fields are refused naming them",
+    { timeout: 60_000 },
+    async () => {
+      await client.registerWorkflow({
+        definition: {
+          case: "spec",
+          value: create(WorkflowSpecSchema, {
+            name: "mp-message",
+            version: 1,
+            steps: [
+              {
+                id: "each",
+                type: "mp.element",
+                map: { items: "input.xs", parallelism: 2, failure: "collect" },
+                input: jsonToValue({ key: "msg-{{ index }}", x: "{{ item }}" }),
+              },
+            ],
+            output: jsonToValue("{{ steps.each.output }}"),
+          }),
+        },
+      });
+      const run = await waitForRun(client, await start("mp-message", { xs: [5, 6, 7] }));
+      assert.equal(run.status, RunStatus.SUCCEEDED, JSON.stringify(run.error));
+      assert.deepEqual(valueToJson(run.output), [10, 12, 14]);
+      const refused = await client
+        .registerWorkflow({
+          definition: {
+            case: "specJson",
+            value: JSON.stringify({
+              name: "mp-bad",
+              version: 1,
+              steps: [{ id: "each", type: "mp.element", map: { items: "input.xs", parallelism: 0 } }],
+            }),
+          },
+        })
+        .then(
+          () => assert.fail("accepted"),
+          (e: unknown) => ConnectError.from(e),
+        );
+      assert.equal(refused.code, Code.InvalidArgument);
+      assert.match(refused.message, /steps\[0\]\.map\.parallelism/);
     },
   );
 
