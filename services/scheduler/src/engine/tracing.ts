@@ -175,6 +175,8 @@ export class AttemptSpans {
     if (this.sampledOut(run) !== null) return;
     for (const task of run.tasks.values()) this.latest.delete(task.id);
     for (const task of run.compensations.values()) this.latest.delete(task.id);
+    // A map step's element tasks (core/maps.ts) are not among the run's tasks by step.
+    for (const map of run.maps?.values() ?? []) for (const task of map.elements) this.latest.delete(task.id);
   }
 }
 
