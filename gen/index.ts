@@ -10,3 +10,4 @@ export * from "./src/nexusflow/v1/cluster_service_pb.js";
 export * from "./src/nexusflow/v1/schedule_service_pb.js";
 export * from "./src/nexusflow/v1/replica_service_pb.js";
 export * from "./src/nexusflow/v1/event_service_pb.js";
+export * from "./src/nexusflow/v1/rate_limit_service_pb.js";

@@ -38,6 +38,10 @@ const OPERATOR_USAGE = `Operator commands (talk to the gateway):
   schedules backfill <id> --from TIME --to TIME
                                   a run for each fire time of [from, to) that has none
   schedules delete <id>
+  ratelimits list [--name N]       rate limit buckets: tokens, pauses, tasks waiting
+  ratelimits pause <name> [--key K] --until TIME|--for DURATION [--note N]
+                                  no task of the bucket is leased until then (stored: survives restarts)
+  ratelimits resume <name> [--key K]
   events publish <key> [--payload JSON|@file] [--idempotency-key K]
                                   store an event: each workflow whose triggers match it starts a run
                                   with the payload as input (the same key again starts nothing)
@@ -191,6 +195,14 @@ switch (command) {
   case "schedules":
     process.exit(
       await operator(async (a, io) => (await import("./schedules-command.js")).schedulesCommand(a, io), rest),
+    );
+    break;
+  case "ratelimits":
+    process.exit(
+      await operator(
+        async (a, io) => (await import("./ratelimits-command.js")).rateLimitsCommand(a, io),
+        rest,
+      ),
     );
     break;
   case "executors":

@@ -23,6 +23,7 @@ import {
   ClusterService,
   EventService,
   type RegisterWorkflowResponse,
+  RateLimitService,
   ReplicaService,
   type Run,
   RunStatus,
@@ -165,6 +166,8 @@ export class NexusflowClient {
   readonly replicas: Client<typeof ReplicaService>;
   /** EventService: publish events that start the runs of workflows whose triggers match them. */
   readonly events: Client<typeof EventService>;
+  /** RateLimitService: list rate limit buckets, pause or resume a key. */
+  readonly rateLimits: Client<typeof RateLimitService>;
   /** The options in effect, defaults applied. */
   readonly options: CompiledClientOptions;
   readonly #release: () => void;
@@ -180,6 +183,7 @@ export class NexusflowClient {
     this.schedules = createClient(ScheduleService, transport);
     this.replicas = createClient(ReplicaService, transport);
     this.events = createClient(EventService, transport);
+    this.rateLimits = createClient(RateLimitService, transport);
   }
 
   /**

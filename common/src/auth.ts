@@ -76,6 +76,10 @@ export const RPC_ACCESS: Readonly<Record<string, Scope | typeof PUBLIC>> = {
   "nexusflow.v1.ScheduleService/TriggerSchedule": Scope.RUNS_WRITE,
   "nexusflow.v1.ScheduleService/BackfillSchedule": Scope.RUNS_WRITE,
   // An event starts the runs of the workflows it triggers: publishing needs what starting runs needs.
+  // Pausing a rate limit's key holds runs' tasks back: what changing runs needs.
+  "nexusflow.v1.RateLimitService/PauseRateLimit": Scope.RUNS_WRITE,
+  "nexusflow.v1.RateLimitService/ResumeRateLimit": Scope.RUNS_WRITE,
+  "nexusflow.v1.RateLimitService/ListRateLimits": Scope.RUNS_READ,
   "nexusflow.v1.EventService/PublishEvent": Scope.RUNS_WRITE,
   "nexusflow.v1.EventService/GetEvent": Scope.RUNS_READ,
   "nexusflow.v1.EventService/ListEvents": Scope.RUNS_READ,

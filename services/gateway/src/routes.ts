@@ -9,6 +9,7 @@ import {
   ArtifactService,
   ClusterService,
   EventService,
+  RateLimitService,
   ReplicaService,
   ScheduleService,
   WorkflowService,
@@ -23,6 +24,7 @@ export const PROXIED_SERVICES: readonly DescService[] = [
   ArtifactService,
   ClusterService,
   ScheduleService,
+  RateLimitService,
   EventService,
   ReplicaService,
 ];

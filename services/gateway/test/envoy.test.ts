@@ -25,6 +25,7 @@ import {
   ArtifactService,
   ClusterService,
   EventService,
+  RateLimitService,
   ScheduleService,
   WorkflowService,
 } from "@nexusflow/gen";
@@ -135,6 +136,7 @@ describe("deploy/envoy/envoy.yaml", () => {
       ArtifactService.typeName,
       ClusterService.typeName,
       ScheduleService.typeName,
+      RateLimitService.typeName,
       EventService.typeName,
     ]);
   });

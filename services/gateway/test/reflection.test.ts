@@ -64,6 +64,7 @@ const SERVICES = [
   "nexusflow.v1.ArtifactService",
   "nexusflow.v1.ClusterService",
   "nexusflow.v1.EventService",
+  "nexusflow.v1.RateLimitService",
   "nexusflow.v1.ReplicaService",
   "nexusflow.v1.ScheduleService",
   "nexusflow.v1.WorkflowService",

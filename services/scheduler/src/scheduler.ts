@@ -25,6 +25,7 @@ import {
   EventService,
   ExecutorService,
   ReplicaService,
+  RateLimitService,
   RunSchema,
   ScheduleService,
   WorkflowService,
@@ -40,6 +41,7 @@ import { addSchedulerHealth } from "./api/health.js";
 import { runDetail } from "./api/convert.js";
 import { executorService, executorServiceDefinition } from "./api/executor-session.js";
 import { addReflection } from "./api/reflection.js";
+import { rateLimitService } from "./api/rate-limit-service.js";
 import { scheduleService } from "./api/schedule-service.js";
 import { workflowService } from "./api/workflow-service.js";
 import { PartitionLeases } from "./cluster/partition-leases.js";
@@ -387,6 +389,7 @@ export class Scheduler {
         artifactService({ store, tasks: new PgTaskIndex(this.db.pool), log }),
       );
       server.addService(serviceDefinition(ClusterService), clusterService(engine));
+      server.addService(serviceDefinition(RateLimitService), rateLimitService(engine));
       const leases = this.leases;
       const pool = this.db.pool;
       server.addService(
@@ -397,6 +400,7 @@ export class Scheduler {
       addReflection(server, [
         WorkflowService,
         ScheduleService,
+        RateLimitService,
         EventService,
         ExecutorService,
         ArtifactService,

@@ -11,6 +11,7 @@ import {
   EventService,
   ExecutorService,
   ReplicaService,
+  RateLimitService,
   ScheduleService,
   WorkflowService,
 } from "@nexusflow/gen";
@@ -58,6 +59,7 @@ export function addSchedulerHealth(server: grpc.Server, options: SchedulerHealth
       ArtifactService.typeName,
       ClusterService.typeName,
       ScheduleService.typeName,
+      RateLimitService.typeName,
       EventService.typeName,
       ReplicaService.typeName,
     ],

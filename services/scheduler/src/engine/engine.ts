@@ -70,6 +70,32 @@ export interface EngineOptions {
 /** Engine lifecycle. */
 export type EngineState = "CREATED" | "RECOVERING" | "RUNNING" | "STOPPING" | "STOPPED";
 
+/** A rate limit bucket as RateLimitService shows it (tokens as of `refilledAt`). */
+export interface RateLimitView {
+  readonly name: string;
+  readonly key: string;
+  readonly tokens: number;
+  readonly refilledAt: number;
+  readonly pausedUntil: number | null;
+  readonly pausedBy: string;
+  readonly pauseNote: string;
+  /** Tasks waiting in this scheduler for its tokens or the end of its pause. */
+  readonly waiting: number;
+}
+
+function rateLimitView(b: core.Bucket): RateLimitView {
+  return {
+    name: b.name,
+    key: b.key,
+    tokens: b.tokens,
+    refilledAt: b.refilledAt,
+    pausedUntil: b.pausedUntil,
+    pausedBy: b.pausedBy,
+    pauseNote: b.pauseNote,
+    waiting: b.waiters.length,
+  };
+}
+
 /** Input of {@link Engine.startRun}. */
 export interface StartRunInput {
   workflowName: string;
@@ -288,6 +314,43 @@ export class Engine {
     };
     // Tracing on: attempt spans follow the attempts written, events carry their span's context.
     return spans === undefined ? fx : { ...fx, ...tracedWrites(spans, store, () => this.core) };
+  }
+
+  /**
+   * Pauses a rate limit bucket until `until` (ms since the epoch; null resumes it) and stores the
+   * pause before answering; a bucket no task has used yet is made empty (it refills by its
+   * limit's rate from now when first used). Its waiting tasks are woken when the pause ends.
+   */
+  async pauseRateLimit(
+    name: string,
+    key: string,
+    until: number | null,
+    by: string,
+    note: string,
+  ): Promise<RateLimitView> {
+    this.assertRunning();
+    const now = new Date();
+    const bucket = core.rateLimitsOf(this.core).bucket(name, key, 0, now.getTime());
+    core.pauseBucket(this.core, bucket, until, by, note, now);
+    await this.store.pauseRateLimit({
+      name,
+      key,
+      until: bucket.pausedUntil,
+      by: bucket.pausedBy,
+      note: bucket.pauseNote,
+      tokens: bucket.tokens,
+      now: now.getTime(),
+    });
+    return rateLimitView(bucket);
+  }
+
+  /** The rate limit buckets: this scheduler's (current) and the stored ones it has not used. */
+  async rateLimits(): Promise<RateLimitView[]> {
+    const known = core.rateLimitsOf(this.core).buckets;
+    const out = [...known.values()].map(rateLimitView);
+    for (const row of await this.store.loadRateLimits())
+      if (!known.has(`${row.name}\u0000${row.key}`)) out.push({ ...row, waiting: 0 });
+    return out.sort((a, b) => (a.name === b.name ? (a.key < b.key ? -1 : 1) : a.name < b.name ? -1 : 1));
   }
 
   /** Whether the task's step declares rate limits (its compensation's tasks are not limited). */

@@ -11,7 +11,10 @@ import { Code, ConnectError } from "@connectrpc/connect";
 import { jsonToValue } from "@nexusflow/common";
 import { createServer, type Server } from "node:http";
 import { Executor, TaskError } from "@nexusflow/executor";
-import { RunStatus, TaskStatus, type Run } from "@nexusflow/gen";
+import { timestampFromMs } from "@bufbuild/protobuf/wkt";
+import { createClient } from "@connectrpc/connect";
+import { createGrpcTransport } from "@connectrpc/connect-node";
+import { RateLimitService, RunStatus, TaskStatus, type Run } from "@nexusflow/gen";
 import type { Scheduler } from "../../src/scheduler.js";
 import { date, registerSpec, task, type WorkflowClient } from "../e2e/harness.js";
 import {
@@ -248,6 +251,89 @@ describe("rate limits", () => {
     assert.equal(after.length, 2);
     // Retry-After: 2 (whole seconds): nobody called the partner again before about 2 s had passed.
     for (const t of after) assert.ok(t - c429 >= 1900, `a call ${t - c429} ms after the 429`);
+  });
+
+  it("an operator pauses a key until a time (it holds across a restart) and resumes it", async () => {
+    const limits = () =>
+      createClient(RateLimitService, createGrpcTransport({ baseUrl: `http://${scheduler.address}` }));
+    await registerSpec(client, {
+      name: "rl-operator",
+      version: 1,
+      steps: [
+        {
+          id: "call",
+          type: "rl.other",
+          rateLimits: [{ name: "operator", key: "input.k", rate: 1000 }],
+        },
+      ],
+    });
+    const until = Date.now() + 60 * 60 * 1000;
+    const paused = await limits().pauseRateLimit({
+      name: "operator",
+      key: "o-1",
+      until: timestampFromMs(until),
+      note: "partner maintenance",
+    });
+    assert.equal(date(paused.bucket?.pausedUntil, "paused until").getTime(), until);
+    assert.equal(paused.bucket?.pausedBy, "operator");
+    const held = await start("rl-operator", { k: "o-1" });
+    // Another key of the same limit is not paused.
+    assert.equal(
+      (await waitForRun(client, await start("rl-operator", { k: "o-2" }), 30_000)).status,
+      RunStatus.SUCCEEDED,
+    );
+    const gate = async () => {
+      const r = await client.explainPending({ runId: held, stepId: "call" });
+      const g = r.gates.find((x) => x.gate.case === "rateLimit");
+      return g?.gate.case === "rateLimit" && g.gate.value.pausedUntil !== undefined
+        ? g.gate.value
+        : undefined;
+    };
+    const before = await waitFor("the operator's pause named", gate);
+    assert.equal(before.pauseNote, "partner maintenance");
+    // The pause is stored: a restarted scheduler still holds the task back.
+    await scheduler.stop();
+    scheduler = await startTestScheduler(db.url, { sessionTimeoutMs: 10_000, port });
+    const after = await waitFor("the pause after the restart", gate);
+    assert.equal(date(after.pausedUntil, "paused until").getTime(), until);
+    const listed = await limits().listRateLimits({ name: "operator" });
+    assert.deepEqual(
+      listed.buckets.map((b) => [b.key, b.pausedUntil === undefined, b.pauseNote]),
+      [
+        ["o-1", false, "partner maintenance"],
+        ["o-2", true, ""],
+      ],
+    );
+    const resumed = await limits().resumeRateLimit({ name: "operator", key: "o-1" });
+    assert.equal(resumed.bucket?.pausedUntil, undefined);
+    assert.equal((await waitForRun(client, held, 30_000)).status, RunStatus.SUCCEEDED);
+  });
+
+  it("bad RateLimitService input is INVALID_ARGUMENT naming the field", async () => {
+    const limits = createClient(
+      RateLimitService,
+      createGrpcTransport({ baseUrl: `http://${scheduler.address}` }),
+    );
+    const invalid = async (call: Promise<unknown>, field: string) =>
+      assert.rejects(call, (e: unknown) => {
+        assert.ok(e instanceof ConnectError);
+        assert.equal(e.code, Code.InvalidArgument);
+        assert.ok(e.message.includes(`${field}:`), `${e.message} names ${field}`);
+        return true;
+      });
+    const soon = timestampFromMs(Date.now() + 60_000);
+    await invalid(limits.pauseRateLimit({ name: "", until: soon }), "name");
+    await invalid(limits.pauseRateLimit({ name: "Bad Name", until: soon }), "name");
+    await invalid(limits.pauseRateLimit({ name: "p" }), "until");
+    await invalid(limits.pauseRateLimit({ name: "p", until: timestampFromMs(Date.now() - 1000) }), "until");
+    await invalid(
+      limits.pauseRateLimit({ name: "p", until: timestampFromMs(Date.now() + 31 * 24 * 3600 * 1000) }),
+      "until",
+    );
+    await invalid(limits.pauseRateLimit({ name: "p", until: soon, note: "x".repeat(501) }), "note");
+    await invalid(limits.pauseRateLimit({ name: "p", key: "a\u0000b", until: soon }), "key");
+    await invalid(limits.resumeRateLimit({ name: "" }), "name");
+    await invalid(limits.listRateLimits({ name: "NO" }), "name");
   });
 
   it("bad definitions are INVALID_ARGUMENT naming the field", async () => {

@@ -1,0 +1,96 @@
+/**
+ * RateLimitService over gRPC: an operator pauses or resumes a rate limit's key (stored before the
+ * answer, so it survives a restart) and lists the buckets. Bad input is INVALID_ARGUMENT naming
+ * the field.
+ */
+import { create } from "@bufbuild/protobuf";
+import { timestampDate, timestampFromMs, type Timestamp } from "@bufbuild/protobuf/wkt";
+import type * as grpc from "@grpc/grpc-js";
+import { ApiError, unary } from "@nexusflow/common";
+import {
+  ListRateLimitsResponseSchema,
+  PauseRateLimitResponseSchema,
+  RateLimitBucketSchema,
+  ResumeRateLimitResponseSchema,
+  type ListRateLimitsRequest,
+  type PauseRateLimitRequest,
+  type RateLimitBucket,
+  type ResumeRateLimitRequest,
+} from "@nexusflow/gen";
+import { RATE_LIMIT_NAME_PATTERN } from "../dag/index.js";
+import type { Engine, RateLimitView } from "../engine/engine.js";
+import { callPrincipal } from "./auth.js";
+
+/** Longest pause an operator may set. */
+export const MAX_OPERATOR_PAUSE_MS = 30 * 24 * 60 * 60 * 1000;
+/** Longest note of a pause. */
+export const MAX_PAUSE_NOTE_LENGTH = 500;
+/** Longest key value. */
+export const MAX_RATE_LIMIT_KEY_LENGTH = 1000;
+/** Most buckets one ListRateLimits answer carries. */
+export const MAX_LISTED_BUCKETS = 1000;
+
+function checkName(name: string): void {
+  if (name === "") throw ApiError.invalid("name", "the rate limit's name is required");
+  if (!RATE_LIMIT_NAME_PATTERN.test(name))
+    throw ApiError.invalid(
+      "name",
+      `${JSON.stringify(name.slice(0, 100))} is no rate limit name: 1 to 63 of a-z, 0-9, '.', '_', '-', starting with a letter or digit`,
+    );
+}
+
+function checkText(value: string, field: string, max: number): void {
+  if (value.length > max) throw ApiError.invalid(field, `at most ${max} characters, got ${value.length}`);
+  if (value.includes("\u0000")) throw ApiError.invalid(field, "contains a NUL character (U+0000)");
+}
+
+function untilOf(until: Timestamp | undefined, now: number): number {
+  if (until === undefined) throw ApiError.invalid("until", "the time the pause ends is required");
+  const ms = timestampDate(until).getTime();
+  if (!Number.isFinite(ms)) throw ApiError.invalid("until", "is no time");
+  if (ms <= now) throw ApiError.invalid("until", `${new Date(ms).toISOString()} is not in the future`);
+  if (ms > now + MAX_OPERATOR_PAUSE_MS) throw ApiError.invalid("until", "at most 30 days ahead");
+  return ms;
+}
+
+function bucketMessage(v: RateLimitView): RateLimitBucket {
+  return create(RateLimitBucketSchema, {
+    name: v.name,
+    key: v.key,
+    tokens: v.tokens,
+    asOf: timestampFromMs(v.refilledAt),
+    ...(v.pausedUntil === null ? {} : { pausedUntil: timestampFromMs(v.pausedUntil) }),
+    pausedBy: v.pausedBy,
+    pauseNote: v.pauseNote,
+    waiting: v.waiting,
+  });
+}
+
+/** The service's handlers over `engine`. */
+export function rateLimitService(
+  engine: Pick<Engine, "pauseRateLimit" | "rateLimits">,
+): grpc.UntypedServiceImplementation {
+  return {
+    pauseRateLimit: unary(async (req: PauseRateLimitRequest, call) => {
+      checkName(req.name);
+      checkText(req.key, "key", MAX_RATE_LIMIT_KEY_LENGTH);
+      checkText(req.note, "note", MAX_PAUSE_NOTE_LENGTH);
+      const until = untilOf(req.until, Date.now());
+      const by = callPrincipal(call.metadata)?.subject ?? "operator";
+      const bucket = await engine.pauseRateLimit(req.name, req.key, until, by, req.note);
+      return create(PauseRateLimitResponseSchema, { bucket: bucketMessage(bucket) });
+    }),
+    resumeRateLimit: unary(async (req: ResumeRateLimitRequest) => {
+      checkName(req.name);
+      checkText(req.key, "key", MAX_RATE_LIMIT_KEY_LENGTH);
+      const bucket = await engine.pauseRateLimit(req.name, req.key, null, "", "");
+      return create(ResumeRateLimitResponseSchema, { bucket: bucketMessage(bucket) });
+    }),
+    listRateLimits: unary(async (req: ListRateLimitsRequest) => {
+      if (req.name !== "") checkName(req.name);
+      const all = await engine.rateLimits();
+      const buckets = all.filter((b) => req.name === "" || b.name === req.name).slice(0, MAX_LISTED_BUCKETS);
+      return create(ListRateLimitsResponseSchema, { buckets: buckets.map(bucketMessage) });
+    }),
+  };
+}
