@@ -8,7 +8,7 @@ import type { StoredTask } from "../persistence/engine-store.js";
 import { explainPending, pendingReason } from "./explain.js";
 import { mapElements, mapProgress } from "./maps.js";
 import { recover } from "./recovery.js";
-import { completed, failed } from "./reports.js";
+import { completed, failed, outputResolved } from "./reports.js";
 import { advance, cancelRun, startRun } from "./runs.js";
 import { Simulation, workflowOf } from "./simulation.js";
 
@@ -187,6 +187,27 @@ void describe("map steps (core)", () => {
     assert.equal(drain(sim, run, s, 100), 10_000);
     assert.equal(run.tasks.get("each")!.status, "SUCCEEDED");
     assert.ok(run.maps!.get("each")!.work <= 3 * 10_000, `work ${run.maps!.get("each")!.work}`);
+  });
+
+  it("an offloaded element output counts once read back; the step's output holds the value read", () => {
+    const sim = new Simulation();
+    const s = sim.session("s");
+    const run = begin(sim, fanFlow({ parallelism: 2 }));
+    split(sim, s, [0, 1]);
+    const a = sim.lease(s)!;
+    const b = sim.lease(s)!;
+    completed(sim.core, s, sim.key(a), 0, null, null, sim.at());
+    const ref = { bucket: "outputs", key: "b" };
+    completed(sim.core, s, sim.key(b), null, ref, null, sim.at());
+    settle(sim);
+    const each = run.tasks.get("each")!;
+    // The simulation's read sets resolvedOutput to the ref; the engine then calls outputResolved.
+    b.resolvedOutput = undefined;
+    assert.equal(each.status, "WAITING", "waits for the offloaded output");
+    outputResolved(sim.core, b, { big: true }, sim.at().now);
+    settle(sim);
+    assert.equal(each.status, "SUCCEEDED");
+    assert.deepEqual(each.output, [0, { big: true }]);
   });
 
   it("an empty array succeeds at once with []", () => {
