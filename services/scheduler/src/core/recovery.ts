@@ -108,7 +108,14 @@ export function recover(
     }
   }
   for (const task of core.tasks.values()) {
-    if (task.kind === "STEP" && task.status === "SUCCEEDED" && task.outputRef !== null)
+    if (
+      task.kind === "STEP" &&
+      task.status === "SUCCEEDED" &&
+      task.outputRef !== null &&
+      // An element's output is read only while its map step still collects them (maps.ts).
+      (task.elementIndex === undefined ||
+        core.runs.get(task.runId)?.tasks.get(task.stepId)?.status === "WAITING")
+    )
       core.fx.resolveOutput(task);
     // A child step whose child is not active here: not started yet (a crash before its commit),
     // or ended without its parent's step (children.ts); the shell reads its row and says which.
