@@ -42,9 +42,10 @@ export type DagStep = Pick<StepSpec, "id" | "type" | "dependsOn">;
 
 /**
  * What a step of a definition does, for its box: its task type, or for the steps no executor runs
- * (which have none) "wait: SIGNAL", "sleep" or "child: WORKFLOW".
+ * (which have none) "wait: SIGNAL", "sleep" or "child: WORKFLOW"; a map step "map: TYPE".
  */
-export function stepKind(step: Pick<StepSpec, "type" | "wait" | "sleep" | "workflow">): string {
+export function stepKind(step: Pick<StepSpec, "type" | "wait" | "sleep" | "workflow" | "map">): string {
+  if (step.map !== undefined) return `map: ${step.type}`;
   if (step.type !== "") return step.type;
   if (step.wait !== undefined) return `wait: ${step.wait.signal}`;
   if (step.sleep !== undefined) return "sleep";
@@ -147,7 +148,12 @@ export type StepState =
 export interface StepTasks {
   step: TaskRun | undefined;
   compensation: TaskRun | undefined;
+  /** A map step's element tasks (stored as `step[index]`), in index order. */
+  elements?: TaskRun[];
 }
+
+/** A map element's task's step id, `step[index]` (step ids have no brackets). */
+const ELEMENT = /^(.+)\[(\d+)\]$/;
 
 const COMPENSATION_SUFFIX = ".compensation";
 
@@ -155,6 +161,13 @@ const COMPENSATION_SUFFIX = ".compensation";
 export function tasksByStep(run: Run | undefined): Map<string, StepTasks> {
   const map = new Map<string, StepTasks>();
   for (const task of run?.tasks ?? []) {
+    const element = task.kind === TaskKind.COMPENSATION ? null : ELEMENT.exec(task.stepId);
+    if (element !== null && element[1] !== undefined) {
+      const entry = map.get(element[1]) ?? { step: undefined, compensation: undefined };
+      (entry.elements ??= []).push(task);
+      map.set(element[1], entry);
+      continue;
+    }
     const compensation = task.kind === TaskKind.COMPENSATION;
     const stepId =
       compensation && task.stepId.endsWith(COMPENSATION_SUFFIX)
@@ -165,6 +178,8 @@ export function tasksByStep(run: Run | undefined): Map<string, StepTasks> {
     else entry.step = task;
     map.set(stepId, entry);
   }
+  const index = (t: TaskRun): number => Number(ELEMENT.exec(t.stepId)?.[2] ?? 0);
+  for (const entry of map.values()) entry.elements?.sort((a, b) => index(a) - index(b));
   return map;
 }
 
@@ -193,6 +208,20 @@ function taskState(status: TaskStatus): StepState {
     default:
       return "not-started";
   }
+}
+
+/** How far a map step's elements are: "3 of 10 elements ended", or undefined for other steps. */
+export function elementsProgress(tasks: StepTasks | undefined): string | undefined {
+  const elements = tasks?.elements;
+  if (elements === undefined || elements.length === 0) return undefined;
+  const ended = elements.filter(
+    (t) =>
+      t.status === TaskStatus.SUCCEEDED ||
+      t.status === TaskStatus.FAILED ||
+      t.status === TaskStatus.CANCELLED ||
+      t.status === TaskStatus.SKIPPED,
+  ).length;
+  return `${ended} of ${elements.length} elements ended`;
 }
 
 /** The state a step is drawn in. */

@@ -7,6 +7,7 @@ import {
   NODE_HEIGHT,
   NODE_WIDTH,
   type DagStep,
+  elementsProgress,
   layoutDag,
   stateLabel,
   stepKind,
@@ -117,6 +118,33 @@ describe("stepKind", () => {
     );
     assert.equal(stepKind(create(StepSpecSchema, { id: "s", sleep: { for: "10m" } })), "sleep");
     assert.equal(stepKind(create(StepSpecSchema, { id: "c", workflow: { name: "child" } })), "child: child");
+    assert.equal(
+      stepKind(create(StepSpecSchema, { id: "m", type: "resize", map: { items: "input.files" } })),
+      "map: resize",
+    );
     assert.equal(stateLabel("not-started"), "not started");
+  });
+});
+
+describe("map elements", () => {
+  it("groups a map step's element tasks under it, in index order, with their progress", () => {
+    const run = create(RunSchema, {
+      tasks: [
+        task("m", TaskStatus.WAITING),
+        task("m[10]", TaskStatus.RUNNING),
+        task("m[2]", TaskStatus.SUCCEEDED),
+        task("m[1]", TaskStatus.FAILED),
+        task("other", TaskStatus.PENDING),
+      ],
+    });
+    const byStep = tasksByStep(run);
+    assert.deepEqual([...byStep.keys()], ["m", "other"]);
+    assert.deepEqual(
+      byStep.get("m")?.elements?.map((t) => t.stepId),
+      ["m[1]", "m[2]", "m[10]"],
+    );
+    assert.equal(stepState(byStep.get("m")), "waiting");
+    assert.equal(elementsProgress(byStep.get("m")), "2 of 3 elements ended");
+    assert.equal(elementsProgress(byStep.get("other")), undefined);
   });
 });

@@ -71,8 +71,16 @@ function parsePayload(text: string): { value: Value | undefined } | { problem: s
   }
 }
 
-/** Sends a signal to a run: a name and an optional JSON payload. */
-export function SignalForm({ run, signalNames }: { run: Run; signalNames: readonly string[] }) {
+/** Sends a signal to a run: a name and an optional JSON payload; disabled once the run `ended`. */
+export function SignalForm({
+  run,
+  signalNames,
+  ended,
+}: {
+  run: Run;
+  signalNames: readonly string[];
+  ended: boolean;
+}) {
   const { api } = useSession();
   const [name, setName] = useState(signalNames[0] ?? "");
   // The definition may be read after the form is shown: suggest its first signal then.
@@ -138,10 +146,15 @@ export function SignalForm({ run, signalNames }: { run: Run; signalNames: readon
         <textarea value={payload} onInput={(e) => setPayload(e.currentTarget.value)} />
       </label>
       <div>
-        <button type="submit" disabled={busy}>
+        <button type="submit" disabled={busy || ended} aria-describedby={ended ? "signal-ended" : undefined}>
           Send signal
         </button>
       </div>
+      {ended && (
+        <p class="muted" id="signal-ended">
+          The run has ended: it takes no more signals.
+        </p>
+      )}
       {result !== undefined &&
         (result.ok ? (
           <p role="status" data-testid="signal-result">

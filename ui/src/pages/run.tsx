@@ -12,7 +12,15 @@ import { describeError, isAborted, isUnauthenticated } from "../api";
 import { hasScope } from "../auth";
 import { canWriteRuns, useSession } from "../session";
 import { Dag } from "../Dag";
-import { type DagStep, graphStepsOf, layoutDag, stateLabel, stepState, tasksByStep } from "../dag";
+import {
+  type DagStep,
+  elementsProgress,
+  graphStepsOf,
+  layoutDag,
+  stateLabel,
+  stepState,
+  tasksByStep,
+} from "../dag";
 import { TERMINAL_RUN_STATUSES, formatTime, prettyJson, taskStatusName, valueJson } from "../format";
 import { linkHandler, routePath } from "../router";
 import { AttemptTimeline, type Compensable, CompensationLane } from "./run-lanes";
@@ -159,6 +167,8 @@ export function RunPage({ runId }: { runId: string }) {
         const until = next === undefined ? "" : `until ${clock(next)}`;
         if (signal !== undefined && signal !== "") out.set(id, `for ${signal} ${until}`.trim());
         else if (spec?.workflow !== undefined) out.set(id, "for its child run");
+        else if (byStep.get(id)?.elements !== undefined)
+          out.set(id, `for ${byStep.get(id)?.elements?.length ?? 0} elements`);
         else if (until !== "") out.set(id, until);
       }
       if (state === "succeeded" && task !== undefined && task.reusedFrom !== "") out.set(id, "(reused)");
@@ -290,7 +300,10 @@ export function RunPage({ runId }: { runId: string }) {
         <section aria-labelledby="signals-title">
           <h2 id="signals-title">Signals</h2>
           <SignalsTable signals={run.signals} />
-          {canWriteRuns(session) && !terminal && <SignalForm run={run} signalNames={signalNames} />}
+          {/* Kept once the run ends (disabled), so that what the last signal did stays shown. */}
+          {canWriteRuns(session) && (!terminal || run.signals.length > 0) && (
+            <SignalForm run={run} signalNames={signalNames} ended={terminal} />
+          )}
         </section>
       )}
       <h2>Graph</h2>
@@ -326,6 +339,14 @@ export function RunPage({ runId }: { runId: string }) {
                 : [{ title: "Compensation", task: selectedTasks.compensation }]),
             ]}
           />
+          {elementsProgress(selectedTasks) !== undefined && (
+            <p data-testid="map-elements">
+              Map step: {elementsProgress(selectedTasks)}
+              {failedElements(selectedTasks?.elements) !== "" &&
+                `; failed: ${failedElements(selectedTasks?.elements)}`}
+              .
+            </p>
+          )}
           {selectedTasks?.step !== undefined && (
             <TaskDetails title="Task" runId={run.id} task={selectedTasks.step} rerunOf={run.rerunOf} />
           )}
@@ -354,6 +375,15 @@ export function RunPage({ runId }: { runId: string }) {
       </div>
     </section>
   );
+}
+
+/** The first ten failed element tasks' step ids of a map step, or "". */
+function failedElements(elements: readonly TaskRun[] | undefined): string {
+  return (elements ?? [])
+    .filter((t) => t.status === TaskStatus.FAILED)
+    .slice(0, 10)
+    .map((t) => t.stepId)
+    .join(", ");
 }
 
 function CancelActions({ run, onCancelled }: { run: Run; onCancelled: (run: Run) => void }) {
