@@ -40,6 +40,7 @@
  *   shows its next ten fire times in its zone, pauses, resumes and triggers it (the fire's run
  *   linked). The Events page lists an event published elsewhere, and its match links to the run
  *   it started. A child workflow step links to its child run, which links back to its parent.
+ *   A map step is one box, its elements counted in its details.
  *
  * Without Chromium the test is skipped, except under CI=true, where it fails. Screenshots of the
  * compensated run, the runs page, the executors page, a waiting run and the schedules page are
@@ -53,6 +54,8 @@ import { mkdir, mkdtemp, readFile, rm, stat } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { type TestContext, after, before, describe, it } from "node:test";
+import { fromJson } from "@bufbuild/protobuf";
+import { ValueSchema } from "@bufbuild/protobuf/wkt";
 import { type Client, type Interceptor, createClient } from "@connectrpc/connect";
 import { Http2SessionManager, createGrpcTransport } from "@connectrpc/connect-node";
 import { createTokenVerifier } from "@nexusflow/common";
@@ -654,6 +657,14 @@ describe("web UI in Chromium", () => {
           ],
         },
         {
+          name: "ui-map",
+          version: 1,
+          steps: [
+            { id: "fan", type: "ui.done", map: { items: "input.items", parallelism: 2 } },
+            { id: "join", type: "ui.done", dependsOn: ["fan"] },
+          ],
+        },
+        {
           name: "ui-on-order",
           version: 1,
           triggers: [{ event: "ui.orders.created" }],
@@ -726,10 +737,11 @@ describe("web UI in Chromium", () => {
       await page.getByLabel("Signal name").fill("approved");
       await page.getByLabel("Payload (JSON, optional)").fill('{"by": "ada"}');
       await page.getByRole("button", { name: "Send signal" }).click();
-      await page
-        .getByRole("status")
-        .filter({ hasText: "step approval took it" })
-        .waitFor({ timeout: SHOW_MS });
+      assert.equal(
+        await page.getByTestId("signal-result").textContent({ timeout: SHOW_MS }),
+        "Signal approved sent: step approval took it.",
+      );
+      assert.equal(await page.getByTestId("signal-result").getAttribute("role"), "status");
       await waitForStates(page, { approval: "succeeded", pay: "succeeded" });
       await waitFor(
         "the waiting run's status SUCCEEDED",
@@ -737,6 +749,8 @@ describe("web UI in Chromium", () => {
         SHOW_MS,
       );
       assert.equal(await page.evaluate("window.__notReloaded === true"), true, "the page was reloaded");
+      // The ended run takes no more signals: the form stays (with what it did) but is disabled.
+      assert.equal(await page.getByRole("button", { name: "Send signal" }).isDisabled(), true);
       assert.match(
         (await page.getByTestId("signals").locator('tr[data-signal="approved"]').textContent()) ?? "",
         /approved.*approval.*the output of step approval$/,
@@ -877,6 +891,21 @@ describe("web UI in Chromium", () => {
       );
       await waitForStates(page, { tick: "succeeded" });
       a11y.push(...(await accessibilityViolations(page, "child run page")));
+      // A map step is one box, its elements counted in its details (not a box each).
+      const { run: mapRun } = await workflows.startRun({
+        workflowName: "ui-map",
+        input: fromJson(ValueSchema, { items: [1, 2, 3] }),
+      });
+      assert.ok(mapRun !== undefined);
+      assert.equal((await waitForRun(workflows, mapRun.id)).status, RunStatus.SUCCEEDED);
+      await page.goto(`${url}/ui/runs/${encodeURIComponent(mapRun.id)}`);
+      await waitForStates(page, { fan: "succeeded", join: "succeeded" });
+      await page.locator('svg.dag g.dag-node[data-step="fan"]').click();
+      assert.equal(
+        await page.getByTestId("map-elements").textContent({ timeout: SHOW_MS }),
+        "Map step: 3 of 3 elements ended.",
+      );
+      assert.equal(await page.locator("svg.dag g.dag-node").count(), 2);
       // The reader sees the schedule but no action.
       await readerPage.goto(`${url}/ui/schedules/ui-nightly`);
       await readerPage.getByTestId("next-fire-times").waitFor({ timeout: SHOW_MS });
