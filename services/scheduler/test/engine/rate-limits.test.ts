@@ -147,6 +147,32 @@ describe("rate limits", () => {
     assert.ok(span >= 3900, `200 leases at 50/s span at least 3.9 s, took ${span} ms`);
   });
 
+  it("a restarted scheduler reads the buckets back: tokens taken before it stay taken", async () => {
+    await registerSpec(client, {
+      name: "rl-hourly",
+      version: 1,
+      steps: [
+        { id: "call", type: "rl.other", rateLimits: [{ name: "hourly", rate: 2, per: "1h", burst: 2 }] },
+      ],
+    });
+    for (const id of [await start("rl-hourly", {}), await start("rl-hourly", {})])
+      assert.equal((await waitForRun(client, id, 30_000)).status, RunStatus.SUCCEEDED);
+    await scheduler.stop();
+    scheduler = await startTestScheduler(db.url, { sessionTimeoutMs: 10_000, port });
+    // A bucket made anew would hold 2 tokens: this run would be leased at once.
+    const third = await start("rl-hourly", {});
+    const gate = await waitFor("the rate limit gate after the restart", async () => {
+      const r = await client.explainPending({ runId: third, stepId: "call" });
+      const g = r.gates.find((x) => x.gate.case === "rateLimit");
+      return g?.gate.case === "rateLimit" ? g.gate.value : undefined;
+    });
+    const next = date(gate.nextTokenAt, "next token").getTime();
+    assert.ok(next > Date.now() + 20 * 60_000, "the next token is about 30 minutes away");
+    const { run } = await client.getRun({ runId: third });
+    assert.equal(run?.tasks[0]?.status, TaskStatus.QUEUED);
+    await client.cancelRun({ runId: third });
+  });
+
   it("a step waiting for tokens holds up no other work; ExplainPending and GetRun name the limit", async () => {
     // One token an hour for account a-1: the first run takes it, the second waits.
     const first = await start("rl-slow", { account: "a-1" });
