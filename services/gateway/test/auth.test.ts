@@ -268,6 +268,7 @@ describe("gateway authentication and authorization", () => {
       "nexusflow.v1.ArtifactService",
       "nexusflow.v1.ClusterService",
       "nexusflow.v1.EventService",
+      "nexusflow.v1.RateLimitService",
       "nexusflow.v1.ReplicaService",
       "nexusflow.v1.ScheduleService",
       "nexusflow.v1.WorkflowService",
