@@ -546,6 +546,12 @@ export class Engine {
     hash: string | null,
   ): Promise<{ runId: string; created: boolean }> {
     const workflow = await this.definitions.compiledById(req.original.definitionId);
+    // A map step's input is rendered per element (core/maps.ts): one new input cannot stand for it.
+    if (req.stepInput !== undefined && workflow.stepsById.get(req.fromStep)?.map != null)
+      throw ApiError.invalid(
+        "step_input",
+        `step ${req.fromStep} is a map step, whose input is rendered once per element: rerun it without step_input`,
+      );
     const plan = core.planRerun(workflow, req.original.id, req.fromStep, req.steps);
     if (core.isRefusal(plan))
       throw plan.code === "NOT_FOUND"

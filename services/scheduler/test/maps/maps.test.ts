@@ -344,6 +344,24 @@ describe("map steps", () => {
       const run = await waitForRun(client, await start("mp-message", { xs: [5, 6, 7] }));
       assert.equal(run.status, RunStatus.SUCCEEDED, JSON.stringify(run.error));
       assert.deepEqual(valueToJson(run.output), [10, 12, 14]);
+      // Rerun from the map step: every element runs again; a new step input cannot stand for them.
+      const withInput = await client
+        .rerunRun({ runId: run.id, fromStep: "each", stepInput: jsonToValue({ key: "x", x: 1 }) })
+        .then(
+          () => assert.fail("accepted"),
+          (e: unknown) => ConnectError.from(e),
+        );
+      assert.equal(withInput.code, Code.InvalidArgument);
+      assert.match(withInput.message, /step_input/);
+      const { run: rerun } = await client.rerunRun({ runId: run.id, fromStep: "each" });
+      assert.ok(rerun);
+      const again = await waitForRun(client, rerun.id);
+      assert.equal(again.status, RunStatus.SUCCEEDED, JSON.stringify(again.error));
+      assert.deepEqual(valueToJson(again.output), [10, 12, 14]);
+      assert.deepEqual(
+        [0, 1, 2].map((i) => calls.get(`msg-${i}`)),
+        [2, 2, 2],
+      );
       const refused = await client
         .registerWorkflow({
           definition: {
