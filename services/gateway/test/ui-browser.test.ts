@@ -29,22 +29,24 @@
  * - No console errors or page errors in any of it, and no WCAG 2.1 A/AA violation that axe-core
  *   finds on the token prompt, a workflow, a waiting and a compensated run, the runs page, the
  *   executors page and the large run.
- *
- * - Durable waits, reruns and schedules (a second test): a run whose wait step is shown WAITING
- *   (its own colour, "waiting for approved") is signalled from its page (the Send signal form)
- *   and succeeds without a reload, its signal listed; a read-only token sees neither the form nor
- *   a rerun action, and the gateway refuses its SignalRun anyway (PERMISSION_DENIED). A run failed
- *   at its second step (a handler failing on its first call only) is rerun from that step from its
- *   page: the page goes to the new run, which succeeds with its first step reused (not called
- *   again) and links back, and the original lists its rerun. The Schedules page lists a schedule,
- *   shows its next ten fire times in its zone, pauses, resumes and triggers it (the fire's run
- *   linked). The Events page lists an event published elsewhere, and its match links to the run
- *   it started. A child workflow step links to its child run, which links back to its parent.
- *   A map step is one box, its elements counted in its details.
+ * - Durable waits, reruns, children, maps, schedules and events (a second test): a run whose wait
+ *   step is shown WAITING (its own colour, "waiting for approved until ...") is signalled from its
+ *   page (the Send signal form) and succeeds without a reload, its signal listed; a read-only
+ *   token sees neither the form nor a rerun or schedule action, and the gateway refuses its
+ *   SignalRun, RerunRun, TriggerSchedule and PauseSchedule anyway (PERMISSION_DENIED). A run
+ *   failed at its second step (a handler failing on its first call only) is rerun from that step
+ *   from its page: the page goes to the new run, which succeeds with its first step reused (not
+ *   called again) and links back, and the original lists its rerun. A child workflow step links
+ *   to its child run, which links back to its parent. A map step is one box, its elements counted
+ *   in its details. The Schedules page lists a schedule, shows its next ten fire times in its
+ *   zone, pauses, resumes and triggers it (the fire's run linked). The Events page lists an event
+ *   published elsewhere, and its match links to the run it started. axe-core and the console are
+ *   checked as above.
  *
  * Without Chromium the test is skipped, except under CI=true, where it fails. Screenshots of the
  * compensated run, the runs page, the executors page, a waiting run and the schedules page are
- * written to docs/ (ui-run.png, ui-runs.png, ui-executors.png, ui-waiting-run.png, ui-schedules.png) with NEXUSFLOW_UPDATE_SCREENSHOTS=1 (they are committed for the
+ * written to docs/ (ui-run.png, ui-runs.png, ui-executors.png, ui-waiting-run.png,
+ * ui-schedules.png) with NEXUSFLOW_UPDATE_SCREENSHOTS=1 (they are committed for the
  * README), else to a temporary directory.
  */
 import assert from "node:assert/strict";
@@ -715,23 +717,19 @@ describe("web UI in Chromium", () => {
       );
       await waitForStates(readerPage, { approval: "waiting" });
       assert.equal(await readerPage.getByRole("button", { name: "Send signal" }).count(), 0);
-      const readerWorkflows = createClient(
-        WorkflowService,
-        createGrpcTransport({
-          baseUrl: url,
-          sessionManager: sessions!,
-          interceptors: [
-            (next) => (req) => {
-              req.header.set("authorization", `Bearer ${readerToken}`);
-              return next(req);
-            },
-          ],
-        }),
-      );
-      await assert.rejects(
-        readerWorkflows.signalRun({ runId: waitRun.id, name: "approved" }),
-        (e: unknown) => e instanceof ConnectError && e.code === Code.PermissionDenied,
-      );
+      const readerTransport = createGrpcTransport({
+        baseUrl: url,
+        sessionManager: sessions!,
+        interceptors: [
+          (next) => (req) => {
+            req.header.set("authorization", `Bearer ${readerToken}`);
+            return next(req);
+          },
+        ],
+      });
+      const readerWorkflows = createClient(WorkflowService, readerTransport);
+      const denied = (e: unknown): boolean => e instanceof ConnectError && e.code === Code.PermissionDenied;
+      await assert.rejects(readerWorkflows.signalRun({ runId: waitRun.id, name: "approved" }), denied);
 
       // Signalled from the page: the wait takes it, and the run goes on live to SUCCEEDED.
       await page.getByLabel("Signal name").fill("approved");
@@ -771,6 +769,7 @@ describe("web UI in Chromium", () => {
       await readerPage.locator('svg.dag g.dag-node[data-step="once"]').click();
       await readerPage.getByRole("heading", { name: /Step once: failed/ }).waitFor({ timeout: SHOW_MS });
       assert.equal(await readerPage.getByRole("button", { name: "Rerun from this step" }).count(), 0);
+      await assert.rejects(readerWorkflows.rerunRun({ runId: failedRun.id, fromStep: "once" }), denied);
       await page.goto(`${url}/ui/runs/${encodeURIComponent(failedRun.id)}`);
       await waitForStates(page, { first: "succeeded", once: "failed" });
       await page.locator('svg.dag g.dag-node[data-step="once"]').focus();
@@ -910,6 +909,9 @@ describe("web UI in Chromium", () => {
       await readerPage.goto(`${url}/ui/schedules/ui-nightly`);
       await readerPage.getByTestId("next-fire-times").waitFor({ timeout: SHOW_MS });
       assert.equal(await readerPage.getByRole("button", { name: /^(Pause|Resume|Trigger now)$/ }).count(), 0);
+      const readerSchedules = createClient(ScheduleService, readerTransport);
+      await assert.rejects(readerSchedules.triggerSchedule({ scheduleId: "ui-nightly" }), denied);
+      await assert.rejects(readerSchedules.pauseSchedule({ scheduleId: "ui-nightly" }), denied);
 
       await reader.close();
       await operator.close();
