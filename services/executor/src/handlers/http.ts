@@ -16,7 +16,8 @@
  * lower-case; the body is parsed JSON when the response content-type is JSON, else UTF-8 text.
  *
  * Errors: 2xx succeeds. 408, 429 and 5xx are retryable `HTTP_<status>` (Retry-After, in seconds
- * or as a date, becomes `retryAfterMs`); other statuses are terminal `HTTP_<status>`. Both carry
+ * or as a date, becomes `retryAfterMs`; on a 429 or 503 also `pauseKeyUntil`, which pauses the
+ * keys of the step's rate limits until then); other statuses are terminal `HTTP_<status>`. Both carry
  * `details: { status, headers, body }` with the body text cut to 4 KiB. Network failures are
  * retryable NETWORK_ERROR, the timeout is retryable TIMEOUT, a body over the size cap is terminal
  * RESPONSE_TOO_LARGE, a 2xx body that is not the JSON it claims is terminal INVALID_RESPONSE,

@@ -353,6 +353,22 @@ export class Engine {
     return out.sort((a, b) => (a.name === b.name ? (a.key < b.key ? -1 : 1) : a.name < b.name ? -1 : 1));
   }
 
+  /** Per rate limit name: the tasks waiting for its buckets and its keys paused now (metrics). */
+  rateLimitStats(): { name: string; waiting: number; paused: number }[] {
+    const now = Date.now();
+    const by = new Map<string, { name: string; waiting: number; paused: number }>();
+    for (const b of core.rateLimitsOf(this.core).buckets.values()) {
+      let s = by.get(b.name);
+      if (s === undefined) {
+        s = { name: b.name, waiting: 0, paused: 0 };
+        by.set(b.name, s);
+      }
+      s.waiting += b.waiters.length;
+      if (b.pausedUntil !== null && b.pausedUntil > now) s.paused++;
+    }
+    return [...by.values()];
+  }
+
   /** Whether the task's step declares rate limits (its compensation's tasks are not limited). */
   private hasRateLimits(task: TaskState): boolean {
     const limits = this.core.runs.get(task.runId)?.workflow.stepsById.get(task.stepId)?.rateLimits;

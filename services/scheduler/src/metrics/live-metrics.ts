@@ -29,6 +29,8 @@ export interface LiveState {
   ready(type: string): readonly { readonly queuedAt: Date | null }[];
   /** False while commits fail. */
   writerHealthy(): boolean;
+  /** Per rate limit name: tasks waiting for its tokens or pauses, and its keys paused now. */
+  rateLimits?(): Iterable<{ readonly name: string; readonly waiting: number; readonly paused: number }>;
 }
 
 /** {@link LiveState} over the engine's public read API (stats(), sessions(), waitingTasks(), writerHealthy). */
@@ -39,6 +41,7 @@ export function engineLiveState(engine: Engine): LiveState {
     readyTypes: () => Object.keys(engine.stats().queued),
     ready: (type) => engine.waitingTasks(type),
     writerHealthy: () => engine.writerHealthy,
+    rateLimits: () => engine.rateLimitStats(),
   };
 }
 
@@ -49,6 +52,30 @@ export function registerLiveMetrics(
   options: { pool?: pg.Pool | undefined; relay?: OutboxRelay | undefined },
 ): void {
   const registers = [registry];
+  const rateLimits = live.rateLimits?.bind(live);
+  if (rateLimits !== undefined) {
+    // One pass over the buckets sets both: in the collect of the first (registration order).
+    const waiting = new Gauge({
+      name: "nexusflow_scheduler_rate_limit_waiting_tasks",
+      help: "Tasks waiting in this scheduler for a rate limit's tokens or for its paused key to resume, by limit.",
+      labelNames: ["limit"],
+      registers,
+      collect() {
+        waiting.reset();
+        paused.reset();
+        for (const r of rateLimits()) {
+          waiting.set({ limit: r.name }, r.waiting);
+          paused.set({ limit: r.name }, r.paused);
+        }
+      },
+    });
+    const paused = new Gauge({
+      name: "nexusflow_scheduler_rate_limit_paused_keys",
+      help: "Keys of a rate limit paused now (by a handler, an HTTP Retry-After or an operator), by limit.",
+      labelNames: ["limit"],
+      registers,
+    });
+  }
   new Gauge({
     name: "nexusflow_scheduler_runs_active",
     help: "Runs not yet in a final state, held in the scheduler's memory.",
