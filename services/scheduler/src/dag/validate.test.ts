@@ -744,6 +744,19 @@ describe("compileWorkflow: rate limits", () => {
     );
   });
 
+  it("lets several steps share a limit declared alike", () => {
+    const w = compile(
+      workflow([
+        { id: "a", type: "x", rateLimits: [{ name: "p", rate: 10, key: "input.k" }] },
+        { id: "b", type: "x", rateLimits: [{ name: "p", rate: 10, per: "1s" }] },
+      ]),
+    );
+    assert.deepEqual(
+      ["a", "b"].map((id) => w.stepsById.get(id)?.rateLimits[0]?.name),
+      ["p", "p"],
+    );
+  });
+
   it("names the field at fault", () => {
     const step = (rateLimits: unknown) => workflow([{ id: "a", type: "x", rateLimits }]);
     expectError(step({ name: "p", rate: 1 }), "$.steps[0].rateLimits", /must be an array/);
@@ -780,6 +793,14 @@ describe("compileWorkflow: rate limits", () => {
       ]),
       "$.steps[0].rateLimits[1].name",
       /already declared at \$\.steps\[0\]\.rateLimits\[0\]/,
+    );
+    expectError(
+      workflow([
+        { id: "a", type: "x", rateLimits: [{ name: "p", rate: 10 }] },
+        { id: "b", type: "x", rateLimits: [{ name: "p", rate: 10, per: "1m" }] },
+      ]),
+      "$.steps[1].rateLimits[0]",
+      /rate limit "p" is declared at \$\.steps\[0\]\.rateLimits\[0\] with rate 10 per 1000 ms, burst 1; here with rate 10 per 60000 ms/,
     );
   });
 });

@@ -850,6 +850,18 @@ export function compileWorkflow(json: unknown): CompileResult {
       );
     }
   };
+  // One rate limit is one set of buckets: its steps in this definition must declare it alike.
+  const declared = new Map<string, CompiledRateLimit>();
+  for (const draft of drafts)
+    for (const limit of draft?.rateLimits ?? []) {
+      const first = declared.get(limit.name);
+      if (first === undefined) declared.set(limit.name, limit);
+      else if (first.rate !== limit.rate || first.perMs !== limit.perMs || first.burst !== limit.burst)
+        checker.err(
+          limit.path,
+          `rate limit "${limit.name}" is declared at ${first.path} with rate ${first.rate} per ${first.perMs} ms, burst ${first.burst}; here with rate ${limit.rate} per ${limit.perMs} ms, burst ${limit.burst}: declare it alike (one limit, one set of buckets)`,
+        );
+    }
   drafts.forEach((draft, i) => {
     if (draft === undefined) return;
     const site: ReferenceSite = { step: i, compensation: false };
