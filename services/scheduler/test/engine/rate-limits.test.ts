@@ -147,7 +147,7 @@ describe("rate limits", () => {
     assert.ok(span >= 3900, `200 leases at 50/s span at least 3.9 s, took ${span} ms`);
   });
 
-  it("a restarted scheduler reads the buckets back: tokens taken before it stay taken", async () => {
+  it("a restarted scheduler reads the buckets back: tokens taken before it stay taken, by a rerun too", async () => {
     await registerSpec(client, {
       name: "rl-hourly",
       version: 1,
@@ -155,8 +155,8 @@ describe("rate limits", () => {
         { id: "call", type: "rl.other", rateLimits: [{ name: "hourly", rate: 2, per: "1h", burst: 2 }] },
       ],
     });
-    for (const id of [await start("rl-hourly", {}), await start("rl-hourly", {})])
-      assert.equal((await waitForRun(client, id, 30_000)).status, RunStatus.SUCCEEDED);
+    const done = [await start("rl-hourly", {}), await start("rl-hourly", {})];
+    for (const id of done) assert.equal((await waitForRun(client, id, 30_000)).status, RunStatus.SUCCEEDED);
     await scheduler.stop();
     scheduler = await startTestScheduler(db.url, { sessionTimeoutMs: 10_000, port });
     // A bucket made anew would hold 2 tokens: this run would be leased at once.
@@ -171,6 +171,16 @@ describe("rate limits", () => {
     const { run } = await client.getRun({ runId: third });
     assert.equal(run?.tasks[0]?.status, TaskStatus.QUEUED);
     await client.cancelRun({ runId: third });
+    // A rerun takes from the same bucket: it waits too, it is not a way around the limit.
+    const rerun = await client.rerunRun({ runId: done[0] as string, fromStep: "call" });
+    const rerunId = rerun.run?.id ?? "";
+    await waitFor("the rerun's rate limit gate", async () => {
+      const r = await client.explainPending({ runId: rerunId, stepId: "call" });
+      return r.gates.some((x) => x.gate.case === "rateLimit" && x.gate.value.name === "hourly")
+        ? true
+        : undefined;
+    });
+    await client.cancelRun({ runId: rerunId });
   });
 
   it("a step waiting for tokens holds up no other work; ExplainPending and GetRun name the limit", async () => {
