@@ -133,11 +133,20 @@ describe("http handler", () => {
     );
   });
 
-  it("fails retryably on a 503 and honours Retry-After", async () => {
+  it("fails retryably on a 503 and honours Retry-After, pausing the step's rate limit keys until then", async () => {
     const { ctx } = createTestContext();
+    const before = Date.now();
     await assert.rejects(
       Promise.resolve(http({ url: `${base}/unavailable` }, ctx)),
-      isTaskError("HTTP_503", true, (e) => e.retryAfterMs === 7000),
+      isTaskError(
+        "HTTP_503",
+        true,
+        (e) =>
+          e.retryAfterMs === 7000 &&
+          e.pauseKeyUntil !== undefined &&
+          e.pauseKeyUntil.getTime() >= before + 7000 &&
+          e.pauseKeyUntil.getTime() <= Date.now() + 7000,
+      ),
     );
   });
 

@@ -27,6 +27,18 @@ describe("TaskError", () => {
     assert.throws(() => TaskError.retryable("X", "m", { retryAfterMs: -1 }), TypeError);
   });
 
+  it("carries a pause of the step's rate limit keys to the report, and refuses an invalid date", () => {
+    const until = new Date("2030-01-01T00:00:00Z");
+    const e = TaskError.retryable("HTTP_429", "slow down", { pauseKeyUntil: until });
+    assert.equal(e.pauseKeyUntil, until);
+    assert.equal(toTaskFailure(e).pauseKeyUntilMs, until.getTime());
+    assert.equal(toTaskFailure(TaskError.retryable("X", "y")).pauseKeyUntilMs, undefined);
+    assert.throws(
+      () => TaskError.retryable("X", "y", { pauseKeyUntil: new Date(Number.NaN) }),
+      /pauseKeyUntil must be a valid Date/,
+    );
+  });
+
   it("is recognised by the type guard, also when made by another copy of the class", () => {
     assert.ok(isTaskError(TaskError.terminal("X", "m")));
     const foreign = Object.defineProperty(new Error("m"), Symbol.for("nexusflow.TaskError"), { value: true });
