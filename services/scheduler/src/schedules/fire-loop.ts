@@ -7,6 +7,7 @@
  * STOPPING -> STOPPED; stop() aborts the sleep and waits for the pass in progress.
  */
 import type { Logger } from "@nexusflow/common";
+import { PassLoop, type PassLoopState } from "../background/pass-loop.js";
 import { cronOf } from "./spec.js";
 import { fireTimesBetween, type CronSchedule } from "./cron.js";
 import { FireStarter, type RunStarter } from "./fires.js";
@@ -32,29 +33,23 @@ export interface FireLoopOptions {
   maxFiresPerPass?: number | undefined;
 }
 
-/** The loop's state; RUNNING carries what stop() needs. */
-export type FireLoopState =
-  | { kind: "IDLE" }
-  | { kind: "RUNNING"; controller: AbortController; done: Promise<void> }
-  | { kind: "STOPPING"; done: Promise<void> }
-  | { kind: "STOPPED" };
+/** The loop's state (background/pass-loop.ts). */
+export type FireLoopState = PassLoopState;
 
 const MAX_SLEEP_MS = 60_000;
+/** The longest pause between tries of fires that could not start for now, and after failed passes. */
+const MAX_RETRY_MS = 5_000;
 /** Cron evaluations between two turns of the event loop (see FireLoop.walk). */
 export const WALK_CHUNK = 256;
-const MAX_RETRY_MS = 5_000;
 
 /** See the module comment. */
 export class FireLoop {
-  private stateValue: FireLoopState = { kind: "IDLE" };
+  private readonly loop: PassLoop;
   private readonly starter: FireStarter;
   private readonly pollMs: number;
   private readonly batchSize: number;
   private readonly maxFiresPerPass: number;
   private loopStartedAt = new Date(0);
-  private woken = false;
-  private wakeSleep: (() => void) | undefined;
-  private passes = 0;
   /** Cron evaluations since the last turn of the event loop. */
   private walked = 0;
   /** Passes in a row in which a fire could not start for now (the poll backs off over them). */
@@ -65,11 +60,18 @@ export class FireLoop {
     this.pollMs = options.pollMs ?? 500;
     this.batchSize = options.batchSize ?? 1000;
     this.maxFiresPerPass = options.maxFiresPerPass ?? 10_000;
+    this.loop = new PassLoop({
+      name: "schedule fire loop",
+      log: options.log,
+      pass: () => this.pass(),
+      retryInitialMs: this.pollMs,
+      retryMaxMs: MAX_RETRY_MS,
+    });
   }
 
   /** The current state's kind. */
   get state(): FireLoopState["kind"] {
-    return this.stateValue.kind;
+    return this.loop.state;
   }
 
   /** When the loop began: fire times before it fell during downtime (the catch-up policy's). */
@@ -84,94 +86,27 @@ export class FireLoop {
 
   /** Passes completed (for tests and metrics). */
   get passCount(): number {
-    return this.passes;
+    return this.loop.passCount;
   }
 
   /** Starts the loop; fire times before now count as downtime. */
   start(): void {
-    if (this.stateValue.kind !== "IDLE")
-      throw new Error(`cannot start a fire loop that is ${this.stateValue.kind}`);
-    this.loopStartedAt = new Date();
-    const controller = new AbortController();
-    const done = this.run(controller.signal);
-    this.stateValue = { kind: "RUNNING", controller, done };
+    if (this.loop.state === "IDLE") this.loopStartedAt = new Date();
+    this.loop.start();
   }
 
   /** Makes the loop look again now (a schedule was created, resumed or deleted). */
   wake(): void {
-    this.woken = true;
-    this.wakeSleep?.();
+    this.loop.wake();
   }
 
   /**
    * Stops the loop after the pass in progress, waiting at most `graceMs` for it (a pass stuck on
    * an unreachable database must not hold the scheduler's stop; what it did not commit is done by
-   * the next scheduler, and its failure is caught in run()).
+   * the next scheduler).
    */
-  async stop(graceMs = 5000): Promise<void> {
-    const state = this.stateValue;
-    if (state.kind === "IDLE") {
-      this.stateValue = { kind: "STOPPED" };
-      return;
-    }
-    if (state.kind === "STOPPED") return;
-    if (state.kind === "STOPPING") return state.done;
-    state.controller.abort();
-    this.stateValue = { kind: "STOPPING", done: state.done };
-    let timer: NodeJS.Timeout | undefined;
-    const late = new Promise<"late">((resolve) => (timer = setTimeout(() => resolve("late"), graceMs)));
-    const outcome = await Promise.race([state.done, late]);
-    clearTimeout(timer);
-    if (outcome === "late")
-      this.options.log.warn({ grace_ms: graceMs }, "schedule fire loop stopped mid-pass");
-    this.stateValue = { kind: "STOPPED" };
-  }
-
-  private async run(signal: AbortSignal): Promise<void> {
-    let failures = 0;
-    while (!signal.aborted) {
-      let delay: number;
-      try {
-        delay = await this.pass();
-        this.passes++;
-        if (failures > 0) this.options.log.info({ failures }, "schedule fire loop passes again");
-        failures = 0;
-      } catch (e) {
-        if (signal.aborted) break;
-        // Backing off (up to 5 s) while the database is away; said once per outage (then again
-        // when a pass succeeds), not every 5 s while it lasts.
-        failures++;
-        delay = Math.min(this.pollMs * 2 ** (failures - 1), MAX_RETRY_MS);
-        if (failures === 1)
-          this.options.log.error({ err: e, retry_ms: delay }, "schedule fire loop pass failed; retrying");
-        else
-          this.options.log.debug(
-            { err: e, retry_ms: delay, failures },
-            "schedule fire loop pass failed again",
-          );
-      }
-      await this.sleep(delay, signal);
-    }
-  }
-
-  /** Sleeps `ms` unless woken or aborted. */
-  private sleep(ms: number, signal: AbortSignal): Promise<void> {
-    if (this.woken || signal.aborted || ms <= 0) {
-      this.woken = false;
-      return Promise.resolve();
-    }
-    return new Promise((resolve) => {
-      const done = (): void => {
-        clearTimeout(timer);
-        signal.removeEventListener("abort", done);
-        this.wakeSleep = undefined;
-        this.woken = false;
-        resolve();
-      };
-      const timer = setTimeout(done, ms);
-      signal.addEventListener("abort", done, { once: true });
-      this.wakeSleep = done;
-    });
+  stop(graceMs = 5000): Promise<void> {
+    return this.loop.stop(graceMs);
   }
 
   /**

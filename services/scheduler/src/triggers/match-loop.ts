@@ -14,6 +14,7 @@
  */
 import { Code, isApiError, type Logger } from "@nexusflow/common";
 import type { StartRunInput } from "../engine/engine.js";
+import { PassLoop, type PassLoopState } from "../background/pass-loop.js";
 import type { EventStore, PendingMatch } from "./event-store.js";
 
 /** What matches need of the engine. */
@@ -121,111 +122,51 @@ export interface MatchLoopOptions {
   idleMs?: number | undefined;
 }
 
-/** The loop's state; RUNNING carries what stop() needs. */
-export type MatchLoopState =
-  | { kind: "IDLE" }
-  | { kind: "RUNNING"; controller: AbortController; done: Promise<void> }
-  | { kind: "STOPPING"; done: Promise<void> }
-  | { kind: "STOPPED" };
-
-const MAX_RETRY_MS = 5_000;
+/** The loop's state (background/pass-loop.ts). */
+export type MatchLoopState = PassLoopState;
 
 /** See the module comment. */
 export class MatchLoop {
-  private stateValue: MatchLoopState = { kind: "IDLE" };
+  private readonly loop: PassLoop;
   private readonly pollMs: number;
   private readonly batchSize: number;
   private readonly idleMs: number;
-  private woken = false;
-  private wakeSleep: (() => void) | undefined;
-  private passes = 0;
 
   constructor(private readonly options: MatchLoopOptions) {
     this.pollMs = options.pollMs ?? 1000;
     this.batchSize = options.batchSize ?? 500;
     this.idleMs = options.idleMs ?? 30_000;
+    this.loop = new PassLoop({
+      name: "event match loop",
+      log: options.log,
+      pass: () => this.pass(),
+      retryInitialMs: this.pollMs,
+    });
   }
 
   /** The current state's kind. */
   get state(): MatchLoopState["kind"] {
-    return this.stateValue.kind;
+    return this.loop.state;
   }
 
   /** Passes completed (for tests and metrics). */
   get passCount(): number {
-    return this.passes;
+    return this.loop.passCount;
   }
 
   /** Starts the loop; its first pass is at once. */
   start(): void {
-    if (this.stateValue.kind !== "IDLE")
-      throw new Error(`cannot start an event match loop that is ${this.stateValue.kind}`);
-    const controller = new AbortController();
-    const done = this.run(controller.signal);
-    this.stateValue = { kind: "RUNNING", controller, done };
+    this.loop.start();
   }
 
   /** Makes the loop look again now (a publish left a match STARTING). */
   wake(): void {
-    this.woken = true;
-    this.wakeSleep?.();
+    this.loop.wake();
   }
 
   /** Stops the loop after the pass in progress, waiting at most `graceMs` for it. */
-  async stop(graceMs = 5000): Promise<void> {
-    const state = this.stateValue;
-    if (state.kind === "IDLE") {
-      this.stateValue = { kind: "STOPPED" };
-      return;
-    }
-    if (state.kind === "STOPPED") return;
-    if (state.kind === "STOPPING") return state.done;
-    state.controller.abort();
-    this.stateValue = { kind: "STOPPING", done: state.done };
-    let timer: NodeJS.Timeout | undefined;
-    const late = new Promise<"late">((resolve) => (timer = setTimeout(() => resolve("late"), graceMs)));
-    const outcome = await Promise.race([state.done, late]);
-    clearTimeout(timer);
-    if (outcome === "late") this.options.log.warn({ grace_ms: graceMs }, "event match loop stopped mid-pass");
-    this.stateValue = { kind: "STOPPED" };
-  }
-
-  private async run(signal: AbortSignal): Promise<void> {
-    let failures = 0;
-    while (!signal.aborted) {
-      let delay: number;
-      try {
-        delay = await this.pass();
-        this.passes++;
-        failures = 0;
-      } catch (e) {
-        if (signal.aborted) break;
-        failures++;
-        delay = Math.min(this.pollMs * 2 ** (failures - 1), MAX_RETRY_MS);
-        this.options.log.error({ err: e, retry_ms: delay }, "event match loop pass failed; retrying");
-      }
-      await this.sleep(delay, signal);
-    }
-  }
-
-  /** Sleeps `ms` unless woken or aborted. */
-  private sleep(ms: number, signal: AbortSignal): Promise<void> {
-    if (this.woken || signal.aborted || ms <= 0) {
-      this.woken = false;
-      return Promise.resolve();
-    }
-    return new Promise((resolve) => {
-      const done = (): void => {
-        clearTimeout(timer);
-        signal.removeEventListener("abort", done);
-        this.wakeSleep = undefined;
-        this.woken = false;
-        resolve();
-      };
-      const timer = setTimeout(done, ms);
-      signal.addEventListener("abort", done, { once: true });
-      this.wakeSleep = done;
-    });
+  stop(graceMs = 5000): Promise<void> {
+    return this.loop.stop(graceMs);
   }
 
   /** One pass; resolves with how long to sleep before the next. */
