@@ -1097,13 +1097,15 @@ export type ChildRunGate = Message<"nexusflow.v1.ChildRunGate"> & {
   runId: string;
 
   /**
-   * The child's workflow, and the version the step asked for (0: the latest).
+   * The child's workflow.
    *
    * @generated from field: string workflow_name = 2;
    */
   workflowName: string;
 
   /**
+   * The version the step asked for (0: the latest when the step started).
+   *
    * @generated from field: int32 workflow_version = 3;
    */
   workflowVersion: number;
@@ -1711,13 +1713,15 @@ export type MapElementsGate = Message<"nexusflow.v1.MapElementsGate"> & {
   total: number;
 
   /**
-   * Elements that succeeded, and that failed for good.
+   * Elements that succeeded.
    *
    * @generated from field: int32 succeeded = 2;
    */
   succeeded: number;
 
   /**
+   * Elements that failed for good.
+   *
    * @generated from field: int32 failed = 3;
    */
   failed: number;
