@@ -100,6 +100,7 @@ describe("embedded PostgreSQL with migrations", () => {
         "nexusflow_migrations",
         "outbox_events",
         "partitions",
+        "rate_limit_buckets",
         "replicas",
         "schedule_fires",
         "schedules",
