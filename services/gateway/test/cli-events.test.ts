@@ -5,15 +5,11 @@
  * idempotency key again starts nothing; bad input refused naming the field.
  */
 import assert from "node:assert/strict";
-import { mkdtemp, rm, writeFile } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
-import { createTokenVerifier } from "@nexusflow/common";
-import type { Scheduler } from "@nexusflow/scheduler";
-import { startTestDatabase, startTestScheduler } from "../../scheduler/test/support.js";
-import { type Gateway, createGateway } from "../src/server.js";
 import { nexusflow } from "./cli-process.js";
+import { type CliStack, startCliStack } from "./cli-stack.js";
 
 const T = { timeout: 120_000 };
 
@@ -33,34 +29,15 @@ interface ResponseJson {
 }
 
 describe("nexusflow events and /v1/events against a live stack", () => {
-  let db: Awaited<ReturnType<typeof startTestDatabase>>;
-  let scheduler: Scheduler;
-  let gateway: Gateway;
+  let stack: CliStack | undefined;
   let dataDir: string;
   let env: Record<string, string>;
   let url: string;
   let token: string;
 
   before(async () => {
-    dataDir = await mkdtemp(join(tmpdir(), "nf-cli-events-"));
-    const minted = await nexusflow(["token", "--scope", "admin", "--ttl", "10m"], {
-      NEXUSFLOW_DATA_DIR: dataDir,
-    });
-    assert.equal(minted.code, 0, minted.stderr);
-    token = minted.stdout.trim();
-    db = await startTestDatabase();
-    scheduler = await startTestScheduler(db.url);
-    gateway = createGateway({
-      schedulerAddress: scheduler.address,
-      port: 0,
-      verifier: await createTokenVerifier({
-        publicKeyFiles: [join(dataDir, "dev-keys", "public.pem")],
-        issuer: "nexusflow-dev",
-        audience: "nexusflow",
-      }),
-    });
-    url = (await gateway.listen()).url;
-    env = { NEXUSFLOW_ADDRESS: url, NEXUSFLOW_TOKEN: token, NEXUSFLOW_DATA_DIR: dataDir };
+    stack = await startCliStack("nf-cli-events-");
+    ({ dataDir, url, token, env } = stack);
     const file = join(dataDir, "on-order.json");
     await writeFile(
       file,
@@ -76,10 +53,7 @@ describe("nexusflow events and /v1/events against a live stack", () => {
   });
 
   after(async () => {
-    await gateway?.close();
-    await scheduler?.stop();
-    await db?.close();
-    await rm(dataDir, { recursive: true, force: true });
+    await stack?.close();
   });
 
   const rest = async (

@@ -6,21 +6,14 @@
  * input is refused naming the flag or the field.
  */
 import assert from "node:assert/strict";
-import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
-import { createTokenVerifier } from "@nexusflow/common";
 import type { Executor } from "@nexusflow/executor";
 import type { Scheduler } from "@nexusflow/scheduler";
-import {
-  startTestDatabase,
-  startTestExecutor,
-  startTestScheduler,
-  waitFor,
-} from "../../scheduler/test/support.js";
-import { type Gateway, createGateway } from "../src/server.js";
+import { startTestExecutor, waitFor } from "../../scheduler/test/support.js";
 import { nexusflow } from "./cli-process.js";
+import { type CliStack, startCliStack } from "./cli-stack.js";
 
 const T = { timeout: 120_000 };
 
@@ -46,36 +39,18 @@ function shellStep(id: string, dependsOn: string[], more = "") {
 }
 
 describe("nexusflow runs rerun and /v1/runs/{id}:rerun against a live stack", () => {
-  let db: Awaited<ReturnType<typeof startTestDatabase>>;
+  let stack: CliStack | undefined;
   let scheduler: Scheduler;
   let executor: Executor;
-  let gateway: Gateway;
   let dataDir: string;
   let env: Record<string, string>;
   let url: string;
   let token: string;
 
   before(async () => {
-    dataDir = await mkdtemp(join(tmpdir(), "nf-cli-rerun-"));
-    const minted = await nexusflow(["token", "--scope", "admin", "--ttl", "10m"], {
-      NEXUSFLOW_DATA_DIR: dataDir,
-    });
-    assert.equal(minted.code, 0, minted.stderr);
-    token = minted.stdout.trim();
-    db = await startTestDatabase();
-    scheduler = await startTestScheduler(db.url);
+    stack = await startCliStack("nf-cli-rerun-");
+    ({ scheduler, dataDir, url, token, env } = stack);
     executor = await startTestExecutor(scheduler, { executorId: "rerun-shell", slots: 4 });
-    gateway = createGateway({
-      schedulerAddress: scheduler.address,
-      port: 0,
-      verifier: await createTokenVerifier({
-        publicKeyFiles: [join(dataDir, "dev-keys", "public.pem")],
-        issuer: "nexusflow-dev",
-        audience: "nexusflow",
-      }),
-    });
-    url = (await gateway.listen()).url;
-    env = { NEXUSFLOW_ADDRESS: url, NEXUSFLOW_TOKEN: token, NEXUSFLOW_DATA_DIR: dataDir };
     const file = join(dataDir, "report.json");
     await writeFile(
       file,
@@ -95,11 +70,8 @@ describe("nexusflow runs rerun and /v1/runs/{id}:rerun against a live stack", ()
   });
 
   after(async () => {
-    await gateway?.close();
     await executor?.stop("test over");
-    await scheduler?.stop();
-    await db?.close();
-    await rm(dataDir, { recursive: true, force: true });
+    await stack?.close();
   });
 
   const rest = async (

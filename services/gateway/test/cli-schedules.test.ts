@@ -4,15 +4,10 @@
  * trigger, backfill, pause, resume and delete; bad input refused naming the flag or the field.
  */
 import assert from "node:assert/strict";
-import { mkdtemp, rm } from "node:fs/promises";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
-import { createTokenVerifier } from "@nexusflow/common";
-import type { Scheduler } from "@nexusflow/scheduler";
-import { startTestDatabase, startTestScheduler, waitFor } from "../../scheduler/test/support.js";
-import { type Gateway, createGateway } from "../src/server.js";
+import { waitFor } from "../../scheduler/test/support.js";
 import { nexusflow } from "./cli-process.js";
+import { type CliStack, startCliStack } from "./cli-stack.js";
 
 const T = { timeout: 120_000 };
 
@@ -34,43 +29,20 @@ interface ResponseJson {
 }
 
 describe("nexusflow schedules and /v1/schedules against a live stack", () => {
-  let db: Awaited<ReturnType<typeof startTestDatabase>>;
-  let scheduler: Scheduler;
-  let gateway: Gateway;
-  let dataDir: string;
+  let stack: CliStack | undefined;
   let env: Record<string, string>;
   let url: string;
   let token: string;
 
   before(async () => {
-    dataDir = await mkdtemp(join(tmpdir(), "nf-cli-sched-"));
-    const minted = await nexusflow(["token", "--scope", "admin", "--ttl", "10m"], {
-      NEXUSFLOW_DATA_DIR: dataDir,
-    });
-    assert.equal(minted.code, 0, minted.stderr);
-    token = minted.stdout.trim();
-    db = await startTestDatabase();
-    scheduler = await startTestScheduler(db.url);
-    gateway = createGateway({
-      schedulerAddress: scheduler.address,
-      port: 0,
-      verifier: await createTokenVerifier({
-        publicKeyFiles: [join(dataDir, "dev-keys", "public.pem")],
-        issuer: "nexusflow-dev",
-        audience: "nexusflow",
-      }),
-    });
-    url = (await gateway.listen()).url;
-    env = { NEXUSFLOW_ADDRESS: url, NEXUSFLOW_TOKEN: token, NEXUSFLOW_DATA_DIR: dataDir };
+    stack = await startCliStack("nf-cli-sched-");
+    ({ url, token, env } = stack);
     const applied = await nexusflow(["apply", "examples/hello-world.json"], env);
     assert.equal(applied.code, 0, applied.stderr);
   });
 
   after(async () => {
-    await gateway?.close();
-    await scheduler?.stop();
-    await db?.close();
-    await rm(dataDir, { recursive: true, force: true });
+    await stack?.close();
   });
 
   const rest = async (

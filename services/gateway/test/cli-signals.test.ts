@@ -5,15 +5,12 @@
  * key is stored once; bad input is refused naming the flag or the field; an ended run refuses.
  */
 import assert from "node:assert/strict";
-import { mkdtemp, rm, writeFile } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
-import { createTokenVerifier } from "@nexusflow/common";
-import type { Scheduler } from "@nexusflow/scheduler";
-import { startTestDatabase, startTestScheduler, waitFor } from "../../scheduler/test/support.js";
-import { type Gateway, createGateway } from "../src/server.js";
+import { waitFor } from "../../scheduler/test/support.js";
 import { nexusflow } from "./cli-process.js";
+import { type CliStack, startCliStack } from "./cli-stack.js";
 
 const T = { timeout: 120_000 };
 
@@ -25,34 +22,15 @@ interface RunJson {
 }
 
 describe("nexusflow runs signal and /v1/runs/{id}:signal against a live stack", () => {
-  let db: Awaited<ReturnType<typeof startTestDatabase>>;
-  let scheduler: Scheduler;
-  let gateway: Gateway;
+  let stack: CliStack | undefined;
   let dataDir: string;
   let env: Record<string, string>;
   let url: string;
   let token: string;
 
   before(async () => {
-    dataDir = await mkdtemp(join(tmpdir(), "nf-cli-signal-"));
-    const minted = await nexusflow(["token", "--scope", "admin", "--ttl", "10m"], {
-      NEXUSFLOW_DATA_DIR: dataDir,
-    });
-    assert.equal(minted.code, 0, minted.stderr);
-    token = minted.stdout.trim();
-    db = await startTestDatabase();
-    scheduler = await startTestScheduler(db.url);
-    gateway = createGateway({
-      schedulerAddress: scheduler.address,
-      port: 0,
-      verifier: await createTokenVerifier({
-        publicKeyFiles: [join(dataDir, "dev-keys", "public.pem")],
-        issuer: "nexusflow-dev",
-        audience: "nexusflow",
-      }),
-    });
-    url = (await gateway.listen()).url;
-    env = { NEXUSFLOW_ADDRESS: url, NEXUSFLOW_TOKEN: token, NEXUSFLOW_DATA_DIR: dataDir };
+    stack = await startCliStack("nf-cli-signal-");
+    ({ dataDir, url, token, env } = stack);
     const file = join(dataDir, "expense.json");
     await writeFile(
       file,
@@ -71,10 +49,7 @@ describe("nexusflow runs signal and /v1/runs/{id}:signal against a live stack", 
   });
 
   after(async () => {
-    await gateway?.close();
-    await scheduler?.stop();
-    await db?.close();
-    await rm(dataDir, { recursive: true, force: true });
+    await stack?.close();
   });
 
   const rest = async (
