@@ -77,13 +77,19 @@ export function rateLimitService(
       checkText(req.note, "note", MAX_PAUSE_NOTE_LENGTH);
       const until = untilOf(req.until, Date.now());
       const by = callPrincipal(call.metadata)?.subject ?? "operator";
-      const bucket = await engine.pauseRateLimit(req.name, req.key, until, by, req.note);
+      const bucket = await engine.pauseRateLimit({ name: req.name, key: req.key, until, by, note: req.note });
       return create(PauseRateLimitResponseSchema, { bucket: bucketMessage(bucket) });
     }),
     resumeRateLimit: unary(async (req: ResumeRateLimitRequest) => {
       checkName(req.name);
       checkText(req.key, "key", MAX_RATE_LIMIT_KEY_LENGTH);
-      const bucket = await engine.pauseRateLimit(req.name, req.key, null, "", "");
+      const bucket = await engine.pauseRateLimit({
+        name: req.name,
+        key: req.key,
+        until: null,
+        by: "",
+        note: "",
+      });
       return create(ResumeRateLimitResponseSchema, { bucket: bucketMessage(bucket) });
     }),
     listRateLimits: unary(async (req: ListRateLimitsRequest) => {

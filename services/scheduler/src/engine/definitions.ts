@@ -5,6 +5,7 @@
  * for an engine without a database).
  */
 import { ApiError, Code, type Logger } from "@nexusflow/common";
+import * as core from "../core/index.js";
 import { compileWorkflow, validateRunInput, type CompiledWorkflow } from "../dag/index.js";
 import type { DefinitionRow, DefinitionStore } from "../persistence/definition-store.js";
 import { decodeToken, encodeToken } from "../persistence/page-token.js";
@@ -178,6 +179,23 @@ export function checkRunInput(workflow: CompiledWorkflow, input: unknown): void 
       .join("; ")}`,
     problems.map((p) => ({ field: `input${p.path.slice(1)}`, description: p.message })),
   );
+}
+
+/**
+ * Throws INVALID_ARGUMENT unless a run of `workflow` may start with `input`: the input schema
+ * ({@link checkRunInput}) and the workflow's concurrency keys, which must read a string or a
+ * number from it.
+ */
+export function checkStartInput(workflow: CompiledWorkflow, input: unknown): void {
+  checkRunInput(workflow, input);
+  if (workflow.concurrency.length === 0) return;
+  try {
+    // run.id is not known yet: a key built from it is a string whatever the id.
+    core.workflowKeys({ id: "", workflow, input });
+  } catch (error) {
+    if (error instanceof core.ConcurrencyKeyError) throw ApiError.invalid("input", error.message);
+    throw error;
+  }
 }
 
 function checkKey(name: string, version: number): void {

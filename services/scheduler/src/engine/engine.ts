@@ -7,14 +7,14 @@
 import { randomUUID } from "node:crypto";
 import { ApiError, Code, UnavailableError, type Logger } from "@nexusflow/common";
 import { tracingEnabled } from "@nexusflow/common/telemetry";
-import { TaskErrorType } from "@nexusflow/common/task-error-types";
 import type { LeaseKey } from "@nexusflow/gen";
 import type { CompiledWorkflow } from "../dag/index.js";
 import * as core from "../core/index.js";
 import type { Core, Effects, Moment, Rejection } from "../core/index.js";
 import type { EngineStore } from "../persistence/engine-store.js";
 import { STORAGE_REFUSED, type ErrorInfo, type RunState, type TaskState } from "../model/run-state.js";
-import { checkRunInput, type Definitions } from "./definitions.js";
+import { checkStartInput, type Definitions } from "./definitions.js";
+import { resolveChild } from "./children.js";
 import { DEFAULT_PRIORITY_AGEING_MS, Dispatcher, type SessionHandle } from "./dispatcher.js";
 import { type ExecutorView, describeSessions } from "./executors.js";
 import { EngineTimers, commitWithin } from "./engine-timers.js";
@@ -25,9 +25,20 @@ import { cancelMessage, pingMessage } from "./messages.js";
 import { OutputReader } from "./offloaded-outputs.js";
 import { UnservedTypes } from "./pending.js";
 import { Watchers } from "./watchers.js";
+import {
+  type RateLimitPause,
+  type RateLimitStats,
+  type RateLimitView,
+  listRateLimits,
+  pauseRateLimit,
+  rateLimitStats,
+} from "./rate-limit-admin.js";
+import { RERUN_OF_LABEL, type RerunRunInput, rerunStart } from "./reruns.js";
 import { AttemptSpans, inRunSpan, tracedWrites } from "./tracing.js";
 
 export type { Rejection };
+export type { RateLimitView } from "./rate-limit-admin.js";
+export { RERUN_OF_LABEL, type RerunRunInput } from "./reruns.js";
 
 /** Options of the {@link Engine}. */
 export interface EngineOptions {
@@ -70,32 +81,6 @@ export interface EngineOptions {
 /** Engine lifecycle. */
 export type EngineState = "CREATED" | "RECOVERING" | "RUNNING" | "STOPPING" | "STOPPED";
 
-/** A rate limit bucket as RateLimitService shows it (tokens as of `refilledAt`). */
-export interface RateLimitView {
-  readonly name: string;
-  readonly key: string;
-  readonly tokens: number;
-  readonly refilledAt: number;
-  readonly pausedUntil: number | null;
-  readonly pausedBy: string;
-  readonly pauseNote: string;
-  /** Tasks waiting in this scheduler for its tokens or the end of its pause. */
-  readonly waiting: number;
-}
-
-function rateLimitView(b: core.Bucket): RateLimitView {
-  return {
-    name: b.name,
-    key: b.key,
-    tokens: b.tokens,
-    refilledAt: b.refilledAt,
-    pausedUntil: b.pausedUntil,
-    pausedBy: b.pausedBy,
-    pauseNote: b.pauseNote,
-    waiting: b.waiters.length,
-  };
-}
-
 /** Input of {@link Engine.startRun}. */
 export interface StartRunInput {
   workflowName: string;
@@ -104,27 +89,6 @@ export interface StartRunInput {
   idempotencyKey: string;
   labels: Record<string, string>;
 }
-
-/** Input of {@link Engine.rerunRun}. */
-export interface RerunRunInput {
-  /** The original run as stored; it has ended. */
-  original: {
-    id: string;
-    definitionId: number;
-    workflowName: string;
-    input: unknown;
-    labels: Record<string, string>;
-  };
-  /** The original run's steps by step id (core/reruns.ts OriginalStep). */
-  steps: ReadonlyMap<string, core.OriginalStep>;
-  fromStep: string;
-  /** A new input for `fromStep`; undefined to render its template. */
-  stepInput: unknown;
-  idempotencyKey: string;
-}
-
-/** The label a rerun carries, naming its original run. */
-export const RERUN_OF_LABEL = "rerun-of";
 
 /** How long a Started report may wait for another commit to ride along with. */
 const STARTED_FLUSH_DELAY_MS = 20;
@@ -318,55 +282,21 @@ export class Engine {
 
   /**
    * Pauses a rate limit bucket until `until` (ms since the epoch; null resumes it) and stores the
-   * pause before answering; a bucket no task has used yet is made empty (it refills by its
-   * limit's rate from now when first used). Its waiting tasks are woken when the pause ends.
+   * pause before answering (rate-limit-admin.ts).
    */
-  async pauseRateLimit(
-    name: string,
-    key: string,
-    until: number | null,
-    by: string,
-    note: string,
-  ): Promise<RateLimitView> {
+  async pauseRateLimit(pause: RateLimitPause): Promise<RateLimitView> {
     this.assertRunning();
-    const now = new Date();
-    const bucket = core.rateLimitsOf(this.core).bucket(name, key, 0, now.getTime());
-    core.pauseBucket(this.core, bucket, until, by, note, now);
-    await this.store.pauseRateLimit({
-      name,
-      key,
-      until: bucket.pausedUntil,
-      by: bucket.pausedBy,
-      note: bucket.pauseNote,
-      tokens: bucket.tokens,
-      now: now.getTime(),
-    });
-    return rateLimitView(bucket);
+    return pauseRateLimit(this.core, this.store, pause);
   }
 
   /** The rate limit buckets: this scheduler's (current) and the stored ones it has not used. */
-  async rateLimits(): Promise<RateLimitView[]> {
-    const known = core.rateLimitsOf(this.core).buckets;
-    const out = [...known.values()].map(rateLimitView);
-    for (const row of await this.store.loadRateLimits())
-      if (!known.has(`${row.name}\u0000${row.key}`)) out.push({ ...row, waiting: 0 });
-    return out.sort((a, b) => (a.name === b.name ? (a.key < b.key ? -1 : 1) : a.name < b.name ? -1 : 1));
+  rateLimits(): Promise<RateLimitView[]> {
+    return listRateLimits(this.core, this.store);
   }
 
   /** Per rate limit name: the tasks waiting for its buckets and its keys paused now (metrics). */
-  rateLimitStats(): { name: string; waiting: number; paused: number }[] {
-    const now = Date.now();
-    const by = new Map<string, { name: string; waiting: number; paused: number }>();
-    for (const b of core.rateLimitsOf(this.core).buckets.values()) {
-      let s = by.get(b.name);
-      if (s === undefined) {
-        s = { name: b.name, waiting: 0, paused: 0 };
-        by.set(b.name, s);
-      }
-      s.waiting += b.waiters.length;
-      if (b.pausedUntil !== null && b.pausedUntil > now) s.paused++;
-    }
-    return [...by.values()];
+  rateLimitStats(): RateLimitStats[] {
+    return rateLimitStats(this.core);
   }
 
   /** Whether the task's step declares rate limits (its compensation's tasks are not limited). */
@@ -479,8 +409,7 @@ export class Engine {
     traceParent: string | null,
   ): Promise<{ runId: string; created: boolean }> {
     const def = await this.definitions.resolve(req.workflowName, req.workflowVersion);
-    checkRunInput(def.workflow, req.input ?? null);
-    if (def.workflow.concurrency.length > 0) checkConcurrencyKeys(def.workflow, req.input ?? null);
+    checkStartInput(def.workflow, req.input ?? null);
     const run = core.startRun(
       this.core,
       {
@@ -561,37 +490,7 @@ export class Engine {
     labels: Record<string, string>,
     hash: string | null,
   ): Promise<{ runId: string; created: boolean }> {
-    const workflow = await this.definitions.compiledById(req.original.definitionId);
-    // A map step's input is rendered per element (core/maps.ts): one new input cannot stand for it.
-    if (req.stepInput !== undefined && workflow.stepsById.get(req.fromStep)?.map != null)
-      throw ApiError.invalid(
-        "step_input",
-        `step ${req.fromStep} is a map step, whose input is rendered once per element: rerun it without step_input`,
-      );
-    const plan = core.planRerun(workflow, req.original.id, req.fromStep, req.steps);
-    if (core.isRefusal(plan))
-      throw plan.code === "NOT_FOUND"
-        ? ApiError.notFound(plan.message)
-        : new ApiError(Code.FAILED_PRECONDITION, plan.message);
-    const run = core.startRun(
-      this.core,
-      {
-        definitionId: req.original.definitionId,
-        workflow,
-        input: req.original.input ?? null,
-        idempotencyKey: req.idempotencyKey === "" ? null : req.idempotencyKey,
-        requestHash: hash,
-        labels,
-        traceParent: null,
-        rerun: {
-          of: req.original.id,
-          fromStep: req.fromStep,
-          reused: plan,
-          ...(req.stepInput === undefined ? {} : { stepInput: req.stepInput }),
-        },
-      },
-      new Date(),
-    );
+    const run = core.startRun(this.core, await rerunStart(this.definitions, req, labels, hash), new Date());
     this.keyed.remember(run);
     await this.committed();
     if (run.error?.type === STORAGE_REFUSED)
@@ -646,26 +545,7 @@ export class Engine {
         return;
       }
       const input = (task.input as { input?: unknown } | null)?.input ?? null;
-      try {
-        const def = await this.definitions.resolve(child.name, child.version ?? 0);
-        checkRunInput(def.workflow, input);
-        if (def.workflow.concurrency.length > 0) checkConcurrencyKeys(def.workflow, input);
-        resolution = { definitionId: def.id, workflow: def.workflow, input };
-      } catch (error) {
-        if (
-          !(error instanceof ApiError) ||
-          (error.code !== Code.NOT_FOUND && error.code !== Code.INVALID_ARGUMENT)
-        )
-          throw error;
-        const notFound = error.code === Code.NOT_FOUND;
-        resolution = {
-          error: {
-            type: notFound ? TaskErrorType.CHILD_WORKFLOW_NOT_FOUND : TaskErrorType.CHILD_START_FAILED,
-            message: `workflow ${child.name}${child.version === null ? "" : ` v${child.version}`}: ${error.message}`,
-            retryable: false,
-          },
-        };
-      }
+      resolution = await resolveChild(this.definitions, child, input);
     } catch (error) {
       if (this.stateValue === "STOPPING" || this.stateValue === "STOPPED") return;
       this.log.warn(
@@ -917,12 +797,3 @@ export class Engine {
 }
 
 /** A workflow's concurrency keys must be strings or numbers for `input`: INVALID_ARGUMENT naming the key otherwise. */
-function checkConcurrencyKeys(workflow: CompiledWorkflow, input: unknown): void {
-  try {
-    // run.id is not known yet: a key built from it is a string whatever the id.
-    core.workflowKeys({ id: "", workflow, input });
-  } catch (error) {
-    if (error instanceof core.ConcurrencyKeyError) throw ApiError.invalid("input", error.message);
-    throw error;
-  }
-}

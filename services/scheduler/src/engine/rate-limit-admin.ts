@@ -1,0 +1,103 @@
+/**
+ * What operators see and do of rate limits (RateLimitService): each bucket's state, pausing and
+ * resuming a key (stored before the call answers), and per-limit counts for metrics. The rules
+ * that take and refill tokens are the core's (core/rate-limits.ts).
+ */
+import * as core from "../core/index.js";
+import type { Core } from "../core/index.js";
+import type { EngineStore } from "../persistence/engine-store.js";
+
+/** A rate limit bucket as RateLimitService shows it (tokens as of `refilledAt`). */
+export interface RateLimitView {
+  readonly name: string;
+  readonly key: string;
+  readonly tokens: number;
+  readonly refilledAt: number;
+  readonly pausedUntil: number | null;
+  readonly pausedBy: string;
+  readonly pauseNote: string;
+  /** Tasks waiting in this scheduler for its tokens or the end of its pause. */
+  readonly waiting: number;
+}
+
+function rateLimitView(b: core.Bucket): RateLimitView {
+  return {
+    name: b.name,
+    key: b.key,
+    tokens: b.tokens,
+    refilledAt: b.refilledAt,
+    pausedUntil: b.pausedUntil,
+    pausedBy: b.pausedBy,
+    pauseNote: b.pauseNote,
+    waiting: b.waiters.length,
+  };
+}
+
+/** A pause of one key of a limit: until when (ms since the epoch; null resumes), by whom, why. */
+export interface RateLimitPause {
+  name: string;
+  key: string;
+  until: number | null;
+  by: string;
+  note: string;
+}
+
+/** Per rate limit name: tasks waiting for its buckets and keys paused now. */
+export interface RateLimitStats {
+  name: string;
+  waiting: number;
+  paused: number;
+}
+
+/**
+ * Pauses a bucket until `until` (ms since the epoch; null resumes it) and stores the pause; a
+ * bucket no task has used yet is made empty (it refills by its limit's rate from now when first
+ * used). Its waiting tasks are woken when the pause ends.
+ */
+export async function pauseRateLimit(
+  c: Core,
+  store: Pick<EngineStore, "pauseRateLimit">,
+  p: RateLimitPause,
+): Promise<RateLimitView> {
+  const now = new Date();
+  const bucket = core.rateLimitsOf(c).bucket(p.name, p.key, 0, now.getTime());
+  core.pauseBucket(c, bucket, p.until, p.by, p.note, now);
+  await store.pauseRateLimit({
+    name: p.name,
+    key: p.key,
+    until: bucket.pausedUntil,
+    by: bucket.pausedBy,
+    note: bucket.pauseNote,
+    tokens: bucket.tokens,
+    now: now.getTime(),
+  });
+  return rateLimitView(bucket);
+}
+
+/** The buckets in use here (current) and the stored ones not used here, by name then key. */
+export async function listRateLimits(
+  c: Core,
+  store: Pick<EngineStore, "loadRateLimits">,
+): Promise<RateLimitView[]> {
+  const known = core.rateLimitsOf(c).buckets;
+  const out = [...known.values()].map(rateLimitView);
+  for (const row of await store.loadRateLimits())
+    if (!known.has(`${row.name}\u0000${row.key}`)) out.push({ ...row, waiting: 0 });
+  return out.sort((a, b) => (a.name === b.name ? (a.key < b.key ? -1 : 1) : a.name < b.name ? -1 : 1));
+}
+
+/** Per rate limit name: the tasks waiting for its buckets and its keys paused now. */
+export function rateLimitStats(c: Core): RateLimitStats[] {
+  const now = Date.now();
+  const by = new Map<string, RateLimitStats>();
+  for (const b of core.rateLimitsOf(c).buckets.values()) {
+    let s = by.get(b.name);
+    if (s === undefined) {
+      s = { name: b.name, waiting: 0, paused: 0 };
+      by.set(b.name, s);
+    }
+    s.waiting += b.waiters.length;
+    if (b.pausedUntil !== null && b.pausedUntil > now) s.paused++;
+  }
+  return [...by.values()];
+}
