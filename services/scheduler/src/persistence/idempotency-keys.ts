@@ -108,3 +108,29 @@ export class IdempotencyKeyStore {
     return byRun;
   }
 }
+
+/** The key of {@link runsOfKeys}'s answer for a workflow's idempotency key. */
+export function keyOfRun(workflowName: string, key: string): string {
+  return `${workflowName}\u0000${key}`;
+}
+
+/**
+ * The runs that idempotency keys name, whatever their age (the engine's lookup forgets keys after
+ * its retention; a schedule's fire or an event's match left STARTING by a crash must find its run
+ * however long ago), by {@link keyOfRun}.
+ */
+export async function runsOfKeys(
+  pool: Pick<pg.Pool, "query">,
+  keys: readonly { workflowName: string; key: string }[],
+): Promise<Map<string, string>> {
+  const out = new Map<string, string>();
+  if (keys.length === 0) return out;
+  const { rows } = await pool.query<{ workflow_name: string; idempotency_key: string; run_id: string }>(
+    `SELECT k.workflow_name, k.idempotency_key, k.run_id
+     FROM unnest($1::text[], $2::text[]) AS x(workflow_name, idempotency_key)
+     JOIN idempotency_keys k ON k.workflow_name = x.workflow_name AND k.idempotency_key = x.idempotency_key`,
+    [keys.map((k) => k.workflowName), keys.map((k) => k.key)],
+  );
+  for (const r of rows) out.set(keyOfRun(r.workflow_name, r.idempotency_key), r.run_id);
+  return out;
+}

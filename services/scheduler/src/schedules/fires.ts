@@ -11,6 +11,7 @@ import { Code, isApiError, type Logger } from "@nexusflow/common";
 import type { StartRunInput } from "../engine/engine.js";
 import { FIRE_LABEL, SCHEDULE_LABEL } from "./spec.js";
 import type { FireRow, FireStore, PendingFire } from "./fire-store.js";
+import { keyOfRun } from "../persistence/idempotency-keys.js";
 
 /** What fires need of the engine. */
 export interface RunStarter {
@@ -60,7 +61,7 @@ export class FireStarter {
         if (fire.status === "STARTED" && fire.runId !== null)
           return { fire, runId: fire.runId, created: false };
         if (fire.status === "FAILED") return { fire, error: fire.error ?? "failed", retry: false };
-        const known = found.get(`${fire.spec.workflowName}\u0000${keyOf(fire)}`);
+        const known = found.get(keyOfRun(fire.spec.workflowName, keyOf(fire)));
         if (known !== undefined) return { fire, runId: known, created: false };
         try {
           const { runId, created } = await this.engine.startRun({

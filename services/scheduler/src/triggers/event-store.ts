@@ -6,6 +6,7 @@
  */
 import type pg from "pg";
 import type { EventMatchDraft } from "./trigger-index.js";
+import { runsOfKeys } from "../persistence/idempotency-keys.js";
 
 /** A stored event. */
 export interface EventRow {
@@ -207,24 +208,8 @@ export class EventStore {
     );
   }
 
-  /**
-   * The runs that idempotency keys name, whatever their age (the engine's lookup forgets keys
-   * after its retention; a match left STARTING by a crash must find its run however long ago).
-   */
-  async runsOfKeys(keys: readonly { workflowName: string; key: string }[]): Promise<Map<string, string>> {
-    const out = new Map<string, string>();
-    if (keys.length === 0) return out;
-    const { rows } = await this.pool.query<{
-      workflow_name: string;
-      idempotency_key: string;
-      run_id: string;
-    }>(
-      `SELECT k.workflow_name, k.idempotency_key, k.run_id
-       FROM unnest($1::text[], $2::text[]) AS x(workflow_name, idempotency_key)
-       JOIN idempotency_keys k ON k.workflow_name = x.workflow_name AND k.idempotency_key = x.idempotency_key`,
-      [keys.map((k) => k.workflowName), keys.map((k) => k.key)],
-    );
-    for (const r of rows) out.set(`${r.workflow_name}\u0000${r.idempotency_key}`, r.run_id);
-    return out;
+  /** The runs that idempotency keys name, whatever their age (persistence/idempotency-keys.ts). */
+  runsOfKeys(keys: readonly { workflowName: string; key: string }[]): Promise<Map<string, string>> {
+    return runsOfKeys(this.pool, keys);
   }
 }

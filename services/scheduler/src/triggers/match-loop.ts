@@ -16,6 +16,7 @@ import { Code, isApiError, type Logger } from "@nexusflow/common";
 import type { StartRunInput } from "../engine/engine.js";
 import { PassLoop, type PassLoopState } from "../background/pass-loop.js";
 import type { EventStore, PendingMatch } from "./event-store.js";
+import { keyOfRun } from "../persistence/idempotency-keys.js";
 
 /** What matches need of the engine. */
 export interface MatchRunStarter {
@@ -62,7 +63,7 @@ export class MatchStarter {
     const outcomes = await Promise.all(
       matches.map(async (match): Promise<MatchOutcome> => {
         const key = matchIdempotencyKey(match.eventId);
-        const known = found.get(`${match.workflowName}\u0000${key}`);
+        const known = found.get(keyOfRun(match.workflowName, key));
         if (known !== undefined) return { match, runId: known, created: false };
         try {
           const { runId, created } = await this.engine.startRun({
