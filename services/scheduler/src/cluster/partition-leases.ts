@@ -19,6 +19,7 @@
 import { randomUUID } from "node:crypto";
 import { hostname } from "node:os";
 import pg from "pg";
+import { codeConnectionErrors } from "../persistence/connection-errors.js";
 import type { Logger } from "@nexusflow/common";
 import {
   DEFAULT_PARTITION_COUNT,
@@ -163,8 +164,10 @@ export class PartitionLeases implements WriteFence {
       statement_timeout: this.leaseMs,
       query_timeout: this.leaseMs,
     });
-    // An idle connection lost (database restart) is re-made on the next heartbeat.
+    // An idle connection lost (database restart) is re-made on the next heartbeat; one lost under a
+    // heartbeat fails that heartbeat (its client's 'error' is listened to here, never uncaught).
     this.pool.on("error", () => undefined);
+    codeConnectionErrors(this.pool);
   }
 
   /** The current state. */

@@ -338,9 +338,21 @@ class Postmaster {
     });
   }
 
-  /** Fast shutdown (SIGINT): aborts open transactions, checkpoints, exits. */
-  async stop(): Promise<void> {
-    if (this.#child.exitCode === null && this.#child.signalCode === null) this.#child.kill("SIGINT");
+  /**
+   * Fast shutdown (SIGINT): aborts open transactions, checkpoints, exits. With `graceMs`, a smart
+   * shutdown (SIGTERM) first lets sessions that are closing end on their own for up to that long:
+   * a pool's `end()` resolves before its connections have gone, and a session the server ends
+   * first says "terminating connection due to administrator command" to a client nobody listens to.
+   */
+  async stop(graceMs = 0): Promise<void> {
+    const running = (): boolean => this.#child.exitCode === null && this.#child.signalCode === null;
+    if (graceMs > 0 && running()) {
+      this.#child.kill("SIGTERM");
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([this.#exited, new Promise<void>((r) => (timer = setTimeout(r, graceMs)))]);
+      clearTimeout(timer);
+    }
+    if (running()) this.#child.kill("SIGINT");
     await this.#exited;
   }
 }
@@ -448,22 +460,23 @@ export async function startEmbeddedPostgres(options: EmbeddedPostgresOptions): P
   }
 
   const url = `postgresql://${USER}:${PASSWORD}@127.0.0.1:${port}/${DATABASE}`;
-  const stop = async (): Promise<void> => {
+  const stop = async (graceMs?: number): Promise<void> => {
     const running = postmaster;
     postmaster = undefined;
-    await running?.stop();
+    await running?.stop(graceMs);
   };
   return {
     url,
     localUrl: socket === undefined ? url : `${url}?host=${encodeURIComponent(socket)}`,
     port,
     dataDir,
-    stop,
+    stop: () => stop(),
     async restart() {
       if (postmaster === undefined) postmaster = await startPostmaster();
     },
     async destroy() {
-      await stop();
+      // Everything should be closed by now: a second for the sessions still saying goodbye.
+      await stop(1000);
       await rm(dataDir, { recursive: true, force: true });
       if (dataDir !== dir) {
         await rm(dir, { force: true });

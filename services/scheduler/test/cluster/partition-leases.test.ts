@@ -251,6 +251,37 @@ describe("partition leases (PostgreSQL)", () => {
     }
   });
 
+  it("survives its connection being ended under a heartbeat, and heartbeats again on a new one", async () => {
+    const a = await replica({ leaseMs: 5000, renewIntervalMs: 25 });
+    const heartbeat = async () =>
+      (
+        await db.pool.query<{ at: Date }>("SELECT heartbeat_at AS at FROM replicas WHERE id = $1", [
+          a.replicaId,
+        ])
+      ).rows[0]?.at.getTime();
+    // Hold the replica's row: its next heartbeat waits on the lock, in flight, when its session ends.
+    const holder = await db.pool.connect();
+    try {
+      await holder.query("BEGIN");
+      await holder.query("SELECT 1 FROM replicas WHERE id = $1 FOR UPDATE", [a.replicaId]);
+      let pid: number | undefined;
+      await waitFor("a heartbeat waiting on the lock", async () => {
+        const { rows } = await db.pool.query<{ pid: number }>(
+          "SELECT pid FROM pg_stat_activity WHERE application_name = 'nexusflow-partitions' AND wait_event_type = 'Lock'",
+        );
+        pid = rows[0]?.pid;
+        return pid !== undefined;
+      });
+      await db.pool.query("SELECT pg_terminate_backend($1)", [pid]);
+    } finally {
+      await holder.query("ROLLBACK");
+      holder.release();
+    }
+    const before = await heartbeat();
+    await waitFor("a heartbeat on a new connection", async () => ((await heartbeat()) ?? 0) > (before ?? 0));
+    assert.equal(a.held().length, 16);
+  });
+
   it("computes a run's partition the same in TypeScript and in SQL", async () => {
     const ids = Array.from({ length: 200 }, () => randomUUID());
     for (const count of [1, 7, 16, 4096]) {
