@@ -92,3 +92,27 @@ describe("PRIORITY_AGEING", () => {
       );
   });
 });
+
+describe("HEARTBEAT_INTERVAL and SESSION_TIMEOUT", () => {
+  const AUTH = { AUTH_DISABLED: "true" };
+
+  it("are 2 s and 10 s unless set", () => {
+    const c = loadSchedulerConfig(AUTH);
+    assert.deepEqual([c.heartbeatIntervalMs, c.sessionTimeoutMs], [2000, 10_000]);
+  });
+
+  it("refuse a session timeout no longer than the heartbeat interval, naming SESSION_TIMEOUT", () => {
+    for (const [beat, timeout] of [
+      ["2s", "2s"],
+      ["5s", "3s"],
+    ])
+      assert.throws(
+        () => loadSchedulerConfig({ ...AUTH, HEARTBEAT_INTERVAL: beat, SESSION_TIMEOUT: timeout }),
+        (e: unknown) =>
+          e instanceof ConfigError &&
+          e.variable === "SESSION_TIMEOUT" &&
+          /HEARTBEAT_INTERVAL/.test(e.message),
+      );
+    assert.equal(loadSchedulerConfig({ ...AUTH, SESSION_TIMEOUT: "3s" }).sessionTimeoutMs, 3000);
+  });
+});

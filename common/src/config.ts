@@ -420,8 +420,7 @@ export function loadSchedulerConfig(env: Env = process.env): SchedulerConfig {
       outboxBatchSize: int(env, "OUTBOX_BATCH_SIZE", 50, 1, 10_000),
     },
     artifacts: artifacts(env),
-    heartbeatIntervalMs: duration(env, "HEARTBEAT_INTERVAL", "2s"),
-    sessionTimeoutMs: duration(env, "SESSION_TIMEOUT", "10s"),
+    ...liveness(env),
     priorityAgeingMs: priorityAgeing(env),
     auth: auth(env),
     retention: retentionConfig(env),
@@ -429,6 +428,18 @@ export function loadSchedulerConfig(env: Env = process.env): SchedulerConfig {
     partitions: str(env, "PARTITIONS") === undefined ? undefined : int(env, "PARTITIONS", 16, 1, 4096),
     ...opsEndpoints(env, DEFAULT_METRICS_PORTS.scheduler),
   };
+}
+
+/** HEARTBEAT_INTERVAL and SESSION_TIMEOUT: a session must be allowed more than one beat of silence. */
+function liveness(env: Env): { heartbeatIntervalMs: number; sessionTimeoutMs: number } {
+  const heartbeatIntervalMs = duration(env, "HEARTBEAT_INTERVAL", "2s");
+  const sessionTimeoutMs = duration(env, "SESSION_TIMEOUT", "10s");
+  if (sessionTimeoutMs <= heartbeatIntervalMs)
+    throw new ConfigError(
+      "SESSION_TIMEOUT",
+      `must be longer than HEARTBEAT_INTERVAL (${heartbeatIntervalMs} ms), or every session would be declared dead between two beats`,
+    );
+  return { heartbeatIntervalMs, sessionTimeoutMs };
 }
 
 function priorityAgeing(env: Env): number {

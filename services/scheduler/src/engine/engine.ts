@@ -366,9 +366,10 @@ export class Engine {
       if (!workflows.has(r.definitionId))
         workflows.set(r.definitionId, await this.definitions.compiledById(r.definitionId));
     const hashes = new Map([...keys].map(([runId, k]) => [runId, k.requestHash]));
-    // A lease whose executor does not come back expires one session timeout after the restart.
+    // Leases whose executor does not come back expire a session timeout less a heartbeat after the
+    // restart: their tasks run elsewhere within the timeout (live executors re-attach within 5 s).
     const at = this.moment();
-    const graceMs = Math.max(0, this.sessionTimeoutMs - Math.max(0, at.mono - restartedAt));
+    const graceMs = Math.max(0, this.sessionTimeoutMs - this.heartbeatIntervalMs - (at.mono - restartedAt));
     const { runs, queued, orphaned } = core.recover(this.core, stored, workflows, hashes, at, graceMs);
     for (const run of runs) this.keyed.remember(run);
     await this.store.flush();
