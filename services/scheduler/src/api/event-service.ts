@@ -3,11 +3,10 @@
  * latest version of every workflow, stores it with its matches in one statement, then starts the
  * matches' runs (triggers/match-loop.ts); a match it could not start for now is left to the loop.
  */
-import { randomUUID } from "node:crypto";
 import { create } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import type * as grpc from "@grpc/grpc-js";
-import { ApiError, Code, jsonToValue, nulCharacterPath, unary, valueToJsonChecked } from "@nexusflow/common";
+import { ApiError, jsonToValue, nulCharacterPath, unary, valueToJsonChecked } from "@nexusflow/common";
 import {
   EventMatchSchema,
   EventMatchStatus,
@@ -22,25 +21,22 @@ import {
 } from "@nexusflow/gen";
 import { eventKeyProblem, MAX_EVENT_KEY_LENGTH } from "../dag/index.js";
 import { decodeToken, encodeToken } from "../persistence/page-token.js";
-import type { EventRow, EventStore, MatchRow } from "../triggers/event-store.js";
-import type { MatchStarter } from "../triggers/match-loop.js";
-import type { TriggerIndex } from "../triggers/trigger-index.js";
+import type { EventRow, MatchRow } from "../triggers/event-store.js";
+import {
+  MAX_EVENT_PAYLOAD_BYTES,
+  startEventMatches,
+  storeEvent,
+  type EventPublishDeps,
+} from "../triggers/publish.js";
 
-/** Largest event payload, as JSON. */
-export const MAX_EVENT_PAYLOAD_BYTES = 256 * 1024;
+export { MAX_EVENT_PAYLOAD_BYTES } from "../triggers/publish.js";
 /** Longest idempotency key of a publish. */
 export const MAX_EVENT_IDEMPOTENCY_KEY_LENGTH = 200;
 /** Most payload bytes one ListEvents page carries (a page ends early rather than exceed it). */
 export const LIST_EVENTS_PAGE_BYTES = 3 * 1024 * 1024;
 
-/** What the service needs. */
-export interface EventServiceDeps {
-  store: EventStore;
-  triggers: Pick<TriggerIndex, "match">;
-  starter: Pick<MatchStarter, "drive">;
-  /** Makes the match loop look again (a match could not start its run now). */
-  wake(): void;
-}
+/** What the service needs (what publishing needs: triggers/publish.ts). */
+export type EventServiceDeps = EventPublishDeps;
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
@@ -80,25 +76,6 @@ function refuseNul(value: unknown, field: string): void {
 export function eventService(deps: EventServiceDeps): grpc.UntypedServiceImplementation {
   const { store } = deps;
 
-  /** Starts the event's STARTING matches; returns its matches as they then are. */
-  async function startMatches(event: EventRow): Promise<MatchRow[]> {
-    try {
-      const matches = await store.matches(event.eventId);
-      const starting = matches.filter((m) => m.status === "STARTING");
-      if (starting.length === 0) return matches;
-      const outcomes = await deps.starter.drive(
-        starting.map((m) => ({ ...m, key: event.key, payload: event.payload })),
-      );
-      if (outcomes.some((o) => "retry" in o && o.retry)) deps.wake();
-      return await store.matches(event.eventId);
-    } catch (e) {
-      // The event and its matches are stored: the loop starts what is left. The caller sees the
-      // error (UNAVAILABLE from the database); publishing again with its idempotency key is safe.
-      deps.wake();
-      throw e;
-    }
-  }
-
   return {
     publishEvent: unary(async (req: PublishEventRequest) => {
       const keyProblem = eventKeyProblem(req.key);
@@ -115,24 +92,12 @@ export function eventService(deps: EventServiceDeps): grpc.UntypedServiceImpleme
           `is ${bytes} bytes as JSON; an event's payload is at most ${MAX_EVENT_PAYLOAD_BYTES}`,
         );
       const idempotencyKey = req.idempotencyKey === "" ? null : req.idempotencyKey;
-      const earlier = idempotencyKey === null ? undefined : await store.byIdempotencyKey(idempotencyKey);
-      if (earlier !== undefined)
-        return create(PublishEventResponseSchema, {
-          event: eventView(earlier, await startMatches(earlier)),
-          created: false,
-        });
-      const matches = await deps.triggers.match({ key: req.key, payload });
-      const stored = await store.insert(
-        { eventId: randomUUID(), key: req.key, payload, idempotencyKey, now: new Date() },
-        matches,
-      );
-      // Undefined: a concurrent publish with the same key stored it first.
-      const event =
-        stored ?? (idempotencyKey === null ? undefined : await store.byIdempotencyKey(idempotencyKey));
-      if (event === undefined) throw new ApiError(Code.UNAVAILABLE, "the event could not be stored; retry");
+      // After a failure once stored, the loop starts what is left; the caller sees the error
+      // (UNAVAILABLE from the database) and publishing again with its idempotency key is safe.
+      const { event, created } = await storeEvent(deps, { key: req.key, payload, idempotencyKey });
       return create(PublishEventResponseSchema, {
-        event: eventView(event, await startMatches(event)),
-        created: stored !== undefined,
+        event: eventView(event, await startEventMatches(deps, event)),
+        created,
       });
     }),
 

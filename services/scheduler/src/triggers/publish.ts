@@ -1,0 +1,77 @@
+/**
+ * Publishing an event, whoever publishes it (EventService's PublishEvent, the Kafka event source):
+ * the event is matched against the triggers of every workflow's latest version and stored with
+ * its matches in one statement, then its matches start their runs (match-loop.ts). An idempotency
+ * key already stored returns the stored event instead (and drives its matches still STARTING); a
+ * match that cannot start its run now is left STARTING for the match loop.
+ */
+import { randomUUID } from "node:crypto";
+import { ApiError, Code } from "@nexusflow/common";
+import type { EventRow, EventStore, MatchRow } from "./event-store.js";
+import type { MatchStarter } from "./match-loop.js";
+import type { TriggerIndex } from "./trigger-index.js";
+
+/** Largest event payload, as JSON. */
+export const MAX_EVENT_PAYLOAD_BYTES = 256 * 1024;
+
+/** What publishing needs. */
+export interface EventPublishDeps {
+  store: EventStore;
+  triggers: Pick<TriggerIndex, "match">;
+  starter: Pick<MatchStarter, "drive">;
+  /** Makes the match loop look again (a match could not start its run now). */
+  wake(): void;
+}
+
+/** An event to publish, already checked (key, payload size, no NUL character). */
+export interface EventDraft {
+  key: string;
+  payload: unknown;
+  /** Null: every publish stores a new event. */
+  idempotencyKey: string | null;
+}
+
+/**
+ * Stores `draft` with its matches, or finds the event its idempotency key already stored
+ * (`created` false). Once this resolves, the event is durable.
+ */
+export async function storeEvent(
+  deps: EventPublishDeps,
+  draft: EventDraft,
+): Promise<{ event: EventRow; created: boolean }> {
+  const { store } = deps;
+  const { idempotencyKey } = draft;
+  const earlier = idempotencyKey === null ? undefined : await store.byIdempotencyKey(idempotencyKey);
+  if (earlier !== undefined) return { event: earlier, created: false };
+  const matches = await deps.triggers.match({ key: draft.key, payload: draft.payload });
+  const stored = await store.insert(
+    { eventId: randomUUID(), key: draft.key, payload: draft.payload, idempotencyKey, now: new Date() },
+    matches,
+  );
+  if (stored !== undefined) return { event: stored, created: true };
+  // A concurrent publish with the same key stored it first.
+  const event = idempotencyKey === null ? undefined : await store.byIdempotencyKey(idempotencyKey);
+  if (event === undefined) throw new ApiError(Code.UNAVAILABLE, "the event could not be stored; retry");
+  return { event, created: false };
+}
+
+/**
+ * Starts the stored event's STARTING matches; resolves with its matches as they then are. On a
+ * failure the loop is woken (it starts what is left) and the error is passed on.
+ */
+export async function startEventMatches(deps: EventPublishDeps, event: EventRow): Promise<MatchRow[]> {
+  const { store } = deps;
+  try {
+    const matches = await store.matches(event.eventId);
+    const starting = matches.filter((m) => m.status === "STARTING");
+    if (starting.length === 0) return matches;
+    const outcomes = await deps.starter.drive(
+      starting.map((m) => ({ ...m, key: event.key, payload: event.payload })),
+    );
+    if (outcomes.some((o) => "retry" in o && o.retry)) deps.wake();
+    return await store.matches(event.eventId);
+  } catch (e) {
+    deps.wake();
+    throw e;
+  }
+}
