@@ -141,6 +141,26 @@ export interface KafkaConfig {
   outboxBatchSize: number;
 }
 
+/**
+ * The Kafka event source (EVENT_SOURCE_KAFKA_*): each record of the named topics is published as
+ * an event (key: the record key, or the header EVENT_SOURCE_KAFKA_KEY_HEADER names; payload: the
+ * JSON value). Undefined while EVENT_SOURCE_KAFKA_TOPICS is unset.
+ */
+export interface EventSourceConfig {
+  /** Bootstrap brokers (EVENT_SOURCE_KAFKA_BROKERS, else KAFKA_BROKERS). */
+  brokers: string[];
+  /** Topics consumed (EVENT_SOURCE_KAFKA_TOPICS, comma-separated). */
+  topics: string[];
+  /** Consumer group (EVENT_SOURCE_KAFKA_GROUP_ID, default nexusflow-event-source). */
+  groupId: string;
+  /** Header holding the event key (EVENT_SOURCE_KAFKA_KEY_HEADER); undefined: the record key. */
+  keyHeader: string | undefined;
+  /** Where a group with no committed offset starts (EVENT_SOURCE_KAFKA_START_FROM, default latest). */
+  startFrom: "latest" | "earliest";
+  /** Kafka client id (KAFKA_CLIENT_ID). */
+  clientId: string;
+}
+
 /** Artifact storage: S3 when an endpoint is set, the filesystem otherwise. */
 export interface ArtifactConfig {
   s3Endpoint: string | undefined;
@@ -228,6 +248,8 @@ export interface SchedulerConfig {
   logLevel: LogLevel;
   database: DatabaseConfig;
   kafka: KafkaConfig;
+  /** The Kafka event source; undefined when no topic is named. */
+  eventSource: EventSourceConfig | undefined;
   artifacts: ArtifactConfig;
   /**
    * How often an executor with nothing else to say sends a heartbeat (HEARTBEAT_INTERVAL, 2 s;
@@ -360,6 +382,51 @@ function artifacts(env: Env): ArtifactConfig {
   };
 }
 
+/** A comma-separated list of Kafka brokers, each host:port. */
+function brokerList(env: Env, name: string): string[] | undefined {
+  const v = str(env, name);
+  return v?.split(",").map((b, i) => {
+    if (!/^[^:\s]+:\d{1,5}$/.test(b.trim()))
+      throw new ConfigError(name, `entry ${i + 1} is not host:port: ${JSON.stringify(b)}`);
+    return b.trim();
+  });
+}
+
+/** A Kafka topic name: letters, digits, '.', '_' and '-', at most 249 characters, not "." or "..". */
+const TOPIC_NAME = /^(?!\.{1,2}$)[A-Za-z0-9._-]{1,249}$/;
+
+function eventSource(env: Env, clientId: string): EventSourceConfig | undefined {
+  const topics = list(env, "EVENT_SOURCE_KAFKA_TOPICS");
+  if (topics === undefined) {
+    const stray = ["BROKERS", "GROUP_ID", "KEY_HEADER", "START_FROM"]
+      .map((n) => `EVENT_SOURCE_KAFKA_${n}`)
+      .find((n) => str(env, n) !== undefined);
+    if (stray !== undefined)
+      throw new ConfigError(
+        "EVENT_SOURCE_KAFKA_TOPICS",
+        `required when ${stray} is set (the topics to consume)`,
+      );
+    return undefined;
+  }
+  for (const topic of topics)
+    if (!TOPIC_NAME.test(topic))
+      throw new ConfigError("EVENT_SOURCE_KAFKA_TOPICS", `not a Kafka topic name: ${JSON.stringify(topic)}`);
+  const brokers = brokerList(env, "EVENT_SOURCE_KAFKA_BROKERS") ?? brokerList(env, "KAFKA_BROKERS");
+  if (brokers === undefined)
+    throw new ConfigError(
+      "EVENT_SOURCE_KAFKA_BROKERS",
+      "required with EVENT_SOURCE_KAFKA_TOPICS when KAFKA_BROKERS is not set (the brokers of those topics)",
+    );
+  return {
+    brokers,
+    topics: [...new Set(topics)],
+    groupId: str(env, "EVENT_SOURCE_KAFKA_GROUP_ID") ?? "nexusflow-event-source",
+    keyHeader: str(env, "EVENT_SOURCE_KAFKA_KEY_HEADER"),
+    startFrom: oneOf(env, "EVENT_SOURCE_KAFKA_START_FROM", ["latest", "earliest"], "latest"),
+    clientId,
+  };
+}
+
 function auth(env: Env): AuthConfig {
   const jwksUrl = url(env, "AUTH_JWKS_URL", ["http:", "https:"]);
   const publicKeyFiles = list(env, "AUTH_PUBLIC_KEYS") ?? [];
@@ -392,33 +459,23 @@ function auth(env: Env): AuthConfig {
 
 /** Reads the scheduler's configuration. Throws {@link ConfigError}. */
 export function loadSchedulerConfig(env: Env = process.env): SchedulerConfig {
-  const brokers = str(env, "KAFKA_BROKERS");
+  const clientId = str(env, "KAFKA_CLIENT_ID") ?? "nexusflow-scheduler";
   return {
     host: str(env, "SCHEDULER_HOST") ?? "127.0.0.1",
     port: port(env, "SCHEDULER_PORT", 50051),
     logLevel: oneOf(env, "LOG_LEVEL", LOG_LEVELS, "info"),
     database: database(env),
     kafka: {
-      brokers:
-        brokers === undefined
-          ? undefined
-          : brokers.split(",").map((b, i) => {
-              if (!/^[^:\s]+:\d{1,5}$/.test(b.trim())) {
-                throw new ConfigError(
-                  "KAFKA_BROKERS",
-                  `entry ${i + 1} is not host:port: ${JSON.stringify(b)}`,
-                );
-              }
-              return b.trim();
-            }),
+      brokers: brokerList(env, "KAFKA_BROKERS"),
       topic: str(env, "KAFKA_TOPIC") ?? "nexusflow.events",
       partitions: int(env, "KAFKA_PARTITIONS", 6, 1, 1000),
       replicationFactor: int(env, "KAFKA_REPLICATION_FACTOR", 1, 1, 10),
-      clientId: str(env, "KAFKA_CLIENT_ID") ?? "nexusflow-scheduler",
+      clientId,
       outboxRetentionMs: duration(env, "OUTBOX_RETENTION", "1h"),
       outboxPruneIntervalMs: duration(env, "OUTBOX_PRUNE_INTERVAL", "1m"),
       outboxBatchSize: int(env, "OUTBOX_BATCH_SIZE", 50, 1, 10_000),
     },
+    eventSource: eventSource(env, clientId),
     artifacts: artifacts(env),
     ...liveness(env),
     priorityAgeingMs: priorityAgeing(env),
