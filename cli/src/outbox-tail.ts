@@ -11,6 +11,7 @@ import { join } from "node:path";
 import { setTimeout as delay } from "node:timers/promises";
 import { fromBinary, toBinary } from "@bufbuild/protobuf";
 import { LifecycleEventBatchSchema, LifecycleEventSchema } from "@nexusflow/gen";
+import { lifecycleEventId } from "@nexusflow/common";
 import { decodeEventMessage, eventMessage, type DecodedEvent } from "@nexusflow/scheduler/events";
 import pg from "pg";
 
@@ -70,11 +71,14 @@ export function redactDatabaseUrl(url: string): string {
 export function decodeOutboxRow(row: Row): DecodedEvent[] {
   const batch = fromBinary(LifecycleEventBatchSchema, row.payload);
   return batch.events.map((event, i) => {
+    // Rows written before one row held a whole commit name their run only on the row.
+    if (event.runId === "") event.runId = row.run_id;
+    // The outbox leaves event ids out (rows written before kept theirs): derived as the relay does.
+    if (event.eventId === "") event.eventId = lifecycleEventId(event.runId, event.sequence);
     const message = eventMessage({
       id: Number(row.id),
       eventId: event.eventId,
-      // Rows written before one row held a whole commit name their run only on the row.
-      runId: event.runId === "" ? row.run_id : event.runId,
+      runId: event.runId,
       sequence: Number(event.sequence),
       type: event.event.case ?? "unknown",
       payload: toBinary(LifecycleEventSchema, event),

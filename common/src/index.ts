@@ -2,6 +2,7 @@
 export * from "./auth.js";
 export * from "./config.js";
 export * from "./duration.js";
+export * from "./event-id.js";
 export * from "./logger.js";
 export * from "./errors.js";
 export * from "./grpc.js";

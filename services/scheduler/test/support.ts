@@ -10,7 +10,7 @@ import { create, fromBinary, type MessageInitShape } from "@bufbuild/protobuf";
 import { createClient, type Client } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import * as grpc from "@grpc/grpc-js";
-import { clientConstructor, createLogger, type Logger } from "@nexusflow/common";
+import { clientConstructor, createLogger, lifecycleEventId, type Logger } from "@nexusflow/common";
 import { createMetricsRegistry } from "@nexusflow/common/metrics";
 import {
   ExecutorService,
@@ -267,7 +267,8 @@ export async function outboxEvents(
         traceContext: eventTraceContexts(r.trace_context, all.length)[i] ?? null,
         sequence: Number(message.sequence),
         type: message.event.case ?? "unknown",
-        eventId: message.eventId,
+        // The outbox leaves event ids out; the relay derives them so.
+        eventId: message.eventId || lifecycleEventId(message.runId || r.run_id, message.sequence),
         published: r.published,
         rowId: Number(r.id),
         message,

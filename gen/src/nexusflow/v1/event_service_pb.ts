@@ -13,7 +13,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file nexusflow/v1/event_service.proto.
  */
 export const file_nexusflow_v1_event_service: GenFile = /*@__PURE__*/
-  fileDesc("CiBuZXh1c2Zsb3cvdjEvZXZlbnRfc2VydmljZS5wcm90bxIMbmV4dXNmbG93LnYxIqMBCgpFdmVudE1hdGNoEhUKDXdvcmtmbG93X25hbWUYASABKAkSGAoQd29ya2Zsb3dfdmVyc2lvbhgCIAEoBRIVCg10cmlnZ2VyX2luZGV4GAMgASgFEi4KBnN0YXR1cxgEIAEoDjIeLm5leHVzZmxvdy52MS5FdmVudE1hdGNoU3RhdHVzEg4KBnJ1bl9pZBgFIAEoCRINCgVlcnJvchgGIAEoCSLOAQoOUHVibGlzaGVkRXZlbnQSEAoIZXZlbnRfaWQYASABKAkSCwoDa2V5GAIgASgJEicKB3BheWxvYWQYAyABKAsyFi5nb29nbGUucHJvdG9idWYuVmFsdWUSFwoPaWRlbXBvdGVuY3lfa2V5GAQgASgJEjAKDHB1Ymxpc2hfdGltZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASKQoHbWF0Y2hlcxgGIAMoCzIYLm5leHVzZmxvdy52MS5FdmVudE1hdGNoImQKE1B1Ymxpc2hFdmVudFJlcXVlc3QSCwoDa2V5GAEgASgJEicKB3BheWxvYWQYAiABKAsyFi5nb29nbGUucHJvdG9idWYuVmFsdWUSFwoPaWRlbXBvdGVuY3lfa2V5GAMgASgJIlQKFFB1Ymxpc2hFdmVudFJlc3BvbnNlEisKBWV2ZW50GAEgASgLMhwubmV4dXNmbG93LnYxLlB1Ymxpc2hlZEV2ZW50Eg8KB2NyZWF0ZWQYAiABKAgiIwoPR2V0RXZlbnRSZXF1ZXN0EhAKCGV2ZW50X2lkGAEgASgJIj8KEEdldEV2ZW50UmVzcG9uc2USKwoFZXZlbnQYASABKAsyHC5uZXh1c2Zsb3cudjEuUHVibGlzaGVkRXZlbnQiTgoRTGlzdEV2ZW50c1JlcXVlc3QSEgoKa2V5X3ByZWZpeBgBIAEoCRIRCglwYWdlX3NpemUYAiABKAUSEgoKcGFnZV90b2tlbhgDIAEoCSJbChJMaXN0RXZlbnRzUmVzcG9uc2USLAoGZXZlbnRzGAEgAygLMhwubmV4dXNmbG93LnYxLlB1Ymxpc2hlZEV2ZW50EhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSqVAQoQRXZlbnRNYXRjaFN0YXR1cxIiCh5FVkVOVF9NQVRDSF9TVEFUVVNfVU5TUEVDSUZJRUQQABIeChpFVkVOVF9NQVRDSF9TVEFUVVNfUEVORElORxABEh4KGkVWRU5UX01BVENIX1NUQVRVU19TVEFSVEVEEAISHQoZRVZFTlRfTUFUQ0hfU1RBVFVTX0ZBSUxFRBADMssCCgxFdmVudFNlcnZpY2USbAoMUHVibGlzaEV2ZW50EiEubmV4dXNmbG93LnYxLlB1Ymxpc2hFdmVudFJlcXVlc3QaIi5uZXh1c2Zsb3cudjEuUHVibGlzaEV2ZW50UmVzcG9uc2UiFYLT5JMCDzoBKiIKL3YxL2V2ZW50cxJoCghHZXRFdmVudBIdLm5leHVzZmxvdy52MS5HZXRFdmVudFJlcXVlc3QaHi5uZXh1c2Zsb3cudjEuR2V0RXZlbnRSZXNwb25zZSIdgtPkkwIXEhUvdjEvZXZlbnRzL3tldmVudF9pZH0SYwoKTGlzdEV2ZW50cxIfLm5leHVzZmxvdy52MS5MaXN0RXZlbnRzUmVxdWVzdBogLm5leHVzZmxvdy52MS5MaXN0RXZlbnRzUmVzcG9uc2UiEoLT5JMCDBIKL3YxL2V2ZW50c2IGcHJvdG8z", [file_google_api_annotations, file_google_protobuf_struct, file_google_protobuf_timestamp]);
+  fileDesc("CiBuZXh1c2Zsb3cvdjEvZXZlbnRfc2VydmljZS5wcm90bxIMbmV4dXNmbG93LnYxIqMBCgpFdmVudE1hdGNoEhUKDXdvcmtmbG93X25hbWUYASABKAkSGAoQd29ya2Zsb3dfdmVyc2lvbhgCIAEoBRIVCg10cmlnZ2VyX2luZGV4GAMgASgFEi4KBnN0YXR1cxgEIAEoDjIeLm5leHVzZmxvdy52MS5FdmVudE1hdGNoU3RhdHVzEg4KBnJ1bl9pZBgFIAEoCRINCgVlcnJvchgGIAEoCSL7AQoOUHVibGlzaGVkRXZlbnQSEAoIZXZlbnRfaWQYASABKAkSCwoDa2V5GAIgASgJEicKB3BheWxvYWQYAyABKAsyFi5nb29nbGUucHJvdG9idWYuVmFsdWUSFwoPaWRlbXBvdGVuY3lfa2V5GAQgASgJEjAKDHB1Ymxpc2hfdGltZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASKQoHbWF0Y2hlcxgGIAMoCzIYLm5leHVzZmxvdy52MS5FdmVudE1hdGNoEisKBXdhaXRzGAcgAygLMhwubmV4dXNmbG93LnYxLkV2ZW50V2FpdE1hdGNoImUKDkV2ZW50V2FpdE1hdGNoEg4KBnJ1bl9pZBgBIAEoCRIPCgdzdGVwX2lkGAIgASgJEjIKBnN0YXR1cxgDIAEoDjIiLm5leHVzZmxvdy52MS5FdmVudFdhaXRNYXRjaFN0YXR1cyJkChNQdWJsaXNoRXZlbnRSZXF1ZXN0EgsKA2tleRgBIAEoCRInCgdwYXlsb2FkGAIgASgLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlEhcKD2lkZW1wb3RlbmN5X2tleRgDIAEoCSJUChRQdWJsaXNoRXZlbnRSZXNwb25zZRIrCgVldmVudBgBIAEoCzIcLm5leHVzZmxvdy52MS5QdWJsaXNoZWRFdmVudBIPCgdjcmVhdGVkGAIgASgIIiMKD0dldEV2ZW50UmVxdWVzdBIQCghldmVudF9pZBgBIAEoCSI/ChBHZXRFdmVudFJlc3BvbnNlEisKBWV2ZW50GAEgASgLMhwubmV4dXNmbG93LnYxLlB1Ymxpc2hlZEV2ZW50Ik4KEUxpc3RFdmVudHNSZXF1ZXN0EhIKCmtleV9wcmVmaXgYASABKAkSEQoJcGFnZV9zaXplGAIgASgFEhIKCnBhZ2VfdG9rZW4YAyABKAkiWwoSTGlzdEV2ZW50c1Jlc3BvbnNlEiwKBmV2ZW50cxgBIAMoCzIcLm5leHVzZmxvdy52MS5QdWJsaXNoZWRFdmVudBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkqlQEKEEV2ZW50TWF0Y2hTdGF0dXMSIgoeRVZFTlRfTUFUQ0hfU1RBVFVTX1VOU1BFQ0lGSUVEEAASHgoaRVZFTlRfTUFUQ0hfU1RBVFVTX1BFTkRJTkcQARIeChpFVkVOVF9NQVRDSF9TVEFUVVNfU1RBUlRFRBACEh0KGUVWRU5UX01BVENIX1NUQVRVU19GQUlMRUQQAyqzAQoURXZlbnRXYWl0TWF0Y2hTdGF0dXMSJwojRVZFTlRfV0FJVF9NQVRDSF9TVEFUVVNfVU5TUEVDSUZJRUQQABIjCh9FVkVOVF9XQUlUX01BVENIX1NUQVRVU19QRU5ESU5HEAESJQohRVZFTlRfV0FJVF9NQVRDSF9TVEFUVVNfU0FUSVNGSUVEEAISJgoiRVZFTlRfV0FJVF9NQVRDSF9TVEFUVVNfV0FJVF9FTkRFRBADMssCCgxFdmVudFNlcnZpY2USbAoMUHVibGlzaEV2ZW50EiEubmV4dXNmbG93LnYxLlB1Ymxpc2hFdmVudFJlcXVlc3QaIi5uZXh1c2Zsb3cudjEuUHVibGlzaEV2ZW50UmVzcG9uc2UiFYLT5JMCDzoBKiIKL3YxL2V2ZW50cxJoCghHZXRFdmVudBIdLm5leHVzZmxvdy52MS5HZXRFdmVudFJlcXVlc3QaHi5uZXh1c2Zsb3cudjEuR2V0RXZlbnRSZXNwb25zZSIdgtPkkwIXEhUvdjEvZXZlbnRzL3tldmVudF9pZH0SYwoKTGlzdEV2ZW50cxIfLm5leHVzZmxvdy52MS5MaXN0RXZlbnRzUmVxdWVzdBogLm5leHVzZmxvdy52MS5MaXN0RXZlbnRzUmVzcG9uc2UiEoLT5JMCDBIKL3YxL2V2ZW50c2IGcHJvdG8z", [file_google_api_annotations, file_google_protobuf_struct, file_google_protobuf_timestamp]);
 
 /**
  * A workflow whose trigger matched an event, and the run it started.
@@ -119,6 +119,14 @@ export type PublishedEvent = Message<"nexusflow.v1.PublishedEvent"> & {
    * @generated from field: repeated nexusflow.v1.EventMatch matches = 6;
    */
   matches: EventMatch[];
+
+  /**
+   * The wait steps (StepSpec.wait.event) that were waiting for it when it was published, by run
+   * (empty in ListEvents).
+   *
+   * @generated from field: repeated nexusflow.v1.EventWaitMatch waits = 7;
+   */
+  waits: EventWaitMatch[];
 };
 
 /**
@@ -127,6 +135,41 @@ export type PublishedEvent = Message<"nexusflow.v1.PublishedEvent"> & {
  */
 export const PublishedEventSchema: GenMessage<PublishedEvent> = /*@__PURE__*/
   messageDesc(file_nexusflow_v1_event_service, 1);
+
+/**
+ * A wait step that an event matched: its key matched the step's pattern and its filter held.
+ *
+ * @generated from message nexusflow.v1.EventWaitMatch
+ */
+export type EventWaitMatch = Message<"nexusflow.v1.EventWaitMatch"> & {
+  /**
+   * The waiting step's run.
+   *
+   * @generated from field: string run_id = 1;
+   */
+  runId: string;
+
+  /**
+   * The wait step.
+   *
+   * @generated from field: string step_id = 2;
+   */
+  stepId: string;
+
+  /**
+   * Where the match is.
+   *
+   * @generated from field: nexusflow.v1.EventWaitMatchStatus status = 3;
+   */
+  status: EventWaitMatchStatus;
+};
+
+/**
+ * Describes the message nexusflow.v1.EventWaitMatch.
+ * Use `create(EventWaitMatchSchema)` to create a new message.
+ */
+export const EventWaitMatchSchema: GenMessage<EventWaitMatch> = /*@__PURE__*/
+  messageDesc(file_nexusflow_v1_event_service, 2);
 
 /**
  * Request of PublishEvent.
@@ -163,7 +206,7 @@ export type PublishEventRequest = Message<"nexusflow.v1.PublishEventRequest"> & 
  * Use `create(PublishEventRequestSchema)` to create a new message.
  */
 export const PublishEventRequestSchema: GenMessage<PublishEventRequest> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_event_service, 2);
+  messageDesc(file_nexusflow_v1_event_service, 3);
 
 /**
  * Response of PublishEvent.
@@ -191,7 +234,7 @@ export type PublishEventResponse = Message<"nexusflow.v1.PublishEventResponse"> 
  * Use `create(PublishEventResponseSchema)` to create a new message.
  */
 export const PublishEventResponseSchema: GenMessage<PublishEventResponse> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_event_service, 3);
+  messageDesc(file_nexusflow_v1_event_service, 4);
 
 /**
  * Request of GetEvent.
@@ -212,7 +255,7 @@ export type GetEventRequest = Message<"nexusflow.v1.GetEventRequest"> & {
  * Use `create(GetEventRequestSchema)` to create a new message.
  */
 export const GetEventRequestSchema: GenMessage<GetEventRequest> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_event_service, 4);
+  messageDesc(file_nexusflow_v1_event_service, 5);
 
 /**
  * Response of GetEvent.
@@ -233,7 +276,7 @@ export type GetEventResponse = Message<"nexusflow.v1.GetEventResponse"> & {
  * Use `create(GetEventResponseSchema)` to create a new message.
  */
 export const GetEventResponseSchema: GenMessage<GetEventResponse> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_event_service, 5);
+  messageDesc(file_nexusflow_v1_event_service, 6);
 
 /**
  * Request of ListEvents.
@@ -268,7 +311,7 @@ export type ListEventsRequest = Message<"nexusflow.v1.ListEventsRequest"> & {
  * Use `create(ListEventsRequestSchema)` to create a new message.
  */
 export const ListEventsRequestSchema: GenMessage<ListEventsRequest> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_event_service, 6);
+  messageDesc(file_nexusflow_v1_event_service, 7);
 
 /**
  * Response of ListEvents.
@@ -296,7 +339,7 @@ export type ListEventsResponse = Message<"nexusflow.v1.ListEventsResponse"> & {
  * Use `create(ListEventsResponseSchema)` to create a new message.
  */
 export const ListEventsResponseSchema: GenMessage<ListEventsResponse> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_event_service, 7);
+  messageDesc(file_nexusflow_v1_event_service, 8);
 
 /**
  * Where a match of an event and a workflow is.
@@ -339,6 +382,49 @@ export enum EventMatchStatus {
  */
 export const EventMatchStatusSchema: GenEnum<EventMatchStatus> = /*@__PURE__*/
   enumDesc(file_nexusflow_v1_event_service, 0);
+
+/**
+ * Where an event's match of a waiting step is.
+ *
+ * @generated from enum nexusflow.v1.EventWaitMatchStatus
+ */
+export enum EventWaitMatchStatus {
+  /**
+   * Not used.
+   *
+   * @generated from enum value: EVENT_WAIT_MATCH_STATUS_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Stored with the event; the step is not ended with it yet (a scheduler restarting after a
+   * crash ends it).
+   *
+   * @generated from enum value: EVENT_WAIT_MATCH_STATUS_PENDING = 1;
+   */
+  PENDING = 1,
+
+  /**
+   * The step succeeded with this event as its output.
+   *
+   * @generated from enum value: EVENT_WAIT_MATCH_STATUS_SATISFIED = 2;
+   */
+  SATISFIED = 2,
+
+  /**
+   * The wait had ended before this event could end it: it timed out, its run was cancelled or
+   * ended, or another event published at the same time satisfied it first.
+   *
+   * @generated from enum value: EVENT_WAIT_MATCH_STATUS_WAIT_ENDED = 3;
+   */
+  WAIT_ENDED = 3,
+}
+
+/**
+ * Describes the enum nexusflow.v1.EventWaitMatchStatus.
+ */
+export const EventWaitMatchStatusSchema: GenEnum<EventWaitMatchStatus> = /*@__PURE__*/
+  enumDesc(file_nexusflow_v1_event_service, 1);
 
 /**
  * EventService stores events and starts the runs of the workflows whose triggers match them. An

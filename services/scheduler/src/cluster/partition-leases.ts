@@ -19,7 +19,6 @@
 import { randomUUID } from "node:crypto";
 import { hostname } from "node:os";
 import pg from "pg";
-import { codeConnectionErrors } from "../persistence/connection-errors.js";
 import type { Logger } from "@nexusflow/common";
 import {
   DEFAULT_PARTITION_COUNT,
@@ -165,9 +164,8 @@ export class PartitionLeases implements WriteFence {
       query_timeout: this.leaseMs,
     });
     // An idle connection lost (database restart) is re-made on the next heartbeat; one lost under a
-    // heartbeat fails that heartbeat (its client's 'error' is listened to here, never uncaught).
+    // heartbeat fails that heartbeat (pool.query listens to its client's 'error' meanwhile).
     this.pool.on("error", () => undefined);
-    codeConnectionErrors(this.pool);
   }
 
   /** The current state. */

@@ -4,6 +4,7 @@
  * never publish concurrently, and a crashed holder's lock vanishes with its connection.
  */
 import type pg from "pg";
+import { lifecycleEventId, withEventId } from "@nexusflow/common";
 import { LifecycleEventSchema } from "@nexusflow/gen";
 import { BinaryReader, WireType } from "@bufbuild/protobuf/wire";
 import { eventTraceContexts, splitEventBatch } from "../persistence/outbox.js";
@@ -155,14 +156,18 @@ export class OutboxStore {
       if (events.length !== r.event_count)
         throw new Error(`outbox row ${id} holds ${events.length} events, expected ${r.event_count}`);
       const traces = eventTraceContexts(r.trace_context, events.length);
-      events.forEach((payload, i) => {
-        const header = eventHeader(payload);
+      events.forEach((stored, i) => {
+        const header = eventHeader(stored);
+        // Rows written before one row held a whole commit name their run only on the row.
+        const runId = header.runId === "" ? r.run_id : header.runId;
+        // The outbox leaves event ids out (rows written before kept theirs): put it back.
+        const eventId = header.eventId === "" ? lifecycleEventId(runId, header.sequence) : header.eventId;
         records.push({
           id,
           ...header,
-          // Rows written before one row held a whole commit name their run only on the row.
-          runId: header.runId === "" ? r.run_id : header.runId,
-          payload,
+          eventId,
+          runId,
+          payload: header.eventId === "" ? withEventId(stored, eventId) : stored,
           traceContext: traces[i] ?? null,
           createdAt: r.created_at,
         });

@@ -3,7 +3,6 @@
  * the payload of the outbox table, a LifecycleEventBatch per commit, which the writer encodes and
  * the relay splits back into events.
  */
-import { randomUUID } from "node:crypto";
 import { create, toBinary, type MessageInitShape } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { LifecycleEventBatchSchema, LifecycleEventSchema, type LifecycleEvent } from "@nexusflow/gen";
@@ -28,7 +27,9 @@ export function lifecycleEventAt(
   now = new Date(),
 ): OutboxRow {
   const message = create(LifecycleEventSchema, {
-    eventId: randomUUID(),
+    // Not stored: derived from the run and the sequence where the event leaves the outbox
+    // (lifecycleEventId in @nexusflow/common), so that the outbox row holds no random bytes.
+    eventId: "",
     runId: run.runId,
     sequence: run.sequence,
     time: timestampFromDate(now),
