@@ -162,6 +162,29 @@ describe("runs why", () => {
       "charge of run run-1 (RUNNING) is WAITING; held by 1 gate:",
       "  - it sleeps until 2026-01-31 13:00:00 UTC (in 60m00s)",
     ]);
+    const event = (filter: string, until?: number) =>
+      answer(TaskStatus.WAITING, [
+        g({
+          case: "durableWait",
+          value: {
+            signal: "",
+            event: "orders.paid",
+            filter,
+            ...(until === undefined ? {} : { until: timestampFromMs(until) }),
+          },
+        }),
+      ]);
+    assert.deepEqual(
+      describeExplanation(event("event.payload.id == input.id", NOW + 3_600_000), plain).split("\n"),
+      [
+        "charge of run run-1 (RUNNING) is WAITING; held by 1 gate:",
+        '  - it waits for an event "orders.paid" for which event.payload.id == input.id published while it waits, and fails with WAIT_TIMEOUT unless one is by 2026-01-31 13:00:00 UTC (in 60m00s): publish it with nexusflow events publish',
+      ],
+    );
+    assert.deepEqual(
+      describeExplanation(event(""), plain).split("\n")[1],
+      '  - it waits for an event "orders.paid" published while it waits: publish it with nexusflow events publish',
+    );
   });
 
   it("says which child run a child workflow step waits for", () => {

@@ -95,6 +95,8 @@ export function describeGate(gate: PendingGate, nowMs: number): string {
       return `${what} concurrency key ${JSON.stringify(v.key)} (${v.keyExpression}, limit ${v.limit}, ${v.strategy}): ${held}; ${place}`;
     }
     case "durableWait":
+      if (g.value.event !== "")
+        return `it waits for an event ${JSON.stringify(g.value.event)}${g.value.filter === "" ? "" : ` for which ${g.value.filter}`} published while it waits${g.value.until === undefined ? "" : `, and fails with WAIT_TIMEOUT unless one is by ${when(g.value.until, nowMs)}`}: publish it with nexusflow events publish`;
       return g.value.signal === ""
         ? `it sleeps until ${when(g.value.until, nowMs)}`
         : `it waits for signal ${JSON.stringify(g.value.signal)}${g.value.until === undefined ? "" : `, and fails with WAIT_TIMEOUT unless it arrives by ${when(g.value.until, nowMs)}`}: send it with nexusflow runs signal`;

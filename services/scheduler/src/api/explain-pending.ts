@@ -109,7 +109,15 @@ export function gateMessage(gate: Gate): PendingGate {
       };
       break;
     case "durable-wait":
-      init = { case: "durableWait", value: { signal: gate.signal ?? "", until: ts(gate.until) } };
+      init = {
+        case: "durableWait",
+        value: {
+          signal: gate.signal ?? "",
+          until: ts(gate.until),
+          event: gate.event?.key ?? "",
+          filter: gate.event?.filter ?? "",
+        },
+      };
       break;
     case "map-elements":
       init = {

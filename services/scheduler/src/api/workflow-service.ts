@@ -323,7 +323,7 @@ export function workflowService(engine: Engine, runs: RunStore): grpc.UntypedSer
         );
       const key = req.idempotencyKey === "" ? null : req.idempotencyKey;
       const outcome = engine.isActive(req.runId)
-        ? await engine.signalRun(req.runId, { name: req.name, key, payload })
+        ? await engine.waits.signal(req.runId, { name: req.name, key, payload })
         : undefined;
       if (outcome !== undefined)
         return create(SignalRunResponseSchema, {

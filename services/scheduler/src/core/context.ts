@@ -9,6 +9,7 @@ import type { LifecycleEventSchema } from "@nexusflow/gen";
 import type { AttemptState, RunState, TaskState } from "../model/run-state.js";
 import type { Bucket, RateLimitState } from "../model/rate-limit-state.js";
 import type { ConcurrencyState } from "./concurrency.js";
+import type { EventWaitIndex } from "./event-wait-index.js";
 
 /** A lifecycle event as the rules emit it: the `event` oneof of LifecycleEvent. */
 export type EventInit = NonNullable<MessageInitShape<typeof LifecycleEventSchema>["event"]>;
@@ -101,6 +102,8 @@ export interface Core {
   concurrency?: ConcurrencyState;
   /** Token buckets of the rate limits, made on first use (see rate-limits.ts). */
   rateLimits?: RateLimitState;
+  /** The WAITING waits for an event, made on first use (see event-waits.ts). */
+  eventWaits?: EventWaitIndex;
 }
 
 /** Why a report was not accepted; sent back as `Rejected`. */

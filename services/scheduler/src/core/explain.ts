@@ -15,6 +15,7 @@ import { describeHold } from "./holds.js";
 import { rateHolds } from "./rate-limits.js";
 import { retryPolicyOf } from "./retries.js";
 import { stepState } from "./transitions.js";
+import { describeEventWait } from "./waits.js";
 
 /** One gate that holds a task back (proto PendingGate). */
 export type Gate =
@@ -77,10 +78,15 @@ export type Gate =
       readonly cancelRequested: boolean;
     }
   | {
-      /** A wait step waits for its signal (until its timeout, if any), a sleep step for its time. */
+      /**
+       * A wait step waits for its signal or for an event (until its timeout, if any), a sleep
+       * step for its time.
+       */
       readonly kind: "durable-wait";
-      /** The signal; null for a sleep. */
+      /** The signal; null for a sleep and a wait for an event. */
       readonly signal: string | null;
+      /** The event key pattern and filter of a wait for an event; null otherwise. */
+      readonly event: { readonly key: string; readonly filter: string | null } | null;
       readonly until: Date | null;
     }
   | {
@@ -227,6 +233,7 @@ export function explainPending(
       gates.push({
         kind: "durable-wait",
         signal: durable?.kind === "wait" ? durable.signal : null,
+        event: durable?.kind === "event" ? { key: durable.event, filter: durable.filterText } : null,
         until: task.nextAttemptAt,
       });
       break;
@@ -298,10 +305,14 @@ export function describeGate(gate: Gate): string {
       return `times out unless started by ${gate.deadline.toISOString()}`;
     case "run-stopping":
       return gate.cancelRequested ? "the run was cancelled" : "the run is rolling back (compensating)";
-    case "durable-wait":
+    case "durable-wait": {
+      const until = gate.until === null ? "" : ` until ${gate.until.toISOString()}`;
+      if (gate.event !== null)
+        return `waiting for an event matching ${describeEventWait({ event: gate.event.key, filterText: gate.event.filter })}${until}`;
       return gate.signal === null
         ? `sleeping until ${gate.until?.toISOString() ?? "its time"}`
-        : `waiting for signal ${JSON.stringify(gate.signal)}${gate.until === null ? "" : ` until ${gate.until.toISOString()}`}`;
+        : `waiting for signal ${JSON.stringify(gate.signal)}${until}`;
+    }
     case "concurrency-key":
       return describeKeyWait(gate);
     case "rate-limit":

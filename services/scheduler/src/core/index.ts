@@ -19,6 +19,7 @@
  * - reruns.ts: rerun from a step (the steps a new run takes over from an ended one)
  * - holds.ts / explain.ts: why a task is not running (the gates that hold it)
  * - waits.ts: durable waits for signals and sleeps (steps no executor runs)
+ * - event-waits.ts / event-wait-index.ts: durable waits for an event (matched, then applied)
  * - children.ts: child workflow steps (a run started by a step, its end the step's end)
  * - concurrency.ts: keyed concurrency limits (slots held, queues of full keys, strategies)
  */
@@ -86,3 +87,12 @@ export { attached, isSilent, reclaim, sessionLost, type Attached } from "./sessi
 export { armStartToClose } from "./timers.js";
 export { checkHeartbeat, timerFired } from "./timeouts.js";
 export { MAX_SIGNALS_PER_RUN, signalReceived, type SignalInput, type SignalOutcome } from "./waits.js";
+export {
+  applyEvent,
+  matchEvent,
+  waitOutput,
+  type StoredWaitEvent,
+  type WaitApplyOutcome,
+  type WaitEvent,
+  type WaitMatch,
+} from "./event-waits.js";

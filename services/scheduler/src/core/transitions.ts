@@ -97,6 +97,7 @@ export function endTask(core: Core, task: TaskState, status: TaskStatusName, now
   task.endedAt = now;
   task.nextAttemptAt = null;
   detach(core, task);
+  core.eventWaits?.remove(task);
   core.fx.writeTask(task);
   if (task.elementIndex !== undefined) mapElementEnded(core, task, now);
 }

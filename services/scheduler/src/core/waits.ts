@@ -3,8 +3,9 @@
  * it goes WAITING, its timeout or wake-up time stored as the task's `nextAttemptAt` (so that
  * recovery re-arms it, recovery.ts), and costs no executor slot. A wait completes with the payload
  * of a signal of its name (SignalRun), taken at once from those the run already holds, or when one
- * arrives; it fails with WAIT_TIMEOUT, not retried, once its timeout passes. A sleep succeeds at
- * its time with {"until": time}.
+ * arrives; a wait for an event, with the first event published while it waits that matches it
+ * (event-waits.ts). Either fails with WAIT_TIMEOUT, not retried, once its timeout passes. A sleep
+ * succeeds at its time with {"until": time}.
  *
  * Signals live on the run (RunState.signals, written with the run's row in the commit that
  * applies them): one is never lost (the SignalRun call answers once it is committed) and never
@@ -22,6 +23,7 @@ import {
   type TaskState,
 } from "../model/run-state.js";
 import type { Core, Rejection } from "./context.js";
+import { eventWaitsOf } from "./event-wait-index.js";
 import { advance } from "./runs.js";
 import { endTask, failTerminally, taskKind } from "./transitions.js";
 
@@ -53,15 +55,20 @@ export interface SignalOutcome {
   readonly duplicate: boolean;
 }
 
-/** Arms the timer of a WAITING task at its stored time (a wait without timeout has none). */
+/**
+ * Arms the timer of a WAITING task at its stored time (a wait without timeout has none); a wait
+ * for an event is entered in the index that published events are matched against.
+ */
 export function armDurable(core: Core, task: TaskState, nowMs: number): void {
+  const durable = core.runs.get(task.runId)?.workflow.stepsById.get(task.stepId)?.durable;
+  if (durable?.kind === "event" && task.kind === "STEP") eventWaitsOf(core).add(task, durable);
   if (task.nextAttemptAt === null) return;
   const delay = Math.max(0, task.nextAttemptAt.getTime() - nowMs);
   core.fx.setTimer({ kind: "durable", task }, Math.min(MAX_TIMER_MS, delay));
 }
 
 /** Ends a wait or sleep task SUCCEEDED with `output`. */
-function succeed(core: Core, run: RunState, task: TaskState, output: unknown, now: Date): void {
+export function succeedDurable(core: Core, run: RunState, task: TaskState, output: unknown, now: Date): void {
   task.output = output ?? null;
   endTask(core, task, "SUCCEEDED", now);
   core.fx.event(run, {
@@ -97,10 +104,13 @@ export function startWaiting(
       held.stepId = task.stepId;
       held.payload = null;
       core.fx.writeRun(run);
-      succeed(core, run, task, payload, now);
+      succeedDurable(core, run, task, payload, now);
       core.fx.advanceSoon(run);
       return;
     }
+    due = durable.timeoutMs === null ? null : new Date(now.getTime() + durable.timeoutMs);
+  } else if (durable.kind === "event") {
+    // Only events published from now on satisfy it (armDurable enters it in the index).
     due = durable.timeoutMs === null ? null : new Date(now.getTime() + durable.timeoutMs);
   } else if (durable.forMs !== null) {
     due = new Date(now.getTime() + durable.forMs);
@@ -132,6 +142,7 @@ export function startWaiting(
       taskRunId: task.id,
       stepId: task.stepId,
       signal,
+      ...(durable.kind === "event" ? { event: durable.event, filter: durable.filterText ?? "" } : {}),
       ...(due === null ? {} : { dueTime: timestampFromDate(due) }),
     },
   });
@@ -149,7 +160,7 @@ export function durableDue(core: Core, task: TaskState, now: Date): void {
   const durable = run?.workflow.stepsById.get(task.stepId)?.durable;
   if (run === undefined || durable == null) return;
   if (durable.kind === "sleep") {
-    succeed(core, run, task, { until: task.nextAttemptAt.toISOString() }, now);
+    succeedDurable(core, run, task, { until: task.nextAttemptAt.toISOString() }, now);
   } else {
     failTerminally(
       core,
@@ -157,7 +168,10 @@ export function durableDue(core: Core, task: TaskState, now: Date): void {
       task,
       {
         type: TaskErrorType.WAIT_TIMEOUT,
-        message: `no signal ${JSON.stringify(durable.signal)} arrived by ${task.nextAttemptAt.toISOString()}`,
+        message:
+          durable.kind === "wait"
+            ? `no signal ${JSON.stringify(durable.signal)} arrived by ${task.nextAttemptAt.toISOString()}`
+            : `no event matching ${describeEventWait(durable)} was published by ${task.nextAttemptAt.toISOString()}`,
         retryable: false,
       },
       now,
@@ -165,6 +179,11 @@ export function durableDue(core: Core, task: TaskState, now: Date): void {
   }
   advance(core, run, now);
   core.fx.commit();
+}
+
+/** A wait for an event in words: its key pattern and its filter, if any. */
+export function describeEventWait(wait: { event: string; filterText: string | null }): string {
+  return `${JSON.stringify(wait.event)}${wait.filterText === null ? "" : ` with filter ${JSON.stringify(wait.filterText)}`}`;
 }
 
 /**
@@ -225,7 +244,7 @@ export function signalReceived(
     value: { name: input.name, idempotencyKey: input.key ?? "", stepId: signal.stepId ?? "" },
   });
   if (waiting !== undefined) {
-    succeed(core, run, waiting, payload, now);
+    succeedDurable(core, run, waiting, payload, now);
     advance(core, run, now);
   }
   core.fx.commit();

@@ -1,6 +1,9 @@
 /**
  * Durable waits and sleeps in the definition language: a step with `wait` ({"signal": "approval",
- * "timeout": "2d"}) waits for a signal sent to its run; a step with `sleep` ({"for": "10m"} or
+ * "timeout": "2d"}) waits for a signal sent to its run, or ({"event": "orders.paid", "filter":
+ * "event.payload.orderId == input.orderId", "timeout": "1h"}) for an event published after it
+ * began waiting whose key matches the pattern and for which the filter is truthy (the filter may
+ * name the event, the run's input and upstream outputs); a step with `sleep` ({"for": "10m"} or
  * {"until": "{{ input.remindAt }}"}) waits for a time. Neither is a task: no executor runs it and
  * it holds no executor slot. A step sets exactly one of `type`, `wait` and `sleep`; a wait or sleep
  * step takes no `input`, `retry`, `timeouts`, `compensate` or `priority` (there is nothing to run,
@@ -11,9 +14,11 @@
  * may name the run's input or an upstream step's output.
  */
 import { DurationError, parseDuration } from "@nexusflow/common/duration";
-import type { SpecError } from "./errors.js";
+import { ExpressionSyntaxError, type SpecError } from "./errors.js";
+import { parseExpression, type Expr } from "./expr.js";
 import { isPlainObject, jsonTypeOf, pathJoin } from "./json.js";
 import { compileTemplate, type Template } from "./template.js";
+import { patternProblem } from "./triggers.js";
 
 /** Signal names: a letter, then letters, digits, `_`, `.`, `:` or `-`, at most 128 characters. */
 export const SIGNAL_NAME_PATTERN = /^[A-Za-z][A-Za-z0-9_.:-]{0,127}$/;
@@ -21,9 +26,13 @@ export const SIGNAL_NAME_PATTERN = /^[A-Za-z][A-Za-z0-9_.:-]{0,127}$/;
 export const SIGNAL_NAME_RULE =
   "use letters, digits, _, ., : and -, start with a letter, at most 128 characters";
 
-/** A wait or sleep as written. */
+/** A wait or sleep as written: a wait sets exactly one of `signal` and `event`. */
 export interface WaitSpec {
-  signal: string;
+  signal?: string;
+  /** An event key pattern, as in a trigger (`orders.paid`, `orders.*`, `orders.**`). */
+  event?: string;
+  /** With `event`: an expression over `event.*`, `input.*`, `run.*` and upstream `steps.*`. */
+  filter?: string;
   timeout?: string;
 }
 export interface SleepSpec {
@@ -34,7 +43,22 @@ export interface SleepSpec {
 /** A compiled wait or sleep step. */
 export type CompiledDurable =
   | { readonly kind: "wait"; readonly signal: string; readonly timeoutMs: number | null }
+  | CompiledEventWait
   | { readonly kind: "sleep"; readonly forMs: number | null };
+
+/** A compiled wait for an event (core/event-waits.ts matches published events against it). */
+export interface CompiledEventWait {
+  readonly kind: "event";
+  /** The key pattern as written. */
+  readonly event: string;
+  /** Its segments (`*`, `**` or a literal; dag/triggers.ts keyMatches). */
+  readonly segments: readonly string[];
+  /** The filter as written, or null. */
+  readonly filterText: string | null;
+  /** The parsed filter, or null: every event whose key matches satisfies the wait. */
+  readonly filter: Expr | null;
+  readonly timeoutMs: number | null;
+}
 
 /** What {@link checkDurable} found: the compiled kind and the task input template. */
 export interface DurableDraft {
@@ -42,6 +66,11 @@ export interface DurableDraft {
   readonly input: Template;
   /** Where the input template's references are reported (`$.steps[i].sleep`). */
   readonly inputPath: string;
+  /**
+   * A wait for an event's filter, and where its references are reported (they may name `event`,
+   * `input`, `run` and upstream steps: validate.ts checks them with the others).
+   */
+  readonly filter?: { readonly expr: Expr; readonly path: string };
 }
 
 /** Fields a wait or sleep step may not have. */
@@ -120,29 +149,7 @@ export function checkDurable(
     errors.push({ path: at, message: `${kind} must be an object, got ${jsonTypeOf(body)}` });
     return undefined;
   }
-  if (kind === "wait") {
-    unknownFields(body, ["signal", "timeout"], at, "wait", errors);
-    const signal = body["signal"];
-    const signalPath = pathJoin(at, "signal");
-    if (signal === undefined) errors.push({ path: signalPath, message: "wait.signal is required" });
-    else if (typeof signal !== "string" || !SIGNAL_NAME_PATTERN.test(signal))
-      errors.push({
-        path: signalPath,
-        message: `signal name ${typeof signal === "string" ? JSON.stringify(signal.slice(0, 100)) : jsonTypeOf(signal)} is invalid: ${SIGNAL_NAME_RULE}`,
-      });
-    const timeoutMs =
-      body["timeout"] === undefined
-        ? null
-        : (duration(body["timeout"], pathJoin(at, "timeout"), "wait.timeout", errors) ?? null);
-    if (errors.length > before) return undefined;
-    const literal: Record<string, string> = { signal: signal as string };
-    if (typeof body["timeout"] === "string") literal["timeout"] = body["timeout"];
-    return {
-      durable: { kind: "wait", signal: signal as string, timeoutMs },
-      input: { kind: "literal", value: literal },
-      inputPath: at,
-    };
-  }
+  if (kind === "wait") return checkWait(body, at, errors, before);
   unknownFields(body, ["for", "until"], at, "sleep", errors);
   const hasFor = body["for"] !== undefined;
   const hasUntil = body["until"] !== undefined;
@@ -171,6 +178,92 @@ export function checkDurable(
   }
   if (errors.length > before) return undefined;
   return { durable: { kind: "sleep", forMs }, input, inputPath: at };
+}
+
+/** Checks a `wait` object (at `at`): a signal, or an event with its optional filter. */
+function checkWait(
+  body: Record<string, unknown>,
+  at: string,
+  errors: SpecError[],
+  before: number,
+): DurableDraft | undefined {
+  unknownFields(body, ["signal", "event", "filter", "timeout"], at, "wait", errors);
+  const signal = body["signal"];
+  const event = body["event"];
+  const signalPath = pathJoin(at, "signal");
+  const eventPath = pathJoin(at, "event");
+  if (signal === undefined && event === undefined)
+    errors.push({
+      path: signalPath,
+      message:
+        "wait.signal (a signal's name) or wait.event (an event key pattern) is required: a wait sets exactly one of them",
+    });
+  else if (signal !== undefined && event !== undefined)
+    errors.push({
+      path: eventPath,
+      message: "a wait sets exactly one of signal and event: it waits for a signal or for an event",
+    });
+  else if (signal !== undefined && (typeof signal !== "string" || !SIGNAL_NAME_PATTERN.test(signal)))
+    errors.push({
+      path: signalPath,
+      message: `signal name ${typeof signal === "string" ? JSON.stringify(signal.slice(0, 100)) : jsonTypeOf(signal)} is invalid: ${SIGNAL_NAME_RULE}`,
+    });
+  else if (event !== undefined) {
+    const problem =
+      typeof event === "string" ? patternProblem(event) : `must be a string, got ${jsonTypeOf(event)}`;
+    if (problem !== undefined) errors.push({ path: eventPath, message: `wait.event: ${problem}` });
+  }
+  let filter: Expr | null = null;
+  const rawFilter = body["filter"];
+  const filterPath = pathJoin(at, "filter");
+  if (rawFilter !== undefined) {
+    if (event === undefined)
+      errors.push({ path: filterPath, message: "wait.filter goes with wait.event (a signal wait has none)" });
+    else if (typeof rawFilter !== "string" || rawFilter.trim() === "")
+      errors.push({
+        path: filterPath,
+        message: `wait.filter must be an expression such as "event.payload.orderId == input.orderId", got ${typeof rawFilter === "string" ? "an empty string" : jsonTypeOf(rawFilter)}`,
+      });
+    else
+      try {
+        filter = parseExpression(rawFilter);
+      } catch (e) {
+        if (!(e instanceof ExpressionSyntaxError)) throw e;
+        errors.push({ path: filterPath, message: `wait.filter: ${e.message}` });
+      }
+  }
+  const timeoutMs =
+    body["timeout"] === undefined
+      ? null
+      : (duration(body["timeout"], pathJoin(at, "timeout"), "wait.timeout", errors) ?? null);
+  if (errors.length > before) return undefined;
+  // The task's input says what it waits for (GetRun shows it).
+  const literal: Record<string, string> = {};
+  if (typeof body["timeout"] === "string") literal["timeout"] = body["timeout"];
+  if (signal !== undefined)
+    return {
+      durable: { kind: "wait", signal: signal as string, timeoutMs },
+      input: { kind: "literal", value: { signal: signal as string, ...literal } },
+      inputPath: at,
+    };
+  const pattern = event as string;
+  const filterText = filter === null ? null : (rawFilter as string);
+  return {
+    durable: Object.freeze({
+      kind: "event",
+      event: pattern,
+      segments: Object.freeze(pattern.split(".")),
+      filterText,
+      filter,
+      timeoutMs,
+    }),
+    input: {
+      kind: "literal",
+      value: { event: pattern, ...(filterText === null ? {} : { filter: filterText }), ...literal },
+    },
+    inputPath: at,
+    ...(filter === null ? {} : { filter: { expr: filter, path: filterPath } }),
+  };
 }
 
 const RFC3339 = /^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$/;

@@ -18,7 +18,8 @@ export const MAX_EXPRESSION_DEPTH = 64;
 
 /**
  * Names an expression may start a path with. `step` exists only in `compensate.input`, `event`
- * (`event.key`, `event.payload`) only in a trigger's `filter`, `item` and `index` only in a map step's `input`.
+ * (`event.key`, `event.payload`) only in a trigger's or a wait's `filter`, `item` and `index` only
+ * in a map step's `input`.
  */
 export type PathRoot = "input" | "steps" | "run" | "step" | "event" | "item" | "index";
 /** Built-in pure functions. */
@@ -75,7 +76,7 @@ export interface EvalScope {
   readonly step: { readonly input?: unknown; readonly output?: unknown } | undefined;
   /** A map step's element (`item`) and its position (`index`); absent everywhere else. */
   readonly element?: { readonly item: unknown; readonly index: number } | undefined;
-  /** The event a trigger's filter looks at (`event.*`); absent everywhere else. */
+  /** The event a trigger's or a wait's filter looks at (`event.*`); absent everywhere else. */
   readonly event?: { readonly key: string; readonly payload: unknown } | undefined;
   /** Looks up a step by id; `undefined` for unknown ids. */
   stepView(id: string): StepView | undefined;
@@ -633,7 +634,7 @@ export function resolvePath(path: PathExpr, scope: EvalScope): Resolution {
       return { found: true, value: scope.element.index, skipped: false };
     case "event": {
       if (scope.event === undefined)
-        return { found: false, reason: "event.* is only available in a trigger's filter" };
+        return { found: false, reason: "event.* is only available in a trigger's or a wait's filter" };
       if (path.segments[0] === "key") return { found: true, value: scope.event.key, skipped: false };
       return walk(path, scope.event.payload, 1);
     }

@@ -60,6 +60,7 @@ export {
   SIGNAL_NAME_RULE,
   untilTime,
   type CompiledDurable,
+  type CompiledEventWait,
   type SleepSpec,
   type WaitSpec,
 } from "./durable.js";

@@ -109,7 +109,7 @@ export interface StepSpec {
    * that a waiting task of any priority is eventually first.
    */
   priority?: number;
-  /** A durable wait for a signal instead of a task (dag/durable.ts). */
+  /** A durable wait for a signal or an event instead of a task (dag/durable.ts). */
   wait?: WaitSpec;
   /** A durable sleep instead of a task (dag/durable.ts). */
   sleep?: SleepSpec;

@@ -62,7 +62,7 @@ export function eventKeyProblem(key: string): string | undefined {
 }
 
 /** The problem with a key pattern, or undefined when it is one. */
-function patternProblem(pattern: string): string | undefined {
+export function patternProblem(pattern: string): string | undefined {
   if (pattern === "") return "an event key pattern is required";
   if (pattern.length > MAX_EVENT_KEY_LENGTH)
     return `is ${pattern.length} characters; a key pattern is at most ${MAX_EVENT_KEY_LENGTH}`;

@@ -135,6 +135,8 @@ interface StepDraft {
   readonly child: CompiledChild | null;
   /** A map step (map.ts); null otherwise. */
   readonly map: CompiledMap | null;
+  /** A wait for an event's filter and its path (durable.ts); null otherwise. */
+  readonly waitFilter: { readonly expr: Expr; readonly path: string } | null;
   /** Where references of `input` are reported. */
   readonly inputPath: string;
   readonly retryOk: boolean;
@@ -263,6 +265,7 @@ function checkStep(checker: Checker, value: unknown, path: string): StepDraft | 
     durable: durable?.durable ?? null,
     child: child?.child ?? null,
     map: step["map"] === undefined ? null : (checkMap(step, path, checker.errors) ?? null),
+    waitFilter: durable?.filter ?? null,
     inputPath: child?.inputPath ?? durable?.inputPath ?? pathJoin(path, "input"),
     retryOk,
     timeouts,
@@ -292,6 +295,8 @@ interface ReferenceSite {
   readonly compensation: boolean;
   /** True inside a map step's `input`: `item` and `index` are allowed. */
   readonly element?: boolean;
+  /** True inside a wait's `filter`: `event` is allowed. */
+  readonly event?: boolean;
 }
 
 /**
@@ -430,10 +435,11 @@ export function compileWorkflow(json: unknown): CompileResult {
       return;
     }
     if (ref.root === "event") {
-      checker.err(
-        at,
-        `${ref.text}: event.* is only available in a trigger's filter; a run started by an event has its payload as input`,
-      );
+      if (site.event !== true)
+        checker.err(
+          at,
+          `${ref.text}: event.* is only available in a trigger's filter and a wait's filter; a run started by an event has its payload as input`,
+        );
       return;
     }
     if (ref.root === "step") {
@@ -490,6 +496,9 @@ export function compileWorkflow(json: unknown): CompileResult {
       for (const { at, path } of templatePaths(draft.input, draft.inputPath))
         checkReference(inputSite, at, path);
     }
+    if (draft.waitFilter !== null)
+      for (const ref of expressionPaths(draft.waitFilter.expr))
+        checkReference({ ...site, event: true }, draft.waitFilter.path, ref);
     if (draft.map !== null)
       for (const ref of expressionPaths(draft.map.items))
         checkReference(site, pathJoin(pathJoin(draft.path, "map"), "items"), ref);

@@ -25,6 +25,7 @@ import { cancelMessage, pingMessage } from "./messages.js";
 import { OutputReader } from "./offloaded-outputs.js";
 import { UnservedTypes } from "./pending.js";
 import { Watchers } from "./watchers.js";
+import { DurableWaits } from "./waits.js";
 import {
   type RateLimitPause,
   type RateLimitStats,
@@ -125,6 +126,8 @@ export class Engine {
   readonly heartbeatIntervalMs: number;
   /** Session timeout told to executors. */
   readonly sessionTimeoutMs: number;
+  /** Signals and events for the waits of the active runs (waits.ts). */
+  readonly waits: DurableWaits;
   private readonly commitTimeoutMs: number;
   private readonly restartedAt: number | undefined;
   private stateValue: EngineState = "CREATED";
@@ -189,6 +192,12 @@ export class Engine {
       sessionTimeoutMs: this.sessionTimeoutMs,
       newId: randomUUID,
     };
+    this.waits = new DurableWaits({
+      core: this.core,
+      log: options.log,
+      assertRunning: () => this.assertRunning(),
+      committed: () => this.committed(),
+    });
   }
 
   /** Current lifecycle state. */
@@ -509,20 +518,6 @@ export class Engine {
     const run = this.core.runs.get(runId);
     if (run === undefined || !core.cancelRun(this.core, run, reason, compensate, new Date())) return;
     await this.committed();
-  }
-
-  /**
-   * SignalRun for a run active here (core/waits.ts): answers once the signal (and the wait step it
-   * completed) is committed; undefined when the run is not active here.
-   */
-  async signalRun(runId: string, input: core.SignalInput): Promise<core.SignalOutcome | undefined> {
-    this.assertRunning();
-    const run = this.core.runs.get(runId);
-    if (run === undefined) return undefined;
-    const outcome = core.signalReceived(this.core, run, input, new Date());
-    if ("code" in outcome) throw new ApiError(Code[outcome.code], outcome.message);
-    await this.committed();
-    return outcome;
   }
 
   /**

@@ -1,0 +1,68 @@
+/**
+ * The engine's side of durable waits (core/waits.ts, core/event-waits.ts): a signal sent to an
+ * active run, and a published event matched against the WAITING waits for an event and then
+ * applied to them. Each answers once what it changed is committed.
+ */
+import { ApiError, Code, type Logger } from "@nexusflow/common";
+import * as core from "../core/index.js";
+import type { Core } from "../core/index.js";
+
+/** What the waits need of the engine. */
+export interface DurableWaitsHost {
+  readonly core: Core;
+  readonly log: Logger;
+  /** Throws UNAVAILABLE unless the engine is running with a healthy store. */
+  assertRunning(): void;
+  /** Resolves once everything changed so far is committed (UNAVAILABLE after the commit timeout). */
+  committed(): Promise<void>;
+}
+
+/** Signals and events for the waits of the runs active here. */
+export class DurableWaits {
+  constructor(private readonly host: DurableWaitsHost) {}
+
+  /**
+   * SignalRun for a run active here (core/waits.ts): answers once the signal (and the wait step it
+   * completed) is committed; undefined when the run is not active here.
+   */
+  async signal(runId: string, input: core.SignalInput): Promise<core.SignalOutcome | undefined> {
+    this.host.assertRunning();
+    const run = this.host.core.runs.get(runId);
+    if (run === undefined) return undefined;
+    const outcome = core.signalReceived(this.host.core, run, input, new Date());
+    if ("code" in outcome) throw new ApiError(Code[outcome.code], outcome.message);
+    await this.host.committed();
+    return outcome;
+  }
+
+  /**
+   * The waits an event about to be stored satisfies now (core/event-waits.ts matchEvent): they are
+   * stored with it. A filter failing on it is logged once per wait. Throws UNAVAILABLE unless the
+   * engine is running: an event is stored only with the waits of the runs it could see.
+   */
+  matchEvent(event: core.WaitEvent): core.WaitMatch[] {
+    this.host.assertRunning();
+    const { matches, failures } = core.matchEvent(this.host.core, event);
+    for (const f of failures)
+      this.host.log.warn(
+        { run_id: f.runId, step_id: f.stepId, event_key: event.key, err: f.message },
+        "a wait's filter failed on an event: not a match (logged once per wait)",
+      );
+    return matches;
+  }
+
+  /**
+   * Ends the waits a stored event matched that still wait (core/event-waits.ts applyEvent), and
+   * resolves once everything changed so far is committed (also what ended a wait otherwise, so
+   * that the matches can be settled from the rows), with each match's outcome.
+   */
+  async applyEvent(
+    event: core.StoredWaitEvent,
+    matches: readonly Pick<core.WaitMatch, "taskRunId">[],
+  ): Promise<core.WaitApplyOutcome[]> {
+    this.host.assertRunning();
+    const outcomes = core.applyEvent(this.host.core, event, matches, new Date());
+    await this.host.committed();
+    return outcomes;
+  }
+}
