@@ -14,7 +14,7 @@ import type { JsonObject, Message } from "@bufbuild/protobuf";
  * Describes the file nexusflow/v1/workflow.proto.
  */
 export const file_nexusflow_v1_workflow: GenFile = /*@__PURE__*/
-  fileDesc("ChtuZXh1c2Zsb3cvdjEvd29ya2Zsb3cucHJvdG8SDG5leHVzZmxvdy52MSKtAgoMV29ya2Zsb3dTcGVjEgwKBG5hbWUYASABKAkSDwoHdmVyc2lvbhgCIAEoBRITCgtkZXNjcmlwdGlvbhgDIAEoCRImCgVpbnB1dBgEIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSLAoIZGVmYXVsdHMYBSABKAsyGi5uZXh1c2Zsb3cudjEuU3RlcERlZmF1bHRzEg8KB3RpbWVvdXQYBiABKAkSJQoFc3RlcHMYByADKAsyFi5uZXh1c2Zsb3cudjEuU3RlcFNwZWMSJgoGb3V0cHV0GAggASgLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlEjMKC2NvbmN1cnJlbmN5GAkgAygLMh4ubmV4dXNmbG93LnYxLkNvbmN1cnJlbmN5TGltaXQiQAoQQ29uY3VycmVuY3lMaW1pdBILCgNrZXkYASABKAkSDQoFbGltaXQYAiABKAUSEAoIc3RyYXRlZ3kYAyABKAkieAoMU3RlcERlZmF1bHRzEigKBXJldHJ5GAEgASgLMhkubmV4dXNmbG93LnYxLlJldHJ5UG9saWN5EiwKCHRpbWVvdXRzGAIgASgLMhoubmV4dXNmbG93LnYxLlN0ZXBUaW1lb3V0cxIQCghwcmlvcml0eRgDIAEoBSKPBAoIU3RlcFNwZWMSCgoCaWQYASABKAkSDAoEdHlwZRgCIAEoCRIlCgVpbnB1dBgDIAEoCzIWLmdvb2dsZS5wcm90b2J1Zi5WYWx1ZRISCgpkZXBlbmRzX29uGAQgAygJEgwKBHdoZW4YBSABKAkSKAoFcmV0cnkYBiABKAsyGS5uZXh1c2Zsb3cudjEuUmV0cnlQb2xpY3kSLAoIdGltZW91dHMYByABKAsyGi5uZXh1c2Zsb3cudjEuU3RlcFRpbWVvdXRzEi4KCmNvbXBlbnNhdGUYCCABKAsyGi5uZXh1c2Zsb3cudjEuQ29tcGVuc2F0aW9uEhAKCHByaW9yaXR5GAkgASgFEjMKC2NvbmN1cnJlbmN5GAogAygLMh4ubmV4dXNmbG93LnYxLkNvbmN1cnJlbmN5TGltaXQSJAoEd2FpdBgUIAEoCzIWLm5leHVzZmxvdy52MS5XYWl0U3BlYxImCgVzbGVlcBgVIAEoCzIXLm5leHVzZmxvdy52MS5TbGVlcFNwZWMSMQoId29ya2Zsb3cYFiABKAsyHy5uZXh1c2Zsb3cudjEuQ2hpbGRXb3JrZmxvd1NwZWMSLAoLcmF0ZV9saW1pdHMYMiADKAsyFy5uZXh1c2Zsb3cudjEuUmF0ZUxpbWl0EiIKA21hcBgpIAEoCzIVLm5leHVzZmxvdy52MS5NYXBTcGVjIl8KCVJhdGVMaW1pdBIMCgRuYW1lGAEgASgJEgsKA2tleRgCIAEoCRINCgV1bml0cxgDIAEoBRIMCgRyYXRlGAQgASgFEgsKA3BlchgFIAEoCRINCgVidXJzdBgGIAEoBSJzChFDaGlsZFdvcmtmbG93U3BlYxIMCgRuYW1lGAEgASgJEg8KB3ZlcnNpb24YAiABKAUSJQoFaW5wdXQYAyABKAsyFi5nb29nbGUucHJvdG9idWYuVmFsdWUSGAoQb25fcGFyZW50X2NhbmNlbBgEIAEoCSJKCghXYWl0U3BlYxIOCgZzaWduYWwYASABKAkSDwoHdGltZW91dBgCIAEoCRINCgVldmVudBgDIAEoCRIOCgZmaWx0ZXIYBCABKAkiJwoJU2xlZXBTcGVjEgsKA2ZvchgBIAEoCRINCgV1bnRpbBgCIAEoCSKeAQoLUmV0cnlQb2xpY3kSFAoMbWF4X2F0dGVtcHRzGAEgASgFEhgKEGluaXRpYWxfaW50ZXJ2YWwYAiABKAkSGwoTYmFja29mZl9jb2VmZmljaWVudBgDIAEoARIUCgxtYXhfaW50ZXJ2YWwYBCABKAkSDgoGaml0dGVyGAUgASgJEhwKFG5vbl9yZXRyeWFibGVfZXJyb3JzGAYgAygJIlQKDFN0ZXBUaW1lb3V0cxIZChFzY2hlZHVsZV90b19zdGFydBgBIAEoCRIWCg5zdGFydF90b19jbG9zZRgCIAEoCRIRCgloZWFydGJlYXQYAyABKAkibQoMQ29tcGVuc2F0aW9uEgwKBHR5cGUYASABKAkSJQoFaW5wdXQYAiABKAsyFi5nb29nbGUucHJvdG9idWYuVmFsdWUSKAoFcmV0cnkYAyABKAsyGS5uZXh1c2Zsb3cudjEuUmV0cnlQb2xpY3kipAEKEldvcmtmbG93RGVmaW5pdGlvbhIMCgRuYW1lGAEgASgJEg8KB3ZlcnNpb24YAiABKAUSKAoEc3BlYxgDIAEoCzIaLm5leHVzZmxvdy52MS5Xb3JrZmxvd1NwZWMSFAoMY29udGVudF9oYXNoGAQgASgJEi8KC2NyZWF0ZV90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJmCglUYXNrRXJyb3ISDAoEdHlwZRgBIAEoCRIPCgdtZXNzYWdlGAIgASgJEhEKCXJldHJ5YWJsZRgDIAEoCBInCgdkZXRhaWxzGAQgASgLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlIskCCgdBdHRlbXB0Eg4KBm51bWJlchgBIAEoBRIVCg1mZW5jaW5nX3Rva2VuGAIgASgDEhMKC2V4ZWN1dG9yX2lkGAMgASgJEi4KCmxlYXNlX3RpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnN0YXJ0X3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiwKCGVuZF90aW1lGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIoCgZzdGF0dXMYByABKA4yGC5uZXh1c2Zsb3cudjEuVGFza1N0YXR1cxImCgVlcnJvchgIIAEoCzIXLm5leHVzZmxvdy52MS5UYXNrRXJyb3ISIgoEbG9ncxgJIAEoCzIULm5leHVzZmxvdy52MS5Mb2dSZWYiwQQKB1Rhc2tSdW4SCgoCaWQYASABKAkSDwoHc3RlcF9pZBgCIAEoCRIkCgRraW5kGAMgASgOMhYubmV4dXNmbG93LnYxLlRhc2tLaW5kEgwKBHR5cGUYBCABKAkSKAoGc3RhdHVzGAUgASgOMhgubmV4dXNmbG93LnYxLlRhc2tTdGF0dXMSJQoFaW5wdXQYBiABKAsyFi5nb29nbGUucHJvdG9idWYuVmFsdWUSJgoGb3V0cHV0GAcgASgLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlEi0KCm91dHB1dF9yZWYYCCABKAsyGS5uZXh1c2Zsb3cudjEuQXJ0aWZhY3RSZWYSJgoFZXJyb3IYCSABKAsyFy5uZXh1c2Zsb3cudjEuVGFza0Vycm9yEicKCGF0dGVtcHRzGAogAygLMhUubmV4dXNmbG93LnYxLkF0dGVtcHQSNQoRbmV4dF9hdHRlbXB0X3RpbWUYCyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhMKC3NraXBfcmVhc29uGAwgASgJEi8KC2NyZWF0ZV90aW1lGA0gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCghlbmRfdGltZRgOIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFgoOcGVuZGluZ19yZWFzb24YDyABKAkSEwoLcmV1c2VkX2Zyb20YHiABKAkSFAoMY2hpbGRfcnVuX2lkGCggASgJIq4FCgtQZW5kaW5nR2F0ZRI2CgxkZXBlbmRlbmNpZXMYASABKAsyHi5uZXh1c2Zsb3cudjEuRGVwZW5kZW5jaWVzR2F0ZUgAEjAKCWNvbmRpdGlvbhgCIAEoCzIbLm5leHVzZmxvdy52MS5Db25kaXRpb25HYXRlSAASNwoNcmV0cnlfYmFja29mZhgDIAEoCzIeLm5leHVzZmxvdy52MS5SZXRyeUJhY2tvZmZHYXRlSAASMwoLbm9fZXhlY3V0b3IYBCABKAsyHC5uZXh1c2Zsb3cudjEuTm9FeGVjdXRvckdhdGVIABI5Cg5leGVjdXRvcnNfYnVzeRgFIAEoCzIfLm5leHVzZmxvdy52MS5FeGVjdXRvcnNCdXN5R2F0ZUgAEj4KEXNjaGVkdWxlX3RvX3N0YXJ0GAYgASgLMiEubmV4dXNmbG93LnYxLlNjaGVkdWxlVG9TdGFydEdhdGVIABI1CgxydW5fc3RvcHBpbmcYByABKAsyHS5uZXh1c2Zsb3cudjEuUnVuU3RvcHBpbmdHYXRlSAASNQoMZHVyYWJsZV93YWl0GBQgASgLMh0ubmV4dXNmbG93LnYxLkR1cmFibGVXYWl0R2F0ZUgAEi8KCWNoaWxkX3J1bhgVIAEoCzIaLm5leHVzZmxvdy52MS5DaGlsZFJ1bkdhdGVIABI7Cg9jb25jdXJyZW5jeV9rZXkYCCABKAsyIC5uZXh1c2Zsb3cudjEuQ29uY3VycmVuY3lLZXlHYXRlSAASMQoKcmF0ZV9saW1pdBgyIAEoCzIbLm5leHVzZmxvdy52MS5SYXRlTGltaXRHYXRlSAASNQoMbWFwX2VsZW1lbnRzGCggASgLMh0ubmV4dXNmbG93LnYxLk1hcEVsZW1lbnRzR2F0ZUgAQgYKBGdhdGUitgEKDVJhdGVMaW1pdEdhdGUSDAoEbmFtZRgBIAEoCRILCgNrZXkYAiABKAkSMQoNbmV4dF90b2tlbl9hdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMAoMcGF1c2VkX3VudGlsGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIRCglwYXVzZWRfYnkYBSABKAkSEgoKcGF1c2Vfbm90ZRgGIAEoCSJlCgxDaGlsZFJ1bkdhdGUSDgoGcnVuX2lkGAEgASgJEhUKDXdvcmtmbG93X25hbWUYAiABKAkSGAoQd29ya2Zsb3dfdmVyc2lvbhgDIAEoBRIUCgxjb21wZW5zYXRpbmcYBCABKAgiawoPRHVyYWJsZVdhaXRHYXRlEg4KBnNpZ25hbBgBIAEoCRIpCgV1bnRpbBgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDQoFZXZlbnQYAyABKAkSDgoGZmlsdGVyGAQgASgJIs8BChJDb25jdXJyZW5jeUtleUdhdGUSDQoFc2NvcGUYASABKAkSFgoOa2V5X2V4cHJlc3Npb24YAiABKAkSCwoDa2V5GAMgASgJEg0KBWxpbWl0GAQgASgFEhAKCHN0cmF0ZWd5GAUgASgJEjAKB2hvbGRlcnMYBiADKAsyHy5uZXh1c2Zsb3cudjEuQ29uY3VycmVuY3lIb2xkZXISDwoHaG9sZGluZxgHIAEoBRIQCghwb3NpdGlvbhgIIAEoBRIPCgd3YWl0aW5nGAkgASgFIkkKEUNvbmN1cnJlbmN5SG9sZGVyEg4KBnJ1bl9pZBgBIAEoCRIPCgdzdGVwX2lkGAIgASgJEhMKC3Rhc2tfcnVuX2lkGAMgASgJIkUKEERlcGVuZGVuY2llc0dhdGUSEAoIc3RlcF9pZHMYASADKAkSHwoXcmVhZGluZ19vdXRwdXRfc3RlcF9pZHMYAiADKAkiNQoNQ29uZGl0aW9uR2F0ZRISCgpleHByZXNzaW9uGAEgASgJEhAKCHN0ZXBfaWRzGAIgAygJIqIBChBSZXRyeUJhY2tvZmZHYXRlEjUKEW5leHRfYXR0ZW1wdF90aW1lGAEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIUCgxuZXh0X2F0dGVtcHQYAiABKAUSFAoMbWF4X2F0dGVtcHRzGAMgASgFEisKCmxhc3RfZXJyb3IYBCABKAsyFy5uZXh1c2Zsb3cudjEuVGFza0Vycm9yIlgKDk5vRXhlY3V0b3JHYXRlEgwKBHR5cGUYASABKAkSDQoFYWhlYWQYAiABKAUSKQoFc2luY2UYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIoABChFFeGVjdXRvcnNCdXN5R2F0ZRIMCgR0eXBlGAEgASgJEhEKCWV4ZWN1dG9ycxgCIAEoBRIQCghkcmFpbmluZxgDIAEoBRINCgVhaGVhZBgEIAEoBRIpCgVzaW5jZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiVwoTU2NoZWR1bGVUb1N0YXJ0R2F0ZRIsCghkZWFkbGluZRgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEgoKdGltZW91dF9tcxgCIAEoAyJYCg9SdW5TdG9wcGluZ0dhdGUSKwoKcnVuX3N0YXR1cxgBIAEoDjIXLm5leHVzZmxvdy52MS5SdW5TdGF0dXMSGAoQY2FuY2VsX3JlcXVlc3RlZBgCIAEoCCKgBQoDUnVuEgoKAmlkGAEgASgJEhUKDXdvcmtmbG93X25hbWUYAiABKAkSGAoQd29ya2Zsb3dfdmVyc2lvbhgDIAEoBRInCgZzdGF0dXMYBCABKA4yFy5uZXh1c2Zsb3cudjEuUnVuU3RhdHVzEiUKBWlucHV0GAUgASgLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlEiYKBm91dHB1dBgGIAEoCzIWLmdvb2dsZS5wcm90b2J1Zi5WYWx1ZRImCgVlcnJvchgHIAEoCzIXLm5leHVzZmxvdy52MS5UYXNrRXJyb3ISFwoPaWRlbXBvdGVuY3lfa2V5GAggASgJEi0KBmxhYmVscxgJIAMoCzIdLm5leHVzZmxvdy52MS5SdW4uTGFiZWxzRW50cnkSJAoFdGFza3MYCiADKAsyFS5uZXh1c2Zsb3cudjEuVGFza1J1bhIvCgtjcmVhdGVfdGltZRgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLAoIZW5kX3RpbWUYDCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiwKCGRlYWRsaW5lGA0gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIoCgdzaWduYWxzGA4gAygLMhcubmV4dXNmbG93LnYxLlJ1blNpZ25hbBIQCghyZXJ1bl9vZhgeIAEoCRIXCg9yZXJ1bl9mcm9tX3N0ZXAYHyABKAkSDgoGcmVydW5zGCAgAygJEhUKDXBhcmVudF9ydW5faWQYKCABKAkSFgoOcGFyZW50X3N0ZXBfaWQYKSABKAkaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASKeAQoJUnVuU2lnbmFsEgwKBG5hbWUYASABKAkSFwoPaWRlbXBvdGVuY3lfa2V5GAIgASgJEg8KB3N0ZXBfaWQYAyABKAkSJwoHcGF5bG9hZBgEIAEoCzIWLmdvb2dsZS5wcm90b2J1Zi5WYWx1ZRIwCgxyZWNlaXZlX3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIpoBCg9NYXBFbGVtZW50c0dhdGUSDQoFdG90YWwYASABKAUSEQoJc3VjY2VlZGVkGAIgASgFEg4KBmZhaWxlZBgDIAEoBRIPCgdydW5uaW5nGAQgASgFEg4KBnF1ZXVlZBgFIAEoBRIfChd3YWl0aW5nX2Zvcl9wYXJhbGxlbGlzbRgGIAEoBRITCgtwYXJhbGxlbGlzbRgHIAEoBSI+CgdNYXBTcGVjEg0KBWl0ZW1zGAEgASgJEhMKC3BhcmFsbGVsaXNtGAIgASgFEg8KB2ZhaWx1cmUYAyABKAkqmQIKCVJ1blN0YXR1cxIaChZSVU5fU1RBVFVTX1VOU1BFQ0lGSUVEEAASFgoSUlVOX1NUQVRVU19QRU5ESU5HEAESFgoSUlVOX1NUQVRVU19SVU5OSU5HEAISGAoUUlVOX1NUQVRVU19TVUNDRUVERUQQAxIVChFSVU5fU1RBVFVTX0ZBSUxFRBAEEhgKFFJVTl9TVEFUVVNfQ0FOQ0VMTEVEEAUSGAoUUlVOX1NUQVRVU19USU1FRF9PVVQQBhIbChdSVU5fU1RBVFVTX0NPTVBFTlNBVElORxAHEhoKFlJVTl9TVEFUVVNfQ09NUEVOU0FURUQQCBIiCh5SVU5fU1RBVFVTX0NPTVBFTlNBVElPTl9GQUlMRUQQCSqnAgoKVGFza1N0YXR1cxIbChdUQVNLX1NUQVRVU19VTlNQRUNJRklFRBAAEhcKE1RBU0tfU1RBVFVTX1BFTkRJTkcQARIWChJUQVNLX1NUQVRVU19RVUVVRUQQAhIWChJUQVNLX1NUQVRVU19MRUFTRUQQAxIXChNUQVNLX1NUQVRVU19SVU5OSU5HEAQSGgoWVEFTS19TVEFUVVNfUkVUUllfV0FJVBAFEhkKFVRBU0tfU1RBVFVTX1NVQ0NFRURFRBAGEhYKElRBU0tfU1RBVFVTX0ZBSUxFRBAHEhcKE1RBU0tfU1RBVFVTX1NLSVBQRUQQCBIZChVUQVNLX1NUQVRVU19DQU5DRUxMRUQQCRIXChNUQVNLX1NUQVRVU19XQUlUSU5HEAoqVQoIVGFza0tpbmQSGQoVVEFTS19LSU5EX1VOU1BFQ0lGSUVEEAASEgoOVEFTS19LSU5EX1NURVAQARIaChZUQVNLX0tJTkRfQ09NUEVOU0FUSU9OEAJiBnByb3RvMw", [file_google_protobuf_struct, file_google_protobuf_timestamp, file_nexusflow_v1_artifacts]);
+  fileDesc("ChtuZXh1c2Zsb3cvdjEvd29ya2Zsb3cucHJvdG8SDG5leHVzZmxvdy52MSLYAgoMV29ya2Zsb3dTcGVjEgwKBG5hbWUYASABKAkSDwoHdmVyc2lvbhgCIAEoBRITCgtkZXNjcmlwdGlvbhgDIAEoCRImCgVpbnB1dBgEIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSLAoIZGVmYXVsdHMYBSABKAsyGi5uZXh1c2Zsb3cudjEuU3RlcERlZmF1bHRzEg8KB3RpbWVvdXQYBiABKAkSJQoFc3RlcHMYByADKAsyFi5uZXh1c2Zsb3cudjEuU3RlcFNwZWMSJgoGb3V0cHV0GAggASgLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlEjMKC2NvbmN1cnJlbmN5GAkgAygLMh4ubmV4dXNmbG93LnYxLkNvbmN1cnJlbmN5TGltaXQSKQoIZmFpcm5lc3MYMiADKAsyFy5uZXh1c2Zsb3cudjEuRmFpclNoYXJlIkAKEENvbmN1cnJlbmN5TGltaXQSCwoDa2V5GAEgASgJEg0KBWxpbWl0GAIgASgFEhAKCHN0cmF0ZWd5GAMgASgJIqkBCglGYWlyU2hhcmUSCwoDa2V5GAEgASgJEg4KBndlaWdodBgCIAEoBRI1Cgd3ZWlnaHRzGAMgAygLMiQubmV4dXNmbG93LnYxLkZhaXJTaGFyZS5XZWlnaHRzRW50cnkSCwoDbWluGAQgASgFEgsKA21heBgFIAEoBRouCgxXZWlnaHRzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgFOgI4ASJ4CgxTdGVwRGVmYXVsdHMSKAoFcmV0cnkYASABKAsyGS5uZXh1c2Zsb3cudjEuUmV0cnlQb2xpY3kSLAoIdGltZW91dHMYAiABKAsyGi5uZXh1c2Zsb3cudjEuU3RlcFRpbWVvdXRzEhAKCHByaW9yaXR5GAMgASgFIo8ECghTdGVwU3BlYxIKCgJpZBgBIAEoCRIMCgR0eXBlGAIgASgJEiUKBWlucHV0GAMgASgLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlEhIKCmRlcGVuZHNfb24YBCADKAkSDAoEd2hlbhgFIAEoCRIoCgVyZXRyeRgGIAEoCzIZLm5leHVzZmxvdy52MS5SZXRyeVBvbGljeRIsCgh0aW1lb3V0cxgHIAEoCzIaLm5leHVzZmxvdy52MS5TdGVwVGltZW91dHMSLgoKY29tcGVuc2F0ZRgIIAEoCzIaLm5leHVzZmxvdy52MS5Db21wZW5zYXRpb24SEAoIcHJpb3JpdHkYCSABKAUSMwoLY29uY3VycmVuY3kYCiADKAsyHi5uZXh1c2Zsb3cudjEuQ29uY3VycmVuY3lMaW1pdBIkCgR3YWl0GBQgASgLMhYubmV4dXNmbG93LnYxLldhaXRTcGVjEiYKBXNsZWVwGBUgASgLMhcubmV4dXNmbG93LnYxLlNsZWVwU3BlYxIxCgh3b3JrZmxvdxgWIAEoCzIfLm5leHVzZmxvdy52MS5DaGlsZFdvcmtmbG93U3BlYxIsCgtyYXRlX2xpbWl0cxgyIAMoCzIXLm5leHVzZmxvdy52MS5SYXRlTGltaXQSIgoDbWFwGCkgASgLMhUubmV4dXNmbG93LnYxLk1hcFNwZWMiXwoJUmF0ZUxpbWl0EgwKBG5hbWUYASABKAkSCwoDa2V5GAIgASgJEg0KBXVuaXRzGAMgASgFEgwKBHJhdGUYBCABKAUSCwoDcGVyGAUgASgJEg0KBWJ1cnN0GAYgASgFInMKEUNoaWxkV29ya2Zsb3dTcGVjEgwKBG5hbWUYASABKAkSDwoHdmVyc2lvbhgCIAEoBRIlCgVpbnB1dBgDIAEoCzIWLmdvb2dsZS5wcm90b2J1Zi5WYWx1ZRIYChBvbl9wYXJlbnRfY2FuY2VsGAQgASgJIkoKCFdhaXRTcGVjEg4KBnNpZ25hbBgBIAEoCRIPCgd0aW1lb3V0GAIgASgJEg0KBWV2ZW50GAMgASgJEg4KBmZpbHRlchgEIAEoCSInCglTbGVlcFNwZWMSCwoDZm9yGAEgASgJEg0KBXVudGlsGAIgASgJIp4BCgtSZXRyeVBvbGljeRIUCgxtYXhfYXR0ZW1wdHMYASABKAUSGAoQaW5pdGlhbF9pbnRlcnZhbBgCIAEoCRIbChNiYWNrb2ZmX2NvZWZmaWNpZW50GAMgASgBEhQKDG1heF9pbnRlcnZhbBgEIAEoCRIOCgZqaXR0ZXIYBSABKAkSHAoUbm9uX3JldHJ5YWJsZV9lcnJvcnMYBiADKAkiVAoMU3RlcFRpbWVvdXRzEhkKEXNjaGVkdWxlX3RvX3N0YXJ0GAEgASgJEhYKDnN0YXJ0X3RvX2Nsb3NlGAIgASgJEhEKCWhlYXJ0YmVhdBgDIAEoCSJtCgxDb21wZW5zYXRpb24SDAoEdHlwZRgBIAEoCRIlCgVpbnB1dBgCIAEoCzIWLmdvb2dsZS5wcm90b2J1Zi5WYWx1ZRIoCgVyZXRyeRgDIAEoCzIZLm5leHVzZmxvdy52MS5SZXRyeVBvbGljeSKkAQoSV29ya2Zsb3dEZWZpbml0aW9uEgwKBG5hbWUYASABKAkSDwoHdmVyc2lvbhgCIAEoBRIoCgRzcGVjGAMgASgLMhoubmV4dXNmbG93LnYxLldvcmtmbG93U3BlYxIUCgxjb250ZW50X2hhc2gYBCABKAkSLwoLY3JlYXRlX3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wImYKCVRhc2tFcnJvchIMCgR0eXBlGAEgASgJEg8KB21lc3NhZ2UYAiABKAkSEQoJcmV0cnlhYmxlGAMgASgIEicKB2RldGFpbHMYBCABKAsyFi5nb29nbGUucHJvdG9idWYuVmFsdWUiyQIKB0F0dGVtcHQSDgoGbnVtYmVyGAEgASgFEhUKDWZlbmNpbmdfdG9rZW4YAiABKAMSEwoLZXhlY3V0b3JfaWQYAyABKAkSLgoKbGVhc2VfdGltZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKc3RhcnRfdGltZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLAoIZW5kX3RpbWUYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEigKBnN0YXR1cxgHIAEoDjIYLm5leHVzZmxvdy52MS5UYXNrU3RhdHVzEiYKBWVycm9yGAggASgLMhcubmV4dXNmbG93LnYxLlRhc2tFcnJvchIiCgRsb2dzGAkgASgLMhQubmV4dXNmbG93LnYxLkxvZ1JlZiLBBAoHVGFza1J1bhIKCgJpZBgBIAEoCRIPCgdzdGVwX2lkGAIgASgJEiQKBGtpbmQYAyABKA4yFi5uZXh1c2Zsb3cudjEuVGFza0tpbmQSDAoEdHlwZRgEIAEoCRIoCgZzdGF0dXMYBSABKA4yGC5uZXh1c2Zsb3cudjEuVGFza1N0YXR1cxIlCgVpbnB1dBgGIAEoCzIWLmdvb2dsZS5wcm90b2J1Zi5WYWx1ZRImCgZvdXRwdXQYByABKAsyFi5nb29nbGUucHJvdG9idWYuVmFsdWUSLQoKb3V0cHV0X3JlZhgIIAEoCzIZLm5leHVzZmxvdy52MS5BcnRpZmFjdFJlZhImCgVlcnJvchgJIAEoCzIXLm5leHVzZmxvdy52MS5UYXNrRXJyb3ISJwoIYXR0ZW1wdHMYCiADKAsyFS5uZXh1c2Zsb3cudjEuQXR0ZW1wdBI1ChFuZXh0X2F0dGVtcHRfdGltZRgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEwoLc2tpcF9yZWFzb24YDCABKAkSLwoLY3JlYXRlX3RpbWUYDSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiwKCGVuZF90aW1lGA4gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIWCg5wZW5kaW5nX3JlYXNvbhgPIAEoCRITCgtyZXVzZWRfZnJvbRgeIAEoCRIUCgxjaGlsZF9ydW5faWQYKCABKAki4QUKC1BlbmRpbmdHYXRlEjYKDGRlcGVuZGVuY2llcxgBIAEoCzIeLm5leHVzZmxvdy52MS5EZXBlbmRlbmNpZXNHYXRlSAASMAoJY29uZGl0aW9uGAIgASgLMhsubmV4dXNmbG93LnYxLkNvbmRpdGlvbkdhdGVIABI3Cg1yZXRyeV9iYWNrb2ZmGAMgASgLMh4ubmV4dXNmbG93LnYxLlJldHJ5QmFja29mZkdhdGVIABIzCgtub19leGVjdXRvchgEIAEoCzIcLm5leHVzZmxvdy52MS5Ob0V4ZWN1dG9yR2F0ZUgAEjkKDmV4ZWN1dG9yc19idXN5GAUgASgLMh8ubmV4dXNmbG93LnYxLkV4ZWN1dG9yc0J1c3lHYXRlSAASPgoRc2NoZWR1bGVfdG9fc3RhcnQYBiABKAsyIS5uZXh1c2Zsb3cudjEuU2NoZWR1bGVUb1N0YXJ0R2F0ZUgAEjUKDHJ1bl9zdG9wcGluZxgHIAEoCzIdLm5leHVzZmxvdy52MS5SdW5TdG9wcGluZ0dhdGVIABI1CgxkdXJhYmxlX3dhaXQYFCABKAsyHS5uZXh1c2Zsb3cudjEuRHVyYWJsZVdhaXRHYXRlSAASLwoJY2hpbGRfcnVuGBUgASgLMhoubmV4dXNmbG93LnYxLkNoaWxkUnVuR2F0ZUgAEjsKD2NvbmN1cnJlbmN5X2tleRgIIAEoCzIgLm5leHVzZmxvdy52MS5Db25jdXJyZW5jeUtleUdhdGVIABIxCgpyYXRlX2xpbWl0GDIgASgLMhsubmV4dXNmbG93LnYxLlJhdGVMaW1pdEdhdGVIABIxCgpmYWlyX3NoYXJlGDMgASgLMhsubmV4dXNmbG93LnYxLkZhaXJTaGFyZUdhdGVIABI1CgxtYXBfZWxlbWVudHMYKCABKAsyHS5uZXh1c2Zsb3cudjEuTWFwRWxlbWVudHNHYXRlSABCBgoEZ2F0ZSK2AQoNUmF0ZUxpbWl0R2F0ZRIMCgRuYW1lGAEgASgJEgsKA2tleRgCIAEoCRIxCg1uZXh0X3Rva2VuX2F0GAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIwCgxwYXVzZWRfdW50aWwYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhEKCXBhdXNlZF9ieRgFIAEoCRISCgpwYXVzZV9ub3RlGAYgASgJIrIBCg1GYWlyU2hhcmVHYXRlEg0KBWxldmVsGAEgASgJEg4KBnRlbmFudBgCIAEoCRILCgNrZXkYAyABKAkSDAoEdHlwZRgEIAEoCRIOCgZsZWFzZWQYBSABKAUSDgoGd2VpZ2h0GAYgASgFEgsKA21pbhgHIAEoBRILCgNtYXgYCCABKAUSDgoGYXRfbWF4GAkgASgIEgwKBG5leHQYCiABKAkSDwoHd2FpdGluZxgLIAEoBSJlCgxDaGlsZFJ1bkdhdGUSDgoGcnVuX2lkGAEgASgJEhUKDXdvcmtmbG93X25hbWUYAiABKAkSGAoQd29ya2Zsb3dfdmVyc2lvbhgDIAEoBRIUCgxjb21wZW5zYXRpbmcYBCABKAgiawoPRHVyYWJsZVdhaXRHYXRlEg4KBnNpZ25hbBgBIAEoCRIpCgV1bnRpbBgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDQoFZXZlbnQYAyABKAkSDgoGZmlsdGVyGAQgASgJIs8BChJDb25jdXJyZW5jeUtleUdhdGUSDQoFc2NvcGUYASABKAkSFgoOa2V5X2V4cHJlc3Npb24YAiABKAkSCwoDa2V5GAMgASgJEg0KBWxpbWl0GAQgASgFEhAKCHN0cmF0ZWd5GAUgASgJEjAKB2hvbGRlcnMYBiADKAsyHy5uZXh1c2Zsb3cudjEuQ29uY3VycmVuY3lIb2xkZXISDwoHaG9sZGluZxgHIAEoBRIQCghwb3NpdGlvbhgIIAEoBRIPCgd3YWl0aW5nGAkgASgFIkkKEUNvbmN1cnJlbmN5SG9sZGVyEg4KBnJ1bl9pZBgBIAEoCRIPCgdzdGVwX2lkGAIgASgJEhMKC3Rhc2tfcnVuX2lkGAMgASgJIkUKEERlcGVuZGVuY2llc0dhdGUSEAoIc3RlcF9pZHMYASADKAkSHwoXcmVhZGluZ19vdXRwdXRfc3RlcF9pZHMYAiADKAkiNQoNQ29uZGl0aW9uR2F0ZRISCgpleHByZXNzaW9uGAEgASgJEhAKCHN0ZXBfaWRzGAIgAygJIqIBChBSZXRyeUJhY2tvZmZHYXRlEjUKEW5leHRfYXR0ZW1wdF90aW1lGAEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIUCgxuZXh0X2F0dGVtcHQYAiABKAUSFAoMbWF4X2F0dGVtcHRzGAMgASgFEisKCmxhc3RfZXJyb3IYBCABKAsyFy5uZXh1c2Zsb3cudjEuVGFza0Vycm9yIlgKDk5vRXhlY3V0b3JHYXRlEgwKBHR5cGUYASABKAkSDQoFYWhlYWQYAiABKAUSKQoFc2luY2UYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIoABChFFeGVjdXRvcnNCdXN5R2F0ZRIMCgR0eXBlGAEgASgJEhEKCWV4ZWN1dG9ycxgCIAEoBRIQCghkcmFpbmluZxgDIAEoBRINCgVhaGVhZBgEIAEoBRIpCgVzaW5jZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiVwoTU2NoZWR1bGVUb1N0YXJ0R2F0ZRIsCghkZWFkbGluZRgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEgoKdGltZW91dF9tcxgCIAEoAyJYCg9SdW5TdG9wcGluZ0dhdGUSKwoKcnVuX3N0YXR1cxgBIAEoDjIXLm5leHVzZmxvdy52MS5SdW5TdGF0dXMSGAoQY2FuY2VsX3JlcXVlc3RlZBgCIAEoCCKgBQoDUnVuEgoKAmlkGAEgASgJEhUKDXdvcmtmbG93X25hbWUYAiABKAkSGAoQd29ya2Zsb3dfdmVyc2lvbhgDIAEoBRInCgZzdGF0dXMYBCABKA4yFy5uZXh1c2Zsb3cudjEuUnVuU3RhdHVzEiUKBWlucHV0GAUgASgLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlEiYKBm91dHB1dBgGIAEoCzIWLmdvb2dsZS5wcm90b2J1Zi5WYWx1ZRImCgVlcnJvchgHIAEoCzIXLm5leHVzZmxvdy52MS5UYXNrRXJyb3ISFwoPaWRlbXBvdGVuY3lfa2V5GAggASgJEi0KBmxhYmVscxgJIAMoCzIdLm5leHVzZmxvdy52MS5SdW4uTGFiZWxzRW50cnkSJAoFdGFza3MYCiADKAsyFS5uZXh1c2Zsb3cudjEuVGFza1J1bhIvCgtjcmVhdGVfdGltZRgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLAoIZW5kX3RpbWUYDCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiwKCGRlYWRsaW5lGA0gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIoCgdzaWduYWxzGA4gAygLMhcubmV4dXNmbG93LnYxLlJ1blNpZ25hbBIQCghyZXJ1bl9vZhgeIAEoCRIXCg9yZXJ1bl9mcm9tX3N0ZXAYHyABKAkSDgoGcmVydW5zGCAgAygJEhUKDXBhcmVudF9ydW5faWQYKCABKAkSFgoOcGFyZW50X3N0ZXBfaWQYKSABKAkaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASKeAQoJUnVuU2lnbmFsEgwKBG5hbWUYASABKAkSFwoPaWRlbXBvdGVuY3lfa2V5GAIgASgJEg8KB3N0ZXBfaWQYAyABKAkSJwoHcGF5bG9hZBgEIAEoCzIWLmdvb2dsZS5wcm90b2J1Zi5WYWx1ZRIwCgxyZWNlaXZlX3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIpoBCg9NYXBFbGVtZW50c0dhdGUSDQoFdG90YWwYASABKAUSEQoJc3VjY2VlZGVkGAIgASgFEg4KBmZhaWxlZBgDIAEoBRIPCgdydW5uaW5nGAQgASgFEg4KBnF1ZXVlZBgFIAEoBRIfChd3YWl0aW5nX2Zvcl9wYXJhbGxlbGlzbRgGIAEoBRITCgtwYXJhbGxlbGlzbRgHIAEoBSI+CgdNYXBTcGVjEg0KBWl0ZW1zGAEgASgJEhMKC3BhcmFsbGVsaXNtGAIgASgFEg8KB2ZhaWx1cmUYAyABKAkqmQIKCVJ1blN0YXR1cxIaChZSVU5fU1RBVFVTX1VOU1BFQ0lGSUVEEAASFgoSUlVOX1NUQVRVU19QRU5ESU5HEAESFgoSUlVOX1NUQVRVU19SVU5OSU5HEAISGAoUUlVOX1NUQVRVU19TVUNDRUVERUQQAxIVChFSVU5fU1RBVFVTX0ZBSUxFRBAEEhgKFFJVTl9TVEFUVVNfQ0FOQ0VMTEVEEAUSGAoUUlVOX1NUQVRVU19USU1FRF9PVVQQBhIbChdSVU5fU1RBVFVTX0NPTVBFTlNBVElORxAHEhoKFlJVTl9TVEFUVVNfQ09NUEVOU0FURUQQCBIiCh5SVU5fU1RBVFVTX0NPTVBFTlNBVElPTl9GQUlMRUQQCSqnAgoKVGFza1N0YXR1cxIbChdUQVNLX1NUQVRVU19VTlNQRUNJRklFRBAAEhcKE1RBU0tfU1RBVFVTX1BFTkRJTkcQARIWChJUQVNLX1NUQVRVU19RVUVVRUQQAhIWChJUQVNLX1NUQVRVU19MRUFTRUQQAxIXChNUQVNLX1NUQVRVU19SVU5OSU5HEAQSGgoWVEFTS19TVEFUVVNfUkVUUllfV0FJVBAFEhkKFVRBU0tfU1RBVFVTX1NVQ0NFRURFRBAGEhYKElRBU0tfU1RBVFVTX0ZBSUxFRBAHEhcKE1RBU0tfU1RBVFVTX1NLSVBQRUQQCBIZChVUQVNLX1NUQVRVU19DQU5DRUxMRUQQCRIXChNUQVNLX1NUQVRVU19XQUlUSU5HEAoqVQoIVGFza0tpbmQSGQoVVEFTS19LSU5EX1VOU1BFQ0lGSUVEEAASEgoOVEFTS19LSU5EX1NURVAQARIaChZUQVNLX0tJTkRfQ09NUEVOU0FUSU9OEAJiBnByb3RvMw", [file_google_protobuf_struct, file_google_protobuf_timestamp, file_nexusflow_v1_artifacts]);
 
 /**
  * A workflow definition: a DAG of steps. It is the protobuf twin of the JSON definition format
@@ -89,6 +89,19 @@ export type WorkflowSpec = Message<"nexusflow.v1.WorkflowSpec"> & {
    * @generated from field: repeated nexusflow.v1.ConcurrencyLimit concurrency = 9;
    */
   concurrency: ConcurrencyLimit[];
+
+  /**
+   * Fair shares of the executors among the runs' tenants, and among keys within a tenant: at most
+   * 2 levels, the first the tenant, the second a key within it, e.g. [{"key": "input.tenant"},
+   * {"key": "input.customerId"}]. The ready tasks of a type are leased by weighted fair queueing
+   * across the tenants that have some, then across the keys within the tenant, so that a tenant
+   * with a large backlog delays another's tasks by a bounded number of leases (see the README's
+   * "Fair shares"); priority orders the tasks within one key. Keys may use `input` and `run`
+   * only (evaluated when the run starts). Runs of workflows without fairness share one tenant.
+   *
+   * @generated from field: repeated nexusflow.v1.FairShare fairness = 50;
+   */
+  fairness: FairShare[];
 };
 
 /**
@@ -141,6 +154,65 @@ export const ConcurrencyLimitSchema: GenMessage<ConcurrencyLimit> = /*@__PURE__*
   messageDesc(file_nexusflow_v1_workflow, 1);
 
 /**
+ * One level of a workflow's fair shares: what its runs are grouped by, and each group's weight,
+ * guaranteed minimum and burst maximum. Shares are of the executors of one task type at a time:
+ * the counts below are of a group's leases (tasks leased or running) of that type. Groups with
+ * the same key value are one group across workflows (a tenant is one tenant whatever it runs).
+ *
+ * @generated from message nexusflow.v1.FairShare
+ */
+export type FairShare = Message<"nexusflow.v1.FairShare"> & {
+  /**
+   * Expression in Nexusflow's expression language, e.g. "input.tenant": its value, a string or a
+   * number (42 and "42" are one key), names the group. Evaluated when the run starts; any other
+   * value fails the StartRun call (INVALID_ARGUMENT).
+   *
+   * @generated from field: string key = 1;
+   */
+  key: string;
+
+  /**
+   * Weight of each group, 1 to 1000 (default 1): while groups wait for the same executors, each
+   * gets leases in proportion to its weight.
+   *
+   * @generated from field: int32 weight = 2;
+   */
+  weight: number;
+
+  /**
+   * Weights of particular groups by key value (1 to 1000 each, at most 1000 entries), overriding
+   * `weight`, e.g. {"acme": 4}.
+   *
+   * @generated from field: map<string, int32> weights = 3;
+   */
+  weights: { [key: string]: number };
+
+  /**
+   * Guaranteed minimum, 0 (default: none) to 10000: a group with fewer leases of a type is served
+   * before the groups that have their minimum.
+   *
+   * @generated from field: int32 min = 4;
+   */
+  min: number;
+
+  /**
+   * Burst maximum, 0 (default: none) or `min` to 10000: a group with this many leases of a type
+   * is served only when no other group with ready tasks of the type is under its own maximum, so
+   * that a free executor slot is never left idle while a task waits (work-conserving).
+   *
+   * @generated from field: int32 max = 5;
+   */
+  max: number;
+};
+
+/**
+ * Describes the message nexusflow.v1.FairShare.
+ * Use `create(FairShareSchema)` to create a new message.
+ */
+export const FairShareSchema: GenMessage<FairShare> = /*@__PURE__*/
+  messageDesc(file_nexusflow_v1_workflow, 2);
+
+/**
  * Workflow-wide defaults for step policies.
  *
  * @generated from message nexusflow.v1.StepDefaults
@@ -173,7 +245,7 @@ export type StepDefaults = Message<"nexusflow.v1.StepDefaults"> & {
  * Use `create(StepDefaultsSchema)` to create a new message.
  */
 export const StepDefaultsSchema: GenMessage<StepDefaults> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 2);
+  messageDesc(file_nexusflow_v1_workflow, 3);
 
 /**
  * One step of a workflow: a task of a given type with templated input.
@@ -307,7 +379,7 @@ export type StepSpec = Message<"nexusflow.v1.StepSpec"> & {
  * Use `create(StepSpecSchema)` to create a new message.
  */
 export const StepSpecSchema: GenMessage<StepSpec> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 3);
+  messageDesc(file_nexusflow_v1_workflow, 4);
 
 /**
  * A named rate limit: a token bucket per key value (one for the name when `key` is empty), shared
@@ -367,7 +439,7 @@ export type RateLimit = Message<"nexusflow.v1.RateLimit"> & {
  * Use `create(RateLimitSchema)` to create a new message.
  */
 export const RateLimitSchema: GenMessage<RateLimit> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 4);
+  messageDesc(file_nexusflow_v1_workflow, 5);
 
 /**
  * A step that starts a run of another workflow (its child) and ends with it: SUCCEEDED with the
@@ -418,7 +490,7 @@ export type ChildWorkflowSpec = Message<"nexusflow.v1.ChildWorkflowSpec"> & {
  * Use `create(ChildWorkflowSpecSchema)` to create a new message.
  */
 export const ChildWorkflowSpecSchema: GenMessage<ChildWorkflowSpec> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 5);
+  messageDesc(file_nexusflow_v1_workflow, 6);
 
 /**
  * A step that waits for a signal sent to its run (SignalRun), or for an event (PublishEvent):
@@ -470,7 +542,7 @@ export type WaitSpec = Message<"nexusflow.v1.WaitSpec"> & {
  * Use `create(WaitSpecSchema)` to create a new message.
  */
 export const WaitSpecSchema: GenMessage<WaitSpec> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 6);
+  messageDesc(file_nexusflow_v1_workflow, 7);
 
 /**
  * A step that sleeps: it succeeds (output {"until": RFC 3339 time}) at its time. Exactly one of
@@ -500,7 +572,7 @@ export type SleepSpec = Message<"nexusflow.v1.SleepSpec"> & {
  * Use `create(SleepSpecSchema)` to create a new message.
  */
 export const SleepSpecSchema: GenMessage<SleepSpec> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 7);
+  messageDesc(file_nexusflow_v1_workflow, 8);
 
 /**
  * How a failed step is retried.
@@ -556,7 +628,7 @@ export type RetryPolicy = Message<"nexusflow.v1.RetryPolicy"> & {
  * Use `create(RetryPolicySchema)` to create a new message.
  */
 export const RetryPolicySchema: GenMessage<RetryPolicy> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 8);
+  messageDesc(file_nexusflow_v1_workflow, 9);
 
 /**
  * Time limits of one step.
@@ -591,7 +663,7 @@ export type StepTimeouts = Message<"nexusflow.v1.StepTimeouts"> & {
  * Use `create(StepTimeoutsSchema)` to create a new message.
  */
 export const StepTimeoutsSchema: GenMessage<StepTimeouts> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 9);
+  messageDesc(file_nexusflow_v1_workflow, 10);
 
 /**
  * The compensating action of a step (saga rollback).
@@ -626,7 +698,7 @@ export type Compensation = Message<"nexusflow.v1.Compensation"> & {
  * Use `create(CompensationSchema)` to create a new message.
  */
 export const CompensationSchema: GenMessage<Compensation> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 10);
+  messageDesc(file_nexusflow_v1_workflow, 11);
 
 /**
  * A registered workflow definition.
@@ -675,7 +747,7 @@ export type WorkflowDefinition = Message<"nexusflow.v1.WorkflowDefinition"> & {
  * Use `create(WorkflowDefinitionSchema)` to create a new message.
  */
 export const WorkflowDefinitionSchema: GenMessage<WorkflowDefinition> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 11);
+  messageDesc(file_nexusflow_v1_workflow, 12);
 
 /**
  * A failure as reported by a handler or decided by the scheduler.
@@ -717,7 +789,7 @@ export type TaskError = Message<"nexusflow.v1.TaskError"> & {
  * Use `create(TaskErrorSchema)` to create a new message.
  */
 export const TaskErrorSchema: GenMessage<TaskError> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 12);
+  messageDesc(file_nexusflow_v1_workflow, 13);
 
 /**
  * One attempt of a task run.
@@ -794,7 +866,7 @@ export type Attempt = Message<"nexusflow.v1.Attempt"> & {
  * Use `create(AttemptSchema)` to create a new message.
  */
 export const AttemptSchema: GenMessage<Attempt> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 13);
+  messageDesc(file_nexusflow_v1_workflow, 14);
 
 /**
  * The state of one step (or compensation) within a run.
@@ -937,7 +1009,7 @@ export type TaskRun = Message<"nexusflow.v1.TaskRun"> & {
  * Use `create(TaskRunSchema)` to create a new message.
  */
 export const TaskRunSchema: GenMessage<TaskRun> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 14);
+  messageDesc(file_nexusflow_v1_workflow, 15);
 
 /**
  * One gate that holds a task back now (ExplainPending). A task may be held by several at once.
@@ -1040,6 +1112,14 @@ export type PendingGate = Message<"nexusflow.v1.PendingGate"> & {
     case: "rateLimit";
   } | {
     /**
+     * Its tenant (or its key within the tenant) has had its fair share of its type's executors.
+     *
+     * @generated from field: nexusflow.v1.FairShareGate fair_share = 51;
+     */
+    value: FairShareGate;
+    case: "fairShare";
+  } | {
+    /**
      * A map step waits for its elements (no executor runs the step itself).
      *
      * @generated from field: nexusflow.v1.MapElementsGate map_elements = 40;
@@ -1054,7 +1134,7 @@ export type PendingGate = Message<"nexusflow.v1.PendingGate"> & {
  * Use `create(PendingGateSchema)` to create a new message.
  */
 export const PendingGateSchema: GenMessage<PendingGate> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 15);
+  messageDesc(file_nexusflow_v1_workflow, 16);
 
 /**
  * A rate limit holds the task: its bucket is empty until a time, or its key is paused.
@@ -1110,7 +1190,100 @@ export type RateLimitGate = Message<"nexusflow.v1.RateLimitGate"> & {
  * Use `create(RateLimitGateSchema)` to create a new message.
  */
 export const RateLimitGateSchema: GenMessage<RateLimitGate> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 16);
+  messageDesc(file_nexusflow_v1_workflow, 17);
+
+/**
+ * The task's tenant, or its key within the tenant, has had its fair share of the executors of
+ * its type (WorkflowSpec.fairness): the next free slot goes to another group first. Given with an
+ * executor gate (every slot in use, or none advertised): a free slot would take the task anyway.
+ *
+ * @generated from message nexusflow.v1.FairShareGate
+ */
+export type FairShareGate = Message<"nexusflow.v1.FairShareGate"> & {
+  /**
+   * The level whose share is used: "tenant", or "key" (the task's key within its tenant).
+   *
+   * @generated from field: string level = 1;
+   */
+  level: string;
+
+  /**
+   * The task's tenant (the first level's key value; empty for runs of workflows without fairness).
+   *
+   * @generated from field: string tenant = 2;
+   */
+  tenant: string;
+
+  /**
+   * The task's key within its tenant (the second level's value); empty with one level.
+   *
+   * @generated from field: string key = 3;
+   */
+  key: string;
+
+  /**
+   * The task type whose executors are shared.
+   *
+   * @generated from field: string type = 4;
+   */
+  type: string;
+
+  /**
+   * Leases of the type the group (the tenant, or the key) holds now.
+   *
+   * @generated from field: int32 leased = 5;
+   */
+  leased: number;
+
+  /**
+   * The group's weight.
+   *
+   * @generated from field: int32 weight = 6;
+   */
+  weight: number;
+
+  /**
+   * The group's guaranteed minimum (0: none).
+   *
+   * @generated from field: int32 min = 7;
+   */
+  min: number;
+
+  /**
+   * The group's burst maximum (0: none).
+   *
+   * @generated from field: int32 max = 8;
+   */
+  max: number;
+
+  /**
+   * Whether the group holds its maximum: it is served only when no other group can be.
+   *
+   * @generated from field: bool at_max = 9;
+   */
+  atMax: boolean;
+
+  /**
+   * The group served first in its place (a tenant, or a key of the same tenant).
+   *
+   * @generated from field: string next = 10;
+   */
+  next: string;
+
+  /**
+   * Groups at the level with ready tasks of the type, the task's own included.
+   *
+   * @generated from field: int32 waiting = 11;
+   */
+  waiting: number;
+};
+
+/**
+ * Describes the message nexusflow.v1.FairShareGate.
+ * Use `create(FairShareGateSchema)` to create a new message.
+ */
+export const FairShareGateSchema: GenMessage<FairShareGate> = /*@__PURE__*/
+  messageDesc(file_nexusflow_v1_workflow, 18);
 
 /**
  * A child workflow step waiting for its child run to end, or the step's compensation waiting for
@@ -1153,7 +1326,7 @@ export type ChildRunGate = Message<"nexusflow.v1.ChildRunGate"> & {
  * Use `create(ChildRunGateSchema)` to create a new message.
  */
 export const ChildRunGateSchema: GenMessage<ChildRunGate> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 17);
+  messageDesc(file_nexusflow_v1_workflow, 19);
 
 /**
  * A wait step waiting for a signal or an event (until its timeout), or a sleep step until its time.
@@ -1195,7 +1368,7 @@ export type DurableWaitGate = Message<"nexusflow.v1.DurableWaitGate"> & {
  * Use `create(DurableWaitGateSchema)` to create a new message.
  */
 export const DurableWaitGateSchema: GenMessage<DurableWaitGate> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 18);
+  messageDesc(file_nexusflow_v1_workflow, 20);
 
 /**
  * A keyed concurrency limit whose key is full holds the task, or its run (a workflow's limit).
@@ -1273,7 +1446,7 @@ export type ConcurrencyKeyGate = Message<"nexusflow.v1.ConcurrencyKeyGate"> & {
  * Use `create(ConcurrencyKeyGateSchema)` to create a new message.
  */
 export const ConcurrencyKeyGateSchema: GenMessage<ConcurrencyKeyGate> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 19);
+  messageDesc(file_nexusflow_v1_workflow, 21);
 
 /**
  * A holder of a concurrency key's slot: a run (a workflow's limit) or a step's task.
@@ -1308,7 +1481,7 @@ export type ConcurrencyHolder = Message<"nexusflow.v1.ConcurrencyHolder"> & {
  * Use `create(ConcurrencyHolderSchema)` to create a new message.
  */
 export const ConcurrencyHolderSchema: GenMessage<ConcurrencyHolder> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 20);
+  messageDesc(file_nexusflow_v1_workflow, 22);
 
 /**
  * The task waits for other tasks of its run to finish.
@@ -1338,7 +1511,7 @@ export type DependenciesGate = Message<"nexusflow.v1.DependenciesGate"> & {
  * Use `create(DependenciesGateSchema)` to create a new message.
  */
 export const DependenciesGateSchema: GenMessage<DependenciesGate> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 21);
+  messageDesc(file_nexusflow_v1_workflow, 23);
 
 /**
  * The step's `when` condition is evaluated only once its dependencies have finished.
@@ -1366,7 +1539,7 @@ export type ConditionGate = Message<"nexusflow.v1.ConditionGate"> & {
  * Use `create(ConditionGateSchema)` to create a new message.
  */
 export const ConditionGateSchema: GenMessage<ConditionGate> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 22);
+  messageDesc(file_nexusflow_v1_workflow, 24);
 
 /**
  * The task failed and its next attempt waits for its retry backoff.
@@ -1408,7 +1581,7 @@ export type RetryBackoffGate = Message<"nexusflow.v1.RetryBackoffGate"> & {
  * Use `create(RetryBackoffGateSchema)` to create a new message.
  */
 export const RetryBackoffGateSchema: GenMessage<RetryBackoffGate> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 23);
+  messageDesc(file_nexusflow_v1_workflow, 25);
 
 /**
  * No attached executor session advertises the task's type: an executor for it must be started.
@@ -1443,7 +1616,7 @@ export type NoExecutorGate = Message<"nexusflow.v1.NoExecutorGate"> & {
  * Use `create(NoExecutorGateSchema)` to create a new message.
  */
 export const NoExecutorGateSchema: GenMessage<NoExecutorGate> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 24);
+  messageDesc(file_nexusflow_v1_workflow, 26);
 
 /**
  * Every attached session that advertises the task's type has no credit left (all its slots are
@@ -1493,7 +1666,7 @@ export type ExecutorsBusyGate = Message<"nexusflow.v1.ExecutorsBusyGate"> & {
  * Use `create(ExecutorsBusyGateSchema)` to create a new message.
  */
 export const ExecutorsBusyGateSchema: GenMessage<ExecutorsBusyGate> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 25);
+  messageDesc(file_nexusflow_v1_workflow, 27);
 
 /**
  * The queued attempt fails with SCHEDULE_TO_START_TIMEOUT (and is retried per the step's policy)
@@ -1522,7 +1695,7 @@ export type ScheduleToStartGate = Message<"nexusflow.v1.ScheduleToStartGate"> & 
  * Use `create(ScheduleToStartGateSchema)` to create a new message.
  */
 export const ScheduleToStartGateSchema: GenMessage<ScheduleToStartGate> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 26);
+  messageDesc(file_nexusflow_v1_workflow, 28);
 
 /**
  * The run is cancelled or rolling back its completed steps: the step is not started.
@@ -1550,7 +1723,7 @@ export type RunStoppingGate = Message<"nexusflow.v1.RunStoppingGate"> & {
  * Use `create(RunStoppingGateSchema)` to create a new message.
  */
 export const RunStoppingGateSchema: GenMessage<RunStoppingGate> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 27);
+  messageDesc(file_nexusflow_v1_workflow, 29);
 
 /**
  * A run of a workflow definition.
@@ -1697,7 +1870,7 @@ export type Run = Message<"nexusflow.v1.Run"> & {
  * Use `create(RunSchema)` to create a new message.
  */
 export const RunSchema: GenMessage<Run> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 28);
+  messageDesc(file_nexusflow_v1_workflow, 30);
 
 /**
  * A signal sent to a run.
@@ -1746,7 +1919,7 @@ export type RunSignal = Message<"nexusflow.v1.RunSignal"> & {
  * Use `create(RunSignalSchema)` to create a new message.
  */
 export const RunSignalSchema: GenMessage<RunSignal> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 29);
+  messageDesc(file_nexusflow_v1_workflow, 31);
 
 /**
  * A map step (StepSpec map) running its elements: how many ended, how many are under way, and how
@@ -1811,7 +1984,7 @@ export type MapElementsGate = Message<"nexusflow.v1.MapElementsGate"> & {
  * Use `create(MapElementsGateSchema)` to create a new message.
  */
 export const MapElementsGateSchema: GenMessage<MapElementsGate> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 30);
+  messageDesc(file_nexusflow_v1_workflow, 32);
 
 /**
  * A map step's fan-out: the array, how many elements at once, and what an element failing for
@@ -1850,7 +2023,7 @@ export type MapSpec = Message<"nexusflow.v1.MapSpec"> & {
  * Use `create(MapSpecSchema)` to create a new message.
  */
 export const MapSpecSchema: GenMessage<MapSpec> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 31);
+  messageDesc(file_nexusflow_v1_workflow, 33);
 
 /**
  * Lifecycle state of a run.
