@@ -14,7 +14,9 @@
  *   child's input schema is checked when it starts (a mismatch fails the step with
  *   CHILD_START_FAILED).
  * - `onParentCancel`: "cancel" (default) cancels the running child when the parent is cancelled
- *   or times out; "abandon" leaves it running on its own.
+ *   or times out, and rolls back a child that succeeded when the parent rolls back (the child's
+ *   own compensations, core/child-rollback.ts); "abandon" leaves the child alone in both cases.
+ * - with `map` (map.ts), one child run per element: `workflow.input` may use `item` and `index`.
  *
  * A child step takes no `type`, `retry`, `timeouts`, `compensate`, `priority` or `concurrency`:
  * a failed child is not started again (retries belong to the child's own steps), and its time

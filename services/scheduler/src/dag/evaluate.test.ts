@@ -315,6 +315,20 @@ describe("compensation", () => {
     assert.deepEqual(compensationOrder(wf, []), []);
   });
 
+  it("child workflow steps roll back in order (their child's rollback), unless they abandon their child", () => {
+    const saga = compile([
+      { id: "reserve", type: "x", compensate: { type: "release" } },
+      { id: "pay", dependsOn: ["reserve"], workflow: { name: "charge" } },
+      { id: "each", dependsOn: ["pay"], map: { items: "input.xs" }, workflow: { name: "ship" } },
+      { id: "note", dependsOn: ["pay"], workflow: { name: "note", onParentCancel: "abandon" } },
+    ]);
+    assert.deepEqual(compensationOrder(saga, ["reserve", "pay", "each", "note"]), [
+      ["each"],
+      ["pay"],
+      ["reserve"],
+    ]);
+  });
+
   it("rejects unknown step ids", () => {
     assert.throws(
       () => compensationOrder(wf, ["nope"]),

@@ -321,7 +321,8 @@ export function renderCompensationInput(
 }
 
 /**
- * Saga order: the steps among `succeededStepIds` that have a `compensate`, grouped into waves. Every
+ * Saga order: the steps among `succeededStepIds` that have a `compensate`, or start child runs that
+ * roll back with their parent (`workflow` with `onParentCancel: "cancel"`), grouped into waves. Every
  * step's compensation comes in a later wave than the compensations of all steps downstream of it
  * (directly or through steps without compensation), and the steps of one wave may run in parallel.
  * Within a wave, steps are in reverse topological order. O(steps + edges).
@@ -337,7 +338,7 @@ export function compensationOrder(
     const step = workflow.stepsById.get(id);
     if (step === undefined)
       throw new DagError("UNKNOWN_STEP", `workflow ${workflow.name} has no step ${JSON.stringify(id)}`);
-    if (step.compensate !== null) compensated[step.order] = 1;
+    if (step.compensate !== null || step.child?.onParentCancel === "cancel") compensated[step.order] = 1;
   }
   // after[i]: first wave in which anything upstream of i may be compensated, given i's descendants.
   const after = new Int32Array(steps.length);

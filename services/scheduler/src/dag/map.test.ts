@@ -76,9 +76,29 @@ describe("map steps in the definition language", () => {
         /not supported/,
       ],
       [
-        { id: "m", map: { items: "input.x" }, workflow: { name: "child" } },
-        "$.steps[0].workflow",
-        /not a child workflow/,
+        { id: "m", type: "w", map: { items: "input.x" }, workflow: { name: "child" } },
+        "$.steps[0].type",
+        /a child workflow step has no type/,
+      ],
+      [
+        { id: "m", map: { items: "input.x" }, workflow: { name: "child" }, input: "{{ item }}" },
+        "$.steps[0].input",
+        /set input in workflow.input/,
+      ],
+      [
+        { id: "m", map: { items: "input.x" }, workflow: { name: "child", input: "{{ item.nope( }}" } },
+        "$.steps[0].workflow.input",
+        /./,
+      ],
+      [
+        { id: "m", map: { items: "input.x" }, workflow: { name: "child", onParentCancel: "keep" } },
+        "$.steps[0].workflow.onParentCancel",
+        /"cancel" or "abandon"/,
+      ],
+      [
+        { id: "m", map: { items: "input.x", parallelism: 0 }, workflow: { name: "child" } },
+        "$.steps[0].map.parallelism",
+        /1 to 10000/,
       ],
       [{ id: "m", type: "w", map: { items: "steps.nope.output" } }, "$.steps[0].map.items", /unknown step/],
       [
@@ -99,6 +119,45 @@ describe("map steps in the definition language", () => {
       assert.ok(hit, `${JSON.stringify(step)}: expected an error at ${path}, got ${JSON.stringify(errors)}`);
       assert.match(hit.message, message);
     }
+  });
+
+  it("a map over a child workflow: item and index in workflow.input, each field refused once with its path", () => {
+    const wf = compile([
+      {
+        id: "each",
+        map: { items: "input.orders", parallelism: 3, failure: "collect" },
+        workflow: { name: "ship", version: 2, input: { order: "{{ item }}", n: "{{ index }}" } },
+      },
+    ]);
+    const step = wf.stepsById.get("each");
+    assert.ok(step);
+    assert.deepEqual(step.child, { name: "ship", version: 2, onParentCancel: "cancel" });
+    assert.deepEqual({ p: step.map?.parallelism, f: step.map?.failure }, { p: 3, f: "collect" });
+    assert.deepEqual(renderElementInput(wf, step, {}, new Map(), RUN, { id: 9 }, 4), {
+      workflow: "ship",
+      version: 2,
+      input: { order: { id: 9 }, n: 4 },
+    });
+    const errors = errorsOf([
+      {
+        id: "m",
+        map: { items: "input.x" },
+        workflow: { name: "child" },
+        compensate: { type: "undo" },
+        wait: { signal: "s" },
+      },
+    ]);
+    assert.deepEqual(
+      errors.map((e) => e.path),
+      ["$.steps[0].compensate", "$.steps[0].wait"],
+      JSON.stringify(errors),
+    );
+    assert.match(errors[0]?.message ?? "", /a child workflow step has no compensate/);
+    // item and index stay out of the rest of the step.
+    const outside = errorsOf([
+      { id: "m", map: { items: "input.x" }, workflow: { name: "child" }, when: "item > 1" },
+    ]);
+    assert.equal(outside[0]?.path, "$.steps[0].when");
   });
 
   it("a ready map step starts with its items; not an array or too many fail with MAP_ITEMS_INVALID", () => {

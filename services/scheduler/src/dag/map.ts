@@ -14,9 +14,14 @@
  *   cancels the others; "collect" lets every element end and then fails the step with the list of
  *   failures (MAP_ELEMENTS_FAILED) if there is any.
  * - the step's output is the array of the elements' outputs, in item order.
+ * - with `workflow` instead of `type` (child.ts), each element is a child run: `workflow.input`
+ *   is rendered per element (with `item` and `index`), the element ends with its child, and the
+ *   step's output is the children's outputs in item order. The child step's rules apply (no
+ *   `type`, `input`, `retry`, `timeouts`, ...; `onParentCancel`); when the run rolls back, the
+ *   children of the elements that succeeded roll back too (core/child-rollback.ts).
  *
- * A map step takes no `workflow`, `wait`, `sleep`, `compensate`, `concurrency` or `rateLimits`
- * (for now): a map step's compensation would be one per succeeded element, which is not built.
+ * A map step takes no `wait`, `sleep`, `compensate`, `concurrency` or `rateLimits` (for now): a
+ * map step's compensation would be one per succeeded element, which is not built for tasks.
  */
 import type { SpecError } from "./errors.js";
 import { ExpressionSyntaxError } from "./errors.js";
@@ -55,7 +60,6 @@ export interface CompiledMap {
 const MAP_FIELDS = ["items", "parallelism", "failure"];
 /** Step fields a map step refuses, with why. */
 const REFUSED: readonly (readonly [string, string])[] = [
-  ["workflow", "a map step runs a task per element, not a child workflow"],
   ["wait", "a map step runs a task per element, not a durable wait"],
   ["sleep", "a map step runs a task per element, not a durable sleep"],
   ["compensate", "compensation of map steps is not supported yet"],
@@ -74,8 +78,11 @@ export function checkMap(
 ): CompiledMap | undefined {
   const at = pathJoin(path, "map");
   const before = errors.length;
-  for (const [field, why] of REFUSED)
-    if (step[field] !== undefined) errors.push({ path: pathJoin(path, field), message: `${field}: ${why}` });
+  // A map over a child workflow: the child step's checks (child.ts) refuse these fields already.
+  if (step["workflow"] === undefined)
+    for (const [field, why] of REFUSED)
+      if (step[field] !== undefined)
+        errors.push({ path: pathJoin(path, field), message: `${field}: ${why}` });
   const map = step["map"];
   if (!isPlainObject(map)) {
     errors.push({
