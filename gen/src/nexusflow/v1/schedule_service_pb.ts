@@ -13,7 +13,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file nexusflow/v1/schedule_service.proto.
  */
 export const file_nexusflow_v1_schedule_service: GenFile = /*@__PURE__*/
-  fileDesc("CiNuZXh1c2Zsb3cvdjEvc2NoZWR1bGVfc2VydmljZS5wcm90bxIMbmV4dXNmbG93LnYxIqoDCgxTY2hlZHVsZVNwZWMSDAoEY3JvbhgBIAEoCRIRCgl0aW1lX3pvbmUYAiABKAkSFQoNd29ya2Zsb3dfbmFtZRgDIAEoCRIYChB3b3JrZmxvd192ZXJzaW9uGAQgASgFEiUKBWlucHV0GAUgASgLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlEjYKBmxhYmVscxgGIAMoCzImLm5leHVzZmxvdy52MS5TY2hlZHVsZVNwZWMuTGFiZWxzRW50cnkSMwoOb3ZlcmxhcF9wb2xpY3kYByABKA4yGy5uZXh1c2Zsb3cudjEuT3ZlcmxhcFBvbGljeRIbChNtYXhfY29uY3VycmVudF9ydW5zGAggASgFEjQKD2NhdGNoX3VwX3BvbGljeRgJIAEoDjIbLm5leHVzZmxvdy52MS5DYXRjaFVwUG9saWN5EjIKD2NhdGNoX3VwX3dpbmRvdxgKIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIoYBCgxTY2hlZHVsZUZpcmUSLQoJZmlyZV90aW1lGAEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIOCgZydW5faWQYAiABKAkSKAoGb3JpZ2luGAMgASgOMhgubmV4dXNmbG93LnYxLkZpcmVPcmlnaW4SDQoFZXJyb3IYBCABKAki4AMKCFNjaGVkdWxlEhMKC3NjaGVkdWxlX2lkGAEgASgJEigKBHNwZWMYAiABKAsyGi5uZXh1c2Zsb3cudjEuU2NoZWR1bGVTcGVjEg4KBnBhdXNlZBgDIAEoCBIMCgRub3RlGAQgASgJEjMKD25leHRfZmlyZV90aW1lcxgFIAMoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMgoObGFzdF9maXJlX3RpbWUYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjYKEmJ1ZmZlcmVkX2ZpcmVfdGltZRgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFQoNc3RhcnRlZF9jb3VudBgIIAEoAxIVCg1za2lwcGVkX2NvdW50GAkgASgDEhQKDG1pc3NlZF9jb3VudBgKIAEoAxIwCgxyZWNlbnRfZmlyZXMYCyADKAsyGi5uZXh1c2Zsb3cudjEuU2NoZWR1bGVGaXJlEi8KC2NyZWF0ZV90aW1lGAwgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgt1cGRhdGVfdGltZRgNIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAidAoVQ3JlYXRlU2NoZWR1bGVSZXF1ZXN0EhMKC3NjaGVkdWxlX2lkGAEgASgJEigKBHNwZWMYAiABKAsyGi5uZXh1c2Zsb3cudjEuU2NoZWR1bGVTcGVjEg4KBnBhdXNlZBgDIAEoCBIMCgRub3RlGAQgASgJIlMKFkNyZWF0ZVNjaGVkdWxlUmVzcG9uc2USKAoIc2NoZWR1bGUYASABKAsyFi5uZXh1c2Zsb3cudjEuU2NoZWR1bGUSDwoHY3JlYXRlZBgCIAEoCCIpChJHZXRTY2hlZHVsZVJlcXVlc3QSEwoLc2NoZWR1bGVfaWQYASABKAkiPwoTR2V0U2NoZWR1bGVSZXNwb25zZRIoCghzY2hlZHVsZRgBIAEoCzIWLm5leHVzZmxvdy52MS5TY2hlZHVsZSJUChRMaXN0U2NoZWR1bGVzUmVxdWVzdBIVCg13b3JrZmxvd19uYW1lGAEgASgJEhEKCXBhZ2Vfc2l6ZRgCIAEoBRISCgpwYWdlX3Rva2VuGAMgASgJIlsKFUxpc3RTY2hlZHVsZXNSZXNwb25zZRIpCglzY2hlZHVsZXMYASADKAsyFi5uZXh1c2Zsb3cudjEuU2NoZWR1bGUSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIiwKFURlbGV0ZVNjaGVkdWxlUmVxdWVzdBITCgtzY2hlZHVsZV9pZBgBIAEoCSIYChZEZWxldGVTY2hlZHVsZVJlc3BvbnNlIjkKFFBhdXNlU2NoZWR1bGVSZXF1ZXN0EhMKC3NjaGVkdWxlX2lkGAEgASgJEgwKBG5vdGUYAiABKAkiQQoVUGF1c2VTY2hlZHVsZVJlc3BvbnNlEigKCHNjaGVkdWxlGAEgASgLMhYubmV4dXNmbG93LnYxLlNjaGVkdWxlIjoKFVJlc3VtZVNjaGVkdWxlUmVxdWVzdBITCgtzY2hlZHVsZV9pZBgBIAEoCRIMCgRub3RlGAIgASgJIkIKFlJlc3VtZVNjaGVkdWxlUmVzcG9uc2USKAoIc2NoZWR1bGUYASABKAsyFi5uZXh1c2Zsb3cudjEuU2NoZWR1bGUiRgoWVHJpZ2dlclNjaGVkdWxlUmVxdWVzdBITCgtzY2hlZHVsZV9pZBgBIAEoCRIXCg9pZGVtcG90ZW5jeV9rZXkYAiABKAkiVAoXVHJpZ2dlclNjaGVkdWxlUmVzcG9uc2USKAoEZmlyZRgBIAEoCzIaLm5leHVzZmxvdy52MS5TY2hlZHVsZUZpcmUSDwoHY3JlYXRlZBgCIAEoCCKMAQoXQmFja2ZpbGxTY2hlZHVsZVJlcXVlc3QSEwoLc2NoZWR1bGVfaWQYASABKAkSLgoKc3RhcnRfdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLAoIZW5kX3RpbWUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIlwKGEJhY2tmaWxsU2NoZWR1bGVSZXNwb25zZRIpCgVmaXJlcxgBIAMoCzIaLm5leHVzZmxvdy52MS5TY2hlZHVsZUZpcmUSFQoNc3RhcnRlZF9jb3VudBgCIAEoBSrKAQoNT3ZlcmxhcFBvbGljeRIeChpPVkVSTEFQX1BPTElDWV9VTlNQRUNJRklFRBAAEhcKE09WRVJMQVBfUE9MSUNZX1NLSVAQARIdChlPVkVSTEFQX1BPTElDWV9CVUZGRVJfT05FEAISHAoYT1ZFUkxBUF9QT0xJQ1lfQUxMT1dfQUxMEAMSHwobT1ZFUkxBUF9QT0xJQ1lfQ0FOQ0VMX09USEVSEAQSIgoeT1ZFUkxBUF9QT0xJQ1lfVEVSTUlOQVRFX09USEVSEAUqfAoNQ2F0Y2hVcFBvbGljeRIfChtDQVRDSF9VUF9QT0xJQ1lfVU5TUEVDSUZJRUQQABIXChNDQVRDSF9VUF9QT0xJQ1lfT0ZGEAESGAoUQ0FUQ0hfVVBfUE9MSUNZX0xBU1QQAhIXChNDQVRDSF9VUF9QT0xJQ1lfQUxMEAMqeQoKRmlyZU9yaWdpbhIbChdGSVJFX09SSUdJTl9VTlNQRUNJRklFRBAAEhkKFUZJUkVfT1JJR0lOX1NDSEVEVUxFRBABEhkKFUZJUkVfT1JJR0lOX1RSSUdHRVJFRBACEhgKFEZJUkVfT1JJR0lOX0JBQ0tGSUxMEAMysQgKD1NjaGVkdWxlU2VydmljZRJ1Cg5DcmVhdGVTY2hlZHVsZRIjLm5leHVzZmxvdy52MS5DcmVhdGVTY2hlZHVsZVJlcXVlc3QaJC5uZXh1c2Zsb3cudjEuQ3JlYXRlU2NoZWR1bGVSZXNwb25zZSIYgtPkkwISOgEqIg0vdjEvc2NoZWR1bGVzEncKC0dldFNjaGVkdWxlEiAubmV4dXNmbG93LnYxLkdldFNjaGVkdWxlUmVxdWVzdBohLm5leHVzZmxvdy52MS5HZXRTY2hlZHVsZVJlc3BvbnNlIiOC0+STAh0SGy92MS9zY2hlZHVsZXMve3NjaGVkdWxlX2lkfRJvCg1MaXN0U2NoZWR1bGVzEiIubmV4dXNmbG93LnYxLkxpc3RTY2hlZHVsZXNSZXF1ZXN0GiMubmV4dXNmbG93LnYxLkxpc3RTY2hlZHVsZXNSZXNwb25zZSIVgtPkkwIPEg0vdjEvc2NoZWR1bGVzEoABCg5EZWxldGVTY2hlZHVsZRIjLm5leHVzZmxvdy52MS5EZWxldGVTY2hlZHVsZVJlcXVlc3QaJC5uZXh1c2Zsb3cudjEuRGVsZXRlU2NoZWR1bGVSZXNwb25zZSIjgtPkkwIdKhsvdjEvc2NoZWR1bGVzL3tzY2hlZHVsZV9pZH0ShgEKDVBhdXNlU2NoZWR1bGUSIi5uZXh1c2Zsb3cudjEuUGF1c2VTY2hlZHVsZVJlcXVlc3QaIy5uZXh1c2Zsb3cudjEuUGF1c2VTY2hlZHVsZVJlc3BvbnNlIiyC0+STAiY6ASoiIS92MS9zY2hlZHVsZXMve3NjaGVkdWxlX2lkfTpwYXVzZRKKAQoOUmVzdW1lU2NoZWR1bGUSIy5uZXh1c2Zsb3cudjEuUmVzdW1lU2NoZWR1bGVSZXF1ZXN0GiQubmV4dXNmbG93LnYxLlJlc3VtZVNjaGVkdWxlUmVzcG9uc2UiLYLT5JMCJzoBKiIiL3YxL3NjaGVkdWxlcy97c2NoZWR1bGVfaWR9OnJlc3VtZRKOAQoPVHJpZ2dlclNjaGVkdWxlEiQubmV4dXNmbG93LnYxLlRyaWdnZXJTY2hlZHVsZVJlcXVlc3QaJS5uZXh1c2Zsb3cudjEuVHJpZ2dlclNjaGVkdWxlUmVzcG9uc2UiLoLT5JMCKDoBKiIjL3YxL3NjaGVkdWxlcy97c2NoZWR1bGVfaWR9OnRyaWdnZXISkgEKEEJhY2tmaWxsU2NoZWR1bGUSJS5uZXh1c2Zsb3cudjEuQmFja2ZpbGxTY2hlZHVsZVJlcXVlc3QaJi5uZXh1c2Zsb3cudjEuQmFja2ZpbGxTY2hlZHVsZVJlc3BvbnNlIi+C0+STAik6ASoiJC92MS9zY2hlZHVsZXMve3NjaGVkdWxlX2lkfTpiYWNrZmlsbGIGcHJvdG8z", [file_google_api_annotations, file_google_protobuf_duration, file_google_protobuf_struct, file_google_protobuf_timestamp]);
+  fileDesc("CiNuZXh1c2Zsb3cvdjEvc2NoZWR1bGVfc2VydmljZS5wcm90bxIMbmV4dXNmbG93LnYxIqoDCgxTY2hlZHVsZVNwZWMSDAoEY3JvbhgBIAEoCRIRCgl0aW1lX3pvbmUYAiABKAkSFQoNd29ya2Zsb3dfbmFtZRgDIAEoCRIYChB3b3JrZmxvd192ZXJzaW9uGAQgASgFEiUKBWlucHV0GAUgASgLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlEjYKBmxhYmVscxgGIAMoCzImLm5leHVzZmxvdy52MS5TY2hlZHVsZVNwZWMuTGFiZWxzRW50cnkSMwoOb3ZlcmxhcF9wb2xpY3kYByABKA4yGy5uZXh1c2Zsb3cudjEuT3ZlcmxhcFBvbGljeRIbChNtYXhfY29uY3VycmVudF9ydW5zGAggASgFEjQKD2NhdGNoX3VwX3BvbGljeRgJIAEoDjIbLm5leHVzZmxvdy52MS5DYXRjaFVwUG9saWN5EjIKD2NhdGNoX3VwX3dpbmRvdxgKIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIoYBCgxTY2hlZHVsZUZpcmUSLQoJZmlyZV90aW1lGAEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIOCgZydW5faWQYAiABKAkSKAoGb3JpZ2luGAMgASgOMhgubmV4dXNmbG93LnYxLkZpcmVPcmlnaW4SDQoFZXJyb3IYBCABKAkimAQKCFNjaGVkdWxlEhMKC3NjaGVkdWxlX2lkGAEgASgJEigKBHNwZWMYAiABKAsyGi5uZXh1c2Zsb3cudjEuU2NoZWR1bGVTcGVjEg4KBnBhdXNlZBgDIAEoCBIMCgRub3RlGAQgASgJEjMKD25leHRfZmlyZV90aW1lcxgFIAMoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMgoObGFzdF9maXJlX3RpbWUYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjYKEmJ1ZmZlcmVkX2ZpcmVfdGltZRgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFQoNc3RhcnRlZF9jb3VudBgIIAEoAxIVCg1za2lwcGVkX2NvdW50GAkgASgDEhQKDG1pc3NlZF9jb3VudBgKIAEoAxIwCgxyZWNlbnRfZmlyZXMYCyADKAsyGi5uZXh1c2Zsb3cudjEuU2NoZWR1bGVGaXJlEi8KC2NyZWF0ZV90aW1lGAwgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgt1cGRhdGVfdGltZRgNIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASNgoLZGVjbGFyZWRfYnkYDiABKAsyIS5uZXh1c2Zsb3cudjEuU2NoZWR1bGVEZWNsYXJhdGlvbiJSChNTY2hlZHVsZURlY2xhcmF0aW9uEhUKDXdvcmtmbG93X25hbWUYASABKAkSGAoQd29ya2Zsb3dfdmVyc2lvbhgCIAEoBRIKCgJpZBgDIAEoCSJ0ChVDcmVhdGVTY2hlZHVsZVJlcXVlc3QSEwoLc2NoZWR1bGVfaWQYASABKAkSKAoEc3BlYxgCIAEoCzIaLm5leHVzZmxvdy52MS5TY2hlZHVsZVNwZWMSDgoGcGF1c2VkGAMgASgIEgwKBG5vdGUYBCABKAkiUwoWQ3JlYXRlU2NoZWR1bGVSZXNwb25zZRIoCghzY2hlZHVsZRgBIAEoCzIWLm5leHVzZmxvdy52MS5TY2hlZHVsZRIPCgdjcmVhdGVkGAIgASgIIikKEkdldFNjaGVkdWxlUmVxdWVzdBITCgtzY2hlZHVsZV9pZBgBIAEoCSI/ChNHZXRTY2hlZHVsZVJlc3BvbnNlEigKCHNjaGVkdWxlGAEgASgLMhYubmV4dXNmbG93LnYxLlNjaGVkdWxlIlQKFExpc3RTY2hlZHVsZXNSZXF1ZXN0EhUKDXdvcmtmbG93X25hbWUYASABKAkSEQoJcGFnZV9zaXplGAIgASgFEhIKCnBhZ2VfdG9rZW4YAyABKAkiWwoVTGlzdFNjaGVkdWxlc1Jlc3BvbnNlEikKCXNjaGVkdWxlcxgBIAMoCzIWLm5leHVzZmxvdy52MS5TY2hlZHVsZRIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiLAoVRGVsZXRlU2NoZWR1bGVSZXF1ZXN0EhMKC3NjaGVkdWxlX2lkGAEgASgJIhgKFkRlbGV0ZVNjaGVkdWxlUmVzcG9uc2UiOQoUUGF1c2VTY2hlZHVsZVJlcXVlc3QSEwoLc2NoZWR1bGVfaWQYASABKAkSDAoEbm90ZRgCIAEoCSJBChVQYXVzZVNjaGVkdWxlUmVzcG9uc2USKAoIc2NoZWR1bGUYASABKAsyFi5uZXh1c2Zsb3cudjEuU2NoZWR1bGUiOgoVUmVzdW1lU2NoZWR1bGVSZXF1ZXN0EhMKC3NjaGVkdWxlX2lkGAEgASgJEgwKBG5vdGUYAiABKAkiQgoWUmVzdW1lU2NoZWR1bGVSZXNwb25zZRIoCghzY2hlZHVsZRgBIAEoCzIWLm5leHVzZmxvdy52MS5TY2hlZHVsZSJGChZUcmlnZ2VyU2NoZWR1bGVSZXF1ZXN0EhMKC3NjaGVkdWxlX2lkGAEgASgJEhcKD2lkZW1wb3RlbmN5X2tleRgCIAEoCSJUChdUcmlnZ2VyU2NoZWR1bGVSZXNwb25zZRIoCgRmaXJlGAEgASgLMhoubmV4dXNmbG93LnYxLlNjaGVkdWxlRmlyZRIPCgdjcmVhdGVkGAIgASgIIowBChdCYWNrZmlsbFNjaGVkdWxlUmVxdWVzdBITCgtzY2hlZHVsZV9pZBgBIAEoCRIuCgpzdGFydF90aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCghlbmRfdGltZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiXAoYQmFja2ZpbGxTY2hlZHVsZVJlc3BvbnNlEikKBWZpcmVzGAEgAygLMhoubmV4dXNmbG93LnYxLlNjaGVkdWxlRmlyZRIVCg1zdGFydGVkX2NvdW50GAIgASgFKsoBCg1PdmVybGFwUG9saWN5Eh4KGk9WRVJMQVBfUE9MSUNZX1VOU1BFQ0lGSUVEEAASFwoTT1ZFUkxBUF9QT0xJQ1lfU0tJUBABEh0KGU9WRVJMQVBfUE9MSUNZX0JVRkZFUl9PTkUQAhIcChhPVkVSTEFQX1BPTElDWV9BTExPV19BTEwQAxIfChtPVkVSTEFQX1BPTElDWV9DQU5DRUxfT1RIRVIQBBIiCh5PVkVSTEFQX1BPTElDWV9URVJNSU5BVEVfT1RIRVIQBSp8Cg1DYXRjaFVwUG9saWN5Eh8KG0NBVENIX1VQX1BPTElDWV9VTlNQRUNJRklFRBAAEhcKE0NBVENIX1VQX1BPTElDWV9PRkYQARIYChRDQVRDSF9VUF9QT0xJQ1lfTEFTVBACEhcKE0NBVENIX1VQX1BPTElDWV9BTEwQAyp5CgpGaXJlT3JpZ2luEhsKF0ZJUkVfT1JJR0lOX1VOU1BFQ0lGSUVEEAASGQoVRklSRV9PUklHSU5fU0NIRURVTEVEEAESGQoVRklSRV9PUklHSU5fVFJJR0dFUkVEEAISGAoURklSRV9PUklHSU5fQkFDS0ZJTEwQAzKxCAoPU2NoZWR1bGVTZXJ2aWNlEnUKDkNyZWF0ZVNjaGVkdWxlEiMubmV4dXNmbG93LnYxLkNyZWF0ZVNjaGVkdWxlUmVxdWVzdBokLm5leHVzZmxvdy52MS5DcmVhdGVTY2hlZHVsZVJlc3BvbnNlIhiC0+STAhI6ASoiDS92MS9zY2hlZHVsZXMSdwoLR2V0U2NoZWR1bGUSIC5uZXh1c2Zsb3cudjEuR2V0U2NoZWR1bGVSZXF1ZXN0GiEubmV4dXNmbG93LnYxLkdldFNjaGVkdWxlUmVzcG9uc2UiI4LT5JMCHRIbL3YxL3NjaGVkdWxlcy97c2NoZWR1bGVfaWR9Em8KDUxpc3RTY2hlZHVsZXMSIi5uZXh1c2Zsb3cudjEuTGlzdFNjaGVkdWxlc1JlcXVlc3QaIy5uZXh1c2Zsb3cudjEuTGlzdFNjaGVkdWxlc1Jlc3BvbnNlIhWC0+STAg8SDS92MS9zY2hlZHVsZXMSgAEKDkRlbGV0ZVNjaGVkdWxlEiMubmV4dXNmbG93LnYxLkRlbGV0ZVNjaGVkdWxlUmVxdWVzdBokLm5leHVzZmxvdy52MS5EZWxldGVTY2hlZHVsZVJlc3BvbnNlIiOC0+STAh0qGy92MS9zY2hlZHVsZXMve3NjaGVkdWxlX2lkfRKGAQoNUGF1c2VTY2hlZHVsZRIiLm5leHVzZmxvdy52MS5QYXVzZVNjaGVkdWxlUmVxdWVzdBojLm5leHVzZmxvdy52MS5QYXVzZVNjaGVkdWxlUmVzcG9uc2UiLILT5JMCJjoBKiIhL3YxL3NjaGVkdWxlcy97c2NoZWR1bGVfaWR9OnBhdXNlEooBCg5SZXN1bWVTY2hlZHVsZRIjLm5leHVzZmxvdy52MS5SZXN1bWVTY2hlZHVsZVJlcXVlc3QaJC5uZXh1c2Zsb3cudjEuUmVzdW1lU2NoZWR1bGVSZXNwb25zZSItgtPkkwInOgEqIiIvdjEvc2NoZWR1bGVzL3tzY2hlZHVsZV9pZH06cmVzdW1lEo4BCg9UcmlnZ2VyU2NoZWR1bGUSJC5uZXh1c2Zsb3cudjEuVHJpZ2dlclNjaGVkdWxlUmVxdWVzdBolLm5leHVzZmxvdy52MS5UcmlnZ2VyU2NoZWR1bGVSZXNwb25zZSIugtPkkwIoOgEqIiMvdjEvc2NoZWR1bGVzL3tzY2hlZHVsZV9pZH06dHJpZ2dlchKSAQoQQmFja2ZpbGxTY2hlZHVsZRIlLm5leHVzZmxvdy52MS5CYWNrZmlsbFNjaGVkdWxlUmVxdWVzdBomLm5leHVzZmxvdy52MS5CYWNrZmlsbFNjaGVkdWxlUmVzcG9uc2UiL4LT5JMCKToBKiIkL3YxL3NjaGVkdWxlcy97c2NoZWR1bGVfaWR9OmJhY2tmaWxsYgZwcm90bzM", [file_google_api_annotations, file_google_protobuf_duration, file_google_protobuf_struct, file_google_protobuf_timestamp]);
 
 /**
  * What a schedule runs and when: the part a caller chooses.
@@ -237,11 +237,21 @@ export type Schedule = Message<"nexusflow.v1.Schedule"> & {
   createTime?: Timestamp | undefined;
 
   /**
-   * When it was last created, paused or resumed.
+   * When it was last created, paused or resumed (or changed by a version of the workflow
+   * declaring it).
    *
    * @generated from field: google.protobuf.Timestamp update_time = 13;
    */
   updateTime?: Timestamp | undefined;
+
+  /**
+   * Set when a workflow definition declares the schedule (WorkflowSpec.schedules; its id is then
+   * "<workflow>/<id>"): registering a later version of the workflow updates or deletes it, and
+   * DeleteSchedule refuses it. Unset for a schedule made by CreateSchedule.
+   *
+   * @generated from field: nexusflow.v1.ScheduleDeclaration declared_by = 14;
+   */
+  declaredBy?: ScheduleDeclaration | undefined;
 };
 
 /**
@@ -252,6 +262,41 @@ export const ScheduleSchema: GenMessage<Schedule> = /*@__PURE__*/
   messageDesc(file_nexusflow_v1_schedule_service, 2);
 
 /**
+ * Where a schedule declared in a workflow definition comes from.
+ *
+ * @generated from message nexusflow.v1.ScheduleDeclaration
+ */
+export type ScheduleDeclaration = Message<"nexusflow.v1.ScheduleDeclaration"> & {
+  /**
+   * The workflow whose definition declares it.
+   *
+   * @generated from field: string workflow_name = 1;
+   */
+  workflowName: string;
+
+  /**
+   * The latest version declaring it: the version its fires start.
+   *
+   * @generated from field: int32 workflow_version = 2;
+   */
+  workflowVersion: number;
+
+  /**
+   * Its id in the definition's `schedules` (the schedule id without "<workflow>/").
+   *
+   * @generated from field: string id = 3;
+   */
+  id: string;
+};
+
+/**
+ * Describes the message nexusflow.v1.ScheduleDeclaration.
+ * Use `create(ScheduleDeclarationSchema)` to create a new message.
+ */
+export const ScheduleDeclarationSchema: GenMessage<ScheduleDeclaration> = /*@__PURE__*/
+  messageDesc(file_nexusflow_v1_schedule_service, 3);
+
+/**
  * Request of CreateSchedule.
  *
  * @generated from message nexusflow.v1.CreateScheduleRequest
@@ -259,7 +304,7 @@ export const ScheduleSchema: GenMessage<Schedule> = /*@__PURE__*/
 export type CreateScheduleRequest = Message<"nexusflow.v1.CreateScheduleRequest"> & {
   /**
    * Id of the new schedule: 1 to 63 letters, digits, '.', '_' or '-', starting and ending with a
-   * letter or digit.
+   * letter or digit. (Ids with a '/' are those of schedules declared in workflow definitions.)
    *
    * @generated from field: string schedule_id = 1;
    */
@@ -292,7 +337,7 @@ export type CreateScheduleRequest = Message<"nexusflow.v1.CreateScheduleRequest"
  * Use `create(CreateScheduleRequestSchema)` to create a new message.
  */
 export const CreateScheduleRequestSchema: GenMessage<CreateScheduleRequest> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_schedule_service, 3);
+  messageDesc(file_nexusflow_v1_schedule_service, 4);
 
 /**
  * Response of CreateSchedule.
@@ -320,7 +365,7 @@ export type CreateScheduleResponse = Message<"nexusflow.v1.CreateScheduleRespons
  * Use `create(CreateScheduleResponseSchema)` to create a new message.
  */
 export const CreateScheduleResponseSchema: GenMessage<CreateScheduleResponse> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_schedule_service, 4);
+  messageDesc(file_nexusflow_v1_schedule_service, 5);
 
 /**
  * Request of GetSchedule.
@@ -341,7 +386,7 @@ export type GetScheduleRequest = Message<"nexusflow.v1.GetScheduleRequest"> & {
  * Use `create(GetScheduleRequestSchema)` to create a new message.
  */
 export const GetScheduleRequestSchema: GenMessage<GetScheduleRequest> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_schedule_service, 5);
+  messageDesc(file_nexusflow_v1_schedule_service, 6);
 
 /**
  * Response of GetSchedule.
@@ -362,7 +407,7 @@ export type GetScheduleResponse = Message<"nexusflow.v1.GetScheduleResponse"> & 
  * Use `create(GetScheduleResponseSchema)` to create a new message.
  */
 export const GetScheduleResponseSchema: GenMessage<GetScheduleResponse> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_schedule_service, 6);
+  messageDesc(file_nexusflow_v1_schedule_service, 7);
 
 /**
  * Request of ListSchedules.
@@ -397,7 +442,7 @@ export type ListSchedulesRequest = Message<"nexusflow.v1.ListSchedulesRequest"> 
  * Use `create(ListSchedulesRequestSchema)` to create a new message.
  */
 export const ListSchedulesRequestSchema: GenMessage<ListSchedulesRequest> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_schedule_service, 7);
+  messageDesc(file_nexusflow_v1_schedule_service, 8);
 
 /**
  * Response of ListSchedules.
@@ -425,7 +470,7 @@ export type ListSchedulesResponse = Message<"nexusflow.v1.ListSchedulesResponse"
  * Use `create(ListSchedulesResponseSchema)` to create a new message.
  */
 export const ListSchedulesResponseSchema: GenMessage<ListSchedulesResponse> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_schedule_service, 8);
+  messageDesc(file_nexusflow_v1_schedule_service, 9);
 
 /**
  * Request of DeleteSchedule.
@@ -446,7 +491,7 @@ export type DeleteScheduleRequest = Message<"nexusflow.v1.DeleteScheduleRequest"
  * Use `create(DeleteScheduleRequestSchema)` to create a new message.
  */
 export const DeleteScheduleRequestSchema: GenMessage<DeleteScheduleRequest> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_schedule_service, 9);
+  messageDesc(file_nexusflow_v1_schedule_service, 10);
 
 /**
  * Response of DeleteSchedule.
@@ -461,7 +506,7 @@ export type DeleteScheduleResponse = Message<"nexusflow.v1.DeleteScheduleRespons
  * Use `create(DeleteScheduleResponseSchema)` to create a new message.
  */
 export const DeleteScheduleResponseSchema: GenMessage<DeleteScheduleResponse> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_schedule_service, 10);
+  messageDesc(file_nexusflow_v1_schedule_service, 11);
 
 /**
  * Request of PauseSchedule.
@@ -489,7 +534,7 @@ export type PauseScheduleRequest = Message<"nexusflow.v1.PauseScheduleRequest"> 
  * Use `create(PauseScheduleRequestSchema)` to create a new message.
  */
 export const PauseScheduleRequestSchema: GenMessage<PauseScheduleRequest> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_schedule_service, 11);
+  messageDesc(file_nexusflow_v1_schedule_service, 12);
 
 /**
  * Response of PauseSchedule.
@@ -510,7 +555,7 @@ export type PauseScheduleResponse = Message<"nexusflow.v1.PauseScheduleResponse"
  * Use `create(PauseScheduleResponseSchema)` to create a new message.
  */
 export const PauseScheduleResponseSchema: GenMessage<PauseScheduleResponse> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_schedule_service, 12);
+  messageDesc(file_nexusflow_v1_schedule_service, 13);
 
 /**
  * Request of ResumeSchedule.
@@ -538,7 +583,7 @@ export type ResumeScheduleRequest = Message<"nexusflow.v1.ResumeScheduleRequest"
  * Use `create(ResumeScheduleRequestSchema)` to create a new message.
  */
 export const ResumeScheduleRequestSchema: GenMessage<ResumeScheduleRequest> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_schedule_service, 13);
+  messageDesc(file_nexusflow_v1_schedule_service, 14);
 
 /**
  * Response of ResumeSchedule.
@@ -559,7 +604,7 @@ export type ResumeScheduleResponse = Message<"nexusflow.v1.ResumeScheduleRespons
  * Use `create(ResumeScheduleResponseSchema)` to create a new message.
  */
 export const ResumeScheduleResponseSchema: GenMessage<ResumeScheduleResponse> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_schedule_service, 14);
+  messageDesc(file_nexusflow_v1_schedule_service, 15);
 
 /**
  * Request of TriggerSchedule.
@@ -588,7 +633,7 @@ export type TriggerScheduleRequest = Message<"nexusflow.v1.TriggerScheduleReques
  * Use `create(TriggerScheduleRequestSchema)` to create a new message.
  */
 export const TriggerScheduleRequestSchema: GenMessage<TriggerScheduleRequest> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_schedule_service, 15);
+  messageDesc(file_nexusflow_v1_schedule_service, 16);
 
 /**
  * Response of TriggerSchedule.
@@ -616,7 +661,7 @@ export type TriggerScheduleResponse = Message<"nexusflow.v1.TriggerScheduleRespo
  * Use `create(TriggerScheduleResponseSchema)` to create a new message.
  */
 export const TriggerScheduleResponseSchema: GenMessage<TriggerScheduleResponse> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_schedule_service, 16);
+  messageDesc(file_nexusflow_v1_schedule_service, 17);
 
 /**
  * Request of BackfillSchedule.
@@ -651,7 +696,7 @@ export type BackfillScheduleRequest = Message<"nexusflow.v1.BackfillScheduleRequ
  * Use `create(BackfillScheduleRequestSchema)` to create a new message.
  */
 export const BackfillScheduleRequestSchema: GenMessage<BackfillScheduleRequest> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_schedule_service, 17);
+  messageDesc(file_nexusflow_v1_schedule_service, 18);
 
 /**
  * Response of BackfillSchedule.
@@ -679,7 +724,7 @@ export type BackfillScheduleResponse = Message<"nexusflow.v1.BackfillScheduleRes
  * Use `create(BackfillScheduleResponseSchema)` to create a new message.
  */
 export const BackfillScheduleResponseSchema: GenMessage<BackfillScheduleResponse> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_schedule_service, 18);
+  messageDesc(file_nexusflow_v1_schedule_service, 19);
 
 /**
  * What a fire does when runs this schedule started earlier are still active.
@@ -861,7 +906,9 @@ export const ScheduleService: GenService<{
     output: typeof ListSchedulesResponseSchema;
   },
   /**
-   * Deletes a schedule: it fires no more. Runs it started are kept. NOT_FOUND when missing.
+   * Deletes a schedule: it fires no more. Runs it started are kept. NOT_FOUND when missing;
+   * FAILED_PRECONDITION for a schedule a workflow definition declares (register a version of the
+   * workflow without it).
    *
    * @generated from rpc nexusflow.v1.ScheduleService.DeleteSchedule
    */

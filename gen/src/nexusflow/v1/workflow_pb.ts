@@ -14,7 +14,7 @@ import type { JsonObject, Message } from "@bufbuild/protobuf";
  * Describes the file nexusflow/v1/workflow.proto.
  */
 export const file_nexusflow_v1_workflow: GenFile = /*@__PURE__*/
-  fileDesc("ChtuZXh1c2Zsb3cvdjEvd29ya2Zsb3cucHJvdG8SDG5leHVzZmxvdy52MSLYAgoMV29ya2Zsb3dTcGVjEgwKBG5hbWUYASABKAkSDwoHdmVyc2lvbhgCIAEoBRITCgtkZXNjcmlwdGlvbhgDIAEoCRImCgVpbnB1dBgEIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSLAoIZGVmYXVsdHMYBSABKAsyGi5uZXh1c2Zsb3cudjEuU3RlcERlZmF1bHRzEg8KB3RpbWVvdXQYBiABKAkSJQoFc3RlcHMYByADKAsyFi5uZXh1c2Zsb3cudjEuU3RlcFNwZWMSJgoGb3V0cHV0GAggASgLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlEjMKC2NvbmN1cnJlbmN5GAkgAygLMh4ubmV4dXNmbG93LnYxLkNvbmN1cnJlbmN5TGltaXQSKQoIZmFpcm5lc3MYMiADKAsyFy5uZXh1c2Zsb3cudjEuRmFpclNoYXJlIkAKEENvbmN1cnJlbmN5TGltaXQSCwoDa2V5GAEgASgJEg0KBWxpbWl0GAIgASgFEhAKCHN0cmF0ZWd5GAMgASgJIqkBCglGYWlyU2hhcmUSCwoDa2V5GAEgASgJEg4KBndlaWdodBgCIAEoBRI1Cgd3ZWlnaHRzGAMgAygLMiQubmV4dXNmbG93LnYxLkZhaXJTaGFyZS5XZWlnaHRzRW50cnkSCwoDbWluGAQgASgFEgsKA21heBgFIAEoBRouCgxXZWlnaHRzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgFOgI4ASJ4CgxTdGVwRGVmYXVsdHMSKAoFcmV0cnkYASABKAsyGS5uZXh1c2Zsb3cudjEuUmV0cnlQb2xpY3kSLAoIdGltZW91dHMYAiABKAsyGi5uZXh1c2Zsb3cudjEuU3RlcFRpbWVvdXRzEhAKCHByaW9yaXR5GAMgASgFIo8ECghTdGVwU3BlYxIKCgJpZBgBIAEoCRIMCgR0eXBlGAIgASgJEiUKBWlucHV0GAMgASgLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlEhIKCmRlcGVuZHNfb24YBCADKAkSDAoEd2hlbhgFIAEoCRIoCgVyZXRyeRgGIAEoCzIZLm5leHVzZmxvdy52MS5SZXRyeVBvbGljeRIsCgh0aW1lb3V0cxgHIAEoCzIaLm5leHVzZmxvdy52MS5TdGVwVGltZW91dHMSLgoKY29tcGVuc2F0ZRgIIAEoCzIaLm5leHVzZmxvdy52MS5Db21wZW5zYXRpb24SEAoIcHJpb3JpdHkYCSABKAUSMwoLY29uY3VycmVuY3kYCiADKAsyHi5uZXh1c2Zsb3cudjEuQ29uY3VycmVuY3lMaW1pdBIkCgR3YWl0GBQgASgLMhYubmV4dXNmbG93LnYxLldhaXRTcGVjEiYKBXNsZWVwGBUgASgLMhcubmV4dXNmbG93LnYxLlNsZWVwU3BlYxIxCgh3b3JrZmxvdxgWIAEoCzIfLm5leHVzZmxvdy52MS5DaGlsZFdvcmtmbG93U3BlYxIsCgtyYXRlX2xpbWl0cxgyIAMoCzIXLm5leHVzZmxvdy52MS5SYXRlTGltaXQSIgoDbWFwGCkgASgLMhUubmV4dXNmbG93LnYxLk1hcFNwZWMiXwoJUmF0ZUxpbWl0EgwKBG5hbWUYASABKAkSCwoDa2V5GAIgASgJEg0KBXVuaXRzGAMgASgFEgwKBHJhdGUYBCABKAUSCwoDcGVyGAUgASgJEg0KBWJ1cnN0GAYgASgFInMKEUNoaWxkV29ya2Zsb3dTcGVjEgwKBG5hbWUYASABKAkSDwoHdmVyc2lvbhgCIAEoBRIlCgVpbnB1dBgDIAEoCzIWLmdvb2dsZS5wcm90b2J1Zi5WYWx1ZRIYChBvbl9wYXJlbnRfY2FuY2VsGAQgASgJIkoKCFdhaXRTcGVjEg4KBnNpZ25hbBgBIAEoCRIPCgd0aW1lb3V0GAIgASgJEg0KBWV2ZW50GAMgASgJEg4KBmZpbHRlchgEIAEoCSInCglTbGVlcFNwZWMSCwoDZm9yGAEgASgJEg0KBXVudGlsGAIgASgJIp4BCgtSZXRyeVBvbGljeRIUCgxtYXhfYXR0ZW1wdHMYASABKAUSGAoQaW5pdGlhbF9pbnRlcnZhbBgCIAEoCRIbChNiYWNrb2ZmX2NvZWZmaWNpZW50GAMgASgBEhQKDG1heF9pbnRlcnZhbBgEIAEoCRIOCgZqaXR0ZXIYBSABKAkSHAoUbm9uX3JldHJ5YWJsZV9lcnJvcnMYBiADKAkiVAoMU3RlcFRpbWVvdXRzEhkKEXNjaGVkdWxlX3RvX3N0YXJ0GAEgASgJEhYKDnN0YXJ0X3RvX2Nsb3NlGAIgASgJEhEKCWhlYXJ0YmVhdBgDIAEoCSJtCgxDb21wZW5zYXRpb24SDAoEdHlwZRgBIAEoCRIlCgVpbnB1dBgCIAEoCzIWLmdvb2dsZS5wcm90b2J1Zi5WYWx1ZRIoCgVyZXRyeRgDIAEoCzIZLm5leHVzZmxvdy52MS5SZXRyeVBvbGljeSKkAQoSV29ya2Zsb3dEZWZpbml0aW9uEgwKBG5hbWUYASABKAkSDwoHdmVyc2lvbhgCIAEoBRIoCgRzcGVjGAMgASgLMhoubmV4dXNmbG93LnYxLldvcmtmbG93U3BlYxIUCgxjb250ZW50X2hhc2gYBCABKAkSLwoLY3JlYXRlX3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wImYKCVRhc2tFcnJvchIMCgR0eXBlGAEgASgJEg8KB21lc3NhZ2UYAiABKAkSEQoJcmV0cnlhYmxlGAMgASgIEicKB2RldGFpbHMYBCABKAsyFi5nb29nbGUucHJvdG9idWYuVmFsdWUiyQIKB0F0dGVtcHQSDgoGbnVtYmVyGAEgASgFEhUKDWZlbmNpbmdfdG9rZW4YAiABKAMSEwoLZXhlY3V0b3JfaWQYAyABKAkSLgoKbGVhc2VfdGltZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKc3RhcnRfdGltZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLAoIZW5kX3RpbWUYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEigKBnN0YXR1cxgHIAEoDjIYLm5leHVzZmxvdy52MS5UYXNrU3RhdHVzEiYKBWVycm9yGAggASgLMhcubmV4dXNmbG93LnYxLlRhc2tFcnJvchIiCgRsb2dzGAkgASgLMhQubmV4dXNmbG93LnYxLkxvZ1JlZiLBBAoHVGFza1J1bhIKCgJpZBgBIAEoCRIPCgdzdGVwX2lkGAIgASgJEiQKBGtpbmQYAyABKA4yFi5uZXh1c2Zsb3cudjEuVGFza0tpbmQSDAoEdHlwZRgEIAEoCRIoCgZzdGF0dXMYBSABKA4yGC5uZXh1c2Zsb3cudjEuVGFza1N0YXR1cxIlCgVpbnB1dBgGIAEoCzIWLmdvb2dsZS5wcm90b2J1Zi5WYWx1ZRImCgZvdXRwdXQYByABKAsyFi5nb29nbGUucHJvdG9idWYuVmFsdWUSLQoKb3V0cHV0X3JlZhgIIAEoCzIZLm5leHVzZmxvdy52MS5BcnRpZmFjdFJlZhImCgVlcnJvchgJIAEoCzIXLm5leHVzZmxvdy52MS5UYXNrRXJyb3ISJwoIYXR0ZW1wdHMYCiADKAsyFS5uZXh1c2Zsb3cudjEuQXR0ZW1wdBI1ChFuZXh0X2F0dGVtcHRfdGltZRgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEwoLc2tpcF9yZWFzb24YDCABKAkSLwoLY3JlYXRlX3RpbWUYDSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiwKCGVuZF90aW1lGA4gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIWCg5wZW5kaW5nX3JlYXNvbhgPIAEoCRITCgtyZXVzZWRfZnJvbRgeIAEoCRIUCgxjaGlsZF9ydW5faWQYKCABKAki4QUKC1BlbmRpbmdHYXRlEjYKDGRlcGVuZGVuY2llcxgBIAEoCzIeLm5leHVzZmxvdy52MS5EZXBlbmRlbmNpZXNHYXRlSAASMAoJY29uZGl0aW9uGAIgASgLMhsubmV4dXNmbG93LnYxLkNvbmRpdGlvbkdhdGVIABI3Cg1yZXRyeV9iYWNrb2ZmGAMgASgLMh4ubmV4dXNmbG93LnYxLlJldHJ5QmFja29mZkdhdGVIABIzCgtub19leGVjdXRvchgEIAEoCzIcLm5leHVzZmxvdy52MS5Ob0V4ZWN1dG9yR2F0ZUgAEjkKDmV4ZWN1dG9yc19idXN5GAUgASgLMh8ubmV4dXNmbG93LnYxLkV4ZWN1dG9yc0J1c3lHYXRlSAASPgoRc2NoZWR1bGVfdG9fc3RhcnQYBiABKAsyIS5uZXh1c2Zsb3cudjEuU2NoZWR1bGVUb1N0YXJ0R2F0ZUgAEjUKDHJ1bl9zdG9wcGluZxgHIAEoCzIdLm5leHVzZmxvdy52MS5SdW5TdG9wcGluZ0dhdGVIABI1CgxkdXJhYmxlX3dhaXQYFCABKAsyHS5uZXh1c2Zsb3cudjEuRHVyYWJsZVdhaXRHYXRlSAASLwoJY2hpbGRfcnVuGBUgASgLMhoubmV4dXNmbG93LnYxLkNoaWxkUnVuR2F0ZUgAEjsKD2NvbmN1cnJlbmN5X2tleRgIIAEoCzIgLm5leHVzZmxvdy52MS5Db25jdXJyZW5jeUtleUdhdGVIABIxCgpyYXRlX2xpbWl0GDIgASgLMhsubmV4dXNmbG93LnYxLlJhdGVMaW1pdEdhdGVIABIxCgpmYWlyX3NoYXJlGDMgASgLMhsubmV4dXNmbG93LnYxLkZhaXJTaGFyZUdhdGVIABI1CgxtYXBfZWxlbWVudHMYKCABKAsyHS5uZXh1c2Zsb3cudjEuTWFwRWxlbWVudHNHYXRlSABCBgoEZ2F0ZSK2AQoNUmF0ZUxpbWl0R2F0ZRIMCgRuYW1lGAEgASgJEgsKA2tleRgCIAEoCRIxCg1uZXh0X3Rva2VuX2F0GAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIwCgxwYXVzZWRfdW50aWwYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhEKCXBhdXNlZF9ieRgFIAEoCRISCgpwYXVzZV9ub3RlGAYgASgJIrIBCg1GYWlyU2hhcmVHYXRlEg0KBWxldmVsGAEgASgJEg4KBnRlbmFudBgCIAEoCRILCgNrZXkYAyABKAkSDAoEdHlwZRgEIAEoCRIOCgZsZWFzZWQYBSABKAUSDgoGd2VpZ2h0GAYgASgFEgsKA21pbhgHIAEoBRILCgNtYXgYCCABKAUSDgoGYXRfbWF4GAkgASgIEgwKBG5leHQYCiABKAkSDwoHd2FpdGluZxgLIAEoBSJlCgxDaGlsZFJ1bkdhdGUSDgoGcnVuX2lkGAEgASgJEhUKDXdvcmtmbG93X25hbWUYAiABKAkSGAoQd29ya2Zsb3dfdmVyc2lvbhgDIAEoBRIUCgxjb21wZW5zYXRpbmcYBCABKAgiawoPRHVyYWJsZVdhaXRHYXRlEg4KBnNpZ25hbBgBIAEoCRIpCgV1bnRpbBgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDQoFZXZlbnQYAyABKAkSDgoGZmlsdGVyGAQgASgJIs8BChJDb25jdXJyZW5jeUtleUdhdGUSDQoFc2NvcGUYASABKAkSFgoOa2V5X2V4cHJlc3Npb24YAiABKAkSCwoDa2V5GAMgASgJEg0KBWxpbWl0GAQgASgFEhAKCHN0cmF0ZWd5GAUgASgJEjAKB2hvbGRlcnMYBiADKAsyHy5uZXh1c2Zsb3cudjEuQ29uY3VycmVuY3lIb2xkZXISDwoHaG9sZGluZxgHIAEoBRIQCghwb3NpdGlvbhgIIAEoBRIPCgd3YWl0aW5nGAkgASgFIkkKEUNvbmN1cnJlbmN5SG9sZGVyEg4KBnJ1bl9pZBgBIAEoCRIPCgdzdGVwX2lkGAIgASgJEhMKC3Rhc2tfcnVuX2lkGAMgASgJIkUKEERlcGVuZGVuY2llc0dhdGUSEAoIc3RlcF9pZHMYASADKAkSHwoXcmVhZGluZ19vdXRwdXRfc3RlcF9pZHMYAiADKAkiNQoNQ29uZGl0aW9uR2F0ZRISCgpleHByZXNzaW9uGAEgASgJEhAKCHN0ZXBfaWRzGAIgAygJIqIBChBSZXRyeUJhY2tvZmZHYXRlEjUKEW5leHRfYXR0ZW1wdF90aW1lGAEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIUCgxuZXh0X2F0dGVtcHQYAiABKAUSFAoMbWF4X2F0dGVtcHRzGAMgASgFEisKCmxhc3RfZXJyb3IYBCABKAsyFy5uZXh1c2Zsb3cudjEuVGFza0Vycm9yIlgKDk5vRXhlY3V0b3JHYXRlEgwKBHR5cGUYASABKAkSDQoFYWhlYWQYAiABKAUSKQoFc2luY2UYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIoABChFFeGVjdXRvcnNCdXN5R2F0ZRIMCgR0eXBlGAEgASgJEhEKCWV4ZWN1dG9ycxgCIAEoBRIQCghkcmFpbmluZxgDIAEoBRINCgVhaGVhZBgEIAEoBRIpCgVzaW5jZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiVwoTU2NoZWR1bGVUb1N0YXJ0R2F0ZRIsCghkZWFkbGluZRgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEgoKdGltZW91dF9tcxgCIAEoAyJYCg9SdW5TdG9wcGluZ0dhdGUSKwoKcnVuX3N0YXR1cxgBIAEoDjIXLm5leHVzZmxvdy52MS5SdW5TdGF0dXMSGAoQY2FuY2VsX3JlcXVlc3RlZBgCIAEoCCKgBQoDUnVuEgoKAmlkGAEgASgJEhUKDXdvcmtmbG93X25hbWUYAiABKAkSGAoQd29ya2Zsb3dfdmVyc2lvbhgDIAEoBRInCgZzdGF0dXMYBCABKA4yFy5uZXh1c2Zsb3cudjEuUnVuU3RhdHVzEiUKBWlucHV0GAUgASgLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlEiYKBm91dHB1dBgGIAEoCzIWLmdvb2dsZS5wcm90b2J1Zi5WYWx1ZRImCgVlcnJvchgHIAEoCzIXLm5leHVzZmxvdy52MS5UYXNrRXJyb3ISFwoPaWRlbXBvdGVuY3lfa2V5GAggASgJEi0KBmxhYmVscxgJIAMoCzIdLm5leHVzZmxvdy52MS5SdW4uTGFiZWxzRW50cnkSJAoFdGFza3MYCiADKAsyFS5uZXh1c2Zsb3cudjEuVGFza1J1bhIvCgtjcmVhdGVfdGltZRgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLAoIZW5kX3RpbWUYDCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiwKCGRlYWRsaW5lGA0gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIoCgdzaWduYWxzGA4gAygLMhcubmV4dXNmbG93LnYxLlJ1blNpZ25hbBIQCghyZXJ1bl9vZhgeIAEoCRIXCg9yZXJ1bl9mcm9tX3N0ZXAYHyABKAkSDgoGcmVydW5zGCAgAygJEhUKDXBhcmVudF9ydW5faWQYKCABKAkSFgoOcGFyZW50X3N0ZXBfaWQYKSABKAkaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASKeAQoJUnVuU2lnbmFsEgwKBG5hbWUYASABKAkSFwoPaWRlbXBvdGVuY3lfa2V5GAIgASgJEg8KB3N0ZXBfaWQYAyABKAkSJwoHcGF5bG9hZBgEIAEoCzIWLmdvb2dsZS5wcm90b2J1Zi5WYWx1ZRIwCgxyZWNlaXZlX3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIpoBCg9NYXBFbGVtZW50c0dhdGUSDQoFdG90YWwYASABKAUSEQoJc3VjY2VlZGVkGAIgASgFEg4KBmZhaWxlZBgDIAEoBRIPCgdydW5uaW5nGAQgASgFEg4KBnF1ZXVlZBgFIAEoBRIfChd3YWl0aW5nX2Zvcl9wYXJhbGxlbGlzbRgGIAEoBRITCgtwYXJhbGxlbGlzbRgHIAEoBSI+CgdNYXBTcGVjEg0KBWl0ZW1zGAEgASgJEhMKC3BhcmFsbGVsaXNtGAIgASgFEg8KB2ZhaWx1cmUYAyABKAkqmQIKCVJ1blN0YXR1cxIaChZSVU5fU1RBVFVTX1VOU1BFQ0lGSUVEEAASFgoSUlVOX1NUQVRVU19QRU5ESU5HEAESFgoSUlVOX1NUQVRVU19SVU5OSU5HEAISGAoUUlVOX1NUQVRVU19TVUNDRUVERUQQAxIVChFSVU5fU1RBVFVTX0ZBSUxFRBAEEhgKFFJVTl9TVEFUVVNfQ0FOQ0VMTEVEEAUSGAoUUlVOX1NUQVRVU19USU1FRF9PVVQQBhIbChdSVU5fU1RBVFVTX0NPTVBFTlNBVElORxAHEhoKFlJVTl9TVEFUVVNfQ09NUEVOU0FURUQQCBIiCh5SVU5fU1RBVFVTX0NPTVBFTlNBVElPTl9GQUlMRUQQCSqnAgoKVGFza1N0YXR1cxIbChdUQVNLX1NUQVRVU19VTlNQRUNJRklFRBAAEhcKE1RBU0tfU1RBVFVTX1BFTkRJTkcQARIWChJUQVNLX1NUQVRVU19RVUVVRUQQAhIWChJUQVNLX1NUQVRVU19MRUFTRUQQAxIXChNUQVNLX1NUQVRVU19SVU5OSU5HEAQSGgoWVEFTS19TVEFUVVNfUkVUUllfV0FJVBAFEhkKFVRBU0tfU1RBVFVTX1NVQ0NFRURFRBAGEhYKElRBU0tfU1RBVFVTX0ZBSUxFRBAHEhcKE1RBU0tfU1RBVFVTX1NLSVBQRUQQCBIZChVUQVNLX1NUQVRVU19DQU5DRUxMRUQQCRIXChNUQVNLX1NUQVRVU19XQUlUSU5HEAoqVQoIVGFza0tpbmQSGQoVVEFTS19LSU5EX1VOU1BFQ0lGSUVEEAASEgoOVEFTS19LSU5EX1NURVAQARIaChZUQVNLX0tJTkRfQ09NUEVOU0FUSU9OEAJiBnByb3RvMw", [file_google_protobuf_struct, file_google_protobuf_timestamp, file_nexusflow_v1_artifacts]);
+  fileDesc("ChtuZXh1c2Zsb3cvdjEvd29ya2Zsb3cucHJvdG8SDG5leHVzZmxvdy52MSK5AwoMV29ya2Zsb3dTcGVjEgwKBG5hbWUYASABKAkSDwoHdmVyc2lvbhgCIAEoBRITCgtkZXNjcmlwdGlvbhgDIAEoCRImCgVpbnB1dBgEIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSLAoIZGVmYXVsdHMYBSABKAsyGi5uZXh1c2Zsb3cudjEuU3RlcERlZmF1bHRzEg8KB3RpbWVvdXQYBiABKAkSJQoFc3RlcHMYByADKAsyFi5uZXh1c2Zsb3cudjEuU3RlcFNwZWMSJgoGb3V0cHV0GAggASgLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlEjMKC2NvbmN1cnJlbmN5GAkgAygLMh4ubmV4dXNmbG93LnYxLkNvbmN1cnJlbmN5TGltaXQSKQoIZmFpcm5lc3MYMiADKAsyFy5uZXh1c2Zsb3cudjEuRmFpclNoYXJlEiwKCHRyaWdnZXJzGBQgAygLMhoubmV4dXNmbG93LnYxLkV2ZW50VHJpZ2dlchIxCglzY2hlZHVsZXMYFSADKAsyHi5uZXh1c2Zsb3cudjEuV29ya2Zsb3dTY2hlZHVsZSItCgxFdmVudFRyaWdnZXISDQoFZXZlbnQYASABKAkSDgoGZmlsdGVyGAIgASgJIrgCChBXb3JrZmxvd1NjaGVkdWxlEgoKAmlkGAEgASgJEgwKBGNyb24YAiABKAkSEQoJdGltZV96b25lGAMgASgJEiUKBWlucHV0GAQgASgLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlEjoKBmxhYmVscxgFIAMoCzIqLm5leHVzZmxvdy52MS5Xb3JrZmxvd1NjaGVkdWxlLkxhYmVsc0VudHJ5EhYKDm92ZXJsYXBfcG9saWN5GAYgASgJEhsKE21heF9jb25jdXJyZW50X3J1bnMYByABKAUSFwoPY2F0Y2hfdXBfcG9saWN5GAggASgJEhcKD2NhdGNoX3VwX3dpbmRvdxgJIAEoCRotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIkAKEENvbmN1cnJlbmN5TGltaXQSCwoDa2V5GAEgASgJEg0KBWxpbWl0GAIgASgFEhAKCHN0cmF0ZWd5GAMgASgJIqkBCglGYWlyU2hhcmUSCwoDa2V5GAEgASgJEg4KBndlaWdodBgCIAEoBRI1Cgd3ZWlnaHRzGAMgAygLMiQubmV4dXNmbG93LnYxLkZhaXJTaGFyZS5XZWlnaHRzRW50cnkSCwoDbWluGAQgASgFEgsKA21heBgFIAEoBRouCgxXZWlnaHRzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgFOgI4ASJ4CgxTdGVwRGVmYXVsdHMSKAoFcmV0cnkYASABKAsyGS5uZXh1c2Zsb3cudjEuUmV0cnlQb2xpY3kSLAoIdGltZW91dHMYAiABKAsyGi5uZXh1c2Zsb3cudjEuU3RlcFRpbWVvdXRzEhAKCHByaW9yaXR5GAMgASgFIo8ECghTdGVwU3BlYxIKCgJpZBgBIAEoCRIMCgR0eXBlGAIgASgJEiUKBWlucHV0GAMgASgLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlEhIKCmRlcGVuZHNfb24YBCADKAkSDAoEd2hlbhgFIAEoCRIoCgVyZXRyeRgGIAEoCzIZLm5leHVzZmxvdy52MS5SZXRyeVBvbGljeRIsCgh0aW1lb3V0cxgHIAEoCzIaLm5leHVzZmxvdy52MS5TdGVwVGltZW91dHMSLgoKY29tcGVuc2F0ZRgIIAEoCzIaLm5leHVzZmxvdy52MS5Db21wZW5zYXRpb24SEAoIcHJpb3JpdHkYCSABKAUSMwoLY29uY3VycmVuY3kYCiADKAsyHi5uZXh1c2Zsb3cudjEuQ29uY3VycmVuY3lMaW1pdBIkCgR3YWl0GBQgASgLMhYubmV4dXNmbG93LnYxLldhaXRTcGVjEiYKBXNsZWVwGBUgASgLMhcubmV4dXNmbG93LnYxLlNsZWVwU3BlYxIxCgh3b3JrZmxvdxgWIAEoCzIfLm5leHVzZmxvdy52MS5DaGlsZFdvcmtmbG93U3BlYxIsCgtyYXRlX2xpbWl0cxgyIAMoCzIXLm5leHVzZmxvdy52MS5SYXRlTGltaXQSIgoDbWFwGCkgASgLMhUubmV4dXNmbG93LnYxLk1hcFNwZWMiXwoJUmF0ZUxpbWl0EgwKBG5hbWUYASABKAkSCwoDa2V5GAIgASgJEg0KBXVuaXRzGAMgASgFEgwKBHJhdGUYBCABKAUSCwoDcGVyGAUgASgJEg0KBWJ1cnN0GAYgASgFInMKEUNoaWxkV29ya2Zsb3dTcGVjEgwKBG5hbWUYASABKAkSDwoHdmVyc2lvbhgCIAEoBRIlCgVpbnB1dBgDIAEoCzIWLmdvb2dsZS5wcm90b2J1Zi5WYWx1ZRIYChBvbl9wYXJlbnRfY2FuY2VsGAQgASgJIkoKCFdhaXRTcGVjEg4KBnNpZ25hbBgBIAEoCRIPCgd0aW1lb3V0GAIgASgJEg0KBWV2ZW50GAMgASgJEg4KBmZpbHRlchgEIAEoCSInCglTbGVlcFNwZWMSCwoDZm9yGAEgASgJEg0KBXVudGlsGAIgASgJIp4BCgtSZXRyeVBvbGljeRIUCgxtYXhfYXR0ZW1wdHMYASABKAUSGAoQaW5pdGlhbF9pbnRlcnZhbBgCIAEoCRIbChNiYWNrb2ZmX2NvZWZmaWNpZW50GAMgASgBEhQKDG1heF9pbnRlcnZhbBgEIAEoCRIOCgZqaXR0ZXIYBSABKAkSHAoUbm9uX3JldHJ5YWJsZV9lcnJvcnMYBiADKAkiVAoMU3RlcFRpbWVvdXRzEhkKEXNjaGVkdWxlX3RvX3N0YXJ0GAEgASgJEhYKDnN0YXJ0X3RvX2Nsb3NlGAIgASgJEhEKCWhlYXJ0YmVhdBgDIAEoCSJtCgxDb21wZW5zYXRpb24SDAoEdHlwZRgBIAEoCRIlCgVpbnB1dBgCIAEoCzIWLmdvb2dsZS5wcm90b2J1Zi5WYWx1ZRIoCgVyZXRyeRgDIAEoCzIZLm5leHVzZmxvdy52MS5SZXRyeVBvbGljeSKkAQoSV29ya2Zsb3dEZWZpbml0aW9uEgwKBG5hbWUYASABKAkSDwoHdmVyc2lvbhgCIAEoBRIoCgRzcGVjGAMgASgLMhoubmV4dXNmbG93LnYxLldvcmtmbG93U3BlYxIUCgxjb250ZW50X2hhc2gYBCABKAkSLwoLY3JlYXRlX3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wImYKCVRhc2tFcnJvchIMCgR0eXBlGAEgASgJEg8KB21lc3NhZ2UYAiABKAkSEQoJcmV0cnlhYmxlGAMgASgIEicKB2RldGFpbHMYBCABKAsyFi5nb29nbGUucHJvdG9idWYuVmFsdWUiyQIKB0F0dGVtcHQSDgoGbnVtYmVyGAEgASgFEhUKDWZlbmNpbmdfdG9rZW4YAiABKAMSEwoLZXhlY3V0b3JfaWQYAyABKAkSLgoKbGVhc2VfdGltZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKc3RhcnRfdGltZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLAoIZW5kX3RpbWUYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEigKBnN0YXR1cxgHIAEoDjIYLm5leHVzZmxvdy52MS5UYXNrU3RhdHVzEiYKBWVycm9yGAggASgLMhcubmV4dXNmbG93LnYxLlRhc2tFcnJvchIiCgRsb2dzGAkgASgLMhQubmV4dXNmbG93LnYxLkxvZ1JlZiLBBAoHVGFza1J1bhIKCgJpZBgBIAEoCRIPCgdzdGVwX2lkGAIgASgJEiQKBGtpbmQYAyABKA4yFi5uZXh1c2Zsb3cudjEuVGFza0tpbmQSDAoEdHlwZRgEIAEoCRIoCgZzdGF0dXMYBSABKA4yGC5uZXh1c2Zsb3cudjEuVGFza1N0YXR1cxIlCgVpbnB1dBgGIAEoCzIWLmdvb2dsZS5wcm90b2J1Zi5WYWx1ZRImCgZvdXRwdXQYByABKAsyFi5nb29nbGUucHJvdG9idWYuVmFsdWUSLQoKb3V0cHV0X3JlZhgIIAEoCzIZLm5leHVzZmxvdy52MS5BcnRpZmFjdFJlZhImCgVlcnJvchgJIAEoCzIXLm5leHVzZmxvdy52MS5UYXNrRXJyb3ISJwoIYXR0ZW1wdHMYCiADKAsyFS5uZXh1c2Zsb3cudjEuQXR0ZW1wdBI1ChFuZXh0X2F0dGVtcHRfdGltZRgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEwoLc2tpcF9yZWFzb24YDCABKAkSLwoLY3JlYXRlX3RpbWUYDSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiwKCGVuZF90aW1lGA4gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIWCg5wZW5kaW5nX3JlYXNvbhgPIAEoCRITCgtyZXVzZWRfZnJvbRgeIAEoCRIUCgxjaGlsZF9ydW5faWQYKCABKAki4QUKC1BlbmRpbmdHYXRlEjYKDGRlcGVuZGVuY2llcxgBIAEoCzIeLm5leHVzZmxvdy52MS5EZXBlbmRlbmNpZXNHYXRlSAASMAoJY29uZGl0aW9uGAIgASgLMhsubmV4dXNmbG93LnYxLkNvbmRpdGlvbkdhdGVIABI3Cg1yZXRyeV9iYWNrb2ZmGAMgASgLMh4ubmV4dXNmbG93LnYxLlJldHJ5QmFja29mZkdhdGVIABIzCgtub19leGVjdXRvchgEIAEoCzIcLm5leHVzZmxvdy52MS5Ob0V4ZWN1dG9yR2F0ZUgAEjkKDmV4ZWN1dG9yc19idXN5GAUgASgLMh8ubmV4dXNmbG93LnYxLkV4ZWN1dG9yc0J1c3lHYXRlSAASPgoRc2NoZWR1bGVfdG9fc3RhcnQYBiABKAsyIS5uZXh1c2Zsb3cudjEuU2NoZWR1bGVUb1N0YXJ0R2F0ZUgAEjUKDHJ1bl9zdG9wcGluZxgHIAEoCzIdLm5leHVzZmxvdy52MS5SdW5TdG9wcGluZ0dhdGVIABI1CgxkdXJhYmxlX3dhaXQYFCABKAsyHS5uZXh1c2Zsb3cudjEuRHVyYWJsZVdhaXRHYXRlSAASLwoJY2hpbGRfcnVuGBUgASgLMhoubmV4dXNmbG93LnYxLkNoaWxkUnVuR2F0ZUgAEjsKD2NvbmN1cnJlbmN5X2tleRgIIAEoCzIgLm5leHVzZmxvdy52MS5Db25jdXJyZW5jeUtleUdhdGVIABIxCgpyYXRlX2xpbWl0GDIgASgLMhsubmV4dXNmbG93LnYxLlJhdGVMaW1pdEdhdGVIABIxCgpmYWlyX3NoYXJlGDMgASgLMhsubmV4dXNmbG93LnYxLkZhaXJTaGFyZUdhdGVIABI1CgxtYXBfZWxlbWVudHMYKCABKAsyHS5uZXh1c2Zsb3cudjEuTWFwRWxlbWVudHNHYXRlSABCBgoEZ2F0ZSK2AQoNUmF0ZUxpbWl0R2F0ZRIMCgRuYW1lGAEgASgJEgsKA2tleRgCIAEoCRIxCg1uZXh0X3Rva2VuX2F0GAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIwCgxwYXVzZWRfdW50aWwYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhEKCXBhdXNlZF9ieRgFIAEoCRISCgpwYXVzZV9ub3RlGAYgASgJIrIBCg1GYWlyU2hhcmVHYXRlEg0KBWxldmVsGAEgASgJEg4KBnRlbmFudBgCIAEoCRILCgNrZXkYAyABKAkSDAoEdHlwZRgEIAEoCRIOCgZsZWFzZWQYBSABKAUSDgoGd2VpZ2h0GAYgASgFEgsKA21pbhgHIAEoBRILCgNtYXgYCCABKAUSDgoGYXRfbWF4GAkgASgIEgwKBG5leHQYCiABKAkSDwoHd2FpdGluZxgLIAEoBSJlCgxDaGlsZFJ1bkdhdGUSDgoGcnVuX2lkGAEgASgJEhUKDXdvcmtmbG93X25hbWUYAiABKAkSGAoQd29ya2Zsb3dfdmVyc2lvbhgDIAEoBRIUCgxjb21wZW5zYXRpbmcYBCABKAgiawoPRHVyYWJsZVdhaXRHYXRlEg4KBnNpZ25hbBgBIAEoCRIpCgV1bnRpbBgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDQoFZXZlbnQYAyABKAkSDgoGZmlsdGVyGAQgASgJIs8BChJDb25jdXJyZW5jeUtleUdhdGUSDQoFc2NvcGUYASABKAkSFgoOa2V5X2V4cHJlc3Npb24YAiABKAkSCwoDa2V5GAMgASgJEg0KBWxpbWl0GAQgASgFEhAKCHN0cmF0ZWd5GAUgASgJEjAKB2hvbGRlcnMYBiADKAsyHy5uZXh1c2Zsb3cudjEuQ29uY3VycmVuY3lIb2xkZXISDwoHaG9sZGluZxgHIAEoBRIQCghwb3NpdGlvbhgIIAEoBRIPCgd3YWl0aW5nGAkgASgFIkkKEUNvbmN1cnJlbmN5SG9sZGVyEg4KBnJ1bl9pZBgBIAEoCRIPCgdzdGVwX2lkGAIgASgJEhMKC3Rhc2tfcnVuX2lkGAMgASgJIkUKEERlcGVuZGVuY2llc0dhdGUSEAoIc3RlcF9pZHMYASADKAkSHwoXcmVhZGluZ19vdXRwdXRfc3RlcF9pZHMYAiADKAkiNQoNQ29uZGl0aW9uR2F0ZRISCgpleHByZXNzaW9uGAEgASgJEhAKCHN0ZXBfaWRzGAIgAygJIqIBChBSZXRyeUJhY2tvZmZHYXRlEjUKEW5leHRfYXR0ZW1wdF90aW1lGAEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIUCgxuZXh0X2F0dGVtcHQYAiABKAUSFAoMbWF4X2F0dGVtcHRzGAMgASgFEisKCmxhc3RfZXJyb3IYBCABKAsyFy5uZXh1c2Zsb3cudjEuVGFza0Vycm9yIlgKDk5vRXhlY3V0b3JHYXRlEgwKBHR5cGUYASABKAkSDQoFYWhlYWQYAiABKAUSKQoFc2luY2UYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIoABChFFeGVjdXRvcnNCdXN5R2F0ZRIMCgR0eXBlGAEgASgJEhEKCWV4ZWN1dG9ycxgCIAEoBRIQCghkcmFpbmluZxgDIAEoBRINCgVhaGVhZBgEIAEoBRIpCgVzaW5jZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiVwoTU2NoZWR1bGVUb1N0YXJ0R2F0ZRIsCghkZWFkbGluZRgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEgoKdGltZW91dF9tcxgCIAEoAyJYCg9SdW5TdG9wcGluZ0dhdGUSKwoKcnVuX3N0YXR1cxgBIAEoDjIXLm5leHVzZmxvdy52MS5SdW5TdGF0dXMSGAoQY2FuY2VsX3JlcXVlc3RlZBgCIAEoCCKgBQoDUnVuEgoKAmlkGAEgASgJEhUKDXdvcmtmbG93X25hbWUYAiABKAkSGAoQd29ya2Zsb3dfdmVyc2lvbhgDIAEoBRInCgZzdGF0dXMYBCABKA4yFy5uZXh1c2Zsb3cudjEuUnVuU3RhdHVzEiUKBWlucHV0GAUgASgLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlEiYKBm91dHB1dBgGIAEoCzIWLmdvb2dsZS5wcm90b2J1Zi5WYWx1ZRImCgVlcnJvchgHIAEoCzIXLm5leHVzZmxvdy52MS5UYXNrRXJyb3ISFwoPaWRlbXBvdGVuY3lfa2V5GAggASgJEi0KBmxhYmVscxgJIAMoCzIdLm5leHVzZmxvdy52MS5SdW4uTGFiZWxzRW50cnkSJAoFdGFza3MYCiADKAsyFS5uZXh1c2Zsb3cudjEuVGFza1J1bhIvCgtjcmVhdGVfdGltZRgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLAoIZW5kX3RpbWUYDCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiwKCGRlYWRsaW5lGA0gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIoCgdzaWduYWxzGA4gAygLMhcubmV4dXNmbG93LnYxLlJ1blNpZ25hbBIQCghyZXJ1bl9vZhgeIAEoCRIXCg9yZXJ1bl9mcm9tX3N0ZXAYHyABKAkSDgoGcmVydW5zGCAgAygJEhUKDXBhcmVudF9ydW5faWQYKCABKAkSFgoOcGFyZW50X3N0ZXBfaWQYKSABKAkaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASKeAQoJUnVuU2lnbmFsEgwKBG5hbWUYASABKAkSFwoPaWRlbXBvdGVuY3lfa2V5GAIgASgJEg8KB3N0ZXBfaWQYAyABKAkSJwoHcGF5bG9hZBgEIAEoCzIWLmdvb2dsZS5wcm90b2J1Zi5WYWx1ZRIwCgxyZWNlaXZlX3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIpoBCg9NYXBFbGVtZW50c0dhdGUSDQoFdG90YWwYASABKAUSEQoJc3VjY2VlZGVkGAIgASgFEg4KBmZhaWxlZBgDIAEoBRIPCgdydW5uaW5nGAQgASgFEg4KBnF1ZXVlZBgFIAEoBRIfChd3YWl0aW5nX2Zvcl9wYXJhbGxlbGlzbRgGIAEoBRITCgtwYXJhbGxlbGlzbRgHIAEoBSI+CgdNYXBTcGVjEg0KBWl0ZW1zGAEgASgJEhMKC3BhcmFsbGVsaXNtGAIgASgFEg8KB2ZhaWx1cmUYAyABKAkqmQIKCVJ1blN0YXR1cxIaChZSVU5fU1RBVFVTX1VOU1BFQ0lGSUVEEAASFgoSUlVOX1NUQVRVU19QRU5ESU5HEAESFgoSUlVOX1NUQVRVU19SVU5OSU5HEAISGAoUUlVOX1NUQVRVU19TVUNDRUVERUQQAxIVChFSVU5fU1RBVFVTX0ZBSUxFRBAEEhgKFFJVTl9TVEFUVVNfQ0FOQ0VMTEVEEAUSGAoUUlVOX1NUQVRVU19USU1FRF9PVVQQBhIbChdSVU5fU1RBVFVTX0NPTVBFTlNBVElORxAHEhoKFlJVTl9TVEFUVVNfQ09NUEVOU0FURUQQCBIiCh5SVU5fU1RBVFVTX0NPTVBFTlNBVElPTl9GQUlMRUQQCSqnAgoKVGFza1N0YXR1cxIbChdUQVNLX1NUQVRVU19VTlNQRUNJRklFRBAAEhcKE1RBU0tfU1RBVFVTX1BFTkRJTkcQARIWChJUQVNLX1NUQVRVU19RVUVVRUQQAhIWChJUQVNLX1NUQVRVU19MRUFTRUQQAxIXChNUQVNLX1NUQVRVU19SVU5OSU5HEAQSGgoWVEFTS19TVEFUVVNfUkVUUllfV0FJVBAFEhkKFVRBU0tfU1RBVFVTX1NVQ0NFRURFRBAGEhYKElRBU0tfU1RBVFVTX0ZBSUxFRBAHEhcKE1RBU0tfU1RBVFVTX1NLSVBQRUQQCBIZChVUQVNLX1NUQVRVU19DQU5DRUxMRUQQCRIXChNUQVNLX1NUQVRVU19XQUlUSU5HEAoqVQoIVGFza0tpbmQSGQoVVEFTS19LSU5EX1VOU1BFQ0lGSUVEEAASEgoOVEFTS19LSU5EX1NURVAQARIaChZUQVNLX0tJTkRfQ09NUEVOU0FUSU9OEAJiBnByb3RvMw", [file_google_protobuf_struct, file_google_protobuf_timestamp, file_nexusflow_v1_artifacts]);
 
 /**
  * A workflow definition: a DAG of steps. It is the protobuf twin of the JSON definition format
@@ -102,6 +102,25 @@ export type WorkflowSpec = Message<"nexusflow.v1.WorkflowSpec"> & {
    * @generated from field: repeated nexusflow.v1.FairShare fairness = 50;
    */
   fairness: FairShare[];
+
+  /**
+   * Events that start runs of the workflow (EventService), at most 20: an event whose key matches
+   * a trigger (and whose filter is truthy) starts one run with the event's payload as input. Only
+   * the latest version of the workflow is matched.
+   *
+   * @generated from field: repeated nexusflow.v1.EventTrigger triggers = 20;
+   */
+  triggers: EventTrigger[];
+
+  /**
+   * Cron schedules that start runs of the workflow, at most 20. Registering the workflow's latest
+   * version creates them (as schedules "<workflow>/<id>" of ScheduleService), updates those whose
+   * declaration changed and deletes those an older version declared and this one does not;
+   * schedules made by CreateSchedule are never touched.
+   *
+   * @generated from field: repeated nexusflow.v1.WorkflowSchedule schedules = 21;
+   */
+  schedules: WorkflowSchedule[];
 };
 
 /**
@@ -110,6 +129,117 @@ export type WorkflowSpec = Message<"nexusflow.v1.WorkflowSpec"> & {
  */
 export const WorkflowSpecSchema: GenMessage<WorkflowSpec> = /*@__PURE__*/
   messageDesc(file_nexusflow_v1_workflow, 0);
+
+/**
+ * A trigger: the events that start a run of the workflow.
+ *
+ * @generated from message nexusflow.v1.EventTrigger
+ */
+export type EventTrigger = Message<"nexusflow.v1.EventTrigger"> & {
+  /**
+   * Event key pattern: dot-separated segments of letters, digits, '_' and '-'; a segment "*"
+   * matches exactly one segment and a last segment "**" one or more (e.g. "orders.*").
+   *
+   * @generated from field: string event = 1;
+   */
+  event: string;
+
+  /**
+   * Optional expression over `event.key` and `event.payload` (the language of `when`); the run
+   * starts only when it is truthy. An expression that fails on an event records a failed match.
+   *
+   * @generated from field: string filter = 2;
+   */
+  filter: string;
+};
+
+/**
+ * Describes the message nexusflow.v1.EventTrigger.
+ * Use `create(EventTriggerSchema)` to create a new message.
+ */
+export const EventTriggerSchema: GenMessage<EventTrigger> = /*@__PURE__*/
+  messageDesc(file_nexusflow_v1_workflow, 1);
+
+/**
+ * A cron schedule declared in a workflow definition: the fields of ScheduleSpec, with the workflow
+ * and its version implied (each fire starts a run of the latest version declaring it).
+ *
+ * @generated from message nexusflow.v1.WorkflowSchedule
+ */
+export type WorkflowSchedule = Message<"nexusflow.v1.WorkflowSchedule"> & {
+  /**
+   * Id within the workflow: 1 to 63 letters, digits, '.', '_' or '-', starting and ending with a
+   * letter or digit, unique in the list. The schedule's id in ScheduleService is "<workflow>/<id>".
+   *
+   * @generated from field: string id = 1;
+   */
+  id: string;
+
+  /**
+   * Cron expression: five fields, or six with seconds first, or @hourly/@daily/... (as ScheduleSpec).
+   *
+   * @generated from field: string cron = 2;
+   */
+  cron: string;
+
+  /**
+   * IANA time zone the expression is read in (e.g. "Europe/Lisbon"); empty means "UTC".
+   *
+   * @generated from field: string time_zone = 3;
+   */
+  timeZone: string;
+
+  /**
+   * Input of every run; must satisfy the workflow's input schema. Unset: null.
+   *
+   * @generated from field: google.protobuf.Value input = 4;
+   */
+  input?: Value | undefined;
+
+  /**
+   * Labels of every run (at most 30; `schedule` and `schedule-fire` are added by the scheduler).
+   *
+   * @generated from field: map<string, string> labels = 5;
+   */
+  labels: { [key: string]: string };
+
+  /**
+   * What a fire does while earlier runs of the schedule are active: "skip" (default),
+   * "buffer-one", "allow-all", "cancel-other" or "terminate-other" (see OverlapPolicy).
+   *
+   * @generated from field: string overlap_policy = 6;
+   */
+  overlapPolicy: string;
+
+  /**
+   * Most runs active at once under "allow-all", 1 to 1000; unset: 10.
+   *
+   * @generated from field: int32 max_concurrent_runs = 7;
+   */
+  maxConcurrentRuns: number;
+
+  /**
+   * What happens to fire times missed during downtime: "off", "last" or "all" (default; see
+   * CatchUpPolicy).
+   *
+   * @generated from field: string catch_up_policy = 8;
+   */
+  catchUpPolicy: string;
+
+  /**
+   * How far back missed fire times are caught up, a duration from "1s" to "366d"; unset: "60s".
+   *
+   * @generated from field: string catch_up_window = 9;
+   */
+  catchUpWindow: string;
+};
+
+/**
+ * Describes the message nexusflow.v1.WorkflowSchedule.
+ * Use `create(WorkflowScheduleSchema)` to create a new message.
+ */
+export const WorkflowScheduleSchema: GenMessage<WorkflowSchedule> = /*@__PURE__*/
+  messageDesc(file_nexusflow_v1_workflow, 2);
 
 /**
  * A keyed concurrency limit: at most `limit` holders with the same key value at once, shared by
@@ -151,7 +281,7 @@ export type ConcurrencyLimit = Message<"nexusflow.v1.ConcurrencyLimit"> & {
  * Use `create(ConcurrencyLimitSchema)` to create a new message.
  */
 export const ConcurrencyLimitSchema: GenMessage<ConcurrencyLimit> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 1);
+  messageDesc(file_nexusflow_v1_workflow, 3);
 
 /**
  * One level of a workflow's fair shares: what its runs are grouped by, and each group's weight,
@@ -210,7 +340,7 @@ export type FairShare = Message<"nexusflow.v1.FairShare"> & {
  * Use `create(FairShareSchema)` to create a new message.
  */
 export const FairShareSchema: GenMessage<FairShare> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 2);
+  messageDesc(file_nexusflow_v1_workflow, 4);
 
 /**
  * Workflow-wide defaults for step policies.
@@ -245,7 +375,7 @@ export type StepDefaults = Message<"nexusflow.v1.StepDefaults"> & {
  * Use `create(StepDefaultsSchema)` to create a new message.
  */
 export const StepDefaultsSchema: GenMessage<StepDefaults> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 3);
+  messageDesc(file_nexusflow_v1_workflow, 5);
 
 /**
  * One step of a workflow: a task of a given type with templated input.
@@ -379,7 +509,7 @@ export type StepSpec = Message<"nexusflow.v1.StepSpec"> & {
  * Use `create(StepSpecSchema)` to create a new message.
  */
 export const StepSpecSchema: GenMessage<StepSpec> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 4);
+  messageDesc(file_nexusflow_v1_workflow, 6);
 
 /**
  * A named rate limit: a token bucket per key value (one for the name when `key` is empty), shared
@@ -439,7 +569,7 @@ export type RateLimit = Message<"nexusflow.v1.RateLimit"> & {
  * Use `create(RateLimitSchema)` to create a new message.
  */
 export const RateLimitSchema: GenMessage<RateLimit> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 5);
+  messageDesc(file_nexusflow_v1_workflow, 7);
 
 /**
  * A step that starts a run of another workflow (its child) and ends with it: SUCCEEDED with the
@@ -490,7 +620,7 @@ export type ChildWorkflowSpec = Message<"nexusflow.v1.ChildWorkflowSpec"> & {
  * Use `create(ChildWorkflowSpecSchema)` to create a new message.
  */
 export const ChildWorkflowSpecSchema: GenMessage<ChildWorkflowSpec> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 6);
+  messageDesc(file_nexusflow_v1_workflow, 8);
 
 /**
  * A step that waits for a signal sent to its run (SignalRun), or for an event (PublishEvent):
@@ -542,7 +672,7 @@ export type WaitSpec = Message<"nexusflow.v1.WaitSpec"> & {
  * Use `create(WaitSpecSchema)` to create a new message.
  */
 export const WaitSpecSchema: GenMessage<WaitSpec> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 7);
+  messageDesc(file_nexusflow_v1_workflow, 9);
 
 /**
  * A step that sleeps: it succeeds (output {"until": RFC 3339 time}) at its time. Exactly one of
@@ -572,7 +702,7 @@ export type SleepSpec = Message<"nexusflow.v1.SleepSpec"> & {
  * Use `create(SleepSpecSchema)` to create a new message.
  */
 export const SleepSpecSchema: GenMessage<SleepSpec> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 8);
+  messageDesc(file_nexusflow_v1_workflow, 10);
 
 /**
  * How a failed step is retried.
@@ -628,7 +758,7 @@ export type RetryPolicy = Message<"nexusflow.v1.RetryPolicy"> & {
  * Use `create(RetryPolicySchema)` to create a new message.
  */
 export const RetryPolicySchema: GenMessage<RetryPolicy> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 9);
+  messageDesc(file_nexusflow_v1_workflow, 11);
 
 /**
  * Time limits of one step.
@@ -663,7 +793,7 @@ export type StepTimeouts = Message<"nexusflow.v1.StepTimeouts"> & {
  * Use `create(StepTimeoutsSchema)` to create a new message.
  */
 export const StepTimeoutsSchema: GenMessage<StepTimeouts> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 10);
+  messageDesc(file_nexusflow_v1_workflow, 12);
 
 /**
  * The compensating action of a step (saga rollback).
@@ -698,7 +828,7 @@ export type Compensation = Message<"nexusflow.v1.Compensation"> & {
  * Use `create(CompensationSchema)` to create a new message.
  */
 export const CompensationSchema: GenMessage<Compensation> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 11);
+  messageDesc(file_nexusflow_v1_workflow, 13);
 
 /**
  * A registered workflow definition.
@@ -747,7 +877,7 @@ export type WorkflowDefinition = Message<"nexusflow.v1.WorkflowDefinition"> & {
  * Use `create(WorkflowDefinitionSchema)` to create a new message.
  */
 export const WorkflowDefinitionSchema: GenMessage<WorkflowDefinition> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 12);
+  messageDesc(file_nexusflow_v1_workflow, 14);
 
 /**
  * A failure as reported by a handler or decided by the scheduler.
@@ -789,7 +919,7 @@ export type TaskError = Message<"nexusflow.v1.TaskError"> & {
  * Use `create(TaskErrorSchema)` to create a new message.
  */
 export const TaskErrorSchema: GenMessage<TaskError> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 13);
+  messageDesc(file_nexusflow_v1_workflow, 15);
 
 /**
  * One attempt of a task run.
@@ -866,7 +996,7 @@ export type Attempt = Message<"nexusflow.v1.Attempt"> & {
  * Use `create(AttemptSchema)` to create a new message.
  */
 export const AttemptSchema: GenMessage<Attempt> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 14);
+  messageDesc(file_nexusflow_v1_workflow, 16);
 
 /**
  * The state of one step (or compensation) within a run.
@@ -1009,7 +1139,7 @@ export type TaskRun = Message<"nexusflow.v1.TaskRun"> & {
  * Use `create(TaskRunSchema)` to create a new message.
  */
 export const TaskRunSchema: GenMessage<TaskRun> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 15);
+  messageDesc(file_nexusflow_v1_workflow, 17);
 
 /**
  * One gate that holds a task back now (ExplainPending). A task may be held by several at once.
@@ -1134,7 +1264,7 @@ export type PendingGate = Message<"nexusflow.v1.PendingGate"> & {
  * Use `create(PendingGateSchema)` to create a new message.
  */
 export const PendingGateSchema: GenMessage<PendingGate> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 16);
+  messageDesc(file_nexusflow_v1_workflow, 18);
 
 /**
  * A rate limit holds the task: its bucket is empty until a time, or its key is paused.
@@ -1190,7 +1320,7 @@ export type RateLimitGate = Message<"nexusflow.v1.RateLimitGate"> & {
  * Use `create(RateLimitGateSchema)` to create a new message.
  */
 export const RateLimitGateSchema: GenMessage<RateLimitGate> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 17);
+  messageDesc(file_nexusflow_v1_workflow, 19);
 
 /**
  * The task's tenant, or its key within the tenant, has had its fair share of the executors of
@@ -1283,7 +1413,7 @@ export type FairShareGate = Message<"nexusflow.v1.FairShareGate"> & {
  * Use `create(FairShareGateSchema)` to create a new message.
  */
 export const FairShareGateSchema: GenMessage<FairShareGate> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 18);
+  messageDesc(file_nexusflow_v1_workflow, 20);
 
 /**
  * A child workflow step waiting for its child run to end, or the step's compensation waiting for
@@ -1326,7 +1456,7 @@ export type ChildRunGate = Message<"nexusflow.v1.ChildRunGate"> & {
  * Use `create(ChildRunGateSchema)` to create a new message.
  */
 export const ChildRunGateSchema: GenMessage<ChildRunGate> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 19);
+  messageDesc(file_nexusflow_v1_workflow, 21);
 
 /**
  * A wait step waiting for a signal or an event (until its timeout), or a sleep step until its time.
@@ -1368,7 +1498,7 @@ export type DurableWaitGate = Message<"nexusflow.v1.DurableWaitGate"> & {
  * Use `create(DurableWaitGateSchema)` to create a new message.
  */
 export const DurableWaitGateSchema: GenMessage<DurableWaitGate> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 20);
+  messageDesc(file_nexusflow_v1_workflow, 22);
 
 /**
  * A keyed concurrency limit whose key is full holds the task, or its run (a workflow's limit).
@@ -1446,7 +1576,7 @@ export type ConcurrencyKeyGate = Message<"nexusflow.v1.ConcurrencyKeyGate"> & {
  * Use `create(ConcurrencyKeyGateSchema)` to create a new message.
  */
 export const ConcurrencyKeyGateSchema: GenMessage<ConcurrencyKeyGate> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 21);
+  messageDesc(file_nexusflow_v1_workflow, 23);
 
 /**
  * A holder of a concurrency key's slot: a run (a workflow's limit) or a step's task.
@@ -1481,7 +1611,7 @@ export type ConcurrencyHolder = Message<"nexusflow.v1.ConcurrencyHolder"> & {
  * Use `create(ConcurrencyHolderSchema)` to create a new message.
  */
 export const ConcurrencyHolderSchema: GenMessage<ConcurrencyHolder> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 22);
+  messageDesc(file_nexusflow_v1_workflow, 24);
 
 /**
  * The task waits for other tasks of its run to finish.
@@ -1511,7 +1641,7 @@ export type DependenciesGate = Message<"nexusflow.v1.DependenciesGate"> & {
  * Use `create(DependenciesGateSchema)` to create a new message.
  */
 export const DependenciesGateSchema: GenMessage<DependenciesGate> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 23);
+  messageDesc(file_nexusflow_v1_workflow, 25);
 
 /**
  * The step's `when` condition is evaluated only once its dependencies have finished.
@@ -1539,7 +1669,7 @@ export type ConditionGate = Message<"nexusflow.v1.ConditionGate"> & {
  * Use `create(ConditionGateSchema)` to create a new message.
  */
 export const ConditionGateSchema: GenMessage<ConditionGate> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 24);
+  messageDesc(file_nexusflow_v1_workflow, 26);
 
 /**
  * The task failed and its next attempt waits for its retry backoff.
@@ -1581,7 +1711,7 @@ export type RetryBackoffGate = Message<"nexusflow.v1.RetryBackoffGate"> & {
  * Use `create(RetryBackoffGateSchema)` to create a new message.
  */
 export const RetryBackoffGateSchema: GenMessage<RetryBackoffGate> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 25);
+  messageDesc(file_nexusflow_v1_workflow, 27);
 
 /**
  * No attached executor session advertises the task's type: an executor for it must be started.
@@ -1616,7 +1746,7 @@ export type NoExecutorGate = Message<"nexusflow.v1.NoExecutorGate"> & {
  * Use `create(NoExecutorGateSchema)` to create a new message.
  */
 export const NoExecutorGateSchema: GenMessage<NoExecutorGate> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 26);
+  messageDesc(file_nexusflow_v1_workflow, 28);
 
 /**
  * Every attached session that advertises the task's type has no credit left (all its slots are
@@ -1666,7 +1796,7 @@ export type ExecutorsBusyGate = Message<"nexusflow.v1.ExecutorsBusyGate"> & {
  * Use `create(ExecutorsBusyGateSchema)` to create a new message.
  */
 export const ExecutorsBusyGateSchema: GenMessage<ExecutorsBusyGate> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 27);
+  messageDesc(file_nexusflow_v1_workflow, 29);
 
 /**
  * The queued attempt fails with SCHEDULE_TO_START_TIMEOUT (and is retried per the step's policy)
@@ -1695,7 +1825,7 @@ export type ScheduleToStartGate = Message<"nexusflow.v1.ScheduleToStartGate"> & 
  * Use `create(ScheduleToStartGateSchema)` to create a new message.
  */
 export const ScheduleToStartGateSchema: GenMessage<ScheduleToStartGate> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 28);
+  messageDesc(file_nexusflow_v1_workflow, 30);
 
 /**
  * The run is cancelled or rolling back its completed steps: the step is not started.
@@ -1723,7 +1853,7 @@ export type RunStoppingGate = Message<"nexusflow.v1.RunStoppingGate"> & {
  * Use `create(RunStoppingGateSchema)` to create a new message.
  */
 export const RunStoppingGateSchema: GenMessage<RunStoppingGate> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 29);
+  messageDesc(file_nexusflow_v1_workflow, 31);
 
 /**
  * A run of a workflow definition.
@@ -1870,7 +2000,7 @@ export type Run = Message<"nexusflow.v1.Run"> & {
  * Use `create(RunSchema)` to create a new message.
  */
 export const RunSchema: GenMessage<Run> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 30);
+  messageDesc(file_nexusflow_v1_workflow, 32);
 
 /**
  * A signal sent to a run.
@@ -1919,7 +2049,7 @@ export type RunSignal = Message<"nexusflow.v1.RunSignal"> & {
  * Use `create(RunSignalSchema)` to create a new message.
  */
 export const RunSignalSchema: GenMessage<RunSignal> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 31);
+  messageDesc(file_nexusflow_v1_workflow, 33);
 
 /**
  * A map step (StepSpec map) running its elements: how many ended, how many are under way, and how
@@ -1984,7 +2114,7 @@ export type MapElementsGate = Message<"nexusflow.v1.MapElementsGate"> & {
  * Use `create(MapElementsGateSchema)` to create a new message.
  */
 export const MapElementsGateSchema: GenMessage<MapElementsGate> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 32);
+  messageDesc(file_nexusflow_v1_workflow, 34);
 
 /**
  * A map step's fan-out: the array, how many elements at once, and what an element failing for
@@ -2023,7 +2153,7 @@ export type MapSpec = Message<"nexusflow.v1.MapSpec"> & {
  * Use `create(MapSpecSchema)` to create a new message.
  */
 export const MapSpecSchema: GenMessage<MapSpec> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_workflow, 33);
+  messageDesc(file_nexusflow_v1_workflow, 35);
 
 /**
  * Lifecycle state of a run.
