@@ -44,6 +44,7 @@ export const WORKFLOW_FIELDS = [
   "output",
   "concurrency",
   "triggers",
+  "schedules",
 ];
 export const STEP_FIELDS = [
   "id",

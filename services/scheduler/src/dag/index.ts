@@ -128,3 +128,11 @@ export {
   type TriggerOutcome,
   type TriggerSpec,
 } from "./triggers.js";
+export {
+  CATCH_UP_POLICIES,
+  checkSchedules,
+  MAX_DECLARED_SCHEDULES,
+  OVERLAP_POLICIES,
+  type DeclaredSchedule,
+  type ScheduleDeclarationSpec,
+} from "./schedules.js";

@@ -10,6 +10,7 @@ import type { ResolvedRetryPolicy } from "./retry.js";
 import type { CompiledSchema } from "./schema.js";
 import type { Template } from "./template.js";
 import type { TriggerSpec } from "./triggers.js";
+import type { ScheduleDeclarationSpec } from "./schedules.js";
 
 /** Largest accepted workflow definition: 1 MiB of UTF-8 JSON text. */
 export const MAX_SPEC_BYTES = 1024 * 1024;
@@ -176,6 +177,8 @@ export interface WorkflowSpec {
   concurrency?: ConcurrencyLimitSpec[];
   /** Events that start runs of the workflow, with their payload as input (dag/triggers.ts). */
   triggers?: TriggerSpec[];
+  /** Cron schedules that start runs of the workflow (dag/schedules.ts). */
+  schedules?: ScheduleDeclarationSpec[];
 }
 
 /** A concurrency limit, validated, with its key parsed. */

@@ -40,6 +40,7 @@ import { checkMap, type CompiledMap } from "./map.js";
 import { checkDurable, type CompiledDurable } from "./durable.js";
 import { templatePaths } from "./template.js";
 import { checkTriggers } from "./triggers.js";
+import { checkSchedules } from "./schedules.js";
 import type { Template } from "./template.js";
 
 /** Result of {@link compileWorkflow}: the compiled workflow, or every problem found. */
@@ -368,6 +369,11 @@ export function compileWorkflow(json: unknown): CompileResult {
 
   if (spec["triggers"] !== undefined)
     for (const e of checkTriggers(spec["triggers"], "$.triggers").errors) checker.err(e.path, e.message);
+  if (spec["schedules"] !== undefined) {
+    const workflow = { name: String(spec["name"]), version: Number(spec["version"]) };
+    for (const e of checkSchedules(spec["schedules"], "$.schedules", workflow, inputSchema).errors)
+      checker.err(e.path, e.message);
+  }
 
   // Steps, first pass: each step on its own.
   const drafts: (StepDraft | undefined)[] = [];

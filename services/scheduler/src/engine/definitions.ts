@@ -4,9 +4,9 @@
  * version is ALREADY_EXISTS. The rows are kept by a {@link DefinitionStore} (PostgreSQL, or memory
  * for an engine without a database).
  */
-import { ApiError, Code, type Logger } from "@nexusflow/common";
+import { ApiError, Code, isApiError, type Logger } from "@nexusflow/common";
 import * as core from "../core/index.js";
-import { compileWorkflow, validateRunInput, type CompiledWorkflow } from "../dag/index.js";
+import { checkSchedules, compileWorkflow, validateRunInput, type CompiledWorkflow } from "../dag/index.js";
 import type { DefinitionRow, DefinitionStore } from "../persistence/definition-store.js";
 import { decodeToken, encodeToken } from "../persistence/page-token.js";
 
@@ -58,6 +58,7 @@ export class Definitions {
   /** Validates and stores a definition. */
   async register(spec: unknown): Promise<{ row: DefinitionRow; created: boolean }> {
     const workflow = this.compile(spec);
+    checkDeclaredInputs(workflow);
     const { row, created } = await this.store.insert({
       name: workflow.name,
       version: workflow.version,
@@ -195,6 +196,28 @@ export function checkStartInput(workflow: CompiledWorkflow, input: unknown): voi
   } catch (error) {
     if (error instanceof core.ConcurrencyKeyError) throw ApiError.invalid("input", error.message);
     throw error;
+  }
+}
+
+/**
+ * Throws INVALID_ARGUMENT naming `$.schedules[i].input...` when a declared schedule's input is one
+ * no run of the workflow may start with ({@link checkStartInput}): every fire of it would fail.
+ */
+function checkDeclaredInputs(workflow: CompiledWorkflow): void {
+  if (workflow.spec.schedules === undefined) return;
+  const { schedules } = checkSchedules(workflow.spec.schedules, "$.schedules", workflow, null);
+  for (const s of schedules) {
+    try {
+      checkStartInput(workflow, s.spec.input);
+    } catch (error) {
+      if (!isApiError(error) || error.code !== Code.INVALID_ARGUMENT) throw error;
+      const at = `$.schedules[${s.index}].`;
+      throw new ApiError(
+        error.code,
+        `${at}${error.message}`,
+        error.violations.map((v) => ({ field: `${at}${v.field}`, description: v.description })),
+      );
+    }
   }
 }
 
