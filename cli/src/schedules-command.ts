@@ -112,7 +112,7 @@ function row(s: Schedule): string[] {
     s.scheduleId,
     spec === undefined
       ? ""
-      : `${spec.workflowName}${spec.workflowVersion === 0 ? "" : ` v${spec.workflowVersion}`}`,
+      : `${spec.workflowName}${spec.workflowVersion === 0 ? "" : ` v${spec.workflowVersion}`}${s.declaredBy === undefined ? "" : " (definition)"}`,
     spec?.cron ?? "",
     spec?.timeZone ?? "",
     s.paused ? "paused" : "active",
@@ -137,6 +137,10 @@ export function describeSchedule(s: Schedule): string {
         `; catch-up: ${kebab(CatchUpPolicy[spec.catchUpPolicy])} within ${window}s`,
     );
   }
+  if (s.declaredBy !== undefined)
+    lines.push(
+      `declared by: ${s.declaredBy.workflowName} v${s.declaredBy.workflowVersion} (schedules id ${JSON.stringify(s.declaredBy.id)}): its definition's versions update or delete it`,
+    );
   if (s.note !== "") lines.push(`note: ${s.note}`);
   if (s.bufferedFireTime !== undefined) lines.push(`buffered: ${formatTime(s.bufferedFireTime)}`);
   if (s.nextFireTimes.length > 0) lines.push(`next: ${s.nextFireTimes.map((t) => formatTime(t)).join(", ")}`);

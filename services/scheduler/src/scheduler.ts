@@ -60,6 +60,7 @@ import { RunStore } from "./persistence/run-store.js";
 import { FireLoop } from "./schedules/fire-loop.js";
 import { FireStore } from "./schedules/fire-store.js";
 import { ScheduleStore } from "./schedules/store.js";
+import { declaredScheduleHooks } from "./schedules/declared.js";
 import { EventStore } from "./triggers/event-store.js";
 import { MatchLoop, MatchStarter } from "./triggers/match-loop.js";
 import { TriggerIndex } from "./triggers/trigger-index.js";
@@ -293,7 +294,14 @@ export class Scheduler {
       this.engineStore = new PostgresEngineStore({ db: this.db, log, fence: this.leases });
       this.engineValue = new Engine({
         store: this.engineStore,
-        definitions: new Definitions(new PostgresDefinitionStore(this.db), log),
+        // A version registered as the latest reconciles the schedules its definition declares.
+        definitions: new Definitions(
+          new PostgresDefinitionStore(
+            this.db,
+            declaredScheduleHooks({ log, wake: () => this.fireLoop?.wake() }),
+          ),
+          log,
+        ),
         log,
         restartedAt,
         resolveOutput: (ref) => resolveOutputRef(store, ref),

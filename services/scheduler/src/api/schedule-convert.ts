@@ -7,6 +7,7 @@ import {
   FireOrigin,
   OverlapPolicy,
   type Schedule,
+  ScheduleDeclarationSchema,
   ScheduleFireSchema,
   type ScheduleFire,
   ScheduleSchema,
@@ -121,5 +122,13 @@ export function scheduleView(row: ScheduleRow, recent: readonly FireRow[]): Sche
     recentFires: recent.filter((f) => f.status !== "STARTING").map(fireView),
     createTime: timestampFromDate(row.createdAt),
     updateTime: timestampFromDate(row.updatedAt),
+    declaredBy:
+      row.declaredVersion === null
+        ? undefined
+        : create(ScheduleDeclarationSchema, {
+            workflowName: s.workflowName,
+            workflowVersion: row.declaredVersion,
+            id: row.scheduleId.slice(s.workflowName.length + 1),
+          }),
   });
 }

@@ -27,7 +27,7 @@ import { contentHash } from "../dag/index.js";
 import { checkRunInput, type Definitions } from "../engine/definitions.js";
 import { fireTimesBetween } from "../schedules/cron.js";
 import type { FireOutcome, FireStarter } from "../schedules/fires.js";
-import { checkNote, checkScheduleId, cronOf, normalizeSpec } from "../schedules/spec.js";
+import { checkNote, checkScheduleId, checkScheduleRef, cronOf, normalizeSpec } from "../schedules/spec.js";
 import { type FireRow, type FireStore, timeFireKey } from "../schedules/fire-store.js";
 import type { ScheduleRow, ScheduleStore } from "../schedules/store.js";
 import { fireView, scheduleView, specInput } from "./schedule-convert.js";
@@ -163,7 +163,7 @@ export function scheduleService(deps: ScheduleServiceDeps): grpc.UntypedServiceI
     }),
 
     getSchedule: unary(async (req: GetScheduleRequest) => {
-      checkScheduleId(req.scheduleId);
+      checkScheduleRef(req.scheduleId);
       return create(GetScheduleResponseSchema, { schedule: await view(await store.get(req.scheduleId)) });
     }),
 
@@ -176,21 +176,27 @@ export function scheduleService(deps: ScheduleServiceDeps): grpc.UntypedServiceI
     }),
 
     deleteSchedule: unary(async (req: DeleteScheduleRequest) => {
-      checkScheduleId(req.scheduleId);
+      checkScheduleRef(req.scheduleId);
+      const row = await store.get(req.scheduleId);
+      if (row.declaredVersion !== null)
+        throw new ApiError(
+          Code.FAILED_PRECONDITION,
+          `schedule ${JSON.stringify(req.scheduleId)} is declared by workflow ${row.spec.workflowName} v${row.declaredVersion}: register a version of the workflow without it (or pause it)`,
+        );
       await store.delete(req.scheduleId);
       deps.wake();
       return create(DeleteScheduleResponseSchema, {});
     }),
 
     pauseSchedule: unary(async (req: PauseScheduleRequest) => {
-      checkScheduleId(req.scheduleId);
+      checkScheduleRef(req.scheduleId);
       checkNote(req.note);
       const row = await store.setPaused(req.scheduleId, true, req.note, new Date(), () => null);
       return create(PauseScheduleResponseSchema, { schedule: await view(row) });
     }),
 
     resumeSchedule: unary(async (req: ResumeScheduleRequest) => {
-      checkScheduleId(req.scheduleId);
+      checkScheduleRef(req.scheduleId);
       checkNote(req.note);
       const row = await store.setPaused(
         req.scheduleId,
@@ -204,7 +210,7 @@ export function scheduleService(deps: ScheduleServiceDeps): grpc.UntypedServiceI
     }),
 
     triggerSchedule: unary(async (req: TriggerScheduleRequest) => {
-      checkScheduleId(req.scheduleId);
+      checkScheduleRef(req.scheduleId);
       if (req.idempotencyKey.length > 100)
         throw ApiError.invalid("idempotency_key", "at most 100 characters");
       if (req.idempotencyKey.includes("\u0000"))
@@ -225,7 +231,7 @@ export function scheduleService(deps: ScheduleServiceDeps): grpc.UntypedServiceI
     }),
 
     backfillSchedule: unary(async (req: BackfillScheduleRequest) => {
-      checkScheduleId(req.scheduleId);
+      checkScheduleRef(req.scheduleId);
       const start = time(req.startTime, "start_time");
       const end = time(req.endTime, "end_time");
       if (end.getTime() <= start.getTime()) throw ApiError.invalid("end_time", "must be after start_time");

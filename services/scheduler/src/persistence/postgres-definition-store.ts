@@ -1,21 +1,71 @@
 /** Workflow definitions in PostgreSQL's workflow_definitions table (see definition-store.ts). */
+import type pg from "pg";
 import type { Database } from "./database.js";
 import type { DefinitionQuery, DefinitionRow, DefinitionStore, NewDefinition } from "./definition-store.js";
 import { WorkflowDefinitionEntity } from "./entities.js";
 
+/** A definition being stored, as the hooks see it. */
+export interface StoredDefinition {
+  name: string;
+  version: number;
+  /** The spec as JSON. */
+  spec: unknown;
+}
+
+/** What else happens when a new definition is stored (e.g. its declared schedules). */
+export interface DefinitionStoreHooks {
+  /** Runs in the transaction that stores a new definition: a failure undoes the insert. */
+  inserting(tx: pg.PoolClient, definition: StoredDefinition): Promise<void>;
+  /** Runs once that transaction committed, with the same object. */
+  inserted?(definition: StoredDefinition): void;
+}
+
+const INSERT_SQL = `INSERT INTO workflow_definitions (name, version, spec, content_hash, description)
+  VALUES ($1, $2, $3, $4, $5) ON CONFLICT (name, version) DO NOTHING RETURNING id`;
+
 /** Workflow definitions in PostgreSQL. */
 export class PostgresDefinitionStore implements DefinitionStore {
-  constructor(private readonly db: Database) {}
+  constructor(
+    private readonly db: Database,
+    private readonly hooks?: DefinitionStoreHooks,
+  ) {}
 
   async insert(d: NewDefinition): Promise<{ row: DefinitionRow; created: boolean }> {
     const em = this.db.orm.em.fork();
-    const inserted = await this.db.pool.query<{ id: number }>(
-      `INSERT INTO workflow_definitions (name, version, spec, content_hash, description)
-       VALUES ($1, $2, $3, $4, $5) ON CONFLICT (name, version) DO NOTHING RETURNING id`,
-      [d.name, d.version, d.canonicalJson, d.contentHash, d.description],
-    );
+    const params = [d.name, d.version, d.canonicalJson, d.contentHash, d.description];
+    const created =
+      this.hooks === undefined
+        ? (await this.db.pool.query<{ id: number }>(INSERT_SQL, params)).rowCount === 1
+        : await this.insertWithHooks(this.hooks, d, params);
     const existing = await em.findOneOrFail(WorkflowDefinitionEntity, { name: d.name, version: d.version });
-    return { row: toRow(existing), created: inserted.rowCount === 1 };
+    return { row: toRow(existing), created };
+  }
+
+  private async insertWithHooks(
+    hooks: DefinitionStoreHooks,
+    d: NewDefinition,
+    params: unknown[],
+  ): Promise<boolean> {
+    const client = await this.db.pool.connect();
+    let broken = false;
+    let stored: StoredDefinition | undefined;
+    try {
+      await client.query("BEGIN");
+      const inserted = await client.query<{ id: number }>(INSERT_SQL, params);
+      if (inserted.rowCount === 1) {
+        stored = { name: d.name, version: d.version, spec: JSON.parse(d.canonicalJson) as unknown };
+        await hooks.inserting(client, stored);
+      }
+      await client.query("COMMIT");
+    } catch (e) {
+      broken = true;
+      await client.query("ROLLBACK").catch(() => undefined);
+      throw e;
+    } finally {
+      client.release(broken);
+    }
+    if (stored !== undefined) hooks.inserted?.(stored);
+    return stored !== undefined;
   }
 
   async get(name: string, version: number): Promise<DefinitionRow | undefined> {

@@ -4,6 +4,7 @@
  * of the request (`spec.cron`, `spec.max_concurrent_runs`, ...).
  */
 import { ApiError, nulCharacterPath } from "@nexusflow/common";
+import { NAME_PATTERN } from "../dag/spec.js";
 import { parseCron, type CronSchedule } from "./cron.js";
 
 /** What a fire does while earlier runs of the schedule are active. */
@@ -62,13 +63,38 @@ export function isScheduleId(id: string): boolean {
   return SCHEDULE_ID.test(id);
 }
 
-/** INVALID_ARGUMENT naming `field` unless `id` is a schedule id. */
+/** INVALID_ARGUMENT naming `field` unless `id` is a schedule id CreateSchedule takes. */
 export function checkScheduleId(id: string, field = "schedule_id"): void {
   if (id === "") throw ApiError.invalid(field, "a schedule id is required");
   if (!SCHEDULE_ID.test(id))
     throw ApiError.invalid(
       field,
-      "1 to 63 letters, digits, '.', '_' or '-', starting and ending with a letter or digit",
+      `1 to 63 letters, digits, '.', '_' or '-', starting and ending with a letter or digit${id.includes("/") ? " (ids with '/' are those of schedules declared in workflow definitions)" : ""}`,
+    );
+}
+
+/**
+ * The id of the schedule a workflow definition declares as `id`: `<workflow>/<id>`. No id that
+ * CreateSchedule takes has a '/', so the two kinds never collide.
+ */
+export function declaredScheduleId(workflowName: string, id: string): string {
+  return `${workflowName}/${id}`;
+}
+
+/** Whether `id` names a schedule: one of CreateSchedule's, or `<workflow>/<id>` of a definition's. */
+export function isScheduleRef(id: string): boolean {
+  const slash = id.indexOf("/");
+  if (slash === -1) return SCHEDULE_ID.test(id);
+  return NAME_PATTERN.test(id.slice(0, slash)) && SCHEDULE_ID.test(id.slice(slash + 1));
+}
+
+/** INVALID_ARGUMENT naming `field` unless `id` names a schedule ({@link isScheduleRef}). */
+export function checkScheduleRef(id: string, field = "schedule_id"): void {
+  if (id === "") throw ApiError.invalid(field, "a schedule id is required");
+  if (!isScheduleRef(id))
+    throw ApiError.invalid(
+      field,
+      "1 to 63 letters, digits, '.', '_' or '-', starting and ending with a letter or digit, or <workflow>/<id> for a schedule a workflow definition declares",
     );
 }
 

@@ -8,7 +8,7 @@ import { ApiError } from "@nexusflow/common";
 import type pg from "pg";
 import { decodeToken, encodeToken } from "../persistence/page-token.js";
 import { timeFireKey } from "./fire-store.js";
-import { isScheduleId, type ScheduleSpec } from "./spec.js";
+import { isScheduleRef, type ScheduleSpec } from "./spec.js";
 
 /** A stored schedule. */
 export interface ScheduleRow {
@@ -28,6 +28,11 @@ export interface ScheduleRow {
   missedCount: number;
   createdAt: Date;
   updatedAt: Date;
+  /**
+   * The latest version of its workflow declaring it (WorkflowSpec.schedules; schedules/declared.ts),
+   * or null for a schedule made by CreateSchedule.
+   */
+  declaredVersion: number | null;
 }
 
 /** One schedule's changes in a pass of the fire loop. */
@@ -43,10 +48,11 @@ export interface PassUpdate {
   starts: Date[];
 }
 
-const COLUMNS = `schedule_id, uid, spec, paused, note, cursor_at, last_fire_at, next_fire_at, buffered_fire_at,
-  started_count, skipped_count, missed_count, created_at, updated_at`;
+export const COLUMNS = `schedule_id, uid, spec, paused, note, cursor_at, last_fire_at, next_fire_at, buffered_fire_at,
+  started_count, skipped_count, missed_count, created_at, updated_at, declared_version`;
 
-interface Row {
+/** A row of `schedules` as {@link COLUMNS} reads it. */
+export interface Row {
   schedule_id: string;
   uid: string;
   spec: ScheduleSpec;
@@ -61,9 +67,11 @@ interface Row {
   missed_count: string;
   created_at: Date;
   updated_at: Date;
+  declared_version: number | null;
 }
 
-function toRow(r: Row): ScheduleRow {
+/** A row of `schedules` as the scheduler works with it. */
+export function toRow(r: Row): ScheduleRow {
   return {
     scheduleId: r.schedule_id,
     uid: r.uid,
@@ -79,6 +87,7 @@ function toRow(r: Row): ScheduleRow {
     missedCount: Number(r.missed_count),
     createdAt: r.created_at,
     updatedAt: r.updated_at,
+    declaredVersion: r.declared_version,
   };
 }
 
@@ -89,14 +98,14 @@ const isToken = (v: unknown): v is { after: string } =>
   typeof v === "object" &&
   v !== null &&
   typeof (v as { after?: unknown }).after === "string" &&
-  isScheduleId((v as { after: string }).after);
+  isScheduleRef((v as { after: string }).after);
 
 /** Schedules and fires in PostgreSQL. */
 export class ScheduleStore {
   constructor(private readonly pool: pg.Pool) {}
 
-  /** Inserts a schedule, or returns the one under its id (`created` false). */
-  async insert(row: ScheduleRow): Promise<{ row: ScheduleRow; created: boolean }> {
+  /** Inserts a schedule made by CreateSchedule, or returns the one under its id (`created` false). */
+  async insert(row: Omit<ScheduleRow, "declaredVersion">): Promise<{ row: ScheduleRow; created: boolean }> {
     const { rows } = await this.pool.query<Row>(
       `INSERT INTO schedules (schedule_id, uid, workflow_name, spec, paused, note, cursor_at, next_fire_at,
          created_at, updated_at)

@@ -16,6 +16,7 @@ import { Migration20261205190000ChildRuns } from "./Migration20261205190000Child
 import { Migration20261205200000RunReruns } from "./Migration20261205200000RunReruns.js";
 import { Migration20261205210000RateLimitBuckets } from "./Migration20261205210000RateLimitBuckets.js";
 import { Migration20261205220000MapElements } from "./Migration20261205220000MapElements.js";
+import { Migration20261205230000DeclaredSchedules } from "./Migration20261205230000DeclaredSchedules.js";
 
 /** The migrations MikroORM applies at start-up. */
 export const migrationsList = [
@@ -39,4 +40,5 @@ export const migrationsList = [
   { name: "Migration20261205200000RunReruns", class: Migration20261205200000RunReruns },
   { name: "Migration20261205210000RateLimitBuckets", class: Migration20261205210000RateLimitBuckets },
   { name: "Migration20261205220000MapElements", class: Migration20261205220000MapElements },
+  { name: "Migration20261205230000DeclaredSchedules", class: Migration20261205230000DeclaredSchedules },
 ];
