@@ -22,6 +22,12 @@ import {
   type ThroughputResult,
 } from "./sections/queue.js";
 import { recoverySection, recoveryTargets, type RecoveryResult } from "./sections/recovery.js";
+import {
+  compositionSection,
+  compositionTable,
+  compositionTargets,
+  type CompositionResult,
+} from "./sections/composition.js";
 import { retentionSection, type RetentionResult } from "./sections/retention.js";
 import { sessionsSection, type SessionsResult } from "./sections/sessions.js";
 
@@ -56,6 +62,8 @@ export interface BenchReport {
   dag?: DagResult;
   sessions?: SessionsResult;
   retention?: RetentionResult;
+  /** Section 8: a 1 -> 10,000 -> 1 map and 1,000 schedules due in one second. */
+  composition?: CompositionResult;
   /** `--only recovery`: SIGKILLed executors' tasks running again. */
   recovery?: RecoveryResult;
   /** `--tracing`: the share of runs sampled and what the sink received. */
@@ -180,6 +188,13 @@ export async function runBench(argv: readonly string[], io: BenchIo): Promise<Be
         report.dag = await dagSection(ctx);
       });
       if (report.dag !== undefined && report.dag.length > 0) print(dagTable(report.dag));
+    }
+
+    if (want("composition") && options.systems.includes("nexusflow")) {
+      await section("composition", async () => {
+        report.composition = await compositionSection(ctx);
+      });
+      if (report.composition !== undefined) print(compositionTable(report.composition));
     }
 
     if (want("sessions")) {
@@ -571,6 +586,7 @@ export function targets(r: BenchReport): Target[] {
     });
   }
   if (r.recovery !== undefined) out.push(...recoveryTargets(r.recovery));
+  if (r.composition !== undefined) out.push(...compositionTargets(r.composition));
   return out;
 }
 

@@ -6,6 +6,7 @@ export const SECTIONS = [
   "bulk",
   "latency",
   "dag",
+  "composition",
   "sessions",
   "cost",
   "retention",

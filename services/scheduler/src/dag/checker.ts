@@ -45,6 +45,7 @@ export const WORKFLOW_FIELDS = [
   "concurrency",
   "triggers",
   "schedules",
+  "fairness",
 ];
 export const STEP_FIELDS = [
   "id",

@@ -118,6 +118,14 @@ export {
 export { compileTemplate, renderTemplate, templatePaths, type Template } from "./template.js";
 export { compileWorkflow, validateRunInput, type CompileResult } from "./validate.js";
 export {
+  checkFairness,
+  MAX_FAIR_LEASES,
+  MAX_FAIR_WEIGHT,
+  MAX_FAIRNESS_LEVELS,
+  type CompiledFairShare,
+  type FairShareSpec,
+} from "./fair-shares.js";
+export {
   checkTriggers,
   eventKeyProblem,
   keyMatches,

@@ -11,6 +11,7 @@ import type { CompiledSchema } from "./schema.js";
 import type { Template } from "./template.js";
 import type { TriggerSpec } from "./triggers.js";
 import type { ScheduleDeclarationSpec } from "./schedules.js";
+import type { CompiledFairShare, FairShareSpec } from "./fair-shares.js";
 
 /** Largest accepted workflow definition: 1 MiB of UTF-8 JSON text. */
 export const MAX_SPEC_BYTES = 1024 * 1024;
@@ -179,6 +180,8 @@ export interface WorkflowSpec {
   triggers?: TriggerSpec[];
   /** Cron schedules that start runs of the workflow (dag/schedules.ts). */
   schedules?: ScheduleDeclarationSpec[];
+  /** Fair shares of the executors: the tenant, then a key within it (dag/fair-shares.ts). */
+  fairness?: FairShareSpec[];
 }
 
 /** A concurrency limit, validated, with its key parsed. */
@@ -280,6 +283,8 @@ export interface CompiledWorkflow {
   readonly inputSchema: CompiledSchema | null;
   /** The workflow's concurrency limits on its runs (empty: none). */
   readonly concurrency: readonly CompiledConcurrencyLimit[];
+  /** The levels of its fair shares, the tenant first (empty: none; dag/fair-shares.ts). */
+  readonly fairness: readonly CompiledFairShare[];
 }
 
 /** Lifecycle of a step as the scheduler records it ("active" = leased, running or waiting for a retry). */

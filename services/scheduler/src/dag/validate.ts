@@ -41,6 +41,7 @@ import { checkDurable, type CompiledDurable } from "./durable.js";
 import { templatePaths } from "./template.js";
 import { checkTriggers } from "./triggers.js";
 import { checkSchedules } from "./schedules.js";
+import { checkFairness, type CompiledFairShare } from "./fair-shares.js";
 import type { Template } from "./template.js";
 
 /** Result of {@link compileWorkflow}: the compiled workflow, or every problem found. */
@@ -367,6 +368,8 @@ export function compileWorkflow(json: unknown): CompileResult {
           `${ref.text}: a workflow's concurrency key is evaluated when the run starts, so it may use input and run only (put the limit on a step to key it on a step's output)`,
         );
 
+  const fairness =
+    spec["fairness"] === undefined ? [] : checkFairness(checker, spec["fairness"], "$.fairness");
   if (spec["triggers"] !== undefined)
     for (const e of checkTriggers(spec["triggers"], "$.triggers").errors) checker.err(e.path, e.message);
   if (spec["schedules"] !== undefined) {
@@ -582,6 +585,7 @@ export function compileWorkflow(json: unknown): CompileResult {
       defaultTimeouts: mergeTimeouts(defaultTimeouts, {}),
       defaultPriority,
       concurrency,
+      fairness,
     }),
   };
 }
@@ -605,6 +609,7 @@ function build(
     defaultTimeouts: ResolvedTimeouts;
     defaultPriority: number;
     concurrency: readonly Omit<CompiledConcurrencyLimit, "space" | "scope">[];
+    fairness: readonly CompiledFairShare[];
   },
 ): CompiledWorkflow {
   deepFreeze(spec);
@@ -690,6 +695,7 @@ function build(
         Object.freeze({ ...l, scope: "workflow" as const, space: `workflow:${spec.name}:${l.expression}` }),
       ),
     ),
+    fairness: Object.freeze([...extra.fairness]),
   });
 }
 
