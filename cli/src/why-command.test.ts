@@ -219,4 +219,33 @@ describe("runs why", () => {
       "  - it is a map step waiting for its elements: 122 of 1000 ended (120 succeeded, 2 failed), 50 running, 0 queued, 828 waiting for a place under its parallelism of 50; each is a task run of its own (nexusflow runs get lists them as <step>[<index>])",
     ]);
   });
+
+  it("says whose fair share is used and who goes first", () => {
+    const fair = (level: string, max: number, atMax: boolean) =>
+      answer(TaskStatus.QUEUED, [
+        g({
+          case: "fairShare",
+          value: {
+            level,
+            tenant: "acme",
+            key: "c-7",
+            type: "charge-card",
+            leased: 8,
+            weight: 1,
+            max,
+            atMax,
+            next: level === "tenant" ? "" : "c-9",
+            waiting: 3,
+          },
+        }),
+      ]);
+    assert.equal(
+      describeExplanation(fair("tenant", 8, true), plain).split("\n")[1],
+      '  - tenant "acme" has had its fair share of the executors for type "charge-card" (8 leases now, weight 1, at its maximum of 8): tenant "" (the runs without fairness) goes first when a slot frees (3 tenants have ready tasks)',
+    );
+    assert.equal(
+      describeExplanation(fair("key", 0, false), plain).split("\n")[1],
+      '  - key "c-7" of tenant "acme" has had its fair share of the executors for type "charge-card" (8 leases now, weight 1): key "c-9" of tenant "acme" goes first when a slot frees (3 keys of the tenant have ready tasks)',
+    );
+  });
 });

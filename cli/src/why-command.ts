@@ -107,6 +107,18 @@ export function describeGate(gate: PendingGate, nowMs: number): string {
         return `${limit} is paused until ${when(v.pausedUntil, nowMs)}${v.pausedBy === "" ? "" : ` by ${v.pausedBy}`}${v.pauseNote === "" ? "" : ` (${v.pauseNote})`}: resume it with nexusflow ratelimits resume ${v.name}${v.key === "" ? "" : ` --key ${JSON.stringify(v.key)}`}`;
       return `${limit} has no token for it: the next is due at ${when(v.nextTokenAt, nowMs)}`;
     }
+    case "fairShare": {
+      const v = g.value;
+      const group = (value: string): string =>
+        v.level === "key"
+          ? `key ${JSON.stringify(value)} of tenant ${JSON.stringify(v.tenant)}`
+          : `tenant ${JSON.stringify(value)}${value === "" ? " (the runs without fairness)" : ""}`;
+      const own = group(v.level === "key" ? v.key : v.tenant);
+      const cap = v.max === 0 ? "" : v.atMax ? `, at its maximum of ${v.max}` : `, maximum ${v.max}`;
+      const min = v.min === 0 ? "" : `, minimum ${v.min}`;
+      const others = v.level === "key" ? "keys of the tenant have" : "tenants have";
+      return `${own} has had its fair share of the executors for type ${JSON.stringify(v.type)} (${plural(v.leased, "lease")} now, weight ${v.weight}${min}${cap}): ${group(v.next)} goes first when a slot frees (${v.waiting} ${others} ready tasks)`;
+    }
     case "mapElements": {
       const v = g.value;
       return `it is a map step waiting for its elements: ${v.succeeded + v.failed} of ${v.total} ended (${v.succeeded} succeeded, ${v.failed} failed), ${v.running} running, ${v.queued} queued, ${v.waitingForParallelism} waiting for a place under its parallelism of ${v.parallelism}; each is a task run of its own (nexusflow runs get lists them as <step>[<index>])`;
