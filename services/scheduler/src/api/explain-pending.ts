@@ -102,6 +102,24 @@ export function gateMessage(gate: Gate): PendingGate {
         },
       };
       break;
+    case "fair-share":
+      init = {
+        case: "fairShare",
+        value: {
+          level: gate.level,
+          tenant: gate.tenant,
+          key: gate.key,
+          type: gate.type,
+          leased: gate.leased,
+          weight: gate.weight,
+          min: gate.min,
+          max: gate.max,
+          atMax: gate.atMax,
+          next: gate.next,
+          waiting: gate.waiting,
+        },
+      };
+      break;
     case "run-stopping":
       init = {
         case: "runStopping",

@@ -9,6 +9,7 @@ import type { LifecycleEventSchema } from "@nexusflow/gen";
 import type { AttemptState, RunState, TaskState } from "../model/run-state.js";
 import type { Bucket, RateLimitState } from "../model/rate-limit-state.js";
 import type { ConcurrencyState } from "./concurrency.js";
+import type { FairShareState } from "../model/fair-share-state.js";
 import type { EventWaitIndex } from "./event-wait-index.js";
 
 /** A lifecycle event as the rules emit it: the `event` oneof of LifecycleEvent. */
@@ -109,5 +110,7 @@ export interface Core {
 /** Why a report was not accepted; sent back as `Rejected`. */
 export interface Rejection {
   code: "FAILED_PRECONDITION" | "NOT_FOUND" | "INVALID_ARGUMENT" | "RESOURCE_EXHAUSTED";
+  /** The ready queues by fair share, shared with the dispatcher (see fair-shares.ts). */
+  fairShares?: FairShareState;
   message: string;
 }

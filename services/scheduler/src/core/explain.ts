@@ -3,8 +3,8 @@
  * now, computed from the engine's own state, not guessed from outside. Dependencies, conditions,
  * retries and deadlines are read from the run and its tasks; the executor gates are the decision
  * the latest scheduling pass recorded for the task's type (`TaskState.hold`, see holds.ts), never
- * recomputed here. Later gates (keyed concurrency, rate limits, fair shares) are more members of
- * {@link Gate}, each with its line in {@link describeGate}.
+ * recomputed here, and so is the fair-share gate: the order of the groups as that pass left them
+ * (fair-shares.ts). Each member of {@link Gate} has its line in {@link describeGate}.
  */
 import type { ErrorInfo, RunState, RunStatusName, TaskState } from "../model/run-state.js";
 import { TERMINAL_TASK_STATUSES } from "../model/run-state.js";
@@ -12,6 +12,7 @@ import { childRunId } from "./children.js";
 import { mapProgress } from "./maps.js";
 import { keyWaits, type KeyWait } from "./concurrency.js";
 import { describeHold } from "./holds.js";
+import { fairWait, type FairWait } from "./fair-shares.js";
 import { rateHolds } from "./rate-limits.js";
 import { retryPolicyOf } from "./retries.js";
 import { stepState } from "./transitions.js";
@@ -72,6 +73,13 @@ export type Gate =
       readonly kind: "concurrency-key";
     } & KeyWait)
   | {
+  | ({
+      /**
+       * Its tenant, or its key within the tenant, has had its fair share of its type's executors:
+       * another group goes first when a slot frees (given with an executor gate only).
+       */
+      readonly kind: "fair-share";
+    } & FairWait)
       /** The run is cancelled or rolling back: the step will not start. */
       readonly kind: "run-stopping";
       readonly runStatus: RunStatusName;
@@ -207,6 +215,9 @@ export function explainPending(
       if (limit !== null && task.queuedAt !== null)
         gates.push({
           kind: "schedule-to-start",
+      // With a free slot the task would be leased whatever its share: only with an executor gate.
+      const fair = hold === null ? null : fairWait(task);
+      if (fair !== null) gates.push({ kind: "fair-share", ...fair });
           deadline: new Date(task.queuedAt.getTime() + limit),
           timeoutMs: limit,
         });
@@ -333,6 +344,8 @@ export function describeGate(gate: Gate): string {
 function describeKeyWait(w: KeyWait): string {
   const who = w.holders.map((h) => (h.stepId === null ? `run ${h.runId}` : `${h.stepId} of run ${h.runId}`));
   const more = w.holding > who.length ? ` and ${w.holding - who.length} more` : "";
+    case "fair-share":
+      return describeFairWait(gate);
   const held = w.holding === 0 ? "no holder" : `held by ${who.join(", ")}${more}`;
   const place = w.position > 0 ? `; ${w.position} of ${w.waiting} in its queue` : "";
   const subject = w.scope === "workflow" ? "the run waits for " : "";
@@ -349,3 +362,20 @@ export function pendingReason(gates: readonly Gate[]): string {
     .map(describeGate)
     .join("; ");
 }
+/**
+ * A fair-share wait in a few words: `fair share of tenant "a" used (8 leases of type "t", weight 1,
+ * at its max 8): tenant "b" goes first (2 tenants waiting)`.
+ */
+function describeFairWait(w: FairWait): string {
+  const group = (value: string): string =>
+    w.level === "key"
+      ? `key ${JSON.stringify(value)} of tenant ${JSON.stringify(w.tenant)}`
+      : `tenant ${JSON.stringify(value)}${value === "" ? " (runs without fairness)" : ""}`;
+  const share = [`${w.leased} lease${w.leased === 1 ? "" : "s"} of type ${JSON.stringify(w.type)}`];
+  share.push(`weight ${w.weight}`);
+  if (w.min > 0) share.push(`min ${w.min}`);
+  if (w.max > 0) share.push(w.atMax ? `at its max ${w.max}` : `max ${w.max}`);
+  const groups = w.level === "key" ? "keys of the tenant" : "tenants";
+  return `fair share of ${group(w.level === "key" ? w.key : w.tenant)} used (${share.join(", ")}): ${group(w.next)} goes first (${w.waiting} ${groups} waiting)`;
+}
+

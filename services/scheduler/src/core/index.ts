@@ -23,6 +23,7 @@
  * - children.ts: child workflow steps (a run started by a step, its end the step's end)
  * - concurrency.ts: keyed concurrency limits (slots held, queues of full keys, strategies)
  */
+ * - fair-shares.ts: fair shares of the executors among tenants and keys (weights, minimums, maximums)
 export type { Core, Effects, EventInit, Moment, Rejection, SessionLeases, Timer } from "./context.js";
 export { advanceCompensation } from "./compensation.js";
 export {
@@ -46,6 +47,15 @@ export { describeGate, explainPending, pendingReason, type Gate } from "./explai
 export { checkReport, keyMatches, leaseKey } from "./fencing.js";
 export { grantLease, leaseStands } from "./leasing.js";
 export { recover, type Recovered } from "./recovery.js";
+export {
+  FairShareKeyError,
+  fairPath,
+  fairShareStats,
+  OTHER_TENANTS,
+  releaseShare,
+  sharePath,
+  type FairShareStat,
+} from "./fair-shares.js";
 export {
   isRefusal,
   planRerun,

@@ -16,6 +16,7 @@ import type { StoredActiveState } from "../persistence/engine-store.js";
 import { ACTIVE_LEASE, type RunState, type TaskState } from "../model/run-state.js";
 import type { Core, Moment } from "./context.js";
 import { recoverClaims } from "./concurrency.js";
+import { chargeRecovered } from "./fair-shares.js";
 import { advanceAny, cancelByLimit } from "./runs.js";
 import { orphan } from "./sessions.js";
 import { armRetry, armRunDeadline, armScheduleToStart } from "./timers.js";
@@ -113,6 +114,8 @@ export function recover(
       task.status === "SUCCEEDED" &&
       task.outputRef !== null &&
       // An element's output is read only while its map step still collects them (maps.ts).
+      // Its group's minimum and maximum count it until it ends.
+      chargeRecovered(core, task);
       (task.elementIndex === undefined ||
         core.runs.get(task.runId)?.tasks.get(task.stepId)?.status === "WAITING")
     )

@@ -10,6 +10,7 @@ import type { ErrorInfo, RunState, TaskState, TaskStatusName } from "../model/ru
 import { childEnded } from "./children.js";
 import { mapElementEnded } from "./maps.js";
 import { releaseRun, releaseTask } from "./concurrency.js";
+import { releaseShare } from "./fair-shares.js";
 import type { Core } from "./context.js";
 import { armScheduleToStart } from "./timers.js";
 
@@ -70,6 +71,7 @@ export function detach(core: Core, task: TaskState): void {
   core.fx.leaseEnded(task);
   // Its concurrency slots (or its place in a key's queue) go to the next in line.
   if (task.claim !== undefined) releaseTask(core, task);
+  if (task.fairLease !== undefined) releaseShare(task);
 }
 
 /** Ends the current attempt with `status`. */

@@ -184,15 +184,16 @@ export function checkRunInput(workflow: CompiledWorkflow, input: unknown): void 
 
 /**
  * Throws INVALID_ARGUMENT unless a run of `workflow` may start with `input`: the input schema
- * ({@link checkRunInput}) and the workflow's concurrency keys, which must read a string or a
- * number from it.
+ * ({@link checkRunInput}) and the workflow's concurrency and fairness keys, which must read a
+ * string or a number from it.
  */
 export function checkStartInput(workflow: CompiledWorkflow, input: unknown): void {
   checkRunInput(workflow, input);
-  if (workflow.concurrency.length === 0) return;
+  if (workflow.concurrency.length === 0 && workflow.fairness.length === 0) return;
   try {
     // run.id is not known yet: a key built from it is a string whatever the id.
     core.workflowKeys({ id: "", workflow, input });
+    core.fairPath({ id: "", workflow, input });
   } catch (error) {
     if (error instanceof core.ConcurrencyKeyError) throw ApiError.invalid("input", error.message);
     throw error;

@@ -202,6 +202,7 @@ export class Engine {
 
   /** Current lifecycle state. */
   get state(): EngineState {
+      fairShares: this.dispatcher.shares,
     return this.stateValue;
   }
 
@@ -245,8 +246,9 @@ export class Engine {
       offer: (task, front) => {
         // A step with rate limits: its keys are evaluated when the task would first be leased.
         if (task.rate === undefined && task.kind === "STEP" && this.hasRateLimits(task)) task.rate = null;
-        if (front) this.dispatcher.requeue(task);
-        else this.dispatcher.enqueue(task, this.priorityOf(task));
+        const path = core.sharePath(this.core, task);
+        if (front) this.dispatcher.requeue(task, path);
+        else this.dispatcher.enqueue(task, this.priorityOf(task), path);
       },
       pump: () => this.schedulePump(),
       cancelLease: (task, reason) => {
@@ -318,6 +320,9 @@ export class Engine {
   private priorityOf(task: TaskState): number {
     return this.core.runs.get(task.runId)?.workflow.stepsById.get(task.stepId)?.priority ?? 0;
   }
+  /** Per task type, the tenants with the most ready tasks, with their leases (metrics; fair-shares.ts). */
+  readonly fairShareStats = (): core.FairShareStat[] => core.fairShareStats(this.dispatcher.shares);
+
 
   /** The time of an input. */
   private moment(): Moment {

@@ -60,6 +60,8 @@ export class LeasePump {
       const run = this.o.core().runs.get(task.runId);
       if (run === undefined) {
         session.credit++;
+        // Charged to its fair share by the pass, never leased: the share gets it back.
+        core.releaseShare(task);
         continue;
       }
       granted.push({ session, task, token: core.grantLease(this.o.core(), run, task, session, now) });

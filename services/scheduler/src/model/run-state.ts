@@ -7,6 +7,7 @@ import { randomUUID } from "node:crypto";
 import { RunStatus, TaskStatus, type TaskKind } from "@nexusflow/gen";
 import { TaskErrorType } from "@nexusflow/common/task-error-types";
 import type { Claim } from "./concurrency-state.js";
+import type { FairKey, FairPath } from "./fair-share-state.js";
 import type { QueueHold } from "./queue-hold.js";
 import type { BucketSnapshot, RateWant } from "./rate-limit-state.js";
 import type { CompiledWorkflow } from "../dag/index.js";
@@ -133,6 +134,10 @@ export interface TaskState {
   rate?: RateWant[] | null | undefined;
   /** The buckets as this task's latest grant left them: written with its lease (rate_limit_buckets). */
   rateTaken?: BucketSnapshot[] | undefined;
+  /** The fair-share key whose ready queue it was last put in (core/fair-shares.ts; in memory only). */
+  fairKey?: FairKey | undefined;
+  /** The fair-share key its lease is charged to, until the lease ends (core/fair-shares.ts). */
+  fairLease?: FairKey | undefined;
   /**
    * An element task of a map step (core/maps.ts): the element's position. Stored as step id
    * `<step>[<index>]` (a step id cannot hold "["), `stepId` is the map step's own in memory.
@@ -220,6 +225,8 @@ export interface RunState {
   rollbackError: ErrorInfo | null;
   /** The workflow's concurrency keys, when it has limits (core/concurrency.ts; in memory only). */
   claim?: Claim | undefined;
+  /** Its tenant and key of fair shares, once evaluated (core/fair-shares.ts; in memory only). */
+  fair?: FairPath | undefined;
   /** Signals received, in order (see SignalState); empty for most runs. */
   signals: SignalState[];
   /**
