@@ -18,6 +18,7 @@ import type pg from "pg";
 import type { Logger } from "@nexusflow/common";
 import { type ArtifactStore, runPrefix } from "@nexusflow/common/artifacts";
 import { TERMINAL_RUN_STATUSES } from "../model/run-state.js";
+import { PurgeLoop, pauseFor, type PurgeLoopState } from "./purge-loop.js";
 
 /** Options of {@link RunRetention}. */
 export interface RunRetentionOptions {
@@ -92,11 +93,8 @@ const DELETE_REFUSED_FIRES_SQL = `DELETE FROM schedule_fires f USING (
     LIMIT $2) old
   WHERE f.schedule_uid = old.schedule_uid AND f.fire_key = old.fire_key`;
 
-/** Lifecycle of {@link RunRetention}. */
-export type RunRetentionState =
-  | { state: "IDLE" }
-  | { state: "RUNNING"; timer: NodeJS.Timeout | undefined; abort: AbortController }
-  | { state: "STOPPED" };
+/** Lifecycle of {@link RunRetention} (its purge loop's). */
+export type RunRetentionState = PurgeLoopState;
 
 /** Deletes old finished runs periodically (see the module comment). */
 export class RunRetention {
@@ -105,8 +103,7 @@ export class RunRetention {
   private readonly batchSize: number;
   private readonly pauseMs: number;
   private readonly concurrency: number;
-  private current: RunRetentionState = { state: "IDLE" };
-  private purging: Promise<unknown> | undefined;
+  private readonly loop: PurgeLoop;
   /** Totals since start, for logs and tests. */
   readonly stats = { purges: 0, deleted: 0, exported: 0, failed: 0 };
 
@@ -116,6 +113,16 @@ export class RunRetention {
     this.batchSize = options.batchSize ?? 500;
     this.pauseMs = options.pauseMs ?? 200;
     this.concurrency = options.concurrency ?? 8;
+    this.loop = new PurgeLoop({
+      name: "run retention purge",
+      log: options.log,
+      intervalMs: this.intervalMs,
+      purge: async (signal) => {
+        const r = await this.purge(signal);
+        if (r.deleted > 0 || r.failed > 0)
+          this.options.log.info({ ...r }, "deleted runs past their retention");
+      },
+    });
   }
 
   /** Whether retention deletes anything (a retention of 0 turns it off). */
@@ -125,46 +132,12 @@ export class RunRetention {
 
   /** Starts purging every `intervalMs` (the first purge right away); does nothing when disabled. */
   start(): void {
-    if (this.current.state !== "IDLE") return;
-    if (!this.enabled) {
-      this.current = { state: "STOPPED" };
-      return;
-    }
-    this.current = { state: "RUNNING", timer: undefined, abort: new AbortController() };
-    this.schedule(0);
-  }
-
-  private schedule(delay: number): void {
-    const current = this.current;
-    if (current.state !== "RUNNING") return;
-    current.timer = setTimeout(() => {
-      current.timer = undefined;
-      const p = this.purge(current.abort.signal).then(
-        (r) => {
-          if (r.deleted > 0 || r.failed > 0)
-            this.options.log.info({ ...r }, "deleted runs past their retention");
-        },
-        (e: unknown) => {
-          if (!current.abort.signal.aborted)
-            this.options.log.warn({ err: e }, "run retention purge failed; retrying at the next interval");
-        },
-      );
-      this.purging = p;
-      void p.then(() => {
-        this.purging = undefined;
-        this.schedule(this.intervalMs);
-      });
-    }, delay);
+    this.loop.start(this.enabled);
   }
 
   /** Stops the timer and waits for a purge in progress to end its current batch. */
-  async stop(): Promise<void> {
-    const current = this.current;
-    this.current = { state: "STOPPED" };
-    if (current.state !== "RUNNING") return;
-    clearTimeout(current.timer);
-    current.abort.abort();
-    await this.purging;
+  stop(): Promise<void> {
+    return this.loop.stop();
   }
 
   /**
@@ -196,7 +169,7 @@ export class RunRetention {
       for (const r of ready) if (!cleared.has(r.id)) skipped.push(r.id);
       result.deleted += await this.deleteRows([...cleared]);
       if (rows.length < this.batchSize) break;
-      await pause(this.pauseMs, signal);
+      await pauseFor(this.pauseMs, signal);
     }
     if (!signal?.aborted) {
       // A schedule whose workflow refuses its input fails a fire each tick, for ever if let be.
@@ -272,20 +245,4 @@ export class RunRetention {
       client.release(broken);
     }
   }
-}
-
-/** Waits `ms`, or less when `signal` aborts. */
-function pause(ms: number, signal: AbortSignal | undefined): Promise<void> {
-  return new Promise((resolve) => {
-    if (signal?.aborted === true) return resolve();
-    const onAbort = (): void => {
-      clearTimeout(timer);
-      resolve();
-    };
-    const timer = setTimeout(() => {
-      signal?.removeEventListener("abort", onAbort);
-      resolve();
-    }, ms);
-    signal?.addEventListener("abort", onAbort, { once: true });
-  });
 }
