@@ -204,6 +204,11 @@ export interface RetentionConfig {
   exportBeforeDelete: boolean;
   /** How long a StartRun idempotency key names its run. */
   idempotencyKeyRetentionMs: number;
+  /**
+   * Events published longer ago than this are deleted with their matches (checked every
+   * `runRetentionIntervalMs`); 0 keeps them. A publish's idempotency key lasts as long as its event.
+   */
+  eventRetentionMs: number;
 }
 
 /**
@@ -516,6 +521,7 @@ function retentionConfig(env: Env): RetentionConfig {
     runRetentionIntervalMs,
     exportBeforeDelete: bool(env, "RUN_EXPORT_BEFORE_DELETE", false),
     idempotencyKeyRetentionMs,
+    eventRetentionMs: retention(env, "EVENT_RETENTION", "7d"),
   };
 }
 

@@ -62,6 +62,7 @@ import { FireStore } from "./schedules/fire-store.js";
 import { ScheduleStore } from "./schedules/store.js";
 import { declaredScheduleHooks } from "./schedules/declared.js";
 import { EventStore } from "./triggers/event-store.js";
+import { EventRetention } from "./triggers/event-retention.js";
 import { MatchLoop, MatchStarter } from "./triggers/match-loop.js";
 import { TriggerIndex } from "./triggers/trigger-index.js";
 import {
@@ -120,8 +121,14 @@ export interface SchedulerOptions {
    * (see persistence/retention.ts); 0 keeps every run. @default 2592000000 (30 days)
    */
   runRetentionMs?: number | undefined;
-  /** Time between two purges of old runs. @default 60000 */
+  /** Time between two purges of old runs (and of old events). @default 60000 */
   runRetentionIntervalMs?: number | undefined;
+  /**
+   * Events published longer ago than this are deleted with their matches, except those with a
+   * match whose run is still to start (triggers/event-retention.ts); 0 keeps every event.
+   * @default 604800000 (7 days)
+   */
+  eventRetentionMs?: number | undefined;
   /**
    * Export each run (its GetRun view as JSON) to `exports/{yyyy}/{mm}/{dd}/{run_id}.json` in the
    * artifact store before deleting it. @default false
@@ -182,6 +189,7 @@ export class Scheduler {
   private engineStore: PostgresEngineStore | undefined;
   private relay: OutboxRelay | undefined;
   private retentionValue: RunRetention | undefined;
+  private eventRetentionValue: EventRetention | undefined;
   private fireLoop: FireLoop | undefined;
   private matchLoop: MatchLoop | undefined;
   private server: grpc.Server | undefined;
@@ -232,6 +240,12 @@ export class Scheduler {
   get schedules(): FireLoop {
     if (this.fireLoop === undefined) throw new Error("the scheduler is not started");
     return this.fireLoop;
+  }
+
+  /** The event retention (for tests and metrics). */
+  get eventRetention(): EventRetention {
+    if (this.eventRetentionValue === undefined) throw new Error("the scheduler is not started");
+    return this.eventRetentionValue;
   }
 
   /** The run retention (for tests and metrics). */
@@ -347,6 +361,13 @@ export class Scheduler {
       const matchLoop = new MatchLoop({ store: events, starter: matchStarter, log });
       this.matchLoop = matchLoop;
       matchLoop.start();
+      this.eventRetentionValue = new EventRetention({
+        pool: this.db.pool,
+        log,
+        retentionMs: this.options.eventRetentionMs,
+        intervalMs: this.options.runRetentionIntervalMs,
+      });
+      this.eventRetentionValue.start();
       if (this.options.events !== undefined) {
         this.relay = createOutboxRelay(this.db.pool, log, this.options.events);
         this.relay.start();
@@ -524,6 +545,7 @@ export class Scheduler {
       });
     }
     await this.retentionValue?.stop();
+    await this.eventRetentionValue?.stop();
     await this.engineValue?.stop();
     await this.relay?.stop();
     this.relay = undefined;

@@ -65,6 +65,7 @@ const scheduler = new Scheduler({
   idempotencyKeyRetentionMs: config.retention.idempotencyKeyRetentionMs,
   runRetentionMs: config.retention.runRetentionMs,
   runRetentionIntervalMs: config.retention.runRetentionIntervalMs,
+  eventRetentionMs: config.retention.eventRetentionMs,
   exportRunsBeforeDelete: config.retention.exportBeforeDelete,
   auth,
   metrics: config.metrics === undefined ? undefined : createMetricsRegistry(),

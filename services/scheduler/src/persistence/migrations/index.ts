@@ -17,6 +17,7 @@ import { Migration20261205200000RunReruns } from "./Migration20261205200000RunRe
 import { Migration20261205210000RateLimitBuckets } from "./Migration20261205210000RateLimitBuckets.js";
 import { Migration20261205220000MapElements } from "./Migration20261205220000MapElements.js";
 import { Migration20261205230000DeclaredSchedules } from "./Migration20261205230000DeclaredSchedules.js";
+import { Migration20261205231000EventRetention } from "./Migration20261205231000EventRetention.js";
 
 /** The migrations MikroORM applies at start-up. */
 export const migrationsList = [
@@ -41,4 +42,5 @@ export const migrationsList = [
   { name: "Migration20261205210000RateLimitBuckets", class: Migration20261205210000RateLimitBuckets },
   { name: "Migration20261205220000MapElements", class: Migration20261205220000MapElements },
   { name: "Migration20261205230000DeclaredSchedules", class: Migration20261205230000DeclaredSchedules },
+  { name: "Migration20261205231000EventRetention", class: Migration20261205231000EventRetention },
 ];
