@@ -65,6 +65,7 @@ import { EventStore } from "./triggers/event-store.js";
 import { EventRetention } from "./triggers/event-retention.js";
 import { MatchLoop, MatchStarter } from "./triggers/match-loop.js";
 import { TriggerIndex } from "./triggers/trigger-index.js";
+import { WaitMatchLoop, WaitMatchStore } from "./triggers/wait-matches.js";
 import {
   acquireSchedulerLock,
   type SchedulerLock,
@@ -192,6 +193,7 @@ export class Scheduler {
   private eventRetentionValue: EventRetention | undefined;
   private fireLoop: FireLoop | undefined;
   private matchLoop: MatchLoop | undefined;
+  private waitLoop: WaitMatchLoop | undefined;
   private server: grpc.Server | undefined;
   private ops: OpsEndpoints | undefined;
   private addressValue = "";
@@ -361,6 +363,12 @@ export class Scheduler {
       const matchLoop = new MatchLoop({ store: events, starter: matchStarter, log });
       this.matchLoop = matchLoop;
       matchLoop.start();
+      // Waits for an event: wait matches a crash left PENDING are applied by the loop's first pass.
+      const waitMatches = new WaitMatchStore(this.db.pool);
+      const waitLoop = new WaitMatchLoop({ store: waitMatches, engine: engine.waits, log });
+      this.waitLoop = waitLoop;
+      waitLoop.start();
+      const waits = { engine: engine.waits, store: waitMatches, log, wake: () => waitLoop.wake() };
       this.eventRetentionValue = new EventRetention({
         pool: this.db.pool,
         log,
@@ -411,6 +419,7 @@ export class Scheduler {
           triggers: new TriggerIndex(this.db.pool, log),
           starter: matchStarter,
           wake: () => matchLoop.wake(),
+          waits,
         }),
       );
       server.addService(
@@ -526,6 +535,8 @@ export class Scheduler {
     this.fireLoop = undefined;
     await this.matchLoop?.stop();
     this.matchLoop = undefined;
+    await this.waitLoop?.stop();
+    this.waitLoop = undefined;
     await this.ops?.close();
     this.ops = undefined;
     const server = this.server;

@@ -10,6 +10,8 @@ import { ApiError, jsonToValue, nulCharacterPath, unary, valueToJsonChecked } fr
 import {
   EventMatchSchema,
   EventMatchStatus,
+  EventWaitMatchSchema,
+  EventWaitMatchStatus,
   GetEventResponseSchema,
   ListEventsResponseSchema,
   PublishEventResponseSchema,
@@ -22,6 +24,7 @@ import {
 import { eventKeyProblem, MAX_EVENT_KEY_LENGTH } from "../dag/index.js";
 import { decodeToken, encodeToken } from "../persistence/page-token.js";
 import type { EventRow, MatchRow } from "../triggers/event-store.js";
+import type { WaitMatchRow, WaitMatchStatus } from "../triggers/wait-matches.js";
 import {
   MAX_EVENT_PAYLOAD_BYTES,
   startEventMatches,
@@ -46,7 +49,17 @@ const STATUS: Record<MatchRow["status"], EventMatchStatus> = {
   FAILED: EventMatchStatus.FAILED,
 };
 
-function eventView(row: EventRow, matches: readonly MatchRow[]): PublishedEvent {
+const WAIT_STATUS: Record<WaitMatchStatus, EventWaitMatchStatus> = {
+  PENDING: EventWaitMatchStatus.PENDING,
+  SATISFIED: EventWaitMatchStatus.SATISFIED,
+  WAIT_ENDED: EventWaitMatchStatus.WAIT_ENDED,
+};
+
+function eventView(
+  row: EventRow,
+  matches: readonly MatchRow[],
+  waits: readonly WaitMatchRow[] = [],
+): PublishedEvent {
   return create(PublishedEventSchema, {
     eventId: row.eventId,
     key: row.key,
@@ -63,7 +76,15 @@ function eventView(row: EventRow, matches: readonly MatchRow[]): PublishedEvent 
         error: m.error ?? "",
       }),
     ),
+    waits: waits.map((w) =>
+      create(EventWaitMatchSchema, { runId: w.runId, stepId: w.stepId, status: WAIT_STATUS[w.status] }),
+    ),
   });
+}
+
+/** The event's wait matches (none when no wait is served). */
+function waitsOf(deps: EventServiceDeps, eventId: string): Promise<WaitMatchRow[]> {
+  return deps.waits?.store.ofEvent(eventId) ?? Promise.resolve([]);
 }
 
 function refuseNul(value: unknown, field: string): void {
@@ -96,7 +117,7 @@ export function eventService(deps: EventServiceDeps): grpc.UntypedServiceImpleme
       // (UNAVAILABLE from the database) and publishing again with its idempotency key is safe.
       const { event, created } = await storeEvent(deps, { key: req.key, payload, idempotencyKey });
       return create(PublishEventResponseSchema, {
-        event: eventView(event, await startEventMatches(deps, event)),
+        event: eventView(event, await startEventMatches(deps, event), await waitsOf(deps, event.eventId)),
         created,
       });
     }),
@@ -111,7 +132,9 @@ export function eventService(deps: EventServiceDeps): grpc.UntypedServiceImpleme
         );
       const event = await store.get(req.eventId);
       if (event === undefined) throw ApiError.notFound(`event ${req.eventId} does not exist`);
-      return create(GetEventResponseSchema, { event: eventView(event, await store.matches(event.eventId)) });
+      return create(GetEventResponseSchema, {
+        event: eventView(event, await store.matches(event.eventId), await waitsOf(deps, event.eventId)),
+      });
     }),
 
     listEvents: unary(async (req: ListEventsRequest) => {

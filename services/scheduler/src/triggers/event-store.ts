@@ -7,6 +7,7 @@
 import type pg from "pg";
 import type { EventMatchDraft } from "./trigger-index.js";
 import { runsOfKeys } from "../persistence/idempotency-keys.js";
+import type { WaitMatch } from "../core/index.js";
 
 /** A stored event. */
 export interface EventRow {
@@ -87,12 +88,14 @@ export class EventStore {
   constructor(private readonly pool: pg.Pool) {}
 
   /**
-   * Stores an event and its matches in one statement. With an idempotency key already stored,
-   * stores nothing and returns undefined (the caller reads the stored event).
+   * Stores an event, its matches and the waiting steps it matched (PENDING, wait-matches.ts) in
+   * one statement. With an idempotency key already stored, stores nothing and returns undefined
+   * (the caller reads the stored event).
    */
   async insert(
     event: { eventId: string; key: string; payload: unknown; idempotencyKey: string | null; now: Date },
     matches: readonly EventMatchDraft[],
+    waits: readonly WaitMatch[] = [],
   ): Promise<EventRow | undefined> {
     const { rows } = await this.pool.query<EventDbRow>(
       `WITH ev AS (
@@ -105,8 +108,13 @@ export class EventStore {
          SELECT ev.event_id, x.name, x.version, x.trigger, x.status, x.error, $5
          FROM ev, unnest($6::text[], $7::int[], $8::int[], $9::text[], $10::text[])
            AS x(name, version, trigger, status, error)
+         RETURNING 1),
+       w AS (
+         INSERT INTO event_wait_matches (event_id, task_run_id, run_id, step_id, status, created_at)
+         SELECT ev.event_id, x.task_run_id, x.run_id, x.step_id, 'PENDING', $5
+         FROM ev, unnest($11::uuid[], $12::uuid[], $13::text[]) AS x(task_run_id, run_id, step_id)
          RETURNING 1)
-       SELECT ev.*, (SELECT count(*) FROM m) AS matched FROM ev`,
+       SELECT ev.*, (SELECT count(*) FROM m) AS matched, (SELECT count(*) FROM w) AS waits FROM ev`,
       [
         event.eventId,
         event.key,
@@ -118,6 +126,9 @@ export class EventStore {
         matches.map((m) => m.triggerIndex),
         matches.map((m) => m.status),
         matches.map((m) => m.error),
+        waits.map((w) => w.taskRunId),
+        waits.map((w) => w.runId),
+        waits.map((w) => w.stepId),
       ],
     );
     const row = rows[0];

@@ -95,6 +95,7 @@ describe("embedded PostgreSQL with migrations", () => {
       [
         "cluster_settings",
         "event_matches",
+        "event_wait_matches",
         "events",
         "idempotency_keys",
         "nexusflow_migrations",

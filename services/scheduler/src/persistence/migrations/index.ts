@@ -18,6 +18,7 @@ import { Migration20261205210000RateLimitBuckets } from "./Migration202612052100
 import { Migration20261205220000MapElements } from "./Migration20261205220000MapElements.js";
 import { Migration20261205230000DeclaredSchedules } from "./Migration20261205230000DeclaredSchedules.js";
 import { Migration20261205231000EventRetention } from "./Migration20261205231000EventRetention.js";
+import { Migration20261206000000EventWaits } from "./Migration20261206000000EventWaits.js";
 
 /** The migrations MikroORM applies at start-up. */
 export const migrationsList = [
@@ -43,4 +44,5 @@ export const migrationsList = [
   { name: "Migration20261205220000MapElements", class: Migration20261205220000MapElements },
   { name: "Migration20261205230000DeclaredSchedules", class: Migration20261205230000DeclaredSchedules },
   { name: "Migration20261205231000EventRetention", class: Migration20261205231000EventRetention },
+  { name: "Migration20261206000000EventWaits", class: Migration20261206000000EventWaits },
 ];

@@ -1,0 +1,239 @@
+/**
+ * An event's matches of waiting steps (waits for an event, core/event-waits.ts), in PostgreSQL
+ * (table `event_wait_matches`). They are stored with the event, in the statement that stores it
+ * (event-store.ts insert), PENDING; then the engine ends each wait that still waits with the event
+ * and, once that is committed, the match is settled from the step's row: SATISFIED when the step
+ * succeeded with this event, WAIT_ENDED otherwise (it had timed out, been cancelled, or taken
+ * another event first). A crash in between leaves matches PENDING: the loop's first pass after a
+ * restart applies them, oldest event first, so a wait that several stored events matched takes
+ * the first published.
+ *
+ * The loop: IDLE -> RUNNING -> STOPPING -> STOPPED (background/pass-loop.ts). It makes a pass at
+ * once when started (after the engine's recovery), then whenever woken (a publish could not apply
+ * its matches now), every `pollMs` while matches remain PENDING, and every `idleMs` otherwise.
+ */
+import type { Logger } from "@nexusflow/common";
+import type pg from "pg";
+import { PassLoop, type PassLoopState } from "../background/pass-loop.js";
+import type { StoredWaitEvent, WaitApplyOutcome, WaitMatch } from "../core/index.js";
+
+/** Where a wait match is. */
+export type WaitMatchStatus = "PENDING" | "SATISFIED" | "WAIT_ENDED";
+
+/** A stored wait match. */
+export interface WaitMatchRow extends WaitMatch {
+  readonly eventId: string;
+  readonly status: WaitMatchStatus;
+}
+
+/** A PENDING match with the event that applies it. */
+export interface PendingWaitMatch extends WaitMatch {
+  readonly event: StoredWaitEvent;
+}
+
+/** What applying needs of the engine (engine/waits.ts). */
+export interface WaitApplier {
+  applyEvent(
+    event: StoredWaitEvent,
+    matches: readonly Pick<WaitMatch, "taskRunId">[],
+  ): Promise<WaitApplyOutcome[]>;
+}
+
+/** Wait matches in PostgreSQL (rows written with their event by EventStore.insert). */
+export class WaitMatchStore {
+  constructor(private readonly pool: pg.Pool) {}
+
+  /** An event's wait matches, by run and step. */
+  async ofEvent(eventId: string): Promise<WaitMatchRow[]> {
+    const { rows } = await this.pool.query<{
+      task_run_id: string;
+      run_id: string;
+      step_id: string;
+      status: WaitMatchStatus;
+    }>(
+      `SELECT task_run_id, run_id, step_id, status FROM event_wait_matches WHERE event_id = $1
+       ORDER BY run_id, step_id`,
+      [eventId],
+    );
+    return rows.map((r) => ({
+      eventId,
+      taskRunId: r.task_run_id,
+      runId: r.run_id,
+      stepId: r.step_id,
+      status: r.status,
+    }));
+  }
+
+  /** PENDING matches, oldest event first, at most `limit`. */
+  async pending(limit: number): Promise<PendingWaitMatch[]> {
+    const { rows } = await this.pool.query<{
+      event_id: string;
+      key: string;
+      payload: unknown;
+      created_at: Date;
+      task_run_id: string;
+      run_id: string;
+      step_id: string;
+    }>(
+      `SELECT m.event_id, e.key, e.payload, e.created_at, m.task_run_id, m.run_id, m.step_id
+       FROM event_wait_matches m JOIN events e ON e.event_id = m.event_id
+       WHERE m.status = 'PENDING' ORDER BY e.seq, m.task_run_id LIMIT $1`,
+      [limit],
+    );
+    return rows.map((r) => ({
+      taskRunId: r.task_run_id,
+      runId: r.run_id,
+      stepId: r.step_id,
+      event: { eventId: r.event_id, key: r.key, payload: r.payload, publishTime: r.created_at },
+    }));
+  }
+
+  /**
+   * Settles PENDING matches from their steps' committed rows: SATISFIED when the step succeeded
+   * with the match's event as its output, WAIT_ENDED otherwise. Call it only once the engine has
+   * committed what it did with them.
+   */
+  async settle(eventId: string, taskRunIds: readonly string[]): Promise<void> {
+    if (taskRunIds.length === 0) return;
+    await this.pool.query(
+      `UPDATE event_wait_matches m
+       SET status = CASE WHEN t.status = 'SUCCEEDED' AND t.output->>'eventId' = m.event_id::text
+                         THEN 'SATISFIED' ELSE 'WAIT_ENDED' END
+       FROM unnest($2::uuid[]) AS x(task_run_id) LEFT JOIN task_runs t ON t.id = x.task_run_id
+       WHERE m.event_id = $1 AND m.task_run_id = x.task_run_id AND m.status = 'PENDING'`,
+      [eventId, taskRunIds],
+    );
+  }
+}
+
+/**
+ * Applies an event's stored matches (the engine ends the waits that still wait, and commits),
+ * then settles them. Throws when the engine or the database cannot now: the matches stay PENDING.
+ */
+export async function applyWaitMatches(
+  store: WaitMatchStore,
+  engine: WaitApplier,
+  event: StoredWaitEvent,
+  taskRunIds: readonly string[],
+): Promise<void> {
+  if (taskRunIds.length === 0) return;
+  await engine.applyEvent(
+    event,
+    taskRunIds.map((taskRunId) => ({ taskRunId })),
+  );
+  await store.settle(event.eventId, taskRunIds);
+}
+
+/** What publishing needs for the waits (triggers/publish.ts). */
+export interface EventWaitDeps {
+  /** The engine's waits (engine/waits.ts): matched before the event is stored, applied after. */
+  engine: WaitApplier & { matchEvent(event: { key: string; payload: unknown }): WaitMatch[] };
+  store: WaitMatchStore;
+  log: Logger;
+  /** Makes the loop apply what a publish could not. */
+  wake(): void;
+}
+
+/**
+ * Applies a just-stored event's wait matches (`known`: those stored with it; undefined: read
+ * them, for an event stored earlier). A failure (the engine stopping, the database unavailable)
+ * leaves them PENDING for the loop, woken: the event is stored, so the publish still succeeds.
+ */
+export async function applyEventWaits(
+  deps: EventWaitDeps,
+  event: StoredWaitEvent,
+  known: readonly WaitMatch[] | undefined,
+): Promise<void> {
+  try {
+    const ids =
+      known?.map((m) => m.taskRunId) ??
+      (await deps.store.ofEvent(event.eventId)).filter((m) => m.status === "PENDING").map((m) => m.taskRunId);
+    await applyWaitMatches(deps.store, deps.engine, event, ids);
+  } catch (e) {
+    deps.log.warn(
+      { err: e, event_id: event.eventId },
+      "an event's wait matches could not be applied now; the wait match loop will",
+    );
+    deps.wake();
+  }
+}
+
+/** Options of {@link WaitMatchLoop}. */
+export interface WaitMatchLoopOptions {
+  store: WaitMatchStore;
+  engine: WaitApplier;
+  log: Logger;
+  /** How often the loop looks again while matches remain PENDING; also the pause after a failed pass. @default 1000 */
+  pollMs?: number | undefined;
+  /** Most matches one pass applies. @default 500 */
+  batchSize?: number | undefined;
+  /** How long the loop sleeps when nothing is PENDING, unless woken. @default 30000 */
+  idleMs?: number | undefined;
+}
+
+/** See the module comment. */
+export class WaitMatchLoop {
+  private readonly loop: PassLoop;
+  private readonly pollMs: number;
+  private readonly batchSize: number;
+  private readonly idleMs: number;
+
+  constructor(private readonly options: WaitMatchLoopOptions) {
+    this.pollMs = options.pollMs ?? 1000;
+    this.batchSize = options.batchSize ?? 500;
+    this.idleMs = options.idleMs ?? 30_000;
+    this.loop = new PassLoop({
+      name: "event wait match loop",
+      log: options.log,
+      pass: () => this.pass(),
+      retryInitialMs: this.pollMs,
+    });
+  }
+
+  /** The current state's kind. */
+  get state(): PassLoopState["kind"] {
+    return this.loop.state;
+  }
+
+  /** Passes completed (for tests). */
+  get passCount(): number {
+    return this.loop.passCount;
+  }
+
+  /** Starts the loop; its first pass is at once. */
+  start(): void {
+    this.loop.start();
+  }
+
+  /** Makes the loop look again now (a publish left matches PENDING). */
+  wake(): void {
+    this.loop.wake();
+  }
+
+  /** Stops the loop after the pass in progress, waiting at most `graceMs` for it. */
+  stop(graceMs = 5000): Promise<void> {
+    return this.loop.stop(graceMs);
+  }
+
+  /** One pass: the PENDING matches, an event at a time in publish order. */
+  private async pass(): Promise<number> {
+    const pending = await this.options.store.pending(this.batchSize);
+    const byEvent = new Map<string, PendingWaitMatch[]>();
+    for (const m of pending) {
+      const list = byEvent.get(m.event.eventId);
+      if (list === undefined) byEvent.set(m.event.eventId, [m]);
+      else list.push(m);
+    }
+    for (const matches of byEvent.values()) {
+      const event = (matches[0] as PendingWaitMatch).event;
+      await applyWaitMatches(
+        this.options.store,
+        this.options.engine,
+        event,
+        matches.map((m) => m.taskRunId),
+      );
+    }
+    if (pending.length === this.batchSize) return 0;
+    return this.idleMs;
+  }
+}
