@@ -103,6 +103,8 @@ export interface Core {
   concurrency?: ConcurrencyState;
   /** Token buckets of the rate limits, made on first use (see rate-limits.ts). */
   rateLimits?: RateLimitState;
+  /** The ready queues by fair share, shared with the dispatcher (see fair-shares.ts). */
+  fairShares?: FairShareState;
   /** The WAITING waits for an event, made on first use (see event-waits.ts). */
   eventWaits?: EventWaitIndex;
 }
@@ -110,7 +112,5 @@ export interface Core {
 /** Why a report was not accepted; sent back as `Rejected`. */
 export interface Rejection {
   code: "FAILED_PRECONDITION" | "NOT_FOUND" | "INVALID_ARGUMENT" | "RESOURCE_EXHAUSTED";
-  /** The ready queues by fair share, shared with the dispatcher (see fair-shares.ts). */
-  fairShares?: FairShareState;
   message: string;
 }

@@ -11,8 +11,8 @@ import { TERMINAL_TASK_STATUSES } from "../model/run-state.js";
 import { childRunId } from "./children.js";
 import { mapProgress } from "./maps.js";
 import { keyWaits, type KeyWait } from "./concurrency.js";
-import { describeHold } from "./holds.js";
 import { fairWait, type FairWait } from "./fair-shares.js";
+import { describeHold } from "./holds.js";
 import { rateHolds } from "./rate-limits.js";
 import { retryPolicyOf } from "./retries.js";
 import { stepState } from "./transitions.js";
@@ -72,7 +72,6 @@ export type Gate =
        */
       readonly kind: "concurrency-key";
     } & KeyWait)
-  | {
   | ({
       /**
        * Its tenant, or its key within the tenant, has had its fair share of its type's executors:
@@ -80,6 +79,7 @@ export type Gate =
        */
       readonly kind: "fair-share";
     } & FairWait)
+  | {
       /** The run is cancelled or rolling back: the step will not start. */
       readonly kind: "run-stopping";
       readonly runStatus: RunStatusName;
@@ -209,15 +209,15 @@ export function explainPending(
           ahead: ahead(),
           since,
         });
+      // With a free slot the task would be leased whatever its share: only with an executor gate.
+      const fair = hold === null ? null : fairWait(task);
+      if (fair !== null) gates.push({ kind: "fair-share", ...fair });
       const step = run.workflow.stepsById.get(task.stepId);
       const timeouts = task.kind === "STEP" ? step?.timeouts : step?.compensate?.timeouts;
       const limit = timeouts?.scheduleToStartMs ?? null;
       if (limit !== null && task.queuedAt !== null)
         gates.push({
           kind: "schedule-to-start",
-      // With a free slot the task would be leased whatever its share: only with an executor gate.
-      const fair = hold === null ? null : fairWait(task);
-      if (fair !== null) gates.push({ kind: "fair-share", ...fair });
           deadline: new Date(task.queuedAt.getTime() + limit),
           timeoutMs: limit,
         });
@@ -326,6 +326,8 @@ export function describeGate(gate: Gate): string {
     }
     case "concurrency-key":
       return describeKeyWait(gate);
+    case "fair-share":
+      return describeFairWait(gate);
     case "rate-limit":
       return gate.pausedUntil !== null
         ? `rate limit ${JSON.stringify(gate.name)}${gate.key === "" ? "" : ` key ${JSON.stringify(gate.key)}`} is paused until ${gate.pausedUntil.toISOString()}${gate.pausedBy === "" ? "" : ` by ${gate.pausedBy}`}${gate.pauseNote === "" ? "" : ` (${gate.pauseNote})`}`
@@ -344,24 +346,12 @@ export function describeGate(gate: Gate): string {
 function describeKeyWait(w: KeyWait): string {
   const who = w.holders.map((h) => (h.stepId === null ? `run ${h.runId}` : `${h.stepId} of run ${h.runId}`));
   const more = w.holding > who.length ? ` and ${w.holding - who.length} more` : "";
-    case "fair-share":
-      return describeFairWait(gate);
   const held = w.holding === 0 ? "no holder" : `held by ${who.join(", ")}${more}`;
   const place = w.position > 0 ? `; ${w.position} of ${w.waiting} in its queue` : "";
   const subject = w.scope === "workflow" ? "the run waits for " : "";
   return `${subject}concurrency key ${JSON.stringify(w.key)} (${w.expression}, limit ${w.limit}): ${held}${place}`;
 }
 
-/**
- * The gates in one line (TaskRun.pending_reason): what holds the task, joined by "; ". The
- * schedule-to-start deadline is left out: it does not hold the task, it ends its wait.
- */
-export function pendingReason(gates: readonly Gate[]): string {
-  return gates
-    .filter((g) => g.kind !== "schedule-to-start")
-    .map(describeGate)
-    .join("; ");
-}
 /**
  * A fair-share wait in a few words: `fair share of tenant "a" used (8 leases of type "t", weight 1,
  * at its max 8): tenant "b" goes first (2 tenants waiting)`.
@@ -379,3 +369,13 @@ function describeFairWait(w: FairWait): string {
   return `fair share of ${group(w.level === "key" ? w.key : w.tenant)} used (${share.join(", ")}): ${group(w.next)} goes first (${w.waiting} ${groups} waiting)`;
 }
 
+/**
+ * The gates in one line (TaskRun.pending_reason): what holds the task, joined by "; ". The
+ * schedule-to-start deadline is left out: it does not hold the task, it ends its wait.
+ */
+export function pendingReason(gates: readonly Gate[]): string {
+  return gates
+    .filter((g) => g.kind !== "schedule-to-start")
+    .map(describeGate)
+    .join("; ");
+}

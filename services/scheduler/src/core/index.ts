@@ -22,8 +22,8 @@
  * - event-waits.ts / event-wait-index.ts: durable waits for an event (matched, then applied)
  * - children.ts: child workflow steps (a run started by a step, its end the step's end)
  * - concurrency.ts: keyed concurrency limits (slots held, queues of full keys, strategies)
- */
  * - fair-shares.ts: fair shares of the executors among tenants and keys (weights, minimums, maximums)
+ */
 export type { Core, Effects, EventInit, Moment, Rejection, SessionLeases, Timer } from "./context.js";
 export { advanceCompensation } from "./compensation.js";
 export {
@@ -44,9 +44,6 @@ export {
   type KeyWait,
 } from "./concurrency.js";
 export { describeGate, explainPending, pendingReason, type Gate } from "./explain.js";
-export { checkReport, keyMatches, leaseKey } from "./fencing.js";
-export { grantLease, leaseStands } from "./leasing.js";
-export { recover, type Recovered } from "./recovery.js";
 export {
   FairShareKeyError,
   fairPath,
@@ -56,6 +53,9 @@ export {
   sharePath,
   type FairShareStat,
 } from "./fair-shares.js";
+export { checkReport, keyMatches, leaseKey } from "./fencing.js";
+export { grantLease, leaseStands } from "./leasing.js";
+export { recover, type Recovered } from "./recovery.js";
 export {
   isRefusal,
   planRerun,

@@ -104,6 +104,8 @@ export function recover(
       // A wait or sleep goes on across the restart: its timeout or wake-up time is stored.
       armDurable(core, task, nowMs);
     } else if (ACTIVE_LEASE.has(task.status)) {
+      // Its group's minimum and maximum count it until it ends.
+      chargeRecovered(core, task);
       orphan(core, task, graceMs);
       orphaned++;
     }
@@ -114,8 +116,6 @@ export function recover(
       task.status === "SUCCEEDED" &&
       task.outputRef !== null &&
       // An element's output is read only while its map step still collects them (maps.ts).
-      // Its group's minimum and maximum count it until it ends.
-      chargeRecovered(core, task);
       (task.elementIndex === undefined ||
         core.runs.get(task.runId)?.tasks.get(task.stepId)?.status === "WAITING")
     )

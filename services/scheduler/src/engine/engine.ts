@@ -188,6 +188,7 @@ export class Engine {
       runs: new Map(),
       tasks: new Map(),
       sessions: this.dispatcher.sessions,
+      fairShares: this.dispatcher.shares,
       fx: this.effects(),
       sessionTimeoutMs: this.sessionTimeoutMs,
       newId: randomUUID,
@@ -202,7 +203,6 @@ export class Engine {
 
   /** Current lifecycle state. */
   get state(): EngineState {
-      fairShares: this.dispatcher.shares,
     return this.stateValue;
   }
 
@@ -305,6 +305,9 @@ export class Engine {
     return listRateLimits(this.core, this.store);
   }
 
+  /** Per task type, the tenants with the most ready tasks, with their leases (metrics; fair-shares.ts). */
+  readonly fairShareStats = (): core.FairShareStat[] => core.fairShareStats(this.dispatcher.shares);
+
   /** Per rate limit name: the tasks waiting for its buckets and its keys paused now (metrics). */
   rateLimitStats(): RateLimitStats[] {
     return rateLimitStats(this.core);
@@ -320,9 +323,6 @@ export class Engine {
   private priorityOf(task: TaskState): number {
     return this.core.runs.get(task.runId)?.workflow.stepsById.get(task.stepId)?.priority ?? 0;
   }
-  /** Per task type, the tenants with the most ready tasks, with their leases (metrics; fair-shares.ts). */
-  readonly fairShareStats = (): core.FairShareStat[] => core.fairShareStats(this.dispatcher.shares);
-
 
   /** The time of an input. */
   private moment(): Moment {
