@@ -28,6 +28,7 @@ import {
   compositionTargets,
   type CompositionResult,
 } from "./sections/composition.js";
+import { flowSection, flowTable, flowTargets, type FlowResult } from "./sections/flow.js";
 import { retentionSection, type RetentionResult } from "./sections/retention.js";
 import { sessionsSection, type SessionsResult } from "./sections/sessions.js";
 
@@ -64,6 +65,8 @@ export interface BenchReport {
   retention?: RetentionResult;
   /** Section 8: a 1 -> 10,000 -> 1 map and 1,000 schedules due in one second. */
   composition?: CompositionResult;
+  /** Section 9: the no-op drain with a concurrency key and a rate limit that do not bind. */
+  flow?: FlowResult;
   /** `--only recovery`: SIGKILLed executors' tasks running again. */
   recovery?: RecoveryResult;
   /** `--tracing`: the share of runs sampled and what the sink received. */
@@ -195,6 +198,13 @@ export async function runBench(argv: readonly string[], io: BenchIo): Promise<Be
         report.composition = await compositionSection(ctx);
       });
       if (report.composition !== undefined) print(compositionTable(report.composition));
+    }
+
+    if (want("flow") && options.systems.includes("nexusflow")) {
+      await section("flow", async () => {
+        report.flow = await flowSection(ctx);
+      });
+      if (report.flow !== undefined) print(flowTable(report.flow));
     }
 
     if (want("sessions")) {
@@ -587,6 +597,7 @@ export function targets(r: BenchReport): Target[] {
   }
   if (r.recovery !== undefined) out.push(...recoveryTargets(r.recovery));
   if (r.composition !== undefined) out.push(...compositionTargets(r.composition));
+  if (r.flow !== undefined) out.push(...flowTargets(r.flow));
   return out;
 }
 

@@ -7,6 +7,7 @@ export const SECTIONS = [
   "latency",
   "dag",
   "composition",
+  "flow",
   "sessions",
   "cost",
   "retention",

@@ -71,8 +71,9 @@ export async function throughputPhase(
   name: SystemName,
   n: number,
   bulk?: { batch: number; concurrency: number },
+  make: () => Promise<QueueSystem> = () => ctx.system(name, "tp"),
 ): Promise<ThroughputResult> {
-  const system = await ctx.system(name, "tp");
+  const system = await make();
   await ctx.prepare(system);
   const before = await ctx.counters(system.database);
   await ctx.pg.resetStatements();

@@ -45,6 +45,11 @@ export interface NexusflowOptions {
   runRetentionMs?: number;
   /** Time between the scheduler's retention purges, ms. @default the scheduler's (1 minute) */
   runRetentionIntervalMs?: number;
+  /**
+   * More fields of the no-op workflow's one step (section 9: `concurrency`, `rateLimits`).
+   * @default none
+   */
+  noopStep?: Record<string, unknown>;
   /** Record the scheduler's and executors' Prometheus metrics, scraped every 15 s. @default false */
   metrics?: boolean;
   /**
@@ -154,7 +159,9 @@ export class NexusflowSystem implements QueueSystem {
       createGrpcTransport({ baseUrl: `http://${scheduler.address}` }),
     );
     await this.register(
-      workflowSpec(NOOP_WORKFLOW, [{ id: "only", type: NOOP_TYPE, input: { i: "{{ input.i }}" } }]),
+      workflowSpec(NOOP_WORKFLOW, [
+        { id: "only", type: NOOP_TYPE, input: { i: "{{ input.i }}" }, ...this.options.noopStep },
+      ]),
     );
   }
 
