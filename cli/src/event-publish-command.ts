@@ -1,12 +1,14 @@
 /**
  * `nexusflow events publish|get|list`: events through the gateway (EventService), as text or
  * JSON (`--output json`). A published event starts a run of each workflow whose triggers match
- * it; the text output names each run (or why a workflow's match failed).
+ * it, and ends the wait steps waiting for it; the text output names each run (or why a workflow's
+ * match failed) and each waiting step it matched.
  */
 import { fromJson } from "@bufbuild/protobuf";
 import { ValueSchema } from "@bufbuild/protobuf/wkt";
 import {
   EventMatchStatus,
+  EventWaitMatchStatus,
   GetEventResponseSchema,
   ListEventsResponseSchema,
   PublishEventResponseSchema,
@@ -33,7 +35,14 @@ const STATUS: Record<EventMatchStatus, string> = {
   [EventMatchStatus.FAILED]: "failed",
 };
 
-/** An event and its matches as text. */
+const WAIT_STATUS: Record<EventWaitMatchStatus, string> = {
+  [EventWaitMatchStatus.UNSPECIFIED]: "",
+  [EventWaitMatchStatus.PENDING]: "pending",
+  [EventWaitMatchStatus.SATISFIED]: "satisfied",
+  [EventWaitMatchStatus.WAIT_ENDED]: "wait ended",
+};
+
+/** An event, its matches and the waiting steps it matched, as text. */
 export function describeEvent(event: PublishedEvent): string {
   const lines = [`event ${event.eventId} ${event.key} at ${formatTime(event.publishTime)}`];
   if (event.matches.length === 0) lines.push("no workflow's trigger matched it");
@@ -48,6 +57,13 @@ export function describeEvent(event: PublishedEvent): string {
           STATUS[m.status] ?? String(m.status),
           m.runId !== "" ? m.runId : truncate(m.error, 120),
         ]),
+      ),
+    );
+  if (event.waits.length > 0)
+    lines.push(
+      formatTable(
+        ["WAITING RUN", "STEP", "STATUS"],
+        event.waits.map((w) => [w.runId, w.stepId, WAIT_STATUS[w.status] ?? String(w.status)]),
       ),
     );
   return lines.join("\n");

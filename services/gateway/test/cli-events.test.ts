@@ -2,12 +2,14 @@
  * `nexusflow events publish|get|list` spawned as processes, and EventService over REST, against a
  * real gateway (authentication on) and scheduler on a real embedded PostgreSQL: a published event
  * starts the run of a workflow whose trigger matches it, with the payload as input; the same
- * idempotency key again starts nothing; bad input refused naming the field.
+ * idempotency key again starts nothing; an event ends a run's step waiting for it (`runs why`
+ * names what it waits for); bad input refused naming the field.
  */
 import assert from "node:assert/strict";
 import { writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
+import { waitFor } from "@nexusflow/common/testing";
 import { nexusflow } from "./cli-process.js";
 import { type CliStack, startCliStack } from "./cli-stack.js";
 
@@ -19,6 +21,7 @@ interface EventJson {
   key: string;
   payload?: unknown;
   matches?: { workflowName: string; status: string; runId?: string; error?: string }[];
+  waits?: { runId: string; stepId: string; status: string }[];
 }
 interface ResponseJson {
   created?: boolean;
@@ -162,5 +165,60 @@ describe("nexusflow events and /v1/events against a live stack", () => {
     const badId = await rest("GET", "/v1/events/nope");
     assert.equal(badId.status, 400);
     assert.match(badId.json.message ?? "", /^event_id: not an event id/);
+  });
+
+  it("ends a step waiting for an event with the CLI's publish, and shows it over REST", T, async () => {
+    const file = join(dataDir, "await-shipment.json");
+    await writeFile(
+      file,
+      JSON.stringify({
+        name: "await-shipment",
+        version: 1,
+        steps: [
+          {
+            id: "shipped",
+            wait: { event: "shipments.*", filter: "event.payload.order == input.order", timeout: "1h" },
+          },
+        ],
+        output: { carrier: "{{ steps.shipped.output.payload.carrier }}" },
+      }),
+    );
+    const applied = await nexusflow(["apply", file], env);
+    assert.equal(applied.code, 0, applied.stderr);
+    const started = await nexusflow(
+      ["runs", "start", "await-shipment", "--input", '{"order":"o-7"}', "--output", "json"],
+      env,
+    );
+    assert.equal(started.code, 0, started.stderr);
+    const runId = (JSON.parse(started.stdout) as { run: { id: string } }).run.id;
+    const why = await waitFor("the step waiting", async () => {
+      const r = await nexusflow(["runs", "why", runId, "shipped"], env);
+      return /WAITING/.test(r.stdout) ? r.stdout : undefined;
+    });
+    assert.match(
+      why,
+      /it waits for an event "shipments\.\*" for which event\.payload\.order == input\.order published while it waits, and fails with WAIT_TIMEOUT unless one is by /,
+    );
+    const other = await nexusflow(
+      ["events", "publish", "shipments.sent", "--payload", '{"order":"o-8"}'],
+      env,
+    );
+    assert.equal(other.code, 0, other.stderr);
+    assert.doesNotMatch(other.stdout, /WAITING RUN/);
+    const hit = await nexusflow(
+      ["events", "publish", "shipments.sent", "--payload", '{"order":"o-7","carrier":"ctt"}'],
+      env,
+    );
+    assert.equal(hit.code, 0, hit.stderr);
+    assert.match(hit.stdout, new RegExp(`WAITING RUN +STEP +STATUS\n${runId} +shipped +satisfied`));
+    const done = await nexusflow(["runs", "watch", runId], env);
+    assert.equal(done.code, 0, done.stderr);
+    const run = await nexusflow(["runs", "get", runId, "--output", "json"], env);
+    assert.deepEqual((JSON.parse(run.stdout) as { output: unknown }).output, { carrier: "ctt" });
+    const eventId = /^event ([0-9a-f-]{36}) /.exec(hit.stdout)?.[1] ?? "";
+    const got = await rest("GET", `/v1/events/${eventId}`);
+    assert.deepEqual(got.json.event?.waits, [
+      { runId, stepId: "shipped", status: "EVENT_WAIT_MATCH_STATUS_SATISFIED" },
+    ]);
   });
 });
