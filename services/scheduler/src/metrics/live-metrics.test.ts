@@ -1,4 +1,7 @@
-/** The rate limit gauges of the live metrics, read at scrape time from the engine's buckets. */
+/**
+ * The rate limit and fair-share gauges of the live metrics, read at scrape time from the engine's
+ * buckets and fair-share trees.
+ */
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { Registry } from "@nexusflow/common/metrics";
@@ -28,5 +31,32 @@ describe("live metrics: rate limits", () => {
     const again = await registry.metrics();
     assert.doesNotMatch(again, /limit="partner"/, "a limit no bucket has any more is dropped");
     assert.match(again, /nexusflow_scheduler_rate_limit_waiting_tasks\{limit="global"\} 2/);
+  });
+});
+
+describe("live metrics: fair shares", () => {
+  it("reports ready tasks and leases per type and tenant, as of each scrape", async () => {
+    let stats = [
+      { type: "t", tenant: "acme", ready: 9000, leased: 8 },
+      { type: "t", tenant: "(other)", ready: 12, leased: 3 },
+    ];
+    const live: LiveState = {
+      activeRuns: () => 0,
+      sessions: () => [],
+      readyTypes: () => [],
+      ready: () => [],
+      writerHealthy: () => true,
+      fairShares: () => stats,
+    };
+    const registry = new Registry();
+    registerLiveMetrics(registry, live, {});
+    const text = await registry.metrics();
+    assert.match(text, /nexusflow_scheduler_fair_share_ready_tasks\{task_type="t",tenant="acme"\} 9000/);
+    assert.match(text, /nexusflow_scheduler_fair_share_leases\{task_type="t",tenant="acme"\} 8/);
+    assert.match(text, /nexusflow_scheduler_fair_share_ready_tasks\{task_type="t",tenant="\(other\)"\} 12/);
+    stats = [{ type: "t", tenant: "beta", ready: 1, leased: 0 }];
+    const again = await registry.metrics();
+    assert.doesNotMatch(again, /tenant="acme"/, "a tenant no longer among the most is dropped");
+    assert.match(again, /nexusflow_scheduler_fair_share_ready_tasks\{task_type="t",tenant="beta"\} 1/);
   });
 });

@@ -1,7 +1,8 @@
 /**
  * Gauges of the scheduler's live state, read at scrape time (nothing on the engine's path): runs
  * active, executor sessions, leases in flight, free slots and ready tasks by task type, the age
- * of the oldest ready task, the writer's health, the outbox lag and the relay's publish failures.
+ * of the oldest ready task, ready tasks and leases by fair-share tenant (the most loaded, the rest
+ * summed), the writer's health, the outbox lag and the relay's publish failures.
  * Everything the engine is asked goes through {@link LiveState}, the one place to follow when the
  * engine's read API changes.
  */
@@ -31,6 +32,16 @@ export interface LiveState {
   writerHealthy(): boolean;
   /** Per rate limit name: tasks waiting for its tokens or pauses, and its keys paused now. */
   rateLimits?(): Iterable<{ readonly name: string; readonly waiting: number; readonly paused: number }>;
+  /**
+   * Per task type, the fair-share tenants with the most ready tasks (a bounded number, the rest
+   * summed under one tenant label) with their ready tasks and leases.
+   */
+  fairShares?(): Iterable<{
+    readonly type: string;
+    readonly tenant: string;
+    readonly ready: number;
+    readonly leased: number;
+  }>;
 }
 
 /** {@link LiveState} over the engine's public read API (stats(), sessions(), waitingTasks(), writerHealthy). */
@@ -42,6 +53,7 @@ export function engineLiveState(engine: Engine): LiveState {
     ready: (type) => engine.waitingTasks(type),
     writerHealthy: () => engine.writerHealthy,
     rateLimits: () => engine.rateLimitStats(),
+    fairShares: () => engine.fairShareStats(),
   };
 }
 
@@ -73,6 +85,30 @@ export function registerLiveMetrics(
       name: "nexusflow_scheduler_rate_limit_paused_keys",
       help: "Keys of a rate limit paused now (by a handler, an HTTP Retry-After or an operator), by limit.",
       labelNames: ["limit"],
+      registers,
+    });
+  }
+  const fairShares = live.fairShares?.bind(live);
+  if (fairShares !== undefined) {
+    // One pass over the trees sets both, in the collect of the first (registration order).
+    const fairReady = new Gauge({
+      name: "nexusflow_scheduler_fair_share_ready_tasks",
+      help: 'Ready tasks by task type and fair-share tenant: the 20 tenants with the most per type, the rest summed as tenant="(other)"; tenant="" is the runs without fairness.',
+      labelNames: ["task_type", "tenant"],
+      registers,
+      collect() {
+        fairReady.reset();
+        fairLeased.reset();
+        for (const s of fairShares()) {
+          fairReady.set({ task_type: s.type, tenant: s.tenant }, s.ready);
+          fairLeased.set({ task_type: s.type, tenant: s.tenant }, s.leased);
+        }
+      },
+    });
+    const fairLeased = new Gauge({
+      name: "nexusflow_scheduler_fair_share_leases",
+      help: "Leases held (tasks leased or running) by task type and fair-share tenant, for the tenants of nexusflow_scheduler_fair_share_ready_tasks.",
+      labelNames: ["task_type", "tenant"],
       registers,
     });
   }
