@@ -124,7 +124,7 @@ export function describeGate(gate: PendingGate, nowMs: number): string {
       return `it is a map step waiting for its elements: ${v.succeeded + v.failed} of ${v.total} ended (${v.succeeded} succeeded, ${v.failed} failed), ${v.running} running, ${v.queued} queued, ${v.waitingForParallelism} waiting for a place under its parallelism of ${v.parallelism}; each is a task run of its own (nexusflow runs get lists them as <step>[<index>])`;
     }
     case "childRun":
-      return `it waits for its child run ${g.value.runId} (workflow ${g.value.workflowName}${g.value.workflowVersion === 0 ? "" : ` v${g.value.workflowVersion}`}) to end: see nexusflow runs get ${g.value.runId}`;
+      return `it waits for its child run ${g.value.runId} (workflow ${g.value.workflowName}${g.value.workflowVersion === 0 ? "" : ` v${g.value.workflowVersion}`}) to ${g.value.compensating ? "roll back (its compensations)" : "end"}: see nexusflow runs get ${g.value.runId}`;
     case undefined:
       return "held by a gate this CLI does not know (a newer scheduler?): see --output json";
   }

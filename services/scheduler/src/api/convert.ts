@@ -17,9 +17,15 @@ import {
 } from "@nexusflow/gen";
 import { fromJson, type JsonValue } from "@bufbuild/protobuf";
 import { RunSignalSchema, type RunSignal } from "@nexusflow/gen";
-import { childRunId } from "../core/children.js";
+import { childRunId, startsChild } from "../core/children.js";
 import type { DefinitionRow } from "../engine/definitions.js";
-import type { ErrorInfo, RunState, SignalState, TaskState } from "../model/run-state.js";
+import {
+  storedStepId,
+  type ErrorInfo,
+  type RunState,
+  type SignalState,
+  type TaskState,
+} from "../model/run-state.js";
 import type { RunDetail, RunRow } from "../persistence/run-store.js";
 
 function ts(d: Date | null | undefined): ReturnType<typeof timestampFromDate> | undefined {
@@ -185,7 +191,8 @@ export function runDetail(detail: RunDetail, pendingReason: PendingReasons = () 
     // Only with a stored waiting state, so no other state ever carries a reason; the engine
     // answers "" for a task it has leased since, whose commit is on its way.
     pendingReason: WAITING.has(t.status) ? pendingReason(t.id) : "",
-    childRunId: t.kind === "STEP" ? (detail.children?.[t.stepId] ?? "") : "",
+    // A child step's compensation rolls back the step's child (a map's lists its children in its input).
+    childRunId: detail.children?.[t.stepId] ?? "",
     reusedFrom: reusedFrom(detail.run.rerun, t.kind, t.stepId),
   }));
   return create(RunSchema, {
@@ -208,15 +215,22 @@ export function definition(row: DefinitionRow): WorkflowDefinition {
 
 /**
  * TaskRun.child_run_id of a task in memory: a child workflow step's derived child id
- * (core/children.ts) once it waits on its child or ended with it; "" for other tasks.
+ * (core/children.ts) once it waits on its child or ended with it; "" for other tasks (a map
+ * step's own task among them: its elements have the children).
  */
 function childRunIdOf(run: Readonly<RunState>, t: TaskState): string {
-  if (run.workflow.stepsById.get(t.stepId)?.child == null) return "";
+  // A child step's compensation rolls back the step's child (a map's lists its children in its input).
+  if (t.kind === "COMPENSATION")
+    return run.workflow.stepsById.get(t.stepId)?.map === null &&
+      run.workflow.stepsById.get(t.stepId)?.child != null
+      ? childRunId(run.id, t.stepId)
+      : "";
+  if (!startsChild(run, t)) return "";
   const started =
     t.status === "WAITING" ||
     t.status === "SUCCEEDED" ||
     (t.status === "FAILED" && t.error?.type === TaskErrorType.CHILD_FAILED);
-  return started ? childRunId(run.id, t.stepId) : "";
+  return started ? childRunId(run.id, storedStepId(t)) : "";
 }
 
 /** A run from the engine's memory (StartRun answers without reading back what it just wrote). */
@@ -250,7 +264,7 @@ export function runFromState(run: Readonly<RunState>, pendingReason: PendingReas
     endTime: ts(t.endedAt),
     pendingReason: WAITING.has(t.status) ? pendingReason(t.id) : "",
     // A step a rerun took over started no child of this run (its child is the original's).
-    childRunId: t.kind === "STEP" && run.rerun?.reused[t.stepId] === undefined ? childRunIdOf(run, t) : "",
+    childRunId: run.rerun?.reused[t.stepId] === undefined ? childRunIdOf(run, t) : "",
     reusedFrom: reusedFrom(run.rerun, t.kind, t.stepId),
   });
   return create(RunSchema, {

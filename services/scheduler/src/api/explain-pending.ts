@@ -154,7 +154,12 @@ export function gateMessage(gate: Gate): PendingGate {
     case "child-run":
       init = {
         case: "childRun",
-        value: { runId: gate.runId, workflowName: gate.workflow, workflowVersion: gate.version ?? 0 },
+        value: {
+          runId: gate.runId,
+          workflowName: gate.workflow,
+          workflowVersion: gate.version ?? 0,
+          compensating: gate.compensating,
+        },
       };
       break;
   }

@@ -17,6 +17,10 @@
  *   while its parent was not in memory) finds it when the shell reads the child's row.
  * - Cancelling the parent (or its timeout) cancels its running children unless the step says
  *   `onParentCancel: "abandon"`; a cancel with compensation cancels them with compensation.
+ *   A parent's rollback reaches the children that succeeded (child-rollback.ts).
+ * - A map over a child workflow (maps.ts): each element is a task of its own that waits on its
+ *   child like a child step; the child's parent step is the element's stored id `<step>[<index>]`
+ *   (its "key"), from which its id is derived.
  * - Depth: a run {@link MAX_CHILD_DEPTH} levels under its root starts no child (CHILD_DEPTH_EXCEEDED).
  *
  * A failed child is not started again (the step has no retry policy: retries belong to the
@@ -26,21 +30,25 @@ import { createHash } from "node:crypto";
 import { jsonToValue } from "@nexusflow/common";
 import { TaskErrorType } from "@nexusflow/common/task-error-types";
 import { MAX_CHILD_DEPTH, type CompiledChild, type CompiledWorkflow } from "../dag/index.js";
+import { TaskKind } from "@nexusflow/gen";
 import {
   TERMINAL_RUN_STATUSES,
+  parseStoredStepId,
+  storedStepId,
   type ErrorInfo,
   type RunState,
   type RunStatusName,
   type TaskState,
 } from "../model/run-state.js";
+import { childRolledBack } from "./child-rollback.js";
 import type { Core } from "./context.js";
 import { advance, cancelRun, startRun } from "./runs.js";
 import { endTask, failTerminally, taskKind } from "./transitions.js";
 
 /**
- * The id of the child run that `stepId` of run `parentRunId` starts: a UUID (version 8, RFC 9562)
- * whose first 96 bits hash the parent and step, and whose last 32 bits are the parent's (its
- * partition, cluster/partitioning.ts).
+ * The id of the child run that `stepId` of run `parentRunId` starts (a map element's: its stored
+ * id `<step>[<index>]`): a UUID (version 8, RFC 9562) whose first 96 bits hash the parent and
+ * step, and whose last 32 bits are the parent's (its partition, cluster/partitioning.ts).
  */
 export function childRunId(parentRunId: string, stepId: string): string {
   const hash = createHash("sha256").update(`${parentRunId}\u0000${stepId}`).digest("hex");
@@ -62,9 +70,34 @@ export interface ChildEnd {
   readonly error: ErrorInfo | null;
 }
 
-/** The child step of `run` with id `stepId`, when it is one. */
+/** The child step of `run` with id `stepId`, when it is one (or a map over a child workflow). */
 export function childOf(run: RunState, stepId: string): CompiledChild | null {
   return run.workflow.stepsById.get(stepId)?.child ?? null;
+}
+
+/** Whether `task` waits on a child run of its own: a child step's task, or an element of a map over one. */
+export function startsChild(run: Readonly<RunState>, task: Readonly<TaskState>): boolean {
+  const step = run.workflow.stepsById.get(task.stepId);
+  return (
+    step?.child != null && task.kind === "STEP" && (step.map === null) === (task.elementIndex === undefined)
+  );
+}
+
+/**
+ * The task of `run` whose child has parent step `key` (a step id, or a map element's stored id),
+ * with its step's child; null when there is none.
+ */
+export function childTaskOf(run: RunState, key: string): { task: TaskState; child: CompiledChild } | null {
+  const { stepId, elementIndex } = parseStoredStepId(key);
+  const step = run.workflow.stepsById.get(stepId);
+  if (step?.child == null) return null;
+  const task =
+    elementIndex === undefined
+      ? step.map === null
+        ? run.tasks.get(stepId)
+        : undefined
+      : run.maps?.get(stepId)?.elements[elementIndex];
+  return task === undefined ? null : { task, child: step.child };
 }
 
 /**
@@ -99,7 +132,13 @@ export function startChildStep(
   core.fx.writeTask(task);
   core.fx.event(run, {
     case: "taskWaiting",
-    value: { taskRunId: task.id, stepId: task.stepId, signal: "" },
+    value: {
+      taskRunId: task.id,
+      stepId: task.stepId,
+      signal: "",
+      childRunId: childRunId(run.id, storedStepId(task)),
+      kind: TaskKind.STEP,
+    },
   });
   core.fx.startChild(run, task);
 }
@@ -144,9 +183,10 @@ function endChildStep(
 }
 
 /**
- * The shell resolved the child of `stepId` (its definition and input, or why it cannot start):
- * the child run is created, in the parent's partition and in the commit that follows; or the
- * step fails. Nothing happens unless the step is still WAITING without a child in memory.
+ * The shell resolved the child of `stepId` (a step id, or a map element's stored id: its key):
+ * its definition and input, or why it cannot start. The child run is created, in the parent's
+ * partition and in the commit that follows; or the step (element) fails. Nothing happens unless
+ * the task is still WAITING without a child in memory.
  */
 export function childResolved(
   core: Core,
@@ -156,8 +196,8 @@ export function childResolved(
   now: Date,
 ): void {
   const parent = core.runs.get(parentRunId);
-  const task = parent?.tasks.get(stepId);
-  if (parent === undefined || task?.status !== "WAITING" || childOf(parent, stepId) === null) return;
+  const task = parent === undefined ? undefined : childTaskOf(parent, stepId)?.task;
+  if (parent === undefined || task?.status !== "WAITING") return;
   if (TERMINAL_RUN_STATUSES.has(parent.status) || parent.cancelRequested) return;
   const id = childRunId(parentRunId, stepId);
   if (core.runs.has(id)) return;
@@ -186,8 +226,9 @@ export function childResolved(
 }
 
 /**
- * The child of `stepId` of `parentRunId` is found ended in the store (its end was committed while
- * its parent was not in memory): the parent's step ends as if it had just ended.
+ * The child of `stepId` (a step id or an element's stored id) of `parentRunId` is found ended in
+ * the store (its end was committed while its parent was not in memory): the parent's step (or
+ * element) ends as if it had just ended.
  */
 export function childFoundEnded(
   core: Core,
@@ -197,8 +238,8 @@ export function childFoundEnded(
   now: Date,
 ): void {
   const parent = core.runs.get(parentRunId);
-  const task = parent?.tasks.get(stepId);
-  if (parent === undefined || task?.status !== "WAITING" || childOf(parent, stepId) === null) return;
+  const task = parent === undefined ? undefined : childTaskOf(parent, stepId)?.task;
+  if (parent === undefined || task?.status !== "WAITING") return;
   if (!TERMINAL_RUN_STATUSES.has(end.status)) return;
   endChildStep(core, parent, task, childRunId(parentRunId, stepId), end, now);
   advance(core, parent, now);
@@ -213,21 +254,28 @@ export function childFoundEnded(
 export function childEnded(core: Core, child: RunState, now: Date): void {
   if (child.parent === null) return;
   const parent = core.runs.get(child.parent.runId);
-  const task = parent?.tasks.get(child.parent.stepId);
-  if (parent === undefined || task?.status !== "WAITING") return;
+  if (parent === undefined) return;
+  // A parent rolling back waits for its children's rollback (child-rollback.ts).
+  if (parent.status === "COMPENSATING") {
+    childRolledBack(core, parent, child, now);
+    return;
+  }
+  const task = childTaskOf(parent, child.parent.stepId)?.task;
+  if (task?.status !== "WAITING") return;
   endChildStep(core, parent, task, child.id, child, now);
   core.fx.advanceSoon(parent);
 }
 
 /**
- * The parent's step `task` is being cancelled with its run (cancel or run timeout): its running
- * child is cancelled too, with compensation when the parent's cancel asked for it, unless the
- * step abandons its child. Call after the step has ended, so that the child's end leaves it be.
+ * The parent's step `task` (or map element) is being cancelled with its run (cancel or run
+ * timeout), or by its map failing fast: its running child is cancelled too, with compensation
+ * when the parent's cancel asked for it, unless the step abandons its child. Call after the task
+ * has ended, so that the child's end leaves it be.
  */
 export function cancelChild(core: Core, run: RunState, task: TaskState, reason: string, now: Date): void {
   const child = childOf(run, task.stepId);
-  if (child === null || child.onParentCancel === "abandon") return;
-  const childRun = core.runs.get(childRunId(run.id, task.stepId));
+  if (child === null || child.onParentCancel === "abandon" || !startsChild(run, task)) return;
+  const childRun = core.runs.get(childRunId(run.id, storedStepId(task)));
   if (childRun === undefined) return;
   const compensate = run.cancelRequested && run.compensateOnCancel;
   cancelRun(core, childRun, `parent run ${run.id} ${reason}`, compensate, now);

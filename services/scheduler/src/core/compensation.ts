@@ -1,18 +1,31 @@
 /**
  * The saga rollback: when a run fails or is cancelled with compensation, the compensations of the
  * steps that succeeded run in waves, in reverse dependency order; the run ends COMPENSATED when all
- * succeed, COMPENSATION_FAILED otherwise.
+ * succeed, COMPENSATION_FAILED otherwise. A child workflow step's compensation is its children's
+ * rollback (child-rollback.ts), and a child run that SUCCEEDED rolls back when its parent does
+ * ({@link compensateSucceeded}).
  */
 import { TaskErrorType } from "@nexusflow/common/task-error-types";
 import { compensationOrder, renderCompensationInput } from "../dag/index.js";
 import { TERMINAL_TASK_STATUSES, newTaskState, type ErrorInfo, type RunState } from "../model/run-state.js";
 import { releaseRun } from "./concurrency.js";
+import { advanceChildRollback, rollbackTargets, rollsBackChildren } from "./child-rollback.js";
 import type { Core } from "./context.js";
 import { completeRun, failTerminally, queueTask, stepStates } from "./transitions.js";
 
-function waves(run: RunState): string[][] {
-  const succeeded = [...run.tasks.values()].filter((t) => t.status === "SUCCEEDED").map((t) => t.stepId);
-  return compensationOrder(run.workflow, succeeded).filter((w) => w.length > 0);
+function waves(core: Core, run: RunState): string[][] {
+  // Once begun (a restart in the middle), its compensation tasks say which steps roll back.
+  const steps =
+    run.compensations.size > 0
+      ? [...run.compensations.keys()]
+      : [...run.tasks.values()]
+          .filter(
+            (t) =>
+              (t.status === "SUCCEEDED" && run.workflow.stepsById.get(t.stepId)?.compensate != null) ||
+              rollbackTargets(core, run, t.stepId).length > 0,
+          )
+          .map((t) => t.stepId);
+  return compensationOrder(run.workflow, steps).filter((w) => w.length > 0);
 }
 
 /**
@@ -20,29 +33,36 @@ function waves(run: RunState): string[][] {
  * the first wave is queued. Returns false when there is nothing to compensate.
  */
 export function startCompensation(core: Core, run: RunState, error: ErrorInfo, now: Date): boolean {
-  const order = waves(run);
+  const order = waves(core, run);
   if (order.length === 0) return false;
+  // A child that had SUCCEEDED rolls back with its parent (compensateSucceeded): it is not ended now.
+  const reopened = run.status === "SUCCEEDED";
   run.status = "COMPENSATING";
+  run.endedAt = null;
   // Compensations run outside the workflow's concurrency limits: the run's slots go now.
   if (run.claim !== undefined) releaseRun(core, run);
   run.compensationWaves = order;
   run.rollbackError = error;
   run.error = error;
   core.fx.writeRun(run);
-  core.fx.event(run, { case: "runCompensating", value: { stepIds: order.flat(), reason: error.message } });
+  core.fx.event(run, {
+    case: "runCompensating",
+    value: {
+      stepIds: order.flat(),
+      reason: error.message,
+      ...(reopened && run.parent !== null ? { parentRunId: run.parent.runId } : {}),
+    },
+  });
   for (const wave of order) {
     for (const stepId of wave) {
       const step = run.workflow.stepsById.get(stepId);
-      if (step?.compensate == null || run.compensations.has(stepId)) continue;
-      const task = newTaskState(
-        run.id,
-        stepId,
-        "COMPENSATION",
-        step.compensate.type,
-        step.order,
-        now,
-        core.newId(),
-      );
+      if (step === undefined || run.compensations.has(stepId)) continue;
+      // A child workflow step's compensation rolls back its children: their ids are its input.
+      const children = step.compensate === null ? rollbackTargets(core, run, stepId) : [];
+      if (step.compensate === null && children.length === 0) continue;
+      const type = step.compensate?.type ?? "";
+      const task = newTaskState(run.id, stepId, "COMPENSATION", type, step.order, now, core.newId());
+      if (children.length > 0) task.input = { childRunIds: children };
       core.tasks.set(task.id, task);
       core.fx.writeTask(task);
       run.compensations.set(stepId, task);
@@ -52,17 +72,31 @@ export function startCompensation(core: Core, run: RunState, error: ErrorInfo, n
   return true;
 }
 
+/**
+ * A run that ended SUCCEEDED rolls back because its parent compensates the step that started it
+ * (child-rollback.ts): SUCCEEDED goes COMPENSATING, written like any transition, and its
+ * compensations run in waves as for any rollback; it ends COMPENSATED or COMPENSATION_FAILED
+ * again. Returns false, changing nothing, when it did not succeed or has nothing to compensate.
+ */
+export function compensateSucceeded(core: Core, run: RunState, error: ErrorInfo, now: Date): boolean {
+  if (run.status !== "SUCCEEDED") return false;
+  return startCompensation(core, run, error, now);
+}
+
 /** Queues the next wave of compensations once the previous one finished; completes the rollback. */
 export function advanceCompensation(core: Core, run: RunState, now: Date): void {
   if (run.status !== "COMPENSATING") return;
-  const order = run.compensationWaves ?? (run.compensationWaves = waves(run));
+  const order = run.compensationWaves ?? (run.compensationWaves = waves(core, run));
   const states = stepStates(run);
   for (const wave of order) {
     let unfinished = false;
     for (const id of wave) {
       const task = run.compensations.get(id);
       if (task === undefined) continue;
-      if (task.status === "PENDING") {
+      if (rollsBackChildren(run, task)) {
+        advanceChildRollback(core, run, task, now);
+        if (!TERMINAL_TASK_STATUSES.has(task.status)) unfinished = true;
+      } else if (task.status === "PENDING") {
         const rendered = renderCompensationInput(run.workflow, task.stepId, run.input ?? null, states, {
           id: run.id,
           workflow: run.workflow.name,

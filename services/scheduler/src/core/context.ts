@@ -74,10 +74,17 @@ export interface Effects {
   /** Evaluate the run once the reports already received are applied (see runs.ts advance). */
   advanceSoon(run: RunState): void;
   /**
-   * A child workflow step went WAITING: read the child's row, resolve its workflow and input, and
-   * answer with children.ts childResolved (or childFoundEnded for a child that already ended).
+   * A child workflow step (or map element) went WAITING: read the child's row, resolve its
+   * workflow and input, and answer with children.ts childResolved (or childFoundEnded for a child
+   * that already ended), naming the task by its stored step id.
    */
   startChild(run: RunState, task: TaskState): void;
+  /**
+   * The compensation `task` of a child workflow step rolls back `childRunId`, not in memory: read
+   * its row (its tasks and workflow too when it SUCCEEDED) and answer with child-rollback.ts
+   * childRollbackRead.
+   */
+  rollbackChild(run: RunState, task: TaskState, childRunId: string): void;
   /** The run ended: once committed, it leaves memory (see runs.ts forgetRun). */
   runEnded(run: RunState): void;
   /** Commit now (nobody needs to wait for it). */

@@ -7,7 +7,8 @@
  * (fair-shares.ts). Each member of {@link Gate} has its line in {@link describeGate}.
  */
 import type { ErrorInfo, RunState, RunStatusName, TaskState } from "../model/run-state.js";
-import { TERMINAL_TASK_STATUSES } from "../model/run-state.js";
+import { TERMINAL_TASK_STATUSES, storedStepId } from "../model/run-state.js";
+import { rollingBack } from "./child-rollback.js";
 import { childRunId } from "./children.js";
 import { mapProgress } from "./maps.js";
 import { keyWaits, type KeyWait } from "./concurrency.js";
@@ -111,12 +112,17 @@ export type Gate =
       readonly pauseNote: string;
     }
   | {
-      /** A child workflow step waits for its child run to end (core/children.ts). */
+      /**
+       * A child workflow step (or map element) waits for its child run to end (core/children.ts),
+       * or the step's compensation for the child's rollback (core/child-rollback.ts).
+       */
       readonly kind: "child-run";
       readonly runId: string;
       readonly workflow: string;
       /** The version asked for; null: the latest. */
       readonly version: number | null;
+      /** True for the step's compensation: the child rolls back. */
+      readonly compensating: boolean;
     }
   | {
       /** A map step waits for its elements (core/maps.ts): counts, read from its counters. */
@@ -224,19 +230,31 @@ export function explainPending(
       break;
     }
     case "WAITING": {
-      const map = mapProgress(run, task.stepId);
+      const child = run.workflow.stepsById.get(task.stepId)?.child;
+      if (task.kind === "COMPENSATION" && child != null) {
+        for (const runId of rollingBack(run, task, 20))
+          gates.push({
+            kind: "child-run",
+            runId,
+            workflow: child.name,
+            version: child.version,
+            compensating: true,
+          });
+        break;
+      }
+      const map = task.elementIndex === undefined ? mapProgress(run, task.stepId) : undefined;
       if (map !== undefined) {
         const { inFlight, ...counts } = map;
         gates.push({ kind: "map-elements", ...counts, queued: inFlight - counts.running });
         break;
       }
-      const child = run.workflow.stepsById.get(task.stepId)?.child;
       if (child != null) {
         gates.push({
           kind: "child-run",
-          runId: childRunId(run.id, task.stepId),
+          runId: childRunId(run.id, storedStepId(task)),
           workflow: child.name,
           version: child.version,
+          compensating: false,
         });
         break;
       }
@@ -335,7 +353,7 @@ export function describeGate(gate: Gate): string {
     case "map-elements":
       return `waiting for its elements: ${gate.succeeded + gate.failed} of ${gate.total} ended (${gate.failed} failed), ${gate.running} running, ${gate.queued} queued, ${gate.waitingForParallelism} waiting for parallelism (${gate.parallelism})`;
     case "child-run":
-      return `waiting for child run ${gate.runId} (${gate.workflow}${gate.version === null ? "" : ` v${gate.version}`}) to end`;
+      return `waiting for child run ${gate.runId} (${gate.workflow}${gate.version === null ? "" : ` v${gate.version}`}) to ${gate.compensating ? "roll back" : "end"}`;
   }
 }
 

@@ -21,17 +21,20 @@
  * - waits.ts: durable waits for signals and sleeps (steps no executor runs)
  * - event-waits.ts / event-wait-index.ts: durable waits for an event (matched, then applied)
  * - children.ts: child workflow steps (a run started by a step, its end the step's end)
+ * - child-rollback.ts: a parent's rollback reaching its children (a succeeded child compensated)
  * - concurrency.ts: keyed concurrency limits (slots held, queues of full keys, strategies)
  * - fair-shares.ts: fair shares of the executors among tenants and keys (weights, minimums, maximums)
  */
 export type { Core, Effects, EventInit, Moment, Rejection, SessionLeases, Timer } from "./context.js";
 export { advanceCompensation } from "./compensation.js";
+export { childRollbackRead, type ChildRollbackRead } from "./child-rollback.js";
 export {
   childEnded,
   childFoundEnded,
   childOf,
   childResolved,
   childRunId,
+  childTaskOf,
   type ChildEnd,
   type ChildResolution,
 } from "./children.js";

@@ -11,6 +11,12 @@
  * if any, so a scheduling pass never scans a map's elements; the step's end reads them once.
  * Recovery rebuilds a map from its rows (rebuildMap): the elements made, their states, and the
  * counters, so a restart neither runs a finished element again nor loses an unfinished one.
+ *
+ * A map over a child workflow (the step has `workflow`): an element is not queued but waits on a
+ * child run of its own (children.ts startChildStep), WAITING like a child step, and ends with it;
+ * it counts as unfinished under `parallelism` meanwhile. Cancelling an element (fail-fast, the
+ * run's cancel) cancels its child by the step's `onParentCancel`. Such a map keeps its elements
+ * once it ended (also when rebuilt), so that a rollback of the run reaches their children.
  */
 import { TaskErrorType } from "@nexusflow/common/task-error-types";
 import { jsonToValue } from "@nexusflow/common";
@@ -24,6 +30,7 @@ import {
   type RunState,
   type TaskState,
 } from "../model/run-state.js";
+import { cancelChild, startChildStep } from "./children.js";
 import type { Core } from "./context.js";
 import { endTask, failTerminally, finishAttempt, queueTask, stepStates, taskKind } from "./transitions.js";
 
@@ -120,7 +127,8 @@ function fill(core: Core, run: RunState, map: MapState, step: CompiledStep, now:
         );
         continue;
       }
-      queueTask(core, element, now);
+      if (step.child !== null) startChildStep(core, run, element, step.child, now);
+      else queueTask(core, element, now);
     }
   } finally {
     map.filling = false;
@@ -197,8 +205,10 @@ function failFast(core: Core, run: RunState, map: MapState, element: TaskState, 
       core.fx.cancelLease(t, reason);
       finishAttempt(core, t, "CANCELLED", error, now);
     }
+    const waiting = t.status === "WAITING";
     endTask(core, t, "CANCELLED", now);
     core.fx.event(run, { case: "taskCancelled", value: { taskRunId: t.id, stepId: t.stepId, reason } });
+    if (waiting) cancelChild(core, run, t, reason, now);
   }
   core.fx.advanceSoon(run);
 }
@@ -257,6 +267,7 @@ export function mapOutputUnavailable(core: Core, element: TaskState): void {
 /**
  * Recovery: the maps of `run` rebuilt from its WAITING map steps (their input is their items) and
  * the element rows read (`elements`, any order); each goes on making elements where it stopped.
+ * Ended maps over a child workflow are rebuilt too, without going on (see the module comment).
  */
 export function rebuildMaps(core: Core, run: RunState, elements: readonly TaskState[], now: Date): void {
   const byStep = new Map<string, TaskState[]>();
@@ -267,7 +278,10 @@ export function rebuildMaps(core: Core, run: RunState, elements: readonly TaskSt
   }
   for (const task of run.tasks.values()) {
     const step = run.workflow.stepsById.get(task.stepId);
-    if (step?.map == null || task.status !== "WAITING") continue;
+    if (step?.map == null) continue;
+    // A map over a child workflow that ended keeps its elements (for a rollback of the run).
+    if (task.status !== "WAITING" && (step.child === null || !TERMINAL_TASK_STATUSES.has(task.status)))
+      continue;
     const items = Array.isArray(task.input) ? (task.input as unknown[]) : [];
     const map = newMap(task, items);
     for (const e of byStep.get(task.stepId) ?? []) {
@@ -287,6 +301,7 @@ export function rebuildMaps(core: Core, run: RunState, elements: readonly TaskSt
     }
     map.elements.length = map.created;
     (run.maps ??= new Map()).set(step.id, map);
+    if (task.status !== "WAITING") continue;
     if (map.failed > 0 && step.map.failure === "fail-fast") {
       const first = map.elements.find(
         (e) => TERMINAL_TASK_STATUSES.has(e.status) && e.status !== "SUCCEEDED",
@@ -305,7 +320,7 @@ export interface MapProgress {
   readonly failed: number;
   /** Unfinished elements: made, not ended (queued, leased, running, waiting for a retry). */
   readonly inFlight: number;
-  /** Of those, how many are running (leased or running). */
+  /** Of those, how many are running (leased or running; waiting on their child run, for a map over a child workflow). */
   readonly running: number;
   /** Elements not made yet: waiting for a place under `parallelism`. */
   readonly waitingForParallelism: number;
@@ -323,7 +338,8 @@ export function mapProgress(run: Readonly<RunState>, stepId: string): MapProgres
     const t = map.elements[i] as TaskState;
     if (TERMINAL_TASK_STATUSES.has(t.status)) continue;
     seen++;
-    if (ACTIVE_LEASE.has(t.status)) running++;
+    // An element of a map over a child workflow runs while it waits on its child.
+    if (ACTIVE_LEASE.has(t.status) || t.status === "WAITING") running++;
   }
   return {
     total: map.items.length,

@@ -12,8 +12,8 @@
  * have without the restart.
  */
 import type { CompiledWorkflow } from "../dag/index.js";
-import type { StoredActiveState } from "../persistence/engine-store.js";
-import { ACTIVE_LEASE, type RunState, type TaskState } from "../model/run-state.js";
+import type { StoredActiveState, StoredRun } from "../persistence/engine-store.js";
+import { ACTIVE_LEASE, storedStepId, type RunState, type TaskState } from "../model/run-state.js";
 import type { Core, Moment } from "./context.js";
 import { recoverClaims } from "./concurrency.js";
 import { chargeRecovered } from "./fair-shares.js";
@@ -22,8 +22,42 @@ import { orphan } from "./sessions.js";
 import { armRetry, armRunDeadline, armScheduleToStart } from "./timers.js";
 import { stepState } from "./transitions.js";
 import { armDurable } from "./waits.js";
-import { childOf, childRunId } from "./children.js";
+import { childRunId, startsChild } from "./children.js";
 import { rebuildMaps } from "./maps.js";
+
+/** A stored run as the model holds it, without its tasks (recovery; a child rolled back, child-rollback.ts). */
+export function storedRunState(
+  r: StoredRun,
+  workflow: CompiledWorkflow,
+  requestHash: string | null,
+): RunState {
+  return {
+    id: r.id,
+    definitionId: r.definitionId,
+    workflow,
+    status: r.status,
+    input: r.input,
+    output: null,
+    error: null,
+    idempotencyKey: r.idempotencyKey,
+    requestHash,
+    labels: r.labels,
+    traceParent: r.traceParent ?? null,
+    cancelRequested: r.cancelRequested,
+    compensateOnCancel: r.compensateOnCancel,
+    eventSeq: r.lastEventSeq,
+    deadline: r.deadline,
+    createdAt: r.createdAt,
+    endedAt: null,
+    tasks: new Map(),
+    compensations: new Map(),
+    compensationWaves: null,
+    rollbackError: r.error,
+    signals: r.signals ?? [],
+    parent: r.parent ?? null,
+    ...(r.rerun === undefined ? {} : { rerun: r.rerun }),
+  };
+}
 
 /** What was recovered. */
 export interface Recovered {
@@ -52,31 +86,7 @@ export function recover(
   for (const r of stored.runs) {
     const workflow = workflows.get(r.definitionId);
     if (workflow === undefined) throw new Error(`no workflow definition ${r.definitionId} for run ${r.id}`);
-    const run: RunState = {
-      id: r.id,
-      definitionId: r.definitionId,
-      workflow,
-      status: r.status,
-      input: r.input,
-      output: null,
-      error: null,
-      idempotencyKey: r.idempotencyKey,
-      requestHash: requestHashes.get(r.id) ?? null,
-      labels: r.labels,
-      traceParent: r.traceParent ?? null,
-      cancelRequested: r.cancelRequested,
-      compensateOnCancel: r.compensateOnCancel,
-      eventSeq: r.lastEventSeq,
-      deadline: r.deadline,
-      createdAt: r.createdAt,
-      endedAt: null,
-      tasks: new Map(),
-      compensations: new Map(),
-      compensationWaves: null,
-      rollbackError: r.error,
-      signals: r.signals ?? [],
-      parent: r.parent ?? null,
-    };
+    const run = storedRunState(r, workflow, requestHashes.get(r.id) ?? null);
     core.runs.set(run.id, run);
     runs.push(run);
   }
@@ -110,6 +120,7 @@ export function recover(
       orphaned++;
     }
   }
+  const childless: [RunState, TaskState][] = [];
   for (const task of core.tasks.values()) {
     if (
       task.kind === "STEP" &&
@@ -120,20 +131,22 @@ export function recover(
         core.runs.get(task.runId)?.tasks.get(task.stepId)?.status === "WAITING")
     )
       core.fx.resolveOutput(task);
-    // A child step whose child is not active here: not started yet (a crash before its commit),
-    // or ended without its parent's step (children.ts); the shell reads its row and says which.
+    // A child step (or element of a map over one) whose child is not active here: not started yet
+    // (a crash before its commit), or ended without its parent's step (children.ts); the shell
+    // reads its row and says which, once the maps are rebuilt.
     if (task.kind === "STEP" && task.status === "WAITING") {
       const run = core.runs.get(task.runId);
       if (
         run !== undefined &&
-        childOf(run, task.stepId) !== null &&
-        !core.runs.has(childRunId(run.id, task.stepId))
+        startsChild(run, task) &&
+        !core.runs.has(childRunId(run.id, storedStepId(task)))
       )
-        core.fx.startChild(run, task);
+        childless.push([run, task]);
     }
   }
   // Map steps: their counters from their element rows, before the runs advance.
   for (const run of runs) rebuildMaps(core, run, elements.get(run) ?? [], at.now);
+  for (const [run, task] of childless) core.fx.startChild(run, task);
   // Concurrency keys: holders and queues derived from the runs, before any lease is handed out.
   recoverClaims(core, runs, at.now, stepState, cancelByLimit(core, at.now));
   for (const run of runs) {

@@ -119,8 +119,15 @@ export function admitQueued(core: Core, task: TaskState, now: Date): boolean {
   return admitWithRate(core, task, now, () => admitTask(core, task, now, cancelByLimit(core, now)));
 }
 
-/** Evaluates the DAG and applies what became ready, skipped or failed; completes the run when done. */
+/**
+ * Evaluates the DAG and applies what became ready, skipped or failed; completes the run when done.
+ * A run rolling back goes on with its rollback instead (compensation.ts).
+ */
 export function advance(core: Core, run: RunState, now: Date): void {
+  if (run.status === "COMPENSATING") {
+    advanceCompensation(core, run, now);
+    return;
+  }
   if (TERMINAL_RUN_STATUSES.has(run.status) || run.cancelRequested) return;
   // Waiting for its workflow's concurrency keys: its steps start once it holds them.
   if (
@@ -152,8 +159,9 @@ export function advance(core: Core, run: RunState, now: Date): void {
       }
       const step = run.workflow.stepsById.get(task.stepId);
       if (step?.durable != null) startWaiting(core, run, task, step.durable, now);
-      else if (step?.child != null) startChildStep(core, run, task, step.child, now);
+      // A map over a child workflow is a map: its elements start the children.
       else if (step?.map != null) startMap(core, run, task, step, r.input as unknown[], now);
+      else if (step?.child != null) startChildStep(core, run, task, step.child, now);
       else queueTask(core, task, now);
     }
     for (const s of ev.skip) {
@@ -257,9 +265,12 @@ export function cancelRun(
   return true;
 }
 
-/** The run's deadline passed: its tasks are cancelled and it ends TIMED_OUT. */
+/**
+ * The run's deadline passed: its tasks are cancelled and it ends TIMED_OUT. A rollback under way
+ * is not cut short (a child that succeeded may roll back long after its deadline).
+ */
 export function timeOutRun(core: Core, run: RunState, now: Date): void {
-  if (TERMINAL_RUN_STATUSES.has(run.status)) return;
+  if (TERMINAL_RUN_STATUSES.has(run.status) || run.status === "COMPENSATING") return;
   const error: ErrorInfo = {
     type: TaskErrorType.RUN_TIMEOUT,
     message: "the run exceeded its timeout",
@@ -270,8 +281,12 @@ export function timeOutRun(core: Core, run: RunState, now: Date): void {
   core.fx.commit();
 }
 
-/** The run's end is committed: it lives only in storage now (leased tasks stay to reject reports). */
+/**
+ * The run's end is committed: it lives only in storage now (leased tasks stay to reject reports).
+ * Not if it is no longer ended (a child that succeeded, rolling back with its parent since).
+ */
 export function forgetRun(core: Core, run: RunState): void {
+  if (!TERMINAL_RUN_STATUSES.has(run.status) || core.runs.get(run.id) !== run) return;
   core.runs.delete(run.id);
   for (const t of run.tasks.values()) if (!ACTIVE_LEASE.has(t.status)) core.tasks.delete(t.id);
   for (const t of mapElements(run, false)) if (!ACTIVE_LEASE.has(t.status)) core.tasks.delete(t.id);

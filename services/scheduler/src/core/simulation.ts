@@ -6,7 +6,7 @@
 import { create } from "@bufbuild/protobuf";
 import { LeaseKeySchema, type LeaseKey } from "@nexusflow/gen";
 import { compileWorkflow, type CompiledWorkflow } from "../dag/index.js";
-import type { AttemptState, RunState, TaskState } from "../model/run-state.js";
+import { storedStepId, type AttemptState, type RunState, type TaskState } from "../model/run-state.js";
 import type { Core, Effects, EventInit, Moment, SessionLeases, Timer } from "./context.js";
 import { leaseKey } from "./fencing.js";
 import { grantLease } from "./leasing.js";
@@ -41,8 +41,10 @@ export class Simulation {
   };
   readonly ended: RunState[] = [];
   readonly soon = new Set<RunState>();
-  /** Child workflow steps the shell was asked to start (children.ts), in order. */
+  /** Child workflow steps the shell was asked to start (children.ts), by stored step id, in order. */
   readonly childStarts: { runId: string; stepId: string }[] = [];
+  /** Children the shell was asked to read for a rollback (child-rollback.ts), in order. */
+  readonly rollbackReads: { runId: string; stepId: string; childRunId: string }[] = [];
   /** Rate limit pauses stored (core/rate-limits.ts), in order. */
   readonly pauses: { name: string; key: string; until: number | null }[] = [];
   commits = 0;
@@ -65,7 +67,9 @@ export class Simulation {
       resolveOutput: (t) => (t.resolvedOutput = t.outputRef),
       advanceSoon: (run) => this.soon.add(run),
       runEnded: (run) => this.ended.push(run),
-      startChild: (run, task) => this.childStarts.push({ runId: run.id, stepId: task.stepId }),
+      startChild: (run, task) => this.childStarts.push({ runId: run.id, stepId: storedStepId(task) }),
+      rollbackChild: (run, task, childRunId) =>
+        this.rollbackReads.push({ runId: run.id, stepId: task.stepId, childRunId }),
       pauseRateLimit: (bucket) =>
         this.pauses.push({ name: bucket.name, key: bucket.key, until: bucket.pausedUntil }),
       commit: () => this.commits++,

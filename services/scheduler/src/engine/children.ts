@@ -1,10 +1,12 @@
 /**
- * The engine shell's side of a child workflow step (core/children.ts has the rules): what the
- * child run will be, read from the definitions when the step starts.
+ * The engine shell's side of child workflows (core/children.ts and core/child-rollback.ts have the
+ * rules): what a child run will be, read from the definitions when its step starts, and the rows
+ * of a child its parent's rollback reaches.
  */
-import { ApiError, Code } from "@nexusflow/common";
+import { ApiError, Code, type Logger } from "@nexusflow/common";
 import { TaskErrorType } from "@nexusflow/common/task-error-types";
-import type * as core from "../core/index.js";
+import * as core from "../core/index.js";
+import type { EngineStore } from "../persistence/engine-store.js";
 import { checkStartInput, type Definitions } from "./definitions.js";
 
 /**
@@ -36,5 +38,108 @@ export async function resolveChild(
         retryable: false,
       },
     };
+  }
+}
+
+/** What {@link ChildRuns} needs of the engine. */
+export interface ChildRunsOptions {
+  store: Pick<EngineStore, "runOutcome" | "loadRun">;
+  definitions: Pick<Definitions, "resolve" | "compiledById">;
+  log: Logger;
+  /** The rules' state (the engine's core). */
+  core: () => core.Core;
+  /** False once the engine stops: nothing more is read or tried again. */
+  live: () => boolean;
+  /** How long a read that failed (the database) waits before it is tried again. @default 1000 */
+  retryMs?: number;
+}
+
+/**
+ * The shell's reads for child runs: the child a step (or map element) starts, and the child a
+ * parent's rollback reaches (core/child-rollback.ts). A database error is logged and the read
+ * tried again a second later, while the engine runs.
+ */
+export class ChildRuns {
+  private readonly retryMs: number;
+
+  constructor(private readonly options: ChildRunsOptions) {
+    this.retryMs = options.retryMs ?? 1000;
+  }
+
+  /**
+   * Starts the child of the task with stored step id `key` (a child workflow step, or a map
+   * element) that went WAITING: reads the child's row first (a restarted parent's child may exist,
+   * or have ended), then resolves its workflow and checks its input. A workflow that is not
+   * registered, or an input the child refuses, fails the step.
+   */
+  async start(runId: string, key: string): Promise<void> {
+    const { store, definitions } = this.options;
+    const childId = core.childRunId(runId, key);
+    let resolution: core.ChildResolution;
+    try {
+      const stored = await store.runOutcome(childId);
+      if (stored !== undefined) {
+        // Started before a restart: ended (its parent's step ends now), or active here already.
+        core.childFoundEnded(this.options.core(), runId, key, stored, new Date());
+        return;
+      }
+      // Looked up once the maps are rebuilt, after a restart (core/recovery.ts).
+      const parent = this.options.core().runs.get(runId);
+      const found = parent === undefined ? null : core.childTaskOf(parent, key);
+      if (found?.task.status !== "WAITING") return;
+      const input = (found.task.input as { input?: unknown } | null)?.input ?? null;
+      resolution = await resolveChild(definitions, found.child, input);
+    } catch (error) {
+      this.again(error, { run_id: runId, step_id: key }, "could not start a child run", () =>
+        this.start(runId, key),
+      );
+      return;
+    }
+    if (!this.options.live()) return;
+    core.childResolved(this.options.core(), runId, key, resolution, new Date());
+  }
+
+  /**
+   * Reads the child `childId` that the compensation of `stepId` of `runId` rolls back: its status,
+   * and when it SUCCEEDED its rows and workflow, for it to roll back too.
+   */
+  async rollBack(runId: string, stepId: string, childId: string): Promise<void> {
+    const { store, definitions } = this.options;
+    let read: core.ChildRollbackRead;
+    try {
+      const outcome = await store.runOutcome(childId);
+      if (outcome?.status === "SUCCEEDED") {
+        const rows = await store.loadRun(childId);
+        read =
+          rows === undefined
+            ? undefined
+            : {
+                stored: rows.run,
+                tasks: rows.tasks,
+                workflow: await definitions.compiledById(rows.run.definitionId),
+              };
+      } else read = outcome;
+    } catch (error) {
+      this.again(
+        error,
+        { run_id: runId, step_id: stepId, child_run_id: childId },
+        "could not read a child run to roll back",
+        () => this.rollBack(runId, stepId, childId),
+      );
+      return;
+    }
+    if (!this.options.live()) return;
+    core.childRollbackRead(this.options.core(), runId, stepId, childId, read, new Date());
+  }
+
+  private again(
+    error: unknown,
+    fields: Record<string, string>,
+    what: string,
+    retry: () => Promise<void>,
+  ): void {
+    if (!this.options.live()) return;
+    this.options.log.warn({ err: error, ...fields }, `${what}; trying again in ${this.retryMs} ms`);
+    setTimeout(() => void retry(), this.retryMs).unref();
   }
 }

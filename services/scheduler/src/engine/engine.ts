@@ -12,9 +12,15 @@ import type { CompiledWorkflow } from "../dag/index.js";
 import * as core from "../core/index.js";
 import type { Core, Effects, Moment, Rejection } from "../core/index.js";
 import type { EngineStore } from "../persistence/engine-store.js";
-import { STORAGE_REFUSED, type ErrorInfo, type RunState, type TaskState } from "../model/run-state.js";
+import {
+  STORAGE_REFUSED,
+  storedStepId,
+  type ErrorInfo,
+  type RunState,
+  type TaskState,
+} from "../model/run-state.js";
 import { checkStartInput, type Definitions } from "./definitions.js";
-import { resolveChild } from "./children.js";
+import { ChildRuns } from "./children.js";
 import { DEFAULT_PRIORITY_AGEING_MS, Dispatcher, type SessionHandle } from "./dispatcher.js";
 import { type ExecutorView, describeSessions } from "./executors.js";
 import { EngineTimers, commitWithin } from "./engine-timers.js";
@@ -114,6 +120,7 @@ export class Engine {
   private readonly timers: EngineTimers;
   private readonly watchers = new Watchers();
   private readonly outputs: OutputReader;
+  private readonly children: ChildRuns;
   private readonly leases: LeasePump;
   /** Attempt spans (tracing on only: with tracing off the effects take no detour). */
   private readonly spans = tracingEnabled() ? new AttemptSpans() : undefined;
@@ -172,6 +179,13 @@ export class Engine {
       after: (ms, fn) => this.timers.after(ms, fn),
       resolved: (task, value) => core.outputResolved(this.core, task, value, new Date()),
       unavailable: (task, reason) => core.outputUnavailable(this.core, task, reason, new Date()),
+    });
+    this.children = new ChildRuns({
+      store: this.store,
+      definitions: this.definitions,
+      log: options.log,
+      core: () => this.core,
+      live: () => this.stateValue === "RUNNING" || this.stateValue === "RECOVERING",
     });
     this.keyed = new KeyedStarts(
       { lookup: (name, key, notBefore) => this.store.lookupKey(name, key, notBefore) },
@@ -276,7 +290,8 @@ export class Engine {
           ),
       resolveOutput: (task) => this.outputs.read(task),
       advanceSoon: (run) => this.advanceSoon(run),
-      startChild: (run, task) => void this.startChild(run.id, task.stepId),
+      startChild: (run, task) => void this.children.start(run.id, storedStepId(task)),
+      rollbackChild: (run, task, childId) => void this.children.rollBack(run.id, task.stepId, childId),
       runEnded: (run) =>
         // Once committed, the run lives only in the database.
         void store.flush().then(() => {
@@ -523,41 +538,6 @@ export class Engine {
     const run = this.core.runs.get(runId);
     if (run === undefined || !core.cancelRun(this.core, run, reason, compensate, new Date())) return;
     await this.committed();
-  }
-
-  /**
-   * Starts the child of a child workflow step that went WAITING (core/children.ts): reads the
-   * child's row first (a restarted parent's child may exist, or have ended), then resolves its
-   * workflow and checks its input. A workflow that is not registered, or an input the child
-   * refuses, fails the step; a database error is tried again a second later.
-   */
-  private async startChild(runId: string, stepId: string): Promise<void> {
-    const parent = this.core.runs.get(runId);
-    const task = parent?.tasks.get(stepId);
-    const child = parent === undefined ? null : core.childOf(parent, stepId);
-    if (task?.status !== "WAITING" || child === null) return;
-    const childId = core.childRunId(runId, stepId);
-    let resolution: core.ChildResolution;
-    try {
-      const stored = await this.store.runOutcome(childId);
-      if (stored !== undefined) {
-        // Started before a restart: ended (its parent's step ends now), or active here already.
-        core.childFoundEnded(this.core, runId, stepId, stored, new Date());
-        return;
-      }
-      const input = (task.input as { input?: unknown } | null)?.input ?? null;
-      resolution = await resolveChild(this.definitions, child, input);
-    } catch (error) {
-      if (this.stateValue === "STOPPING" || this.stateValue === "STOPPED") return;
-      this.log.warn(
-        { err: error, run_id: runId, step_id: stepId },
-        "could not start a child run; trying again in 1 s",
-      );
-      setTimeout(() => void this.startChild(runId, stepId), 1000).unref();
-      return;
-    }
-    if (this.stateValue === "STOPPING" || this.stateValue === "STOPPED") return;
-    core.childResolved(this.core, runId, stepId, resolution, new Date());
   }
 
   /** Queues the next wave of compensations once the previous one finished; completes the rollback. */

@@ -238,6 +238,34 @@ export interface RunState {
   readonly parent: ParentLink | null;
   /** Map steps running, by step id (core/maps.ts); undefined for runs without any. */
   maps?: Map<string, MapState> | undefined;
+  /**
+   * Compensations of child workflow steps waiting for their children's rollback, by step id
+   * (core/child-rollback.ts; in memory only: rebuilt from the task's input after a restart).
+   */
+  childRollbacks?: Map<string, ChildRollback> | undefined;
+}
+
+/**
+ * The compensation of a child workflow step (or of a map over one) while its children roll back
+ * (core/child-rollback.ts): at most `parallelism` of them at once, in order.
+ */
+export interface ChildRollback {
+  /** The compensation task (WAITING while the children roll back). */
+  readonly task: TaskState;
+  /** The child runs to roll back, in order (the task's input). */
+  readonly ids: readonly string[];
+  readonly parallelism: number;
+  /** The next of `ids` to start. */
+  next: number;
+  /** Children started and not ended: "read" while the shell reads its row, "waiting" while it rolls back. */
+  readonly inFlight: Map<string, "read" | "waiting">;
+  /** Children ended, counted by their status (COMPENSATED, or unchanged: nothing was to undo). */
+  readonly ended: Partial<Record<RunStatusName, number>>;
+  /** The first children that could not be rolled back (at most 100), in the order they ended. */
+  readonly failed: { childRunId: string; status: RunStatusName | null; error: ErrorInfo | null }[];
+  failedCount: number;
+  /** True while children are being started (one that ends at once does not start more). */
+  filling: boolean;
 }
 
 /** A child run's parent: its run, its step, and how deep the child is (a root run is 0). */

@@ -13,6 +13,7 @@ import type {
   ErrorInfo,
   RunState,
   ParentLink,
+  RerunLink,
   RunStatusName,
   SignalState,
   TaskState,
@@ -66,6 +67,14 @@ export interface StoredRun {
   readonly signals?: SignalState[];
   /** The run's parent, when a child workflow step started it (RunState.parent); absent is none. */
   readonly parent?: ParentLink | null;
+  /** What a rerun was made of (RunState.rerun); absent for other runs. */
+  readonly rerun?: RerunLink;
+}
+
+/** A run as stored with all its task rows, whatever its status (EngineStore.loadRun). */
+export interface StoredRunRows {
+  readonly run: StoredRun;
+  readonly tasks: readonly StoredTask[];
 }
 
 /**
@@ -124,6 +133,12 @@ export interface EngineStore {
   pauseRateLimit(pause: RateLimitPause): Promise<void>;
   /** A run's status, output and error as committed (a child run, core/children.ts); undefined when absent. */
   runOutcome(runId: string): Promise<RunOutcome | undefined>;
+  /**
+   * A run's row and task rows as committed, whatever its status (a child that SUCCEEDED, back in
+   * memory to roll back with its parent: core/child-rollback.ts); undefined when absent. Its rows
+   * are written as stored ones from then on.
+   */
+  loadRun(runId: string): Promise<StoredRunRows | undefined>;
   /** The record of an idempotency key unless it is missing or older than `notBefore`. */
   lookupKey(workflowName: string, key: string, notBefore: Date): Promise<KeyRecord | undefined>;
   /** The keys of the given runs, by run id: only those whose key still names them. */

@@ -16,6 +16,7 @@ import type {
   RunOutcome,
   StoredActiveState,
   StoredRun,
+  StoredRunRows,
   StoredTask,
 } from "./engine-store.js";
 import type { StoredBucket } from "../model/rate-limit-state.js";
@@ -171,6 +172,7 @@ export class MemoryEngineStore extends PendingChanges implements EngineStore {
       traceParent: r.traceParent,
       signals: r.signals.map((s) => ({ ...s })),
       parent: r.parent,
+      ...(r.rerun === undefined ? {} : { rerun: r.rerun }),
       cancelRequested: r.cancelRequested,
       compensateOnCancel: r.compensateOnCancel,
       error: r.error,
@@ -253,9 +255,24 @@ export class MemoryEngineStore extends PendingChanges implements EngineStore {
     const runs = [...this.runRows.values()]
       .filter((r) => ACTIVE_RUN.has(r.status))
       .sort((a, b) => a.createdAt.getTime() - b.createdAt.getTime())
-      .map((r): StoredRun => ({ ...r, lastEventSeq: Math.max(r.eventSeq, this.lastEvent(r.id)) }));
-    const ids = new Set(runs.map((r) => r.id));
-    const tasks = [...this.taskRows.values()]
+      .map((r) => this.storedRun(r));
+    return Promise.resolve({ runs, tasks: this.storedTasks(new Set(runs.map((r) => r.id))) });
+  }
+
+  loadRun(runId: string): Promise<StoredRunRows | undefined> {
+    const r = this.runRows.get(runId);
+    return Promise.resolve(
+      r === undefined ? undefined : { run: this.storedRun(r), tasks: this.storedTasks(new Set([runId])) },
+    );
+  }
+
+  private storedRun(r: MemoryRunRow): StoredRun {
+    return { ...r, lastEventSeq: Math.max(r.eventSeq, this.lastEvent(r.id)) };
+  }
+
+  /** The task rows of the runs `ids`, by run and position, with their failures and current attempt. */
+  private storedTasks(ids: ReadonlySet<string>): StoredTask[] {
+    return [...this.taskRows.values()]
       .filter((t) => ids.has(t.runId))
       .sort((a, b) => (a.runId === b.runId ? a.position - b.position : a.runId < b.runId ? -1 : 1))
       .map((t): StoredTask => {
@@ -267,7 +284,6 @@ export class MemoryEngineStore extends PendingChanges implements EngineStore {
           current: a === undefined ? null : { ...a, error: null, logs: null, endedAt: null },
         };
       });
-    return Promise.resolve({ runs, tasks });
   }
 
   private lastEvent(runId: string): number {

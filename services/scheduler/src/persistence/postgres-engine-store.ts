@@ -13,6 +13,7 @@ import type {
   RunOutcome,
   StoredActiveState,
   StoredRun,
+  StoredRunRows,
   StoredTask,
 } from "./engine-store.js";
 import { IdempotencyKeyStore, type KeyRecord } from "./idempotency-keys.js";
@@ -44,6 +45,8 @@ interface RunRow {
   parent_run_id: string | null;
   parent_step_id: string | null;
   child_depth: number | null;
+  rerun_of: string | null;
+  rerun: { fromStep: string; reused: Record<string, string> } | null;
   cancel_requested: boolean;
   compensate_on_cancel: boolean;
   error: unknown;
@@ -90,9 +93,11 @@ interface AttemptRow {
 // Every event is committed with a write of its run row (event_seq) or of one of its task rows
 // (run_event_seq: the run's latest sequence then), so the next sequence number continues from the
 // highest of them.
-const ACTIVE_RUNS_SQL = `SELECT r.*, GREATEST(r.event_seq,
+const RUN_COLUMNS_SQL = `SELECT r.*, GREATEST(r.event_seq,
    COALESCE((SELECT max(t.run_event_seq) FROM task_runs t WHERE t.run_id = r.id), 0)) AS last_event_seq
-   FROM workflow_runs r WHERE r.status IN ('PENDING', 'RUNNING', 'COMPENSATING') ORDER BY r.created_at`;
+   FROM workflow_runs r`;
+const ACTIVE_RUNS_SQL = `${RUN_COLUMNS_SQL} WHERE r.status IN ('PENDING', 'RUNNING', 'COMPENSATING') ORDER BY r.created_at`;
+const ONE_RUN_SQL = `${RUN_COLUMNS_SQL} WHERE r.id = $1`;
 
 const TASKS_SQL = `SELECT t.*, (SELECT count(*)::int FROM task_attempts a WHERE a.task_run_id = t.id AND a.status = 'FAILED') AS failures
  FROM task_runs t WHERE t.run_id = ANY($1::uuid[]) ORDER BY t.run_id, t.position`;
@@ -178,6 +183,17 @@ export class PostgresEngineStore implements EngineStore {
     return row === undefined
       ? undefined
       : { status: row.status, output: row.output ?? null, error: (row.error as ErrorInfo | null) ?? null };
+  }
+
+  async loadRun(runId: string): Promise<StoredRunRows | undefined> {
+    const pool = this.db.pool;
+    const row = (await pool.query<RunRow>(ONE_RUN_SQL, [runId])).rows[0];
+    if (row === undefined) return undefined;
+    const taskRows = await pool.query<TaskRow>(TASKS_SQL, [[runId]]);
+    const current = await pool.query<AttemptRow>(CURRENT_ATTEMPTS_SQL, [[runId]]);
+    const attempts = new Map(current.rows.map((a) => [a.task_run_id, a]));
+    this.writer.expectStored([runId, ...taskRows.rows.map((t) => t.id)]);
+    return { run: storedRun(row), tasks: taskRows.rows.map((t) => storedTask(t, attempts.get(t.id))) };
   }
 
   async loadActive(): Promise<StoredActiveState> {
@@ -266,6 +282,9 @@ function storedRun(r: RunRow): StoredRun {
       r.parent_run_id === null || r.parent_step_id === null
         ? null
         : { runId: r.parent_run_id, stepId: r.parent_step_id, depth: r.child_depth ?? 1 },
+    ...(r.rerun_of === null || r.rerun === null
+      ? {}
+      : { rerun: { of: r.rerun_of, fromStep: r.rerun.fromStep, reused: r.rerun.reused } }),
     cancelRequested: r.cancel_requested,
     compensateOnCancel: r.compensate_on_cancel,
     error: r.error as ErrorInfo | null,
