@@ -2,8 +2,9 @@
  * Event retention: events published longer ago than the retention are deleted with their matches
  * (the foreign key cascades), oldest first, a batch per short statement with a pause between
  * batches, on the purge loop the run retention uses (persistence/purge-loop.ts). An event with a
- * match still STARTING (its run not started yet: the match loop's work) is kept until the match
- * is settled; a match never goes back to STARTING, so the check and the delete cannot race.
+ * match still STARTING (its run not started yet: the match loop's work), or a wait match still
+ * PENDING (the waiting step not ended with it yet: triggers/wait-matches.ts), is kept until it is
+ * settled; neither goes back to pending, so the check and the delete cannot race.
  *
  * Runs that events started are not touched (run retention has its own clock). A publish's
  * idempotency key lives as long as its event: it is honoured for at least the retention, and once
@@ -35,6 +36,8 @@ const PURGE_SQL = `WITH old AS (
     SELECT e.event_id FROM events e
     WHERE e.created_at < to_timestamp($1::float8 / 1000)
       AND NOT EXISTS (SELECT 1 FROM event_matches m WHERE m.event_id = e.event_id AND m.status = 'STARTING')
+      AND NOT EXISTS (
+        SELECT 1 FROM event_wait_matches w WHERE w.event_id = e.event_id AND w.status = 'PENDING')
     ORDER BY e.created_at LIMIT $2
     FOR UPDATE OF e SKIP LOCKED)
   DELETE FROM events e USING old WHERE e.event_id = old.event_id`;

@@ -1,7 +1,8 @@
 /**
  * Event retention against a real scheduler and PostgreSQL: events past the retention go with their
  * matches (the runs they started stay), recent ones stay, an old event whose match is still
- * pending is kept until a scheduler has started its run, an idempotency key is honoured while its
+ * pending is kept until a scheduler has started its run (and one whose wait match is pending until
+ * it is settled), an idempotency key is honoured while its
  * event is kept and publishes anew once it is gone, a purge works in batches and stops between
  * them, 0 keeps everything, and a scheduler's own loop purges with EVENT_RETENTION's option.
  */
@@ -125,6 +126,31 @@ describe("event retention", () => {
     });
     assert.equal(await retention().purge(), 1);
     assert.equal(await exists(event.eventId), false);
+  });
+
+  it("keeps an old event while a waiting step it matched has not ended with it", async () => {
+    const { event } = await publish("orders.refunded");
+    await stop();
+    // As a crash between storing the event with the waits it matched and ending them leaves it.
+    await pool.query(
+      `INSERT INTO event_wait_matches (event_id, task_run_id, run_id, step_id, status, created_at)
+       VALUES ($1, gen_random_uuid(), gen_random_uuid(), 'approval', 'PENDING', now())`,
+      [event.eventId],
+    );
+    await age([event.eventId], 30);
+    assert.equal(await retention().purge(), 0);
+    assert.equal(await exists(event.eventId), true);
+    // As the scheduler settles it (the wait ended with the event, or had ended otherwise).
+    await pool.query(`UPDATE event_wait_matches SET status = 'WAIT_ENDED' WHERE event_id = $1`, [
+      event.eventId,
+    ]);
+    assert.equal(await retention().purge(), 1);
+    assert.equal(await exists(event.eventId), false);
+    assert.equal(
+      await count(`SELECT count(*) AS n FROM event_wait_matches WHERE event_id = $1`, [event.eventId]),
+      0,
+    );
+    await start();
   });
 
   it("honours an idempotency key while its event is kept, and publishes anew once it is gone", async () => {
