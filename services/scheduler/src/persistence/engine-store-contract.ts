@@ -166,6 +166,70 @@ export function engineStoreContract(makeStore: EngineStoreFactory): void {
   });
 
   storeTest(
+    "an ended run is read back whole, and its rows written again as stored ones (a child rolled back)",
+    async ({ store, definitionId }) => {
+      assert.equal(await store.loadRun(randomUUID()), undefined);
+      const { run, a, b } = newRun(store, definitionId);
+      const parent = { runId: randomUUID(), stepId: "pay", depth: 1 };
+      const rerun = { of: randomUUID(), fromStep: "b", reused: { a: randomUUID() } };
+      const child = newRunState({ ...run, id: run.id, parent, now: run.createdAt });
+      child.rerun = rerun;
+      child.eventSeq = run.eventSeq;
+      child.tasks.set("a", a).set("b", b);
+      for (const t of [a, b]) {
+        t.status = "SUCCEEDED";
+        t.output = { step: t.stepId };
+        t.endedAt = new Date();
+      }
+      child.status = "SUCCEEDED";
+      child.endedAt = new Date();
+      // The first write of the run (with its parent and rerun link) is the child's.
+      store.markRun(child);
+      store.markTask(a);
+      store.markTask(b);
+      await store.flush();
+      const rows = await store.loadRun(run.id);
+      assert.ok(rows);
+      assert.equal(rows.run.status, "SUCCEEDED");
+      assert.deepEqual(rows.run.parent, parent);
+      assert.deepEqual(rows.run.rerun, rerun);
+      assert.equal(rows.run.lastEventSeq, 1);
+      assert.deepEqual(
+        rows.tasks.map((t) => [t.stepId, t.status, t.output]),
+        [
+          ["a", "SUCCEEDED", { step: "a" }],
+          ["b", "SUCCEEDED", { step: "b" }],
+        ],
+      );
+      // Back in memory as new objects: SUCCEEDED -> COMPENSATING, with a new compensation task.
+      const revived = newRunState({ ...child, id: run.id, now: run.createdAt });
+      revived.status = "COMPENSATING";
+      revived.eventSeq = rows.run.lastEventSeq;
+      const again = { ...rows.tasks[0], sessionId: null, lastHeartbeat: 0 } as TaskState;
+      again.output = { step: "a", again: true };
+      const undo = newTaskState(run.id, "a", "COMPENSATION", "undo", 0, new Date());
+      store.markRun(revived);
+      store.markTask(again);
+      store.markTask(undo);
+      store.addEvent(lifecycleEvent(revived, { case: "runCompensating", value: { stepIds: ["a"] } }));
+      await store.flush();
+      const found = await active(store, run);
+      assert.equal(found.run?.status, "COMPENSATING");
+      assert.equal(found.run?.lastEventSeq, 2);
+      assert.deepEqual(
+        found.tasks
+          .map((t) => [t.stepId, t.kind, t.status, t.output])
+          .sort((x, y) => `${String(x[0])}${String(x[1])}`.localeCompare(`${String(y[0])}${String(y[1])}`)),
+        [
+          ["a", "COMPENSATION", "PENDING", null],
+          ["a", "STEP", "SUCCEEDED", { step: "a", again: true }],
+          ["b", "STEP", "SUCCEEDED", { step: "b" }],
+        ],
+      );
+    },
+  );
+
+  storeTest(
     "failed attempts are counted, the current attempt of a held lease is read",
     async ({ store, definitionId }) => {
       const { run, a, b } = newRun(store, definitionId);
