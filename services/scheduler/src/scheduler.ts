@@ -50,6 +50,9 @@ import { Definitions } from "./engine/definitions.js";
 import { Engine } from "./engine/engine.js";
 import { createOutboxRelay, type EventsOptions, type OutboxRelay } from "./events/index.js";
 import { registerSchedulerMetrics } from "./metrics/index.js";
+import { registerEventSourceMetrics } from "./metrics/event-source-metrics.js";
+import { KafkaEventSource, type KafkaEventSourceOptions } from "./triggers/kafka-source.js";
+import { startEventMatches, storeEvent, type EventPublishDeps } from "./triggers/publish.js";
 import { openDatabase, type Database } from "./persistence/database.js";
 import { startEmbeddedPostgres, type EmbeddedDatabase } from "./persistence/embedded-postgres.js";
 import { SchemaNotCurrentError, applyMigrations, pendingMigrations } from "./persistence/schema.js";
@@ -138,6 +141,11 @@ export interface SchedulerOptions {
   /** Lifecycle-event publishing (the outbox relay); undefined runs no relay. */
   events?: EventsOptions | undefined;
   /**
+   * The Kafka event source: each record of its topics is published as an event
+   * (triggers/kafka-source.ts). @default undefined (none)
+   */
+  eventSource?: Omit<KafkaEventSourceOptions, "sink" | "log"> | undefined;
+  /**
    * The installation's partition count (PARTITIONS, docs/replicas.md): written by the first
    * scheduler of a new database, fixed from then on; another count refuses to start.
    * @default the stored count, or 16 for a new database
@@ -189,6 +197,7 @@ export class Scheduler {
   private engineValue: Engine | undefined;
   private engineStore: PostgresEngineStore | undefined;
   private relay: OutboxRelay | undefined;
+  private eventSourceValue: KafkaEventSource | undefined;
   private retentionValue: RunRetention | undefined;
   private eventRetentionValue: EventRetention | undefined;
   private fireLoop: FireLoop | undefined;
@@ -236,6 +245,11 @@ export class Scheduler {
   get engine(): Engine {
     if (this.engineValue === undefined) throw new Error("the scheduler is not started");
     return this.engineValue;
+  }
+
+  /** The Kafka event source, when one is configured (for tests). */
+  get eventSource(): KafkaEventSource | undefined {
+    return this.eventSourceValue;
   }
 
   /** The schedules' fire loop (for tests and metrics). */
@@ -388,6 +402,27 @@ export class Scheduler {
           pool: this.db.pool,
           relay: this.relay,
         });
+      // PublishEvent and the Kafka event source publish alike, with one trigger index.
+      const publishing: EventPublishDeps = {
+        store: events,
+        triggers: new TriggerIndex(this.db.pool, log),
+        starter: matchStarter,
+        wake: () => matchLoop.wake(),
+        waits,
+      };
+      if (this.options.eventSource !== undefined) {
+        const source = new KafkaEventSource({
+          ...this.options.eventSource,
+          sink: {
+            store: (draft) => storeEvent(publishing, draft),
+            start: (e) => startEventMatches(publishing, e),
+          },
+          log,
+        });
+        this.eventSourceValue = source;
+        source.start();
+        if (registry !== undefined) registerEventSourceMetrics(registry, source);
+      }
       const server = new grpc.Server({
         "grpc.keepalive_permit_without_calls": 1,
         "grpc.max_receive_message_length": 16 * 1024 * 1024,
@@ -412,16 +447,7 @@ export class Scheduler {
           wake: () => fireLoop.wake(),
         }),
       );
-      server.addService(
-        serviceDefinition(EventService),
-        eventService({
-          store: events,
-          triggers: new TriggerIndex(this.db.pool, log),
-          starter: matchStarter,
-          wake: () => matchLoop.wake(),
-          waits,
-        }),
-      );
+      server.addService(serviceDefinition(EventService), eventService(publishing));
       server.addService(
         serviceDefinition(ArtifactService),
         artifactService({ store, tasks: new PgTaskIndex(this.db.pool), log }),
@@ -530,6 +556,9 @@ export class Scheduler {
   }
 
   private async release(): Promise<void> {
+    // Its batch in progress ends and the offsets of the records it stored are committed.
+    await this.eventSourceValue?.stop();
+    this.eventSourceValue = undefined;
     // First: no fire starts a run while the engine stops (a fire in progress finishes).
     await this.fireLoop?.stop();
     this.fireLoop = undefined;

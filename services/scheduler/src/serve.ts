@@ -85,6 +85,7 @@ const scheduler = new Scheduler({
     pruneIntervalMs: config.kafka.outboxPruneIntervalMs,
     batchSize: config.kafka.outboxBatchSize,
   },
+  eventSource: config.eventSource,
   log,
 });
 
