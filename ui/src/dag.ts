@@ -42,12 +42,14 @@ export type DagStep = Pick<StepSpec, "id" | "type" | "dependsOn">;
 
 /**
  * What a step of a definition does, for its box: its task type, or for the steps no executor runs
- * (which have none) "wait: SIGNAL", "sleep" or "child: WORKFLOW"; a map step "map: TYPE".
+ * (which have none) "wait: SIGNAL", "wait: event PATTERN", "sleep" or "child: WORKFLOW"; a map step
+ * "map: TYPE".
  */
 export function stepKind(step: Pick<StepSpec, "type" | "wait" | "sleep" | "workflow" | "map">): string {
   if (step.map !== undefined) return `map: ${step.type}`;
   if (step.type !== "") return step.type;
-  if (step.wait !== undefined) return `wait: ${step.wait.signal}`;
+  if (step.wait !== undefined)
+    return step.wait.event !== "" ? `wait: event ${step.wait.event}` : `wait: ${step.wait.signal}`;
   if (step.sleep !== undefined) return "sleep";
   if (step.workflow !== undefined) return `child: ${step.workflow.name}`;
   return "";

@@ -116,6 +116,10 @@ describe("stepKind", () => {
       stepKind(create(StepSpecSchema, { id: "w", wait: { signal: "approved" } })),
       "wait: approved",
     );
+    assert.equal(
+      stepKind(create(StepSpecSchema, { id: "e", wait: { event: "payments.*", filter: "true" } })),
+      "wait: event payments.*",
+    );
     assert.equal(stepKind(create(StepSpecSchema, { id: "s", sleep: { for: "10m" } })), "sleep");
     assert.equal(stepKind(create(StepSpecSchema, { id: "c", workflow: { name: "child" } })), "child: child");
     assert.equal(

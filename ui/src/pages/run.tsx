@@ -166,6 +166,8 @@ export function RunPage({ runId }: { runId: string }) {
         const signal = spec?.wait?.signal;
         const until = next === undefined ? "" : `until ${clock(next)}`;
         if (signal !== undefined && signal !== "") out.set(id, `for ${signal} ${until}`.trim());
+        else if (spec?.wait !== undefined && spec.wait.event !== "")
+          out.set(id, `for event ${spec.wait.event} ${until}`.trim());
         else if (spec?.workflow !== undefined) out.set(id, "for its child run");
         else if (byStep.get(id)?.elements !== undefined)
           out.set(id, `for ${byStep.get(id)?.elements?.length ?? 0} elements`);
