@@ -1,12 +1,15 @@
 /**
  * Durable waits across a scheduler SIGKILLed (a real process, no shutdown code runs): a run
  * waiting for a signal completes when the signal arrives after the restart, a signal kept on a run
- * before the crash is handed to its step after it, and a sleeping step wakes at its stored time.
+ * before the crash is handed to its step after it, a sleeping step wakes at its stored time, and a
+ * step waiting for an event ends with the first one published after the restart.
  */
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
+import { createClient } from "@connectrpc/connect";
+import { createGrpcTransport } from "@connectrpc/connect-node";
 import { jsonToValue, valueToJson } from "@nexusflow/common";
-import { RunStatus, TaskStatus, type Run } from "@nexusflow/gen";
+import { EventService, EventWaitMatchStatus, RunStatus, TaskStatus, type Run } from "@nexusflow/gen";
 import pg from "pg";
 import { killAll, startSchedulerProcess } from "../e2e/processes.js";
 import { startTestDatabase, waitFor, waitForRun, workflowClient } from "../support.js";
@@ -61,6 +64,11 @@ describe("durable waits across a scheduler SIGKILL", () => {
       ],
     });
     await register({ name: "kill-nap", version: 1, steps: [{ id: "nap", sleep: { for: "4s" } }] });
+    await register({
+      name: "kill-paid",
+      version: 1,
+      steps: [{ id: "paid", wait: { event: "kill.paid", filter: "event.payload.run == run.id" } }],
+    });
     const start = async (name: string) => {
       const { run } = await client.startRun({ workflowName: name, input: jsonToValue({}) });
       assert.ok(run);
@@ -69,7 +77,9 @@ describe("durable waits across a scheduler SIGKILL", () => {
     const waitingRun = await start("kill-approval");
     const gatedRun = await start("kill-gated");
     const napRun = await start("kill-nap");
+    const paidRun = await start("kill-paid");
     await waiting(client, waitingRun, "approve");
+    await waiting(client, paidRun, "paid");
     await waiting(client, gatedRun, "gate");
     await waiting(client, napRun, "nap");
     const kept = await client.signalRun({
@@ -124,6 +134,17 @@ describe("durable waits across a scheduler SIGKILL", () => {
     const gated = await waitForRun(client, gatedRun, 60_000);
     assert.equal(gated.status, RunStatus.SUCCEEDED);
     assert.deepEqual(valueToJson(task(gated, "approve").output), { kept: true });
+
+    // The step waiting for an event still waits: the first matching event published now ends it.
+    const events = createClient(EventService, createGrpcTransport({ baseUrl: `http://${second.address}` }));
+    const { event } = await events.publishEvent({ key: "kill.paid", payload: jsonToValue({ run: paidRun }) });
+    assert.deepEqual(
+      event?.waits.map((w) => [w.runId, w.status]),
+      [[paidRun, EventWaitMatchStatus.SATISFIED]],
+    );
+    const paid = await waitForRun(client, paidRun, 60_000);
+    assert.equal(paid.status, RunStatus.SUCCEEDED);
+    assert.equal((valueToJson(task(paid, "paid").output) as { eventId: string }).eventId, event?.eventId);
 
     const nap = await waitForRun(client, napRun, 60_000);
     assert.equal(nap.status, RunStatus.SUCCEEDED);
