@@ -116,8 +116,9 @@ export const TaskErrorType = {
   RATE_LIMIT_KEY_ERROR: "RATE_LIMIT_KEY_ERROR",
   /**
    * Scheduler. A wait step (`wait: {signal, timeout}`) saw no signal of its name before its
-   * timeout: the step fails for good (a wait is not retried; its retry policy does not apply), and
-   * the run fails or rolls back like for any failed step. No details.
+   * timeout, or (`wait: {event, filter, timeout}`) no matching event was published while it waited:
+   * the step fails for good (a wait is not retried; its retry policy does not apply), and the run
+   * fails or rolls back like for any failed step. No details.
    */
   WAIT_TIMEOUT: "WAIT_TIMEOUT",
   /**
