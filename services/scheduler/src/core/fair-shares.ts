@@ -85,7 +85,14 @@ function groupValue(level: CompiledFairShare, scope: EvalScope): string {
   }
   if (typeof value === "string") return value;
   if (typeof value === "number" && Number.isFinite(value)) return String(value);
-  const type = value === null ? "null" : Array.isArray(value) ? "an array" : `a ${typeof value}`;
+  const type =
+    value === null
+      ? "null"
+      : Array.isArray(value)
+        ? "an array"
+        : typeof value === "object"
+          ? "an object"
+          : `a ${typeof value}`;
   throw new FairShareKeyError(path, `${what} is ${type}; a fairness key must be a string or a number`);
 }
 
