@@ -12,7 +12,10 @@ import { createMetricsRegistry, type Registry } from "@nexusflow/common/metrics"
 import { requireService } from "@nexusflow/common/testing";
 import pg from "pg";
 import type { Scheduler } from "../../src/scheduler.js";
-import { startTestDatabase, startTestScheduler, waitFor, workflowClient } from "../support.js";
+import type { EventRow } from "../../src/triggers/event-store.js";
+import { KafkaEventSource, type SourceEventSink } from "../../src/triggers/kafka-source.js";
+import type { EventDraft } from "../../src/triggers/publish.js";
+import { startTestDatabase, startTestScheduler, testLogger, waitFor, workflowClient } from "../support.js";
 import { KafkaFixture, eventsOfTopic, heldWorkflow, metricValue, runsOf } from "./kafka-support.js";
 
 const WORKFLOWS = [
@@ -231,5 +234,73 @@ describe("the Kafka event source", () => {
       }),
       total,
     );
+  });
+
+  it("retries the record in hand while its store fails, in order, and skips one the database refuses", async (t) => {
+    const brokers = requireService(t, "KAFKA_BROKERS");
+    if (brokers === undefined) return;
+    const k = await fixture(brokers);
+    const topic = await k.topic("ks-sink", 1);
+    const groupId = `ks-${randomUUID()}`;
+    // The source's own contract, with a store that loses its database three times on record 1,
+    // refuses record 2's value for good (a data exception) and whose run starts fail on record 3.
+    const stored: EventDraft[] = [];
+    let outages = 3;
+    const sink: SourceEventSink = {
+      store(draft) {
+        const n = (draft.payload as { n: number }).n;
+        if (n === 1 && outages-- > 0)
+          return Promise.reject(Object.assign(new Error("connection lost"), { code: "08006" }));
+        if (n === 2)
+          return Promise.reject(
+            Object.assign(new Error("invalid input syntax for type json"), { code: "22P02" }),
+          );
+        stored.push(draft);
+        return Promise.resolve({
+          event: {
+            eventId: randomUUID(),
+            seq: String(stored.length),
+            ...draft,
+            createdAt: new Date(),
+          },
+          created: true,
+        });
+      },
+      start(event: EventRow) {
+        return (event.payload as { n: number }).n === 3
+          ? Promise.reject(new Error("no run now"))
+          : Promise.resolve();
+      },
+    };
+    const source = new KafkaEventSource({
+      brokers: brokers.split(","),
+      topics: [topic],
+      groupId,
+      startFrom: "earliest",
+      maxWaitMs: 100,
+      sessionTimeoutMs: 6000,
+      retryInitialMs: 20,
+      sink,
+      log: testLogger("kafka-source"),
+    });
+    source.start();
+    try {
+      await k.produce(
+        topic,
+        Array.from({ length: 5 }, (_, n) => ({ key: "ks.sink.created", value: JSON.stringify({ n }) })),
+      );
+      await k.waitForCommitted(groupId, topic, 5, source);
+      assert.deepEqual(
+        stored.map((d) => (d.payload as { n: number }).n),
+        [0, 1, 3, 4],
+      );
+      assert.equal(stored[1]?.idempotencyKey?.startsWith(`kafka:${topic}/0/1@`), true);
+      assert.equal(source.stats.storeFailures, 3);
+      assert.equal(source.stats.get(topic, "not_storable"), 1);
+      assert.equal(source.stats.get(topic, "stored"), 4);
+    } finally {
+      await source.stop();
+    }
+    assert.equal(source.state, "STOPPED");
   });
 });
