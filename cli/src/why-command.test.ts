@@ -241,11 +241,11 @@ describe("runs why", () => {
       ]);
     assert.equal(
       describeExplanation(fair("tenant", 8, true), plain).split("\n")[1],
-      '  - tenant "acme" has had its fair share of the executors for type "charge-card" (8 leases now, weight 1, at its maximum of 8): tenant "" (the runs without fairness) goes first when a slot frees (3 tenants have ready tasks)',
+      '  - by fair share, tenant "" (the runs without fairness) is served before tenant "acme" when a slot for type "charge-card" frees (tenant "acme" holds 8 leases of the type, weight 1, at its maximum of 8; 3 tenants have ready tasks)',
     );
     assert.equal(
       describeExplanation(fair("key", 0, false), plain).split("\n")[1],
-      '  - key "c-7" of tenant "acme" has had its fair share of the executors for type "charge-card" (8 leases now, weight 1): key "c-9" of tenant "acme" goes first when a slot frees (3 keys of the tenant have ready tasks)',
+      '  - by fair share, key "c-9" of tenant "acme" is served before key "c-7" of tenant "acme" when a slot for type "charge-card" frees (key "c-7" of tenant "acme" holds 8 leases of the type, weight 1; 3 keys of the tenant have ready tasks)',
     );
   });
 });

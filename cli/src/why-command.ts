@@ -117,7 +117,7 @@ export function describeGate(gate: PendingGate, nowMs: number): string {
       const cap = v.max === 0 ? "" : v.atMax ? `, at its maximum of ${v.max}` : `, maximum ${v.max}`;
       const min = v.min === 0 ? "" : `, minimum ${v.min}`;
       const others = v.level === "key" ? "keys of the tenant have" : "tenants have";
-      return `${own} has had its fair share of the executors for type ${JSON.stringify(v.type)} (${plural(v.leased, "lease")} now, weight ${v.weight}${min}${cap}): ${group(v.next)} goes first when a slot frees (${v.waiting} ${others} ready tasks)`;
+      return `by fair share, ${group(v.next)} is served before ${own} when a slot for type ${JSON.stringify(v.type)} frees (${own} holds ${plural(v.leased, "lease")} of the type, weight ${v.weight}${min}${cap}; ${v.waiting} ${others} ready tasks)`;
     }
     case "mapElements": {
       const v = g.value;

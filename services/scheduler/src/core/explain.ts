@@ -371,20 +371,22 @@ function describeKeyWait(w: KeyWait): string {
 }
 
 /**
- * A fair-share wait in a few words: `fair share of tenant "a" used (8 leases of type "t", weight 1,
- * at its max 8): tenant "b" goes first (2 tenants waiting)`.
+ * A fair-share wait in a few words: `fair share: tenant "b" is served before tenant "a" (which
+ * holds 8 leases of type "t", weight 1, at its max 8; 2 tenants waiting)`.
  */
 function describeFairWait(w: FairWait): string {
   const group = (value: string): string =>
     w.level === "key"
       ? `key ${JSON.stringify(value)} of tenant ${JSON.stringify(w.tenant)}`
       : `tenant ${JSON.stringify(value)}${value === "" ? " (runs without fairness)" : ""}`;
-  const share = [`${w.leased} lease${w.leased === 1 ? "" : "s"} of type ${JSON.stringify(w.type)}`];
+  const share = [
+    `which holds ${w.leased} lease${w.leased === 1 ? "" : "s"} of type ${JSON.stringify(w.type)}`,
+  ];
   share.push(`weight ${w.weight}`);
   if (w.min > 0) share.push(`min ${w.min}`);
   if (w.max > 0) share.push(w.atMax ? `at its max ${w.max}` : `max ${w.max}`);
   const groups = w.level === "key" ? "keys of the tenant" : "tenants";
-  return `fair share of ${group(w.level === "key" ? w.key : w.tenant)} used (${share.join(", ")}): ${group(w.next)} goes first (${w.waiting} ${groups} waiting)`;
+  return `fair share: ${group(w.next)} is served before ${group(w.level === "key" ? w.key : w.tenant)} (${share.join(", ")}; ${w.waiting} ${groups} waiting)`;
 }
 
 /**

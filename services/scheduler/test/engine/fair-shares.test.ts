@@ -173,10 +173,10 @@ describe("fair shares", () => {
     assert.equal(explained.gates[0]?.gate.case, "executorsBusy");
     assert.match(
       explained.pendingReason,
-      /fair share of tenant "C" used \(5 leases of type "fair.c", weight 1, at its max 1\): tenant "D" goes first/,
+      /fair share: tenant "D" is served before tenant "C" \(which holds 5 leases of type "fair.c", weight 1, at its max 1; 2 tenants waiting\)/,
     );
     const { run } = await client.getRun({ runId: c2[0] as string });
-    assert.match(run?.tasks[0]?.pendingReason ?? "", /fair share of tenant "C" used/);
+    assert.match(run?.tasks[0]?.pendingReason ?? "", /fair share: tenant "D" is served before tenant "C"/);
     const dExplained = await client.explainPending({ runId: d[0] as string, stepId: "s" });
     assert.ok(!dExplained.gates.some((g) => g.gate.case === "fairShare"), "D is first: no share holds it");
 
