@@ -1727,7 +1727,8 @@ export type NoExecutorGate = Message<"nexusflow.v1.NoExecutorGate"> & {
   type: string;
 
   /**
-   * Queued tasks of the same type ahead of this one in the ready queue.
+   * Queued tasks of the same type ahead of this one in the ready queue (of its fair-share key: the
+   * keys' tasks are interleaved by their shares, see FairShareGate).
    *
    * @generated from field: int32 ahead = 2;
    */
@@ -1777,7 +1778,8 @@ export type ExecutorsBusyGate = Message<"nexusflow.v1.ExecutorsBusyGate"> & {
   draining: number;
 
   /**
-   * Queued tasks of the same type ahead of this one in the ready queue (served oldest first).
+   * Queued tasks of the same type ahead of this one in the ready queue (served by priority with
+   * ageing, oldest first; of its fair-share key: the keys' tasks are interleaved by their shares).
    *
    * @generated from field: int32 ahead = 4;
    */
