@@ -11,11 +11,11 @@ import type { CompiledWorkflow } from "../dag/index.js";
 import type { RunState, TaskState } from "../model/run-state.js";
 import type { StoredRun, StoredTask } from "../persistence/engine-store.js";
 import { childRollbackRead, type ChildRollbackRead } from "./child-rollback.js";
-import { childResolved, childRunId } from "./children.js";
+import { childEnded, childResolved, childRunId } from "./children.js";
 import { explainPending, pendingReason } from "./explain.js";
 import { mapProgress } from "./maps.js";
 import { completed, failed } from "./reports.js";
-import { advance, cancelRun, startRun } from "./runs.js";
+import { advance, cancelRun, dropRefusedRun, startRun } from "./runs.js";
 import { Simulation, workflowOf } from "./simulation.js";
 import { signalReceived } from "./waits.js";
 
@@ -333,6 +333,32 @@ describe("a parent's rollback reaches its children (core)", () => {
     }
   });
 
+  it("a child dropped while it rolls back (changes PostgreSQL refused) fails the step's compensation", () => {
+    const sim = new Simulation();
+    const run = begin(sim, [
+      { id: "c", workflow: { name: "charge", input: {} } },
+      { id: "z", type: "boom", dependsOn: ["c"] },
+    ]);
+    const s = sim.session("s");
+    const [child] = startChildren(sim);
+    completed(sim.core, s, sim.key(sim.lease(s)!), {}, null, null, sim.at());
+    settle(sim);
+    const z = sim.lease(s)!;
+    failed(sim.core, s, sim.key(z), { type: "BOOM", message: "boom", retryable: false }, 0, null, sim.at());
+    settle(sim);
+    answerReads(sim, new Map([[child!.id, child!]]));
+    assert.equal(sim.core.runs.get(child!.id)?.status, "COMPENSATING");
+    // What the engine does with a run whose changes were refused (engine.ts refused).
+    const dropped = dropRefusedRun(sim.core, child!.id, "invalid byte sequence")!;
+    childEnded(sim.core, dropped, sim.at().now);
+    const task = run.compensations.get("c")!;
+    assert.equal(task.status, "FAILED");
+    assert.equal(task.error?.type, TaskErrorType.CHILD_FAILED);
+    assert.match(task.error?.message ?? "", /ended FAILED while it rolled back: STORAGE_REFUSED/);
+    settle(sim);
+    assert.equal(run.status, "COMPENSATION_FAILED");
+  });
+
   it("cancel with compensation of a parent with five children running: all cancelled, rolled back as declared, then the parent", () => {
     const sim = new Simulation();
     const run = begin(sim, [
@@ -466,7 +492,7 @@ describe("maps over a child workflow (core)", () => {
     assert.equal(run.status, "SUCCEEDED");
   });
 
-  it("fail-fast: a failed child fails the step and cancels the running children; collect waits for all", () => {
+  it("fail-fast: a failed child fails the step, the running children roll back; collect waits for all", () => {
     for (const failure of ["fail-fast", "collect"] as const) {
       const sim = new Simulation();
       const run = begin(sim, fan({ parallelism: 3, failure }, [], "charge-wait"), { xs: [1, 2, 3] });
@@ -474,33 +500,47 @@ describe("maps over a child workflow (core)", () => {
       assert.equal(children.length, 3);
       const s = sim.session("s");
       const pays = [sim.lease(s)!, sim.lease(s)!, sim.lease(s)!];
+      for (const i of [0, 2]) completed(sim.core, s, sim.key(pays[i]!), {}, null, null, sim.at());
+      settle(sim);
       // The second child's charge fails for good: that child fails.
-      failed(
-        sim.core,
-        s,
-        sim.key(pays[1]!),
-        { type: "DECLINED", message: "no", retryable: false },
-        0,
-        null,
-        sim.at(),
-      );
+      const declined = { type: "DECLINED", message: "no", retryable: false };
+      failed(sim.core, s, sim.key(pays[1]!), declined, 0, null, sim.at());
       settle(sim);
       const each = run.tasks.get("each")!;
       if (failure === "fail-fast") {
         assert.equal(each.status, "FAILED");
         assert.equal(each.error?.type, TaskErrorType.MAP_ELEMENT_FAILED);
-        assert.equal(children[0]!.status, "CANCELLED", "the others' children are cancelled");
-        assert.equal(children[2]!.status, "CANCELLED");
+        for (const i of [0, 2]) {
+          assert.equal(children[i]!.status, "COMPENSATING", "cancelled, rolling back its charge");
+          assert.equal(children[i]!.tasks.get("hold")!.status, "CANCELLED");
+        }
+        assert.equal(run.status, "COMPENSATING", "the parent waits for their rollback");
       } else {
         assert.equal(each.status, "WAITING");
-        for (const i of [0, 2]) completed(sim.core, s, sim.key(pays[i]!), {}, null, null, sim.at());
-        settle(sim);
         for (const i of [0, 2]) childSignal(sim, children[i]!);
-        settle(sim);
+        // The parent is evaluated before the children's end is committed: still in memory.
+        sim.settle((r) => {
+          advance(sim.core, r, sim.at().now);
+          for (const p of [...sim.soon]) {
+            sim.soon.delete(p);
+            advance(sim.core, p, sim.at().now);
+          }
+        });
         assert.equal(each.status, "FAILED");
         assert.equal(each.error?.type, TaskErrorType.MAP_ELEMENTS_FAILED);
         assert.deepEqual((each.error?.details as { succeededCount: number }).succeededCount, 2);
+        assert.deepEqual(run.compensations.get("each")!.input, {
+          childRunIds: [children[0]!.id, children[2]!.id],
+        });
       }
+      const refunds = [sim.lease(s)!, sim.lease(s)!];
+      assert.deepEqual(
+        refunds.map((t) => [t.type, t.runId]).sort(),
+        [0, 2].map((i) => ["refund", children[i]!.id]).sort(),
+      );
+      for (const t of refunds) completed(sim.core, s, sim.key(t), null, null, null, sim.at());
+      settle(sim);
+      assert.equal(run.status, "COMPENSATED", failure);
     }
   });
 

@@ -169,19 +169,26 @@ function rollbackError(run: RunState, stepId: string): ErrorInfo {
 /**
  * A child in memory: one that SUCCEEDED rolls back now (it may end at once: it then reached this
  * rollback through childEnded already), one rolling back is waited for, one that ended is done.
+ * A child that was rolling back and ended other than COMPENSATED (or SUCCEEDED, with nothing left
+ * to undo) failed to roll back: dropped for data PostgreSQL refused, say.
  */
 function look(core: Core, run: RunState, rollback: ChildRollback, child: RunState, now: Date): void {
+  const waited = rollback.inFlight.get(child.id) === "waiting";
   if (child.status === "SUCCEEDED")
     compensateSucceeded(core, child, rollbackError(run, rollback.task.stepId), now);
   if (!rollback.inFlight.has(child.id)) return;
-  if (TERMINAL_RUN_STATUSES.has(child.status))
-    ended(core, run, rollback, child.id, child.status, child.error, now);
-  else rollback.inFlight.set(child.id, "waiting");
+  if (!TERMINAL_RUN_STATUSES.has(child.status)) {
+    rollback.inFlight.set(child.id, "waiting");
+    return;
+  }
+  const undone = child.status === "COMPENSATED" || child.status === "SUCCEEDED";
+  ended(core, run, rollback, child.id, child.status, child.error, now, waited && !undone);
 }
 
 /**
- * A child is done: counted by its status. It failed to roll back when it ended COMPENSATION_FAILED,
- * is not stored (null), or is active in the database but not here (a status that is not terminal).
+ * A child is done: counted by its status. It failed to roll back when it ended COMPENSATION_FAILED
+ * (or otherwise while rolling back: `failed`), is not stored (null), or is active in the database
+ * but not here (a status that is not terminal).
  */
 function ended(
   core: Core,
@@ -191,11 +198,12 @@ function ended(
   status: RunStatusName | null,
   error: ErrorInfo | null,
   now: Date,
+  failed = false,
 ): void {
   if (!rollback.inFlight.delete(id)) return;
   const terminal = status !== null && TERMINAL_RUN_STATUSES.has(status);
   if (terminal) rollback.ended[status] = (rollback.ended[status] ?? 0) + 1;
-  if (!terminal || status === "COMPENSATION_FAILED") {
+  if (failed || !terminal || status === "COMPENSATION_FAILED") {
     rollback.failedCount++;
     if (rollback.failed.length < MAX_LISTED_FAILURES) rollback.failed.push({ childRunId: id, status, error });
   }
@@ -227,7 +235,7 @@ function settle(core: Core, run: RunState, rollback: ChildRollback, now: Date): 
         ? "could not be rolled back: it is not stored"
         : !TERMINAL_RUN_STATUSES.has(first.status)
           ? `could not be rolled back: it is ${first.status} in the database but not active on this scheduler`
-          : `ended ${first.status}${first.error === null ? "" : `: ${first.error.type}: ${first.error.message}`}`;
+          : `ended ${first.status}${first.status === "COMPENSATION_FAILED" ? "" : " while it rolled back"}${first.error === null ? "" : `: ${first.error.type}: ${first.error.message}`}`;
     const more =
       rollback.failedCount > 1
         ? `; ${rollback.failedCount} of ${rollback.ids.length} children failed to roll back`

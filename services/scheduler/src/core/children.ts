@@ -268,15 +268,23 @@ export function childEnded(core: Core, child: RunState, now: Date): void {
 
 /**
  * The parent's step `task` (or map element) is being cancelled with its run (cancel or run
- * timeout), or by its map failing fast: its running child is cancelled too, with compensation
- * when the parent's cancel asked for it, unless the step abandons its child. Call after the task
- * has ended, so that the child's end leaves it be.
+ * timeout), or by its map failing fast: its running child is cancelled too, unless the step
+ * abandons its child. With compensation when the parent's cancel asked for it, or (`failing`)
+ * when the map failed fast: a failure rolls back what the child did, as a saga does. Call after
+ * the task has ended, so that the child's end leaves it be.
  */
-export function cancelChild(core: Core, run: RunState, task: TaskState, reason: string, now: Date): void {
+export function cancelChild(
+  core: Core,
+  run: RunState,
+  task: TaskState,
+  reason: string,
+  now: Date,
+  failing = false,
+): void {
   const child = childOf(run, task.stepId);
   if (child === null || child.onParentCancel === "abandon" || !startsChild(run, task)) return;
   const childRun = core.runs.get(childRunId(run.id, storedStepId(task)));
   if (childRun === undefined) return;
-  const compensate = run.cancelRequested && run.compensateOnCancel;
+  const compensate = failing || (run.cancelRequested && run.compensateOnCancel);
   cancelRun(core, childRun, `parent run ${run.id} ${reason}`, compensate, now);
 }

@@ -14,9 +14,10 @@
  *
  * A map over a child workflow (the step has `workflow`): an element is not queued but waits on a
  * child run of its own (children.ts startChildStep), WAITING like a child step, and ends with it;
- * it counts as unfinished under `parallelism` meanwhile. Cancelling an element (fail-fast, the
- * run's cancel) cancels its child by the step's `onParentCancel`. Such a map keeps its elements
- * once it ended (also when rebuilt), so that a rollback of the run reaches their children.
+ * it counts as unfinished under `parallelism` meanwhile. Cancelling an element cancels its child
+ * by the step's `onParentCancel`: with compensation when the map fails fast (or the run's cancel
+ * asks for it). Such a map keeps its elements once it ended (also when rebuilt), so that a
+ * rollback of the run reaches their children.
  */
 import { TaskErrorType } from "@nexusflow/common/task-error-types";
 import { jsonToValue } from "@nexusflow/common";
@@ -208,7 +209,8 @@ function failFast(core: Core, run: RunState, map: MapState, element: TaskState, 
     const waiting = t.status === "WAITING";
     endTask(core, t, "CANCELLED", now);
     core.fx.event(run, { case: "taskCancelled", value: { taskRunId: t.id, stepId: t.stepId, reason } });
-    if (waiting) cancelChild(core, run, t, reason, now);
+    // A child rolls back what it did (a failure, not an operator's plain cancel).
+    if (waiting) cancelChild(core, run, t, reason, now, true);
   }
   core.fx.advanceSoon(run);
 }
