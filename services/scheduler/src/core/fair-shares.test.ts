@@ -9,6 +9,7 @@ import { describe, it } from "node:test";
 import type { FairGroup } from "../model/fair-share-state.js";
 import { newTaskState, type TaskState } from "../model/run-state.js";
 import {
+  chargeRecovered,
   enqueueShare,
   fairPath,
   fairShareStats,
@@ -24,7 +25,8 @@ import {
   type FairPath,
   type FairShare,
 } from "./fair-shares.js";
-import { workflowOf } from "./simulation.js";
+import { startRun } from "./runs.js";
+import { Simulation, workflowOf } from "./simulation.js";
 
 let ids = 0;
 
@@ -348,5 +350,40 @@ describe("fair shares: a workflow's fairness", () => {
       () => fairPath({ id: "r", workflow: wf, input: { tenant: "a" } }),
       (e: unknown) => e instanceof FairShareKeyError && e.path === "$.fairness[1].key",
     );
+  });
+
+  it("recovery charges a lease held across a restart to its tenant: its maximum counts it", () => {
+    const sim = new Simulation();
+    const state = new FairShareState(10_000);
+    sim.core.fairShares = state;
+    const capped = workflowOf({
+      name: "capped",
+      version: 1,
+      fairness: [{ key: "input.tenant", max: 1 }],
+      steps: [{ id: "s", type: "t" }],
+    });
+    const run = startRun(
+      sim.core,
+      {
+        definitionId: 1,
+        workflow: capped,
+        input: { tenant: "C" },
+        idempotencyKey: null,
+        requestHash: null,
+        labels: {},
+      },
+      sim.at().now,
+    );
+    // As recovery finds it: leased by an executor before the restart.
+    const held = run.tasks.get("s") as TaskState;
+    held.status = "LEASED";
+    chargeRecovered(sim.core, held);
+    assert.equal(state.tree("t").tenants.get("C")?.leased, 1);
+    const cPath = { ...path("C"), tenantShare: share({ max: 1 }) };
+    put(state, ready("C"), cPath);
+    put(state, ready("D"), path("D"));
+    assert.equal(lease(state)?.stepId, "D", "C holds its maximum with the recovered lease");
+    releaseShare(held);
+    assert.equal(lease(state)?.stepId, "C");
   });
 });
