@@ -14,8 +14,8 @@ import {
   ScheduleSpecSchema,
   type ScheduleSpec as ScheduleSpecMessage,
 } from "@nexusflow/gen";
-import { nextFireTimes } from "../schedules/cron.js";
-import { cronOf, type ScheduleSpecInput, type ScheduleSpec } from "../schedules/spec.js";
+import { nextFireTimes } from "../dag/cron.js";
+import { cronOf, type ScheduleSpecInput, type ScheduleSpec } from "../dag/schedule-spec.js";
 import type { FireRow } from "../schedules/fire-store.js";
 import type { ScheduleRow } from "../schedules/store.js";
 

@@ -25,9 +25,9 @@ import {
 import { ConcurrencyKeyError, workflowKeys } from "../core/index.js";
 import { contentHash } from "../dag/index.js";
 import { checkRunInput, type Definitions } from "../engine/definitions.js";
-import { fireTimesBetween } from "../schedules/cron.js";
+import { fireTimesBetween } from "../dag/cron.js";
 import type { FireOutcome, FireStarter } from "../schedules/fires.js";
-import { checkNote, checkScheduleId, checkScheduleRef, cronOf, normalizeSpec } from "../schedules/spec.js";
+import { checkNote, checkScheduleId, checkScheduleRef, cronOf, normalizeSpec } from "../dag/schedule-spec.js";
 import { type FireRow, type FireStore, timeFireKey } from "../schedules/fire-store.js";
 import type { ScheduleRow, ScheduleStore } from "../schedules/store.js";
 import { fireView, scheduleView, specInput } from "./schedule-convert.js";

@@ -14,7 +14,7 @@ import {
   type CatchUpPolicy,
   type OverlapPolicy,
   type ScheduleSpec,
-} from "../schedules/spec.js";
+} from "./schedule-spec.js";
 import type { SpecError } from "./errors.js";
 import { isPlainObject, jsonTypeOf, pathJoin } from "./json.js";
 import { validateAgainstSchema, type CompiledSchema } from "./schema.js";

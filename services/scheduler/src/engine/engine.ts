@@ -42,6 +42,7 @@ import {
 } from "./rate-limit-admin.js";
 import { RERUN_OF_LABEL, type RerunRunInput, rerunStart } from "./reruns.js";
 import { AttemptSpans, inRunSpan, tracedWrites } from "./tracing.js";
+import type { StartRunInput } from "../model/start-run.js";
 
 export type { Rejection };
 export type { RateLimitView } from "./rate-limit-admin.js";
@@ -89,13 +90,7 @@ export interface EngineOptions {
 export type EngineState = "CREATED" | "RECOVERING" | "RUNNING" | "STOPPING" | "STOPPED";
 
 /** Input of {@link Engine.startRun}. */
-export interface StartRunInput {
-  workflowName: string;
-  workflowVersion: number;
-  input: unknown;
-  idempotencyKey: string;
-  labels: Record<string, string>;
-}
+export type { StartRunInput };
 
 /** How long a Started report may wait for another commit to ride along with. */
 const STARTED_FLUSH_DELAY_MS = 20;

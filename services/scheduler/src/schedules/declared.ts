@@ -21,7 +21,7 @@ import type { Logger } from "@nexusflow/common";
 import type pg from "pg";
 import { checkSchedules, contentHash, type DeclaredSchedule } from "../dag/index.js";
 import type { DefinitionStoreHooks } from "../persistence/postgres-definition-store.js";
-import { cronOf, declaredScheduleId, type ScheduleSpec } from "./spec.js";
+import { cronOf, declaredScheduleId, type ScheduleSpec } from "../dag/schedule-spec.js";
 
 /** A declared schedule as stored, the part reconciling reads. */
 export interface DeclaredRow {

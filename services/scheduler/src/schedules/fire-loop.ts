@@ -8,8 +8,8 @@
  */
 import type { Logger } from "@nexusflow/common";
 import { PassLoop, type PassLoopState } from "../background/pass-loop.js";
-import { cronOf } from "./spec.js";
-import { fireTimesBetween, type CronSchedule } from "./cron.js";
+import { cronOf } from "../dag/schedule-spec.js";
+import { fireTimesBetween, type CronSchedule } from "../dag/cron.js";
 import { FireStarter, type RunStarter } from "./fires.js";
 import { planFires } from "./plan.js";
 import { type FireStore, type PendingFire, timeFireKey } from "./fire-store.js";

@@ -5,7 +5,7 @@
  */
 import { ApiError, Code } from "@nexusflow/common";
 import type pg from "pg";
-import type { ScheduleSpec } from "./spec.js";
+import type { ScheduleSpec } from "../dag/schedule-spec.js";
 import { runsOfKeys } from "../persistence/idempotency-keys.js";
 
 /** How a fire was started. */

@@ -8,8 +8,8 @@
  * stays STARTING for the next pass.
  */
 import { Code, isApiError, type Logger } from "@nexusflow/common";
-import type { StartRunInput } from "../engine/engine.js";
-import { FIRE_LABEL, SCHEDULE_LABEL } from "./spec.js";
+import type { StartRunInput } from "../model/start-run.js";
+import { FIRE_LABEL, SCHEDULE_LABEL } from "../dag/schedule-spec.js";
 import type { FireRow, FireStore, PendingFire } from "./fire-store.js";
 import { keyOfRun } from "../persistence/idempotency-keys.js";
 

@@ -9,7 +9,7 @@
  * (OFF: none, LAST: the latest within the window, ALL: all within the window). A fire time after
  * it is the loop's own and always goes to the overlap policy, however late the loop gets to it.
  */
-import type { CatchUpPolicy, OverlapPolicy } from "./spec.js";
+import type { CatchUpPolicy, OverlapPolicy } from "../dag/schedule-spec.js";
 
 /** The part of a schedule a plan reads. */
 export interface PlanInput {

@@ -8,7 +8,7 @@ import { ApiError } from "@nexusflow/common";
 import type pg from "pg";
 import { decodeToken, encodeToken } from "../persistence/page-token.js";
 import { timeFireKey } from "./fire-store.js";
-import { isScheduleRef, type ScheduleSpec } from "./spec.js";
+import { isScheduleRef, type ScheduleSpec } from "../dag/schedule-spec.js";
 
 /** A stored schedule. */
 export interface ScheduleRow {

@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { ApiError, Code, createLogger } from "@nexusflow/common";
 import { waitFor } from "@nexusflow/common/testing";
-import type { StartRunInput } from "../engine/engine.js";
+import type { StartRunInput } from "../model/start-run.js";
 import type { EventStore, PendingMatch } from "./event-store.js";
 import { MatchLoop, MatchStarter, matchIdempotencyKey } from "./match-loop.js";
 

@@ -13,7 +13,7 @@
  * `pollMs` while a match could not start, and every `idleMs` otherwise.
  */
 import { Code, isApiError, type Logger } from "@nexusflow/common";
-import type { StartRunInput } from "../engine/engine.js";
+import type { StartRunInput } from "../model/start-run.js";
 import { PassLoop, type PassLoopState } from "../background/pass-loop.js";
 import type { EventStore, PendingMatch } from "./event-store.js";
 import { keyOfRun } from "../persistence/idempotency-keys.js";

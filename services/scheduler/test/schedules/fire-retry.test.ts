@@ -20,7 +20,7 @@ import { scheduleView } from "../../src/api/schedule-convert.js";
 import { FireLoop, WALK_CHUNK } from "../../src/schedules/fire-loop.js";
 import { FireStore } from "../../src/schedules/fire-store.js";
 import type { RunStarter } from "../../src/schedules/fires.js";
-import { normalizeSpec, type ScheduleSpec, type ScheduleSpecInput } from "../../src/schedules/spec.js";
+import { normalizeSpec, type ScheduleSpec, type ScheduleSpecInput } from "../../src/dag/schedule-spec.js";
 import { ScheduleStore } from "../../src/schedules/store.js";
 import { startTestDatabase, startTestScheduler, waitFor } from "../support.js";
 

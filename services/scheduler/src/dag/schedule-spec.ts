@@ -4,7 +4,7 @@
  * of the request (`spec.cron`, `spec.max_concurrent_runs`, ...).
  */
 import { ApiError, nulCharacterPath } from "@nexusflow/common";
-import { NAME_PATTERN } from "../dag/spec.js";
+import { NAME_PATTERN } from "./spec.js";
 import { parseCron, type CronSchedule } from "./cron.js";
 
 /** What a fire does while earlier runs of the schedule are active. */
