@@ -149,13 +149,21 @@ export class Dispatcher {
     return i < 0 ? waiting.length : i;
   }
 
-  /** The tasks of `type` still QUEUED: key by key, each key's first first. */
+  /**
+   * The tasks of `type` still QUEUED: with one fair-share key (no fairness), in its order (by
+   * priority with ageing); with several, oldest first (the keys take turns by their shares).
+   */
   waiting(type: string): TaskState[] {
     const tree = this.shares.trees.get(type);
     if (tree === undefined) return [];
     const out: TaskState[] = [];
+    let keys = 0;
     for (const tenant of tree.tenants.values())
-      for (const key of tenant.keys.values()) for (const t of key.queue.queued()) out.push(t);
+      for (const key of tenant.keys.values()) {
+        keys++;
+        for (const t of key.queue.queued()) out.push(t);
+      }
+    if (keys > 1) out.sort((a, b) => (a.queuedAt?.getTime() ?? 0) - (b.queuedAt?.getTime() ?? 0));
     return out;
   }
 
