@@ -8,8 +8,9 @@
  * dated by the run's creation (UTC).
  *
  * Safe beside the group-commit writer: only runs whose terminal state is committed, and that the
- * engine no longer holds in memory, are taken; a terminal run never changes again, and the DELETE
- * checks the status once more. A run's artifacts (and its export) are handled before its rows, so
+ * engine no longer holds in memory, are taken; a terminal run never changes again (but a child
+ * that SUCCEEDED, while an ancestor is active to roll it back: such a child is kept), and the
+ * DELETE checks the status once more. A run's artifacts (and its export) are handled before its rows, so
  * a failure leaves the run to the next pass and never an orphaned folder; its rows then go in one
  * short transaction per batch, with a pause between batches so that the hot path keeps the
  * database. Unpublished outbox rows stay for the relay (which prunes them once published).
@@ -65,10 +66,19 @@ export function exportKey(runId: string, createdAt: Date): string {
 const TERMINAL = [...TERMINAL_RUN_STATUSES];
 
 // The (status, created_at) index finds them: a run that ended before the cutoff began before it.
-const CANDIDATES_SQL = `SELECT id, created_at FROM workflow_runs
-  WHERE status = ANY($1::text[]) AND created_at < to_timestamp($2::float8 / 1000)
-    AND ended_at < to_timestamp($2::float8 / 1000) AND NOT (id = ANY($3::uuid[]))
-  ORDER BY created_at LIMIT $4`;
+// A child run stays while its parent (or an ancestor) is active: it may still roll back with it
+// (core/child-rollback.ts). Only an active run revives a child, so once none of its ancestors is
+// active none ever will be again, and the DELETE need not look twice.
+const CANDIDATES_SQL = `SELECT r.id, r.created_at FROM workflow_runs r
+  WHERE r.status = ANY($1::text[]) AND r.created_at < to_timestamp($2::float8 / 1000)
+    AND r.ended_at < to_timestamp($2::float8 / 1000) AND NOT (r.id = ANY($3::uuid[]))
+    AND (r.parent_run_id IS NULL OR NOT EXISTS (
+      WITH RECURSIVE up (id, parent_run_id, status) AS (
+        SELECT p.id, p.parent_run_id, p.status FROM workflow_runs p WHERE p.id = r.parent_run_id
+        UNION ALL
+        SELECT p.id, p.parent_run_id, p.status FROM workflow_runs p JOIN up ON p.id = up.parent_run_id)
+      SELECT 1 FROM up WHERE up.status IN ('PENDING', 'RUNNING', 'COMPENSATING')))
+  ORDER BY r.created_at LIMIT $4`;
 
 const DELETE_RUNS_SQL = `DELETE FROM workflow_runs WHERE id = ANY($1::uuid[]) AND status = ANY($2::text[])
   RETURNING id, workflow_name, idempotency_key`;

@@ -4,16 +4,22 @@
  * upstream ones) and GetRun shows it COMPENSATED; a restart while the child rolls back, and a
  * crash between the parent's compensation and its child's; a parent with five children running
  * cancelled with compensation (all cancelled, all rolled back as declared, then the parent);
- * onParentCancel "abandon"; a child whose rollback fails.
+ * onParentCancel "abandon"; a child whose rollback fails; retention keeping children that may
+ * still roll back.
  */
 import assert from "node:assert/strict";
+import { mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { jsonToValue, valueToJson } from "@nexusflow/common";
+import { FilesystemArtifactStore } from "@nexusflow/common/artifacts";
 import { TaskErrorType } from "@nexusflow/common/task-error-types";
 import { Executor, TaskError } from "@nexusflow/executor";
 import { RunStatus, TaskKind, TaskStatus, type Run } from "@nexusflow/gen";
 import pg from "pg";
 import { childRunId } from "../../src/core/children.js";
+import { RunRetention } from "../../src/persistence/retention.js";
 import type { Scheduler } from "../../src/scheduler.js";
 import {
   outboxEvents,
@@ -392,5 +398,58 @@ describe("a parent's rollback reaches its children", () => {
     assert.equal((valueToJson(rollback.error?.details) as { childRunId: string }).childRunId, childId);
     // The other compensations still run.
     assert.ok(calls.includes("release:broken-1"));
+  });
+  it("retention keeps a child, and its own child, while an ancestor is active to roll them back", async () => {
+    await register({
+      name: "rb-mid",
+      version: 1,
+      steps: [{ id: "inner", workflow: { name: "rb-charge", input: "{{ input }}" } }],
+    });
+    await register({
+      name: "rb-root",
+      version: 1,
+      steps: [
+        { id: "mid", workflow: { name: "rb-mid", input: "{{ input }}" } },
+        { id: "later", dependsOn: ["mid"], wait: { signal: "go" } },
+      ],
+    });
+    const runId = await start("rb-root", { key: "kept", amount: 1 });
+    const mid = childRunId(runId, "mid");
+    const inner = childRunId(mid, "inner");
+    await waitFor("the root waiting, its children ended", async () => {
+      const r = (await client.getRun({ runId })).run;
+      return r?.tasks.find((t) => t.stepId === "later")?.status === TaskStatus.WAITING || undefined;
+    });
+    const longAgo = new Date(Date.now() - 40 * 86_400_000);
+    await sql.query(
+      "UPDATE workflow_runs SET created_at = $2, ended_at = $2::timestamptz + interval '1 minute' WHERE id = ANY($1::uuid[])",
+      [[mid, inner], longAgo],
+    );
+    const root = await mkdtemp(join(tmpdir(), "nf-rollback-retention-"));
+    const pool = new pg.Pool({ connectionString: db.url, max: 2 });
+    try {
+      const retention = new RunRetention({
+        pool,
+        store: new FilesystemArtifactStore({ root }),
+        log: testLogger("retention"),
+        retentionMs: 30 * 86_400_000,
+        isActive: (id) => scheduler?.engine.isActive(id) ?? false,
+      });
+      const stored = async () =>
+        (
+          await sql.query<{ id: string }>("SELECT id FROM workflow_runs WHERE id = ANY($1::uuid[])", [
+            [mid, inner],
+          ])
+        ).rows.length;
+      await retention.purge();
+      assert.equal(await stored(), 2, "kept: the root is active");
+      await client.signalRun({ runId, name: "go" });
+      assert.equal((await waitForRun(client, runId)).status, RunStatus.SUCCEEDED);
+      await retention.purge();
+      assert.equal(await stored(), 0, "deleted once no ancestor is active");
+    } finally {
+      await pool.end();
+      await rm(root, { recursive: true, force: true });
+    }
   });
 });
