@@ -131,7 +131,10 @@ export const TaskErrorType = {
    * CANCELLED, COMPENSATED, COMPENSATION_FAILED): the step fails with this type, not the child's
    * (the child's own type is in the message and the details), so that a parent can tell "my child
    * failed" from its own steps' failures. Terminal: a failed child is not started again. Details:
-   * `{"childRunId", "status", "error"}` (the child run's id, its status and its error).
+   * `{"childRunId", "status", "error"}` (the child run's id, its status and its error). Also the
+   * error of a child workflow step's compensation (the parent rolling back) when a child could not
+   * roll back (it ended COMPENSATION_FAILED, or is no longer stored): details add `failedCount`
+   * and `failed` (the first 100 such children).
    */
   CHILD_FAILED: "CHILD_FAILED",
   /**
