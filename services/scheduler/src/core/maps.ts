@@ -21,6 +21,7 @@
  */
 import { TaskErrorType } from "@nexusflow/common/task-error-types";
 import { jsonToValue } from "@nexusflow/common";
+import { TaskKind } from "@nexusflow/gen";
 import { isDagError, renderElementInput, type CompiledStep } from "../dag/index.js";
 import {
   ACTIVE_LEASE,
@@ -65,7 +66,7 @@ export function startMap(
   core.fx.writeTask(task);
   core.fx.event(run, {
     case: "taskWaiting",
-    value: { taskRunId: task.id, stepId: task.stepId, signal: "" },
+    value: { taskRunId: task.id, stepId: task.stepId, signal: "", kind: TaskKind.STEP },
   });
   const map = newMap(task, items);
   (run.maps ??= new Map()).set(step.id, map);
