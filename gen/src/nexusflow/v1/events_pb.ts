@@ -2,8 +2,8 @@
 // @generated from file nexusflow/v1/events.proto (package nexusflow.v1, syntax proto3)
 /* eslint-disable */
 
-import type { GenFile, GenMessage } from "@bufbuild/protobuf/codegenv2";
-import { fileDesc, messageDesc } from "@bufbuild/protobuf/codegenv2";
+import type { GenEnum, GenFile, GenMessage } from "@bufbuild/protobuf/codegenv2";
+import { enumDesc, fileDesc, messageDesc } from "@bufbuild/protobuf/codegenv2";
 import type { Timestamp, Value } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_struct, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
 import type { ArtifactRef } from "./artifacts_pb.js";
@@ -16,7 +16,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file nexusflow/v1/events.proto.
  */
 export const file_nexusflow_v1_events: GenFile = /*@__PURE__*/
-  fileDesc("ChluZXh1c2Zsb3cvdjEvZXZlbnRzLnByb3RvEgxuZXh1c2Zsb3cudjEi7wYKDkxpZmVjeWNsZUV2ZW50EhAKCGV2ZW50X2lkGAEgASgJEg4KBnJ1bl9pZBgCIAEoCRIQCghzZXF1ZW5jZRgDIAEoAxIoCgR0aW1lGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIVCg13b3JrZmxvd19uYW1lGAUgASgJEhgKEHdvcmtmbG93X3ZlcnNpb24YBiABKAUSLwoLcnVuX3N0YXJ0ZWQYCiABKAsyGC5uZXh1c2Zsb3cudjEuUnVuU3RhcnRlZEgAEi8KC3Rhc2tfbGVhc2VkGAsgASgLMhgubmV4dXNmbG93LnYxLlRhc2tMZWFzZWRIABIxCgx0YXNrX3N0YXJ0ZWQYDCABKAsyGS5uZXh1c2Zsb3cudjEuVGFza1N0YXJ0ZWRIABI1Cg50YXNrX3N1Y2NlZWRlZBgNIAEoCzIbLm5leHVzZmxvdy52MS5UYXNrU3VjY2VlZGVkSAASLwoLdGFza19mYWlsZWQYDiABKAsyGC5uZXh1c2Zsb3cudjEuVGFza0ZhaWxlZEgAEkAKFHRhc2tfcmV0cnlfc2NoZWR1bGVkGA8gASgLMiAubmV4dXNmbG93LnYxLlRhc2tSZXRyeVNjaGVkdWxlZEgAEjEKDHRhc2tfc2tpcHBlZBgQIAEoCzIZLm5leHVzZmxvdy52MS5UYXNrU2tpcHBlZEgAEjkKEHJ1bl9jb21wZW5zYXRpbmcYESABKAsyHS5uZXh1c2Zsb3cudjEuUnVuQ29tcGVuc2F0aW5nSAASMwoNcnVuX2NvbXBsZXRlZBgSIAEoCzIaLm5leHVzZmxvdy52MS5SdW5Db21wbGV0ZWRIABJAChRydW5fY2FuY2VsX3JlcXVlc3RlZBgTIAEoCzIgLm5leHVzZmxvdy52MS5SdW5DYW5jZWxSZXF1ZXN0ZWRIABI1Cg50YXNrX2NhbmNlbGxlZBgUIAEoCzIbLm5leHVzZmxvdy52MS5UYXNrQ2FuY2VsbGVkSAASNwoPc2lnbmFsX3JlY2VpdmVkGBUgASgLMhwubmV4dXNmbG93LnYxLlNpZ25hbFJlY2VpdmVkSAASMQoMdGFza193YWl0aW5nGBYgASgLMhkubmV4dXNmbG93LnYxLlRhc2tXYWl0aW5nSABCBwoFZXZlbnQiQwoTTGlmZWN5Y2xlRXZlbnRCYXRjaBIsCgZldmVudHMYASADKAsyHC5uZXh1c2Zsb3cudjEuTGlmZWN5Y2xlRXZlbnQi3AEKClJ1blN0YXJ0ZWQSJQoFaW5wdXQYASABKAsyFi5nb29nbGUucHJvdG9idWYuVmFsdWUSFwoPaWRlbXBvdGVuY3lfa2V5GAIgASgJEjQKBmxhYmVscxgDIAMoCzIkLm5leHVzZmxvdy52MS5SdW5TdGFydGVkLkxhYmVsc0VudHJ5EhAKCHJlcnVuX29mGAQgASgJEhcKD3JlcnVuX2Zyb21fc3RlcBgFIAEoCRotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIpUBCgpUYXNrTGVhc2VkEhMKC3Rhc2tfcnVuX2lkGAEgASgJEg8KB3N0ZXBfaWQYAiABKAkSDwoHYXR0ZW1wdBgDIAEoBRITCgtleGVjdXRvcl9pZBgEIAEoCRIVCg1mZW5jaW5nX3Rva2VuGAUgASgDEiQKBGtpbmQYBiABKA4yFi5uZXh1c2Zsb3cudjEuVGFza0tpbmQifwoLVGFza1N0YXJ0ZWQSEwoLdGFza19ydW5faWQYASABKAkSDwoHc3RlcF9pZBgCIAEoCRIPCgdhdHRlbXB0GAMgASgFEhMKC2V4ZWN1dG9yX2lkGAQgASgJEiQKBGtpbmQYBSABKA4yFi5uZXh1c2Zsb3cudjEuVGFza0tpbmQi2AEKDVRhc2tTdWNjZWVkZWQSEwoLdGFza19ydW5faWQYASABKAkSDwoHc3RlcF9pZBgCIAEoCRIPCgdhdHRlbXB0GAMgASgFEiYKBm91dHB1dBgEIAEoCzIWLmdvb2dsZS5wcm90b2J1Zi5WYWx1ZRItCgpvdXRwdXRfcmVmGAUgASgLMhkubmV4dXNmbG93LnYxLkFydGlmYWN0UmVmEiQKBGtpbmQYBiABKA4yFi5uZXh1c2Zsb3cudjEuVGFza0tpbmQSEwoLcmV1c2VkX2Zyb20YByABKAkioAEKClRhc2tGYWlsZWQSEwoLdGFza19ydW5faWQYASABKAkSDwoHc3RlcF9pZBgCIAEoCRIPCgdhdHRlbXB0GAMgASgFEiYKBWVycm9yGAQgASgLMhcubmV4dXNmbG93LnYxLlRhc2tFcnJvchINCgVmaW5hbBgFIAEoCBIkCgRraW5kGAYgASgOMhYubmV4dXNmbG93LnYxLlRhc2tLaW5kIqQBChJUYXNrUmV0cnlTY2hlZHVsZWQSEwoLdGFza19ydW5faWQYASABKAkSDwoHc3RlcF9pZBgCIAEoCRIUCgxuZXh0X2F0dGVtcHQYAyABKAUSLAoIZHVlX3RpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiQKBGtpbmQYBSABKA4yFi5uZXh1c2Zsb3cudjEuVGFza0tpbmQiQwoLVGFza1NraXBwZWQSEwoLdGFza19ydW5faWQYASABKAkSDwoHc3RlcF9pZBgCIAEoCRIOCgZyZWFzb24YAyABKAkiRQoNVGFza0NhbmNlbGxlZBITCgt0YXNrX3J1bl9pZBgBIAEoCRIPCgdzdGVwX2lkGAIgASgJEg4KBnJlYXNvbhgDIAEoCSJKCg9SdW5Db21wZW5zYXRpbmcSEAoIc3RlcF9pZHMYASADKAkSDgoGcmVhc29uGAIgASgJEhUKDXBhcmVudF9ydW5faWQYKCABKAkiOAoSUnVuQ2FuY2VsUmVxdWVzdGVkEg4KBnJlYXNvbhgBIAEoCRISCgpjb21wZW5zYXRlGAIgASgIIocBCgxSdW5Db21wbGV0ZWQSJwoGc3RhdHVzGAEgASgOMhcubmV4dXNmbG93LnYxLlJ1blN0YXR1cxImCgZvdXRwdXQYAiABKAsyFi5nb29nbGUucHJvdG9idWYuVmFsdWUSJgoFZXJyb3IYAyABKAsyFy5uZXh1c2Zsb3cudjEuVGFza0Vycm9yIkgKDlNpZ25hbFJlY2VpdmVkEgwKBG5hbWUYASABKAkSFwoPaWRlbXBvdGVuY3lfa2V5GAIgASgJEg8KB3N0ZXBfaWQYAyABKAkizAEKC1Rhc2tXYWl0aW5nEhMKC3Rhc2tfcnVuX2lkGAEgASgJEg8KB3N0ZXBfaWQYAiABKAkSDgoGc2lnbmFsGAMgASgJEiwKCGR1ZV90aW1lGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIUCgxjaGlsZF9ydW5faWQYKCABKAkSJAoEa2luZBgpIAEoDjIWLm5leHVzZmxvdy52MS5UYXNrS2luZBINCgVldmVudBgFIAEoCRIOCgZmaWx0ZXIYBiABKAliBnByb3RvMw", [file_google_protobuf_struct, file_google_protobuf_timestamp, file_nexusflow_v1_artifacts, file_nexusflow_v1_workflow]);
+  fileDesc("ChluZXh1c2Zsb3cvdjEvZXZlbnRzLnByb3RvEgxuZXh1c2Zsb3cudjEinAcKDkxpZmVjeWNsZUV2ZW50EhAKCGV2ZW50X2lkGAEgASgJEg4KBnJ1bl9pZBgCIAEoCRIQCghzZXF1ZW5jZRgDIAEoAxIoCgR0aW1lGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIVCg13b3JrZmxvd19uYW1lGAUgASgJEhgKEHdvcmtmbG93X3ZlcnNpb24YBiABKAUSLwoLcnVuX3N0YXJ0ZWQYCiABKAsyGC5uZXh1c2Zsb3cudjEuUnVuU3RhcnRlZEgAEi8KC3Rhc2tfbGVhc2VkGAsgASgLMhgubmV4dXNmbG93LnYxLlRhc2tMZWFzZWRIABIxCgx0YXNrX3N0YXJ0ZWQYDCABKAsyGS5uZXh1c2Zsb3cudjEuVGFza1N0YXJ0ZWRIABI1Cg50YXNrX3N1Y2NlZWRlZBgNIAEoCzIbLm5leHVzZmxvdy52MS5UYXNrU3VjY2VlZGVkSAASLwoLdGFza19mYWlsZWQYDiABKAsyGC5uZXh1c2Zsb3cudjEuVGFza0ZhaWxlZEgAEkAKFHRhc2tfcmV0cnlfc2NoZWR1bGVkGA8gASgLMiAubmV4dXNmbG93LnYxLlRhc2tSZXRyeVNjaGVkdWxlZEgAEjEKDHRhc2tfc2tpcHBlZBgQIAEoCzIZLm5leHVzZmxvdy52MS5UYXNrU2tpcHBlZEgAEjkKEHJ1bl9jb21wZW5zYXRpbmcYESABKAsyHS5uZXh1c2Zsb3cudjEuUnVuQ29tcGVuc2F0aW5nSAASMwoNcnVuX2NvbXBsZXRlZBgSIAEoCzIaLm5leHVzZmxvdy52MS5SdW5Db21wbGV0ZWRIABJAChRydW5fY2FuY2VsX3JlcXVlc3RlZBgTIAEoCzIgLm5leHVzZmxvdy52MS5SdW5DYW5jZWxSZXF1ZXN0ZWRIABI1Cg50YXNrX2NhbmNlbGxlZBgUIAEoCzIbLm5leHVzZmxvdy52MS5UYXNrQ2FuY2VsbGVkSAASNwoPc2lnbmFsX3JlY2VpdmVkGBUgASgLMhwubmV4dXNmbG93LnYxLlNpZ25hbFJlY2VpdmVkSAASMQoMdGFza193YWl0aW5nGBYgASgLMhkubmV4dXNmbG93LnYxLlRhc2tXYWl0aW5nSAASKwoJdGFza19oZWxkGBcgASgLMhYubmV4dXNmbG93LnYxLlRhc2tIZWxkSABCBwoFZXZlbnQiQwoTTGlmZWN5Y2xlRXZlbnRCYXRjaBIsCgZldmVudHMYASADKAsyHC5uZXh1c2Zsb3cudjEuTGlmZWN5Y2xlRXZlbnQi3AEKClJ1blN0YXJ0ZWQSJQoFaW5wdXQYASABKAsyFi5nb29nbGUucHJvdG9idWYuVmFsdWUSFwoPaWRlbXBvdGVuY3lfa2V5GAIgASgJEjQKBmxhYmVscxgDIAMoCzIkLm5leHVzZmxvdy52MS5SdW5TdGFydGVkLkxhYmVsc0VudHJ5EhAKCHJlcnVuX29mGAQgASgJEhcKD3JlcnVuX2Zyb21fc3RlcBgFIAEoCRotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIpUBCgpUYXNrTGVhc2VkEhMKC3Rhc2tfcnVuX2lkGAEgASgJEg8KB3N0ZXBfaWQYAiABKAkSDwoHYXR0ZW1wdBgDIAEoBRITCgtleGVjdXRvcl9pZBgEIAEoCRIVCg1mZW5jaW5nX3Rva2VuGAUgASgDEiQKBGtpbmQYBiABKA4yFi5uZXh1c2Zsb3cudjEuVGFza0tpbmQifwoLVGFza1N0YXJ0ZWQSEwoLdGFza19ydW5faWQYASABKAkSDwoHc3RlcF9pZBgCIAEoCRIPCgdhdHRlbXB0GAMgASgFEhMKC2V4ZWN1dG9yX2lkGAQgASgJEiQKBGtpbmQYBSABKA4yFi5uZXh1c2Zsb3cudjEuVGFza0tpbmQi2AEKDVRhc2tTdWNjZWVkZWQSEwoLdGFza19ydW5faWQYASABKAkSDwoHc3RlcF9pZBgCIAEoCRIPCgdhdHRlbXB0GAMgASgFEiYKBm91dHB1dBgEIAEoCzIWLmdvb2dsZS5wcm90b2J1Zi5WYWx1ZRItCgpvdXRwdXRfcmVmGAUgASgLMhkubmV4dXNmbG93LnYxLkFydGlmYWN0UmVmEiQKBGtpbmQYBiABKA4yFi5uZXh1c2Zsb3cudjEuVGFza0tpbmQSEwoLcmV1c2VkX2Zyb20YByABKAkioAEKClRhc2tGYWlsZWQSEwoLdGFza19ydW5faWQYASABKAkSDwoHc3RlcF9pZBgCIAEoCRIPCgdhdHRlbXB0GAMgASgFEiYKBWVycm9yGAQgASgLMhcubmV4dXNmbG93LnYxLlRhc2tFcnJvchINCgVmaW5hbBgFIAEoCBIkCgRraW5kGAYgASgOMhYubmV4dXNmbG93LnYxLlRhc2tLaW5kIqQBChJUYXNrUmV0cnlTY2hlZHVsZWQSEwoLdGFza19ydW5faWQYASABKAkSDwoHc3RlcF9pZBgCIAEoCRIUCgxuZXh0X2F0dGVtcHQYAyABKAUSLAoIZHVlX3RpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiQKBGtpbmQYBSABKA4yFi5uZXh1c2Zsb3cudjEuVGFza0tpbmQiQwoLVGFza1NraXBwZWQSEwoLdGFza19ydW5faWQYASABKAkSDwoHc3RlcF9pZBgCIAEoCRIOCgZyZWFzb24YAyABKAkiRQoNVGFza0NhbmNlbGxlZBITCgt0YXNrX3J1bl9pZBgBIAEoCRIPCgdzdGVwX2lkGAIgASgJEg4KBnJlYXNvbhgDIAEoCSJKCg9SdW5Db21wZW5zYXRpbmcSEAoIc3RlcF9pZHMYASADKAkSDgoGcmVhc29uGAIgASgJEhUKDXBhcmVudF9ydW5faWQYKCABKAkiOAoSUnVuQ2FuY2VsUmVxdWVzdGVkEg4KBnJlYXNvbhgBIAEoCRISCgpjb21wZW5zYXRlGAIgASgIIocBCgxSdW5Db21wbGV0ZWQSJwoGc3RhdHVzGAEgASgOMhcubmV4dXNmbG93LnYxLlJ1blN0YXR1cxImCgZvdXRwdXQYAiABKAsyFi5nb29nbGUucHJvdG9idWYuVmFsdWUSJgoFZXJyb3IYAyABKAsyFy5uZXh1c2Zsb3cudjEuVGFza0Vycm9yIkgKDlNpZ25hbFJlY2VpdmVkEgwKBG5hbWUYASABKAkSFwoPaWRlbXBvdGVuY3lfa2V5GAIgASgJEg8KB3N0ZXBfaWQYAyABKAkizAEKC1Rhc2tXYWl0aW5nEhMKC3Rhc2tfcnVuX2lkGAEgASgJEg8KB3N0ZXBfaWQYAiABKAkSDgoGc2lnbmFsGAMgASgJEiwKCGR1ZV90aW1lGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIUCgxjaGlsZF9ydW5faWQYKCABKAkSJAoEa2luZBgpIAEoDjIWLm5leHVzZmxvdy52MS5UYXNrS2luZBINCgVldmVudBgFIAEoCRIOCgZmaWx0ZXIYBiABKAkiuQEKCFRhc2tIZWxkEhMKC3Rhc2tfcnVuX2lkGAEgASgJEg8KB3N0ZXBfaWQYAiABKAkSJAoEa2luZBgDIAEoDjIWLm5leHVzZmxvdy52MS5UYXNrS2luZBIPCgdhdHRlbXB0GAQgASgFEiQKBGdhdGUYBSABKA4yFi5uZXh1c2Zsb3cudjEuSG9sZEdhdGUSDQoFbGltaXQYBiABKAkSCwoDa2V5GAcgASgJEg4KBnJlYXNvbhgIIAEoCSp/CghIb2xkR2F0ZRIZChVIT0xEX0dBVEVfVU5TUEVDSUZJRUQQABIdChlIT0xEX0dBVEVfQ09OQ1VSUkVOQ1lfS0VZEAESGAoUSE9MRF9HQVRFX1JBVEVfTElNSVQQAhIfChtIT0xEX0dBVEVfUkFURV9MSU1JVF9QQVVTRUQQA2IGcHJvdG8z", [file_google_protobuf_struct, file_google_protobuf_timestamp, file_nexusflow_v1_artifacts, file_nexusflow_v1_workflow]);
 
 /**
  * A durable lifecycle event as published to Kafka (key = run id; one partition per run keeps
@@ -178,6 +178,15 @@ export type LifecycleEvent = Message<"nexusflow.v1.LifecycleEvent"> & {
      */
     value: TaskWaiting;
     case: "taskWaiting";
+  } | {
+    /**
+     * A queued task was held back by a gate the scheduler decides when it would lease it (a
+     * concurrency key, a rate limit), or the gate holding it changed.
+     *
+     * @generated from field: nexusflow.v1.TaskHeld task_held = 23;
+     */
+    value: TaskHeld;
+    case: "taskHeld";
   } | { case: undefined; value?: undefined };
 };
 
@@ -811,4 +820,126 @@ export type TaskWaiting = Message<"nexusflow.v1.TaskWaiting"> & {
  */
 export const TaskWaitingSchema: GenMessage<TaskWaiting> = /*@__PURE__*/
   messageDesc(file_nexusflow_v1_events, 14);
+
+/**
+ * A queued task was held back: the scheduler would have leased it, but a gate decided then held
+ * it (a full concurrency key, an empty or paused rate limit bucket). Emitted, in the same commit
+ * as the decision, when the task becomes held and again only when the gate holding it changes
+ * (another kind, limit or key), never on each scheduling pass: a task waiting an hour behind a
+ * key has one such event. The task's task_leased follows when it is let go and leased; a restart
+ * of the scheduler may repeat it once. Holds that are not decisions about the task (waiting for an
+ * executor, its fair share, dependencies, a run waiting for its workflow's keys) have no event:
+ * ExplainPending names them.
+ *
+ * @generated from message nexusflow.v1.TaskHeld
+ */
+export type TaskHeld = Message<"nexusflow.v1.TaskHeld"> & {
+  /**
+   * Task run id.
+   *
+   * @generated from field: string task_run_id = 1;
+   */
+  taskRunId: string;
+
+  /**
+   * Step id.
+   *
+   * @generated from field: string step_id = 2;
+   */
+  stepId: string;
+
+  /**
+   * Step or compensation.
+   *
+   * @generated from field: nexusflow.v1.TaskKind kind = 3;
+   */
+  kind: TaskKind;
+
+  /**
+   * The attempt it would make when leased.
+   *
+   * @generated from field: int32 attempt = 4;
+   */
+  attempt: number;
+
+  /**
+   * The gate that holds it.
+   *
+   * @generated from field: nexusflow.v1.HoldGate gate = 5;
+   */
+  gate: HoldGate;
+
+  /**
+   * The concurrency limit's key expression as written (e.g. "input.customerId"), or the rate
+   * limit's name; at most 200 characters (longer ones are cut, ending with "...").
+   *
+   * @generated from field: string limit = 6;
+   */
+  limit: string;
+
+  /**
+   * The key value (empty for a rate limit without a key); at most 200 characters, cut likewise.
+   *
+   * @generated from field: string key = 7;
+   */
+  key: string;
+
+  /**
+   * Every gate that holds it at that moment in one line, as ExplainPending and GetRun's
+   * pending_reason word it (e.g. 'concurrency key "c1" (input.customerId, limit 1): held by
+   * charge of run ...; 3 of 10 in its queue'); at most 1000 characters, cut likewise.
+   *
+   * @generated from field: string reason = 8;
+   */
+  reason: string;
+};
+
+/**
+ * Describes the message nexusflow.v1.TaskHeld.
+ * Use `create(TaskHeldSchema)` to create a new message.
+ */
+export const TaskHeldSchema: GenMessage<TaskHeld> = /*@__PURE__*/
+  messageDesc(file_nexusflow_v1_events, 15);
+
+/**
+ * A gate that holds a queued task back, decided by the scheduler when it would lease the task.
+ *
+ * @generated from enum nexusflow.v1.HoldGate
+ */
+export enum HoldGate {
+  /**
+   * Not set.
+   *
+   * @generated from enum value: HOLD_GATE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * A concurrency limit's key is full: the task waits in the key's queue for a slot.
+   *
+   * @generated from enum value: HOLD_GATE_CONCURRENCY_KEY = 1;
+   */
+  CONCURRENCY_KEY = 1,
+
+  /**
+   * A rate limit's bucket lacks the task's units: the task waits for its next tokens.
+   *
+   * @generated from enum value: HOLD_GATE_RATE_LIMIT = 2;
+   */
+  RATE_LIMIT = 2,
+
+  /**
+   * A rate limit's key is paused (by a handler, an HTTP step's Retry-After or an operator): the
+   * task waits for the pause to end.
+   *
+   * @generated from enum value: HOLD_GATE_RATE_LIMIT_PAUSED = 3;
+   */
+  RATE_LIMIT_PAUSED = 3,
+}
+
+/**
+ * Describes the enum nexusflow.v1.HoldGate.
+ */
+export const HoldGateSchema: GenEnum<HoldGate> = /*@__PURE__*/
+  enumDesc(file_nexusflow_v1_events, 0);
 

@@ -28,6 +28,7 @@ import type { TaskState } from "../model/run-state.js";
 import { runScope } from "./concurrency.js";
 import type { Core } from "./context.js";
 import { failTerminally, stepState } from "./transitions.js";
+import { noteBucketWaiters, noteHeld } from "./hold-events.js";
 
 export { type Bucket, type BucketSnapshot, RateLimitState, type RateWant };
 
@@ -183,6 +184,8 @@ export function rateWake(core: Core, b: Bucket, at: number, now: Date): void {
       continue;
     }
     b.waiters.push(task);
+    // Still held, by the bucket (after a pause that ended, by its tokens): an event if that changed.
+    noteHeld(core, task, now, b);
     next = Math.min(
       next,
       ready > t ? ready : t + Math.ceil((want.limit.units * want.limit.perMs) / want.limit.rate),
@@ -208,6 +211,8 @@ export function pauseBucket(
   if (b.waiters.length > 0) {
     b.wakeAt = null;
     wake(core, b, b.pausedUntil ?? t, t);
+    // Its waiters are held by the pause now (or, resumed, by its tokens if any).
+    noteBucketWaiters(core, b, now);
   }
 }
 

@@ -30,6 +30,7 @@ import {
 } from "./concurrency.js";
 import type { Core } from "./context.js";
 import { admitWithRate } from "./rate-limits.js";
+import { clearHeld, noteHeld } from "./hold-events.js";
 import { cancelChild, startChildStep } from "./children.js";
 import { rerunLink, takeOver, type RerunStart } from "./reruns.js";
 import { armRunDeadline } from "./timers.js";
@@ -115,8 +116,14 @@ function admitNewRun(core: Core, run: RunState, now: Date): void {
  * strategy): skip it. Rate limits first: a task without tokens takes no slot (rate-limits.ts).
  */
 export function admitQueued(core: Core, task: TaskState, now: Date): boolean {
-  if (task.rate === undefined) return admitTask(core, task, now, cancelByLimit(core, now));
-  return admitWithRate(core, task, now, () => admitTask(core, task, now, cancelByLimit(core, now)));
+  const ok =
+    task.rate === undefined
+      ? admitTask(core, task, now, cancelByLimit(core, now))
+      : admitWithRate(core, task, now, () => admitTask(core, task, now, cancelByLimit(core, now)));
+  // Held back: a task_held event when the gate holding it is new to it (hold-events.ts).
+  if (ok) clearHeld(task);
+  else noteHeld(core, task, now);
+  return ok;
 }
 
 /**

@@ -41,6 +41,10 @@ describe("event messages", () => {
     assert.equal(protoEventType("taskSucceeded"), "task_succeeded");
     assert.equal(protoEventType("runStarted"), "run_started");
     assert.equal(protoEventType("taskRetryScheduled"), "task_retry_scheduled");
+    // Every case of the oneof, task_held included, gets its .proto field name.
+    const event = LifecycleEventSchema.oneofs.find((o) => o.name === "event");
+    assert.ok(event !== undefined && event.fields.some((f) => f.name === "task_held"));
+    for (const f of event.fields) assert.equal(protoEventType(f.localName), f.name);
   });
 
   it("keys by run id and carries type, content type, event id and sequence headers", () => {

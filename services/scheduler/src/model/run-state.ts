@@ -10,6 +10,7 @@ import type { Claim } from "./concurrency-state.js";
 import type { FairKey, FairPath } from "./fair-share-state.js";
 import type { QueueHold } from "./queue-hold.js";
 import type { BucketSnapshot, RateWant } from "./rate-limit-state.js";
+import type { TaskHold } from "./task-hold.js";
 import type { CompiledWorkflow } from "../dag/index.js";
 
 /** Run states as stored: the names of the generated RunStatus enum ("SUCCEEDED"). */
@@ -138,6 +139,8 @@ export interface TaskState {
   fairKey?: FairKey | undefined;
   /** The fair-share key its lease is charged to, until the lease ends (core/fair-shares.ts). */
   fairLease?: FairKey | undefined;
+  /** While QUEUED: the gate its latest task_held event named (core/hold-events.ts; in memory only). */
+  heldBy?: TaskHold | undefined;
   /**
    * An element task of a map step (core/maps.ts): the element's position. Stored as step id
    * `<step>[<index>]` (a step id cannot hold "["), `stepId` is the map step's own in memory.
