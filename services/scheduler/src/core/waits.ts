@@ -15,6 +15,7 @@
 import { jsonToValue } from "@nexusflow/common";
 import { TaskErrorType } from "@nexusflow/common/task-error-types";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
+import { TaskKind } from "@nexusflow/gen";
 import { untilTime, type CompiledDurable } from "../dag/index.js";
 import {
   TERMINAL_RUN_STATUSES,
@@ -142,6 +143,7 @@ export function startWaiting(
       taskRunId: task.id,
       stepId: task.stepId,
       signal,
+      kind: TaskKind.STEP,
       ...(durable.kind === "event" ? { event: durable.event, filter: durable.filterText ?? "" } : {}),
       ...(due === null ? {} : { dueTime: timestampFromDate(due) }),
     },
