@@ -1,0 +1,69 @@
+/**
+ * What `nexusflow events tail` prints for an outbox row (decodeOutboxRow, pure): a task_held event
+ * as one JSON line with its type, header and every field, the gate by its enum name.
+ */
+import assert from "node:assert/strict";
+import { describe, it } from "node:test";
+import { create, toBinary } from "@bufbuild/protobuf";
+import { timestampFromMs } from "@bufbuild/protobuf/wkt";
+import { HoldGate, LifecycleEventBatchSchema, TaskKind } from "@nexusflow/gen";
+import { decodeOutboxRow } from "./outbox-tail.js";
+
+const RUN = "0b6d9d4e-8f53-4d59-9f0b-8a4b7b1c2d3e";
+
+describe("events tail lines", () => {
+  it("prints a task_held event with its gate, limit, key and reason", () => {
+    const payload = toBinary(
+      LifecycleEventBatchSchema,
+      create(LifecycleEventBatchSchema, {
+        events: [
+          {
+            runId: RUN,
+            sequence: 3n,
+            time: timestampFromMs(Date.parse("2026-12-05T18:00:00Z")),
+            workflowName: "charge",
+            workflowVersion: 1,
+            event: {
+              case: "taskHeld",
+              value: {
+                taskRunId: "t-1",
+                stepId: "charge",
+                kind: TaskKind.STEP,
+                attempt: 1,
+                gate: HoldGate.CONCURRENCY_KEY,
+                limit: "input.customerId",
+                key: "c1",
+                reason:
+                  'concurrency key "c1" (input.customerId, limit 1): held by charge of run r-0; 1 of 3 in its queue',
+              },
+            },
+          },
+        ],
+      }),
+    );
+    const [line, more] = decodeOutboxRow({
+      id: "7",
+      run_id: RUN,
+      payload: Buffer.from(payload),
+      trace_context: null,
+      created_at: new Date("2026-12-05T18:00:00Z"),
+    });
+    assert.equal(more, undefined);
+    assert.ok(line);
+    // The line `events tail` writes.
+    const printed = JSON.parse(JSON.stringify(line)) as typeof line;
+    assert.equal(printed.type, "task_held");
+    assert.equal(printed.headers["nf-event-type"], "task_held");
+    assert.deepEqual((printed.event as { taskHeld: unknown }).taskHeld, {
+      taskRunId: "t-1",
+      stepId: "charge",
+      kind: "TASK_KIND_STEP",
+      attempt: 1,
+      gate: "HOLD_GATE_CONCURRENCY_KEY",
+      limit: "input.customerId",
+      key: "c1",
+      reason:
+        'concurrency key "c1" (input.customerId, limit 1): held by charge of run r-0; 1 of 3 in its queue',
+    });
+  });
+});
