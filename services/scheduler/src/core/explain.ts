@@ -185,21 +185,8 @@ export function explainPending(
       const keys = claim === undefined ? [] : keyWaits(claim);
       for (const wait of keys) gates.push({ kind: "concurrency-key", ...wait });
       // A task waiting for a bucket's tokens is out of its type's queue too (rate-limits.ts).
-      const nowMs = now?.getTime() ?? 0;
       const rate = now === null ? [] : rateHolds(task, now);
-      for (const r of rate)
-        gates.push({
-          kind: "rate-limit",
-          name: r.name,
-          key: r.key,
-          nextTokenAt: new Date(r.nextTokenAt),
-          pausedUntil:
-            r.bucket.pausedUntil !== null && r.bucket.pausedUntil > nowMs
-              ? new Date(r.bucket.pausedUntil)
-              : null,
-          pausedBy: r.bucket.pausedBy,
-          pauseNote: r.bucket.pauseNote,
-        });
+      if (now !== null) gates.push(...rateGates(rate, now));
       const bucketWait = rate.some((r) => r.bucket.waiters.some((w) => w.id === task.id));
       // A task in a key's queue is out of its type's queue: no executor gate holds it.
       const hold = claim?.state === "parked" || bucketWait ? null : (task.hold?.hold ?? null);
@@ -272,6 +259,22 @@ export function explainPending(
       return [];
   }
   return gates;
+}
+
+/** The rate-limit gates of the buckets that hold a task at `now` (rate-limits.ts rateHolds). */
+export function rateGates(rate: ReturnType<typeof rateHolds>, now: Date): Gate[] {
+  return rate.map((r) => ({
+    kind: "rate-limit",
+    name: r.name,
+    key: r.key,
+    nextTokenAt: new Date(r.nextTokenAt),
+    pausedUntil:
+      r.bucket.pausedUntil !== null && r.bucket.pausedUntil > now.getTime()
+        ? new Date(r.bucket.pausedUntil)
+        : null,
+    pausedBy: r.bucket.pausedBy,
+    pauseNote: r.bucket.pauseNote,
+  }));
 }
 
 /** A pending step: the dependencies it waits for, and its condition if it has one. */

@@ -144,6 +144,8 @@ void describe("task_held events (core)", () => {
         e[0]?.reason ?? "",
         /^concurrency key "k" .*; rate limit "partner" key "k": next token at /,
       );
+      // ExplainPending's line at that moment, word for word.
+      assert.equal(e[0]?.reason, pendingReason(explainPending(r, stepOf(r), () => 0, sim.at().now)));
     }
     // The key is paused: the waiters are held by the pause now, one event each; pausing it for
     // longer is no new gate.

@@ -10,10 +10,11 @@
  */
 import { HoldGate } from "@nexusflow/gen";
 import type { Bucket } from "../model/rate-limit-state.js";
-import type { RunState, TaskState } from "../model/run-state.js";
+import type { TaskState } from "../model/run-state.js";
 import type { HoldGateName, TaskHold } from "../model/task-hold.js";
 import type { Core } from "./context.js";
-import { explainPending, pendingReason } from "./explain.js";
+import { keyWaits } from "./concurrency.js";
+import { pendingReason, rateGates, type Gate } from "./explain.js";
 import { rateHolds } from "./rate-limits.js";
 import { taskKind } from "./transitions.js";
 
@@ -91,23 +92,25 @@ export function noteHeld(core: Core, task: TaskState, now: Date, waitingIn?: Buc
       gate: HOLD_GATES[hold.gate],
       limit: cut(hold.limit, MAX_HOLD_NAME),
       key: cut(hold.key, MAX_HOLD_NAME),
-      reason: cut(holdReason(run, task, hold, now), MAX_HOLD_REASON),
+      reason: cut(holdReason(task, hold, now), MAX_HOLD_REASON),
     },
   });
   core.fx.commitSoon();
 }
 
 /**
- * ExplainPending's line for the gates of the core's decisions that hold `task` now; for a task
- * left among a bucket's waiters while the bucket has tokens (for the waiters before it), which
- * ExplainPending does not name, what it waits for.
+ * ExplainPending's line for the gates of the core's decisions that hold `task` now (its keys, then
+ * its rate limits, as explainPending lists them, without its walk of the bucket's waiters); for a
+ * task left among a bucket's waiters while the bucket has tokens (for the waiters before it),
+ * which ExplainPending does not name, what it waits for.
  */
-function holdReason(run: RunState, task: TaskState, hold: Omit<TaskHold, "queuedAt">, now: Date): string {
-  const gates = explainPending(run, task, () => 0, now).filter(
-    (g) => g.kind === "concurrency-key" || g.kind === "rate-limit",
-  );
-  const line = pendingReason(gates);
-  if (hold.gate === "concurrency-key" || gates.some((g) => g.kind === "rate-limit")) return line;
+function holdReason(task: TaskState, hold: Omit<TaskHold, "queuedAt">, now: Date): string {
+  const gates: Gate[] = [];
+  if (task.claim !== undefined)
+    for (const wait of keyWaits(task.claim)) gates.push({ kind: "concurrency-key", ...wait });
+  const rate = rateGates(rateHolds(task, now), now);
+  const line = pendingReason([...gates, ...rate]);
+  if (hold.gate === "concurrency-key" || rate.length > 0) return line;
   const key = hold.key === "" ? "" : ` key ${JSON.stringify(hold.key)}`;
   const turn = `rate limit ${JSON.stringify(hold.limit)}${key}: its tokens go to the tasks before it first`;
   return line === "" ? turn : `${line}; ${turn}`;
@@ -116,6 +119,25 @@ function holdReason(run: RunState, task: TaskState, hold: Omit<TaskHold, "queued
 /** The dispatcher admitted `task`: the gate it reported no longer holds it. */
 export function clearHeld(task: TaskState): void {
   task.heldBy = undefined;
+}
+
+/**
+ * A wake-up of `bucket` left queued `task` among its waiters: held by the bucket, by its pause or
+ * its tokens. Nothing more than a comparison when that is what the task last reported, since a
+ * long list of waiters is walked at every wake-up.
+ */
+export function noteWaiting(core: Core, task: TaskState, bucket: Bucket, now: Date): void {
+  const last = task.heldBy;
+  const paused = bucket.pausedUntil !== null && bucket.pausedUntil > now.getTime();
+  if (
+    last !== undefined &&
+    last.limit === bucket.name &&
+    last.key === bucket.key &&
+    last.gate === (paused ? "rate-limit-paused" : "rate-limit") &&
+    last.queuedAt === (task.queuedAt?.getTime() ?? 0)
+  )
+    return;
+  noteHeld(core, task, now, bucket);
 }
 
 /**

@@ -28,7 +28,7 @@ import type { TaskState } from "../model/run-state.js";
 import { runScope } from "./concurrency.js";
 import type { Core } from "./context.js";
 import { failTerminally, stepState } from "./transitions.js";
-import { noteBucketWaiters, noteHeld } from "./hold-events.js";
+import { noteBucketWaiters, noteWaiting } from "./hold-events.js";
 
 export { type Bucket, type BucketSnapshot, RateLimitState, type RateWant };
 
@@ -185,7 +185,7 @@ export function rateWake(core: Core, b: Bucket, at: number, now: Date): void {
     }
     b.waiters.push(task);
     // Still held, by the bucket (after a pause that ended, by its tokens): an event if that changed.
-    noteHeld(core, task, now, b);
+    noteWaiting(core, task, b, now);
     next = Math.min(
       next,
       ready > t ? ready : t + Math.ceil((want.limit.units * want.limit.perMs) / want.limit.rate),
