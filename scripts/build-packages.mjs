@@ -148,6 +148,8 @@ function rewriteDependencies(manifest, versions) {
 }
 
 const SPECIFIER = /(?:\bfrom\s*|\bimport\s*\(\s*|\bimport\s+)["']([^"']+)["']/g;
+/** Block comments and whole-line comments: their words (`a duration from "1s"`) import nothing. */
+const COMMENTS = /\/\*[\s\S]*?\*\/|^\s*\/\/.*$/gm;
 
 /** Every import of the built files is a Node builtin, a declared dependency, or a file shipped. */
 function checkImports(packDir, manifest) {
@@ -156,7 +158,7 @@ function checkImports(packDir, manifest) {
   for (const file of listFiles(join(packDir, "dist"))) {
     if (!file.endsWith(".js") && !file.endsWith(".d.ts")) continue;
     const path = join(packDir, "dist", file);
-    for (const [, specifier] of readFileSync(path, "utf8").matchAll(SPECIFIER)) {
+    for (const [, specifier] of readFileSync(path, "utf8").replace(COMMENTS, "").matchAll(SPECIFIER)) {
       if (specifier.startsWith(".")) {
         const target = resolve(dirname(path), specifier);
         if (!target.startsWith(packDir + sep))
