@@ -299,16 +299,19 @@ describe("fair shares: state", () => {
     assert.equal(fairWait(k2), null);
   });
 
-  it("metrics name the tenants with the most ready tasks and sum the rest", () => {
+  it("metrics name the tenants with the most ready tasks and sum the rest, with their oldest", () => {
     const state = new FairShareState(10_000);
-    for (let i = 0; i < 30; i++) for (let j = 0; j <= i; j++) put(state, ready(`T${i}`), path(`T${i}`));
+    // Tenant Ti's tasks are queued at i s, i s + 1 ms, ...
+    for (let i = 0; i < 30; i++)
+      for (let j = 0; j <= i; j++) put(state, ready(`T${i}`, "t", i * 1000 + j), path(`T${i}`));
     lease(state);
     const stats = fairShareStats(state, 20);
     assert.equal(stats.length, 21);
-    assert.deepEqual(stats[0], { type: "t", tenant: "T29", ready: 30, leased: 0 });
+    assert.deepEqual(stats[0], { type: "t", tenant: "T29", ready: 30, leased: 0, oldest: 29_000 });
     const other = stats.find((s) => s.tenant === OTHER_TENANTS);
-    // T0..T9 are past the 20 named: 1 + 2 + ... + 10 ready, less T0's one leased.
-    assert.deepEqual(other, { type: "t", tenant: OTHER_TENANTS, ready: 54, leased: 1 });
+    // T0..T9 are past the 20 named: 1 + 2 + ... + 10 ready, less T0's one leased (so the oldest
+    // ready is T1's first).
+    assert.deepEqual(other, { type: "t", tenant: OTHER_TENANTS, ready: 54, leased: 1, oldest: 1000 });
   });
 });
 

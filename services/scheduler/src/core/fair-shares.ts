@@ -482,37 +482,50 @@ export interface FairShareStat {
   readonly tenant: string;
   readonly ready: number;
   readonly leased: number;
+  /** When its oldest ready task was queued (ms since the epoch); null when none is ready. */
+  readonly oldest: number | null;
 }
 
 /** The tenant label of the tenants past the most a type's metrics name. */
 export const OTHER_TENANTS = "(other)";
 
 /**
- * Per type, the `most` tenants with the most ready tasks (then leases), each with its counts, and
- * the rest summed as {@link OTHER_TENANTS}: the metrics' label values stay bounded whatever the
- * number of tenants. Ready counts include entries cancelled since (dropped at the next pass).
+ * Per type, the `most` tenants with the most ready tasks (then leases), each with its counts and
+ * the queue time of its oldest ready task, and the rest summed (with their oldest) as
+ * {@link OTHER_TENANTS}: the metrics' label values stay bounded whatever the number of tenants.
+ * Ready counts include entries cancelled since (dropped at the next pass).
  */
 export function fairShareStats(state: FairShareState, most = 20): FairShareStat[] {
   const out: FairShareStat[] = [];
   for (const tree of state.trees.values()) {
     if (tree.tenants.size === 0) continue;
-    const rows: { tenant: string; ready: number; leased: number }[] = [];
+    const rows: { tenant: string; ready: number; leased: number; oldest: number | null }[] = [];
     for (const tenant of tree.tenants.values()) {
       let ready = 0;
-      for (const key of tenant.keys.values()) ready += key.queue.size;
-      rows.push({ tenant: tenant.value, ready, leased: tenant.leased });
+      let oldest: number | null = null;
+      for (const key of tenant.keys.values()) {
+        ready += key.queue.size;
+        oldest = earliest(oldest, key.queue.oldestQueuedAt());
+      }
+      rows.push({ tenant: tenant.value, ready, leased: tenant.leased, oldest });
     }
     rows.sort((a, b) => b.ready - a.ready || b.leased - a.leased || (a.tenant < b.tenant ? -1 : 1));
     for (const r of rows.slice(0, most)) out.push({ type: tree.type, ...r });
     if (rows.length > most) {
       let ready = 0;
       let leased = 0;
+      let oldest: number | null = null;
       for (const r of rows.slice(most)) {
         ready += r.ready;
         leased += r.leased;
+        oldest = earliest(oldest, r.oldest);
       }
-      out.push({ type: tree.type, tenant: OTHER_TENANTS, ready, leased });
+      out.push({ type: tree.type, tenant: OTHER_TENANTS, ready, leased, oldest });
     }
   }
   return out;
+}
+
+function earliest(a: number | null, b: number | null): number | null {
+  return a === null || (b !== null && b < a) ? b : a;
 }

@@ -36,9 +36,9 @@ describe("live metrics: rate limits", () => {
 
 describe("live metrics: fair shares", () => {
   it("reports ready tasks and leases per type and tenant, as of each scrape", async () => {
-    let stats = [
-      { type: "t", tenant: "acme", ready: 9000, leased: 8 },
-      { type: "t", tenant: "(other)", ready: 12, leased: 3 },
+    let stats: { type: string; tenant: string; ready: number; leased: number; oldest?: number | null }[] = [
+      { type: "t", tenant: "acme", ready: 9000, leased: 8, oldest: Date.now() - 3_600_000 },
+      { type: "t", tenant: "(other)", ready: 12, leased: 3, oldest: null },
     ];
     const live: LiveState = {
       activeRuns: () => 0,
@@ -54,6 +54,15 @@ describe("live metrics: fair shares", () => {
     assert.match(text, /nexusflow_scheduler_fair_share_ready_tasks\{task_type="t",tenant="acme"\} 9000/);
     assert.match(text, /nexusflow_scheduler_fair_share_leases\{task_type="t",tenant="acme"\} 8/);
     assert.match(text, /nexusflow_scheduler_fair_share_ready_tasks\{task_type="t",tenant="\(other\)"\} 12/);
+    const age =
+      /nexusflow_scheduler_fair_share_oldest_ready_age_seconds\{task_type="t",tenant="acme"\} (\S+)/.exec(
+        text,
+      );
+    assert.ok(age !== null && Number(age[1]) >= 3600 && Number(age[1]) < 3700, age?.[0]);
+    assert.match(
+      text,
+      /nexusflow_scheduler_fair_share_oldest_ready_age_seconds\{task_type="t",tenant="\(other\)"\} 0/,
+    );
     stats = [{ type: "t", tenant: "beta", ready: 1, leased: 0 }];
     const again = await registry.metrics();
     assert.doesNotMatch(again, /tenant="acme"/, "a tenant no longer among the most is dropped");

@@ -1,8 +1,8 @@
 /**
  * Gauges of the scheduler's live state, read at scrape time (nothing on the engine's path): runs
  * active, executor sessions, leases in flight, free slots and ready tasks by task type, the age
- * of the oldest ready task, ready tasks and leases by fair-share tenant (the most loaded, the rest
- * summed), the writer's health, the outbox lag and the relay's publish failures.
+ * of the oldest ready task, ready tasks, leases and the oldest ready task's age by fair-share
+ * tenant (the most loaded, the rest summed), the writer's health, the outbox lag and the relay's publish failures.
  * Everything the engine is asked goes through {@link LiveState}, the one place to follow when the
  * engine's read API changes.
  */
@@ -41,7 +41,11 @@ export interface LiveState {
     readonly tenant: string;
     readonly ready: number;
     readonly leased: number;
+    /** When the tenant's oldest ready task was queued (ms since the epoch); null: none ready. */
+    readonly oldest?: number | null;
   }>;
+  /** Runs parked (left memory) and loaded back since start (engine/parking.ts). */
+  parking?(): { readonly parked: number; readonly loaded: number } | undefined;
 }
 
 /** {@link LiveState} over the engine's public read API (stats(), sessions(), waitingTasks(), writerHealthy). */
@@ -54,6 +58,7 @@ export function engineLiveState(engine: Engine): LiveState {
     writerHealthy: () => engine.writerHealthy,
     rateLimits: () => engine.rateLimitStats(),
     fairShares: () => engine.fairShareStats(),
+    parking: () => engine.parking?.stats,
   };
 }
 
@@ -99,9 +104,14 @@ export function registerLiveMetrics(
       collect() {
         fairReady.reset();
         fairLeased.reset();
+        fairOldest.reset();
+        const now = Date.now();
         for (const s of fairShares()) {
-          fairReady.set({ task_type: s.type, tenant: s.tenant }, s.ready);
-          fairLeased.set({ task_type: s.type, tenant: s.tenant }, s.leased);
+          const labels = { task_type: s.type, tenant: s.tenant };
+          fairReady.set(labels, s.ready);
+          fairLeased.set(labels, s.leased);
+          const oldest = s.oldest ?? null;
+          fairOldest.set(labels, oldest === null ? 0 : Math.max(0, now - oldest) / 1000);
         }
       },
     });
@@ -111,10 +121,37 @@ export function registerLiveMetrics(
       labelNames: ["task_type", "tenant"],
       registers,
     });
+    const fairOldest = new Gauge({
+      name: "nexusflow_scheduler_fair_share_oldest_ready_age_seconds",
+      help: "How long the oldest ready task of a task type and fair-share tenant has waited for a lease (0 when none waits), for the tenants of nexusflow_scheduler_fair_share_ready_tasks.",
+      labelNames: ["task_type", "tenant"],
+      registers,
+    });
+  }
+  const parking = live.parking;
+  if (parking !== undefined) {
+    new Counter({
+      name: "nexusflow_scheduler_runs_parked_total",
+      help: "Runs that only wait (signals, events, sleeps, child runs) moved out of the scheduler's memory, their rows in the database.",
+      registers,
+      collect() {
+        this.reset();
+        this.inc(parking()?.parked ?? 0);
+      },
+    });
+    new Counter({
+      name: "nexusflow_scheduler_runs_unparked_total",
+      help: "Parked runs loaded back into memory because something happened to them (signal, event, due time, child end, cancel, read).",
+      registers,
+      collect() {
+        this.reset();
+        this.inc(parking()?.loaded ?? 0);
+      },
+    });
   }
   new Gauge({
     name: "nexusflow_scheduler_runs_active",
-    help: "Runs not yet in a final state, held in the scheduler's memory.",
+    help: "Runs not yet in a final state held in the scheduler's memory (parked runs, out of memory, are not counted).",
     registers,
     collect() {
       this.set(live.activeRuns());

@@ -44,6 +44,18 @@ export class TaskQueue {
     return this.items.length - this.head;
   }
 
+  /**
+   * When its first task still QUEUED was queued (ms since the epoch), null when none is; read
+   * only (metrics: stale entries are left for the dispatcher's peek to discard).
+   */
+  firstQueuedAt(): number | null {
+    for (let i = this.head; i < this.items.length; i++) {
+      const t = this.items[i] as TaskState;
+      if (t.status === "QUEUED") return t.queuedAt?.getTime() ?? null;
+    }
+    return null;
+  }
+
   /** The tasks still QUEUED, oldest first, each once (a task may sit in the queue twice). */
   queued(): TaskState[] {
     const seen = new Set<string>();
@@ -145,6 +157,19 @@ export class PriorityQueue {
     let n = this.front.size;
     for (const level of this.levels) n += level.queue.size;
     return n;
+  }
+
+  /**
+   * When its oldest task still QUEUED was queued (ms since the epoch; the first of each level and
+   * of the front), null when none is. Read only: it leaves the latest peek's head alone.
+   */
+  oldestQueuedAt(): number | null {
+    let oldest = this.front.firstQueuedAt();
+    for (const { queue } of this.levels) {
+      const at = queue.firstQueuedAt();
+      if (at !== null && (oldest === null || at < oldest)) oldest = at;
+    }
+    return oldest;
   }
 
   /** The tasks still QUEUED, first first, each once. */
