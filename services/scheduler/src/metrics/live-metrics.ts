@@ -2,7 +2,8 @@
  * Gauges of the scheduler's live state, read at scrape time (nothing on the engine's path): runs
  * active, executor sessions, leases in flight, free slots and ready tasks by task type, the age
  * of the oldest ready task, ready tasks, leases and the oldest ready task's age by fair-share
- * tenant (the most loaded, the rest summed), the writer's health, the outbox lag and the relay's publish failures.
+ * tenant (the most loaded, the rest summed), the writer's health, the outbox lag and the relay's
+ * publish failures.
  * Everything the engine is asked goes through {@link LiveState}, the one place to follow when the
  * engine's read API changes.
  */
@@ -44,8 +45,6 @@ export interface LiveState {
     /** When the tenant's oldest ready task was queued (ms since the epoch); null: none ready. */
     readonly oldest?: number | null;
   }>;
-  /** Runs parked (left memory) and loaded back since start (engine/parking.ts). */
-  parking?(): { readonly parked: number; readonly loaded: number } | undefined;
 }
 
 /** {@link LiveState} over the engine's public read API (stats(), sessions(), waitingTasks(), writerHealthy). */
@@ -58,7 +57,6 @@ export function engineLiveState(engine: Engine): LiveState {
     writerHealthy: () => engine.writerHealthy,
     rateLimits: () => engine.rateLimitStats(),
     fairShares: () => engine.fairShareStats(),
-    parking: () => engine.parking?.stats,
   };
 }
 
@@ -128,30 +126,9 @@ export function registerLiveMetrics(
       registers,
     });
   }
-  const parking = live.parking;
-  if (parking !== undefined) {
-    new Counter({
-      name: "nexusflow_scheduler_runs_parked_total",
-      help: "Runs that only wait (signals, events, sleeps, child runs) moved out of the scheduler's memory, their rows in the database.",
-      registers,
-      collect() {
-        this.reset();
-        this.inc(parking()?.parked ?? 0);
-      },
-    });
-    new Counter({
-      name: "nexusflow_scheduler_runs_unparked_total",
-      help: "Parked runs loaded back into memory because something happened to them (signal, event, due time, child end, cancel, read).",
-      registers,
-      collect() {
-        this.reset();
-        this.inc(parking()?.loaded ?? 0);
-      },
-    });
-  }
   new Gauge({
     name: "nexusflow_scheduler_runs_active",
-    help: "Runs not yet in a final state held in the scheduler's memory (parked runs, out of memory, are not counted).",
+    help: "Runs not yet in a final state, held in the scheduler's memory.",
     registers,
     collect() {
       this.set(live.activeRuns());
