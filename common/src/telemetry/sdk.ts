@@ -1,24 +1,29 @@
 /**
  * The OpenTelemetry SDK of a service, loaded by `startTelemetry` only when tracing is on: the
- * OTLP/HTTP (protobuf) exporter behind a batching processor, a parent-based ratio sampler, W3C trace
+ * OTLP/HTTP (protobuf) exporter in a worker thread behind a batching processor
+ * (./worker-span-processor.ts), a parent-based ratio sampler, W3C trace
  * context, and the gRPC, HTTP and pg instrumentations. Kafka publishes are traced by hand in the
  * outbox relay's publisher: each event's message carries the context of the span that caused it,
  * which the kafkajs instrumentation would replace with that of its own send span. The instrumentations patch ESM
  * imports through import-in-the-middle's loader hook, registered here for just their modules.
  */
 import { register } from "node:module";
-import { OTLPTraceExporter } from "@opentelemetry/exporter-trace-otlp-proto";
 import { GrpcInstrumentation } from "@opentelemetry/instrumentation-grpc";
 import { HttpInstrumentation } from "@opentelemetry/instrumentation-http";
 import { PgInstrumentation } from "@opentelemetry/instrumentation-pg";
 import { NodeSDK } from "@opentelemetry/sdk-node";
-import { BatchSpanProcessor, ParentBasedSampler, TraceIdRatioBasedSampler } from "@opentelemetry/sdk-trace";
+import { ParentBasedSampler, TraceIdRatioBasedSampler } from "@opentelemetry/sdk-trace";
 import { createAddHookMessageChannel } from "import-in-the-middle";
+import { createLogger } from "../logger.js";
 import { DEFAULT_EXPORT_DELAY_MS, type TelemetryConfig } from "./index.js";
+import { WorkerSpanProcessor } from "./worker-span-processor.js";
 
 /** Starts the SDK; resolves to its shutdown (flush, then stop). */
 export async function startSdk(config: TelemetryConfig): Promise<() => Promise<void>> {
   const { registerOptions, waitForAllMessagesAcknowledged } = createAddHookMessageChannel();
+  // Spans dropped (the export queue full) and a failed export thread are logged as the service's
+  // warnings.
+  const log = createLogger(config.serviceName, "warn");
   register("import-in-the-middle/hook.mjs", import.meta.url, registerOptions);
   const sdk = new NodeSDK({
     serviceName: config.serviceName,
@@ -31,9 +36,13 @@ export async function startSdk(config: TelemetryConfig): Promise<() => Promise<v
     metricReaders: [],
     sampler: new ParentBasedSampler({ root: new TraceIdRatioBasedSampler(config.sampleRatio) }),
     spanProcessors: [
-      new BatchSpanProcessor({
-        exporter: new OTLPTraceExporter({ url: config.tracesUrl, headers: config.headers }),
-        scheduledDelayMillis: config.exportDelayMs ?? DEFAULT_EXPORT_DELAY_MS,
+      // Serialized and sent in a worker thread, off the service's own threads
+      // (bench/notes/14-session-twelve.md).
+      new WorkerSpanProcessor({
+        url: config.tracesUrl,
+        headers: config.headers,
+        exportDelayMs: config.exportDelayMs ?? DEFAULT_EXPORT_DELAY_MS,
+        warn: (message, fields) => log.warn(fields, message),
       }),
     ],
     instrumentations: [
