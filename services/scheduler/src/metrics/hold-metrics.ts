@@ -41,7 +41,7 @@ export const OTHER_KEYS = "(other)";
 const MAX_TRACKED = 1_000_000;
 
 /** A task held now, as its latest task_held event said. */
-interface Held {
+export interface HeldTask {
   readonly runId: string;
   readonly gate: string;
   readonly limit: string;
@@ -71,7 +71,7 @@ function millis(event: LifecycleEvent): number {
  * Per gate, the `most` keys with the most held tasks (then the oldest), each with its count and
  * oldest hold, and the rest of the gate's keys summed as {@link OTHER_KEYS}.
  */
-export function heldKeyStats(held: Iterable<Held>, most: number): HeldKeyStat[] {
+export function heldKeyStats(held: Iterable<HeldTask>, most: number): HeldKeyStat[] {
   const byKey = new Map<
     string,
     { gate: string; limit: string; key: string; tasks: number; oldest: number }
@@ -112,7 +112,7 @@ export function heldKeyStats(held: Iterable<Held>, most: number): HeldKeyStat[] 
 export class HoldMetrics {
   readonly #heldSeconds: Children1<ReturnType<Histogram<"gate">["labels"]>>;
   /** Held tasks by task run id. */
-  readonly #held = new Map<string, Held>();
+  readonly #held = new Map<string, HeldTask>();
   /** The held tasks of each run (what its runCompleted ends). */
   readonly #byRun = new Map<string, Set<string>>();
   /** Held tasks by gate label. */

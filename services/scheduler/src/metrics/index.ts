@@ -14,7 +14,7 @@ import { LifecycleMetrics } from "./lifecycle-metrics.js";
 import { engineLiveState, registerLiveMetrics } from "./live-metrics.js";
 
 export { LifecycleMetrics, type ActiveRunReader } from "./lifecycle-metrics.js";
-export { HoldMetrics, heldKeyStats, OTHER_KEYS, type HeldKeyStat } from "./hold-metrics.js";
+export { HoldMetrics, heldKeyStats, OTHER_KEYS, type HeldKeyStat, type HeldTask } from "./hold-metrics.js";
 export { engineLiveState, registerLiveMetrics, type LiveSession, type LiveState } from "./live-metrics.js";
 
 /** The group-commit writer, as far as metrics observe it (BatchWriter). */
