@@ -44,9 +44,20 @@ describe("task_held events", () => {
   let scheduler: Scheduler;
   let client: WorkflowClient;
   let executor: Executor;
-  /** Lets the he.work handlers go (they wait for it). */
-  let release: () => void = () => undefined;
-  const released = new Promise<void>((resolve) => (release = resolve));
+  /** The he.work handlers wait for the gate of their input's `g`; release(g) opens it. */
+  const gates = new Map<string, { open: Promise<void>; release: () => void }>();
+  const gateOf = (g: string) => {
+    let gate = gates.get(g);
+    if (gate === undefined) {
+      let release: () => void = () => undefined;
+      const open = new Promise<void>((resolve) => (release = resolve));
+      gate = { open, release };
+      gates.set(g, gate);
+    }
+    return gate;
+  };
+  const release = (g: string): void => gateOf(g).release();
+  let port = 0;
 
   const scrape = async (): Promise<string> => {
     const url = scheduler.metricsUrl;
@@ -57,16 +68,19 @@ describe("task_held events", () => {
   before(async () => {
     db = await startTestDatabase();
     pool = new pg.Pool({ connectionString: db.url });
+    // A long session timeout: a lease held across the restart is reclaimed, never expired.
     scheduler = await startMeteredTestScheduler(db.url, { sessionTimeoutMs: 10_000 });
+    port = Number(scheduler.address.slice(scheduler.address.lastIndexOf(":") + 1));
     client = workflowClient(scheduler.address);
     executor = new Executor({
       schedulerAddress: scheduler.address,
       executorId: "he-exec",
       slots: 8,
       logger: testLogger("executor"),
+      reconnect: { initialDelayMs: 50, maxDelayMs: 200 },
     });
-    executor.register("he.work", async () => {
-      await released;
+    executor.register("he.work", async (input: unknown) => {
+      await gateOf((input as { g: string }).g).open;
       return { ok: true };
     });
     executor.register("he.quick", () => ({ ok: true }));
@@ -74,7 +88,14 @@ describe("task_held events", () => {
     await registerSpec(client, {
       name: "he-keyed",
       version: 1,
-      steps: [{ id: "charge", type: "he.work", concurrency: [{ key: "input.c", limit: 1 }] }],
+      steps: [
+        {
+          id: "charge",
+          type: "he.work",
+          input: { g: "{{ input.g }}" },
+          concurrency: [{ key: "input.c", limit: 1 }],
+        },
+      ],
     });
     await registerSpec(client, {
       name: "he-rated",
@@ -90,7 +111,7 @@ describe("task_held events", () => {
   });
 
   after(async () => {
-    release();
+    for (const g of gates.values()) g.release();
     await executor?.stop();
     await scheduler?.stop();
     await pool?.end();
@@ -104,7 +125,7 @@ describe("task_held events", () => {
   };
 
   it("200 runs behind one key of limit 1: one task_held per held task, before its task_leased", async () => {
-    const ids = await Promise.all(Array.from({ length: 200 }, () => start("he-keyed", { c: "c1" })));
+    const ids = await Promise.all(Array.from({ length: 200 }, () => start("he-keyed", { c: "c1", g: "a" })));
     // The first leased holds the key until released: the 199 others are held by it.
     const events = await waitFor("199 task_held events committed", async () => {
       const e = await outboxEvents(pool, ids);
@@ -134,7 +155,7 @@ describe("task_held events", () => {
         ),
       );
     }
-    release();
+    release("a");
     for (const id of ids) assert.equal((await waitForRun(client, id, 120_000)).status, RunStatus.SUCCEEDED);
     const all = await outboxEvents(pool, ids);
     // Still one per held task, each before the task's lease.
@@ -146,6 +167,32 @@ describe("task_held events", () => {
     const after = await scrape();
     assert.equal(sample(after, "nexusflow_scheduler_tasks_held", 'gate="concurrency_key"'), 0);
     assert.equal(sample(after, "nexusflow_task_held_seconds_count", 'gate="concurrency_key"'), 199);
+  });
+
+  it("a scheduler restart reports each held task again at most once", async () => {
+    const ids = await Promise.all(Array.from({ length: 20 }, () => start("he-keyed", { c: "c2", g: "b" })));
+    const heldEvents = async (n: number) => {
+      const e = await outboxEvents(pool, ids);
+      return e.filter((x) => x.type === "taskHeld").length >= n ? e : undefined;
+    };
+    await waitFor("19 task_held events", () => heldEvents(19));
+    // Same database and port: the executor reconnects and reclaims the lease it holds; the
+    // restarted scheduler, which kept nothing of the holds in memory, reports the 19 again.
+    await scheduler.stop();
+    scheduler = await startMeteredTestScheduler(db.url, { sessionTimeoutMs: 10_000, port });
+    client = workflowClient(scheduler.address);
+    await waitFor("the 19 held again", () => heldEvents(38));
+    await waitFor("the held-tasks gauge after the restart", async () =>
+      sample(await scrape(), "nexusflow_scheduler_tasks_held", 'gate="concurrency_key"') === 19
+        ? true
+        : undefined,
+    );
+    release("b");
+    for (const id of ids) assert.equal((await waitForRun(client, id, 60_000)).status, RunStatus.SUCCEEDED);
+    const all = await outboxEvents(pool, ids);
+    assert.equal(all.filter((x) => x.type === "taskHeld").length, 38);
+    for (const id of ids)
+      assert.ok(heldOf(all, id).length <= 2, `${id}: ${heldOf(all, id).length} task_held`);
   });
 
   it("a rate limit's waiters: held by its tokens, by an operator's pause of the key, by its tokens again", async () => {
