@@ -187,7 +187,10 @@ export function explainPending(
       // A task waiting for a bucket's tokens is out of its type's queue too (rate-limits.ts).
       const rate = now === null ? [] : rateHolds(task, now);
       if (now !== null) gates.push(...rateGates(rate, now));
-      const bucketWait = rate.some((r) => r.bucket.waiters.some((w) => w.id === task.id));
+      // Among a bucket's waiters while its tokens go to those before it: it waits for its turn.
+      const turn = now === null || rate.length > 0 ? [] : turnGates(task);
+      gates.push(...turn);
+      const bucketWait = turn.length > 0 || rate.some((r) => r.bucket.waiters.some((w) => w.id === task.id));
       // A task in a key's queue is out of its type's queue: no executor gate holds it.
       const hold = claim?.state === "parked" || bucketWait ? null : (task.hold?.hold ?? null);
       const since = task.hold?.since ?? null;
@@ -275,6 +278,28 @@ export function rateGates(rate: ReturnType<typeof rateHolds>, now: Date): Gate[]
     pausedBy: r.bucket.pausedBy,
     pauseNote: r.bucket.pauseNote,
   }));
+}
+
+/**
+ * The rate-limit gates of the buckets whose waiters `task` is among though they hold no units
+ * back from it: the tokens there go to the waiters before it, and it is offered again at the
+ * bucket's next wake-up (`nextTokenAt`).
+ */
+export function turnGates(task: Readonly<TaskState>): Gate[] {
+  const gates: Gate[] = [];
+  for (const { bucket: b } of task.rate ?? []) {
+    if (b.wakeAt === null || !b.waiters.some((w) => w.id === task.id)) continue;
+    gates.push({
+      kind: "rate-limit",
+      name: b.name,
+      key: b.key,
+      nextTokenAt: new Date(b.wakeAt),
+      pausedUntil: null,
+      pausedBy: "",
+      pauseNote: "",
+    });
+  }
+  return gates;
 }
 
 /** A pending step: the dependencies it waits for, and its condition if it has one. */

@@ -14,7 +14,7 @@ import type { TaskState } from "../model/run-state.js";
 import type { HoldGateName, TaskHold } from "../model/task-hold.js";
 import type { Core } from "./context.js";
 import { keyWaits } from "./concurrency.js";
-import { pendingReason, rateGates, type Gate } from "./explain.js";
+import { pendingReason, rateGates, turnGates, type Gate } from "./explain.js";
 import { rateHolds } from "./rate-limits.js";
 import { taskKind } from "./transitions.js";
 
@@ -92,28 +92,23 @@ export function noteHeld(core: Core, task: TaskState, now: Date, waitingIn?: Buc
       gate: HOLD_GATES[hold.gate],
       limit: cut(hold.limit, MAX_HOLD_NAME),
       key: cut(hold.key, MAX_HOLD_NAME),
-      reason: cut(holdReason(task, hold, now), MAX_HOLD_REASON),
+      reason: cut(holdReason(task, now), MAX_HOLD_REASON),
     },
   });
   core.fx.commitSoon();
 }
 
 /**
- * ExplainPending's line for the gates of the core's decisions that hold `task` now (its keys, then
- * its rate limits, as explainPending lists them, without its walk of the bucket's waiters); for a
- * task left among a bucket's waiters while the bucket has tokens (for the waiters before it),
- * which ExplainPending does not name, what it waits for.
+ * ExplainPending's line for the gates of the core's decisions that hold `task` now: its keys,
+ * then its rate limits (or its turn among a bucket's waiters), as explainPending lists them,
+ * without its walk of a bucket's waiters for a task its tokens hold.
  */
-function holdReason(task: TaskState, hold: Omit<TaskHold, "queuedAt">, now: Date): string {
+function holdReason(task: TaskState, now: Date): string {
   const gates: Gate[] = [];
   if (task.claim !== undefined)
     for (const wait of keyWaits(task.claim)) gates.push({ kind: "concurrency-key", ...wait });
   const rate = rateGates(rateHolds(task, now), now);
-  const line = pendingReason([...gates, ...rate]);
-  if (hold.gate === "concurrency-key" || rate.length > 0) return line;
-  const key = hold.key === "" ? "" : ` key ${JSON.stringify(hold.key)}`;
-  const turn = `rate limit ${JSON.stringify(hold.limit)}${key}: its tokens go to the tasks before it first`;
-  return line === "" ? turn : `${line}; ${turn}`;
+  return pendingReason([...gates, ...(rate.length > 0 ? rate : turnGates(task))]);
 }
 
 /** The dispatcher admitted `task`: the gate it reported no longer holds it. */

@@ -184,14 +184,18 @@ export function rateWake(core: Core, b: Bucket, at: number, now: Date): void {
       continue;
     }
     b.waiters.push(task);
-    // Still held, by the bucket (after a pause that ended, by its tokens): an event if that changed.
-    noteWaiting(core, task, b, now);
     next = Math.min(
       next,
       ready > t ? ready : t + Math.ceil((want.limit.units * want.limit.perMs) / want.limit.rate),
     );
   }
   if (b.waiters.length > 0) wake(core, b, next, t);
+  // Those left are still held by the bucket (after a pause that ended, by its tokens): a
+  // task_held event for each whose gate changed.
+  for (const ref of b.waiters) {
+    const task = core.tasks.get(ref.id);
+    if (task !== undefined) noteWaiting(core, task, b, now);
+  }
   if (offered) core.fx.pump();
 }
 
