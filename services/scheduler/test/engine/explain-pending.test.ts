@@ -228,7 +228,11 @@ describe("ExplainPending", () => {
     assert.equal(backoff.maxAttempts, 3);
     assert.equal(backoff.lastError?.type, "PSP_DOWN");
     assert.ok(backoff.nextAttemptTime);
-    const stored = task(await getRun(leasedRun), "charge");
+    // GetRun reads what is committed: the retry's row may lag ExplainPending's live answer by a commit.
+    const stored = await waitFor("GetRun to show the retry's due time", async () => {
+      const t = task(await getRun(leasedRun), "charge");
+      return t.nextAttemptTime === undefined ? undefined : t;
+    });
     assert.ok(stored.nextAttemptTime);
     assert.equal(
       timestampDate(backoff.nextAttemptTime).getTime(),
