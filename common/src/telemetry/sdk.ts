@@ -14,16 +14,12 @@ import { PgInstrumentation } from "@opentelemetry/instrumentation-pg";
 import { NodeSDK } from "@opentelemetry/sdk-node";
 import { ParentBasedSampler, TraceIdRatioBasedSampler } from "@opentelemetry/sdk-trace";
 import { createAddHookMessageChannel } from "import-in-the-middle";
-import { createLogger } from "../logger.js";
 import { DEFAULT_EXPORT_DELAY_MS, type TelemetryConfig } from "./index.js";
 import { WorkerSpanProcessor } from "./worker-span-processor.js";
 
 /** Starts the SDK; resolves to its shutdown (flush, then stop). */
 export async function startSdk(config: TelemetryConfig): Promise<() => Promise<void>> {
   const { registerOptions, waitForAllMessagesAcknowledged } = createAddHookMessageChannel();
-  // Spans dropped (the export queue full) and a failed export thread are logged as the service's
-  // warnings.
-  const log = createLogger(config.serviceName, "warn");
   register("import-in-the-middle/hook.mjs", import.meta.url, registerOptions);
   const sdk = new NodeSDK({
     serviceName: config.serviceName,
@@ -42,7 +38,9 @@ export async function startSdk(config: TelemetryConfig): Promise<() => Promise<v
         url: config.tracesUrl,
         headers: config.headers,
         exportDelayMs: config.exportDelayMs ?? DEFAULT_EXPORT_DELAY_MS,
-        warn: (message, fields) => log.warn(fields, message),
+        // Spans dropped (the export queue full) and a failed export thread are process warnings,
+        // which a service logs as JSON lines through its logger (logProcessWarnings).
+        warn: (message) => process.emitWarning(message, "TraceExportWarning"),
       }),
     ],
     instrumentations: [

@@ -35,7 +35,10 @@ export interface WorkerSpanProcessorOptions {
   maxQueueSize?: number;
   /** The longest one export may take before its spans count as failed, ms. @default 30000 (the SDK's) */
   exportTimeoutMs?: number;
-  /** Where warnings go (spans dropped, the export thread failed). @default none */
+  /**
+   * Where warnings go (spans dropped, the export thread failed): `message` says it all, `fields`
+   * has its numbers. @default none
+   */
   warn?: (message: string, fields: Record<string, unknown>) => void;
   /**
    * Starts an export thread (tests start one that fails). @default {@link startExportWorker}
@@ -218,8 +221,9 @@ export class WorkerSpanProcessor implements SpanProcessor {
       });
     } catch (e) {
       this.state = { kind: "failed", at: performance.now() };
-      this.options.warn?.("trace export thread could not start; spans wait for the next try", {
-        err: e instanceof Error ? e.message : String(e),
+      const err = e instanceof Error ? e.message : String(e);
+      this.options.warn?.(`trace export thread could not start (${err}); spans wait for the next try`, {
+        err,
       });
       return undefined;
     }
@@ -276,8 +280,9 @@ export class WorkerSpanProcessor implements SpanProcessor {
     state.flushes.clear();
     state.worker.removeAllListeners("message");
     void state.worker.terminate().catch(() => undefined);
-    this.options.warn?.("trace export thread failed; its spans are lost, a new one starts", {
-      err: e instanceof Error ? e.message : String(e),
+    const err = e instanceof Error ? e.message : String(e);
+    this.options.warn?.(`trace export thread failed (${err}); its ${lost} spans are lost, a new one starts`, {
+      err,
       lost_spans: lost,
     });
   }
@@ -293,7 +298,7 @@ export class WorkerSpanProcessor implements SpanProcessor {
     const now = performance.now();
     if (!final && now - this.lastDropWarning < DROP_WARNING_INTERVAL_MS) return;
     this.options.warn?.(
-      `trace export queue full (${this.options.maxQueueSize} spans): ${this.droppedUnwarned} spans dropped`,
+      `trace export queue full (${this.options.maxQueueSize} spans): ${this.droppedUnwarned} spans dropped (${this.counts.dropped} in all)`,
       { dropped_spans: this.droppedUnwarned, dropped_spans_total: this.counts.dropped },
     );
     this.droppedUnwarned = 0;
