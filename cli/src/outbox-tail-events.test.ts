@@ -1,6 +1,7 @@
 /**
  * What `nexusflow events tail` prints for an outbox row (decodeOutboxRow, pure): a task_held event
- * as one JSON line with its type, header and every field, the gate by its enum name.
+ * as one JSON line with its type, header and every field, the gate by its enum name; each event's
+ * `traceparent` from the row's trace contexts.
  */
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
@@ -65,5 +66,32 @@ describe("events tail lines", () => {
       reason:
         'concurrency key "c1" (input.customerId, limit 1): held by charge of run r-0; 1 of 3 in its queue',
     });
+  });
+
+  it("gives each event its trace context, one written once for the events that share it", () => {
+    const traceparent = `00-${"a".repeat(32)}-${"b".repeat(16)}-00`;
+    const event = (sequence: bigint) => ({
+      runId: RUN,
+      sequence,
+      workflowName: "charge",
+      workflowVersion: 1,
+      event: { case: "runCompleted" as const, value: {} },
+    });
+    const payload = toBinary(
+      LifecycleEventBatchSchema,
+      create(LifecycleEventBatchSchema, { events: [event(1n), event(2n), event(3n)] }),
+    );
+    const lines = decodeOutboxRow({
+      id: "8",
+      run_id: RUN,
+      payload: Buffer.from(payload),
+      // The second event has none; the third has the first's.
+      trace_context: [{ traceparent }, null, 0],
+      created_at: new Date("2026-12-05T18:00:00Z"),
+    });
+    assert.deepEqual(
+      lines.map((l) => l.headers["traceparent"]),
+      [traceparent, undefined, traceparent],
+    );
   });
 });

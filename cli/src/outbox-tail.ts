@@ -12,7 +12,12 @@ import { setTimeout as delay } from "node:timers/promises";
 import { fromBinary, toBinary } from "@bufbuild/protobuf";
 import { LifecycleEventBatchSchema, LifecycleEventSchema } from "@nexusflow/gen";
 import { lifecycleEventId } from "@nexusflow/common";
-import { decodeEventMessage, eventMessage, type DecodedEvent } from "@nexusflow/scheduler/events";
+import {
+  decodeEventMessage,
+  eventMessage,
+  eventTraceContexts,
+  type DecodedEvent,
+} from "@nexusflow/scheduler/events";
 import pg from "pg";
 
 /** The `topic` of lines read from the outbox. */
@@ -45,8 +50,11 @@ interface Row {
   id: string;
   run_id: string;
   payload: Buffer;
-  /** One context for every event of the row, or one per event (null where it has none). */
-  trace_context: Record<string, unknown> | (Record<string, unknown> | null)[] | null;
+  /**
+   * One context for every event of the row, or one entry per event: a context, null, or the index
+   * of an earlier entry with the same context (read by eventTraceContexts).
+   */
+  trace_context: Record<string, unknown> | (Record<string, unknown> | number | null)[] | null;
   created_at: Date;
 }
 
@@ -70,6 +78,7 @@ export function redactDatabaseUrl(url: string): string {
 /** The events of one outbox row, decoded as the Kafka path decodes a consumed message. */
 export function decodeOutboxRow(row: Row): DecodedEvent[] {
   const batch = fromBinary(LifecycleEventBatchSchema, row.payload);
+  const traces = eventTraceContexts(row.trace_context, batch.events.length);
   return batch.events.map((event, i) => {
     // Rows written before one row held a whole commit name their run only on the row.
     if (event.runId === "") event.runId = row.run_id;
@@ -82,7 +91,7 @@ export function decodeOutboxRow(row: Row): DecodedEvent[] {
       sequence: Number(event.sequence),
       type: event.event.case ?? "unknown",
       payload: toBinary(LifecycleEventSchema, event),
-      traceContext: Array.isArray(row.trace_context) ? (row.trace_context[i] ?? null) : row.trace_context,
+      traceContext: traces[i] ?? null,
       createdAt: row.created_at,
     });
     return decodeEventMessage(OUTBOX_TOPIC, 0, {

@@ -143,7 +143,9 @@ export const TaskAttemptEntity = defineEntity({
  * Transactional outbox: written in the same transaction as the state change it describes. One row
  * per commit; `payload` is a LifecycleEventBatch of the commit's `eventCount` events (of any runs,
  * each run's in sequence order), which the relay publishes one by one; `runId` and `firstSequence`
- * name its first event. `traceContext` is one context per event (an array), or one for all.
+ * name its first event. `traceContext` is one context for all, or one entry per event (an array:
+ * a context, null, or the index of an earlier entry with the same context; see
+ * persistence/outbox.ts `eventTraceContexts`).
  */
 export const OutboxEventEntity = defineEntity({
   name: "OutboxEvent",
@@ -154,7 +156,7 @@ export const OutboxEventEntity = defineEntity({
     firstSequence: p.bigint("number"),
     eventCount: p.integer(),
     payload: p.blob(),
-    traceContext: p.json<Record<string, string> | (Record<string, string> | null)[]>().nullable(),
+    traceContext: p.json<Record<string, string> | (Record<string, string> | number | null)[]>().nullable(),
     createdAt: p.datetime().defaultRaw("now()"),
     publishedAt: p.datetime().nullable(),
   },

@@ -123,13 +123,36 @@ describe("outbox rows", () => {
     );
   });
 
+  it("writes a context that events share once per row, and reads it back for each", () => {
+    const { r, other, rows } = commit();
+    // A run whose trace is not recorded gives all its events one context object.
+    const unsampled = Object.freeze({ traceparent: `00-${"a".repeat(32)}-${"b".repeat(16)}-00` });
+    const otherCtx = { traceparent: `00-${"c".repeat(32)}-${"d".repeat(16)}-00` };
+    const traced = rows.map((e) => ({
+      ...e,
+      traceContext: e.message.runId === r.id ? unsampled : e.message.runId === other.id ? otherCtx : null,
+    }));
+    const [row] = encodeEventRows(traced) as [EventRow];
+    // Events: r, other, r, r, other, r.
+    assert.deepEqual(row.traceContext, [unsampled, otherCtx, 0, 0, 1, 0]);
+    assert.equal(JSON.stringify(row.traceContext).split("traceparent").length - 1, 2);
+    // Through the column's JSON, as the relay reads it.
+    const read = eventTraceContexts(JSON.parse(JSON.stringify(row.traceContext)), row.eventCount);
+    assert.deepEqual(
+      read,
+      traced.map((e) => e.traceContext),
+    );
+  });
+
   it("reads a row's trace contexts: none, one for all, or one per event", () => {
     const ctx = { traceparent: "00-abc-def-01" };
     assert.deepEqual(eventTraceContexts(null, 2), [null, null]);
     assert.deepEqual(eventTraceContexts(ctx, 2), [ctx, ctx]);
     assert.deepEqual(eventTraceContexts([null, ctx], 2), [null, ctx]);
-    // Hostile shapes read as none.
+    assert.deepEqual(eventTraceContexts([ctx, null, 0], 3), [ctx, null, ctx]);
+    // Hostile shapes read as none: not an object, an index not before the entry, not an integer.
     assert.deepEqual(eventTraceContexts([1, "x"], 3), [null, null, null]);
+    assert.deepEqual(eventTraceContexts([ctx, 1, 5, -1, 0.5, 1], 6), [ctx, null, null, null, null, null]);
   });
 
   it("refuses a batch whose bytes are not whole events", () => {

@@ -104,8 +104,13 @@ export interface EventRow {
   eventCount: number;
   /** A LifecycleEventBatch encoding of the events. */
   payload: Uint8Array;
-  /** The trace context of each event (null where it has none); null when none has one. */
-  traceContext: (Record<string, string> | null)[] | null;
+  /**
+   * The trace context of each event: null where it has none, or the index of an earlier entry
+   * where the event has the same context object as that entry's (a run whose trace is not
+   * recorded gives all its events one object: it is written once per row, not once per event);
+   * null when no event has one.
+   */
+  traceContext: (Record<string, string> | number | null)[] | null;
 }
 
 /** The row key an event was last written under (see {@link encodeEventRows}). */
@@ -146,25 +151,43 @@ export function encodeEventRows(
         LifecycleEventBatchSchema,
         create(LifecycleEventBatchSchema, { events: group.map((e) => e.message) }),
       ),
-      traceContext: traced ? group.map((e) => e.traceContext) : null,
+      traceContext: traced ? traceContexts(group) : null,
     });
   }
   return out;
 }
 
+/** The events' trace contexts, each context object written once (see {@link EventRow.traceContext}). */
+function traceContexts(group: readonly OutboxRow[]): (Record<string, string> | number | null)[] {
+  const first = new Map<object, number>();
+  return group.map((e, i) => {
+    const c = e.traceContext;
+    if (c === null) return null;
+    const at = first.get(c);
+    if (at !== undefined) return at;
+    first.set(c, i);
+    return c;
+  });
+}
+
 /**
  * The trace context of each of a row's `count` events from its `trace_context` column: null (none),
- * one object for all (rows written before one row held a whole commit), or one entry per event.
+ * one object for all (rows written before one row held a whole commit), or one entry per event,
+ * an entry being a context, null, or the index of an earlier entry with the same context.
  */
 export function eventTraceContexts(
   column: unknown,
   count: number,
 ): (Readonly<Record<string, unknown>> | null)[] {
-  if (Array.isArray(column))
-    return Array.from({ length: count }, (_, i) => {
+  if (Array.isArray(column)) {
+    const out: (Readonly<Record<string, unknown>> | null)[] = [];
+    for (let i = 0; i < count; i++) {
       const c: unknown = column[i];
-      return typeof c === "object" && c !== null ? (c as Record<string, unknown>) : null;
-    });
+      if (typeof c === "number") out.push(Number.isInteger(c) && c >= 0 && c < i ? out[c]! : null);
+      else out.push(typeof c === "object" && c !== null ? (c as Record<string, unknown>) : null);
+    }
+    return out;
+  }
   const all = typeof column === "object" && column !== null ? (column as Record<string, unknown>) : null;
   return Array.from({ length: count }, () => all);
 }
