@@ -8,7 +8,8 @@
 import { type Span, SpanKind, SpanStatusCode } from "@opentelemetry/api";
 import { contextFromTraceparent, tracer, tracingEnabled } from "@nexusflow/common/telemetry";
 import type * as KafkaJs from "kafkajs";
-import type { Admin, Kafka, LogEntry, Producer } from "kafkajs";
+import type { Admin, Kafka, Producer } from "kafkajs";
+import { kafkaClient } from "./kafka-client.js";
 import type { Logger } from "@nexusflow/common";
 import { eventMessage, type EventPublisher, type OutboxRecord } from "./publisher.js";
 
@@ -93,23 +94,8 @@ export class KafkaPublisher implements EventPublisher {
   }
 
   private createClient(kafkajs: typeof KafkaJs): Kafka {
-    const log = this.options.log.child({ component: "kafka" });
-    return new kafkajs.Kafka({
-      clientId: this.options.clientId,
-      brokers: this.options.brokers,
-      connectionTimeout: this.options.connectionTimeoutMs,
-      requestTimeout: this.options.requestTimeoutMs,
-      retry: { retries: 3, initialRetryTime: 200, maxRetryTime: 2000 },
-      logLevel: kafkajs.logLevel.WARN,
-      // kafkajs reports every refused connection while the broker is down; the relay logs the
-      // outage once itself, so its lines are debug detail.
-      logCreator:
-        () =>
-        ({ namespace, log: entry }: LogEntry) => {
-          const { message, ...fields } = entry;
-          log.debug({ kafkajs: namespace, ...fields }, message);
-        },
-    });
+    // The relay logs an outage once itself: kafkajs' lines are debug detail.
+    return kafkaClient(kafkajs, { ...this.options, log: this.options.log.child({ component: "kafka" }) });
   }
 
   /** The topic published to. */

@@ -22,7 +22,8 @@
  * STOPPED.
  */
 import type * as KafkaJs from "kafkajs";
-import type { Consumer, EachBatchPayload, LogEntry } from "kafkajs";
+import type { Consumer, EachBatchPayload } from "kafkajs";
+import { kafkaClient } from "../events/kafka-client.js";
 import type { Logger } from "@nexusflow/common";
 import type { EventRow } from "./event-store.js";
 import { decodeRecord, type RejectReason, type SourceRecord } from "./kafka-record.js";
@@ -312,21 +313,10 @@ export class KafkaEventSource {
   }
 
   private createClient(kafkajs: typeof KafkaJs): KafkaJs.Kafka {
-    const log = this.options.log.child({ component: "kafka-event-source" });
-    return new kafkajs.Kafka({
-      clientId: this.options.clientId,
-      brokers: this.options.brokers,
-      connectionTimeout: this.options.connectionTimeoutMs,
-      requestTimeout: this.options.requestTimeoutMs,
-      retry: { retries: 3, initialRetryTime: 200, maxRetryTime: 2000 },
-      logLevel: kafkajs.logLevel.WARN,
-      // The source logs an outage once itself; kafkajs' lines (one per refused connection) are detail.
-      logCreator:
-        () =>
-        ({ namespace, log: entry }: LogEntry) => {
-          const { message, ...fields } = entry;
-          log.debug({ kafkajs: namespace, ...fields }, message);
-        },
+    // The source logs an outage once itself: kafkajs' lines are debug detail.
+    return kafkaClient(kafkajs, {
+      ...this.options,
+      log: this.options.log.child({ component: "kafka-event-source" }),
     });
   }
 
