@@ -95,10 +95,13 @@ export function recover(
   /** Element tasks of map steps, by run (maps.ts rebuildMaps). */
   const elements = new Map<RunState, TaskState[]>();
   const nowMs = at.now.getTime();
+  /** The tasks recovered now (a run loaded back while others are in memory: its own only). */
+  const recovered: TaskState[] = [];
   for (const t of stored.tasks) {
     const run = core.runs.get(t.runId);
     if (run === undefined) continue;
     const task: TaskState = { ...t, sessionId: null, lastHeartbeat: at.mono };
+    recovered.push(task);
     if (task.elementIndex !== undefined) (elements.get(run) ?? elements.set(run, []).get(run))?.push(task);
     else if (task.kind === "STEP") run.tasks.set(task.stepId, task);
     else run.compensations.set(task.stepId, task);
@@ -121,7 +124,7 @@ export function recover(
     }
   }
   const childless: [RunState, TaskState][] = [];
-  for (const task of core.tasks.values()) {
+  for (const task of recovered) {
     if (
       task.kind === "STEP" &&
       task.status === "SUCCEEDED" &&

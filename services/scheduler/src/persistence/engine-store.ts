@@ -122,7 +122,7 @@ export interface EngineStore {
   flush(): Promise<void>;
   /** Commits what is marked within `delayMs` unless another commit takes it along first. */
   flushSoon(delayMs: number): void;
-  /** The active runs (PENDING, RUNNING, COMPENSATING) with their tasks. */
+  /** The active runs (PENDING, RUNNING, COMPENSATING) with their tasks, but for parked ones (parked-runs.ts). */
   loadActive(): Promise<StoredActiveState>;
   /** The rate limits' token buckets as committed (core/rate-limits.ts), for recovery and listing. */
   loadRateLimits(): Promise<StoredBucket[]>;

@@ -96,7 +96,9 @@ interface AttemptRow {
 const RUN_COLUMNS_SQL = `SELECT r.*, GREATEST(r.event_seq,
    COALESCE((SELECT max(t.run_event_seq) FROM task_runs t WHERE t.run_id = r.id), 0)) AS last_event_seq
    FROM workflow_runs r`;
-const ACTIVE_RUNS_SQL = `${RUN_COLUMNS_SQL} WHERE r.status IN ('PENDING', 'RUNNING', 'COMPENSATING') ORDER BY r.created_at`;
+// Parked runs (parked-runs.ts) stay in the database: they are loaded back one by one when woken.
+const ACTIVE_RUNS_SQL = `${RUN_COLUMNS_SQL} WHERE r.status IN ('PENDING', 'RUNNING', 'COMPENSATING')
+   AND NOT EXISTS (SELECT 1 FROM parked_runs p WHERE p.run_id = r.id) ORDER BY r.created_at`;
 const ONE_RUN_SQL = `${RUN_COLUMNS_SQL} WHERE r.id = $1`;
 
 const TASKS_SQL = `SELECT t.*, (SELECT count(*)::int FROM task_attempts a WHERE a.task_run_id = t.id AND a.status = 'FAILED') AS failures

@@ -100,6 +100,8 @@ describe("embedded PostgreSQL with migrations", () => {
         "idempotency_keys",
         "nexusflow_migrations",
         "outbox_events",
+        "parked_event_waits",
+        "parked_runs",
         "partitions",
         "rate_limit_buckets",
         "replicas",

@@ -19,6 +19,7 @@ import { Migration20261205220000MapElements } from "./Migration20261205220000Map
 import { Migration20261205230000DeclaredSchedules } from "./Migration20261205230000DeclaredSchedules.js";
 import { Migration20261205231000EventRetention } from "./Migration20261205231000EventRetention.js";
 import { Migration20261206000000EventWaits } from "./Migration20261206000000EventWaits.js";
+import { Migration20261206010000ParkedRuns } from "./Migration20261206010000ParkedRuns.js";
 
 /** The migrations MikroORM applies at start-up. */
 export const migrationsList = [
@@ -45,4 +46,5 @@ export const migrationsList = [
   { name: "Migration20261205230000DeclaredSchedules", class: Migration20261205230000DeclaredSchedules },
   { name: "Migration20261205231000EventRetention", class: Migration20261205231000EventRetention },
   { name: "Migration20261206000000EventWaits", class: Migration20261206000000EventWaits },
+  { name: "Migration20261206010000ParkedRuns", class: Migration20261206010000ParkedRuns },
 ];

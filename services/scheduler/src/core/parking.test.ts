@@ -1,0 +1,156 @@
+/** Parking through the pure core (simulation.ts): which runs may leave memory, and back again. */
+import assert from "node:assert/strict";
+import { describe, it } from "node:test";
+import { keyMatches, type CompiledWorkflow } from "../dag/index.js";
+import type { RunState } from "../model/run-state.js";
+import type { StoredTask } from "../persistence/engine-store.js";
+import { childResolved } from "./children.js";
+import { keyPatternRegex, parkable, parkRun } from "./parking.js";
+import { recover } from "./recovery.js";
+import { advance, cancelRun, startRun } from "./runs.js";
+import { Simulation, workflowOf } from "./simulation.js";
+import { signalReceived } from "./waits.js";
+
+const flow = (steps: unknown[], extra: Record<string, unknown> = {}): CompiledWorkflow =>
+  workflowOf({ name: "flow", version: 1, steps, ...extra });
+
+function begin(sim: Simulation, workflow: CompiledWorkflow, input: unknown = {}): RunState {
+  return startRun(
+    sim.core,
+    { definitionId: 1, workflow, input, idempotencyKey: null, requestHash: null, labels: {} },
+    sim.at().now,
+  );
+}
+
+const settle = (sim: Simulation) => sim.settle((r) => advance(sim.core, r, sim.at().now));
+
+/** The run's rows as recovery reads them. */
+function storedOf(run: RunState) {
+  return {
+    runs: [
+      {
+        id: run.id,
+        definitionId: 1,
+        workflowName: "flow",
+        status: run.status,
+        input: run.input,
+        idempotencyKey: null,
+        labels: {},
+        cancelRequested: run.cancelRequested,
+        compensateOnCancel: run.compensateOnCancel,
+        error: null,
+        lastEventSeq: run.eventSeq,
+        deadline: run.deadline,
+        createdAt: run.createdAt,
+        signals: run.signals,
+      },
+    ],
+    tasks: [...run.tasks.values()].map((t): StoredTask => ({ ...t })),
+  };
+}
+
+void describe("parking (core)", () => {
+  it("parks a run whose every unfinished task waits on a signal, an event, a sleep or a child", () => {
+    const sim = new Simulation();
+    const run = begin(
+      sim,
+      flow([
+        { id: "w", wait: { signal: "go", timeout: "1h" } },
+        { id: "e", wait: { event: "orders.*.paid" } },
+        { id: "s", sleep: { for: "10m" } },
+        { id: "c", workflow: { name: "other" } },
+        { id: "after", type: "t", dependsOn: ["w"] },
+      ]),
+    );
+    settle(sim);
+    assert.equal(parkable(sim.core, run), false, "its child is being started (the shell's read)");
+    const child = flow([{ id: "w", wait: { signal: "go" } }]);
+    childResolved(sim.core, run.id, "c", { definitionId: 1, workflow: child, input: {} }, sim.at().now);
+    settle(sim);
+    assert.ok(parkable(sim.core, run));
+    const entry = parkRun(sim.core, run);
+    assert.equal(sim.core.runs.has(run.id), false);
+    assert.equal(
+      [...sim.core.tasks.values()].some((t) => t.runId === run.id),
+      false,
+    );
+    assert.ok(sim.core.runs.size === 1, "its child stays");
+    assert.equal(sim.core.eventWaits?.size ?? 0, 0, "its wait for an event left the index");
+    // Its nearest wake-up: the sleep (10 minutes) before the wait's timeout (1 hour).
+    assert.equal(entry.wakeAt?.getTime(), sim.at().now.getTime() + 10 * 60_000);
+    assert.deepEqual(
+      entry.eventWaits.map((w) => [w.key, w.pattern]),
+      [[null, "^orders\\.[^.]*\\.paid$"]],
+    );
+  });
+
+  it("keeps a run with a task queued, or cancelled, or that is a child run", () => {
+    const sim = new Simulation();
+    const queued = begin(
+      sim,
+      flow([
+        { id: "w", wait: { signal: "go" } },
+        { id: "t", type: "t" },
+      ]),
+    );
+    settle(sim);
+    assert.equal(queued.tasks.get("t")?.status, "QUEUED");
+    assert.equal(parkable(sim.core, queued), false);
+    const waiting = begin(sim, flow([{ id: "w", wait: { signal: "go" } }]));
+    settle(sim);
+    assert.ok(parkable(sim.core, waiting));
+    cancelRun(sim.core, waiting, "no", false, sim.at().now);
+    assert.equal(parkable(sim.core, waiting), false);
+    const child = startRun(
+      sim.core,
+      {
+        id: "00000000-0000-8000-8000-000000000001",
+        definitionId: 1,
+        workflow: flow([{ id: "w", wait: { signal: "go" } }]),
+        input: {},
+        idempotencyKey: null,
+        requestHash: null,
+        labels: {},
+        parent: { runId: queued.id, stepId: "x", depth: 1 },
+      },
+      sim.at().now,
+    );
+    settle(sim);
+    assert.equal(child.tasks.get("w")?.status, "WAITING");
+    assert.equal(parkable(sim.core, child), false, "a child run stays with its parent");
+  });
+
+  it("a parked run recovered from its rows takes a signal as it would have in memory", () => {
+    const sim = new Simulation();
+    const workflow = flow([{ id: "w", wait: { signal: "go" } }]);
+    const run = begin(sim, workflow);
+    settle(sim);
+    const entry = parkRun(sim.core, run);
+    assert.equal(entry.wakeAt, null, "no timeout: nothing wakes it but a signal");
+    const { runs } = recover(sim.core, storedOf(run), new Map([[1, workflow]]), new Map(), sim.at());
+    const back = runs[0]!;
+    assert.notEqual(back, run);
+    signalReceived(sim.core, back, { name: "go", key: null, payload: 7 }, sim.at().now);
+    assert.equal(back.status, "SUCCEEDED");
+    assert.equal(back.tasks.get("w")?.output, 7);
+  });
+
+  it("a pattern's regular expression matches every key the pattern matches", () => {
+    const cases: [string, string[], string[]][] = [
+      ["a.*.c", ["a.b.c", "a..c"], ["a.b.c.d", "a.c", "x.b.c"]],
+      ["a.**", ["a.b", "a.b.c", "a."], ["a", "b.a"]],
+      ["**", ["a", "a.b"], []],
+      ["x+y.*", ["x+y.z"], ["xxy.z"]],
+    ];
+    for (const [pattern, yes, no] of cases) {
+      const segments = pattern.split(".");
+      const re = new RegExp(keyPatternRegex(segments));
+      for (const key of yes) {
+        assert.ok(keyMatches(segments, key), `${pattern} matches ${key}`);
+        assert.ok(re.test(key), `${re} matches ${key}`);
+      }
+      for (const key of no)
+        assert.equal(keyMatches(segments, key) || re.test(key), false, `${pattern} ${key}`);
+    }
+  });
+});

@@ -1,0 +1,100 @@
+/**
+ * Parked runs in PostgreSQL (tables `parked_runs` and `parked_event_waits`, see
+ * Migration20261206010000ParkedRuns): runs that only wait, left out of the scheduler's memory
+ * (core/parking.ts, engine/parking.ts). Their truth is their committed rows in `workflow_runs` and
+ * `task_runs`; these tables only say which runs are parked, when each must be loaded back at the
+ * latest (an indexed `wake_at`, read by a query rather than held as one timer per run), and which
+ * event keys or patterns their waits for an event listen to.
+ */
+import type pg from "pg";
+import type { ParkedEntry } from "../model/parked-run.js";
+
+export type { ParkedEntry, ParkedEventWait } from "../model/parked-run.js";
+
+/** What the engine needs of the parked runs' rows (engine/parking.ts). */
+export interface ParkedRunStore {
+  /** Stores runs as parked (their rows are committed), in one transaction. */
+  park(entries: readonly ParkedEntry[]): Promise<void>;
+  /** Deletes a run's parked rows; false when it was not parked. */
+  unpark(runId: string): Promise<boolean>;
+  /** Parked runs due to wake by `now`, earliest first, at most `limit`. */
+  due(now: Date, limit: number): Promise<string[]>;
+  /** The earliest wake-up time of a parked run; null when none has one. */
+  nextWake(): Promise<Date | null>;
+  /** Parked runs with a wait for an event whose key or pattern may match `key`. */
+  eventCandidates(key: string): Promise<string[]>;
+  /** How many runs are parked. */
+  count(): Promise<number>;
+}
+
+/** {@link ParkedRunStore} in PostgreSQL. */
+export class PostgresParkedRuns implements ParkedRunStore {
+  constructor(private readonly pool: pg.Pool) {}
+
+  async park(entries: readonly ParkedEntry[]): Promise<void> {
+    if (entries.length === 0) return;
+    const waits = entries.flatMap((e) => e.eventWaits.map((w) => ({ runId: e.runId, ...w })));
+    const client = await this.pool.connect();
+    try {
+      await client.query("BEGIN");
+      await client.query(
+        `INSERT INTO parked_runs (run_id, wake_at)
+         SELECT * FROM unnest($1::uuid[], $2::timestamptz[])
+         ON CONFLICT (run_id) DO UPDATE SET wake_at = excluded.wake_at, parked_at = now()`,
+        [entries.map((e) => e.runId), entries.map((e) => e.wakeAt)],
+      );
+      if (waits.length > 0)
+        await client.query(
+          `INSERT INTO parked_event_waits (task_run_id, run_id, key, pattern)
+           SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[])
+           ON CONFLICT (task_run_id) DO UPDATE SET key = excluded.key, pattern = excluded.pattern`,
+          [
+            waits.map((w) => w.taskRunId),
+            waits.map((w) => w.runId),
+            waits.map((w) => w.key),
+            waits.map((w) => w.pattern),
+          ],
+        );
+      await client.query("COMMIT");
+    } catch (e) {
+      await client.query("ROLLBACK").catch(() => undefined);
+      throw e;
+    } finally {
+      client.release();
+    }
+  }
+
+  async unpark(runId: string): Promise<boolean> {
+    const { rowCount } = await this.pool.query("DELETE FROM parked_runs WHERE run_id = $1", [runId]);
+    return (rowCount ?? 0) > 0;
+  }
+
+  async due(now: Date, limit: number): Promise<string[]> {
+    const { rows } = await this.pool.query<{ run_id: string }>(
+      `SELECT run_id FROM parked_runs WHERE wake_at IS NOT NULL AND wake_at <= $1 ORDER BY wake_at LIMIT $2`,
+      [now, limit],
+    );
+    return rows.map((r) => r.run_id);
+  }
+
+  async nextWake(): Promise<Date | null> {
+    const { rows } = await this.pool.query<{ wake_at: Date | null }>(
+      `SELECT min(wake_at) AS wake_at FROM parked_runs WHERE wake_at IS NOT NULL`,
+    );
+    return rows[0]?.wake_at ?? null;
+  }
+
+  async eventCandidates(key: string): Promise<string[]> {
+    const { rows } = await this.pool.query<{ run_id: string }>(
+      `SELECT run_id FROM parked_event_waits WHERE key = $1
+       UNION SELECT run_id FROM parked_event_waits WHERE pattern IS NOT NULL AND $1 ~ pattern`,
+      [key],
+    );
+    return rows.map((r) => r.run_id);
+  }
+
+  async count(): Promise<number> {
+    const { rows } = await this.pool.query<{ n: number }>(`SELECT count(*)::int AS n FROM parked_runs`);
+    return rows[0]?.n ?? 0;
+  }
+}
