@@ -69,6 +69,8 @@ import { EventRetention } from "./triggers/event-retention.js";
 import { MatchLoop, MatchStarter } from "./triggers/match-loop.js";
 import { TriggerIndex } from "./triggers/trigger-index.js";
 import { WaitMatchLoop, WaitMatchStore } from "./triggers/wait-matches.js";
+import type { ParkingOptions } from "./engine/parking.js";
+import { PostgresParkedRuns } from "./persistence/parked-runs.js";
 import {
   acquireSchedulerLock,
   type SchedulerLock,
@@ -176,6 +178,8 @@ export interface SchedulerOptions {
    * `metrics`. @default undefined (on the metrics endpoint, when there is one)
    */
   probesEndpoint?: ProbesConfig | undefined;
+  /** When a run that only waits leaves memory, and how it is woken (engine/parking.ts). @default its defaults */
+  parking?: ParkingOptions | undefined;
   log: Logger;
 }
 
@@ -334,6 +338,8 @@ export class Scheduler {
         ),
         log,
         restartedAt,
+        // Runs that only wait leave memory (engine/parking.ts).
+        parking: { ...this.options.parking, store: new PostgresParkedRuns(this.db.pool) },
         resolveOutput: (ref) => resolveOutputRef(store, ref),
         ...(this.options.heartbeatIntervalMs === undefined
           ? {}

@@ -176,6 +176,8 @@ export async function explainPending(
   if (req.stepId === "") throw ApiError.invalid("step_id", "a step id is required");
   if (req.stepId.length > MAX_STEP_ID) throw ApiError.invalid("step_id", `at most ${MAX_STEP_ID} characters`);
   const kind = req.compensation ? TaskKind.COMPENSATION : TaskKind.STEP;
+  // A parked run (engine/parking.ts) is loaded back: its gates are those of a run in memory.
+  if (engine.state === "RUNNING") await engine.load(req.runId);
   const active = engine.explainPending(req.runId, req.stepId, req.compensation);
   if (active !== undefined) {
     const { run, task, gates, at } = active;

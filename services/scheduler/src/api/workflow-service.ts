@@ -47,7 +47,8 @@ import {
 import type { Engine } from "../engine/engine.js";
 import { SIGNAL_NAME_PATTERN, SIGNAL_NAME_RULE } from "../dag/index.js";
 import { TERMINAL_RUN_STATUSES, type RunStatusName, type SignalState } from "../model/run-state.js";
-import { checkRunId, runPageToken, type RunStore } from "../persistence/run-store.js";
+import { checkRunId, runPageToken, type RunDetail, type RunStore } from "../persistence/run-store.js";
+import { parkedPendingReasons } from "../engine/parked-reasons.js";
 import {
   definition,
   runBasic,
@@ -55,6 +56,7 @@ import {
   runDetail,
   runFromState,
   runStatusName,
+  type PendingReasons,
 } from "./convert.js";
 import { explainPending } from "./explain-pending.js";
 import { rerunRun } from "./rerun-run.js";
@@ -148,6 +150,13 @@ function itemError(e: unknown, i: number): unknown {
 export function workflowService(engine: Engine, runs: RunStore): grpc.UntypedServiceImplementation {
   // Why queued tasks wait is the engine's live knowledge of its executor sessions, not stored.
   const pendingReason = (taskRunId: string): string => engine.pendingReason(taskRunId);
+  /** The pending reasons of a run's tasks: the engine's, or a parked run's from its rows. */
+  const reasonsOf = async (d: RunDetail): Promise<PendingReasons> => {
+    const parked = engine.isActive(d.run.id)
+      ? undefined
+      : await parkedPendingReasons(engine.definitions, d.run, d.tasks, new Date());
+    return parked === undefined ? pendingReason : (id) => parked.get(id) ?? "";
+  };
 
   /** StartRun: `defaultView` answers an unspecified view (FULL alone, BASIC in StartRuns). */
   async function startRun(req: StartRunRequest, defaultView: RunView): Promise<StartRunResponse> {
@@ -239,7 +248,8 @@ export function workflowService(engine: Engine, runs: RunStore): grpc.UntypedSer
     }),
 
     getRun: unary(async (req: GetRunRequest) => {
-      return create(GetRunResponseSchema, { run: runDetail(await runs.get(req.runId), pendingReason) });
+      const detail = await runs.get(req.runId);
+      return create(GetRunResponseSchema, { run: runDetail(detail, await reasonsOf(detail)) });
     }),
 
     explainPending: unary((req: ExplainPendingRequest) => explainPending(engine, runs, req)),
@@ -273,7 +283,7 @@ export function workflowService(engine: Engine, runs: RunStore): grpc.UntypedSer
       const full: Run[] = [];
       let bytes = PAGE_TOKEN_ROOM;
       for (const detail of details) {
-        const run = runDetail(detail, pendingReason);
+        const run = runDetail(detail, await reasonsOf(detail));
         const length = toBinary(RunSchema, run).length;
         const size = 1 + varintSize(length) + length; // field tag, length, message
         const last = details[full.length - 1];
@@ -286,18 +296,19 @@ export function workflowService(engine: Engine, runs: RunStore): grpc.UntypedSer
     }),
 
     cancelRun: unary(async (req: CancelRunRequest) => {
+      checkRunId(req.runId);
       refuseNul(req.reason, "reason");
-      // Only active runs can change; any other run is finished (or missing: NOT_FOUND from the read).
-      if (engine.isActive(req.runId)) {
+      // Only active runs can change (a parked one is loaded back); any other run is finished (or
+      // missing: NOT_FOUND from the read).
+      if (engine.isActive(req.runId) || engine.parking !== undefined) {
         await engine.cancelRun(
           req.runId,
           req.reason === "" ? "cancelled by request" : req.reason,
           req.compensate,
         );
       }
-      return create(CancelRunResponseSchema, {
-        run: runDetail(await runs.get(req.runId), pendingReason),
-      });
+      const detail = await runs.get(req.runId);
+      return create(CancelRunResponseSchema, { run: runDetail(detail, await reasonsOf(detail)) });
     }),
 
     rerunRun: unary((req: RerunRunRequest) => rerunRun(engine, runs, req, pendingReason)),
@@ -322,9 +333,10 @@ export function workflowService(engine: Engine, runs: RunStore): grpc.UntypedSer
           `is ${bytes} bytes as JSON; a signal's payload is at most ${MAX_SIGNAL_PAYLOAD_BYTES}`,
         );
       const key = req.idempotencyKey === "" ? null : req.idempotencyKey;
-      const outcome = engine.isActive(req.runId)
-        ? await engine.waits.signal(req.runId, { name: req.name, key, payload })
-        : undefined;
+      const outcome =
+        engine.isActive(req.runId) || engine.parking !== undefined
+          ? await engine.waits.signal(req.runId, { name: req.name, key, payload })
+          : undefined;
       if (outcome !== undefined)
         return create(SignalRunResponseSchema, {
           stepId: outcome.stepId ?? "",
@@ -370,7 +382,7 @@ export function workflowService(engine: Engine, runs: RunStore): grpc.UntypedSer
             }
             dirty = false;
             const detail = await runs.get(req.runId);
-            const run = runDetail(detail, pendingReason);
+            const run = runDetail(detail, await reasonsOf(detail));
             // A queued task whose reason to wait changed counts as changed (the engine wakes the
             // stream for that without a commit).
             const current = new Map(

@@ -9,7 +9,7 @@
  */
 import { UnavailableError } from "@nexusflow/common";
 import type { Timer } from "../core/index.js";
-import type { TaskState } from "../model/run-state.js";
+import type { RunState, TaskState } from "../model/run-state.js";
 
 /** What the timers need of the engine. */
 export interface EngineTimersOptions {
@@ -27,6 +27,8 @@ export class EngineTimers {
   private readonly orphans = new Map<string, NodeJS.Timeout>();
   /** WAITING steps' timers (core/waits.ts) by task id. */
   private readonly waits = new Map<string, NodeJS.Timeout>();
+  /** Runs' deadline timers by run id. */
+  private readonly deadlines = new Map<string, NodeJS.Timeout>();
   private readonly timers = new Set<NodeJS.Timeout>();
 
   constructor(private readonly o: EngineTimersOptions) {}
@@ -56,7 +58,28 @@ export class EngineTimers {
       this.waits.set(id, t);
       return;
     }
+    if (timer.kind === "run-deadline") {
+      // By run, so that a run leaving memory (parked) takes its timer with it.
+      const id = timer.run.id;
+      clearTimeout(this.deadlines.get(id));
+      const t = setTimeout(
+        () => {
+          this.deadlines.delete(id);
+          if (this.o.live()) this.o.fired(timer);
+        },
+        Math.max(0, ms),
+      );
+      this.deadlines.set(id, t);
+      return;
+    }
     this.after(ms, () => void this.o.fired(timer));
+  }
+
+  /** The run left memory (parked, engine/parking.ts): its deadline's and its waits' timers go. */
+  runLeft(run: RunState): void {
+    clearTimeout(this.deadlines.get(run.id));
+    this.deadlines.delete(run.id);
+    for (const task of run.tasks.values()) this.leaseEnded(task);
   }
 
   /** Calls `fn` in `ms` if the engine is live then. */
@@ -95,6 +118,8 @@ export class EngineTimers {
     this.orphans.clear();
     for (const t of this.waits.values()) clearTimeout(t);
     this.waits.clear();
+    for (const t of this.deadlines.values()) clearTimeout(t);
+    this.deadlines.clear();
   }
 }
 

@@ -32,6 +32,8 @@ import { OutputReader } from "./offloaded-outputs.js";
 import { UnservedTypes } from "./pending.js";
 import { Watchers } from "./watchers.js";
 import { DurableWaits } from "./waits.js";
+import { Parking, type ParkingOptions } from "./parking.js";
+import type { ParkedRunStore } from "../persistence/parked-runs.js";
 import {
   type RateLimitPause,
   type RateLimitStats,
@@ -84,6 +86,8 @@ export interface EngineOptions {
    * @default the moment {@link Engine.start} is called
    */
   restartedAt?: number;
+  /** Runs that only wait leave memory, their rows in `store` (engine/parking.ts). @default none */
+  parking?: (ParkingOptions & { store: ParkedRunStore }) | undefined;
 }
 
 /** Engine lifecycle. */
@@ -130,6 +134,8 @@ export class Engine {
   readonly sessionTimeoutMs: number;
   /** Signals and events for the waits of the active runs (waits.ts). */
   readonly waits: DurableWaits;
+  /** Runs that only wait, out of memory (parking.ts); undefined: every active run stays. */
+  readonly parking: Parking | undefined;
   private readonly commitTimeoutMs: number;
   private readonly restartedAt: number | undefined;
   private stateValue: EngineState = "CREATED";
@@ -188,6 +194,7 @@ export class Engine {
     );
     this.store.listen({
       committed: (changes) => {
+        this.parking?.touched(changes.runIds);
         for (const runId of changes.runIds) this.watchers.notify(runId);
         if (changes.events > 0) this.watchers.eventsCommitted();
       },
@@ -202,11 +209,17 @@ export class Engine {
       sessionTimeoutMs: this.sessionTimeoutMs,
       newId: randomUUID,
     };
+    const live = (): boolean => this.stateValue === "RUNNING" || this.stateValue === "RECOVERING";
+    const [keyed, timers, dirty, moment] = [this.keyed, this.timers, this.dirtyRuns, () => this.moment()];
+    const parking = options.parking;
+    const host = { ...options, core: this.core, keyed, timers, dirty, live, moment };
+    this.parking = parking && new Parking({ ...host, parking }, parking);
     this.waits = new DurableWaits({
       core: this.core,
       log: options.log,
       assertRunning: () => this.assertRunning(),
       committed: () => this.committed(),
+      parking: this.parking,
     });
   }
 
@@ -293,6 +306,8 @@ export class Engine {
           spans?.runEnded(run);
           core.forgetRun(this.core, run);
           this.keyed.forget(run);
+          // A parked parent finds its child's end when loaded back (children.ts childFoundEnded).
+          if (run.parent !== null) this.parking?.load(run.parent.runId).catch(ignore);
         }, ignore),
       commit: () => void store.flush().catch(ignore),
       commitSoon: () => store.flushSoon(STARTED_FLUSH_DELAY_MS),
@@ -351,6 +366,7 @@ export class Engine {
       Math.max(100, Math.floor(this.heartbeatIntervalMs / 2)),
     );
     this.stateValue = "RUNNING";
+    this.parking?.start();
     this.schedulePump();
   }
 
@@ -363,6 +379,7 @@ export class Engine {
   private async doStop(): Promise<void> {
     this.stateValue = "STOPPING";
     clearInterval(this.livenessTimer);
+    this.parking?.stop();
     this.timers.clear();
     for (const s of this.dispatcher.sessions.values()) s.close("scheduler shutting down");
     await this.store.close();
@@ -396,6 +413,7 @@ export class Engine {
     const graceMs = Math.max(0, this.sessionTimeoutMs - this.heartbeatIntervalMs - (at.mono - restartedAt));
     const { runs, queued, orphaned } = core.recover(this.core, stored, workflows, hashes, at, graceMs);
     for (const run of runs) this.keyed.remember(run);
+    this.parking?.touched(this.core.runs.keys());
     await this.store.flush();
     // Executors that were attached before the restart are reconnecting: no warning about types
     // they advertise until they have had the time to.
@@ -530,7 +548,7 @@ export class Engine {
    */
   async cancelRun(runId: string, reason: string, compensate = false): Promise<void> {
     this.assertRunning();
-    const run = this.core.runs.get(runId);
+    const run = await this.load(runId);
     if (run === undefined || !core.cancelRun(this.core, run, reason, compensate, new Date())) return;
     await this.committed();
   }
@@ -755,6 +773,11 @@ export class Engine {
   /** The in-memory state of an active run (a read-only view for API responses). */
   activeRun(runId: string): Readonly<RunState> | undefined {
     return this.core.runs.get(runId);
+  }
+
+  /** The active run `runId`, loaded back when parked (parking.ts); undefined when not active here. */
+  async load(runId: string): Promise<Readonly<RunState> | undefined> {
+    return this.core.runs.get(runId) ?? (await this.parking?.load(runId));
   }
 
   /** Whether the run is still active in memory. */

@@ -1,11 +1,14 @@
 /**
  * The engine's side of durable waits (core/waits.ts, core/event-waits.ts): a signal sent to an
  * active run, and a published event matched against the WAITING waits for an event and then
- * applied to them. Each answers once what it changed is committed.
+ * applied to them. Each answers once what it changed is committed. A parked run (parking.ts) is
+ * loaded back first: the run a signal names, the runs whose parked waits may match an event.
  */
 import { ApiError, Code, type Logger } from "@nexusflow/common";
 import * as core from "../core/index.js";
 import type { Core } from "../core/index.js";
+import type { RunState } from "../model/run-state.js";
+import type { Parking } from "./parking.js";
 
 /** What the waits need of the engine. */
 export interface DurableWaitsHost {
@@ -15,6 +18,8 @@ export interface DurableWaitsHost {
   assertRunning(): void;
   /** Resolves once everything changed so far is committed (UNAVAILABLE after the commit timeout). */
   committed(): Promise<void>;
+  /** Parked runs, loaded back when a signal or an event reaches them; absent: none are parked. */
+  readonly parking?: Parking | undefined;
 }
 
 /** Signals and events for the waits of the runs active here. */
@@ -27,8 +32,9 @@ export class DurableWaits {
    */
   async signal(runId: string, input: core.SignalInput): Promise<core.SignalOutcome | undefined> {
     this.host.assertRunning();
-    const run = this.host.core.runs.get(runId);
+    const run = await this.find(runId);
     if (run === undefined) return undefined;
+    this.host.assertRunning();
     const outcome = core.signalReceived(this.host.core, run, input, new Date());
     if ("code" in outcome) throw new ApiError(Code[outcome.code], outcome.message);
     await this.host.committed();
@@ -38,11 +44,20 @@ export class DurableWaits {
   /**
    * The waits an event about to be stored satisfies now (core/event-waits.ts matchEvent): they are
    * stored with it. A filter failing on it is logged once per wait. Throws UNAVAILABLE unless the
-   * engine is running: an event is stored only with the waits of the runs it could see.
+   * engine is running: an event is stored only with the waits of the runs it could see. Parked
+   * runs it may match are loaded back first.
    */
-  matchEvent(event: core.WaitEvent): core.WaitMatch[] {
+  async matchEvent(event: core.WaitEvent): Promise<core.WaitMatch[]> {
     this.host.assertRunning();
-    const { matches, failures } = core.matchEvent(this.host.core, event);
+    const held = await this.host.parking?.eventCandidates(event.key);
+    this.host.assertRunning();
+    let found: ReturnType<typeof core.matchEvent>;
+    try {
+      found = core.matchEvent(this.host.core, event);
+    } finally {
+      held?.release();
+    }
+    const { matches, failures } = found;
     for (const f of failures)
       this.host.log.warn(
         { run_id: f.runId, step_id: f.stepId, event_key: event.key, err: f.message },
@@ -58,11 +73,27 @@ export class DurableWaits {
    */
   async applyEvent(
     event: core.StoredWaitEvent,
-    matches: readonly Pick<core.WaitMatch, "taskRunId">[],
+    matches: readonly Pick<core.WaitMatch, "taskRunId" | "runId">[],
   ): Promise<core.WaitApplyOutcome[]> {
     this.host.assertRunning();
-    const outcomes = core.applyEvent(this.host.core, event, matches, new Date());
+    // A run parked since the event was matched is loaded back (its wait still WAITING in its rows).
+    const parking = this.host.parking;
+    const release = parking?.hold();
+    let outcomes: core.WaitApplyOutcome[];
+    try {
+      const parked = [...new Set(matches.map((m) => m.runId))].filter((id) => !this.host.core.runs.has(id));
+      if (parked.length > 0) await parking?.loadAll(parked);
+      this.host.assertRunning();
+      outcomes = core.applyEvent(this.host.core, event, matches, new Date());
+    } finally {
+      release?.();
+    }
     await this.host.committed();
     return outcomes;
+  }
+
+  /** The run in memory, or loaded back when parked. */
+  private async find(runId: string): Promise<RunState | undefined> {
+    return this.host.core.runs.get(runId) ?? (await this.host.parking?.load(runId));
   }
 }

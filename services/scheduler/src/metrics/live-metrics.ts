@@ -45,6 +45,8 @@ export interface LiveState {
     /** When the tenant's oldest ready task was queued (ms since the epoch); null: none ready. */
     readonly oldest?: number | null;
   }>;
+  /** Runs parked (left memory) and loaded back since start (engine/parking.ts). */
+  parking?(): { readonly parked: number; readonly loaded: number } | undefined;
 }
 
 /** {@link LiveState} over the engine's public read API (stats(), sessions(), waitingTasks(), writerHealthy). */
@@ -57,6 +59,7 @@ export function engineLiveState(engine: Engine): LiveState {
     writerHealthy: () => engine.writerHealthy,
     rateLimits: () => engine.rateLimitStats(),
     fairShares: () => engine.fairShareStats(),
+    parking: () => engine.parking?.stats,
   };
 }
 
@@ -126,9 +129,30 @@ export function registerLiveMetrics(
       registers,
     });
   }
+  if (live.parking !== undefined) {
+    const parking = (): { readonly parked: number; readonly loaded: number } | undefined => live.parking?.();
+    new Counter({
+      name: "nexusflow_scheduler_runs_parked_total",
+      help: "Runs that only wait (signals, events, sleeps, child runs) moved out of the scheduler's memory, their rows in the database.",
+      registers,
+      collect() {
+        this.reset();
+        this.inc(parking()?.parked ?? 0);
+      },
+    });
+    new Counter({
+      name: "nexusflow_scheduler_runs_unparked_total",
+      help: "Parked runs loaded back into memory because something happened to them (signal, event, due time, child end, cancel, read).",
+      registers,
+      collect() {
+        this.reset();
+        this.inc(parking()?.loaded ?? 0);
+      },
+    });
+  }
   new Gauge({
     name: "nexusflow_scheduler_runs_active",
-    help: "Runs not yet in a final state, held in the scheduler's memory.",
+    help: "Runs not yet in a final state held in the scheduler's memory (parked runs, out of memory, are not counted).",
     registers,
     collect() {
       this.set(live.activeRuns());

@@ -147,6 +147,8 @@ export class FireLoop {
     const due = await store.due(now, this.batchSize);
     if (due.length === this.batchSize) again = true;
     const unended = await fireStore.unendedRuns(due.map((s) => s.uid));
+    // A parked run (waiting, out of memory: engine/parking.ts) is active: back in memory first.
+    for (const id of [...unended.values()].flat()) await engine.load?.(id);
     const ended: string[] = [];
     const updates: (PassUpdate & { expected: Date })[] = [];
     const toEnd = new Map<string, { runIds: string[]; compensate: boolean; scheduleId: string }>();

@@ -18,6 +18,8 @@ export interface RunStarter {
   startRun(req: StartRunInput): Promise<{ runId: string; created: boolean }>;
   cancelRun(runId: string, reason: string, compensate: boolean): Promise<void>;
   isActive(runId: string): boolean;
+  /** Loads a parked run back into memory (engine/parking.ts); absent: no run is parked. */
+  load?(runId: string): Promise<unknown>;
 }
 
 /** The StartRun idempotency key of a fire. */

@@ -56,7 +56,7 @@ export async function storeEvent(
   const matches = await deps.triggers.match({ key: draft.key, payload: draft.payload });
   // The waits it satisfies are those waiting now: a step that starts waiting later does not see it.
   const now = new Date();
-  const waits = deps.waits?.engine.matchEvent({ key: draft.key, payload: draft.payload }) ?? [];
+  const waits = (await deps.waits?.engine.matchEvent({ key: draft.key, payload: draft.payload })) ?? [];
   const stored = await store.insert(
     { eventId: randomUUID(), key: draft.key, payload: draft.payload, idempotencyKey, now },
     matches,

@@ -35,7 +35,7 @@ export interface PendingWaitMatch extends WaitMatch {
 export interface WaitApplier {
   applyEvent(
     event: StoredWaitEvent,
-    matches: readonly Pick<WaitMatch, "taskRunId">[],
+    matches: readonly Pick<WaitMatch, "taskRunId" | "runId">[],
   ): Promise<WaitApplyOutcome[]>;
 }
 
@@ -114,20 +114,20 @@ export async function applyWaitMatches(
   store: WaitMatchStore,
   engine: WaitApplier,
   event: StoredWaitEvent,
-  taskRunIds: readonly string[],
+  matches: readonly Pick<WaitMatch, "taskRunId" | "runId">[],
 ): Promise<void> {
-  if (taskRunIds.length === 0) return;
-  await engine.applyEvent(
-    event,
-    taskRunIds.map((taskRunId) => ({ taskRunId })),
+  if (matches.length === 0) return;
+  await engine.applyEvent(event, matches);
+  await store.settle(
+    event.eventId,
+    matches.map((m) => m.taskRunId),
   );
-  await store.settle(event.eventId, taskRunIds);
 }
 
 /** What publishing needs for the waits (triggers/publish.ts). */
 export interface EventWaitDeps {
   /** The engine's waits (engine/waits.ts): matched before the event is stored, applied after. */
-  engine: WaitApplier & { matchEvent(event: { key: string; payload: unknown }): WaitMatch[] };
+  engine: WaitApplier & { matchEvent(event: { key: string; payload: unknown }): Promise<WaitMatch[]> };
   store: WaitMatchStore;
   log: Logger;
   /** Makes the loop apply what a publish could not. */
@@ -145,10 +145,8 @@ export async function applyEventWaits(
   known: readonly WaitMatch[] | undefined,
 ): Promise<void> {
   try {
-    const ids =
-      known?.map((m) => m.taskRunId) ??
-      (await deps.store.ofEvent(event.eventId)).filter((m) => m.status === "PENDING").map((m) => m.taskRunId);
-    await applyWaitMatches(deps.store, deps.engine, event, ids);
+    const matches = known ?? (await deps.store.ofEvent(event.eventId)).filter((m) => m.status === "PENDING");
+    await applyWaitMatches(deps.store, deps.engine, event, matches);
   } catch (e) {
     deps.log.warn(
       { err: e, event_id: event.eventId },
@@ -226,12 +224,7 @@ export class WaitMatchLoop {
     }
     for (const matches of byEvent.values()) {
       const event = (matches[0] as PendingWaitMatch).event;
-      await applyWaitMatches(
-        this.options.store,
-        this.options.engine,
-        event,
-        matches.map((m) => m.taskRunId),
-      );
+      await applyWaitMatches(this.options.store, this.options.engine, event, matches);
     }
     if (pending.length === this.batchSize) return 0;
     return this.idleMs;

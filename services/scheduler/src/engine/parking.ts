@@ -1,0 +1,307 @@
+/**
+ * The engine's side of parking (core/parking.ts has the rule): a run that only waits leaves
+ * memory once it has been quiet (no commit touching it) for `parkAfterMs`, and is loaded back,
+ * one run through the same recovery as start-up (core/recovery.ts), when something happens to it.
+ *
+ * - Parking: quiet runs that are parkable leave the model at once (their timers cleared), then
+ *   everything marked so far is committed (their last changes included: the writer holds them),
+ *   then their parked rows are stored (persistence/parked-runs.ts). A load in between waits for it.
+ *   A crash in between leaves a run not parked: start-up recovery loads it as any active run.
+ * - Loading: a run's rows are read, its parked rows deleted (before it can change again: a run
+ *   changed while still marked parked would be skipped by the next start-up), and it is recovered.
+ *   Loads of one run share one read.
+ * - Waking: parked runs whose `wake_at` (nearest wait timeout, sleep or deadline) has come are
+ *   found by a query on that indexed column, on one timer set to the nearest of them (and at least
+ *   every `wakePollMs`); recovery re-arms their timers, which fire at once.
+ * - Events: before an event is matched, the runs whose parked waits for an event listen to its
+ *   key (or a pattern matching it) are loaded, and no run parks until the match is over, so that
+ *   an event meets every wait either in memory or in the database.
+ *
+ * States: CREATED -> RUNNING -> STOPPED.
+ */
+import { UnavailableError, type Logger } from "@nexusflow/common";
+import type { CompiledWorkflow } from "../dag/index.js";
+import * as core from "../core/index.js";
+import type { Core, Moment } from "../core/index.js";
+import { parkable, parkRun, type ParkedEntry } from "../core/parking.js";
+import type { EngineStore } from "../persistence/engine-store.js";
+import type { ParkedRunStore } from "../persistence/parked-runs.js";
+import { TERMINAL_RUN_STATUSES, type RunState } from "../model/run-state.js";
+import type { Definitions } from "./definitions.js";
+import type { EngineTimers } from "./engine-timers.js";
+import type { KeyedStarts } from "./keyed-starts.js";
+
+/** Options of parking. */
+export interface ParkingOptions {
+  /** How long a parkable run stays in memory after its last commit. @default 1000 */
+  parkAfterMs?: number | undefined;
+  /** Most runs parked at once (one commit, one insert). @default 1000 */
+  batchSize?: number | undefined;
+  /** Longest time between two looks for parked runs due to wake. @default 60000 */
+  wakePollMs?: number | undefined;
+}
+
+/** What parking needs of the engine. */
+export interface ParkingHost {
+  readonly core: Core;
+  readonly store: Pick<EngineStore, "flush" | "loadRun" | "runOutcome" | "keysOfRuns">;
+  /** The parked rows. */
+  readonly parking: { readonly store: ParkedRunStore };
+  readonly definitions: Pick<Definitions, "compiledById">;
+  readonly log: Logger;
+  /** StartRun idempotency keys of the runs in memory. */
+  readonly keyed: Pick<KeyedStarts, "remember" | "forget">;
+  /** The rules' timers: a parked run's go. */
+  readonly timers: Pick<EngineTimers, "runLeft">;
+  /** Runs with reports not yet evaluated: they stay. */
+  readonly dirty: ReadonlySet<RunState>;
+  /** Whether the engine is RUNNING (or RECOVERING: a child ending then loads its parked parent). */
+  live(): boolean;
+  moment(): Moment;
+}
+
+type ParkingState = "CREATED" | "RUNNING" | "STOPPED";
+
+const WAKE_BATCH = 500;
+const LOAD_PARALLELISM = 16;
+
+/** See the module comment. */
+export class Parking {
+  private readonly parkAfterMs: number;
+  private readonly batchSize: number;
+  private readonly wakePollMs: number;
+  private stateValue: ParkingState = "CREATED";
+  /** Runs in memory by the time (performance.now()) a commit last touched them. */
+  private readonly quiet = new Map<string, number>();
+  /** Runs out of memory whose parked rows are being stored. */
+  private readonly parking = new Map<string, Promise<void>>();
+  private readonly loading = new Map<string, Promise<RunState | undefined>>();
+  /** Event matches in progress: no run parks meanwhile. */
+  private matching = 0;
+  private sweepTimer: NodeJS.Timeout | undefined;
+  private wakeTimer: NodeJS.Timeout | undefined;
+  /** When the wake timer fires (Date.now() ms). */
+  private wakeTimerAt = Infinity;
+  private waking = false;
+  private wakeAgain = false;
+  /** Counters (metrics, tests). */
+  readonly stats = { parked: 0, loaded: 0 };
+
+  constructor(
+    private readonly host: ParkingHost,
+    options: ParkingOptions = {},
+  ) {
+    this.parkAfterMs = options.parkAfterMs ?? 1000;
+    this.batchSize = options.batchSize ?? 1000;
+    this.wakePollMs = options.wakePollMs ?? 60_000;
+  }
+
+  get state(): ParkingState {
+    return this.stateValue;
+  }
+
+  /** Starts sweeping and waking (after start-up recovery); the first look for due runs is at once. */
+  start(): void {
+    if (this.stateValue !== "CREATED") return;
+    this.stateValue = "RUNNING";
+    const every = Math.max(20, Math.min(1000, Math.floor(this.parkAfterMs / 2)));
+    this.sweepTimer = setInterval(() => this.sweep(), every);
+    this.sweepTimer.unref();
+    this.wakeSoon(Date.now());
+  }
+
+  /** Stops the timers (parkings in flight finish or are left to the next start-up). */
+  stop(): void {
+    this.stateValue = "STOPPED";
+    clearInterval(this.sweepTimer);
+    clearTimeout(this.wakeTimer);
+  }
+
+  /** Runs touched by a commit: each stays at least `parkAfterMs` longer. */
+  touched(runIds: Iterable<string>): void {
+    const now = performance.now();
+    for (const id of runIds) if (this.host.core.runs.has(id)) this.quiet.set(id, now);
+  }
+
+  /** The run in memory, loaded back when parked; undefined when it is not active here. */
+  async load(runId: string): Promise<RunState | undefined> {
+    for (;;) {
+      const run = this.host.core.runs.get(runId);
+      if (run !== undefined) return run;
+      const parking = this.parking.get(runId);
+      if (parking === undefined) break;
+      await parking;
+    }
+    let loading = this.loading.get(runId);
+    if (loading === undefined) {
+      loading = this.loadParked(runId).finally(() => this.loading.delete(runId));
+      this.loading.set(runId, loading);
+    }
+    return loading;
+  }
+
+  /**
+   * Loads the parked runs whose waits for an event may match `key`, and holds parking until
+   * `release` is called (once the event is matched against the waits in memory).
+   */
+  async eventCandidates(key: string): Promise<{ release: () => void }> {
+    const release = this.hold();
+    try {
+      await Promise.all(this.parking.values());
+      await this.loadAll(await this.host.parking.store.eventCandidates(key));
+    } catch (e) {
+      release();
+      throw e;
+    }
+    return { release };
+  }
+
+  /** Holds parking (no run parks) until the returned function is called. */
+  hold(): () => void {
+    this.matching++;
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      this.matching--;
+    };
+  }
+
+  /** Loads the runs of `ids` (a few at a time). */
+  async loadAll(ids: readonly string[]): Promise<void> {
+    for (let i = 0; i < ids.length; i += LOAD_PARALLELISM)
+      await Promise.all(ids.slice(i, i + LOAD_PARALLELISM).map((id) => this.load(id)));
+  }
+
+  private async loadParked(runId: string): Promise<RunState | undefined> {
+    const { host } = this;
+    // The status first: a run that ended (a late signal, a cancel) is not read whole.
+    const outcome = await host.store.runOutcome(runId);
+    const rows =
+      outcome === undefined || TERMINAL_RUN_STATUSES.has(outcome.status)
+        ? undefined
+        : await host.store.loadRun(runId);
+    if (rows === undefined || TERMINAL_RUN_STATUSES.has(rows.run.status)) {
+      // Parked rows of a run that is not active (none should be): they would wake it forever.
+      await host.parking.store.unpark(runId);
+      return undefined;
+    }
+    const r = rows.run;
+    const workflow: CompiledWorkflow = await host.definitions.compiledById(r.definitionId);
+    const keys =
+      r.idempotencyKey === null
+        ? new Map<string, { requestHash: string }>()
+        : await host.store.keysOfRuns([{ id: r.id, workflowName: r.workflowName, key: r.idempotencyKey }]);
+    const present = host.core.runs.get(runId);
+    if (present !== undefined) return present;
+    if (!host.live()) throw new UnavailableError("the scheduler is stopping");
+    // Not parked: not this scheduler's to load (recovering, or ended meanwhile).
+    if (!(await host.parking.store.unpark(runId))) return host.core.runs.get(runId);
+    const hashes = new Map([...keys].map(([id, k]) => [id, k.requestHash]));
+    const { runs } = core.recover(
+      host.core,
+      { runs: [r], tasks: rows.tasks },
+      new Map([[r.definitionId, workflow]]),
+      hashes,
+      host.moment(),
+    );
+    const run = runs[0];
+    if (run === undefined) return undefined;
+    this.stats.loaded++;
+    this.quiet.set(run.id, performance.now());
+    host.keyed.remember(run);
+    host.store.flush().catch(() => undefined);
+    return run;
+  }
+
+  /** Parks the runs that have been quiet long enough (at most one batch in flight). */
+  private sweep(): void {
+    const { host } = this;
+    if (this.stateValue !== "RUNNING" || !host.live() || this.matching > 0 || this.parking.size > 0) return;
+    const now = performance.now();
+    const runs: RunState[] = [];
+    for (const [id, at] of this.quiet) {
+      if (now - at < this.parkAfterMs) continue;
+      this.quiet.delete(id);
+      const run = host.core.runs.get(id);
+      if (run === undefined || host.dirty.has(run) || !parkable(host.core, run)) continue;
+      runs.push(run);
+      if (runs.length >= this.batchSize) break;
+    }
+    if (runs.length === 0) return;
+    const entries = runs.map((run) => {
+      const entry = parkRun(host.core, run);
+      host.timers.runLeft(run);
+      host.keyed.forget(run);
+      return entry;
+    });
+    const done = this.store(entries).finally(() => {
+      for (const e of entries) this.parking.delete(e.runId);
+    });
+    for (const e of entries) this.parking.set(e.runId, done);
+  }
+
+  /** Commits what the runs changed last, then stores them as parked (again after a failure). */
+  private async store(entries: readonly ParkedEntry[]): Promise<void> {
+    for (let delay = 200; ; delay = Math.min(delay * 2, 5000)) {
+      try {
+        await this.host.store.flush();
+        await this.host.parking.store.park(entries);
+        break;
+      } catch (e) {
+        // Stopped: the runs were not stored as parked; the next start-up loads them as active.
+        if (this.stateValue !== "RUNNING") return;
+        this.host.log.warn({ err: e, runs: entries.length }, "could not park runs; trying again");
+        await new Promise((resolve) => setTimeout(resolve, delay).unref());
+      }
+    }
+    this.stats.parked += entries.length;
+    let wake = Infinity;
+    for (const e of entries) if (e.wakeAt !== null) wake = Math.min(wake, e.wakeAt.getTime());
+    if (wake !== Infinity) this.wakeSoon(wake);
+  }
+
+  /** Looks for due parked runs at `at` (Date.now() ms) unless a look is set earlier. */
+  private wakeSoon(at: number): void {
+    if (this.stateValue !== "RUNNING" || at >= this.wakeTimerAt) return;
+    clearTimeout(this.wakeTimer);
+    this.wakeTimerAt = at;
+    this.wakeTimer = setTimeout(
+      () => {
+        this.wakeTimerAt = Infinity;
+        void this.wake();
+      },
+      Math.max(0, Math.min(at - Date.now(), this.wakePollMs)),
+    );
+    this.wakeTimer.unref();
+  }
+
+  /** Loads the parked runs that are due, then sets the timer to the next one. */
+  private async wake(): Promise<void> {
+    if (this.waking) {
+      this.wakeAgain = true;
+      return;
+    }
+    this.waking = true;
+    let next = Date.now() + this.wakePollMs;
+    try {
+      do {
+        this.wakeAgain = false;
+        for (;;) {
+          if (this.stateValue !== "RUNNING" || !this.host.live()) return;
+          const due = await this.host.parking.store.due(new Date(), WAKE_BATCH);
+          await this.loadAll(due);
+          if (due.length < WAKE_BATCH) break;
+        }
+      } while (this.wakeAgain);
+      const nearest = await this.host.parking.store.nextWake();
+      if (nearest !== null) next = Math.min(next, nearest.getTime());
+    } catch (e) {
+      this.host.log.warn({ err: e }, "could not wake parked runs; trying again in a second");
+      next = Date.now() + 1000;
+    } finally {
+      this.waking = false;
+    }
+    this.wakeSoon(next);
+  }
+}
