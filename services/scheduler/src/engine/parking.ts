@@ -44,7 +44,7 @@ export interface ParkingOptions {
 /** What parking needs of the engine. */
 export interface ParkingHost {
   readonly core: Core;
-  readonly store: Pick<EngineStore, "flush" | "loadRun" | "runOutcome" | "keysOfRuns">;
+  readonly store: Pick<EngineStore, "flush" | "released" | "loadRun" | "runOutcome" | "keysOfRuns">;
   /** The parked rows. */
   readonly parking: { readonly store: ParkedRunStore };
   readonly definitions: Pick<Definitions, "compiledById">;
@@ -235,17 +235,20 @@ export class Parking {
       host.keyed.forget(run);
       return entry;
     });
-    const done = this.store(entries).finally(() => {
+    const rowIds = runs.flatMap((run) => [run.id, ...[...run.tasks.values()].map((t) => t.id)]);
+    const done = this.store(entries, rowIds).finally(() => {
       for (const e of entries) this.parking.delete(e.runId);
     });
     for (const e of entries) this.parking.set(e.runId, done);
   }
 
   /** Commits what the runs changed last, then stores them as parked (again after a failure). */
-  private async store(entries: readonly ParkedEntry[]): Promise<void> {
+  private async store(entries: readonly ParkedEntry[], rowIds: readonly string[]): Promise<void> {
     for (let delay = 200; ; delay = Math.min(delay * 2, 5000)) {
       try {
         await this.host.store.flush();
+        // Committed: what the writer knows of their rows goes with them (read again on a load).
+        this.host.store.released?.(rowIds);
         await this.host.parking.store.park(entries);
         break;
       } catch (e) {

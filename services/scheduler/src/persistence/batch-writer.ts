@@ -155,6 +155,15 @@ export class BatchWriter extends PendingChanges {
     for (const id of ids) this.loaded.add(id);
   }
 
+  /**
+   * Forgets ids named by {@link expectStored} whose rows left memory (a parked run's, committed):
+   * a later load names them again.
+   */
+  forgetExpected(ids: Iterable<string>): void {
+    if (this.loaded.size === 0) return;
+    for (const id of ids) this.loaded.delete(id);
+  }
+
   /** Whether `row` (a run, task or attempt) has been committed once. */
   isStored(row: object): boolean {
     return this.written.has(row);

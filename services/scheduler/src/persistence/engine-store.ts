@@ -120,6 +120,11 @@ export interface EngineStore {
   addEvent(event: OutboxRow): void;
   /** Resolves when everything marked so far is committed; rejects once the store is closed. */
   flush(): Promise<void>;
+  /**
+   * The rows of `ids` left memory once committed (a parked run's): what is known of them for
+   * their next write may go (a run loaded back is read again). @default nothing kept
+   */
+  released?(ids: Iterable<string>): void;
   /** Commits what is marked within `delayMs` unless another commit takes it along first. */
   flushSoon(delayMs: number): void;
   /** The active runs (PENDING, RUNNING, COMPENSATING) with their tasks, but for parked ones (parked-runs.ts). */

@@ -176,6 +176,10 @@ export class PostgresEngineStore implements EngineStore {
     this.writer.flushSoon(delayMs);
   }
 
+  released(ids: Iterable<string>): void {
+    this.writer.forgetExpected(ids);
+  }
+
   async runOutcome(runId: string): Promise<RunOutcome | undefined> {
     const found = await this.db.pool.query<{ status: RunStatusName; output: unknown; error: unknown }>(
       "SELECT status, output, error FROM workflow_runs WHERE id = $1",

@@ -217,6 +217,18 @@ describe("parked runs: waiting runs out of the scheduler's memory", () => {
     await waitParked(b);
     const other = await client.getRun({ runId: b });
     assert.equal(other.run?.status, RunStatus.RUNNING);
+    assert.match(
+      other.run?.tasks[0]?.pendingReason ?? "",
+      /^waiting for an event matching "parked\.orders\.\*"/,
+    );
+    // Parked a second time, it is loaded and ends as the first time.
+    await events.publishEvent({
+      key: "parked.orders.paid",
+      payload: jsonToValue({ orderId: "B", amount: 7 }),
+    });
+    const second = await waitForRun(client, b);
+    assert.equal(second.status, RunStatus.SUCCEEDED);
+    assert.deepEqual(valueToJson(second.output), { orderId: "B", amount: 7 });
   });
 
   it("completes a parked parent when its child ends", async () => {
