@@ -11,8 +11,11 @@
 import {
   type Context,
   type Span,
+  type SpanContext,
   type Tracer,
+  INVALID_SPANID,
   INVALID_SPAN_CONTEXT,
+  INVALID_TRACEID,
   ROOT_CONTEXT,
   context,
   trace,
@@ -132,7 +135,8 @@ export function activeTraceFields(withRun = true): TraceFields {
   return fields;
 }
 
-const TRACEPARENT = /^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$/;
+/** A W3C `traceparent` of version 00: `00-<32 hex>-<16 hex>-<2 hex>`, lower case. */
+const TRACEPARENT = /^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$/;
 
 /**
  * The W3C `traceparent` of a span (or of the span active in `ctx`): `00-<trace id>-<span id>-<flags>`.
@@ -153,6 +157,20 @@ export function activeTraceparent(): string | undefined {
 }
 
 /**
+ * The remote span context a `traceparent` names; undefined for none, a malformed one, or one whose
+ * trace or span id is all zeros (invalid). One test of its shape and three slices: it runs for every
+ * lease an executor gets with tracing on, sampled or not.
+ */
+export function spanContextFromTraceparent(traceparent: string | null | undefined): SpanContext | undefined {
+  if (traceparent === undefined || traceparent === null || traceparent.length !== 55) return undefined;
+  if (!TRACEPARENT.test(traceparent)) return undefined;
+  const traceId = traceparent.slice(3, 35);
+  const spanId = traceparent.slice(36, 52);
+  if (traceId === INVALID_TRACEID || spanId === INVALID_SPANID) return undefined;
+  return { traceId, spanId, traceFlags: parseInt(traceparent.slice(53), 16), isRemote: true };
+}
+
+/**
  * A context whose parent is the remote span a `traceparent` names (the root context for an
  * undefined or malformed one), for starting a child span in another process or after a restart.
  */
@@ -160,11 +178,8 @@ export function contextFromTraceparent(
   traceparent: string | undefined,
   base: Context = ROOT_CONTEXT,
 ): Context {
-  const m = traceparent === undefined ? null : TRACEPARENT.exec(traceparent);
-  if (m === null) return base;
-  const sc = { traceId: m[1]!, spanId: m[2]!, traceFlags: parseInt(m[3]!, 16), isRemote: true };
-  if (!trace.isSpanContextValid(sc)) return base;
-  return trace.setSpanContext(base, sc);
+  const sc = spanContextFromTraceparent(traceparent);
+  return sc === undefined ? base : trace.setSpanContext(base, sc);
 }
 
 /**
@@ -173,9 +188,9 @@ export function contextFromTraceparent(
  * callers skip making its span at all.
  */
 export function traceparentSampled(traceparent: string | null | undefined): boolean | undefined {
-  const m = traceparent === undefined || traceparent === null ? null : TRACEPARENT.exec(traceparent);
-  if (m === null) return undefined;
-  return (parseInt(m[3]!, 16) & TraceFlags.SAMPLED) !== 0;
+  if (traceparent === undefined || traceparent === null || traceparent.length !== 55) return undefined;
+  if (!TRACEPARENT.test(traceparent)) return undefined;
+  return (parseInt(traceparent.slice(53), 16) & TraceFlags.SAMPLED) !== 0;
 }
 
 /** The span handed out where tracing is off: records nothing, costs one shared object. */

@@ -14,6 +14,7 @@ import {
   activeTraceFields,
   activeTraceparent,
   contextFromTraceparent,
+  spanContextFromTraceparent,
   startTelemetry,
   traceparentOf,
   traceparentSampled,
@@ -125,6 +126,29 @@ describe("traceparent", () => {
     const ctx = contextFromTraceparent(TRACEPARENT);
     assert.equal(traceparentOf(ctx), TRACEPARENT);
     assert.equal(trace.getSpanContext(ctx)?.isRemote, true);
+  });
+
+  it("names the remote span context of a valid value only", () => {
+    assert.deepEqual(spanContextFromTraceparent(TRACEPARENT), {
+      traceId: "0af7651916cd43dd8448eb211c80319c",
+      spanId: "b7ad6b7169203331",
+      traceFlags: 1,
+      isRemote: true,
+    });
+    assert.equal(spanContextFromTraceparent(TRACEPARENT.replace(/-01$/, "-00"))?.traceFlags, 0);
+    for (const bad of [
+      undefined,
+      null,
+      "",
+      TRACEPARENT.toUpperCase().replace(/^00/, "00"),
+      `${TRACEPARENT}0`,
+      TRACEPARENT.replace(/^00/, "01"),
+      TRACEPARENT.replace("-b7ad", "_b7ad"),
+      TRACEPARENT.replace("0af7", "0ag7"),
+      `00-${"0".repeat(32)}-b7ad6b7169203331-01`,
+      `00-0af7651916cd43dd8448eb211c80319c-${"0".repeat(16)}-01`,
+    ])
+      assert.equal(spanContextFromTraceparent(bad), undefined, String(bad));
   });
 
   it("gives the root context for a missing or malformed value", () => {

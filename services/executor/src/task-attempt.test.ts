@@ -3,6 +3,8 @@ import { describe, it } from "node:test";
 import { create, fromJson, type JsonValue } from "@bufbuild/protobuf";
 import { ValueSchema, timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { createLogger } from "@nexusflow/common";
+import { startTestTracing } from "@nexusflow/common/telemetry/testing";
+import { trace } from "@opentelemetry/api";
 import { type Lease, type LeaseKey, LeaseSchema } from "@nexusflow/gen";
 import { waitFor } from "./handlers/test-context.js";
 import type { TaskHandler } from "./handlers/types.js";
@@ -11,7 +13,7 @@ import { TaskAttempt } from "./task-attempt.js";
 import { TaskError } from "./handlers/task-error.js";
 
 function attempt(
-  init: Partial<Pick<Lease, "deadline" | "heartbeatTimeoutMs">> = {},
+  init: Partial<Pick<Lease, "deadline" | "heartbeatTimeoutMs" | "traceContext">> = {},
   heartbeats: unknown[] = [],
 ) {
   const lease = create(LeaseSchema, {
@@ -154,6 +156,44 @@ describe("TaskAttempt", () => {
         { autoHeartbeat: auto },
       );
       assert.deepEqual(heartbeats, [], `timeout ${timeout}, auto ${auto}`);
+    }
+  });
+
+  it("runs a sampled-out lease's handler inside the lease's own context, recording nothing; a sampled one in a child span", async () => {
+    const tracing = await startTestTracing();
+    try {
+      const traceId = "0af7651916cd43dd8448eb211c80319c";
+      const seen: unknown[] = [];
+      const handler: TaskHandler = (_input, ctx) => {
+        const active = trace.getActiveSpan()?.spanContext();
+        const child = ctx.startSpan("user work");
+        seen.push([active?.traceId, active?.spanId, active?.traceFlags, ctx.span.isRecording()]);
+        seen.push([child.isRecording(), child.spanContext().traceId]);
+        child.end();
+        return null;
+      };
+      const unsampled = `00-${traceId}-b7ad6b7169203331-00`;
+      await attempt({ traceContext: { traceparent: unsampled } }).run(handler);
+      assert.deepEqual(seen, [
+        [traceId, "b7ad6b7169203331", 0, false],
+        [false, traceId],
+      ]);
+      assert.deepEqual(tracing.spans(), []);
+      seen.length = 0;
+      await attempt({ traceContext: { traceparent: `00-${traceId}-b7ad6b7169203331-01` } }).run(handler);
+      const spans = tracing.spans();
+      assert.deepEqual(
+        spans.map((s) => [s.name, s.spanContext().traceId]),
+        [
+          ["user work", traceId],
+          ["handler test", traceId],
+        ],
+      );
+      assert.equal(spans[1]?.parentSpanContext?.spanId, "b7ad6b7169203331");
+      assert.equal(spans[0]?.parentSpanContext?.spanId, spans[1]?.spanContext().spanId);
+      assert.deepEqual(seen[0], [traceId, spans[1]?.spanContext().spanId, 1, true]);
+    } finally {
+      await tracing.stop();
     }
   });
 });

@@ -13,13 +13,14 @@ import { TaskErrorType } from "@nexusflow/common/task-error-types";
 import { type ArtifactRef, type Lease, type LeaseKey, type LogRef, TaskKind } from "@nexusflow/gen";
 import {
   NON_RECORDING_SPAN,
-  contextFromTraceparent,
+  spanContextFromTraceparent,
   tracer,
   tracingEnabled,
 } from "@nexusflow/common/telemetry";
 import {
   type Context,
   type Span,
+  ROOT_CONTEXT,
   SpanKind,
   SpanStatusCode,
   TraceFlags,
@@ -233,14 +234,15 @@ export class TaskAttempt {
    */
   #startSpan(): { span: Span; context: Context } {
     const { lease } = this;
-    const traceparent = lease.traceContext["traceparent"];
-    const parent = contextFromTraceparent(traceparent);
-    const remote = trace.getSpan(parent);
+    const remote = spanContextFromTraceparent(lease.traceContext["traceparent"]);
     // The run's trace is not recorded (sampled out where it started): the handler's span, and
     // any child, would record nothing. The lease's own context stays active, so calls the handler
-    // makes are not recorded either, and no span is made.
-    if (remote !== undefined && (remote.spanContext().traceFlags & TraceFlags.SAMPLED) === 0)
-      return { span: remote, context: parent };
+    // makes are not recorded either, and no span is made: the lease's span context, wrapped.
+    if (remote !== undefined && (remote.traceFlags & TraceFlags.SAMPLED) === 0) {
+      const span = trace.wrapSpanContext(remote);
+      return { span, context: trace.setSpan(ROOT_CONTEXT, span) };
+    }
+    const parent = remote === undefined ? ROOT_CONTEXT : trace.setSpanContext(ROOT_CONTEXT, remote);
     const span = tracer(TRACER).startSpan(
       `handler ${lease.taskType}`,
       {
