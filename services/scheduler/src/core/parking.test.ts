@@ -5,7 +5,7 @@ import { keyMatches, type CompiledWorkflow } from "../dag/index.js";
 import type { RunState } from "../model/run-state.js";
 import type { StoredTask } from "../persistence/engine-store.js";
 import { childResolved } from "./children.js";
-import { keyPatternRegex, parkable, parkRun } from "./parking.js";
+import { keyPatternRegex, parkable, parkRun, waitingChildren } from "./parking.js";
 import { recover } from "./recovery.js";
 import { advance, cancelRun, startRun } from "./runs.js";
 import { Simulation, workflowOf } from "./simulation.js";
@@ -75,6 +75,7 @@ void describe("parking (core)", () => {
       false,
     );
     assert.ok(sim.core.runs.size === 1, "its child stays");
+    assert.deepEqual(waitingChildren(run, run.tasks.values()), [...sim.core.runs.keys()]);
     assert.equal(sim.core.eventWaits?.size ?? 0, 0, "its wait for an event left the index");
     // Its nearest wake-up: the sleep (10 minutes) before the wait's timeout (1 hour).
     assert.equal(entry.wakeAt?.getTime(), sim.at().now.getTime() + 10 * 60_000);
@@ -117,7 +118,9 @@ void describe("parking (core)", () => {
     );
     settle(sim);
     assert.equal(child.tasks.get("w")?.status, "WAITING");
-    assert.equal(parkable(sim.core, child), false, "a child run stays with its parent");
+    assert.equal(parkable(sim.core, child), false, "a child run stays while its parent is in memory");
+    sim.core.runs.delete(queued.id);
+    assert.ok(parkable(sim.core, child), "and may park once its parent is out");
   });
 
   it("a parked run recovered from its rows takes a signal as it would have in memory", () => {

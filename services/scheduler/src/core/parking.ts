@@ -9,8 +9,9 @@
  * sleep, its deadline) and the event patterns its waits for an event listen to. Whatever happens to
  * it later loads it back through recovery (recovery.ts), from its committed rows.
  *
- * A child run is not parked (its parent's cancel reaches it in memory, children.ts cancelChild);
- * a parent waiting on its children is.
+ * A parent in memory reaches its children there (a cancel, children.ts cancelChild), so a child
+ * run parks only once its parent is out of memory, and a parent is loaded back with its children
+ * ({@link waitingChildren}, engine/parking.ts).
  */
 import { TERMINAL_TASK_STATUSES, storedStepId, type RunState, type TaskState } from "../model/run-state.js";
 import type { Core } from "./context.js";
@@ -35,7 +36,9 @@ function waitsOutside(core: Core, run: Readonly<RunState>, task: Readonly<TaskSt
 /** Whether `run` only waits (see the module comment), and so may leave memory once committed. */
 export function parkable(core: Core, run: Readonly<RunState>): boolean {
   if (core.runs.get(run.id) !== run) return false;
-  if (run.status !== "RUNNING" || run.cancelRequested || run.parent !== null) return false;
+  if (run.status !== "RUNNING" || run.cancelRequested) return false;
+  // A child parks only once its parent has left memory (a parent in memory reaches its children).
+  if (run.parent !== null && core.runs.has(run.parent.runId)) return false;
   if (run.claim !== undefined || run.compensations.size > 0 || run.childRollbacks !== undefined) return false;
   let waiting = 0;
   for (const task of run.tasks.values()) {
@@ -88,4 +91,19 @@ export function parkRun(core: Core, run: RunState): ParkedEntry {
   }
   core.runs.delete(run.id);
   return { runId: run.id, wakeAt: wake === Infinity ? null : new Date(wake), eventWaits };
+}
+
+/** The child runs that the WAITING child workflow steps among `tasks` of run `run` wait on. */
+export function waitingChildren(
+  run: Pick<RunState, "id" | "workflow">,
+  tasks: Iterable<Pick<TaskState, "stepId" | "elementIndex" | "kind" | "status">>,
+): string[] {
+  const ids: string[] = [];
+  for (const task of tasks) {
+    if (task.status !== "WAITING" || task.kind !== "STEP") continue;
+    const step = run.workflow.stepsById.get(task.stepId);
+    if (step?.child == null || (step.map === null) !== (task.elementIndex === undefined)) continue;
+    ids.push(childRunId(run.id, storedStepId(task)));
+  }
+  return ids;
 }

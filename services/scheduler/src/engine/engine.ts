@@ -212,7 +212,7 @@ export class Engine {
     const live = (): boolean => this.stateValue === "RUNNING" || this.stateValue === "RECOVERING";
     const [keyed, timers, dirty, moment] = [this.keyed, this.timers, this.dirtyRuns, () => this.moment()];
     const parking = options.parking;
-    const host = { ...options, core: this.core, keyed, timers, dirty, live, moment };
+    const host = { ...options, core: this.core, children: this.children, keyed, timers, dirty, live, moment };
     this.parking = parking && new Parking({ ...host, parking }, parking);
     this.waits = new DurableWaits({
       core: this.core,
@@ -300,15 +300,16 @@ export class Engine {
       advanceSoon: (run) => this.advanceSoon(run),
       startChild: (run, task) => void this.children.start(run.id, storedStepId(task)),
       rollbackChild: (run, task, childId) => void this.children.rollBack(run.id, task.stepId, childId),
-      runEnded: (run) =>
-        // Once committed, the run lives only in the database.
+      runEnded: (run) => {
+        // Once committed, the run lives only in the database (and a parked parent learns it).
+        const tellParent = this.parking?.childEnding(run);
         void store.flush().then(() => {
           spans?.runEnded(run);
           core.forgetRun(this.core, run);
           this.keyed.forget(run);
-          // A parked parent finds its child's end when loaded back (children.ts childFoundEnded).
-          if (run.parent !== null) this.parking?.load(run.parent.runId).catch(ignore);
-        }, ignore),
+          tellParent?.();
+        }, ignore);
+      },
       commit: () => void store.flush().catch(ignore),
       commitSoon: () => store.flushSoon(STARTED_FLUSH_DELAY_MS),
     };
@@ -413,7 +414,7 @@ export class Engine {
     const graceMs = Math.max(0, this.sessionTimeoutMs - this.heartbeatIntervalMs - (at.mono - restartedAt));
     const { runs, queued, orphaned } = core.recover(this.core, stored, workflows, hashes, at, graceMs);
     for (const run of runs) this.keyed.remember(run);
-    this.parking?.touched(this.core.runs.keys());
+    await this.parking?.recovered(runs);
     await this.store.flush();
     // Executors that were attached before the restart are reconnecting: no warning about types
     // they advertise until they have had the time to.

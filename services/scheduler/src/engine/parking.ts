@@ -23,10 +23,11 @@ import { UnavailableError, type Logger } from "@nexusflow/common";
 import type { CompiledWorkflow } from "../dag/index.js";
 import * as core from "../core/index.js";
 import type { Core, Moment } from "../core/index.js";
-import { parkable, parkRun, type ParkedEntry } from "../core/parking.js";
-import type { EngineStore } from "../persistence/engine-store.js";
+import { parkable, parkRun, waitingChildren, type ParkedEntry } from "../core/parking.js";
+import type { EngineStore, StoredRunRows } from "../persistence/engine-store.js";
 import type { ParkedRunStore } from "../persistence/parked-runs.js";
 import { TERMINAL_RUN_STATUSES, type RunState } from "../model/run-state.js";
+import type { ChildRuns } from "./children.js";
 import type { Definitions } from "./definitions.js";
 import type { EngineTimers } from "./engine-timers.js";
 import type { KeyedStarts } from "./keyed-starts.js";
@@ -53,6 +54,8 @@ export interface ParkingHost {
   readonly keyed: Pick<KeyedStarts, "remember" | "forget">;
   /** The rules' timers: a parked run's go. */
   readonly timers: Pick<EngineTimers, "runLeft">;
+  /** Child runs: a parked parent loaded back reads its ended child's row. */
+  readonly children: Pick<ChildRuns, "start">;
   /** Runs with reports not yet evaluated: they stay. */
   readonly dirty: ReadonlySet<RunState>;
   /** Whether the engine is RUNNING (or RECOVERING: a child ending then loads its parked parent). */
@@ -76,6 +79,8 @@ export class Parking {
   /** Runs out of memory whose parked rows are being stored. */
   private readonly parking = new Map<string, Promise<void>>();
   private readonly loading = new Map<string, Promise<RunState | undefined>>();
+  /** Runs that must not park now (children of a parent being loaded), with how many hold each. */
+  private readonly pinned = new Map<string, number>();
   /** Event matches in progress: no run parks meanwhile. */
   private matching = 0;
   private sweepTimer: NodeJS.Timeout | undefined;
@@ -121,6 +126,31 @@ export class Parking {
   touched(runIds: Iterable<string>): void {
     const now = performance.now();
     for (const id of runIds) if (this.host.core.runs.has(id)) this.quiet.set(id, now);
+  }
+
+  /**
+   * Runs recovered at start-up: candidates to park, and their parked children are loaded (a parent
+   * in memory has its children there).
+   */
+  async recovered(runs: readonly RunState[]): Promise<void> {
+    this.touched(runs.map((r) => r.id));
+    await this.loadAll(runs.flatMap((r) => waitingChildren(r, r.tasks.values())));
+  }
+
+  /**
+   * A child run ends while its parent is out of memory (parked, or being loaded): returns what to
+   * do once its end is committed, load the parent back and have it read its child's row
+   * (children.ts childFoundEnded). Undefined when its parent is in memory (it ended the step).
+   */
+  childEnding(run: RunState): (() => void) | undefined {
+    const parent = run.parent;
+    if (parent === null || this.host.core.runs.has(parent.runId)) return undefined;
+    return () =>
+      void this.load(parent.runId).then(
+        (p) => (p === undefined ? undefined : this.host.children.start(p.id, parent.stepId)),
+        (e: unknown) =>
+          this.host.log.warn({ err: e, run_id: parent.runId }, "could not load a parked parent back"),
+      );
   }
 
   /** The run in memory, loaded back when parked; undefined when it is not active here. */
@@ -192,6 +222,30 @@ export class Parking {
       r.idempotencyKey === null
         ? new Map<string, { requestHash: string }>()
         : await host.store.keysOfRuns([{ id: r.id, workflowName: r.workflowName, key: r.idempotencyKey }]);
+    // Its children first (kept from parking until it is back): a parent in memory reaches them.
+    const children = waitingChildren({ id: r.id, workflow }, rows.tasks);
+    for (const id of children) this.pinned.set(id, (this.pinned.get(id) ?? 0) + 1);
+    try {
+      await this.loadAll(children);
+      return await this.recoverParked(runId, rows, workflow, keys);
+    } finally {
+      for (const id of children) {
+        const n = (this.pinned.get(id) ?? 1) - 1;
+        if (n === 0) this.pinned.delete(id);
+        else this.pinned.set(id, n);
+      }
+    }
+  }
+
+  /** Recovers a parked run from its rows, once its parked rows are deleted. */
+  private async recoverParked(
+    runId: string,
+    rows: StoredRunRows,
+    workflow: CompiledWorkflow,
+    keys: ReadonlyMap<string, { requestHash: string }>,
+  ): Promise<RunState | undefined> {
+    const { host } = this;
+    const r = rows.run;
     const present = host.core.runs.get(runId);
     if (present !== undefined) return present;
     if (!host.live()) throw new UnavailableError("the scheduler is stopping");
@@ -224,7 +278,8 @@ export class Parking {
       if (now - at < this.parkAfterMs) continue;
       this.quiet.delete(id);
       const run = host.core.runs.get(id);
-      if (run === undefined || host.dirty.has(run) || !parkable(host.core, run)) continue;
+      if (run === undefined || host.dirty.has(run) || this.pinned.has(id) || !parkable(host.core, run))
+        continue;
       runs.push(run);
       if (runs.length >= this.batchSize) break;
     }
@@ -236,6 +291,10 @@ export class Parking {
       return entry;
     });
     const rowIds = runs.flatMap((run) => [run.id, ...[...run.tasks.values()].map((t) => t.id)]);
+    // Their children in memory may park now.
+    for (const run of runs)
+      for (const id of waitingChildren(run, run.tasks.values()))
+        if (host.core.runs.has(id)) this.quiet.set(id, now);
     const done = this.store(entries, rowIds).finally(() => {
       for (const e of entries) this.parking.delete(e.runId);
     });

@@ -3,8 +3,9 @@
  * the scheduler's memory (nexusflow_scheduler_runs_active counts the runs in memory) and is loaded
  * back when something happens to it: 5,000 runs parked on a signal wait, a restart in the middle
  * (start-up recovery leaves them in the database), then all signalled and completed; a sleep that
- * wakes a parked run on time; an event, and a child's end, reaching parked runs; a parked run
- * cancelled; GetRun, ListRuns and ExplainPending answering for parked runs.
+ * wakes a parked run on time; an event, and a child's end, reaching parked runs; a parent's cancel
+ * reaching its parked child; a parked run cancelled; GetRun, ListRuns and ExplainPending answering
+ * for parked runs.
  */
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
@@ -245,6 +246,25 @@ describe("parked runs: waiting runs out of the scheduler's memory", () => {
     const run = await waitForRun(client, parentId);
     assert.equal(run.status, RunStatus.SUCCEEDED);
     assert.equal(valueToJson(run.output), "yes");
+  });
+
+  it("parks a child once its parent is parked, and a parent's cancel reaches its parked child, across a restart", async () => {
+    const parentId = await start(client, "parent");
+    const childId = await waitFor("the child run", async () => {
+      const { rows } = await sql.query<{ id: string }>(
+        `SELECT id FROM workflow_runs WHERE parent_run_id = $1`,
+        [parentId],
+      );
+      return rows[0]?.id;
+    });
+    await waitParked(parentId, childId);
+    await restart();
+    assert.equal(scheduler.engine.isActive(parentId), false, "neither is loaded at start-up");
+    assert.equal(scheduler.engine.isActive(childId), false);
+    const { run } = await client.cancelRun({ runId: parentId, reason: "withdrawn" });
+    assert.equal(run?.status, RunStatus.CANCELLED);
+    const child = await waitForRun(client, childId);
+    assert.equal(child.status, RunStatus.CANCELLED);
   });
 
   it("cancels a parked run", async () => {
