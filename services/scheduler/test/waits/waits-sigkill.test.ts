@@ -2,7 +2,8 @@
  * Durable waits across a scheduler SIGKILLed (a real process, no shutdown code runs): a run
  * waiting for a signal completes when the signal arrives after the restart, a signal kept on a run
  * before the crash is handed to its step after it, a sleeping step wakes at its stored time, and a
- * step waiting for an event ends with the first one published after the restart.
+ * step waiting for an event ends with the first one published after the restart. The waiting runs
+ * are parked (out of memory) when it is killed, and the restart leaves them parked.
  */
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
@@ -95,6 +96,11 @@ describe("durable waits across a scheduler SIGKILL", () => {
     );
     const wakeAt = rows[0]?.next_attempt_at;
     assert.ok(wakeAt);
+    // Killed with the waiting runs parked (out of the scheduler's memory: engine/parking.ts).
+    const parked = [waitingRun, gatedRun, paidRun];
+    const parkedRows = async () =>
+      (await sql.query(`SELECT run_id FROM parked_runs WHERE run_id = ANY($1::uuid[])`, [parked])).rowCount;
+    await waitFor("the waiting runs parked", async () => (await parkedRows()) === parked.length);
 
     await first.process.kill();
     const { rows: left } = await sql.query<{ step_id: string; status: string }>(
@@ -111,6 +117,7 @@ describe("durable waits across a scheduler SIGKILL", () => {
     );
     const second = await startSchedulerProcess("sched-waits-2", db.url, 0);
     client = workflowClient(second.address);
+    assert.equal(await parkedRows(), parked.length, "not loaded by the restart");
 
     // The new scheduler answers once it holds the runs (UNAVAILABLE until then).
     const answer = await waitFor(
