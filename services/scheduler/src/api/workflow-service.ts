@@ -150,6 +150,9 @@ function itemError(e: unknown, i: number): unknown {
 export function workflowService(engine: Engine, runs: RunStore): grpc.UntypedServiceImplementation {
   // Why queued tasks wait is the engine's live knowledge of its executor sessions, not stored.
   const pendingReason = (taskRunId: string): string => engine.pendingReason(taskRunId);
+  /** Whether the run may be active here: in memory, or parked and loaded back on demand (RUNNING). */
+  const mayBeActiveHere = (runId: string): boolean =>
+    engine.isActive(runId) || (engine.parking !== undefined && engine.state === "RUNNING");
   /** The pending reasons of a run's tasks: the engine's, or a parked run's from its rows. */
   const reasonsOf = async (d: RunDetail): Promise<PendingReasons> => {
     const parked = engine.isActive(d.run.id)
@@ -300,7 +303,7 @@ export function workflowService(engine: Engine, runs: RunStore): grpc.UntypedSer
       refuseNul(req.reason, "reason");
       // Only active runs can change (a parked one is loaded back); any other run is finished (or
       // missing: NOT_FOUND from the read).
-      if (engine.isActive(req.runId) || engine.parking !== undefined) {
+      if (mayBeActiveHere(req.runId)) {
         await engine.cancelRun(
           req.runId,
           req.reason === "" ? "cancelled by request" : req.reason,
@@ -333,10 +336,9 @@ export function workflowService(engine: Engine, runs: RunStore): grpc.UntypedSer
           `is ${bytes} bytes as JSON; a signal's payload is at most ${MAX_SIGNAL_PAYLOAD_BYTES}`,
         );
       const key = req.idempotencyKey === "" ? null : req.idempotencyKey;
-      const outcome =
-        engine.isActive(req.runId) || engine.parking !== undefined
-          ? await engine.waits.signal(req.runId, { name: req.name, key, payload })
-          : undefined;
+      const outcome = mayBeActiveHere(req.runId)
+        ? await engine.waits.signal(req.runId, { name: req.name, key, payload })
+        : undefined;
       if (outcome !== undefined)
         return create(SignalRunResponseSchema, {
           stepId: outcome.stepId ?? "",
