@@ -102,6 +102,9 @@ export class WorkerSpanProcessor implements SpanProcessor {
 
   constructor(options: WorkerSpanProcessorOptions) {
     this.options = withDefaults(options);
+    // Started now, with the service, not at its first span: loading the exporter's modules in a
+    // new thread takes hundreds of ms of CPU, which would land on the service's first traffic.
+    this.thread(true);
   }
 
   /** What was exported, failed and dropped so far. */
@@ -118,7 +121,18 @@ export class WorkerSpanProcessor implements SpanProcessor {
       this.drop(1);
       return;
     }
-    this.buffer.push(this.encoder.encode(span));
+    let wire: WireSpan;
+    try {
+      wire = this.encoder.encode(span);
+    } catch (e) {
+      // Never the service's problem: ending a span must not throw.
+      this.counts.failed += 1;
+      this.options.warn?.(`trace export: a span could not be encoded (${String(e)}); it is dropped`, {
+        err: String(e),
+      });
+      return;
+    }
+    this.buffer.push(wire);
     if (this.buffer.length >= this.options.maxExportBatchSize) this.handOver();
     else if (this.timer === undefined) {
       this.timer = setTimeout(() => this.handOver(), this.options.exportDelayMs);
