@@ -9,12 +9,15 @@
  * gateway's `grpc.health.v1.Health` answer SERVING, and the image's HEALTHCHECK passes for each;
  * the gateway serves the web UI built with it under /ui/;
  * with PostgreSQL gone the scheduler turns not ready (HTTP and gRPC) and so does the gateway;
- * SIGTERM stops each with status 0.
+ * SIGTERM stops each with status 0. With tracing on, the gateway's spans reach an OTLP receiver
+ * through the compiled export thread.
  */
 import assert from "node:assert/strict";
 import { type ChildProcess, spawn, spawnSync } from "node:child_process";
 import { once } from "node:events";
 import { existsSync } from "node:fs";
+import { createServer } from "node:http";
+import { type AddressInfo } from "node:net";
 import { mkdir, mkdtemp, readFile, rm } from "node:fs/promises";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
@@ -159,6 +162,53 @@ describe("the services compiled to JavaScript, started as the image starts them"
     assert.equal(await bad.exit, 2);
     assert.match(bad.output.join(""), /DATABASE_URL/);
   });
+
+  it(
+    "traces from the build: the export thread sends the REST call's span, flushed at SIGTERM",
+    TIMEOUT,
+    async () => {
+      // An OTLP/HTTP receiver that keeps what it is sent (the export thread's module must be found
+      // among the compiled files: a missing one would only be a warning, and no span).
+      const received: Buffer[] = [];
+      const sink = createServer((req, res) => {
+        const chunks: Buffer[] = [];
+        req.on("data", (c: Buffer) => chunks.push(c));
+        req.on("end", () => {
+          if (req.url === "/v1/traces") received.push(Buffer.concat(chunks));
+          res.writeHead(200, { "content-type": "application/x-protobuf" }).end();
+        });
+      });
+      sink.listen(0, "127.0.0.1");
+      await once(sink, "listening");
+      try {
+        const traceId = "4bf92f3577b34da6a3ce929d0e0e4736";
+        const gateway = start(dir, "gateway", {
+          AUTH_DISABLED: "true",
+          METRICS_PORT: "off",
+          SCHEDULER_ADDRESS: "127.0.0.1:1",
+          GATEWAY_HOST: "127.0.0.1",
+          GATEWAY_PORT: "0",
+          OTEL_EXPORTER_OTLP_ENDPOINT: `http://127.0.0.1:${(sink.address() as AddressInfo).port}`,
+        });
+        services.push(gateway);
+        const gatewayUrl = await logged(gateway, "gateway listening", "url");
+        const res = await fetch(`${gatewayUrl}/v1/runs`, {
+          headers: { traceparent: `00-${traceId}-00f067aa0ba902b7-01` },
+        });
+        await res.arrayBuffer();
+        assert.equal(await stop(gateway), 0, gateway.output.join("\n"));
+        const all = Buffer.concat(received);
+        assert.ok(
+          all.includes(Buffer.from(traceId, "hex")),
+          `no span of the caller's trace:\n${gateway.output.join("\n")}`,
+        );
+        assert.ok(all.includes("nexusflow-gateway"));
+        assert.ok(!gateway.output.join("\n").includes("TraceExportWarning"), gateway.output.join("\n"));
+      } finally {
+        sink.close();
+      }
+    },
+  );
 
   it("scheduler, executor and gateway become ready; without PostgreSQL they are not", TIMEOUT, async () => {
     const common = { AUTH_DISABLED: "true", METRICS_PORT: "0", METRICS_HOST: "127.0.0.1" };
