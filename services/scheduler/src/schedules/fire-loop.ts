@@ -7,7 +7,8 @@
  * STOPPING -> STOPPED; stop() aborts the sleep and waits for the pass in progress.
  */
 import type { Logger } from "@nexusflow/common";
-import { PassLoop, type PassLoopState } from "../background/pass-loop.js";
+import { BatchLoop } from "../background/batch-loop.js";
+import type { PassLoopState } from "../background/pass-loop.js";
 import { cronOf } from "../dag/schedule-spec.js";
 import { fireTimesBetween, type CronSchedule } from "../dag/cron.js";
 import { FireStarter, type RunStarter } from "./fires.js";
@@ -42,12 +43,13 @@ const MAX_RETRY_MS = 5_000;
 /** Cron evaluations between two turns of the event loop (see FireLoop.walk). */
 export const WALK_CHUNK = 256;
 
-/** See the module comment. */
-export class FireLoop {
-  private readonly loop: PassLoop;
+/**
+ * See the module comment; state, passCount, wake (a schedule was created, resumed or deleted) and
+ * stop are background/batch-loop.ts's (a pass stuck on an unreachable database must not hold the
+ * scheduler's stop; what it did not commit is done by the next scheduler).
+ */
+export class FireLoop extends BatchLoop {
   private readonly starter: FireStarter;
-  private readonly pollMs: number;
-  private readonly batchSize: number;
   private readonly maxFiresPerPass: number;
   private loopStartedAt = new Date(0);
   /** Cron evaluations since the last turn of the event loop. */
@@ -56,22 +58,9 @@ export class FireLoop {
   private stalls = 0;
 
   constructor(private readonly options: FireLoopOptions) {
+    super({ name: "schedule fire loop", pollMs: 500, batchSize: 1000, retryMaxMs: MAX_RETRY_MS }, options);
     this.starter = new FireStarter(options.fireStore, options.engine, options.log);
-    this.pollMs = options.pollMs ?? 500;
-    this.batchSize = options.batchSize ?? 1000;
     this.maxFiresPerPass = options.maxFiresPerPass ?? 10_000;
-    this.loop = new PassLoop({
-      name: "schedule fire loop",
-      log: options.log,
-      pass: () => this.pass(),
-      retryInitialMs: this.pollMs,
-      retryMaxMs: MAX_RETRY_MS,
-    });
-  }
-
-  /** The current state's kind. */
-  get state(): FireLoopState["kind"] {
-    return this.loop.state;
   }
 
   /** When the loop began: fire times before it fell during downtime (the catch-up policy's). */
@@ -84,29 +73,10 @@ export class FireLoop {
     return this.starter;
   }
 
-  /** Passes completed (for tests and metrics). */
-  get passCount(): number {
-    return this.loop.passCount;
-  }
-
   /** Starts the loop; fire times before now count as downtime. */
-  start(): void {
-    if (this.loop.state === "IDLE") this.loopStartedAt = new Date();
-    this.loop.start();
-  }
-
-  /** Makes the loop look again now (a schedule was created, resumed or deleted). */
-  wake(): void {
-    this.loop.wake();
-  }
-
-  /**
-   * Stops the loop after the pass in progress, waiting at most `graceMs` for it (a pass stuck on
-   * an unreachable database must not hold the scheduler's stop; what it did not commit is done by
-   * the next scheduler).
-   */
-  stop(graceMs = 5000): Promise<void> {
-    return this.loop.stop(graceMs);
+  override start(): void {
+    if (this.state === "IDLE") this.loopStartedAt = new Date();
+    super.start();
   }
 
   /**
@@ -135,7 +105,7 @@ export class FireLoop {
   }
 
   /** One pass; resolves with how long to sleep before the next. */
-  private async pass(): Promise<number> {
+  protected async pass(): Promise<number> {
     const { store, fireStore, engine, log } = this.options;
     // Fires a crash or an outage left STARTING first: they are older than anything due now.
     const leftover = await fireStore.startingFires(this.batchSize);

@@ -14,7 +14,8 @@
  */
 import { Code, isApiError, type Logger } from "@nexusflow/common";
 import type { StartRunInput } from "../model/start-run.js";
-import { PassLoop, type PassLoopState } from "../background/pass-loop.js";
+import { BatchLoop } from "../background/batch-loop.js";
+import type { PassLoopState } from "../background/pass-loop.js";
 import type { EventStore, PendingMatch } from "./event-store.js";
 import { keyOfRun } from "../persistence/idempotency-keys.js";
 
@@ -126,52 +127,17 @@ export interface MatchLoopOptions {
 /** The loop's state (background/pass-loop.ts). */
 export type MatchLoopState = PassLoopState;
 
-/** See the module comment. */
-export class MatchLoop {
-  private readonly loop: PassLoop;
-  private readonly pollMs: number;
-  private readonly batchSize: number;
-  private readonly idleMs: number;
-
+/**
+ * See the module comment; state, passCount, start, stop and wake (a publish left a match STARTING)
+ * are background/batch-loop.ts's.
+ */
+export class MatchLoop extends BatchLoop {
   constructor(private readonly options: MatchLoopOptions) {
-    this.pollMs = options.pollMs ?? 1000;
-    this.batchSize = options.batchSize ?? 500;
-    this.idleMs = options.idleMs ?? 30_000;
-    this.loop = new PassLoop({
-      name: "event match loop",
-      log: options.log,
-      pass: () => this.pass(),
-      retryInitialMs: this.pollMs,
-    });
-  }
-
-  /** The current state's kind. */
-  get state(): MatchLoopState["kind"] {
-    return this.loop.state;
-  }
-
-  /** Passes completed (for tests and metrics). */
-  get passCount(): number {
-    return this.loop.passCount;
-  }
-
-  /** Starts the loop; its first pass is at once. */
-  start(): void {
-    this.loop.start();
-  }
-
-  /** Makes the loop look again now (a publish left a match STARTING). */
-  wake(): void {
-    this.loop.wake();
-  }
-
-  /** Stops the loop after the pass in progress, waiting at most `graceMs` for it. */
-  stop(graceMs = 5000): Promise<void> {
-    return this.loop.stop(graceMs);
+    super({ name: "event match loop" }, options);
   }
 
   /** One pass; resolves with how long to sleep before the next. */
-  private async pass(): Promise<number> {
+  protected async pass(): Promise<number> {
     const pending = await this.options.store.startingMatches(this.batchSize);
     const outcomes = await this.options.starter.drive(pending);
     if (pending.length === this.batchSize) return 0;

@@ -14,7 +14,7 @@
  */
 import type { Logger } from "@nexusflow/common";
 import type pg from "pg";
-import { PassLoop, type PassLoopState } from "../background/pass-loop.js";
+import { BatchLoop } from "../background/batch-loop.js";
 import type { StoredWaitEvent, WaitApplyOutcome, WaitMatch } from "../core/index.js";
 
 /** Where a wait match is. */
@@ -169,52 +169,17 @@ export interface WaitMatchLoopOptions {
   idleMs?: number | undefined;
 }
 
-/** See the module comment. */
-export class WaitMatchLoop {
-  private readonly loop: PassLoop;
-  private readonly pollMs: number;
-  private readonly batchSize: number;
-  private readonly idleMs: number;
-
+/**
+ * See the module comment; state, passCount, start, stop and wake (a publish left matches PENDING)
+ * are background/batch-loop.ts's.
+ */
+export class WaitMatchLoop extends BatchLoop {
   constructor(private readonly options: WaitMatchLoopOptions) {
-    this.pollMs = options.pollMs ?? 1000;
-    this.batchSize = options.batchSize ?? 500;
-    this.idleMs = options.idleMs ?? 30_000;
-    this.loop = new PassLoop({
-      name: "event wait match loop",
-      log: options.log,
-      pass: () => this.pass(),
-      retryInitialMs: this.pollMs,
-    });
-  }
-
-  /** The current state's kind. */
-  get state(): PassLoopState["kind"] {
-    return this.loop.state;
-  }
-
-  /** Passes completed (for tests). */
-  get passCount(): number {
-    return this.loop.passCount;
-  }
-
-  /** Starts the loop; its first pass is at once. */
-  start(): void {
-    this.loop.start();
-  }
-
-  /** Makes the loop look again now (a publish left matches PENDING). */
-  wake(): void {
-    this.loop.wake();
-  }
-
-  /** Stops the loop after the pass in progress, waiting at most `graceMs` for it. */
-  stop(graceMs = 5000): Promise<void> {
-    return this.loop.stop(graceMs);
+    super({ name: "event wait match loop" }, options);
   }
 
   /** One pass: the PENDING matches, an event at a time in publish order. */
-  private async pass(): Promise<number> {
+  protected async pass(): Promise<number> {
     const pending = await this.options.store.pending(this.batchSize);
     const byEvent = new Map<string, PendingWaitMatch[]>();
     for (const m of pending) {
