@@ -44,7 +44,7 @@ import type { Core } from "./context.js";
 import { rebuildMaps } from "./maps.js";
 import { storedRunState } from "./recovery.js";
 import { forgetRun } from "./runs.js";
-import { endTask, failTerminally } from "./transitions.js";
+import { endTask, failTerminally, waitTask } from "./transitions.js";
 
 /** Most failures listed in a failed rollback's details. */
 const MAX_LISTED_FAILURES = 100;
@@ -106,18 +106,8 @@ export function advanceChildRollback(core: Core, run: RunState, task: TaskState,
   const ids = idsOf(task);
   const step = run.workflow.stepsById.get(task.stepId);
   if (task.status === "PENDING") {
-    task.status = "WAITING";
-    task.nextAttemptAt = null;
-    core.fx.writeTask(task);
-    core.fx.event(run, {
-      case: "taskWaiting",
-      value: {
-        taskRunId: task.id,
-        stepId: task.stepId,
-        signal: "",
-        childRunId: step?.map == null ? (ids[0] ?? "") : "",
-        kind: TaskKind.COMPENSATION,
-      },
+    waitTask(core, run, task, null, TaskKind.COMPENSATION, {
+      childRunId: step?.map == null ? (ids[0] ?? "") : "",
     });
   } else if (task.status !== "WAITING" || run.childRollbacks?.has(task.stepId) === true) return;
   const rollback: ChildRollback = {

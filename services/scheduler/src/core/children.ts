@@ -43,7 +43,7 @@ import {
 import { childRolledBack } from "./child-rollback.js";
 import type { Core } from "./context.js";
 import { advance, cancelRun, startRun } from "./runs.js";
-import { endTask, failTerminally, taskKind } from "./transitions.js";
+import { endTask, failTerminally, taskKind, waitTask } from "./transitions.js";
 
 /**
  * The id of the child run that `stepId` of run `parentRunId` starts (a map element's: its stored
@@ -127,19 +127,7 @@ export function startChildStep(
     core.fx.advanceSoon(run);
     return;
   }
-  task.status = "WAITING";
-  task.nextAttemptAt = null;
-  core.fx.writeTask(task);
-  core.fx.event(run, {
-    case: "taskWaiting",
-    value: {
-      taskRunId: task.id,
-      stepId: task.stepId,
-      signal: "",
-      childRunId: childRunId(run.id, storedStepId(task)),
-      kind: TaskKind.STEP,
-    },
-  });
+  waitTask(core, run, task, null, TaskKind.STEP, { childRunId: childRunId(run.id, storedStepId(task)) });
   core.fx.startChild(run, task);
 }
 

@@ -34,7 +34,15 @@ import {
 } from "../model/run-state.js";
 import { cancelChild, startChildStep } from "./children.js";
 import type { Core } from "./context.js";
-import { endTask, failTerminally, finishAttempt, queueTask, stepStates, taskKind } from "./transitions.js";
+import {
+  endTask,
+  failTerminally,
+  finishAttempt,
+  queueTask,
+  stepStates,
+  taskKind,
+  waitTask,
+} from "./transitions.js";
 
 /** Most failures listed in MAP_ELEMENTS_FAILED's details. */
 export const MAX_LISTED_FAILURES = 100;
@@ -61,13 +69,7 @@ export function startMap(
   now: Date,
 ): void {
   task.input = items;
-  task.status = "WAITING";
-  task.nextAttemptAt = null;
-  core.fx.writeTask(task);
-  core.fx.event(run, {
-    case: "taskWaiting",
-    value: { taskRunId: task.id, stepId: task.stepId, signal: "", kind: TaskKind.STEP },
-  });
+  waitTask(core, run, task, null, TaskKind.STEP);
   const map = newMap(task, items);
   (run.maps ??= new Map()).set(step.id, map);
   fill(core, run, map, step, now);

@@ -4,6 +4,7 @@
  * changes and the events it implies.
  */
 import { errorToProto, jsonToValue } from "@nexusflow/common";
+import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { RunStatus, TaskKind } from "@nexusflow/gen";
 import type { StepState } from "../dag/index.js";
 import type { ErrorInfo, RunState, TaskState, TaskStatusName } from "../model/run-state.js";
@@ -11,7 +12,7 @@ import { childEnded } from "./children.js";
 import { mapElementEnded } from "./maps.js";
 import { releaseRun, releaseTask } from "./concurrency.js";
 import { releaseShare } from "./fair-shares.js";
-import type { Core } from "./context.js";
+import type { Core, EventInit } from "./context.js";
 import { armScheduleToStart } from "./timers.js";
 
 /** The task's kind as in events. */
@@ -102,6 +103,40 @@ export function endTask(core: Core, task: TaskState, status: TaskStatusName, now
   core.eventWaits?.remove(task);
   core.fx.writeTask(task);
   if (task.elementIndex !== undefined) mapElementEnded(core, task, now);
+}
+
+/** What a waiting task waits for, as its taskWaiting event says (signal "" unless named). */
+export type WaitingOn = Pick<
+  Extract<EventInit, { case: "taskWaiting" }>["value"],
+  "signal" | "childRunId" | "event" | "filter"
+>;
+
+/**
+ * Puts a task in WAITING (`due`: when it wakes by itself, or null), writes it and emits its
+ * taskWaiting event (with the due time, if any, and what it waits for).
+ */
+export function waitTask(
+  core: Core,
+  run: RunState,
+  task: TaskState,
+  due: Date | null,
+  kind: TaskKind,
+  on: WaitingOn = {},
+): void {
+  task.status = "WAITING";
+  task.nextAttemptAt = due;
+  core.fx.writeTask(task);
+  core.fx.event(run, {
+    case: "taskWaiting",
+    value: {
+      taskRunId: task.id,
+      stepId: task.stepId,
+      signal: "",
+      ...on,
+      kind,
+      ...(due === null ? {} : { dueTime: timestampFromDate(due) }),
+    },
+  });
 }
 
 /** Fails a task for good without an attempt of its own (render errors, unreadable outputs). */

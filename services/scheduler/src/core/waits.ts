@@ -14,7 +14,6 @@
  */
 import { jsonToValue } from "@nexusflow/common";
 import { TaskErrorType } from "@nexusflow/common/task-error-types";
-import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { TaskKind } from "@nexusflow/gen";
 import { untilTime, type CompiledDurable } from "../dag/index.js";
 import {
@@ -26,7 +25,7 @@ import {
 import type { Core, Rejection } from "./context.js";
 import { eventWaitsOf } from "./event-wait-index.js";
 import { advance } from "./runs.js";
-import { endTask, failTerminally, taskKind } from "./transitions.js";
+import { endTask, failTerminally, taskKind, waitTask } from "./transitions.js";
 
 /** Longest delay a Node.js timer takes (about 24.8 days); a later time is reached in steps. */
 export const MAX_TIMER_MS = 2_147_483_647;
@@ -134,19 +133,9 @@ export function startWaiting(
       return;
     }
   }
-  task.status = "WAITING";
-  task.nextAttemptAt = due;
-  core.fx.writeTask(task);
-  core.fx.event(run, {
-    case: "taskWaiting",
-    value: {
-      taskRunId: task.id,
-      stepId: task.stepId,
-      signal,
-      kind: TaskKind.STEP,
-      ...(durable.kind === "event" ? { event: durable.event, filter: durable.filterText ?? "" } : {}),
-      ...(due === null ? {} : { dueTime: timestampFromDate(due) }),
-    },
+  waitTask(core, run, task, due, TaskKind.STEP, {
+    signal,
+    ...(durable.kind === "event" ? { event: durable.event, filter: durable.filterText ?? "" } : {}),
   });
   armDurable(core, task, now.getTime());
 }
