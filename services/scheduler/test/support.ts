@@ -10,7 +10,13 @@ import { create, fromBinary, type MessageInitShape } from "@bufbuild/protobuf";
 import { createClient, type Client } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import * as grpc from "@grpc/grpc-js";
-import { clientConstructor, createLogger, lifecycleEventId, type Logger } from "@nexusflow/common";
+import {
+  clientConstructor,
+  createLogger,
+  jsonToValue,
+  lifecycleEventId,
+  type Logger,
+} from "@nexusflow/common";
 import { createMetricsRegistry } from "@nexusflow/common/metrics";
 import {
   ExecutorService,
@@ -96,18 +102,21 @@ export function startMeteredTestScheduler(
 }
 
 /**
- * Starts an executor against `scheduler` (test logger; `options` override) and waits until its
- * session is attached with credit, so a run started next is leased at once.
+ * Starts an executor against `scheduler` (test logger; `options` override; `handlers` registers
+ * the test's handlers before it starts) and waits until its session is attached with credit, so a
+ * run started next is leased at once.
  */
 export async function startTestExecutor(
   scheduler: Scheduler,
   options: Partial<ExecutorOptions> & { executorId: string },
+  handlers?: (executor: Executor) => void,
 ): Promise<Executor> {
   const executor = new Executor({
     schedulerAddress: scheduler.address,
     logger: testLogger("executor"),
     ...options,
   });
+  handlers?.(executor);
   await executor.start();
   await waitFor(`executor ${options.executorId}'s session`, () =>
     [...scheduler.engine.sessions()].some((s) => s.executorId === options.executorId && s.credit > 0)
@@ -120,6 +129,25 @@ export async function startTestExecutor(
 /** A typed WorkflowService client over gRPC. */
 export function workflowClient(address: string): Client<typeof WorkflowService> {
   return createClient(WorkflowService, createGrpcTransport({ baseUrl: `http://${address}` }));
+}
+
+/** Registers a JSON workflow definition (must be new or identical). */
+export async function registerSpec(
+  client: Client<typeof WorkflowService>,
+  spec: Record<string, unknown>,
+): Promise<void> {
+  await client.registerWorkflow({ definition: { case: "specJson", value: JSON.stringify(spec) } });
+}
+
+/** Starts a run of the latest version of `workflowName` with `input`; its id. */
+export async function startRunOf(
+  client: Client<typeof WorkflowService>,
+  workflowName: string,
+  input: unknown,
+): Promise<string> {
+  const { run } = await client.startRun({ workflowName, input: jsonToValue(input) });
+  if (run === undefined) throw new Error(`StartRun of ${workflowName} answered no run`);
+  return run.id;
 }
 
 export { waitFor } from "@nexusflow/common/testing";

@@ -9,17 +9,19 @@
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import { Code, ConnectError } from "@connectrpc/connect";
-import { jsonToValue, valueToJson } from "@nexusflow/common";
+import { valueToJson } from "@nexusflow/common";
 import { TaskErrorType } from "@nexusflow/common/task-error-types";
-import { Executor, TaskError } from "@nexusflow/executor";
+import { TaskError, type Executor } from "@nexusflow/executor";
 import { RunStatus, TaskKind, TaskStatus, type Run } from "@nexusflow/gen";
 import pg from "pg";
 import { childRunId } from "../../src/core/children.js";
 import type { Scheduler } from "../../src/scheduler.js";
 import {
+  registerSpec,
+  startRunOf,
   startTestDatabase,
+  startTestExecutor,
   startTestScheduler,
-  testLogger,
   waitFor,
   waitForRun,
   workflowClient,
@@ -46,55 +48,43 @@ describe("map steps over a child workflow", () => {
   let gate: { prefix: string; open: Promise<void>; release: () => void } | undefined;
 
   async function attach(): Promise<Executor> {
-    const sched = scheduler;
-    assert.ok(sched);
-    const executorId = `child-maps-${Math.random().toString(36).slice(2)}`;
-    const e = new Executor({
-      schedulerAddress: sched.address,
-      executorId,
-      slots: 64,
-      drainTimeoutMs: 500,
-      builtins: false,
-      logger: testLogger("executor"),
-      reconnect: { initialDelayMs: 20, maxDelayMs: 200 },
-    });
-    const called = (key: string) => calls.set(key, count(key) + 1);
-    e.register("cm.split", (input: { n: number }) => Array.from({ length: input.n }, (_, i) => i))
-      .register("cm.double", async (input: { key: string; x: number; fail?: boolean }) => {
-        if (gate !== undefined && input.key.startsWith(gate.prefix)) await gate.open;
-        called(`double:${input.key}`);
-        if (input.fail === true) throw TaskError.terminal("BROKE", `element ${input.key} broke`);
-        return input.x * 2;
-      })
-      .register("cm.refund", (input: { key: string }) => {
-        called(`refund:${input.key}`);
-        return null;
-      })
-      .register("cm.join", (input: number[]) => ({
-        count: input.length,
-        sum: input.reduce((a, b) => a + b, 0),
-      }))
-      .register("cm.boom", () => {
-        throw TaskError.terminal("BOOM", "boom");
-      });
-    await e.start();
-    await waitFor(`executor ${executorId}'s session`, () =>
-      [...sched.engine.sessions()].some((x) => x.executorId === executorId && x.credit > 0)
-        ? true
-        : undefined,
+    assert.ok(scheduler);
+    return startTestExecutor(
+      scheduler,
+      {
+        executorId: `child-maps-${Math.random().toString(36).slice(2)}`,
+        slots: 64,
+        drainTimeoutMs: 500,
+        builtins: false,
+        reconnect: { initialDelayMs: 20, maxDelayMs: 200 },
+      },
+      (e) => {
+        const called = (key: string) => calls.set(key, count(key) + 1);
+        e.register("cm.split", (input: { n: number }) => Array.from({ length: input.n }, (_, i) => i))
+          .register("cm.double", async (input: { key: string; x: number; fail?: boolean }) => {
+            if (gate !== undefined && input.key.startsWith(gate.prefix)) await gate.open;
+            called(`double:${input.key}`);
+            if (input.fail === true) throw TaskError.terminal("BROKE", `element ${input.key} broke`);
+            return input.x * 2;
+          })
+          .register("cm.refund", (input: { key: string }) => {
+            called(`refund:${input.key}`);
+            return null;
+          })
+          .register("cm.join", (input: number[]) => ({
+            count: input.length,
+            sum: input.reduce((a, b) => a + b, 0),
+          }))
+          .register("cm.boom", () => {
+            throw TaskError.terminal("BOOM", "boom");
+          });
+      },
     );
-    return e;
   }
 
-  async function register(spec: Record<string, unknown>): Promise<void> {
-    await client.registerWorkflow({ definition: { case: "specJson", value: JSON.stringify(spec) } });
-  }
-
-  async function start(workflowName: string, input: unknown): Promise<string> {
-    const { run } = await client.startRun({ workflowName, input: jsonToValue(input) });
-    assert.ok(run);
-    return run.id;
-  }
+  const register = (spec: Record<string, unknown>): Promise<void> => registerSpec(client, spec);
+  const start = (workflowName: string, input: unknown): Promise<string> =>
+    startRunOf(client, workflowName, input);
 
   /** The parent's element children as stored: id, element step, status, and when they ran. */
   async function children(runId: string) {

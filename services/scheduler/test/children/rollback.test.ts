@@ -12,10 +12,10 @@ import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
-import { jsonToValue, valueToJson } from "@nexusflow/common";
+import { valueToJson } from "@nexusflow/common";
 import { FilesystemArtifactStore } from "@nexusflow/common/artifacts";
 import { TaskErrorType } from "@nexusflow/common/task-error-types";
-import { Executor, TaskError } from "@nexusflow/executor";
+import { TaskError, type Executor } from "@nexusflow/executor";
 import { RunStatus, TaskKind, TaskStatus, type Run } from "@nexusflow/gen";
 import pg from "pg";
 import { childRunId } from "../../src/core/children.js";
@@ -23,7 +23,10 @@ import { RunRetention } from "../../src/persistence/retention.js";
 import type { Scheduler } from "../../src/scheduler.js";
 import {
   outboxEvents,
+  registerSpec,
+  startRunOf,
   startTestDatabase,
+  startTestExecutor,
   startTestScheduler,
   testLogger,
   waitFor,
@@ -59,61 +62,49 @@ describe("a parent's rollback reaches its children", () => {
   }
 
   async function attach(): Promise<Executor> {
-    const sched = scheduler;
-    assert.ok(sched);
-    const executorId = `rollback-${Math.random().toString(36).slice(2)}`;
-    const e = new Executor({
-      schedulerAddress: sched.address,
-      executorId,
-      slots: 32,
-      drainTimeoutMs: 500,
-      builtins: false,
-      logger: testLogger("executor"),
-      reconnect: { initialDelayMs: 20, maxDelayMs: 200 },
-    });
-    e.register("rb.pay", (input: { key: string; amount?: number }) => {
-      calls.push(`pay:${input.key}`);
-      return { paid: input.amount ?? 0 };
-    })
-      .register("rb.refund", async (input: { key: string }) => {
-        const h = held.get(input.key);
-        if (h !== undefined) {
-          h.reached = true;
-          await h.open;
-        }
-        calls.push(`refund:${input.key}`);
-        if (input.key.startsWith("broken")) throw TaskError.terminal("BANK_DOWN", "the bank is down");
-        return { refunded: input.key };
-      })
-      .register("rb.reserve", (input: { key: string }) => {
-        calls.push(`reserve:${input.key}`);
-        return { reserved: input.key };
-      })
-      .register("rb.release", (input: { key: string }) => {
-        calls.push(`release:${input.key}`);
-        return null;
-      })
-      .register("rb.boom", () => {
-        throw TaskError.terminal("NO_TRUCK", "no truck today");
-      });
-    await e.start();
-    await waitFor(`executor ${executorId}'s session`, () =>
-      [...sched.engine.sessions()].some((x) => x.executorId === executorId && x.credit > 0)
-        ? true
-        : undefined,
+    assert.ok(scheduler);
+    return startTestExecutor(
+      scheduler,
+      {
+        executorId: `rollback-${Math.random().toString(36).slice(2)}`,
+        slots: 32,
+        drainTimeoutMs: 500,
+        builtins: false,
+        reconnect: { initialDelayMs: 20, maxDelayMs: 200 },
+      },
+      (e) => {
+        e.register("rb.pay", (input: { key: string; amount?: number }) => {
+          calls.push(`pay:${input.key}`);
+          return { paid: input.amount ?? 0 };
+        })
+          .register("rb.refund", async (input: { key: string }) => {
+            const h = held.get(input.key);
+            if (h !== undefined) {
+              h.reached = true;
+              await h.open;
+            }
+            calls.push(`refund:${input.key}`);
+            if (input.key.startsWith("broken")) throw TaskError.terminal("BANK_DOWN", "the bank is down");
+            return { refunded: input.key };
+          })
+          .register("rb.reserve", (input: { key: string }) => {
+            calls.push(`reserve:${input.key}`);
+            return { reserved: input.key };
+          })
+          .register("rb.release", (input: { key: string }) => {
+            calls.push(`release:${input.key}`);
+            return null;
+          })
+          .register("rb.boom", () => {
+            throw TaskError.terminal("NO_TRUCK", "no truck today");
+          });
+      },
     );
-    return e;
   }
 
-  async function register(spec: Record<string, unknown>): Promise<void> {
-    await client.registerWorkflow({ definition: { case: "specJson", value: JSON.stringify(spec) } });
-  }
-
-  async function start(workflowName: string, input: unknown): Promise<string> {
-    const { run } = await client.startRun({ workflowName, input: jsonToValue(input) });
-    assert.ok(run);
-    return run.id;
-  }
+  const register = (spec: Record<string, unknown>): Promise<void> => registerSpec(client, spec);
+  const start = (workflowName: string, input: unknown): Promise<string> =>
+    startRunOf(client, workflowName, input);
 
   async function status(runId: string): Promise<RunStatus | undefined> {
     return (await client.getRun({ runId })).run?.status;

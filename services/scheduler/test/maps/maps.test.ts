@@ -8,16 +8,18 @@ import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import { jsonToValue, valueToJson } from "@nexusflow/common";
 import { TaskErrorType } from "@nexusflow/common/task-error-types";
-import { Executor } from "@nexusflow/executor";
+import type { Executor } from "@nexusflow/executor";
 import { create } from "@bufbuild/protobuf";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { RunStatus, TaskStatus, WorkflowSpecSchema, type Run } from "@nexusflow/gen";
 import pg from "pg";
 import type { Scheduler } from "../../src/scheduler.js";
 import {
+  registerSpec,
+  startRunOf,
   startTestDatabase,
+  startTestExecutor,
   startTestScheduler,
-  testLogger,
   waitFor,
   waitForRun,
   workflowClient,
@@ -65,56 +67,44 @@ describe("map steps", () => {
   let elementCalls = 0;
 
   async function attach(): Promise<Executor> {
-    const sched = scheduler;
-    assert.ok(sched);
-    const executorId = `maps-${Math.random().toString(36).slice(2)}`;
-    const e = new Executor({
-      schedulerAddress: sched.address,
-      executorId,
-      slots: 64,
-      drainTimeoutMs: 1000,
-      builtins: false,
-      logger: testLogger("executor"),
-      reconnect: { initialDelayMs: 20, maxDelayMs: 200 },
-    });
-    e.register("mp.split", (input: { n: number }) => Array.from({ length: input.n }, (_, i) => i))
-      .register("mp.element", async (input: { key: string; x: number; fail?: boolean }) => {
-        calls.set(input.key, (calls.get(input.key) ?? 0) + 1);
-        elementCalls++;
-        running++;
-        mostRunning = Math.max(mostRunning, running);
-        try {
-          if (gate !== undefined && elementCalls > gate.after) await gate.open;
-          // Some work: let other elements overlap with this one.
-          await new Promise((resolve) => setImmediate(resolve));
-          if (input.fail === true) throw new Error(`element ${input.key} broke`);
-          return input.x * 2;
-        } finally {
-          running--;
-        }
-      })
-      .register("mp.join", (input: number[]) => ({
-        count: input.length,
-        sum: input.reduce((a, b) => a + b, 0),
-      }));
-    await e.start();
-    await waitFor(`executor ${executorId}'s session`, () =>
-      [...sched.engine.sessions()].some((x) => x.executorId === executorId && x.credit > 0)
-        ? true
-        : undefined,
+    assert.ok(scheduler);
+    return startTestExecutor(
+      scheduler,
+      {
+        executorId: `maps-${Math.random().toString(36).slice(2)}`,
+        slots: 64,
+        drainTimeoutMs: 1000,
+        builtins: false,
+        reconnect: { initialDelayMs: 20, maxDelayMs: 200 },
+      },
+      (e) => {
+        e.register("mp.split", (input: { n: number }) => Array.from({ length: input.n }, (_, i) => i))
+          .register("mp.element", async (input: { key: string; x: number; fail?: boolean }) => {
+            calls.set(input.key, (calls.get(input.key) ?? 0) + 1);
+            elementCalls++;
+            running++;
+            mostRunning = Math.max(mostRunning, running);
+            try {
+              if (gate !== undefined && elementCalls > gate.after) await gate.open;
+              // Some work: let other elements overlap with this one.
+              await new Promise((resolve) => setImmediate(resolve));
+              if (input.fail === true) throw new Error(`element ${input.key} broke`);
+              return input.x * 2;
+            } finally {
+              running--;
+            }
+          })
+          .register("mp.join", (input: number[]) => ({
+            count: input.length,
+            sum: input.reduce((a, b) => a + b, 0),
+          }));
+      },
     );
-    return e;
   }
 
-  async function register(spec: Record<string, unknown>): Promise<void> {
-    await client.registerWorkflow({ definition: { case: "specJson", value: JSON.stringify(spec) } });
-  }
-
-  async function start(workflowName: string, input: unknown): Promise<string> {
-    const { run } = await client.startRun({ workflowName, input: jsonToValue(input) });
-    assert.ok(run);
-    return run.id;
-  }
+  const register = (spec: Record<string, unknown>): Promise<void> => registerSpec(client, spec);
+  const start = (workflowName: string, input: unknown): Promise<string> =>
+    startRunOf(client, workflowName, input);
 
   before(async () => {
     db = await startTestDatabase();
