@@ -3,11 +3,12 @@
  * real scheduler on port 0, typed Connect clients over gRPC, and a raw session client for protocol
  * tests. Everything is torn down by `close()`.
  */
+import assert from "node:assert/strict";
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { create, fromBinary, type MessageInitShape } from "@bufbuild/protobuf";
-import { createClient, type Client } from "@connectrpc/connect";
+import { ConnectError, createClient, type Client, type Code } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import * as grpc from "@grpc/grpc-js";
 import {
@@ -22,6 +23,7 @@ import {
   ExecutorService,
   LifecycleEventBatchSchema,
   RunStatus,
+  ScheduleService,
   SessionRequestSchema,
   WorkflowService,
   type LifecycleEvent,
@@ -129,6 +131,22 @@ export async function startTestExecutor(
 /** A typed WorkflowService client over gRPC. */
 export function workflowClient(address: string): Client<typeof WorkflowService> {
   return createClient(WorkflowService, createGrpcTransport({ baseUrl: `http://${address}` }));
+}
+
+/** A typed ScheduleService client over gRPC. */
+export function scheduleClient(address: string): Client<typeof ScheduleService> {
+  return createClient(ScheduleService, createGrpcTransport({ baseUrl: `http://${address}` }));
+}
+
+/** The code and message of a refused call (fails the test if the call succeeds). */
+export async function refusal(p: Promise<unknown>): Promise<{ code: Code; message: string }> {
+  try {
+    await p;
+  } catch (e) {
+    const err = ConnectError.from(e);
+    return { code: err.code, message: err.rawMessage };
+  }
+  assert.fail("the call succeeded");
 }
 
 /** Registers a JSON workflow definition (must be new or identical). */

@@ -9,29 +9,24 @@
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import { create } from "@bufbuild/protobuf";
-import { Code, ConnectError, createClient, type Client } from "@connectrpc/connect";
-import { createGrpcTransport } from "@connectrpc/connect-node";
+import { Code, type Client } from "@connectrpc/connect";
 import { jsonToValue, valueToJson } from "@nexusflow/common";
 import {
   OverlapPolicy,
-  ScheduleService,
+  type ScheduleService,
   WorkflowSpecSchema,
   type Schedule,
   type WorkflowService,
 } from "@nexusflow/gen";
 import type { Scheduler } from "../../src/index.js";
-import { startTestDatabase, startTestScheduler, waitFor, workflowClient } from "../support.js";
-
-/** The code and message of a refused call. */
-async function refusal(p: Promise<unknown>): Promise<{ code: Code; message: string }> {
-  try {
-    await p;
-  } catch (e) {
-    const err = ConnectError.from(e);
-    return { code: err.code, message: err.rawMessage };
-  }
-  assert.fail("the call succeeded");
-}
+import {
+  refusal,
+  scheduleClient,
+  startTestDatabase,
+  startTestScheduler,
+  waitFor,
+  workflowClient,
+} from "../support.js";
 
 describe("schedules declared in workflow definitions", () => {
   let db: Awaited<ReturnType<typeof startTestDatabase>>;
@@ -42,10 +37,7 @@ describe("schedules declared in workflow definitions", () => {
   before(async () => {
     db = await startTestDatabase();
     scheduler = await startTestScheduler(db.url);
-    schedules = createClient(
-      ScheduleService,
-      createGrpcTransport({ baseUrl: `http://${scheduler.address}` }),
-    );
+    schedules = scheduleClient(scheduler.address);
     runs = workflowClient(scheduler.address);
   });
 

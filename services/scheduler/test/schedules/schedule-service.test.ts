@@ -6,12 +6,11 @@
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import { timestampDate, timestampFromMs, timestampMs } from "@bufbuild/protobuf/wkt";
-import { Code, ConnectError, createClient, type Client } from "@connectrpc/connect";
-import { createGrpcTransport } from "@connectrpc/connect-node";
+import { Code, type Client } from "@connectrpc/connect";
 import {
   OverlapPolicy,
   RunStatus,
-  ScheduleService,
+  type ScheduleService,
   type Schedule,
   type ScheduleSpec,
   type WorkflowService,
@@ -20,20 +19,16 @@ import type { MessageInitShape } from "@bufbuild/protobuf";
 import type { ScheduleSpecSchema } from "@nexusflow/gen";
 import { jsonToValue } from "@nexusflow/common";
 import type { Scheduler } from "../../src/index.js";
-import { startTestDatabase, startTestScheduler, waitFor, workflowClient } from "../support.js";
+import {
+  refusal,
+  scheduleClient,
+  startTestDatabase,
+  startTestScheduler,
+  waitFor,
+  workflowClient,
+} from "../support.js";
 
 type SpecInit = MessageInitShape<typeof ScheduleSpecSchema>;
-
-/** The code and message of a refused call. */
-async function refusal(p: Promise<unknown>): Promise<{ code: Code; message: string }> {
-  try {
-    await p;
-  } catch (e) {
-    const err = ConnectError.from(e);
-    return { code: err.code, message: err.rawMessage };
-  }
-  assert.fail("the call succeeded");
-}
 
 describe("ScheduleService", () => {
   let db: Awaited<ReturnType<typeof startTestDatabase>>;
@@ -44,10 +39,7 @@ describe("ScheduleService", () => {
   before(async () => {
     db = await startTestDatabase();
     scheduler = await startTestScheduler(db.url);
-    schedules = createClient(
-      ScheduleService,
-      createGrpcTransport({ baseUrl: `http://${scheduler.address}` }),
-    );
+    schedules = scheduleClient(scheduler.address);
     runs = workflowClient(scheduler.address);
     // One step of a type no executor serves: its runs stay active until cancelled.
     await runs.registerWorkflow({

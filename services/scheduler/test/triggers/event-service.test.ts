@@ -7,23 +7,12 @@
  */
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
-import { Code, ConnectError, createClient, type Client } from "@connectrpc/connect";
+import { Code, createClient, type Client } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { jsonToValue, valueToJson } from "@nexusflow/common";
 import { EventMatchStatus, EventService, type WorkflowService } from "@nexusflow/gen";
 import type { Scheduler } from "../../src/index.js";
-import { startTestDatabase, startTestScheduler, workflowClient } from "../support.js";
-
-/** The code and message of a refused call. */
-async function refusal(p: Promise<unknown>): Promise<{ code: Code; message: string }> {
-  try {
-    await p;
-  } catch (e) {
-    const err = ConnectError.from(e);
-    return { code: err.code, message: err.rawMessage };
-  }
-  assert.fail("the call succeeded");
-}
+import { refusal, registerSpec, startTestDatabase, startTestScheduler, workflowClient } from "../support.js";
 
 describe("EventService", () => {
   let db: Awaited<ReturnType<typeof startTestDatabase>>;
@@ -31,9 +20,7 @@ describe("EventService", () => {
   let events: Client<typeof EventService>;
   let runs: Client<typeof WorkflowService>;
 
-  const register = async (spec: Record<string, unknown>): Promise<void> => {
-    await runs.registerWorkflow({ definition: { case: "specJson", value: JSON.stringify(spec) } });
-  };
+  const register = (spec: Record<string, unknown>): Promise<void> => registerSpec(runs, spec);
   const flow = (name: string, triggers: unknown, extra: Record<string, unknown> = {}) => ({
     name,
     version: 1,
