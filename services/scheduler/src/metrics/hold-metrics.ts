@@ -170,7 +170,11 @@ export class HoldMetrics {
 
   /** Records the held tasks' events of one committed statement. */
   observe(commit: CommitObservation): void {
-    for (const row of commit.events) this.#event(row.message);
+    for (const row of commit.events) {
+      // With no task held (the common case), only a taskHeld event changes anything.
+      if (this.#held.size === 0 && row.message.event.case !== "taskHeld") continue;
+      this.#event(row.message);
+    }
   }
 
   #event(e: LifecycleEvent): void {
@@ -190,7 +194,7 @@ export class HoldMetrics {
         return;
       }
       case "taskLeased":
-        this.#release(ev.value.taskRunId, millis(e));
+        this.#release(ev.value.taskRunId, e);
         return;
       case "taskCancelled":
       case "taskFailed":
@@ -210,8 +214,11 @@ export class HoldMetrics {
     }
   }
 
-  /** The task is no longer held by its gate: observed when `at` is given (its gate let it go). */
-  #release(id: string, at: number | null): void {
+  /**
+   * The task is no longer held by its gate: observed when `at` is given (its gate let it go), a
+   * time or the event whose time it is (read only for a held task).
+   */
+  #release(id: string, at: number | LifecycleEvent | null): void {
     const h = this.#held.get(id);
     if (h === undefined) return;
     this.#held.delete(id);
@@ -219,7 +226,9 @@ export class HoldMetrics {
     const run = this.#byRun.get(h.runId);
     run?.delete(id);
     if (run?.size === 0) this.#byRun.delete(h.runId);
-    if (at !== null) this.#heldSeconds.get(h.gate).observe(Math.max(0, at - h.since) / 1000);
+    if (at === null) return;
+    const ms = typeof at === "number" ? at : millis(at);
+    this.#heldSeconds.get(h.gate).observe(Math.max(0, ms - h.since) / 1000);
   }
 
   #clear(): void {

@@ -16,13 +16,19 @@
  *   on (the run's creation for a root step). Attempts after a released or expired lease and
  *   compensations have no ready time in the events and are not observed.
  *
- * Per event: a switch, map lookups and cached label children; the only allocations are the
- * entries of the two maps of attempts in flight (started, retry due), deleted when they end.
+ * Per event: a switch, map lookups and cached label children that write to their series directly
+ * (cells, @nexusflow/common/metrics: prom-client's children hash the label values on every call);
+ * the only allocations are the entries of the two maps of attempts in flight (started, retry
+ * due), deleted when they end.
  */
 import {
   Children1,
   Children2,
   Counter,
+  type CounterChild,
+  counterCells,
+  type HistogramChild,
+  histogramCells,
   DURATION_BUCKETS,
   Histogram,
   LATENCY_BUCKETS,
@@ -54,22 +60,20 @@ function millis(event: LifecycleEvent): number {
   return t === undefined ? Date.now() : Number(t.seconds) * 1000 + t.nanos / 1e6;
 }
 
-type Child<M extends { labels: (...v: string[]) => unknown }> = ReturnType<M["labels"]>;
-
 /** Counters and histograms of runs, tasks and commits. */
 export class LifecycleMetrics {
-  readonly #runsStarted: Children1<Child<Counter<"workflow">>>;
-  readonly #runsCompleted: Children2<Child<Counter<"workflow" | "status">>>;
-  readonly #runFailures: Children2<Child<Counter<"workflow" | "error_type">>>;
-  readonly #runDuration: Children2<Child<Histogram<"workflow" | "status">>>;
+  readonly #runsStarted: Children1<CounterChild>;
+  readonly #runsCompleted: Children2<CounterChild>;
+  readonly #runFailures: Children2<CounterChild>;
+  readonly #runDuration: Children2<HistogramChild>;
   readonly #runDurationHistogram: Histogram<"workflow" | "status">;
-  readonly #attempts: Children1<Child<Counter<"task_type">>>;
-  readonly #failures: Children2<Child<Counter<"task_type" | "error_type">>>;
-  readonly #retries: Children1<Child<Counter<"task_type">>>;
-  readonly #compensations: Children1<Child<Counter<"workflow">>>;
-  readonly #compensationTasks: Children1<Child<Counter<"task_type">>>;
-  readonly #scheduleToStart: Children1<Child<Histogram<"task_type">>>;
-  readonly #handler: Children2<Child<Histogram<"task_type" | "outcome">>>;
+  readonly #attempts: Children1<CounterChild>;
+  readonly #failures: Children2<CounterChild>;
+  readonly #retries: Children1<CounterChild>;
+  readonly #compensations: Children1<CounterChild>;
+  readonly #compensationTasks: Children1<CounterChild>;
+  readonly #scheduleToStart: Children1<HistogramChild>;
+  readonly #handler: Children2<HistogramChild>;
   readonly #handlerHistogram: Histogram<"task_type" | "outcome">;
   readonly #batchRows: Histogram;
   readonly #commitSeconds: Histogram;
@@ -84,28 +88,34 @@ export class LifecycleMetrics {
   ) {
     const registers = [registry];
     this.#runsStarted = new Children1(
-      new Counter({
-        name: "nexusflow_runs_started_total",
-        help: "Runs started, by workflow name.",
-        labelNames: ["workflow"] as const,
-        registers,
-      }),
+      counterCells(
+        new Counter({
+          name: "nexusflow_runs_started_total",
+          help: "Runs started, by workflow name.",
+          labelNames: ["workflow"] as const,
+          registers,
+        }),
+      ),
     );
     this.#runsCompleted = new Children2(
-      new Counter({
-        name: "nexusflow_runs_completed_total",
-        help: "Runs that reached a final state, by workflow name and final status.",
-        labelNames: ["workflow", "status"] as const,
-        registers,
-      }),
+      counterCells(
+        new Counter({
+          name: "nexusflow_runs_completed_total",
+          help: "Runs that reached a final state, by workflow name and final status.",
+          labelNames: ["workflow", "status"] as const,
+          registers,
+        }),
+      ),
     );
     this.#runFailures = new Children2(
-      new Counter({
-        name: "nexusflow_run_failures_total",
-        help: "Runs that ended other than SUCCEEDED with an error, by workflow name and the error's type (the failing step's, RUN_TIMEOUT, CANCELLED...).",
-        labelNames: ["workflow", "error_type"] as const,
-        registers,
-      }),
+      counterCells(
+        new Counter({
+          name: "nexusflow_run_failures_total",
+          help: "Runs that ended other than SUCCEEDED with an error, by workflow name and the error's type (the failing step's, RUN_TIMEOUT, CANCELLED...).",
+          labelNames: ["workflow", "error_type"] as const,
+          registers,
+        }),
+      ),
     );
     this.#runDurationHistogram = new Histogram({
       name: "nexusflow_run_duration_seconds",
@@ -115,55 +125,67 @@ export class LifecycleMetrics {
       enableExemplars: true,
       registers,
     });
-    this.#runDuration = new Children2(this.#runDurationHistogram);
+    this.#runDuration = new Children2(histogramCells(this.#runDurationHistogram));
     this.#attempts = new Children1(
-      new Counter({
-        name: "nexusflow_task_attempts_total",
-        help: "Task attempts leased to an executor (steps and compensations), by task type.",
-        labelNames: ["task_type"] as const,
-        registers,
-      }),
+      counterCells(
+        new Counter({
+          name: "nexusflow_task_attempts_total",
+          help: "Task attempts leased to an executor (steps and compensations), by task type.",
+          labelNames: ["task_type"] as const,
+          registers,
+        }),
+      ),
     );
     this.#failures = new Children2(
-      new Counter({
-        name: "nexusflow_task_failures_total",
-        help: "Failed task attempts, by task type and error type (TIMEOUT, EXIT_CODE, a handler's own type...).",
-        labelNames: ["task_type", "error_type"] as const,
-        registers,
-      }),
+      counterCells(
+        new Counter({
+          name: "nexusflow_task_failures_total",
+          help: "Failed task attempts, by task type and error type (TIMEOUT, EXIT_CODE, a handler's own type...).",
+          labelNames: ["task_type", "error_type"] as const,
+          registers,
+        }),
+      ),
     );
     this.#retries = new Children1(
-      new Counter({
-        name: "nexusflow_task_retries_total",
-        help: "Retries scheduled after a failed attempt, by task type.",
-        labelNames: ["task_type"] as const,
-        registers,
-      }),
+      counterCells(
+        new Counter({
+          name: "nexusflow_task_retries_total",
+          help: "Retries scheduled after a failed attempt, by task type.",
+          labelNames: ["task_type"] as const,
+          registers,
+        }),
+      ),
     );
     this.#compensations = new Children1(
-      new Counter({
-        name: "nexusflow_run_compensations_total",
-        help: "Runs that began rolling back (saga compensation), by workflow name.",
-        labelNames: ["workflow"] as const,
-        registers,
-      }),
+      counterCells(
+        new Counter({
+          name: "nexusflow_run_compensations_total",
+          help: "Runs that began rolling back (saga compensation), by workflow name.",
+          labelNames: ["workflow"] as const,
+          registers,
+        }),
+      ),
     );
     this.#compensationTasks = new Children1(
-      new Counter({
-        name: "nexusflow_compensation_attempts_total",
-        help: "Compensation task attempts leased, by task type.",
-        labelNames: ["task_type"] as const,
-        registers,
-      }),
+      counterCells(
+        new Counter({
+          name: "nexusflow_compensation_attempts_total",
+          help: "Compensation task attempts leased, by task type.",
+          labelNames: ["task_type"] as const,
+          registers,
+        }),
+      ),
     );
     this.#scheduleToStart = new Children1(
-      new Histogram({
-        name: "nexusflow_task_schedule_to_start_seconds",
-        help: "Time from a task attempt becoming ready (dependencies done, or retry due) to its start on an executor, by task type.",
-        labelNames: ["task_type"] as const,
-        buckets: [...LATENCY_BUCKETS],
-        registers,
-      }),
+      histogramCells(
+        new Histogram({
+          name: "nexusflow_task_schedule_to_start_seconds",
+          help: "Time from a task attempt becoming ready (dependencies done, or retry due) to its start on an executor, by task type.",
+          labelNames: ["task_type"] as const,
+          buckets: [...LATENCY_BUCKETS],
+          registers,
+        }),
+      ),
     );
     this.#handlerHistogram = new Histogram({
       name: "nexusflow_task_handler_duration_seconds",
@@ -173,7 +195,7 @@ export class LifecycleMetrics {
       enableExemplars: true,
       registers,
     });
-    this.#handler = new Children2(this.#handlerHistogram);
+    this.#handler = new Children2(histogramCells(this.#handlerHistogram));
     this.#batchRows = new Histogram({
       name: "nexusflow_scheduler_commit_batch_rows",
       help: "Rows written per group commit (runs, tasks, attempts, outbox rows).",
@@ -292,7 +314,7 @@ export class LifecycleMetrics {
     attempt: number,
     kind: TaskKind,
   ): number | undefined {
-    const due = this.#retryDue.get(id);
+    const due = this.#retryDue.size === 0 ? undefined : this.#retryDue.get(id);
     if (due !== undefined) {
       this.#retryDue.delete(id);
       return due;
