@@ -5,12 +5,11 @@ import { TaskErrorType } from "@nexusflow/common/task-error-types";
 import { partitionOf } from "../cluster/partitioning.js";
 import type { CompiledWorkflow } from "../dag/index.js";
 import type { ParentLink, RunState } from "../model/run-state.js";
-import type { StoredTask } from "../persistence/engine-store.js";
 import { childEnded, childFoundEnded, childResolved, childRunId } from "./children.js";
 import { recover } from "./recovery.js";
 import { completed } from "./reports.js";
-import { advance, cancelRun, dropRefusedRun, startRun } from "./runs.js";
-import { Simulation, workflowOf } from "./simulation.js";
+import { cancelRun, dropRefusedRun, startRun } from "./runs.js";
+import { beginRun, settleRuns, storedOf, Simulation, workflowOf } from "./simulation.js";
 import { signalReceived } from "./waits.js";
 
 const parentFlow = (steps: unknown[]): CompiledWorkflow => workflowOf({ name: "parent", version: 1, steps });
@@ -23,22 +22,8 @@ const childFlow = workflowOf({
 });
 
 function begin(sim: Simulation, workflow: CompiledWorkflow, parent: ParentLink | null = null): RunState {
-  return startRun(
-    sim.core,
-    {
-      definitionId: 1,
-      workflow,
-      input: { n: 7 },
-      idempotencyKey: null,
-      requestHash: null,
-      labels: {},
-      parent,
-    },
-    sim.at().now,
-  );
+  return beginRun(sim, workflow, { n: 7 }, parent);
 }
-
-const settle = (sim: Simulation) => sim.settle((r) => advance(sim.core, r, sim.at().now));
 
 /** Does what the shell does for each child start asked for: resolves it to `childFlow`. */
 function startChildren(sim: Simulation): RunState[] {
@@ -79,7 +64,7 @@ void describe("child workflow steps (core)", () => {
     assert.equal(step.status, "SUCCEEDED");
     assert.deepEqual(step.output, { charged: 7 });
     assert.ok(sim.written.tasks.has(step) && sim.written.runs.has(child), "written in the same turn");
-    settle(sim);
+    settleRuns(sim);
     const after = run.tasks.get("after")!;
     assert.equal(after.status, "QUEUED");
     assert.deepEqual(after.input, { charged: 7 });
@@ -96,7 +81,7 @@ void describe("child workflow steps (core)", () => {
     assert.equal(step.error?.type, TaskErrorType.CHILD_FAILED);
     assert.match(step.error?.message ?? "", /ended FAILED: WAIT_TIMEOUT/);
     assert.deepEqual((step.error?.details as { childRunId: string }).childRunId, child!.id);
-    settle(sim);
+    settleRuns(sim);
     assert.equal(run.status, "FAILED");
     assert.equal(run.error?.type, TaskErrorType.CHILD_FAILED);
     assert.equal(sim.childStarts.length, 0, "no second child");
@@ -168,14 +153,14 @@ void describe("child workflow steps (core)", () => {
     const s = sim.session("s");
     const charge = sim.lease(s)!;
     assert.equal(completed(sim.core, s, sim.key(charge), { paid: 1 }, null, null, sim.at()), null);
-    settle(sim);
+    settleRuns(sim);
     assert.equal(child.tasks.get("w")!.status, "WAITING");
     cancelRun(sim.core, run, "operator", true, sim.at().now);
     assert.equal(child.status, "COMPENSATING", "the child rolls back its charge");
     const refund = sim.lease(s)!;
     assert.equal(refund.type, "refund");
     assert.equal(completed(sim.core, s, sim.key(refund), null, null, null, sim.at()), null);
-    settle(sim);
+    settleRuns(sim);
     assert.equal(child.status, "COMPENSATED");
     assert.equal(run.tasks.get("c")!.status, "CANCELLED", "the parent's step ended with the cancel");
   });
@@ -219,7 +204,7 @@ void describe("child workflow steps (core)", () => {
     assert.equal(step.status, "FAILED");
     assert.equal(step.error?.type, TaskErrorType.CHILD_FAILED);
     assert.match(step.error?.message ?? "", /STORAGE_REFUSED/);
-    settle(sim);
+    settleRuns(sim);
     assert.equal(run.status, "FAILED");
   });
 
@@ -246,26 +231,7 @@ void describe("child workflow steps (core)", () => {
     const sim = new Simulation();
     const workflow = parentFlow([{ id: "c", workflow: { name: "child" } }]);
     const before = begin(sim, workflow);
-    const stored = {
-      runs: [
-        {
-          id: before.id,
-          definitionId: 1,
-          workflowName: "parent",
-          status: before.status,
-          input: {},
-          idempotencyKey: null,
-          labels: {},
-          cancelRequested: false,
-          compensateOnCancel: false,
-          error: null,
-          lastEventSeq: before.eventSeq,
-          deadline: null,
-          createdAt: before.createdAt,
-        },
-      ],
-      tasks: [...before.tasks.values()].map((t): StoredTask => ({ ...t })),
-    };
+    const stored = storedOf(before);
     const after = new Simulation();
     const { runs } = recover(after.core, stored, new Map([[1, workflow]]), new Map(), after.at());
     const run = runs[0]!;

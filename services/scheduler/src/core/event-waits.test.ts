@@ -2,24 +2,14 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import type { CompiledWorkflow } from "../dag/index.js";
-import type { RunState } from "../model/run-state.js";
-import type { StoredTask } from "../persistence/engine-store.js";
 import { applyEvent, matchEvent, type StoredWaitEvent } from "./event-waits.js";
 import { explainPending, pendingReason } from "./explain.js";
 import { recover } from "./recovery.js";
-import { cancelRun, startRun } from "./runs.js";
-import { Simulation, workflowOf } from "./simulation.js";
+import { cancelRun } from "./runs.js";
+import { beginRun, storedOf, Simulation, workflowOf } from "./simulation.js";
 import { signalReceived } from "./waits.js";
 
 const flow = (steps: unknown[], name = "flow"): CompiledWorkflow => workflowOf({ name, version: 1, steps });
-
-function begin(sim: Simulation, workflow: CompiledWorkflow, input: unknown = {}): RunState {
-  return startRun(
-    sim.core,
-    { definitionId: 1, workflow, input, idempotencyKey: null, requestHash: null, labels: {} },
-    sim.at().now,
-  );
-}
 
 let seq = 0;
 /** An event as stored, published now. */
@@ -42,7 +32,7 @@ const paid = flow([
 void describe("waits for an event (core)", () => {
   it("the first matching event ends the wait with the event as its output", () => {
     const sim = new Simulation();
-    const run = begin(sim, paid, { orderId: "o-1" });
+    const run = beginRun(sim, paid, { orderId: "o-1" });
     const task = run.tasks.get("order")!;
     assert.equal(task.status, "WAITING");
     assert.equal(sim.offered.length, 0, "nothing for an executor");
@@ -75,7 +65,7 @@ void describe("waits for an event (core)", () => {
 
   it("an event published before the step waits does not satisfy it", () => {
     const sim = new Simulation();
-    const run = begin(
+    const run = beginRun(
       sim,
       flow([
         { id: "gate", wait: { signal: "go" } },
@@ -109,10 +99,10 @@ void describe("waits for an event (core)", () => {
       ],
       "up",
     );
-    const a = begin(sim, any);
-    const b = begin(sim, any);
-    const d = begin(sim, deep);
-    const u = begin(sim, up);
+    const a = beginRun(sim, any);
+    const b = beginRun(sim, any);
+    const d = beginRun(sim, deep);
+    const u = beginRun(sim, up);
     const first = publish(sim, "orders.paid", { amount: 5 });
     assert.deepEqual(
       first.matches.map((m) => m.runId).sort(),
@@ -133,7 +123,7 @@ void describe("waits for an event (core)", () => {
 
   it("a filter that fails on an event is no match, reported once per wait", () => {
     const sim = new Simulation();
-    const run = begin(sim, flow([{ id: "w", wait: { event: "x", filter: "event.payload.n > 1" } }]));
+    const run = beginRun(sim, flow([{ id: "w", wait: { event: "x", filter: "event.payload.n > 1" } }]));
     const first = publish(sim, "x", { other: 1 });
     assert.deepEqual(first.matches, []);
     assert.equal(first.failures.length, 1);
@@ -145,8 +135,8 @@ void describe("waits for an event (core)", () => {
 
   it("times out with WAIT_TIMEOUT; a cancelled run's wait leaves the index; a late match is moot", () => {
     const sim = new Simulation();
-    const timed = begin(sim, flow([{ id: "w", wait: { event: "late", timeout: "1m" } }]));
-    const cancelled = begin(sim, flow([{ id: "w", wait: { event: "late" } }]));
+    const timed = beginRun(sim, flow([{ id: "w", wait: { event: "late", timeout: "1m" } }]));
+    const cancelled = beginRun(sim, flow([{ id: "w", wait: { event: "late" } }]));
     assert.equal(sim.core.eventWaits?.size, 2);
     const gate = explainPending(timed, timed.tasks.get("w")!, undefined, sim.at().now);
     assert.match(pendingReason(gate), /^waiting for an event matching "late" until /);
@@ -168,28 +158,8 @@ void describe("waits for an event (core)", () => {
   it("recovery enters a stored WAITING wait in the index, and its timeout from the stored time", () => {
     const sim = new Simulation();
     const workflow = flow([{ id: "w", wait: { event: "orders.paid", timeout: "10m" } }]);
-    const before = begin(sim, workflow);
-    const rows = {
-      runs: [
-        {
-          id: before.id,
-          definitionId: 1,
-          workflowName: "flow",
-          status: before.status,
-          input: {},
-          idempotencyKey: null,
-          labels: {},
-          cancelRequested: false,
-          compensateOnCancel: false,
-          error: null,
-          lastEventSeq: before.eventSeq,
-          deadline: null,
-          createdAt: before.createdAt,
-          signals: [],
-        },
-      ],
-      tasks: [...before.tasks.values()].map((t): StoredTask => ({ ...t })),
-    };
+    const before = beginRun(sim, workflow);
+    const rows = storedOf(before);
     const after = new Simulation();
     after.clock = sim.clock + 4 * 60_000;
     const { runs } = recover(after.core, rows, new Map([[1, workflow]]), new Map(), after.at());

@@ -2,15 +2,13 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { TaskErrorType } from "@nexusflow/common/task-error-types";
-import type { CompiledWorkflow } from "../dag/index.js";
 import type { RunState, TaskState } from "../model/run-state.js";
-import type { StoredTask } from "../persistence/engine-store.js";
 import { explainPending, pendingReason } from "./explain.js";
 import { mapElements, mapProgress } from "./maps.js";
 import { recover } from "./recovery.js";
 import { completed, failed, outputResolved } from "./reports.js";
-import { advance, cancelRun, startRun } from "./runs.js";
-import { Simulation, workflowOf } from "./simulation.js";
+import { advance, cancelRun } from "./runs.js";
+import { beginRun, settleRuns, storedOf, Simulation, workflowOf } from "./simulation.js";
 
 function fanFlow(map: Record<string, unknown>, retry: Record<string, unknown> = { maxAttempts: 1 }) {
   return workflowOf({
@@ -32,15 +30,6 @@ function fanFlow(map: Record<string, unknown>, retry: Record<string, unknown> = 
   });
 }
 
-function begin(sim: Simulation, workflow: CompiledWorkflow, input: unknown = {}): RunState {
-  return startRun(
-    sim.core,
-    { definitionId: 1, workflow, input, idempotencyKey: null, requestHash: null, labels: {} },
-    sim.at().now,
-  );
-}
-
-const settle = (sim: Simulation) => sim.settle((r) => advance(sim.core, r, sim.at().now));
 const unfinished = (run: RunState) => mapElements(run, true).length;
 
 /** Leases the split task and completes it with `items`. */
@@ -48,9 +37,9 @@ function split(sim: Simulation, s: ReturnType<Simulation["session"]>, items: unk
   const t = sim.lease(s)!;
   assert.equal(t.stepId, "split");
   assert.equal(completed(sim.core, s, sim.key(t), items, null, null, sim.at()), null);
-  settle(sim);
+  settleRuns(sim);
   // A map ending as it starts (no items) asks for another evaluation, as the engine does soon after.
-  settle(sim);
+  settleRuns(sim);
 }
 
 /** Leases the next offered task if it is a map element (another task stays offered). */
@@ -87,7 +76,7 @@ function drain(
       );
     else completed(sim.core, s, sim.key(t), input.x * 2, null, null, sim.at());
     done++;
-    settle(sim);
+    settleRuns(sim);
   }
   return done;
 }
@@ -96,7 +85,7 @@ void describe("map steps (core)", () => {
   it("1 -> 1000 -> 1 with parallelism 50: never more than 50 unfinished, outputs in order, linear work", () => {
     const sim = new Simulation();
     const s = sim.session("s");
-    const run = begin(sim, fanFlow({ parallelism: 50 }));
+    const run = beginRun(sim, fanFlow({ parallelism: 50 }));
     const items = Array.from({ length: 1000 }, (_, i) => i);
     split(sim, s, items);
     const each = run.tasks.get("each")!;
@@ -124,14 +113,14 @@ void describe("map steps (core)", () => {
     // Each element is touched a bounded number of times (made, ended, collected): no scan per end.
     assert.ok(run.maps!.get("each")!.work <= 3 * 1000, `work ${run.maps!.get("each")!.work}`);
     completed(sim.core, s, sim.key(join), "joined", null, null, sim.at());
-    settle(sim);
+    settleRuns(sim);
     assert.equal(run.status, "SUCCEEDED");
   });
 
   it("runs why for a map step: its elements by state, and its reason in one line", () => {
     const sim = new Simulation();
     const s = sim.session("s");
-    const run = begin(
+    const run = beginRun(
       sim,
       fanFlow({ parallelism: 3 }, { maxAttempts: 2, initialInterval: "1s", jitter: "none" }),
     );
@@ -140,7 +129,7 @@ void describe("map steps (core)", () => {
     const second = sim.lease(s)!;
     completed(sim.core, s, sim.key(first), 0, null, null, sim.at());
     failed(sim.core, s, sim.key(second), { type: "BOOM", message: "b", retryable: true }, 0, null, sim.at());
-    settle(sim);
+    settleRuns(sim);
     const gates = explainPending(run, run.tasks.get("each")!);
     assert.deepEqual(gates, [
       {
@@ -178,7 +167,7 @@ void describe("map steps (core)", () => {
   it("10,000 elements cost O(n) bookkeeping, not O(n²)", () => {
     const sim = new Simulation();
     const s = sim.session("s");
-    const run = begin(sim, fanFlow({ parallelism: 100 }));
+    const run = beginRun(sim, fanFlow({ parallelism: 100 }));
     split(
       sim,
       s,
@@ -192,20 +181,20 @@ void describe("map steps (core)", () => {
   it("an offloaded element output counts once read back; the step's output holds the value read", () => {
     const sim = new Simulation();
     const s = sim.session("s");
-    const run = begin(sim, fanFlow({ parallelism: 2 }));
+    const run = beginRun(sim, fanFlow({ parallelism: 2 }));
     split(sim, s, [0, 1]);
     const a = sim.lease(s)!;
     const b = sim.lease(s)!;
     completed(sim.core, s, sim.key(a), 0, null, null, sim.at());
     const ref = { bucket: "outputs", key: "b" };
     completed(sim.core, s, sim.key(b), null, ref, null, sim.at());
-    settle(sim);
+    settleRuns(sim);
     const each = run.tasks.get("each")!;
     // The simulation's read sets resolvedOutput to the ref; the engine then calls outputResolved.
     b.resolvedOutput = undefined;
     assert.equal(each.status, "WAITING", "waits for the offloaded output");
     outputResolved(sim.core, b, { big: true }, sim.at().now);
-    settle(sim);
+    settleRuns(sim);
     assert.equal(each.status, "SUCCEEDED");
     assert.deepEqual(each.output, [0, { big: true }]);
   });
@@ -213,7 +202,7 @@ void describe("map steps (core)", () => {
   it("an empty array succeeds at once with []", () => {
     const sim = new Simulation();
     const s = sim.session("s");
-    const run = begin(sim, fanFlow({}));
+    const run = beginRun(sim, fanFlow({}));
     split(sim, s, []);
     assert.equal(run.tasks.get("each")!.status, "SUCCEEDED");
     assert.deepEqual(run.tasks.get("each")!.output, []);
@@ -223,7 +212,7 @@ void describe("map steps (core)", () => {
   it("fail-fast: an element failing for good (after its retries) fails the step and cancels the others", () => {
     const sim = new Simulation();
     const s = sim.session("s");
-    const run = begin(
+    const run = beginRun(
       sim,
       fanFlow({ parallelism: 4 }, { maxAttempts: 2, initialInterval: "1s", jitter: "none" }),
     );
@@ -249,7 +238,7 @@ void describe("map steps (core)", () => {
     assert.equal(three.elementIndex, 3);
     assert.equal(sim.lease(s), bad);
     fail();
-    settle(sim);
+    settleRuns(sim);
     const each = run.tasks.get("each")!;
     assert.equal(each.status, "FAILED");
     assert.equal(each.error?.type, TaskErrorType.MAP_ELEMENT_FAILED);
@@ -269,7 +258,7 @@ void describe("map steps (core)", () => {
   it("collect: every element runs, then the step fails listing the failures", () => {
     const sim = new Simulation();
     const s = sim.session("s");
-    const run = begin(sim, fanFlow({ parallelism: 3, failure: "collect" }));
+    const run = beginRun(sim, fanFlow({ parallelism: 3, failure: "collect" }));
     split(sim, s, [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]);
     assert.equal(
       drain(sim, run, s, 3, (t) => t.elementIndex === 2 || t.elementIndex === 7),
@@ -299,7 +288,7 @@ void describe("map steps (core)", () => {
   it("a cancelled run cancels its unfinished elements and makes no more", () => {
     const sim = new Simulation();
     const s = sim.session("s");
-    const run = begin(sim, fanFlow({ parallelism: 5 }));
+    const run = beginRun(sim, fanFlow({ parallelism: 5 }));
     split(
       sim,
       s,
@@ -318,7 +307,7 @@ void describe("map steps (core)", () => {
     const sim = new Simulation();
     const s = sim.session("s");
     const workflow = fanFlow({ parallelism: 4 }, { maxAttempts: 3, initialInterval: "1s", jitter: "none" });
-    const before = begin(sim, workflow);
+    const before = beginRun(sim, workflow);
     split(
       sim,
       s,
@@ -332,26 +321,7 @@ void describe("map steps (core)", () => {
     const held = sim.lease(s)!;
     assert.ok(held.elementIndex !== undefined);
     const rows = [...sim.written.tasks].filter((t) => t.runId === before.id);
-    const stored = {
-      runs: [
-        {
-          id: before.id,
-          definitionId: 1,
-          workflowName: "fan",
-          status: before.status,
-          input: {},
-          idempotencyKey: null,
-          labels: {},
-          cancelRequested: false,
-          compensateOnCancel: false,
-          error: null,
-          lastEventSeq: before.eventSeq,
-          deadline: null,
-          createdAt: before.createdAt,
-        },
-      ],
-      tasks: rows.map((t): StoredTask => ({ ...t, current: t.current === null ? null : { ...t.current } })),
-    };
+    const stored = storedOf(before, rows);
     const doneBefore = new Set(
       rows.filter((t) => t.status === "SUCCEEDED" && t.elementIndex !== undefined).map((t) => t.elementIndex),
     );

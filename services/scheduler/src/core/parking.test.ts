@@ -2,57 +2,20 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { keyMatches, type CompiledWorkflow } from "../dag/index.js";
-import type { RunState } from "../model/run-state.js";
-import type { StoredTask } from "../persistence/engine-store.js";
 import { childResolved } from "./children.js";
 import { keyPatternRegex, parkable, parkRun, waitingChildren } from "./parking.js";
 import { recover } from "./recovery.js";
-import { advance, cancelRun, startRun } from "./runs.js";
-import { Simulation, workflowOf } from "./simulation.js";
+import { cancelRun, startRun } from "./runs.js";
+import { beginRun, settleRuns, Simulation, storedOf, workflowOf } from "./simulation.js";
 import { signalReceived } from "./waits.js";
 
 const flow = (steps: unknown[], extra: Record<string, unknown> = {}): CompiledWorkflow =>
   workflowOf({ name: "flow", version: 1, steps, ...extra });
 
-function begin(sim: Simulation, workflow: CompiledWorkflow, input: unknown = {}): RunState {
-  return startRun(
-    sim.core,
-    { definitionId: 1, workflow, input, idempotencyKey: null, requestHash: null, labels: {} },
-    sim.at().now,
-  );
-}
-
-const settle = (sim: Simulation) => sim.settle((r) => advance(sim.core, r, sim.at().now));
-
-/** The run's rows as recovery reads them. */
-function storedOf(run: RunState) {
-  return {
-    runs: [
-      {
-        id: run.id,
-        definitionId: 1,
-        workflowName: "flow",
-        status: run.status,
-        input: run.input,
-        idempotencyKey: null,
-        labels: {},
-        cancelRequested: run.cancelRequested,
-        compensateOnCancel: run.compensateOnCancel,
-        error: null,
-        lastEventSeq: run.eventSeq,
-        deadline: run.deadline,
-        createdAt: run.createdAt,
-        signals: run.signals,
-      },
-    ],
-    tasks: [...run.tasks.values()].map((t): StoredTask => ({ ...t })),
-  };
-}
-
 void describe("parking (core)", () => {
   it("parks a run whose every unfinished task waits on a signal, an event, a sleep or a child", () => {
     const sim = new Simulation();
-    const run = begin(
+    const run = beginRun(
       sim,
       flow([
         { id: "w", wait: { signal: "go", timeout: "1h" } },
@@ -62,11 +25,11 @@ void describe("parking (core)", () => {
         { id: "after", type: "t", dependsOn: ["w"] },
       ]),
     );
-    settle(sim);
+    settleRuns(sim);
     assert.equal(parkable(sim.core, run), false, "its child is being started (the shell's read)");
     const child = flow([{ id: "w", wait: { signal: "go" } }]);
     childResolved(sim.core, run.id, "c", { definitionId: 1, workflow: child, input: {} }, sim.at().now);
-    settle(sim);
+    settleRuns(sim);
     assert.ok(parkable(sim.core, run));
     const entry = parkRun(sim.core, run);
     assert.equal(sim.core.runs.has(run.id), false);
@@ -87,18 +50,18 @@ void describe("parking (core)", () => {
 
   it("keeps a run with a task queued, or cancelled, or that is a child run", () => {
     const sim = new Simulation();
-    const queued = begin(
+    const queued = beginRun(
       sim,
       flow([
         { id: "w", wait: { signal: "go" } },
         { id: "t", type: "t" },
       ]),
     );
-    settle(sim);
+    settleRuns(sim);
     assert.equal(queued.tasks.get("t")?.status, "QUEUED");
     assert.equal(parkable(sim.core, queued), false);
-    const waiting = begin(sim, flow([{ id: "w", wait: { signal: "go" } }]));
-    settle(sim);
+    const waiting = beginRun(sim, flow([{ id: "w", wait: { signal: "go" } }]));
+    settleRuns(sim);
     assert.ok(parkable(sim.core, waiting));
     cancelRun(sim.core, waiting, "no", false, sim.at().now);
     assert.equal(parkable(sim.core, waiting), false);
@@ -116,7 +79,7 @@ void describe("parking (core)", () => {
       },
       sim.at().now,
     );
-    settle(sim);
+    settleRuns(sim);
     assert.equal(child.tasks.get("w")?.status, "WAITING");
     assert.equal(parkable(sim.core, child), false, "a child run stays while its parent is in memory");
     sim.core.runs.delete(queued.id);
@@ -126,8 +89,8 @@ void describe("parking (core)", () => {
   it("a parked run recovered from its rows takes a signal as it would have in memory", () => {
     const sim = new Simulation();
     const workflow = flow([{ id: "w", wait: { signal: "go" } }]);
-    const run = begin(sim, workflow);
-    settle(sim);
+    const run = beginRun(sim, workflow);
+    settleRuns(sim);
     const entry = parkRun(sim.core, run);
     assert.equal(entry.wakeAt, null, "no timeout: nothing wakes it but a signal");
     const { runs } = recover(sim.core, storedOf(run), new Map([[1, workflow]]), new Map(), sim.at());

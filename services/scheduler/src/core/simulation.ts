@@ -6,11 +6,18 @@
 import { create } from "@bufbuild/protobuf";
 import { LeaseKeySchema, type LeaseKey } from "@nexusflow/gen";
 import { compileWorkflow, type CompiledWorkflow } from "../dag/index.js";
-import { storedStepId, type AttemptState, type RunState, type TaskState } from "../model/run-state.js";
+import {
+  storedStepId,
+  type AttemptState,
+  type ParentLink,
+  type RunState,
+  type TaskState,
+} from "../model/run-state.js";
+import type { StoredActiveState, StoredTask } from "../persistence/engine-store.js";
 import type { Core, Effects, EventInit, Moment, SessionLeases, Timer } from "./context.js";
 import { leaseKey } from "./fencing.js";
 import { grantLease } from "./leasing.js";
-import { forgetRun } from "./runs.js";
+import { advance, forgetRun, startRun } from "./runs.js";
 import { timerFired } from "./timeouts.js";
 
 /** Compiles a workflow spec or throws. */
@@ -18,6 +25,54 @@ export function workflowOf(spec: unknown): CompiledWorkflow {
   const r = compileWorkflow(spec);
   if (!r.ok) throw new Error(r.errors.map((e) => `${e.path}: ${e.message}`).join("; "));
   return r.workflow;
+}
+
+/** Starts a run of `workflow` (definition 1, no key, no labels) at the simulation's now. */
+export function beginRun(
+  sim: Simulation,
+  workflow: CompiledWorkflow,
+  input: unknown = {},
+  parent: ParentLink | null = null,
+): RunState {
+  return startRun(
+    sim.core,
+    { definitionId: 1, workflow, input, idempotencyKey: null, requestHash: null, labels: {}, parent },
+    sim.at().now,
+  );
+}
+
+/** Advances every run the last steps touched until none moves (Simulation.settle with core advance). */
+export function settleRuns(sim: Simulation): void {
+  sim.settle((r) => advance(sim.core, r, sim.at().now));
+}
+
+/** `run`'s rows as recovery reads them (`tasks`: its task rows, by default those in memory). */
+export function storedOf(run: RunState, tasks: Iterable<TaskState> = run.tasks.values()): StoredActiveState {
+  return {
+    runs: [
+      {
+        id: run.id,
+        definitionId: run.definitionId,
+        workflowName: run.workflow.name,
+        status: run.status,
+        input: run.input,
+        idempotencyKey: run.idempotencyKey,
+        labels: run.labels,
+        cancelRequested: run.cancelRequested,
+        compensateOnCancel: run.compensateOnCancel,
+        error: run.error,
+        lastEventSeq: run.eventSeq,
+        deadline: run.deadline,
+        createdAt: run.createdAt,
+        signals: run.signals,
+        parent: run.parent,
+      },
+    ],
+    tasks: [...tasks].map((t): StoredTask => ({
+      ...t,
+      current: t.current === null ? null : { ...t.current },
+    })),
+  };
 }
 
 /** An event as recorded. */

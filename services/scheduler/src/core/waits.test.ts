@@ -2,30 +2,19 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import type { CompiledWorkflow } from "../dag/index.js";
-import type { RunState } from "../model/run-state.js";
-import type { StoredTask } from "../persistence/engine-store.js";
 import { recover } from "./recovery.js";
-import { advance, cancelRun, startRun } from "./runs.js";
-import { Simulation, workflowOf } from "./simulation.js";
+import { cancelRun } from "./runs.js";
+import { beginRun, settleRuns, storedOf, Simulation, workflowOf } from "./simulation.js";
 import { MAX_KEPT_SIGNAL_BYTES, MAX_TIMER_MS, signalReceived } from "./waits.js";
 
 const flow = (steps: unknown[]): CompiledWorkflow => workflowOf({ name: "flow", version: 1, steps });
 
-function begin(sim: Simulation, workflow: CompiledWorkflow, input: unknown = {}): RunState {
-  return startRun(
-    sim.core,
-    { definitionId: 1, workflow, input, idempotencyKey: null, requestHash: null, labels: {} },
-    sim.at().now,
-  );
-}
-
-const settle = (sim: Simulation) => sim.settle((r) => advance(sim.core, r, sim.at().now));
 const signal = (name: string, payload: unknown = null, key: string | null = null) => ({ name, payload, key });
 
 void describe("durable waits (core)", () => {
   it("a signal completes the waiting step in the same commit; no executor is offered anything", () => {
     const sim = new Simulation();
-    const run = begin(sim, flow([{ id: "w", wait: { signal: "go" } }]));
+    const run = beginRun(sim, flow([{ id: "w", wait: { signal: "go" } }]));
     const task = run.tasks.get("w")!;
     assert.equal(task.status, "WAITING");
     assert.equal(sim.offered.length, 0, "nothing for an executor");
@@ -51,7 +40,7 @@ void describe("durable waits (core)", () => {
 
   it("a signal sent early is kept, and taken when its step starts waiting; a key is stored once", () => {
     const sim = new Simulation();
-    const run = begin(
+    const run = beginRun(
       sim,
       flow([
         { id: "a", wait: { signal: "first" } },
@@ -69,7 +58,7 @@ void describe("durable waits (core)", () => {
     assert.equal(run.signals.length, 1);
     assert.equal(run.tasks.get("b")!.status, "PENDING");
     signalReceived(sim.core, run, signal("first"), sim.at().now);
-    settle(sim);
+    settleRuns(sim);
     assert.equal(run.tasks.get("b")!.status, "SUCCEEDED");
     assert.equal(run.tasks.get("b")!.output, 2);
     assert.equal(run.status, "SUCCEEDED");
@@ -83,7 +72,7 @@ void describe("durable waits (core)", () => {
 
   it("a wait times out with WAIT_TIMEOUT, not retried; a cancelled run's timer changes nothing", () => {
     const sim = new Simulation();
-    const run = begin(sim, flow([{ id: "w", wait: { signal: "go", timeout: "1m" } }]));
+    const run = beginRun(sim, flow([{ id: "w", wait: { signal: "go", timeout: "1m" } }]));
     sim.advanceTime(59_999);
     assert.equal(run.tasks.get("w")!.status, "WAITING");
     sim.advanceTime(1);
@@ -93,7 +82,7 @@ void describe("durable waits (core)", () => {
     assert.equal(task.attempt, 0);
     assert.equal(run.status, "FAILED");
 
-    const other = begin(sim, flow([{ id: "w", wait: { signal: "go", timeout: "1m" } }]));
+    const other = beginRun(sim, flow([{ id: "w", wait: { signal: "go", timeout: "1m" } }]));
     cancelRun(sim.core, other, "no", false, sim.at().now);
     sim.advanceTime(60_000);
     assert.equal(other.tasks.get("w")!.status, "CANCELLED");
@@ -103,7 +92,7 @@ void describe("durable waits (core)", () => {
   it("a sleep wakes at its time, in steps when it is further than a timer reaches", () => {
     const sim = new Simulation();
     const at = new Date(sim.clock + 40 * 86_400_000).toISOString();
-    const run = begin(sim, flow([{ id: "s", sleep: { until: "{{ input.at }}" } }]), { at });
+    const run = beginRun(sim, flow([{ id: "s", sleep: { until: "{{ input.at }}" } }]), { at });
     const task = run.tasks.get("s")!;
     assert.equal(sim.timers[0]!.due - sim.clock, MAX_TIMER_MS, "one timer's reach at a time");
     sim.advanceTime(MAX_TIMER_MS);
@@ -112,15 +101,15 @@ void describe("durable waits (core)", () => {
     assert.equal(task.status, "SUCCEEDED");
     assert.deepEqual(task.output, { until: at });
 
-    const bad = begin(sim, flow([{ id: "s", sleep: { until: "{{ input.at }}" } }]), { at: 12 });
-    settle(sim);
+    const bad = beginRun(sim, flow([{ id: "s", sleep: { until: "{{ input.at }}" } }]), { at: 12 });
+    settleRuns(sim);
     assert.equal(bad.tasks.get("s")!.error?.type, "INVALID_SLEEP_UNTIL");
     assert.equal(bad.status, "FAILED");
   });
 
   it("refuses what a run cannot keep", () => {
     const sim = new Simulation();
-    const run = begin(sim, flow([{ id: "w", wait: { signal: "go" } }]));
+    const run = beginRun(sim, flow([{ id: "w", wait: { signal: "go" } }]));
     const big = "x".repeat(MAX_KEPT_SIGNAL_BYTES / 2);
     assert.equal("code" in signalReceived(sim.core, run, signal("other", big), sim.at().now), false);
     const full = signalReceived(sim.core, run, signal("other", big), sim.at().now);
@@ -138,28 +127,8 @@ void describe("durable waits (core)", () => {
       { id: "w", wait: { signal: "go", timeout: "10m" } },
       { id: "s", sleep: { for: "5m" } },
     ]);
-    const before = begin(sim, workflow);
-    const stored = {
-      runs: [
-        {
-          id: before.id,
-          definitionId: 1,
-          workflowName: "flow",
-          status: before.status,
-          input: {},
-          idempotencyKey: null,
-          labels: {},
-          cancelRequested: false,
-          compensateOnCancel: false,
-          error: null,
-          lastEventSeq: before.eventSeq,
-          deadline: null,
-          createdAt: before.createdAt,
-          signals: [],
-        },
-      ],
-      tasks: [...before.tasks.values()].map((t): StoredTask => ({ ...t })),
-    };
+    const before = beginRun(sim, workflow);
+    const stored = storedOf(before);
     // Four minutes later, a new scheduler.
     const after = new Simulation();
     after.clock = sim.clock + 4 * 60_000;
