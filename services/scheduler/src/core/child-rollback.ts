@@ -23,7 +23,6 @@
  *   ended how, `{"children": {"COMPENSATED": 3, "SUCCEEDED": 1}}`), else it FAILS with
  *   CHILD_FAILED (a child no longer stored fails it too), and the run ends COMPENSATION_FAILED.
  */
-import { jsonToValue } from "@nexusflow/common";
 import { TaskErrorType } from "@nexusflow/common/task-error-types";
 import { TaskKind } from "@nexusflow/gen";
 import type { CompiledWorkflow } from "../dag/index.js";
@@ -44,7 +43,7 @@ import type { Core } from "./context.js";
 import { rebuildMaps } from "./maps.js";
 import { storedRunState } from "./recovery.js";
 import { forgetRun } from "./runs.js";
-import { endTask, failTerminally, waitTask } from "./transitions.js";
+import { failTerminally, succeedTask, waitTask } from "./transitions.js";
 
 /** Most failures listed in a failed rollback's details. */
 const MAX_LISTED_FAILURES = 100;
@@ -208,17 +207,7 @@ function settle(core: Core, run: RunState, rollback: ChildRollback, now: Date): 
   task.output = { children: { ...rollback.ended } };
   const first = rollback.failed[0];
   if (first === undefined) {
-    endTask(core, task, "SUCCEEDED", now);
-    core.fx.event(run, {
-      case: "taskSucceeded",
-      value: {
-        taskRunId: task.id,
-        stepId: task.stepId,
-        attempt: task.attempt,
-        output: jsonToValue(task.output),
-        kind: TaskKind.COMPENSATION,
-      },
-    });
+    succeedTask(core, run, task, task.output, now);
   } else {
     const how =
       first.status === null

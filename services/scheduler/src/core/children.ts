@@ -27,7 +27,6 @@
  * child's steps).
  */
 import { createHash } from "node:crypto";
-import { jsonToValue } from "@nexusflow/common";
 import { TaskErrorType } from "@nexusflow/common/task-error-types";
 import { MAX_CHILD_DEPTH, type CompiledChild, type CompiledWorkflow } from "../dag/index.js";
 import { TaskKind } from "@nexusflow/gen";
@@ -43,7 +42,7 @@ import {
 import { childRolledBack } from "./child-rollback.js";
 import type { Core } from "./context.js";
 import { advance, cancelRun, startRun } from "./runs.js";
-import { endTask, failTerminally, taskKind, waitTask } from "./transitions.js";
+import { failTerminally, succeedTask, waitTask } from "./transitions.js";
 
 /**
  * The id of the child run that `stepId` of run `parentRunId` starts (a map element's: its stored
@@ -141,18 +140,7 @@ function endChildStep(
   now: Date,
 ): void {
   if (end.status === "SUCCEEDED") {
-    task.output = end.output ?? null;
-    endTask(core, task, "SUCCEEDED", now);
-    core.fx.event(run, {
-      case: "taskSucceeded",
-      value: {
-        taskRunId: task.id,
-        stepId: task.stepId,
-        attempt: task.attempt,
-        output: jsonToValue(end.output ?? null),
-        kind: taskKind(task),
-      },
-    });
+    succeedTask(core, run, task, end.output, now);
     return;
   }
   const cause = end.error === null ? "" : `: ${end.error.type}: ${end.error.message}`;

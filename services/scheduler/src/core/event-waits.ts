@@ -23,8 +23,7 @@ import type { RunState, TaskState } from "../model/run-state.js";
 import { runScope } from "./concurrency.js";
 import type { Core } from "./context.js";
 import { advance } from "./runs.js";
-import { stepState } from "./transitions.js";
-import { succeedDurable } from "./waits.js";
+import { stepState, succeedTask } from "./transitions.js";
 
 /** An event as a wait sees it: its key and payload. */
 export interface WaitEvent {
@@ -129,7 +128,7 @@ export function applyEvent(
     if (task === undefined) return "unknown";
     const active = activeWait(core, task);
     if (active === undefined) return "ended";
-    succeedDurable(core, active.run, task, waitOutput(event), now);
+    succeedTask(core, active.run, task, waitOutput(event), now);
     advanced.add(active.run);
     return "applied";
   });

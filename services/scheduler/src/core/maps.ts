@@ -20,7 +20,6 @@
  * rollback of the run reaches their children.
  */
 import { TaskErrorType } from "@nexusflow/common/task-error-types";
-import { jsonToValue } from "@nexusflow/common";
 import { TaskKind } from "@nexusflow/gen";
 import { isDagError, renderElementInput, type CompiledStep } from "../dag/index.js";
 import {
@@ -40,7 +39,7 @@ import {
   finishAttempt,
   queueTask,
   stepStates,
-  taskKind,
+  succeedTask,
   waitTask,
 } from "./transitions.js";
 
@@ -148,18 +147,7 @@ function settle(core: Core, run: RunState, map: MapState, now: Date): void {
   if (map.failed === 0) {
     const output = map.elements.map((e) => (e.outputRef !== null ? e.resolvedOutput : e.output) ?? null);
     map.work += map.elements.length;
-    task.output = output;
-    endTask(core, task, "SUCCEEDED", now);
-    core.fx.event(run, {
-      case: "taskSucceeded",
-      value: {
-        taskRunId: task.id,
-        stepId: task.stepId,
-        attempt: task.attempt,
-        output: jsonToValue(output),
-        kind: taskKind(task),
-      },
-    });
+    succeedTask(core, run, task, output, now);
   } else {
     const failed: { index: number; error: ErrorInfo | null }[] = [];
     for (const e of map.elements) {

@@ -105,6 +105,25 @@ export function endTask(core: Core, task: TaskState, status: TaskStatusName, now
   if (task.elementIndex !== undefined) mapElementEnded(core, task, now);
 }
 
+/**
+ * Ends a task SUCCEEDED with `output` (held in its row, not offloaded) and emits its taskSucceeded
+ * event: a wait, sleep, child workflow or map step, or a child rollback's compensation.
+ */
+export function succeedTask(core: Core, run: RunState, task: TaskState, output: unknown, now: Date): void {
+  task.output = output ?? null;
+  endTask(core, task, "SUCCEEDED", now);
+  core.fx.event(run, {
+    case: "taskSucceeded",
+    value: {
+      taskRunId: task.id,
+      stepId: task.stepId,
+      attempt: task.attempt,
+      output: jsonToValue(output ?? null),
+      kind: taskKind(task),
+    },
+  });
+}
+
 /** What a waiting task waits for, as its taskWaiting event says (signal "" unless named). */
 export type WaitingOn = Pick<
   Extract<EventInit, { case: "taskWaiting" }>["value"],

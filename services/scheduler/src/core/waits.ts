@@ -12,7 +12,6 @@
  * applied twice (it names the step that consumed it, in the same commit as that step's end); a
  * signal whose idempotency key the run already has is not stored again.
  */
-import { jsonToValue } from "@nexusflow/common";
 import { TaskErrorType } from "@nexusflow/common/task-error-types";
 import { TaskKind } from "@nexusflow/gen";
 import { untilTime, type CompiledDurable } from "../dag/index.js";
@@ -25,7 +24,7 @@ import {
 import type { Core, Rejection } from "./context.js";
 import { eventWaitsOf } from "./event-wait-index.js";
 import { advance } from "./runs.js";
-import { endTask, failTerminally, taskKind, waitTask } from "./transitions.js";
+import { failTerminally, succeedTask, waitTask } from "./transitions.js";
 
 /** Longest delay a Node.js timer takes (about 24.8 days); a later time is reached in steps. */
 export const MAX_TIMER_MS = 2_147_483_647;
@@ -67,22 +66,6 @@ export function armDurable(core: Core, task: TaskState, nowMs: number): void {
   core.fx.setTimer({ kind: "durable", task }, Math.min(MAX_TIMER_MS, delay));
 }
 
-/** Ends a wait or sleep task SUCCEEDED with `output`. */
-export function succeedDurable(core: Core, run: RunState, task: TaskState, output: unknown, now: Date): void {
-  task.output = output ?? null;
-  endTask(core, task, "SUCCEEDED", now);
-  core.fx.event(run, {
-    case: "taskSucceeded",
-    value: {
-      taskRunId: task.id,
-      stepId: task.stepId,
-      attempt: task.attempt,
-      output: jsonToValue(output ?? null),
-      kind: taskKind(task),
-    },
-  });
-}
-
 /**
  * A wait or sleep step became ready (runs.ts advance): it takes a signal the run already holds,
  * or goes WAITING with its timer. Its end (taken at once, or a bad `until`) is evaluated soon.
@@ -104,7 +87,7 @@ export function startWaiting(
       held.stepId = task.stepId;
       held.payload = null;
       core.fx.writeRun(run);
-      succeedDurable(core, run, task, payload, now);
+      succeedTask(core, run, task, payload, now);
       core.fx.advanceSoon(run);
       return;
     }
@@ -151,7 +134,7 @@ export function durableDue(core: Core, task: TaskState, now: Date): void {
   const durable = run?.workflow.stepsById.get(task.stepId)?.durable;
   if (run === undefined || durable == null) return;
   if (durable.kind === "sleep") {
-    succeedDurable(core, run, task, { until: task.nextAttemptAt.toISOString() }, now);
+    succeedTask(core, run, task, { until: task.nextAttemptAt.toISOString() }, now);
   } else {
     failTerminally(
       core,
@@ -235,7 +218,7 @@ export function signalReceived(
     value: { name: input.name, idempotencyKey: input.key ?? "", stepId: signal.stepId ?? "" },
   });
   if (waiting !== undefined) {
-    succeedDurable(core, run, waiting, payload, now);
+    succeedTask(core, run, waiting, payload, now);
     advance(core, run, now);
   }
   core.fx.commit();
