@@ -7,6 +7,7 @@
  * the scheduler's stop).
  */
 import type { Logger } from "@nexusflow/common";
+import { endedWithin } from "./grace.js";
 
 /** Options of {@link PassLoop}. */
 export interface PassLoopOptions {
@@ -73,11 +74,7 @@ export class PassLoop {
     if (state.kind === "STOPPING") return state.done;
     state.controller.abort();
     this.stateValue = { kind: "STOPPING", done: state.done };
-    let timer: NodeJS.Timeout | undefined;
-    const late = new Promise<"late">((resolve) => (timer = setTimeout(() => resolve("late"), graceMs)));
-    const outcome = await Promise.race([state.done, late]);
-    clearTimeout(timer);
-    if (outcome === "late")
+    if (!(await endedWithin(state.done, graceMs)))
       this.options.log.warn({ grace_ms: graceMs }, `${this.options.name} stopped mid-pass`);
     this.stateValue = { kind: "STOPPED" };
   }

@@ -23,6 +23,7 @@
  */
 import type * as KafkaJs from "kafkajs";
 import type { Consumer, EachBatchPayload } from "kafkajs";
+import { endedWithin } from "../background/grace.js";
 import { kafkaClient } from "../events/kafka-client.js";
 import type { Logger } from "@nexusflow/common";
 import type { EventRow } from "./event-store.js";
@@ -228,11 +229,7 @@ export class KafkaEventSource {
     if (state.kind === "STOPPING") return state.done;
     state.controller.abort();
     const done = (async () => {
-      let timer: NodeJS.Timeout | undefined;
-      const late = new Promise<"late">((resolve) => (timer = setTimeout(() => resolve("late"), graceMs)));
-      const outcome = await Promise.race([state.done.then(() => "done" as const), late]);
-      clearTimeout(timer);
-      if (outcome === "late")
+      if (!(await endedWithin(state.done, graceMs)))
         this.options.log.warn({ grace_ms: graceMs }, "the Kafka event source did not stop in time");
       this.stateValue = { kind: "STOPPED" };
     })();
