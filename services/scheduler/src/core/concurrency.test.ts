@@ -6,50 +6,17 @@ import type { RunState, TaskState } from "../model/run-state.js";
 import type { StoredActiveState } from "../persistence/engine-store.js";
 import type { SessionLeases } from "./context.js";
 import { explainPending, pendingReason, type Gate } from "./explain.js";
-import { grantLease } from "./leasing.js";
 import { recover } from "./recovery.js";
 import { completed, failed } from "./reports.js";
-import { admitQueued, advanceAny, startRun } from "./runs.js";
+import { advanceAny } from "./runs.js";
 import { attached } from "./sessions.js";
-import { Simulation, workflowOf } from "./simulation.js";
+import { beginRun, leaseAdmitted, leaseAllAdmitted, Simulation, workflowOf } from "./simulation.js";
 
 const flow = (steps: unknown[], extra: Record<string, unknown> = {}): CompiledWorkflow =>
   workflowOf({ name: "flow", version: 1, steps, ...extra });
 
 /** One step `a` of type t limited by `limits`. */
 const limited = (limits: unknown[]): CompiledWorkflow => flow([{ id: "a", type: "t", concurrency: limits }]);
-
-function begin(sim: Simulation, workflow: CompiledWorkflow, input: unknown): RunState {
-  return startRun(
-    sim.core,
-    { definitionId: 1, workflow, input, idempotencyKey: null, requestHash: null, labels: {} },
-    sim.at().now,
-  );
-}
-
-/**
- * What the dispatcher does: the first offered task still QUEUED that its keys admit is leased; a
- * task they refuse leaves the queue (it waits in its key's queue, offered again when a slot frees).
- */
-function lease(sim: Simulation, session: SessionLeases): TaskState | undefined {
-  while (sim.offered.length > 0) {
-    const task = sim.offered.shift() as TaskState;
-    if (task.status !== "QUEUED") continue;
-    const run = sim.core.runs.get(task.runId);
-    if (run === undefined) continue;
-    if (task.claim !== undefined && !admitQueued(sim.core, task, sim.at().now)) continue;
-    grantLease(sim.core, run, task, session, sim.at().now);
-    return task;
-  }
-  return undefined;
-}
-
-/** Leases until nothing more is admitted. */
-function leaseAll(sim: Simulation, session: SessionLeases): TaskState[] {
-  const out: TaskState[] = [];
-  for (let t = lease(sim, session); t !== undefined; t = lease(sim, session)) out.push(t);
-  return out;
-}
 
 function settle(sim: Simulation): void {
   sim.settle((r) => advanceAny(sim.core, r, sim.at().now));
@@ -83,11 +50,15 @@ void describe("keyed concurrency (core)", () => {
     const sim = new Simulation();
     const w = limited([{ key: "input.c", limit: 1 }]);
     const s = sim.session("s");
-    const [r1, r2, r3] = [begin(sim, w, { c: "c1" }), begin(sim, w, { c: "c1" }), begin(sim, w, { c: "c1" })];
-    const other = begin(sim, w, { c: "c2" });
+    const [r1, r2, r3] = [
+      beginRun(sim, w, { c: "c1" }),
+      beginRun(sim, w, { c: "c1" }),
+      beginRun(sim, w, { c: "c1" }),
+    ];
+    const other = beginRun(sim, w, { c: "c2" });
     // c1's first and c2's only run are leased; c1's others wait without holding up c2.
     assert.deepEqual(
-      leaseAll(sim, s).map((t) => t.runId),
+      leaseAllAdmitted(sim, s).map((t) => t.runId),
       [r1.id, other.id],
     );
     assert.equal(task(r2).status, "QUEUED");
@@ -120,13 +91,13 @@ void describe("keyed concurrency (core)", () => {
     succeed(sim, s, task(r1));
     assert.equal(r1.status, "SUCCEEDED");
     assert.deepEqual(
-      leaseAll(sim, s).map((t) => t.runId),
+      leaseAllAdmitted(sim, s).map((t) => t.runId),
       [r2.id],
     );
     assert.equal(keyGates(r3)[0]?.position, 1);
     succeed(sim, s, task(r2));
     assert.deepEqual(
-      leaseAll(sim, s).map((t) => t.runId),
+      leaseAllAdmitted(sim, s).map((t) => t.runId),
       [r3.id],
     );
     succeed(sim, s, task(r3));
@@ -146,10 +117,10 @@ void describe("keyed concurrency (core)", () => {
       },
     ]);
     const s = sim.session("s");
-    const r1 = begin(sim, w, { c: "c1" });
-    const r2 = begin(sim, w, { c: "c1" });
+    const r1 = beginRun(sim, w, { c: "c1" });
+    const r2 = beginRun(sim, w, { c: "c1" });
     assert.deepEqual(
-      leaseAll(sim, s).map((t) => t.runId),
+      leaseAllAdmitted(sim, s).map((t) => t.runId),
       [r1.id],
     );
     assert.equal(
@@ -158,16 +129,16 @@ void describe("keyed concurrency (core)", () => {
     );
     assert.equal(task(r1).status, "RETRY_WAIT");
     assert.deepEqual(
-      leaseAll(sim, s).map((t) => t.runId),
+      leaseAllAdmitted(sim, s).map((t) => t.runId),
       [r2.id],
     );
     sim.advanceTime(1000);
     assert.equal(task(r1).status, "QUEUED");
-    assert.deepEqual(leaseAll(sim, s), []);
+    assert.deepEqual(leaseAllAdmitted(sim, s), []);
     assert.equal(keyGates(r1)[0]?.position, 1);
     succeed(sim, s, task(r2));
     assert.deepEqual(
-      leaseAll(sim, s).map((t) => t.runId),
+      leaseAllAdmitted(sim, s).map((t) => t.runId),
       [r1.id],
     );
   });
@@ -176,10 +147,10 @@ void describe("keyed concurrency (core)", () => {
     const sim = new Simulation();
     const w = limited([{ key: "input.c", limit: 1, strategy: "cancel-newest" }]);
     const s = sim.session("s");
-    const r1 = begin(sim, w, { c: "c1" });
-    const r2 = begin(sim, w, { c: "c1" });
+    const r1 = beginRun(sim, w, { c: "c1" });
+    const r2 = beginRun(sim, w, { c: "c1" });
     assert.deepEqual(
-      leaseAll(sim, s).map((t) => t.runId),
+      leaseAllAdmitted(sim, s).map((t) => t.runId),
       [r1.id],
     );
     assert.equal(r2.status, "CANCELLED");
@@ -204,10 +175,10 @@ void describe("keyed concurrency (core)", () => {
       },
     ]);
     const s = sim.session("s");
-    const r1 = begin(sim, w, { c: "c1" });
-    const r2 = begin(sim, w, { c: "c1" });
-    for (const t of leaseAll(sim, s)) succeed(sim, s, t);
-    const held = leaseAll(sim, s);
+    const r1 = beginRun(sim, w, { c: "c1" });
+    const r2 = beginRun(sim, w, { c: "c1" });
+    for (const t of leaseAllAdmitted(sim, s)) succeed(sim, s, t);
+    const held = leaseAllAdmitted(sim, s);
     // r1's step, then r2's (r1 cancelled for it), then r1's compensation (outside the limit).
     assert.deepEqual(
       held.map((t) => [t.runId, t.stepId, t.kind]),
@@ -228,13 +199,13 @@ void describe("keyed concurrency (core)", () => {
     const sim = new Simulation();
     const w = limited([{ key: "input.c", limit: 1, strategy: "keep-newest-queued" }]);
     const s = sim.session("s");
-    const r1 = begin(sim, w, { c: "c1" });
-    assert.equal(leaseAll(sim, s).length, 1);
-    const r2 = begin(sim, w, { c: "c1" });
-    assert.deepEqual(leaseAll(sim, s), []);
+    const r1 = beginRun(sim, w, { c: "c1" });
+    assert.equal(leaseAllAdmitted(sim, s).length, 1);
+    const r2 = beginRun(sim, w, { c: "c1" });
+    assert.deepEqual(leaseAllAdmitted(sim, s), []);
     assert.equal(keyGates(r2)[0]?.position, 1);
-    const r3 = begin(sim, w, { c: "c1" });
-    assert.deepEqual(leaseAll(sim, s), []);
+    const r3 = beginRun(sim, w, { c: "c1" });
+    assert.deepEqual(leaseAllAdmitted(sim, s), []);
     assert.equal(r2.status, "CANCELLED");
     assert.match(r2.error?.message ?? "", /superseded by a newer task \(keep-newest-queued\)/);
     assert.deepEqual(
@@ -243,7 +214,7 @@ void describe("keyed concurrency (core)", () => {
     );
     succeed(sim, s, task(r1));
     assert.deepEqual(
-      leaseAll(sim, s).map((t) => t.runId),
+      leaseAllAdmitted(sim, s).map((t) => t.runId),
       [r3.id],
     );
   });
@@ -263,11 +234,11 @@ void describe("keyed concurrency (core)", () => {
       { c: "c4", m: "m2" },
       { c: "c2", m: "m2" },
     ];
-    const runs = inputs.map((i) => begin(sim, w, i));
+    const runs = inputs.map((i) => beginRun(sim, w, i));
     let done = 0;
     const merchant = (r: RunState): string => (r.input as { m: string }).m;
     for (let round = 0; round < 20 && done < runs.length; round++) {
-      leaseAll(sim, s);
+      leaseAllAdmitted(sim, s);
       for (const [, n] of activePer(sim, customer)) assert.ok(n <= 1, "one per customer");
       for (const [, n] of activePer(sim, merchant)) assert.ok(n <= 2, "two per merchant");
       const running = runs.filter((r) => task(r).status === "LEASED");
@@ -295,19 +266,19 @@ void describe("keyed concurrency (core)", () => {
       { key: "input.c", limit: 1 },
       { key: "input.m", limit: 1, strategy: "cancel-newest" },
     ]);
-    const a = begin(sim, newest, { c: "c1", m: "m1" });
-    assert.equal(leaseAll(sim, s).length, 1);
+    const a = beginRun(sim, newest, { c: "c1", m: "m1" });
+    assert.equal(leaseAllAdmitted(sim, s).length, 1);
     // Both keys full: the merchant's cancel-newest cancels it rather than queue it for the customer.
-    const b = begin(sim, newest, { c: "c1", m: "m1" });
+    const b = beginRun(sim, newest, { c: "c1", m: "m1" });
     // Only the customer's key full: it queues.
-    const c = begin(sim, newest, { c: "c1", m: "m2" });
-    assert.deepEqual(leaseAll(sim, s), []);
+    const c = beginRun(sim, newest, { c: "c1", m: "m2" });
+    assert.deepEqual(leaseAllAdmitted(sim, s), []);
     assert.equal(b.status, "CANCELLED");
     assert.equal(c.status, "RUNNING");
     assert.equal(keyGates(c)[0]?.position, 1);
     succeed(sim, s, task(a));
     assert.deepEqual(
-      leaseAll(sim, s).map((t) => t.runId),
+      leaseAllAdmitted(sim, s).map((t) => t.runId),
       [c.id],
     );
 
@@ -315,12 +286,12 @@ void describe("keyed concurrency (core)", () => {
       { key: "input.c", limit: 1, strategy: "cancel-in-progress" },
       { key: "input.m", limit: 1 },
     ]);
-    const x = begin(sim, preempt, { c: "k1", m: "n1" });
-    const y = begin(sim, preempt, { c: "k2", m: "n2" });
-    assert.equal(leaseAll(sim, s).length, 2);
+    const x = beginRun(sim, preempt, { c: "k1", m: "n1" });
+    const y = beginRun(sim, preempt, { c: "k2", m: "n2" });
+    assert.equal(leaseAllAdmitted(sim, s).length, 2);
     // Its customer k1 is held by x, its merchant n2 by y: it waits for n2, and x is not cancelled.
-    const z = begin(sim, preempt, { c: "k1", m: "n2" });
-    assert.deepEqual(leaseAll(sim, s), []);
+    const z = beginRun(sim, preempt, { c: "k1", m: "n2" });
+    assert.deepEqual(leaseAllAdmitted(sim, s), []);
     assert.deepEqual(
       [x.status, task(x).status, keyGates(z).map((g) => [g.key, g.position])],
       [
@@ -335,7 +306,7 @@ void describe("keyed concurrency (core)", () => {
     // Once n2 frees, only the cancel-in-progress key is full: x gives way to z.
     succeed(sim, s, task(y));
     assert.deepEqual(
-      leaseAll(sim, s).map((t) => t.runId),
+      leaseAllAdmitted(sim, s).map((t) => t.runId),
       [z.id],
     );
     assert.equal(x.status, "CANCELLED");
@@ -345,12 +316,12 @@ void describe("keyed concurrency (core)", () => {
     const sim = new Simulation();
     const w = limited([{ key: "input.c", limit: 3 }]);
     const s = sim.session("s");
-    const runs = Array.from({ length: 1000 }, () => begin(sim, w, { c: "hot" }));
+    const runs = Array.from({ length: 1000 }, () => beginRun(sim, w, { c: "hot" }));
     // One slot frees at a time (the oldest holder ends), and the first in line takes it.
     const order: string[] = [];
     const active: TaskState[] = [];
     for (let round = 0; round <= runs.length; round++) {
-      for (const t of leaseAll(sim, s)) {
+      for (const t of leaseAllAdmitted(sim, s)) {
         order.push(t.runId);
         active.push(t);
       }
@@ -375,8 +346,8 @@ void describe("keyed concurrency (core)", () => {
       { concurrency: [{ key: "input.c", limit: 1 }] },
     );
     const s = sim.session("s");
-    const r1 = begin(sim, w, { c: 7 });
-    const r2 = begin(sim, w, { c: "7" });
+    const r1 = beginRun(sim, w, { c: 7 });
+    const r2 = beginRun(sim, w, { c: "7" });
     assert.equal(task(r2).status, "PENDING");
     const [g] = keyGates(r2);
     assert.deepEqual(
@@ -388,9 +359,9 @@ void describe("keyed concurrency (core)", () => {
       pendingReason(explainPending(r2, task(r2, "b"))),
       /^the run waits for concurrency key "7".*; unfinished dependencies: a$/,
     );
-    succeed(sim, s, lease(sim, s) as TaskState);
+    succeed(sim, s, leaseAdmitted(sim, s) as TaskState);
     assert.equal(task(r2).status, "PENDING", "r1 still runs its second step");
-    succeed(sim, s, lease(sim, s) as TaskState);
+    succeed(sim, s, leaseAdmitted(sim, s) as TaskState);
     assert.equal(r1.status, "SUCCEEDED");
     settle(sim);
     assert.equal(task(r2).status, "QUEUED");
@@ -399,7 +370,7 @@ void describe("keyed concurrency (core)", () => {
 
   it("a key that is not a string or a number fails the step (or the run) naming the key", () => {
     const sim = new Simulation();
-    const r = begin(sim, limited([{ key: "input.c", limit: 1 }]), { c: { id: 1 } });
+    const r = beginRun(sim, limited([{ key: "input.c", limit: 1 }]), { c: { id: 1 } });
     assert.equal(task(r).status, "FAILED");
     assert.equal(task(r).error?.type, "CONCURRENCY_KEY_ERROR");
     assert.match(
@@ -407,11 +378,15 @@ void describe("keyed concurrency (core)", () => {
       /concurrency key "input\.c" \(\$\.steps\[0\]\.concurrency\[0\]\.key\) is a object; a concurrency key must be a string or a number/,
     );
     assert.equal(r.status, "FAILED");
-    const missing = begin(sim, limited([{ key: "input.c", limit: 1 }]), {});
+    const missing = beginRun(sim, limited([{ key: "input.c", limit: 1 }]), {});
     assert.match(task(missing).error?.message ?? "", /input\.c does not resolve/);
-    const wf = begin(sim, flow([{ id: "a", type: "t" }], { concurrency: [{ key: "input.c", limit: 1 }] }), {
-      c: null,
-    });
+    const wf = beginRun(
+      sim,
+      flow([{ id: "a", type: "t" }], { concurrency: [{ key: "input.c", limit: 1 }] }),
+      {
+        c: null,
+      },
+    );
     assert.equal(wf.status, "FAILED");
     assert.equal(wf.error?.type, "CONCURRENCY_KEY_ERROR");
     assert.match(wf.error?.message ?? "", /is null/);
@@ -422,16 +397,16 @@ void describe("keyed concurrency (core)", () => {
     const w = limited([{ key: "input.c", limit: 1 }]);
     const wf = flow([{ id: "a", type: "u" }], { concurrency: [{ key: "input.c", limit: 1 }] });
     const s = before.session("s");
-    const r1 = begin(before, w, { c: "c1" });
+    const r1 = beginRun(before, w, { c: "c1" });
     before.clock += 10;
-    const r2 = begin(before, w, { c: "c1" });
+    const r2 = beginRun(before, w, { c: "c1" });
     before.clock += 10;
-    const r3 = begin(before, w, { c: "c1" });
-    const q1 = begin(before, wf, { c: "c1" });
+    const r3 = beginRun(before, w, { c: "c1" });
+    const q1 = beginRun(before, wf, { c: "c1" });
     before.clock += 10;
-    const q2 = begin(before, wf, { c: "c1" });
+    const q2 = beginRun(before, wf, { c: "c1" });
     assert.deepEqual(
-      leaseAll(before, s).map((t) => t.runId),
+      leaseAllAdmitted(before, s).map((t) => t.runId),
       [r1.id, q1.id],
     );
     const after = new Simulation();
@@ -443,7 +418,7 @@ void describe("keyed concurrency (core)", () => {
     const run = (id: string): RunState => after.core.runs.get(id) as RunState;
     // The leased task still holds c1: no other c1 task is leased, in their order once it ends.
     const s2 = after.session("s2", "s");
-    assert.deepEqual(leaseAll(after, s2), []);
+    assert.deepEqual(leaseAllAdmitted(after, s2), []);
     assert.deepEqual([keyGates(run(r2.id))[0]?.position, keyGates(run(r3.id))[0]?.position], [1, 2]);
     assert.deepEqual(
       keyGates(run(r2.id))[0]?.holders.map((h) => h.runId),
@@ -460,7 +435,7 @@ void describe("keyed concurrency (core)", () => {
     assert.deepEqual(attached(after.core, s2, [after.key(old)], after.at()).revoked, []);
     succeed(after, s2, old);
     assert.deepEqual(
-      leaseAll(after, s2).map((t) => t.runId),
+      leaseAllAdmitted(after, s2).map((t) => t.runId),
       [r2.id],
     );
   });

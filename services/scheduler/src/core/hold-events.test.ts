@@ -10,50 +10,13 @@ import type { RunState, TaskState } from "../model/run-state.js";
 import type { SessionLeases } from "./context.js";
 import { explainPending, pendingReason } from "./explain.js";
 import { MAX_HOLD_NAME, MAX_HOLD_REASON } from "./hold-events.js";
-import { grantLease } from "./leasing.js";
 import { pauseBucket, rateLimitsOf } from "./rate-limits.js";
 import { completed, failed } from "./reports.js";
-import { admitQueued, advanceAny, startRun } from "./runs.js";
-import { Simulation, workflowOf } from "./simulation.js";
+import { admitQueued, advanceAny } from "./runs.js";
+import { beginRun, leaseAllAdmitted, Simulation, workflowOf } from "./simulation.js";
 
 const flow = (step: Record<string, unknown>): CompiledWorkflow =>
   workflowOf({ name: "flow", version: 1, steps: [{ id: "a", type: "t", ...step }] });
-
-function begin(sim: Simulation, workflow: CompiledWorkflow, input: unknown): RunState {
-  return startRun(
-    sim.core,
-    { definitionId: 1, workflow, input, idempotencyKey: null, requestHash: null, labels: {} },
-    sim.at().now,
-  );
-}
-
-/**
- * What the dispatcher does with the offered tasks: a task with keys or rate limits is admitted
- * first (a refused one leaves the queue: it is offered again when its gate lets it go); the first
- * admitted is leased.
- */
-function lease(sim: Simulation, session: SessionLeases): TaskState | undefined {
-  while (sim.offered.length > 0) {
-    const task = sim.offered.shift() as TaskState;
-    if (task.status !== "QUEUED") continue;
-    const run = sim.core.runs.get(task.runId);
-    if (run === undefined) continue;
-    // The engine marks a step with rate limits so when it offers it.
-    if (task.rate === undefined && (run.workflow.stepsById.get(task.stepId)?.rateLimits.length ?? 0) > 0)
-      task.rate = null;
-    if ((task.claim !== undefined || task.rate !== undefined) && !admitQueued(sim.core, task, sim.at().now))
-      continue;
-    grantLease(sim.core, run, task, session, sim.at().now);
-    return task;
-  }
-  return undefined;
-}
-
-function leaseAll(sim: Simulation, session: SessionLeases): TaskState[] {
-  const out: TaskState[] = [];
-  for (let t = lease(sim, session); t !== undefined; t = lease(sim, session)) out.push(t);
-  return out;
-}
 
 function succeed(sim: Simulation, session: SessionLeases, task: TaskState): void {
   assert.equal(completed(sim.core, session, sim.key(task), { ok: true }, null, null, sim.at()), null);
@@ -74,10 +37,10 @@ void describe("task_held events (core)", () => {
     const sim = new Simulation();
     const w = flow({ concurrency: [{ key: "input.c", limit: 1 }] });
     const s = sim.session("s");
-    const runs = Array.from({ length: 200 }, () => begin(sim, w, { c: "c1" }));
+    const runs = Array.from({ length: 200 }, () => beginRun(sim, w, { c: "c1" }));
     const [first, second] = runs as [RunState, RunState];
     assert.deepEqual(
-      leaseAll(sim, s).map((t) => t.runId),
+      leaseAllAdmitted(sim, s).map((t) => t.runId),
       [first.id],
     );
     // Every other task was held once, by the key, with ExplainPending's words at that moment.
@@ -100,7 +63,7 @@ void describe("task_held events (core)", () => {
     for (let i = 0; i < 200; i++) {
       const t = stepOf(runs[i] as RunState);
       if (t.status === "QUEUED") {
-        const leased = leaseAll(sim, s);
+        const leased = leaseAllAdmitted(sim, s);
         assert.deepEqual(
           leased.map((x) => x.id),
           [t.id],
@@ -128,9 +91,13 @@ void describe("task_held events (core)", () => {
       rateLimits: [{ name: "partner", key: "input.c", rate: 1, per: "1s" }],
     });
     const s = sim.session("s");
-    const [r1, r2, r3] = [begin(sim, w, { c: "k" }), begin(sim, w, { c: "k" }), begin(sim, w, { c: "k" })];
+    const [r1, r2, r3] = [
+      beginRun(sim, w, { c: "k" }),
+      beginRun(sim, w, { c: "k" }),
+      beginRun(sim, w, { c: "k" }),
+    ];
     assert.deepEqual(
-      leaseAll(sim, s).map((t) => t.runId),
+      leaseAllAdmitted(sim, s).map((t) => t.runId),
       [r1.id],
     );
     // The bucket's one token went to r1: r2 and r3 wait for tokens.
@@ -168,7 +135,7 @@ void describe("task_held events (core)", () => {
     // The pause ends: one token is there, r2 gets it and is held by the key r1 holds; r3 waits
     // for tokens again (a change from the pause, so one more event).
     sim.advanceTime(61_000);
-    assert.deepEqual(leaseAll(sim, s), []);
+    assert.deepEqual(leaseAllAdmitted(sim, s), []);
     assert.deepEqual(
       helds(sim, stepOf(r2)).map((x) => [x.gate, x.limit]),
       [
@@ -193,7 +160,7 @@ void describe("task_held events (core)", () => {
     // r1 ends: r2 takes the key and is leased, no more events for it.
     succeed(sim, s, stepOf(r1));
     assert.deepEqual(
-      leaseAll(sim, s).map((t) => t.runId),
+      leaseAllAdmitted(sim, s).map((t) => t.runId),
       [r2.id],
     );
     assert.equal(helds(sim, stepOf(r2)).length, 3);
@@ -201,7 +168,7 @@ void describe("task_held events (core)", () => {
     // refusals of the wake-ups after that add nothing.
     for (let i = 0; i < 30; i++) {
       sim.advanceTime(100);
-      assert.deepEqual(leaseAll(sim, s), []);
+      assert.deepEqual(leaseAllAdmitted(sim, s), []);
     }
     assert.deepEqual(
       helds(sim, stepOf(r3)).map((x) => x.gate),
@@ -215,8 +182,8 @@ void describe("task_held events (core)", () => {
     const w = flow({ concurrency: [{ key: "input.c", limit: 1 }], retry: { maxAttempts: 2 } });
     const s = sim.session("s");
     const long = "x".repeat(5000);
-    const [r1, r2] = [begin(sim, w, { c: long }), begin(sim, w, { c: long })];
-    leaseAll(sim, s);
+    const [r1, r2] = [beginRun(sim, w, { c: long }), beginRun(sim, w, { c: long })];
+    leaseAllAdmitted(sim, s);
     const [e] = helds(sim, stepOf(r2));
     assert.equal(e?.key.length, MAX_HOLD_NAME);
     assert.ok(e?.key.endsWith("..."));
@@ -227,22 +194,22 @@ void describe("task_held events (core)", () => {
     const t2 = stepOf(r2);
     succeed(sim, s, stepOf(r1));
     assert.deepEqual(
-      leaseAll(sim, s).map((t) => t.id),
+      leaseAllAdmitted(sim, s).map((t) => t.id),
       [t2.id],
     );
-    const r3 = begin(sim, w, { c: long });
-    assert.deepEqual(leaseAll(sim, s), []);
+    const r3 = beginRun(sim, w, { c: long });
+    assert.deepEqual(leaseAllAdmitted(sim, s), []);
     assert.equal(helds(sim, stepOf(r3)).length, 1);
     const error = { type: "BOOM", message: "boom", retryable: true };
     assert.equal(failed(sim.core, s, sim.key(t2), error, 0, null, sim.at()), null);
     assert.deepEqual(
-      leaseAll(sim, s).map((t) => t.id),
+      leaseAllAdmitted(sim, s).map((t) => t.id),
       [stepOf(r3).id],
     );
     assert.equal(t2.status, "RETRY_WAIT");
     sim.advanceTime(60_000);
     assert.equal(t2.status, "QUEUED");
-    assert.deepEqual(leaseAll(sim, s), []);
+    assert.deepEqual(leaseAllAdmitted(sim, s), []);
     assert.deepEqual(
       helds(sim, t2).map((x) => [x.gate, x.attempt]),
       [

@@ -17,7 +17,7 @@ import type { StoredActiveState, StoredTask } from "../persistence/engine-store.
 import type { Core, Effects, EventInit, Moment, SessionLeases, Timer } from "./context.js";
 import { leaseKey } from "./fencing.js";
 import { grantLease } from "./leasing.js";
-import { advance, forgetRun, startRun } from "./runs.js";
+import { admitQueued, advance, forgetRun, startRun } from "./runs.js";
 import { timerFired } from "./timeouts.js";
 
 /** Compiles a workflow spec or throws. */
@@ -44,6 +44,35 @@ export function beginRun(
 /** Advances every run the last steps touched until none moves (Simulation.settle with core advance). */
 export function settleRuns(sim: Simulation): void {
   sim.settle((r) => advance(sim.core, r, sim.at().now));
+}
+
+/**
+ * What the dispatcher does with the offered tasks: a task with keys or rate limits is admitted
+ * first (a refused one leaves the queue: it is offered again when its gate lets it go); the first
+ * admitted is leased on `session`.
+ */
+export function leaseAdmitted(sim: Simulation, session: SessionLeases): TaskState | undefined {
+  while (sim.offered.length > 0) {
+    const task = sim.offered.shift() as TaskState;
+    if (task.status !== "QUEUED") continue;
+    const run = sim.core.runs.get(task.runId);
+    if (run === undefined) continue;
+    // The engine marks a step with rate limits so when it offers it.
+    if (task.rate === undefined && (run.workflow.stepsById.get(task.stepId)?.rateLimits.length ?? 0) > 0)
+      task.rate = null;
+    if ((task.claim !== undefined || task.rate !== undefined) && !admitQueued(sim.core, task, sim.at().now))
+      continue;
+    grantLease(sim.core, run, task, session, sim.at().now);
+    return task;
+  }
+  return undefined;
+}
+
+/** {@link leaseAdmitted} until nothing more is admitted. */
+export function leaseAllAdmitted(sim: Simulation, session: SessionLeases): TaskState[] {
+  const out: TaskState[] = [];
+  for (let t = leaseAdmitted(sim, session); t !== undefined; t = leaseAdmitted(sim, session)) out.push(t);
+  return out;
 }
 
 /** `run`'s rows as recovery reads them (`tasks`: its task rows, by default those in memory). */
