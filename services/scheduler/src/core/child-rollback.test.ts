@@ -11,6 +11,7 @@ import type { CompiledWorkflow } from "../dag/index.js";
 import type { RunState, TaskState } from "../model/run-state.js";
 import type { StoredRun, StoredTask } from "../persistence/engine-store.js";
 import { childRollbackRead, type ChildRollbackRead } from "./child-rollback.js";
+import type { SessionLeases } from "./context.js";
 import { childEnded, childResolved, childRunId } from "./children.js";
 import { explainPending, pendingReason } from "./explain.js";
 import { mapProgress } from "./maps.js";
@@ -99,6 +100,23 @@ function startChildren(sim: Simulation): RunState[] {
     started.push(sim.core.runs.get(childRunId(runId, stepId))!);
   }
   return started;
+}
+
+/**
+ * Starts the children asked for (each kept in `ended`) and runs every task offered on `s` until
+ * nothing is left: a "boom" task fails for good, any other succeeds with {}.
+ */
+function runToEnd(sim: Simulation, s: SessionLeases, ended: Map<string, RunState>): void {
+  for (;;) {
+    for (const c of startChildren(sim)) ended.set(c.id, c);
+    const t = sim.lease(s);
+    if (t === undefined && sim.childStarts.length > 0) continue;
+    if (t === undefined) break;
+    if (t.type === "boom")
+      failed(sim.core, s, sim.key(t), { type: "BOOM", message: "boom", retryable: false }, 0, null, sim.at());
+    else completed(sim.core, s, sim.key(t), {}, null, null, sim.at());
+    settle(sim);
+  }
 }
 
 /** The rows of a run as the store holds them once it ended (what the shell reads back). */
@@ -410,24 +428,7 @@ describe("a parent's rollback reaches its children (core)", () => {
     ]);
     const ended = new Map<string, RunState>();
     const s = sim.session("s");
-    for (;;) {
-      for (const c of startChildren(sim)) ended.set(c.id, c);
-      const t = sim.lease(s);
-      if (t === undefined && sim.childStarts.length > 0) continue;
-      if (t === undefined) break;
-      if (t.type === "boom")
-        failed(
-          sim.core,
-          s,
-          sim.key(t),
-          { type: "BOOM", message: "boom", retryable: false },
-          0,
-          null,
-          sim.at(),
-        );
-      else completed(sim.core, s, sim.key(t), {}, null, null, sim.at());
-      settle(sim);
-    }
+    runToEnd(sim, s, ended);
     const orderId = childRunId(run.id, "o");
     const chargeId = childRunId(orderId, "sub");
     assert.equal(run.status, "COMPENSATING");
@@ -551,24 +552,7 @@ describe("maps over a child workflow (core)", () => {
     });
     const ended = new Map<string, RunState>();
     const s = sim.session("s");
-    for (;;) {
-      for (const c of startChildren(sim)) ended.set(c.id, c);
-      const t = sim.lease(s);
-      if (t === undefined && sim.childStarts.length > 0) continue;
-      if (t === undefined) break;
-      if (t.type === "boom")
-        failed(
-          sim.core,
-          s,
-          sim.key(t),
-          { type: "BOOM", message: "boom", retryable: false },
-          0,
-          null,
-          sim.at(),
-        );
-      else completed(sim.core, s, sim.key(t), {}, null, null, sim.at());
-      settle(sim);
-    }
+    runToEnd(sim, s, ended);
     assert.equal(run.status, "COMPENSATING");
     const ids = [0, 1, 2].map((i) => childRunId(run.id, `each[${i}]`));
     assert.deepEqual(run.compensations.get("each")!.input, { childRunIds: ids });
