@@ -7,22 +7,27 @@ import { describe, it } from "node:test";
 import { Registry } from "@nexusflow/common/metrics";
 import { registerLiveMetrics, type LiveState } from "./live-metrics.js";
 
+/** A registry with the live metrics of an idle engine but for `state`. */
+function liveRegistry(state: Partial<LiveState>): Registry {
+  const registry = new Registry();
+  const idle: LiveState = {
+    activeRuns: () => 0,
+    sessions: () => [],
+    readyTypes: () => [],
+    ready: () => [],
+    writerHealthy: () => true,
+  };
+  registerLiveMetrics(registry, { ...idle, ...state }, {});
+  return registry;
+}
+
 describe("live metrics: rate limits", () => {
   it("reports tasks waiting and keys paused per limit, as of each scrape", async () => {
     let stats = [
       { name: "partner", waiting: 3, paused: 1 },
       { name: "global", waiting: 0, paused: 0 },
     ];
-    const live: LiveState = {
-      activeRuns: () => 0,
-      sessions: () => [],
-      readyTypes: () => [],
-      ready: () => [],
-      writerHealthy: () => true,
-      rateLimits: () => stats,
-    };
-    const registry = new Registry();
-    registerLiveMetrics(registry, live, {});
+    const registry = liveRegistry({ rateLimits: () => stats });
     const text = await registry.metrics();
     assert.match(text, /nexusflow_scheduler_rate_limit_waiting_tasks\{limit="partner"\} 3/);
     assert.match(text, /nexusflow_scheduler_rate_limit_paused_keys\{limit="partner"\} 1/);
@@ -40,16 +45,7 @@ describe("live metrics: fair shares", () => {
       { type: "t", tenant: "acme", ready: 9000, leased: 8, oldest: Date.now() - 3_600_000 },
       { type: "t", tenant: "(other)", ready: 12, leased: 3, oldest: null },
     ];
-    const live: LiveState = {
-      activeRuns: () => 0,
-      sessions: () => [],
-      readyTypes: () => [],
-      ready: () => [],
-      writerHealthy: () => true,
-      fairShares: () => stats,
-    };
-    const registry = new Registry();
-    registerLiveMetrics(registry, live, {});
+    const registry = liveRegistry({ fairShares: () => stats });
     const text = await registry.metrics();
     assert.match(text, /nexusflow_scheduler_fair_share_ready_tasks\{task_type="t",tenant="acme"\} 9000/);
     assert.match(text, /nexusflow_scheduler_fair_share_leases\{task_type="t",tenant="acme"\} 8/);
