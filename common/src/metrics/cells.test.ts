@@ -8,6 +8,7 @@ import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { type OpenMetricsContentType, Registry } from "prom-client";
 import {
+  Children1,
   Children2,
   Counter,
   DURATION_BUCKETS,
@@ -185,5 +186,26 @@ describe("metric cells", () => {
         l: "w",
       },
     );
+  });
+
+  it("are found again by their label values, the last one looked up first", () => {
+    const made: string[] = [];
+    const one = new Children1({ labels: (a: string) => (made.push(a), { a }) });
+    const two = new Children2({ labels: (a: string, b: string) => (made.push(`${a}/${b}`), { a, b }) });
+    for (const [a, b] of [
+      ["x", "1"],
+      ["x", "1"],
+      ["x", "2"],
+      ["y", "2"],
+      ["x", "1"],
+      ["y", "2"],
+      ["y", "2"],
+    ] as const) {
+      assert.deepEqual(one.get(a), { a });
+      assert.deepEqual(two.get(a, b), { a, b });
+      // Equal strings that are not the same string find the same child.
+      assert.equal(two.get(`${a}`.concat(""), [b].join("")), two.get(a, b));
+    }
+    assert.deepEqual(made.sort(), ["x", "x/1", "x/2", "y", "y/2"]);
   });
 });

@@ -2,7 +2,8 @@
  * Cached label children. `metric.labels(a, b)` hashes its arguments into a string on every call;
  * on a hot path (a commit per millisecond, an event per task change) the child for a label
  * combination is looked up once and kept, in nested maps keyed by the label values themselves, so
- * a lookup builds no string.
+ * a lookup builds no string; the last child looked up is compared first (a batch of events mostly
+ * names one workflow and task type).
  */
 
 /** A metric with labels, as prom-client's Counter, Gauge and Histogram are. */
@@ -13,15 +14,21 @@ interface Labelled<C> {
 /** Children of `metric` by one label value. */
 export class Children1<C> {
   readonly #byA = new Map<string, C>();
+  /** The last child looked up and its label value: most lookups repeat the previous one. */
+  #lastA: string | undefined;
+  #last: C | undefined;
   constructor(readonly metric: Labelled<C>) {}
 
   /** The child for `a`. */
   get(a: string): C {
+    if (a === this.#lastA) return this.#last as C;
     let c = this.#byA.get(a);
     if (c === undefined) {
       c = this.metric.labels(a);
       this.#byA.set(a, c);
     }
+    this.#lastA = a;
+    this.#last = c;
     return c;
   }
 }
@@ -29,10 +36,15 @@ export class Children1<C> {
 /** Children of `metric` by two label values. */
 export class Children2<C> {
   readonly #byA = new Map<string, Map<string, C>>();
+  /** The last child looked up and its label values: most lookups repeat the previous one. */
+  #lastA: string | undefined;
+  #lastB: string | undefined;
+  #last: C | undefined;
   constructor(readonly metric: Labelled<C>) {}
 
   /** The child for (`a`, `b`). */
   get(a: string, b: string): C {
+    if (a === this.#lastA && b === this.#lastB) return this.#last as C;
     let byB = this.#byA.get(a);
     if (byB === undefined) {
       byB = new Map();
@@ -43,6 +55,9 @@ export class Children2<C> {
       c = this.metric.labels(a, b);
       byB.set(b, c);
     }
+    this.#lastA = a;
+    this.#lastB = b;
+    this.#last = c;
     return c;
   }
 }
