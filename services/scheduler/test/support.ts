@@ -20,6 +20,7 @@ import {
 } from "@nexusflow/common";
 import { createMetricsRegistry } from "@nexusflow/common/metrics";
 import {
+  EventService,
   ExecutorService,
   LifecycleEventBatchSchema,
   RunStatus,
@@ -138,6 +139,11 @@ export function scheduleClient(address: string): Client<typeof ScheduleService> 
   return createClient(ScheduleService, createGrpcTransport({ baseUrl: `http://${address}` }));
 }
 
+/** A typed EventService client over gRPC. */
+export function eventClient(address: string): Client<typeof EventService> {
+  return createClient(EventService, createGrpcTransport({ baseUrl: `http://${address}` }));
+}
+
 /** The code and message of a refused call (fails the test if the call succeeds). */
 export async function refusal(p: Promise<unknown>): Promise<{ code: Code; message: string }> {
   try {
@@ -161,7 +167,7 @@ export async function registerSpec(
 export async function startRunOf(
   client: Client<typeof WorkflowService>,
   workflowName: string,
-  input: unknown,
+  input: unknown = {},
 ): Promise<string> {
   const { run } = await client.startRun({ workflowName, input: jsonToValue(input) });
   if (run === undefined) throw new Error(`StartRun of ${workflowName} answered no run`);

@@ -7,12 +7,18 @@
  */
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
-import { Code, createClient, type Client } from "@connectrpc/connect";
-import { createGrpcTransport } from "@connectrpc/connect-node";
+import { Code, type Client } from "@connectrpc/connect";
 import { jsonToValue, valueToJson } from "@nexusflow/common";
-import { EventMatchStatus, EventService, type WorkflowService } from "@nexusflow/gen";
+import { EventMatchStatus, type EventService, type WorkflowService } from "@nexusflow/gen";
 import type { Scheduler } from "../../src/index.js";
-import { refusal, registerSpec, startTestDatabase, startTestScheduler, workflowClient } from "../support.js";
+import {
+  eventClient,
+  refusal,
+  registerSpec,
+  startTestDatabase,
+  startTestScheduler,
+  workflowClient,
+} from "../support.js";
 
 describe("EventService", () => {
   let db: Awaited<ReturnType<typeof startTestDatabase>>;
@@ -32,7 +38,7 @@ describe("EventService", () => {
   before(async () => {
     db = await startTestDatabase();
     scheduler = await startTestScheduler(db.url);
-    events = createClient(EventService, createGrpcTransport({ baseUrl: `http://${scheduler.address}` }));
+    events = eventClient(scheduler.address);
     runs = workflowClient(scheduler.address);
     await register(flow("on-created", [{ event: "orders.created" }]));
     await register(flow("on-any-order", [{ event: "orders.*", filter: "event.payload.total > 100" }]));

@@ -9,13 +9,21 @@
 import assert from "node:assert/strict";
 import { randomUUID } from "node:crypto";
 import { after, before, describe, it } from "node:test";
-import { createClient, type Client } from "@connectrpc/connect";
-import { createGrpcTransport } from "@connectrpc/connect-node";
+import type { Client } from "@connectrpc/connect";
 import { jsonToValue, valueToJson } from "@nexusflow/common";
-import { EventService, EventWaitMatchStatus, RunStatus, TaskStatus, type Run } from "@nexusflow/gen";
+import { EventWaitMatchStatus, type EventService, RunStatus, TaskStatus, type Run } from "@nexusflow/gen";
 import pg from "pg";
 import type { Scheduler } from "../../src/scheduler.js";
-import { startTestDatabase, startTestScheduler, waitFor, waitForRun, workflowClient } from "../support.js";
+import {
+  eventClient,
+  registerSpec,
+  startRunOf,
+  startTestDatabase,
+  startTestScheduler,
+  waitFor,
+  waitForRun,
+  workflowClient,
+} from "../support.js";
 
 type Runs = ReturnType<typeof workflowClient>;
 
@@ -34,16 +42,11 @@ describe("waits for an event", () => {
 
   const connect = (s: Scheduler): void => {
     runs = workflowClient(s.address);
-    events = createClient(EventService, createGrpcTransport({ baseUrl: `http://${s.address}` }));
+    events = eventClient(s.address);
   };
-  const register = async (spec: Record<string, unknown>): Promise<void> => {
-    await runs.registerWorkflow({ definition: { case: "specJson", value: JSON.stringify(spec) } });
-  };
-  const start = async (workflowName: string, input: unknown = {}): Promise<string> => {
-    const { run } = await runs.startRun({ workflowName, input: jsonToValue(input) });
-    assert.ok(run);
-    return run.id;
-  };
+  const register = (spec: Record<string, unknown>): Promise<void> => registerSpec(runs, spec);
+  const start = (workflowName: string, input: unknown = {}): Promise<string> =>
+    startRunOf(runs, workflowName, input);
   const waiting = async (runId: string, stepId: string): Promise<void> => {
     await waitFor(`${stepId} of ${runId} waiting`, async () => {
       const { run } = await runs.getRun({ runId });

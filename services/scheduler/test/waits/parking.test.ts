@@ -9,14 +9,16 @@
  */
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
-import { createClient, type Client as ConnectClient } from "@connectrpc/connect";
-import { createGrpcTransport } from "@connectrpc/connect-node";
+import type { Client as ConnectClient } from "@connectrpc/connect";
 import { jsonToValue, valueToJson } from "@nexusflow/common";
-import { EventService, RunStatus, RunView, TaskStatus } from "@nexusflow/gen";
+import { RunStatus, type EventService, RunView, TaskStatus } from "@nexusflow/gen";
 import pg from "pg";
 import type { Scheduler } from "../../src/scheduler.js";
 import {
+  eventClient,
+  registerSpec,
   startMeteredTestScheduler,
+  startRunOf,
   startTestDatabase,
   waitFor,
   waitForRun,
@@ -26,16 +28,6 @@ import {
 type Client = ReturnType<typeof workflowClient>;
 
 const PARKING = { parkAfterMs: 100, wakePollMs: 5000 };
-
-async function register(client: Client, spec: Record<string, unknown>): Promise<void> {
-  await client.registerWorkflow({ definition: { case: "specJson", value: JSON.stringify(spec) } });
-}
-
-async function start(client: Client, workflowName: string, input: unknown = {}): Promise<string> {
-  const { run } = await client.startRun({ workflowName, input: jsonToValue(input) });
-  assert.ok(run);
-  return run.id;
-}
 
 describe("parked runs: waiting runs out of the scheduler's memory", () => {
   let db: Awaited<ReturnType<typeof startTestDatabase>>;
@@ -48,7 +40,7 @@ describe("parked runs: waiting runs out of the scheduler's memory", () => {
     await scheduler.stop();
     scheduler = await startMeteredTestScheduler(db.url, { parking: PARKING });
     client = workflowClient(scheduler.address);
-    events = createClient(EventService, createGrpcTransport({ baseUrl: `http://${scheduler.address}` }));
+    events = eventClient(scheduler.address);
   }
 
   /** Whether the run is parked: out of memory, its parked row stored. */
@@ -67,19 +59,19 @@ describe("parked runs: waiting runs out of the scheduler's memory", () => {
     await sql.connect();
     scheduler = await startMeteredTestScheduler(db.url, { parking: PARKING });
     client = workflowClient(scheduler.address);
-    events = createClient(EventService, createGrpcTransport({ baseUrl: `http://${scheduler.address}` }));
-    await register(client, {
+    events = eventClient(scheduler.address);
+    await registerSpec(client, {
       name: "approval",
       version: 1,
       steps: [{ id: "approve", wait: { signal: "approval", timeout: "24h" } }],
       output: "{{ steps.approve.output }}",
     });
-    await register(client, {
+    await registerSpec(client, {
       name: "nap",
       version: 1,
       steps: [{ id: "nap", sleep: { until: "{{ input.until }}" } }],
     });
-    await register(client, {
+    await registerSpec(client, {
       name: "order",
       version: 1,
       steps: [
@@ -87,7 +79,7 @@ describe("parked runs: waiting runs out of the scheduler's memory", () => {
       ],
       output: "{{ steps.paid.output.payload }}",
     });
-    await register(client, {
+    await registerSpec(client, {
       name: "parent",
       version: 1,
       steps: [{ id: "child", workflow: { name: "approval" } }],
@@ -174,7 +166,7 @@ describe("parked runs: waiting runs out of the scheduler's memory", () => {
 
   it("wakes a parked sleep on time", async () => {
     const until = new Date(Date.now() + 1500);
-    const runId = await start(client, "nap", { until: until.toISOString() });
+    const runId = await startRunOf(client, "nap", { until: until.toISOString() });
     await waitParked(runId);
     const run = await waitForRun(client, runId);
     assert.equal(run.status, RunStatus.SUCCEEDED);
@@ -187,20 +179,20 @@ describe("parked runs: waiting runs out of the scheduler's memory", () => {
 
   it("wakes a parked sleep whose time came while the scheduler was down", async () => {
     const until = new Date(Date.now() + 800);
-    const runId = await start(client, "nap", { until: until.toISOString() });
+    const runId = await startRunOf(client, "nap", { until: until.toISOString() });
     await waitParked(runId);
     await scheduler.stop();
     await waitFor("its time passed", () => Date.now() > until.getTime() + 100);
     scheduler = await startMeteredTestScheduler(db.url, { parking: PARKING });
     client = workflowClient(scheduler.address);
-    events = createClient(EventService, createGrpcTransport({ baseUrl: `http://${scheduler.address}` }));
+    events = eventClient(scheduler.address);
     const run = await waitForRun(client, runId);
     assert.equal(run.status, RunStatus.SUCCEEDED);
   });
 
   it("ends a parked wait for an event with a matching event, and only that run's", async () => {
-    const a = await start(client, "order", { orderId: "A" });
-    const b = await start(client, "order", { orderId: "B" });
+    const a = await startRunOf(client, "order", { orderId: "A" });
+    const b = await startRunOf(client, "order", { orderId: "B" });
     await waitParked(a, b);
     const { event } = await events.publishEvent({
       key: "parked.orders.paid",
@@ -233,7 +225,7 @@ describe("parked runs: waiting runs out of the scheduler's memory", () => {
   });
 
   it("completes a parked parent when its child ends", async () => {
-    const parentId = await start(client, "parent");
+    const parentId = await startRunOf(client, "parent");
     const childId = await waitFor("the child run", async () => {
       const { rows } = await sql.query<{ id: string }>(
         `SELECT id FROM workflow_runs WHERE parent_run_id = $1`,
@@ -249,7 +241,7 @@ describe("parked runs: waiting runs out of the scheduler's memory", () => {
   });
 
   it("parks a child once its parent is parked, and a parent's cancel reaches its parked child, across a restart", async () => {
-    const parentId = await start(client, "parent");
+    const parentId = await startRunOf(client, "parent");
     const childId = await waitFor("the child run", async () => {
       const { rows } = await sql.query<{ id: string }>(
         `SELECT id FROM workflow_runs WHERE parent_run_id = $1`,
@@ -268,7 +260,7 @@ describe("parked runs: waiting runs out of the scheduler's memory", () => {
   });
 
   it("cancels a parked run", async () => {
-    const runId = await start(client, "approval");
+    const runId = await startRunOf(client, "approval");
     await waitParked(runId);
     const { run } = await client.cancelRun({ runId, reason: "not needed" });
     assert.equal(run?.status, RunStatus.CANCELLED);
