@@ -144,6 +144,16 @@ export function eventClient(address: string): Client<typeof EventService> {
   return createClient(EventService, createGrpcTransport({ baseUrl: `http://${address}` }));
 }
 
+/** The error of a call that must fail, as a ConnectError (fails the test if the call succeeds). */
+export async function failure(call: Promise<unknown>): Promise<ConnectError> {
+  try {
+    await call;
+  } catch (e) {
+    return ConnectError.from(e);
+  }
+  assert.fail("expected the call to fail");
+}
+
 /** The code and message of a refused call (fails the test if the call succeeds). */
 export async function refusal(p: Promise<unknown>): Promise<{ code: Code; message: string }> {
   try {

@@ -8,7 +8,7 @@
  */
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
-import { Code, ConnectError } from "@connectrpc/connect";
+import { Code } from "@connectrpc/connect";
 import { valueToJson } from "@nexusflow/common";
 import { TaskErrorType } from "@nexusflow/common/task-error-types";
 import { TaskError, type Executor } from "@nexusflow/executor";
@@ -17,6 +17,7 @@ import pg from "pg";
 import { childRunId } from "../../src/core/children.js";
 import type { Scheduler } from "../../src/scheduler.js";
 import {
+  failure,
   registerSpec,
   startRunOf,
   startTestDatabase,
@@ -126,15 +127,6 @@ describe("map steps over a child workflow", () => {
     let most = 0;
     for (const [, d] of edges) most = Math.max(most, (now += d));
     return most;
-  }
-
-  async function failure(call: Promise<unknown>): Promise<ConnectError> {
-    try {
-      await call;
-    } catch (e) {
-      return ConnectError.from(e);
-    }
-    assert.fail("expected the call to fail");
   }
 
   before(async () => {

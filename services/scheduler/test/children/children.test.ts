@@ -7,14 +7,21 @@
  */
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
-import { Code, ConnectError } from "@connectrpc/connect";
+import { Code } from "@connectrpc/connect";
 import { jsonToValue, valueToJson } from "@nexusflow/common";
 import { TaskErrorType } from "@nexusflow/common/task-error-types";
 import { RunStatus, TaskStatus, type Run } from "@nexusflow/gen";
 import pg from "pg";
 import { childRunId } from "../../src/core/children.js";
 import type { Scheduler } from "../../src/scheduler.js";
-import { startTestDatabase, startTestScheduler, waitFor, waitForRun, workflowClient } from "../support.js";
+import {
+  failure,
+  startTestDatabase,
+  startTestScheduler,
+  waitFor,
+  waitForRun,
+  workflowClient,
+} from "../support.js";
 
 type Client = ReturnType<typeof workflowClient>;
 
@@ -32,15 +39,6 @@ function task(run: Run, stepId: string) {
   const t = run.tasks.find((x) => x.stepId === stepId);
   assert.ok(t, `task ${stepId}`);
   return t;
-}
-
-async function failure(call: Promise<unknown>): Promise<ConnectError> {
-  try {
-    await call;
-  } catch (e) {
-    return ConnectError.from(e);
-  }
-  assert.fail("expected the call to fail");
 }
 
 describe("child workflows", () => {

@@ -14,6 +14,7 @@ import pg from "pg";
 import type { Scheduler } from "../../src/scheduler.js";
 import { registerSpec, type WorkflowClient } from "../e2e/harness.js";
 import {
+  failure,
   startTestDatabase,
   startTestScheduler,
   testLogger,
@@ -42,14 +43,6 @@ describe("StartRun idempotency keys", () => {
       taskTypes: ["noop"],
     });
     await executor.start();
-  }
-
-  /** ALREADY_EXISTS (or whatever else `call` fails with) as a ConnectError. */
-  async function failure(call: Promise<unknown>): Promise<ConnectError> {
-    return call.then(
-      () => assert.fail("expected the call to fail"),
-      (e: unknown) => ConnectError.from(e),
-    );
   }
 
   function assertConflict(e: ConnectError, runId: string): void {

@@ -10,7 +10,7 @@ import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
-import { Code, ConnectError } from "@connectrpc/connect";
+import { Code, type ConnectError } from "@connectrpc/connect";
 import { create } from "@bufbuild/protobuf";
 import { ValueSchema } from "@bufbuild/protobuf/wkt";
 import { jsonToValue, valueToJson } from "@nexusflow/common";
@@ -22,6 +22,7 @@ import pg from "pg";
 import type { Scheduler } from "../../src/scheduler.js";
 import { describeRun, registerSpec, task, type WorkflowClient } from "../e2e/harness.js";
 import {
+  failure,
   outboxEvents,
   startTestDatabase,
   startTestScheduler,
@@ -30,16 +31,6 @@ import {
   waitForRun,
   workflowClient,
 } from "../support.js";
-
-/** The error of a call that must fail. */
-async function failure(call: Promise<unknown>): Promise<ConnectError> {
-  try {
-    await call;
-  } catch (e) {
-    return ConnectError.from(e);
-  }
-  assert.fail("expected the call to fail");
-}
 
 function fields(e: ConnectError): string[] {
   return e.findDetails(BadRequestSchema).flatMap((d) => d.fieldViolations.map((v) => v.field));

@@ -7,7 +7,7 @@ import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import { create } from "@bufbuild/protobuf";
 import { ValueSchema } from "@bufbuild/protobuf/wkt";
-import { Code, ConnectError } from "@connectrpc/connect";
+import { Code, type ConnectError } from "@connectrpc/connect";
 import { jsonToValue, valueToJson } from "@nexusflow/common";
 import { RunStatus, TaskStatus, type Run } from "@nexusflow/gen";
 import { BadRequestSchema } from "@nexusflow/gen/google/rpc/error_details_pb";
@@ -15,6 +15,7 @@ import pg from "pg";
 import { compileWorkflow } from "../../src/dag/index.js";
 import type { Scheduler } from "../../src/scheduler.js";
 import {
+  failure,
   outboxEvents,
   startTestDatabase,
   startTestScheduler,
@@ -47,16 +48,6 @@ async function waiting(client: Client, runId: string, stepId: string): Promise<v
     const { run } = await client.getRun({ runId });
     return run?.tasks.find((t) => t.stepId === stepId)?.status === TaskStatus.WAITING ? true : undefined;
   });
-}
-
-/** The error of a call that must fail. */
-async function failure(call: Promise<unknown>): Promise<ConnectError> {
-  try {
-    await call;
-  } catch (e) {
-    return ConnectError.from(e);
-  }
-  assert.fail("expected the call to fail");
 }
 
 function fields(e: ConnectError): string[] {
