@@ -144,6 +144,23 @@ export function eventClient(address: string): Client<typeof EventService> {
   return createClient(EventService, createGrpcTransport({ baseUrl: `http://${address}` }));
 }
 
+/**
+ * The most spans that overlapped in time (an unended span lasts for ever). Ends come before starts
+ * at the same millisecond: a span started when another ends is no overlap.
+ */
+export function mostOverlapping(spans: readonly { start: Date; end: Date | null }[]): number {
+  const edges: [number, number][] = [];
+  for (const s of spans) {
+    edges.push([s.start.getTime(), 1]);
+    edges.push([s.end?.getTime() ?? Number.MAX_SAFE_INTEGER, -1]);
+  }
+  edges.sort((a, b) => a[0] - b[0] || a[1] - b[1]);
+  let now = 0;
+  let most = 0;
+  for (const [, d] of edges) most = Math.max(most, (now += d));
+  return most;
+}
+
 /** The error of a call that must fail, as a ConnectError (fails the test if the call succeeds). */
 export async function failure(call: Promise<unknown>): Promise<ConnectError> {
   try {

@@ -18,6 +18,7 @@ import { childRunId } from "../../src/core/children.js";
 import type { Scheduler } from "../../src/scheduler.js";
 import {
   failure,
+  mostOverlapping,
   registerSpec,
   startRunOf,
   startTestDatabase,
@@ -116,17 +117,7 @@ describe("map steps over a child workflow", () => {
 
   /** Most children of `runId` that were active at once (their rows' creation and end). */
   async function mostAtOnce(runId: string): Promise<number> {
-    const edges: [number, number][] = [];
-    for (const c of await children(runId)) {
-      edges.push([c.created.getTime(), 1]);
-      edges.push([c.ended?.getTime() ?? Number.MAX_SAFE_INTEGER, -1]);
-    }
-    // Ends before starts at the same millisecond: the child made when another ends is no overlap.
-    edges.sort((a, b) => a[0] - b[0] || a[1] - b[1]);
-    let now = 0;
-    let most = 0;
-    for (const [, d] of edges) most = Math.max(most, (now += d));
-    return most;
+    return mostOverlapping((await children(runId)).map((c) => ({ start: c.created, end: c.ended })));
   }
 
   before(async () => {

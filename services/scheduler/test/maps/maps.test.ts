@@ -15,6 +15,7 @@ import { RunStatus, TaskStatus, WorkflowSpecSchema, type Run } from "@nexusflow/
 import pg from "pg";
 import type { Scheduler } from "../../src/scheduler.js";
 import {
+  mostOverlapping,
   registerSpec,
   startRunOf,
   startTestDatabase,
@@ -40,17 +41,7 @@ async function maxOverlap(sql: pg.Client, runId: string, stepId: string): Promis
      WHERE t.run_id = $1 AND t.step_id LIKE $2`,
     [runId, `${stepId}[%`],
   );
-  const edges: [number, number][] = [];
-  for (const r of rows) {
-    edges.push([r.leased.getTime(), 1]);
-    edges.push([r.ended?.getTime() ?? Number.MAX_SAFE_INTEGER, -1]);
-  }
-  // Ends before starts at the same millisecond: the element made when another ends is not an overlap.
-  edges.sort((a, b) => a[0] - b[0] || a[1] - b[1]);
-  let now = 0;
-  let most = 0;
-  for (const [, d] of edges) most = Math.max(most, (now += d));
-  return most;
+  return mostOverlapping(rows.map((r) => ({ start: r.leased, end: r.ended })));
 }
 
 describe("map steps", () => {
