@@ -375,7 +375,7 @@ void describe("keyed concurrency (core)", () => {
     assert.equal(task(r).error?.type, "CONCURRENCY_KEY_ERROR");
     assert.match(
       task(r).error?.message ?? "",
-      /concurrency key "input\.c" \(\$\.steps\[0\]\.concurrency\[0\]\.key\) is a object; a concurrency key must be a string or a number/,
+      /concurrency key "input\.c" \(\$\.steps\[0\]\.concurrency\[0\]\.key\) is an object; a concurrency key must be a string or a number/,
     );
     assert.equal(r.status, "FAILED");
     const missing = beginRun(sim, limited([{ key: "input.c", limit: 1 }]), {});

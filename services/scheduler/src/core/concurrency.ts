@@ -22,8 +22,6 @@
  */
 import { TaskErrorType } from "@nexusflow/common/task-error-types";
 import {
-  EvaluationError,
-  evaluateExpression,
   type CompiledConcurrencyLimit,
   type ConcurrencyStrategy,
   type EvalScope,
@@ -32,6 +30,7 @@ import {
 import { type Claim, ConcurrencyState, type KeySpace, type Slot } from "../model/concurrency-state.js";
 import { ACTIVE_LEASE, type RunState, type TaskState } from "../model/run-state.js";
 import type { Core } from "./context.js";
+import { keyString } from "./key-value.js";
 
 export { type Claim, ConcurrencyState, type KeySpace, type Slot };
 
@@ -56,17 +55,11 @@ export function concurrencyOf(core: Core): ConcurrencyState {
 export function keyValue(limit: CompiledConcurrencyLimit, scope: EvalScope): string {
   const path = `${limit.path}.key`;
   const what = `concurrency key ${JSON.stringify(limit.expression)} (${path})`;
-  let value: unknown;
-  try {
-    value = evaluateExpression(limit.key, scope);
-  } catch (error) {
-    if (!(error instanceof EvaluationError)) throw error;
-    throw new ConcurrencyKeyError(path, `${what}: ${error.message}`, { cause: error });
-  }
-  if (typeof value === "string") return value;
-  if (typeof value === "number" && Number.isFinite(value)) return String(value);
-  const type = value === null ? "null" : Array.isArray(value) ? "an array" : `a ${typeof value}`;
-  throw new ConcurrencyKeyError(path, `${what} is ${type}; a concurrency key must be a string or a number`);
+  return keyString(limit.key, scope, what, "a concurrency key", (message, cause) =>
+    cause === undefined
+      ? new ConcurrencyKeyError(path, message)
+      : new ConcurrencyKeyError(path, message, { cause }),
+  );
 }
 
 function slotsOf(limits: readonly CompiledConcurrencyLimit[], scope: EvalScope): Slot[] {

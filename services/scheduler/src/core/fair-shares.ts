@@ -29,7 +29,7 @@
  * recovery charges the leases it finds to their groups, and virtual times start again from 0.
  */
 import type { EvalScope } from "../dag/index.js";
-import { evaluateExpression, EvaluationError, type CompiledFairShare } from "../dag/index.js";
+import { type CompiledFairShare } from "../dag/index.js";
 import {
   type FairGroup,
   type FairKey,
@@ -44,6 +44,7 @@ import { DEFAULT_PRIORITY_AGEING_MS } from "../model/ready-queue.js";
 import type { RunState, TaskState } from "../model/run-state.js";
 import { ConcurrencyKeyError, runScope } from "./concurrency.js";
 import type { Core } from "./context.js";
+import { keyString } from "./key-value.js";
 
 export { type FairKey, type FairPath, type FairShare, FairShareState, type FairTenant, type FairTree };
 
@@ -76,24 +77,11 @@ export function fairSharesOf(core: Core): FairShareState {
 function groupValue(level: CompiledFairShare, scope: EvalScope): string {
   const path = `${level.path}.key`;
   const what = `fairness key ${JSON.stringify(level.expression)} (${path})`;
-  let value: unknown;
-  try {
-    value = evaluateExpression(level.key, scope);
-  } catch (error) {
-    if (!(error instanceof EvaluationError)) throw error;
-    throw new FairShareKeyError(path, `${what}: ${error.message}`, { cause: error });
-  }
-  if (typeof value === "string") return value;
-  if (typeof value === "number" && Number.isFinite(value)) return String(value);
-  const type =
-    value === null
-      ? "null"
-      : Array.isArray(value)
-        ? "an array"
-        : typeof value === "object"
-          ? "an object"
-          : `a ${typeof value}`;
-  throw new FairShareKeyError(path, `${what} is ${type}; a fairness key must be a string or a number`);
+  return keyString(level.key, scope, what, "a fairness key", (message, cause) =>
+    cause === undefined
+      ? new FairShareKeyError(path, message)
+      : new FairShareKeyError(path, message, { cause }),
+  );
 }
 
 function shareOf(level: CompiledFairShare, value: string): FairShare {

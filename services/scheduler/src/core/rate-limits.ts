@@ -17,7 +17,7 @@
  * PauseRateLimit) is written by its own statement (see the engine).
  */
 import { TaskErrorType } from "@nexusflow/common/task-error-types";
-import { EvaluationError, evaluateExpression, type CompiledRateLimit, type EvalScope } from "../dag/index.js";
+import { type CompiledRateLimit, type EvalScope } from "../dag/index.js";
 import {
   type Bucket,
   type BucketSnapshot,
@@ -27,6 +27,7 @@ import {
 import type { TaskState } from "../model/run-state.js";
 import { runScope } from "./concurrency.js";
 import type { Core } from "./context.js";
+import { keyString } from "./key-value.js";
 import { failTerminally, stepState } from "./transitions.js";
 import { noteBucketWaiters, noteWaiting } from "./hold-events.js";
 
@@ -57,17 +58,12 @@ export function rateKeyValue(limit: CompiledRateLimit, scope: EvalScope): string
   if (limit.key === null) return "";
   const path = `${limit.path}.key`;
   const what = `rate limit ${JSON.stringify(limit.name)} key ${JSON.stringify(limit.expression)} (${path})`;
-  let value: unknown;
-  try {
-    value = evaluateExpression(limit.key, scope);
-  } catch (error) {
-    if (!(error instanceof EvaluationError)) throw error;
-    throw new RateLimitKeyError(path, `${what}: ${error.message}`, { cause: error });
-  }
-  if (typeof value === "string") return value;
-  if (typeof value === "number" && Number.isFinite(value)) return String(value);
-  const type = value === null ? "null" : Array.isArray(value) ? "an array" : `a ${typeof value}`;
-  throw new RateLimitKeyError(path, `${what} is ${type}; a rate limit key must be a string or a number`);
+  const key = limit.key;
+  return keyString(key, scope, what, "a rate limit key", (message, cause) =>
+    cause === undefined
+      ? new RateLimitKeyError(path, message)
+      : new RateLimitKeyError(path, message, { cause }),
+  );
 }
 
 /**
