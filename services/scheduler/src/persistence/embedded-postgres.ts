@@ -34,6 +34,7 @@ import { pathToFileURL } from "node:url";
 import { promisify } from "node:util";
 import pg from "pg";
 import { freePort, type Logger } from "@nexusflow/common";
+import { endedWithin } from "../background/grace.js";
 
 const run = promisify(execFile);
 
@@ -348,9 +349,7 @@ class Postmaster {
     const running = (): boolean => this.#child.exitCode === null && this.#child.signalCode === null;
     if (graceMs > 0 && running()) {
       this.#child.kill("SIGTERM");
-      let timer: NodeJS.Timeout | undefined;
-      await Promise.race([this.#exited, new Promise<void>((r) => (timer = setTimeout(r, graceMs)))]);
-      clearTimeout(timer);
+      await endedWithin(this.#exited, graceMs);
     }
     if (running()) this.#child.kill("SIGINT");
     await this.#exited;
