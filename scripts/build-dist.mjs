@@ -80,6 +80,10 @@ const vite = spawnSync(
     "--outDir",
     uiOut,
     "--emptyOutDir",
+    // Vite 8 refuses a second build of the same project while one runs (a lock under
+    // node_modules/.vite). This one writes only into its own --outDir, so another build (the
+    // browser test's, a second build-dist) cannot disturb it: the lock would only make it fail.
+    "--bypass-lock",
     "--logLevel",
     "warn",
   ],

@@ -132,6 +132,9 @@ function buildUi(out: string): void {
       "--outDir",
       out,
       "--emptyOutDir",
+      // Into its own folder: Vite's project-wide build lock would fail this build while the
+      // dist test's build-dist runs beside it (it did in CI).
+      "--bypass-lock",
       "--logLevel",
       "warn",
     ],
