@@ -7,18 +7,22 @@
  * gate reported is kept on the task (`TaskState.heldBy`); admitting the task clears it, and a task
  * queued again (a retry, a released lease) is held anew. Its reason is ExplainPending's line for
  * the gates of this kind, computed at the decision from the same state.
+ *
+ * A run that waits for its workflow's concurrency keys (none of its steps started) has the
+ * `run_held` event instead, by the same rule: when it starts waiting, and again only when the key
+ * holding it changes (`RunState.heldBy`).
  */
 import { HoldGate } from "@nexusflow/gen";
 import type { Bucket } from "../model/rate-limit-state.js";
-import type { TaskState } from "../model/run-state.js";
-import type { HoldGateName, TaskHold } from "../model/task-hold.js";
+import type { RunState, TaskState } from "../model/run-state.js";
+import type { HoldGateName, RunHold, TaskHold } from "../model/task-hold.js";
 import type { Core } from "./context.js";
 import { keyWaits } from "./concurrency.js";
 import { pendingReason, rateGates, turnGates, type Gate } from "./explain.js";
 import { rateHolds } from "./rate-limits.js";
 import { taskKind } from "./transitions.js";
 
-export type { HoldGateName, TaskHold };
+export type { HoldGateName, RunHold, TaskHold };
 
 /** Longest limit name (or key expression) and key value an event carries. */
 export const MAX_HOLD_NAME = 200;
@@ -144,4 +148,43 @@ export function noteBucketWaiters(core: Core, bucket: Bucket, now: Date): void {
     const task = core.tasks.get(ref.id);
     if (task !== undefined) noteHeld(core, task, now, bucket);
   }
+}
+
+// ---------------------------------------------------------------- runs
+
+/**
+ * The workflow's key that holds `run` back now: the first of its keys that is full, else the first
+ * whose queue it is in (let out of a full one, it stays queued where others are before it); null
+ * when it does not wait for its workflow's keys.
+ */
+export function runHoldingKey(run: RunState): RunHold | null {
+  const claim = run.claim;
+  if (claim?.state !== "parked") return null;
+  const full = claim.slots.find((s) => claim.keys.holding(s.id) >= s.limit.limit);
+  const slot = full ?? claim.slots.find((s) => claim.keys.spaces.get(s.id)?.waiters.includes(claim) === true);
+  return slot === undefined ? null : { limit: slot.limit.expression, key: slot.value };
+}
+
+/**
+ * `run` did not take its workflow's keys (runs.ts advance): when the key holding it is not the one
+ * it last reported, the run_held event is emitted (committed soon).
+ */
+export function noteRunHeld(core: Core, run: RunState): void {
+  if (run.status !== "RUNNING" || run.cancelRequested || run.claim === undefined) return;
+  const hold = runHoldingKey(run);
+  if (hold === null) return;
+  const last = run.heldBy;
+  if (last !== undefined && last.limit === hold.limit && last.key === hold.key) return;
+  run.heldBy = hold;
+  const gates: Gate[] = keyWaits(run.claim).map((w) => ({ kind: "concurrency-key", ...w }));
+  core.fx.event(run, {
+    case: "runHeld",
+    value: {
+      gate: HoldGate.CONCURRENCY_KEY,
+      limit: cut(hold.limit, MAX_HOLD_NAME),
+      key: cut(hold.key, MAX_HOLD_NAME),
+      reason: cut(pendingReason(gates), MAX_HOLD_REASON),
+    },
+  });
+  core.fx.commitSoon();
 }

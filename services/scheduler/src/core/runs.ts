@@ -30,7 +30,7 @@ import {
 } from "./concurrency.js";
 import type { Core } from "./context.js";
 import { admitWithRate } from "./rate-limits.js";
-import { clearHeld, noteHeld } from "./hold-events.js";
+import { clearHeld, noteHeld, noteRunHeld } from "./hold-events.js";
 import { cancelChild, startChildStep } from "./children.js";
 import { rerunLink, takeOver, type RerunStart } from "./reruns.js";
 import { armRunDeadline } from "./timers.js";
@@ -141,8 +141,12 @@ export function advance(core: Core, run: RunState, now: Date): void {
     run.claim !== undefined &&
     run.claim.state !== "held" &&
     !readmitRun(core, run, now, cancelByLimit(core, now))
-  )
+  ) {
+    // Still waiting (not cancelled by a strategy): a run_held event when its key is new to it.
+    noteRunHeld(core, run);
     return;
+  }
+  if (run.heldBy !== undefined) run.heldBy = undefined;
   for (let round = 0; round < run.workflow.steps.length + 1; round++) {
     const ev = evaluateRun(run.workflow, run.input ?? null, stepStates(run), {
       id: run.id,

@@ -127,4 +127,36 @@ describe("held-task metrics", () => {
     );
     assert.equal(sample(text, "nexusflow_scheduler_tasks_held", 'gate="concurrency_key"'), 55);
   });
+
+  it("counts a run waiting for its workflow's keys once, until its first task is leased, cancelled or ended", async () => {
+    const registry = new Registry();
+    const m = new HoldMetrics(registry, 20, () => T0 + 10_000);
+    const runHeld = (runId: string, at: number, key: string): OutboxRow =>
+      event(runId, at, {
+        case: "runHeld",
+        value: { gate: HoldGate.CONCURRENCY_KEY, limit: "input.t", key, reason: "r" },
+      });
+    m.observe(commit(runHeld("r1", T0, "t1"), runHeld("r2", T0 + 1000, "t1"), runHeld("r3", T0, "t2")));
+    let text = await registry.metrics();
+    assert.equal(sample(text, "nexusflow_scheduler_tasks_held", 'gate="concurrency_key"'), 3);
+    assert.equal(
+      sample(text, "nexusflow_scheduler_held_key_tasks", 'gate="concurrency_key",limit="input.t",key="t1"'),
+      2,
+    );
+    // r1's first task leased 4 s after: observed; r2 cancelled, r3 ended: not observed.
+    m.observe(
+      commit(
+        event("r1", T0 + 4000, {
+          case: "taskLeased",
+          value: { taskRunId: "t1", stepId: "a", attempt: 1, executorId: "e" },
+        }),
+        event("r2", T0 + 5000, { case: "runCancelRequested", value: { reason: "x" } }),
+        event("r3", T0 + 5000, { case: "runCompleted", value: { status: RunStatus.CANCELLED } }),
+      ),
+    );
+    text = await registry.metrics();
+    assert.equal(sample(text, "nexusflow_scheduler_tasks_held", 'gate="concurrency_key"'), 0);
+    assert.equal(sample(text, "nexusflow_task_held_seconds_count", 'gate="concurrency_key"'), 1);
+    assert.equal(sample(text, "nexusflow_task_held_seconds_sum", 'gate="concurrency_key"'), 4);
+  });
 });

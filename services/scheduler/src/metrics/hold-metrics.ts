@@ -3,8 +3,10 @@
  * concurrency key, a rate limit's tokens or its paused key), derived like lifecycle-metrics.ts from
  * the lifecycle events the batch writer committed: a task is held from its `task_held` event
  * (core/hold-events.ts) until its `task_leased`, another `task_held` (its gate changed) or an event
- * that ends its wait otherwise (cancelled, failed, skipped, its run completed). So nothing is added
- * to the engine's path, and the counts are those the events report.
+ * that ends its wait otherwise (cancelled, failed, skipped, its run completed). A run waiting for
+ * its workflow's keys counts once, from its `run_held` event until its first task event (leased or
+ * waiting: its keys let it go), its cancel or its end. So nothing is added to the engine's path,
+ * and the counts are those the events report.
  *
  * - `nexusflow_scheduler_tasks_held{gate}`: tasks held now, by gate kind;
  * - `nexusflow_task_held_seconds{gate}`: how long a gate held a task, observed when it let the
@@ -36,6 +38,11 @@ const GATES = [HoldGate.CONCURRENCY_KEY, HoldGate.RATE_LIMIT, HoldGate.RATE_LIMI
 
 /** The limit and key labels of the keys past the most named. */
 export const OTHER_KEYS = "(other)";
+
+/** The key of a run waiting for its workflow's keys among the held tasks (task ids are UUIDs). */
+function runHoldId(runId: string): string {
+  return `run:${runId}`;
+}
 
 /** Above this many held tasks tracked the map is cleared: a bound against leaks, never hit in practice. */
 const MAX_TRACKED = 1_000_000;
@@ -127,7 +134,7 @@ export class HoldMetrics {
     const registers = [registry];
     const tasksHeld = new Gauge({
       name: "nexusflow_scheduler_tasks_held",
-      help: "Queued tasks held back now by a gate the scheduler decides when it would lease them, by gate (concurrency_key, rate_limit, rate_limit_paused), as the task_held events report.",
+      help: "Queued tasks held back now by a gate the scheduler decides when it would lease them, by gate (concurrency_key, rate_limit, rate_limit_paused), as the task_held events report; a run waiting for its workflow's keys (run_held) counts once.",
       labelNames: ["gate"] as const,
       registers,
       collect: () => {
@@ -171,8 +178,9 @@ export class HoldMetrics {
   /** Records the held tasks' events of one committed statement. */
   observe(commit: CommitObservation): void {
     for (const row of commit.events) {
-      // With no task held (the common case), only a taskHeld event changes anything.
-      if (this.#held.size === 0 && row.message.event.case !== "taskHeld") continue;
+      // With nothing held (the common case), only a taskHeld or runHeld event changes anything.
+      const c = row.message.event.case;
+      if (this.#held.size === 0 && c !== "taskHeld" && c !== "runHeld") continue;
       this.#event(row.message);
     }
   }
@@ -180,29 +188,29 @@ export class HoldMetrics {
   #event(e: LifecycleEvent): void {
     const ev = e.event;
     switch (ev.case) {
-      case "taskHeld": {
-        const id = ev.value.taskRunId;
-        const now = millis(e);
-        this.#release(id, now);
-        if (this.#held.size >= MAX_TRACKED) this.#clear();
-        const gate = GATE_LABELS[ev.value.gate] ?? "unspecified";
-        this.#held.set(id, { runId: e.runId, gate, limit: ev.value.limit, key: ev.value.key, since: now });
-        this.#counts.set(gate, (this.#counts.get(gate) ?? 0) + 1);
-        const run = this.#byRun.get(e.runId);
-        if (run === undefined) this.#byRun.set(e.runId, new Set([id]));
-        else run.add(id);
+      case "taskHeld":
+        this.#hold(ev.value.taskRunId, e, ev.value.gate, ev.value.limit, ev.value.key);
         return;
-      }
+      case "runHeld":
+        this.#hold(runHoldId(e.runId), e, ev.value.gate, ev.value.limit, ev.value.key);
+        return;
       case "taskLeased":
-        this.#release(ev.value.taskRunId, e);
+      case "taskWaiting":
+        // A run's first task leased (or waiting) ends its wait for its workflow's keys.
+        this.#release(runHoldId(e.runId), e);
+        this.#release(ev.value.taskRunId, ev.case === "taskLeased" ? e : null);
         return;
       case "taskCancelled":
       case "taskFailed":
       case "taskSkipped":
       case "taskSucceeded":
       case "taskRetryScheduled":
-      case "taskWaiting":
+        this.#release(runHoldId(e.runId), null);
         this.#release(ev.value.taskRunId, null);
+        return;
+      case "runCancelRequested":
+      case "runCompensating":
+        this.#release(runHoldId(e.runId), null);
         return;
       case "runCompleted": {
         const run = this.#byRun.get(e.runId);
@@ -212,6 +220,19 @@ export class HoldMetrics {
       default:
         return;
     }
+  }
+
+  /** `id` (a task, or a run waiting for its workflow's keys) is held by a gate from `e`'s time. */
+  #hold(id: string, e: LifecycleEvent, g: HoldGate, limit: string, key: string): void {
+    const now = millis(e);
+    this.#release(id, now);
+    if (this.#held.size >= MAX_TRACKED) this.#clear();
+    const gate = GATE_LABELS[g] ?? "unspecified";
+    this.#held.set(id, { runId: e.runId, gate, limit, key, since: now });
+    this.#counts.set(gate, (this.#counts.get(gate) ?? 0) + 1);
+    const run = this.#byRun.get(e.runId);
+    if (run === undefined) this.#byRun.set(e.runId, new Set([id]));
+    else run.add(id);
   }
 
   /**

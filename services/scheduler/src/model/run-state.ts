@@ -10,7 +10,7 @@ import type { Claim } from "./concurrency-state.js";
 import type { FairKey, FairPath } from "./fair-share-state.js";
 import type { QueueHold } from "./queue-hold.js";
 import type { BucketSnapshot, RateWant } from "./rate-limit-state.js";
-import type { TaskHold } from "./task-hold.js";
+import type { RunHold, TaskHold } from "./task-hold.js";
 import type { CompiledWorkflow } from "../dag/index.js";
 
 /** Run states as stored: the names of the generated RunStatus enum ("SUCCEEDED"). */
@@ -228,6 +228,8 @@ export interface RunState {
   rollbackError: ErrorInfo | null;
   /** The workflow's concurrency keys, when it has limits (core/concurrency.ts; in memory only). */
   claim?: Claim | undefined;
+  /** While it waits for its workflow's keys: the key its latest run_held event named (core/hold-events.ts). */
+  heldBy?: RunHold | undefined;
   /** Its tenant and key of fair shares, once evaluated (core/fair-shares.ts; in memory only). */
   fair?: FairPath | undefined;
   /** Signals received, in order (see SignalState); empty for most runs. */

@@ -1,7 +1,8 @@
 /**
  * The gate that holds a queued task back, as the latest `task_held` lifecycle event of the task
  * reported it (core/hold-events.ts): kept on the task so that an event is emitted only when the
- * task becomes held or the gate holding it changes, never again for the same gate.
+ * task becomes held or the gate holding it changes, never again for the same gate; likewise the
+ * key a run waiting for its workflow's keys last reported (`run_held`).
  */
 
 /** A gate decided when the task would be leased (proto HoldGate). */
@@ -16,4 +17,12 @@ export interface TaskHold {
   readonly key: string;
   /** The `queuedAt` of the task when it was held: a task queued again since is held anew. */
   readonly queuedAt: number;
+}
+
+/** The workflow's key a run's latest `run_held` event named (it waits for its workflow's keys). */
+export interface RunHold {
+  /** The key's expression. */
+  readonly limit: string;
+  /** The key value. */
+  readonly key: string;
 }

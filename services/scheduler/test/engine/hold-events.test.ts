@@ -3,7 +3,8 @@
  * outbox: 200 runs behind one concurrency key of limit 1 produce one task_held per held task (not
  * one per scheduling pass), each before its task_leased, with the key and ExplainPending's reason;
  * a rate limit's waiters are reported held by its tokens, then by an operator's pause of the key,
- * then by its tokens again, one event per change. The held-task metrics follow, on /metrics.
+ * then by its tokens again, one event per change; runs waiting for their workflow's key get one
+ * run_held each, before their first task is leased. The held-task metrics follow, on /metrics.
  */
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
@@ -12,7 +13,7 @@ import { createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { jsonToValue } from "@nexusflow/common";
 import { Executor } from "@nexusflow/executor";
-import { HoldGate, RateLimitService, RunStatus, type TaskHeld } from "@nexusflow/gen";
+import { HoldGate, RateLimitService, RunStatus, type RunHeld, type TaskHeld } from "@nexusflow/gen";
 import pg from "pg";
 import type { Scheduler } from "../../src/scheduler.js";
 import { registerSpec, type WorkflowClient } from "../e2e/harness.js";
@@ -96,6 +97,12 @@ describe("task_held events", () => {
           concurrency: [{ key: "input.c", limit: 1 }],
         },
       ],
+    });
+    await registerSpec(client, {
+      name: "he-run-keyed",
+      version: 1,
+      concurrency: [{ key: "input.t", limit: 1 }],
+      steps: [{ id: "sync", type: "he.work", input: { g: "{{ input.g }}" } }],
     });
     await registerSpec(client, {
       name: "he-rated",
@@ -193,6 +200,62 @@ describe("task_held events", () => {
     assert.equal(all.filter((x) => x.type === "taskHeld").length, 38);
     for (const id of ids)
       assert.ok(heldOf(all, id).length <= 2, `${id}: ${heldOf(all, id).length} task_held`);
+  });
+
+  it("runs waiting for their workflow's key: one run_held each, before their first task_leased", async () => {
+    const countBefore =
+      sample(await scrape(), "nexusflow_task_held_seconds_count", 'gate="concurrency_key"') ?? 0;
+    const holder = await start("he-run-keyed", { t: "t1", g: "r" });
+    await waitFor("the first run's task leased", async () =>
+      (await outboxEvents(pool, [holder])).some((e) => e.type === "taskLeased") ? true : undefined,
+    );
+    const waiting: string[] = [];
+    for (let i = 0; i < 4; i++) waiting.push(await start("he-run-keyed", { t: "t1", g: "r" }));
+    const runHeldOf = (events: OutboxEventRow[], runId: string): RunHeld[] =>
+      events
+        .filter((e) => e.runId === runId && e.message.event.case === "runHeld")
+        .map((e) => e.message.event.value as RunHeld);
+    const events = await waitFor("4 run_held events committed", async () => {
+      const e = await outboxEvents(pool, waiting);
+      return e.filter((x) => x.type === "runHeld").length >= 4 ? e : undefined;
+    });
+    for (const [i, id] of waiting.entries()) {
+      const [e, more] = runHeldOf(events, id);
+      assert.equal(more, undefined);
+      assert.ok(e);
+      assert.deepEqual([e.gate, e.limit, e.key], [HoldGate.CONCURRENCY_KEY, "input.t", "t1"]);
+      assert.equal(
+        e.reason,
+        `the run waits for concurrency key "t1" (input.t, limit 1): held by run ${holder}; ${i + 1} of ${i + 1} in its queue`,
+      );
+      // Nothing of the run started: no task event yet.
+      assert.deepEqual(
+        events.filter((x) => x.runId === id && x.type.startsWith("task")).map((x) => x.type),
+        [],
+      );
+    }
+    const text = await scrape();
+    assert.equal(sample(text, "nexusflow_scheduler_tasks_held", 'gate="concurrency_key"'), 4);
+    assert.equal(
+      sample(text, "nexusflow_scheduler_held_key_tasks", 'gate="concurrency_key",limit="input.t",key="t1"'),
+      4,
+    );
+    release("r");
+    for (const id of [holder, ...waiting])
+      assert.equal((await waitForRun(client, id, 60_000)).status, RunStatus.SUCCEEDED);
+    const all = await outboxEvents(pool, [holder, ...waiting]);
+    assert.equal(runHeldOf(all, holder).length, 0);
+    for (const id of waiting) {
+      const types = all.filter((x) => x.runId === id).map((x) => x.type);
+      assert.equal(types.filter((t) => t === "runHeld").length, 1, types.join(","));
+      assert.ok(types.indexOf("runHeld") < types.indexOf("taskLeased"), types.join(","));
+    }
+    const after = await scrape();
+    assert.equal(sample(after, "nexusflow_scheduler_tasks_held", 'gate="concurrency_key"'), 0);
+    assert.equal(
+      sample(after, "nexusflow_task_held_seconds_count", 'gate="concurrency_key"'),
+      countBefore + 4,
+    );
   });
 
   it("a rate limit's waiters: held by its tokens, by an operator's pause of the key, by its tokens again", async () => {
