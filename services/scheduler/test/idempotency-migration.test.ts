@@ -9,19 +9,23 @@ import { randomUUID } from "node:crypto";
 import { after, before, describe, it } from "node:test";
 import pg from "pg";
 import { openDatabase, type Database } from "../src/persistence/database.js";
+import { openMigrationOrm } from "../src/persistence/migrator.js";
 import { migrationsList } from "../src/persistence/migrations/index.js";
 import { startTestDatabase, testLogger } from "./support.js";
 
 describe("migration IdempotencyKeys", () => {
   let server: Awaited<ReturnType<typeof startTestDatabase>>;
   let db: Database;
+  let orm: Awaited<ReturnType<typeof openMigrationOrm>>;
 
   before(async () => {
     server = await startTestDatabase();
     db = await openDatabase({ url: server.url, log: testLogger("db") });
+    orm = await openMigrationOrm(server.url, testLogger("db"));
   });
 
   after(async () => {
+    await orm?.close(true);
     await db?.close();
     await server?.close();
   });
@@ -33,9 +37,9 @@ describe("migration IdempotencyKeys", () => {
     const client = new pg.Client({ connectionString: url.toString() });
     await client.connect();
     try {
-      const driver = db.orm.em.getDriver();
+      const driver = orm.em.getDriver();
       const sql = (m: (typeof migrationsList)[number]): string[] => {
-        const migration = new m.class(driver, db.orm.config);
+        const migration = new m.class(driver, orm.config);
         migration.up();
         return migration.getQueries().map(String);
       };

@@ -1,24 +1,24 @@
 /**
- * Opens the scheduler's database: MikroORM (entities, migrations applied at start-up), a `pg`
- * pool for plain SQL and a small one for the batch writer. All connect to the same PostgreSQL.
+ * Opens the scheduler's database: `pg` pools for plain SQL (the hot path, the API's reads, the
+ * batch writer), all on the same PostgreSQL. Migrations, when asked for, are applied through
+ * MikroORM (migrator.ts), imported only then.
  */
-import { MikroORM, PostgreSqlDriver } from "@mikro-orm/postgresql";
-import { Migrator } from "@mikro-orm/migrations";
 import pg from "pg";
 import type { Logger } from "@nexusflow/common";
 import { codeConnectionErrors } from "./connection-errors.js";
-import { entities } from "./entities.js";
-import { migrationsList } from "./migrations/index.js";
 
 /** The scheduler's connection to PostgreSQL. */
 export interface Database {
-  /** The ORM, for queries of the API. */
-  readonly orm: MikroORM;
   /** A pool for plain SQL on the hot path. */
   readonly pool: pg.Pool;
+  /**
+   * The API's reads (GetRun, ListRuns, definitions): a pool of their own, so that a burst of reads
+   * neither waits behind the hot path's connections nor takes them.
+   */
+  readonly readPool: pg.Pool;
   /** The batch writer's connections (sequential scans disabled; see openDatabase). */
   readonly writerPool: pg.Pool;
-  /** Closes the ORM and both pools. */
+  /** Closes the pools. */
   close(): Promise<void>;
 }
 
@@ -40,47 +40,12 @@ export interface DatabaseOptions {
 // int8 columns (fencing tokens, sequences) fit in a double for any realistic value; read them as numbers.
 pg.types.setTypeParser(pg.types.builtins.INT8, (v) => Number(v));
 
-/** `{ host }` when the URL selects a Unix socket directory with `?host=/dir`, else nothing. */
-function socketHost(url: string): { host?: string } {
-  const host = new URL(url).searchParams.get("host");
-  return host !== null && host.startsWith("/") ? { host } : {};
-}
-
 /** Connects, applies pending migrations (unless `migrate` is false), and returns the database handles. */
 export async function openDatabase(options: DatabaseOptions): Promise<Database> {
-  const orm = await MikroORM.init({
-    driver: PostgreSqlDriver,
-    clientUrl: options.url,
-    entities,
-    extensions: [Migrator],
-    migrations: {
-      migrationsList,
-      tableName: "nexusflow_migrations",
-      transactional: true,
-      allOrNothing: true,
-      snapshot: false,
-    },
-    pool: { min: 0, max: 4 },
-    // Overrides of the `pg` pool's options. MikroORM reads host and port from the URL itself; a
-    // Unix socket chosen with `?host=/dir` (as the embedded default's localUrl does) reaches it
-    // only through them. Fail fast while the database is down, and give the pool's connection
-    // failures their codes (onPoolCreated), as the other pools do.
-    driverOptions: {
-      connectionTimeoutMillis: 3000,
-      ...socketHost(options.url),
-      onPoolCreated: (pool: pg.Pool) => codeConnectionErrors(pool),
-    },
-    allowGlobalContext: false,
-    debug: false,
-    logger: (message) => options.log.debug({ orm: message }, "mikro-orm"),
-  });
-  try {
-    const applied = options.migrate === false ? [] : await orm.migrator.up();
-    if (applied.length > 0)
-      options.log.info({ migrations: applied.map((m) => m.name) }, "applied database migrations");
-  } catch (e) {
-    await orm.close(true);
-    throw e;
+  if (options.migrate !== false) {
+    const { migrateDatabase } = await import("./migrator.js");
+    const applied = await migrateDatabase(options.url, options.log);
+    if (applied.length > 0) options.log.info({ migrations: applied }, "applied database migrations");
   }
   const newPool = (max: number, session?: string): pg.Pool => {
     // Fail fast while the database is down: callers answer UNAVAILABLE instead of hanging.
@@ -107,6 +72,7 @@ export async function openDatabase(options: DatabaseOptions): Promise<Database> 
     return p;
   };
   const pool = newPool(options.poolSize ?? 10);
+  const readPool = newPool(4);
   // The batch writer runs each shape of batch as a prepared statement whose UPDATEs find rows by
   // primary key (`id = ANY($ids)`). A plan made while a table was small (a new database) prices
   // that as a scan of a few pages and stays cached as the table grows, so every commit scanned
@@ -116,13 +82,13 @@ export async function openDatabase(options: DatabaseOptions): Promise<Database> 
   // of the multi-CTE statement cost ~0.1-0.3 ms of PostgreSQL per commit).
   const writerPool = newPool(2, "SET enable_seqscan = off; SET plan_cache_mode = force_generic_plan");
   return {
-    orm,
     pool,
+    readPool,
     writerPool,
     async close() {
       await writerPool.end();
+      await readPool.end();
       await pool.end();
-      await orm.close(true);
     },
   };
 }

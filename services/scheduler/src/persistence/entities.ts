@@ -1,7 +1,7 @@
 /**
- * The scheduler's tables, as MikroORM entity schemas. The schema is owned by the committed
- * migrations in ./migrations; these definitions serve queries and let `schema:diff` catch drift.
- * Hot-path writes (leases, completions, group commit) go through the batch writer in plain SQL.
+ * The scheduler's tables, as MikroORM entity schemas, for the ORM that applies the committed
+ * migrations (migrator.ts; the schema is theirs). Nothing queries through them: reads and writes
+ * are plain SQL (run-store.ts, the batch writer, ...), so the running scheduler never loads MikroORM.
  */
 import { defineEntity, p } from "@mikro-orm/core";
 import { TASK_ATTEMPTS_VIEW } from "./migrations/Migration20261205040000LatestAttemptInTaskRow.js";

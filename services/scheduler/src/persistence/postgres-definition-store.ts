@@ -2,7 +2,6 @@
 import type pg from "pg";
 import type { Database } from "./database.js";
 import type { DefinitionQuery, DefinitionRow, DefinitionStore, NewDefinition } from "./definition-store.js";
-import { WorkflowDefinitionEntity } from "./entities.js";
 
 /** A definition being stored, as the hooks see it. */
 export interface StoredDefinition {
@@ -20,6 +19,11 @@ export interface DefinitionStoreHooks {
   inserted?(definition: StoredDefinition): void;
 }
 
+/** A definition's columns as a DefinitionRow's keys. */
+const ROW_COLUMNS = `id, name, version, spec, content_hash AS "contentHash", created_at AS "createdAt"`;
+const BY_VERSION_SQL = `SELECT ${ROW_COLUMNS} FROM workflow_definitions WHERE name = $1 AND version = $2`;
+const LATEST_SQL = `SELECT ${ROW_COLUMNS} FROM workflow_definitions WHERE name = $1 ORDER BY version DESC LIMIT 1`;
+
 const INSERT_SQL = `INSERT INTO workflow_definitions (name, version, spec, content_hash, description)
   VALUES ($1, $2, $3, $4, $5) ON CONFLICT (name, version) DO NOTHING RETURNING id`;
 
@@ -31,14 +35,15 @@ export class PostgresDefinitionStore implements DefinitionStore {
   ) {}
 
   async insert(d: NewDefinition): Promise<{ row: DefinitionRow; created: boolean }> {
-    const em = this.db.orm.em.fork();
     const params = [d.name, d.version, d.canonicalJson, d.contentHash, d.description];
     const created =
       this.hooks === undefined
         ? (await this.db.pool.query<{ id: number }>(INSERT_SQL, params)).rowCount === 1
         : await this.insertWithHooks(this.hooks, d, params);
-    const existing = await em.findOneOrFail(WorkflowDefinitionEntity, { name: d.name, version: d.version });
-    return { row: toRow(existing), created };
+    const existing = await this.get(d.name, d.version);
+    if (existing === undefined)
+      throw new Error(`workflow definition ${d.name} v${d.version} not found after storing it`);
+    return { row: existing, created };
   }
 
   private async insertWithHooks(
@@ -69,12 +74,11 @@ export class PostgresDefinitionStore implements DefinitionStore {
   }
 
   async get(name: string, version: number): Promise<DefinitionRow | undefined> {
-    const em = this.db.orm.em.fork();
-    const found =
+    const { rows } =
       version === 0
-        ? await em.findOne(WorkflowDefinitionEntity, { name }, { orderBy: { version: "desc" } })
-        : await em.findOne(WorkflowDefinitionEntity, { name, version });
-    return found === null ? undefined : toRow(found);
+        ? await this.db.readPool.query<DefinitionRow>(LATEST_SQL, [name])
+        : await this.db.readPool.query<DefinitionRow>(BY_VERSION_SQL, [name, version]);
+    return rows[0];
   }
 
   async latestId(name: string): Promise<number | undefined> {
@@ -86,8 +90,12 @@ export class PostgresDefinitionStore implements DefinitionStore {
   }
 
   async specById(id: number): Promise<unknown> {
-    const em = this.db.orm.em.fork();
-    return (await em.findOneOrFail(WorkflowDefinitionEntity, { id })).spec;
+    const { rows } = await this.db.readPool.query<{ spec: unknown }>(
+      "SELECT spec FROM workflow_definitions WHERE id = $1",
+      [id],
+    );
+    if (rows[0] === undefined) throw new Error(`workflow definition ${id} does not exist`);
+    return rows[0].spec;
   }
 
   async list(query: DefinitionQuery): Promise<DefinitionRow[]> {
@@ -127,22 +135,4 @@ export class PostgresDefinitionStore implements DefinitionStore {
       createdAt: r.created_at,
     }));
   }
-}
-
-function toRow(e: {
-  id: number;
-  name: string;
-  version: number;
-  spec: Record<string, unknown>;
-  contentHash: string;
-  createdAt: Date;
-}): DefinitionRow {
-  return {
-    id: e.id,
-    name: e.name,
-    version: e.version,
-    spec: e.spec,
-    contentHash: e.contentHash,
-    createdAt: e.createdAt,
-  };
 }

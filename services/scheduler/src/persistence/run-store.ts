@@ -1,19 +1,178 @@
 /**
- * The read side of runs: GetRun, ListRuns and WatchRun read committed state from PostgreSQL through
- * MikroORM, so what clients see is exactly what survives a crash.
+ * The read side of runs: GetRun, ListRuns and WatchRun read committed state from PostgreSQL in
+ * plain SQL (the database's read pool), so what clients see is exactly what survives a crash. Rows
+ * come back with camelCase keys, JSON columns parsed, timestamps as Dates and int8 as numbers
+ * (database.ts sets pg's parser).
  */
-import type { FilterQuery, InferEntity } from "@mikro-orm/core";
 import { ApiError } from "@nexusflow/common";
 import { decodeToken, encodeToken } from "./page-token.js";
 import type { Database } from "./database.js";
-import { TaskAttemptEntity, TaskRunEntity, WorkflowRunEntity } from "./entities.js";
 
-/** A run row as read. */
-export type RunRow = InferEntity<typeof WorkflowRunEntity>;
-/** A task row as read. */
-export type TaskRow = InferEntity<typeof TaskRunEntity>;
-/** An attempt row as read. */
-export type AttemptRow = InferEntity<typeof TaskAttemptEntity>;
+/** A run row as read (workflow_runs). */
+export interface RunRow {
+  id: string;
+  definitionId: number;
+  workflowName: string;
+  workflowVersion: number;
+  status: string;
+  input: unknown;
+  output: unknown;
+  error: unknown;
+  idempotencyKey: string | null;
+  labels: Record<string, string>;
+  traceParent: string | null;
+  signals: unknown;
+  /** The run this one reruns (RerunRun); null for other runs. */
+  rerunOf: string | null;
+  /** A rerun's `{fromStep, reused: {stepId: original task run id}}` (migration RunReruns). */
+  rerun: unknown;
+  parentRunId: string | null;
+  parentStepId: string | null;
+  childDepth: number;
+  cancelRequested: boolean;
+  compensateOnCancel: boolean;
+  eventSeq: number;
+  deadline: Date | null;
+  createdAt: Date;
+  updatedAt: Date;
+  endedAt: Date | null;
+}
+
+/** A task row as read (task_runs): one step or compensation; `attempt` and `fencingToken` describe the current lease. */
+export interface TaskRow {
+  id: string;
+  runId: string;
+  stepId: string;
+  kind: string;
+  type: string;
+  status: string;
+  position: number;
+  input: unknown;
+  output: unknown;
+  outputRef: unknown;
+  error: unknown;
+  skipReason: string | null;
+  attempt: number;
+  fencingToken: number;
+  executorId: string | null;
+  leaseExpiresAt: Date | null;
+  nextAttemptAt: Date | null;
+  queuedAt: Date | null;
+  createdAt: Date;
+  updatedAt: Date;
+  endedAt: Date | null;
+  /** The latest attempt (number `attempt`, token `fencingToken`); null before the first. */
+  attemptStatus: string | null;
+  attemptError: unknown;
+  attemptLogs: unknown;
+  /** Set only when the attempt's executor is not `executorId`. */
+  attemptExecutorId: string | null;
+  leasedAt: Date | null;
+  startedAt: Date | null;
+  attemptEndedAt: Date | null;
+  /** The run's latest event sequence when this row was written (recovery numbers from it). */
+  runEventSeq: number;
+}
+
+/** An attempt row as read (the task_attempts view: the history and each task's latest). */
+export interface AttemptRow {
+  taskRunId: string;
+  number: number;
+  runId: string;
+  fencingToken: number;
+  executorId: string;
+  status: string;
+  error: unknown;
+  logs: unknown;
+  leasedAt: Date;
+  startedAt: Date | null;
+  endedAt: Date | null;
+}
+
+/** `"snake_case" AS "camelCase"` for each key: a select list whose rows have the keys of `T`. */
+function columns<T>(keys: readonly (keyof T & string)[]): string {
+  return keys.map((k) => `"${k.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`)}" AS "${k}"`).join(", ");
+}
+
+const RUN_COLUMNS = columns<RunRow>([
+  "id",
+  "definitionId",
+  "workflowName",
+  "workflowVersion",
+  "status",
+  "input",
+  "output",
+  "error",
+  "idempotencyKey",
+  "labels",
+  "traceParent",
+  "signals",
+  "rerunOf",
+  "rerun",
+  "parentRunId",
+  "parentStepId",
+  "childDepth",
+  "cancelRequested",
+  "compensateOnCancel",
+  "eventSeq",
+  "deadline",
+  "createdAt",
+  "updatedAt",
+  "endedAt",
+]);
+const TASK_COLUMNS = columns<TaskRow>([
+  "id",
+  "runId",
+  "stepId",
+  "kind",
+  "type",
+  "status",
+  "position",
+  "input",
+  "output",
+  "outputRef",
+  "error",
+  "skipReason",
+  "attempt",
+  "fencingToken",
+  "executorId",
+  "leaseExpiresAt",
+  "nextAttemptAt",
+  "queuedAt",
+  "createdAt",
+  "updatedAt",
+  "endedAt",
+  "attemptStatus",
+  "attemptError",
+  "attemptLogs",
+  "attemptExecutorId",
+  "leasedAt",
+  "startedAt",
+  "attemptEndedAt",
+  "runEventSeq",
+]);
+const ATTEMPT_COLUMNS = columns<AttemptRow>([
+  "taskRunId",
+  "number",
+  "runId",
+  "fencingToken",
+  "executorId",
+  "status",
+  "error",
+  "logs",
+  "leasedAt",
+  "startedAt",
+  "endedAt",
+]);
+
+const RUN_SQL = `SELECT ${RUN_COLUMNS} FROM workflow_runs WHERE id = $1`;
+const TASKS_SQL = `SELECT ${TASK_COLUMNS} FROM task_runs WHERE run_id = ANY($1::uuid[]) ORDER BY kind DESC, position ASC`;
+const ATTEMPTS_SQL = `SELECT ${ATTEMPT_COLUMNS} FROM task_attempts WHERE run_id = ANY($1::uuid[]) ORDER BY number ASC`;
+// The partial index on parent_run_id holds child runs only.
+const CHILDREN_SQL = `SELECT id, parent_step_id AS "parentStepId" FROM workflow_runs WHERE parent_run_id = $1`;
+// The partial index on rerun_of answers this without a row for runs that were never rerun.
+const RERUNS_SQL =
+  "SELECT id FROM workflow_runs WHERE rerun_of = $1 ORDER BY created_at ASC, id ASC LIMIT $2";
 
 /** A run with its tasks and their attempts. */
 export interface RunDetail {
@@ -55,23 +214,14 @@ export class RunStore {
   /** A run with tasks and attempts; NOT_FOUND when missing. */
   async get(runId: string): Promise<RunDetail> {
     const run = await this.getRun(runId);
-    const em = this.db.orm.em.fork();
-    const tasks = await em.find(TaskRunEntity, { runId }, { orderBy: { kind: "desc", position: "asc" } });
-    const attemptRows = await em.find(TaskAttemptEntity, { runId }, { orderBy: { number: "asc" } });
-    // The partial index on parent_run_id holds child runs only.
-    const childRows = await em.find(
-      WorkflowRunEntity,
-      { parentRunId: runId },
-      { fields: ["id", "parentStepId"] },
-    );
+    const pool = this.db.readPool;
+    const tasks = (await pool.query<TaskRow>(TASKS_SQL, [[runId]])).rows;
+    const attemptRows = (await pool.query<AttemptRow>(ATTEMPTS_SQL, [[runId]])).rows;
+    const childRows = (await pool.query<{ id: string; parentStepId: string | null }>(CHILDREN_SQL, [runId]))
+      .rows;
     const children: Record<string, string> = {};
     for (const c of childRows) if (typeof c.parentStepId === "string") children[c.parentStepId] = c.id;
-    // The partial index on rerun_of answers this without a row for runs that were never rerun.
-    const reruns = await em.find(
-      WorkflowRunEntity,
-      { rerunOf: runId },
-      { fields: ["id"], orderBy: { createdAt: "asc", id: "asc" }, limit: MAX_LISTED_RERUNS },
-    );
+    const reruns = (await pool.query<{ id: string }>(RERUNS_SQL, [runId, MAX_LISTED_RERUNS])).rows;
     const attempts = new Map<string, AttemptRow[]>();
     for (const a of attemptRows) {
       const list = attempts.get(a.taskRunId) ?? [];
@@ -84,8 +234,8 @@ export class RunStore {
   /** A run's own row, without tasks; NOT_FOUND when missing. */
   async getRun(runId: string): Promise<RunRow> {
     checkRunId(runId);
-    const run = await this.db.orm.em.fork().findOne(WorkflowRunEntity, { id: runId });
-    if (run === null) throw ApiError.notFound(`run ${runId} does not exist`);
+    const run = (await this.db.readPool.query<RunRow>(RUN_SQL, [runId])).rows[0];
+    if (run === undefined) throw ApiError.notFound(`run ${runId} does not exist`);
     return run;
   }
 
@@ -94,14 +244,19 @@ export class RunStore {
     const size = filter.pageSize === 0 ? 100 : filter.pageSize;
     if (!Number.isInteger(size) || size < 1 || size > 1000)
       throw ApiError.invalid("page_size", "must be between 1 and 1000");
-    const where: FilterQuery<RunRow>[] = [];
-    if (filter.workflowName !== "") where.push({ workflowName: filter.workflowName });
-    if (filter.statuses.length > 0) where.push({ status: { $in: filter.statuses } });
+    const params: unknown[] = [];
+    const param = (value: unknown): string => {
+      params.push(value);
+      return `$${params.length}`;
+    };
+    const where: string[] = [];
+    if (filter.workflowName !== "") where.push(`workflow_name = ${param(filter.workflowName)}`);
+    if (filter.statuses.length > 0) where.push(`status = ANY(${param(filter.statuses)}::text[])`);
     // Containment, on labelled runs only: what the partial GIN index on labels serves.
     if (Object.keys(filter.labels).length > 0)
-      where.push({ labels: { $contains: filter.labels } }, { labels: { $ne: {} } });
-    if (filter.createdAfter !== undefined) where.push({ createdAt: { $gte: filter.createdAfter } });
-    if (filter.createdBefore !== undefined) where.push({ createdAt: { $lt: filter.createdBefore } });
+      where.push(`labels @> ${param(JSON.stringify(filter.labels))}::jsonb`, `labels <> '{}'::jsonb`);
+    if (filter.createdAfter !== undefined) where.push(`created_at >= ${param(filter.createdAfter)}`);
+    if (filter.createdBefore !== undefined) where.push(`created_at < ${param(filter.createdBefore)}`);
     if (filter.pageToken !== "") {
       const t = decodeToken(
         filter.pageToken,
@@ -114,14 +269,14 @@ export class RunStore {
           typeof (v as { id?: unknown }).id === "string" &&
           UUID.test((v as { id: string }).id),
       );
-      const at = new Date(t.t);
-      where.push({ $or: [{ createdAt: { $lt: at } }, { createdAt: at, id: { $lt: t.id } }] });
+      const at = param(new Date(t.t));
+      where.push(`(created_at < ${at} OR (created_at = ${at} AND id < ${param(t.id)}))`);
     }
-    const em = this.db.orm.em.fork();
-    const rows = await em.find(WorkflowRunEntity, where.length > 0 ? { $and: where } : {}, {
-      orderBy: { createdAt: "desc", id: "desc" },
-      limit: size + 1,
-    });
+    const { rows } = await this.db.readPool.query<RunRow>(
+      `SELECT ${RUN_COLUMNS} FROM workflow_runs ${where.length > 0 ? `WHERE ${where.join(" AND ")}` : ""}
+       ORDER BY created_at DESC, id DESC LIMIT ${param(size + 1)}`,
+      params,
+    );
     const page = rows.slice(0, size);
     const last = page[page.length - 1];
     return { runs: page, nextPageToken: rows.length > size && last !== undefined ? runPageToken(last) : "" };
@@ -131,17 +286,8 @@ export class RunStore {
   async details(rows: RunRow[]): Promise<RunDetail[]> {
     if (rows.length === 0) return [];
     const ids = rows.map((r) => r.id);
-    const em = this.db.orm.em.fork();
-    const tasks = await em.find(
-      TaskRunEntity,
-      { runId: { $in: ids } },
-      { orderBy: { kind: "desc", position: "asc" } },
-    );
-    const attemptRows = await em.find(
-      TaskAttemptEntity,
-      { runId: { $in: ids } },
-      { orderBy: { number: "asc" } },
-    );
+    const tasks = (await this.db.readPool.query<TaskRow>(TASKS_SQL, [ids])).rows;
+    const attemptRows = (await this.db.readPool.query<AttemptRow>(ATTEMPTS_SQL, [ids])).rows;
     const byRun = new Map<string, RunDetail>(
       rows.map((run) => [run.id, { run, tasks: [], attempts: new Map<string, AttemptRow[]>() }]),
     );

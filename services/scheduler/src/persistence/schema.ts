@@ -8,13 +8,10 @@
 import type { Logger } from "@nexusflow/common";
 import pg from "pg";
 import { openDatabase } from "./database.js";
-import { migrationsList } from "./migrations/index.js";
+import { MIGRATION_NAMES, MIGRATIONS_TABLE } from "./migrations/names.js";
 
 /** Advisory lock key of applying migrations ("NFMIGRAT"), distinct from the scheduler's. */
 export const MIGRATE_LOCK_KEY = 0x4e464d4947524154n;
-
-/** The table where MikroORM records applied migrations (persistence/database.ts). */
-export const MIGRATIONS_TABLE = "nexusflow_migrations";
 
 /** The migrations this build knows that `url`'s database has not applied (all when the table is missing). */
 export async function pendingMigrations(url: string): Promise<string[]> {
@@ -29,7 +26,7 @@ export async function pendingMigrations(url: string): Promise<string[]> {
       const rows = await client.query<{ name: string }>(`SELECT name FROM ${MIGRATIONS_TABLE}`);
       for (const { name } of rows.rows) applied.add(name.replace(/\.[jt]s$/, ""));
     }
-    return migrationsList.map((m) => m.name).filter((name) => !applied.has(name));
+    return MIGRATION_NAMES.filter((name) => !applied.has(name));
   } finally {
     await client.end();
   }
@@ -51,7 +48,7 @@ export async function applyMigrations(url: string, log: Logger): Promise<string[
     const pending = await pendingMigrations(url);
     if (pending.length === 0) return [];
     log.info({ migrations: pending }, "applying database migrations");
-    // openDatabase applies what is pending (MikroORM's migrator, one transaction for all).
+    // openDatabase applies what is pending (MikroORM's migrator, migrator.ts, one transaction for all).
     const db = await openDatabase({ url, poolSize: 2, log });
     await db.close();
     return pending;

@@ -10,6 +10,7 @@ import { createLogger } from "@nexusflow/common";
 import { LifecycleEventSchema, type LifecycleEvent } from "@nexusflow/gen";
 import { splitEventBatch } from "../../src/persistence/outbox.js";
 import { openDatabase, type Database } from "../../src/persistence/database.js";
+import { openMigrationOrm } from "../../src/persistence/migrator.js";
 import { startEmbeddedPostgres, type EmbeddedDatabase } from "../../src/persistence/embedded-postgres.js";
 import { migrationsList } from "../../src/persistence/migrations/index.js";
 
@@ -18,6 +19,7 @@ describe("embedded PostgreSQL with migrations", () => {
   let dir: string;
   let server: EmbeddedDatabase;
   let db: Database;
+  let orm: Awaited<ReturnType<typeof openMigrationOrm>>;
 
   before(async () => {
     dir = await mkdtemp(join(tmpdir(), "nf-pg-"));
@@ -25,8 +27,10 @@ describe("embedded PostgreSQL with migrations", () => {
     await chmod(dir, 0o1777);
     server = await startEmbeddedPostgres({ dir: join(dir, "pg"), log });
     db = await openDatabase({ url: server.url, log });
+    orm = await openMigrationOrm(server.url, log);
   });
   after(async () => {
+    await orm?.close(true);
     await db?.close();
     await server?.destroy();
     await rm(dir, { recursive: true, force: true });
@@ -54,19 +58,21 @@ describe("embedded PostgreSQL with migrations", () => {
     // A Unix-socket connection has no server address.
     assert.equal(await address(server.localUrl), null);
     assert.equal(await address(server.url), "127.0.0.1/32");
-    // The scheduler's pools and its ORM connect through it.
+    // The scheduler's pools and the migrator's ORM connect through it.
     const local = await openDatabase({ url: server.localUrl, log, poolSize: 1 });
+    const localOrm = await openMigrationOrm(server.localUrl, log);
     try {
-      const { rows } = await local.pool.query<{ addr: string | null }>(
-        "SELECT inet_server_addr()::text AS addr",
-      );
-      assert.equal(rows[0]?.addr, null);
-      const orm = await local.orm.em
+      for (const pool of [local.pool, local.readPool]) {
+        const { rows } = await pool.query<{ addr: string | null }>("SELECT inet_server_addr()::text AS addr");
+        assert.equal(rows[0]?.addr, null);
+      }
+      const orm = await localOrm.em
         .fork()
         .getConnection()
         .execute<{ addr: string | null }[]>("SELECT inet_server_addr()::text AS addr");
       assert.equal(orm[0]?.addr, null);
     } finally {
+      await localOrm.close(true);
       await local.close();
     }
   });
@@ -124,9 +130,9 @@ describe("embedded PostgreSQL with migrations", () => {
     const client = new pg.Client({ connectionString: url.toString() });
     await client.connect();
     try {
-      const driver = db.orm.em.getDriver();
+      const driver = orm.em.getDriver();
       const sql = (m: (typeof migrationsList)[number]): string[] => {
-        const migration = new m.class(driver, db.orm.config);
+        const migration = new m.class(driver, orm.config);
         migration.up();
         return migration.getQueries().map(String);
       };
@@ -189,7 +195,7 @@ describe("embedded PostgreSQL with migrations", () => {
       ),
       /workflow_definitions_name_version_uq/,
     );
-    const diff = await db.orm.schema.getUpdateSchemaSQL({ wrap: false, safe: true });
+    const diff = await orm.schema.getUpdateSchemaSQL({ wrap: false, safe: true });
     // Only the hand-written extras (FKs, partial and GIN indexes) may differ; no missing columns or tables.
     assert.doesNotMatch(diff, /create table|add column|alter column/i, diff);
   });

@@ -14,6 +14,7 @@ import { Executor, TaskError } from "@nexusflow/executor";
 import { RunStatus, TaskStatus } from "@nexusflow/gen";
 import pg from "pg";
 import { openDatabase, type Database } from "../../src/persistence/database.js";
+import { openMigrationOrm } from "../../src/persistence/migrator.js";
 import { migrationsList } from "../../src/persistence/migrations/index.js";
 import type { Scheduler } from "../../src/scheduler.js";
 import { registerSpec, task } from "../e2e/harness.js";
@@ -154,13 +155,16 @@ describe("attempts of a task that retries", () => {
 describe("upgrading to the latest attempt in the task row", () => {
   let server: Awaited<ReturnType<typeof startTestDatabase>>;
   let db: Database;
+  let orm: Awaited<ReturnType<typeof openMigrationOrm>>;
 
   before(async () => {
     server = await startTestDatabase();
     db = await openDatabase({ url: server.url, log: testLogger("db") });
+    orm = await openMigrationOrm(server.url, testLogger("db"));
   });
 
   after(async () => {
+    await orm?.close(true);
     await db?.close();
     await server?.close();
   });
@@ -172,13 +176,13 @@ describe("upgrading to the latest attempt in the task row", () => {
     const client = new pg.Client({ connectionString: url.toString() });
     await client.connect();
     try {
-      const driver = db.orm.em.getDriver();
+      const driver = orm.em.getDriver();
       const index = migrationsList.findIndex(
         (m) => m.name === "Migration20261205040000LatestAttemptInTaskRow",
       );
       assert.ok(index > 0);
       const sql = (m: (typeof migrationsList)[number], down = false): string[] => {
-        const migration = new m.class(driver, db.orm.config);
+        const migration = new m.class(driver, orm.config);
         if (down) migration.down();
         else migration.up();
         return migration.getQueries().map(String);
