@@ -96,6 +96,42 @@ describe("scheduler reflection", () => {
     });
   }
 
+  it("answers several requests on one stream in order, sent before the library was loaded", async () => {
+    // The first stream of a new server: its requests arrive while @grpc/reflection is imported.
+    const fresh = new grpc.Server();
+    addReflection(fresh, [WorkflowService]);
+    const port = await new Promise<number>((resolve, reject) =>
+      fresh.bindAsync("127.0.0.1:0", grpc.ServerCredentials.createInsecure(), (e, p) =>
+        e ? reject(e) : resolve(p),
+      ),
+    );
+    const other = new grpc.Client(`127.0.0.1:${port}`, grpc.credentials.createInsecure());
+    try {
+      const answers = await new Promise<Answer[]>((resolve, reject) => {
+        const call = other.makeBidiStreamRequest(
+          `/${VERSIONS[0]}.ServerReflection/ServerReflectionInfo`,
+          (b: Uint8Array) => Buffer.from(b),
+          (b: Buffer) => decodeResponse(b),
+        );
+        const got: Answer[] = [];
+        call.on("data", (a: Answer) => got.push(a));
+        call.on("end", () => resolve(got));
+        call.on("error", reject);
+        call.write(new BinaryWriter().tag(7, 2).string("*").finish());
+        call.write(new BinaryWriter().tag(4, 2).string("google.rpc.Status").finish());
+        call.write(new BinaryWriter().tag(4, 2).string("no.such.Symbol").finish());
+        call.end();
+      });
+      assert.equal(answers.length, 3);
+      assert.deepEqual(answers[0]?.services, ["nexusflow.v1.WorkflowService"]);
+      assert.ok(answers[1]?.files.some((f) => f.name === "google/rpc/status.proto"));
+      assert.match(answers[2]?.error ?? "", /no\.such\.Symbol/);
+    } finally {
+      other.close();
+      await new Promise<void>((resolve) => fresh.tryShutdown(() => resolve()));
+    }
+  });
+
   it("lists only the services", async () => {
     for (const version of VERSIONS) {
       const { services } = await ask(version, 7, "*");
