@@ -45,7 +45,6 @@ import { rateLimitService } from "./api/rate-limit-service.js";
 import { scheduleService } from "./api/schedule-service.js";
 import { workflowService } from "./api/workflow-service.js";
 import { PartitionLeases } from "./cluster/partition-leases.js";
-import { PartitionFencedError } from "./cluster/partitioning.js";
 import { Definitions } from "./engine/definitions.js";
 import { Engine } from "./engine/engine.js";
 import { createOutboxRelay, type EventsOptions, type OutboxRelay } from "./events/index.js";
@@ -59,6 +58,7 @@ import { SchemaNotCurrentError, applyMigrations, pendingMigrations } from "./per
 import { RunRetention } from "./persistence/retention.js";
 import { PostgresDefinitionStore } from "./persistence/postgres-definition-store.js";
 import { PostgresEngineStore } from "./persistence/postgres-engine-store.js";
+import type { PartitionScope } from "./persistence/engine-store.js";
 import { RunStore } from "./persistence/run-store.js";
 import { FireLoop } from "./schedules/fire-loop.js";
 import { FireStore } from "./schedules/fire-store.js";
@@ -157,11 +157,11 @@ export interface SchedulerOptions {
   partitionLeaseMs?: number | undefined;
   /**
    * Called when the scheduler stopped itself because it lost the database to another scheduler
-   * (its lock session was lost and another scheduler took the lock meanwhile, or a commit was
-   * refused because another replica holds partitions of its runs now).
+   * (its lock session was lost and another scheduler took the lock meanwhile). Partitions taken by
+   * another replica do not stop it: their runs leave memory, the others go on.
    * @default none
    */
-  onFatal?: ((error: SchedulerLockedError | PartitionFencedError) => void) | undefined;
+  onFatal?: ((error: SchedulerLockedError) => void) | undefined;
   /**
    * Registry to record the scheduler's metrics on (metrics/: runs, tasks, commits, sessions,
    * queues, outbox, gRPC calls). @default undefined (no metrics)
@@ -319,13 +319,23 @@ export class Scheduler {
         partitions: this.options.partitions,
         ...(this.options.partitionLeaseMs === undefined ? {} : { leaseMs: this.options.partitionLeaseMs }),
         onLost: (partitions) => this.lostPartitions(partitions),
+        // Runs in memory follow the partitions held (engine/partition-load.ts).
+        onTaken: (partitions) => void this.engineValue?.partitions.load(partitions),
+        beforeRelease: (partitions) => this.engineValue?.partitions.release(partitions) ?? Promise.resolve(),
       });
+      const leases = this.leases;
       await this.leases.start();
       // The default store is only read here; its folder appears when an executor first writes.
       const store =
         this.options.artifacts ??
         new FilesystemArtifactStore({ root: `${this.options.dataDir ?? ".nexusflow"}/artifacts` });
-      this.engineStore = new PostgresEngineStore({ db: this.db, log, fence: this.leases });
+      this.engineStore = new PostgresEngineStore({
+        db: this.db,
+        log,
+        fence: leases,
+        // A commit refused for runs of partitions not held (lost meanwhile): they leave memory too.
+        onFenced: (_runIds, error) => this.lostPartitions(error.partitions),
+      });
       this.engineValue = new Engine({
         store: this.engineStore,
         // A version registered as the latest reconciles the schedules its definition declares.
@@ -339,7 +349,8 @@ export class Scheduler {
         log,
         restartedAt,
         // Runs that only wait leave memory (engine/parking.ts).
-        parking: { ...this.options.parking, store: new PostgresParkedRuns(this.db.pool) },
+        parking: { ...this.options.parking, store: new PostgresParkedRuns(this.db.pool, heldScope(leases)) },
+        partitions: leases,
         resolveOutput: (ref) => resolveOutputRef(store, ref),
         ...(this.options.heartbeatIntervalMs === undefined
           ? {}
@@ -460,7 +471,6 @@ export class Scheduler {
       );
       server.addService(serviceDefinition(ClusterService), clusterService(engine));
       server.addService(serviceDefinition(RateLimitService), rateLimitService(engine));
-      const leases = this.leases;
       const pool = this.db.pool;
       server.addService(
         serviceDefinition(ReplicaService),
@@ -535,21 +545,11 @@ export class Scheduler {
 
   /**
    * Partitions this replica held went to another replica (its renewals stopped long enough, or a
-   * commit was refused by the fence): its runs in memory are stale. Until a replica can unload a
-   * partition's runs (a later milestone of issue #22), it stops, as on losing the scheduler lock.
+   * commit was refused by the fence): their runs leave memory and their executors are told to
+   * stop their leases; the other partitions' runs go on (engine/partition-load.ts).
    */
   private lostPartitions(partitions: readonly number[]): void {
-    if (this.stateValue !== "RUNNING") return;
-    const error = new PartitionFencedError(
-      partitions,
-      `another scheduler replica took over partition${partitions.length === 1 ? "" : "s"} ${partitions.join(", ")} of this one`,
-    );
-    this.options.log.fatal(
-      { err: error, partitions },
-      "stopping: partitions of this replica's runs were taken over",
-    );
-    const fatal = (): void => this.options.onFatal?.(error);
-    this.stop().then(fatal, fatal);
+    this.engineValue?.partitions.unload(partitions, "its partition moved to another scheduler replica");
   }
 
   /** Stops serving, commits what is pending, closes the database (and the embedded server). */
@@ -606,4 +606,9 @@ export class Scheduler {
     await this.embedded?.stop();
     this.embedded = undefined;
   }
+}
+
+/** The partitions `leases` holds now, as the parked runs' queries filter them. */
+function heldScope(leases: PartitionLeases): () => PartitionScope {
+  return () => ({ count: leases.partitionCount, partitions: leases.held().map((x) => x.partition) });
 }

@@ -55,6 +55,7 @@ import {
   type SessionRequest,
   type SessionResponse,
 } from "@nexusflow/gen";
+import { isPartitionFencedError } from "../cluster/partitioning.js";
 import type { Engine, Rejection } from "../engine/engine.js";
 import type { SessionHandle } from "../engine/dispatcher.js";
 import { callPrincipal } from "./auth.js";
@@ -271,7 +272,14 @@ export function executorService(
                 if (reports > acked) acknowledge();
               },
               // The writer closed (shutdown): unacknowledged reports are sent again to the next scheduler.
-              () => undefined,
+              // Refused by the fence (a partition moved, docs/replicas.md): reports of its runs were
+              // dropped, so none since the last Acked can be acknowledged; the executor attaches
+              // again and sends them again (those of runs no longer here are rejected).
+              (e: unknown) => {
+                if (!isPartitionFencedError(e)) return;
+                ackTimer = undefined;
+                fail(grpc.status.UNAVAILABLE, "a partition of this session's runs moved: attach again");
+              },
             )
             .catch((e: unknown) =>
               log.error({ err: e, session_id: session?.id }, "acknowledging reports failed"),

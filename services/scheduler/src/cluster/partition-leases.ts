@@ -13,8 +13,8 @@
  * before it releases again: moves are bounded and a replica joining or leaving moves each
  * partition at most once. A replica that stops hands everything over at once (owner null, lease
  * expired now). `sole` (the scheduler holds the one-per-database lock: no other replica can be
- * alive) takes every partition at once, held or not, so that a restart after a crash waits for no
- * lease to expire.
+ * alive) takes every partition at start, held or not, so that a restart after a crash waits for no
+ * lease to expire; once started it takes only partitions nobody holds, like any replica.
  */
 import { randomUUID } from "node:crypto";
 import { hostname } from "node:os";
@@ -54,10 +54,19 @@ export interface PartitionLeasesOptions {
    * hands partitions over. @default 3 * leaseMs
    */
   stablePeriodMs?: number;
-  /** This replica is the only one alive (it holds the scheduler lock): take every partition at once. @default false */
+  /**
+   * This replica is the only one alive (it holds the scheduler lock): it takes every partition at
+   * start, held or not, and never hands any over to rebalance. Once started it takes, as any
+   * replica, only partitions nobody holds. @default false
+   */
   sole?: boolean;
   /** Told when partitions are lost (taken by another replica while this one did not renew, or refused by the fence). */
   onLost?: (partitions: readonly number[]) => void;
+  /**
+   * Told when a heartbeat took partitions, once started (those taken by `start` are held when it
+   * resolves): e.g. to load their runs. @default none
+   */
+  onTaken?: (partitions: readonly number[]) => void;
   /** Runs before partitions are handed over by rebalancing (e.g. to commit and unload their runs). @default none */
   beforeRelease?: (partitions: readonly number[]) => Promise<void>;
 }
@@ -96,7 +105,7 @@ want AS (SELECT greatest(0, CASE WHEN $8 THEN s.partition_count
     ELSE ceil(s.partition_count::numeric / ((SELECT n FROM live) + 1))::int END - (SELECT count(*) FROM renewed)) AS k
   FROM cluster_settings s),
 free AS (SELECT q.partition FROM partitions q
-  WHERE ($8 OR q.owner IS NULL OR q.lease_expires_at < now()) AND q.owner IS DISTINCT FROM $1
+  WHERE ($9 OR q.owner IS NULL OR q.lease_expires_at < now()) AND q.owner IS DISTINCT FROM $1
     AND NOT (q.partition = ANY($6::int[]))
   ORDER BY q.partition),
 taken AS (
@@ -105,7 +114,7 @@ taken AS (
   FROM (SELECT partition FROM free WHERE pg_try_advisory_xact_lock(${PARTITION_LOCK_CLASS}, partition)
     LIMIT (SELECT k FROM want)) f
   WHERE p.partition = f.partition AND p.owner IS DISTINCT FROM $1
-    AND ($8 OR p.owner IS NULL OR p.lease_expires_at < now())
+    AND ($9 OR p.owner IS NULL OR p.lease_expires_at < now())
   RETURNING p.partition, p.epoch),
 pruned AS (DELETE FROM replicas WHERE id <> $1 AND heartbeat_at < now() - 100 * $5 * interval '1 millisecond')
 SELECT 'renewed' AS kind, partition, epoch FROM renewed
@@ -304,6 +313,7 @@ export class PartitionLeases implements WriteFence {
       believed.map(([p]) => p),
       believed.map(([, e]) => e),
       this.options.sole === true,
+      this.options.sole === true && this.stateValue.kind === "STARTING",
     ]);
     const renewed = new Set<number>();
     const taken: number[] = [];
@@ -320,11 +330,10 @@ export class PartitionLeases implements WriteFence {
     // Only what this heartbeat believed: a partition taken meanwhile (none: heartbeats are serial)
     // or by this very statement is not lost.
     this.lose(believed.filter(([p, e]) => !renewed.has(p) && this.owned.get(p) === e).map(([p]) => p));
-    if (taken.length > 0)
-      this.options.log.info(
-        { replica_id: this.replicaId, partitions: taken.sort((a, b) => a - b) },
-        "took partitions",
-      );
+    if (taken.length === 0) return;
+    taken.sort((a, b) => a - b);
+    this.options.log.info({ replica_id: this.replicaId, partitions: taken }, "took partitions");
+    if (this.stateValue.kind === "RUNNING") this.options.onTaken?.(taken);
   }
 
   /** Hands the excess over when this replica holds more than its share of a stable cluster. */

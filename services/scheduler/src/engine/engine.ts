@@ -4,11 +4,9 @@
  * the effects they report: rows and events go to the {@link EngineStore} and are committed before
  * anyone outside acts on them, leases go out through the dispatcher, timers are set here.
  */
-import { randomUUID } from "node:crypto";
 import { ApiError, Code, UnavailableError, type Logger } from "@nexusflow/common";
 import { tracingEnabled } from "@nexusflow/common/telemetry";
 import type { LeaseKey } from "@nexusflow/gen";
-import type { CompiledWorkflow } from "../dag/index.js";
 import * as core from "../core/index.js";
 import type { Core, Effects, Moment, Rejection } from "../core/index.js";
 import type { EngineStore } from "../persistence/engine-store.js";
@@ -33,6 +31,7 @@ import { UnservedTypes } from "./pending.js";
 import { Watchers } from "./watchers.js";
 import { DurableWaits } from "./waits.js";
 import { Parking, type ParkingOptions } from "./parking.js";
+import { PartitionRuns, type HeldPartitions } from "./partition-load.js";
 import type { ParkedRunStore } from "../persistence/parked-runs.js";
 import {
   type RateLimitPause,
@@ -88,6 +87,8 @@ export interface EngineOptions {
   restartedAt?: number;
   /** Runs that only wait leave memory, their rows in `store` (engine/parking.ts). @default none */
   parking?: (ParkingOptions & { store: ParkedRunStore }) | undefined;
+  /** The partitions this replica holds: its runs are theirs (partition-load.ts). @default every run */
+  partitions?: HeldPartitions | undefined;
 }
 
 /** Engine lifecycle. */
@@ -136,6 +137,8 @@ export class Engine {
   readonly waits: DurableWaits;
   /** Runs that only wait, out of memory (parking.ts); undefined: every active run stays. */
   readonly parking: Parking | undefined;
+  /** The runs of the partitions held: loaded as they are taken, unloaded as they go. */
+  readonly partitions: PartitionRuns;
   private readonly commitTimeoutMs: number;
   private readonly restartedAt: number | undefined;
   private stateValue: EngineState = "CREATED";
@@ -207,13 +210,32 @@ export class Engine {
       fairShares: this.dispatcher.shares,
       fx: this.effects(),
       sessionTimeoutMs: this.sessionTimeoutMs,
-      newId: randomUUID,
+      newId: () => this.partitions.newId(),
     };
     const live = (): boolean => this.stateValue === "RUNNING" || this.stateValue === "RECOVERING";
     const [keyed, timers, dirty, moment] = [this.keyed, this.timers, this.dirtyRuns, () => this.moment()];
     const parking = options.parking;
-    const host = { ...options, core: this.core, children: this.children, keyed, timers, dirty, live, moment };
+    const owns = (runId: string): boolean => this.partitions.owns(runId);
+    const host = {
+      ...options,
+      core: this.core,
+      children: this.children,
+      keyed,
+      timers,
+      dirty,
+      live,
+      moment,
+      owns,
+    };
     this.parking = parking && new Parking({ ...host, parking }, parking);
+    const [unserved, pump, sessionTimeoutMs] = [
+      this.unserved,
+      () => this.schedulePump(),
+      this.sessionTimeoutMs,
+    ];
+    const times = { sessionTimeoutMs, heartbeatIntervalMs: this.heartbeatIntervalMs };
+    const more = { parking: this.parking, partitions: options.partitions, unserved, pump, ...times };
+    this.partitions = new PartitionRuns({ ...host, ...more });
     this.waits = new DurableWaits({
       core: this.core,
       log: options.log,
@@ -361,7 +383,7 @@ export class Engine {
   async start(): Promise<void> {
     if (this.stateValue !== "CREATED") throw new Error(`engine cannot start from ${this.stateValue}`);
     this.stateValue = "RECOVERING";
-    await this.recover(this.restartedAt ?? performance.now());
+    await this.partitions.recoverAll(this.restartedAt ?? performance.now());
     this.livenessTimer = setInterval(
       () => this.checkLiveness(),
       Math.max(100, Math.floor(this.heartbeatIntervalMs / 2)),
@@ -390,36 +412,6 @@ export class Engine {
   /** Waits for the commit of everything changed so far, or answers UNAVAILABLE. */
   private committed(): Promise<void> {
     return commitWithin(this.store.flush(), this.commitTimeoutMs);
-  }
-
-  private async recover(restartedAt: number): Promise<void> {
-    // The buckets first: no lease is granted before they are back as committed.
-    const buckets = core.rateLimitsOf(this.core);
-    for (const row of await this.store.loadRateLimits()) buckets.restore(row);
-    const stored = await this.store.loadActive();
-    if (stored.runs.length === 0) return;
-    const keys = await this.store.keysOfRuns(
-      stored.runs.flatMap((r) =>
-        r.idempotencyKey === null ? [] : [{ id: r.id, workflowName: r.workflowName, key: r.idempotencyKey }],
-      ),
-    );
-    const workflows = new Map<number, CompiledWorkflow>();
-    for (const r of stored.runs)
-      if (!workflows.has(r.definitionId))
-        workflows.set(r.definitionId, await this.definitions.compiledById(r.definitionId));
-    const hashes = new Map([...keys].map(([runId, k]) => [runId, k.requestHash]));
-    // Leases whose executor does not come back expire a session timeout less a heartbeat after the
-    // restart: their tasks run elsewhere within the timeout (live executors re-attach within 5 s).
-    const at = this.moment();
-    const graceMs = Math.max(0, this.sessionTimeoutMs - this.heartbeatIntervalMs - (at.mono - restartedAt));
-    const { runs, queued, orphaned } = core.recover(this.core, stored, workflows, hashes, at, graceMs);
-    for (const run of runs) this.keyed.remember(run);
-    await this.parking?.recovered(runs);
-    await this.store.flush();
-    // Executors that were attached before the restart are reconnecting: no warning about types
-    // they advertise until they have had the time to.
-    if (queued > 0 || orphaned > 0) this.unserved.quietFor(this.sessionTimeoutMs);
-    this.log.info({ runs: this.core.runs.size, queued, orphaned_leases: orphaned }, "recovered active runs");
   }
 
   // ---------------------------------------------------------------- runs

@@ -60,6 +60,8 @@ export interface ParkingHost {
   readonly dirty: ReadonlySet<RunState>;
   /** Whether the engine is RUNNING (or RECOVERING: a child ending then loads its parked parent). */
   live(): boolean;
+  /** Whether the run's partition is held by this replica (partition-load.ts): only then is it loaded. */
+  owns(runId: string): boolean;
   moment(): Moment;
 }
 
@@ -67,6 +69,11 @@ type ParkingState = "CREATED" | "RUNNING" | "STOPPED";
 
 const WAKE_BATCH = 500;
 const LOAD_PARALLELISM = 16;
+
+/** A run whose partition another replica holds (docs/replicas.md): a call for it may be retried. */
+function notHeld(runId: string): UnavailableError {
+  return new UnavailableError(`run ${runId} belongs to a partition another scheduler replica holds now`);
+}
 
 /** See the module comment. */
 export class Parking {
@@ -153,11 +160,15 @@ export class Parking {
       );
   }
 
-  /** The run in memory, loaded back when parked; undefined when it is not active here. */
+  /**
+   * The run in memory, loaded back when parked; undefined when it is not active here. Throws
+   * UNAVAILABLE when its partition is held by another replica.
+   */
   async load(runId: string): Promise<RunState | undefined> {
     for (;;) {
       const run = this.host.core.runs.get(runId);
       if (run !== undefined) return run;
+      if (!this.host.owns(runId)) throw notHeld(runId);
       const parking = this.parking.get(runId);
       if (parking === undefined) break;
       await parking;
@@ -249,6 +260,7 @@ export class Parking {
     const present = host.core.runs.get(runId);
     if (present !== undefined) return present;
     if (!host.live()) throw new UnavailableError("the scheduler is stopping");
+    if (!host.owns(runId)) throw notHeld(runId);
     // Not parked: not this scheduler's to load (recovering, or ended meanwhile).
     if (!(await host.parking.store.unpark(runId))) return host.core.runs.get(runId);
     const hashes = new Map([...keys].map(([id, k]) => [id, k.requestHash]));

@@ -21,6 +21,12 @@ import type {
 
 export type { KeyRecord, RefusedRunOutcome };
 
+/** Some partitions of an installation with `count` partitions (a replica's, docs/replicas.md). */
+export interface PartitionScope {
+  readonly count: number;
+  readonly partitions: readonly number[];
+}
+
 /** What one commit contained, for watchers and the outbox relay. */
 export interface CommittedChanges {
   readonly runIds: ReadonlySet<string>;
@@ -127,8 +133,11 @@ export interface EngineStore {
   released?(ids: Iterable<string>): void;
   /** Commits what is marked within `delayMs` unless another commit takes it along first. */
   flushSoon(delayMs: number): void;
-  /** The active runs (PENDING, RUNNING, COMPENSATING) with their tasks, but for parked ones (parked-runs.ts). */
-  loadActive(): Promise<StoredActiveState>;
+  /**
+   * The active runs (PENDING, RUNNING, COMPENSATING) with their tasks, but for parked ones
+   * (parked-runs.ts); with `scope`, only the runs of those partitions (cluster/partitioning.ts).
+   */
+  loadActive(scope?: PartitionScope): Promise<StoredActiveState>;
   /** The rate limits' token buckets as committed (core/rate-limits.ts), for recovery and listing. */
   loadRateLimits(): Promise<StoredBucket[]>;
   /**

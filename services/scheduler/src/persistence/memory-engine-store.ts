@@ -12,6 +12,7 @@ import type {
   EngineStore,
   EngineStoreListener,
   KeyRecord,
+  PartitionScope,
   RefusedRunOutcome,
   RunOutcome,
   StoredActiveState,
@@ -23,6 +24,7 @@ import type { StoredBucket } from "../model/rate-limit-state.js";
 import type { RateLimitPause } from "./engine-store.js";
 import type { OutboxRow } from "./outbox.js";
 import { PendingChanges } from "./pending-changes.js";
+import { partitionOf } from "../cluster/partitioning.js";
 import {
   ACTIVE_LEASE,
   TERMINAL_RUN_STATUSES,
@@ -251,9 +253,11 @@ export class MemoryEngineStore extends PendingChanges implements EngineStore {
     return Promise.resolve();
   }
 
-  loadActive(): Promise<StoredActiveState> {
+  loadActive(scope?: PartitionScope): Promise<StoredActiveState> {
+    const inScope = (id: string): boolean =>
+      scope === undefined || scope.partitions.includes(partitionOf(id, scope.count));
     const runs = [...this.runRows.values()]
-      .filter((r) => ACTIVE_RUN.has(r.status))
+      .filter((r) => ACTIVE_RUN.has(r.status) && inScope(r.id))
       .sort((a, b) => a.createdAt.getTime() - b.createdAt.getTime())
       .map((r) => this.storedRun(r));
     return Promise.resolve({ runs, tasks: this.storedTasks(new Set(runs.map((r) => r.id))) });

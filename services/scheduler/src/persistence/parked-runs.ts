@@ -8,6 +8,7 @@
  */
 import type pg from "pg";
 import type { ParkedEntry } from "../model/parked-run.js";
+import type { PartitionScope } from "./engine-store.js";
 
 export type { ParkedEntry, ParkedEventWait } from "../model/parked-run.js";
 
@@ -29,7 +30,24 @@ export interface ParkedRunStore {
 
 /** {@link ParkedRunStore} in PostgreSQL. */
 export class PostgresParkedRuns implements ParkedRunStore {
-  constructor(private readonly pool: pg.Pool) {}
+  /**
+   * `scope`: the partitions this replica holds now (docs/replicas.md); due runs, the next wake-up
+   * and event candidates are looked for in those only. @default every run
+   */
+  constructor(
+    private readonly pool: pg.Pool,
+    private readonly scope?: () => PartitionScope,
+  ) {}
+
+  /** The condition on `run_id` of the scope, its parameters numbered from `first`. */
+  private scoped(first: number): { sql: string; params: unknown[] } {
+    const scope = this.scope?.();
+    if (scope === undefined) return { sql: "", params: [] };
+    return {
+      sql: ` AND nexusflow_partition_of(run_id, $${first}) = ANY($${first + 1}::int[])`,
+      params: [scope.count, scope.partitions],
+    };
+  }
 
   async park(entries: readonly ParkedEntry[]): Promise<void> {
     if (entries.length === 0) return;
@@ -70,25 +88,29 @@ export class PostgresParkedRuns implements ParkedRunStore {
   }
 
   async due(now: Date, limit: number): Promise<string[]> {
+    const scope = this.scoped(3);
     const { rows } = await this.pool.query<{ run_id: string }>(
-      `SELECT run_id FROM parked_runs WHERE wake_at IS NOT NULL AND wake_at <= $1 ORDER BY wake_at LIMIT $2`,
-      [now, limit],
+      `SELECT run_id FROM parked_runs WHERE wake_at IS NOT NULL AND wake_at <= $1${scope.sql} ORDER BY wake_at LIMIT $2`,
+      [now, limit, ...scope.params],
     );
     return rows.map((r) => r.run_id);
   }
 
   async nextWake(): Promise<Date | null> {
+    const scope = this.scoped(1);
     const { rows } = await this.pool.query<{ wake_at: Date | null }>(
-      `SELECT min(wake_at) AS wake_at FROM parked_runs WHERE wake_at IS NOT NULL`,
+      `SELECT min(wake_at) AS wake_at FROM parked_runs WHERE wake_at IS NOT NULL${scope.sql}`,
+      scope.params,
     );
     return rows[0]?.wake_at ?? null;
   }
 
   async eventCandidates(key: string): Promise<string[]> {
+    const scope = this.scoped(2);
     const { rows } = await this.pool.query<{ run_id: string }>(
-      `SELECT run_id FROM parked_event_waits WHERE key = $1
-       UNION SELECT run_id FROM parked_event_waits WHERE pattern IS NOT NULL AND $1 ~ pattern`,
-      [key],
+      `SELECT run_id FROM parked_event_waits WHERE key = $1${scope.sql}
+       UNION SELECT run_id FROM parked_event_waits WHERE pattern IS NOT NULL AND $1 ~ pattern${scope.sql}`,
+      [key, ...scope.params],
     );
     return rows.map((r) => r.run_id);
   }

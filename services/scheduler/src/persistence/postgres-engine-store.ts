@@ -10,6 +10,7 @@ import type { Database } from "./database.js";
 import type {
   EngineStore,
   EngineStoreListener,
+  PartitionScope,
   RunOutcome,
   StoredActiveState,
   StoredRun,
@@ -98,6 +99,10 @@ const RUN_COLUMNS_SQL = `SELECT r.*, GREATEST(r.event_seq,
    FROM workflow_runs r`;
 // Parked runs (parked-runs.ts) stay in the database: they are loaded back one by one when woken.
 const ACTIVE_RUNS_SQL = `${RUN_COLUMNS_SQL} WHERE r.status IN ('PENDING', 'RUNNING', 'COMPENSATING')
+   AND NOT EXISTS (SELECT 1 FROM parked_runs p WHERE p.run_id = r.id) ORDER BY r.created_at`;
+/** The same, of some partitions ($1 the partition count, $2 the partitions). */
+const ACTIVE_RUNS_OF_SQL = `${RUN_COLUMNS_SQL} WHERE r.status IN ('PENDING', 'RUNNING', 'COMPENSATING')
+   AND nexusflow_partition_of(r.id, $1) = ANY($2::int[])
    AND NOT EXISTS (SELECT 1 FROM parked_runs p WHERE p.run_id = r.id) ORDER BY r.created_at`;
 const ONE_RUN_SQL = `${RUN_COLUMNS_SQL} WHERE r.id = $1`;
 
@@ -202,9 +207,12 @@ export class PostgresEngineStore implements EngineStore {
     return { run: storedRun(row), tasks: taskRows.rows.map((t) => storedTask(t, attempts.get(t.id))) };
   }
 
-  async loadActive(): Promise<StoredActiveState> {
+  async loadActive(scope?: PartitionScope): Promise<StoredActiveState> {
     const pool = this.db.pool;
-    const runRows = await pool.query<RunRow>(ACTIVE_RUNS_SQL);
+    const runRows =
+      scope === undefined
+        ? await pool.query<RunRow>(ACTIVE_RUNS_SQL)
+        : await pool.query<RunRow>(ACTIVE_RUNS_OF_SQL, [scope.count, scope.partitions]);
     if (runRows.rowCount === 0) return { runs: [], tasks: [] };
     const ids = runRows.rows.map((r) => r.id);
     const taskRows = await pool.query<TaskRow>(TASKS_SQL, [ids]);

@@ -1,0 +1,256 @@
+/**
+ * The engine's runs by partition (issue #22, docs/replicas.md): which runs it holds in memory
+ * follows the partitions this replica owns.
+ *
+ * - **Loading** (start-up, and each partition a heartbeat takes): the active runs of those
+ *   partitions are read (`loadActive` filtered by `nexusflow_partition_of`) and recovered as at
+ *   start-up (core/recovery.ts): queued tasks offered, timers re-armed, held leases given a grace
+ *   for their executors. Start-up recovery is the load of every partition held then, after the
+ *   rate limits' buckets. A partition whose epoch changed while its runs were read (lost, or lost
+ *   and taken again) is not loaded by that read; runs already in memory are left as they are.
+ * - **Unloading** a lost partition (another replica took it, or the fence refused a commit): its
+ *   runs leave memory at once (core/unload.ts), their executors are told to stop their leases,
+ *   and what was marked for them is refused by the fence when the writer next tries it.
+ * - **Releasing** (rebalancing hands a partition over): its runs leave memory the same way, then
+ *   what was marked for them is committed while the partition is still held.
+ *
+ * Loads and releases run one after another, in the order asked; an unload is immediate. Without
+ * partitions (no leases: tests of the engine alone) every run is the engine's.
+ */
+import { randomUUID } from "node:crypto";
+import type { Logger } from "@nexusflow/common";
+import type { CompiledWorkflow } from "../dag/index.js";
+import * as core from "../core/index.js";
+import type { Core, Moment } from "../core/index.js";
+import { detachRuns, disarmRuns, type DetachedRuns } from "../core/unload.js";
+import { partitionOf, type OwnedPartition } from "../cluster/partitioning.js";
+import type { EngineStore, PartitionScope } from "../persistence/engine-store.js";
+import type { RunState } from "../model/run-state.js";
+import type { Definitions } from "./definitions.js";
+import type { EngineTimers } from "./engine-timers.js";
+import type { KeyedStarts } from "./keyed-starts.js";
+import type { Parking } from "./parking.js";
+import type { UnservedTypes } from "./pending.js";
+
+/** The partitions this replica holds (the partition leases, cluster/partition-leases.ts). */
+export interface HeldPartitions {
+  readonly partitionCount: number;
+  epochOf(partition: number): number | undefined;
+  held(): OwnedPartition[];
+}
+
+/** What {@link PartitionRuns} needs of the engine. */
+export interface PartitionRunsHost {
+  readonly core: Core;
+  readonly store: Pick<EngineStore, "loadActive" | "loadRateLimits" | "keysOfRuns" | "flush" | "released">;
+  readonly definitions: Pick<Definitions, "compiledById">;
+  readonly log: Logger;
+  readonly keyed: Pick<KeyedStarts, "remember" | "forget">;
+  readonly timers: Pick<EngineTimers, "runLeft">;
+  /** Runs with reports not yet evaluated. */
+  readonly dirty: Set<RunState>;
+  readonly parking: Pick<Parking, "recovered"> | undefined;
+  readonly unserved: Pick<UnservedTypes, "quietFor">;
+  readonly sessionTimeoutMs: number;
+  readonly heartbeatIntervalMs: number;
+  /** The partitions held; undefined: every run is this engine's. */
+  readonly partitions: HeldPartitions | undefined;
+  moment(): Moment;
+  /** Hand out leases soon. */
+  pump(): void;
+}
+
+/** Most tries for a new run id in a partition this replica holds. */
+const ID_TRIES = 256;
+
+/** See the module comment. */
+export class PartitionRuns {
+  private chain: Promise<void> = Promise.resolve();
+  private recovering = false;
+  /** Counters (tests, logs). */
+  readonly stats = { loadedRuns: 0, unloadedRuns: 0, revokedLeases: 0 };
+
+  constructor(private readonly host: PartitionRunsHost) {}
+
+  /** Whether the run's partition is held (always, without partitions). */
+  owns(runId: string): boolean {
+    const p = this.host.partitions;
+    return p === undefined || p.epochOf(partitionOf(runId, p.partitionCount)) !== undefined;
+  }
+
+  /**
+   * A new id (runs, task runs): for a run, one whose partition this replica holds, so that its
+   * commits are not refused (a random one when it holds none: the commit says UNAVAILABLE).
+   */
+  newId(): string {
+    const p = this.host.partitions;
+    let id = randomUUID();
+    if (p === undefined) return id;
+    for (let i = 1; i < ID_TRIES && p.epochOf(partitionOf(id, p.partitionCount)) === undefined; i++)
+      id = randomUUID();
+    return id;
+  }
+
+  /**
+   * Start-up recovery: the rate limits' buckets (before any lease), then the active runs of the
+   * partitions held now; executors' leases expire a session timeout after `restartedAt`.
+   */
+  recoverAll(restartedAt: number): Promise<void> {
+    this.recovering = true;
+    return this.enqueue(async () => {
+      const buckets = core.rateLimitsOf(this.host.core);
+      for (const row of await this.host.store.loadRateLimits()) buckets.restore(row);
+      const runs = await this.loadRuns(
+        this.host.partitions?.held().map((x) => x.partition),
+        restartedAt,
+      );
+      if (runs.runs.length > 0)
+        this.host.log.info(
+          { runs: this.host.core.runs.size, queued: runs.queued, orphaned_leases: runs.orphaned },
+          "recovered active runs",
+        );
+    });
+  }
+
+  /** Loads the active runs of partitions just taken (after start-up recovery began; else it does). */
+  load(partitions: readonly number[]): Promise<void> {
+    if (!this.recovering || partitions.length === 0) return Promise.resolve();
+    return this.enqueue(async () => {
+      try {
+        const { runs, queued, orphaned } = await this.loadRuns(partitions, performance.now());
+        this.host.pump();
+        this.host.log.info(
+          { partitions, runs: runs.length, queued, orphaned_leases: orphaned },
+          "loaded the runs of partitions taken",
+        );
+      } catch (e) {
+        // The partitions stay held without their runs in memory until they move again.
+        this.host.log.error({ err: e, partitions }, "could not load the runs of partitions taken");
+      }
+    });
+  }
+
+  /**
+   * Partitions lost (taken by another replica, or refused by the fence): their runs leave memory
+   * now and their executors are told to stop (see the module comment).
+   */
+  unload(partitions: readonly number[], reason: string): void {
+    const detached = this.detach(partitions, reason);
+    if (detached === undefined) return;
+    disarmRuns(detached);
+    this.host.log.warn(
+      { partitions, runs: detached.runs.length, leases_revoked: detached.leases },
+      "unloaded the runs of partitions lost",
+    );
+  }
+
+  /**
+   * Partitions about to be handed over (rebalancing): their runs leave memory, then what was
+   * marked for them is committed, while they are still held.
+   */
+  release(partitions: readonly number[]): Promise<void> {
+    return this.enqueue(async () => {
+      const detached = this.detach(partitions, "its partition moves to another scheduler replica");
+      // Committed (or refused, when another replica took them meanwhile) before they go.
+      await this.host.store.flush().catch(() => undefined);
+      if (detached === undefined) return;
+      disarmRuns(detached);
+      // Whatever a late callback marked for them during that commit.
+      await this.host.store.flush().catch(() => undefined);
+      this.host.log.info(
+        { partitions, runs: detached.runs.length, leases_revoked: detached.leases },
+        "released the runs of partitions handed over",
+      );
+    });
+  }
+
+  /** Takes the runs of `partitions` out of memory (undefined when there are none). */
+  private detach(partitions: readonly number[], reason: string): DetachedRuns | undefined {
+    const p = this.host.partitions;
+    if (p === undefined || partitions.length === 0) return undefined;
+    const set = new Set(partitions);
+    const detached = detachRuns(this.host.core, (id) => set.has(partitionOf(id, p.partitionCount)), reason);
+    for (const run of detached.runs) {
+      this.host.timers.runLeft(run);
+      this.host.keyed.forget(run);
+      this.host.dirty.delete(run);
+    }
+    this.host.store.released?.([...detached.runs.map((r) => r.id), ...detached.tasks.map((t) => t.id)]);
+    this.stats.unloadedRuns += detached.runs.length;
+    this.stats.revokedLeases += detached.leases;
+    this.host.pump();
+    return detached;
+  }
+
+  private enqueue(work: () => Promise<void>): Promise<void> {
+    const next = this.chain.then(work);
+    this.chain = next.catch(() => undefined);
+    return next;
+  }
+
+  /**
+   * Reads and recovers the active runs of `partitions` (undefined: all), as held now: a run whose
+   * partition's epoch changed while it was read, or that is in memory already, is left out.
+   */
+  private async loadRuns(
+    partitions: readonly number[] | undefined,
+    restartedAt: number,
+  ): Promise<core.Recovered> {
+    const { host } = this;
+    const held = host.partitions;
+    const epochs = new Map<number, number | undefined>();
+    for (const p of partitions ?? []) epochs.set(p, held?.epochOf(p));
+    const scope: PartitionScope | undefined =
+      held === undefined || partitions === undefined
+        ? undefined
+        : {
+            count: held.partitionCount,
+            partitions: [...epochs].filter(([, e]) => e !== undefined).map(([p]) => p),
+          };
+    if (scope?.partitions.length === 0) return { runs: [], queued: 0, orphaned: 0 };
+    const stored = await host.store.loadActive(scope);
+    if (stored.runs.length === 0) return { runs: [], queued: 0, orphaned: 0 };
+    const keys = await host.store.keysOfRuns(
+      stored.runs.flatMap((r) =>
+        r.idempotencyKey === null ? [] : [{ id: r.id, workflowName: r.workflowName, key: r.idempotencyKey }],
+      ),
+    );
+    const workflows = new Map<number, CompiledWorkflow>();
+    for (const r of stored.runs)
+      if (!workflows.has(r.definitionId))
+        workflows.set(r.definitionId, await host.definitions.compiledById(r.definitionId));
+    // From here on, no await until recovered: what is held now is what the runs are recovered under.
+    const mine = (id: string): boolean =>
+      !host.core.runs.has(id) &&
+      (held === undefined ||
+        scope === undefined ||
+        held.epochOf(partitionOf(id, held.partitionCount)) ===
+          epochs.get(partitionOf(id, held.partitionCount)));
+    const runs = stored.runs.filter((r) => mine(r.id));
+    const ids = new Set(runs.map((r) => r.id));
+    const left = stored.runs.filter((r) => !ids.has(r.id)).map((r) => r.id);
+    if (left.length > 0)
+      host.store.released?.([...left, ...stored.tasks.filter((t) => !ids.has(t.runId)).map((t) => t.id)]);
+    const hashes = new Map([...keys].map(([runId, k]) => [runId, k.requestHash]));
+    // Leases whose executor does not come back expire a session timeout less a heartbeat after the
+    // restart: their tasks run elsewhere within the timeout (live executors re-attach within 5 s).
+    const at = host.moment();
+    const graceMs = Math.max(0, host.sessionTimeoutMs - host.heartbeatIntervalMs - (at.mono - restartedAt));
+    const recovered = core.recover(
+      host.core,
+      { runs, tasks: stored.tasks.filter((t) => ids.has(t.runId)) },
+      workflows,
+      hashes,
+      at,
+      graceMs,
+    );
+    for (const run of recovered.runs) host.keyed.remember(run);
+    this.stats.loadedRuns += recovered.runs.length;
+    await host.parking?.recovered(recovered.runs);
+    await host.store.flush();
+    // Executors that held leases of these runs are reconnecting (or being told): no warning about
+    // types they advertise until they have had the time to.
+    if (recovered.queued > 0 || recovered.orphaned > 0) host.unserved.quietFor(host.sessionTimeoutMs);
+    return recovered;
+  }
+}

@@ -1,0 +1,176 @@
+/**
+ * A scheduler's runs follow its partitions (issue #22, docs/replicas.md), on a real PostgreSQL with
+ * a real executor: runs are in flight in every partition when another replica takes one of them
+ * (as its takeover does, through SQL: owner changed, epoch + 1). The scheduler unloads exactly that
+ * partition's runs (nothing more of them is written, their leases are cancelled on the executor's
+ * session), finishes the runs of the others, starts new runs only in partitions it holds, and when
+ * the partition is handed back (owner null) loads its runs again and finishes them: no step whose
+ * success was recorded runs again.
+ */
+import assert from "node:assert/strict";
+import { randomUUID } from "node:crypto";
+import { after, before, describe, it } from "node:test";
+import { RunStatus } from "@nexusflow/gen";
+import type { Executor, TaskContext } from "@nexusflow/executor";
+import pg from "pg";
+import { partitionOf } from "../../src/cluster/partitioning.js";
+import type { Scheduler } from "../../src/scheduler.js";
+import {
+  registerSpec,
+  startRunOf,
+  startTestDatabase,
+  startTestExecutor,
+  startTestScheduler,
+  waitFor,
+  waitForRun,
+  workflowClient,
+} from "../support.js";
+
+describe("a scheduler's runs follow its partitions", () => {
+  let server: Awaited<ReturnType<typeof startTestDatabase>>;
+  let sql: pg.Pool;
+  let scheduler: Scheduler;
+  let executor: Executor;
+  /** Handlers entered, by run and step, in order. */
+  const entered: { runId: string; stepId: string; attempt: number; signal: AbortSignal }[] = [];
+  /** Step `hold` of each run waits for this (set when the test lets them finish). */
+  let letGo: () => void = () => undefined;
+  const released = new Promise<void>((resolve) => (letGo = resolve));
+
+  before(async () => {
+    server = await startTestDatabase();
+    sql = new pg.Pool({ connectionString: server.url, max: 2 });
+    scheduler = await startTestScheduler(server.url, { partitionLeaseMs: 1000 });
+    executor = await startTestExecutor(scheduler, { executorId: "moves", slots: 200 }, (e) => {
+      e.register("record", (_input: unknown, ctx: TaskContext) => {
+        entered.push({ runId: ctx.runId, stepId: ctx.stepId, attempt: ctx.attempt, signal: ctx.signal });
+        return { ok: true };
+      });
+      e.register("hold", (_input: unknown, ctx: TaskContext) => {
+        entered.push({ runId: ctx.runId, stepId: ctx.stepId, attempt: ctx.attempt, signal: ctx.signal });
+        return new Promise((resolve, reject) => {
+          void released.then(() => resolve({ done: true }));
+          ctx.signal.addEventListener("abort", () => reject(new Error("cancelled")), { once: true });
+        });
+      });
+    });
+  });
+  after(async () => {
+    letGo();
+    await executor?.stop();
+    await scheduler?.stop();
+    await sql?.end();
+    await server?.close();
+  });
+
+  /** What is stored of the runs `ids`: every row that a write of theirs would change. */
+  const stored = async (ids: readonly string[]): Promise<string> => {
+    const { rows } = await sql.query<{ state: string }>(
+      `SELECT json_build_object(
+         'runs', (SELECT json_agg(r ORDER BY r.id) FROM workflow_runs r WHERE r.id = ANY($1::uuid[])),
+         'tasks', (SELECT json_agg(t ORDER BY t.id) FROM task_runs t WHERE t.run_id = ANY($1::uuid[])),
+         'attempts', (SELECT json_agg(a ORDER BY a.task_run_id, a.number) FROM task_attempts a
+           JOIN task_runs t ON t.id = a.task_run_id WHERE t.run_id = ANY($1::uuid[])),
+         'outbox', (SELECT count(*) FROM outbox_events o WHERE o.run_id = ANY($1::uuid[])))::text AS state`,
+      [ids],
+    );
+    return rows[0]?.state ?? "";
+  };
+
+  it("unloads a partition taken over, finishes the others, and loads it again when handed back", async () => {
+    const client = workflowClient(scheduler.address);
+    await registerSpec(client, {
+      name: "moves",
+      version: 1,
+      steps: [
+        { id: "first", type: "record" },
+        { id: "hold", type: "hold", dependsOn: ["first"], retry: { maxAttempts: 3 } },
+      ],
+    });
+    const count = scheduler.partitions.partitionCount;
+    // Runs in flight across partitions, at least three in the one that moves.
+    const ids: string[] = [];
+    for (let i = 0; i < 40; i++) ids.push(await startRunOf(client, "moves"));
+    const byPartition = Map.groupBy(ids, (id) => partitionOf(id, count));
+    const moved = [...byPartition].sort(([, a], [, b]) => b.length - a.length)[0]?.[0] ?? 0;
+    const movedRuns = byPartition.get(moved) ?? [];
+    while (movedRuns.length < 3) {
+      const id = await startRunOf(client, "moves");
+      ids.push(id);
+      if (partitionOf(id, count) === moved) movedRuns.push(id);
+    }
+    const others = ids.filter((id) => partitionOf(id, count) !== moved);
+    assert.ok(
+      new Set(others.map((id) => partitionOf(id, count))).size >= 3,
+      "runs in several other partitions",
+    );
+    const holding = (runIds: readonly string[]) =>
+      runIds.every((id) => entered.some((e) => e.runId === id && e.stepId === "hold"));
+    await waitFor("every run holding in its second step", () => holding(ids));
+
+    // Another replica takes the partition over, as its takeover does.
+    const other = randomUUID();
+    await sql.query(
+      "UPDATE partitions SET owner = $1, epoch = epoch + 1, lease_expires_at = now() + interval '1 hour' WHERE partition = $2",
+      [other, moved],
+    );
+    // From here on the fence refuses any write of those runs: what is stored now must stay.
+    const before = await stored(movedRuns);
+    await waitFor("the partition to be lost", () => scheduler.partitions.epochOf(moved) === undefined);
+    await waitFor("its runs unloaded", () => movedRuns.every((id) => !scheduler.engine.isActive(id)));
+    assert.ok(
+      others.every((id) => scheduler.engine.isActive(id)),
+      "the other partitions' runs stay",
+    );
+    // Their leases were cancelled on the executor's session; no other lease was.
+    const holds = (id: string) => entered.filter((e) => e.runId === id && e.stepId === "hold");
+    await waitFor("the moved runs' leases cancelled", () =>
+      movedRuns.every((id) => holds(id).every((e) => e.signal.aborted)),
+    );
+    assert.ok(others.every((id) => holds(id).every((e) => !e.signal.aborted)));
+    assert.equal(scheduler.engine.partitions.stats.revokedLeases, movedRuns.length);
+
+    // A run started now goes to a partition held; the others finish.
+    const late = await startRunOf(client, "moves");
+    assert.notEqual(partitionOf(late, count), moved);
+    letGo();
+    for (const id of [...others, late])
+      assert.equal((await waitForRun(client, id)).status, RunStatus.SUCCEEDED, `run ${id}`);
+    assert.equal(await stored(movedRuns), before, "nothing of the moved runs was written meanwhile");
+    assert.ok(movedRuns.every((id) => !scheduler.engine.isActive(id)));
+
+    // Handed back (as a replica stopping does): the next heartbeat takes it, its runs load and finish.
+    await sql.query("UPDATE partitions SET owner = NULL, lease_expires_at = now() WHERE partition = $1", [
+      moved,
+    ]);
+    await waitFor("the partition taken again", () => scheduler.partitions.epochOf(moved) !== undefined);
+    for (const id of movedRuns) {
+      const run = await waitForRun(client, id);
+      assert.equal(run.status, RunStatus.SUCCEEDED, `run ${id}`);
+    }
+    const epoch = await sql.query<{ owner: string; epoch: string }>(
+      "SELECT owner, epoch FROM partitions WHERE partition = $1",
+      [moved],
+    );
+    assert.equal(epoch.rows[0]?.owner, scheduler.partitions.replicaId);
+    assert.equal(Number(epoch.rows[0]?.epoch), scheduler.partitions.epochOf(moved));
+
+    // No step whose success was recorded ran again: `first` ran once in every run; `hold` of a
+    // moved run ran twice (its first attempt was cancelled, never recorded), of the others once.
+    for (const id of [...ids, late]) {
+      const firsts = entered.filter((e) => e.runId === id && e.stepId === "first");
+      assert.equal(firsts.length, 1, `run ${id}: step first ran ${firsts.length} times`);
+      assert.equal(holds(id).length, movedRuns.includes(id) ? 2 : 1, `run ${id}: step hold`);
+    }
+    const attempts = await sql.query<{ step_id: string; succeeded: number }>(
+      `SELECT t.step_id, count(*) FILTER (WHERE a.status = 'SUCCEEDED')::int AS succeeded
+       FROM task_runs t JOIN task_attempts a ON a.task_run_id = t.id
+       WHERE t.run_id = ANY($1::uuid[]) GROUP BY t.run_id, t.step_id`,
+      [[...ids, late]],
+    );
+    assert.ok(
+      attempts.rows.every((r) => r.succeeded === 1),
+      JSON.stringify(attempts.rows),
+    );
+  });
+});
