@@ -1,0 +1,168 @@
+/**
+ * An Engine on the in-memory stores whose runs follow the partitions it holds (issue #22,
+ * engine/partition-load.ts), with an executor session played in process: a partition handed over
+ * (rebalancing's beforeRelease) leaves memory with its runs, the completion accepted just before
+ * is committed first, the leases of its runs are cancelled on the session and later reports for
+ * them are rejected; the other partitions' runs go on; and the partition taken again loads its
+ * runs, which finish without running the step whose success was committed.
+ */
+import assert from "node:assert/strict";
+import { after, before, describe, it } from "node:test";
+import { createLogger } from "@nexusflow/common";
+import { waitFor } from "@nexusflow/common/testing";
+import type { Lease, LeaseKey, SessionResponse } from "@nexusflow/gen";
+import { partitionOf } from "../../src/cluster/partitioning.js";
+import { Definitions } from "../../src/engine/definitions.js";
+import type { SessionHandle } from "../../src/engine/dispatcher.js";
+import { Engine } from "../../src/engine/engine.js";
+import type { HeldPartitions } from "../../src/engine/partition-load.js";
+import { TERMINAL_RUN_STATUSES } from "../../src/model/run-state.js";
+import { MemoryDefinitionStore } from "../../src/persistence/memory-definition-store.js";
+import { MemoryEngineStore } from "../../src/persistence/memory-engine-store.js";
+
+const log = createLogger("partition-release", "warn");
+const COUNT = 4;
+
+/** A session that keeps the leases and cancels it is sent; the test reports for it. */
+class Session implements SessionHandle {
+  readonly id = "session-1";
+  readonly executorId = "executor-1";
+  readonly types = new Set(["work"]);
+  credit = 0;
+  readonly leases = new Set<string>();
+  draining = false;
+  lastSeen = performance.now();
+  readonly leased: Lease[] = [];
+  readonly cancelled: LeaseKey[] = [];
+  send(message: SessionResponse): void {
+    const m = message.message;
+    if (m.case === "lease") this.leased.push(m.value);
+    else if (m.case === "leases") this.leased.push(...m.value.leases);
+    else if (m.case === "cancel" && m.value.key !== undefined) this.cancelled.push(m.value.key);
+  }
+  close(): void {}
+}
+
+describe("an Engine's runs follow the partitions it holds", () => {
+  const store = new MemoryEngineStore();
+  const held = new Map<number, number>(Array.from({ length: COUNT }, (_, p) => [p, 1]));
+  const partitions: HeldPartitions = {
+    partitionCount: COUNT,
+    epochOf: (p) => held.get(p),
+    held: () => [...held].map(([partition, epoch]) => ({ partition, epoch })),
+  };
+  const engine = new Engine({
+    store,
+    definitions: new Definitions(new MemoryDefinitionStore(), log),
+    log,
+    partitions,
+    sessionTimeoutMs: 1000,
+    heartbeatIntervalMs: 200,
+  });
+  const session = new Session();
+
+  before(async () => {
+    await engine.start();
+    await engine.definitions.register({
+      name: "two",
+      version: 1,
+      steps: [
+        { id: "a", type: "work" },
+        { id: "b", type: "work", dependsOn: ["a"] },
+      ],
+    });
+    engine.attach(session, []);
+    assert.equal(engine.onCredit(session, 1000), null);
+  });
+  after(async () => {
+    await engine.stop();
+  });
+
+  /** Started then Completed for the lease: the first rejection, or null. */
+  const complete = (lease: Lease) =>
+    engine.onStarted(session, lease.key) ??
+    engine.onCompleted(session, lease.key, { step: lease.stepId }, null, null);
+
+  it("hands a partition over with its last changes committed, and loads it again", async () => {
+    const ids: string[] = [];
+    for (let i = 0; i < 24; i++)
+      ids.push(
+        (
+          await engine.startRun({
+            workflowName: "two",
+            workflowVersion: 0,
+            input: {},
+            idempotencyKey: "",
+            labels: {},
+          })
+        ).runId,
+      );
+    await waitFor("every step a leased", () => session.leased.length === ids.length);
+    const moved = partitionOf(ids[0] as string, COUNT);
+    const movedRuns = ids.filter((id) => partitionOf(id, COUNT) === moved);
+    const others = ids.filter((id) => partitionOf(id, COUNT) !== moved);
+    assert.ok(movedRuns.length >= 2 && others.length > 0, `${movedRuns.length} runs in partition ${moved}`);
+    const leaseOf = (runId: string, stepId: string) =>
+      session.leased.filter((l) => l.runId === runId && l.stepId === stepId);
+
+    // A completion accepted, not committed yet, and the partition handed over in the same turn.
+    const [first] = leaseOf(movedRuns[0] as string, "a");
+    assert.ok(first?.key !== undefined);
+    assert.equal(complete(first), null);
+    assert.notEqual(store.read().tasks.get(first.key.taskRunId)?.status, "SUCCEEDED");
+    await engine.partitions.release([moved]);
+    held.delete(moved);
+    assert.equal(
+      store.read().tasks.get(first.key.taskRunId)?.status,
+      "SUCCEEDED",
+      "committed before it went",
+    );
+    assert.ok(movedRuns.every((id) => !engine.isActive(id)));
+    assert.ok(others.every((id) => engine.isActive(id)));
+    // The leases of its other runs were cancelled on the session, and reports for them are rejected.
+    const stillLeased = movedRuns.slice(1).flatMap((id) => leaseOf(id, "a"));
+    assert.deepEqual(
+      session.cancelled.map((k) => k.taskRunId).sort(),
+      stillLeased.map((l) => l.key?.taskRunId).sort(),
+    );
+    assert.ok(stillLeased.every((l) => !session.leases.has(l.key?.taskRunId ?? "")));
+    assert.notEqual(complete(stillLeased[0] as Lease), null);
+    const stored = JSON.stringify(
+      [...store.read().tasks.values()].filter((t) => movedRuns.includes(t.runId)),
+    );
+
+    // The other partitions' runs finish.
+    const done = (id: string) => TERMINAL_RUN_STATUSES.has(store.read().runs.get(id)?.status ?? "PENDING");
+    const answered = new Set<string>(stillLeased.map((l) => `${l.key?.taskRunId}:${l.key?.fencingToken}`));
+    answered.add(`${first.key.taskRunId}:${first.key.fencingToken}`);
+    const answerAll = () => {
+      for (const lease of session.leased) {
+        const key = `${lease.key?.taskRunId}:${lease.key?.fencingToken}`;
+        if (answered.has(key)) continue;
+        answered.add(key);
+        assert.equal(complete(lease), null, `report for ${lease.runId} ${lease.stepId}`);
+        assert.equal(engine.onCredit(session, 1), null);
+      }
+      return false;
+    };
+    await waitFor("the other partitions' runs to finish", () => answerAll() || others.every(done));
+    assert.equal(
+      JSON.stringify([...store.read().tasks.values()].filter((t) => movedRuns.includes(t.runId))),
+      stored,
+      "nothing of the runs handed over was written since",
+    );
+
+    // Taken again (at the next epoch): its runs load and finish; the committed step a does not run again.
+    held.set(moved, 2);
+    await engine.partitions.load([moved]);
+    assert.ok(movedRuns.every((id) => engine.isActive(id)));
+    await waitFor(
+      "the runs of the partition taken again to finish",
+      () => answerAll() || movedRuns.every(done),
+    );
+    for (const id of ids) assert.equal(store.read().runs.get(id)?.status, "SUCCEEDED", `run ${id}`);
+    assert.equal(leaseOf(movedRuns[0] as string, "a").length, 1, "the committed step a ran once");
+    for (const id of movedRuns.slice(1)) assert.equal(leaseOf(id, "a").length, 2, `run ${id}: a again`);
+    assert.equal(engine.partitions.stats.revokedLeases, stillLeased.length);
+  });
+});
