@@ -90,7 +90,14 @@ export class BenchContext {
    * so the counters taken next exclude the set-up and are complete.
    */
   async prepare(system: QueueSystem): Promise<void> {
-    await system.start();
+    try {
+      await system.start();
+    } catch (error) {
+      // A start that failed half-way (a refused registration) must not leave its scheduler or
+      // workers running: they would keep the bench process alive after its report.
+      await system.stop().catch(() => undefined);
+      throw error;
+    }
     await system.stop();
     await this.quiesce(system.database);
   }

@@ -5,12 +5,14 @@
  * rate limit whose bucket never runs dry. Every task then goes through both gates (a key's slot taken
  * and given back, a bucket's tokens taken, both written in the commit of its lease) without ever
  * waiting at one: the difference with the plain drain is the gates' own cost. The keyed drain's
- * rate is also the scheduler's decisions per second with that many distinct keys.
+ * rate is also the scheduler's decisions per second with that many distinct keys. Then the 1,000/s
+ * open loop of section 2 the same way (plain, gated, plain again): every run its own key again, so
+ * the gates are evaluated, taken and written for each task and never make one wait.
  */
 import { scaled } from "../lib/cli.js";
 import { formatTable } from "../lib/table.js";
 import type { BenchContext } from "./context.js";
-import { throughputPhase, type ThroughputResult } from "./queue.js";
+import { latencyPhase, throughputPhase, type LatencyResult, type ThroughputResult } from "./queue.js";
 
 /** Tasks per drain. */
 export const FLOW_TASKS = 20_000;
@@ -35,11 +37,33 @@ export interface FlowVariant {
   groupCommits: number | undefined;
 }
 
+/** One open-loop phase of section 9. */
+export interface FlowOpenLoop {
+  variant: "plain" | "gated";
+  declared: string;
+  rate: number;
+  runs: number;
+  /** Scheduled send to the handler's start, ms (first second discarded). */
+  p50: number;
+  p99: number;
+  achievedPerSecond: number;
+  notStarted: number;
+  cpuMsPerTask: { benchProcess: number; postgres: number } | undefined;
+}
+
+/** Open-loop rate of section 9, per second, and its length. */
+export const FLOW_RATE = 1_000;
+export const FLOW_SECONDS = 10;
+
 /** Section 9's results. */
 export interface FlowResult {
   variants: FlowVariant[];
   /** Gated drain rate over plain. */
   drainRatio: number;
+  /** The 1,000/s open loop: plain, gated, plain again (absent in results from before it). */
+  openLoop?: FlowOpenLoop[];
+  /** Gated p50 and p99 over the mean of the plain ones (1.0: the same). */
+  openLoopRatio?: { p50: number; p99: number };
 }
 
 function variantOf(
@@ -73,9 +97,38 @@ export async function flowSection(ctx: BenchContext): Promise<FlowResult> {
   ctx.note(`  nexusflow: plain drain of ${n} again`);
   const second = variantOf("plain", "nothing (again)", 0, await plain());
   const plainRate = (first.tasksPerSecond + second.tasksPerSecond) / 2;
+
+  const seconds = Math.max(2, Math.round(FLOW_SECONDS * Math.min(1, ctx.options.scale)));
+  const open = async (variant: FlowOpenLoop["variant"], declared: string): Promise<FlowOpenLoop> => {
+    ctx.note(`  nexusflow: open loop ${FLOW_RATE}/s, ${declared}`);
+    const r: LatencyResult = await latencyPhase(ctx, "nexusflow", FLOW_RATE, seconds, () =>
+      ctx.nexusflow(`flow-lat-${variant}`, variant === "gated" ? { noopStep: GATES } : {}),
+    );
+    return {
+      variant,
+      declared,
+      rate: FLOW_RATE,
+      runs: r.runs,
+      p50: r.scheduleToStart.p50,
+      p99: r.scheduleToStart.p99,
+      achievedPerSecond: r.achievedPerSecond,
+      notStarted: r.notStarted,
+      cpuMsPerTask: r.cpu.perTaskMs,
+    };
+  };
+  const openLoop = [
+    await open("plain", "nothing"),
+    await open("gated", "concurrency key input.i (limit 1) + rate limit 1,000,000/s"),
+    await open("plain", "nothing (again)"),
+  ];
+  const [p0, g, p1] = openLoop as [FlowOpenLoop, FlowOpenLoop, FlowOpenLoop];
+  const ratio = (gated: number, a: number, b: number): number =>
+    Math.round((gated / ((a + b) / 2)) * 1000) / 1000;
   return {
     variants: [first, gated, second],
     drainRatio: Math.round((gated.tasksPerSecond / plainRate) * 1000) / 1000,
+    openLoop,
+    openLoopRatio: { p50: ratio(g.p50, p0.p50, p1.p50), p99: ratio(g.p99, p0.p99, p1.p99) },
   };
 }
 
@@ -94,7 +147,23 @@ export function flowTable(r: FlowResult): string {
         v.groupCommits ?? "-",
       ]),
     ]) +
-    `\ngated drain / plain drain (mean of both plain runs): ${r.drainRatio}`
+    `\ngated drain / plain drain (mean of both plain runs): ${r.drainRatio}` +
+    (r.openLoop === undefined
+      ? ""
+      : "\n" +
+        formatTable([
+          ["open loop, step declares", "rate/s", "runs", "p50 ms", "p99 ms", "achieved/s", "not started"],
+          ...r.openLoop.map((o) => [
+            o.declared,
+            o.rate,
+            o.runs,
+            o.p50,
+            o.p99,
+            o.achievedPerSecond,
+            o.notStarted,
+          ]),
+        ]) +
+        `\ngated / plain (mean of both plain runs): p50 ${r.openLoopRatio?.p50}, p99 ${r.openLoopRatio?.p99}`)
   );
 }
 
@@ -109,5 +178,15 @@ export function flowTargets(
       measured: `${Math.round(r.drainRatio * 100)}% of plain (${r.variants.map((v) => v.tasksPerSecond).join(" / ")} tasks/s)`,
       met: r.drainRatio >= 0.9,
     },
+    ...(r.openLoop === undefined || r.openLoopRatio === undefined
+      ? []
+      : [
+          {
+            target: `open loop ${FLOW_RATE}/s with a concurrency key and a rate limit declared (not binding)`,
+            goal: "p50 and p99 within 10% of the plain open loop",
+            measured: `p50 ${r.openLoop.map((o) => o.p50).join(" / ")} ms, p99 ${r.openLoop.map((o) => o.p99).join(" / ")} ms (plain / gated / plain)`,
+            met: r.openLoopRatio.p50 <= 1.1 && r.openLoopRatio.p99 <= 1.1,
+          },
+        ]),
   ];
 }

@@ -157,8 +157,9 @@ export async function latencyPhase(
   name: SystemName,
   rate: number,
   seconds: number,
+  make: () => Promise<QueueSystem> = () => ctx.system(name, `lat${Math.round(rate)}`),
 ): Promise<LatencyResult> {
-  const system = await ctx.system(name, `lat${Math.round(rate)}`);
+  const system = await make();
   await ctx.prepare(system);
   const before = await ctx.counters(system.database);
   await ctx.pg.resetStatements();
