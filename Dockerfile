@@ -58,8 +58,9 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 # HEALTH_PORT: /healthz and /readyz on a port of their own in every service, whatever METRICS_PORT
 # says (off included), so probes and the HEALTHCHECK never depend on metrics being on.
+# No NODE_OPTIONS: entrypoint.mjs turns on the source maps of Nexusflow's own code (stack traces
+# name its TypeScript lines), not those of node_modules; NODE_OPTIONS=--enable-source-maps maps all.
 ENV NODE_ENV=production \
-    NODE_OPTIONS=--enable-source-maps \
     NEXUSFLOW_DATA_DIR=/tmp/nexusflow \
     HEALTH_PORT=8081
 WORKDIR /app

@@ -2,7 +2,7 @@
  * Section 4: many executor sessions. The scheduler runs in a child process (so its RSS and CPU
  * are its own) as the container image runs it: the JavaScript compiled by scripts/build-dist.mjs
  * (built once per bench run into .cache/bench-dist), `node entrypoint.mjs scheduler` with the
- * image's NODE_ENV and NODE_OPTIONS, after `entrypoint.mjs migrate` (MIGRATE_ON_START=false, as
+ * image's NODE_ENV (and, as the image, no NODE_OPTIONS), after `entrypoint.mjs migrate` (MIGRATE_ON_START=false, as
  * deployed); sessions-child.ts, preloaded, answers samples. 200 executors attach from this
  * process, each on its own connection. Measured with no sessions, with 200 idle sessions
  * (heartbeats and pings only), and with 10% of them busy: 20 executors of one slot each whose
@@ -178,7 +178,7 @@ function serviceEnv(databaseUrl: string, dataDir: string, metrics: boolean): Nod
   return {
     PATH: process.env["PATH"] ?? "",
     NODE_ENV: "production",
-    NODE_OPTIONS: "--enable-source-maps",
+    // No NODE_OPTIONS, as the image (entrypoint.mjs maps Nexusflow's own code, not node_modules).
     NEXUSFLOW_DATA_DIR: dataDir,
     HEALTH_PORT: "0",
     DATABASE_URL: databaseUrl,
@@ -328,7 +328,7 @@ export async function sessionsSection(ctx: BenchContext): Promise<SessionsResult
     const c1 = completed;
     looping = false;
     return {
-      scheduler: `compiled (scripts/build-dist.mjs): NODE_OPTIONS=--enable-source-maps node entrypoint.mjs scheduler, metrics ${ctx.options.metrics ? "on" : "off"}`,
+      scheduler: `compiled (scripts/build-dist.mjs): node entrypoint.mjs scheduler (source maps of its own code), metrics ${ctx.options.metrics ? "on" : "off"}`,
       heartbeatIntervalMs: 2000,
       busyTaskMs: BUSY_TASK_MS,
       baseline: windowOf(b0, b1, 0, 0),

@@ -20,6 +20,7 @@ import { createServer } from "node:http";
 import { type AddressInfo } from "node:net";
 import { mkdir, mkdtemp, readFile, rm } from "node:fs/promises";
 import { join } from "node:path";
+import { pathToFileURL } from "node:url";
 import { after, before, describe, it } from "node:test";
 import { ServingStatus, checkGrpcHealth } from "@nexusflow/common";
 import { waitFor } from "@nexusflow/common/testing";
@@ -132,6 +133,35 @@ describe("the services compiled to JavaScript, started as the image starts them"
       assert.ok((await readFile(join(dir, main), "utf8")).length > 0, main);
     }
   });
+
+  it(
+    "maps stack traces of its own code to the TypeScript, not the source maps of node_modules",
+    TIMEOUT,
+    () => {
+      // entrypoint.mjs turns source maps on as the image runs it (no NODE_OPTIONS).
+      const script = `
+      import { findSourceMap } from "node:module";
+      import { createRequire } from "node:module";
+      await import(${JSON.stringify(pathToFileURL(join(dir, "entrypoint.mjs")).href)});
+      const { ApiError } = await import(${JSON.stringify(pathToFileURL(join(dir, "common", "src", "index.js")).href)});
+      const grpc = createRequire(${JSON.stringify(join(dir, "services", "scheduler", "src", "main.js"))}).resolve("@grpc/grpc-js");
+      await import(grpc);
+      console.log(JSON.stringify({
+        enabled: process.sourceMapsEnabled,
+        stack: ApiError.invalid("f", "bad").stack,
+        nodeModules: findSourceMap(grpc) !== undefined,
+      }));`;
+      const run = spawnSync(process.execPath, ["--input-type=module", "-e", script], {
+        env: { PATH: process.env["PATH"] ?? "" },
+        encoding: "utf8",
+      });
+      assert.equal(run.status, 0, run.stderr);
+      const got = JSON.parse(run.stdout) as { enabled: boolean; stack: string; nodeModules: boolean };
+      assert.equal(got.enabled, true);
+      assert.match(got.stack, /common\/src\/errors\.ts:\d+:\d+/);
+      assert.equal(got.nodeModules, false);
+    },
+  );
 
   it("migrate applies the schema once, then finds nothing to do; --wait returns", TIMEOUT, async () => {
     // Before the schema step, a scheduler that must not migrate refuses, naming what is pending.
