@@ -251,6 +251,10 @@ export function executorService(
       let reports = 0;
       let acked = 0;
       let ackTimer: NodeJS.Timeout | undefined;
+      // Partitions lost when the first report not acknowledged yet came (engine/partition-load.ts):
+      // after a loss, a report of a run of theirs may have been dropped uncommitted, so none of
+      // those reports is acknowledged; the session ends and the executor sends them again.
+      let lossesSeen = 0;
       const acknowledge = (): void => {
         if (ackTimer !== undefined || ended) return;
         ackTimer = setTimeout(() => {
@@ -261,6 +265,10 @@ export function executorService(
               () => {
                 ackTimer = undefined;
                 if (ended) return;
+                if (engine.partitions.losses !== lossesSeen) {
+                  fail(grpc.status.UNAVAILABLE, "a partition of this session's runs moved: attach again");
+                  return;
+                }
                 if (through > acked) {
                   acked = through;
                   send(
@@ -441,6 +449,7 @@ export function executorService(
       /** Counts `n` reports for Acked (see acknowledgedReports), and acknowledges them once committed. */
       const counted = (n: number): void => {
         if (n === 0) return;
+        if (reports === acked) lossesSeen = engine.partitions.losses;
         reports += n;
         acknowledge();
       };

@@ -69,8 +69,17 @@ export class PartitionRuns {
   private recovering = false;
   /** Counters (tests, logs). */
   readonly stats = { loadedRuns: 0, unloadedRuns: 0, revokedLeases: 0 };
+  private lossCount = 0;
 
   constructor(private readonly host: PartitionRunsHost) {}
+
+  /**
+   * How many times partitions were lost: a session acknowledges no report that came before a
+   * loss (what was marked for their runs may have been dropped uncommitted).
+   */
+  get losses(): number {
+    return this.lossCount;
+  }
 
   /** Whether the run's partition is held (always, without partitions). */
   owns(runId: string): boolean {
@@ -135,6 +144,7 @@ export class PartitionRuns {
    * now and their executors are told to stop (see the module comment).
    */
   unload(partitions: readonly number[], reason: string): void {
+    this.lossCount++;
     const detached = this.detach(partitions, reason);
     if (detached === undefined) return;
     disarmRuns(detached);

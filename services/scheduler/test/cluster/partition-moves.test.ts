@@ -33,9 +33,9 @@ describe("a scheduler's runs follow its partitions", () => {
   let executor: Executor;
   /** Handlers entered, by run and step, in order. */
   const entered: { runId: string; stepId: string; attempt: number; signal: AbortSignal }[] = [];
-  /** Step `hold` of each run waits for this (set when the test lets them finish). */
-  let letGo: () => void = () => undefined;
-  const released = new Promise<void>((resolve) => (letGo = resolve));
+  /** Step `hold` waits for its run's gate, or for the test's gate to open (each test makes its own). */
+  let gate = newGate();
+  const gates = new Map<string, () => void>();
 
   before(async () => {
     server = await startTestDatabase();
@@ -48,15 +48,18 @@ describe("a scheduler's runs follow its partitions", () => {
       });
       e.register("hold", (_input: unknown, ctx: TaskContext) => {
         entered.push({ runId: ctx.runId, stepId: ctx.stepId, attempt: ctx.attempt, signal: ctx.signal });
+        const all = gate;
         return new Promise((resolve, reject) => {
-          void released.then(() => resolve({ done: true }));
+          const go = (): void => resolve({ done: true });
+          gates.set(ctx.runId, go);
+          void all.opened.then(go);
           ctx.signal.addEventListener("abort", () => reject(new Error("cancelled")), { once: true });
         });
       });
     });
   });
   after(async () => {
-    letGo();
+    gate.open();
     await executor?.stop();
     await scheduler?.stop();
     await sql?.end();
@@ -133,7 +136,7 @@ describe("a scheduler's runs follow its partitions", () => {
     // A run started now goes to a partition held; the others finish.
     const late = await startRunOf(client, "moves");
     assert.notEqual(partitionOf(late, count), moved);
-    letGo();
+    gate.open();
     for (const id of [...others, late])
       assert.equal((await waitForRun(client, id)).status, RunStatus.SUCCEEDED, `run ${id}`);
     assert.equal(await stored(movedRuns), before, "nothing of the moved runs was written meanwhile");
@@ -173,4 +176,70 @@ describe("a scheduler's runs follow its partitions", () => {
       JSON.stringify(attempts.rows),
     );
   });
+
+  it("unloads a partition whose commit the fence refused, and ends the session that could not be acknowledged", async () => {
+    gate = newGate();
+    const client = workflowClient(scheduler.address);
+    const count = scheduler.partitions.partitionCount;
+    const ids: string[] = [];
+    for (let i = 0; i < 16; i++) ids.push(await startRunOf(client, "moves"));
+    await waitFor("every run holding in its second step", () =>
+      ids.every((id) => entered.some((e) => e.runId === id && e.stepId === "hold")),
+    );
+    const moved = partitionOf(ids[0] as string, count);
+    const movedRuns = ids.filter((id) => partitionOf(id, count) === moved);
+    const others = ids.filter((id) => partitionOf(id, count) !== moved);
+    const [session] = scheduler.engine.sessions();
+    assert.ok(session !== undefined);
+
+    // The scheduler's heartbeats wait behind a lock on its row: only the fence can tell it.
+    const blocker = await sql.connect();
+    let before: string;
+    try {
+      await blocker.query("BEGIN");
+      await blocker.query("SELECT 1 FROM replicas WHERE id = $1 FOR UPDATE", [
+        scheduler.partitions.replicaId,
+      ]);
+      await sql.query(
+        "UPDATE partitions SET owner = $1, epoch = epoch + 1, lease_expires_at = now() + interval '1 hour' WHERE partition = $2",
+        [randomUUID(), moved],
+      );
+      before = await stored(movedRuns);
+      const fenced = scheduler.writerStats.fencedCommits;
+      // One run of it finishes its step: the completion is accepted, its commit refused.
+      gates.get(movedRuns[0] as string)?.();
+      await waitFor("the commit refused by the fence", () => scheduler.writerStats.fencedCommits > fenced);
+      await waitFor("its runs unloaded", () => movedRuns.every((id) => !scheduler.engine.isActive(id)));
+      assert.equal(scheduler.partitions.epochOf(moved), undefined);
+      assert.ok(others.every((id) => scheduler.engine.isActive(id)));
+      // The completion was never committed: its Acked is not sent, the session ends, the executor
+      // attaches again (its report sent again is rejected: the run is not here).
+      await waitFor("the executor attached again", () =>
+        scheduler.engine.sessions().some((s) => s.id !== session.id && s.executorId === "moves"),
+      );
+    } finally {
+      await blocker.query("ROLLBACK");
+      blocker.release();
+    }
+    gate.open();
+    for (const id of others) assert.equal((await waitForRun(client, id)).status, RunStatus.SUCCEEDED);
+    assert.equal(await stored(movedRuns), before, "nothing of the moved runs was written");
+
+    await sql.query("UPDATE partitions SET owner = NULL, lease_expires_at = now() WHERE partition = $1", [
+      moved,
+    ]);
+    for (const id of movedRuns) assert.equal((await waitForRun(client, id)).status, RunStatus.SUCCEEDED);
+    for (const id of ids) {
+      const ran = (step: string) => entered.filter((e) => e.runId === id && e.stepId === step).length;
+      assert.equal(ran("first"), 1, `run ${id}: step first`);
+      assert.equal(ran("hold"), movedRuns.includes(id) ? 2 : 1, `run ${id}: step hold`);
+    }
+  });
 });
+
+/** A gate the handlers wait on until the test opens it. */
+function newGate(): { opened: Promise<void>; open: () => void } {
+  let open = (): void => undefined;
+  const opened = new Promise<void>((resolve) => (open = resolve));
+  return { opened, open };
+}
