@@ -119,6 +119,10 @@ export class BenchContext {
   /** Runs `fn` under the CPU profiler when --profile is set. */
   async profiled<T>(phase: string, fn: () => Promise<T>): Promise<T> {
     if (!this.options.profile) return fn();
+    // A phase run again in one bench (section 9's plain and gated drains) gets -2, -3, ...
+    let n = 1;
+    while (this.profiles[n === 1 ? phase : `${phase}-${n}`] !== undefined) n++;
+    if (n > 1) phase = `${phase}-${n}`;
     const file = join(this.outDir, `${this.stamp}-${phase}.cpuprofile`);
     const profiling = await startProfile(file);
     try {

@@ -184,8 +184,11 @@ export function releaseTask(core: Core, task: TaskState): void {
 
 // ---------------------------------------------------------------- the rules
 
-/** Cancels a run by a strategy (runs.ts cancelRun with compensation; passed in to keep imports one way). */
-export type CancelRun = (run: RunState, reason: string) => void;
+/**
+ * Cancels a run by a strategy (runs.ts cancelByLimit: cancelRun with compensation; passed in to
+ * keep imports one way). One function for every call: the dispatcher makes no closure per task.
+ */
+export type CancelRun = (core: Core, run: RunState, reason: string, now: Date) => void;
 
 function describeSlot(s: Slot): string {
   return `concurrency key ${JSON.stringify(s.value)} (${s.limit.expression}, limit ${s.limit.limit})`;
@@ -198,27 +201,42 @@ function isFull(keys: ConcurrencyState, s: Slot): boolean {
 /** Takes the slots of `claim` by its limits' strategies (see the module comment). */
 function acquire(core: Core, claim: Claim, now: Date, cancel: CancelRun): boolean {
   const keys = claim.keys;
-  let blocked = claim.slots.filter((s) => isFull(keys, s));
-  if (blocked.length === 0) {
+  // The common case first, without an array or a closure: no key is full.
+  let anyFull = false;
+  for (const s of claim.slots) if (isFull(keys, s)) anyFull = true;
+  if (!anyFull) {
     hold(claim);
     return true;
   }
+  let blocked = claim.slots.filter((s) => isFull(keys, s));
   const what = claim.task === null ? "run" : "task";
   for (const s of blocked) {
     if (s.limit.strategy !== "cancel-newest") continue;
-    giveUp(claim, cancel, `${describeSlot(s)} is full: the newest ${what} is cancelled (cancel-newest)`);
+    giveUp(
+      core,
+      now,
+      claim,
+      cancel,
+      `${describeSlot(s)} is full: the newest ${what} is cancelled (cancel-newest)`,
+    );
     return false;
   }
   for (const s of blocked) {
     if (s.limit.strategy !== "keep-newest-queued") continue;
     const space = keys.space(s.id);
     if (space.waiters.some((w) => w !== claim && w.seq > claim.seq)) {
-      giveUp(claim, cancel, `${describeSlot(s)}: a newer ${what} is queued (keep-newest-queued)`);
+      giveUp(core, now, claim, cancel, `${describeSlot(s)}: a newer ${what} is queued (keep-newest-queued)`);
       return false;
     }
     for (const w of [...space.waiters])
       if (w !== claim && w.seq < claim.seq)
-        giveUp(w, cancel, `${describeSlot(s)}: superseded by a newer ${what} (keep-newest-queued)`);
+        giveUp(
+          core,
+          now,
+          w,
+          cancel,
+          `${describeSlot(s)}: superseded by a newer ${what} (keep-newest-queued)`,
+        );
   }
   if (blocked.some((s) => s.limit.strategy !== "cancel-in-progress")) {
     park(claim, blocked);
@@ -229,7 +247,13 @@ function acquire(core: Core, claim: Claim, now: Date, cancel: CancelRun): boolea
     const space = keys.spaces.get(s.id);
     while (space !== undefined && space.holders.size >= s.limit.limit) {
       const oldest = space.holders.values().next().value as Claim;
-      giveUp(oldest, cancel, `${describeSlot(s)}: a newer ${what} takes its slot (cancel-in-progress)`);
+      giveUp(
+        core,
+        now,
+        oldest,
+        cancel,
+        `${describeSlot(s)}: a newer ${what} takes its slot (cancel-in-progress)`,
+      );
     }
   }
   blocked = claim.slots.filter((s) => isFull(keys, s));
@@ -242,8 +266,8 @@ function acquire(core: Core, claim: Claim, now: Date, cancel: CancelRun): boolea
 }
 
 /** Cancels the claim's run; its slots and places are freed whatever the run's state. */
-function giveUp(claim: Claim, cancel: CancelRun, reason: string): void {
-  cancel(claim.run, reason);
+function giveUp(core: Core, now: Date, claim: Claim, cancel: CancelRun, reason: string): void {
+  cancel(core, claim.run, reason, now);
   // A run already stopping frees nothing by being cancelled again: the claim leaves here.
   forget(claim);
 }
@@ -283,9 +307,13 @@ function forget(claim: Claim): boolean {
     return false;
   }
   if (claim.state !== "held") return false;
+  const spaces = claim.keys.spaces;
   for (const s of claim.slots) {
-    claim.keys.spaces.get(s.id)?.holders.delete(claim);
-    claim.keys.tidy(s.id);
+    const space = spaces.get(s.id);
+    if (space === undefined) continue;
+    space.holders.delete(claim);
+    // Dropped when nobody holds or waits for it (ConcurrencyState.tidy, without a second lookup).
+    if (space.holders.size === 0 && space.waiters.length === 0) spaces.delete(s.id);
   }
   claim.state = "free";
   return true;

@@ -115,7 +115,11 @@ describe("rate limits in the core", () => {
     takeRate(a, new Date(0));
     const b = queued(sim, l, 100);
     takeRate(b, new Date(100));
-    assert.deepEqual(a.rateTaken, [{ name: "partner", key: "", tokens: 4, refilledAt: 0, seq: 1 }]);
-    assert.deepEqual(b.rateTaken, [{ name: "partner", key: "", tokens: 4, refilledAt: 100, seq: 2 }]);
+    assert.deepEqual(a.rateTaken, [
+      { id: "partner\u0000", name: "partner", key: "", tokens: 4, refilledAt: 0, seq: 1 },
+    ]);
+    assert.deepEqual(b.rateTaken, [
+      { id: "partner\u0000", name: "partner", key: "", tokens: 4, refilledAt: 100, seq: 2 },
+    ]);
   });
 });

@@ -25,7 +25,7 @@ import {
   type RateWant,
 } from "../model/rate-limit-state.js";
 import type { TaskState } from "../model/run-state.js";
-import { runScope } from "./concurrency.js";
+import { admitTask, type CancelRun, runScope } from "./concurrency.js";
 import type { Core } from "./context.js";
 import { keyString } from "./key-value.js";
 import { failTerminally, stepState } from "./transitions.js";
@@ -140,7 +140,14 @@ export function takeRate(task: TaskState, now: Date): void {
     refill(b, want.limit, t);
     b.tokens = Math.max(0, b.tokens - want.limit.units);
     b.seq++;
-    taken.push({ name: b.name, key: b.key, tokens: b.tokens, refilledAt: b.refilledAt, seq: b.seq });
+    taken.push({
+      id: b.id,
+      name: b.name,
+      key: b.key,
+      tokens: b.tokens,
+      refilledAt: b.refilledAt,
+      seq: b.seq,
+    });
   }
   task.rateTaken = taken;
 }
@@ -233,10 +240,11 @@ export function rateHolds(
 /**
  * The dispatcher is about to lease `task` (runs.ts admitQueued): its rate limits' keys are
  * evaluated on first use (a key that is not a string or a number fails the step with
- * RATE_LIMIT_KEY_ERROR), then every bucket must have its units, then `admitKeys` (the
- * concurrency keys) must admit it; only then are the tokens taken. False: skip it.
+ * RATE_LIMIT_KEY_ERROR), then every bucket must have its units, then its concurrency keys must
+ * admit it (`cancel`: how their strategies cancel a run); only then are the tokens taken. False:
+ * skip it.
  */
-export function admitWithRate(core: Core, task: TaskState, now: Date, admitKeys: () => boolean): boolean {
+export function admitWithRate(core: Core, task: TaskState, now: Date, cancel: CancelRun): boolean {
   if (task.rate === null) {
     const run = core.runs.get(task.runId);
     const limits = run?.workflow.stepsById.get(task.stepId)?.rateLimits;
@@ -267,7 +275,7 @@ export function admitWithRate(core: Core, task: TaskState, now: Date, admitKeys:
     }
   }
   if (task.rate !== undefined && !checkRate(core, task, now)) return false;
-  if (!admitKeys()) return false;
+  if (!admitTask(core, task, now, cancel)) return false;
   takeRate(task, now);
   return true;
 }

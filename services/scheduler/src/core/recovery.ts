@@ -151,7 +151,7 @@ export function recover(
   for (const run of runs) rebuildMaps(core, run, elements.get(run) ?? [], at.now);
   for (const [run, task] of childless) core.fx.startChild(run, task);
   // Concurrency keys: holders and queues derived from the runs, before any lease is handed out.
-  recoverClaims(core, runs, at.now, stepState, cancelByLimit(core, at.now));
+  recoverClaims(core, runs, at.now, stepState, cancelByLimit);
   for (const run of runs) {
     armRunDeadline(core, run, nowMs);
     advanceAny(core, run, at.now);

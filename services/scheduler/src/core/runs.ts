@@ -95,14 +95,13 @@ export function startRun(core: Core, start: RunStart, now: Date): RunState {
 }
 
 /** How a concurrency strategy cancels a run: as CancelRun with compensation. */
-export function cancelByLimit(core: Core, now: Date): CancelRun {
-  return (run, reason) => void cancelRun(core, run, reason, true, now);
-}
+export const cancelByLimit: CancelRun = (core, run, reason, now) =>
+  void cancelRun(core, run, reason, true, now);
 
 /** A new run takes its workflow's concurrency keys, or waits for them (concurrency.ts). */
 function admitNewRun(core: Core, run: RunState, now: Date): void {
   try {
-    admitRun(core, run, now, cancelByLimit(core, now));
+    admitRun(core, run, now, cancelByLimit);
   } catch (error) {
     // StartRun checked the keys; a run that gets here anyway fails rather than start unlimited.
     if (!(error instanceof ConcurrencyKeyError)) throw error;
@@ -118,8 +117,8 @@ function admitNewRun(core: Core, run: RunState, now: Date): void {
 export function admitQueued(core: Core, task: TaskState, now: Date): boolean {
   const ok =
     task.rate === undefined
-      ? admitTask(core, task, now, cancelByLimit(core, now))
-      : admitWithRate(core, task, now, () => admitTask(core, task, now, cancelByLimit(core, now)));
+      ? admitTask(core, task, now, cancelByLimit)
+      : admitWithRate(core, task, now, cancelByLimit);
   // Held back: a task_held event when the gate holding it is new to it (hold-events.ts).
   if (ok) clearHeld(task);
   else noteHeld(core, task, now);
@@ -137,11 +136,7 @@ export function advance(core: Core, run: RunState, now: Date): void {
   }
   if (TERMINAL_RUN_STATUSES.has(run.status) || run.cancelRequested) return;
   // Waiting for its workflow's concurrency keys: its steps start once it holds them.
-  if (
-    run.claim !== undefined &&
-    run.claim.state !== "held" &&
-    !readmitRun(core, run, now, cancelByLimit(core, now))
-  ) {
+  if (run.claim !== undefined && run.claim.state !== "held" && !readmitRun(core, run, now, cancelByLimit)) {
     // Still waiting (not cancelled by a strategy): a run_held event when its key is new to it.
     noteRunHeld(core, run);
     return;

@@ -40,6 +40,8 @@ export interface RateWant {
 
 /** A bucket as a grant left it: the row written with the lease that took the tokens. */
 export interface BucketSnapshot {
+  /** The bucket's id (its name and key: one bucket's snapshots share it). */
+  readonly id: string;
   readonly name: string;
   readonly key: string;
   readonly tokens: number;

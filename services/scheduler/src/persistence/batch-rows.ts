@@ -4,6 +4,7 @@
  * parts by run, and a part the database refuses can be cut down to the share of some of its runs.
  */
 import { storedStepId, type AttemptState, type RunState, type TaskState } from "../model/run-state.js";
+import type { BucketSnapshot } from "../model/rate-limit-state.js";
 import {
   ATTEMPT_HISTORY_SQL,
   ATTEMPT_ROW_SQL,
@@ -408,21 +409,40 @@ function snapshot(
  * parallel lock shared buckets in the same order).
  */
 function bucketSection(tasks: Map<string, TaskState>): Section | undefined {
-  let latest: Map<string, { row: Row; runId: string; seq: number }> | undefined;
+  // By the bucket's id (no key built per grant); a later grant's snapshot replaces the entry's.
+  let latest: Map<string, { snap: BucketSnapshot; runId: string }> | undefined;
   for (const t of tasks.values()) {
-    if (t.rateTaken === undefined) continue;
+    const taken = t.rateTaken;
+    if (taken === undefined) continue;
     latest ??= new Map();
-    for (const b of t.rateTaken) {
-      const id = `${b.name}\u0000${b.key}`;
-      const seen = latest.get(id);
-      if (seen !== undefined && seen.seq >= b.seq) continue;
-      const row = { name: b.name, key: b.key, tokens: b.tokens, refilled_at: b.refilledAt, seq: b.seq };
-      latest.set(id, { row, runId: t.runId, seq: b.seq });
+    for (const b of taken) {
+      const seen = latest.get(b.id);
+      if (seen === undefined) latest.set(b.id, { snap: b, runId: t.runId });
+      else if (b.seq > seen.snap.seq) {
+        seen.snap = b;
+        seen.runId = t.runId;
+      }
     }
   }
   if (latest === undefined || latest.size === 0) return undefined;
-  const sorted = [...latest].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)).map(([, v]) => v);
-  return { sql: BUCKET_SQL, rows: sorted.map((v) => v.row), runIds: sorted.map((v) => v.runId) };
+  const sorted = [...latest.values()];
+  if (sorted.length > 1)
+    sorted.sort((x, y) => {
+      const a = x.snap;
+      const b = y.snap;
+      return a.name < b.name ? -1 : a.name > b.name ? 1 : a.key < b.key ? -1 : a.key > b.key ? 1 : 0;
+    });
+  return {
+    sql: BUCKET_SQL,
+    rows: sorted.map(({ snap: b }) => ({
+      name: b.name,
+      key: b.key,
+      tokens: b.tokens,
+      refilled_at: b.refilledAt,
+      seq: b.seq,
+    })),
+    runIds: sorted.map((v) => v.runId),
+  };
 }
 
 const EVENT_PARTS: ReadonlySet<string> = new Set([EVENT_SQL, EVENT_RETRY_SQL]);
