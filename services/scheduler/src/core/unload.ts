@@ -51,6 +51,8 @@ export function detachRuns(core: Core, belongs: (runId: string) => boolean, reas
         core.fx.cancelLease(task, reason);
         leases++;
       }
+      // Not stored (executor_id is): a lease granted and not sent yet is not sent (leaseStands).
+      task.sessionId = null;
     }
     core.fx.leaseEnded(task);
     core.eventWaits?.remove(task);
@@ -63,6 +65,11 @@ export function detachRuns(core: Core, belongs: (runId: string) => boolean, reas
       if (task.claim !== undefined && (task.claim.state === "held") === held) releaseTask(core, task);
     for (const run of runs)
       if (run.claim !== undefined && (run.claim.state === "held") === held) releaseRun(core, run);
+  }
+  // In memory only: a queue entry still holding one of them takes no slot and no token.
+  for (const task of tasks) {
+    task.claim = undefined;
+    task.rate = undefined;
   }
   return { runs, tasks: [...tasks], leases };
 }

@@ -116,6 +116,39 @@ describe("partition leases (PostgreSQL)", () => {
     );
   });
 
+  it("sole takes every partition at start only: later it takes those nobody holds, and says so", async () => {
+    // A crashed predecessor's leases, unexpired: taken at start all the same.
+    await db.pool.query("INSERT INTO partitions (partition) SELECT generate_series(0, 15)");
+    await db.pool.query("UPDATE partitions SET owner = $1, lease_expires_at = now() + interval '1 hour'", [
+      randomUUID(),
+    ]);
+    const taken: number[][] = [];
+    const lost: number[][] = [];
+    const sole = await replica({
+      sole: true,
+      renewIntervalMs: 60_000,
+      onTaken: (p) => taken.push([...p]),
+      onLost: (p) => lost.push([...p]),
+    });
+    assert.equal(sole.held().length, 16);
+    assert.deepEqual(taken, [], "what start takes is held when it resolves, not told");
+    // Another owner takes partition 3 (epoch + 1): lost at the next heartbeat, and not taken back.
+    await db.pool.query(
+      "UPDATE partitions SET owner = $1, epoch = epoch + 1, lease_expires_at = now() + interval '1 hour' WHERE partition = 3",
+      [randomUUID()],
+    );
+    await sole.renew();
+    await sole.renew();
+    assert.deepEqual(lost, [[3]]);
+    assert.equal(sole.epochOf(3), undefined);
+    assert.equal(sole.held().length, 15);
+    // Handed back: the next heartbeat takes it at the next epoch and tells.
+    await db.pool.query("UPDATE partitions SET owner = NULL, lease_expires_at = now() WHERE partition = 3");
+    await sole.renew();
+    assert.deepEqual(taken, [[3]]);
+    assert.equal(sole.epochOf(3), 3);
+  });
+
   /** A new run with one queued task and its runStarted event, marked on `writer`. */
   const markRun = (writer: BatchWriter): RunState => {
     const now = new Date();
