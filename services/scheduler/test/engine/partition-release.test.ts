@@ -23,7 +23,7 @@ import { MemoryEngineStore } from "../../src/persistence/memory-engine-store.js"
 const log = createLogger("partition-release", "warn");
 const COUNT = 4;
 
-/** A session that keeps the leases and cancels it is sent; the test reports for it. */
+/** A session that keeps the leases and cancels it is sent, and answers pings; the test reports for it. */
 class Session implements SessionHandle {
   readonly id = "session-1";
   readonly executorId = "executor-1";
@@ -36,7 +36,9 @@ class Session implements SessionHandle {
   readonly cancelled: LeaseKey[] = [];
   send(message: SessionResponse): void {
     const m = message.message;
-    if (m.case === "lease") this.leased.push(m.value);
+    // A live executor answers each ping: the session is never silent.
+    if (m.case === "ping") this.lastSeen = performance.now();
+    else if (m.case === "lease") this.leased.push(m.value);
     else if (m.case === "leases") this.leased.push(...m.value.leases);
     else if (m.case === "cancel" && m.value.key !== undefined) this.cancelled.push(m.value.key);
   }
