@@ -12,7 +12,7 @@ import { MetricsListenError, createMetricsRegistry } from "@nexusflow/common/met
 import { shutdownTelemetry, tracingEnabled } from "@nexusflow/common/telemetry";
 import { EmbeddedPostgresError } from "./persistence/embedded-postgres.js";
 import { PortInUseError, Scheduler, isSchedulerLockedError, isSchemaNotCurrentError } from "./scheduler.js";
-import { releaseStartupMemory, tuneRuntime } from "./runtime.js";
+import { type IdleRelease, releaseMemoryWhenIdle, releaseStartupMemory, tuneRuntime } from "./runtime.js";
 
 tuneRuntime();
 
@@ -90,12 +90,14 @@ const scheduler = new Scheduler({
 });
 
 let stopping = false;
+let idleRelease: IdleRelease | undefined;
 async function shutdown(signal: string): Promise<void> {
   if (stopping) {
     log.warn({ signal }, "second signal: exiting now");
     process.exit(1);
   }
   stopping = true;
+  idleRelease?.stop();
   log.info({ signal }, "shutting down");
   await scheduler.stop();
   await shutdownTelemetry();
@@ -121,3 +123,15 @@ try {
   process.exit(1);
 }
 log.debug({ gc_ms: Math.round(releaseStartupMemory()) }, "start-up memory released");
+if (!stopping)
+  idleRelease = releaseMemoryWhenIdle({
+    onRelease: ({ ms, rssBefore, rssAfter }) =>
+      log.debug(
+        { gc_ms: Math.round(ms), rss_mib_before: mib(rssBefore), rss_mib_after: mib(rssAfter) },
+        "memory released while idle",
+      ),
+  });
+
+function mib(bytes: number): number {
+  return Math.round((bytes / 2 ** 20) * 10) / 10;
+}
