@@ -58,7 +58,6 @@ import { SchemaNotCurrentError, applyMigrations, pendingMigrations } from "./per
 import { RunRetention } from "./persistence/retention.js";
 import { PostgresDefinitionStore } from "./persistence/postgres-definition-store.js";
 import { PostgresEngineStore } from "./persistence/postgres-engine-store.js";
-import type { PartitionScope } from "./persistence/engine-store.js";
 import { RunStore } from "./persistence/run-store.js";
 import { FireLoop } from "./schedules/fire-loop.js";
 import { FireStore } from "./schedules/fire-store.js";
@@ -349,7 +348,7 @@ export class Scheduler {
         log,
         restartedAt,
         // Runs that only wait leave memory (engine/parking.ts).
-        parking: { ...this.options.parking, store: new PostgresParkedRuns(this.db.pool, heldScope(leases)) },
+        parking: { ...this.options.parking, store: new PostgresParkedRuns(this.db.pool, leases) },
         partitions: leases,
         resolveOutput: (ref) => resolveOutputRef(store, ref),
         ...(this.options.heartbeatIntervalMs === undefined
@@ -606,9 +605,4 @@ export class Scheduler {
     await this.embedded?.stop();
     this.embedded = undefined;
   }
-}
-
-/** The partitions `leases` holds now, as the parked runs' queries filter them. */
-function heldScope(leases: PartitionLeases): () => PartitionScope {
-  return () => ({ count: leases.partitionCount, partitions: leases.held().map((x) => x.partition) });
 }

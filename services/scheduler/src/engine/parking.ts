@@ -20,6 +20,7 @@
  * States: CREATED -> RUNNING -> STOPPED.
  */
 import { UnavailableError, type Logger } from "@nexusflow/common";
+import { isPartitionFencedError } from "../cluster/partitioning.js";
 import type { CompiledWorkflow } from "../dag/index.js";
 import * as core from "../core/index.js";
 import type { Core, Moment } from "../core/index.js";
@@ -314,7 +315,8 @@ export class Parking {
   }
 
   /** Commits what the runs changed last, then stores them as parked (again after a failure). */
-  private async store(entries: readonly ParkedEntry[], rowIds: readonly string[]): Promise<void> {
+  private async store(all: readonly ParkedEntry[], rowIds: readonly string[]): Promise<void> {
+    let entries = all;
     for (let delay = 200; ; delay = Math.min(delay * 2, 5000)) {
       try {
         await this.host.store.flush();
@@ -325,6 +327,13 @@ export class Parking {
       } catch (e) {
         // Stopped: the runs were not stored as parked; the next start-up loads them as active.
         if (this.stateValue !== "RUNNING") return;
+        // Partitions lost meanwhile (docs/replicas.md): their runs, not parked, are their new
+        // owner's active runs; the others are parked at once.
+        if (isPartitionFencedError(e)) {
+          entries = entries.filter((x) => this.host.owns(x.runId));
+          if (entries.length === 0) return;
+          continue;
+        }
         this.host.log.warn({ err: e, runs: entries.length }, "could not park runs; trying again");
         await new Promise((resolve) => setTimeout(resolve, delay).unref());
       }
@@ -333,6 +342,11 @@ export class Parking {
     let wake = Infinity;
     for (const e of entries) if (e.wakeAt !== null) wake = Math.min(wake, e.wakeAt.getTime());
     if (wake !== Infinity) this.wakeSoon(wake);
+  }
+
+  /** Looks for due parked runs now (partitions were taken: their parked runs may be due). */
+  wakeDue(): void {
+    this.wakeSoon(Date.now());
   }
 
   /** Looks for due parked runs at `at` (Date.now() ms) unless a look is set earlier. */

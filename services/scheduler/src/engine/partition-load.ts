@@ -49,7 +49,7 @@ export interface PartitionRunsHost {
   readonly timers: Pick<EngineTimers, "runLeft">;
   /** Runs with reports not yet evaluated. */
   readonly dirty: Set<RunState>;
-  readonly parking: Pick<Parking, "recovered"> | undefined;
+  readonly parking: Pick<Parking, "recovered" | "wakeDue"> | undefined;
   readonly unserved: Pick<UnservedTypes, "quietFor">;
   readonly sessionTimeoutMs: number;
   readonly heartbeatIntervalMs: number;
@@ -128,6 +128,8 @@ export class PartitionRuns {
       try {
         const { runs, queued, orphaned } = await this.loadRuns(partitions, performance.now());
         this.host.pump();
+        // Their parked runs stay parked: those due are woken now, the others when due.
+        this.host.parking?.wakeDue();
         this.host.log.info(
           { partitions, runs: runs.length, queued, orphaned_leases: orphaned },
           "loaded the runs of partitions taken",

@@ -8,7 +8,19 @@
  */
 import type pg from "pg";
 import type { ParkedEntry } from "../model/parked-run.js";
-import type { PartitionScope } from "./engine-store.js";
+import {
+  claimOf,
+  fencedByDatabase,
+  isPartitionFencedError,
+  type FenceClaim,
+  type OwnedPartition,
+  type WriteFence,
+} from "../cluster/partitioning.js";
+
+/** The partitions this replica holds, fencing its writes (the partition leases, docs/replicas.md). */
+export interface HeldFence extends WriteFence {
+  held(): OwnedPartition[];
+}
 
 export type { ParkedEntry, ParkedEventWait } from "../model/parked-run.js";
 
@@ -31,30 +43,55 @@ export interface ParkedRunStore {
 /** {@link ParkedRunStore} in PostgreSQL. */
 export class PostgresParkedRuns implements ParkedRunStore {
   /**
-   * `scope`: the partitions this replica holds now (docs/replicas.md); due runs, the next wake-up
-   * and event candidates are looked for in those only. @default every run
+   * `partitions`: the partitions this replica holds (docs/replicas.md): due runs, the next wake-up
+   * and event candidates are looked for in those only, and parking and unparking a run are fenced
+   * like group commits (refused with PartitionFencedError once its partition is another
+   * replica's, in the statement that writes). @default every run, no fence
    */
   constructor(
     private readonly pool: pg.Pool,
-    private readonly scope?: () => PartitionScope,
+    private readonly partitions?: HeldFence,
   ) {}
 
-  /** The condition on `run_id` of the scope, its parameters numbered from `first`. */
+  /** The condition on `run_id` of the partitions held, its parameters numbered from `first`. */
   private scoped(first: number): { sql: string; params: unknown[] } {
-    const scope = this.scope?.();
-    if (scope === undefined) return { sql: "", params: [] };
+    const held = this.partitions;
+    if (held === undefined) return { sql: "", params: [] };
     return {
       sql: ` AND nexusflow_partition_of(run_id, $${first}) = ANY($${first + 1}::int[])`,
-      params: [scope.count, scope.partitions],
+      params: [held.partitionCount, held.held().map((x) => x.partition)],
     };
+  }
+
+  /** The fence claim of writing `runIds` (undefined without partitions); throws when one is known lost. */
+  private claim(runIds: readonly string[]): FenceClaim | undefined {
+    if (this.partitions === undefined) return undefined;
+    const claim = claimOf(this.partitions, runIds);
+    if (isPartitionFencedError(claim)) throw claim;
+    return claim;
+  }
+
+  /** A database error as the fence's refusal (the leases told), or as it is. */
+  private refused(e: unknown, claim: FenceClaim | undefined): unknown {
+    const fenced = claim === undefined ? undefined : fencedByDatabase(e, claim.partitions);
+    if (fenced === undefined) return e;
+    this.partitions?.fenced(fenced);
+    return fenced;
   }
 
   async park(entries: readonly ParkedEntry[]): Promise<void> {
     if (entries.length === 0) return;
     const waits = entries.flatMap((e) => e.eventWaits.map((w) => ({ runId: e.runId, ...w })));
+    const claim = this.claim(entries.map((e) => e.runId));
     const client = await this.pool.connect();
     try {
       await client.query("BEGIN");
+      if (claim !== undefined && this.partitions !== undefined)
+        await client.query("SELECT nexusflow_fence($1::uuid, $2::int[], $3::bigint[])", [
+          this.partitions.replicaId,
+          claim.partitions,
+          claim.epochs,
+        ]);
       await client.query(
         `INSERT INTO parked_runs (run_id, wake_at)
          SELECT * FROM unnest($1::uuid[], $2::timestamptz[])
@@ -76,14 +113,28 @@ export class PostgresParkedRuns implements ParkedRunStore {
       await client.query("COMMIT");
     } catch (e) {
       await client.query("ROLLBACK").catch(() => undefined);
-      throw e;
+      throw this.refused(e, claim);
     } finally {
       client.release();
     }
   }
 
   async unpark(runId: string): Promise<boolean> {
-    const { rowCount } = await this.pool.query("DELETE FROM parked_runs WHERE run_id = $1", [runId]);
+    const claim = this.claim([runId]);
+    if (claim === undefined || this.partitions === undefined) {
+      const { rowCount } = await this.pool.query("DELETE FROM parked_runs WHERE run_id = $1", [runId]);
+      return (rowCount ?? 0) > 0;
+    }
+    // The fence first (its locks held until the statement's end), then the delete.
+    const { rowCount } = await this.pool
+      .query(
+        `WITH fence AS (SELECT nexusflow_fence($2::uuid, $3::int[], $4::bigint[]) AS n)
+         DELETE FROM parked_runs WHERE run_id = $1 AND (SELECT n FROM fence) IS NOT NULL`,
+        [runId, this.partitions.replicaId, claim.partitions, claim.epochs],
+      )
+      .catch((e: unknown) => {
+        throw this.refused(e, claim);
+      });
     return (rowCount ?? 0) > 0;
   }
 

@@ -10,6 +10,8 @@
 import assert from "node:assert/strict";
 import { randomUUID } from "node:crypto";
 import { after, before, describe, it } from "node:test";
+import { Code, ConnectError } from "@connectrpc/connect";
+import { jsonToValue } from "@nexusflow/common";
 import { RunStatus } from "@nexusflow/gen";
 import type { Executor, TaskContext } from "@nexusflow/executor";
 import pg from "pg";
@@ -40,7 +42,10 @@ describe("a scheduler's runs follow its partitions", () => {
   before(async () => {
     server = await startTestDatabase();
     sql = new pg.Pool({ connectionString: server.url, max: 2 });
-    scheduler = await startTestScheduler(server.url, { partitionLeaseMs: 1000 });
+    scheduler = await startTestScheduler(server.url, {
+      partitionLeaseMs: 1000,
+      parking: { parkAfterMs: 100, wakePollMs: 60_000 },
+    });
     executor = await startTestExecutor(scheduler, { executorId: "moves", slots: 200 }, (e) => {
       e.register("record", (_input: unknown, ctx: TaskContext) => {
         entered.push({ runId: ctx.runId, stepId: ctx.stepId, attempt: ctx.attempt, signal: ctx.signal });
@@ -234,6 +239,66 @@ describe("a scheduler's runs follow its partitions", () => {
       assert.equal(ran("first"), 1, `run ${id}: step first`);
       assert.equal(ran("hold"), movedRuns.includes(id) ? 2 : 1, `run ${id}: step hold`);
     }
+  });
+
+  it("leaves the parked runs of a partition taken over alone, and wakes them when it comes back", async () => {
+    const client = workflowClient(scheduler.address);
+    const count = scheduler.partitions.partitionCount;
+    await registerSpec(client, {
+      name: "approval",
+      version: 1,
+      steps: [{ id: "approve", wait: { signal: "approval", timeout: "24h" } }],
+    });
+    await registerSpec(client, {
+      name: "nap",
+      version: 1,
+      steps: [{ id: "nap", sleep: { until: "{{ input.until }}" } }],
+    });
+    // Sleeps due in a few seconds, in several partitions; signal waits, one in the sleeper's partition.
+    const until = new Date(Date.now() + 4000).toISOString();
+    const naps: string[] = [];
+    for (let i = 0; i < 12; i++) naps.push(await startRunOf(client, "nap", { until }));
+    const moved = partitionOf(naps[0] as string, count);
+    const approvals: string[] = [];
+    while (!approvals.some((id) => partitionOf(id, count) === moved) || approvals.length < 8)
+      approvals.push(await startRunOf(client, "approval"));
+    const parked = async (id: string) =>
+      !scheduler.engine.isActive(id) &&
+      (await sql.query("SELECT 1 FROM parked_runs WHERE run_id = $1", [id])).rowCount === 1;
+    for (const id of [...naps, ...approvals]) await waitFor(`run ${id} parked`, () => parked(id));
+
+    await sql.query(
+      "UPDATE partitions SET owner = $1, epoch = epoch + 1, lease_expires_at = now() + interval '1 hour' WHERE partition = $2",
+      [randomUUID(), moved],
+    );
+    await waitFor("the partition to be lost", () => scheduler.partitions.epochOf(moved) === undefined);
+    const movedApproval = approvals.find((id) => partitionOf(id, count) === moved) as string;
+    const otherApproval = approvals.find((id) => partitionOf(id, count) !== moved) as string;
+    // A signal for a run of the partition taken: UNAVAILABLE (retry), nothing loaded or written.
+    const refused = await client
+      .signalRun({ runId: movedApproval, name: "approval", payload: jsonToValue("early") })
+      .then(
+        () => undefined,
+        (e: unknown) => e,
+      );
+    assert.ok(refused instanceof ConnectError, String(refused));
+    assert.equal(refused.code, Code.Unavailable);
+    await client.signalRun({ runId: otherApproval, name: "approval", payload: jsonToValue("yes") });
+    assert.equal((await waitForRun(client, otherApproval)).status, RunStatus.SUCCEEDED);
+    // The sleeps of the other partitions wake when due; the moved one's is left parked.
+    const movedNaps = naps.filter((id) => partitionOf(id, count) === moved);
+    for (const id of naps.filter((x) => !movedNaps.includes(x)))
+      assert.equal((await waitForRun(client, id)).status, RunStatus.SUCCEEDED);
+    for (const id of [...movedNaps, movedApproval]) assert.ok(await parked(id), `run ${id} still parked`);
+
+    // Handed back: the due sleeps wake at once, the signal reaches its run.
+    await sql.query("UPDATE partitions SET owner = NULL, lease_expires_at = now() WHERE partition = $1", [
+      moved,
+    ]);
+    await waitFor("the partition taken again", () => scheduler.partitions.epochOf(moved) !== undefined);
+    for (const id of movedNaps) assert.equal((await waitForRun(client, id)).status, RunStatus.SUCCEEDED);
+    await client.signalRun({ runId: movedApproval, name: "approval", payload: jsonToValue("late") });
+    assert.equal((await waitForRun(client, movedApproval)).status, RunStatus.SUCCEEDED);
   });
 });
 
