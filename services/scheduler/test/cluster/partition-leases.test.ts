@@ -22,6 +22,7 @@ import { newRunState, newTaskState, type ErrorInfo, type RunState } from "../../
 import { BatchWriter } from "../../src/persistence/batch-writer.js";
 import { openDatabase, type Database } from "../../src/persistence/database.js";
 import { lifecycleEvent } from "../../src/persistence/outbox.js";
+import { PostgresParkedRuns } from "../../src/persistence/parked-runs.js";
 import { failRefusedRun } from "../../src/persistence/refused-run.js";
 import { startTestDatabase, testLogger, waitFor } from "../support.js";
 
@@ -241,6 +242,25 @@ describe("partition leases (PostgreSQL)", () => {
       );
       const still = await db.pool.query("SELECT status FROM workflow_runs WHERE id = $1", [run.id]);
       assert.deepEqual(still.rows, [{ status: stored }]);
+      // Parking and unparking a run are fenced the same way, in the statement that writes.
+      const told: PartitionFencedError[] = [];
+      const stale = new PostgresParkedRuns(db.pool, {
+        ...believing,
+        fenced: (e) => told.push(e),
+        held: () => Array.from({ length: 16 }, (_, partition) => ({ partition, epoch: 1 })),
+      });
+      const byDatabase = (e: unknown) =>
+        isPartitionFencedError(e) && (e.cause as { code?: string } | undefined)?.code === "NF001";
+      await assert.rejects(stale.park([{ runId: run.id, wakeAt: null, eventWaits: [] }]), byDatabase);
+      const parkedRow = () => db.pool.query("SELECT 1 FROM parked_runs WHERE run_id = $1", [run.id]);
+      assert.equal((await parkedRow()).rowCount, 0);
+      await db.pool.query("INSERT INTO parked_runs (run_id, wake_at) VALUES ($1, NULL)", [run.id]);
+      await assert.rejects(stale.unpark(run.id), byDatabase);
+      assert.equal((await parkedRow()).rowCount, 1);
+      assert.equal(told.length, 2);
+      // Its owner unparks it.
+      assert.equal(await new PostgresParkedRuns(db.pool, b).unpark(run.id), true);
+      assert.equal((await parkedRow()).rowCount, 0);
     } finally {
       await writer.close();
     }
