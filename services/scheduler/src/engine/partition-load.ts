@@ -58,6 +58,8 @@ export interface PartitionRunsHost {
   moment(): Moment;
   /** Hand out leases soon. */
   pump(): void;
+  /** Whether the engine is RUNNING or RECOVERING (a partition taken while it stops is not loaded). */
+  live(): boolean;
 }
 
 /** Most tries for a new run id in a partition this replica holds. */
@@ -125,6 +127,7 @@ export class PartitionRuns {
   load(partitions: readonly number[]): Promise<void> {
     if (!this.recovering || partitions.length === 0) return Promise.resolve();
     return this.enqueue(async () => {
+      if (!this.host.live()) return;
       try {
         const { runs, queued, orphaned } = await this.loadRuns(partitions, performance.now());
         this.host.pump();
