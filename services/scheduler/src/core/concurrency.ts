@@ -25,6 +25,8 @@ import {
   type CompiledConcurrencyLimit,
   type ConcurrencyStrategy,
   type EvalScope,
+  type Expr,
+  expressionPaths,
   type StepStatus,
 } from "../dag/index.js";
 import { type Claim, ConcurrencyState, type KeySpace, type Slot } from "../model/concurrency-state.js";
@@ -174,6 +176,8 @@ export function keyErrorInfo(error: ConcurrencyKeyError): {
 export function admitTask(core: Core, task: TaskState, now: Date, cancel: CancelRun): boolean {
   const claim = task.claim;
   if (claim === undefined || claim.state === "held" || task.status !== "QUEUED") return true;
+  // Its keys are not known until an offloaded output is read back: offered again then (unread-keys.ts).
+  if (claim.state === "unread") return false;
   return acquire(core, claim, now, cancel);
 }
 
@@ -201,6 +205,11 @@ function isFull(keys: ConcurrencyState, s: Slot): boolean {
 /** Takes the slots of `claim` by its limits' strategies (see the module comment). */
 function acquire(core: Core, claim: Claim, now: Date, cancel: CancelRun): boolean {
   const keys = claim.keys;
+  // After a restart, a key space whose leased (or earlier) tasks' keys are not known yet: wait.
+  if (keys.unread.size > 0 && claim.task !== null && unreadAhead(claim).length > 0) {
+    keys.blocked.add(claim);
+    return false;
+  }
   // The common case first, without an array or a closure: no key is full.
   let anyFull = false;
   for (const s of claim.slots) if (isFull(keys, s)) anyFull = true;
@@ -321,6 +330,8 @@ function forget(claim: Claim): boolean {
 
 /** Frees the claim's slots (or its places in queues); each freed key's first waiters go. */
 function leave(core: Core, claim: Claim): void {
+  // A lease that ended before its keys were known: it holds nothing, and keeps nobody waiting now.
+  if (claim.state === "unread") readOut(core, claim);
   if (!forget(claim)) return;
   for (const s of claim.slots) promote(core, claim.keys, s.id);
 }
@@ -362,8 +373,9 @@ function promote(core: Core, keys: ConcurrencyState, id: string): void {
  * with a step already started holds its workflow's keys, one without waits for them (taken in
  * the order the runs were created); a leased or running task holds its step's keys (even above a
  * limit lowered since); queued and retrying tasks get their keys back, in the order they were
- * queued. A step's key that cannot be evaluated again (it reads an offloaded output not read back
- * yet) does not apply to that task.
+ * queued. A step's key that cannot be evaluated again because it reads an offloaded output not
+ * read back yet gets a claim in state "unread" that keeps the task's place in that order: the
+ * task is not leased, and its claim is made once the output is read (unread-keys.ts).
  */
 export function recoverClaims(
   core: Core,
@@ -401,10 +413,128 @@ export function recoverClaims(
   tasks.sort((a, b) => at(a.task) - at(b.task));
   for (const { run, task } of tasks) {
     const step = run.workflow.steps[task.position];
-    if (step === undefined || claimTask(core, run, task, step.concurrency, stepState) !== null) continue;
+    if (step === undefined) continue;
+    if (claimTask(core, run, task, step.concurrency, stepState) !== null) {
+      if (unreadSteps(run, limitKeys(step.concurrency)).length > 0) {
+        const claim: Claim = { keys, run, task, slots: [], seq: ++keys.seq, state: "unread" };
+        task.claim = claim;
+        (run.unreadKeys ??= new Set()).add(task);
+        for (const limit of step.concurrency) {
+          const unread =
+            keys.unread.get(limit.space) ?? keys.unread.set(limit.space, new Set()).get(limit.space);
+          unread?.add(claim);
+        }
+      }
+      continue;
+    }
     if (ACTIVE_LEASE.has(task.status) && task.claim !== undefined) hold(task.claim);
   }
   for (const claim of waiting) if (claim.state === "free") acquire(core, claim, now, cancel);
+}
+
+// ---------------------------------------------------------------- keys reading offloaded outputs
+
+/** The key expressions of `limits`. */
+export function limitKeys(limits: readonly { readonly key: Expr | null }[]): (Expr | null)[] {
+  return limits.map((l) => l.key);
+}
+
+/**
+ * The steps of `run` that `keys` read whose offloaded output is not read back yet (stepState
+ * shows them active until then), each once, in the order read.
+ */
+export function unreadSteps(run: RunState, keys: Iterable<Expr | null>): string[] {
+  const out: string[] = [];
+  for (const key of keys) {
+    if (key === null) continue;
+    for (const path of expressionPaths(key)) {
+      if (path.root !== "steps") continue;
+      const id = String(path.segments[0]);
+      const t = run.tasks.get(id);
+      if (
+        t?.status === "SUCCEEDED" &&
+        t.outputRef !== null &&
+        t.outputRef !== undefined &&
+        t.resolvedOutput === undefined &&
+        !out.includes(id)
+      )
+        out.push(id);
+    }
+  }
+  return out;
+}
+
+/**
+ * An offloaded output of `task`'s run was read back (or cannot be): when `task`'s claim is
+ * "unread", its keys are evaluated again. "made": the claim is made, with the place in the keys'
+ * queues its task had (its arrival order kept), holding its slots at once when the task is leased
+ * or running (even above a limit, as recovery does); "unread": a key still reads an output not
+ * read back; a ConcurrencyKeyError when a key cannot be evaluated with nothing left to read (the
+ * task has no claim then). "made" as well for a claim that is not "unread".
+ */
+export function claimAfterRead(
+  core: Core,
+  run: RunState,
+  task: TaskState,
+  stepState: StepStateOf,
+): "made" | "unread" | ConcurrencyKeyError {
+  const unread = task.claim;
+  if (unread?.state !== "unread") return "made";
+  const limits = run.workflow.steps[task.position]?.concurrency ?? [];
+  let slots: Slot[];
+  try {
+    slots = slotsOf(limits, taskScope(run, stepState));
+  } catch (error) {
+    if (!(error instanceof ConcurrencyKeyError)) throw error;
+    if (unreadSteps(run, limitKeys(limits)).length > 0) return "unread";
+    task.claim = undefined;
+    readOut(core, unread);
+    return error;
+  }
+  const claim: Claim = { keys: unread.keys, run, task, slots, seq: unread.seq, state: "free" };
+  task.claim = claim;
+  if (ACTIVE_LEASE.has(task.status)) hold(claim);
+  readOut(core, unread);
+  return "made";
+}
+
+/** The limits of an unread claim's step. */
+function unreadLimits(claim: Claim): readonly CompiledConcurrencyLimit[] {
+  return claim.task === null ? [] : (claim.run.workflow.steps[claim.task.position]?.concurrency ?? []);
+}
+
+/**
+ * The unread claims that keep `claim` (a task's) from a slot: of the key spaces of its keys, those
+ * whose task is leased (it may hold the same key) or that came before it (their place is kept).
+ */
+export function unreadAhead(claim: Claim): Claim[] {
+  const out: Claim[] = [];
+  for (const s of claim.slots)
+    for (const u of claim.keys.unread.get(s.limit.space) ?? [])
+      if (
+        u !== claim &&
+        !out.includes(u) &&
+        (u.seq < claim.seq || (u.task !== null && ACTIVE_LEASE.has(u.task.status)))
+      )
+        out.push(u);
+  return out;
+}
+
+/**
+ * An unread claim leaves its key spaces (its keys are known now, or its lease ended): the claims
+ * it held back are offered again (each is checked again when leased).
+ */
+function readOut(core: Core, claim: Claim): void {
+  const keys = claim.keys;
+  for (const limit of unreadLimits(claim)) {
+    const unread = keys.unread.get(limit.space);
+    if (unread?.delete(claim) === true && unread.size === 0) keys.unread.delete(limit.space);
+  }
+  if (keys.blocked.size === 0) return;
+  const blocked = [...keys.blocked];
+  keys.blocked.clear();
+  for (const b of blocked) if (b.task?.status === "QUEUED" && b.task.claim === b) core.fx.offer(b.task, true);
+  core.fx.pump();
 }
 
 // ---------------------------------------------------------------- explaining

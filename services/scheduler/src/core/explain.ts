@@ -18,6 +18,7 @@ import { rateHolds } from "./rate-limits.js";
 import { retryPolicyOf } from "./retries.js";
 import { stepState } from "./transitions.js";
 import { describeEventWait } from "./waits.js";
+import { keysReading } from "./unread-keys.js";
 
 /** One gate that holds a task back (proto PendingGate). */
 export type Gate =
@@ -172,6 +173,7 @@ export function explainPending(
       else compensationGates(run, task, gates);
       break;
     case "RETRY_WAIT":
+      readingGate(run, task, gates);
       gates.push({
         kind: "retry-backoff",
         until: task.nextAttemptAt,
@@ -181,6 +183,8 @@ export function explainPending(
       });
       break;
     case "QUEUED": {
+      // Its keys read an offloaded output not read back yet (after a restart): out of its type's queue.
+      const reading = readingGate(run, task, gates);
       const claim = task.claim;
       const keys = claim === undefined ? [] : keyWaits(claim);
       for (const wait of keys) gates.push({ kind: "concurrency-key", ...wait });
@@ -192,7 +196,7 @@ export function explainPending(
       gates.push(...turn);
       const bucketWait = turn.length > 0 || rate.some((r) => r.bucket.waiters.some((w) => w.id === task.id));
       // A task in a key's queue is out of its type's queue: no executor gate holds it.
-      const hold = claim?.state === "parked" || bucketWait ? null : (task.hold?.hold ?? null);
+      const hold = claim?.state === "parked" || bucketWait || reading ? null : (task.hold?.hold ?? null);
       const since = task.hold?.since ?? null;
       if (hold?.kind === "unadvertised")
         gates.push({ kind: "no-executor", type: task.type, ahead: ahead(), since });
@@ -300,6 +304,19 @@ export function turnGates(task: Readonly<TaskState>): Gate[] {
     });
   }
   return gates;
+}
+
+/**
+ * A queued or retrying task whose concurrency or rate limit keys read an offloaded output not read
+ * back yet (unread-keys.ts): a dependencies gate naming the steps being read; true when it has one.
+ */
+function readingGate(run: Readonly<RunState>, task: Readonly<TaskState>, gates: Gate[]): boolean {
+  if (run.unreadKeys === undefined && (task.claim === undefined || task.claim.keys.unread.size === 0))
+    return false;
+  const readingOutput = keysReading(run, task);
+  if (readingOutput.length === 0) return false;
+  gates.push({ kind: "dependencies", steps: [], readingOutput });
+  return true;
 }
 
 /** A pending step: the dependencies it waits for, and its condition if it has one. */

@@ -23,6 +23,7 @@
  * - children.ts: child workflow steps (a run started by a step, its end the step's end)
  * - child-rollback.ts: a parent's rollback reaching its children (a succeeded child compensated)
  * - concurrency.ts: keyed concurrency limits (slots held, queues of full keys, strategies)
+ * - unread-keys.ts: keys that read an offloaded output not read back yet (after a restart)
  * - fair-shares.ts: fair shares of the executors among tenants and keys (weights, minimums, maximums)
  */
 export type { Core, Effects, EventInit, Moment, Rejection, SessionLeases, Timer } from "./context.js";

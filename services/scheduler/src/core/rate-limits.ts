@@ -25,11 +25,12 @@ import {
   type RateWant,
 } from "../model/rate-limit-state.js";
 import type { TaskState } from "../model/run-state.js";
-import { admitTask, type CancelRun, runScope } from "./concurrency.js";
+import { admitTask, type CancelRun, limitKeys, runScope, unreadSteps } from "./concurrency.js";
 import type { Core } from "./context.js";
 import { keyString } from "./key-value.js";
 import { failTerminally, stepState } from "./transitions.js";
 import { noteBucketWaiters, noteWaiting } from "./hold-events.js";
+import { awaitRead } from "./unread-keys.js";
 
 export { type Bucket, type BucketSnapshot, RateLimitState, type RateWant };
 
@@ -240,9 +241,10 @@ export function rateHolds(
 /**
  * The dispatcher is about to lease `task` (runs.ts admitQueued): its rate limits' keys are
  * evaluated on first use (a key that is not a string or a number fails the step with
- * RATE_LIMIT_KEY_ERROR), then every bucket must have its units, then its concurrency keys must
- * admit it (`cancel`: how their strategies cancel a run); only then are the tokens taken. False:
- * skip it.
+ * RATE_LIMIT_KEY_ERROR; one that reads an offloaded output not read back yet, after a restart,
+ * waits for the read: unread-keys.ts), then every bucket must have its units, then its
+ * concurrency keys must admit it (`cancel`: how their strategies cancel a run); only then are the
+ * tokens taken. False: skip it.
  */
 export function admitWithRate(core: Core, task: TaskState, now: Date, cancel: CancelRun): boolean {
   if (task.rate === null) {
@@ -261,6 +263,12 @@ export function admitWithRate(core: Core, task: TaskState, now: Date, cancel: Ca
         },
       };
       const error = wantRate(core, task, limits, scope, now);
+      if (error !== null && unreadSteps(run, limitKeys(limits)).length > 0) {
+        // Evaluated again when the output is read back and the task offered again.
+        task.rate = null;
+        awaitRead(run, task);
+        return false;
+      }
       if (error !== null) {
         failTerminally(
           core,

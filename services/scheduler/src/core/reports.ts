@@ -15,6 +15,7 @@ import { pauseTaskKeys } from "./rate-limits.js";
 import { failAttempt } from "./retries.js";
 import { advance } from "./runs.js";
 import { mapOutputResolved, mapOutputUnavailable } from "./maps.js";
+import { keysRead } from "./unread-keys.js";
 import { detach, failTerminally, finishAttempt, endTask, taskKind } from "./transitions.js";
 
 /** Who reports: the session and its executor. */
@@ -186,6 +187,8 @@ export function outputResolved(core: Core, task: TaskState, value: unknown, now:
   const run = core.runs.get(task.runId);
   if (run === undefined) return;
   if (task.elementIndex !== undefined) mapOutputResolved(core, task, now);
+  // Keys of its run's queued or leased tasks that waited for it (after a restart) are known now.
+  if (run.unreadKeys !== undefined) keysRead(core, run, now);
   advance(core, run, now);
   core.fx.commit();
 }
@@ -206,6 +209,7 @@ export function outputUnavailable(core: Core, task: TaskState, reason: string, n
     },
     now,
   );
+  if (run.unreadKeys !== undefined) keysRead(core, run, now);
   advance(core, run, now);
   core.fx.commit();
 }

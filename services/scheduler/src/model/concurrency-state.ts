@@ -22,8 +22,13 @@ export interface Claim {
   readonly slots: readonly Slot[];
   /** Arrival order (the order of the keys' queues): smaller came first. */
   readonly seq: number;
-  /** free: neither holding nor waiting; held: holds a slot of every key; parked: in the queue of a full key. */
-  state: "free" | "held" | "parked";
+  /**
+   * free: neither holding nor waiting; held: holds a slot of every key; parked: in the queue of a
+   * full key; unread: its keys read an offloaded output not read back yet (after a restart), so
+   * they are not known (`slots` empty): neither holding nor waiting, and not leased meanwhile
+   * (core/unread-keys.ts).
+   */
+  state: "free" | "held" | "parked" | "unread";
 }
 
 /** One key value: who holds its slots (in the order they took them) and who waits, in arrival order. */
@@ -36,6 +41,14 @@ export interface KeySpace {
 export class ConcurrencyState {
   readonly spaces = new Map<string, KeySpace>();
   seq = 0;
+  /**
+   * Claims in state "unread" by the key spaces of their limits (after a restart, until an
+   * offloaded output is read back; core/unread-keys.ts): while one is leased, or queued before a
+   * task, that task does not take a slot of the space. Empty but for a moment after a restart.
+   */
+  readonly unread = new Map<string, Set<Claim>>();
+  /** Claims refused because of an unread one: offered again when an unread one leaves. */
+  readonly blocked = new Set<Claim>();
 
   /** The key space `id`, made when missing. */
   space(id: string): KeySpace {

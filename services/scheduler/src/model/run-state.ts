@@ -228,6 +228,11 @@ export interface RunState {
   rollbackError: ErrorInfo | null;
   /** The workflow's concurrency keys, when it has limits (core/concurrency.ts; in memory only). */
   claim?: Claim | undefined;
+  /**
+   * Its tasks whose concurrency or rate limit keys wait for an offloaded output to be read back
+   * (after a restart; core/unread-keys.ts); undefined when none does (in memory only).
+   */
+  unreadKeys?: Set<TaskState> | undefined;
   /** While it waits for its workflow's keys: the key its latest run_held event named (core/hold-events.ts). */
   heldBy?: RunHold | undefined;
   /** Its tenant and key of fair shares, once evaluated (core/fair-shares.ts; in memory only). */
