@@ -533,7 +533,11 @@ function readOut(core: Core, claim: Claim): void {
   if (keys.blocked.size === 0) return;
   const blocked = [...keys.blocked];
   keys.blocked.clear();
-  for (const b of blocked) if (b.task?.status === "QUEUED" && b.task.claim === b) core.fx.offer(b.task, true);
+  for (const b of blocked) {
+    const t = b.task;
+    // Still queued with this claim, and still here (not unloaded with its run, unload.ts).
+    if (t?.status === "QUEUED" && t.claim === b && core.tasks.get(t.id) === t) core.fx.offer(t, true);
+  }
   core.fx.pump();
 }
 

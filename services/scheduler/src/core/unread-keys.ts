@@ -9,7 +9,10 @@
  *   task's place in the order of the keys' queues (its queue time); once the output is read, the
  *   claim is made with that place: a queued task is offered again and admitted by the usual rules
  *   (it waits in a full key's queue before those queued after it), a leased or running one holds
- *   its slots at once (even above the limit, as recovery does for leases);
+ *   its slots at once (even above the limit, as recovery does for leases). Meanwhile no task takes
+ *   a slot of the key spaces (key expressions) of a leased task whose keys are not known (it may
+ *   hold the same key), nor of a task queued before it whose keys are not known (its place is
+ *   kept): concurrency.ts unreadAhead; such a task is offered again when that claim is made;
  * - its rate limit keys (evaluated when the task would first be leased, rate-limits.ts): the task
  *   is offered again once the outputs they read are read back.
  * An output that cannot be read fails its step (OUTPUT_UNAVAILABLE, reports.ts); a key that still
