@@ -11,8 +11,9 @@
  * waiters, and one timer per bucket offers them again when the tokens are there (never a poll).
  *
  * Durable: a grant records the bucket as it left it on the task ({@link TaskState.rateTaken}),
- * which the store writes with the task's lease row in one commit (table rate_limit_buckets,
- * upserted only by a later grant's `seq`); recovery reads the buckets back before any lease.
+ * which the store writes with the task's lease row in one commit (table rate_limit_grants, a row
+ * per writer shard upserted only by a later grant's `seq`); recovery reads the buckets back (each
+ * one's highest `seq`) before any lease.
  * A pause (a handler's TaskError with pauseKeyUntil, an HTTP step's Retry-After, an operator's
  * PauseRateLimit) is written by its own statement (see the engine).
  */

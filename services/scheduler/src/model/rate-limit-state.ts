@@ -1,8 +1,9 @@
 /**
  * The token buckets of named rate limits (core/rate-limits.ts): one per limit name and key value,
- * shared by every step that names the limit. Stored in PostgreSQL (table rate_limit_buckets): a
- * lease that takes tokens carries the bucket as it left it ({@link BucketSnapshot}) and is written
- * with it in one commit, so a restarted scheduler reads back at most what was granted.
+ * shared by every step that names the limit. Stored in PostgreSQL: a lease that takes tokens carries
+ * the bucket as it left it ({@link BucketSnapshot}) and is written with it in one commit (table
+ * rate_limit_grants, a row per writer shard; pauses in rate_limit_buckets), so a restarted
+ * scheduler reads back (the highest seq) at most what was granted.
  */
 import type { CompiledRateLimit } from "../dag/index.js";
 

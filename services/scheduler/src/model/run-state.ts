@@ -133,7 +133,7 @@ export interface TaskState {
    * then evaluated when the task would first be leased.
    */
   rate?: RateWant[] | null | undefined;
-  /** The buckets as this task's latest grant left them: written with its lease (rate_limit_buckets). */
+  /** The buckets as this task's latest grant left them: written with its lease (rate_limit_grants). */
   rateTaken?: BucketSnapshot[] | undefined;
   /** The fair-share key whose ready queue it was last put in (core/fair-shares.ts; in memory only). */
   fairKey?: FairKey | undefined;

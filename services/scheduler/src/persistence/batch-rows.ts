@@ -220,7 +220,7 @@ export type MayExist = (row: RunState | TaskState | OutboxRow) => boolean;
 export function takeParts(written: WrittenRows, changes: Changes, mayExist: MayExist = () => true): Part[] {
   const { runs, tasks, attempts, events } = changes;
   if (runs.size + tasks.size < SPLIT_ROWS)
-    return [snapshot(written, mayExist, runs, tasks, attempts, events)];
+    return [snapshot(written, mayExist, runs, tasks, attempts, events, 0)];
   const empty = () => ({
     runs: new Map<string, RunState>(),
     tasks: new Map<string, TaskState>(),
@@ -234,7 +234,7 @@ export function takeParts(written: WrittenRows, changes: Changes, mayExist: MayE
   for (const [id, t] of tasks) half(t.runId).tasks.set(id, t);
   for (const [key, a] of attempts) half(a.runId).attempts.set(key, a);
   for (const e of events) half(e.message.runId).events.push(e);
-  return halves.map((h) => snapshot(written, mayExist, h.runs, h.tasks, h.attempts, h.events));
+  return halves.map((h, shard) => snapshot(written, mayExist, h.runs, h.tasks, h.attempts, h.events, shard));
 }
 
 /**
@@ -252,6 +252,7 @@ function snapshot(
   tasks: Map<string, TaskState>,
   attempts: Map<string, AttemptState>,
   events: OutboxRow[],
+  shard: number,
 ): Part {
   const sections: Section[] = [];
   // What this batch writes, recorded as written once it commits (never before: a failed batch
@@ -386,7 +387,7 @@ function snapshot(
       runIds: runIds(keyed),
     });
   }
-  const buckets = bucketSection(tasks);
+  const buckets = bucketSection(tasks, shard);
   if (buckets !== undefined) sections.push(buckets);
   const rows = sections.reduce((n, x) => n + x.rows.length, 0);
   return {
@@ -405,10 +406,12 @@ function snapshot(
 /**
  * The token buckets the batch's tasks took tokens from (TaskState.rateTaken, core/rate-limits.ts),
  * each with its task's run, so that it commits with the lease that took them: one row per bucket
- * (its latest grant: one statement may not upsert a row twice), in key order (parts committing in
- * parallel lock shared buckets in the same order).
+ * (its latest grant: one statement may not upsert a row twice), in key order, in the rows of
+ * `shard` (rate_limit_grants): the part's slot in takeParts, 0 or 1, kept by its shares (subPart).
+ * The parts that commit at the same time are the slots of one takeParts, so two statements in
+ * flight never write the same row; recovery takes each bucket's highest seq of any shard.
  */
-function bucketSection(tasks: Map<string, TaskState>): Section | undefined {
+function bucketSection(tasks: Map<string, TaskState>, shard: number): Section | undefined {
   // By the bucket's id (no key built per grant); a later grant's snapshot replaces the entry's.
   let latest: Map<string, { snap: BucketSnapshot; runId: string }> | undefined;
   for (const t of tasks.values()) {
@@ -437,6 +440,7 @@ function bucketSection(tasks: Map<string, TaskState>): Section | undefined {
     rows: sorted.map(({ snap: b }) => ({
       name: b.name,
       key: b.key,
+      shard,
       tokens: b.tokens,
       refilled_at: b.refilledAt,
       seq: b.seq,

@@ -131,14 +131,16 @@ ON CONFLICT (workflow_name, idempotency_key) DO UPDATE SET run_id = excluded.run
   request_hash = excluded.request_hash, created_at = excluded.created_at
 WHERE idempotency_keys.created_at <= excluded.created_at`;
 
-// Token buckets as grants left them (core/rate-limits.ts), each with the lease that took its tokens:
-// a row only ever moves to a later grant (seq), whatever order the parts of a batch commit in.
-export const BUCKET_SQL = `INSERT INTO rate_limit_buckets (name, key, tokens, refilled_at, seq, updated_at)
-SELECT name, key, tokens, refilled_at, seq, now()
-FROM json_to_recordset($1::json) AS x(name text, key text, tokens float8, refilled_at float8, seq bigint)
-ON CONFLICT (name, key) DO UPDATE SET tokens = excluded.tokens, refilled_at = excluded.refilled_at,
+// Token buckets as grants left them (core/rate-limits.ts), each with the lease that took its tokens,
+// in the row of the writer part's shard (0 or 1, see takeParts): the two parts of a split batch
+// commit in parallel, and a shared row would make the second wait on the first's row lock until its
+// commit. A row only ever moves to a later grant (seq); recovery takes a bucket's highest seq.
+export const BUCKET_SQL = `INSERT INTO rate_limit_grants (name, key, shard, tokens, refilled_at, seq, updated_at)
+SELECT name, key, shard, tokens, refilled_at, seq, now()
+FROM json_to_recordset($1::json) AS x(name text, key text, shard smallint, tokens float8, refilled_at float8, seq bigint)
+ON CONFLICT (name, key, shard) DO UPDATE SET tokens = excluded.tokens, refilled_at = excluded.refilled_at,
   seq = excluded.seq, updated_at = now()
-WHERE rate_limit_buckets.seq < excluded.seq`;
+WHERE rate_limit_grants.seq < excluded.seq`;
 
 // Rows already written once are updated with only the columns a transition can change: smaller
 // parameters to build and parse, and no speculative insert. The id array ($2) lets the planner find

@@ -237,8 +237,18 @@ export class PostgresEngineStore implements EngineStore {
       paused_by: string;
       pause_note: string;
     }>(
-      `SELECT name, key, tokens, refilled_at, seq, paused_until, paused_by, pause_note
-       FROM rate_limit_buckets ORDER BY name, key`,
+      // A bucket's tokens: its snapshot with the highest seq among its grant rows (one per writer
+      // shard) and its rate_limit_buckets row (a pause's, or a grant's written before the shards),
+      // which also holds its pause. The snapshot of grant N counts every grant up to N.
+      `WITH latest AS (
+         SELECT DISTINCT ON (name, key) name, key, tokens, refilled_at, seq
+         FROM (SELECT name, key, tokens, refilled_at, seq FROM rate_limit_grants
+               UNION ALL SELECT name, key, tokens, refilled_at, seq FROM rate_limit_buckets) AS s
+         ORDER BY name, key, seq DESC)
+       SELECT l.name, l.key, l.tokens, l.refilled_at, l.seq, b.paused_until,
+         coalesce(b.paused_by, '') AS paused_by, coalesce(b.pause_note, '') AS pause_note
+       FROM latest l LEFT JOIN rate_limit_buckets b ON b.name = l.name AND b.key = l.key
+       ORDER BY l.name, l.key`,
     );
     return found.rows.map((r) => ({
       name: r.name,

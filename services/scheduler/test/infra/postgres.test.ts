@@ -110,6 +110,7 @@ describe("embedded PostgreSQL with migrations", () => {
         "parked_runs",
         "partitions",
         "rate_limit_buckets",
+        "rate_limit_grants",
         "replicas",
         "schedule_fires",
         "schedules",

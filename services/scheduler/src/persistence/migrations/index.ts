@@ -20,6 +20,7 @@ import { Migration20261205230000DeclaredSchedules } from "./Migration20261205230
 import { Migration20261205231000EventRetention } from "./Migration20261205231000EventRetention.js";
 import { Migration20261206000000EventWaits } from "./Migration20261206000000EventWaits.js";
 import { Migration20261206010000ParkedRuns } from "./Migration20261206010000ParkedRuns.js";
+import { Migration20261206020000RateLimitGrants } from "./Migration20261206020000RateLimitGrants.js";
 
 /** The migrations MikroORM applies at start-up. */
 export const migrationsList = [
@@ -47,4 +48,5 @@ export const migrationsList = [
   { name: "Migration20261205231000EventRetention", class: Migration20261205231000EventRetention },
   { name: "Migration20261206000000EventWaits", class: Migration20261206000000EventWaits },
   { name: "Migration20261206010000ParkedRuns", class: Migration20261206010000ParkedRuns },
+  { name: "Migration20261206020000RateLimitGrants", class: Migration20261206020000RateLimitGrants },
 ];

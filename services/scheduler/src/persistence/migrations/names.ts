@@ -30,4 +30,5 @@ export const MIGRATION_NAMES: readonly string[] = [
   "Migration20261205231000EventRetention",
   "Migration20261206000000EventWaits",
   "Migration20261206010000ParkedRuns",
+  "Migration20261206020000RateLimitGrants",
 ];
