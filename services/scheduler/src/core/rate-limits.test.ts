@@ -6,6 +6,7 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import type { CompiledRateLimit } from "../dag/index.js";
+import { RateLimitState } from "../model/rate-limit-state.js";
 import { newTaskState, type TaskState } from "../model/run-state.js";
 import { checkRate, pauseBucket, rateLimitsOf, rateWake, readyAt, takeRate } from "./rate-limits.js";
 import { Simulation } from "./simulation.js";
@@ -121,5 +122,30 @@ describe("rate limits in the core", () => {
     assert.deepEqual(b.rateTaken, [
       { id: "partner\u0000", name: "partner", key: "", tokens: 4, refilledAt: 100, seq: 2 },
     ]);
+  });
+
+  it("restoring a stored bucket never gives back tokens a bucket in memory has granted since", () => {
+    const state = new RateLimitState();
+    const row = {
+      name: "p",
+      key: "k",
+      tokens: 5,
+      refilledAt: 0,
+      seq: 3,
+      pausedUntil: null,
+      pausedBy: "",
+      pauseNote: "",
+    };
+    state.restore(row);
+    const b = state.buckets.get("p\u0000k");
+    assert.ok(b);
+    b.tokens = 1;
+    b.seq = 7;
+    // A partition loaded later reads the same (older) row again: the bucket stays as it is.
+    state.restore(row);
+    assert.deepEqual([b.tokens, b.seq], [1, 7]);
+    // A newer row (written by this bucket's later grants) is taken.
+    state.restore({ ...row, tokens: 0.5, seq: 9 });
+    assert.deepEqual([b.tokens, b.seq], [0.5, 9]);
   });
 });

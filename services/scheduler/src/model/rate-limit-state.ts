@@ -89,8 +89,14 @@ export class RateLimitState {
     return b;
   }
 
-  /** Puts a stored bucket back (recovery). */
+  /**
+   * Puts a stored bucket back (recovery). A bucket this scheduler already holds in memory as recent
+   * as the row (a partition loaded after start-up reads every bucket again) is left as it is: the
+   * row could only give back tokens granted since it was written.
+   */
   restore(row: StoredBucket): void {
+    const known = this.buckets.get(`${row.name}\u0000${row.key}`);
+    if (known !== undefined && known.seq >= row.seq) return;
     const b = this.bucket(row.name, row.key, row.tokens, row.refilledAt);
     b.tokens = row.tokens;
     b.refilledAt = row.refilledAt;
