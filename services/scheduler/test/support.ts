@@ -356,3 +356,19 @@ export async function outboxEvents(
     .filter((e) => wanted.has(e.runId))
     .sort((a, b) => (a.runId < b.runId ? -1 : a.runId > b.runId ? 1 : a.sequence - b.sequence));
 }
+
+/** The most intervals open at one instant (an end before a start at the same instant: touching intervals do not overlap). */
+export function maxOverlap(spans: [number, number][]): number {
+  const points = spans.flatMap(([s, e]) => [
+    [s, 1],
+    [e, -1],
+  ]);
+  points.sort((a, b) => (a[0] as number) - (b[0] as number) || (a[1] as number) - (b[1] as number));
+  let open = 0;
+  let most = 0;
+  for (const [, d] of points) {
+    open += d as number;
+    most = Math.max(most, open);
+  }
+  return most;
+}

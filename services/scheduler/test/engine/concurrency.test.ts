@@ -22,6 +22,7 @@ import {
   waitFor,
   waitForRun,
   workflowClient,
+  maxOverlap,
 } from "../support.js";
 
 /** A task's attempts as [leased, ended] intervals in ms. */
@@ -30,23 +31,6 @@ function intervals(run: Run, stepId: string): [number, number][] {
     date(a.leaseTime, "lease time").getTime(),
     date(a.endTime, "end time").getTime(),
   ]);
-}
-
-/** The most intervals open at one instant. */
-function maxOverlap(spans: [number, number][]): number {
-  const points = spans.flatMap(([s, e]) => [
-    [s, 1],
-    [e, -1],
-  ]);
-  // An end before a start at the same instant: touching intervals do not overlap.
-  points.sort((a, b) => (a[0] as number) - (b[0] as number) || (a[1] as number) - (b[1] as number));
-  let open = 0;
-  let most = 0;
-  for (const [, d] of points) {
-    open += d as number;
-    most = Math.max(most, open);
-  }
-  return most;
 }
 
 describe("keyed concurrency limits", () => {

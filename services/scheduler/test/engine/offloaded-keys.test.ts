@@ -26,6 +26,7 @@ import {
   waitFor,
   waitForRun,
   workflowClient,
+  maxOverlap,
 } from "../support.js";
 
 /** A filesystem store whose reads wait while the test holds them (`hold`, `release`). */
@@ -48,22 +49,6 @@ class GatedStore extends FilesystemArtifactStore {
     if (this.gate !== null) await this.gate;
     return super.get(key);
   }
-}
-
-/** The most intervals open at one instant (an end before a start at the same instant). */
-function maxOverlap(spans: [number, number][]): number {
-  const points = spans.flatMap(([s, e]) => [
-    [s, 1],
-    [e, -1],
-  ]);
-  points.sort((a, b) => (a[0] as number) - (b[0] as number) || (a[1] as number) - (b[1] as number));
-  let open = 0;
-  let most = 0;
-  for (const [, d] of points) {
-    open += d as number;
-    most = Math.max(most, open);
-  }
-  return most;
 }
 
 describe("a concurrency key reading an offloaded output, across a restart", () => {
