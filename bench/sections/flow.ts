@@ -90,42 +90,58 @@ function variantOf(
   };
 }
 
+/** The declared gates of the gated phases. */
+const DECLARED = "concurrency key input.i (limit 1) + rate limit 1,000,000/s";
+
 /**
- * Runs section 9: a warm-up drain (the first drain of a process pays for its JIT and caches; not
- * counted), then plain, gated, plain, gated: the ratio compares the means of the two of each.
+ * A warm-up phase (the first of a kind in a process pays for its JIT and caches; not counted),
+ * then plain, gated, plain, gated, so that neither the process warming up nor a drift of the
+ * machine favours one.
+ */
+async function alternate<T>(
+  phase: (variant: FlowVariant["variant"], declared: string) => Promise<T>,
+): Promise<{ warmUp: T; measured: T[] }> {
+  const warmUp = await phase("warm-up", "nothing (warm-up, not counted)");
+  const measured = [
+    await phase("plain", "nothing"),
+    await phase("gated", DECLARED),
+    await phase("plain", "nothing (again)"),
+    await phase("gated", `${DECLARED} (again)`),
+  ];
+  return { warmUp, measured };
+}
+
+/** The mean gated `f` over the mean plain one, to 3 decimals. */
+function gatedOverPlain<T extends { variant: FlowVariant["variant"] }>(xs: T[], f: (x: T) => number): number {
+  const mean = (v: "plain" | "gated"): number => {
+    const of = xs.filter((x) => x.variant === v).map(f);
+    return of.reduce((a, b) => a + b, 0) / of.length;
+  };
+  return Math.round((mean("gated") / mean("plain")) * 1000) / 1000;
+}
+
+/**
+ * Runs section 9: the drains, then the open loops, each as {@link alternate} runs them; the ratios
+ * compare the means of the two of each.
  */
 export async function flowSection(ctx: BenchContext): Promise<FlowResult> {
   const n = scaled(FLOW_TASKS, ctx.options.scale, 100);
-  const DECLARED = "concurrency key input.i (limit 1) + rate limit 1,000,000/s";
-  const drain = async (
-    variant: "warm-up" | FlowVariant["variant"],
-    declared: string,
-  ): Promise<FlowVariant> => {
+  const fields = (variant: FlowVariant["variant"]) => (variant === "gated" ? { noopStep: GATES } : {});
+  const drains = await alternate(async (variant, declared) => {
     ctx.note(`  nexusflow: drain of ${n}, ${declared}`);
     const r = await throughputPhase(ctx, "nexusflow", n, undefined, () =>
-      ctx.nexusflow("flow", variant === "gated" ? { noopStep: GATES } : {}),
+      ctx.nexusflow("flow", fields(variant)),
     );
     return variantOf(variant, declared, variant === "gated" ? n : 0, r);
-  };
-  const warmUp = await drain("warm-up", "nothing (warm-up, not counted)");
-  const variants = [
-    await drain("plain", "nothing"),
-    await drain("gated", DECLARED),
-    await drain("plain", "nothing (again)"),
-    await drain("gated", `${DECLARED} (again)`),
-  ];
-  const mean = (v: "plain" | "gated"): number => {
-    const rates = variants.filter((x) => x.variant === v).map((x) => x.tasksPerSecond);
-    return rates.reduce((a, b) => a + b, 0) / rates.length;
-  };
-  const plainRate = mean("plain");
-  const gatedRate = mean("gated");
+  });
 
   const seconds = Math.max(2, Math.round(FLOW_SECONDS * Math.min(1, ctx.options.scale)));
-  const open = async (variant: FlowOpenLoop["variant"], declared: string): Promise<FlowOpenLoop> => {
+  // The first open loop after the drains was always the worst (p99 58-230 ms against 15-20):
+  // a warm-up phase, not counted, as for the drains.
+  const opens = await alternate(async (variant, declared): Promise<FlowOpenLoop> => {
     ctx.note(`  nexusflow: open loop ${FLOW_RATE}/s, ${declared}`);
     const r: LatencyResult = await latencyPhase(ctx, "nexusflow", FLOW_RATE, seconds, () =>
-      ctx.nexusflow(`flow-lat-${variant}`, variant === "gated" ? { noopStep: GATES } : {}),
+      ctx.nexusflow(`flow-lat-${variant}`, fields(variant)),
     );
     return {
       variant,
@@ -138,29 +154,17 @@ export async function flowSection(ctx: BenchContext): Promise<FlowResult> {
       notStarted: r.notStarted,
       cpuMsPerTask: r.cpu.perTaskMs,
     };
-  };
-  // The first open loop after the drains was always the worst (p99 58-230 ms against 15-20):
-  // a warm-up phase, not counted, as for the drains.
-  const openWarmUp = await open("warm-up", "nothing (warm-up, not counted)");
-  const openLoop = [
-    await open("plain", "nothing"),
-    await open("gated", DECLARED),
-    await open("plain", "nothing (again)"),
-    await open("gated", `${DECLARED} (again)`),
-  ];
-  const meanOf = (v: FlowOpenLoop["variant"], f: (o: FlowOpenLoop) => number): number => {
-    const xs = openLoop.filter((o) => o.variant === v).map(f);
-    return xs.reduce((a, b) => a + b, 0) / xs.length;
-  };
-  const ratio = (f: (o: FlowOpenLoop) => number): number =>
-    Math.round((meanOf("gated", f) / meanOf("plain", f)) * 1000) / 1000;
+  });
   return {
-    warmUp,
-    variants,
-    drainRatio: Math.round((gatedRate / plainRate) * 1000) / 1000,
-    openWarmUp,
-    openLoop,
-    openLoopRatio: { p50: ratio((o) => o.p50), p99: ratio((o) => o.p99) },
+    warmUp: drains.warmUp,
+    variants: drains.measured,
+    drainRatio: gatedOverPlain(drains.measured, (v) => v.tasksPerSecond),
+    openWarmUp: opens.warmUp,
+    openLoop: opens.measured,
+    openLoopRatio: {
+      p50: gatedOverPlain(opens.measured, (o) => o.p50),
+      p99: gatedOverPlain(opens.measured, (o) => o.p99),
+    },
   };
 }
 
