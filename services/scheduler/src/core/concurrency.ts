@@ -212,7 +212,11 @@ function acquire(core: Core, claim: Claim, now: Date, cancel: CancelRun): boolea
   }
   // The common case first, without an array or a closure: no key is full.
   let anyFull = false;
-  for (const s of claim.slots) if (isFull(keys, s)) anyFull = true;
+  for (const s of claim.slots)
+    if (isFull(keys, s)) {
+      anyFull = true;
+      break;
+    }
   if (!anyFull) {
     hold(claim);
     return true;
