@@ -138,6 +138,11 @@ export function activeTraceFields(withRun = true): TraceFields {
 /** A W3C `traceparent` of version 00: `00-<32 hex>-<16 hex>-<2 hex>`, lower case. */
 const TRACEPARENT = /^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$/;
 
+/** Whether `traceparent` has the shape of {@link TRACEPARENT} (its length tested first, cheaply). */
+function wellFormed(traceparent: string | null | undefined): traceparent is string {
+  return typeof traceparent === "string" && traceparent.length === 55 && TRACEPARENT.test(traceparent);
+}
+
 /**
  * The W3C `traceparent` of a span (or of the span active in `ctx`): `00-<trace id>-<span id>-<flags>`.
  * Undefined for no span or an invalid one.
@@ -162,8 +167,7 @@ export function activeTraceparent(): string | undefined {
  * lease an executor gets with tracing on, sampled or not.
  */
 export function spanContextFromTraceparent(traceparent: string | null | undefined): SpanContext | undefined {
-  if (traceparent === undefined || traceparent === null || traceparent.length !== 55) return undefined;
-  if (!TRACEPARENT.test(traceparent)) return undefined;
+  if (!wellFormed(traceparent)) return undefined;
   const traceId = traceparent.slice(3, 35);
   const spanId = traceparent.slice(36, 52);
   if (traceId === INVALID_TRACEID || spanId === INVALID_SPANID) return undefined;
@@ -188,8 +192,7 @@ export function contextFromTraceparent(
  * callers skip making its span at all.
  */
 export function traceparentSampled(traceparent: string | null | undefined): boolean | undefined {
-  if (traceparent === undefined || traceparent === null || traceparent.length !== 55) return undefined;
-  if (!TRACEPARENT.test(traceparent)) return undefined;
+  if (!wellFormed(traceparent)) return undefined;
   return (parseInt(traceparent.slice(53), 16) & TraceFlags.SAMPLED) !== 0;
 }
 
