@@ -134,10 +134,7 @@ export class WorkerSpanProcessor implements SpanProcessor {
     }
     this.buffer.push(wire);
     if (this.buffer.length >= this.options.maxExportBatchSize) this.handOver();
-    else if (this.timer === undefined) {
-      this.timer = setTimeout(() => this.handOver(), this.options.exportDelayMs);
-      this.timer.unref();
-    }
+    else if (this.timer === undefined) this.handOverLater();
   }
 
   forceFlush(): Promise<void> {
@@ -190,10 +187,7 @@ export class WorkerSpanProcessor implements SpanProcessor {
     if (this.buffer.length === 0) return false;
     const state = this.thread(now);
     if (state === undefined) {
-      if (this.stopping === undefined) {
-        this.timer = setTimeout(() => this.handOver(), this.options.exportDelayMs);
-        this.timer.unref();
-      }
+      if (this.stopping === undefined) this.handOverLater();
       return false;
     }
     const spans =
@@ -205,11 +199,14 @@ export class WorkerSpanProcessor implements SpanProcessor {
     state.sent.set(seq, spans.length);
     this.handedOver += spans.length;
     this.post(state, { kind: "spans", seq, batch: this.encoder.batch(spans) });
-    if (this.buffer.length > 0) {
-      this.timer = setTimeout(() => this.handOver(), this.options.exportDelayMs);
-      this.timer.unref();
-    }
+    if (this.buffer.length > 0) this.handOverLater();
     return true;
+  }
+
+  /** Hands the buffered spans over in `exportDelayMs` (a timer that keeps no process alive). */
+  private handOverLater(): void {
+    this.timer = setTimeout(() => this.handOver(), this.options.exportDelayMs);
+    this.timer.unref();
   }
 
   private post(state: Extract<ThreadState, { kind: "running" }>, message: ToExportWorker): void {
