@@ -62,9 +62,6 @@ export interface PartitionRunsHost {
   live(): boolean;
 }
 
-/** Most tries for a new run id in a partition this replica holds. */
-const ID_TRIES = 256;
-
 /** See the module comment. */
 export class PartitionRuns {
   private chain: Promise<void> = Promise.resolve();
@@ -91,15 +88,23 @@ export class PartitionRuns {
 
   /**
    * A new id (runs, task runs): for a run, one whose partition this replica holds, so that its
-   * commits are not refused (a random one when it holds none: the commit says UNAVAILABLE).
+   * commits are not refused (a random one when it holds none: the commit says UNAVAILABLE). One
+   * random UUID per id, whatever the share held: when its partition is not held, its last 8 hex
+   * digits (the partition's, partitionOf; random bits of a v4 UUID) are moved to the same value
+   * modulo the partition count as a held partition picked at random.
    */
   newId(): string {
     const p = this.host.partitions;
-    let id = randomUUID();
-    if (p === undefined) return id;
-    for (let i = 1; i < ID_TRIES && p.epochOf(partitionOf(id, p.partitionCount)) === undefined; i++)
-      id = randomUUID();
-    return id;
+    const id = randomUUID();
+    if (p === undefined || p.epochOf(partitionOf(id, p.partitionCount)) !== undefined) return id;
+    const held = p.held();
+    const target = held[Math.floor(Math.random() * held.length)];
+    if (target === undefined) return id;
+    const count = p.partitionCount;
+    const low = Number.parseInt(id.slice(-8), 16);
+    let moved = low - (low % count) + target.partition;
+    if (moved > 0xffffffff) moved -= count;
+    return `${id.slice(0, -8)}${moved.toString(16).padStart(8, "0")}`;
   }
 
   /**
