@@ -36,8 +36,6 @@ export interface ParkedRunStore {
   nextWake(): Promise<Date | null>;
   /** Parked runs with a wait for an event whose key or pattern may match `key`. */
   eventCandidates(key: string): Promise<string[]>;
-  /** How many runs are parked. */
-  count(): Promise<number>;
 }
 
 /** {@link ParkedRunStore} in PostgreSQL. */
@@ -164,10 +162,5 @@ export class PostgresParkedRuns implements ParkedRunStore {
       [key, ...scope.params],
     );
     return rows.map((r) => r.run_id);
-  }
-
-  async count(): Promise<number> {
-    const { rows } = await this.pool.query<{ n: number }>(`SELECT count(*)::int AS n FROM parked_runs`);
-    return rows[0]?.n ?? 0;
   }
 }
