@@ -20,6 +20,7 @@ import { RunSignalSchema, type RunSignal } from "@nexusflow/gen";
 import { childRunId, startsChild } from "../core/children.js";
 import type { DefinitionRow } from "../engine/definitions.js";
 import {
+  HELD_BACK_TASK_STATUSES,
   storedStepId,
   type ErrorInfo,
   type RunState,
@@ -142,9 +143,6 @@ export function runBasicFromState(run: Readonly<RunState>): Run {
  */
 export type PendingReasons = (taskRunId: string) => string;
 
-/** The states in which a task may be held back (and so carry a pending reason). */
-const WAITING: ReadonlySet<string> = new Set(["PENDING", "QUEUED", "RETRY_WAIT", "WAITING"]);
-
 /** A run's signals (RunState.signals, or its row's column) as RunSignal inits. */
 function signalsInit(column: unknown): RunSignal[] {
   if (!Array.isArray(column)) return [];
@@ -190,7 +188,7 @@ export function runDetail(detail: RunDetail, pendingReason: PendingReasons = () 
     endTime: ts(t.endedAt),
     // Only with a stored waiting state, so no other state ever carries a reason; the engine
     // answers "" for a task it has leased since, whose commit is on its way.
-    pendingReason: WAITING.has(t.status) ? pendingReason(t.id) : "",
+    pendingReason: HELD_BACK_TASK_STATUSES.has(t.status) ? pendingReason(t.id) : "",
     // A child step's compensation rolls back the step's child (a map's lists its children in its input).
     childRunId: detail.children?.[t.stepId] ?? "",
     reusedFrom: reusedFrom(detail.run.rerun, t.kind, t.stepId),
@@ -262,7 +260,7 @@ export function runFromState(run: Readonly<RunState>, pendingReason: PendingReas
     skipReason: t.skipReason ?? "",
     createTime: ts(t.createdAt),
     endTime: ts(t.endedAt),
-    pendingReason: WAITING.has(t.status) ? pendingReason(t.id) : "",
+    pendingReason: HELD_BACK_TASK_STATUSES.has(t.status) ? pendingReason(t.id) : "",
     // A step a rerun took over started no child of this run (its child is the original's).
     childRunId: run.rerun?.reused[t.stepId] === undefined ? childRunIdOf(run, t) : "",
     reusedFrom: reusedFrom(run.rerun, t.kind, t.stepId),

@@ -7,6 +7,7 @@
 import * as core from "../core/index.js";
 import { storedRunState } from "../core/recovery.js";
 import {
+  HELD_BACK_TASK_STATUSES,
   TERMINAL_RUN_STATUSES,
   parseStoredStepId,
   type ErrorInfo,
@@ -16,9 +17,6 @@ import {
 } from "../model/run-state.js";
 import type { RunRow, TaskRow } from "../persistence/run-store.js";
 import type { Definitions } from "./definitions.js";
-
-/** Statuses a pending reason is given for (api/convert.ts). */
-const WAITING: ReadonlySet<string> = new Set(["PENDING", "QUEUED", "RETRY_WAIT", "WAITING"]);
 
 /**
  * The pending reasons of a run that is active but not in memory (parked), by task run id;
@@ -30,7 +28,10 @@ export async function parkedPendingReasons(
   rows: readonly TaskRow[],
   now: Date,
 ): Promise<Map<string, string> | undefined> {
-  if (TERMINAL_RUN_STATUSES.has(row.status as RunStatusName) || !rows.some((t) => WAITING.has(t.status)))
+  if (
+    TERMINAL_RUN_STATUSES.has(row.status as RunStatusName) ||
+    !rows.some((t) => HELD_BACK_TASK_STATUSES.has(t.status))
+  )
     return undefined;
   const workflow = await definitions.compiledById(row.definitionId);
   const run = storedRunState(
@@ -86,7 +87,7 @@ export async function parkedPendingReasons(
   }
   const reasons = new Map<string, string>();
   for (const t of tasks)
-    if (WAITING.has(t.status))
+    if (HELD_BACK_TASK_STATUSES.has(t.status))
       reasons.set(t.id, core.pendingReason(core.explainPending(run, t, undefined, now)));
   return reasons;
 }

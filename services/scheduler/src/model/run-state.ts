@@ -53,6 +53,14 @@ export const TERMINAL_TASK_STATUSES: ReadonlySet<TaskStatusName> = new Set(
   ),
 );
 
+/** Task states in which a task may be held back, and so carry a pending reason (TaskRun.pending_reason). */
+export const HELD_BACK_TASK_STATUSES: ReadonlySet<string> = new Set([
+  "PENDING",
+  "QUEUED",
+  "RETRY_WAIT",
+  "WAITING",
+]);
+
 /** Task (and attempt) states while an executor holds the lease. */
 export const ACTIVE_LEASE: ReadonlySet<TaskStatusName> = new Set(
   ([TaskStatus.LEASED, TaskStatus.RUNNING] as const).map(taskStatusName),
