@@ -174,7 +174,9 @@ describe("parked runs: waiting runs out of the scheduler's memory", () => {
     assert.ok(ended !== undefined);
     const endedMs = Number(ended.seconds) * 1000 + Math.floor(ended.nanos / 1e6);
     assert.ok(endedMs >= until.getTime(), "not before its time");
-    assert.ok(endedMs < until.getTime() + 1000, `on time: ${endedMs - until.getTime()} ms late`);
+    // Woken by its own due time, not by the next poll (wakePollMs 5 s): well under the poll, with
+    // room for a busy machine.
+    assert.ok(endedMs < until.getTime() + 3000, `on time: ${endedMs - until.getTime()} ms late`);
   });
 
   it("wakes a parked sleep whose time came while the scheduler was down", async () => {
