@@ -3,14 +3,20 @@ import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import type { CompiledWorkflow } from "../dag/index.js";
 import type { RunState, TaskState } from "../model/run-state.js";
-import type { StoredActiveState } from "../persistence/engine-store.js";
 import type { SessionLeases } from "./context.js";
 import { explainPending, pendingReason, type Gate } from "./explain.js";
 import { recover } from "./recovery.js";
 import { completed, failed } from "./reports.js";
 import { advanceAny } from "./runs.js";
 import { attached } from "./sessions.js";
-import { beginRun, leaseAdmitted, leaseAllAdmitted, Simulation, workflowOf } from "./simulation.js";
+import {
+  beginRun,
+  leaseAdmitted,
+  leaseAllAdmitted,
+  Simulation,
+  storedState,
+  workflowOf,
+} from "./simulation.js";
 
 const flow = (steps: unknown[], extra: Record<string, unknown> = {}): CompiledWorkflow =>
   workflowOf({ name: "flow", version: 1, steps, ...extra });
@@ -414,7 +420,13 @@ void describe("keyed concurrency (core)", () => {
       [1, w],
       [2, wf],
     ]);
-    recover(after.core, stored(before, new Set([q1.id, q2.id])), workflows, new Map(), after.at());
+    recover(
+      after.core,
+      storedState(before, (r) => ([q1.id, q2.id].includes(r.id) ? 2 : 1)),
+      workflows,
+      new Map(),
+      after.at(),
+    );
     const run = (id: string): RunState => after.core.runs.get(id) as RunState;
     // The leased task still holds c1: no other c1 task is leased, in their order once it ends.
     const s2 = after.session("s2", "s");
@@ -440,28 +452,3 @@ void describe("keyed concurrency (core)", () => {
     );
   });
 });
-
-/** What storage holds of `sim`'s active runs (as loadActive reads them; `wf` runs are of definition 2). */
-function stored(sim: Simulation, wf: ReadonlySet<string>): StoredActiveState {
-  return {
-    runs: [...sim.core.runs.values()].map((r) => ({
-      id: r.id,
-      definitionId: wf.has(r.id) ? 2 : 1,
-      workflowName: r.workflow.name,
-      status: r.status,
-      input: r.input,
-      idempotencyKey: r.idempotencyKey,
-      labels: r.labels,
-      cancelRequested: r.cancelRequested,
-      compensateOnCancel: r.compensateOnCancel,
-      error: r.error,
-      lastEventSeq: r.eventSeq,
-      deadline: r.deadline,
-      createdAt: r.createdAt,
-    })),
-    tasks: [...sim.core.tasks.values()].map((t) => {
-      const { sessionId: _s, lastHeartbeat: _h, resolvedOutput: _o, claim: _c, hold: _q, ...row } = t;
-      return { ...row, current: t.current === null ? null : { ...t.current } };
-    }),
-  };
-}

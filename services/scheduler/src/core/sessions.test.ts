@@ -6,13 +6,12 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import type { CompiledWorkflow } from "../dag/index.js";
-import type { StoredActiveState } from "../persistence/engine-store.js";
 import type { RunState, TaskState } from "../model/run-state.js";
 import { recover } from "./recovery.js";
 import { started } from "./reports.js";
 import { startRun } from "./runs.js";
 import { attached, sessionLost } from "./sessions.js";
-import { Simulation, workflowOf } from "./simulation.js";
+import { Simulation, storedState, workflowOf } from "./simulation.js";
 
 const flow = (steps: unknown[]): CompiledWorkflow => workflowOf({ name: "flow", version: 1, steps });
 
@@ -26,31 +25,6 @@ function begin(sim: Simulation, workflow: CompiledWorkflow): RunState {
     { definitionId: 1, workflow, input: {}, idempotencyKey: null, requestHash: null, labels: {} },
     sim.at().now,
   );
-}
-
-/** What storage would hold of `sim`'s active runs (the rows the rules wrote, as loadActive reads them). */
-function stored(sim: Simulation): StoredActiveState {
-  return {
-    runs: [...sim.core.runs.values()].map((r) => ({
-      id: r.id,
-      definitionId: r.definitionId,
-      workflowName: r.workflow.name,
-      status: r.status,
-      input: r.input,
-      idempotencyKey: r.idempotencyKey,
-      labels: r.labels,
-      cancelRequested: r.cancelRequested,
-      compensateOnCancel: r.compensateOnCancel,
-      error: r.error,
-      lastEventSeq: r.eventSeq,
-      deadline: r.deadline,
-      createdAt: r.createdAt,
-    })),
-    tasks: [...sim.core.tasks.values()].map((t) => {
-      const { sessionId: _s, lastHeartbeat: _h, resolvedOutput: _o, ...row } = t;
-      return { ...row, current: t.current === null ? null : { ...t.current } };
-    }),
-  };
 }
 
 const attempts = (sim: Simulation, task: TaskState): string[] =>
@@ -187,7 +161,7 @@ void describe("sessions: re-attach and restart", () => {
 
     const after = new Simulation(1500);
     after.clock = before.clock + 30_000;
-    const result = recover(after.core, stored(before), new Map([[1, three]]), new Map(), after.at());
+    const result = recover(after.core, storedState(before), new Map([[1, three]]), new Map(), after.at());
     assert.deepEqual([result.queued, result.orphaned], [1, 2]);
     const graces = after.timers.filter((t) => t.timer.kind === "lease-grace");
     assert.deepEqual(
@@ -215,7 +189,7 @@ void describe("sessions: re-attach and restart", () => {
 
     const after = new Simulation(1500);
     // The restart began 400 ms before recovery ran (taking the database, migrations, loading).
-    recover(after.core, stored(before), new Map([[1, three]]), new Map(), after.at(), 1500 - 400);
+    recover(after.core, storedState(before), new Map([[1, three]]), new Map(), after.at(), 1500 - 400);
     after.advanceTime(1099);
     assert.equal(after.core.tasks.get(a.id)?.status, "LEASED");
     after.advanceTime(1);
@@ -230,7 +204,7 @@ void describe("sessions: re-attach and restart", () => {
     const keyA = before.key(a);
 
     const after = new Simulation(10_000);
-    recover(after.core, stored(before), new Map([[1, three]]), new Map(), after.at());
+    recover(after.core, storedState(before), new Map([[1, three]]), new Map(), after.at());
     after.advanceTime(800);
     const back = after.session("back", "ex");
     const { revoked, expired } = attached(after.core, back, [keyA], after.at());

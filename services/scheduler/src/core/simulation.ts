@@ -104,6 +104,29 @@ export function storedOf(run: RunState, tasks: Iterable<TaskState> = run.tasks.v
   };
 }
 
+/**
+ * What storage holds of every run of `sim` (as loadActive reads them): each run's rows as
+ * {@link storedOf} gives them, without what a task keeps in memory only (its session, heartbeat,
+ * resolved offloaded output, concurrency claim, queue hold and rate limit buckets).
+ * `definitionOf`: a run's definition id, by default the one it was started with.
+ */
+export function storedState(
+  sim: Simulation,
+  definitionOf: (run: RunState) => number = (run) => run.definitionId,
+): StoredActiveState {
+  const runs: StoredActiveState["runs"][number][] = [];
+  const tasks: StoredTask[] = [];
+  for (const run of sim.core.runs.values()) {
+    const rows = storedOf(run, []);
+    for (const r of rows.runs) runs.push({ ...r, definitionId: definitionOf(run) });
+  }
+  for (const t of sim.core.tasks.values()) {
+    const { sessionId: _s, lastHeartbeat: _h, resolvedOutput: _o, claim: _c, hold: _q, rate: _r, ...row } = t;
+    tasks.push({ ...row, current: t.current === null ? null : { ...t.current } });
+  }
+  return { runs, tasks };
+}
+
 /** An event as recorded. */
 export interface RecordedEvent {
   runId: string;

@@ -8,14 +8,13 @@ import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import type { CompiledWorkflow } from "../dag/index.js";
 import type { RunState, TaskState } from "../model/run-state.js";
-import type { StoredActiveState } from "../persistence/engine-store.js";
 import type { SessionLeases } from "./context.js";
 import { explainPending, pendingReason, type Gate } from "./explain.js";
 import { recover } from "./recovery.js";
 import { completed, outputResolved, outputUnavailable } from "./reports.js";
 import { advanceAny } from "./runs.js";
 import { attached } from "./sessions.js";
-import { beginRun, leaseAllAdmitted, Simulation, workflowOf } from "./simulation.js";
+import { beginRun, leaseAllAdmitted, Simulation, storedState, workflowOf } from "./simulation.js";
 
 /** a's output is offloaded; b's limit reads it. */
 const keyed: CompiledWorkflow = workflowOf({
@@ -61,37 +60,7 @@ function runsWithOutput(sim: Simulation, w: CompiledWorkflow, n: number, s: Sess
 }
 
 /** What storage holds of `sim`'s active runs: no output read back, no key evaluated. */
-function stored(sim: Simulation): StoredActiveState {
-  return {
-    runs: [...sim.core.runs.values()].map((r) => ({
-      id: r.id,
-      definitionId: r.workflow === keyed ? 1 : 2,
-      workflowName: r.workflow.name,
-      status: r.status,
-      input: r.input,
-      idempotencyKey: r.idempotencyKey,
-      labels: r.labels,
-      cancelRequested: r.cancelRequested,
-      compensateOnCancel: r.compensateOnCancel,
-      error: r.error,
-      lastEventSeq: r.eventSeq,
-      deadline: r.deadline,
-      createdAt: r.createdAt,
-    })),
-    tasks: [...sim.core.tasks.values()].map((t) => {
-      const {
-        sessionId: _s,
-        lastHeartbeat: _h,
-        resolvedOutput: _o,
-        claim: _c,
-        hold: _q,
-        rate: _r,
-        ...row
-      } = t;
-      return { ...row, current: t.current === null ? null : { ...t.current } };
-    }),
-  };
-}
+const stored = (sim: Simulation) => storedState(sim, (r) => (r.workflow === keyed ? 1 : 2));
 
 /** A simulation recovered from `before`'s rows whose offloaded outputs are read only when the test says. */
 function restart(before: Simulation): { after: Simulation; reads: TaskState[] } {
