@@ -50,23 +50,25 @@ interface Internals<E> {
   labelNames: readonly string[];
 }
 
+/** The labels of `values` (their count already checked by the metric's `labels()`). */
 function labelsOf(names: readonly string[], values: readonly string[]): Record<string, string> {
-  if (names.length !== values.length)
-    throw new Error(`expected ${names.length} label values (${names.join(", ")}), got ${values.length}`);
   const labels: Record<string, string> = {};
   for (let i = 0; i < names.length; i++) labels[names[i] as string] = values[i] as string;
   return labels;
 }
 
-/** The key under which `hashMap` holds the series of `labels` (matched by value), if any. */
-function keyOf<E extends { labels: Record<string, string> }>(
-  hashMap: Record<string, E>,
-  names: readonly string[],
+/** The series of `labels` (matched by value) and its key in the metric's `hashMap`, if any. */
+function seriesOf<E extends { labels: Record<string, string> }>(
+  internals: Internals<E>,
   labels: Record<string, string>,
-): string | undefined {
+): { key: string; entry: E } | undefined {
+  const { hashMap, labelNames } = internals;
+  if (hashMap === undefined) return undefined;
   for (const key of Object.keys(hashMap)) {
-    const have = hashMap[key]?.labels;
-    if (have !== undefined && names.every((n) => have[n] === labels[n])) return key;
+    const entry = hashMap[key];
+    const have = entry?.labels;
+    if (entry !== undefined && have !== undefined && labelNames.every((n) => have[n] === labels[n]))
+      return { key, entry };
   }
   return undefined;
 }
@@ -106,10 +108,9 @@ class CounterCell implements CounterChild {
   }
 
   #resolve(): void {
-    const map = this.#internals.hashMap;
-    const key = map === undefined ? undefined : keyOf(map, this.#internals.labelNames, this.labels);
-    this.#entry = key === undefined ? undefined : map?.[key];
-    this.#key = key ?? "";
+    const series = seriesOf(this.#internals, this.labels);
+    this.#entry = series?.entry;
+    this.#key = series?.key ?? "";
   }
 }
 
@@ -151,14 +152,13 @@ class HistogramCell implements HistogramChild {
   }
 
   #resolve(): void {
-    const map = this.#internals.hashMap;
-    const key = map === undefined ? undefined : keyOf(map, this.#internals.labelNames, this.labels);
-    const entry = key === undefined ? undefined : map?.[key];
+    const series = seriesOf(this.#internals, this.labels);
     // Only an entry with every bucket is written to directly.
     const ok =
-      entry !== undefined && this.#bucketKeys.every((k) => typeof entry.bucketValues?.[k] === "number");
-    this.#entry = ok ? entry : undefined;
-    this.#key = ok ? (key as string) : "";
+      series !== undefined &&
+      this.#bucketKeys.every((k) => typeof series.entry.bucketValues?.[k] === "number");
+    this.#entry = ok ? series.entry : undefined;
+    this.#key = ok ? series.key : "";
   }
 }
 
