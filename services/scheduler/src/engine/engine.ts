@@ -212,30 +212,31 @@ export class Engine {
       sessionTimeoutMs: this.sessionTimeoutMs,
       newId: () => this.partitions.newId(),
     };
-    const live = (): boolean => this.stateValue === "RUNNING" || this.stateValue === "RECOVERING";
-    const [keyed, timers, dirty, moment] = [this.keyed, this.timers, this.dirtyRuns, () => this.moment()];
-    const parking = options.parking;
-    const owns = (runId: string): boolean => this.partitions.owns(runId);
+    // What parking and the partitions' runs both need of the engine.
     const host = {
-      ...options,
       core: this.core,
+      store: this.store,
+      definitions: this.definitions,
+      log: options.log,
       children: this.children,
-      keyed,
-      timers,
-      dirty,
-      live,
-      moment,
-      owns,
+      keyed: this.keyed,
+      timers: this.timers,
+      dirty: this.dirtyRuns,
+      live: () => this.stateValue === "RUNNING" || this.stateValue === "RECOVERING",
+      moment: () => this.moment(),
+      owns: (runId: string) => this.partitions.owns(runId),
     };
+    const parking = options.parking;
     this.parking = parking && new Parking({ ...host, parking }, parking);
-    const [unserved, pump, sessionTimeoutMs] = [
-      this.unserved,
-      () => this.schedulePump(),
-      this.sessionTimeoutMs,
-    ];
-    const times = { sessionTimeoutMs, heartbeatIntervalMs: this.heartbeatIntervalMs };
-    const more = { parking: this.parking, partitions: options.partitions, unserved, pump, ...times };
-    this.partitions = new PartitionRuns({ ...host, ...more });
+    this.partitions = new PartitionRuns({
+      ...host,
+      parking: this.parking,
+      partitions: options.partitions,
+      unserved: this.unserved,
+      pump: () => this.schedulePump(),
+      sessionTimeoutMs: this.sessionTimeoutMs,
+      heartbeatIntervalMs: this.heartbeatIntervalMs,
+    });
     this.waits = new DurableWaits({
       core: this.core,
       log: options.log,
