@@ -57,10 +57,12 @@ export function concurrencyOf(core: Core): ConcurrencyState {
 export function keyValue(limit: CompiledConcurrencyLimit, scope: EvalScope): string {
   const path = `${limit.path}.key`;
   const what = `concurrency key ${JSON.stringify(limit.expression)} (${path})`;
-  return keyString(limit.key, scope, what, "a concurrency key", (message, cause) =>
-    cause === undefined
-      ? new ConcurrencyKeyError(path, message)
-      : new ConcurrencyKeyError(path, message, { cause }),
+  return keyString(
+    limit.key,
+    scope,
+    what,
+    "a concurrency key",
+    (message, options) => new ConcurrencyKeyError(path, message, options),
   );
 }
 

@@ -77,10 +77,12 @@ export function fairSharesOf(core: Core): FairShareState {
 function groupValue(level: CompiledFairShare, scope: EvalScope): string {
   const path = `${level.path}.key`;
   const what = `fairness key ${JSON.stringify(level.expression)} (${path})`;
-  return keyString(level.key, scope, what, "a fairness key", (message, cause) =>
-    cause === undefined
-      ? new FairShareKeyError(path, message)
-      : new FairShareKeyError(path, message, { cause }),
+  return keyString(
+    level.key,
+    scope,
+    what,
+    "a fairness key",
+    (message, options) => new FairShareKeyError(path, message, options),
   );
 }
 

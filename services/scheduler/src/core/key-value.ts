@@ -22,14 +22,14 @@ export function keyString(
   scope: EvalScope,
   what: string,
   noun: string,
-  fail: (message: string, cause?: unknown) => Error,
+  fail: (message: string, options?: ErrorOptions) => Error,
 ): string {
   let value: unknown;
   try {
     value = evaluateExpression(expression, scope);
   } catch (error) {
     if (!(error instanceof EvaluationError)) throw error;
-    throw fail(`${what}: ${error.message}`, error);
+    throw fail(`${what}: ${error.message}`, { cause: error });
   }
   if (typeof value === "string") return value;
   if (typeof value === "number" && Number.isFinite(value)) return String(value);

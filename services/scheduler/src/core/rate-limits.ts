@@ -60,11 +60,12 @@ export function rateKeyValue(limit: CompiledRateLimit, scope: EvalScope): string
   if (limit.key === null) return "";
   const path = `${limit.path}.key`;
   const what = `rate limit ${JSON.stringify(limit.name)} key ${JSON.stringify(limit.expression)} (${path})`;
-  const key = limit.key;
-  return keyString(key, scope, what, "a rate limit key", (message, cause) =>
-    cause === undefined
-      ? new RateLimitKeyError(path, message)
-      : new RateLimitKeyError(path, message, { cause }),
+  return keyString(
+    limit.key,
+    scope,
+    what,
+    "a rate limit key",
+    (message, options) => new RateLimitKeyError(path, message, options),
   );
 }
 
