@@ -197,7 +197,7 @@ export class HoldMetrics {
       case "taskLeased":
       case "taskWaiting":
         // A run's first task leased (or waiting) ends its wait for its workflow's keys.
-        this.#release(runHoldId(e.runId), e);
+        this.#releaseRun(e.runId, e);
         this.#release(ev.value.taskRunId, ev.case === "taskLeased" ? e : null);
         return;
       case "taskCancelled":
@@ -205,12 +205,12 @@ export class HoldMetrics {
       case "taskSkipped":
       case "taskSucceeded":
       case "taskRetryScheduled":
-        this.#release(runHoldId(e.runId), null);
+        this.#releaseRun(e.runId, null);
         this.#release(ev.value.taskRunId, null);
         return;
       case "runCancelRequested":
       case "runCompensating":
-        this.#release(runHoldId(e.runId), null);
+        this.#releaseRun(e.runId, null);
         return;
       case "runCompleted": {
         const run = this.#byRun.get(e.runId);
@@ -220,6 +220,14 @@ export class HoldMetrics {
       default:
         return;
     }
+  }
+
+  /**
+   * The run no longer waits for its workflow's keys (see {@link #release}). Looked up by the run
+   * id first: a run with nothing held (most, on every task event) builds no hold key.
+   */
+  #releaseRun(runId: string, at: LifecycleEvent | null): void {
+    if (this.#byRun.has(runId)) this.#release(runHoldId(runId), at);
   }
 
   /** `id` (a task, or a run waiting for its workflow's keys) is held by a gate from `e`'s time. */
