@@ -97,13 +97,16 @@ interface AttemptRow {
 const RUN_COLUMNS_SQL = `SELECT r.*, GREATEST(r.event_seq,
    COALESCE((SELECT max(t.run_event_seq) FROM task_runs t WHERE t.run_id = r.id), 0)) AS last_event_seq
    FROM workflow_runs r`;
-// Parked runs (parked-runs.ts) stay in the database: they are loaded back one by one when woken.
-const ACTIVE_RUNS_SQL = `${RUN_COLUMNS_SQL} WHERE r.status IN ('PENDING', 'RUNNING', 'COMPENSATING')
+/**
+ * The active runs for which `and` holds too. Parked runs (parked-runs.ts) stay in the database:
+ * they are loaded back one by one when woken.
+ */
+const activeRunsSql = (and: string): string => `${RUN_COLUMNS_SQL}
+   WHERE r.status IN ('PENDING', 'RUNNING', 'COMPENSATING') AND ${and}
    AND NOT EXISTS (SELECT 1 FROM parked_runs p WHERE p.run_id = r.id) ORDER BY r.created_at`;
+const ACTIVE_RUNS_SQL = activeRunsSql("true");
 /** The same, of some partitions ($1 the partition count, $2 the partitions). */
-const ACTIVE_RUNS_OF_SQL = `${RUN_COLUMNS_SQL} WHERE r.status IN ('PENDING', 'RUNNING', 'COMPENSATING')
-   AND nexusflow_partition_of(r.id, $1) = ANY($2::int[])
-   AND NOT EXISTS (SELECT 1 FROM parked_runs p WHERE p.run_id = r.id) ORDER BY r.created_at`;
+const ACTIVE_RUNS_OF_SQL = activeRunsSql("nexusflow_partition_of(r.id, $1) = ANY($2::int[])");
 const ONE_RUN_SQL = `${RUN_COLUMNS_SQL} WHERE r.id = $1`;
 
 const TASKS_SQL = `SELECT t.*, (SELECT count(*)::int FROM task_attempts a WHERE a.task_run_id = t.id AND a.status = 'FAILED') AS failures
