@@ -4,7 +4,6 @@
  * events included, are never written twice).
  */
 import assert from "node:assert/strict";
-import { randomUUID } from "node:crypto";
 import type pg from "pg";
 import { after, before, describe, it } from "node:test";
 import type { CompiledWorkflow } from "../src/dag/index.js";
@@ -18,7 +17,7 @@ import {
 } from "../src/model/run-state.js";
 import { BatchWriter } from "../src/persistence/batch-writer.js";
 import { openDatabase, type Database } from "../src/persistence/database.js";
-import { outboxEvents, startTestDatabase, testLogger, waitFor } from "./support.js";
+import { markQueuedRun, outboxEvents, startTestDatabase, testLogger, waitFor } from "./support.js";
 
 describe("batch writer (PostgreSQL)", () => {
   let server: Awaited<ReturnType<typeof startTestDatabase>>;
@@ -39,31 +38,8 @@ describe("batch writer (PostgreSQL)", () => {
   });
 
   /** A new run with one queued task and its runStarted event, marked on `writer`. */
-  const markRun = (writer: BatchWriter, name: string | ((runId: string) => string)): RunState => {
-    const now = new Date();
-    const id = randomUUID();
-    const run = newRunState({
-      id,
-      definitionId,
-      workflow: {
-        name: typeof name === "string" ? name : name(id),
-        version: 1,
-        timeoutMs: null,
-      } as CompiledWorkflow,
-      input: { n: 1 },
-      idempotencyKey: null,
-      labels: {},
-      now,
-    });
-    const task = newTaskState(run.id, "only", "STEP", "noop", 0, now);
-    task.status = "QUEUED";
-    task.queuedAt = now;
-    run.tasks.set(task.stepId, task);
-    writer.markRun(run);
-    writer.markTask(task);
-    writer.addEvent(lifecycleEvent(run, { case: "runStarted", value: {} }));
-    return run;
-  };
+  const markRun = (writer: BatchWriter, name: string | ((runId: string) => string)): RunState =>
+    markQueuedRun(writer, definitionId, name, { input: { n: 1 } });
 
   /** Rows of the runs and their tasks, and the runs' events in the outbox (each run here has one). */
   const counts = async (runIds: string[]) => {

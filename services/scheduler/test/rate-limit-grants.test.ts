@@ -5,16 +5,13 @@
  * the legacy rate_limit_buckets row, with the pause that row holds.
  */
 import assert from "node:assert/strict";
-import { randomUUID } from "node:crypto";
 import pg from "pg";
 import { after, before, describe, it } from "node:test";
-import type { CompiledWorkflow } from "../src/dag/index.js";
-import { lifecycleEvent } from "../src/persistence/outbox.js";
-import { newRunState, newTaskState, type RunState } from "../src/model/run-state.js";
+import type { RunState } from "../src/model/run-state.js";
 import { BatchWriter } from "../src/persistence/batch-writer.js";
 import { openDatabase, type Database } from "../src/persistence/database.js";
 import { PostgresEngineStore } from "../src/persistence/postgres-engine-store.js";
-import { startTestDatabase, testLogger, waitFor } from "./support.js";
+import { markQueuedRun, startTestDatabase, testLogger, waitFor } from "./support.js";
 
 /** Advisory locks of the parallel-commit test. */
 const HELD = 727274;
@@ -44,37 +41,21 @@ describe("rate limit grants (PostgreSQL)", () => {
     name: (runId: string) => string,
     bucket: string,
     seq: number,
-  ): RunState => {
-    const now = new Date();
-    const id = randomUUID();
-    const run = newRunState({
-      id,
-      definitionId,
-      workflow: { name: name(id), version: 1, timeoutMs: null } as CompiledWorkflow,
-      input: null,
-      idempotencyKey: null,
-      labels: {},
-      now,
-    });
-    const task = newTaskState(run.id, "only", "STEP", "noop", 0, now);
-    task.status = "QUEUED";
-    task.queuedAt = now;
-    task.rateTaken = [
-      {
-        id: `${bucket}\u0000k`,
-        name: bucket,
-        key: "k",
-        tokens: 1000 - seq,
-        refilledAt: 1_000_000 + seq,
-        seq,
+  ): RunState =>
+    markQueuedRun(writer, definitionId, name, {
+      prepare: (task) => {
+        task.rateTaken = [
+          {
+            id: `${bucket}\u0000k`,
+            name: bucket,
+            key: "k",
+            tokens: 1000 - seq,
+            refilledAt: 1_000_000 + seq,
+            seq,
+          },
+        ];
       },
-    ];
-    run.tasks.set(task.stepId, task);
-    writer.markRun(run);
-    writer.markTask(task);
-    writer.addEvent(lifecycleEvent(run, { case: "runStarted", value: {} }));
-    return run;
-  };
+    });
 
   const grantRows = async (bucket: string) =>
     (

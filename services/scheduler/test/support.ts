@@ -35,7 +35,11 @@ import {
 import { Executor, type ExecutorOptions } from "@nexusflow/executor";
 import type pg from "pg";
 import { startEmbeddedPostgres, type EmbeddedDatabase } from "../src/persistence/embedded-postgres.js";
-import { eventTraceContexts } from "../src/persistence/outbox.js";
+import { randomUUID } from "node:crypto";
+import type { CompiledWorkflow } from "../src/dag/index.js";
+import { newRunState, newTaskState, type RunState, type TaskState } from "../src/model/run-state.js";
+import type { BatchWriter } from "../src/persistence/batch-writer.js";
+import { eventTraceContexts, lifecycleEvent } from "../src/persistence/outbox.js";
 import { Scheduler, type SchedulerOptions } from "../src/scheduler.js";
 
 /** A quiet logger for tests (LOG_LEVEL overrides). */
@@ -59,6 +63,42 @@ export async function startTestDatabase(): Promise<{
       await rm(dir, { recursive: true, force: true });
     },
   };
+}
+
+/**
+ * A new run of definition `definitionId` (named `name`, or by its id) with one queued task and its
+ * runStarted event, marked on `writer` (the batch writer's tests); `prepare` sets the task up first.
+ */
+export function markQueuedRun(
+  writer: BatchWriter,
+  definitionId: number,
+  name: string | ((runId: string) => string),
+  options: { input?: unknown; prepare?: (task: TaskState) => void } = {},
+): RunState {
+  const now = new Date();
+  const id = randomUUID();
+  const run = newRunState({
+    id,
+    definitionId,
+    workflow: {
+      name: typeof name === "string" ? name : name(id),
+      version: 1,
+      timeoutMs: null,
+    } as CompiledWorkflow,
+    input: options.input ?? null,
+    idempotencyKey: null,
+    labels: {},
+    now,
+  });
+  const task = newTaskState(run.id, "only", "STEP", "noop", 0, now);
+  task.status = "QUEUED";
+  task.queuedAt = now;
+  options.prepare?.(task);
+  run.tasks.set(task.stepId, task);
+  writer.markRun(run);
+  writer.markTask(task);
+  writer.addEvent(lifecycleEvent(run, { case: "runStarted", value: {} }));
+  return run;
 }
 
 /** Starts a scheduler in this process on a free port against `url`. */
