@@ -24,7 +24,7 @@ export type ToExportWorker =
 
 /** A message from the export thread. */
 export type FromExportWorker =
-  | { kind: "done"; seq: number; count: number; ok: boolean; error?: string }
+  | { kind: "done"; seq: number; ok: boolean; error?: string }
   | { kind: "flushed"; id: number }
   | { kind: "closed" };
 
@@ -48,14 +48,13 @@ function post(message: FromExportWorker): void {
 }
 
 function exportBatch(seq: number, batch: WireBatch): Promise<void> {
-  const count = batch.spans.length;
   return new Promise<void>((resolve) => {
-    let settled = false;
+    let finished = false;
     const settle = (ok: boolean, error?: string): void => {
-      if (settled) return;
-      settled = true;
+      if (finished) return;
+      finished = true;
       clearTimeout(timer);
-      post(error === undefined ? { kind: "done", seq, count, ok } : { kind: "done", seq, count, ok, error });
+      post(error === undefined ? { kind: "done", seq, ok } : { kind: "done", seq, ok, error });
       resolve();
     };
     const timer = setTimeout(
