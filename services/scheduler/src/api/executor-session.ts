@@ -255,6 +255,8 @@ export function executorService(
       // after a loss, a report of a run of theirs may have been dropped uncommitted, so none of
       // those reports is acknowledged; the session ends and the executor sends them again.
       let lossesSeen = 0;
+      const partitionMoved = (): void =>
+        fail(grpc.status.UNAVAILABLE, "a partition of this session's runs moved: attach again");
       const acknowledge = (): void => {
         if (ackTimer !== undefined || ended) return;
         ackTimer = setTimeout(() => {
@@ -266,7 +268,7 @@ export function executorService(
                 ackTimer = undefined;
                 if (ended) return;
                 if (engine.partitions.losses !== lossesSeen) {
-                  fail(grpc.status.UNAVAILABLE, "a partition of this session's runs moved: attach again");
+                  partitionMoved();
                   return;
                 }
                 if (through > acked) {
@@ -286,7 +288,7 @@ export function executorService(
               (e: unknown) => {
                 if (!isPartitionFencedError(e)) return;
                 ackTimer = undefined;
-                fail(grpc.status.UNAVAILABLE, "a partition of this session's runs moved: attach again");
+                partitionMoved();
               },
             )
             .catch((e: unknown) =>
