@@ -21,7 +21,11 @@ interface OutboxRow {
   first_sequence: string | number;
   event_count: number;
   payload: Buffer;
-  trace_context: Record<string, unknown> | null;
+  /**
+   * One context for every event of the row, or one entry per event: a context, null, or the index
+   * of an earlier entry with the same context (read by eventTraceContexts).
+   */
+  trace_context: Record<string, unknown> | (Record<string, unknown> | number | null)[] | null;
   created_at: Date;
 }
 
