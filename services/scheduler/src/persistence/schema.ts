@@ -7,7 +7,6 @@
  */
 import type { Logger } from "@nexusflow/common";
 import pg from "pg";
-import { openDatabase } from "./database.js";
 import { MIGRATION_NAMES, MIGRATIONS_TABLE } from "./migrations/names.js";
 
 /** Advisory lock key of applying migrations ("NFMIGRAT"), distinct from the scheduler's. */
@@ -48,9 +47,10 @@ export async function applyMigrations(url: string, log: Logger): Promise<string[
     const pending = await pendingMigrations(url);
     if (pending.length === 0) return [];
     log.info({ migrations: pending }, "applying database migrations");
-    // openDatabase applies what is pending (MikroORM's migrator, migrator.ts, one transaction for all).
-    const db = await openDatabase({ url, poolSize: 2, log });
-    await db.close();
+    // MikroORM's migrator (one transaction for all), loaded only now: migrator.ts.
+    const { migrateDatabase } = await import("./migrator.js");
+    const applied = await migrateDatabase(url, log);
+    log.info({ migrations: applied }, "applied database migrations");
     return pending;
   } finally {
     await lock.end();
