@@ -29,6 +29,11 @@ export interface DatabaseOptions {
   /** Connections of the pg pool. @default 10 */
   poolSize?: number;
   /**
+   * Connections of the read pool (GetRun, ListRuns, definitions), so that API reads never wait
+   * behind the engine's statements. @default 4
+   */
+  readPoolSize?: number;
+  /**
    * Apply pending migrations on opening. False when the caller applied them (under the migrate
    * lock, schema.ts) or checked that none is pending. @default true
    */
@@ -72,7 +77,7 @@ export async function openDatabase(options: DatabaseOptions): Promise<Database> 
     return p;
   };
   const pool = newPool(options.poolSize ?? 10);
-  const readPool = newPool(4);
+  const readPool = newPool(options.readPoolSize ?? 4);
   // The batch writer runs each shape of batch as a prepared statement whose UPDATEs find rows by
   // primary key (`id = ANY($ids)`). A plan made while a table was small (a new database) prices
   // that as a scan of a few pages and stays cached as the table grows, so every commit scanned
