@@ -63,6 +63,9 @@ export interface EmbeddedDatabase {
   destroy(): Promise<void>;
 }
 
+/** Attempts at starting on a port chosen here, each with a newly chosen port when one was taken. */
+const PORT_ATTEMPTS = 5;
+
 /** Options of {@link startEmbeddedPostgres}. */
 export interface EmbeddedPostgresOptions {
   /** Data directory of the cluster; created and initialised when missing. */
@@ -360,7 +363,10 @@ class Postmaster {
 export async function startEmbeddedPostgres(options: EmbeddedPostgresOptions): Promise<EmbeddedDatabase> {
   const { log } = options;
   const dir = resolve(options.dir);
-  const port = options.port !== undefined && options.port !== 0 ? options.port : await freePort();
+  // A port chosen here (none given) may be taken by another process before the postmaster binds
+  // it: then another is chosen (startPostmaster).
+  const chosen = options.port === undefined || options.port === 0;
+  let port = chosen ? await freePort() : (options.port as number);
   const shared = options.sharedDir ?? defaultSharedDir();
   let ids: Ids | undefined;
   let binaries: Binaries;
@@ -408,11 +414,12 @@ export async function startEmbeddedPostgres(options: EmbeddedPostgresOptions): P
 
   // The socket lives in the data directory, which PostgreSQL's user owns, unless its path is too long
   // or would not survive unix_socket_directories' list syntax (commas, quotes, spaces).
-  const socket =
+  const socketFor = (port: number): string | undefined =>
     Buffer.byteLength(join(dataDir, `.s.PGSQL.${port}`)) <= MAX_SOCKET_PATH && !/[,"'\\\s]/.test(dataDir)
       ? dataDir
       : undefined;
-  const args = [
+  let socket = socketFor(port);
+  const argsFor = (port: number, socket: string | undefined): string[] => [
     "-D",
     dataDir,
     "-p",
@@ -425,14 +432,26 @@ export async function startEmbeddedPostgres(options: EmbeddedPostgresOptions): P
     "max_connections=300",
     ...(options.settings ?? []).flatMap((s) => ["-c", s]),
   ];
+  let args = argsFor(port, socket);
   const startPostmaster = async (): Promise<Postmaster> => {
-    try {
-      return await Postmaster.start(bin("postgres"), args, ids, log);
-    } catch (e) {
-      throw new EmbeddedPostgresError(
-        `embedded PostgreSQL did not start in ${dataDir} on port ${port}: ${reason(e instanceof Error ? e.message : String(e))}`,
-        { cause: e },
-      );
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await Postmaster.start(bin("postgres"), args, ids, log);
+      } catch (e) {
+        const message = e instanceof Error ? e.message : String(e);
+        if (!chosen || attempt >= PORT_ATTEMPTS || !message.includes("Address already in use"))
+          throw new EmbeddedPostgresError(
+            `embedded PostgreSQL did not start in ${dataDir} on port ${port}: ${reason(message)}`,
+            { cause: e },
+          );
+        log.warn(
+          { port, attempt },
+          "the port chosen for embedded PostgreSQL was taken meanwhile; choosing another",
+        );
+        port = await freePort();
+        socket = socketFor(port);
+        args = argsFor(port, socket);
+      }
     }
   };
   let postmaster: Postmaster | undefined = await startPostmaster();
