@@ -288,6 +288,17 @@ export interface SchedulerConfig {
    * or 16 for a new database.
    */
   partitions: number | undefined;
+  /**
+   * Whether this scheduler shares its database with other live replicas (SCHEDULER_CLUSTER,
+   * default false, docs/replicas.md): it then takes no one-per-database lock and holds its share
+   * of the partitions. Without it a second scheduler on the same database refuses to start.
+   */
+  cluster: boolean;
+  /**
+   * The gRPC address other replicas and executors reach this replica at
+   * (SCHEDULER_ADVERTISE_ADDRESS, e.g. a pod IP and port); undefined: the address it listens on.
+   */
+  advertiseAddress: string | undefined;
   /** The /metrics endpoint; undefined with METRICS_PORT=off. */
   metrics: MetricsConfig | undefined;
   /** The /healthz and /readyz endpoint; undefined with METRICS_PORT=off and no HEALTH_PORT. */
@@ -488,6 +499,11 @@ export function loadSchedulerConfig(env: Env = process.env): SchedulerConfig {
     retention: retentionConfig(env),
     migrateOnStart: bool(env, "MIGRATE_ON_START", true),
     partitions: str(env, "PARTITIONS") === undefined ? undefined : int(env, "PARTITIONS", 16, 1, 4096),
+    cluster: bool(env, "SCHEDULER_CLUSTER", false),
+    advertiseAddress:
+      str(env, "SCHEDULER_ADVERTISE_ADDRESS") === undefined
+        ? undefined
+        : hostPort(env, "SCHEDULER_ADVERTISE_ADDRESS", ""),
     ...opsEndpoints(env, DEFAULT_METRICS_PORTS.scheduler),
   };
 }

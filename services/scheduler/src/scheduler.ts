@@ -155,6 +155,17 @@ export interface SchedulerOptions {
   /** How long a partition lease holds after its renewal (database time). @default 5000 */
   partitionLeaseMs?: number | undefined;
   /**
+   * Share the database with other live replicas (SCHEDULER_CLUSTER, docs/replicas.md): no
+   * one-per-database lock; this replica holds its share of the partitions (all of them while it is
+   * alone) and hands them over when others join. @default false (one scheduler per database)
+   */
+  cluster?: boolean | undefined;
+  /**
+   * The address other replicas and executors reach this one at (written in `replicas`).
+   * @default the address it listens on
+   */
+  advertiseAddress?: string | undefined;
+  /**
    * Called when the scheduler stopped itself because it lost the database to another scheduler
    * (its lock session was lost and another scheduler took the lock meanwhile). Partitions taken by
    * another replica do not stop it: their runs leave memory, the others go on.
@@ -294,15 +305,17 @@ export class Scheduler {
         url = this.embedded.localUrl;
         log.info({ port: this.embedded.port }, "embedded PostgreSQL started");
       }
-      // Before migrations and recovery: a second scheduler must change nothing.
-      this.lock = await acquireSchedulerLock({
-        url,
-        log,
-        onLost: (error) => {
-          const fatal = (): void => this.options.onFatal?.(error);
-          this.stop().then(fatal, fatal);
-        },
-      });
+      // Before migrations and recovery: a second scheduler must change nothing. Replicas of a
+      // cluster share the database: the partitions' leases and the fence keep them apart.
+      if (this.options.cluster !== true)
+        this.lock = await acquireSchedulerLock({
+          url,
+          log,
+          onLost: (error) => {
+            const fatal = (): void => this.options.onFatal?.(error);
+            this.stop().then(fatal, fatal);
+          },
+        });
       if (this.options.migrateOnStart ?? true) await applyMigrations(url, log);
       else {
         const pending = await pendingMigrations(url);
@@ -310,11 +323,12 @@ export class Scheduler {
       }
       this.db = await openDatabase({ url, poolSize: this.options.poolSize ?? 10, log, migrate: false });
       // Before recovery writes anything: every group commit is fenced by these leases. Holding the
-      // scheduler lock, this is the only live replica: it takes every partition at once.
+      // scheduler lock, this is the only live replica: it takes every partition at once. A
+      // replica of a cluster takes its share of those nobody holds.
       this.leases = new PartitionLeases({
         url,
         log,
-        sole: true,
+        sole: this.options.cluster !== true,
         partitions: this.options.partitions,
         ...(this.options.partitionLeaseMs === undefined ? {} : { leaseMs: this.options.partitionLeaseMs }),
         onLost: (partitions) => this.lostPartitions(partitions),
@@ -531,7 +545,7 @@ export class Scheduler {
         ready,
       });
       this.addressValue = `${host.includes(":") ? `[${host}]` : host}:${port}`;
-      this.leases.setAddress(this.addressValue);
+      this.leases.setAddress(this.options.advertiseAddress ?? this.addressValue);
       this.stateValue = "RUNNING";
       log.info({ address: this.addressValue }, "scheduler listening");
       return this.addressValue;

@@ -59,6 +59,8 @@ const scheduler = new Scheduler({
   poolSize: config.database.poolSize,
   migrateOnStart: config.migrateOnStart,
   partitions: config.partitions,
+  cluster: config.cluster,
+  advertiseAddress: config.advertiseAddress,
   heartbeatIntervalMs: config.heartbeatIntervalMs,
   sessionTimeoutMs: config.sessionTimeoutMs,
   priorityAgeingMs: config.priorityAgeingMs,
