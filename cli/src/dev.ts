@@ -14,13 +14,14 @@ import { readFile, readdir } from "node:fs/promises";
 import { join, relative, resolve } from "node:path";
 import type { JsonValue } from "@bufbuild/protobuf";
 import { NexusflowClient } from "@nexusflow/client";
-import { ConfigError, loadSchedulerConfig } from "@nexusflow/common";
+import { ConfigError, createLogger, freePort, loadSchedulerConfig } from "@nexusflow/common";
 import { type Run, RunStatus } from "@nexusflow/gen";
 import { ChildExitedError, ChildNotReadyError, type ChildSpec, ManagedChild } from "./child.js";
 import { describeError } from "./describe-error.js";
+import { waitForBalancedReplicas } from "./dev-cluster.js";
 import { devAuthEnv, devKeysDir, ensureDevKeys, mintDevToken } from "./dev-keys.js";
 import { type UiBuild, ensureUiBuilt, uiSignInLink, uiUrl } from "./dev-ui.js";
-import { type DevPorts, choosePorts } from "./dev-ports.js";
+import { type DevPorts, choosePorts, connectHost } from "./dev-ports.js";
 import { removeDevState, writeDevState } from "./dev-state.js";
 import { formatChildLine } from "./log-format.js";
 import { followRun } from "./follow-run.js";
@@ -56,7 +57,17 @@ export interface DevOptions {
    * @default 10_000
    */
   stopGraceMs?: number;
+  /**
+   * Scheduler replicas to run (1 to {@link MAX_DEV_SCHEDULERS}). More than one run in cluster mode
+   * (SCHEDULER_CLUSTER=true, docs/replicas.md) on one database: the embedded PostgreSQL, started by
+   * this command, unless DATABASE_URL names one.
+   * @default 1
+   */
+  schedulers?: number;
 }
+
+/** The most scheduler replicas `nexusflow dev --schedulers N` runs. */
+export const MAX_DEV_SCHEDULERS = 9;
 
 /** The sample workflow and its input, relative to the examples directory. */
 const SAMPLE_SPEC = "order-pipeline.json";
@@ -65,6 +76,8 @@ const SAMPLE_INPUT = "order-pipeline.input.json";
 const SCHEDULER_READY_TIMEOUT_MS = 180_000;
 const EXECUTOR_READY_TIMEOUT_MS = 60_000;
 const GATEWAY_READY_TIMEOUT_MS = 30_000;
+/** How long `--schedulers N` waits for every replica to hold partitions (the stable period is 15 s). */
+const BALANCE_TIMEOUT_MS = 60_000;
 const SAMPLE_TIMEOUT_MS = 300_000;
 
 /** Lifetime of the executors' tokens: the dev stack runs until Ctrl-C, executors reconnect with the same token. */
@@ -88,6 +101,10 @@ function metricsLines(ports: DevPorts): string[] {
       : [`scheduler   ${services.scheduler.url}`, `gateway     ${services.gateway.url}`]),
     ...ports.executorMetrics.map((m, i) => `executor-${i + 1}  ${m.url}`),
   ];
+}
+
+function range(n: number): number[] {
+  return Array.from({ length: n }, (_, i) => i);
 }
 
 function redactUrl(url: string): string {
@@ -180,6 +197,7 @@ export async function runDev(options: DevOptions): Promise<number> {
 
   let exitCode = 0;
   let stateRecorded = false;
+  let stopDatabase: (() => Promise<void>) | undefined;
   try {
     // Nobody without a valid token gets in, not even in dev: the services trust a local dev key
     // (created on first use) and nothing else; tokens are minted here for the executors and for us.
@@ -217,19 +235,65 @@ export async function runDev(options: DevOptions): Promise<number> {
     say(style.bold(`Starting the Nexusflow dev stack (${database})`));
 
     const { schedulerAddress, gatewayUrl } = ports;
-    const scheduler = stack.start(
-      common("scheduler", service("scheduler"), {
-        SCHEDULER_HOST: ports.schedulerHost,
-        SCHEDULER_PORT: String(ports.schedulerPort),
-        ...metricsEnv(ports.metricsHost, ports.serviceMetrics?.scheduler),
-      }),
+    const replicas = options.schedulers ?? 1;
+    if (!Number.isInteger(replicas) || replicas < 1 || replicas > MAX_DEV_SCHEDULERS)
+      throw new ConfigError("--schedulers", `expected 1 to ${MAX_DEV_SCHEDULERS}, got ${String(replicas)}`);
+    // Several replicas share one database: the embedded one is this command's to start (each
+    // scheduler alone would start its own), in the same folder a single scheduler uses.
+    let clusterEnv: NodeJS.ProcessEnv = {};
+    let databaseUrl: string | undefined;
+    if (replicas > 1) {
+      let url = env["DATABASE_URL"]?.trim();
+      if (url === undefined || url === "") {
+        const { startEmbeddedPostgres } = await import("@nexusflow/scheduler");
+        const embedded = await startEmbeddedPostgres({
+          dir: join(dataDir, "postgres"),
+          log: createLogger("postgres", "warn"),
+        });
+        stopDatabase = () => embedded.stop();
+        url = embedded.localUrl;
+      }
+      clusterEnv = { DATABASE_URL: url, SCHEDULER_CLUSTER: "true" };
+      databaseUrl = url;
+    }
+    const schedulerNames = replicas === 1 ? ["scheduler"] : range(replicas).map((i) => `scheduler-${i + 1}`);
+    const schedulerAddresses: string[] = [];
+    const schedulers: ManagedChild[] = [];
+    for (const [i, name] of schedulerNames.entries()) {
+      const port = i === 0 ? ports.schedulerPort : await freePort(ports.schedulerHost);
+      const metrics =
+        i === 0 || ports.serviceMetrics === undefined
+          ? ports.serviceMetrics?.scheduler
+          : { port: await freePort(ports.metricsHost) };
+      schedulerAddresses.push(i === 0 ? schedulerAddress : `${connectHost(ports.schedulerHost)}:${port}`);
+      schedulers.push(
+        stack.start(
+          common(name, service("scheduler"), {
+            SCHEDULER_HOST: ports.schedulerHost,
+            SCHEDULER_PORT: String(port),
+            ...clusterEnv,
+            ...metricsEnv(ports.metricsHost, metrics),
+          }),
+        ),
+      );
+    }
+    await Promise.all(
+      schedulers.map((scheduler, i) =>
+        waitUntilReady(
+          scheduler,
+          schedulerReadiness(schedulerAddresses[i] ?? schedulerAddress, token),
+          SCHEDULER_READY_TIMEOUT_MS,
+          lifetime.signal,
+        ),
+      ),
     );
-    await waitUntilReady(
-      scheduler,
-      schedulerReadiness(schedulerAddress, token),
-      SCHEDULER_READY_TIMEOUT_MS,
-      lifetime.signal,
-    );
+    if (databaseUrl !== undefined) {
+      say(style.gray(`Waiting for the ${replicas} scheduler replicas to share the partitions...`));
+      if (!(await waitForBalancedReplicas(databaseUrl, replicas, BALANCE_TIMEOUT_MS, lifetime.signal)))
+        fail(
+          `the scheduler replicas did not all hold partitions within ${BALANCE_TIMEOUT_MS / 1000} s; going on`,
+        );
+    }
 
     // Each executor's metrics say when it has attached (readiness.ts); executor-2 also runs the
     // examples' handlers.
@@ -286,7 +350,10 @@ export async function runDev(options: DevOptions): Promise<number> {
         "",
         `  ${style.cyan("gateway  ")}  ${style.bold(gatewayUrl)}   gRPC, gRPC-Web, Connect, REST /v1 (h2c and HTTP/1.1)`,
         `  ${style.cyan("web UI   ")}  ${style.bold(uiUrl(gatewayUrl))}   runs, live DAGs, workflows (link below)`,
-        `  ${style.cyan("scheduler")}  ${schedulerAddress}   gRPC, internal`,
+        ...schedulerAddresses.map(
+          (address, i) =>
+            `  ${style.cyan(i === 0 ? "scheduler" : "         ")}  ${address}   gRPC, internal${replicas > 1 ? ` (replica ${i + 1} of ${replicas})` : ""}`,
+        ),
         `  ${style.cyan("executors")}  executor-1 (built-in types), executor-2 (+ examples/handlers.ts)`,
         `  ${style.cyan("database ")}  ${database}`,
         ...metricsLines(ports).map(
@@ -349,8 +416,12 @@ export async function runDev(options: DevOptions): Promise<number> {
     await stack.stop(options.stopGraceMs ?? 10_000, [
       ["gateway"],
       ["executor-1", "executor-2"],
-      ["scheduler"],
+      ["scheduler", ...range(MAX_DEV_SCHEDULERS).map((i) => `scheduler-${i + 1}`)],
     ]);
+    // After every scheduler: the database they shared (started here with --schedulers N).
+    await stopDatabase?.().catch((e: unknown) =>
+      fail(`stopping the embedded PostgreSQL: ${describeError(e)}`),
+    );
     process.off("exit", killAll);
     if (stateRecorded) await removeDevState(env, process.pid);
     if (stack.started) say(style.gray("Stopped."));

@@ -7,7 +7,7 @@ import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import { applyCommand } from "./apply-command.js";
 import { type CommandIo, UsageError } from "./command.js";
-import { runDev } from "./dev.js";
+import { MAX_DEV_SCHEDULERS, runDev } from "./dev.js";
 import { DEFAULT_ADDRESS } from "./gateway-client.js";
 import { logsCommand } from "./logs-command.js";
 import { runsCommand } from "./runs-command.js";
@@ -73,6 +73,8 @@ Commands:
            workflows in examples/, run the sample order-pipeline and keep running until Ctrl-C.
            Options:
              --exit-after-sample   stop after the sample run; exit 0 if it succeeded, 1 if not
+             --schedulers N        run N scheduler replicas (1 to 9, default 1) sharing one database
+                                   in cluster mode (docs/replicas.md); SCHEDULER_PORT is the first's
            The services trust only a local dev key (.nexusflow/dev-keys, created on first use).
   executor [--handlers <module>] [--id ID] [--slots N] [--types a,b] [--scheduler host:port]
            Run an executor with the built-in task types and the handlers of a module (.ts or .js,
@@ -145,16 +147,28 @@ switch (command) {
     break;
   case "dev": {
     let exitAfterSample = false;
+    let schedulers = 1;
     try {
       const { values } = parseArgs({
         args: rest,
-        options: { "exit-after-sample": { type: "boolean" }, help: { type: "boolean", short: "h" } },
+        options: {
+          "exit-after-sample": { type: "boolean" },
+          schedulers: { type: "string" },
+          help: { type: "boolean", short: "h" },
+        },
       });
       if (values.help === true) {
         process.stdout.write(USAGE);
         process.exit(0);
       }
       exitAfterSample = values["exit-after-sample"] === true;
+      if (values.schedulers !== undefined) {
+        schedulers = Number(values.schedulers);
+        if (!/^\d+$/.test(values.schedulers) || schedulers < 1 || schedulers > MAX_DEV_SCHEDULERS)
+          throw new Error(
+            `--schedulers: expected 1 to ${MAX_DEV_SCHEDULERS}, got ${JSON.stringify(values.schedulers)}`,
+          );
+      }
     } catch (e) {
       usageError(e instanceof Error ? e.message : String(e));
     }
@@ -179,6 +193,7 @@ switch (command) {
       signal: shutdown.signal,
       exitAfterSample,
       color,
+      schedulers,
     });
     process.exit(code);
     break;

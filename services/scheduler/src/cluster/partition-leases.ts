@@ -71,6 +71,13 @@ export interface PartitionLeasesOptions {
   beforeRelease?: (partitions: readonly number[]) => Promise<void>;
 }
 
+/** Another party told of the partitions taken, lost or about to be released (see {@link PartitionLeases.listen}). */
+export interface PartitionListener {
+  onLost?: (partitions: readonly number[]) => void;
+  onTaken?: (partitions: readonly number[]) => void;
+  beforeRelease?: (partitions: readonly number[]) => Promise<void>;
+}
+
 /** The component's state: a union whose members carry their own data. */
 export type PartitionLeasesState =
   | { kind: "IDLE" }
@@ -137,6 +144,8 @@ export class PartitionLeases implements WriteFence {
   readonly replicaId: string;
   private stateValue: PartitionLeasesState = { kind: "IDLE" };
   private readonly owned = new Map<number, number>();
+  /** Held partitions being handed over (rebalancing): no new run goes there. */
+  private readonly releasing = new Set<number>();
   private count = 0;
   private address: string;
   /** How long a lease holds after a renewal. */
@@ -153,6 +162,8 @@ export class PartitionLeases implements WriteFence {
   private lastRelease = 0;
   /** Heartbeats that failed in a row (the database unreachable), for logging once. */
   private failures = 0;
+  /** Told after the options' callbacks (e.g. the coordinator: cluster/coordinator.ts). */
+  private readonly listeners: PartitionListener[] = [];
 
   constructor(private readonly options: PartitionLeasesOptions) {
     if (options.partitions !== undefined) checkPartitionCount(options.partitions, "PARTITIONS");
@@ -192,6 +203,11 @@ export class PartitionLeases implements WriteFence {
     return [...this.owned].sort(([a], [b]) => a - b).map(([partition, epoch]) => ({ partition, epoch }));
   }
 
+  /** Whether `partition` is being handed over (rebalancing): held still, but no new run goes there. */
+  handingOver(partition: number): boolean {
+    return this.releasing.has(partition);
+  }
+
   /** The epoch this replica holds `partition` at (WriteFence). */
   epochOf(partition: number): number | undefined {
     return this.owned.get(partition);
@@ -200,6 +216,11 @@ export class PartitionLeases implements WriteFence {
   /** A commit was refused by the fence (WriteFence): those partitions are lost. */
   fenced(error: PartitionFencedError): void {
     this.lose(error.partitions.filter((p) => this.owned.has(p)));
+  }
+
+  /** Adds a listener told after the options' onTaken, onLost and beforeRelease. */
+  listen(listener: PartitionListener): void {
+    this.listeners.push(listener);
   }
 
   /** Sets the address shown for this replica, written by a heartbeat now. */
@@ -333,7 +354,10 @@ export class PartitionLeases implements WriteFence {
     if (taken.length === 0) return;
     taken.sort((a, b) => a - b);
     this.options.log.info({ replica_id: this.replicaId, partitions: taken }, "took partitions");
-    if (this.stateValue.kind === "RUNNING") this.options.onTaken?.(taken);
+    if (this.stateValue.kind === "RUNNING") {
+      this.options.onTaken?.(taken);
+      for (const l of this.listeners) l.onTaken?.(taken);
+    }
   }
 
   /** Hands the excess over when this replica holds more than its share of a stable cluster. */
@@ -351,6 +375,7 @@ export class PartitionLeases implements WriteFence {
     const give = this.held().slice(-excess);
     const partitions = give.map((x) => x.partition);
     await this.options.beforeRelease?.(partitions);
+    for (const l of this.listeners) await l.beforeRelease?.(partitions);
     // Not held from now on: a commit of their runs fails here rather than after the hand-over.
     for (const p of partitions) this.owned.delete(p);
     this.lastRelease = now;
@@ -369,6 +394,7 @@ export class PartitionLeases implements WriteFence {
       "lost partitions: another replica holds them now",
     );
     this.options.onLost?.(partitions);
+    for (const l of this.listeners) l.onLost?.(partitions);
   }
 
   /**

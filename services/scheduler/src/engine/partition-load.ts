@@ -37,6 +37,11 @@ export interface HeldPartitions {
   readonly partitionCount: number;
   epochOf(partition: number): number | undefined;
   held(): OwnedPartition[];
+  /**
+   * Whether a held partition is being handed over (rebalancing): its runs are leaving, so no new
+   * run is created in it. @default never
+   */
+  handingOver?(partition: number): boolean;
 }
 
 /** What {@link PartitionRuns} needs of the engine. */
@@ -96,8 +101,11 @@ export class PartitionRuns {
   newId(): string {
     const p = this.host.partitions;
     const id = randomUUID();
-    if (p === undefined || p.epochOf(partitionOf(id, p.partitionCount)) !== undefined) return id;
-    const held = p.held();
+    if (p === undefined) return id;
+    const drawn = partitionOf(id, p.partitionCount);
+    if (p.epochOf(drawn) !== undefined && p.handingOver?.(drawn) !== true) return id;
+    // Not one being handed over: a run created there now would be left behind in memory.
+    const held = p.held().filter((x) => p.handingOver?.(x.partition) !== true);
     const target = held[Math.floor(Math.random() * held.length)];
     if (target === undefined) return id;
     const count = p.partitionCount;

@@ -10,13 +10,18 @@ import { PartitionRuns, type PartitionRunsHost } from "../../src/engine/partitio
 const UUID_V4 = /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/;
 
 /** PartitionRuns over `held` of `count` partitions (newId reads nothing else of its host). */
-function runsHolding(count: number, held: readonly number[]): PartitionRuns {
+function runsHolding(
+  count: number,
+  held: readonly number[],
+  handingOver: readonly number[] = [],
+): PartitionRuns {
   const epochs = new Map(held.map((p) => [p, 1]));
   const host = {
     partitions: {
       partitionCount: count,
       epochOf: (p: number) => epochs.get(p),
       held: () => [...epochs].map(([partition, epoch]) => ({ partition, epoch })),
+      handingOver: (p: number) => handingOver.includes(p),
     },
   } as unknown as PartitionRunsHost;
   return new PartitionRuns(host);
@@ -45,6 +50,11 @@ describe("PartitionRuns.newId", () => {
       assert.equal(seen.size, held.length, "every partition held gets ids");
     });
   }
+
+  it("gives no id in a partition being handed over", () => {
+    const runs = runsHolding(16, [2, 5, 9], [5, 9]);
+    for (let i = 0; i < 2000; i++) assert.equal(partitionOf(runs.newId(), 16), 2);
+  });
 
   it("gives a random id when no partition is held", () => {
     const id = runsHolding(16, []).newId();
