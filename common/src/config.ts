@@ -295,6 +295,11 @@ export interface SchedulerConfig {
    */
   cluster: boolean;
   /**
+   * How long a replica's lease on its partitions holds after a renewal (PARTITION_LEASE, 5s;
+   * renewed every fifth of it): a replica killed or cut off loses its partitions after this.
+   */
+  partitionLeaseMs: number;
+  /**
    * The gRPC address other replicas and executors reach this replica at
    * (SCHEDULER_ADVERTISE_ADDRESS, e.g. a pod IP and port); undefined: the address it listens on.
    */
@@ -500,12 +505,24 @@ export function loadSchedulerConfig(env: Env = process.env): SchedulerConfig {
     migrateOnStart: bool(env, "MIGRATE_ON_START", true),
     partitions: str(env, "PARTITIONS") === undefined ? undefined : int(env, "PARTITIONS", 16, 1, 4096),
     cluster: bool(env, "SCHEDULER_CLUSTER", false),
+    partitionLeaseMs: partitionLease(env),
     advertiseAddress:
       str(env, "SCHEDULER_ADVERTISE_ADDRESS") === undefined
         ? undefined
         : hostPort(env, "SCHEDULER_ADVERTISE_ADDRESS", ""),
     ...opsEndpoints(env, DEFAULT_METRICS_PORTS.scheduler),
   };
+}
+
+/** PARTITION_LEASE: from 500 ms (renewed every fifth of it) to 10 minutes. */
+function partitionLease(env: Env): number {
+  const ms = duration(env, "PARTITION_LEASE", "5s");
+  if (ms < 500 || ms > 600_000)
+    throw new ConfigError(
+      "PARTITION_LEASE",
+      `expected 500ms to 10m, got ${JSON.stringify(str(env, "PARTITION_LEASE"))}`,
+    );
+  return ms;
 }
 
 /** HEARTBEAT_INTERVAL and SESSION_TIMEOUT: a session must be allowed more than one beat of silence. */

@@ -60,6 +60,7 @@ const scheduler = new Scheduler({
   migrateOnStart: config.migrateOnStart,
   partitions: config.partitions,
   cluster: config.cluster,
+  partitionLeaseMs: config.partitionLeaseMs,
   advertiseAddress: config.advertiseAddress,
   heartbeatIntervalMs: config.heartbeatIntervalMs,
   sessionTimeoutMs: config.sessionTimeoutMs,

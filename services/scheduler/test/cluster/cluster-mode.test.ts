@@ -87,7 +87,7 @@ describe("schedulers in cluster mode", () => {
     );
   });
 
-  it("read SCHEDULER_CLUSTER and SCHEDULER_ADVERTISE_ADDRESS, refusing a malformed address", () => {
+  it("read SCHEDULER_CLUSTER, SCHEDULER_ADVERTISE_ADDRESS and PARTITION_LEASE, refusing a malformed address", () => {
     const base = { AUTH_DISABLED: "true" };
     assert.equal(loadSchedulerConfig(base).cluster, false);
     assert.equal(loadSchedulerConfig(base).advertiseAddress, undefined);
@@ -100,6 +100,14 @@ describe("schedulers in cluster mode", () => {
       assert.throws(
         () => loadSchedulerConfig({ ...base, SCHEDULER_ADVERTISE_ADDRESS: bad }),
         (e: unknown) => e instanceof ConfigError && /SCHEDULER_ADVERTISE_ADDRESS/.test(e.message),
+        bad,
+      );
+    assert.equal(loadSchedulerConfig(base).partitionLeaseMs, 5000);
+    assert.equal(loadSchedulerConfig({ ...base, PARTITION_LEASE: "1500ms" }).partitionLeaseMs, 1500);
+    for (const bad of ["100ms", "1h", "soon"])
+      assert.throws(
+        () => loadSchedulerConfig({ ...base, PARTITION_LEASE: bad }),
+        (e: unknown) => e instanceof ConfigError && /PARTITION_LEASE/.test(e.message),
         bad,
       );
     assert.throws(
