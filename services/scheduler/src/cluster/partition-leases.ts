@@ -374,10 +374,16 @@ export class PartitionLeases implements WriteFence {
       return;
     const give = this.held().slice(-excess);
     const partitions = give.map((x) => x.partition);
-    await this.options.beforeRelease?.(partitions);
-    for (const l of this.listeners) await l.beforeRelease?.(partitions);
-    // Not held from now on: a commit of their runs fails here rather than after the hand-over.
-    for (const p of partitions) this.owned.delete(p);
+    // From now on no new run is created in them (engine/partition-load.ts newId).
+    for (const p of partitions) this.releasing.add(p);
+    try {
+      await this.options.beforeRelease?.(partitions);
+      for (const l of this.listeners) await l.beforeRelease?.(partitions);
+      // Not held from now on: a commit of their runs fails here rather than after the hand-over.
+      for (const p of partitions) this.owned.delete(p);
+    } finally {
+      for (const p of partitions) this.releasing.delete(p);
+    }
     this.lastRelease = now;
     await this.pool.query(RELEASE_SQL, [this.replicaId, partitions, give.map((x) => x.epoch)]);
     this.options.log.info(
