@@ -91,6 +91,9 @@ export class PartitionCountMismatchError extends PartitionCountError {
   override name = "PartitionCountMismatchError";
 }
 
+/** Class of the advisory lock each replica holds while it lives ("NFRL"; key: hashtext(replica id)). */
+export const LIVENESS_LOCK_CLASS = 0x4e46524c;
+
 interface TickRow {
   kind: "renewed" | "taken" | "live";
   partition: number;
@@ -106,13 +109,18 @@ renewed AS (
   FROM unnest($6::int[], $7::bigint[]) AS x(part, epoch)
   WHERE p.partition = x.part AND p.owner = $1 AND p.epoch = x.epoch
   RETURNING p.partition, p.epoch),
+dead AS (SELECT id FROM replicas
+  WHERE $10 AND id <> $1 AND heartbeat_at > now() - 100 * $5 * interval '1 millisecond'
+    AND heartbeat_at < now() - $11 * interval '1 millisecond'
+    AND pg_try_advisory_xact_lock_shared(${LIVENESS_LOCK_CLASS}, hashtext(id::text))),
 live AS (SELECT count(*)::int AS n FROM replicas
-  WHERE id <> $1 AND heartbeat_at > now() - $5 * interval '1 millisecond'),
+  WHERE id <> $1 AND heartbeat_at > now() - $5 * interval '1 millisecond' AND id NOT IN (SELECT id FROM dead)),
 want AS (SELECT greatest(0, CASE WHEN $8 THEN s.partition_count
     ELSE ceil(s.partition_count::numeric / ((SELECT n FROM live) + 1))::int END - (SELECT count(*) FROM renewed)) AS k
   FROM cluster_settings s),
 free AS (SELECT q.partition FROM partitions q
-  WHERE ($9 OR q.owner IS NULL OR q.lease_expires_at < now()) AND q.owner IS DISTINCT FROM $1
+  WHERE ($9 OR q.owner IS NULL OR q.lease_expires_at < now() OR q.owner IN (SELECT id FROM dead))
+    AND q.owner IS DISTINCT FROM $1
     AND NOT (q.partition = ANY($6::int[]))
   ORDER BY q.partition),
 taken AS (
@@ -121,7 +129,7 @@ taken AS (
   FROM (SELECT partition FROM free WHERE pg_try_advisory_xact_lock(${PARTITION_LOCK_CLASS}, partition)
     LIMIT (SELECT k FROM want)) f
   WHERE p.partition = f.partition AND p.owner IS DISTINCT FROM $1
-    AND ($9 OR p.owner IS NULL OR p.lease_expires_at < now())
+    AND ($9 OR p.owner IS NULL OR p.lease_expires_at < now() OR p.owner IN (SELECT id FROM dead))
   RETURNING p.partition, p.epoch),
 pruned AS (DELETE FROM replicas WHERE id <> $1 AND heartbeat_at < now() - 100 * $5 * interval '1 millisecond')
 SELECT 'renewed' AS kind, partition, epoch FROM renewed
@@ -162,6 +170,12 @@ export class PartitionLeases implements WriteFence {
   private lastRelease = 0;
   /** Heartbeats that failed in a row (the database unreachable), for logging once. */
   private failures = 0;
+  /**
+   * The connection that holds this replica's liveness lock for as long as the process lives, and
+   * since when (performance.now()); undefined while it is being (re)made.
+   */
+  private liveness: { client: pg.Client; since: number } | undefined;
+  private livenessConnecting: Promise<void> | undefined;
   /** Told after the options' callbacks (e.g. the coordinator: cluster/coordinator.ts). */
   private readonly listeners: PartitionListener[] = [];
 
@@ -262,6 +276,9 @@ export class PartitionLeases implements WriteFence {
       signal?.throwIfAborted();
     } catch (e) {
       this.stateValue = { kind: "STOPPED" };
+      await this.livenessConnecting;
+      await this.liveness?.client.end().catch(() => undefined);
+      this.liveness = undefined;
       await this.pool.end().catch(() => undefined);
       throw e;
     }
@@ -324,6 +341,7 @@ export class PartitionLeases implements WriteFence {
   }
 
   private async tick(): Promise<void> {
+    if (this.options.sole !== true) await this.holdLiveness();
     const believed = [...this.owned];
     const { rows } = await this.pool.query<TickRow>(TICK_SQL, [
       this.replicaId,
@@ -335,6 +353,10 @@ export class PartitionLeases implements WriteFence {
       believed.map(([, e]) => e),
       this.options.sole === true,
       this.options.sole === true && this.stateValue.kind === "STARTING",
+      // Dead owners are told by their liveness lock only once this replica has held its own for a
+      // few heartbeats: back from a database restart, the others re-take theirs meanwhile.
+      this.liveness !== undefined && performance.now() - this.liveness.since >= 3 * this.renewIntervalMs,
+      this.renewIntervalMs,
     ]);
     const renewed = new Set<number>();
     const taken: number[] = [];
@@ -358,6 +380,50 @@ export class PartitionLeases implements WriteFence {
       this.options.onTaken?.(taken);
       for (const l of this.listeners) l.onTaken?.(taken);
     }
+  }
+
+  /**
+   * Takes this replica's liveness lock on a connection of its own, unless held (never rejects: a
+   * replica without it is only taken over at its leases' expiry). A process that dies (SIGKILL, a
+   * crash) loses the connection and so the lock at once: PostgreSQL sees the socket close. The
+   * others then take its partitions at their next heartbeat instead of a lease later; one that is
+   * only paused (SIGSTOP, a long GC) keeps its connection and loses its partitions at expiry.
+   */
+  private async holdLiveness(): Promise<void> {
+    if (this.liveness !== undefined) return;
+    this.livenessConnecting ??= (async () => {
+      const client = new pg.Client({
+        connectionString: this.options.url,
+        application_name: "nexusflow-liveness",
+        connectionTimeoutMillis: Math.min(3000, this.leaseMs),
+        query_timeout: this.leaseMs,
+      });
+      const lost = (): void => {
+        if (this.liveness?.client === client) this.liveness = undefined;
+        client.end().catch(() => undefined);
+      };
+      client.on("error", lost);
+      client.on("end", lost);
+      try {
+        await client.connect();
+        // Its own key: a new id per process, so nobody else holds it.
+        await client.query(`SELECT pg_advisory_lock(${LIVENESS_LOCK_CLASS}, hashtext($1))`, [this.replicaId]);
+        if (this.stateValue.kind === "STOPPING" || this.stateValue.kind === "STOPPED") {
+          await client.end();
+          return;
+        }
+        this.liveness = { client, since: performance.now() };
+      } catch (e) {
+        lost();
+        this.options.log.warn(
+          { error: (e as Error).message },
+          "cannot take the replica's liveness lock; retrying",
+        );
+      }
+    })().finally(() => {
+      this.livenessConnecting = undefined;
+    });
+    await this.livenessConnecting;
   }
 
   /** Hands the excess over when this replica holds more than its share of a stable cluster. */
@@ -422,6 +488,9 @@ export class PartitionLeases implements WriteFence {
       }
     }
     this.owned.clear();
+    await this.livenessConnecting;
+    await this.liveness?.client.end().catch(() => undefined);
+    this.liveness = undefined;
     await this.pool.end().catch(() => undefined);
     this.stateValue = { kind: "STOPPED" };
   }

@@ -9,7 +9,11 @@ import { randomUUID } from "node:crypto";
 import { after, afterEach, before, beforeEach, describe, it } from "node:test";
 import pg from "pg";
 import { ConfigError, loadSchedulerConfig } from "@nexusflow/common/config";
-import { PartitionCountMismatchError, PartitionLeases } from "../../src/cluster/partition-leases.js";
+import {
+  LIVENESS_LOCK_CLASS,
+  PartitionCountMismatchError,
+  PartitionLeases,
+} from "../../src/cluster/partition-leases.js";
 import {
   PartitionCountError,
   PartitionFencedError,
@@ -302,6 +306,43 @@ describe("partition leases (PostgreSQL)", () => {
     } finally {
       await client.end();
     }
+  });
+
+  it("takes the partitions of a replica whose process is gone at once (its liveness lock is free), not of one only paused", async () => {
+    // A renews only at start (a paused process), with leases that outlive the test.
+    const a = await replica({ leaseMs: 60_000, renewIntervalMs: 1e9 });
+    const b = await replica({ leaseMs: 60_000, renewIntervalMs: 20 });
+    const beats = async (): Promise<number> =>
+      (
+        await db.pool.query<{ at: Date }>("SELECT heartbeat_at AS at FROM replicas WHERE id = $1", [
+          b.replicaId,
+        ])
+      ).rows[0]?.at.getTime() ?? 0;
+    // Paused but alive (its liveness connection open): B takes nothing over many heartbeats.
+    const first = await beats();
+    await waitFor("B's heartbeats for a while", async () => (await beats()) > first + 500);
+    assert.equal(b.held().length, 0);
+    assert.equal(a.held().length, 16);
+    // A's process "dies": PostgreSQL closes its liveness session, as it does for a killed process.
+    const { rows } = await db.pool.query<{ pid: number }>(
+      "SELECT pid FROM pg_stat_activity WHERE application_name = 'nexusflow-liveness'",
+    );
+    assert.equal(rows.length, 2, "one liveness connection per replica");
+    const aPid = (
+      await db.pool.query<{ pid: number }>(
+        `SELECT l.pid FROM pg_locks l WHERE l.locktype = 'advisory' AND l.classid = $1::bigint::oid
+           AND l.objid = (hashtext($2)::bigint & 4294967295)::oid AND l.granted`,
+        [LIVENESS_LOCK_CLASS, a.replicaId],
+      )
+    ).rows[0]?.pid;
+    assert.ok(aPid !== undefined, "A holds its liveness lock");
+    await db.pool.query("SELECT pg_terminate_backend($1)", [aPid]);
+    await waitFor("B to take every partition long before A's leases expire", () => b.held().length === 16);
+    assert.ok(b.held().every((x) => x.epoch === 2));
+    const { rows: after } = await db.pool.query<{ live: boolean }>(
+      "SELECT bool_and(lease_expires_at > now() + interval '30 seconds') AS live FROM partitions",
+    );
+    assert.equal(after[0]?.live, true, "taken at B's heartbeat, A's leases were far from expiry");
   });
 
   it("survives its connection being ended under a heartbeat, and heartbeats again on a new one", async () => {
