@@ -44,6 +44,7 @@ import { addReflection } from "./api/reflection.js";
 import { rateLimitService } from "./api/rate-limit-service.js";
 import { scheduleService } from "./api/schedule-service.js";
 import { workflowService } from "./api/workflow-service.js";
+import { ReplicaRouter } from "./cluster/replica-router.js";
 import { PartitionLeases } from "./cluster/partition-leases.js";
 import { Definitions } from "./engine/definitions.js";
 import { Engine } from "./engine/engine.js";
@@ -208,6 +209,7 @@ export class Scheduler {
   private lock: SchedulerLock | undefined;
   private leases: PartitionLeases | undefined;
   private db: Database | undefined;
+  private router: ReplicaRouter | undefined;
   private engineValue: Engine | undefined;
   private engineStore: PostgresEngineStore | undefined;
   private relay: OutboxRelay | undefined;
@@ -253,6 +255,11 @@ export class Scheduler {
   get partitions(): PartitionLeases {
     if (this.leases === undefined) throw new Error("the scheduler is not started");
     return this.leases;
+  }
+
+  /** The router to other replicas, in cluster mode (for tests, and to cancel runs held elsewhere). */
+  get replicaRouter(): ReplicaRouter | undefined {
+    return this.router;
   }
 
   /** The engine (for tests and metrics). */
@@ -462,7 +469,15 @@ export class Scheduler {
           ...(this.options.auth === undefined ? [] : [authInterceptor(this.options.auth, log)]),
         ],
       });
-      server.addService(serviceDefinition(WorkflowService), workflowService(this.engineValue, runStore));
+      // A replica of a cluster forwards calls for runs another replica holds (cluster/replica-router.ts).
+      if (this.options.cluster === true) {
+        this.router = new ReplicaRouter({ pool: this.db.pool, leases, log });
+        this.router.start();
+      }
+      server.addService(
+        serviceDefinition(WorkflowService),
+        workflowService(this.engineValue, runStore, this.router),
+      );
       server.addService(
         executorServiceDefinition(),
         executorService(this.engineValue, log, { authenticated: this.options.auth !== undefined }),
@@ -575,6 +590,9 @@ export class Scheduler {
   }
 
   private async release(): Promise<void> {
+    // First: calls are no longer forwarded, and watches end (their callers go on elsewhere).
+    this.router?.stop();
+    this.router = undefined;
     // Its batch in progress ends and the offsets of the records it stored are committed.
     await this.eventSourceValue?.stop();
     this.eventSourceValue = undefined;

@@ -166,15 +166,20 @@ export function gateMessage(gate: Gate): PendingGate {
   return create(PendingGateSchema, { gate: init });
 }
 
+/** ExplainPending's checks of its request: INVALID_ARGUMENT naming the field at fault. */
+export function checkExplainPending(req: ExplainPendingRequest): void {
+  checkRunId(req.runId);
+  if (req.stepId === "") throw ApiError.invalid("step_id", "a step id is required");
+  if (req.stepId.length > MAX_STEP_ID) throw ApiError.invalid("step_id", `at most ${MAX_STEP_ID} characters`);
+}
+
 /** The ExplainPending handler's work (see the module comment). */
 export async function explainPending(
   engine: Engine,
   runs: RunStore,
   req: ExplainPendingRequest,
 ): Promise<ExplainPendingResponse> {
-  checkRunId(req.runId);
-  if (req.stepId === "") throw ApiError.invalid("step_id", "a step id is required");
-  if (req.stepId.length > MAX_STEP_ID) throw ApiError.invalid("step_id", `at most ${MAX_STEP_ID} characters`);
+  checkExplainPending(req);
   const kind = req.compensation ? TaskKind.COMPENSATION : TaskKind.STEP;
   // A parked run (engine/parking.ts) is loaded back: its gates are those of a run in memory.
   if (engine.state === "RUNNING") await engine.load(req.runId);

@@ -49,13 +49,11 @@ function refuseNul(value: unknown, field: string): void {
     throw ApiError.invalid(path, "contains a NUL character (U+0000), which cannot be stored");
 }
 
-/** RerunRun (see the rpc's comment in workflow_service.proto). */
-export async function rerunRun(
-  engine: Engine,
-  runs: RunStore,
-  req: RerunRunRequest,
-  pendingReason: PendingReasons,
-): Promise<RerunRunResponse> {
+/**
+ * RerunRun's checks of its request (INVALID_ARGUMENT naming the field at fault); the new input of
+ * the step, if the request sets one.
+ */
+export function checkRerunRequest(req: RerunRunRequest): unknown {
   checkRunId(req.runId);
   if (req.fromStep === "") throw ApiError.invalid("from_step", "a step id is required");
   if (req.fromStep.length > MAX_STEP_ID)
@@ -64,16 +62,25 @@ export async function rerunRun(
   if (req.idempotencyKey.length > 200) throw ApiError.invalid("idempotency_key", "at most 200 characters");
   refuseNul(req.idempotencyKey, "idempotency_key");
   if (RunView[req.view] === undefined) throw ApiError.invalid("view", `unknown run view ${req.view}`);
-  let stepInput: unknown;
-  if (req.stepInput !== undefined) {
-    stepInput = valueToJsonChecked(req.stepInput, "step_input");
-    if (stepInput === null)
-      throw ApiError.invalid(
-        "step_input",
-        "null is no new input: leave it unset to render the step's template",
-      );
-    refuseNul(stepInput, "step_input");
-  }
+  if (req.stepInput === undefined) return undefined;
+  const stepInput = valueToJsonChecked(req.stepInput, "step_input");
+  if (stepInput === null)
+    throw ApiError.invalid(
+      "step_input",
+      "null is no new input: leave it unset to render the step's template",
+    );
+  refuseNul(stepInput, "step_input");
+  return stepInput;
+}
+
+/** RerunRun (see the rpc's comment in workflow_service.proto). */
+export async function rerunRun(
+  engine: Engine,
+  runs: RunStore,
+  req: RerunRunRequest,
+  pendingReason: PendingReasons,
+): Promise<RerunRunResponse> {
+  const stepInput = checkRerunRequest(req);
   const original = await runs.get(req.runId);
   if (!TERMINAL_RUN_STATUSES.has(original.run.status as RunStatusName))
     throw new ApiError(

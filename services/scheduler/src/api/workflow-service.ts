@@ -1,6 +1,6 @@
 /** WorkflowService over gRPC: validates requests, calls the engine and the stores. */
 import { create, toBinary, toJson } from "@bufbuild/protobuf";
-import { type Timestamp, timestampDate, timestampNow } from "@bufbuild/protobuf/wkt";
+import { type Timestamp, timestampDate } from "@bufbuild/protobuf/wkt";
 import type * as grpc from "@grpc/grpc-js";
 import {
   ApiError,
@@ -28,11 +28,12 @@ import {
   StartRunsResponseSchema,
   type StartRunResponse,
   type StartRunsRequest,
-  WatchRunResponseSchema,
   WorkflowSpecSchema,
   type CancelRunRequest,
   type SignalRunRequest,
   SignalRunResponseSchema,
+  type SignalRunResponse,
+  type CancelRunResponse,
   type ExplainPendingRequest,
   type GetRunRequest,
   type GetWorkflowRequest,
@@ -58,8 +59,17 @@ import {
   runStatusName,
   type PendingReasons,
 } from "./convert.js";
-import { explainPending } from "./explain-pending.js";
-import { rerunRun } from "./rerun-run.js";
+import {
+  type IncomingCall,
+  type ReplicaAddress,
+  type ReplicaRouter,
+  forwardedBy,
+  keyPartition,
+  runMoving,
+} from "../cluster/replica-router.js";
+import { checkExplainPending, explainPending } from "./explain-pending.js";
+import { checkRerunRequest, rerunRun } from "./rerun-run.js";
+import { watchRun } from "./watch-run.js";
 
 /**
  * Largest encoded ListRuns page in RUN_VIEW_FULL: under the 4 MiB that grpcurl, grpcio and grpc-js
@@ -146,8 +156,62 @@ function itemError(e: unknown, i: number): unknown {
   );
 }
 
-/** The WorkflowService implementation for grpc-js. */
-export function workflowService(engine: Engine, runs: RunStore): grpc.UntypedServiceImplementation {
+/**
+ * The WorkflowService implementation for grpc-js. With a `router` (a replica of a cluster,
+ * cluster/replica-router.ts), a call for a run whose partition another live replica holds is
+ * forwarded to it, and so is a StartRun this replica cannot take (see {@link startTarget}).
+ */
+export function workflowService(
+  engine: Engine,
+  runs: RunStore,
+  router?: ReplicaRouter,
+): grpc.UntypedServiceImplementation {
+  /**
+   * The replica a call for `runId` is answered by: undefined for this one (it holds the run's
+   * partition; or no live replica does, and it answers as it can), else its live owner. A call
+   * forwarded here already is never forwarded again: UNAVAILABLE "moving" when the run is not here.
+   */
+  const ownerElsewhere = async (runId: string, call: IncomingCall): Promise<ReplicaAddress | undefined> => {
+    if (router === undefined || router.holdsRun(runId)) return undefined;
+    if (forwardedBy(call.metadata) !== undefined) throw runMoving(runId);
+    const owner = await router.ownerOfRun(runId);
+    return owner === undefined || owner.id === router.replicaId ? undefined : owner;
+  };
+  /** A run-scoped call: answered by `local` here, or forwarded as it came to the run's owner. */
+  const routed = async <Res>(
+    method: string,
+    runId: string,
+    req: unknown,
+    call: IncomingCall,
+    local: () => Promise<Res>,
+  ): Promise<Res> => {
+    const owner = await ownerElsewhere(runId, call);
+    if (owner === undefined || router === undefined) return local();
+    return router.forward<Res>(method, owner, req, call, async () => {
+      if (router.holdsRun(runId)) return undefined;
+      return router.ownerOfRun(runId);
+    });
+  };
+  /**
+   * Where a new run (StartRun, RerunRun) is started: undefined here, else a live replica. A keyed
+   * start goes to the owner of its key's partition (keyPartition), so that two calls with one key
+   * at two replicas are answered by one; an unkeyed one stays here unless this replica holds no
+   * partition. Forwarded calls stay here.
+   */
+  const startTarget = async (
+    workflowName: string,
+    key: string,
+    call: IncomingCall,
+  ): Promise<ReplicaAddress | undefined> => {
+    if (router === undefined || forwardedBy(call.metadata) !== undefined) return undefined;
+    if (key !== "") {
+      const partition = keyPartition(workflowName, key, router.partitionCount);
+      const owner = await router.ownerOf(partition);
+      if (owner !== undefined && owner.id !== router.replicaId) return owner;
+      if (owner !== undefined) return undefined;
+    }
+    return router.holdsAny() ? undefined : router.anyOwner();
+  };
   // Why queued tasks wait is the engine's live knowledge of its executor sessions, not stored.
   const pendingReason = (taskRunId: string): string => engine.pendingReason(taskRunId);
   /** Whether the run may be active here: in memory, or parked and loaded back on demand (RUNNING). */
@@ -162,7 +226,8 @@ export function workflowService(engine: Engine, runs: RunStore): grpc.UntypedSer
   };
 
   /** StartRun: `defaultView` answers an unspecified view (FULL alone, BASIC in StartRuns). */
-  async function startRun(req: StartRunRequest, defaultView: RunView): Promise<StartRunResponse> {
+  /** StartRun's checks of its request (before it is started here or forwarded). */
+  function checkStartRun(req: StartRunRequest): void {
     if (req.workflowName === "") throw ApiError.invalid("workflow_name", "a workflow name is required");
     if (req.workflowVersion < 0)
       throw ApiError.invalid("workflow_version", "must be 0 (latest) or a positive version");
@@ -171,10 +236,25 @@ export function workflowService(engine: Engine, runs: RunStore): grpc.UntypedSer
     refuseNul(req.idempotencyKey, "idempotency_key");
     checkLabels(req.labels);
     if (RunView[req.view] === undefined) throw ApiError.invalid("view", `unknown run view ${req.view}`);
-    const view = req.view === RunView.UNSPECIFIED ? defaultView : req.view;
     // INVALID_ARGUMENT naming the field for a Value with no JSON form (NaN, ±Infinity, no kind).
+    refuseNul(valueToJsonChecked(req.input, "input"), "input");
+  }
+
+  /**
+   * StartRun: `defaultView` answers an unspecified view (FULL alone, BASIC in StartRuns). Started
+   * here, or forwarded to the replica {@link startTarget} names (with the view set).
+   */
+  async function startRun(
+    req: StartRunRequest,
+    defaultView: RunView,
+    call: IncomingCall,
+  ): Promise<StartRunResponse> {
+    checkStartRun(req);
+    const view = req.view === RunView.UNSPECIFIED ? defaultView : req.view;
+    const target = await startTarget(req.workflowName, req.idempotencyKey, call);
+    if (target !== undefined && router !== undefined)
+      return router.forward<StartRunResponse>("startRun", target, { ...req, view }, call);
     const input = valueToJsonChecked(req.input, "input");
-    refuseNul(input, "input");
     const { runId, created } = await engine.startRun({
       workflowName: req.workflowName,
       workflowVersion: req.workflowVersion,
@@ -223,18 +303,29 @@ export function workflowService(engine: Engine, runs: RunStore): grpc.UntypedSer
       });
     }),
 
-    startRun: unary((req: StartRunRequest) => startRun(req, RunView.FULL)),
+    startRun: unary((req: StartRunRequest, call) => startRun(req, RunView.FULL, call)),
 
-    startRuns: unary(async (req: StartRunsRequest) => {
+    startRuns: unary(async (req: StartRunsRequest, call) => {
       if (req.runs.length === 0) throw ApiError.invalid("runs", "at least one run is required");
       if (req.runs.length > MAX_START_RUNS)
         throw ApiError.invalid("runs", `at most ${MAX_START_RUNS} runs per call; got ${req.runs.length}`);
-      // Each item as its own StartRun, all at once: they share the engine's next group commit.
+      // A replica holding no partition sends a batch without keys on whole (items keep their index).
+      if (
+        router !== undefined &&
+        forwardedBy(call.metadata) === undefined &&
+        !router.holdsAny() &&
+        req.runs.every((item) => item.idempotencyKey === "")
+      ) {
+        const target = await router.anyOwner();
+        if (target !== undefined) return router.forward("startRuns", target, req, call);
+      }
+      // Each item as its own StartRun, all at once: they share the engine's next group commit (an
+      // item whose key another replica answers for is sent there alone).
       const results = await Promise.all(
         req.runs.map((item, i) => {
           const started =
             item.view === RunView.UNSPECIFIED || item.view === RunView.BASIC
-              ? startRun(item, RunView.BASIC)
+              ? startRun(item, RunView.BASIC, call)
               : Promise.reject(
                   ApiError.invalid("view", "StartRuns answers RUN_VIEW_BASIC; leave view unset or BASIC"),
                 );
@@ -255,7 +346,10 @@ export function workflowService(engine: Engine, runs: RunStore): grpc.UntypedSer
       return create(GetRunResponseSchema, { run: runDetail(detail, await reasonsOf(detail)) });
     }),
 
-    explainPending: unary((req: ExplainPendingRequest) => explainPending(engine, runs, req)),
+    explainPending: unary(async (req: ExplainPendingRequest, call) => {
+      checkExplainPending(req);
+      return routed("explainPending", req.runId, req, call, () => explainPending(engine, runs, req));
+    }),
 
     listRuns: unary(async (req: ListRunsRequest) => {
       for (const [i, s] of req.statuses.entries()) {
@@ -298,122 +392,96 @@ export function workflowService(engine: Engine, runs: RunStore): grpc.UntypedSer
       return create(ListRunsResponseSchema, { runs: full, nextPageToken: page.nextPageToken });
     }),
 
-    cancelRun: unary(async (req: CancelRunRequest) => {
+    cancelRun: unary(async (req: CancelRunRequest, call) => {
       checkRunId(req.runId);
       refuseNul(req.reason, "reason");
-      // Only active runs can change (a parked one is loaded back); any other run is finished (or
-      // missing: NOT_FOUND from the read).
-      if (mayBeActiveHere(req.runId)) {
-        await engine.cancelRun(
-          req.runId,
-          req.reason === "" ? "cancelled by request" : req.reason,
-          req.compensate,
-        );
-      }
-      const detail = await runs.get(req.runId);
-      return create(CancelRunResponseSchema, { run: runDetail(detail, await reasonsOf(detail)) });
+      return routed("cancelRun", req.runId, req, call, () => cancelHere(req));
     }),
 
-    rerunRun: unary((req: RerunRunRequest) => rerunRun(engine, runs, req, pendingReason)),
+    rerunRun: unary(async (req: RerunRunRequest, call) => {
+      checkRerunRequest(req);
+      if (router !== undefined && forwardedBy(call.metadata) === undefined) {
+        // The key's partition names the replica that answers for the key (as StartRun's).
+        const workflowName = req.idempotencyKey === "" ? "" : (await runs.getRun(req.runId)).workflowName;
+        const target = await startTarget(workflowName, req.idempotencyKey, call);
+        if (target !== undefined) return router.forward("rerunRun", target, req, call);
+      }
+      return rerunRun(engine, runs, req, pendingReason);
+    }),
 
-    signalRun: unary(async (req: SignalRunRequest) => {
-      checkRunId(req.runId);
-      if (req.name === "") throw ApiError.invalid("name", "a signal name is required");
-      if (!SIGNAL_NAME_PATTERN.test(req.name))
-        throw ApiError.invalid(
-          "name",
-          `${JSON.stringify(req.name.slice(0, 100))} is invalid: ${SIGNAL_NAME_RULE}`,
-        );
-      if (req.idempotencyKey.length > 200)
-        throw ApiError.invalid("idempotency_key", "at most 200 characters");
-      refuseNul(req.idempotencyKey, "idempotency_key");
-      const payload = valueToJsonChecked(req.payload, "payload");
-      refuseNul(payload, "payload");
-      const bytes = Buffer.byteLength(JSON.stringify(payload));
-      if (bytes > MAX_SIGNAL_PAYLOAD_BYTES)
-        throw ApiError.invalid(
-          "payload",
-          `is ${bytes} bytes as JSON; a signal's payload is at most ${MAX_SIGNAL_PAYLOAD_BYTES}`,
-        );
-      const key = req.idempotencyKey === "" ? null : req.idempotencyKey;
-      const outcome = mayBeActiveHere(req.runId)
-        ? await engine.waits.signal(req.runId, { name: req.name, key, payload })
-        : undefined;
-      if (outcome !== undefined)
-        return create(SignalRunResponseSchema, {
-          stepId: outcome.stepId ?? "",
-          duplicate: outcome.duplicate,
-        });
-      // Not active here: unknown (NOT_FOUND from the read) or ended; a repeat of a signal it took is
-      // still answered as one.
-      const row = await runs.getRun(req.runId);
-      const stored = key === null ? undefined : storedSignals(row.signals).find((x) => x.key === key);
-      if (stored !== undefined)
-        return create(SignalRunResponseSchema, { stepId: stored.stepId ?? "", duplicate: true });
-      if (!TERMINAL_RUN_STATUSES.has(row.status as RunStatusName))
-        throw new ApiError(
-          Code.UNAVAILABLE,
-          `run ${req.runId} is active but not on this scheduler (recovering, or another replica holds it); retry`,
-        );
-      throw new ApiError(
-        Code.FAILED_PRECONDITION,
-        `run ${req.runId} has ended (${row.status}): it takes no more signals`,
-      );
+    signalRun: unary(async (req: SignalRunRequest, call) => {
+      checkSignalRun(req);
+      return routed("signalRun", req.runId, req, call, () => signalHere(req));
     }),
 
     watchRun: serverStream(
-      async (req: WatchRunRequest, send: (m: WatchRunResponse) => Promise<void>, signal: AbortSignal) => {
-        checkRunId(req.runId);
-        let wake: (() => void) | undefined;
-        let dirty = true;
-        // Subscribe before the first read so no commit falls between them.
-        const unsubscribe = engine.watch(req.runId, () => {
-          dirty = true;
-          wake?.();
-        });
-        const onAbort = (): void => wake?.();
-        signal.addEventListener("abort", onAbort);
-        try {
-          let previous = new Map<string, string>();
-          let first = true;
-          while (!signal.aborted) {
-            if (!dirty) {
-              await new Promise<void>((resolve) => (wake = resolve));
-              wake = undefined;
-              continue;
-            }
-            dirty = false;
-            const detail = await runs.get(req.runId);
-            const run = runDetail(detail, await reasonsOf(detail));
-            // A queued task whose reason to wait changed counts as changed (the engine wakes the
-            // stream for that without a commit).
-            const current = new Map(
-              detail.tasks.map((t, i) => [
-                t.id,
-                `${t.status}:${t.attempt}:${run.tasks[i]?.pendingReason ?? ""}`,
-              ]),
-            );
-            const changed = first
-              ? []
-              : [...current].filter(([id, s]) => previous.get(id) !== s).map(([id]) => id);
-            if (
-              first ||
-              changed.length > 0 ||
-              TERMINAL_RUN_STATUSES.has(detail.run.status as RunStatusName)
-            ) {
-              await send(
-                create(WatchRunResponseSchema, { run, changedTaskIds: changed, time: timestampNow() }),
-              );
-            }
-            first = false;
-            previous = current;
-            if (TERMINAL_RUN_STATUSES.has(detail.run.status as RunStatusName)) return;
-          }
-        } finally {
-          unsubscribe();
-          signal.removeEventListener("abort", onAbort);
-        }
-      },
+      (req: WatchRunRequest, send: (m: WatchRunResponse) => Promise<void>, signal: AbortSignal, call) =>
+        watchRun({ engine, runs, router, reasonsOf }, req, send, signal, call),
     ),
   };
+
+  /** CancelRun of a run this replica answers for. */
+  async function cancelHere(req: CancelRunRequest): Promise<CancelRunResponse> {
+    // Only active runs can change (a parked one is loaded back); any other run is finished (or
+    // missing: NOT_FOUND from the read).
+    if (mayBeActiveHere(req.runId)) {
+      await engine.cancelRun(
+        req.runId,
+        req.reason === "" ? "cancelled by request" : req.reason,
+        req.compensate,
+      );
+    }
+    const detail = await runs.get(req.runId);
+    return create(CancelRunResponseSchema, { run: runDetail(detail, await reasonsOf(detail)) });
+  }
+
+  /** SignalRun's checks of its request (before it is answered here or forwarded). */
+  function checkSignalRun(req: SignalRunRequest): void {
+    checkRunId(req.runId);
+    if (req.name === "") throw ApiError.invalid("name", "a signal name is required");
+    if (!SIGNAL_NAME_PATTERN.test(req.name))
+      throw ApiError.invalid(
+        "name",
+        `${JSON.stringify(req.name.slice(0, 100))} is invalid: ${SIGNAL_NAME_RULE}`,
+      );
+    if (req.idempotencyKey.length > 200) throw ApiError.invalid("idempotency_key", "at most 200 characters");
+    refuseNul(req.idempotencyKey, "idempotency_key");
+    const payload = valueToJsonChecked(req.payload, "payload");
+    refuseNul(payload, "payload");
+    const bytes = Buffer.byteLength(JSON.stringify(payload));
+    if (bytes > MAX_SIGNAL_PAYLOAD_BYTES)
+      throw ApiError.invalid(
+        "payload",
+        `is ${bytes} bytes as JSON; a signal's payload is at most ${MAX_SIGNAL_PAYLOAD_BYTES}`,
+      );
+  }
+
+  /** SignalRun of a run this replica answers for. */
+  async function signalHere(req: SignalRunRequest): Promise<SignalRunResponse> {
+    const payload = valueToJsonChecked(req.payload, "payload");
+    const key = req.idempotencyKey === "" ? null : req.idempotencyKey;
+    const outcome = mayBeActiveHere(req.runId)
+      ? await engine.waits.signal(req.runId, { name: req.name, key, payload })
+      : undefined;
+    if (outcome !== undefined)
+      return create(SignalRunResponseSchema, {
+        stepId: outcome.stepId ?? "",
+        duplicate: outcome.duplicate,
+      });
+    // Not active here: unknown (NOT_FOUND from the read) or ended; a repeat of a signal it took is
+    // still answered as one.
+    const row = await runs.getRun(req.runId);
+    const stored = key === null ? undefined : storedSignals(row.signals).find((x) => x.key === key);
+    if (stored !== undefined)
+      return create(SignalRunResponseSchema, { stepId: stored.stepId ?? "", duplicate: true });
+    if (!TERMINAL_RUN_STATUSES.has(row.status as RunStatusName))
+      throw new ApiError(
+        Code.UNAVAILABLE,
+        `run ${req.runId} is active but not on this scheduler (recovering, or another replica holds it); retry`,
+      );
+    throw new ApiError(
+      Code.FAILED_PRECONDITION,
+      `run ${req.runId} has ended (${row.status}): it takes no more signals`,
+    );
+  }
 }
