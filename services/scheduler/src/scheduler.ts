@@ -61,6 +61,10 @@ import { PostgresDefinitionStore } from "./persistence/postgres-definition-store
 import { PostgresEngineStore } from "./persistence/postgres-engine-store.js";
 import { RunStore } from "./persistence/run-store.js";
 import { FireLoop } from "./schedules/fire-loop.js";
+import { FireStarter } from "./schedules/fires.js";
+import { Coordinator, type CoordinatorRole } from "./cluster/coordinator.js";
+import { ClusterNotifications, SCHEDULES_CHANNEL } from "./cluster/notifications.js";
+import type pg from "pg";
 import { FireStore } from "./schedules/fire-store.js";
 import { ScheduleStore } from "./schedules/store.js";
 import { declaredScheduleHooks } from "./schedules/declared.js";
@@ -194,6 +198,12 @@ export interface SchedulerOptions {
   log: Logger;
 }
 
+/**
+ * In a cluster, how old a STARTING fire or event match must be before the coordinator drives it
+ * as a leftover: the replica that wrote it drives it (its keyed start is in its memory only).
+ */
+const LEFTOVER_GRACE_MS = 30_000;
+
 /** Scheduler lifecycle. */
 export type SchedulerState = "IDLE" | "STARTING" | "RUNNING" | "STOPPING" | "STOPPED";
 
@@ -216,6 +226,8 @@ export class Scheduler {
   private eventSourceValue: KafkaEventSource | undefined;
   private retentionValue: RunRetention | undefined;
   private eventRetentionValue: EventRetention | undefined;
+  private coordinator: Coordinator | undefined;
+  private notifications: ClusterNotifications | undefined;
   private fireLoop: FireLoop | undefined;
   private matchLoop: MatchLoop | undefined;
   private waitLoop: WaitMatchLoop | undefined;
@@ -362,7 +374,7 @@ export class Scheduler {
         definitions: new Definitions(
           new PostgresDefinitionStore(
             this.db,
-            declaredScheduleHooks({ log, wake: () => this.fireLoop?.wake() }),
+            declaredScheduleHooks({ log, wake: () => this.wakeSchedules() }),
           ),
           log,
         ),
@@ -388,51 +400,57 @@ export class Scheduler {
       await this.engineValue.start();
       const engine = this.engineValue;
       const runStore = new RunStore(this.db);
-      this.retentionValue = new RunRetention({
-        pool: this.db.pool,
-        store,
-        log,
-        isActive: (runId) => engine.isActive(runId),
-        exportRun:
-          this.options.exportRunsBeforeDelete === true
-            ? async (runId) => JSON.stringify(toJson(RunSchema, runDetail(await runStore.get(runId))))
-            : undefined,
-        ...(this.options.runRetentionMs === undefined ? {} : { retentionMs: this.options.runRetentionMs }),
-        ...(this.options.runRetentionIntervalMs === undefined
-          ? {}
-          : { intervalMs: this.options.runRetentionIntervalMs }),
-      });
-      this.retentionValue.start();
-      const schedules = new ScheduleStore(this.db.pool);
-      const fireStore = new FireStore(this.db.pool);
-      this.fireLoop = new FireLoop({ store: schedules, fireStore, engine, log });
-      this.fireLoop.start();
-      const fireLoop = this.fireLoop;
-      // Events: matches a crash left STARTING are started by the loop's first pass.
-      const events = new EventStore(this.db.pool);
+      const pool = this.db.pool;
+      const cluster = this.options.cluster === true;
+      const schedules = new ScheduleStore(pool);
+      const fireStore = new FireStore(pool);
+      const fires = new FireStarter(fireStore, engine, log);
+      const events = new EventStore(pool);
       const matchStarter = new MatchStarter(events, engine, log);
-      const matchLoop = new MatchLoop({ store: events, starter: matchStarter, log });
-      this.matchLoop = matchLoop;
-      matchLoop.start();
       // Waits for an event: wait matches a crash left PENDING are applied by the loop's first pass.
-      const waitMatches = new WaitMatchStore(this.db.pool);
+      const waitMatches = new WaitMatchStore(pool);
       const waitLoop = new WaitMatchLoop({ store: waitMatches, engine: engine.waits, log });
       this.waitLoop = waitLoop;
       waitLoop.start();
       const waits = { engine: engine.waits, store: waitMatches, log, wake: () => waitLoop.wake() };
-      this.eventRetentionValue = new EventRetention({
-        pool: this.db.pool,
-        log,
-        retentionMs: this.options.eventRetentionMs,
-        intervalMs: this.options.runRetentionIntervalMs,
-      });
-      this.eventRetentionValue.start();
       if (this.options.events !== undefined) {
-        this.relay = createOutboxRelay(this.db.pool, log, this.options.events);
+        // In a cluster the coordinator's relay publishes, marks fenced (events/relay.ts `coordinated`).
+        this.relay = createOutboxRelay(
+          pool,
+          log,
+          this.options.events,
+          cluster ? { coordinated: true, refused: (e) => this.coordinator?.refused(e) } : {},
+        );
         this.relay.start();
         const relay = this.relay;
         this.engineValue.onEventsCommitted(() => relay.wake());
       }
+      // The jobs that work on the whole database run on one replica: the one holding partition 0
+      // (cluster/coordinator.ts); a sole replica always. Each term starts new instances.
+      this.coordinator = new Coordinator({
+        leases,
+        log,
+        sole: !cluster,
+        roles: this.coordinatorRoles({
+          pool,
+          store,
+          runStore,
+          schedules,
+          fireStore,
+          fires,
+          events,
+          matchStarter,
+        }),
+      });
+      if (cluster) {
+        this.notifications = new ClusterNotifications({
+          url,
+          log,
+          handlers: { [SCHEDULES_CHANNEL]: () => this.fireLoop?.wake() },
+        });
+        await this.notifications.start();
+      }
+      this.coordinator.start();
       const registry = this.options.metrics;
       if (registry !== undefined)
         registerSchedulerMetrics(registry, engine, this.engineStore.writer, {
@@ -444,7 +462,8 @@ export class Scheduler {
         store: events,
         triggers: new TriggerIndex(this.db.pool, log),
         starter: matchStarter,
-        wake: () => matchLoop.wake(),
+        // The coordinator's loop (on another replica in a cluster: its next pass).
+        wake: () => this.matchLoop?.wake(),
         waits,
       };
       if (this.options.eventSource !== undefined) {
@@ -488,8 +507,8 @@ export class Scheduler {
           store: schedules,
           fireStore,
           definitions: engine.definitions,
-          fires: fireLoop.fires,
-          wake: () => fireLoop.wake(),
+          fires,
+          wake: () => this.wakeSchedules(),
         }),
       );
       server.addService(serviceDefinition(EventService), eventService(publishing));
@@ -499,7 +518,6 @@ export class Scheduler {
       );
       server.addService(serviceDefinition(ClusterService), clusterService(engine));
       server.addService(serviceDefinition(RateLimitService), rateLimitService(engine));
-      const pool = this.db.pool;
       server.addService(
         serviceDefinition(ReplicaService),
         replicaService({ replicaId: leases.replicaId, view: () => readClusterView(pool, leases.leaseMs) }),
@@ -572,6 +590,129 @@ export class Scheduler {
   }
 
   /**
+   * The singletons the coordinator starts for each of its terms (cluster/coordinator.ts), in
+   * start order: run retention, the schedules' fire loop, the event match loop, event retention,
+   * and in a cluster the outbox relay's turn (it stands by while this replica is not the
+   * coordinator; its stop awaits the batch in progress).
+   */
+  private coordinatorRoles(deps: {
+    pool: pg.Pool;
+    store: ArtifactStore;
+    runStore: RunStore;
+    schedules: ScheduleStore;
+    fireStore: FireStore;
+    fires: FireStarter;
+    events: EventStore;
+    matchStarter: MatchStarter;
+  }): CoordinatorRole[] {
+    const { log } = this.options;
+    const engine = this.engine;
+    const roles: CoordinatorRole[] = [
+      {
+        name: "run retention",
+        start: () => {
+          const retention = new RunRetention({
+            pool: deps.pool,
+            store: deps.store,
+            log,
+            isActive: (runId) => engine.isActive(runId),
+            exportRun:
+              this.options.exportRunsBeforeDelete === true
+                ? async (runId) =>
+                    JSON.stringify(toJson(RunSchema, runDetail(await deps.runStore.get(runId))))
+                : undefined,
+            ...(this.options.runRetentionMs === undefined
+              ? {}
+              : { retentionMs: this.options.runRetentionMs }),
+            ...(this.options.runRetentionIntervalMs === undefined
+              ? {}
+              : { intervalMs: this.options.runRetentionIntervalMs }),
+          });
+          this.retentionValue = retention;
+          retention.start();
+          return retention;
+        },
+      },
+      {
+        name: "schedule fire loop",
+        start: (fence) => {
+          const loop = new FireLoop({
+            store: deps.schedules,
+            fireStore: deps.fireStore,
+            engine,
+            log,
+            starter: deps.fires,
+            ...(fence === undefined
+              ? {}
+              : {
+                  fence,
+                  refused: (e: unknown) => this.coordinator?.refused(e),
+                  ownsRun: (runId: string) => engine.partitions.owns(runId),
+                  leftoverGraceMs: LEFTOVER_GRACE_MS,
+                }),
+          });
+          this.fireLoop = loop;
+          loop.start();
+          return loop;
+        },
+      },
+      {
+        // Events: matches a crash left STARTING are started by the loop's first pass.
+        name: "event match loop",
+        start: (fence) => {
+          const loop = new MatchLoop({
+            store: deps.events,
+            starter: deps.matchStarter,
+            log,
+            ...(fence === undefined ? {} : { leftoverGraceMs: LEFTOVER_GRACE_MS }),
+          });
+          this.matchLoop = loop;
+          loop.start();
+          return loop;
+        },
+      },
+      {
+        name: "event retention",
+        start: () => {
+          const retention = new EventRetention({
+            pool: deps.pool,
+            log,
+            retentionMs: this.options.eventRetentionMs,
+            intervalMs: this.options.runRetentionIntervalMs,
+          });
+          this.eventRetentionValue = retention;
+          retention.start();
+          return retention;
+        },
+      },
+    ];
+    const relay = this.relay;
+    if (this.options.cluster === true && relay !== undefined)
+      roles.push({
+        name: "outbox relay",
+        start: (fence) => {
+          if (fence !== undefined) relay.lead(fence);
+          return { stop: () => relay.resign() };
+        },
+      });
+    return roles;
+  }
+
+  /**
+   * A schedule changed (created, updated, resumed, triggered, declared): the fire loop looks again
+   * now. In a cluster the coordinator may be another replica: it is told through NOTIFY.
+   */
+  private wakeSchedules(): void {
+    this.fireLoop?.wake();
+    const pool = this.db?.pool;
+    if (this.options.cluster !== true || this.coordinator?.leading === true || pool === undefined) return;
+    ClusterNotifications.notify(pool, SCHEDULES_CHANNEL).catch((e: unknown) => {
+      // The coordinator's fire loop still wakes at its next fire time (at most a minute).
+      this.options.log.warn({ err: e }, "could not tell the coordinator that a schedule changed");
+    });
+  }
+
+  /**
    * Partitions this replica held went to another replica (its renewals stopped long enough, or a
    * commit was refused by the fence): their runs leave memory and their executors are told to
    * stop their leases; the other partitions' runs go on (engine/partition-load.ts).
@@ -596,11 +737,14 @@ export class Scheduler {
     // Its batch in progress ends and the offsets of the records it stored are committed.
     await this.eventSourceValue?.stop();
     this.eventSourceValue = undefined;
-    // First: no fire starts a run while the engine stops (a fire in progress finishes).
-    await this.fireLoop?.stop();
+    // First: no fire starts a run while the engine stops (a fire in progress finishes); the other
+    // singletons (match loop, retention) stop with it.
+    await this.coordinator?.stop();
+    this.coordinator = undefined;
     this.fireLoop = undefined;
-    await this.matchLoop?.stop();
     this.matchLoop = undefined;
+    await this.notifications?.stop();
+    this.notifications = undefined;
     await this.waitLoop?.stop();
     this.waitLoop = undefined;
     await this.ops?.close();
@@ -621,8 +765,6 @@ export class Scheduler {
         void this.engineValue?.stop();
       });
     }
-    await this.retentionValue?.stop();
-    await this.eventRetentionValue?.stop();
     await this.engineValue?.stop();
     await this.relay?.stop();
     this.relay = undefined;

@@ -1,7 +1,10 @@
 /**
  * The relay's side of the `outbox_events` table. Everything runs on one dedicated connection that
  * holds a session-level advisory lock: only the holder reads, marks and prunes, so two schedulers
- * never publish concurrently, and a crashed holder's lock vanishes with its connection.
+ * never publish concurrently, and a crashed holder's lock vanishes with its connection. With a
+ * `coordinated` (cluster mode, relay.ts) the connection takes no lock (the relay publishes only
+ * while its replica is the coordinator), and each mark carries the coordinator's fence in its
+ * statement.
  */
 import type pg from "pg";
 import { lifecycleEventId, withEventId } from "@nexusflow/common";
@@ -9,6 +12,7 @@ import { LifecycleEventSchema } from "@nexusflow/gen";
 import { BinaryReader, WireType } from "@bufbuild/protobuf/wire";
 import { eventTraceContexts, splitEventBatch } from "../persistence/outbox.js";
 import type { OutboxRecord } from "./publisher.js";
+import { coordinatorFenceSql, type CoordinatorFence } from "../cluster/coordinator.js";
 
 /** Raised when the database side of the relay fails; `cause` is the pg error. */
 export class OutboxStoreError extends Error {
@@ -33,6 +37,11 @@ interface OutboxRow {
 const FETCH_SQL = `SELECT id, run_id, first_sequence, event_count, payload, trace_context, created_at
   FROM outbox_events WHERE published_at IS NULL ORDER BY id LIMIT $1`;
 const MARK_SQL = `UPDATE outbox_events SET published_at = now() WHERE id = ANY($1::bigint[])`;
+// The same under the coordinator's fence: NF001 (nothing marked) once another replica took over.
+const fencedMarkSql = (fence: CoordinatorFence): { sql: string; params: [string, number] } => {
+  const check = coordinatorFenceSql(fence, 2);
+  return { sql: `WITH marked AS (${MARK_SQL}) ${check.sql}`, params: check.params };
+};
 // Oldest first along the primary key: published rows precede unpublished ones, so the scan stops
 // early; the LIMIT keeps each delete (and its locks and WAL) small.
 // (Recovery numbers a run's next event from its run and task rows, never from the outbox.)
@@ -111,6 +120,7 @@ export class OutboxStore {
   constructor(
     private readonly pool: pg.Pool,
     private readonly lockKey: bigint,
+    private readonly coordinated = false,
   ) {}
 
   /** Whether this store holds the relay lock (as far as it knows). */
@@ -128,6 +138,10 @@ export class OutboxStore {
       // Closed while waiting for a connection: it must not keep one.
       this.releaseClient(client, false);
       return false;
+    }
+    if (this.coordinated) {
+      this.client = client;
+      return true;
     }
     try {
       const { rows } = await client.query<{ locked: boolean }>(
@@ -180,9 +194,20 @@ export class OutboxStore {
     return records;
   }
 
-  /** Marks rows as published (ids may repeat: one per event). */
-  async markPublished(ids: readonly number[]): Promise<void> {
-    if (ids.length > 0) await this.query(MARK_SQL, [[...new Set(ids)]]);
+  /**
+   * Marks rows as published (ids may repeat: one per event); coordinated, under the coordinator's
+   * `fence` (NF001 once another replica took partition 0).
+   */
+  async markPublished(ids: readonly number[], fence?: CoordinatorFence): Promise<void> {
+    if (ids.length === 0) return;
+    const unique = [...new Set(ids)];
+    if (!this.coordinated) {
+      await this.query(MARK_SQL, [unique]);
+      return;
+    }
+    if (fence === undefined) throw new OutboxStoreError("this replica is no longer the coordinator");
+    const fenced = fencedMarkSql(fence);
+    await this.query(fenced.sql, [unique, ...fenced.params]);
   }
 
   /** Deletes at most `limit` rows published more than `retentionMs` ago; returns how many. */
@@ -207,6 +232,10 @@ export class OutboxStore {
     if (client === undefined) return;
     if (broken) {
       this.releaseClient(client, true);
+      return;
+    }
+    if (this.coordinated) {
+      this.releaseClient(client, false);
       return;
     }
     try {

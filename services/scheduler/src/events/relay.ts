@@ -3,11 +3,20 @@
  * commit order, and marks them published only once the broker acknowledged them. A broker outage
  * delays events (the same batch is retried with capped backoff, never skipped); a crash between
  * publish and mark republishes rows with their original event ids. One relay publishes at a time,
- * across schedulers, by a PostgreSQL advisory lock. Published rows are pruned after a retention.
+ * across schedulers, by a PostgreSQL advisory lock; or, `coordinated` (a cluster of replicas,
+ * docs/replicas.md), between {@link OutboxRelay.lead} and {@link OutboxRelay.resign}, called as
+ * its replica becomes and stops being the coordinator (cluster/coordinator.ts), each mark fenced
+ * by the coordinator's epoch. A session-level lock would stay with a paused (SIGSTOPped)
+ * holder whose connection stays open, and stall every event; a lease expires. Delivery stays
+ * at-least-once: a coordinator paused between publishing and marking publishes its batch when it
+ * wakes (its mark is refused), after its successor may have published the same rows and later
+ * ones; consumers keep a run's highest sequence (events carry their run and sequence). Published
+ * rows are pruned after a retention.
  */
 import type pg from "pg";
 import type { Logger } from "@nexusflow/common";
 import { OutboxStore, OutboxStoreError } from "./outbox-store.js";
+import type { CoordinatorFence } from "../cluster/coordinator.js";
 import type { EventPublisher, OutboxRecord } from "./publisher.js";
 
 /** Options of {@link OutboxRelay}. */
@@ -40,6 +49,14 @@ export interface OutboxRelayOptions {
   lockKey?: bigint;
   /** Longest wait in stop() for an in-flight database call before its connection is closed. @default 5000 */
   stopTimeoutMs?: number;
+  /**
+   * Publish only between lead() and resign() (the coordinator's turns: cluster/coordinator.ts),
+   * marking rows published under the coordinator's fence, instead of holding the advisory lock.
+   * @default false (the lock)
+   */
+  coordinated?: boolean | undefined;
+  /** Told of a database failure of the relay (e.g. to recognise the fence's refusal, NF001). @default none */
+  refused?: ((e: unknown) => void) | undefined;
 }
 
 /** {@link OutboxRelayOptions} with every default applied. */
@@ -62,6 +79,8 @@ export function relayOptionsWithDefaults(o: OutboxRelayOptions): ResolvedRelayOp
     lockRetryMs: o.lockRetryMs ?? 2000,
     lockKey: o.lockKey ?? 0x4e464f5554424f58n,
     stopTimeoutMs: o.stopTimeoutMs ?? 5000,
+    coordinated: o.coordinated ?? false,
+    refused: o.refused,
   };
 }
 
@@ -103,6 +122,12 @@ export class OutboxRelay {
   private woken = false;
   private sleeper: (() => void) | undefined;
   private pruneDueAt = 0;
+  /** Coordinated: the fence of the coordinator's current turn (marks carry it). */
+  private term: CoordinatorFence | undefined;
+  /** Coordinated: a new batch may start (between lead() and resign()). */
+  private leading = false;
+  /** The batch in progress (fetch, publish, mark), settled. */
+  private busy: Promise<void> = Promise.resolve();
   /** Counters since start. */
   readonly stats: RelayStats = {
     published: 0,
@@ -117,7 +142,7 @@ export class OutboxRelay {
   constructor(options: OutboxRelayOptions) {
     this.options = relayOptionsWithDefaults(options);
     this.log = this.options.log.child({ component: "outbox-relay" });
-    this.store = new OutboxStore(this.options.pool, this.options.lockKey);
+    this.store = new OutboxStore(this.options.pool, this.options.lockKey, this.options.coordinated === true);
   }
 
   /** Current state. */
@@ -146,6 +171,28 @@ export class OutboxRelay {
     const sleeper = this.sleeper;
     if (sleeper !== undefined) sleeper();
     else this.woken = true;
+  }
+
+  /**
+   * Coordinated: this replica is the coordinator with `fence` (cluster/coordinator.ts): publish
+   * from now on, marking under that fence.
+   */
+  lead(fence: CoordinatorFence): void {
+    this.term = fence;
+    this.leading = true;
+    this.wake();
+  }
+
+  /**
+   * Coordinated: this replica stops being the coordinator: no new batch starts, and this resolves
+   * once the batch in progress is published and marked (or failed), so that the next coordinator
+   * does not publish it again after a clean hand-over.
+   */
+  async resign(): Promise<void> {
+    this.leading = false;
+    this.wake();
+    await this.busy;
+    if (!this.leading) this.term = undefined;
   }
 
   /**
@@ -208,11 +255,19 @@ export class OutboxRelay {
     try {
       while (!this.signal.aborted) {
         try {
+          // No longer the coordinator: another replica's relay publishes.
+          if (this.store.locked && o.coordinated === true && !this.leading) await this.store.unlock();
           if (!this.store.locked) {
-            if (!(await this.store.tryLock())) {
-              if (!standby) this.log.info("another relay holds the outbox lock; standing by");
+            if ((o.coordinated === true && !this.leading) || !(await this.store.tryLock())) {
+              if (!standby)
+                this.log.info(
+                  o.coordinated
+                    ? "this replica is not the coordinator: its outbox relay stands by"
+                    : "another relay holds the outbox lock; standing by",
+                );
               standby = true;
-              await this.sleep(o.lockRetryMs, false);
+              // lead() wakes a coordinated relay when its replica becomes the coordinator.
+              await this.sleep(o.lockRetryMs, o.coordinated === true);
               continue;
             }
             if (this.signal.aborted) break;
@@ -222,19 +277,23 @@ export class OutboxRelay {
           }
           if (Date.now() >= this.pruneDueAt) await this.prune();
           await o.publisher.connect(this.signal);
-          const batch = await this.store.fetch(o.batchSize);
-          if (batch.length === 0) {
+          const step = this.step();
+          this.busy = step.then(
+            () => undefined,
+            () => undefined,
+          );
+          if (!(await step)) {
             succeeded();
             this.stats.emptyPolls++;
             await this.sleep(o.pollIntervalMs, true);
             continue;
           }
-          await this.publish(batch);
           succeeded();
         } catch (e) {
           if (this.signal.aborted) break;
           this.stats.failures++;
           if (!(e instanceof OutboxStoreError)) this.stats.publishFailures++;
+          else o.refused?.(e.cause);
           const now = Date.now();
           if (failures === 0) failingSince = now;
           failures++;
@@ -258,10 +317,21 @@ export class OutboxRelay {
     }
   }
 
+  /** Fetches and publishes one batch; false when the outbox had nothing to publish. */
+  private async step(): Promise<boolean> {
+    const batch = await this.store.fetch(this.options.batchSize);
+    if (batch.length === 0) return false;
+    await this.publish(batch);
+    return true;
+  }
+
   /** Publishes one batch, then marks it; a failure leaves it unmarked for the retry. */
   private async publish(batch: readonly OutboxRecord[]): Promise<void> {
     await this.options.publisher.publish(batch, this.signal);
-    await this.store.markPublished(batch.map((r) => r.id));
+    await this.store.markPublished(
+      batch.map((r) => r.id),
+      this.term,
+    );
     this.stats.batches++;
     this.stats.published += batch.length;
   }

@@ -27,8 +27,16 @@ export interface EventsOptions extends Partial<
   clientId?: string;
 }
 
-/** Creates (does not start) the relay for `options`, using a connection of `pool`. */
-export function createOutboxRelay(pool: pg.Pool, log: Logger, options: EventsOptions): OutboxRelay {
+/**
+ * Creates (does not start) the relay for `options`, using a connection of `pool`; `cluster` makes it
+ * the coordinator's (relay.ts `coordinated`).
+ */
+export function createOutboxRelay(
+  pool: pg.Pool,
+  log: Logger,
+  options: EventsOptions,
+  cluster: Pick<OutboxRelayOptions, "coordinated" | "refused"> = {},
+): OutboxRelay {
   const { brokers, topic, partitions, replicationFactor, clientId, ...relay } = options;
   const publisher =
     brokers === undefined || brokers.length === 0
@@ -43,5 +51,5 @@ export function createOutboxRelay(pool: pg.Pool, log: Logger, options: EventsOpt
         });
   if (publisher instanceof DiscardPublisher)
     log.info("KAFKA_BROKERS is not set: lifecycle events are not published (the outbox is only pruned)");
-  return new OutboxRelay({ ...relay, pool, log, publisher });
+  return new OutboxRelay({ ...relay, ...cluster, pool, log, publisher });
 }

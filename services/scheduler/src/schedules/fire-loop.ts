@@ -15,6 +15,7 @@ import { FireStarter, type RunStarter } from "./fires.js";
 import { planFires } from "./plan.js";
 import { type FireStore, type PendingFire, timeFireKey } from "./fire-store.js";
 import type { PassUpdate, ScheduleRow, ScheduleStore } from "./store.js";
+import type { CoordinatorFence } from "../cluster/coordinator.js";
 
 /** Options of {@link FireLoop}. */
 export interface FireLoopOptions {
@@ -32,6 +33,33 @@ export interface FireLoopOptions {
   batchSize?: number | undefined;
   /** Most fire times of one schedule one pass walks through (a long downtime takes several). @default 10000 */
   maxFiresPerPass?: number | undefined;
+  /** The fires' run starter (shared with the API's triggers). @default one of its own */
+  starter?: FireStarter | undefined;
+  /**
+   * The coordinator's fencing token of this term (cluster/coordinator.ts): each pass's plan commits
+   * only while this replica holds partition 0 at that epoch. @default undefined (a sole replica)
+   */
+  fence?: CoordinatorFence | undefined;
+  /** Told of every failed plan commit (e.g. to recognise the fence's refusal, NF001). @default none */
+  refused?: ((e: unknown) => void) | undefined;
+  /**
+   * Whether a run is held by this replica (its partition): the state of one held elsewhere is read
+   * from its committed row. @default every run is held here
+   */
+  ownsRun?: ((runId: string) => boolean) | undefined;
+  /**
+   * Ends a run held by another replica, as an overlap policy asks (CANCEL_OTHER compensates).
+   * Absent, a fire that must end such a run is left pending and retried (logged once per schedule).
+   * @default undefined
+   */
+  cancelElsewhere?: ((runId: string, reason: string, compensate: boolean) => Promise<void>) | undefined;
+  /**
+   * How old a STARTING fire must be before a pass drives it as a leftover. In a cluster, a
+   * TriggerSchedule or backfill on another replica drives its fires itself, and the engines'
+   * keyed starts share no memory across replicas: a pass must not start the same fire meanwhile.
+   * @default 0 (a sole replica: the engine's keyed start joins racing drivers)
+   */
+  leftoverGraceMs?: number | undefined;
 }
 
 /** The loop's state (background/pass-loop.ts). */
@@ -56,10 +84,12 @@ export class FireLoop extends BatchLoop {
   private walked = 0;
   /** Passes in a row in which a fire could not start for now (the poll backs off over them). */
   private stalls = 0;
+  /** Schedules whose fire waits for a run held elsewhere to be ended (logged once each). */
+  private readonly waitingElsewhere = new Set<string>();
 
   constructor(private readonly options: FireLoopOptions) {
     super({ name: "schedule fire loop", pollMs: 500, batchSize: 1000, retryMaxMs: MAX_RETRY_MS }, options);
-    this.starter = new FireStarter(options.fireStore, options.engine, options.log);
+    this.starter = options.starter ?? new FireStarter(options.fireStore, options.engine, options.log);
     this.maxFiresPerPass = options.maxFiresPerPass ?? 10_000;
   }
 
@@ -108,7 +138,11 @@ export class FireLoop extends BatchLoop {
   protected async pass(): Promise<number> {
     const { store, fireStore, engine, log } = this.options;
     // Fires a crash or an outage left STARTING first: they are older than anything due now.
-    const leftover = await fireStore.startingFires(this.batchSize);
+    const grace = this.options.leftoverGraceMs ?? 0;
+    const leftover = await fireStore.startingFires(
+      this.batchSize,
+      grace > 0 ? new Date(Date.now() - grace) : undefined,
+    );
     const retried = await this.starter.drive(leftover);
     // `again`: more is due than one pass takes; `poll`: a fire could not start for now.
     let again = false;
@@ -117,15 +151,20 @@ export class FireLoop extends BatchLoop {
     const due = await store.due(now, this.batchSize);
     if (due.length === this.batchSize) again = true;
     const unended = await fireStore.unendedRuns(due.map((s) => s.uid));
+    const owns = this.options.ownsRun ?? ((): boolean => true);
+    const unendedIds = [...unended.values()].flat();
     // A parked run (waiting, out of memory: engine/parking.ts) is active: back in memory first.
-    for (const id of [...unended.values()].flat()) await engine.load?.(id);
+    for (const id of unendedIds) if (owns(id)) await engine.load?.(id);
+    // Runs held by another replica: what they committed tells whether they ended.
+    const activeElsewhere = await fireStore.activeRuns(unendedIds.filter((id) => !owns(id)));
+    const isActive = (id: string): boolean => (owns(id) ? engine.isActive(id) : activeElsewhere.has(id));
     const ended: string[] = [];
     const updates: (PassUpdate & { expected: Date })[] = [];
     const toEnd = new Map<string, { runIds: string[]; compensate: boolean; scheduleId: string }>();
     for (const schedule of due) {
       const runIds = unended.get(schedule.uid) ?? [];
-      const active = runIds.filter((id) => engine.isActive(id));
-      ended.push(...runIds.filter((id) => !engine.isActive(id)));
+      const active = runIds.filter(isActive);
+      ended.push(...runIds.filter((id) => !isActive(id)));
       let cron: CronSchedule;
       try {
         cron = cronOf(schedule.spec);
@@ -168,6 +207,23 @@ export class FireLoop extends BatchLoop {
         loopStartedAt: this.loopStartedAt,
         moreDowntime: following !== undefined && following.getTime() < this.loopStartedAt.getTime(),
       });
+      if (
+        plan.activeRuns !== "keep" &&
+        this.options.cancelElsewhere === undefined &&
+        active.some((id) => !owns(id))
+      ) {
+        // Ending a run held by another replica needs its owner: the fire waits (nothing moves).
+        poll = true;
+        if (!this.waitingElsewhere.has(schedule.uid)) {
+          this.waitingElsewhere.add(schedule.uid);
+          log.warn(
+            { schedule_id: schedule.scheduleId, run_ids: active.filter((id) => !owns(id)) },
+            "a schedule's fire must end runs held by another scheduler replica; it waits and is retried (said once)",
+          );
+        }
+        continue;
+      }
+      this.waitingElsewhere.delete(schedule.uid);
       const cursor = last ?? schedule.cursorAt;
       updates.push({
         uid: schedule.uid,
@@ -188,17 +244,23 @@ export class FireLoop extends BatchLoop {
         });
     }
     await fireStore.markEnded(ended);
-    const applied = await store.applyPass(updates, now);
+    let applied: Set<string>;
+    try {
+      applied = await store.applyPass(updates, now, this.options.fence);
+    } catch (e) {
+      this.options.refused?.(e);
+      throw e;
+    }
     await Promise.all(
       [...toEnd].flatMap(([uid, end]) =>
         applied.has(uid)
-          ? end.runIds.map((runId) =>
-              engine.cancelRun(
-                runId,
-                `a new fire of schedule ${end.scheduleId} (overlap policy ${end.compensate ? "CANCEL_OTHER" : "TERMINATE_OTHER"})`,
-                end.compensate,
-              ),
-            )
+          ? end.runIds.map((runId) => {
+              const reason = `a new fire of schedule ${end.scheduleId} (overlap policy ${end.compensate ? "CANCEL_OTHER" : "TERMINATE_OTHER"})`;
+              const elsewhere = this.options.cancelElsewhere;
+              return owns(runId) || elsewhere === undefined
+                ? engine.cancelRun(runId, reason, end.compensate)
+                : elsewhere(runId, reason, end.compensate);
+            })
           : [],
       ),
     );

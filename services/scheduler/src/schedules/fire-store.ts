@@ -7,6 +7,7 @@ import { ApiError, Code } from "@nexusflow/common";
 import type pg from "pg";
 import type { ScheduleSpec } from "../dag/schedule-spec.js";
 import { runsOfKeys } from "../persistence/idempotency-keys.js";
+import { TERMINAL_RUN_STATUSES } from "../model/run-state.js";
 
 /** How a fire was started. */
 export type FireOrigin = "SCHEDULED" | "TRIGGERED" | "BACKFILL";
@@ -82,6 +83,19 @@ export class FireStore {
     return out;
   }
 
+  /**
+   * Of `runIds`, those whose committed row is not in a final state (runs held by another replica:
+   * their state in memory is that replica's; what it committed is what this one can know).
+   */
+  async activeRuns(runIds: readonly string[]): Promise<Set<string>> {
+    if (runIds.length === 0) return new Set();
+    const { rows } = await this.pool.query<{ id: string }>(
+      `SELECT id FROM workflow_runs WHERE id = ANY($1::uuid[]) AND NOT (status = ANY($2::text[]))`,
+      [runIds, [...TERMINAL_RUN_STATUSES]],
+    );
+    return new Set(rows.map((r) => r.id));
+  }
+
   /** Marks fires whose runs have ended, so that they are not looked at again. */
   async markEnded(runIds: readonly string[]): Promise<void> {
     if (runIds.length === 0) return;
@@ -117,12 +131,13 @@ export class FireStore {
     });
   }
 
-  /** STARTING fires of every schedule, oldest first, at most `limit`. */
-  async startingFires(limit: number): Promise<PendingFire[]> {
+  /** STARTING fires of every schedule (written at or `before`, when given), oldest first, at most `limit`. */
+  async startingFires(limit: number, before?: Date): Promise<PendingFire[]> {
     const { rows } = await this.pool.query<FireDbRow & { schedule_id: string; spec: ScheduleSpec }>(
       `SELECT f.*, s.schedule_id, s.spec FROM schedule_fires f JOIN schedules s ON s.uid = f.schedule_uid
-       WHERE f.status = 'STARTING' ORDER BY f.fire_at LIMIT $1`,
-      [limit],
+       WHERE f.status = 'STARTING' AND ($2::timestamptz IS NULL OR f.created_at <= $2)
+       ORDER BY f.fire_at LIMIT $1`,
+      [limit, before ?? null],
     );
     return rows.map((r) => ({ ...toFire(r), scheduleId: r.schedule_id, spec: r.spec }));
   }

@@ -9,6 +9,7 @@ import type pg from "pg";
 import { decodeToken, encodeToken } from "../persistence/page-token.js";
 import { timeFireKey } from "./fire-store.js";
 import { isScheduleRef, type ScheduleSpec } from "../dag/schedule-spec.js";
+import { coordinatorFenceSql, type CoordinatorFence } from "../cluster/coordinator.js";
 
 /** A stored schedule. */
 export interface ScheduleRow {
@@ -238,14 +239,25 @@ export class ScheduleStore {
   /**
    * One pass of the fire loop, in one transaction: each schedule's cursor, counters and buffered
    * fire move only if its cursor is still where the pass read it (`expected`), with its starts
-   * written as STARTING fires. Returns the uids whose update applied.
+   * written as STARTING fires. Returns the uids whose update applied. With a coordinator's
+   * `fence` (cluster/coordinator.ts), the transaction first checks that this replica still holds
+   * partition 0 at its epoch and keeps that check's lock until it commits: a stale coordinator's
+   * pass raises NF001 and writes nothing.
    */
-  async applyPass(updates: readonly (PassUpdate & { expected: Date })[], now: Date): Promise<Set<string>> {
+  async applyPass(
+    updates: readonly (PassUpdate & { expected: Date })[],
+    now: Date,
+    fence?: CoordinatorFence,
+  ): Promise<Set<string>> {
     const applied = new Set<string>();
     if (updates.length === 0) return applied;
     const client = await this.pool.connect();
     try {
       await client.query("BEGIN");
+      if (fence !== undefined) {
+        const check = coordinatorFenceSql(fence, 1);
+        await client.query(check.sql, check.params);
+      }
       const { rows } = await client.query<{ uid: string }>(
         `UPDATE schedules s SET cursor_at = u.cursor_at, last_fire_at = COALESCE(u.last_fire_at, s.last_fire_at),
            next_fire_at = u.next_fire_at, buffered_fire_at = u.buffered_fire_at,

@@ -185,11 +185,12 @@ export class EventStore {
   }
 
   /** STARTING matches of every event, oldest first, at most `limit`. */
-  async startingMatches(limit: number): Promise<PendingMatch[]> {
+  async startingMatches(limit: number, before?: Date): Promise<PendingMatch[]> {
     const { rows } = await this.pool.query<MatchDbRow & { key: string; payload: unknown }>(
       `SELECT m.*, e.key, e.payload FROM event_matches m JOIN events e ON e.event_id = m.event_id
-       WHERE m.status = 'STARTING' ORDER BY m.created_at LIMIT $1`,
-      [limit],
+       WHERE m.status = 'STARTING' AND ($2::timestamptz IS NULL OR m.created_at <= $2)
+       ORDER BY m.created_at LIMIT $1`,
+      [limit, before ?? null],
     );
     return rows.map((r) => ({ ...toMatch(r), key: r.key, payload: r.payload }));
   }

@@ -122,6 +122,13 @@ export interface MatchLoopOptions {
    * @default 30000
    */
   idleMs?: number | undefined;
+  /**
+   * How old a STARTING match must be before a pass drives it. In a cluster, the replica that
+   * stored the event drives its matches itself, and the engines' keyed starts share no memory
+   * across replicas: the coordinator's pass must not start the same match meanwhile.
+   * @default 0 (a sole replica: the engine's keyed start joins racing drivers)
+   */
+  leftoverGraceMs?: number | undefined;
 }
 
 /** The loop's state (background/pass-loop.ts). */
@@ -138,7 +145,11 @@ export class MatchLoop extends BatchLoop {
 
   /** One pass; resolves with how long to sleep before the next. */
   protected async pass(): Promise<number> {
-    const pending = await this.options.store.startingMatches(this.batchSize);
+    const grace = this.options.leftoverGraceMs ?? 0;
+    const pending = await this.options.store.startingMatches(
+      this.batchSize,
+      grace > 0 ? new Date(Date.now() - grace) : undefined,
+    );
     const outcomes = await this.options.starter.drive(pending);
     if (pending.length === this.batchSize) return 0;
     return outcomes.some((o) => "retry" in o && o.retry) ? this.pollMs : this.idleMs;
