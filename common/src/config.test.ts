@@ -116,3 +116,35 @@ describe("HEARTBEAT_INTERVAL and SESSION_TIMEOUT", () => {
     assert.equal(loadSchedulerConfig({ ...AUTH, SESSION_TIMEOUT: "3s" }).sessionTimeoutMs, 3000);
   });
 });
+
+describe("gateway SCHEDULER_ADDRESS", () => {
+  const AUTH = { AUTH_DISABLED: "true" };
+  const addresses = (value: string | undefined): string[] =>
+    loadGatewayConfig({ ...AUTH, SCHEDULER_ADDRESS: value }).schedulerAddresses;
+
+  it("takes one host:port as before, or a comma-separated list of them", () => {
+    assert.deepEqual(addresses(undefined), ["127.0.0.1:50051"]);
+    assert.deepEqual(addresses("scheduler:50051"), ["scheduler:50051"]);
+    assert.deepEqual(addresses("10.0.0.1:50051, 10.0.0.2:50051,[::1]:50052"), [
+      "10.0.0.1:50051",
+      "10.0.0.2:50051",
+      "[::1]:50052",
+    ]);
+  });
+
+  it("refuses a list with a bad item, an empty item or an address twice, naming the variable", () => {
+    for (const [value, message] of [
+      ["a:1,nope", /^SCHEDULER_ADDRESS: expected host:port, got "nope"$/],
+      ["a:1,,b:2", /^SCHEDULER_ADDRESS: an empty item in the list "a:1,,b:2"$/],
+      ["a:1,", /^SCHEDULER_ADDRESS: an empty item/],
+      ["a:1, a:1", /^SCHEDULER_ADDRESS: a:1 is listed twice in "a:1, a:1"$/],
+    ] as const) {
+      assert.throws(
+        () => addresses(value),
+        (e: unknown) =>
+          e instanceof ConfigError && e.variable === "SCHEDULER_ADDRESS" && message.test(e.message),
+        value,
+      );
+    }
+  });
+});

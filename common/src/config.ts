@@ -109,6 +109,20 @@ function hostPort(env: Env, name: string, def: string): string {
   return v;
 }
 
+/** A comma-separated list of host:port (one is a list of one): each item checked, none twice. */
+function hostPorts(env: Env, name: string, def: string): string[] {
+  const v = str(env, name) ?? def;
+  const items = v.split(",").map((item) => item.trim());
+  const seen = new Set<string>();
+  for (const item of items) {
+    if (item === "") throw new ConfigError(name, `an empty item in the list ${JSON.stringify(v)}`);
+    hostPort({ [name]: item }, name, item);
+    if (seen.has(item)) throw new ConfigError(name, `${item} is listed twice in ${JSON.stringify(v)}`);
+    seen.add(item);
+  }
+  return items;
+}
+
 /** Log levels accepted by LOG_LEVEL. */
 export const LOG_LEVELS = ["trace", "debug", "info", "warn", "error", "fatal", "silent"] as const;
 /** A log level. */
@@ -337,7 +351,11 @@ export interface ExecutorConfig {
 export interface GatewayConfig {
   host: string;
   port: number;
-  schedulerAddress: string;
+  /**
+   * The scheduler replicas' addresses (SCHEDULER_ADDRESS, host:port or a comma-separated list):
+   * the gateway calls one and fails over to the others.
+   */
+  schedulerAddresses: string[];
   logLevel: LogLevel;
   auth: AuthConfig;
   /** Largest request (message or REST body) accepted, in bytes. */
@@ -597,7 +615,7 @@ export function loadGatewayConfig(env: Env = process.env): GatewayConfig {
   return {
     host: str(env, "GATEWAY_HOST") ?? "127.0.0.1",
     port: port(env, "GATEWAY_PORT", 8080),
-    schedulerAddress: hostPort(env, "SCHEDULER_ADDRESS", "127.0.0.1:50051"),
+    schedulerAddresses: hostPorts(env, "SCHEDULER_ADDRESS", "127.0.0.1:50051"),
     logLevel: oneOf(env, "LOG_LEVEL", LOG_LEVELS, "info"),
     auth: auth(env),
     maxRequestBytes: int(env, "GATEWAY_MAX_REQUEST_BYTES", 4 * 1024 * 1024, 1024, 64 * 1024 * 1024),

@@ -4,7 +4,6 @@ import {
   type GatewayConfig,
   KeyFileError,
   type ReadinessCheck,
-  ServingStatus,
   type TokenVerifier,
   checkGrpcHealth,
   createLogger,
@@ -20,6 +19,7 @@ import {
 } from "@nexusflow/common/metrics";
 import { shutdownTelemetry, tracingEnabled } from "@nexusflow/common/telemetry";
 import { GatewayListenError, createGateway } from "./server.js";
+import { replicasReadiness } from "./upstream.js";
 
 function fail(message: string, exitCode: number): never {
   process.stderr.write(`nexusflow-gateway: ${message}\n`);
@@ -48,21 +48,17 @@ if (verifier === undefined) {
 } else if (config.auth.issuer.includes("nexusflow-dev")) {
   logger.warn("accepting dev tokens (AUTH_ISSUER nexusflow-dev): for local development only");
 }
-// Ready (GET /readyz) while the scheduler's health service answers SERVING.
-const schedulerReady: ReadinessCheck = async () => {
-  try {
-    const status = await checkGrpcHealth(config.schedulerAddress, { timeoutMs: 2000 });
-    return status === ServingStatus.SERVING ? undefined : `the scheduler is not serving (status ${status})`;
-  } catch (e) {
-    return `the scheduler at ${config.schedulerAddress} does not answer: ${e instanceof Error ? e.message : String(e)}`;
-  }
-};
+// Ready (GET /readyz) while the health service of at least one scheduler address answers SERVING.
+const schedulerReady: ReadinessCheck = replicasReadiness(config.schedulerAddresses, {
+  check: (address) => checkGrpcHealth(address, { timeoutMs: 2000 }),
+  logger,
+});
 const registry = config.metrics === undefined ? undefined : createMetricsRegistry();
 const gateway = createGateway({
   ready: schedulerReady,
   host: config.host,
   port: config.port,
-  schedulerAddress: config.schedulerAddress,
+  schedulerAddress: config.schedulerAddresses,
   logger,
   verifier,
   maxRequestBytes: config.maxRequestBytes,
@@ -93,7 +89,7 @@ try {
       protocols: ["grpc", "grpc-web", "connect", "rest"],
       auth: verifier === undefined ? "off" : config.auth.jwksUrl === undefined ? "public keys" : "jwks",
       http: ["h2c", "http/1.1"],
-      scheduler: config.schedulerAddress,
+      scheduler: config.schedulerAddresses.join(","),
     },
     "gateway listening",
   );

@@ -18,7 +18,7 @@
  * open streams with UNAVAILABLE (WatchRun would otherwise never finish), sends GOAWAY to HTTP/2
  * sessions, closes idle HTTP/1.1 connections and the busy ones after their response, waits for
  * in-flight unary calls up to `drainTimeoutMs`, then aborts and destroys whatever is left and
- * finally closes the connection to the scheduler.
+ * finally closes the connections to the scheduler replicas.
  */
 import * as http from "node:http";
 import * as http2 from "node:http2";
@@ -32,7 +32,7 @@ import {
   type Transport,
   createRouterTransport,
 } from "@connectrpc/connect";
-import { Http2SessionManager, connectNodeAdapter, createGrpcTransport } from "@connectrpc/connect-node";
+import { connectNodeAdapter } from "@connectrpc/connect-node";
 import {
   type Logger,
   type ReadinessCheck,
@@ -57,6 +57,7 @@ import { DETAILS_REGISTRY } from "./rest/status.js";
 import { createStaticFiles } from "./static-files.js";
 import { tracingInterceptor } from "./tracing.js";
 import { PROXIED_SERVICES, createRoutes } from "./routes.js";
+import { type Upstream, createUpstream } from "./upstream.js";
 
 type NodeHandler = ReturnType<typeof connectNodeAdapter>;
 type NodeServerRequest = Parameters<NodeHandler>[0];
@@ -64,8 +65,11 @@ type NodeServerResponse = Parameters<NodeHandler>[1];
 
 /** Options of {@link createGateway}. */
 export interface GatewayOptions {
-  /** The scheduler's gRPC address, host:port (plain HTTP/2). */
-  schedulerAddress: string;
+  /**
+   * The scheduler's gRPC address, host:port (plain HTTP/2), or the addresses of several replicas:
+   * calls go to one and fail over to the others when it cannot be reached (upstream.ts).
+   */
+  schedulerAddress: string | readonly string[];
   /**
    * Readiness beyond listening, answered on `GET /readyz` and by grpc.health.v1.Health (serve.ts:
    * the scheduler's health service answers SERVING). @default none: ready while listening
@@ -103,7 +107,7 @@ export interface GatewayOptions {
   prefaceTimeoutMs?: number;
   /**
    * Transport to the upstream; when given, the gateway does not create (nor close) its own.
-   * @default a gRPC transport to `schedulerAddress`
+   * @default a gRPC transport to `schedulerAddress`, failing over between its addresses (upstream.ts)
    */
   transport?: Transport;
   /**
@@ -200,7 +204,7 @@ function formatHostPort(host: string, port: number): string {
 }
 
 interface CompiledGatewayOptions {
-  schedulerAddress: string;
+  schedulerAddresses: readonly string[];
   ready: ReadinessCheck | undefined;
   healthWatchIntervalMs: number;
   host: string;
@@ -218,7 +222,8 @@ interface CompiledGatewayOptions {
 
 function addGatewayDefaults(options: GatewayOptions): CompiledGatewayOptions {
   return {
-    schedulerAddress: options.schedulerAddress,
+    schedulerAddresses:
+      typeof options.schedulerAddress === "string" ? [options.schedulerAddress] : options.schedulerAddress,
     ready: options.ready,
     healthWatchIntervalMs: options.healthWatchIntervalMs ?? 5000,
     host: options.host ?? "127.0.0.1",
@@ -267,7 +272,7 @@ class GatewayServer implements Gateway {
   readonly #streamShutdown = new AbortController();
   /** Aborts every handler when the drain timeout expires. */
   readonly #forceShutdown = new AbortController();
-  readonly #upstreamSessions: Http2SessionManager | undefined;
+  readonly #upstream: Upstream | undefined;
   #drained: (() => void) | undefined;
   readonly #rest: RestHandler;
   readonly #ui: ReturnType<typeof createStaticFiles>;
@@ -278,13 +283,12 @@ class GatewayServer implements Gateway {
     const metrics = options.metrics === undefined ? undefined : new GatewayMetrics(options.metrics);
     let transport = options.transport;
     if (transport === undefined) {
-      const baseUrl = `http://${options.schedulerAddress}`;
-      this.#upstreamSessions = new Http2SessionManager(baseUrl);
-      transport = createGrpcTransport({
-        baseUrl,
-        sessionManager: this.#upstreamSessions,
+      this.#upstream = createUpstream({
+        addresses: options.schedulerAddresses,
         interceptors: metrics === undefined ? [] : [metrics.upstreamInterceptor()],
+        logger: this.#log,
       });
+      transport = this.#upstream;
     }
     const routes = createRoutes({
       transport,
@@ -437,7 +441,7 @@ class GatewayServer implements Gateway {
         await this.#waitForDrain(1000);
       }
     }
-    this.#upstreamSessions?.abort();
+    this.#upstream?.close();
     this.#state = "stopped";
   }
 
