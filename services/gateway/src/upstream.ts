@@ -111,6 +111,8 @@ interface Attempt {
   /** The session manager could not open a stream: the connection could not be made. */
   unopened: boolean;
   stream: http2.ClientHttp2Stream | undefined;
+  /** The session the stream was opened on (a destroyed stream no longer names it). */
+  session: http2.Http2Session | undefined;
   /** Response headers arrived. */
   responded: boolean;
   /** A grpc-status arrived (in trailers, or in a trailers-only response): a scheduler answered. */
@@ -140,6 +142,7 @@ class ObservedSessionManager extends Http2SessionManager {
     }
     if (attempt !== undefined) {
       attempt.stream = stream;
+      attempt.session = stream.session;
       stream.once("response", (h: http2.IncomingHttpHeaders) => {
         attempt.responded = true;
         if (h["grpc-status"] !== undefined) attempt.answered = true;
@@ -165,7 +168,8 @@ function failureOf(attempt: Attempt, signal: AbortSignal | undefined): Failure |
   if (stream === undefined) return undefined;
   if (stream.rstCode === http2.constants.NGHTTP2_REFUSED_STREAM) return "unsent";
   // The connection itself went away (peer gone, reset, GOAWAY with an error, PING timeout).
-  if (stream.session === undefined || stream.session.destroyed || stream.session.closed)
+  const session = attempt.session;
+  if (session === undefined || session.destroyed || session.closed)
     return attempt.responded ? "broken" : "unanswered";
   return undefined;
 }
@@ -254,7 +258,13 @@ class FailoverUpstream implements Upstream {
       const u = this.#upstreams[index] as Upstream1;
       const remaining =
         deadline === undefined ? undefined : Math.max(1, Math.round(deadline - performance.now()));
-      const attempt: Attempt = { unopened: false, stream: undefined, responded: false, answered: false };
+      const attempt: Attempt = {
+        unopened: false,
+        stream: undefined,
+        session: undefined,
+        responded: false,
+        answered: false,
+      };
       try {
         const result = await attempts.run(attempt, () => call(u, remaining, attempt));
         this.#answeredBy(index);
