@@ -4,6 +4,7 @@ import fc from "fast-check";
 import {
   EXECUTORS_CLAIM,
   type Principal,
+  authorize,
   authorizeExecutorId,
   executorIdMatches,
   executorPatternsOf,
@@ -64,6 +65,23 @@ describe("executor identity of a token", () => {
         assert.ok(!executorIdMatches(`${a}*`, b));
         if (!a.endsWith("*")) assert.ok(!executorIdMatches(a, b));
       }),
+    );
+  });
+});
+
+void describe("ListReplicas for executors", () => {
+  it("an executor token may list the replicas (to open a session to each), and call nothing else of runs:read", () => {
+    const executor = principal("ex-1", { scope: "executor" });
+    authorize(executor, "nexusflow.v1.ReplicaService/ListReplicas");
+    authorize(principal("op", { scope: "runs:read" }), "nexusflow.v1.ReplicaService/ListReplicas");
+    assert.throws(
+      () => authorize(executor, "nexusflow.v1.WorkflowService/GetRun"),
+      (e: unknown) => isAuthError(e) && e.code === "PERMISSION_DENIED" && e.scope === "runs:read",
+    );
+    assert.throws(
+      () =>
+        authorize(principal("x", { scope: "workflows:read" }), "nexusflow.v1.ReplicaService/ListReplicas"),
+      (e: unknown) => isAuthError(e) && e.code === "PERMISSION_DENIED" && e.scope === "runs:read",
     );
   });
 });

@@ -86,6 +86,14 @@ export const RPC_ACCESS: Readonly<Record<string, Scope | typeof PUBLIC>> = {
   "grpc.health.v1.Health/Watch": PUBLIC,
 };
 
+/**
+ * Scopes that also grant an RPC, besides the one {@link RPC_ACCESS} names: an executor's token
+ * (scope `executor`) may list the scheduler replicas, to open a session to each of them.
+ */
+export const RPC_ALSO_GRANTED_TO: Readonly<Record<string, readonly Scope[]>> = {
+  "nexusflow.v1.ReplicaService/ListReplicas": [Scope.EXECUTOR],
+};
+
 /** `package.Service/Method` for a gRPC path `/package.Service/Method` (the key of {@link RPC_ACCESS}). */
 export function rpcName(path: string): string {
   return path.startsWith("/") ? path.slice(1) : path;
@@ -186,6 +194,11 @@ export function authorize(principal: Principal, rpc: string): void {
   const scope = requiredScope(rpc);
   if (scope === undefined) throw new AuthError("PERMISSION_DENIED", `no access rule for ${rpc}`);
   if (scope === PUBLIC || hasScope(principal, scope)) return;
+  if (
+    Object.hasOwn(RPC_ALSO_GRANTED_TO, rpc) &&
+    RPC_ALSO_GRANTED_TO[rpc]?.some((s) => hasScope(principal, s))
+  )
+    return;
   throw new AuthError("PERMISSION_DENIED", `${rpc} requires the scope "${scope}"`, scope);
 }
 

@@ -1,5 +1,6 @@
 /**
- * The executor: holds one Session stream to the scheduler, grants credit for its free slots, runs
+ * The executor: holds a Session stream to the scheduler (one to each scheduler replica that owns
+ * partitions, when there are several: see replica-links.ts), grants credit for its free slots, runs
  * every leased task with its registered handler and reports back. It survives a broken stream
  * (reconnect with backoff, running tasks keep running and are re-claimed as held leases, reports
  * made meanwhile are delivered after the next AttachAck) and drains on `stop()`.
@@ -9,11 +10,12 @@
  */
 import { create } from "@bufbuild/protobuf";
 import * as grpc from "@grpc/grpc-js";
-import { type Logger, SESSION_PROTOCOL_VERSION } from "@nexusflow/common";
+import { type Logger, SESSION_PROTOCOL_VERSION, isAcknowledgedReport } from "@nexusflow/common";
 import { TaskErrorType } from "@nexusflow/common/task-error-types";
 import {
   type AttachAck,
   AttachSchema,
+  type Cancel,
   CreditSchema,
   DrainSchema,
   HeartbeatSchema,
@@ -52,14 +54,10 @@ import {
 } from "./handlers/index.js";
 import { type CompiledExecutorOptions, type ExecutorOptions, compileExecutorOptions } from "./options.js";
 import { toValue } from "./payload.js";
-import { type Report, ReportLedger, type SendReport } from "./report-ledger.js";
-import {
-  type RequestMessage,
-  type SessionCall,
-  SchedulerSession,
-  type SessionEnd,
-  openSessionCall,
-} from "./scheduler-session.js";
+import { type LedgerEntry, type Report, type SendReport } from "./report-ledger.js";
+import { type Link, type LeaseRoute, creditGrants, creditWithdrawals, newLink } from "./replica-links.js";
+import { type ReplicaMap, listReplicas, noDiscovery, ownerOfRun, replicaMapOf } from "./replica-map.js";
+import { type SessionCall, SchedulerSession, type SessionEnd, openSessionCall } from "./scheduler-session.js";
 import { RunningTasks, describeKey } from "./running-tasks.js";
 import { advertisedTypes, servedHandler } from "./served-types.js";
 import { runSessionLoop } from "./session-loop.js";
@@ -79,6 +77,10 @@ export { FATAL_ATTACH_CODES } from "./session-loop.js";
 const DEFAULT_HEARTBEAT_INTERVAL_MS = 2_000;
 /** How long `stop()` waits for the scheduler to end the stream after the executor half-closed it. */
 const CLOSE_TIMEOUT_MS = 2_000;
+/** Deadline of a ListReplicas call. */
+const LIST_REPLICAS_TIMEOUT_MS = 5_000;
+/** Least time between two ListReplicas calls asked for at once (a burst of rejections asks once). */
+const MIN_REFRESH_GAP_MS = 200;
 
 function hasKey(lease: Lease): lease is Lease & { key: LeaseKey } {
   return lease.key !== undefined;
@@ -100,9 +102,37 @@ export class Executor {
   readonly #registry = new HandlerRegistry();
   readonly #listeners = new Set<StateListener>();
   readonly #tasks: RunningTasks;
-  /** Reports until the scheduler acknowledges them: queued while detached, resent on re-attach. */
-  readonly #ledger = new ReportLedger();
   #state: State = { t: "idle" };
+  /**
+   * The sessions' links, by id: the primary one (to `schedulerAddress`, the lifecycle's session)
+   * and one per other scheduler replica with partitions. Each has its own report ledger and credit.
+   */
+  readonly #links = new Map<string, Link>();
+  /** The link of each replica reached (AttachAck.replica_id): one session per replica. */
+  readonly #byReplica = new Map<string, Link>();
+  /** The primary link, once started. */
+  #primary: Link | undefined;
+  /** Where each running attempt's lease came from and where its reports go, by attempt id. */
+  readonly #routes = new Map<string, LeaseRoute>();
+  /** The replicas by the latest ListReplicas; undefined before one answered. */
+  #map: ReplicaMap | undefined;
+  /** Whether replicas are discovered: "off" once the scheduler could not tell (or never, option 0). */
+  #discovery: "on" | "off" = "on";
+  /**
+   * Whether several replicas were seen (a map listing two, or a session to another replica): a
+   * lease's run may then move between replicas, so a Cancel for a moved partition and a NOT_FOUND
+   * rejection do not end its task at once.
+   */
+  #clustered = false;
+  #refreshTimer: NodeJS.Timeout | undefined;
+  #refreshSoonTimer: NodeJS.Timeout | undefined;
+  #refreshing = false;
+  #refreshAgain = false;
+  #lastRefresh = 0;
+  /** Reports rejected NOT_FOUND (their run may have moved), to send again by the next map. */
+  readonly #misrouted = new Map<string, LedgerEntry>();
+  /** When each misrouted report was first rejected NOT_FOUND (monotonic ms). */
+  readonly #misroutedSince = new WeakMap<Report, number>();
   #advertised: readonly string[] = [];
   /** Started of attempts begun, and slots freed, in this event-loop turn: sent at its end. */
   readonly #turn = new TurnBatch((started, freed) => this.#endOfTurn(started, freed));
@@ -128,8 +158,9 @@ export class Executor {
         sendHeartbeat: (key, progress) => {
           const value = create(HeartbeatSchema, { key });
           if (progress !== undefined) value.progress = toValue(progress);
-          // With the turn's reports; dropped when not attached (worthless later).
-          this.#liveSession()?.report({ case: "heartbeat", value });
+          // With the turn's reports, to its run's replica; dropped when not attached (worthless later).
+          const link = this.#linkFor(key);
+          if (link?.session?.live === true) link.session.report({ case: "heartbeat", value });
         },
       },
       handlerFor: (type) => servedHandler(this.#registry, this.#advertised, type),
@@ -147,9 +178,22 @@ export class Executor {
     return this.#registry;
   }
 
-  /** Id of the attached session, while attached. */
+  /** Id of the attached session (the one to `schedulerAddress`), while attached. */
   get sessionId(): string | undefined {
     return sessionOf(this.#state)?.id;
+  }
+
+  /**
+   * The attached sessions by the scheduler replica they reached (AttachAck.replica_id; "" from a
+   * scheduler without replicas): one per replica that owns partitions, or the one session.
+   */
+  get replicaSessions(): ReadonlyMap<string, string> {
+    const sessions = new Map<string, string>();
+    for (const link of this.#links.values()) {
+      const id = link.session?.live === true ? link.session.id : undefined;
+      if (id !== undefined && !link.retired) sessions.set(link.replicaId, id);
+    }
+    return sessions;
   }
 
   /** The task types advertised to the scheduler (empty before `start()`). */
@@ -201,6 +245,9 @@ export class Executor {
       return Promise.reject(e instanceof Error ? e : new Error(String(e)));
     }
     const run: Run = { client, closing: new AbortController(), loop: Promise.resolve(), sessions: 0 };
+    this.#primary = newLink("primary", true, this.#options.schedulerAddress, client, run.closing);
+    this.#links.set(this.#primary.id, this.#primary);
+    if (this.#options.replicaRefreshMs === 0) this.#discovery = "off";
     const firstAttach = new Promise<void>((resolve, reject) => {
       this.#enter({ t: "connecting", run, session: undefined, start: { resolve, reject } });
     });
@@ -229,9 +276,13 @@ export class Executor {
       const state = this.#state;
       if (state.t !== "idle" && state.t !== "stopped") {
         state.run.closing.abort();
-        state.session?.cancel();
-        state.run.client.close();
+        for (const link of this.#links.values()) {
+          link.closing.abort();
+          link.session?.cancel();
+          link.client.close();
+        }
       }
+      this.#stopDiscovery();
       this.#enter({ t: "stopped" });
     });
     return this.#stopped;
@@ -278,7 +329,9 @@ export class Executor {
     start?.reject(
       new ExecutorError("STOPPED", "the executor was stopped before it attached to the scheduler"),
     );
-    this.#liveSession()?.write({ case: "drain", value: create(DrainSchema, { reason }) });
+    for (const link of this.#links.values())
+      if (link.session?.live === true)
+        link.session.write({ case: "drain", value: create(DrainSchema, { reason }) });
     this.#logger.info({ reason, running_tasks: this.#tasks.size }, "draining");
 
     const { drainTimeoutMs, abortGraceMs } = this.#options;
@@ -297,21 +350,25 @@ export class Executor {
     // Reports matter until the scheduler committed them (otherwise the task runs again after a
     // lease timeout): give the reconnect loop what is left of the drain timeout to deliver them
     // and the scheduler to acknowledge them.
-    if (this.#ledger.size > 0) {
+    if (this.#unacknowledged() > 0) {
       const left = Math.max(0, drainTimeoutMs - (Date.now() - started));
-      if (!(await within(left, (signal) => this.#ledger.whenEmpty(signal)))) {
+      if (!(await within(left, (signal) => this.#whenReportsSettled(signal)))) {
         this.#logger.warn(
-          { unacknowledged: this.#ledger.size },
+          { unacknowledged: this.#unacknowledged() },
           "stopping with unacknowledged reports; their leases will expire on the scheduler",
         );
       }
     }
 
     this.#enter(closing(this.#state));
+    this.#stopDiscovery();
     run.closing.abort();
-    await sessionOf(this.#state)?.close(CLOSE_TIMEOUT_MS);
-    await run.loop;
-    run.client.close();
+    const links = [...this.#links.values()];
+    for (const link of links) link.closing.abort();
+    await Promise.all(links.map((link) => link.session?.close(CLOSE_TIMEOUT_MS) ?? Promise.resolve()));
+    // The primary link's loop is the run's.
+    await Promise.all([run.loop, ...links.map((link) => link.loop)]);
+    for (const link of links) link.client.close();
     this.#enter({ t: "stopped" });
     this.#logger.info({ reason }, "executor stopped");
   }
@@ -327,9 +384,14 @@ export class Executor {
       wanted: () => reconnects(this.#state),
       attachedBefore: () => attachedBefore(this.#state),
       metadata: this.#options.metadata,
-      openSession: (metadata) => this.#openSession(run, metadata),
+      openSession: (metadata) => this.#openSession(run, this.#primaryLink(), metadata),
     });
     if (refused !== undefined) this.#refuse(run, refused);
+  }
+
+  #primaryLink(): Link {
+    if (this.#primary === undefined) throw new Error("the executor has not started");
+    return this.#primary;
   }
 
   /** The scheduler refused the first session for good: reject start() and stop. */
@@ -349,11 +411,11 @@ export class Executor {
     start?.reject(error);
   }
 
-  /** Opens one session and resolves when it ends (never rejects). */
-  #openSession(run: Run, metadata: grpc.Metadata): Promise<SessionEnd> {
+  /** Opens one session of `link` and resolves when it ends (never rejects). */
+  #openSession(run: Run, link: Link, metadata: grpc.Metadata): Promise<SessionEnd> {
     let call: SessionCall;
     try {
-      call = openSessionCall(run.client, metadata);
+      call = openSessionCall(link.client, metadata);
     } catch (e) {
       const details = e instanceof Error ? e.message : String(e);
       return Promise.resolve({ attached: false, code: grpc.status.INTERNAL, details });
@@ -361,11 +423,12 @@ export class Executor {
     const session: SchedulerSession = new SchedulerSession(call, {
       number: ++run.sessions,
       attachTimeoutMs: this.#options.attachTimeoutMs,
-      logger: this.#logger,
-      onMessage: (response) => this.#onResponse(session, response),
-      onEnd: () => this.#endSession(session),
+      logger: link.primary ? this.#logger : this.#logger.child({ scheduler_address: link.address }),
+      onMessage: (response) => this.#onResponse(link, session, response),
+      onEnd: () => this.#endSession(link, session),
     });
-    this.#enter(opened(this.#state, session));
+    link.session = session;
+    if (link.primary) this.#enter(opened(this.#state, session));
     session.write({
       case: "attach",
       value: create(AttachSchema, {
@@ -381,34 +444,92 @@ export class Executor {
     return session.ended;
   }
 
-  #endSession(session: SchedulerSession): void {
-    if (sessionOf(this.#state) !== session) return;
+  #endSession(link: Link, session: SchedulerSession): void {
+    if (link.session !== session) return;
+    link.session = undefined;
+    // The scheduler forgets a session's credit with it.
+    link.credit = 0;
     // Reports the scheduler may not have committed go out again on the next session, first.
-    this.#ledger.detach();
-    this.#enter(sessionEnded(this.#state));
+    link.ledger.detach();
+    if (link.primary) this.#enter(sessionEnded(this.#state));
+    if (this.#clustered) {
+      // Its reports go to their runs' owners, by a map asked for now.
+      this.#rebalanceReports();
+      this.#refreshSoon();
+    }
   }
 
-  /** Leases this executor still holds: running tasks and finished ones whose report is queued. */
+  /**
+   * Leases this executor still holds, with their runs: running tasks and finished ones whose
+   * report is queued on any session. Every Attach lists them all; each replica judges its own.
+   */
   #heldLeases(): LeaseKey[] {
     const held = new Map<string, LeaseKey>();
-    for (const key of this.#tasks.keys()) held.set(leaseKeyId(key), key);
-    for (const key of this.#ledger.heldLeases()) {
+    for (const key of this.#tasks.keys()) {
       const id = leaseKeyId(key);
-      if (!held.has(id)) held.set(id, key);
+      held.set(id, create(LeaseKeySchema, { ...key, runId: this.#routes.get(id)?.runId ?? "" }));
     }
-    return [...held.values()].map((key) => create(LeaseKeySchema, key));
+    for (const link of this.#links.values()) {
+      for (const key of link.ledger.heldLeases()) {
+        const id = leaseKeyId(key);
+        if (!held.has(id)) held.set(id, key);
+      }
+    }
+    return [...held.values()];
   }
 
-  /** The session, if attached and not closing. */
-  #liveSession(): SchedulerSession | undefined {
-    const session = sessionOf(this.#state);
-    return session?.live === true ? session : undefined;
+  /** Reports not acknowledged yet, on every session. */
+  #unacknowledged(): number {
+    let n = 0;
+    for (const link of this.#links.values()) n += link.ledger.size;
+    return n;
   }
 
-  /** Sends a report now, or queues it for the next attached session. */
-  #report(report: Report): void {
-    const session = this.#liveSession();
-    this.#ledger.record(report, session === undefined ? undefined : this.#sender(session));
+  /** Resolves true once every session's reports are acknowledged, false if `signal` aborts first. */
+  async #whenReportsSettled(signal: AbortSignal): Promise<boolean> {
+    for (;;) {
+      const pending = [...this.#links.values()].find((link) => link.ledger.size > 0);
+      if (pending === undefined) return true;
+      if (!(await pending.ledger.whenEmpty(signal))) return false;
+    }
+  }
+
+  /**
+   * The link a lease's reports go to: the session of the replica owning its run's partition by
+   * the latest map, else the one it came on (`origin`), else the primary one.
+   */
+  #route(runId: string, origin: Link | undefined): Link {
+    const primary = this.#primaryLink();
+    if (this.#links.size === 1) return primary;
+    const owner = this.#map === undefined || runId === "" ? undefined : ownerOfRun(this.#map, runId);
+    const link = owner === undefined ? undefined : this.#byReplica.get(owner);
+    if (link !== undefined && !link.retired) return link;
+    if (origin !== undefined && !origin.retired && this.#links.get(origin.id) === origin) return origin;
+    return primary;
+  }
+
+  /** The link a running attempt's reports go to now. */
+  #linkFor(key: LeaseKey): Link | undefined {
+    if (this.#links.size === 1) return this.#primary;
+    const route = this.#routes.get(leaseKeyId(key));
+    return route === undefined ? this.#primary : this.#route(route.runId, route.origin);
+  }
+
+  /** Sends a report now, or queues it for the next attached session of its run's replica. */
+  #report(report: Report, runId: string, origin: Link | undefined): void {
+    const link = this.#route(runId, origin);
+    link.ledger.record(report, this.#senderIfLive(link), runId, (origin ?? link).id);
+  }
+
+  /** {@link Executor.#report} of a running (or just ended) attempt. */
+  #reportAttempt(report: Report, attempt: TaskAttempt): void {
+    const route = this.#routes.get(attempt.id);
+    this.#report(report, route?.runId ?? attempt.lease.runId, route?.origin);
+  }
+
+  #senderIfLive(link: Link): SendReport | undefined {
+    const session = link.session;
+    return session?.live === true ? this.#sender(session) : undefined;
   }
 
   /**
@@ -419,20 +540,15 @@ export class Executor {
     return (report) => session.report(report);
   }
 
-  /** Sends a message that is worthless later (heartbeat, credit, pong) if attached; drops it otherwise. */
-  #sendLive(message: RequestMessage): void {
-    this.#liveSession()?.write(message);
-  }
-
-  #onResponse(session: SchedulerSession, response: SessionResponse): void {
-    if (session !== sessionOf(this.#state)) return;
+  #onResponse(link: Link, session: SchedulerSession, response: SessionResponse): void {
+    if (session !== link.session) return;
     const message = response.message;
     if (message.case === "ping") {
       session.write({ case: "pong", value: create(PongSchema, { nonce: message.value.nonce }) });
       return;
     }
     if (message.case === "attachAck") {
-      this.#onAttachAck(session, message.value);
+      this.#onAttachAck(link, session, message.value);
       return;
     }
     if (session.id === undefined) {
@@ -441,20 +557,20 @@ export class Executor {
     }
     switch (message.case) {
       case "lease":
-        this.#onLease(message.value);
+        this.#onLease(link, message.value);
         return;
       case "leases":
         // Each as if it had come alone, in order.
-        for (const lease of message.value.leases) this.#onLease(lease);
+        for (const lease of message.value.leases) this.#onLease(link, lease);
         return;
       case "cancel":
-        this.#tasks.cancel(message.value.key, message.value.reason);
+        this.#onCancel(message.value);
         return;
       case "rejected":
-        this.#onRejected(message.value);
+        this.#onRejected(link, message.value);
         return;
       case "acked":
-        this.#onAcked(Number(message.value.through));
+        this.#onAcked(link, Number(message.value.through));
         return;
       case "drainAck":
         this.#logger.info({ outstanding: message.value.outstanding }, "the scheduler acknowledged the drain");
@@ -464,7 +580,7 @@ export class Executor {
     }
   }
 
-  #onAttachAck(session: SchedulerSession, ack: AttachAck): void {
+  #onAttachAck(link: Link, session: SchedulerSession, ack: AttachAck): void {
     if (session.id !== undefined) {
       this.#logger.warn("protocol: duplicate AttachAck ignored");
       return;
@@ -472,33 +588,40 @@ export class Executor {
     const interval = ack.heartbeatIntervalMs > 0 ? ack.heartbeatIntervalMs : DEFAULT_HEARTBEAT_INTERVAL_MS;
     // A session being closed stays closed: nothing more is written on it.
     if (!session.attach(ack.sessionId, interval, ack.protocolVersion)) return;
-    const first = !attachedBefore(this.#state);
+    const first = link.primary && !attachedBefore(this.#state);
+    if (ack.sessionTimeoutMs > 0) link.sessionTimeoutMs = ack.sessionTimeoutMs;
+    if (!this.#reached(link, ack.replicaId)) {
+      // Another session of this executor reached that replica: one session per replica.
+      void this.#retire(link);
+      return;
+    }
 
     // A revoked lease is a running task the scheduler gave away, or a report it already has (it
     // committed the report, but its Acked was lost with the previous session).
     let revokedTasks = 0;
     let alreadyTaken = 0;
     for (const key of ack.revoked) {
-      const what = this.#revoke(key);
+      const what = this.#revoke(link, key);
       if (what === "task") revokedTasks++;
       else if (what === "report") alreadyTaken++;
     }
 
     // The grant below covers every free slot, including those freed while detached.
     this.#turn.forgetFreedSlots();
-    const delivered = this.#ledger.resend(this.#sender(session));
+    const delivered = link.ledger.resend(this.#sender(session));
     const state = this.#state;
     if (state.t === "draining") {
       session.write({ case: "drain", value: create(DrainSchema, { reason: state.reason }) });
-    } else {
-      const free = this.#options.slots - this.#tasks.size;
-      if (free > 0) session.write({ case: "credit", value: create(CreditSchema, { n: free }) });
     }
-    const start = this.#pendingStart();
-    this.#enter(attached(state));
+    const start = link.primary ? this.#pendingStart() : undefined;
+    if (link.primary) this.#enter(attached(state));
+    this.#grant(true);
+    if (this.#clustered) this.#rebalanceReports();
     const fields = {
       sessionId: ack.sessionId,
       session: session.number,
+      ...(ack.replicaId === "" ? {} : { replicaId: ack.replicaId }),
+      ...(link.primary ? {} : { schedulerAddress: link.address }),
       heldLeases: this.#tasks.size,
       revoked: revokedTasks,
       reportsAlreadyTaken: alreadyTaken,
@@ -506,17 +629,37 @@ export class Executor {
       heartbeatIntervalMs: interval,
       protocolVersion: ack.protocolVersion,
     };
-    if (first) this.#logger.debug(fields, "attached to the scheduler");
+    if (first || link.attaches === 0) this.#logger.debug(fields, "attached to the scheduler");
     else this.#logger.info(fields, "re-attached to the scheduler");
+    link.attaches++;
     start?.resolve();
+    if (first) this.#startDiscovery();
+  }
+
+  /**
+   * `link` reached replica `replicaId` (its AttachAck): records it, unless another link holds a
+   * session to that replica already; returns false then (the primary one wins, else the first).
+   */
+  #reached(link: Link, replicaId: string): boolean {
+    if (link.replicaId !== replicaId && this.#byReplica.get(link.replicaId) === link)
+      this.#byReplica.delete(link.replicaId);
+    link.replicaId = replicaId;
+    const other = this.#byReplica.get(replicaId);
+    if (other !== undefined && other !== link && !other.retired) {
+      if (!link.primary) return false;
+      void this.#retire(other);
+    }
+    this.#byReplica.set(replicaId, link);
+    return true;
   }
 
   /** The scheduler committed the session's first `through` reports: forget them. */
-  #onAcked(through: number): void {
-    const acked = this.#ledger.ackedThrough;
-    if (this.#ledger.ack(through) === "ahead") {
+  #onAcked(link: Link, through: number): void {
+    const ledger = link.ledger;
+    const acked = ledger.ackedThrough;
+    if (ledger.ack(through) === "ahead") {
       this.#logger.warn(
-        { through, acked, unacked: this.#ledger.unacknowledged },
+        { through, acked, unacked: ledger.unacknowledged },
         "protocol: Acked covers reports never sent; ignored",
       );
     }
@@ -526,13 +669,15 @@ export class Executor {
    * AttachAck says a held lease is gone: stop its task and never report it. Returns what the
    * lease was here: a running task, or a finished one whose report was waiting.
    */
-  #revoke(key: LeaseKey): "task" | "report" | "none" {
-    const dropped = this.#ledger.revoke(key);
+  #revoke(link: Link, key: LeaseKey): "task" | "report" | "none" {
+    const dropped = link.ledger.revoke(key);
     if (this.#tasks.revoke(key)) return "task";
     return dropped ? "report" : "none";
   }
 
-  #onLease(lease: Lease): void {
+  #onLease(link: Link, lease: Lease): void {
+    // The scheduler spent one credit of this session on it.
+    if (link.credit > 0) link.credit--;
     if (!hasKey(lease)) {
       this.#logger.warn(
         { task_type: lease.taskType, run_id: lease.runId },
@@ -547,10 +692,14 @@ export class Executor {
     }
     const state = this.#state;
     if (state.t === "draining" || state.t === "closing") {
-      this.#report({
-        case: "release",
-        value: create(ReleaseSchema, { key, reason: `executor draining (${state.reason})` }),
-      });
+      this.#report(
+        {
+          case: "release",
+          value: create(ReleaseSchema, { key, reason: `executor draining (${state.reason})` }),
+        },
+        lease.runId,
+        link,
+      );
       return;
     }
     if (this.#tasks.size >= this.#options.slots) {
@@ -558,10 +707,23 @@ export class Executor {
         { ...describeKey(key), slots: this.#options.slots },
         "protocol: lease beyond the credit granted; releasing it",
       );
-      this.#report({ case: "release", value: create(ReleaseSchema, { key, reason: "no free slot" }) });
+      this.#report(
+        { case: "release", value: create(ReleaseSchema, { key, reason: "no free slot" }) },
+        lease.runId,
+        link,
+      );
       return;
     }
-    this.#turn.started(this.#tasks.start(lease));
+    const attempt = this.#tasks.start(lease);
+    this.#routes.set(attempt.id, {
+      runId: lease.runId,
+      origin: link,
+      key,
+      sentTo: link,
+      notFoundSince: undefined,
+    });
+    link.running++;
+    this.#turn.started(attempt);
   }
 
   /** An attempt ended (it has left the table): report it, unless its lease is gone, and free its slot. */
@@ -573,12 +735,17 @@ export class Executor {
         "task finished; not reported (its lease is gone)",
       );
     } else {
-      this.#report(outcomeReport(key, outcome));
+      this.#reportAttempt(outcomeReport(key, outcome), attempt);
       if (outcome.status === "completed") this.#logger.debug(describeKey(key), "task completed");
       else {
         const { type: errorType, retryable } = outcome.failure;
         this.#logger.info({ ...describeKey(key), error_type: errorType, retryable }, "task failed");
       }
+    }
+    const route = this.#routes.get(attempt.id);
+    if (route !== undefined) {
+      this.#routes.delete(attempt.id);
+      route.origin.running--;
     }
     // A slot is free again. While disconnected nothing is sent: the next AttachAck grants every free slot.
     if (takesWork(this.#state)) this.#turn.slotFreed();
@@ -588,14 +755,76 @@ export class Executor {
   #endOfTurn(started: readonly TaskAttempt[], freed: number): void {
     for (const a of started) {
       if (this.#tasks.reportable(a))
-        this.#report({ case: "started", value: create(StartedSchema, { key: a.key }) });
+        this.#reportAttempt({ case: "started", value: create(StartedSchema, { key: a.key }) }, a);
     }
-    if (freed > 0 && takesWork(this.#state))
-      this.#sendLive({ case: "credit", value: create(CreditSchema, { n: freed }) });
+    if (freed > 0) this.#grant();
   }
 
-  #onRejected(rejected: Rejected): void {
+  /**
+   * Grants the free slots (every slot neither running a task nor granted as credit on a live
+   * session) to the live sessions, each replica's share about proportional to the partitions it
+   * holds (replica-links.ts creditGrants). With one session: every free slot, as always.
+   */
+  #grant(rebalance = false): void {
+    if (!takesWork(this.#state)) return;
+    const live: Link[] = [];
+    let credit = 0;
+    for (const link of this.#links.values()) {
+      if (link.retired || link.session?.live !== true) continue;
+      live.push(link);
+      credit += link.credit;
+    }
+    const map = this.#map;
+    const weightOf = (link: Link): number => map?.replicas.get(link.replicaId)?.partitions ?? 0;
+    let free = this.#options.slots - this.#tasks.size - credit;
+    if (rebalance && live.length > 1) {
+      // Credit a replica does not need goes to those below their share (a replica that joined).
+      for (const [link, n] of creditWithdrawals(live, free, this.#options.slots, weightOf)) {
+        link.credit -= n;
+        free += n;
+        link.session?.write({ case: "credit", value: create(CreditSchema, { withdraw: n }) });
+      }
+    }
+    if (free <= 0 || live.length === 0) return;
+    const grants = creditGrants(live, free, this.#options.slots, weightOf);
+    for (const [link, n] of grants) {
+      link.credit += n;
+      link.session?.write({ case: "credit", value: create(CreditSchema, { n }) });
+    }
+  }
+
+  /**
+   * A Cancel: the task stops, unless its run's partition moved to another replica while this
+   * executor has sessions to several: the new owner holds the lease in its grace, and a report
+   * there (a Heartbeat once the map shows the owner) adopts it, so the task keeps running.
+   */
+  #onCancel(cancel: Cancel): void {
+    const key = cancel.key;
+    if (cancel.partitionMoved && key !== undefined && this.#discovery === "on" && this.#clustered) {
+      const route = this.#routes.get(leaseKeyId(key));
+      if (route !== undefined) {
+        route.sentTo = undefined;
+        this.#logger.info(
+          { ...describeKey(key), reason: cancel.reason },
+          "the run's partition moved; the task goes on, reported to its new owner",
+        );
+        this.#refreshSoon();
+        return;
+      }
+    }
+    this.#tasks.cancel(key, cancel.reason);
+  }
+
+  #onRejected(link: Link, rejected: Rejected): void {
     const fields = { ...describeKey(rejected.key), code: rejected.code, reason: rejected.message };
+    if (
+      rejected.code === "NOT_FOUND" &&
+      rejected.key !== undefined &&
+      this.#misroutedTo(link, rejected.key)
+    ) {
+      this.#logger.info(fields, "a report reached a replica without its run; sending it to the run's owner");
+      return;
+    }
     this.#logger.warn(fields, "the scheduler rejected a report");
     // These codes say the lease is gone; others (a malformed report) leave the task running.
     if (
@@ -603,5 +832,229 @@ export class Executor {
       (rejected.code === "FAILED_PRECONDITION" || rejected.code === "NOT_FOUND")
     )
       this.#tasks.lose(rejected.key, rejected);
+  }
+
+  /**
+   * A report on `key`'s lease was rejected NOT_FOUND by `link`'s replica, while this executor has
+   * sessions to several: the run's partition may have moved, its new owner not loaded it yet. Its
+   * last acknowledged report is kept to be sent again by the next map, the task keeps running (a
+   * Heartbeat goes to the owner by the next map), and the map is asked for now; for at most the
+   * session timeout since the first such rejection (no lease grace lasts longer: by then the new
+   * owner has expired the lease). Returns false (the lease is lost, as always) with one session,
+   * or once that time is over.
+   */
+  #misroutedTo(link: Link, key: LeaseKey): boolean {
+    if (!this.#clustered || this.#discovery === "off") return false;
+    const now = performance.now();
+    const id = leaseKeyId(key);
+    const entry = link.ledger.sentOn(key);
+    const route = this.#routes.get(id);
+    if (entry !== undefined && isAcknowledgedReport(entry.report)) {
+      const since = this.#misroutedSince.get(entry.report) ?? now;
+      if (now - since > link.sessionTimeoutMs) return false;
+      this.#misroutedSince.set(entry.report, since);
+      this.#misrouted.set(id, entry);
+    } else if (route !== undefined) {
+      route.notFoundSince ??= now;
+      if (now - route.notFoundSince > link.sessionTimeoutMs) return false;
+      route.sentTo = undefined;
+    } else return false;
+    this.#refreshSoon();
+    return true;
+  }
+
+  // ---- replicas --------------------------------------------------------------------------------
+
+  /** After the first attach: asks for the replicas now and every `replicaRefreshMs`. */
+  #startDiscovery(): void {
+    if (this.#discovery === "off" || this.#refreshTimer !== undefined) return;
+    this.#refreshTimer = setInterval(() => this.#refreshSoon(), this.#options.replicaRefreshMs);
+    this.#refreshTimer.unref();
+    this.#refreshSoon();
+  }
+
+  #stopDiscovery(): void {
+    clearInterval(this.#refreshTimer);
+    clearTimeout(this.#refreshSoonTimer);
+    this.#refreshTimer = undefined;
+    this.#refreshSoonTimer = undefined;
+    this.#discovery = "off";
+  }
+
+  /** Asks for the replica map soon: at once, or {@link MIN_REFRESH_GAP_MS} after the last ask. */
+  #refreshSoon(): void {
+    if (this.#discovery === "off" || !reconnects(this.#state)) return;
+    if (this.#refreshing) {
+      this.#refreshAgain = true;
+      return;
+    }
+    if (this.#refreshSoonTimer !== undefined) return;
+    const wait = Math.max(0, this.#lastRefresh + MIN_REFRESH_GAP_MS - performance.now());
+    this.#refreshSoonTimer = setTimeout(() => {
+      this.#refreshSoonTimer = undefined;
+      this.#refreshing = true;
+      this.#lastRefresh = performance.now();
+      this.#refresh()
+        .catch((e: unknown) => this.#logger.error({ err: e }, "refreshing the replica map failed"))
+        .finally(() => {
+          this.#refreshing = false;
+          if (this.#refreshAgain) {
+            this.#refreshAgain = false;
+            this.#refreshSoon();
+          }
+        });
+    }, wait);
+    this.#refreshSoonTimer.unref();
+  }
+
+  /**
+   * Asks ListReplicas (on the primary address, then on the replicas reached) and applies the
+   * answer. UNIMPLEMENTED or PERMISSION_DENIED: the scheduler cannot tell, one session for good.
+   */
+  async #refresh(): Promise<void> {
+    let metadata: grpc.Metadata;
+    try {
+      metadata = await this.#options.metadata();
+    } catch (e) {
+      this.#logger.debug({ err: e }, "cannot make the metadata of ListReplicas");
+      return;
+    }
+    const clients = [...this.#links.values()].map((link) => link.client);
+    let lastError: unknown;
+    for (const client of clients) {
+      if (this.#discovery === "off") return;
+      try {
+        const response = await listReplicas(client, metadata.clone(), LIST_REPLICAS_TIMEOUT_MS);
+        this.#applyMap(replicaMapOf(response));
+        return;
+      } catch (e) {
+        lastError = e;
+        if (noDiscovery(e)) break;
+      }
+    }
+    if (noDiscovery(lastError)) {
+      const { code, details } = lastError as grpc.ServiceError;
+      this.#logger.warn(
+        { code: grpc.status[code], details },
+        "the scheduler does not list its replicas (ReplicaService.ListReplicas); keeping one session",
+      );
+      clearInterval(this.#refreshTimer);
+      this.#discovery = "off";
+      return;
+    }
+    this.#logger.debug({ err: lastError }, "ListReplicas failed; keeping the last replica map");
+  }
+
+  /** A new map: sessions opened to replicas not reached, closed to those that left; reports re-routed. */
+  #applyMap(map: ReplicaMap): void {
+    if (!reconnects(this.#state) || this.#discovery === "off") return;
+    this.#map = map;
+    if (map.replicas.size > 1) this.#clustered = true;
+    const run = this.#state.t === "idle" || this.#state.t === "stopped" ? undefined : this.#state.run;
+    if (run === undefined) return;
+    for (const replica of map.replicas.values()) {
+      const reached = this.#byReplica.get(replica.id);
+      if ((reached !== undefined && !reached.retired) || this.#links.has(replica.id)) continue;
+      if (!takesWork(this.#state)) continue;
+      this.#openLink(run, replica.id, replica.address);
+    }
+    for (const link of this.#links.values()) {
+      if (link.primary || link.retired) continue;
+      const replicaId = link.replicaId === "" ? link.id : link.replicaId;
+      if (!map.replicas.has(replicaId)) void this.#retire(link);
+    }
+    this.#rebalanceReports();
+    this.#grant(true);
+  }
+
+  /** Opens a link (and keeps its session open) to replica `replicaId` at `address`. */
+  #openLink(run: Run, replicaId: string, address: string): void {
+    const { credentials, channelOptions, reconnect } = this.#options;
+    let client: grpc.Client;
+    try {
+      client = new grpc.Client(address, credentials, channelOptions);
+    } catch (e) {
+      this.#logger.warn({ err: e, scheduler_address: address }, "cannot connect to a scheduler replica");
+      return;
+    }
+    const link = newLink(replicaId, false, address, client, new AbortController());
+    this.#clustered = true;
+    this.#links.set(link.id, link);
+    this.#logger.info({ replicaId, scheduler_address: address }, "opening a session to a scheduler replica");
+    const stop = (): void => link.closing.abort();
+    run.closing.signal.addEventListener("abort", stop, { once: true });
+    link.loop = runSessionLoop({
+      reconnect,
+      logger: this.#logger.child({ scheduler_address: address }),
+      signal: link.closing.signal,
+      wanted: () => !link.retired && reconnects(this.#state) && !link.closing.signal.aborted,
+      // Refusals are retried: this replica may come to accept the executor (an upgrade).
+      attachedBefore: () => true,
+      metadata: this.#options.metadata,
+      openSession: (metadata) => this.#openSession(run, link, metadata),
+    })
+      .then(() => undefined)
+      .catch((e: unknown) => this.#logger.error({ err: e }, "a replica's session loop failed"))
+      .finally(() => run.closing.signal.removeEventListener("abort", stop));
+  }
+
+  /**
+   * Closes a link to a replica that left (or that another session reached): no new leases on it,
+   * its queued reports go to their owners, and it is closed once its sent reports are settled
+   * (acknowledged, or handed on when its session ends), or after the drain timeout.
+   */
+  async #retire(link: Link): Promise<void> {
+    if (link.primary || link.retired) return;
+    link.retired = true;
+    if (this.#byReplica.get(link.replicaId) === link) this.#byReplica.delete(link.replicaId);
+    this.#logger.info(
+      { replicaId: link.replicaId || link.id, scheduler_address: link.address },
+      "closing the session to a scheduler replica",
+    );
+    this.#rebalanceReports();
+    await within(this.#options.drainTimeoutMs, (signal) =>
+      link.ledger.whenEmpty(signal).then((empty) => empty || signal.aborted),
+    );
+    link.closing.abort();
+    await link.session?.close(CLOSE_TIMEOUT_MS);
+    await link.loop;
+    link.client.close();
+    link.ledger.detach();
+    this.#links.delete(link.id);
+    // What it still had (its session ended unacknowledged) goes to the owners.
+    this.#rebalanceReports(link);
+    this.#grant(true);
+  }
+
+  /**
+   * After the map or the sessions changed: queued reports move to the link their run's owner is
+   * reached on, reports rejected NOT_FOUND go out again, and every running lease whose reports go
+   * to another replica now gets a Heartbeat there (so that the new owner adopts it in its grace).
+   */
+  #rebalanceReports(gone?: Link): void {
+    const moving: LedgerEntry[] = [];
+    const links = gone === undefined ? [...this.#links.values()] : [gone, ...this.#links.values()];
+    for (const link of links) {
+      moving.push(
+        ...link.ledger.take((e) => link === gone || this.#route(e.runId, this.#links.get(e.origin)) !== link),
+      );
+    }
+    for (const entry of moving) {
+      const to = this.#route(entry.runId, this.#links.get(entry.origin));
+      to.ledger.put(entry, this.#senderIfLive(to));
+    }
+    for (const [id, entry] of [...this.#misrouted]) {
+      const to = this.#route(entry.runId, this.#links.get(entry.origin));
+      const send = this.#senderIfLive(to);
+      if (send === undefined) continue;
+      this.#misrouted.delete(id);
+      to.ledger.put(entry, send);
+    }
+    for (const route of this.#routes.values()) {
+      const to = this.#route(route.runId, route.origin);
+      if (to === route.sentTo || to.session?.live !== true) continue;
+      route.sentTo = to;
+      to.session.report({ case: "heartbeat", value: create(HeartbeatSchema, { key: route.key }) });
+    }
   }
 }

@@ -61,6 +61,16 @@ export interface ExecutorOptions {
    */
   version?: string | undefined;
   /**
+   * How often the executor asks the scheduler which replicas own which partitions
+   * (ReplicaService.ListReplicas), in milliseconds. With several live scheduler replicas it keeps
+   * a session to each that holds partitions, and sends each lease's reports to the owner of its
+   * run; it also asks at once when a session ends, a report is rejected NOT_FOUND or a Cancel says
+   * a run's partition moved. A scheduler that does not answer it (UNIMPLEMENTED, PERMISSION_DENIED)
+   * or a single replica: one session, as before. 0: never ask (one session to `schedulerAddress`).
+   * @default 3000
+   */
+  replicaRefreshMs?: number | undefined;
+  /**
    * Backoff between reconnection attempts.
    * @default { initialDelayMs: 100, maxDelayMs: 5000 }
    */
@@ -152,6 +162,7 @@ export interface CompiledExecutorOptions {
   readonly labels: Readonly<Record<string, string>>;
   readonly version: string;
   readonly reconnect: { readonly initialDelayMs: number; readonly maxDelayMs: number };
+  readonly replicaRefreshMs: number;
   readonly drainTimeoutMs: number;
   readonly abortGraceMs: number;
   readonly attachTimeoutMs: number;
@@ -225,6 +236,7 @@ export function compileExecutorOptions(options: ExecutorOptions = {}): CompiledE
     labels: { ...options.labels },
     version: nonEmpty("version", options.version, EXECUTOR_VERSION),
     reconnect: { initialDelayMs, maxDelayMs },
+    replicaRefreshMs: integer("replicaRefreshMs", options.replicaRefreshMs, 3_000, 0, MAX_MS),
     drainTimeoutMs: integer("drainTimeoutMs", options.drainTimeoutMs, 30_000, 0, MAX_MS),
     abortGraceMs: integer("abortGraceMs", options.abortGraceMs, 2_000, 0, MAX_MS),
     attachTimeoutMs: integer("attachTimeoutMs", options.attachTimeoutMs, 10_000, 1, MAX_MS),

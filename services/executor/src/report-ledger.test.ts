@@ -17,6 +17,7 @@ function key(n: number): LeaseKey {
     taskRunId: `task-run-${n}`,
     attempt: 1,
     fencingToken: BigInt(n),
+    runId: "",
   };
 }
 const started = (n: number): Report => ({ case: "started", value: create(StartedSchema, { key: key(n) }) });

@@ -17,6 +17,16 @@ export type Report = Extract<
   { case: "started" | "completed" | "failed" | "release" }
 >;
 
+/**
+ * A report with what routing needs: its lease's run (empty when unknown) and the link (session
+ * to one scheduler replica) its lease came on.
+ */
+export interface LedgerEntry {
+  readonly report: Report;
+  readonly runId: string;
+  readonly origin: string;
+}
+
 /** Writes a message on the attached session; false when the session can take nothing more. */
 export type SendReport = (report: Report) => boolean;
 
@@ -37,9 +47,9 @@ export function reportKey(report: Report): LeaseKey | undefined {
 /** Reports not yet in the scheduler's hands, in the order they were made. */
 export class ReportLedger {
   /** Not on the current session: made while detached, or sent on a session that ended unacknowledged. */
-  #queued: Report[] = [];
+  #queued: LedgerEntry[] = [];
   /** Sent on the current session and not acknowledged yet, oldest first. */
-  #sent: Report[] = [];
+  #sent: LedgerEntry[] = [];
   /** How many of the current session's acknowledged reports its `Acked` has covered. */
   #ackedThrough = 0;
   readonly #changes = new Changes();
@@ -65,8 +75,40 @@ export class ReportLedger {
   }
 
   /** Sends `report` with `send` (undefined: no attached session), or queues it if it cannot go now. */
-  record(report: Report, send: SendReport | undefined): void {
-    if (send === undefined || !this.#send(report, send)) this.#queued.push(report);
+  record(report: Report, send: SendReport | undefined, runId = "", origin = ""): void {
+    this.put({ report, runId, origin }, send);
+  }
+
+  /** {@link ReportLedger.record} of an entry (one moved from another ledger). */
+  put(entry: LedgerEntry, send: SendReport | undefined): void {
+    if (send === undefined || !this.#send(entry, send)) {
+      this.#queued.push(entry);
+      this.#changes.notify();
+    }
+  }
+
+  /** Takes the queued entries `moves` picks out of the ledger (to send them elsewhere), in order. */
+  take(moves: (entry: LedgerEntry) => boolean): LedgerEntry[] {
+    const taken: LedgerEntry[] = [];
+    const kept: LedgerEntry[] = [];
+    for (const e of this.#queued) (moves(e) ? taken : kept).push(e);
+    if (taken.length === 0) return taken;
+    this.#queued = kept;
+    this.#changes.notify();
+    return taken;
+  }
+
+  /**
+   * The latest report on `key`'s lease sent on the current session and not acknowledged yet (the
+   * one a Rejected names), if any.
+   */
+  sentOn(key: LeaseKey): LedgerEntry | undefined {
+    const id = leaseKeyId(key);
+    for (let i = this.#sent.length - 1; i >= 0; i--) {
+      const k = reportKey(this.#sent[i]!.report);
+      if (k !== undefined && leaseKeyId(k) === id) return this.#sent[i];
+    }
+    return undefined;
   }
 
   /**
@@ -77,8 +119,8 @@ export class ReportLedger {
     const queued = this.#queued;
     this.#queued = [];
     let sent = 0;
-    for (const report of queued) {
-      if (!this.#send(report, send)) break;
+    for (const entry of queued) {
+      if (!this.#send(entry, send)) break;
       sent++;
     }
     if (sent < queued.length) this.#queued = [...queued.slice(sent), ...this.#queued];
@@ -113,7 +155,7 @@ export class ReportLedger {
   revoke(key: LeaseKey): boolean {
     const id = leaseKeyId(key);
     const before = this.#queued.length;
-    this.#queued = this.#queued.filter((report) => {
+    this.#queued = this.#queued.filter(({ report }) => {
       const k = reportKey(report);
       return k === undefined || leaseKeyId(k) !== id;
     });
@@ -124,15 +166,17 @@ export class ReportLedger {
 
   /**
    * Leases whose queued reports say they are still held here (finished, the result not delivered):
-   * every lease with a queued report but a Release, each once, in the order first reported.
+   * every lease with a queued report but a Release, each once, in the order first reported, with
+   * its run (LeaseKey.run_id) when known.
    */
   heldLeases(): LeaseKey[] {
     const held = new Map<string, LeaseKey>();
-    for (const report of [...this.#sent, ...this.#queued]) {
+    for (const { report, runId } of [...this.#sent, ...this.#queued]) {
       const key = reportKey(report);
-      if (key !== undefined && report.case !== "release") held.set(leaseKeyId(key), key);
+      if (key !== undefined && report.case !== "release")
+        held.set(leaseKeyId(key), create(LeaseKeySchema, { ...key, runId }));
     }
-    return [...held.values()].map((key) => create(LeaseKeySchema, key));
+    return [...held.values()];
   }
 
   /** Resolves true once every report is acknowledged, false if `signal` aborts first. */
@@ -140,9 +184,9 @@ export class ReportLedger {
     return this.#changes.until(() => this.size === 0, signal);
   }
 
-  #send(report: Report, send: SendReport): boolean {
-    if (!send(report)) return false;
-    if (isAcknowledgedReport(report)) this.#sent.push(report);
+  #send(entry: LedgerEntry, send: SendReport): boolean {
+    if (!send(entry.report)) return false;
+    if (isAcknowledgedReport(entry.report)) this.#sent.push(entry);
     return true;
   }
 }

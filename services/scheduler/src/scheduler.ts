@@ -499,7 +499,10 @@ export class Scheduler {
       );
       server.addService(
         executorServiceDefinition(),
-        executorService(this.engineValue, log, { authenticated: this.options.auth !== undefined }),
+        executorService(this.engineValue, log, {
+          authenticated: this.options.auth !== undefined,
+          replicaId: leases.replicaId,
+        }),
       );
       server.addService(
         serviceDefinition(ScheduleService),

@@ -16,7 +16,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file nexusflow/v1/executor_service.proto.
  */
 export const file_nexusflow_v1_executor_service: GenFile = /*@__PURE__*/
-  fileDesc("CiNuZXh1c2Zsb3cvdjEvZXhlY3V0b3Jfc2VydmljZS5wcm90bxIMbmV4dXNmbG93LnYxIrcDCg5TZXNzaW9uUmVxdWVzdBImCgZhdHRhY2gYASABKAsyFC5uZXh1c2Zsb3cudjEuQXR0YWNoSAASJgoGY3JlZGl0GAIgASgLMhQubmV4dXNmbG93LnYxLkNyZWRpdEgAEigKB3N0YXJ0ZWQYAyABKAsyFS5uZXh1c2Zsb3cudjEuU3RhcnRlZEgAEiwKCWhlYXJ0YmVhdBgEIAEoCzIXLm5leHVzZmxvdy52MS5IZWFydGJlYXRIABIsCgljb21wbGV0ZWQYBSABKAsyFy5uZXh1c2Zsb3cudjEuQ29tcGxldGVkSAASJgoGZmFpbGVkGAYgASgLMhQubmV4dXNmbG93LnYxLkZhaWxlZEgAEiQKBWRyYWluGAcgASgLMhMubmV4dXNmbG93LnYxLkRyYWluSAASKAoHcmVsZWFzZRgIIAEoCzIVLm5leHVzZmxvdy52MS5SZWxlYXNlSAASIgoEcG9uZxgJIAEoCzISLm5leHVzZmxvdy52MS5Qb25nSAASKAoHcmVwb3J0cxgKIAEoCzIVLm5leHVzZmxvdy52MS5SZXBvcnRzSABCCQoHbWVzc2FnZSLoAgoPU2Vzc2lvblJlc3BvbnNlEi0KCmF0dGFjaF9hY2sYASABKAsyFy5uZXh1c2Zsb3cudjEuQXR0YWNoQWNrSAASJAoFbGVhc2UYAiABKAsyEy5uZXh1c2Zsb3cudjEuTGVhc2VIABImCgZjYW5jZWwYAyABKAsyFC5uZXh1c2Zsb3cudjEuQ2FuY2VsSAASIgoEcGluZxgEIAEoCzISLm5leHVzZmxvdy52MS5QaW5nSAASKgoIcmVqZWN0ZWQYBSABKAsyFi5uZXh1c2Zsb3cudjEuUmVqZWN0ZWRIABIrCglkcmFpbl9hY2sYBiABKAsyFi5uZXh1c2Zsb3cudjEuRHJhaW5BY2tIABIkCgVhY2tlZBgHIAEoCzITLm5leHVzZmxvdy52MS5BY2tlZEgAEioKBmxlYXNlcxgIIAEoCzIYLm5leHVzZmxvdy52MS5MZWFzZUJhdGNoSABCCQoHbWVzc2FnZSJHCghMZWFzZUtleRITCgt0YXNrX3J1bl9pZBgBIAEoCRIPCgdhdHRlbXB0GAIgASgFEhUKDWZlbmNpbmdfdG9rZW4YAyABKAMi+QEKBkF0dGFjaBITCgtleGVjdXRvcl9pZBgBIAEoCRISCgp0YXNrX3R5cGVzGAIgAygJEg0KBXNsb3RzGAMgASgFEjAKBmxhYmVscxgEIAMoCzIgLm5leHVzZmxvdy52MS5BdHRhY2guTGFiZWxzRW50cnkSDwoHdmVyc2lvbhgFIAEoCRIrCgtoZWxkX2xlYXNlcxgGIAMoCzIWLm5leHVzZmxvdy52MS5MZWFzZUtleRIYChBwcm90b2NvbF92ZXJzaW9uGAcgASgFGi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEinQEKCUF0dGFjaEFjaxISCgpzZXNzaW9uX2lkGAEgASgJEh0KFWhlYXJ0YmVhdF9pbnRlcnZhbF9tcxgCIAEoBRIaChJzZXNzaW9uX3RpbWVvdXRfbXMYAyABKAUSJwoHcmV2b2tlZBgEIAMoCzIWLm5leHVzZmxvdy52MS5MZWFzZUtleRIYChBwcm90b2NvbF92ZXJzaW9uGAUgASgFIhMKBkNyZWRpdBIJCgFuGAEgASgFIoMDCgVMZWFzZRIjCgNrZXkYASABKAsyFi5uZXh1c2Zsb3cudjEuTGVhc2VLZXkSDgoGcnVuX2lkGAIgASgJEg8KB3N0ZXBfaWQYAyABKAkSEQoJdGFza190eXBlGAQgASgJEiQKBGtpbmQYBSABKA4yFi5uZXh1c2Zsb3cudjEuVGFza0tpbmQSJQoFaW5wdXQYBiABKAsyFi5nb29nbGUucHJvdG9idWYuVmFsdWUSLAoIZGVhZGxpbmUYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhwKFGhlYXJ0YmVhdF90aW1lb3V0X21zGAggASgFEjwKDXRyYWNlX2NvbnRleHQYCSADKAsyJS5uZXh1c2Zsb3cudjEuTGVhc2UuVHJhY2VDb250ZXh0RW50cnkSFQoNd29ya2Zsb3dfbmFtZRgKIAEoCRozChFUcmFjZUNvbnRleHRFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIjEKCkxlYXNlQmF0Y2gSIwoGbGVhc2VzGAEgAygLMhMubmV4dXNmbG93LnYxLkxlYXNlIi4KB1JlcG9ydHMSIwoFaXRlbXMYASADKAsyFC5uZXh1c2Zsb3cudjEuUmVwb3J0IuoBCgZSZXBvcnQSKAoHc3RhcnRlZBgBIAEoCzIVLm5leHVzZmxvdy52MS5TdGFydGVkSAASLAoJaGVhcnRiZWF0GAIgASgLMhcubmV4dXNmbG93LnYxLkhlYXJ0YmVhdEgAEiwKCWNvbXBsZXRlZBgDIAEoCzIXLm5leHVzZmxvdy52MS5Db21wbGV0ZWRIABImCgZmYWlsZWQYBCABKAsyFC5uZXh1c2Zsb3cudjEuRmFpbGVkSAASKAoHcmVsZWFzZRgFIAEoCzIVLm5leHVzZmxvdy52MS5SZWxlYXNlSABCCAoGcmVwb3J0Ii4KB1N0YXJ0ZWQSIwoDa2V5GAEgASgLMhYubmV4dXNmbG93LnYxLkxlYXNlS2V5IloKCUhlYXJ0YmVhdBIjCgNrZXkYASABKAsyFi5uZXh1c2Zsb3cudjEuTGVhc2VLZXkSKAoIcHJvZ3Jlc3MYAiABKAsyFi5nb29nbGUucHJvdG9idWYuVmFsdWUiqwEKCUNvbXBsZXRlZBIjCgNrZXkYASABKAsyFi5uZXh1c2Zsb3cudjEuTGVhc2VLZXkSJgoGb3V0cHV0GAIgASgLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlEi0KCm91dHB1dF9yZWYYAyABKAsyGS5uZXh1c2Zsb3cudjEuQXJ0aWZhY3RSZWYSIgoEbG9ncxgEIAEoCzIULm5leHVzZmxvdy52MS5Mb2dSZWYixgEKBkZhaWxlZBIjCgNrZXkYASABKAsyFi5uZXh1c2Zsb3cudjEuTGVhc2VLZXkSJgoFZXJyb3IYAiABKAsyFy5uZXh1c2Zsb3cudjEuVGFza0Vycm9yEhYKDnJldHJ5X2FmdGVyX21zGAMgASgDEiIKBGxvZ3MYBCABKAsyFC5uZXh1c2Zsb3cudjEuTG9nUmVmEjMKD3BhdXNlX2tleV91bnRpbBgyIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiFwoFRHJhaW4SDgoGcmVhc29uGAEgASgJIj4KB1JlbGVhc2USIwoDa2V5GAEgASgLMhYubmV4dXNmbG93LnYxLkxlYXNlS2V5Eg4KBnJlYXNvbhgCIAEoCSIVCgRQb25nEg0KBW5vbmNlGAEgASgDIj0KBkNhbmNlbBIjCgNrZXkYASABKAsyFi5uZXh1c2Zsb3cudjEuTGVhc2VLZXkSDgoGcmVhc29uGAIgASgJIhUKBFBpbmcSDQoFbm9uY2UYASABKAMiTgoIUmVqZWN0ZWQSIwoDa2V5GAEgASgLMhYubmV4dXNmbG93LnYxLkxlYXNlS2V5EgwKBGNvZGUYAiABKAkSDwoHbWVzc2FnZRgDIAEoCSIYCgVBY2tlZBIPCgd0aHJvdWdoGAEgASgDIh8KCERyYWluQWNrEhMKC291dHN0YW5kaW5nGAEgASgFMl0KD0V4ZWN1dG9yU2VydmljZRJKCgdTZXNzaW9uEhwubmV4dXNmbG93LnYxLlNlc3Npb25SZXF1ZXN0Gh0ubmV4dXNmbG93LnYxLlNlc3Npb25SZXNwb25zZSgBMAFiBnByb3RvMw", [file_google_protobuf_struct, file_google_protobuf_timestamp, file_nexusflow_v1_artifacts, file_nexusflow_v1_workflow]);
+  fileDesc("CiNuZXh1c2Zsb3cvdjEvZXhlY3V0b3Jfc2VydmljZS5wcm90bxIMbmV4dXNmbG93LnYxIrcDCg5TZXNzaW9uUmVxdWVzdBImCgZhdHRhY2gYASABKAsyFC5uZXh1c2Zsb3cudjEuQXR0YWNoSAASJgoGY3JlZGl0GAIgASgLMhQubmV4dXNmbG93LnYxLkNyZWRpdEgAEigKB3N0YXJ0ZWQYAyABKAsyFS5uZXh1c2Zsb3cudjEuU3RhcnRlZEgAEiwKCWhlYXJ0YmVhdBgEIAEoCzIXLm5leHVzZmxvdy52MS5IZWFydGJlYXRIABIsCgljb21wbGV0ZWQYBSABKAsyFy5uZXh1c2Zsb3cudjEuQ29tcGxldGVkSAASJgoGZmFpbGVkGAYgASgLMhQubmV4dXNmbG93LnYxLkZhaWxlZEgAEiQKBWRyYWluGAcgASgLMhMubmV4dXNmbG93LnYxLkRyYWluSAASKAoHcmVsZWFzZRgIIAEoCzIVLm5leHVzZmxvdy52MS5SZWxlYXNlSAASIgoEcG9uZxgJIAEoCzISLm5leHVzZmxvdy52MS5Qb25nSAASKAoHcmVwb3J0cxgKIAEoCzIVLm5leHVzZmxvdy52MS5SZXBvcnRzSABCCQoHbWVzc2FnZSLoAgoPU2Vzc2lvblJlc3BvbnNlEi0KCmF0dGFjaF9hY2sYASABKAsyFy5uZXh1c2Zsb3cudjEuQXR0YWNoQWNrSAASJAoFbGVhc2UYAiABKAsyEy5uZXh1c2Zsb3cudjEuTGVhc2VIABImCgZjYW5jZWwYAyABKAsyFC5uZXh1c2Zsb3cudjEuQ2FuY2VsSAASIgoEcGluZxgEIAEoCzISLm5leHVzZmxvdy52MS5QaW5nSAASKgoIcmVqZWN0ZWQYBSABKAsyFi5uZXh1c2Zsb3cudjEuUmVqZWN0ZWRIABIrCglkcmFpbl9hY2sYBiABKAsyFi5uZXh1c2Zsb3cudjEuRHJhaW5BY2tIABIkCgVhY2tlZBgHIAEoCzITLm5leHVzZmxvdy52MS5BY2tlZEgAEioKBmxlYXNlcxgIIAEoCzIYLm5leHVzZmxvdy52MS5MZWFzZUJhdGNoSABCCQoHbWVzc2FnZSJXCghMZWFzZUtleRITCgt0YXNrX3J1bl9pZBgBIAEoCRIPCgdhdHRlbXB0GAIgASgFEhUKDWZlbmNpbmdfdG9rZW4YAyABKAMSDgoGcnVuX2lkGAQgASgJIvkBCgZBdHRhY2gSEwoLZXhlY3V0b3JfaWQYASABKAkSEgoKdGFza190eXBlcxgCIAMoCRINCgVzbG90cxgDIAEoBRIwCgZsYWJlbHMYBCADKAsyIC5uZXh1c2Zsb3cudjEuQXR0YWNoLkxhYmVsc0VudHJ5Eg8KB3ZlcnNpb24YBSABKAkSKwoLaGVsZF9sZWFzZXMYBiADKAsyFi5uZXh1c2Zsb3cudjEuTGVhc2VLZXkSGAoQcHJvdG9jb2xfdmVyc2lvbhgHIAEoBRotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIrEBCglBdHRhY2hBY2sSEgoKc2Vzc2lvbl9pZBgBIAEoCRIdChVoZWFydGJlYXRfaW50ZXJ2YWxfbXMYAiABKAUSGgoSc2Vzc2lvbl90aW1lb3V0X21zGAMgASgFEicKB3Jldm9rZWQYBCADKAsyFi5uZXh1c2Zsb3cudjEuTGVhc2VLZXkSGAoQcHJvdG9jb2xfdmVyc2lvbhgFIAEoBRISCgpyZXBsaWNhX2lkGAYgASgJIiUKBkNyZWRpdBIJCgFuGAEgASgFEhAKCHdpdGhkcmF3GAIgASgFIoMDCgVMZWFzZRIjCgNrZXkYASABKAsyFi5uZXh1c2Zsb3cudjEuTGVhc2VLZXkSDgoGcnVuX2lkGAIgASgJEg8KB3N0ZXBfaWQYAyABKAkSEQoJdGFza190eXBlGAQgASgJEiQKBGtpbmQYBSABKA4yFi5uZXh1c2Zsb3cudjEuVGFza0tpbmQSJQoFaW5wdXQYBiABKAsyFi5nb29nbGUucHJvdG9idWYuVmFsdWUSLAoIZGVhZGxpbmUYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhwKFGhlYXJ0YmVhdF90aW1lb3V0X21zGAggASgFEjwKDXRyYWNlX2NvbnRleHQYCSADKAsyJS5uZXh1c2Zsb3cudjEuTGVhc2UuVHJhY2VDb250ZXh0RW50cnkSFQoNd29ya2Zsb3dfbmFtZRgKIAEoCRozChFUcmFjZUNvbnRleHRFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIjEKCkxlYXNlQmF0Y2gSIwoGbGVhc2VzGAEgAygLMhMubmV4dXNmbG93LnYxLkxlYXNlIi4KB1JlcG9ydHMSIwoFaXRlbXMYASADKAsyFC5uZXh1c2Zsb3cudjEuUmVwb3J0IuoBCgZSZXBvcnQSKAoHc3RhcnRlZBgBIAEoCzIVLm5leHVzZmxvdy52MS5TdGFydGVkSAASLAoJaGVhcnRiZWF0GAIgASgLMhcubmV4dXNmbG93LnYxLkhlYXJ0YmVhdEgAEiwKCWNvbXBsZXRlZBgDIAEoCzIXLm5leHVzZmxvdy52MS5Db21wbGV0ZWRIABImCgZmYWlsZWQYBCABKAsyFC5uZXh1c2Zsb3cudjEuRmFpbGVkSAASKAoHcmVsZWFzZRgFIAEoCzIVLm5leHVzZmxvdy52MS5SZWxlYXNlSABCCAoGcmVwb3J0Ii4KB1N0YXJ0ZWQSIwoDa2V5GAEgASgLMhYubmV4dXNmbG93LnYxLkxlYXNlS2V5IloKCUhlYXJ0YmVhdBIjCgNrZXkYASABKAsyFi5uZXh1c2Zsb3cudjEuTGVhc2VLZXkSKAoIcHJvZ3Jlc3MYAiABKAsyFi5nb29nbGUucHJvdG9idWYuVmFsdWUiqwEKCUNvbXBsZXRlZBIjCgNrZXkYASABKAsyFi5uZXh1c2Zsb3cudjEuTGVhc2VLZXkSJgoGb3V0cHV0GAIgASgLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlEi0KCm91dHB1dF9yZWYYAyABKAsyGS5uZXh1c2Zsb3cudjEuQXJ0aWZhY3RSZWYSIgoEbG9ncxgEIAEoCzIULm5leHVzZmxvdy52MS5Mb2dSZWYixgEKBkZhaWxlZBIjCgNrZXkYASABKAsyFi5uZXh1c2Zsb3cudjEuTGVhc2VLZXkSJgoFZXJyb3IYAiABKAsyFy5uZXh1c2Zsb3cudjEuVGFza0Vycm9yEhYKDnJldHJ5X2FmdGVyX21zGAMgASgDEiIKBGxvZ3MYBCABKAsyFC5uZXh1c2Zsb3cudjEuTG9nUmVmEjMKD3BhdXNlX2tleV91bnRpbBgyIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiFwoFRHJhaW4SDgoGcmVhc29uGAEgASgJIj4KB1JlbGVhc2USIwoDa2V5GAEgASgLMhYubmV4dXNmbG93LnYxLkxlYXNlS2V5Eg4KBnJlYXNvbhgCIAEoCSIVCgRQb25nEg0KBW5vbmNlGAEgASgDIlYKBkNhbmNlbBIjCgNrZXkYASABKAsyFi5uZXh1c2Zsb3cudjEuTGVhc2VLZXkSDgoGcmVhc29uGAIgASgJEhcKD3BhcnRpdGlvbl9tb3ZlZBgDIAEoCCIVCgRQaW5nEg0KBW5vbmNlGAEgASgDIk4KCFJlamVjdGVkEiMKA2tleRgBIAEoCzIWLm5leHVzZmxvdy52MS5MZWFzZUtleRIMCgRjb2RlGAIgASgJEg8KB21lc3NhZ2UYAyABKAkiGAoFQWNrZWQSDwoHdGhyb3VnaBgBIAEoAyIfCghEcmFpbkFjaxITCgtvdXRzdGFuZGluZxgBIAEoBTJdCg9FeGVjdXRvclNlcnZpY2USSgoHU2Vzc2lvbhIcLm5leHVzZmxvdy52MS5TZXNzaW9uUmVxdWVzdBodLm5leHVzZmxvdy52MS5TZXNzaW9uUmVzcG9uc2UoATABYgZwcm90bzM", [file_google_protobuf_struct, file_google_protobuf_timestamp, file_nexusflow_v1_artifacts, file_nexusflow_v1_workflow]);
 
 /**
  * Executor -> scheduler.
@@ -230,6 +230,16 @@ export type LeaseKey = Message<"nexusflow.v1.LeaseKey"> & {
    * @generated from field: int64 fencing_token = 3;
    */
   fencingToken: bigint;
+
+  /**
+   * The run of the lease. Set by the executor in Attach.held_leases only (empty elsewhere, and from
+   * older executors): a scheduler replica leaves alone a listed lease that it does not have in
+   * memory and whose run is in a partition it does not hold (another replica's lease, held on the
+   * executor's session to that replica), instead of revoking it.
+   *
+   * @generated from field: string run_id = 4;
+   */
+  runId: string;
 };
 
 /**
@@ -344,6 +354,14 @@ export type AttachAck = Message<"nexusflow.v1.AttachAck"> & {
    * @generated from field: int32 protocol_version = 5;
    */
   protocolVersion: number;
+
+  /**
+   * The scheduler replica that answered (ReplicaService.ListReplicas' replica_id); empty from a
+   * scheduler without partition leases. An executor keys its sessions by it: one session per replica.
+   *
+   * @generated from field: string replica_id = 6;
+   */
+  replicaId: string;
 };
 
 /**
@@ -354,17 +372,27 @@ export const AttachAckSchema: GenMessage<AttachAck> = /*@__PURE__*/
   messageDesc(file_nexusflow_v1_executor_service, 4);
 
 /**
- * Grants `n` more leases to the scheduler.
+ * Grants `n` more leases to the scheduler, or takes back credit not spent yet (`withdraw`).
  *
  * @generated from message nexusflow.v1.Credit
  */
 export type Credit = Message<"nexusflow.v1.Credit"> & {
   /**
-   * Number of additional leases the executor can take now.
+   * Number of additional leases the executor can take now (1 to 100000; 0 with `withdraw`).
    *
    * @generated from field: int32 n = 1;
    */
   n: number;
+
+  /**
+   * Takes back up to this much of the session's credit not yet spent on leases (with `n` 0): an
+   * executor with sessions to several replicas moves its slots to the replicas that need them. The
+   * scheduler answers nothing: the executor counts the withdrawn credit as gone and the leases
+   * already sent as spent. 0: none. An older scheduler rejects it (INVALID_ARGUMENT).
+   *
+   * @generated from field: int32 withdraw = 2;
+   */
+  withdraw: number;
 };
 
 /**
@@ -800,6 +828,15 @@ export type Cancel = Message<"nexusflow.v1.Cancel"> & {
    * @generated from field: string reason = 2;
    */
   reason: string;
+
+  /**
+   * The lease's run left this replica: its partition moved to another scheduler replica, which
+   * holds the lease (same key) for a grace period. An executor with a session to the new owner may
+   * keep running the task and report to it (a report there adopts the lease); one without stops it.
+   *
+   * @generated from field: bool partition_moved = 3;
+   */
+  partitionMoved: boolean;
 };
 
 /**
@@ -916,9 +953,12 @@ export const DrainAckSchema: GenMessage<DrainAck> = /*@__PURE__*/
   messageDesc(file_nexusflow_v1_executor_service, 21);
 
 /**
- * ExecutorService is how executors take work. Each executor process holds exactly one
- * bidirectional Session stream: it attaches, grants credit, and reports on every lease; the
- * scheduler pushes leases (never more than the credit granted), cancellations and pings.
+ * ExecutorService is how executors take work. Each executor process holds one bidirectional
+ * Session stream per scheduler replica that owns partitions (one stream with a single scheduler):
+ * it attaches, grants credit, and reports on every lease; the scheduler pushes leases (never more
+ * than the credit granted), cancellations and pings. A report of a lease goes to the replica that
+ * owns the lease's run; a replica that loaded a partition adopts a lease of it (held by no session
+ * here, same key, same executor id) on the first report of that executor on any of its sessions.
  * Internal: not exposed through the gateway's REST surface.
  *
  * Protocol versions (Attach.protocol_version, AttachAck.protocol_version):

@@ -56,6 +56,7 @@ import {
   type SessionResponse,
 } from "@nexusflow/gen";
 import { isPartitionFencedError } from "../cluster/partitioning.js";
+import { ownHeldLeases } from "../core/sessions.js";
 import type { Engine, Rejection } from "../engine/engine.js";
 import type { SessionHandle } from "../engine/dispatcher.js";
 import { callPrincipal } from "./auth.js";
@@ -205,6 +206,12 @@ export interface ExecutorServiceOptions {
    * @default false
    */
   authenticated?: boolean | undefined;
+  /**
+   * This replica's id (PartitionLeases.replicaId), sent in every AttachAck so that an executor
+   * keeps one session per replica.
+   * @default "" (a scheduler without partition leases)
+   */
+  replicaId?: string | undefined;
 }
 
 /** The ExecutorService implementation for grpc-js. */
@@ -214,6 +221,8 @@ export function executorService(
   options: ExecutorServiceOptions = {},
 ): grpc.UntypedServiceImplementation {
   const authenticated = options.authenticated ?? false;
+  const replicaId = options.replicaId ?? "";
+  const owns = (runId: string): boolean => engine.partitions.owns(runId);
   return {
     // Writes a SessionResponse, or one already encoded (see executorServiceDefinition).
     session: (call: grpc.ServerDuplexStream<SessionRequest, SessionResponse | Uint8Array>) => {
@@ -399,7 +408,8 @@ export function executorService(
             sendFrame: send,
             close: (reason) => fail(grpc.status.UNAVAILABLE, reason),
           };
-          const revoked = engine.attach(session, a.heldLeases);
+          // Leases of other replicas' runs (listed for their sessions there) are not judged here.
+          const revoked = engine.attach(session, ownHeldLeases(a.heldLeases, owns));
           send(
             create(SessionResponseSchema, {
               message: {
@@ -410,6 +420,7 @@ export function executorService(
                   sessionTimeoutMs: engine.sessionTimeoutMs,
                   revoked,
                   protocolVersion,
+                  replicaId,
                 },
               },
             }),
@@ -422,6 +433,18 @@ export function executorService(
             reject(undefined, { code: "FAILED_PRECONDITION", message: "already attached" });
             return;
           case "credit": {
+            if (m.value.withdraw !== 0) {
+              if (m.value.withdraw < 0 || m.value.n !== 0) {
+                reject(undefined, {
+                  code: "INVALID_ARGUMENT",
+                  message: `credit.withdraw: must be positive, with n 0; got withdraw ${m.value.withdraw}, n ${m.value.n}`,
+                });
+                return;
+              }
+              // Credit not spent yet is given back; leases already sent stay sent.
+              session.credit = Math.max(0, session.credit - m.value.withdraw);
+              return;
+            }
             const r = engine.onCredit(session, m.value.n);
             if (r !== null) reject(undefined, r);
             return;

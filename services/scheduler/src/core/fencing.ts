@@ -17,8 +17,23 @@ export function leaseKey(task: TaskState): { taskRunId: string; attempt: number;
   return { taskRunId: task.id, attempt: task.attempt, fencingToken: BigInt(task.fencingToken) };
 }
 
-/** The task a report of `sessionId` may change, or why it may not. */
-export function checkReport(core: Core, sessionId: string, key: LeaseKey | undefined): TaskState | Rejection {
+/** Who reports: the session, and the executor id it attached as. */
+export interface ReportingSession {
+  readonly id: string;
+  readonly executorId: string;
+}
+
+/**
+ * The task a report of `session` may change, or why it may not. A current lease of the session's
+ * executor that no session of this replica holds (its grace after a partition load, or after its
+ * session was lost) is adopted by `session` first, as a reclaim would: an executor with sessions
+ * to several replicas reports a lease to the replica that owns its run now, on its session there.
+ */
+export function checkReport(
+  core: Core,
+  session: ReportingSession,
+  key: LeaseKey | undefined,
+): TaskState | Rejection {
   if (key === undefined || key.taskRunId === "") {
     return {
       code: "INVALID_ARGUMENT",
@@ -39,13 +54,23 @@ export function checkReport(core: Core, sessionId: string, key: LeaseKey | undef
       message: `task run ${key.taskRunId} is ${task.status}; its result was already decided`,
     };
   }
-  if (task.sessionId !== sessionId) {
+  if (task.sessionId === null && task.executorId === session.executorId) adopt(core, task, session.id);
+  if (task.sessionId !== session.id) {
     return {
       code: "FAILED_PRECONDITION",
       message: `task run ${key.taskRunId} is not leased to this session`,
     };
   }
   return task;
+}
+
+/** Moves a lease held by no session to `sessionId` (its grace timer is moot). */
+function adopt(core: Core, task: TaskState, sessionId: string): void {
+  const session = core.sessions.get(sessionId);
+  if (session === undefined) return;
+  core.fx.leaseEnded(task);
+  task.sessionId = sessionId;
+  session.leases.add(task.id);
 }
 
 /** Whether a report was rejected. */

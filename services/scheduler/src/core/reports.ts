@@ -60,7 +60,7 @@ export function started(
   key: LeaseKey | undefined,
   at: Moment,
 ): Rejection | null {
-  const task = checkReport(core, session.id, key);
+  const task = checkReport(core, session, key);
   if (isRejection(task)) return task;
   if (task.status !== "LEASED")
     return { code: "FAILED_PRECONDITION", message: `task run ${task.id} was already started` };
@@ -77,7 +77,7 @@ export function heartbeat(
   key: LeaseKey | undefined,
   at: Moment,
 ): Rejection | null {
-  const task = checkReport(core, session.id, key);
+  const task = checkReport(core, session, key);
   if (isRejection(task)) return task;
   task.lastHeartbeat = at.mono;
   return null;
@@ -93,7 +93,7 @@ export function completed(
   logs: unknown,
   at: Moment,
 ): Rejection | null {
-  const task = checkReport(core, session.id, key);
+  const task = checkReport(core, session, key);
   if (isRejection(task)) return task;
   if (task.status === "LEASED") markStarted(core, task, session.executorId, at);
   const run = core.runs.get(task.runId);
@@ -139,7 +139,7 @@ export function failed(
   at: Moment,
   pauseKeyUntilMs = 0,
 ): Rejection | null {
-  const task = checkReport(core, session.id, key);
+  const task = checkReport(core, session, key);
   if (isRejection(task)) return task;
   if (task.status === "LEASED") markStarted(core, task, session.executorId, at);
   if (pauseKeyUntilMs > at.now.getTime())
@@ -163,7 +163,7 @@ export function released(
   reason: string,
   at: Moment,
 ): Rejection | null {
-  const task = checkReport(core, session.id, key);
+  const task = checkReport(core, session, key);
   if (isRejection(task)) return task;
   const now = at.now;
   const error = {

@@ -88,6 +88,23 @@ export function reclaim(core: Core, session: SessionLeases, held: readonly Lease
   return revoked;
 }
 
+/**
+ * The leases of an Attach's `held` this replica judges: an executor with a session to every
+ * replica lists every lease it holds in each Attach, naming each lease's run (LeaseKey.run_id).
+ * A lease of a run in a partition this replica does not hold (`owns` false) belongs to another
+ * replica's session: it is left out, so it is neither reclaimed nor revoked here. A replica holds
+ * in memory only the tasks of the partitions it holds (engine/partition-load.ts), so such a lease
+ * is never one of its tasks. Keys without a run (older executors) are all judged, as before.
+ */
+export function ownHeldLeases(
+  held: readonly LeaseKey[],
+  owns: (runId: string) => boolean,
+): readonly LeaseKey[] {
+  return held.every((k) => k.runId === "" || owns(k.runId))
+    ? held
+    : held.filter((k) => k.runId === "" || owns(k.runId));
+}
+
 /** What an attach changed: held leases no longer valid (to revoke), and leases expired at once. */
 export interface Attached {
   readonly revoked: LeaseKey[];

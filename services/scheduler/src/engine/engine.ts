@@ -298,7 +298,8 @@ export class Engine {
       pump: () => this.schedulePump(),
       cancelLease: (task, reason) => {
         const session = task.sessionId === null ? undefined : this.dispatcher.sessions.get(task.sessionId);
-        session?.send(cancelMessage(task, reason));
+        // A task already out of memory is being unloaded (core/unload.ts): its partition moved.
+        session?.send(cancelMessage(task, reason, this.core.tasks.get(task.id) !== task));
       },
       leaseEnded: (task) => this.timers.leaseEnded(task),
       setTimer: (timer, delayMs) => this.timers.set(timer, delayMs),

@@ -65,10 +65,10 @@ export function leaseFrames(leases: readonly Lease[], bounds = LEASE_BATCH_BOUND
   return splitBatches(items, bounds).map((batch) => encodeBatch(batch, LEASE_BATCH_FIELD));
 }
 
-/** The Cancel message of the task's current lease. */
-export function cancelMessage(task: TaskState, reason: string): SessionResponse {
+/** The Cancel message of the task's current lease (`partitionMoved`: its run left this replica). */
+export function cancelMessage(task: TaskState, reason: string, partitionMoved = false): SessionResponse {
   return create(SessionResponseSchema, {
-    message: { case: "cancel", value: { key: leaseKey(task), reason } },
+    message: { case: "cancel", value: { key: leaseKey(task), reason, partitionMoved } },
   });
 }
 
