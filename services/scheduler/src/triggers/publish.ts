@@ -26,6 +26,11 @@ export interface EventPublishDeps {
   wake(): void;
   /** The steps waiting for an event (wait-matches.ts); absent: an event ends no wait. */
   waits?: EventWaitDeps | undefined;
+  /**
+   * Told once a new event is stored (and its waits here applied): in a cluster, the other
+   * replicas match it against their runs' waits (wait-scan.ts). @default none
+   */
+  announce?: (() => void) | undefined;
 }
 
 /** An event to publish, already checked (key, payload size, no NUL character). */
@@ -64,6 +69,7 @@ export async function storeEvent(
   );
   if (stored !== undefined) {
     if (deps.waits !== undefined) await applyEventWaits(deps.waits, waitEvent(stored), waits);
+    deps.announce?.();
     return { event: stored, created: true };
   }
   // A concurrent publish with the same key stored it first.

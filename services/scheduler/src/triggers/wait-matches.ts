@@ -39,9 +39,40 @@ export interface WaitApplier {
   ): Promise<WaitApplyOutcome[]>;
 }
 
+/** The partitions whose runs' matches a replica applies (cluster/partition-leases.ts). */
+export interface WaitMatchScope {
+  readonly partitionCount: number;
+  held(): readonly { partition: number }[];
+}
+
 /** Wait matches in PostgreSQL (rows written with their event by EventStore.insert). */
 export class WaitMatchStore {
-  constructor(private readonly pool: pg.Pool) {}
+  /**
+   * `scope`: the PENDING matches read are those of runs in the partitions held (a replica of a
+   * cluster applies the matches of its own runs); undefined: every match.
+   */
+  constructor(
+    private readonly pool: pg.Pool,
+    private readonly scope?: WaitMatchScope,
+  ) {}
+
+  /**
+   * Stores an event's matches PENDING unless stored already (by its publisher or an earlier scan:
+   * wait-scan.ts); returns those it stored.
+   */
+  async insertPending(eventId: string, matches: readonly WaitMatch[]): Promise<WaitMatch[]> {
+    if (matches.length === 0) return [];
+    const { rows } = await this.pool.query<{ task_run_id: string }>(
+      `INSERT INTO event_wait_matches (event_id, task_run_id, run_id, step_id, status, created_at)
+       SELECT $1, x.task_run_id, x.run_id, x.step_id, 'PENDING', now()
+       FROM unnest($2::uuid[], $3::uuid[], $4::text[]) AS x(task_run_id, run_id, step_id)
+       ON CONFLICT (event_id, task_run_id) DO NOTHING
+       RETURNING task_run_id`,
+      [eventId, matches.map((m) => m.taskRunId), matches.map((m) => m.runId), matches.map((m) => m.stepId)],
+    );
+    const stored = new Set(rows.map((r) => r.task_run_id));
+    return matches.filter((m) => stored.has(m.taskRunId));
+  }
 
   /** An event's wait matches, by run and step. */
   async ofEvent(eventId: string): Promise<WaitMatchRow[]> {
@@ -64,8 +95,11 @@ export class WaitMatchStore {
     }));
   }
 
-  /** PENDING matches, oldest event first, at most `limit`. */
+  /** PENDING matches (of the runs in the scope), oldest event first, at most `limit`. */
   async pending(limit: number): Promise<PendingWaitMatch[]> {
+    const scope = this.scope;
+    const scoped = scope === undefined ? "" : " AND nexusflow_partition_of(m.run_id, $2) = ANY($3::int[])";
+    const params = scope === undefined ? [] : [scope.partitionCount, scope.held().map((h) => h.partition)];
     const { rows } = await this.pool.query<{
       event_id: string;
       key: string;
@@ -77,8 +111,9 @@ export class WaitMatchStore {
     }>(
       `SELECT m.event_id, e.key, e.payload, e.created_at, m.task_run_id, m.run_id, m.step_id
        FROM event_wait_matches m JOIN events e ON e.event_id = m.event_id
-       WHERE m.status = 'PENDING' ORDER BY e.seq, m.task_run_id LIMIT $1`,
-      [limit],
+       WHERE m.status = 'PENDING'${scoped}
+       ORDER BY e.seq, m.task_run_id LIMIT $1`,
+      [limit, ...params],
     );
     return rows.map((r) => ({
       taskRunId: r.task_run_id,

@@ -10,8 +10,8 @@
 import assert from "node:assert/strict";
 import { randomUUID } from "node:crypto";
 import { after, before, describe, it } from "node:test";
-import { jsonToValue } from "@nexusflow/common";
-import { OverlapPolicy } from "@nexusflow/gen";
+import { jsonToValue, valueToJson } from "@nexusflow/common";
+import { EventWaitMatchStatus, OverlapPolicy, RunStatus, TaskStatus } from "@nexusflow/gen";
 import pg from "pg";
 import { Coordinator } from "../../src/cluster/coordinator.js";
 import { PartitionLeases } from "../../src/cluster/partition-leases.js";
@@ -22,11 +22,14 @@ import type { Scheduler } from "../../src/scheduler.js";
 import { registerSpec } from "../e2e/harness.js";
 import { MemoryPublisher, insertEvents } from "../events/support.js";
 import {
+  eventClient,
+  startRunOf,
   scheduleClient,
   startTestDatabase,
   startTestScheduler,
   testLogger,
   waitFor,
+  waitForRun,
   workflowClient,
 } from "../support.js";
 
@@ -170,6 +173,125 @@ describe("background loops in a cluster", () => {
       await scheduleClient(third.address).pauseSchedule({ scheduleId: "every-second" });
     });
     await assertOncePerFire("every-second");
+  });
+});
+
+describe("event waits in a cluster", () => {
+  let server: Awaited<ReturnType<typeof startTestDatabase>>;
+  let sql: pg.Pool;
+  const started: Scheduler[] = [];
+
+  before(async () => {
+    server = await startTestDatabase();
+    sql = new pg.Pool({ connectionString: server.url, max: 2 });
+  });
+  after(async () => {
+    for (const s of started.splice(0)) await s.stop();
+    await sql?.end();
+    await server?.close();
+  });
+
+  const replica = async (parkAfterMs: number): Promise<Scheduler> => {
+    const s = await startTestScheduler(server.url, {
+      cluster: true,
+      partitionLeaseMs: 1000,
+      parking: { parkAfterMs },
+    });
+    started.push(s);
+    return s;
+  };
+
+  /** Every run SUCCEEDED with `eventId` as its wait's output, each wait's match SATISFIED once. */
+  const endedBy = async (s: Scheduler, runIds: readonly string[], eventId: string): Promise<void> => {
+    for (const runId of runIds) {
+      const run = await waitForRun(workflowClient(s.address), runId);
+      assert.equal(run.status, RunStatus.SUCCEEDED, runId);
+      const output = valueToJson(run.tasks.find((t) => t.stepId === "w")?.output) as { eventId: string };
+      assert.equal(output.eventId, eventId);
+    }
+    const { rows } = await sql.query<{ run_id: string; status: string }>(
+      "SELECT run_id, status FROM event_wait_matches WHERE event_id = $1 ORDER BY run_id",
+      [eventId],
+    );
+    assert.deepEqual(
+      rows.map((r) => [r.run_id, r.status]),
+      [...runIds].sort().map((id) => [id, "SATISFIED"]),
+    );
+  };
+
+  it("end the waits of runs on every replica, in memory or parked, once, with an event published on one", async () => {
+    // A and B keep their waiting runs in memory; C parks them after 200 ms.
+    const a = await replica(3_600_000);
+    const b = await replica(3_600_000);
+    await waitFor(
+      "A and B split",
+      () => a.partitions.held().length === 8 && b.partitions.held().length === 8,
+    );
+    await registerSpec(workflowClient(a.address), {
+      name: "cross-wait",
+      version: 1,
+      steps: [{ id: "w", wait: { event: "orders.paid", filter: "event.payload.ok == true" } }],
+    });
+    const waiting = async (s: Scheduler, n: number): Promise<string[]> => {
+      const ids: string[] = [];
+      for (let i = 0; i < n; i++) ids.push(await startRunOf(workflowClient(s.address), "cross-wait", {}));
+      for (const id of ids)
+        await waitFor(`run ${id} waiting`, async () => {
+          const { run } = await workflowClient(s.address).getRun({ runId: id });
+          return run?.tasks.find((t) => t.stepId === "w")?.status === TaskStatus.WAITING ? true : undefined;
+        });
+      return ids;
+    };
+    const onA = await waiting(a, 2);
+    const onB = await waiting(b, 3);
+    for (const id of onB) assert.ok(b.engine.isActive(id) && !a.engine.isActive(id), `${id} held by B`);
+
+    // An event the filter refuses ends nothing, on either replica.
+    const refused = await eventClient(a.address).publishEvent({
+      key: "orders.paid",
+      payload: jsonToValue({ ok: false }),
+    });
+    const { event } = await eventClient(a.address).publishEvent({
+      key: "orders.paid",
+      payload: jsonToValue({ ok: true }),
+    });
+    assert.ok(event !== undefined && refused.event !== undefined);
+    assert.deepEqual(
+      event.waits.map((w) => w.runId).sort(),
+      [...onA].sort(),
+      "the publisher matches its own runs",
+    );
+    assert.ok(event.waits.every((w) => w.status !== EventWaitMatchStatus.UNSPECIFIED));
+    await endedBy(a, [...onA, ...onB], event.eventId);
+    const { rows } = await sql.query("SELECT 1 FROM event_wait_matches WHERE event_id = $1", [
+      refused.event.eventId,
+    ]);
+    assert.equal(rows.length, 0, "the refused event matched nothing");
+
+    // A third replica that parks its waiting runs: an event published on A loads them back on C.
+    const c = await replica(200);
+    await waitFor(
+      "C holds partitions, nobody more than its share",
+      () => {
+        const held = [a, b, c].map((s) => s.partitions.held().length);
+        return held.every((n) => n > 0 && n <= 6) && held.reduce((x, y) => x + y, 0) === 16;
+      },
+      30_000,
+    );
+    const onC = await waiting(c, 3);
+    await waitFor("C's runs parked", async () => {
+      const parked = await sql.query<{ run_id: string }>(
+        "SELECT run_id FROM parked_runs WHERE run_id = ANY($1::uuid[])",
+        [onC],
+      );
+      return parked.rows.length === onC.length;
+    });
+    const second = await eventClient(a.address).publishEvent({
+      key: "orders.paid",
+      payload: jsonToValue({ ok: true }),
+    });
+    assert.ok(second.event !== undefined);
+    await endedBy(c, onC, second.event.eventId);
   });
 });
 
