@@ -168,4 +168,32 @@ describe("ReportLedger", () => {
     assert.equal(await waiting, false);
     assert.equal(ledger.size, 1);
   });
+
+  it("moves queued reports to another ledger with their run and origin, and finds the one a rejection names", () => {
+    const from = new ReportLedger();
+    const to = new ReportLedger();
+    from.record(completed(1), undefined, "run-1", "b");
+    from.record(failed(2), undefined, "run-2", "b");
+    assert.deepEqual(
+      from.heldLeases().map((k) => [k.taskRunId, k.runId]),
+      [
+        ["task-run-1", "run-1"],
+        ["task-run-2", "run-2"],
+      ],
+      "held leases name their runs, for the replicas to judge their own",
+    );
+    const moved = from.take((e) => e.runId === "run-2");
+    assert.deepEqual(
+      moved.map((e) => [e.report.case, e.origin]),
+      [["failed", "b"]],
+    );
+    assert.equal(from.size, 1);
+    const s = session();
+    for (const e of moved) to.put(e, s.send);
+    assert.deepEqual(s.sent, ["failed task-run-2"]);
+    assert.equal(to.sentOn(key(2))?.runId, "run-2");
+    assert.equal(to.sentOn(key(1)), undefined);
+    assert.equal(to.ack(1), "acked");
+    assert.equal(to.sentOn(key(2)), undefined, "acknowledged: no longer held");
+  });
 });
