@@ -64,6 +64,7 @@ import { FireLoop } from "./schedules/fire-loop.js";
 import { FireStarter } from "./schedules/fires.js";
 import { Coordinator, type CoordinatorRole } from "./cluster/coordinator.js";
 import { ClusterNotifications, SCHEDULES_CHANNEL } from "./cluster/notifications.js";
+import { EVENTS_CHANNEL, EventWaitScan } from "./triggers/wait-scan.js";
 import type pg from "pg";
 import { FireStore } from "./schedules/fire-store.js";
 import { ScheduleStore } from "./schedules/store.js";
@@ -231,6 +232,7 @@ export class Scheduler {
   private fireLoop: FireLoop | undefined;
   private matchLoop: MatchLoop | undefined;
   private waitLoop: WaitMatchLoop | undefined;
+  private waitScan: EventWaitScan | undefined;
   private server: grpc.Server | undefined;
   private ops: OpsEndpoints | undefined;
   private addressValue = "";
@@ -352,7 +354,7 @@ export class Scheduler {
         ...(this.options.partitionLeaseMs === undefined ? {} : { leaseMs: this.options.partitionLeaseMs }),
         onLost: (partitions) => this.lostPartitions(partitions),
         // Runs in memory follow the partitions held (engine/partition-load.ts).
-        onTaken: (partitions) => void this.engineValue?.partitions.load(partitions),
+        onTaken: (partitions) => void this.engineValue?.partitions.load(partitions).then(() => this.loaded()),
         beforeRelease: (partitions) => this.engineValue?.partitions.release(partitions) ?? Promise.resolve(),
       });
       const leases = this.leases;
@@ -408,10 +410,16 @@ export class Scheduler {
       const events = new EventStore(pool);
       const matchStarter = new MatchStarter(events, engine, log);
       // Waits for an event: wait matches a crash left PENDING are applied by the loop's first pass.
-      const waitMatches = new WaitMatchStore(pool);
+      // In a cluster, each replica applies the matches of its own runs, and matches the events any
+      // replica stores against its runs' waits (triggers/wait-scan.ts).
+      const waitMatches = new WaitMatchStore(pool, cluster ? leases : undefined);
       const waitLoop = new WaitMatchLoop({ store: waitMatches, engine: engine.waits, log });
       this.waitLoop = waitLoop;
       waitLoop.start();
+      if (cluster) {
+        this.waitScan = new EventWaitScan({ pool, engine: engine.waits, store: waitMatches, log });
+        this.waitScan.start();
+      }
       const waits = { engine: engine.waits, store: waitMatches, log, wake: () => waitLoop.wake() };
       if (this.options.events !== undefined) {
         // In a cluster the coordinator's relay publishes, marks fenced (events/relay.ts `coordinated`).
@@ -446,7 +454,10 @@ export class Scheduler {
         this.notifications = new ClusterNotifications({
           url,
           log,
-          handlers: { [SCHEDULES_CHANNEL]: () => this.fireLoop?.wake() },
+          handlers: {
+            [SCHEDULES_CHANNEL]: () => this.fireLoop?.wake(),
+            [EVENTS_CHANNEL]: () => this.waitScan?.wake(),
+          },
         });
         await this.notifications.start();
       }
@@ -465,6 +476,7 @@ export class Scheduler {
         // The coordinator's loop (on another replica in a cluster: its next pass).
         wake: () => this.matchLoop?.wake(),
         waits,
+        ...(cluster ? { announce: () => this.announce(EVENTS_CHANNEL) } : {}),
       };
       if (this.options.eventSource !== undefined) {
         const source = new KafkaEventSource({
@@ -707,12 +719,26 @@ export class Scheduler {
    */
   private wakeSchedules(): void {
     this.fireLoop?.wake();
+    if (this.coordinator?.leading !== true) this.announce(SCHEDULES_CHANNEL);
+  }
+
+  /**
+   * In a cluster, tells every replica through NOTIFY on `channel` (a schedule changed: the
+   * coordinator's fire loop; an event stored: every replica's wait scan). A lost notification
+   * delays, never loses: the fire loop wakes at its next fire time, the scan at its next wake.
+   */
+  private announce(channel: string): void {
     const pool = this.db?.pool;
-    if (this.options.cluster !== true || this.coordinator?.leading === true || pool === undefined) return;
-    ClusterNotifications.notify(pool, SCHEDULES_CHANNEL).catch((e: unknown) => {
-      // The coordinator's fire loop still wakes at its next fire time (at most a minute).
-      this.options.log.warn({ err: e }, "could not tell the coordinator that a schedule changed");
+    if (this.options.cluster !== true || pool === undefined) return;
+    ClusterNotifications.notify(pool, channel).catch((e: unknown) => {
+      this.options.log.warn({ err: e, channel }, "could not notify the other replicas");
     });
+  }
+
+  /** Partitions taken have their runs loaded: their waits look at the recent events again. */
+  private loaded(): void {
+    this.waitScan?.rewind();
+    this.waitLoop?.wake();
   }
 
   /**
@@ -748,6 +774,8 @@ export class Scheduler {
     this.matchLoop = undefined;
     await this.notifications?.stop();
     this.notifications = undefined;
+    await this.waitScan?.stop();
+    this.waitScan = undefined;
     await this.waitLoop?.stop();
     this.waitLoop = undefined;
     await this.ops?.close();
