@@ -4,7 +4,8 @@
  * transport per address. Every replica answers every call (a replica forwards run-scoped calls to
  * the run's owner), so the gateway only has to reach one that is alive.
  *
- * Calls go to the preferred address (the first one at start, then the last one that answered).
+ * Calls go to the preferred address: the first one at start, then the last one that answered (an
+ * address whose connection fails hands the preference to the next one at once).
  * When an attempt fails without a scheduler having answered, what it saw of its HTTP/2 stream
  * decides what happens next:
  * - the request never reached a scheduler: the connection could not be made (refused, host
@@ -19,7 +20,9 @@
  *   idempotency key where it has one.
  * A streaming call is sent again only before its response started (nothing received yet), and
  * only a server-streaming one (its one request message is kept; a client stream cannot be replayed).
- * A connection that breaks after the response started ends the call with UNAVAILABLE.
+ * A connection that breaks after the response started ends the call with UNAVAILABLE. HTTP/2 PINGs
+ * (`pingIntervalMs`) tell a replica that stopped answering (a paused process, a vanished host)
+ * from a slow one: its connection is closed and its calls fail over as above.
  *
  * Whatever a scheduler answers (an error status in headers or trailers) is returned as it is,
  * UNAVAILABLE included ("moving between replicas": the client retries), and counts as that
@@ -69,6 +72,26 @@ export interface UpstreamOptions {
    * @default a silent logger
    */
   logger?: Logger;
+  /**
+   * A connection with calls open is sent an HTTP/2 PING when it has received nothing for this
+   * long, and a connection idle for longer is checked with one before its next call: a replica
+   * that stopped answering without closing its connections (paused, or its host gone) is noticed.
+   * @default 5000
+   */
+  pingIntervalMs?: number;
+  /**
+   * A PING unanswered after this long closes the connection: its calls fail over as a connection
+   * that broke. @default 3000
+   */
+  pingTimeoutMs?: number;
+}
+
+interface CompiledUpstreamOptions {
+  addresses: readonly string[];
+  interceptors: Interceptor[];
+  logger: Logger;
+  pingIntervalMs: number;
+  pingTimeoutMs: number;
 }
 
 /** Lifecycle states of an {@link Upstream}. */
@@ -99,11 +122,13 @@ export function createUpstream(options: UpstreamOptions): Upstream {
     if (seen.has(address)) throw new UpstreamAddressError(`scheduler address ${address} is listed twice`);
     seen.add(address);
   }
-  return new FailoverUpstream(
+  return new FailoverUpstream({
     addresses,
-    options.interceptors ?? [],
-    options.logger ?? createLogger("gateway", "silent"),
-  );
+    interceptors: options.interceptors ?? [],
+    logger: options.logger ?? createLogger("gateway", "silent"),
+    pingIntervalMs: options.pingIntervalMs ?? 5000,
+    pingTimeoutMs: options.pingTimeoutMs ?? 3000,
+  });
 }
 
 /** What one attempt (one call to one address) saw of its HTTP/2 stream. */
@@ -191,6 +216,7 @@ function reasonOf(e: unknown): string {
 }
 
 interface Upstream1 {
+  index: number;
   address: string;
   sessions: ObservedSessionManager;
   transport: Transport;
@@ -203,13 +229,14 @@ class FailoverUpstream implements Upstream {
   #preferred = 0;
   #state: UpstreamState = "open";
 
-  constructor(addresses: readonly string[], interceptors: Interceptor[], log: Logger) {
+  constructor({ addresses, interceptors, logger, pingIntervalMs, pingTimeoutMs }: CompiledUpstreamOptions) {
     this.addresses = [...addresses];
-    this.#log = log;
-    this.#upstreams = addresses.map((address) => {
+    this.#log = logger;
+    this.#upstreams = addresses.map((address, index) => {
       const baseUrl = `http://${address}`;
-      const sessions = new ObservedSessionManager(baseUrl);
+      const sessions = new ObservedSessionManager(baseUrl, { pingIntervalMs, pingTimeoutMs });
       return {
+        index,
         address,
         sessions,
         transport: createGrpcTransport({ baseUrl, sessionManager: sessions, interceptors }),
@@ -235,6 +262,12 @@ class FailoverUpstream implements Upstream {
   #order(): number[] {
     const n = this.#upstreams.length;
     return Array.from({ length: n }, (_, k) => (this.#preferred + k) % n);
+  }
+
+  /** A connection to `index` failed: if it is the preferred address, the next one becomes it. */
+  #failedAt(index: number): void {
+    if (index === this.#preferred && this.#upstreams.length > 1)
+      this.#answeredBy((index + 1) % this.#upstreams.length);
   }
 
   #answeredBy(index: number): void {
@@ -276,6 +309,7 @@ class FailoverUpstream implements Upstream {
           throw e;
         }
         this.#log.warn({ address: u.address, failure, error: reasonOf(e) }, "scheduler call failed");
+        this.#failedAt(index);
         failures.push(`${u.address}: ${reasonOf(e)}`);
         if (!again(failure)) throw brokenError(u.address, failure, e);
       }
@@ -319,7 +353,7 @@ class FailoverUpstream implements Upstream {
       signal,
       timeoutMs,
       (failure) => replayable && (failure === "unsent" || (failure === "unanswered" && safe)),
-      async ({ transport, address }, ms, attempt) => {
+      async ({ transport, address, index }, ms, attempt) => {
         const res = await transport.stream(
           method,
           signal,
@@ -328,7 +362,12 @@ class FailoverUpstream implements Upstream {
           replayable ? createAsyncIterable(requests) : input,
           contextValues,
         );
-        return { ...res, message: guardStream(res.message, attempt, signal, address) };
+        const broke = (failure: Failure, e: unknown): ConnectError => {
+          this.#log.warn({ address, failure, error: reasonOf(e) }, "scheduler stream broke");
+          this.#failedAt(index);
+          return brokenError(address, failure, e);
+        };
+        return { ...res, message: guardStream(res.message, attempt, signal, broke) };
       },
     );
   }
@@ -339,14 +378,14 @@ async function* guardStream<T>(
   messages: AsyncIterable<T>,
   attempt: Attempt,
   signal: AbortSignal | undefined,
-  address: string,
+  broke: (failure: Failure, e: unknown) => ConnectError,
 ): AsyncGenerator<T> {
   try {
     yield* messages;
   } catch (e) {
     const failure = failureOf(attempt, signal);
     if (failure === undefined) throw e;
-    throw brokenError(address, failure, e);
+    throw broke(failure, e);
   }
 }
 
