@@ -323,14 +323,19 @@ export class ReplicaRouter {
   }
 
   /**
-   * Reads the owners now, or waits for the read in progress. Unless `force`, a read made less than
-   * the refresh interval ago is enough.
+   * Reads the owners now, or waits for the read in progress; a read made less than the refresh
+   * interval ago is followed by one once the interval has passed (so that the table is read at most
+   * once per interval, and a miss still gets an answer newer than itself).
    */
   async read(force: boolean): Promise<void> {
     if (this.stateValue.kind !== "RUNNING") return;
     if (this.reading !== undefined) return this.reading;
-    if (!force && performance.now() - this.readAt < this.refreshIntervalMs) return;
-    const reading = this.readOnce().finally(() => {
+    const wait = force ? 0 : this.readAt + this.refreshIntervalMs - performance.now();
+    const reading = (
+      wait > 0
+        ? new Promise<void>((resolve) => setTimeout(resolve, wait)).then(() => this.readOnce())
+        : this.readOnce()
+    ).finally(() => {
       if (this.reading === reading) this.reading = undefined;
     });
     this.reading = reading;
@@ -338,6 +343,7 @@ export class ReplicaRouter {
   }
 
   private async readOnce(): Promise<void> {
+    if (this.stateValue.kind !== "RUNNING") return;
     this.readAt = performance.now();
     this.stale = false;
     this.stats.reads++;

@@ -1,0 +1,92 @@
+/**
+ * A WatchRun whose run leaves the replica it was opened at (issue #22, milestone 4): a replica
+ * alone holds every partition; a second one joins, rebalancing hands half of them over, and a
+ * watch opened at the first on a run of a partition handed over goes on through the new owner,
+ * seeing every update once (it used to stay open and see nothing).
+ */
+import assert from "node:assert/strict";
+import { after, before, describe, it } from "node:test";
+import { jsonToValue } from "@nexusflow/common";
+import { RunStatus, TaskStatus, type WatchRunResponse } from "@nexusflow/gen";
+import { partitionOf } from "../../src/cluster/partitioning.js";
+import type { Scheduler } from "../../src/scheduler.js";
+import { registerSpec, startTestDatabase, startTestScheduler, waitFor, workflowClient } from "../support.js";
+
+const T = { timeout: 60_000 };
+
+describe("a WatchRun whose run moves to another replica", () => {
+  let server: Awaited<ReturnType<typeof startTestDatabase>>;
+  const started: Scheduler[] = [];
+  const replica = async (): Promise<Scheduler> => {
+    const s = await startTestScheduler(server.url, { cluster: true, partitionLeaseMs: 1000 });
+    started.push(s);
+    return s;
+  };
+
+  before(async () => {
+    server = await startTestDatabase();
+  });
+  after(async () => {
+    for (const s of started.splice(0)) await s.stop();
+    await server?.close();
+  });
+
+  it("follows the run to the replica its partition was handed to, every update once", T, async () => {
+    const a = await replica();
+    assert.equal(a.partitions.held().length, 16);
+    const client = workflowClient(a.address);
+    await registerSpec(client, {
+      name: "routing-moving",
+      version: 1,
+      steps: [
+        { id: "gate", wait: { signal: "go" } },
+        { id: "after", dependsOn: ["gate"], wait: { signal: "done" } },
+      ],
+    });
+    // Rebalancing hands the highest partitions over: a run in 8..15 moves when a second replica joins.
+    let runId = "";
+    while (partitionOf(runId || "00000000", 16) < 8) {
+      const { run } = await client.startRun({ workflowName: "routing-moving", input: jsonToValue({}) });
+      runId = run?.id ?? "";
+    }
+    const messages: WatchRunResponse[] = [];
+    const watching = (async () => {
+      for await (const m of client.watchRun({ runId })) messages.push(m);
+    })();
+    await waitFor("the first snapshot", () => messages.length > 0);
+
+    const b = await replica();
+    // (The run waits for a signal: parked, in memory at neither.)
+    const partition = partitionOf(runId, 16);
+    await waitFor("B takes the run's partition", () =>
+      b.partitions.held().some((h) => h.partition === partition),
+    );
+    assert.equal(a.engine.isActive(runId), false);
+    // Both signals sent to A (forwarded to B), seen by the watch opened at A.
+    await client.signalRun({ runId, name: "go" });
+    const statusOf = (m: WatchRunResponse | undefined, step: string): TaskStatus | undefined =>
+      m?.run?.tasks.find((t) => t.stepId === step)?.status;
+    await waitFor("the gate's success seen at A", () =>
+      messages.some((m) => statusOf(m, "gate") === TaskStatus.SUCCEEDED),
+    );
+    await client.signalRun({ runId, name: "done" });
+    await watching;
+
+    assert.equal(messages.at(-1)?.run?.status, RunStatus.SUCCEEDED);
+    const states = messages.map((m) =>
+      JSON.stringify(m.run?.tasks.map((t) => [t.id, t.status, t.attempts.length, t.pendingReason])),
+    );
+    for (let i = 1; i < states.length; i++)
+      assert.notEqual(states[i], states[i - 1], `message ${i} repeats message ${i - 1}`);
+    for (const step of ["gate", "after"])
+      assert.equal(
+        messages.filter(
+          (m, i) =>
+            statusOf(m, step) === TaskStatus.SUCCEEDED &&
+            statusOf(messages[i - 1], step) !== TaskStatus.SUCCEEDED,
+        ).length,
+        1,
+        `the success of ${step} was seen once`,
+      );
+  });
+});
