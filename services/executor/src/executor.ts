@@ -592,7 +592,7 @@ export class Executor {
     if (ack.sessionTimeoutMs > 0) link.sessionTimeoutMs = ack.sessionTimeoutMs;
     if (!this.#reached(link, ack.replicaId)) {
       // Another session of this executor reached that replica: one session per replica.
-      void this.#retire(link);
+      this.#retireSoon(link);
       return;
     }
 
@@ -647,7 +647,7 @@ export class Executor {
     const other = this.#byReplica.get(replicaId);
     if (other !== undefined && other !== link && !other.retired) {
       if (!link.primary) return false;
-      void this.#retire(other);
+      this.#retireSoon(other);
     }
     this.#byReplica.set(replicaId, link);
     return true;
@@ -961,7 +961,7 @@ export class Executor {
     for (const link of this.#links.values()) {
       if (link.primary || link.retired) continue;
       const replicaId = link.replicaId === "" ? link.id : link.replicaId;
-      if (!map.replicas.has(replicaId)) void this.#retire(link);
+      if (!map.replicas.has(replicaId)) this.#retireSoon(link);
     }
     this.#rebalanceReports();
     this.#grant(true);
@@ -1003,6 +1003,13 @@ export class Executor {
    * its queued reports go to their owners, and it is closed once its sent reports are settled
    * (acknowledged, or handed on when its session ends), or after the drain timeout.
    */
+  /** {@link Executor.#retire}, its failure logged. */
+  #retireSoon(link: Link): void {
+    this.#retire(link).catch((e: unknown) =>
+      this.#logger.error({ err: e, scheduler_address: link.address }, "closing a replica's session failed"),
+    );
+  }
+
   async #retire(link: Link): Promise<void> {
     if (link.primary || link.retired) return;
     link.retired = true;
@@ -1013,7 +1020,8 @@ export class Executor {
     );
     this.#rebalanceReports();
     await within(this.#options.drainTimeoutMs, (signal) =>
-      link.ledger.whenEmpty(signal).then((empty) => empty || signal.aborted),
+      // Cut short when the executor stops (it closes every link then).
+      link.ledger.whenEmpty(AbortSignal.any([signal, link.closing.signal])),
     );
     link.closing.abort();
     await link.session?.close(CLOSE_TIMEOUT_MS);

@@ -1,0 +1,255 @@
+/**
+ * The executor against two scripted scheduler replicas (real grpc-js servers on port 0): each
+ * serves ExecutorService.Session, answering AttachAck with its replica id, and ReplicaService.
+ * ListReplicas with the map the test sets. Given the first replica's address only, the executor
+ * opens a session to the second, shares its slots by partitions, and sends each lease's reports
+ * to its run's owner. Tests wait on messages, never on sleeps.
+ */
+import assert from "node:assert/strict";
+import { EventEmitter, once } from "node:events";
+import { after, describe, it } from "node:test";
+import { create } from "@bufbuild/protobuf";
+import * as grpc from "@grpc/grpc-js";
+import { type LogLevel, createLogger, isAcknowledgedReport, serviceDefinition } from "@nexusflow/common";
+import {
+  AttachAckSchema,
+  ExecutorService,
+  type ListReplicasResponse,
+  ListReplicasResponseSchema,
+  LeaseSchema,
+  ReplicaService,
+  type SessionRequest,
+  type SessionResponse,
+  SessionResponseSchema,
+} from "@nexusflow/gen";
+import { Executor } from "./executor.js";
+
+type Request = SessionRequest["message"];
+const WAIT_MS = 5_000;
+const logger = createLogger(
+  "replica-sessions-test",
+  (process.env["TEST_LOG_LEVEL"] as LogLevel | undefined) ?? "silent",
+);
+
+/** One scripted replica. */
+class FakeReplica {
+  readonly received: Request[][] = [];
+  readonly calls: grpc.ServerDuplexStream<SessionRequest, SessionResponse>[] = [];
+  readonly events = new EventEmitter();
+  map: ListReplicasResponse = create(ListReplicasResponseSchema);
+  /** ListReplicas calls answered. */
+  lists = 0;
+  port = 0;
+  readonly server = new grpc.Server();
+
+  constructor(readonly id: string) {
+    this.server.addService(serviceDefinition(ExecutorService), {
+      session: (call: grpc.ServerDuplexStream<SessionRequest, SessionResponse>) => this.#session(call),
+    });
+    this.server.addService(serviceDefinition(ReplicaService), {
+      listReplicas: (
+        _call: grpc.ServerUnaryCall<unknown, ListReplicasResponse>,
+        callback: grpc.sendUnaryData<ListReplicasResponse>,
+      ) => {
+        this.lists++;
+        callback(null, this.map);
+        this.events.emit("change");
+      },
+    });
+  }
+
+  async start(): Promise<this> {
+    this.port = await new Promise<number>((resolve, reject) =>
+      this.server.bindAsync("127.0.0.1:0", grpc.ServerCredentials.createInsecure(), (e, port) =>
+        e === null ? resolve(port) : reject(e),
+      ),
+    );
+    return this;
+  }
+
+  get address(): string {
+    return `127.0.0.1:${this.port}`;
+  }
+
+  send(session: number, message: SessionResponse["message"]): void {
+    this.calls[session]?.write(create(SessionResponseSchema, { message }));
+  }
+
+  /** Every message of the replica's sessions, in order. */
+  all(): Request[] {
+    return this.received.flat();
+  }
+
+  async until<T>(what: string, probe: () => T | undefined): Promise<T> {
+    const signal = AbortSignal.timeout(WAIT_MS);
+    for (;;) {
+      const v = probe();
+      if (v !== undefined) return v;
+      try {
+        await once(this.events, "change", { signal });
+      } catch {
+        throw new Error(
+          `${this.id}: timed out waiting for ${what}; received ${this.all()
+            .map((m) => m.case)
+            .join(", ")}`,
+        );
+      }
+    }
+  }
+
+  #session(call: grpc.ServerDuplexStream<SessionRequest, SessionResponse>): void {
+    const index = this.calls.length;
+    this.calls.push(call);
+    const messages: Request[] = [];
+    this.received.push(messages);
+    let reports = 0;
+    call.on("data", (request: SessionRequest) => {
+      const items: Request[] =
+        request.message.case === "reports"
+          ? request.message.value.items.map((item) => item.report)
+          : [request.message];
+      for (const m of items) {
+        messages.push(m);
+        if (isAcknowledgedReport(m)) reports++;
+      }
+      if (items.some(isAcknowledgedReport))
+        this.send(index, { case: "acked", value: { through: BigInt(reports) } });
+      if (request.message.case === "attach")
+        this.send(index, {
+          case: "attachAck",
+          value: create(AttachAckSchema, {
+            sessionId: `${this.id}-session-${index}`,
+            heartbeatIntervalMs: 1_000,
+            sessionTimeoutMs: 5_000,
+            protocolVersion: 2,
+            replicaId: this.id,
+          }),
+        });
+      this.events.emit("change");
+    });
+    call.on("end", () => call.end());
+    call.on("error", () => undefined);
+  }
+}
+
+/** The map of replicas `a` (partitions 0 to 11) and `b` (12 to 15) of 16. */
+function mapOf(a: FakeReplica, b: FakeReplica): ListReplicasResponse {
+  const partitions = (from: number, to: number): { partition: number }[] =>
+    Array.from({ length: to - from + 1 }, (_, i) => ({ partition: from + i }));
+  return create(ListReplicasResponseSchema, {
+    partitionCount: 16,
+    replicas: [
+      { replicaId: a.id, address: a.address, live: true, partitions: partitions(0, 11) },
+      { replicaId: b.id, address: b.address, live: true, partitions: partitions(12, 15) },
+    ],
+  });
+}
+
+/** A run id in partition `p` of 16 (its last 8 hex digits). */
+const runIn = (p: number, n: number): string =>
+  `0190c3b2-7a1e-7cc1-9f00-${(n * 16 + p).toString(16).padStart(12, "0")}`;
+
+const credit = (messages: Request[]): number =>
+  messages.reduce((n, m) => (m.case === "credit" ? n + m.value.n - m.value.withdraw : n), 0);
+
+const replicas: FakeReplica[] = [];
+const executors: Executor[] = [];
+after(async () => {
+  await Promise.all(executors.map((e) => e.stop()));
+  for (const r of replicas) r.server.forceShutdown();
+});
+
+void describe("an executor given one replica's address", () => {
+  it("opens a session to the other replica, shares its slots by partitions, and reports to each run's owner", async () => {
+    const a = await new FakeReplica("replica-a").start();
+    const b = await new FakeReplica("replica-b").start();
+    replicas.push(a, b);
+    a.map = mapOf(a, b);
+    b.map = a.map;
+    let done: (() => void) | undefined;
+    const executor = new Executor({
+      schedulerAddress: a.address,
+      executorId: "executor-1",
+      slots: 8,
+      replicaRefreshMs: 100,
+      reconnect: { initialDelayMs: 20, maxDelayMs: 200 },
+      drainTimeoutMs: 2_000,
+      logger,
+    });
+    executors.push(executor);
+    executor.register(
+      "t",
+      () =>
+        new Promise((resolve) => {
+          done = () => resolve({ ok: true });
+        }),
+    );
+    await executor.start();
+    await b.until("a session to replica b", () => (b.calls.length > 0 ? true : undefined));
+    // 12 of 16 partitions on a: 6 of the 8 slots; b: 2. The first grant gave a all 8; 2 taken back.
+    await a.until("a's share of the credit", () => (credit(a.all()) === 6 ? true : undefined));
+    await b.until("b's share of the credit", () => (credit(b.all()) === 2 ? true : undefined));
+    assert.deepEqual([...executor.replicaSessions].sort(), [
+      ["replica-a", "replica-a-session-0"],
+      ["replica-b", "replica-b-session-0"],
+    ]);
+
+    // b leases a task of a run in partition 3 (a's by the map): its result goes to a.
+    const runId = runIn(3, 1);
+    b.send(0, {
+      case: "lease",
+      value: create(LeaseSchema, {
+        key: { taskRunId: "task-1", attempt: 1, fencingToken: 7n },
+        runId,
+        stepId: "s",
+        taskType: "t",
+      }),
+    });
+    await a.until("a heartbeat of the lease at its owner", () =>
+      a.all().some((m) => m.case === "heartbeat" && m.value.key?.taskRunId === "task-1") ? true : undefined,
+    );
+    await a.until("the task's start", () => (done === undefined ? undefined : true));
+    done?.();
+    await a.until("the completion at the run's owner", () =>
+      a.all().some((m) => m.case === "completed" && m.value.key?.taskRunId === "task-1") ? true : undefined,
+    );
+    assert.equal(
+      b.all().some((m) => m.case === "completed"),
+      false,
+      "not to the replica that leased it",
+    );
+  });
+
+  it("with one replica in the map, keeps one session with every slot, as with a single scheduler", async () => {
+    const a = await new FakeReplica("replica-solo").start();
+    replicas.push(a);
+    a.map = create(ListReplicasResponseSchema, {
+      partitionCount: 16,
+      replicas: [
+        {
+          replicaId: a.id,
+          address: a.address,
+          live: true,
+          partitions: Array.from({ length: 16 }, (_, partition) => ({ partition })),
+        },
+      ],
+    });
+    const executor = new Executor({
+      schedulerAddress: a.address,
+      executorId: "executor-solo",
+      slots: 8,
+      replicaRefreshMs: 50,
+      logger,
+    });
+    executors.push(executor);
+    executor.register("t", () => ({ ok: true }));
+    await executor.start();
+    await a.until("the map asked for twice", () => (a.lists >= 2 ? true : undefined));
+    assert.equal(a.calls.length, 1, "one session");
+    assert.equal(credit(a.all()), 8, "every slot granted to it, nothing taken back");
+    assert.equal(
+      a.all().some((m) => m.case === "credit" && m.value.withdraw !== 0),
+      false,
+    );
+  });
+});
