@@ -11,6 +11,7 @@ describe("compileExecutorOptions", () => {
     assert.equal(o.taskTypes, undefined);
     assert.deepEqual(o.reconnect, { initialDelayMs: 100, maxDelayMs: 5_000 });
     assert.equal(o.drainTimeoutMs, 30_000);
+    assert.equal(o.replicaRefreshMs, 3_000);
     assert.equal(o.version, EXECUTOR_VERSION);
     assert.match(o.executorId, /-\d+$/);
     assert.equal(o.channelOptions["grpc.max_reconnect_backoff_ms"], 5_000);
@@ -21,6 +22,7 @@ describe("compileExecutorOptions", () => {
       [{ slots: 0 }, "slots"],
       [{ slots: 1.5 }, "slots"],
       [{ drainTimeoutMs: -1 }, "drainTimeoutMs"],
+      [{ replicaRefreshMs: -1 }, "replicaRefreshMs"],
       [{ reconnect: { initialDelayMs: 500, maxDelayMs: 100 } }, "reconnect.maxDelayMs"],
       [{ taskTypes: [] }, "taskTypes"],
       [{ executorId: " " }, "executorId"],
