@@ -64,6 +64,7 @@ import {
   type ReplicaAddress,
   type ReplicaRouter,
   forwardedBy,
+  isRunMoving,
   keyPartition,
   runMoving,
 } from "../cluster/replica-router.js";
@@ -187,10 +188,16 @@ export function workflowService(
   ): Promise<Res> => {
     const owner = await ownerElsewhere(runId, call);
     if (owner === undefined || router === undefined) return local();
-    return router.forward<Res>(method, owner, req, call, async () => {
-      if (router.holdsRun(runId)) return undefined;
-      return router.ownerOfRun(runId);
-    });
+    try {
+      return await router.forward<Res>(method, owner, req, call, async () => {
+        if (router.holdsRun(runId)) return undefined;
+        return router.ownerOfRun(runId);
+      });
+    } catch (e) {
+      // The owner had let it go, and it came here meanwhile (the owner acted on nothing).
+      if (isRunMoving(e) && router.holdsRun(runId)) return local();
+      throw e;
+    }
   };
   /**
    * Where a new run (StartRun, RerunRun) is started: undefined here, else a live replica. A keyed

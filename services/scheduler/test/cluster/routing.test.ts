@@ -179,6 +179,16 @@ describe("routing between replicas", () => {
     const k2 = await client(a).startRun(keyed);
     assert.ok(heldElsewhere(k1.run?.id));
     assert.deepEqual([k1.created, k2.created, k2.run?.id], [true, false, k1.run?.id]);
+    const ended = await startAt(a, "routing-queued");
+    await client(a).cancelRun({ runId: ended });
+    const rerun = await client(c).rerunRun({ runId: ended, fromStep: "step", idempotencyKey: "rerun-c" });
+    assert.ok(heldElsewhere(rerun.run?.id), "RerunRun started the new run at an owner");
+    const rerunAgain = await client(b).rerunRun({
+      runId: ended,
+      fromStep: "step",
+      idempotencyKey: "rerun-c",
+    });
+    assert.deepEqual([rerunAgain.created, rerunAgain.run?.id], [false, rerun.run?.id]);
     const bad = await refusal(client(c).startRun({ workflowName: "" }));
     assert.equal(bad.code, Code.InvalidArgument);
     assert.equal(c.partitions.held().length, 0, "C still holds none: every run above was forwarded");
