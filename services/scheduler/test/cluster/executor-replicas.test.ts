@@ -5,7 +5,9 @@
  * session to each, and both lease to it: runs started on A and on B all finish. Then a partition
  * move: B stops cleanly while a step it leased runs; A takes B's partitions, the executor's
  * reports of that lease reach A (which adopts the lease in its grace), and the run finishes with
- * that step run once.
+ * that step run once. Last, a new replica joins and A hands half its partitions over while a step
+ * of one of them runs: the Cancel says the partition moved, the task goes on, and the new replica
+ * adopts its lease.
  */
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
@@ -156,6 +158,44 @@ describe("an executor with a session to every scheduler replica", () => {
       executor?.replicaSessions.size === 1 && executor.replicaSessions.has(a.partitions.replicaId)
         ? true
         : undefined,
+    );
+  });
+
+  it("a step whose partition is handed over on rebalancing goes on: the Cancel says the partition moved, the new replica adopts it", async () => {
+    const [a] = replicas;
+    assert.ok(a !== undefined && executor !== undefined && replicas.length === 1);
+    await waitFor("A holds every partition", () => a.partitions.held().length === 16 || undefined);
+    // A hands its highest partitions (8 to 15) over when a second replica joins: a run there.
+    let runId = "";
+    for (let i = 0; i < 40 && partitionOf(runId || "00000000", 16) < 8; i++)
+      runId = await startRunOf(workflowClient(a.address), "replicas-hold");
+    assert.ok(partitionOf(runId, 16) >= 8, "a run in a partition A will hand over");
+    await waitFor("A leased the step", () => holds.get(runId));
+
+    const c = await replica();
+    await waitFor("the new replica took its half", () => c.partitions.held().length === 8 || undefined);
+    assert.ok(
+      c.partitions.held().some((h) => h.partition === partitionOf(runId, 16)),
+      "the run's partition moved to the new replica",
+    );
+    await waitFor(
+      "the new replica adopted the lease on the executor's session",
+      () => c.engine.sessions().some((s) => s.executorId === "replicas" && s.leases.size > 0) || undefined,
+    );
+    const hold = holds.get(runId);
+    assert.ok(hold !== undefined);
+    assert.equal(hold.signal.aborted, false, "the Cancel of the moved partition did not stop the task");
+    hold.release();
+    const run = await waitForRun(workflowClient(c.address), runId);
+    assert.equal(run.status, RunStatus.SUCCEEDED);
+    const { rows } = await sql.query<{ number: number; status: string }>(
+      `SELECT a.number, a.status FROM task_runs t JOIN task_attempts a ON a.task_run_id = t.id
+       WHERE t.run_id = $1 AND t.step_id = 'hold' ORDER BY a.number`,
+      [runId],
+    );
+    assert.deepEqual(
+      rows.map((r) => [r.number, r.status]),
+      [[1, "SUCCEEDED"]],
     );
   });
 });
