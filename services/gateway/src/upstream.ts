@@ -84,6 +84,12 @@ export interface UpstreamOptions {
    * that broke. @default 3000
    */
   pingTimeoutMs?: number;
+  /**
+   * A connection not made after this long is given up (its calls go to the next address), rather
+   * than waiting for the operating system's connect timeout (minutes) on an address that drops
+   * packets. @default 5000
+   */
+  connectTimeoutMs?: number;
 }
 
 interface CompiledUpstreamOptions {
@@ -92,6 +98,7 @@ interface CompiledUpstreamOptions {
   logger: Logger;
   pingIntervalMs: number;
   pingTimeoutMs: number;
+  connectTimeoutMs: number;
 }
 
 /** Lifecycle states of an {@link Upstream}. */
@@ -128,6 +135,7 @@ export function createUpstream(options: UpstreamOptions): Upstream {
     logger: options.logger ?? createLogger("gateway", "silent"),
     pingIntervalMs: options.pingIntervalMs ?? 5000,
     pingTimeoutMs: options.pingTimeoutMs ?? 3000,
+    connectTimeoutMs: options.connectTimeoutMs ?? 5000,
   });
 }
 
@@ -149,8 +157,21 @@ const attempts = new AsyncLocalStorage<Attempt>();
 /** The request headers a Transport call takes (`HeadersInit | undefined`). */
 type HeaderInit = Parameters<Transport["unary"]>[3];
 
-/** An `Http2SessionManager` that tells the current attempt about the stream it opens. */
+/**
+ * An `Http2SessionManager` that tells the current attempt about the stream it opens, and gives up
+ * a connection not made within `connectTimeoutMs`.
+ */
 class ObservedSessionManager extends Http2SessionManager {
+  readonly #connectTimeoutMs: number;
+
+  constructor(
+    url: string,
+    options: { pingIntervalMs: number; pingTimeoutMs: number; connectTimeoutMs: number },
+  ) {
+    super(url, { pingIntervalMs: options.pingIntervalMs, pingTimeoutMs: options.pingTimeoutMs });
+    this.#connectTimeoutMs = options.connectTimeoutMs;
+  }
+
   override async request(
     method: string,
     path: string,
@@ -158,12 +179,25 @@ class ObservedSessionManager extends Http2SessionManager {
     options: Omit<http2.ClientSessionRequestOptions, "signal">,
   ): Promise<http2.ClientHttp2Stream> {
     const attempt = attempts.getStore();
+    const state = this.state();
+    // A connection is (or is about to be) made for this request: it gets connectTimeoutMs.
+    const timer =
+      state === "closed" || state === "error" || state === "connecting"
+        ? setTimeout(() => {
+            if (this.state() !== "connecting") return;
+            this.abort(
+              new ConnectError(`no connection within ${this.#connectTimeoutMs} ms`, Code.Unavailable),
+            );
+          }, this.#connectTimeoutMs)
+        : undefined;
     let stream: http2.ClientHttp2Stream;
     try {
       stream = await super.request(method, path, headers, options);
     } catch (e) {
       if (attempt !== undefined) attempt.unopened = true;
       throw e;
+    } finally {
+      clearTimeout(timer);
     }
     if (attempt !== undefined) {
       attempt.stream = stream;
@@ -229,12 +263,12 @@ class FailoverUpstream implements Upstream {
   #preferred = 0;
   #state: UpstreamState = "open";
 
-  constructor({ addresses, interceptors, logger, pingIntervalMs, pingTimeoutMs }: CompiledUpstreamOptions) {
+  constructor({ addresses, interceptors, logger, ...connection }: CompiledUpstreamOptions) {
     this.addresses = [...addresses];
     this.#log = logger;
     this.#upstreams = addresses.map((address, index) => {
       const baseUrl = `http://${address}`;
-      const sessions = new ObservedSessionManager(baseUrl, { pingIntervalMs, pingTimeoutMs });
+      const sessions = new ObservedSessionManager(baseUrl, connection);
       return {
         index,
         address,

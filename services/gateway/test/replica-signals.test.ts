@@ -7,6 +7,7 @@
 import assert from "node:assert/strict";
 import { type ChildProcess, spawn } from "node:child_process";
 import { once } from "node:events";
+import * as net from "node:net";
 import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
 import { afterEach, beforeEach, describe, it } from "node:test";
@@ -25,8 +26,9 @@ interface ReplicaProcess {
   exited: Promise<unknown>;
 }
 
-async function startReplicaProcess(name: string): Promise<ReplicaProcess> {
-  const child = spawn(process.execPath, ["--import", "tsx", FAKE, name], {
+async function startReplicaProcess(name: string, backlog?: number): Promise<ReplicaProcess> {
+  const args = backlog === undefined ? [name] : [name, String(backlog)];
+  const child = spawn(process.execPath, ["--import", "tsx", FAKE, ...args], {
     stdio: ["ignore", "pipe", "inherit"],
   });
   const exited = once(child, "exit");
@@ -113,4 +115,35 @@ describe("gateway over two replica processes", () => {
       assert.equal((await client.startRun({ workflowName: "w" })).run?.workflowName, "b");
     },
   );
+});
+
+describe("gateway over a replica whose connections cannot be made", () => {
+  it("gives the connection up after connectTimeoutMs and goes to the other replica", T, async () => {
+    // A stopped process whose accept queue (backlog 1) is full: the kernel drops further SYNs, so
+    // a connection attempt waits as it would for a host gone from the network.
+    const [a, b] = await Promise.all([startReplicaProcess("a", 1), startReplicaProcess("b")]);
+    a.child.kill("SIGSTOP");
+    const [host, port] = [a.address.split(":")[0] as string, Number(a.address.split(":")[1])];
+    const fillers: net.Socket[] = [];
+    const upstream = createUpstream({ addresses: [a.address, b.address], connectTimeoutMs: 300 });
+    try {
+      for (let i = 0; i < 2; i++) {
+        const socket = net.connect(port, host);
+        fillers.push(socket);
+        await once(socket, "connect");
+      }
+      const client = createClient(WorkflowService, upstream);
+      const { run } = await client.startRun({ workflowName: "w" }, { timeoutMs: 20_000 });
+      assert.equal(run?.workflowName, "b");
+      assert.equal(upstream.preferred, b.address);
+    } finally {
+      upstream.close();
+      for (const socket of fillers) socket.destroy();
+      for (const p of [a, b]) {
+        p.child.kill("SIGCONT");
+        p.child.kill("SIGKILL");
+        await p.exited;
+      }
+    }
+  });
 });
