@@ -3,8 +3,9 @@
  * Connect like every other RPC here, so grpcurl, grpc_health_probe and Kubernetes' `grpc:` probes
  * work against the gateway (over gRPC; gRPC-Web and Connect clients may call it too). It answers
  * with the gateway's readiness, the condition `GET /readyz` answers with: SERVING while the gateway
- * listens and the scheduler's health service says SERVING, NOT_SERVING otherwise. No token is needed
- * (common/src/auth.ts marks Check and Watch public: probes carry none).
+ * listens and the health service of a scheduler (one of its addresses, upstream.ts) says SERVING,
+ * NOT_SERVING otherwise. No token is needed (common/src/auth.ts marks Check and Watch public:
+ * probes carry none).
  *
  * Check: SERVING or NOT_SERVING for "" (the gateway) and for each service it exposes; NOT_FOUND for
  * any other name. Watch: the status at once, then each change, checked every `watchIntervalMs`,

@@ -72,7 +72,8 @@ export interface GatewayOptions {
   schedulerAddress: string | readonly string[];
   /**
    * Readiness beyond listening, answered on `GET /readyz` and by grpc.health.v1.Health (serve.ts:
-   * the scheduler's health service answers SERVING). @default none: ready while listening
+   * the health service of one of the scheduler addresses answers SERVING). @default none: ready
+   * while listening
    */
   ready?: ReadinessCheck | undefined;
   /**
