@@ -2,9 +2,11 @@
  * The scheduler as one component: database (embedded or external), engine and gRPC server, with
  * explicit states and a clean stop. Tests create it with port 0; main.ts wires it to the environment.
  */
-import { toJson } from "@bufbuild/protobuf";
+import { create, toJson } from "@bufbuild/protobuf";
 import * as grpc from "@grpc/grpc-js";
 import {
+  ApiError,
+  Code,
   portInUse,
   serviceDefinition,
   type Logger,
@@ -21,6 +23,7 @@ import {
 } from "@nexusflow/common/metrics";
 import {
   ArtifactService,
+  CancelRunRequestSchema,
   ClusterService,
   EventService,
   ExecutorService,
@@ -664,6 +667,8 @@ export class Scheduler {
                   refused: (e: unknown) => this.coordinator?.refused(e),
                   ownsRun: (runId: string) => engine.partitions.owns(runId),
                   leftoverGraceMs: LEFTOVER_GRACE_MS,
+                  cancelElsewhere: (runId: string, reason: string, compensate: boolean) =>
+                    this.cancelElsewhere(runId, reason, compensate),
                 }),
           });
           this.fireLoop = loop;
@@ -733,6 +738,22 @@ export class Scheduler {
     ClusterNotifications.notify(pool, channel).catch((e: unknown) => {
       this.options.log.warn({ err: e, channel }, "could not notify the other replicas");
     });
+  }
+
+  /** Ends a run another replica holds (a schedule's overlap policy) through its owner's CancelRun. */
+  private async cancelElsewhere(runId: string, reason: string, compensate: boolean): Promise<void> {
+    const router = this.router;
+    const owner = await router?.ownerOfRun(runId);
+    if (router === undefined || owner === undefined)
+      throw new ApiError(Code.UNAVAILABLE, `no live replica holds run ${runId} now`);
+    if (owner.id === router.replicaId) return this.engine.cancelRun(runId, reason, compensate);
+    await router.forward(
+      "cancelRun",
+      owner,
+      create(CancelRunRequestSchema, { runId, reason, compensate }),
+      undefined,
+      () => router.ownerOfRun(runId),
+    );
   }
 
   /** Partitions taken have their runs loaded: their waits look at the recent events again. */

@@ -257,9 +257,15 @@ export class FireLoop extends BatchLoop {
           ? end.runIds.map((runId) => {
               const reason = `a new fire of schedule ${end.scheduleId} (overlap policy ${end.compensate ? "CANCEL_OTHER" : "TERMINATE_OTHER"})`;
               const elsewhere = this.options.cancelElsewhere;
-              return owns(runId) || elsewhere === undefined
-                ? engine.cancelRun(runId, reason, end.compensate)
-                : elsewhere(runId, reason, end.compensate);
+              if (owns(runId) || elsewhere === undefined)
+                return engine.cancelRun(runId, reason, end.compensate);
+              // The fire is committed: it starts even if its owner cannot be told now (said).
+              return elsewhere(runId, reason, end.compensate).catch((e: unknown) =>
+                log.warn(
+                  { err: e, run_id: runId, schedule_id: end.scheduleId },
+                  "could not end a run held by another scheduler replica for a schedule's overlap policy",
+                ),
+              );
             })
           : [],
       ),

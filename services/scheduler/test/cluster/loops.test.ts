@@ -176,6 +176,78 @@ describe("background loops in a cluster", () => {
   });
 });
 
+describe("schedule overlap policies across replicas", () => {
+  let server: Awaited<ReturnType<typeof startTestDatabase>>;
+  const started: Scheduler[] = [];
+
+  before(async () => {
+    server = await startTestDatabase();
+  });
+  after(async () => {
+    for (const s of started.splice(0)) await s.stop();
+    await server?.close();
+  });
+
+  it("count and end a schedule's runs held by the replica that is not the coordinator", async () => {
+    for (let i = 0; i < 2; i++)
+      started.push(await startTestScheduler(server.url, { cluster: true, partitionLeaseMs: 1000 }));
+    const [a, b] = started as [Scheduler, Scheduler];
+    await waitFor(
+      "an even split",
+      () => a.partitions.held().length === 8 && b.partitions.held().length === 8,
+    );
+    const coordinator = a.partitions.epochOf(0) === undefined ? b : a;
+    const other = coordinator === a ? b : a;
+    const runs = workflowClient(coordinator.address);
+    await registerSpec(runs, { name: "loops-hold", version: 1, steps: [{ id: "s", type: "loops.nobody" }] });
+    const spec = (overlapPolicy: OverlapPolicy) => ({
+      cron: "* * * * * *",
+      workflowName: "loops-hold",
+      input: jsonToValue({}),
+      overlapPolicy,
+    });
+    const schedules = scheduleClient(coordinator.address);
+    const trigger = async (s: Scheduler, scheduleId: string): Promise<string> => {
+      const { fire } = await scheduleClient(s.address).triggerSchedule({ scheduleId });
+      const runId = fire?.runId ?? "";
+      assert.equal(s.engine.isActive(runId), true, `run ${runId} held by the replica that triggered it`);
+      return runId;
+    };
+    const statusOf = async (runId: string): Promise<RunStatus | undefined> =>
+      (await runs.getRun({ runId })).run?.status;
+    const scheduleOf = async (scheduleId: string) => (await schedules.getSchedule({ scheduleId })).schedule;
+
+    // SKIP: a run active on the other replica (known from its committed row) skips every fire.
+    await schedules.createSchedule({ scheduleId: "skip", spec: spec(OverlapPolicy.SKIP), paused: true });
+    const skipRun = await trigger(other, "skip");
+    await schedules.resumeSchedule({ scheduleId: "skip" });
+    await waitFor("two fires skipped", async () => ((await scheduleOf("skip"))?.skippedCount ?? 0n) >= 2n);
+    await schedules.pauseSchedule({ scheduleId: "skip" });
+    assert.equal((await scheduleOf("skip"))?.startedCount, 1n, "only the triggered run started");
+    assert.equal(await statusOf(skipRun), RunStatus.RUNNING, "the run goes on");
+
+    // TERMINATE_OTHER: the next fire ends the runs on both replicas (the other's through its owner).
+    await schedules.createSchedule({
+      scheduleId: "terminate",
+      spec: spec(OverlapPolicy.TERMINATE_OTHER),
+      paused: true,
+    });
+    const ended = [
+      await trigger(other, "terminate"),
+      await trigger(other, "terminate"),
+      await trigger(coordinator, "terminate"),
+    ];
+    await schedules.resumeSchedule({ scheduleId: "terminate" });
+    for (const runId of ended)
+      await waitFor(`run ${runId} cancelled`, async () => (await statusOf(runId)) === RunStatus.CANCELLED);
+    await waitFor(
+      "a scheduled fire's run",
+      async () => ((await scheduleOf("terminate"))?.startedCount ?? 0n) >= 4n,
+    );
+    await schedules.pauseSchedule({ scheduleId: "terminate" });
+  });
+});
+
 describe("event waits in a cluster", () => {
   let server: Awaited<ReturnType<typeof startTestDatabase>>;
   let sql: pg.Pool;
