@@ -36,6 +36,7 @@ import {
   type CancelRunResponse,
   type ExplainPendingRequest,
   type GetRunRequest,
+  type GetRunResponse,
   type GetWorkflowRequest,
   type ListRunsRequest,
   type ListWorkflowsRequest,
@@ -348,9 +349,24 @@ export function workflowService(
       return create(StartRunsResponseSchema, { results });
     }),
 
-    getRun: unary(async (req: GetRunRequest) => {
+    getRun: unary(async (req: GetRunRequest, call) => {
       const detail = await runs.get(req.runId);
-      return create(GetRunResponseSchema, { run: runDetail(detail, await reasonsOf(detail)) });
+      const local = async (): Promise<GetRunResponse> =>
+        create(GetRunResponseSchema, { run: runDetail(detail, await reasonsOf(detail)) });
+      // Served from the database anywhere, but why a queued task waits is its owner's live knowledge
+      // (its executor sessions): an active run with a queued task held elsewhere is asked there.
+      if (
+        router === undefined ||
+        router.holdsRun(req.runId) ||
+        forwardedBy(call.metadata) !== undefined ||
+        TERMINAL_RUN_STATUSES.has(detail.run.status as RunStatusName) ||
+        !detail.tasks.some((t) => t.status === "QUEUED")
+      )
+        return local();
+      const owner = await router.ownerOfRun(req.runId);
+      if (owner === undefined || owner.id === router.replicaId) return local();
+      // A read is answered even when the owner is not: from the rows, without the live reasons.
+      return router.forward<GetRunResponse>("getRun", owner, req, call).catch(local);
     }),
 
     explainPending: unary(async (req: ExplainPendingRequest, call) => {

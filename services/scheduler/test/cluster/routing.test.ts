@@ -107,6 +107,9 @@ describe("routing between replicas", () => {
         explained.gates.some((g) => g.gate.case === "noExecutor"),
         `A's live gates: ${explained.gates.map((g) => g.gate.case).join(", ")}`,
       );
+      // GetRun is served anywhere; the queued task's reason (A's executor sessions) comes from A.
+      const read = await client(b).getRun({ runId: queued });
+      assert.match(read.run?.tasks[0]?.pendingReason ?? "", /no executor advertises type "routing.nobody"/);
       const cancelled = await client(b).cancelRun({ runId: queued, reason: "routed" });
       assert.equal(cancelled.run?.status, RunStatus.CANCELLED);
       assert.equal(a.engine.isActive(queued), false, "A ended it");
