@@ -12,6 +12,7 @@ import { create } from "@bufbuild/protobuf";
 import * as grpc from "@grpc/grpc-js";
 import { type LogLevel, createLogger, isAcknowledgedReport, serviceDefinition } from "@nexusflow/common";
 import {
+  AckedSchema,
   AttachAckSchema,
   ExecutorService,
   type ListReplicasResponse,
@@ -113,7 +114,7 @@ class FakeReplica {
         if (isAcknowledgedReport(m)) reports++;
       }
       if (items.some(isAcknowledgedReport))
-        this.send(index, { case: "acked", value: { through: BigInt(reports) } });
+        this.send(index, { case: "acked", value: create(AckedSchema, { through: BigInt(reports) }) });
       if (request.message.case === "attach")
         this.send(index, {
           case: "attachAck",

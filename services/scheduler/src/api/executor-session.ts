@@ -222,7 +222,8 @@ export function executorService(
 ): grpc.UntypedServiceImplementation {
   const authenticated = options.authenticated ?? false;
   const replicaId = options.replicaId ?? "";
-  const owns = (runId: string): boolean => engine.partitions.owns(runId);
+  // A lease of a partition being loaded is judged once its runs are here (its task may be one).
+  const owns = (runId: string): boolean => engine.partitions.loaded(runId);
   return {
     // Writes a SessionResponse, or one already encoded (see executorServiceDefinition).
     session: (call: grpc.ServerDuplexStream<SessionRequest, SessionResponse | Uint8Array>) => {

@@ -91,10 +91,11 @@ export function reclaim(core: Core, session: SessionLeases, held: readonly Lease
 /**
  * The leases of an Attach's `held` this replica judges: an executor with a session to every
  * replica lists every lease it holds in each Attach, naming each lease's run (LeaseKey.run_id).
- * A lease of a run in a partition this replica does not hold (`owns` false) belongs to another
- * replica's session: it is left out, so it is neither reclaimed nor revoked here. A replica holds
- * in memory only the tasks of the partitions it holds (engine/partition-load.ts), so such a lease
- * is never one of its tasks. Keys without a run (older executors) are all judged, as before.
+ * A lease of a run in a partition this replica does not hold, or whose runs it has not loaded
+ * yet (`owns` false), belongs to another replica's session or is not judged yet: it is left out,
+ * so it is neither reclaimed nor revoked here (a report adopts it later, core/fencing.ts). A
+ * replica holds in memory only the tasks of the partitions it holds and has loaded
+ * (engine/partition-load.ts), so such a lease is never one of its tasks. Keys without a run (older executors) are all judged, as before.
  */
 export function ownHeldLeases(
   held: readonly LeaseKey[],

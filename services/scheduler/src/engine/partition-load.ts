@@ -74,6 +74,8 @@ export class PartitionRuns {
   /** Counters (tests, logs). */
   readonly stats = { loadedRuns: 0, unloadedRuns: 0, revokedLeases: 0 };
   private lossCount = 0;
+  /** Partitions taken whose runs are not loaded yet (a load() queued or running). */
+  private readonly loading = new Map<number, number>();
 
   constructor(private readonly host: PartitionRunsHost) {}
 
@@ -83,6 +85,27 @@ export class PartitionRuns {
    */
   get losses(): number {
     return this.lossCount;
+  }
+
+  /**
+   * Whether the run's partition is held and its runs are in memory (not waiting for the load of a
+   * partition just taken); always, without partitions. An executor's Attach lists leases of
+   * partitions being loaded: they are not judged before their runs are here (api/executor-session.ts).
+   */
+  loaded(runId: string): boolean {
+    const p = this.host.partitions;
+    if (p === undefined) return true;
+    const partition = partitionOf(runId, p.partitionCount);
+    return p.epochOf(partition) !== undefined && !this.loading.has(partition);
+  }
+
+  /** Counts the loads of `partitions` queued (+1) or done (-1). */
+  private loadingOf(partitions: readonly number[], change: 1 | -1): void {
+    for (const p of partitions) {
+      const n = (this.loading.get(p) ?? 0) + change;
+      if (n > 0) this.loading.set(p, n);
+      else this.loading.delete(p);
+    }
   }
 
   /** Whether the run's partition is held (always, without partitions). */
@@ -139,6 +162,7 @@ export class PartitionRuns {
   /** Loads the active runs of partitions just taken (after start-up recovery began; else it does). */
   load(partitions: readonly number[]): Promise<void> {
     if (!this.recovering || partitions.length === 0) return Promise.resolve();
+    this.loadingOf(partitions, 1);
     return this.enqueue(async () => {
       if (!this.host.live()) return;
       try {
@@ -154,7 +178,7 @@ export class PartitionRuns {
         // The partitions stay held without their runs in memory until they move again.
         this.host.log.error({ err: e, partitions }, "could not load the runs of partitions taken");
       }
-    });
+    }).finally(() => this.loadingOf(partitions, -1));
   }
 
   /**
