@@ -633,6 +633,13 @@ export class Executor {
     else this.#logger.info(fields, "re-attached to the scheduler");
     link.attaches++;
     start?.resolve();
+    if (link.primary && ack.replicaId === "" && this.#discovery === "on") {
+      // A scheduler that does not name its replica (older than replicas): sessions cannot be
+      // told apart, so one session, as before.
+      this.#logger.info("the scheduler does not name its replica in AttachAck; keeping one session");
+      this.#stopDiscovery();
+      for (const other of this.#links.values()) if (!other.primary) this.#retireSoon(other);
+    }
     if (first) this.#startDiscovery();
   }
 
