@@ -210,9 +210,10 @@ function followOwner(
     };
     const onAbort = (): void => finish("done");
     // Here now, or another owner in the table: this stream is left (its updates are in the next
-    // source's first snapshot).
+    // source's first snapshot). This replica stopping ends it too (the watch then ends UNAVAILABLE).
     const unmove = router.onMove(() => {
-      if (router.holdsRun(req.runId) || router.cachedOwnerOfRun(req.runId)?.id !== owner.id)
+      if (router.state.kind !== "RUNNING") chain = chain.then(() => finish("failed"));
+      else if (router.holdsRun(req.runId) || router.cachedOwnerOfRun(req.runId)?.id !== owner.id)
         chain = chain.then(() => finish("moved"));
     }, true);
     signal.addEventListener("abort", onAbort);
