@@ -6,6 +6,7 @@
  * the event loop after a flush, so that everything changed in the same turn shares it, and only
  * one runs at a time: what is marked meanwhile waits for the next.
  */
+import { UnavailableError } from "@nexusflow/common";
 import type { AttemptState, RunState, TaskState } from "../model/run-state.js";
 import type { OutboxRow } from "./outbox.js";
 
@@ -23,8 +24,12 @@ export interface Waiter {
   reject: (e: unknown) => void;
 }
 
-/** Raised to flush() waiters when the store is closed before their changes were committed. */
-export class WriterClosedError extends Error {
+/**
+ * Raised to flush() waiters when the store is closed before their changes were committed: the
+ * scheduler is stopping, so a caller sees UNAVAILABLE and may retry (at another replica, or at
+ * this one once started again).
+ */
+export class WriterClosedError extends UnavailableError {
   override name = "WriterClosedError";
 }
 
@@ -76,7 +81,8 @@ export abstract class PendingChanges {
 
   /** Resolves when everything marked so far is committed. */
   flush(): Promise<void> {
-    if (this.closedValue) return Promise.reject(new WriterClosedError(`${this.name} is closed`));
+    if (this.closedValue)
+      return Promise.reject(new WriterClosedError(`${this.name} is closed: the scheduler is stopping`));
     const done = new Promise<void>((resolve, reject) => this.waiters.push({ resolve, reject }));
     this.kick();
     return done;
@@ -181,6 +187,10 @@ export abstract class PendingChanges {
   private rejectWaiters(): void {
     const waiters = this.takeWaiters();
     for (const w of waiters)
-      w.reject(new WriterClosedError(`${this.name} closed before the change was committed`));
+      w.reject(
+        new WriterClosedError(
+          `${this.name} closed before the change was committed: the scheduler is stopping`,
+        ),
+      );
   }
 }

@@ -149,6 +149,12 @@ export class ServiceProcess {
       .join("\n");
   }
 
+  /** SIGTERMs the process (its orderly stop) and waits until it is gone. */
+  async stop(): Promise<void> {
+    if (this.exitStatus === undefined) this.child.kill("SIGTERM");
+    await this.exited;
+  }
+
   /** SIGKILLs the process (no shutdown code runs) and waits until it is gone. */
   async kill(): Promise<void> {
     if (this.exitStatus === undefined) this.child.kill("SIGKILL");

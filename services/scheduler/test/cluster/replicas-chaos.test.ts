@@ -1,0 +1,394 @@
+/**
+ * Three scheduler replicas in cluster mode (issue #22), real processes: 500 runs of mixed shapes
+ * in flight (diamonds, sagas that compensate, retries on timers, long shell steps) while the test
+ * SIGKILLs the replica owning the most partitions (and starts it again on its port), SIGSTOPs one
+ * for longer than its partition lease (its late writes must be refused), and restarts PostgreSQL
+ * once. Afterwards every run has its right final state, no completion was accepted twice, no step
+ * whose success was recorded ran again, and each run's outbox is numbered 1..N without a gap.
+ * Executors are given one replica's address; calls go to any live replica.
+ */
+import assert from "node:assert/strict";
+import { mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, before, describe, it } from "node:test";
+import { setTimeout as delay } from "node:timers/promises";
+import { Code, ConnectError } from "@connectrpc/connect";
+import { freePort, jsonToValue } from "@nexusflow/common";
+import { startTestDatabase, waitFor, workflowClient } from "../support.js";
+import { registerSpec } from "../e2e/harness.js";
+import {
+  killAll,
+  startExecutorProcess,
+  startSchedulerProcess,
+  type ServiceProcess,
+} from "../e2e/processes.js";
+import { FaultTables } from "../faults/invariants.js";
+import { FAST_EXPIRY, executorEnv, markers } from "../faults/support.js";
+
+const REPLICAS = 3;
+const RUNS = 500;
+const EXECUTORS = 3;
+const CLUSTER_ENV = { ...FAST_EXPIRY, SCHEDULER_CLUSTER: "true", PARTITION_LEASE: "1s" } as const;
+/** Retryable codes: a call that meets one is made again, at another replica. */
+const RETRYABLE = new Set([Code.Unavailable, Code.DeadlineExceeded, Code.Aborted, Code.ResourceExhausted]);
+
+interface Replica {
+  name: string;
+  port: number;
+  address: string;
+  process: ServiceProcess;
+  /** The replica id of its current process (a new one per start). */
+  id: string;
+}
+
+describe("three scheduler replicas under SIGKILL, SIGSTOP and a PostgreSQL restart", () => {
+  let db: Awaited<ReturnType<typeof startTestDatabase>>;
+  let tables: FaultTables;
+  let dir: string;
+
+  before(async () => {
+    db = await startTestDatabase();
+    tables = new FaultTables(db.url);
+    dir = await mkdtemp(join(tmpdir(), "nf-chaos-"));
+  });
+  after(async () => {
+    await killAll();
+    await tables?.close();
+    await db?.close();
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  it(`finishes ${RUNS} runs of mixed shapes with every invariant`, async (t) => {
+    const replicas: Replica[] = [];
+    const start = async (name: string, port: number): Promise<Replica> => {
+      const { process, address } = await startSchedulerProcess(name, db.url, port, CLUSTER_ENV);
+      const line = await process.waitForLog("its replica id", (l) => l.msg === "partition leases started");
+      return { name, port, address, process, id: String(line["replica_id"]) };
+    };
+    for (let i = 0; i < REPLICAS; i++)
+      replicas.push(await start(`replica-${i + 1}`, await freePort("127.0.0.1")));
+    const owners = async (): Promise<Map<string, number>> => {
+      const { rows } = await tables.pool.query<{ owner: string; n: number }>(
+        `SELECT owner::text, count(*)::int AS n FROM partitions
+          WHERE owner IS NOT NULL AND lease_expires_at > now() GROUP BY owner`,
+      );
+      return new Map(rows.map((r) => [r.owner, r.n]));
+    };
+    await waitFor("every replica holds partitions", async () => (await owners()).size === REPLICAS, 60_000);
+
+    // Calls go to any live replica (not one SIGSTOPped); a retryable code sends them to the next one.
+    const stopped = new Set<Replica>();
+    let turn = 0;
+    const call = async <T>(
+      what: string,
+      fn: (client: ReturnType<typeof workflowClient>) => Promise<T>,
+    ): Promise<T> => {
+      for (let tries = 0; ; tries++) {
+        const live = replicas.filter((r) => r.process.alive && !stopped.has(r));
+        const target = live[turn++ % Math.max(1, live.length)];
+        try {
+          if (target === undefined) throw new ConnectError("no live replica", Code.Unavailable);
+          return await fn(workflowClient(target.address));
+        } catch (e) {
+          const err = ConnectError.from(e);
+          if (!RETRYABLE.has(err.code) || tries >= 200)
+            throw new Error(`${what}: ${err.message}`, { cause: e });
+          await delay(50);
+        }
+      }
+    };
+    const marker = join(dir, "markers.jsonl");
+    const input = (ms: number) => ({ marker: "{{ input.marker }}", ms });
+    const retry = { maxAttempts: 8, initialInterval: "100ms", maxInterval: "1s" };
+    const shapes = [
+      {
+        name: "chaos-diamond",
+        final: "SUCCEEDED",
+        spec: {
+          steps: [
+            { id: "a", type: "fault.slow", input: input(10) },
+            { id: "b", type: "fault.slow", dependsOn: ["a"], input: input(200) },
+            { id: "c", type: "noop", dependsOn: ["a"] },
+            { id: "d", type: "fault.slow", dependsOn: ["b", "c"], input: input(10) },
+          ],
+        },
+      },
+      {
+        name: "chaos-saga",
+        final: "COMPENSATED",
+        spec: {
+          steps: [
+            {
+              id: "reserve",
+              type: "fault.slow",
+              input: input(50),
+              compensate: { type: "fault.undo", input: input(50) },
+            },
+            {
+              id: "charge",
+              type: "fault.slow",
+              dependsOn: ["reserve"],
+              input: input(50),
+              compensate: { type: "fault.undo", input: input(20) },
+            },
+            { id: "ship", type: "fault.boom", dependsOn: ["charge"], input: input(0) },
+          ],
+        },
+      },
+      {
+        name: "chaos-retry",
+        final: "SUCCEEDED",
+        spec: { steps: [{ id: "flaky", type: "fault.flaky", input: { ...input(20), failures: 2 } }] },
+      },
+      {
+        name: "chaos-shell",
+        final: "SUCCEEDED",
+        spec: { steps: [{ id: "long", type: "shell", input: { command: ["sleep", "2"] } }] },
+      },
+    ] as const;
+    for (const s of shapes)
+      await call("register", (c) =>
+        registerSpec(c, { name: s.name, version: 1, defaults: { retry }, ...s.spec }),
+      );
+
+    const executors: ServiceProcess[] = [];
+    for (let i = 0; i < EXECUTORS; i++)
+      executors.push(await startExecutorProcess(`chaos-${i}`, replicas[0]?.address ?? "", executorEnv(8)));
+
+    const runs = new Map<string, (typeof shapes)[number]>();
+    const t0 = Date.now();
+    for (let i = 0; i < RUNS; i += 50) {
+      const batch = Array.from(
+        { length: Math.min(50, RUNS - i) },
+        (_, j) => shapes[(i + j) % shapes.length]!,
+      );
+      const ids = await Promise.all(
+        batch.map((s) =>
+          call(
+            "StartRun",
+            async (c) =>
+              (await c.startRun({ workflowName: s.name, input: jsonToValue({ marker }) })).run?.id ?? "",
+          ),
+        ),
+      );
+      ids.forEach((id, j) => runs.set(id, batch[j]!));
+    }
+    const runIds = [...runs.keys()];
+    t.diagnostic(`${RUNS} runs started in ${Date.now() - t0} ms`);
+    const done = async (): Promise<boolean> => (await tables.terminalCount(runIds)) === RUNS;
+
+    // 1. SIGKILL the replica owning the most partitions, twice, each started again on its port once
+    // the others hold every partition.
+    const faults: string[] = [];
+    for (let k = 0; k < 2 && !(await done()); k++) {
+      const held = await owners();
+      const victim = [...replicas].sort((x, y) => (held.get(y.id) ?? 0) - (held.get(x.id) ?? 0))[0]!;
+      await victim.process.kill();
+      faults.push(`SIGKILL ${victim.name} (${held.get(victim.id) ?? 0} partitions)`);
+      await waitFor(
+        `the others to take ${victim.name}'s partitions`,
+        async () => {
+          const now = await owners();
+          return !now.has(victim.id) && [...now.values()].reduce((a, b) => a + b, 0) === 16;
+        },
+        30_000,
+      );
+      const again = await start(victim.name, victim.port);
+      replicas[replicas.indexOf(victim)] = again;
+    }
+
+    // 2. SIGSTOP one for longer than its lease: the others take its partitions; resumed, it finds
+    // them gone and its late writes are refused.
+    if (!(await done())) {
+      // The replica holding the most partitions, once the restarted ones have their share again.
+      await waitFor(
+        "every replica to hold partitions again",
+        async () => (await owners()).size === REPLICAS,
+        30_000,
+      );
+      const held = await owners();
+      const victim = [...replicas].sort((x, y) => (held.get(y.id) ?? 0) - (held.get(x.id) ?? 0))[0]!;
+      const { rows: its } = await tables.pool.query<{ partition: number }>(
+        "SELECT partition FROM partitions WHERE owner = $1",
+        [victim.id],
+      );
+      stopped.add(victim);
+      victim.process.child.kill("SIGSTOP");
+      faults.push(`SIGSTOP ${victim.name} (${its.length} partitions)`);
+      try {
+        await waitFor(
+          `the others to take ${victim.name}'s partitions while it is stopped`,
+          async () => {
+            const { rows } = await tables.pool.query<{ n: number }>(
+              `SELECT count(*)::int AS n FROM partitions WHERE partition = ANY($1::int[])
+                 AND owner IS DISTINCT FROM $2 AND owner IS NOT NULL AND lease_expires_at > now()`,
+              [its.map((r) => r.partition), victim.id],
+            );
+            return rows[0]?.n === its.length;
+          },
+          30_000,
+        );
+      } finally {
+        victim.process.child.kill("SIGCONT");
+        stopped.delete(victim);
+      }
+      if (its.length > 0)
+        await victim.process.waitForLog(
+          "that it lost its partitions",
+          (l) =>
+            l.msg === "lost partitions: another replica holds them now" ||
+            l.msg === "unloaded the runs of partitions lost",
+          30_000,
+        );
+    }
+
+    // 3. Restart PostgreSQL once.
+    if (!(await done())) {
+      await db.server.stop();
+      faults.push("PostgreSQL restart");
+      await delay(500); // an outage of half a second: the fault itself, not a wait for a condition
+      await db.server.restart();
+    }
+    t.diagnostic(`faults: ${faults.join(", ")}`);
+    assert.equal(faults.length, 4, `every fault hit runs in flight: ${faults.join(", ")}`);
+
+    await waitFor(`all ${RUNS} runs to be terminal`, done, 240_000);
+    const { rows } = await tables.pool.query<{ id: string; status: string }>(
+      "SELECT id::text, status FROM workflow_runs WHERE id = ANY($1::uuid[])",
+      [runIds],
+    );
+    const wrong = rows.filter((r) => r.status !== runs.get(r.id)?.final);
+    assert.deepEqual(
+      wrong.slice(0, 10).map((r) => [runs.get(r.id)?.name, r.status]),
+      [],
+      `${wrong.length} run(s) ended in the wrong state (faults: ${faults.join(", ")})`,
+    );
+    const facts = await tables.assertInvariants(runIds);
+    // No step whose success was recorded started again: no attempt after the succeeded one.
+    const succeededAt = new Map<string, number>();
+    for (const run of facts.values())
+      for (const task of [...run.steps.values(), ...run.compensations.values()]) {
+        const ok = task.attempts.find((a) => a.status === "SUCCEEDED");
+        if (ok !== undefined) succeededAt.set(task.id, ok.number);
+      }
+    const late = (await markers(marker)).filter(
+      (m) => m.attempt > (succeededAt.get(m.taskRunId) ?? Infinity),
+    );
+    assert.deepEqual(late.slice(0, 5), [], "attempts started after a recorded success");
+    t.diagnostic(`all terminal after ${Date.now() - t0} ms`);
+    for (const e of executors) await e.kill();
+    for (const r of replicas) await r.process.stop();
+  });
+
+  it("loses nothing in a rolling restart of every replica under a steady 200 runs/s", async (t) => {
+    const replicas: Replica[] = [];
+    const start = async (name: string, port: number): Promise<Replica> => {
+      const { process, address } = await startSchedulerProcess(name, db.url, port, CLUSTER_ENV);
+      const line = await process.waitForLog("its replica id", (l) => l.msg === "partition leases started");
+      return { name, port, address, process, id: String(line["replica_id"]) };
+    };
+    for (let i = 0; i < REPLICAS; i++)
+      replicas.push(await start(`rolling-${i + 1}`, await freePort("127.0.0.1")));
+    const holding = async (): Promise<number> => {
+      const { rows } = await tables.pool.query<{ n: number }>(
+        `SELECT count(DISTINCT owner)::int AS n FROM partitions WHERE owner IS NOT NULL AND lease_expires_at > now()`,
+      );
+      return rows[0]?.n ?? 0;
+    };
+    await waitFor("every replica holds partitions", async () => (await holding()) === REPLICAS, 60_000);
+    const restarting = new Set<Replica>();
+    let turn = 0;
+    const startOne = async (n: number): Promise<string> => {
+      for (let tries = 0; ; tries++) {
+        const live = replicas.filter((r) => !restarting.has(r));
+        const target = live[turn++ % live.length];
+        try {
+          if (target === undefined) throw new ConnectError("no live replica", Code.Unavailable);
+          const { run } = await workflowClient(target.address).startRun({
+            workflowName: "rolling",
+            input: jsonToValue({ n }),
+          });
+          return run?.id ?? "";
+        } catch (e) {
+          const err = ConnectError.from(e);
+          if (!RETRYABLE.has(err.code) || tries >= 200)
+            throw new Error(`StartRun: ${err.message}`, { cause: e });
+          await delay(50);
+        }
+      }
+    };
+    await registerSpec(workflowClient(replicas[0]?.address ?? ""), {
+      name: "rolling",
+      version: 1,
+      defaults: { retry: { maxAttempts: 8, initialInterval: "100ms", maxInterval: "1s" } },
+      steps: [
+        { id: "a", type: "noop" },
+        { id: "b", type: "sleep", dependsOn: ["a"], input: { duration: "300ms" } },
+        { id: "c", type: "noop", dependsOn: ["b"] },
+      ],
+    });
+    const executors: ServiceProcess[] = [];
+    for (let i = 0; i < 2; i++)
+      executors.push(
+        await startExecutorProcess(`rolling-${i}`, replicas[0]?.address ?? "", executorEnv(100)),
+      );
+
+    // 200 runs/s, paced, until the rolling restart is over.
+    const runIds: string[] = [];
+    const starts: Promise<void>[] = [];
+    const failed: string[] = [];
+    let feeding = true;
+    const feeder = (async () => {
+      const t0 = performance.now();
+      for (let n = 0; feeding; n++) {
+        starts.push(
+          startOne(n).then(
+            (id) => void runIds.push(id),
+            (e: unknown) => void failed.push(e instanceof Error ? e.message : String(e)),
+          ),
+        );
+        const due = t0 + (n * 1000) / 200;
+        // Pacing of the load generator, not a wait for a condition.
+        await delay(Math.max(0, due - performance.now()));
+      }
+    })();
+    try {
+      for (const [i, r] of [...replicas].entries()) {
+        restarting.add(r);
+        await r.process.stop();
+        const again = await start(r.name, r.port);
+        replicas[i] = again;
+        restarting.delete(r);
+        await waitFor(`${r.name} back with partitions`, async () => (await holding()) === REPLICAS, 60_000);
+      }
+    } finally {
+      feeding = false;
+      await feeder;
+    }
+    await Promise.all(starts);
+    t.diagnostic(`${runIds.length} runs started during the rolling restart`);
+    assert.deepEqual(
+      failed.slice(0, 5),
+      [],
+      `${failed.length} StartRun call(s) failed with a code not retryable`,
+    );
+    assert.ok(runIds.length >= 200, `only ${runIds.length} runs started`);
+    await waitFor(
+      `all ${runIds.length} runs to be terminal`,
+      async () => (await tables.terminalCount(runIds)) === runIds.length,
+      180_000,
+    );
+    const { rows } = await tables.pool.query<{ status: string; n: number }>(
+      "SELECT status, count(*)::int AS n FROM workflow_runs WHERE id = ANY($1::uuid[]) GROUP BY status",
+      [runIds],
+    );
+    assert.deepEqual(
+      rows.map((r) => [r.status, r.n]),
+      [["SUCCEEDED", runIds.length]],
+    );
+    await tables.assertInvariants(runIds);
+    for (const e of executors) await e.kill();
+    for (const r of replicas) await r.process.stop();
+  });
+});
