@@ -177,6 +177,22 @@ describe("routing between replicas", () => {
       assert.equal(r.result.case, "started");
       assert.ok(r.result.case === "started" && heldElsewhere(r.result.value.run?.id));
     }
+    // Keyed items go one by one to their keys' owners; an owner's error names the item.
+    const mixed = await client(c).startRuns({
+      runs: [
+        { workflowName: "routing-queued", idempotencyKey: "mixed-0", input: jsonToValue({}) },
+        { workflowName: "routing-queued", input: jsonToValue({}) },
+        { workflowName: "routing-unknown", idempotencyKey: "mixed-2", input: jsonToValue({}) },
+      ],
+    });
+    assert.deepEqual(
+      mixed.results.map((r) => r.result.case),
+      ["started", "started", "error"],
+    );
+    const unknown = mixed.results[2]?.result;
+    assert.ok(unknown?.case === "error");
+    assert.equal(unknown.value.code, Code.NotFound);
+    assert.match(unknown.value.message, /^runs\[2\]: .*routing-unknown/);
     const keyed = { workflowName: "routing-queued", idempotencyKey: "from-c", input: jsonToValue({}) };
     const k1 = await client(c).startRun(keyed);
     const k2 = await client(a).startRun(keyed);
