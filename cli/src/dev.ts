@@ -322,7 +322,8 @@ export async function runDev(options: DevOptions): Promise<number> {
       common("gateway", service("gateway"), {
         GATEWAY_HOST: ports.gatewayHost,
         GATEWAY_PORT: String(ports.gatewayPort),
-        SCHEDULER_ADDRESS: schedulerAddress,
+        // Every replica: the gateway goes on through another when one stops.
+        SCHEDULER_ADDRESS: schedulerAddresses.join(","),
         ...metricsEnv(ports.metricsHost, ports.serviceMetrics?.gateway),
       }),
     );
