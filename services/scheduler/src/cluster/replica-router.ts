@@ -70,6 +70,11 @@ export interface ReplicaRouterOptions {
   refreshIntervalMs?: number;
   /** Time between two reads of the owners while a watch follows a run held elsewhere. @default leaseMs / 2 */
   watchIntervalMs?: number;
+  /**
+   * Deadline of a call this replica makes on its own (no incoming call to take one from: e.g. the
+   * fire loop's cancel). @default 30000
+   */
+  ownCallTimeoutMs?: number;
   /** Channel options of the clients to other replicas. @default keepalive every 10 s */
   channelOptions?: grpc.ChannelOptions;
 }
@@ -206,6 +211,7 @@ export class ReplicaRouter {
   private nextAny = 0;
   private readonly refreshIntervalMs: number;
   private readonly watchIntervalMs: number;
+  private readonly ownCallTimeoutMs: number;
   private static readonly Client = clientConstructor(WorkflowService);
   /** Counters (tests, logs). */
   readonly stats = { reads: 0, forwarded: 0 };
@@ -213,6 +219,7 @@ export class ReplicaRouter {
   constructor(private readonly options: ReplicaRouterOptions) {
     this.refreshIntervalMs = options.refreshIntervalMs ?? Math.max(10, options.leases.leaseMs / 10);
     this.watchIntervalMs = options.watchIntervalMs ?? Math.max(50, options.leases.leaseMs / 2);
+    this.ownCallTimeoutMs = options.ownCallTimeoutMs ?? 30_000;
   }
 
   get state(): ReplicaRouterState {
@@ -439,9 +446,7 @@ export class ReplicaRouter {
     if (fn === undefined) throw new Error(`WorkflowService has no unary method ${method}`);
     this.stats.forwarded++;
     return new Promise<Res>((resolve, reject) => {
-      const options: grpc.CallOptions = {};
-      const deadline = call?.getDeadline();
-      if (deadline !== undefined && deadline !== Infinity) options.deadline = deadline;
+      const options = this.callOptions(call);
       const onCancel = (): void => outgoing.cancel();
       const outgoing = fn.call(client, req, this.forwardedMetadata(call), options, (e, res) => {
         call?.removeListener?.("cancelled", onCancel);
@@ -456,6 +461,12 @@ export class ReplicaRouter {
     });
   }
 
+  /** The caller's deadline, if it has one; a call of this replica's own gets {@link ReplicaRouterOptions.ownCallTimeoutMs}. */
+  private callOptions(call: IncomingCall | undefined): grpc.CallOptions {
+    const deadline = call === undefined ? Date.now() + this.ownCallTimeoutMs : call.getDeadline();
+    return deadline === Infinity ? {} : { deadline };
+  }
+
   /** Opens the server-streaming WorkflowService method `method` of `owner` on behalf of `call`. */
   openStream(
     method: string,
@@ -466,11 +477,8 @@ export class ReplicaRouter {
     const client = this.client(owner.address) as unknown as Record<string, StreamMethod>;
     const fn = client[method];
     if (fn === undefined) throw new Error(`WorkflowService has no streaming method ${method}`);
-    const options: grpc.CallOptions = {};
-    const deadline = call?.getDeadline();
-    if (deadline !== undefined && deadline !== Infinity) options.deadline = deadline;
     this.stats.forwarded++;
-    return fn.call(client, req, this.forwardedMetadata(call), options);
+    return fn.call(client, req, this.forwardedMetadata(call), this.callOptions(call));
   }
 
   /**
@@ -493,7 +501,7 @@ export class ReplicaRouter {
     const metadata = options.metadata ?? new grpc.Metadata();
     const call: IncomingCall = {
       metadata,
-      getDeadline: () => options.deadline ?? Date.now() + 30_000,
+      getDeadline: () => options.deadline ?? Date.now() + this.ownCallTimeoutMs,
     };
     return this.forward<CancelRunResponse>(
       "cancelRun",

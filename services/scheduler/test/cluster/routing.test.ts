@@ -144,6 +144,13 @@ describe("routing between replicas", () => {
     assert.equal(unknownStep.code, Code.NotFound);
     assert.match(unknownStep.message, /has no step "nope"/);
     assert.equal(forwarded(b), sent + 1);
+
+    // The router's own cancel (for this replica's loops): nothing to do where the run is held,
+    // the owner's CancelRun elsewhere, with a deadline of its own.
+    assert.equal(await a.replicaRouter?.cancelRun(queued, "by A's router"), undefined);
+    const byRouter = await b.replicaRouter?.cancelRun(queued, "by B's router");
+    assert.equal(byRouter?.run?.status, RunStatus.CANCELLED);
+    assert.equal(a.engine.isActive(queued), false);
   });
 
   it("answers an idempotency key with one run whichever replica is asked, even both at once", T, async () => {
