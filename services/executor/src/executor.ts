@@ -105,7 +105,7 @@ export class Executor {
   #state: State = { t: "idle" };
   /**
    * The sessions' links, by id: the primary one (to `schedulerAddress`, the lifecycle's session)
-   * and one per other scheduler replica with partitions. Each has its own report ledger and credit.
+   * and one per other live scheduler replica. Each has its own report ledger and credit.
    */
   readonly #links = new Map<string, Link>();
   /** The link of each replica reached (AttachAck.replica_id): one session per replica. */
@@ -185,7 +185,7 @@ export class Executor {
 
   /**
    * The attached sessions by the scheduler replica they reached (AttachAck.replica_id; "" from a
-   * scheduler without replicas): one per replica that owns partitions, or the one session.
+   * scheduler without replicas): one per live replica, or the one session.
    */
   get replicaSessions(): ReadonlyMap<string, string> {
     const sessions = new Map<string, string>();

@@ -13,7 +13,7 @@ void describe("the replica map", () => {
     assert.equal(partitionOfRun("0190c3b2-7a1e-7cc1-9f00-00000000000f", 0), undefined);
   });
 
-  it("keeps live replicas with an address and partitions, and the owner of each partition", () => {
+  it("keeps live replicas with an address (one holding no partition too), and the owner of each partition", () => {
     const map = replicaMapOf(
       create(ListReplicasResponseSchema, {
         partitionCount: 4,
@@ -25,8 +25,10 @@ void describe("the replica map", () => {
         ],
       }),
     );
-    assert.deepEqual([...map.replicas.keys()], ["a", "b"]);
+    // The idle one gets a session, ready to lease partitions that move to it.
+    assert.deepEqual([...map.replicas.keys()], ["a", "b", "idle"]);
     assert.equal(map.replicas.get("a")?.partitions, 2);
+    assert.equal(map.replicas.get("idle")?.partitions, 0);
     assert.deepEqual(map.owners, ["a", "a", "b", undefined]);
     assert.equal(ownerOfRun(map, "0190c3b2-7a1e-7cc1-9f00-000000000006"), "b");
     assert.equal(ownerOfRun(map, "0190c3b2-7a1e-7cc1-9f00-000000000007"), undefined);

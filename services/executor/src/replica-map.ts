@@ -1,7 +1,9 @@
 /**
  * Which scheduler replica owns which partition of runs, as ReplicaService.ListReplicas tells it,
- * and the call that asks. No session logic here: the executor opens a session to each replica with
- * partitions and routes each lease's reports to the owner of its run's partition.
+ * and the call that asks. No session logic here: the executor opens a session to each live replica
+ * (one holding no partition yet too: when partitions move to it, after a rebalance or a crash of
+ * their owner, its session is there to lease them at once) and routes each lease's reports to the
+ * owner of its run's partition.
  */
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import * as grpc from "@grpc/grpc-js";
@@ -12,16 +14,16 @@ import {
   ReplicaService,
 } from "@nexusflow/gen";
 
-/** One live replica that holds partitions. */
+/** One live replica. */
 export interface ReplicaEntry {
   readonly id: string;
   /** Where it listens (replicas.address: its advertise address). */
   readonly address: string;
-  /** How many partitions it holds (its share of the executor's slots follows it). */
+  /** How many partitions it holds, 0 included (its share of the executor's slots follows it). */
   readonly partitions: number;
 }
 
-/** The live replicas with partitions, and the owner of each partition. */
+/** The live replicas, and the owner of each partition. */
 export interface ReplicaMap {
   readonly partitionCount: number;
   /** By replica id. */
@@ -41,12 +43,12 @@ export function partitionOfRun(runId: string, partitionCount: number): number | 
   return Number.parseInt(tail, 16) % partitionCount;
 }
 
-/** The map of a ListReplicas answer: live replicas with an address and at least one partition. */
+/** The map of a ListReplicas answer: the live replicas with an address. */
 export function replicaMapOf(response: ListReplicasResponse): ReplicaMap {
   const replicas = new Map<string, ReplicaEntry>();
   const owners: (string | undefined)[] = Array.from({ length: Math.max(0, response.partitionCount) });
   for (const r of response.replicas) {
-    if (!r.live || r.address === "" || r.partitions.length === 0) continue;
+    if (!r.live || r.address === "") continue;
     replicas.set(r.replicaId, { id: r.replicaId, address: r.address, partitions: r.partitions.length });
     for (const p of r.partitions)
       if (p.partition >= 0 && p.partition < owners.length) owners[p.partition] = r.replicaId;
