@@ -21,6 +21,7 @@ import {
   type LatencyResult,
   type ThroughputResult,
 } from "./sections/queue.js";
+import { failoverSection, failoverTargets, type FailoverResult } from "./sections/failover.js";
 import { recoverySection, recoveryTargets, type RecoveryResult } from "./sections/recovery.js";
 import {
   compositionSection,
@@ -69,6 +70,7 @@ export interface BenchReport {
   flow?: FlowResult;
   /** `--only recovery`: SIGKILLed executors' tasks running again. */
   recovery?: RecoveryResult;
+  failover?: FailoverResult;
   /** `--tracing`: the share of runs sampled and what the sink received. */
   tracing?: { sampleRatio: number } & SinkStats;
   targets?: Target[];
@@ -227,6 +229,13 @@ export async function runBench(argv: readonly string[], io: BenchIo): Promise<Be
         report.recovery = await recoverySection(ctx);
       });
       if (report.recovery !== undefined) print(recoveryTable(report.recovery));
+    }
+
+    if (want("failover") && options.systems.includes("nexusflow")) {
+      await section("failover", async () => {
+        report.failover = await failoverSection(ctx);
+      });
+      if (report.failover !== undefined) print(failoverTable(report.failover));
     }
 
     report.targets = targets(report);
@@ -446,6 +455,18 @@ function retentionTable(r: RetentionResult): string {
   );
 }
 
+function failoverTable(r: FailoverResult): string {
+  return (
+    `\nFailover: the scheduler replica owning the most partitions SIGKILLed (${r.replicas} replicas, PARTITION_LEASE ${r.partitionLeaseMs} ms), until a run of its partitions is leased again (ms)\n` +
+    formatTable([
+      ["kill", "partitions", "first lease", "partitions taken"],
+      ...r.kills.map((k, i) => [i + 1, k.partitions, k.firstLeaseMs, k.takenMs]),
+      ["p50", "", r.firstLeaseMs.p50, r.takenMs.p50],
+      ["max", "", r.firstLeaseMs.max, r.takenMs.max],
+    ])
+  );
+}
+
 function recoveryTable(r: RecoveryResult): string {
   const label = { gone: "A gone", back: "A back under its id", restart: "A gone, scheduler restarted" };
   return (
@@ -596,6 +617,7 @@ export function targets(r: BenchReport): Target[] {
     });
   }
   if (r.recovery !== undefined) out.push(...recoveryTargets(r.recovery));
+  if (r.failover !== undefined) out.push(...failoverTargets(r.failover));
   if (r.composition !== undefined) out.push(...compositionTargets(r.composition));
   if (r.flow !== undefined) out.push(...flowTargets(r.flow));
   return out;

@@ -40,8 +40,8 @@ export const RECOVERY_MODES = ["gone", "back", "restart"] as const;
 /** One mode. */
 export type RecoveryModeName = (typeof RECOVERY_MODES)[number];
 
-const SCHEDULER_MAIN = join(ROOT, "services", "scheduler", "src", "main.ts");
-const EXECUTOR_MAIN = join(ROOT, "services", "executor", "src", "main.ts");
+export const SCHEDULER_MAIN = join(ROOT, "services", "scheduler", "src", "main.ts");
+export const EXECUTOR_MAIN = join(ROOT, "services", "executor", "src", "main.ts");
 const HANDLERS = join(ROOT, "bench", "sections", "recovery-handlers.ts");
 
 /** Variables of the shell that would change what the services do (the defaults are measured). */
@@ -95,8 +95,8 @@ export interface RecoveryResult {
 
 type LogLine = Record<string, unknown> & { msg?: string; time?: number };
 
-/** A service process with its JSON log lines. */
-class ServiceProcess {
+/** A service process with its JSON log lines (the failover section starts them too). */
+export class ServiceProcess {
   readonly lines: LogLine[] = [];
   private readonly child: ChildProcess;
   private readonly exited: Promise<void>;
@@ -195,7 +195,11 @@ async function markers(file: string): Promise<HoldMarker[]> {
 }
 
 /** Runs `fn` over `items`, `width` at a time. */
-async function each<T>(items: readonly T[], width: number, fn: (item: T) => Promise<unknown>): Promise<void> {
+export async function each<T>(
+  items: readonly T[],
+  width: number,
+  fn: (item: T) => Promise<unknown>,
+): Promise<void> {
   let next = 0;
   await Promise.all(
     Array.from({ length: Math.min(width, items.length) }, async () => {

@@ -1,0 +1,244 @@
+/**
+ * Section `failover` (`--only failover`, not part of the default run; issue #22): how soon the
+ * runs of a SIGKILLed scheduler replica are leased again by the replicas that take its
+ * partitions. Real processes at default settings (PARTITION_LEASE, heartbeat, session timeout):
+ * three scheduler replicas in cluster mode on one database, two executors given the first
+ * replica's address (they attach to every replica), and runs of ten 100 ms `sleep` steps started
+ * at a steady rate through the live replicas, so that every partition always has a step about to
+ * be leased. Each kill: the replica owning the most partitions is SIGKILLed; the clock runs from
+ * the kill to the first attempt leased (`task_runs.leased_at`) for a run of one of its
+ * partitions; the replica is then started again on its port and the cluster left to rebalance
+ * before the next kill.
+ */
+import { createClient, type Client } from "@connectrpc/connect";
+import { createGrpcTransport } from "@connectrpc/connect-node";
+import { freePort, jsonToValue } from "@nexusflow/common";
+import { loadSchedulerConfig } from "@nexusflow/common/config";
+import { WorkflowService } from "@nexusflow/gen";
+import pg from "pg";
+import { scaled } from "../lib/cli.js";
+import { roundSummary, summarize, type Summary } from "../lib/stats.js";
+import { pollUntil } from "../systems/types.js";
+import type { BenchContext } from "./context.js";
+import { EXECUTOR_MAIN, SCHEDULER_MAIN, ServiceProcess } from "./recovery.js";
+
+/** Kills at scale 1. */
+export const FAILOVER_KILLS = 10;
+const REPLICAS = 3;
+/** Runs started per second while the kills happen. */
+const RATE = 50;
+const STEPS = 10;
+
+/** One kill. */
+export interface FailoverKill {
+  /** Partitions the killed replica held. */
+  partitions: number;
+  /** Kill -> the first attempt leased for a run of those partitions, ms. */
+  firstLeaseMs: number;
+  /** Kill -> every one of those partitions held by another replica, ms. */
+  takenMs: number;
+}
+
+/** Result of the section. */
+export interface FailoverResult {
+  replicas: number;
+  partitionLeaseMs: number;
+  kills: FailoverKill[];
+  firstLeaseMs: Summary;
+  takenMs: Summary;
+}
+
+interface Replica {
+  port: number;
+  process: ServiceProcess;
+  id: string;
+}
+
+async function startReplica(url: string, port: number): Promise<Replica> {
+  const p = new ServiceProcess(SCHEDULER_MAIN, {
+    DATABASE_URL: url,
+    SCHEDULER_HOST: "127.0.0.1",
+    SCHEDULER_PORT: String(port),
+    SCHEDULER_CLUSTER: "true",
+  });
+  const line = await p.line("the replica's leases", (l) => l.msg === "partition leases started");
+  await p.line("the replica to listen", (l) => l.msg === "scheduler listening");
+  return { port, process: p, id: String(line["replica_id"]) };
+}
+
+/** Runs the section. */
+export async function failoverSection(ctx: BenchContext): Promise<FailoverResult> {
+  const kills = scaled(FAILOVER_KILLS, ctx.options.scale, 2);
+  const defaults = loadSchedulerConfig({ AUTH_DISABLED: "true", METRICS_PORT: "off" });
+  const db = await ctx.freshDatabase("nf_failover");
+  const sql = new pg.Pool({ connectionString: db.url, max: 2 });
+  const replicas: Replica[] = [];
+  const executors: ServiceProcess[] = [];
+  const clients = new Map<number, Client<typeof WorkflowService>>();
+  const client = (r: Replica): Client<typeof WorkflowService> => {
+    let c = clients.get(r.port);
+    if (c === undefined) {
+      c = createClient(WorkflowService, createGrpcTransport({ baseUrl: `http://127.0.0.1:${r.port}` }));
+      clients.set(r.port, c);
+    }
+    return c;
+  };
+  const owners = async (): Promise<Map<string, number[]>> => {
+    const { rows } = await sql.query<{ owner: string; partition: number }>(
+      `SELECT owner::text, partition FROM partitions WHERE owner IS NOT NULL AND lease_expires_at > now()`,
+    );
+    const out = new Map<string, number[]>();
+    for (const r of rows) out.set(r.owner, [...(out.get(r.owner) ?? []), r.partition]);
+    return out;
+  };
+  const balanced = async (): Promise<boolean> => {
+    const held = await owners();
+    return replicas.every((r) => (held.get(r.id)?.length ?? 0) >= 4);
+  };
+  let feeding = true;
+  let feeder: Promise<void> = Promise.resolve();
+  const results: FailoverKill[] = [];
+  try {
+    for (let i = 0; i < REPLICAS; i++) replicas.push(await startReplica(db.url, await freePort("127.0.0.1")));
+    const first = replicas[0] as Replica;
+    await client(first).registerWorkflow({
+      definition: {
+        case: "specJson",
+        value: JSON.stringify({
+          name: "bench-failover",
+          version: 1,
+          steps: Array.from({ length: STEPS }, (_, s) => ({
+            id: `s${s}`,
+            type: "sleep",
+            input: { duration: "100ms" },
+            ...(s === 0 ? {} : { dependsOn: [`s${s - 1}`] }),
+          })),
+        }),
+      },
+    });
+    for (const id of ["bench-failover-a", "bench-failover-b"]) {
+      const p = new ServiceProcess(EXECUTOR_MAIN, {
+        SCHEDULER_ADDRESS: `127.0.0.1:${first.port}`,
+        EXECUTOR_ID: id,
+        EXECUTOR_SLOTS: "200",
+        EXECUTOR_TASK_TYPES: "sleep",
+      });
+      await p.line(`executor ${id} to attach`, (l) => l.msg === "executor attached to the scheduler");
+      executors.push(p);
+    }
+    await pollUntil("every replica to hold partitions", balanced, 120_000, 100);
+
+    // A steady stream of runs through the live replicas (a failed start is tried on the next).
+    const dead = new Set<Replica>();
+    feeder = (async () => {
+      let n = 0;
+      const t0 = performance.now();
+      while (feeding) {
+        const live = replicas.filter((r) => !dead.has(r));
+        const target = live[n % live.length];
+        n++;
+        if (target !== undefined)
+          client(target)
+            .startRun({ workflowName: "bench-failover", input: jsonToValue({ n }) })
+            .catch(() => undefined);
+        const due = t0 + (n * 1000) / RATE;
+        await new Promise((resolve) => setTimeout(resolve, Math.max(0, due - performance.now())));
+      }
+    })();
+
+    for (let k = 0; k < kills; k++) {
+      await pollUntil("the cluster to be balanced before a kill", balanced, 120_000, 100);
+      const held = await owners();
+      const victim = [...replicas].sort(
+        (a, b) => (held.get(b.id)?.length ?? 0) - (held.get(a.id)?.length ?? 0),
+      )[0] as Replica;
+      const partitions = held.get(victim.id) ?? [];
+      ctx.note(`  failover: kill ${k + 1} of ${kills} (${partitions.length} partitions)`);
+      dead.add(victim);
+      const killedAt = Date.now();
+      await victim.process.kill();
+      let takenMs = Number.NaN;
+      let firstLeaseMs = Number.NaN;
+      const diagnose = async (): Promise<string> => {
+        const { rows } = await sql.query<{ status: string; n: number }>(
+          `SELECT t.status, count(*)::int AS n FROM task_runs t JOIN workflow_runs r ON r.id = t.run_id
+            WHERE r.status NOT IN ('SUCCEEDED', 'FAILED', 'CANCELLED')
+              AND nexusflow_partition_of(t.run_id, 16) = ANY($1::int[]) GROUP BY t.status`,
+          [partitions],
+        );
+        const tail = (p: ServiceProcess): string =>
+          p.lines
+            .slice(-8)
+            .map((l) => JSON.stringify(l))
+            .join("\n");
+        return `partitions ${JSON.stringify(partitions)}; owners now ${JSON.stringify([...(await owners())])}; tasks of their active runs ${JSON.stringify(rows)}\n${replicas
+          .filter((r) => r !== victim)
+          .map((r) => tail(r.process))
+          .join("\n")}\n${executors
+          .map((p) =>
+            p.lines
+              .filter((l) => /replica|session|attached|discover/.test(String(l.msg)))
+              .slice(-10)
+              .map((l) => JSON.stringify(l))
+              .join("\n"),
+          )
+          .join("\n")}`;
+      };
+      await pollUntil(
+        "a lease for a run of the killed replica's partitions",
+        async () => {
+          if (Number.isNaN(takenMs)) {
+            const now = await owners();
+            const others = [...now.entries()].filter(([id]) => id !== victim.id).flatMap(([, ps]) => ps);
+            if (partitions.every((p) => others.includes(p))) takenMs = Date.now() - killedAt;
+          }
+          const { rows } = await sql.query<{ at: Date | null }>(
+            // A task row holds its latest attempt's lease time (earlier attempts are history rows).
+            `SELECT min(leased_at) AS at FROM task_runs
+              WHERE leased_at > $1 AND nexusflow_partition_of(run_id, 16) = ANY($2::int[])`,
+            [new Date(killedAt), partitions],
+          );
+          const at = rows[0]?.at;
+          if (at !== null && at !== undefined && Number.isNaN(firstLeaseMs))
+            firstLeaseMs = at.getTime() - killedAt;
+          return !Number.isNaN(firstLeaseMs) && !Number.isNaN(takenMs);
+        },
+        60_000,
+        20,
+      ).catch(async (e: unknown) => {
+        throw new Error(`${e instanceof Error ? e.message : String(e)}\n${await diagnose()}`, { cause: e });
+      });
+      results.push({ partitions: partitions.length, firstLeaseMs, takenMs });
+      const again = await startReplica(db.url, victim.port);
+      replicas[replicas.indexOf(victim)] = again;
+      clients.delete(victim.port);
+      dead.delete(victim);
+    }
+  } finally {
+    feeding = false;
+    await feeder;
+    await Promise.all([...replicas.map((r) => r.process.kill()), ...executors.map((e) => e.kill())]);
+    await sql.end();
+  }
+  return {
+    replicas: REPLICAS,
+    partitionLeaseMs: defaults.partitionLeaseMs,
+    kills: results,
+    firstLeaseMs: roundSummary(summarize(results.map((r) => r.firstLeaseMs))),
+    takenMs: roundSummary(summarize(results.map((r) => r.takenMs))),
+  };
+}
+
+/** Issue #22's failover targets against what this run measured. */
+export function failoverTargets(
+  r: FailoverResult,
+): { target: string; goal: string; measured: string; met: boolean }[] {
+  return [
+    {
+      target: "failover, SIGKILL of a partition owner",
+      goal: "first lease of its runs by the new owner p50 <= 2,000 ms, max <= 5,000 ms",
+      measured: `p50 ${r.firstLeaseMs.p50} ms, max ${r.firstLeaseMs.max} ms (partitions taken p50 ${r.takenMs.p50} ms)`,
+      met: r.firstLeaseMs.p50 <= 2000 && r.firstLeaseMs.max <= 5000,
+    },
+  ];
+}
