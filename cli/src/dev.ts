@@ -253,7 +253,16 @@ export async function runDev(options: DevOptions): Promise<number> {
         stopDatabase = () => embedded.stop();
         url = embedded.localUrl;
       }
-      clusterEnv = { DATABASE_URL: url, SCHEDULER_CLUSTER: "true" };
+      clusterEnv = {
+        DATABASE_URL: url,
+        SCHEDULER_CLUSTER: "true",
+        // What a replica presents on its own calls to another (an overlap policy ending a run there).
+        SCHEDULER_TOKEN: await mintDevToken(keys, {
+          subject: "nexusflow-scheduler",
+          scopes: ["runs:read", "runs:write"],
+          ttlSec: EXECUTOR_TOKEN_TTL_SEC,
+        }),
+      };
       databaseUrl = url;
     }
     const schedulerNames = replicas === 1 ? ["scheduler"] : range(replicas).map((i) => `scheduler-${i + 1}`);

@@ -318,6 +318,14 @@ export interface SchedulerConfig {
    * (SCHEDULER_ADVERTISE_ADDRESS, e.g. a pod IP and port); undefined: the address it listens on.
    */
   advertiseAddress: string | undefined;
+  /**
+   * The token this replica presents on the calls it makes on its own to another replica (the
+   * schedules' fire loop ending a run held elsewhere), with authentication on (SCHEDULER_TOKEN,
+   * scope runs:write); undefined: such calls carry none and are refused.
+   */
+  peerToken: string | undefined;
+  /** File holding that token, read again for every such call (SCHEDULER_TOKEN_FILE). */
+  peerTokenFile: string | undefined;
   /** The /metrics endpoint; undefined with METRICS_PORT=off. */
   metrics: MetricsConfig | undefined;
   /** The /healthz and /readyz endpoint; undefined with METRICS_PORT=off and no HEALTH_PORT. */
@@ -524,6 +532,10 @@ export function loadSchedulerConfig(env: Env = process.env): SchedulerConfig {
     partitions: str(env, "PARTITIONS") === undefined ? undefined : int(env, "PARTITIONS", 16, 1, 4096),
     cluster: bool(env, "SCHEDULER_CLUSTER", false),
     partitionLeaseMs: partitionLease(env),
+    ...tokenOrFile(env, "SCHEDULER_TOKEN", (token, tokenFile) => ({
+      peerToken: token,
+      peerTokenFile: tokenFile,
+    })),
     advertiseAddress:
       str(env, "SCHEDULER_ADVERTISE_ADDRESS") === undefined
         ? undefined
@@ -599,15 +611,20 @@ export function loadExecutorConfig(env: Env = process.env): ExecutorConfig {
 }
 
 function executorToken(env: Env): Pick<ExecutorConfig, "token" | "tokenFile"> {
-  const token = str(env, "EXECUTOR_TOKEN");
-  const tokenFile = str(env, "EXECUTOR_TOKEN_FILE");
-  if (token !== undefined && tokenFile !== undefined) {
-    throw new ConfigError(
-      "EXECUTOR_TOKEN_FILE",
-      "set either EXECUTOR_TOKEN or EXECUTOR_TOKEN_FILE, not both",
-    );
-  }
-  return { token, tokenFile };
+  return tokenOrFile(env, "EXECUTOR_TOKEN", (token, tokenFile) => ({ token, tokenFile }));
+}
+
+/** `NAME` or `NAME_FILE`, not both. */
+function tokenOrFile<T>(
+  env: Env,
+  name: string,
+  make: (token: string | undefined, tokenFile: string | undefined) => T,
+): T {
+  const token = str(env, name);
+  const tokenFile = str(env, `${name}_FILE`);
+  if (token !== undefined && tokenFile !== undefined)
+    throw new ConfigError(`${name}_FILE`, `set either ${name} or ${name}_FILE, not both`);
+  return make(token, tokenFile);
 }
 
 /** Reads the gateway's configuration. Throws {@link ConfigError}. */

@@ -2,7 +2,7 @@
  * The scheduler as one component: database (embedded or external), engine and gRPC server, with
  * explicit states and a clean stop. Tests create it with port 0; main.ts wires it to the environment.
  */
-import { create, toJson } from "@bufbuild/protobuf";
+import { toJson } from "@bufbuild/protobuf";
 import * as grpc from "@grpc/grpc-js";
 import {
   ApiError,
@@ -23,7 +23,6 @@ import {
 } from "@nexusflow/common/metrics";
 import {
   ArtifactService,
-  CancelRunRequestSchema,
   ClusterService,
   EventService,
   ExecutorService,
@@ -174,6 +173,12 @@ export interface SchedulerOptions {
    * @default the address it listens on
    */
   advertiseAddress?: string | undefined;
+  /**
+   * The token this replica presents on calls it makes on its own to another replica (an overlap
+   * policy ending a run held elsewhere), when the installation checks tokens (SCHEDULER_TOKEN or
+   * SCHEDULER_TOKEN_FILE). @default none: such calls are refused with authentication on
+   */
+  peerToken?: (() => Promise<string | undefined>) | undefined;
   /**
    * Called when the scheduler stopped itself because it lost the database to another scheduler
    * (its lock session was lost and another scheduler took the lock meanwhile). Partitions taken by
@@ -743,17 +748,14 @@ export class Scheduler {
   /** Ends a run another replica holds (a schedule's overlap policy) through its owner's CancelRun. */
   private async cancelElsewhere(runId: string, reason: string, compensate: boolean): Promise<void> {
     const router = this.router;
-    const owner = await router?.ownerOfRun(runId);
-    if (router === undefined || owner === undefined)
-      throw new ApiError(Code.UNAVAILABLE, `no live replica holds run ${runId} now`);
-    if (owner.id === router.replicaId) return this.engine.cancelRun(runId, reason, compensate);
-    await router.forward(
-      "cancelRun",
-      owner,
-      create(CancelRunRequestSchema, { runId, reason, compensate }),
-      undefined,
-      () => router.ownerOfRun(runId),
-    );
+    if (router === undefined) throw new ApiError(Code.UNAVAILABLE, `no live replica holds run ${runId} now`);
+    // This replica's own call: its token, when the installation checks them.
+    const token = await this.options.peerToken?.();
+    const metadata = new grpc.Metadata();
+    if (token !== undefined) metadata.set("authorization", `Bearer ${token}`);
+    // Undefined: held here after all (the partition came back meanwhile).
+    if ((await router.cancelRun(runId, reason, { compensate, metadata })) === undefined)
+      await this.engine.cancelRun(runId, reason, compensate);
   }
 
   /** Partitions taken have their runs loaded: their waits look at the recent events again. */

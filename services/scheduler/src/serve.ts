@@ -1,4 +1,5 @@
 /** The scheduler process (after main.ts started tracing): read configuration, start, stop on signals. */
+import { readFile } from "node:fs/promises";
 import {
   ConfigError,
   KeyFileError,
@@ -15,6 +16,20 @@ import { PortInUseError, Scheduler, isSchedulerLockedError, isSchemaNotCurrentEr
 import { type IdleRelease, releaseMemoryWhenIdle, releaseStartupMemory, tuneRuntime } from "./runtime.js";
 
 tuneRuntime();
+
+/** SCHEDULER_TOKEN, or SCHEDULER_TOKEN_FILE read again for every call (a rotated token is taken). */
+function peerToken(
+  token: string | undefined,
+  file: string | undefined,
+): (() => Promise<string | undefined>) | undefined {
+  if (token !== undefined) return () => Promise.resolve(token);
+  if (file === undefined) return undefined;
+  return async () => {
+    const value = (await readFile(file, "utf8")).trim();
+    if (value === "") throw new Error(`SCHEDULER_TOKEN_FILE: ${file} is empty`);
+    return value;
+  };
+}
 
 let config;
 try {
@@ -62,6 +77,7 @@ const scheduler = new Scheduler({
   cluster: config.cluster,
   partitionLeaseMs: config.partitionLeaseMs,
   advertiseAddress: config.advertiseAddress,
+  peerToken: peerToken(config.peerToken, config.peerTokenFile),
   heartbeatIntervalMs: config.heartbeatIntervalMs,
   sessionTimeoutMs: config.sessionTimeoutMs,
   priorityAgeingMs: config.priorityAgeingMs,
