@@ -532,7 +532,7 @@ export function loadSchedulerConfig(env: Env = process.env): SchedulerConfig {
     partitions: str(env, "PARTITIONS") === undefined ? undefined : int(env, "PARTITIONS", 16, 1, 4096),
     cluster: bool(env, "SCHEDULER_CLUSTER", false),
     partitionLeaseMs: partitionLease(env),
-    ...tokenOrFile(env, "SCHEDULER_TOKEN", (token, tokenFile) => ({
+    ...tokenOrFile(env, "SCHEDULER_TOKEN", "SCHEDULER_TOKEN_FILE", (token, tokenFile) => ({
       peerToken: token,
       peerTokenFile: tokenFile,
     })),
@@ -611,19 +611,23 @@ export function loadExecutorConfig(env: Env = process.env): ExecutorConfig {
 }
 
 function executorToken(env: Env): Pick<ExecutorConfig, "token" | "tokenFile"> {
-  return tokenOrFile(env, "EXECUTOR_TOKEN", (token, tokenFile) => ({ token, tokenFile }));
+  return tokenOrFile(env, "EXECUTOR_TOKEN", "EXECUTOR_TOKEN_FILE", (token, tokenFile) => ({
+    token,
+    tokenFile,
+  }));
 }
 
-/** `NAME` or `NAME_FILE`, not both. */
+/** A token in `name` or in the file `fileName` names, not both (the names spelled out: docs and tests grep them). */
 function tokenOrFile<T>(
   env: Env,
   name: string,
+  fileName: string,
   make: (token: string | undefined, tokenFile: string | undefined) => T,
 ): T {
   const token = str(env, name);
-  const tokenFile = str(env, `${name}_FILE`);
+  const tokenFile = str(env, fileName);
   if (token !== undefined && tokenFile !== undefined)
-    throw new ConfigError(`${name}_FILE`, `set either ${name} or ${name}_FILE, not both`);
+    throw new ConfigError(fileName, `set either ${name} or ${fileName}, not both`);
   return make(token, tokenFile);
 }
 

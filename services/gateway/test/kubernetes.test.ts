@@ -20,7 +20,7 @@ import { ROOT } from "./tools.js";
 
 type Obj = Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
 
-const OVERLAYS = ["dev", "prod"] as const;
+const OVERLAYS = ["dev", "prod", "replicas"] as const;
 
 async function build(t: TestContext, overlay: string): Promise<{ text: string; objects: Obj[] } | undefined> {
   const kustomize = deployTool(t, "kustomize");
@@ -141,8 +141,35 @@ describe("deploy/kubernetes", () => {
         );
       }
       const scheduler = find(objects, "Deployment", "nexusflow-scheduler")!;
-      assert.equal(scheduler["spec"]["replicas"], 1, "one scheduler per database (issue #22)");
-      assert.equal(scheduler["spec"]["strategy"]["type"], "Recreate");
+      if (overlay === "replicas") {
+        // Cluster mode (components/replicas): three replicas share the database, replaced one at a time.
+        assert.equal(scheduler["spec"]["replicas"], 3);
+        assert.equal(scheduler["spec"]["strategy"]["type"], "RollingUpdate");
+        const env = new Map<string, Obj>(
+          (scheduler["spec"]["template"]["spec"]["containers"][0]["env"] as Obj[]).map(
+            (e, i): [string, Obj] => [e["name"], { ...e, i }],
+          ),
+        );
+        assert.equal(env.get("SCHEDULER_CLUSTER")?.["value"], "true");
+        assert.equal(env.get("POD_IP")?.["valueFrom"]?.["fieldRef"]?.["fieldPath"], "status.podIP");
+        assert.equal(env.get("SCHEDULER_ADVERTISE_ADDRESS")?.["value"], "$(POD_IP):50051");
+        // $(POD_IP) expands only when POD_IP comes first.
+        assert.ok(
+          (env.get("POD_IP")?.["i"] as number) < (env.get("SCHEDULER_ADVERTISE_ADDRESS")?.["i"] as number),
+        );
+        assert.equal(env.get("SCHEDULER_TOKEN_FILE")?.["value"], "/etc/nexusflow/scheduler-token/token");
+        assert.equal(
+          find(objects, "PodDisruptionBudget", "nexusflow-scheduler")?.["spec"]["maxUnavailable"],
+          1,
+        );
+      } else {
+        assert.equal(
+          scheduler["spec"]["replicas"],
+          1,
+          "one scheduler per database without the replicas component",
+        );
+        assert.equal(scheduler["spec"]["strategy"]["type"], "Recreate");
+      }
       assert.equal(
         scheduler["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["grpc"]["port"],
         50051,
@@ -223,7 +250,7 @@ describe("deploy/kubernetes", () => {
       assert.equal(hpa?.["spec"]["scaleTargetRef"]["name"], "nexusflow-executor");
       assert.equal(
         objects.some((o) => o["kind"] === "ServiceMonitor"),
-        overlay === "prod",
+        overlay !== "dev",
         "ServiceMonitors only where the component is added",
       );
     });
@@ -257,6 +284,7 @@ describe("deploy/kubernetes", () => {
           "nexusflow-database",
           "nexusflow-executor-token",
           "nexusflow-s3",
+          ...(overlay === "replicas" ? ["nexusflow-scheduler-token"] : []),
         ]);
     });
   }
@@ -292,5 +320,26 @@ describe("deploy/kubernetes", () => {
       assert.equal(ingress(name, prometheus, port), true, `Prometheus -> ${name}`);
     }
     assert.equal(egress("scheduler", outside, 53), true, "DNS");
+    assert.equal(
+      ingress("scheduler", from("scheduler"), 50051),
+      false,
+      "one replica: no scheduler -> scheduler",
+    );
+  });
+
+  it("overlays/replicas: the scheduler replicas may call each other, nothing else opens", async (t) => {
+    const built = await build(t, "replicas");
+    if (built === undefined) return;
+    const policies = built.objects.filter((o) => o["kind"] === "NetworkPolicy");
+    const from = (name: string): Peer => ({ labels: pod(name), sameNamespace: true });
+    const outside: Peer = { labels: {}, sameNamespace: false };
+    assert.equal(allowed(policies, "ingress", pod("scheduler"), from("scheduler"), 50051), true, "in");
+    assert.equal(allowed(policies, "egress", pod("scheduler"), from("scheduler"), 50051), true, "out");
+    assert.equal(allowed(policies, "ingress", pod("scheduler"), outside, 50051), false, "from outside");
+    assert.equal(
+      allowed(policies, "ingress", pod("scheduler"), from("scheduler"), 9464),
+      false,
+      "other ports",
+    );
   });
 });
