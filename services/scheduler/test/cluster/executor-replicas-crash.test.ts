@@ -52,6 +52,8 @@ describe("an executor with sessions to every replica, when one replica is SIGKIL
       PARTITION_LEASE: "1000ms",
     });
     await waitFor("an even split", () => first.partitions.held().length === 8 || undefined);
+    // ...and B holding the other half (A handed it over; B takes it at its next heartbeat).
+    await b.process.waitForLog("B's partitions", (l) => l.msg === "took partitions");
     executor = await startTestExecutor(
       first,
       { executorId: "crash", slots: 4, replicaRefreshMs: 200 },
