@@ -32,6 +32,14 @@ const EXECUTORS = 3;
 const CLUSTER_ENV = { ...FAST_EXPIRY, SCHEDULER_CLUSTER: "true", PARTITION_LEASE: "1s" } as const;
 /** Retryable codes: a call that meets one is made again, at another replica. */
 const RETRYABLE = new Set([Code.Unavailable, Code.DeadlineExceeded, Code.Aborted, Code.ResourceExhausted]);
+/**
+ * Whether a call may be made again: a retryable code, or a stream the server refused (HTTP/2
+ * REFUSED_STREAM, RFC 9113 section 8.7: not processed at all, sent while a replica stopping had
+ * sent GOAWAY), which connect-node reports as INTERNAL.
+ */
+function retryable(e: ConnectError): boolean {
+  return RETRYABLE.has(e.code) || /NGHTTP2_REFUSED_STREAM/.test(e.message);
+}
 
 interface Replica {
   name: string;
@@ -92,8 +100,7 @@ describe("three scheduler replicas under SIGKILL, SIGSTOP and a PostgreSQL resta
           return await fn(workflowClient(target.address));
         } catch (e) {
           const err = ConnectError.from(e);
-          if (!RETRYABLE.has(err.code) || tries >= 200)
-            throw new Error(`${what}: ${err.message}`, { cause: e });
+          if (!retryable(err) || tries >= 200) throw new Error(`${what}: ${err.message}`, { cause: e });
           await delay(50);
         }
       }
@@ -312,8 +319,7 @@ describe("three scheduler replicas under SIGKILL, SIGSTOP and a PostgreSQL resta
           return run?.id ?? "";
         } catch (e) {
           const err = ConnectError.from(e);
-          if (!RETRYABLE.has(err.code) || tries >= 200)
-            throw new Error(`StartRun: ${err.message}`, { cause: e });
+          if (!retryable(err) || tries >= 200) throw new Error(`StartRun: ${err.message}`, { cause: e });
           await delay(50);
         }
       }
