@@ -7,26 +7,13 @@ import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
-import { delimiter, dirname, join } from "node:path";
+import { dirname, join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
+import { cleanEnv } from "./clean-env.js";
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
 const BIN = join(ROOT, "cli", "src", "bin.mjs");
-
-/** The environment of a newcomer's shell: nothing of ours, no colours. */
-function cleanEnv(): Record<string, string> {
-  const drop =
-    /^(NEXUSFLOW_|AUTH_|DATABASE_|KAFKA_|S3_|SCHEDULER_|GATEWAY_|EXECUTOR_|ARTIFACT|EMBEDDED_PG|npm_|NODE_OPTIONS$)/;
-  const env: Record<string, string> = {};
-  for (const [k, v] of Object.entries(process.env)) if (v !== undefined && !drop.test(k)) env[k] = v;
-  env["PATH"] = (env["PATH"] ?? "")
-    .split(delimiter)
-    .filter((p) => !p.includes(`node_modules${"/"}.bin`))
-    .join(delimiter);
-  env["NO_COLOR"] = "1";
-  return env;
-}
 
 function run(args: string[], env: Record<string, string>): Promise<{ code: number | null; out: string }> {
   return new Promise((resolve, reject) => {

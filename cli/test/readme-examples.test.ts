@@ -14,9 +14,10 @@ import assert from "node:assert/strict";
 import { type ChildProcess, spawn } from "node:child_process";
 import { mkdir, mkdtemp, readFile, readdir, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
-import { delimiter, dirname, join, relative, resolve } from "node:path";
+import { dirname, join, relative, resolve } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
+import { cleanEnv } from "./clean-env.js";
 import { type AddressMap, type Example, extractExamples, withAddresses } from "./markdown-examples.js";
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
@@ -39,22 +40,6 @@ async function readmes(dir = ROOT): Promise<string[]> {
   return out.sort((a, b) =>
     a === join(ROOT, "README.md") ? -1 : b === join(ROOT, "README.md") ? 1 : a.localeCompare(b),
   );
-}
-
-/** The environment of a newcomer's shell: none of the test run's own service settings. */
-function cleanEnv(): Record<string, string> {
-  const drop =
-    /^(NEXUSFLOW_|AUTH_|DATABASE_|KAFKA_|S3_|SCHEDULER_|GATEWAY_|EXECUTOR_|ARTIFACT|EMBEDDED_PG|npm_|NODE_OPTIONS$)/;
-  const env: Record<string, string> = {};
-  for (const [k, v] of Object.entries(process.env)) if (v !== undefined && !drop.test(k)) env[k] = v;
-  // npm puts the project's node_modules/.bin (and its Node 24) first on PATH for `npm test`; a
-  // newcomer's shell has neither, so the examples must get there with npx as documented.
-  env["PATH"] = (env["PATH"] ?? "")
-    .split(delimiter)
-    .filter((p) => !p.includes(`node_modules${"/"}.bin`) && !p.includes("node-gyp-bin"))
-    .join(delimiter);
-  env["NO_COLOR"] = "1";
-  return env;
 }
 
 interface Output {

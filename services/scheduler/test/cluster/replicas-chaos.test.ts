@@ -54,6 +54,12 @@ describe("three scheduler replicas under SIGKILL, SIGSTOP and a PostgreSQL resta
   let db: Awaited<ReturnType<typeof startTestDatabase>>;
   let tables: FaultTables;
   let dir: string;
+  /** A replica process in cluster mode on `port`, with the replica id it logs. */
+  const start = async (name: string, port: number): Promise<Replica> => {
+    const { process, address } = await startSchedulerProcess(name, db.url, port, CLUSTER_ENV);
+    const line = await process.waitForLog("its replica id", (l) => l.msg === "partition leases started");
+    return { name, port, address, process, id: String(line["replica_id"]) };
+  };
 
   before(async () => {
     db = await startTestDatabase();
@@ -69,11 +75,6 @@ describe("three scheduler replicas under SIGKILL, SIGSTOP and a PostgreSQL resta
 
   it(`finishes ${RUNS} runs of mixed shapes with every invariant`, async (t) => {
     const replicas: Replica[] = [];
-    const start = async (name: string, port: number): Promise<Replica> => {
-      const { process, address } = await startSchedulerProcess(name, db.url, port, CLUSTER_ENV);
-      const line = await process.waitForLog("its replica id", (l) => l.msg === "partition leases started");
-      return { name, port, address, process, id: String(line["replica_id"]) };
-    };
     for (let i = 0; i < REPLICAS; i++)
       replicas.push(await start(`replica-${i + 1}`, await freePort("127.0.0.1")));
     const owners = async (): Promise<Map<string, number>> => {
@@ -290,11 +291,6 @@ describe("three scheduler replicas under SIGKILL, SIGSTOP and a PostgreSQL resta
 
   it("loses nothing in a rolling restart of every replica under a steady 200 runs/s", async (t) => {
     const replicas: Replica[] = [];
-    const start = async (name: string, port: number): Promise<Replica> => {
-      const { process, address } = await startSchedulerProcess(name, db.url, port, CLUSTER_ENV);
-      const line = await process.waitForLog("its replica id", (l) => l.msg === "partition leases started");
-      return { name, port, address, process, id: String(line["replica_id"]) };
-    };
     for (let i = 0; i < REPLICAS; i++)
       replicas.push(await start(`rolling-${i + 1}`, await freePort("127.0.0.1")));
     const holding = async (): Promise<number> => {
