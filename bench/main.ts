@@ -463,6 +463,17 @@ function failoverTable(r: FailoverResult): string {
       ...r.kills.map((k, i) => [i + 1, k.partitions, k.firstLeaseMs, k.takenMs]),
       ["p50", "", r.firstLeaseMs.p50, r.takenMs.p50],
       ["max", "", r.firstLeaseMs.max, r.takenMs.max],
+    ]) +
+    `\nThe cost of partitioning: ${r.scale[0]?.runs ?? 0} one-step no-op runs enqueued with StartRuns and drained by two executors (tasks/s; schedulers as processes)\n` +
+    formatTable([
+      ["mode", "tasks/s", "scheduler CPU ms/task", "executor CPU ms/task", "commits/task"],
+      ...r.scale.map((d) => [
+        d.mode,
+        d.tasksPerSecond,
+        d.schedulerCpuMsPerTask,
+        d.executorCpuMsPerTask,
+        d.commitsPerTask,
+      ]),
     ])
   );
 }

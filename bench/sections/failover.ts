@@ -10,6 +10,7 @@
  * partitions; the replica is then started again on its port and the cluster left to rebalance
  * before the next kill.
  */
+import { readFile } from "node:fs/promises";
 import { createClient, type Client } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { freePort, jsonToValue } from "@nexusflow/common";
@@ -20,7 +21,7 @@ import { scaled } from "../lib/cli.js";
 import { roundSummary, summarize, type Summary } from "../lib/stats.js";
 import { pollUntil } from "../systems/types.js";
 import type { BenchContext } from "./context.js";
-import { EXECUTOR_MAIN, SCHEDULER_MAIN, ServiceProcess } from "./recovery.js";
+import { EXECUTOR_MAIN, SCHEDULER_MAIN, ServiceProcess, each } from "./recovery.js";
 
 /** Kills at scale 1. */
 export const FAILOVER_KILLS = 10;
@@ -39,6 +40,29 @@ export interface FailoverKill {
   takenMs: number;
 }
 
+/** One drain of the scale phase. */
+export interface ScaleDrain {
+  /** sole: one scheduler, not in cluster mode (the one-per-database lock); cluster-N: N replicas. */
+  mode: "sole" | "cluster-1" | "cluster-3";
+  runs: number;
+  /** One-step no-op runs finished per second, enqueue (StartRuns of 500) included. */
+  tasksPerSecond: number;
+  /** CPU of the scheduler processes together, per task, in ms (user + system, /proc). */
+  schedulerCpuMsPerTask: number;
+  /** CPU of the two executors together, per task, in ms. */
+  executorCpuMsPerTask: number;
+  /** PostgreSQL transactions committed per task (pg_stat_database.xact_commit of the database). */
+  commitsPerTask: number;
+}
+
+/** User + system CPU of a process so far, in ms (Linux /proc; clock ticks of 10 ms). */
+async function cpuMs(pid: number): Promise<number> {
+  const stat = await readFile(`/proc/${pid}/stat`, "utf8");
+  // Fields after the command name (which may hold spaces) start after the last ')'.
+  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+  return (Number(fields[11]) + Number(fields[12])) * 10;
+}
+
 /** Result of the section. */
 export interface FailoverResult {
   replicas: number;
@@ -46,6 +70,8 @@ export interface FailoverResult {
   kills: FailoverKill[];
   firstLeaseMs: Summary;
   takenMs: Summary;
+  /** The cost of partitioning: the same drain with one scheduler, one replica and three (2 cores). */
+  scale: ScaleDrain[];
 }
 
 interface Replica {
@@ -54,16 +80,124 @@ interface Replica {
   id: string;
 }
 
-async function startReplica(url: string, port: number): Promise<Replica> {
+async function startReplica(url: string, port: number, cluster = true): Promise<Replica> {
   const p = new ServiceProcess(SCHEDULER_MAIN, {
     DATABASE_URL: url,
     SCHEDULER_HOST: "127.0.0.1",
     SCHEDULER_PORT: String(port),
-    SCHEDULER_CLUSTER: "true",
+    ...(cluster ? { SCHEDULER_CLUSTER: "true" } : {}),
   });
   const line = await p.line("the replica's leases", (l) => l.msg === "partition leases started");
   await p.line("the replica to listen", (l) => l.msg === "scheduler listening");
   return { port, process: p, id: String(line["replica_id"]) };
+}
+
+/** Runs of the scale phase's drains, at scale 1. */
+export const SCALE_RUNS = 20_000;
+
+/**
+ * One drain of the scale phase: `mode`'s schedulers as processes on a fresh database, two
+ * executors (64 slots each, given the first replica's address), then `runs` one-step no-op runs
+ * enqueued with StartRuns (500 a call, the replicas in turn) while the executors drain them; the
+ * clock runs from the first StartRuns to the last run SUCCEEDED (read from PostgreSQL).
+ */
+async function scaleDrain(ctx: BenchContext, mode: ScaleDrain["mode"], runs: number): Promise<ScaleDrain> {
+  const db = await ctx.freshDatabase(`nf_scale_${mode.replace("-", "_")}`);
+  const sql = new pg.Pool({ connectionString: db.url, max: 2 });
+  const n = mode === "cluster-3" ? 3 : 1;
+  const replicas: Replica[] = [];
+  const executors: ServiceProcess[] = [];
+  try {
+    for (let i = 0; i < n; i++)
+      replicas.push(await startReplica(db.url, await freePort("127.0.0.1"), mode !== "sole"));
+    await pollUntil(
+      "every replica to hold partitions",
+      async () =>
+        Number(
+          (
+            await sql.query<{ n: number }>(
+              "SELECT count(DISTINCT owner)::int AS n FROM partitions WHERE owner IS NOT NULL AND lease_expires_at > now()",
+            )
+          ).rows[0]?.n,
+        ) === n,
+      120_000,
+      100,
+    );
+    const clients = replicas.map((r) =>
+      createClient(WorkflowService, createGrpcTransport({ baseUrl: `http://127.0.0.1:${r.port}` })),
+    );
+    await clients[0]?.registerWorkflow({
+      definition: {
+        case: "specJson",
+        value: JSON.stringify({ name: "bench-scale", version: 1, steps: [{ id: "s", type: "noop" }] }),
+      },
+    });
+    for (const id of ["bench-scale-a", "bench-scale-b"]) {
+      const p = new ServiceProcess(EXECUTOR_MAIN, {
+        SCHEDULER_ADDRESS: `127.0.0.1:${replicas[0]?.port}`,
+        EXECUTOR_ID: id,
+        EXECUTOR_SLOTS: "64",
+        EXECUTOR_TASK_TYPES: "noop",
+      });
+      executors.push(p);
+    }
+    // Every executor attached to every replica.
+    await pollUntil(
+      "the executors' sessions to every replica",
+      () => replicas.every((r) => r.process.lines.filter((l) => l.msg === "executor attached").length >= 2),
+      60_000,
+      50,
+    );
+    const commits = async (): Promise<number> =>
+      Number(
+        (
+          await sql.query<{ n: string }>(
+            "SELECT xact_commit::text AS n FROM pg_stat_database WHERE datname = current_database()",
+          )
+        ).rows[0]?.n,
+      );
+    const cpu = async (ps: readonly ServiceProcess[]): Promise<number> =>
+      (await Promise.all(ps.map((p) => cpuMs(p.pid)))).reduce((a, b) => a + b, 0);
+    const schedulersBefore = await cpu(replicas.map((r) => r.process));
+    const executorsBefore = await cpu(executors);
+    const commitsBefore = await commits();
+    const t0 = performance.now();
+    const batches = Array.from({ length: Math.ceil(runs / 500) }, (_, i) => i);
+    await each(batches, 4, async (i) => {
+      const client = clients[i % clients.length];
+      const size = Math.min(500, runs - i * 500);
+      await client?.startRuns({
+        runs: Array.from({ length: size }, () => ({ workflowName: "bench-scale", input: jsonToValue({}) })),
+      });
+    });
+    await pollUntil(
+      `${runs} runs SUCCEEDED`,
+      async () =>
+        Number(
+          (
+            await sql.query<{ n: number }>(
+              "SELECT count(*)::int AS n FROM workflow_runs WHERE status = 'SUCCEEDED'",
+            )
+          ).rows[0]?.n,
+        ) >= runs,
+      300_000,
+      20,
+    );
+    const seconds = (performance.now() - t0) / 1000;
+    const round3 = (x: number): number => Math.round(x * 1000) / 1000;
+    return {
+      mode,
+      runs,
+      tasksPerSecond: Math.round(runs / seconds),
+      schedulerCpuMsPerTask: round3(((await cpu(replicas.map((r) => r.process))) - schedulersBefore) / runs),
+      executorCpuMsPerTask: round3(((await cpu(executors)) - executorsBefore) / runs),
+      // The bench's own polling (one count every 20 ms) is in it too, alike for every mode.
+      commitsPerTask: round3(((await commits()) - commitsBefore) / runs),
+    };
+  } finally {
+    await Promise.all([...executors.map((e) => e.kill()), ...replicas.map((r) => r.process.kill())]);
+    await sql.end();
+  }
 }
 
 /** Runs the section. */
@@ -220,20 +354,36 @@ export async function failoverSection(ctx: BenchContext): Promise<FailoverResult
     await Promise.all([...replicas.map((r) => r.process.kill()), ...executors.map((e) => e.kill())]);
     await sql.end();
   }
+  // The cost of partitioning, alternating so that machine noise falls on every mode alike.
+  const scale: ScaleDrain[] = [];
+  const runs = scaled(SCALE_RUNS, ctx.options.scale, 1000);
+  for (let round = 0; round < 2; round++)
+    for (const mode of ["sole", "cluster-1", "cluster-3"] as const) {
+      ctx.note(`  scale: ${mode}, round ${round + 1} of 2`);
+      scale.push(await scaleDrain(ctx, mode, runs));
+    }
   return {
     replicas: REPLICAS,
     partitionLeaseMs: defaults.partitionLeaseMs,
+    scale,
     kills: results,
     firstLeaseMs: roundSummary(summarize(results.map((r) => r.firstLeaseMs))),
     takenMs: roundSummary(summarize(results.map((r) => r.takenMs))),
   };
 }
 
+/** The best drain of each mode (the rounds alternate; the best is the least disturbed). */
+export function bestDrains(r: FailoverResult): Map<ScaleDrain["mode"], number> {
+  const best = new Map<ScaleDrain["mode"], number>();
+  for (const d of r.scale) best.set(d.mode, Math.max(best.get(d.mode) ?? 0, d.tasksPerSecond));
+  return best;
+}
+
 /** Issue #22's failover targets against what this run measured. */
 export function failoverTargets(
   r: FailoverResult,
 ): { target: string; goal: string; measured: string; met: boolean }[] {
-  return [
+  const out = [
     {
       target: "failover, SIGKILL of a partition owner",
       goal: "first lease of its runs by the new owner p50 <= 2,000 ms, max <= 5,000 ms",
@@ -241,4 +391,23 @@ export function failoverTargets(
       met: r.firstLeaseMs.p50 <= 2000 && r.firstLeaseMs.max <= 5000,
     },
   ];
+  const best = bestDrains(r);
+  const sole = best.get("sole");
+  const one = best.get("cluster-1");
+  const three = best.get("cluster-3");
+  if (sole !== undefined && one !== undefined)
+    out.push({
+      target: "cost of partitioning, one replica",
+      goal: "drain within 5% of one scheduler without cluster mode",
+      measured: `${one} vs ${sole} tasks/s (${((one / sole) * 100).toFixed(1)}%)`,
+      met: one >= 0.95 * sole,
+    });
+  if (one !== undefined && three !== undefined)
+    out.push({
+      target: "three replicas on these cores",
+      goal: "total drain no lower than with one replica",
+      measured: `${three} vs ${one} tasks/s (${((three / one) * 100).toFixed(1)}%)`,
+      met: three >= one,
+    });
+  return out;
 }
