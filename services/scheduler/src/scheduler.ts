@@ -37,7 +37,7 @@ import { PgTaskIndex, artifactService } from "./api/artifact-service.js";
 import { authInterceptor } from "./api/auth.js";
 import { clusterService } from "./api/cluster-service.js";
 import { eventService } from "./api/event-service.js";
-import { replicaService } from "./api/replica-service.js";
+import { replicaService, sharedView } from "./api/replica-service.js";
 import { readClusterView } from "./cluster/cluster-view.js";
 import { addSchedulerHealth } from "./api/health.js";
 import { runDetail } from "./api/convert.js";
@@ -543,7 +543,11 @@ export class Scheduler {
       server.addService(serviceDefinition(RateLimitService), rateLimitService(engine));
       server.addService(
         serviceDefinition(ReplicaService),
-        replicaService({ replicaId: leases.replicaId, view: () => readClusterView(pool, leases.leaseMs) }),
+        replicaService({
+          replicaId: leases.replicaId,
+          // Executors ask every few seconds: one read per 250 ms at most, whoever asks.
+          view: sharedView(() => readClusterView(pool, leases.leaseMs), 250),
+        }),
       );
       // Keep in step with the services added above and below: reflection lists exactly these.
       addReflection(server, [

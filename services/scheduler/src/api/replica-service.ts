@@ -51,6 +51,27 @@ export function listReplicasResponse(view: ClusterView, answeredBy: string): Lis
   });
 }
 
+/**
+ * `read` shared by the calls that come while one is in flight, and its answer reused for
+ * `maxAgeMs`: every executor asks every few seconds (its replica map), so N executors cost at most
+ * one read of the tables per `maxAgeMs` per replica, not N/3 a second.
+ */
+export function sharedView(read: () => Promise<ClusterView>, maxAgeMs: number): () => Promise<ClusterView> {
+  let last: { at: number; view: Promise<ClusterView> } | undefined;
+  return () => {
+    const now = performance.now();
+    if (last !== undefined && now - last.at < maxAgeMs) return last.view;
+    const view = read();
+    const entry = { at: now, view };
+    last = entry;
+    // A failed read is not reused.
+    view.catch(() => {
+      if (last === entry) last = undefined;
+    });
+    return view;
+  };
+}
+
 /** The ReplicaService implementation for grpc-js. */
 export function replicaService(source: ReplicaSource): grpc.UntypedServiceImplementation {
   return {
