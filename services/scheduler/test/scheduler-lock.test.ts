@@ -65,7 +65,7 @@ describe("one scheduler per database", () => {
       assert.match(
         error.message,
         new RegExp(
-          `^another scheduler is already running against this database \\(pid ${process.pid} on host .+ since \\d{4}-.+\\); several replicas are not supported yet$`,
+          `^another scheduler is already running against this database \\(pid ${process.pid} on host .+ since \\d{4}-.+\\); to run several replicas, set SCHEDULER_CLUSTER=true on every scheduler \\(docs/replicas\\.md\\)$`,
         ),
       );
       // The first one still serves and still holds the lock (one session).
@@ -107,7 +107,7 @@ describe("one scheduler per database", () => {
       assert.equal(lines.length, 1, refused.tail());
       assert.match(
         lines[0]?.raw ?? "",
-        /^nexusflow-scheduler: another scheduler is already running against this database \(pid \d+ on host .+ since .+\); several replicas are not supported yet$/,
+        /^nexusflow-scheduler: another scheduler is already running against this database \(pid \d+ on host .+ since .+\); to run several replicas, set SCHEDULER_CLUSTER=true on every scheduler \(docs\/replicas\.md\)$/,
       );
       assert.ok(
         !refused.lines.some((l) => l.msg === "recovered active runs" || l.msg === "scheduler listening"),

@@ -40,7 +40,7 @@ export class SchedulerLockedError extends Error {
   override name = "SchedulerLockedError";
   constructor(readonly holder: LockHolder) {
     super(
-      `another scheduler is already running against this database (${describeHolder(holder)}); several replicas are not supported yet`,
+      `another scheduler is already running against this database (${describeHolder(holder)}); to run several replicas, set SCHEDULER_CLUSTER=true on every scheduler (docs/replicas.md)`,
     );
   }
 }
