@@ -5,26 +5,36 @@
  * for longer than its partition lease (its late writes must be refused), and restarts PostgreSQL
  * once. Afterwards every run has its right final state, no completion was accepted twice, no step
  * whose success was recorded ran again, and each run's outbox is numbered 1..N without a gap.
- * Executors are given one replica's address; calls go to any live replica.
+ * Executors are given one replica's address. In the mixed-shapes test every client call goes
+ * through one gateway process given the three replicas' addresses; half the runs start while the
+ * faults happen, a call that fails must fail with a retryable code and is made again (StartRun with
+ * an idempotency key per run, so exactly one run per key exists). With Kafka (KAFKA_BROKERS;
+ * required under CI=true) the replicas publish to a fresh topic, and every run's events read back
+ * from it, deduplicated by run id and sequence as consumers do, arrive complete and in order.
  */
 import assert from "node:assert/strict";
+import { randomUUID } from "node:crypto";
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { setTimeout as delay } from "node:timers/promises";
-import { Code, ConnectError } from "@connectrpc/connect";
+import { Code, ConnectError, createClient } from "@connectrpc/connect";
+import { Http2SessionManager, createGrpcTransport } from "@connectrpc/connect-node";
 import { freePort, jsonToValue } from "@nexusflow/common";
+import { WorkflowService } from "@nexusflow/gen";
 import { startTestDatabase, waitFor, workflowClient } from "../support.js";
 import { registerSpec } from "../e2e/harness.js";
 import {
   killAll,
   startExecutorProcess,
+  startGatewayProcess,
   startSchedulerProcess,
   type ServiceProcess,
 } from "../e2e/processes.js";
 import { FaultTables } from "../faults/invariants.js";
 import { FAST_EXPIRY, executorEnv, markers } from "../faults/support.js";
+import { EventCollector } from "../events/support.js";
 
 const REPLICAS = 3;
 const RUNS = 500;
@@ -55,8 +65,8 @@ describe("three scheduler replicas under SIGKILL, SIGSTOP and a PostgreSQL resta
   let tables: FaultTables;
   let dir: string;
   /** A replica process in cluster mode on `port`, with the replica id it logs. */
-  const start = async (name: string, port: number): Promise<Replica> => {
-    const { process, address } = await startSchedulerProcess(name, db.url, port, CLUSTER_ENV);
+  const start = async (name: string, port: number, env: Record<string, string> = {}): Promise<Replica> => {
+    const { process, address } = await startSchedulerProcess(name, db.url, port, { ...CLUSTER_ENV, ...env });
     const line = await process.waitForLog("its replica id", (l) => l.msg === "partition leases started");
     return { name, port, address, process, id: String(line["replica_id"]) };
   };
@@ -74,9 +84,20 @@ describe("three scheduler replicas under SIGKILL, SIGSTOP and a PostgreSQL resta
   });
 
   it(`finishes ${RUNS} runs of mixed shapes with every invariant`, async (t) => {
+    // Kafka as the other Kafka tests find it (requireService): required under CI=true; locally,
+    // without it, only the Kafka part is left out.
+    const brokers = process.env["KAFKA_BROKERS"] || undefined;
+    if (brokers === undefined) {
+      const message = "KAFKA_BROKERS is not set: start the test services with 'scripts/test-services.sh up'";
+      if (process.env["CI"] === "true") throw new Error(`${message} (required under CI=true)`);
+      t.diagnostic(`${message}; the check of the events on Kafka is left out`);
+    }
+    const topic = `nexusflow.chaos.${randomUUID()}`;
+    const kafkaEnv: Record<string, string> =
+      brokers === undefined ? {} : { KAFKA_BROKERS: brokers, KAFKA_TOPIC: topic };
     const replicas: Replica[] = [];
     for (let i = 0; i < REPLICAS; i++)
-      replicas.push(await start(`replica-${i + 1}`, await freePort("127.0.0.1")));
+      replicas.push(await start(`replica-${i + 1}`, await freePort("127.0.0.1"), kafkaEnv));
     const owners = async (): Promise<Map<string, number>> => {
       const { rows } = await tables.pool.query<{ owner: string; n: number }>(
         `SELECT owner::text, count(*)::int AS n FROM partitions
@@ -86,22 +107,33 @@ describe("three scheduler replicas under SIGKILL, SIGSTOP and a PostgreSQL resta
     };
     await waitFor("every replica holds partitions", async () => (await owners()).size === REPLICAS, 60_000);
 
-    // Calls go to any live replica (not one SIGSTOPped); a retryable code sends them to the next one.
-    const stopped = new Set<Replica>();
-    let turn = 0;
-    const call = async <T>(
-      what: string,
-      fn: (client: ReturnType<typeof workflowClient>) => Promise<T>,
-    ): Promise<T> => {
+    // Every client call goes through one gateway given the three replicas' addresses (they keep
+    // their ports across restarts). A call that fails must fail with a retryable code; it is made
+    // again until it succeeds.
+    const gateway = await startGatewayProcess(
+      "gateway",
+      replicas.map((r) => r.address),
+    );
+    const sessionManager = new Http2SessionManager(gateway.url);
+    t.after(() => sessionManager.abort());
+    const client = createClient(
+      WorkflowService,
+      createGrpcTransport({ baseUrl: gateway.url, sessionManager }),
+    );
+    /** Failed calls by gRPC code name (every one made again). */
+    const retried = new Map<string, number>();
+    const call = async <T>(what: string, fn: (c: typeof client) => Promise<T>): Promise<T> => {
       for (let tries = 0; ; tries++) {
-        const live = replicas.filter((r) => r.process.alive && !stopped.has(r));
-        const target = live[turn++ % Math.max(1, live.length)];
         try {
-          if (target === undefined) throw new ConnectError("no live replica", Code.Unavailable);
-          return await fn(workflowClient(target.address));
+          return await fn(client);
         } catch (e) {
           const err = ConnectError.from(e);
-          if (!retryable(err) || tries >= 200) throw new Error(`${what}: ${err.message}`, { cause: e });
+          if (!RETRYABLE.has(err.code))
+            throw new Error(`${what} failed with ${Code[err.code]}, not a retryable code: ${err.message}`, {
+              cause: e,
+            });
+          retried.set(Code[err.code], (retried.get(Code[err.code]) ?? 0) + 1);
+          if (tries >= 200) throw new Error(`${what}: still failing after ${tries} tries: ${err.message}`);
           await delay(50);
         }
       }
@@ -164,27 +196,47 @@ describe("three scheduler replicas under SIGKILL, SIGSTOP and a PostgreSQL resta
     for (let i = 0; i < EXECUTORS; i++)
       executors.push(await startExecutorProcess(`chaos-${i}`, replicas[0]?.address ?? "", executorEnv(8)));
 
+    // Run n starts with the idempotency key `${keyPrefix}${n}`: a StartRun made again after a
+    // failure returns the run the first one may have started.
+    const keyPrefix = `chaos-${randomUUID()}-`;
     const runs = new Map<string, (typeof shapes)[number]>();
+    const runIds: string[] = [];
+    const startRun = async (n: number): Promise<void> => {
+      const s = shapes[n % shapes.length]!;
+      const id = await call(
+        `StartRun ${n}`,
+        async (c) =>
+          (
+            await c.startRun(
+              { workflowName: s.name, input: jsonToValue({ marker }), idempotencyKey: `${keyPrefix}${n}` },
+              { timeoutMs: 20_000 },
+            )
+          ).run?.id ?? "",
+      );
+      runs.set(id, s);
+      runIds.push(id);
+    };
     const t0 = Date.now();
-    for (let i = 0; i < RUNS; i += 50) {
-      const batch = Array.from(
-        { length: Math.min(50, RUNS - i) },
-        (_, j) => shapes[(i + j) % shapes.length]!,
-      );
-      const ids = await Promise.all(
-        batch.map((s) =>
-          call(
-            "StartRun",
-            async (c) =>
-              (await c.startRun({ workflowName: s.name, input: jsonToValue({ marker }) })).run?.id ?? "",
+    // The first half before the faults, 50 at a time.
+    for (let i = 0; i < RUNS / 2; i += 50)
+      await Promise.all(Array.from({ length: 50 }, (_, j) => startRun(i + j)));
+    t.diagnostic(`${RUNS / 2} runs started in ${Date.now() - t0} ms`);
+    // The second half while the faults happen, 10 at a time and about 10 per second.
+    const failedStarts: string[] = [];
+    const feeder = (async () => {
+      const t1 = performance.now();
+      for (let i = RUNS / 2; i < RUNS; i += 10) {
+        await Promise.all(
+          Array.from({ length: 10 }, (_, j) =>
+            startRun(i + j).catch((e: unknown) => void failedStarts.push(String(e))),
           ),
-        ),
-      );
-      ids.forEach((id, j) => runs.set(id, batch[j]!));
-    }
-    const runIds = [...runs.keys()];
-    t.diagnostic(`${RUNS} runs started in ${Date.now() - t0} ms`);
-    const done = async (): Promise<boolean> => (await tables.terminalCount(runIds)) === RUNS;
+        );
+        // Pacing of the load generator, not a wait for a condition.
+        await delay(Math.max(0, t1 + (i - RUNS / 2 + 10) * 100 - performance.now()));
+      }
+    })();
+    const done = async (): Promise<boolean> =>
+      runIds.length === RUNS && (await tables.terminalCount(runIds)) === RUNS;
 
     // 1. SIGKILL the replica owning the most partitions, twice, each started again on its port once
     // the others hold every partition.
@@ -202,7 +254,7 @@ describe("three scheduler replicas under SIGKILL, SIGSTOP and a PostgreSQL resta
         },
         30_000,
       );
-      const again = await start(victim.name, victim.port);
+      const again = await start(victim.name, victim.port, kafkaEnv);
       replicas[replicas.indexOf(victim)] = again;
     }
 
@@ -221,7 +273,6 @@ describe("three scheduler replicas under SIGKILL, SIGSTOP and a PostgreSQL resta
         "SELECT partition FROM partitions WHERE owner = $1",
         [victim.id],
       );
-      stopped.add(victim);
       victim.process.child.kill("SIGSTOP");
       faults.push(`SIGSTOP ${victim.name} (${its.length} partitions)`);
       try {
@@ -239,7 +290,6 @@ describe("three scheduler replicas under SIGKILL, SIGSTOP and a PostgreSQL resta
         );
       } finally {
         victim.process.child.kill("SIGCONT");
-        stopped.delete(victim);
       }
       if (its.length > 0)
         await victim.process.waitForLog(
@@ -259,7 +309,23 @@ describe("three scheduler replicas under SIGKILL, SIGSTOP and a PostgreSQL resta
       await db.server.restart();
     }
     t.diagnostic(`faults: ${faults.join(", ")}`);
+    await feeder;
+    t.diagnostic(`${RUNS} runs started in ${Date.now() - t0} ms`);
+    assert.deepEqual(failedStarts.slice(0, 5), [], `${failedStarts.length} StartRun call(s) failed`);
     assert.equal(faults.length, 4, `every fault hit runs in flight: ${faults.join(", ")}`);
+    t.diagnostic(
+      `calls through the gateway failed and made again: ${
+        [...retried].map(([code, n]) => `${n} ${code}`).join(", ") || "none"
+      }`,
+    );
+    // One run per idempotency key, and no other run.
+    assert.equal(new Set(runIds).size, RUNS, "distinct run ids returned");
+    const { rows: counted } = await tables.pool.query<{ n: number; keys: number }>(
+      `SELECT count(*)::int AS n, count(DISTINCT idempotency_key)::int AS keys FROM workflow_runs
+        WHERE workflow_name = ANY($1::text[])`,
+      [shapes.map((s) => s.name)],
+    );
+    assert.deepEqual(counted[0], { n: RUNS, keys: RUNS }, "runs in the database");
 
     await waitFor(`all ${RUNS} runs to be terminal`, done, 240_000);
     const { rows } = await tables.pool.query<{ id: string; status: string }>(
@@ -285,6 +351,57 @@ describe("three scheduler replicas under SIGKILL, SIGSTOP and a PostgreSQL resta
     );
     assert.deepEqual(late.slice(0, 5), [], "attempts started after a recorded success");
     t.diagnostic(`all terminal after ${Date.now() - t0} ms`);
+
+    // Every run's events on Kafka: read from the beginning until each run's sequences 1..event_seq
+    // all arrived; deduplicated by (run id, sequence), the first delivery of each comes in order.
+    if (brokers !== undefined) {
+      const { rows: seqs } = await tables.pool.query<{ id: string; n: number }>(
+        "SELECT id::text, event_seq::int AS n FROM workflow_runs WHERE id = ANY($1::uuid[])",
+        [runIds],
+      );
+      const collector = await EventCollector.start(brokers.split(","), topic);
+      t.after(() => collector.stop());
+      /** Per run, the sequences in the order of their first delivery. */
+      const firsts = (): Map<string, number[]> => {
+        const seen = new Set<string>();
+        const order = new Map<string, number[]>();
+        for (const { event } of collector.received) {
+          const key = `${event.runId}/${event.sequence}`;
+          if (seen.has(key)) continue;
+          seen.add(key);
+          const list = order.get(event.runId) ?? [];
+          list.push(Number(event.sequence));
+          order.set(event.runId, list);
+        }
+        return order;
+      };
+      const missing = (): string[] => {
+        const order = firsts();
+        return seqs.flatMap(({ id, n }) => {
+          const have = new Set(order.get(id));
+          const gone = Array.from({ length: n }, (_, i) => i + 1).filter((k) => !have.has(k));
+          return gone.length === 0 ? [] : [`${id}: ${gone.join(",")}`];
+        });
+      };
+      await waitFor(`every sequence of every run on ${topic}`, () => missing().length === 0, 120_000).catch(
+        () => undefined,
+      ); // the assertion below names what is missing
+      assert.deepEqual(missing().slice(0, 5), [], "sequences missing on Kafka");
+      assert.deepEqual(collector.undecodable.slice(0, 3), [], "messages that did not decode");
+      const order = firsts();
+      const disordered = seqs.filter(({ id, n }) => {
+        const got = order.get(id) ?? [];
+        return got.length !== n || got.some((k, i) => k !== i + 1);
+      });
+      assert.deepEqual(
+        disordered.slice(0, 5).map(({ id }) => [id, order.get(id)]),
+        [],
+        `${disordered.length} run(s) whose events did not first arrive as 1..event_seq in order`,
+      );
+      t.diagnostic(
+        `Kafka: ${collector.received.length} messages, ${seqs.reduce((a, r) => a + r.n, 0)} distinct events of ${seqs.length} runs`,
+      );
+    }
     for (const e of executors) await e.kill();
     for (const r of replicas) await r.process.stop();
   });

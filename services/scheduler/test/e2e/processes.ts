@@ -12,6 +12,8 @@ export const REPO_ROOT = fileURLToPath(new URL("../../../../", import.meta.url))
 export const SCHEDULER_MAIN = fileURLToPath(new URL("../../src/main.ts", import.meta.url));
 /** Entry point of the executor process. */
 export const EXECUTOR_MAIN = fileURLToPath(new URL("../../../executor/src/main.ts", import.meta.url));
+/** Entry point of the gateway process. */
+export const GATEWAY_MAIN = fileURLToPath(new URL("../../../gateway/src/main.ts", import.meta.url));
 
 /** Variables of the developer's shell that would change what the services do. */
 const SCRUBBED = [
@@ -198,6 +200,26 @@ export async function startExecutorProcess(
     60_000,
   );
   return p;
+}
+
+/**
+ * Starts a gateway process on a free port (GATEWAY_PORT=0, metrics off) in front of the scheduler
+ * replicas at `schedulerAddresses` and waits until it listens; returns it with its base URL.
+ */
+export async function startGatewayProcess(
+  name: string,
+  schedulerAddresses: readonly string[],
+  env: Record<string, string> = {},
+): Promise<{ process: ServiceProcess; url: string }> {
+  const p = new ServiceProcess(name, GATEWAY_MAIN, {
+    GATEWAY_HOST: "127.0.0.1",
+    GATEWAY_PORT: "0",
+    SCHEDULER_ADDRESS: schedulerAddresses.join(","),
+    METRICS_PORT: "off",
+    ...env,
+  });
+  const line = await p.waitForLog('"gateway listening"', (l) => l.msg === "gateway listening", 60_000);
+  return { process: p, url: String(line["url"]) };
 }
 
 /** SIGKILLs every process started by this module that is still running. */
