@@ -148,3 +148,17 @@ describe("gateway SCHEDULER_ADDRESS", () => {
     }
   });
 });
+
+describe("EXECUTOR_REPLICA_REFRESH", () => {
+  it("defaults to 3 s, takes 0 (off) and 100 ms to 10 min, and names itself otherwise", () => {
+    assert.equal(loadExecutorConfig({}).replicaRefreshMs, 3000);
+    assert.equal(loadExecutorConfig({ EXECUTOR_REPLICA_REFRESH: "0" }).replicaRefreshMs, 0);
+    assert.equal(loadExecutorConfig({ EXECUTOR_REPLICA_REFRESH: "500ms" }).replicaRefreshMs, 500);
+    for (const bad of ["50ms", "1h", "often"])
+      assert.throws(
+        () => loadExecutorConfig({ EXECUTOR_REPLICA_REFRESH: bad }),
+        (e: unknown) => e instanceof ConfigError && /EXECUTOR_REPLICA_REFRESH/.test(e.message),
+        bad,
+      );
+  });
+});

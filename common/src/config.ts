@@ -338,6 +338,11 @@ export interface ExecutorConfig {
   executorId: string;
   slots: number;
   taskTypes: string[] | undefined;
+  /**
+   * How often the executor asks for the scheduler replicas and their partitions
+   * (EXECUTOR_REPLICA_REFRESH, 3s; 0 turns discovery off: one session to SCHEDULER_ADDRESS).
+   */
+  replicaRefreshMs: number;
   handlersModule: string | undefined;
   logLevel: LogLevel;
   artifacts: ArtifactConfig;
@@ -544,6 +549,18 @@ export function loadSchedulerConfig(env: Env = process.env): SchedulerConfig {
   };
 }
 
+/** EXECUTOR_REPLICA_REFRESH: 0 (off), or from 100 ms to 10 minutes. */
+function replicaRefresh(env: Env): number {
+  if (str(env, "EXECUTOR_REPLICA_REFRESH") === "0") return 0;
+  const ms = duration(env, "EXECUTOR_REPLICA_REFRESH", "3s");
+  if (ms !== 0 && (ms < 100 || ms > 600_000))
+    throw new ConfigError(
+      "EXECUTOR_REPLICA_REFRESH",
+      `expected 0 (off) or 100ms to 10m, got ${JSON.stringify(str(env, "EXECUTOR_REPLICA_REFRESH"))}`,
+    );
+  return ms;
+}
+
 /** PARTITION_LEASE: from 500 ms (renewed every fifth of it) to 10 minutes. */
 function partitionLease(env: Env): number {
   const ms = duration(env, "PARTITION_LEASE", "5s");
@@ -595,6 +612,7 @@ export function loadExecutorConfig(env: Env = process.env): ExecutorConfig {
     schedulerAddress: hostPort(env, "SCHEDULER_ADDRESS", "127.0.0.1:50051"),
     executorId: str(env, "EXECUTOR_ID") ?? `${hostname()}-${process.pid}`,
     slots: int(env, "EXECUTOR_SLOTS", 16, 1, 10_000),
+    replicaRefreshMs: replicaRefresh(env),
     taskTypes:
       types === undefined
         ? undefined

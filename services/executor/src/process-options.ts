@@ -44,6 +44,7 @@ export function processExecutorOptions(
     schedulerAddress: config.schedulerAddress,
     executorId: config.executorId,
     slots: config.slots,
+    replicaRefreshMs: config.replicaRefreshMs,
     taskTypes: config.taskTypes,
     builtins: { shell: { baseEnv: shellBaseEnv(env) } },
   };
