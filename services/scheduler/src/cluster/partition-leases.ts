@@ -56,8 +56,9 @@ export interface PartitionLeasesOptions {
   stablePeriodMs?: number;
   /**
    * This replica is the only one alive (it holds the scheduler lock): it takes every partition at
-   * start, held or not, and never hands any over to rebalance. Once started it takes, as any
-   * replica, only partitions nobody holds. @default false
+   * start, held or not, and removes the other replicas' rows (processes that died: ListReplicas
+   * must not name them as live to executors); it never hands any over to rebalance. Once started
+   * it takes, as any replica, only partitions nobody holds. @default false
    */
   sole?: boolean;
   /** Told when partitions are lost (taken by another replica while this one did not renew, or refused by the fence). */
@@ -131,7 +132,8 @@ taken AS (
   WHERE p.partition = f.partition AND p.owner IS DISTINCT FROM $1
     AND ($9 OR p.owner IS NULL OR p.lease_expires_at < now() OR p.owner IN (SELECT id FROM dead))
   RETURNING p.partition, p.epoch),
-pruned AS (DELETE FROM replicas WHERE id <> $1 AND heartbeat_at < now() - 100 * $5 * interval '1 millisecond')
+pruned AS (DELETE FROM replicas WHERE id <> $1
+  AND ($9 OR heartbeat_at < now() - 100 * $5 * interval '1 millisecond'))
 SELECT 'renewed' AS kind, partition, epoch FROM renewed
 UNION ALL SELECT 'taken', partition, epoch FROM taken
 UNION ALL SELECT 'live', n, 0 FROM live`;
