@@ -118,8 +118,12 @@ function assertOnce(messages: readonly WatchRunResponse[]): void {
   const statusOf = (m: WatchRunResponse | undefined, step: string): TaskStatus | undefined =>
     m?.run?.tasks.find((t) => t.stepId === step)?.status;
   assert.equal(messages.at(-1)?.run?.status, RunStatus.SUCCEEDED);
+  // A message changes a task, or the run's status (its end may come in a commit after its last task's).
   const states = messages.map((m) =>
-    JSON.stringify(m.run?.tasks.map((t) => [t.id, t.status, t.attempts.length, t.pendingReason])),
+    JSON.stringify([
+      m.run?.status,
+      m.run?.tasks.map((t) => [t.id, t.status, t.attempts.length, t.pendingReason]),
+    ]),
   );
   for (let i = 1; i < states.length; i++)
     assert.notEqual(states[i], states[i - 1], `message ${i} repeats message ${i - 1}`);
