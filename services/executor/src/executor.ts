@@ -56,7 +56,8 @@ import { type CompiledExecutorOptions, type ExecutorOptions, compileExecutorOpti
 import { toValue } from "./payload.js";
 import { type LedgerEntry, type Report, type SendReport } from "./report-ledger.js";
 import { type Link, type LeaseRoute, creditGrants, creditWithdrawals, newLink } from "./replica-links.js";
-import { type ReplicaMap, listReplicas, noDiscovery, ownerOfRun, replicaMapOf } from "./replica-map.js";
+import { ReplicaDiscovery } from "./replica-discovery.js";
+import { type ReplicaMap, ownerOfRun } from "./replica-map.js";
 import { type SessionCall, SchedulerSession, type SessionEnd, openSessionCall } from "./scheduler-session.js";
 import { RunningTasks, describeKey } from "./running-tasks.js";
 import { advertisedTypes, servedHandler } from "./served-types.js";
@@ -77,10 +78,6 @@ export { FATAL_ATTACH_CODES } from "./session-loop.js";
 const DEFAULT_HEARTBEAT_INTERVAL_MS = 2_000;
 /** How long `stop()` waits for the scheduler to end the stream after the executor half-closed it. */
 const CLOSE_TIMEOUT_MS = 2_000;
-/** Deadline of a ListReplicas call. */
-const LIST_REPLICAS_TIMEOUT_MS = 5_000;
-/** Least time between two ListReplicas calls asked for at once (a burst of rejections asks once). */
-const MIN_REFRESH_GAP_MS = 200;
 
 function hasKey(lease: Lease): lease is Lease & { key: LeaseKey } {
   return lease.key !== undefined;
@@ -116,19 +113,14 @@ export class Executor {
   readonly #routes = new Map<string, LeaseRoute>();
   /** The replicas by the latest ListReplicas; undefined before one answered. */
   #map: ReplicaMap | undefined;
-  /** Whether replicas are discovered: "off" once the scheduler could not tell (or never, option 0). */
-  #discovery: "on" | "off" = "on";
+  /** When the replicas are asked for (replica-discovery.ts); set up by start(). */
+  #replicas: ReplicaDiscovery | undefined;
   /**
    * Whether several replicas were seen (a map listing two, or a session to another replica): a
    * lease's run may then move between replicas, so a Cancel for a moved partition and a NOT_FOUND
    * rejection do not end its task at once.
    */
   #clustered = false;
-  #refreshTimer: NodeJS.Timeout | undefined;
-  #refreshSoonTimer: NodeJS.Timeout | undefined;
-  #refreshing = false;
-  #refreshAgain = false;
-  #lastRefresh = 0;
   /** Reports rejected NOT_FOUND (their run may have moved), to send again by the next map. */
   readonly #misrouted = new Map<string, LedgerEntry>();
   /** When each misrouted report was first rejected NOT_FOUND (monotonic ms). */
@@ -247,7 +239,14 @@ export class Executor {
     const run: Run = { client, closing: new AbortController(), loop: Promise.resolve(), sessions: 0 };
     this.#primary = newLink("primary", true, this.#options.schedulerAddress, client, run.closing);
     this.#links.set(this.#primary.id, this.#primary);
-    if (this.#options.replicaRefreshMs === 0) this.#discovery = "off";
+    this.#replicas = new ReplicaDiscovery({
+      intervalMs: this.#options.replicaRefreshMs,
+      logger: this.#logger,
+      active: () => reconnects(this.#state),
+      clients: () => [...this.#links.values()].map((link) => link.client),
+      metadata: this.#options.metadata,
+      apply: (map) => this.#applyMap(map),
+    });
     const firstAttach = new Promise<void>((resolve, reject) => {
       this.#enter({ t: "connecting", run, session: undefined, start: { resolve, reject } });
     });
@@ -282,7 +281,7 @@ export class Executor {
           link.client.close();
         }
       }
-      this.#stopDiscovery();
+      this.#replicas?.stop();
       this.#enter({ t: "stopped" });
     });
     return this.#stopped;
@@ -361,7 +360,7 @@ export class Executor {
     }
 
     this.#enter(closing(this.#state));
-    this.#stopDiscovery();
+    this.#replicas?.stop();
     run.closing.abort();
     const links = [...this.#links.values()];
     for (const link of links) link.closing.abort();
@@ -455,7 +454,7 @@ export class Executor {
     if (this.#clustered) {
       // Its reports go to their runs' owners, by a map asked for now.
       this.#rebalanceReports();
-      this.#refreshSoon();
+      this.#replicas?.soon();
     }
   }
 
@@ -633,14 +632,14 @@ export class Executor {
     else this.#logger.info(fields, "re-attached to the scheduler");
     link.attaches++;
     start?.resolve();
-    if (link.primary && ack.replicaId === "" && this.#discovery === "on") {
+    if (link.primary && ack.replicaId === "" && this.#replicas?.on === true) {
       // A scheduler that does not name its replica (older than replicas): sessions cannot be
       // told apart, so one session, as before.
       this.#logger.info("the scheduler does not name its replica in AttachAck; keeping one session");
-      this.#stopDiscovery();
+      this.#replicas?.stop();
       for (const other of this.#links.values()) if (!other.primary) this.#retireSoon(other);
     }
-    if (first) this.#startDiscovery();
+    if (first) this.#replicas?.start();
   }
 
   /**
@@ -807,7 +806,7 @@ export class Executor {
    */
   #onCancel(cancel: Cancel): void {
     const key = cancel.key;
-    if (cancel.partitionMoved && key !== undefined && this.#discovery === "on" && this.#clustered) {
+    if (cancel.partitionMoved && key !== undefined && this.#replicas?.on === true && this.#clustered) {
       const route = this.#routes.get(leaseKeyId(key));
       if (route !== undefined) {
         route.sentTo = undefined;
@@ -815,7 +814,7 @@ export class Executor {
           { ...describeKey(key), reason: cancel.reason },
           "the run's partition moved; the task goes on, reported to its new owner",
         );
-        this.#refreshSoon();
+        this.#replicas?.soon();
         return;
       }
     }
@@ -851,7 +850,7 @@ export class Executor {
    * or once that time is over.
    */
   #misroutedTo(link: Link, key: LeaseKey): boolean {
-    if (!this.#clustered || this.#discovery === "off") return false;
+    if (!this.#clustered || this.#replicas?.on !== true) return false;
     const now = performance.now();
     const id = leaseKeyId(key);
     const entry = link.ledger.sentOn(key);
@@ -866,95 +865,15 @@ export class Executor {
       if (now - route.notFoundSince > link.sessionTimeoutMs) return false;
       route.sentTo = undefined;
     } else return false;
-    this.#refreshSoon();
+    this.#replicas?.soon();
     return true;
   }
 
   // ---- replicas --------------------------------------------------------------------------------
 
-  /** After the first attach: asks for the replicas now and every `replicaRefreshMs`. */
-  #startDiscovery(): void {
-    if (this.#discovery === "off" || this.#refreshTimer !== undefined) return;
-    this.#refreshTimer = setInterval(() => this.#refreshSoon(), this.#options.replicaRefreshMs);
-    this.#refreshTimer.unref();
-    this.#refreshSoon();
-  }
-
-  #stopDiscovery(): void {
-    clearInterval(this.#refreshTimer);
-    clearTimeout(this.#refreshSoonTimer);
-    this.#refreshTimer = undefined;
-    this.#refreshSoonTimer = undefined;
-    this.#discovery = "off";
-  }
-
-  /** Asks for the replica map soon: at once, or {@link MIN_REFRESH_GAP_MS} after the last ask. */
-  #refreshSoon(): void {
-    if (this.#discovery === "off" || !reconnects(this.#state)) return;
-    if (this.#refreshing) {
-      this.#refreshAgain = true;
-      return;
-    }
-    if (this.#refreshSoonTimer !== undefined) return;
-    const wait = Math.max(0, this.#lastRefresh + MIN_REFRESH_GAP_MS - performance.now());
-    this.#refreshSoonTimer = setTimeout(() => {
-      this.#refreshSoonTimer = undefined;
-      this.#refreshing = true;
-      this.#lastRefresh = performance.now();
-      this.#refresh()
-        .catch((e: unknown) => this.#logger.error({ err: e }, "refreshing the replica map failed"))
-        .finally(() => {
-          this.#refreshing = false;
-          if (this.#refreshAgain) {
-            this.#refreshAgain = false;
-            this.#refreshSoon();
-          }
-        });
-    }, wait);
-    this.#refreshSoonTimer.unref();
-  }
-
-  /**
-   * Asks ListReplicas (on the primary address, then on the replicas reached) and applies the
-   * answer. UNIMPLEMENTED or PERMISSION_DENIED: the scheduler cannot tell, one session for good.
-   */
-  async #refresh(): Promise<void> {
-    let metadata: grpc.Metadata;
-    try {
-      metadata = await this.#options.metadata();
-    } catch (e) {
-      this.#logger.debug({ err: e }, "cannot make the metadata of ListReplicas");
-      return;
-    }
-    const clients = [...this.#links.values()].map((link) => link.client);
-    let lastError: unknown;
-    for (const client of clients) {
-      if (this.#discovery === "off") return;
-      try {
-        const response = await listReplicas(client, metadata.clone(), LIST_REPLICAS_TIMEOUT_MS);
-        this.#applyMap(replicaMapOf(response));
-        return;
-      } catch (e) {
-        lastError = e;
-        if (noDiscovery(e)) break;
-      }
-    }
-    if (noDiscovery(lastError)) {
-      const { code, details } = lastError as grpc.ServiceError;
-      this.#logger.warn(
-        { code: grpc.status[code], details },
-        "the scheduler does not list its replicas (ReplicaService.ListReplicas); keeping one session",
-      );
-      clearInterval(this.#refreshTimer);
-      this.#discovery = "off";
-      return;
-    }
-    this.#logger.debug({ err: lastError }, "ListReplicas failed; keeping the last replica map");
-  }
-
   /** A new map: sessions opened to replicas not reached, closed to those that left; reports re-routed. */
   #applyMap(map: ReplicaMap): void {
-    if (!reconnects(this.#state) || this.#discovery === "off") return;
+    if (!reconnects(this.#state) || this.#replicas?.on !== true) return;
     this.#map = map;
     if (map.replicas.size > 1) this.#clustered = true;
     const run = this.#state.t === "idle" || this.#state.t === "stopped" ? undefined : this.#state.run;

@@ -1,0 +1,125 @@
+/**
+ * When the executor asks ListReplicas (replica-map.ts) and what it does with a refusal: every
+ * `intervalMs` once started, at once on {@link ReplicaDiscovery.soon} (a session ended, a report
+ * rejected NOT_FOUND, a Cancel for a moved partition), never two calls at a time, and at least
+ * {@link MIN_REFRESH_GAP_MS} apart. A scheduler that cannot tell (UNIMPLEMENTED, PERMISSION_DENIED)
+ * turns discovery off for good: one session. States: on (asking) -> off.
+ */
+import * as grpc from "@grpc/grpc-js";
+import type { Logger } from "@nexusflow/common";
+import { type ReplicaMap, listReplicas, noDiscovery, replicaMapOf } from "./replica-map.js";
+
+/** Deadline of a ListReplicas call. */
+const LIST_REPLICAS_TIMEOUT_MS = 5_000;
+/** Least time between two ListReplicas calls asked for at once (a burst of rejections asks once). */
+const MIN_REFRESH_GAP_MS = 200;
+
+/** What discovery needs of the executor. */
+export interface ReplicaDiscoveryOptions {
+  /** Time between two asks; 0: discovery is off from the start (one session). */
+  readonly intervalMs: number;
+  readonly logger: Logger;
+  /** Whether an ask may go out now (the executor keeps sessions). */
+  readonly active: () => boolean;
+  /** The clients to ask, in order, until one answers (the primary address, then the replicas reached). */
+  readonly clients: () => grpc.Client[];
+  /** The metadata of a call (its token). */
+  readonly metadata: () => grpc.Metadata | Promise<grpc.Metadata>;
+  /** A new map. */
+  readonly apply: (map: ReplicaMap) => void;
+}
+
+/** See the module comment. */
+export class ReplicaDiscovery {
+  #on: boolean;
+  #timer: NodeJS.Timeout | undefined;
+  #soonTimer: NodeJS.Timeout | undefined;
+  #asking = false;
+  #again = false;
+  #lastAsk = 0;
+
+  constructor(private readonly options: ReplicaDiscoveryOptions) {
+    this.#on = options.intervalMs !== 0;
+  }
+
+  /** Whether replicas are discovered (false once the scheduler could not tell, or never with 0). */
+  get on(): boolean {
+    return this.#on;
+  }
+
+  /** Asks now and every `intervalMs` (after the first attach); once. */
+  start(): void {
+    if (!this.#on || this.#timer !== undefined) return;
+    this.#timer = setInterval(() => this.soon(), this.options.intervalMs);
+    this.#timer.unref();
+    this.soon();
+  }
+
+  /** No more asks. */
+  stop(): void {
+    clearInterval(this.#timer);
+    clearTimeout(this.#soonTimer);
+    this.#timer = undefined;
+    this.#soonTimer = undefined;
+    this.#on = false;
+  }
+
+  /** Asks soon: at once, or {@link MIN_REFRESH_GAP_MS} after the last ask. */
+  soon(): void {
+    if (!this.#on || !this.options.active()) return;
+    if (this.#asking) {
+      this.#again = true;
+      return;
+    }
+    if (this.#soonTimer !== undefined) return;
+    const wait = Math.max(0, this.#lastAsk + MIN_REFRESH_GAP_MS - performance.now());
+    this.#soonTimer = setTimeout(() => {
+      this.#soonTimer = undefined;
+      this.#asking = true;
+      this.#lastAsk = performance.now();
+      this.#ask()
+        .catch((e: unknown) => this.options.logger.error({ err: e }, "refreshing the replica map failed"))
+        .finally(() => {
+          this.#asking = false;
+          if (this.#again) {
+            this.#again = false;
+            this.soon();
+          }
+        });
+    }, wait);
+    this.#soonTimer.unref();
+  }
+
+  async #ask(): Promise<void> {
+    const { logger } = this.options;
+    let metadata: grpc.Metadata;
+    try {
+      metadata = await this.options.metadata();
+    } catch (e) {
+      logger.debug({ err: e }, "cannot make the metadata of ListReplicas");
+      return;
+    }
+    let lastError: unknown;
+    for (const client of this.options.clients()) {
+      if (!this.#on) return;
+      try {
+        const response = await listReplicas(client, metadata.clone(), LIST_REPLICAS_TIMEOUT_MS);
+        this.options.apply(replicaMapOf(response));
+        return;
+      } catch (e) {
+        lastError = e;
+        if (noDiscovery(e)) break;
+      }
+    }
+    if (noDiscovery(lastError)) {
+      const { code, details } = lastError as grpc.ServiceError;
+      logger.warn(
+        { code: grpc.status[code], details },
+        "the scheduler does not list its replicas (ReplicaService.ListReplicas); keeping one session",
+      );
+      this.stop();
+      return;
+    }
+    logger.debug({ err: lastError }, "ListReplicas failed; keeping the last replica map");
+  }
+}
