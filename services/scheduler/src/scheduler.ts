@@ -2,7 +2,6 @@
  * The scheduler as one component: database (embedded or external), engine and gRPC server, with
  * explicit states and a clean stop. Tests create it with port 0; main.ts wires it to the environment.
  */
-import { toJson } from "@bufbuild/protobuf";
 import * as grpc from "@grpc/grpc-js";
 import {
   ApiError,
@@ -28,7 +27,6 @@ import {
   ExecutorService,
   ReplicaService,
   RateLimitService,
-  RunSchema,
   ScheduleService,
   WorkflowService,
 } from "@nexusflow/gen";
@@ -40,7 +38,6 @@ import { eventService } from "./api/event-service.js";
 import { replicaService, sharedView } from "./api/replica-service.js";
 import { readClusterView } from "./cluster/cluster-view.js";
 import { addSchedulerHealth } from "./api/health.js";
-import { runDetail } from "./api/convert.js";
 import { executorService, executorServiceDefinition } from "./api/executor-session.js";
 import { addReflection } from "./api/reflection.js";
 import { rateLimitService } from "./api/rate-limit-service.js";
@@ -58,22 +55,23 @@ import { startEventMatches, storeEvent, type EventPublishDeps } from "./triggers
 import { openDatabase, type Database } from "./persistence/database.js";
 import { startEmbeddedPostgres, type EmbeddedDatabase } from "./persistence/embedded-postgres.js";
 import { SchemaNotCurrentError, applyMigrations, pendingMigrations } from "./persistence/schema.js";
-import { RunRetention } from "./persistence/retention.js";
+import type { RunRetention } from "./persistence/retention.js";
 import { PostgresDefinitionStore } from "./persistence/postgres-definition-store.js";
 import { PostgresEngineStore } from "./persistence/postgres-engine-store.js";
 import { RunStore } from "./persistence/run-store.js";
-import { FireLoop } from "./schedules/fire-loop.js";
+import type { FireLoop } from "./schedules/fire-loop.js";
 import { FireStarter } from "./schedules/fires.js";
-import { Coordinator, type CoordinatorRole } from "./cluster/coordinator.js";
+import { Coordinator } from "./cluster/coordinator.js";
+import { coordinatorRoles } from "./coordinator-roles.js";
 import { ClusterNotifications, SCHEDULES_CHANNEL } from "./cluster/notifications.js";
 import { EVENTS_CHANNEL, EventWaitScan } from "./triggers/wait-scan.js";
-import type pg from "pg";
 import { FireStore } from "./schedules/fire-store.js";
 import { ScheduleStore } from "./schedules/store.js";
 import { declaredScheduleHooks } from "./schedules/declared.js";
 import { EventStore } from "./triggers/event-store.js";
-import { EventRetention } from "./triggers/event-retention.js";
-import { MatchLoop, MatchStarter } from "./triggers/match-loop.js";
+import type { EventRetention } from "./triggers/event-retention.js";
+import type { MatchLoop } from "./triggers/match-loop.js";
+import { MatchStarter } from "./triggers/match-loop.js";
 import { TriggerIndex } from "./triggers/trigger-index.js";
 import { WaitMatchLoop, WaitMatchStore } from "./triggers/wait-matches.js";
 import type { ParkingOptions } from "./engine/parking.js";
@@ -206,12 +204,6 @@ export interface SchedulerOptions {
   parking?: ParkingOptions | undefined;
   log: Logger;
 }
-
-/**
- * In a cluster, how old a STARTING fire or event match must be before the coordinator drives it
- * as a leftover: the replica that wrote it drives it (its keyed start is in its memory only).
- */
-const LEFTOVER_GRACE_MS = 30_000;
 
 /** Scheduler lifecycle. */
 export type SchedulerState = "IDLE" | "STARTING" | "RUNNING" | "STOPPING" | "STOPPED";
@@ -447,7 +439,9 @@ export class Scheduler {
         leases,
         log,
         sole: !cluster,
-        roles: this.coordinatorRoles({
+        roles: coordinatorRoles({
+          options: this.options,
+          engine,
           pool,
           store,
           runStore,
@@ -456,6 +450,15 @@ export class Scheduler {
           fires,
           events,
           matchStarter,
+          relay: this.relay,
+          refused: (e) => this.coordinator?.refused(e),
+          cancelElsewhere: (runId, reason, compensate) => this.cancelElsewhere(runId, reason, compensate),
+          started: {
+            runRetention: (r) => (this.retentionValue = r),
+            fireLoop: (l) => (this.fireLoop = l),
+            matchLoop: (l) => (this.matchLoop = l),
+            eventRetention: (r) => (this.eventRetentionValue = r),
+          },
         }),
       });
       if (cluster) {
@@ -614,117 +617,6 @@ export class Scheduler {
       this.stateValue = "STOPPED";
       throw e;
     }
-  }
-
-  /**
-   * The singletons the coordinator starts for each of its terms (cluster/coordinator.ts), in
-   * start order: run retention, the schedules' fire loop, the event match loop, event retention,
-   * and in a cluster the outbox relay's turn (it stands by while this replica is not the
-   * coordinator; its stop awaits the batch in progress).
-   */
-  private coordinatorRoles(deps: {
-    pool: pg.Pool;
-    store: ArtifactStore;
-    runStore: RunStore;
-    schedules: ScheduleStore;
-    fireStore: FireStore;
-    fires: FireStarter;
-    events: EventStore;
-    matchStarter: MatchStarter;
-  }): CoordinatorRole[] {
-    const { log } = this.options;
-    const engine = this.engine;
-    const roles: CoordinatorRole[] = [
-      {
-        name: "run retention",
-        start: () => {
-          const retention = new RunRetention({
-            pool: deps.pool,
-            store: deps.store,
-            log,
-            isActive: (runId) => engine.isActive(runId),
-            exportRun:
-              this.options.exportRunsBeforeDelete === true
-                ? async (runId) =>
-                    JSON.stringify(toJson(RunSchema, runDetail(await deps.runStore.get(runId))))
-                : undefined,
-            ...(this.options.runRetentionMs === undefined
-              ? {}
-              : { retentionMs: this.options.runRetentionMs }),
-            ...(this.options.runRetentionIntervalMs === undefined
-              ? {}
-              : { intervalMs: this.options.runRetentionIntervalMs }),
-          });
-          this.retentionValue = retention;
-          retention.start();
-          return retention;
-        },
-      },
-      {
-        name: "schedule fire loop",
-        start: (fence) => {
-          const loop = new FireLoop({
-            store: deps.schedules,
-            fireStore: deps.fireStore,
-            engine,
-            log,
-            starter: deps.fires,
-            ...(fence === undefined
-              ? {}
-              : {
-                  fence,
-                  refused: (e: unknown) => this.coordinator?.refused(e),
-                  ownsRun: (runId: string) => engine.partitions.owns(runId),
-                  leftoverGraceMs: LEFTOVER_GRACE_MS,
-                  cancelElsewhere: (runId: string, reason: string, compensate: boolean) =>
-                    this.cancelElsewhere(runId, reason, compensate),
-                }),
-          });
-          this.fireLoop = loop;
-          loop.start();
-          return loop;
-        },
-      },
-      {
-        // Events: matches a crash left STARTING are started by the loop's first pass.
-        name: "event match loop",
-        start: (fence) => {
-          const loop = new MatchLoop({
-            store: deps.events,
-            starter: deps.matchStarter,
-            log,
-            ...(fence === undefined ? {} : { leftoverGraceMs: LEFTOVER_GRACE_MS }),
-          });
-          this.matchLoop = loop;
-          loop.start();
-          return loop;
-        },
-      },
-      {
-        name: "event retention",
-        start: () => {
-          const retention = new EventRetention({
-            pool: deps.pool,
-            log,
-            retentionMs: this.options.eventRetentionMs,
-            intervalMs: this.options.runRetentionIntervalMs,
-          });
-          this.eventRetentionValue = retention;
-          retention.start();
-          return retention;
-        },
-      },
-    ];
-    const relay = this.relay;
-    if (this.options.cluster === true && relay !== undefined)
-      roles.push({
-        name: "outbox relay",
-        start: (fence) => {
-          if (fence !== undefined) relay.lead(fence);
-          return { stop: () => relay.resign() };
-        },
-      });
-    return roles;
   }
 
   /**
