@@ -241,7 +241,7 @@ export class Engine {
       core: this.core,
       log: options.log,
       assertRunning: () => this.assertRunning(),
-      committed: () => this.committed(),
+      committed: (runIds) => this.committed(runIds),
       parking: this.parking,
     });
   }
@@ -327,12 +327,12 @@ export class Engine {
       runEnded: (run) => {
         // Once committed, the run lives only in the database (and a parked parent learns it).
         const tellParent = this.parking?.childEnding(run);
-        void store.flush().then(() => {
+        this.partitions.whenCommitted([run.id], () => {
           spans?.runEnded(run);
           core.forgetRun(this.core, run);
           this.keyed.forget(run);
           tellParent?.();
-        }, ignore);
+        });
       },
       commit: () => void store.flush().catch(ignore),
       commitSoon: () => store.flushSoon(STARTED_FLUSH_DELAY_MS),
@@ -411,9 +411,14 @@ export class Engine {
     this.stateValue = "STOPPED";
   }
 
-  /** Waits for the commit of everything changed so far, or answers UNAVAILABLE. */
-  private committed(): Promise<void> {
-    return commitWithin(this.store.flush(), this.commitTimeoutMs);
+  /**
+   * Waits for the commit of everything changed so far, or answers UNAVAILABLE. Given the runs the
+   * call changed, a commit the fence refused for other partitions does not fail it
+   * (PartitionRuns.flushFor).
+   */
+  private committed(runIds?: readonly string[]): Promise<void> {
+    const flushed = runIds === undefined ? this.store.flush() : this.partitions.flushFor(runIds);
+    return commitWithin(flushed, this.commitTimeoutMs);
   }
 
   // ---------------------------------------------------------------- runs
@@ -462,7 +467,7 @@ export class Engine {
       new Date(),
     );
     this.keyed.remember(run);
-    await this.committed();
+    await this.committed([run.id]);
     // Refused by PostgreSQL in that commit (see refused): the run was never stored.
     if (run.error?.type === STORAGE_REFUSED)
       throw new ApiError(Code.INVALID_ARGUMENT, `the run was not created: ${run.error.message}`);
@@ -530,7 +535,7 @@ export class Engine {
   ): Promise<{ runId: string; created: boolean }> {
     const run = core.startRun(this.core, await rerunStart(this.definitions, req, labels, hash), new Date());
     this.keyed.remember(run);
-    await this.committed();
+    await this.committed([run.id]);
     if (run.error?.type === STORAGE_REFUSED)
       throw new ApiError(Code.INVALID_ARGUMENT, `the run was not created: ${run.error.message}`);
     return { runId: run.id, created: true };
@@ -545,7 +550,7 @@ export class Engine {
     this.assertRunning();
     const run = await this.load(runId);
     if (run === undefined || !core.cancelRun(this.core, run, reason, compensate, new Date())) return;
-    await this.committed();
+    await this.committed([runId]);
   }
 
   /** Queues the next wave of compensations once the previous one finished; completes the rollback. */

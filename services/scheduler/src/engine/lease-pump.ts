@@ -9,6 +9,7 @@ import type { Logger } from "@nexusflow/common";
 import type { Lease } from "@nexusflow/gen";
 import * as core from "../core/index.js";
 import type { Core } from "../core/index.js";
+import { isPartitionFencedError } from "../cluster/partitioning.js";
 import type { EngineStore } from "../persistence/engine-store.js";
 import type { RunState, TaskState } from "../model/run-state.js";
 import type { Dispatcher, SessionHandle } from "./dispatcher.js";
@@ -28,6 +29,13 @@ export interface LeasePumpOptions {
   running(): boolean;
   /** The trace context the lease carries to the executor (its attempt's span), if any. */
   traceContext(task: TaskState, run: RunState | undefined): Readonly<Record<string, string>> | undefined;
+}
+
+/** A lease granted in a pass, sent once its grant is committed. */
+interface Grant {
+  readonly session: SessionHandle;
+  readonly task: TaskState;
+  readonly token: number;
 }
 
 /** The lease pump (see the module comment). */
@@ -55,7 +63,7 @@ export class LeasePump {
       this.recordHolds();
       return;
     }
-    const granted: { session: SessionHandle; task: TaskState; token: number }[] = [];
+    const granted: Grant[] = [];
     for (const { session, task } of pairs) {
       const run = this.o.core().runs.get(task.runId);
       if (run === undefined) {
@@ -66,46 +74,76 @@ export class LeasePump {
       }
       granted.push({ session, task, token: core.grantLease(this.o.core(), run, task, session, now) });
     }
-    this.o.store.flush().then(
-      () => {
-        const sentAt = Date.now();
-        // Leases for sessions that take batches (protocol version 2), by session, in grant order.
-        let batched: Map<SessionHandle, Lease[]> | undefined;
-        for (const { session, task, token } of granted) {
-          if (!core.leaseStands(task, session.id, token)) {
-            // Never sent: the executor will not return its slot, so the session gets it back here.
-            if (this.o.dispatcher.sessions.get(session.id) === session) {
-              session.credit++;
-              this.schedule();
-            }
-            continue;
-          }
-          const run = this.o.core().runs.get(task.runId);
-          const lease = leaseValue(run, task, this.o.traceContext(task, run));
-          if ((session.protocolVersion ?? 1) < 2) session.send(leaseMessage(lease));
-          else {
-            batched ??= new Map();
-            const leases = batched.get(session);
-            if (leases === undefined) batched.set(session, [lease]);
-            else leases.push(lease);
-          }
-          core.armStartToClose(this.o.core(), task, sentAt);
-        }
-        // The same pass, the same turn: no lease waits for another to fill a batch.
-        if (batched !== undefined) {
-          for (const [session, leases] of batched) {
-            // A session that cannot send encoded frames gets its leases one by one, never none.
-            if (leases.length === 1 || session.sendFrame === undefined)
-              for (const lease of leases) session.send(leaseMessage(lease));
-            else for (const frame of leaseFrames(leases)) session.sendFrame(frame);
-          }
-        }
-      },
-      (e: unknown) => this.o.log.warn({ err: e }, "leases not sent: commit failed"),
-    );
+    this.sendWhenCommitted(granted);
     this.recordHolds();
     // More may fit (credit left, or tasks queued meanwhile).
     this.schedule();
+  }
+
+  /**
+   * Sends each grant once it is committed, if its lease still stands. A commit the fence refused
+   * (partitions lost meanwhile) rejects every waiter, though the grants of runs in partitions still
+   * held are committed by the writer's next try: the flush is awaited again for those, so that no
+   * lease stays granted to a session that never received it (its task would wait for the
+   * session's end, its slot lost). Grants whose runs left memory no longer stand: their slot goes
+   * back to the session. Any other failure (the store closed: the engine stops) sends nothing.
+   */
+  private sendWhenCommitted(granted: readonly Grant[]): void {
+    this.o.store.flush().then(
+      () => this.send(granted),
+      (e: unknown) => {
+        if (!isPartitionFencedError(e)) {
+          this.o.log.warn({ err: e }, "leases not sent: commit failed");
+          return;
+        }
+        const standing = granted.filter(({ session, task, token }) => {
+          if (core.leaseStands(task, session.id, token)) return true;
+          this.giveBack(session);
+          return false;
+        });
+        if (standing.length > 0) this.sendWhenCommitted(standing);
+      },
+    );
+  }
+
+  /** A grant never sent: the executor will not return its slot, so its session gets it back here. */
+  private giveBack(session: SessionHandle): void {
+    if (this.o.dispatcher.sessions.get(session.id) === session) {
+      session.credit++;
+      this.schedule();
+    }
+  }
+
+  /** Sends the committed grants whose lease still stands (see the module comment). */
+  private send(granted: readonly Grant[]): void {
+    const sentAt = Date.now();
+    // Leases for sessions that take batches (protocol version 2), by session, in grant order.
+    let batched: Map<SessionHandle, Lease[]> | undefined;
+    for (const { session, task, token } of granted) {
+      if (!core.leaseStands(task, session.id, token)) {
+        this.giveBack(session);
+        continue;
+      }
+      const run = this.o.core().runs.get(task.runId);
+      const lease = leaseValue(run, task, this.o.traceContext(task, run));
+      if ((session.protocolVersion ?? 1) < 2) session.send(leaseMessage(lease));
+      else {
+        batched ??= new Map();
+        const leases = batched.get(session);
+        if (leases === undefined) batched.set(session, [lease]);
+        else leases.push(lease);
+      }
+      core.armStartToClose(this.o.core(), task, sentAt);
+    }
+    // The same pass, the same turn: no lease waits for another to fill a batch.
+    if (batched !== undefined) {
+      for (const [session, leases] of batched) {
+        // A session that cannot send encoded frames gets its leases one by one, never none.
+        if (leases.length === 1 || session.sendFrame === undefined)
+          for (const lease of leases) session.send(leaseMessage(lease));
+        else for (const frame of leaseFrames(leases)) session.sendFrame(frame);
+      }
+    }
   }
 
   /**

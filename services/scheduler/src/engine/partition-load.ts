@@ -6,7 +6,8 @@
  *   partitions are read (`loadActive` filtered by `nexusflow_partition_of`) and recovered as at
  *   start-up (core/recovery.ts): queued tasks offered, timers re-armed, held leases given a grace
  *   for their executors. Start-up recovery is the load of every partition held then, after the
- *   rate limits' buckets. A partition whose epoch changed while its runs were read (lost, or lost
+ *   rate limits' buckets. A load whose reads fail is made again (backing off up to 2 s) until it
+ *   succeeds, the partitions are lost or the engine stops. A partition whose epoch changed while its runs were read (lost, or lost
  *   and taken again) is not loaded by that read; runs already in memory are left as they are.
  * - **Unloading** a lost partition (another replica took it, or the fence refused a commit): its
  *   runs leave memory at once (core/unload.ts), their executors are told to stop their leases,
@@ -23,7 +24,7 @@ import type { CompiledWorkflow } from "../dag/index.js";
 import * as core from "../core/index.js";
 import type { Core, Moment } from "../core/index.js";
 import { detachRuns, disarmRuns, type DetachedRuns } from "../core/unload.js";
-import { partitionOf, type OwnedPartition } from "../cluster/partitioning.js";
+import { isPartitionFencedError, partitionOf, type OwnedPartition } from "../cluster/partitioning.js";
 import type { EngineStore, PartitionScope } from "../persistence/engine-store.js";
 import type { RunState } from "../model/run-state.js";
 import type { Definitions } from "./definitions.js";
@@ -31,6 +32,11 @@ import type { EngineTimers } from "./engine-timers.js";
 import type { KeyedStarts } from "./keyed-starts.js";
 import type { Parking } from "./parking.js";
 import type { UnservedTypes } from "./pending.js";
+
+/** The first wait before a failed load of partitions taken is tried again (doubling each time). */
+const LOAD_RETRY_FIRST_MS = 100;
+/** The longest wait between two tries of a load. */
+const LOAD_RETRY_MAX_MS = 2_000;
 
 /** The partitions this replica holds (the partition leases, cluster/partition-leases.ts). */
 export interface HeldPartitions {
@@ -108,6 +114,42 @@ export class PartitionRuns {
     }
   }
 
+  /**
+   * Resolves once everything marked so far for `runIds` is committed. A commit the fence refused
+   * for partitions lost rejects every one of its waiters, though the writer commits the changes of
+   * the partitions still held on its next try: while each run's partition is still held at the
+   * epoch it had, the flush is awaited again. Rejects with the fence's error once one of them is
+   * lost (its changes were dropped), or with any other failure.
+   */
+  flushFor(runIds: readonly string[]): Promise<void> {
+    return new Promise((resolve, reject) => this.whenCommitted(runIds, resolve, reject));
+  }
+
+  /**
+   * {@link flushFor} as callbacks: `done` runs in the same turn as the commit's waiters (no
+   * promise in between), `failed` with the error that ends the wait.
+   */
+  whenCommitted(
+    runIds: readonly string[],
+    done: () => void,
+    failed: (e: unknown) => void = () => undefined,
+  ): void {
+    const p = this.host.partitions;
+    const epochs = p === undefined ? [] : runIds.map((id) => p.epochOf(partitionOf(id, p.partitionCount)));
+    /** Whether the commit refused by `e` will be made again with the changes of `runIds`. */
+    const again = (e: unknown): boolean => {
+      if (p === undefined || !isPartitionFencedError(e)) return false;
+      const lost = new Set(e.partitions);
+      return runIds.every((id, i) => {
+        const partition = partitionOf(id, p.partitionCount);
+        return epochs[i] !== undefined && !lost.has(partition) && p.epochOf(partition) === epochs[i];
+      });
+    };
+    const wait = (): void =>
+      void this.host.store.flush().then(done, (e: unknown) => (again(e) ? wait() : failed(e)));
+    wait();
+  }
+
   /** Whether the run's partition is held (always, without partitions). */
   owns(runId: string): boolean {
     const p = this.host.partitions;
@@ -164,19 +206,32 @@ export class PartitionRuns {
     if (!this.recovering || partitions.length === 0) return Promise.resolve();
     this.loadingOf(partitions, 1);
     return this.enqueue(async () => {
-      if (!this.host.live()) return;
-      try {
-        const { runs, queued, orphaned } = await this.loadRuns(partitions, performance.now());
-        this.host.pump();
-        // Their parked runs stay parked: those due are woken now, the others when due.
-        this.host.parking?.wakeDue();
-        this.host.log.info(
-          { partitions, runs: runs.length, queued, orphaned_leases: orphaned },
-          "loaded the runs of partitions taken",
-        );
-      } catch (e) {
-        // The partitions stay held without their runs in memory until they move again.
-        this.host.log.error({ err: e, partitions }, "could not load the runs of partitions taken");
+      // A read that fails (the database restarting, a connection broken) is made again until it
+      // succeeds, the partitions are lost or the engine stops: a partition held without its runs
+      // in memory would leave them waiting for as long as it stays here. Later loads and releases
+      // wait meanwhile; unloads do not.
+      for (let failures = 0; ; failures++) {
+        const held = this.host.partitions;
+        const still = partitions.filter((x) => held?.epochOf(x) !== undefined);
+        if (!this.host.live() || still.length === 0) return;
+        try {
+          const { runs, queued, orphaned } = await this.loadRuns(still, performance.now());
+          this.host.pump();
+          // Their parked runs stay parked: those due are woken now, the others when due.
+          this.host.parking?.wakeDue();
+          this.host.log.info(
+            { partitions: still, runs: runs.length, queued, orphaned_leases: orphaned, failures },
+            "loaded the runs of partitions taken",
+          );
+          return;
+        } catch (e) {
+          const retryInMs = Math.min(LOAD_RETRY_MAX_MS, LOAD_RETRY_FIRST_MS * 2 ** Math.min(failures, 10));
+          this.host.log.warn(
+            { err: e, partitions: still, failures: failures + 1, retry_in_ms: retryInMs },
+            "could not load the runs of partitions taken; trying again",
+          );
+          await new Promise<void>((resolve) => setTimeout(resolve, retryInMs).unref());
+        }
       }
     }).finally(() => this.loadingOf(partitions, -1));
   }

@@ -16,8 +16,11 @@ export interface DurableWaitsHost {
   readonly log: Logger;
   /** Throws UNAVAILABLE unless the engine is running with a healthy store. */
   assertRunning(): void;
-  /** Resolves once everything changed so far is committed (UNAVAILABLE after the commit timeout). */
-  committed(): Promise<void>;
+  /**
+   * Resolves once everything changed so far is committed (UNAVAILABLE after the commit timeout);
+   * given `runIds`, a fence refusal for other partitions does not fail it (Engine.committed).
+   */
+  committed(runIds?: readonly string[]): Promise<void>;
   /** Parked runs, loaded back when a signal or an event reaches them; absent: none are parked. */
   readonly parking?: Parking | undefined;
 }
@@ -37,7 +40,7 @@ export class DurableWaits {
     this.host.assertRunning();
     const outcome = core.signalReceived(this.host.core, run, input, new Date());
     if ("code" in outcome) throw new ApiError(Code[outcome.code], outcome.message);
-    await this.host.committed();
+    await this.host.committed([runId]);
     return outcome;
   }
 

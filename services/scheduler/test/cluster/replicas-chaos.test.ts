@@ -51,6 +51,11 @@ function retryable(e: ConnectError): boolean {
   return RETRYABLE.has(e.code) || /NGHTTP2_REFUSED_STREAM/.test(e.message);
 }
 
+/** SIGKILLs every one of `processes` still running (a test's own, when it ends). */
+async function stopAll(processes: readonly ServiceProcess[]): Promise<void> {
+  await Promise.all(processes.map((p) => p.kill()));
+}
+
 interface Replica {
   name: string;
   port: number;
@@ -195,6 +200,8 @@ describe("three scheduler replicas under SIGKILL, SIGSTOP and a PostgreSQL resta
     const executors: ServiceProcess[] = [];
     for (let i = 0; i < EXECUTORS; i++)
       executors.push(await startExecutorProcess(`chaos-${i}`, replicas[0]?.address ?? "", executorEnv(8)));
+    // A failed test leaves no process behind to serve the next one's database.
+    t.after(() => stopAll([gateway.process, ...executors, ...replicas.map((r) => r.process)]));
 
     // Run n starts with the idempotency key `${keyPrefix}${n}`: a StartRun made again after a
     // failure returns the run the first one may have started.
@@ -327,7 +334,7 @@ describe("three scheduler replicas under SIGKILL, SIGSTOP and a PostgreSQL resta
     );
     assert.deepEqual(counted[0], { n: RUNS, keys: RUNS }, "runs in the database");
 
-    await waitFor(`all ${RUNS} runs to be terminal`, done, 240_000);
+    await tables.waitTerminal(runIds, 240_000);
     const { rows } = await tables.pool.query<{ id: string; status: string }>(
       "SELECT id::text, status FROM workflow_runs WHERE id = ANY($1::uuid[])",
       [runIds],
@@ -452,6 +459,7 @@ describe("three scheduler replicas under SIGKILL, SIGSTOP and a PostgreSQL resta
       executors.push(
         await startExecutorProcess(`rolling-${i}`, replicas[0]?.address ?? "", executorEnv(100)),
       );
+    t.after(() => stopAll([...executors, ...replicas.map((r) => r.process)]));
 
     // 200 runs/s, paced, until the rolling restart is over.
     const runIds: string[] = [];
@@ -493,11 +501,7 @@ describe("three scheduler replicas under SIGKILL, SIGSTOP and a PostgreSQL resta
       `${failed.length} StartRun call(s) failed with a code not retryable`,
     );
     assert.ok(runIds.length >= 200, `only ${runIds.length} runs started`);
-    await waitFor(
-      `all ${runIds.length} runs to be terminal`,
-      async () => (await tables.terminalCount(runIds)) === runIds.length,
-      180_000,
-    );
+    await tables.waitTerminal(runIds, 180_000);
     const { rows } = await tables.pool.query<{ status: string; n: number }>(
       "SELECT status, count(*)::int AS n FROM workflow_runs WHERE id = ANY($1::uuid[]) GROUP BY status",
       [runIds],

@@ -4,6 +4,8 @@
  * process started here is tracked so `killAll()` (in `after`) leaves nothing behind.
  */
 import { spawn, type ChildProcess } from "node:child_process";
+import { createWriteStream, mkdirSync, type WriteStream } from "node:fs";
+import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 
 /** The repository root (tsx is resolved from here). */
@@ -39,6 +41,17 @@ export type LogLine = Record<string, unknown> & { msg?: string; raw?: string };
 
 const live = new Set<ServiceProcess>();
 
+/**
+ * TEST_PROCESS_LOG_DIR: when set, every process's output is also written, line by line, to
+ * `<dir>/<name>-<pid>.log` (to read what the services did in a failed run; off by default).
+ */
+function logFile(name: string, pid: number | undefined): WriteStream | undefined {
+  const dir = process.env["TEST_PROCESS_LOG_DIR"];
+  if (dir === undefined || dir === "" || pid === undefined) return undefined;
+  mkdirSync(dir, { recursive: true });
+  return createWriteStream(join(dir, `${name.replace(/[^\w.-]/g, "_")}-${pid}.log`), { flags: "a" });
+}
+
 /** A service process with its captured output. */
 export class ServiceProcess {
   readonly child: ChildProcess;
@@ -61,8 +74,10 @@ export class ServiceProcess {
       stdio: ["ignore", "pipe", "pipe"],
     });
     live.add(this);
+    const file = logFile(name, this.child.pid);
     this.exited = new Promise((resolve) => {
       this.child.once("exit", (code, signal) => {
+        file?.end(`-- exited: ${JSON.stringify({ code, signal })}\n`);
         this.exitStatus = { code, signal };
         live.delete(this);
         this.changed();
@@ -79,6 +94,7 @@ export class ServiceProcess {
           const text = buffered.slice(0, nl);
           buffered = buffered.slice(nl + 1);
           if (text.trim() === "") continue;
+          file?.write(`${text}\n`);
           try {
             this.lines.push(JSON.parse(text) as LogLine);
           } catch {

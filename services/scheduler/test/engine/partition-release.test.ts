@@ -4,14 +4,15 @@
  * (rebalancing's beforeRelease) leaves memory with its runs, the completion accepted just before
  * is committed first, the leases of its runs are cancelled on the session and later reports for
  * them are rejected; the other partitions' runs go on; and the partition taken again loads its
- * runs, which finish without running the step whose success was committed.
+ * runs (reading them again while the database fails), which finish without running the step
+ * whose success was committed.
  */
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import { createLogger } from "@nexusflow/common";
 import { waitFor } from "@nexusflow/common/testing";
 import type { Lease, LeaseKey, SessionResponse } from "@nexusflow/gen";
-import { partitionOf } from "../../src/cluster/partitioning.js";
+import { PartitionFencedError, partitionOf } from "../../src/cluster/partitioning.js";
 import { Definitions } from "../../src/engine/definitions.js";
 import type { SessionHandle } from "../../src/engine/dispatcher.js";
 import { Engine } from "../../src/engine/engine.js";
@@ -154,9 +155,24 @@ describe("an Engine's runs follow the partitions it holds", () => {
       "nothing of the runs handed over was written since",
     );
 
-    // Taken again (at the next epoch): its runs load and finish; the committed step a does not run again.
+    // Taken again (at the next epoch) while the database refuses the first two reads: the load is
+    // made again until its runs are in memory; they finish, and the committed step a does not run again.
     held.set(moved, 2);
-    await engine.partitions.load([moved]);
+    const loadActive = store.loadActive.bind(store);
+    let refused = 0;
+    store.loadActive = (scope) => {
+      if (refused < 2) {
+        refused++;
+        return Promise.reject(new Error("connection terminated (the database restarting)"));
+      }
+      return loadActive(scope);
+    };
+    try {
+      await engine.partitions.load([moved]);
+    } finally {
+      store.loadActive = loadActive;
+    }
+    assert.equal(refused, 2);
     assert.ok(movedRuns.every((id) => engine.isActive(id)));
     await waitFor(
       "the runs of the partition taken again to finish",
@@ -166,5 +182,105 @@ describe("an Engine's runs follow the partitions it holds", () => {
     assert.equal(leaseOf(movedRuns[0] as string, "a").length, 1, "the committed step a ran once");
     for (const id of movedRuns.slice(1)) assert.equal(leaseOf(id, "a").length, 2, `run ${id}: a again`);
     assert.equal(engine.partitions.stats.revokedLeases, stillLeased.length);
+  });
+});
+
+describe("a lease granted in a commit the fence refused", () => {
+  const store = new MemoryEngineStore();
+  const partitions: HeldPartitions = {
+    partitionCount: COUNT,
+    epochOf: () => 1,
+    held: () => Array.from({ length: COUNT }, (_, partition) => ({ partition, epoch: 1 })),
+  };
+  const engine = new Engine({
+    store,
+    definitions: new Definitions(new MemoryDefinitionStore(), log),
+    log,
+    partitions,
+    sessionTimeoutMs: 1000,
+    heartbeatIntervalMs: 200,
+  });
+  const session = new Session();
+
+  before(async () => {
+    await engine.start();
+    await engine.definitions.register({ name: "one", version: 1, steps: [{ id: "a", type: "work" }] });
+    engine.attach(session, []);
+  });
+  after(async () => {
+    await engine.stop();
+  });
+
+  /** Makes the next commit end as one the fence refused for `lost` (after committing, as the writer's next try does). */
+  const fenceNext = (lost: () => number): { readonly met: number; restore(): void } => {
+    const flush = store.flush.bind(store);
+    const state = {
+      met: 0,
+      restore: () => {
+        store.flush = flush;
+      },
+    };
+    store.flush = () => {
+      if (state.met > 0) return flush();
+      state.met++;
+      return flush().then(() => {
+        throw new PartitionFencedError([lost()], "partition lost");
+      });
+    };
+    return state;
+  };
+
+  it("answers a StartRun whose commit the fence refused for another partition once it is committed", async () => {
+    const before = new Set(store.read().runs.keys());
+    // The partition after the new run's (committed by then) is the one lost.
+    const fence = fenceNext(() => {
+      const created = [...store.read().runs.keys()].find((id) => !before.has(id));
+      return created === undefined ? 0 : (partitionOf(created, COUNT) + 1) % COUNT;
+    });
+    try {
+      const { runId } = await engine.startRun({
+        workflowName: "one",
+        workflowVersion: 0,
+        input: {},
+        idempotencyKey: "",
+        labels: {},
+      });
+      assert.equal(fence.met, 1, "its commit met the fence");
+      assert.ok(store.read().runs.has(runId));
+    } finally {
+      fence.restore();
+    }
+  });
+
+  it("is sent once committed when its run's partition is still held, its slot not lost", async () => {
+    const { runId } = await engine.startRun({
+      workflowName: "one",
+      workflowVersion: 0,
+      input: {},
+      idempotencyKey: "",
+      labels: {},
+    });
+    // The next commit is refused for another replica's partition, as the writer does: the changes
+    // of the partitions still held commit on its next try, yet every waiter of the refused one is
+    // rejected (the lease pump's among them).
+    const fence = fenceNext(() => (partitionOf(runId, COUNT) + 1) % COUNT);
+    try {
+      assert.equal(engine.onCredit(session, 2), null);
+      await waitFor("the lease of a sent", () => session.leased.some((l) => l.runId === runId));
+    } finally {
+      fence.restore();
+    }
+    assert.equal(fence.met, 1, "the lease's grant met the fence");
+    // Two slots given: the runs' leases (this one's, the StartRun's above) took them, none was lost.
+    await waitFor("both runs leased", () => session.leased.length === 2);
+    assert.equal(session.credit, 0, "a slot per lease sent");
+    const lease = session.leased.find((l) => l.runId === runId);
+    assert.ok(lease?.key !== undefined);
+    assert.equal(
+      engine.onStarted(session, lease.key) ??
+        engine.onCompleted(session, lease.key, { ok: true }, null, null),
+      null,
+    );
+    await waitFor("the run to succeed", () => store.read().runs.get(runId)?.status === "SUCCEEDED");
   });
 });

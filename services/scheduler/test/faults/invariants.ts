@@ -9,7 +9,7 @@ import assert from "node:assert/strict";
 import pg from "pg";
 import { RunStatus } from "@nexusflow/gen";
 import { compileWorkflow, isRetryableError, type CompiledWorkflow } from "../../src/dag/index.js";
-import { outboxEvents } from "../support.js";
+import { outboxEvents, waitFor } from "../support.js";
 
 /** Run statuses after which nothing changes. */
 export const TERMINAL_RUN_STATUSES: ReadonlySet<string> = new Set([
@@ -355,6 +355,59 @@ export class FaultTables {
       [runIds, [...TERMINAL_RUN_STATUSES]],
     );
     return rows[0]?.n ?? 0;
+  }
+
+  /**
+   * Waits (up to `timeoutMs`) until every one of `runIds` is terminal; on timeout fails with what
+   * the first unfinished ones look like (run status, partition and its owner, each task's status
+   * and attempts), so a run that is stuck can be understood from the failure alone.
+   */
+  async waitTerminal(runIds: readonly string[], timeoutMs: number): Promise<void> {
+    try {
+      await waitFor(
+        `all ${runIds.length} runs to be terminal`,
+        async () => (await this.terminalCount(runIds)) === runIds.length,
+        timeoutMs,
+      );
+    } catch (e) {
+      throw new Error(
+        `${(e as Error).message}\n${await this.describeUnfinished(runIds).catch((d: unknown) => String(d))}`,
+        {
+          cause: e,
+        },
+      );
+    }
+  }
+
+  /** The first `limit` of `runIds` not terminal, one line each with their tasks and attempts. */
+  async describeUnfinished(runIds: readonly string[], limit = 8): Promise<string> {
+    const { rows } = await this.pool.query<{ line: string; n: number }>(
+      `WITH open AS (
+         SELECT r.id, r.status, r.workflow_name, r.updated_at,
+                nexusflow_partition_of(r.id, (SELECT partition_count FROM cluster_settings)) AS p
+           FROM workflow_runs r
+          WHERE r.id = ANY($1::uuid[]) AND NOT (r.status = ANY($2::text[])))
+       SELECT format('run %s %s (%s) partition %s owner %s lease %s, updated %s ago: %s',
+                o.id, o.status, o.workflow_name, o.p, pa.owner, pa.lease_expires_at - now(), now() - o.updated_at,
+                (SELECT string_agg(format('%s/%s=%s#%s[%s]', t.kind, t.step_id, t.status, t.attempt,
+                          (SELECT string_agg(format('%s:%s@%s', a.number, a.status, a.executor_id), ' ' ORDER BY a.number)
+                             FROM task_attempts a WHERE a.task_run_id = t.id)), ', ' ORDER BY t.created_at)
+                   FROM task_runs t WHERE t.run_id = o.id)) AS line,
+              (SELECT count(*)::int FROM open) AS n
+         FROM open o LEFT JOIN partitions pa ON pa.partition = o.p
+        ORDER BY o.updated_at LIMIT $3`,
+      [runIds, [...TERMINAL_RUN_STATUSES], limit],
+    );
+    const { rows: parts } = await this.pool.query<{ line: string }>(
+      `SELECT format('%s: owner %s epoch %s lease %s', partition, owner, epoch, lease_expires_at - now()) AS line
+         FROM partitions ORDER BY partition`,
+    );
+    return [
+      `${rows[0]?.n ?? 0} run(s) not terminal; the first:`,
+      ...rows.map((r) => `  ${r.line}`),
+      "partitions:",
+      ...parts.map((r) => `  ${r.line}`),
+    ].join("\n");
   }
 
   /** Closes the pool. */
