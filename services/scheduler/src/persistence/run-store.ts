@@ -166,7 +166,12 @@ const ATTEMPT_COLUMNS = columns<AttemptRow>([
 ]);
 
 const RUN_SQL = `SELECT ${RUN_COLUMNS} FROM workflow_runs WHERE id = $1`;
-const TASKS_SQL = `SELECT ${TASK_COLUMNS} FROM task_runs WHERE run_id = ANY($1::uuid[]) ORDER BY kind DESC, position ASC`;
+/**
+ * Steps in definition order, compensations after them; a map step's elements (`each[3]`) in index
+ * order (they share their step's position), so that a run reads the same on every call.
+ */
+const TASKS_SQL = `SELECT ${TASK_COLUMNS} FROM task_runs WHERE run_id = ANY($1::uuid[])
+  ORDER BY kind DESC, position ASC, substring(step_id from '\\[([0-9]+)\\]$')::int ASC NULLS FIRST, step_id ASC`;
 const ATTEMPTS_SQL = `SELECT ${ATTEMPT_COLUMNS} FROM task_attempts WHERE run_id = ANY($1::uuid[]) ORDER BY number ASC`;
 // The partial index on parent_run_id holds child runs only.
 const CHILDREN_SQL = `SELECT id, parent_step_id AS "parentStepId" FROM workflow_runs WHERE parent_run_id = $1`;

@@ -181,9 +181,13 @@ describe("map steps", () => {
         valueToJson(each.output),
         Array.from({ length: 1000 }, (_, i) => i * 2),
       );
-      // Every element is a task row of its own, once.
+      // Every element is a task row of its own, once, listed in index order after its step.
       const elements = run.tasks.filter((t) => t.stepId.startsWith("each["));
       assert.equal(elements.length, 1000);
+      assert.deepEqual(
+        elements.map((t) => t.stepId),
+        Array.from({ length: 1000 }, (_, i) => `each[${i}]`),
+      );
       assert.ok(elements.every((t) => t.status === TaskStatus.SUCCEEDED && t.attempts.length === 1));
       for (let i = 0; i < 1000; i++) assert.equal(calls.get(`fan-${i}`), 1, `element ${i} ran once`);
       const overlap = await maxOverlap(sql, runId, "each");
