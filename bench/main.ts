@@ -22,6 +22,12 @@ import {
   type ThroughputResult,
 } from "./sections/queue.js";
 import { failoverSection, failoverTargets, type FailoverResult } from "./sections/failover.js";
+import {
+  partitioningSection,
+  partitioningTable,
+  partitioningTargets,
+  type PartitioningResult,
+} from "./sections/partitioning.js";
 import { recoverySection, recoveryTargets, type RecoveryResult } from "./sections/recovery.js";
 import {
   compositionSection,
@@ -71,6 +77,8 @@ export interface BenchReport {
   /** `--only recovery`: SIGKILLed executors' tasks running again. */
   recovery?: RecoveryResult;
   failover?: FailoverResult;
+  /** `--only partitioning`: one scheduler in process without and with cluster mode. */
+  partitioning?: PartitioningResult;
   /** `--tracing`: the share of runs sampled and what the sink received. */
   tracing?: { sampleRatio: number } & SinkStats;
   targets?: Target[];
@@ -236,6 +244,13 @@ export async function runBench(argv: readonly string[], io: BenchIo): Promise<Be
         report.failover = await failoverSection(ctx);
       });
       if (report.failover !== undefined) print(failoverTable(report.failover));
+    }
+
+    if (want("partitioning") && options.systems.includes("nexusflow")) {
+      await section("partitioning", async () => {
+        report.partitioning = await partitioningSection(ctx);
+      });
+      if (report.partitioning !== undefined) print(partitioningTable(report.partitioning));
     }
 
     report.targets = targets(report);
@@ -629,6 +644,7 @@ export function targets(r: BenchReport): Target[] {
   }
   if (r.recovery !== undefined) out.push(...recoveryTargets(r.recovery));
   if (r.failover !== undefined) out.push(...failoverTargets(r.failover));
+  if (r.partitioning !== undefined) out.push(...partitioningTargets(r.partitioning));
   if (r.composition !== undefined) out.push(...compositionTargets(r.composition));
   if (r.flow !== undefined) out.push(...flowTargets(r.flow));
   return out;

@@ -150,4 +150,41 @@ describe("bench smoke run", () => {
       await rm(out, { recursive: true, force: true });
     }
   });
+
+  it(
+    "runs the partitioning section: a scheduler without and with cluster mode, alternating",
+    { timeout: 150_000 },
+    async () => {
+      const out = await mkdtemp(join(tmpdir(), "nf-bench-smoke-"));
+      try {
+        const printed: string[] = [];
+        const report: BenchReport = await runBench(
+          ["--only", "partitioning", "--scale", "0.005", "--systems", "nexusflow", "--out", out],
+          { print: (s) => printed.push(s), note: () => undefined },
+        );
+        assert.deepEqual(report.errors, []);
+        const r = report.partitioning;
+        const modes = ["sole", "sole", "cluster-1", "sole", "cluster-1"];
+        assert.deepEqual(
+          r?.drains.map((d) => d.mode),
+          modes,
+        );
+        assert.deepEqual(
+          r?.openLoops.map((o) => o.mode),
+          modes,
+        );
+        assert.deepEqual(
+          r?.drains.map((d) => d.warmUp),
+          [true, false, false, false, false],
+        );
+        for (const d of r?.drains ?? []) assert.ok(d.tasksPerSecond > 0 && d.tasks === 100, d.mode);
+        for (const o of r?.openLoops ?? []) assert.ok(o.notStarted === 0 && o.p50 > 0, o.mode);
+        assert.ok(Number.isFinite(r?.drainRatio) && Number.isFinite(r?.openLoopRatio.p99));
+        assert.ok(report.targets?.some((t) => t.target === "cost of partitioning, one replica in process"));
+        assert.ok(printed.join("\n").includes("without and with cluster mode"));
+      } finally {
+        await rm(out, { recursive: true, force: true });
+      }
+    },
+  );
 });

@@ -13,12 +13,16 @@ export const SECTIONS = [
   "retention",
   "recovery",
   "failover",
+  "partitioning",
 ] as const;
 /** One section name. */
 export type Section = (typeof SECTIONS)[number];
-/** The sections run without --only: recovery and failover (minutes of killed processes) only when named. */
+/**
+ * The sections run without --only: recovery and failover (minutes of killed processes) and
+ * partitioning (cluster mode's cost, ten phases) only when named.
+ */
 export const DEFAULT_SECTIONS: readonly Section[] = SECTIONS.filter(
-  (s) => s !== "recovery" && s !== "failover",
+  (s) => s !== "recovery" && s !== "failover" && s !== "partitioning",
 );
 /** The systems compared in sections 1, 2 and 5 (and 3, those with a workflow model). */
 export const SYSTEMS = ["nexusflow", "pg-boss", "graphile-worker", "dbos"] as const;
@@ -62,6 +66,7 @@ export const USAGE = `usage: npm run bench -- [--only ${SECTIONS.join("|")}[,...
               retention: the drain beside a purge of old runs (Nexusflow);
               recovery: SIGKILLed executors' tasks running again (Nexusflow; only when named)
               failover: SIGKILLed scheduler replicas' runs leased again (Nexusflow; only when named)
+              partitioning: one scheduler without and with cluster mode, in process (only when named)
   --scale     multiply sizes and durations (e.g. 0.1 for a quick run)
   --systems   systems compared in throughput, latency and cost (dag: nexusflow, dbos)
   --rates     open-loop arrival rates in runs/s (default 100,500,1000 and half our drain rate)

@@ -50,6 +50,11 @@ export interface NexusflowOptions {
    * @default none
    */
   noopStep?: Record<string, unknown>;
+  /**
+   * Cluster mode (SCHEDULER_CLUSTER): the scheduler is one replica holding every partition, its
+   * commits fenced (the `partitioning` section). @default false (the one-per-database lock)
+   */
+  cluster?: boolean;
   /** Record the scheduler's and executors' Prometheus metrics, scraped every 15 s. @default false */
   metrics?: boolean;
   /**
@@ -133,6 +138,7 @@ export class NexusflowSystem implements QueueSystem {
       databaseUrl: this.options.url,
       log: this.log,
       ...(this.options.poolSize === undefined ? {} : { poolSize: this.options.poolSize }),
+      ...(this.options.cluster === true ? { cluster: true } : {}),
       ...(this.options.runRetentionMs === undefined ? {} : { runRetentionMs: this.options.runRetentionMs }),
       ...(this.options.runRetentionIntervalMs === undefined
         ? {}
