@@ -55,7 +55,8 @@ import {
 import { type CompiledExecutorOptions, type ExecutorOptions, compileExecutorOptions } from "./options.js";
 import { toValue } from "./payload.js";
 import { type LedgerEntry, type Report, type SendReport } from "./report-ledger.js";
-import { type Link, type LeaseRoute, creditGrants, creditWithdrawals, newLink } from "./replica-links.js";
+import { IdleWatch } from "./idle-watch.js";
+import { type Link, type LeaseRoute, newLink, planCredit } from "./replica-links.js";
 import { ReplicaDiscovery } from "./replica-discovery.js";
 import { type ReplicaMap, ownerOfRun } from "./replica-map.js";
 import { type SessionCall, SchedulerSession, type SessionEnd, openSessionCall } from "./scheduler-session.js";
@@ -115,6 +116,8 @@ export class Executor {
   #map: ReplicaMap | undefined;
   /** When the replicas are asked for (replica-discovery.ts); set up by start(). */
   #replicas: ReplicaDiscovery | undefined;
+  /** Shares the slots again when a replica's session turns idle or busy (idle-watch.ts). */
+  readonly #idle = new IdleWatch({ links: () => this.#links.values(), changed: () => this.#grant(true) });
   /**
    * Whether several replicas were seen (a map listing two, or a session to another replica): a
    * lease's run may then move between replicas, so a Cancel for a moved partition and a NOT_FOUND
@@ -282,6 +285,7 @@ export class Executor {
         }
       }
       this.#replicas?.stop();
+      this.#idle.stop();
       this.#enter({ t: "stopped" });
     });
     return this.#stopped;
@@ -361,6 +365,7 @@ export class Executor {
 
     this.#enter(closing(this.#state));
     this.#replicas?.stop();
+    this.#idle.stop();
     run.closing.abort();
     const links = [...this.#links.values()];
     for (const link of links) link.closing.abort();
@@ -639,7 +644,12 @@ export class Executor {
       this.#replicas?.stop();
       for (const other of this.#links.values()) if (!other.primary) this.#retireSoon(other);
     }
-    if (first) this.#replicas?.start();
+    // A fresh session is not idle before it had the time to lease.
+    link.lastLeaseAt = performance.now();
+    if (first) {
+      this.#replicas?.start();
+      this.#idle.start();
+    }
   }
 
   /**
@@ -682,8 +692,9 @@ export class Executor {
   }
 
   #onLease(link: Link, lease: Lease): void {
-    // The scheduler spent one credit of this session on it.
+    // The scheduler spent one credit of this session on it: its replica has work (not idle).
     if (link.credit > 0) link.credit--;
+    link.lastLeaseAt = performance.now();
     if (!hasKey(lease)) {
       this.#logger.warn(
         { task_type: lease.taskType, run_id: lease.runId },
@@ -769,34 +780,23 @@ export class Executor {
   /**
    * Grants the free slots (every slot neither running a task nor granted as credit on a live
    * session) to the live sessions, each replica's share about proportional to the partitions it
-   * holds (replica-links.ts creditGrants). With one session: every free slot, as always.
+   * holds, an idle one's given to those with work (replica-links.ts creditShares, creditGrants).
+   * With one session: every free slot, as always.
    */
   #grant(rebalance = false): void {
     if (!takesWork(this.#state)) return;
-    const live: Link[] = [];
-    let credit = 0;
-    for (const link of this.#links.values()) {
-      if (link.retired || link.session?.live !== true) continue;
-      live.push(link);
-      credit += link.credit;
-    }
     const map = this.#map;
-    const weightOf = (link: Link): number => map?.replicas.get(link.replicaId)?.partitions ?? 0;
-    let free = this.#options.slots - this.#tasks.size - credit;
-    if (rebalance && live.length > 1) {
-      // Credit a replica does not need goes to those below their share (a replica that joined).
-      for (const [link, n] of creditWithdrawals(live, free, this.#options.slots, weightOf)) {
-        link.credit -= n;
-        free += n;
-        link.session?.write({ case: "credit", value: create(CreditSchema, { withdraw: n }) });
-      }
-    }
-    if (free <= 0 || live.length === 0) return;
-    const grants = creditGrants(live, free, this.#options.slots, weightOf);
-    for (const [link, n] of grants) {
-      link.credit += n;
+    const plan = planCredit(this.#links.values(), {
+      slots: this.#options.slots,
+      running: this.#tasks.size,
+      weightOf: (link) => map?.replicas.get(link.replicaId)?.partitions ?? 0,
+      rebalance,
+      now: performance.now(),
+    });
+    for (const [link, n] of plan.withdrawals)
+      link.session?.write({ case: "credit", value: create(CreditSchema, { withdraw: n }) });
+    for (const [link, n] of plan.grants)
       link.session?.write({ case: "credit", value: create(CreditSchema, { n }) });
-    }
   }
 
   /**

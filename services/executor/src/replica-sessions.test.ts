@@ -221,6 +221,58 @@ void describe("an executor given one replica's address", () => {
     );
   });
 
+  it("gives the slots of a replica with nothing to lease to the one with work, and back", async () => {
+    const a = await new FakeReplica("replica-idle-a").start();
+    const b = await new FakeReplica("replica-idle-b").start();
+    replicas.push(a, b);
+    a.map = mapOf(a, b);
+    b.map = a.map;
+    const running: (() => void)[] = [];
+    const executor = new Executor({
+      schedulerAddress: a.address,
+      executorId: "executor-idle",
+      slots: 8,
+      replicaRefreshMs: 100,
+      reconnect: { initialDelayMs: 20, maxDelayMs: 200 },
+      drainTimeoutMs: 2_000,
+      logger,
+    });
+    executors.push(executor);
+    executor.register(
+      "t",
+      () =>
+        new Promise((resolve) => {
+          running.push(() => resolve({ ok: true }));
+        }),
+    );
+    await executor.start();
+    await b.until("b's share of the credit", () => (credit(b.all()) === 2 ? true : undefined));
+    const lease = (r: FakeReplica, n: number, partition: number) =>
+      r.send(0, {
+        case: "lease",
+        value: create(LeaseSchema, {
+          key: { taskRunId: `${r.id}-task-${n}`, attempt: 1, fencingToken: 1n },
+          runId: runIn(partition, n),
+          stepId: "s",
+          taskType: "t",
+        }),
+      });
+    // b has work (it spends its 2), a has none: a keeps one slot (its floor), b gets the other 5.
+    lease(b, 1, 12);
+    lease(b, 2, 13);
+    await a.until("a's credit down to its floor", () => (credit(a.all()) === 1 ? true : undefined));
+    await b.until("b granted a's slots", () => (credit(b.all()) === 7 ? true : undefined));
+    // Now a has work and b, holding 5 unspent, none: they go back to a as b's stay unspent.
+    lease(a, 3, 0);
+    await a.until("a's slots back", () => (credit(a.all()) >= 6 ? true : undefined));
+    // (b's Credit withdraw and a's grant are written in the same turn, on two streams.)
+    await b.until("b's unspent credit taken back", () => (credit(b.all()) <= 3 ? true : undefined));
+    const left = credit(b.all());
+    assert.ok(left === 2 || left === 3, `b keeps its two running (and at most its floor): ${left}`);
+    assert.ok(credit(a.all()) + left <= 8, "never more credit than slots");
+    for (const done of running) done();
+  });
+
   it("with one replica in the map, keeps one session with every slot, as with a single scheduler", async () => {
     const a = await new FakeReplica("replica-solo").start();
     replicas.push(a);
