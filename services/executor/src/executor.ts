@@ -881,6 +881,9 @@ export class Executor {
     for (const replica of map.replicas.values()) {
       const reached = this.#byReplica.get(replica.id);
       if ((reached !== undefined && !reached.retired) || this.#links.has(replica.id)) continue;
+      // At the configured address: the primary link reaches it (a restarted scheduler has a new
+      // replica id; its session re-attaches there with the reports it kept).
+      if (replica.address === this.#primary?.address) continue;
       if (!takesWork(this.#state)) continue;
       this.#openLink(run, replica.id, replica.address);
     }
