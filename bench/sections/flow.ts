@@ -14,7 +14,14 @@
 import { scaled } from "../lib/cli.js";
 import { formatTable } from "../lib/table.js";
 import type { BenchContext } from "./context.js";
-import { latencyPhase, throughputPhase, type LatencyResult, type ThroughputResult } from "./queue.js";
+import {
+  latencyPhase,
+  openLoopFigures,
+  throughputPhase,
+  type LatencyResult,
+  type OpenLoopFigures,
+  type ThroughputResult,
+} from "./queue.js";
 
 /** Tasks per drain. */
 export const FLOW_TASKS = 20_000;
@@ -40,17 +47,9 @@ export interface FlowVariant {
 }
 
 /** One open-loop phase of section 9. */
-export interface FlowOpenLoop {
+export interface FlowOpenLoop extends OpenLoopFigures {
   variant: "plain" | "gated" | "warm-up";
   declared: string;
-  rate: number;
-  runs: number;
-  /** Scheduled send to the handler's start, ms (first second discarded). */
-  p50: number;
-  p99: number;
-  achievedPerSecond: number;
-  notStarted: number;
-  cpuMsPerTask: { benchProcess: number; postgres: number } | undefined;
 }
 
 /** Open-loop rate of section 9, per second, and its length. */
@@ -143,17 +142,7 @@ export async function flowSection(ctx: BenchContext): Promise<FlowResult> {
     const r: LatencyResult = await latencyPhase(ctx, "nexusflow", FLOW_RATE, seconds, () =>
       ctx.nexusflow(`flow-lat-${variant}`, fields(variant)),
     );
-    return {
-      variant,
-      declared,
-      rate: FLOW_RATE,
-      runs: r.runs,
-      p50: r.scheduleToStart.p50,
-      p99: r.scheduleToStart.p99,
-      achievedPerSecond: r.achievedPerSecond,
-      notStarted: r.notStarted,
-      cpuMsPerTask: r.cpu.perTaskMs,
-    };
+    return { variant, declared, ...openLoopFigures(r) };
   });
   return {
     warmUp: drains.warmUp,

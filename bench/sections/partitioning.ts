@@ -12,7 +12,7 @@
 import { scaled } from "../lib/cli.js";
 import { formatTable } from "../lib/table.js";
 import type { BenchContext } from "./context.js";
-import { latencyPhase, throughputPhase } from "./queue.js";
+import { latencyPhase, openLoopFigures, throughputPhase, type OpenLoopFigures } from "./queue.js";
 
 /** No-op runs of each drain at scale 1. */
 export const PARTITIONING_TASKS = 20_000;
@@ -37,17 +37,9 @@ export interface PartitioningDrain {
 }
 
 /** One open loop. */
-export interface PartitioningOpenLoop {
+export interface PartitioningOpenLoop extends OpenLoopFigures {
   mode: SchedulerMode;
   warmUp: boolean;
-  rate: number;
-  runs: number;
-  /** Scheduled send to the handler's start, ms (first second discarded). */
-  p50: number;
-  p99: number;
-  achievedPerSecond: number;
-  notStarted: number;
-  cpuMsPerTask: { benchProcess: number; postgres: number } | undefined;
 }
 
 /** Result of the section. */
@@ -105,17 +97,7 @@ export async function partitioningSection(ctx: BenchContext): Promise<Partitioni
     const r = await latencyPhase(ctx, "nexusflow", PARTITIONING_RATE, seconds, () =>
       ctx.nexusflow(`part-lat-${mode}`, options(mode)),
     );
-    return {
-      mode,
-      warmUp,
-      rate: PARTITIONING_RATE,
-      runs: r.runs,
-      p50: r.scheduleToStart.p50,
-      p99: r.scheduleToStart.p99,
-      achievedPerSecond: r.achievedPerSecond,
-      notStarted: r.notStarted,
-      cpuMsPerTask: r.cpu.perTaskMs,
-    };
+    return { mode, warmUp, ...openLoopFigures(r) };
   });
   return {
     drains,

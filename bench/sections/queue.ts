@@ -147,6 +147,32 @@ export async function throughputPhase(
   return result;
 }
 
+/** An open loop's figures as sections 9 and 11 report them. */
+export interface OpenLoopFigures {
+  rate: number;
+  runs: number;
+  /** Scheduled send to the handler's start, ms (first second discarded). */
+  p50: number;
+  p99: number;
+  achievedPerSecond: number;
+  notStarted: number;
+  /** CPU ms per task of the bench process (scheduler and executors) and of PostgreSQL. */
+  cpuMsPerTask: { benchProcess: number; postgres: number } | undefined;
+}
+
+/** The figures of one open loop (see {@link OpenLoopFigures}). */
+export function openLoopFigures(r: LatencyResult): OpenLoopFigures {
+  return {
+    rate: r.rate,
+    runs: r.runs,
+    p50: r.scheduleToStart.p50,
+    p99: r.scheduleToStart.p99,
+    achievedPerSecond: r.achievedPerSecond,
+    notStarted: r.notStarted,
+    cpuMsPerTask: r.cpu.perTaskMs,
+  };
+}
+
 /**
  * Section 2 for one system at one rate: jobs are sent on a fixed schedule (open loop: a slow
  * answer never delays the next send) and latency runs from the scheduled send time to the

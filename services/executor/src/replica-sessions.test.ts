@@ -160,24 +160,36 @@ after(async () => {
   for (const r of replicas) r.server.forceShutdown();
 });
 
+/**
+ * Replicas `<prefix>-a` (partitions 0-11) and `<prefix>-b` (12-15), both listing the two, and an
+ * executor of 8 slots given a's address (not started).
+ */
+async function twoReplicas(
+  prefix: string,
+  executorId: string,
+): Promise<{ a: FakeReplica; b: FakeReplica; executor: Executor }> {
+  const a = await new FakeReplica(`${prefix}-a`).start();
+  const b = await new FakeReplica(`${prefix}-b`).start();
+  replicas.push(a, b);
+  a.map = mapOf(a, b);
+  b.map = a.map;
+  const executor = new Executor({
+    schedulerAddress: a.address,
+    executorId,
+    slots: 8,
+    replicaRefreshMs: 100,
+    reconnect: { initialDelayMs: 20, maxDelayMs: 200 },
+    drainTimeoutMs: 2_000,
+    logger,
+  });
+  executors.push(executor);
+  return { a, b, executor };
+}
+
 void describe("an executor given one replica's address", () => {
   it("opens a session to the other replica, shares its slots by partitions, and reports to each run's owner", async () => {
-    const a = await new FakeReplica("replica-a").start();
-    const b = await new FakeReplica("replica-b").start();
-    replicas.push(a, b);
-    a.map = mapOf(a, b);
-    b.map = a.map;
+    const { a, b, executor } = await twoReplicas("replica", "executor-1");
     let done: (() => void) | undefined;
-    const executor = new Executor({
-      schedulerAddress: a.address,
-      executorId: "executor-1",
-      slots: 8,
-      replicaRefreshMs: 100,
-      reconnect: { initialDelayMs: 20, maxDelayMs: 200 },
-      drainTimeoutMs: 2_000,
-      logger,
-    });
-    executors.push(executor);
     executor.register(
       "t",
       () =>
@@ -222,22 +234,8 @@ void describe("an executor given one replica's address", () => {
   });
 
   it("gives the slots of a replica with nothing to lease to the one with work, and back", async () => {
-    const a = await new FakeReplica("replica-idle-a").start();
-    const b = await new FakeReplica("replica-idle-b").start();
-    replicas.push(a, b);
-    a.map = mapOf(a, b);
-    b.map = a.map;
+    const { a, b, executor } = await twoReplicas("replica-idle", "executor-idle");
     const running: (() => void)[] = [];
-    const executor = new Executor({
-      schedulerAddress: a.address,
-      executorId: "executor-idle",
-      slots: 8,
-      replicaRefreshMs: 100,
-      reconnect: { initialDelayMs: 20, maxDelayMs: 200 },
-      drainTimeoutMs: 2_000,
-      logger,
-    });
-    executors.push(executor);
     executor.register(
       "t",
       () =>

@@ -46,7 +46,8 @@ class Session implements SessionHandle {
   close(): void {}
 }
 
-describe("an Engine's runs follow the partitions it holds", () => {
+/** An Engine on the in-memory stores holding the partitions of `held` (partition -> epoch; every one at epoch 1 to begin with). */
+function engineHolding(): { store: MemoryEngineStore; held: Map<number, number>; engine: Engine } {
   const store = new MemoryEngineStore();
   const held = new Map<number, number>(Array.from({ length: COUNT }, (_, p) => [p, 1]));
   const partitions: HeldPartitions = {
@@ -62,6 +63,11 @@ describe("an Engine's runs follow the partitions it holds", () => {
     sessionTimeoutMs: 1000,
     heartbeatIntervalMs: 200,
   });
+  return { store, held, engine };
+}
+
+describe("an Engine's runs follow the partitions it holds", () => {
+  const { store, held, engine } = engineHolding();
   const session = new Session();
 
   before(async () => {
@@ -186,20 +192,7 @@ describe("an Engine's runs follow the partitions it holds", () => {
 });
 
 describe("a lease granted in a commit the fence refused", () => {
-  const store = new MemoryEngineStore();
-  const partitions: HeldPartitions = {
-    partitionCount: COUNT,
-    epochOf: () => 1,
-    held: () => Array.from({ length: COUNT }, (_, partition) => ({ partition, epoch: 1 })),
-  };
-  const engine = new Engine({
-    store,
-    definitions: new Definitions(new MemoryDefinitionStore(), log),
-    log,
-    partitions,
-    sessionTimeoutMs: 1000,
-    heartbeatIntervalMs: 200,
-  });
+  const { store, engine } = engineHolding();
   const session = new Session();
 
   before(async () => {
@@ -210,6 +203,10 @@ describe("a lease granted in a commit the fence refused", () => {
   after(async () => {
     await engine.stop();
   });
+
+  /** Starts a run of the one-step workflow. */
+  const startOne = () =>
+    engine.startRun({ workflowName: "one", workflowVersion: 0, input: {}, idempotencyKey: "", labels: {} });
 
   /** Makes the next commit end as one the fence refused for `lost` (after committing, as the writer's next try does). */
   const fenceNext = (lost: () => number): { readonly met: number; restore(): void } => {
@@ -238,13 +235,7 @@ describe("a lease granted in a commit the fence refused", () => {
       return created === undefined ? 0 : (partitionOf(created, COUNT) + 1) % COUNT;
     });
     try {
-      const { runId } = await engine.startRun({
-        workflowName: "one",
-        workflowVersion: 0,
-        input: {},
-        idempotencyKey: "",
-        labels: {},
-      });
+      const { runId } = await startOne();
       assert.equal(fence.met, 1, "its commit met the fence");
       assert.ok(store.read().runs.has(runId));
     } finally {
@@ -253,13 +244,7 @@ describe("a lease granted in a commit the fence refused", () => {
   });
 
   it("is sent once committed when its run's partition is still held, its slot not lost", async () => {
-    const { runId } = await engine.startRun({
-      workflowName: "one",
-      workflowVersion: 0,
-      input: {},
-      idempotencyKey: "",
-      labels: {},
-    });
+    const { runId } = await startOne();
     // The next commit is refused for another replica's partition, as the writer does: the changes
     // of the partitions still held commit on its next try, yet every waiter of the refused one is
     // rejected (the lease pump's among them).
