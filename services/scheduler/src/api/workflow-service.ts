@@ -66,9 +66,9 @@ import {
   type ReplicaRouter,
   forwardedBy,
   isRunMoving,
-  keyPartition,
   runMoving,
 } from "../cluster/replica-router.js";
+import { keyPartition } from "../cluster/partitioning.js";
 import { checkExplainPending, explainPending } from "./explain-pending.js";
 import { checkRerunRequest, rerunRun } from "./rerun-run.js";
 import { watchRun } from "./watch-run.js";

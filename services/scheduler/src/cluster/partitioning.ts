@@ -2,7 +2,18 @@
  * Which partition a run belongs to, and the fence every group commit carries (docs/replicas.md).
  * Pure: no I/O. The partition count is fixed per installation (the `cluster_settings` row).
  */
+import { createHash } from "node:crypto";
 import { UnavailableError } from "@nexusflow/common";
+
+/**
+ * The partition of a StartRun idempotency key (`workflowName` and `key`): keyed starts are sent to
+ * its owner, so that two calls with one key made at two replicas at once are answered by one
+ * (engine/keyed-starts.ts makes the second wait for the first).
+ */
+export function keyPartition(workflowName: string, key: string, count: number): number {
+  const digest = createHash("sha256").update(workflowName).update("\u0000").update(key).digest();
+  return digest.readUInt32BE(0) % count;
+}
 
 /** Partitions of a new installation. */
 export const DEFAULT_PARTITION_COUNT = 16;

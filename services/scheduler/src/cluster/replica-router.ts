@@ -17,7 +17,6 @@
  * that header (see api/workflow-service.ts). Clients of replicas that left the table are closed at
  * the next read; {@link ReplicaRouter.stop} closes them all.
  */
-import { createHash } from "node:crypto";
 import { create, fromBinary } from "@bufbuild/protobuf";
 import { anyUnpack } from "@bufbuild/protobuf/wkt";
 import * as grpc from "@grpc/grpc-js";
@@ -117,16 +116,6 @@ export function runMoving(runId: string): ApiError {
 /** Whether `e` is {@link runMoving}'s answer (as an ApiError, after {@link apiErrorOf}). */
 export function isRunMoving(e: unknown): boolean {
   return e instanceof ApiError && e.errorInfo?.reason === RUN_MOVING_REASON;
-}
-
-/**
- * The partition of a StartRun idempotency key (`workflowName` and `key`): keyed starts are sent to
- * its owner, so that two calls with one key made at two replicas at once are answered by one
- * (engine/keyed-starts.ts makes the second wait for the first).
- */
-export function keyPartition(workflowName: string, key: string, count: number): number {
-  const digest = createHash("sha256").update(workflowName).update("\u0000").update(key).digest();
-  return digest.readUInt32BE(0) % count;
 }
 
 /** Whether an error from a gRPC client is one (grpc-js's ServiceError shape). */

@@ -24,7 +24,12 @@ import type { CompiledWorkflow } from "../dag/index.js";
 import * as core from "../core/index.js";
 import type { Core, Moment } from "../core/index.js";
 import { detachRuns, disarmRuns, type DetachedRuns } from "../core/unload.js";
-import { isPartitionFencedError, partitionOf, type OwnedPartition } from "../cluster/partitioning.js";
+import {
+  isPartitionFencedError,
+  keyPartition,
+  partitionOf,
+  type OwnedPartition,
+} from "../cluster/partitioning.js";
 import type { EngineStore, PartitionScope } from "../persistence/engine-store.js";
 import type { RunState } from "../model/run-state.js";
 import type { Definitions } from "./definitions.js";
@@ -148,6 +153,16 @@ export class PartitionRuns {
     const wait = (): void =>
       void this.host.store.flush().then(done, (e: unknown) => (again(e) ? wait() : failed(e)));
     wait();
+  }
+
+  /**
+   * Whether the partition of a StartRun idempotency key (keyPartition) is being handed over from
+   * here (rebalancing): its new owner answers that key once it holds the partition, reading the
+   * runs committed by then, so a run started here for it now could be a second one for the key.
+   */
+  keyMoving(workflowName: string, key: string): boolean {
+    const p = this.host.partitions;
+    return p?.handingOver?.(keyPartition(workflowName, key, p.partitionCount)) === true;
   }
 
   /** Whether the run's partition is held (always, without partitions). */

@@ -9,10 +9,10 @@
  */
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
-import { createLogger } from "@nexusflow/common";
+import { UnavailableError, createLogger } from "@nexusflow/common";
 import { waitFor } from "@nexusflow/common/testing";
 import type { Lease, LeaseKey, SessionResponse } from "@nexusflow/gen";
-import { PartitionFencedError, partitionOf } from "../../src/cluster/partitioning.js";
+import { PartitionFencedError, keyPartition, partitionOf } from "../../src/cluster/partitioning.js";
 import { Definitions } from "../../src/engine/definitions.js";
 import type { SessionHandle } from "../../src/engine/dispatcher.js";
 import { Engine } from "../../src/engine/engine.js";
@@ -47,13 +47,21 @@ class Session implements SessionHandle {
 }
 
 /** An Engine on the in-memory stores holding the partitions of `held` (partition -> epoch; every one at epoch 1 to begin with). */
-function engineHolding(): { store: MemoryEngineStore; held: Map<number, number>; engine: Engine } {
+function engineHolding(): {
+  store: MemoryEngineStore;
+  held: Map<number, number>;
+  /** Partitions being handed over (rebalancing). */
+  moving: Set<number>;
+  engine: Engine;
+} {
   const store = new MemoryEngineStore();
   const held = new Map<number, number>(Array.from({ length: COUNT }, (_, p) => [p, 1]));
+  const moving = new Set<number>();
   const partitions: HeldPartitions = {
     partitionCount: COUNT,
     epochOf: (p) => held.get(p),
     held: () => [...held].map(([partition, epoch]) => ({ partition, epoch })),
+    handingOver: (p) => moving.has(p),
   };
   const engine = new Engine({
     store,
@@ -63,7 +71,7 @@ function engineHolding(): { store: MemoryEngineStore; held: Map<number, number>;
     sessionTimeoutMs: 1000,
     heartbeatIntervalMs: 200,
   });
-  return { store, held, engine };
+  return { store, held, moving, engine };
 }
 
 describe("an Engine's runs follow the partitions it holds", () => {
@@ -192,7 +200,7 @@ describe("an Engine's runs follow the partitions it holds", () => {
 });
 
 describe("a lease granted in a commit the fence refused", () => {
-  const { store, engine } = engineHolding();
+  const { store, moving, engine } = engineHolding();
   const session = new Session();
 
   before(async () => {
@@ -267,5 +275,46 @@ describe("a lease granted in a commit the fence refused", () => {
       null,
     );
     await waitFor("the run to succeed", () => store.read().runs.get(runId)?.status === "SUCCEEDED");
+  });
+
+  it("refuses a keyed start while its key's partition is handed over from here (UNAVAILABLE), not an unkeyed one", async () => {
+    const key = "order-1";
+    moving.add(keyPartition("one", key, COUNT));
+    try {
+      await assert.rejects(
+        engine.startRun({
+          workflowName: "one",
+          workflowVersion: 0,
+          input: {},
+          idempotencyKey: key,
+          labels: {},
+        }),
+        (e: unknown) => e instanceof UnavailableError && /idempotency key is moving/.test(e.message),
+      );
+      assert.equal(
+        [...store.read().runs.values()].some((r) => r.idempotencyKey === key),
+        false,
+        "no run for the key",
+      );
+      await startOne();
+    } finally {
+      moving.clear();
+    }
+    // Once it stayed (the hand-over gave up) or came back: started as usual, once.
+    const first = await engine.startRun({
+      workflowName: "one",
+      workflowVersion: 0,
+      input: {},
+      idempotencyKey: key,
+      labels: {},
+    });
+    const again = await engine.startRun({
+      workflowName: "one",
+      workflowVersion: 0,
+      input: {},
+      idempotencyKey: key,
+      labels: {},
+    });
+    assert.deepEqual([first.created, again.created, again.runId], [true, false, first.runId]);
   });
 });
