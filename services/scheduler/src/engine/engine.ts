@@ -411,11 +411,7 @@ export class Engine {
     this.stateValue = "STOPPED";
   }
 
-  /**
-   * Waits for the commit of everything changed so far, or answers UNAVAILABLE. Given the runs the
-   * call changed, a commit the fence refused for other partitions does not fail it
-   * (PartitionRuns.flushFor).
-   */
+  /** Waits for the commit so far, or UNAVAILABLE; given `runIds`, see PartitionRuns.flushFor. */
   private committed(runIds?: readonly string[]): Promise<void> {
     const flushed = runIds === undefined ? this.store.flush() : this.partitions.flushFor(runIds);
     return commitWithin(flushed, this.commitTimeoutMs);
@@ -453,7 +449,7 @@ export class Engine {
   ): Promise<{ runId: string; created: boolean }> {
     const def = await this.definitions.resolve(req.workflowName, req.workflowVersion);
     checkStartInput(def.workflow, req.input ?? null);
-    this.assertKeyStays(req.workflowName, req.idempotencyKey);
+    this.partitions.assertKeyStays(req.workflowName, req.idempotencyKey);
     const run = core.startRun(
       this.core,
       {
@@ -529,25 +525,13 @@ export class Engine {
     );
   }
 
-  /**
-   * Refuses (UNAVAILABLE, retryable) a keyed start whose key's partition is being handed over from
-   * here. Called right before the run is marked, with no await in between: a release that began
-   * earlier commits the run before it lets the partition go, so the new owner reads it.
-   */
-  private assertKeyStays(workflowName: string, key: string): void {
-    if (key !== "" && this.partitions.keyMoving(workflowName, key))
-      throw new UnavailableError(
-        "the partition of this idempotency key is moving to another scheduler replica; retry with the same key",
-      );
-  }
-
   private async createRerun(
     req: RerunRunInput,
     labels: Record<string, string>,
     hash: string | null,
   ): Promise<{ runId: string; created: boolean }> {
     const start = await rerunStart(this.definitions, req, labels, hash);
-    this.assertKeyStays(req.original.workflowName, req.idempotencyKey);
+    this.partitions.assertKeyStays(req.original.workflowName, req.idempotencyKey);
     const run = core.startRun(this.core, start, new Date());
     this.keyed.remember(run);
     await this.committed([run.id]);

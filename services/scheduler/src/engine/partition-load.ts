@@ -19,7 +19,7 @@
  * partitions (no leases: tests of the engine alone) every run is the engine's.
  */
 import { randomUUID } from "node:crypto";
-import type { Logger } from "@nexusflow/common";
+import { UnavailableError, type Logger } from "@nexusflow/common";
 import type { CompiledWorkflow } from "../dag/index.js";
 import * as core from "../core/index.js";
 import type { Core, Moment } from "../core/index.js";
@@ -156,13 +156,17 @@ export class PartitionRuns {
   }
 
   /**
-   * Whether the partition of a StartRun idempotency key (keyPartition) is being handed over from
-   * here (rebalancing): its new owner answers that key once it holds the partition, reading the
-   * runs committed by then, so a run started here for it now could be a second one for the key.
+   * Refuses (UNAVAILABLE, retryable) a keyed start whose key's partition (keyPartition) is being
+   * handed over from here: its new owner answers that key, reading the runs committed by then, so
+   * a run started here now could be a second one for the key. Called right before the run is
+   * marked, with no await in between: a release that began earlier commits that run first.
    */
-  keyMoving(workflowName: string, key: string): boolean {
+  assertKeyStays(workflowName: string, key: string): void {
     const p = this.host.partitions;
-    return p?.handingOver?.(keyPartition(workflowName, key, p.partitionCount)) === true;
+    if (key !== "" && p?.handingOver?.(keyPartition(workflowName, key, p.partitionCount)) === true)
+      throw new UnavailableError(
+        "the partition of this idempotency key is moving to another scheduler replica; retry with the same key",
+      );
   }
 
   /** Whether the run's partition is held (always, without partitions). */
