@@ -499,16 +499,21 @@ export class Executor {
   }
 
   /**
-   * The link a lease's reports go to: the session of the replica owning its run's partition by
-   * the latest map, else the one it came on (`origin`), else the primary one.
+   * The link a lease's reports go to: the one it came on (`origin`) while the latest map is older
+   * than the lease (`leasedAt`: its replica owned the run's partition when it granted it, which
+   * the map may not show yet); else the session of the replica owning the run's partition by the
+   * latest map, else `origin`, else the primary one.
    */
-  #route(runId: string, origin: Link | undefined): Link {
+  #route(runId: string, origin: Link | undefined, leasedAt?: number): Link {
     const primary = this.#primaryLink();
     if (this.#links.size === 1) return primary;
-    const owner = this.#map === undefined || runId === "" ? undefined : ownerOfRun(this.#map, runId);
+    const viaOrigin = origin !== undefined && !origin.retired && this.#links.get(origin.id) === origin;
+    const map = this.#map;
+    if (viaOrigin && leasedAt !== undefined && (map === undefined || map.askedAt < leasedAt)) return origin;
+    const owner = map === undefined || runId === "" ? undefined : ownerOfRun(map, runId);
     const link = owner === undefined ? undefined : this.#byReplica.get(owner);
     if (link !== undefined && !link.retired) return link;
-    if (origin !== undefined && !origin.retired && this.#links.get(origin.id) === origin) return origin;
+    if (viaOrigin) return origin;
     return primary;
   }
 
@@ -516,19 +521,19 @@ export class Executor {
   #linkFor(key: LeaseKey): Link | undefined {
     if (this.#links.size === 1) return this.#primary;
     const route = this.#routes.get(leaseKeyId(key));
-    return route === undefined ? this.#primary : this.#route(route.runId, route.origin);
+    return route === undefined ? this.#primary : this.#route(route.runId, route.origin, route.leasedAt);
   }
 
   /** Sends a report now, or queues it for the next attached session of its run's replica. */
-  #report(report: Report, runId: string, origin: Link | undefined): void {
-    const link = this.#route(runId, origin);
-    link.ledger.record(report, this.#senderIfLive(link), runId, (origin ?? link).id);
+  #report(report: Report, runId: string, origin: Link | undefined, leasedAt?: number): void {
+    const link = this.#route(runId, origin, leasedAt);
+    link.ledger.record(report, this.#senderIfLive(link), runId, (origin ?? link).id, leasedAt);
   }
 
   /** {@link Executor.#report} of a running (or just ended) attempt. */
   #reportAttempt(report: Report, attempt: TaskAttempt): void {
     const route = this.#routes.get(attempt.id);
-    this.#report(report, route?.runId ?? attempt.lease.runId, route?.origin);
+    this.#report(report, route?.runId ?? attempt.lease.runId, route?.origin, route?.leasedAt);
   }
 
   #senderIfLive(link: Link): SendReport | undefined {
@@ -694,7 +699,8 @@ export class Executor {
   #onLease(link: Link, lease: Lease): void {
     // The scheduler spent one credit of this session on it: its replica has work (not idle).
     if (link.credit > 0) link.credit--;
-    link.lastLeaseAt = performance.now();
+    const leasedAt = performance.now();
+    link.lastLeaseAt = leasedAt;
     if (!hasKey(lease)) {
       this.#logger.warn(
         { task_type: lease.taskType, run_id: lease.runId },
@@ -716,6 +722,7 @@ export class Executor {
         },
         lease.runId,
         link,
+        leasedAt,
       );
       return;
     }
@@ -728,6 +735,7 @@ export class Executor {
         { case: "release", value: create(ReleaseSchema, { key, reason: "no free slot" }) },
         lease.runId,
         link,
+        leasedAt,
       );
       return;
     }
@@ -738,6 +746,7 @@ export class Executor {
       key,
       sentTo: link,
       notFoundSince: undefined,
+      leasedAt,
     });
     link.running++;
     this.#turn.started(attempt);
@@ -846,8 +855,11 @@ export class Executor {
    * last acknowledged report is kept to be sent again by the next map, the task keeps running (a
    * Heartbeat goes to the owner by the next map), and the map is asked for now; for at most the
    * session timeout since the first such rejection (no lease grace lasts longer: by then the new
-   * owner has expired the lease). Returns false (the lease is lost, as always) with one session,
-   * or once that time is over.
+   * owner has expired the lease), once a map asked for after that rejection has come: a map that
+   * cannot be refreshed (the database restarting) says nothing of where the run went, and its
+   * owner may hold the lease meanwhile. A rejection by a replica its reports no longer go to (a
+   * report sent by an older map) is not counted: the report goes to the run's owner now. Returns
+   * false (the lease is lost, as always) with one session, or once that time is over.
    */
   #misroutedTo(link: Link, key: LeaseKey): boolean {
     if (!this.#clustered || this.#replicas?.on !== true) return false;
@@ -855,17 +867,25 @@ export class Executor {
     const id = leaseKeyId(key);
     const entry = link.ledger.sentOn(key);
     const route = this.#routes.get(id);
+    const current =
+      route !== undefined
+        ? this.#route(route.runId, route.origin, route.leasedAt)
+        : entry && this.#route(entry.runId, this.#links.get(entry.origin), entry.leasedAt);
+    const elsewhere = current !== undefined && current !== link;
+    const over = (since: number): boolean =>
+      !elsewhere && now - since > link.sessionTimeoutMs && (this.#map?.askedAt ?? -Infinity) > since;
     if (entry !== undefined && isAcknowledgedReport(entry.report)) {
       const since = this.#misroutedSince.get(entry.report) ?? now;
-      if (now - since > link.sessionTimeoutMs) return false;
+      if (over(since)) return false;
       this.#misroutedSince.set(entry.report, since);
       this.#misrouted.set(id, entry);
     } else if (route !== undefined) {
       route.notFoundSince ??= now;
-      if (now - route.notFoundSince > link.sessionTimeoutMs) return false;
+      if (over(route.notFoundSince)) return false;
       route.sentTo = undefined;
     } else return false;
-    this.#replicas?.soon();
+    if (elsewhere) this.#rebalanceReports();
+    else this.#replicas?.soon();
     return true;
   }
 
@@ -973,22 +993,24 @@ export class Executor {
     const links = gone === undefined ? [...this.#links.values()] : [gone, ...this.#links.values()];
     for (const link of links) {
       moving.push(
-        ...link.ledger.take((e) => link === gone || this.#route(e.runId, this.#links.get(e.origin)) !== link),
+        ...link.ledger.take(
+          (e) => link === gone || this.#route(e.runId, this.#links.get(e.origin), e.leasedAt) !== link,
+        ),
       );
     }
     for (const entry of moving) {
-      const to = this.#route(entry.runId, this.#links.get(entry.origin));
+      const to = this.#route(entry.runId, this.#links.get(entry.origin), entry.leasedAt);
       to.ledger.put(entry, this.#senderIfLive(to));
     }
     for (const [id, entry] of [...this.#misrouted]) {
-      const to = this.#route(entry.runId, this.#links.get(entry.origin));
+      const to = this.#route(entry.runId, this.#links.get(entry.origin), entry.leasedAt);
       const send = this.#senderIfLive(to);
       if (send === undefined) continue;
       this.#misrouted.delete(id);
       to.ledger.put(entry, send);
     }
     for (const route of this.#routes.values()) {
-      const to = this.#route(route.runId, route.origin);
+      const to = this.#route(route.runId, route.origin, route.leasedAt);
       if (to === route.sentTo || to.session?.live !== true) continue;
       route.sentTo = to;
       to.session.report({ case: "heartbeat", value: create(HeartbeatSchema, { key: route.key }) });

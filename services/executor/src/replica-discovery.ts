@@ -103,8 +103,9 @@ export class ReplicaDiscovery {
     for (const client of this.options.clients()) {
       if (!this.#on) return;
       try {
+        const askedAt = performance.now();
         const response = await listReplicas(client, metadata.clone(), LIST_REPLICAS_TIMEOUT_MS);
-        this.options.apply(replicaMapOf(response));
+        this.options.apply(replicaMapOf(response, askedAt));
         return;
       } catch (e) {
         lastError = e;

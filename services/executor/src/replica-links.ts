@@ -134,6 +134,8 @@ export interface LeaseRoute {
   sentTo: Link | undefined;
   /** When a report of it was first rejected NOT_FOUND (its run's partition moving), monotonic ms. */
   notFoundSince: number | undefined;
+  /** When the lease came (monotonic ms). */
+  readonly leasedAt: number;
 }
 
 /**

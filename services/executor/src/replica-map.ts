@@ -30,6 +30,11 @@ export interface ReplicaMap {
   readonly replicas: ReadonlyMap<string, ReplicaEntry>;
   /** Replica id owning each partition (by index); undefined when no live replica holds it. */
   readonly owners: readonly (string | undefined)[];
+  /**
+   * When the call that answered it went out (monotonic ms, performance.now()): it tells who
+   * owned what at some moment after that, so a lease that came later is newer than the map.
+   */
+  readonly askedAt: number;
 }
 
 /**
@@ -44,7 +49,7 @@ export function partitionOfRun(runId: string, partitionCount: number): number | 
 }
 
 /** The map of a ListReplicas answer: the live replicas with an address. */
-export function replicaMapOf(response: ListReplicasResponse): ReplicaMap {
+export function replicaMapOf(response: ListReplicasResponse, askedAt = 0): ReplicaMap {
   const replicas = new Map<string, ReplicaEntry>();
   const owners: (string | undefined)[] = Array.from({ length: Math.max(0, response.partitionCount) });
   for (const r of response.replicas) {
@@ -53,7 +58,7 @@ export function replicaMapOf(response: ListReplicasResponse): ReplicaMap {
     for (const p of r.partitions)
       if (p.partition >= 0 && p.partition < owners.length) owners[p.partition] = r.replicaId;
   }
-  return { partitionCount: response.partitionCount, replicas, owners };
+  return { partitionCount: response.partitionCount, replicas, owners, askedAt };
 }
 
 /** The replica owning `runId`'s partition by `map`, if known. */

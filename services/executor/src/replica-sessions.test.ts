@@ -18,6 +18,7 @@ import {
   type ListReplicasResponse,
   ListReplicasResponseSchema,
   LeaseSchema,
+  RejectedSchema,
   ReplicaService,
   type SessionRequest,
   type SessionResponse,
@@ -40,6 +41,15 @@ class FakeReplica {
   map: ListReplicasResponse = create(ListReplicasResponseSchema);
   /** ListReplicas calls answered. */
   lists = 0;
+  /** Whether ListReplicas fails (UNAVAILABLE: its database restarting), and how often it did. */
+  listing: "answer" | "fail" = "answer";
+  failedLists = 0;
+  /** The session timeout its AttachAck gives. */
+  sessionTimeoutMs = 5_000;
+  /** The code a report is rejected with (before it is acknowledged), if any. */
+  reject: (m: Request) => string | undefined = () => undefined;
+  /** Reports rejected. */
+  readonly rejected: Request[] = [];
   port = 0;
   readonly server = new grpc.Server();
 
@@ -52,8 +62,13 @@ class FakeReplica {
         _call: grpc.ServerUnaryCall<unknown, ListReplicasResponse>,
         callback: grpc.sendUnaryData<ListReplicasResponse>,
       ) => {
-        this.lists++;
-        callback(null, this.map);
+        if (this.listing === "fail") {
+          this.failedLists++;
+          callback({ code: grpc.status.UNAVAILABLE, details: "the database is restarting" });
+        } else {
+          this.lists++;
+          callback(null, this.map);
+        }
         this.events.emit("change");
       },
     });
@@ -111,6 +126,14 @@ class FakeReplica {
           : [request.message];
       for (const m of items) {
         messages.push(m);
+        const code = this.reject(m);
+        if (code !== undefined && m.value !== undefined && "key" in m.value) {
+          this.rejected.push(m);
+          this.send(index, {
+            case: "rejected",
+            value: create(RejectedSchema, { key: m.value.key, code, message: `rejected ${m.case}` }),
+          });
+        }
         if (isAcknowledgedReport(m)) reports++;
       }
       if (items.some(isAcknowledgedReport))
@@ -121,7 +144,7 @@ class FakeReplica {
           value: create(AttachAckSchema, {
             sessionId: `${this.id}-session-${index}`,
             heartbeatIntervalMs: 1_000,
-            sessionTimeoutMs: 5_000,
+            sessionTimeoutMs: this.sessionTimeoutMs,
             protocolVersion: 2,
             replicaId: this.id,
           }),
@@ -133,15 +156,25 @@ class FakeReplica {
   }
 }
 
-/** The map of replicas `a` (partitions 0 to 11) and `b` (12 to 15) of 16. */
-function mapOf(a: FakeReplica, b: FakeReplica): ListReplicasResponse {
-  const partitions = (from: number, to: number): { partition: number }[] =>
-    Array.from({ length: to - from + 1 }, (_, i) => ({ partition: from + i }));
+/** The map of replicas `a` (partitions 0 to 11, but those `moved`) and `b` (12 to 15, and `moved`) of 16. */
+function mapOf(a: FakeReplica, b: FakeReplica, moved: readonly number[] = []): ListReplicasResponse {
+  const all = Array.from({ length: 16 }, (_, p) => p);
+  const ofB = (p: number): boolean => p >= 12 || moved.includes(p);
   return create(ListReplicasResponseSchema, {
     partitionCount: 16,
     replicas: [
-      { replicaId: a.id, address: a.address, live: true, partitions: partitions(0, 11) },
-      { replicaId: b.id, address: b.address, live: true, partitions: partitions(12, 15) },
+      {
+        replicaId: a.id,
+        address: a.address,
+        live: true,
+        partitions: all.filter((p) => !ofB(p)).map((partition) => ({ partition })),
+      },
+      {
+        replicaId: b.id,
+        address: b.address,
+        live: true,
+        partitions: all.filter(ofB).map((partition) => ({ partition })),
+      },
     ],
   });
 }
@@ -302,5 +335,104 @@ void describe("an executor given one replica's address", () => {
       a.all().some((m) => m.case === "credit" && m.value.withdraw !== 0),
       false,
     );
+  });
+
+  it("reports a lease to the replica that granted it while the replica map is older than the lease", async () => {
+    const { a, b, executor } = await twoReplicas("newer", "executor-n");
+    let done: (() => void) | undefined;
+    executor.register("t", () => new Promise((resolve) => (done = () => resolve({ ok: true }))));
+    await executor.start();
+    await b.until("b's share of the credit", () => (credit(b.all()) === 2 ? true : undefined));
+    // The map can no longer be refreshed: it says partition 3 is a's, but b took it since and
+    // leases a task of a run there.
+    a.listing = "fail";
+    b.listing = "fail";
+    b.send(0, {
+      case: "lease",
+      value: create(LeaseSchema, {
+        key: { taskRunId: "task-n", attempt: 1, fencingToken: 3n },
+        runId: runIn(3, 2),
+        stepId: "s",
+        taskType: "t",
+      }),
+    });
+    const of = (m: Request): boolean =>
+      (m.case === "started" || m.case === "heartbeat" || m.case === "completed") &&
+      m.value.key?.taskRunId === "task-n";
+    await b.until("the task's start at the replica that leased it", () =>
+      b.all().some((m) => m.case === "started" && of(m)) && done !== undefined ? true : undefined,
+    );
+    done?.();
+    await b.until("its completion there", () =>
+      b.all().some((m) => m.case === "completed" && of(m)) ? true : undefined,
+    );
+    assert.deepEqual(
+      a
+        .all()
+        .filter(of)
+        .map((m) => m.case),
+      [],
+      "nothing of it to the owner by the stale map",
+    );
+  });
+
+  it("keeps a task whose reports meet NOT_FOUND for as long as the replica map cannot be refreshed", async () => {
+    const { a, b, executor } = await twoReplicas("stale", "executor-s");
+    a.sessionTimeoutMs = 200;
+    b.sessionTimeoutMs = 200;
+    let finish: (() => void) | undefined;
+    let aborted = false;
+    executor.register(
+      "beating",
+      (_input, ctx) =>
+        new Promise((resolve, reject) => {
+          // The handler's own heartbeats (throttled to one per 50 ms by the lease's timeout).
+          const beat = setInterval(() => ctx.heartbeat(), 10);
+          finish = () => {
+            clearInterval(beat);
+            resolve({ ok: true });
+          };
+          ctx.signal.addEventListener("abort", () => {
+            aborted = true;
+            clearInterval(beat);
+            reject(new Error("aborted"));
+          });
+        }),
+    );
+    await executor.start();
+    await b.until("b's share of the credit", () => (credit(b.all()) === 2 ? true : undefined));
+    // The run's partition moves from a to b while the database restarts: a no longer knows the
+    // run (NOT_FOUND) and nobody can list the replicas.
+    a.listing = "fail";
+    b.listing = "fail";
+    const key = { taskRunId: "task-s", attempt: 1, fencingToken: 5n };
+    a.reject = (m) =>
+      m.case === "heartbeat" && m.value.key?.taskRunId === "task-s" ? "NOT_FOUND" : undefined;
+    a.send(0, {
+      case: "lease",
+      value: create(LeaseSchema, {
+        key,
+        runId: runIn(3, 3),
+        stepId: "s",
+        taskType: "beating",
+        heartbeatTimeoutMs: 200,
+      }),
+    });
+    // Ten rejected heartbeats, at least 50 ms apart: more than twice the session timeout.
+    await a.until("ten heartbeats rejected NOT_FOUND", () => (a.rejected.length >= 10 ? true : undefined));
+    assert.equal(aborted, false, "the task still runs");
+    // The map comes back: the run's owner is b now, which adopts the lease on its heartbeat.
+    a.map = mapOf(a, b, [3]);
+    b.map = a.map;
+    a.listing = "answer";
+    b.listing = "answer";
+    await b.until("a heartbeat of the task at its new owner", () =>
+      b.all().some((m) => m.case === "heartbeat" && m.value.key?.taskRunId === "task-s") ? true : undefined,
+    );
+    finish?.();
+    await b.until("its completion there", () =>
+      b.all().some((m) => m.case === "completed" && m.value.key?.taskRunId === "task-s") ? true : undefined,
+    );
+    assert.equal(aborted, false);
   });
 });

@@ -25,6 +25,8 @@ export interface LedgerEntry {
   readonly report: Report;
   readonly runId: string;
   readonly origin: string;
+  /** When its lease came (monotonic ms): a replica map asked for before that is older than it. */
+  readonly leasedAt?: number | undefined;
 }
 
 /** Writes a message on the attached session; false when the session can take nothing more. */
@@ -75,8 +77,8 @@ export class ReportLedger {
   }
 
   /** Sends `report` with `send` (undefined: no attached session), or queues it if it cannot go now. */
-  record(report: Report, send: SendReport | undefined, runId = "", origin = ""): void {
-    this.put({ report, runId, origin }, send);
+  record(report: Report, send: SendReport | undefined, runId = "", origin = "", leasedAt?: number): void {
+    this.put({ report, runId, origin, leasedAt }, send);
   }
 
   /** {@link ReportLedger.record} of an entry (one moved from another ledger). */
