@@ -225,6 +225,7 @@ export class Engine {
       live: () => this.stateValue === "RUNNING" || this.stateValue === "RECOVERING",
       moment: () => this.moment(),
       owns: (runId: string) => this.partitions.owns(runId),
+      heldAt: (runId: string) => this.partitions.heldAt(runId),
     };
     const parking = options.parking;
     this.parking = parking && new Parking({ ...host, parking }, parking);

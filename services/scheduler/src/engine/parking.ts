@@ -63,6 +63,11 @@ export interface ParkingHost {
   live(): boolean;
   /** Whether the run's partition is held by this replica (partition-load.ts): only then is it loaded. */
   owns(runId: string): boolean;
+  /**
+   * The epoch at which the run's partition is held (0 without partitions), undefined when it is
+   * not: a run is loaded from rows read under the epoch it is recovered under, or not at all.
+   */
+  heldAt(runId: string): number | undefined;
   moment(): Moment;
 }
 
@@ -217,6 +222,9 @@ export class Parking {
 
   private async loadParked(runId: string): Promise<RunState | undefined> {
     const { host } = this;
+    // Rows read now are the run's as long as its partition stays held at this epoch (the fence).
+    const epoch = host.heldAt(runId);
+    if (epoch === undefined) throw notHeld(runId);
     // The status first: a run that ended (a late signal, a cancel) is not read whole.
     const outcome = await host.store.runOutcome(runId);
     const rows =
@@ -239,7 +247,7 @@ export class Parking {
     for (const id of children) this.pinned.set(id, (this.pinned.get(id) ?? 0) + 1);
     try {
       await this.loadAll(children);
-      return await this.recoverParked(runId, rows, workflow, keys);
+      return await this.recoverParked(runId, epoch, rows, workflow, keys);
     } finally {
       for (const id of children) {
         const n = (this.pinned.get(id) ?? 1) - 1;
@@ -249,9 +257,15 @@ export class Parking {
     }
   }
 
-  /** Recovers a parked run from its rows, once its parked rows are deleted. */
+  /**
+   * Recovers a parked run from its rows, read while its partition was held at `epoch`, once its
+   * parked rows are deleted (fenced: only while that epoch holds). Not when the partition was lost
+   * meanwhile, even if taken again: another replica may have changed the run since the rows were
+   * read, and a copy left in memory would be taken for the run's state by the next load.
+   */
   private async recoverParked(
     runId: string,
+    epoch: number,
     rows: StoredRunRows,
     workflow: CompiledWorkflow,
     keys: ReadonlyMap<string, { requestHash: string }>,
@@ -261,9 +275,12 @@ export class Parking {
     const present = host.core.runs.get(runId);
     if (present !== undefined) return present;
     if (!host.live()) throw new UnavailableError("the scheduler is stopping");
-    if (!host.owns(runId)) throw notHeld(runId);
+    if (host.heldAt(runId) !== epoch) throw notHeld(runId);
     // Not parked: not this scheduler's to load (recovering, or ended meanwhile).
     if (!(await host.parking.store.unpark(runId))) return host.core.runs.get(runId);
+    // Lost while its parked rows were deleted: the replica that took the partition after that
+    // delete loads the run as any active one.
+    if (host.heldAt(runId) !== epoch) throw notHeld(runId);
     const hashes = new Map([...keys].map(([id, k]) => [id, k.requestHash]));
     const { runs } = core.recover(
       host.core,

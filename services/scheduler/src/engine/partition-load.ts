@@ -171,8 +171,13 @@ export class PartitionRuns {
 
   /** Whether the run's partition is held (always, without partitions). */
   owns(runId: string): boolean {
+    return this.heldAt(runId) !== undefined;
+  }
+
+  /** The epoch at which the run's partition is held: 0 without partitions, undefined when not held. */
+  heldAt(runId: string): number | undefined {
     const p = this.host.partitions;
-    return p === undefined || p.epochOf(partitionOf(runId, p.partitionCount)) !== undefined;
+    return p === undefined ? 0 : p.epochOf(partitionOf(runId, p.partitionCount));
   }
 
   /**

@@ -16,6 +16,7 @@ import { RunStatus } from "@nexusflow/gen";
 import type { Executor, TaskContext } from "@nexusflow/executor";
 import pg from "pg";
 import { partitionOf } from "../../src/cluster/partitioning.js";
+import { PostgresParkedRuns } from "../../src/persistence/parked-runs.js";
 import type { Scheduler } from "../../src/scheduler.js";
 import {
   registerSpec,
@@ -299,6 +300,63 @@ describe("a scheduler's runs follow its partitions", () => {
     for (const id of movedNaps) assert.equal((await waitForRun(client, id)).status, RunStatus.SUCCEEDED);
     await client.signalRun({ runId: movedApproval, name: "approval", payload: jsonToValue("late") });
     assert.equal((await waitForRun(client, movedApproval)).status, RunStatus.SUCCEEDED);
+  });
+
+  it("does not load a parked run whose partition is lost while its parked rows are deleted", async () => {
+    const client = workflowClient(scheduler.address);
+    const count = scheduler.partitions.partitionCount;
+    await registerSpec(client, {
+      name: "approval-lost",
+      version: 1,
+      steps: [{ id: "approve", wait: { signal: "approval", timeout: "24h" } }],
+    });
+    const runId = await startRunOf(client, "approval-lost");
+    const moved = partitionOf(runId, count);
+    await waitFor(
+      `run ${runId} parked`,
+      async () =>
+        !scheduler.engine.isActive(runId) &&
+        (await sql.query("SELECT 1 FROM parked_runs WHERE run_id = $1", [runId])).rowCount === 1,
+    );
+    // Another replica takes the partition right after the scheduler deleted the run's parked rows
+    // (fenced: still its own then), before the run is recovered into memory.
+    const unpark = Object.getOwnPropertyDescriptor(PostgresParkedRuns.prototype, "unpark")?.value as (
+      this: PostgresParkedRuns,
+      id: string,
+    ) => Promise<boolean>;
+    PostgresParkedRuns.prototype.unpark = async function (this: PostgresParkedRuns, id: string) {
+      const deleted = await unpark.call(this, id);
+      if (id === runId) {
+        await sql.query(
+          "UPDATE partitions SET owner = $1, epoch = epoch + 1, lease_expires_at = now() + interval '1 hour' WHERE partition = $2",
+          [randomUUID(), moved],
+        );
+        await waitFor("the partition to be lost", () => scheduler.partitions.epochOf(moved) === undefined);
+      }
+      return deleted;
+    };
+    let refused: unknown;
+    try {
+      refused = await client.signalRun({ runId, name: "approval", payload: jsonToValue("early") }).then(
+        () => undefined,
+        (e: unknown) => e,
+      );
+    } finally {
+      PostgresParkedRuns.prototype.unpark = unpark;
+    }
+    assert.ok(refused instanceof ConnectError, String(refused));
+    assert.equal(refused.code, Code.Unavailable);
+    assert.equal(scheduler.engine.isActive(runId), false, "no copy of the run left in memory");
+
+    // Handed back: the run is loaded as an active one (no longer parked), and takes the signal.
+    await sql.query("UPDATE partitions SET owner = NULL, lease_expires_at = now() WHERE partition = $1", [
+      moved,
+    ]);
+    await waitFor("the partition taken again", () => scheduler.partitions.epochOf(moved) !== undefined);
+    await waitFor("the run loaded", () => scheduler.engine.isActive(runId));
+    await client.signalRun({ runId, name: "approval", payload: jsonToValue("late") });
+    const ended = await waitForRun(client, runId);
+    assert.equal(ended.status, RunStatus.SUCCEEDED);
   });
 });
 
