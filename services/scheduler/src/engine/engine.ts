@@ -194,6 +194,7 @@ export class Engine {
     this.keyed = new KeyedStarts(
       { lookup: (name, key, notBefore) => this.store.lookupKey(name, key, notBefore) },
       options.idempotencyKeyRetentionMs ?? 24 * 60 * 60 * 1000,
+      (runId) => this.committed([runId]),
     );
     this.store.listen({
       committed: (changes) => {

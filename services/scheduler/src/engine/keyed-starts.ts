@@ -46,6 +46,8 @@ export class KeyedStarts {
     private readonly store: KeyLookup,
     /** How long a key names its run. */
     private readonly retentionMs: number,
+    /** Resolves once what was marked for the run is committed. @default at once */
+    private readonly committed: (runId: string) => Promise<void> = () => Promise.resolve(),
   ) {}
 
   /**
@@ -83,10 +85,14 @@ export class KeyedStarts {
   ): Promise<Named & { created: boolean }> {
     const notBefore = Date.now() - this.retentionMs;
     const active = this.active.get(scope);
-    const found =
-      active !== undefined && active.createdAt >= notBefore
-        ? active
-        : await this.store.lookup(req.workflowName, req.idempotencyKey, new Date(notBefore));
+    if (active !== undefined && active.createdAt >= notBefore) {
+      const answer = this.answer(req, active, hash);
+      // Its start may not be committed yet (that call gave up waiting for the database and failed,
+      // its run still in memory): answered once it is, so the run named can be read.
+      await this.committed(active.runId);
+      return { ...answer, requestHash: active.requestHash };
+    }
+    const found = await this.store.lookup(req.workflowName, req.idempotencyKey, new Date(notBefore));
     if (found !== undefined) return { ...this.answer(req, found, hash), requestHash: found.requestHash };
     return { ...(await start(hash)), requestHash: hash };
   }

@@ -168,6 +168,48 @@ describe("StartRun idempotency keys", () => {
     assert.deepEqual(rows, [{ n: 1 }], "no run was started by the refused calls");
   });
 
+  it("answers a call repeated after the first gave up waiting for its commit once the run is committed", async () => {
+    const key = `uncommitted-${Date.now()}`;
+    const request = { workflowName: "idem-held", input: jsonToValue({ n: 7 }), idempotencyKey: key };
+    // Commits that write a key wait (the table is locked against writes; reads go on): the first
+    // call gives up after the engine's commit timeout with UNAVAILABLE, its run still in memory.
+    const locker = await pool.connect();
+    let unlocked = false;
+    const unlock = async (): Promise<void> => {
+      if (unlocked) return;
+      unlocked = true;
+      await locker.query("COMMIT");
+    };
+    try {
+      await locker.query("BEGIN");
+      await locker.query("LOCK TABLE idempotency_keys IN SHARE MODE");
+      const first = await failure(client.startRun(request));
+      assert.equal(first.code, Code.Unavailable, first.message);
+      // The same call again, still uncommitted: never NOT_FOUND for the run its key names.
+      const again = await client.startRun(request).then(
+        (r) => r,
+        (e: unknown) => e,
+      );
+      if (again instanceof ConnectError) assert.equal(again.code, Code.Unavailable, again.message);
+      else assert.equal((again as { created: boolean }).created, false);
+      await unlock();
+    } finally {
+      await unlock().catch(() => undefined);
+      locker.release();
+    }
+    const settled = await client.startRun(request);
+    assert.equal(settled.created, false);
+    const { rows } = await pool.query<{ id: string }>(
+      "SELECT id::text FROM workflow_runs WHERE workflow_name = $1 AND idempotency_key = $2",
+      ["idem-held", key],
+    );
+    assert.deepEqual(
+      rows.map((r) => r.id),
+      [settled.run?.id],
+    );
+    await client.cancelRun({ runId: settled.run?.id ?? "" });
+  });
+
   it("starts one run for racing identical calls", async () => {
     const key = `race-${Date.now()}`;
     const request = { workflowName: "idem-a", input: jsonToValue({ n: 7 }), idempotencyKey: key };
