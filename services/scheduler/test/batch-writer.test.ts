@@ -207,6 +207,71 @@ describe("batch writer (PostgreSQL)", () => {
     }
   });
 
+  it("writes the events of a commit that may have landed once, when its retry is large enough to split", async () => {
+    // A pool whose next statement commits and then reports a broken connection; meanwhile enough
+    // is marked for the retry to be split in two by run.
+    let lose = 0;
+    let meanwhile = (): void => undefined;
+    const pool = {
+      connect: async () => {
+        const client = await db.writerPool.connect();
+        return {
+          query: async (q: pg.QueryConfig) => {
+            const result = await client.query(q);
+            if (lose > 0) {
+              lose--;
+              meanwhile();
+              throw Object.assign(new Error("Connection terminated unexpectedly"), { code: undefined });
+            }
+            return result;
+          },
+          release: (broken?: boolean) => client.release(broken),
+        };
+      },
+    } as unknown as pg.Pool;
+    const writer = new BatchWriter({ pool, log: testLogger("writer"), retryInitialMs: 10, retryMaxMs: 10 });
+    try {
+      const now = new Date();
+      const newRun = (): RunState =>
+        newRunState({
+          definitionId,
+          workflow: { name: "writer", version: 1, timeoutMs: null } as CompiledWorkflow,
+          input: null,
+          idempotencyKey: null,
+          labels: {},
+          now,
+        });
+      const half = (r: RunState): number => r.id.charCodeAt(r.id.length - 1) & 1;
+      // Two runs that a split puts in different halves, their events in one outbox row.
+      const x = newRun();
+      let y = newRun();
+      while (half(y) === half(x)) y = newRun();
+      const marked: RunState[] = [];
+      for (const run of [x, y]) {
+        writer.markRun(run);
+        writer.markTask(newTaskState(run.id, "only", "STEP", "noop", 0, now));
+        writer.addEvent(lifecycleEvent(run, { case: "runStarted", value: {} }));
+      }
+      meanwhile = () => {
+        for (let i = 0; i < 200; i++) marked.push(markRun(writer, `split-${i}`));
+      };
+      lose = 1;
+      await writer.flush();
+      assert.equal(writer.stats.failedCommits, 1);
+      const events = await outboxEvents(db.pool, [x.id, y.id, ...marked.map((r) => r.id)]);
+      const perRun = new Map<string, number>();
+      for (const e of events) perRun.set(e.runId, (perRun.get(e.runId) ?? 0) + 1);
+      assert.equal(marked.length, 200);
+      assert.deepEqual(
+        [x, y, ...marked].filter((r) => perRun.get(r.id) !== 1).map((r) => [r.id, perRun.get(r.id) ?? 0]),
+        [],
+        "each run's runStarted once",
+      );
+    } finally {
+      await writer.close();
+    }
+  });
+
   it("keeps a task's latest attempt in its row and moves the ones it passed to the history", async () => {
     const writer = new BatchWriter({ pool: db.writerPool, log: testLogger("writer") });
     try {

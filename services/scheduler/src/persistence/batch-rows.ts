@@ -215,11 +215,14 @@ export type MayExist = (row: RunState | TaskState | OutboxRow) => boolean;
 /**
  * What was marked, as one part, or as two parts by run when the batch is large: a large statement
  * keeps one PostgreSQL backend (one core) busy for tens of milliseconds while the leases it carries
- * wait; two halves on two connections commit in about half the time.
+ * wait; two halves on two connections commit in about half the time. Never split while it holds
+ * events of a statement that may have committed: they are written again as the outbox rows they
+ * were in, each row named by its first event, and a row split by run would be named anew (its
+ * other runs' events written twice when the first commit had landed).
  */
 export function takeParts(written: WrittenRows, changes: Changes, mayExist: MayExist = () => true): Part[] {
   const { runs, tasks, attempts, events } = changes;
-  if (runs.size + tasks.size < SPLIT_ROWS)
+  if (runs.size + tasks.size < SPLIT_ROWS || events.some((e) => mayExist(e)))
     return [snapshot(written, mayExist, runs, tasks, attempts, events, 0)];
   const empty = () => ({
     runs: new Map<string, RunState>(),
