@@ -4,6 +4,7 @@
  * events included, are never written twice).
  */
 import assert from "node:assert/strict";
+import { randomUUID } from "node:crypto";
 import type pg from "pg";
 import { after, before, describe, it } from "node:test";
 import type { CompiledWorkflow } from "../src/dag/index.js";
@@ -15,6 +16,7 @@ import {
   type RunState,
   type TaskState,
 } from "../src/model/run-state.js";
+import { isPartitionFencedError, partitionOf } from "../src/cluster/partitioning.js";
 import { BatchWriter } from "../src/persistence/batch-writer.js";
 import { openDatabase, type Database } from "../src/persistence/database.js";
 import { markQueuedRun, outboxEvents, startTestDatabase, testLogger, waitFor } from "./support.js";
@@ -269,6 +271,49 @@ describe("batch writer (PostgreSQL)", () => {
       );
     } finally {
       await writer.close();
+    }
+  });
+
+  it("names every partition the fence refused to the waiters when both halves of a batch are refused", async () => {
+    // This writer holds every partition but 2 and 3 (at epoch 1, as the partitions table says):
+    // a run's partition is its id's last hex digit, which also picks its half (2 even, 3 odd).
+    const replicaId = randomUUID();
+    await db.pool.query(
+      `INSERT INTO partitions (partition, owner, epoch, lease_expires_at)
+       SELECT g, $1, 1, now() + interval '1 hour' FROM generate_series(0, 15) g
+       ON CONFLICT (partition) DO UPDATE SET owner = $1, epoch = 1, lease_expires_at = now() + interval '1 hour'`,
+      [replicaId],
+    );
+    const lost = new Set([2, 3]);
+    const writer = new BatchWriter({
+      pool: db.writerPool,
+      log: testLogger("writer"),
+      fence: {
+        replicaId,
+        partitionCount: 16,
+        epochOf: (p) => (lost.has(p) ? undefined : 1),
+        fenced: () => undefined,
+      },
+    });
+    try {
+      const runs = Array.from({ length: 300 }, () => markRun(writer, "writer"));
+      const partition = (r: RunState): number => partitionOf(r.id, 16);
+      assert.ok(runs.some((r) => partition(r) === 2) && runs.some((r) => partition(r) === 3));
+      const refused = await writer.flush().then(
+        () => undefined,
+        (e: unknown) => e,
+      );
+      assert.ok(isPartitionFencedError(refused), String(refused));
+      assert.deepEqual(refused.partitions, [2, 3], "both halves' lost partitions");
+      // The runs of the partitions held were kept and are committed by the next flush.
+      await writer.flush();
+      const kept = runs.filter((r) => !lost.has(partition(r))).map((r) => r.id);
+      assert.deepEqual(await counts(kept), { runs: kept.length, tasks: kept.length, outbox: kept.length });
+      const dropped = runs.filter((r) => lost.has(partition(r))).map((r) => r.id);
+      assert.deepEqual(await counts(dropped), { runs: 0, tasks: 0, outbox: 0 });
+    } finally {
+      await writer.close();
+      await db.pool.query("UPDATE partitions SET owner = NULL, lease_expires_at = now()");
     }
   });
 

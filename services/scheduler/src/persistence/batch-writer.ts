@@ -26,7 +26,7 @@ import {
   fencedByDatabase,
   isPartitionFencedError,
   partitionOf,
-  type PartitionFencedError,
+  PartitionFencedError,
   type WriteFence,
 } from "../cluster/partitioning.js";
 import { runsOf, subPart, takeParts, type Part } from "./batch-rows.js";
@@ -179,13 +179,14 @@ export class BatchWriter extends PendingChanges {
       // transaction; a run's changes and events are always in one part, so each run stays atomic.
       const results = await Promise.allSettled(parts.map((part) => this.commit(part)));
       let failure: unknown;
-      let fenced: PartitionFencedError | undefined;
+      // Every part's refusal: a waiter reads from it whether its runs' changes were dropped.
+      const refusals: PartitionFencedError[] = [];
       const failed: Part[] = [];
       for (const [i, result] of results.entries()) {
         const part = parts[i] as Part;
         if (result.status === "fulfilled") this.committedPart(part, result.value);
         else if (isPartitionFencedError(result.reason)) {
-          fenced ??= result.reason;
+          refusals.push(result.reason);
           // The runs of partitions still held were rolled back with the others: again, at once.
           const again = this.fencedPart(part, result.reason);
           if (again !== undefined) failed.push(again);
@@ -208,6 +209,7 @@ export class BatchWriter extends PendingChanges {
         this.putBack(part);
       }
       // Some of these waiters' changes were dropped by the fence: none of them may read "committed".
+      const fenced = mergeRefusals(refusals);
       if (fenced !== undefined) for (const w of waiters) w.reject(fenced);
       if (failure === undefined) {
         if (!this.healthy) this.options.log.info("database commits succeed again");
@@ -371,4 +373,15 @@ export class BatchWriter extends PendingChanges {
     this.closePending();
     this.retryWake?.();
   }
+}
+
+/**
+ * One refusal naming every partition the parts' refusals name (each part is fenced on its own):
+ * a waiter whose runs are in none of them knows its changes were kept and committed again.
+ */
+function mergeRefusals(refusals: readonly PartitionFencedError[]): PartitionFencedError | undefined {
+  const [first] = refusals;
+  if (refusals.length <= 1) return first;
+  const partitions = [...new Set(refusals.flatMap((r) => r.partitions))].sort((a, b) => a - b);
+  return new PartitionFencedError(partitions, refusals.map((r) => r.message).join("; "), { cause: first });
 }
