@@ -317,6 +317,65 @@ describe("batch writer (PostgreSQL)", () => {
     }
   });
 
+  it("refuses a waiter that waits again after a refusal when what was kept is refused in turn", async () => {
+    const replicaId = randomUUID();
+    await db.pool.query(
+      `INSERT INTO partitions (partition, owner, epoch, lease_expires_at)
+       SELECT g, $1, 1, now() + interval '1 hour' FROM generate_series(0, 15) g
+       ON CONFLICT (partition) DO UPDATE SET owner = $1, epoch = 1, lease_expires_at = now() + interval '1 hour'`,
+      [replicaId],
+    );
+    // Partition 2 is lost; partition 4 is lost right after the first refusal (as a replica that
+    // learns of both at once): the kept run of partition 4 is refused on its retry.
+    const lost = new Set([2]);
+    const writer = new BatchWriter({
+      pool: db.writerPool,
+      log: testLogger("writer"),
+      fence: {
+        replicaId,
+        partitionCount: 16,
+        epochOf: (p) => (lost.has(p) ? undefined : 1),
+        fenced: () => void lost.add(4),
+      },
+    });
+    try {
+      // A run id's partition is its last hex digit (of 16).
+      const inPartition = (p: number): RunState => {
+        const run = newRunState({
+          id: `${randomUUID().slice(0, -1)}${p.toString(16)}`,
+          definitionId,
+          workflow: { name: "writer", version: 1, timeoutMs: null } as CompiledWorkflow,
+          input: null,
+          idempotencyKey: null,
+          labels: {},
+          now: new Date(),
+        });
+        assert.equal(partitionOf(run.id, 16), p);
+        writer.markRun(run);
+        writer.markTask(newTaskState(run.id, "only", "STEP", "noop", 0, new Date()));
+        writer.addEvent(lifecycleEvent(run, { case: "runStarted", value: {} }));
+        return run;
+      };
+      const dropped = inPartition(2);
+      const kept = inPartition(4);
+      // As PartitionRuns.whenCommitted: refused for partitions other than its run's, it waits again.
+      const committed = (): Promise<void> =>
+        writer.flush().catch((e: unknown) => {
+          if (isPartitionFencedError(e) && !e.partitions.includes(4)) return committed();
+          throw e;
+        });
+      const outcome = await committed().then(
+        () => "committed",
+        (e: unknown) => (isPartitionFencedError(e) ? `refused ${e.partitions.join(",")}` : String(e)),
+      );
+      assert.equal(outcome, "refused 4", "the kept run was refused in turn");
+      assert.deepEqual(await counts([dropped.id, kept.id]), { runs: 0, tasks: 0, outbox: 0 });
+    } finally {
+      await writer.close();
+      await db.pool.query("UPDATE partitions SET owner = NULL, lease_expires_at = now()");
+    }
+  });
+
   it("keeps a task's latest attempt in its row and moves the ones it passed to the history", async () => {
     const writer = new BatchWriter({ pool: db.writerPool, log: testLogger("writer") });
     try {

@@ -216,6 +216,10 @@ export class BatchWriter extends PendingChanges {
         this.healthy = true;
         delay = this.retryInitialMs;
         if (fenced === undefined) for (const w of waiters) w.resolve();
+        // The refused waiters whose runs were kept wait again (PartitionRuns.whenCommitted) in
+        // their rejection's callbacks: a turn first, so that they are in the commit of what was
+        // kept (refused in turn, it must reject them too; they would read "committed" after it).
+        else await new Promise<void>((resolve) => setImmediate(resolve));
         continue;
       }
       // What failed is back in front of what accumulated meanwhile (see putBack); its waiters wait
