@@ -359,9 +359,12 @@ export class PartitionRuns {
           epochs.get(partitionOf(id, held.partitionCount)));
     const runs = stored.runs.filter((r) => mine(r.id));
     const ids = new Set(runs.map((r) => r.id));
-    const left = stored.runs.filter((r) => !ids.has(r.id)).map((r) => r.id);
+    // Rows read and left out, but not those of runs in memory (recovered by an earlier try of this
+    // load): the writer must go on taking their rows for stored (their next write an update).
+    const away = (runId: string): boolean => !ids.has(runId) && !host.core.runs.has(runId);
+    const left = stored.runs.filter((r) => away(r.id)).map((r) => r.id);
     if (left.length > 0)
-      host.store.released?.([...left, ...stored.tasks.filter((t) => !ids.has(t.runId)).map((t) => t.id)]);
+      host.store.released?.([...left, ...stored.tasks.filter((t) => away(t.runId)).map((t) => t.id)]);
     const hashes = new Map([...keys].map(([runId, k]) => [runId, k.requestHash]));
     // Leases whose executor does not come back expire a session timeout less a heartbeat after the
     // restart: their tasks run elsewhere within the timeout (live executors re-attach within 5 s).

@@ -199,6 +199,69 @@ describe("an Engine's runs follow the partitions it holds", () => {
   });
 });
 
+describe("a load of a partition taken whose commit fails after its runs are in memory", () => {
+  const { store, held, engine } = engineHolding();
+
+  before(async () => {
+    await engine.start();
+    await engine.definitions.register({ name: "one", version: 1, steps: [{ id: "a", type: "work" }] });
+  });
+  after(async () => {
+    await engine.stop();
+  });
+
+  it("is made again without telling the writer that the runs it recovered are not stored", async () => {
+    const ids: string[] = [];
+    for (let i = 0; i < 12; i++)
+      ids.push(
+        (
+          await engine.startRun({
+            workflowName: "one",
+            workflowVersion: 0,
+            input: {},
+            idempotencyKey: "",
+            labels: {},
+          })
+        ).runId,
+      );
+    const moved = partitionOf(ids[0] as string, COUNT);
+    const movedRuns = ids.filter((id) => partitionOf(id, COUNT) === moved);
+    held.delete(moved);
+    engine.partitions.unload([moved], "taken by another replica");
+    assert.ok(movedRuns.every((id) => !engine.isActive(id)));
+
+    // Taken again: the first try recovers the runs, then its commit fails (the database
+    // restarting); the second reads them again and finds them in memory.
+    held.set(moved, 2);
+    const loadActive = store.loadActive.bind(store);
+    const flush = store.flush.bind(store);
+    let reads = 0;
+    const forgotten: string[] = [];
+    store.loadActive = (scope) => {
+      reads++;
+      return loadActive(scope);
+    };
+    store.flush = () => (reads < 2 ? Promise.reject(new Error("connection terminated")) : flush());
+    // EngineStore.released (the database store's: the writer forgets the ids it was told were stored).
+    const told = store as MemoryEngineStore & { released?: (ids: Iterable<string>) => void };
+    told.released = (released) => void forgotten.push(...released);
+    try {
+      await engine.partitions.load([moved]);
+    } finally {
+      store.loadActive = loadActive;
+      store.flush = flush;
+      delete told.released;
+    }
+    assert.equal(reads, 2);
+    assert.ok(movedRuns.every((id) => engine.isActive(id)));
+    assert.deepEqual(
+      forgotten.filter((id) => movedRuns.includes(id)),
+      [],
+      "the runs in memory are still taken for stored",
+    );
+  });
+});
+
 describe("a lease granted in a commit the fence refused", () => {
   const { store, moving, engine } = engineHolding();
   const session = new Session();
