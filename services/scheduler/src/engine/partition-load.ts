@@ -25,6 +25,7 @@ import * as core from "../core/index.js";
 import type { Core, Moment } from "../core/index.js";
 import { detachRuns, disarmRuns, type DetachedRuns } from "../core/unload.js";
 import {
+  PartitionFencedError,
   isPartitionFencedError,
   keyPartition,
   partitionOf,
@@ -124,7 +125,8 @@ export class PartitionRuns {
    * for partitions lost rejects every one of its waiters, though the writer commits the changes of
    * the partitions still held on its next try: while each run's partition is still held at the
    * epoch it had, the flush is awaited again. Rejects with the fence's error once one of them is
-   * lost (its changes were dropped), or with any other failure.
+   * lost (its changes were dropped), when one's partition is not held at that epoch once the
+   * commit is made (it moved meanwhile: its changes may have been dropped), or with any other failure.
    */
   flushFor(runIds: readonly string[]): Promise<void> {
     return new Promise((resolve, reject) => this.whenCommitted(runIds, resolve, reject));
@@ -150,8 +152,33 @@ export class PartitionRuns {
         return epochs[i] !== undefined && !lost.has(partition) && p.epochOf(partition) === epochs[i];
       });
     };
+    /**
+     * A commit counts for the runs only while each one's partition is still held at the epoch it
+     * had: else their changes may have been dropped (refused with others, or marked under an
+     * earlier hold) in a commit this wait was not in, and "committed" would be a guess.
+     */
+    const moved = (): PartitionFencedError | undefined => {
+      if (p === undefined) return undefined;
+      const gone = runIds
+        .map((id, i) => [partitionOf(id, p.partitionCount), epochs[i]] as const)
+        .filter(([partition, epoch]) => epoch === undefined || p.epochOf(partition) !== epoch)
+        .map(([partition]) => partition);
+      return gone.length === 0
+        ? undefined
+        : new PartitionFencedError(
+            [...new Set(gone)].sort((a, b) => a - b),
+            "the run's partition moved to another scheduler replica while its changes were committed",
+          );
+    };
     const wait = (): void =>
-      void this.host.store.flush().then(done, (e: unknown) => (again(e) ? wait() : failed(e)));
+      void this.host.store.flush().then(
+        () => {
+          const e = moved();
+          if (e === undefined) done();
+          else failed(e);
+        },
+        (e: unknown) => (again(e) ? wait() : failed(e)),
+      );
     wait();
   }
 

@@ -262,6 +262,50 @@ describe("a load of a partition taken whose commit fails after its runs are in m
   });
 });
 
+describe("a StartRun whose run's partition moves while its start is committed", () => {
+  const { store, held, engine } = engineHolding();
+
+  before(async () => {
+    await engine.start();
+    await engine.definitions.register({ name: "one", version: 1, steps: [{ id: "a", type: "work" }] });
+  });
+  after(async () => {
+    await engine.stop();
+  });
+
+  it("is answered UNAVAILABLE, not as started (its changes may have been dropped)", async () => {
+    // Every partition is lost and taken again (a new epoch) while the commit is made.
+    const flush = store.flush.bind(store);
+    store.flush = () =>
+      flush().then(() => {
+        for (const [p, epoch] of held) held.set(p, epoch + 1);
+      });
+    try {
+      await assert.rejects(
+        engine.startRun({
+          workflowName: "one",
+          workflowVersion: 0,
+          input: {},
+          idempotencyKey: "",
+          labels: {},
+        }),
+        (e: unknown) => e instanceof PartitionFencedError && e.partitions.length === 1,
+      );
+    } finally {
+      store.flush = flush;
+    }
+    // Held steadily, a start is answered once committed.
+    const { created } = await engine.startRun({
+      workflowName: "one",
+      workflowVersion: 0,
+      input: {},
+      idempotencyKey: "",
+      labels: {},
+    });
+    assert.equal(created, true);
+  });
+});
+
 describe("a lease granted in a commit the fence refused", () => {
   const { store, moving, engine } = engineHolding();
   const session = new Session();
