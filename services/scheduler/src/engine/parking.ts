@@ -281,6 +281,10 @@ export class Parking {
     // Lost while its parked rows were deleted: the replica that took the partition after that
     // delete loads the run as any active one.
     if (host.heldAt(runId) !== epoch) throw notHeld(runId);
+    // Loaded meanwhile as an active run (a partition load that read it once no longer parked):
+    // that one, never a second copy of the run in memory.
+    const loaded = host.core.runs.get(runId);
+    if (loaded !== undefined) return loaded;
     const hashes = new Map([...keys].map(([id, k]) => [id, k.requestHash]));
     const { runs } = core.recover(
       host.core,
