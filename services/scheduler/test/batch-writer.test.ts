@@ -376,6 +376,46 @@ describe("batch writer (PostgreSQL)", () => {
     }
   });
 
+  it("never writes what was marked for runs retired (their partition lost), pending or in a commit that fails", async () => {
+    // A pool whose next statement fails before it runs (a broken connection), the runs retired
+    // while it is in flight.
+    let fail = 0;
+    let meanwhile = (): void => undefined;
+    const pool = {
+      connect: async () => {
+        const client = await db.writerPool.connect();
+        return {
+          query: async (q: pg.QueryConfig) => {
+            if (fail > 0) {
+              fail--;
+              meanwhile();
+              throw Object.assign(new Error("Connection terminated unexpectedly"), { code: undefined });
+            }
+            return client.query(q);
+          },
+          release: (broken?: boolean) => client.release(broken),
+        };
+      },
+    } as unknown as pg.Pool;
+    const writer = new BatchWriter({ pool, log: testLogger("writer"), retryInitialMs: 10, retryMaxMs: 10 });
+    try {
+      const kept = markRun(writer, "writer");
+      const inFlight = markRun(writer, "writer");
+      meanwhile = () => writer.retire([inFlight], [...inFlight.tasks.values()]);
+      fail = 1;
+      await writer.flush();
+      // Marked, not yet committed, then retired.
+      const pending = markRun(writer, "writer");
+      writer.retire([pending], [...pending.tasks.values()]);
+      const after = markRun(writer, "writer");
+      await writer.flush();
+      assert.deepEqual(await counts([kept.id, after.id]), { runs: 2, tasks: 2, outbox: 2 });
+      assert.deepEqual(await counts([inFlight.id, pending.id]), { runs: 0, tasks: 0, outbox: 0 });
+    } finally {
+      await writer.close();
+    }
+  });
+
   it("keeps a task's latest attempt in its row and moves the ones it passed to the history", async () => {
     const writer = new BatchWriter({ pool: db.writerPool, log: testLogger("writer") });
     try {

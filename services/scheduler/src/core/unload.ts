@@ -6,7 +6,7 @@
  *   `tasks` (a report for one of their leases is rejected from now on), their leases out of their
  *   sessions with a Cancel to the executor (nothing it reports later is accepted here), and the
  *   slots, shares and event waits they held in memory given back. What was marked for them stays
- *   with the writer: a hand-over commits it, a loss has it refused by the fence.
+ *   with the writer until the engine says: a hand-over commits it first, a loss drops it.
  * - {@link disarmRuns}, once that is settled, makes the objects inert: every timer, queue entry or
  *   late callback that still holds one finds a task no longer in the state it acts on.
  *

@@ -9,9 +9,10 @@
  *   rate limits' buckets. A load whose reads fail is made again (backing off up to 2 s) until it
  *   succeeds, the partitions are lost or the engine stops. A partition whose epoch changed while its runs were read (lost, or lost
  *   and taken again) is not loaded by that read; runs already in memory are left as they are.
- * - **Unloading** a lost partition (another replica took it, or the fence refused a commit): its
- *   runs leave memory at once (core/unload.ts), their executors are told to stop their leases,
- *   and what was marked for them is refused by the fence when the writer next tries it.
+ * - **Unloading** a lost partition (another replica took it, the fence refused a commit, or this
+ *   replica's own hold ended and was taken again at a new epoch): its runs leave memory at once
+ *   (core/unload.ts), their executors are told to stop their leases, and what was marked for them
+ *   is dropped (PendingChanges.retire), never committed under a later hold.
  * - **Releasing** (rebalancing hands a partition over): its runs leave memory the same way, then
  *   what was marked for them is committed while the partition is still held.
  *
@@ -59,7 +60,10 @@ export interface HeldPartitions {
 /** What {@link PartitionRuns} needs of the engine. */
 export interface PartitionRunsHost {
   readonly core: Core;
-  readonly store: Pick<EngineStore, "loadActive" | "loadRateLimits" | "keysOfRuns" | "flush" | "released">;
+  readonly store: Pick<
+    EngineStore,
+    "loadActive" | "loadRateLimits" | "keysOfRuns" | "flush" | "released" | "retire"
+  >;
   readonly definitions: Pick<Definitions, "compiledById">;
   readonly log: Logger;
   readonly keyed: Pick<KeyedStarts, "remember" | "forget">;
@@ -295,6 +299,9 @@ export class PartitionRuns {
     this.lossCount++;
     const detached = this.detach(partitions, reason);
     if (detached === undefined) return;
+    // Marked under the hold that ended: never committed (the fence refuses it, unless the
+    // partition is taken again first, when it would overwrite what the reload reads).
+    this.host.store.retire?.(detached.runs, detached.tasks);
     disarmRuns(detached);
     this.host.log.warn(
       { partitions, runs: detached.runs.length, leases_revoked: detached.leases },
@@ -313,8 +320,9 @@ export class PartitionRuns {
       await this.host.store.flush().catch(() => undefined);
       if (detached === undefined) return;
       disarmRuns(detached);
-      // Whatever a late callback marked for them during that commit.
+      // Whatever a late callback marked for them during that commit; anything later is not theirs.
       await this.host.store.flush().catch(() => undefined);
+      this.host.store.retire?.(detached.runs, detached.tasks);
       this.host.log.info(
         { partitions, runs: detached.runs.length, leases_revoked: detached.leases },
         "released the runs of partitions handed over",

@@ -131,6 +131,11 @@ export interface EngineStore {
    * their next write may go (a run loaded back is read again). @default nothing kept
    */
   released?(ids: Iterable<string>): void;
+  /**
+   * Runs whose partition was lost (PendingChanges.retire): what is marked for them is dropped and
+   * never committed. @default kept (no partitions)
+   */
+  retire?(runs: readonly RunState[], tasks: readonly TaskState[]): void;
   /** Commits what is marked within `delayMs` unless another commit takes it along first. */
   flushSoon(delayMs: number): void;
   /**

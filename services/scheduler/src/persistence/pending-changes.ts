@@ -44,6 +44,8 @@ export abstract class PendingChanges {
   private attempts = new Map<string, AttemptState>();
   private events: OutboxRow[] = [];
   private waiters: Waiter[] = [];
+  /** Rows of runs that left this store's owner for good ({@link retire}): never written again. */
+  private readonly retired = new WeakSet<object>();
   /** A commit (a {@link drain}) is scheduled or running. */
   private running = false;
   private closedValue = false;
@@ -140,6 +142,17 @@ export abstract class PendingChanges {
    * the rows carry full state, so re-marking is idempotent; events keep their order.
    */
   protected putBack(changes: Changes): void {
+    // Rows of runs retired while their commit was in flight stay out (see retire).
+    const gone = new Set<string>();
+    for (const r of changes.runs.values()) if (this.retired.has(r)) gone.add(r.id);
+    for (const t of changes.tasks.values()) if (this.retired.has(t)) gone.add(t.runId);
+    if (gone.size > 0)
+      changes = {
+        runs: new Map([...changes.runs].filter(([id]) => !gone.has(id))),
+        tasks: new Map([...changes.tasks].filter(([, t]) => !gone.has(t.runId))),
+        attempts: new Map([...changes.attempts].filter(([, a]) => !gone.has(a.runId))),
+        events: changes.events.filter((e) => !gone.has(e.message.runId)),
+      };
     this.runs = new Map([...changes.runs, ...this.runs]);
     this.tasks = new Map([...changes.tasks, ...this.tasks]);
     this.attempts = new Map([...changes.attempts, ...this.attempts]);
@@ -149,6 +162,21 @@ export abstract class PendingChanges {
   /** Puts waiters whose changes are not committed yet back in front of the newer ones. */
   protected putBackWaiters(waiters: Waiter[]): void {
     this.waiters = [...waiters, ...this.waiters];
+  }
+
+  /**
+   * Runs whose partition this replica lost (cluster/partitioning.ts): what is marked for them is
+   * dropped now, and so are their rows when a commit in flight fails and would be made again. They
+   * were changed under a hold that ended: written under a later one (the partition taken again),
+   * they would overwrite what another replica wrote meanwhile, or what the reload read. Their
+   * objects are never written again; the runs, loaded again, are new objects.
+   */
+  retire(runs: readonly RunState[], tasks: readonly TaskState[]): void {
+    for (const run of runs) {
+      this.retired.add(run);
+      this.dropRun(run.id);
+    }
+    for (const task of tasks) this.retired.add(task);
   }
 
   /** Drops what is marked for one run (its changes were refused). */

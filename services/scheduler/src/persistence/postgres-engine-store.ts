@@ -188,6 +188,10 @@ export class PostgresEngineStore implements EngineStore {
     this.writer.forgetExpected(ids);
   }
 
+  retire(runs: readonly RunState[], tasks: readonly TaskState[]): void {
+    this.writer.retire(runs, tasks);
+  }
+
   async runOutcome(runId: string): Promise<RunOutcome | undefined> {
     const found = await this.db.pool.query<{ status: RunStatusName; output: unknown; error: unknown }>(
       "SELECT status, output, error FROM workflow_runs WHERE id = $1",

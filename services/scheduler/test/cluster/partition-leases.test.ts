@@ -156,6 +156,29 @@ describe("partition leases (PostgreSQL)", () => {
     assert.equal(sole.epochOf(3), 3);
   });
 
+  it("is told it lost a partition another held in between before it takes it back at a new epoch", async () => {
+    const told: string[] = [];
+    const sole = await replica({
+      sole: true,
+      renewIntervalMs: 60_000,
+      onTaken: (p) => told.push(`taken ${p.join(",")}`),
+      onLost: (p) => told.push(`lost ${p.join(",")}`),
+    });
+    const before = sole.epochOf(3) ?? -1;
+    // While this replica could not renew, another took partition 3 and its lease ran out in turn:
+    // the heartbeat that finds it gone does not take it back (its runs in memory are stale and
+    // must be unloaded first); the next one does, at a new epoch, and its runs are read again.
+    await db.pool.query(
+      "UPDATE partitions SET owner = $1, epoch = epoch + 1, lease_expires_at = now() - interval '1 second' WHERE partition = 3",
+      [randomUUID()],
+    );
+    await sole.renew();
+    assert.deepEqual(told, ["lost 3"]);
+    await sole.renew();
+    assert.deepEqual(told, ["lost 3", "taken 3"], "its runs are unloaded, then read again");
+    assert.equal(sole.epochOf(3), before + 2);
+  });
+
   /** A new run with one queued task and its runStarted event, marked on `writer`. */
   const markRun = (writer: BatchWriter): RunState => {
     const now = new Date();
