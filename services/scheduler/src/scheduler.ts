@@ -85,6 +85,12 @@ import {
 export { SchedulerLockedError, isSchedulerLockedError } from "./persistence/scheduler-lock.js";
 export { SchemaNotCurrentError, isSchemaNotCurrentError } from "./persistence/schema.js";
 
+/**
+ * How long calls still open once the engine stopped (its commits settled, their callers answered)
+ * may take before the server cuts them.
+ */
+const FORCE_SHUTDOWN_GRACE_MS = 1_000;
+
 /** Options of {@link Scheduler}. */
 export interface SchedulerOptions {
   /** Interface to listen on. @default "127.0.0.1" */
@@ -703,16 +709,23 @@ export class Scheduler {
     this.server = undefined;
     if (server !== undefined) {
       await new Promise<void>((resolve) => {
-        const force = setTimeout(() => {
-          server.forceShutdown();
-          resolve();
-        }, 3000);
+        let force: NodeJS.Timeout | undefined;
+        let done = false;
         server.tryShutdown(() => {
+          done = true;
           clearTimeout(force);
           resolve();
         });
-        // Sessions are infinite streams: end them so tryShutdown can finish.
-        void this.engineValue?.stop();
+        // Sessions are infinite streams: end them so tryShutdown can finish. Calls waiting for a
+        // commit are answered once the engine stopped (committed, or UNAVAILABLE: retry); what
+        // is still open a grace later is cut (a caller then sees CANCELLED, not knowing).
+        void (this.engineValue?.stop() ?? Promise.resolve()).finally(() => {
+          if (done) return;
+          force = setTimeout(() => {
+            server.forceShutdown();
+            resolve();
+          }, FORCE_SHUTDOWN_GRACE_MS);
+        });
       });
     }
     await this.engineValue?.stop();

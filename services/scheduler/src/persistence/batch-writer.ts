@@ -362,7 +362,8 @@ export class BatchWriter extends PendingChanges {
 
   /** Commits what is pending (best effort, bounded by `timeoutMs`), then refuses new work. */
   async close(timeoutMs = 5000): Promise<void> {
-    if (this.hasWork() && this.healthy) {
+    // What is pending, and a commit in flight (its waiters are answered when it ends).
+    if ((this.hasWork() || this.committing) && this.healthy) {
       let timer: NodeJS.Timeout | undefined;
       await Promise.race([
         this.flush().catch(() => undefined),

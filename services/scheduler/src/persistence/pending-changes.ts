@@ -102,6 +102,11 @@ export abstract class PendingChanges {
     }, delayMs);
   }
 
+  /** Whether a commit is scheduled or running (its waiters not answered yet). */
+  protected get committing(): boolean {
+    return this.running;
+  }
+
   /** Whether the store is closed (flushes are refused). */
   protected get closed(): boolean {
     return this.closedValue;
