@@ -53,6 +53,31 @@ describe("batch writer (PostgreSQL)", () => {
     return { ...rows[0], outbox: (await outboxEvents(db.pool, runIds)).length };
   };
 
+  /**
+   * A pool on the writer's whose next `breaking.next` statements end with a broken connection:
+   * after they ran (`landed`: committed, and the writer told otherwise) or before. Each calls
+   * `breaking.meanwhile` as it breaks.
+   */
+  const breakingPool = (landed: boolean) => {
+    const breaking = { next: 0, meanwhile: (): void => undefined };
+    const pool = {
+      connect: async () => {
+        const client = await db.writerPool.connect();
+        return {
+          query: async (q: pg.QueryConfig) => {
+            if (breaking.next === 0) return client.query(q);
+            breaking.next--;
+            if (landed) await client.query(q);
+            breaking.meanwhile();
+            throw Object.assign(new Error("Connection terminated unexpectedly"), { code: undefined });
+          },
+          release: (broken?: boolean) => client.release(broken),
+        };
+      },
+    } as unknown as pg.Pool;
+    return { pool, breaking };
+  };
+
   it("commits a large batch as two transactions split by run, each run whole", async () => {
     const writer = new BatchWriter({ pool: db.writerPool, log: testLogger("writer") });
     const small = markRun(writer, "writer");
@@ -132,23 +157,7 @@ describe("batch writer (PostgreSQL)", () => {
 
   it("inserts new rows plainly, and upserts rows whose statement failed after it may have committed", async () => {
     // A pool whose next statement commits and then reports a broken connection.
-    let lose = 0;
-    const pool = {
-      connect: async () => {
-        const client = await db.writerPool.connect();
-        return {
-          query: async (q: pg.QueryConfig) => {
-            const result = await client.query(q);
-            if (lose > 0) {
-              lose--;
-              throw Object.assign(new Error("Connection terminated unexpectedly"), { code: undefined });
-            }
-            return result;
-          },
-          release: (broken?: boolean) => client.release(broken),
-        };
-      },
-    } as unknown as pg.Pool;
+    const { pool, breaking } = breakingPool(true);
     const refused: string[] = [];
     const writer = new BatchWriter({
       pool,
@@ -176,7 +185,7 @@ describe("batch writer (PostgreSQL)", () => {
       // Committed, but the writer is told otherwise: its retry must not insert the rows again,
       // nor its events (the unique (run_id, first_sequence) of an outbox row's first event would
       // refuse the run).
-      lose = 1;
+      breaking.next = 1;
       const [run, task] = runWithTask();
       writer.addEvent(lifecycleEvent(run, { case: "runStarted", value: {} }));
       await writer.flush();
@@ -212,25 +221,7 @@ describe("batch writer (PostgreSQL)", () => {
   it("writes the events of a commit that may have landed once, when its retry is large enough to split", async () => {
     // A pool whose next statement commits and then reports a broken connection; meanwhile enough
     // is marked for the retry to be split in two by run.
-    let lose = 0;
-    let meanwhile = (): void => undefined;
-    const pool = {
-      connect: async () => {
-        const client = await db.writerPool.connect();
-        return {
-          query: async (q: pg.QueryConfig) => {
-            const result = await client.query(q);
-            if (lose > 0) {
-              lose--;
-              meanwhile();
-              throw Object.assign(new Error("Connection terminated unexpectedly"), { code: undefined });
-            }
-            return result;
-          },
-          release: (broken?: boolean) => client.release(broken),
-        };
-      },
-    } as unknown as pg.Pool;
+    const { pool, breaking } = breakingPool(true);
     const writer = new BatchWriter({ pool, log: testLogger("writer"), retryInitialMs: 10, retryMaxMs: 10 });
     try {
       const now = new Date();
@@ -254,10 +245,10 @@ describe("batch writer (PostgreSQL)", () => {
         writer.markTask(newTaskState(run.id, "only", "STEP", "noop", 0, now));
         writer.addEvent(lifecycleEvent(run, { case: "runStarted", value: {} }));
       }
-      meanwhile = () => {
+      breaking.meanwhile = () => {
         for (let i = 0; i < 200; i++) marked.push(markRun(writer, `split-${i}`));
       };
-      lose = 1;
+      breaking.next = 1;
       await writer.flush();
       assert.equal(writer.stats.failedCommits, 1);
       const events = await outboxEvents(db.pool, [x.id, y.id, ...marked.map((r) => r.id)]);
@@ -379,30 +370,13 @@ describe("batch writer (PostgreSQL)", () => {
   it("never writes what was marked for runs retired (their partition lost), pending or in a commit that fails", async () => {
     // A pool whose next statement fails before it runs (a broken connection), the runs retired
     // while it is in flight.
-    let fail = 0;
-    let meanwhile = (): void => undefined;
-    const pool = {
-      connect: async () => {
-        const client = await db.writerPool.connect();
-        return {
-          query: async (q: pg.QueryConfig) => {
-            if (fail > 0) {
-              fail--;
-              meanwhile();
-              throw Object.assign(new Error("Connection terminated unexpectedly"), { code: undefined });
-            }
-            return client.query(q);
-          },
-          release: (broken?: boolean) => client.release(broken),
-        };
-      },
-    } as unknown as pg.Pool;
+    const { pool, breaking } = breakingPool(false);
     const writer = new BatchWriter({ pool, log: testLogger("writer"), retryInitialMs: 10, retryMaxMs: 10 });
     try {
       const kept = markRun(writer, "writer");
       const inFlight = markRun(writer, "writer");
-      meanwhile = () => writer.retire([inFlight], [...inFlight.tasks.values()]);
-      fail = 1;
+      breaking.meanwhile = () => writer.retire([inFlight], [...inFlight.tasks.values()]);
+      breaking.next = 1;
       await writer.flush();
       // Marked, not yet committed, then retired.
       const pending = markRun(writer, "writer");

@@ -22,6 +22,10 @@ import { MemoryDefinitionStore } from "../../src/persistence/memory-definition-s
 import { MemoryEngineStore } from "../../src/persistence/memory-engine-store.js";
 
 const log = createLogger("partition-release", "warn");
+
+/** Starts a run of the one-step workflow `one` (no key). */
+const startOne = (engine: Engine) =>
+  engine.startRun({ workflowName: "one", workflowVersion: 0, input: {}, idempotencyKey: "", labels: {} });
 const COUNT = 4;
 
 /** A session that keeps the leases and cancels it is sent, and answers pings; the test reports for it. */
@@ -212,18 +216,7 @@ describe("a load of a partition taken whose commit fails after its runs are in m
 
   it("is made again without telling the writer that the runs it recovered are not stored", async () => {
     const ids: string[] = [];
-    for (let i = 0; i < 12; i++)
-      ids.push(
-        (
-          await engine.startRun({
-            workflowName: "one",
-            workflowVersion: 0,
-            input: {},
-            idempotencyKey: "",
-            labels: {},
-          })
-        ).runId,
-      );
+    for (let i = 0; i < 12; i++) ids.push((await startOne(engine)).runId);
     const moved = partitionOf(ids[0] as string, COUNT);
     const movedRuns = ids.filter((id) => partitionOf(id, COUNT) === moved);
     held.delete(moved);
@@ -282,26 +275,14 @@ describe("a StartRun whose run's partition moves while its start is committed", 
       });
     try {
       await assert.rejects(
-        engine.startRun({
-          workflowName: "one",
-          workflowVersion: 0,
-          input: {},
-          idempotencyKey: "",
-          labels: {},
-        }),
+        startOne(engine),
         (e: unknown) => e instanceof PartitionFencedError && e.partitions.length === 1,
       );
     } finally {
       store.flush = flush;
     }
     // Held steadily, a start is answered once committed.
-    const { created } = await engine.startRun({
-      workflowName: "one",
-      workflowVersion: 0,
-      input: {},
-      idempotencyKey: "",
-      labels: {},
-    });
+    const { created } = await startOne(engine);
     assert.equal(created, true);
   });
 });
@@ -320,8 +301,6 @@ describe("a lease granted in a commit the fence refused", () => {
   });
 
   /** Starts a run of the one-step workflow. */
-  const startOne = () =>
-    engine.startRun({ workflowName: "one", workflowVersion: 0, input: {}, idempotencyKey: "", labels: {} });
 
   /** Makes the next commit end as one the fence refused for `lost` (after committing, as the writer's next try does). */
   const fenceNext = (lost: () => number): { readonly met: number; restore(): void } => {
@@ -350,7 +329,7 @@ describe("a lease granted in a commit the fence refused", () => {
       return created === undefined ? 0 : (partitionOf(created, COUNT) + 1) % COUNT;
     });
     try {
-      const { runId } = await startOne();
+      const { runId } = await startOne(engine);
       assert.equal(fence.met, 1, "its commit met the fence");
       assert.ok(store.read().runs.has(runId));
     } finally {
@@ -359,7 +338,7 @@ describe("a lease granted in a commit the fence refused", () => {
   });
 
   it("is sent once committed when its run's partition is still held, its slot not lost", async () => {
-    const { runId } = await startOne();
+    const { runId } = await startOne(engine);
     // The next commit is refused for another replica's partition, as the writer does: the changes
     // of the partitions still held commit on its next try, yet every waiter of the refused one is
     // rejected (the lease pump's among them).
@@ -403,7 +382,7 @@ describe("a lease granted in a commit the fence refused", () => {
         false,
         "no run for the key",
       );
-      await startOne();
+      await startOne(engine);
     } finally {
       moving.clear();
     }
