@@ -217,6 +217,12 @@ export function workflowService(
       const owner = await router.ownerOf(partition);
       if (owner !== undefined && owner.id !== router.replicaId) return owner;
       if (owner !== undefined) return undefined;
+      // No live replica holds the key's partition (a takeover under way): its next owner answers
+      // the key from what is committed by then, so a run started here meanwhile could be a second.
+      throw new ApiError(
+        Code.UNAVAILABLE,
+        "no scheduler replica holds the partition of this idempotency key now (a takeover is under way); retry with the same key",
+      );
     }
     return router.holdsAny() ? undefined : router.anyOwner();
   };

@@ -8,11 +8,13 @@
  * clean stop of the run's owner.
  */
 import assert from "node:assert/strict";
+import { randomUUID } from "node:crypto";
 import { after, before, describe, it } from "node:test";
 import { Code } from "@connectrpc/connect";
 import { jsonToValue } from "@nexusflow/common";
 import { RunStatus, TaskStatus, type WatchRunResponse } from "@nexusflow/gen";
 import pg from "pg";
+import { keyPartition } from "../../src/cluster/partitioning.js";
 import type { Scheduler } from "../../src/scheduler.js";
 import {
   outboxEvents,
@@ -167,6 +169,40 @@ describe("routing between replicas", () => {
       assert.equal(Number(x.created) + Number(y.created), 1, `key raced-${i} started one run`);
     }
   });
+
+  it(
+    "refuses a keyed start while no live replica holds the key's partition (UNAVAILABLE), then starts it once",
+    T,
+    async () => {
+      const count = a.partitions.partitionCount;
+      const key = "takeover-1";
+      const partition = keyPartition("routing-queued", key, count);
+      const holder = a.partitions.epochOf(partition) !== undefined ? a : b;
+      // Its owner is gone and its lease not expired yet: nobody answers for the key until a takeover.
+      await sql.query(
+        "UPDATE partitions SET owner = $1, epoch = epoch + 1, lease_expires_at = now() + interval '1 hour' WHERE partition = $2",
+        [randomUUID(), partition],
+      );
+      await waitFor("the partition lost", () => holder.partitions.epochOf(partition) === undefined);
+      const req = { workflowName: "routing-queued", idempotencyKey: key, input: jsonToValue({}) };
+      const refused = await refusal(client(holder).startRun(req));
+      assert.equal(refused.code, Code.Unavailable, refused.message);
+      assert.match(refused.message, /takeover/);
+      const { rows } = await sql.query("SELECT 1 FROM workflow_runs WHERE idempotency_key = $1", [key]);
+      assert.equal(rows.length, 0, "no run started meanwhile");
+      // Taken over (the lease given up): the key's new owner starts one run, answered at both.
+      await sql.query("UPDATE partitions SET owner = NULL, lease_expires_at = now() WHERE partition = $1", [
+        partition,
+      ]);
+      await waitFor(
+        "the partition taken",
+        () => a.partitions.epochOf(partition) !== undefined || b.partitions.epochOf(partition) !== undefined,
+      );
+      const first = await client(a).startRun(req);
+      const again = await client(b).startRun(req);
+      assert.deepEqual([first.created, again.created, again.run?.id], [true, false, first.run?.id]);
+    },
+  );
 
   it("starts runs at a replica that holds partitions when asked at one that holds none", T, async () => {
     // A third replica takes no partition while the two others hold them all (until they rebalance).
