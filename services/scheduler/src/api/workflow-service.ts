@@ -211,7 +211,17 @@ export function workflowService(
     key: string,
     call: IncomingCall,
   ): Promise<ReplicaAddress | undefined> => {
-    if (router === undefined || forwardedBy(call.metadata) !== undefined) return undefined;
+    if (router === undefined) return undefined;
+    if (forwardedBy(call.metadata) !== undefined) {
+      // Sent here as the key's owner: started here only while that is still so (a key whose
+      // partition moved meanwhile is its new owner's to answer, from what it committed).
+      if (key !== "" && !router.holds(keyPartition(workflowName, key, router.partitionCount)))
+        throw new ApiError(
+          Code.UNAVAILABLE,
+          "the partition of this idempotency key is moving between scheduler replicas; retry with the same key",
+        );
+      return undefined;
+    }
     if (key !== "") {
       const partition = keyPartition(workflowName, key, router.partitionCount);
       const owner = await router.ownerOf(partition);

@@ -256,6 +256,11 @@ export class ReplicaRouter {
     return leases.epochOf(partitionOf(runId, leases.partitionCount)) !== undefined;
   }
 
+  /** Whether this replica holds `partition` now. */
+  holds(partition: number): boolean {
+    return this.options.leases.epochOf(partition) !== undefined;
+  }
+
   /** Whether this replica holds any partition now. */
   holdsAny(): boolean {
     return this.options.leases.held().length > 0;

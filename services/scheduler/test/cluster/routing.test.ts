@@ -131,6 +131,21 @@ describe("routing between replicas", () => {
     assert.match(moving.message, new RegExp(`run ${queued} is moving between replicas; retry`));
     assert.ok(a.engine.isActive(queued), "the run was not cancelled");
 
+    // A keyed StartRun forwarded to a replica that does not hold the key's partition (it moved
+    // meanwhile): UNAVAILABLE, no run started there.
+    const count = a.partitions.partitionCount;
+    let key = "forwarded-0";
+    for (let i = 1; b.partitions.epochOf(keyPartition("routing-queued", key, count)) !== undefined; i++)
+      key = `forwarded-${i}`;
+    const keyMoving = await refusal(
+      client(b).startRun(
+        { workflowName: "routing-queued", idempotencyKey: key, input: jsonToValue({}) },
+        { headers: { "nexusflow-forwarded-by": "another-replica" } },
+      ),
+    );
+    assert.equal(keyMoving.code, Code.Unavailable);
+    assert.match(keyMoving.message, /idempotency key is moving/);
+
     const empty = await refusal(client(b).cancelRun({ runId: "" }));
     assert.equal(empty.code, Code.InvalidArgument);
     const malformed = await refusal(client(b).signalRun({ runId: "not-a-run", name: "go" }));
