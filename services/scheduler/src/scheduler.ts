@@ -87,9 +87,10 @@ export { SchemaNotCurrentError, isSchemaNotCurrentError } from "./persistence/sc
 
 /**
  * How long calls still open once the engine stopped (its commits settled, their callers answered)
- * may take before the server cuts them.
+ * may take before the server cuts them: a StartRun forwarded to another replica waits for that
+ * replica's commit (at most its 5 s commit timeout).
  */
-const FORCE_SHUTDOWN_GRACE_MS = 1_000;
+const FORCE_SHUTDOWN_GRACE_MS = 6_000;
 
 /** Options of {@link Scheduler}. */
 export interface SchedulerOptions {
