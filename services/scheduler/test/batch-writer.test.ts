@@ -78,6 +78,19 @@ describe("batch writer (PostgreSQL)", () => {
     return { pool, breaking };
   };
 
+  /** Makes a new replica id the owner of all 16 partitions at epoch 1 (undone by {@link holdNone}). */
+  const holdEvery = async (): Promise<string> => {
+    const replicaId = randomUUID();
+    await db.pool.query(
+      `INSERT INTO partitions (partition, owner, epoch, lease_expires_at)
+       SELECT g, $1, 1, now() + interval '1 hour' FROM generate_series(0, 15) g
+       ON CONFLICT (partition) DO UPDATE SET owner = $1, epoch = 1, lease_expires_at = now() + interval '1 hour'`,
+      [replicaId],
+    );
+    return replicaId;
+  };
+  const holdNone = () => db.pool.query("UPDATE partitions SET owner = NULL, lease_expires_at = now()");
+
   it("commits a large batch as two transactions split by run, each run whole", async () => {
     const writer = new BatchWriter({ pool: db.writerPool, log: testLogger("writer") });
     const small = markRun(writer, "writer");
@@ -268,13 +281,7 @@ describe("batch writer (PostgreSQL)", () => {
   it("names every partition the fence refused to the waiters when both halves of a batch are refused", async () => {
     // This writer holds every partition but 2 and 3 (at epoch 1, as the partitions table says):
     // a run's partition is its id's last hex digit, which also picks its half (2 even, 3 odd).
-    const replicaId = randomUUID();
-    await db.pool.query(
-      `INSERT INTO partitions (partition, owner, epoch, lease_expires_at)
-       SELECT g, $1, 1, now() + interval '1 hour' FROM generate_series(0, 15) g
-       ON CONFLICT (partition) DO UPDATE SET owner = $1, epoch = 1, lease_expires_at = now() + interval '1 hour'`,
-      [replicaId],
-    );
+    const replicaId = await holdEvery();
     const lost = new Set([2, 3]);
     const writer = new BatchWriter({
       pool: db.writerPool,
@@ -304,18 +311,12 @@ describe("batch writer (PostgreSQL)", () => {
       assert.deepEqual(await counts(dropped), { runs: 0, tasks: 0, outbox: 0 });
     } finally {
       await writer.close();
-      await db.pool.query("UPDATE partitions SET owner = NULL, lease_expires_at = now()");
+      await holdNone();
     }
   });
 
   it("refuses a waiter that waits again after a refusal when what was kept is refused in turn", async () => {
-    const replicaId = randomUUID();
-    await db.pool.query(
-      `INSERT INTO partitions (partition, owner, epoch, lease_expires_at)
-       SELECT g, $1, 1, now() + interval '1 hour' FROM generate_series(0, 15) g
-       ON CONFLICT (partition) DO UPDATE SET owner = $1, epoch = 1, lease_expires_at = now() + interval '1 hour'`,
-      [replicaId],
-    );
+    const replicaId = await holdEvery();
     // Partition 2 is lost; partition 4 is lost right after the first refusal (as a replica that
     // learns of both at once): the kept run of partition 4 is refused on its retry.
     const lost = new Set([2]);
@@ -363,7 +364,7 @@ describe("batch writer (PostgreSQL)", () => {
       assert.deepEqual(await counts([dropped.id, kept.id]), { runs: 0, tasks: 0, outbox: 0 });
     } finally {
       await writer.close();
-      await db.pool.query("UPDATE partitions SET owner = NULL, lease_expires_at = now()");
+      await holdNone();
     }
   });
 

@@ -78,6 +78,26 @@ function engineHolding(): {
   return { store, held, moving, engine };
 }
 
+/**
+ * {@link engineHolding} with the one-step workflow `one` registered, started before the suite's
+ * tests and stopped after them (call inside a describe).
+ */
+function oneStepEngine(): ReturnType<typeof engineHolding> {
+  const holding = engineHolding();
+  before(async () => {
+    await holding.engine.start();
+    await holding.engine.definitions.register({
+      name: "one",
+      version: 1,
+      steps: [{ id: "a", type: "work" }],
+    });
+  });
+  after(async () => {
+    await holding.engine.stop();
+  });
+  return holding;
+}
+
 describe("an Engine's runs follow the partitions it holds", () => {
   const { store, held, engine } = engineHolding();
   const session = new Session();
@@ -204,15 +224,7 @@ describe("an Engine's runs follow the partitions it holds", () => {
 });
 
 describe("a load of a partition taken whose commit fails after its runs are in memory", () => {
-  const { store, held, engine } = engineHolding();
-
-  before(async () => {
-    await engine.start();
-    await engine.definitions.register({ name: "one", version: 1, steps: [{ id: "a", type: "work" }] });
-  });
-  after(async () => {
-    await engine.stop();
-  });
+  const { store, held, engine } = oneStepEngine();
 
   it("is made again without telling the writer that the runs it recovered are not stored", async () => {
     const ids: string[] = [];
@@ -256,15 +268,7 @@ describe("a load of a partition taken whose commit fails after its runs are in m
 });
 
 describe("a StartRun whose run's partition moves while its start is committed", () => {
-  const { store, held, engine } = engineHolding();
-
-  before(async () => {
-    await engine.start();
-    await engine.definitions.register({ name: "one", version: 1, steps: [{ id: "a", type: "work" }] });
-  });
-  after(async () => {
-    await engine.stop();
-  });
+  const { store, held, engine } = oneStepEngine();
 
   it("is answered UNAVAILABLE, not as started (its changes may have been dropped)", async () => {
     // Every partition is lost and taken again (a new epoch) while the commit is made.
@@ -288,19 +292,12 @@ describe("a StartRun whose run's partition moves while its start is committed", 
 });
 
 describe("a lease granted in a commit the fence refused", () => {
-  const { store, moving, engine } = engineHolding();
+  const { store, moving, engine } = oneStepEngine();
   const session = new Session();
 
-  before(async () => {
-    await engine.start();
-    await engine.definitions.register({ name: "one", version: 1, steps: [{ id: "a", type: "work" }] });
+  before(() => {
     engine.attach(session, []);
   });
-  after(async () => {
-    await engine.stop();
-  });
-
-  /** Starts a run of the one-step workflow. */
 
   /** Makes the next commit end as one the fence refused for `lost` (after committing, as the writer's next try does). */
   const fenceNext = (lost: () => number): { readonly met: number; restore(): void } => {
