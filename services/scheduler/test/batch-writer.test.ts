@@ -90,6 +90,13 @@ describe("batch writer (PostgreSQL)", () => {
     return replicaId;
   };
   const holdNone = () => db.pool.query("UPDATE partitions SET owner = NULL, lease_expires_at = now()");
+  /** A writer fenced as `replicaId` holding every partition at epoch 1 but those in `lost` (read live). */
+  const fencedWriter = (replicaId: string, lost: ReadonlySet<number>, fenced: () => void = () => undefined) =>
+    new BatchWriter({
+      pool: db.writerPool,
+      log: testLogger("writer"),
+      fence: { replicaId, partitionCount: 16, epochOf: (p) => (lost.has(p) ? undefined : 1), fenced },
+    });
 
   it("commits a large batch as two transactions split by run, each run whole", async () => {
     const writer = new BatchWriter({ pool: db.writerPool, log: testLogger("writer") });
@@ -283,16 +290,7 @@ describe("batch writer (PostgreSQL)", () => {
     // a run's partition is its id's last hex digit, which also picks its half (2 even, 3 odd).
     const replicaId = await holdEvery();
     const lost = new Set([2, 3]);
-    const writer = new BatchWriter({
-      pool: db.writerPool,
-      log: testLogger("writer"),
-      fence: {
-        replicaId,
-        partitionCount: 16,
-        epochOf: (p) => (lost.has(p) ? undefined : 1),
-        fenced: () => undefined,
-      },
-    });
+    const writer = fencedWriter(replicaId, lost);
     try {
       const runs = Array.from({ length: 300 }, () => markRun(writer, "writer"));
       const partition = (r: RunState): number => partitionOf(r.id, 16);
@@ -320,16 +318,7 @@ describe("batch writer (PostgreSQL)", () => {
     // Partition 2 is lost; partition 4 is lost right after the first refusal (as a replica that
     // learns of both at once): the kept run of partition 4 is refused on its retry.
     const lost = new Set([2]);
-    const writer = new BatchWriter({
-      pool: db.writerPool,
-      log: testLogger("writer"),
-      fence: {
-        replicaId,
-        partitionCount: 16,
-        epochOf: (p) => (lost.has(p) ? undefined : 1),
-        fenced: () => void lost.add(4),
-      },
-    });
+    const writer = fencedWriter(replicaId, lost, () => void lost.add(4));
     try {
       // A run id's partition is its last hex digit (of 16).
       const inPartition = (p: number): RunState => {
