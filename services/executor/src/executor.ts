@@ -10,7 +10,7 @@
  */
 import { create } from "@bufbuild/protobuf";
 import * as grpc from "@grpc/grpc-js";
-import { type Logger, SESSION_PROTOCOL_VERSION, isAcknowledgedReport } from "@nexusflow/common";
+import { type Logger, SESSION_PROTOCOL_VERSION } from "@nexusflow/common";
 import { TaskErrorType } from "@nexusflow/common/task-error-types";
 import {
   type AttachAck,
@@ -21,7 +21,6 @@ import {
   HeartbeatSchema,
   type Lease,
   type LeaseKey,
-  LeaseKeySchema,
   PongSchema,
   type Rejected,
   ReleaseSchema,
@@ -54,11 +53,12 @@ import {
 } from "./handlers/index.js";
 import { type CompiledExecutorOptions, type ExecutorOptions, compileExecutorOptions } from "./options.js";
 import { toValue } from "./payload.js";
-import { type LedgerEntry, type Report, type SendReport } from "./report-ledger.js";
+import { type Report } from "./report-ledger.js";
 import { IdleWatch } from "./idle-watch.js";
-import { type Link, type LeaseRoute, newLink, planCredit } from "./replica-links.js";
+import { type Link, newLink } from "./replica-links.js";
 import { ReplicaDiscovery } from "./replica-discovery.js";
-import { type ReplicaMap, ownerOfRun } from "./replica-map.js";
+import { type ReplicaMap } from "./replica-map.js";
+import { ReplicaRouting } from "./replica-routing.js";
 import { type SessionCall, SchedulerSession, type SessionEnd, openSessionCall } from "./scheduler-session.js";
 import { RunningTasks, describeKey } from "./running-tasks.js";
 import { advertisedTypes, servedHandler } from "./served-types.js";
@@ -101,33 +101,18 @@ export class Executor {
   readonly #listeners = new Set<StateListener>();
   readonly #tasks: RunningTasks;
   #state: State = { t: "idle" };
-  /**
-   * The sessions' links, by id: the primary one (to `schedulerAddress`, the lifecycle's session)
-   * and one per other live scheduler replica. Each has its own report ledger and credit.
-   */
-  readonly #links = new Map<string, Link>();
-  /** The link of each replica reached (AttachAck.replica_id): one session per replica. */
-  readonly #byReplica = new Map<string, Link>();
-  /** The primary link, once started. */
-  #primary: Link | undefined;
-  /** Where each running attempt's lease came from and where its reports go, by attempt id. */
-  readonly #routes = new Map<string, LeaseRoute>();
-  /** The replicas by the latest ListReplicas; undefined before one answered. */
-  #map: ReplicaMap | undefined;
+  /** The sessions' links and where each report goes (replica-routing.ts). */
+  readonly #routing = new ReplicaRouting({
+    discovering: () => this.#replicas?.on === true,
+    askSoon: () => this.#replicas?.soon(),
+  });
   /** When the replicas are asked for (replica-discovery.ts); set up by start(). */
   #replicas: ReplicaDiscovery | undefined;
   /** Shares the slots again when a replica's session turns idle or busy (idle-watch.ts). */
-  readonly #idle = new IdleWatch({ links: () => this.#links.values(), changed: () => this.#grant(true) });
-  /**
-   * Whether several replicas were seen (a map listing two, or a session to another replica): a
-   * lease's run may then move between replicas, so a Cancel for a moved partition and a NOT_FOUND
-   * rejection do not end its task at once.
-   */
-  #clustered = false;
-  /** Reports rejected NOT_FOUND (their run may have moved), to send again by the next map. */
-  readonly #misrouted = new Map<string, LedgerEntry>();
-  /** When each misrouted report was first rejected NOT_FOUND (monotonic ms). */
-  readonly #misroutedSince = new WeakMap<Report, number>();
+  readonly #idle = new IdleWatch({
+    links: () => this.#routing.links.values(),
+    changed: () => this.#grant(true),
+  });
   #advertised: readonly string[] = [];
   /** Started of attempts begun, and slots freed, in this event-loop turn: sent at its end. */
   readonly #turn = new TurnBatch((started, freed) => this.#endOfTurn(started, freed));
@@ -154,7 +139,7 @@ export class Executor {
           const value = create(HeartbeatSchema, { key });
           if (progress !== undefined) value.progress = toValue(progress);
           // With the turn's reports, to its run's replica; dropped when not attached (worthless later).
-          const link = this.#linkFor(key);
+          const link = this.#routing.linkFor(key);
           if (link?.session?.live === true) link.session.report({ case: "heartbeat", value });
         },
       },
@@ -183,12 +168,7 @@ export class Executor {
    * scheduler without replicas): one per live replica, or the one session.
    */
   get replicaSessions(): ReadonlyMap<string, string> {
-    const sessions = new Map<string, string>();
-    for (const link of this.#links.values()) {
-      const id = link.session?.live === true ? link.session.id : undefined;
-      if (id !== undefined && !link.retired) sessions.set(link.replicaId, id);
-    }
-    return sessions;
+    return this.#routing.sessions();
   }
 
   /** The task types advertised to the scheduler (empty before `start()`). */
@@ -240,13 +220,12 @@ export class Executor {
       return Promise.reject(e instanceof Error ? e : new Error(String(e)));
     }
     const run: Run = { client, closing: new AbortController(), loop: Promise.resolve(), sessions: 0 };
-    this.#primary = newLink("primary", true, this.#options.schedulerAddress, client, run.closing);
-    this.#links.set(this.#primary.id, this.#primary);
+    this.#routing.add(newLink("primary", true, this.#options.schedulerAddress, client, run.closing));
     this.#replicas = new ReplicaDiscovery({
       intervalMs: this.#options.replicaRefreshMs,
       logger: this.#logger,
       active: () => reconnects(this.#state),
-      clients: () => [...this.#links.values()].map((link) => link.client),
+      clients: () => [...this.#routing.links.values()].map((link) => link.client),
       metadata: this.#options.metadata,
       apply: (map) => this.#applyMap(map),
     });
@@ -278,7 +257,7 @@ export class Executor {
       const state = this.#state;
       if (state.t !== "idle" && state.t !== "stopped") {
         state.run.closing.abort();
-        for (const link of this.#links.values()) {
+        for (const link of this.#routing.links.values()) {
           link.closing.abort();
           link.session?.cancel();
           link.client.close();
@@ -332,7 +311,7 @@ export class Executor {
     start?.reject(
       new ExecutorError("STOPPED", "the executor was stopped before it attached to the scheduler"),
     );
-    for (const link of this.#links.values())
+    for (const link of this.#routing.links.values())
       if (link.session?.live === true)
         link.session.write({ case: "drain", value: create(DrainSchema, { reason }) });
     this.#logger.info({ reason, running_tasks: this.#tasks.size }, "draining");
@@ -353,11 +332,11 @@ export class Executor {
     // Reports matter until the scheduler committed them (otherwise the task runs again after a
     // lease timeout): give the reconnect loop what is left of the drain timeout to deliver them
     // and the scheduler to acknowledge them.
-    if (this.#unacknowledged() > 0) {
+    if (this.#routing.unacknowledged() > 0) {
       const left = Math.max(0, drainTimeoutMs - (Date.now() - started));
-      if (!(await within(left, (signal) => this.#whenReportsSettled(signal)))) {
+      if (!(await within(left, (signal) => this.#routing.whenSettled(signal)))) {
         this.#logger.warn(
-          { unacknowledged: this.#unacknowledged() },
+          { unacknowledged: this.#routing.unacknowledged() },
           "stopping with unacknowledged reports; their leases will expire on the scheduler",
         );
       }
@@ -367,7 +346,7 @@ export class Executor {
     this.#replicas?.stop();
     this.#idle.stop();
     run.closing.abort();
-    const links = [...this.#links.values()];
+    const links = [...this.#routing.links.values()];
     for (const link of links) link.closing.abort();
     await Promise.all(links.map((link) => link.session?.close(CLOSE_TIMEOUT_MS) ?? Promise.resolve()));
     // The primary link's loop is the run's.
@@ -388,14 +367,9 @@ export class Executor {
       wanted: () => reconnects(this.#state),
       attachedBefore: () => attachedBefore(this.#state),
       metadata: this.#options.metadata,
-      openSession: (metadata) => this.#openSession(run, this.#primaryLink(), metadata),
+      openSession: (metadata) => this.#openSession(run, this.#routing.primary, metadata),
     });
     if (refused !== undefined) this.#refuse(run, refused);
-  }
-
-  #primaryLink(): Link {
-    if (this.#primary === undefined) throw new Error("the executor has not started");
-    return this.#primary;
   }
 
   /** The scheduler refused the first session for good: reject start() and stop. */
@@ -441,7 +415,7 @@ export class Executor {
         slots: this.#options.slots,
         labels: { ...this.#options.labels },
         version: this.#options.version,
-        heldLeases: this.#heldLeases(),
+        heldLeases: this.#routing.heldLeases(this.#tasks.keys()),
         protocolVersion: SESSION_PROTOCOL_VERSION,
       }),
     });
@@ -456,97 +430,16 @@ export class Executor {
     // Reports the scheduler may not have committed go out again on the next session, first.
     link.ledger.detach();
     if (link.primary) this.#enter(sessionEnded(this.#state));
-    if (this.#clustered) {
+    if (this.#routing.clustered) {
       // Its reports go to their runs' owners, by a map asked for now.
-      this.#rebalanceReports();
+      this.#routing.rebalance();
       this.#replicas?.soon();
     }
   }
 
-  /**
-   * Leases this executor still holds, with their runs: running tasks and finished ones whose
-   * report is queued on any session. Every Attach lists them all; each replica judges its own.
-   */
-  #heldLeases(): LeaseKey[] {
-    const held = new Map<string, LeaseKey>();
-    for (const key of this.#tasks.keys()) {
-      const id = leaseKeyId(key);
-      held.set(id, create(LeaseKeySchema, { ...key, runId: this.#routes.get(id)?.runId ?? "" }));
-    }
-    for (const link of this.#links.values()) {
-      for (const key of link.ledger.heldLeases()) {
-        const id = leaseKeyId(key);
-        if (!held.has(id)) held.set(id, key);
-      }
-    }
-    return [...held.values()];
-  }
-
-  /** Reports not acknowledged yet, on every session. */
-  #unacknowledged(): number {
-    let n = 0;
-    for (const link of this.#links.values()) n += link.ledger.size;
-    return n;
-  }
-
-  /** Resolves true once every session's reports are acknowledged, false if `signal` aborts first. */
-  async #whenReportsSettled(signal: AbortSignal): Promise<boolean> {
-    for (;;) {
-      const pending = [...this.#links.values()].find((link) => link.ledger.size > 0);
-      if (pending === undefined) return true;
-      if (!(await pending.ledger.whenEmpty(signal))) return false;
-    }
-  }
-
-  /**
-   * The link a lease's reports go to: the one it came on (`origin`) while the latest map is older
-   * than the lease (`leasedAt`: its replica owned the run's partition when it granted it, which
-   * the map may not show yet); else the session of the replica owning the run's partition by the
-   * latest map, else `origin`, else the primary one.
-   */
-  #route(runId: string, origin: Link | undefined, leasedAt?: number): Link {
-    const primary = this.#primaryLink();
-    if (this.#links.size === 1) return primary;
-    const viaOrigin = origin !== undefined && !origin.retired && this.#links.get(origin.id) === origin;
-    const map = this.#map;
-    if (viaOrigin && leasedAt !== undefined && (map === undefined || map.askedAt < leasedAt)) return origin;
-    const owner = map === undefined || runId === "" ? undefined : ownerOfRun(map, runId);
-    const link = owner === undefined ? undefined : this.#byReplica.get(owner);
-    if (link !== undefined && !link.retired) return link;
-    if (viaOrigin) return origin;
-    return primary;
-  }
-
-  /** The link a running attempt's reports go to now. */
-  #linkFor(key: LeaseKey): Link | undefined {
-    if (this.#links.size === 1) return this.#primary;
-    const route = this.#routes.get(leaseKeyId(key));
-    return route === undefined ? this.#primary : this.#route(route.runId, route.origin, route.leasedAt);
-  }
-
-  /** Sends a report now, or queues it for the next attached session of its run's replica. */
-  #report(report: Report, runId: string, origin: Link | undefined, leasedAt?: number): void {
-    const link = this.#route(runId, origin, leasedAt);
-    link.ledger.record(report, this.#senderIfLive(link), runId, (origin ?? link).id, leasedAt);
-  }
-
-  /** {@link Executor.#report} of a running (or just ended) attempt. */
+  /** {@link ReplicaRouting.reportAttempt}. */
   #reportAttempt(report: Report, attempt: TaskAttempt): void {
-    const route = this.#routes.get(attempt.id);
-    this.#report(report, route?.runId ?? attempt.lease.runId, route?.origin, route?.leasedAt);
-  }
-
-  #senderIfLive(link: Link): SendReport | undefined {
-    const session = link.session;
-    return session?.live === true ? this.#sender(session) : undefined;
-  }
-
-  /**
-   * Sends reports on `session` (with the turn's others, see SchedulerSession.report); acknowledged
-   * ones go only through the ledger, which counts them in the order the scheduler receives them.
-   */
-  #sender(session: SchedulerSession): SendReport {
-    return (report) => session.report(report);
+    this.#routing.reportAttempt(report, attempt.id, attempt.lease.runId);
   }
 
   #onResponse(link: Link, session: SchedulerSession, response: SessionResponse): void {
@@ -599,11 +492,10 @@ export class Executor {
     if (!session.attach(ack.sessionId, interval, ack.protocolVersion)) return;
     const first = link.primary && !attachedBefore(this.#state);
     if (ack.sessionTimeoutMs > 0) link.sessionTimeoutMs = ack.sessionTimeoutMs;
-    if (!this.#reached(link, ack.replicaId)) {
-      // Another session of this executor reached that replica: one session per replica.
-      this.#retireSoon(link);
-      return;
-    }
+    // One session per replica: another session of this executor may have reached that replica.
+    const closing = this.#routing.reached(link, ack.replicaId);
+    if (closing !== undefined) this.#retireSoon(closing);
+    if (closing === link) return;
 
     // A revoked lease is a running task the scheduler gave away, or a report it already has (it
     // committed the report, but its Acked was lost with the previous session).
@@ -617,7 +509,7 @@ export class Executor {
 
     // The grant below covers every free slot, including those freed while detached.
     this.#turn.forgetFreedSlots();
-    const delivered = link.ledger.resend(this.#sender(session));
+    const delivered = link.ledger.resend((report) => session.report(report));
     const state = this.#state;
     if (state.t === "draining") {
       session.write({ case: "drain", value: create(DrainSchema, { reason: state.reason }) });
@@ -625,7 +517,7 @@ export class Executor {
     const start = link.primary ? this.#pendingStart() : undefined;
     if (link.primary) this.#enter(attached(state));
     this.#grant(true);
-    if (this.#clustered) this.#rebalanceReports();
+    if (this.#routing.clustered) this.#routing.rebalance();
     const fields = {
       sessionId: ack.sessionId,
       session: session.number,
@@ -647,7 +539,7 @@ export class Executor {
       // told apart, so one session, as before.
       this.#logger.info("the scheduler does not name its replica in AttachAck; keeping one session");
       this.#replicas?.stop();
-      for (const other of this.#links.values()) if (!other.primary) this.#retireSoon(other);
+      for (const other of this.#routing.links.values()) if (!other.primary) this.#retireSoon(other);
     }
     // A fresh session is not idle before it had the time to lease.
     link.lastLeaseAt = performance.now();
@@ -655,23 +547,6 @@ export class Executor {
       this.#replicas?.start();
       this.#idle.start();
     }
-  }
-
-  /**
-   * `link` reached replica `replicaId` (its AttachAck): records it, unless another link holds a
-   * session to that replica already; returns false then (the primary one wins, else the first).
-   */
-  #reached(link: Link, replicaId: string): boolean {
-    if (link.replicaId !== replicaId && this.#byReplica.get(link.replicaId) === link)
-      this.#byReplica.delete(link.replicaId);
-    link.replicaId = replicaId;
-    const other = this.#byReplica.get(replicaId);
-    if (other !== undefined && other !== link && !other.retired) {
-      if (!link.primary) return false;
-      this.#retireSoon(other);
-    }
-    this.#byReplica.set(replicaId, link);
-    return true;
   }
 
   /** The scheduler committed the session's first `through` reports: forget them. */
@@ -715,7 +590,7 @@ export class Executor {
     }
     const state = this.#state;
     if (state.t === "draining" || state.t === "closing") {
-      this.#report(
+      this.#routing.report(
         {
           case: "release",
           value: create(ReleaseSchema, { key, reason: `executor draining (${state.reason})` }),
@@ -731,7 +606,7 @@ export class Executor {
         { ...describeKey(key), slots: this.#options.slots },
         "protocol: lease beyond the credit granted; releasing it",
       );
-      this.#report(
+      this.#routing.report(
         { case: "release", value: create(ReleaseSchema, { key, reason: "no free slot" }) },
         lease.runId,
         link,
@@ -740,7 +615,7 @@ export class Executor {
       return;
     }
     const attempt = this.#tasks.start(lease);
-    this.#routes.set(attempt.id, {
+    this.#routing.routes.set(attempt.id, {
       runId: lease.runId,
       origin: link,
       key,
@@ -768,9 +643,9 @@ export class Executor {
         this.#logger.info({ ...describeKey(key), error_type: errorType, retryable }, "task failed");
       }
     }
-    const route = this.#routes.get(attempt.id);
+    const route = this.#routing.routes.get(attempt.id);
     if (route !== undefined) {
-      this.#routes.delete(attempt.id);
+      this.#routing.routes.delete(attempt.id);
       route.origin.running--;
     }
     // A slot is free again. While disconnected nothing is sent: the next AttachAck grants every free slot.
@@ -794,14 +669,7 @@ export class Executor {
    */
   #grant(rebalance = false): void {
     if (!takesWork(this.#state)) return;
-    const map = this.#map;
-    const plan = planCredit(this.#links.values(), {
-      slots: this.#options.slots,
-      running: this.#tasks.size,
-      weightOf: (link) => map?.replicas.get(link.replicaId)?.partitions ?? 0,
-      rebalance,
-      now: performance.now(),
-    });
+    const plan = this.#routing.planCredit(this.#options.slots, this.#tasks.size, rebalance);
     for (const [link, n] of plan.withdrawals)
       link.session?.write({ case: "credit", value: create(CreditSchema, { withdraw: n }) });
     for (const [link, n] of plan.grants)
@@ -815,8 +683,13 @@ export class Executor {
    */
   #onCancel(cancel: Cancel): void {
     const key = cancel.key;
-    if (cancel.partitionMoved && key !== undefined && this.#replicas?.on === true && this.#clustered) {
-      const route = this.#routes.get(leaseKeyId(key));
+    if (
+      cancel.partitionMoved &&
+      key !== undefined &&
+      this.#replicas?.on === true &&
+      this.#routing.clustered
+    ) {
+      const route = this.#routing.routes.get(leaseKeyId(key));
       if (route !== undefined) {
         route.sentTo = undefined;
         this.#logger.info(
@@ -835,7 +708,7 @@ export class Executor {
     if (
       rejected.code === "NOT_FOUND" &&
       rejected.key !== undefined &&
-      this.#misroutedTo(link, rejected.key)
+      this.#routing.misroutedTo(link, rejected.key)
     ) {
       this.#logger.info(fields, "a report reached a replica without its run; sending it to the run's owner");
       return;
@@ -849,70 +722,25 @@ export class Executor {
       this.#tasks.lose(rejected.key, rejected);
   }
 
-  /**
-   * A report on `key`'s lease was rejected NOT_FOUND by `link`'s replica, while this executor has
-   * sessions to several: the run's partition may have moved, its new owner not loaded it yet. Its
-   * last acknowledged report is kept to be sent again by the next map, the task keeps running (a
-   * Heartbeat goes to the owner by the next map), and the map is asked for now; for at most the
-   * session timeout since the first such rejection (no lease grace lasts longer: by then the new
-   * owner has expired the lease), once a map asked for after that rejection has come: a map that
-   * cannot be refreshed (the database restarting) says nothing of where the run went, and its
-   * owner may hold the lease meanwhile. A rejection by a replica its reports no longer go to (a
-   * report sent by an older map) is not counted: the report goes to the run's owner now. Returns
-   * false (the lease is lost, as always) with one session, or once that time is over.
-   */
-  #misroutedTo(link: Link, key: LeaseKey): boolean {
-    if (!this.#clustered || this.#replicas?.on !== true) return false;
-    const now = performance.now();
-    const id = leaseKeyId(key);
-    const entry = link.ledger.sentOn(key);
-    const route = this.#routes.get(id);
-    const current =
-      route !== undefined
-        ? this.#route(route.runId, route.origin, route.leasedAt)
-        : entry && this.#route(entry.runId, this.#links.get(entry.origin), entry.leasedAt);
-    const elsewhere = current !== undefined && current !== link;
-    const over = (since: number): boolean =>
-      !elsewhere && now - since > link.sessionTimeoutMs && (this.#map?.askedAt ?? -Infinity) > since;
-    if (entry !== undefined && isAcknowledgedReport(entry.report)) {
-      const since = this.#misroutedSince.get(entry.report) ?? now;
-      if (over(since)) return false;
-      this.#misroutedSince.set(entry.report, since);
-      this.#misrouted.set(id, entry);
-    } else if (route !== undefined) {
-      route.notFoundSince ??= now;
-      if (over(route.notFoundSince)) return false;
-      route.sentTo = undefined;
-    } else return false;
-    if (elsewhere) this.#rebalanceReports();
-    else this.#replicas?.soon();
-    return true;
-  }
-
   // ---- replicas --------------------------------------------------------------------------------
 
   /** A new map: sessions opened to replicas not reached, closed to those that left; reports re-routed. */
   #applyMap(map: ReplicaMap): void {
     if (!reconnects(this.#state) || this.#replicas?.on !== true) return;
-    this.#map = map;
-    if (map.replicas.size > 1) this.#clustered = true;
+    this.#routing.setMap(map);
     const run = this.#state.t === "idle" || this.#state.t === "stopped" ? undefined : this.#state.run;
     if (run === undefined) return;
     for (const replica of map.replicas.values()) {
-      const reached = this.#byReplica.get(replica.id);
-      if ((reached !== undefined && !reached.retired) || this.#links.has(replica.id)) continue;
+      const reached = this.#routing.byReplica.get(replica.id);
+      if ((reached !== undefined && !reached.retired) || this.#routing.links.has(replica.id)) continue;
       // At the configured address: the primary link reaches it (a restarted scheduler has a new
       // replica id; its session re-attaches there with the reports it kept).
-      if (replica.address === this.#primary?.address) continue;
+      if (replica.address === this.#routing.primaryIfSet?.address) continue;
       if (!takesWork(this.#state)) continue;
       this.#openLink(run, replica.id, replica.address);
     }
-    for (const link of this.#links.values()) {
-      if (link.primary || link.retired) continue;
-      const replicaId = link.replicaId === "" ? link.id : link.replicaId;
-      if (!map.replicas.has(replicaId)) this.#retireSoon(link);
-    }
-    this.#rebalanceReports();
+    for (const link of this.#routing.departed()) this.#retireSoon(link);
+    this.#routing.rebalance();
     this.#grant(true);
   }
 
@@ -927,8 +755,7 @@ export class Executor {
       return;
     }
     const link = newLink(replicaId, false, address, client, new AbortController());
-    this.#clustered = true;
-    this.#links.set(link.id, link);
+    this.#routing.add(link);
     this.#logger.info({ replicaId, scheduler_address: address }, "opening a session to a scheduler replica");
     const stop = (): void => link.closing.abort();
     run.closing.signal.addEventListener("abort", stop, { once: true });
@@ -948,72 +775,20 @@ export class Executor {
   }
 
   /**
-   * Closes a link to a replica that left (or that another session reached): no new leases on it,
-   * its queued reports go to their owners, and it is closed once its sent reports are settled
-   * (acknowledged, or handed on when its session ends), or after the drain timeout.
+   * Closes a link to a replica that left (or that another session reached), see
+   * {@link ReplicaRouting.retire}; then shares the slots again. Its failure is logged.
    */
-  /** {@link Executor.#retire}, its failure logged. */
   #retireSoon(link: Link): void {
-    this.#retire(link).catch((e: unknown) =>
-      this.#logger.error({ err: e, scheduler_address: link.address }, "closing a replica's session failed"),
-    );
-  }
-
-  async #retire(link: Link): Promise<void> {
     if (link.primary || link.retired) return;
-    link.retired = true;
-    if (this.#byReplica.get(link.replicaId) === link) this.#byReplica.delete(link.replicaId);
     this.#logger.info(
       { replicaId: link.replicaId || link.id, scheduler_address: link.address },
       "closing the session to a scheduler replica",
     );
-    this.#rebalanceReports();
-    await within(this.#options.drainTimeoutMs, (signal) =>
-      // Cut short when the executor stops (it closes every link then).
-      link.ledger.whenEmpty(AbortSignal.any([signal, link.closing.signal])),
-    );
-    link.closing.abort();
-    await link.session?.close(CLOSE_TIMEOUT_MS);
-    await link.loop;
-    link.client.close();
-    link.ledger.detach();
-    this.#links.delete(link.id);
-    // What it still had (its session ended unacknowledged) goes to the owners.
-    this.#rebalanceReports(link);
-    this.#grant(true);
-  }
-
-  /**
-   * After the map or the sessions changed: queued reports move to the link their run's owner is
-   * reached on, reports rejected NOT_FOUND go out again, and every running lease whose reports go
-   * to another replica now gets a Heartbeat there (so that the new owner adopts it in its grace).
-   */
-  #rebalanceReports(gone?: Link): void {
-    const moving: LedgerEntry[] = [];
-    const links = gone === undefined ? [...this.#links.values()] : [gone, ...this.#links.values()];
-    for (const link of links) {
-      moving.push(
-        ...link.ledger.take(
-          (e) => link === gone || this.#route(e.runId, this.#links.get(e.origin), e.leasedAt) !== link,
-        ),
+    this.#routing
+      .retire(link, this.#options.drainTimeoutMs, CLOSE_TIMEOUT_MS)
+      .then(() => this.#grant(true))
+      .catch((e: unknown) =>
+        this.#logger.error({ err: e, scheduler_address: link.address }, "closing a replica's session failed"),
       );
-    }
-    for (const entry of moving) {
-      const to = this.#route(entry.runId, this.#links.get(entry.origin), entry.leasedAt);
-      to.ledger.put(entry, this.#senderIfLive(to));
-    }
-    for (const [id, entry] of [...this.#misrouted]) {
-      const to = this.#route(entry.runId, this.#links.get(entry.origin), entry.leasedAt);
-      const send = this.#senderIfLive(to);
-      if (send === undefined) continue;
-      this.#misrouted.delete(id);
-      to.ledger.put(entry, send);
-    }
-    for (const route of this.#routes.values()) {
-      const to = this.#route(route.runId, route.origin, route.leasedAt);
-      if (to === route.sentTo || to.session?.live !== true) continue;
-      route.sentTo = to;
-      to.session.report({ case: "heartbeat", value: create(HeartbeatSchema, { key: route.key }) });
-    }
   }
 }

@@ -202,6 +202,12 @@ export function creditWithdrawals(
   return withdrawals;
 }
 
+/** Credit to withdraw from and to grant on each live link. */
+export interface CreditPlan {
+  withdrawals: Map<Link, number>;
+  grants: Map<Link, number>;
+}
+
 /** What {@link planCredit} needs. */
 export interface CreditInputs {
   /** The executor's slots. */
@@ -222,10 +228,7 @@ export interface CreditInputs {
  * `rebalance`, credit above a share is taken back first ({@link creditWithdrawals}). Applies the
  * plan to the links' `credit`; the caller sends a Credit (`withdraw`, then `n`) per entry.
  */
-export function planCredit(
-  links: Iterable<Link>,
-  inputs: CreditInputs,
-): { withdrawals: Map<Link, number>; grants: Map<Link, number> } {
+export function planCredit(links: Iterable<Link>, inputs: CreditInputs): CreditPlan {
   const live: Link[] = [];
   let credit = 0;
   for (const link of links) {
