@@ -199,9 +199,26 @@ export function traceparentSampled(traceparent: string | null | undefined): bool
 /** The span handed out where tracing is off: records nothing, costs one shared object. */
 export const NON_RECORDING_SPAN: Span = trace.wrapSpanContext(INVALID_SPAN_CONTEXT);
 
-/** The tracer of a Nexusflow component (the global provider's; a no-op one with tracing off). */
+/** The tracers handed out by {@link tracer}, by name, while `tracersOf` is the current telemetry. */
+let tracers = new Map<string, Tracer>();
+let tracersOf: Telemetry | undefined;
+
+/**
+ * The tracer of a Nexusflow component (the global provider's; a no-op one with tracing off). Kept
+ * by name until tracing starts or stops: `trace.getTracer` builds a key string and looks the tracer
+ * up in the provider on every call, and spans are made per run and attempt.
+ */
 export function tracer(name: string): Tracer {
-  return trace.getTracer(name);
+  if (tracersOf !== current) {
+    tracers = new Map();
+    tracersOf = current;
+  }
+  let found = tracers.get(name);
+  if (found === undefined) {
+    found = trace.getTracer(name);
+    tracers.set(name, found);
+  }
+  return found;
 }
 
 export * from "./rpc.js";

@@ -18,8 +18,10 @@ import {
   startTelemetry,
   traceparentOf,
   traceparentSampled,
+  tracer,
   tracingEnabled,
 } from "./index.js";
+import { startTestTracing } from "./testing.js";
 
 const TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
 
@@ -118,6 +120,30 @@ describe("tracing off", () => {
     assert.equal(trace.getTracer("t").startSpan("s").isRecording(), false);
     assert.equal(activeTraceparent(), undefined);
     await telemetry.shutdown();
+  });
+});
+
+describe("tracer", () => {
+  it("is kept by name while tracing is off, and the provider's once tracing starts, until it stops", async () => {
+    const off = tracer("component");
+    assert.equal(tracer("component"), off);
+    assert.equal(off.startSpan("s").isRecording(), false);
+    const tracing = await startTestTracing();
+    try {
+      const on = tracer("component");
+      assert.equal(tracer("component"), on);
+      assert.notEqual(tracer("other"), on);
+      const span = on.startSpan("recorded");
+      assert.equal(span.isRecording(), true);
+      span.end();
+      assert.deepEqual(
+        tracing.spans().map((s) => s.name),
+        ["recorded"],
+      );
+    } finally {
+      await tracing.stop();
+    }
+    assert.equal(tracer("component").startSpan("s").isRecording(), false);
   });
 });
 

@@ -13,7 +13,14 @@
  */
 import type { CompiledWorkflow } from "../dag/index.js";
 import type { StoredActiveState, StoredRun } from "../persistence/engine-store.js";
-import { ACTIVE_LEASE, storedStepId, type RunState, type TaskState } from "../model/run-state.js";
+import {
+  ACTIVE_LEASE,
+  runTraceContext,
+  runTraceSampled,
+  storedStepId,
+  type RunState,
+  type TaskState,
+} from "../model/run-state.js";
 import type { Core, Moment } from "./context.js";
 import { recoverClaims } from "./concurrency.js";
 import { chargeRecovered } from "./fair-shares.js";
@@ -43,6 +50,8 @@ export function storedRunState(
     requestHash,
     labels: r.labels,
     traceParent: r.traceParent ?? null,
+    traceContext: runTraceContext(r.traceParent ?? null),
+    traceSampled: runTraceSampled(r.traceParent ?? null),
     cancelRequested: r.cancelRequested,
     compensateOnCancel: r.compensateOnCancel,
     eventSeq: r.lastEventSeq,

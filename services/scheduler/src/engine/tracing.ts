@@ -7,13 +7,8 @@
  * attempts of a recovered run still join its trace. An attempt's context goes to the executor in
  * its Lease, and each lifecycle event carries the context of the span that caused it.
  */
-import { type Span, SpanKind, SpanStatusCode, context } from "@opentelemetry/api";
-import {
-  contextFromTraceparent,
-  traceparentOf,
-  traceparentSampled,
-  tracer,
-} from "@nexusflow/common/telemetry";
+import { type Span, SpanKind, SpanStatusCode, TraceFlags, context, trace } from "@opentelemetry/api";
+import { contextFromTraceparent, traceparentOf, tracer } from "@nexusflow/common/telemetry";
 import type { Core, Effects } from "../core/index.js";
 import type { AttemptState, RunState, TaskState } from "../model/run-state.js";
 import type { EngineStore } from "../persistence/engine-store.js";
@@ -30,9 +25,22 @@ function runAttributes(run: Pick<RunState, "id" | "workflow">): Record<string, s
   };
 }
 
-/** Starts the span of a new run, a child of the active span (the StartRun call's). */
+/**
+ * Starts the span of a new run, a child of the active span (the StartRun call's). When that span
+ * records nothing (its trace sampled out), the run's span would record nothing either (the sampler
+ * follows the parent): the call's own span stands for it, and the run's `traceparent` is the
+ * call's, at the cost of no span, id or sampling decision per run.
+ */
 export function startRunSpan(workflowName: string): Span {
-  return tracer(TRACER).startSpan(`run ${workflowName}`, { kind: SpanKind.INTERNAL }, context.active());
+  const active = context.active();
+  const parent = trace.getSpan(active);
+  if (
+    parent !== undefined &&
+    !parent.isRecording() &&
+    (parent.spanContext().traceFlags & TraceFlags.SAMPLED) === 0
+  )
+    return parent;
+  return tracer(TRACER).startSpan(`run ${workflowName}`, { kind: SpanKind.INTERNAL }, active);
 }
 
 /** Ends the span of a run once it is started (committed), or with the error that stopped it. */
@@ -74,24 +82,9 @@ export class AttemptSpans {
    * tasks of runs whose trace is not recorded have none (their leases and events carry the run's).
    */
   private readonly latest = new Map<string, string>();
-  /**
-   * The trace context of each run whose trace is not recorded (sampled out at StartRun), decided
-   * once per run: every lease and event of the run carries this one object.
-   */
-  private readonly unsampled = new WeakMap<RunState, Readonly<Record<string, string>> | null>();
-
-  /** The run's own context when its trace is not recorded, else null. */
+  /** The run's own context when its trace is not recorded (RunState.traceContext), else null. */
   private sampledOut(run: RunState | undefined): Readonly<Record<string, string>> | null {
-    if (run === undefined) return null;
-    let context = this.unsampled.get(run);
-    if (context === undefined) {
-      context =
-        traceparentSampled(run.traceParent) === false
-          ? Object.freeze({ traceparent: run.traceParent! })
-          : null;
-      this.unsampled.set(run, context);
-    }
-    return context;
+    return run === undefined || run.traceSampled ? null : run.traceContext;
   }
 
   /** Follows an attempt written by the core: opens its span, marks its start, ends it. */

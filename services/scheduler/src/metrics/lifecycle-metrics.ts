@@ -35,7 +35,6 @@ import {
   type Registry,
   SIZE_BUCKETS,
   observeWithTrace,
-  sampledTraceId,
 } from "@nexusflow/common/metrics";
 import { RunStatus, TaskKind, type LifecycleEvent } from "@nexusflow/gen";
 import type { RunState, TaskState } from "../model/run-state.js";
@@ -43,6 +42,11 @@ import type { CommitObservation } from "../persistence/batch-writer.js";
 
 /** Reads an active run (for the dependencies of a step), as the engine's `activeRun` does. */
 export type ActiveRunReader = (runId: string) => Readonly<RunState> | undefined;
+
+/** The trace id of a run whose trace is recorded (sampled), for an exemplar; else undefined. */
+function recordedTraceId(run: Readonly<RunState> | undefined): string | undefined {
+  return run?.traceSampled === true ? run.traceParent?.slice(3, 35) : undefined;
+}
 
 /** Status label values by RunStatus number. */
 const RUN_STATUS_NAMES: readonly string[] = Object.values(RunStatus)
@@ -235,7 +239,7 @@ export class LifecycleMetrics {
         const run = runs.get(e.runId) ?? this.activeRun(e.runId);
         if (run === undefined) return;
         const seconds = Math.max(0, millis(e) - run.createdAt.getTime()) / 1000;
-        const traceId = sampledTraceId(run.traceParent);
+        const traceId = recordedTraceId(run);
         if (traceId === undefined) this.#runDuration.get(e.workflowName, status).observe(seconds);
         else
           observeWithTrace(
@@ -301,7 +305,7 @@ export class LifecycleMetrics {
     const type = typeOf(tasks, id);
     const seconds = Math.max(0, millis(e) - started) / 1000;
     // The attempt's spans are in its run's trace.
-    const traceId = sampledTraceId(this.activeRun(e.runId)?.traceParent);
+    const traceId = recordedTraceId(this.activeRun(e.runId));
     if (traceId === undefined) this.#handler.get(type, outcome).observe(seconds);
     else observeWithTrace(this.#handlerHistogram, { task_type: type, outcome }, seconds, traceId);
   }

@@ -219,6 +219,15 @@ export interface RunState {
    * restart. Null with tracing off.
    */
   readonly traceParent: string | null;
+  /**
+   * The run's own trace context, `{ traceparent }` (one frozen object per run; null with tracing
+   * off), and whether its trace is recorded (the sampled flag of `traceParent`). Derived from
+   * `traceParent` once, when the run is made ({@link runTraceContext}, {@link runTraceSampled});
+   * not stored: the leases and events of a run whose trace is sampled out all carry this object,
+   * and tracing takes one branch for them.
+   */
+  readonly traceContext: Readonly<{ traceparent: string }> | null;
+  readonly traceSampled: boolean;
   cancelRequested: boolean;
   compensateOnCancel: boolean;
   /** Last event sequence number used. */
@@ -352,6 +361,19 @@ export function newTaskState(
   };
 }
 
+/** RunState.traceContext of a run whose `traceparent` is `traceParent`. */
+export function runTraceContext(traceParent: string | null): Readonly<{ traceparent: string }> | null {
+  return traceParent === null ? null : Object.freeze({ traceparent: traceParent });
+}
+
+/**
+ * RunState.traceSampled: the sampled flag of a W3C `traceparent` of version 00
+ * (`00-<trace id>-<span id>-<flags>`, as the scheduler stores it); false for none or another shape.
+ */
+export function runTraceSampled(traceParent: string | null): boolean {
+  return traceParent?.length === 55 && (parseInt(traceParent.slice(53), 16) & 1) === 1;
+}
+
 /** A new RUNNING run, with no tasks yet and no event numbered. */
 export function newRunState(init: {
   id?: string;
@@ -378,6 +400,8 @@ export function newRunState(init: {
     requestHash: init.requestHash ?? null,
     labels: init.labels,
     traceParent: init.traceParent ?? null,
+    traceContext: runTraceContext(init.traceParent ?? null),
+    traceSampled: runTraceSampled(init.traceParent ?? null),
     cancelRequested: false,
     compensateOnCancel: false,
     eventSeq: 0,

@@ -4,6 +4,7 @@
  * stranded, a failed commit's changes go back in front, and closing rejects what waits.
  */
 import assert from "node:assert/strict";
+import { AsyncLocalStorage } from "node:async_hooks";
 import { describe, it } from "node:test";
 import { lifecycleEvent } from "./outbox.js";
 import { PendingChanges, WriterClosedError, type Changes, type Waiter } from "./pending-changes.js";
@@ -93,6 +94,28 @@ void describe("PendingChanges", () => {
     assert.equal(commit?.changes.events.length, 1);
     assert.equal(commit?.waiters.length, 2);
     assert.equal(r.pending(), 0);
+  });
+
+  void it("commits in the async context it was made in, not in that of the call that marked the change", async () => {
+    const calls = new AsyncLocalStorage<string>();
+    const seen: (string | undefined)[] = [];
+    const r = new (class extends Recorder {
+      protected override drain(): Promise<void> {
+        seen.push(calls.getStore());
+        return super.drain();
+      }
+    })();
+    // A call's context (with tracing on: its span, whose trace the commit's queries would join).
+    await calls.run("StartRun #1", async () => {
+      r.markRun(run());
+      await r.flush();
+    });
+    await calls.run("StartRun #2", () => {
+      r.markRun(run());
+      return r.flush();
+    });
+    assert.deepEqual(seen, [undefined, undefined]);
+    assert.equal(r.commits.length, 2);
   });
 
   void it("runs one commit at a time; what is marked meanwhile goes with the next", async () => {

@@ -6,6 +6,7 @@
  * the event loop after a flush, so that everything changed in the same turn shares it, and only
  * one runs at a time: what is marked meanwhile waits for the next.
  */
+import { AsyncResource } from "node:async_hooks";
 import { UnavailableError } from "@nexusflow/common";
 import type { AttemptState, RunState, TaskState } from "../model/run-state.js";
 import type { OutboxRow } from "./outbox.js";
@@ -206,9 +207,15 @@ export abstract class PendingChanges {
     setImmediate(this.startDrain);
   }
 
-  private readonly startDrain = (): void => {
+  /**
+   * Drains run in the async context the writer was made in (the scheduler's start), not in that of
+   * the call whose change kicked the first of them: a commit serves many runs, so its database
+   * spans and log lines belong to no one call's trace (with tracing on, the pg instrumentation
+   * would otherwise make every commit's queries children of whichever StartRun came first).
+   */
+  private readonly startDrain = AsyncResource.bind((): void => {
     void this.drain().then(this.drained);
-  };
+  });
 
   private readonly drained = (): void => {
     this.running = false;
