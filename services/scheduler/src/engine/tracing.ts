@@ -89,14 +89,14 @@ export class AttemptSpans {
 
   /** Follows an attempt written by the core: opens its span, marks its start, ends it. */
   written(run: RunState | undefined, task: TaskState | undefined, attempt: AttemptState): void {
+    // The run's trace is not recorded (sampled out at StartRun): its attempt would be a span
+    // that records nothing. The attempt's leases and events carry the run's own context, so
+    // the executor records nothing for it either.
+    if (this.sampledOut(run) !== null) return;
     const key = `${attempt.taskRunId}/${attempt.number}`;
     let entry = this.open.get(key);
     if (entry === undefined) {
       const parent = run?.traceParent ?? undefined;
-      // The run's trace is not recorded (sampled out at StartRun): its attempt would be a span
-      // that records nothing. The attempt's leases and events carry the run's own context, so
-      // the executor records nothing for it either.
-      if (this.sampledOut(run) !== null) return;
       const span = tracer(TRACER).startSpan(
         `attempt ${task?.stepId ?? attempt.taskRunId}`,
         {
