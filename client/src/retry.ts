@@ -78,20 +78,57 @@ export function methodName(req: { service: { typeName: string }; method: { name:
   return `${req.service.typeName}/${req.method.name}`;
 }
 
+/** Node's error for an HTTP/2 stream the peer reset, and the reset code that says "not processed". */
+const STREAM_ERROR = "ERR_HTTP2_STREAM_ERROR";
+const NODE_REFUSED = /\bNGHTTP2_REFUSED_STREAM\b/;
+/** connect-node's own message for the reset code (not a server's message that quotes it). */
+const CONNECT_REFUSED = /^http\/2 stream closed with error code REFUSED_STREAM\b/;
+
 /**
- * Repeats an idempotent unary call that failed with UNAVAILABLE, up to `maxAttempts` attempts in
- * all, within the call's deadline and while its signal is not aborted. Streams pass through.
+ * The UNAVAILABLE a call whose HTTP/2 stream the server refused ends with, or undefined for any
+ * other error. A refused stream (RST_STREAM REFUSED_STREAM, also what streams above a GOAWAY's last
+ * stream id end with) was not processed at all (RFC 9113 section 8.7): the call is safe to send
+ * again, whatever its method. connect-node reports it as INTERNAL when Node emits it as a stream
+ * error (`ERR_HTTP2_STREAM_ERROR`, "Stream closed with error code NGHTTP2_REFUSED_STREAM"), as
+ * UNAVAILABLE when it reads the reset code itself.
+ */
+export function refusedStreamError(e: unknown): ConnectError | undefined {
+  for (let cause = e, depth = 0; cause instanceof Error && depth < 8; cause = cause.cause, depth++) {
+    const code = (cause as { code?: unknown }).code;
+    const nodeRefusal = code === STREAM_ERROR && NODE_REFUSED.test(cause.message);
+    const connectRefusal = cause instanceof ConnectError && CONNECT_REFUSED.test(cause.rawMessage);
+    if (nodeRefusal || connectRefusal) {
+      return new ConnectError(
+        "the server refused the call's HTTP/2 stream (REFUSED_STREAM): it was not processed and may be sent again",
+        Code.Unavailable,
+        undefined,
+        undefined,
+        e,
+      );
+    }
+  }
+  return undefined;
+}
+
+/**
+ * Repeats an idempotent unary call that failed with UNAVAILABLE, and any unary call whose stream
+ * the server refused (never processed: {@link refusedStreamError}), up to `maxAttempts` attempts
+ * in all, within the call's deadline and while its signal is not aborted. A refused stream always
+ * ends as UNAVAILABLE, never INTERNAL. Streaming calls are not repeated.
  */
 export function retryInterceptor(options: CompiledRetryOptions): Interceptor {
   return (next) => async (req) => {
-    if (options.maxAttempts <= 1 || req.stream || !isIdempotentCall(methodName(req), req.message)) {
-      return next(req);
-    }
+    const idempotent = !req.stream && isIdempotentCall(methodName(req), req.message);
     for (let attempt = 1; ; attempt++) {
       try {
         return await next(req);
       } catch (e) {
-        if (ConnectError.from(e).code !== Code.Unavailable || attempt >= options.maxAttempts) throw e;
+        const refused = refusedStreamError(e);
+        const again =
+          !req.stream &&
+          attempt < options.maxAttempts &&
+          (refused !== undefined || (idempotent && ConnectError.from(e).code === Code.Unavailable));
+        if (!again) throw refused ?? e;
         // An abort during the delay rejects with the signal's reason: the call's deadline or the
         // caller's cancellation, which the transport turns into DEADLINE_EXCEEDED or CANCELED.
         await sleep(retryDelayMs(attempt, options), req.signal);
