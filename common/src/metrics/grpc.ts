@@ -7,6 +7,7 @@
 import * as grpc from "@grpc/grpc-js";
 import { Histogram, type Registry } from "prom-client";
 import { LATENCY_BUCKETS } from "./buckets.js";
+import { type HistogramChild, histogramCells } from "./cells.js";
 import { Children2 } from "./children.js";
 import { METRIC_PREFIX } from "./registry.js";
 
@@ -40,7 +41,7 @@ const HELP = {
  * and code, with its children cached; for interceptors of other RPC libraries (Connect) too.
  */
 export class GrpcCallDurations {
-  readonly #children: Children2<ReturnType<Histogram<"method" | "code">["labels"]>>;
+  readonly #children: Children2<HistogramChild>;
   readonly #methods = new Map<string, string>();
 
   constructor(registry: Registry, side: "server" | "client") {
@@ -51,7 +52,8 @@ export class GrpcCallDurations {
       buckets: [...LATENCY_BUCKETS],
       registers: [registry],
     });
-    this.#children = new Children2(histogram);
+    // Cells (cells.ts): a call's observation skips prom-client's per-call label checks and key strings.
+    this.#children = new Children2(histogramCells(histogram));
   }
 
   /** Records a call of `path` ("/package.Service/Method" or without the slash) that began at `startedMs` (performance.now()). */
