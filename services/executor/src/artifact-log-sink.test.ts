@@ -123,11 +123,13 @@ describe("ArtifactLogSink", () => {
     ]);
   });
 
-  it("an attempt without lines still stores an empty log", async () => {
+  it("an attempt without lines stores nothing, and its LogRef says 0 lines", async () => {
     const ref = await new ArtifactLogSink({ store }).open(identity).close();
+    assert.equal(ref?.key, `${prefix}logs.jsonl`);
     assert.equal(ref?.lines, 0n);
     assert.equal(ref?.size, 0n);
-    assert.equal(await text(store, `${prefix}logs.jsonl`), "");
+    assert.equal(await store.stat(`${prefix}logs.jsonl`), undefined);
+    assert.deepEqual(await store.list(prefix), []);
   });
 
   it("flushes numbered chunks while the attempt runs, then joins them into logs.jsonl", async () => {

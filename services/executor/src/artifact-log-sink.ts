@@ -11,7 +11,9 @@
  * runs/{run}/{step}/attempt-{n}/logs.jsonl         on close: all chunks in order, then the chunks are deleted
  * ```
  *
- * An attempt that ends before its first flush writes `logs.jsonl` directly. If the executor dies
+ * An attempt that ends before its first flush writes `logs.jsonl` directly; one that wrote no line
+ * at all stores nothing (no request to the store on its way to the report): its {@link LogRef}
+ * names the key with 0 lines, which readers take for an empty log. If the executor dies
  * mid-attempt the chunks stay, and readers use them. While the store cannot be written, lines are
  * held (up to `maxBufferedBytes`, then dropped and counted, and the count is logged as a last line).
  * `append` never throws or blocks.
@@ -227,6 +229,9 @@ class ArtifactAttemptLog implements AttemptLog {
       );
     }
     const key = `${this.#prefix}${LOGS_OBJECT}`;
+    // No line at all: nothing to store (a silent handler would otherwise cost an empty object, a
+    // request to S3, before every report).
+    if (this.#chunks === 0 && this.#pending.length === 0) return create(LogRefSchema, { key });
     let lines: number;
     let ref;
     if (this.#chunks === 0) {

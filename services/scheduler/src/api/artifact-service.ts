@@ -66,6 +66,16 @@ export interface AttemptInfo {
   readonly executorId?: string | undefined;
   /** Key of the log its executor reported storing (absent: it reported none, or has not ended). */
   readonly logKey?: string | undefined;
+  /** Lines of that log, as reported (a decimal string; absent with the key: none, an empty log). */
+  readonly logLines?: string | undefined;
+}
+
+/**
+ * Whether the attempt's executor reported a log of no line: it stores nothing then (an executor
+ * that stores logs in the artifact store writes no empty object), so no object is no loss.
+ */
+export function reportedEmptyLog(attempt: AttemptInfo): boolean {
+  return attempt.logKey !== undefined && (attempt.logLines === undefined || attempt.logLines === "0");
 }
 
 /** One task (a step or its compensation) as the database knows it. */
@@ -105,7 +115,8 @@ export class PgTaskIndex implements TaskIndex {
     const { rows } = await this.pool.query<{ status: string; attempts: AttemptInfo[] | null }>(
       `SELECT t.status,
               (SELECT json_agg(json_strip_nulls(json_build_object('number', a.number, 'status', a.status,
-                        'executorId', a.executor_id, 'logKey', a.logs->>'key')) ORDER BY a.number)
+                        'executorId', a.executor_id, 'logKey', a.logs->>'key',
+                        'logLines', a.logs->>'lines')) ORDER BY a.number)
                  FROM task_attempts a WHERE a.task_run_id = t.id) AS attempts
          FROM task_runs t WHERE t.run_id = $1 AND t.step_id = $2 AND t.kind = $3`,
       [runId, stepId, kind],
@@ -434,7 +445,8 @@ export function artifactService(options: ArtifactServiceOptions): grpc.UntypedSe
               sent += batch.length;
             }
             if (ended) {
-              if (!cursor.complete && cursor.chunks === 0)
+              // No logs.jsonl and no chunk: a log of no line (nothing was stored), or a lost one.
+              if (!cursor.complete && cursor.chunks === 0 && !reportedEmptyLog(attempt))
                 missing.set(attempt.number, { attempt, key: `${prefix}${LOGS_OBJECT}` });
               // An ended attempt without logs.jsonl (its executor died) has nothing more to come either.
               cursor.complete = true;

@@ -233,6 +233,31 @@ describe("ArtifactService", () => {
     );
   });
 
+  it("answers no line for an attempt reported with an empty log (nothing stored), NOT_FOUND for a lost one", async () => {
+    const run = randomUUID();
+    const key = (n: number): string => `runs/${run}/quiet/attempt-${n}/logs.jsonl`;
+    // Attempt 1 logged nothing: its executor stored no object and reported the key with 0 lines
+    // (proto3 JSON leaves the zero out).
+    fake.set(run, "quiet", {
+      status: "SUCCEEDED",
+      attempts: [{ number: 1, status: "SUCCEEDED", logKey: key(1) }],
+    });
+    assert.deepEqual(await collect(client.getTaskLogs({ runId: run, stepId: "quiet" })), []);
+    fake.set(run, "quiet", {
+      status: "SUCCEEDED",
+      attempts: [{ number: 1, status: "SUCCEEDED", logKey: key(1), logLines: "0" }],
+    });
+    assert.deepEqual(await collect(client.getTaskLogs({ runId: run, stepId: "quiet", follow: true })), []);
+    // Reported with lines, and not in the store: lost, and said so.
+    fake.set(run, "lost", {
+      status: "SUCCEEDED",
+      attempts: [
+        { number: 1, status: "SUCCEEDED", logKey: `runs/${run}/lost/attempt-1/logs.jsonl`, logLines: "3" },
+      ],
+    });
+    await assert.rejects(collect(client.getTaskLogs({ runId: run, stepId: "lost" })), isCode(Code.NotFound));
+  });
+
   it("follows a running task across chunks, a retry and the final logs.jsonl, each line once", async () => {
     const run = randomUUID();
     const a1 = `runs/${run}/build/attempt-1/`;

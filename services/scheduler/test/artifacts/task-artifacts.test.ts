@@ -321,6 +321,14 @@ for (const backend of ["filesystem", "s3"] as const) {
           sha256: sha256(JSON.stringify(BIG_ITEMS)),
         });
         assert.deepEqual(valueToJson(done.output), { count: 5000, last: "item-4999" });
+        // A step that logged nothing stored no log object: GetTaskLogs answers no line (not
+        // NOT_FOUND: its executor reported an empty log), and nothing is listed for it.
+        assert.deepEqual(await logs(done.id, "digest"), []);
+        const listed = (await artifacts.listArtifacts({ runId: done.id, stepId: "digest" })).artifacts;
+        assert.deepEqual(
+          listed.map((a) => a.name),
+          [],
+        );
 
         const stored = await collect(artifacts.getArtifact({ key: ref.key }));
         const json = Buffer.concat(stored.slice(1).map((m) => Buffer.from(m.chunk))).toString("utf8");
