@@ -221,7 +221,13 @@ export class Engine {
       log: options.log,
       children: this.children,
       keyed: this.keyed,
-      timers: this.timers,
+      // A run leaving memory (parked, or its partition lost) takes its timers and its open spans.
+      timers: {
+        runLeft: (run: RunState): void => {
+          this.timers.runLeft(run);
+          this.spans?.runLeft(run);
+        },
+      },
       dirty: this.dirtyRuns,
       live: () => this.stateValue === "RUNNING" || this.stateValue === "RECOVERING",
       moment: () => this.moment(),

@@ -166,11 +166,37 @@ export class AttemptSpans {
   /** Forgets the tasks of an ended run. */
   runEnded(run: RunState): void {
     if (this.sampledOut(run) !== null) return;
-    for (const task of run.tasks.values()) this.latest.delete(task.id);
-    for (const task of run.compensations.values()) this.latest.delete(task.id);
-    // A map step's element tasks (core/maps.ts) are not among the run's tasks by step.
-    for (const map of run.maps?.values() ?? []) for (const task of map.elements) this.latest.delete(task.id);
+    for (const task of tasksOf(run)) this.latest.delete(task.id);
   }
+
+  /**
+   * The run left this scheduler's memory while not ended (parked, or its partition moved to
+   * another replica): the spans of its attempts still open here end now, saying so (the replica
+   * that loads the run again opens its own for an attempt it adopts), and its tasks are forgotten.
+   */
+  runLeft(run: RunState): void {
+    if (this.sampledOut(run) !== null) return;
+    const at = new Date();
+    for (const task of tasksOf(run)) {
+      this.latest.delete(task.id);
+      // Only a task's latest attempt can be open.
+      const key = `${task.id}/${task.attempt}`;
+      const entry = this.open.get(key);
+      if (entry === undefined) continue;
+      entry.span.setAttribute("nexusflow.attempt_status", "LEFT");
+      entry.span.addEvent("the run left this scheduler (parked, or its partition moved)", at);
+      entry.span.end(at);
+      this.open.delete(key);
+    }
+  }
+}
+
+/** Every task of a run: its steps, its compensations and its map steps' elements. */
+function* tasksOf(run: RunState): Iterable<TaskState> {
+  yield* run.tasks.values();
+  yield* run.compensations.values();
+  // A map step's element tasks (core/maps.ts) are not among the run's tasks by step.
+  for (const map of run.maps?.values() ?? []) yield* map.elements;
 }
 
 /**
