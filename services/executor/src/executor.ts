@@ -543,10 +543,7 @@ export class Executor {
     }
     // A fresh session is not idle before it had the time to lease.
     link.lastLeaseAt = performance.now();
-    if (first) {
-      this.#replicas?.start();
-      this.#idle.start();
-    }
+    if (first) this.#replicas?.start();
   }
 
   /** The scheduler committed the session's first `through` reports: forget them. */
@@ -756,6 +753,8 @@ export class Executor {
     }
     const link = newLink(replicaId, false, address, client, new AbortController());
     this.#routing.add(link);
+    // Slots are shared among sessions from now on: watch which ones are idle (no timer with one).
+    this.#idle.start();
     this.#logger.info({ replicaId, scheduler_address: address }, "opening a session to a scheduler replica");
     const stop = (): void => link.closing.abort();
     run.closing.signal.addEventListener("abort", stop, { once: true });
