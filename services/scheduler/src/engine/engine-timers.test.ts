@@ -2,7 +2,8 @@
 import assert from "node:assert/strict";
 import { afterEach, beforeEach, describe, it, mock } from "node:test";
 import type { Timer } from "../core/index.js";
-import { newTaskState } from "../model/run-state.js";
+import type { CompiledWorkflow } from "../dag/index.js";
+import { newRunState, newTaskState } from "../model/run-state.js";
 import { EngineTimers } from "./engine-timers.js";
 
 describe("engine timers", () => {
@@ -36,6 +37,51 @@ describe("engine timers", () => {
       fired.map((t) => (t.kind === "durable" ? t.task.id : t.kind)),
       ["t-unanswered"],
     );
+  });
+
+  it("a task's start-to-close timer goes when its attempt ends, not when its lease moves", () => {
+    const { fired, timers } = setup();
+    const task = newTaskState("run", "a", "STEP", "", 0, new Date(0), "t");
+    task.fencingToken = 1;
+    task.leaseExpiresAt = new Date(3_600_000);
+    timers.set({ kind: "start-to-close", task, token: 1 }, 3_600_000);
+    // Adopted by another session (core/fencing.ts adopt): the lease keeps its deadline.
+    timers.leaseEnded(task);
+    mock.timers.tick(3_600_000);
+    assert.deepEqual(
+      fired.map((t) => t.kind),
+      ["start-to-close"],
+    );
+    // The next attempt's; it ends (detach clears the deadline first): nothing is left to fire.
+    task.fencingToken = 2;
+    timers.set({ kind: "start-to-close", task, token: 2 }, 3_600_000);
+    task.leaseExpiresAt = null;
+    timers.leaseEnded(task);
+    mock.timers.tick(3_600_000);
+    assert.equal(fired.length, 1);
+  });
+
+  it("a task's schedule-to-start timer goes once it is leased; its retry goes when its run leaves", () => {
+    const { fired, timers } = setup();
+    const task = newTaskState("run", "a", "STEP", "", 0, new Date(0), "t");
+    const run = newRunState({
+      id: "run",
+      definitionId: 1,
+      workflow: { name: "w", version: 1, timeoutMs: null } as unknown as CompiledWorkflow,
+      input: null,
+      idempotencyKey: null,
+      labels: {},
+      now: new Date(0),
+    });
+    run.tasks.set(task.stepId, task);
+    timers.set({ kind: "schedule-to-start", task, attempt: 0, limitMs: 60_000 }, 60_000);
+    timers.leaseEnded(task);
+    timers.set({ kind: "retry", task }, 60_000);
+    // A retry set again replaces the first.
+    timers.set({ kind: "retry", task }, 120_000);
+    timers.runLeft(run);
+    mock.timers.tick(120_000);
+    assert.deepEqual(fired, []);
   });
 
   it("setting a task's wait timer again replaces it", () => {

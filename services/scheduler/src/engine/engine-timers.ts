@@ -29,6 +29,12 @@ export class EngineTimers {
   private readonly waits = new Map<string, NodeJS.Timeout>();
   /** Runs' deadline timers by run id. */
   private readonly deadlines = new Map<string, NodeJS.Timeout>();
+  /**
+   * A task's schedule-to-start, start-to-close and retry timers, by kind and task id: cleared once
+   * moot rather than left to fire stale, since each holds its task (input and output included)
+   * for as long as its timeout, hours maybe, after the task ended.
+   */
+  private readonly byTask = new Map<string, NodeJS.Timeout>();
   private readonly timers = new Set<NodeJS.Timeout>();
 
   constructor(private readonly o: EngineTimersOptions) {}
@@ -72,14 +78,41 @@ export class EngineTimers {
       this.deadlines.set(id, t);
       return;
     }
+    if (timer.kind === "schedule-to-start" || timer.kind === "start-to-close" || timer.kind === "retry") {
+      // One of each kind per task: a later one (the next attempt's, a new lease's) replaces it.
+      const key = taskTimerKey(timer.kind, timer.task.id);
+      clearTimeout(this.byTask.get(key));
+      const t = setTimeout(
+        () => {
+          this.byTask.delete(key);
+          if (this.o.live()) this.o.fired(timer);
+        },
+        Math.max(0, ms),
+      );
+      this.byTask.set(key, t);
+      return;
+    }
     this.after(ms, () => void this.o.fired(timer));
   }
 
-  /** The run left memory (parked, engine/parking.ts): its deadline's and its waits' timers go. */
+  /** Clears the task's timer of `kind`, if it has one. */
+  private clearTaskTimer(kind: TaskTimerKind, taskId: string): void {
+    const key = taskTimerKey(kind, taskId);
+    const t = this.byTask.get(key);
+    if (t === undefined) return;
+    clearTimeout(t);
+    this.byTask.delete(key);
+  }
+
+  /** The run left memory (parked, engine/parking.ts): its deadline's and its tasks' timers go. */
   runLeft(run: RunState): void {
     clearTimeout(this.deadlines.get(run.id));
     this.deadlines.delete(run.id);
-    for (const task of run.tasks.values()) this.leaseEnded(task);
+    for (const task of run.tasks.values()) {
+      this.leaseEnded(task);
+      if (this.byTask.size === 0) continue;
+      for (const kind of TASK_TIMER_KINDS) this.clearTaskTimer(kind, task.id);
+    }
   }
 
   /** Calls `fn` in `ms` if the engine is live then. */
@@ -94,8 +127,17 @@ export class EngineTimers {
     this.timers.add(t);
   }
 
-  /** The task's lease (or its wait) ended: its grace timer (or its wait's), if any, is moot. */
+  /**
+   * The task's lease (or its wait) ended, or moved to another session: its grace timer (or its
+   * wait's), if any, is moot, and so is its schedule-to-start timer (it was leased); its
+   * start-to-close timer too once the lease has no deadline any more (the attempt ended, see
+   * core/transitions.ts detach; a lease adopted by a session keeps its deadline and its timer).
+   */
   leaseEnded(task: TaskState): void {
+    if (this.byTask.size > 0) {
+      this.clearTaskTimer("schedule-to-start", task.id);
+      if (task.leaseExpiresAt === null) this.clearTaskTimer("start-to-close", task.id);
+    }
     if (this.waits.size > 0) {
       const wait = this.waits.get(task.id);
       if (wait !== undefined) {
@@ -120,7 +162,17 @@ export class EngineTimers {
     this.waits.clear();
     for (const t of this.deadlines.values()) clearTimeout(t);
     this.deadlines.clear();
+    for (const t of this.byTask.values()) clearTimeout(t);
+    this.byTask.clear();
   }
+}
+
+/** The timers kept by task ({@link EngineTimers}' `byTask`). */
+type TaskTimerKind = "schedule-to-start" | "start-to-close" | "retry";
+const TASK_TIMER_KINDS: readonly TaskTimerKind[] = ["schedule-to-start", "start-to-close", "retry"];
+
+function taskTimerKey(kind: TaskTimerKind, taskId: string): string {
+  return `${kind}\u0000${taskId}`;
 }
 
 /**
