@@ -10,6 +10,7 @@ import { after, before, describe, it } from "node:test";
 import type { CompiledWorkflow } from "../src/dag/index.js";
 import { lifecycleEvent } from "../src/persistence/outbox.js";
 import {
+  leasedAttempt,
   newRunState,
   newTaskState,
   type AttemptState,
@@ -390,19 +391,7 @@ describe("batch writer (PostgreSQL)", () => {
         task.fencingToken++;
         task.status = "LEASED";
         task.executorId = executorId;
-        const attempt: AttemptState = {
-          taskRunId: task.id,
-          runId: run.id,
-          number: task.attempt,
-          fencingToken: task.fencingToken,
-          executorId,
-          status: "LEASED",
-          error: null,
-          logs: null,
-          leasedAt: new Date(),
-          startedAt: null,
-          endedAt: null,
-        };
+        const attempt = leasedAttempt(task, executorId, new Date());
         task.current = attempt;
         writer.markTask(task);
         writer.markAttempt(attempt);

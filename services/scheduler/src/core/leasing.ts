@@ -2,7 +2,7 @@
  * Leasing: a queued task given to a session becomes LEASED with a new attempt and a higher fencing
  * token; the lease is sent only once that is committed, and only if it still stands then.
  */
-import { ACTIVE_LEASE, type AttemptState, type RunState, type TaskState } from "../model/run-state.js";
+import { ACTIVE_LEASE, type RunState, type TaskState, leasedAttempt } from "../model/run-state.js";
 import type { Core, SessionLeases } from "./context.js";
 import { taskKind } from "./transitions.js";
 
@@ -20,19 +20,7 @@ export function grantLease(
   task.executorId = session.executorId;
   task.sessionId = session.id;
   task.queuedAt = null;
-  const attempt: AttemptState = {
-    taskRunId: task.id,
-    runId: task.runId,
-    number: task.attempt,
-    fencingToken: task.fencingToken,
-    executorId: session.executorId,
-    status: "LEASED",
-    error: null,
-    logs: null,
-    leasedAt: now,
-    startedAt: null,
-    endedAt: null,
-  };
+  const attempt = leasedAttempt(task, session.executorId, now);
   task.current = attempt;
   const startToClose = run.workflow.stepsById.get(task.stepId)?.timeouts.startToCloseMs ?? null;
   task.leaseExpiresAt = startToClose === null ? null : new Date(now.getTime() + startToClose);

@@ -7,7 +7,13 @@ import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import { startTestTracing, type TestTracing } from "@nexusflow/common/telemetry/testing";
 import type { CompiledWorkflow } from "../dag/index.js";
-import { type AttemptState, type RunState, newRunState, newTaskState } from "../model/run-state.js";
+import {
+  type AttemptState,
+  type RunState,
+  leasedAttempt,
+  newRunState,
+  newTaskState,
+} from "../model/run-state.js";
 import { AttemptSpans } from "./tracing.js";
 
 const SAMPLED = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
@@ -27,20 +33,8 @@ function runWithTask(traceParent: string): { run: RunState; attempt: AttemptStat
   const task = newTaskState(run.id, "charge", "STEP", "billing.charge", 0, new Date());
   task.attempt = 1;
   run.tasks.set(task.stepId, task);
-  const attempt: AttemptState = {
-    taskRunId: task.id,
-    runId: run.id,
-    number: 1,
-    fencingToken: 1,
-    executorId: "e1",
-    status: "LEASED",
-    error: null,
-    logs: null,
-    leasedAt: new Date(),
-    startedAt: null,
-    endedAt: null,
-  };
-  return { run, attempt };
+  task.fencingToken = 1;
+  return { run, attempt: leasedAttempt(task, "e1", new Date()) };
 }
 
 describe("AttemptSpans", () => {

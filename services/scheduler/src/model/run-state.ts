@@ -374,6 +374,30 @@ export function runTraceSampled(traceParent: string | null): boolean {
   return traceParent?.length === 55 && (parseInt(traceParent.slice(53), 16) & 1) === 1;
 }
 
+/**
+ * The attempt a lease of `task` starts (its current attempt number and fencing token), LEASED to
+ * `executorId` at `leasedAt`.
+ */
+export function leasedAttempt(
+  task: Pick<TaskState, "id" | "runId" | "attempt" | "fencingToken">,
+  executorId: string,
+  leasedAt: Date,
+): AttemptState {
+  return {
+    taskRunId: task.id,
+    runId: task.runId,
+    number: task.attempt,
+    fencingToken: task.fencingToken,
+    executorId,
+    status: "LEASED",
+    error: null,
+    logs: null,
+    leasedAt,
+    startedAt: null,
+    endedAt: null,
+  };
+}
+
 /** A new RUNNING run, with no tasks yet and no event numbered. */
 export function newRunState(init: {
   id?: string;

@@ -10,7 +10,13 @@ import { waitFor } from "@nexusflow/common/testing";
 import { TaskErrorType } from "@nexusflow/common/task-error-types";
 import type { CompiledWorkflow } from "../dag/index.js";
 import { lifecycleEvent } from "./outbox.js";
-import { newRunState, newTaskState, type RunState, type TaskState } from "../model/run-state.js";
+import {
+  leasedAttempt,
+  newRunState,
+  newTaskState,
+  type RunState,
+  type TaskState,
+} from "../model/run-state.js";
 import type { CommittedChanges, EngineStore } from "./engine-store.js";
 
 /** A store for one test, the id of a stored workflow definition, and how to clean up. */
@@ -61,19 +67,7 @@ function lease(store: EngineStore, task: TaskState, executorId = "ex-1"): void {
   task.fencingToken++;
   task.status = "LEASED";
   task.executorId = executorId;
-  task.current = {
-    taskRunId: task.id,
-    runId: task.runId,
-    number: task.attempt,
-    fencingToken: task.fencingToken,
-    executorId,
-    status: "LEASED",
-    error: null,
-    logs: null,
-    leasedAt: new Date(),
-    startedAt: null,
-    endedAt: null,
-  };
+  task.current = leasedAttempt(task, executorId, new Date());
   store.markTask(task);
   store.markAttempt(task.current);
 }
