@@ -52,47 +52,33 @@ export class EngineTimers {
       return;
     }
     if (timer.kind === "durable") {
-      const id = timer.task.id;
-      clearTimeout(this.waits.get(id));
-      const t = setTimeout(
-        () => {
-          this.waits.delete(id);
-          if (this.o.live()) this.o.fired(timer);
-        },
-        Math.max(0, ms),
-      );
-      this.waits.set(id, t);
+      this.replace(this.waits, timer.task.id, ms, timer);
       return;
     }
     if (timer.kind === "run-deadline") {
       // By run, so that a run leaving memory (parked) takes its timer with it.
-      const id = timer.run.id;
-      clearTimeout(this.deadlines.get(id));
-      const t = setTimeout(
-        () => {
-          this.deadlines.delete(id);
-          if (this.o.live()) this.o.fired(timer);
-        },
-        Math.max(0, ms),
-      );
-      this.deadlines.set(id, t);
+      this.replace(this.deadlines, timer.run.id, ms, timer);
       return;
     }
     if (timer.kind === "schedule-to-start" || timer.kind === "start-to-close" || timer.kind === "retry") {
       // One of each kind per task: a later one (the next attempt's, a new lease's) replaces it.
-      const key = taskTimerKey(timer.kind, timer.task.id);
-      clearTimeout(this.byTask.get(key));
-      const t = setTimeout(
-        () => {
-          this.byTask.delete(key);
-          if (this.o.live()) this.o.fired(timer);
-        },
-        Math.max(0, ms),
-      );
-      this.byTask.set(key, t);
+      this.replace(this.byTask, taskTimerKey(timer.kind, timer.task.id), ms, timer);
       return;
     }
     this.after(ms, () => void this.o.fired(timer));
+  }
+
+  /** Sets `timer` in `map` under `key`, in place of the one there; it fires while the engine is live. */
+  private replace(map: Map<string, NodeJS.Timeout>, key: string, ms: number, timer: Timer): void {
+    clearTimeout(map.get(key));
+    const t = setTimeout(
+      () => {
+        map.delete(key);
+        if (this.o.live()) this.o.fired(timer);
+      },
+      Math.max(0, ms),
+    );
+    map.set(key, t);
   }
 
   /** Clears the task's timer of `kind`, if it has one. */
