@@ -44,7 +44,10 @@ export async function startSdk(config: TelemetryConfig): Promise<() => Promise<v
       }),
     ],
     instrumentations: [
-      new GrpcInstrumentation(),
+      // Not the executors' Session stream: it lasts as long as the executor is attached (hours), so
+      // its span would never end in time to be seen, and every report it carries would run in its
+      // context. A task's spans come from its lease's trace context instead (one trace per run).
+      new GrpcInstrumentation({ ignoreGrpcMethods: ["Session"] }),
       new HttpInstrumentation(),
       new PgInstrumentation({ requireParentSpan: true }),
     ],
