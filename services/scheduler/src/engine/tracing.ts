@@ -87,6 +87,11 @@ export class AttemptSpans {
     return run === undefined || run.traceSampled ? null : run.traceContext;
   }
 
+  /** Whether the attempts of `run` get spans (its trace is not sampled out). */
+  records(run: RunState | undefined): boolean {
+    return this.sampledOut(run) === null;
+  }
+
   /** Follows an attempt written by the core: opens its span, marks its start, ends it. */
   written(run: RunState | undefined, task: TaskState | undefined, attempt: AttemptState): void {
     // The run's trace is not recorded (sampled out at StartRun): its attempt would be a span
@@ -212,7 +217,9 @@ export function tracedWrites(
   return {
     writeAttempt: (attempt) => {
       const { runs, tasks } = model();
-      spans.written(runs.get(attempt.runId), tasks.get(attempt.taskRunId), attempt);
+      const run = runs.get(attempt.runId);
+      // A sampled-out run's attempts have no span: its task is not even looked up.
+      if (spans.records(run)) spans.written(run, tasks.get(attempt.taskRunId), attempt);
       store.markAttempt(attempt);
     },
     event: (run, event) => {
