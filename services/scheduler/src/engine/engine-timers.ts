@@ -9,7 +9,7 @@
  */
 import { UnavailableError } from "@nexusflow/common";
 import type { Timer } from "../core/index.js";
-import type { RunState, TaskState } from "../model/run-state.js";
+import { type RunState, type TaskState, tasksOfRun } from "../model/run-state.js";
 
 /** What the timers need of the engine. */
 export interface EngineTimersOptions {
@@ -94,7 +94,7 @@ export class EngineTimers {
   runLeft(run: RunState): void {
     clearTimeout(this.deadlines.get(run.id));
     this.deadlines.delete(run.id);
-    for (const task of run.tasks.values()) {
+    for (const task of tasksOfRun(run)) {
       this.leaseEnded(task);
       if (this.byTask.size === 0) continue;
       for (const kind of TASK_TIMER_KINDS) this.clearTaskTimer(kind, task.id);

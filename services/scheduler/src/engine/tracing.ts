@@ -10,7 +10,7 @@
 import { type Span, SpanKind, SpanStatusCode, TraceFlags, context, trace } from "@opentelemetry/api";
 import { contextFromTraceparent, traceparentOf, tracer } from "@nexusflow/common/telemetry";
 import type { Core, Effects } from "../core/index.js";
-import type { AttemptState, RunState, TaskState } from "../model/run-state.js";
+import { type AttemptState, type RunState, type TaskState, tasksOfRun } from "../model/run-state.js";
 import type { EngineStore } from "../persistence/engine-store.js";
 import { lifecycleEvent } from "../persistence/outbox.js";
 
@@ -171,7 +171,7 @@ export class AttemptSpans {
   /** Forgets the tasks of an ended run. */
   runEnded(run: RunState): void {
     if (this.sampledOut(run) !== null) return;
-    for (const task of tasksOf(run)) this.latest.delete(task.id);
+    for (const task of tasksOfRun(run)) this.latest.delete(task.id);
   }
 
   /**
@@ -182,7 +182,7 @@ export class AttemptSpans {
   runLeft(run: RunState): void {
     if (this.sampledOut(run) !== null) return;
     const at = new Date();
-    for (const task of tasksOf(run)) {
+    for (const task of tasksOfRun(run)) {
       this.latest.delete(task.id);
       // Only a task's latest attempt can be open.
       const key = `${task.id}/${task.attempt}`;
@@ -194,14 +194,6 @@ export class AttemptSpans {
       this.open.delete(key);
     }
   }
-}
-
-/** Every task of a run: its steps, its compensations and its map steps' elements. */
-function* tasksOf(run: RunState): Iterable<TaskState> {
-  yield* run.tasks.values();
-  yield* run.compensations.values();
-  // A map step's element tasks (core/maps.ts) are not among the run's tasks by step.
-  for (const map of run.maps?.values() ?? []) yield* map.elements;
 }
 
 /**

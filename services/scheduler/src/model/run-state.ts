@@ -398,6 +398,16 @@ export function leasedAttempt(
   };
 }
 
+/**
+ * Every task of a run in memory: its steps, its compensations and its map steps' elements (which
+ * are not among its tasks by step, core/maps.ts; a map rebuilt by recovery may have holes).
+ */
+export function* tasksOfRun(run: RunState): Iterable<TaskState> {
+  yield* run.tasks.values();
+  yield* run.compensations.values();
+  for (const map of run.maps?.values() ?? []) for (const e of map.elements) if (e !== undefined) yield e;
+}
+
 /** A new RUNNING run, with no tasks yet and no event numbered. */
 export function newRunState(init: {
   id?: string;
