@@ -11,6 +11,7 @@ import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import { UnavailableError, createLogger } from "@nexusflow/common";
 import { waitFor } from "@nexusflow/common/testing";
+import { startTestTracing, type TestTracing } from "@nexusflow/common/telemetry/testing";
 import type { Lease, LeaseKey, SessionResponse } from "@nexusflow/gen";
 import { PartitionFencedError, keyPartition, partitionOf } from "../../src/cluster/partitioning.js";
 import { Definitions } from "../../src/engine/definitions.js";
@@ -399,5 +400,45 @@ describe("a lease granted in a commit the fence refused", () => {
       labels: {},
     });
     assert.deepEqual([first.created, again.created, again.runId], [true, false, first.runId]);
+  });
+});
+
+describe("a run whose partition is lost while its attempt is leased, tracing on", () => {
+  let tracing: TestTracing;
+  let holding: ReturnType<typeof engineHolding>;
+  const session = new Session();
+
+  before(async () => {
+    // Before the engine is made: it keeps attempt spans only when tracing is on then.
+    tracing = await startTestTracing();
+    holding = engineHolding();
+    await holding.engine.start();
+    await holding.engine.definitions.register({
+      name: "one",
+      version: 1,
+      steps: [{ id: "a", type: "work" }],
+    });
+    holding.engine.attach(session, []);
+    assert.equal(holding.engine.onCredit(session, 10), null);
+  });
+  after(async () => {
+    await holding.engine.stop();
+    await tracing.stop();
+  });
+
+  it("ends the attempt's span here, saying the run left (the new owner opens its own)", async () => {
+    const { runId } = await startOne(holding.engine);
+    await waitFor("its step leased", () => session.leased.some((l) => l.runId === runId));
+    const partition = partitionOf(runId, COUNT);
+    holding.held.delete(partition);
+    holding.engine.partitions.unload([partition], "taken by another replica");
+    assert.equal(holding.engine.isActive(runId), false);
+    const attempts = tracing
+      .spans()
+      .filter((s) => s.attributes["nexusflow.run_id"] === runId && s.name === "attempt a");
+    assert.deepEqual(
+      attempts.map((s) => s.attributes["nexusflow.attempt_status"]),
+      ["LEFT"],
+    );
   });
 });
