@@ -206,7 +206,12 @@ describe("traces in Jaeger", () => {
         if (tr === undefined) return undefined;
         const names = tr.spans.map((s) => s.operationName);
         const count = (p: (n: string) => boolean): number => names.filter(p).length;
-        return count((n) => n === "user work") === 4 &&
+        // Each process exports on its own (batches of up to 200 ms): every one's spans, waited for.
+        const services = new Set(tr.spans.map((s) => service(tr, s)));
+        return ["nexusflow-gateway", "nexusflow-scheduler", "nexusflow-executor"].every((n) =>
+          services.has(n),
+        ) &&
+          count((n) => n === "user work") === 4 &&
           count((n) => n.startsWith("attempt ")) === 4 &&
           count((n) => n === "handler traced.step") === 4 &&
           count((n) => n.startsWith("send ")) >= 10
