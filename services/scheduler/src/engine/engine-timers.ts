@@ -19,6 +19,8 @@ export interface EngineTimersOptions {
   fired(timer: Timer): boolean;
   /** A lease's grace ended without its executor: the lease expired. */
   leaseExpired(task: TaskState): void;
+  /** A run left memory unended (see {@link EngineTimers.runLeft}), after its timers went. */
+  runLeft?(run: RunState): void;
 }
 
 /** The engine's timers (see the module comment). */
@@ -30,11 +32,15 @@ export class EngineTimers {
   /** Runs' deadline timers by run id. */
   private readonly deadlines = new Map<string, NodeJS.Timeout>();
   /**
-   * A task's schedule-to-start, start-to-close and retry timers, by kind and task id: cleared once
-   * moot rather than left to fire stale, since each holds its task (input and output included)
-   * for as long as its timeout, hours maybe, after the task ended.
+   * A task's schedule-to-start, start-to-close and retry timers, by kind, then task id: cleared
+   * once moot rather than left to fire stale, since each holds its task (input and output
+   * included) for as long as its timeout, hours maybe, after the task ended.
    */
-  private readonly byTask = new Map<string, NodeJS.Timeout>();
+  private readonly byTask: Record<TaskTimerKind, Map<string, NodeJS.Timeout>> = {
+    "schedule-to-start": new Map(),
+    "start-to-close": new Map(),
+    retry: new Map(),
+  };
   private readonly timers = new Set<NodeJS.Timeout>();
 
   constructor(private readonly o: EngineTimersOptions) {}
@@ -62,7 +68,7 @@ export class EngineTimers {
     }
     if (timer.kind === "schedule-to-start" || timer.kind === "start-to-close" || timer.kind === "retry") {
       // One of each kind per task: a later one (the next attempt's, a new lease's) replaces it.
-      this.replace(this.byTask, taskTimerKey(timer.kind, timer.task.id), ms, timer);
+      this.replace(this.byTask[timer.kind], timer.task.id, ms, timer);
       return;
     }
     this.after(ms, () => void this.o.fired(timer));
@@ -83,22 +89,25 @@ export class EngineTimers {
 
   /** Clears the task's timer of `kind`, if it has one. */
   private clearTaskTimer(kind: TaskTimerKind, taskId: string): void {
-    const key = taskTimerKey(kind, taskId);
-    const t = this.byTask.get(key);
-    if (t === undefined) return;
-    clearTimeout(t);
-    this.byTask.delete(key);
+    const timers = this.byTask[kind];
+    if (timers.size === 0) return;
+    clearTimeout(timers.get(taskId));
+    timers.delete(taskId);
   }
 
-  /** The run left memory (parked, engine/parking.ts): its deadline's and its tasks' timers go. */
+  /**
+   * The run left memory unended (parked, engine/parking.ts; or its partition lost,
+   * engine/partition-load.ts): its deadline's and its tasks' timers go, then the engine is told
+   * (its open attempt spans end).
+   */
   runLeft(run: RunState): void {
     clearTimeout(this.deadlines.get(run.id));
     this.deadlines.delete(run.id);
     for (const task of tasksOfRun(run)) {
       this.leaseEnded(task);
-      if (this.byTask.size === 0) continue;
       for (const kind of TASK_TIMER_KINDS) this.clearTaskTimer(kind, task.id);
     }
+    this.o.runLeft?.(run);
   }
 
   /** Calls `fn` in `ms` if the engine is live then. */
@@ -120,10 +129,8 @@ export class EngineTimers {
    * core/transitions.ts detach; a lease adopted by a session keeps its deadline and its timer).
    */
   leaseEnded(task: TaskState): void {
-    if (this.byTask.size > 0) {
-      this.clearTaskTimer("schedule-to-start", task.id);
-      if (task.leaseExpiresAt === null) this.clearTaskTimer("start-to-close", task.id);
-    }
+    this.clearTaskTimer("schedule-to-start", task.id);
+    if (task.leaseExpiresAt === null) this.clearTaskTimer("start-to-close", task.id);
     if (this.waits.size > 0) {
       const wait = this.waits.get(task.id);
       if (wait !== undefined) {
@@ -148,18 +155,16 @@ export class EngineTimers {
     this.waits.clear();
     for (const t of this.deadlines.values()) clearTimeout(t);
     this.deadlines.clear();
-    for (const t of this.byTask.values()) clearTimeout(t);
-    this.byTask.clear();
+    for (const timers of Object.values(this.byTask)) {
+      for (const t of timers.values()) clearTimeout(t);
+      timers.clear();
+    }
   }
 }
 
 /** The timers kept by task ({@link EngineTimers}' `byTask`). */
 type TaskTimerKind = "schedule-to-start" | "start-to-close" | "retry";
 const TASK_TIMER_KINDS: readonly TaskTimerKind[] = ["schedule-to-start", "start-to-close", "retry"];
-
-function taskTimerKey(kind: TaskTimerKind, taskId: string): string {
-  return `${kind}\u0000${taskId}`;
-}
 
 /**
  * Waits for `commit`, or rejects with UNAVAILABLE once `ms` have passed (the change stays pending

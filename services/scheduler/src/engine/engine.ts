@@ -164,6 +164,7 @@ export class Engine {
           { task_run_id: task.id, task: task.stepId, executor_id: task.executorId },
           "lease expired: executor lost",
         ),
+      runLeft: (run) => this.spans?.runLeft(run),
     });
     this.leases = new LeasePump({
       log: options.log,
@@ -221,13 +222,7 @@ export class Engine {
       log: options.log,
       children: this.children,
       keyed: this.keyed,
-      // A run leaving memory (parked, or its partition lost) takes its timers and its open spans.
-      timers: {
-        runLeft: (run: RunState): void => {
-          this.timers.runLeft(run);
-          this.spans?.runLeft(run);
-        },
-      },
+      timers: this.timers,
       dirty: this.dirtyRuns,
       live: () => this.stateValue === "RUNNING" || this.stateValue === "RECOVERING",
       moment: () => this.moment(),
