@@ -6,6 +6,7 @@
 import { randomUUID } from "node:crypto";
 import { RunStatus, TaskStatus, type TaskKind } from "@nexusflow/gen";
 import { TaskErrorType } from "@nexusflow/common/task-error-types";
+import { traceparentSampled } from "@nexusflow/common/telemetry";
 import type { Claim } from "./concurrency-state.js";
 import type { FairKey, FairPath } from "./fair-share-state.js";
 import type { QueueHold } from "./queue-hold.js";
@@ -366,12 +367,9 @@ export function runTraceContext(traceParent: string | null): Readonly<{ tracepar
   return traceParent === null ? null : Object.freeze({ traceparent: traceParent });
 }
 
-/**
- * RunState.traceSampled: the sampled flag of a W3C `traceparent` of version 00
- * (`00-<trace id>-<span id>-<flags>`, as the scheduler stores it); false for none or another shape.
- */
+/** RunState.traceSampled: the sampled flag of the run's W3C `traceparent`; false for none. */
 export function runTraceSampled(traceParent: string | null): boolean {
-  return traceParent?.length === 55 && (parseInt(traceParent.slice(53), 16) & 1) === 1;
+  return traceparentSampled(traceParent) === true;
 }
 
 /**
