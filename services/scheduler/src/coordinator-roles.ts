@@ -1,6 +1,7 @@
 /**
  * The singletons the coordinator starts for each of its terms (cluster/coordinator.ts), in start
- * order: run retention, the schedules' fire loop, the event match loop, event retention, and in a
+ * order: run retention, the schedules' fire loop, the event match loop, event retention, the rate
+ * limit purge (rows of buckets full again), and in a
  * cluster the outbox relay's turn (it stands by while this replica is not the coordinator; its
  * stop awaits the batch in progress). Each term makes new instances; `started` hands each to the
  * scheduler (its getters, its wake-ups).
@@ -13,6 +14,7 @@ import { runDetail } from "./api/convert.js";
 import type { CoordinatorRole } from "./cluster/coordinator.js";
 import type { Engine } from "./engine/engine.js";
 import type { OutboxRelay } from "./events/index.js";
+import { RateLimitPurge } from "./persistence/rate-limit-purge.js";
 import { RunRetention } from "./persistence/retention.js";
 import type { RunStore } from "./persistence/run-store.js";
 import { FireLoop } from "./schedules/fire-loop.js";
@@ -61,6 +63,7 @@ export interface CoordinatorRolesDeps {
     fireLoop: (l: FireLoop) => void;
     matchLoop: (l: MatchLoop) => void;
     eventRetention: (r: EventRetention) => void;
+    rateLimitPurge: (p: RateLimitPurge) => void;
   };
 }
 
@@ -142,6 +145,19 @@ export function coordinatorRoles(deps: CoordinatorRolesDeps): CoordinatorRole[] 
         started.eventRetention(retention);
         retention.start();
         return retention;
+      },
+    },
+    {
+      name: "rate limit purge",
+      start: () => {
+        const purge = new RateLimitPurge({
+          pool: deps.pool,
+          log,
+          intervalMs: options.runRetentionIntervalMs,
+        });
+        started.rateLimitPurge(purge);
+        purge.start();
+        return purge;
       },
     },
   ];

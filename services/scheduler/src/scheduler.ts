@@ -55,6 +55,7 @@ import { startEventMatches, storeEvent, type EventPublishDeps } from "./triggers
 import { openDatabase, type Database } from "./persistence/database.js";
 import { startEmbeddedPostgres, type EmbeddedDatabase } from "./persistence/embedded-postgres.js";
 import { SchemaNotCurrentError, applyMigrations, pendingMigrations } from "./persistence/schema.js";
+import type { RateLimitPurge } from "./persistence/rate-limit-purge.js";
 import type { RunRetention } from "./persistence/retention.js";
 import { PostgresDefinitionStore } from "./persistence/postgres-definition-store.js";
 import { PostgresEngineStore } from "./persistence/postgres-engine-store.js";
@@ -234,6 +235,7 @@ export class Scheduler {
   private eventSourceValue: KafkaEventSource | undefined;
   private retentionValue: RunRetention | undefined;
   private eventRetentionValue: EventRetention | undefined;
+  private rateLimitPurgeValue: RateLimitPurge | undefined;
   private coordinator: Coordinator | undefined;
   private notifications: ClusterNotifications | undefined;
   private fireLoop: FireLoop | undefined;
@@ -304,6 +306,12 @@ export class Scheduler {
   get eventRetention(): EventRetention {
     if (this.eventRetentionValue === undefined) throw new Error("the scheduler is not started");
     return this.eventRetentionValue;
+  }
+
+  /** The purge of full rate limit buckets' rows (for tests). */
+  get rateLimitPurge(): RateLimitPurge {
+    if (this.rateLimitPurgeValue === undefined) throw new Error("the scheduler is not started");
+    return this.rateLimitPurgeValue;
   }
 
   /** The run retention (for tests and metrics). */
@@ -465,6 +473,7 @@ export class Scheduler {
             fireLoop: (l) => (this.fireLoop = l),
             matchLoop: (l) => (this.matchLoop = l),
             eventRetention: (r) => (this.eventRetentionValue = r),
+            rateLimitPurge: (p) => (this.rateLimitPurgeValue = p),
           },
         }),
       });

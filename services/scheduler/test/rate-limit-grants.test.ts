@@ -2,7 +2,8 @@
  * Rate limit grants in PostgreSQL (issue #27): the two parts of a split batch write a shared
  * bucket's grant into rows of their own shard (rate_limit_grants), so one part's open transaction
  * never holds up the other's commit; recovery reads each bucket's highest seq across the shards and
- * the legacy rate_limit_buckets row, with the pause that row holds.
+ * the legacy rate_limit_buckets row, with the pause that row holds; the purge deletes the rows of
+ * buckets full again.
  */
 import assert from "node:assert/strict";
 import pg from "pg";
@@ -11,6 +12,7 @@ import type { RunState } from "../src/model/run-state.js";
 import { BatchWriter } from "../src/persistence/batch-writer.js";
 import { openDatabase, type Database } from "../src/persistence/database.js";
 import { PostgresEngineStore } from "../src/persistence/postgres-engine-store.js";
+import { RateLimitPurge, SKEW_MS } from "../src/persistence/rate-limit-purge.js";
 import { markQueuedRun, startTestDatabase, testLogger, waitFor } from "./support.js";
 
 /** Advisory locks of the parallel-commit test. */
@@ -52,6 +54,7 @@ describe("rate limit grants (PostgreSQL)", () => {
             tokens: 1000 - seq,
             refilledAt: 1_000_000 + seq,
             seq,
+            fullAt: 2_000_000 + seq,
           },
         ];
       },
@@ -180,6 +183,7 @@ describe("rate limit grants (PostgreSQL)", () => {
           tokens: 6,
           refilledAt: 4,
           seq: 4,
+          fullAt: null,
           pausedUntil: null,
           pausedBy: "",
           pauseNote: "",
@@ -190,6 +194,7 @@ describe("rate limit grants (PostgreSQL)", () => {
           tokens: 1,
           refilledAt: 10,
           seq: 10,
+          fullAt: null,
           pausedUntil: null,
           pausedBy: "",
           pauseNote: "",
@@ -200,6 +205,7 @@ describe("rate limit grants (PostgreSQL)", () => {
           tokens: 2,
           refilledAt: 12,
           seq: 12,
+          fullAt: null,
           pausedUntil: until.getTime(),
           pausedBy: "ops",
           pauseNote: "quota",
@@ -207,6 +213,81 @@ describe("rate limit grants (PostgreSQL)", () => {
       ]);
     } finally {
       await store.close();
+    }
+  });
+
+  it("the purge deletes the rows of buckets full again (past the clock skew), and pause rows whose pause is over", async () => {
+    const purge = new RateLimitPurge({ pool: db.pool, log: testLogger("purge") });
+    await purge.purge(); // the rows the tests before left
+    const now = Date.now();
+    const past = now - SKEW_MS - 1000;
+    await db.pool.query(
+      `INSERT INTO rate_limit_grants (name, key, shard, tokens, refilled_at, seq, full_at) VALUES
+         ('purge', 'full', 0, 1, 0, 3, $1), ('purge', 'full', 1, 1, 0, 4, $1),
+         ('purge', 'skew', 0, 1, 0, 3, $2),
+         ('purge', 'soon', 0, 1, 0, 3, $3),
+         ('purge', 'legacy', 0, 1, 0, 3, NULL),
+         ('purge', 'locked', 0, 1, 0, 3, $1)`,
+      [past, now - 1000, now + 60_000],
+    );
+    await db.pool.query(
+      `INSERT INTO rate_limit_buckets (name, key, tokens, refilled_at, seq, paused_until, full_at) VALUES
+         ('purge', 'resumed', 1, 0, 0, NULL, $1),
+         ('purge', 'ended', 1, 0, 0, to_timestamp($3::float8 / 1000), $1),
+         ('purge', 'paused', 1, 0, 0, to_timestamp($2::float8 / 1000), $1),
+         ('purge', 'unknown', 1, 0, 0, NULL, NULL),
+         ('purge', 'legacy', 1, 0, 9, NULL, $1)`,
+      [past, now + 3_600_000, past],
+    );
+    // A grant of 'locked' is being committed: the purge passes it by; committed, its later
+    // full_at keeps the row.
+    const writer = await db.pool.connect();
+    try {
+      await writer.query("BEGIN");
+      await writer.query(
+        `UPDATE rate_limit_grants SET seq = 5, full_at = $1 WHERE name = 'purge' AND key = 'locked'`,
+        [now + 60_000],
+      );
+      assert.deepEqual(await purge.purge(), { grants: 2, pauses: 2 });
+      await writer.query("COMMIT");
+      assert.deepEqual(await purge.purge(), { grants: 0, pauses: 0 });
+    } finally {
+      await writer.query("ROLLBACK"); // after a failed assertion: no transaction left open
+      writer.release();
+    }
+    const left = await db.pool.query<{ k: string }>(
+      `SELECT 'g:' || key || ':' || shard AS k FROM rate_limit_grants WHERE name = 'purge'
+       UNION ALL SELECT 'b:' || key FROM rate_limit_buckets WHERE name = 'purge' ORDER BY 1`,
+    );
+    assert.deepEqual(
+      left.rows.map((r) => r.k),
+      ["b:legacy", "b:paused", "b:unknown", "g:legacy:0", "g:locked:0", "g:skew:0", "g:soon:0"],
+    );
+  });
+
+  it("a grant's row carries when its bucket is full again; once purged, the next grant writes it anew", async () => {
+    const writer = new BatchWriter({ pool: db.writerPool, log: testLogger("writer") });
+    try {
+      markGrant(writer, () => "grants", "again", 2);
+      await writer.flush();
+      const row = async () =>
+        (
+          await db.pool.query<{ seq: string; full_at: number }>(
+            `SELECT seq, full_at FROM rate_limit_grants WHERE name = 'again'`,
+          )
+        ).rows.map((r) => [Number(r.seq), r.full_at]);
+      assert.deepEqual(await row(), [[2, 2_000_002]]);
+      // 2_000_002 ms after the epoch is long past: the purge deletes it.
+      assert.deepEqual(await new RateLimitPurge({ pool: db.pool, log: testLogger("purge") }).purge(), {
+        grants: 1,
+        pauses: 0,
+      });
+      assert.deepEqual(await row(), []);
+      markGrant(writer, () => "grants", "again", 3);
+      await writer.flush();
+      assert.deepEqual(await row(), [[3, 2_000_003]]);
+    } finally {
+      await writer.close();
     }
   });
 });

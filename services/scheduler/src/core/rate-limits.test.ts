@@ -1,12 +1,12 @@
 /**
  * Token buckets in the pure core (rate-limits.ts): the refill, the bound on any window, one wake-up
- * per bucket letting out only as many waiters as there are tokens, pauses, and the grant recorded
- * for the store.
+ * per bucket letting out only as many waiters as there are tokens, pauses, the grant recorded
+ * for the store, and buckets forgotten once full.
  */
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import type { CompiledRateLimit } from "../dag/index.js";
-import { RateLimitState } from "../model/rate-limit-state.js";
+import { type Bucket, RateLimitState } from "../model/rate-limit-state.js";
 import { newTaskState, type TaskState } from "../model/run-state.js";
 import { checkRate, pauseBucket, rateLimitsOf, rateWake, readyAt, takeRate } from "./rate-limits.js";
 import { Simulation } from "./simulation.js";
@@ -109,7 +109,7 @@ describe("rate limits in the core", () => {
     assert.equal(checkRate(sim.core, task, new Date(5000)), true);
   });
 
-  it("a grant records the bucket as it left it, seq increasing, for the commit with the lease", () => {
+  it("a grant records the bucket as it left it, seq increasing, and when it is full again, for the commit with the lease", () => {
     const sim = new Simulation();
     const l = limit({ rate: 10, burst: 5 });
     const a = queued(sim, l, 0);
@@ -117,10 +117,10 @@ describe("rate limits in the core", () => {
     const b = queued(sim, l, 100);
     takeRate(b, new Date(100));
     assert.deepEqual(a.rateTaken, [
-      { id: "partner\u0000", name: "partner", key: "", tokens: 4, refilledAt: 0, seq: 1 },
+      { id: "partner\u0000", name: "partner", key: "", tokens: 4, refilledAt: 0, seq: 1, fullAt: 100 },
     ]);
     assert.deepEqual(b.rateTaken, [
-      { id: "partner\u0000", name: "partner", key: "", tokens: 4, refilledAt: 100, seq: 2 },
+      { id: "partner\u0000", name: "partner", key: "", tokens: 4, refilledAt: 100, seq: 2, fullAt: 200 },
     ]);
   });
 
@@ -132,20 +132,133 @@ describe("rate limits in the core", () => {
       tokens: 5,
       refilledAt: 0,
       seq: 3,
+      fullAt: 1000,
       pausedUntil: null,
       pausedBy: "",
       pauseNote: "",
     };
-    state.restore(row);
+    state.restore(row, 0);
     const b = state.buckets.get("p\u0000k");
     assert.ok(b);
     b.tokens = 1;
     b.seq = 7;
     // A partition loaded later reads the same (older) row again: the bucket stays as it is.
-    state.restore(row);
+    state.restore(row, 0);
     assert.deepEqual([b.tokens, b.seq], [1, 7]);
     // A newer row (written by this bucket's later grants) is taken.
-    state.restore({ ...row, tokens: 0.5, seq: 9 });
+    state.restore({ ...row, tokens: 0.5, seq: 9 }, 0);
     assert.deepEqual([b.tokens, b.seq], [0.5, 9]);
+  });
+});
+
+describe("buckets forgotten once full (keyed limits)", () => {
+  const keyed = limit({ name: "api", rate: 10, perMs: 1000, burst: 2 });
+
+  /** A queued task of `keyed`'s bucket for `key`, its tokens taken at `now` (a grant). */
+  function granted(sim: Simulation, key: string, now: number): TaskState {
+    const task = newTaskState(`run-${key}`, "call", "STEP", "x", 0, new Date(now));
+    task.status = "QUEUED";
+    task.rate = [{ limit: keyed, bucket: rateLimitsOf(sim.core).bucket(keyed.name, key, keyed.burst, now) }];
+    assert.equal(checkRate(sim.core, task, new Date(now)), true);
+    takeRate(task, new Date(now));
+    return task;
+  }
+
+  it("keeps memory bounded by the buckets in use: a full, idle one is dropped by the next sweep", () => {
+    const sim = new Simulation();
+    const state = rateLimitsOf(sim.core);
+    // One grant per key at t = 0: each bucket is full again 100 ms later (1 of 2 tokens at 10/s).
+    for (let i = 0; i < 5000; i++) granted(sim, `customer-${i}`, 0);
+    assert.ok(state.buckets.size <= 5000);
+    // At t = 1 s they are all full: the sweeps made while new keys come keep only those in use.
+    for (let i = 0; i < 5000; i++) granted(sim, `later-${i}`, 1000 + i);
+    assert.ok(state.buckets.size < 5000, `${state.buckets.size} buckets in memory`);
+    assert.ok(state.dropped >= 5000, `${state.dropped} dropped`);
+    for (let i = 0; i < 5000; i++) assert.equal(state.buckets.has(`api\u0000customer-${i}`), false);
+    // Not full yet, waited for, timed or paused: kept.
+    const b = state.bucket("api", "recent", keyed.burst, 10_000);
+    const recent = granted(sim, "recent", 10_000);
+    assert.equal(recent.rate?.[0]?.bucket, b);
+    const waited = granted(sim, "waited", 10_000);
+    const waiter = newTaskState("run-w", "call", "STEP", "x", 0, new Date(10_000));
+    waiter.status = "QUEUED";
+    waiter.rate = [{ limit: keyed, bucket: waited.rate?.[0]?.bucket as Bucket }];
+    sim.core.tasks.set(waiter.id, waiter);
+    granted(sim, "waited", 10_000);
+    assert.equal(checkRate(sim.core, waiter, new Date(10_000)), false);
+    const paused = state.bucket("api", "paused", keyed.burst, 10_000);
+    pauseBucket(sim.core, paused, 20_000_000, "ops", "", new Date(10_000));
+    state.sweep(10_050);
+    assert.deepEqual([...state.buckets.keys()].filter((id) => !id.includes("later-")).sort(), [
+      "api\u0000paused",
+      "api\u0000recent",
+      "api\u0000waited",
+    ]);
+    // Later, all but the paused one are as new (the waiter's timer fired and it was leased).
+    sim.core.tasks.delete(waiter.id);
+    const w = state.buckets.get("api\u0000waited") as Bucket;
+    rateWake(sim.core, w, w.wakeAt as number, new Date(w.wakeAt as number));
+    state.sweep(60_000);
+    assert.deepEqual([...state.buckets.keys()], ["api\u0000paused"]);
+  });
+
+  it("a task whose bucket was dropped takes from the one made since, at a seq above the dropped one's", () => {
+    const sim = new Simulation();
+    const state = rateLimitsOf(sim.core);
+    const first = granted(sim, "c-1", 0);
+    const dropped = first.rate?.[0]?.bucket as Bucket;
+    assert.equal(dropped.seq, 1);
+    assert.equal(state.sweep(1000), 1);
+    // Another task of the key makes a new bucket and takes both its tokens.
+    const second = granted(sim, "c-1", 1000);
+    granted(sim, "c-1", 1000);
+    const made = state.buckets.get("api\u0000c-1") as Bucket;
+    assert.notEqual(made, dropped);
+    assert.deepEqual(
+      second.rateTaken?.map((t) => t.seq),
+      [2],
+      "the new bucket's grants come after the dropped one's",
+    );
+    // The first task, retried, reads the bucket in its place: empty now, so it waits.
+    first.rateTaken = undefined;
+    assert.equal(checkRate(sim.core, first, new Date(1000)), false);
+    assert.equal(first.rate?.[0]?.bucket, made);
+    assert.equal(state.buckets.size, 1);
+  });
+
+  it("a dropped bucket that a task still names is put back as it was, full", () => {
+    const sim = new Simulation();
+    const state = rateLimitsOf(sim.core);
+    const task = granted(sim, "c-2", 0);
+    const b = task.rate?.[0]?.bucket as Bucket;
+    state.sweep(500);
+    assert.equal(state.buckets.size, 0);
+    assert.equal(checkRate(sim.core, task, new Date(500)), true);
+    takeRate(task, new Date(500));
+    assert.equal(state.buckets.get("api\u0000c-2"), b);
+    assert.deepEqual(
+      task.rateTaken?.map((t) => [t.tokens, t.seq]),
+      [[1, 2]],
+    );
+  });
+
+  it("recovery leaves a stored bucket that is full by now out of memory, but keeps its seq as the floor", () => {
+    const state = new RateLimitState();
+    const row = {
+      name: "api",
+      key: "c-3",
+      tokens: 0,
+      refilledAt: 0,
+      seq: 41,
+      fullAt: 200,
+      pausedUntil: null,
+      pausedBy: "",
+      pauseNote: "",
+    };
+    state.restore(row, 1000);
+    state.restore({ ...row, key: "c-4", fullAt: null }, 1000);
+    state.restore({ ...row, key: "c-5", pausedUntil: 5000 }, 1000);
+    assert.deepEqual([...state.buckets.keys()].sort(), ["api\u0000c-4", "api\u0000c-5"]);
+    assert.equal(state.bucket("api", "c-3", 2, 1000).seq, 41);
   });
 });

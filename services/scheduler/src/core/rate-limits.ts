@@ -22,6 +22,7 @@ import { type CompiledRateLimit, type EvalScope } from "../dag/index.js";
 import {
   type Bucket,
   type BucketSnapshot,
+  liveBucket,
   RateLimitState,
   type RateWant,
 } from "../model/rate-limit-state.js";
@@ -100,6 +101,14 @@ function refill(b: Bucket, limit: CompiledRateLimit, now: number): void {
     b.tokens = Math.min(limit.burst, b.tokens + ((now - b.refilledAt) * limit.rate) / limit.perMs);
     b.refilledAt = now;
   } else if (b.tokens > limit.burst) b.tokens = limit.burst;
+  settle(b, limit);
+}
+
+/** Sets when the bucket's tokens are back at the limit's burst (RateLimitState drops it then). */
+function settle(b: Bucket, limit: CompiledRateLimit): void {
+  const missing = limit.burst - b.tokens;
+  b.fullAt =
+    missing > EPSILON ? b.refilledAt + Math.ceil((missing * limit.perMs) / limit.rate) : b.refilledAt;
 }
 
 /** When `want`'s bucket can grant its units (ms since the epoch); `now` when it can now. */
@@ -122,6 +131,7 @@ export function checkRate(core: Core, task: TaskState, now: Date): boolean {
   if (wants == null) return true;
   const t = now.getTime();
   for (const want of wants) {
+    liveBucket(want);
     const at = readyAt(want, t);
     if (at <= t) continue;
     const b = want.bucket;
@@ -139,9 +149,10 @@ export function takeRate(task: TaskState, now: Date): void {
   const t = now.getTime();
   const taken: BucketSnapshot[] = [];
   for (const want of wants) {
-    const b = want.bucket;
+    const b = liveBucket(want);
     refill(b, want.limit, t);
     b.tokens = Math.max(0, b.tokens - want.limit.units);
+    settle(b, want.limit);
     b.seq++;
     taken.push({
       id: b.id,
@@ -150,6 +161,7 @@ export function takeRate(task: TaskState, now: Date): void {
       tokens: b.tokens,
       refilledAt: b.refilledAt,
       seq: b.seq,
+      fullAt: b.fullAt,
     });
   }
   task.rateTaken = taken;
@@ -233,6 +245,7 @@ export function rateHolds(
 ): { name: string; key: string; nextTokenAt: number; bucket: Bucket }[] {
   const out: { name: string; key: string; nextTokenAt: number; bucket: Bucket }[] = [];
   for (const want of task.rate ?? []) {
+    liveBucket(want);
     const at = readyAt(want, now.getTime());
     const b = want.bucket;
     if (at > now.getTime()) out.push({ name: b.name, key: b.key, nextTokenAt: at, bucket: b });
@@ -309,7 +322,7 @@ export function pauseTaskKeys(
   const t = now.getTime();
   const end = Math.min(until, t + MAX_HANDLER_PAUSE_MS);
   for (const want of task.rate ?? []) {
-    const b = want.bucket;
+    const b = liveBucket(want);
     if (b.pausedUntil !== null && b.pausedUntil >= end) continue;
     pauseBucket(core, b, end, by, note.slice(0, 500), now);
     core.fx.pauseRateLimit(b, want.limit.burst);

@@ -35,6 +35,7 @@ import { PartitionRuns, type HeldPartitions } from "./partition-load.js";
 import type { ParkedRunStore } from "../persistence/parked-runs.js";
 import {
   type RateLimitPause,
+  storeHandlerPause,
   type RateLimitStats,
   type RateLimitView,
   listRateLimits,
@@ -306,23 +307,7 @@ export class Engine {
       },
       leaseEnded: (task) => this.timers.leaseEnded(task),
       setTimer: (timer, delayMs) => this.timers.set(timer, delayMs),
-      pauseRateLimit: (bucket, tokens) =>
-        void this.store
-          .pauseRateLimit({
-            name: bucket.name,
-            key: bucket.key,
-            until: bucket.pausedUntil,
-            by: bucket.pausedBy,
-            note: bucket.pauseNote,
-            tokens,
-            now: Date.now(),
-          })
-          .catch((e: unknown) =>
-            this.log.error(
-              { err: e, rate_limit: bucket.name, key: bucket.key },
-              "a rate limit pause was not stored: it holds in this process only",
-            ),
-          ),
+      pauseRateLimit: (bucket, tokens) => storeHandlerPause(this.store, this.log, bucket, tokens),
       resolveOutput: (task) => this.outputs.read(task),
       advanceSoon: (run) => this.advanceSoon(run),
       startChild: (run, task) => void this.children.start(run.id, storedStepId(task)),

@@ -243,7 +243,8 @@ export class PartitionRuns {
     this.recovering = true;
     return this.enqueue(async () => {
       const buckets = core.rateLimitsOf(this.host.core);
-      for (const row of await this.host.store.loadRateLimits()) buckets.restore(row);
+      const now = Date.now();
+      for (const row of await this.host.store.loadRateLimits()) buckets.restore(row, now);
       const runs = await this.loadRuns(
         this.host.partitions?.held().map((x) => x.partition),
         restartedAt,

@@ -3,6 +3,7 @@
  * resuming a key (stored before the call answers), and per-limit counts for metrics. The rules
  * that take and refill tokens are the core's (core/rate-limits.ts).
  */
+import type { Logger } from "@nexusflow/common";
 import * as core from "../core/index.js";
 import type { Core } from "../core/index.js";
 import type { EngineStore } from "../persistence/engine-store.js";
@@ -60,7 +61,8 @@ export async function pauseRateLimit(
   p: RateLimitPause,
 ): Promise<RateLimitView> {
   const now = new Date();
-  const bucket = core.rateLimitsOf(c).bucket(p.name, p.key, 0, now.getTime());
+  // Not full by its limit's burst (unknown here): kept until a task's refill says when it is.
+  const bucket = core.rateLimitsOf(c).bucket(p.name, p.key, 0, now.getTime(), Number.POSITIVE_INFINITY);
   core.pauseBucket(c, bucket, p.until, p.by, p.note, now);
   await store.pauseRateLimit({
     name: p.name,
@@ -70,8 +72,40 @@ export async function pauseRateLimit(
     note: bucket.pauseNote,
     tokens: bucket.tokens,
     now: now.getTime(),
+    fullAt: Number.isFinite(bucket.fullAt) ? bucket.fullAt : null,
   });
   return rateLimitView(bucket);
+}
+
+/**
+ * Stores a pause a handler asked for (core/rate-limits.ts pauseTaskKeys): a row for a bucket that
+ * has none yet holds `tokens`, its burst (full now). A failure is logged: the pause then holds in
+ * this process only.
+ */
+export function storeHandlerPause(
+  store: Pick<EngineStore, "pauseRateLimit">,
+  log: Logger,
+  bucket: core.Bucket,
+  tokens: number,
+): void {
+  const now = Date.now();
+  void store
+    .pauseRateLimit({
+      name: bucket.name,
+      key: bucket.key,
+      until: bucket.pausedUntil,
+      by: bucket.pausedBy,
+      note: bucket.pauseNote,
+      tokens,
+      now,
+      fullAt: now,
+    })
+    .catch((e: unknown) =>
+      log.error(
+        { err: e, rate_limit: bucket.name, key: bucket.key },
+        "a rate limit pause was not stored: it holds in this process only",
+      ),
+    );
 }
 
 /** The buckets in use here (current) and the stored ones not used here, by name then key. */

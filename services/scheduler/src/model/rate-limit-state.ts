@@ -4,11 +4,21 @@
  * the bucket as it left it ({@link BucketSnapshot}) and is written with it in one commit (table
  * rate_limit_grants, a row per writer shard; pauses in rate_limit_buckets), so a restarted
  * scheduler reads back (the highest seq) at most what was granted.
+ *
+ * Forgotten once full: a bucket whose tokens are back at its burst (`fullAt` passed), with no
+ * waiter, no timer and no pause, is the same as a bucket never used, so a sweep drops it from
+ * memory (keyed limits make one bucket per key value: without it, one per customer for ever), and
+ * the coordinator's purge deletes its rows (persistence/rate-limit-purge.ts). Two rules keep that
+ * exact: a task's want that still points at a dropped bucket puts it back, or moves to the bucket
+ * made since ({@link RateLimitState.live}); and a bucket made again starts at a `seq` above every
+ * dropped one's, so its grants replace any row still stored.
  */
 import type { CompiledRateLimit } from "../dag/index.js";
 
 /** One bucket: its tokens as of `refilledAt`, and a pause of its key. */
 export interface Bucket {
+  /** The state that made it (where {@link liveBucket} looks for the one in its place). */
+  readonly home: RateLimitState;
   readonly id: string;
   readonly name: string;
   /** The key value ("" for a limit without a key). */
@@ -22,6 +32,11 @@ export interface Bucket {
   pausedUntil: number | null;
   pausedBy: string;
   pauseNote: string;
+  /**
+   * When its tokens are back at the burst (ms since the epoch), as of its last refill or grant;
+   * +Infinity while not known (a key paused by an operator before any task used it).
+   */
+  fullAt: number;
   /** Tasks skipped for this bucket, in the order they were, offered again when it has tokens. */
   readonly waiters: TaskRef[];
   /** A timer is set for the waiters (at this time, ms since the epoch). */
@@ -33,10 +48,13 @@ export interface TaskRef {
   readonly id: string;
 }
 
-/** What a task wants of one bucket. */
+/**
+ * What a task wants of one bucket. `bucket` may be one the state has since dropped (it was full):
+ * read it through {@link RateLimitState.live}.
+ */
 export interface RateWant {
   readonly limit: CompiledRateLimit;
-  readonly bucket: Bucket;
+  bucket: Bucket;
 }
 
 /** A bucket as a grant left it: the row written with the lease that took the tokens. */
@@ -48,6 +66,8 @@ export interface BucketSnapshot {
   readonly tokens: number;
   readonly refilledAt: number;
   readonly seq: number;
+  /** When its tokens are back at the burst (ms since the epoch): its row may go after that. */
+  readonly fullAt: number;
 }
 
 /** A bucket row as stored. */
@@ -57,27 +77,49 @@ export interface StoredBucket {
   readonly tokens: number;
   readonly refilledAt: number;
   readonly seq: number;
+  /** When its tokens are back at the burst (ms since the epoch); null: not known (older rows). */
+  readonly fullAt: number | null;
   readonly pausedUntil: number | null;
   readonly pausedBy: string;
   readonly pauseNote: string;
 }
 
+/** The bucket `want` takes from now (RateLimitState.live): read a want's bucket only through this. */
+export function liveBucket(want: RateWant): Bucket {
+  return want.bucket.home.live(want);
+}
+
+/** The fewest buckets kept before a sweep looks for full ones. */
+const SWEEP_FLOOR = 1024;
+
 /** The buckets known to this scheduler, by id (name NUL key). */
 export class RateLimitState {
   readonly buckets = new Map<string, Bucket>();
+  /** At least the `seq` of every bucket dropped or not restored: where a bucket made again starts. */
+  private seqFloor = 0;
+  /** The next sweep runs when a bucket is made with this many in memory. */
+  private sweepAt = SWEEP_FLOOR;
+  /** Buckets dropped since start (tests, logs). */
+  dropped = 0;
 
-  /** The bucket of `name` and `key`, made full (`burst` tokens) when new. */
-  bucket(name: string, key: string, burst: number, now: number): Bucket {
+  /**
+   * The bucket of `name` and `key`, made full (`burst` tokens) when new; `fullAt` +Infinity when
+   * `burst` is not the limit's (an operator's pause of a key no task used yet).
+   */
+  bucket(name: string, key: string, burst: number, now: number, fullAt = now): Bucket {
     const id = `${name}\u0000${key}`;
     let b = this.buckets.get(id);
     if (b === undefined) {
+      if (this.buckets.size >= this.sweepAt) this.sweep(now);
       b = {
+        home: this,
         id,
         name,
         key,
         tokens: burst,
         refilledAt: now,
-        seq: 0,
+        seq: this.seqFloor,
+        fullAt,
         pausedUntil: null,
         pausedBy: "",
         pauseNote: "",
@@ -90,17 +132,70 @@ export class RateLimitState {
   }
 
   /**
+   * The bucket `want` takes from, as this state holds it: the want's own bucket put back if it was
+   * dropped meanwhile (it was full then, and still is; its `seq` raised to the floor), or the one
+   * made since in its place (the want moves to it).
+   */
+  live(want: RateWant): Bucket {
+    const b = want.bucket;
+    const held = this.buckets.get(b.id);
+    if (held === b) return b;
+    if (held !== undefined) return (want.bucket = held);
+    if (b.seq < this.seqFloor) b.seq = this.seqFloor;
+    this.buckets.set(b.id, b);
+    return b;
+  }
+
+  /** Whether `b` is as a bucket never used at `now`: full, nobody waiting, no timer, no pause. */
+  static idle(b: Bucket, now: number): boolean {
+    return (
+      b.fullAt <= now &&
+      b.waiters.length === 0 &&
+      b.wakeAt === null &&
+      (b.pausedUntil === null || b.pausedUntil <= now)
+    );
+  }
+
+  /**
+   * Drops every idle bucket; the next sweep waits until the map has doubled (at least
+   * {@link SWEEP_FLOOR}), so that sweeps cost O(1) per bucket made. Returns how many went.
+   */
+  sweep(now: number): number {
+    let n = 0;
+    for (const [id, b] of this.buckets)
+      if (RateLimitState.idle(b, now)) {
+        if (b.seq > this.seqFloor) this.seqFloor = b.seq;
+        this.buckets.delete(id);
+        n++;
+      }
+    this.dropped += n;
+    this.sweepAt = Math.max(SWEEP_FLOOR, 2 * this.buckets.size);
+    return n;
+  }
+
+  /**
    * Puts a stored bucket back (recovery). A bucket this scheduler already holds in memory as recent
    * as the row (a partition loaded after start-up reads every bucket again) is left as it is: the
    * row could only give back tokens granted since it was written.
    */
-  restore(row: StoredBucket): void {
+  restore(row: StoredBucket, now: number): void {
     const known = this.buckets.get(`${row.name}\u0000${row.key}`);
     if (known !== undefined && known.seq >= row.seq) return;
+    if (
+      known === undefined &&
+      row.fullAt !== null &&
+      row.fullAt <= now &&
+      (row.pausedUntil === null || row.pausedUntil <= now)
+    ) {
+      // Full by now and not paused: as a bucket never used; only its seq is kept (the floor).
+      if (row.seq > this.seqFloor) this.seqFloor = row.seq;
+      return;
+    }
     const b = this.bucket(row.name, row.key, row.tokens, row.refilledAt);
     b.tokens = row.tokens;
     b.refilledAt = row.refilledAt;
     b.seq = row.seq;
+    b.fullAt = row.fullAt ?? Number.POSITIVE_INFINITY;
     b.pausedUntil = row.pausedUntil;
     b.pausedBy = row.pausedBy;
     b.pauseNote = row.pauseNote;

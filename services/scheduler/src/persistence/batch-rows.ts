@@ -447,6 +447,7 @@ function bucketSection(tasks: Map<string, TaskState>, shard: number): Section | 
       tokens: b.tokens,
       refilled_at: b.refilledAt,
       seq: b.seq,
+      full_at: b.fullAt,
     })),
     runIds: sorted.map((v) => v.runId),
   };

@@ -135,11 +135,13 @@ WHERE idempotency_keys.created_at <= excluded.created_at`;
 // in the row of the writer part's shard (0 or 1, see takeParts): the two parts of a split batch
 // commit in parallel, and a shared row would make the second wait on the first's row lock until its
 // commit. A row only ever moves to a later grant (seq); recovery takes a bucket's highest seq.
-export const BUCKET_SQL = `INSERT INTO rate_limit_grants (name, key, shard, tokens, refilled_at, seq, updated_at)
-SELECT name, key, shard, tokens, refilled_at, seq, now()
-FROM json_to_recordset($1::json) AS x(name text, key text, shard smallint, tokens float8, refilled_at float8, seq bigint)
+// `full_at`: when the bucket is full again (its row may be purged after it: rate-limit-purge.ts).
+export const BUCKET_SQL = `INSERT INTO rate_limit_grants (name, key, shard, tokens, refilled_at, seq, full_at, updated_at)
+SELECT name, key, shard, tokens, refilled_at, seq, full_at, now()
+FROM json_to_recordset($1::json) AS x(name text, key text, shard smallint, tokens float8, refilled_at float8, seq bigint,
+  full_at float8)
 ON CONFLICT (name, key, shard) DO UPDATE SET tokens = excluded.tokens, refilled_at = excluded.refilled_at,
-  seq = excluded.seq, updated_at = now()
+  seq = excluded.seq, full_at = excluded.full_at, updated_at = now()
 WHERE rate_limit_grants.seq < excluded.seq`;
 
 // Rows already written once are updated with only the columns a transition can change: smaller

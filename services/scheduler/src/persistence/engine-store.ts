@@ -106,6 +106,8 @@ export interface RateLimitPause {
   /** The tokens of a bucket that has no row yet (its burst). */
   readonly tokens: number;
   readonly now: number;
+  /** When a bucket with these tokens is full again (ms since the epoch); null: not known. */
+  readonly fullAt: number | null;
 }
 
 /** Storage of the engine's state; see the module comment. */

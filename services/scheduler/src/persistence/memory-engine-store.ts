@@ -134,6 +134,7 @@ export class MemoryEngineStore extends PendingChanges implements EngineStore {
           tokens: b.tokens,
           refilledAt: b.refilledAt,
           seq: b.seq,
+          fullAt: b.fullAt,
         });
       }
     }
@@ -243,6 +244,7 @@ export class MemoryEngineStore extends PendingChanges implements EngineStore {
       tokens: p.tokens,
       refilledAt: p.now,
       seq: 0,
+      fullAt: null,
     };
     this.bucketRows.set(id, {
       ...row,

@@ -240,19 +240,22 @@ export class PostgresEngineStore implements EngineStore {
       tokens: number;
       refilled_at: number;
       seq: string;
+      full_at: number | null;
       paused_until: Date | null;
       paused_by: string;
       pause_note: string;
     }>(
       // A bucket's tokens: its snapshot with the highest seq among its grant rows (one per writer
       // shard) and its rate_limit_buckets row (a pause's, or a grant's written before the shards),
-      // which also holds its pause. The snapshot of grant N counts every grant up to N.
+      // which also holds its pause. The snapshot of grant N counts every grant up to N. A bucket
+      // that only a pause row names (no grant, or its grants purged: full again) gets the tokens it
+      // had at the pause: never more than it has.
       `WITH latest AS (
-         SELECT DISTINCT ON (name, key) name, key, tokens, refilled_at, seq
-         FROM (SELECT name, key, tokens, refilled_at, seq FROM rate_limit_grants
-               UNION ALL SELECT name, key, tokens, refilled_at, seq FROM rate_limit_buckets) AS s
+         SELECT DISTINCT ON (name, key) name, key, tokens, refilled_at, seq, full_at
+         FROM (SELECT name, key, tokens, refilled_at, seq, full_at FROM rate_limit_grants
+               UNION ALL SELECT name, key, tokens, refilled_at, seq, full_at FROM rate_limit_buckets) AS s
          ORDER BY name, key, seq DESC)
-       SELECT l.name, l.key, l.tokens, l.refilled_at, l.seq, b.paused_until,
+       SELECT l.name, l.key, l.tokens, l.refilled_at, l.seq, l.full_at, b.paused_until,
          coalesce(b.paused_by, '') AS paused_by, coalesce(b.pause_note, '') AS pause_note
        FROM latest l LEFT JOIN rate_limit_buckets b ON b.name = l.name AND b.key = l.key
        ORDER BY l.name, l.key`,
@@ -263,6 +266,7 @@ export class PostgresEngineStore implements EngineStore {
       tokens: r.tokens,
       refilledAt: r.refilled_at,
       seq: Number(r.seq),
+      fullAt: r.full_at,
       pausedUntil: r.paused_until === null ? null : r.paused_until.getTime(),
       pausedBy: r.paused_by,
       pauseNote: r.pause_note,
@@ -271,11 +275,20 @@ export class PostgresEngineStore implements EngineStore {
 
   async pauseRateLimit(p: RateLimitPause): Promise<void> {
     await this.db.pool.query(
-      `INSERT INTO rate_limit_buckets (name, key, tokens, refilled_at, seq, paused_until, paused_by, pause_note)
-VALUES ($1, $2, $3, $4, 0, to_timestamp($5::float8 / 1000), $6, $7)
+      `INSERT INTO rate_limit_buckets (name, key, tokens, refilled_at, seq, paused_until, paused_by, pause_note, full_at)
+VALUES ($1, $2, $3, $4, 0, to_timestamp($5::float8 / 1000), $6, $7, $8)
 ON CONFLICT (name, key) DO UPDATE SET paused_until = excluded.paused_until, paused_by = excluded.paused_by,
   pause_note = excluded.pause_note, updated_at = now()`,
-      [p.name, p.key, p.tokens, p.now, p.until, p.until === null ? "" : p.by, p.until === null ? "" : p.note],
+      [
+        p.name,
+        p.key,
+        p.tokens,
+        p.now,
+        p.until,
+        p.until === null ? "" : p.by,
+        p.until === null ? "" : p.note,
+        p.fullAt,
+      ],
     );
   }
 

@@ -1,7 +1,8 @@
 /**
  * Rate limits on a real scheduler, executor and PostgreSQL: 50 per second is never exceeded in
  * any one-second window (checked over the attempts' lease times from GetRun), across a scheduler
- * restart in the middle (the buckets are read back); a step waiting for tokens holds up none of
+ * restart in the middle (the buckets are read back); a keyed limit's rows are purged once full
+ * again; a step waiting for tokens holds up none of
  * the other work (work-conserving), and ExplainPending and GetRun name the limit and the time of
  * its next token; bad definitions are INVALID_ARGUMENT naming the field.
  */
@@ -10,6 +11,7 @@ import { after, before, describe, it } from "node:test";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { jsonToValue } from "@nexusflow/common";
 import { createServer, type Server } from "node:http";
+import pg from "pg";
 import { Executor, TaskError } from "@nexusflow/executor";
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import { createClient } from "@connectrpc/connect";
@@ -181,6 +183,58 @@ describe("rate limits", () => {
         : undefined;
     });
     await client.cancelRun({ runId: rerunId });
+  });
+
+  it("a keyed limit's rows go once their buckets are full again (the coordinator's purge); a key used again writes anew", async () => {
+    await registerSpec(client, {
+      name: "rl-keyed",
+      version: 1,
+      steps: [
+        {
+          id: "call",
+          type: "rl.other",
+          rateLimits: [{ name: "per-customer", key: "input.customer", rate: 100 }],
+        },
+      ],
+    });
+    const ids = await Promise.all(["a", "b", "c"].map((customer) => start("rl-keyed", { customer })));
+    for (const id of ids) assert.equal((await waitForRun(client, id, 30_000)).status, RunStatus.SUCCEEDED);
+    const pool = new pg.Pool({ connectionString: db.url, max: 1 });
+    try {
+      const rows = async () =>
+        (
+          await pool.query<{ key: string; seq: string; refilled_at: number; full_at: number }>(
+            `SELECT key, seq, refilled_at, full_at FROM rate_limit_grants WHERE name = 'per-customer' ORDER BY key`,
+          )
+        ).rows;
+      const before = await rows();
+      assert.deepEqual(
+        before.map((r) => [r.key, r.full_at - r.refilled_at]),
+        [
+          ["a", 10],
+          ["b", 10],
+          ["c", 10],
+        ],
+        "one token of a burst of one at 100/s: full again 10 ms after the grant",
+      );
+      assert.equal(scheduler.rateLimitPurge.state, "RUNNING");
+      // Full long ago (as after a quiet hour): the purge deletes them.
+      await pool.query(
+        `UPDATE rate_limit_grants SET full_at = full_at - 3600000 WHERE name = 'per-customer'`,
+      );
+      assert.ok((await scheduler.rateLimitPurge.purge()).grants >= 3);
+      assert.deepEqual(await rows(), []);
+      const again = await start("rl-keyed", { customer: "a" });
+      assert.equal((await waitForRun(client, again, 30_000)).status, RunStatus.SUCCEEDED);
+      const after = await rows();
+      assert.deepEqual(
+        after.map((r) => r.key),
+        ["a"],
+      );
+      assert.ok(Number(after[0]?.seq) > Number(before[0]?.seq), "its grant comes after the purged one");
+    } finally {
+      await pool.end();
+    }
   });
 
   it("a step waiting for tokens holds up no other work; ExplainPending and GetRun name the limit", async () => {

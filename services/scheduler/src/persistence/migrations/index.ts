@@ -21,6 +21,7 @@ import { Migration20261205231000EventRetention } from "./Migration20261205231000
 import { Migration20261206000000EventWaits } from "./Migration20261206000000EventWaits.js";
 import { Migration20261206010000ParkedRuns } from "./Migration20261206010000ParkedRuns.js";
 import { Migration20261206020000RateLimitGrants } from "./Migration20261206020000RateLimitGrants.js";
+import { Migration20261206030000RateLimitFullAt } from "./Migration20261206030000RateLimitFullAt.js";
 
 /** The migrations MikroORM applies at start-up. */
 export const migrationsList = [
@@ -49,4 +50,5 @@ export const migrationsList = [
   { name: "Migration20261206000000EventWaits", class: Migration20261206000000EventWaits },
   { name: "Migration20261206010000ParkedRuns", class: Migration20261206010000ParkedRuns },
   { name: "Migration20261206020000RateLimitGrants", class: Migration20261206020000RateLimitGrants },
+  { name: "Migration20261206030000RateLimitFullAt", class: Migration20261206030000RateLimitFullAt },
 ];

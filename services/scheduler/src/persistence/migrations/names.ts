@@ -31,4 +31,5 @@ export const MIGRATION_NAMES: readonly string[] = [
   "Migration20261206000000EventWaits",
   "Migration20261206010000ParkedRuns",
   "Migration20261206020000RateLimitGrants",
+  "Migration20261206030000RateLimitFullAt",
 ];
