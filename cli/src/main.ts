@@ -38,7 +38,8 @@ const OPERATOR_USAGE = `Operator commands (talk to the gateway):
   schedules backfill <id> --from TIME --to TIME
                                   a run for each fire time of [from, to) that has none
   schedules delete <id>
-  ratelimits list [--name N]       rate limit buckets: tokens, pauses, tasks waiting
+  ratelimits list [--name N] [--limit N] [--page-token T]
+                                  rate limit buckets: tokens, pauses, tasks waiting
   ratelimits pause <name> [--key K] --until TIME|--for DURATION [--note N]
                                   no task of the bucket is leased until then (stored: survives restarts)
   ratelimits resume <name> [--key K]

@@ -11,6 +11,7 @@ import {
   UsageError,
   outputOf,
   parse,
+  parseCount,
   positionals,
   printJson,
 } from "./command.js";
@@ -66,15 +67,28 @@ export async function rateLimitsCommand(args: string[], io: CommandIo): Promise<
   const [sub, ...rest] = args;
   switch (sub) {
     case "list": {
-      const { values } = parse({ args: rest, options: { ...COMMON_OPTIONS, name: { type: "string" } } });
+      const { values } = parse({
+        args: rest,
+        options: {
+          ...COMMON_OPTIONS,
+          name: { type: "string" },
+          limit: { type: "string" },
+          "page-token": { type: "string" },
+        },
+      });
       const output = outputOf(values.output);
+      const pageSize = parseCount("limit", values.limit, 1, 1000) ?? 100;
       return withGateway(io, "ratelimits list", values, async (client) => {
         const res = await client.rateLimits.listRateLimits(
-          { name: values.name ?? "" },
+          { name: values.name ?? "", pageSize, pageToken: values["page-token"] ?? "" },
           { signal: io.signal },
         );
-        if (output === "json") printJson(io, ListRateLimitsResponseSchema, res);
-        else io.stdout(`${formatTable(HEADERS, res.buckets.map(row))}\n`);
+        if (output === "json") {
+          printJson(io, ListRateLimitsResponseSchema, res);
+          return 0;
+        }
+        io.stdout(`${formatTable(HEADERS, res.buckets.map(row))}\n`);
+        if (res.nextPageToken !== "") io.stderr(`more: --page-token ${res.nextPageToken}\n`);
         return 0;
       });
     }

@@ -13,7 +13,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file nexusflow/v1/rate_limit_service.proto.
  */
 export const file_nexusflow_v1_rate_limit_service: GenFile = /*@__PURE__*/
-  fileDesc("CiVuZXh1c2Zsb3cvdjEvcmF0ZV9saW1pdF9zZXJ2aWNlLnByb3RvEgxuZXh1c2Zsb3cudjEiawoVUGF1c2VSYXRlTGltaXRSZXF1ZXN0EgwKBG5hbWUYASABKAkSCwoDa2V5GAIgASgJEikKBXVudGlsGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIMCgRub3RlGAQgASgJIkcKFlBhdXNlUmF0ZUxpbWl0UmVzcG9uc2USLQoGYnVja2V0GAEgASgLMh0ubmV4dXNmbG93LnYxLlJhdGVMaW1pdEJ1Y2tldCIzChZSZXN1bWVSYXRlTGltaXRSZXF1ZXN0EgwKBG5hbWUYASABKAkSCwoDa2V5GAIgASgJIkgKF1Jlc3VtZVJhdGVMaW1pdFJlc3BvbnNlEi0KBmJ1Y2tldBgBIAEoCzIdLm5leHVzZmxvdy52MS5SYXRlTGltaXRCdWNrZXQiJQoVTGlzdFJhdGVMaW1pdHNSZXF1ZXN0EgwKBG5hbWUYASABKAkiSAoWTGlzdFJhdGVMaW1pdHNSZXNwb25zZRIuCgdidWNrZXRzGAEgAygLMh0ubmV4dXNmbG93LnYxLlJhdGVMaW1pdEJ1Y2tldCLRAQoPUmF0ZUxpbWl0QnVja2V0EgwKBG5hbWUYASABKAkSCwoDa2V5GAIgASgJEg4KBnRva2VucxgDIAEoARIpCgVhc19vZhgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMAoMcGF1c2VkX3VudGlsGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIRCglwYXVzZWRfYnkYBiABKAkSEgoKcGF1c2Vfbm90ZRgHIAEoCRIPCgd3YWl0aW5nGAggASgFMpcDChBSYXRlTGltaXRTZXJ2aWNlEoMBCg5QYXVzZVJhdGVMaW1pdBIjLm5leHVzZmxvdy52MS5QYXVzZVJhdGVMaW1pdFJlcXVlc3QaJC5uZXh1c2Zsb3cudjEuUGF1c2VSYXRlTGltaXRSZXNwb25zZSImgtPkkwIgOgEqIhsvdjEvcmF0ZWxpbWl0cy97bmFtZX06cGF1c2UShwEKD1Jlc3VtZVJhdGVMaW1pdBIkLm5leHVzZmxvdy52MS5SZXN1bWVSYXRlTGltaXRSZXF1ZXN0GiUubmV4dXNmbG93LnYxLlJlc3VtZVJhdGVMaW1pdFJlc3BvbnNlIieC0+STAiE6ASoiHC92MS9yYXRlbGltaXRzL3tuYW1lfTpyZXN1bWUScwoOTGlzdFJhdGVMaW1pdHMSIy5uZXh1c2Zsb3cudjEuTGlzdFJhdGVMaW1pdHNSZXF1ZXN0GiQubmV4dXNmbG93LnYxLkxpc3RSYXRlTGltaXRzUmVzcG9uc2UiFoLT5JMCEBIOL3YxL3JhdGVsaW1pdHNiBnByb3RvMw", [file_google_api_annotations, file_google_protobuf_timestamp]);
+  fileDesc("CiVuZXh1c2Zsb3cvdjEvcmF0ZV9saW1pdF9zZXJ2aWNlLnByb3RvEgxuZXh1c2Zsb3cudjEiawoVUGF1c2VSYXRlTGltaXRSZXF1ZXN0EgwKBG5hbWUYASABKAkSCwoDa2V5GAIgASgJEikKBXVudGlsGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIMCgRub3RlGAQgASgJIkcKFlBhdXNlUmF0ZUxpbWl0UmVzcG9uc2USLQoGYnVja2V0GAEgASgLMh0ubmV4dXNmbG93LnYxLlJhdGVMaW1pdEJ1Y2tldCIzChZSZXN1bWVSYXRlTGltaXRSZXF1ZXN0EgwKBG5hbWUYASABKAkSCwoDa2V5GAIgASgJIkgKF1Jlc3VtZVJhdGVMaW1pdFJlc3BvbnNlEi0KBmJ1Y2tldBgBIAEoCzIdLm5leHVzZmxvdy52MS5SYXRlTGltaXRCdWNrZXQiTAoVTGlzdFJhdGVMaW1pdHNSZXF1ZXN0EgwKBG5hbWUYASABKAkSEQoJcGFnZV9zaXplGAIgASgFEhIKCnBhZ2VfdG9rZW4YAyABKAkiYQoWTGlzdFJhdGVMaW1pdHNSZXNwb25zZRIuCgdidWNrZXRzGAEgAygLMh0ubmV4dXNmbG93LnYxLlJhdGVMaW1pdEJ1Y2tldBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAki0QEKD1JhdGVMaW1pdEJ1Y2tldBIMCgRuYW1lGAEgASgJEgsKA2tleRgCIAEoCRIOCgZ0b2tlbnMYAyABKAESKQoFYXNfb2YYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjAKDHBhdXNlZF91bnRpbBgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEQoJcGF1c2VkX2J5GAYgASgJEhIKCnBhdXNlX25vdGUYByABKAkSDwoHd2FpdGluZxgIIAEoBTKXAwoQUmF0ZUxpbWl0U2VydmljZRKDAQoOUGF1c2VSYXRlTGltaXQSIy5uZXh1c2Zsb3cudjEuUGF1c2VSYXRlTGltaXRSZXF1ZXN0GiQubmV4dXNmbG93LnYxLlBhdXNlUmF0ZUxpbWl0UmVzcG9uc2UiJoLT5JMCIDoBKiIbL3YxL3JhdGVsaW1pdHMve25hbWV9OnBhdXNlEocBCg9SZXN1bWVSYXRlTGltaXQSJC5uZXh1c2Zsb3cudjEuUmVzdW1lUmF0ZUxpbWl0UmVxdWVzdBolLm5leHVzZmxvdy52MS5SZXN1bWVSYXRlTGltaXRSZXNwb25zZSIngtPkkwIhOgEqIhwvdjEvcmF0ZWxpbWl0cy97bmFtZX06cmVzdW1lEnMKDkxpc3RSYXRlTGltaXRzEiMubmV4dXNmbG93LnYxLkxpc3RSYXRlTGltaXRzUmVxdWVzdBokLm5leHVzZmxvdy52MS5MaXN0UmF0ZUxpbWl0c1Jlc3BvbnNlIhaC0+STAhASDi92MS9yYXRlbGltaXRzYgZwcm90bzM", [file_google_api_annotations, file_google_protobuf_timestamp]);
 
 /**
  * Pauses one bucket.
@@ -139,6 +139,20 @@ export type ListRateLimitsRequest = Message<"nexusflow.v1.ListRateLimitsRequest"
    * @generated from field: string name = 1;
    */
   name: string;
+
+  /**
+   * Most buckets in one page: 0 for the default (100), at most 1000.
+   *
+   * @generated from field: int32 page_size = 2;
+   */
+  pageSize: number;
+
+  /**
+   * next_page_token of the previous page (with the same name); empty for the first page.
+   *
+   * @generated from field: string page_token = 3;
+   */
+  pageToken: string;
 };
 
 /**
@@ -155,11 +169,18 @@ export const ListRateLimitsRequestSchema: GenMessage<ListRateLimitsRequest> = /*
  */
 export type ListRateLimitsResponse = Message<"nexusflow.v1.ListRateLimitsResponse"> & {
   /**
-   * By name, then key; at most 1,000.
+   * By name, then key.
    *
    * @generated from field: repeated nexusflow.v1.RateLimitBucket buckets = 1;
    */
   buckets: RateLimitBucket[];
+
+  /**
+   * Token of the next page; empty on the last page.
+   *
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
 };
 
 /**
@@ -271,7 +292,10 @@ export const RateLimitService: GenService<{
     output: typeof ResumeRateLimitResponseSchema;
   },
   /**
-   * Lists the buckets (every key seen), by name then key, with their tokens and pauses.
+   * Lists the buckets in use, by name then key, with their tokens and pauses, a page at a time. A
+   * key's bucket is forgotten once its tokens are back at the burst with no task waiting and no
+   * pause (it is then as a new one), so a key idle for a while is not listed. A bad name, page
+   * size or page token is INVALID_ARGUMENT naming the field.
    *
    * @generated from rpc nexusflow.v1.RateLimitService.ListRateLimits
    */

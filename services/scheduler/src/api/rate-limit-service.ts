@@ -19,6 +19,7 @@ import {
 } from "@nexusflow/gen";
 import { RATE_LIMIT_NAME_PATTERN } from "../dag/index.js";
 import type { Engine, RateLimitView } from "../engine/engine.js";
+import { decodeToken, encodeToken } from "../persistence/page-token.js";
 import { callPrincipal } from "./auth.js";
 
 /** Longest pause an operator may set. */
@@ -27,8 +28,27 @@ export const MAX_OPERATOR_PAUSE_MS = 30 * 24 * 60 * 60 * 1000;
 export const MAX_PAUSE_NOTE_LENGTH = 500;
 /** Longest key value. */
 export const MAX_RATE_LIMIT_KEY_LENGTH = 1000;
-/** Most buckets one ListRateLimits answer carries. */
+/** Most buckets one ListRateLimits page carries, and its default. */
 export const MAX_LISTED_BUCKETS = 1000;
+const DEFAULT_LISTED_BUCKETS = 100;
+
+/** A ListRateLimits page token: the last bucket of the page before, and the limit it listed. */
+interface BucketPosition {
+  n: string;
+  k: string;
+  f: string;
+}
+
+function isPosition(v: unknown): v is BucketPosition {
+  const p = v as Partial<BucketPosition> | null;
+  return (
+    typeof p === "object" &&
+    p !== null &&
+    typeof p.n === "string" &&
+    typeof p.k === "string" &&
+    typeof p.f === "string"
+  );
+}
 
 function checkName(name: string): void {
   if (name === "") throw ApiError.invalid("name", "the rate limit's name is required");
@@ -94,9 +114,23 @@ export function rateLimitService(
     }),
     listRateLimits: unary(async (req: ListRateLimitsRequest) => {
       if (req.name !== "") checkName(req.name);
-      const all = await engine.rateLimits();
-      const buckets = all.filter((b) => req.name === "" || b.name === req.name).slice(0, MAX_LISTED_BUCKETS);
-      return create(ListRateLimitsResponseSchema, { buckets: buckets.map(bucketMessage) });
+      if (!Number.isInteger(req.pageSize) || req.pageSize < 0 || req.pageSize > MAX_LISTED_BUCKETS)
+        throw ApiError.invalid("page_size", `must be 0 (the default, 100) to ${MAX_LISTED_BUCKETS}`);
+      let after: { name: string; key: string } | null = null;
+      if (req.pageToken !== "") {
+        const p = decodeToken(req.pageToken, isPosition);
+        if (p.f !== req.name)
+          throw ApiError.invalid("page_token", "the token is of another name filter: give the same name");
+        after = { name: p.n, key: p.k };
+      }
+      const limit = req.pageSize === 0 ? DEFAULT_LISTED_BUCKETS : req.pageSize;
+      const { buckets, more } = await engine.rateLimits({ name: req.name, after, limit });
+      const last = buckets.at(-1);
+      return create(ListRateLimitsResponseSchema, {
+        buckets: buckets.map(bucketMessage),
+        nextPageToken:
+          more && last !== undefined ? encodeToken({ n: last.name, k: last.key, f: req.name }) : "",
+      });
     }),
   };
 }

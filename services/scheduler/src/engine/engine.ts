@@ -9,7 +9,7 @@ import { tracingEnabled } from "@nexusflow/common/telemetry";
 import type { LeaseKey } from "@nexusflow/gen";
 import * as core from "../core/index.js";
 import type { Core, Effects, Moment, Rejection } from "../core/index.js";
-import type { EngineStore } from "../persistence/engine-store.js";
+import type { EngineStore, RateLimitPage } from "../persistence/engine-store.js";
 import {
   STORAGE_REFUSED,
   storedStepId,
@@ -338,9 +338,9 @@ export class Engine {
     return pauseRateLimit(this.core, this.store, pause);
   }
 
-  /** The rate limit buckets: this scheduler's (current) and the stored ones it has not used. */
-  rateLimits(): Promise<RateLimitView[]> {
-    return listRateLimits(this.core, this.store);
+  /** A page of the rate limit buckets: this scheduler's (current) and the stored ones it has not used. */
+  rateLimits(page: RateLimitPage): Promise<{ buckets: RateLimitView[]; more: boolean }> {
+    return listRateLimits(this.core, this.store, page);
   }
 
   /** Per task type, the tenants with the most ready tasks, with their leases (metrics; fair-shares.ts). */

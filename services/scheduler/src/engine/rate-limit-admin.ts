@@ -6,7 +6,12 @@
 import type { Logger } from "@nexusflow/common";
 import * as core from "../core/index.js";
 import type { Core } from "../core/index.js";
-import type { EngineStore } from "../persistence/engine-store.js";
+import {
+  afterInPage,
+  bucketOrder,
+  type EngineStore,
+  type RateLimitPage,
+} from "../persistence/engine-store.js";
 
 /** A rate limit bucket as RateLimitService shows it (tokens as of `refilledAt`). */
 export interface RateLimitView {
@@ -108,16 +113,23 @@ export function storeHandlerPause(
     );
 }
 
-/** The buckets in use here (current) and the stored ones not used here, by name then key. */
+/**
+ * One page of the buckets in use here (as they are now) and the stored ones not in memory here,
+ * by name then key (code point order); `more`: a next page may hold some. Each source is read up
+ * to one past the page, so the page's first `limit` of the two merged are the right ones.
+ */
 export async function listRateLimits(
   c: Core,
   store: Pick<EngineStore, "loadRateLimits">,
-): Promise<RateLimitView[]> {
+  page: RateLimitPage,
+): Promise<{ buckets: RateLimitView[]; more: boolean }> {
   const known = core.rateLimitsOf(c).buckets;
-  const out = [...known.values()].map(rateLimitView);
-  for (const row of await store.loadRateLimits())
+  const out: RateLimitView[] = [];
+  for (const b of known.values()) if (afterInPage(b, page)) out.push(rateLimitView(b));
+  for (const row of await store.loadRateLimits({ ...page, limit: page.limit + 1 }))
     if (!known.has(`${row.name}\u0000${row.key}`)) out.push({ ...row, waiting: 0 });
-  return out.sort((a, b) => (a.name === b.name ? (a.key < b.key ? -1 : 1) : a.name < b.name ? -1 : 1));
+  out.sort(bucketOrder);
+  return { buckets: out.slice(0, page.limit), more: out.length > page.limit };
 }
 
 /** Per rate limit name: the tasks waiting for its buckets and its keys paused now. */

@@ -110,6 +110,13 @@ export interface RateLimitPause {
   readonly fullAt: number | null;
 }
 
+/** A page of stored buckets: of limit `name` ("" for all), after `after` (by name then key), at most `limit`. */
+export interface RateLimitPage {
+  readonly name: string;
+  readonly after: { readonly name: string; readonly key: string } | null;
+  readonly limit: number;
+}
+
 /** Storage of the engine's state; see the module comment. */
 export interface EngineStore {
   /** Sets the one listener of commits and refusals (the engine). */
@@ -145,8 +152,11 @@ export interface EngineStore {
    * (parked-runs.ts); with `scope`, only the runs of those partitions (cluster/partitioning.ts).
    */
   loadActive(scope?: PartitionScope): Promise<StoredActiveState>;
-  /** The rate limits' token buckets as committed (core/rate-limits.ts), for recovery and listing. */
-  loadRateLimits(): Promise<StoredBucket[]>;
+  /**
+   * The rate limits' token buckets as committed (core/rate-limits.ts), by name then key: all of
+   * them (recovery), or with `page` one page of them (listing).
+   */
+  loadRateLimits(page?: RateLimitPage): Promise<StoredBucket[]>;
   /**
    * Writes a pause of a bucket's key until `until` (ms since the epoch; null: resumed), with who
    * and why, at once (not with a batch); a bucket without a row gets one, full (`tokens`).
@@ -173,4 +183,31 @@ export interface EngineStore {
   failRefusedRun(runId: string, error: ErrorInfo): Promise<RefusedRunOutcome>;
   /** Commits what is pending (best effort, bounded), then refuses new work. */
   close(): Promise<void>;
+}
+
+/**
+ * Orders two strings by code point, as PostgreSQL's "C" collation orders their UTF-8 bytes (and
+ * not as `<` does, by UTF-16 unit): the order of listed buckets, the same in memory and in SQL.
+ */
+export function codePointOrder(a: string, b: string): number {
+  if (a === b) return 0;
+  const n = Math.min(a.length, b.length);
+  for (let i = 0; i < n; i++) {
+    const x = a.codePointAt(i) as number;
+    const y = b.codePointAt(i) as number;
+    if (x !== y) return x < y ? -1 : 1;
+    if (x > 0xffff) i++;
+  }
+  return a.length < b.length ? -1 : 1;
+}
+
+/** Orders buckets by name, then key ({@link codePointOrder}). */
+export function bucketOrder(a: { name: string; key: string }, b: { name: string; key: string }): number {
+  return codePointOrder(a.name, b.name) || codePointOrder(a.key, b.key);
+}
+
+/** Whether bucket `b` belongs to `page`: of its limit, and after its position (by name then key). */
+export function afterInPage(b: { name: string; key: string }, page: RateLimitPage): boolean {
+  if (page.name !== "" && b.name !== page.name) return false;
+  return page.after === null || bucketOrder(b, page.after) > 0;
 }

@@ -21,7 +21,7 @@ import type {
   StoredTask,
 } from "./engine-store.js";
 import type { StoredBucket } from "../model/rate-limit-state.js";
-import type { RateLimitPause } from "./engine-store.js";
+import { afterInPage, bucketOrder, type RateLimitPage, type RateLimitPause } from "./engine-store.js";
 import type { OutboxRow } from "./outbox.js";
 import { PendingChanges } from "./pending-changes.js";
 import { partitionOf } from "../cluster/partitioning.js";
@@ -232,8 +232,11 @@ export class MemoryEngineStore extends PendingChanges implements EngineStore {
     );
   }
 
-  loadRateLimits(): Promise<StoredBucket[]> {
-    return Promise.resolve([...this.bucketRows.values()].map((b) => ({ ...b })));
+  loadRateLimits(page?: RateLimitPage): Promise<StoredBucket[]> {
+    const rows = [...this.bucketRows.values()]
+      .filter((b) => page === undefined || afterInPage(b, page))
+      .sort(bucketOrder);
+    return Promise.resolve(rows.slice(0, page?.limit ?? rows.length).map((b) => ({ ...b })));
   }
 
   pauseRateLimit(p: RateLimitPause): Promise<void> {

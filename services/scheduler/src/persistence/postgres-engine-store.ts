@@ -31,7 +31,7 @@ import type {
 } from "../model/run-state.js";
 import { parseStoredStepId } from "../model/run-state.js";
 import type { StoredBucket } from "../model/rate-limit-state.js";
-import type { RateLimitPause } from "./engine-store.js";
+import type { RateLimitPage, RateLimitPause } from "./engine-store.js";
 
 interface RunRow {
   id: string;
@@ -233,7 +233,13 @@ export class PostgresEngineStore implements EngineStore {
     };
   }
 
-  async loadRateLimits(): Promise<StoredBucket[]> {
+  async loadRateLimits(page?: RateLimitPage): Promise<StoredBucket[]> {
+    // A page: the rows of its limit after its position, in the "C" collation (code point order,
+    // as the engine merges them with the buckets in memory: engine-store.ts bucketOrder).
+    const where =
+      page === undefined
+        ? ""
+        : `WHERE ($1 = '' OR name = $1) AND ($2::text IS NULL OR (name COLLATE "C", key COLLATE "C") > ($2, $3))`;
     const found = await this.db.pool.query<{
       name: string;
       key: string;
@@ -252,13 +258,14 @@ export class PostgresEngineStore implements EngineStore {
       // had at the pause: never more than it has.
       `WITH latest AS (
          SELECT DISTINCT ON (name, key) name, key, tokens, refilled_at, seq, full_at
-         FROM (SELECT name, key, tokens, refilled_at, seq, full_at FROM rate_limit_grants
-               UNION ALL SELECT name, key, tokens, refilled_at, seq, full_at FROM rate_limit_buckets) AS s
+         FROM (SELECT name, key, tokens, refilled_at, seq, full_at FROM rate_limit_grants ${where}
+               UNION ALL SELECT name, key, tokens, refilled_at, seq, full_at FROM rate_limit_buckets ${where}) AS s
          ORDER BY name, key, seq DESC)
        SELECT l.name, l.key, l.tokens, l.refilled_at, l.seq, l.full_at, b.paused_until,
          coalesce(b.paused_by, '') AS paused_by, coalesce(b.pause_note, '') AS pause_note
        FROM latest l LEFT JOIN rate_limit_buckets b ON b.name = l.name AND b.key = l.key
-       ORDER BY l.name, l.key`,
+       ORDER BY l.name COLLATE "C", l.key COLLATE "C"${page === undefined ? "" : " LIMIT $4"}`,
+      page === undefined ? [] : [page.name, page.after?.name ?? null, page.after?.key ?? null, page.limit],
     );
     return found.rows.map((r) => ({
       name: r.name,

@@ -399,6 +399,61 @@ describe("rate limits", () => {
     assert.equal((await waitForRun(client, held, 30_000)).status, RunStatus.SUCCEEDED);
   });
 
+  it("ListRateLimits pages through the buckets in memory and the stored ones, each once, by code point", async () => {
+    const limits = createClient(
+      RateLimitService,
+      createGrpcTransport({ baseUrl: `http://${scheduler.address}` }),
+    );
+    // In memory and stored: paused keys. Stored only: grant rows this scheduler never read.
+    const paused = ["m-0", "m-1", "m-2", "z", "\u{1d49c}", "\ufffd"];
+    for (const key of paused)
+      await limits.pauseRateLimit({ name: "paging", key, until: timestampFromMs(Date.now() + 60_000) });
+    const stored = ["s-0", "s-1", "s-2", "s-3", "a", "\u00e9", "\u{1f600}"];
+    const pool = new pg.Pool({ connectionString: db.url, max: 1 });
+    try {
+      for (const key of stored)
+        await pool.query(
+          `INSERT INTO rate_limit_grants (name, key, shard, tokens, refilled_at, seq, full_at)
+           VALUES ('paging', $1, 0, 1, $2, 1, $3)`,
+          [key, Date.now(), Date.now() + 3_600_000],
+        );
+    } finally {
+      await pool.end();
+    }
+    const seen: string[] = [];
+    let pageToken = "";
+    let pages = 0;
+    do {
+      const page = await limits.listRateLimits({ name: "paging", pageSize: 4, pageToken });
+      assert.ok(page.buckets.length <= 4);
+      seen.push(...page.buckets.map((b) => b.key));
+      pageToken = page.nextPageToken;
+      pages++;
+    } while (pageToken !== "" && pages < 10);
+    // Code point order, as PostgreSQL's "C" collation: U+FFFD before U+1D49C (not as UTF-16 sorts).
+    const expected = [...paused, ...stored].sort((a, b) => {
+      const x = [...a].map((c) => c.codePointAt(0) as number);
+      const y = [...b].map((c) => c.codePointAt(0) as number);
+      for (let i = 0; i < Math.min(x.length, y.length); i++)
+        if (x[i] !== y[i]) return (x[i] as number) - (y[i] as number);
+      return x.length - y.length;
+    });
+    assert.deepEqual(seen, expected);
+    assert.equal(pages, 4);
+    assert.ok(seen.indexOf("\ufffd") < seen.indexOf("\u{1d49c}"));
+    const all = await limits.listRateLimits({ name: "paging", pageSize: 1000 });
+    assert.equal(all.buckets.length, 13);
+    assert.equal(all.nextPageToken, "");
+    // A token of one filter is refused with another.
+    const first = await limits.listRateLimits({ name: "paging", pageSize: 1 });
+    await assert.rejects(
+      limits.listRateLimits({ name: "", pageToken: first.nextPageToken }),
+      (e: unknown) =>
+        e instanceof ConnectError && e.code === Code.InvalidArgument && e.message.includes("page_token:"),
+    );
+    for (const key of paused) await limits.resumeRateLimit({ name: "paging", key });
+  });
+
   it("bad RateLimitService input is INVALID_ARGUMENT naming the field", async () => {
     const limits = createClient(
       RateLimitService,
@@ -424,6 +479,13 @@ describe("rate limits", () => {
     await invalid(limits.pauseRateLimit({ name: "p", key: "a\u0000b", until: soon }), "key");
     await invalid(limits.resumeRateLimit({ name: "" }), "name");
     await invalid(limits.listRateLimits({ name: "NO" }), "name");
+    await invalid(limits.listRateLimits({ pageSize: -1 }), "page_size");
+    await invalid(limits.listRateLimits({ pageSize: 1001 }), "page_size");
+    await invalid(limits.listRateLimits({ pageToken: "not-a-token" }), "page_token");
+    await invalid(
+      limits.listRateLimits({ pageToken: Buffer.from('{"n":1}').toString("base64url") }),
+      "page_token",
+    );
   });
 
   it("bad definitions are INVALID_ARGUMENT naming the field", async () => {
