@@ -24,7 +24,7 @@ function row(b: RateLimitBucket): string[] {
   return [
     b.name,
     b.key === "" ? "-" : b.key,
-    b.tokens.toFixed(2),
+    Number.isFinite(b.tokens) ? b.tokens.toFixed(2) : "full",
     formatTime(b.asOf),
     b.pausedUntil === undefined ? "-" : formatTime(b.pausedUntil),
     b.pausedBy === "" ? "-" : b.pausedBy,

@@ -211,7 +211,9 @@ export type RateLimitBucket = Message<"nexusflow.v1.RateLimitBucket"> & {
   key: string;
 
   /**
-   * Tokens in it at `as_of` (fractions are the refill in progress).
+   * Tokens in it at `as_of` (fractions are the refill in progress); +Infinity (JSON "Infinity") for
+   * a bucket that an operator paused or resumed before any task of the key used it since it was
+   * made: full, at its limit's burst, which a task's first use brings it to.
    *
    * @generated from field: double tokens = 3;
    */

@@ -261,4 +261,24 @@ describe("buckets forgotten once full (keyed limits)", () => {
     assert.deepEqual([...state.buckets.keys()].sort(), ["api\u0000c-4", "api\u0000c-5"]);
     assert.equal(state.bucket("api", "c-3", 2, 1000).seq, 41);
   });
+
+  it("recovery sweeps nothing: a row's time is not now (rows from a clock ahead of this one)", () => {
+    const state = new RateLimitState();
+    const row = (key: string, refilledAt: number, fullAt: number) => ({
+      name: "api",
+      key,
+      tokens: 0,
+      refilledAt,
+      seq: 1,
+      fullAt,
+      pausedUntil: null,
+      pausedBy: "",
+      pauseNote: "",
+    });
+    // Not full at recovery's now (1,000): all kept, even once a row stamped later comes (1,024
+    // buckets in memory: a bucket made now would sweep first).
+    for (let i = 0; i < 1024; i++) state.restore(row(`k-${i}`, 900, 5000), 1000);
+    state.restore(row("later", 10_000, 20_000), 1000);
+    assert.equal(state.buckets.size, 1025);
+  });
 });

@@ -57,8 +57,8 @@ export interface RateLimitStats {
 
 /**
  * Pauses a bucket until `until` (ms since the epoch; null resumes it) and stores the pause; a
- * bucket no task has used yet is made empty (it refills by its limit's rate from now when first
- * used). Its waiting tasks are woken when the pause ends.
+ * bucket not in memory is made full (as a key no task used). Its waiting tasks are woken when the
+ * pause ends.
  */
 export async function pauseRateLimit(
   c: Core,
@@ -66,8 +66,9 @@ export async function pauseRateLimit(
   p: RateLimitPause,
 ): Promise<RateLimitView> {
   const now = new Date();
-  // Not full by its limit's burst (unknown here): kept until a task's refill says when it is.
-  const bucket = core.rateLimitsOf(c).bucket(p.name, p.key, 0, now.getTime(), Number.POSITIVE_INFINITY);
+  // A bucket not in memory (no task used the key, or it was forgotten, full) is full: its limit's
+  // burst is not known here, so +Infinity tokens, which a task's first refill brings down to it.
+  const bucket = core.rateLimitsOf(c).bucket(p.name, p.key, Number.POSITIVE_INFINITY, now.getTime());
   core.pauseBucket(c, bucket, p.until, p.by, p.note, now);
   await store.pauseRateLimit({
     name: p.name,

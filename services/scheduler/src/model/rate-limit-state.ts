@@ -34,7 +34,7 @@ export interface Bucket {
   pauseNote: string;
   /**
    * When its tokens are back at the burst (ms since the epoch), as of its last refill or grant;
-   * +Infinity while not known (a key paused by an operator before any task used it).
+   * +Infinity while not known (a row stored before this was).
    */
   fullAt: number;
   /** Tasks skipped for this bucket, in the order they were, offered again when it has tokens. */
@@ -103,31 +103,34 @@ export class RateLimitState {
   dropped = 0;
 
   /**
-   * The bucket of `name` and `key`, made full (`burst` tokens) when new; `fullAt` +Infinity when
-   * `burst` is not the limit's (an operator's pause of a key no task used yet).
+   * The bucket of `name` and `key`, made full (`burst` tokens) at `now` when new (a sweep may run
+   * first, at `now`: the current time). A caller that does not know the limit's burst passes
+   * +Infinity: the first refill by a task's limit brings it down to that burst.
    */
-  bucket(name: string, key: string, burst: number, now: number, fullAt = now): Bucket {
-    const id = `${name}\u0000${key}`;
-    let b = this.buckets.get(id);
-    if (b === undefined) {
-      if (this.buckets.size >= this.sweepAt) this.sweep(now);
-      b = {
-        home: this,
-        id,
-        name,
-        key,
-        tokens: burst,
-        refilledAt: now,
-        seq: this.seqFloor,
-        fullAt,
-        pausedUntil: null,
-        pausedBy: "",
-        pauseNote: "",
-        waiters: [],
-        wakeAt: null,
-      };
-      this.buckets.set(id, b);
-    }
+  bucket(name: string, key: string, burst: number, now: number): Bucket {
+    const b = this.buckets.get(`${name}\u0000${key}`);
+    if (b !== undefined) return b;
+    if (this.buckets.size >= this.sweepAt) this.sweep(now);
+    return this.make(name, key, burst, now);
+  }
+
+  private make(name: string, key: string, tokens: number, refilledAt: number): Bucket {
+    const b: Bucket = {
+      home: this,
+      id: `${name}\u0000${key}`,
+      name,
+      key,
+      tokens,
+      refilledAt,
+      seq: this.seqFloor,
+      fullAt: refilledAt,
+      pausedUntil: null,
+      pausedBy: "",
+      pauseNote: "",
+      waiters: [],
+      wakeAt: null,
+    };
+    this.buckets.set(b.id, b);
     return b;
   }
 
@@ -191,7 +194,8 @@ export class RateLimitState {
       if (row.seq > this.seqFloor) this.seqFloor = row.seq;
       return;
     }
-    const b = this.bucket(row.name, row.key, row.tokens, row.refilledAt);
+    // Made without a sweep: `refilledAt` is the row's time, not now.
+    const b = known ?? this.make(row.name, row.key, row.tokens, row.refilledAt);
     b.tokens = row.tokens;
     b.refilledAt = row.refilledAt;
     b.seq = row.seq;

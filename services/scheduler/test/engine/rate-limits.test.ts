@@ -366,6 +366,8 @@ describe("rate limits", () => {
     });
     assert.equal(date(paused.bucket?.pausedUntil, "paused until").getTime(), until);
     assert.equal(paused.bucket?.pausedBy, "operator");
+    // No task used the key: its bucket is full (its burst unknown here: +Infinity until a task's refill).
+    assert.equal(paused.bucket?.tokens, Number.POSITIVE_INFINITY);
     const held = await start("rl-operator", { k: "o-1" });
     // Another key of the same limit is not paused.
     assert.equal(
