@@ -67,8 +67,8 @@ export interface Effects {
   leaseEnded(task: TaskState): void;
   /** Set a timer, due in `delayMs`. */
   setTimer(timer: Timer, delayMs: number): void;
-  /** Store the pause (or resume) of a rate limit bucket now (`tokens`: a new row's, its burst). */
-  pauseRateLimit(bucket: Bucket, tokens: number): void;
+  /** Store the pause (or resume) of a rate limit bucket now. */
+  pauseRateLimit(bucket: Bucket): void;
   /** Read the task's offloaded output back (see reports.ts outputResolved/outputUnavailable). */
   resolveOutput(task: TaskState): void;
   /** Evaluate the run once the reports already received are applied (see runs.ts advance). */

@@ -111,9 +111,12 @@ function settle(b: Bucket, limit: CompiledRateLimit): void {
     missing > EPSILON ? b.refilledAt + Math.ceil((missing * limit.perMs) / limit.rate) : b.refilledAt;
 }
 
-/** When `want`'s bucket can grant its units (ms since the epoch); `now` when it can now. */
+/**
+ * When `want`'s bucket can grant its units (ms since the epoch); `now` when it can now. Reads the
+ * bucket in memory now ({@link liveBucket}): `want.bucket` is that one afterwards.
+ */
 export function readyAt(want: RateWant, now: number): number {
-  const b = want.bucket;
+  const b = liveBucket(want);
   refill(b, want.limit, now);
   let at = now;
   if (b.pausedUntil !== null && b.pausedUntil > now) at = b.pausedUntil;
@@ -131,7 +134,6 @@ export function checkRate(core: Core, task: TaskState, now: Date): boolean {
   if (wants == null) return true;
   const t = now.getTime();
   for (const want of wants) {
-    liveBucket(want);
     const at = readyAt(want, t);
     if (at <= t) continue;
     const b = want.bucket;
@@ -245,7 +247,6 @@ export function rateHolds(
 ): { name: string; key: string; nextTokenAt: number; bucket: Bucket }[] {
   const out: { name: string; key: string; nextTokenAt: number; bucket: Bucket }[] = [];
   for (const want of task.rate ?? []) {
-    liveBucket(want);
     const at = readyAt(want, now.getTime());
     const b = want.bucket;
     if (at > now.getTime()) out.push({ name: b.name, key: b.key, nextTokenAt: at, bucket: b });
@@ -325,6 +326,6 @@ export function pauseTaskKeys(
     const b = liveBucket(want);
     if (b.pausedUntil !== null && b.pausedUntil >= end) continue;
     pauseBucket(core, b, end, by, note.slice(0, 500), now);
-    core.fx.pauseRateLimit(b, want.limit.burst);
+    core.fx.pauseRateLimit(b);
   }
 }

@@ -307,7 +307,7 @@ export class Engine {
       },
       leaseEnded: (task) => this.timers.leaseEnded(task),
       setTimer: (timer, delayMs) => this.timers.set(timer, delayMs),
-      pauseRateLimit: (bucket, tokens) => storeHandlerPause(this.store, this.log, bucket, tokens),
+      pauseRateLimit: (bucket) => storeHandlerPause(this.store, this.log, bucket),
       resolveOutput: (task) => this.outputs.read(task),
       advanceSoon: (run) => this.advanceSoon(run),
       startChild: (run, task) => void this.children.start(run.id, storedStepId(task)),

@@ -6,11 +6,13 @@
 import type { Logger } from "@nexusflow/common";
 import * as core from "../core/index.js";
 import type { Core } from "../core/index.js";
+import { bucketId } from "../model/rate-limit-state.js";
 import {
   afterInPage,
   bucketOrder,
   type EngineStore,
   type RateLimitPage,
+  type RateLimitPause as StoredPause,
 } from "../persistence/engine-store.js";
 
 /** A rate limit bucket as RateLimitService shows it (tokens as of `refilledAt`). */
@@ -70,42 +72,35 @@ export async function pauseRateLimit(
   // burst is not known here, so +Infinity tokens, which a task's first refill brings down to it.
   const bucket = core.rateLimitsOf(c).bucket(p.name, p.key, Number.POSITIVE_INFINITY, now.getTime());
   core.pauseBucket(c, bucket, p.until, p.by, p.note, now);
-  await store.pauseRateLimit({
-    name: p.name,
-    key: p.key,
+  await store.pauseRateLimit(pauseRow(bucket));
+  return rateLimitView(bucket);
+}
+
+/** What the store writes of a bucket's pause (or resume): the pause, and the bucket as it is. */
+function pauseRow(bucket: core.Bucket): StoredPause {
+  return {
+    name: bucket.name,
+    key: bucket.key,
     until: bucket.pausedUntil,
     by: bucket.pausedBy,
     note: bucket.pauseNote,
     tokens: bucket.tokens,
-    now: now.getTime(),
+    refilledAt: bucket.refilledAt,
     fullAt: Number.isFinite(bucket.fullAt) ? bucket.fullAt : null,
-  });
-  return rateLimitView(bucket);
+  };
 }
 
 /**
- * Stores a pause a handler asked for (core/rate-limits.ts pauseTaskKeys): a row for a bucket that
- * has none yet holds `tokens`, its burst (full now). A failure is logged: the pause then holds in
- * this process only.
+ * Stores a pause a handler asked for (core/rate-limits.ts pauseTaskKeys). A failure is logged: the
+ * pause then holds in this process only.
  */
 export function storeHandlerPause(
   store: Pick<EngineStore, "pauseRateLimit">,
   log: Logger,
   bucket: core.Bucket,
-  tokens: number,
 ): void {
-  const now = Date.now();
   void store
-    .pauseRateLimit({
-      name: bucket.name,
-      key: bucket.key,
-      until: bucket.pausedUntil,
-      by: bucket.pausedBy,
-      note: bucket.pauseNote,
-      tokens,
-      now,
-      fullAt: now,
-    })
+    .pauseRateLimit(pauseRow(bucket))
     .catch((e: unknown) =>
       log.error(
         { err: e, rate_limit: bucket.name, key: bucket.key },
@@ -128,7 +123,7 @@ export async function listRateLimits(
   const out: RateLimitView[] = [];
   for (const b of known.values()) if (afterInPage(b, page)) out.push(rateLimitView(b));
   for (const row of await store.loadRateLimits({ ...page, limit: page.limit + 1 }))
-    if (!known.has(`${row.name}\u0000${row.key}`)) out.push({ ...row, waiting: 0 });
+    if (!known.has(bucketId(row.name, row.key))) out.push({ ...row, waiting: 0 });
   out.sort(bucketOrder);
   return { buckets: out.slice(0, page.limit), more: out.length > page.limit };
 }

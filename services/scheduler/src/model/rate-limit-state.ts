@@ -84,6 +84,16 @@ export interface StoredBucket {
   readonly pauseNote: string;
 }
 
+/** A bucket's id: its limit's name and key value (the key of RateLimitState.buckets). */
+export function bucketId(name: string, key: string): string {
+  return `${name}\u0000${key}`;
+}
+
+/** Whether a bucket full again at `fullAt` and paused until `pausedUntil` is as a new one at `now`. */
+function fullAndFree(fullAt: number, pausedUntil: number | null, now: number): boolean {
+  return fullAt <= now && (pausedUntil === null || pausedUntil <= now);
+}
+
 /** The bucket `want` takes from now (RateLimitState.live): read a want's bucket only through this. */
 export function liveBucket(want: RateWant): Bucket {
   return want.bucket.home.live(want);
@@ -108,7 +118,7 @@ export class RateLimitState {
    * +Infinity: the first refill by a task's limit brings it down to that burst.
    */
   bucket(name: string, key: string, burst: number, now: number): Bucket {
-    const b = this.buckets.get(`${name}\u0000${key}`);
+    const b = this.buckets.get(bucketId(name, key));
     if (b !== undefined) return b;
     if (this.buckets.size >= this.sweepAt) this.sweep(now);
     return this.make(name, key, burst, now);
@@ -117,7 +127,7 @@ export class RateLimitState {
   private make(name: string, key: string, tokens: number, refilledAt: number): Bucket {
     const b: Bucket = {
       home: this,
-      id: `${name}\u0000${key}`,
+      id: bucketId(name, key),
       name,
       key,
       tokens,
@@ -151,12 +161,7 @@ export class RateLimitState {
 
   /** Whether `b` is as a bucket never used at `now`: full, nobody waiting, no timer, no pause. */
   static idle(b: Bucket, now: number): boolean {
-    return (
-      b.fullAt <= now &&
-      b.waiters.length === 0 &&
-      b.wakeAt === null &&
-      (b.pausedUntil === null || b.pausedUntil <= now)
-    );
+    return b.waiters.length === 0 && b.wakeAt === null && fullAndFree(b.fullAt, b.pausedUntil, now);
   }
 
   /**
@@ -182,14 +187,9 @@ export class RateLimitState {
    * row could only give back tokens granted since it was written.
    */
   restore(row: StoredBucket, now: number): void {
-    const known = this.buckets.get(`${row.name}\u0000${row.key}`);
+    const known = this.buckets.get(bucketId(row.name, row.key));
     if (known !== undefined && known.seq >= row.seq) return;
-    if (
-      known === undefined &&
-      row.fullAt !== null &&
-      row.fullAt <= now &&
-      (row.pausedUntil === null || row.pausedUntil <= now)
-    ) {
+    if (known === undefined && row.fullAt !== null && fullAndFree(row.fullAt, row.pausedUntil, now)) {
       // Full by now and not paused: as a bucket never used; only its seq is kept (the floor).
       if (row.seq > this.seqFloor) this.seqFloor = row.seq;
       return;

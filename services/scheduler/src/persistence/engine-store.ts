@@ -103,10 +103,12 @@ export interface RateLimitPause {
   readonly until: number | null;
   readonly by: string;
   readonly note: string;
-  /** The tokens of a bucket that has no row yet (its burst). */
+  /**
+   * The bucket as it is (its tokens as of `refilledAt`, when they are back at its burst; null: not
+   * known), for a row made by the pause: a bucket whose grants were all purged reads it back.
+   */
   readonly tokens: number;
-  readonly now: number;
-  /** When a bucket with these tokens is full again (ms since the epoch); null: not known. */
+  readonly refilledAt: number;
   readonly fullAt: number | null;
 }
 
@@ -159,7 +161,7 @@ export interface EngineStore {
   loadRateLimits(page?: RateLimitPage): Promise<StoredBucket[]>;
   /**
    * Writes a pause of a bucket's key until `until` (ms since the epoch; null: resumed), with who
-   * and why, at once (not with a batch); a bucket without a row gets one, full (`tokens`).
+   * and why, at once (not with a batch); a bucket without a row gets one, with its tokens.
    */
   pauseRateLimit(pause: RateLimitPause): Promise<void>;
   /** A run's status, output and error as committed (a child run, core/children.ts); undefined when absent. */

@@ -20,7 +20,7 @@ import type {
   StoredRunRows,
   StoredTask,
 } from "./engine-store.js";
-import type { StoredBucket } from "../model/rate-limit-state.js";
+import { bucketId, type StoredBucket } from "../model/rate-limit-state.js";
 import { afterInPage, bucketOrder, type RateLimitPage, type RateLimitPause } from "./engine-store.js";
 import type { OutboxRow } from "./outbox.js";
 import { PendingChanges } from "./pending-changes.js";
@@ -121,7 +121,7 @@ export class MemoryEngineStore extends PendingChanges implements EngineStore {
       this.writeTask(t);
       runIds.add(t.runId);
       for (const b of t.rateTaken ?? []) {
-        const id = `${b.name}\u0000${b.key}`;
+        const id = bucketId(b.name, b.key);
         const row = this.bucketRows.get(id);
         if (row !== undefined && row.seq >= b.seq) continue;
         this.bucketRows.set(id, {
@@ -240,14 +240,14 @@ export class MemoryEngineStore extends PendingChanges implements EngineStore {
   }
 
   pauseRateLimit(p: RateLimitPause): Promise<void> {
-    const id = `${p.name}\u0000${p.key}`;
+    const id = bucketId(p.name, p.key);
     const row = this.bucketRows.get(id) ?? {
       name: p.name,
       key: p.key,
       tokens: p.tokens,
-      refilledAt: p.now,
+      refilledAt: p.refilledAt,
       seq: 0,
-      fullAt: null,
+      fullAt: p.fullAt,
     };
     this.bucketRows.set(id, {
       ...row,

@@ -290,7 +290,7 @@ ON CONFLICT (name, key) DO UPDATE SET paused_until = excluded.paused_until, paus
         p.name,
         p.key,
         p.tokens,
-        p.now,
+        p.refilledAt,
         p.until,
         p.until === null ? "" : p.by,
         p.until === null ? "" : p.note,
