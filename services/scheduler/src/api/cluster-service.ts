@@ -6,6 +6,7 @@ import { create, toBinary } from "@bufbuild/protobuf";
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import type * as grpc from "@grpc/grpc-js";
 import { ApiError, unary } from "@nexusflow/common";
+import { pageSizeOf } from "../persistence/page-token.js";
 import {
   type ExecutorSession,
   ExecutorSessionSchema,
@@ -16,8 +17,6 @@ import { type ExecutorView, compareKeys } from "../engine/executors.js";
 
 /** The task type names executors may advertise (as the session's Attach checks them). */
 const TYPE_NAME = /^[a-z][a-z0-9._-]{0,62}$/;
-const DEFAULT_PAGE_SIZE = 100;
-const MAX_PAGE_SIZE = 1000;
 /** Longest page token we hand out: two ids of at most 200 characters, JSON, base64url. */
 const MAX_PAGE_TOKEN = 2048;
 
@@ -63,12 +62,7 @@ export function executorsPage(
       "task_type",
       `${JSON.stringify(req.taskType.slice(0, 100))} is not a task type (lower case letters, digits, '.', '_', '-'; at most 63 characters)`,
     );
-  if (req.pageSize < 0 || req.pageSize > MAX_PAGE_SIZE)
-    throw ApiError.invalid(
-      "page_size",
-      `must be between 0 (the default, ${DEFAULT_PAGE_SIZE}) and ${MAX_PAGE_SIZE}`,
-    );
-  const size = req.pageSize === 0 ? DEFAULT_PAGE_SIZE : req.pageSize;
+  const size = pageSizeOf(req.pageSize);
   const after = req.pageToken === "" ? undefined : parseExecutorPageToken(req.pageToken);
   const matching = views.filter(
     (v) =>

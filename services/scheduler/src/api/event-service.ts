@@ -22,7 +22,7 @@ import {
   type PublishedEvent,
 } from "@nexusflow/gen";
 import { eventKeyProblem, MAX_EVENT_KEY_LENGTH } from "../dag/index.js";
-import { decodeToken, encodeToken } from "../persistence/page-token.js";
+import { decodeToken, encodeToken, pageSizeOf } from "../persistence/page-token.js";
 import type { EventRow, MatchRow } from "../triggers/event-store.js";
 import type { WaitMatchRow, WaitMatchStatus } from "../triggers/wait-matches.js";
 import {
@@ -141,9 +141,7 @@ export function eventService(deps: EventServiceDeps): grpc.UntypedServiceImpleme
       if (req.keyPrefix.length > MAX_EVENT_KEY_LENGTH)
         throw ApiError.invalid("key_prefix", `at most ${MAX_EVENT_KEY_LENGTH} characters`);
       refuseNul(req.keyPrefix, "key_prefix");
-      const size = req.pageSize === 0 ? 100 : req.pageSize;
-      if (!Number.isInteger(size) || size < 1 || size > 1000)
-        throw ApiError.invalid("page_size", "must be between 1 and 1000");
+      const size = pageSizeOf(req.pageSize);
       const after =
         req.pageToken === ""
           ? undefined

@@ -19,7 +19,7 @@ import {
 } from "@nexusflow/gen";
 import { RATE_LIMIT_NAME_PATTERN } from "../dag/index.js";
 import type { Engine, RateLimitView } from "../engine/engine.js";
-import { decodeToken, encodeToken } from "../persistence/page-token.js";
+import { decodeToken, encodeToken, pageSizeOf } from "../persistence/page-token.js";
 import { callPrincipal } from "./auth.js";
 
 /** Longest pause an operator may set. */
@@ -28,9 +28,6 @@ export const MAX_OPERATOR_PAUSE_MS = 30 * 24 * 60 * 60 * 1000;
 export const MAX_PAUSE_NOTE_LENGTH = 500;
 /** Longest key value. */
 export const MAX_RATE_LIMIT_KEY_LENGTH = 1000;
-/** Most buckets one ListRateLimits page carries, and its default. */
-export const MAX_LISTED_BUCKETS = 1000;
-const DEFAULT_LISTED_BUCKETS = 100;
 
 /** A ListRateLimits page token: the last bucket of the page before, and the limit it listed. */
 interface BucketPosition {
@@ -114,8 +111,7 @@ export function rateLimitService(
     }),
     listRateLimits: unary(async (req: ListRateLimitsRequest) => {
       if (req.name !== "") checkName(req.name);
-      if (!Number.isInteger(req.pageSize) || req.pageSize < 0 || req.pageSize > MAX_LISTED_BUCKETS)
-        throw ApiError.invalid("page_size", `must be 0 (the default, 100) to ${MAX_LISTED_BUCKETS}`);
+      const limit = pageSizeOf(req.pageSize);
       let after: { name: string; key: string } | null = null;
       if (req.pageToken !== "") {
         const p = decodeToken(req.pageToken, isPosition);
@@ -123,7 +119,6 @@ export function rateLimitService(
           throw ApiError.invalid("page_token", "the token is of another name filter: give the same name");
         after = { name: p.n, key: p.k };
       }
-      const limit = req.pageSize === 0 ? DEFAULT_LISTED_BUCKETS : req.pageSize;
       const { buckets, more } = await engine.rateLimits({ name: req.name, after, limit });
       const last = buckets.at(-1);
       return create(ListRateLimitsResponseSchema, {

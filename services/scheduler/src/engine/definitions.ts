@@ -8,7 +8,7 @@ import { ApiError, Code, isApiError, type Logger } from "@nexusflow/common";
 import * as core from "../core/index.js";
 import { checkSchedules, compileWorkflow, validateRunInput, type CompiledWorkflow } from "../dag/index.js";
 import type { DefinitionRow, DefinitionStore } from "../persistence/definition-store.js";
-import { decodeToken, encodeToken } from "../persistence/page-token.js";
+import { decodeToken, encodeToken, pageSizeOf } from "../persistence/page-token.js";
 
 export type { DefinitionRow };
 
@@ -144,9 +144,7 @@ export class Definitions {
     pageToken: string,
     latestOnly: boolean,
   ): Promise<DefinitionPage> {
-    const size = pageSize === 0 ? 100 : pageSize;
-    if (!Number.isInteger(size) || size < 1 || size > 1000)
-      throw ApiError.invalid("page_size", "must be between 1 and 1000");
+    const size = pageSizeOf(pageSize);
     const after =
       pageToken === ""
         ? undefined

@@ -16,3 +16,20 @@ export function decodeToken<T>(token: string, check: (v: unknown) => v is T): T 
   }
   throw ApiError.invalid("page_token", "not a page token returned by this API");
 }
+
+/** The page size a List RPC serves when asked for 0, and the most it serves. */
+export const DEFAULT_PAGE_SIZE = 100;
+export const MAX_PAGE_SIZE = 1000;
+
+/**
+ * A List RPC's `page_size`: 0 means {@link DEFAULT_PAGE_SIZE}; anything but 0 to
+ * {@link MAX_PAGE_SIZE} is INVALID_ARGUMENT naming the field.
+ */
+export function pageSizeOf(pageSize: number): number {
+  if (!Number.isInteger(pageSize) || pageSize < 0 || pageSize > MAX_PAGE_SIZE)
+    throw ApiError.invalid(
+      "page_size",
+      `must be from 1 to ${MAX_PAGE_SIZE} (0 means ${DEFAULT_PAGE_SIZE}), got ${pageSize}`,
+    );
+  return pageSize === 0 ? DEFAULT_PAGE_SIZE : pageSize;
+}

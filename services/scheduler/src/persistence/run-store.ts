@@ -5,7 +5,7 @@
  * (database.ts sets pg's parser).
  */
 import { ApiError } from "@nexusflow/common";
-import { decodeToken, encodeToken } from "./page-token.js";
+import { decodeToken, encodeToken, pageSizeOf } from "./page-token.js";
 import type { Database } from "./database.js";
 
 /** A run row as read (workflow_runs). */
@@ -246,9 +246,7 @@ export class RunStore {
 
   /** A page of runs, newest first (keyset pagination on created_at, id). */
   async list(filter: RunFilter): Promise<{ runs: RunRow[]; nextPageToken: string }> {
-    const size = filter.pageSize === 0 ? 100 : filter.pageSize;
-    if (!Number.isInteger(size) || size < 1 || size > 1000)
-      throw ApiError.invalid("page_size", "must be between 1 and 1000");
+    const size = pageSizeOf(filter.pageSize);
     const params: unknown[] = [];
     const param = (value: unknown): string => {
       params.push(value);

@@ -6,7 +6,7 @@
  */
 import { ApiError } from "@nexusflow/common";
 import type pg from "pg";
-import { decodeToken, encodeToken } from "../persistence/page-token.js";
+import { decodeToken, encodeToken, pageSizeOf } from "../persistence/page-token.js";
 import { timeFireKey } from "./fire-store.js";
 import { isScheduleRef, type ScheduleSpec } from "../dag/schedule-spec.js";
 import { coordinatorFenceSql, type CoordinatorFence } from "../cluster/coordinator.js";
@@ -145,9 +145,7 @@ export class ScheduleStore {
     pageSize: number,
     pageToken: string,
   ): Promise<{ rows: ScheduleRow[]; nextPageToken: string }> {
-    if (!Number.isInteger(pageSize) || pageSize < 0 || pageSize > 1000)
-      throw ApiError.invalid("page_size", "must be from 1 to 1000 (0 means 100)");
-    const size = pageSize === 0 ? 100 : pageSize;
+    const size = pageSizeOf(pageSize);
     const after = pageToken === "" ? "" : decodeToken(pageToken, isToken).after;
     const { rows } = await this.pool.query<Row>(
       `SELECT ${COLUMNS} FROM schedules WHERE schedule_id > $1 AND ($2 = '' OR workflow_name = $2)
