@@ -75,6 +75,27 @@ export class PurgeLoop {
   }
 }
 
+/**
+ * Runs `batch` (one short statement, deleting at most `batchSize` rows; returns how many it did)
+ * until one deletes fewer than `batchSize` or `signal` aborts, pausing `pauseMs` between two.
+ * Returns the rows deleted in all.
+ */
+export async function purgeInBatches(
+  batch: () => Promise<number>,
+  batchSize: number,
+  pauseMs: number,
+  signal: AbortSignal | undefined,
+): Promise<number> {
+  let deleted = 0;
+  for (;;) {
+    if (signal?.aborted) return deleted;
+    const n = await batch();
+    deleted += n;
+    if (n < batchSize) return deleted;
+    await pauseFor(pauseMs, signal);
+  }
+}
+
 /** Waits `ms`, or less when `signal` aborts (the pause between two batches of a purge). */
 export function pauseFor(ms: number, signal: AbortSignal | undefined): Promise<void> {
   return new Promise((resolve) => {

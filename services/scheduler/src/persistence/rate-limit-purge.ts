@@ -13,7 +13,7 @@
  */
 import type { Logger } from "@nexusflow/common";
 import type pg from "pg";
-import { PurgeLoop, pauseFor, type PurgeLoopState } from "./purge-loop.js";
+import { PurgeLoop, purgeInBatches, type PurgeLoopState } from "./purge-loop.js";
 
 /** Options of {@link RateLimitPurge}. */
 export interface RateLimitPurgeOptions {
@@ -25,8 +25,6 @@ export interface RateLimitPurgeOptions {
   batchSize?: number | undefined;
   /** Pause between two batches of one purge. @default 200 */
   pauseMs?: number | undefined;
-  /** The clock (ms since the epoch). @default Date.now */
-  now?: (() => number) | undefined;
 }
 
 /** How far behind the coordinator's clock a replica's may run without a row of its going early. */
@@ -48,15 +46,11 @@ const PAUSES_SQL = `WITH over AS (
 export class RateLimitPurge {
   private readonly batchSize: number;
   private readonly pauseMs: number;
-  private readonly now: () => number;
   private readonly loop: PurgeLoop;
-  /** Totals since start, for logs and tests. */
-  readonly stats = { purges: 0, grants: 0, pauses: 0 };
 
   constructor(private readonly options: RateLimitPurgeOptions) {
     this.batchSize = options.batchSize ?? 1000;
     this.pauseMs = options.pauseMs ?? 200;
-    this.now = options.now ?? Date.now;
     this.loop = new PurgeLoop({
       name: "rate limit purge",
       log: options.log,
@@ -85,22 +79,15 @@ export class RateLimitPurge {
 
   /** One purge: batches until no row is left to delete (or `signal` aborts between batches). */
   async purge(signal?: AbortSignal): Promise<{ grants: number; pauses: number }> {
-    this.stats.purges++;
-    const out = { grants: 0, pauses: 0 };
-    for (const [sql, kind] of [
-      [GRANTS_SQL, "grants"],
-      [PAUSES_SQL, "pauses"],
-    ] as const) {
-      for (;;) {
-        if (signal?.aborted) return out;
-        const r = await this.options.pool.query(sql, [this.now() - SKEW_MS, this.batchSize]);
-        const n = r.rowCount ?? 0;
-        out[kind] += n;
-        this.stats[kind] += n;
-        if (n < this.batchSize) break;
-        await pauseFor(this.pauseMs, signal);
-      }
-    }
-    return out;
+    const batches = (sql: string): Promise<number> =>
+      purgeInBatches(
+        async () =>
+          (await this.options.pool.query(sql, [Date.now() - SKEW_MS, this.batchSize])).rowCount ?? 0,
+        this.batchSize,
+        this.pauseMs,
+        signal,
+      );
+    const grants = await batches(GRANTS_SQL);
+    return { grants, pauses: await batches(PAUSES_SQL) };
   }
 }

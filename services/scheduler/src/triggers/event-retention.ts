@@ -12,7 +12,7 @@
  */
 import type { Logger } from "@nexusflow/common";
 import type pg from "pg";
-import { PurgeLoop, pauseFor, type PurgeLoopState } from "../persistence/purge-loop.js";
+import { PurgeLoop, purgeInBatches, type PurgeLoopState } from "../persistence/purge-loop.js";
 
 /** Options of {@link EventRetention}. */
 export interface EventRetentionOptions {
@@ -93,16 +93,15 @@ export class EventRetention {
   async purge(signal?: AbortSignal): Promise<number> {
     if (!this.enabled) return 0;
     this.stats.purges++;
-    let deleted = 0;
-    for (;;) {
-      if (signal?.aborted) break;
-      const r = await this.options.pool.query(PURGE_SQL, [Date.now() - this.retentionMs, this.batchSize]);
-      const n = r.rowCount ?? 0;
-      deleted += n;
-      this.stats.deleted += n;
-      if (n < this.batchSize) break;
-      await pauseFor(this.pauseMs, signal);
-    }
+    const deleted = await purgeInBatches(
+      async () =>
+        (await this.options.pool.query(PURGE_SQL, [Date.now() - this.retentionMs, this.batchSize]))
+          .rowCount ?? 0,
+      this.batchSize,
+      this.pauseMs,
+      signal,
+    );
+    this.stats.deleted += deleted;
     return deleted;
   }
 }
