@@ -87,9 +87,8 @@ export class EngineTimers {
     map.set(key, t);
   }
 
-  /** Clears the task's timer of `kind`, if it has one. */
-  private clearTaskTimer(kind: TaskTimerKind, taskId: string): void {
-    const timers = this.byTask[kind];
+  /** Clears the task's timer in `timers` (one kind's of {@link byTask}), if it has one. */
+  private clearTaskTimer(timers: Map<string, NodeJS.Timeout>, taskId: string): void {
     if (timers.size === 0) return;
     clearTimeout(timers.get(taskId));
     timers.delete(taskId);
@@ -103,9 +102,10 @@ export class EngineTimers {
   runLeft(run: RunState): void {
     clearTimeout(this.deadlines.get(run.id));
     this.deadlines.delete(run.id);
+    const byTask = Object.values(this.byTask);
     for (const task of tasksOfRun(run)) {
       this.leaseEnded(task);
-      for (const kind of TASK_TIMER_KINDS) this.clearTaskTimer(kind, task.id);
+      for (const timers of byTask) this.clearTaskTimer(timers, task.id);
     }
     this.o.runLeft?.(run);
   }
@@ -129,8 +129,8 @@ export class EngineTimers {
    * core/transitions.ts detach; a lease adopted by a session keeps its deadline and its timer).
    */
   leaseEnded(task: TaskState): void {
-    this.clearTaskTimer("schedule-to-start", task.id);
-    if (task.leaseExpiresAt === null) this.clearTaskTimer("start-to-close", task.id);
+    this.clearTaskTimer(this.byTask["schedule-to-start"], task.id);
+    if (task.leaseExpiresAt === null) this.clearTaskTimer(this.byTask["start-to-close"], task.id);
     if (this.waits.size > 0) {
       const wait = this.waits.get(task.id);
       if (wait !== undefined) {
@@ -164,7 +164,6 @@ export class EngineTimers {
 
 /** The timers kept by task ({@link EngineTimers}' `byTask`). */
 type TaskTimerKind = "schedule-to-start" | "start-to-close" | "retry";
-const TASK_TIMER_KINDS: readonly TaskTimerKind[] = ["schedule-to-start", "start-to-close", "retry"];
 
 /**
  * Waits for `commit`, or rejects with UNAVAILABLE once `ms` have passed (the change stays pending

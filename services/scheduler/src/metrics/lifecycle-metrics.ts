@@ -35,6 +35,7 @@ import {
   type Registry,
   SIZE_BUCKETS,
   observeWithTrace,
+  sampledTraceId,
 } from "@nexusflow/common/metrics";
 import { RunStatus, TaskKind, type LifecycleEvent } from "@nexusflow/gen";
 import type { RunState, TaskState } from "../model/run-state.js";
@@ -43,9 +44,12 @@ import type { CommitObservation } from "../persistence/batch-writer.js";
 /** Reads an active run (for the dependencies of a step), as the engine's `activeRun` does. */
 export type ActiveRunReader = (runId: string) => Readonly<RunState> | undefined;
 
-/** The trace id of a run whose trace is recorded (sampled), for an exemplar; else undefined. */
+/**
+ * The trace id of a run whose trace is recorded (sampled), for an exemplar; else undefined. Its
+ * `traceparent` is read only for such a run (RunState.traceSampled decided it once).
+ */
 function recordedTraceId(run: Readonly<RunState> | undefined): string | undefined {
-  return run?.traceSampled === true ? run.traceParent?.slice(3, 35) : undefined;
+  return run?.traceSampled === true ? sampledTraceId(run.traceParent) : undefined;
 }
 
 /** Status label values by RunStatus number. */
