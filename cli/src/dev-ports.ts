@@ -7,8 +7,35 @@
 import { createServer } from "node:net";
 import { freePort, loadExecutorConfig, loadGatewayConfig, loadSchedulerConfig } from "@nexusflow/common";
 
+/**
+ * Free ports for services that bind them later, never one handed out twice: a port the system
+ * gives for a listen on port 0 is free again as soon as that listener closes, so two asks in a
+ * row may get the same one (seen: an executor's metrics port equal to the scheduler's).
+ */
+export class PortPicker {
+  readonly #taken = new Set<number>();
+
+  constructor(private readonly allocate: (host: string) => Promise<number> = freePort) {}
+
+  /** Marks `port` as handed out (one chosen another way). */
+  take(port: number): number {
+    this.#taken.add(port);
+    return port;
+  }
+
+  /** A free port on `host` not handed out before. */
+  async free(host: string): Promise<number> {
+    for (;;) {
+      const port = await this.allocate(host);
+      if (!this.#taken.has(port)) return this.take(port);
+    }
+  }
+}
+
 /** Where the stack listens, and the addresses to reach it at. */
 export interface DevPorts {
+  /** Hands out the ports of services started later (more scheduler replicas), none of these. */
+  picker: PortPicker;
   schedulerHost: string;
   schedulerPort: number;
   /** host:port to call the scheduler at. */
@@ -33,13 +60,13 @@ export interface DevPorts {
 }
 
 /** `port` when it can be bound on `host` right now, else a free port. */
-async function preferredPort(host: string, port: number): Promise<number> {
+async function preferredPort(picker: PortPicker, host: string, port: number): Promise<number> {
   const free = await new Promise<boolean>((resolve) => {
     const server = createServer();
     server.once("error", () => resolve(false));
     server.listen(port, host, () => server.close(() => resolve(true)));
   });
-  return free ? port : freePort(host);
+  return free ? picker.take(port) : picker.free(host);
 }
 
 /** A host to connect to for a host the server listens on (wildcards mean this machine). */
@@ -50,7 +77,7 @@ export function connectHost(host: string): string {
 }
 
 /** Chooses the ports of the stack; throws ConfigError for a bad variable, naming it. */
-export async function choosePorts(env: NodeJS.ProcessEnv): Promise<DevPorts> {
+export async function choosePorts(env: NodeJS.ProcessEnv, picker = new PortPicker()): Promise<DevPorts> {
   const scheduler = loadSchedulerConfig(env);
   // SCHEDULER_ADDRESS is ours to set for the gateway; a stale one in the environment must not fail validation.
   const gateway = loadGatewayConfig({ ...env, SCHEDULER_ADDRESS: undefined });
@@ -59,23 +86,26 @@ export async function choosePorts(env: NodeJS.ProcessEnv): Promise<DevPorts> {
     loadExecutorConfig({ METRICS_HOST: env["METRICS_HOST"], METRICS_PORT: "0" }).metrics?.host ?? "127.0.0.1";
   const isSet = (name: string): boolean => (env[name] ?? "").trim() !== "";
   const schedulerPort =
-    scheduler.port !== 0 && isSet("SCHEDULER_PORT") ? scheduler.port : await freePort(scheduler.host);
+    scheduler.port !== 0 && isSet("SCHEDULER_PORT")
+      ? picker.take(scheduler.port)
+      : await picker.free(scheduler.host);
   const gatewayPort = !isSet("GATEWAY_PORT")
     ? // The documented default (8080) when it is free, so the README's curl lines work as written.
-      await preferredPort(gateway.host, gateway.port)
+      await preferredPort(picker, gateway.host, gateway.port)
     : gateway.port !== 0
-      ? gateway.port
-      : await freePort(gateway.host);
+      ? picker.take(gateway.port)
+      : await picker.free(gateway.host);
   // Free ports, never the documented default (9465): dev sets the port explicitly, so a port taken
   // between this choice and the executor's start would stop it, and a default is what another
   // stack on this machine (a second npm start, tests starting several) picks at the same moment.
-  const metricsPorts = [await freePort(metricsHost), await freePort(metricsHost)];
+  const metricsPorts = [await picker.free(metricsHost), await picker.free(metricsHost)];
   const endpoint = (port: number): { port: number; url: string } => ({
     port,
     url: `http://${connectHost(metricsHost)}:${port}/metrics`,
   });
   const metricsOff = (env["METRICS_PORT"] ?? "").trim().toLowerCase() === "off";
   return {
+    picker,
     schedulerHost: scheduler.host,
     schedulerPort,
     schedulerAddress: `${connectHost(scheduler.host)}:${schedulerPort}`,
@@ -86,6 +116,9 @@ export async function choosePorts(env: NodeJS.ProcessEnv): Promise<DevPorts> {
     executorMetrics: metricsPorts.map(endpoint),
     serviceMetrics: metricsOff
       ? undefined
-      : { scheduler: endpoint(await freePort(metricsHost)), gateway: endpoint(await freePort(metricsHost)) },
+      : {
+          scheduler: endpoint(await picker.free(metricsHost)),
+          gateway: endpoint(await picker.free(metricsHost)),
+        },
   };
 }

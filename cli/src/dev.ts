@@ -14,7 +14,7 @@ import { readFile, readdir } from "node:fs/promises";
 import { join, relative, resolve } from "node:path";
 import type { JsonValue } from "@bufbuild/protobuf";
 import { NexusflowClient } from "@nexusflow/client";
-import { ConfigError, createLogger, freePort, loadSchedulerConfig } from "@nexusflow/common";
+import { ConfigError, createLogger, loadSchedulerConfig } from "@nexusflow/common";
 import { type Run, RunStatus } from "@nexusflow/gen";
 import { ChildExitedError, ChildNotReadyError, type ChildSpec, ManagedChild } from "./child.js";
 import { describeError } from "./describe-error.js";
@@ -269,11 +269,11 @@ export async function runDev(options: DevOptions): Promise<number> {
     const schedulerAddresses: string[] = [];
     const schedulers: ManagedChild[] = [];
     for (const [i, name] of schedulerNames.entries()) {
-      const port = i === 0 ? ports.schedulerPort : await freePort(ports.schedulerHost);
+      const port = i === 0 ? ports.schedulerPort : await ports.picker.free(ports.schedulerHost);
       const metrics =
         i === 0 || ports.serviceMetrics === undefined
           ? ports.serviceMetrics?.scheduler
-          : { port: await freePort(ports.metricsHost) };
+          : { port: await ports.picker.free(ports.metricsHost) };
       schedulerAddresses.push(i === 0 ? schedulerAddress : `${connectHost(ports.schedulerHost)}:${port}`);
       schedulers.push(
         stack.start(
