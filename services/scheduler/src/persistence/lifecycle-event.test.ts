@@ -1,11 +1,12 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { type DescMessage, ScalarType, create, equals, fromBinary, toBinary } from "@bufbuild/protobuf";
-import { timestampFromDate } from "@bufbuild/protobuf/wkt";
+import { ValueSchema, timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { jsonToValue } from "@nexusflow/common";
 import { LifecycleEventBatchSchema, LifecycleEventSchema } from "@nexusflow/gen";
 import type { RunState } from "../model/run-state.js";
-import { type EventInit, encodeEventBatch, lifecycleEvent, lifecycleEventAt } from "./outbox.js";
+import { HAND_WRITTEN_FIELDS, encodeEventBatch } from "./event-encoding.js";
+import { type EventInit, lifecycleEvent, lifecycleEventAt } from "./outbox.js";
 
 /** The fields of a run that events read. */
 function run(id = "7f1c9a52-3c1e-4e53-9d0b-1c2d3e4f5a6b"): RunState {
@@ -85,9 +86,59 @@ function sample(t: ScalarType, n: number): unknown {
   }
 }
 
-describe("the outbox's LifecycleEvent, made without create()'s walk", () => {
+describe("the outbox's LifecycleEvent, made and encoded by hand", () => {
   const r = run();
   const cases = LifecycleEventSchema.fields.filter((f) => f.oneof?.name === "event");
+
+  it("knows every field of the messages it writes by hand (teach event-encoding.ts a new one)", () => {
+    const all = new Map<string, DescMessage>();
+    const visit = (m: DescMessage): void => {
+      if (all.has(m.typeName)) return;
+      all.set(m.typeName, m);
+      for (const f of m.fields) if (f.message !== undefined) visit(f.message);
+    };
+    visit(LifecycleEventSchema);
+    for (const [name, numbers] of Object.entries(HAND_WRITTEN_FIELDS)) {
+      const schema = all.get(name);
+      assert.ok(schema !== undefined, name);
+      assert.deepEqual(
+        schema.fields
+          .filter((f) => f.oneof?.name !== "event")
+          .map((f) => f.number)
+          .sort((a, b) => a - b),
+        [...numbers],
+        name,
+      );
+    }
+  });
+
+  it("encodes every kind of Value as toBinary does, zero values and empty containers too", () => {
+    const values = [
+      jsonToValue(0),
+      create(ValueSchema, { kind: { case: "numberValue", value: -0 } }),
+      create(ValueSchema, { kind: { case: "numberValue", value: Number.NaN } }),
+      create(ValueSchema, { kind: { case: "numberValue", value: -Infinity } }),
+      create(ValueSchema, {}),
+      jsonToValue(1e308),
+      jsonToValue(""),
+      jsonToValue(false),
+      jsonToValue({}),
+      jsonToValue([]),
+      jsonToValue({ "": { a: [[], {}, [null]], "\u0000": "é😀" } }),
+    ];
+    const events = values.map((output, i) =>
+      create(LifecycleEventSchema, {
+        runId: r.id,
+        sequence: BigInt(i + 1),
+        event: { case: i % 2 === 0 ? "taskSucceeded" : "runCompleted", value: { output } },
+      }),
+    );
+    for (const e of events)
+      assert.deepEqual(
+        encodeEventBatch([e]),
+        toBinary(LifecycleEventBatchSchema, create(LifecycleEventBatchSchema, { events: [e] })),
+      );
+  });
 
   it("makes the message create() makes, and encodes it byte for byte as toBinary does", () => {
     assert.ok(cases.length >= 15);

@@ -3,10 +3,11 @@
  * the payload of the outbox table, a LifecycleEventBatch per commit, which the writer encodes and
  * the relay splits back into events.
  */
-import { create, toBinary, type DescMessage, type MessageInitShape } from "@bufbuild/protobuf";
+import { create, type DescMessage, type MessageInitShape } from "@bufbuild/protobuf";
 import type { Timestamp } from "@bufbuild/protobuf/wkt";
-import { LifecycleEventBatchSchema, LifecycleEventSchema, type LifecycleEvent } from "@nexusflow/gen";
+import { LifecycleEventSchema, type LifecycleEvent } from "@nexusflow/gen";
 import type { RunState } from "../model/run-state.js";
+import { encodeEventBatch } from "./event-encoding.js";
 
 /**
  * An outbox event: the LifecycleEvent (encoded when its batch commits, with the other events of
@@ -76,11 +77,6 @@ function timestampOf(date: Date): Timestamp {
   };
   lastTime = { date, ts };
   return ts;
-}
-
-/** The LifecycleEventBatch encoding of `events`. */
-export function encodeEventBatch(events: LifecycleEvent[]): Uint8Array {
-  return toBinary(LifecycleEventBatchSchema, { $typeName: "nexusflow.v1.LifecycleEventBatch", events });
 }
 
 /** Tag of field 1 with wire type 2: (1 << 3) | 2. */
