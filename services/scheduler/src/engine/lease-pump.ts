@@ -6,14 +6,13 @@
  * are woken when that changed.
  */
 import type { Logger } from "@nexusflow/common";
-import type { Lease } from "@nexusflow/gen";
 import * as core from "../core/index.js";
 import type { Core } from "../core/index.js";
 import { isPartitionFencedError } from "../cluster/partitioning.js";
 import type { EngineStore } from "../persistence/engine-store.js";
 import type { RunState, TaskState } from "../model/run-state.js";
 import type { Dispatcher, SessionHandle } from "./dispatcher.js";
-import { leaseFrames, leaseMessage, leaseValue } from "./messages.js";
+import { encodeLease, leaseFrames, leaseMessage, leaseValue } from "./messages.js";
 import type { UnservedTypes } from "./pending.js";
 import type { Watchers } from "./watchers.js";
 
@@ -117,18 +116,22 @@ export class LeasePump {
   /** Sends the committed grants whose lease still stands (see the module comment). */
   private send(granted: readonly Grant[]): void {
     const sentAt = Date.now();
-    // Leases for sessions that take batches (protocol version 2), by session, in grant order.
-    let batched: Map<SessionHandle, Lease[]> | undefined;
+    // Encoded leases for sessions that take batches (protocol version 2) of encoded frames, by
+    // session, in grant order.
+    let batched: Map<SessionHandle, Uint8Array[]> | undefined;
     for (const { session, task, token } of granted) {
       if (!core.leaseStands(task, session.id, token)) {
         this.giveBack(session);
         continue;
       }
       const run = this.o.core().runs.get(task.runId);
-      const lease = leaseValue(run, task, this.o.traceContext(task, run));
-      if ((session.protocolVersion ?? 1) < 2) session.send(leaseMessage(lease));
+      const traceContext = this.o.traceContext(task, run);
+      // A session that cannot send encoded frames gets its leases one by one, never none.
+      if ((session.protocolVersion ?? 1) < 2 || session.sendFrame === undefined)
+        session.send(leaseMessage(leaseValue(run, task, traceContext)));
       else {
         batched ??= new Map();
+        const lease = encodeLease(run, task, traceContext);
         const leases = batched.get(session);
         if (leases === undefined) batched.set(session, [lease]);
         else leases.push(lease);
@@ -136,14 +139,9 @@ export class LeasePump {
       core.armStartToClose(this.o.core(), task, sentAt);
     }
     // The same pass, the same turn: no lease waits for another to fill a batch.
-    if (batched !== undefined) {
-      for (const [session, leases] of batched) {
-        // A session that cannot send encoded frames gets its leases one by one, never none.
-        if (leases.length === 1 || session.sendFrame === undefined)
-          for (const lease of leases) session.send(leaseMessage(lease));
-        else for (const frame of leaseFrames(leases)) session.sendFrame(frame);
-      }
-    }
+    if (batched !== undefined)
+      for (const [session, leases] of batched)
+        for (const frame of leaseFrames(leases)) session.sendFrame?.(frame);
   }
 
   /**

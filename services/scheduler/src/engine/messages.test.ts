@@ -1,16 +1,41 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { create, fromBinary } from "@bufbuild/protobuf";
+import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { BATCH_ITEMS, jsonToValue } from "@nexusflow/common";
-import { LeaseSchema, SessionResponseSchema, type Lease } from "@nexusflow/gen";
-import { leaseFrames } from "./messages.js";
+import { LeaseKeySchema, LeaseSchema, SessionResponseSchema, type Lease } from "@nexusflow/gen";
+import type { RunState, TaskState } from "../model/run-state.js";
+import { encodeLease, leaseFrames, leaseValue } from "./messages.js";
 
-const lease = (i: number, input: unknown = { i }): Lease =>
+const leaseMessage = (i: number, input: unknown = { i }): Lease =>
   create(LeaseSchema, {
     key: { taskRunId: `t${i}`, attempt: 1, fencingToken: BigInt(i) },
     runId: `r${i}`,
     input: jsonToValue(input as never),
   });
+const lease = (i: number, input: unknown = { i }): Uint8Array =>
+  toBinary(LeaseSchema, leaseMessage(i, input));
+
+/** A task with every field a lease reads set (or left at its zero value, with `zero`). */
+function leasedTask(input: unknown, zero = false): { run: RunState; task: TaskState } {
+  const task = {
+    id: zero ? "" : "7f1c9a52-3c1e-4e53-9d0b-1c2d3e4f5a6b",
+    attempt: zero ? 0 : 3,
+    fencingToken: zero ? 0 : 2 ** 40 + 7,
+    runId: zero ? "" : "0d4c3b2a-1f0e-4d9c-8b7a-6f5e4d3c2b1a",
+    stepId: zero ? "" : "charge-é😀",
+    type: zero ? "" : "http",
+    kind: zero ? "STEP" : "COMPENSATION",
+    input,
+    leaseExpiresAt: zero ? null : new Date(1_796_563_213_943),
+  };
+  const run = {
+    workflow: {
+      name: zero ? "" : "orders",
+      stepsById: new Map([[task.stepId, { timeouts: { heartbeatMs: zero ? 0 : 30_000 } }]]),
+    },
+  };
+  return { run: run as unknown as RunState, task: task as unknown as TaskState };
+}
 
 /** The frames decoded: each as its case and the task run ids it carries. */
 const decoded = (frames: Uint8Array[]) =>
@@ -34,7 +59,7 @@ describe("lease frames", () => {
     );
     assert.deepEqual(
       frames.flatMap((f) => f.ids),
-      leases.map((l) => l.key?.taskRunId),
+      leases.map((l) => fromBinary(LeaseSchema, l).key?.taskRunId),
     );
   });
 
@@ -63,5 +88,74 @@ describe("lease frames", () => {
   it("sends a lone lease as a Lease, and nothing for none", () => {
     assert.deepEqual(decoded(leaseFrames([lease(7)])), [{ case: "lease", ids: ["t7"] }]);
     assert.deepEqual(leaseFrames([]), []);
+  });
+});
+
+describe("a lease encoded by hand", () => {
+  const inputs: unknown[] = [
+    null,
+    undefined,
+    0,
+    -0,
+    1e308,
+    -2.5,
+    "",
+    "é😀\u0000",
+    true,
+    false,
+    [],
+    {},
+    { a: [1, "b", null, true, { c: {} }, []], "": 0, 1: "x", z: { y: [[null]] } },
+    Object.assign(Object.create(null) as object, { k: "v" }),
+  ];
+
+  it("is toBinary's encoding of the Lease message, for every kind of input and field", () => {
+    for (const zero of [false, true])
+      for (const traceContext of [undefined, {}, { traceparent: "00-ab-cd-01", tracestate: "k=v" }])
+        for (const input of inputs) {
+          const { run, task } = leasedTask(input, zero);
+          assert.deepEqual(
+            encodeLease(run, task, traceContext),
+            toBinary(LeaseSchema, leaseValue(run, task, traceContext)),
+            `${JSON.stringify(input)} ${String(zero)} ${JSON.stringify(traceContext)}`,
+          );
+        }
+    // Without its run (a lease sent while the run is being moved): no workflow name or heartbeat.
+    const { task } = leasedTask({ a: 1 });
+    assert.deepEqual(encodeLease(undefined, task), toBinary(LeaseSchema, leaseValue(undefined, task)));
+  });
+
+  it("fails for an input with no JSON form exactly as jsonToValue does", () => {
+    for (const input of [Number.NaN, { a: Infinity }, [1n], { d: new Date(0) }]) {
+      const { run, task } = leasedTask(input);
+      let expected: unknown;
+      try {
+        expected = toBinary(LeaseSchema, leaseValue(run, task));
+      } catch (e) {
+        expected = e;
+      }
+      let actual: unknown;
+      try {
+        actual = encodeLease(run, task);
+      } catch (e) {
+        actual = e;
+      }
+      assert.deepEqual(
+        actual,
+        expected,
+        JSON.stringify(input, (_, v: unknown) => (typeof v === "bigint" ? `${v}n` : v)),
+      );
+    }
+  });
+
+  it("knows every field of Lease and LeaseKey (teach encodeLease a new one)", () => {
+    assert.deepEqual(
+      LeaseSchema.fields.map((f) => f.number),
+      [1, 2, 3, 4, 5, 6, 7, 8, 9, 10],
+    );
+    assert.deepEqual(
+      LeaseKeySchema.fields.map((f) => f.number),
+      [1, 2, 3, 4],
+    );
   });
 });

@@ -1,6 +1,7 @@
 /** The session messages the engine sends an executor: leases (alone or in batches), a cancel, a ping. */
 import { create, toBinary } from "@bufbuild/protobuf";
-import { timestampFromDate } from "@bufbuild/protobuf/wkt";
+import { BinaryWriter, WireType } from "@bufbuild/protobuf/wire";
+import { ValueSchema, timestampFromDate } from "@bufbuild/protobuf/wkt";
 import {
   BATCH_BYTES,
   BATCH_ITEMS,
@@ -41,6 +42,110 @@ export function leaseValue(
   });
 }
 
+/**
+ * The Lease of the task's current lease, encoded: the bytes of
+ * `toBinary(LeaseSchema, leaseValue(run, task, traceContext))`, written by hand and with the task's
+ * JSON input written straight as a google.protobuf.Value (no Value message made and walked; every
+ * lease of a drain passes here). messages.test.ts compares both for leases with every field set,
+ * and fails when Lease or LeaseKey gains a field this function does not write.
+ */
+export function encodeLease(
+  run: RunState | undefined,
+  task: TaskState,
+  traceContext?: Record<string, string>,
+): Uint8Array {
+  const w = new BinaryWriter();
+  // The key as leaseKey(task) makes it: LeaseKey.run_id (4) is left unset (the Lease has run_id).
+  w.tag(1, LEN).fork();
+  if (task.id !== "") w.tag(1, LEN).string(task.id);
+  if (task.attempt !== 0) w.tag(2, VARINT).int32(task.attempt);
+  if (task.fencingToken !== 0) w.tag(3, VARINT).int64(task.fencingToken);
+  w.join();
+  if (task.runId !== "") w.tag(2, LEN).string(task.runId);
+  if (task.stepId !== "") w.tag(3, LEN).string(task.stepId);
+  if (task.type !== "") w.tag(4, LEN).string(task.type);
+  w.tag(5, VARINT).int32(task.kind === "STEP" ? TaskKind.STEP : TaskKind.COMPENSATION);
+  w.tag(6, LEN).fork();
+  writeJsonValue(w, task.input ?? null);
+  w.join();
+  if (task.leaseExpiresAt !== null) {
+    const ms = task.leaseExpiresAt.getTime();
+    const seconds = Math.floor(ms / 1000);
+    const nanos = (ms - seconds * 1000) * 1_000_000;
+    w.tag(7, LEN).fork();
+    if (seconds !== 0) w.tag(1, VARINT).int64(seconds);
+    if (nanos !== 0) w.tag(2, VARINT).int32(nanos);
+    w.join();
+  }
+  const heartbeatMs = run?.workflow.stepsById.get(task.stepId)?.timeouts.heartbeatMs ?? 0;
+  if (heartbeatMs !== 0) w.tag(8, VARINT).int32(heartbeatMs);
+  if (traceContext !== undefined)
+    for (const key of Object.keys(traceContext)) {
+      w.tag(9, LEN).fork();
+      w.tag(1, LEN).string(key);
+      w.tag(2, LEN).string(traceContext[key] as string);
+      w.join();
+    }
+  const workflowName = run?.workflow.name ?? "";
+  if (workflowName !== "") w.tag(10, LEN).string(workflowName);
+  return w.finish();
+}
+
+const LEN = WireType.LengthDelimited;
+const VARINT = WireType.Varint;
+
+/**
+ * Writes a JSON value as the fields of a google.protobuf.Value, as `toBinary` writes
+ * `jsonToValue(json)`; anything but plain JSON (a non-finite number, a class instance, a bigint)
+ * takes jsonToValue's own path, so it fails or converts exactly as there.
+ */
+function writeJsonValue(w: BinaryWriter, json: unknown): void {
+  switch (typeof json) {
+    case "string":
+      w.tag(3, LEN).string(json);
+      return;
+    case "number":
+      if (!Number.isFinite(json)) break;
+      w.tag(2, WireType.Bit64).double(json);
+      return;
+    case "boolean":
+      w.tag(4, VARINT).bool(json);
+      return;
+    case "object": {
+      if (json === null) {
+        w.tag(1, VARINT).int32(0);
+        return;
+      }
+      if (Array.isArray(json)) {
+        w.tag(6, LEN).fork();
+        for (const item of json as unknown[]) {
+          w.tag(1, LEN).fork();
+          writeJsonValue(w, item);
+          w.join();
+        }
+        w.join();
+        return;
+      }
+      const proto = Object.getPrototypeOf(json) as unknown;
+      if (proto !== Object.prototype && proto !== null) break;
+      const record = json as Record<string, unknown>;
+      w.tag(5, LEN).fork();
+      for (const key of Object.keys(record)) {
+        w.tag(1, LEN).fork();
+        w.tag(1, LEN).string(key);
+        w.tag(2, LEN).fork();
+        writeJsonValue(w, record[key]);
+        w.join();
+        w.join();
+      }
+      w.join();
+      return;
+    }
+    default:
+  }
+  w.raw(toBinary(ValueSchema, jsonToValue(json)));
+}
+
 /** A Lease as a message of its own. */
 export function leaseMessage(lease: Lease): SessionResponse {
   return create(SessionResponseSchema, { message: { case: "lease", value: lease } });
@@ -53,15 +158,11 @@ const SINGLE_LEASE_FIELD = SessionResponseSchema.field.lease.number;
 const LEASE_BATCH_FIELD = SessionResponseSchema.field.leases.number;
 
 /**
- * Leases of one session as encoded SessionResponses, in order: LeaseBatch frames within `bounds`
- * (a lease alone in its frame, a large one, goes as a `lease`). Each lease is encoded once.
+ * Encoded leases (see {@link encodeLease}) of one session as encoded SessionResponses, in order:
+ * LeaseBatch frames within `bounds` (a lease alone in its frame, a large one, goes as a `lease`).
  */
-export function leaseFrames(leases: readonly Lease[], bounds = LEASE_BATCH_BOUNDS): Uint8Array[] {
-  const items: EncodedItem[] = leases.map((lease) => ({
-    single: SINGLE_LEASE_FIELD,
-    item: 0,
-    bytes: toBinary(LeaseSchema, lease),
-  }));
+export function leaseFrames(leases: readonly Uint8Array[], bounds = LEASE_BATCH_BOUNDS): Uint8Array[] {
+  const items: EncodedItem[] = leases.map((bytes) => ({ single: SINGLE_LEASE_FIELD, item: 0, bytes }));
   return splitBatches(items, bounds).map((batch) => encodeBatch(batch, LEASE_BATCH_FIELD));
 }
 
