@@ -26,7 +26,7 @@ import {
   type Row,
   type Section,
 } from "./batch-sql.js";
-import { encodeEventRows, type OutboxRow } from "./outbox.js";
+import { encodeEventRows, type EventRow, type OutboxRow } from "./outbox.js";
 import type { Changes } from "./pending-changes.js";
 
 function runUpdateRow(r: RunState, row: Row = {}): Row {
@@ -135,8 +135,9 @@ function attemptRow(a: AttemptState): Row {
 }
 
 /** Base64 of a view, without copying it first. */
-function base64(bytes: Uint8Array): string {
-  return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString("base64");
+/** The bytes as a Buffer (pg sends a Buffer parameter in binary), without a copy. */
+function bufferOf(bytes: Uint8Array): Buffer {
+  return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
 }
 
 /** Runs plus tasks in a batch from which it commits as two parts in parallel (see takeParts). */
@@ -471,16 +472,29 @@ function eventSections(events: OutboxRow[], again: (event: OutboxRow) => boolean
   ] as const) {
     if (list.length === 0) continue;
     const rows = encodeEventRows(list, again);
+    let at = 0;
     out.push({
       sql,
-      rows: rows.map((b) => ({
-        run_id: b.runId,
-        first_sequence: b.firstSequence,
-        event_count: b.eventCount,
-        payload: base64(b.payload),
-        trace_context: b.traceContext,
-      })),
+      rows: rows.map((b) => {
+        const row = {
+          run_id: b.runId,
+          first_sequence: b.firstSequence,
+          event_count: b.eventCount,
+          payload_at: at,
+          payload_length: b.payload.byteLength,
+          trace_context: b.traceContext,
+        };
+        at += b.payload.byteLength;
+        return row;
+      }),
       runIds: rows.map((b) => b.runId),
+      bytes:
+        rows.length === 1
+          ? bufferOf((rows[0] as EventRow).payload)
+          : Buffer.concat(
+              rows.map((b) => b.payload),
+              at,
+            ),
     });
   }
   return out;

@@ -110,11 +110,13 @@ WHERE NOT EXISTS (SELECT 1 FROM task_runs t WHERE t.id = x.task_run_id AND t.att
 ${HISTORY_UPSERT}`;
 
 // One row per commit: its events (of any runs) as one LifecycleEventBatch, named by its first
-// event (run_id, first_sequence); the relay publishes each event.
+// event (run_id, first_sequence); the relay publishes each event. The payloads travel as one binary
+// parameter, each row naming its bytes by offset and length: no base64 in the JSON, which cost the
+// writer's thread an encoding and pg a UTF-8 copy of a third more bytes, and PostgreSQL a decode.
 export const EVENT_SQL = `INSERT INTO outbox_events (run_id, first_sequence, event_count, payload, trace_context)
-SELECT run_id, first_sequence, event_count, decode(payload, 'base64'), trace_context
-FROM json_to_recordset($1::json) AS x(run_id uuid, first_sequence bigint, event_count int, payload text,
-  trace_context jsonb)`;
+SELECT run_id, first_sequence, event_count, substring($2::bytea FROM payload_at + 1 FOR payload_length), trace_context
+FROM json_to_recordset($1::json) AS x(run_id uuid, first_sequence bigint, event_count int, payload_at int,
+  payload_length int, trace_context jsonb)`;
 
 // The same rows again, from a statement that failed after it may have committed (the connection
 // broke before its answer): a row already there is that very row, written by the lost commit.
@@ -198,6 +200,8 @@ export interface Section {
   runIds: string[];
   /** Primary keys for the UPDATE parts' `= ANY($2)`, aligned with rows. */
   keys?: string[];
+  /** The event parts' `$2::bytea`: the rows' payloads one after the other (rows name their bytes). */
+  bytes?: Buffer;
 }
 
 /** The statement of `sections` (which are in PARTS order), or undefined when they hold no row. */
@@ -208,6 +212,7 @@ export function statementOf(sections: Section[]): BatchStatement | undefined {
   for (const x of used) {
     params.push(JSON.stringify(x.rows));
     if (x.keys !== undefined) params.push(x.keys);
+    if (x.bytes !== undefined) params.push(x.bytes);
   }
   return { ...batchStatement(used.map((x) => x.sql)), params };
 }
