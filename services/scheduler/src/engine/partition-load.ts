@@ -146,10 +146,16 @@ export class PartitionRuns {
     failed: (e: unknown) => void = () => undefined,
   ): void {
     const p = this.host.partitions;
-    const epochs = p === undefined ? [] : runIds.map((id) => p.epochOf(partitionOf(id, p.partitionCount)));
+    // Without partitions nothing can move: the next commit is all (one per ended run, so no
+    // closures for epochs and retries are made for nothing).
+    if (p === undefined) {
+      void this.host.store.flush().then(done, failed);
+      return;
+    }
+    const epochs = runIds.map((id) => p.epochOf(partitionOf(id, p.partitionCount)));
     /** Whether the commit refused by `e` will be made again with the changes of `runIds`. */
     const again = (e: unknown): boolean => {
-      if (p === undefined || !isPartitionFencedError(e)) return false;
+      if (!isPartitionFencedError(e)) return false;
       const lost = new Set(e.partitions);
       return runIds.every((id, i) => {
         const partition = partitionOf(id, p.partitionCount);
@@ -162,7 +168,6 @@ export class PartitionRuns {
      * earlier hold) in a commit this wait was not in, and "committed" would be a guess.
      */
     const moved = (): PartitionFencedError | undefined => {
-      if (p === undefined) return undefined;
       const gone = runIds
         .map((id, i) => [partitionOf(id, p.partitionCount), epochs[i]] as const)
         .filter(([partition, epoch]) => epoch === undefined || p.epochOf(partition) !== epoch)
