@@ -11,4 +11,5 @@ export * from "./net.js";
 export * from "./reflection.js";
 export * from "./json-value.js";
 export * from "./session.js";
+export * from "./value-wire.js";
 export * from "./task-error-types.js";

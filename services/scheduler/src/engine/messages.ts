@@ -1,13 +1,14 @@
 /** The session messages the engine sends an executor: leases (alone or in batches), a cancel, a ping. */
-import { create, toBinary } from "@bufbuild/protobuf";
+import { create } from "@bufbuild/protobuf";
 import { BinaryWriter, WireType } from "@bufbuild/protobuf/wire";
-import { ValueSchema, timestampFromDate } from "@bufbuild/protobuf/wkt";
+import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import {
   BATCH_BYTES,
   BATCH_ITEMS,
   encodeBatch,
   jsonToValue,
   splitBatches,
+  writeJsonAsValue,
   type BatchBounds,
   type EncodedItem,
 } from "@nexusflow/common";
@@ -66,7 +67,7 @@ export function encodeLease(
   if (task.type !== "") w.tag(4, LEN).string(task.type);
   w.tag(5, VARINT).int32(task.kind === "STEP" ? TaskKind.STEP : TaskKind.COMPENSATION);
   w.tag(6, LEN).fork();
-  writeJsonValue(w, task.input ?? null);
+  writeJsonAsValue(w, task.input ?? null);
   w.join();
   if (task.leaseExpiresAt !== null) {
     const ms = task.leaseExpiresAt.getTime();
@@ -93,58 +94,6 @@ export function encodeLease(
 
 const LEN = WireType.LengthDelimited;
 const VARINT = WireType.Varint;
-
-/**
- * Writes a JSON value as the fields of a google.protobuf.Value, as `toBinary` writes
- * `jsonToValue(json)`; anything but plain JSON (a non-finite number, a class instance, a bigint)
- * takes jsonToValue's own path, so it fails or converts exactly as there.
- */
-function writeJsonValue(w: BinaryWriter, json: unknown): void {
-  switch (typeof json) {
-    case "string":
-      w.tag(3, LEN).string(json);
-      return;
-    case "number":
-      if (!Number.isFinite(json)) break;
-      w.tag(2, WireType.Bit64).double(json);
-      return;
-    case "boolean":
-      w.tag(4, VARINT).bool(json);
-      return;
-    case "object": {
-      if (json === null) {
-        w.tag(1, VARINT).int32(0);
-        return;
-      }
-      if (Array.isArray(json)) {
-        w.tag(6, LEN).fork();
-        for (const item of json as unknown[]) {
-          w.tag(1, LEN).fork();
-          writeJsonValue(w, item);
-          w.join();
-        }
-        w.join();
-        return;
-      }
-      const proto = Object.getPrototypeOf(json) as unknown;
-      if (proto !== Object.prototype && proto !== null) break;
-      const record = json as Record<string, unknown>;
-      w.tag(5, LEN).fork();
-      for (const key of Object.keys(record)) {
-        w.tag(1, LEN).fork();
-        w.tag(1, LEN).string(key);
-        w.tag(2, LEN).fork();
-        writeJsonValue(w, record[key]);
-        w.join();
-        w.join();
-      }
-      w.join();
-      return;
-    }
-    default:
-  }
-  w.raw(toBinary(ValueSchema, jsonToValue(json)));
-}
 
 /** A Lease as a message of its own. */
 export function leaseMessage(lease: Lease): SessionResponse {

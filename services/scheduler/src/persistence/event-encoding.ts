@@ -13,7 +13,7 @@
  */
 import { type DescMessage, type Message, toBinary } from "@bufbuild/protobuf";
 import { BinaryWriter, WireType } from "@bufbuild/protobuf/wire";
-import type { ListValue, Struct, Value } from "@bufbuild/protobuf/wkt";
+import { writeValueField } from "@nexusflow/common";
 import {
   type LifecycleEvent,
   LifecycleEventSchema,
@@ -159,52 +159,3 @@ const OTHER_SCHEMAS: ReadonlyMap<string, DescMessage> = new Map(
     .flatMap(({ schema }) => schema.fields)
     .flatMap((f) => (f.message === undefined ? [] : [[f.message.typeName, f.message] as const])),
 );
-
-function writeValueField(w: BinaryWriter, no: number, v: Value): void {
-  w.tag(no, LEN).fork();
-  writeValue(w, v);
-  w.join();
-}
-
-function writeValue(w: BinaryWriter, v: Value): void {
-  const kind = v.kind;
-  switch (kind.case) {
-    case "nullValue":
-      w.tag(1, VARINT).int32(kind.value);
-      break;
-    case "numberValue":
-      w.tag(2, WireType.Bit64).double(kind.value);
-      break;
-    case "stringValue":
-      w.tag(3, LEN).string(kind.value);
-      break;
-    case "boolValue":
-      w.tag(4, VARINT).bool(kind.value);
-      break;
-    case "structValue":
-      w.tag(5, LEN).fork();
-      writeStruct(w, kind.value);
-      w.join();
-      break;
-    case "listValue":
-      w.tag(6, LEN).fork();
-      writeList(w, kind.value);
-      w.join();
-      break;
-    default:
-  }
-}
-
-function writeStruct(w: BinaryWriter, s: Struct): void {
-  const fields = s.fields;
-  for (const key of Object.keys(fields)) {
-    w.tag(1, LEN).fork();
-    w.tag(1, LEN).string(key);
-    writeValueField(w, 2, fields[key] as Value);
-    w.join();
-  }
-}
-
-function writeList(w: BinaryWriter, l: ListValue): void {
-  for (const v of l.values) writeValueField(w, 1, v);
-}
