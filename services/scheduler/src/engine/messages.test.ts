@@ -92,22 +92,8 @@ describe("lease frames", () => {
 });
 
 describe("a lease encoded by hand", () => {
-  const inputs: unknown[] = [
-    null,
-    undefined,
-    0,
-    -0,
-    1e308,
-    -2.5,
-    "",
-    "é😀\u0000",
-    true,
-    false,
-    [],
-    {},
-    { a: [1, "b", null, true, { c: {} }, []], "": 0, 1: "x", z: { y: [[null]] } },
-    Object.assign(Object.create(null) as object, { k: "v" }),
-  ];
+  // Every kind of Value is in common's value-wire.test.ts; here, one of each shape a lease carries.
+  const inputs: unknown[] = [null, undefined, -0, "é😀", { a: [1, "b", null, true, {}], "": [] }];
 
   it("is toBinary's encoding of the Lease message, for every kind of input and field", () => {
     for (const zero of [false, true])
