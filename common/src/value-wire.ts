@@ -8,7 +8,6 @@
 import { toBinary } from "@bufbuild/protobuf";
 import { type BinaryWriter, WireType } from "@bufbuild/protobuf/wire";
 import { type ListValue, type Struct, type Value, ValueSchema } from "@bufbuild/protobuf/wkt";
-import { jsonToValue } from "./json-value.js";
 
 const LEN = WireType.LengthDelimited;
 const VARINT = WireType.Varint;
@@ -23,6 +22,14 @@ export function writeValueField(w: BinaryWriter, no: number, value: Value): void
 /** Writes the fields of a Value message. */
 export function writeValue(w: BinaryWriter, v: Value): void {
   const kind = v.kind;
+  // Unknown fields (a Value decoded from a newer peer's bytes) are kept, as toBinary keeps them.
+  if (
+    v.$unknown !== undefined ||
+    ((kind.case === "structValue" || kind.case === "listValue") && kind.value.$unknown !== undefined)
+  ) {
+    w.raw(toBinary(ValueSchema, v));
+    return;
+  }
   switch (kind.case) {
     case "nullValue":
       w.tag(1, VARINT).int32(kind.value);
@@ -64,54 +71,61 @@ function writeList(w: BinaryWriter, l: ListValue): void {
   for (const v of l.values) writeValueField(w, 1, v);
 }
 
+/** Nesting past which {@link writeJsonAsValue} leaves a value to jsonToValue (which limits it). */
+const MAX_JSON_DEPTH = 32;
+
 /**
- * Writes a JSON value as the fields of a Value, as toBinary writes `jsonToValue(json)` (no Value
- * message made); anything but plain JSON (a non-finite number, a class instance, a bigint) takes
- * jsonToValue's own path, so it fails or converts exactly as there.
+ * Writes a JSON value as the fields of a Value, as toBinary writes `jsonToValue(json)`, without
+ * making a Value message. Returns false, having written part of it, for anything it leaves to the
+ * caller's generic path (jsonToValue, then toBinary, which convert or fail as they do): a
+ * non-finite number, `undefined` (at the top or inside), a class instance, a bigint, or nesting
+ * deeper than {@link MAX_JSON_DEPTH}. The caller then discards its writer.
  */
-export function writeJsonAsValue(w: BinaryWriter, json: unknown): void {
+export function writeJsonAsValue(w: BinaryWriter, json: unknown, depth = 0): boolean {
   switch (typeof json) {
     case "string":
       w.tag(3, LEN).string(json);
-      return;
+      return true;
     case "number":
-      if (!Number.isFinite(json)) break;
+      if (!Number.isFinite(json)) return false;
       w.tag(2, WireType.Bit64).double(json);
-      return;
+      return true;
     case "boolean":
       w.tag(4, VARINT).bool(json);
-      return;
+      return true;
     case "object": {
       if (json === null) {
         w.tag(1, VARINT).int32(0);
-        return;
+        return true;
       }
+      if (depth >= MAX_JSON_DEPTH) return false;
       if (Array.isArray(json)) {
         w.tag(6, LEN).fork();
-        for (const item of json as unknown[]) {
+        // Indexed, not iterated: a hole is `undefined` here, as jsonToValue sees it.
+        for (let i = 0; i < json.length; i++) {
           w.tag(1, LEN).fork();
-          writeJsonAsValue(w, item);
+          if (!writeJsonAsValue(w, json[i], depth + 1)) return false;
           w.join();
         }
         w.join();
-        return;
+        return true;
       }
       const proto = Object.getPrototypeOf(json) as unknown;
-      if (proto !== Object.prototype && proto !== null) break;
+      if (proto !== Object.prototype && proto !== null) return false;
       const record = json as Record<string, unknown>;
       w.tag(5, LEN).fork();
       for (const key of Object.keys(record)) {
         w.tag(1, LEN).fork();
         w.tag(1, LEN).string(key);
         w.tag(2, LEN).fork();
-        writeJsonAsValue(w, record[key]);
+        if (!writeJsonAsValue(w, record[key], depth + 1)) return false;
         w.join();
         w.join();
       }
       w.join();
-      return;
+      return true;
     }
     default:
+      return false;
   }
-  w.raw(toBinary(ValueSchema, jsonToValue(json)));
 }

@@ -112,7 +112,9 @@ describe("a lease encoded by hand", () => {
   });
 
   it("fails for an input with no JSON form exactly as jsonToValue does", () => {
-    for (const input of [Number.NaN, { a: Infinity }, [1n], { d: new Date(0) }]) {
+    let deep: unknown = 1;
+    for (let i = 0; i < 150; i++) deep = i % 2 === 0 ? { d: deep } : [deep];
+    for (const input of [Number.NaN, { a: Infinity }, [1n], { d: new Date(0) }, { a: undefined }, deep]) {
       const { run, task } = leasedTask(input);
       let expected: unknown;
       try {

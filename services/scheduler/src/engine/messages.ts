@@ -1,5 +1,5 @@
 /** The session messages the engine sends an executor: leases (alone or in batches), a cancel, a ping. */
-import { create } from "@bufbuild/protobuf";
+import { create, toBinary } from "@bufbuild/protobuf";
 import { BinaryWriter, WireType } from "@bufbuild/protobuf/wire";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import {
@@ -67,7 +67,9 @@ export function encodeLease(
   if (task.type !== "") w.tag(4, LEN).string(task.type);
   w.tag(5, VARINT).int32(task.kind === "STEP" ? TaskKind.STEP : TaskKind.COMPENSATION);
   w.tag(6, LEN).fork();
-  writeJsonAsValue(w, task.input ?? null);
+  // An input the fast path leaves (see writeJsonAsValue) goes the generic way, failing as it fails.
+  if (!writeJsonAsValue(w, task.input ?? null))
+    return toBinary(LeaseSchema, leaseValue(run, task, traceContext));
   w.join();
   if (task.leaseExpiresAt !== null) {
     const ms = task.leaseExpiresAt.getTime();

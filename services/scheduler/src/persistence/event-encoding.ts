@@ -5,7 +5,7 @@
  * inside these (an output's ArtifactRef, a run's TaskError), goes through `toBinary`.
  *
  * The bytes are exactly `toBinary`'s (fields in number order, zero values of implicit presence left
- * out, a oneof's member and a map entry's key and value always written): event-encoding.test.ts
+ * out, a oneof's member and a map entry's key and value always written): lifecycle-event.test.ts
  * compares both for every event with every field set, and fails when one of these messages gains a
  * field this file does not write. Why by hand: five events per no-op task, and protobuf-es's
  * generic writer (a closure and a presence check per field, a writer per nested toBinary) cost
@@ -62,6 +62,11 @@ export function encodeEventBatch(events: readonly LifecycleEvent[]): Uint8Array 
 }
 
 function writeEvent(w: BinaryWriter, m: LifecycleEvent): void {
+  // Unknown fields are kept, as toBinary keeps them (none in events made by lifecycleEventAt).
+  if (m.$unknown !== undefined || m.time?.$unknown !== undefined) {
+    w.raw(toBinary(LifecycleEventSchema, m));
+    return;
+  }
   if (m.eventId !== "") w.tag(1, LEN).string(m.eventId);
   if (m.runId !== "") w.tag(2, LEN).string(m.runId);
   if (m.sequence !== 0n) w.tag(3, VARINT).int64(m.sequence);
@@ -78,6 +83,10 @@ function writeEvent(w: BinaryWriter, m: LifecycleEvent): void {
   const field = EVENT_FIELDS.get(event.case);
   if (field === undefined) return;
   w.tag(field.no, LEN).fork();
+  if (event.value.$unknown !== undefined) {
+    w.raw(toBinary(field.schema, event.value)).join();
+    return;
+  }
   switch (event.case) {
     case "runStarted":
       writeRunStarted(w, event.value);

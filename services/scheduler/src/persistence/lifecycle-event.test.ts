@@ -140,6 +140,24 @@ describe("the outbox's LifecycleEvent, made and encoded by hand", () => {
       );
   });
 
+  it("keeps unknown fields of an event or its body, as toBinary does", () => {
+    const unknown = [{ no: 99, wireType: 0, data: new Uint8Array([1]) }];
+    const a = create(LifecycleEventSchema, {
+      runId: r.id,
+      event: { case: "taskStarted", value: { attempt: 1 } },
+    });
+    a.$unknown = unknown;
+    const b = create(LifecycleEventSchema, {
+      runId: r.id,
+      event: { case: "taskStarted", value: { attempt: 1 } },
+    });
+    if (b.event.case === "taskStarted") b.event.value.$unknown = unknown;
+    assert.deepEqual(
+      encodeEventBatch([a, b]),
+      toBinary(LifecycleEventBatchSchema, create(LifecycleEventBatchSchema, { events: [a, b] })),
+    );
+  });
+
   it("makes the message create() makes, and encodes it byte for byte as toBinary does", () => {
     assert.ok(cases.length >= 15);
     const times = [new Date(0), new Date(1_796_563_213_943), new Date(-1_500), new Date(999)];

@@ -62,21 +62,15 @@ const EVENT_BODIES: ReadonlyMap<string | undefined, { schema: DescMessage; no: n
   ),
 );
 
-/** The last time converted, kept: the events of one moment share it (messages are not mutated). */
-let lastTime: { date: Date; ts: Timestamp } | undefined;
-
-/** `timestampFromDate`, without create()'s walk, reusing the previous result for the same Date. */
+/** `timestampFromDate`, without create()'s walk. */
 function timestampOf(date: Date): Timestamp {
-  if (lastTime?.date === date) return lastTime.ts;
   const ms = date.getTime();
   const seconds = Math.floor(ms / 1000);
-  const ts: Timestamp = {
+  return {
     $typeName: "google.protobuf.Timestamp",
     seconds: BigInt(seconds),
     nanos: (ms - seconds * 1000) * 1_000_000,
   };
-  lastTime = { date, ts };
-  return ts;
 }
 
 /** Tag of field 1 with wire type 2: (1 << 3) | 2. */
