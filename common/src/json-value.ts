@@ -191,21 +191,29 @@ export function errorToProto<
  * where it enters (an API field, an executor's report), never accepted and then failing to commit.
  */
 export function nulCharacterPath(value: unknown, path: string): string | undefined {
-  if (typeof value === "string") return value.includes("\u0000") ? path : undefined;
+  const at = nulCharacterAt(value);
+  return at === undefined ? undefined : `${path}${at}`;
+}
+
+/**
+ * Where in `value` the first NUL is, as a path suffix ("" for `value` itself, `[2].a`), or
+ * undefined; the path is built only for a value that has one (every report's output is checked).
+ */
+function nulCharacterAt(value: unknown): string | undefined {
+  if (typeof value === "string") return value.includes("\u0000") ? "" : undefined;
+  if (value === null || typeof value !== "object") return undefined;
   if (Array.isArray(value)) {
-    for (const [i, item] of value.entries()) {
-      const found = nulCharacterPath(item, `${path}[${i}]`);
-      if (found !== undefined) return found;
+    for (let i = 0; i < value.length; i++) {
+      const found = nulCharacterAt(value[i]);
+      if (found !== undefined) return `[${i}]${found}`;
     }
     return undefined;
   }
-  if (value !== null && typeof value === "object") {
-    for (const [key, item] of Object.entries(value)) {
-      const at = `${path}.${key}`;
-      if (key.includes("\u0000")) return at;
-      const found = nulCharacterPath(item, at);
-      if (found !== undefined) return found;
-    }
+  const record = value as Record<string, unknown>;
+  for (const key of Object.keys(record)) {
+    if (key.includes("\u0000")) return `.${key}`;
+    const found = nulCharacterAt(record[key]);
+    if (found !== undefined) return `.${key}${found}`;
   }
   return undefined;
 }
