@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { create, toBinary } from "@bufbuild/protobuf";
 import { BinaryWriter } from "@bufbuild/protobuf/wire";
-import { ValueSchema } from "@bufbuild/protobuf/wkt";
+import { ListValueSchema, StructSchema, ValueSchema } from "@bufbuild/protobuf/wkt";
 import { jsonToValue } from "./json-value.js";
 import { writeJsonAsValue, writeValue } from "./value-wire.js";
 
@@ -68,6 +68,19 @@ describe("google.protobuf.Value written by hand", () => {
       deep,
     ])
       assert.equal(writeJsonAsValue(new BinaryWriter(), j), false);
+  });
+
+  it("knows every field of Value, Struct and ListValue (teach value-wire.ts a new one)", () => {
+    for (const [schema, numbers] of [
+      [ValueSchema, [1, 2, 3, 4, 5, 6]],
+      [StructSchema, [1]],
+      [ListValueSchema, [1]],
+    ] as const)
+      assert.deepEqual(
+        schema.fields.map((f) => f.number),
+        [...numbers],
+        schema.typeName,
+      );
   });
 
   it("keeps a Value's unknown fields, as toBinary does", () => {

@@ -134,7 +134,6 @@ function attemptRow(a: AttemptState): Row {
   return attemptUpdateRow(a, row);
 }
 
-/** Base64 of a view, without copying it first. */
 /** The bytes as a Buffer (pg sends a Buffer parameter in binary), without a copy. */
 function bufferOf(bytes: Uint8Array): Buffer {
   return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);

@@ -11,14 +11,16 @@
  * generic writer (a closure and a presence check per field, a writer per nested toBinary) cost
  * ~13 us per task, a tenth of the scheduler's thread in a drain.
  */
-import { type DescMessage, type Message, toBinary } from "@bufbuild/protobuf";
+import { type DescMessage, type MessageShape, toBinary } from "@bufbuild/protobuf";
 import { BinaryWriter, WireType } from "@bufbuild/protobuf/wire";
 import { writeValueField } from "@nexusflow/common";
 import {
+  ArtifactRefSchema,
   type LifecycleEvent,
   LifecycleEventSchema,
   type RunCompleted,
   type RunStarted,
+  TaskErrorSchema,
   type TaskLeased,
   type TaskStarted,
   type TaskSucceeded,
@@ -36,13 +38,10 @@ export const HAND_WRITTEN_FIELDS = {
   "nexusflow.v1.TaskStarted": [1, 2, 3, 4, 5],
   "nexusflow.v1.TaskSucceeded": [1, 2, 3, 4, 5, 6, 7],
   "nexusflow.v1.RunCompleted": [1, 2, 3],
-  "google.protobuf.Value": [1, 2, 3, 4, 5, 6],
-  "google.protobuf.Struct": [1],
-  "google.protobuf.ListValue": [1],
 } as const;
 
 /** The message and field number of each case of LifecycleEvent's `event` oneof. */
-const EVENT_FIELDS: ReadonlyMap<string | undefined, { schema: DescMessage; no: number }> = new Map(
+export const EVENT_FIELDS: ReadonlyMap<string | undefined, { schema: DescMessage; no: number }> = new Map(
   LifecycleEventSchema.fields.flatMap((f) =>
     f.oneof?.name === "event" && f.message !== undefined
       ? [[f.localName, { schema: f.message, no: f.number }]]
@@ -122,29 +121,30 @@ function writeRunStarted(w: BinaryWriter, m: RunStarted): void {
   if (m.rerunFromStep !== "") w.tag(5, LEN).string(m.rerunFromStep);
 }
 
-function writeTaskLeased(w: BinaryWriter, m: TaskLeased): void {
+/** Fields 1-3 of TaskLeased, TaskStarted and TaskSucceeded: which attempt of which task. */
+function writeAttemptOf(w: BinaryWriter, m: TaskLeased | TaskStarted | TaskSucceeded): void {
   if (m.taskRunId !== "") w.tag(1, LEN).string(m.taskRunId);
   if (m.stepId !== "") w.tag(2, LEN).string(m.stepId);
   if (m.attempt !== 0) w.tag(3, VARINT).int32(m.attempt);
+}
+
+function writeTaskLeased(w: BinaryWriter, m: TaskLeased): void {
+  writeAttemptOf(w, m);
   if (m.executorId !== "") w.tag(4, LEN).string(m.executorId);
   if (m.fencingToken !== 0n) w.tag(5, VARINT).int64(m.fencingToken);
   if ((m.kind as number) !== 0) w.tag(6, VARINT).int32(m.kind);
 }
 
 function writeTaskStarted(w: BinaryWriter, m: TaskStarted): void {
-  if (m.taskRunId !== "") w.tag(1, LEN).string(m.taskRunId);
-  if (m.stepId !== "") w.tag(2, LEN).string(m.stepId);
-  if (m.attempt !== 0) w.tag(3, VARINT).int32(m.attempt);
+  writeAttemptOf(w, m);
   if (m.executorId !== "") w.tag(4, LEN).string(m.executorId);
   if ((m.kind as number) !== 0) w.tag(5, VARINT).int32(m.kind);
 }
 
 function writeTaskSucceeded(w: BinaryWriter, m: TaskSucceeded): void {
-  if (m.taskRunId !== "") w.tag(1, LEN).string(m.taskRunId);
-  if (m.stepId !== "") w.tag(2, LEN).string(m.stepId);
-  if (m.attempt !== 0) w.tag(3, VARINT).int32(m.attempt);
+  writeAttemptOf(w, m);
   if (m.output !== undefined) writeValueField(w, 4, m.output);
-  if (m.outputRef !== undefined) writeOther(w, 5, m.outputRef);
+  if (m.outputRef !== undefined) writeOther(w, 5, ArtifactRefSchema, m.outputRef);
   if ((m.kind as number) !== 0) w.tag(6, VARINT).int32(m.kind);
   if (m.reusedFrom !== "") w.tag(7, LEN).string(m.reusedFrom);
 }
@@ -152,19 +152,10 @@ function writeTaskSucceeded(w: BinaryWriter, m: TaskSucceeded): void {
 function writeRunCompleted(w: BinaryWriter, m: RunCompleted): void {
   if ((m.status as number) !== 0) w.tag(1, VARINT).int32(m.status);
   if (m.output !== undefined) writeValueField(w, 2, m.output);
-  if (m.error !== undefined) writeOther(w, 3, m.error);
+  if (m.error !== undefined) writeOther(w, 3, TaskErrorSchema, m.error);
 }
 
 /** A message field this file does not write by hand, through toBinary. */
-function writeOther(w: BinaryWriter, no: number, m: Message): void {
-  const schema = OTHER_SCHEMAS.get(m.$typeName);
-  if (schema === undefined) throw new Error(`no schema for ${m.$typeName}`);
+function writeOther<D extends DescMessage>(w: BinaryWriter, no: number, schema: D, m: MessageShape<D>): void {
   w.tag(no, LEN).bytes(toBinary(schema, m));
 }
-
-/** The schemas of the messages written through toBinary, by type name. */
-const OTHER_SCHEMAS: ReadonlyMap<string, DescMessage> = new Map(
-  [...EVENT_FIELDS.values()]
-    .flatMap(({ schema }) => schema.fields)
-    .flatMap((f) => (f.message === undefined ? [] : [[f.message.typeName, f.message] as const])),
-);

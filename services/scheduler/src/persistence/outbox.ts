@@ -3,11 +3,11 @@
  * the payload of the outbox table, a LifecycleEventBatch per commit, which the writer encodes and
  * the relay splits back into events.
  */
-import { create, type DescMessage, type MessageInitShape } from "@bufbuild/protobuf";
+import { create, type MessageInitShape } from "@bufbuild/protobuf";
 import type { Timestamp } from "@bufbuild/protobuf/wkt";
-import { LifecycleEventSchema, type LifecycleEvent } from "@nexusflow/gen";
+import type { LifecycleEvent, LifecycleEventSchema } from "@nexusflow/gen";
 import type { RunState } from "../model/run-state.js";
-import { encodeEventBatch } from "./event-encoding.js";
+import { EVENT_FIELDS, encodeEventBatch } from "./event-encoding.js";
 
 /**
  * An outbox event: the LifecycleEvent (encoded when its batch commits, with the other events of
@@ -35,7 +35,7 @@ export function lifecycleEventAt(
   // The envelope as create(LifecycleEventSchema, ...) makes it, field by field (this runs five
   // times per no-op task: create's generic walk over the envelope and its Timestamp was 4% of the
   // scheduler's thread in a drain); only the event's own message goes through create().
-  const body = EVENT_BODIES.get(event.case);
+  const body = EVENT_FIELDS.get(event.case);
   const message: LifecycleEvent = {
     $typeName: "nexusflow.v1.LifecycleEvent",
     // Not stored: derived from the run and the sequence where the event leaves the outbox
@@ -52,15 +52,6 @@ export function lifecycleEventAt(
   };
   return { message, traceContext: null, writtenUnder: undefined };
 }
-
-/** The message and field number of each case of LifecycleEvent's `event` oneof. */
-const EVENT_BODIES: ReadonlyMap<string | undefined, { schema: DescMessage; no: number }> = new Map(
-  LifecycleEventSchema.fields.flatMap((f) =>
-    f.oneof?.name === "event" && f.message !== undefined
-      ? [[f.localName, { schema: f.message, no: f.number }]]
-      : [],
-  ),
-);
 
 /** `timestampFromDate`, without create()'s walk. */
 function timestampOf(date: Date): Timestamp {
