@@ -27,12 +27,13 @@ import { startTestDatabase, waitFor, workflowClient } from "../support.js";
 import { registerSpec } from "../e2e/harness.js";
 import {
   killAll,
+  linesMentioning,
   startExecutorProcess,
   startGatewayProcess,
   startSchedulerProcess,
   type ServiceProcess,
 } from "../e2e/processes.js";
-import { FaultTables } from "../faults/invariants.js";
+import { FaultTables, TERMINAL_RUN_STATUSES } from "../faults/invariants.js";
 import { FAST_EXPIRY, executorEnv, markers } from "../faults/support.js";
 import { EventCollector } from "../events/support.js";
 
@@ -199,7 +200,14 @@ describe("three scheduler replicas under SIGKILL, SIGSTOP and a PostgreSQL resta
 
     const executors: ServiceProcess[] = [];
     for (let i = 0; i < EXECUTORS; i++)
-      executors.push(await startExecutorProcess(`chaos-${i}`, replicas[0]?.address ?? "", executorEnv(8)));
+      executors.push(
+        // At debug, each task's start and end are logged with its lease key (for a failure message).
+        await startExecutorProcess(
+          `chaos-${i}`,
+          replicas[0]?.address ?? "",
+          executorEnv(8, { LOG_LEVEL: "debug" }),
+        ),
+      );
     // A failed test leaves no process behind to serve the next one's database.
     t.after(() => stopAll([gateway.process, ...executors, ...replicas.map((r) => r.process)]));
 
@@ -334,7 +342,22 @@ describe("three scheduler replicas under SIGKILL, SIGSTOP and a PostgreSQL resta
     );
     assert.deepEqual(counted[0], { n: RUNS, keys: RUNS }, "runs in the database");
 
-    await tables.waitTerminal(runIds, 240_000);
+    await tables.waitTerminal(runIds, 240_000).catch(async (e: unknown) => {
+      // What every process (the killed ones too) said about the first unfinished runs and their tasks.
+      const { rows: open } = await tables.pool.query<{ id: string }>(
+        `SELECT r.id::text FROM workflow_runs r
+          WHERE r.id = ANY($1::uuid[]) AND NOT (r.status = ANY($2::text[])) ORDER BY r.updated_at LIMIT 4`,
+        [runIds, [...TERMINAL_RUN_STATUSES]],
+      );
+      const { rows: tasks } = await tables.pool.query<{ id: string }>(
+        "SELECT id::text FROM task_runs WHERE run_id = ANY($1::uuid[])",
+        [open.map((r) => r.id)],
+      );
+      const ids = [...open, ...tasks].map((r) => r.id);
+      throw new Error(`${(e as Error).message}\n${linesMentioning(ids)}\nfaults: ${faults.join(", ")}`, {
+        cause: e,
+      });
+    });
     const { rows } = await tables.pool.query<{ id: string; status: string }>(
       "SELECT id::text, status FROM workflow_runs WHERE id = ANY($1::uuid[])",
       [runIds],

@@ -40,6 +40,8 @@ const SCRUBBED = [
 export type LogLine = Record<string, unknown> & { msg?: string; raw?: string };
 
 const live = new Set<ServiceProcess>();
+/** Every process started by this module, running or not (their output, for failure messages). */
+const started: ServiceProcess[] = [];
 
 /**
  * TEST_PROCESS_LOG_DIR: when set, every process's output is also written, line by line, to
@@ -74,6 +76,7 @@ export class ServiceProcess {
       stdio: ["ignore", "pipe", "pipe"],
     });
     live.add(this);
+    started.push(this);
     const file = logFile(name, this.child.pid);
     this.exited = new Promise((resolve) => {
       this.child.once("exit", (code, signal) => {
@@ -236,6 +239,23 @@ export async function startGatewayProcess(
   });
   const line = await p.waitForLog('"gateway listening"', (l) => l.msg === "gateway listening", 60_000);
   return { process: p, url: String(line["url"]) };
+}
+
+/**
+ * The log lines of every process started so far (running or gone) that mention one of `ids`, in
+ * the order each process wrote them, at most `limit` (the last ones), each cut to 500 characters:
+ * what the services said about a stuck run, for a failure message.
+ */
+export function linesMentioning(ids: readonly string[], limit = 80): string {
+  const found: string[] = [];
+  for (const p of started) {
+    for (const l of p.lines) {
+      const text = l.raw ?? JSON.stringify(l);
+      if (ids.some((id) => text.includes(id))) found.push(`  [${p.name}/${p.pid}] ${text.slice(0, 500)}`);
+    }
+  }
+  const shown = found.slice(-limit);
+  return `${found.length} log line(s) mention them${found.length > limit ? ` (the last ${limit})` : ""}:\n${shown.join("\n")}`;
 }
 
 /** SIGKILLs every process started by this module that is still running. */
