@@ -170,6 +170,11 @@ export class PartitionLeases implements WriteFence {
   /** Live replicas (this one included) at the last heartbeat, and since when that number holds. */
   private live = { n: 0, since: 0 };
   private lastRelease = 0;
+  /**
+   * When (performance.now()) the last heartbeat that succeeded was sent: every partition held was
+   * renewed or taken by it, so none can be another replica's before this plus the lease.
+   */
+  private confirmedAt = -Infinity;
   /** Heartbeats that failed in a row (the database unreachable), for logging once. */
   private failures = 0;
   /**
@@ -217,6 +222,18 @@ export class PartitionLeases implements WriteFence {
   /** The partitions held and their epochs, in order. */
   held(): OwnedPartition[] {
     return [...this.owned].sort(([a], [b]) => a - b).map(([partition, epoch]) => ({ partition, epoch }));
+  }
+
+  /**
+   * Whether this replica knows it still holds `partition`: it does, and its last successful
+   * heartbeat was sent less than a lease ago. A replica that was paused (SIGSTOP, a long GC) or
+   * cut off from the database believes it holds partitions that another may have taken at their
+   * expiry; until a heartbeat says which are still its own, it must not judge an executor's leases
+   * of their runs (revoke them, reject their reports as stale): the new owner may have granted or
+   * adopted those very leases (api/executor-session.ts, Engine.judged).
+   */
+  sure(partition: number): boolean {
+    return this.owned.has(partition) && performance.now() - this.confirmedAt < this.leaseMs;
   }
 
   /** Whether `partition` is being handed over (rebalancing): held still, but no new run goes there. */
@@ -345,6 +362,8 @@ export class PartitionLeases implements WriteFence {
   private async tick(): Promise<void> {
     if (this.options.sole !== true) await this.holdLiveness();
     const believed = [...this.owned];
+    // Before the statement: the leases it renews run from the database's now(), later than this.
+    const sentAt = performance.now();
     const { rows } = await this.pool.query<TickRow>(TICK_SQL, [
       this.replicaId,
       this.address,
@@ -372,6 +391,7 @@ export class PartitionLeases implements WriteFence {
         taken.push(row.partition);
       }
     }
+    this.confirmedAt = sentAt;
     // Only what this heartbeat believed: a partition taken meanwhile (none: heartbeats are serial)
     // or by this very statement is not lost.
     this.lose(believed.filter(([p, e]) => !renewed.has(p) && this.owned.get(p) === e).map(([p]) => p));

@@ -120,13 +120,16 @@ export interface Attached {
  * a lease does not hold it, whether its process died with the lease running or never received
  * it, so waiting the grace out only delays the retry. Leases on the executor's earlier sessions count
  * too (the new session supersedes them). The caller has checked that the session may use this
- * executor id (the token binds it): attaching is what releases the id's leases.
+ * executor id (the token binds it): attaching is what releases the id's leases. Leases of runs
+ * `judges` leaves out (a partition this replica is not sure it still holds: ownHeldLeases left
+ * them out of `held` too) are not expired: their run's owner may be another replica now.
  */
 export function attached(
   core: Core,
   session: SessionLeases,
   held: readonly LeaseKey[],
   at: Moment,
+  judges: (runId: string) => boolean = () => true,
 ): Attached {
   const revoked = reclaim(core, session, held);
   const lost: TaskState[] = [];
@@ -134,7 +137,8 @@ export function attached(
     if (
       task.executorId === session.executorId &&
       task.sessionId !== session.id &&
-      ACTIVE_LEASE.has(task.status)
+      ACTIVE_LEASE.has(task.status) &&
+      judges(task.runId)
     )
       lost.push(task);
   }

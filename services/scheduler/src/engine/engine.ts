@@ -611,14 +611,32 @@ export class Engine {
     };
   }
 
+  /**
+   * A report's rejection as this replica may give it: a lease of a run whose partition it is not
+   * sure it still holds (paused, or cut off from the database, past its lease:
+   * PartitionRuns.judges) is not called stale or decided here, since the replica that may own the
+   * run now may hold that very lease; it is NOT_FOUND, which an executor with sessions to several
+   * replicas takes as "ask the replica map where the run is" (the task goes on), not as a lost
+   * lease. A report this replica accepts is accepted as always: its commit is fenced.
+   */
+  private judged(key: LeaseKey | undefined, rejection: Rejection | null): Rejection | null {
+    if (rejection?.code !== "FAILED_PRECONDITION" || key === undefined) return rejection;
+    const runId = this.core.tasks.get(key.taskRunId)?.runId;
+    if (runId === undefined || this.partitions.judges(runId)) return rejection;
+    return {
+      code: "NOT_FOUND",
+      message: `task run ${key.taskRunId}: this replica cannot confirm it still owns its run's partition (its last heartbeat is older than its lease); the run's owner decides`,
+    };
+  }
+
   /** Started report. */
   onStarted(session: SessionHandle, key: LeaseKey | undefined): Rejection | null {
-    return core.started(this.core, session, key, this.moment());
+    return this.judged(key, core.started(this.core, session, key, this.moment()));
   }
 
   /** Heartbeat report for a task. */
   onHeartbeat(session: SessionHandle, key: LeaseKey | undefined): Rejection | null {
-    return core.heartbeat(this.core, session, key, this.moment());
+    return this.judged(key, core.heartbeat(this.core, session, key, this.moment()));
   }
 
   /** Completed report: accepted at most once per task. */
@@ -629,7 +647,7 @@ export class Engine {
     outputRef: unknown,
     logs: unknown,
   ): Rejection | null {
-    return core.completed(this.core, session, key, output, outputRef, logs, this.moment());
+    return this.judged(key, core.completed(this.core, session, key, output, outputRef, logs, this.moment()));
   }
 
   /** Failed report: retried per policy or failed for good. */
@@ -641,12 +659,15 @@ export class Engine {
     logs: unknown,
     pauseKeyUntilMs = 0,
   ): Rejection | null {
-    return core.failed(this.core, session, key, error, retryAfterMs, logs, this.moment(), pauseKeyUntilMs);
+    return this.judged(
+      key,
+      core.failed(this.core, session, key, error, retryAfterMs, logs, this.moment(), pauseKeyUntilMs),
+    );
   }
 
   /** Release report: the lease goes back to the front of the queue without counting as a failure. */
   onRelease(session: SessionHandle, key: LeaseKey | undefined, reason: string): Rejection | null {
-    return core.released(this.core, session, key, reason, this.moment());
+    return this.judged(key, core.released(this.core, session, key, reason, this.moment()));
   }
 
   // ---------------------------------------------------------------- sessions
@@ -665,7 +686,9 @@ export class Engine {
    */
   attach(session: SessionHandle, held: readonly LeaseKey[]): LeaseKey[] {
     // Leases of this executor id that it does not list expire now (it no longer holds them).
-    const { revoked, expired } = core.attached(this.core, session, held, this.moment());
+    const { revoked, expired } = core.attached(this.core, session, held, this.moment(), (runId) =>
+      this.partitions.judges(runId),
+    );
     // A re-attached executor replaces its earlier sessions, even ones whose connection never
     // reported closing (half-open TCP): they must not take new leases.
     for (const other of [...this.dispatcher.sessions.values()]) {

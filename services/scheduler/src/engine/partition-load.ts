@@ -55,6 +55,12 @@ export interface HeldPartitions {
    * run is created in it. @default never
    */
   handingOver?(partition: number): boolean;
+  /**
+   * Whether the replica knows it still holds the partition (its last heartbeat is less than a
+   * lease old): a paused replica's belief is not enough to judge an executor's leases. @default
+   * whenever held
+   */
+  sure?(partition: number): boolean;
 }
 
 /** What {@link PartitionRuns} needs of the engine. */
@@ -113,6 +119,18 @@ export class PartitionRuns {
     if (p === undefined) return true;
     const partition = partitionOf(runId, p.partitionCount);
     return p.epochOf(partition) !== undefined && !this.loading.has(partition);
+  }
+
+  /**
+   * Whether this replica may judge an executor's lease of the run: its partition is loaded and
+   * known to be still held (HeldPartitions.sure: not a belief left from before a pause or a
+   * database outage, when another replica may own the run and its leases now). Always, without
+   * partitions.
+   */
+  judges(runId: string): boolean {
+    const p = this.host.partitions;
+    if (p === undefined) return true;
+    return this.loaded(runId) && (p.sure?.(partitionOf(runId, p.partitionCount)) ?? true);
   }
 
   /** Counts the loads of `partitions` queued (+1) or done (-1). */
