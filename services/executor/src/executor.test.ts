@@ -334,6 +334,43 @@ function executorTests(): void {
   );
 
   it(
+    "lists the leases it holds in a Pong when the Ping asks (running, and finished but not acknowledged), else none",
+    { timeout: 10_000 },
+    async () => {
+      let open: () => void = () => undefined;
+      const gate = new Promise<void>((resolve) => (open = resolve));
+      // Reports are not acknowledged: a finished lease stays held until they are.
+      const scheduler = await FakeScheduler.start(0, { ackReports: false });
+      const executor = newExecutor(scheduler);
+      executor.register("test.wait", async () => {
+        await gate;
+        return { ok: true };
+      });
+      await executor.start();
+      const session = await scheduler.session(0);
+      await session.take("credit");
+      const running = lease("test.wait");
+      const done = lease("noop");
+      session.send({ case: "lease", value: running });
+      session.send({ case: "lease", value: done });
+      await session.take("started", (x) => sameKey(x.key, keyOf(running)));
+      await session.take("completed", (c) => sameKey(c.key, keyOf(done)));
+      // Asked: the running one and the finished one (its Completed not acknowledged), with their runs.
+      session.send({ case: "ping", value: create(PingSchema, { nonce: 7n, listHeld: true }) });
+      const pong = await session.take("pong", (p) => p.nonce === 7n);
+      assert.deepEqual(
+        pong.held?.keys.map((k) => [k.taskRunId, k.attempt, k.fencingToken, k.runId]).sort(),
+        [running, done].map((l) => [keyOf(l).taskRunId, 1, keyOf(l).fencingToken, l.runId]).sort(),
+      );
+      // Not asked: no list.
+      session.send({ case: "ping", value: create(PingSchema, { nonce: 8n }) });
+      assert.equal((await session.take("pong", (p) => p.nonce === 8n)).held, undefined);
+      open();
+      await session.take("completed", (c) => sameKey(c.key, keyOf(running)));
+    },
+  );
+
+  it(
     "runs a lease: Started, then Completed with the handler's output, then one more credit",
     { timeout: 10_000 },
     async () => {

@@ -446,7 +446,11 @@ export class Executor {
     if (session !== link.session) return;
     const message = response.message;
     if (message.case === "ping") {
-      session.write({ case: "pong", value: create(PongSchema, { nonce: message.value.nonce }) });
+      // Asked, the leases held now (as in an Attach): the reports written before come first.
+      const held = message.value.listHeld
+        ? { keys: this.#routing.heldLeases(this.#tasks.keys()) }
+        : undefined;
+      session.write({ case: "pong", value: create(PongSchema, { nonce: message.value.nonce, held }) });
       return;
     }
     if (message.case === "attachAck") {

@@ -12,7 +12,7 @@ import { HeartbeatSchema, type LeaseKey, LeaseKeySchema } from "@nexusflow/gen";
 import { within } from "./changes.js";
 import { type CreditPlan, type LeaseRoute, type Link, planCredit } from "./replica-links.js";
 import { type ReplicaMap, ownerOfRun } from "./replica-map.js";
-import type { LedgerEntry, Report, SendReport } from "./report-ledger.js";
+import { type LedgerEntry, type Report, type SendReport, reportKey } from "./report-ledger.js";
 import { leaseKeyId } from "./task-attempt.js";
 
 /** What {@link ReplicaRouting} asks of the executor. */
@@ -212,8 +212,8 @@ export class ReplicaRouting {
 
   /**
    * Leases this executor still holds, with their runs: the running tasks (`running`) and finished
-   * ones whose report is queued on any session. Every Attach lists them all; each replica judges
-   * its own.
+   * ones whose report is queued on any session or waits for a map (rejected NOT_FOUND). Every
+   * Attach lists them all, and every Pong asked to (Ping.list_held); each replica judges its own.
    */
   heldLeases(running: Iterable<LeaseKey>): LeaseKey[] {
     const held = new Map<string, LeaseKey>();
@@ -226,6 +226,12 @@ export class ReplicaRouting {
         const id = leaseKeyId(key);
         if (!held.has(id)) held.set(id, key);
       }
+    }
+    // Reports rejected NOT_FOUND, waiting for a map that says where their run went: still held.
+    for (const [id, entry] of this.#misrouted) {
+      const key = reportKey(entry.report);
+      if (key !== undefined && !held.has(id) && entry.report.case !== "release")
+        held.set(id, create(LeaseKeySchema, { ...key, runId: entry.runId }));
     }
     return [...held.values()];
   }

@@ -22,6 +22,7 @@ import { createMetricsRegistry } from "@nexusflow/common/metrics";
 import {
   EventService,
   ExecutorService,
+  type LeaseKeySchema,
   LifecycleEventBatchSchema,
   RunStatus,
   ScheduleService,
@@ -280,6 +281,13 @@ export class RawSession {
   private waiters: ((m: SessionResponse) => void)[] = [];
   /** Whether pings are answered automatically (turn off to simulate a hung executor). */
   autoPong = true;
+  /**
+   * What an automatic Pong lists as held when its Ping asks (Ping.list_held); unset, it lists
+   * nothing and leaves `held` unset, as an executor older than the field does.
+   */
+  held: (() => MessageInitShape<typeof LeaseKeySchema>[]) | undefined;
+  /** Pings that asked for the held leases, so far. */
+  listAsks = 0;
   /** The status the stream ended with, if it ended. */
   status: grpc.StatusObject | undefined;
   /** Error the stream ended with, if any. */
@@ -292,8 +300,17 @@ export class RawSession {
     this.stream = this.client.session(metadata ?? new grpc.Metadata());
     this.stream.on("data", (m: SessionResponse) => {
       // Answer pings at once so the scheduler sees a live executor, as a real one would.
-      if (m.message.case === "ping" && this.autoPong)
-        this.send({ case: "pong", value: { nonce: m.message.value.nonce } });
+      if (m.message.case === "ping" && this.autoPong) {
+        const listed = m.message.value.listHeld && this.held !== undefined ? this.held() : undefined;
+        if (m.message.value.listHeld) this.listAsks++;
+        this.send({
+          case: "pong",
+          value: {
+            nonce: m.message.value.nonce,
+            ...(listed === undefined ? {} : { held: { keys: listed } }),
+          },
+        });
+      }
       const w = this.waiters.shift();
       if (w !== undefined) w(m);
       else this.inbox.push(m);

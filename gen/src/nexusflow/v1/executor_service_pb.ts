@@ -16,7 +16,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file nexusflow/v1/executor_service.proto.
  */
 export const file_nexusflow_v1_executor_service: GenFile = /*@__PURE__*/
-  fileDesc("CiNuZXh1c2Zsb3cvdjEvZXhlY3V0b3Jfc2VydmljZS5wcm90bxIMbmV4dXNmbG93LnYxIrcDCg5TZXNzaW9uUmVxdWVzdBImCgZhdHRhY2gYASABKAsyFC5uZXh1c2Zsb3cudjEuQXR0YWNoSAASJgoGY3JlZGl0GAIgASgLMhQubmV4dXNmbG93LnYxLkNyZWRpdEgAEigKB3N0YXJ0ZWQYAyABKAsyFS5uZXh1c2Zsb3cudjEuU3RhcnRlZEgAEiwKCWhlYXJ0YmVhdBgEIAEoCzIXLm5leHVzZmxvdy52MS5IZWFydGJlYXRIABIsCgljb21wbGV0ZWQYBSABKAsyFy5uZXh1c2Zsb3cudjEuQ29tcGxldGVkSAASJgoGZmFpbGVkGAYgASgLMhQubmV4dXNmbG93LnYxLkZhaWxlZEgAEiQKBWRyYWluGAcgASgLMhMubmV4dXNmbG93LnYxLkRyYWluSAASKAoHcmVsZWFzZRgIIAEoCzIVLm5leHVzZmxvdy52MS5SZWxlYXNlSAASIgoEcG9uZxgJIAEoCzISLm5leHVzZmxvdy52MS5Qb25nSAASKAoHcmVwb3J0cxgKIAEoCzIVLm5leHVzZmxvdy52MS5SZXBvcnRzSABCCQoHbWVzc2FnZSLoAgoPU2Vzc2lvblJlc3BvbnNlEi0KCmF0dGFjaF9hY2sYASABKAsyFy5uZXh1c2Zsb3cudjEuQXR0YWNoQWNrSAASJAoFbGVhc2UYAiABKAsyEy5uZXh1c2Zsb3cudjEuTGVhc2VIABImCgZjYW5jZWwYAyABKAsyFC5uZXh1c2Zsb3cudjEuQ2FuY2VsSAASIgoEcGluZxgEIAEoCzISLm5leHVzZmxvdy52MS5QaW5nSAASKgoIcmVqZWN0ZWQYBSABKAsyFi5uZXh1c2Zsb3cudjEuUmVqZWN0ZWRIABIrCglkcmFpbl9hY2sYBiABKAsyFi5uZXh1c2Zsb3cudjEuRHJhaW5BY2tIABIkCgVhY2tlZBgHIAEoCzITLm5leHVzZmxvdy52MS5BY2tlZEgAEioKBmxlYXNlcxgIIAEoCzIYLm5leHVzZmxvdy52MS5MZWFzZUJhdGNoSABCCQoHbWVzc2FnZSJXCghMZWFzZUtleRITCgt0YXNrX3J1bl9pZBgBIAEoCRIPCgdhdHRlbXB0GAIgASgFEhUKDWZlbmNpbmdfdG9rZW4YAyABKAMSDgoGcnVuX2lkGAQgASgJIvkBCgZBdHRhY2gSEwoLZXhlY3V0b3JfaWQYASABKAkSEgoKdGFza190eXBlcxgCIAMoCRINCgVzbG90cxgDIAEoBRIwCgZsYWJlbHMYBCADKAsyIC5uZXh1c2Zsb3cudjEuQXR0YWNoLkxhYmVsc0VudHJ5Eg8KB3ZlcnNpb24YBSABKAkSKwoLaGVsZF9sZWFzZXMYBiADKAsyFi5uZXh1c2Zsb3cudjEuTGVhc2VLZXkSGAoQcHJvdG9jb2xfdmVyc2lvbhgHIAEoBRotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIrEBCglBdHRhY2hBY2sSEgoKc2Vzc2lvbl9pZBgBIAEoCRIdChVoZWFydGJlYXRfaW50ZXJ2YWxfbXMYAiABKAUSGgoSc2Vzc2lvbl90aW1lb3V0X21zGAMgASgFEicKB3Jldm9rZWQYBCADKAsyFi5uZXh1c2Zsb3cudjEuTGVhc2VLZXkSGAoQcHJvdG9jb2xfdmVyc2lvbhgFIAEoBRISCgpyZXBsaWNhX2lkGAYgASgJIiUKBkNyZWRpdBIJCgFuGAEgASgFEhAKCHdpdGhkcmF3GAIgASgFIoMDCgVMZWFzZRIjCgNrZXkYASABKAsyFi5uZXh1c2Zsb3cudjEuTGVhc2VLZXkSDgoGcnVuX2lkGAIgASgJEg8KB3N0ZXBfaWQYAyABKAkSEQoJdGFza190eXBlGAQgASgJEiQKBGtpbmQYBSABKA4yFi5uZXh1c2Zsb3cudjEuVGFza0tpbmQSJQoFaW5wdXQYBiABKAsyFi5nb29nbGUucHJvdG9idWYuVmFsdWUSLAoIZGVhZGxpbmUYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhwKFGhlYXJ0YmVhdF90aW1lb3V0X21zGAggASgFEjwKDXRyYWNlX2NvbnRleHQYCSADKAsyJS5uZXh1c2Zsb3cudjEuTGVhc2UuVHJhY2VDb250ZXh0RW50cnkSFQoNd29ya2Zsb3dfbmFtZRgKIAEoCRozChFUcmFjZUNvbnRleHRFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIjEKCkxlYXNlQmF0Y2gSIwoGbGVhc2VzGAEgAygLMhMubmV4dXNmbG93LnYxLkxlYXNlIi4KB1JlcG9ydHMSIwoFaXRlbXMYASADKAsyFC5uZXh1c2Zsb3cudjEuUmVwb3J0IuoBCgZSZXBvcnQSKAoHc3RhcnRlZBgBIAEoCzIVLm5leHVzZmxvdy52MS5TdGFydGVkSAASLAoJaGVhcnRiZWF0GAIgASgLMhcubmV4dXNmbG93LnYxLkhlYXJ0YmVhdEgAEiwKCWNvbXBsZXRlZBgDIAEoCzIXLm5leHVzZmxvdy52MS5Db21wbGV0ZWRIABImCgZmYWlsZWQYBCABKAsyFC5uZXh1c2Zsb3cudjEuRmFpbGVkSAASKAoHcmVsZWFzZRgFIAEoCzIVLm5leHVzZmxvdy52MS5SZWxlYXNlSABCCAoGcmVwb3J0Ii4KB1N0YXJ0ZWQSIwoDa2V5GAEgASgLMhYubmV4dXNmbG93LnYxLkxlYXNlS2V5IloKCUhlYXJ0YmVhdBIjCgNrZXkYASABKAsyFi5uZXh1c2Zsb3cudjEuTGVhc2VLZXkSKAoIcHJvZ3Jlc3MYAiABKAsyFi5nb29nbGUucHJvdG9idWYuVmFsdWUiqwEKCUNvbXBsZXRlZBIjCgNrZXkYASABKAsyFi5uZXh1c2Zsb3cudjEuTGVhc2VLZXkSJgoGb3V0cHV0GAIgASgLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlEi0KCm91dHB1dF9yZWYYAyABKAsyGS5uZXh1c2Zsb3cudjEuQXJ0aWZhY3RSZWYSIgoEbG9ncxgEIAEoCzIULm5leHVzZmxvdy52MS5Mb2dSZWYixgEKBkZhaWxlZBIjCgNrZXkYASABKAsyFi5uZXh1c2Zsb3cudjEuTGVhc2VLZXkSJgoFZXJyb3IYAiABKAsyFy5uZXh1c2Zsb3cudjEuVGFza0Vycm9yEhYKDnJldHJ5X2FmdGVyX21zGAMgASgDEiIKBGxvZ3MYBCABKAsyFC5uZXh1c2Zsb3cudjEuTG9nUmVmEjMKD3BhdXNlX2tleV91bnRpbBgyIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiFwoFRHJhaW4SDgoGcmVhc29uGAEgASgJIj4KB1JlbGVhc2USIwoDa2V5GAEgASgLMhYubmV4dXNmbG93LnYxLkxlYXNlS2V5Eg4KBnJlYXNvbhgCIAEoCSIVCgRQb25nEg0KBW5vbmNlGAEgASgDIlYKBkNhbmNlbBIjCgNrZXkYASABKAsyFi5uZXh1c2Zsb3cudjEuTGVhc2VLZXkSDgoGcmVhc29uGAIgASgJEhcKD3BhcnRpdGlvbl9tb3ZlZBgDIAEoCCIVCgRQaW5nEg0KBW5vbmNlGAEgASgDIk4KCFJlamVjdGVkEiMKA2tleRgBIAEoCzIWLm5leHVzZmxvdy52MS5MZWFzZUtleRIMCgRjb2RlGAIgASgJEg8KB21lc3NhZ2UYAyABKAkiGAoFQWNrZWQSDwoHdGhyb3VnaBgBIAEoAyIfCghEcmFpbkFjaxITCgtvdXRzdGFuZGluZxgBIAEoBTJdCg9FeGVjdXRvclNlcnZpY2USSgoHU2Vzc2lvbhIcLm5leHVzZmxvdy52MS5TZXNzaW9uUmVxdWVzdBodLm5leHVzZmxvdy52MS5TZXNzaW9uUmVzcG9uc2UoATABYgZwcm90bzM", [file_google_protobuf_struct, file_google_protobuf_timestamp, file_nexusflow_v1_artifacts, file_nexusflow_v1_workflow]);
+  fileDesc("CiNuZXh1c2Zsb3cvdjEvZXhlY3V0b3Jfc2VydmljZS5wcm90bxIMbmV4dXNmbG93LnYxIrcDCg5TZXNzaW9uUmVxdWVzdBImCgZhdHRhY2gYASABKAsyFC5uZXh1c2Zsb3cudjEuQXR0YWNoSAASJgoGY3JlZGl0GAIgASgLMhQubmV4dXNmbG93LnYxLkNyZWRpdEgAEigKB3N0YXJ0ZWQYAyABKAsyFS5uZXh1c2Zsb3cudjEuU3RhcnRlZEgAEiwKCWhlYXJ0YmVhdBgEIAEoCzIXLm5leHVzZmxvdy52MS5IZWFydGJlYXRIABIsCgljb21wbGV0ZWQYBSABKAsyFy5uZXh1c2Zsb3cudjEuQ29tcGxldGVkSAASJgoGZmFpbGVkGAYgASgLMhQubmV4dXNmbG93LnYxLkZhaWxlZEgAEiQKBWRyYWluGAcgASgLMhMubmV4dXNmbG93LnYxLkRyYWluSAASKAoHcmVsZWFzZRgIIAEoCzIVLm5leHVzZmxvdy52MS5SZWxlYXNlSAASIgoEcG9uZxgJIAEoCzISLm5leHVzZmxvdy52MS5Qb25nSAASKAoHcmVwb3J0cxgKIAEoCzIVLm5leHVzZmxvdy52MS5SZXBvcnRzSABCCQoHbWVzc2FnZSLoAgoPU2Vzc2lvblJlc3BvbnNlEi0KCmF0dGFjaF9hY2sYASABKAsyFy5uZXh1c2Zsb3cudjEuQXR0YWNoQWNrSAASJAoFbGVhc2UYAiABKAsyEy5uZXh1c2Zsb3cudjEuTGVhc2VIABImCgZjYW5jZWwYAyABKAsyFC5uZXh1c2Zsb3cudjEuQ2FuY2VsSAASIgoEcGluZxgEIAEoCzISLm5leHVzZmxvdy52MS5QaW5nSAASKgoIcmVqZWN0ZWQYBSABKAsyFi5uZXh1c2Zsb3cudjEuUmVqZWN0ZWRIABIrCglkcmFpbl9hY2sYBiABKAsyFi5uZXh1c2Zsb3cudjEuRHJhaW5BY2tIABIkCgVhY2tlZBgHIAEoCzITLm5leHVzZmxvdy52MS5BY2tlZEgAEioKBmxlYXNlcxgIIAEoCzIYLm5leHVzZmxvdy52MS5MZWFzZUJhdGNoSABCCQoHbWVzc2FnZSJXCghMZWFzZUtleRITCgt0YXNrX3J1bl9pZBgBIAEoCRIPCgdhdHRlbXB0GAIgASgFEhUKDWZlbmNpbmdfdG9rZW4YAyABKAMSDgoGcnVuX2lkGAQgASgJIvkBCgZBdHRhY2gSEwoLZXhlY3V0b3JfaWQYASABKAkSEgoKdGFza190eXBlcxgCIAMoCRINCgVzbG90cxgDIAEoBRIwCgZsYWJlbHMYBCADKAsyIC5uZXh1c2Zsb3cudjEuQXR0YWNoLkxhYmVsc0VudHJ5Eg8KB3ZlcnNpb24YBSABKAkSKwoLaGVsZF9sZWFzZXMYBiADKAsyFi5uZXh1c2Zsb3cudjEuTGVhc2VLZXkSGAoQcHJvdG9jb2xfdmVyc2lvbhgHIAEoBRotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIrEBCglBdHRhY2hBY2sSEgoKc2Vzc2lvbl9pZBgBIAEoCRIdChVoZWFydGJlYXRfaW50ZXJ2YWxfbXMYAiABKAUSGgoSc2Vzc2lvbl90aW1lb3V0X21zGAMgASgFEicKB3Jldm9rZWQYBCADKAsyFi5uZXh1c2Zsb3cudjEuTGVhc2VLZXkSGAoQcHJvdG9jb2xfdmVyc2lvbhgFIAEoBRISCgpyZXBsaWNhX2lkGAYgASgJIiUKBkNyZWRpdBIJCgFuGAEgASgFEhAKCHdpdGhkcmF3GAIgASgFIoMDCgVMZWFzZRIjCgNrZXkYASABKAsyFi5uZXh1c2Zsb3cudjEuTGVhc2VLZXkSDgoGcnVuX2lkGAIgASgJEg8KB3N0ZXBfaWQYAyABKAkSEQoJdGFza190eXBlGAQgASgJEiQKBGtpbmQYBSABKA4yFi5uZXh1c2Zsb3cudjEuVGFza0tpbmQSJQoFaW5wdXQYBiABKAsyFi5nb29nbGUucHJvdG9idWYuVmFsdWUSLAoIZGVhZGxpbmUYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhwKFGhlYXJ0YmVhdF90aW1lb3V0X21zGAggASgFEjwKDXRyYWNlX2NvbnRleHQYCSADKAsyJS5uZXh1c2Zsb3cudjEuTGVhc2UuVHJhY2VDb250ZXh0RW50cnkSFQoNd29ya2Zsb3dfbmFtZRgKIAEoCRozChFUcmFjZUNvbnRleHRFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIjEKCkxlYXNlQmF0Y2gSIwoGbGVhc2VzGAEgAygLMhMubmV4dXNmbG93LnYxLkxlYXNlIi4KB1JlcG9ydHMSIwoFaXRlbXMYASADKAsyFC5uZXh1c2Zsb3cudjEuUmVwb3J0IuoBCgZSZXBvcnQSKAoHc3RhcnRlZBgBIAEoCzIVLm5leHVzZmxvdy52MS5TdGFydGVkSAASLAoJaGVhcnRiZWF0GAIgASgLMhcubmV4dXNmbG93LnYxLkhlYXJ0YmVhdEgAEiwKCWNvbXBsZXRlZBgDIAEoCzIXLm5leHVzZmxvdy52MS5Db21wbGV0ZWRIABImCgZmYWlsZWQYBCABKAsyFC5uZXh1c2Zsb3cudjEuRmFpbGVkSAASKAoHcmVsZWFzZRgFIAEoCzIVLm5leHVzZmxvdy52MS5SZWxlYXNlSABCCAoGcmVwb3J0Ii4KB1N0YXJ0ZWQSIwoDa2V5GAEgASgLMhYubmV4dXNmbG93LnYxLkxlYXNlS2V5IloKCUhlYXJ0YmVhdBIjCgNrZXkYASABKAsyFi5uZXh1c2Zsb3cudjEuTGVhc2VLZXkSKAoIcHJvZ3Jlc3MYAiABKAsyFi5nb29nbGUucHJvdG9idWYuVmFsdWUiqwEKCUNvbXBsZXRlZBIjCgNrZXkYASABKAsyFi5uZXh1c2Zsb3cudjEuTGVhc2VLZXkSJgoGb3V0cHV0GAIgASgLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlEi0KCm91dHB1dF9yZWYYAyABKAsyGS5uZXh1c2Zsb3cudjEuQXJ0aWZhY3RSZWYSIgoEbG9ncxgEIAEoCzIULm5leHVzZmxvdy52MS5Mb2dSZWYixgEKBkZhaWxlZBIjCgNrZXkYASABKAsyFi5uZXh1c2Zsb3cudjEuTGVhc2VLZXkSJgoFZXJyb3IYAiABKAsyFy5uZXh1c2Zsb3cudjEuVGFza0Vycm9yEhYKDnJldHJ5X2FmdGVyX21zGAMgASgDEiIKBGxvZ3MYBCABKAsyFC5uZXh1c2Zsb3cudjEuTG9nUmVmEjMKD3BhdXNlX2tleV91bnRpbBgyIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiFwoFRHJhaW4SDgoGcmVhc29uGAEgASgJIj4KB1JlbGVhc2USIwoDa2V5GAEgASgLMhYubmV4dXNmbG93LnYxLkxlYXNlS2V5Eg4KBnJlYXNvbhgCIAEoCSI9CgRQb25nEg0KBW5vbmNlGAEgASgDEiYKBGhlbGQYAiABKAsyGC5uZXh1c2Zsb3cudjEuSGVsZExlYXNlcyIyCgpIZWxkTGVhc2VzEiQKBGtleXMYASADKAsyFi5uZXh1c2Zsb3cudjEuTGVhc2VLZXkiVgoGQ2FuY2VsEiMKA2tleRgBIAEoCzIWLm5leHVzZmxvdy52MS5MZWFzZUtleRIOCgZyZWFzb24YAiABKAkSFwoPcGFydGl0aW9uX21vdmVkGAMgASgIIigKBFBpbmcSDQoFbm9uY2UYASABKAMSEQoJbGlzdF9oZWxkGAIgASgIIk4KCFJlamVjdGVkEiMKA2tleRgBIAEoCzIWLm5leHVzZmxvdy52MS5MZWFzZUtleRIMCgRjb2RlGAIgASgJEg8KB21lc3NhZ2UYAyABKAkiGAoFQWNrZWQSDwoHdGhyb3VnaBgBIAEoAyIfCghEcmFpbkFjaxITCgtvdXRzdGFuZGluZxgBIAEoBTJdCg9FeGVjdXRvclNlcnZpY2USSgoHU2Vzc2lvbhIcLm5leHVzZmxvdy52MS5TZXNzaW9uUmVxdWVzdBodLm5leHVzZmxvdy52MS5TZXNzaW9uUmVzcG9uc2UoATABYgZwcm90bzM", [file_google_protobuf_struct, file_google_protobuf_timestamp, file_nexusflow_v1_artifacts, file_nexusflow_v1_workflow]);
 
 /**
  * Executor -> scheduler.
@@ -800,6 +800,16 @@ export type Pong = Message<"nexusflow.v1.Pong"> & {
    * @generated from field: int64 nonce = 1;
    */
   nonce: bigint;
+
+  /**
+   * Set in answer to a Ping with list_held: the leases the executor holds when it answers, as in
+   * Attach.held_leases (running tasks, and finished ones whose report is not acknowledged yet), on
+   * every session of the executor, each with its run. Reports written before the Pong come before
+   * it on the stream.
+   *
+   * @generated from field: nexusflow.v1.HeldLeases held = 2;
+   */
+  held?: HeldLeases | undefined;
 };
 
 /**
@@ -808,6 +818,27 @@ export type Pong = Message<"nexusflow.v1.Pong"> & {
  */
 export const PongSchema: GenMessage<Pong> = /*@__PURE__*/
   messageDesc(file_nexusflow_v1_executor_service, 16);
+
+/**
+ * Leases an executor holds (Pong.held).
+ *
+ * @generated from message nexusflow.v1.HeldLeases
+ */
+export type HeldLeases = Message<"nexusflow.v1.HeldLeases"> & {
+  /**
+   * The leases, each naming its run.
+   *
+   * @generated from field: repeated nexusflow.v1.LeaseKey keys = 1;
+   */
+  keys: LeaseKey[];
+};
+
+/**
+ * Describes the message nexusflow.v1.HeldLeases.
+ * Use `create(HeldLeasesSchema)` to create a new message.
+ */
+export const HeldLeasesSchema: GenMessage<HeldLeases> = /*@__PURE__*/
+  messageDesc(file_nexusflow_v1_executor_service, 17);
 
 /**
  * Stop a task.
@@ -844,7 +875,7 @@ export type Cancel = Message<"nexusflow.v1.Cancel"> & {
  * Use `create(CancelSchema)` to create a new message.
  */
 export const CancelSchema: GenMessage<Cancel> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_executor_service, 17);
+  messageDesc(file_nexusflow_v1_executor_service, 18);
 
 /**
  * Liveness probe.
@@ -858,6 +889,17 @@ export type Ping = Message<"nexusflow.v1.Ping"> & {
    * @generated from field: int64 nonce = 1;
    */
   nonce: bigint;
+
+  /**
+   * When set, the Pong lists every lease the executor holds (Pong.held), about once per session
+   * timeout: a lease of this session sent (or adopted) before this Ping that the list leaves out is
+   * not held by the executor (it never got it, dropped it, or another replica revoked it), and
+   * expires at once as a lost lease (LEASE_EXPIRED, its retry due at once). An executor that
+   * leaves `held` unset (older ones) is never judged by it.
+   *
+   * @generated from field: bool list_held = 2;
+   */
+  listHeld: boolean;
 };
 
 /**
@@ -865,7 +907,7 @@ export type Ping = Message<"nexusflow.v1.Ping"> & {
  * Use `create(PingSchema)` to create a new message.
  */
 export const PingSchema: GenMessage<Ping> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_executor_service, 18);
+  messageDesc(file_nexusflow_v1_executor_service, 19);
 
 /**
  * A report that did not change state.
@@ -901,7 +943,7 @@ export type Rejected = Message<"nexusflow.v1.Rejected"> & {
  * Use `create(RejectedSchema)` to create a new message.
  */
 export const RejectedSchema: GenMessage<Rejected> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_executor_service, 19);
+  messageDesc(file_nexusflow_v1_executor_service, 20);
 
 /**
  * What the first `through` reports of this session changed is committed. Reports are the
@@ -929,7 +971,7 @@ export type Acked = Message<"nexusflow.v1.Acked"> & {
  * Use `create(AckedSchema)` to create a new message.
  */
 export const AckedSchema: GenMessage<Acked> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_executor_service, 20);
+  messageDesc(file_nexusflow_v1_executor_service, 21);
 
 /**
  * The scheduler will send no more leases on this session.
@@ -950,7 +992,7 @@ export type DrainAck = Message<"nexusflow.v1.DrainAck"> & {
  * Use `create(DrainAckSchema)` to create a new message.
  */
 export const DrainAckSchema: GenMessage<DrainAck> = /*@__PURE__*/
-  messageDesc(file_nexusflow_v1_executor_service, 21);
+  messageDesc(file_nexusflow_v1_executor_service, 22);
 
 /**
  * ExecutorService is how executors take work. Each executor process holds one bidirectional

@@ -458,6 +458,7 @@ export function executorService(
             return;
           }
           case "pong":
+            engine.onPong(session, m.value.nonce, m.value.held?.keys);
             return;
           case "reports":
             onReports(session, m.value.items);

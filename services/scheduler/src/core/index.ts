@@ -97,7 +97,16 @@ export {
   timeOutRun,
   type RunStart,
 } from "./runs.js";
-export { attached, isSilent, reclaim, sessionLost, type Attached } from "./sessions.js";
+export {
+  attached,
+  isSilent,
+  leasesToList,
+  listedHeld,
+  reclaim,
+  sessionLost,
+  type AskedLeases,
+  type Attached,
+} from "./sessions.js";
 export { armStartToClose } from "./timers.js";
 export { checkHeartbeat, timerFired } from "./timeouts.js";
 export { MAX_SIGNALS_PER_RUN, signalReceived, type SignalInput, type SignalOutcome } from "./waits.js";

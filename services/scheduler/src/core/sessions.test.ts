@@ -10,7 +10,7 @@ import type { RunState, TaskState } from "../model/run-state.js";
 import { recover } from "./recovery.js";
 import { started } from "./reports.js";
 import { startRun } from "./runs.js";
-import { attached, sessionLost } from "./sessions.js";
+import { attached, leasesToList, listedHeld, sessionLost } from "./sessions.js";
 import { Simulation, storedState, workflowOf } from "./simulation.js";
 
 const flow = (steps: unknown[]): CompiledWorkflow => workflowOf({ name: "flow", version: 1, steps });
@@ -211,5 +211,48 @@ void describe("sessions: re-attach and restart", () => {
     assert.deepEqual([revoked, expired], [[], 1]);
     assert.equal(after.core.tasks.get(a.id)?.sessionId, "back");
     assert.equal(after.core.tasks.get(b.id)?.error?.type, "LEASE_EXPIRED");
+  });
+
+  it("expires a lease sent before the ask that the executor's list leaves out, and only that", () => {
+    const sim = new Simulation(60_000);
+    begin(sim, three);
+    const s = sim.session("s", "ex");
+    const [a, b, c] = [sim.lease(s)!, sim.lease(s)!, sim.lease(s)!];
+    assert.equal(started(sim.core, s, sim.key(a), sim.at()), null);
+    // c is granted, its lease not written to the stream yet: not asked about.
+    const asked = leasesToList(sim.core, s, new Map([[c.id, c.fencingToken]]));
+    assert.deepEqual([...asked.keys()].sort(), [a.id, b.id].sort());
+    // Meanwhile b is released and leased again (a new token): the answer cannot know that lease.
+    b.fencingToken++;
+    // The executor lists c (sent since) but neither a nor b's first lease.
+    const expired = listedHeld(sim.core, s, asked, [sim.key(c)], sim.at());
+    assert.equal(expired, 1, "a only: b's lease asked about is gone, c was not asked about");
+    assert.equal(a.status, "RETRY_WAIT");
+    assert.equal(a.error?.type, "LEASE_EXPIRED");
+    assert.equal(a.nextAttemptAt?.getTime(), sim.clock + 1, "its retry due at once");
+    assert.deepEqual(attempts(sim, a), ["1:FAILED:LEASE_EXPIRED"]);
+    assert.deepEqual(
+      sim.cancels.map((x) => x.taskRunId),
+      [a.id],
+      "the executor is told to stop it, in case",
+    );
+    assert.equal(b.status, "LEASED");
+    assert.equal(c.status, "LEASED");
+    assert.deepEqual([...s.leases].sort(), [b.id, c.id].sort());
+  });
+
+  it("keeps every lease the executor lists, and judges only leases still on the asking session", () => {
+    const sim = new Simulation(60_000);
+    begin(sim, three);
+    const s = sim.session("s", "ex");
+    const [a, b] = [sim.lease(s)!, sim.lease(s)!];
+    const asked = leasesToList(sim.core, s, undefined);
+    assert.equal(listedHeld(sim.core, s, asked, [sim.key(a), sim.key(b)], sim.at()), 0);
+    // b moved to another session of the executor (a re-attach reclaimed it) before the answer.
+    const other = sim.session("other", "ex");
+    attached(sim.core, other, [sim.key(b)], sim.at());
+    assert.equal(b.sessionId, "other");
+    assert.equal(listedHeld(sim.core, s, asked, [], sim.at()), 0, "a expired on the re-attach, b is not s's");
+    assert.equal(b.status, "LEASED");
   });
 });

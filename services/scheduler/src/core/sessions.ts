@@ -164,3 +164,70 @@ export function attached(
 export function isSilent(lastSeen: number, mono: number, sessionTimeoutMs: number): boolean {
   return mono - lastSeen > sessionTimeoutMs;
 }
+
+/** The leases of a session an executor was asked to list (Ping.list_held): task run id -> fencing token. */
+export type AskedLeases = ReadonlyMap<string, number>;
+
+/**
+ * The leases of `session` to ask its executor about: those it holds on this session that were
+ * sent to it (or that it reported: adopted, reclaimed), by their current fencing token; `unsent`
+ * names the ones granted and not written to the stream yet (task run id -> fencing token), which
+ * the executor cannot know of.
+ */
+export function leasesToList(
+  core: Core,
+  session: SessionLeases,
+  unsent: ReadonlyMap<string, number> | undefined,
+): AskedLeases {
+  const asked = new Map<string, number>();
+  for (const id of session.leases) {
+    const task = core.tasks.get(id);
+    if (task !== undefined && ACTIVE_LEASE.has(task.status) && unsent?.get(id) !== task.fencingToken)
+      asked.set(id, task.fencingToken);
+  }
+  return asked;
+}
+
+/**
+ * The executor of `session` listed the leases it holds (Pong.held) in answer to a Ping that asked
+ * about `asked`: every one of those that is still this session's, at the same token, and that the
+ * list leaves out is not held by the executor (it never received it, dropped it, or another
+ * replica revoked it), so it expires now as a lost lease (LEASE_EXPIRED, its retry due at once),
+ * with a Cancel in case. Without this, such a lease would stay on a live session, its task never
+ * retried. Returns how many expired.
+ */
+export function listedHeld(
+  core: Core,
+  session: SessionLeases,
+  asked: AskedLeases,
+  held: readonly LeaseKey[],
+  at: Moment,
+): number {
+  const listed = new Set(held.map((k) => `${k.taskRunId}/${k.attempt}/${k.fencingToken}`));
+  let expired = 0;
+  for (const [id, token] of asked) {
+    const task = core.tasks.get(id);
+    if (
+      task === undefined ||
+      task.sessionId !== session.id ||
+      task.fencingToken !== token ||
+      !ACTIVE_LEASE.has(task.status) ||
+      listed.has(`${task.id}/${task.attempt}/${task.fencingToken}`)
+    )
+      continue;
+    core.fx.cancelLease(task, "the executor does not list this lease as held");
+    failAttempt(
+      core,
+      task,
+      {
+        type: TaskErrorType.LEASE_EXPIRED,
+        message: `executor ${session.executorId} does not hold this lease (not in its list of held leases)`,
+        retryable: true,
+      },
+      LOST_LEASE_RETRY_AFTER_MS,
+      at,
+    );
+    expired++;
+  }
+  return expired;
+}

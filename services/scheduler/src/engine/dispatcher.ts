@@ -17,6 +17,7 @@ import {
   PLAIN_PATH,
   takeShare,
 } from "../core/fair-shares.js";
+import type { AskedLeases } from "../core/sessions.js";
 import { DEFAULT_PRIORITY_AGEING_MS } from "../model/ready-queue.js";
 
 export { DEFAULT_PRIORITY_AGEING_MS };
@@ -55,6 +56,24 @@ export interface SessionHandle {
   sendFrame?(frame: Uint8Array): void;
   /** Ends the stream (used when the session is declared dead). */
   close(reason: string): void;
+  /**
+   * Leases granted on this session and not written to its stream yet (lease-pump.ts), task run id
+   * -> fencing token: its executor cannot list them as held.
+   */
+  unsent?: Map<string, number>;
+  /** The last Ping that asked the executor to list its held leases (engine.ts), and what it asked about. */
+  heldAsk?: HeldAsk;
+}
+
+/** A Ping that asked for the executor's held leases (Ping.list_held). */
+export interface HeldAsk {
+  readonly nonce: bigint;
+  /** The session's leases the executor was sent before the Ping, by fencing token. */
+  readonly asked: AskedLeases;
+  /** When it was sent (ms, monotonic). */
+  readonly at: number;
+  /** Whether its Pong came. */
+  answered: boolean;
 }
 
 /** Queues of ready tasks by type and fair share, and the sessions that take them. */

@@ -6,7 +6,7 @@
  */
 import { ApiError, Code, UnavailableError, type Logger } from "@nexusflow/common";
 import { tracingEnabled } from "@nexusflow/common/telemetry";
-import type { LeaseKey } from "@nexusflow/gen";
+import type { LeaseKey, SessionResponse } from "@nexusflow/gen";
 import * as core from "../core/index.js";
 import type { Core, Effects, Moment, Rejection } from "../core/index.js";
 import type { EngineStore, RateLimitPage } from "../persistence/engine-store.js";
@@ -130,6 +130,8 @@ export class Engine {
   private advanceScheduled = false;
   private livenessTimer: NodeJS.Timeout | undefined;
   private pingNonce = 0n;
+  /** Pings that asked executors to list their held leases, the answers, and the leases those expired. */
+  readonly heldLists = { asked: 0, answered: 0, expired: 0 };
   /** Heartbeat interval told to executors. */
   readonly heartbeatIntervalMs: number;
   /** Session timeout told to executors. */
@@ -763,9 +765,45 @@ export class Engine {
         s.close("no heartbeat within the session timeout");
         this.detachSession(s);
       } else {
-        s.send(pingMessage(this.pingNonce));
+        s.send(this.pingFor(s, at.mono));
       }
     }
+  }
+
+  /**
+   * The Ping for `s`: about once per session timeout, while it holds leases, one that asks its
+   * executor to list the leases it holds (Ping.list_held; answered in {@link Engine.onPong}).
+   */
+  private pingFor(s: SessionHandle, mono: number): SessionResponse {
+    if (s.leases.size === 0 || mono - (s.heldAsk?.at ?? -Infinity) < this.sessionTimeoutMs)
+      return pingMessage(this.pingNonce);
+    const asked = core.leasesToList(this.core, s, s.unsent);
+    if (asked.size === 0) return pingMessage(this.pingNonce);
+    s.heldAsk = { nonce: this.pingNonce, asked, at: mono, answered: false };
+    this.heldLists.asked++;
+    return pingMessage(this.pingNonce, true);
+  }
+
+  /**
+   * A Pong: when it answers the session's last Ping that asked for the held leases and lists them
+   * (`held`; an older executor leaves it unset), the leases sent before that Ping that the list
+   * leaves out expire as lost (core/sessions.ts listedHeld). Returns how many did.
+   */
+  onPong(session: SessionHandle, nonce: bigint, held: readonly LeaseKey[] | undefined): number {
+    const ask = session.heldAsk;
+    if (held === undefined || ask === undefined || ask.answered || ask.nonce !== nonce) return 0;
+    ask.answered = true;
+    const expired = core.listedHeld(this.core, session, ask.asked, held, this.moment());
+    this.heldLists.answered++;
+    this.heldLists.expired += expired;
+    if (expired > 0) {
+      this.log.warn(
+        { session_id: session.id, executor_id: session.executorId, expired },
+        "the executor does not hold leases this session gave it; they expired",
+      );
+      this.schedulePump();
+    }
+    return expired;
   }
 
   // ---------------------------------------------------------------- watching

@@ -37,6 +37,11 @@ interface Grant {
   readonly token: number;
 }
 
+/** A grant is no longer waiting to be written (sent, or never to be): the session's `unsent` forgets it. */
+function sent({ session, task, token }: Grant): void {
+  if (session.unsent?.get(task.id) === token) session.unsent.delete(task.id);
+}
+
 /** The lease pump (see the module comment). */
 export class LeasePump {
   private scheduled = false;
@@ -71,7 +76,10 @@ export class LeasePump {
         core.releaseShare(task);
         continue;
       }
-      granted.push({ session, task, token: core.grantLease(this.o.core(), run, task, session, now) });
+      const token = core.grantLease(this.o.core(), run, task, session, now);
+      // Not the executor's to list as held (Ping.list_held) until it is written to the stream.
+      (session.unsent ??= new Map()).set(task.id, token);
+      granted.push({ session, task, token });
     }
     this.sendWhenCommitted(granted);
     this.recordHolds();
@@ -93,11 +101,13 @@ export class LeasePump {
       (e: unknown) => {
         if (!isPartitionFencedError(e)) {
           this.o.log.warn({ err: e }, "leases not sent: commit failed");
+          for (const grant of granted) sent(grant);
           return;
         }
-        const standing = granted.filter(({ session, task, token }) => {
-          if (core.leaseStands(task, session.id, token)) return true;
-          this.giveBack(session);
+        const standing = granted.filter((grant) => {
+          if (core.leaseStands(grant.task, grant.session.id, grant.token)) return true;
+          sent(grant);
+          this.giveBack(grant.session);
           return false;
         });
         if (standing.length > 0) this.sendWhenCommitted(standing);
@@ -119,7 +129,9 @@ export class LeasePump {
     // Encoded leases for sessions that take batches (protocol version 2) of encoded frames, by
     // session, in grant order.
     let batched: Map<SessionHandle, Uint8Array[]> | undefined;
-    for (const { session, task, token } of granted) {
+    for (const grant of granted) {
+      const { session, task, token } = grant;
+      sent(grant);
       if (!core.leaseStands(task, session.id, token)) {
         this.giveBack(session);
         continue;

@@ -125,6 +125,6 @@ export function cancelMessage(task: TaskState, reason: string, partitionMoved = 
 }
 
 /** A Ping with `nonce`. */
-export function pingMessage(nonce: bigint): SessionResponse {
-  return create(SessionResponseSchema, { message: { case: "ping", value: { nonce } } });
+export function pingMessage(nonce: bigint, listHeld = false): SessionResponse {
+  return create(SessionResponseSchema, { message: { case: "ping", value: { nonce, listHeld } } });
 }
