@@ -222,10 +222,10 @@ export function executorService(
 ): grpc.UntypedServiceImplementation {
   const authenticated = options.authenticated ?? false;
   const replicaId = options.replicaId ?? "";
-  // A lease of a partition being loaded is judged once its runs are here (its task may be one),
-  // and one of a partition this replica is not sure it still holds (paused, or cut off from the
-  // database, past its lease) once a heartbeat confirmed it: another replica may hold it now.
-  const owns = (runId: string): boolean => engine.partitions.judges(runId);
+  // A lease of a partition being loaded is judged once its runs are here (its task may be one).
+  // One of a partition this replica is not sure it still holds is reclaimed, never revoked or
+  // expired (Engine.attach).
+  const owns = (runId: string): boolean => engine.partitions.loaded(runId);
   return {
     // Writes a SessionResponse, or one already encoded (see executorServiceDefinition).
     session: (call: grpc.ServerDuplexStream<SessionRequest, SessionResponse | Uint8Array>) => {

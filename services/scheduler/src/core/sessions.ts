@@ -121,8 +121,11 @@ export interface Attached {
  * it, so waiting the grace out only delays the retry. Leases on the executor's earlier sessions count
  * too (the new session supersedes them). The caller has checked that the session may use this
  * executor id (the token binds it): attaching is what releases the id's leases. Leases of runs
- * `judges` leaves out (a partition this replica is not sure it still holds: ownHeldLeases left
- * them out of `held` too) are not expired: their run's owner may be another replica now.
+ * `judges` leaves out (a partition this replica is not sure it still holds: paused, or cut off
+ * from the database, past its lease) are neither revoked nor expired, since their run's owner may
+ * be another replica now, holding those very leases; the listed ones that are its current leases
+ * here are still reclaimed (harmless if the partition is gone: unloading it cancels them with
+ * `partition_moved`, and the executor goes on).
  */
 export function attached(
   core: Core,
@@ -131,7 +134,7 @@ export function attached(
   at: Moment,
   judges: (runId: string) => boolean = () => true,
 ): Attached {
-  const revoked = reclaim(core, session, held);
+  const revoked = reclaim(core, session, held).filter((k) => k.runId === "" || judges(k.runId));
   const lost: TaskState[] = [];
   for (const task of core.tasks.values()) {
     if (

@@ -122,8 +122,8 @@ export class PartitionRuns {
   }
 
   /**
-   * Whether this replica may judge an executor's lease of the run: its partition is loaded and
-   * known to be still held (HeldPartitions.sure: not a belief left from before a pause or a
+   * Whether this replica may judge an executor's lease of the run (revoke it, expire it, call a
+   * report on it stale): its partition is loaded and known to be still held (HeldPartitions.sure: not a belief left from before a pause or a
    * database outage, when another replica may own the run and its leases now). Always, without
    * partitions.
    */

@@ -3,8 +3,8 @@
  * cut off from the database) believes it owns runs that another replica may own now, with leases
  * that replica granted or adopted. It must not judge an executor's leases of those runs: an Attach
  * listing one does not revoke it (the executor would abort a task whose owner holds its lease on a
- * live session, and nothing would ever expire it), and a report on one is answered NOT_FOUND (ask
- * the map where the run is), not "stale lease". Once a heartbeat confirms the partition, it judges
+ * live session, and nothing would ever expire it; its own current leases listed are reclaimed), and
+ * a report on one is answered NOT_FOUND (ask the map where the run is), not "stale lease". Once a heartbeat confirms the partition, it judges
  * as before. Here the heartbeats stall behind a lock a test transaction holds on `partitions`.
  */
 import assert from "node:assert/strict";
@@ -74,8 +74,11 @@ describe("a replica not sure it still holds a partition", () => {
       await waitFor("the replica to be unsure of the partition", () => !scheduler.partitions.sure(partition));
       assert.notEqual(scheduler.partitions.epochOf(partition), undefined, "it still believes it holds it");
 
-      const { s: second, ack } = await attach("unsure-x", [othersKey]);
+      // Its own lease, listed, is reclaimed (harmless: were the partition gone, unloading would
+      // cancel it with partition_moved); the other is not revoked.
+      const { s: second, ack } = await attach("unsure-x", [{ ...key, runId: run.id }, othersKey]);
       assert.deepEqual(ack.revoked, [], "a lease of a partition not confirmed is not revoked");
+      assert.equal(scheduler.engine.activeRun(run.id)?.tasks.get("only")?.sessionId, ack.sessionId);
       second.send({ case: "completed", value: { key: othersKey, output: jsonToValue({}) } });
       const rejected = await second.next("rejected");
       assert.equal(rejected.code, "NOT_FOUND", rejected.message);
