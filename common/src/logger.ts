@@ -71,13 +71,6 @@ export function createLogger(service: string, level: LogLevel, options: LoggerOp
 }
 
 /**
- * Warnings a dependency is known to raise for nothing a user can act on, logged at debug only.
- * `TimeoutNegativeWarning`: kafkajs 2.2.4 schedules its request-queue check with `setTimeout` at a
- * negative delay when it was never throttled; Node 23+ warns and runs it after 1 ms, as before.
- */
-const BENIGN_WARNINGS = new Set(["TimeoutNegativeWarning"]);
-
-/**
  * Routes the process's warnings (`process.emitWarning`: deprecations, negative timeouts, ...)
  * through the service's logger, as JSON lines like every other line it writes, instead of Node's
  * plain text on stderr. Each kind of warning is logged once.
@@ -91,7 +84,8 @@ export function logProcessWarnings(log: Logger): void {
     if (seen.has(key)) return;
     seen.add(key);
     const fields = { warning: { name: warning.name, code, message: warning.message } };
-    if (BENIGN_WARNINGS.has(warning.name)) log.debug(fields, "process warning (known, harmless)");
-    else log.warn(fields, "process warning");
+    // None is taken as harmless: kafkajs' TimeoutNegativeWarning, once filed so, was a timer
+    // re-armed every millisecond (services/scheduler/src/events/kafkajs-request-queue.ts).
+    log.warn(fields, "process warning");
   });
 }

@@ -2,11 +2,13 @@
  * The kafkajs client both Kafka components of the scheduler use (the outbox relay's publisher and
  * the event source): their brokers and timeouts, a short retry of its own (the components retry
  * outages themselves and log them once), and kafkajs' own lines (one per refused connection while
- * a broker is down) at debug level on the component's logger.
+ * a broker is down) at debug level on the component's logger; its request queue fixed first
+ * (kafkajs-request-queue.ts).
  */
 import type { Logger } from "@nexusflow/common";
 import type * as KafkaJs from "kafkajs";
 import type { LogEntry } from "kafkajs";
+import { fixKafkaRequestQueue } from "./kafkajs-request-queue.js";
 
 /** What a Kafka client is made from. */
 export interface KafkaClientOptions {
@@ -20,6 +22,8 @@ export interface KafkaClientOptions {
 
 /** A kafkajs client (the module passed in: it is loaded on first use). */
 export function kafkaClient(kafkajs: typeof KafkaJs, o: KafkaClientOptions): KafkaJs.Kafka {
+  // Its idle connections would wake the process every millisecond (kafkajs-request-queue.ts).
+  fixKafkaRequestQueue();
   return new kafkajs.Kafka({
     clientId: o.clientId,
     brokers: o.brokers,

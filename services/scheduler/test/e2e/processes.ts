@@ -241,6 +241,11 @@ export async function startGatewayProcess(
   return { process: p, url: String(line["url"]) };
 }
 
+/** Every process started so far, running or gone. */
+export function startedProcesses(): readonly ServiceProcess[] {
+  return started;
+}
+
 /**
  * The log lines of every process started so far (running or gone) that mention one of `ids`, in
  * the order each process wrote them, at most `limit` (the last ones), each cut to 500 characters:
