@@ -248,6 +248,12 @@ void describe("sessions: re-attach and restart", () => {
     const [a, b] = [sim.lease(s)!, sim.lease(s)!];
     const asked = leasesToList(sim.core, s, undefined);
     assert.equal(listedHeld(sim.core, s, asked, [sim.key(a), sim.key(b)], sim.at()), 0);
+    // A replica not sure it still holds the runs' partition judges nothing, however the list reads.
+    assert.equal(
+      listedHeld(sim.core, s, asked, [], sim.at(), () => false),
+      0,
+    );
+    assert.deepEqual([a.status, b.status], ["LEASED", "LEASED"]);
     // b moved to another session of the executor (a re-attach reclaimed it) before the answer.
     const other = sim.session("other", "ex");
     attached(sim.core, other, [sim.key(b)], sim.at());

@@ -110,6 +110,8 @@ export function ownHeldLeases(
 export interface Attached {
   readonly revoked: LeaseKey[];
   readonly expired: number;
+  /** Held leases that moved to the session. */
+  readonly reclaimed: number;
 }
 
 /**
@@ -134,7 +136,8 @@ export function attached(
   at: Moment,
   judges: (runId: string) => boolean = () => true,
 ): Attached {
-  const revoked = reclaim(core, session, held).filter((k) => k.runId === "" || judges(k.runId));
+  const unmatched = reclaim(core, session, held);
+  const revoked = unmatched.filter((k) => k.runId === "" || judges(k.runId));
   const lost: TaskState[] = [];
   for (const task of core.tasks.values()) {
     if (
@@ -160,7 +163,7 @@ export function attached(
       at,
     );
   }
-  return { revoked, expired: lost.length };
+  return { revoked, expired: lost.length, reclaimed: held.length - unmatched.length };
 }
 
 /** Whether a session has been silent longer than the session timeout (monotonic ms). */
@@ -197,7 +200,8 @@ export function leasesToList(
  * list leaves out is not held by the executor (it never received it, dropped it, or another
  * replica revoked it), so it expires now as a lost lease (LEASE_EXPIRED, its retry due at once),
  * with a Cancel in case. Without this, such a lease would stay on a live session, its task never
- * retried. Returns how many expired.
+ * retried. Leases of runs `judges` leaves out (a partition this replica is not sure it still
+ * holds) are left alone, as on an attach. Returns how many expired.
  */
 export function listedHeld(
   core: Core,
@@ -205,6 +209,7 @@ export function listedHeld(
   asked: AskedLeases,
   held: readonly LeaseKey[],
   at: Moment,
+  judges: (runId: string) => boolean = () => true,
 ): number {
   const listed = new Set(held.map((k) => `${k.taskRunId}/${k.attempt}/${k.fencingToken}`));
   let expired = 0;
@@ -215,7 +220,8 @@ export function listedHeld(
       task.sessionId !== session.id ||
       task.fencingToken !== token ||
       !ACTIVE_LEASE.has(task.status) ||
-      listed.has(`${task.id}/${task.attempt}/${task.fencingToken}`)
+      listed.has(`${task.id}/${task.attempt}/${task.fencingToken}`) ||
+      !judges(task.runId)
     )
       continue;
     core.fx.cancelLease(task, "the executor does not list this lease as held");

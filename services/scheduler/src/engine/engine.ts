@@ -688,7 +688,7 @@ export class Engine {
    */
   attach(session: SessionHandle, held: readonly LeaseKey[]): LeaseKey[] {
     // Leases of this executor id that it does not list expire now (it no longer holds them).
-    const { revoked, expired } = core.attached(this.core, session, held, this.moment(), (runId) =>
+    const { revoked, expired, reclaimed } = core.attached(this.core, session, held, this.moment(), (runId) =>
       this.partitions.judges(runId),
     );
     // A re-attached executor replaces its earlier sessions, even ones whose connection never
@@ -705,7 +705,7 @@ export class Engine {
         session_id: session.id,
         executor_id: session.executorId,
         types: [...session.types],
-        reclaimed: held.length - revoked.length,
+        reclaimed,
         expired,
       },
       "executor attached",
@@ -793,7 +793,9 @@ export class Engine {
     const ask = session.heldAsk;
     if (held === undefined || ask === undefined || ask.answered || ask.nonce !== nonce) return 0;
     ask.answered = true;
-    const expired = core.listedHeld(this.core, session, ask.asked, held, this.moment());
+    const expired = core.listedHeld(this.core, session, ask.asked, held, this.moment(), (runId) =>
+      this.partitions.judges(runId),
+    );
     this.heldLists.answered++;
     this.heldLists.expired += expired;
     if (expired > 0) {

@@ -20,10 +20,17 @@ export interface KafkaClientOptions {
   log: Logger;
 }
 
+/** Whether it was logged that kafkajs' request queue was not fixed (once per process). */
+let unfixedTold = false;
+
 /** A kafkajs client (the module passed in: it is loaded on first use). */
 export function kafkaClient(kafkajs: typeof KafkaJs, o: KafkaClientOptions): KafkaJs.Kafka {
   // Its idle connections would wake the process every millisecond (kafkajs-request-queue.ts).
-  fixKafkaRequestQueue();
+  const fix = fixKafkaRequestQueue();
+  if (fix !== "fixed" && fix !== "already fixed" && !unfixedTold) {
+    unfixedTold = true;
+    o.log.info({ kafkajs_request_queue: fix }, "kafkajs' request queue left as it is (not the 2.2.4 one)");
+  }
   return new kafkajs.Kafka({
     clientId: o.clientId,
     brokers: o.brokers,

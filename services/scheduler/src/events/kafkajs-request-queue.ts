@@ -44,14 +44,16 @@ export function scheduleCheckPendingRequests(this: RequestQueueLike): void {
 }
 
 /** What {@link fixKafkaRequestQueue} did. */
-export type RequestQueueFix = "fixed" | "already fixed" | "not the method described";
+export type RequestQueueFix = "fixed" | "already fixed" | "not the method described" | "not found";
 
 /**
  * Replaces the method on `prototype` (by default kafkajs' RequestQueue's) when it is the 2.2.4 one.
  * Idempotent.
  */
 export function fixKafkaRequestQueue(prototype?: object): RequestQueueFix {
-  const proto = (prototype ?? requestQueuePrototype()) as RequestQueueLike & { [PATCHED]?: true };
+  const found = prototype ?? requestQueuePrototype();
+  if (found === undefined) return "not found";
+  const proto = found as RequestQueueLike & { [PATCHED]?: true };
   if (proto[PATCHED] === true) return "already fixed";
   const source = String(proto.scheduleCheckPendingRequests);
   if (
@@ -69,9 +71,18 @@ export function fixKafkaRequestQueue(prototype?: object): RequestQueueFix {
   return "fixed";
 }
 
-/** kafkajs' RequestQueue prototype (the module the kafkajs package loads). */
-function requestQueuePrototype(): object {
-  const require = createRequire(import.meta.url);
-  const RequestQueue = require("kafkajs/src/network/requestQueue/index.js") as { prototype: object };
-  return RequestQueue.prototype;
+/**
+ * kafkajs' RequestQueue prototype (the module the kafkajs package loads), or undefined when that
+ * file is not there or cannot be loaded (another layout, an `exports` map).
+ */
+function requestQueuePrototype(): object | undefined {
+  try {
+    const require = createRequire(import.meta.url);
+    const RequestQueue = require("kafkajs/src/network/requestQueue/index.js") as { prototype?: unknown };
+    return typeof RequestQueue.prototype === "object" && RequestQueue.prototype !== null
+      ? RequestQueue.prototype
+      : undefined;
+  } catch {
+    return undefined;
+  }
 }
