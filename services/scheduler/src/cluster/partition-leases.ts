@@ -230,7 +230,7 @@ export class PartitionLeases implements WriteFence {
    * cut off from the database believes it holds partitions that another may have taken at their
    * expiry; until a heartbeat says which are still its own, it must not judge an executor's leases
    * of their runs (revoke them, reject their reports as stale): the new owner may have granted or
-   * adopted those very leases (api/executor-session.ts, Engine.judged).
+   * adopted those very leases (api/executor-session.ts, PartitionRuns.judged).
    */
   sure(partition: number): boolean {
     return this.owned.has(partition) && performance.now() - this.confirmedAt < this.leaseMs;

@@ -6,7 +6,7 @@
  */
 import { ApiError, Code, UnavailableError, type Logger } from "@nexusflow/common";
 import { tracingEnabled } from "@nexusflow/common/telemetry";
-import type { LeaseKey, SessionResponse } from "@nexusflow/gen";
+import type { LeaseKey } from "@nexusflow/gen";
 import * as core from "../core/index.js";
 import type { Core, Effects, Moment, Rejection } from "../core/index.js";
 import type { EngineStore, RateLimitPage } from "../persistence/engine-store.js";
@@ -25,9 +25,10 @@ import { EngineTimers, commitWithin } from "./engine-timers.js";
 import { lifecycleEvent } from "../persistence/outbox.js";
 import { KeyedStarts } from "./keyed-starts.js";
 import { LeasePump } from "./lease-pump.js";
-import { cancelMessage, pingMessage } from "./messages.js";
+import { cancelMessage } from "./messages.js";
 import { OutputReader } from "./offloaded-outputs.js";
 import { UnservedTypes } from "./pending.js";
+import { SessionLiveness } from "./session-liveness.js";
 import { Watchers } from "./watchers.js";
 import { DurableWaits } from "./waits.js";
 import { Parking, type ParkingOptions } from "./parking.js";
@@ -129,9 +130,7 @@ export class Engine {
   private readonly dirtyRuns = new Set<RunState>();
   private advanceScheduled = false;
   private livenessTimer: NodeJS.Timeout | undefined;
-  private pingNonce = 0n;
-  /** Pings that asked executors to list their held leases, the answers, and the leases those expired. */
-  readonly heldLists = { asked: 0, answered: 0, expired: 0 };
+  private readonly liveness: SessionLiveness;
   /** Heartbeat interval told to executors. */
   readonly heartbeatIntervalMs: number;
   /** Session timeout told to executors. */
@@ -242,6 +241,16 @@ export class Engine {
       pump: () => this.schedulePump(),
       sessionTimeoutMs: this.sessionTimeoutMs,
       heartbeatIntervalMs: this.heartbeatIntervalMs,
+    });
+    this.liveness = new SessionLiveness({
+      core: this.core,
+      log: options.log,
+      sessionTimeoutMs: this.sessionTimeoutMs,
+      sessions: () => this.dispatcher.sessions.values(),
+      moment: () => this.moment(),
+      detach: (session) => this.detachSession(session),
+      judges: (runId) => this.partitions.judges(runId),
+      pump: () => this.schedulePump(),
     });
     this.waits = new DurableWaits({
       core: this.core,
@@ -377,7 +386,10 @@ export class Engine {
     this.stateValue = "RECOVERING";
     await this.partitions.recoverAll(this.restartedAt ?? performance.now());
     this.livenessTimer = setInterval(
-      () => this.checkLiveness(),
+      () => {
+        this.unserved.tick((type) => this.dispatcher.waiting(type).length);
+        this.liveness.tick();
+      },
       Math.max(100, Math.floor(this.heartbeatIntervalMs / 2)),
     );
     this.stateValue = "RUNNING";
@@ -613,32 +625,14 @@ export class Engine {
     };
   }
 
-  /**
-   * A report's rejection as this replica may give it: a lease of a run whose partition it is not
-   * sure it still holds (paused, or cut off from the database, past its lease:
-   * PartitionRuns.judges) is not called stale or decided here, since the replica that may own the
-   * run now may hold that very lease; it is NOT_FOUND, which an executor with sessions to several
-   * replicas takes as "ask the replica map where the run is" (the task goes on), not as a lost
-   * lease. A report this replica accepts is accepted as always: its commit is fenced.
-   */
-  private judged(key: LeaseKey | undefined, rejection: Rejection | null): Rejection | null {
-    if (rejection?.code !== "FAILED_PRECONDITION" || key === undefined) return rejection;
-    const runId = this.core.tasks.get(key.taskRunId)?.runId;
-    if (runId === undefined || this.partitions.judges(runId)) return rejection;
-    return {
-      code: "NOT_FOUND",
-      message: `task run ${key.taskRunId}: this replica cannot confirm it still owns its run's partition (its last heartbeat is older than its lease); the run's owner decides`,
-    };
-  }
-
   /** Started report. */
   onStarted(session: SessionHandle, key: LeaseKey | undefined): Rejection | null {
-    return this.judged(key, core.started(this.core, session, key, this.moment()));
+    return this.partitions.judged(key, core.started(this.core, session, key, this.moment()));
   }
 
   /** Heartbeat report for a task. */
   onHeartbeat(session: SessionHandle, key: LeaseKey | undefined): Rejection | null {
-    return this.judged(key, core.heartbeat(this.core, session, key, this.moment()));
+    return this.partitions.judged(key, core.heartbeat(this.core, session, key, this.moment()));
   }
 
   /** Completed report: accepted at most once per task. */
@@ -649,7 +643,10 @@ export class Engine {
     outputRef: unknown,
     logs: unknown,
   ): Rejection | null {
-    return this.judged(key, core.completed(this.core, session, key, output, outputRef, logs, this.moment()));
+    return this.partitions.judged(
+      key,
+      core.completed(this.core, session, key, output, outputRef, logs, this.moment()),
+    );
   }
 
   /** Failed report: retried per policy or failed for good. */
@@ -661,7 +658,7 @@ export class Engine {
     logs: unknown,
     pauseKeyUntilMs = 0,
   ): Rejection | null {
-    return this.judged(
+    return this.partitions.judged(
       key,
       core.failed(this.core, session, key, error, retryAfterMs, logs, this.moment(), pauseKeyUntilMs),
     );
@@ -669,7 +666,7 @@ export class Engine {
 
   /** Release report: the lease goes back to the front of the queue without counting as a failure. */
   onRelease(session: SessionHandle, key: LeaseKey | undefined, reason: string): Rejection | null {
-    return this.judged(key, core.released(this.core, session, key, reason, this.moment()));
+    return this.partitions.judged(key, core.released(this.core, session, key, reason, this.moment()));
   }
 
   // ---------------------------------------------------------------- sessions
@@ -751,61 +748,9 @@ export class Engine {
     this.log.info({ session_id: session.id, executor_id: session.executorId }, "executor session ended");
   }
 
-  private checkLiveness(): void {
-    const at = this.moment();
-    this.pingNonce++;
-    this.unserved.tick((type) => this.dispatcher.waiting(type).length);
-    for (const s of this.dispatcher.sessions.values()) {
-      for (const id of s.leases) core.checkHeartbeat(this.core, id, at);
-      if (core.isSilent(s.lastSeen, at.mono, this.sessionTimeoutMs)) {
-        this.log.warn(
-          { session_id: s.id, executor_id: s.executorId },
-          "executor session silent too long; closing it",
-        );
-        s.close("no heartbeat within the session timeout");
-        this.detachSession(s);
-      } else {
-        s.send(this.pingFor(s, at.mono));
-      }
-    }
-  }
-
-  /**
-   * The Ping for `s`: about once per session timeout, while it holds leases, one that asks its
-   * executor to list the leases it holds (Ping.list_held; answered in {@link Engine.onPong}).
-   */
-  private pingFor(s: SessionHandle, mono: number): SessionResponse {
-    if (s.leases.size === 0 || mono - (s.heldAsk?.at ?? -Infinity) < this.sessionTimeoutMs)
-      return pingMessage(this.pingNonce);
-    const asked = core.leasesToList(this.core, s, s.unsent);
-    if (asked.size === 0) return pingMessage(this.pingNonce);
-    s.heldAsk = { nonce: this.pingNonce, asked, at: mono, answered: false };
-    this.heldLists.asked++;
-    return pingMessage(this.pingNonce, true);
-  }
-
-  /**
-   * A Pong: when it answers the session's last Ping that asked for the held leases and lists them
-   * (`held`; an older executor leaves it unset), the leases sent before that Ping that the list
-   * leaves out expire as lost (core/sessions.ts listedHeld). Returns how many did.
-   */
+  /** A Pong (SessionLiveness.onPong: an answer listing the executor's leases expires those it leaves out). */
   onPong(session: SessionHandle, nonce: bigint, held: readonly LeaseKey[] | undefined): number {
-    const ask = session.heldAsk;
-    if (held === undefined || ask === undefined || ask.answered || ask.nonce !== nonce) return 0;
-    ask.answered = true;
-    const expired = core.listedHeld(this.core, session, ask.asked, held, this.moment(), (runId) =>
-      this.partitions.judges(runId),
-    );
-    this.heldLists.answered++;
-    this.heldLists.expired += expired;
-    if (expired > 0) {
-      this.log.warn(
-        { session_id: session.id, executor_id: session.executorId, expired },
-        "the executor does not hold leases this session gave it; they expired",
-      );
-      this.schedulePump();
-    }
-    return expired;
+    return this.liveness.onPong(session, nonce, held);
   }
 
   // ---------------------------------------------------------------- watching

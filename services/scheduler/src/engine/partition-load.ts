@@ -21,9 +21,10 @@
  */
 import { randomUUID } from "node:crypto";
 import { UnavailableError, type Logger } from "@nexusflow/common";
+import type { LeaseKey } from "@nexusflow/gen";
 import type { CompiledWorkflow } from "../dag/index.js";
 import * as core from "../core/index.js";
-import type { Core, Moment } from "../core/index.js";
+import type { Core, Moment, Rejection } from "../core/index.js";
 import { detachRuns, disarmRuns, type DetachedRuns } from "../core/unload.js";
 import {
   PartitionFencedError,
@@ -131,6 +132,23 @@ export class PartitionRuns {
     const p = this.host.partitions;
     if (p === undefined) return true;
     return this.loaded(runId) && (p.sure?.(partitionOf(runId, p.partitionCount)) ?? true);
+  }
+
+  /**
+   * A report's rejection as this replica may give it: a lease of a run it does not judge
+   * ({@link PartitionRuns.judges}) is not called stale or decided here, since the replica that may
+   * own the run now may hold that very lease; it is NOT_FOUND, which an executor with sessions to
+   * several replicas takes as "ask the replica map where the run is" (the task goes on), not as a
+   * lost lease. A report this replica accepts is accepted as always: its commit is fenced.
+   */
+  judged(key: LeaseKey | undefined, rejection: Rejection | null): Rejection | null {
+    if (rejection?.code !== "FAILED_PRECONDITION" || key === undefined) return rejection;
+    const runId = this.host.core.tasks.get(key.taskRunId)?.runId;
+    if (runId === undefined || this.judges(runId)) return rejection;
+    return {
+      code: "NOT_FOUND",
+      message: `task run ${key.taskRunId}: this replica cannot confirm it still owns its run's partition (its last heartbeat is older than its lease); the run's owner decides`,
+    };
   }
 
   /** Counts the loads of `partitions` queued (+1) or done (-1). */
