@@ -61,7 +61,10 @@ export interface SessionHandle {
    * -> fencing token: its executor cannot list them as held.
    */
   unsent?: Map<string, number>;
-  /** The last Ping that asked the executor to list its held leases (engine.ts), and what it asked about. */
+  /**
+   * The last Ping that asked the executor to list its held leases (session-liveness.ts), and what
+   * it asked about.
+   */
   heldAsk?: HeldAsk;
 }
 
