@@ -165,6 +165,8 @@ export class PartitionLeases implements WriteFence {
   private readonly pool: pg.Pool;
   private timer: NodeJS.Timeout | undefined;
   private ticking: Promise<void> = Promise.resolve();
+  /** A hand-over under way (rebalance), beside the heartbeats. */
+  private rebalancing: Promise<void> | undefined;
   /** A heartbeat is queued or running. */
   private beating = false;
   /** Live replicas (this one included) at the last heartbeat, and since when that number holds. */
@@ -335,8 +337,9 @@ export class PartitionLeases implements WriteFence {
   }
 
   /**
-   * One heartbeat now (also run on the interval): renews, takes, and hands over the excess when
-   * the cluster has been stable. Never rejects: a failure (database unreachable) is logged.
+   * One heartbeat now (also run on the interval): renews and takes; then starts handing the
+   * excess over when the cluster has been stable (resolves without waiting for that hand-over).
+   * Never rejects: a failure (database unreachable) is logged.
    */
   renew(): Promise<void> {
     this.beating = true;
@@ -344,13 +347,14 @@ export class PartitionLeases implements WriteFence {
       if (this.stateValue.kind !== "RUNNING") return;
       try {
         await this.tick();
-        await this.rebalance();
         if (this.failures > 0) this.options.log.info("partition leases renewed again");
         this.failures = 0;
       } catch (e) {
         if (this.failures++ === 0)
           this.options.log.warn({ error: (e as Error).message }, "cannot renew partition leases; retrying");
+        return;
       }
+      this.startRebalance();
     });
     this.ticking = next;
     void next.then(() => {
@@ -360,7 +364,13 @@ export class PartitionLeases implements WriteFence {
   }
 
   private async tick(): Promise<void> {
-    if (this.options.sole !== true) await this.holdLiveness();
+    // At start the lock is held before the first heartbeat (others would take a replica without
+    // it for dead); later a lost lock is taken again beside the heartbeats, never in front of
+    // them: connecting, or waiting for a lock an old session still holds, can take up to a lease.
+    if (this.options.sole !== true) {
+      if (this.stateValue.kind === "STARTING") await this.holdLiveness();
+      else void this.holdLiveness();
+    }
     const believed = [...this.owned];
     // Before the statement: the leases it renews run from the database's now(), later than this.
     const sentAt = performance.now();
@@ -448,8 +458,26 @@ export class PartitionLeases implements WriteFence {
     await this.livenessConnecting;
   }
 
+  /**
+   * Starts handing the excess over (rebalance) unless a hand-over is under way. Beside the
+   * heartbeats, not in their chain: `beforeRelease` commits and unloads the partitions' runs, which
+   * can wait on the database for long, and the partitions this replica keeps must be renewed
+   * meanwhile. Never rejects: a failure is logged and tried again on a later heartbeat.
+   */
+  private startRebalance(): void {
+    if (this.rebalancing !== undefined) return;
+    this.rebalancing = this.rebalance()
+      .catch((e: unknown) => {
+        this.options.log.warn({ error: (e as Error).message }, "cannot hand partitions over; retrying");
+      })
+      .finally(() => {
+        this.rebalancing = undefined;
+      });
+  }
+
   /** Hands the excess over when this replica holds more than its share of a stable cluster. */
   private async rebalance(): Promise<void> {
+    if (this.stateValue.kind !== "RUNNING") return;
     if (this.options.sole === true || this.live.n === 0) return;
     const share = Math.ceil(this.count / this.live.n);
     const excess = this.owned.size - share;
@@ -501,6 +529,7 @@ export class PartitionLeases implements WriteFence {
     this.stateValue = { kind: "STOPPING" };
     clearInterval(this.timer);
     await this.ticking;
+    await this.rebalancing;
     if (kind !== "IDLE") {
       try {
         await this.pool.query(STOP_SQL, [this.replicaId]);

@@ -64,6 +64,13 @@ describe("partition leases (PostgreSQL)", () => {
     return leases;
   };
 
+  const rows2 = async () =>
+    (
+      await db.pool.query<{ partition: number; owner: string | null; epoch: number; live: boolean }>(
+        "SELECT partition, owner, epoch, lease_expires_at > now() AS live FROM partitions ORDER BY partition",
+      )
+    ).rows;
+
   const rows = async () =>
     (
       await db.pool.query<{ partition: number; owner: string | null; epoch: number }>(
@@ -369,6 +376,96 @@ describe("partition leases (PostgreSQL)", () => {
     );
     assert.equal(after[0]?.live, true, "taken at B's heartbeat, A's leases were far from expiry");
   });
+
+  it("keeps renewing the partitions it keeps while a hand-over waits on its runs (beforeRelease)", async () => {
+    let entered!: () => void;
+    const handingOver = new Promise<void>((resolve) => (entered = resolve));
+    let unblock!: () => void;
+    const blocked = new Promise<void>((resolve) => (unblock = resolve));
+    const a = await replica({
+      leaseMs: 500,
+      renewIntervalMs: 25,
+      stablePeriodMs: 100,
+      beforeRelease: async () => {
+        entered();
+        await blocked;
+      },
+    });
+    const b = await replica({ leaseMs: 500, renewIntervalMs: 25, stablePeriodMs: 100 });
+    try {
+      // B joined, the cluster was stable: A hands 8 over and waits for their runs (the engine
+      // commits and unloads them there, which can wait on the database for long).
+      await handingOver;
+      const { rows } = await db.pool.query<{ at: Date }>("SELECT now() AS at");
+      const began = rows[0]?.at;
+      await waitFor("A's heartbeats two leases after the hand-over began", async () => {
+        const { rows: beat } = await db.pool.query<{ ok: boolean }>(
+          "SELECT heartbeat_at > $2::timestamptz + interval '1 second' AS ok FROM replicas WHERE id = $1",
+          [a.replicaId, began],
+        );
+        return beat[0]?.ok === true;
+      });
+      // Every partition still A's, renewed all along: none expired for B to take.
+      assert.deepEqual(
+        (await rows2()).map((r) => [r.owner, r.epoch, r.live]),
+        Array.from({ length: 16 }, () => [a.replicaId, 1, true]),
+      );
+      assert.equal(b.held().length, 0);
+      assert.ok(a.sure(0) && a.sure(15), "A is sure of its partitions");
+    } finally {
+      unblock();
+    }
+    await waitFor(
+      "an even split once the hand-over ends",
+      () => a.held().length === 8 && b.held().length === 8,
+    );
+  });
+
+  // Leases and statement timeouts of a minute, the test's timeout half that: a heartbeat that
+  // waited for the lock would hang until the statement timeout and fail the test.
+  it(
+    "heartbeats while its liveness lock is being taken again (another session still holds its key)",
+    { timeout: 30_000 },
+    async () => {
+      const a = await replica({ leaseMs: 60_000, renewIntervalMs: 1e9 });
+      const holder = new pg.Client({ connectionString: server.url });
+      await holder.connect();
+      try {
+        // A's liveness session ends (a network blip); another session takes its key first.
+        await db.pool.query(
+          "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'nexusflow-liveness'",
+        );
+        await waitFor("the key taken by another session", async () => {
+          const { rows } = await holder.query<{ ok: boolean }>(
+            "SELECT pg_try_advisory_lock($1, hashtext($2)) AS ok",
+            [LIVENESS_LOCK_CLASS, a.replicaId],
+          );
+          return rows[0]?.ok === true;
+        });
+        const heartbeat = async (): Promise<number> =>
+          (
+            await db.pool.query<{ at: Date }>("SELECT heartbeat_at AS at FROM replicas WHERE id = $1", [
+              a.replicaId,
+            ])
+          ).rows[0]?.at.getTime() ?? 0;
+        // Heartbeats go on (each returns) while A's new liveness session waits for the key.
+        await waitFor("A's new liveness session waiting for its key", async () => {
+          await a.renew();
+          const { rows } = await db.pool.query<{ n: number }>(
+            "SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = 'nexusflow-liveness' AND wait_event_type = 'Lock'",
+          );
+          return rows[0]?.n === 1;
+        });
+        const before = await heartbeat();
+        await a.renew();
+        assert.ok((await heartbeat()) > before, "a heartbeat while the lock is awaited");
+        assert.equal(a.held().length, 16);
+        assert.ok(a.sure(0));
+      } finally {
+        await holder.end();
+      }
+    },
+  );
 
   it("survives its connection being ended under a heartbeat, and heartbeats again on a new one", async () => {
     const a = await replica({ leaseMs: 5000, renewIntervalMs: 25 });
