@@ -11,7 +11,7 @@ import type { EvalScope, StepView } from "./expr.js";
 import { objectFromEntries, pathJoin } from "./json.js";
 import type { JsonValue } from "./json.js";
 import { MAX_MAP_ITEMS } from "./map.js";
-import type { CompiledStep, CompiledWorkflow, RunInfo, SkipReason, StepState, StepStatus } from "./spec.js";
+import type { CompiledStep, CompiledWorkflow, RunInfo, SkipReason, StepState, StepStates, StepStatus } from "./spec.js";
 import { renderTemplate } from "./template.js";
 
 /** A step to start now with its rendered input (null when the step has no `input`). */
@@ -131,7 +131,7 @@ function errorMessage(error: unknown): string | undefined {
 export function evaluateRun(
   workflow: CompiledWorkflow,
   runInput: unknown,
-  states: ReadonlyMap<string, StepState>,
+  states: StepStates,
   run: RunInfo,
 ): Evaluation {
   const steps = workflow.steps;
@@ -248,7 +248,7 @@ function outcomeOf(
   workflow: CompiledWorkflow,
   effective: Uint8Array,
   scope: EvalScope,
-  states: ReadonlyMap<string, StepState>,
+  states: StepStates,
 ): RunOutcome {
   const failedSteps: string[] = [];
   workflow.steps.forEach((step, i) => {
@@ -290,7 +290,7 @@ export function renderCompensationInput(
   workflow: CompiledWorkflow,
   stepId: string,
   runInput: unknown,
-  states: ReadonlyMap<string, StepState>,
+  states: StepStates,
   run: RunInfo,
 ): CompensationInput {
   const step = workflow.stepsById.get(stepId);
@@ -398,7 +398,7 @@ export function renderElementInput(
   workflow: CompiledWorkflow,
   step: CompiledStep,
   runInput: unknown,
-  states: ReadonlyMap<string, StepState>,
+  states: StepStates,
   run: RunInfo,
   item: unknown,
   index: number,

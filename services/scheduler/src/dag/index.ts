@@ -111,6 +111,7 @@ export {
   type SkipReason,
   type StepSpec,
   type StepState,
+  type StepStates,
   type StepStatus,
   type StepTimeouts,
   type WorkflowSpec,

@@ -304,6 +304,12 @@ export interface StepState {
   readonly skipReason?: SkipReason;
 }
 
+/**
+ * The recorded states of a run's steps, by step id, as evaluation reads them (only `get`): a
+ * `Map`, or a view over the run's tasks that makes each state when asked.
+ */
+export type StepStates = Pick<ReadonlyMap<string, StepState>, "get">;
+
 /** Identity of a run, visible to templates as `run.*`. */
 export interface RunInfo {
   readonly id: string;
