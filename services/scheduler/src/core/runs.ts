@@ -4,7 +4,7 @@
  */
 import { TaskErrorType } from "@nexusflow/common/task-error-types";
 import { jsonToValue } from "@nexusflow/common";
-import { evaluateRun, type CompiledWorkflow } from "../dag/index.js";
+import { evaluateRun, newEvaluationMemo, type CompiledWorkflow } from "../dag/index.js";
 import {
   ACTIVE_LEASE,
   STORAGE_REFUSED,
@@ -143,11 +143,13 @@ export function advance(core: Core, run: RunState, now: Date): void {
   }
   if (run.heldBy !== undefined) run.heldBy = undefined;
   for (let round = 0; round < run.workflow.steps.length + 1; round++) {
-    const ev = evaluateRun(run.workflow, run.input ?? null, stepStates(run), {
-      id: run.id,
-      workflow: run.workflow.name,
-      version: run.workflow.version,
-    });
+    const ev = evaluateRun(
+      run.workflow,
+      run.input ?? null,
+      stepStates(run),
+      { id: run.id, workflow: run.workflow.name, version: run.workflow.version },
+      (run.evaluation ??= newEvaluationMemo()),
+    );
     let keyFailed = false;
     for (const r of ev.ready) {
       const task = run.tasks.get(r.stepId);

@@ -36,10 +36,12 @@ export {
 export {
   compensationOrder,
   evaluateRun,
+  newEvaluationMemo,
   renderCompensationInput,
   renderElementInput,
   type CompensationInput,
   type Evaluation,
+  type EvaluationMemo,
   type FailDecision,
   type ReadyStep,
   type RunOutcome,

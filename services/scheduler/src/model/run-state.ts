@@ -12,7 +12,7 @@ import type { FairKey, FairPath } from "./fair-share-state.js";
 import type { QueueHold } from "./queue-hold.js";
 import type { BucketSnapshot, RateWant } from "./rate-limit-state.js";
 import type { RunHold, TaskHold } from "./task-hold.js";
-import type { CompiledWorkflow } from "../dag/index.js";
+import type { CompiledWorkflow, EvaluationMemo } from "../dag/index.js";
 
 /** Run states as stored: the names of the generated RunStatus enum ("SUCCEEDED"). */
 export type RunStatusName = Exclude<keyof typeof RunStatus, "UNSPECIFIED">;
@@ -242,6 +242,8 @@ export interface RunState {
   readonly compensations: Map<string, TaskState>;
   /** Compensation waves (step ids, reverse dependency order), set when rollback starts. */
   compensationWaves: string[][] | null;
+  /** What the last evaluation of its DAG leaves for the next (dag/evaluate.ts; in memory only). */
+  evaluation?: EvaluationMemo | undefined;
   /** Why the run rolls back; becomes the run's error. */
   rollbackError: ErrorInfo | null;
   /** The workflow's concurrency keys, when it has limits (core/concurrency.ts; in memory only). */
