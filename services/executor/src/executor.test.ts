@@ -371,6 +371,54 @@ function executorTests(): void {
   );
 
   it(
+    "lists a lease it released until the Release is acknowledged, in a Pong and in the next Attach, then sends the Release again",
+    { timeout: 10_000 },
+    async () => {
+      let open: () => void = () => undefined;
+      const gate = new Promise<void>((resolve) => (open = resolve));
+      const scheduler = await FakeScheduler.start(0, { ackReports: false });
+      const executor = newExecutor(scheduler, { slots: 1 });
+      executor.register("test.wait", async () => {
+        await gate;
+        return { ok: true };
+      });
+      await executor.start();
+      const session = await scheduler.session(0);
+      await session.take("credit");
+      const running = lease("test.wait");
+      const extra = lease("test.wait");
+      session.send({ case: "lease", value: running });
+      await session.take("started", (x) => sameKey(x.key, keyOf(running)));
+      // Beyond its one slot: given back, and the Release is not acknowledged.
+      session.send({ case: "lease", value: extra });
+      await session.take("release", (r) => sameKey(r.key, keyOf(extra)));
+      // Unlisted, the scheduler would expire it (LEASE_EXPIRED, an attempt counted) before the
+      // Release reaches it (sent on another link, or in flight when the session broke).
+      session.send({ case: "ping", value: create(PingSchema, { nonce: 9n, listHeld: true }) });
+      const pong = await session.take("pong", (p) => p.nonce === 9n);
+      assert.deepEqual(
+        pong.held?.keys.map((k) => k.taskRunId).sort(),
+        [keyOf(running).taskRunId, keyOf(extra).taskRunId].sort(),
+      );
+      const connecting = waitState(executor, "CONNECTING");
+      scheduler.kill();
+      await connecting;
+      const restarted = await FakeScheduler.start(scheduler.port);
+      const next = await restarted.session(0);
+      const attach = await next.take("attach");
+      assert.deepEqual(
+        attach.heldLeases.map((k) => k.taskRunId).sort(),
+        [keyOf(running).taskRunId, keyOf(extra).taskRunId].sort(),
+      );
+      // The Release again, after the Attach that listed its lease: it gives the lease back free.
+      await next.take("release", (r) => sameKey(r.key, keyOf(extra)));
+      assert.ok(next.indexOf("attach") < next.indexOf("release", (r) => sameKey(r.key, keyOf(extra))));
+      open();
+      await next.take("completed", (c) => sameKey(c.key, keyOf(running)));
+    },
+  );
+
+  it(
     "runs a lease: Started, then Completed with the handler's output, then one more credit",
     { timeout: 10_000 },
     async () => {

@@ -212,7 +212,8 @@ export class ReplicaRouting {
 
   /**
    * Leases this executor still holds, with their runs: the running tasks (`running`) and finished
-   * ones whose report is queued on any session or waits for a map (rejected NOT_FOUND). Every
+   * or released ones whose report is queued on any session or waits for a map (rejected
+   * NOT_FOUND): a Release not delivered yet gives its lease back free once delivered. Every
    * Attach lists them all, and every Pong asked to (Ping.list_held); each replica judges its own.
    */
   heldLeases(running: Iterable<LeaseKey>): LeaseKey[] {
@@ -230,7 +231,7 @@ export class ReplicaRouting {
     // Reports rejected NOT_FOUND, waiting for a map that says where their run went: still held.
     for (const [id, entry] of this.#misrouted) {
       const key = reportKey(entry.report);
-      if (key !== undefined && !held.has(id) && entry.report.case !== "release")
+      if (key !== undefined && !held.has(id))
         held.set(id, create(LeaseKeySchema, { ...key, runId: entry.runId }));
     }
     return [...held.values()];

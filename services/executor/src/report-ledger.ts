@@ -167,16 +167,17 @@ export class ReportLedger {
   }
 
   /**
-   * Leases whose queued reports say they are still held here (finished, the result not delivered):
-   * every lease with a queued report but a Release, each once, in the order first reported, with
-   * its run (LeaseKey.run_id) when known.
+   * Leases whose reports are not acknowledged yet (finished, the result not delivered; or given
+   * back by a Release not delivered): every lease with a report here, each once, in the order first
+   * reported, with its run (LeaseKey.run_id) when known. A released lease is listed too: the
+   * scheduler expires a lease an executor does not list (LEASE_EXPIRED, a failed attempt), while
+   * the Release sent again after the list gives it back free, as the executor meant.
    */
   heldLeases(): LeaseKey[] {
     const held = new Map<string, LeaseKey>();
     for (const { report, runId } of [...this.#sent, ...this.#queued]) {
       const key = reportKey(report);
-      if (key !== undefined && report.case !== "release")
-        held.set(leaseKeyId(key), create(LeaseKeySchema, { ...key, runId }));
+      if (key !== undefined) held.set(leaseKeyId(key), create(LeaseKeySchema, { ...key, runId }));
     }
     return [...held.values()];
   }

@@ -7,7 +7,7 @@
  */
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
-import { TaskStatus } from "@nexusflow/gen";
+import { TaskStatus, type Lease } from "@nexusflow/gen";
 import { jsonToValue } from "@nexusflow/common";
 import type { Scheduler } from "../src/scheduler.js";
 import { RawSession, startTestDatabase, startTestScheduler, waitFor, workflowClient } from "./support.js";
@@ -97,6 +97,49 @@ describe("leases the executor does not list as held", () => {
     await waitFor("both runs succeeded", () =>
       [first, second].every((id) => scheduler.engine.activeRun(id) === undefined),
     );
+  });
+
+  it("gives back free a lease the executor re-attaches with and then releases; one it leaves out counts an attempt", async () => {
+    const reattach = async (
+      executorId: string,
+      held: { key: NonNullable<Lease["key"]>; runId: string }[],
+    ) => {
+      const s = new RawSession(scheduler.address);
+      sessions.push(s);
+      s.send({
+        case: "attach",
+        value: {
+          executorId,
+          taskTypes: ["held-task"],
+          slots: 1,
+          protocolVersion: 2,
+          heldLeases: held.map((h) => ({ ...h.key, runId: h.runId })),
+        },
+      });
+      await s.next("attachAck");
+      return s;
+    };
+    for (const listed of [true, false]) {
+      const executorId = `held-release-${listed}`;
+      const s = await attached(executorId, 1);
+      const id = await start();
+      const lease = await s.next("lease");
+      assert.ok(lease.key);
+      // The executor gave it back (draining, or no free slot), but the session broke before the
+      // Release was delivered: it attaches again, listing the lease (its Release not acknowledged),
+      // and sends the Release again.
+      s.close();
+      const next = await reattach(executorId, listed ? [{ key: lease.key, runId: id }] : []);
+      next.send({ case: "release", value: { key: lease.key, reason: "executor draining" } });
+      await waitFor("the attempt ended", async () => (await attemptsOf(id))[0]?.[1] !== "LEASED");
+      assert.deepEqual(
+        (await attemptsOf(id))[0],
+        listed ? [1, "CANCELLED", "RELEASED"] : [1, "FAILED", "LEASE_EXPIRED"],
+        listed ? "released free" : "expired at the attach",
+      );
+      next.close();
+      await client.cancelRun({ runId: id, reason: "done" });
+    }
   });
 
   it("never judges an executor that does not list (held unset), however many asks", async () => {
