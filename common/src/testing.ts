@@ -1,5 +1,6 @@
 /**
- * Helpers for tests: waiting on a condition, and tests that need external services (Kafka, S3). Locally a missing service skips the
+ * Helpers for tests: waiting on a condition, a seeded random generator, and tests that need
+ * external services (Kafka, S3). Locally a missing service skips the
  * test with a reason; under CI=true it fails, so a broken harness can never pass silently.
  */
 import type { TestContext } from "node:test";
@@ -43,4 +44,19 @@ export async function waitFor<T>(
       throw new Error(`timed out waiting for ${what}${last instanceof Error ? `: ${last.message}` : ""}`);
     await new Promise((r) => setTimeout(r, 25));
   }
+}
+
+/**
+ * A seeded pseudo-random generator (mulberry32) returning numbers in [0, 1): randomized tests draw
+ * from it so that a failure names a seed that replays it.
+ */
+export function seededRandom(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
 }

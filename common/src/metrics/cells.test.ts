@@ -6,6 +6,7 @@
  */
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
+import { seededRandom } from "../testing.js";
 import { type OpenMetricsContentType, Registry } from "prom-client";
 import {
   Children1,
@@ -31,17 +32,6 @@ function registry(): Registry {
 
 /** Exemplars carry the time they were observed at: equal expositions differ in it only. */
 const withoutExemplarTimes = (text: string): string => text.replace(/( # \{[^}]*\} \S+) \S+$/gm, "$1");
-
-/** A small deterministic generator (mulberry32), so that a failure can be replayed. */
-function random(seed: number): () => number {
-  let a = seed;
-  return () => {
-    a = (a + 0x6d2b79f5) | 0;
-    let t = Math.imul(a ^ (a >>> 15), 1 | a);
-    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 interface Twin {
   registry: Registry;
@@ -80,7 +70,7 @@ describe("metric cells", () => {
   it("write what prom-client's children write, through new label sets, removals, resets and exemplars", async () => {
     const plain = twin(false);
     const cells = twin(true);
-    const next = random(20);
+    const next = seededRandom(20);
     const workflows = ["a", "b", "c"];
     const types = ["t.x", "t.y", "t.z"];
     // Values on both sides of every bound, the bounds themselves, 0, negatives and past the last.

@@ -243,6 +243,25 @@ function newExecutor(scheduler: FakeScheduler, options: ExecutorOptions = {}): E
   return executor;
 }
 
+/**
+ * An executor attached to a scheduler that acknowledges no report, with a handler of type
+ * "test.wait" that returns once `open` is called; its first credit taken.
+ */
+async function unackedWithGate(options: ExecutorOptions = {}) {
+  let open: () => void = () => undefined;
+  const gate = new Promise<void>((resolve) => (open = resolve));
+  const scheduler = await FakeScheduler.start(0, { ackReports: false });
+  const executor = newExecutor(scheduler, options);
+  executor.register("test.wait", async () => {
+    await gate;
+    return { ok: true };
+  });
+  await executor.start();
+  const session = await scheduler.session(0);
+  await session.take("credit");
+  return { scheduler, executor, session, open };
+}
+
 let leases = 0;
 function lease(taskType: string, input: JsonValue = null): Lease {
   const n = ++leases;
@@ -337,18 +356,8 @@ function executorTests(): void {
     "lists the leases it holds in a Pong when the Ping asks (running, and finished but not acknowledged), else none",
     { timeout: 10_000 },
     async () => {
-      let open: () => void = () => undefined;
-      const gate = new Promise<void>((resolve) => (open = resolve));
       // Reports are not acknowledged: a finished lease stays held until they are.
-      const scheduler = await FakeScheduler.start(0, { ackReports: false });
-      const executor = newExecutor(scheduler);
-      executor.register("test.wait", async () => {
-        await gate;
-        return { ok: true };
-      });
-      await executor.start();
-      const session = await scheduler.session(0);
-      await session.take("credit");
+      const { session, open } = await unackedWithGate();
       const running = lease("test.wait");
       const done = lease("noop");
       session.send({ case: "lease", value: running });
@@ -374,17 +383,7 @@ function executorTests(): void {
     "lists a lease it released until the Release is acknowledged, in a Pong and in the next Attach, then sends the Release again",
     { timeout: 10_000 },
     async () => {
-      let open: () => void = () => undefined;
-      const gate = new Promise<void>((resolve) => (open = resolve));
-      const scheduler = await FakeScheduler.start(0, { ackReports: false });
-      const executor = newExecutor(scheduler, { slots: 1 });
-      executor.register("test.wait", async () => {
-        await gate;
-        return { ok: true };
-      });
-      await executor.start();
-      const session = await scheduler.session(0);
-      await session.take("credit");
+      const { scheduler, executor, session, open } = await unackedWithGate({ slots: 1 });
       const running = lease("test.wait");
       const extra = lease("test.wait");
       session.send({ case: "lease", value: running });

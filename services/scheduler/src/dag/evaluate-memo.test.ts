@@ -6,23 +6,12 @@
  */
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
+import { seededRandom } from "@nexusflow/common/testing";
 import { evaluateRun, newEvaluationMemo } from "./evaluate.js";
 import type { CompiledWorkflow, StepState } from "./spec.js";
 import { compileWorkflow } from "./validate.js";
 
 const RUN = { id: "run-1", workflow: "flow", version: 1 };
-
-/** A small deterministic generator (mulberry32), so that a failure names its seed. */
-function random(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 function randomWorkflow(next: () => number): CompiledWorkflow {
   const n = 1 + Math.floor(next() * 25);
@@ -60,7 +49,7 @@ function ending(next: () => number, input: unknown): StepState {
 describe("evaluateRun with a memo", () => {
   it("decides what it decides without one, after every change of 500 random runs", () => {
     for (let seed = 1; seed <= 500; seed++) {
-      const next = random(seed);
+      const next = seededRandom(seed);
       const wf = randomWorkflow(next);
       const states = new Map<string, StepState>();
       const memo = newEvaluationMemo();

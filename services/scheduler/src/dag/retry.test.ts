@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
+import { seededRandom } from "@nexusflow/common/testing";
 import { isDagError } from "./errors.js";
 import {
   DEFAULT_BACKOFF_COEFFICIENT,
@@ -11,18 +12,6 @@ import {
   resolveRetryPolicy,
   retryDelayMs,
 } from "./retry.js";
-
-/** mulberry32: a tiny seeded PRNG so jittered delays are reproducible. */
-function seeded(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 describe("retry policies", () => {
   it("has documented defaults", () => {
@@ -88,7 +77,7 @@ describe("retryDelayMs", () => {
       maxInterval: "10s",
       jitter: "equal",
     });
-    const random = seeded(42);
+    const random = seededRandom(42);
     for (let attempt = 1; attempt < 100; attempt++) {
       const cap = Math.min(100 * 2 ** (attempt - 1), 10_000);
       const f = retryDelayMs(full, attempt, random) as number;
@@ -113,7 +102,7 @@ describe("retryDelayMs", () => {
 
   it("is reproducible with a seeded random source", () => {
     const delays = (seed: number): (number | null)[] => {
-      const random = seeded(seed);
+      const random = seededRandom(seed);
       return [1, 2, 3, 4].map((attempt) =>
         retryDelayMs(resolveRetryPolicy({ maxAttempts: 5 }), attempt, random),
       );
