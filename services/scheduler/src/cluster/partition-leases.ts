@@ -492,18 +492,27 @@ export class PartitionLeases implements WriteFence {
     const partitions = give.map((x) => x.partition);
     // From now on no new run is created in them (engine/partition-load.ts newId).
     for (const p of partitions) this.releasing.add(p);
+    let handed: OwnedPartition[];
     try {
       await this.options.beforeRelease?.(partitions);
       for (const l of this.listeners) await l.beforeRelease?.(partitions);
+      // Heartbeats went on meanwhile: a partition lost and taken back since (a new epoch, its
+      // runs loaded again) is held anew, not handed over.
+      handed = give.filter((x) => this.owned.get(x.partition) === x.epoch);
       // Not held from now on: a commit of their runs fails here rather than after the hand-over.
-      for (const p of partitions) this.owned.delete(p);
+      for (const x of handed) this.owned.delete(x.partition);
     } finally {
       for (const p of partitions) this.releasing.delete(p);
     }
     this.lastRelease = now;
-    await this.pool.query(RELEASE_SQL, [this.replicaId, partitions, give.map((x) => x.epoch)]);
+    if (handed.length === 0) return;
+    await this.pool.query(RELEASE_SQL, [
+      this.replicaId,
+      handed.map((x) => x.partition),
+      handed.map((x) => x.epoch),
+    ]);
     this.options.log.info(
-      { replica_id: this.replicaId, partitions, share, live: this.live.n },
+      { replica_id: this.replicaId, partitions: handed.map((x) => x.partition), share, live: this.live.n },
       "handed partitions over to rebalance",
     );
   }

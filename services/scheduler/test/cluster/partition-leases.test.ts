@@ -421,6 +421,47 @@ describe("partition leases (PostgreSQL)", () => {
     );
   });
 
+  it("keeps a partition it lost and took back at a new epoch while handing it over", async () => {
+    let entered!: () => void;
+    const handingOver = new Promise<void>((resolve) => (entered = resolve));
+    let unblock!: () => void;
+    const blocked = new Promise<void>((resolve) => (unblock = resolve));
+    const a = await replica({
+      leaseMs: 2000,
+      renewIntervalMs: 25,
+      stablePeriodMs: 100,
+      beforeRelease: async () => {
+        entered();
+        await blocked;
+      },
+    });
+    // B heartbeats once, at start: live for A's count, so A hands its upper half over.
+    const b = await replica({ leaseMs: 2000, renewIntervalMs: 1e9 });
+    try {
+      await handingOver;
+      assert.ok(a.handingOver(15));
+      // Meanwhile partition 15 is taken from A (B's, expired at once), and B goes silent: A's
+      // heartbeats lose 15, then, alone, take it back at a new epoch.
+      await db.pool.query(
+        "UPDATE partitions SET owner = $1, epoch = epoch + 1, lease_expires_at = now() - interval '1 second' WHERE partition = 15",
+        [b.replicaId],
+      );
+      await db.pool.query("UPDATE replicas SET heartbeat_at = now() - interval '1 minute' WHERE id = $1", [
+        b.replicaId,
+      ]);
+      await waitFor("A holding 15 again at epoch 3", () => a.epochOf(15) === 3);
+    } finally {
+      unblock();
+    }
+    await waitFor("the hand-over over", () => !a.handingOver(8));
+    // 8-14 went (epoch 1, as chosen); 15, held anew, stayed, and A's heartbeats renew it.
+    assert.equal(a.epochOf(15), 3);
+    await a.renew();
+    const stored = await rows2();
+    assert.deepEqual(stored[15], { partition: 15, owner: a.replicaId, epoch: 3, live: true });
+    assert.ok(stored.slice(8, 15).every((r) => r.owner !== a.replicaId || r.epoch > 1));
+  });
+
   // Leases and statement timeouts of a minute, the test's timeout half that: a heartbeat that
   // waited for the lock would hang until the statement timeout and fail the test.
   it(
