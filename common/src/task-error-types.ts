@@ -86,6 +86,14 @@ export const TaskErrorType = {
    */
   STORAGE_REFUSED: "STORAGE_REFUSED",
   /**
+   * Scheduler. The run's workflow definition, as stored, no longer passes this version's validation
+   * (a rule added since it was registered): the scheduler cannot run it, so when it loads the run
+   * (at start-up, with a partition it takes, or a parked run woken) the run ends FAILED with this
+   * error, whose message names the problems; the scheduler's other runs load as usual. Register a
+   * version that passes and start the run again. Terminal. No details.
+   */
+  DEFINITION_INVALID: "DEFINITION_INVALID",
+  /**
    * Scheduler. A succeeded step's offloaded output (a claim check in the artifact store) is gone or
    * corrupt when the run needs it: the step fails. Terminal. No details.
    */

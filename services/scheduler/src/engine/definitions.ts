@@ -28,6 +28,29 @@ export interface DefinitionPage {
   nextPageToken: string;
 }
 
+/**
+ * A stored workflow definition that this version's validation refuses (a rule added since it was
+ * registered): its runs cannot run. FAILED_PRECONDITION to a caller (StartRun of that version);
+ * loading one of its runs ends that run FAILED with DEFINITION_INVALID (engine/partition-load.ts).
+ */
+export class StoredDefinitionInvalidError extends ApiError {
+  override name = "StoredDefinitionInvalidError";
+  constructor(
+    readonly definitionId: number,
+    spec: unknown,
+    problems: string,
+  ) {
+    const { name, version } = (typeof spec === "object" && spec !== null ? spec : {}) as {
+      name?: unknown;
+      version?: unknown;
+    };
+    super(
+      Code.FAILED_PRECONDITION,
+      `the stored definition of workflow ${String(name)} version ${String(version)} (id ${definitionId}) no longer passes validation (${problems.replace(/^invalid workflow definition \(\d+ problems?\): /, "")}); register a version that does`,
+    );
+  }
+}
+
 /** Access to workflow definitions. */
 export class Definitions {
   private readonly byId = new Map<number, CompiledWorkflow>();
@@ -128,11 +151,22 @@ export class Definitions {
     return found;
   }
 
-  /** The compiled workflow of a stored definition (cached; definitions never change). */
+  /**
+   * The compiled workflow of a stored definition (cached; definitions never change). Throws
+   * {@link StoredDefinitionInvalidError} when the stored spec no longer passes validation.
+   */
   async compiledById(id: number, spec?: unknown): Promise<CompiledWorkflow> {
     const cached = this.byId.get(id);
     if (cached !== undefined) return cached;
-    const workflow = this.compile(spec ?? (await this.store.specById(id)));
+    const stored = spec ?? (await this.store.specById(id));
+    let workflow: CompiledWorkflow;
+    try {
+      workflow = this.compile(stored);
+    } catch (e) {
+      if (e instanceof ApiError && e.code === Code.INVALID_ARGUMENT)
+        throw new StoredDefinitionInvalidError(id, stored, e.message);
+      throw e;
+    }
     this.byId.set(id, workflow);
     return workflow;
   }

@@ -20,6 +20,7 @@
  * States: CREATED -> RUNNING -> STOPPED.
  */
 import { UnavailableError, type Logger } from "@nexusflow/common";
+import { TaskErrorType } from "@nexusflow/common/task-error-types";
 import { isPartitionFencedError } from "../cluster/partitioning.js";
 import type { CompiledWorkflow } from "../dag/index.js";
 import * as core from "../core/index.js";
@@ -29,7 +30,7 @@ import type { EngineStore, StoredRunRows } from "../persistence/engine-store.js"
 import type { ParkedRunStore } from "../persistence/parked-runs.js";
 import { TERMINAL_RUN_STATUSES, type RunState } from "../model/run-state.js";
 import type { ChildRuns } from "./children.js";
-import type { Definitions } from "./definitions.js";
+import { StoredDefinitionInvalidError, type Definitions } from "./definitions.js";
 import type { EngineTimers } from "./engine-timers.js";
 import type { KeyedStarts } from "./keyed-starts.js";
 
@@ -46,7 +47,10 @@ export interface ParkingOptions {
 /** What parking needs of the engine. */
 export interface ParkingHost {
   readonly core: Core;
-  readonly store: Pick<EngineStore, "flush" | "released" | "loadRun" | "runOutcome" | "keysOfRuns">;
+  readonly store: Pick<
+    EngineStore,
+    "flush" | "released" | "loadRun" | "runOutcome" | "keysOfRuns" | "failRefusedRun"
+  >;
   /** The parked rows. */
   readonly parking: { readonly store: ParkedRunStore };
   readonly definitions: Pick<Definitions, "compiledById">;
@@ -237,7 +241,24 @@ export class Parking {
       return undefined;
     }
     const r = rows.run;
-    const workflow: CompiledWorkflow = await host.definitions.compiledById(r.definitionId);
+    let workflow: CompiledWorkflow;
+    try {
+      workflow = await host.definitions.compiledById(r.definitionId);
+    } catch (e) {
+      if (!(e instanceof StoredDefinitionInvalidError)) throw e;
+      // It could never run (partition-load.ts failInvalid): it ends FAILED, and stays out.
+      await host.store.failRefusedRun(runId, {
+        type: TaskErrorType.DEFINITION_INVALID,
+        message: e.message,
+        retryable: false,
+      });
+      await host.parking.store.unpark(runId);
+      host.log.error(
+        { run_id: runId, error: e.message },
+        "run failed: its workflow definition, as stored, no longer passes validation",
+      );
+      return undefined;
+    }
     const keys =
       r.idempotencyKey === null
         ? new Map<string, { requestHash: string }>()

@@ -21,6 +21,7 @@
  */
 import { randomUUID } from "node:crypto";
 import { UnavailableError, type Logger } from "@nexusflow/common";
+import { TaskErrorType } from "@nexusflow/common/task-error-types";
 import type { LeaseKey } from "@nexusflow/gen";
 import type { CompiledWorkflow } from "../dag/index.js";
 import * as core from "../core/index.js";
@@ -35,7 +36,7 @@ import {
 } from "../cluster/partitioning.js";
 import type { EngineStore, PartitionScope } from "../persistence/engine-store.js";
 import type { RunState } from "../model/run-state.js";
-import type { Definitions } from "./definitions.js";
+import { StoredDefinitionInvalidError, type Definitions } from "./definitions.js";
 import type { EngineTimers } from "./engine-timers.js";
 import type { KeyedStarts } from "./keyed-starts.js";
 import type { Parking } from "./parking.js";
@@ -69,7 +70,7 @@ export interface PartitionRunsHost {
   readonly core: Core;
   readonly store: Pick<
     EngineStore,
-    "loadActive" | "loadRateLimits" | "keysOfRuns" | "flush" | "released" | "retire"
+    "loadActive" | "loadRateLimits" | "keysOfRuns" | "flush" | "released" | "retire" | "failRefusedRun"
   >;
   readonly definitions: Pick<Definitions, "compiledById">;
   readonly log: Logger;
@@ -400,6 +401,34 @@ export class PartitionRuns {
    * Reads and recovers the active runs of `partitions` (undefined: all), as held now: a run whose
    * partition's epoch changed while it was read, or that is in memory already, is left out.
    */
+  /**
+   * Ends FAILED (DEFINITION_INVALID, with their event and their tasks cancelled, in the database)
+   * the runs whose stored definition this version cannot compile: they could never run, and one of
+   * them must not keep every other run of the partition (or the scheduler's start-up) from loading.
+   */
+  private async failInvalid(
+    runs: readonly { id: string; definitionId: number }[],
+    invalid: ReadonlyMap<number, StoredDefinitionInvalidError>,
+    mine: (id: string) => boolean,
+  ): Promise<void> {
+    const failed = new Map<number, number>();
+    for (const r of runs) {
+      const error = invalid.get(r.definitionId);
+      if (error === undefined || !mine(r.id)) continue;
+      const outcome = await this.host.store.failRefusedRun(r.id, {
+        type: TaskErrorType.DEFINITION_INVALID,
+        message: error.message,
+        retryable: false,
+      });
+      if (outcome === "failed") failed.set(r.definitionId, (failed.get(r.definitionId) ?? 0) + 1);
+    }
+    for (const [id, n] of failed)
+      this.host.log.error(
+        { definition_id: id, runs: n, error: invalid.get(id)?.message },
+        "runs failed: their workflow definition, as stored, no longer passes validation",
+      );
+  }
+
   private async loadRuns(
     partitions: readonly number[] | undefined,
     restartedAt: number,
@@ -424,17 +453,25 @@ export class PartitionRuns {
       ),
     );
     const workflows = new Map<number, CompiledWorkflow>();
-    for (const r of stored.runs)
-      if (!workflows.has(r.definitionId))
+    const invalid = new Map<number, StoredDefinitionInvalidError>();
+    for (const r of stored.runs) {
+      if (workflows.has(r.definitionId) || invalid.has(r.definitionId)) continue;
+      try {
         workflows.set(r.definitionId, await host.definitions.compiledById(r.definitionId));
-    // From here on, no await until recovered: what is held now is what the runs are recovered under.
+      } catch (e) {
+        if (!(e instanceof StoredDefinitionInvalidError)) throw e;
+        invalid.set(r.definitionId, e);
+      }
+    }
     const mine = (id: string): boolean =>
       !host.core.runs.has(id) &&
       (held === undefined ||
         scope === undefined ||
         held.epochOf(partitionOf(id, held.partitionCount)) ===
           epochs.get(partitionOf(id, held.partitionCount)));
-    const runs = stored.runs.filter((r) => mine(r.id));
+    if (invalid.size > 0) await this.failInvalid(stored.runs, invalid, mine);
+    // From here on, no await until recovered: what is held now is what the runs are recovered under.
+    const runs = stored.runs.filter((r) => mine(r.id) && workflows.has(r.definitionId));
     const ids = new Set(runs.map((r) => r.id));
     // Rows read and left out, but not those of runs in memory (recovered by an earlier try of this
     // load): the writer must go on taking their rows for stored (their next write an update).
