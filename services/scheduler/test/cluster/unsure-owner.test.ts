@@ -34,7 +34,9 @@ describe("a replica not sure it still holds a partition", () => {
   before(async () => {
     db = await startTestDatabase();
     sql = new pg.Pool({ connectionString: db.url, max: 2 });
-    scheduler = await startTestScheduler(db.url, { partitionLeaseMs: 1000 });
+    // A lease long enough that a heartbeat slowed by a loaded machine (a CI run) does not make
+    // the replica unsure between the test's checks; short enough that the stall below is brief.
+    scheduler = await startTestScheduler(db.url, { partitionLeaseMs: 3000 });
     await workflowClient(scheduler.address).registerWorkflow({
       definition: {
         case: "specJson",
