@@ -20,6 +20,20 @@ import { failAttempt } from "./retries.js";
  */
 export const LOST_LEASE_RETRY_AFTER_MS = 1;
 
+/**
+ * The task's executor no longer holds its lease (lost, re-attached without it, or left it out of
+ * its list): the attempt fails with LEASE_EXPIRED, its retry due at once.
+ */
+function expireLost(core: Core, task: TaskState, message: string, at: Moment): void {
+  failAttempt(
+    core,
+    task,
+    { type: TaskErrorType.LEASE_EXPIRED, message, retryable: true },
+    LOST_LEASE_RETRY_AFTER_MS,
+    at,
+  );
+}
+
 /** Starts the grace period of a lease without a session; it expires unless an executor reclaims it. */
 export function orphan(core: Core, task: TaskState, graceMs: number): void {
   task.sessionId = null;
@@ -49,17 +63,7 @@ export function sessionLost(core: Core, session: SessionLeases, silentForMs = 0)
  */
 export function leaseGraceExpired(core: Core, task: TaskState, token: number, at: Moment): boolean {
   if (task.fencingToken !== token || !ACTIVE_LEASE.has(task.status) || task.sessionId !== null) return false;
-  failAttempt(
-    core,
-    task,
-    {
-      type: TaskErrorType.LEASE_EXPIRED,
-      message: `executor ${task.executorId ?? "?"} was lost`,
-      retryable: true,
-    },
-    LOST_LEASE_RETRY_AFTER_MS,
-    at,
-  );
+  expireLost(core, task, `executor ${task.executorId ?? "?"} was lost`, at);
   return true;
 }
 
@@ -151,17 +155,7 @@ export function attached(
   for (const task of lost) {
     // Still on an earlier session (half-open): tell it to stop before that session is closed.
     if (task.sessionId !== null) core.fx.cancelLease(task, "the executor re-attached without this lease");
-    failAttempt(
-      core,
-      task,
-      {
-        type: TaskErrorType.LEASE_EXPIRED,
-        message: `executor ${session.executorId} re-attached without this lease`,
-        retryable: true,
-      },
-      LOST_LEASE_RETRY_AFTER_MS,
-      at,
-    );
+    expireLost(core, task, `executor ${session.executorId} re-attached without this lease`, at);
   }
   return { revoked, expired: lost.length, reclaimed: held.length - unmatched.length };
 }
@@ -225,15 +219,10 @@ export function listedHeld(
     )
       continue;
     core.fx.cancelLease(task, "the executor does not list this lease as held");
-    failAttempt(
+    expireLost(
       core,
       task,
-      {
-        type: TaskErrorType.LEASE_EXPIRED,
-        message: `executor ${session.executorId} does not hold this lease (not in its list of held leases)`,
-        retryable: true,
-      },
-      LOST_LEASE_RETRY_AFTER_MS,
+      `executor ${session.executorId} does not hold this lease (not in its list of held leases)`,
       at,
     );
     expired++;

@@ -5,9 +5,17 @@
  * for an engine without a database).
  */
 import { ApiError, Code, isApiError, type Logger } from "@nexusflow/common";
+import { TaskErrorType } from "@nexusflow/common/task-error-types";
 import * as core from "../core/index.js";
-import { checkSchedules, compileWorkflow, validateRunInput, type CompiledWorkflow } from "../dag/index.js";
+import {
+  checkSchedules,
+  compileWorkflow,
+  validateRunInput,
+  type CompiledWorkflow,
+  type SpecError,
+} from "../dag/index.js";
 import type { DefinitionRow, DefinitionStore } from "../persistence/definition-store.js";
+import type { ErrorInfo } from "../model/run-state.js";
 import { decodeToken, encodeToken, pageSizeOf } from "../persistence/page-token.js";
 
 export type { DefinitionRow };
@@ -38,7 +46,7 @@ export class StoredDefinitionInvalidError extends ApiError {
   constructor(
     readonly definitionId: number,
     spec: unknown,
-    problems: string,
+    problems: readonly SpecError[],
   ) {
     const { name, version } = (typeof spec === "object" && spec !== null ? spec : {}) as {
       name?: unknown;
@@ -46,9 +54,19 @@ export class StoredDefinitionInvalidError extends ApiError {
     };
     super(
       Code.FAILED_PRECONDITION,
-      `the stored definition of workflow ${String(name)} version ${String(version)} (id ${definitionId}) no longer passes validation (${problems.replace(/^invalid workflow definition \(\d+ problems?\): /, "")}); register a version that does`,
+      `the stored definition of workflow ${String(name)} version ${String(version)} (id ${definitionId}) no longer passes validation (${describeProblems(problems)}); register a version that does`,
     );
   }
+
+  /** The error a run of this definition ends FAILED with when it is loaded. */
+  get runError(): ErrorInfo {
+    return { type: TaskErrorType.DEFINITION_INVALID, message: this.message, retryable: false };
+  }
+}
+
+/** The problems of a spec, as error messages name them. */
+function describeProblems(problems: readonly SpecError[]): string {
+  return problems.map((e) => `${e.path}: ${e.message}`).join("; ");
 }
 
 /** Access to workflow definitions. */
@@ -69,9 +87,7 @@ export class Definitions {
     if (!result.ok) {
       throw new ApiError(
         Code.INVALID_ARGUMENT,
-        `invalid workflow definition (${result.errors.length} problem${result.errors.length === 1 ? "" : "s"}): ${result.errors
-          .map((e) => `${e.path}: ${e.message}`)
-          .join("; ")}`,
+        `invalid workflow definition (${result.errors.length} problem${result.errors.length === 1 ? "" : "s"}): ${describeProblems(result.errors)}`,
         result.errors.map((e) => ({ field: e.path, description: e.message })),
       );
     }
@@ -159,16 +175,10 @@ export class Definitions {
     const cached = this.byId.get(id);
     if (cached !== undefined) return cached;
     const stored = spec ?? (await this.store.specById(id));
-    let workflow: CompiledWorkflow;
-    try {
-      workflow = this.compile(stored);
-    } catch (e) {
-      if (e instanceof ApiError && e.code === Code.INVALID_ARGUMENT)
-        throw new StoredDefinitionInvalidError(id, stored, e.message);
-      throw e;
-    }
-    this.byId.set(id, workflow);
-    return workflow;
+    const result = compileWorkflow(stored);
+    if (!result.ok) throw new StoredDefinitionInvalidError(id, stored, result.errors);
+    this.byId.set(id, result.workflow);
+    return result.workflow;
   }
 
   /** Lists definitions, newest first. */

@@ -20,7 +20,6 @@
  * States: CREATED -> RUNNING -> STOPPED.
  */
 import { UnavailableError, type Logger } from "@nexusflow/common";
-import { TaskErrorType } from "@nexusflow/common/task-error-types";
 import { isPartitionFencedError } from "../cluster/partitioning.js";
 import type { CompiledWorkflow } from "../dag/index.js";
 import * as core from "../core/index.js";
@@ -247,11 +246,7 @@ export class Parking {
     } catch (e) {
       if (!(e instanceof StoredDefinitionInvalidError)) throw e;
       // It could never run (partition-load.ts failInvalid): it ends FAILED, and stays out.
-      await host.store.failRefusedRun(runId, {
-        type: TaskErrorType.DEFINITION_INVALID,
-        message: e.message,
-        retryable: false,
-      });
+      await host.store.failRefusedRun(runId, e.runError);
       await host.parking.store.unpark(runId);
       host.log.error(
         { run_id: runId, error: e.message },

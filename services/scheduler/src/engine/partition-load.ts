@@ -21,7 +21,6 @@
  */
 import { randomUUID } from "node:crypto";
 import { UnavailableError, type Logger } from "@nexusflow/common";
-import { TaskErrorType } from "@nexusflow/common/task-error-types";
 import type { LeaseKey } from "@nexusflow/gen";
 import type { CompiledWorkflow } from "../dag/index.js";
 import * as core from "../core/index.js";
@@ -398,10 +397,6 @@ export class PartitionRuns {
   }
 
   /**
-   * Reads and recovers the active runs of `partitions` (undefined: all), as held now: a run whose
-   * partition's epoch changed while it was read, or that is in memory already, is left out.
-   */
-  /**
    * Ends FAILED (DEFINITION_INVALID, with their event and their tasks cancelled, in the database)
    * the runs whose stored definition this version cannot compile: they could never run, and one of
    * them must not keep every other run of the partition (or the scheduler's start-up) from loading.
@@ -415,11 +410,7 @@ export class PartitionRuns {
     for (const r of runs) {
       const error = invalid.get(r.definitionId);
       if (error === undefined || !mine(r.id)) continue;
-      const outcome = await this.host.store.failRefusedRun(r.id, {
-        type: TaskErrorType.DEFINITION_INVALID,
-        message: error.message,
-        retryable: false,
-      });
+      const outcome = await this.host.store.failRefusedRun(r.id, error.runError);
       if (outcome === "failed") failed.set(r.definitionId, (failed.get(r.definitionId) ?? 0) + 1);
     }
     for (const [id, n] of failed)
@@ -429,6 +420,10 @@ export class PartitionRuns {
       );
   }
 
+  /**
+   * Reads and recovers the active runs of `partitions` (undefined: all), as held now: a run whose
+   * partition's epoch changed while it was read, or that is in memory already, is left out.
+   */
   private async loadRuns(
     partitions: readonly number[] | undefined,
     restartedAt: number,
