@@ -64,6 +64,22 @@ describe("partition leases (PostgreSQL)", () => {
     return leases;
   };
 
+  /**
+   * A `beforeRelease` that waits until `unblock` is called; `handingOver` resolves once a
+   * hand-over has begun (it was called).
+   */
+  const stuckHandOver = () => {
+    let entered!: () => void;
+    const handingOver = new Promise<void>((resolve) => (entered = resolve));
+    let unblock!: () => void;
+    const blocked = new Promise<void>((resolve) => (unblock = resolve));
+    const beforeRelease = async (): Promise<void> => {
+      entered();
+      await blocked;
+    };
+    return { handingOver, beforeRelease, unblock };
+  };
+
   const rows2 = async () =>
     (
       await db.pool.query<{ partition: number; owner: string | null; epoch: number; live: boolean }>(
@@ -378,18 +394,12 @@ describe("partition leases (PostgreSQL)", () => {
   });
 
   it("keeps renewing the partitions it keeps while a hand-over waits on its runs (beforeRelease)", async () => {
-    let entered!: () => void;
-    const handingOver = new Promise<void>((resolve) => (entered = resolve));
-    let unblock!: () => void;
-    const blocked = new Promise<void>((resolve) => (unblock = resolve));
+    const { handingOver, beforeRelease, unblock } = stuckHandOver();
     const a = await replica({
       leaseMs: 500,
       renewIntervalMs: 25,
       stablePeriodMs: 100,
-      beforeRelease: async () => {
-        entered();
-        await blocked;
-      },
+      beforeRelease,
     });
     const b = await replica({ leaseMs: 500, renewIntervalMs: 25, stablePeriodMs: 100 });
     try {
@@ -422,18 +432,12 @@ describe("partition leases (PostgreSQL)", () => {
   });
 
   it("keeps a partition it lost and took back at a new epoch while handing it over", async () => {
-    let entered!: () => void;
-    const handingOver = new Promise<void>((resolve) => (entered = resolve));
-    let unblock!: () => void;
-    const blocked = new Promise<void>((resolve) => (unblock = resolve));
+    const { handingOver, beforeRelease, unblock } = stuckHandOver();
     const a = await replica({
       leaseMs: 2000,
       renewIntervalMs: 25,
       stablePeriodMs: 100,
-      beforeRelease: async () => {
-        entered();
-        await blocked;
-      },
+      beforeRelease,
     });
     // B heartbeats once, at start: live for A's count, so A hands its upper half over.
     const b = await replica({ leaseMs: 2000, renewIntervalMs: 1e9 });

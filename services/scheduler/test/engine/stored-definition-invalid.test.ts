@@ -24,26 +24,24 @@ import {
 describe("a stored definition that no longer passes validation", () => {
   let db: Awaited<ReturnType<typeof startTestDatabase>>;
   let scheduler: Scheduler | undefined;
+  /** The test's own connections to the database (beside the schedulers'). */
+  let sql: pg.Pool;
   before(async () => {
     db = await startTestDatabase();
+    sql = new pg.Pool({ connectionString: db.url, max: 2 });
   });
   after(async () => {
     await scheduler?.stop();
+    await sql?.end();
     await db?.close();
   });
 
   /** Rewrites a stored spec as if a validation rule had been added since it was registered. */
   const corrupt = async (name: string, path: string, value: unknown): Promise<void> => {
-    const c = new pg.Client({ connectionString: db.url });
-    await c.connect();
-    try {
-      await c.query(
-        `UPDATE workflow_definitions SET spec = jsonb_set(spec, $2::text[], $3::jsonb) WHERE name = $1`,
-        [name, path.split("."), JSON.stringify(value)],
-      );
-    } finally {
-      await c.end();
-    }
+    await sql.query(
+      `UPDATE workflow_definitions SET spec = jsonb_set(spec, $2::text[], $3::jsonb) WHERE name = $1`,
+      [name, path.split("."), JSON.stringify(value)],
+    );
   };
 
   it("fails its runs when the scheduler loads them, and loads the others", async () => {
@@ -82,17 +80,11 @@ describe("a stored definition that no longer passes validation", () => {
       ["CANCELLED"],
     );
     // Its lifecycle ends with the failure, as for any run: one outbox row more than before.
-    const c2 = new pg.Client({ connectionString: db.url });
-    await c2.connect();
-    try {
-      const { rows } = await c2.query<{ n: number }>(
-        "SELECT count(*)::int AS n FROM outbox_events WHERE run_id = $1 AND first_sequence > 1",
-        [broken],
-      );
-      assert.equal(rows[0]?.n, 1, "its runCompleted event, after the events of its start");
-    } finally {
-      await c2.end();
-    }
+    const { rows } = await sql.query<{ n: number }>(
+      "SELECT count(*)::int AS n FROM outbox_events WHERE run_id = $1 AND first_sequence > 1",
+      [broken],
+    );
+    assert.equal(rows[0]?.n, 1, "its runCompleted event, after the events of its start");
 
     // Starting that version again: FAILED_PRECONDITION, naming the problem.
     await assert.rejects(
@@ -117,28 +109,24 @@ describe("a stored definition that no longer passes validation", () => {
     const { run } = await client.startRun({ workflowName: "asleep", input: jsonToValue({}) });
     assert.ok(run);
     const id = run.id;
-    const c = new pg.Client({ connectionString: db.url });
-    await c.connect();
-    try {
-      const parked = async () =>
-        (await c.query("SELECT 1 FROM parked_runs WHERE run_id = $1", [id])).rowCount === 1 &&
-        scheduler?.engine.isActive(id) === false;
-      await waitFor("the run parked", parked);
-      await scheduler.stop();
-      scheduler = undefined;
-      await corrupt("asleep", "steps.0.wait.signal", "");
-      // Start-up leaves parked runs parked; the signal loads it.
-      scheduler = await startTestScheduler(db.url, { parking: { parkAfterMs: 100, wakePollMs: 60_000 } });
-      client = workflowClient(scheduler.address);
-      await client
-        .signalRun({ runId: id, name: "approval", payload: jsonToValue("yes") })
-        .catch(() => undefined);
-      const ended = await waitForRun(client, id);
-      assert.equal(ended.status, RunStatus.FAILED);
-      assert.equal(ended.error?.type, "DEFINITION_INVALID");
-      assert.equal((await c.query("SELECT 1 FROM parked_runs WHERE run_id = $1", [id])).rowCount, 0);
-    } finally {
-      await c.end();
-    }
+    const parkedRow = async () =>
+      (await sql.query("SELECT 1 FROM parked_runs WHERE run_id = $1", [id])).rowCount === 1;
+    await waitFor(
+      "the run parked",
+      async () => (await parkedRow()) && scheduler?.engine.isActive(id) === false,
+    );
+    await scheduler.stop();
+    scheduler = undefined;
+    await corrupt("asleep", "steps.0.wait.signal", "");
+    // Start-up leaves parked runs parked; the signal loads it.
+    scheduler = await startTestScheduler(db.url, { parking: { parkAfterMs: 100, wakePollMs: 60_000 } });
+    client = workflowClient(scheduler.address);
+    await client
+      .signalRun({ runId: id, name: "approval", payload: jsonToValue("yes") })
+      .catch(() => undefined);
+    const ended = await waitForRun(client, id);
+    assert.equal(ended.status, RunStatus.FAILED);
+    assert.equal(ended.error?.type, "DEFINITION_INVALID");
+    assert.equal(await parkedRow(), false);
   });
 });
