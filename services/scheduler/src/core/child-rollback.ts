@@ -21,7 +21,8 @@
  * - A child's end reaches the rollback in the same turn (children.ts childEnded), so in the same
  *   commit. The compensation SUCCEEDS when no child ended COMPENSATION_FAILED (output: how many
  *   ended how, `{"children": {"COMPENSATED": 3, "SUCCEEDED": 1}}`), else it FAILS with
- *   CHILD_FAILED (a child no longer stored fails it too), and the run ends COMPENSATION_FAILED.
+ *   CHILD_FAILED (a child no longer stored fails it too, and so does one that SUCCEEDED but whose
+ *   stored definition no longer compiles), and the run ends COMPENSATION_FAILED.
  */
 import { TaskErrorType } from "@nexusflow/common/task-error-types";
 import { TaskKind } from "@nexusflow/gen";
@@ -50,7 +51,9 @@ const MAX_LISTED_FAILURES = 100;
 
 /**
  * What the shell read of a child to roll back: undefined when it is not stored; its rows and
- * workflow when it SUCCEEDED (it may go COMPENSATING); else its status and error.
+ * workflow when it SUCCEEDED (it may go COMPENSATING); `unrollable` when it SUCCEEDED but its
+ * stored definition no longer compiles (it cannot roll back: the rollback fails, CHILD_FAILED);
+ * else its status and error.
  */
 export type ChildRollbackRead =
   | undefined
@@ -59,7 +62,8 @@ export type ChildRollbackRead =
       readonly stored: StoredRun;
       readonly tasks: readonly StoredTask[];
       readonly workflow: CompiledWorkflow;
-    };
+    }
+  | { readonly unrollable: ErrorInfo };
 
 /** Whether the compensation `task` rolls back child runs (its step starts them). */
 export function rollsBackChildren(run: Readonly<RunState>, task: Readonly<TaskState>): boolean {
@@ -212,9 +216,12 @@ function settle(core: Core, run: RunState, rollback: ChildRollback, now: Date): 
     const how =
       first.status === null
         ? "could not be rolled back: it is not stored"
-        : !TERMINAL_RUN_STATUSES.has(first.status)
-          ? `could not be rolled back: it is ${first.status} in the database but not active on this scheduler`
-          : `ended ${first.status}${first.status === "COMPENSATION_FAILED" ? "" : " while it rolled back"}${first.error === null ? "" : `: ${first.error.type}: ${first.error.message}`}`;
+        : first.status === "SUCCEEDED"
+          ? // Only a child that cannot roll back (ChildRollbackRead's `unrollable`) fails as SUCCEEDED.
+            `could not be rolled back${first.error === null ? "" : `: ${first.error.type}: ${first.error.message}`}`
+          : !TERMINAL_RUN_STATUSES.has(first.status)
+            ? `could not be rolled back: it is ${first.status} in the database but not active on this scheduler`
+            : `ended ${first.status}${first.status === "COMPENSATION_FAILED" ? "" : " while it rolled back"}${first.error === null ? "" : `: ${first.error.type}: ${first.error.message}`}`;
     const more =
       rollback.failedCount > 1
         ? `; ${rollback.failedCount} of ${rollback.ids.length} children failed to roll back`
@@ -268,7 +275,9 @@ export function childRollbackRead(
     look(core, run, rollback, child, now);
     // Nothing to undo: it stays as stored, and out of memory.
     if (child.status === "SUCCEEDED") forgetRun(core, child);
-  } else ended(core, run, rollback, childId, read.status, read.error, now);
+  } else if ("unrollable" in read)
+    ended(core, run, rollback, childId, "SUCCEEDED", read.unrollable, now, true);
+  else ended(core, run, rollback, childId, read.status, read.error, now);
   core.fx.commit();
 }
 

@@ -7,7 +7,7 @@ import { ApiError, Code, type Logger } from "@nexusflow/common";
 import { TaskErrorType } from "@nexusflow/common/task-error-types";
 import * as core from "../core/index.js";
 import type { EngineStore } from "../persistence/engine-store.js";
-import { checkStartInput, type Definitions } from "./definitions.js";
+import { checkStartInput, StoredDefinitionInvalidError, type Definitions } from "./definitions.js";
 
 /**
  * The child run of a step that asks for workflow `child` (its version, or the latest) with
@@ -101,7 +101,8 @@ export class ChildRuns {
 
   /**
    * Reads the child `childId` that the compensation of `stepId` of `runId` rolls back: its status,
-   * and when it SUCCEEDED its rows and workflow, for it to roll back too.
+   * and when it SUCCEEDED its rows and workflow, for it to roll back too (or, when its stored
+   * definition no longer compiles, why it cannot).
    */
   async rollBack(runId: string, stepId: string, childId: string): Promise<void> {
     const { store, definitions } = this.options;
@@ -113,11 +114,14 @@ export class ChildRuns {
         read =
           rows === undefined
             ? undefined
-            : {
-                stored: rows.run,
-                tasks: rows.tasks,
-                workflow: await definitions.compiledById(rows.run.definitionId),
-              };
+            : await definitions.compiledById(rows.run.definitionId).then(
+                (workflow) => ({ stored: rows.run, tasks: rows.tasks, workflow }),
+                (error: unknown) => {
+                  // No retry can compile it: the rollback fails (CHILD_FAILED), it does not wait for ever.
+                  if (error instanceof StoredDefinitionInvalidError) return { unrollable: error.runError };
+                  throw error;
+                },
+              );
       } else read = outcome;
     } catch (error) {
       this.again(

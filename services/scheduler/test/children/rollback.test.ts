@@ -390,6 +390,53 @@ describe("a parent's rollback reaches its children", () => {
     // The other compensations still run.
     assert.ok(calls.includes("release:broken-1"));
   });
+  it("a child whose stored definition no longer compiles fails the step's compensation (CHILD_FAILED), it is not read again for ever", async () => {
+    await register({
+      name: "rb-charge-stale",
+      version: 1,
+      steps: [
+        {
+          id: "pay",
+          type: "rb.pay",
+          input: { key: "{{ input.key }}" },
+          compensate: { type: "rb.refund", input: { key: "{{ step.input.key }}" } },
+        },
+      ],
+    });
+    await register({
+      name: "rb-order-stale",
+      version: 1,
+      steps: [
+        { id: "charge", workflow: { name: "rb-charge-stale", input: { key: "{{ input.key }}" } } },
+        { id: "gate", dependsOn: ["charge"], wait: { signal: "go" } },
+        { id: "ship", type: "rb.boom", dependsOn: ["gate"], retry: { maxAttempts: 1 } },
+      ],
+    });
+    const runId = await start("rb-order-stale", { key: "stale-1" });
+    const childId = childRunId(runId, "charge");
+    await waitFor("the child succeeded", async () => (await status(childId)) === RunStatus.SUCCEEDED);
+    // A validation rule added since the child's workflow was registered refuses its stored spec:
+    // its rows can be read, its workflow no longer compiles (a restart empties the cache).
+    await restart(async () => {
+      await sql.query(
+        `UPDATE workflow_definitions SET spec = jsonb_set(spec, '{steps,0,type}', '"Not A Type"') WHERE name = 'rb-charge-stale'`,
+      );
+    });
+    await client.signalRun({ runId, name: "go" });
+    const run = await waitForRun(client, runId);
+    assert.equal(run.status, RunStatus.COMPENSATION_FAILED);
+    const rollback = compensationOf(run, "charge");
+    assert.equal(rollback.status, TaskStatus.FAILED);
+    assert.equal(rollback.error?.type, TaskErrorType.CHILD_FAILED);
+    assert.match(
+      rollback.error?.message ?? "",
+      new RegExp(
+        `child run ${childId} could not be rolled back: DEFINITION_INVALID: .*rb-charge-stale version 1`,
+      ),
+    );
+    assert.equal(await status(childId), RunStatus.SUCCEEDED, "the child stays as it was");
+    assert.ok(!calls.includes("refund:stale-1"));
+  });
   it("retention keeps a child, and its own child, while an ancestor is active to roll them back", async () => {
     await register({
       name: "rb-mid",
