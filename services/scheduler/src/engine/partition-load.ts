@@ -7,8 +7,9 @@
  *   start-up (core/recovery.ts): queued tasks offered, timers re-armed, held leases given a grace
  *   for their executors. Start-up recovery is the load of every partition held then, after the
  *   rate limits' buckets. A load whose reads fail is made again (backing off up to 2 s) until it
- *   succeeds, the partitions are lost or the engine stops. A partition whose epoch changed while its runs were read (lost, or lost
- *   and taken again) is not loaded by that read; runs already in memory are left as they are.
+ *   succeeds, the partitions are lost or handed over, or the engine stops; it waits between tries
+ *   outside the order below. A partition whose epoch changed while its runs were read (lost, or
+ *   lost and taken again) is not loaded by that read; runs already in memory are left as they are.
  * - **Unloading** a lost partition (another replica took it, the fence refused a commit, or this
  *   replica's own hold ended and was taken again at a new epoch): its runs leave memory at once
  *   (core/unload.ts), their executors are told to stop their leases, and what was marked for them
@@ -16,7 +17,7 @@
  * - **Releasing** (rebalancing hands a partition over): its runs leave memory the same way, then
  *   what was marked for them is committed while the partition is still held.
  *
- * Loads and releases run one after another, in the order asked; an unload is immediate. Without
+ * Loads (each try of one) and releases run one after another, in the order asked; an unload is immediate. Without
  * partitions (no leases: tests of the engine alone) every run is the engine's.
  */
 import { randomUUID } from "node:crypto";
@@ -302,15 +303,26 @@ export class PartitionRuns {
   load(partitions: readonly number[]): Promise<void> {
     if (!this.recovering || partitions.length === 0) return Promise.resolve();
     this.loadingOf(partitions, 1);
-    return this.enqueue(async () => {
-      // A read that fails (the database restarting, a connection broken) is made again until it
-      // succeeds, the partitions are lost or the engine stops: a partition held without its runs
-      // in memory would leave them waiting for as long as it stays here. Later loads and releases
-      // wait meanwhile; unloads do not.
-      for (let failures = 0; ; failures++) {
+    return this.loadUntilDone(partitions).finally(() => this.loadingOf(partitions, -1));
+  }
+
+  /**
+   * A read that fails (the database restarting, a connection broken, a row it cannot read) is made
+   * again until it succeeds, the partitions are lost or handed over, or the engine stops: a
+   * partition held without its runs in memory would leave them waiting for as long as it stays
+   * here. Each try takes its turn among the loads and releases; the wait between tries does not,
+   * so a load that keeps failing holds up neither a hand-over (which would keep its partitions
+   * refusing keyed starts for as long) nor the loads of other partitions.
+   */
+  private async loadUntilDone(partitions: readonly number[]): Promise<void> {
+    for (let failures = 0; ; failures++) {
+      const failed = await this.enqueue(async () => {
         const held = this.host.partitions;
-        const still = partitions.filter((x) => held?.epochOf(x) !== undefined);
-        if (!this.host.live() || still.length === 0) return;
+        // A partition handed over meanwhile is no longer this load's (its runs must stay out).
+        const still = partitions.filter(
+          (x) => held?.epochOf(x) !== undefined && held.handingOver?.(x) !== true,
+        );
+        if (!this.host.live() || still.length === 0) return undefined;
         try {
           const { runs, queued, orphaned } = await this.loadRuns(still, performance.now());
           this.host.pump();
@@ -320,17 +332,19 @@ export class PartitionRuns {
             { partitions: still, runs: runs.length, queued, orphaned_leases: orphaned, failures },
             "loaded the runs of partitions taken",
           );
-          return;
+          return undefined;
         } catch (e) {
-          const retryInMs = Math.min(LOAD_RETRY_MAX_MS, LOAD_RETRY_FIRST_MS * 2 ** Math.min(failures, 10));
-          this.host.log.warn(
-            { err: e, partitions: still, failures: failures + 1, retry_in_ms: retryInMs },
-            "could not load the runs of partitions taken; trying again",
-          );
-          await new Promise<void>((resolve) => setTimeout(resolve, retryInMs).unref());
+          return { error: e, still };
         }
-      }
-    }).finally(() => this.loadingOf(partitions, -1));
+      });
+      if (failed === undefined) return;
+      const retryInMs = Math.min(LOAD_RETRY_MAX_MS, LOAD_RETRY_FIRST_MS * 2 ** Math.min(failures, 10));
+      this.host.log.warn(
+        { err: failed.error, partitions: failed.still, failures: failures + 1, retry_in_ms: retryInMs },
+        "could not load the runs of partitions taken; trying again",
+      );
+      await new Promise<void>((resolve) => setTimeout(resolve, retryInMs).unref());
+    }
   }
 
   /**
@@ -390,9 +404,12 @@ export class PartitionRuns {
     return detached;
   }
 
-  private enqueue(work: () => Promise<void>): Promise<void> {
+  private enqueue<T>(work: () => Promise<T>): Promise<T> {
     const next = this.chain.then(work);
-    this.chain = next.catch(() => undefined);
+    this.chain = next.then(
+      () => undefined,
+      () => undefined,
+    );
     return next;
   }
 

@@ -268,6 +268,54 @@ describe("a load of a partition taken whose commit fails after its runs are in m
   });
 });
 
+describe("a load of a partition taken that keeps failing", () => {
+  const { store, held, moving, engine } = oneStepEngine();
+
+  it("holds up neither a hand-over of another partition nor its own, and ends once its partition is handed over", async () => {
+    const ids: string[] = [];
+    for (let i = 0; i < 24; i++) ids.push((await startOne(engine)).runId);
+    const stuck = partitionOf(ids[0] as string, COUNT);
+    const other = partitionOf(ids.find((id) => partitionOf(id, COUNT) !== stuck) as string, COUNT);
+    const runsOf = (p: number) => ids.filter((id) => partitionOf(id, COUNT) === p);
+    held.delete(stuck);
+    engine.partitions.unload([stuck], "taken by another replica");
+
+    // Taken again, but every read of its runs fails (a row this version cannot read, say).
+    held.set(stuck, 2);
+    const loadActive = store.loadActive.bind(store);
+    let reads = 0;
+    store.loadActive = () => {
+      reads++;
+      return Promise.reject(new Error("cannot read a row"));
+    };
+    let loadEnded = false;
+    const loading = engine.partitions.load([stuck]).finally(() => (loadEnded = true));
+    try {
+      await waitFor("the load to have failed twice", () => reads >= 2);
+      // Another partition is handed over meanwhile: its runs leave memory, the hand-over ends.
+      moving.add(other);
+      await engine.partitions.release([other]);
+      held.delete(other);
+      moving.delete(other);
+      assert.ok(
+        runsOf(other).every((id) => !engine.isActive(id)),
+        "the other partition's runs left",
+      );
+      assert.equal(loadEnded, false, "the failing load goes on");
+
+      // Its own partition is handed over too: the hand-over ends, so does the load, with nothing loaded.
+      moving.add(stuck);
+      await engine.partitions.release([stuck]);
+      held.delete(stuck);
+      moving.delete(stuck);
+      await loading;
+      assert.ok(runsOf(stuck).every((id) => !engine.isActive(id)));
+    } finally {
+      store.loadActive = loadActive;
+    }
+  });
+});
+
 describe("a StartRun whose run's partition moves while its start is committed", () => {
   const { store, held, engine } = oneStepEngine();
 
