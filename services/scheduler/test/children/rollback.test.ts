@@ -127,6 +127,14 @@ describe("a parent's rollback reaches its children", () => {
     assert.ok(a < b, `${first} before ${then}: ${calls.join(", ")}`);
   }
 
+  /** A charge step that refunds its key when rolled back. */
+  const pay = {
+    id: "pay",
+    type: "rb.pay",
+    input: { key: "{{ input.key }}", amount: "{{ input.amount }}" },
+    compensate: { type: "rb.refund", input: { key: "{{ step.input.key }}" } },
+  };
+
   before(async () => {
     db = await startTestDatabase();
     sql = new pg.Client({ connectionString: db.url });
@@ -134,12 +142,6 @@ describe("a parent's rollback reaches its children", () => {
     scheduler = await startTestScheduler(db.url);
     client = workflowClient(scheduler.address);
     executor = await attach();
-    const pay = {
-      id: "pay",
-      type: "rb.pay",
-      input: { key: "{{ input.key }}", amount: "{{ input.amount }}" },
-      compensate: { type: "rb.refund", input: { key: "{{ step.input.key }}" } },
-    };
     await register({ name: "rb-charge", version: 1, steps: [pay], output: "{{ steps.pay.output }}" });
     await register({
       name: "rb-charge-wait",
@@ -391,28 +393,17 @@ describe("a parent's rollback reaches its children", () => {
     assert.ok(calls.includes("release:broken-1"));
   });
   it("a child whose stored definition no longer compiles fails the step's compensation (CHILD_FAILED), it is not read again for ever", async () => {
-    await register({
-      name: "rb-charge-stale",
-      version: 1,
-      steps: [
-        {
-          id: "pay",
-          type: "rb.pay",
-          input: { key: "{{ input.key }}" },
-          compensate: { type: "rb.refund", input: { key: "{{ step.input.key }}" } },
-        },
-      ],
-    });
+    await register({ name: "rb-charge-stale", version: 1, steps: [pay] });
     await register({
       name: "rb-order-stale",
       version: 1,
       steps: [
-        { id: "charge", workflow: { name: "rb-charge-stale", input: { key: "{{ input.key }}" } } },
+        { id: "charge", workflow: { name: "rb-charge-stale", input: "{{ input }}" } },
         { id: "gate", dependsOn: ["charge"], wait: { signal: "go" } },
         { id: "ship", type: "rb.boom", dependsOn: ["gate"], retry: { maxAttempts: 1 } },
       ],
     });
-    const runId = await start("rb-order-stale", { key: "stale-1" });
+    const runId = await start("rb-order-stale", { key: "stale-1", amount: 3 });
     const childId = childRunId(runId, "charge");
     await waitFor("the child succeeded", async () => (await status(childId)) === RunStatus.SUCCEEDED);
     // A validation rule added since the child's workflow was registered refuses its stored spec:
