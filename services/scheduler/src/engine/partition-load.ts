@@ -7,9 +7,10 @@
  *   start-up (core/recovery.ts): queued tasks offered, timers re-armed, held leases given a grace
  *   for their executors. Start-up recovery is the load of every partition held then, after the
  *   rate limits' buckets. A load whose reads fail is made again (backing off up to 2 s) until it
- *   succeeds, the partitions are lost or handed over, or the engine stops; it waits between tries
- *   outside the order below. A partition whose epoch changed while its runs were read (lost, or
- *   lost and taken again) is not loaded by that read; runs already in memory are left as they are.
+ *   succeeds, the partitions are lost or the engine stops; it waits between tries outside the
+ *   order below. A partition being handed over is loaded once the hand-over ends, if still held.
+ *   A partition whose epoch changed while its runs were read (lost, or lost and taken again) is
+ *   not loaded by that read; runs already in memory are left as they are.
  * - **Unloading** a lost partition (another replica took it, the fence refused a commit, or this
  *   replica's own hold ended and was taken again at a new epoch): its runs leave memory at once
  *   (core/unload.ts), their executors are told to stop their leases, and what was marked for them
@@ -308,41 +309,46 @@ export class PartitionRuns {
 
   /**
    * A read that fails (the database restarting, a connection broken, a row it cannot read) is made
-   * again until it succeeds, the partitions are lost or handed over, or the engine stops: a
-   * partition held without its runs in memory would leave them waiting for as long as it stays
-   * here. Each try takes its turn among the loads and releases; the wait between tries does not,
-   * so a load that keeps failing holds up neither a hand-over (which would keep its partitions
-   * refusing keyed starts for as long) nor the loads of other partitions.
+   * again until it succeeds, the partitions are lost or the engine stops: a partition held without
+   * its runs in memory would leave them waiting for as long as it stays here. A partition being
+   * handed over is loaded once the hand-over ends, if it is still held then (lost and taken back
+   * meanwhile, it is not handed over): its runs must not come back while they leave. Each try takes
+   * its turn among the loads and releases; the wait between tries does not, so a load that keeps
+   * failing holds up neither a hand-over (which would keep its partitions refusing keyed starts for
+   * as long) nor the loads of other partitions.
    */
   private async loadUntilDone(partitions: readonly number[]): Promise<void> {
-    for (let failures = 0; ; failures++) {
-      const failed = await this.enqueue(async () => {
+    let pending = partitions;
+    for (let tries = 0, failures = 0; ; tries++) {
+      const left = await this.enqueue(async () => {
         const held = this.host.partitions;
-        // A partition handed over meanwhile is no longer this load's (its runs must stay out).
-        const still = partitions.filter(
-          (x) => held?.epochOf(x) !== undefined && held.handingOver?.(x) !== true,
-        );
+        const still = pending.filter((x) => held?.epochOf(x) !== undefined);
         if (!this.host.live() || still.length === 0) return undefined;
+        const moving = still.filter((x) => held?.handingOver?.(x) === true);
+        const now = moving.length === 0 ? still : still.filter((x) => !moving.includes(x));
+        if (now.length === 0) return { partitions: moving };
         try {
-          const { runs, queued, orphaned } = await this.loadRuns(still, performance.now());
+          const { runs, queued, orphaned } = await this.loadRuns(now, performance.now());
           this.host.pump();
           // Their parked runs stay parked: those due are woken now, the others when due.
           this.host.parking?.wakeDue();
           this.host.log.info(
-            { partitions: still, runs: runs.length, queued, orphaned_leases: orphaned, failures },
+            { partitions: now, runs: runs.length, queued, orphaned_leases: orphaned, failures },
             "loaded the runs of partitions taken",
           );
-          return undefined;
+          return moving.length === 0 ? undefined : { partitions: moving };
         } catch (e) {
-          return { error: e, still };
+          return { partitions: still, error: e };
         }
       });
-      if (failed === undefined) return;
-      const retryInMs = Math.min(LOAD_RETRY_MAX_MS, LOAD_RETRY_FIRST_MS * 2 ** Math.min(failures, 10));
-      this.host.log.warn(
-        { err: failed.error, partitions: failed.still, failures: failures + 1, retry_in_ms: retryInMs },
-        "could not load the runs of partitions taken; trying again",
-      );
+      if (left === undefined) return;
+      pending = left.partitions;
+      const retryInMs = Math.min(LOAD_RETRY_MAX_MS, LOAD_RETRY_FIRST_MS * 2 ** Math.min(tries, 10));
+      if ("error" in left)
+        this.host.log.warn(
+          { err: left.error, partitions: pending, failures: ++failures, retry_in_ms: retryInMs },
+          "could not load the runs of partitions taken; trying again",
+        );
       await new Promise<void>((resolve) => setTimeout(resolve, retryInMs).unref());
     }
   }

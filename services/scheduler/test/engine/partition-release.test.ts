@@ -57,16 +57,22 @@ function engineHolding(): {
   held: Map<number, number>;
   /** Partitions being handed over (rebalancing). */
   moving: Set<number>;
+  /** How many times the engine asked whether a partition is being handed over, by partition. */
+  asked: Map<number, number>;
   engine: Engine;
 } {
   const store = new MemoryEngineStore();
   const held = new Map<number, number>(Array.from({ length: COUNT }, (_, p) => [p, 1]));
   const moving = new Set<number>();
+  const asked = new Map<number, number>();
   const partitions: HeldPartitions = {
     partitionCount: COUNT,
     epochOf: (p) => held.get(p),
     held: () => [...held].map(([partition, epoch]) => ({ partition, epoch })),
-    handingOver: (p) => moving.has(p),
+    handingOver: (p) => {
+      asked.set(p, (asked.get(p) ?? 0) + 1);
+      return moving.has(p);
+    },
   };
   const engine = new Engine({
     store,
@@ -76,7 +82,7 @@ function engineHolding(): {
     sessionTimeoutMs: 1000,
     heartbeatIntervalMs: 200,
   });
-  return { store, held, moving, engine };
+  return { store, held, moving, asked, engine };
 }
 
 /**
@@ -268,30 +274,46 @@ describe("a load of a partition taken whose commit fails after its runs are in m
   });
 });
 
-describe("a load of a partition taken that keeps failing", () => {
-  const { store, held, moving, engine } = oneStepEngine();
-
-  it("holds up neither a hand-over of another partition nor its own, and ends once its partition is handed over", async () => {
-    const ids: string[] = [];
-    for (let i = 0; i < 24; i++) ids.push((await startOne(engine)).runId);
-    const stuck = partitionOf(ids[0] as string, COUNT);
-    const other = partitionOf(ids.find((id) => partitionOf(id, COUNT) !== stuck) as string, COUNT);
-    const runsOf = (p: number) => ids.filter((id) => partitionOf(id, COUNT) === p);
-    held.delete(stuck);
-    engine.partitions.unload([stuck], "taken by another replica");
-
-    // Taken again, but every read of its runs fails (a row this version cannot read, say).
-    held.set(stuck, 2);
+describe("a load of a partition taken that keeps failing, or that is being handed over", () => {
+  const { store, held, moving, asked, engine } = oneStepEngine();
+  const ids: string[] = [];
+  const runsOf = (p: number) => ids.filter((id) => partitionOf(id, COUNT) === p);
+  /** Partitions with runs, each once. */
+  const withRuns = () => [...new Set(ids.map((id) => partitionOf(id, COUNT)))];
+  /** Makes `p` lost, then taken again at `epoch`: its runs are out of memory until it is loaded. */
+  const lostAndTaken = (p: number, epoch: number) => {
+    held.delete(p);
+    engine.partitions.unload([p], "taken by another replica");
+    held.set(p, epoch);
+    assert.ok(runsOf(p).every((id) => !engine.isActive(id)));
+  };
+  /** Reads of the store's active runs, and the partitions being handed over at each. */
+  const reads: number[][] = [];
+  before(async () => {
+    for (let i = 0; i < 32; i++) ids.push((await startOne(engine)).runId);
+    assert.ok(withRuns().length >= 3, "runs in three partitions at least");
     const loadActive = store.loadActive.bind(store);
-    let reads = 0;
+    store.loadActive = (scope) => {
+      reads.push([...moving]);
+      return loadActive(scope);
+    };
+  });
+
+  // A hang here is the bug: a timeout makes it a failure.
+  it("holds up neither a hand-over of another partition nor its own", { timeout: 60_000 }, async () => {
+    const [stuck, other] = withRuns() as [number, number];
+    lostAndTaken(stuck, 2);
+    // Every read of its runs fails (a row this version cannot read, say).
+    const loadActive = store.loadActive.bind(store);
+    let failed = 0;
     store.loadActive = () => {
-      reads++;
+      failed++;
       return Promise.reject(new Error("cannot read a row"));
     };
     let loadEnded = false;
     const loading = engine.partitions.load([stuck]).finally(() => (loadEnded = true));
     try {
-      await waitFor("the load to have failed twice", () => reads >= 2);
+      await waitFor("the load to have failed twice", () => failed >= 2);
       // Another partition is handed over meanwhile: its runs leave memory, the hand-over ends.
       moving.add(other);
       await engine.partitions.release([other]);
@@ -302,17 +324,54 @@ describe("a load of a partition taken that keeps failing", () => {
         "the other partition's runs left",
       );
       assert.equal(loadEnded, false, "the failing load goes on");
-
-      // Its own partition is handed over too: the hand-over ends, so does the load, with nothing loaded.
+      // Its own partition is handed over too: the hand-over ends, and so does the load.
       moving.add(stuck);
       await engine.partitions.release([stuck]);
       held.delete(stuck);
       moving.delete(stuck);
       await loading;
-      assert.ok(runsOf(stuck).every((id) => !engine.isActive(id)));
     } finally {
       store.loadActive = loadActive;
     }
+  });
+
+  it("waits for a hand-over of its partition: loads it if still held after it, not if handed over", async () => {
+    const [, , kept, ...rest] = withRuns() as [number, number, number, ...number[]];
+    // Lost and taken back while it was being handed over: the hand-over leaves it held.
+    lostAndTaken(kept, 2);
+    moving.add(kept);
+    const before = asked.get(kept) ?? 0;
+    reads.length = 0;
+    const loading = engine.partitions.load([kept]);
+    await waitFor(
+      "the load to have looked at it twice while it is handed over",
+      () => (asked.get(kept) ?? 0) >= before + 2,
+    );
+    assert.deepEqual(reads, [], "its runs are not read while they leave");
+    moving.delete(kept);
+    await loading;
+    assert.ok(
+      runsOf(kept).every((id) => engine.isActive(id)),
+      "its runs are back once it stays",
+    );
+    assert.deepEqual(reads, [[]]);
+
+    // Handed over for good: the load ends without reading.
+    const gone = rest[0] ?? kept;
+    lostAndTaken(gone, 3);
+    moving.add(gone);
+    reads.length = 0;
+    const ending = engine.partitions.load([gone]);
+    const seen = asked.get(gone) ?? 0;
+    await waitFor(
+      "the load to have looked at it while it is handed over",
+      () => (asked.get(gone) ?? 0) > seen,
+    );
+    held.delete(gone);
+    moving.delete(gone);
+    await ending;
+    assert.deepEqual(reads, []);
+    assert.ok(runsOf(gone).every((id) => !engine.isActive(id)));
   });
 });
 
