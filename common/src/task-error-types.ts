@@ -152,7 +152,8 @@ export const TaskErrorType = {
   CHILD_WORKFLOW_NOT_FOUND: "CHILD_WORKFLOW_NOT_FOUND",
   /**
    * Scheduler. A child workflow step could not start its child: the rendered `workflow.input` does
-   * not match the child workflow's input schema or concurrency keys. Terminal. No details.
+   * not match the child workflow's input schema or concurrency keys, or the child's definition, as
+   * stored, no longer passes this version's validation. Terminal. No details.
    */
   CHILD_START_FAILED: "CHILD_START_FAILED",
   /**

@@ -12,8 +12,9 @@ import { checkStartInput, StoredDefinitionInvalidError, type Definitions } from 
 /**
  * The child run of a step that asks for workflow `child` (its version, or the latest) with
  * `input`: its definition and input, or the step's error when the workflow does not exist
- * (CHILD_WORKFLOW_NOT_FOUND) or refuses the input (CHILD_START_FAILED). Other failures (the
- * database) are thrown, for the caller to try again.
+ * (CHILD_WORKFLOW_NOT_FOUND), refuses the input, or is stored as a definition this version's
+ * validation refuses (CHILD_START_FAILED: no retry can start it). Other failures (the database)
+ * are thrown, for the caller to try again.
  */
 export async function resolveChild(
   definitions: Pick<Definitions, "resolve">,
@@ -27,7 +28,9 @@ export async function resolveChild(
   } catch (error) {
     if (
       !(error instanceof ApiError) ||
-      (error.code !== Code.NOT_FOUND && error.code !== Code.INVALID_ARGUMENT)
+      (error.code !== Code.NOT_FOUND &&
+        error.code !== Code.INVALID_ARGUMENT &&
+        !(error instanceof StoredDefinitionInvalidError))
     )
       throw error;
     const notFound = error.code === Code.NOT_FOUND;

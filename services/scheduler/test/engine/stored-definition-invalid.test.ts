@@ -3,7 +3,7 @@
  * registered) must not keep the scheduler from starting: its runs end FAILED with
  * DEFINITION_INVALID when they are loaded (at start-up, or a parked one when something wakes it),
  * with their event, and every other run loads as usual; StartRun of that version answers
- * FAILED_PRECONDITION.
+ * FAILED_PRECONDITION, and a child workflow step asking for it fails (CHILD_START_FAILED).
  */
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
@@ -128,5 +128,37 @@ describe("a stored definition that no longer passes validation", () => {
     assert.equal(ended.status, RunStatus.FAILED);
     assert.equal(ended.error?.type, "DEFINITION_INVALID");
     assert.equal(await parkedRow(), false);
+  });
+  it("fails a child workflow step whose child's definition it refuses (CHILD_START_FAILED), not for ever WAITING", async () => {
+    await scheduler?.stop();
+    scheduler = await startTestScheduler(db.url);
+    let client = workflowClient(scheduler.address);
+    await registerSpec(client, {
+      name: "stale-child",
+      version: 1,
+      steps: [{ id: "a", type: "nobody-serves" }],
+    });
+    await registerSpec(client, {
+      name: "stale-parent",
+      version: 1,
+      steps: [{ id: "c", workflow: { name: "stale-child", version: 1 } }],
+    });
+    await scheduler.stop();
+    scheduler = undefined;
+    await corrupt("stale-child", "steps.0.type", "Not A Type");
+    // Restarted: nothing of the child's definition is cached.
+    scheduler = await startTestScheduler(db.url);
+    client = workflowClient(scheduler.address);
+    const { run } = await client.startRun({ workflowName: "stale-parent", input: jsonToValue({}) });
+    assert.ok(run);
+    const ended = await waitForRun(client, run.id);
+    assert.equal(ended.status, RunStatus.FAILED);
+    const step = ended.tasks.find((t) => t.stepId === "c");
+    assert.equal(step?.status, TaskStatus.FAILED);
+    assert.equal(step?.error?.type, "CHILD_START_FAILED");
+    assert.match(
+      step?.error?.message ?? "",
+      /workflow stale-child v1: .*no longer passes validation \(\$\.steps\[0\]\.type/,
+    );
   });
 });
