@@ -18,8 +18,8 @@
  * - **Releasing** (rebalancing hands a partition over): its runs leave memory the same way, then
  *   what was marked for them is committed while the partition is still held.
  *
- * Loads (each try of one) and releases run one after another, in the order asked; an unload is immediate. Without
- * partitions (no leases: tests of the engine alone) every run is the engine's.
+ * Loads (each try of one) and releases run one after another, in the order asked; an unload is
+ * immediate. Without partitions (no leases: tests of the engine alone) every run is the engine's.
  */
 import { randomUUID } from "node:crypto";
 import { UnavailableError, type Logger } from "@nexusflow/common";
