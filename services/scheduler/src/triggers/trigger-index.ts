@@ -1,9 +1,11 @@
 /**
  * The triggers an event is matched against: those of the latest version (highest number) of
- * every workflow, read from `workflow_definitions`. Definitions never change and their ids only
- * grow, so the index is read again only when the highest id changed (one cheap query per
- * publish): a workflow registered before a publish is answered is matched by it. A workflow whose
- * latest version declares no triggers is matched by nothing, whatever its older versions declare.
+ * every workflow, read from `workflow_definitions`. Definitions never change, so the index is read
+ * again only when the number of definitions or the highest id changed (one cheap query per
+ * publish, an index-only count): a workflow registered before a publish is answered is matched by
+ * it. The count matters: ids are taken when a registration inserts, not when it commits, so one
+ * that commits after a later id was seen leaves the highest id as it was. A workflow whose latest
+ * version declares no triggers is matched by nothing, whatever its older versions declare.
  */
 import type { Logger } from "@nexusflow/common";
 import type pg from "pg";
@@ -27,7 +29,8 @@ export interface EventMatchDraft {
 
 /** See the module comment. */
 export class TriggerIndex {
-  private maxId: string | null | undefined;
+  /** Count and highest id of the definitions the index was read from. */
+  private version: string | undefined;
   private workflows: readonly WorkflowTriggers[] = [];
   private loading: Promise<readonly WorkflowTriggers[]> | undefined;
 
@@ -60,11 +63,11 @@ export class TriggerIndex {
   }
 
   private async load(): Promise<readonly WorkflowTriggers[]> {
-    const { rows: top } = await this.pool.query<{ max: string | null }>(
-      `SELECT max(id)::text AS max FROM workflow_definitions`,
+    const { rows: top } = await this.pool.query<{ version: string }>(
+      `SELECT count(*) || ':' || coalesce(max(id)::text, '') AS version FROM workflow_definitions`,
     );
-    const maxId = top[0]?.max ?? null;
-    if (maxId === this.maxId) return this.workflows;
+    const version = top[0]?.version;
+    if (version !== undefined && version === this.version) return this.workflows;
     const { rows } = await this.pool.query<{ name: string; version: number; triggers: unknown }>(
       `SELECT name, version, triggers FROM (
          SELECT DISTINCT ON (name) name, version, spec->'triggers' AS triggers
@@ -83,7 +86,7 @@ export class TriggerIndex {
       if (triggers.length > 0) workflows.push({ workflowName: r.name, workflowVersion: r.version, triggers });
     }
     this.workflows = workflows;
-    this.maxId = maxId;
+    this.version = version;
     return workflows;
   }
 }

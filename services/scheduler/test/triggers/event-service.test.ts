@@ -2,14 +2,16 @@
  * EventService against a real scheduler and PostgreSQL: bad requests refused naming the field,
  * an event starting the runs of the workflows whose triggers match it with its payload as input
  * (exact and wildcard keys, filters, two triggers of one workflow making one run, the latest
- * version only), a filter failing on an event recorded as a failed match, idempotent publishes,
- * and listing by key prefix a page at a time. No executor serves the steps: runs stay active.
+ * version only; a registration that commits after a later one was seen), a filter failing on an
+ * event recorded as a failed match, idempotent publishes, and listing by key prefix a page at a time. No executor serves the steps: runs stay active.
  */
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import { Code, type Client } from "@connectrpc/connect";
 import { jsonToValue, valueToJson } from "@nexusflow/common";
+import { waitFor } from "@nexusflow/common/testing";
 import { EventMatchStatus, type EventService, type WorkflowService } from "@nexusflow/gen";
+import pg from "pg";
 import type { Scheduler } from "../../src/index.js";
 import {
   eventClient,
@@ -248,6 +250,37 @@ describe("EventService", () => {
     );
     assert.equal(new Set(racing.map((r) => r.event?.eventId)).size, 1);
     assert.equal(racing.filter((r) => r.created).length, 1);
+  });
+
+  it("matches a workflow whose registration committed after one with a higher id was seen", async () => {
+    // Its registration inserts (taking id N), then waits in its transaction on the lock of its
+    // declared schedules, held here; another registers meanwhile (id N+1, committed).
+    const blocker = new pg.Client({ connectionString: db.url });
+    await blocker.connect();
+    try {
+      await blocker.query("BEGIN");
+      await blocker.query("SELECT pg_advisory_xact_lock(1313231684, hashtext('late-commit'))");
+      const late = register(flow("late-commit", [{ event: "parcels.sent" }]));
+      await waitFor("the registration to wait on the lock, its row inserted", async () => {
+        const { rows } = await blocker.query<{ n: number }>(
+          "SELECT count(*)::int AS n FROM pg_locks WHERE locktype = 'advisory' AND NOT granted",
+        );
+        return rows[0]?.n === 1;
+      });
+      await register(flow("early-commit", [{ event: "parcels.other" }]));
+      // The index is read now, with the higher id and without the registration in flight.
+      const before = await events.publishEvent({ key: "parcels.sent", idempotencyKey: "parcels-1" });
+      assert.deepEqual(before.event?.matches, []);
+      await blocker.query("COMMIT");
+      await late;
+      const after = await events.publishEvent({ key: "parcels.sent", idempotencyKey: "parcels-2" });
+      assert.deepEqual(
+        after.event?.matches.map((m) => m.workflowName),
+        ["late-commit"],
+      );
+    } finally {
+      await blocker.end();
+    }
   });
 
   it("lists events by key prefix, newest first, a page at a time", async () => {
