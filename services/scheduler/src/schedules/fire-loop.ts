@@ -149,7 +149,9 @@ export class FireLoop extends BatchLoop {
     let poll = retried.some((o) => "retry" in o && o.retry);
     const now = new Date();
     const due = await store.due(now, this.batchSize);
-    if (due.length === this.batchSize) again = true;
+    // A full batch may leave more due behind it, unless nothing in it moved: a batch of buffered
+    // fires that all wait for their runs would be found again at once, and the loop would spin.
+    let moved = false;
     const unended = await fireStore.unendedRuns(due.map((s) => s.uid));
     const owns = this.options.ownsRun ?? ((): boolean => true);
     const unendedIds = [...unended.values()].flat();
@@ -176,6 +178,7 @@ export class FireLoop extends BatchLoop {
           { err: e, schedule_id: schedule.scheduleId },
           "cannot evaluate a schedule's cron expression; it does not fire until it is created again",
         );
+        moved = true;
         updates.push({
           uid: schedule.uid,
           expected: schedule.cursorAt,
@@ -190,6 +193,7 @@ export class FireLoop extends BatchLoop {
         continue;
       }
       const times = await this.walk(cron, schedule.cursorAt, now);
+      if (times.length > 0) moved = true;
       const last = times.at(-1);
       const cut = times.length === this.maxFiresPerPass;
       if (cut) again = true;
@@ -224,6 +228,8 @@ export class FireLoop extends BatchLoop {
         continue;
       }
       this.waitingElsewhere.delete(schedule.uid);
+      if (plan.start.length > 0 || plan.buffered?.getTime() !== schedule.bufferedFireAt?.getTime())
+        moved = true;
       const cursor = last ?? schedule.cursorAt;
       updates.push({
         uid: schedule.uid,
@@ -243,6 +249,7 @@ export class FireLoop extends BatchLoop {
           scheduleId: schedule.scheduleId,
         });
     }
+    if (due.length === this.batchSize && moved) again = true;
     await fireStore.markEnded(ended);
     let applied: Set<string>;
     try {

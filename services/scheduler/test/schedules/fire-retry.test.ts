@@ -7,6 +7,8 @@
  * - passes that fail (the schedules' queries refused) are logged once per outage, not per retry;
  * - a stored schedule whose expression this runtime cannot evaluate is parked (no next fire time)
  *   and logged once, rather than found due again by every pass with no pause in between;
+ * - a full batch of buffered fires that all wait for their runs is not taken for more work due:
+ *   the pass sleeps a poll;
  * - a long downtime is walked a chunk at a time with turns of the event loop between, and over
  *   several passes LAST still catches up one fire time, the latest.
  */
@@ -196,6 +198,42 @@ describe("the fire loop when things fail", () => {
     loop.wake();
     await waitFor("another pass", () => (loop?.passCount ?? 0) > passes);
     assert.equal(lines.filter((l) => /cannot evaluate/.test(l.msg)).length, 1);
+  });
+
+  it("sleeps a poll after a full batch of buffered fires that all wait for their runs, rather than spin", async () => {
+    /** The loop's pass, called by the test (the loop is not started). */
+    class Probe extends FireLoop {
+      passOnce(): Promise<number> {
+        return this.pass();
+      }
+    }
+    const store = new ScheduleStore(pool);
+    const now = new Date();
+    const spec = normalizeSpec({ ...yearlyInput, overlapPolicy: "BUFFER_ONE" }).spec;
+    for (const id of ["held-1", "held-2"]) {
+      const row = await insertSchedule(store, id, spec, now, new Date(now.getTime() + 365 * 86_400_000));
+      // A run of it still active, and a fire buffered behind it.
+      await pool.query(
+        `INSERT INTO schedule_fires (schedule_uid, fire_key, fire_at, origin, status, run_id, created_at)
+         VALUES ($1, 'earlier', $2, 'SCHEDULED', 'STARTED', $3, $2)`,
+        [row.uid, now, randomUUID()],
+      );
+      await pool.query(`UPDATE schedules SET buffered_fire_at = $2 WHERE uid = $1`, [row.uid, now]);
+    }
+    const engine: RunStarter = { ...engineUp, isActive: () => true };
+    const { log } = capture();
+    const probe = new Probe({
+      store,
+      fireStore: new FireStore(pool),
+      engine,
+      log,
+      batchSize: 2,
+      pollMs: 500,
+    });
+    // The batch is full (two of two), and nothing in it can move: more passes at once would find
+    // the same two again. The pause is the poll (the buffered fires wait for their runs).
+    for (let i = 0; i < 2; i++) assert.equal(await probe.passOnce(), 500, `pass ${i + 1}`);
+    await pool.query("DELETE FROM schedule_fires");
   });
 
   it("walks a long downtime's fire times a chunk at a time, turning the event loop between chunks", async () => {
