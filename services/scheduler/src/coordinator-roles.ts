@@ -108,7 +108,9 @@ export function coordinatorRoles(deps: CoordinatorRolesDeps): CoordinatorRole[] 
             : {
                 fence,
                 refused: deps.refused,
-                ownsRun: (runId: string) => engine.partitions.owns(runId),
+                // Held and loaded: a run of a partition still loading is not in memory yet, and
+                // would be taken for ended (its committed row says whether it is).
+                ownsRun: (runId: string) => engine.partitions.loaded(runId),
                 leftoverGraceMs: LEFTOVER_GRACE_MS,
                 cancelElsewhere: deps.cancelElsewhere,
               }),

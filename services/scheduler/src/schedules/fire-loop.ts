@@ -43,8 +43,9 @@ export interface FireLoopOptions {
   /** Told of every failed plan commit (e.g. to recognise the fence's refusal, NF001). @default none */
   refused?: ((e: unknown) => void) | undefined;
   /**
-   * Whether a run is held by this replica (its partition): the state of one held elsewhere is read
-   * from its committed row. @default every run is held here
+   * Whether a run is held by this replica (its partition) with its runs loaded: the state of any
+   * other (held elsewhere, or of a partition still loading) is read from its committed row.
+   * @default every run is held here
    */
   ownsRun?: ((runId: string) => boolean) | undefined;
   /**

@@ -314,6 +314,10 @@ describe("a load of a partition taken that keeps failing, or that is being hande
     const loading = engine.partitions.load([stuck]).finally(() => (loadEnded = true));
     try {
       await waitFor("the load to have failed twice", () => failed >= 2);
+      // Held, not loaded: what is asked of its runs meanwhile goes to their committed rows (the
+      // schedules' fire loop), not to an empty memory that would take them for ended.
+      for (const id of runsOf(stuck))
+        assert.deepEqual([engine.partitions.owns(id), engine.partitions.loaded(id)], [true, false]);
       // Another partition is handed over meanwhile: its runs leave memory, the hand-over ends.
       moving.add(other);
       await engine.partitions.release([other]);
