@@ -3,7 +3,7 @@ import { describe, it } from "node:test";
 import { endToEndHeaders } from "./headers.js";
 
 describe("endToEndHeaders", () => {
-  it("drops hop-by-hop, framing and Connection-listed headers and keeps the rest", () => {
+  it("drops hop-by-hop, framing, Connection-listed and internal headers and keeps the rest", () => {
     const out = endToEndHeaders(
       new Headers({
         authorization: "Bearer x",
@@ -15,6 +15,9 @@ describe("endToEndHeaders", () => {
         "connect-protocol-version": "1",
         "grpc-timeout": "5S",
         traceparent: "00-abc-def-01",
+        // A client posing as a scheduler replica that forwarded the call: never passed on.
+        "nexusflow-forwarded-by": "x",
+        "Nexusflow-Anything": "y",
       }),
     );
     assert.deepEqual([...out.keys()].sort(), ["authorization", "traceparent", "x-request-id"]);

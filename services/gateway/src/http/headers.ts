@@ -30,6 +30,12 @@ const FRAMING = new Set([
 ]);
 const FRAMING_PREFIXES = [":", "grpc-", "connect-"];
 
+/**
+ * Headers the services set for one another (e.g. `nexusflow-forwarded-by`, a call one scheduler
+ * replica passed to another, which is then never routed on): never taken from outside.
+ */
+const INTERNAL_PREFIX = "nexusflow-";
+
 /** True for headers that describe one hop of the call rather than the call itself. */
 export function isHopHeader(name: string): boolean {
   const key = name.toLowerCase();
@@ -38,7 +44,7 @@ export function isHopHeader(name: string): boolean {
 
 /**
  * The end-to-end subset of `headers`: hop-by-hop and framing headers removed, as well as any header
- * the `Connection` header names (RFC 9110 §7.6.1).
+ * the `Connection` header names (RFC 9110 §7.6.1) and the services' internal ones (`nexusflow-*`).
  */
 export function endToEndHeaders(headers: Headers): Headers {
   const listed = new Set(
@@ -49,7 +55,7 @@ export function endToEndHeaders(headers: Headers): Headers {
   );
   const out = new Headers();
   headers.forEach((value, key) => {
-    if (!isHopHeader(key) && !listed.has(key)) out.append(key, value);
+    if (!isHopHeader(key) && !listed.has(key) && !key.startsWith(INTERNAL_PREFIX)) out.append(key, value);
   });
   return out;
 }
