@@ -256,6 +256,13 @@ export function buildRequest(
       })),
     );
   }
+  // What the query set so far, by proto path (and map key): `page_size` and `pageSize` name one field.
+  const fromQuery = new Map<string, string>();
+  const once = (name: string, target: string): void => {
+    const earlier = fromQuery.get(target);
+    if (earlier !== undefined) throw new Violation(name, `given more than once (also as ${earlier})`);
+    fromQuery.set(target, name);
+  };
   for (const name of names) {
     attempt(() => {
       const m = QUERY_NAME.exec(name);
@@ -273,8 +280,14 @@ export function buildRequest(
       if (mapKey !== undefined) {
         if (leaf.fieldKind !== "map") throw new Violation(name, "[key] is only for map fields");
         if (values.length > 1) throw new Violation(name, "given more than once");
-        const map = objectAt(json, fields);
-        map[mapKey] = valueFromText(leaf, values[0] ?? "", name);
+        once(name, `${protoPath}[${mapKey}]`);
+        // Defined, not assigned: a key such as `__proto__` is an entry like any other.
+        Object.defineProperty(objectAt(json, fields), mapKey, {
+          value: valueFromText(leaf, values[0] ?? "", name),
+          enumerable: true,
+          writable: true,
+          configurable: true,
+        });
         return;
       }
       if (leaf.fieldKind === "map") throw new Violation(name, `a map: use ${name}[key]=value`);
@@ -287,6 +300,7 @@ export function buildRequest(
         return;
       }
       if (values.length > 1) throw new Violation(name, "given more than once for a singular field");
+      once(name, protoPath);
       setAt(json, fields, valueFromText(leaf, values[0] ?? "", name));
     });
   }

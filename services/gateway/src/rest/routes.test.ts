@@ -116,6 +116,17 @@ describe("REST routes", () => {
     );
   });
 
+  it("reads a map key such as __proto__ as an entry like any other (the filter is not dropped)", () => {
+    const { message } = request("GET", "/v1/runs?labels[__proto__]=x&labels[constructor]=y");
+    assert.deepEqual(
+      { ...(message as unknown as { labels: Record<string, string> }).labels },
+      {
+        ["__proto__"]: "x",
+        constructor: "y",
+      },
+    );
+  });
+
   it("reads nested fields from dotted query parameters (proto or JSON names)", () => {
     // No annotated GET of the API has a nested message, so bind RegisterWorkflow to a GET here.
     const route: RestRoute = {
@@ -180,6 +191,14 @@ describe("REST routes", () => {
     assert.equal(rejected("POST", "/v1/workflows", ["not", "an", "object"]).code, Code.InvalidArgument);
     assert.equal(rejected("GET", "/v1/runs?workflow_name=a&workflow_name=b").code, Code.InvalidArgument);
     assert.equal(rejected("GET", "/v1/runs?labels=x").code, Code.InvalidArgument);
+    // One field under its two names: given twice, as a repeated name would be.
+    const twice = rejected("GET", "/v1/runs?pageSize=1&page_size=2");
+    assert.match(twice.rawMessage, /given more than once \(also as pageSize\)/);
+    assert.equal(rejected("GET", "/v1/runs?labels[env]=a&labels[env]=b").code, Code.InvalidArgument);
+    assert.equal(
+      rejected("GET", "/v1/runs?labels[env]=a&labels%5Benv%5D=b&labels[env]=c").code,
+      Code.InvalidArgument,
+    );
     assert.equal(
       rejected("GET", "/v1/runs/r1/artifacts?run_id=r2").code,
       Code.InvalidArgument,
