@@ -20,6 +20,7 @@ import {
 } from "@nexusflow/gen/google/rpc/error_details_pb";
 import { type Status, StatusSchema } from "@nexusflow/gen/google/rpc/status_pb";
 import { ApiError, Code, type FieldViolation } from "./errors.js";
+import { boundedText } from "./text.js";
 
 function serializer<D extends DescMessage>(schema: D): (m: MessageShape<D>) => Buffer {
   return (m) => {
@@ -142,15 +143,6 @@ const MAX_VIOLATION_FIELD = 256;
 const MAX_VIOLATION_DESCRIPTION = 512;
 /** Field violations sent, by their UTF-8 size: the first ones that fit. */
 const MAX_VIOLATIONS_BYTES = 16 * 1024;
-
-/**
- * `text` made well-formed (grpc-js percent-encodes the details with encodeURI, which throws on a
- * lone surrogate a client's text may hold) and cut to `max` code units, saying how much was cut.
- */
-function boundedText(text: string, max: number): string {
-  if (text.length <= max) return text.toWellFormed();
-  return `${text.slice(0, max).toWellFormed()}… (${text.length - max} more characters)`;
-}
 
 function boundedViolations(violations: readonly FieldViolation[]): FieldViolation[] {
   const out: FieldViolation[] = [];

@@ -13,3 +13,4 @@ export * from "./json-value.js";
 export * from "./session.js";
 export * from "./value-wire.js";
 export * from "./task-error-types.js";
+export * from "./text.js";

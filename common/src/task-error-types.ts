@@ -311,3 +311,16 @@ export function isHttpStatusErrorType(type: string): boolean {
  * Retried by default. No details.
  */
 export const THROWN_ERROR_FALLBACK_TYPE = "Error";
+
+/**
+ * The longest failure `type` kept, in UTF-16 code units: an executor cuts a longer one before it
+ * reports it, and the scheduler cuts what another client sends (common/src/text.ts boundedText).
+ */
+export const MAX_TASK_ERROR_TYPE_CHARS = 256;
+
+/**
+ * The longest failure `message` kept (16 Ki code units): a handler's error may carry a whole
+ * response body or log, and a report larger than a session frame would end the session it is sent
+ * on, every time it is sent again.
+ */
+export const MAX_TASK_ERROR_MESSAGE_CHARS = 16_384;

@@ -40,7 +40,7 @@ import { waitFor } from "./handlers/test-context.js";
 import type { TaskContext } from "./handlers/types.js";
 import { MemoryLogSink } from "./log-sink.js";
 import type { ExecutorOptions } from "./options.js";
-import { TaskError } from "./handlers/task-error.js";
+import { MAX_RETRY_AFTER_MS, TaskError } from "./handlers/task-error.js";
 
 type Request = SessionRequest["message"];
 type RequestCase = NonNullable<Request["case"]>;
@@ -349,6 +349,42 @@ function executorTests(): void {
       assert.equal(credit.n, 4);
       assert.equal(executor.state, "ATTACHED");
       assert.equal(executor.sessionId, "session-1");
+    },
+  );
+
+  it(
+    "reports a failure whose message is larger than a session frame cut, once, on the session it has",
+    { timeout: 20_000 },
+    async () => {
+      const { scheduler, session } = await attached({}, (e) =>
+        e.register("test.loud", () => {
+          throw new Error("x".repeat(17 * 1024 * 1024));
+        }),
+      );
+      const l = lease("test.loud");
+      session.send({ case: "lease", value: l });
+      const failed = await session.take("failed", (f) => sameKey(f.key, keyOf(l)));
+      assert.equal(failed.error?.type, "Error");
+      assert.match(failed.error?.message ?? "", /^x{16384}… \(17809408 more characters\)$/);
+      // Before, the report ended every session it was sent on (larger than the scheduler takes).
+      assert.equal(scheduler.sessions.length, 1);
+    },
+  );
+
+  it(
+    "reports a retry delay past what a report can carry as the longest it takes, and grants the slot again",
+    { timeout: 10_000 },
+    async () => {
+      const { session } = await attached({ slots: 1 }, (e) =>
+        e.register("test.later", () => {
+          throw TaskError.retryable("SLOW_DOWN", "come back much later", { retryAfterMs: 1e20 });
+        }),
+      );
+      const l = lease("test.later");
+      session.send({ case: "lease", value: l });
+      const failed = await session.take("failed", (f) => sameKey(f.key, keyOf(l)));
+      assert.equal(failed.retryAfterMs, BigInt(MAX_RETRY_AFTER_MS));
+      assert.equal((await session.take("credit")).n, 1, "its slot free again");
     },
   );
 

@@ -4,6 +4,7 @@ import type { AddressInfo } from "node:net";
 import { after, before, describe, it } from "node:test";
 import { TaskError } from "./task-error.js";
 import { createHttpHandler, parseRetryAfter } from "./http.js";
+import { MAX_RETRY_AFTER_MS } from "./task-error.js";
 import { createTestContext, waitFor } from "./test-context.js";
 
 type Route = (req: IncomingMessage, body: string, res: ServerResponse) => void;
@@ -226,5 +227,11 @@ describe("parseRetryAfter", () => {
     assert.equal(parseRetryAfter("Wed, 01 Jan 2025 00:00:30 GMT", now), 30_000);
     assert.equal(parseRetryAfter("soon"), undefined);
     assert.equal(parseRetryAfter(undefined), undefined);
+  });
+
+  it("takes a delay past 30 days as 30 days (a key's pause must stay a valid Date)", () => {
+    assert.equal(parseRetryAfter("99999999999999999"), MAX_RETRY_AFTER_MS);
+    const now = Date.parse("2025-01-01T00:00:00Z");
+    assert.equal(parseRetryAfter("Fri, 01 Jan 2100 00:00:00 GMT", now), MAX_RETRY_AFTER_MS);
   });
 });

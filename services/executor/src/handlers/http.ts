@@ -25,7 +25,7 @@
  */
 import { formatDuration } from "@nexusflow/common/duration";
 import { TaskErrorType, httpStatusErrorType } from "@nexusflow/common/task-error-types";
-import { TaskError, cancellationError } from "./task-error.js";
+import { MAX_RETRY_AFTER_MS, TaskError, cancellationError } from "./task-error.js";
 import { startTimer } from "./timers.js";
 import type { TaskHandler } from "./types.js";
 import {
@@ -276,9 +276,10 @@ function statusError(
 export function parseRetryAfter(value: string | undefined, now = Date.now()): number | undefined {
   if (value === undefined) return undefined;
   const trimmed = value.trim();
-  if (/^\d+$/.test(trimmed)) return Number(trimmed) * 1000;
+  // At most MAX_RETRY_AFTER_MS: a delay of 10^20 s would make the key's pause an invalid Date.
+  if (/^\d+$/.test(trimmed)) return Math.min(Number(trimmed) * 1000, MAX_RETRY_AFTER_MS);
   const at = Date.parse(trimmed);
-  return Number.isNaN(at) ? undefined : Math.max(0, at - now);
+  return Number.isNaN(at) ? undefined : Math.min(Math.max(0, at - now), MAX_RETRY_AFTER_MS);
 }
 
 function headerRecord(headers: Headers): Record<string, string> {

@@ -2,7 +2,13 @@
 import assert from "node:assert/strict";
 import { setTimeout as delay } from "node:timers/promises";
 import { describe, it } from "node:test";
-import { TaskError, cancellationError, isTaskError, toTaskFailure } from "./task-error.js";
+import {
+  MAX_RETRY_AFTER_MS,
+  TaskError,
+  cancellationError,
+  isTaskError,
+  toTaskFailure,
+} from "./task-error.js";
 
 describe("TaskError", () => {
   it("carries type, verdict, retry delay, details and cause", () => {
@@ -37,6 +43,18 @@ describe("TaskError", () => {
       () => TaskError.retryable("X", "y", { pauseKeyUntil: new Date(Number.NaN) }),
       /pauseKeyUntil must be a valid Date/,
     );
+  });
+
+  it("cuts a failure's type and message to their bounds, and its retry delay to 30 days", () => {
+    const failure = toTaskFailure(
+      TaskError.retryable("T".repeat(300), "m".repeat(20_000), { retryAfterMs: 1e20 }),
+    );
+    assert.equal(failure.type, `${"T".repeat(256)}… (44 more characters)`);
+    assert.equal(failure.message, `${"m".repeat(16_384)}… (3616 more characters)`);
+    assert.equal(failure.retryAfterMs, MAX_RETRY_AFTER_MS);
+    // Cut between the halves of a surrogate pair: the half left is replaced (jsonb refuses one).
+    const cut = toTaskFailure(new Error(`${"m".repeat(16_383)}😀`)).message;
+    assert.ok(cut.startsWith(`${"m".repeat(16_383)}\ufffd…`), cut.slice(16_380, 16_390));
   });
 
   it("is recognised by the type guard, also when made by another copy of the class", () => {

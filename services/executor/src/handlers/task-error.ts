@@ -5,7 +5,19 @@
  * code reports one closed form to the scheduler whatever the handler did.
  */
 
-import { THROWN_ERROR_FALLBACK_TYPE, TaskErrorType } from "@nexusflow/common/task-error-types";
+import { boundedText } from "@nexusflow/common";
+import {
+  MAX_TASK_ERROR_MESSAGE_CHARS,
+  MAX_TASK_ERROR_TYPE_CHARS,
+  THROWN_ERROR_FALLBACK_TYPE,
+  TaskErrorType,
+} from "@nexusflow/common/task-error-types";
+
+/**
+ * The longest delay a failure asks for before its retry (30 days): a longer `retryAfterMs` or
+ * Retry-After is taken as this (a step's retry policy caps it further).
+ */
+export const MAX_RETRY_AFTER_MS = 30 * 24 * 3600 * 1000;
 
 /** Marks TaskErrors across duplicated module instances (a user module may bundle its own copy). */
 const TASK_ERROR_BRAND = Symbol.for("nexusflow.TaskError");
@@ -118,9 +130,22 @@ function fromAbortReason(reason: unknown): TaskError {
 /**
  * Turns anything a handler threw into a {@link TaskFailure}. Unknown errors are retryable with
  * `type` = their `name`; an AbortError is CANCELLED (not retryable) unless its cause says
- * otherwise (see {@link cancellationError}); a TimeoutError is a retryable TIMEOUT.
+ * otherwise (see {@link cancellationError}); a TimeoutError is a retryable TIMEOUT. The type and
+ * message are cut to MAX_TASK_ERROR_TYPE_CHARS and MAX_TASK_ERROR_MESSAGE_CHARS, the delay to
+ * {@link MAX_RETRY_AFTER_MS}.
  */
 export function toTaskFailure(e: unknown): TaskFailure {
+  const failure = failureOf(e);
+  // Bounded here, the one way into a report: a failure too large for a session frame would end the
+  // session each time it is sent, and a delay past int64 could not be encoded.
+  failure.type = boundedText(failure.type, MAX_TASK_ERROR_TYPE_CHARS);
+  failure.message = boundedText(failure.message, MAX_TASK_ERROR_MESSAGE_CHARS);
+  if (failure.retryAfterMs !== undefined)
+    failure.retryAfterMs = Math.min(failure.retryAfterMs, MAX_RETRY_AFTER_MS);
+  return failure;
+}
+
+function failureOf(e: unknown): TaskFailure {
   const error = normalise(e);
   if (isTaskError(error)) {
     const failure: TaskFailure = { type: error.type, message: error.message, retryable: error.retryable };

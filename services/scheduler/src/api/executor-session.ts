@@ -24,7 +24,11 @@ import {
 } from "@bufbuild/protobuf";
 import { BinaryReader, WireType } from "@bufbuild/protobuf/wire";
 import * as grpc from "@grpc/grpc-js";
-import { TaskErrorType } from "@nexusflow/common/task-error-types";
+import {
+  MAX_TASK_ERROR_MESSAGE_CHARS,
+  MAX_TASK_ERROR_TYPE_CHARS,
+  TaskErrorType,
+} from "@nexusflow/common/task-error-types";
 import {
   MAX_BATCH_ITEMS,
   MIN_SESSION_PROTOCOL_VERSION,
@@ -32,6 +36,7 @@ import {
   UndecodableMessage,
   acknowledgedReports,
   authorizeExecutorId,
+  boundedText,
   checkJsonForm,
   isAuthError,
   isJsonValueError,
@@ -534,8 +539,11 @@ export function executorService(
                 s,
                 key,
                 {
-                  type: replaceNulCharacters(e?.type || TaskErrorType.UNKNOWN),
-                  message: replaceNulCharacters(e?.message ?? ""),
+                  type: boundedText(
+                    replaceNulCharacters(e?.type || TaskErrorType.UNKNOWN),
+                    MAX_TASK_ERROR_TYPE_CHARS,
+                  ),
+                  message: boundedText(replaceNulCharacters(e?.message ?? ""), MAX_TASK_ERROR_MESSAGE_CHARS),
                   retryable: e?.retryable ?? true,
                   ...(details === undefined ? {} : { details: replaceNulCharacters(details) }),
                 },
@@ -546,7 +554,11 @@ export function executorService(
               break;
             }
             case "release":
-              r = engine.onRelease(s, key, replaceNulCharacters(m.value.reason));
+              r = engine.onRelease(
+                s,
+                key,
+                boundedText(replaceNulCharacters(m.value.reason), MAX_TASK_ERROR_MESSAGE_CHARS),
+              );
               break;
           }
         } catch (e) {

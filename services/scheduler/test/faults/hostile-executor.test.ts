@@ -2,7 +2,8 @@
  * A hostile executor on a raw session (issue 4): reports for leases it does not hold, wrong fencing
  * tokens and attempts, malformed messages, Started for tasks never leased to it, and a claim of
  * another executor's lease at attach. Each is answered with Rejected and the right code, and
- * nothing changes: GetRun, the outbox and the attempts are the same before and after.
+ * nothing changes: GetRun, the outbox and the attempts are the same before and after. A failure's
+ * type and message are kept cut to their bounds.
  */
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
@@ -293,5 +294,32 @@ describe("fault injection: hostile executor", () => {
     assert.equal(run.status, RunStatus.SUCCEEDED);
     for (const t of run.tasks) assert.equal(t.attempts.length, 1, `${t.stepId} ran once`);
     await tables.assertInvariants([runId]);
+  });
+
+  it("keeps a failure's type and message cut to their bounds, whatever an executor sends", async () => {
+    await registerSpec(client, {
+      name: "hostile-loud",
+      version: 1,
+      steps: [{ id: "a", type: "hostile.task", retry: { maxAttempts: 1 } }],
+    });
+    const runId = await startRun(client, "hostile-loud", {});
+    const loud = open("loud");
+    await loud.next("attachAck");
+    loud.send({ case: "credit", value: { n: 1 } });
+    const leased = await loud.next("lease");
+    assert.ok(leased.key);
+    loud.send({ case: "started", value: { key: leased.key } });
+    loud.send({
+      case: "failed",
+      value: {
+        key: leased.key,
+        error: { type: "T".repeat(10_000), message: "m".repeat(4 * 1024 * 1024), retryable: false },
+      },
+    });
+    const run = await waitForRun(client, runId);
+    assert.equal(run.status, RunStatus.FAILED);
+    const error = run.tasks[0]?.error;
+    assert.equal(error?.type, `${"T".repeat(256)}… (9744 more characters)`);
+    assert.equal(error?.message, `${"m".repeat(16_384)}… (${4 * 1024 * 1024 - 16_384} more characters)`);
   });
 });
