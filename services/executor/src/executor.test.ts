@@ -38,7 +38,7 @@ import { isExecutorError } from "./errors.js";
 import { Executor, type ExecutorState } from "./executor.js";
 import { waitFor } from "./handlers/test-context.js";
 import type { TaskContext } from "./handlers/types.js";
-import { MemoryLogSink } from "./log-sink.js";
+import { type LogSink, MemoryLogSink } from "./log-sink.js";
 import type { ExecutorOptions } from "./options.js";
 import { MAX_RETRY_AFTER_MS, TaskError } from "./handlers/task-error.js";
 
@@ -368,6 +368,32 @@ function executorTests(): void {
       assert.match(failed.error?.message ?? "", /^x{16384}… \(17809408 more characters\)$/);
       // Before, the report ended every session it was sent on (larger than the scheduler takes).
       assert.equal(scheduler.sessions.length, 1);
+    },
+  );
+
+  it(
+    "stops when a finished task's log store never answers: the task is reported without its log",
+    { timeout: 20_000 },
+    async () => {
+      // An artifact store that takes the connection and never answers: the log's close hangs.
+      let closing = false;
+      const logSink: LogSink = {
+        open: () => ({
+          append: () => undefined,
+          close: () => {
+            closing = true;
+            return new Promise<never>(() => undefined);
+          },
+        }),
+      };
+      const { executor, session } = await attached({ logSink, drainTimeoutMs: 300, abortGraceMs: 200 });
+      const l = lease("noop");
+      session.send({ case: "lease", value: l });
+      await waitFor(() => closing, "the log to be closing");
+      await executor.stop("test over");
+      assert.equal(executor.state, "STOPPED");
+      const completed = await session.take("completed", (c) => sameKey(c.key, keyOf(l)));
+      assert.equal(completed.logs, undefined);
     },
   );
 

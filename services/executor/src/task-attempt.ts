@@ -41,6 +41,9 @@ import { TaskError, type TaskFailure, isTaskError, toTaskFailure } from "./handl
 import { createTaskLog } from "./task-log.js";
 
 /** The tracer of handler spans. */
+/** The longest a finished attempt waits for its log to be stored before it reports without it. */
+const LOG_CLOSE_TIMEOUT_MS = 60_000;
+
 const TRACER = "nexusflow-executor";
 
 /** `ctx.startSpan` with tracing off. */
@@ -98,7 +101,8 @@ export class TaskAttempt {
   #silenced = false;
   #finished = false;
   #force: ((settled: Settled) => void) | undefined;
-  readonly #forced: Promise<Settled>;
+  /** Resolved by {@link TaskAttempt.forceSettle}: while the handler runs, then while its log is stored. */
+  #forced: Promise<Settled>;
   #lastHeartbeatAt = Number.NEGATIVE_INFINITY;
   #pendingProgress: { value: unknown } | undefined;
   #heartbeatTimer: NodeJS.Timeout | undefined;
@@ -219,11 +223,29 @@ export class TaskAttempt {
       taskLog.error(`attempt failed: ${failure.type}: ${failure.message}`, { retryable: failure.retryable });
     }
     taskLog.end();
+    // Given up on while its log is stored (a drain's grace over), or storing it takes too long (an
+    // artifact store that accepts the connection and never answers): reported without its log,
+    // rather than holding its slot, and a stop, for ever.
+    this.#forced = new Promise((resolve) => (this.#force = resolve));
     let logs: LogRef | undefined;
+    let timer: NodeJS.Timeout | undefined;
     try {
-      logs = await log.close();
+      logs = await Promise.race([
+        log.close(),
+        this.#forced.then(() => {
+          throw new Error("the attempt was given up on while its log was being stored");
+        }),
+        new Promise<never>((_, reject) => {
+          timer = setTimeout(
+            () => reject(new Error(`storing the task's log took more than ${LOG_CLOSE_TIMEOUT_MS} ms`)),
+            LOG_CLOSE_TIMEOUT_MS,
+          );
+        }),
+      ]);
     } catch (e) {
       this.#deps.logger().warn({ err: e }, "could not store the task's log; reporting without it");
+    } finally {
+      clearTimeout(timer);
     }
     return { ...settled, logs };
   }
