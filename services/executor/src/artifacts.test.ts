@@ -157,6 +157,19 @@ describe("settleOutput (claim check)", () => {
     );
   });
 
+  it("refuses an offloaded output holding a NUL character (NUL), naming where, and stores nothing", async () => {
+    const nul = { ...big, note: { text: "a\u0000b" } };
+    await assert.rejects(
+      settleOutput(nul, identity, 10_000, { store }),
+      (e: unknown) =>
+        e instanceof PayloadError && e.problem === "NUL" && /at output\.note\.text/.test(e.message),
+    );
+    assert.deepEqual(await store.list(""), []);
+    // An escaped backslash before "u0000" is text, not a NUL.
+    const text = { ...big, note: "\\u0000" };
+    assert.ok((await settleOutput(text, identity, 10_000, { store })).outputRef);
+  });
+
   it("a store that cannot take the output fails the attempt retryably", async () => {
     await assert.rejects(
       settleOutput(big, identity, 1000, { store: broken(store), thresholdBytes: 1000 }),

@@ -17,10 +17,11 @@ import {
   isArtifactError,
   offloadOutput,
 } from "@nexusflow/common/artifacts";
+import { nulCharacterPath } from "@nexusflow/common";
 import type { ArtifactRef } from "@nexusflow/gen";
 import { TaskErrorType } from "@nexusflow/common/task-error-types";
 import type { AttemptIdentity } from "./log-sink.js";
-import { PayloadError, toJsonPayload } from "./payload.js";
+import { PayloadError, jsonTextHasNul, toJsonPayload } from "./payload.js";
 import { TaskError } from "./handlers/task-error.js";
 import type { TaskArtifacts } from "./handlers/types.js";
 
@@ -120,6 +121,11 @@ export async function settleOutput(
   if (bytes <= threshold) return { output: JSON.parse(text) as JsonValue };
   if (bytes > maxBytes)
     throw new PayloadError("TOO_LARGE", `${bytes} bytes of JSON, more than the offload limit of ${maxBytes}`);
+  // Offloaded, it still reaches PostgreSQL through the templates of the steps after it.
+  if (jsonTextHasNul(text)) {
+    const at = nulCharacterPath(JSON.parse(text) as JsonValue, "output") ?? "output";
+    throw new PayloadError("NUL", `holding a NUL character (U+0000) at ${at}, which cannot be stored`);
+  }
   try {
     const prefix = attemptPrefix(identity.runId, identity.stepId, identity.attempt, identity.kind);
     return { outputRef: await offloadOutput(offload.store, prefix, text) };

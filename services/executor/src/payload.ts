@@ -5,8 +5,8 @@
 import { fromJson, toJson, type JsonValue } from "@bufbuild/protobuf";
 import { type Value, ValueSchema } from "@bufbuild/protobuf/wkt";
 
-/** Why a value cannot be sent. */
-export type PayloadProblem = "NOT_JSON" | "TOO_LARGE";
+/** Why a value cannot be sent (NUL: it holds U+0000, which PostgreSQL stores in no text). */
+export type PayloadProblem = "NOT_JSON" | "TOO_LARGE" | "NUL";
 
 /** Thrown by {@link toJsonPayload}. */
 export class PayloadError extends Error {
@@ -51,4 +51,12 @@ export function toValue(json: JsonValue): Value {
 export function fromValue(value: Value | undefined): JsonValue {
   if (value === undefined || value.kind.case === undefined) return null;
   return toJson(ValueSchema, value);
+}
+
+/**
+ * Whether JSON text made by `JSON.stringify` holds a U+0000 in a string: its escape `\u0000`
+ * whose backslash is not itself escaped (an even run of backslashes before it).
+ */
+export function jsonTextHasNul(text: string): boolean {
+  return text.includes("\\u0000") && /(?<!\\)(?:\\\\)*\\u0000/.test(text);
 }

@@ -53,6 +53,34 @@ describe("TaskAttempt", () => {
     assert.equal(bigint.status === "failed" && bigint.failure.retryable, false);
   });
 
+  it("looks for a NUL character in the output as sent (toJSON applied), and takes a cycle behind a toJSON", async () => {
+    /** A tree node that points back at its parent and says what to send. */
+    class Node {
+      parent: Node | undefined;
+      readonly children: Node[] = [];
+      constructor(readonly name: string) {}
+      toJSON(): unknown {
+        return { name: this.name, children: this.children };
+      }
+    }
+    const root = new Node("r");
+    const child = new Node("c");
+    child.parent = root;
+    root.children.push(child);
+    const tree = await attempt().run(() => root);
+    assert.deepEqual(tree, {
+      status: "completed",
+      output: { name: "r", children: [{ name: "c", children: [] }] },
+      logs: undefined,
+    });
+    const hidden = await attempt().run(() => ({ v: { toJSON: () => ({ text: "a\u0000" }) } }));
+    assert.equal(hidden.status === "failed" && hidden.failure.type, "INVALID_OUTPUT");
+    assert.match(
+      hidden.status === "failed" ? hidden.failure.message : "",
+      /NUL character .* at output\.v\.text/,
+    );
+  });
+
   it("aborts at the lease deadline with a retryable TIMEOUT, whatever the handler throws", async () => {
     const outcome = await attempt({ deadline: timestampFromDate(new Date(Date.now() + 20)) }).run(
       genericOnAbort,

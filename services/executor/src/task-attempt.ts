@@ -287,18 +287,16 @@ export class TaskAttempt {
   async #invoke(handler: TaskHandler, ctx: TaskContext, identity: ArtifactIdentity): Promise<Settled> {
     try {
       const output: unknown = await handler(fromValue(this.lease.input), ctx);
-      // PostgreSQL stores no text with U+0000 in it; the scheduler would refuse the report.
-      const nul = nulCharacterPath(output, "output");
-      if (nul !== undefined)
-        throw TaskError.terminal(
-          TaskErrorType.INVALID_OUTPUT,
-          `the handler's output holds a NUL character (U+0000) at ${nul}, which cannot be stored`,
-        );
       try {
         const settled = await settleOutput(output, identity, this.#deps.maxPayloadBytes, this.#deps.offload);
-        return settled.outputRef === undefined
-          ? { status: "completed", output: settled.output }
-          : { status: "completed", output: null, outputRef: settled.outputRef };
+        if (settled.outputRef !== undefined)
+          return { status: "completed", output: null, outputRef: settled.outputRef };
+        // PostgreSQL stores no text with U+0000 in it; the scheduler would refuse the report. Looked
+        // for in the JSON form (toJSON applied, no cycles left), which is what is sent.
+        const nul = nulCharacterPath(settled.output, "output");
+        if (nul !== undefined)
+          throw new PayloadError("NUL", `holding a NUL character (U+0000) at ${nul}, which cannot be stored`);
+        return { status: "completed", output: settled.output };
       } catch (e) {
         if (!(e instanceof PayloadError)) throw e;
         const type =
