@@ -225,6 +225,28 @@ describe("shell handler", () => {
     );
   });
 
+  it("cuts a tail whose JSON takes more than maxOutputBytes (wide characters, control characters)", async () => {
+    const { ctx } = createTestContext();
+    const tight = createShellHandler({ maxOutputChars: 1000, maxOutputBytes: 300 });
+    // 1,000 characters of three UTF-8 bytes each, then 1,000 control characters (six bytes escaped).
+    const out = await tight(
+      {
+        command: node(`process.stdout.write("€".repeat(1000)); process.stderr.write("\\u0001".repeat(1000))`),
+      },
+      ctx,
+    );
+    for (const [text, flag] of [
+      [out.stdout, out.stdoutTruncated],
+      [out.stderr, out.stderrTruncated],
+    ] as const) {
+      assert.ok(Buffer.byteLength(JSON.stringify(text)) <= 300, `${text.length} characters kept`);
+      assert.ok(text.length > 30, "most of what fits is kept");
+      assert.equal(flag, true);
+    }
+    assert.match(out.stdout, /^€+$/);
+    assert.equal(out.stderr, "\u0001".repeat(out.stderr.length));
+  });
+
   it("reports a missing executable as terminal COMMAND_NOT_FOUND and a missing cwd as CWD_NOT_FOUND", async () => {
     const { ctx } = createTestContext();
     await assert.rejects(

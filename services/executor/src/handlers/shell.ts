@@ -58,6 +58,13 @@ export interface ShellHandlerOptions {
    */
   maxOutputChars?: number;
   /**
+   * The most each tail may take in the output, in bytes of its JSON (UTF-8, escapes included):
+   * the tail is cut further when its characters take more (text outside ASCII, control
+   * characters), so that a command that succeeded is not failed OUTPUT_TOO_LARGE for its output.
+   * @default 1 MiB (both tails fit the executor's default payload limit of 3 MiB)
+   */
+  maxOutputBytes?: number;
+  /**
    * Time between SIGTERM and SIGKILL when stopping the process group, in milliseconds.
    * @default 2000
    */
@@ -91,9 +98,9 @@ export interface ShellOutput {
   exitCode: number | null;
   /** The signal that killed the process, if any. */
   signal: string | null;
-  /** The last `maxOutputChars` characters of stdout. */
+  /** The last `maxOutputChars` characters of stdout (fewer when they take more than `maxOutputBytes`). */
   stdout: string;
-  /** The last `maxOutputChars` characters of stderr. */
+  /** The last `maxOutputChars` characters of stderr (fewer when they take more than `maxOutputBytes`). */
   stderr: string;
   /** Whether stdout was longer than what is kept. */
   stdoutTruncated: boolean;
@@ -121,6 +128,7 @@ interface ExitCodeRules {
 interface CompiledShellOptions {
   baseEnv: Readonly<Record<string, string | undefined>>;
   maxOutputChars: number;
+  maxOutputBytes: number;
   killGraceMs: number;
 }
 
@@ -144,6 +152,7 @@ function addShellDefaults(options: ShellHandlerOptions): CompiledShellOptions {
   return {
     baseEnv: options.baseEnv ?? process.env,
     maxOutputChars: options.maxOutputChars ?? 1024 * 1024,
+    maxOutputBytes: options.maxOutputBytes ?? 1024 * 1024,
     killGraceMs: options.killGraceMs ?? 2000,
   };
 }
@@ -302,8 +311,8 @@ function runCommand(
 
     const pgid = child.pid;
     if (pgid !== undefined) trackGroup(pgid);
-    const stdout = new OutputTail(options.maxOutputChars);
-    const stderr = new OutputTail(options.maxOutputChars);
+    const stdout = new OutputTail(options.maxOutputChars, options.maxOutputBytes);
+    const stderr = new OutputTail(options.maxOutputChars, options.maxOutputBytes);
     let stopReason: "cancel" | "timeout" | undefined;
     let exited = false;
     let closed = false;
@@ -464,7 +473,10 @@ class OutputTail {
   #length = 0;
   truncated = false;
 
-  constructor(readonly max: number) {}
+  constructor(
+    readonly max: number,
+    readonly maxBytes: number,
+  ) {}
 
   push(chunk: string): void {
     this.#chunks.push(chunk);
@@ -483,9 +495,22 @@ class OutputTail {
     }
   }
 
+  /** The tail, cut further while its JSON takes more than `maxBytes`. */
   text(): string {
-    return this.#chunks.join("");
+    let text = this.#chunks.join("");
+    for (let bytes = jsonBytes(text); bytes > this.maxBytes; bytes = jsonBytes(text)) {
+      this.truncated = true;
+      // In proportion, a little under: each turn keeps less, and a cut pair's half is replaced.
+      const keep = Math.floor((text.length * this.maxBytes * 0.98) / bytes);
+      text = text.slice(text.length - keep).toWellFormed();
+    }
+    return text;
   }
+}
+
+/** The UTF-8 size of `text` as a JSON string. */
+function jsonBytes(text: string): number {
+  return Buffer.byteLength(JSON.stringify(text));
 }
 
 // ---- Process groups ----------------------------------------------------------------------------
