@@ -257,4 +257,22 @@ describe("replicasReadiness", () => {
         "the scheduler at b:2 is not serving (status 2)",
     );
   });
+
+  it("asks each scheduler once for calls that come together, and reuses the answer for maxAgeMs", async () => {
+    const asked: string[] = [];
+    const check = (address: string) => {
+      asked.push(address);
+      return Promise.resolve(ServingStatus.SERVING);
+    };
+    const ready = replicasReadiness(["a:1", "b:2"], { check });
+    // A burst of unauthenticated /readyz or Health calls: one check of each address.
+    assert.deepEqual(await Promise.all(Array.from({ length: 50 }, () => ready())), Array(50).fill(undefined));
+    assert.deepEqual(asked, ["a:1", "b:2"]);
+    assert.equal(await ready(), undefined);
+    assert.equal(asked.length, 2, "reused within a second");
+    const fresh = replicasReadiness(["a:1"], { check, maxAgeMs: 0 });
+    await fresh();
+    await fresh();
+    assert.equal(asked.length, 4, "asked again once the answer is older than maxAgeMs");
+  });
 });

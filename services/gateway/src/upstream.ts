@@ -448,6 +448,13 @@ export interface ReplicasReadinessOptions {
    * @default a silent logger
    */
   logger?: Logger;
+  /**
+   * How long an answer is reused. Calls while a check is in flight share it, and for this long
+   * after it: /readyz and Health need no token, so their rate must not set how often the
+   * schedulers are asked (each check opens a connection to each of them).
+   * @default 1000
+   */
+  maxAgeMs?: number;
 }
 
 /**
@@ -459,8 +466,11 @@ export function replicasReadiness(
   options: ReplicasReadinessOptions,
 ): ReadinessCheck {
   const log = options.logger ?? createLogger("gateway", "silent");
+  const maxAgeMs = options.maxAgeMs ?? 1000;
   let lastDown = "";
-  return async () => {
+  let inFlight: Promise<string | undefined> | undefined;
+  let last: { at: number; answer: string | undefined } | undefined;
+  const checkAll = async (): Promise<string | undefined> => {
     const answers = await Promise.all(
       addresses.map(async (address) => {
         try {
@@ -480,5 +490,15 @@ export function replicasReadiness(
       log.warn({ notServing: down }, "some scheduler replicas are not serving");
     lastDown = summary;
     return ready ? undefined : summary;
+  };
+  return () => {
+    if (last !== undefined && performance.now() - last.at < maxAgeMs) return Promise.resolve(last.answer);
+    inFlight ??= checkAll()
+      .then((answer) => {
+        last = { at: performance.now(), answer };
+        return answer;
+      })
+      .finally(() => (inFlight = undefined));
+    return inFlight;
   };
 }
