@@ -107,6 +107,12 @@ describe("a Kafka record as an event", () => {
       reason: "not_storable",
       detail: "payload.n is a number out of range",
     });
+    // Nested deeper than the stack allows, in 200 KB: rejected like the others, not thrown (a throw
+    // stopped the partition, and the consumer group rejoined and crashed on it again, for ever).
+    const deep = Buffer.from(`${"[".repeat(100_000)}${"]".repeat(100_000)}`);
+    const refused = rejected(record({ value: deep }));
+    assert.equal(refused.reason, "not_storable");
+    assert.match(refused.detail, /nested too deeply/);
   });
 
   it("names each record by topic, partition, offset and timestamp, hashing a long topic", () => {

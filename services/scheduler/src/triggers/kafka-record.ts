@@ -122,14 +122,22 @@ export function decodeRecord(record: SourceRecord, keyHeader: string | undefined
         e instanceof TypeError ? "the value is not UTF-8" : `the value is not JSON: ${(e as Error).message}`,
     };
   }
-  const nul = nulCharacterPath(payload, "payload");
-  if (nul !== undefined)
-    return { ok: false, reason: "not_storable", detail: `${nul} contains a NUL character (U+0000)` };
-  const huge = nonFinitePath(payload, "payload");
-  if (huge !== undefined)
-    return { ok: false, reason: "not_storable", detail: `${huge} is a number out of range` };
-  // Stored as JSON.stringify writes it, which can be longer than the value (1e5 is 100000).
-  const bytes = Buffer.byteLength(JSON.stringify(payload));
+  let bytes: number;
+  try {
+    const nul = nulCharacterPath(payload, "payload");
+    if (nul !== undefined)
+      return { ok: false, reason: "not_storable", detail: `${nul} contains a NUL character (U+0000)` };
+    const huge = nonFinitePath(payload, "payload");
+    if (huge !== undefined)
+      return { ok: false, reason: "not_storable", detail: `${huge} is a number out of range` };
+    // Stored as JSON.stringify writes it, which can be longer than the value (1e5 is 100000).
+    bytes = Buffer.byteLength(JSON.stringify(payload));
+  } catch (e) {
+    // Nested deeper than the stack allows (`[[[...]]]` 100,000 deep fits in 200 KB): a record like
+    // any other that cannot be stored, not an error that stops the partition.
+    if (!(e instanceof RangeError)) throw e;
+    return { ok: false, reason: "not_storable", detail: `the value is nested too deeply: ${e.message}` };
+  }
   if (bytes > MAX_EVENT_PAYLOAD_BYTES)
     return {
       ok: false,
