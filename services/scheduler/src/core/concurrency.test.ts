@@ -7,7 +7,8 @@ import type { SessionLeases } from "./context.js";
 import { explainPending, pendingReason, type Gate } from "./explain.js";
 import { recover } from "./recovery.js";
 import { completed, failed } from "./reports.js";
-import { advanceAny } from "./runs.js";
+import { planRerun, type OriginalStep, type RerunPlan } from "./reruns.js";
+import { advanceAny, cancelRun, startRun } from "./runs.js";
 import { attached } from "./sessions.js";
 import {
   beginRun,
@@ -450,5 +451,79 @@ void describe("keyed concurrency (core)", () => {
       leaseAllAdmitted(after, s2).map((t) => t.runId),
       [r2.id],
     );
+  });
+
+  it("a waiter let out of the queue that ends before it takes its slot passes its turn on", () => {
+    const sim = new Simulation();
+    const w = limited([{ key: "input.c", limit: 1 }]);
+    const s = sim.session("s");
+    const [r1, r2, r3] = [1, 2, 3].map(() => beginRun(sim, w, { c: "c1" })) as [RunState, RunState, RunState];
+    assert.deepEqual(
+      leaseAllAdmitted(sim, s).map((t) => t.runId),
+      [r1.id],
+    );
+    // r1 ends: r2 is let out (offered, holding nothing yet); r3 stays in the queue behind it.
+    succeed(sim, s, task(r1));
+    // Before an executor takes it, r2's run is cancelled.
+    cancelRun(sim.core, r2, "not needed", false, sim.at().now);
+    settle(sim);
+    // Its turn went to r3, which nobody holds the key against.
+    assert.deepEqual(
+      leaseAllAdmitted(sim, s).map((t) => t.runId),
+      [r3.id],
+    );
+  });
+
+  it("recovery: a rerun still waiting for its workflow's key keeps waiting (its taken-over steps do not count as started)", () => {
+    const w = flow(
+      [
+        { id: "a", type: "t" },
+        { id: "b", type: "t", dependsOn: ["a"] },
+      ],
+      { concurrency: [{ key: "input.c", limit: 1 }] },
+    );
+    const before = new Simulation();
+    const holder = beginRun(before, w, { c: "c1" });
+    assert.deepEqual(
+      leaseAllAdmitted(before, before.session("s")).map((t) => t.stepId),
+      ["a"],
+    );
+    const original = new Map<string, OriginalStep>([
+      [
+        "a",
+        {
+          taskRunId: "ta",
+          status: "SUCCEEDED",
+          input: null,
+          output: { v: 1 },
+          outputRef: null,
+          compensated: false,
+        },
+      ],
+      [
+        "b",
+        { taskRunId: "tb", status: "FAILED", input: null, output: null, outputRef: null, compensated: false },
+      ],
+    ]);
+    const reused = planRerun(w, "orig", "b", original) as RerunPlan;
+    const rerun = startRun(
+      before.core,
+      {
+        definitionId: 1,
+        workflow: w,
+        input: { c: "c1" },
+        idempotencyKey: null,
+        requestHash: null,
+        labels: {},
+        rerun: { of: "orig", fromStep: "b", reused },
+      },
+      before.at().now,
+    );
+    assert.equal(rerun.claim?.state, "parked", "the rerun waits for c1");
+    const after = new Simulation();
+    recover(after.core, storedState(before), new Map([[1, w]]), new Map(), after.at());
+    const run = (id: string): RunState => after.core.runs.get(id) as RunState;
+    assert.deepEqual([run(holder.id).claim?.state, run(rerun.id).claim?.state], ["held", "parked"]);
+    assert.equal(run(rerun.id).tasks.get("b")?.status, "PENDING");
   });
 });

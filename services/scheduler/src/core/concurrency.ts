@@ -338,7 +338,12 @@ function forget(claim: Claim): boolean {
 function leave(core: Core, claim: Claim): void {
   // A lease that ended before its keys were known: it holds nothing, and keeps nobody waiting now.
   if (claim.state === "unread") readOut(core, claim);
-  if (!forget(claim)) return;
+  // A free claim may be one `promote` let out of a queue (offered, or its run about to advance)
+  // that ends before it takes its slot (cancelled, timed out): its turn passes on, or the waiters
+  // behind it would wait until some other holder of the key leaves, which may be never. A free
+  // claim that was never let out promotes only where there is room (promote counts the holders).
+  const free = claim.state === "free";
+  if (!forget(claim) && !free) return;
   for (const s of claim.slots) promote(core, claim.keys, s.id);
 }
 
@@ -376,7 +381,7 @@ function promote(core: Core, keys: ConcurrencyState, id: string): void {
 
 /**
  * Rebuilds the holders and queues from recovered runs (before any lease is handed out): a run
- * with a step already started holds its workflow's keys, one without waits for them (taken in
+ * with a step already started (not one a rerun took over) holds its workflow's keys, one without waits for them (taken in
  * the order the runs were created); a leased or running task holds its step's keys (even above a
  * limit lowered since); queued and retrying tasks get their keys back, in the order they were
  * queued. A step's key that cannot be evaluated again because it reads an offloaded output not
@@ -404,7 +409,12 @@ export function recoverClaims(
     }
     const claim = newClaim(keys, run, null, slots);
     run.claim = claim;
-    if ([...run.tasks.values()].some((t) => t.status !== "PENDING")) hold(claim);
+    // Started: a step moved. Steps a rerun took over from its original (SUCCEEDED from the start,
+    // before the run was admitted) do not count: such a rerun may still wait for its keys.
+    const started = [...run.tasks.values()].some(
+      (t) => t.status !== "PENDING" && run.rerun?.reused[t.stepId] === undefined,
+    );
+    if (started) hold(claim);
     else waiting.push(claim);
   }
   const tasks: { run: RunState; task: TaskState }[] = [];

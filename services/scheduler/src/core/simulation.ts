@@ -95,6 +95,7 @@ export function storedOf(run: RunState, tasks: Iterable<TaskState> = run.tasks.v
         createdAt: run.createdAt,
         signals: run.signals,
         parent: run.parent,
+        ...(run.rerun === undefined ? {} : { rerun: run.rerun }),
       },
     ],
     tasks: [...tasks].map((t): StoredTask => ({
