@@ -275,14 +275,21 @@ export class OutboxRelay {
             this.pruneDueAt = 0;
             this.log.info({ backlog: await this.store.backlog() }, "outbox relay publishing");
           }
-          if (Date.now() >= this.pruneDueAt) await this.prune();
-          await o.publisher.connect(this.signal);
-          const step = this.step();
-          this.busy = step.then(
+          // The whole turn is the batch in progress that resign() waits for, from before its prune
+          // and connect (either may wait): a resign meanwhile stops it before it fetches anything.
+          const turn = (async (): Promise<boolean | undefined> => {
+            if (Date.now() >= this.pruneDueAt) await this.prune();
+            await o.publisher.connect(this.signal);
+            if (o.coordinated === true && !this.leading) return undefined;
+            return this.step();
+          })();
+          this.busy = turn.then(
             () => undefined,
             () => undefined,
           );
-          if (!(await step)) {
+          const stepped = await turn;
+          if (stepped === undefined) continue;
+          if (!stepped) {
             succeeded();
             this.stats.emptyPolls++;
             await this.sleep(o.pollIntervalMs, true);

@@ -516,6 +516,48 @@ describe("the outbox relay in a cluster", () => {
     await waitFor("B publishes them", () => b.publisher.published.some((r) => r.runId === staleRun));
     await b.stop();
   });
+
+  it("a resign while a turn connects (or prunes) waits for it, and the turn fetches nothing", async () => {
+    const run = randomUUID();
+    await insertEvents(db.pool, run, 2);
+    /** A publisher whose connect waits for the test: a broker slow to answer. */
+    class SlowConnect extends MemoryPublisher {
+      connects = 0;
+      open: () => void = () => undefined;
+      readonly opened = new Promise<void>((resolve) => (this.open = resolve));
+      override async connect(): Promise<void> {
+        this.connects++;
+        await this.opened;
+      }
+    }
+    const publisher = new SlowConnect();
+    const relay = new OutboxRelay({
+      pool: db.pool,
+      publisher,
+      log: testLogger("relay"),
+      coordinated: true,
+      batchSize: 7,
+      pollIntervalMs: 20,
+      retryInitialMs: 10,
+      retryMaxMs: 50,
+    });
+    relay.start();
+    relay.lead({ owner: randomUUID(), epoch: 1 });
+    try {
+      await waitFor("a turn connecting", () => publisher.connects === 1);
+      let resigned = false;
+      const resigning = relay.resign().then(() => (resigned = true));
+      // Not before the turn ends: the next coordinator would publish what this one still may.
+      await new Promise<void>((resolve) => setImmediate(resolve));
+      assert.equal(resigned, false);
+      publisher.open();
+      await resigning;
+      assert.deepEqual(publisher.attempts, [], "nothing published after the resign");
+    } finally {
+      await relay.stop();
+    }
+    await db.pool.query("UPDATE outbox_events SET published_at = now() WHERE run_id = $1", [run]);
+  });
 });
 
 /** Inserts one row of 2 events of `runId` in the transaction of `client`; their event ids. */
