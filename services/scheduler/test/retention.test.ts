@@ -2,7 +2,8 @@
  * Run retention against a real scheduler, PostgreSQL and artifact store (the filesystem, and S3
  * when S3_ENDPOINT is set: skipped locally without it, required under CI=true): finished runs past
  * the retention go with their tasks, attempts, idempotency key, published outbox rows, logs and
- * files; recent and active runs stay; the optional export is the GetRun view; 0 turns it off.
+ * files; recent and active runs stay, and so does a run while a rerun of it is stored; the optional
+ * export is the GetRun view; 0 turns it off.
  */
 import assert from "node:assert/strict";
 import { randomUUID } from "node:crypto";
@@ -277,6 +278,26 @@ for (const backend of ["filesystem", "s3"] as const) {
         ["recent-refused", "recent-run"],
       );
       await pool.query("DELETE FROM schedules WHERE uid = $1", [uid]);
+    });
+
+    it("keeps a run while a rerun of it is stored (its outputs are the rerun's), then deletes both", async (t) => {
+      if (!available(t)) return;
+      const s = await start();
+      const original = await finishedRun(7);
+      const { run: rerun } = await client.rerunRun({ runId: original, fromStep: "make" });
+      assert.ok(rerun);
+      assert.equal((await waitForRun(client, rerun.id)).status, RunStatus.SUCCEEDED);
+      await age(original, new Date(Date.now() - 40 * DAY));
+      assert.equal((await s.retention.purge()).deleted, 0);
+      assert.equal((await rowCounts(original)).runs, 1);
+      assert.ok((await artifactsOf(original)).length >= 2, "its artifacts stay");
+      // The rerun past the retention too: it goes first, then the run it was made of.
+      await age(rerun.id, new Date(Date.now() - 39 * DAY));
+      assert.equal((await s.retention.purge()).deleted, 1);
+      assert.equal((await rowCounts(rerun.id)).runs, 0);
+      assert.equal((await s.retention.purge()).deleted, 1);
+      assert.equal((await rowCounts(original)).runs, 0);
+      assert.deepEqual(await artifactsOf(original), []);
     });
 
     it("deletes in batches until no run is past the retention", async (t) => {

@@ -69,9 +69,17 @@ const TERMINAL = [...TERMINAL_RUN_STATUSES];
 // A child run stays while its parent (or an ancestor) is active: it may still roll back with it
 // (core/child-rollback.ts). Only an active run revives a child, so once none of its ancestors is
 // active none ever will be again, and the DELETE need not look twice.
+// A run stays while a rerun of it is stored: the rerun's taken-over steps point at its rows and at
+// its offloaded outputs (a rerun of a rerun at the first run's, through the rerun between them,
+// which stays as long as it has a rerun in turn). The DELETE looks again for a rerun made since
+// the candidates were read; one made while a batch's artifacts are deleted (a second, at a run past
+// the retention) may still find them gone.
+const NO_RERUN = (run: string): string =>
+  `NOT EXISTS (SELECT 1 FROM workflow_runs x WHERE x.rerun_of = ${run})`;
 const CANDIDATES_SQL = `SELECT r.id, r.created_at FROM workflow_runs r
   WHERE r.status = ANY($1::text[]) AND r.created_at < to_timestamp($2::float8 / 1000)
     AND r.ended_at < to_timestamp($2::float8 / 1000) AND NOT (r.id = ANY($3::uuid[]))
+    AND ${NO_RERUN("r.id")}
     AND (r.parent_run_id IS NULL OR NOT EXISTS (
       WITH RECURSIVE up (id, parent_run_id, status) AS (
         SELECT p.id, p.parent_run_id, p.status FROM workflow_runs p WHERE p.id = r.parent_run_id
@@ -80,8 +88,9 @@ const CANDIDATES_SQL = `SELECT r.id, r.created_at FROM workflow_runs r
       SELECT 1 FROM up WHERE up.status IN ('PENDING', 'RUNNING', 'COMPENSATING')))
   ORDER BY r.created_at LIMIT $4`;
 
-const DELETE_RUNS_SQL = `DELETE FROM workflow_runs WHERE id = ANY($1::uuid[]) AND status = ANY($2::text[])
-  RETURNING id, workflow_name, idempotency_key`;
+const DELETE_RUNS_SQL = `DELETE FROM workflow_runs d WHERE d.id = ANY($1::uuid[]) AND d.status = ANY($2::text[])
+    AND ${NO_RERUN("d.id")}
+  RETURNING d.id, d.workflow_name, d.idempotency_key`;
 
 // By primary key, and only where the key still names the deleted run (not a newer one).
 const DELETE_KEYS_SQL = `DELETE FROM idempotency_keys k
