@@ -101,6 +101,13 @@ export class PartitionRuns {
   private lossCount = 0;
   /** Partitions taken whose runs are not loaded yet (a load() queued or running). */
   private readonly loading = new Map<number, number>();
+  /**
+   * The epoch at which each partition's runs were last loaded (until they leave memory): a load of
+   * a partition already loaded at the epoch it is held at reads nothing. Read again, a run that
+   * finished meanwhile and left memory would come back from a read made before its last commit
+   * landed, stale, and run again (a completion accepted twice, events numbered twice).
+   */
+  private readonly loadedAt = new Map<number, number>();
 
   constructor(private readonly host: PartitionRunsHost) {}
 
@@ -396,6 +403,7 @@ export class PartitionRuns {
   private detach(partitions: readonly number[], reason: string): DetachedRuns | undefined {
     const p = this.host.partitions;
     if (p === undefined || partitions.length === 0) return undefined;
+    for (const x of partitions) this.loadedAt.delete(x);
     const set = new Set(partitions);
     const detached = detachRuns(this.host.core, (id) => set.has(partitionOf(id, p.partitionCount)), reason);
     for (const run of detached.runs) {
@@ -460,11 +468,24 @@ export class PartitionRuns {
         ? undefined
         : {
             count: held.partitionCount,
-            partitions: [...epochs].filter(([, e]) => e !== undefined).map(([p]) => p),
+            partitions: [...epochs]
+              .filter(([p, e]) => e !== undefined && this.loadedAt.get(p) !== e)
+              .map(([p]) => p),
           };
     if (scope?.partitions.length === 0) return { runs: [], queued: 0, orphaned: 0 };
     const stored = await host.store.loadActive(scope);
-    if (stored.runs.length === 0) return { runs: [], queued: 0, orphaned: 0 };
+    // Loaded, unless lost (or lost and taken again) meanwhile: its unload forgot the mark.
+    const markLoaded = (): void => {
+      if (held === undefined || scope === undefined) return;
+      for (const p of scope.partitions) {
+        const epoch = epochs.get(p);
+        if (epoch !== undefined && held.epochOf(p) === epoch) this.loadedAt.set(p, epoch);
+      }
+    };
+    if (stored.runs.length === 0) {
+      markLoaded();
+      return { runs: [], queued: 0, orphaned: 0 };
+    }
     const keys = await host.store.keysOfRuns(
       stored.runs.flatMap((r) =>
         r.idempotencyKey === null ? [] : [{ id: r.id, workflowName: r.workflowName, key: r.idempotencyKey }],
@@ -514,6 +535,7 @@ export class PartitionRuns {
     this.stats.loadedRuns += recovered.runs.length;
     await host.parking?.recovered(recovered.runs);
     await host.store.flush();
+    markLoaded();
     // Executors that held leases of these runs are reconnecting (or being told): no warning about
     // types they advertise until they have had the time to.
     if (recovered.queued > 0 || recovered.orphaned > 0) host.unserved.quietFor(host.sessionTimeoutMs);

@@ -379,6 +379,49 @@ describe("a load of a partition taken that keeps failing, or that is being hande
   });
 });
 
+describe("a second load of a partition already loaded at the epoch it is held at", () => {
+  const { store, engine } = oneStepEngine();
+  const session = new Session();
+
+  it("reads nothing: a run that finished during its read does not come back stale and run again", async () => {
+    engine.attach(session, []);
+    assert.equal(engine.onCredit(session, 10), null);
+    const { runId } = await startOne(engine);
+    await waitFor("its step leased", () => session.leased.some((l) => l.runId === runId));
+    const lease = session.leased.find((l) => l.runId === runId) as Lease & { key: LeaseKey };
+    const partition = partitionOf(runId, COUNT);
+    // The read of a second load of its partition (a load retried after another one already loaded
+    // it at this epoch) takes the run's rows now, RUNNING, and answers after it has finished.
+    const loadActive = store.loadActive.bind(store);
+    let reads = 0;
+    let answer = (): void => undefined;
+    const answered = new Promise<void>((resolve) => (answer = resolve));
+    store.loadActive = async (scope) => {
+      reads++;
+      const rows = await loadActive(scope);
+      await answered;
+      return rows;
+    };
+    try {
+      const loading = engine.partitions.load([partition]);
+      assert.equal(engine.onStarted(session, lease.key), null);
+      assert.equal(engine.onCompleted(session, lease.key, { ok: true }, null, null), null);
+      await waitFor(
+        "the run committed SUCCEEDED",
+        () => store.read().runs.get(runId)?.status === "SUCCEEDED",
+      );
+      await waitFor("the run out of memory", () => !engine.isActive(runId));
+      answer();
+      await loading;
+    } finally {
+      store.loadActive = loadActive;
+    }
+    assert.equal(reads, 0, "nothing read: the partition was loaded at this epoch");
+    assert.equal(engine.isActive(runId), false, "the finished run stays finished");
+    assert.equal(session.leased.filter((l) => l.runId === runId).length, 1, "its step leased once");
+  });
+});
+
 describe("a StartRun whose run's partition moves while its start is committed", () => {
   const { store, held, engine } = oneStepEngine();
 
