@@ -11,7 +11,7 @@ import type * as KafkaJs from "kafkajs";
 import type { Admin, Kafka, Producer } from "kafkajs";
 import { kafkaClient } from "./kafka-client.js";
 import type { Logger } from "@nexusflow/common";
-import { eventMessage, type EventPublisher, type OutboxRecord } from "./publisher.js";
+import { eventMessage, type EventMessage, type EventPublisher, type OutboxRecord } from "./publisher.js";
 
 /** Options of {@link KafkaPublisher}. */
 export interface KafkaPublisherOptions {
@@ -31,6 +31,14 @@ export interface KafkaPublisherOptions {
   requestTimeoutMs?: number;
   /** Retries of one send inside kafkajs before it is reported as failed. @default 5 */
   sendRetries?: number;
+  /**
+   * Most bytes of events one produce request carries (values, keys and headers): a batch of larger
+   * ones goes out in several, one after the other. kafkajs puts a partition's messages of one send
+   * in one record batch, and a broker refuses a batch over its `message.max.bytes` (1 MiB by
+   * default) for good. An event larger than this still goes alone (and a broker must take it).
+   * @default 524288 (512 KiB)
+   */
+  maxSendBytes?: number;
   /** Logger; kafkajs' own lines go to it at debug level. */
   log: Logger;
 }
@@ -50,6 +58,7 @@ function withDefaults(o: KafkaPublisherOptions): ResolvedOptions {
     connectionTimeoutMs: o.connectionTimeoutMs ?? 3000,
     requestTimeoutMs: o.requestTimeoutMs ?? 10_000,
     sendRetries: o.sendRetries ?? 5,
+    maxSendBytes: o.maxSendBytes ?? 512 * 1024,
     log: o.log,
   };
 }
@@ -69,6 +78,36 @@ function abortable<T>(promise: Promise<T>, signal: AbortSignal): Promise<T> {
     signal.addEventListener("abort", onAbort, { once: true });
     void promise.then(resolve, reject).finally(() => signal.removeEventListener("abort", onAbort));
   });
+}
+
+/** The bytes of a message a record batch carries, roughly: its value, key and headers. */
+function messageBytes(m: EventMessage): number {
+  let n = m.value.byteLength + Buffer.byteLength(m.key) + 32;
+  for (const [name, value] of Object.entries(m.headers))
+    n += Buffer.byteLength(name) + Buffer.byteLength(value);
+  return n;
+}
+
+/**
+ * `messages` in order, cut into sends of at most `maxBytes` each (a message larger than that is a
+ * send of its own).
+ */
+export function sendsOf(messages: readonly EventMessage[], maxBytes: number): EventMessage[][] {
+  const sends: EventMessage[][] = [];
+  let current: EventMessage[] = [];
+  let bytes = 0;
+  for (const m of messages) {
+    const size = messageBytes(m);
+    if (current.length > 0 && bytes + size > maxBytes) {
+      sends.push(current);
+      current = [];
+      bytes = 0;
+    }
+    current.push(m);
+    bytes += size;
+  }
+  if (current.length > 0) sends.push(current);
+  return sends;
 }
 
 /** Publishes outbox records to one Kafka topic. */
@@ -130,15 +169,17 @@ export class KafkaPublisher implements EventPublisher {
   private async send(records: readonly OutboxRecord[], signal: AbortSignal): Promise<void> {
     try {
       const producer = await abortable(this.readyProducer(), signal);
-      await abortable(
-        producer.send({
-          topic: this.options.topic,
-          acks: -1,
-          timeout: this.options.requestTimeoutMs,
-          messages: records.map(eventMessage),
-        }),
-        signal,
-      );
+      // One after the other: a run's events keep their order across the sends.
+      for (const messages of sendsOf(records.map(eventMessage), this.options.maxSendBytes))
+        await abortable(
+          producer.send({
+            topic: this.options.topic,
+            acks: -1,
+            timeout: this.options.requestTimeoutMs,
+            messages,
+          }),
+          signal,
+        );
     } catch (e) {
       this.discardProducer();
       if (signal.aborted) throw e;

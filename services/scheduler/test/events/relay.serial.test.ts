@@ -2,7 +2,8 @@
  * Lifecycle events on the real Kafka broker of scripts/test-services.sh: every committed event of
  * a run arrives, keyed by the run id, in sequence order; a broker outage mid-run delays events but
  * not the run; a scheduler SIGKILLed mid-publish loses nothing on restart (duplicates only as
- * repeats of an event id).
+ * repeats of an event id); a batch larger than a topic's `max.message.bytes` goes out in several
+ * requests.
  *
  * The outage test stops and restarts the shared broker with scripts/kafka-ctl.sh (override the
  * script with KAFKA_CTL when the services were started from another checkout).
@@ -12,11 +13,15 @@ import { execFile } from "node:child_process";
 import { randomUUID } from "node:crypto";
 import { promisify } from "node:util";
 import { after, afterEach, before, describe, it } from "node:test";
+import { create, toBinary } from "@bufbuild/protobuf";
+import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { jsonToValue } from "@nexusflow/common";
 import { requireService } from "@nexusflow/common/testing";
-import { RunStatus } from "@nexusflow/gen";
+import { LifecycleEventSchema, RunStatus } from "@nexusflow/gen";
+import { Kafka, logLevel } from "kafkajs";
 import pg from "pg";
 import { KafkaPublisher } from "../../src/events/kafka-publisher.js";
+import type { OutboxRecord } from "../../src/events/publisher.js";
 import { OutboxRelay } from "../../src/events/relay.js";
 import type { Scheduler } from "../../src/scheduler.js";
 import { REPO_ROOT, killAll } from "../e2e/processes.js";
@@ -343,6 +348,74 @@ describe("lifecycle events on Kafka", () => {
       assert.deepEqual(
         second.process.problems().filter((l) => l.raw !== undefined),
         [],
+      );
+    },
+  );
+
+  it(
+    "publishes a batch larger than the broker takes in one request in several, in order",
+    { timeout: 120_000 },
+    async (t) => {
+      const brokers = requireService(t, "KAFKA_BROKERS");
+      if (brokers === undefined) return;
+      // A topic whose record batches may be at most 64 KiB (the broker's default is 1 MiB).
+      const topic = `nexusflow-events-test-${randomUUID()}`;
+      const kafka = new Kafka({
+        clientId: "nexusflow-events-test",
+        brokers: brokers.split(","),
+        logLevel: logLevel.NOTHING,
+      });
+      const admin = kafka.admin();
+      await admin.connect();
+      try {
+        await admin.createTopics({
+          topics: [
+            { topic, numPartitions: 1, configEntries: [{ name: "max.message.bytes", value: "65536" }] },
+          ],
+          waitForLeaders: true,
+        });
+      } finally {
+        await admin.disconnect();
+      }
+      // Twenty events of 20 KB of one run: 400 KB for its partition in one batch, before.
+      const runId = randomUUID();
+      const records: OutboxRecord[] = Array.from({ length: 20 }, (_, i) => {
+        const event = create(LifecycleEventSchema, {
+          eventId: randomUUID(),
+          runId,
+          sequence: BigInt(i + 1),
+          time: timestampFromDate(new Date()),
+          workflowName: "large",
+          workflowVersion: 1,
+          event: { case: "runStarted", value: { input: jsonToValue({ text: "x".repeat(20_000) }) } },
+        });
+        return {
+          id: i + 1,
+          eventId: event.eventId,
+          runId,
+          sequence: i + 1,
+          type: "runStarted",
+          payload: toBinary(LifecycleEventSchema, event),
+          traceContext: null,
+          createdAt: new Date(),
+        };
+      });
+      const log = testLogger("publisher");
+      const publisher = new KafkaPublisher({
+        brokers: brokers.split(","),
+        topic,
+        log,
+        maxSendBytes: 48 * 1024,
+      });
+      cleanups.push(() => publisher.close());
+      const signal = new AbortController().signal;
+      await publisher.connect(signal);
+      await publisher.publish(records, signal);
+      const events = await collector(brokers, topic);
+      await waitFor("every event read back", () => events.received.length === records.length);
+      assert.deepEqual(
+        events.received.map((e) => Number(e.event.sequence)),
+        records.map((r) => r.sequence),
       );
     },
   );
