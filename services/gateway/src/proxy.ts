@@ -36,6 +36,7 @@ import {
   type Transport,
 } from "@connectrpc/connect";
 import { createAsyncIterable, createLinkedAbortController } from "@connectrpc/connect/protocol";
+import { boundedText } from "@nexusflow/common";
 import { BadRequestSchema } from "@nexusflow/gen/google/rpc/error_details_pb";
 import { endToEndHeaders } from "./http/headers.js";
 
@@ -67,10 +68,6 @@ const MAX_ERROR_DETAILS_BYTES = 16 * 1024;
 /** Longest field path or description of a `BadRequest` field violation passed downstream. */
 const MAX_VIOLATION_CHARS = 500;
 
-/** `text`, cut to `max` characters with a note of how many more there were. */
-export function shorten(text: string, max: number): string {
-  return text.length <= max ? text : `${text.slice(0, max)}... (${text.length - max} more characters)`;
-}
 
 type ErrorDetail = ConnectError["details"][number];
 
@@ -80,8 +77,8 @@ function shortenDetail(detail: ErrorDetail): ErrorDetail {
   try {
     const badRequest = fromBinary(BadRequestSchema, detail.value);
     for (const v of badRequest.fieldViolations) {
-      v.field = shorten(v.field, MAX_VIOLATION_CHARS);
-      v.description = shorten(v.description, MAX_VIOLATION_CHARS);
+      v.field = boundedText(v.field, MAX_VIOLATION_CHARS);
+      v.description = boundedText(v.description, MAX_VIOLATION_CHARS);
     }
     return { type: detail.type, value: toBinary(BadRequestSchema, badRequest) };
   } catch {
@@ -110,7 +107,7 @@ function boundedDetails(details: readonly ErrorDetail[]): ErrorDetail[] {
 /** `e` with its message and details cut to what can travel in trailers (see {@link MAX_ERROR_MESSAGE_CHARS}). */
 export function boundedError(e: ConnectError, metadata: Headers = e.metadata): ConnectError {
   const copy = new ConnectError(
-    shorten(e.rawMessage, MAX_ERROR_MESSAGE_CHARS),
+    boundedText(e.rawMessage, MAX_ERROR_MESSAGE_CHARS),
     e.code,
     metadata,
     undefined,
