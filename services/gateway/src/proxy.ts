@@ -68,7 +68,6 @@ const MAX_ERROR_DETAILS_BYTES = 16 * 1024;
 /** Longest field path or description of a `BadRequest` field violation passed downstream. */
 const MAX_VIOLATION_CHARS = 500;
 
-
 type ErrorDetail = ConnectError["details"][number];
 
 /** A `BadRequest` from the wire with its field paths and descriptions shortened; others as they are. */
