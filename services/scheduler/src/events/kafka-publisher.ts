@@ -4,14 +4,24 @@
  * events land on its partition in order). A send that fails or is abandoned discards the producer:
  * its sequence numbers are then unknown, and a fresh producer id is the only clean restart. The
  * relay resends the same rows, so the broker may hold duplicates, always with the same event id.
+ * An event larger than the topic takes in one message is published truncated (./fit.ts), so that it
+ * never holds the events after it.
  */
 import { type Span, SpanKind, SpanStatusCode } from "@opentelemetry/api";
 import { contextFromTraceparent, tracer, tracingEnabled } from "@nexusflow/common/telemetry";
 import type * as KafkaJs from "kafkajs";
-import type { Admin, Kafka, Producer } from "kafkajs";
+import type { Admin, ConfigResourceTypes, Kafka, Producer } from "kafkajs";
 import { kafkaClient } from "./kafka-client.js";
 import type { Logger } from "@nexusflow/common";
-import { eventMessage, type EventMessage, type EventPublisher, type OutboxRecord } from "./publisher.js";
+import { fitEvent } from "./fit.js";
+import {
+  EventHeaders,
+  eventMessage,
+  protoEventType,
+  type EventMessage,
+  type EventPublisher,
+  type OutboxRecord,
+} from "./publisher.js";
 
 /** Options of {@link KafkaPublisher}. */
 export interface KafkaPublisherOptions {
@@ -39,14 +49,32 @@ export interface KafkaPublisherOptions {
    * @default 524288 (512 KiB)
    */
   maxSendBytes?: number;
+  /**
+   * Most bytes of one event's message (value, key and headers): a larger event is published
+   * truncated (`LifecycleEvent.truncated`, header `nf-truncated`). By default the topic's
+   * `max.message.bytes`, read when connecting and again after a failed send, less 1 KiB for the
+   * record batch around it (1 MiB less 1 KiB when it cannot be read).
+   */
+  maxEventBytes?: number;
   /** Logger; kafkajs' own lines go to it at debug level. */
   log: Logger;
 }
 
-type ResolvedOptions = Required<Omit<KafkaPublisherOptions, "log" | "brokers">> & {
+type ResolvedOptions = Required<Omit<KafkaPublisherOptions, "log" | "brokers" | "maxEventBytes">> & {
   brokers: string[];
+  maxEventBytes: number | undefined;
   log: Logger;
 };
+
+/** A broker's `message.max.bytes` by default (1 MiB and the batch overhead Kafka allows for). */
+const DEFAULT_MAX_MESSAGE_BYTES = 1_048_588;
+/**
+ * kafkajs' ConfigResourceTypes.TOPIC: the enum is not among the named exports Node finds in its
+ * CommonJS module, and the value is Kafka's protocol constant.
+ */
+const TOPIC_RESOURCE = 2 as ConfigResourceTypes.TOPIC;
+/** What a record batch takes around one record, at most (its header is 61 bytes). */
+const BATCH_OVERHEAD_BYTES = 1024;
 
 function withDefaults(o: KafkaPublisherOptions): ResolvedOptions {
   return {
@@ -59,6 +87,7 @@ function withDefaults(o: KafkaPublisherOptions): ResolvedOptions {
     requestTimeoutMs: o.requestTimeoutMs ?? 10_000,
     sendRetries: o.sendRetries ?? 5,
     maxSendBytes: o.maxSendBytes ?? 512 * 1024,
+    maxEventBytes: o.maxEventBytes,
     log: o.log,
   };
 }
@@ -119,6 +148,8 @@ export class KafkaPublisher implements EventPublisher {
   private preparing: Promise<Producer> | undefined;
   private admin: Admin | undefined;
   private topicReady = false;
+  /** The topic's `max.message.bytes`, as last read. */
+  private topicMaxMessageBytes = DEFAULT_MAX_MESSAGE_BYTES;
   private closed = false;
   private readonly disconnecting = new Set<Promise<void>>();
 
@@ -170,7 +201,10 @@ export class KafkaPublisher implements EventPublisher {
     try {
       const producer = await abortable(this.readyProducer(), signal);
       // One after the other: a run's events keep their order across the sends.
-      for (const messages of sendsOf(records.map(eventMessage), this.options.maxSendBytes))
+      const maxEventBytes =
+        this.options.maxEventBytes ?? Math.max(1024, this.topicMaxMessageBytes - BATCH_OVERHEAD_BYTES);
+      const fitted = records.map((r) => this.fitted(r, maxEventBytes));
+      for (const messages of sendsOf(fitted, this.options.maxSendBytes))
         await abortable(
           producer.send({
             topic: this.options.topic,
@@ -182,9 +216,35 @@ export class KafkaPublisher implements EventPublisher {
         );
     } catch (e) {
       this.discardProducer();
+      // The topic's limit may have been lowered: read it again before the next send.
+      this.topicReady = false;
       if (signal.aborted) throw e;
       throw new PublishError(`publishing to Kafka topic ${this.options.topic} failed`, { cause: e });
     }
+  }
+
+  /** The message of `record`, truncated when larger than `maxBytes`. */
+  private fitted(record: OutboxRecord, maxBytes: number): EventMessage {
+    const message = eventMessage(record);
+    const overhead = messageBytes(message) - message.value.byteLength;
+    const { payload, truncated } = fitEvent(record.payload, overhead, maxBytes);
+    if (!truncated) return message;
+    this.options.log.warn(
+      {
+        run_id: record.runId,
+        sequence: record.sequence,
+        event_type: protoEventType(record.type),
+        bytes: record.payload.byteLength + overhead,
+        published_bytes: payload.byteLength + overhead,
+        max_bytes: maxBytes,
+      },
+      "event larger than the Kafka topic takes in one message: published truncated",
+    );
+    return {
+      ...message,
+      value: Buffer.from(payload.buffer, payload.byteOffset, payload.byteLength),
+      headers: { ...message.headers, [EventHeaders.truncated]: "true" },
+    };
   }
 
   /** The connected producer, preparing it once for concurrent callers. */
@@ -235,21 +295,43 @@ export class KafkaPublisher implements EventPublisher {
         waitForLeaders: true,
         timeout: this.options.requestTimeoutMs,
       });
-      if (created) {
+      if (created)
         log.info({ topic, partitions, replication_factor: replicationFactor }, "created Kafka topic");
-        return;
+      else {
+        const metadata = await admin.fetchTopicMetadata({ topics: [topic] });
+        const actual = metadata.topics[0]?.partitions.length;
+        // Adding partitions would move runs to other partitions and break their order: report only.
+        if (actual !== partitions)
+          log.warn(
+            { topic, partitions: actual, configured: partitions },
+            "Kafka topic exists with a different partition count; keeping it",
+          );
       }
-      const metadata = await admin.fetchTopicMetadata({ topics: [topic] });
-      const actual = metadata.topics[0]?.partitions.length;
-      // Adding partitions would move runs to other partitions and break their order: report only.
-      if (actual !== partitions)
-        log.warn(
-          { topic, partitions: actual, configured: partitions },
-          "Kafka topic exists with a different partition count; keeping it",
-        );
+      await this.readMaxMessageBytes(admin);
     } finally {
       this.admin = undefined;
       await admin.disconnect().catch(() => undefined);
+    }
+  }
+
+  /** Reads the topic's `max.message.bytes` (kept as it was when the broker does not say). */
+  private async readMaxMessageBytes(admin: Admin): Promise<void> {
+    const { topic, log } = this.options;
+    try {
+      const described = await admin.describeConfigs({
+        includeSynonyms: false,
+        resources: [{ type: TOPIC_RESOURCE, name: topic, configNames: ["max.message.bytes"] }],
+      });
+      const value = described.resources[0]?.configEntries.find(
+        (e) => e.configName === "max.message.bytes",
+      )?.configValue;
+      const bytes = Number(value);
+      if (Number.isSafeInteger(bytes) && bytes > 0) this.topicMaxMessageBytes = bytes;
+    } catch (e) {
+      log.warn(
+        { topic, err: e, assumed_bytes: this.topicMaxMessageBytes },
+        "could not read the Kafka topic's max.message.bytes",
+      );
     }
   }
 

@@ -53,6 +53,8 @@ export const EventHeaders = {
   traceparent: "traceparent",
   /** W3C trace state. */
   tracestate: "tracestate",
+  /** "true" when the event was published truncated (LifecycleEvent.truncated). */
+  truncated: "nf-truncated",
 } as const;
 
 /** Content type of the message value. */

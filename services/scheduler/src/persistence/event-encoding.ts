@@ -31,7 +31,7 @@ const VARINT = WireType.Varint;
 
 /** Field numbers each hand-written message writes (checked against the schemas by the test). */
 export const HAND_WRITTEN_FIELDS = {
-  "nexusflow.v1.LifecycleEvent": [1, 2, 3, 4, 5, 6],
+  "nexusflow.v1.LifecycleEvent": [1, 2, 3, 4, 5, 6, 7],
   "google.protobuf.Timestamp": [1, 2],
   "nexusflow.v1.RunStarted": [1, 2, 3, 4, 5],
   "nexusflow.v1.TaskLeased": [1, 2, 3, 4, 5, 6],
@@ -77,6 +77,7 @@ function writeEvent(w: BinaryWriter, m: LifecycleEvent): void {
   }
   if (m.workflowName !== "") w.tag(5, LEN).string(m.workflowName);
   if (m.workflowVersion !== 0) w.tag(6, VARINT).int32(m.workflowVersion);
+  if (m.truncated) w.tag(7, VARINT).bool(true);
   const event = m.event;
   if (event.case === undefined) return;
   const field = EVENT_FIELDS.get(event.case);

@@ -46,6 +46,7 @@ export function lifecycleEventAt(
     time: timestampOf(now),
     workflowName: run.workflowName,
     workflowVersion: run.workflowVersion,
+    truncated: false,
     event: (body === undefined
       ? { case: undefined }
       : { case: event.case, value: create(body.schema, event.value) }) as LifecycleEvent["event"],

@@ -13,9 +13,9 @@ import { execFile } from "node:child_process";
 import { randomUUID } from "node:crypto";
 import { promisify } from "node:util";
 import { after, afterEach, before, describe, it } from "node:test";
-import { create, toBinary } from "@bufbuild/protobuf";
+import { create, type MessageInitShape, toBinary } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
-import { jsonToValue } from "@nexusflow/common";
+import { jsonToValue, valueToJson } from "@nexusflow/common";
 import { requireService } from "@nexusflow/common/testing";
 import { LifecycleEventSchema, RunStatus } from "@nexusflow/gen";
 import { Kafka, logLevel } from "kafkajs";
@@ -417,6 +417,98 @@ describe("lifecycle events on Kafka", () => {
         events.received.map((e) => Number(e.event.sequence)),
         records.map((r) => r.sequence),
       );
+    },
+  );
+
+  it(
+    "publishes an event larger than the topic takes truncated, and the events after it whole",
+    { timeout: 120_000 },
+    async (t) => {
+      const brokers = requireService(t, "KAFKA_BROKERS");
+      if (brokers === undefined) return;
+      // A topic that takes at most 64 KiB per message; the publisher reads that from the broker.
+      const topic = `nexusflow-events-test-${randomUUID()}`;
+      const kafka = new Kafka({
+        clientId: "nexusflow-events-test",
+        brokers: brokers.split(","),
+        logLevel: logLevel.NOTHING,
+      });
+      const admin = kafka.admin();
+      await admin.connect();
+      try {
+        await admin.createTopics({
+          topics: [
+            { topic, numPartitions: 1, configEntries: [{ name: "max.message.bytes", value: "65536" }] },
+          ],
+          waitForLeaders: true,
+        });
+      } finally {
+        await admin.disconnect();
+      }
+      const runId = randomUUID();
+      const output = { report: "y".repeat(200_000) };
+      const events: NonNullable<MessageInitShape<typeof LifecycleEventSchema>["event"]>[] = [
+        { case: "runStarted", value: { input: jsonToValue({ small: true }) } },
+        {
+          case: "taskSucceeded",
+          value: { taskRunId: "t1", stepId: "a", attempt: 1, output: jsonToValue(output) },
+        },
+        { case: "runCompleted", value: { status: RunStatus.SUCCEEDED, output: jsonToValue({ done: 1 }) } },
+      ];
+      const records: OutboxRecord[] = events.map((e, i) => {
+        const event = create(LifecycleEventSchema, {
+          eventId: randomUUID(),
+          runId,
+          sequence: BigInt(i + 1),
+          time: timestampFromDate(new Date()),
+          workflowName: "large",
+          workflowVersion: 1,
+          event: e,
+        });
+        return {
+          id: i + 1,
+          eventId: event.eventId,
+          runId,
+          sequence: i + 1,
+          type: event.event.case ?? "",
+          payload: toBinary(LifecycleEventSchema, event),
+          traceContext: null,
+          createdAt: new Date(),
+        };
+      });
+      const publisher = new KafkaPublisher({
+        brokers: brokers.split(","),
+        topic,
+        log: testLogger("publisher"),
+      });
+      cleanups.push(() => publisher.close());
+      const signal = new AbortController().signal;
+      await publisher.connect(signal);
+      await publisher.publish(records, signal);
+      const received = await collector(brokers, topic);
+      await waitFor("every event read back", () => received.received.length === records.length);
+      const [started, succeeded, completed] = received.received;
+      assert.deepEqual(
+        received.received.map((e) => [
+          Number(e.event.sequence),
+          e.event.truncated,
+          e.headers["nf-truncated"],
+        ]),
+        [
+          [1, false, undefined],
+          [2, true, "true"],
+          [3, false, undefined],
+        ],
+      );
+      assert.equal(started?.event.event.case, "runStarted");
+      assert.equal(succeeded?.event.event.case, "taskSucceeded");
+      if (succeeded?.event.event.case === "taskSucceeded") {
+        assert.equal(succeeded.event.event.value.output, undefined);
+        assert.equal(succeeded.event.event.value.stepId, "a");
+      }
+      assert.equal(completed?.event.event.case, "runCompleted");
+      if (completed?.event.event.case === "runCompleted")
+        assert.deepEqual(valueToJson(completed.event.event.value.output), { done: 1 });
     },
   );
 });
