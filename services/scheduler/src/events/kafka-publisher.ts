@@ -39,7 +39,7 @@ export interface KafkaPublisherOptions {
   connectionTimeoutMs?: number;
   /** Timeout of one request (and of the acks of a produce). @default 10000 */
   requestTimeoutMs?: number;
-  /** Retries of one send inside kafkajs before it is reported as failed. @default 5 */
+  /** Retries of one send inside kafkajs before it is reported as failed (at least 1). @default 5 */
   sendRetries?: number;
   /**
    * Most bytes of events one produce request carries (values, keys and headers): a batch of larger
@@ -76,7 +76,25 @@ const TOPIC_RESOURCE = 2 as ConfigResourceTypes.TOPIC;
 /** What a record batch takes around one record, at most (its header is 61 bytes). */
 const BATCH_OVERHEAD_BYTES = 1024;
 
+/** `value` if it is a whole number of at least `min`; a RangeError naming the option otherwise. */
+function atLeast(name: string, value: number, min: number): number {
+  if (!Number.isSafeInteger(value) || value < min)
+    throw new RangeError(`KafkaPublisher: ${name} must be a whole number of at least ${min}, got ${value}`);
+  return value;
+}
+
 function withDefaults(o: KafkaPublisherOptions): ResolvedOptions {
+  // kafkajs' idempotent producer refuses fewer than one retry, and only when it first connects.
+  atLeast("sendRetries", o.sendRetries ?? 5, 1);
+  for (const [name, value, min] of [
+    ["partitions", o.partitions, 1],
+    ["replicationFactor", o.replicationFactor, 1],
+    ["connectionTimeoutMs", o.connectionTimeoutMs, 1],
+    ["requestTimeoutMs", o.requestTimeoutMs, 1],
+    ["maxSendBytes", o.maxSendBytes, 1024],
+    ["maxEventBytes", o.maxEventBytes, 1024],
+  ] as const)
+    if (value !== undefined) atLeast(name, value, min);
   return {
     brokers: [...o.brokers],
     topic: o.topic ?? "nexusflow.events",
