@@ -73,6 +73,8 @@ const DEFAULT_MAX_MESSAGE_BYTES = 1_048_588;
  * CommonJS module, and the value is Kafka's protocol constant.
  */
 const TOPIC_RESOURCE = 2 as ConfigResourceTypes.TOPIC;
+/** Room for a message's key and headers that makes counting them pointless. */
+const FAR_BELOW_BYTES = 64 * 1024;
 /** What a record batch takes around one record, at most (its header is 61 bytes). */
 const BATCH_OVERHEAD_BYTES = 1024;
 
@@ -244,6 +246,8 @@ export class KafkaPublisher implements EventPublisher {
   /** The message of `record`, truncated when larger than `maxBytes`. */
   private fitted(record: OutboxRecord, maxBytes: number): EventMessage {
     const message = eventMessage(record);
+    // Nearly every event is far below the limit: its headers and key are not counted then.
+    if (record.payload.byteLength + FAR_BELOW_BYTES <= maxBytes) return message;
     const overhead = messageBytes(message) - message.value.byteLength;
     const { payload, truncated } = fitEvent(record.payload, overhead, maxBytes);
     if (!truncated) return message;
