@@ -4,7 +4,7 @@ import { afterEach, beforeEach, describe, it, mock } from "node:test";
 import type { Timer } from "../core/index.js";
 import type { CompiledWorkflow } from "../dag/index.js";
 import { newRunState, newTaskState } from "../model/run-state.js";
-import { EngineTimers } from "./engine-timers.js";
+import { EngineTimers, MAX_TIMEOUT_MS } from "./engine-timers.js";
 
 describe("engine timers", () => {
   beforeEach(() => mock.timers.enable({ apis: ["setTimeout"] }));
@@ -93,6 +93,52 @@ describe("engine timers", () => {
     assert.equal(fired.length, 0);
     mock.timers.tick(1);
     assert.equal(fired.length, 1);
+    timers.clear();
+  });
+
+  it("fires a timer due beyond setTimeout's 24.8 days at its time, not at once, and clears it meanwhile", () => {
+    const { fired, timers } = setup();
+    const DAYS_30 = 30 * 86_400_000;
+    const task = newTaskState("run", "a", "STEP", "", 0, new Date(0), "t");
+    task.fencingToken = 1;
+    timers.set({ kind: "start-to-close", task, token: 1 }, DAYS_30);
+    timers.set({ kind: "retry", task }, DAYS_30);
+    const cleared = newTaskState("run", "b", "STEP", "", 1, new Date(0), "t-cleared");
+    cleared.leaseExpiresAt = null;
+    timers.set({ kind: "start-to-close", task: cleared, token: 0 }, DAYS_30);
+    const bucket = { kind: "rate-limit" } as unknown as Timer;
+    timers.set(bucket, DAYS_30);
+    mock.timers.tick(MAX_TIMEOUT_MS);
+    assert.equal(fired.length, 0);
+    // Cleared between its steps: it does not fire.
+    timers.leaseEnded(cleared);
+    mock.timers.tick(DAYS_30 - MAX_TIMEOUT_MS - 1);
+    assert.equal(fired.length, 0);
+    mock.timers.tick(1);
+    assert.deepEqual(fired.map((t) => t.kind).sort(), ["rate-limit", "retry", "start-to-close"]);
+    timers.clear();
+  });
+});
+
+describe("engine timers on Node's own clock", () => {
+  it("does not fire a 30-day timer at once (Node fires a setTimeout beyond 2^31 - 1 ms after 1 ms)", async () => {
+    const fired: string[] = [];
+    const timers = new EngineTimers({
+      live: () => true,
+      fired: (t) => {
+        fired.push(t.kind);
+        return false;
+      },
+      leaseExpired: () => undefined,
+    });
+    const task = newTaskState("run", "a", "STEP", "", 0, new Date(0), "t");
+    const DAYS_30 = 30 * 86_400_000;
+    timers.set({ kind: "retry", task }, DAYS_30);
+    timers.set({ kind: "run-deadline", run: { id: "run" } } as unknown as Timer, DAYS_30);
+    timers.after(DAYS_30, () => fired.push("after"));
+    // Timers fire in the order they are due: one due in 1 ms fires before one set after it due in 5.
+    await new Promise((resolve) => setTimeout(resolve, 5));
+    assert.deepEqual(fired, []);
     timers.clear();
   });
 });

@@ -11,6 +11,13 @@ import { UnavailableError } from "@nexusflow/common";
 import type { Timer } from "../core/index.js";
 import { type RunState, type TaskState, tasksOfRun } from "../model/run-state.js";
 
+/**
+ * The longest delay Node's setTimeout keeps (2^31 - 1 ms, about 24.8 days): it fires a longer one
+ * after 1 ms. A timer due later (a 30-day step timeout or run deadline, a retry or rate limit a
+ * month away) waits in steps of at most this long.
+ */
+export const MAX_TIMEOUT_MS = 2_147_483_647;
+
 /** What the timers need of the engine. */
 export interface EngineTimersOptions {
   /** Whether a timer firing now still counts (the engine is RUNNING or RECOVERING). */
@@ -50,10 +57,14 @@ export class EngineTimers {
     if (timer.kind === "lease-grace") {
       const task = timer.task;
       if (this.orphans.has(task.id)) return;
-      const t = setTimeout(() => {
-        this.orphans.delete(task.id);
-        if (this.o.fired(timer)) this.o.leaseExpired(task);
-      }, ms);
+      // A grace is a session timeout (seconds): never beyond setTimeout's reach.
+      const t = setTimeout(
+        () => {
+          this.orphans.delete(task.id);
+          if (this.o.fired(timer)) this.o.leaseExpired(task);
+        },
+        Math.min(ms, MAX_TIMEOUT_MS),
+      );
       this.orphans.set(task.id, t);
       return;
     }
@@ -77,13 +88,14 @@ export class EngineTimers {
   /** Sets `timer` in `map` under `key`, in place of the one there; it fires while the engine is live. */
   private replace(map: Map<string, NodeJS.Timeout>, key: string, ms: number, timer: Timer): void {
     clearTimeout(map.get(key));
-    const t = setTimeout(
-      () => {
-        map.delete(key);
-        if (this.o.live()) this.o.fired(timer);
-      },
-      Math.max(0, ms),
-    );
+    const wait = Math.max(0, ms);
+    const t =
+      wait > MAX_TIMEOUT_MS
+        ? setTimeout(() => this.replace(map, key, wait - MAX_TIMEOUT_MS, timer), MAX_TIMEOUT_MS)
+        : setTimeout(() => {
+            map.delete(key);
+            if (this.o.live()) this.o.fired(timer);
+          }, wait);
     map.set(key, t);
   }
 
@@ -112,12 +124,14 @@ export class EngineTimers {
 
   /** Calls `fn` in `ms` if the engine is live then. */
   after(ms: number, fn: () => void): void {
+    const wait = Math.max(0, ms);
     const t = setTimeout(
       () => {
         this.timers.delete(t);
-        if (this.o.live()) fn();
+        if (wait > MAX_TIMEOUT_MS) this.after(wait - MAX_TIMEOUT_MS, fn);
+        else if (this.o.live()) fn();
       },
-      Math.max(0, ms),
+      Math.min(wait, MAX_TIMEOUT_MS),
     );
     this.timers.add(t);
   }
