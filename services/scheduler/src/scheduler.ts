@@ -64,7 +64,7 @@ import type { FireLoop } from "./schedules/fire-loop.js";
 import { FireStarter } from "./schedules/fires.js";
 import { Coordinator } from "./cluster/coordinator.js";
 import { coordinatorRoles } from "./coordinator-roles.js";
-import { ClusterNotifications, SCHEDULES_CHANNEL } from "./cluster/notifications.js";
+import { ClusterNotifications, RATE_LIMITS_CHANNEL, SCHEDULES_CHANNEL } from "./cluster/notifications.js";
 import { EVENTS_CHANNEL, EventWaitScan } from "./triggers/wait-scan.js";
 import { FireStore } from "./schedules/fire-store.js";
 import { ScheduleStore } from "./schedules/store.js";
@@ -413,6 +413,10 @@ export class Scheduler {
         ...(this.options.priorityAgeingMs === undefined
           ? {}
           : { priorityAgeingMs: this.options.priorityAgeingMs }),
+        // In a cluster every replica takes a pause or resume stored by another.
+        ...(this.options.cluster === true
+          ? { rateLimitPaused: () => this.announce(RATE_LIMITS_CHANNEL) }
+          : {}),
       });
       await this.engineValue.start();
       const engine = this.engineValue;
@@ -484,9 +488,12 @@ export class Scheduler {
           handlers: {
             [SCHEDULES_CHANNEL]: () => this.fireLoop?.wake(),
             [EVENTS_CHANNEL]: () => this.waitScan?.wake(),
+            [RATE_LIMITS_CHANNEL]: () => this.syncRateLimitPauses(),
           },
         });
         await this.notifications.start();
+        // A pause stored by another replica since recovery read the buckets, before listening.
+        this.syncRateLimitPauses();
       }
       this.coordinator.start();
       const registry = this.options.metrics;
@@ -655,6 +662,23 @@ export class Scheduler {
     ClusterNotifications.notify(pool, channel).catch((e: unknown) => {
       this.options.log.warn({ err: e, channel }, "could not notify the other replicas");
     });
+  }
+
+  /** Takes the rate limit pauses and resumes another replica stored (engine/rate-limit-admin.ts). */
+  private syncRateLimitPauses(): void {
+    const engine = this.engineValue;
+    if (engine === undefined) return;
+    engine.syncRateLimitPauses().then(
+      (changed) => {
+        if (changed > 0)
+          this.options.log.info({ changed }, "took rate limit pauses stored by other replicas");
+      },
+      (e: unknown) =>
+        this.options.log.warn(
+          { err: e },
+          "could not read the rate limit pauses other replicas stored; read again at the next notification",
+        ),
+    );
   }
 
   /** Ends a run another replica holds (a schedule's overlap policy) through its owner's CancelRun. */

@@ -11,6 +11,9 @@ import type { Logger } from "@nexusflow/common";
 /** The channel that wakes the coordinator's fire loop (a schedule changed or was triggered). */
 export const SCHEDULES_CHANNEL = "nexusflow_schedules";
 
+/** The channel that tells every replica to read the rate limit pauses again (one was stored). */
+export const RATE_LIMITS_CHANNEL = "nexusflow_rate_limit_pauses";
+
 /** Options of {@link ClusterNotifications}. */
 export interface ClusterNotificationsOptions {
   /** PostgreSQL URL (a connection of its own listens). */

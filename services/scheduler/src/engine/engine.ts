@@ -41,6 +41,7 @@ import {
   type RateLimitView,
   listRateLimits,
   pauseRateLimit,
+  RateLimitPauses,
   rateLimitStats,
 } from "./rate-limit-admin.js";
 import { RERUN_OF_LABEL, type RerunRunInput, rerunStart } from "./reruns.js";
@@ -91,6 +92,11 @@ export interface EngineOptions {
   parking?: (ParkingOptions & { store: ParkedRunStore }) | undefined;
   /** The partitions this replica holds: its runs are theirs (partition-load.ts). @default every run */
   partitions?: HeldPartitions | undefined;
+  /**
+   * A rate limit pause or resume made here was stored (an operator's, a handler's): in a cluster,
+   * the other replicas are told to take it ({@link Engine.syncRateLimitPauses}). @default nothing
+   */
+  rateLimitPaused?: (() => void) | undefined;
 }
 
 /** Engine lifecycle. */
@@ -145,6 +151,9 @@ export class Engine {
   private readonly restartedAt: number | undefined;
   private stateValue: EngineState = "CREATED";
   private stopping: Promise<void> | undefined;
+  /** Pauses made here and taken from the store (rate-limit-admin.ts). */
+  private readonly pauses = new RateLimitPauses();
+  private readonly rateLimitPaused: (() => void) | undefined;
 
   constructor(options: EngineOptions) {
     this.log = options.log;
@@ -157,6 +166,7 @@ export class Engine {
       core.admitQueued(this.core, task, now),
     );
     this.restartedAt = options.restartedAt;
+    this.rateLimitPaused = options.rateLimitPaused;
     this.unserved = new UnservedTypes({ log: options.log });
     this.timers = new EngineTimers({
       live: () => this.stateValue === "RUNNING" || this.stateValue === "RECOVERING",
@@ -318,7 +328,8 @@ export class Engine {
       },
       leaseEnded: (task) => this.timers.leaseEnded(task),
       setTimer: (timer, delayMs) => this.timers.set(timer, delayMs),
-      pauseRateLimit: (bucket) => storeHandlerPause(this.store, this.log, bucket),
+      pauseRateLimit: (bucket) =>
+        storeHandlerPause(this.store, this.pauses, this.log, bucket, () => this.rateLimitPaused?.()),
       resolveOutput: (task) => this.outputs.read(task),
       advanceSoon: (run) => this.advanceSoon(run),
       startChild: (run, task) => void this.children.start(run.id, storedStepId(task)),
@@ -346,7 +357,18 @@ export class Engine {
    */
   async pauseRateLimit(pause: RateLimitPause): Promise<RateLimitView> {
     this.assertRunning();
-    return pauseRateLimit(this.core, this.store, pause);
+    const view = await pauseRateLimit(this.core, this.store, this.pauses, pause);
+    this.rateLimitPaused?.();
+    return view;
+  }
+
+  /**
+   * Takes the rate limit pauses and resumes stored by other replicas (a cluster's replicas are told
+   * through NOTIFY, see {@link EngineOptions.rateLimitPaused}). Returns how many buckets changed.
+   */
+  async syncRateLimitPauses(): Promise<number> {
+    if (this.stateValue !== "RUNNING") return 0;
+    return this.pauses.sync(this.core, this.store);
   }
 
   /** A page of the rate limit buckets: this scheduler's (current) and the stored ones it has not used. */

@@ -65,6 +65,7 @@ export interface RateLimitStats {
 export async function pauseRateLimit(
   c: Core,
   store: Pick<EngineStore, "pauseRateLimit">,
+  pauses: RateLimitPauses,
   p: RateLimitPause,
 ): Promise<RateLimitView> {
   const now = new Date();
@@ -72,8 +73,72 @@ export async function pauseRateLimit(
   // burst is not known here, so +Infinity tokens, which a task's first refill brings down to it.
   const bucket = core.rateLimitsOf(c).bucket(p.name, p.key, Number.POSITIVE_INFINITY, now.getTime());
   core.pauseBucket(c, bucket, p.until, p.by, p.note, now);
-  await store.pauseRateLimit(pauseRow(bucket));
+  await pauses.store(bucket, () => store.pauseRateLimit(pauseRow(bucket)));
   return rateLimitView(bucket);
+}
+
+/**
+ * The pauses of a cluster's replicas kept alike (docs/replicas.md): a pause or resume stored by one
+ * replica (an operator's call, a handler's pause) is taken by every other one when it is told
+ * (NOTIFY) and reads the stored pauses ({@link RateLimitPauses.sync}). A bucket paused or resumed
+ * here while a read is under way, or whose pause is still being stored, keeps this replica's
+ * pause: the row read may predate it, and this replica's own notification reads it again once it
+ * is stored.
+ */
+export class RateLimitPauses {
+  /** Pauses and resumes made here, counted. */
+  #changes = 0;
+  /** By bucket id: the count of its latest pause or resume made here. */
+  readonly #madeAt = new Map<string, number>();
+  /** By bucket id: its pauses made here still being stored. */
+  readonly #storing = new Map<string, number>();
+
+  /** Stores a pause (or resume) made here by `write`; tells `stored` once it is. */
+  async store(bucket: core.Bucket, write: () => Promise<void>): Promise<void> {
+    this.#madeAt.set(bucket.id, ++this.#changes);
+    this.#storing.set(bucket.id, (this.#storing.get(bucket.id) ?? 0) + 1);
+    try {
+      await write();
+    } finally {
+      const n = (this.#storing.get(bucket.id) ?? 1) - 1;
+      if (n === 0) this.#storing.delete(bucket.id);
+      else this.#storing.set(bucket.id, n);
+    }
+  }
+
+  /**
+   * Takes the stored pauses: a key paused there and not here is paused (its bucket made, full,
+   * if not in memory), one paused here and not there resumed, one paused differently changed.
+   * Returns how many buckets changed.
+   */
+  async sync(c: Core, store: Pick<EngineStore, "loadRateLimitPauses">): Promise<number> {
+    const since = this.#changes;
+    const rows = await store.loadRateLimitPauses();
+    const now = new Date();
+    const t = now.getTime();
+    const keep = (id: string): boolean => this.#storing.has(id) || (this.#madeAt.get(id) ?? 0) > since;
+    const state = core.rateLimitsOf(c);
+    const stored = new Set<string>();
+    let changed = 0;
+    for (const row of rows) {
+      const id = bucketId(row.name, row.key);
+      stored.add(id);
+      if (keep(id)) continue;
+      const b = state.bucket(row.name, row.key, Number.POSITIVE_INFINITY, t);
+      if (b.pausedUntil === row.pausedUntil && b.pausedBy === row.pausedBy && b.pauseNote === row.pauseNote)
+        continue;
+      core.pauseBucket(c, b, row.pausedUntil, row.pausedBy, row.pauseNote, now);
+      changed++;
+    }
+    for (const b of state.buckets.values())
+      if (b.pausedUntil !== null && b.pausedUntil > t && !stored.has(b.id) && !keep(b.id)) {
+        core.pauseBucket(c, b, null, "", "", now);
+        changed++;
+      }
+    // What was made here before this read is in the rows read (or still being stored).
+    for (const [id, at] of this.#madeAt) if (at <= since) this.#madeAt.delete(id);
+    return changed;
+  }
 }
 
 /** What the store writes of a bucket's pause (or resume): the pause, and the bucket as it is. */
@@ -91,20 +156,22 @@ function pauseRow(bucket: core.Bucket): StoredPause {
 }
 
 /**
- * Stores a pause a handler asked for (core/rate-limits.ts pauseTaskKeys). A failure is logged: the
- * pause then holds in this process only.
+ * Stores a pause a handler asked for (core/rate-limits.ts pauseTaskKeys), then calls `stored`. A
+ * failure is logged: the pause then holds in this process only.
  */
 export function storeHandlerPause(
   store: Pick<EngineStore, "pauseRateLimit">,
+  pauses: RateLimitPauses,
   log: Logger,
   bucket: core.Bucket,
+  stored: () => void,
 ): void {
-  void store
-    .pauseRateLimit(pauseRow(bucket))
-    .catch((e: unknown) =>
+  void pauses
+    .store(bucket, () => store.pauseRateLimit(pauseRow(bucket)))
+    .then(stored, (e: unknown) =>
       log.error(
         { err: e, rate_limit: bucket.name, key: bucket.key },
-        "a rate limit pause was not stored: it holds in this process only",
+        "a rate limit pause was not stored: it holds in this process only, until the stored pauses are read again",
       ),
     );
 }

@@ -112,6 +112,16 @@ export interface RateLimitPause {
   readonly fullAt: number | null;
 }
 
+/** A key paused now, as stored ({@link EngineStore.loadRateLimitPauses}). */
+export interface StoredPause {
+  readonly name: string;
+  readonly key: string;
+  /** Ms since the epoch, in the future when read. */
+  readonly pausedUntil: number;
+  readonly pausedBy: string;
+  readonly pauseNote: string;
+}
+
 /** A page of stored buckets: of limit `name` ("" for all), after `after` (by name then key), at most `limit`. */
 export interface RateLimitPage {
   readonly name: string;
@@ -164,6 +174,11 @@ export interface EngineStore {
    * and why, at once (not with a batch); a bucket without a row gets one, with its tokens.
    */
   pauseRateLimit(pause: RateLimitPause): Promise<void>;
+  /**
+   * The keys paused now, as stored (by any replica of a cluster), with who and why: what a replica
+   * reads to take the pauses and resumes another wrote (engine/rate-limit-admin.ts).
+   */
+  loadRateLimitPauses(): Promise<StoredPause[]>;
   /** A run's status, output and error as committed (a child run, core/children.ts); undefined when absent. */
   runOutcome(runId: string): Promise<RunOutcome | undefined>;
   /**

@@ -21,7 +21,13 @@ import type {
   StoredTask,
 } from "./engine-store.js";
 import { bucketId, type StoredBucket } from "../model/rate-limit-state.js";
-import { afterInPage, bucketOrder, type RateLimitPage, type RateLimitPause } from "./engine-store.js";
+import {
+  afterInPage,
+  bucketOrder,
+  type RateLimitPage,
+  type RateLimitPause,
+  type StoredPause,
+} from "./engine-store.js";
 import type { OutboxRow } from "./outbox.js";
 import { PendingChanges } from "./pending-changes.js";
 import { partitionOf } from "../cluster/partitioning.js";
@@ -237,6 +243,21 @@ export class MemoryEngineStore extends PendingChanges implements EngineStore {
       .filter((b) => page === undefined || afterInPage(b, page))
       .sort(bucketOrder);
     return Promise.resolve(rows.slice(0, page?.limit ?? rows.length).map((b) => ({ ...b })));
+  }
+
+  loadRateLimitPauses(): Promise<StoredPause[]> {
+    const now = Date.now();
+    const out: StoredPause[] = [];
+    for (const b of this.bucketRows.values())
+      if (b.pausedUntil !== null && b.pausedUntil > now)
+        out.push({
+          name: b.name,
+          key: b.key,
+          pausedUntil: b.pausedUntil,
+          pausedBy: b.pausedBy,
+          pauseNote: b.pauseNote,
+        });
+    return Promise.resolve(out);
   }
 
   pauseRateLimit(p: RateLimitPause): Promise<void> {

@@ -31,7 +31,7 @@ import type {
 } from "../model/run-state.js";
 import { parseStoredStepId } from "../model/run-state.js";
 import type { StoredBucket } from "../model/rate-limit-state.js";
-import type { RateLimitPage, RateLimitPause } from "./engine-store.js";
+import type { RateLimitPage, RateLimitPause, StoredPause } from "./engine-store.js";
 
 interface RunRow {
   id: string;
@@ -275,6 +275,26 @@ export class PostgresEngineStore implements EngineStore {
       seq: Number(r.seq),
       fullAt: r.full_at,
       pausedUntil: r.paused_until === null ? null : r.paused_until.getTime(),
+      pausedBy: r.paused_by,
+      pauseNote: r.pause_note,
+    }));
+  }
+
+  async loadRateLimitPauses(): Promise<StoredPause[]> {
+    const found = await this.db.pool.query<{
+      name: string;
+      key: string;
+      paused_until: Date;
+      paused_by: string;
+      pause_note: string;
+    }>(
+      `SELECT name, key, paused_until, paused_by, pause_note FROM rate_limit_buckets
+       WHERE paused_until > now()`,
+    );
+    return found.rows.map((r) => ({
+      name: r.name,
+      key: r.key,
+      pausedUntil: r.paused_until.getTime(),
       pausedBy: r.paused_by,
       pauseNote: r.pause_note,
     }));
