@@ -107,6 +107,12 @@ export interface GatewayOptions {
    */
   prefaceTimeoutMs?: number;
   /**
+   * An HTTP/1.1 connection whose request headers are not all in after this long is closed (Node's
+   * `headersTimeout`), in milliseconds; checked every tenth of it.
+   * @default 60_000
+   */
+  headersTimeoutMs?: number;
+  /**
    * Transport to the upstream; when given, the gateway does not create (nor close) its own.
    * @default a gRPC transport to `schedulerAddress`, failing over between its addresses (upstream.ts)
    */
@@ -213,6 +219,7 @@ interface CompiledGatewayOptions {
   logger: Logger;
   drainTimeoutMs: number;
   prefaceTimeoutMs: number;
+  headersTimeoutMs: number;
   transport: Transport | undefined;
   verifier: TokenVerifier | undefined;
   maxRequestBytes: number;
@@ -232,6 +239,7 @@ function addGatewayDefaults(options: GatewayOptions): CompiledGatewayOptions {
     logger: options.logger ?? createLogger("gateway", "silent"),
     drainTimeoutMs: options.drainTimeoutMs ?? 10_000,
     prefaceTimeoutMs: options.prefaceTimeoutMs ?? 10_000,
+    headersTimeoutMs: options.headersTimeoutMs ?? 60_000,
     transport: options.transport,
     verifier: options.verifier,
     maxRequestBytes: options.maxRequestBytes ?? 4 * 1024 * 1024,
@@ -367,7 +375,16 @@ class GatewayServer implements Gateway {
     this.#h2.on("session", (session) => this.#onSession(session));
     this.#h2.on("sessionError", (e) => this.#log.debug({ err: e }, "http/2 session error"));
 
-    this.#h1 = http.createServer((req, res) => this.#onHttp1Request(req, res, handler));
+    const headersTimeout = this.#options.headersTimeoutMs;
+    this.#h1 = http.createServer(
+      {
+        headersTimeout,
+        // Node's default; at least the headers' (it refuses a shorter request timeout).
+        requestTimeout: Math.max(headersTimeout, 300_000),
+        connectionsCheckingInterval: Math.max(10, Math.min(30_000, Math.floor(headersTimeout / 10))),
+      },
+      (req, res) => this.#onHttp1Request(req, res, handler),
+    );
     this.#h1.on("clientError", (e, socket) => {
       this.#log.debug({ err: e }, "http/1.1 client error");
       socket.destroy();
@@ -405,6 +422,9 @@ class GatewayServer implements Gateway {
       throw new GatewayListenError(host, port, code, { cause: e });
     }
     this.#net.on("error", (e) => this.#log.error({ err: e }, "gateway server error"));
+    // The HTTP/1.1 server never listens itself: without this, Node never starts the check that
+    // enforces its headersTimeout and requestTimeout on the connections handed to it.
+    this.#h1.emit("listening");
     // close() may have been called meanwhile; it then drains this socket once we return.
     if (this.#state === "starting") this.#state = "listening";
     const address = this.#net.address();
@@ -442,6 +462,7 @@ class GatewayServer implements Gateway {
         await this.#waitForDrain(1000);
       }
     }
+    this.#h1.close();
     this.#upstream?.close();
     this.#state = "stopped";
   }

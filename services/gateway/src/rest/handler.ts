@@ -304,8 +304,7 @@ export function createRestHandler(options: RestHandlerOptions): RestHandler {
     const hadToken = headers.has("authorization");
     const abort = new AbortController();
     res.once("close", () => {
-      if (!res.writableFinished)
-        abort.abort(new ConnectError("the client closed the request", Code.Canceled));
+      if (!res.writableEnded) abort.abort(new ConnectError("the client closed the request", Code.Canceled));
     });
     let message: MessageShape<DescMessage>;
     let timeoutMs: number | undefined;
@@ -378,6 +377,16 @@ export function createRestHandler(options: RestHandlerOptions): RestHandler {
 
     // Server streaming.
     let iterator: AsyncIterator<MessageShape<DescMessage>> | undefined;
+    const startStream = (header?: Headers): void => {
+      if (res.headersSent || abort.signal.aborted) return;
+      if (header !== undefined) copyResponseHeaders(header, res);
+      h1(res).writeHead(200, { "content-type": "application/x-ndjson", "cache-control": "no-store" });
+      // Headers out now: a client of a quiet stream (logs --follow) sees that it is connected.
+      // (HTTP/2's writeHead sends them at once; only HTTP/1.1 responses buffer them.)
+      if (!("stream" in res)) h1(res).flushHeaders();
+    };
+    // Armed before the call: transport.stream() itself resolves only with the first message.
+    const headTimer = setTimeout(() => startStream(), headerDelayMs);
     try {
       const result = await transport.stream(
         route.method as DescMethodServerStreaming<DescMessage, DescMessage>,
@@ -387,26 +396,11 @@ export function createRestHandler(options: RestHandlerOptions): RestHandler {
         createAsyncIterable([message]),
       );
       iterator = result.message[Symbol.asyncIterator]();
-      const startStream = (): void => {
-        copyResponseHeaders(result.header, res);
-        h1(res).writeHead(200, { "content-type": "application/x-ndjson", "cache-control": "no-store" });
-        // Headers out now: a client of a quiet stream (logs --follow) sees that it is connected.
-        // (HTTP/2's writeHead sends them at once; only HTTP/1.1 responses buffer them.)
-        if (!("stream" in res)) h1(res).flushHeaders();
-      };
       let next = iterator.next();
-      let timer: NodeJS.Timeout | undefined;
-      const early = await Promise.race([
-        next.then((r) => ({ kind: "message" as const, r })),
-        new Promise<{ kind: "delay" }>(
-          (resolve) => (timer = setTimeout(() => resolve({ kind: "delay" }), headerDelayMs)),
-        ),
-      ]);
-      clearTimeout(timer);
-      if (early.kind === "delay") startStream();
       for (;;) {
         const r = await next;
-        if (!res.headersSent) startStream();
+        clearTimeout(headTimer);
+        startStream(result.header);
         if (r.done === true) break;
         await write(res, `${JSON.stringify({ result: responseJson(route, r.value) })}\n`);
         if (abort.signal.aborted) break;
@@ -425,6 +419,7 @@ export function createRestHandler(options: RestHandlerOptions): RestHandler {
       }
       h1(res).end(`${JSON.stringify({ error: statusJson(err) })}\n`);
     } finally {
+      clearTimeout(headTimer);
       if (abort.signal.aborted) await iterator?.return?.().catch(() => undefined);
     }
   }
