@@ -170,6 +170,18 @@ describe("settleOutput (claim check)", () => {
     assert.ok((await settleOutput(text, identity, 10_000, { store })).outputRef);
   });
 
+  it("refuses an inline output nested deeper than a report carries (TOO_DEEP); an offloaded one goes", async () => {
+    let deep: unknown = 1;
+    for (let i = 0; i < 49; i++) deep = [deep];
+    await assert.rejects(
+      settleOutput(deep, identity, 1024 * 1024, { store }),
+      (e: unknown) => e instanceof PayloadError && e.problem === "TOO_DEEP",
+    );
+    assert.deepEqual(await store.list(""), []);
+    // Offloaded, it does not travel in a report.
+    assert.ok((await settleOutput(deep, identity, 1024, { store, thresholdBytes: 10 })).outputRef);
+  });
+
   it("a store that cannot take the output fails the attempt retryably", async () => {
     await assert.rejects(
       settleOutput(big, identity, 1000, { store: broken(store), thresholdBytes: 1000 }),

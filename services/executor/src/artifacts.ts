@@ -21,7 +21,7 @@ import { nulCharacterPath } from "@nexusflow/common";
 import type { ArtifactRef } from "@nexusflow/gen";
 import { TaskErrorType } from "@nexusflow/common/task-error-types";
 import type { AttemptIdentity } from "./log-sink.js";
-import { PayloadError, jsonTextHasNul, toJsonPayload } from "./payload.js";
+import { PayloadError, checkDepth, jsonTextHasNul, toJsonPayload } from "./payload.js";
 import { TaskError } from "./handlers/task-error.js";
 import type { TaskArtifacts } from "./handlers/types.js";
 
@@ -92,7 +92,7 @@ export type SettledOutput =
  * Turns a handler's return value into what Completed carries. Without `offload` (or at or below
  * its threshold) the JSON goes inline, limited to `maxPayloadBytes`; above the threshold (or above
  * `maxPayloadBytes`) it is stored as `output.json` and only its ref is reported. Throws
- * {@link PayloadError} (NOT_JSON, or TOO_LARGE past the applicable limit) and a retryable
+ * {@link PayloadError} (NOT_JSON, TOO_LARGE past the applicable limit, TOO_DEEP inline) and a retryable
  * TaskError `OUTPUT_OFFLOAD_FAILED` when the store cannot take it.
  */
 export async function settleOutput(
@@ -118,7 +118,8 @@ export async function settleOutput(
   }
   if (text === undefined) throw new PayloadError("NOT_JSON", `not JSON-serialisable: a ${typeof value}`);
   const bytes = Buffer.byteLength(text, "utf8");
-  if (bytes <= threshold) return { output: JSON.parse(text) as JsonValue };
+  // Inline, it goes through the session as a google.protobuf.Value: as deep as a report can carry.
+  if (bytes <= threshold) return { output: checkDepth(JSON.parse(text) as JsonValue) };
   if (bytes > maxBytes)
     throw new PayloadError("TOO_LARGE", `${bytes} bytes of JSON, more than the offload limit of ${maxBytes}`);
   // Offloaded, it still reaches PostgreSQL through the templates of the steps after it.

@@ -5,6 +5,8 @@
  */
 import assert from "node:assert/strict";
 import { EventEmitter, once } from "node:events";
+import { createServer } from "node:http";
+import type { AddressInfo } from "node:net";
 import { after, before, describe, it } from "node:test";
 import { type JsonValue, create, fromJson, toJson } from "@bufbuild/protobuf";
 import { type Value, ValueSchema } from "@bufbuild/protobuf/wkt";
@@ -287,6 +289,13 @@ function sameKey(a: LeaseKey | undefined, b: LeaseKey): boolean {
     a.attempt === b.attempt &&
     a.fencingToken === b.fencingToken
   );
+}
+
+/** `levels` arrays, one in the other, around 1. */
+function nested(levels: number): JsonValue {
+  let value: JsonValue = 1;
+  for (let i = 0; i < levels; i++) value = [value];
+  return value;
 }
 
 function json(value: Value | undefined): JsonValue {
@@ -883,6 +892,104 @@ function executorTests(): void {
         (e) => isExecutorError(e, "ATTACH_REFUSED") && /UNIMPLEMENTED/.test(e.message),
       );
       assert.equal(executor.state, "STOPPED");
+    },
+  );
+
+  it(
+    "reports an output as deep as a report carries, and fails a deeper one INVALID_OUTPUT instead of losing the task",
+    { timeout: 10_000 },
+    async () => {
+      const { session } = await attached({ slots: 1 }, (e) =>
+        e.register("test.deep", (input: { levels: number }) => nested(input.levels)),
+      );
+      const fits = lease("test.deep", { levels: 48 });
+      session.send({ case: "lease", value: fits });
+      const completed = await session.take("completed", (c) => sameKey(c.key, keyOf(fits)));
+      assert.deepEqual(json(completed.output), nested(48));
+      assert.equal((await session.take("credit")).n, 1, "its slot free again");
+      const deeper = lease("test.deep", { levels: 49 });
+      session.send({ case: "lease", value: deeper });
+      const failed = await session.take("failed", (f) => sameKey(f.key, keyOf(deeper)));
+      assert.equal(failed.error?.type, "INVALID_OUTPUT");
+      assert.equal(failed.error?.retryable, false);
+      assert.match(failed.error?.message ?? "", /nested deeper than 48 levels of arrays and objects/);
+      assert.equal((await session.take("credit")).n, 1, "its slot free again");
+    },
+  );
+
+  it(
+    "fails an http task whose 2xx JSON body is 100 levels deep, and grants its slot again",
+    { timeout: 10_000 },
+    async () => {
+      const partner = createServer((_req, res) => {
+        res.writeHead(200, { "content-type": "application/json" });
+        res.end("[".repeat(100) + "]".repeat(100)); // 200 bytes
+      });
+      await new Promise<void>((resolve) => partner.listen(0, "127.0.0.1", resolve));
+      try {
+        const url = `http://127.0.0.1:${(partner.address() as AddressInfo).port}/deep`;
+        const { session } = await attached({ slots: 1 });
+        const l = lease("http", { url });
+        session.send({ case: "lease", value: l });
+        const failed = await session.take("failed", (f) => sameKey(f.key, keyOf(l)));
+        assert.equal(failed.error?.type, "INVALID_OUTPUT");
+        assert.equal(failed.error?.retryable, false);
+        assert.equal((await session.take("credit")).n, 1, "its slot free again");
+      } finally {
+        partner.closeAllConnections();
+        partner.close();
+      }
+    },
+  );
+
+  it(
+    "sends heartbeats without progress nested too deep, from the throttle's timer too, and survives",
+    { timeout: 10_000 },
+    async () => {
+      const { open, opened } = gate();
+      const { session } = await attached({}, (e) =>
+        e.register("test.progress", async (_input, ctx: TaskContext) => {
+          ctx.heartbeat(nested(100)); // sent at once
+          ctx.heartbeat(nested(100)); // throttled: sent from a timer, where a throw ends the process
+          await opened;
+          return { ok: true };
+        }),
+      );
+      const l = lease("test.progress");
+      l.heartbeatTimeoutMs = 200; // a throttle of 50 ms
+      session.send({ case: "lease", value: l });
+      const heartbeats = () =>
+        session.received.filter((m) => m.case === "heartbeat" && sameKey(m.value.key, keyOf(l)));
+      await session.until(() => heartbeats().length === 2, "two heartbeats");
+      open();
+      await session.take("completed", (c) => sameKey(c.key, keyOf(l)));
+      assert.deepEqual(
+        heartbeats().map((m) => m.case === "heartbeat" && m.value.progress),
+        [undefined, undefined],
+      );
+    },
+  );
+
+  it(
+    "ignores a lease sent again while its report is not acknowledged: it does not run twice",
+    { timeout: 10_000 },
+    async () => {
+      const scheduler = await FakeScheduler.start(0, { ackReports: false });
+      const executor = newExecutor(scheduler);
+      let runs = 0;
+      executor.register("test.count", () => ({ run: ++runs }));
+      await executor.start();
+      const session = await scheduler.session(0);
+      await session.take("credit");
+      const l = lease("test.count");
+      session.send({ case: "lease", value: l });
+      await session.take("completed", (c) => sameKey(c.key, keyOf(l)));
+      session.send({ case: "lease", value: l }); // the same lease again, its Completed not acknowledged
+      // Handled in order: once the Pong comes, the lease was (a handler starts on its lease).
+      session.send({ case: "ping", value: create(PingSchema, { nonce: 42n }) });
+      await session.take("pong", (p) => p.nonce === 42n);
+      assert.equal(runs, 1, "the handler ran once");
+      assert.equal(executor.runningTasks, 0);
     },
   );
 

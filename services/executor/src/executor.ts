@@ -585,7 +585,9 @@ export class Executor {
       return;
     }
     const key = lease.key;
-    if (this.#tasks.get(key) !== undefined) {
+    // Running, or ended with its report not acknowledged yet: the lease is still this executor's,
+    // and its task must not run twice.
+    if (this.#tasks.get(key) !== undefined || this.#routing.reporting(key)) {
       this.#logger.warn(describeKey(key), "protocol: duplicate lease ignored");
       return;
     }
@@ -628,28 +630,39 @@ export class Executor {
     this.#turn.started(attempt);
   }
 
-  /** An attempt ended (it has left the table): report it, unless its lease is gone, and free its slot. */
+  /**
+   * An attempt ended (it has left the table): report it, unless its lease is gone, and free its
+   * slot, even when reporting throws (RunningTasks then calls again with a failure: the slot is
+   * freed once).
+   */
   #onTaskDone(attempt: TaskAttempt, outcome: AttemptOutcome): void {
     const { key } = attempt;
-    if (attempt.silenced) {
-      this.#logger.debug(
-        { ...describeKey(key), status: outcome.status },
-        "task finished; not reported (its lease is gone)",
-      );
-    } else {
-      this.#reportAttempt(outcomeReport(key, outcome), attempt);
-      if (outcome.status === "completed") this.#logger.debug(describeKey(key), "task completed");
-      else {
-        const { type: errorType, retryable } = outcome.failure;
-        this.#logger.info({ ...describeKey(key), error_type: errorType, retryable }, "task failed");
+    try {
+      if (attempt.silenced) {
+        this.#logger.debug(
+          { ...describeKey(key), status: outcome.status },
+          "task finished; not reported (its lease is gone)",
+        );
+      } else {
+        this.#reportAttempt(outcomeReport(key, outcome), attempt);
+        if (outcome.status === "completed") this.#logger.debug(describeKey(key), "task completed");
+        else {
+          const { type: errorType, retryable } = outcome.failure;
+          this.#logger.info({ ...describeKey(key), error_type: errorType, retryable }, "task failed");
+        }
       }
+    } finally {
+      this.#freeSlot(attempt);
     }
+  }
+
+  /** The slot of an ended attempt is free again (once: its route says it was not yet). */
+  #freeSlot(attempt: TaskAttempt): void {
     const route = this.#routing.routes.get(attempt.id);
-    if (route !== undefined) {
-      this.#routing.routes.delete(attempt.id);
-      route.origin.running--;
-    }
-    // A slot is free again. While disconnected nothing is sent: the next AttachAck grants every free slot.
+    if (route === undefined) return;
+    this.#routing.routes.delete(attempt.id);
+    route.origin.running--;
+    // While disconnected nothing is sent: the next AttachAck grants every free slot.
     if (takesWork(this.#state)) this.#turn.slotFreed();
   }
 

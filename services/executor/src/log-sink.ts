@@ -58,12 +58,20 @@ export interface MemoryLogSinkOptions {
    * @default 10000
    */
   maxLinesPerAttempt?: number;
+  /**
+   * Bytes kept per attempt (the UTF-8 size of each line's text and of its fields as JSON); the line
+   * that would pass it, and every later one, is counted in `dropped` instead.
+   * @default 1 MiB
+   */
+  maxBytesPerAttempt?: number;
 }
 
 /** The lines of one attempt kept by {@link MemoryLogSink}. */
 export interface MemoryAttemptLog {
   readonly lines: readonly LogRecord[];
-  /** Lines not kept because of `maxLinesPerAttempt`. */
+  /** The size of the lines kept, as `maxBytesPerAttempt` counts it. */
+  readonly bytes: number;
+  /** Lines not kept because of `maxLinesPerAttempt` or `maxBytesPerAttempt`. */
   readonly dropped: number;
   /** Whether the attempt has ended. */
   readonly closed: boolean;
@@ -73,17 +81,22 @@ export interface MemoryAttemptLog {
 export class MemoryLogSink implements LogSink {
   readonly #maxAttempts: number;
   readonly #maxLines: number;
-  readonly #attempts = new Map<string, { lines: LogRecord[]; dropped: number; closed: boolean }>();
+  readonly #maxBytes: number;
+  readonly #attempts = new Map<
+    string,
+    { lines: LogRecord[]; bytes: number; dropped: number; closed: boolean }
+  >();
 
   constructor(options: MemoryLogSinkOptions = {}) {
     this.#maxAttempts = options.maxAttempts ?? 100;
     this.#maxLines = options.maxLinesPerAttempt ?? 10_000;
+    this.#maxBytes = options.maxBytesPerAttempt ?? 1024 * 1024;
   }
 
   /** Opens the log of one attempt, replacing an earlier log of the same attempt. */
   open(attempt: AttemptIdentity): AttemptLog {
     const id = `${attempt.taskRunId}/${attempt.attempt}`;
-    const entry = { lines: [] as LogRecord[], dropped: 0, closed: false };
+    const entry = { lines: [] as LogRecord[], bytes: 0, dropped: 0, closed: false };
     this.#attempts.delete(id);
     this.#attempts.set(id, entry);
     while (this.#attempts.size > this.#maxAttempts) {
@@ -93,8 +106,16 @@ export class MemoryLogSink implements LogSink {
     }
     return {
       append: (record) => {
-        if (entry.lines.length < this.#maxLines) entry.lines.push(record);
-        else entry.dropped++;
+        // Once a line is dropped, so is every later one: what is kept is the log's beginning.
+        if (entry.dropped === 0 && entry.lines.length < this.#maxLines) {
+          const bytes = recordBytes(record);
+          if (entry.bytes + bytes <= this.#maxBytes) {
+            entry.lines.push(record);
+            entry.bytes += bytes;
+            return;
+          }
+        }
+        entry.dropped++;
       },
       close: () => {
         entry.closed = true;
@@ -107,4 +128,17 @@ export class MemoryLogSink implements LogSink {
   get(taskRunId: string, attempt: number): MemoryAttemptLog | undefined {
     return this.#attempts.get(`${taskRunId}/${attempt}`);
   }
+}
+
+/** The UTF-8 size of a line's text and of its fields as JSON (none when they have no JSON form). */
+function recordBytes(record: LogRecord): number {
+  let bytes = Buffer.byteLength(record.text);
+  if (record.fields !== undefined) {
+    try {
+      bytes += Buffer.byteLength(JSON.stringify(record.fields));
+    } catch {
+      // A cycle or a bigint: held as given, but counted as its text only.
+    }
+  }
+  return bytes;
 }

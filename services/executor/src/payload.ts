@@ -5,8 +5,21 @@
 import { fromJson, toJson, type JsonValue } from "@bufbuild/protobuf";
 import { type Value, ValueSchema } from "@bufbuild/protobuf/wkt";
 
-/** Why a value cannot be sent (NUL: it holds U+0000, which PostgreSQL stores in no text). */
-export type PayloadProblem = "NOT_JSON" | "TOO_LARGE" | "NUL";
+/**
+ * Why a value cannot be sent (NUL: it holds U+0000, which PostgreSQL stores in no text; TOO_DEEP:
+ * it is nested deeper than {@link MAX_PAYLOAD_DEPTH}).
+ */
+export type PayloadProblem = "NOT_JSON" | "TOO_LARGE" | "NUL" | "TOO_DEEP";
+
+/**
+ * Deepest nesting of arrays and objects in a value reported to the scheduler (an output, progress,
+ * error details). The scheduler decodes each session message (each item of a Reports message
+ * alone) with protobuf's limit of 100 nested messages; a `google.protobuf.Value` takes two per
+ * level (Value and ListValue or Struct) under the report's own (SessionRequest or Report, Completed
+ * or Heartbeat; Failed and TaskError for details). 48 levels is the most every report carries: a
+ * deeper value would be refused undecoded, without its lease, so the task would never end.
+ */
+export const MAX_PAYLOAD_DEPTH = 48;
 
 /** Thrown by {@link toJsonPayload}. */
 export class PayloadError extends Error {
@@ -22,7 +35,8 @@ export class PayloadError extends Error {
 
 /**
  * The JSON form of `value` (as `JSON.stringify` sees it: `toJSON` applies, `undefined` becomes
- * null). Throws {@link PayloadError} when it is not serialisable or its JSON exceeds `maxBytes`.
+ * null). Throws {@link PayloadError} when it is not serialisable, its JSON exceeds `maxBytes` or
+ * it is nested deeper than {@link MAX_PAYLOAD_DEPTH}.
  */
 export function toJsonPayload(value: unknown, maxBytes: number): JsonValue {
   let text: string | undefined;
@@ -39,10 +53,29 @@ export function toJsonPayload(value: unknown, maxBytes: number): JsonValue {
   const bytes = Buffer.byteLength(text, "utf8");
   if (bytes > maxBytes)
     throw new PayloadError("TOO_LARGE", `${bytes} bytes of JSON, more than the limit of ${maxBytes}`);
-  return JSON.parse(text) as JsonValue;
+  return checkDepth(JSON.parse(text) as JsonValue);
 }
 
-/** A JSON value as a `google.protobuf.Value`. */
+/** `json` itself; throws {@link PayloadError} TOO_DEEP when it is nested deeper than {@link MAX_PAYLOAD_DEPTH}. */
+export function checkDepth(json: JsonValue): JsonValue {
+  if (deeperThan(json, MAX_PAYLOAD_DEPTH))
+    throw new PayloadError(
+      "TOO_DEEP",
+      `nested deeper than ${MAX_PAYLOAD_DEPTH} levels of arrays and objects, more than a report to the scheduler can carry`,
+    );
+  return json;
+}
+
+/** Whether `value` holds arrays or objects more than `levels` deep (recursion at most `levels` + 1 deep). */
+function deeperThan(value: unknown, levels: number): boolean {
+  if (value === null || typeof value !== "object") return false;
+  if (levels === 0) return true;
+  const items: unknown[] = Array.isArray(value) ? value : Object.values(value);
+  for (const item of items) if (deeperThan(item, levels - 1)) return true;
+  return false;
+}
+
+/** A JSON value as a `google.protobuf.Value` (checked ones: {@link toJsonPayload} and {@link checkDepth}). */
 export function toValue(json: JsonValue): Value {
   return fromJson(ValueSchema, json);
 }

@@ -237,6 +237,16 @@ export class ReplicaRouting {
     return [...held.values()];
   }
 
+  /**
+   * Whether a report on `key`'s lease waits for the scheduler's acknowledgement (queued or sent on
+   * any session, or rejected NOT_FOUND and waiting for a map): the lease is still this executor's.
+   */
+  reporting(key: LeaseKey): boolean {
+    if (this.#misrouted.size > 0 && this.#misrouted.has(leaseKeyId(key))) return true;
+    for (const link of this.links.values()) if (link.ledger.holds(key)) return true;
+    return false;
+  }
+
   /** Reports not acknowledged yet, on every session. */
   unacknowledged(): number {
     let n = 0;

@@ -50,6 +50,20 @@ function session(accept = Number.POSITIVE_INFINITY): { send: SendReport; sent: s
 }
 
 describe("ReportLedger", () => {
+  it("holds a lease while a report on it is queued or sent and not acknowledged", () => {
+    const ledger = new ReportLedger();
+    const s = session();
+    ledger.record(completed(1), undefined); // queued: no session
+    ledger.record(failed(2), s.send);
+    assert.equal(ledger.holds(key(1)), true);
+    assert.equal(ledger.holds(key(2)), true);
+    assert.equal(ledger.holds(key(3)), false);
+    assert.equal(ledger.holds({ ...key(2), fencingToken: 3n }), false, "another token: another lease");
+    assert.equal(ledger.ack(1), "acked");
+    assert.equal(ledger.holds(key(2)), false, "acknowledged");
+    assert.equal(ledger.holds(key(1)), true);
+  });
+
   it("keeps a report sent on the attached session until Acked covers it; a Started is not kept", () => {
     const ledger = new ReportLedger();
     const s = session();

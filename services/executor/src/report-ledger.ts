@@ -182,6 +182,21 @@ export class ReportLedger {
     return [...held.values()];
   }
 
+  /** Whether a report on `key`'s lease is here (queued, or sent and not acknowledged). */
+  holds(key: LeaseKey): boolean {
+    // Compared field by field: asked for every lease that comes, no key strings built.
+    const on = ({ report }: LedgerEntry): boolean => {
+      const k = reportKey(report);
+      return (
+        k !== undefined &&
+        k.taskRunId === key.taskRunId &&
+        k.attempt === key.attempt &&
+        k.fencingToken === key.fencingToken
+      );
+    };
+    return this.#sent.some(on) || this.#queued.some(on);
+  }
+
   /** Resolves true once every report is acknowledged, false if `signal` aborts first. */
   whenEmpty(signal: AbortSignal): Promise<boolean> {
     return this.#changes.until(() => this.size === 0, signal);

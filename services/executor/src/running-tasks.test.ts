@@ -114,6 +114,31 @@ describe("RunningTasks", () => {
     );
   });
 
+  it("reports an attempt failed, once more, when handing its outcome over throws, so that it is not lost", async () => {
+    const ended: AttemptOutcome[] = [];
+    const tasks = new RunningTasks({
+      logger: createLogger("test", "silent"),
+      attempts: { logSink: new MemoryLogSink(), maxPayloadBytes: 1_000, sendHeartbeat: () => {} },
+      handlerFor: () => ({ handler: () => ({ ok: true }), heartbeat: "manual" }),
+      onDone: (_attempt, outcome) => {
+        ended.push(outcome);
+        if (outcome.status === "completed") throw new Error("cannot encode the output");
+      },
+    });
+    tasks.start(lease("any"));
+    assert.equal(await tasks.whenEmpty(new AbortController().signal), true);
+    assert.deepEqual(
+      ended.map((o) => o.status),
+      ["completed", "failed"],
+    );
+    const failed = ended[1];
+    assert.deepEqual(failed?.status === "failed" && failed.failure, {
+      type: "Error",
+      message: "the executor could not report how the attempt ended: cannot encode the output",
+      retryable: true,
+    });
+  });
+
   it("whenEmpty resolves false when its signal aborts first", async () => {
     const { tasks } = table({ wait: untilAborted });
     const l = lease("wait");

@@ -10,7 +10,7 @@ import type { Lease, LeaseKey } from "@nexusflow/gen";
 import { Changes, within } from "./changes.js";
 import type { HandlerRegistration } from "./handlers/index.js";
 import { type AttemptOutcome, TaskAttempt, type TaskAttemptDeps, leaseKeyId } from "./task-attempt.js";
-import { TaskError, toTaskFailure } from "./handlers/task-error.js";
+import { TaskError, type TaskFailure, toTaskFailure } from "./handlers/task-error.js";
 
 /** A lease key as log fields. */
 export function describeKey(key: LeaseKey | undefined): Record<string, unknown> {
@@ -27,7 +27,10 @@ export interface RunningTasksOptions {
   readonly attempts: Omit<TaskAttemptDeps, "logger">;
   /** The handler of a task type. */
   readonly handlerFor: (taskType: string) => HandlerRegistration;
-  /** An attempt ended; it has left the table already. Silenced attempts end here too. */
+  /**
+   * An attempt ended; it has left the table already. Silenced attempts end here too. Should it
+   * throw, it is called once more with the attempt failed, to report that and free its slot.
+   */
   readonly onDone: (attempt: TaskAttempt, outcome: AttemptOutcome) => void;
 }
 
@@ -87,14 +90,20 @@ export class RunningTasks {
       .run(handler, { autoHeartbeat: heartbeat === "auto" })
       .then((outcome) => {
         this.#tasks.delete(attempt.id);
-        onDone(attempt, outcome);
-        this.#changes.notify();
+        try {
+          onDone(attempt, outcome);
+        } catch (e) {
+          // Not expected. Only logged, the attempt would be lost: never reported (run again once
+          // its lease expires) and its slot never free again. Reported failed instead.
+          logger().error({ err: e }, "could not report a finished task; reporting it failed");
+          onDone(attempt, { status: "failed", failure: unreportable(e), logs: outcome.logs });
+        }
       })
       .catch((e: unknown) => {
         logger().error({ err: e }, "failed to report a finished task");
         this.#tasks.delete(attempt.id);
-        this.#changes.notify();
-      });
+      })
+      .finally(() => this.#changes.notify());
     this.#tasks.set(attempt.id, { attempt, done });
     return attempt;
   }
@@ -172,4 +181,15 @@ export class RunningTasks {
   whenEmpty(signal: AbortSignal): Promise<boolean> {
     return this.#changes.until(() => this.#tasks.size === 0, signal);
   }
+}
+
+/**
+ * The failure reported for an attempt whose outcome could not be reported (`onDone` threw): an
+ * executor fault, retryable like any unexpected error.
+ */
+function unreportable(e: unknown): TaskFailure {
+  const why = e instanceof Error ? e.message : String(e);
+  return toTaskFailure(
+    new Error(`the executor could not report how the attempt ended: ${why}`, { cause: e }),
+  );
 }

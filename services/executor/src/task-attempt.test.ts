@@ -2,19 +2,21 @@ import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { create, fromJson, type JsonValue } from "@bufbuild/protobuf";
 import { ValueSchema, timestampFromDate } from "@bufbuild/protobuf/wkt";
-import { createLogger } from "@nexusflow/common";
+import { type Logger, createLogger } from "@nexusflow/common";
 import { startTestTracing } from "@nexusflow/common/telemetry/testing";
 import { trace } from "@opentelemetry/api";
 import { type Lease, type LeaseKey, LeaseSchema } from "@nexusflow/gen";
 import { waitFor } from "./handlers/test-context.js";
 import type { TaskHandler } from "./handlers/types.js";
 import { MemoryLogSink } from "./log-sink.js";
-import { TaskAttempt } from "./task-attempt.js";
+import { TaskAttempt, type TaskAttemptDeps } from "./task-attempt.js";
+import { toValue } from "./payload.js";
 import { TaskError } from "./handlers/task-error.js";
 
 function attempt(
   init: Partial<Pick<Lease, "deadline" | "heartbeatTimeoutMs" | "traceContext">> = {},
   heartbeats: unknown[] = [],
+  deps: Partial<TaskAttemptDeps> = {},
 ) {
   const lease = create(LeaseSchema, {
     key: { taskRunId: "tr", attempt: 1, fencingToken: 1n },
@@ -30,7 +32,22 @@ function attempt(
     logger: () => silent,
     maxPayloadBytes: 100,
     sendHeartbeat: (_key, progress: JsonValue | undefined) => heartbeats.push(progress),
+    ...deps,
   });
+}
+
+/** `levels` arrays, one in the other, around 1. */
+function nested(levels: number): unknown {
+  let value: unknown = 1;
+  for (let i = 0; i < levels; i++) value = [value];
+  return value;
+}
+
+/** A logger that records its warnings' messages. */
+function recordingLogger(warnings: string[]): Logger {
+  const logger = createLogger("test", "silent");
+  logger.warn = ((_fields: unknown, message: string) => void warnings.push(message)) as Logger["warn"];
+  return logger;
 }
 
 /** Rejects once the signal aborts, with a generic error (as a killed child process would). */
@@ -79,6 +96,73 @@ describe("TaskAttempt", () => {
       hidden.status === "failed" ? hidden.failure.message : "",
       /NUL character .* at output\.v\.text/,
     );
+  });
+
+  it("fails an output nested deeper than a report carries, terminally INVALID_OUTPUT saying so", async () => {
+    const outcome = await attempt().run(() => nested(49)); // 99 bytes, within the size limit
+    assert.equal(outcome.status, "failed");
+    assert.deepEqual(outcome.status === "failed" && [outcome.failure.type, outcome.failure.retryable], [
+      "INVALID_OUTPUT",
+      false,
+    ]);
+    assert.match(
+      outcome.status === "failed" ? outcome.failure.message : "",
+      /^the handler's output is nested deeper than 48 levels of arrays and objects/,
+    );
+    assert.equal((await attempt().run(() => nested(48))).status, "completed");
+  });
+
+  it("drops failure details nested deeper than a report carries but keeps the failure", async () => {
+    const outcome = await attempt().run(() => {
+      throw TaskError.terminal("DEEP", "deep details", { details: nested(49) });
+    });
+    assert.deepEqual(outcome.status === "failed" && outcome.failure, {
+      type: "DEEP",
+      message: "deep details",
+      retryable: false,
+    });
+  });
+
+  it("sends heartbeats without progress nested deeper than a report carries, warning once, from the throttle's timer too", async () => {
+    const heartbeats: unknown[] = [];
+    const warnings: string[] = [];
+    // As the executor sends them: as a google.protobuf.Value, which refuses 100 levels.
+    const a = attempt({ heartbeatTimeoutMs: 40 }, heartbeats, {
+      maxPayloadBytes: 1_000,
+      logger: () => recordingLogger(warnings),
+      sendHeartbeat: (_key, progress) =>
+        heartbeats.push(progress === undefined ? undefined : toValue(progress)),
+    });
+    const outcome = await a.run(async (_input, ctx) => {
+      ctx.heartbeat(nested(100)); // at once
+      ctx.heartbeat(nested(100)); // throttled: from a timer, where a throw ends the process
+      await waitFor(() => heartbeats.length === 2, "the throttled heartbeat");
+      return "done";
+    });
+    assert.equal(outcome.status, "completed");
+    assert.deepEqual(heartbeats, [undefined, undefined]);
+    assert.deepEqual(warnings, ["heartbeat progress cannot be sent; sending heartbeats without it"]);
+  });
+
+  it("never throws from ctx.heartbeat nor its timer when a heartbeat cannot be sent; tries without progress", async () => {
+    const tried: unknown[] = [];
+    const warnings: string[] = [];
+    const a = attempt({ heartbeatTimeoutMs: 40 }, [], {
+      logger: () => recordingLogger(warnings),
+      sendHeartbeat: (_key, progress) => {
+        tried.push(progress);
+        throw new Error("the session cannot take it");
+      },
+    });
+    const outcome = await a.run(async (_input, ctx) => {
+      ctx.heartbeat("a"); // at once
+      ctx.heartbeat("b"); // from the throttle's timer
+      await waitFor(() => tried.length === 4, "the throttled heartbeat");
+      return "done";
+    });
+    assert.equal(outcome.status, "completed");
+    assert.deepEqual(tried, ["a", undefined, "b", undefined]);
+    assert.deepEqual(warnings, ["could not send a heartbeat"]);
   });
 
   it("aborts at the lease deadline with a retryable TIMEOUT, whatever the handler throws", async () => {

@@ -107,6 +107,7 @@ export class TaskAttempt {
   #pendingProgress: { value: unknown } | undefined;
   #heartbeatTimer: NodeJS.Timeout | undefined;
   #progressWarned = false;
+  #sendWarned = false;
 
   constructor(lease: Lease & { key: LeaseKey }, deps: TaskAttemptDeps) {
     this.lease = lease;
@@ -381,6 +382,22 @@ export class TaskAttempt {
         }
       }
     }
-    this.#deps.sendHeartbeat(this.key, progress);
+    // Called from the throttle's timer and the automatic heartbeats' interval, where a throw would
+    // be an uncaught exception (the end of the executor process), and from `ctx.heartbeat`, which
+    // must not fail the handler: a heartbeat that cannot go is logged, and tried without progress.
+    try {
+      this.#deps.sendHeartbeat(this.key, progress);
+    } catch (e) {
+      if (!this.#sendWarned) {
+        this.#sendWarned = true;
+        this.#deps.logger().warn({ err: e }, "could not send a heartbeat");
+      }
+      if (progress === undefined) return;
+      try {
+        this.#deps.sendHeartbeat(this.key, undefined);
+      } catch {
+        // Logged above; the next heartbeat tries again.
+      }
+    }
   }
 }

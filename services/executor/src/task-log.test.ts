@@ -50,6 +50,31 @@ describe("createTaskLog", () => {
     assert.equal(sink.get("t", 2)?.dropped, 5);
   });
 
+  it("keeps at most 1 MiB of lines per attempt by default (its fields counted), then counts the rest", () => {
+    const sink = new MemoryLogSink();
+    const log = createTaskLog(
+      sink.open({ runId: "r", stepId: "s", taskRunId: "t", attempt: 3, taskType: "x" }),
+      3,
+    );
+    log.info("é", { k: "v" }); // 2 bytes of text, 9 of fields
+    // 16 lines of 64 Ki characters take 1 MiB: the 16th passes it with the first line's 11 bytes.
+    for (let i = 0; i < 20; i++) log.write("stdout", `${String(i % 10).repeat(MAX_LINE_CHARS)}\n`);
+    log.info("small, but after lines that were dropped");
+    const kept = sink.get("t", 3);
+    assert.equal(kept?.lines.length, 16);
+    assert.equal(kept?.bytes, 11 + 15 * MAX_LINE_CHARS);
+    assert.equal(kept?.dropped, 6);
+    const tight = new MemoryLogSink({ maxBytesPerAttempt: 10 });
+    const small = tight.open({ runId: "r", stepId: "s", taskRunId: "t", attempt: 1, taskType: "x" });
+    for (const text of ["0123456789", "x", ""])
+      small.append({ time: new Date(), stream: "log", level: "info", text, attempt: 1 });
+    assert.deepEqual(
+      tight.get("t", 1)?.lines.map((l) => l.text),
+      ["0123456789"],
+    );
+    assert.equal(tight.get("t", 1)?.dropped, 2);
+  });
+
   it("mirrors log lines to the executor's logger at debug, asking for it only when a line is written", () => {
     const sink = new MemoryLogSink({ maxLinesPerAttempt: 100 });
     const seen: unknown[] = [];

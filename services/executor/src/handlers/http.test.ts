@@ -220,6 +220,49 @@ describe("http handler", () => {
   });
 });
 
+describe("http handler: requests fetch cannot make", () => {
+  it("refuses headers fetch cannot send as terminal INVALID_INPUT naming them, when the input is read", async () => {
+    const { ctx } = createTestContext();
+    const cases: [Record<string, string>, RegExp][] = [
+      [{ "Keep-Alive": "timeout=5" }, /^headers\.Keep-Alive: cannot be set: /],
+      [{ "transfer-encoding": "chunked" }, /^headers\.transfer-encoding: cannot be set: /],
+      [{ upgrade: "websocket" }, /^headers\.upgrade: cannot be set: protocol upgrades/],
+      [{ Expect: "100-continue" }, /^headers\.Expect: cannot be set: .*Expect \(100-continue\)/],
+      [{ "content-length": "3" }, /^headers\.content-length: cannot be set: it is computed from the body/],
+      [
+        { Connection: "upgrade" },
+        /^headers\.Connection: "upgrade" cannot be sent: .*"close" or "keep-alive"/,
+      ],
+    ];
+    for (const [headers, message] of cases) {
+      await assert.rejects(
+        Promise.resolve(http({ url: `${base}/echo`, method: "POST", headers, body: "abc" }, ctx)),
+        isTaskError("INVALID_INPUT", false, (e) => message.test(e.message)),
+      );
+    }
+    // The Connection values fetch sends are taken.
+    const ok = await http({ url: `${base}/text`, headers: { Connection: "close" } }, ctx);
+    assert.equal(ok.status, 200);
+  });
+
+  it("fails terminally when fetch refuses the request as given (undici UND_ERR_INVALID_ARG, UND_ERR_NOT_SUPPORTED)", async (t) => {
+    const { ctx } = createTestContext();
+    for (const code of ["UND_ERR_INVALID_ARG", "UND_ERR_NOT_SUPPORTED"]) {
+      const refused = Object.assign(new Error("invalid something header"), { code });
+      t.mock.method(globalThis, "fetch", () =>
+        Promise.reject(new TypeError("fetch failed", { cause: refused })),
+      );
+      await assert.rejects(
+        Promise.resolve(http({ url: `${base}/text` }, ctx)),
+        isTaskError("INVALID_INPUT", false, (e) =>
+          new RegExp(`^GET ${base}/text cannot be sent: ${code}: invalid something header$`).test(e.message),
+        ),
+      );
+      t.mock.restoreAll();
+    }
+  });
+});
+
 describe("parseRetryAfter", () => {
   it("reads seconds and HTTP dates", () => {
     assert.equal(parseRetryAfter("120"), 120_000);

@@ -21,7 +21,10 @@
  * `details: { status, headers, body }` with the body text cut to 4 KiB. Network failures are
  * retryable NETWORK_ERROR, the timeout is retryable TIMEOUT, a body over the size cap is terminal
  * RESPONSE_TOO_LARGE, a 2xx body that is not the JSON it claims is terminal INVALID_RESPONSE,
- * bad input is INVALID_INPUT, and an abort of `ctx.signal` rejects with `cancellationError`.
+ * bad input is INVALID_INPUT (so is a request fetch refuses to make as given), and an abort of
+ * `ctx.signal` rejects with `cancellationError`. Headers fetch cannot send (`Keep-Alive`,
+ * `Transfer-Encoding`, `Upgrade`, `Expect`, `Content-Length`, a `Connection` other than `close` or
+ * `keep-alive`) are refused as INVALID_INPUT naming them (`headers.<name>`).
  */
 import { formatDuration } from "@nexusflow/common/duration";
 import { TaskErrorType, httpStatusErrorType } from "@nexusflow/common/task-error-types";
@@ -87,6 +90,24 @@ const INPUT_FIELDS = ["method", "url", "headers", "body", "timeout"] as const;
 const METHOD_TOKEN = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
 const FORBIDDEN_METHODS = new Set(["CONNECT", "TRACE", "TRACK"]);
 const JSON_CONTENT_TYPE = /^(?:application|text)\/(?:[\w.+-]*\+)?json\s*(?:;|$)/i;
+/**
+ * Request headers fetch (undici) does not send as given: it refuses them at every attempt (which
+ * would be retried as a network error) or replaces them. Why each one, by lower-case name.
+ */
+const UNSENDABLE_HEADERS: ReadonlyMap<string, string> = new Map([
+  ["keep-alive", "the executor's HTTP client manages its connections and cannot send it"],
+  ["transfer-encoding", "the executor's HTTP client frames the body itself and cannot send it"],
+  ["upgrade", "protocol upgrades are not supported"],
+  ["expect", "the executor's HTTP client does not support Expect (100-continue)"],
+  ["content-length", "it is computed from the body"],
+]);
+/** `Connection` values the HTTP client sends; it replaces any other. */
+const CONNECTION_VALUES = new Set(["close", "keep-alive"]);
+/**
+ * Codes of undici errors (the `cause` of fetch's "fetch failed") that say the request cannot be
+ * made as given: retrying it changes nothing.
+ */
+const REQUEST_REFUSED_CODES = new Set(["UND_ERR_INVALID_ARG", "UND_ERR_NOT_SUPPORTED"]);
 
 /** Creates the `http` handler. */
 export function createHttpHandler(options: HttpHandlerOptions = {}): TaskHandler<unknown, HttpOutput> {
@@ -122,9 +143,15 @@ export function createHttpHandler(options: HttpHandlerOptions = {}): TaskHandler
         });
       } catch (e) {
         throw failure(e, () =>
-          TaskError.retryable(TaskErrorType.NETWORK_ERROR, `${target} failed: ${networkReason(e)}`, {
-            cause: e,
-          }),
+          REQUEST_REFUSED_CODES.has(causeCode(e) ?? "")
+            ? TaskError.terminal(
+                TaskErrorType.INVALID_INPUT,
+                `${target} cannot be sent: ${networkReason(e)}`,
+                { cause: e },
+              )
+            : TaskError.retryable(TaskErrorType.NETWORK_ERROR, `${target} failed: ${networkReason(e)}`, {
+                cause: e,
+              }),
         );
       }
       const headers = headerRecord(response.headers);
@@ -179,9 +206,20 @@ function parseHttpInput(raw: unknown): ParsedHttpInput {
     );
   }
 
+  const headerFields = optionalStringRecord(record, "headers");
+  for (const [name, value] of Object.entries(headerFields ?? {})) {
+    const lower = name.trim().toLowerCase();
+    const why = UNSENDABLE_HEADERS.get(lower);
+    if (why !== undefined) throw invalidInput(`headers.${name}`, `cannot be set: ${why}`);
+    if (lower === "connection" && !CONNECTION_VALUES.has(value.trim().toLowerCase()))
+      throw invalidInput(
+        `headers.${name}`,
+        `${JSON.stringify(value)} cannot be sent: the executor's HTTP client sends only "close" or "keep-alive"`,
+      );
+  }
   let headers: Headers;
   try {
-    headers = new Headers(optionalStringRecord(record, "headers"));
+    headers = new Headers(headerFields);
   } catch (e) {
     if (e instanceof TaskError) throw e;
     throw invalidInput("headers", e instanceof Error ? e.message : String(e));
@@ -289,6 +327,13 @@ function headerRecord(headers: Headers): Record<string, string> {
     record[name] = previous === undefined ? value : `${previous}, ${value}`;
   }
   return record;
+}
+
+/** The `code` of the `cause` of a fetch failure (undici's error), if any. */
+function causeCode(e: unknown): string | undefined {
+  const cause = e instanceof Error ? e.cause : undefined;
+  const code = cause instanceof Error ? (cause as { code?: unknown }).code : undefined;
+  return typeof code === "string" ? code : undefined;
 }
 
 /** fetch reports "fetch failed" and hides the useful part (ECONNREFUSED, ENOTFOUND) in `cause`. */

@@ -393,6 +393,25 @@ describe("shell handler", () => {
     }
   });
 
+  it("does not start a command when the task is cancelled while its cwd is checked", async () => {
+    const dir = await mkdtemp(join(tmpdir(), "nf-shell-cwd-"));
+    try {
+      const marker = join(dir, "ran");
+      const { ctx, controller } = createTestContext();
+      const running = Promise.resolve(
+        shell(
+          { command: node(`require("node:fs").writeFileSync(${JSON.stringify(marker)}, "x")`), cwd: dir },
+          ctx,
+        ),
+      );
+      controller.abort(); // the handler awaits the cwd's stat now
+      await assert.rejects(running, taskError("CANCELLED", false));
+      assert.equal(existsSync(marker), false, "the command ran");
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
   it("does not start a command when the task is already cancelled", async () => {
     const { ctx, controller } = createTestContext();
     controller.abort();

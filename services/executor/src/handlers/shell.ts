@@ -163,7 +163,11 @@ export function createShellHandler(options: ShellHandlerOptions = {}): TaskHandl
   return async (rawInput, ctx) => {
     const input = parseShellInput(rawInput);
     if (ctx.signal.aborted) throw cancellationError(ctx.signal);
-    if (input.cwd !== undefined) await checkCwd(input.cwd);
+    if (input.cwd !== undefined) {
+      await checkCwd(input.cwd);
+      // Aborted while the cwd was checked: its abort event is gone before runCommand listens.
+      if (ctx.signal.aborted) throw cancellationError(ctx.signal);
+    }
     return runCommand(input, ctx, compiled);
   };
 }
@@ -328,6 +332,7 @@ function runCommand(
     };
     const onAbort = (): void => requestStop("cancel");
     ctx.signal.addEventListener("abort", onAbort, { once: true });
+    if (ctx.signal.aborted) onAbort(); // aborted before it listened: no event comes
     const stopTimer = startTimer(input.timeoutMs, () => requestStop("timeout"));
 
     const settle = (outcome: () => ShellOutput): void => {
