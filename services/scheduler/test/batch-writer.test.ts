@@ -454,6 +454,42 @@ describe("batch writer (PostgreSQL)", () => {
     }
   });
 
+  it("refuses only a run whose rows are too large to be made into a statement; the process and the others go on", async () => {
+    const refused: string[] = [];
+    const writer = new BatchWriter({
+      pool: db.writerPool,
+      log: testLogger("writer"),
+      retryInitialMs: 20,
+      onRefused: (runId, error) => {
+        assert.match(error.message, /too large to be written/);
+        refused.push(runId);
+      },
+    });
+    try {
+      // JSON.stringify throws RangeError past V8's longest string (~512 MiB of JSON, e.g. a run
+      // input templated into many steps): the same error, without building that string here.
+      const tooLong = {
+        toJSON(): never {
+          throw new RangeError("Invalid string length");
+        },
+      };
+      const runs = Array.from({ length: 300 }, () => markRun(writer, "writer"));
+      const bad = runs[42] as RunState;
+      (bad as { input: unknown }).input = tooLong;
+      await writer.flush();
+      const good = runs.filter((r) => r !== bad).map((r) => r.id);
+      assert.deepEqual(await counts(good), { runs: 299, tasks: 299, outbox: 299 });
+      assert.deepEqual(await counts([bad.id]), { runs: 0, tasks: 0, outbox: 0 });
+      assert.deepEqual(refused, [bad.id]);
+      // Later batches commit.
+      const later = markRun(writer, "writer");
+      await writer.flush();
+      assert.deepEqual(await counts([later.id]), { runs: 1, tasks: 1, outbox: 1 });
+    } finally {
+      await writer.close();
+    }
+  });
+
   it("drops only the runs PostgreSQL refuses for their data: the others commit and so do later batches", async () => {
     const refused: string[] = [];
     const writer = new BatchWriter({

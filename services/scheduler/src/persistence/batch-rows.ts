@@ -22,6 +22,7 @@ import {
   TASK_SQL,
   TASK_UPDATE_SQL,
   statementOf,
+  type StatementTooLargeError,
   type BatchStatement,
   type Row,
   type Section,
@@ -147,7 +148,8 @@ export interface Part extends Changes {
   sections: Section[];
   /** Whether an event may be stored already (the part's {@link MayExist}). */
   eventsAgain: (event: OutboxRow) => boolean;
-  statement: BatchStatement | undefined;
+  /** Undefined: no row; an error: too large to be made (committing it throws it). */
+  statement: BatchStatement | StatementTooLargeError | undefined;
   /** Rows it writes (runs, tasks, attempts), recorded as written once it commits. */
   written: Map<object, unknown>;
   /** Rows in the statement. */

@@ -204,13 +204,39 @@ export interface Section {
   bytes?: Buffer;
 }
 
-/** The statement of `sections` (which are in PARTS order), or undefined when they hold no row. */
-export function statementOf(sections: Section[]): BatchStatement | undefined {
+/**
+ * A batch whose statement cannot be made: a table's rows as JSON are longer than a JavaScript
+ * string may be (V8: about 512 MiB; a run input templated into many steps, a map's outputs put
+ * together). Its SQLSTATE is PostgreSQL's "program limit exceeded", so that the writer isolates it
+ * by run like a batch PostgreSQL refuses for its data (batch-writer.ts isDataError): the run that
+ * holds too much is refused (STORAGE_REFUSED), the others commit. Before, the exception ended the
+ * scheduler's process, again at every restart when recovery made the same batch.
+ */
+export class StatementTooLargeError extends Error {
+  override name = "StatementTooLargeError";
+  readonly code = "54000";
+}
+
+/**
+ * The statement of `sections` (which are in PARTS order), undefined when they hold no row, or a
+ * {@link StatementTooLargeError} when it cannot be made.
+ */
+export function statementOf(sections: Section[]): BatchStatement | StatementTooLargeError | undefined {
   const used = sections.filter((x) => x.rows.length > 0);
   if (used.length === 0) return undefined;
   const params: unknown[] = [];
   for (const x of used) {
-    params.push(JSON.stringify(x.rows));
+    let json: string;
+    try {
+      json = JSON.stringify(x.rows);
+    } catch (e) {
+      if (!(e instanceof RangeError)) throw e;
+      return new StatementTooLargeError(
+        `the batch's rows of one table are too large to be written (${x.rows.length} rows): ${e.message}`,
+        { cause: e },
+      );
+    }
+    params.push(json);
     if (x.keys !== undefined) params.push(x.keys);
     if (x.bytes !== undefined) params.push(x.bytes);
   }

@@ -30,7 +30,7 @@ import {
   type WriteFence,
 } from "../cluster/partitioning.js";
 import { runsOf, subPart, takeParts, type Part } from "./batch-rows.js";
-import { fencedStatement } from "./batch-sql.js";
+import { fencedStatement, StatementTooLargeError } from "./batch-sql.js";
 import type { OutboxRow } from "./outbox.js";
 import { PendingChanges } from "./pending-changes.js";
 
@@ -334,6 +334,7 @@ export class BatchWriter extends PendingChanges {
   private async commit(part: Part): Promise<number> {
     let statement = part.statement;
     if (statement === undefined) return 0;
+    if (statement instanceof StatementTooLargeError) throw statement;
     const fence = this.options.fence;
     let checked: readonly number[] = [];
     if (fence !== undefined) {
