@@ -362,6 +362,23 @@ function executorTests(): void {
   );
 
   it(
+    "runs a lease larger than grpc-js' 4 MiB default receive limit, on the session it has",
+    { timeout: 20_000 },
+    async () => {
+      const { scheduler, session } = await attached({}, (e) =>
+        e.register("test.size", (input: { text: string }) => ({ length: input.text.length })),
+      );
+      // A run input or an upstream output templated into the step: the scheduler sends any size.
+      const l = lease("test.size", { text: "x".repeat(5 * 1024 * 1024) });
+      session.send({ case: "lease", value: l });
+      const completed = await session.take("completed", (c) => sameKey(c.key, keyOf(l)));
+      assert.deepEqual(json(completed.output), { length: 5 * 1024 * 1024 });
+      // Before, the executor refused the message: the session ended and the lease was lost.
+      assert.equal(scheduler.sessions.length, 1);
+    },
+  );
+
+  it(
     "reports a failure whose message is larger than a session frame cut, once, on the session it has",
     { timeout: 20_000 },
     async () => {

@@ -15,6 +15,11 @@ describe("compileExecutorOptions", () => {
     assert.equal(o.version, EXECUTOR_VERSION);
     assert.match(o.executorId, /-\d+$/);
     assert.equal(o.channelOptions["grpc.max_reconnect_backoff_ms"], 5_000);
+    assert.equal(o.channelOptions["grpc.max_receive_message_length"], -1);
+    assert.equal(
+      compileExecutorOptions({ maxPayloadBytes: 15 * 1024 * 1024 }).maxPayloadBytes,
+      15 * 1024 * 1024,
+    );
   });
 
   it("rejects out-of-range values, naming the option", () => {
@@ -26,6 +31,8 @@ describe("compileExecutorOptions", () => {
       [{ reconnect: { initialDelayMs: 500, maxDelayMs: 100 } }, "reconnect.maxDelayMs"],
       [{ taskTypes: [] }, "taskTypes"],
       [{ executorId: " " }, "executorId"],
+      // Over the scheduler's 16 MiB receive limit, with room for the report around it.
+      [{ maxPayloadBytes: 16 * 1024 * 1024 }, "maxPayloadBytes"],
     ] as const) {
       assert.throws(
         () => compileExecutorOptions(options),

@@ -92,9 +92,9 @@ export interface ExecutorOptions {
    */
   attachTimeoutMs?: number | undefined;
   /**
-   * Largest JSON payload (task output, progress, error details) sent to the scheduler, in bytes.
-   * Keep it below the scheduler's gRPC receive limit (4 MiB by default), or one oversized report
-   * would break the whole session.
+   * Largest JSON payload (task output, progress, error details) sent to the scheduler, in bytes:
+   * at most 15 MiB, below the scheduler's gRPC receive limit (16 MiB), which a report over it
+   * would pass (the session then breaks, again at every reconnection while the report waits).
    * @default 3 MiB (3_145_728)
    */
   maxPayloadBytes?: number | undefined;
@@ -186,6 +186,8 @@ export const EXECUTOR_VERSION: string = (
 
 /** Largest slot count; the wire field is an int32 and the scheduler has to track every lease. */
 const MAX_SLOTS = 10_000;
+/** Largest {@link ExecutorOptions.maxPayloadBytes}: 1 MiB below the scheduler's 16 MiB receive limit. */
+export const MAX_PAYLOAD_BYTES = 15 * 1024 * 1024;
 /** Largest delay or timeout accepted: Node's timer limit (~24.8 days); longer ones would fire at once. */
 const MAX_MS = 2_147_483_647;
 
@@ -240,7 +242,13 @@ export function compileExecutorOptions(options: ExecutorOptions = {}): CompiledE
     drainTimeoutMs: integer("drainTimeoutMs", options.drainTimeoutMs, 30_000, 0, MAX_MS),
     abortGraceMs: integer("abortGraceMs", options.abortGraceMs, 2_000, 0, MAX_MS),
     attachTimeoutMs: integer("attachTimeoutMs", options.attachTimeoutMs, 10_000, 1, MAX_MS),
-    maxPayloadBytes: integer("maxPayloadBytes", options.maxPayloadBytes, 3 * 1024 * 1024, 1, 2 ** 31 - 1),
+    maxPayloadBytes: integer(
+      "maxPayloadBytes",
+      options.maxPayloadBytes,
+      3 * 1024 * 1024,
+      1,
+      MAX_PAYLOAD_BYTES,
+    ),
     logger,
     credentials: options.credentials ?? grpc.credentials.createInsecure(),
     metadata: sessionMetadata(options.metadata),
@@ -253,6 +261,10 @@ export function compileExecutorOptions(options: ExecutorOptions = {}): CompiledE
       // dominate ours: a session opened while the channel backs off fails at once.
       "grpc.initial_reconnect_backoff_ms": initialDelayMs,
       "grpc.max_reconnect_backoff_ms": maxDelayMs,
+      // A lease carries its step's rendered input, which the scheduler may make larger than
+      // grpc-js' 4 MiB default (a large run input or upstream output templated in): the scheduler
+      // sends any size, and a lease refused here would end the session with every lease after it.
+      "grpc.max_receive_message_length": -1,
       ...options.channelOptions,
     },
     builtins: options.builtins ?? {},
