@@ -321,6 +321,88 @@ for (const backend of ["filesystem", "s3"] as const) {
       }
     });
 
+    /**
+     * `pool` whose connections report the runs each `DELETE FROM workflow_runs` is given, and
+     * fail it as a statement timeout would (SQLSTATE 57014) when `cancel` says so.
+     */
+    function watchedPool(deletes: string[][], cancel: (ids: string[]) => boolean = () => false): pg.Pool {
+      const bind = <T extends object>(target: T, prop: string | symbol): unknown => {
+        const v: unknown = Reflect.get(target, prop);
+        return typeof v === "function" ? (v as (...a: unknown[]) => unknown).bind(target) : v;
+      };
+      return new Proxy(pool, {
+        get(target, prop) {
+          if (prop !== "connect") return bind(target, prop);
+          return async () => {
+            const client = await target.connect();
+            return new Proxy(client, {
+              get(c, p) {
+                if (p !== "query") return bind(c, p);
+                return (text: unknown, values?: unknown[]) => {
+                  if (typeof text === "string" && text.startsWith("DELETE FROM workflow_runs")) {
+                    const ids = values?.[0] as string[];
+                    deletes.push(ids);
+                    if (cancel(ids))
+                      return Promise.reject(
+                        Object.assign(new Error("canceling statement due to statement timeout"), {
+                          code: "57014",
+                        }),
+                      );
+                  }
+                  return c.query(text as string, values);
+                };
+              },
+            });
+          };
+        },
+      });
+    }
+
+    it("keeps each batch within its rows, and halves a batch a statement timeout cancels", async (t) => {
+      if (!available(t)) return;
+      await start();
+      const ids: string[] = [];
+      for (let i = 0; i < 4; i++) ids.push(await finishedRun(200 + i));
+      for (const id of ids) await age(id, new Date(Date.now() - 2 * DAY));
+      // Each run is its row and its task's: 3 rows allow one run per batch.
+      const deletes: string[][] = [];
+      const byRows = new RunRetention({
+        pool: watchedPool(deletes),
+        store: stores!.scheduler,
+        log: testLogger("retention"),
+        retentionMs: DAY,
+        batchRows: 3,
+        pauseMs: 5,
+      });
+      assert.deepEqual(await byRows.purge(), { deleted: 4, exported: 0, failed: 0 });
+      assert.deepEqual(
+        deletes.map((d) => d.length),
+        [1, 1, 1, 1],
+      );
+      for (const id of ids) assert.equal((await rowCounts(id)).runs, 0);
+
+      // Cancelled for more than one run (a timeout shorter than a batch): halves until it fits; a
+      // run cancelled alone is left for the next purge, not retried for ever.
+      const more: string[] = [];
+      for (let i = 0; i < 4; i++) more.push(await finishedRun(300 + i));
+      for (const id of more) await age(id, new Date(Date.now() - 2 * DAY));
+      const stuck = more[3] as string;
+      const cancelled: string[][] = [];
+      const halving = new RunRetention({
+        pool: watchedPool(cancelled, (batch) => batch.length > 1 || batch[0] === stuck),
+        store: stores!.scheduler,
+        log: testLogger("retention"),
+        retentionMs: DAY,
+        pauseMs: 5,
+      });
+      assert.deepEqual(await halving.purge(), { deleted: 3, exported: 0, failed: 0 });
+      assert.deepEqual(
+        cancelled.map((d) => d.length),
+        [4, 2, 1, 1, 2, 1, 1],
+      );
+      for (const id of more) assert.equal((await rowCounts(id)).runs, id === stuck ? 1 : 0);
+    });
+
     it("exports each run as its GetRun view to exports/{yyyy}/{mm}/{dd}/{run_id}.json before deleting it", async (t) => {
       if (!available(t)) return;
       const s = await start({ exportRunsBeforeDelete: true });

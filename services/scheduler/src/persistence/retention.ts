@@ -30,8 +30,14 @@ export interface RunRetentionOptions {
   retentionMs?: number;
   /** Time between the end of one purge and the start of the next. @default 60000 */
   intervalMs?: number;
-  /** Runs deleted per transaction. @default 500 */
+  /** Runs deleted per transaction at most. @default 500 */
   batchSize?: number;
+  /**
+   * Rows a transaction deletes at most, counting each run's task rows and earlier attempts (a
+   * map of 10,000 elements is 10,000 task rows); a run larger than that alone goes in one.
+   * @default 20000
+   */
+  batchRows?: number;
   /** Pause between two batches of one purge. @default 200 */
   pauseMs?: number;
   /** Runs whose artifacts are deleted (and exported) at once. @default 8 */
@@ -88,6 +94,14 @@ const CANDIDATES_SQL = `SELECT r.id, r.created_at FROM workflow_runs r
       SELECT 1 FROM up WHERE up.status IN ('PENDING', 'RUNNING', 'COMPENSATING')))
   ORDER BY r.created_at LIMIT $4`;
 
+// Each candidate's task rows and earlier attempts (the rows its DELETE cascades to), by index.
+const ROWS_SQL = `SELECT r.id, (SELECT count(*) FROM task_runs t WHERE t.run_id = r.id)
+    + (SELECT count(*) FROM task_attempt_history h WHERE h.run_id = r.id) AS n
+  FROM unnest($1::uuid[]) AS r(id)`;
+
+/** PostgreSQL's query_canceled: a statement timeout (the server's, the role's or the URL's). */
+const QUERY_CANCELED = "57014";
+
 const DELETE_RUNS_SQL = `DELETE FROM workflow_runs d WHERE d.id = ANY($1::uuid[]) AND d.status = ANY($2::text[])
     AND ${NO_RERUN("d.id")}
   RETURNING d.id, d.workflow_name, d.idempotency_key`;
@@ -120,6 +134,7 @@ export class RunRetention {
   private readonly retentionMs: number;
   private readonly intervalMs: number;
   private readonly batchSize: number;
+  private readonly batchRows: number;
   private readonly pauseMs: number;
   private readonly concurrency: number;
   private readonly loop: PurgeLoop;
@@ -130,6 +145,7 @@ export class RunRetention {
     this.retentionMs = options.retentionMs ?? 30 * 86_400_000;
     this.intervalMs = options.intervalMs ?? 60_000;
     this.batchSize = options.batchSize ?? 500;
+    this.batchRows = options.batchRows ?? 20_000;
     this.pauseMs = options.pauseMs ?? 200;
     this.concurrency = options.concurrency ?? 8;
     this.loop = new PurgeLoop({
@@ -179,15 +195,17 @@ export class RunRetention {
         this.batchSize,
       ]);
       if (rows.length === 0) break;
-      const ready: { id: string; created_at: Date }[] = [];
+      const free: { id: string; created_at: Date }[] = [];
       for (const r of rows) {
         if (this.options.isActive?.(r.id) === true) skipped.push(r.id);
-        else ready.push(r);
+        else free.push(r);
       }
+      // The oldest runs whose rows fit the batch (at least one); the others come first next batch.
+      const ready = await this.withinRows(free);
       const cleared = await this.clearArtifacts(ready, result);
       for (const r of ready) if (!cleared.has(r.id)) skipped.push(r.id);
-      result.deleted += await this.deleteRows([...cleared]);
-      if (rows.length < this.batchSize) break;
+      result.deleted += await this.deleteRows([...cleared], skipped);
+      if (rows.length < this.batchSize && ready.length === free.length) break;
       await pauseFor(this.pauseMs, signal);
     }
     if (!signal?.aborted) {
@@ -233,9 +251,52 @@ export class RunRetention {
     return done;
   }
 
-  /** Deletes the rows of `ids` in one short transaction; returns how many runs went. */
-  private async deleteRows(ids: readonly string[]): Promise<number> {
+  /** The first of `runs` whose rows together fit {@link RunRetentionOptions.batchRows} (one at least). */
+  private async withinRows<R extends { id: string }>(runs: readonly R[]): Promise<R[]> {
+    if (runs.length <= 1) return [...runs];
+    const { rows } = await this.options.pool.query<{ id: string; n: string }>(ROWS_SQL, [
+      runs.map((r) => r.id),
+    ]);
+    const count = new Map(rows.map((r) => [r.id, Number(r.n) + 1]));
+    const out: R[] = [];
+    let total = 0;
+    for (const r of runs) {
+      total += count.get(r.id) ?? 1;
+      if (out.length > 0 && total > this.batchRows) break;
+      out.push(r);
+    }
+    return out;
+  }
+
+  /**
+   * Deletes the rows of `ids`, in one short transaction when it can: one cancelled by a statement
+   * timeout is tried again in halves, and a single run still cancelled is left (added to
+   * `skipped`) for the next purge rather than holding every run after it. Returns how many went.
+   */
+  private async deleteRows(ids: readonly string[], skipped: string[]): Promise<number> {
     if (ids.length === 0) return 0;
+    try {
+      return await this.deleteBatch(ids);
+    } catch (e) {
+      if ((e as { code?: unknown }).code !== QUERY_CANCELED) throw e;
+      if (ids.length === 1) {
+        this.options.log.error(
+          { err: e, run_id: ids[0] },
+          "deleting a run's rows exceeds the statement timeout; the run is left for the next purge",
+        );
+        skipped.push(...ids);
+        return 0;
+      }
+      const half = Math.ceil(ids.length / 2);
+      return (
+        (await this.deleteRows(ids.slice(0, half), skipped)) +
+        (await this.deleteRows(ids.slice(half), skipped))
+      );
+    }
+  }
+
+  /** Deletes the rows of `ids` in one transaction; returns how many runs went. */
+  private async deleteBatch(ids: readonly string[]): Promise<number> {
     const client = await this.options.pool.connect();
     let broken = false;
     try {
