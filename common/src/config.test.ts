@@ -1,6 +1,12 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { ConfigError, loadExecutorConfig, loadGatewayConfig, loadSchedulerConfig } from "./config.js";
+import {
+  ConfigError,
+  MAX_GATEWAY_REQUEST_BYTES,
+  loadExecutorConfig,
+  loadGatewayConfig,
+  loadSchedulerConfig,
+} from "./config.js";
 
 describe("executor configuration", () => {
   it("takes the session token as a value or as a file read per session, not both", () => {
@@ -160,5 +166,33 @@ describe("EXECUTOR_REPLICA_REFRESH", () => {
         (e: unknown) => e instanceof ConfigError && /EXECUTOR_REPLICA_REFRESH/.test(e.message),
         bad,
       );
+  });
+});
+
+describe("GATEWAY_MAX_REQUEST_BYTES", () => {
+  const AUTH = { AUTH_DISABLED: "true" };
+  const maxRequestBytes = (value: string | undefined): number =>
+    loadGatewayConfig({ ...AUTH, GATEWAY_MAX_REQUEST_BYTES: value }).maxRequestBytes;
+
+  it("is 4 MiB unless set, and takes up to 16 MiB, the largest message the scheduler accepts", () => {
+    assert.equal(maxRequestBytes(undefined), 4 * 1024 * 1024);
+    assert.equal(maxRequestBytes("1024"), 1024);
+    assert.equal(maxRequestBytes(String(16 * 1024 * 1024)), MAX_GATEWAY_REQUEST_BYTES);
+    assert.equal(MAX_GATEWAY_REQUEST_BYTES, 16 * 1024 * 1024);
+  });
+
+  it("refuses more than 16 MiB (a larger request would reset the shared upstream session), naming the range", () => {
+    for (const value of [16 * 1024 * 1024 + 1, 20_000_000, 64 * 1024 * 1024, 1023]) {
+      assert.throws(
+        () => maxRequestBytes(String(value)),
+        (e: unknown) =>
+          e instanceof ConfigError &&
+          e.variable === "GATEWAY_MAX_REQUEST_BYTES" &&
+          e.message ===
+            `GATEWAY_MAX_REQUEST_BYTES: must be between 1024 and 16777216 (16 MiB, the largest ` +
+              `message the scheduler accepts), got ${value}`,
+        String(value),
+      );
+    }
   });
 });

@@ -26,12 +26,17 @@ function str(env: Env, name: string): string | undefined {
   return v === undefined || v.trim() === "" ? undefined : v.trim();
 }
 
-function int(env: Env, name: string, def: number, min: number, max: number): number {
+/** An integer from `min` to `max`; `why`, when given, explains the range in the error. */
+function int(env: Env, name: string, def: number, min: number, max: number, why?: string): number {
   const v = str(env, name);
   if (v === undefined) return def;
   if (!/^-?\d+$/.test(v)) throw new ConfigError(name, `expected an integer, got ${JSON.stringify(v)}`);
   const n = Number(v);
-  if (n < min || n > max) throw new ConfigError(name, `must be between ${min} and ${max}, got ${n}`);
+  if (n < min || n > max)
+    throw new ConfigError(
+      name,
+      `must be between ${min} and ${max}${why === undefined ? "" : ` (${why})`}, got ${n}`,
+    );
   return n;
 }
 
@@ -371,7 +376,7 @@ export interface GatewayConfig {
   schedulerAddresses: string[];
   logLevel: LogLevel;
   auth: AuthConfig;
-  /** Largest request (message or REST body) accepted, in bytes. */
+  /** Largest request (message or REST body) accepted, in bytes: 1 KiB to {@link MAX_GATEWAY_REQUEST_BYTES}. */
   maxRequestBytes: number;
   /** Most streaming calls open at once per token subject. */
   maxStreamsPerClient: number;
@@ -649,6 +654,15 @@ function tokenOrFile<T>(
   return make(token, tokenFile);
 }
 
+/**
+ * The largest request the gateway may be set to accept (GATEWAY_MAX_REQUEST_BYTES, and the
+ * gateway's `maxRequestBytes`): 16 MiB, the scheduler's own receive limit
+ * (`grpc.max_receive_message_length` in services/scheduler/src/scheduler.ts). A larger request
+ * is answered with a reset of the gateway's HTTP/2 session to the scheduler (ENHANCE_YOUR_CALM),
+ * which every client's calls share: they fail with it.
+ */
+export const MAX_GATEWAY_REQUEST_BYTES = 16 * 1024 * 1024;
+
 /** Reads the gateway's configuration. Throws {@link ConfigError}. */
 export function loadGatewayConfig(env: Env = process.env): GatewayConfig {
   return {
@@ -657,7 +671,14 @@ export function loadGatewayConfig(env: Env = process.env): GatewayConfig {
     schedulerAddresses: hostPorts(env, "SCHEDULER_ADDRESS", "127.0.0.1:50051"),
     logLevel: oneOf(env, "LOG_LEVEL", LOG_LEVELS, "info"),
     auth: auth(env),
-    maxRequestBytes: int(env, "GATEWAY_MAX_REQUEST_BYTES", 4 * 1024 * 1024, 1024, 64 * 1024 * 1024),
+    maxRequestBytes: int(
+      env,
+      "GATEWAY_MAX_REQUEST_BYTES",
+      4 * 1024 * 1024,
+      1024,
+      MAX_GATEWAY_REQUEST_BYTES,
+      "16 MiB, the largest message the scheduler accepts",
+    ),
     maxStreamsPerClient: int(env, "GATEWAY_MAX_STREAMS_PER_CLIENT", 32, 1, 10_000),
     ...opsEndpoints(env, DEFAULT_METRICS_PORTS.gateway),
   };

@@ -35,6 +35,7 @@ import {
 import { connectNodeAdapter } from "@connectrpc/connect-node";
 import {
   type Logger,
+  MAX_GATEWAY_REQUEST_BYTES,
   type ReadinessCheck,
   type TokenVerifier,
   createLogger,
@@ -126,7 +127,8 @@ export interface GatewayOptions {
   verifier?: TokenVerifier | undefined;
   /**
    * Largest request accepted, in bytes: each message of gRPC, gRPC-Web and Connect calls, and the
-   * body of REST calls (413 above it).
+   * body of REST calls (413 above it). At most 16 MiB, the scheduler's own limit (a RangeError
+   * otherwise).
    * @default 4 MiB
    */
   maxRequestBytes?: number;
@@ -228,6 +230,20 @@ interface CompiledGatewayOptions {
   uiDir: string;
 }
 
+/**
+ * `maxRequestBytes` if it is a whole number from 1 to {@link MAX_GATEWAY_REQUEST_BYTES} (the
+ * scheduler's receive limit, which a larger request would only reach to reset the upstream session
+ * every call shares); a RangeError naming the option otherwise.
+ */
+function checkMaxRequestBytes(value: number): number {
+  if (!Number.isInteger(value) || value < 1 || value > MAX_GATEWAY_REQUEST_BYTES)
+    throw new RangeError(
+      `createGateway: maxRequestBytes must be a whole number from 1 to ${MAX_GATEWAY_REQUEST_BYTES} ` +
+        `(16 MiB, the largest message the scheduler accepts), got ${value}`,
+    );
+  return value;
+}
+
 function addGatewayDefaults(options: GatewayOptions): CompiledGatewayOptions {
   return {
     schedulerAddresses:
@@ -242,7 +258,7 @@ function addGatewayDefaults(options: GatewayOptions): CompiledGatewayOptions {
     headersTimeoutMs: options.headersTimeoutMs ?? 60_000,
     transport: options.transport,
     verifier: options.verifier,
-    maxRequestBytes: options.maxRequestBytes ?? 4 * 1024 * 1024,
+    maxRequestBytes: checkMaxRequestBytes(options.maxRequestBytes ?? 4 * 1024 * 1024),
     maxStreamsPerClient: options.maxStreamsPerClient ?? 32,
     metrics: options.metrics,
     uiDir: options.uiDir ?? DEFAULT_UI_DIR,

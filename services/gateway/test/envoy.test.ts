@@ -34,6 +34,8 @@ import { envoyRegistry } from "./envoy-descriptors.js";
 import { BUF, ROOT, tool } from "./tools.js";
 
 const ENVOY_YAML = join(ROOT, "deploy", "envoy", "envoy.yaml");
+/** The compose stack's copy (compose.test.ts checks it is this file but for its key source). */
+const COMPOSE_ENVOY_YAML = join(ROOT, "deploy", "compose", "envoy.yaml");
 
 /** The Envoy API files whose types envoy.yaml uses (the bootstrap and every typed_config). */
 const ENVOY_PROTOS = [
@@ -141,6 +143,19 @@ describe("deploy/envoy/envoy.yaml", () => {
     ]);
   });
 
+  it("lets the transcoder answer a run over 16 MiB, in both configs (Envoy's 1 MiB buffer otherwise)", async () => {
+    for (const file of [ENVOY_YAML, COMPOSE_ENVOY_YAML]) {
+      const transcoder = findAll(validate(await readFile(file, "utf8")), typed("GrpcJsonTranscoder"));
+      assert.equal(transcoder.length, 1, file);
+      const { max_request_body_size: request, max_response_body_size: response } = transcoder[0]!;
+      assert.ok(typeof response === "number", `${file} sets max_response_body_size`);
+      assert.ok(typeof request === "number", `${file} sets max_request_body_size`);
+      // A run's input may be 16 MiB (the scheduler's limit, over gRPC): its answer must fit.
+      assert.ok(response > 16 * 1024 * 1024, `${file}: max_response_body_size ${response}`);
+      assert.ok(response >= request, file);
+    }
+  });
+
   it(
     "transcodes with a descriptor set that `buf build` makes from proto/, as the header says",
     { timeout: 60_000 },
@@ -172,6 +187,7 @@ describe("deploy/envoy/envoy.yaml", () => {
       ["port_value: 8000", "port_value: eight-thousand", /port_value|eight-thousand/],
       ["connect_timeout: 2s", "connect_timeout: two seconds", /connect_timeout|two seconds/],
       ["cache_duration: 600s", "cache_duraton: 600s", /cache_duraton/],
+      ["max_response_body_size: 33554432", "max_response_body_bytes: 33554432", /max_response_body_bytes/],
     ];
     for (const [from, to, error] of breakages) {
       assert.ok(text.includes(from), `the fixture contains ${JSON.stringify(from)}`);

@@ -52,7 +52,11 @@ export interface WatchDeps {
   reasonsOf: (d: RunDetail) => Promise<PendingReasons>;
 }
 
-/** Codes of an owner's answer that are the caller's answer too; any other is retried at the owner found again. */
+/**
+ * Codes of an owner's answer that are the caller's answer too; any other is retried at the owner
+ * found again. RESOURCE_EXHAUSTED among them: a snapshot larger than this replica's client takes
+ * (grpc-js's "Received message larger than max") would be as large at the next try, forever.
+ */
 const FINAL_CODES: ReadonlySet<number> = new Set([
   Code.INVALID_ARGUMENT,
   Code.NOT_FOUND,
@@ -61,6 +65,7 @@ const FINAL_CODES: ReadonlySet<number> = new Set([
   Code.FAILED_PRECONDITION,
   Code.DEADLINE_EXCEEDED,
   Code.UNIMPLEMENTED,
+  Code.RESOURCE_EXHAUSTED,
 ]);
 
 /** The state last sent on one stream; decides what a snapshot sends (see the module comment). */

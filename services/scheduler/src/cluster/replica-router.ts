@@ -74,7 +74,7 @@ export interface ReplicaRouterOptions {
    * fire loop's cancel). @default 30000
    */
   ownCallTimeoutMs?: number;
-  /** Channel options of the clients to other replicas. @default keepalive every 10 s */
+  /** Channel options of the clients to other replicas. @default keepalive every 10 s, any message size */
   channelOptions?: grpc.ChannelOptions;
 }
 
@@ -376,7 +376,10 @@ export class ReplicaRouter {
       client = new ReplicaRouter.Client(address, grpc.credentials.createInsecure(), {
         "grpc.keepalive_time_ms": 10_000,
         "grpc.keepalive_timeout_ms": 5_000,
-        "grpc.max_receive_message_length": 16 * 1024 * 1024,
+        // Unlimited, as a replica sends answers of any size (a run whose input and tasks' inputs add
+        // up to more than 16 MiB): with a limit, such a run's forwarded GetRun or CancelRun failed
+        // RESOURCE_EXHAUSTED here although the owner had acted, and a WatchRun could not follow it.
+        "grpc.max_receive_message_length": -1,
         ...this.options.channelOptions,
       });
       this.clients.set(address, client);
