@@ -56,7 +56,7 @@ import { openDatabase, type Database } from "./persistence/database.js";
 import { startEmbeddedPostgres, type EmbeddedDatabase } from "./persistence/embedded-postgres.js";
 import { SchemaNotCurrentError, applyMigrations, pendingMigrations } from "./persistence/schema.js";
 import type { RateLimitPurge } from "./persistence/rate-limit-purge.js";
-import type { RunRetention } from "./persistence/retention.js";
+import { DEFAULT_RUN_RETENTION_MS, type RunRetention } from "./persistence/retention.js";
 import { PostgresDefinitionStore } from "./persistence/postgres-definition-store.js";
 import { PostgresEngineStore } from "./persistence/postgres-engine-store.js";
 import { RunStore } from "./persistence/run-store.js";
@@ -541,7 +541,12 @@ export class Scheduler {
       }
       server.addService(
         serviceDefinition(WorkflowService),
-        workflowService(this.engineValue, runStore, this.router),
+        workflowService(
+          this.engineValue,
+          runStore,
+          this.router,
+          this.options.runRetentionMs ?? DEFAULT_RUN_RETENTION_MS,
+        ),
       );
       server.addService(
         executorServiceDefinition(),

@@ -6,6 +6,7 @@
  * export is the GetRun view; 0 turns it off.
  */
 import assert from "node:assert/strict";
+import { Code as ConnectCode, ConnectError } from "@connectrpc/connect";
 import { randomUUID } from "node:crypto";
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
@@ -298,6 +299,26 @@ for (const backend of ["filesystem", "s3"] as const) {
       assert.equal((await s.retention.purge()).deleted, 1);
       assert.equal((await rowCounts(original)).runs, 0);
       assert.deepEqual(await artifactsOf(original), []);
+    });
+
+    it("refuses to rerun a run due for deletion (its files may be gone before its rows)", async (t) => {
+      if (!available(t)) return;
+      await start({ runRetentionMs: DAY });
+      const due = await finishedRun(11);
+      // Ended within the margin before the retention: a purge may be deleting its files now.
+      await age(due, new Date(Date.now() - DAY + 5 * 60_000));
+      await assert.rejects(client.rerunRun({ runId: due, fromStep: "make" }), (e: unknown) => {
+        assert.ok(e instanceof ConnectError);
+        assert.equal(e.code, ConnectCode.FailedPrecondition);
+        assert.match(e.message, /due for deletion by the run retention/);
+        return true;
+      });
+      // Well within the retention: rerun as usual.
+      const kept = await finishedRun(12);
+      await age(kept, new Date(Date.now() - DAY / 2));
+      const { run } = await client.rerunRun({ runId: kept, fromStep: "make" });
+      assert.ok(run);
+      assert.equal((await waitForRun(client, run.id)).status, RunStatus.SUCCEEDED);
     });
 
     it("deletes in batches until no run is past the retention", async (t) => {

@@ -73,12 +73,19 @@ export function checkRerunRequest(req: RerunRunRequest): unknown {
   return stepInput;
 }
 
+/**
+ * How long before retention may delete a run RerunRun refuses it: retention deletes a run's files
+ * before its rows, so a rerun made meanwhile would take over steps whose offloaded outputs are gone.
+ */
+export const RERUN_RETENTION_MARGIN_MS = 10 * 60_000;
+
 /** RerunRun (see the rpc's comment in workflow_service.proto). */
 export async function rerunRun(
   engine: Engine,
   runs: RunStore,
   req: RerunRunRequest,
   pendingReason: PendingReasons,
+  runRetentionMs = 0,
 ): Promise<RerunRunResponse> {
   const stepInput = checkRerunRequest(req);
   const original = await runs.get(req.runId);
@@ -86,6 +93,16 @@ export async function rerunRun(
     throw new ApiError(
       Code.FAILED_PRECONDITION,
       `run ${req.runId} is still active (${original.run.status}): rerun it once it has ended (or cancel it first)`,
+    );
+  const endedAt = original.run.endedAt?.getTime();
+  if (
+    runRetentionMs > 0 &&
+    endedAt !== undefined &&
+    endedAt < Date.now() - runRetentionMs + RERUN_RETENTION_MARGIN_MS
+  )
+    throw new ApiError(
+      Code.FAILED_PRECONDITION,
+      `run ${req.runId} ended on ${new Date(endedAt).toISOString()} and is due for deletion by the run retention (RUN_RETENTION ${runRetentionMs} ms): it can no longer be rerun`,
     );
   const { runId, created } = await engine.rerunRun({
     original: {

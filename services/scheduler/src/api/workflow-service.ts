@@ -167,6 +167,8 @@ export function workflowService(
   engine: Engine,
   runs: RunStore,
   router?: ReplicaRouter,
+  /** How long finished runs are kept (0: for ever); RerunRun refuses a run due for deletion. */
+  runRetentionMs = 0,
 ): grpc.UntypedServiceImplementation {
   /**
    * The replica a call for `runId` is answered by: undefined for this one (it holds the run's
@@ -445,7 +447,7 @@ export function workflowService(
         const target = await startTarget(workflowName, req.idempotencyKey, call);
         if (target !== undefined) return router.forward("rerunRun", target, req, call);
       }
-      return rerunRun(engine, runs, req, pendingReason);
+      return rerunRun(engine, runs, req, pendingReason, runRetentionMs);
     }),
 
     signalRun: unary(async (req: SignalRunRequest, call) => {

@@ -21,6 +21,9 @@ import { type ArtifactStore, runPrefix } from "@nexusflow/common/artifacts";
 import { TERMINAL_RUN_STATUSES } from "../model/run-state.js";
 import { PurgeLoop, pauseFor, type PurgeLoopState } from "./purge-loop.js";
 
+/** How long finished runs are kept by default (30 days). */
+export const DEFAULT_RUN_RETENTION_MS = 30 * 86_400_000;
+
 /** Options of {@link RunRetention}. */
 export interface RunRetentionOptions {
   pool: pg.Pool;
@@ -142,7 +145,7 @@ export class RunRetention {
   readonly stats = { purges: 0, deleted: 0, exported: 0, failed: 0 };
 
   constructor(private readonly options: RunRetentionOptions) {
-    this.retentionMs = options.retentionMs ?? 30 * 86_400_000;
+    this.retentionMs = options.retentionMs ?? DEFAULT_RUN_RETENTION_MS;
     this.intervalMs = options.intervalMs ?? 60_000;
     this.batchSize = options.batchSize ?? 500;
     this.batchRows = options.batchRows ?? 20_000;
