@@ -50,5 +50,13 @@ describe("scheduler retention configuration", () => {
     refuses({ RUN_EXPORT_BEFORE_DELETE: "maybe" }, "RUN_EXPORT_BEFORE_DELETE", /true or false/);
     refuses({ IDEMPOTENCY_KEY_RETENTION: "0s" }, "IDEMPOTENCY_KEY_RETENTION", /longer than 0/);
     refuses({ IDEMPOTENCY_KEY_RETENTION: "40d" }, "IDEMPOTENCY_KEY_RETENTION", /maximum of 30d/);
+    // A run's key goes with the run: a run kept shorter than its key would cut the key's life.
+    refuses({ RUN_RETENTION: "1h" }, "RUN_RETENTION", /at least IDEMPOTENCY_KEY_RETENTION \(86400000 ms\)/);
+    refuses({ RUN_RETENTION: "2d", IDEMPOTENCY_KEY_RETENTION: "3d" }, "RUN_RETENTION", /at least/);
+    assert.equal(
+      loadSchedulerConfig({ ...BASE, RUN_RETENTION: "1d", IDEMPOTENCY_KEY_RETENTION: "1d" }).retention
+        .runRetentionMs,
+      86_400_000,
+    );
   });
 });

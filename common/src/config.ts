@@ -601,8 +601,15 @@ function retentionConfig(env: Env): RetentionConfig {
     throw new ConfigError("IDEMPOTENCY_KEY_RETENTION", "must be longer than 0");
   const runRetentionIntervalMs = duration(env, "RUN_RETENTION_INTERVAL", "1m");
   if (runRetentionIntervalMs < 1000) throw new ConfigError("RUN_RETENTION_INTERVAL", "must be at least 1s");
+  const runRetentionMs = retention(env, "RUN_RETENTION", "30d");
+  // A finished run's idempotency key goes with it: a shorter run retention would cut the key's.
+  if (runRetentionMs > 0 && runRetentionMs < idempotencyKeyRetentionMs)
+    throw new ConfigError(
+      "RUN_RETENTION",
+      `must be at least IDEMPOTENCY_KEY_RETENTION (${idempotencyKeyRetentionMs} ms), since a run's idempotency key is deleted with the run; or 0 to keep runs`,
+    );
   return {
-    runRetentionMs: retention(env, "RUN_RETENTION", "30d"),
+    runRetentionMs,
     runRetentionIntervalMs,
     exportBeforeDelete: bool(env, "RUN_EXPORT_BEFORE_DELETE", false),
     idempotencyKeyRetentionMs,
