@@ -55,7 +55,13 @@ import {
 } from "@connectrpc/connect";
 import { createAsyncIterable } from "@connectrpc/connect/protocol";
 import { Http2SessionManager, createGrpcTransport } from "@connectrpc/connect-node";
-import { type Logger, type ReadinessCheck, ServingStatus, createLogger } from "@nexusflow/common";
+import {
+  type Logger,
+  MAX_GATEWAY_REQUEST_BYTES,
+  type ReadinessCheck,
+  ServingStatus,
+  createLogger,
+} from "@nexusflow/common";
 import { http } from "@nexusflow/gen/google/api/annotations_pb";
 
 /** Options of {@link createUpstream}. */
@@ -273,7 +279,15 @@ class FailoverUpstream implements Upstream {
         index,
         address,
         sessions,
-        transport: createGrpcTransport({ baseUrl, sessionManager: sessions, interceptors }),
+        transport: createGrpcTransport({
+          baseUrl,
+          sessionManager: sessions,
+          interceptors,
+          // A request within the gateway's limit as JSON can be larger as protobuf (a REST body of
+          // 4 MB of `[0,0,...]` is 22 MB): refused here with RESOURCE_EXHAUSTED rather than sent
+          // past the scheduler's receive limit, which resets the HTTP/2 session every client shares.
+          writeMaxBytes: MAX_GATEWAY_REQUEST_BYTES,
+        }),
       };
     });
   }

@@ -159,3 +159,54 @@ describe("an HTTP/1.1 request whose headers never end", () => {
     assert.equal(socket.destroyed, true);
   });
 });
+
+describe("a request larger as protobuf than as JSON", () => {
+  let starts = 0;
+  let upstream: http2.Http2Server;
+  let gateway: Gateway;
+  let url: string;
+  before(async () => {
+    const routes = (router: ConnectRouter): void => {
+      router.service(WorkflowService, {
+        startRun() {
+          starts++;
+          return {};
+        },
+      });
+    };
+    upstream = http2.createServer({}, connectNodeAdapter({ routes }));
+    await new Promise<void>((resolve) => upstream.listen(0, "127.0.0.1", resolve));
+    gateway = createGateway({
+      schedulerAddress: `127.0.0.1:${(upstream.address() as AddressInfo).port}`,
+      port: 0,
+      drainTimeoutMs: 500,
+    });
+    ({ url } = await gateway.listen());
+  });
+  after(async () => {
+    await gateway.close();
+    upstream.close();
+  });
+
+  it("is refused RESOURCE_EXHAUSTED, not sent past the scheduler's 16 MiB receive limit", T, async () => {
+    // 4 MB of JSON, within the gateway's default 4 MiB; 22 MB as protobuf (each 0 a Value message).
+    // REST bodies are checked as protobuf by the gateway's own router; a Connect JSON call is
+    // forwarded as it came, and encoded as protobuf only for the scheduler.
+    const body = `{"workflowName":"w","input":[${Array.from({ length: 2_000_000 }, () => "0").join(",")}]}`;
+    assert.ok(body.length < 4 * 1024 * 1024);
+    for (const [path, code] of [
+      ["/nexusflow.v1.WorkflowService/StartRun", "resource_exhausted"],
+      ["/v1/workflows/w/runs", 8],
+    ] as const) {
+      const res = await fetch(`${url}${path}`, {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body,
+      });
+      const answer = (await res.json()) as { code?: number | string; message?: string };
+      assert.equal(answer.code, code, `${path}: ${JSON.stringify(answer).slice(0, 300)}`);
+      assert.equal(res.status, 429);
+    }
+    assert.equal(starts, 0);
+  });
+});
