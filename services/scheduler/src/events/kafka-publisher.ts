@@ -224,7 +224,9 @@ export class KafkaPublisher implements EventPublisher {
       const maxEventBytes =
         this.options.maxEventBytes ?? Math.max(1024, this.topicMaxMessageBytes - BATCH_OVERHEAD_BYTES);
       const fitted = records.map((r) => this.fitted(r, maxEventBytes));
-      for (const messages of sendsOf(fitted, this.options.maxSendBytes))
+      // A partition's messages of one send are one record batch, which the topic's limit bounds
+      // as a whole: a send is at most what one event may be.
+      for (const messages of sendsOf(fitted, Math.min(this.options.maxSendBytes, maxEventBytes)))
         await abortable(
           producer.send({
             topic: this.options.topic,
@@ -248,7 +250,12 @@ export class KafkaPublisher implements EventPublisher {
     const message = eventMessage(record);
     // Nearly every event is far below the limit: its headers and key are not counted then.
     if (record.payload.byteLength + FAR_BELOW_BYTES <= maxBytes) return message;
-    const overhead = messageBytes(message) - message.value.byteLength;
+    // With the header a truncated event gets.
+    const overhead =
+      messageBytes(message) -
+      message.value.byteLength +
+      Buffer.byteLength(EventHeaders.truncated) +
+      Buffer.byteLength("true");
     const { payload, truncated } = fitEvent(record.payload, overhead, maxBytes);
     if (!truncated) return message;
     this.options.log.warn(

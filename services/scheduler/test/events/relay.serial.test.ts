@@ -453,6 +453,15 @@ describe("lifecycle events on Kafka", () => {
           case: "taskSucceeded",
           value: { taskRunId: "t1", stepId: "a", attempt: 1, output: jsonToValue(output) },
         },
+        // Each within the topic's limit, together over it: not one record batch.
+        {
+          case: "taskSucceeded",
+          value: { taskRunId: "t2", stepId: "b", attempt: 1, output: jsonToValue("z".repeat(30_000)) },
+        },
+        {
+          case: "taskSucceeded",
+          value: { taskRunId: "t3", stepId: "c", attempt: 1, output: jsonToValue("z".repeat(30_000)) },
+        },
         { case: "runCompleted", value: { status: RunStatus.SUCCEEDED, output: jsonToValue({ done: 1 }) } },
       ];
       const records: OutboxRecord[] = events.map((e, i) => {
@@ -487,7 +496,7 @@ describe("lifecycle events on Kafka", () => {
       await publisher.publish(records, signal);
       const received = await collector(brokers, topic);
       await waitFor("every event read back", () => received.received.length === records.length);
-      const [started, succeeded, completed] = received.received;
+      const [started, succeeded, , , completed] = received.received;
       assert.deepEqual(
         received.received.map((e) => [
           Number(e.event.sequence),
@@ -498,6 +507,8 @@ describe("lifecycle events on Kafka", () => {
           [1, false, undefined],
           [2, true, "true"],
           [3, false, undefined],
+          [4, false, undefined],
+          [5, false, undefined],
         ],
       );
       assert.equal(started?.event.event.case, "runStarted");
