@@ -78,4 +78,30 @@ describe("RateLimitPauses.sync", () => {
     assert.equal(made.pausedUntil, null);
     assert.equal(storing.pausedUntil, null);
   });
+
+  it("reads one at a time: asked during a read, it reads again after it, so the newest read lands last", async () => {
+    const sim = new Simulation();
+    const pauses = new RateLimitPauses();
+    const state = rateLimitsOf(sim.core);
+    const until = Date.now() + HOUR;
+    let reads = 0;
+    const store = heldStore();
+    const counted = {
+      loadRateLimitPauses: () => {
+        reads++;
+        return store.loadRateLimitPauses();
+      },
+    };
+    // A pause is told, then its resume, while the first read is under way.
+    const first = pauses.sync(sim.core, counted);
+    const second = pauses.sync(sim.core, counted);
+    assert.equal(reads, 1);
+    store.answer([row("acme", until)]);
+    await new Promise((resolve) => setImmediate(resolve));
+    assert.equal(reads, 2);
+    store.answer([]);
+    assert.equal(await first, 2);
+    assert.equal(await second, 2);
+    assert.equal(state.buckets.get("partner\u0000acme")?.pausedUntil, null);
+  });
 });

@@ -92,6 +92,10 @@ export class RateLimitPauses {
   readonly #madeAt = new Map<string, number>();
   /** By bucket id: its pauses made here still being stored. */
   readonly #storing = new Map<string, number>();
+  /** The read under way, if any: one at a time, so that an older read never lands last. */
+  #reading: Promise<number> | undefined;
+  /** Asked again while a read was under way: read once more after it. */
+  #again = false;
 
   /** Stores a pause (or resume) made here by `write`; tells `stored` once it is. */
   async store(bucket: core.Bucket, write: () => Promise<void>): Promise<void> {
@@ -109,9 +113,29 @@ export class RateLimitPauses {
   /**
    * Takes the stored pauses: a key paused there and not here is paused (its bucket made, full,
    * if not in memory), one paused here and not there resumed, one paused differently changed.
-   * Returns how many buckets changed.
+   * One read at a time: asked while one is under way, it reads once more after it (a burst of
+   * notifications costs two reads). Returns how many buckets changed.
    */
-  async sync(c: Core, store: Pick<EngineStore, "loadRateLimitPauses">): Promise<number> {
+  sync(c: Core, store: Pick<EngineStore, "loadRateLimitPauses">): Promise<number> {
+    if (this.#reading !== undefined) {
+      this.#again = true;
+      return this.#reading;
+    }
+    const rounds = async (): Promise<number> => {
+      let changed = 0;
+      do {
+        this.#again = false;
+        changed += await this.#read(c, store);
+      } while (this.#again);
+      return changed;
+    };
+    this.#reading = rounds().finally(() => {
+      this.#reading = undefined;
+    });
+    return this.#reading;
+  }
+
+  async #read(c: Core, store: Pick<EngineStore, "loadRateLimitPauses">): Promise<number> {
     const since = this.#changes;
     const rows = await store.loadRateLimitPauses();
     const now = new Date();
