@@ -23,8 +23,9 @@
  * RESPONSE_TOO_LARGE, a 2xx body that is not the JSON it claims is terminal INVALID_RESPONSE,
  * bad input is INVALID_INPUT (so is a request fetch refuses to make as given), and an abort of
  * `ctx.signal` rejects with `cancellationError`. Headers fetch cannot send (`Keep-Alive`,
- * `Transfer-Encoding`, `Upgrade`, `Expect`, `Content-Length`, a `Connection` other than `close` or
- * `keep-alive`) are refused as INVALID_INPUT naming them (`headers.<name>`).
+ * `Transfer-Encoding`, `Upgrade`, `Expect`, a `Connection` other than `close` or `keep-alive`, a
+ * `Content-Length` that is not the body's) are refused as INVALID_INPUT naming them
+ * (`headers.<name>`); a `Content-Length` that is the body's is left to fetch, which sends it.
  */
 import { formatDuration } from "@nexusflow/common/duration";
 import { TaskErrorType, httpStatusErrorType } from "@nexusflow/common/task-error-types";
@@ -99,7 +100,6 @@ const UNSENDABLE_HEADERS: ReadonlyMap<string, string> = new Map([
   ["transfer-encoding", "the executor's HTTP client frames the body itself and cannot send it"],
   ["upgrade", "protocol upgrades are not supported"],
   ["expect", "the executor's HTTP client does not support Expect (100-continue)"],
-  ["content-length", "it is computed from the body"],
 ]);
 /** `Connection` values the HTTP client sends; it replaces any other. */
 const CONNECTION_VALUES = new Set(["close", "keep-alive"]);
@@ -237,6 +237,19 @@ function parseHttpInput(raw: unknown): ParsedHttpInput {
       body = json;
       if (!headers.has("content-type")) headers.set("content-type", "application/json");
     }
+  }
+  // fetch computes it from the body (and refuses any other): a copy of curl's is taken as it is.
+  const length = headers.get("content-length");
+  if (length !== null) {
+    const bytes = Buffer.byteLength(body ?? "");
+    if (length.trim() !== String(bytes)) {
+      const name = Object.keys(headerFields ?? {}).find((k) => k.trim().toLowerCase() === "content-length");
+      throw invalidInput(
+        `headers.${name ?? "content-length"}`,
+        `${JSON.stringify(length)} is not the body's length (${bytes} bytes); leave it out, it is computed from the body`,
+      );
+    }
+    headers.delete("content-length");
   }
 
   return { method, url, headers, body, timeoutMs: durationField(record, "timeout", DEFAULT_TIMEOUT) };
