@@ -10,7 +10,9 @@
  * - Unary: 200 with the response (or its `response_body` field) in proto3 JSON.
  * - Server streaming: 200 with `application/x-ndjson`, one `{"result": <message>}` line per message
  *   and, if the stream fails after it started, a last `{"error": <google.rpc.Status>}` line (the
- *   framing grpc-gateway uses). A failure before the first message is an ordinary error response.
+ *   framing grpc-gateway uses). The 200 and its headers go out with the first message, or after
+ *   `streamHeaderDelayMs` (250 ms) without one, so that a client of a quiet stream sees it is
+ *   connected: a failure before either is an ordinary error response, one after is that last line.
  * - Errors: `google.rpc.Status` JSON with the code's HTTP status (status.ts).
  * - Deadline: the `connect-timeout-ms` request header, when sent. A client that disconnects
  *   cancels the call upstream.

@@ -74,8 +74,9 @@ export function checkRerunRequest(req: RerunRunRequest): unknown {
 }
 
 /**
- * How long before retention may delete a run RerunRun refuses it: retention deletes a run's files
- * before its rows, so a rerun made meanwhile would take over steps whose offloaded outputs are gone.
+ * How long before retention may delete a run RerunRun refuses it (half the retention when that is
+ * shorter): retention deletes a run's files before its rows, so a rerun made meanwhile would take
+ * over steps whose offloaded outputs are gone.
  */
 export const RERUN_RETENTION_MARGIN_MS = 10 * 60_000;
 
@@ -98,7 +99,7 @@ export async function rerunRun(
   if (
     runRetentionMs > 0 &&
     endedAt !== undefined &&
-    endedAt < Date.now() - runRetentionMs + RERUN_RETENTION_MARGIN_MS
+    endedAt < Date.now() - runRetentionMs + Math.min(RERUN_RETENTION_MARGIN_MS, runRetentionMs / 2)
   )
     throw new ApiError(
       Code.FAILED_PRECONDITION,
