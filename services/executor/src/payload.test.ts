@@ -2,7 +2,14 @@ import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { type JsonValue, create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { type LeaseKey, LeaseKeySchema, ReportSchema, SessionRequestSchema } from "@nexusflow/gen";
-import { MAX_PAYLOAD_DEPTH, PayloadError, toJsonPayload } from "./payload.js";
+import { ValueSchema } from "@bufbuild/protobuf/wkt";
+import {
+  MAX_ENCODED_PAYLOAD_BYTES,
+  MAX_PAYLOAD_DEPTH,
+  PayloadError,
+  toJsonPayload,
+  toValue,
+} from "./payload.js";
 import { outcomeReport } from "./task-reports.js";
 
 /** `levels` arrays (or objects), one in the other, around 1 (or around nothing). */
@@ -56,5 +63,21 @@ describe("toJsonPayload", () => {
     assert.equal(decodable(nested(MAX_PAYLOAD_DEPTH + 1)), false);
     // 200 bytes, 100 levels (an http response body): refused, not thrown later while reporting.
     assert.throws(() => toJsonPayload(JSON.parse("[".repeat(100) + "]".repeat(100)), 10_000), tooDeep);
+  });
+
+  it("refuses a value within the JSON limit that is larger than a report may carry as protobuf (TOO_LARGE)", () => {
+    // 3 MiB of `[0,0,...]` (the default limit) is 17 MB as protobuf, past the scheduler's 16 MiB.
+    const zeros = Array.from({ length: 1_500_000 }, () => 0);
+    assert.throws(
+      () => toJsonPayload(zeros, 3 * 1024 * 1024),
+      (e: unknown) =>
+        e instanceof PayloadError &&
+        e.problem === "TOO_LARGE" &&
+        /^3000001 bytes of JSON are \d+ bytes as protobuf, more than the 15728640/.test(e.message),
+    );
+    // As large in JSON, but text: about as large as protobuf, taken.
+    const text = "x".repeat(3_000_000);
+    assert.equal(toJsonPayload(text, 3 * 1024 * 1024), text);
+    assert.ok(toBinary(ValueSchema, toValue(text)).byteLength <= MAX_ENCODED_PAYLOAD_BYTES);
   });
 });

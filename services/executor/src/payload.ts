@@ -2,7 +2,7 @@
  * JSON payloads on the wire (task input, output, progress, error details): what a handler returns
  * is checked to be JSON and small enough before it becomes a `google.protobuf.Value`.
  */
-import { fromJson, toJson, type JsonValue } from "@bufbuild/protobuf";
+import { fromJson, toBinary, toJson, type JsonValue } from "@bufbuild/protobuf";
 import { type Value, ValueSchema } from "@bufbuild/protobuf/wkt";
 
 /**
@@ -20,6 +20,16 @@ export type PayloadProblem = "NOT_JSON" | "TOO_LARGE" | "NUL" | "TOO_DEEP";
  * deeper value would be refused undecoded, without its lease, so the task would never end.
  */
 export const MAX_PAYLOAD_DEPTH = 48;
+
+/**
+ * Most bytes a value takes as a `google.protobuf.Value` in a report: 1 MiB below the scheduler's
+ * 16 MiB receive limit. JSON grows up to 5.5 times as protobuf (`[0,0,...]`: two characters, eleven
+ * bytes each), so a value within the JSON limit may not fit: one past it would break the session,
+ * again at every reconnection while the report waits.
+ */
+export const MAX_ENCODED_PAYLOAD_BYTES = 15 * 1024 * 1024;
+/** JSON bytes that are certainly within {@link MAX_ENCODED_PAYLOAD_BYTES} as protobuf. */
+const SURELY_FITS_JSON_BYTES = Math.floor(MAX_ENCODED_PAYLOAD_BYTES / 5.5) - 64;
 
 /** Thrown by {@link toJsonPayload}. */
 export class PayloadError extends Error {
@@ -53,7 +63,16 @@ export function toJsonPayload(value: unknown, maxBytes: number): JsonValue {
   const bytes = Buffer.byteLength(text, "utf8");
   if (bytes > maxBytes)
     throw new PayloadError("TOO_LARGE", `${bytes} bytes of JSON, more than the limit of ${maxBytes}`);
-  return checkDepth(JSON.parse(text) as JsonValue);
+  const json = checkDepth(JSON.parse(text) as JsonValue);
+  if (bytes > SURELY_FITS_JSON_BYTES) {
+    const encoded = toBinary(ValueSchema, toValue(json)).byteLength;
+    if (encoded > MAX_ENCODED_PAYLOAD_BYTES)
+      throw new PayloadError(
+        "TOO_LARGE",
+        `${bytes} bytes of JSON are ${encoded} bytes as protobuf, more than the ${MAX_ENCODED_PAYLOAD_BYTES} a report to the scheduler may carry`,
+      );
+  }
+  return json;
 }
 
 /** `json` itself; throws {@link PayloadError} TOO_DEEP when it is nested deeper than {@link MAX_PAYLOAD_DEPTH}. */
