@@ -78,6 +78,55 @@ const FAN = {
   ],
 };
 
+/** Makes a topic of one partition that takes at most 64 KiB per record batch; returns its name. */
+async function smallTopic(brokers: string): Promise<string> {
+  const topic = `nexusflow-events-test-${randomUUID()}`;
+  const kafka = new Kafka({
+    clientId: "nexusflow-events-test",
+    brokers: brokers.split(","),
+    logLevel: logLevel.NOTHING,
+  });
+  const admin = kafka.admin();
+  await admin.connect();
+  try {
+    await admin.createTopics({
+      topics: [{ topic, numPartitions: 1, configEntries: [{ name: "max.message.bytes", value: "65536" }] }],
+      waitForLeaders: true,
+    });
+  } finally {
+    await admin.disconnect();
+  }
+  return topic;
+}
+
+/** Outbox records of `events` of one run, in sequence from 1, as the relay reads them. */
+function outboxRecords(
+  runId: string,
+  events: readonly NonNullable<MessageInitShape<typeof LifecycleEventSchema>["event"]>[],
+): OutboxRecord[] {
+  return events.map((e, i) => {
+    const event = create(LifecycleEventSchema, {
+      eventId: randomUUID(),
+      runId,
+      sequence: BigInt(i + 1),
+      time: timestampFromDate(new Date()),
+      workflowName: "large",
+      workflowVersion: 1,
+      event: e,
+    });
+    return {
+      id: i + 1,
+      eventId: event.eventId,
+      runId,
+      sequence: i + 1,
+      type: event.event.case ?? "",
+      payload: toBinary(LifecycleEventSchema, event),
+      traceContext: null,
+      createdAt: new Date(),
+    };
+  });
+}
+
 describe("lifecycle events on Kafka", () => {
   let db: Awaited<ReturnType<typeof startTestDatabase>>;
   let pool: pg.Pool;
@@ -359,47 +408,16 @@ describe("lifecycle events on Kafka", () => {
       const brokers = requireService(t, "KAFKA_BROKERS");
       if (brokers === undefined) return;
       // A topic whose record batches may be at most 64 KiB (the broker's default is 1 MiB).
-      const topic = `nexusflow-events-test-${randomUUID()}`;
-      const kafka = new Kafka({
-        clientId: "nexusflow-events-test",
-        brokers: brokers.split(","),
-        logLevel: logLevel.NOTHING,
-      });
-      const admin = kafka.admin();
-      await admin.connect();
-      try {
-        await admin.createTopics({
-          topics: [
-            { topic, numPartitions: 1, configEntries: [{ name: "max.message.bytes", value: "65536" }] },
-          ],
-          waitForLeaders: true,
-        });
-      } finally {
-        await admin.disconnect();
-      }
+      const topic = await smallTopic(brokers);
       // Twenty events of 20 KB of one run: 400 KB for its partition in one batch, before.
       const runId = randomUUID();
-      const records: OutboxRecord[] = Array.from({ length: 20 }, (_, i) => {
-        const event = create(LifecycleEventSchema, {
-          eventId: randomUUID(),
-          runId,
-          sequence: BigInt(i + 1),
-          time: timestampFromDate(new Date()),
-          workflowName: "large",
-          workflowVersion: 1,
-          event: { case: "runStarted", value: { input: jsonToValue({ text: "x".repeat(20_000) }) } },
-        });
-        return {
-          id: i + 1,
-          eventId: event.eventId,
-          runId,
-          sequence: i + 1,
-          type: "runStarted",
-          payload: toBinary(LifecycleEventSchema, event),
-          traceContext: null,
-          createdAt: new Date(),
-        };
-      });
+      const records = outboxRecords(
+        runId,
+        Array.from({ length: 20 }, () => ({
+          case: "runStarted" as const,
+          value: { input: jsonToValue({ text: "x".repeat(20_000) }) },
+        })),
+      );
       const log = testLogger("publisher");
       const publisher = new KafkaPublisher({
         brokers: brokers.split(","),
@@ -427,24 +445,7 @@ describe("lifecycle events on Kafka", () => {
       const brokers = requireService(t, "KAFKA_BROKERS");
       if (brokers === undefined) return;
       // A topic that takes at most 64 KiB per message; the publisher reads that from the broker.
-      const topic = `nexusflow-events-test-${randomUUID()}`;
-      const kafka = new Kafka({
-        clientId: "nexusflow-events-test",
-        brokers: brokers.split(","),
-        logLevel: logLevel.NOTHING,
-      });
-      const admin = kafka.admin();
-      await admin.connect();
-      try {
-        await admin.createTopics({
-          topics: [
-            { topic, numPartitions: 1, configEntries: [{ name: "max.message.bytes", value: "65536" }] },
-          ],
-          waitForLeaders: true,
-        });
-      } finally {
-        await admin.disconnect();
-      }
+      const topic = await smallTopic(brokers);
       const runId = randomUUID();
       const output = { report: "y".repeat(200_000) };
       const events: NonNullable<MessageInitShape<typeof LifecycleEventSchema>["event"]>[] = [
@@ -464,27 +465,7 @@ describe("lifecycle events on Kafka", () => {
         },
         { case: "runCompleted", value: { status: RunStatus.SUCCEEDED, output: jsonToValue({ done: 1 }) } },
       ];
-      const records: OutboxRecord[] = events.map((e, i) => {
-        const event = create(LifecycleEventSchema, {
-          eventId: randomUUID(),
-          runId,
-          sequence: BigInt(i + 1),
-          time: timestampFromDate(new Date()),
-          workflowName: "large",
-          workflowVersion: 1,
-          event: e,
-        });
-        return {
-          id: i + 1,
-          eventId: event.eventId,
-          runId,
-          sequence: i + 1,
-          type: event.event.case ?? "",
-          payload: toBinary(LifecycleEventSchema, event),
-          traceContext: null,
-          createdAt: new Date(),
-        };
-      });
+      const records = outboxRecords(runId, events);
       const publisher = new KafkaPublisher({
         brokers: brokers.split(","),
         topic,
