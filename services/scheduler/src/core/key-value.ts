@@ -28,7 +28,9 @@ export function keyString(
   try {
     value = evaluateExpression(expression, scope);
   } catch (error) {
-    if (!(error instanceof EvaluationError)) throw error;
+    // A RangeError is V8's (a string or stack too large for it): the key's failure, as in
+    // dag/evaluate.ts, never an exception out of the scheduler's turn.
+    if (!(error instanceof EvaluationError || error instanceof RangeError)) throw error;
     throw fail(`${what}: ${error.message}`, { cause: error });
   }
   if (typeof value === "string") return value;

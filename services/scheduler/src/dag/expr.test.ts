@@ -265,3 +265,20 @@ describe("expression runtime errors", () => {
     assert.match(evalError("upper(1)").message, /upper\(\) needs a string/);
   });
 });
+
+describe("expression cost of hostile strings", () => {
+  it("len() counts code points without making an array of them", () => {
+    assert.equal(run("len(input.s)", { s: "a😀b" }), 3);
+    // A lone surrogate counts as one, as the spread did.
+    assert.equal(run("len(input.s)", { s: "\uD800x\uDC00" }), 3);
+    assert.equal(run("len(input.s)", { s: "" }), 0);
+  });
+
+  it("refuses a string joined past 16 Mi characters (one evaluation joined 100 MB, then ran out of memory)", () => {
+    const text = `len(${Array.from({ length: 100 }, () => "input.a").join(" + ")}) > 0`;
+    const error = evalError(text, { a: "x".repeat(1_000_000) });
+    assert.match(error.message, /"\+" would make a string of \d+ characters, more than 16777216/);
+    // Just within: joined.
+    assert.equal(run("len(input.a + input.a)", { a: "x".repeat(8 * 1024 * 1024) }), 16 * 1024 * 1024);
+  });
+});
