@@ -105,6 +105,21 @@ void describe("durable waits (core)", () => {
     settleRuns(sim);
     assert.equal(bad.tasks.get("s")!.error?.type, "INVALID_SLEEP_UNTIL");
     assert.equal(bad.status, "FAILED");
+
+    // Dates the calendar does not have, which Date.parse rolls into the next month or day.
+    for (const at of [
+      "2026-04-31T09:00:00Z",
+      "2027-02-29T09:00:00Z",
+      "2026-05-01T24:00:00Z",
+      "2026-05-01T10:00:00+24:00",
+    ]) {
+      const none = beginRun(sim, flow([{ id: "s", sleep: { until: "{{ input.at }}" } }]), { at });
+      settleRuns(sim);
+      assert.equal(none.tasks.get("s")!.error?.type, "INVALID_SLEEP_UNTIL", at);
+    }
+    assert.throws(() => flow([{ id: "s", sleep: { until: "2027-02-29T09:00:00Z" } }]), /sleep\.until/);
+    // A leap day that is one is taken.
+    assert.doesNotThrow(() => flow([{ id: "s", sleep: { until: "2028-02-29T09:00:00Z" } }]));
   });
 
   it("refuses what a run cannot keep", () => {

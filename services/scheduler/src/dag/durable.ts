@@ -266,11 +266,22 @@ function checkWait(
   };
 }
 
-const RFC3339 = /^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$/;
+const RFC3339 = /^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(\.\d+)?([Zz]|[+-](\d{2}):(\d{2}))$/;
 
-/** The time of a rendered `sleep.until` (an RFC 3339 string with an offset), or null. */
+/**
+ * The time of a rendered `sleep.until` (an RFC 3339 string with an offset), or null; also null
+ * for a date or time the calendar does not have (2026-04-31, 2027-02-29, 24:00), which Date.parse
+ * would roll into the next day or month.
+ */
 export function untilTime(value: unknown): Date | null {
-  if (typeof value !== "string" || !RFC3339.test(value)) return null;
-  const ms = Date.parse(value);
+  const m = typeof value === "string" ? RFC3339.exec(value) : null;
+  if (m === null) return null;
+  const n = (i: number): number => Number(m[i]);
+  const [year, month, day] = [n(1), n(2), n(3)];
+  const daysInMonth = new Date(Date.UTC(year, month, 0)).getUTCDate();
+  if (month < 1 || month > 12 || day < 1 || day > daysInMonth) return null;
+  if (n(4) > 23 || n(5) > 59 || n(6) > 59) return null;
+  if (m[9] !== undefined && (n(9) > 23 || n(10) > 59)) return null;
+  const ms = Date.parse(value as string);
   return Number.isFinite(ms) ? new Date(ms) : null;
 }
