@@ -124,3 +124,54 @@ describe("cron expressions", () => {
     assert.equal(isTimeZone("europe/nowhere"), false);
   });
 });
+
+describe("fixed times written as lists or ranges across daylight-saving changes", () => {
+  const local = (d: Date, zone: string): string =>
+    new Intl.DateTimeFormat("sv-SE", { timeZone: zone, dateStyle: "short", timeStyle: "short" }).format(d);
+
+  it("fires a time spring skips at the change, as a single fixed time does", () => {
+    const job = parseCron("30 2,14 * * *", "America/New_York");
+    const fires = fireTimesBetween(
+      job,
+      new Date("2026-03-08T00:00:00Z"),
+      new Date("2026-03-09T04:00:00Z"),
+      10,
+    );
+    assert.deepEqual(
+      fires.map((d) => local(d, "America/New_York")),
+      ["2026-03-08 03:00", "2026-03-08 14:30"],
+    );
+    const berlin = parseCron("15,45 2 * * *", "Europe/Berlin");
+    const day = fireTimesBetween(
+      berlin,
+      new Date("2026-03-28T23:00:00Z"),
+      new Date("2026-03-29T22:00:00Z"),
+      10,
+    );
+    assert.ok(day.length > 0, "no fire at all on 2026-03-29");
+  });
+
+  it("fires a time fall-back repeats once", () => {
+    const job = parseCron("0,30 1 * * *", "America/New_York");
+    const fires = fireTimesBetween(
+      job,
+      new Date("2026-11-01T00:00:00Z"),
+      new Date("2026-11-01T12:00:00Z"),
+      10,
+    );
+    assert.deepEqual(iso(fires), ["2026-11-01T05:00:00.000Z", "2026-11-01T05:30:00.000Z"]);
+    const twice = parseCron("0 1,13 * * *", "America/New_York");
+    assert.equal(
+      fireTimesBetween(twice, new Date("2026-11-01T04:00:00Z"), new Date("2026-11-02T04:00:00Z"), 10).length,
+      2,
+    );
+    // On other days a list fires every time it names, in order.
+    const range = parseCron("0 9-11 * * 1-5", "Europe/Lisbon");
+    assert.deepEqual(iso(nextFireTimes(range, new Date("2026-12-07T00:00:00Z"), 4)), [
+      "2026-12-07T09:00:00.000Z",
+      "2026-12-07T10:00:00.000Z",
+      "2026-12-07T11:00:00.000Z",
+      "2026-12-08T09:00:00.000Z",
+    ]);
+  });
+});

@@ -66,13 +66,45 @@ export function parseCron(
   }
   // Valid fields that never meet (February 30th) would make a schedule that never fires.
   if (cron.nextRun() === null) throw ApiError.invalid(cronField, "the expression never fires");
+  // croner applies the fixed-time DST rules only when second, minute and hour each hold one value:
+  // a list or range of fixed times ("30 2,14 * * *") is one fixed-time Cron per time of day.
+  const parts = cron.getPattern() === undefined ? [] : fixedTimes(text);
+  const crons =
+    parts.length > 1
+      ? parts.map((p) => new Cron(p, { timezone: zone, paused: true, mode: "6-part" }))
+      : [cron];
   return {
     expression: text,
     timeZone: zone,
     next(after: Date): Date | undefined {
-      return cron.nextRun(after) ?? undefined;
+      let best: Date | undefined;
+      for (const c of crons) {
+        const t = c.nextRun(after);
+        if (t !== null && (best === undefined || t.getTime() < best.getTime())) best = t;
+      }
+      return best;
     },
   };
+}
+
+/**
+ * Six-field patterns, one per time of day, when the second, minute and hour fields are values,
+ * lists or ranges (no `*` or `/`) of at most 64 times together; none otherwise.
+ */
+function fixedTimes(text: string): string[] {
+  if (text.startsWith("@")) return [];
+  const fields = text.split(/\s+/);
+  const [sec = "", min = "", hour = "", ...rest] = fields.length === 6 ? fields : ["0", ...fields];
+  const values = (field: string): number[] | undefined => {
+    if (!/^\d+(-\d+)?(,\d+(-\d+)?)*$/.test(field)) return undefined;
+    return field.split(",").flatMap((part) => {
+      const [from = 0, to = from] = part.split("-").map(Number);
+      return Array.from({ length: Math.max(0, to - from + 1) }, (_, i) => from + i);
+    });
+  };
+  const [s, m, h] = [values(sec), values(min), values(hour)];
+  if (s === undefined || m === undefined || h === undefined || s.length * m.length * h.length > 64) return [];
+  return h.flatMap((hh) => m.flatMap((mm) => s.map((ss) => `${ss} ${mm} ${hh} ${rest.join(" ")}`)));
 }
 
 /** The next `n` fire times strictly after `after`. */
