@@ -182,9 +182,10 @@ export class RateLimitState {
   }
 
   /**
-   * Puts a stored bucket back (recovery). A bucket this scheduler already holds in memory as recent
-   * as the row (a partition loaded after start-up reads every bucket again) is left as it is: the
-   * row could only give back tokens granted since it was written.
+   * Puts a stored bucket back (start-up recovery, engine/partition-load.ts recoverAll; partitions
+   * taken later read runs, not buckets). A bucket this scheduler already holds in memory as recent
+   * as the row is left as it is: the row could only give back tokens granted since it was written.
+   * Pauses other replicas store later are taken by engine/rate-limit-admin.ts RateLimitPauses.
    */
   restore(row: StoredBucket, now: number): void {
     const known = this.buckets.get(bucketId(row.name, row.key));
