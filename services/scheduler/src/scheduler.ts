@@ -169,6 +169,11 @@ export interface SchedulerOptions {
   /** How long a partition lease holds after its renewal (database time). @default 5000 */
   partitionLeaseMs?: number | undefined;
   /**
+   * In a cluster, how often the rate limit pauses other replicas stored are read even without a
+   * notification (one lost: a failed NOTIFY is only logged). @default 60000
+   */
+  rateLimitPauseReadMs?: number | undefined;
+  /**
    * Share the database with other live replicas (SCHEDULER_CLUSTER, docs/replicas.md): no
    * one-per-database lock; this replica holds its share of the partitions (all of them while it is
    * alone) and hands them over when others join. @default false (one scheduler per database)
@@ -238,6 +243,7 @@ export class Scheduler {
   private rateLimitPurgeValue: RateLimitPurge | undefined;
   private coordinator: Coordinator | undefined;
   private notifications: ClusterNotifications | undefined;
+  private pauseReadTimer: NodeJS.Timeout | undefined;
   private fireLoop: FireLoop | undefined;
   private matchLoop: MatchLoop | undefined;
   private waitLoop: WaitMatchLoop | undefined;
@@ -494,6 +500,11 @@ export class Scheduler {
         await this.notifications.start();
         // A pause stored by another replica since recovery read the buckets, before listening.
         this.syncRateLimitPauses();
+        this.pauseReadTimer = setInterval(
+          () => this.syncRateLimitPauses(),
+          this.options.rateLimitPauseReadMs ?? 60_000,
+        );
+        this.pauseReadTimer.unref();
       }
       this.coordinator.start();
       const registry = this.options.metrics;
@@ -736,6 +747,8 @@ export class Scheduler {
     this.coordinator = undefined;
     this.fireLoop = undefined;
     this.matchLoop = undefined;
+    clearInterval(this.pauseReadTimer);
+    this.pauseReadTimer = undefined;
     await this.notifications?.stop();
     this.notifications = undefined;
     await this.waitScan?.stop();

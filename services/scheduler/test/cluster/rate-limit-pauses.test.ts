@@ -10,6 +10,7 @@ import { createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import { RateLimitService } from "@nexusflow/gen";
+import pg from "pg";
 import type { Scheduler } from "../../src/scheduler.js";
 import { startTestDatabase, startTestScheduler, waitFor } from "../support.js";
 
@@ -69,5 +70,26 @@ describe("rate limit pauses in a cluster", () => {
     await waitFor("the second pause taken", () => paused(a, "partner") === 1 && paused(b, "partner") === 1);
     const d = await replica();
     assert.equal(paused(d, "partner"), 1);
+  });
+
+  it("reads the stored pauses now and then without a notification (one lost)", async () => {
+    const e = await startTestScheduler(server.url, {
+      cluster: true,
+      partitionLeaseMs: 1000,
+      rateLimitPauseReadMs: 100,
+    });
+    started.push(e);
+    // Stored as a replica would, but its NOTIFY lost.
+    const sql = new pg.Pool({ connectionString: server.url, max: 1 });
+    try {
+      await sql.query(
+        `INSERT INTO rate_limit_buckets (name, key, tokens, refilled_at, seq, paused_until, paused_by, pause_note, full_at)
+         VALUES ('quiet', 'k', 1, $1, 0, now() + interval '1 hour', 'ops', 'lost notification', NULL)`,
+        [Date.now()],
+      );
+    } finally {
+      await sql.end();
+    }
+    await waitFor("the pause read without a notification", () => paused(e, "quiet") === 1);
   });
 });
