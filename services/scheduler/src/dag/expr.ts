@@ -8,6 +8,7 @@
  */
 import { EvaluationError, ExpressionSyntaxError } from "./errors.js";
 import { childOf, isPlainObject, jsonEqual, jsonTypeOf, MISSING } from "./json.js";
+import { codePoints, joined } from "./strings.js";
 import type { JsonValue } from "./json.js";
 import type { RunInfo, StepStatus } from "./spec.js";
 
@@ -704,13 +705,7 @@ function binary(op: BinaryOp, left: JsonValue, right: JsonValue): JsonValue {
       return contains(right, left, '"in"');
     case "+":
       if (typeof left === "number" && typeof right === "number") return finite(left + right, "+");
-      if (typeof left === "string" && typeof right === "string") {
-        if (left.length + right.length > MAX_JOINED_CHARS)
-          fail(
-            `"+" would make a string of ${left.length + right.length} characters, more than ${MAX_JOINED_CHARS}`,
-          );
-        return left + right;
-      }
+      if (typeof left === "string" && typeof right === "string") return joined(left, right);
       return fail(
         `"+" adds two numbers or joins two strings, got ${describeValue(left)} and ${describeValue(right)}`,
       );
@@ -731,25 +726,6 @@ function binary(op: BinaryOp, left: JsonValue, right: JsonValue): JsonValue {
       // Short-circuit operators are handled before both sides are evaluated.
       return fail(`internal: ${op} reached binary()`);
   }
-}
-
-/** Longest string `+` makes (16 Mi characters): past it a key or condition only burns memory. */
-const MAX_JOINED_CHARS = 16 * 1024 * 1024;
-
-/** The code points of `s` (what len() counts), without making an array of them. */
-function codePoints(s: string): number {
-  let n = s.length;
-  for (let i = 0; i < s.length - 1; i++) {
-    const c = s.charCodeAt(i);
-    if (c >= 0xd800 && c <= 0xdbff) {
-      const d = s.charCodeAt(i + 1);
-      if (d >= 0xdc00 && d <= 0xdfff) {
-        n--;
-        i++;
-      }
-    }
-  }
-  return n;
 }
 
 function call(fn: FunctionName, args: readonly JsonValue[]): JsonValue {
