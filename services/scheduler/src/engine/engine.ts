@@ -152,8 +152,7 @@ export class Engine {
   private stateValue: EngineState = "CREATED";
   private stopping: Promise<void> | undefined;
   /** Pauses made here and taken from the store (rate-limit-admin.ts). */
-  private readonly pauses = new RateLimitPauses();
-  private readonly rateLimitPaused: (() => void) | undefined;
+  private readonly pauses: RateLimitPauses;
 
   constructor(options: EngineOptions) {
     this.log = options.log;
@@ -166,7 +165,7 @@ export class Engine {
       core.admitQueued(this.core, task, now),
     );
     this.restartedAt = options.restartedAt;
-    this.rateLimitPaused = options.rateLimitPaused;
+    this.pauses = new RateLimitPauses(options.rateLimitPaused);
     this.unserved = new UnservedTypes({ log: options.log });
     this.timers = new EngineTimers({
       live: () => this.stateValue === "RUNNING" || this.stateValue === "RECOVERING",
@@ -328,8 +327,7 @@ export class Engine {
       },
       leaseEnded: (task) => this.timers.leaseEnded(task),
       setTimer: (timer, delayMs) => this.timers.set(timer, delayMs),
-      pauseRateLimit: (bucket) =>
-        storeHandlerPause(this.store, this.pauses, this.log, bucket, () => this.rateLimitPaused?.()),
+      pauseRateLimit: (bucket) => storeHandlerPause(this.store, this.pauses, this.log, bucket),
       resolveOutput: (task) => this.outputs.read(task),
       advanceSoon: (run) => this.advanceSoon(run),
       startChild: (run, task) => void this.children.start(run.id, storedStepId(task)),
@@ -357,9 +355,7 @@ export class Engine {
    */
   async pauseRateLimit(pause: RateLimitPause): Promise<RateLimitView> {
     this.assertRunning();
-    const view = await pauseRateLimit(this.core, this.store, this.pauses, pause);
-    this.rateLimitPaused?.();
-    return view;
+    return pauseRateLimit(this.core, this.store, this.pauses, pause);
   }
 
   /**

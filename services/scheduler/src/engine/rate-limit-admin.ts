@@ -97,12 +97,16 @@ export class RateLimitPauses {
   /** Asked again while a read was under way: read once more after it. */
   #again = false;
 
-  /** Stores a pause (or resume) made here by `write`; tells `stored` once it is. */
+  /** @param stored called once a pause made here is stored (a cluster tells its replicas). */
+  constructor(private readonly stored?: () => void) {}
+
+  /** Stores a pause (or resume) made here by `write`, then tells `stored`. */
   async store(bucket: core.Bucket, write: () => Promise<void>): Promise<void> {
     this.#madeAt.set(bucket.id, ++this.#changes);
     this.#storing.set(bucket.id, (this.#storing.get(bucket.id) ?? 0) + 1);
     try {
       await write();
+      this.stored?.();
     } finally {
       const n = (this.#storing.get(bucket.id) ?? 1) - 1;
       if (n === 0) this.#storing.delete(bucket.id);
@@ -180,19 +184,18 @@ function pauseRow(bucket: core.Bucket): StoredPause {
 }
 
 /**
- * Stores a pause a handler asked for (core/rate-limits.ts pauseTaskKeys), then calls `stored`. A
- * failure is logged: the pause then holds in this process only.
+ * Stores a pause a handler asked for (core/rate-limits.ts pauseTaskKeys). A failure is logged: the
+ * pause then holds in this process only.
  */
 export function storeHandlerPause(
   store: Pick<EngineStore, "pauseRateLimit">,
   pauses: RateLimitPauses,
   log: Logger,
   bucket: core.Bucket,
-  stored: () => void,
 ): void {
   void pauses
     .store(bucket, () => store.pauseRateLimit(pauseRow(bucket)))
-    .then(stored, (e: unknown) =>
+    .catch((e: unknown) =>
       log.error(
         { err: e, rate_limit: bucket.name, key: bucket.key },
         "a rate limit pause was not stored: it holds in this process only, until the stored pauses are read again",
