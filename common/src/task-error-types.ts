@@ -86,6 +86,13 @@ export const TaskErrorType = {
    */
   STORAGE_REFUSED: "STORAGE_REFUSED",
   /**
+   * Scheduler. Advancing the run threw an unexpected error (a fault in the scheduler, logged at
+   * error level with the run's id): the run ends FAILED with this error, its leased tasks told to
+   * stop, and the scheduler's other runs go on. A rollback is not started (it would run the same
+   * code); a run already rolling back ends FAILED too. Terminal. No details.
+   */
+  SCHEDULER_ERROR: "SCHEDULER_ERROR",
+  /**
    * Scheduler. The run's workflow definition, as stored, no longer passes this version's validation
    * (a rule added since it was registered): the scheduler cannot run it, so when it loads the run
    * (at start-up, with a partition it takes, or a parked run woken) the run ends FAILED with this

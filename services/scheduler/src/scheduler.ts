@@ -582,7 +582,7 @@ export class Scheduler {
         artifactService({ store, tasks: new PgTaskIndex(this.db.pool), log }),
       );
       server.addService(serviceDefinition(ClusterService), clusterService(engine));
-      server.addService(serviceDefinition(RateLimitService), rateLimitService(engine));
+      server.addService(serviceDefinition(RateLimitService), rateLimitService(engine.rateLimits));
       server.addService(
         serviceDefinition(ReplicaService),
         replicaService({
@@ -684,7 +684,7 @@ export class Scheduler {
   private syncRateLimitPauses(): void {
     const engine = this.engineValue;
     if (engine === undefined) return;
-    engine.syncRateLimitPauses().then(
+    engine.rateLimits.sync().then(
       (changed) => {
         if (changed > 0)
           this.options.log.info({ changed }, "took rate limit pauses stored by other replicas");

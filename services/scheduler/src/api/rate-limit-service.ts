@@ -18,7 +18,7 @@ import {
   type ResumeRateLimitRequest,
 } from "@nexusflow/gen";
 import { RATE_LIMIT_NAME_PATTERN } from "../dag/index.js";
-import type { Engine, RateLimitView } from "../engine/engine.js";
+import type { RateLimitAdmin, RateLimitView } from "../engine/rate-limit-admin.js";
 import { decodeToken, encodeToken, pageSizeOf } from "../persistence/page-token.js";
 import { callPrincipal } from "./auth.js";
 
@@ -85,7 +85,7 @@ function bucketMessage(v: RateLimitView): RateLimitBucket {
 
 /** The service's handlers over `engine`. */
 export function rateLimitService(
-  engine: Pick<Engine, "pauseRateLimit" | "rateLimits">,
+  limits: Pick<RateLimitAdmin, "pause" | "list">,
 ): grpc.UntypedServiceImplementation {
   return {
     pauseRateLimit: unary(async (req: PauseRateLimitRequest, call) => {
@@ -94,13 +94,13 @@ export function rateLimitService(
       checkText(req.note, "note", MAX_PAUSE_NOTE_LENGTH);
       const until = untilOf(req.until, Date.now());
       const by = callPrincipal(call.metadata)?.subject ?? "operator";
-      const bucket = await engine.pauseRateLimit({ name: req.name, key: req.key, until, by, note: req.note });
+      const bucket = await limits.pause({ name: req.name, key: req.key, until, by, note: req.note });
       return create(PauseRateLimitResponseSchema, { bucket: bucketMessage(bucket) });
     }),
     resumeRateLimit: unary(async (req: ResumeRateLimitRequest) => {
       checkName(req.name);
       checkText(req.key, "key", MAX_RATE_LIMIT_KEY_LENGTH);
-      const bucket = await engine.pauseRateLimit({
+      const bucket = await limits.pause({
         name: req.name,
         key: req.key,
         until: null,
@@ -119,7 +119,7 @@ export function rateLimitService(
           throw ApiError.invalid("page_token", "the token is of another name filter: give the same name");
         after = { name: p.n, key: p.k };
       }
-      const { buckets, more } = await engine.rateLimits({ name: req.name, after, limit });
+      const { buckets, more } = await limits.list({ name: req.name, after, limit });
       const last = buckets.at(-1);
       return create(ListRateLimitsResponseSchema, {
         buckets: buckets.map(bucketMessage),

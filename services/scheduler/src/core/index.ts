@@ -92,6 +92,7 @@ export {
   advanceAny,
   cancelRun,
   dropRefusedRun,
+  failBrokenRun,
   forgetRun,
   startRun,
   timeOutRun,
@@ -108,7 +109,7 @@ export {
   type Attached,
 } from "./sessions.js";
 export { armStartToClose } from "./timers.js";
-export { checkHeartbeat, timerFired } from "./timeouts.js";
+export { checkHeartbeat, timerFired, timerRun } from "./timeouts.js";
 export { MAX_SIGNALS_PER_RUN, signalReceived, type SignalInput, type SignalOutcome } from "./waits.js";
 export {
   applyEvent,

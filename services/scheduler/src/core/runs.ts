@@ -232,10 +232,22 @@ export function advanceAny(core: Core, run: RunState, now: Date): void {
   else advance(core, run, now);
 }
 
-/** Cancels every unfinished step task of `run`, telling executors to stop leased ones. */
-function stopActiveTasks(core: Core, run: RunState, reason: string, error: ErrorInfo, now: Date): void {
+/**
+ * Cancels every unfinished step task of `run` (and, with `compensations`, every unfinished
+ * compensation), telling executors to stop leased ones.
+ */
+function stopActiveTasks(
+  core: Core,
+  run: RunState,
+  reason: string,
+  error: ErrorInfo,
+  now: Date,
+  compensations = false,
+): void {
   // A map step ends before its elements, so that their ends only count (maps.ts mapElementEnded).
-  for (const task of [...run.tasks.values(), ...mapElements(run, true)]) {
+  const tasks = [...run.tasks.values(), ...mapElements(run, true)];
+  if (compensations) tasks.push(...run.compensations.values());
+  for (const task of tasks) {
     if (TERMINAL_TASK_STATUSES.has(task.status)) continue;
     if (ACTIVE_LEASE.has(task.status)) {
       core.fx.cancelLease(task, reason);
@@ -290,6 +302,21 @@ export function timeOutRun(core: Core, run: RunState, now: Date): void {
 }
 
 /**
+ * Advancing the run threw (a fault in the scheduler, not in the run's data): its unfinished tasks
+ * and compensations are cancelled, leased ones told to stop, and it ends FAILED with
+ * SCHEDULER_ERROR. No rollback is started: it would run the code that just failed. Returns false
+ * (and does nothing) for a run already ended.
+ */
+export function failBrokenRun(core: Core, run: RunState, message: string, now: Date): boolean {
+  if (TERMINAL_RUN_STATUSES.has(run.status)) return false;
+  const error: ErrorInfo = { type: TaskErrorType.SCHEDULER_ERROR, message, retryable: false };
+  stopActiveTasks(core, run, "the run failed: the scheduler could not advance it", error, now, true);
+  completeRun(core, run, "FAILED", null, error, now);
+  core.fx.commit();
+  return true;
+}
+
+/**
  * The run's end is committed: it lives only in storage now (leased tasks stay to reject reports).
  * Not if it is no longer ended (a child that succeeded, rolling back with its parent since).
  */
@@ -303,17 +330,22 @@ export function forgetRun(core: Core, run: RunState): void {
 
 /**
  * Storage refused the run's changes for their data (retrying would fail forever): the run leaves
- * memory FAILED with STORAGE_REFUSED, executors holding its leases are told to stop. Returns the
- * run, or undefined when it is not active.
+ * memory FAILED with STORAGE_REFUSED (or `error`: a run too broken to end the usual way,
+ * engine.ts), executors holding its leases are told to stop. Returns the run, or undefined when it
+ * is not active.
  */
-export function dropRefusedRun(core: Core, runId: string, cause: string): RunState | undefined {
-  const run = core.runs.get(runId);
-  if (run === undefined) return undefined;
-  const error: ErrorInfo = {
+export function dropRefusedRun(
+  core: Core,
+  runId: string,
+  cause: string,
+  error: ErrorInfo = {
     type: STORAGE_REFUSED,
     message: `PostgreSQL refused to store the run's changes: ${cause}`,
     retryable: false,
-  };
+  },
+): RunState | undefined {
+  const run = core.runs.get(runId);
+  if (run === undefined) return undefined;
   for (const task of [...mapElements(run, false), ...run.tasks.values(), ...run.compensations.values()]) {
     if (ACTIVE_LEASE.has(task.status))
       core.fx.cancelLease(task, "the run failed: its changes cannot be stored");

@@ -4,7 +4,7 @@
  * went silent); and the run's own deadline. Timers come back here as inputs when they fire.
  */
 import { TaskErrorType } from "@nexusflow/common/task-error-types";
-import { ACTIVE_LEASE, type TaskState } from "../model/run-state.js";
+import { ACTIVE_LEASE, type RunState, type TaskState } from "../model/run-state.js";
 import type { Core, Moment, Timer } from "./context.js";
 import { failAttempt, retryDue } from "./retries.js";
 import { timeOutRun } from "./runs.js";
@@ -87,6 +87,12 @@ export function checkHeartbeat(core: Core, taskRunId: string, at: Moment): void 
     0,
     at,
   );
+}
+
+/** The active run a timer is about, if any (a rate limit's timer is about a bucket). */
+export function timerRun(core: Core, timer: Timer): RunState | undefined {
+  if (timer.kind === "rate-limit") return undefined;
+  return timer.kind === "run-deadline" ? timer.run : core.runs.get(timer.task.runId);
 }
 
 /** A timer fired. Returns true when it was a lease's grace and the lease expired (for the log). */

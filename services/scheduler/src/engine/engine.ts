@@ -9,7 +9,7 @@ import { tracingEnabled } from "@nexusflow/common/telemetry";
 import type { LeaseKey } from "@nexusflow/gen";
 import * as core from "../core/index.js";
 import type { Core, Effects, Moment, Rejection } from "../core/index.js";
-import type { EngineStore, RateLimitPage } from "../persistence/engine-store.js";
+import type { EngineStore } from "../persistence/engine-store.js";
 import {
   STORAGE_REFUSED,
   storedStepId,
@@ -34,16 +34,8 @@ import { DurableWaits } from "./waits.js";
 import { Parking, type ParkingOptions } from "./parking.js";
 import { PartitionRuns, type HeldPartitions } from "./partition-load.js";
 import type { ParkedRunStore } from "../persistence/parked-runs.js";
-import {
-  type RateLimitPause,
-  storeHandlerPause,
-  type RateLimitStats,
-  type RateLimitView,
-  listRateLimits,
-  pauseRateLimit,
-  RateLimitPauses,
-  rateLimitStats,
-} from "./rate-limit-admin.js";
+import { RateLimitAdmin, RateLimitPauses, storeHandlerPause } from "./rate-limit-admin.js";
+import { faultConfinement, type Confine } from "./faults.js";
 import { RERUN_OF_LABEL, type RerunRunInput, rerunStart } from "./reruns.js";
 import { AttemptSpans, inRunSpan, tracedWrites } from "./tracing.js";
 import type { StartRunInput } from "../model/start-run.js";
@@ -94,7 +86,7 @@ export interface EngineOptions {
   partitions?: HeldPartitions | undefined;
   /**
    * A rate limit pause or resume made here was stored (an operator's, a handler's): in a cluster,
-   * the other replicas are told to take it ({@link Engine.syncRateLimitPauses}). @default nothing
+   * the other replicas are told to take it ({@link RateLimitAdmin.sync}). @default nothing
    */
   rateLimitPaused?: (() => void) | undefined;
 }
@@ -153,6 +145,10 @@ export class Engine {
   private stopping: Promise<void> | undefined;
   /** Pauses made here and taken from the store (rate-limit-admin.ts). */
   private readonly pauses: RateLimitPauses;
+  /** The rate limits as RateLimitService, a cluster's notifications and the metrics see them. */
+  readonly rateLimits: RateLimitAdmin;
+  /** Rules applied to a run, a fault (a throw) confined to that run (faults.ts). */
+  private readonly confined: Confine;
 
   constructor(options: EngineOptions) {
     this.log = options.log;
@@ -166,10 +162,18 @@ export class Engine {
     );
     this.restartedAt = options.restartedAt;
     this.pauses = new RateLimitPauses(options.rateLimitPaused);
+    this.confined = faultConfinement({
+      log: options.log,
+      core: () => this.core,
+      drop: (runId, cause, error) => this.refused(runId, cause, error),
+    });
     this.unserved = new UnservedTypes({ log: options.log });
     this.timers = new EngineTimers({
       live: () => this.stateValue === "RUNNING" || this.stateValue === "RECOVERING",
-      fired: (timer) => core.timerFired(this.core, timer, this.moment()),
+      fired: (timer) =>
+        this.confined(core.timerRun(this.core, timer), () =>
+          core.timerFired(this.core, timer, this.moment()),
+        ) ?? false,
       leaseExpired: (task) =>
         this.log.warn(
           { task_run_id: task.id, task: task.stepId, executor_id: task.executorId },
@@ -225,6 +229,13 @@ export class Engine {
       sessionTimeoutMs: this.sessionTimeoutMs,
       newId: () => this.partitions.newId(),
     };
+    this.rateLimits = new RateLimitAdmin({
+      core: this.core,
+      store: this.store,
+      pauses: this.pauses,
+      assertRunning: () => this.assertRunning(),
+      running: () => this.stateValue === "RUNNING",
+    });
     // What parking and the partitions' runs both need of the engine.
     const host = {
       core: this.core,
@@ -349,36 +360,8 @@ export class Engine {
     return spans === undefined ? fx : { ...fx, ...tracedWrites(spans, store, () => this.core) };
   }
 
-  /**
-   * Pauses a rate limit bucket until `until` (ms since the epoch; null resumes it) and stores the
-   * pause before answering (rate-limit-admin.ts).
-   */
-  async pauseRateLimit(pause: RateLimitPause): Promise<RateLimitView> {
-    this.assertRunning();
-    return pauseRateLimit(this.core, this.store, this.pauses, pause);
-  }
-
-  /**
-   * Takes the rate limit pauses and resumes stored by other replicas (a cluster's replicas are told
-   * through NOTIFY, see {@link EngineOptions.rateLimitPaused}). Returns how many buckets changed.
-   */
-  async syncRateLimitPauses(): Promise<number> {
-    if (this.stateValue !== "RUNNING") return 0;
-    return this.pauses.sync(this.core, this.store);
-  }
-
-  /** A page of the rate limit buckets: this scheduler's (current) and the stored ones it has not used. */
-  rateLimits(page: RateLimitPage): Promise<{ buckets: RateLimitView[]; more: boolean }> {
-    return listRateLimits(this.core, this.store, page);
-  }
-
   /** Per task type, the tenants with the most ready tasks, with their leases (metrics; fair-shares.ts). */
   readonly fairShareStats = (): core.FairShareStat[] => core.fairShareStats(this.dispatcher.shares);
-
-  /** Per rate limit name: the tasks waiting for its buckets and its keys paused now (metrics). */
-  rateLimitStats(): RateLimitStats[] {
-    return rateLimitStats(this.core);
-  }
 
   /** Whether the task's step declares rate limits (its compensation's tasks are not limited). */
   private hasRateLimits(task: TaskState): boolean {
@@ -498,8 +481,8 @@ export class Engine {
    * ended FAILED with STORAGE_REFUSED in the database, with its event. A new run was never stored:
    * its StartRun call, which holds the run, sees the error and answers INVALID_ARGUMENT.
    */
-  private refused(runId: string, cause: Error): void {
-    const run = core.dropRefusedRun(this.core, runId, cause.message);
+  private refused(runId: string, cause: Error, error?: ErrorInfo): void {
+    const run = core.dropRefusedRun(this.core, runId, cause.message, error);
     if (run === undefined) return;
     this.dirtyRuns.delete(run);
     this.keyed.forget(run);
@@ -508,7 +491,10 @@ export class Engine {
     if (!this.store.isStored(run)) return;
     this.store.failRefusedRun(runId, run.error as ErrorInfo).then(
       (outcome) => {
-        this.log.error({ run_id: runId, outcome }, "ended a run whose changes PostgreSQL refused");
+        this.log.error(
+          { run_id: runId, outcome },
+          `ended a run ${error === undefined ? "whose changes PostgreSQL refused" : "the scheduler could not advance"}`,
+        );
         this.watchers.notify(runId);
         this.watchers.eventsCommitted();
       },
@@ -593,7 +579,7 @@ export class Engine {
       const runs = [...this.dirtyRuns];
       this.dirtyRuns.clear();
       const now = new Date();
-      for (const r of runs) core.advance(this.core, r, now);
+      for (const r of runs) this.confined(r, () => core.advance(this.core, r, now));
       void this.store.flush().catch(ignore);
     });
   }

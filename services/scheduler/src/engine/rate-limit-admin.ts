@@ -237,3 +237,47 @@ export function rateLimitStats(c: Core): RateLimitStats[] {
   }
   return [...by.values()];
 }
+
+/** What {@link RateLimitAdmin} needs of its engine. */
+export interface RateLimitAdminHost {
+  readonly core: Core;
+  readonly store: Pick<EngineStore, "pauseRateLimit" | "loadRateLimitPauses" | "loadRateLimits">;
+  readonly pauses: RateLimitPauses;
+  /** Throws (UNAVAILABLE) unless the engine takes calls. */
+  assertRunning(): void;
+  /** Whether the engine is running (a read of the stored pauses is moot otherwise). */
+  running(): boolean;
+}
+
+/** An engine's rate limits as operators, a cluster's notifications and the metrics see them. */
+export class RateLimitAdmin {
+  constructor(private readonly host: RateLimitAdminHost) {}
+
+  /**
+   * Pauses a bucket until `until` (ms since the epoch; null resumes it) and stores the pause before
+   * answering ({@link pauseRateLimit}).
+   */
+  pause(pause: RateLimitPause): Promise<RateLimitView> {
+    this.host.assertRunning();
+    return pauseRateLimit(this.host.core, this.host.store, this.host.pauses, pause);
+  }
+
+  /**
+   * Takes the pauses and resumes stored by other replicas (a cluster's replicas are told through
+   * NOTIFY, see EngineOptions.rateLimitPaused). Returns how many buckets changed.
+   */
+  sync(): Promise<number> {
+    if (!this.host.running()) return Promise.resolve(0);
+    return this.host.pauses.sync(this.host.core, this.host.store);
+  }
+
+  /** A page of the buckets: this scheduler's (current) and the stored ones it has not used. */
+  list(page: RateLimitPage): Promise<{ buckets: RateLimitView[]; more: boolean }> {
+    return listRateLimits(this.host.core, this.host.store, page);
+  }
+
+  /** Per rate limit name: the tasks waiting for its buckets and its keys paused now (metrics). */
+  stats(): RateLimitStats[] {
+    return rateLimitStats(this.host.core);
+  }
+}

@@ -57,7 +57,7 @@ export function engineLiveState(engine: Engine): LiveState {
     readyTypes: () => Object.keys(engine.stats().queued),
     ready: (type) => engine.waitingTasks(type),
     writerHealthy: () => engine.writerHealthy,
-    rateLimits: () => engine.rateLimitStats(),
+    rateLimits: () => engine.rateLimits.stats(),
     fairShares: () => engine.fairShareStats(),
     parking: () => engine.parking?.stats,
   };

@@ -34,7 +34,7 @@ describe("rate limit pauses in a cluster", () => {
   const limits = (s: Scheduler) =>
     createClient(RateLimitService, createGrpcTransport({ baseUrl: `http://${s.address}` }));
   const paused = (s: Scheduler, name: string): number =>
-    s.engine.rateLimitStats().find((x) => x.name === name)?.paused ?? 0;
+    s.engine.rateLimits.stats().find((x) => x.name === name)?.paused ?? 0;
 
   it("a pause through one replica holds on every replica, and a resume through another ends it everywhere", async () => {
     const a = await replica();
@@ -51,7 +51,7 @@ describe("rate limit pauses in a cluster", () => {
       "the pause taken by the other replicas",
       () => paused(b, "partner") === 1 && paused(c, "partner") === 1,
     );
-    const bucket = b.engine.rateLimitStats().find((x) => x.name === "partner");
+    const bucket = b.engine.rateLimits.stats().find((x) => x.name === "partner");
     assert.deepEqual(bucket, { name: "partner", waiting: 0, paused: 1 });
 
     await limits(b).resumeRateLimit({ name: "partner", key: "acme" });

@@ -6,7 +6,8 @@
  * committed (whenCommitted); as a session of protocol version 1 (a Lease message each) and of
  * version 2 (the leases of a pass in LeaseBatch frames). A diamond runs with a retried step and succeeds; the same diamond
  * whose last step fails for good rolls back (saga): the compensations of the steps that succeeded
- * run in reverse dependency order and the run ends COMPENSATED.
+ * run in reverse dependency order and the run ends COMPENSATED. A fault in the rules (a throw while
+ * advancing a run) fails that run with SCHEDULER_ERROR and leaves the others running.
  */
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
@@ -22,7 +23,7 @@ import {
 import { Definitions } from "../../src/engine/definitions.js";
 import type { SessionHandle } from "../../src/engine/dispatcher.js";
 import { Engine } from "../../src/engine/engine.js";
-import { TERMINAL_RUN_STATUSES } from "../../src/model/run-state.js";
+import { TERMINAL_RUN_STATUSES, type RunState } from "../../src/model/run-state.js";
 import { MemoryDefinitionStore } from "../../src/persistence/memory-definition-store.js";
 import { MemoryEngineStore, type MemoryEventRow } from "../../src/persistence/memory-engine-store.js";
 
@@ -31,6 +32,7 @@ const log = createLogger("in-memory-engine", "warn");
 /** A lease as the fake executor received it. */
 interface Received {
   key: LeaseKey;
+  runId: string;
   stepId: string;
   taskType: string;
   kind: TaskKind;
@@ -84,6 +86,7 @@ class FakeSession implements SessionHandle {
     assert.ok(l.key !== undefined);
     const lease: Received = {
       key: l.key,
+      runId: l.runId,
       stepId: l.stepId,
       taskType: l.taskType,
       kind: l.kind,
@@ -130,6 +133,16 @@ class FakeSession implements SessionHandle {
   }
 }
 
+/** A chain of two steps; the first's input says whether the test breaks the run while it runs. */
+const faulty = {
+  name: "mem-fault",
+  version: 1,
+  steps: [
+    { id: "first", type: "reserve", input: { fault: "{{ input.fault }}" } },
+    { id: "second", type: "book", dependsOn: ["first"] },
+  ],
+};
+
 const diamond = {
   name: "mem-trip",
   version: 1,
@@ -161,12 +174,22 @@ function describeEngine(protocolVersion: number): void {
       await engine.start();
       const { created } = await engine.definitions.register(diamond);
       assert.equal(created, true);
+      await engine.definitions.register(faulty);
       session = new FakeSession(
         engine,
         protocolVersion,
         ["reserve", "book", "pay", "unreserve", "unbook"],
         (lease) => {
-          const input = lease.input as { decline?: boolean } | null;
+          const input = lease.input as { decline?: boolean; fault?: boolean } | null;
+          if (input?.fault === true) {
+            // Whatever bug would make advancing the run throw: here, reading its evaluation memo.
+            const run = engine.activeRun(lease.runId) as RunState;
+            run.evaluation = new Proxy({} as NonNullable<RunState["evaluation"]>, {
+              get: () => {
+                throw new Error("injected fault");
+              },
+            });
+          }
           const key = `${lease.key.taskRunId}`;
           const n = (attempts.get(key) ?? 0) + 1;
           attempts.set(key, n);
@@ -298,6 +321,32 @@ function describeEngine(protocolVersion: number): void {
         .map((l) => `${l.stepId}:${l.taskType}`)
         .sort();
       assert.deepEqual(compensationTypes, ["flight:unbook", "hotel:unbook", "reserve:unreserve"]);
+    });
+
+    it("confines a fault while advancing a run to that run: FAILED with SCHEDULER_ERROR, the others go on", async () => {
+      const start = (fault: boolean) =>
+        engine.startRun({
+          workflowName: "mem-fault",
+          workflowVersion: 1,
+          input: { fault },
+          idempotencyKey: "",
+          labels: {},
+        });
+      const broken = await start(true);
+      const healthy = await start(false);
+      const failed = await finished(broken.runId);
+      assert.equal(failed.run?.status, "FAILED");
+      assert.equal(failed.run?.error?.type, "SCHEDULER_ERROR");
+      assert.match(failed.run?.error?.message ?? "", /injected fault/);
+      assert.deepEqual(failed.tasks.map((t) => [t.stepId, t.status]).sort(), [
+        ["first", "SUCCEEDED"],
+        ["second", "CANCELLED"],
+      ]);
+      assert.equal(described(failed.events).at(-1), "runCompleted");
+      assert.equal(engine.isActive(broken.runId), false, "the failed run leaves memory once committed");
+      assert.equal((await finished(healthy.runId)).run?.status, "SUCCEEDED");
+      // The engine still takes work.
+      assert.equal((await finished((await start(false)).runId)).run?.status, "SUCCEEDED");
     });
 
     it("every report was accepted, and acknowledged once committed", async () => {

@@ -1,0 +1,51 @@
+/**
+ * A fault in the scheduler's rules (a bug: a throw out of the core while it applies an input to a
+ * run) confined to the run it was applying, instead of escaping from a timer or an event-loop turn
+ * and ending the process with every other run in it.
+ */
+import { boundedText, type Logger } from "@nexusflow/common";
+import { TaskErrorType } from "@nexusflow/common/task-error-types";
+import * as core from "../core/index.js";
+import type { Core } from "../core/index.js";
+import type { ErrorInfo, RunState } from "../model/run-state.js";
+
+/** What {@link faultConfinement} needs of its engine. */
+export interface FaultHost {
+  readonly log: Logger;
+  core(): Core;
+  /** Takes the run out of memory and ends it in storage with `error` (the writer's refused runs' way). */
+  drop(runId: string, cause: Error, error: ErrorInfo): void;
+}
+
+/** Applies rules to a run by `fn`, returning what `fn` returns, or undefined after a fault. */
+export type Confine = <T>(run: RunState | undefined, fn: () => T) => T | undefined;
+
+/**
+ * A throw out of `fn` is logged at error level with the run's id, and the run ends FAILED with
+ * SCHEDULER_ERROR (core.failBrokenRun: its tasks cancelled, leased ones told to stop, its event
+ * written); if even that throws, the run leaves memory and is ended so in storage. The scheduler's
+ * other runs go on. Without a run (a rate limit's timer) the fault is only logged.
+ */
+export function faultConfinement(host: FaultHost): Confine {
+  return <T>(run: RunState | undefined, fn: () => T): T | undefined => {
+    try {
+      return fn();
+    } catch (e) {
+      host.log.error(
+        { err: e, run_id: run?.id },
+        "a fault in the scheduler's rules; the run fails SCHEDULER_ERROR",
+      );
+      if (run === undefined) return undefined;
+      const cause = e instanceof Error ? e.message : String(e);
+      const message = `the scheduler could not advance the run: ${boundedText(cause, 1024)}`;
+      try {
+        core.failBrokenRun(host.core(), run, message, new Date());
+      } catch (again) {
+        host.log.error({ err: again, run_id: run.id }, "the run could not be failed; it leaves memory");
+        const error: ErrorInfo = { type: TaskErrorType.SCHEDULER_ERROR, message, retryable: false };
+        host.drop(run.id, again instanceof Error ? again : new Error(String(again)), error);
+      }
+      return undefined;
+    }
+  };
+}
