@@ -14,6 +14,7 @@ import {
   reconnects,
   sessionEnded,
   sessionOf,
+  stopReason,
   takesWork,
 } from "./executor-state.js";
 
@@ -43,6 +44,7 @@ describe("executor state", () => {
       [publicState(up), sessionOf(up), attachedBefore(up), takesWork(up)],
       ["ATTACHED", "s1", true, true],
     );
+    assert.deepEqual([stopReason(opening), stopReason(up)], [undefined, undefined]);
 
     const lost = sessionEnded(up);
     assert.equal(lost.t, "connecting");
@@ -64,6 +66,7 @@ describe("executor state", () => {
       ["DRAINING", "s1", false, true, false],
     );
     assert.equal(before.t === "draining" && before.reason, "SIGTERM");
+    assert.equal(stopReason(before), "SIGTERM", "leases that come now are released with it");
 
     const reattached = attached(opened(sessionEnded(before), "s2"));
     assert.deepEqual(
@@ -79,6 +82,7 @@ describe("executor state", () => {
       [closed.t, publicState(closed), sessionOf(closed), reconnects(closed), takesWork(closed)],
       ["closing", "DRAINING", "s1", false, false],
     );
+    assert.equal(stopReason(closed), "stop");
     const ended = sessionEnded(closed);
     assert.deepEqual([ended.t, sessionOf(ended)], ["closing", undefined]);
     assert.equal(opened(ended, "s2"), ended, "no session is opened while closing");
@@ -88,6 +92,7 @@ describe("executor state", () => {
     for (const state of [{ t: "idle" }, { t: "stopped" }] as const) {
       assert.equal(sessionOf(state), undefined);
       assert.equal(reconnects(state), false);
+      assert.equal(stopReason(state), undefined);
       assert.equal(opened<S>(state, "s"), state);
       assert.equal(sessionEnded<S>(state), state);
       assert.equal(draining<S>(state, "stop"), state);

@@ -116,6 +116,11 @@ export function takesWork(state: State<unknown>): boolean {
   return state.t === "connecting" || state.t === "attached";
 }
 
+/** The reason `stop()` was given, once it was (draining or closing): leases that come are released with it. */
+export function stopReason(state: State<unknown>): string | undefined {
+  return state.t === "draining" || state.t === "closing" ? state.reason : undefined;
+}
+
 /** Whether a session was ever attached (a refusal is then no longer fatal). */
 export function attachedBefore(state: State<unknown>): boolean {
   switch (state.t) {

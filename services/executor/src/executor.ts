@@ -6,7 +6,9 @@
  * made meanwhile are delivered after the next AttachAck) and drains on `stop()`.
  *
  * Lifecycle: IDLE -> CONNECTING <-> ATTACHED -> DRAINING -> STOPPED, one union of states that carry
- * their own data (executor-state.ts); a session's own states are in scheduler-session.ts.
+ * their own data (executor-state.ts); a session's own states are in scheduler-session.ts. What
+ * becomes of each lease a session brings (run, released, ignored as a duplicate) and the slots it
+ * takes are in lease-intake.ts.
  */
 import { create } from "@bufbuild/protobuf";
 import * as grpc from "@grpc/grpc-js";
@@ -19,11 +21,9 @@ import {
   CreditSchema,
   DrainSchema,
   HeartbeatSchema,
-  type Lease,
   type LeaseKey,
   PongSchema,
   type Rejected,
-  ReleaseSchema,
   type SessionResponse,
   StartedSchema,
 } from "@nexusflow/gen";
@@ -43,6 +43,7 @@ import {
   reconnects,
   sessionEnded,
   sessionOf,
+  stopReason,
   takesWork,
 } from "./executor-state.js";
 import {
@@ -55,6 +56,7 @@ import { type CompiledExecutorOptions, type ExecutorOptions, compileExecutorOpti
 import { toValue } from "./payload.js";
 import { type Report } from "./report-ledger.js";
 import { IdleWatch } from "./idle-watch.js";
+import { LeaseIntake } from "./lease-intake.js";
 import { type Link, newLink } from "./replica-links.js";
 import { ReplicaDiscovery } from "./replica-discovery.js";
 import { type ReplicaMap } from "./replica-map.js";
@@ -80,10 +82,6 @@ const DEFAULT_HEARTBEAT_INTERVAL_MS = 2_000;
 /** How long `stop()` waits for the scheduler to end the stream after the executor half-closed it. */
 const CLOSE_TIMEOUT_MS = 2_000;
 
-function hasKey(lease: Lease): lease is Lease & { key: LeaseKey } {
-  return lease.key !== undefined;
-}
-
 /**
  * Runs tasks leased by a Nexusflow scheduler.
  *
@@ -100,6 +98,8 @@ export class Executor {
   readonly #registry = new HandlerRegistry();
   readonly #listeners = new Set<StateListener>();
   readonly #tasks: RunningTasks;
+  /** What becomes of each lease a session brings, and the slots (lease-intake.ts). */
+  readonly #intake: LeaseIntake;
   #state: State = { t: "idle" };
   /** The sessions' links and where each report goes (replica-routing.ts). */
   readonly #routing = new ReplicaRouting({
@@ -145,6 +145,15 @@ export class Executor {
       },
       handlerFor: (type) => servedHandler(this.#registry, this.#advertised, type),
       onDone: (attempt, outcome) => this.#onTaskDone(attempt, outcome),
+    });
+    this.#intake = new LeaseIntake({
+      logger: this.#logger,
+      slots: this.#options.slots,
+      tasks: this.#tasks,
+      routing: this.#routing,
+      turn: this.#turn,
+      refusing: () => stopReason(this.#state),
+      takesWork: () => takesWork(this.#state),
     });
   }
 
@@ -463,11 +472,11 @@ export class Executor {
     }
     switch (message.case) {
       case "lease":
-        this.#onLease(link, message.value);
+        this.#intake.take(link, message.value);
         return;
       case "leases":
         // Each as if it had come alone, in order.
-        for (const lease of message.value.leases) this.#onLease(link, lease);
+        for (const lease of message.value.leases) this.#intake.take(link, lease);
         return;
       case "cancel":
         this.#onCancel(message.value);
@@ -572,64 +581,6 @@ export class Executor {
     return dropped ? "report" : "none";
   }
 
-  #onLease(link: Link, lease: Lease): void {
-    // The scheduler spent one credit of this session on it: its replica has work (not idle).
-    if (link.credit > 0) link.credit--;
-    const leasedAt = performance.now();
-    link.lastLeaseAt = leasedAt;
-    if (!hasKey(lease)) {
-      this.#logger.warn(
-        { task_type: lease.taskType, run_id: lease.runId },
-        "protocol: lease without a key ignored",
-      );
-      return;
-    }
-    const key = lease.key;
-    // Running, or ended with its report not acknowledged yet: the lease is still this executor's,
-    // and its task must not run twice.
-    if (this.#tasks.get(key) !== undefined || this.#routing.reporting(key)) {
-      this.#logger.warn(describeKey(key), "protocol: duplicate lease ignored");
-      return;
-    }
-    const state = this.#state;
-    if (state.t === "draining" || state.t === "closing") {
-      this.#routing.report(
-        {
-          case: "release",
-          value: create(ReleaseSchema, { key, reason: `executor draining (${state.reason})` }),
-        },
-        lease.runId,
-        link,
-        leasedAt,
-      );
-      return;
-    }
-    if (this.#tasks.size >= this.#options.slots) {
-      this.#logger.warn(
-        { ...describeKey(key), slots: this.#options.slots },
-        "protocol: lease beyond the credit granted; releasing it",
-      );
-      this.#routing.report(
-        { case: "release", value: create(ReleaseSchema, { key, reason: "no free slot" }) },
-        lease.runId,
-        link,
-        leasedAt,
-      );
-      return;
-    }
-    const attempt = this.#tasks.start(lease);
-    this.#routing.routes.set(attempt.id, {
-      runId: lease.runId,
-      origin: link,
-      key,
-      sentTo: link,
-      notFoundSince: undefined,
-      leasedAt,
-    });
-    link.running++;
-    this.#turn.started(attempt);
-  }
-
   /**
    * An attempt ended (it has left the table): report it, unless its lease is gone, and free its
    * slot, even when reporting throws (RunningTasks then calls again with a failure: the slot is
@@ -652,18 +603,8 @@ export class Executor {
         }
       }
     } finally {
-      this.#freeSlot(attempt);
+      this.#intake.free(attempt);
     }
-  }
-
-  /** The slot of an ended attempt is free again (once: its route says it was not yet). */
-  #freeSlot(attempt: TaskAttempt): void {
-    const route = this.#routing.routes.get(attempt.id);
-    if (route === undefined) return;
-    this.#routing.routes.delete(attempt.id);
-    route.origin.running--;
-    // While disconnected nothing is sent: the next AttachAck grants every free slot.
-    if (takesWork(this.#state)) this.#turn.slotFreed();
   }
 
   /** The end of an event-loop turn: Started of the attempts begun in it that still run, then one Credit. */

@@ -1,7 +1,13 @@
 import assert from "node:assert/strict";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { describe, it } from "node:test";
+import { FilesystemArtifactStore } from "@nexusflow/common/artifacts";
 import { isExecutorError } from "./errors.js";
 import { EXECUTOR_VERSION, compileExecutorOptions } from "./options.js";
+
+/** A store that is never written to here: options only hold it. */
+const artifacts = new FilesystemArtifactStore({ root: join(tmpdir(), "nf-options-never-written") });
 
 describe("compileExecutorOptions", () => {
   it("applies the documented defaults", () => {
@@ -40,5 +46,31 @@ describe("compileExecutorOptions", () => {
         name,
       );
     }
+  });
+
+  it("refuses an offload threshold above maxPayloadBytes, which could never apply, naming both", () => {
+    assert.throws(
+      () => compileExecutorOptions({ artifacts, maxPayloadBytes: 100_000, offloadThresholdBytes: 100_001 }),
+      (e) =>
+        isExecutorError(e, "INVALID_OPTIONS") &&
+        e.message.startsWith("offloadThresholdBytes (100001) must not exceed maxPayloadBytes (100000)"),
+    );
+    const at = compileExecutorOptions({
+      artifacts,
+      maxPayloadBytes: 100_000,
+      offloadThresholdBytes: 100_000,
+    });
+    assert.equal(at.offloadThresholdBytes, 100_000);
+    // The default threshold (256 KiB) follows a lower maxPayloadBytes; without a store it is unused.
+    assert.equal(
+      compileExecutorOptions({ artifacts, maxPayloadBytes: 100_000 }).offloadThresholdBytes,
+      100_000,
+    );
+    assert.equal(compileExecutorOptions({ artifacts }).offloadThresholdBytes, 256 * 1024);
+    assert.equal(
+      compileExecutorOptions({ maxPayloadBytes: 100_000, offloadThresholdBytes: 200_000 })
+        .offloadThresholdBytes,
+      200_000,
+    );
   });
 });

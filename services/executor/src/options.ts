@@ -139,8 +139,10 @@ export interface ExecutorOptions {
   artifacts?: ArtifactStore | undefined;
   /**
    * Outputs whose JSON is larger than this are stored in `artifacts` as `output.json` and
-   * reported by reference (claim check), in bytes. Only with `artifacts`.
-   * @default 256 KiB (262_144)
+   * reported by reference (claim check), in bytes. Only with `artifacts`. At most
+   * `maxPayloadBytes`: an output larger than that cannot go inline, so it is offloaded whatever
+   * the threshold, and a higher threshold (which could never apply) is refused `INVALID_OPTIONS`.
+   * @default 256 KiB (262_144), or `maxPayloadBytes` when that is lower
    */
   offloadThresholdBytes?: number | undefined;
   /**
@@ -188,6 +190,8 @@ export const EXECUTOR_VERSION: string = (
 const MAX_SLOTS = 10_000;
 /** Largest {@link ExecutorOptions.maxPayloadBytes}: 1 MiB below the scheduler's 16 MiB receive limit. */
 export const MAX_PAYLOAD_BYTES = 15 * 1024 * 1024;
+/** Default {@link ExecutorOptions.maxPayloadBytes} (3 MiB): the executor process's, which no variable sets. */
+export const DEFAULT_MAX_PAYLOAD_BYTES = 3 * 1024 * 1024;
 /** Largest delay or timeout accepted: Node's timer limit (~24.8 days); longer ones would fire at once. */
 const MAX_MS = 2_147_483_647;
 
@@ -210,6 +214,24 @@ function nonEmpty(name: string, value: string | undefined, def: string): string 
   return v;
 }
 
+/**
+ * {@link ExecutorOptions.offloadThresholdBytes}, checked against `maxPayloadBytes`: an output over
+ * that limit is offloaded whatever the threshold (it cannot go inline), so a threshold set above it
+ * would never apply. Set so, with a store to offload to, it is refused rather than lowered unseen.
+ */
+function offloadThreshold(options: ExecutorOptions, maxPayloadBytes: number): number {
+  const given = options.offloadThresholdBytes;
+  const threshold = integer("offloadThresholdBytes", given, DEFAULT_OFFLOAD_THRESHOLD_BYTES, 0, 2 ** 31 - 1);
+  if (given === undefined) return Math.min(threshold, maxPayloadBytes);
+  if (options.artifacts !== undefined && threshold > maxPayloadBytes) {
+    throw new ExecutorError(
+      "INVALID_OPTIONS",
+      `offloadThresholdBytes (${threshold}) must not exceed maxPayloadBytes (${maxPayloadBytes}): an output larger than maxPayloadBytes is always offloaded, so this threshold would never apply`,
+    );
+  }
+  return threshold;
+}
+
 /** Applies the defaults of {@link ExecutorOptions} and validates them. Throws {@link ExecutorError} `INVALID_OPTIONS`. */
 export function compileExecutorOptions(options: ExecutorOptions = {}): CompiledExecutorOptions {
   const initialDelayMs = integer(
@@ -230,6 +252,13 @@ export function compileExecutorOptions(options: ExecutorOptions = {}): CompiledE
   if (taskTypes?.length === 0)
     throw new ExecutorError("INVALID_OPTIONS", "taskTypes must name at least one task type when given");
   const logger = options.logger ?? createLogger("executor", "info");
+  const maxPayloadBytes = integer(
+    "maxPayloadBytes",
+    options.maxPayloadBytes,
+    DEFAULT_MAX_PAYLOAD_BYTES,
+    1,
+    MAX_PAYLOAD_BYTES,
+  );
   return {
     schedulerAddress: nonEmpty("schedulerAddress", options.schedulerAddress, "127.0.0.1:50051"),
     executorId: nonEmpty("executorId", options.executorId, `${hostname()}-${process.pid}`),
@@ -242,13 +271,7 @@ export function compileExecutorOptions(options: ExecutorOptions = {}): CompiledE
     drainTimeoutMs: integer("drainTimeoutMs", options.drainTimeoutMs, 30_000, 0, MAX_MS),
     abortGraceMs: integer("abortGraceMs", options.abortGraceMs, 2_000, 0, MAX_MS),
     attachTimeoutMs: integer("attachTimeoutMs", options.attachTimeoutMs, 10_000, 1, MAX_MS),
-    maxPayloadBytes: integer(
-      "maxPayloadBytes",
-      options.maxPayloadBytes,
-      3 * 1024 * 1024,
-      1,
-      MAX_PAYLOAD_BYTES,
-    ),
+    maxPayloadBytes,
     logger,
     credentials: options.credentials ?? grpc.credentials.createInsecure(),
     metadata: sessionMetadata(options.metadata),
@@ -274,13 +297,7 @@ export function compileExecutorOptions(options: ExecutorOptions = {}): CompiledE
         ? new MemoryLogSink()
         : new ArtifactLogSink({ store: options.artifacts, logger })),
     artifacts: options.artifacts,
-    offloadThresholdBytes: integer(
-      "offloadThresholdBytes",
-      options.offloadThresholdBytes,
-      DEFAULT_OFFLOAD_THRESHOLD_BYTES,
-      0,
-      2 ** 31 - 1,
-    ),
+    offloadThresholdBytes: offloadThreshold(options, maxPayloadBytes),
     maxOffloadBytes: integer(
       "maxOffloadBytes",
       options.maxOffloadBytes,

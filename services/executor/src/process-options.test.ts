@@ -1,6 +1,11 @@
 import assert from "node:assert/strict";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { describe, it } from "node:test";
 import { loadExecutorConfig } from "@nexusflow/common";
+import { FilesystemArtifactStore } from "@nexusflow/common/artifacts";
+import { isExecutorError } from "./errors.js";
+import { Executor } from "./executor.js";
 import { processExecutorOptions, shellBaseEnv } from "./process-options.js";
 
 describe("processExecutorOptions", () => {
@@ -34,5 +39,26 @@ describe("processExecutorOptions", () => {
 
   it("drops unset variables from the shell's base environment", () => {
     assert.deepEqual(shellBaseEnv({ A: "1", B: undefined }), { A: "1" });
+  });
+
+  it("refuses ARTIFACT_OFFLOAD_THRESHOLD above the largest output sent inline, naming both", () => {
+    const env = { ARTIFACT_OFFLOAD_THRESHOLD: String(3 * 1024 * 1024 + 1) };
+    assert.throws(
+      () => processExecutorOptions(loadExecutorConfig(env), env, {}),
+      (e) =>
+        isExecutorError(e, "INVALID_OPTIONS") &&
+        e.message.startsWith("ARTIFACT_OFFLOAD_THRESHOLD: 3145729 is above") &&
+        e.message.includes("(maxPayloadBytes, 3145728 bytes)"),
+    );
+  });
+
+  it("takes ARTIFACT_OFFLOAD_THRESHOLD up to the largest output sent inline", () => {
+    const env = { ARTIFACT_OFFLOAD_THRESHOLD: String(3 * 1024 * 1024) };
+    const artifacts = new FilesystemArtifactStore({
+      root: join(tmpdir(), "nf-process-options-never-written"),
+    });
+    const options = processExecutorOptions(loadExecutorConfig(env), env, { artifacts });
+    assert.deepEqual([options.offloadThresholdBytes, options.maxPayloadBytes], [3_145_728, 3_145_728]);
+    assert.doesNotThrow(() => new Executor(options), "the executor takes them");
   });
 });

@@ -4,7 +4,8 @@
  * environment that `shell` tasks inherit.
  */
 import type { ExecutorConfig } from "@nexusflow/common";
-import type { ExecutorOptions } from "./options.js";
+import { ExecutorError } from "./errors.js";
+import { DEFAULT_MAX_PAYLOAD_BYTES, type ExecutorOptions } from "./options.js";
 
 /**
  * Variables a `shell` task never inherits: the executor's credentials (S3, its token, a database
@@ -31,16 +32,27 @@ export function shellBaseEnv(env: NodeJS.ProcessEnv): Record<string, string> {
 /**
  * The options of an executor process: identity, capacity, types, scheduler and artifact offload
  * from `config`, `shell` tasks on `env` without its secrets, and what only the process knows
- * (`rest`: its artifact store, logger, session metadata, channel options).
+ * (`rest`: its artifact store, logger, session metadata, channel options). Throws
+ * {@link ExecutorError} `INVALID_OPTIONS`, naming the variable, for ARTIFACT_OFFLOAD_THRESHOLD above
+ * the largest output the process sends inline (`maxPayloadBytes`, 3 MiB): every output larger than
+ * that is offloaded anyway, so such a threshold would never apply.
  */
 export function processExecutorOptions(
   config: ExecutorConfig,
   env: NodeJS.ProcessEnv,
   rest: Pick<ExecutorOptions, "artifacts" | "logger" | "metadata" | "channelOptions">,
 ): ExecutorOptions {
+  const threshold = config.artifacts.offloadThresholdBytes;
+  if (threshold > DEFAULT_MAX_PAYLOAD_BYTES) {
+    throw new ExecutorError(
+      "INVALID_OPTIONS",
+      `ARTIFACT_OFFLOAD_THRESHOLD: ${threshold} is above the largest output the executor sends inline (maxPayloadBytes, ${DEFAULT_MAX_PAYLOAD_BYTES} bytes), so it would never apply: every output larger than that is stored in the artifact store; set ARTIFACT_OFFLOAD_THRESHOLD to at most ${DEFAULT_MAX_PAYLOAD_BYTES}`,
+    );
+  }
   return {
     ...rest,
-    offloadThresholdBytes: config.artifacts.offloadThresholdBytes,
+    maxPayloadBytes: DEFAULT_MAX_PAYLOAD_BYTES,
+    offloadThresholdBytes: threshold,
     schedulerAddress: config.schedulerAddress,
     executorId: config.executorId,
     slots: config.slots,

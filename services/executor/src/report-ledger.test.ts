@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { create } from "@bufbuild/protobuf";
+import fc from "fast-check";
 import {
   CompletedSchema,
   FailedSchema,
@@ -10,6 +11,7 @@ import {
   TaskErrorSchema,
 } from "@nexusflow/gen";
 import { type Report, ReportLedger, type SendReport } from "./report-ledger.js";
+import { leaseKeyId } from "./task-attempt.js";
 
 function key(n: number): LeaseKey {
   return {
@@ -209,5 +211,120 @@ describe("ReportLedger", () => {
     assert.equal(to.sentOn(key(1)), undefined);
     assert.equal(to.ack(1), "acked");
     assert.equal(to.sentOn(key(2)), undefined, "acknowledged: no longer held");
+  });
+
+  it("holds a lease through every way its reports enter and leave the ledger", () => {
+    const ledger = new ReportLedger();
+    const other = new ReportLedger();
+    const held = (): number[] => [1, 2, 3, 4, 5].filter((n) => ledger.holds(key(n)));
+
+    // A queued Started holds its lease until it goes out; sent, it is done with (never acknowledged).
+    ledger.record(started(1), undefined);
+    ledger.record(completed(1), undefined);
+    ledger.record(started(2), undefined);
+    ledger.record(release(3), session(0).send); // refused by the session: queued
+    assert.deepEqual(held(), [1, 2, 3]);
+    const first = session(3); // takes Started 1, Completed 1, Started 2; refuses the Release
+    assert.equal(ledger.resend(first.send), 3);
+    assert.deepEqual(held(), [1, 3], "lease 2 had only a Started; lease 1 still has its Completed");
+
+    // Two acknowledged reports on one lease: acknowledging the first leaves it held.
+    const live = session(); // the same session, taking more now
+    ledger.record(failed(4), live.send);
+    ledger.record(release(4), live.send);
+    assert.equal(ledger.ack(1), "acked"); // Completed 1
+    assert.deepEqual(held(), [3, 4]);
+    assert.equal(ledger.ack(2), "acked"); // Failed 4
+    assert.deepEqual(held(), [3, 4], "the Release on lease 4 waits for its Acked");
+
+    // A session that ends: its unacknowledged reports are retransmitted, and held meanwhile.
+    ledger.detach();
+    assert.deepEqual(held(), [3, 4]);
+    const second = session();
+    assert.equal(ledger.resend(second.send), 2);
+    assert.deepEqual(second.sent, ["release task-run-4", "release task-run-3"]);
+    assert.deepEqual(held(), [3, 4]);
+    assert.equal(ledger.ack(5), "ahead");
+    assert.deepEqual(held(), [3, 4], "an Acked ahead of what was sent acknowledges nothing");
+    assert.equal(ledger.ack(1), "acked");
+    assert.deepEqual(held(), [3]);
+
+    // Moved to another ledger: held there, no longer here; revoked: held nowhere.
+    ledger.record(completed(5), undefined);
+    const moved = ledger.take((e) => e.report.value.key?.taskRunId === "task-run-5");
+    assert.equal(moved.length, 1);
+    assert.deepEqual(held(), [3]);
+    for (const e of moved) other.put(e, undefined);
+    assert.equal(other.holds(key(5)), true);
+    assert.equal(other.revoke(key(5)), true);
+    assert.equal(other.holds(key(5)), false);
+    assert.equal(ledger.ack(2), "acked");
+    assert.deepEqual(held(), []);
+    assert.equal(ledger.size, 0);
+  });
+
+  it("holds exactly the leases its queued and unacknowledged reports are on, whatever happens", () => {
+    const keys = [1, 2, 3];
+    const reportArb = fc
+      .tuple(fc.constantFrom(started, completed, failed, release), fc.constantFrom(...keys))
+      .map(([make, n]) => make(n));
+    const op = fc.oneof(
+      fc.record({
+        t: fc.constant("record" as const),
+        report: reportArb,
+        accept: fc.nat(2),
+        live: fc.boolean(),
+      }),
+      fc.record({ t: fc.constant("resend" as const), accept: fc.nat(4) }),
+      fc.record({ t: fc.constant("ack" as const), n: fc.integer({ min: -1, max: 3 }) }),
+      fc.record({ t: fc.constant("detach" as const) }),
+      fc.record({ t: fc.constant("revoke" as const), n: fc.constantFrom(...keys) }),
+      fc.record({ t: fc.constant("take" as const), n: fc.constantFrom(...keys) }),
+    );
+    fc.assert(
+      fc.property(fc.array(op, { maxLength: 40 }), (ops) => {
+        const ledger = new ReportLedger();
+        for (const o of ops) {
+          if (o.t === "record") ledger.record(o.report, o.live ? session(o.accept).send : undefined);
+          else if (o.t === "resend") ledger.resend(session(o.accept).send);
+          else if (o.t === "ack") ledger.ack(ledger.ackedThrough + o.n);
+          else if (o.t === "detach") ledger.detach();
+          else if (o.t === "revoke") ledger.revoke(key(o.n));
+          else ledger.take((e) => e.report.value.key?.taskRunId === key(o.n).taskRunId);
+          // heldLeases lists the leases of the reports themselves (queued and sent): the oracle.
+          const listed = new Set(ledger.heldLeases().map(leaseKeyId));
+          for (const n of keys)
+            assert.equal(ledger.holds(key(n)), listed.has(leaseKeyId(key(n))), `lease ${n}`);
+        }
+      }),
+      { numRuns: 500 },
+    );
+  });
+
+  it("tells whether it holds a lease without looking at the reports waiting (10,000 of them)", () => {
+    const ledger = new ReportLedger();
+    const s = session();
+    let reads = 0;
+    /** A Completed whose key counts how often it is read. */
+    const counted = (n: number): Report => {
+      const value = create(CompletedSchema, {});
+      const k = key(n);
+      Object.defineProperty(value, "key", {
+        enumerable: true,
+        get: () => {
+          reads++;
+          return k;
+        },
+      });
+      return { case: "completed", value };
+    };
+    for (let n = 0; n < 5_000; n++) ledger.record(counted(n), s.send); // sent, not acknowledged
+    for (let n = 5_000; n < 10_000; n++) ledger.record(counted(n), undefined); // queued
+    assert.equal(ledger.size, 10_000);
+    reads = 0;
+    for (let n = 0; n < 1_000; n++) assert.equal(ledger.holds(key(20_000 + n)), false);
+    assert.equal(ledger.holds(key(0)), true);
+    assert.equal(ledger.holds(key(9_999)), true);
+    assert.equal(reads, 0, "no waiting report was looked at");
   });
 });

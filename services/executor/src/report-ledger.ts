@@ -41,6 +41,9 @@ export type AckResult =
   /** It covered more reports than were sent on this session: a protocol error, ignored. */
   | "ahead";
 
+/** What sending one entry did: refused (it stays queued), sent and kept until acknowledged, or sent and done. */
+type Sent = "refused" | "kept" | "done";
+
 /** The lease a report is about. */
 export function reportKey(report: Report): LeaseKey | undefined {
   return report.value.key;
@@ -54,6 +57,12 @@ export class ReportLedger {
   #sent: LedgerEntry[] = [];
   /** How many of the current session's acknowledged reports its `Acked` has covered. */
   #ackedThrough = 0;
+  /**
+   * How many entries (queued or sent) each lease has here, by {@link leaseKeyId}: {@link holds} is
+   * asked for every lease that comes, and must not scan thousands of reports awaiting an `Acked`.
+   * Kept in step with `#queued` and `#sent` wherever an entry enters or leaves them.
+   */
+  readonly #held = new Map<string, number>();
   readonly #changes = new Changes();
 
   /** Reports the scheduler may not have: queued, or sent and not acknowledged. */
@@ -83,7 +92,10 @@ export class ReportLedger {
 
   /** {@link ReportLedger.record} of an entry (one moved from another ledger). */
   put(entry: LedgerEntry, send: SendReport | undefined): void {
-    if (send === undefined || !this.#send(entry, send)) {
+    const sent = send === undefined ? "refused" : this.#send(entry, send);
+    if (sent === "done") return;
+    this.#count(entry, 1);
+    if (sent === "refused") {
       this.#queued.push(entry);
       this.#changes.notify();
     }
@@ -96,6 +108,7 @@ export class ReportLedger {
     for (const e of this.#queued) (moves(e) ? taken : kept).push(e);
     if (taken.length === 0) return taken;
     this.#queued = kept;
+    for (const e of taken) this.#count(e, -1);
     this.#changes.notify();
     return taken;
   }
@@ -122,7 +135,9 @@ export class ReportLedger {
     this.#queued = [];
     let sent = 0;
     for (const entry of queued) {
-      if (!this.#send(entry, send)) break;
+      const result = this.#send(entry, send);
+      if (result === "refused") break;
+      if (result === "done") this.#count(entry, -1);
       sent++;
     }
     if (sent < queued.length) this.#queued = [...queued.slice(sent), ...this.#queued];
@@ -136,7 +151,7 @@ export class ReportLedger {
     const n = through - this.#ackedThrough;
     if (n <= 0) return "stale";
     if (n > this.#sent.length) return "ahead";
-    this.#sent.splice(0, n);
+    for (const entry of this.#sent.splice(0, n)) this.#count(entry, -1);
     this.#ackedThrough = through;
     this.#changes.notify();
     return "acked";
@@ -157,9 +172,11 @@ export class ReportLedger {
   revoke(key: LeaseKey): boolean {
     const id = leaseKeyId(key);
     const before = this.#queued.length;
-    this.#queued = this.#queued.filter(({ report }) => {
-      const k = reportKey(report);
-      return k === undefined || leaseKeyId(k) !== id;
+    this.#queued = this.#queued.filter((entry) => {
+      const k = reportKey(entry.report);
+      if (k === undefined || leaseKeyId(k) !== id) return true;
+      this.#count(entry, -1);
+      return false;
     });
     if (this.#queued.length === before) return false;
     this.#changes.notify();
@@ -182,19 +199,12 @@ export class ReportLedger {
     return [...held.values()];
   }
 
-  /** Whether a report on `key`'s lease is here (queued, or sent and not acknowledged). */
+  /**
+   * Whether a report on `key`'s lease is here (queued, or sent and not acknowledged). Asked for
+   * every lease that comes: one look-up, however many reports wait.
+   */
   holds(key: LeaseKey): boolean {
-    // Compared field by field: asked for every lease that comes, no key strings built.
-    const on = ({ report }: LedgerEntry): boolean => {
-      const k = reportKey(report);
-      return (
-        k !== undefined &&
-        k.taskRunId === key.taskRunId &&
-        k.attempt === key.attempt &&
-        k.fencingToken === key.fencingToken
-      );
-    };
-    return this.#sent.some(on) || this.#queued.some(on);
+    return this.#held.has(leaseKeyId(key));
   }
 
   /** Resolves true once every report is acknowledged, false if `signal` aborts first. */
@@ -202,9 +212,21 @@ export class ReportLedger {
     return this.#changes.until(() => this.size === 0, signal);
   }
 
-  #send(entry: LedgerEntry, send: SendReport): boolean {
-    if (!send(entry.report)) return false;
-    if (isAcknowledgedReport(entry.report)) this.#sent.push(entry);
-    return true;
+  /** Sends `entry`; one the scheduler acknowledges is kept in `#sent` (the caller counts it). */
+  #send(entry: LedgerEntry, send: SendReport): Sent {
+    if (!send(entry.report)) return "refused";
+    if (!isAcknowledgedReport(entry.report)) return "done";
+    this.#sent.push(entry);
+    return "kept";
+  }
+
+  /** `entry` entered the ledger (1) or left it (-1): see `#held`. */
+  #count(entry: LedgerEntry, by: 1 | -1): void {
+    const key = reportKey(entry.report);
+    if (key === undefined) return;
+    const id = leaseKeyId(key);
+    const n = (this.#held.get(id) ?? 0) + by;
+    if (n > 0) this.#held.set(id, n);
+    else this.#held.delete(id);
   }
 }

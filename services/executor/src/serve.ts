@@ -72,15 +72,21 @@ try {
 }
 logger.info({ store: artifacts.kind }, "artifact store ready");
 const registry = config.metrics === undefined ? undefined : createMetricsRegistry();
-const executor = new Executor(
-  processExecutorOptions(config, process.env, {
-    artifacts,
-    logger,
-    metadata,
-    // grpc-js takes client interceptors with the channel options.
-    ...(registry === undefined ? {} : { channelOptions: { interceptors: [grpcClientMetrics(registry)] } }),
-  }),
-);
+let executor: Executor;
+try {
+  executor = new Executor(
+    processExecutorOptions(config, process.env, {
+      artifacts,
+      logger,
+      metadata,
+      // grpc-js takes client interceptors with the channel options.
+      ...(registry === undefined ? {} : { channelOptions: { interceptors: [grpcClientMetrics(registry)] } }),
+    }),
+  );
+} catch (e) {
+  if (isExecutorError(e, "INVALID_OPTIONS")) configFailure(e.message);
+  throw e;
+}
 
 if (registry !== undefined) registerExecutorMetrics(registry, executor, config.slots);
 let ops: OpsEndpoints;
