@@ -324,11 +324,14 @@ export class Engine {
       // prunes only events the run row covers, so a sequence number is never reused.
       event: (run, event) => store.addEvent(lifecycleEvent(run, event)),
       offer: (task, front) => {
-        // A step with rate limits: its keys are evaluated when the task would first be leased.
-        if (task.rate === undefined && task.kind === "STEP" && this.hasRateLimits(task)) task.rate = null;
+        // Its step's (a compensation's too) priority; its rate limits' keys, if the step declares
+        // any, are evaluated when the task would first be leased (a compensation is not limited).
+        const step = this.core.runs.get(task.runId)?.workflow.stepsById.get(task.stepId);
+        if (task.rate === undefined && task.kind === "STEP" && (step?.rateLimits?.length ?? 0) > 0)
+          task.rate = null;
         const path = core.sharePath(this.core, task);
         if (front) this.dispatcher.requeue(task, path);
-        else this.dispatcher.enqueue(task, this.priorityOf(task), path);
+        else this.dispatcher.enqueue(task, step?.priority ?? 0, path);
       },
       pump: () => this.schedulePump(),
       cancelLease: (task, reason) => {
@@ -362,17 +365,6 @@ export class Engine {
 
   /** Per task type, the tenants with the most ready tasks, with their leases (metrics; fair-shares.ts). */
   readonly fairShareStats = (): core.FairShareStat[] => core.fairShareStats(this.dispatcher.shares);
-
-  /** Whether the task's step declares rate limits (its compensation's tasks are not limited). */
-  private hasRateLimits(task: TaskState): boolean {
-    const limits = this.core.runs.get(task.runId)?.workflow.stepsById.get(task.stepId)?.rateLimits;
-    return limits !== undefined && limits.length > 0;
-  }
-
-  /** The scheduling priority of a task: its step's (a compensation's too). */
-  private priorityOf(task: TaskState): number {
-    return this.core.runs.get(task.runId)?.workflow.stepsById.get(task.stepId)?.priority ?? 0;
-  }
 
   /** The time of an input. */
   private moment(): Moment {
@@ -629,14 +621,20 @@ export class Engine {
     };
   }
 
+  /** A report's rules applied by `fn` and judged; a fault in them is confined to its run (faults.ts). */
+  private report(key: LeaseKey | undefined, fn: () => Rejection | null): Rejection | null {
+    const task = key === undefined ? undefined : this.core.tasks.get(key.taskRunId);
+    return this.partitions.judged(key, this.confined(task && this.core.runs.get(task.runId), fn) ?? null);
+  }
+
   /** Started report. */
   onStarted(session: SessionHandle, key: LeaseKey | undefined): Rejection | null {
-    return this.partitions.judged(key, core.started(this.core, session, key, this.moment()));
+    return this.report(key, () => core.started(this.core, session, key, this.moment()));
   }
 
   /** Heartbeat report for a task. */
   onHeartbeat(session: SessionHandle, key: LeaseKey | undefined): Rejection | null {
-    return this.partitions.judged(key, core.heartbeat(this.core, session, key, this.moment()));
+    return this.report(key, () => core.heartbeat(this.core, session, key, this.moment()));
   }
 
   /** Completed report: accepted at most once per task. */
@@ -647,8 +645,7 @@ export class Engine {
     outputRef: unknown,
     logs: unknown,
   ): Rejection | null {
-    return this.partitions.judged(
-      key,
+    return this.report(key, () =>
       core.completed(this.core, session, key, output, outputRef, logs, this.moment()),
     );
   }
@@ -662,15 +659,14 @@ export class Engine {
     logs: unknown,
     pauseKeyUntilMs = 0,
   ): Rejection | null {
-    return this.partitions.judged(
-      key,
+    return this.report(key, () =>
       core.failed(this.core, session, key, error, retryAfterMs, logs, this.moment(), pauseKeyUntilMs),
     );
   }
 
   /** Release report: the lease goes back to the front of the queue without counting as a failure. */
   onRelease(session: SessionHandle, key: LeaseKey | undefined, reason: string): Rejection | null {
-    return this.partitions.judged(key, core.released(this.core, session, key, reason, this.moment()));
+    return this.report(key, () => core.released(this.core, session, key, reason, this.moment()));
   }
 
   // ---------------------------------------------------------------- sessions

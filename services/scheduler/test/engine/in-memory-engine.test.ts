@@ -138,7 +138,11 @@ const faulty = {
   name: "mem-fault",
   version: 1,
   steps: [
-    { id: "first", type: "reserve", input: { fault: "{{ input.fault }}" } },
+    {
+      id: "first",
+      type: "reserve",
+      input: { fault: "{{ input.fault }}", reportFault: "{{ input.reportFault }}" },
+    },
     { id: "second", type: "book", dependsOn: ["first"] },
   ],
 };
@@ -180,7 +184,19 @@ function describeEngine(protocolVersion: number): void {
         protocolVersion,
         ["reserve", "book", "pay", "unreserve", "unbook"],
         (lease) => {
-          const input = lease.input as { decline?: boolean; fault?: boolean } | null;
+          const input = lease.input as { decline?: boolean; fault?: boolean; reportFault?: boolean } | null;
+          if (input?.reportFault === true) {
+            // Whatever bug would make applying the report throw: here, reading the run's workflow.
+            const run = engine.activeRun(lease.runId) as { workflow: unknown };
+            run.workflow = new Proxy(
+              {},
+              {
+                get: () => {
+                  throw new Error("injected report fault");
+                },
+              },
+            );
+          }
           if (input?.fault === true) {
             // Whatever bug would make advancing the run throw: here, reading its evaluation memo.
             const run = engine.activeRun(lease.runId) as RunState;
@@ -324,11 +340,11 @@ function describeEngine(protocolVersion: number): void {
     });
 
     it("confines a fault while advancing a run to that run: FAILED with SCHEDULER_ERROR, the others go on", async () => {
-      const start = (fault: boolean) =>
+      const start = (fault: boolean, reportFault = false) =>
         engine.startRun({
           workflowName: "mem-fault",
           workflowVersion: 1,
-          input: { fault },
+          input: { fault, reportFault },
           idempotencyKey: "",
           labels: {},
         });
@@ -347,6 +363,22 @@ function describeEngine(protocolVersion: number): void {
       assert.equal((await finished(healthy.runId)).run?.status, "SUCCEEDED");
       // The engine still takes work.
       assert.equal((await finished((await start(false)).runId)).run?.status, "SUCCEEDED");
+    });
+
+    it("confines a fault while applying a report to the report's run, and accepts the report", async () => {
+      const { runId } = await engine.startRun({
+        workflowName: "mem-fault",
+        workflowVersion: 1,
+        input: { fault: false, reportFault: true },
+        idempotencyKey: "",
+        labels: {},
+      });
+      const { run } = await finished(runId);
+      assert.equal(run?.status, "FAILED");
+      assert.equal(run?.error?.type, "SCHEDULER_ERROR");
+      assert.match(run?.error?.message ?? "", /injected report fault/);
+      assert.equal(engine.isActive(runId), false);
+      assert.equal(session.closed, undefined);
     });
 
     it("every report was accepted, and acknowledged once committed", async () => {
