@@ -443,7 +443,7 @@ export class Executor {
       // Its reports go to their runs' owners, by a map asked for now.
       this.#routing.rebalance();
       this.#replicas?.soon();
-    }
+    } else if (this.#replicas?.sole === true) this.#replicas.sessionEnded();
   }
 
   /** {@link ReplicaRouting.reportAttempt}. */

@@ -3,7 +3,11 @@
  * `intervalMs` once started, at once on {@link ReplicaDiscovery.soon} (a session ended, a report
  * rejected NOT_FOUND, a Cancel for a moved partition), never two calls at a time, and at least
  * {@link MIN_REFRESH_GAP_MS} apart. A scheduler that cannot tell (UNIMPLEMENTED, PERMISSION_DENIED)
- * turns discovery off for good: one session. States: on (asking) -> off.
+ * turns discovery off for good: one session. States: on (asking) -> off. While the last answer
+ * came from a scheduler that is not in cluster mode (`sole`: the installation's only one, whose
+ * replicas cannot change while its session lasts), the interval asks nothing: only {@link soon}
+ * does (a session ended, a report rejected), so that hundreds of idle executors do not keep a
+ * sole scheduler answering a call every few seconds each.
  */
 import * as grpc from "@grpc/grpc-js";
 import type { Logger } from "@nexusflow/common";
@@ -37,9 +41,16 @@ export class ReplicaDiscovery {
   #asking = false;
   #again = false;
   #lastAsk = 0;
+  /** The last answer said the scheduler is not in cluster mode (ListReplicasResponse.sole). */
+  #sole = false;
 
   constructor(private readonly options: ReplicaDiscoveryOptions) {
     this.#on = options.intervalMs !== 0;
+  }
+
+  /** Whether the last answer came from a scheduler not in cluster mode (the interval then asks nothing). */
+  get sole(): boolean {
+    return this.#sole;
   }
 
   /** Whether replicas are discovered (false once the scheduler could not tell, or never with 0). */
@@ -50,7 +61,9 @@ export class ReplicaDiscovery {
   /** Asks now and every `intervalMs` (after the first attach); once. */
   start(): void {
     if (!this.#on || this.#timer !== undefined) return;
-    this.#timer = setInterval(() => this.soon(), this.options.intervalMs);
+    this.#timer = setInterval(() => {
+      if (!this.#sole) this.soon();
+    }, this.options.intervalMs);
     this.#timer.unref();
     this.soon();
   }
@@ -62,6 +75,16 @@ export class ReplicaDiscovery {
     this.#timer = undefined;
     this.#soonTimer = undefined;
     this.#on = false;
+  }
+
+  /**
+   * A session ended: whatever the last answer said, the scheduler may have come back in cluster
+   * mode (or the address may now reach another one), so the interval asks again until an answer
+   * says `sole` once more; and one ask goes out soon.
+   */
+  sessionEnded(): void {
+    this.#sole = false;
+    this.soon();
   }
 
   /** Asks soon: at once, or {@link MIN_REFRESH_GAP_MS} after the last ask. */
@@ -105,6 +128,7 @@ export class ReplicaDiscovery {
       try {
         const askedAt = performance.now();
         const response = await listReplicas(client, metadata.clone(), LIST_REPLICAS_TIMEOUT_MS);
+        this.#sole = response.sole;
         this.options.apply(replicaMapOf(response, askedAt));
         return;
       } catch (e) {

@@ -587,6 +587,8 @@ export class Scheduler {
         serviceDefinition(ReplicaService),
         replicaService({
           replicaId: leases.replicaId,
+          // Without cluster mode, executors stop asking on their refresh (ListReplicasResponse.sole).
+          sole: this.options.cluster !== true,
           // Executors ask every few seconds: one read per 250 ms at most, whoever asks.
           view: sharedView(() => readClusterView(pool, leases.leaseMs), 250),
         }),

@@ -13,7 +13,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file nexusflow/v1/replica_service.proto.
  */
 export const file_nexusflow_v1_replica_service: GenFile = /*@__PURE__*/
-  fileDesc("CiJuZXh1c2Zsb3cvdjEvcmVwbGljYV9zZXJ2aWNlLnByb3RvEgxuZXh1c2Zsb3cudjEiFQoTTGlzdFJlcGxpY2FzUmVxdWVzdCLLAQoUTGlzdFJlcGxpY2FzUmVzcG9uc2USFwoPcGFydGl0aW9uX2NvdW50GAEgASgFEicKCHJlcGxpY2FzGAIgAygLMhUubmV4dXNmbG93LnYxLlJlcGxpY2ESLQoHdW5vd25lZBgDIAMoCzIcLm5leHVzZmxvdy52MS5QYXJ0aXRpb25MZWFzZRItCglyZWFkX3RpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhMKC2Fuc3dlcmVkX2J5GAUgASgJIu0BCgdSZXBsaWNhEhIKCnJlcGxpY2FfaWQYASABKAkSDwoHYWRkcmVzcxgCIAEoCRIMCgRob3N0GAMgASgJEgsKA3BpZBgEIAEoBRIuCgpzdGFydF90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIyCg5oZWFydGJlYXRfdGltZRgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDAoEbGl2ZRgHIAEoCBIwCgpwYXJ0aXRpb25zGAggAygLMhwubmV4dXNmbG93LnYxLlBhcnRpdGlvbkxlYXNlIngKDlBhcnRpdGlvbkxlYXNlEhEKCXBhcnRpdGlvbhgBIAEoBRINCgVlcG9jaBgCIAEoAxI1ChFsZWFzZV9leHBpcmVfdGltZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDQoFb3duZXIYBCABKAkyfQoOUmVwbGljYVNlcnZpY2USawoMTGlzdFJlcGxpY2FzEiEubmV4dXNmbG93LnYxLkxpc3RSZXBsaWNhc1JlcXVlc3QaIi5uZXh1c2Zsb3cudjEuTGlzdFJlcGxpY2FzUmVzcG9uc2UiFILT5JMCDhIML3YxL3JlcGxpY2FzYgZwcm90bzM", [file_google_api_annotations, file_google_protobuf_timestamp]);
+  fileDesc("CiJuZXh1c2Zsb3cvdjEvcmVwbGljYV9zZXJ2aWNlLnByb3RvEgxuZXh1c2Zsb3cudjEiFQoTTGlzdFJlcGxpY2FzUmVxdWVzdCLZAQoUTGlzdFJlcGxpY2FzUmVzcG9uc2USFwoPcGFydGl0aW9uX2NvdW50GAEgASgFEicKCHJlcGxpY2FzGAIgAygLMhUubmV4dXNmbG93LnYxLlJlcGxpY2ESLQoHdW5vd25lZBgDIAMoCzIcLm5leHVzZmxvdy52MS5QYXJ0aXRpb25MZWFzZRItCglyZWFkX3RpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhMKC2Fuc3dlcmVkX2J5GAUgASgJEgwKBHNvbGUYBiABKAgi7QEKB1JlcGxpY2ESEgoKcmVwbGljYV9pZBgBIAEoCRIPCgdhZGRyZXNzGAIgASgJEgwKBGhvc3QYAyABKAkSCwoDcGlkGAQgASgFEi4KCnN0YXJ0X3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjIKDmhlYXJ0YmVhdF90aW1lGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIMCgRsaXZlGAcgASgIEjAKCnBhcnRpdGlvbnMYCCADKAsyHC5uZXh1c2Zsb3cudjEuUGFydGl0aW9uTGVhc2UieAoOUGFydGl0aW9uTGVhc2USEQoJcGFydGl0aW9uGAEgASgFEg0KBWVwb2NoGAIgASgDEjUKEWxlYXNlX2V4cGlyZV90aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBINCgVvd25lchgEIAEoCTJ9Cg5SZXBsaWNhU2VydmljZRJrCgxMaXN0UmVwbGljYXMSIS5uZXh1c2Zsb3cudjEuTGlzdFJlcGxpY2FzUmVxdWVzdBoiLm5leHVzZmxvdy52MS5MaXN0UmVwbGljYXNSZXNwb25zZSIUgtPkkwIOEgwvdjEvcmVwbGljYXNiBnByb3RvMw", [file_google_api_annotations, file_google_protobuf_timestamp]);
 
 /**
  * Request of ListReplicas (no fields yet).
@@ -71,6 +71,17 @@ export type ListReplicasResponse = Message<"nexusflow.v1.ListReplicasResponse"> 
    * @generated from field: string answered_by = 5;
    */
   answeredBy: string;
+
+  /**
+   * True when the answering scheduler is not in cluster mode: it is the installation's only one
+   * (a second scheduler on its database is refused), so its replicas cannot change while a session
+   * to it lasts. An executor then asks again only when something changes (a session ends, a report
+   * is rejected NOT_FOUND), not on its periodic refresh. False from a cluster replica, and from
+   * schedulers older than this field.
+   *
+   * @generated from field: bool sole = 6;
+   */
+  sole: boolean;
 };
 
 /**

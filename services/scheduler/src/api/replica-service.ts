@@ -20,6 +20,11 @@ export interface ReplicaSource {
   view(): Promise<ClusterView>;
   /** The answering replica's id. */
   readonly replicaId: string;
+  /**
+   * Whether the scheduler is not in cluster mode (the installation's only one): executors need not
+   * ask again on their periodic refresh (ListReplicasResponse.sole).
+   */
+  readonly sole?: boolean | undefined;
 }
 
 function lease(p: PartitionView): PartitionLease {
@@ -32,7 +37,11 @@ function lease(p: PartitionView): PartitionLease {
 }
 
 /** A view as the ListReplicas response. */
-export function listReplicasResponse(view: ClusterView, answeredBy: string): ListReplicasResponse {
+export function listReplicasResponse(
+  view: ClusterView,
+  answeredBy: string,
+  sole = false,
+): ListReplicasResponse {
   return create(ListReplicasResponseSchema, {
     partitionCount: view.partitionCount,
     replicas: view.replicas.map((r) => ({
@@ -48,6 +57,7 @@ export function listReplicasResponse(view: ClusterView, answeredBy: string): Lis
     unowned: view.unowned.map(lease),
     readTime: timestampFromDate(view.readAt),
     answeredBy,
+    sole,
   });
 }
 
@@ -75,6 +85,8 @@ export function sharedView(read: () => Promise<ClusterView>, maxAgeMs: number): 
 /** The ReplicaService implementation for grpc-js. */
 export function replicaService(source: ReplicaSource): grpc.UntypedServiceImplementation {
   return {
-    listReplicas: unary(async () => listReplicasResponse(await source.view(), source.replicaId)),
+    listReplicas: unary(async () =>
+      listReplicasResponse(await source.view(), source.replicaId, source.sole === true),
+    ),
   };
 }
