@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
+import { DEFAULT_EXPRESSION_BUDGET, ExpressionBudgetError, WorkBudget } from "./budget.js";
 import { EvaluationError, ExpressionSyntaxError, isDagError } from "./errors.js";
 import { evaluateExpression, expressionPaths, parseExpression, truthy } from "./expr.js";
 import type { EvalScope, StepView } from "./expr.js";
@@ -242,6 +243,28 @@ describe("expression syntax errors", () => {
     assert.match(syntaxError("'a\\u0000'").message, /NUL character/);
   });
 
+  it("refuse a lone surrogate, escaped or not, at its position (no UTF-8 text can hold one)", () => {
+    const high = syntaxError("input.a == '\\uD800'");
+    assert.equal(high.position, 12);
+    assert.match(
+      high.message,
+      /lone surrogate "\\uD800": a high surrogate escape must be followed by a low one/,
+    );
+    assert.equal(high.code, "EXPRESSION_SYNTAX");
+    const low = syntaxError("'ab\\udc00'");
+    assert.equal(low.position, 3);
+    assert.match(low.message, /lone surrogate "\\uDC00": a low surrogate escape must follow a high one/);
+    assert.equal(syntaxError("'\\uD83D\\u0041'").position, 1, "a high escape then a non-surrogate");
+    assert.equal(syntaxError("'\\uD83D\\uD83D\\uDE00'").position, 1, "two high escapes");
+    assert.equal(syntaxError("'x\uD800'").position, 2, "written as the character itself");
+    assert.match(syntaxError("'x\uDFFF'").message, /lone surrogate U\+DFFF in string at position 2$/);
+    // Pairs are characters like any other, escaped or not.
+    assert.equal(run("'\\uD83D\\uDE00'"), "\u{1F600}");
+    assert.equal(run("'\\ud83d\\ude00!' == '\u{1F600}!'"), true);
+    assert.equal(run("len('\u{1F600}')"), 1);
+    assert.equal(run("'\\uFFFD\\uE000'"), "\uFFFD\uE000", "neighbours of the surrogate range");
+  });
+
   it("bound length and nesting depth", () => {
     assert.match(syntaxError("1+".repeat(2100) + "1").message, /longer than 4096/);
     assert.match(syntaxError("(".repeat(65) + "1" + ")".repeat(65)).message, /nested deeper than 64/);
@@ -280,5 +303,142 @@ describe("expression cost of hostile strings", () => {
     assert.match(error.message, /"\+" would make a string of \d+ characters, more than 16777216/);
     // Just within: joined.
     assert.equal(run("len(input.a + input.a)", { a: "x".repeat(8 * 1024 * 1024) }), 16 * 1024 * 1024);
+  });
+});
+
+/** The error of evaluating `text` within `budget` (a default one when omitted). */
+function budgetError(text: string, input: unknown, budget?: WorkBudget): ExpressionBudgetError {
+  try {
+    evaluateExpression(parseExpression(text), scope(input), budget);
+  } catch (error) {
+    assert.ok(
+      error instanceof ExpressionBudgetError,
+      `expected a budget error for ${text}, got ${String(error)}`,
+    );
+    return error;
+  }
+  assert.fail(`expected ${text} to run out of budget`);
+}
+
+describe("expression work budget", () => {
+  const big = Array.from({ length: 1_000_000 }, (_, i) => i);
+  const bigInput = { a: big, b: [...big] };
+
+  it("stops 50 comparisons of a 1,000,000-element array (3 s of the scheduler's thread) with a typed error", () => {
+    const text = Array.from({ length: 50 }, () => "input.a == input.b").join(" && ");
+    const error = budgetError(text, bigInput);
+    assert.ok(error instanceof EvaluationError && isDagError(error, "EXPRESSION_ERROR"));
+    assert.equal(error.name, "ExpressionBudgetError");
+    assert.equal(error.budget, DEFAULT_EXPRESSION_BUDGET);
+    assert.match(
+      error.message,
+      /^"==" exceeds the expression work budget of 4194304 units \(about one per array element/,
+    );
+    // The same comparison a few times is ordinary work.
+    assert.equal(run("input.a == input.b && input.a != [] && input.b == input.a", bigInput), true);
+    assert.equal(run("999999 in input.a", bigInput), true);
+  });
+
+  it("is shared by the whole evaluation, and spent by what is visited, not by what is skipped", () => {
+    const budget = new WorkBudget(100);
+    const input = { a: [1, 2, 3], b: [1, 2, 3], o: { x: "y".repeat(160) }, p: { x: "y".repeat(160) } };
+    assert.equal(evaluateExpression(parseExpression("input.a == input.b"), scope(input), budget), true);
+    assert.equal(budget.used, 3, "three elements");
+    evaluateExpression(parseExpression("input.o == input.p"), scope(input), budget);
+    assert.equal(budget.used, 3 + 2 + 10, "a key of each object, then 160 characters");
+    evaluateExpression(parseExpression("input.a == input.a && 1 < 2 && 'a' == 'a'"), scope(input), budget);
+    assert.equal(budget.used, 15, "the same array, numbers and short strings cost nothing");
+    evaluateExpression(parseExpression("false && input.a == input.b"), scope(input), budget);
+    assert.equal(budget.used, 15, "the right side of a short-circuit is not evaluated");
+  });
+
+  it("covers every operator and function that walks a value, however deep the value is", () => {
+    const n = 10_000;
+    let deepA: unknown = 0;
+    let deepB: unknown = 0;
+    for (let i = 0; i < n; i++) {
+      deepA = [deepA];
+      deepB = [deepB];
+    }
+    const input = {
+      a: Array.from({ length: n }, (_, i) => ({ v: i })),
+      b: Array.from({ length: n }, (_, i) => ({ v: i })),
+      o: Object.fromEntries(Array.from({ length: n }, (_, i) => [`k${i}`, i])),
+      p: Object.fromEntries(Array.from({ length: n }, (_, i) => [`k${i}`, i])),
+      s: "x".repeat(n * 16),
+      t: "x".repeat(n * 16),
+      deepA,
+      deepB,
+    };
+    const cases: [string, string][] = [
+      ["input.a == input.b", '"=="'],
+      ["input.a != input.b", '"!="'],
+      ["input.o == input.p", '"=="'],
+      ["input.deepA == input.deepB", '"=="'],
+      ["[[input.deepA]] == [[input.deepB]]", '"=="'],
+      ["-1 in input.a", '"in"'],
+      ["input.b[9999] in input.a", '"in"'],
+      ["'z' in input.s", '"in"'],
+      ["contains(input.a, 1)", "contains()"],
+      ["contains(input.s, 'z')", "contains()"],
+      ["len(input.s)", "len()"],
+      ["len(input.o)", "len()"],
+      ["lower(input.s)", "lower()"],
+      ["upper(input.s)", "upper()"],
+      ["startsWith(input.s, input.t)", "startsWith()"],
+      ["input.s < input.t", '"<"'],
+      ["input.s >= input.t", '">="'],
+    ];
+    for (const [once, what] of cases) {
+      // What one costs grows with the size of the value (n elements, keys, levels, 16n characters)...
+      const probe = new WorkBudget(1e9);
+      evaluateExpression(parseExpression(once), scope(input), probe);
+      assert.ok(probe.used >= n, `${once} costs ${probe.used} units`);
+      // ...and a budget that fits it twice stops three of them in one expression.
+      const limit = 2 * probe.used;
+      const text = `[${once}, ${once}, ${once}]`;
+      const error = budgetError(text, input, new WorkBudget(limit));
+      assert.ok(
+        error.message.startsWith(`${what} exceeds the expression work budget of ${limit} units`),
+        `${text}: ${error.message}`,
+      );
+    }
+  });
+
+  it("charges the keys of a large object 4 units each, and lists them once per evaluation", () => {
+    const small = Object.fromEntries(Array.from({ length: 1024 }, (_, i) => [`k${i}`, i]));
+    const large = Object.fromEntries(Array.from({ length: 1025 }, (_, i) => [`k${i}`, i]));
+    const budget = new WorkBudget(1e9);
+    evaluateExpression(parseExpression("len(input.s) + len(input.l)"), scope({ s: small, l: large }), budget);
+    assert.equal(budget.used, 1024 + 4 * 1025);
+    // V8 lists a large object's keys anew, slowly, on every Object.keys: once is enough.
+    let listed = 0;
+    const counted = new Proxy(large, {
+      ownKeys: (target) => {
+        listed++;
+        return Reflect.ownKeys(target);
+      },
+    });
+    const text =
+      "len(input.o) + len(input.o) + len(input.o) > 0 && input.o == input.o2 && input.o2 == input.o";
+    assert.equal(run(text, { o: counted, o2: { ...large } }), true);
+    assert.equal(listed, 1);
+  });
+
+  it("stops nesting deeper than the call stack by units, not by a crash", () => {
+    let a: unknown = 0;
+    let b: unknown = 0;
+    for (let i = 0; i < 1_000_000; i++) {
+      a = [a];
+      b = [b];
+    }
+    const text = Array.from({ length: 10 }, () => "input.a == input.b").join(" && ");
+    assert.match(budgetError(text, { a, b }).message, /^"==" exceeds/);
+    assert.equal(run("input.a == input.b", { a, b }), true);
+  });
+
+  it("refuses a budget that is not a positive integer", () => {
+    for (const limit of [0, -1, 1.5, Number.NaN, Infinity])
+      assert.throws(() => new WorkBudget(limit), TypeError);
   });
 });

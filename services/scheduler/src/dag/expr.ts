@@ -2,14 +2,19 @@
  * The expression language of `when` and `{{ }}`: a hand-written scanner and recursive-descent
  * parser producing a small AST, and an evaluator over JSON values. Nothing is ever handed to
  * eval/Function, and paths read only own properties of plain JSON data, so an expression cannot
- * reach prototypes, globals or host objects whatever the workflow author writes.
+ * reach prototypes, globals or host objects whatever the workflow author writes. The operators and
+ * functions are in operators.ts; whatever they walk is charged to the evaluation's work budget
+ * (budget.ts), so no expression can hold the scheduler's thread for long.
  *
  * Precedence, loosest first: `||`, `&&`, `== !=`, `< <= > >= in`, `+ -`, `* / %`, unary `! -`.
  */
-import { EvaluationError, ExpressionSyntaxError } from "./errors.js";
-import { childOf, isPlainObject, jsonEqual, jsonTypeOf, MISSING } from "./json.js";
-import { codePoints, joined } from "./strings.js";
+import { WorkBudget } from "./budget.js";
+import { ExpressionSyntaxError } from "./errors.js";
+import { childOf, isPlainObject, jsonTypeOf, MISSING } from "./json.js";
 import type { JsonValue } from "./json.js";
+import { binary, call, describeValue, fail } from "./operators.js";
+import type { BinaryOp, FunctionName } from "./operators.js";
+import { escapedLowSurrogate, loneSurrogateEscape, surrogatePairAt, unitName } from "./strings.js";
 import type { RunInfo, StepStatus } from "./spec.js";
 
 /** Longest accepted expression source, in characters (one `when`, or one `{{ }}` part). */
@@ -23,11 +28,7 @@ export const MAX_EXPRESSION_DEPTH = 64;
  * in a map step's `input`.
  */
 export type PathRoot = "input" | "steps" | "run" | "step" | "event" | "item" | "index";
-/** Built-in pure functions. */
-export type FunctionName = "len" | "lower" | "upper" | "contains" | "startsWith" | "exists";
-/** Binary operators, including the short-circuit ones. */
-export type BinaryOp =
-  "||" | "&&" | "==" | "!=" | "<" | "<=" | ">" | ">=" | "in" | "+" | "-" | "*" | "/" | "%";
+export type { BinaryOp, FunctionName } from "./operators.js";
 
 /** A reference such as `steps.charge.output.id` or `input["order id"][0]`. */
 export interface PathExpr {
@@ -241,8 +242,10 @@ class Parser {
       const c = src.charAt(at);
       if (c === quote) break;
       if (c !== "\\") {
-        out += c;
-        at++;
+        const pair = surrogatePairAt(src, at);
+        if (pair === 0) this.fail(`lone surrogate ${unitName(src.charCodeAt(at))} in string`, at);
+        out += src.slice(at, at + pair);
+        at += pair;
         continue;
       }
       const e = src.charAt(at + 1);
@@ -254,6 +257,14 @@ class Parser {
         const code = parseInt(src.slice(at + 2, at + 6), 16);
         // It would reach a task's input or a run's output, which PostgreSQL cannot store with it.
         if (code === 0) this.fail("a NUL character (\\u0000) cannot be stored", at);
+        const low = escapedLowSurrogate(src, at + 6);
+        if (code >= 0xd800 && code <= 0xdbff && low !== undefined) {
+          out += String.fromCharCode(code, low);
+          at += 12;
+          continue;
+        }
+        // No UTF-8 (protobuf string, PostgreSQL text) holds half a pair.
+        if (code >= 0xd800 && code <= 0xdfff) this.fail(loneSurrogateEscape(code), at);
         out += String.fromCharCode(code);
         at += 6;
       } else {
@@ -654,132 +665,35 @@ export function resolvePath(path: PathExpr, scope: EvalScope): Resolution {
   }
 }
 
-function fail(message: string, ref?: string): never {
-  throw new EvaluationError(message, ref);
-}
-
-function finite(value: number, op: string): number {
-  if (!Number.isFinite(value)) fail(`${op} produced a number that is not finite`);
-  return value;
-}
-
-function describeValue(value: JsonValue): string {
-  return jsonTypeOf(value);
-}
-
-function contains(haystack: JsonValue, needle: JsonValue, what: string): boolean {
-  if (Array.isArray(haystack)) return haystack.some((item) => jsonEqual(item, needle));
-  if (typeof haystack === "string") {
-    if (typeof needle !== "string")
-      fail(`${what}: a substring test needs a string, got ${describeValue(needle)}`);
-    return haystack.includes(needle);
-  }
-  if (isPlainObject(haystack)) {
-    if (typeof needle !== "string") fail(`${what}: a key test needs a string, got ${describeValue(needle)}`);
-    return Object.hasOwn(haystack, needle);
-  }
-  return fail(`${what} needs an array, object or string on the right, got ${describeValue(haystack)}`);
-}
-
-function compare<T extends number | string>(op: "<" | "<=" | ">" | ">=", l: T, r: T): boolean {
-  return op === "<" ? l < r : op === "<=" ? l <= r : op === ">" ? l > r : l >= r;
-}
-
-function binary(op: BinaryOp, left: JsonValue, right: JsonValue): JsonValue {
-  switch (op) {
-    case "==":
-      return jsonEqual(left, right);
-    case "!=":
-      return !jsonEqual(left, right);
-    case "<":
-    case "<=":
-    case ">":
-    case ">=": {
-      if (typeof left === "number" && typeof right === "number") return compare(op, left, right);
-      if (typeof left === "string" && typeof right === "string") return compare(op, left, right);
-      return fail(
-        `"${op}" compares two numbers or two strings, got ${describeValue(left)} and ${describeValue(right)}`,
-      );
-    }
-    case "in":
-      return contains(right, left, '"in"');
-    case "+":
-      if (typeof left === "number" && typeof right === "number") return finite(left + right, "+");
-      if (typeof left === "string" && typeof right === "string") return joined(left, right);
-      return fail(
-        `"+" adds two numbers or joins two strings, got ${describeValue(left)} and ${describeValue(right)}`,
-      );
-    case "-":
-    case "*":
-    case "/":
-    case "%": {
-      if (typeof left !== "number" || typeof right !== "number") {
-        fail(`"${op}" needs two numbers, got ${describeValue(left)} and ${describeValue(right)}`);
-      }
-      if ((op === "/" || op === "%") && right === 0) fail(`division by zero in "${op}"`);
-      const result =
-        op === "-" ? left - right : op === "*" ? left * right : op === "/" ? left / right : left % right;
-      return finite(result, op);
-    }
-    case "&&":
-    case "||":
-      // Short-circuit operators are handled before both sides are evaluated.
-      return fail(`internal: ${op} reached binary()`);
-  }
-}
-
-function call(fn: FunctionName, args: readonly JsonValue[]): JsonValue {
-  const [a = null, b = null] = args;
-  switch (fn) {
-    case "len":
-      if (typeof a === "string") return codePoints(a);
-      if (Array.isArray(a)) return a.length;
-      if (isPlainObject(a)) return Object.keys(a).length;
-      return fail(`len() needs a string, array or object, got ${describeValue(a)}`);
-    case "lower":
-    case "upper":
-      if (typeof a !== "string") fail(`${fn}() needs a string, got ${describeValue(a)}`);
-      return fn === "lower" ? a.toLowerCase() : a.toUpperCase();
-    case "contains":
-      return contains(a, b, "contains()");
-    case "startsWith":
-      if (typeof a !== "string" || typeof b !== "string") {
-        fail(`startsWith() needs two strings, got ${describeValue(a)} and ${describeValue(b)}`);
-      }
-      return a.startsWith(b);
-    case "exists":
-      // Handled in evaluate(): it must not fail on the path it tests.
-      return fail("internal: exists() reached call()");
-  }
-}
-
 /**
  * Evaluates an expression. `&&` and `||` short-circuit and return the deciding operand (so
  * `steps.a.output.name || 'anonymous'` works as a default when the left side is falsy).
- * Throws {@link EvaluationError} for unresolved paths and type errors.
+ * Throws `EvaluationError` (errors.ts) for unresolved paths and type errors, and its subclass
+ * `ExpressionBudgetError` (budget.ts) when the evaluation needs more work than `budget` (shared by the
+ * whole evaluation; pass one to share it among several, as template.ts does for a template).
  */
-export function evaluateExpression(expr: Expr, scope: EvalScope): JsonValue {
+export function evaluateExpression(expr: Expr, scope: EvalScope, budget = new WorkBudget()): JsonValue {
   switch (expr.kind) {
     case "literal":
       return expr.value;
     case "array":
-      return expr.items.map((item) => evaluateExpression(item, scope));
+      return expr.items.map((item) => evaluateExpression(item, scope, budget));
     case "path": {
       const resolved = resolvePath(expr, scope);
       if (!resolved.found) return fail(`${expr.text} does not resolve: ${resolved.reason}`, expr.text);
       return resolved.value;
     }
     case "unary": {
-      const value = evaluateExpression(expr.operand, scope);
+      const value = evaluateExpression(expr.operand, scope, budget);
       if (expr.op === "!") return !truthy(value);
       if (typeof value !== "number") return fail(`unary "-" needs a number, got ${describeValue(value)}`);
       return -value;
     }
     case "binary": {
-      const left = evaluateExpression(expr.left, scope);
-      if (expr.op === "&&") return truthy(left) ? evaluateExpression(expr.right, scope) : left;
-      if (expr.op === "||") return truthy(left) ? left : evaluateExpression(expr.right, scope);
-      return binary(expr.op, left, evaluateExpression(expr.right, scope));
+      const left = evaluateExpression(expr.left, scope, budget);
+      if (expr.op === "&&") return truthy(left) ? evaluateExpression(expr.right, scope, budget) : left;
+      if (expr.op === "||") return truthy(left) ? left : evaluateExpression(expr.right, scope, budget);
+      return binary(expr.op, left, evaluateExpression(expr.right, scope, budget), budget);
     }
     case "call": {
       if (expr.fn === "exists") {
@@ -788,7 +702,8 @@ export function evaluateExpression(expr: Expr, scope: EvalScope): JsonValue {
       }
       return call(
         expr.fn,
-        expr.args.map((arg) => evaluateExpression(arg, scope)),
+        expr.args.map((arg) => evaluateExpression(arg, scope, budget)),
+        budget,
       );
     }
   }

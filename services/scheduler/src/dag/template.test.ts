@@ -1,8 +1,13 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { RenderError } from "./errors.js";
+import { ExpressionBudgetError, WorkBudget } from "./budget.js";
+import { isDagError, RenderError } from "./errors.js";
+import { evaluateRun } from "./evaluate.js";
 import type { EvalScope, StepView } from "./expr.js";
+import { MAX_JOINED_CHARS } from "./strings.js";
 import { compileTemplate, renderTemplate, templatePaths } from "./template.js";
+import type { Template } from "./template.js";
+import { compileWorkflow } from "./validate.js";
 
 function scope(input: unknown, steps: Record<string, StepView> = {}): EvalScope {
   return {
@@ -115,6 +120,124 @@ describe("templates", () => {
     assert.deepEqual(
       templatePaths(template, "$.output").map(({ at, path }) => `${at} ${path.text}`),
       ["$.output.a[0] steps.x.output", "$.output.a[1] input.n"],
+    );
+  });
+});
+/** The RenderError of rendering `template`, which must fail. */
+function renderError(template: Template, input: unknown, path = "$", budget?: WorkBudget): RenderError {
+  try {
+    renderTemplate(template, scope(input), path, budget);
+  } catch (error) {
+    assert.ok(error instanceof RenderError, `expected a RenderError, got ${String(error)}`);
+    assert.ok(isDagError(error, "TEMPLATE_ERROR"));
+    return error;
+  }
+  assert.fail("expected the template not to render");
+}
+
+describe("template limits", () => {
+  const big = Array.from({ length: 1_000_000 }, (_, i) => i);
+
+  it("spend one work budget for the whole template, failing at the string that exceeds it", () => {
+    const { template } = compileTemplate(
+      Object.fromEntries(["a", "b", "c", "d", "e", "f"].map((k) => [k, "{{ input.a == input.b }}"])),
+    );
+    // Each string alone is ordinary (1 Mi units of a 4 Mi budget); the fifth is one too many.
+    const error = renderError(template, { a: big, b: [...big] }, "$.steps[2].input");
+    assert.equal(error.at, "$.steps[2].input.e");
+    assert.ok(error.cause instanceof ExpressionBudgetError);
+    assert.match(
+      error.message,
+      /^\$\.steps\[2\]\.input\.e: "==" exceeds the expression work budget of 4194304 units/,
+    );
+    const { template: once } = compileTemplate({ a: "{{ input.a == input.b }}" });
+    assert.deepEqual(renderTemplate(once, scope({ a: big, b: [...big] })), { a: true });
+  });
+
+  it("charge values spliced into text as JSON by their length", () => {
+    const input = { a: Array.from({ length: 1000 }, () => 12345) }; // 6001 characters of JSON
+    const { template } = compileTemplate(["a={{ input.a }}", "b={{ input.a }}", "c={{ input.a }}"]);
+    const budget = new WorkBudget(1000);
+    const error = renderError(template, input, "$", budget);
+    assert.equal(error.at, "$[2]");
+    assert.match(
+      error.message,
+      /rendering \{\{ \}\} as text exceeds the expression work budget of 1000 units/,
+    );
+    assert.equal(budget.used, 1000);
+  });
+
+  it(`cap the text of the whole template at ${MAX_JOINED_CHARS} characters`, () => {
+    const s = "x".repeat(9 * 1024 * 1024);
+    const two = compileTemplate({ a: "<{{ input.s }}>", b: "<{{ input.s }}>" }).template;
+    // Each string is within the cap; together they are not (a definition of many such strings
+    // would otherwise make that many copies of a large input).
+    const error = renderError(two, { s }, "$.output");
+    assert.equal(error.at, "$.output.b");
+    assert.match(
+      error.message,
+      /the template's text would be more than 16777216 characters \(18874371 so far\)/,
+    );
+    const one = compileTemplate({ a: "{{ input.s }}{{ input.s }}" }).template;
+    assert.equal(renderError(one, { s }).at, "$.a");
+    const json = compileTemplate("v={{ input.a }}{{ input.a }}{{ input.a }}").template;
+    assert.match(renderError(json, { a: big }).message, /more than 16777216 characters/);
+    // Right at the cap, and values kept as they are (not made into text), render.
+    const full = compileTemplate(["{{ input.s }}-{{ input.t }}", "{{ input.s }}", "{{ input.s }}"]).template;
+    const t = "y".repeat(MAX_JOINED_CHARS - s.length - 1);
+    const out = renderTemplate(full, scope({ s, t })) as string[];
+    assert.equal(out[0]?.length, MAX_JOINED_CHARS);
+    assert.equal(out[1], s);
+  });
+
+  it("make a run's step fail with the error users see for bad expressions, not the scheduler", () => {
+    const compiled = compileWorkflow({
+      name: "flow",
+      version: 1,
+      steps: [
+        { id: "w", type: "x", when: Array.from({ length: 20 }, () => "input.a == input.b").join(" && ") },
+        {
+          id: "t",
+          type: "x",
+          input: { v: Array.from({ length: 20 }, () => "{{ input.a != input.b }}").join("") },
+        },
+        { id: "ok", type: "x", when: "input.a == input.b", input: { v: "{{ len(input.a) }}" } },
+      ],
+    });
+    if (!compiled.ok) assert.fail(compiled.errors.map((e) => `${e.path}: ${e.message}`).join("\n"));
+    const run = { id: "run-1", workflow: "flow", version: 1 };
+    const evaluation = evaluateRun(compiled.workflow, { a: big, b: [...big] }, new Map(), run);
+    assert.deepEqual(
+      evaluation.fail.map((f) => [f.stepId, f.error.type]),
+      [
+        ["w", "EXPRESSION_ERROR"],
+        ["t", "TEMPLATE_ERROR"],
+      ],
+    );
+    assert.match(evaluation.fail[0]?.error.message ?? "", /^when: "==" exceeds the expression work budget/);
+    assert.match(
+      evaluation.fail[1]?.error.message ?? "",
+      /^\$\.steps\[1\]\.input\.v: "!=" exceeds the expression work budget/,
+    );
+    assert.deepEqual(evaluation.ready, [{ stepId: "ok", input: { v: 1_000_000 } }]);
+  });
+
+  it("refuse a lone surrogate escape at registration, naming the field and the position", () => {
+    // As JSON text (RegisterWorkflow's spec_json): "\\uD800" there is the expression's own escape,
+    // "\ud800" a lone surrogate written as itself.
+    const compiled = compileWorkflow(
+      String.raw`{"name": "flow", "version": 1, "steps": [
+        {"id": "a", "type": "x", "when": "input.k == '\\uD800'", "input": {"q": "id={{ '\\uDE00' }}"}},
+        {"id": "b", "type": "x", "input": {"q": "{{ '\\uD83D\\uDE00' }}", "r": "{{ '\ud800' }}"}}]}`,
+    );
+    assert.equal(compiled.ok, false);
+    assert.deepEqual(
+      (compiled.ok ? [] : compiled.errors).map((e) => `${e.path} ${e.message}`),
+      [
+        String.raw`$.steps[0].when invalid expression: lone surrogate "\uD800": a high surrogate escape must be followed by a low one (\uDC00-\uDFFF), as in "\uD83D\uDE00" at position 12`,
+        String.raw`$.steps[0].input.q invalid template: lone surrogate "\uDE00": a low surrogate escape must follow a high one (\uD800-\uDBFF), as in "\uD83D\uDE00" at position 7`,
+        String.raw`$.steps[1].input.r invalid template: lone surrogate U+D800 in string at position 4`,
+      ],
     );
   });
 });

@@ -4,12 +4,14 @@
  * type kept, while mixed text gets each value spliced in (strings as-is, everything else as JSON).
  * Object keys are never templated. There is no escape for a literal "{{": write `{{ '{{' }}`.
  */
+import { WorkBudget } from "./budget.js";
 import { EvaluationError, ExpressionSyntaxError, RenderError } from "./errors.js";
 import type { SpecError } from "./errors.js";
 import { evaluateExpression, expressionPaths, parseTemplateExpression } from "./expr.js";
 import type { EvalScope, Expr, PathExpr } from "./expr.js";
 import { isPlainObject, objectFromEntries, pathJoin } from "./json.js";
 import type { JsonValue } from "./json.js";
+import { MAX_JOINED_CHARS } from "./strings.js";
 
 /** A parsed templated value; subtrees without `{{` collapse into one literal. */
 export type Template =
@@ -95,28 +97,43 @@ export function templatePaths(template: Template, path = "$"): { at: string; pat
   return out;
 }
 
-function stringify(value: JsonValue): string {
-  return typeof value === "string" ? value : JSON.stringify(value);
+/** The JSON path of the string being rendered: `path` and the segments below it. */
+function locate(path: string, trail: readonly (string | number)[]): string {
+  return trail.reduce<string>((p, seg) => pathJoin(p, seg), path);
 }
 
 /**
  * Renders a template against a scope. Throws {@link RenderError} (code TEMPLATE_ERROR) naming the
- * JSON path of the failing string under `path` and, when that is the reason, the unresolved reference.
+ * JSON path of the failing string under `path` and, when that is the reason, the unresolved
+ * reference. Every `{{ }}` of the template spends one work `budget` (budget.ts), and the text it
+ * splices into strings may total at most {@link MAX_JOINED_CHARS} characters.
  */
-export function renderTemplate(template: Template, scope: EvalScope, path = "$"): JsonValue {
+export function renderTemplate(
+  template: Template,
+  scope: EvalScope,
+  path = "$",
+  budget = new WorkBudget(),
+): JsonValue {
   // Segments are tracked on a stack and only formatted into a path when something fails.
   const trail: (string | number)[] = [];
+  // Characters of all the text strings made so far: one per string would still let a definition of
+  // a thousand "{{ input }}!" strings make a thousand copies of a large input.
+  let textChars = 0;
   const evaluate = (expr: Expr, asText: boolean): JsonValue => {
     try {
-      const value = evaluateExpression(expr, scope);
-      return asText ? stringify(value) : value;
+      const value = evaluateExpression(expr, scope, budget);
+      if (!asText || typeof value === "string") return value;
+      const text = JSON.stringify(value);
+      budget.chargeChars(text.length, "rendering {{ }} as text");
+      return text;
     } catch (error) {
-      const at = trail.reduce<string>((p, seg) => pathJoin(p, seg), path);
       if (error instanceof EvaluationError)
-        throw new RenderError(at, error.message, error.ref, { cause: error });
+        throw new RenderError(locate(path, trail), error.message, error.ref, { cause: error });
       // Outside data nested deeper than the stack allows (e.g. in "==") must fail the step, not the scheduler.
       if (error instanceof RangeError)
-        throw new RenderError(at, `value too deeply nested: ${error.message}`, undefined, { cause: error });
+        throw new RenderError(locate(path, trail), `value too deeply nested: ${error.message}`, undefined, {
+          cause: error,
+        });
       throw error;
     }
   };
@@ -128,7 +145,15 @@ export function renderTemplate(template: Template, scope: EvalScope, path = "$")
         return evaluate(t.expr, false);
       case "text": {
         let out = "";
-        for (const part of t.parts) out += typeof part === "string" ? part : (evaluate(part, true) as string);
+        for (const part of t.parts) {
+          const piece = typeof part === "string" ? part : (evaluate(part, true) as string);
+          textChars += piece.length;
+          if (textChars > MAX_JOINED_CHARS) {
+            const message = `the template's text would be more than ${MAX_JOINED_CHARS} characters (${textChars} so far)`;
+            throw new RenderError(locate(path, trail), message, undefined);
+          }
+          out += piece;
+        }
         return out;
       }
       case "array":
