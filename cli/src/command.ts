@@ -46,17 +46,46 @@ export function outputOf(value: string | undefined): Output {
   throw new UsageError(`--output must be table or json, got ${JSON.stringify(value)}`);
 }
 
-/** Parses `args`, turning parseArgs' errors into {@link UsageError}. */
+/**
+ * One line for an error of `parseArgs` on `args`. Node's own messages run over three lines, and
+ * call a value that starts with "-" (`--limit -3`) "ambiguous" without saying how to give it.
+ */
+export function parseArgsErrorText(e: unknown, args: readonly string[] = []): string {
+  const message = e instanceof Error ? e.message : String(e);
+  const code = (e as { code?: unknown } | undefined)?.code;
+  if (code === "ERR_PARSE_ARGS_INVALID_OPTION_VALUE") {
+    const ambiguous = /^Option '(--?[\w-]+)' argument is ambiguous/.exec(message);
+    if (ambiguous !== null) {
+      const typed = ambiguous[1] as string; // as the user wrote it: --limit or -n
+      const name = /use '(--[\w-]+)=-XYZ'/.exec(message)?.[1] ?? typed;
+      const value = args[args.indexOf(typed) + 1] ?? "-…";
+      return `${name}: a value that starts with "-" must be written ${name}=${value}`;
+    }
+    const missing = /^Option '(?:-\w, )?(--?[\w-]+)[^']*' argument missing/.exec(message);
+    if (missing !== null) return `${missing[1]} needs a value`;
+  }
+  if (code === "ERR_PARSE_ARGS_UNKNOWN_OPTION") {
+    const unknown = /^Unknown option '([^']*)'/.exec(message);
+    if (unknown !== null)
+      return `unknown option ${unknown[1]} (an argument that starts with "-" goes after --)`;
+  }
+  return message.replace(/\s*\n\s*/g, " ").trim();
+}
+
+/** Parses `args`, turning parseArgs' errors into {@link UsageError}s of one line. */
 export function parse<T extends ParseArgsConfig>(config: T): ReturnType<typeof parseArgs<T>> {
   try {
     return parseArgs(config);
   } catch (e) {
-    throw new UsageError(e instanceof Error ? e.message : String(e));
+    throw new UsageError(parseArgsErrorText(e, config.args));
   }
 }
 
 /** `list` when it holds exactly the arguments `want` names; a {@link UsageError} otherwise. */
 export function positionals(list: readonly string[], want: readonly string[], usage: string): string[] {
+  if (want.length === 0 && list.length > 0) {
+    throw new UsageError(`${usage}: takes no arguments, got ${JSON.stringify(list)}`);
+  }
   if (list.length !== want.length) {
     throw new UsageError(
       `${usage}: expected ${want.map((w) => `<${w}>`).join(" ")}${list.length > want.length ? `, got extra ${JSON.stringify(list.slice(want.length))}` : ""}`,

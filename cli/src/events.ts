@@ -11,7 +11,7 @@ import { parseArgs } from "node:util";
 import { Kafka, logLevel, type Consumer } from "kafkajs";
 import { EventDecodeError, decodeEventMessage } from "@nexusflow/scheduler/events";
 import { readDevState } from "./dev-state.js";
-import { type CommandIo, UsageError } from "./command.js";
+import { type CommandIo, UsageError, parseArgsErrorText } from "./command.js";
 
 /** Help of `nexusflow events`. */
 export const EVENTS_USAGE = `Usage: nexusflow events publish KEY [--payload JSON|@file] [--idempotency-key K]
@@ -183,7 +183,7 @@ export async function eventsCommand(args: string[], io: CommandIo): Promise<numb
       },
     }));
   } catch (e) {
-    throw new UsageError(`events tail: ${e instanceof Error ? e.message : String(e)}`);
+    throw new UsageError(`events tail: ${parseArgsErrorText(e, rest)}`);
   }
   if (values.help === true) {
     io.stdout(EVENTS_USAGE);

@@ -273,7 +273,10 @@ describe("nexusflow executor --handlers from another directory", () => {
     assert.equal(await slots.exited, 2);
     assert.equal(slots.stderr, "nexusflow: executor: --slots: must be between 1 and 10000, got 0\n");
     assert.equal(await unknown.exited, 2);
-    assert.match(unknown.stderr, /^nexusflow: executor: Unknown option '--handler'[^\n]*\n$/);
+    assert.equal(
+      unknown.stderr,
+      'nexusflow: executor: unknown option --handler (an argument that starts with "-" goes after --)\n',
+    );
   });
 
   it("names a handler module that does not exist, in one line", T, async () => {

@@ -33,7 +33,7 @@ import {
 } from "@nexusflow/executor";
 import { ensureDevKeys, mintDevToken } from "./dev-keys.js";
 import { type DevState, findDevKeys, readDevState } from "./dev-state.js";
-import type { CommandIo } from "./command.js";
+import { type CommandIo, parseArgsErrorText } from "./command.js";
 import { shareOwnPackages } from "./own-packages.js";
 
 /** The options of `nexusflow executor` (`nexusflow help` explains them). */
@@ -94,7 +94,7 @@ function parseOptions(args: string[]): Partial<Record<OptionName, string>> | "he
       },
     }));
   } catch (e) {
-    throw new CommandFailure(errorText(e), 2);
+    throw new CommandFailure(parseArgsErrorText(e, args), 2);
   }
   if (values.help === true) return "help";
   const options: Partial<Record<OptionName, string>> = {};

@@ -6,10 +6,11 @@ import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import { applyCommand } from "./apply-command.js";
-import { type CommandIo, UsageError } from "./command.js";
+import { type CommandIo, UsageError, parseArgsErrorText } from "./command.js";
 import { MAX_DEV_SCHEDULERS, runDev } from "./dev.js";
 import { DEFAULT_ADDRESS } from "./gateway-client.js";
 import { logsCommand } from "./logs-command.js";
+import { BROKEN_PIPE_EXIT_CODE, BrokenPipeError, guardOutput } from "./process-output.js";
 import { runsCommand } from "./runs-command.js";
 import { stopSignalHandler } from "./stop-signals.js";
 import { tokenCommand } from "./token-command.js";
@@ -103,8 +104,12 @@ function usageError(message: string): never {
   process.exit(2);
 }
 
-/** What an operator command gets: the environment, Ctrl-C as a signal, the output streams. */
-function operatorIo(): CommandIo {
+/**
+ * What an operator command gets: the environment, Ctrl-C as a signal, the output streams. The
+ * signal also aborts when standard output can no longer be written (`| head -1`: EPIPE), and
+ * `stdoutBroken` then says so.
+ */
+function operatorIo(): CommandIo & { readonly stdoutBroken: boolean } {
   const interrupt = new AbortController();
   const onSignal = (): void => {
     if (interrupt.signal.aborted) process.exit(130);
@@ -112,27 +117,40 @@ function operatorIo(): CommandIo {
   };
   process.on("SIGINT", onSignal);
   process.on("SIGTERM", onSignal);
+  const stdout = guardOutput(process.stdout, (e) =>
+    interrupt.abort(new BrokenPipeError(`standard output: ${e.message}`, { cause: e })),
+  );
+  const stderr = guardOutput(process.stderr);
   return {
     env: process.env,
     signal: interrupt.signal,
-    stdout: (text) => void process.stdout.write(text),
-    stderr: (text) => void process.stderr.write(text),
+    stdout: (text) => stdout.write(text),
+    stderr: (text) => stderr.write(text),
     color: process.stdout.isTTY === true && (process.env["NO_COLOR"] ?? "") === "",
     root: ROOT,
     cwd: process.cwd(),
+    get stdoutBroken() {
+      return stdout.broken;
+    },
   };
 }
 
-/** Runs an operator command to its exit code; usage errors exit 2 with one line. */
+/**
+ * Runs an operator command to its exit code; usage errors exit 2 with one line. A command whose
+ * reader went away (`| head -1`) ends quietly with {@link BROKEN_PIPE_EXIT_CODE}.
+ */
 async function operator(
   run: (args: string[], io: CommandIo) => Promise<number>,
   args: string[],
 ): Promise<number> {
+  const io = operatorIo();
   try {
-    return await run(args, operatorIo());
+    const code = await run(args, io);
+    return io.stdoutBroken ? BROKEN_PIPE_EXIT_CODE : code;
   } catch (e) {
+    if (io.stdoutBroken) return BROKEN_PIPE_EXIT_CODE;
     if (e instanceof UsageError) usageError(e.message);
-    process.stderr.write(`nexusflow: ${e instanceof Error ? e.message : String(e)}\n`);
+    io.stderr(`nexusflow: ${e instanceof Error ? e.message : String(e)}\n`);
     return 1;
   }
 }
@@ -171,7 +189,7 @@ switch (command) {
           );
       }
     } catch (e) {
-      usageError(e instanceof Error ? e.message : String(e));
+      usageError(parseArgsErrorText(e, rest));
     }
 
     const shutdown = new AbortController();

@@ -4,7 +4,8 @@
  * exits 1 unless the run succeeded.
  */
 import { readFile } from "node:fs/promises";
-import { type JsonValue, create } from "@bufbuild/protobuf";
+import { type JsonValue, create, fromJson } from "@bufbuild/protobuf";
+import { ValueSchema } from "@bufbuild/protobuf/wkt";
 import type { NexusflowClient } from "@nexusflow/client";
 import {
   CancelRunResponseSchema,
@@ -53,11 +54,19 @@ export async function readJson(value: string, flag: string): Promise<JsonValue> 
       throw new UsageError(`${flag}: cannot read ${value.slice(1)}: ${(e as Error).message}`);
     }
   }
+  let json: JsonValue;
   try {
-    return JSON.parse(text) as JsonValue;
+    json = JSON.parse(text) as JsonValue;
   } catch (e) {
     throw new UsageError(`${flag} is not JSON: ${(e as Error).message}`);
   }
+  // JSON that the API's Value cannot hold (nested deeper than 100 levels) is the user's to fix.
+  try {
+    fromJson(ValueSchema, json);
+  } catch (e) {
+    throw new UsageError(`${flag} cannot be sent: ${(e as Error).message}`);
+  }
+  return json;
 }
 
 const RUN_HEADERS = ["RUN", "WORKFLOW", "STATUS", "CREATED", "DURATION"];

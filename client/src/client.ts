@@ -99,7 +99,8 @@ export interface WaitForRunOptions {
    */
   timeoutMs?: number | undefined;
   /**
-   * Called with the run as it changes (the first call is its state when the watch opened).
+   * Called with the run as it changes (the first call is its state when the watch opened). What
+   * it throws ends the wait: `waitForRun` rejects with that error, as it is.
    * @default none
    */
   onUpdate?: ((run: Run) => void) | undefined;
@@ -258,7 +259,8 @@ export class NexusflowClient {
   /**
    * Sends a signal to a run: it completes the run's wait step for `name` with `payload` as the
    * step's output, or is kept on the run until such a step waits. With an idempotency key it is
-   * stored once (and retried on UNAVAILABLE). FAILED_PRECONDITION once the run has ended.
+   * stored once (and retried on UNAVAILABLE). FAILED_PRECONDITION once the run has ended. Throws
+   * {@link NexusflowClientError} `INVALID_INPUT` when `payload` cannot be sent as JSON.
    */
   async signalRun(
     runId: string,
@@ -270,7 +272,9 @@ export class NexusflowClient {
       {
         runId,
         name,
-        ...(request.payload === undefined ? {} : { payload: fromJson(ValueSchema, request.payload) }),
+        ...(request.payload === undefined
+          ? {}
+          : { payload: jsonValue(request.payload, "the signal's payload") }),
         idempotencyKey: request.idempotencyKey ?? "",
       },
       options,
@@ -284,6 +288,7 @@ export class NexusflowClient {
    * downstream again, optionally with a new input for `fromStep`. Always with an idempotency key
    * (a random one unless you give yours), so a call retried after UNAVAILABLE never starts a second
    * rerun. FAILED_PRECONDITION while the run is active, or when a step upstream did not succeed.
+   * Throws {@link NexusflowClientError} `INVALID_INPUT` when `stepInput` cannot be sent as JSON.
    */
   async rerunRun(
     runId: string,
@@ -295,7 +300,9 @@ export class NexusflowClient {
       {
         runId,
         fromStep,
-        ...(request.stepInput === undefined ? {} : { stepInput: fromJson(ValueSchema, request.stepInput) }),
+        ...(request.stepInput === undefined
+          ? {}
+          : { stepInput: jsonValue(request.stepInput, "the rerun step's input") }),
         idempotencyKey: request.idempotencyKey ?? randomUUID(),
       },
       options,
@@ -352,6 +359,8 @@ export class NexusflowClient {
       let failures = 0;
       for (;;) {
         let lastError: unknown;
+        /** True while onMessage or onUpdate runs: what it throws is the caller's, not the watch's. */
+        let callbackFailed = false;
         // One controller per watch: leaving the loop early must end the stream on the wire.
         const watch = new AbortController();
         const onStop = (): void => watch.abort(signal.reason);
@@ -364,15 +373,19 @@ export class NexusflowClient {
             const run = message.run;
             if (run === undefined) continue;
             failures = 0;
+            callbackFailed = true;
             options.onMessage?.(message);
             if (isTerminalRunStatus(run.status)) return run;
             options.onUpdate?.(run);
+            callbackFailed = false;
           }
           lastError = new NexusflowClientError(
             "WATCH_ENDED",
             `the watch of run ${runId} ended before the run did`,
           );
         } catch (e) {
+          // The caller's own callback threw: its error, as it is (not an RPC status).
+          if (callbackFailed) throw e;
           if (signal.aborted) throw ConnectError.from(signal.reason, Code.Canceled);
           const error = ConnectError.from(e);
           if (!REWATCH_CODES.has(error.code)) throw error;
@@ -410,14 +423,7 @@ function startRunMessage(
   request: StartRunRequest,
   where: string,
 ): MessageInitShape<typeof StartRunRequestSchema> {
-  let input: Value | undefined;
-  try {
-    input = request.input === undefined ? undefined : fromJson(ValueSchema, request.input);
-  } catch (e) {
-    throw new NexusflowClientError("INVALID_INPUT", `${where}the run's input is not JSON: ${String(e)}`, {
-      cause: e,
-    });
-  }
+  const input = request.input === undefined ? undefined : jsonValue(request.input, `${where}the run's input`);
   return {
     workflowName: request.workflowName,
     workflowVersion: request.workflowVersion ?? 0,
@@ -426,6 +432,22 @@ function startRunMessage(
     labels: { ...request.labels },
     view: request.view ?? RunView.UNSPECIFIED,
   };
+}
+
+/**
+ * `value` as a protobuf Value; throws {@link NexusflowClientError} `INVALID_INPUT`, its message
+ * starting with `what`, for what has no JSON form (undefined, a function, a bigint, a cycle) or is
+ * nested deeper than a Value can be.
+ */
+function jsonValue(value: JsonValue, what: string): Value {
+  try {
+    return fromJson(ValueSchema, value);
+  } catch (e) {
+    const reason = e instanceof Error ? e.message : String(e);
+    throw new NexusflowClientError("INVALID_INPUT", `${what} cannot be sent as JSON: ${reason}`, {
+      cause: e,
+    });
+  }
 }
 
 function required(run: Run | undefined, rpc: string): Run {

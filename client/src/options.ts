@@ -79,8 +79,10 @@ export interface ClientOptions {
   timeoutMs?: number | undefined;
   /**
    * Retry of UNAVAILABLE (the server unreachable, restarting, or its database briefly gone) for
-   * idempotent calls only: every read, RegisterWorkflow, CancelRun, and StartRun with an
-   * idempotency key. `false` never retries.
+   * idempotent calls only: every read, the writes documented as idempotent (RegisterWorkflow,
+   * CancelRun, pausing a schedule...), and StartRun, SignalRun, RerunRun, TriggerSchedule and
+   * PublishEvent with an idempotency key (`IDEMPOTENT_METHODS`, `isIdempotentCall`). `false`
+   * never retries.
    * @default { maxAttempts: 4, initialDelayMs: 100, maxDelayMs: 2000 }
    */
   retry?: RetryOptions | false | undefined;

@@ -1,5 +1,14 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
+import {
+  ArtifactService,
+  ClusterService,
+  EventService,
+  RateLimitService,
+  ReplicaService,
+  ScheduleService,
+  WorkflowService,
+} from "@nexusflow/gen";
 import { isIdempotentCall, retryDelayMs, sleep } from "./retry.js";
 
 describe("isIdempotentCall", () => {
@@ -21,7 +30,42 @@ describe("isIdempotentCall", () => {
     assert.equal(isIdempotentCall(startRuns, { runs: [] }), false);
     assert.equal(isIdempotentCall(startRuns, {}), false);
     assert.equal(isIdempotentCall("nexusflow.v1.ExecutorService/Session", {}), false);
+    assert.equal(isIdempotentCall("nexusflow.v1.ScheduleService/DeleteSchedule", {}), false);
     assert.equal(isIdempotentCall("other.Service/GetRun", {}), false);
+  });
+});
+
+describe("the retries of every service the client serves", () => {
+  const services = [
+    WorkflowService,
+    ArtifactService,
+    ClusterService,
+    ScheduleService,
+    ReplicaService,
+    EventService,
+    RateLimitService,
+  ];
+  const unary = services.flatMap((s) =>
+    s.methods.filter((m) => m.methodKind === "unary").map((m) => `${s.typeName}/${m.name}`),
+  );
+
+  it("retry every read (Get, List, Explain), as the options document", () => {
+    const reads = unary.filter((m) => /\/(Get|List|Explain)/.test(m));
+    assert.ok(reads.length >= 13, `reads: ${reads.join(", ")}`);
+    for (const m of reads) assert.ok(isIdempotentCall(m, {}), m);
+  });
+
+  it("retry every call that takes an idempotency key only when it has one", () => {
+    for (const m of [
+      "nexusflow.v1.WorkflowService/RerunRun",
+      "nexusflow.v1.ScheduleService/TriggerSchedule",
+      "nexusflow.v1.EventService/PublishEvent",
+      "nexusflow.v1.WorkflowService/SignalRun",
+    ]) {
+      assert.ok(unary.includes(m), m);
+      assert.ok(isIdempotentCall(m, { idempotencyKey: "k" }), m);
+      assert.equal(isIdempotentCall(m, { idempotencyKey: "" }), false, m);
+    }
   });
 });
 

@@ -7,9 +7,12 @@ import { Code, ConnectError, type Interceptor } from "@connectrpc/connect";
 import type { CompiledRetryOptions } from "./options.js";
 
 /**
- * Unary methods that are safe to repeat, as `package.Service/Method`: every read, RegisterWorkflow
- * (identical content is a no-op) and CancelRun (idempotent). StartRun and SignalRun are ones only
- * with an idempotency key, StartRuns only when every run has one ({@link isIdempotentCall}).
+ * Unary methods that are safe to repeat, as `package.Service/Method`: every read, and the writes
+ * the API documents as changing nothing when repeated (RegisterWorkflow and CreateSchedule with
+ * identical content, CancelRun, pausing and resuming a schedule or a rate limit, a backfill, which
+ * never starts a second run for a fire time). StartRun, StartRuns, SignalRun, RerunRun,
+ * TriggerSchedule and PublishEvent are ones only with an idempotency key ({@link isIdempotentCall}).
+ * DeleteSchedule is not: repeated after it took effect, it answers NOT_FOUND.
  */
 export const IDEMPOTENT_METHODS: ReadonlySet<string> = new Set([
   "nexusflow.v1.WorkflowService/RegisterWorkflow",
@@ -18,11 +21,31 @@ export const IDEMPOTENT_METHODS: ReadonlySet<string> = new Set([
   "nexusflow.v1.WorkflowService/GetRun",
   "nexusflow.v1.WorkflowService/ListRuns",
   "nexusflow.v1.WorkflowService/CancelRun",
+  "nexusflow.v1.WorkflowService/ExplainPending",
   "nexusflow.v1.ArtifactService/ListArtifacts",
+  "nexusflow.v1.ScheduleService/CreateSchedule",
+  "nexusflow.v1.ScheduleService/GetSchedule",
+  "nexusflow.v1.ScheduleService/ListSchedules",
+  "nexusflow.v1.ScheduleService/PauseSchedule",
+  "nexusflow.v1.ScheduleService/ResumeSchedule",
+  "nexusflow.v1.ScheduleService/BackfillSchedule",
+  "nexusflow.v1.EventService/GetEvent",
+  "nexusflow.v1.EventService/ListEvents",
+  "nexusflow.v1.RateLimitService/ListRateLimits",
+  "nexusflow.v1.RateLimitService/PauseRateLimit",
+  "nexusflow.v1.RateLimitService/ResumeRateLimit",
+  "nexusflow.v1.ClusterService/ListExecutors",
+  "nexusflow.v1.ReplicaService/ListReplicas",
 ]);
 
-const START_RUN = "nexusflow.v1.WorkflowService/StartRun";
-const SIGNAL_RUN = "nexusflow.v1.WorkflowService/SignalRun";
+/** Methods that are safe to repeat when their request carries an idempotency key. */
+const KEYED_METHODS: ReadonlySet<string> = new Set([
+  "nexusflow.v1.WorkflowService/StartRun",
+  "nexusflow.v1.WorkflowService/SignalRun",
+  "nexusflow.v1.WorkflowService/RerunRun",
+  "nexusflow.v1.ScheduleService/TriggerSchedule",
+  "nexusflow.v1.EventService/PublishEvent",
+]);
 const START_RUNS = "nexusflow.v1.WorkflowService/StartRuns";
 
 function hasIdempotencyKey(message: unknown): boolean {
@@ -33,7 +56,7 @@ function hasIdempotencyKey(message: unknown): boolean {
 /** Whether a unary call of `method` (`package.Service/Method`) with `message` may be repeated. */
 export function isIdempotentCall(method: string, message: unknown): boolean {
   if (IDEMPOTENT_METHODS.has(method)) return true;
-  if (method === START_RUN || method === SIGNAL_RUN) return hasIdempotencyKey(message);
+  if (KEYED_METHODS.has(method)) return hasIdempotencyKey(message);
   if (method !== START_RUNS) return false;
   const runs = (message as { runs?: unknown } | undefined)?.runs;
   return Array.isArray(runs) && runs.length > 0 && runs.every(hasIdempotencyKey);

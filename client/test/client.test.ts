@@ -269,6 +269,24 @@ describe("NexusflowClient against a real scheduler (authentication on)", () => {
     assert.equal(RunStatus[done.status], "SUCCEEDED");
   });
 
+  it("rejects with what onMessage or onUpdate throws, as it is, not as an RPC error", T, async () => {
+    class CallerError extends Error {
+      override name = "CallerError";
+    }
+    const { run } = await client.startRun({ workflowName: "client-greet", input: { name: "Eve" } });
+    const thrown = new CallerError("the caller's own bug");
+    await assert.rejects(
+      client.waitForRun(run.id, {
+        onMessage: () => {
+          throw thrown;
+        },
+      }),
+      (e: unknown) => e === thrown,
+    );
+    // The run goes on: waiting again sees it end.
+    assert.equal(RunStatus[(await client.waitForRun(run.id)).status], "SUCCEEDED");
+  });
+
   it(
     "reports errors by code: INVALID_ARGUMENT with every path, NOT_FOUND, and the client's own",
     T,
