@@ -5,8 +5,9 @@
  * without the scope, is told so (UNAUTHENTICATED, PERMISSION_DENIED) whatever its body holds,
  * and a malformed or oversized body is only reported to a caller that may make the call. REST
  * calls check the same before reading their body ({@link authenticateRequest}). An interceptor
- * ({@link guardInterceptor}) then caps the streaming calls a client (a token subject) has open
- * at once, and authenticates itself any call that did not pass the gate.
+ * ({@link guardInterceptor}) then caps the streaming calls a client has open at once (a token
+ * subject; for the token-free streams of reflection and health Watch, the remote address), ends a
+ * stream when its token expires, and authenticates itself any call that did not pass the gate.
  *
  * A refused call is UNAUTHENTICATED or PERMISSION_DENIED with a message saying why; the token
  * itself is never logged nor echoed.
@@ -21,14 +22,25 @@ import {
 } from "@connectrpc/connect";
 import {
   type AuthError,
+  PUBLIC,
   type Principal,
   type TokenVerifier,
   authenticateCall,
   isAuthError,
+  requiredScope,
 } from "@nexusflow/common";
+import { untilAborted } from "./abortable.js";
 
 /** The caller of the current call, once the guard has verified its token (undefined: public RPC or auth off). */
 export const kPrincipal = createContextKey<Principal | undefined>(undefined, { description: "principal" });
+
+/**
+ * The remote address of the connection a call came on (server.ts sets it from the socket); undefined
+ * for calls made in process (REST, whose routes include no token-free RPC).
+ */
+export const kRemoteAddress = createContextKey<string | undefined>(undefined, {
+  description: "remote address",
+});
 
 /** True once the request gate has authenticated and authorized the call. */
 const kGuarded = createContextKey<boolean>(false, { description: "guarded" });
@@ -51,6 +63,8 @@ export class StreamLimiter {
   constructor(
     /** Most streams one client may have open. */
     readonly limit: number,
+    /** The refusal's message, which goes on with the limit and "close one and retry". */
+    readonly what = "too many concurrent streams for this client",
   ) {}
 
   /** Open streams of `client`. */
@@ -66,7 +80,7 @@ export class StreamLimiter {
     const open = this.count(client);
     if (open >= this.limit) {
       throw new ConnectError(
-        `too many concurrent streams for this client (limit ${this.limit}); close one and retry`,
+        `${this.what} (limit ${this.limit}); close one and retry`,
         Code.ResourceExhausted,
       );
     }
@@ -134,6 +148,17 @@ export interface GuardOptions {
   verifier: TokenVerifier | undefined;
   /** Limits open streams per token subject (not applied without a verified subject). */
   streams: StreamLimiter;
+  /**
+   * Limits the open streams of the token-free RPCs (reflection, health Watch) per remote address
+   * ({@link kRemoteAddress}), with authentication on or off.
+   */
+  publicStreams: StreamLimiter;
+  /**
+   * A stream opened with a token ends UNAUTHENTICATED this long after the token's `exp`, in
+   * milliseconds (serve.ts passes AUTH_CLOCK_SKEW, the tolerance the verifier grants `exp`: a stream
+   * ends when its token would no longer be accepted). @default 0
+   */
+  expiryGraceMs?: number | undefined;
   /** Told of each call refused for its token or scope. */
   onRefused?: RefusalListener | undefined;
 }
@@ -147,36 +172,97 @@ async function* releasing<T>(source: AsyncIterable<T>, release: () => void): Asy
   }
 }
 
-/**
- * The interceptor that limits the streams of every call, and authenticates and authorizes those
- * that did not pass {@link guardRequestGate} (a router built without it).
- */
-export function guardInterceptor({ verifier, streams, onRefused }: GuardOptions): Interceptor {
-  return (next) => async (req) => {
-    if (verifier === undefined) return next(req);
-    let principal: Principal | undefined;
-    if (req.contextValues.get(kGuarded)) {
-      principal = req.contextValues.get(kPrincipal);
-    } else {
-      principal = await authenticateRequest(verifier, req.method, req.header.get("authorization"), onRefused);
-      req.contextValues.set(kPrincipal, principal);
-    }
-    if (!req.stream || principal === undefined) return next(req);
+/** Longest delay a Node timer can wait, in milliseconds (about 24.8 days). */
+const MAX_TIMER_MS = 2_147_483_647;
 
-    const release = streams.acquire(principal.subject);
+/**
+ * A signal aborted with UNAUTHENTICATED "token expired" at `atMs` (epoch milliseconds, wall clock);
+ * `cancel()` clears its timer.
+ */
+function expiryOf(atMs: number): { signal: AbortSignal; cancel: () => void } {
+  const controller = new AbortController();
+  let timer: NodeJS.Timeout | undefined;
+  const arm = (): void => {
+    const left = atMs - Date.now();
+    if (left <= 0) {
+      controller.abort(
+        new ConnectError(
+          `token expired at ${new Date(atMs).toISOString()}: the stream ended with it; ` +
+            "open it again with a new token",
+          Code.Unauthenticated,
+        ),
+      );
+      return;
+    }
+    // A token valid for longer than a timer can wait is looked at again then.
+    timer = setTimeout(arm, Math.min(left, MAX_TIMER_MS));
+  };
+  arm();
+  return { signal: controller.signal, cancel: () => clearTimeout(timer) };
+}
+
+/** Whether `method` is one of the RPCs that need no token (reflection, health). */
+function isTokenFree(method: DescMethod): boolean {
+  return requiredScope(`${method.parent.typeName}/${method.name}`) === PUBLIC;
+}
+
+/**
+ * The interceptor that limits the streams of every call, ends a stream when its token expires, and
+ * authenticates and authorizes those calls that did not pass {@link guardRequestGate} (a router
+ * built without it).
+ */
+export function guardInterceptor({
+  verifier,
+  streams,
+  publicStreams,
+  expiryGraceMs = 0,
+  onRefused,
+}: GuardOptions): Interceptor {
+  return (next) => async (req) => {
+    let principal: Principal | undefined;
+    if (verifier !== undefined) {
+      if (req.contextValues.get(kGuarded)) {
+        principal = req.contextValues.get(kPrincipal);
+      } else {
+        principal = await authenticateRequest(
+          verifier,
+          req.method,
+          req.header.get("authorization"),
+          onRefused,
+        );
+        req.contextValues.set(kPrincipal, principal);
+      }
+    }
+    if (!req.stream) return next(req);
+    let release: () => void;
+    if (principal !== undefined) release = streams.acquire(principal.subject);
+    else if (isTokenFree(req.method))
+      release = publicStreams.acquire(req.contextValues.get(kRemoteAddress) ?? "in-process");
+    // Authentication off: no client to count by (there is no token subject).
+    else return next(req);
+
+    const expiry = principal === undefined ? undefined : expiryOf(principal.expiresAtMs + expiryGraceMs);
+    const done = (): void => {
+      expiry?.cancel();
+      release();
+    };
     // A client that goes away may never finish iterating; its signal still fires.
-    req.signal.addEventListener("abort", release, { once: true });
+    req.signal.addEventListener("abort", done, { once: true });
     let res;
     try {
-      res = await next(req);
+      // The handler's signal also fires when the token expires: the upstream call ends.
+      res = await next(
+        expiry === undefined ? req : { ...req, signal: AbortSignal.any([req.signal, expiry.signal]) },
+      );
     } catch (e) {
-      release();
+      done();
       throw e;
     }
     if (!res.stream) {
-      release();
+      done();
       return res;
     }
-    return { ...res, message: releasing(res.message, release) };
+    const messages = expiry === undefined ? res.message : untilAborted(res.message, expiry.signal);
+    return { ...res, message: releasing(messages, done) };
   };
 }

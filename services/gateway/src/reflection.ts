@@ -6,10 +6,14 @@
  * Here its implementation answers each request of a Connect bidi stream: a request is converted to
  * the grpc-js (proto-loader) shape, answered, and the answer converted back. The two versions are
  * the same protocol under two package names, so one implementation serves both.
+ *
+ * A reflection stream lasts as long as its client keeps its side open (grpcurl asks several
+ * questions on one stream): when the gateway drains, it ends UNAVAILABLE like every other stream.
  */
 import type { DescService, MessageInitShape } from "@bufbuild/protobuf";
 import type { ConnectRouter, ServiceImpl } from "@connectrpc/connect";
 import { reflectionPackageDefinition } from "@nexusflow/common";
+import { untilAborted } from "./abortable.js";
 import { ReflectionV1Implementation } from "@grpc/reflection/build/src/implementations/reflection-v1.js";
 import type { ServerReflectionRequest as GrpcRequest } from "@grpc/reflection/build/src/generated/grpc/reflection/v1/ServerReflectionRequest.js";
 import type { ServerReflectionResponse as GrpcResponse } from "@grpc/reflection/build/src/generated/grpc/reflection/v1/ServerReflectionResponse.js";
@@ -95,11 +99,24 @@ function fromGrpcResponse(req: ServerReflectionRequest, res: GrpcResponse): Resp
   };
 }
 
+/** Options of {@link addReflection}. */
+export interface ReflectionOptions {
+  /**
+   * Aborted when the gateway starts draining: open reflection streams end with its reason (a
+   * ConnectError UNAVAILABLE), even while their clients keep them open. @default none
+   */
+  shutdownSignal?: AbortSignal | undefined;
+}
+
 /**
  * Registers grpc.reflection.v1 and v1alpha on `router`, describing `services`, every file they
  * import and the google.rpc error details they send. Only `services` are listed.
  */
-export function addReflection(router: ConnectRouter, services: readonly DescService[]): void {
+export function addReflection(
+  router: ConnectRouter,
+  services: readonly DescService[],
+  options: ReflectionOptions = {},
+): void {
   const reflection = new ReflectionV1Implementation(
     reflectionPackageDefinition(services) as unknown as PackageDefinition,
     {
@@ -107,8 +124,10 @@ export function addReflection(router: ConnectRouter, services: readonly DescServ
     },
   );
   const impl: ServiceImpl<typeof ServerReflectionV1> = {
-    async *serverReflectionInfo(requests) {
-      for await (const req of requests) {
+    async *serverReflectionInfo(requests, ctx) {
+      const { shutdownSignal } = options;
+      const stop = shutdownSignal === undefined ? ctx.signal : AbortSignal.any([ctx.signal, shutdownSignal]);
+      for await (const req of untilAborted(requests, stop)) {
         yield fromGrpcResponse(req, reflection.handleServerReflectionRequest(toGrpcRequest(req)));
       }
     },

@@ -48,8 +48,9 @@ export function createRoutes(options: RoutesOptions): (router: ConnectRouter) =>
   return (router) => {
     for (const service of PROXIED_SERVICES)
       router.service(service, createForwardingService(service, options));
+    const reflection = { shutdownSignal: options.streamShutdownSignal };
     if (options.ready === undefined) {
-      addReflection(router, PROXIED_SERVICES);
+      addReflection(router, PROXIED_SERVICES, reflection);
       return;
     }
     addHealth(router, {
@@ -58,6 +59,6 @@ export function createRoutes(options: RoutesOptions): (router: ConnectRouter) =>
       shutdownSignal: options.streamShutdownSignal,
       watchIntervalMs: options.healthWatchIntervalMs,
     });
-    addReflection(router, [...PROXIED_SERVICES, HealthService]);
+    addReflection(router, [...PROXIED_SERVICES, HealthService], reflection);
   };
 }

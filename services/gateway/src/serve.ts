@@ -63,6 +63,8 @@ const gateway = createGateway({
   verifier,
   maxRequestBytes: config.maxRequestBytes,
   maxStreamsPerClient: config.maxStreamsPerClient,
+  // A stream ends when its token would no longer be accepted: exp plus the verifier's tolerance.
+  tokenExpiryGraceMs: config.auth.clockToleranceSec * 1000,
   metrics: registry,
 });
 

@@ -18,7 +18,9 @@
  * open streams with UNAVAILABLE (WatchRun would otherwise never finish), sends GOAWAY to HTTP/2
  * sessions, closes idle HTTP/1.1 connections and the busy ones after their response, waits for
  * in-flight unary calls up to `drainTimeoutMs`, then aborts and destroys whatever is left and
- * finally closes the connections to the scheduler replicas.
+ * finally closes the connections to the scheduler replicas. An HTTP/2 stream whose response is
+ * complete while its client keeps its side open is reset with NO_ERROR (http/h2-streams.ts): it
+ * would otherwise hold its session, and so the drain, open.
  */
 import * as http from "node:http";
 import * as http2 from "node:http2";
@@ -30,6 +32,7 @@ import {
   type HandlerContext,
   type Interceptor,
   type Transport,
+  createContextValues,
   createRouterTransport,
 } from "@connectrpc/connect";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
@@ -49,8 +52,10 @@ import {
   guardInterceptor,
   guardRequestGate,
   kPrincipal,
+  kRemoteAddress,
   type RefusalListener,
 } from "./guard.js";
+import { resetWhenAnswered } from "./http/h2-streams.js";
 import { GatewayMetrics, type Protocol, protocolOf, rejectionReason } from "./metrics.js";
 import { MAX_TIMEOUT_MS, type RestHandler, createRestHandler } from "./rest/handler.js";
 import { compileRoutes } from "./rest/routes.js";
@@ -58,7 +63,7 @@ import { DETAILS_REGISTRY } from "./rest/status.js";
 import { createStaticFiles } from "./static-files.js";
 import { tracingInterceptor } from "./tracing.js";
 import { PROXIED_SERVICES, createRoutes } from "./routes.js";
-import { type Upstream, createUpstream } from "./upstream.js";
+import { UNAVAILABLE_MESSAGE, type Upstream, createUpstream } from "./upstream.js";
 
 type NodeHandler = ReturnType<typeof connectNodeAdapter>;
 type NodeServerRequest = Parameters<NodeHandler>[0];
@@ -138,6 +143,20 @@ export interface GatewayOptions {
    * @default 32
    */
   maxStreamsPerClient?: number;
+  /**
+   * Most streams of the RPCs that need no token (reflection, health Watch) one remote address may
+   * have open at once; more are RESOURCE_EXHAUSTED. Applies with authentication on or off. Behind a
+   * proxy every client has the proxy's address, so it is the limit of all of them together.
+   * @default 16
+   */
+  maxPublicStreamsPerAddress?: number;
+  /**
+   * A stream opened with a token ends UNAUTHENTICATED ("token expired") this long after the
+   * token's `exp`, in milliseconds. serve.ts passes AUTH_CLOCK_SKEW, the tolerance the verifier
+   * grants `exp`, so that a stream ends when its token stops being accepted.
+   * @default 0 (at `exp`)
+   */
+  tokenExpiryGraceMs?: number;
   /**
    * Registry to record the gateway's metrics on (requests, token rejections, calls to the
    * scheduler; see metrics.ts); main.ts serves it on METRICS_PORT.
@@ -226,6 +245,8 @@ interface CompiledGatewayOptions {
   verifier: TokenVerifier | undefined;
   maxRequestBytes: number;
   maxStreamsPerClient: number;
+  maxPublicStreamsPerAddress: number;
+  tokenExpiryGraceMs: number;
   metrics: Registry | undefined;
   uiDir: string;
 }
@@ -260,6 +281,8 @@ function addGatewayDefaults(options: GatewayOptions): CompiledGatewayOptions {
     verifier: options.verifier,
     maxRequestBytes: checkMaxRequestBytes(options.maxRequestBytes ?? 4 * 1024 * 1024),
     maxStreamsPerClient: options.maxStreamsPerClient ?? 32,
+    maxPublicStreamsPerAddress: options.maxPublicStreamsPerAddress ?? 16,
+    tokenExpiryGraceMs: options.tokenExpiryGraceMs ?? 0,
     metrics: options.metrics,
     uiDir: options.uiDir ?? DEFAULT_UI_DIR,
   };
@@ -281,6 +304,9 @@ interface Connection {
 }
 
 const SHUTDOWN_ERROR = (): ConnectError => new ConnectError("gateway is shutting down", Code.Unavailable);
+
+/** Why the gateway's public /readyz is not ready when its readiness check fails. */
+const NOT_READY = UNAVAILABLE_MESSAGE;
 
 class GatewayServer implements Gateway {
   #state: GatewayState = "idle";
@@ -341,6 +367,11 @@ class GatewayServer implements Gateway {
       guardInterceptor({
         verifier,
         streams: new StreamLimiter(options.maxStreamsPerClient),
+        publicStreams: new StreamLimiter(
+          options.maxPublicStreamsPerAddress,
+          "too many concurrent token-free streams (reflection, health Watch) from this address",
+        ),
+        expiryGraceMs: options.tokenExpiryGraceMs,
         onRefused,
       }),
     ];
@@ -350,6 +381,12 @@ class GatewayServer implements Gateway {
       jsonOptions: { registry: DETAILS_REGISTRY },
       shutdownSignal: this.#forceShutdown.signal,
       requestGate,
+      // Token-free streams are counted by the address they come from (guard.ts).
+      contextValues: (req) => {
+        const values = createContextValues();
+        values.set(kRemoteAddress, req.socket.remoteAddress);
+        return values;
+      },
       // The call's span outermost: the others, and the call to the scheduler, run in it.
       interceptors: [
         tracingInterceptor(),
@@ -387,7 +424,10 @@ class GatewayServer implements Gateway {
 
     this.#ui = createStaticFiles({ root: options.uiDir, log: this.#log });
 
-    this.#h2 = http2.createServer({}, handler);
+    this.#h2 = http2.createServer({}, (req, res) => {
+      resetWhenAnswered(req);
+      handler(req, res);
+    });
     this.#h2.on("session", (session) => this.#onSession(session));
     this.#h2.on("sessionError", (e) => this.#log.debug({ err: e }, "http/2 session error"));
 
@@ -565,6 +605,24 @@ class GatewayServer implements Gateway {
     return this.#options.ready?.() ?? Promise.resolve(undefined);
   }
 
+  /**
+   * What `GET /readyz` on the gateway's port, which anyone may ask, says: the gateway's own state
+   * as it is, but {@link NOT_READY} for any reason of the readiness check, whose text names the
+   * schedulers' internal addresses. The gateway logs which replica answered what (upstream.ts), and
+   * the /readyz of its ops endpoint (METRICS_PORT, HEALTH_PORT: for operators) says it.
+   */
+  async #publicReadiness(): Promise<string | undefined> {
+    if (this.#state !== "listening") return this.#readiness();
+    try {
+      const reason = await this.#readiness();
+      if (reason === undefined) return undefined;
+      this.#log.debug({ reason }, "not ready");
+    } catch (e) {
+      this.#log.debug({ err: e }, "the readiness check failed");
+    }
+    return NOT_READY;
+  }
+
   #fallback(req: NodeServerRequest, res: NodeServerResponse): void {
     const path = (req.url ?? "/").split("?")[0];
     if (path === "/healthz" && (req.method === "GET" || req.method === "HEAD")) {
@@ -573,15 +631,14 @@ class GatewayServer implements Gateway {
       return;
     }
     if (path === "/readyz" && (req.method === "GET" || req.method === "HEAD")) {
-      this.#readiness().then(
+      this.#publicReadiness().then(
         (reason) =>
           sendJson(
             res,
             reason === undefined ? 200 : 503,
             reason === undefined ? { status: "ready" } : { status: "not ready", reason },
           ),
-        (e: unknown) =>
-          sendJson(res, 503, { status: "not ready", reason: e instanceof Error ? e.message : String(e) }),
+        () => sendJson(res, 503, { status: "not ready", reason: NOT_READY }),
       );
       return;
     }

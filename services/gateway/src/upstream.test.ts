@@ -2,17 +2,20 @@
  * The gateway in front of two fake scheduler replicas (Connect servers with canned
  * WorkflowService answers, each saying which replica it is): calls fail over from a replica that is
  * gone to the other without an error to the client, an UNAVAILABLE a replica answers is passed on
- * as it is, and a call that may have been applied is not sent twice.
+ * as it is, and a call that may have been applied is not sent twice. The errors and the /readyz a
+ * client sees never name a scheduler's (internal) address; the gateway's log does.
  */
 import assert from "node:assert/strict";
 import * as http2 from "node:http2";
 import type * as net from "node:net";
+import { Writable } from "node:stream";
 import { afterEach, beforeEach, describe, it } from "node:test";
 import { Code, ConnectError, type ConnectRouter, createClient } from "@connectrpc/connect";
 import { Http2SessionManager, connectNodeAdapter, createGrpcTransport } from "@connectrpc/connect-node";
-import { ServingStatus, freePort } from "@nexusflow/common";
+import { ServingStatus, checkGrpcHealth, freePort } from "@nexusflow/common";
 import { waitFor } from "@nexusflow/common/testing";
 import { RunStatus, WorkflowService } from "@nexusflow/gen";
+import { pino } from "pino";
 import { type Gateway, createGateway } from "./server.js";
 import { UpstreamAddressError, createUpstream, replicasReadiness } from "./upstream.js";
 
@@ -178,6 +181,7 @@ describe("gateway over two scheduler replicas", () => {
       const err = await write;
       assert.equal(err.code, Code.Unavailable);
       assert.match(err.rawMessage, /may or may not have been applied/);
+      assert.ok(!err.rawMessage.includes(a.address), err.rawMessage);
       assert.deepEqual(b.calls, ["GetRun hang-on-a-read"]);
     },
   );
@@ -190,6 +194,7 @@ describe("gateway over two scheduler replicas", () => {
     await a.kill();
     const err = await rejection(stream.next());
     assert.equal(err.code, Code.Unavailable, err.rawMessage);
+    assert.ok(!err.rawMessage.includes(a.address), err.rawMessage);
     assert.deepEqual(b.calls, []);
     // A new stream goes to the other replica.
     const again: string[] = [];
@@ -207,21 +212,56 @@ describe("gateway over two scheduler replicas", () => {
 });
 
 describe("gateway over replicas that are all gone", () => {
-  it("fails with UNAVAILABLE naming every address", TEST_TIMEOUT, async () => {
-    const addresses = [`127.0.0.1:${await freePort()}`, `127.0.0.1:${await freePort()}`];
-    const gateway = createGateway({ schedulerAddress: addresses, port: 0 });
-    const { url } = await gateway.listen();
-    const sessionManager = new Http2SessionManager(url);
-    try {
-      const client = createClient(WorkflowService, createGrpcTransport({ baseUrl: url, sessionManager }));
-      const err = await rejection(client.getRun({ runId: "x" }));
-      assert.equal(err.code, Code.Unavailable);
-      for (const address of addresses) assert.ok(err.rawMessage.includes(address), err.rawMessage);
-    } finally {
-      sessionManager.abort();
-      await gateway.close();
-    }
-  });
+  it(
+    "fails with UNAVAILABLE naming no address, and is not ready, saying no more; its log names them",
+    TEST_TIMEOUT,
+    async () => {
+      const addresses = [`127.0.0.1:${await freePort()}`, `127.0.0.1:${await freePort()}`];
+      const logs: string[] = [];
+      const logger = pino(
+        { level: "warn" },
+        new Writable({
+          write(chunk: Buffer, _enc, done) {
+            logs.push(chunk.toString("utf8"));
+            done();
+          },
+        }),
+      );
+      const gateway = createGateway({
+        schedulerAddress: addresses,
+        port: 0,
+        logger,
+        // What serve.ts gives it.
+        ready: replicasReadiness(addresses, { check: (address) => checkGrpcHealth(address), logger }),
+      });
+      const { url } = await gateway.listen();
+      const sessionManager = new Http2SessionManager(url);
+      try {
+        const client = createClient(WorkflowService, createGrpcTransport({ baseUrl: url, sessionManager }));
+        const err = await rejection(client.getRun({ runId: "x" }));
+        assert.equal(err.code, Code.Unavailable);
+        assert.equal(err.rawMessage, "the scheduler is unavailable; retry shortly");
+        const rest = await fetch(`${url}/v1/runs/x`);
+        assert.equal(rest.status, 503);
+        const restText = await rest.text();
+        const readyz = await fetch(`${url}/readyz`);
+        assert.equal(readyz.status, 503);
+        assert.deepEqual(await readyz.json(), {
+          status: "not ready",
+          reason: "the scheduler is unavailable; retry shortly",
+        });
+        const text = logs.join("");
+        for (const address of addresses) {
+          assert.ok(!restText.includes(address), restText);
+          assert.ok(text.includes(address), `the log names ${address}`);
+        }
+        assert.match(text, /no scheduler replica is serving/);
+      } finally {
+        sessionManager.abort();
+        await gateway.close();
+      }
+    },
+  );
 });
 
 describe("createUpstream", () => {

@@ -27,7 +27,9 @@
  * Whatever a scheduler answers (an error status in headers or trailers) is returned as it is,
  * UNAVAILABLE included ("moving between replicas": the client retries), and counts as that
  * address being alive. A call aborted by its caller (cancel, deadline, the gateway draining) is
- * never sent again.
+ * never sent again. The UNAVAILABLE errors made here never name an address: the schedulers'
+ * addresses are internal, so they and what each failed with are logged (warn), and the client is
+ * told that the scheduler is unavailable.
  *
  * How an attempt's stream is seen: the calls of an attempt run in an AsyncLocalStorage context;
  * each address's `Http2SessionManager` is a subclass whose `request()` (called by connect-node
@@ -359,12 +361,13 @@ class FailoverUpstream implements Upstream {
         this.#log.warn({ address: u.address, failure, error: reasonOf(e) }, "scheduler call failed");
         this.#failedAt(index);
         failures.push(`${u.address}: ${reasonOf(e)}`);
-        if (!again(failure)) throw brokenError(u.address, failure, e);
+        if (!again(failure)) throw brokenError(failure, e);
       }
     }
     if (this.#state === "closed" && failures.length === 0)
       throw new ConnectError("the gateway's connection to the scheduler is closed", Code.Unavailable);
-    throw new ConnectError(`no scheduler could be reached (${failures.join("; ")})`, Code.Unavailable);
+    this.#log.warn({ failures }, "no scheduler could be reached");
+    throw new ConnectError(UNAVAILABLE_MESSAGE, Code.Unavailable);
   }
 
   unary<I extends DescMessage, O extends DescMessage>(
@@ -413,7 +416,7 @@ class FailoverUpstream implements Upstream {
         const broke = (failure: Failure, e: unknown): ConnectError => {
           this.#log.warn({ address, failure, error: reasonOf(e) }, "scheduler stream broke");
           this.#failedAt(index);
-          return brokenError(address, failure, e);
+          return brokenError(failure, e);
         };
         return { ...res, message: guardStream(res.message, attempt, signal, broke) };
       },
@@ -437,20 +440,21 @@ async function* guardStream<T>(
   }
 }
 
-function brokenError(address: string, failure: Failure, cause: unknown): ConnectError {
-  const what =
+/** What a client is told when no scheduler could be reached (the addresses tried are logged). */
+export const UNAVAILABLE_MESSAGE = "the scheduler is unavailable; retry shortly";
+
+/**
+ * The UNAVAILABLE error of a `failure` (its address and `cause` are logged by the caller, and kept as
+ * the error's cause, which never goes on the wire).
+ */
+function brokenError(failure: Failure, cause: unknown): ConnectError {
+  const message =
     failure === "unsent"
-      ? "could not be reached"
+      ? UNAVAILABLE_MESSAGE
       : failure === "unanswered"
-        ? "went away before it answered (the call may or may not have been applied)"
-        : "went away while it answered";
-  return new ConnectError(
-    `the scheduler at ${address} ${what}: ${reasonOf(cause)}`,
-    Code.Unavailable,
-    undefined,
-    undefined,
-    cause,
-  );
+        ? "the scheduler went away before it answered: the call may or may not have been applied; retry shortly"
+        : "the scheduler went away while it answered; retry shortly";
+  return new ConnectError(message, Code.Unavailable, undefined, undefined, cause);
 }
 
 /** Options of {@link replicasReadiness}. */
@@ -473,7 +477,8 @@ export interface ReplicasReadinessOptions {
 
 /**
  * The gateway's readiness over several scheduler replicas: ready while at least one address's
- * health service answers SERVING; when none does, the reason says what each address answered.
+ * health service answers SERVING; when none does, the reason says what each address answered (for
+ * the ops endpoint's /readyz and the log: the gateway's own /readyz does not show it).
  */
 export function replicasReadiness(
   addresses: readonly string[],
@@ -500,8 +505,11 @@ export function replicasReadiness(
     const down = answers.filter((a) => a !== undefined);
     const ready = down.length < addresses.length;
     const summary = down.join("; ");
-    if (ready && summary !== lastDown && down.length > 0)
-      log.warn({ notServing: down }, "some scheduler replicas are not serving");
+    if (summary !== lastDown && down.length > 0)
+      log.warn(
+        { notServing: down },
+        ready ? "some scheduler replicas are not serving" : "no scheduler replica is serving",
+      );
     lastDown = summary;
     return ready ? undefined : summary;
   };

@@ -2,7 +2,8 @@
  * How the gateway treats connections and streams that go quiet or away: a REST server stream with
  * nothing to send yet still answers 200 with its headers; an h2c REST client that resets its stream
  * cancels the upstream call and gives its stream slot back; an HTTP/1.1 request whose headers never
- * end has its connection closed after `headersTimeoutMs`.
+ * end has its connection closed after `headersTimeoutMs`; a stream whose client keeps its side open
+ * (grpcurl's reflection stream) is reset once answered, and holds no drain open.
  */
 import assert from "node:assert/strict";
 import * as http from "node:http";
@@ -10,11 +11,18 @@ import * as http2 from "node:http2";
 import * as net from "node:net";
 import type { AddressInfo } from "node:net";
 import { after, before, describe, it } from "node:test";
-import { type ConnectRouter, createRouterTransport } from "@connectrpc/connect";
-import { connectNodeAdapter } from "@connectrpc/connect-node";
+import {
+  Code,
+  ConnectError,
+  type ConnectRouter,
+  createClient,
+  createRouterTransport,
+} from "@connectrpc/connect";
+import { Http2SessionManager, connectNodeAdapter, createGrpcTransport } from "@connectrpc/connect-node";
 import { createTokenVerifier } from "@nexusflow/common";
 import { waitFor } from "@nexusflow/common/testing";
 import { RunStatus, WorkflowService } from "@nexusflow/gen";
+import { ServerReflection } from "../src/gen/grpc/reflection/v1/reflection_pb.js";
 import { type Gateway, createGateway } from "../src/server.js";
 import { AUDIENCE, ISSUER, type TestKeys, createTestKeys } from "./keys.js";
 
@@ -208,5 +216,95 @@ describe("a request larger as protobuf than as JSON", () => {
       assert.equal(res.status, 429);
     }
     assert.equal(starts, 0);
+  });
+});
+
+describe("a bidi stream whose client keeps its side open", () => {
+  /** Far longer than the test may take: close() resolving at all shows it did not wait for it. */
+  const DRAIN_FOREVER_MS = 3_600_000;
+  let keys: TestKeys;
+  let gateway: Gateway;
+  let url: string;
+  let sessions: Http2SessionManager;
+  before(async () => {
+    keys = await createTestKeys();
+    gateway = createGateway({
+      schedulerAddress: "127.0.0.1:1",
+      transport: createRouterTransport(() => undefined),
+      port: 0,
+      drainTimeoutMs: DRAIN_FOREVER_MS,
+      verifier: await createTokenVerifier({
+        publicKeyFiles: [keys.keys.EdDSA.jwkFile],
+        issuer: ISSUER,
+        audience: AUDIENCE,
+      }),
+    });
+    ({ url } = await gateway.listen());
+    sessions = new Http2SessionManager(url);
+  });
+  after(async () => {
+    sessions.abort();
+    await gateway.close();
+    await keys.close();
+  });
+
+  it("is reset with NO_ERROR after its answer, which the client keeps", T, async () => {
+    // A reflection question that does not decode: the call fails after its request was read, while
+    // the client's side stays open.
+    const session = http2.connect(url);
+    session.on("error", () => undefined);
+    try {
+      const stream = session.request({
+        ":method": "POST",
+        ":path": "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        "content-type": "application/grpc",
+        te: "trailers",
+      });
+      stream.on("error", () => undefined);
+      stream.resume();
+      const trailers = new Promise<http2.IncomingHttpHeaders>((resolve) => stream.once("trailers", resolve));
+      const closed = new Promise<number>((resolve) => stream.once("close", () => resolve(stream.rstCode)));
+      // One gRPC message (uncompressed, 2 bytes) that is no protobuf: a field tag that never ends.
+      stream.write(Buffer.from([0, 0, 0, 0, 2, 0xff, 0xff]));
+      const status = (await trailers)["grpc-status"];
+      assert.ok(status !== undefined && status !== "0", `grpc-status ${String(status)}`);
+      assert.equal(await closed, http2.constants.NGHTTP2_NO_ERROR);
+    } finally {
+      session.destroy();
+    }
+  });
+
+  // Last: it closes the gateway.
+  it("does not hold close() once answered (grpcurl's reflection stream)", T, async () => {
+    const client = createClient(
+      ServerReflection,
+      createGrpcTransport({ baseUrl: url, sessionManager: sessions }),
+    );
+    let hangUp!: () => void;
+    const hungUp = new Promise<void>((resolve) => (hangUp = resolve));
+    // One question, then the request side stays open, as grpcurl's is.
+    async function* questions() {
+      yield { messageRequest: { case: "listServices" as const, value: "" } };
+      await hungUp;
+    }
+    const answers = client.serverReflectionInfo(questions())[Symbol.asyncIterator]();
+    try {
+      const first = await answers.next();
+      assert.equal(
+        first.done === true ? undefined : first.value.messageResponse.case,
+        "listServicesResponse",
+      );
+      const rest = answers.next().then(
+        () => assert.fail("the stream ended without an error"),
+        (e: unknown) => ConnectError.from(e),
+      );
+      // Resolves long before the drain timeout only if nothing held the connection open.
+      await gateway.close();
+      const err = await rest;
+      assert.equal(err.code, Code.Unavailable, err.message);
+      assert.match(err.rawMessage, /gateway is shutting down/);
+    } finally {
+      hangUp();
+    }
   });
 });
