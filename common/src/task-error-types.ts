@@ -112,6 +112,19 @@ export const TaskErrorType = {
    */
   TEMPLATE_ERROR: "TEMPLATE_ERROR",
   /**
+   * Scheduler. A task's rendered input (a step's, a compensation's or a map element's) is larger
+   * than the 15 MiB (as protobuf) a lease carries to an executor, e.g. a large run input or
+   * upstream output templated in more than once: the task fails when it would be leased, before
+   * any executor gets it (no attempt). Terminal. No details.
+   */
+  INPUT_TOO_LARGE: "INPUT_TOO_LARGE",
+  /**
+   * Scheduler. A task's rendered input is nested deeper than the 48 levels of arrays and objects
+   * an executor decodes: the task fails when it would be leased, before any executor gets it (no
+   * attempt). Terminal. No details.
+   */
+  INPUT_TOO_DEEP: "INPUT_TOO_DEEP",
+  /**
    * Scheduler. A step's `when` condition could not be evaluated (a missing path, wrong types): the
    * step fails before running. Terminal. No details.
    */

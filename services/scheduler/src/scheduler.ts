@@ -538,7 +538,7 @@ export class Scheduler {
       }
       const server = new grpc.Server({
         "grpc.keepalive_permit_without_calls": 1,
-        "grpc.max_receive_message_length": 16 * 1024 * 1024,
+        "grpc.max_receive_message_length": 16 * 1024 * 1024, // over it: test/api-sizes/receive-limit.test.ts
         // Metrics first: calls the authentication refuses are measured too.
         interceptors: [
           ...(registry === undefined ? [] : [grpcServerMetrics(registry)]),

@@ -1,6 +1,6 @@
 /** Database rows to API messages. */
-import { create, type MessageInitShape } from "@bufbuild/protobuf";
-import { timestampFromDate } from "@bufbuild/protobuf/wkt";
+import { create, toBinary, type MessageInitShape } from "@bufbuild/protobuf";
+import { timestampFromDate, type Value } from "@bufbuild/protobuf/wkt";
 import { errorToProto, jsonToValue } from "@nexusflow/common";
 import { toArtifactRef } from "@nexusflow/common/artifacts";
 import { TaskErrorType } from "@nexusflow/common/task-error-types";
@@ -198,6 +198,85 @@ export function runDetail(detail: RunDetail, pendingReason: PendingReasons = () 
     tasks,
     reruns: detail.reruns ?? [],
   } as MessageInitShape<typeof RunSchema>);
+}
+
+/**
+ * Largest encoded run an answer carries in RUN_VIEW_FULL (StartRun, RerunRun, CancelRun; a
+ * ListRuns page in all): under the 4 MiB that grpc-js, grpcio and grpcurl accept by default, with
+ * room for the rest of the answer and its framing. A larger run comes in RUN_VIEW_BASIC instead
+ * ({@link boundedRun}); GetRun answers the whole run, whatever its size.
+ */
+export const MAX_RUN_ANSWER_BYTES = 3 * 1024 * 1024;
+
+/**
+ * Most messages nested in an answer that protobuf decoders read by default (protobuf-es, C++,
+ * Python: 100); a deeper answer fails to decode at the client, whatever its size.
+ */
+export const MAX_ANSWER_NESTING = 100;
+
+/**
+ * `run` in RUN_VIEW_BASIC: without the input, output, tasks, signals and reruns RUN_VIEW_FULL adds
+ * (what {@link runBasic} makes of its row).
+ */
+export function basicOf(run: Run): Run {
+  const basic: Run = { ...run, tasks: [], signals: [], reruns: [] };
+  delete basic.input;
+  delete basic.output;
+  return basic;
+}
+
+/** Bytes of `run` encoded (the Run message alone, without its field tag and length). */
+export function encodedRunSize(run: Run): number {
+  return toBinary(RunSchema, run).length;
+}
+
+/**
+ * Whether `value`, a message at nesting `depth` (1 for the top message), takes its decoder past
+ * {@link MAX_ANSWER_NESTING}: each level of a list or an object is two messages (ListValue or
+ * Struct, then the Value in it). Stops at the first branch that does.
+ */
+function valueTooDeep(value: Value | undefined, depth: number): boolean {
+  if (value === undefined) return false;
+  const kind = value.kind;
+  if (kind.case === "listValue")
+    return depth + 1 > MAX_ANSWER_NESTING || kind.value.values.some((v) => valueTooDeep(v, depth + 2));
+  if (kind.case === "structValue")
+    return (
+      depth + 1 > MAX_ANSWER_NESTING ||
+      Object.values(kind.value.fields).some((v) => valueTooDeep(v, depth + 2))
+    );
+  return depth > MAX_ANSWER_NESTING;
+}
+
+/**
+ * Whether a decoder with the usual limit of {@link MAX_ANSWER_NESTING} nested messages could not
+ * read `run` in an answer (the Run at depth 2, in the response): a value nested too deep in its
+ * input, output, signals, or a task's input, output or error details. A step's input rendered from
+ * templates can nest deeper than any request could (the scheduler fails its task: INPUT_TOO_DEEP).
+ */
+export function runTooDeep(run: Run): boolean {
+  const run2 = 2;
+  if (valueTooDeep(run.input, run2 + 1) || valueTooDeep(run.output, run2 + 1)) return true;
+  if (valueTooDeep(run.error?.details, run2 + 2)) return true;
+  if (run.signals.some((s) => valueTooDeep(s.payload, run2 + 2))) return true;
+  return run.tasks.some(
+    (t) =>
+      valueTooDeep(t.input, run2 + 2) ||
+      valueTooDeep(t.output, run2 + 2) ||
+      valueTooDeep(t.error?.details, run2 + 3) ||
+      t.attempts.some((a) => valueTooDeep(a.error?.details, run2 + 4)),
+  );
+}
+
+/**
+ * `run` (in RUN_VIEW_FULL) as an answer carries it: whole while a client with gRPC's and
+ * protobuf's usual limits can read it (it encodes within `maxBytes`, and nests within
+ * {@link MAX_ANSWER_NESTING}), else in RUN_VIEW_BASIC, so that the caller of a call that did what it
+ * asked (a run started, rerun, cancelled) can read its answer. Every run has at least one task, so
+ * a run without tasks is one in the BASIC view.
+ */
+export function boundedRun(run: Run, maxBytes = MAX_RUN_ANSWER_BYTES): Run {
+  return encodedRunSize(run) <= maxBytes && !runTooDeep(run) ? run : basicOf(run);
 }
 
 /** A definition row to the API message. */

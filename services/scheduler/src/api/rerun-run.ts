@@ -9,7 +9,14 @@ import type { OriginalStep } from "../core/index.js";
 import type { Engine } from "../engine/engine.js";
 import { TERMINAL_RUN_STATUSES, type RunStatusName, type TaskStatusName } from "../model/run-state.js";
 import { checkRunId, type RunStore, type TaskRow } from "../persistence/run-store.js";
-import { runBasic, runBasicFromState, runDetail, runFromState, type PendingReasons } from "./convert.js";
+import {
+  boundedRun,
+  runBasic,
+  runBasicFromState,
+  runDetail,
+  runFromState,
+  type PendingReasons,
+} from "./convert.js";
 
 /** Longest step id a definition accepts. */
 const MAX_STEP_ID = 63;
@@ -124,8 +131,10 @@ export async function rerunRun(
       ? active !== undefined
         ? runBasicFromState(active)
         : runBasic(await runs.getRun(runId))
-      : active !== undefined
-        ? runFromState(active, pendingReason)
-        : runDetail(await runs.get(runId), pendingReason);
+      : boundedRun(
+          active !== undefined
+            ? runFromState(active, pendingReason)
+            : runDetail(await runs.get(runId), pendingReason),
+        );
   return create(RerunRunResponseSchema, { run, created });
 }

@@ -1,5 +1,5 @@
 /** WorkflowService over gRPC: validates requests, calls the engine and the stores. */
-import { create, toBinary, toJson } from "@bufbuild/protobuf";
+import { create, toJson } from "@bufbuild/protobuf";
 import { type Timestamp, timestampDate } from "@bufbuild/protobuf/wkt";
 import type * as grpc from "@grpc/grpc-js";
 import {
@@ -20,7 +20,6 @@ import {
   ListWorkflowsResponseSchema,
   RegisterWorkflowResponseSchema,
   type Run,
-  RunSchema,
   RunStatus,
   RunView,
   StartRunResponseSchema,
@@ -52,12 +51,17 @@ import { TERMINAL_RUN_STATUSES, type RunStatusName, type SignalState } from "../
 import { checkRunId, runPageToken, type RunDetail, type RunStore } from "../persistence/run-store.js";
 import { parkedPendingReasons } from "../engine/parked-reasons.js";
 import {
+  MAX_RUN_ANSWER_BYTES,
+  basicOf,
+  boundedRun,
   definition,
+  encodedRunSize,
   runBasic,
   runBasicFromState,
   runDetail,
   runFromState,
   runStatusName,
+  runTooDeep,
   type PendingReasons,
 } from "./convert.js";
 import {
@@ -75,9 +79,9 @@ import { watchRun } from "./watch-run.js";
 
 /**
  * Largest encoded ListRuns page in RUN_VIEW_FULL: under the 4 MiB that grpcurl, grpcio and grpc-js
- * accept by default, with room for the rest of the response and framing.
+ * accept by default, with room for the rest of the response and framing (as one run's answer).
  */
-export const LIST_RUNS_PAGE_BYTES = 3 * 1024 * 1024;
+export const LIST_RUNS_PAGE_BYTES = MAX_RUN_ANSWER_BYTES;
 /** Room kept within the bound for next_page_token. */
 const PAGE_TOKEN_ROOM = 512;
 
@@ -294,9 +298,11 @@ export function workflowService(
         ? active !== undefined
           ? runBasicFromState(active)
           : runBasic(await runs.getRun(runId))
-        : active !== undefined
-          ? runFromState(active, pendingReason)
-          : runDetail(await runs.get(runId), pendingReason);
+        : boundedRun(
+            active !== undefined
+              ? runFromState(active, pendingReason)
+              : runDetail(await runs.get(runId), pendingReason),
+          );
     return create(StartRunResponseSchema, { run, created });
   }
 
@@ -416,17 +422,24 @@ export function workflowService(
           nextPageToken: page.nextPageToken,
         });
       }
-      // FULL: stop before the encoded page would pass the bound, but always carry one run.
+      // FULL: stop before the encoded page would pass the bound, but always carry one run: a run
+      // that passes it alone (or that nests too deep for a client to decode) comes alone, in the
+      // BASIC view, as StartRun would answer it.
       const details = await runs.details(page.runs);
       const full: Run[] = [];
       let bytes = PAGE_TOKEN_ROOM;
-      for (const detail of details) {
+      for (const [i, detail] of details.entries()) {
         const run = runDetail(detail, await reasonsOf(detail));
-        const length = toBinary(RunSchema, run).length;
+        const length = encodedRunSize(run);
         const size = 1 + varintSize(length) + length; // field tag, length, message
-        const last = details[full.length - 1];
-        if (last !== undefined && bytes + size > LIST_RUNS_PAGE_BYTES)
+        const tooLarge = PAGE_TOKEN_ROOM + size > LIST_RUNS_PAGE_BYTES || runTooDeep(run);
+        const last = details[i - 1];
+        if (last !== undefined && (tooLarge || bytes + size > LIST_RUNS_PAGE_BYTES))
           return create(ListRunsResponseSchema, { runs: full, nextPageToken: runPageToken(last.run) });
+        if (tooLarge) {
+          const nextPageToken = i === details.length - 1 ? page.nextPageToken : runPageToken(detail.run);
+          return create(ListRunsResponseSchema, { runs: [basicOf(run)], nextPageToken });
+        }
         full.push(run);
         bytes += size;
       }
@@ -473,7 +486,7 @@ export function workflowService(
       );
     }
     const detail = await runs.get(req.runId);
-    return create(CancelRunResponseSchema, { run: runDetail(detail, await reasonsOf(detail)) });
+    return create(CancelRunResponseSchema, { run: boundedRun(runDetail(detail, await reasonsOf(detail))) });
   }
 
   /** SignalRun's checks of its request (before it is answered here or forwarded). */
