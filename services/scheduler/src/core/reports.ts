@@ -6,7 +6,7 @@
 import { TaskErrorType } from "@nexusflow/common/task-error-types";
 import type { LeaseKey } from "@nexusflow/gen";
 import { jsonToValue } from "@nexusflow/common";
-import { toArtifactRef } from "@nexusflow/common/artifacts";
+import { attemptPrefix, checkKey, toArtifactRef } from "@nexusflow/common/artifacts";
 import type { ErrorInfo, TaskState } from "../model/run-state.js";
 import { advanceCompensation } from "./compensation.js";
 import type { Core, Moment, Rejection } from "./context.js";
@@ -83,6 +83,38 @@ export function heartbeat(
   return null;
 }
 
+/**
+ * A report's artifact references (its offloaded output, its logs) must name objects in the folder
+ * of the attempt reported on, where the executor writes them: the scheduler reads an offloaded
+ * output back into the run, and serves logs by these keys, so a key elsewhere (another run's
+ * output, any object of the store) would hand an executor whatever it names. INVALID_ARGUMENT,
+ * before anything changes; null when every key is the attempt's own.
+ */
+function foreignRefs(task: TaskState, refs: Record<string, unknown>): Rejection | null {
+  let prefix: string;
+  try {
+    prefix = attemptPrefix(task.runId, task.stepId, task.attempt, task.kind);
+  } catch {
+    return null;
+  }
+  for (const [field, ref] of Object.entries(refs)) {
+    if (ref === null || ref === undefined) continue;
+    const key = (ref as { key?: unknown }).key;
+    let ok = false;
+    try {
+      ok = typeof key === "string" && checkKey(key) === key && key.startsWith(prefix);
+    } catch {
+      ok = false;
+    }
+    if (!ok)
+      return {
+        code: "INVALID_ARGUMENT",
+        message: `${field}.key ${JSON.stringify(String(key)).slice(0, 300)} is not in the attempt's own folder ${prefix}`,
+      };
+  }
+  return null;
+}
+
 /** Completed report: accepted at most once per task. */
 export function completed(
   core: Core,
@@ -95,6 +127,8 @@ export function completed(
 ): Rejection | null {
   const task = checkReport(core, session, key);
   if (isRejection(task)) return task;
+  const foreign = foreignRefs(task, { output_ref: outputRef, logs });
+  if (foreign !== null) return foreign;
   if (task.status === "LEASED") markStarted(core, task, session.executorId, at);
   const run = core.runs.get(task.runId);
   const now = at.now;
@@ -141,6 +175,8 @@ export function failed(
 ): Rejection | null {
   const task = checkReport(core, session, key);
   if (isRejection(task)) return task;
+  const foreign = foreignRefs(task, { logs });
+  if (foreign !== null) return foreign;
   if (task.status === "LEASED") markStarted(core, task, session.executorId, at);
   if (pauseKeyUntilMs > at.now.getTime())
     pauseTaskKeys(

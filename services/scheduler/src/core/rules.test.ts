@@ -52,6 +52,33 @@ void describe("core rules", () => {
     assert.equal(sim.eventsOf(run.id).filter((c) => c === "taskSucceeded").length, 1);
   });
 
+  it("artifact references outside the attempt's own folder are refused, and change nothing", () => {
+    const sim = new Simulation();
+    const other = begin(sim, flow([{ id: "a", type: "t" }]));
+    const run = begin(sim, flow([{ id: "a", type: "t" }]));
+    const s = sim.session("s");
+    let task = sim.lease(s)!;
+    if (task.runId !== run.id) task = sim.lease(s)!;
+    const key = sim.key(task);
+    const own = `runs/${run.id}/a/attempt-1/`;
+    const refused = (outputRef: unknown, logs: unknown) =>
+      completed(sim.core, s, key, null, outputRef, logs, sim.at());
+    for (const foreign of [
+      `runs/${other.id}/a/attempt-1/output.json`,
+      "secrets/config.json",
+      `${own}../../b/attempt-1/output.json`,
+      `runs/${run.id}/a/attempt-2/output.json`,
+    ]) {
+      assert.equal(refused({ key: foreign }, null)?.code, "INVALID_ARGUMENT", foreign);
+      assert.equal(refused(null, { key: foreign })?.code, "INVALID_ARGUMENT", foreign);
+      assert.equal(failed(sim.core, s, key, ok, 0, { key: foreign }, sim.at())?.code, "INVALID_ARGUMENT");
+    }
+    assert.equal(refused({}, null)?.code, "INVALID_ARGUMENT", "a reference without a key");
+    assert.equal(task.status, "LEASED", "nothing changed");
+    assert.equal(refused({ key: `${own}output.json` }, { key: `${own}logs.jsonl` }), null);
+    assert.equal(task.status, "SUCCEEDED");
+  });
+
   it("retries: the jitter draw is an input and bounds the delay", () => {
     const policy = (jitter: string) =>
       flow([{ id: "a", type: "t", retry: { maxAttempts: 5, initialInterval: "1s", jitter } }]).stepsById.get(
