@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { randomUUID } from "node:crypto";
-import { mkdir, mkdtemp, readFile, readdir, rm, writeFile } from "node:fs/promises";
+import { mkdir, mkdtemp, readFile, readdir, rm, symlink, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, it } from "node:test";
@@ -25,6 +25,39 @@ async function tempStore(): Promise<{
 artifactStoreContract("filesystem", () => tempStore());
 
 describe("FilesystemArtifactStore", () => {
+  it("reads no file outside its folder through a symbolic link planted in it", async () => {
+    const { root, store, dispose } = await tempStore();
+    try {
+      const secret = join(root, "secret.txt");
+      await writeFile(secret, "TOP SECRET");
+      const outside = join(root, "outside");
+      await mkdir(outside);
+      await writeFile(join(outside, "leak"), "TOP SECRET");
+      const run = randomUUID();
+      const attempt = join(root, "store", "runs", run, "s", "attempt-1");
+      await mkdir(attempt, { recursive: true });
+      // A link to a file, and a folder that is a link to a folder outside.
+      await symlink(secret, join(attempt, "leak"));
+      await symlink(outside, join(root, "store", "runs", run, "t"));
+      for (const key of [`runs/${run}/s/attempt-1/leak`, `runs/${run}/t/leak`]) {
+        await assert.rejects(store.get(key), (e: unknown) => isArtifactError(e, "NOT_FOUND"), key);
+        assert.equal(await store.stat(key), undefined, key);
+      }
+      assert.deepEqual(await store.list(`runs/${run}/`), []);
+      // Objects of its own are read as ever, through a root that is a link itself too.
+      await store.put(`runs/${run}/s/attempt-1/ok.txt`, "fine");
+      const linked = new FilesystemArtifactStore({ root: join(root, "linked") });
+      await symlink(join(root, "store"), join(root, "linked"));
+      assert.equal((await readAll(await linked.get(`runs/${run}/s/attempt-1/ok.txt`))).toString(), "fine");
+      assert.equal(
+        (await linked.stat(`runs/${run}/s/attempt-1/ok.txt`))?.sha256,
+        sha256Hex(Buffer.from("fine")),
+      );
+    } finally {
+      await dispose();
+    }
+  });
+
   it("lays objects out as browsable files under the root and nothing outside it", async () => {
     const { root, store, dispose } = await tempStore();
     try {

@@ -13,10 +13,28 @@
  * new object, never half of one. The sidecar records the inode of the data file it describes; a
  * sidecar that does not match it (inode, size, mtime: a concurrent overwrite, a crash between the two renames, a file
  * copied in by hand) is ignored and the hash recomputed from the data.
+ *
+ * Reads never leave the store's folder: an object is opened without following a link at its last
+ * component, and the file actually opened must lie under the root's real path (a symbolic link
+ * planted in the folder, to a file or a directory outside, reads as no object). Listings do not
+ * follow links either.
  */
 import { createHash, randomUUID } from "node:crypto";
-import { createReadStream, createWriteStream, type Stats } from "node:fs";
-import { mkdir, open, readFile, readdir, rename, rm, rmdir, stat, unlink, writeFile } from "node:fs/promises";
+import { constants, createReadStream, createWriteStream, type Stats } from "node:fs";
+import {
+  type FileHandle,
+  mkdir,
+  open,
+  readFile,
+  readdir,
+  realpath,
+  rename,
+  rm,
+  rmdir,
+  stat,
+  unlink,
+  writeFile,
+} from "node:fs/promises";
 import { dirname, join, relative, resolve, sep } from "node:path";
 import type { Readable } from "node:stream";
 import { pipeline } from "node:stream/promises";
@@ -72,6 +90,8 @@ export class FilesystemArtifactStore implements ArtifactStore {
   readonly root: string;
   readonly #tmp: string;
   readonly #meta: string;
+  /** The root's real path (it may be a link itself), read on first use. */
+  #realRoot: Promise<string> | undefined;
 
   constructor(options: FilesystemArtifactStoreOptions) {
     this.root = resolve(options.root);
@@ -94,6 +114,38 @@ export class FilesystemArtifactStore implements ArtifactStore {
     if (!path.startsWith(base + sep))
       throw new ArtifactError("INVALID_KEY", `key ${JSON.stringify(key)} leaves the store's folder`, key);
     return path;
+  }
+
+  /**
+   * Opens the object at `path` for reading, or undefined when there is none: not a regular file,
+   * reached through a symbolic link at its last component, or lying outside the root's real path
+   * (a link at one of its folders). The path the descriptor really names is read from
+   * /proc/self/fd where there is one, so a link swapped in after the check cannot redirect it.
+   */
+  async #openInside(path: string): Promise<{ handle: FileHandle; info: Stats } | undefined> {
+    let handle: FileHandle;
+    try {
+      handle = await open(path, constants.O_RDONLY | constants.O_NOFOLLOW);
+    } catch (e) {
+      const code = errno(e);
+      if (code === "ENOENT" || code === "ENOTDIR" || code === "EISDIR" || code === "ELOOP") return undefined;
+      throw e;
+    }
+    try {
+      const info = await handle.stat();
+      this.#realRoot ??= realpath(this.root).catch((e: unknown) => {
+        this.#realRoot = undefined;
+        throw e;
+      });
+      const root = await this.#realRoot;
+      const real = await realpath(`/proc/self/fd/${handle.fd}`).catch(() => realpath(path));
+      if (info.isFile() && real.startsWith(root + sep)) return { handle, info };
+    } catch (e) {
+      await handle.close();
+      throw e;
+    }
+    await handle.close();
+    return undefined;
   }
 
   async put(key: string, data: ArtifactData, options: PutOptions = {}): Promise<ArtifactRef> {
@@ -158,40 +210,37 @@ export class FilesystemArtifactStore implements ArtifactStore {
 
   async get(key: string): Promise<Readable> {
     const path = this.#path(this.root, key);
+    let opened: { handle: FileHandle } | undefined;
     try {
       // Opened before returning, so a missing object rejects here and a concurrent overwrite
       // (rename) cannot mix two versions: the stream reads the file that was opened.
-      const handle = await open(path, "r");
-      const info = await handle.stat();
-      if (!info.isFile()) {
-        await handle.close();
-        throw new ArtifactError("NOT_FOUND", `no artifact ${JSON.stringify(key)}`, key);
-      }
-      return handle.createReadStream();
+      opened = await this.#openInside(path);
     } catch (e) {
-      if (e instanceof ArtifactError) throw e;
-      const code = errno(e);
-      if (code === "ENOENT" || code === "ENOTDIR" || code === "EISDIR")
-        throw new ArtifactError("NOT_FOUND", `no artifact ${JSON.stringify(key)}`, key, { cause: e });
       throw unavailable(`reading ${JSON.stringify(key)}`, key, e);
     }
+    if (opened === undefined) throw new ArtifactError("NOT_FOUND", `no artifact ${JSON.stringify(key)}`, key);
+    return opened.handle.createReadStream();
   }
 
   async stat(key: string): Promise<ArtifactRef | undefined> {
     const path = this.#path(this.root, key);
-    let info: Stats;
+    let opened: { handle: FileHandle; info: Stats } | undefined;
     try {
-      info = await stat(path);
+      opened = await this.#openInside(path);
     } catch (e) {
-      const code = errno(e);
-      if (code === "ENOENT" || code === "ENOTDIR") return undefined;
       throw unavailable(`reading ${JSON.stringify(key)}`, key, e);
     }
-    if (!info.isFile()) return undefined;
-    return this.#ref(key, path, info, true);
+    if (opened === undefined) return undefined;
+    const { handle, info } = opened;
+    try {
+      return await this.#ref(key, handle, info, true);
+    } finally {
+      await handle.close();
+    }
   }
 
-  async #ref(key: string, path: string, info: Stats, metadata: boolean): Promise<ArtifactRef> {
+  /** The object's ref; without a trustworthy sidecar its data is hashed, read from `source`. */
+  async #ref(key: string, source: string | FileHandle, info: Stats, metadata: boolean): Promise<ArtifactRef> {
     if (!metadata)
       return artifactRef({ key, size: info.size, sha256: "", contentType: "", createTime: info.mtime });
     const sidecar = await this.#sidecar(key);
@@ -213,7 +262,11 @@ export class FilesystemArtifactStore implements ArtifactStore {
     const hash = createHash("sha256");
     let size = 0;
     try {
-      for await (const chunk of createReadStream(path)) {
+      const data =
+        typeof source === "string"
+          ? createReadStream(source)
+          : source.createReadStream({ autoClose: false, start: 0 });
+      for await (const chunk of data) {
         hash.update(chunk as Buffer);
         size += (chunk as Buffer).length;
       }
