@@ -190,6 +190,7 @@ export class Engine {
       core: () => this.core,
       running: () => this.stateValue === "RUNNING",
       traceContext: (task, run) => this.spans?.traceContext(task, run),
+      confine: (run, fn) => this.confined(run, fn),
     });
     this.outputs = new OutputReader({
       log: options.log,

@@ -15,6 +15,7 @@ import type { Dispatcher, SessionHandle } from "./dispatcher.js";
 import { encodeLease, leaseFrames, leaseMessage, leaseValue } from "./messages.js";
 import type { UnservedTypes } from "./pending.js";
 import type { Watchers } from "./watchers.js";
+import type { Confine } from "./faults.js";
 
 /** What the lease pump works with. */
 export interface LeasePumpOptions {
@@ -28,6 +29,8 @@ export interface LeasePumpOptions {
   running(): boolean;
   /** The trace context the lease carries to the executor (its attempt's span), if any. */
   traceContext(task: TaskState, run: RunState | undefined): Readonly<Record<string, string>> | undefined;
+  /** Applies rules to a run, a fault (a throw) confined to it (faults.ts); by default, none. */
+  confine?: Confine | undefined;
 }
 
 /** A lease granted in a pass, sent once its grant is committed. */
@@ -54,7 +57,13 @@ export class LeasePump {
     this.scheduled = true;
     setImmediate(() => {
       this.scheduled = false;
-      this.pump();
+      // A fault outside any one run's rules (the dispatcher's pass) is logged, not left to end
+      // the process; the next event schedules another pass.
+      try {
+        this.pump();
+      } catch (e) {
+        this.o.log.error({ err: e }, "a lease pass failed");
+      }
     });
   }
 
@@ -68,20 +77,29 @@ export class LeasePump {
       return;
     }
     const granted: Grant[] = [];
-    for (const { session, task } of pairs) {
-      const run = this.o.core().runs.get(task.runId);
-      if (run === undefined) {
-        session.credit++;
-        // Charged to its fair share by the pass, never leased: the share gets it back.
-        core.releaseShare(task);
-        continue;
+    const confine = this.o.confine ?? (<T>(_run: RunState | undefined, fn: () => T): T | undefined => fn());
+    try {
+      for (const { session, task } of pairs) {
+        const run = this.o.core().runs.get(task.runId);
+        const token =
+          run === undefined
+            ? undefined
+            : confine(run, () => core.grantLease(this.o.core(), run, task, session, now));
+        if (token === undefined) {
+          // Its run left memory, or granting failed (the run failed with it): charged to its fair
+          // share by the pass, never leased, so the share and the session get it back.
+          session.credit++;
+          core.releaseShare(task);
+          continue;
+        }
+        // Not the executor's to list as held (Ping.list_held) until it is written to the stream.
+        (session.unsent ??= new Map()).set(task.id, token);
+        granted.push({ session, task, token });
       }
-      const token = core.grantLease(this.o.core(), run, task, session, now);
-      // Not the executor's to list as held (Ping.list_held) until it is written to the stream.
-      (session.unsent ??= new Map()).set(task.id, token);
-      granted.push({ session, task, token });
+    } finally {
+      // What was granted before a fault is sent all the same.
+      this.sendWhenCommitted(granted);
     }
-    this.sendWhenCommitted(granted);
     this.recordHolds();
     // More may fit (credit left, or tasks queued meanwhile).
     this.schedule();

@@ -141,7 +141,11 @@ const faulty = {
     {
       id: "first",
       type: "reserve",
-      input: { fault: "{{ input.fault }}", reportFault: "{{ input.reportFault }}" },
+      input: {
+        fault: "{{ input.fault }}",
+        reportFault: "{{ input.reportFault }}",
+        leaseFault: "{{ input.leaseFault }}",
+      },
     },
     { id: "second", type: "book", dependsOn: ["first"] },
   ],
@@ -184,7 +188,25 @@ function describeEngine(protocolVersion: number): void {
         protocolVersion,
         ["reserve", "book", "pay", "unreserve", "unbook"],
         (lease) => {
-          const input = lease.input as { decline?: boolean; fault?: boolean; reportFault?: boolean } | null;
+          const input = lease.input as {
+            decline?: boolean;
+            fault?: boolean;
+            reportFault?: boolean;
+            leaseFault?: boolean;
+          } | null;
+          if (input?.leaseFault === true) {
+            // Whatever bug would make leasing the run's next step throw, once: here, the
+            // session's record of its leases refusing that step's task.
+            const second = (engine.activeRun(lease.runId) as RunState).tasks.get("second")?.id;
+            const leases = session.leases;
+            const add = leases.add.bind(leases);
+            let thrown = false;
+            leases.add = (id: string) => {
+              if (id !== second || thrown) return add(id);
+              thrown = true;
+              throw new Error("injected lease fault");
+            };
+          }
           if (input?.reportFault === true) {
             // Whatever bug would make applying the report throw: here, reading the run's workflow.
             const run = engine.activeRun(lease.runId) as { workflow: unknown };
@@ -344,7 +366,7 @@ function describeEngine(protocolVersion: number): void {
         engine.startRun({
           workflowName: "mem-fault",
           workflowVersion: 1,
-          input: { fault, reportFault },
+          input: { fault, reportFault, leaseFault: false },
           idempotencyKey: "",
           labels: {},
         });
@@ -365,11 +387,33 @@ function describeEngine(protocolVersion: number): void {
       assert.equal((await finished((await start(false)).runId)).run?.status, "SUCCEEDED");
     });
 
+    it("confines a fault while leasing a run's task to that run, and gives the slot back", async () => {
+      const start = (leaseFault: boolean) =>
+        engine.startRun({
+          workflowName: "mem-fault",
+          workflowVersion: 1,
+          input: { fault: false, reportFault: false, leaseFault },
+          idempotencyKey: "",
+          labels: {},
+        });
+      const credit = session.credit;
+      const { runId } = await start(true);
+      const { run } = await finished(runId);
+      assert.equal(run?.status, "FAILED");
+      assert.equal(run?.error?.type, "SCHEDULER_ERROR");
+      assert.match(run?.error?.message ?? "", /injected lease fault/);
+      // The slot the failed grant took is back: as many runs as slots still finish.
+      const more = await Promise.all([1, 2, 3, 4, 5].map(() => start(false)));
+      for (const m of more) assert.equal((await finished(m.runId)).run?.status, "SUCCEEDED");
+      await engine.whenCommitted();
+      assert.equal(session.credit, credit);
+    });
+
     it("confines a fault while applying a report to the report's run, and accepts the report", async () => {
       const { runId } = await engine.startRun({
         workflowName: "mem-fault",
         workflowVersion: 1,
-        input: { fault: false, reportFault: true },
+        input: { fault: false, reportFault: true, leaseFault: false },
         idempotencyKey: "",
         labels: {},
       });
