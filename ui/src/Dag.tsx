@@ -1,7 +1,23 @@
 /** A DAG as an SVG: one focusable box per step, coloured and labelled by its state. */
 import { Component } from "preact";
-import { useCallback, useRef } from "preact/hooks";
-import { NODE_HEIGHT, NODE_WIDTH, type DagLayout, type DagNode, type StepState, stateLabel } from "./dag";
+import { useCallback, useLayoutEffect, useMemo, useRef, useState } from "preact/hooks";
+import {
+  NODE_HEIGHT,
+  NODE_WIDTH,
+  type DagLayout,
+  type DagNode,
+  type StepState,
+  type Viewport,
+  stateLabel,
+  visiblePart,
+} from "./dag";
+
+/**
+ * Above this many steps only the boxes and arrows in and near the scrolled-to part of the graph
+ * are drawn (a workflow may have 5,000 steps: drawn whole, its first picture held the page's
+ * thread for over 2 s). At or below it every box is drawn, each reachable with Tab.
+ */
+export const DRAW_ALL_UP_TO = 2000;
 
 /** Props of {@link Dag}. */
 export interface DagProps {
@@ -25,8 +41,24 @@ export function Dag({ layout, states, notes, selected, onSelect, label }: DagPro
   const onSelectRef = useRef(onSelect);
   onSelectRef.current = onSelect;
   const select = useCallback((id: string) => onSelectRef.current?.(id), []);
+  const scroller = useRef<HTMLDivElement>(null);
+  const culled = layout.nodes.length > DRAW_ALL_UP_TO;
+  const view = useScrolledView(scroller, culled);
+  const drawn = useMemo(
+    () =>
+      culled
+        ? // Before the first measure: the top left, as a page opens it.
+          visiblePart(layout, view ?? { x: 0, y: 0, width: 1280, height: 800 }, selected)
+        : { nodes: layout.nodes, edges: layout.edges },
+    [layout, culled, view, selected],
+  );
   return (
-    <div class="dag-scroll">
+    <div
+      class="dag-scroll"
+      ref={scroller}
+      // A large graph is scrolled to draw more of it: from the keyboard too.
+      {...(culled ? { tabIndex: 0, role: "region", "aria-label": `${label} (scroll to see more)` } : {})}
+    >
       <svg
         class="dag"
         role="group"
@@ -48,8 +80,8 @@ export function Dag({ layout, states, notes, selected, onSelect, label }: DagPro
             <path d="M 0 0 L 10 5 L 0 10 z" class="dag-arrowhead" />
           </marker>
         </defs>
-        <DagEdges edges={layout.edges} />
-        {layout.nodes.map((n) => (
+        <DagEdges edges={drawn.edges} />
+        {drawn.nodes.map((n) => (
           <DagNodeView
             key={n.id}
             node={n}
@@ -63,6 +95,39 @@ export function Dag({ layout, states, notes, selected, onSelect, label }: DagPro
       </svg>
     </div>
   );
+}
+
+/**
+ * The part of the graph `scroller` shows, in SVG units (which are CSS pixels), updated once a
+ * frame as it scrolls or changes size; undefined when not `tracking`.
+ */
+function useScrolledView(
+  scroller: { current: HTMLDivElement | null },
+  tracking: boolean,
+): Viewport | undefined {
+  const [view, setView] = useState<Viewport | undefined>(undefined);
+  useLayoutEffect(() => {
+    const el = scroller.current;
+    if (!tracking || el === null) return;
+    let frame: number | undefined;
+    const measure = (): void => {
+      frame = undefined;
+      setView({ x: el.scrollLeft, y: el.scrollTop, width: el.clientWidth, height: el.clientHeight });
+    };
+    const later = (): void => {
+      frame ??= requestAnimationFrame(measure);
+    };
+    measure();
+    el.addEventListener("scroll", later, { passive: true });
+    const resized = new ResizeObserver(later);
+    resized.observe(el);
+    return () => {
+      el.removeEventListener("scroll", later);
+      resized.disconnect();
+      if (frame !== undefined) cancelAnimationFrame(frame);
+    };
+  }, [scroller, tracking]);
+  return tracking ? view : undefined;
 }
 
 /** The arrows; rendered again only for a new layout. */

@@ -1,6 +1,6 @@
 /** The app shell: the token prompt until there is a token, then the navigation and the page. */
 import { useCallback, useMemo, useState } from "preact/hooks";
-import { createApi } from "./api";
+import { createApi, describeError } from "./api";
 import { decodeToken, forgetToken, storeToken, storedToken } from "./auth";
 import { type Route, linkHandler, routePath, useRoute } from "./router";
 import { EventsPage } from "./pages/events";
@@ -21,10 +21,15 @@ export function App() {
     setToken(undefined);
     setReason(why);
   }, []);
-  const session = useMemo<Session | undefined>(
-    () => (token === undefined ? undefined : { ...createApi(token), token: decodeToken(token), signOut }),
-    [token, signOut],
-  );
+  const session = useMemo<Session | undefined>(() => {
+    if (token === undefined) return undefined;
+    // A call refused as unauthenticated, wherever on a page, asks for a token again; one of an
+    // earlier token (answered after another was given) does not sign the new one out.
+    const refused = (e: unknown): void => {
+      if (storedToken() === token) signOut(`The gateway refused the token: ${describeError(e)}`);
+    };
+    return { ...createApi(token, refused), token: decodeToken(token), signOut };
+  }, [token, signOut]);
   if (session === undefined)
     return (
       <TokenPrompt
@@ -81,7 +86,9 @@ function Shell() {
           </NavLink>
         </nav>
         <div class="who" aria-label="Signed in as">
-          <span class="subject">{info?.subject ?? "token"}</span>{" "}
+          <span class="subject" title={info?.subject}>
+            {info?.subject ?? "token"}
+          </span>{" "}
           <span class="scopes" data-testid="scopes">
             {scopes}
           </span>

@@ -124,6 +124,48 @@ export function layoutDag(steps: readonly DagStep[]): DagLayout {
   };
 }
 
+/** A rectangle of the canvas: the part of a graph scrolled to. */
+export interface Viewport {
+  x: number;
+  y: number;
+  width: number;
+  height: number;
+}
+
+/**
+ * The boxes and arrows of `layout` in or near `view` (within one view's size of it each way, so
+ * that a scroll shows drawn boxes before the next measure), and the box of `selected` wherever it
+ * is. An arrow is kept when the rectangle between its ends meets that area.
+ */
+export function visiblePart(
+  layout: DagLayout,
+  view: Viewport,
+  selected?: string,
+): { nodes: DagNode[]; edges: DagEdge[] } {
+  const left = view.x - view.width;
+  const right = view.x + 2 * view.width;
+  const top = view.y - view.height;
+  const bottom = view.y + 2 * view.height;
+  const meets = (x1: number, y1: number, x2: number, y2: number): boolean =>
+    x2 >= left && x1 <= right && y2 >= top && y1 <= bottom;
+  const nodes = layout.nodes.filter(
+    (n) => n.id === selected || meets(n.x, n.y, n.x + NODE_WIDTH, n.y + NODE_HEIGHT),
+  );
+  const byId = new Map(layout.nodes.map((n) => [n.id, n]));
+  const edges = layout.edges.filter((e) => {
+    const from = byId.get(e.from);
+    const to = byId.get(e.to);
+    if (from === undefined || to === undefined) return false;
+    return meets(
+      Math.min(from.x, to.x),
+      Math.min(from.y, to.y),
+      Math.max(from.x, to.x) + NODE_WIDTH,
+      Math.max(from.y, to.y) + NODE_HEIGHT,
+    );
+  });
+  return { nodes, edges };
+}
+
 /**
  * How a step is shown: its task's state, or, once a compensation of it exists, that
  * compensation's progress. "not-started" is a step with no task yet; "waiting" is a wait or sleep

@@ -9,6 +9,11 @@ export interface Paging {
   page: number;
   /** Token of the next page ("" when this is the last). */
   next: string;
+  /**
+   * Set when an answer gave, as its next page's, the token of a page already shown (a server whose
+   * token does not advance): that page is not offered again.
+   */
+  repeated: string | undefined;
   /** Records the next page's token from an answer. */
   setNext: (token: string) => void;
   /** Back to the first page (the filters changed). */
@@ -21,11 +26,17 @@ export interface Paging {
 export function usePaging(): Paging {
   const [pages, setPages] = useState<string[]>([""]);
   const [next, setNext] = useState("");
+  const [repeated, setRepeated] = useState<string | undefined>(undefined);
   return {
     pageToken: pages[pages.length - 1] ?? "",
     page: pages.length,
     next,
-    setNext,
+    repeated,
+    setNext: (token) => {
+      const seen = token !== "" && pages.includes(token);
+      setNext(seen ? "" : token);
+      setRepeated(seen ? token : undefined);
+    },
     reset: () => setPages([""]),
     back: () => setPages(pages.slice(0, -1)),
     forward: () => setPages([...pages, next]),
@@ -43,6 +54,11 @@ export function PagingNav({ paging, label }: { paging: Paging; label: string }) 
       <button type="button" class="secondary" disabled={paging.next === ""} onClick={paging.forward}>
         Next page
       </button>
+      {paging.repeated !== undefined && (
+        <span class="muted">
+          The server gave the token of a page already shown as the next page's: no further page.
+        </span>
+      )}
     </nav>
   );
 }

@@ -12,10 +12,22 @@ export type Route =
 
 const BASE = "/ui";
 
-/** The route of a pathname; unknown paths show the runs. */
+/** A path segment percent-decoded; as it is when its escapes are broken (`%E0%A4%A`, `100%`). */
+function decodeSegment(segment: string): string {
+  try {
+    return decodeURIComponent(segment);
+  } catch {
+    return segment;
+  }
+}
+
+/**
+ * The route of a pathname; unknown paths show the runs. Never throws: an address typed or pasted
+ * with a broken escape still opens the app (its id as it is, which the API will not find).
+ */
 export function parseRoute(pathname: string): Route {
   const rest = pathname.startsWith(`${BASE}/`) ? pathname.slice(BASE.length + 1) : "";
-  const [first, second] = rest.split("/").map((s) => decodeURIComponent(s));
+  const [first, second] = rest.split("/").map(decodeSegment);
   if (first === "runs" && second !== undefined && second !== "") return { page: "run", runId: second };
   if (first === "executors") return { page: "executors" };
   if (first === "schedules")

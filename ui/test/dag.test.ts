@@ -13,6 +13,7 @@ import {
   stepKind,
   stepState,
   tasksByStep,
+  visiblePart,
 } from "../src/dag";
 
 const step = (id: string, dependsOn: string[] = []): DagStep => ({ id, type: `t-${id}`, dependsOn });
@@ -150,5 +151,28 @@ describe("map elements", () => {
     assert.equal(stepState(byStep.get("m")), "waiting");
     assert.equal(elementsProgress(byStep.get("m")), "2 of 3 elements ended");
     assert.equal(elementsProgress(byStep.get("other")), undefined);
+  });
+});
+
+describe("visiblePart", () => {
+  it("keeps of a long chain the boxes and arrows near the view, and the selected box anywhere", () => {
+    const chain = Array.from({ length: 5000 }, (_, i) => step(`s${i}`, i === 0 ? [] : [`s${i - 1}`]));
+    const layout = layoutDag(chain);
+    const view = { x: 0, y: 0, width: 1000, height: 600 };
+    const near = visiblePart(layout, view);
+    const ids = near.nodes.map((n) => n.id);
+    assert.ok(ids.length > 4 && ids.length < 20, `${ids.length} boxes`);
+    assert.deepEqual(
+      ids,
+      ids.map((_, i) => `s${i}`),
+      "the first steps, in order",
+    );
+    assert.ok(near.edges.every((e) => ids.includes(e.from) || ids.includes(e.to)));
+    assert.equal(near.edges.length, ids.length);
+    // Scrolled to the end: the last steps; the selected first one is kept too.
+    const end = visiblePart(layout, { ...view, x: layout.width - view.width }, "s0");
+    assert.ok(end.nodes.some((n) => n.id === "s4999"));
+    assert.ok(end.nodes.some((n) => n.id === "s0"));
+    assert.ok(!end.nodes.some((n) => n.id === "s1"));
   });
 });

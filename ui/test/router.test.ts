@@ -25,4 +25,10 @@ describe("routes", () => {
     for (const path of ["/ui/", "/ui", "/", "/ui/nothing/here", "/ui/runs/"])
       assert.deepEqual(parseRoute(path), { page: "runs" });
   });
+
+  it("takes a path with a broken percent escape as it is, without throwing", () => {
+    assert.deepEqual(parseRoute("/ui/runs/%E0%A4%A"), { page: "run", runId: "%E0%A4%A" });
+    assert.deepEqual(parseRoute("/ui/workflows/100%"), { page: "workflows", name: "100%" });
+    assert.deepEqual(parseRoute("/ui/%zz/x"), { page: "runs" });
+  });
 });

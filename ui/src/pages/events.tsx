@@ -8,7 +8,7 @@ import { EventMatchStatus, type PublishedEvent } from "@nexusflow/gen";
 import { useState } from "preact/hooks";
 import { describeError, isAborted, isUnauthenticated } from "../api";
 import { hasScope } from "../auth";
-import { formatTime, valueJson } from "../format";
+import { formatTime } from "../format";
 import { usePolling } from "../hooks";
 import { PagingNav, usePaging } from "../paging";
 import { linkHandler, routePath } from "../router";
@@ -195,7 +195,7 @@ function EventDetails({ eventId }: { eventId: string }) {
           })}
         </tbody>
       </table>
-      <Json title="Payload" value={valueJson(event.payload)} />
+      <Json title="Payload" value={event.payload} />
     </section>
   );
 }

@@ -9,7 +9,7 @@ import { type Value, ValueSchema } from "@bufbuild/protobuf/wkt";
 import type { Run, RunSignal } from "@nexusflow/gen";
 import { useEffect, useState } from "preact/hooks";
 import { describeError } from "../api";
-import { formatTime, valueJson } from "../format";
+import { formatTime, previewJson } from "../format";
 import { linkHandler, navigate, routePath } from "../router";
 import { useSession } from "../session";
 
@@ -47,7 +47,7 @@ export function SignalsTable({ signals }: { signals: readonly RunSignal[] }) {
             <td class="mono">{s.idempotencyKey || "—"}</td>
             <td>
               {s.payload !== undefined ? (
-                <code>{JSON.stringify(valueJson(s.payload))}</code>
+                <code>{payloadText(s.payload)}</code>
               ) : s.stepId !== "" ? (
                 `the output of step ${s.stepId}`
               ) : (
@@ -59,6 +59,15 @@ export function SignalsTable({ signals }: { signals: readonly RunSignal[] }) {
       </tbody>
     </table>
   );
+}
+
+/** Characters of a signal's payload the table shows (a payload may be 64 KiB). */
+const PAYLOAD_PREVIEW_CHARS = 300;
+
+/** A signal's payload as one line of JSON, cut at {@link PAYLOAD_PREVIEW_CHARS}. */
+function payloadText(payload: Value): string {
+  const preview = previewJson(payload, PAYLOAD_PREVIEW_CHARS, "");
+  return preview.truncated ? `${preview.text}…` : preview.text;
 }
 
 /** The payload text as a google.protobuf.Value, or what is wrong with it. */

@@ -8,7 +8,7 @@
 import { timestampDate } from "@bufbuild/protobuf/wkt";
 import { type ArtifactRef, type Run, type StepSpec, type TaskRun, TaskStatus } from "@nexusflow/gen";
 import { useEffect, useMemo, useState } from "preact/hooks";
-import { describeError, isAborted, isUnauthenticated } from "../api";
+import { describeError, isAborted, isFinal, isUnauthenticated } from "../api";
 import { hasScope } from "../auth";
 import { canWriteRuns, useSession } from "../session";
 import { Dag } from "../Dag";
@@ -21,7 +21,13 @@ import {
   stepState,
   tasksByStep,
 } from "../dag";
-import { TERMINAL_RUN_STATUSES, formatTime, prettyJson, taskStatusName, valueJson } from "../format";
+import {
+  JSON_PREVIEW_CHARS,
+  TERMINAL_RUN_STATUSES,
+  formatTime,
+  previewJson,
+  taskStatusName,
+} from "../format";
 import { linkHandler, routePath } from "../router";
 import { AttemptTimeline, type Compensable, CompensationLane } from "./run-lanes";
 import { RerunButton, RunLink, SignalForm, SignalsTable } from "./run-waits";
@@ -30,9 +36,20 @@ import { TaskArtifacts, TaskLog, downloadArtifact } from "./step-files";
 
 /** How the live view stands. */
 type Live =
-  { state: "connecting" } | { state: "live" } | { state: "ended" } | { state: "retrying"; error: string };
+  | { state: "connecting" }
+  | { state: "live" }
+  | { state: "ended" }
+  | { state: "retrying"; error: string }
+  /** The API answered that asking again cannot help (the run is gone, the token may not see it). */
+  | { state: "stopped"; error: string };
 
 const RECONNECT_MS = 2000;
+
+/**
+ * Waiting tasks the summary lists by name; the rest are counted (a map of 10,000 child workflows
+ * has as many waiting elements, and the list is drawn again with every change of the run).
+ */
+const WAITING_SHOWN = 10;
 
 /** The run page. */
 export function RunPage({ runId }: { runId: string }) {
@@ -99,6 +116,10 @@ export function RunPage({ runId }: { runId: string }) {
           if (isAborted(e) || signal.aborted) return;
           if (isUnauthenticated(e)) {
             signOut(`The gateway refused the token: ${describeError(e)}`);
+            return;
+          }
+          if (isFinal(e)) {
+            setLive({ state: "stopped", error: describeError(e) });
             return;
           }
           setLive({ state: "retrying", error: describeError(e) });
@@ -222,6 +243,7 @@ export function RunPage({ runId }: { runId: string }) {
             {live.state === "connecting" && "connecting…"}
             {live.state === "ended" && "ended"}
             {live.state === "retrying" && `reconnecting (${live.error})`}
+            {live.state === "stopped" && "not followed"}
           </span>
         </dd>
         <dt>Workflow</dt>
@@ -236,7 +258,7 @@ export function RunPage({ runId }: { runId: string }) {
             <dt>Waiting for</dt>
             <dd data-testid="waiting-for">
               <ul class="plain">
-                {waiting.map((t) => (
+                {waiting.slice(0, WAITING_SHOWN).map((t) => (
                   <li key={t.id}>
                     <span class="mono">{t.stepId}</span>:{" "}
                     {t.pendingReason !== ""
@@ -246,6 +268,9 @@ export function RunPage({ runId }: { runId: string }) {
                         : "waiting"}
                   </li>
                 ))}
+                {waiting.length > WAITING_SHOWN && (
+                  <li class="muted">and {waiting.length - WAITING_SHOWN} more tasks waiting</li>
+                )}
               </ul>
             </dd>
           </>
@@ -297,6 +322,12 @@ export function RunPage({ runId }: { runId: string }) {
           </>
         )}
       </dl>
+      {live.state === "stopped" && (
+        <p class="error" role="alert" data-testid="watch-stopped">
+          No longer following this run, as last shown here: {live.error}
+          {live.error.startsWith("NotFound") && " (it may have been deleted by retention)"}.
+        </p>
+      )}
       {canWriteRuns(session) && !terminal && <CancelActions run={run} onCancelled={setRun} />}
       {(run.signals.length > 0 || signalNames.length > 0 || (canWriteRuns(session) && !terminal)) && (
         <section aria-labelledby="signals-title">
@@ -362,15 +393,15 @@ export function RunPage({ runId }: { runId: string }) {
       )}
       <h2>Run input and result</h2>
       <div class="io">
-        <Json title="Input" value={valueJson(run.input)} />
-        {run.output !== undefined && <Json title="Output" value={valueJson(run.output)} />}
+        <Json title="Input" value={run.input} />
+        {run.output !== undefined && <Json title="Output" value={run.output} />}
         {run.error !== undefined && (
           <Json
             title="Error"
             value={{
               type: run.error.type,
               message: run.error.message,
-              details: valueJson(run.error.details),
+              details: run.error.details,
             }}
           />
         )}
@@ -537,8 +568,8 @@ function TaskDetails({
         </table>
       )}
       <div class="io">
-        <Json title="Input" value={valueJson(task.input)} />
-        {task.output !== undefined && <Json title="Output" value={valueJson(task.output)} />}
+        <Json title="Input" value={task.input} />
+        {task.output !== undefined && <Json title="Output" value={task.output} />}
         {task.error !== undefined && (
           <Json
             title="Error"
@@ -546,7 +577,7 @@ function TaskDetails({
               type: task.error.type,
               message: task.error.message,
               retryable: task.error.retryable,
-              details: valueJson(task.error.details),
+              details: task.error.details,
             }}
           />
         )}
@@ -589,12 +620,37 @@ function OutputRef({ ref_ }: { ref_: ArtifactRef }) {
   );
 }
 
-/** A titled JSON block. */
+/**
+ * A titled JSON block: `value` is plain JSON, a google.protobuf.Value, or plain objects holding
+ * Values. A large value (a run's input may be megabytes) is shown cut at
+ * {@link JSON_PREVIEW_CHARS} characters, with a button that saves it whole.
+ */
 export function Json({ title, value }: { title: string; value: unknown }) {
+  const preview = useMemo(() => (value === undefined ? undefined : previewJson(value)), [value]);
+  const save = (): void => {
+    const url = URL.createObjectURL(
+      new Blob([previewJson(value, Number.POSITIVE_INFINITY).text], { type: "application/json" }),
+    );
+    const a = document.createElement("a");
+    a.href = url;
+    a.download = `${title.toLowerCase().replace(/[^a-z0-9]+/g, "-")}.json`;
+    a.click();
+    setTimeout(() => URL.revokeObjectURL(url), 60_000);
+  };
   return (
     <figure class="json">
       <figcaption>{title}</figcaption>
-      <pre tabIndex={0}>{value === undefined ? "—" : prettyJson(value)}</pre>
+      <pre tabIndex={0}>
+        {preview === undefined ? "—" : preview.truncated ? `${preview.text}…` : preview.text}
+      </pre>
+      {preview?.truncated === true && (
+        <p class="muted">
+          Shown cut at {JSON_PREVIEW_CHARS.toLocaleString("en")} characters.{" "}
+          <button type="button" class="link" onClick={save}>
+            Save the whole {title.toLowerCase()} as JSON
+          </button>
+        </p>
+      )}
     </figure>
   );
 }

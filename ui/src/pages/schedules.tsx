@@ -8,7 +8,7 @@ import { type Schedule, FireOrigin, OverlapPolicy, CatchUpPolicy } from "@nexusf
 import { useState } from "preact/hooks";
 import { describeError, isAborted, isUnauthenticated } from "../api";
 import { hasScope } from "../auth";
-import { formatTime, formatTimeIn, valueJson } from "../format";
+import { formatTime, formatTimeIn } from "../format";
 import { usePolling } from "../hooks";
 import { PagingNav, usePaging } from "../paging";
 import { linkHandler, routePath } from "../router";
@@ -299,7 +299,7 @@ function ScheduleDetails({ scheduleId }: { scheduleId: string }) {
           ))}
         </tbody>
       </table>
-      <Json title="Input" value={valueJson(spec?.input)} />
+      <Json title="Input" value={spec?.input} />
     </section>
   );
 }

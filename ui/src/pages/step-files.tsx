@@ -4,6 +4,7 @@
  */
 import { timestampDate } from "@bufbuild/protobuf/wkt";
 import { type ArtifactRef, type LogLine, TaskKind, type TaskRun, TaskStatus } from "@nexusflow/gen";
+import { Code, ConnectError } from "@connectrpc/connect";
 import { useEffect, useState } from "preact/hooks";
 import { type ArtifactsApi, describeError, isAborted } from "../api";
 import { useSession } from "../session";
@@ -135,7 +136,14 @@ export async function downloadArtifact(artifacts: ArtifactsApi, ref: ArtifactRef
   const chunks: Uint8Array<ArrayBuffer>[] = [];
   for await (const res of artifacts.getArtifact({ key: ref.key, presign: true })) {
     if (res.url !== "") {
-      window.open(res.url, "_blank", "noopener");
+      // Only a web address is opened: a `javascript:` or `data:` one would run in this app's origin.
+      const url = new URL(res.url, window.location.href);
+      if (url.protocol !== "https:" && url.protocol !== "http:")
+        throw new ConnectError(
+          `GetArtifact gave a ${url.protocol} address for ${ref.key}, not http(s): not opened`,
+          Code.Internal,
+        );
+      window.open(url.href, "_blank", "noopener");
       return;
     }
     if (res.chunk.length > 0) chunks.push(new Uint8Array(res.chunk));

@@ -32,14 +32,23 @@ export function WorkflowsPage({ selected }: { selected: string | undefined }) {
     const controller = new AbortController();
     const load = async (): Promise<void> => {
       const all: WorkflowDefinition[] = [];
+      // Tokens already asked with: a server whose token does not advance must not loop the page.
+      const asked = new Set<string>();
       let pageToken = "";
       do {
+        asked.add(pageToken);
         const res = await api.listWorkflows(
           { pageSize: PAGE_SIZE, pageToken },
           { signal: controller.signal },
         );
         all.push(...res.workflows);
         pageToken = res.nextPageToken;
+        if (asked.has(pageToken) && pageToken !== "") {
+          setError(
+            `The list stops at ${all.length} definitions: ListWorkflows gave page token "${pageToken.slice(0, 40)}" again.`,
+          );
+          break;
+        }
       } while (pageToken !== "");
       setDefinitions(all);
     };
