@@ -1,7 +1,7 @@
 /** Database rows to API messages. */
 import { create, toBinary, type MessageInitShape } from "@bufbuild/protobuf";
 import { timestampFromDate, type Value } from "@bufbuild/protobuf/wkt";
-import { errorToProto, jsonToValue } from "@nexusflow/common";
+import { ApiError, errorToProto, jsonToValue } from "@nexusflow/common";
 import { toArtifactRef } from "@nexusflow/common/artifacts";
 import { TaskErrorType } from "@nexusflow/common/task-error-types";
 import {
@@ -351,4 +351,47 @@ export function runFromState(run: Readonly<RunState>, pendingReason: PendingReas
     tasks: [...run.tasks.values(), ...run.compensations.values()].map(toTask),
     signals: signalsInit(run.signals),
   } as MessageInitShape<typeof RunSchema>);
+}
+
+/** Where an answer carries a run's input (GetRunResponse, Run, then the Value): {@link runTooDeep}'s depth. */
+export const RUN_INPUT_DEPTH = 3;
+/** Where an answer carries a task's input or output (GetRunResponse, Run, TaskRun, then the Value). */
+export const TASK_VALUE_DEPTH = 4;
+/**
+ * Where an answer carries a step's output at the deepest by default: in the run's output of a
+ * workflow that declares none, `{<step id>: output}` (Run.output at {@link RUN_INPUT_DEPTH}).
+ */
+export const STEP_OUTPUT_DEPTH = RUN_INPUT_DEPTH + 2;
+/**
+ * Where an answer carries an event's payload at the deepest by default: as the output of a wait
+ * it ended, `{eventId, key, payload, publishTime}`, in such a run output.
+ */
+export const EVENT_PAYLOAD_DEPTH = STEP_OUTPUT_DEPTH + 2;
+
+/**
+ * Whether `json`, carried as a Value message at nesting `depth` of an answer, takes a decoder past
+ * {@link MAX_ANSWER_NESTING} (as {@link valueTooDeep} counts a Value: each level of a list or an
+ * object is two messages). Stops at the first branch that does, so it never walks deeper.
+ */
+export function jsonTooDeep(json: unknown, depth: number): boolean {
+  if (typeof json !== "object" || json === null) return depth > MAX_ANSWER_NESTING;
+  if (depth + 1 > MAX_ANSWER_NESTING) return true;
+  const children: unknown[] = Array.isArray(json) ? json : Object.values(json);
+  return children.some((v) => jsonTooDeep(v, depth + 2));
+}
+
+/**
+ * INVALID_ARGUMENT naming `field` for a value a request gives a run to keep that the run's answers
+ * would carry at nesting `depth` ({@link RUN_INPUT_DEPTH}, {@link TASK_VALUE_DEPTH}) deeper than
+ * clients decode: a request's own Value sits higher, so the decoder of the request let it through,
+ * but the run taking it could then be read by no client (GetRun fails to decode).
+ */
+export function refuseTooDeep(json: unknown, depth: number, field: string): void {
+  if (jsonTooDeep(json, depth)) {
+    const levels = Math.floor((MAX_ANSWER_NESTING - depth) / 2);
+    throw ApiError.invalid(
+      field,
+      `nests objects and arrays more than ${levels} levels deep, deeper than a run's answers can carry it (protobuf decoders stop at ${MAX_ANSWER_NESTING} nested messages)`,
+    );
+  }
 }

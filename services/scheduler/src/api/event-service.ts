@@ -23,6 +23,7 @@ import {
 } from "@nexusflow/gen";
 import { eventKeyProblem, MAX_EVENT_KEY_LENGTH } from "../dag/index.js";
 import { decodeToken, encodeToken, pageSizeOf } from "../persistence/page-token.js";
+import { EVENT_PAYLOAD_DEPTH, refuseTooDeep } from "./convert.js";
 import type { EventRow, MatchRow } from "../triggers/event-store.js";
 import type { WaitMatchRow, WaitMatchStatus } from "../triggers/wait-matches.js";
 import {
@@ -93,6 +94,17 @@ function refuseNul(value: unknown, field: string): void {
     throw ApiError.invalid(at, "contains a NUL character (U+0000), which cannot be stored");
 }
 
+/** Largest value of a PostgreSQL bigint (an event's `seq`). */
+const MAX_BIGINT = 9_223_372_036_854_775_807n;
+
+/**
+ * Whether `text` is an event's `seq` as a page token carries it: decimal digits of a bigint (a
+ * larger number would reach PostgreSQL and fail the call with INTERNAL, not INVALID_ARGUMENT).
+ */
+function isEventSeq(text: string): boolean {
+  return /^[0-9]{1,19}$/.test(text) && BigInt(text) <= MAX_BIGINT;
+}
+
 /** The EventService implementation for grpc-js. */
 export function eventService(deps: EventServiceDeps): grpc.UntypedServiceImplementation {
   const { store } = deps;
@@ -106,6 +118,7 @@ export function eventService(deps: EventServiceDeps): grpc.UntypedServiceImpleme
       refuseNul(req.idempotencyKey, "idempotency_key");
       const payload = valueToJsonChecked(req.payload, "payload");
       refuseNul(payload, "payload");
+      refuseTooDeep(payload, EVENT_PAYLOAD_DEPTH, "payload");
       const bytes = Buffer.byteLength(JSON.stringify(payload));
       if (bytes > MAX_EVENT_PAYLOAD_BYTES)
         throw ApiError.invalid(
@@ -151,7 +164,7 @@ export function eventService(deps: EventServiceDeps): grpc.UntypedServiceImpleme
                 typeof v === "object" &&
                 v !== null &&
                 typeof (v as { seq?: unknown }).seq === "string" &&
-                /^[0-9]{1,19}$/.test((v as { seq: string }).seq),
+                isEventSeq((v as { seq: string }).seq),
             );
       const rows = await store.list({ keyPrefix: req.keyPrefix, beforeSeq: after?.seq, limit: size + 1 });
       const page: EventRow[] = [];

@@ -7,10 +7,13 @@ import { ApiError, Code, nulCharacterPath, valueToJsonChecked } from "@nexusflow
 import { RerunRunResponseSchema, RunView, type RerunRunRequest, type RerunRunResponse } from "@nexusflow/gen";
 import type { OriginalStep } from "../core/index.js";
 import type { Engine } from "../engine/engine.js";
+import { refuseReservedKey } from "../engine/keyed-starts.js";
 import { TERMINAL_RUN_STATUSES, type RunStatusName, type TaskStatusName } from "../model/run-state.js";
 import { checkRunId, type RunStore, type TaskRow } from "../persistence/run-store.js";
 import {
   boundedRun,
+  refuseTooDeep,
+  TASK_VALUE_DEPTH,
   runBasic,
   runBasicFromState,
   runDetail,
@@ -68,6 +71,7 @@ export function checkRerunRequest(req: RerunRunRequest): unknown {
   refuseNul(req.fromStep, "from_step");
   if (req.idempotencyKey.length > 200) throw ApiError.invalid("idempotency_key", "at most 200 characters");
   refuseNul(req.idempotencyKey, "idempotency_key");
+  refuseReservedKey(req.idempotencyKey, "idempotency_key");
   if (RunView[req.view] === undefined) throw ApiError.invalid("view", `unknown run view ${req.view}`);
   if (req.stepInput === undefined) return undefined;
   const stepInput = valueToJsonChecked(req.stepInput, "step_input");
@@ -77,6 +81,7 @@ export function checkRerunRequest(req: RerunRunRequest): unknown {
       "null is no new input: leave it unset to render the step's template",
     );
   refuseNul(stepInput, "step_input");
+  refuseTooDeep(stepInput, TASK_VALUE_DEPTH, "step_input");
   return stepInput;
 }
 

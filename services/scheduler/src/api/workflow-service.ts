@@ -46,7 +46,9 @@ import {
   type WatchRunResponse,
 } from "@nexusflow/gen";
 import type { Engine } from "../engine/engine.js";
-import { SIGNAL_NAME_PATTERN, SIGNAL_NAME_RULE } from "../dag/index.js";
+import { NAME_PATTERN, SIGNAL_NAME_PATTERN, SIGNAL_NAME_RULE } from "../dag/index.js";
+import { NAME_RULE } from "../dag/checker.js";
+import { refuseReservedKey } from "../engine/keyed-starts.js";
 import { TERMINAL_RUN_STATUSES, type RunStatusName, type SignalState } from "../model/run-state.js";
 import { checkRunId, runPageToken, type RunDetail, type RunStore } from "../persistence/run-store.js";
 import { parkedPendingReasons } from "../engine/parked-reasons.js";
@@ -60,8 +62,11 @@ import {
   runBasicFromState,
   runDetail,
   runFromState,
+  refuseTooDeep,
+  RUN_INPUT_DEPTH,
   runStatusName,
   runTooDeep,
+  STEP_OUTPUT_DEPTH,
   type PendingReasons,
 } from "./convert.js";
 import {
@@ -261,13 +266,21 @@ export function workflowService(
     if (req.workflowName === "") throw ApiError.invalid("workflow_name", "a workflow name is required");
     if (req.workflowVersion < 0)
       throw ApiError.invalid("workflow_version", "must be 0 (latest) or a positive version");
-    refuseNul(req.workflowName, "workflow_name");
+    // No registered workflow has another name: NOT_FOUND would echo a name of megabytes.
+    if (!NAME_PATTERN.test(req.workflowName))
+      throw ApiError.invalid(
+        "workflow_name",
+        `${JSON.stringify(req.workflowName.slice(0, 100))} is not a workflow name: ${NAME_RULE}`,
+      );
     if (req.idempotencyKey.length > 200) throw ApiError.invalid("idempotency_key", "at most 200 characters");
     refuseNul(req.idempotencyKey, "idempotency_key");
+    refuseReservedKey(req.idempotencyKey, "idempotency_key");
     checkLabels(req.labels);
     if (RunView[req.view] === undefined) throw ApiError.invalid("view", `unknown run view ${req.view}`);
     // INVALID_ARGUMENT naming the field for a Value with no JSON form (NaN, ±Infinity, no kind).
-    refuseNul(valueToJsonChecked(req.input, "input"), "input");
+    const input = valueToJsonChecked(req.input, "input");
+    refuseNul(input, "input");
+    refuseTooDeep(input, RUN_INPUT_DEPTH, "input");
   }
 
   /**
@@ -502,6 +515,7 @@ export function workflowService(
     refuseNul(req.idempotencyKey, "idempotency_key");
     const payload = valueToJsonChecked(req.payload, "payload");
     refuseNul(payload, "payload");
+    refuseTooDeep(payload, STEP_OUTPUT_DEPTH, "payload");
     const bytes = Buffer.byteLength(JSON.stringify(payload));
     if (bytes > MAX_SIGNAL_PAYLOAD_BYTES)
       throw ApiError.invalid(

@@ -5,8 +5,31 @@
  * calls with one key wait for the first. Keys of active runs are answered from memory; the others
  * come from the key table (IdempotencyKeyStore, one query per event-loop turn).
  */
+import { ApiError } from "@nexusflow/common";
 import type { KeyRecord } from "../persistence/idempotency-keys.js";
 import { idempotencyConflict, idempotencyScope, requestHash } from "../model/idempotency.js";
+
+/** Prefix of the keys of runs started by events (triggers/match-loop.ts: `event:<event id>`). */
+export const EVENT_MATCH_KEY_PREFIX = "event:";
+/** Prefix of the keys of runs started by schedules (schedules/fires.ts: `schedule:<uid>:<fire key>`). */
+export const SCHEDULE_FIRE_KEY_PREFIX = "schedule:";
+/** Key prefixes the scheduler starts its own runs with, which callers may not send. */
+export const RESERVED_KEY_PREFIXES: readonly string[] = [EVENT_MATCH_KEY_PREFIX, SCHEDULE_FIRE_KEY_PREFIX];
+
+/**
+ * Refuses a caller's idempotency key (StartRun, StartRuns, RerunRun) that starts with a prefix the
+ * scheduler keys its own runs with: such a key, sent first, would name the run an event's match
+ * or a schedule's fire then takes as its own (they look their key up before starting anything),
+ * so that event or fire would start no run of its own. INVALID_ARGUMENT naming `field`.
+ */
+export function refuseReservedKey(key: string, field: string): void {
+  const prefix = RESERVED_KEY_PREFIXES.find((p) => key.startsWith(p));
+  if (prefix !== undefined)
+    throw ApiError.invalid(
+      field,
+      `keys starting with ${JSON.stringify(prefix)} are the scheduler's own (runs started by events and schedules); use another key`,
+    );
+}
 
 /** Where stored keys are looked up (EngineStore.lookupKey). */
 export interface KeyLookup {

@@ -113,6 +113,13 @@ describe("a Kafka record as an event", () => {
     const refused = rejected(record({ value: deep }));
     assert.equal(refused.reason, "not_storable");
     assert.match(refused.detail, /nested too deeply/);
+    // Deeper than a run can carry it (as a woken wait's output in the run's output, 46 levels): a
+    // run it started or woke could be read by no client.
+    const levels = (n: number): Buffer => Buffer.from(`${"[".repeat(n)}1${"]".repeat(n)}`);
+    assert.equal(decodeRecord(record({ value: levels(46) }), undefined).ok, true);
+    const tooDeep = rejected(record({ value: levels(47) }));
+    assert.equal(tooDeep.reason, "not_storable");
+    assert.match(tooDeep.detail, /nested too deeply: .* at most 46 levels/);
   });
 
   it("names each record by topic, partition, offset and timestamp, hashing a long topic", () => {

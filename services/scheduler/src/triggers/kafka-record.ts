@@ -9,6 +9,7 @@
  */
 import { createHash } from "node:crypto";
 import { nulCharacterPath } from "@nexusflow/common";
+import { EVENT_PAYLOAD_DEPTH, MAX_ANSWER_NESTING, jsonTooDeep } from "../api/convert.js";
 import { eventKeyProblem } from "../dag/index.js";
 import { MAX_EVENT_PAYLOAD_BYTES, type EventDraft } from "./publish.js";
 
@@ -22,7 +23,10 @@ export type RejectReason =
   | "not_json"
   /** A value larger than an event's payload may be. */
   | "too_large"
-  /** JSON that an event cannot hold: a NUL character, a number out of range, or refused by the database. */
+  /**
+   * JSON that an event cannot hold: a NUL character, nesting deeper than a run keeps, a number out
+   * of range, or refused by the database.
+   */
   | "not_storable";
 
 /** Every reason, for metrics that start each at zero. */
@@ -85,6 +89,9 @@ function nonFinitePath(value: unknown, path: string): string | undefined {
 
 const DECODER = new TextDecoder("utf-8", { fatal: true });
 
+/** Most levels of objects and arrays in an event's payload (as PublishEvent takes it). */
+const MAX_EVENT_PAYLOAD_LEVELS = Math.floor((MAX_ANSWER_NESTING - EVENT_PAYLOAD_DEPTH) / 2);
+
 /** Decodes a record; `keyHeader` names the header holding the event key (else the record key). */
 export function decodeRecord(record: SourceRecord, keyHeader: string | undefined): DecodedRecord {
   const key =
@@ -124,6 +131,13 @@ export function decodeRecord(record: SourceRecord, keyHeader: string | undefined
   }
   let bytes: number;
   try {
+    // As PublishEvent refuses it: the runs it starts or wakes could be decoded by no client.
+    if (jsonTooDeep(payload, EVENT_PAYLOAD_DEPTH))
+      return {
+        ok: false,
+        reason: "not_storable",
+        detail: `the value is nested too deeply: a run carries an event's payload in at most ${MAX_EVENT_PAYLOAD_LEVELS} levels of objects and arrays (protobuf decoders stop at 100 nested messages)`,
+      };
     const nul = nulCharacterPath(payload, "payload");
     if (nul !== undefined)
       return { ok: false, reason: "not_storable", detail: `${nul} contains a NUL character (U+0000)` };

@@ -18,6 +18,7 @@ import { BatchLoop } from "../background/batch-loop.js";
 import type { PassLoopState } from "../background/pass-loop.js";
 import type { EventStore, PendingMatch } from "./event-store.js";
 import { keyOfRun } from "../persistence/idempotency-keys.js";
+import { EVENT_MATCH_KEY_PREFIX } from "../engine/keyed-starts.js";
 
 /** What matches need of the engine. */
 export interface MatchRunStarter {
@@ -31,7 +32,7 @@ export const EVENT_KEY_LABEL = "event-key";
 
 /** The StartRun idempotency key of a match (per workflow, so per (event, workflow)). */
 export function matchIdempotencyKey(eventId: string): string {
-  return `event:${eventId}`;
+  return `${EVENT_MATCH_KEY_PREFIX}${eventId}`;
 }
 
 /** Engine errors that retrying the same StartRun would meet again. */
