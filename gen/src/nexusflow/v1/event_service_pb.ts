@@ -186,7 +186,8 @@ export type PublishEventRequest = Message<"nexusflow.v1.PublishEventRequest"> & 
   key: string;
 
   /**
-   * The payload (at most 256 KiB as JSON); absent is null.
+   * The payload (at most 256 KiB as JSON, nested at most 46 levels of objects and arrays: it can
+   * end up inside a wait's output inside a run's output); absent is null.
    *
    * @generated from field: google.protobuf.Value payload = 2;
    */

@@ -210,7 +210,8 @@ export const ListWorkflowsResponseSchema: GenMessage<ListWorkflowsResponse> = /*
  */
 export type StartRunRequest = Message<"nexusflow.v1.StartRunRequest"> & {
   /**
-   * Workflow name.
+   * Workflow name: lower case letters, digits, `.`, `_`, `-`, starting with a letter, at most 63
+   * characters (INVALID_ARGUMENT otherwise; NOT_FOUND for a well-formed name never registered).
    *
    * @generated from field: string workflow_name = 1;
    */
@@ -224,14 +225,16 @@ export type StartRunRequest = Message<"nexusflow.v1.StartRunRequest"> & {
   workflowVersion: number;
 
   /**
-   * Run input; must satisfy the workflow's input schema.
+   * Run input; must satisfy the workflow's input schema, and nest at most 48 levels of objects and
+   * arrays (so that the run can be read back by decoders that stop at 100 nested messages).
    *
    * @generated from field: google.protobuf.Value input = 3;
    */
   input?: Value | undefined;
 
   /**
-   * Optional idempotency key (at most 200 characters): the same key returns the same run.
+   * Optional idempotency key (at most 200 characters): the same key returns the same run. Keys
+   * starting with `event:` or `schedule:` are the scheduler's own and refused (INVALID_ARGUMENT).
    *
    * @generated from field: string idempotency_key = 4;
    */
@@ -246,7 +249,9 @@ export type StartRunRequest = Message<"nexusflow.v1.StartRunRequest"> & {
 
   /**
    * How much of the run the response carries; unspecified means RUN_VIEW_FULL. Producers that
-   * start many runs and only need the id ask for RUN_VIEW_BASIC.
+   * start many runs and only need the id ask for RUN_VIEW_BASIC. A run that encodes larger than
+   * 3 MiB or nests deeper than decoders read by default is answered in RUN_VIEW_BASIC all the same
+   * (it has no tasks then); GetRun answers it whole.
    *
    * @generated from field: nexusflow.v1.RunView view = 6;
    */
@@ -593,7 +598,8 @@ export type SignalRunRequest = Message<"nexusflow.v1.SignalRunRequest"> & {
   name: string;
 
   /**
-   * Payload, any JSON value (at most 64 KiB as JSON); the output of the wait step it completes.
+   * Payload, any JSON value (at most 64 KiB as JSON, nested at most 47 levels); the output of the
+   * wait step it completes.
    *
    * @generated from field: google.protobuf.Value payload = 3;
    */
@@ -666,7 +672,7 @@ export type RerunRunRequest = Message<"nexusflow.v1.RerunRunRequest"> & {
 
   /**
    * Optional new input for `from_step`, used instead of rendering its input template (any JSON
-   * value but null). Unset: the step's input is rendered as in any run.
+   * value but null, nested at most 48 levels). Unset: the step's input is rendered as in any run.
    *
    * @generated from field: google.protobuf.Value step_input = 3;
    */
