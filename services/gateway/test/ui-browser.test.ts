@@ -50,12 +50,11 @@
  * README), else to a temporary directory.
  */
 import assert from "node:assert/strict";
-import { spawnSync } from "node:child_process";
 import { existsSync, readFileSync } from "node:fs";
 import { mkdir, mkdtemp, readFile, rm, stat } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { type TestContext, after, before, describe, it } from "node:test";
+import { after, before, describe, it } from "node:test";
 import { fromJson } from "@bufbuild/protobuf";
 import { ValueSchema } from "@bufbuild/protobuf/wkt";
 import { type Client, type Interceptor, createClient } from "@connectrpc/connect";
@@ -66,7 +65,7 @@ import { Executor, TaskError, bearerToken } from "@nexusflow/executor";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { EventService, RunStatus, ScheduleService, WorkflowService } from "@nexusflow/gen";
 import type { Scheduler } from "@nexusflow/scheduler";
-import { type Browser, type BrowserContext, type CDPSession, type Page, chromium } from "playwright-core";
+import type { Browser, BrowserContext, CDPSession, Page } from "playwright-core";
 import { registerTripHandlers } from "../../../examples/handlers.js";
 import {
   startTestDatabase,
@@ -78,6 +77,8 @@ import {
 import { type Gateway, createGateway } from "../src/server.js";
 import { AUDIENCE, ISSUER, type TestKeys, createTestKeys } from "./keys.js";
 import { ROOT } from "./tools.js";
+// The browser and the UI's build, as the UI's own browser tests have them.
+import { buildUi, chromiumOrSkip, launchBrowser } from "../../../ui/test/browser-support.js";
 
 const CHROMIUM = "/usr/bin/chromium";
 const T = { timeout: 420_000 };
@@ -89,59 +90,6 @@ const BIG = "x".repeat(300 * 1024);
 
 /** What the `ui.report` handler stores as an artifact. */
 const REPORT = "n,square\n1,1\n2,4\n3,9\n";
-
-/** Flags that keep the browser to the loopback address and quiet (no updates, sync or lookups). */
-const OFFLINE_FLAGS = [
-  "--no-sandbox",
-  "--disable-dev-shm-usage",
-  "--disable-gpu",
-  "--no-first-run",
-  "--no-default-browser-check",
-  "--disable-background-networking",
-  "--disable-component-update",
-  "--disable-default-apps",
-  "--disable-domain-reliability",
-  "--disable-sync",
-  "--disable-extensions",
-  "--disable-client-side-phishing-detection",
-  "--disable-breakpad",
-  "--metrics-recording-only",
-  "--disable-features=Translate,OptimizationHints,MediaRouter,DialMediaRouteProvider,AutofillServerCommunication,CertificateTransparencyComponentUpdater",
-  // Every host name resolves nowhere; the test uses 127.0.0.1 only.
-  "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
-  "--proxy-server=http://127.0.0.1:9",
-  "--proxy-bypass-list=127.0.0.1",
-];
-
-/** Whether Chromium is here; under CI=true its absence fails the test instead of skipping it. */
-function chromiumOrSkip(t: TestContext): boolean {
-  if (existsSync(CHROMIUM)) return true;
-  const why = `${CHROMIUM} not found (Debian package chromium)`;
-  if (process.env["CI"] === "true") throw new Error(`${why}: required under CI=true`);
-  t.skip(why);
-  return false;
-}
-
-/** Builds ui/ with Vite into `out`. */
-function buildUi(out: string): void {
-  const vite = spawnSync(
-    process.execPath,
-    [
-      join(ROOT, "node_modules", "vite", "bin", "vite.js"),
-      "build",
-      "--outDir",
-      out,
-      "--emptyOutDir",
-      // Into its own folder: Vite's project-wide build lock would fail this build while the
-      // dist test's build-dist runs beside it (it did in CI).
-      "--bypass-lock",
-      "--logLevel",
-      "warn",
-    ],
-    { cwd: join(ROOT, "ui"), encoding: "utf8" },
-  );
-  assert.equal(vite.status, 0, `vite build failed:\n${vite.stdout}${vite.stderr}`);
-}
 
 /** axe-core, evaluated in a page to check it against WCAG 2 A and AA rules. */
 const AXE = readFileSync(join(ROOT, "node_modules", "axe-core", "axe.min.js"), "utf8");
@@ -279,7 +227,7 @@ describe("web UI in Chromium", () => {
     T,
     async (t) => {
       if (!chromiumOrSkip(t)) return;
-      browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: OFFLINE_FLAGS });
+      browser = await launchBrowser();
       const errors: string[] = [];
       const viewport = { width: 1280, height: 860 };
 
@@ -610,7 +558,7 @@ describe("web UI in Chromium", () => {
     T,
     async (t) => {
       if (!chromiumOrSkip(t)) return;
-      browser ??= await chromium.launch({ executablePath: CHROMIUM, headless: true, args: OFFLINE_FLAGS });
+      browser ??= await launchBrowser();
       const errors: string[] = [];
       const a11y: string[] = [];
       const viewport = { width: 1280, height: 860 };
