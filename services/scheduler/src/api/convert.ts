@@ -31,6 +31,16 @@ import {
   type TaskState,
 } from "../model/run-state.js";
 import type { RunDetail, RunRow } from "../persistence/run-store.js";
+import { MAX_ANSWER_NESTING, jsonTooDeep } from "../model/answer-depth.js";
+
+export {
+  EVENT_PAYLOAD_DEPTH,
+  MAX_ANSWER_NESTING,
+  RUN_INPUT_DEPTH,
+  STEP_OUTPUT_DEPTH,
+  TASK_VALUE_DEPTH,
+  jsonTooDeep,
+} from "../model/answer-depth.js";
 
 function ts(d: Date | null | undefined): ReturnType<typeof timestampFromDate> | undefined {
   return d === null || d === undefined ? undefined : timestampFromDate(d);
@@ -212,12 +222,6 @@ export function runDetail(detail: RunDetail, pendingReason: PendingReasons = () 
 export const MAX_RUN_ANSWER_BYTES = 3 * 1024 * 1024;
 
 /**
- * Most messages nested in an answer that protobuf decoders read by default (protobuf-es, C++,
- * Python: 100); a deeper answer fails to decode at the client, whatever its size.
- */
-export const MAX_ANSWER_NESTING = 100;
-
-/**
  * `run` in RUN_VIEW_BASIC: without the input, output, tasks, signals and reruns RUN_VIEW_FULL adds
  * (what {@link runBasic} makes of its row).
  */
@@ -395,33 +399,6 @@ export function runFromState(run: Readonly<RunState>, pendingReason: PendingReas
     tasks: [...run.tasks.values(), ...run.compensations.values()].map(toTask),
     signals: signalsInit(run.signals),
   } as MessageInitShape<typeof RunSchema>);
-}
-
-/** Where an answer carries a run's input (GetRunResponse, Run, then the Value): {@link runTooDeep}'s depth. */
-export const RUN_INPUT_DEPTH = 3;
-/** Where an answer carries a task's input or output (GetRunResponse, Run, TaskRun, then the Value). */
-export const TASK_VALUE_DEPTH = 4;
-/**
- * Where an answer carries a step's output at the deepest by default: in the run's output of a
- * workflow that declares none, `{<step id>: output}` (Run.output at {@link RUN_INPUT_DEPTH}).
- */
-export const STEP_OUTPUT_DEPTH = RUN_INPUT_DEPTH + 2;
-/**
- * Where an answer carries an event's payload at the deepest by default: as the output of a wait
- * it ended, `{eventId, key, payload, publishTime}`, in such a run output.
- */
-export const EVENT_PAYLOAD_DEPTH = STEP_OUTPUT_DEPTH + 2;
-
-/**
- * Whether `json`, carried as a Value message at nesting `depth` of an answer, takes a decoder past
- * {@link MAX_ANSWER_NESTING} (as {@link valueTooDeep} counts a Value: each level of a list or an
- * object is two messages). Stops at the first branch that does, so it never walks deeper.
- */
-export function jsonTooDeep(json: unknown, depth: number): boolean {
-  if (typeof json !== "object" || json === null) return depth > MAX_ANSWER_NESTING;
-  if (depth + 1 > MAX_ANSWER_NESTING) return true;
-  const children: unknown[] = Array.isArray(json) ? json : Object.values(json);
-  return children.some((v) => jsonTooDeep(v, depth + 2));
 }
 
 /**

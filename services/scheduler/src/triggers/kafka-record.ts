@@ -9,7 +9,7 @@
  */
 import { createHash } from "node:crypto";
 import { nulCharacterPath } from "@nexusflow/common";
-import { EVENT_PAYLOAD_DEPTH, MAX_ANSWER_NESTING, jsonTooDeep } from "../api/convert.js";
+import { EVENT_PAYLOAD_DEPTH, MAX_ANSWER_NESTING, jsonTooDeep } from "../model/answer-depth.js";
 import { eventKeyProblem } from "../dag/index.js";
 import { MAX_EVENT_PAYLOAD_BYTES, type EventDraft } from "./publish.js";
 
