@@ -1,4 +1,5 @@
 /** Map steps through the pure core (simulation.ts): no server, time by hand, operations counted. */
+import { attemptPrefix } from "@nexusflow/common/artifacts";
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { TaskErrorType } from "@nexusflow/common/task-error-types";
@@ -186,7 +187,7 @@ void describe("map steps (core)", () => {
     const a = sim.lease(s)!;
     const b = sim.lease(s)!;
     completed(sim.core, s, sim.key(a), 0, null, null, sim.at());
-    const ref = { bucket: "outputs", key: "b" };
+    const ref = { key: `${attemptPrefix(b.runId, b.stepId, b.attempt, b.kind)}output.json` };
     completed(sim.core, s, sim.key(b), null, ref, null, sim.at());
     settleRuns(sim);
     const each = run.tasks.get("each")!;

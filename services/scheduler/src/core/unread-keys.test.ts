@@ -4,6 +4,7 @@
  * after it or one of a key space whose leased task's key is not known; once read, the limit holds
  * in the order the tasks were queued; an output that cannot be read fails the step.
  */
+import { attemptPrefix } from "@nexusflow/common/artifacts";
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import type { CompiledWorkflow } from "../dag/index.js";
@@ -43,7 +44,7 @@ const rated: CompiledWorkflow = workflowOf({
 const settle = (sim: Simulation): void => sim.settle((r) => advanceAny(sim.core, r, sim.at().now));
 const task = (run: RunState, step: string): TaskState => run.tasks.get(step) as TaskState;
 
-/** Runs of `w` whose step a succeeded with the offloaded output `{ c: "k" }` (read at once here). */
+/** Runs of `w` whose step a succeeded with an offloaded output holding `c: "k"` (read at once here). */
 function runsWithOutput(sim: Simulation, w: CompiledWorkflow, n: number, s: SessionLeases): RunState[] {
   const runs: RunState[] = [];
   for (let i = 0; i < n; i++) {
@@ -51,7 +52,9 @@ function runsWithOutput(sim: Simulation, w: CompiledWorkflow, n: number, s: Sess
     sim.clock += 10;
   }
   for (const a of leaseAllAdmitted(sim, s)) {
-    const ref = { c: "k" };
+    // A claim check in the attempt's own folder (reports.ts refuses one elsewhere); the
+    // simulation's read gives the ref itself as the output, so it carries the output's `c` too.
+    const ref = { key: `${attemptPrefix(a.runId, a.stepId, a.attempt, a.kind)}output.json`, c: "k" };
     assert.equal(completed(sim.core, s, sim.key(a), null, ref, null, sim.at()), null);
     sim.clock += 10;
     settle(sim);
