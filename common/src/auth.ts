@@ -261,6 +261,11 @@ export interface TokenVerifierOptions {
 export interface TokenVerifier {
   /** The principal of a valid token; throws {@link AuthError} UNAUTHENTICATED otherwise. */
   verify(token: string): Promise<Principal>;
+  /**
+   * The clock difference tolerated for `exp` and `nbf` (AUTH_CLOCK_SKEW), in milliseconds: how long
+   * after its `exp` a token is still accepted, so how long a stream it opened may outlive it.
+   */
+  readonly clockToleranceMs?: number | undefined;
 }
 
 /** A key file could not be read or understood; the message names the file. */
@@ -470,6 +475,7 @@ export async function createTokenVerifier(options: TokenVerifierOptions): Promis
     }
   };
   return {
+    clockToleranceMs: clockTolerance * 1000,
     async verify(token) {
       try {
         const { payload } = await jwtVerify(token, getKey, {
