@@ -349,8 +349,20 @@ describe("web UI with hostile data and a misbehaving API", () => {
     const drawn = await page.locator("svg.dag g.dag-node").count();
     assert.ok(drawn < 100, `${drawn} of ${CHAIN} boxes drawn at once`);
     // Scrolled to its end (as a keyboard or a mouse would), the last steps are drawn and selectable.
-    await page.locator(".dag-scroll").evaluate((el) => (el.scrollLeft = el.scrollWidth));
+    // Scrolled again until it is drawn: on a busy machine the first scroll may come before the
+    // graph has its full width.
     const last = page.locator(`svg.dag g.dag-node[data-step="s${CHAIN - 1}"]`);
+    await until(
+      "the last step drawn once scrolled to",
+      async () => {
+        await page.locator(".dag-scroll").evaluate((el) => {
+          el.scrollLeft = el.scrollWidth;
+          el.scrollTop = el.scrollHeight;
+        });
+        return (await last.count()) > 0 ? true : undefined;
+      },
+      60_000,
+    );
     await last.click({ timeout: 20_000 });
     await page.getByRole("heading", { name: `Step s${CHAIN - 1}: succeeded` }).waitFor({ timeout: 20_000 });
     assert.equal(await page.locator('svg.dag g.dag-node[data-step="s0"]').count(), 0, "far boxes dropped");
