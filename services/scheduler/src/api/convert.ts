@@ -12,10 +12,7 @@ import {
   TaskStatus,
   WorkflowDefinitionSchema,
   WorkflowSpecSchema,
-  type Attempt,
   type Run,
-  type TaskError,
-  type TaskRun,
   type WorkflowDefinition,
 } from "@nexusflow/gen";
 import { fromJson, type JsonValue } from "@bufbuild/protobuf";
@@ -284,47 +281,6 @@ export function runTooDeep(run: Run): boolean {
  */
 export function boundedRun(run: Run, maxBytes = MAX_RUN_ANSWER_BYTES): Run {
   return encodedRunSize(run) <= maxBytes && !runTooDeep(run) ? run : basicOf(run);
-}
-
-/** `error` without its details, as the spread of a message's `error` field (nothing without one). */
-function leanError(error: TaskError | undefined): { error?: TaskError } {
-  if (error === undefined) return {};
-  const lean = { ...error };
-  delete lean.details;
-  return { error: lean };
-}
-
-/**
- * `run` as a WatchRun message carries it: whole while a client with the usual limits can read it
- * (as {@link boundedRun}), else without its values (the run's input, output and error details,
- * each task's input, output and error details, its attempts' error details, the signals'
- * payloads), so that a watcher still sees every task's state and GetRun answers the values; in the
- * BASIC view only if even that is too large (tens of thousands of tasks).
- */
-export function watchedRun(run: Run, maxBytes = MAX_RUN_ANSWER_BYTES): Run {
-  if (encodedRunSize(run) <= maxBytes && !runTooDeep(run)) return run;
-  const lean: Run = {
-    ...run,
-    ...leanError(run.error),
-    tasks: run.tasks.map((t) => {
-      const task: TaskRun = {
-        ...t,
-        ...leanError(t.error),
-        attempts: t.attempts.map((at): Attempt => ({ ...at, ...leanError(at.error) })),
-      };
-      delete task.input;
-      delete task.output;
-      return task;
-    }),
-    signals: run.signals.map((sig) => {
-      const signal = { ...sig };
-      delete signal.payload;
-      return signal;
-    }),
-  };
-  delete lean.input;
-  delete lean.output;
-  return encodedRunSize(lean) <= maxBytes ? lean : basicOf(run);
 }
 
 /** A definition row to the API message. */

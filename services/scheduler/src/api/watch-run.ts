@@ -42,7 +42,7 @@ import {
   forwardedBy,
   runMoving,
 } from "../cluster/replica-router.js";
-import { runDetail, watchedRun, type PendingReasons } from "./convert.js";
+import { runDetail, type PendingReasons } from "./convert.js";
 
 /** What a watch needs of the scheduler. */
 export interface WatchDeps {
@@ -74,12 +74,8 @@ export class WatchState {
 
   constructor(private readonly send: (m: WatchRunResponse) => Promise<void>) {}
 
-  /**
-   * Sends what `run` changed since the last message (the whole run first); true once it has ended.
-   * A run too large or too deep for a client's usual limits goes without its values (watchedRun).
-   */
-  async offer(snapshot: Run): Promise<boolean> {
-    const run = watchedRun(snapshot);
+  /** Sends what `run` changed since the last message (the whole run first); true once it has ended. */
+  async offer(run: Run): Promise<boolean> {
     const current = new Map(
       run.tasks.map((t) => [t.id, `${t.status}:${t.attempts.length}:${t.pendingReason}`]),
     );
