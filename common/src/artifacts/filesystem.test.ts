@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
 import { randomUUID } from "node:crypto";
 import { mkdir, mkdtemp, readFile, readdir, rm, symlink, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
@@ -44,6 +45,13 @@ describe("FilesystemArtifactStore", () => {
         assert.equal(await store.stat(key), undefined, key);
       }
       assert.deepEqual(await store.list(`runs/${run}/`), []);
+      // A FIFO planted there is no object either, and does not hold a thread at open.
+      const fifo = spawnSync("mkfifo", [join(attempt, "pipe")]);
+      assert.equal(fifo.status, 0, String(fifo.stderr));
+      assert.equal(await store.stat(`runs/${run}/s/attempt-1/pipe`), undefined);
+      await assert.rejects(store.get(`runs/${run}/s/attempt-1/pipe`), (e: unknown) =>
+        isArtifactError(e, "NOT_FOUND"),
+      );
       // Objects of its own are read as ever, through a root that is a link itself too.
       await store.put(`runs/${run}/s/attempt-1/ok.txt`, "fine");
       const linked = new FilesystemArtifactStore({ root: join(root, "linked") });

@@ -125,7 +125,8 @@ export class FilesystemArtifactStore implements ArtifactStore {
   async #openInside(path: string): Promise<{ handle: FileHandle; info: Stats } | undefined> {
     let handle: FileHandle;
     try {
-      handle = await open(path, constants.O_RDONLY | constants.O_NOFOLLOW);
+      // Non-blocking: a FIFO planted in the folder would hold a thread of the pool at open.
+      handle = await open(path, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
     } catch (e) {
       const code = errno(e);
       if (code === "ENOENT" || code === "ENOTDIR" || code === "EISDIR" || code === "ELOOP") return undefined;

@@ -75,4 +75,30 @@ describe("ReplicaDiscovery", () => {
     assert.deepEqual(applied, [16, 16, 16, 16, 16]);
     discovery.stop();
   });
+
+  it("takes no sole from an answer to an ask sent before a session ended", async () => {
+    const answers: ((sole: boolean) => void)[] = [];
+    const client = {
+      makeUnaryRequest: (...args: unknown[]) => {
+        const done = args.at(-1) as (error: null, response: unknown) => void;
+        answers.push((sole) => done(null, create(ListReplicasResponseSchema, { partitionCount: 16, sole })));
+      },
+    } as unknown as grpc.Client;
+    const discovery = new ReplicaDiscovery({
+      intervalMs: 3_000,
+      logger,
+      active: () => true,
+      clients: () => [client],
+      metadata: () => new grpc.Metadata(),
+      apply: () => undefined,
+    });
+    discovery.soon();
+    while (answers.length === 0) await settle();
+    // The old scheduler answers sole after its session ended (it came back in cluster mode).
+    discovery.sessionEnded();
+    answers[0]?.(true);
+    await settle();
+    assert.equal(discovery.sole, false);
+    discovery.stop();
+  });
 });

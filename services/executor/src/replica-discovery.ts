@@ -43,6 +43,8 @@ export class ReplicaDiscovery {
   #lastAsk = 0;
   /** The last answer said the scheduler is not in cluster mode (ListReplicasResponse.sole). */
   #sole = false;
+  /** Sessions ended so far: an answer to an ask sent before the latest end says nothing of `sole`. */
+  #sessionEnds = 0;
 
   constructor(private readonly options: ReplicaDiscoveryOptions) {
     this.#on = options.intervalMs !== 0;
@@ -83,6 +85,7 @@ export class ReplicaDiscovery {
    * says `sole` once more; and one ask goes out soon.
    */
   sessionEnded(): void {
+    this.#sessionEnds++;
     this.#sole = false;
     this.soon();
   }
@@ -127,8 +130,10 @@ export class ReplicaDiscovery {
       if (!this.#on) return;
       try {
         const askedAt = performance.now();
+        const ends = this.#sessionEnds;
         const response = await listReplicas(client, metadata.clone(), LIST_REPLICAS_TIMEOUT_MS);
-        this.#sole = response.sole;
+        // Asked of the scheduler before its session ended (it may be back in cluster mode since).
+        if (ends === this.#sessionEnds) this.#sole = response.sole;
         this.options.apply(replicaMapOf(response, askedAt));
         return;
       } catch (e) {

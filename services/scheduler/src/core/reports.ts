@@ -91,25 +91,28 @@ export function heartbeat(
  * before anything changes; null when every key is the attempt's own.
  */
 function foreignRefs(task: TaskState, refs: Record<string, unknown>): Rejection | null {
-  let prefix: string;
+  let prefix: string | undefined;
   try {
     prefix = attemptPrefix(task.runId, task.stepId, task.attempt, task.kind);
   } catch {
-    return null;
+    // No folder can be named for the attempt: no key is its own.
+    prefix = undefined;
   }
   for (const [field, ref] of Object.entries(refs)) {
     if (ref === null || ref === undefined) continue;
     const key = (ref as { key?: unknown }).key;
+    // A log reference without a key (the proto allows it) names no object.
+    if (field === "logs" && (key === undefined || key === "")) continue;
     let ok = false;
     try {
-      ok = typeof key === "string" && checkKey(key) === key && key.startsWith(prefix);
+      ok = prefix !== undefined && typeof key === "string" && checkKey(key) === key && key.startsWith(prefix);
     } catch {
       ok = false;
     }
     if (!ok)
       return {
         code: "INVALID_ARGUMENT",
-        message: `${field}.key ${JSON.stringify(String(key)).slice(0, 300)} is not in the attempt's own folder ${prefix}`,
+        message: `${field}.key ${JSON.stringify(String(key)).slice(0, 300)} is not in the attempt's own folder ${prefix ?? ""}`,
       };
   }
   return null;

@@ -622,20 +622,25 @@ export class Engine {
     };
   }
 
-  /** A report's rules applied by `fn` and judged; a fault in them is confined to its run (faults.ts). */
-  private report(key: LeaseKey | undefined, fn: () => Rejection | null): Rejection | null {
+  /** A report's rules applied by `fn` and judged; a fault fails its run if the lease is this session's. */
+  private report(
+    session: SessionHandle,
+    key: LeaseKey | undefined,
+    fn: () => Rejection | null,
+  ): Rejection | null {
     const task = key === undefined ? undefined : this.core.tasks.get(key.taskRunId);
-    return this.partitions.judged(key, this.confined(task && this.core.runs.get(task.runId), fn) ?? null);
+    const run = task?.sessionId === session.id ? this.core.runs.get(task.runId) : undefined;
+    return this.partitions.judged(key, this.confined(run, fn) ?? null);
   }
 
   /** Started report. */
   onStarted(session: SessionHandle, key: LeaseKey | undefined): Rejection | null {
-    return this.report(key, () => core.started(this.core, session, key, this.moment()));
+    return this.report(session, key, () => core.started(this.core, session, key, this.moment()));
   }
 
   /** Heartbeat report for a task. */
   onHeartbeat(session: SessionHandle, key: LeaseKey | undefined): Rejection | null {
-    return this.report(key, () => core.heartbeat(this.core, session, key, this.moment()));
+    return this.report(session, key, () => core.heartbeat(this.core, session, key, this.moment()));
   }
 
   /** Completed report: accepted at most once per task. */
@@ -646,7 +651,7 @@ export class Engine {
     outputRef: unknown,
     logs: unknown,
   ): Rejection | null {
-    return this.report(key, () =>
+    return this.report(session, key, () =>
       core.completed(this.core, session, key, output, outputRef, logs, this.moment()),
     );
   }
@@ -660,14 +665,14 @@ export class Engine {
     logs: unknown,
     pauseKeyUntilMs = 0,
   ): Rejection | null {
-    return this.report(key, () =>
+    return this.report(session, key, () =>
       core.failed(this.core, session, key, error, retryAfterMs, logs, this.moment(), pauseKeyUntilMs),
     );
   }
 
   /** Release report: the lease goes back to the front of the queue without counting as a failure. */
   onRelease(session: SessionHandle, key: LeaseKey | undefined, reason: string): Rejection | null {
-    return this.report(key, () => core.released(this.core, session, key, reason, this.moment()));
+    return this.report(session, key, () => core.released(this.core, session, key, reason, this.moment()));
   }
 
   // ---------------------------------------------------------------- sessions

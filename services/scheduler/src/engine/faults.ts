@@ -43,7 +43,13 @@ export function faultConfinement(host: FaultHost): Confine {
       } catch (again) {
         host.log.error({ err: again, run_id: run.id }, "the run could not be failed; it leaves memory");
         const error: ErrorInfo = { type: TaskErrorType.SCHEDULER_ERROR, message, retryable: false };
-        host.drop(run.id, again instanceof Error ? again : new Error(String(again)), error);
+        try {
+          host.drop(run.id, again instanceof Error ? again : new Error(String(again)), error);
+        } catch (third) {
+          // Dropping runs the parent's rules (a child's end): a fault there too is logged, never
+          // let out of here.
+          host.log.error({ err: third, run_id: run.id }, "the run could not be dropped either");
+        }
       }
       return undefined;
     }

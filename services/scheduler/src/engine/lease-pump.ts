@@ -10,7 +10,7 @@ import * as core from "../core/index.js";
 import type { Core } from "../core/index.js";
 import { isPartitionFencedError } from "../cluster/partitioning.js";
 import type { EngineStore } from "../persistence/engine-store.js";
-import type { RunState, TaskState } from "../model/run-state.js";
+import { TERMINAL_RUN_STATUSES, type RunState, type TaskState } from "../model/run-state.js";
 import type { Dispatcher, SessionHandle } from "./dispatcher.js";
 import { encodeLease, leaseFrames, leaseMessage, leaseValue } from "./messages.js";
 import type { UnservedTypes } from "./pending.js";
@@ -81,13 +81,15 @@ export class LeasePump {
     try {
       for (const { session, task } of pairs) {
         const run = this.o.core().runs.get(task.runId);
-        const token =
-          run === undefined
-            ? undefined
-            : confine(run, () => core.grantLease(this.o.core(), run, task, session, now));
+        // A task the pass took that an earlier grant's outcome ended (a fault failing its run, an
+        // input refused failing the run fast) is not leased.
+        const live = run !== undefined && task.status === "QUEUED" && !TERMINAL_RUN_STATUSES.has(run.status);
+        const token = live
+          ? confine(run, () => core.grantLease(this.o.core(), run, task, session, now))
+          : undefined;
         if (token === undefined) {
-          // Its run left memory, or granting failed (the run failed with it): charged to its fair
-          // share by the pass, never leased, so the share and the session get it back.
+          // Its run left memory or ended, or granting failed (the run failed with it): charged to
+          // its fair share by the pass, never leased, so the share and the session get it back.
           session.credit++;
           core.releaseShare(task);
           continue;
