@@ -18,26 +18,40 @@ async function settle(): Promise<void> {
   for (let i = 0; i < 10; i++) await new Promise<void>((resolve) => setImmediate(resolve));
 }
 
+/**
+ * A discovery over one fake client whose ListReplicas calls go to `answer` (with the call's
+ * completion: it answers a map of 16 partitions, `sole` as given), every map it applies in `applied`.
+ */
+function discoveryOver(answer: (respond: (sole: boolean) => void) => void): {
+  discovery: ReplicaDiscovery;
+  applied: number[];
+} {
+  const client = {
+    makeUnaryRequest: (...args: unknown[]) => {
+      const done = args.at(-1) as (error: null, response: unknown) => void;
+      answer((sole) => done(null, create(ListReplicasResponseSchema, { partitionCount: 16, sole })));
+    },
+  } as unknown as grpc.Client;
+  const applied: number[] = [];
+  const discovery = new ReplicaDiscovery({
+    intervalMs: 3_000,
+    logger,
+    active: () => true,
+    clients: () => [client],
+    metadata: () => new grpc.Metadata(),
+    apply: (map) => applied.push(map.partitionCount),
+  });
+  return { discovery, applied };
+}
+
 describe("ReplicaDiscovery", () => {
   it("asks on its interval only while the scheduler is in cluster mode, and again after a session ends", async (t) => {
     t.mock.timers.enable({ apis: ["setInterval", "setTimeout"] });
     let asks = 0;
     let sole = true;
-    const client = {
-      makeUnaryRequest: (...args: unknown[]) => {
-        asks++;
-        const done = args.at(-1) as (error: null, response: unknown) => void;
-        done(null, create(ListReplicasResponseSchema, { partitionCount: 16, sole }));
-      },
-    } as unknown as grpc.Client;
-    const applied: number[] = [];
-    const discovery = new ReplicaDiscovery({
-      intervalMs: 3_000,
-      logger,
-      active: () => true,
-      clients: () => [client],
-      metadata: () => new grpc.Metadata(),
-      apply: (map) => applied.push(map.partitionCount),
+    const { discovery, applied } = discoveryOver((respond) => {
+      asks++;
+      respond(sole);
     });
     // The least gap between two asks (200 ms) counts on the real clock: tick past it each time.
     const tick = async (ms: number): Promise<void> => {
@@ -78,20 +92,7 @@ describe("ReplicaDiscovery", () => {
 
   it("takes no sole from an answer to an ask sent before a session ended", async () => {
     const answers: ((sole: boolean) => void)[] = [];
-    const client = {
-      makeUnaryRequest: (...args: unknown[]) => {
-        const done = args.at(-1) as (error: null, response: unknown) => void;
-        answers.push((sole) => done(null, create(ListReplicasResponseSchema, { partitionCount: 16, sole })));
-      },
-    } as unknown as grpc.Client;
-    const discovery = new ReplicaDiscovery({
-      intervalMs: 3_000,
-      logger,
-      active: () => true,
-      clients: () => [client],
-      metadata: () => new grpc.Metadata(),
-      apply: () => undefined,
-    });
+    const { discovery } = discoveryOver((respond) => answers.push(respond));
     discovery.soon();
     while (answers.length === 0) await settle();
     // The old scheduler answers sole after its session ended (it came back in cluster mode).

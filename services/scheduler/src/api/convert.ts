@@ -1,7 +1,7 @@
 /** Database rows to API messages. */
 import { create, toBinary, type MessageInitShape } from "@bufbuild/protobuf";
 import { timestampFromDate, type Value } from "@bufbuild/protobuf/wkt";
-import { ApiError, errorToProto, jsonToValue } from "@nexusflow/common";
+import { errorToProto, jsonToValue } from "@nexusflow/common";
 import { toArtifactRef } from "@nexusflow/common/artifacts";
 import { TaskErrorType } from "@nexusflow/common/task-error-types";
 import {
@@ -28,16 +28,7 @@ import {
   type TaskState,
 } from "../model/run-state.js";
 import type { RunDetail, RunRow } from "../persistence/run-store.js";
-import { MAX_ANSWER_NESTING, jsonTooDeep } from "../model/answer-depth.js";
-
-export {
-  EVENT_PAYLOAD_DEPTH,
-  MAX_ANSWER_NESTING,
-  RUN_INPUT_DEPTH,
-  STEP_OUTPUT_DEPTH,
-  TASK_VALUE_DEPTH,
-  jsonTooDeep,
-} from "../model/answer-depth.js";
+import { MAX_ANSWER_NESTING } from "../model/answer-depth.js";
 
 function ts(d: Date | null | undefined): ReturnType<typeof timestampFromDate> | undefined {
   return d === null || d === undefined ? undefined : timestampFromDate(d);
@@ -355,20 +346,4 @@ export function runFromState(run: Readonly<RunState>, pendingReason: PendingReas
     tasks: [...run.tasks.values(), ...run.compensations.values()].map(toTask),
     signals: signalsInit(run.signals),
   } as MessageInitShape<typeof RunSchema>);
-}
-
-/**
- * INVALID_ARGUMENT naming `field` for a value a request gives a run to keep that the run's answers
- * would carry at nesting `depth` ({@link RUN_INPUT_DEPTH}, {@link TASK_VALUE_DEPTH}) deeper than
- * clients decode: a request's own Value sits higher, so the decoder of the request let it through,
- * but the run taking it could then be read by no client (GetRun fails to decode).
- */
-export function refuseTooDeep(json: unknown, depth: number, field: string): void {
-  if (jsonTooDeep(json, depth)) {
-    const levels = Math.floor((MAX_ANSWER_NESTING - depth) / 2);
-    throw ApiError.invalid(
-      field,
-      `nests objects and arrays more than ${levels} levels deep, deeper than a run's answers can carry it (protobuf decoders stop at ${MAX_ANSWER_NESTING} nested messages)`,
-    );
-  }
 }

@@ -23,7 +23,7 @@ import {
 } from "@nexusflow/gen";
 import { eventKeyProblem, MAX_EVENT_KEY_LENGTH } from "../dag/index.js";
 import { decodeToken, encodeToken, pageSizeOf } from "../persistence/page-token.js";
-import { EVENT_PAYLOAD_DEPTH, refuseTooDeep } from "./convert.js";
+import { EVENT_PAYLOAD_DEPTH, refuseTooDeep } from "../model/answer-depth.js";
 import type { EventRow, MatchRow } from "../triggers/event-store.js";
 import type { WaitMatchRow, WaitMatchStatus } from "../triggers/wait-matches.js";
 import {

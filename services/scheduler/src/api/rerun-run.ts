@@ -12,14 +12,13 @@ import { TERMINAL_RUN_STATUSES, type RunStatusName, type TaskStatusName } from "
 import { checkRunId, type RunStore, type TaskRow } from "../persistence/run-store.js";
 import {
   boundedRun,
-  refuseTooDeep,
-  TASK_VALUE_DEPTH,
   runBasic,
   runBasicFromState,
   runDetail,
   runFromState,
   type PendingReasons,
 } from "./convert.js";
+import { refuseTooDeep, TASK_VALUE_DEPTH } from "../model/answer-depth.js";
 
 /** Longest step id a definition accepts. */
 const MAX_STEP_ID = 63;

@@ -62,13 +62,11 @@ import {
   runBasicFromState,
   runDetail,
   runFromState,
-  refuseTooDeep,
-  RUN_INPUT_DEPTH,
   runStatusName,
   runTooDeep,
-  STEP_OUTPUT_DEPTH,
   type PendingReasons,
 } from "./convert.js";
+import { refuseTooDeep, RUN_INPUT_DEPTH, STEP_OUTPUT_DEPTH } from "../model/answer-depth.js";
 import {
   type IncomingCall,
   type ReplicaAddress,

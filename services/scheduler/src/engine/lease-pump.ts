@@ -29,8 +29,8 @@ export interface LeasePumpOptions {
   running(): boolean;
   /** The trace context the lease carries to the executor (its attempt's span), if any. */
   traceContext(task: TaskState, run: RunState | undefined): Readonly<Record<string, string>> | undefined;
-  /** Applies rules to a run, a fault (a throw) confined to it (faults.ts); by default, none. */
-  confine?: Confine | undefined;
+  /** Applies rules to a run, a fault (a throw) confined to it (faults.ts). */
+  confine: Confine;
 }
 
 /** A lease granted in a pass, sent once its grant is committed. */
@@ -77,7 +77,6 @@ export class LeasePump {
       return;
     }
     const granted: Grant[] = [];
-    const confine = this.o.confine ?? (<T>(_run: RunState | undefined, fn: () => T): T | undefined => fn());
     try {
       for (const { session, task } of pairs) {
         const run = this.o.core().runs.get(task.runId);
@@ -85,7 +84,7 @@ export class LeasePump {
         // input refused failing the run fast) is not leased.
         const live = run !== undefined && task.status === "QUEUED" && !TERMINAL_RUN_STATUSES.has(run.status);
         const token = live
-          ? confine(run, () => core.grantLease(this.o.core(), run, task, session, now))
+          ? this.o.confine(run, () => core.grantLease(this.o.core(), run, task, session, now))
           : undefined;
         if (token === undefined) {
           // Its run left memory or ended, or granting failed (the run failed with it): charged to

@@ -4,6 +4,7 @@
  * paths that take values a run keeps (requests, Kafka records), so that no run holds a value its
  * answers could not carry.
  */
+import { ApiError } from "@nexusflow/common";
 
 /**
  * Most messages nested in an answer that protobuf decoders read by default (protobuf-es, C++,
@@ -36,4 +37,20 @@ export function jsonTooDeep(json: unknown, depth: number): boolean {
   if (depth + 1 > MAX_ANSWER_NESTING) return true;
   const children: unknown[] = Array.isArray(json) ? json : Object.values(json);
   return children.some((v) => jsonTooDeep(v, depth + 2));
+}
+
+/**
+ * INVALID_ARGUMENT naming `field` for a value a request gives a run to keep that the run's answers
+ * would carry at nesting `depth` ({@link RUN_INPUT_DEPTH}, {@link TASK_VALUE_DEPTH}) deeper than
+ * clients decode: a request's own Value sits higher, so the decoder of the request let it through,
+ * but the run taking it could then be read by no client (GetRun fails to decode).
+ */
+export function refuseTooDeep(json: unknown, depth: number, field: string): void {
+  if (jsonTooDeep(json, depth)) {
+    const levels = Math.floor((MAX_ANSWER_NESTING - depth) / 2);
+    throw ApiError.invalid(
+      field,
+      `nests objects and arrays more than ${levels} levels deep, deeper than a run's answers can carry it (protobuf decoders stop at ${MAX_ANSWER_NESTING} nested messages)`,
+    );
+  }
 }
