@@ -456,6 +456,9 @@ function required(run: Run | undefined, rpc: string): Run {
   return run;
 }
 
+/** An HTTP/2 session's memory, in MB (http2's `maxSessionMemory`): above the largest request a server takes. */
+const HTTP2_SESSION_MEMORY_MB = 64;
+
 /**
  * The transport of {@link CompiledClientOptions}: retries outermost (so each attempt asks for the
  * token again), then the token, then the caller's interceptors; unary calls get the default
@@ -471,7 +474,12 @@ function createTransport(options: CompiledClientOptions): { transport: Transport
   let transport: Transport;
   let release: () => void;
   if (options.httpVersion === "2") {
-    const sessionManager = new Http2SessionManager(baseUrl);
+    // The session may hold a whole request (a scheduler takes up to 16 MiB): with http2's default
+    // 10 MB, a server that answers a large request before reading all of it (refused for its size,
+    // its token) made Node reset that answer (ENHANCE_YOUR_CALM) and every later one on the session.
+    const sessionManager = new Http2SessionManager(baseUrl, undefined, {
+      maxSessionMemory: HTTP2_SESSION_MEMORY_MB,
+    });
     transport =
       options.protocol === "grpc"
         ? createGrpcTransport({ baseUrl, sessionManager, interceptors })

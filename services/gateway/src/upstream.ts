@@ -165,6 +165,9 @@ const attempts = new AsyncLocalStorage<Attempt>();
 /** The request headers a Transport call takes (`HeadersInit | undefined`). */
 type HeaderInit = Parameters<Transport["unary"]>[3];
 
+/** An upstream HTTP/2 session's memory, in MB (http2's `maxSessionMemory`): above the largest forwarded call. */
+const UPSTREAM_SESSION_MEMORY_MB = 64;
+
 /**
  * An `Http2SessionManager` that tells the current attempt about the stream it opens, and gives up
  * a connection not made within `connectTimeoutMs`.
@@ -176,7 +179,14 @@ class ObservedSessionManager extends Http2SessionManager {
     url: string,
     options: { pingIntervalMs: number; pingTimeoutMs: number; connectTimeoutMs: number },
   ) {
-    super(url, { pingIntervalMs: options.pingIntervalMs, pingTimeoutMs: options.pingTimeoutMs });
+    // The session may hold a whole forwarded call (up to 16 MiB): with http2's default 10 MB, a
+    // scheduler answering a large call before reading all of it made Node reset that answer
+    // (ENHANCE_YOUR_CALM) and every later one on the session every client shares.
+    super(
+      url,
+      { pingIntervalMs: options.pingIntervalMs, pingTimeoutMs: options.pingTimeoutMs },
+      { maxSessionMemory: UPSTREAM_SESSION_MEMORY_MB },
+    );
     this.#connectTimeoutMs = options.connectTimeoutMs;
   }
 

@@ -3,8 +3,8 @@
  * RESOURCE_EXHAUSTED for that call alone: grpc-js reads the message's length prefix and answers at
  * once, and the connection carries the client's other calls. This holds for a grpc-js client, and
  * for a Connect (Node http2) client whose session may hold such a body (maxSessionMemory above it).
- * A Node client left with http2's default maxSessionMemory (10 MB; @connectrpc/connect-node and
- * @nexusflow/client leave it) still holds most of the body in its own outgoing queue when that early
+ * A Node client left with http2's default maxSessionMemory (10 MB; @connectrpc/connect-node leaves
+ * it, @nexusflow/client sets 64 MB) still holds most of the body in its own outgoing queue when that early
  * answer arrives, so it refuses the answer itself (RST_STREAM NGHTTP2_ENHANCE_YOUR_CALM: the call
  * fails INTERNAL) and every answer after it on that session, which stays unusable. The server
  * cannot prevent that with grpc-js' options: it would have to read the whole body before answering.
@@ -23,6 +23,7 @@ import {
   type GetWorkflowRequest,
   type StartRunRequest,
 } from "@nexusflow/gen";
+import { NexusflowClient } from "@nexusflow/client";
 import type { Scheduler } from "../../src/scheduler.js";
 import { startTestDatabase, startTestScheduler } from "../support.js";
 
@@ -88,5 +89,33 @@ describe("a request over the receive limit", () => {
       );
     assert.equal(await code(client.startRun(tooLarge())), Code.ResourceExhausted);
     assert.equal(await code(client.getWorkflow({ name: "missing" })), Code.NotFound);
+  });
+
+  it("is answered RESOURCE_EXHAUSTED to @nexusflow/client, whose session goes on", async () => {
+    for (const protocol of ["grpc", "connect"] as const) {
+      const client = new NexusflowClient({
+        baseUrl: `http://${scheduler.address}`,
+        protocol,
+        httpVersion: "2",
+      });
+      const code = (p: Promise<unknown>): Promise<Code | "ok"> =>
+        p.then(
+          () => "ok" as const,
+          (e: unknown) => ConnectError.from(e).code,
+        );
+      try {
+        const input = { x: "x".repeat(17 * 1024 * 1024) };
+        // gRPC: the scheduler's receive limit; Connect: the scheduler speaks gRPC only and answers
+        // at once (HTTP 415). Either way an answer before the whole body was read.
+        assert.notEqual(await code(client.startRun({ workflowName: "w", input })), "ok", protocol);
+        assert.equal(
+          await code(client.workflows.getWorkflow({ name: "missing" })),
+          protocol === "grpc" ? Code.NotFound : Code.Unknown,
+          protocol,
+        );
+      } finally {
+        client.close();
+      }
+    }
   });
 });
