@@ -40,7 +40,7 @@ import {
   type TaskState,
 } from "../model/run-state.js";
 import { childRolledBack } from "./child-rollback.js";
-import type { Core } from "./context.js";
+import { crossInto, type Core } from "./context.js";
 import { advance, cancelRun, startRun } from "./runs.js";
 import { failTerminally, succeedTask, waitTask } from "./transitions.js";
 
@@ -225,21 +225,25 @@ export function childFoundEnded(
 /**
  * A run with a parent ended (completeRun), or was dropped for changes PostgreSQL refused
  * (runs.ts dropRefusedRun, FAILED with STORAGE_REFUSED): its parent's step ends in the same turn,
- * so in the same commit, and the parent is evaluated soon.
+ * so in the same commit, and the parent is evaluated soon. These are the parent's rules: a fault
+ * in them is the parent's (crossInto), and the child's end stands.
  */
 export function childEnded(core: Core, child: RunState, now: Date): void {
-  if (child.parent === null) return;
-  const parent = core.runs.get(child.parent.runId);
+  const link = child.parent;
+  if (link === null) return;
+  const parent = core.runs.get(link.runId);
   if (parent === undefined) return;
-  // A parent rolling back waits for its children's rollback (child-rollback.ts).
-  if (parent.status === "COMPENSATING") {
-    childRolledBack(core, parent, child, now);
-    return;
-  }
-  const task = childTaskOf(parent, child.parent.stepId)?.task;
-  if (task?.status !== "WAITING") return;
-  endChildStep(core, parent, task, child.id, child, now);
-  core.fx.advanceSoon(parent);
+  crossInto(core, parent, () => {
+    // A parent rolling back waits for its children's rollback (child-rollback.ts).
+    if (parent.status === "COMPENSATING") {
+      childRolledBack(core, parent, child, now);
+      return;
+    }
+    const task = childTaskOf(parent, link.stepId)?.task;
+    if (task?.status !== "WAITING") return;
+    endChildStep(core, parent, task, child.id, child, now);
+    core.fx.advanceSoon(parent);
+  });
 }
 
 /**
@@ -262,5 +266,8 @@ export function cancelChild(
   const childRun = core.runs.get(childRunId(run.id, storedStepId(task)));
   if (childRun === undefined) return;
   const compensate = failing || (run.cancelRequested && run.compensateOnCancel);
-  cancelRun(core, childRun, `parent run ${run.id} ${reason}`, compensate, now);
+  // The child's rules: a fault in them is the child's, and the parent's cancel goes on.
+  crossInto(core, childRun, () =>
+    cancelRun(core, childRun, `parent run ${run.id} ${reason}`, compensate, now),
+  );
 }

@@ -91,6 +91,12 @@ export interface Effects {
   commit(): void;
   /** Commit soon, with the next commit if one is near. */
   commitSoon(): void;
+  /**
+   * A fault (a throw) in `run`'s rules where another run's rules reached them ({@link crossInto}):
+   * `run`'s, not theirs. The shell logs it with `run`'s id and fails `run` SCHEDULER_ERROR soon,
+   * not in the middle of the rules that reached it, which go on.
+   */
+  fault(run: RunState, error: unknown): void;
 }
 
 /** The state the rules work on and where their effects go. */
@@ -120,4 +126,18 @@ export interface Core {
 export interface Rejection {
   code: "FAILED_PRECONDITION" | "NOT_FOUND" | "INVALID_ARGUMENT" | "RESOURCE_EXHAUSTED";
   message: string;
+}
+
+/**
+ * Applies `fn`, rules of `run` reached from another run's (a child's end ends its parent's step, a
+ * parent's cancel cancels its child, a concurrency strategy cancels another run): a fault in them
+ * is `run`'s ({@link Effects.fault}), and the rules that reached them go on, the caller's run not
+ * blamed for it nor cut off half way.
+ */
+export function crossInto(core: Core, run: RunState, fn: () => void): void {
+  try {
+    fn();
+  } catch (e) {
+    core.fx.fault(run, e);
+  }
 }

@@ -28,7 +28,7 @@ import {
   releaseRun,
   type CancelRun,
 } from "./concurrency.js";
-import type { Core } from "./context.js";
+import { crossInto, type Core } from "./context.js";
 import { admitWithRate } from "./rate-limits.js";
 import { clearHeld, noteHeld, noteRunHeld } from "./hold-events.js";
 import { cancelChild, startChildStep } from "./children.js";
@@ -94,9 +94,13 @@ export function startRun(core: Core, start: RunStart, now: Date): RunState {
   return run;
 }
 
-/** How a concurrency strategy cancels a run: as CancelRun with compensation. */
+/**
+ * How a concurrency strategy cancels a run: as CancelRun with compensation. Often another run
+ * than the one whose rules apply it (the oldest holder of a cancel-in-progress key): a fault in
+ * its cancel is its own (crossInto).
+ */
 export const cancelByLimit: CancelRun = (core, run, reason, now) =>
-  void cancelRun(core, run, reason, true, now);
+  crossInto(core, run, () => cancelRun(core, run, reason, true, now));
 
 /** A new run takes its workflow's concurrency keys, or waits for them (concurrency.ts). */
 function admitNewRun(core: Core, run: RunState, now: Date): void {

@@ -155,6 +155,13 @@ export class Simulation {
   readonly rollbackReads: { runId: string; stepId: string; childRunId: string }[] = [];
   /** Rate limit pauses stored (core/rate-limits.ts), in order. */
   readonly pauses: { name: string; key: string; until: number | null }[] = [];
+  /** Faults of a run's rules reached from another run's (context.ts crossInto), in order. */
+  readonly faults: { run: RunState; error: unknown }[] = [];
+  /**
+   * Whether such a fault is only recorded in {@link faults}, and the rules that reached it go on
+   * (as in the engine); by default it is thrown on too, so that a test sees its bug.
+   */
+  confineFaults = false;
   commits = 0;
   clock = 1_000_000;
   jitter = 0.5;
@@ -182,6 +189,10 @@ export class Simulation {
         this.pauses.push({ name: bucket.name, key: bucket.key, until: bucket.pausedUntil }),
       commit: () => this.commits++,
       commitSoon: () => this.commits++,
+      fault: (run, error) => {
+        this.faults.push({ run, error });
+        if (!this.confineFaults) throw error;
+      },
     };
     this.core = {
       runs: new Map(),

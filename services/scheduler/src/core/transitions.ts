@@ -191,7 +191,12 @@ export function failTerminally(
   });
 }
 
-/** Ends the run with `status`; once committed it leaves memory. */
+/**
+ * Ends the run with `status`; once committed it leaves memory. Its own end (row, runCompleted
+ * event, runEnded) is recorded before anything that reaches other runs (its concurrency slots
+ * going to the next in line, its parent's step ending): a fault there cannot leave a run ended in
+ * memory and not in storage (runs.ts failBrokenRun leaves a run already ended be).
+ */
 export function completeRun(
   core: Core,
   run: RunState,
@@ -204,7 +209,6 @@ export function completeRun(
   run.output = output ?? null;
   run.error = error;
   run.endedAt = now;
-  if (run.claim !== undefined) releaseRun(core, run);
   core.fx.writeRun(run);
   core.fx.event(run, {
     case: "runCompleted",
@@ -215,6 +219,7 @@ export function completeRun(
     },
   });
   core.fx.runEnded(run);
-  // A child's end ends its parent's step in the same commit.
+  if (run.claim !== undefined) releaseRun(core, run);
+  // A child's end ends its parent's step in the same commit (a fault there is the parent's).
   if (run.parent !== null) childEnded(core, run, now);
 }

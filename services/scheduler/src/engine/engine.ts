@@ -13,6 +13,7 @@ import type { EngineStore } from "../persistence/engine-store.js";
 import {
   STORAGE_REFUSED,
   storedStepId,
+  tasksOfRun,
   type ErrorInfo,
   type RunState,
   type TaskState,
@@ -35,7 +36,7 @@ import { Parking, type ParkingOptions } from "./parking.js";
 import { PartitionRuns, type HeldPartitions } from "./partition-load.js";
 import type { ParkedRunStore } from "../persistence/parked-runs.js";
 import { RateLimitAdmin, RateLimitPauses, storeHandlerPause } from "./rate-limit-admin.js";
-import { faultConfinement, type Confine } from "./faults.js";
+import { faultConfinement, faultSoon, type Confine } from "./faults.js";
 import { RERUN_OF_LABEL, type RerunRunInput, rerunStart } from "./reruns.js";
 import { AttemptSpans, inRunSpan, tracedWrites } from "./tracing.js";
 import type { StartRunInput } from "../model/start-run.js";
@@ -359,6 +360,7 @@ export class Engine {
       },
       commit: () => void store.flush().catch(ignore),
       commitSoon: () => store.flushSoon(STARTED_FLUSH_DELAY_MS),
+      fault: (run, error) => faultSoon(this.log, this.core, this.confined, run, error),
     };
     // Tracing on: attempt spans follow the attempts written, events carry their span's context.
     return spans === undefined ? fx : { ...fx, ...tracedWrites(spans, store, () => this.core) };
@@ -477,23 +479,32 @@ export class Engine {
   private refused(runId: string, cause: Error, error?: ErrorInfo): void {
     const run = core.dropRefusedRun(this.core, runId, cause.message, error);
     if (run === undefined) return;
+    // What is marked for it and not committed goes (a failure cut short: its own runCompleted,
+    // half a step's rows), never committed after or beside the end below (two runCompleted, or
+    // a gap in its sequence).
+    this.store.retire?.([run], [...tasksOfRun(run)]);
     this.dirtyRuns.delete(run);
     this.keyed.forget(run);
     // A child's parent step fails with it (CHILD_FAILED, the STORAGE_REFUSED error in details).
     if (run.parent !== null) core.childEnded(this.core, run, new Date());
-    if (!this.store.isStored(run)) return;
-    this.store.failRefusedRun(runId, run.error as ErrorInfo).then(
-      (outcome) => {
-        this.log.error(
-          { run_id: runId, outcome },
-          `ended a run ${error === undefined ? "whose changes PostgreSQL refused" : "the scheduler could not advance"}`,
-        );
-        this.watchers.notify(runId);
-        this.watchers.eventsCommitted();
-      },
-      (e: unknown) =>
-        this.log.error({ err: e, run_id: runId }, "could not end a run whose changes PostgreSQL refused"),
-    );
+    const end = (): void => {
+      if (!this.store.isStored(run)) return;
+      this.store.failRefusedRun(runId, run.error as ErrorInfo).then(
+        (outcome) => {
+          this.log.error(
+            { run_id: runId, outcome },
+            `ended a run ${error === undefined ? "whose changes PostgreSQL refused" : "the scheduler could not advance"}`,
+          );
+          this.watchers.notify(runId);
+          this.watchers.eventsCommitted();
+        },
+        (e: unknown) =>
+          this.log.error({ err: e, run_id: runId }, "could not end a run whose changes PostgreSQL refused"),
+      );
+    };
+    // A run the rules could not advance may have a commit of its own in flight: it ends after it.
+    if (error === undefined) end();
+    else void this.store.flush().catch(ignore).then(end);
   }
 
   /**

@@ -20,6 +20,13 @@ export interface FaultHost {
 /** Applies rules to a run by `fn`, returning what `fn` returns, or undefined after a fault. */
 export type Confine = <T>(run: RunState | undefined, fn: () => T) => T | undefined;
 
+/** A fault of a run's rules reached from another run's, taken up by {@link faultSoon}. */
+class ReachedFault extends Error {
+  constructor(readonly fault: unknown) {
+    super(fault instanceof Error ? fault.message : String(fault));
+  }
+}
+
 /**
  * A throw out of `fn` is logged at error level with the run's id, and the run ends FAILED with
  * SCHEDULER_ERROR (core.failBrokenRun: its tasks cancelled, leased ones told to stop, its event
@@ -30,11 +37,15 @@ export function faultConfinement(host: FaultHost): Confine {
   return <T>(run: RunState | undefined, fn: () => T): T | undefined => {
     try {
       return fn();
-    } catch (e) {
-      host.log.error(
-        { err: e, run_id: run?.id },
-        "a fault in the scheduler's rules; the run fails SCHEDULER_ERROR",
-      );
+    } catch (thrown) {
+      // A fault reached from another run's rules comes back here logged already (faultSoon).
+      const reached = thrown instanceof ReachedFault;
+      const e = reached ? thrown.fault : thrown;
+      if (!reached)
+        host.log.error(
+          { err: e, run_id: run?.id },
+          "a fault in the scheduler's rules; the run fails SCHEDULER_ERROR",
+        );
       if (run === undefined) return undefined;
       const cause = e instanceof Error ? e.message : String(e);
       const message = `the scheduler could not advance the run: ${boundedText(cause, 1024)}`;
@@ -54,4 +65,23 @@ export function faultConfinement(host: FaultHost): Confine {
       return undefined;
     }
   };
+}
+
+/**
+ * A fault in `run`'s rules where another run's rules reached them (core Effects.fault, context.ts
+ * crossInto): logged now at error level with `run`'s id, and `run` fails SCHEDULER_ERROR on a
+ * later turn through `confine`, as a fault of its own rules does: not in the middle of the rules
+ * that reached it, which go on. A run that ended or left memory by then is left as it is.
+ */
+export function faultSoon(log: Logger, core: Core, confine: Confine, run: RunState, error: unknown): void {
+  log.error(
+    { err: error, run_id: run.id },
+    "a fault in a run's rules, reached from another run's; the run fails SCHEDULER_ERROR",
+  );
+  setImmediate(() => {
+    if (core.runs.get(run.id) !== run) return;
+    confine(run, () => {
+      throw new ReachedFault(error);
+    });
+  });
 }
