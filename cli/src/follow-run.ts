@@ -4,8 +4,8 @@
  * again when the connection is lost); this module prints what it sees, with progress.ts.
  */
 import { toJson } from "@bufbuild/protobuf";
-import type { NexusflowClient, Run } from "@nexusflow/client";
-import { WatchRunResponseSchema } from "@nexusflow/gen";
+import { type NexusflowClient, type Run, isTerminalRunStatus } from "@nexusflow/client";
+import { type WatchRunResponse, WatchRunResponseSchema } from "@nexusflow/gen";
 import { RunProgress, formatTaskChange } from "./progress.js";
 import type { Style } from "./style.js";
 
@@ -22,7 +22,9 @@ export interface FollowRunOptions {
   say: (line: string) => void;
   style: Style;
   /**
-   * `steps`: a line per task change; `json`: every WatchRun message as a JSON line.
+   * `steps`: a line per task change; `json`: every WatchRun message as a JSON line (the last one,
+   * when it came without the run's values, `valuesOmitted`, with the whole run as it ended, read
+   * with GetRun, instead).
    * @default "steps"
    */
   format?: "steps" | "json" | undefined;
@@ -38,19 +40,29 @@ function stepWidth(run: Run): number {
   return Math.max(12, ...run.tasks.map((t) => t.stepId.length + 7));
 }
 
-/** Follows run `runId` until it ends, printing it as it changes; resolves with the run as it ended. */
-export function followRun(client: NexusflowClient, runId: string, options: FollowRunOptions): Promise<Run> {
+/**
+ * Follows run `runId` until it ends, printing it as it changes; resolves with the run as it ended,
+ * whole (waitForRun reads a run too large for WatchRun's messages with GetRun at its end).
+ */
+export async function followRun(
+  client: NexusflowClient,
+  runId: string,
+  options: FollowRunOptions,
+): Promise<Run> {
   const { say, style } = options;
   const progress = new RunProgress();
   let first = true;
-  return client.waitForRun(runId, {
+  /** The last message (the run ended) when it came without the run's values: printed whole below. */
+  let lean: WatchRunResponse | undefined;
+  const final = await client.waitForRun(runId, {
     signal: options.signal,
     timeoutMs: options.timeoutMs,
     onMessage: (message) => {
       const run = message.run;
       if (run === undefined) return;
       if (options.format === "json") {
-        say(JSON.stringify(toJson(WatchRunResponseSchema, message)));
+        if (message.valuesOmitted && isTerminalRunStatus(run.status)) lean = message;
+        else say(JSON.stringify(toJson(WatchRunResponseSchema, message)));
         return;
       }
       if (first && options.header === true)
@@ -60,4 +72,7 @@ export function followRun(client: NexusflowClient, runId: string, options: Follo
       for (const change of progress.update(run)) say(formatTaskChange(change, style, width));
     },
   });
+  if (lean !== undefined)
+    say(JSON.stringify(toJson(WatchRunResponseSchema, { ...lean, run: final, valuesOmitted: false })));
+  return final;
 }

@@ -20,16 +20,20 @@ import {
 import { Http2SessionManager, createConnectTransport, createGrpcTransport } from "@connectrpc/connect-node";
 import {
   ArtifactService,
+  type Attempt,
   ClusterService,
   EventService,
   type RegisterWorkflowResponse,
   RateLimitService,
   ReplicaService,
   type Run,
+  type RunSignal,
   RunStatus,
   RunView,
   ScheduleService,
   type StartRunRequestSchema,
+  type TaskError,
+  type TaskRun,
   type WatchRunResponse,
   WorkflowService,
 } from "@nexusflow/gen";
@@ -100,14 +104,18 @@ export interface WaitForRunOptions {
   timeoutMs?: number | undefined;
   /**
    * Called with the run as it changes (the first call is its state when the watch opened). What
-   * it throws ends the wait: `waitForRun` rejects with that error, as it is.
+   * it throws ends the wait: `waitForRun` rejects with that error, as it is. A run too large for
+   * a message (`valuesOmitted`) comes with the values of earlier messages
+   * ({@link mergeWatchedRun}): its states are current, values seen since may be missing.
    * @default none
    */
   onUpdate?: ((run: Run) => void) | undefined;
   /**
    * Called with every WatchRun message, the last one (the run ended) included, before
    * `onUpdate`; after the watch is opened again, its first message is the run's current state.
-   * For callers that show the messages themselves (changed task ids, time, annotations).
+   * For callers that show the messages themselves (changed task ids, time, annotations). The
+   * message is as received: with `valuesOmitted` set, its run has no values (inputs, outputs,
+   * error details, signal payloads).
    * @default none
    */
   onMessage?: ((message: WatchRunResponse) => void) | undefined;
@@ -131,6 +139,78 @@ export function isTerminalRunStatus(status: RunStatus): boolean {
 /** The run's output as plain JSON, or undefined when it has none (yet, or in a BASIC view). */
 export function runOutput(run: Run): JsonValue | undefined {
   return run.output === undefined ? undefined : toJson(ValueSchema, run.output);
+}
+
+/** `lean`'s error with the details of `known`'s when it is the same error (type, message, retryable). */
+function mergedError(known: TaskError | undefined, lean: TaskError | undefined): { error?: TaskError } {
+  if (lean === undefined) return {};
+  if (
+    lean.details !== undefined ||
+    known?.details === undefined ||
+    known.type !== lean.type ||
+    known.message !== lean.message ||
+    known.retryable !== lean.retryable
+  )
+    return { error: lean };
+  return { error: { ...lean, details: known.details } };
+}
+
+/** `lean`'s `field` if it has one, else `known`'s (as the spread of the field; nothing without either). */
+function kept<K extends "input" | "output" | "payload", M extends Partial<Record<K, unknown>>>(
+  known: M | undefined,
+  lean: M,
+  field: K,
+): Partial<M> {
+  const value = lean[field] ?? known?.[field];
+  return (value === undefined ? {} : { [field]: value }) as Partial<M>;
+}
+
+/** Identity of a signal on its run: name, idempotency key and when it was received. */
+function signalKey(s: RunSignal): string {
+  return `${s.name}\u0000${s.idempotencyKey}\u0000${s.receiveTime?.seconds ?? ""}.${s.receiveTime?.nanos ?? ""}`;
+}
+
+/**
+ * The run of a WatchRun message sent without its values (`valuesOmitted`: the run was too large
+ * for a client's usual limits) with the values of `known`, the same run as read before (GetRun,
+ * or an earlier message): the states (statuses, attempts, times, pending reasons) are `lean`'s;
+ * the run's input and output, each task's input and output (by task id), the error details of
+ * the run, of each task and of each attempt (by number) while the error is the same one, and
+ * signals' payloads are kept from `known` where `lean` has none. A message in the BASIC view (no
+ * tasks: a run of tens of thousands of tasks) keeps `known`'s tasks, signals and reruns. Values
+ * that appeared after `known` are missing: GetRun answers the whole run.
+ */
+export function mergeWatchedRun(known: Run | undefined, lean: Run): Run {
+  if (known === undefined || known.id !== lean.id) return lean;
+  const run: Run = {
+    ...lean,
+    ...kept(known, lean, "input"),
+    ...kept(known, lean, "output"),
+    ...mergedError(known.error, lean.error),
+  };
+  if (lean.tasks.length === 0 && known.tasks.length > 0)
+    return { ...run, tasks: known.tasks, signals: known.signals, reruns: known.reruns };
+  const tasks = new Map(known.tasks.map((t) => [t.id, t]));
+  const signals = new Map(known.signals.map((s) => [signalKey(s), s]));
+  return {
+    ...run,
+    tasks: lean.tasks.map((t): TaskRun => {
+      const k = tasks.get(t.id);
+      if (k === undefined) return t;
+      const attempts = new Map(k.attempts.map((a) => [a.number, a]));
+      return {
+        ...t,
+        ...kept(k, t, "input"),
+        ...kept(k, t, "output"),
+        ...mergedError(k.error, t.error),
+        attempts: t.attempts.map((a): Attempt => ({
+          ...a,
+          ...mergedError(attempts.get(a.number)?.error, a.error),
+        })),
+      };
+    }),
+    signals: lean.signals.map((s) => ({ ...s, ...kept(signals.get(signalKey(s)), s, "payload") })),
+  };
 }
 
 /**
@@ -329,6 +409,8 @@ export class NexusflowClient {
    * connection is lost (the server restarting, say) it watches again, with the client's retry
    * backoff, and gives up after `retry.maxAttempts` failures in a row without news. Rejects with
    * NOT_FOUND for an unknown run, CANCELED when `signal` aborts, DEADLINE_EXCEEDED after `timeoutMs`.
+   * A run too large for WatchRun's messages to carry its values (`valuesOmitted`) is read once with
+   * GetRun when it has ended, so the run returned is whole.
    */
   async waitForRun(runId: string, options: WaitForRunOptions = {}): Promise<Run> {
     const controller = new AbortController();
@@ -357,6 +439,8 @@ export class NexusflowClient {
     const { retry } = this.options;
     try {
       let failures = 0;
+      /** The run as last seen, with the values of earlier messages kept (see mergeWatchedRun). */
+      let known: Run | undefined;
       for (;;) {
         let lastError: unknown;
         /** True while onMessage or onUpdate runs: what it throws is the caller's, not the watch's. */
@@ -370,12 +454,20 @@ export class NexusflowClient {
             { runId },
             { signal: watch.signal, timeoutMs: 0 },
           )) {
-            const run = message.run;
-            if (run === undefined) continue;
+            if (message.run === undefined) continue;
+            const run = message.valuesOmitted ? mergeWatchedRun(known, message.run) : message.run;
+            known = run;
             failures = 0;
             callbackFailed = true;
             options.onMessage?.(message);
-            if (isTerminalRunStatus(run.status)) return run;
+            callbackFailed = false;
+            if (isTerminalRunStatus(run.status)) {
+              if (!message.valuesOmitted) return run;
+              // Its last message came without the values: GetRun has them (its output, its error).
+              watch.abort();
+              return await this.getRun(runId, { signal });
+            }
+            callbackFailed = true;
             options.onUpdate?.(run);
             callbackFailed = false;
           }

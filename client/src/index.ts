@@ -19,6 +19,7 @@ export {
   type WaitForRunOptions,
   TERMINAL_RUN_STATUSES,
   isTerminalRunStatus,
+  mergeWatchedRun,
   runOutput,
 } from "./client.js";
 export {

@@ -8,6 +8,8 @@
  * - Nothing of the data becomes markup, a value of 10 MB is shown cut (the page stays usable), and
  *   long strings wrap: no horizontal scrolling, the controls stay in view.
  * - A run gone while watched says so (NotFound) and is not watched again and again.
+ * - A run too large for WatchRun to send its values (values_omitted) keeps the values GetRun
+ *   showed while its states move, and shows its output, read once more with GetRun, when it ends.
  * - The Workflows page stops at a page token it was already given, with what went wrong; the list
  *   pages do not offer a next page they already showed.
  * - A call refused as unauthenticated, whichever part of a page made it, asks for a token again.
@@ -64,6 +66,8 @@ interface Behaviour {
   runs: Map<string, Run>;
   /** How WatchRun answers for a run: its messages, then an error or an end. */
   watch?: (runId: string) => AsyncIterable<Run>;
+  /** WatchRun's messages say the run came without its values (values_omitted). */
+  valuesOmitted?: boolean;
   /** ListWorkflows' next page token for a request's token. */
   workflowsNext?: (pageToken: string) => string;
   /** ListRuns' next page token for a request's token. */
@@ -73,7 +77,7 @@ interface Behaviour {
 }
 
 let behaviour: Behaviour = { runs: new Map() };
-const calls = { watchRun: 0, listWorkflows: 0, listRuns: 0 };
+const calls = { watchRun: 0, listWorkflows: 0, listRuns: 0, getRun: 0 };
 
 function hostileRun(id: string, status: RunStatus): Run {
   const big = fromJson(ValueSchema, {
@@ -155,6 +159,7 @@ describe("web UI with hostile data and a misbehaving API", () => {
     gateway = await startFakeGateway(uiDir, (router) => {
       router.service(WorkflowService, {
         getRun(req) {
+          calls.getRun++;
           const run = behaviour.runs.get(req.runId);
           if (run === undefined) throw new ConnectError(`run ${req.runId} not found`, Code.NotFound);
           return { run };
@@ -167,7 +172,8 @@ describe("web UI with hostile data and a misbehaving API", () => {
             yield { run };
             return;
           }
-          for await (const r of behaviour.watch(req.runId)) yield { run: r };
+          for await (const r of behaviour.watch(req.runId))
+            yield { run: r, valuesOmitted: behaviour.valuesOmitted ?? false };
         },
         getWorkflow(req) {
           const steps =
@@ -426,6 +432,71 @@ describe("web UI with hostile data and a misbehaving API", () => {
     assert.equal(calls.watchRun, 1);
     // What was known of the run stays shown.
     assert.equal(await page.getByTestId("run-status").textContent(), "running");
+    await context.close();
+    assert.deepEqual(errors, []);
+  });
+
+  it("keeps a large run's values while its states move, and shows its output once it ended", T, async (t) => {
+    if (!chromiumOrSkip(t)) return;
+    const value = (json: unknown) => fromJson(ValueSchema, json as never);
+    /** The run "large" whole (as GetRun answers it), at `status`, its step at `step` while running. */
+    const whole = (status: RunStatus, step = TaskStatus.RUNNING): Run => {
+      const run = simpleRun("large", status);
+      if (status === RunStatus.RUNNING) run.tasks[0]!.status = step;
+      run.input = value({ blob: "the large input" });
+      run.tasks[0]!.input = value({ step: "the step's input" });
+      if (status === RunStatus.SUCCEEDED) {
+        run.output = value({ report: "the large output" });
+        run.tasks[0]!.output = value({ report: "the large output" });
+      }
+      return run;
+    };
+    /** What WatchRun sends of it: its states, without its values. */
+    const lean = (run: Run): Run =>
+      create(RunSchema, {
+        ...run,
+        input: undefined,
+        output: undefined,
+        tasks: run.tasks.map((task) => ({ ...task, input: undefined, output: undefined })),
+      });
+    let release: () => void = () => undefined;
+    const ends = new Promise<void>((resolve) => (release = resolve));
+    behaviour = {
+      // GetRun shows its step queued; the first message has it running.
+      runs: new Map([["large", whole(RunStatus.RUNNING, TaskStatus.QUEUED)]]),
+      valuesOmitted: true,
+      async *watch() {
+        yield lean(whole(RunStatus.RUNNING));
+        await ends;
+        behaviour.runs.set("large", whole(RunStatus.SUCCEEDED));
+        yield lean(whole(RunStatus.SUCCEEDED));
+      },
+    };
+    calls.getRun = 0;
+    const errors: string[] = [];
+    const { page, context } = await open("/ui/runs/large", errors);
+    await page.locator('svg.dag g.dag-node[data-step="a"]').click();
+    // The first message shown (the step running): the values GetRun showed are kept.
+    await page.getByRole("heading", { name: /Step a: running/ }).waitFor({ timeout: 20_000 });
+    const input = page.locator("figure.json", { hasText: "Input" }).last().locator("pre");
+    assert.match((await input.textContent()) ?? "", /the large input/, "the input GetRun showed kept");
+    assert.match(
+      (await page.locator("figure.json", { hasText: "Input" }).first().textContent()) ?? "",
+      /the step's input/,
+    );
+    await page.getByTestId("values-omitted").waitFor({ timeout: 5000 });
+
+    release();
+    await page.getByRole("heading", { name: /Step a: succeeded/ }).waitFor({ timeout: 20_000 });
+    await until("the live view ended", async () =>
+      (await page.locator('[data-live="ended"]').count()) > 0 ? true : undefined,
+    );
+    const output = page.locator("figure.json", { hasText: "Output" }).last().locator("pre");
+    await output.waitFor({ timeout: 20_000 });
+    assert.match((await output.textContent()) ?? "", /the large output/, "the output read with GetRun");
+    assert.match((await input.textContent()) ?? "", /the large input/);
+    assert.equal(await page.getByTestId("values-omitted").count(), 0);
+    assert.equal(calls.getRun, 2, "GetRun for the first picture, and once the run ended");
     await context.close();
     assert.deepEqual(errors, []);
   });

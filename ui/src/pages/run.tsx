@@ -29,6 +29,7 @@ import {
   taskStatusName,
 } from "../format";
 import { linkHandler, routePath } from "../router";
+import { watchedRun } from "../run-watch";
 import { AttemptTimeline, type Compensable, CompensationLane } from "./run-lanes";
 import { RerunButton, RunLink, SignalForm, SignalsTable } from "./run-waits";
 import { StatusBadge } from "./runs";
@@ -61,9 +62,18 @@ export function RunPage({ runId }: { runId: string }) {
   const [stepsNote, setStepsNote] = useState<string | undefined>(undefined);
   const [live, setLive] = useState<Live>({ state: "connecting" });
   const [selected, setSelected] = useState<string | undefined>(undefined);
+  /**
+   * Why the values shown may lag the states: the run is too large for WatchRun to send its values
+   * ("live": as read before, until it ends), or its final values could not be read ("final").
+   */
+  const [valuesNote, setValuesNote] = useState<
+    { kind: "live" } | { kind: "final"; error: string } | undefined
+  >(undefined);
 
   // GetRun for the first picture, then WatchRun (its first message is a snapshot too) until the
-  // run ends; a stream cut off early (a gateway restart) is opened again.
+  // run ends; a stream cut off early (a gateway restart) is opened again. A message of a run too
+  // large to carry its values (valuesOmitted) updates the states and keeps the values shown
+  // (run-watch.ts); a run that ended so is read once more with GetRun, for its output and error.
   useEffect(() => {
     const controller = new AbortController();
     const { signal } = controller;
@@ -99,12 +109,18 @@ export function RunPage({ runId }: { runId: string }) {
       signal.addEventListener("abort", () => frame !== undefined && cancelAnimationFrame(frame), {
         once: true,
       });
+      /** The run ended in a message without its values: GetRun has them. */
+      let endedLean = false;
       while (!signal.aborted && !TERMINAL_RUN_STATUSES.has(current.status)) {
         try {
           setLive({ state: "connecting" });
           for await (const msg of api.watchRun({ runId }, { signal })) {
-            if (msg.run === undefined) continue;
-            show(msg.run);
+            const next = watchedRun(current, msg);
+            if (next === undefined) continue;
+            show(next);
+            endedLean = msg.valuesOmitted && TERMINAL_RUN_STATUSES.has(next.status);
+            const omitted = msg.valuesOmitted;
+            setValuesNote((prev) => (!omitted ? undefined : prev?.kind === "live" ? prev : { kind: "live" }));
             setLive((prev) => (prev.state === "live" ? prev : { state: "live" }));
           }
           // Ended before the run did (the gateway is draining): open it again, not at once.
@@ -124,6 +140,16 @@ export function RunPage({ runId }: { runId: string }) {
           }
           setLive({ state: "retrying", error: describeError(e) });
           await wait(RECONNECT_MS);
+        }
+      }
+      if (endedLean && !signal.aborted) {
+        try {
+          const whole = (await api.getRun({ runId }, { signal })).run;
+          if (whole !== undefined) show(whole);
+          setValuesNote(undefined);
+        } catch (e) {
+          if (isAborted(e) || signal.aborted) return;
+          setValuesNote({ kind: "final", error: describeError(e) });
         }
       }
       if (!signal.aborted) setLive({ state: "ended" });
@@ -392,6 +418,17 @@ export function RunPage({ runId }: { runId: string }) {
         </section>
       )}
       <h2>Run input and result</h2>
+      {valuesNote?.kind === "live" && (
+        <p class="muted" data-testid="values-omitted">
+          This run is too large to follow its values live: states are current, inputs and outputs are as first
+          read here, and are read again when the run ends.
+        </p>
+      )}
+      {valuesNote?.kind === "final" && (
+        <p class="error" role="alert" data-testid="values-omitted">
+          The run's final inputs and outputs could not be read ({valuesNote.error}): reload the page.
+        </p>
+      )}
       <div class="io">
         <Json title="Input" value={run.input} />
         {run.output !== undefined && <Json title="Output" value={run.output} />}

@@ -12,7 +12,10 @@ import {
   TaskStatus,
   WorkflowDefinitionSchema,
   WorkflowSpecSchema,
+  type Attempt,
   type Run,
+  type TaskError,
+  type TaskRun,
   type WorkflowDefinition,
 } from "@nexusflow/gen";
 import { fromJson, type JsonValue } from "@bufbuild/protobuf";
@@ -272,6 +275,57 @@ export function runTooDeep(run: Run): boolean {
  */
 export function boundedRun(run: Run, maxBytes = MAX_RUN_ANSWER_BYTES): Run {
   return encodedRunSize(run) <= maxBytes && !runTooDeep(run) ? run : basicOf(run);
+}
+
+/** `error` without its details, as the spread of a message's `error` field (nothing without one). */
+function leanError(error: TaskError | undefined): { error?: TaskError } {
+  if (error === undefined) return {};
+  const lean = { ...error };
+  delete lean.details;
+  return { error: lean };
+}
+
+/**
+ * `run` without its values: the run's input, output and error details, each task's input, output
+ * and error details, its attempts' error details, and the signals' payloads. Every state is kept
+ * (statuses, attempts, pending reasons, times, output references, child runs).
+ */
+export function leanRun(run: Run): Run {
+  const lean: Run = {
+    ...run,
+    ...leanError(run.error),
+    tasks: run.tasks.map((t) => {
+      const task: TaskRun = {
+        ...t,
+        ...leanError(t.error),
+        attempts: t.attempts.map((at): Attempt => ({ ...at, ...leanError(at.error) })),
+      };
+      delete task.input;
+      delete task.output;
+      return task;
+    }),
+    signals: run.signals.map((sig) => {
+      const signal = { ...sig };
+      delete signal.payload;
+      return signal;
+    }),
+  };
+  delete lean.input;
+  delete lean.output;
+  return lean;
+}
+
+/**
+ * `run` as a WatchRun message carries it, and whether its values were left out
+ * (WatchRunResponse.values_omitted): whole while a client with the usual limits can read it (as
+ * {@link boundedRun}), else without its values ({@link leanRun}), so that a watcher still sees every
+ * task's state and GetRun answers the values; in the BASIC view if even that is too large (tens
+ * of thousands of tasks).
+ */
+export function watchedRun(run: Run, maxBytes = MAX_RUN_ANSWER_BYTES): { run: Run; valuesOmitted: boolean } {
+  if (encodedRunSize(run) <= maxBytes && !runTooDeep(run)) return { run, valuesOmitted: false };
+  const lean = leanRun(run);
+  return { run: encodedRunSize(lean) <= maxBytes ? lean : basicOf(run), valuesOmitted: true };
 }
 
 /** A definition row to the API message. */

@@ -20,6 +20,14 @@
  *
  * As for a local watch, snapshots may coalesce several commits (a message per change seen, not per
  * commit), and at another replica the live state is the owner's latest commit.
+ *
+ * A message carries the run whole while a client with gRPC's and protobuf's usual limits can read
+ * it (3 MiB encoded, 100 nested messages: convert.ts's watchedRun); a larger or deeper run goes
+ * without its values (inputs, outputs, error details, signal payloads), every task's state kept,
+ * and the message says so (`values_omitted`): the client keeps the values it read before and asks
+ * GetRun for the rest. Before, such a run could not be watched at all (RESOURCE_EXHAUSTED on every
+ * message). That is decided at the replica the caller called: an owner answers a forwarded watch
+ * with whole runs (the forwarding replica's client reads any size).
  */
 import { create } from "@bufbuild/protobuf";
 import { timestampNow } from "@bufbuild/protobuf/wkt";
@@ -42,7 +50,7 @@ import {
   forwardedBy,
   runMoving,
 } from "../cluster/replica-router.js";
-import { runDetail, type PendingReasons } from "./convert.js";
+import { runDetail, watchedRun, type PendingReasons } from "./convert.js";
 
 /** What a watch needs of the scheduler. */
 export interface WatchDeps {
@@ -72,22 +80,44 @@ const FINAL_CODES: ReadonlySet<number> = new Set([
 export class WatchState {
   private previous: Map<string, string> | undefined;
 
-  constructor(private readonly send: (m: WatchRunResponse) => Promise<void>) {}
+  /**
+   * `whole`: every message carries the run whole, whatever its size (a stream forwarded by
+   * another replica, whose client reads any size: that replica decides for its own caller);
+   * otherwise a run too large or too deep for a client's usual limits goes without its values,
+   * the message saying so (WatchRunResponse.values_omitted; {@link watchedRun}).
+   */
+  constructor(
+    private readonly send: (m: WatchRunResponse) => Promise<void>,
+    private readonly whole = false,
+  ) {}
 
-  /** Sends what `run` changed since the last message (the whole run first); true once it has ended. */
-  async offer(run: Run): Promise<boolean> {
+  /**
+   * Sends what `snapshot` changed since the last message (the whole run first); true once it has
+   * ended. `valuesOmitted`: the snapshot already came without its values (an owner's message that
+   * said so), which its message says too.
+   */
+  async offer(snapshot: Run, valuesOmitted = false): Promise<boolean> {
     const current = new Map(
-      run.tasks.map((t) => [t.id, `${t.status}:${t.attempts.length}:${t.pendingReason}`]),
+      snapshot.tasks.map((t) => [t.id, `${t.status}:${t.attempts.length}:${t.pendingReason}`]),
     );
-    const ended = TERMINAL_RUN_STATUSES.has(RunStatus[run.status] as RunStatusName);
+    const ended = TERMINAL_RUN_STATUSES.has(RunStatus[snapshot.status] as RunStatusName);
     const previous = this.previous;
     const changed =
       previous === undefined
         ? []
         : [...current].filter(([id, s]) => previous.get(id) !== s).map(([id]) => id);
     this.previous = current;
-    if (previous === undefined || changed.length > 0 || ended)
-      await this.send(create(WatchRunResponseSchema, { run, changedTaskIds: changed, time: timestampNow() }));
+    if (previous === undefined || changed.length > 0 || ended) {
+      const sent = this.whole || valuesOmitted ? { run: snapshot, valuesOmitted } : watchedRun(snapshot);
+      await this.send(
+        create(WatchRunResponseSchema, {
+          run: sent.run,
+          valuesOmitted: sent.valuesOmitted,
+          changedTaskIds: changed,
+          time: timestampNow(),
+        }),
+      );
+    }
     return ended;
   }
 }
@@ -106,7 +136,9 @@ export async function watchRun(
   checkRunId(req.runId);
   const { router } = deps;
   const forwarded = forwardedBy(call.metadata) !== undefined;
-  const state = new WatchState(send);
+  // A forwarded watch answers the whole run: the replica that forwarded it reads any size, and
+  // leaves the values out for its own caller when they are too large.
+  const state = new WatchState(send, forwarded);
   let last: SegmentEnd = "moved";
   while (!signal.aborted) {
     if (router === undefined || router.holdsRun(req.runId)) {
@@ -227,7 +259,7 @@ function followOwner(
       chain = chain
         .then(async () => {
           if (settled || m.run === undefined) return;
-          if (await state.offer(m.run)) finish("done");
+          if (await state.offer(m.run, m.valuesOmitted)) finish("done");
         })
         .then(
           () => {

@@ -5,23 +5,32 @@
  * a ListRuns page in FULL carries such a run alone in the BASIC view and pages on past it, and
  * GetRun answers the whole run. Before, a run with a 2.5 MB input templated into its step was
  * created, yet its StartRun answer (5 MB) failed RESOURCE_EXHAUSTED at the client, as did every
- * FULL page holding it (so no client with the usual limit could page past it).
+ * FULL page holding it (so no client with the usual limit could page past it). WatchRun sends
+ * such a run without its values, saying so (values_omitted), its tasks' states kept; before, a
+ * grpc-js client with its default limits was answered RESOURCE_EXHAUSTED on every watch of it.
  */
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
-import { toBinary } from "@bufbuild/protobuf";
+import { create, toBinary } from "@bufbuild/protobuf";
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
-import { jsonToValue, valueToJson } from "@nexusflow/common";
+import * as grpc from "@grpc/grpc-js";
+import { clientConstructor, jsonToValue, valueToJson } from "@nexusflow/common";
 import {
   ListRunsResponseSchema,
   RunStatus,
   RunView,
   StartRunResponseSchema,
+  TaskStatus,
+  WatchRunRequestSchema,
+  WatchRunResponseSchema,
   WorkflowService,
   type Run,
+  type WatchRunRequest,
+  type WatchRunResponse,
 } from "@nexusflow/gen";
 import { MAX_RUN_ANSWER_BYTES } from "../../src/api/convert.js";
+import { FORWARDED_BY_HEADER } from "../../src/cluster/replica-router.js";
 import type { Scheduler } from "../../src/scheduler.js";
 import { registerSpec, startTestDatabase, startTestScheduler, workflowClient } from "../support.js";
 
@@ -35,6 +44,16 @@ function nested(levels: number): unknown {
   let v: unknown = 1;
   for (let i = 0; i < levels; i++) v = { k: v };
   return v;
+}
+
+/** A WatchRun stream of a grpc-js client: what it received, and how it ended. */
+interface GrpcWatch {
+  messages: WatchRunResponse[];
+  /** The first message; rejects when the stream ends without one. */
+  first: Promise<WatchRunResponse>;
+  /** Resolves when the stream ends: null when it ended OK, else its error. */
+  ended: Promise<grpc.ServiceError | null>;
+  cancel(): void;
 }
 
 /** Whether `run` is in the BASIC view (every run has a task, so FULL always lists some). */
@@ -69,6 +88,33 @@ describe("answers carrying a run stay readable", () => {
       steps: [{ id: "only", type: "nobody", input: { x: { y: "{{ input.a }}" } } }],
     });
   });
+
+  /** Opens WatchRun of `runId` with a grpc-js client left with its default limits (4 MiB received). */
+  const grpcWatch = (grpcClient: grpc.Client, runId: string): GrpcWatch => {
+    const messages: WatchRunResponse[] = [];
+    const stream = (
+      grpcClient as unknown as { watchRun(req: WatchRunRequest): grpc.ClientReadableStream<WatchRunResponse> }
+    ).watchRun(create(WatchRunRequestSchema, { runId }));
+    let gotFirst: (m: WatchRunResponse) => void = () => {};
+    const first = new Promise<WatchRunResponse>((resolve) => (gotFirst = resolve));
+    stream.on("data", (m: WatchRunResponse) => {
+      messages.push(m);
+      gotFirst(m);
+    });
+    const ended = new Promise<grpc.ServiceError | null>((resolve) => {
+      stream.on("error", (e: grpc.ServiceError) => resolve(e));
+      stream.on("end", () => resolve(null));
+    });
+    return {
+      messages,
+      first: Promise.race([
+        first,
+        ended.then((e) => assert.fail(`the watch ended without a message: ${e?.message ?? "OK"}`)),
+      ]),
+      ended,
+      cancel: () => stream.cancel(),
+    };
+  };
 
   after(async () => {
     await scheduler?.stop();
@@ -189,5 +235,95 @@ describe("answers carrying a run stay readable", () => {
     assert.ok(isBasic(pages[1]?.[0]), "the large run, in the BASIC view");
     assert.equal(pages[0]?.[0]?.tasks.length, 1, "the others in FULL");
     assert.equal(pages[2]?.[0]?.tasks.length, 1);
+  });
+
+  it("WatchRun sends a run too large to read without its values, saying so, its tasks' states kept", async () => {
+    const Client = clientConstructor(WorkflowService);
+    // grpc-js with its defaults: 4 MiB received at most.
+    const grpcClient = new Client(scheduler.address, grpc.credentials.createInsecure());
+    try {
+      const { run } = await client.startRun({
+        workflowName: "echo-big",
+        input: jsonToValue({ blob: BLOB }),
+        view: RunView.BASIC,
+      });
+      const id = run?.id ?? "";
+      const watch = grpcWatch(grpcClient, id);
+      const first = await watch.first;
+      assert.equal(first.valuesOmitted, true, "the message says the values were left out");
+      assert.equal(first.run?.id, id);
+      assert.equal(first.run?.status, RunStatus.RUNNING);
+      assert.equal(first.run?.input, undefined, "the run's input left out");
+      assert.deepEqual(
+        first.run?.tasks.map((t) => [t.stepId, TaskStatus[t.status], t.input === undefined]),
+        [["only", "QUEUED", true]],
+      );
+      assert.ok(toBinary(WatchRunResponseSchema, first).length <= MAX_RUN_ANSWER_BYTES);
+
+      // A watch forwarded by another replica (whose client reads any size) gets the whole run:
+      // that replica leaves the values out for its own caller.
+      const forwarded = new AbortController();
+      for await (const m of client.watchRun(
+        { runId: id },
+        { signal: forwarded.signal, headers: { [FORWARDED_BY_HEADER]: "another-replica" } },
+      )) {
+        forwarded.abort();
+        assert.equal(m.valuesOmitted, false);
+        assert.equal((valueToJson(m.run?.input) as { blob: string }).blob.length, BLOB.length);
+        break;
+      }
+
+      // The run moves on (cancelled): the watch follows it to its end, values still left out.
+      await client.cancelRun({ runId: id, reason: "watched" });
+      assert.equal(await watch.ended, null, "the stream ends OK after the run's end");
+      const last = watch.messages.at(-1);
+      assert.ok(watch.messages.length >= 2, "a message for the run's end");
+      assert.equal(last?.valuesOmitted, true);
+      assert.equal(last?.run?.status, RunStatus.CANCELLED);
+      assert.deepEqual(
+        last?.run?.tasks.map((t) => [t.stepId, TaskStatus[t.status], t.input === undefined]),
+        [["only", "CANCELLED", true]],
+      );
+      assert.deepEqual(last?.changedTaskIds, [last?.run?.tasks[0]?.id]);
+      // GetRun has the values.
+      const whole = await client.getRun({ runId: id });
+      assert.equal((valueToJson(whole.run?.input) as { blob: string }).blob.length, BLOB.length);
+
+      // A run that fits goes whole, the flag unset.
+      const small = await client.startRun({
+        workflowName: "echo-big",
+        input: jsonToValue({ blob: "small" }),
+        view: RunView.BASIC,
+      });
+      const smallWatch = grpcWatch(grpcClient, small.run?.id ?? "");
+      const fits = await smallWatch.first;
+      smallWatch.cancel();
+      assert.equal(fits.valuesOmitted, false);
+      assert.deepEqual(valueToJson(fits.run?.input), { blob: "small" });
+      assert.deepEqual(valueToJson(fits.run?.tasks[0]?.input), { blob: "small" });
+      await client.cancelRun({ runId: small.run?.id ?? "" });
+    } finally {
+      grpcClient.close();
+    }
+  });
+
+  it("WatchRun sends a run nesting deeper than clients decode without its values, saying so", async () => {
+    const { run } = await client.startRun({
+      workflowName: "echo-deep",
+      input: jsonToValue({ a: nested(47) }),
+      view: RunView.BASIC,
+    });
+    const abort = new AbortController();
+    let first: WatchRunResponse | undefined;
+    for await (const m of limited.watchRun({ runId: run?.id ?? "" }, { signal: abort.signal })) {
+      first = m;
+      abort.abort();
+      break;
+    }
+    assert.equal(first?.valuesOmitted, true);
+    assert.equal(first?.run?.input, undefined);
+    assert.equal(first?.run?.tasks[0]?.status, TaskStatus.QUEUED);
+    assert.equal(first?.run?.tasks[0]?.input, undefined);
+    await client.cancelRun({ runId: run?.id ?? "" });
   });
 });
