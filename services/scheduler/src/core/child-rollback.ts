@@ -24,6 +24,7 @@
  *   CHILD_FAILED (a child no longer stored fails it too, and so does one that SUCCEEDED but whose
  *   stored definition no longer compiles), and the run ends COMPENSATION_FAILED.
  */
+import { boundedText } from "@nexusflow/common";
 import { TaskErrorType } from "@nexusflow/common/task-error-types";
 import { TaskKind } from "@nexusflow/gen";
 import type { CompiledWorkflow } from "../dag/index.js";
@@ -40,7 +41,7 @@ import {
 import type { StoredRun, StoredTask } from "../persistence/engine-store.js";
 import { childRunId } from "./children.js";
 import { compensateSucceeded } from "./compensation.js";
-import type { Core } from "./context.js";
+import { crossInto, type Core } from "./context.js";
 import { rebuildMaps } from "./maps.js";
 import { storedRunState } from "./recovery.js";
 import { forgetRun } from "./runs.js";
@@ -164,14 +165,34 @@ function rollbackError(run: RunState, stepId: string): ErrorInfo {
  * rollback through childEnded already), one rolling back is waited for, one that ended is done.
  * A child that was rolling back and ended other than COMPENSATED (or SUCCEEDED, with nothing left
  * to undo) failed to roll back: dropped for data PostgreSQL refused, say.
+ *
+ * The child's rollback is the child's rules (crossInto): a fault in them is the child's, and this
+ * rollback goes on. A child left rolling back by it is waited for (the shell fails it
+ * SCHEDULER_ERROR soon, which ends it here); one left SUCCEEDED failed to roll back.
  */
 function look(core: Core, run: RunState, rollback: ChildRollback, child: RunState, now: Date): void {
   const waited = rollback.inFlight.get(child.id) === "waiting";
+  let fault: ErrorInfo | undefined;
   if (child.status === "SUCCEEDED")
-    compensateSucceeded(core, child, rollbackError(run, rollback.task.stepId), now);
+    crossInto(core, child, () => {
+      try {
+        compensateSucceeded(core, child, rollbackError(run, rollback.task.stepId), now);
+      } catch (e) {
+        fault = {
+          type: TaskErrorType.SCHEDULER_ERROR,
+          message: `the scheduler could not roll it back: ${boundedText(e instanceof Error ? e.message : String(e), 1024)}`,
+          retryable: false,
+        };
+        throw e;
+      }
+    });
   if (!rollback.inFlight.has(child.id)) return;
   if (!TERMINAL_RUN_STATUSES.has(child.status)) {
     rollback.inFlight.set(child.id, "waiting");
+    return;
+  }
+  if (fault !== undefined) {
+    ended(core, run, rollback, child.id, child.status, fault, now, true);
     return;
   }
   const undone = child.status === "COMPENSATED" || child.status === "SUCCEEDED";

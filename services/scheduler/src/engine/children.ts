@@ -8,6 +8,7 @@ import { TaskErrorType } from "@nexusflow/common/task-error-types";
 import * as core from "../core/index.js";
 import type { EngineStore } from "../persistence/engine-store.js";
 import { checkStartInput, StoredDefinitionInvalidError, type Definitions } from "./definitions.js";
+import type { Confine } from "./faults.js";
 
 /**
  * The child run of a step that asks for workflow `child` (its version, or the latest) with
@@ -53,6 +54,11 @@ export interface ChildRunsOptions {
   core: () => core.Core;
   /** False once the engine stops: nothing more is read or tried again. */
   live: () => boolean;
+  /**
+   * Applies rules to a run, a fault (a throw) confined to it (faults.ts): the rules applied once a
+   * read is back, on a turn of their own, fail the run whose rules threw, never escape.
+   */
+  confine: Confine;
   /** How long a read that failed (the database) waits before it is tried again. @default 1000 */
   retryMs?: number;
 }
@@ -76,14 +82,16 @@ export class ChildRuns {
    * registered, or an input the child refuses, fails the step.
    */
   async start(runId: string, key: string): Promise<void> {
-    const { store, definitions } = this.options;
+    const { store, definitions, confine } = this.options;
     const childId = core.childRunId(runId, key);
     let resolution: core.ChildResolution;
     try {
       const stored = await store.runOutcome(childId);
       if (stored !== undefined) {
         // Started before a restart: ended (its parent's step ends now), or active here already.
-        core.childFoundEnded(this.options.core(), runId, key, stored, new Date());
+        // The parent's rules: a fault in them is the parent's, and is not read again.
+        const c = this.options.core();
+        confine(c.runs.get(runId), () => core.childFoundEnded(c, runId, key, stored, new Date()));
         return;
       }
       // Looked up once the maps are rebuilt, after a restart (core/recovery.ts).
@@ -99,7 +107,14 @@ export class ChildRuns {
       return;
     }
     if (!this.options.live()) return;
-    core.childResolved(this.options.core(), runId, key, resolution, new Date());
+    const c = this.options.core();
+    // The parent's rules (its step ends) or the child's (its start): a fault once the child is in
+    // memory is the child's, which ends the parent's step as its failure would.
+    const started = c.runs.has(childId);
+    confine(
+      () => (started ? undefined : c.runs.get(childId)) ?? c.runs.get(runId),
+      () => core.childResolved(c, runId, key, resolution, new Date()),
+    );
   }
 
   /**
@@ -108,7 +123,7 @@ export class ChildRuns {
    * definition no longer compiles, why it cannot).
    */
   async rollBack(runId: string, stepId: string, childId: string): Promise<void> {
-    const { store, definitions } = this.options;
+    const { store, definitions, confine } = this.options;
     let read: core.ChildRollbackRead;
     try {
       const outcome = await store.runOutcome(childId);
@@ -136,7 +151,9 @@ export class ChildRuns {
       return;
     }
     if (!this.options.live()) return;
-    core.childRollbackRead(this.options.core(), runId, stepId, childId, read, new Date());
+    const c = this.options.core();
+    // The parent's rollback (a child's own rollback in it is the child's: core/child-rollback.ts).
+    confine(c.runs.get(runId), () => core.childRollbackRead(c, runId, stepId, childId, read, new Date()));
   }
 
   private again(

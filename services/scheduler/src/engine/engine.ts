@@ -5,6 +5,7 @@
  * anyone outside acts on them, leases go out through the dispatcher, timers are set here.
  */
 import { ApiError, Code, UnavailableError, type Logger } from "@nexusflow/common";
+import { TaskErrorType } from "@nexusflow/common/task-error-types";
 import { tracingEnabled } from "@nexusflow/common/telemetry";
 import type { LeaseKey } from "@nexusflow/gen";
 import * as core from "../core/index.js";
@@ -36,7 +37,7 @@ import { Parking, type ParkingOptions } from "./parking.js";
 import { PartitionRuns, type HeldPartitions } from "./partition-load.js";
 import type { ParkedRunStore } from "../persistence/parked-runs.js";
 import { RateLimitAdmin, RateLimitPauses, storeHandlerPause } from "./rate-limit-admin.js";
-import { faultConfinement, faultSoon, type Confine } from "./faults.js";
+import { confineCall, faultConfinement, faultSoon, type Confine } from "./faults.js";
 import { RERUN_OF_LABEL, type RerunRunInput, rerunStart } from "./reruns.js";
 import { AttemptSpans, inRunSpan, tracedWrites } from "./tracing.js";
 import type { StartRunInput } from "../model/start-run.js";
@@ -208,6 +209,7 @@ export class Engine {
       log: options.log,
       core: () => this.core,
       live: () => this.stateValue === "RUNNING" || this.stateValue === "RECOVERING",
+      confine: (run, fn) => this.confined(run, fn),
     });
     this.keyed = new KeyedStarts(
       { lookup: (name, key, notBefore) => this.store.lookupKey(name, key, notBefore) },
@@ -448,24 +450,36 @@ export class Engine {
     const def = await this.definitions.resolve(req.workflowName, req.workflowVersion);
     checkStartInput(def.workflow, req.input ?? null);
     this.partitions.assertKeyStays(req.workflowName, req.idempotencyKey);
-    const run = core.startRun(
-      this.core,
-      {
-        definitionId: def.id,
-        workflow: def.workflow,
-        input: req.input ?? null,
-        idempotencyKey: req.idempotencyKey === "" ? null : req.idempotencyKey,
-        requestHash: hash,
-        labels: req.labels,
-        traceParent,
-      },
-      new Date(),
+    // A fault in its rules fails it SCHEDULER_ERROR (faults.ts), and the call answers INTERNAL.
+    const id = this.core.newId();
+    const run = confineCall(
+      this.confined,
+      () => this.core.runs.get(id),
+      "the run did not start",
+      () =>
+        core.startRun(
+          this.core,
+          {
+            id,
+            definitionId: def.id,
+            workflow: def.workflow,
+            input: req.input ?? null,
+            idempotencyKey: req.idempotencyKey === "" ? null : req.idempotencyKey,
+            requestHash: hash,
+            labels: req.labels,
+            traceParent,
+          },
+          new Date(),
+        ),
     );
     this.keyed.remember(run);
     await this.committed([run.id]);
     // Refused by PostgreSQL in that commit (see refused): the run was never stored.
     if (run.error?.type === STORAGE_REFUSED)
       throw new ApiError(Code.INVALID_ARGUMENT, `the run was not created: ${run.error.message}`);
+    // Dropped after a fault before that commit (see refused): never stored either.
+    if (run.error?.type === TaskErrorType.SCHEDULER_ERROR && !this.store.isStored(run))
+      throw new ApiError(Code.INTERNAL, `the run was not created: ${run.error.type}: ${run.error.message}`);
     return { runId: run.id, created: true };
   }
 
@@ -499,7 +513,10 @@ export class Engine {
           this.watchers.eventsCommitted();
         },
         (e: unknown) =>
-          this.log.error({ err: e, run_id: runId }, "could not end a run whose changes PostgreSQL refused"),
+          this.log.error(
+            { err: e, run_id: runId },
+            `could not end a run ${error === undefined ? "whose changes PostgreSQL refused" : "the scheduler could not advance"}`,
+          ),
       );
     };
     // A run the rules could not advance may have a commit of its own in flight: it ends after it.
@@ -542,11 +559,19 @@ export class Engine {
   ): Promise<{ runId: string; created: boolean }> {
     const start = await rerunStart(this.definitions, req, labels, hash);
     this.partitions.assertKeyStays(req.original.workflowName, req.idempotencyKey);
-    const run = core.startRun(this.core, start, new Date());
+    const id = this.core.newId();
+    const run = confineCall(
+      this.confined,
+      () => this.core.runs.get(id),
+      "the run did not start",
+      () => core.startRun(this.core, { ...start, id }, new Date()),
+    );
     this.keyed.remember(run);
     await this.committed([run.id]);
     if (run.error?.type === STORAGE_REFUSED)
       throw new ApiError(Code.INVALID_ARGUMENT, `the run was not created: ${run.error.message}`);
+    if (run.error?.type === TaskErrorType.SCHEDULER_ERROR && !this.store.isStored(run))
+      throw new ApiError(Code.INTERNAL, `the run was not created: ${run.error.type}: ${run.error.message}`);
     return { runId: run.id, created: true };
   }
 
@@ -558,13 +583,16 @@ export class Engine {
   async cancelRun(runId: string, reason: string, compensate = false): Promise<void> {
     this.assertRunning();
     const run = await this.load(runId);
-    if (run === undefined || !core.cancelRun(this.core, run, reason, compensate, new Date())) return;
+    if (run === undefined) return;
+    // A fault in its rules fails it SCHEDULER_ERROR (faults.ts), and the call answers INTERNAL.
+    const cancel = (): boolean => core.cancelRun(this.core, run, reason, compensate, new Date());
+    if (!confineCall(this.confined, run, `run ${runId} was not cancelled`, cancel)) return;
     await this.committed([runId]);
   }
 
   /** Queues the next wave of compensations once the previous one finished; completes the rollback. */
   advanceCompensation(run: RunState): void {
-    core.advanceCompensation(this.core, run, new Date());
+    this.confined(run, () => core.advanceCompensation(this.core, run, new Date()));
   }
 
   private assertRunning(): void {

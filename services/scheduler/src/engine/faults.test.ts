@@ -4,17 +4,21 @@
  * Through a whole Engine on the in-memory stores: a fault in the rules of a run reached from
  * another run's (a child's end runs its parent's, a parent's cancel its child's) fails the run
  * whose rules threw, not the one that reached them; a fault that strikes a run's end after its
- * status is set leaves that end recorded; a dropped run's changes not committed are discarded.
+ * status is set leaves that end recorded; a dropped run's changes not committed are discarded; a
+ * fault in a child's start once its definition is read is the child's; StartRun and CancelRun
+ * answer INTERNAL for a fault in the run's rules (and StartRun for a run dropped before its first
+ * commit), the run failed SCHEDULER_ERROR.
  */
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
-import { createLogger, valueToJson } from "@nexusflow/common";
+import { ApiError, Code, createLogger, valueToJson } from "@nexusflow/common";
 import { waitFor } from "@nexusflow/common/testing";
 import type { Lease, LeaseKey, SessionResponse } from "@nexusflow/gen";
 import { childRunId, type Core } from "../core/index.js";
 import { TERMINAL_RUN_STATUSES, type ErrorInfo, type RunState } from "../model/run-state.js";
 import { MemoryDefinitionStore } from "../persistence/memory-definition-store.js";
 import { MemoryEngineStore } from "../persistence/memory-engine-store.js";
+import type { RefusedRunOutcome } from "../persistence/engine-store.js";
 import type { OutboxRow } from "../persistence/outbox.js";
 import { Definitions } from "./definitions.js";
 import type { SessionHandle } from "./dispatcher.js";
@@ -119,6 +123,15 @@ class HeldStore extends MemoryEngineStore {
   private gate: { promise: Promise<void>; open: () => void } | undefined;
   /** Events taken by commits held in flight. */
   readonly taken: OutboxRow[] = [];
+  /** Whether a commit is held in flight now. */
+  holding = false;
+  /** Called with each run as it is marked: a test's way to a run as it starts. */
+  onMark: ((run: RunState) => void) | undefined;
+
+  override markRun(run: RunState): void {
+    this.onMark?.(run);
+    super.markRun(run);
+  }
 
   /** The next commit is held in flight until {@link release}. */
   hold(): void {
@@ -137,7 +150,9 @@ class HeldStore extends MemoryEngineStore {
     if (gate === undefined) return super.drain();
     const { runs, tasks, attempts, events } = this.takeChanges();
     this.taken.push(...events);
+    this.holding = true;
     await gate.promise;
+    this.holding = false;
     // Written as they were taken (copies), whatever became of them meanwhile.
     for (const r of runs.values()) this.markRun({ ...r });
     for (const t of tasks.values()) this.markTask({ ...t });
@@ -222,6 +237,41 @@ describe("faults through an Engine on the in-memory stores", () => {
     });
     throwOnce(run.claim as NonNullable<RunState["claim"]>, "state", "get", ended(run), "injected drop fault");
   };
+  /** A proxy that throws `message` whenever it is read: the run's evaluation, so advancing it throws. */
+  const broken = (message: string): NonNullable<RunState["evaluation"]> =>
+    new Proxy({} as NonNullable<RunState["evaluation"]>, {
+      get: () => {
+        throw new Error(message);
+      },
+    });
+  /** Faults injected in a run as it is first marked, by its input's `inject`. */
+  const marked = new Set<string>();
+  store.onMark = (run) => {
+    if (marked.has(run.id)) return;
+    marked.add(run.id);
+    switch ((run.input as { inject?: unknown } | null)?.inject) {
+      case "start":
+        // A bug in the run's first evaluation, as StartRun starts it.
+        run.evaluation = broken("injected start fault");
+        break;
+      case "rerun":
+        // A bug in a rerun's first evaluation, as RerunRun starts it (its original runs well).
+        if (run.rerun !== undefined) run.evaluation = broken("injected rerun fault");
+        break;
+      case "childstart":
+        // A bug in the child's first evaluation, as its parent's step starts it.
+        if (run.parent !== null) run.evaluation = broken("injected child start fault");
+        break;
+      case "dropstart": {
+        // A bug in granting its first lease (before its first commit), and in failing it then.
+        const task = run.tasks.get("work") as NonNullable<ReturnType<typeof run.tasks.get>>;
+        let struck = false;
+        throwOnce(task, "fencingToken", "set", () => (struck = true), "injected grant fault");
+        breakOnce(run.tasks, "values", () => struck, "injected drop fault");
+        break;
+      }
+    }
+  };
   /** Leases held by the executor, by run id and step id. */
   const held = new Map<string, LeaseKey>();
   const executor = new Executor(engine, (lease, input) => {
@@ -249,6 +299,9 @@ describe("faults through an Engine on the in-memory stores", () => {
         return "complete";
       case "drop":
         breakRun(run, "injected advance fault");
+        return "complete";
+      case "unended":
+        breakRun(run, "injected unended fault");
         return "complete";
       case "compensate": {
         if (lease.stepId === "a") return "complete";
@@ -444,5 +497,146 @@ describe("faults through an Engine on the in-memory stores", () => {
     await waitFor("the run dropped", () => !engine.isActive(runId));
     store.release();
     assertDropped(runId, await stored(runId), /injected in-flight fault/);
+  });
+
+  it("fails a child whose start faults in its own rules, not its parent: the parent's step fails CHILD_FAILED", async () => {
+    const { runId } = await start("f-parent", { inject: "childstart" });
+    const childId = childRunId(runId, "c");
+    const child = await stored(childId, 5000);
+    assert.equal(child.run?.status, "FAILED");
+    assert.equal(child.run?.error?.type, "SCHEDULER_ERROR");
+    assert.match(child.run?.error?.message ?? "", /injected child start fault/);
+    assertOneEnd(child);
+    const parent = await stored(runId);
+    assert.equal(parent.run?.status, "FAILED");
+    assert.notEqual(parent.run?.error?.type, "SCHEDULER_ERROR", "the parent is not blamed");
+    assert.equal(parent.tasks.get("c")?.status, "FAILED");
+    assert.equal(parent.tasks.get("c")?.error?.type, "CHILD_FAILED");
+    assert.match(
+      parent.tasks.get("c")?.error?.message ?? "",
+      /SCHEDULER_ERROR: .*injected child start fault/,
+    );
+    assertOneEnd(parent);
+    assert.ok(
+      lines.some(
+        (l) => l.level === 50 && l.run_id === childId && l.err?.message === "injected child start fault",
+      ),
+      JSON.stringify(lines),
+    );
+  });
+
+  /** The call's error: INTERNAL, naming SCHEDULER_ERROR and `fault`. */
+  const internal = (fault: RegExp) => (e: unknown) => {
+    assert.ok(e instanceof ApiError, String(e));
+    assert.equal(e.code, Code.INTERNAL);
+    assert.match(e.message, /SCHEDULER_ERROR/);
+    assert.match(e.message, fault);
+    return true;
+  };
+
+  it("answers StartRun INTERNAL when starting the run faults: the run fails SCHEDULER_ERROR", async () => {
+    let runId = "";
+    const hook = store.onMark;
+    store.onMark = (run) => {
+      if ((run.input as { inject?: unknown } | null)?.inject === "start") runId ||= run.id;
+      hook?.(run);
+    };
+    try {
+      await assert.rejects(start("f-child", { inject: "start" }), internal(/injected start fault/));
+    } finally {
+      store.onMark = hook;
+    }
+    const s = await stored(runId);
+    assert.equal(s.run?.status, "FAILED");
+    assert.equal(s.run?.error?.type, "SCHEDULER_ERROR");
+    assert.match(s.run?.error?.message ?? "", /injected start fault/);
+    assert.equal(s.tasks.get("work")?.status, "CANCELLED");
+    assertOneEnd(s);
+    await waitFor("the run out of memory", () => !engine.isActive(runId));
+  });
+
+  it("answers RerunRun INTERNAL when starting the rerun faults: the rerun fails SCHEDULER_ERROR", async () => {
+    const original = await stored((await start("f-child", { inject: "rerun" })).runId);
+    assert.equal(original.run?.status, "SUCCEEDED");
+    const rerun = engine.rerunRun({
+      original: {
+        id: original.run.id,
+        definitionId: original.run.definitionId,
+        workflowName: "f-child",
+        input: original.run.input,
+        labels: {},
+      },
+      steps: new Map(),
+      fromStep: "work",
+      stepInput: undefined,
+      idempotencyKey: "",
+    });
+    await assert.rejects(rerun, internal(/injected rerun fault/));
+    const rerunId = await waitFor(
+      "the rerun stored",
+      () => [...store.read().runs.values()].find((r) => r.rerun?.of === original.run?.id)?.id,
+    );
+    const s = await stored(rerunId);
+    assert.equal(s.run?.status, "FAILED");
+    assert.equal(s.run?.error?.type, "SCHEDULER_ERROR");
+    assertOneEnd(s);
+  });
+
+  it("answers CancelRun INTERNAL when cancelling the run faults: the run fails SCHEDULER_ERROR", async () => {
+    const { runId } = await start("f-child", { inject: "cancel" });
+    await waitFor("its step running", () => engine.activeRun(runId)?.tasks.get("work")?.status === "RUNNING");
+    await assert.rejects(engine.cancelRun(runId, "enough"), internal(/injected child cancel fault/));
+    const s = await stored(runId);
+    assert.equal(s.run?.status, "FAILED");
+    assert.equal(s.run?.error?.type, "SCHEDULER_ERROR");
+    assert.match(s.run?.error?.message ?? "", /injected child cancel fault/);
+    assert.equal(s.tasks.get("work")?.status, "CANCELLED");
+    assertOneEnd(s);
+  });
+
+  it("answers StartRun with an error for a run dropped before its first commit: it was never stored", async () => {
+    let runId = "";
+    const hook = store.onMark;
+    store.onMark = (run) => {
+      if ((run.input as { inject?: unknown } | null)?.inject === "dropstart") runId ||= run.id;
+      hook?.(run);
+    };
+    // A commit held in flight: the run's first changes wait for the next.
+    store.hold();
+    const before = engine.whenCommitted();
+    try {
+      await waitFor("a commit held in flight", () => store.holding);
+      const started = start("f-child", { inject: "dropstart" });
+      await waitFor("the run dropped", () => runId !== "" && !engine.isActive(runId));
+      store.release();
+      await before;
+      await assert.rejects(started, internal(/the run was not created: .*injected grant fault/));
+    } finally {
+      store.onMark = hook;
+      store.release();
+    }
+    await engine.whenCommitted();
+    assert.equal(store.read().runs.has(runId), false, "never stored");
+    assert.ok(
+      lines.some((l) => l.run_id === runId && /leaves memory/.test(l.msg)),
+      "it was dropped",
+    );
+  });
+
+  it("logs a dropped run it could not end in storage as one the scheduler could not advance", async () => {
+    const failRefusedRun = store.failRefusedRun.bind(store);
+    store.failRefusedRun = (runId: string, error: ErrorInfo): Promise<RefusedRunOutcome> =>
+      /injected unended fault/.test(error.message)
+        ? Promise.reject(new Error("injected end failure"))
+        : failRefusedRun(runId, error);
+    try {
+      const { runId } = await start("f-keyed", { key: "unended", inject: "unended" });
+      const line = await waitFor("the end's failure logged", () =>
+        lines.find((l) => l.run_id === runId && l.err?.message === "injected end failure"),
+      );
+      assert.equal(line.msg, "could not end a run the scheduler could not advance");
+    } finally {
+      store.failRefusedRun = failRefusedRun;
+    }
   });
 });

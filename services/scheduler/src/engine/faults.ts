@@ -3,11 +3,11 @@
  * run) confined to the run it was applying, instead of escaping from a timer or an event-loop turn
  * and ending the process with every other run in it.
  */
-import { boundedText, type Logger } from "@nexusflow/common";
+import { ApiError, boundedText, Code, type Logger } from "@nexusflow/common";
 import { TaskErrorType } from "@nexusflow/common/task-error-types";
 import * as core from "../core/index.js";
 import type { Core } from "../core/index.js";
-import type { ErrorInfo, RunState } from "../model/run-state.js";
+import { TERMINAL_RUN_STATUSES, type ErrorInfo, type RunState } from "../model/run-state.js";
 
 /** What {@link faultConfinement} needs of its engine. */
 export interface FaultHost {
@@ -17,8 +17,15 @@ export interface FaultHost {
   drop(runId: string, cause: Error, error: ErrorInfo): void;
 }
 
-/** Applies rules to a run by `fn`, returning what `fn` returns, or undefined after a fault. */
-export type Confine = <T>(run: RunState | undefined, fn: () => T) => T | undefined;
+/**
+ * Applies rules to a run by `fn`, returning what `fn` returns, or undefined after a fault. The run
+ * may be given as a function, asked once a fault is caught: a run that `fn` itself puts in memory
+ * (a new run's start) is known only then.
+ */
+export type Confine = <T>(
+  run: RunState | undefined | (() => RunState | undefined),
+  fn: () => T,
+) => T | undefined;
 
 /** A fault of a run's rules reached from another run's, taken up by {@link faultSoon}. */
 class ReachedFault extends Error {
@@ -34,10 +41,11 @@ class ReachedFault extends Error {
  * other runs go on. Without a run (a rate limit's timer) the fault is only logged.
  */
 export function faultConfinement(host: FaultHost): Confine {
-  return <T>(run: RunState | undefined, fn: () => T): T | undefined => {
+  return <T>(which: RunState | undefined | (() => RunState | undefined), fn: () => T): T | undefined => {
     try {
       return fn();
     } catch (thrown) {
+      const run = typeof which === "function" ? which() : which;
       // A fault reached from another run's rules comes back here logged already (faultSoon).
       const reached = thrown instanceof ReachedFault;
       const e = reached ? thrown.fault : thrown;
@@ -65,6 +73,43 @@ export function faultConfinement(host: FaultHost): Confine {
       return undefined;
     }
   };
+}
+
+/**
+ * An API call's rules applied to a run through `confine` (StartRun's, CancelRun's): a fault fails
+ * the run SCHEDULER_ERROR as anywhere else, and the call is answered INTERNAL naming it (`what`
+ * did not happen), not as if it had gone through. `run` as for {@link Confine}.
+ */
+export function confineCall<T>(
+  confine: Confine,
+  run: RunState | undefined | (() => RunState | undefined),
+  what: string,
+  fn: () => T,
+): T {
+  const caught: { fault?: { error: unknown; run: RunState | undefined } } = {};
+  const out = confine(
+    () => caught.fault?.run,
+    () => {
+      try {
+        return fn();
+      } catch (error) {
+        caught.fault = { error, run: typeof run === "function" ? run() : run };
+        throw error;
+      }
+    },
+  );
+  const fault = caught.fault;
+  if (fault === undefined) return out as T;
+  const cause = boundedText(fault.error instanceof Error ? fault.error.message : String(fault.error), 1024);
+  const r = fault.run;
+  const state =
+    r === undefined
+      ? ""
+      : `; run ${r.id} ${TERMINAL_RUN_STATUSES.has(r.status) ? "ended" : "is"} ${r.status}`;
+  throw new ApiError(
+    Code.INTERNAL,
+    `${what}: ${TaskErrorType.SCHEDULER_ERROR}: a fault in the scheduler's rules: ${cause}${state}`,
+  );
 }
 
 /**
