@@ -11,6 +11,7 @@ import {
   type TaskState,
   leasedAttempt,
 } from "../model/run-state.js";
+import { MAX_TASK_INPUT_BYTES } from "../dag/index.js";
 import { advanceCompensation } from "./compensation.js";
 import type { Core, SessionLeases } from "./context.js";
 import { advance } from "./runs.js";
@@ -19,10 +20,12 @@ import { failTerminally, taskKind } from "./transitions.js";
 /**
  * Largest task input a lease carries, in bytes as a google.protobuf.Value: the most any payload of
  * the executor protocol carries (the executor's MAX_ENCODED_PAYLOAD_BYTES, 1 MiB below the
- * scheduler's own 16 MiB receive limit). A rendered input can be far larger (a large run input or
- * upstream output templated in more than once).
+ * scheduler's own 16 MiB receive limit). A rendered input could be far larger (a large run input
+ * or upstream output templated in more than once): rendering fails INPUT_TOO_LARGE as soon as a
+ * lower bound of its size passes this bound (the same constant, dag/template.ts
+ * `MAX_TASK_INPUT_BYTES`), and a lease measures what is left exactly.
  */
-export const MAX_LEASE_INPUT_BYTES = 15 * 1024 * 1024;
+export const MAX_LEASE_INPUT_BYTES = MAX_TASK_INPUT_BYTES;
 
 /**
  * Deepest nesting of arrays and objects in a task input a lease carries: an executor decodes its

@@ -14,7 +14,12 @@ export interface SpecError {
 
 /** Closed set of codes carried by {@link DagError}. */
 export type DagErrorCode =
-  "EXPRESSION_SYNTAX" | "EXPRESSION_ERROR" | "TEMPLATE_ERROR" | "UNKNOWN_STEP" | "INVALID_ARGUMENT";
+  | "EXPRESSION_SYNTAX"
+  | "EXPRESSION_ERROR"
+  | "TEMPLATE_ERROR"
+  | "INPUT_TOO_LARGE"
+  | "UNKNOWN_STEP"
+  | "INVALID_ARGUMENT";
 
 /** Base class of every error thrown by the DAG engine. */
 export class DagError extends Error {
@@ -66,10 +71,33 @@ export class RenderError extends DagError {
   readonly ref: string | undefined;
 
   /** Wraps the evaluation failure `cause` of the template string at `at`. */
-  constructor(at: string, message: string, ref: string | undefined, options?: ErrorOptions) {
-    super("TEMPLATE_ERROR", `${at}: ${message}`, options);
+  constructor(
+    at: string,
+    message: string,
+    ref: string | undefined,
+    options?: ErrorOptions,
+    code: "TEMPLATE_ERROR" | "INPUT_TOO_LARGE" = "TEMPLATE_ERROR",
+  ) {
+    super(code, `${at}: ${message}`, options);
     this.at = at;
     this.ref = ref;
+  }
+}
+
+/**
+ * A template whose rendered value would be larger than its caller allows (a task input larger than
+ * a lease carries to an executor): code INPUT_TOO_LARGE, thrown while rendering, before the value
+ * is whole; `at` locates the templated value that made it too large.
+ */
+export class InputTooLargeError extends RenderError {
+  override name = "InputTooLargeError";
+  /** The bound, in bytes. */
+  readonly limit: number;
+
+  /** `message` says what was being rendered. */
+  constructor(at: string, message: string, limit: number) {
+    super(at, message, undefined, undefined, "INPUT_TOO_LARGE");
+    this.limit = limit;
   }
 }
 

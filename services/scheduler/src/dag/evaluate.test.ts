@@ -1,9 +1,11 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { isDagError } from "./errors.js";
-import { compensationOrder, evaluateRun, renderCompensationInput } from "./evaluate.js";
+import { DEFAULT_EXPRESSION_BUDGET, RUN_EVALUATION_BUDGET, RunEvaluationBudget } from "./budget.js";
+import { InputTooLargeError, isDagError } from "./errors.js";
+import { compensationOrder, evaluateRun, renderCompensationInput, renderElementInput } from "./evaluate.js";
 import type { Evaluation } from "./evaluate.js";
 import type { CompiledWorkflow, StepState } from "./spec.js";
+import { MAX_TASK_INPUT_BYTES } from "./template.js";
 import { compileWorkflow } from "./validate.js";
 
 const RUN = { id: "run-1", workflow: "flow", version: 1 };
@@ -371,5 +373,131 @@ describe("evaluateRun: scale", () => {
     const e = evaluateRun(compile(steps), {}, new Map(), RUN);
     assert.equal(e.skip.length, 1000);
     assert.ok(e.outcome);
+  });
+});
+
+describe("evaluateRun: one work budget per call", () => {
+  const big = Array.from({ length: 1_000_000 }, (_, i) => i);
+  const input = { a: big, b: [...big] };
+
+  it("shares one budget among the steps it decides; each later step that needs work fails, named", () => {
+    // Each step compares two 1,000,000-element arrays: 1 Mi units of its own 4 Mi budget, ordinary
+    // alone; 16 of them fit in the 16 Mi of one call (a budget per step let all 24, or 5,000, run).
+    const steps: Record<string, unknown>[] = Array.from({ length: 24 }, (_, i) =>
+      i % 2 === 0
+        ? { id: `w${i}`, type: "x", when: "input.a == input.b" }
+        : { id: `t${i}`, type: "x", input: { same: "{{ input.a == input.b }}" } },
+    );
+    // Needs no work: decided after the budget is spent, it still starts.
+    steps.push({ id: "free", type: "x", when: "input.a != null", input: "{{ input.a[1] }}" });
+    const budget = new RunEvaluationBudget();
+    const e = evaluateRun(compile(steps), input, new Map(), RUN, undefined, budget);
+    assert.equal(budget.limit, RUN_EVALUATION_BUDGET);
+    assert.equal(RUN_EVALUATION_BUDGET, 4 * DEFAULT_EXPRESSION_BUDGET);
+    assert.deepEqual(
+      e.ready.map((r) => r.stepId),
+      [...steps.slice(0, 16).map((s) => s["id"]), "free"],
+    );
+    assert.equal(e.ready[1]?.input && (e.ready[1].input as { same: unknown }).same, true);
+    // As when a step's own expression needs too much work: that step fails, the others go on.
+    assert.deepEqual(
+      e.fail.map((f) => [f.stepId, f.error.type]),
+      steps
+        .slice(16, 24)
+        .map((s) => [s["id"], s["when"] === undefined ? "TEMPLATE_ERROR" : "EXPRESSION_ERROR"]),
+    );
+    const units =
+      "units \\(about one per array element or object key visited, one per 16 characters scanned\\) that one evaluation of a run may use for all the steps it decides";
+    for (const f of e.fail) {
+      const where = f.stepId.startsWith("w")
+        ? "when: "
+        : `\\$\\.steps\\[${f.stepId.slice(1)}\\]\\.input\\.same: `;
+      assert.match(
+        f.error.message,
+        new RegExp(
+          `^${where}"==" exceeds the work budget of ${RUN_EVALUATION_BUDGET} ${units} \\(it ran out deciding step "${f.stepId}"\\)$`,
+        ),
+      );
+    }
+    assert.equal(e.outcome, undefined, "the started steps are running");
+    assert.ok(budget.used <= RUN_EVALUATION_BUDGET);
+  });
+
+  it("spends it on the output mapping too, which fails the run as it does alone", () => {
+    const wf = compile([{ id: "a", type: "x" }], { output: { n: "{{ len(input.s) }}" } });
+    const states = st({ a: { status: "succeeded", output: 1 } });
+    const s = "x".repeat(1000);
+    assert.deepEqual(evaluateRun(wf, { s }, states, RUN).outcome, {
+      status: "succeeded",
+      output: { n: 1000 },
+    });
+    const e = evaluateRun(wf, { s }, states, RUN, undefined, new RunEvaluationBudget(10));
+    assert.equal(e.outcome?.status, "failed");
+    assert.match(
+      (e.outcome?.status === "failed" && e.outcome.error?.message) || "",
+      /^\$\.output\.n: len\(\) exceeds the work budget of 10 units .* \(it ran out deciding the output mapping\)$/,
+    );
+  });
+});
+
+describe("evaluateRun: inputs larger than a lease carries", () => {
+  // About 1 MB of JSON: at least 1,050,014 bytes as protobuf each time it is templated in.
+  const rows = Array.from({ length: 50_000 }, (_, i) => `row-${i}`.padEnd(17, "."));
+
+  it("fails the step INPUT_TOO_LARGE while rendering, at the value that takes it past 15 MiB", () => {
+    const wide = Object.fromEntries(Array.from({ length: 10_000 }, (_, i) => [`k${i}`, "{{ input }}"]));
+    const wf = compile([
+      { id: "fan", type: "x", input: wide },
+      { id: "one", type: "x", input: { all: "{{ input }}", again: "{{ input }}" } },
+      { id: "after", type: "x", dependsOn: ["fan"] },
+    ]);
+    const budget = new RunEvaluationBudget();
+    const e = evaluateRun(wf, { rows }, new Map(), RUN, undefined, budget);
+    assert.deepEqual(
+      e.fail.map((f) => [f.stepId, f.error.type]),
+      [["fan", "INPUT_TOO_LARGE"]],
+    );
+    assert.equal(
+      e.fail[0]?.error.message,
+      `step "fan": $.steps[0].input.k14: the rendered input would be larger than the ${MAX_TASK_INPUT_BYTES} bytes as protobuf that a lease carries to an executor (at least 15750337 bytes with this value)`,
+    );
+    assert.deepEqual(
+      e.ready.map((r) => r.stepId),
+      ["one"],
+    );
+    assert.deepEqual(e.skip, [{ stepId: "after", reason: "upstream" }]);
+    // The input was measured once for the whole call (its 50,000 rows and its key), not per use
+    // (a value within it, such as input.rows, would be measured again, and charged again).
+    assert.equal(budget.used, 50_001);
+  });
+
+  it("fails a compensation's and a map element's input the same way", () => {
+    const wide = Object.fromEntries(Array.from({ length: 100 }, (_, i) => [`k${i}`, "{{ step.output }}"]));
+    const wf = compile([
+      { id: "reserve", type: "x", compensate: { type: "undo", input: wide } },
+      {
+        id: "each",
+        type: "x",
+        map: { items: "input.items" },
+        input: Object.fromEntries(Array.from({ length: 100 }, (_, i) => [`k${i}`, "{{ item }}"])),
+      },
+    ]);
+    const states = st({ reserve: { status: "succeeded", output: rows } });
+    const comp = renderCompensationInput(wf, "reserve", {}, states, RUN);
+    assert.equal(comp.ok, false);
+    assert.equal(!comp.ok && comp.error.type, "INPUT_TOO_LARGE");
+    assert.match(
+      !comp.ok ? comp.error.message : "",
+      /^step "reserve": \$\.steps\[0\]\.compensate\.input\.k14: /,
+    );
+    const step = wf.stepsById.get("each");
+    assert.ok(step);
+    assert.throws(
+      () => renderElementInput(wf, step, { items: [rows] }, states, RUN, rows, 0),
+      (e: unknown) =>
+        e instanceof InputTooLargeError &&
+        isDagError(e, "INPUT_TOO_LARGE") &&
+        e.at === "$.steps[1].input.k14",
+    );
   });
 });

@@ -5,7 +5,8 @@
  * after every batch of state changes instead of tracking what changed.
  */
 import { TaskErrorType } from "@nexusflow/common/task-error-types";
-import { DagError } from "./errors.js";
+import { RunEvaluationBudget, WorkBudget } from "./budget.js";
+import { DagError, InputTooLargeError } from "./errors.js";
 import { evaluateExpression, truthy } from "./expr.js";
 import type { EvalScope, StepView } from "./expr.js";
 import { objectFromEntries, pathJoin } from "./json.js";
@@ -20,7 +21,7 @@ import type {
   StepStates,
   StepStatus,
 } from "./spec.js";
-import { renderTemplate } from "./template.js";
+import { MAX_TASK_INPUT_BYTES, renderTemplate } from "./template.js";
 
 /** A step to start now with its rendered input (null when the step has no `input`). */
 export interface ReadyStep {
@@ -34,12 +35,16 @@ export interface SkipDecision {
   readonly reason: SkipReason;
 }
 
-/** Why a step failed before running: its input or its `when` could not be rendered / evaluated. */
+/**
+ * Why a step failed before running: its input or its `when` could not be rendered / evaluated, or
+ * its input would be larger than a lease carries (INPUT_TOO_LARGE, as when it is leased).
+ */
 export interface StepDecisionError {
   readonly type:
     | typeof TaskErrorType.TEMPLATE_ERROR
     | typeof TaskErrorType.EXPRESSION_ERROR
-    | typeof TaskErrorType.MAP_ITEMS_INVALID;
+    | typeof TaskErrorType.MAP_ITEMS_INVALID
+    | typeof TaskErrorType.INPUT_TOO_LARGE;
   readonly message: string;
   /** MAP_ITEMS_INVALID's details (task-error-types.ts). */
   readonly details?: unknown;
@@ -136,6 +141,23 @@ export function newEvaluationMemo(): EvaluationMemo {
   return { workflow: undefined, codes: new Uint8Array(0), settled: 0 };
 }
 
+/** Why a task input could not be rendered: TEMPLATE_ERROR, or INPUT_TOO_LARGE naming the step. */
+interface InputError {
+  readonly type: typeof TaskErrorType.TEMPLATE_ERROR | typeof TaskErrorType.INPUT_TOO_LARGE;
+  readonly message: string;
+}
+
+/** The {@link InputError} of `error`, thrown rendering the input of step `stepId`; undefined when it is not one. */
+function inputError(stepId: string, error: unknown): InputError | undefined {
+  if (error instanceof InputTooLargeError)
+    return {
+      type: TaskErrorType.INPUT_TOO_LARGE,
+      message: `step ${JSON.stringify(stepId)}: ${error.message}`,
+    };
+  const message = errorMessage(error);
+  return message === undefined ? undefined : { type: TaskErrorType.TEMPLATE_ERROR, message };
+}
+
 /**
  * Decides what happens next in a run. Steps missing from `states` are pending. Only pending steps are
  * decided, in topological order, and each decision is visible to later steps of the same call, so
@@ -148,7 +170,15 @@ export function newEvaluationMemo(): EvaluationMemo {
  * - every dependency skipped for "condition" → skip "condition" (the whole branch was not taken);
  * - otherwise (no dependencies, or some succeeded and the rest were condition-skipped, which is how
  *   if/else branches join) → evaluate `when` (falsy → skip "condition"; error → fail
- *   EXPRESSION_ERROR), then render `input` (error → fail TEMPLATE_ERROR) and report it ready.
+ *   EXPRESSION_ERROR), then render `input` (error → fail TEMPLATE_ERROR; larger than a lease
+ *   carries, {@link MAX_TASK_INPUT_BYTES} → fail INPUT_TOO_LARGE) and report it ready.
+ *
+ * The whole call spends one work `budget` (budget.ts {@link RunEvaluationBudget}): every `when`,
+ * `map.items` and `input` it evaluates, and the `output` mapping, has an expression budget of its
+ * own within it, so a call costs at most that much whatever the number of steps it decides. A step
+ * being decided when it runs out fails as one whose own expression needed too much work (`when` or
+ * `map.items` EXPRESSION_ERROR, `input` TEMPLATE_ERROR, the output mapping fails the run), with a
+ * message naming it; so does every later step of the call that needs any work.
  *
  * A failure does not stop independent branches; the run's outcome is decided when nothing is pending
  * or active. The outcome's output is the rendered `output` mapping or, without one, an object of
@@ -163,6 +193,7 @@ export function evaluateRun(
   states: StepStates,
   run: RunInfo,
   memo?: EvaluationMemo,
+  budget: RunEvaluationBudget = new RunEvaluationBudget(),
 ): Evaluation {
   const steps = workflow.steps;
   const n = steps.length;
@@ -239,10 +270,11 @@ export function evaluateRun(
       skip.push({ stepId: step.id, reason: "condition" });
       continue;
     }
+    budget.deciding = `step ${JSON.stringify(step.id)}`;
     if (step.when !== null) {
       let go: boolean;
       try {
-        go = truthy(evaluateExpression(step.when, scope));
+        go = truthy(evaluateExpression(step.when, scope, budget.within()));
       } catch (error) {
         const message = errorMessage(error);
         if (message === undefined) throw error;
@@ -262,7 +294,7 @@ export function evaluateRun(
     let input: JsonValue = null;
     if (step.map !== null) {
       // A map step's input is rendered per element (renderElementInput); what it starts with is its items.
-      const items = mapItems(step, scope);
+      const items = mapItems(step, scope, budget.within());
       if ("error" in items) {
         effective[i] = FAILED;
         fail.push({ stepId: step.id, error: items.error });
@@ -271,12 +303,13 @@ export function evaluateRun(
       input = items.items;
     } else if (step.input !== null) {
       try {
-        input = renderTemplate(step.input, scope, pathJoin(pathJoin("$.steps", step.specIndex), "input"));
+        const at = pathJoin(pathJoin("$.steps", step.specIndex), "input");
+        input = renderTemplate(step.input, scope, at, budget.within(), MAX_TASK_INPUT_BYTES);
       } catch (error) {
-        const message = errorMessage(error);
-        if (message === undefined) throw error;
+        const failure = inputError(step.id, error);
+        if (failure === undefined) throw error;
         effective[i] = FAILED;
-        fail.push({ stepId: step.id, error: { type: TaskErrorType.TEMPLATE_ERROR, message } });
+        fail.push({ stepId: step.id, error: failure });
         continue;
       }
     }
@@ -287,7 +320,8 @@ export function evaluateRun(
   }
 
   if (unfinished > 0) return { ready, skip, fail };
-  return { ready, skip, fail, outcome: outcomeOf(workflow, effective, scope, states) };
+  budget.deciding = "the output mapping";
+  return { ready, skip, fail, outcome: outcomeOf(workflow, effective, scope, states, budget) };
 }
 
 function outcomeOf(
@@ -295,6 +329,7 @@ function outcomeOf(
   effective: Uint8Array,
   scope: EvalScope,
   states: StepStates,
+  budget: RunEvaluationBudget,
 ): RunOutcome {
   const failedSteps: string[] = [];
   workflow.steps.forEach((step, i) => {
@@ -311,7 +346,10 @@ function outcomeOf(
     return { status: "succeeded", output: objectFromEntries(entries) as JsonValue };
   }
   try {
-    return { status: "succeeded", output: renderTemplate(workflow.output, scope, "$.output") };
+    return {
+      status: "succeeded",
+      output: renderTemplate(workflow.output, scope, "$.output", budget.within()),
+    };
   } catch (error) {
     const message = errorMessage(error);
     if (message === undefined) throw error;
@@ -321,11 +359,7 @@ function outcomeOf(
 
 /** Result of {@link renderCompensationInput}. */
 export type CompensationInput =
-  | { readonly ok: true; readonly input: JsonValue }
-  | {
-      readonly ok: false;
-      readonly error: { readonly type: typeof TaskErrorType.TEMPLATE_ERROR; readonly message: string };
-    };
+  { readonly ok: true; readonly input: JsonValue } | { readonly ok: false; readonly error: InputError };
 
 /**
  * Renders the `compensate.input` of a step (null when it has none). `step.input` / `step.output` are
@@ -358,11 +392,14 @@ export function renderCompensationInput(
   };
   try {
     const at = pathJoin(pathJoin(pathJoin("$.steps", step.specIndex), "compensate"), "input");
-    return { ok: true, input: renderTemplate(step.compensate.input, scope, at) };
+    return {
+      ok: true,
+      input: renderTemplate(step.compensate.input, scope, at, new WorkBudget(), MAX_TASK_INPUT_BYTES),
+    };
   } catch (error) {
-    const message = errorMessage(error);
-    if (message === undefined) throw error;
-    return { ok: false, error: { type: TaskErrorType.TEMPLATE_ERROR, message } };
+    const failure = inputError(stepId, error);
+    if (failure === undefined) throw error;
+    return { ok: false, error: failure };
   }
 }
 
@@ -407,11 +444,12 @@ export function compensationOrder(
 function mapItems(
   step: CompiledStep,
   scope: EvalScope,
+  budget: WorkBudget,
 ): { items: JsonValue[] } | { error: StepDecisionError } {
   const map = step.map as NonNullable<CompiledStep["map"]>;
   let value: JsonValue;
   try {
-    value = evaluateExpression(map.items, scope);
+    value = evaluateExpression(map.items, scope, budget);
   } catch (error) {
     const message = errorMessage(error);
     if (message === undefined) throw error;
@@ -438,7 +476,8 @@ function mapItems(
 
 /**
  * Renders a map step's `input` for one element (`item`, `index`), over the run input and the
- * recorded states of its upstream steps. Throws a DagError (RenderError) when it cannot.
+ * recorded states of its upstream steps. Throws a DagError (RenderError) when it cannot: the
+ * InputTooLargeError (code INPUT_TOO_LARGE) of an input larger than a lease carries, among them.
  */
 export function renderElementInput(
   workflow: CompiledWorkflow,
@@ -461,5 +500,6 @@ export function renderElementInput(
       return { status: state?.status ?? "pending", output: state?.output };
     },
   };
-  return renderTemplate(step.input, scope, pathJoin(pathJoin("$.steps", step.specIndex), "input"));
+  const at = pathJoin(pathJoin("$.steps", step.specIndex), "input");
+  return renderTemplate(step.input, scope, at, new WorkBudget(), MAX_TASK_INPUT_BYTES);
 }

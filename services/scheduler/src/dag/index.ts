@@ -11,6 +11,7 @@ export {
   DagError,
   EvaluationError,
   ExpressionSyntaxError,
+  InputTooLargeError,
   RenderError,
   isDagError,
   type DagErrorCode,
@@ -118,7 +119,13 @@ export {
   type StepTimeouts,
   type WorkflowSpec,
 } from "./spec.js";
-export { compileTemplate, renderTemplate, templatePaths, type Template } from "./template.js";
+export {
+  MAX_TASK_INPUT_BYTES,
+  compileTemplate,
+  renderTemplate,
+  templatePaths,
+  type Template,
+} from "./template.js";
 export { compileWorkflow, validateRunInput, type CompileResult } from "./validate.js";
 export {
   checkFairness,

@@ -1,11 +1,14 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
+import { toBinary } from "@bufbuild/protobuf";
+import { ValueSchema } from "@bufbuild/protobuf/wkt";
+import { jsonToValue } from "@nexusflow/common";
 import { ExpressionBudgetError, WorkBudget } from "./budget.js";
-import { isDagError, RenderError } from "./errors.js";
+import { InputTooLargeError, isDagError, RenderError } from "./errors.js";
 import { evaluateRun } from "./evaluate.js";
 import type { EvalScope, StepView } from "./expr.js";
 import { MAX_JOINED_CHARS } from "./strings.js";
-import { compileTemplate, renderTemplate, templatePaths } from "./template.js";
+import { compileTemplate, MAX_TASK_INPUT_BYTES, renderTemplate, templatePaths } from "./template.js";
 import type { Template } from "./template.js";
 import { compileWorkflow } from "./validate.js";
 
@@ -223,12 +226,11 @@ describe("template limits", () => {
   });
 
   it("refuse a lone surrogate escape at registration, naming the field and the position", () => {
-    // As JSON text (RegisterWorkflow's spec_json): "\\uD800" there is the expression's own escape,
-    // "\ud800" a lone surrogate written as itself.
+    // As JSON text (RegisterWorkflow's spec_json): "\\uD800" there is the expression's own escape.
     const compiled = compileWorkflow(
       String.raw`{"name": "flow", "version": 1, "steps": [
         {"id": "a", "type": "x", "when": "input.k == '\\uD800'", "input": {"q": "id={{ '\\uDE00' }}"}},
-        {"id": "b", "type": "x", "input": {"q": "{{ '\\uD83D\\uDE00' }}", "r": "{{ '\ud800' }}"}}]}`,
+        {"id": "b", "type": "x", "input": {"q": "{{ '\\uD83D\\uDE00' }}"}}]}`,
     );
     assert.equal(compiled.ok, false);
     assert.deepEqual(
@@ -236,8 +238,100 @@ describe("template limits", () => {
       [
         String.raw`$.steps[0].when invalid expression: lone surrogate "\uD800": a high surrogate escape must be followed by a low one (\uDC00-\uDFFF), as in "\uD83D\uDE00" at position 12`,
         String.raw`$.steps[0].input.q invalid template: lone surrogate "\uDE00": a low surrogate escape must follow a high one (\uD800-\uDBFF), as in "\uD83D\uDE00" at position 7`,
-        String.raw`$.steps[1].input.r invalid template: lone surrogate U+D800 in string at position 4`,
       ],
     );
+    // "\ud800" in the JSON text is a lone surrogate written as itself: refused in any string of a
+    // definition (validate.test.ts), a template's as any other, before its expressions are parsed.
+    const raw = compileWorkflow(
+      String.raw`{"name": "flow", "version": 1, "steps": [{"id": "b", "type": "x", "input": {"r": "{{ '\ud800' }}"}}]}`,
+    );
+    assert.deepEqual(
+      (raw.ok ? [] : raw.errors).map((e) => e.path),
+      ["$.steps[0].input.r"],
+    );
+    assert.match(
+      raw.ok ? "" : (raw.errors[0]?.message ?? ""),
+      /^a string holds a lone surrogate U\+D800 at position 4:/,
+    );
+  });
+});
+
+describe("template size bound (maxBytes, a task input's)", () => {
+  /** Bytes of `json` as a google.protobuf.Value, as a lease carries it (core/leasing.ts measures that). */
+  const encoded = (json: unknown): number => toBinary(ValueSchema, jsonToValue(json)).length;
+
+  it("never refuses what a lease would carry: it counts a lower bound of the protobuf size", () => {
+    const input = {
+      s: "héllo 😀 ключ",
+      n: -1.5,
+      arr: [[], {}, "", 0, false, null, { "": "" }, [[["deep"]]], "x".repeat(300)],
+      o: Object.fromEntries(Array.from({ length: 200 }, (_, i) => [`key ${i} é`, i % 2 === 0 ? i : `v${i}`])),
+    };
+    const shapes: unknown[] = [
+      "{{ input }}",
+      "{{ input.s }}",
+      "{{ input.n }}",
+      "text {{ input.arr }} and {{ input.s }}",
+      { a: ["x{{ input.s }}", "{{ input.n }}", true, null, 7], "ключ 😀": "{{ input }}", e: {}, f: [] },
+      ["{{ input.o }}", "{{ input.o }}", { lit: [1, "two", { three: null }] }, "{{ input.arr }}"],
+      { only: "literal", list: [1, 2, 3] },
+    ];
+    for (const shape of shapes) {
+      const { template } = compileTemplate(shape);
+      const rendered = renderTemplate(template, scope(input));
+      const exact = encoded(rendered);
+      // At the exact size it renders; a bound well below it stops it.
+      assert.deepEqual(renderTemplate(template, scope(input), "$", new WorkBudget(), exact), rendered);
+      assert.throws(
+        () => renderTemplate(template, scope(input), "$", new WorkBudget(), Math.floor(exact / 4)),
+        (e: unknown) => e instanceof InputTooLargeError && isDagError(e, "INPUT_TOO_LARGE"),
+        JSON.stringify(shape),
+      );
+    }
+  });
+
+  it("stops at the value that passes the bound, before rendering the rest", () => {
+    const output = { rows: Array.from({ length: 1000 }, (_, i) => `row ${i}`) };
+    const { template } = compileTemplate(
+      Object.fromEntries(Array.from({ length: 10_000 }, (_, i) => [`k${i}`, "{{ steps.a.output }}"])),
+    );
+    let reads = 0;
+    const counting: EvalScope = {
+      ...scope({}),
+      stepView: (id) => {
+        reads++;
+        return id === "a" ? { status: "succeeded", output } : undefined;
+      },
+    };
+    const budget = new WorkBudget();
+    assert.throws(
+      () => renderTemplate(template, counting, "$.steps[1].input", budget, 10 * encoded(output)),
+      (e: unknown) =>
+        e instanceof InputTooLargeError &&
+        e.at === "$.steps[1].input.k9" &&
+        /^\$\.steps\[1\]\.input\.k9: the rendered input would be larger than the \d+ bytes as protobuf/.test(
+          e.message,
+        ),
+    );
+    // Ten copies and their keys: the tenth passes the bound; the other 9,990 are never evaluated.
+    assert.equal(reads, 10);
+    assert.equal(budget.used, 1001, "the output was walked once");
+    // Measuring is charged: out of budget, it fails where the value is, as its expression would.
+    const { template: one } = compileTemplate({ v: "{{ steps.a.output }}" });
+    assert.throws(
+      () => renderTemplate(one, counting, "$.steps[1].input", new WorkBudget(100), MAX_TASK_INPUT_BYTES),
+      (e: unknown) =>
+        e instanceof RenderError &&
+        isDagError(e, "TEMPLATE_ERROR") &&
+        e.message.startsWith(
+          "$.steps[1].input.v: measuring the rendered input exceeds the expression work budget of 100 units",
+        ),
+    );
+    // Without a bound (the output mapping), as before.
+    const unbounded = renderTemplate(template, {
+      ...counting,
+      stepView: () => ({ status: "succeeded", output }),
+    });
+    assert.equal(Object.keys(unbounded as object).length, 10_000);
   });
 });

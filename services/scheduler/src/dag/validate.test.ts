@@ -3,7 +3,7 @@ import { describe, it } from "node:test";
 import type { SpecError } from "./errors.js";
 import { DEFAULT_RETRY_POLICY } from "./retry.js";
 import { MAX_DEPENDENCIES, MAX_STEPS, type CompiledWorkflow } from "./spec.js";
-import { compileWorkflow, validateRunInput } from "./validate.js";
+import { compileWorkflow, MAX_SURROGATE_ERRORS, validateRunInput } from "./validate.js";
 
 type Json = Record<string, unknown>;
 
@@ -802,5 +802,63 @@ describe("compileWorkflow: rate limits", () => {
       "$.steps[1].rateLimits[0]",
       /rate limit "p" is declared at \$\.steps\[0\]\.rateLimits\[0\] with rate 10 per 1000 ms, burst 1; here with rate 10 per 60000 ms/,
     );
+  });
+});
+
+describe("compileWorkflow: lone surrogates", () => {
+  const units =
+    "a high surrogate (U+D800-U+DBFF) must be followed by a low one (U+DC00-U+DFFF), and a low one must follow a high one, as no UTF-8 text, protobuf string or PostgreSQL value can hold one alone";
+
+  it("refuses one in any string or key of a definition, naming its JSON path, before any other check", () => {
+    const spec = workflow(
+      [
+        {
+          id: "a",
+          type: "x",
+          input: { note: "x\uD800y", ["k\uDC00"]: 1, list: ["ok", "\uDBFF"], fine: "😀 \uD83D\uDE00" },
+          retry: { nonRetryableErrors: ["E\uDFFF"] },
+        },
+        { id: "b\uD800", type: "x", dependsOn: ["a"] },
+      ],
+      { description: "d\uDE00", input: { type: "object", title: "t\uD83D" } },
+    );
+    const errors = errorsOf(spec);
+    assert.deepEqual(
+      errors.map((e) => `${e.path} ${e.message}`),
+      [
+        `$.steps[0].input.note a string holds a lone surrogate U+D800 at position 1: ${units}`,
+        `$.steps[0].input["k\\udc00"] the key holds a lone surrogate U+DC00 at position 1: ${units}`,
+        `$.steps[0].input.list[1] a string holds a lone surrogate U+DBFF at position 0: ${units}`,
+        `$.steps[0].retry.nonRetryableErrors[0] a string holds a lone surrogate U+DFFF at position 1: ${units}`,
+        `$.steps[1].id a string holds a lone surrogate U+D800 at position 1: ${units}`,
+        `$.description a string holds a lone surrogate U+DE00 at position 1: ${units}`,
+        `$.input.title a string holds a lone surrogate U+D83D at position 1: ${units}`,
+      ],
+    );
+    // Every path and message can be sent (grpc-js and protobuf refuse what is not well-formed).
+    for (const e of errors) assert.ok(e.path.isWellFormed() && e.message.isWellFormed(), e.path);
+    // The same as JSON text, where RegisterWorkflow's spec_json writes one as an escape.
+    assert.deepEqual(
+      errorsOf(
+        String.raw`{"name": "orders", "version": 1, "steps": [{"id": "a", "type": "x", "input": "\ud83d\ude00 \ude00"}]}`,
+      ).map((e) => `${e.path} ${e.message}`),
+      [`$.steps[0].input a string holds a lone surrogate U+DE00 at position 3: ${units}`],
+    );
+  });
+
+  it("accepts surrogate pairs, and lists at most 20 strings", () => {
+    const ok = compile(
+      workflow([{ id: "a", type: "x", input: { "😀": "\uD83D\uDE00{{ input.x }}" } }], { description: "𝄞" }),
+    );
+    assert.equal(ok.spec.description, "𝄞");
+    const many = errorsOf(
+      workflow([{ id: "a", type: "x", input: Array.from({ length: 30 }, (_, i) => `${i}\uD800`) }]),
+    );
+    assert.equal(many.length, MAX_SURROGATE_ERRORS + 1);
+    assert.equal(many[19]?.path, "$.steps[0].input[19]");
+    assert.deepEqual(many[20], {
+      path: "$",
+      message: "10 more strings or keys hold a lone surrogate (not listed)",
+    });
   });
 });

@@ -9,6 +9,7 @@ import type { Expr, PathExpr } from "./expr.js";
 import { analyzeGraph } from "./graph.js";
 import { createHash } from "node:crypto";
 import { canonicalJson, isPlainObject, jsonTypeOf, pathJoin } from "./json.js";
+import { surrogatePairAt, unitName } from "./strings.js";
 import { resolveRetryPolicy } from "./retry.js";
 import type { ResolvedRetryPolicy } from "./retry.js";
 import { compileSchema, validateAgainstSchema } from "./schema.js";
@@ -113,6 +114,87 @@ function tooDeep(doc: unknown): string | undefined {
     return undefined;
   };
   return walk(false) === undefined ? undefined : walk(true);
+}
+
+/** Most lone surrogate errors reported for one definition; one more error says how many were left out. */
+export const MAX_SURROGATE_ERRORS = 20;
+
+/** The 0-based position of the first lone surrogate in `s` (which is not well-formed). */
+function loneSurrogateAt(s: string): number {
+  for (let at = 0; at < s.length; at++) {
+    const units = surrogatePairAt(s, at);
+    if (units === 0) return at;
+    if (units === 2) at++;
+  }
+  return -1;
+}
+
+/** Why a string with a lone surrogate at `at` is refused; `what` is "a string" or "a key". */
+function loneSurrogateMessage(what: string, s: string, at: number): string {
+  return (
+    `${what} holds a lone surrogate ${unitName(s.charCodeAt(at))} at position ${at}: a high surrogate ` +
+    `(U+D800-U+DBFF) must be followed by a low one (U+DC00-U+DFFF), and a low one must follow a high ` +
+    `one, as no UTF-8 text, protobuf string or PostgreSQL value can hold one alone`
+  );
+}
+
+/** Whether every string and key of the document is well-formed UTF-16. */
+function allWellFormed(doc: unknown): boolean {
+  const stack: unknown[] = [doc];
+  while (stack.length > 0) {
+    const value = stack.pop();
+    if (typeof value === "string") {
+      if (!value.isWellFormed()) return false;
+    } else if (Array.isArray(value)) {
+      for (const item of value as unknown[]) stack.push(item);
+    } else if (isPlainObject(value)) {
+      for (const key of Object.keys(value)) {
+        if (!key.isWellFormed()) return false;
+        stack.push(value[key]);
+      }
+    }
+  }
+  return true;
+}
+
+/**
+ * Every string and key of the document holding a lone surrogate (an unpaired UTF-16 half, as JSON
+ * text may write with a `\uD800` escape), located by JSON path: such a definition could be neither
+ * stored (PostgreSQL's jsonb refuses it) nor sent (protobuf strings are UTF-8), wherever the string
+ * is (an id, a description, a constant input), and no message about it may quote the string raw.
+ * Iterative; paths are only built on a second walk, once one is found.
+ */
+function loneSurrogates(doc: unknown): SpecError[] {
+  if (allWellFormed(doc)) return [];
+  const errors: SpecError[] = [];
+  let more = 0;
+  const report = (path: string, message: string): void => {
+    if (errors.length < MAX_SURROGATE_ERRORS) errors.push({ path, message });
+    else more++;
+  };
+  // A key is checked with its value, so that errors come in document order.
+  const stack: [value: unknown, path: string, key: string | undefined][] = [[doc, "$", undefined]];
+  while (stack.length > 0) {
+    const [value, path, key] = stack.pop() as [unknown, string, string | undefined];
+    if (key !== undefined && !key.isWellFormed())
+      report(path, loneSurrogateMessage("the key", key, loneSurrogateAt(key)));
+    if (typeof value === "string") {
+      if (!value.isWellFormed())
+        report(path, loneSurrogateMessage("a string", value, loneSurrogateAt(value)));
+    } else if (Array.isArray(value)) {
+      for (let i = value.length - 1; i >= 0; i--) stack.push([value[i], pathJoin(path, i), undefined]);
+    } else if (isPlainObject(value)) {
+      const keys = Object.keys(value);
+      // pathJoin writes a key with a lone surrogate as a JSON string, whose escapes keep the path well-formed.
+      for (let k = keys.length - 1; k >= 0; k--) {
+        const name = keys[k] as string;
+        stack.push([value[name], pathJoin(path, name), name]);
+      }
+    }
+  }
+  if (more > 0)
+    errors.push({ path: "$", message: `${more} more strings or keys hold a lone surrogate (not listed)` });
+  return errors;
 }
 
 function deepFreeze<T>(value: T): T {
@@ -317,6 +399,10 @@ export function compileWorkflow(json: unknown): CompileResult {
       errors: [{ path: deepPath, message: `nested deeper than ${MAX_SPEC_DEPTH} levels` }],
     };
   }
+  // Before any other check: they would quote such strings in their messages, which must stay
+  // well-formed (a message or path with a lone surrogate cannot be sent either).
+  const surrogates = loneSurrogates(doc);
+  if (surrogates.length > 0) return { ok: false, errors: surrogates };
   const spec = checker.object(doc, "$", "workflow", WORKFLOW_FIELDS);
   if (spec === undefined) return { ok: false, errors: checker.errors };
 
