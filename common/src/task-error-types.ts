@@ -114,8 +114,9 @@ export const TaskErrorType = {
   /**
    * Scheduler. A task's rendered input (a step's, a compensation's or a map element's) is larger
    * than the 15 MiB (as protobuf) a lease carries to an executor, e.g. a large run input or
-   * upstream output templated in more than once: the task fails when it would be leased, before
-   * any executor gets it (no attempt). Terminal. No details.
+   * upstream output templated in more than once: the task fails as soon as rendering passes that
+   * size (or, for what rendering cannot count, when it would be leased), before any executor gets
+   * it (no attempt). Terminal. No details.
    */
   INPUT_TOO_LARGE: "INPUT_TOO_LARGE",
   /**

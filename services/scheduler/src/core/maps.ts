@@ -122,7 +122,10 @@ function fill(core: Core, run: RunState, map: MapState, step: CompiledStep, now:
           run,
           element,
           {
-            type: TaskErrorType.TEMPLATE_ERROR,
+            // Rendered past what a lease carries (dag/template.ts counts while rendering).
+            type: isDagError(error, "INPUT_TOO_LARGE")
+              ? TaskErrorType.INPUT_TOO_LARGE
+              : TaskErrorType.TEMPLATE_ERROR,
             message: `element [${index}]: ${error.message}`,
             retryable: false,
           },
