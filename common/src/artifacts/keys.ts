@@ -9,9 +9,15 @@
  * runs/{run_id}/{step_id}/attempt-{n}/output.json       an offloaded output (claim check)
  * runs/{run_id}/{step_id}/attempt-{n}/{name}            files saved by the handler (ctx.artifacts.put)
  * runs/{run_id}/{step_id}.compensation/attempt-{n}/...  the same for the step's compensation
+ * runs/{run_id}/{step_id}/element-{i}/attempt-{n}/...   the same for element i (0-based) of a map step
  * ```
  *
- * Step ids cannot contain ".", so the compensation folder never collides with a step's.
+ * Step ids cannot contain ".", so the compensation folder never collides with a step's. The
+ * elements of a map step are tasks of their own that share the step id (the scheduler stores them
+ * as `{step_id}[{i}]`): each has its own `element-{i}/` folder inside the step's, beside no
+ * `attempt-{n}/` one (a map step's own task runs nothing), so no element's folder is another's,
+ * a step's, or a prefix of either (`element-1/` ends where `element-10/` goes on), whatever
+ * characters a step id holds.
  */
 import { ArtifactError } from "./errors.js";
 
@@ -26,6 +32,8 @@ export const LOGS_OBJECT = "logs.jsonl";
 export const LOG_CHUNKS_FOLDER = "logs/";
 /** Name of an offloaded output. */
 export const OUTPUT_OBJECT = "output.json";
+/** Beginning of the name of a map element's folder within its step's: `element-{i}`. */
+export const ELEMENT_FOLDER = "element-";
 
 /** Longest key, in UTF-8 bytes (S3's limit). */
 export const MAX_KEY_BYTES = 1024;
@@ -95,6 +103,12 @@ function attemptNumber(attempt: number): number {
   return attempt;
 }
 
+function elementNumber(index: number): number {
+  if (!Number.isSafeInteger(index) || index < 0)
+    throw new ArtifactError("INVALID_KEY", `invalid map element index ${String(index)}: must be 0 or more`);
+  return index;
+}
+
 /** The folder name of a step's tasks: the step id, or `{step_id}.compensation`. */
 export function stepSegment(stepId: string, kind: TaskKindName = "STEP"): string {
   idSegment("step id", stepId);
@@ -106,19 +120,40 @@ export function runPrefix(runId: string): string {
   return `runs/${idSegment("run id", runId)}/`;
 }
 
-/** `runs/{run_id}/{step}/`: every attempt of one step (or, with kind COMPENSATION, of its compensation). */
+/**
+ * `runs/{run_id}/{step}/`: every attempt of one step (or, with kind COMPENSATION, of its
+ * compensation), those of its map elements included.
+ */
 export function stepPrefix(runId: string, stepId: string, kind: TaskKindName = "STEP"): string {
   return `${runPrefix(runId)}${stepSegment(stepId, kind)}/`;
 }
 
-/** `runs/{run_id}/{step}/attempt-{n}/`: what one attempt stored. */
+/**
+ * The folder of one task's attempts: {@link stepPrefix} for a step (or its compensation), and
+ * `runs/{run_id}/{step}/element-{i}/` for element `elementIndex` (0-based) of a map step.
+ */
+export function taskPrefix(
+  runId: string,
+  stepId: string,
+  kind: TaskKindName = "STEP",
+  elementIndex?: number,
+): string {
+  const step = stepPrefix(runId, stepId, kind);
+  return elementIndex === undefined ? step : `${step}${ELEMENT_FOLDER}${elementNumber(elementIndex)}/`;
+}
+
+/**
+ * `runs/{run_id}/{step}/attempt-{n}/`: what one attempt stored; with `elementIndex`, an attempt of
+ * that element of a map step, `runs/{run_id}/{step}/element-{i}/attempt-{n}/`.
+ */
 export function attemptPrefix(
   runId: string,
   stepId: string,
   attempt: number,
   kind: TaskKindName = "STEP",
+  elementIndex?: number,
 ): string {
-  return `${stepPrefix(runId, stepId, kind)}attempt-${attemptNumber(attempt)}/`;
+  return `${taskPrefix(runId, stepId, kind, elementIndex)}attempt-${attemptNumber(attempt)}/`;
 }
 
 /** Key of the `n`-th log chunk (1-based) under an attempt prefix: `…/logs/00001.jsonl`. */
@@ -153,23 +188,33 @@ export interface ParsedArtifactKey {
   readonly runId: string;
   readonly stepId: string;
   readonly kind: TaskKindName;
+  /** The element (0-based) of a map step the key is of; absent for any other task. */
+  readonly elementIndex?: number;
   readonly attempt: number;
   /** The rest of the key after the attempt folder, e.g. "logs.jsonl" or "reports/a.csv". */
   readonly name: string;
 }
 
-const LAYOUT = /^runs\/([^/]+)\/([^/]+)\/attempt-([1-9]\d*)\/(.+)$/;
+const LAYOUT = /^runs\/([^/]+)\/([^/]+)\/(?:element-(0|[1-9]\d{0,14})\/)?attempt-([1-9]\d*)\/(.+)$/;
 
 /** Parses a key of the task layout; undefined for keys outside it. */
 export function parseArtifactKey(key: string): ParsedArtifactKey | undefined {
   const m = LAYOUT.exec(key);
   if (m === null) return undefined;
-  const [, runId, segment, attempt, name] = m as unknown as [string, string, string, string, string];
+  const [, runId, segment, element, attempt, name] = m as unknown as [
+    string,
+    string,
+    string,
+    string | undefined,
+    string,
+    string,
+  ];
   const compensation = segment.endsWith(COMPENSATION_SUFFIX);
   return {
     runId,
     stepId: compensation ? segment.slice(0, -COMPENSATION_SUFFIX.length) : segment,
     kind: compensation ? "COMPENSATION" : "STEP",
+    ...(element === undefined ? {} : { elementIndex: Number(element) }),
     attempt: Number(attempt),
     name,
   };

@@ -11,6 +11,8 @@
  * runs/{run}/{step}/attempt-{n}/logs.jsonl         on close: all chunks in order, then the chunks are deleted
  * ```
  *
+ * (`runs/{run}/{step}/element-{i}/attempt-{n}/…` for an element of a map step.)
+ *
  * An attempt that ends before its first flush writes `logs.jsonl` directly; one that wrote no line
  * at all stores nothing (no request to the store on its way to the report): its {@link LogRef}
  * names the key with 0 lines, which readers take for an empty log. If the executor dies
@@ -71,8 +73,14 @@ export interface ArtifactLogSinkOptions {
   logger?: Logger | undefined;
 }
 
-/** Which attempt a log belongs to; `kind` (set by the executor) separates compensations. */
-export type LogIdentity = AttemptIdentity & { readonly kind?: TaskKindName | undefined };
+/**
+ * Which attempt a log belongs to; `kind` (set by the executor) separates compensations, and
+ * `elementIndex` (the lease's) the elements of a map step, which share their step id.
+ */
+export type LogIdentity = AttemptIdentity & {
+  readonly kind?: TaskKindName | undefined;
+  readonly elementIndex?: number | undefined;
+};
 
 /** Stores attempt logs in an {@link ArtifactStore}. */
 export class ArtifactLogSink implements LogSink {
@@ -93,7 +101,7 @@ export class ArtifactLogSink implements LogSink {
   /** Opens the log of one attempt. */
   open(attempt: LogIdentity): AttemptLog {
     return new ArtifactAttemptLog(
-      attemptPrefix(attempt.runId, attempt.stepId, attempt.attempt, attempt.kind),
+      attemptPrefix(attempt.runId, attempt.stepId, attempt.attempt, attempt.kind, attempt.elementIndex),
       attempt.attempt,
       this.#options,
     );

@@ -5,7 +5,9 @@
  * through the session stream nor through PostgreSQL.
  *
  * Keys follow the layout of `@nexusflow/common/artifacts`:
- * `runs/{run}/{step}/attempt-{n}/{name}` for files, `…/attempt-{n}/output.json` for the output.
+ * `runs/{run}/{step}/attempt-{n}/{name}` for files, `…/attempt-{n}/output.json` for the output;
+ * an element of a map step has its own folder, `runs/{run}/{step}/element-{i}/attempt-{n}/…`
+ * (its elements share the step id: in one folder their outputs would overwrite each other).
  */
 import type { JsonValue } from "@bufbuild/protobuf";
 import {
@@ -28,10 +30,25 @@ import type { TaskArtifacts } from "./handlers/types.js";
 /** Largest output offloaded by default, in bytes (256 MiB). */
 export const DEFAULT_MAX_OFFLOAD_BYTES = 256 * 1024 * 1024;
 
-/** An attempt's identity as the artifact layout needs it; `kind` defaults to STEP. */
+/**
+ * An attempt's identity as the artifact layout needs it; `kind` defaults to STEP, `elementIndex`
+ * is the lease's (set for an element of a map step only).
+ */
 export type ArtifactIdentity = Pick<AttemptIdentity, "runId" | "stepId" | "attempt"> & {
   readonly kind?: TaskKindName | undefined;
+  readonly elementIndex?: number | undefined;
 };
+
+/** The folder of the attempt's objects (see the module comment). */
+export function attemptFolder(identity: ArtifactIdentity): string {
+  return attemptPrefix(
+    identity.runId,
+    identity.stepId,
+    identity.attempt,
+    identity.kind,
+    identity.elementIndex,
+  );
+}
 
 /** The `ctx.artifacts` of one attempt; without a store every put rejects `ARTIFACTS_UNAVAILABLE`. */
 export function createTaskArtifacts(
@@ -47,7 +64,7 @@ export function createTaskArtifacts(
         );
       }
       try {
-        const key = `${attemptPrefix(identity.runId, identity.stepId, identity.attempt, identity.kind)}${checkArtifactName(name)}`;
+        const key = `${attemptFolder(identity)}${checkArtifactName(name)}`;
         return await store.put(key, data, { contentType: options.contentType });
       } catch (e) {
         throw toTaskError(e, `could not save artifact ${JSON.stringify(name)}`);
@@ -128,8 +145,7 @@ export async function settleOutput(
     throw new PayloadError("NUL", `holding a NUL character (U+0000) at ${at}, which cannot be stored`);
   }
   try {
-    const prefix = attemptPrefix(identity.runId, identity.stepId, identity.attempt, identity.kind);
-    return { outputRef: await offloadOutput(offload.store, prefix, text) };
+    return { outputRef: await offloadOutput(offload.store, attemptFolder(identity), text) };
   } catch (e) {
     throw TaskError.retryable(
       TaskErrorType.OUTPUT_OFFLOAD_FAILED,

@@ -167,6 +167,8 @@ export class TaskAttempt {
       attempt: this.key.attempt,
       taskType: lease.taskType,
       kind: lease.kind === TaskKind.COMPENSATION ? ("COMPENSATION" as const) : ("STEP" as const),
+      // An element of a map step: its objects go to the element's own folder (artifacts.ts).
+      elementIndex: lease.elementIndex,
     };
     const log = this.#deps.logSink.open(identity);
     const taskLog = createTaskLog(log, this.key.attempt, this.#deps.logger);

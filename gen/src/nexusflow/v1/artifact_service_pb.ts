@@ -31,7 +31,9 @@ export type ListArtifactsRequest = Message<"nexusflow.v1.ListArtifactsRequest"> 
   runId: string;
 
   /**
-   * Only this step's artifacts, when set.
+   * Only this step's artifacts, when set: a step id (a map step's: those of all its elements),
+   * `{step_id}.compensation` for its compensation's, or `{step_id}[{i}]` for one element's of a
+   * map step (0-based, as the run's task runs name it).
    *
    * @generated from field: string step_id = 2;
    */
@@ -80,7 +82,9 @@ export type GetTaskLogsRequest = Message<"nexusflow.v1.GetTaskLogsRequest"> & {
   runId: string;
 
   /**
-   * Step id.
+   * The task: a step id, `{step_id}.compensation` for its compensation, or `{step_id}[{i}]` for
+   * an element of a map step (0-based, as the run's task runs name it; the map step itself runs
+   * nothing, so it has no log).
    *
    * @generated from field: string step_id = 2;
    */

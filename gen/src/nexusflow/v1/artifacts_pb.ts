@@ -21,7 +21,8 @@ export const file_nexusflow_v1_artifacts: GenFile = /*@__PURE__*/
  */
 export type ArtifactRef = Message<"nexusflow.v1.ArtifactRef"> & {
   /**
-   * Object key, browsable: runs/{run_id}/{step_id}/attempt-{n}/{name}.
+   * Object key, browsable: runs/{run_id}/{step_id}/attempt-{n}/{name}; an element of a map step
+   * stores in its own folder, runs/{run_id}/{step_id}/element-{i}/attempt-{n}/{name}.
    *
    * @generated from field: string key = 1;
    */
@@ -77,7 +78,8 @@ export const ArtifactRefSchema: GenMessage<ArtifactRef> = /*@__PURE__*/
  */
 export type LogRef = Message<"nexusflow.v1.LogRef"> & {
   /**
-   * Object key: runs/{run_id}/{step_id}/attempt-{n}/logs.jsonl.
+   * Object key: runs/{run_id}/{step_id}/attempt-{n}/logs.jsonl (a map element's:
+   * runs/{run_id}/{step_id}/element-{i}/attempt-{n}/logs.jsonl).
    *
    * @generated from field: string key = 1;
    */

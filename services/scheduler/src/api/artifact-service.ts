@@ -4,8 +4,10 @@
  *
  * The store is the source of truth for what exists; PostgreSQL says which tasks and attempts
  * exist and whether they still run (to know when following ends) and which refs executors
- * reported. Logs are read from `attempt-{n}/logs.jsonl` once the attempt ended and from its
- * numbered chunks `attempt-{n}/logs/NNNNN.jsonl` while it runs (see the executor's
+ * reported. A request names a task by its step id, `{step}.compensation`, or `{step}[{i}]` for an
+ * element of a map step (as its task run is stored and shown), whose objects are in its own
+ * `element-{i}/` folder. Logs are read from `attempt-{n}/logs.jsonl` once the attempt ended and
+ * from its numbered chunks `attempt-{n}/logs/NNNNN.jsonl` while it runs (see the executor's
  * ArtifactLogSink); the two agree line for line, so a follower switches from one to the other
  * without repeating or losing lines.
  *
@@ -35,7 +37,7 @@ import {
   readAll,
   runPrefix,
   S3ArtifactStore,
-  stepPrefix,
+  taskPrefix,
 } from "@nexusflow/common/artifacts";
 import {
   type ArtifactRef,
@@ -90,9 +92,15 @@ export interface TaskInfo {
 export interface TaskIndex {
   /** Whether the run exists. */
   runExists(runId: string): Promise<boolean>;
-  /** The task of a step (or of its compensation), or undefined when the run has none. */
+  /**
+   * The task of a step (or of its compensation), or undefined when the run has none; `stepId` as
+   * stored: `{step}[{i}]` for an element of a map step.
+   */
   task(runId: string, stepId: string, kind: TaskKindName): Promise<TaskInfo | undefined>;
-  /** Keys of the refs executors reported for a run (outputs, logs), optionally of one step's tasks. */
+  /**
+   * Keys of the refs executors reported for a run (outputs, logs), optionally of one step's tasks
+   * (`stepId` as stored; a map step's include its elements').
+   */
   reportedKeys(runId: string, step?: { stepId: string; kind: TaskKindName }): Promise<string[]>;
 }
 
@@ -126,7 +134,11 @@ export class PgTaskIndex implements TaskIndex {
   }
 
   async reportedKeys(runId: string, step?: { stepId: string; kind: TaskKindName }): Promise<string[]> {
-    const filter = step === undefined ? "" : " AND t.step_id = $2 AND t.kind = $3";
+    // A step's tasks, and its elements' when it is a map step (stored as `{step}[{i}]`).
+    const filter =
+      step === undefined
+        ? ""
+        : " AND (t.step_id = $2 OR left(t.step_id, length($2) + 1) = $2 || '[') AND t.kind = $3";
     const params = step === undefined ? [runId] : [runId, step.stepId, step.kind];
     const { rows } = await this.pool.query<{ ref: unknown }>(
       `SELECT t.output_ref AS ref FROM task_runs t WHERE t.run_id = $1 AND t.output_ref IS NOT NULL${filter}
@@ -165,16 +177,41 @@ export function artifactApiError(e: unknown, field = "key"): unknown {
   }
 }
 
-/** A request's step_id: a step, or `{step}.compensation` for its compensation. */
-export function parseStepId(stepId: string, field = "step_id"): { stepId: string; kind: TaskKindName } {
+/** The task a request names (see {@link parseStepId}). */
+export interface RequestedTask {
+  /** Its step id as stored (task_runs.step_id): `{step}[{i}]` for an element of a map step. */
+  readonly stepId: string;
+  readonly kind: TaskKindName;
+  /** The step's own id. */
+  readonly step: string;
+  /** The element of a map step (0-based); absent for any other task. */
+  readonly elementIndex?: number | undefined;
+}
+
+/** An element of a map step as its task run is stored: `{step}[{i}]`, the index in canonical form. */
+const ELEMENT_ID = /^(.*)\[(0|[1-9]\d{0,8})\]$/;
+
+/**
+ * A request's step_id: a step, `{step}.compensation` for its compensation, or `{step}[{i}]` for
+ * element i (0-based) of a map step, as the run's task runs name it.
+ */
+export function parseStepId(stepId: string, field = "step_id"): RequestedTask {
   const compensation = stepId.endsWith(COMPENSATION_SUFFIX);
   const id = compensation ? stepId.slice(0, -COMPENSATION_SUFFIX.length) : stepId;
-  if (!STEP_ID_PATTERN.test(id))
+  // A compensation is the whole step's: a map step's elements have none of their own.
+  const element = compensation ? null : ELEMENT_ID.exec(id);
+  const step = element?.[1] ?? id;
+  if (!STEP_ID_PATTERN.test(step))
     throw ApiError.invalid(
       field,
-      stepId === "" ? "a step id is required" : `not a step id: ${JSON.stringify(stepId)}`,
+      stepId === ""
+        ? "a step id is required"
+        : `not a step id (a step, {step}.compensation or {step}[i] for an element of a map step): ${JSON.stringify(stepId)}`,
     );
-  return { stepId: id, kind: compensation ? "COMPENSATION" : "STEP" };
+  const kind = compensation ? "COMPENSATION" : "STEP";
+  return element?.[2] === undefined
+    ? { stepId: id, kind, step }
+    : { stepId: id, kind, step, elementIndex: Number(element[2]) };
 }
 
 /** Where one attempt's log was read up to. */
@@ -369,7 +406,9 @@ export function artifactService(options: ArtifactServiceOptions): grpc.UntypedSe
       const step = req.stepId === "" ? undefined : parseStepId(req.stepId);
       if (!(await tasks.runExists(req.runId))) throw ApiError.notFound(`run ${req.runId} does not exist`);
       const prefix =
-        step === undefined ? runPrefix(req.runId) : stepPrefix(req.runId, step.stepId, step.kind);
+        step === undefined
+          ? runPrefix(req.runId)
+          : taskPrefix(req.runId, step.step, step.kind, step.elementIndex);
       const listed = await wrap(() => store.list(prefix));
       // Log chunks are a transport detail of running attempts (GetTaskLogs reads them).
       const artifacts = new Map<string, ArtifactRef>(
@@ -437,7 +476,7 @@ export function artifactService(options: ArtifactServiceOptions): grpc.UntypedSe
             let cursor = cursors.get(attempt.number);
             if (cursor === undefined) cursors.set(attempt.number, (cursor = newLogCursor()));
             const ended = !ACTIVE_ATTEMPT.has(attempt.status);
-            const prefix = attemptPrefix(req.runId, step.stepId, attempt.number, step.kind);
+            const prefix = attemptPrefix(req.runId, step.step, attempt.number, step.kind, step.elementIndex);
             const lines = await wrap(() => readNewLogLines(store, prefix, attempt.number, cursor));
             for (const batch of batches(lines)) {
               if (signal.aborted) return;

@@ -187,7 +187,7 @@ void describe("map steps (core)", () => {
     const a = sim.lease(s)!;
     const b = sim.lease(s)!;
     completed(sim.core, s, sim.key(a), 0, null, null, sim.at());
-    const ref = { key: `${attemptPrefix(b.runId, b.stepId, b.attempt, b.kind)}output.json` };
+    const ref = { key: `${attemptPrefix(b.runId, b.stepId, b.attempt, b.kind, b.elementIndex)}output.json` };
     completed(sim.core, s, sim.key(b), null, ref, null, sim.at());
     settleRuns(sim);
     const each = run.tasks.get("each")!;

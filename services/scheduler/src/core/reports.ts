@@ -93,7 +93,8 @@ export function heartbeat(
 function foreignRefs(task: TaskState, refs: Record<string, unknown>): Rejection | null {
   let prefix: string | undefined;
   try {
-    prefix = attemptPrefix(task.runId, task.stepId, task.attempt, task.kind);
+    // A map element's: its own folder (the elements share the step id, see Lease.element_index).
+    prefix = attemptPrefix(task.runId, task.stepId, task.attempt, task.kind, task.elementIndex);
   } catch {
     // No folder can be named for the attempt: no key is its own.
     prefix = undefined;

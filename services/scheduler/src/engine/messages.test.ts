@@ -15,8 +15,11 @@ const leaseMessage = (i: number, input: unknown = { i }): Lease =>
 const lease = (i: number, input: unknown = { i }): Uint8Array =>
   toBinary(LeaseSchema, leaseMessage(i, input));
 
-/** A task with every field a lease reads set (or left at its zero value, with `zero`). */
-function leasedTask(input: unknown, zero = false): { run: RunState; task: TaskState } {
+/**
+ * A task with every field a lease reads set (or left at its zero value, with `zero`); an element of
+ * a map step with `elementIndex`.
+ */
+function leasedTask(input: unknown, zero = false, elementIndex?: number): { run: RunState; task: TaskState } {
   const task = {
     id: zero ? "" : "7f1c9a52-3c1e-4e53-9d0b-1c2d3e4f5a6b",
     attempt: zero ? 0 : 3,
@@ -27,6 +30,7 @@ function leasedTask(input: unknown, zero = false): { run: RunState; task: TaskSt
     kind: zero ? "STEP" : "COMPENSATION",
     input,
     leaseExpiresAt: zero ? null : new Date(1_796_563_213_943),
+    ...(elementIndex === undefined ? {} : { elementIndex }),
   };
   const run = {
     workflow: {
@@ -98,14 +102,15 @@ describe("a lease encoded by hand", () => {
   it("is toBinary's encoding of the Lease message, for every kind of input and field", () => {
     for (const zero of [false, true])
       for (const traceContext of [undefined, {}, { traceparent: "00-ab-cd-01", tracestate: "k=v" }])
-        for (const input of inputs) {
-          const { run, task } = leasedTask(input, zero);
-          assert.deepEqual(
-            encodeLease(run, task, traceContext),
-            toBinary(LeaseSchema, leaseValue(run, task, traceContext)),
-            `${JSON.stringify(input)} ${String(zero)} ${JSON.stringify(traceContext)}`,
-          );
-        }
+        for (const elementIndex of [undefined, 0, 9999])
+          for (const input of inputs) {
+            const { run, task } = leasedTask(input, zero, elementIndex);
+            assert.deepEqual(
+              encodeLease(run, task, traceContext),
+              toBinary(LeaseSchema, leaseValue(run, task, traceContext)),
+              `${JSON.stringify(input)} ${String(zero)} ${JSON.stringify(traceContext)} ${elementIndex}`,
+            );
+          }
     // Without its run (a lease sent while the run is being moved): no workflow name or heartbeat.
     const { task } = leasedTask({ a: 1 });
     assert.deepEqual(encodeLease(undefined, task), toBinary(LeaseSchema, leaseValue(undefined, task)));
@@ -136,10 +141,18 @@ describe("a lease encoded by hand", () => {
     }
   });
 
+  it("carries a map element's index, 0 included, and none for another task", () => {
+    const decode = (task: TaskState): Lease => fromBinary(LeaseSchema, encodeLease(undefined, task));
+    assert.equal(decode(leasedTask({}, false, 0).task).elementIndex, 0);
+    assert.equal(decode(leasedTask({}, false, 7).task).elementIndex, 7);
+    assert.equal(decode(leasedTask({}).task).elementIndex, undefined);
+    assert.equal(leaseValue(undefined, leasedTask({}, false, 3).task).elementIndex, 3);
+  });
+
   it("knows every field of Lease and LeaseKey (teach encodeLease a new one)", () => {
     assert.deepEqual(
       LeaseSchema.fields.map((f) => f.number),
-      [1, 2, 3, 4, 5, 6, 7, 8, 9, 10],
+      [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11],
     );
     assert.deepEqual(
       LeaseKeySchema.fields.map((f) => f.number),

@@ -39,6 +39,8 @@ export function leaseValue(
     workflowName: run?.workflow.name ?? "",
     heartbeatTimeoutMs: step?.timeouts.heartbeatMs ?? 0,
     ...(traceContext === undefined ? {} : { traceContext }),
+    // A map element: the executor stores its objects in the element's own folder (reports.ts).
+    ...(task.elementIndex === undefined ? {} : { elementIndex: task.elementIndex }),
     ...(task.leaseExpiresAt === null ? {} : { deadline: timestampFromDate(task.leaseExpiresAt) }),
   });
 }
@@ -91,6 +93,8 @@ export function encodeLease(
     }
   const workflowName = run?.workflow.name ?? "";
   if (workflowName !== "") w.tag(10, LEN).string(workflowName);
+  // Proto3 optional: written whenever set, 0 included.
+  if (task.elementIndex !== undefined) w.tag(11, VARINT).int32(task.elementIndex);
   return w.finish();
 }
 

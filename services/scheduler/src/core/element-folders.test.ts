@@ -1,0 +1,112 @@
+/**
+ * The elements of a map step share the step id, so each stores in its own folder
+ * (`runs/{run}/{step}/element-{i}/attempt-{n}/`, Lease.element_index): a report's output_ref and
+ * logs keys must be in its element's folder, not in the step's nor in another element's.
+ */
+import assert from "node:assert/strict";
+import { describe, it } from "node:test";
+import { attemptPrefix } from "@nexusflow/common/artifacts";
+import type { TaskState } from "../model/run-state.js";
+import { completed, failed } from "./reports.js";
+import { beginRun, settleRuns, Simulation, workflowOf } from "./simulation.js";
+
+const fan = workflowOf({
+  name: "fan",
+  version: 1,
+  steps: [
+    { id: "split", type: "split" },
+    {
+      id: "each",
+      type: "double",
+      dependsOn: ["split"],
+      map: { items: "steps.split.output" },
+      input: { x: "{{ item }}" },
+      retry: { maxAttempts: 1 },
+    },
+  ],
+});
+
+/** A run of `fan` whose 12 elements are all leased, by index. */
+function leasedElements(): { sim: Simulation; s: ReturnType<Simulation["session"]>; elements: TaskState[] } {
+  const sim = new Simulation();
+  const s = sim.session("s");
+  beginRun(sim, fan);
+  const split = sim.lease(s)!;
+  const items = Array.from({ length: 12 }, (_, i) => i);
+  assert.equal(completed(sim.core, s, sim.key(split), items, null, null, sim.at()), null);
+  settleRuns(sim);
+  const elements: TaskState[] = [];
+  for (let t = sim.lease(s); t !== undefined; t = sim.lease(s)) elements.push(t);
+  elements.sort((a, b) => (a.elementIndex ?? -1) - (b.elementIndex ?? -1));
+  assert.deepEqual(
+    elements.map((e) => e.elementIndex),
+    items,
+  );
+  return { sim, s, elements };
+}
+
+/** The folder of `t`'s attempt: its own, or element `elementIndex`'s (null: the step's). */
+const folder = (t: TaskState, elementIndex: number | null | undefined = t.elementIndex): string =>
+  attemptPrefix(t.runId, t.stepId, t.attempt, t.kind, elementIndex ?? undefined);
+
+describe("map elements' artifact folders (reports)", () => {
+  it("accepts an element's output and logs in its own folder", () => {
+    const { sim, s, elements } = leasedElements();
+    const e = elements[10]!;
+    assert.equal(folder(e), `runs/${e.runId}/each/element-10/attempt-1/`);
+    const ref = { key: `${folder(e)}output.json` };
+    const logs = { key: `${folder(e)}logs.jsonl`, lines: "2" };
+    assert.equal(completed(sim.core, s, sim.key(e), null, ref, logs, sim.at()), null);
+    assert.deepEqual(e.outputRef, ref);
+  });
+
+  it("rejects an element's keys in the step's folder or in another element's (1 is not 10)", () => {
+    const { sim, s, elements } = leasedElements();
+    const e = elements[1]!;
+    const other = elements[10]!;
+    for (const prefix of [folder(e, null), folder(other), folder(e, 10), folder(e, 0)]) {
+      const rejection = completed(
+        sim.core,
+        s,
+        sim.key(e),
+        null,
+        { key: `${prefix}output.json` },
+        null,
+        sim.at(),
+      );
+      assert.equal(rejection?.code, "INVALID_ARGUMENT", prefix);
+      assert.match(rejection.message, /element-1\/attempt-1\//);
+      const logRejection = failed(
+        sim.core,
+        s,
+        sim.key(e),
+        { type: "BOOM", message: "broke", retryable: false },
+        0,
+        { key: `${prefix}logs.jsonl`, lines: "1" },
+        sim.at(),
+      );
+      assert.equal(logRejection?.code, "INVALID_ARGUMENT", prefix);
+    }
+    assert.equal(e.status, "LEASED", "nothing changed");
+    // Its own folder then goes through.
+    assert.equal(
+      completed(sim.core, s, sim.key(e), null, { key: `${folder(e)}output.json` }, null, sim.at()),
+      null,
+    );
+  });
+
+  it("still wants a plain step's keys in the step's attempt folder", () => {
+    const sim = new Simulation();
+    const s = sim.session("s");
+    beginRun(sim, fan);
+    const split = sim.lease(s)!;
+    assert.equal(split.elementIndex, undefined);
+    const wrong = { key: `${attemptPrefix(split.runId, "split", 1, "STEP", 0)}output.json` };
+    assert.equal(
+      completed(sim.core, s, sim.key(split), null, wrong, null, sim.at())?.code,
+      "INVALID_ARGUMENT",
+    );
+    const ref = { key: `${attemptPrefix(split.runId, "split", 1)}output.json` };
+    assert.equal(completed(sim.core, s, sim.key(split), null, ref, null, sim.at()), null);
+  });
+});
