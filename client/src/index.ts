@@ -19,9 +19,9 @@ export {
   type WaitForRunOptions,
   TERMINAL_RUN_STATUSES,
   isTerminalRunStatus,
-  mergeWatchedRun,
   runOutput,
 } from "./client.js";
+export { mergeWatchedRun } from "./watched-run.js";
 export {
   type ClientOptions,
   type CompiledClientOptions,

@@ -25,7 +25,8 @@ import {
   type Run,
   type WatchRunResponse,
 } from "@nexusflow/gen";
-import { NexusflowClient, mergeWatchedRun, runOutput } from "./client.js";
+import { NexusflowClient, runOutput } from "./client.js";
+import { mergeWatchedRun } from "./watched-run.js";
 
 const RUN_ID = "0194b3c2-6a8e-7b3c-9d4e-5f6a7b8c9d0e";
 const value = (json: JsonValue) => fromJson(ValueSchema, json);
