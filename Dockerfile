@@ -36,6 +36,8 @@ COPY examples/handlers.ts examples/
 # The web UI's sources: build-dist.mjs builds them (vite) into /out/ui/dist, served by the gateway.
 COPY ui/index.html ui/vite.config.ts ui/tsconfig.json ui/
 COPY ui/src/ ui/src/
+# The one module of the client the UI bundles (the merge of WatchRun messages without values).
+COPY client/src/watched-run.ts client/src/
 COPY scripts/build-dist.mjs scripts/
 COPY deploy/docker/ deploy/docker/
 RUN node scripts/build-dist.mjs --out /out
