@@ -65,17 +65,22 @@ export interface RunStart {
   parent?: ParentLink | null;
 }
 
-/** Starts a run: its tasks, its runStarted event, its first ready steps and its deadline. */
+/**
+ * Starts a run: its tasks, its runStarted event, its first ready steps and its deadline. The run
+ * and its tasks are made before anything of them goes into memory or is marked to be written: a
+ * fault (a throw) before the run is in `core.runs` leaves no trace of it (never created, nothing
+ * of it committed); one after is the run's own (the shell fails it SCHEDULER_ERROR).
+ */
 export function startRun(core: Core, start: RunStart, now: Date): RunState {
   const run = newRunState({ ...start, id: start.id ?? core.newId(), now });
-  for (const step of start.workflow.steps) {
-    const task = newTaskState(run.id, step.id, "STEP", step.type, step.order, now, core.newId());
-    core.tasks.set(task.id, task);
-    core.fx.writeTask(task);
-    run.tasks.set(step.id, task);
-  }
+  for (const step of start.workflow.steps)
+    run.tasks.set(step.id, newTaskState(run.id, step.id, "STEP", step.type, step.order, now, core.newId()));
   if (start.rerun !== undefined) run.rerun = rerunLink(start.rerun);
   core.runs.set(run.id, run);
+  for (const task of run.tasks.values()) {
+    core.tasks.set(task.id, task);
+    core.fx.writeTask(task);
+  }
   core.fx.writeRun(run);
   core.fx.event(run, {
     case: "runStarted",

@@ -37,7 +37,14 @@ import { Parking, type ParkingOptions } from "./parking.js";
 import { PartitionRuns, type HeldPartitions } from "./partition-load.js";
 import type { ParkedRunStore } from "../persistence/parked-runs.js";
 import { RateLimitAdmin, RateLimitPauses, storeHandlerPause } from "./rate-limit-admin.js";
-import { confineCall, faultConfinement, faultSoon, type Confine } from "./faults.js";
+import {
+  attachedConfined,
+  confineCall,
+  faultConfinement,
+  faultSoon,
+  sessionLostConfined,
+  type Confine,
+} from "./faults.js";
 import { RERUN_OF_LABEL, type RerunRunInput, rerunStart } from "./reruns.js";
 import { AttemptSpans, inRunSpan, tracedWrites } from "./tracing.js";
 import type { StartRunInput } from "../model/start-run.js";
@@ -202,6 +209,7 @@ export class Engine {
       after: (ms, fn) => this.timers.after(ms, fn),
       resolved: (task, value) => core.outputResolved(this.core, task, value, new Date()),
       unavailable: (task, reason) => core.outputUnavailable(this.core, task, reason, new Date()),
+      confine: (task, fn) => void this.confined(this.core.runs.get(task.runId), fn),
     });
     this.children = new ChildRuns({
       store: this.store,
@@ -282,6 +290,7 @@ export class Engine {
       assertRunning: () => this.assertRunning(),
       committed: (runIds) => this.committed(runIds),
       parking: this.parking,
+      confine: (run, fn) => this.confined(run, fn),
     });
   }
 
@@ -729,9 +738,15 @@ export class Engine {
    * that are no longer valid. The executor's other leases expire now (core/sessions.ts attached).
    */
   attach(session: SessionHandle, held: readonly LeaseKey[]): LeaseKey[] {
-    // Leases of this executor id that it does not list expire now (it no longer holds them).
-    const { revoked, expired, reclaimed } = core.attached(this.core, session, held, this.moment(), (runId) =>
-      this.partitions.judges(runId),
+    // Leases of this executor id that it does not list expire now (it no longer holds them); a
+    // fault in a lease's rules fails its run, and the other leases are handled (faults.ts).
+    const { revoked, expired, reclaimed } = attachedConfined(
+      this.core,
+      this.confined,
+      session,
+      held,
+      this.moment(),
+      (runId) => this.partitions.judges(runId),
     );
     // A re-attached executor replaces its earlier sessions, even ones whose connection never
     // reported closing (half-open TCP): they must not take new leases.
@@ -787,7 +802,8 @@ export class Engine {
     // Stopping (stop() closes every session): the leases stay as stored, and the next start gives
     // them their grace; a grace timer set now would outlive the engine.
     if (this.stateValue === "STOPPING" || this.stateValue === "STOPPED") return;
-    core.sessionLost(this.core, session, performance.now() - session.lastSeen);
+    // A fault in a lease's rules fails its run, and the other leases wait all the same (faults.ts).
+    sessionLostConfined(this.core, this.confined, session, performance.now() - session.lastSeen);
     // The next pass records whether the types it ran are now without an executor.
     this.schedulePump();
     this.log.info({ session_id: session.id, executor_id: session.executorId }, "executor session ended");

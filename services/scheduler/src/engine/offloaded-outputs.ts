@@ -3,6 +3,8 @@
  * until then the step counts as active and its dependents wait. A store that is unavailable is
  * retried with backoff; an output that is gone or corrupt fails the step (OUTPUT_UNAVAILABLE).
  * The value is kept in memory only: PostgreSQL keeps the claim check, and recovery reads it again.
+ * The rules applied once a read is back run from a promise's callback, where a throw would be an
+ * unhandled rejection (the end of the process): a fault in them fails the step's run instead.
  */
 import type { Logger } from "@nexusflow/common";
 import { isArtifactError } from "@nexusflow/common/artifacts";
@@ -22,6 +24,8 @@ export interface OutputReaderOptions {
   resolved(task: TaskState, value: unknown): void;
   /** The output cannot be read (core reports.ts outputUnavailable). */
   unavailable(task: TaskState, reason: string): void;
+  /** Applies `fn`, rules of the task's run, a fault (a throw) confined to that run (faults.ts). */
+  confine(task: TaskState, fn: () => void): void;
 }
 
 /** Reads offloaded outputs back (see the module comment). */
@@ -41,7 +45,7 @@ export class OutputReader {
     }
     o.resolve(task.outputRef).then(
       (value) => {
-        if (o.live()) o.resolved(task, value);
+        if (o.live()) o.confine(task, () => o.resolved(task, value));
         else task.resolvedOutput = value ?? null;
       },
       (e: unknown) => {
@@ -55,7 +59,8 @@ export class OutputReader {
           o.after(wait, () => this.read(task, attempt + 1));
           return;
         }
-        if (o.live()) o.unavailable(task, e instanceof Error ? e.message : String(e));
+        const reason = e instanceof Error ? e.message : String(e);
+        if (o.live()) o.confine(task, () => o.unavailable(task, reason));
       },
     );
   }

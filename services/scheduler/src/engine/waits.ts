@@ -3,11 +3,14 @@
  * active run, and a published event matched against the WAITING waits for an event and then
  * applied to them. Each answers once what it changed is committed. A parked run (parking.ts) is
  * loaded back first: the run a signal names, the runs whose parked waits may match an event.
+ * A fault (a throw) in a run's rules fails that run SCHEDULER_ERROR (faults.ts): a signal's call
+ * answers INTERNAL naming it; an event's other runs take it all the same.
  */
 import { ApiError, Code, type Logger } from "@nexusflow/common";
 import * as core from "../core/index.js";
 import type { Core } from "../core/index.js";
 import type { RunState } from "../model/run-state.js";
+import { confineCall, type Confine } from "./faults.js";
 import type { Parking } from "./parking.js";
 
 /** What the waits need of the engine. */
@@ -23,6 +26,8 @@ export interface DurableWaitsHost {
   committed(runIds?: readonly string[]): Promise<void>;
   /** Parked runs, loaded back when a signal or an event reaches them; absent: none are parked. */
   readonly parking?: Parking | undefined;
+  /** Applies rules to a run, a fault (a throw) confined to that run (faults.ts). */
+  readonly confine: Confine;
 }
 
 /** Signals and events for the waits of the runs active here. */
@@ -38,7 +43,9 @@ export class DurableWaits {
     const run = await this.find(runId);
     if (run === undefined) return undefined;
     this.host.assertRunning();
-    const outcome = core.signalReceived(this.host.core, run, input, new Date());
+    const outcome = confineCall(this.host.confine, run, `run ${runId} did not take the signal`, () =>
+      core.signalReceived(this.host.core, run, input, new Date()),
+    );
     if ("code" in outcome) throw new ApiError(Code[outcome.code], outcome.message);
     await this.host.committed([runId]);
     return outcome;
@@ -87,7 +94,7 @@ export class DurableWaits {
       const parked = [...new Set(matches.map((m) => m.runId))].filter((id) => !this.host.core.runs.has(id));
       if (parked.length > 0) await parking?.loadAll(parked);
       this.host.assertRunning();
-      outcomes = core.applyEvent(this.host.core, event, matches, new Date());
+      outcomes = applyByRun(this.host, event, matches, new Date());
     } finally {
       release?.();
     }
@@ -99,4 +106,45 @@ export class DurableWaits {
   private async find(runId: string): Promise<RunState | undefined> {
     return this.host.core.runs.get(runId) ?? (await this.host.parking?.load(runId));
   }
+}
+
+/**
+ * core/event-waits.ts applyEvent a run at a time, each run's matches applied through the host's
+ * confinement: a fault in one run's rules fails that run, and the event's other runs take it all
+ * the same. The outcomes are in the order of `matches`; a faulted run's match is "applied" when
+ * its wait took the event before the fault, "ended" otherwise.
+ */
+function applyByRun(
+  host: DurableWaitsHost,
+  event: core.StoredWaitEvent,
+  matches: readonly Pick<core.WaitMatch, "taskRunId" | "runId">[],
+  now: Date,
+): core.WaitApplyOutcome[] {
+  const byRun = new Map<string, number[]>();
+  matches.forEach((m, i) => {
+    const runId = host.core.tasks.get(m.taskRunId)?.runId ?? m.runId;
+    const indexes = byRun.get(runId);
+    if (indexes === undefined) byRun.set(runId, [i]);
+    else indexes.push(i);
+  });
+  const outcomes: core.WaitApplyOutcome[] = [];
+  for (const [runId, indexes] of byRun) {
+    const own = indexes.map((i) => matches[i] as (typeof matches)[number]);
+    const applied = host.confine(host.core.runs.get(runId), () =>
+      core.applyEvent(host.core, event, own, now),
+    );
+    indexes.forEach((i, j) => (outcomes[i] = applied?.[j] ?? tookEvent(host.core, own[j], event)));
+  }
+  return outcomes;
+}
+
+/** Whether the match's wait succeeded with `event` (its run's rules faulted since). */
+function tookEvent(
+  c: Core,
+  match: Pick<core.WaitMatch, "taskRunId"> | undefined,
+  event: core.StoredWaitEvent,
+): core.WaitApplyOutcome {
+  const task = match === undefined ? undefined : c.tasks.get(match.taskRunId);
+  const output = task?.output as { eventId?: unknown } | null | undefined;
+  return task?.status === "SUCCEEDED" && output?.eventId === event.eventId ? "applied" : "ended";
 }
