@@ -7,7 +7,7 @@
  */
 import { TaskErrorType } from "@nexusflow/common/task-error-types";
 import type { LeaseKey } from "@nexusflow/gen";
-import { ACTIVE_LEASE, type TaskState } from "../model/run-state.js";
+import { ACTIVE_LEASE, type RunState, type TaskState } from "../model/run-state.js";
 import type { Core, Moment, SessionLeases } from "./context.js";
 import { keyMatches } from "./fencing.js";
 import { failAttempt } from "./retries.js";
@@ -47,15 +47,29 @@ export function orphan(core: Core, task: TaskState, graceMs: number): void {
  * timeout: a stream that ends at once (a SIGKILLed process) and one declared dead after a
  * timeout of silence (a partition), whose leases then go at once rather than a timeout later.
  */
-export function sessionLost(core: Core, session: SessionLeases, silentForMs = 0): void {
+export function sessionLost(
+  core: Core,
+  session: SessionLeases,
+  silentForMs = 0,
+  each: RunRules = direct,
+): void {
   const graceMs = Math.max(0, core.sessionTimeoutMs - silentForMs);
   for (const id of session.leases) {
     const task = core.tasks.get(id);
     if (task !== undefined && task.sessionId === session.id && ACTIVE_LEASE.has(task.status))
-      orphan(core, task, graceMs);
+      each(core.runs.get(task.runId), () => orphan(core, task, graceMs));
   }
   session.leases.clear();
 }
+
+/**
+ * Applies rules of one run (`fn`): the engine confines a fault in them to that run
+ * (engine/faults.ts), so that the other runs a session's loss or an attach reaches are still
+ * handled. Returns what `fn` returns, or undefined after a fault. By default, `fn` directly.
+ */
+export type RunRules = <T>(run: RunState | undefined, fn: () => T) => T | undefined;
+
+const direct: RunRules = (_run, fn) => fn();
 
 /**
  * A lease's grace period ended: unless reclaimed (or decided) meanwhile, the attempt fails with
@@ -139,8 +153,15 @@ export function attached(
   held: readonly LeaseKey[],
   at: Moment,
   judges: (runId: string) => boolean = () => true,
+  each: RunRules = direct,
 ): Attached {
-  const unmatched = reclaim(core, session, held);
+  // A key whose run's rules faulted is revoked: its run has failed (engine/faults.ts).
+  const unmatched: LeaseKey[] = [];
+  for (const key of held) {
+    const task = core.tasks.get(key.taskRunId);
+    const run = task === undefined ? undefined : core.runs.get(task.runId);
+    unmatched.push(...(each(run, () => reclaim(core, session, [key])) ?? [key]));
+  }
   const revoked = unmatched.filter((k) => k.runId === "" || judges(k.runId));
   const lost: TaskState[] = [];
   for (const task of core.tasks.values()) {
@@ -152,11 +173,12 @@ export function attached(
     )
       lost.push(task);
   }
-  for (const task of lost) {
-    // Still on an earlier session (half-open): tell it to stop before that session is closed.
-    if (task.sessionId !== null) core.fx.cancelLease(task, "the executor re-attached without this lease");
-    expireLost(core, task, `executor ${session.executorId} re-attached without this lease`, at);
-  }
+  for (const task of lost)
+    each(core.runs.get(task.runId), () => {
+      // Still on an earlier session (half-open): tell it to stop before that session is closed.
+      if (task.sessionId !== null) core.fx.cancelLease(task, "the executor re-attached without this lease");
+      expireLost(core, task, `executor ${session.executorId} re-attached without this lease`, at);
+    });
   return { revoked, expired: lost.length, reclaimed: held.length - unmatched.length };
 }
 

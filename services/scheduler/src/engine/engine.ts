@@ -37,14 +37,7 @@ import { Parking, type ParkingOptions } from "./parking.js";
 import { PartitionRuns, type HeldPartitions } from "./partition-load.js";
 import type { ParkedRunStore } from "../persistence/parked-runs.js";
 import { RateLimitAdmin, RateLimitPauses, storeHandlerPause } from "./rate-limit-admin.js";
-import {
-  attachedConfined,
-  confineCall,
-  faultConfinement,
-  faultSoon,
-  sessionLostConfined,
-  type Confine,
-} from "./faults.js";
+import { confineCall, faultConfinement, faultSoon, type Confine } from "./faults.js";
 import { RERUN_OF_LABEL, type RerunRunInput, rerunStart } from "./reruns.js";
 import { AttemptSpans, inRunSpan, tracedWrites } from "./tracing.js";
 import type { StartRunInput } from "../model/start-run.js";
@@ -740,13 +733,13 @@ export class Engine {
   attach(session: SessionHandle, held: readonly LeaseKey[]): LeaseKey[] {
     // Leases of this executor id that it does not list expire now (it no longer holds them); a
     // fault in a lease's rules fails its run, and the other leases are handled (faults.ts).
-    const { revoked, expired, reclaimed } = attachedConfined(
+    const { revoked, expired, reclaimed } = core.attached(
       this.core,
-      this.confined,
       session,
       held,
       this.moment(),
       (runId) => this.partitions.judges(runId),
+      this.confined,
     );
     // A re-attached executor replaces its earlier sessions, even ones whose connection never
     // reported closing (half-open TCP): they must not take new leases.
@@ -803,7 +796,7 @@ export class Engine {
     // them their grace; a grace timer set now would outlive the engine.
     if (this.stateValue === "STOPPING" || this.stateValue === "STOPPED") return;
     // A fault in a lease's rules fails its run, and the other leases wait all the same (faults.ts).
-    sessionLostConfined(this.core, this.confined, session, performance.now() - session.lastSeen);
+    core.sessionLost(this.core, session, performance.now() - session.lastSeen, this.confined);
     // The next pass records whether the types it ran are now without an executor.
     this.schedulePump();
     this.log.info({ session_id: session.id, executor_id: session.executorId }, "executor session ended");

@@ -5,17 +5,9 @@
  */
 import { ApiError, boundedText, Code, type Logger } from "@nexusflow/common";
 import { TaskErrorType } from "@nexusflow/common/task-error-types";
-import type { LeaseKey } from "@nexusflow/gen";
 import * as core from "../core/index.js";
-import type { Core, Moment, SessionLeases } from "../core/index.js";
-import { LOST_LEASE_RETRY_AFTER_MS } from "../core/sessions.js";
-import {
-  ACTIVE_LEASE,
-  TERMINAL_RUN_STATUSES,
-  type ErrorInfo,
-  type RunState,
-  type TaskState,
-} from "../model/run-state.js";
+import type { Core } from "../core/index.js";
+import { TERMINAL_RUN_STATUSES, type ErrorInfo, type RunState } from "../model/run-state.js";
 
 /** What {@link faultConfinement} needs of its engine. */
 export interface FaultHost {
@@ -137,69 +129,4 @@ export function faultSoon(log: Logger, core: Core, confine: Confine, run: RunSta
       throw new ReachedFault(error);
     });
   });
-}
-
-/** The active run of task run `taskRunId`, if both are in memory. */
-function runOfTask(c: Core, taskRunId: string): RunState | undefined {
-  const task = c.tasks.get(taskRunId);
-  return task === undefined ? undefined : c.runs.get(task.runId);
-}
-
-/**
- * core/sessions.ts sessionLost, a lease at a time: each lease's rules (its grace started) applied
- * to its run through `confine`, so that a fault in one run's fails that run and the session's
- * other leases still wait for their executor. The session's stream ended (Engine.detachSession,
- * from a stream event or the liveness tick): nothing thrown here may end the process.
- */
-export function sessionLostConfined(
-  c: Core,
-  confine: Confine,
-  session: SessionLeases,
-  silentForMs: number,
-): void {
-  for (const id of [...session.leases]) {
-    const one: SessionLeases = { ...session, leases: new Set([id]) };
-    confine(runOfTask(c, id), () => core.sessionLost(c, one, silentForMs));
-  }
-  session.leases.clear();
-}
-
-/**
- * core/sessions.ts attached, a lease at a time: each held lease reclaimed (core.reclaim), and
- * each other active lease of the executor expired (LEASE_EXPIRED, as core's expireLost does), with
- * its run's rules applied through `confine`, so that a fault in one run's fails that run and the
- * executor's other leases are still handled. A held lease whose reclaim faulted is revoked (its
- * run failed; the executor is told to let it go). Reached from a session's Attach: nothing thrown
- * here may end the process.
- */
-export function attachedConfined(
-  c: Core,
-  confine: Confine,
-  session: SessionLeases,
-  held: readonly LeaseKey[],
-  at: Moment,
-  judges: (runId: string) => boolean,
-): core.Attached {
-  const unmatched: LeaseKey[] = [];
-  for (const key of held)
-    unmatched.push(...(confine(runOfTask(c, key.taskRunId), () => core.reclaim(c, session, [key])) ?? [key]));
-  const revoked = unmatched.filter((k) => k.runId === "" || judges(k.runId));
-  const lost: TaskState[] = [];
-  for (const task of c.tasks.values())
-    if (
-      task.executorId === session.executorId &&
-      task.sessionId !== session.id &&
-      ACTIVE_LEASE.has(task.status) &&
-      judges(task.runId)
-    )
-      lost.push(task);
-  const message = `executor ${session.executorId} re-attached without this lease`;
-  for (const task of lost)
-    confine(c.runs.get(task.runId), () => {
-      // Still on an earlier session (half-open): tell it to stop before that session is closed.
-      if (task.sessionId !== null) c.fx.cancelLease(task, "the executor re-attached without this lease");
-      const error: ErrorInfo = { type: TaskErrorType.LEASE_EXPIRED, message, retryable: true };
-      core.failAttempt(c, task, error, LOST_LEASE_RETRY_AFTER_MS, at);
-    });
-  return { revoked, expired: lost.length, reclaimed: held.length - unmatched.length };
 }
