@@ -17,6 +17,7 @@ import {
   artifactPlace,
   artifactRows,
   formatSize,
+  namedTask,
   openFileSink,
   streamSink,
 } from "./artifacts-command.js";
@@ -44,6 +45,30 @@ describe("artifacts command helpers", () => {
     assert.equal(artifactPlace("exports/run.json"), undefined);
     assert.equal(artifactPlace(`runs/${RUN}/build/attempt-0/x`), undefined);
     assert.equal(artifactKey(RUN, "build", 2, "a/b.txt"), `runs/${RUN}/build/attempt-2/a/b.txt`);
+    assert.equal(
+      artifactKey(RUN, "build.compensation", 1, "x"),
+      `runs/${RUN}/build.compensation/attempt-1/x`,
+    );
+  });
+
+  it("names an element of a map step {step}[{i}], its files in the element's folder", () => {
+    assert.deepEqual(artifactPlace(`runs/${RUN}/each/element-3/attempt-2/reports/a.csv`), {
+      step: "each[3]",
+      attempt: 2,
+      name: "reports/a.csv",
+    });
+    assert.equal(artifactPlace(`runs/${RUN}/each/element-10/attempt-1/x`)?.step, "each[10]");
+    assert.equal(artifactPlace(`runs/${RUN}/each/element-01/attempt-1/x`), undefined);
+    assert.equal(artifactKey(RUN, "each[3]", 2, "a/b.txt"), `runs/${RUN}/each/element-3/attempt-2/a/b.txt`);
+    assert.equal(artifactKey(RUN, "each[0]", 1, "x"), `runs/${RUN}/each/element-0/attempt-1/x`);
+    for (const step of ["each", "each[3]", "each[10]", "build.compensation"]) {
+      const key = artifactKey(RUN, step, 4, "x");
+      assert.deepEqual(artifactPlace(key), { step, attempt: 4, name: "x" }, key);
+    }
+    assert.deepEqual(namedTask("each[12]"), { stepId: "each", kind: "STEP", elementIndex: 12 });
+    assert.deepEqual(namedTask("each[01]"), { stepId: "each[01]", kind: "STEP" });
+    assert.deepEqual(namedTask("build.compensation"), { stepId: "build", kind: "COMPENSATION" });
+    assert.throws(() => artifactKey("a/b", "build", 1, "x"), /invalid run id/);
   });
 
   it("formats sizes in binary units", () => {
@@ -68,6 +93,30 @@ describe("artifacts command helpers", () => {
       ["b", "2", "y", "1 B", "text/plain"],
       ["b", "10", "x", "1 B", "text/plain"],
     ]);
+  });
+
+  it("orders a map step's elements by number, each by attempt, then the step's compensation", () => {
+    const ref = (key: string): ReturnType<typeof create<typeof ArtifactRefSchema>> =>
+      create(ArtifactRefSchema, { key, size: 1n, contentType: "text/plain" });
+    const rows = artifactRows([
+      ref(`runs/${RUN}/each/element-10/attempt-1/x`),
+      ref(`runs/${RUN}/each/element-2/attempt-10/x`),
+      ref(`runs/${RUN}/each/element-2/attempt-2/x`),
+      ref(`runs/${RUN}/each.compensation/attempt-1/undo`),
+      ref(`runs/${RUN}/each/element-0/attempt-1/x`),
+      ref(`runs/${RUN}/each-b/attempt-1/y`),
+    ]);
+    assert.deepEqual(
+      rows.map((r) => r.slice(0, 3)),
+      [
+        ["each[0]", "1", "x"],
+        ["each[2]", "2", "x"],
+        ["each[2]", "10", "x"],
+        ["each[10]", "1", "x"],
+        ["each.compensation", "1", "undo"],
+        ["each-b", "1", "y"],
+      ],
+    );
   });
 
   it("writes a file through a temporary file beside it, shown only once committed", async () => {

@@ -14,6 +14,14 @@ import { basename, dirname, join, resolve } from "node:path";
 import type { Writable } from "node:stream";
 import { toJson } from "@bufbuild/protobuf";
 import { type Client, Code, ConnectError } from "@nexusflow/client";
+import {
+  COMPENSATION_SUFFIX,
+  type ParsedArtifactKey,
+  type TaskKindName,
+  attemptPrefix,
+  isArtifactError,
+  parseArtifactKey,
+} from "@nexusflow/common/artifacts";
 import { type ArtifactRef, type ArtifactService, ListArtifactsResponseSchema } from "@nexusflow/gen";
 import { type CommandIo, UsageError, parse } from "./command.js";
 import { withGateway } from "./gateway-client.js";
@@ -25,29 +33,74 @@ export interface ArtifactsIo extends CommandIo {
   binaryStdout: Writable;
 }
 
-/** Where one stored object sits in the task layout: `runs/{run}/{step}/attempt-{n}/{name}`. */
+/**
+ * A task as the API names it (ListArtifacts, GetTaskLogs) and as `artifacts list` shows it: a step
+ * id, `{step}.compensation` for its compensation, or `{step}[{i}]` for element i (0-based) of a
+ * map step, whose files are in a folder of their own (`runs/{run}/{step}/element-{i}/`).
+ */
+export interface NamedTask {
+  readonly stepId: string;
+  readonly kind: TaskKindName;
+  /** The element of a map step; absent for any other task. */
+  readonly elementIndex?: number | undefined;
+}
+
+/** An element of a map step as the API names it, the index in canonical form. */
+const ELEMENT_NAME = /^(.+)\[(0|[1-9]\d*)\]$/;
+
+/** The task a step argument names (see {@link NamedTask}). */
+export function namedTask(step: string): NamedTask {
+  if (step.endsWith(COMPENSATION_SUFFIX))
+    return { stepId: step.slice(0, -COMPENSATION_SUFFIX.length), kind: "COMPENSATION" };
+  const element = ELEMENT_NAME.exec(step);
+  return element === null
+    ? { stepId: step, kind: "STEP" }
+    : { stepId: element[1] as string, kind: "STEP", elementIndex: Number(element[2]) };
+}
+
+/** How the API names a task: `build`, `build.compensation`, `each[3]`. */
+export function taskName(task: NamedTask): string {
+  const element = task.elementIndex === undefined ? "" : `[${task.elementIndex}]`;
+  return `${task.stepId}${element}${task.kind === "COMPENSATION" ? COMPENSATION_SUFFIX : ""}`;
+}
+
+/**
+ * Where one stored object sits in the task layout of @nexusflow/common/artifacts:
+ * `runs/{run}/{step}/attempt-{n}/{name}`, or `runs/{run}/{step}/element-{i}/attempt-{n}/{name}`.
+ */
 export interface ArtifactPlace {
-  /** The step folder: the step id, or `{step}.compensation`. */
+  /** The task, as the API names it (see {@link NamedTask}): `build`, `build.compensation`, `each[3]`. */
   readonly step: string;
   readonly attempt: number;
   /** The path within the attempt folder. */
   readonly name: string;
 }
 
-// The layout of @nexusflow/common/artifacts (parseArtifactKey), restated: importing that module
-// loads the S3 client, half a second of start-up for a command that never talks to S3 itself.
-const LAYOUT = /^runs\/[^/]+\/([^/]+)\/attempt-([1-9]\d*)\/(.+)$/;
-
 /** Parses a key of the task layout; undefined for any other key. */
 export function artifactPlace(key: string): ArtifactPlace | undefined {
-  const m = LAYOUT.exec(key);
-  if (m === null) return undefined;
-  return { step: m[1] as string, attempt: Number(m[2]), name: m[3] as string };
+  const parsed = parseArtifactKey(key);
+  return parsed === undefined
+    ? undefined
+    : { step: taskName(parsed), attempt: parsed.attempt, name: parsed.name };
 }
 
-/** The key of `name` saved by attempt `attempt` of `step` (a step id or `{step}.compensation`). */
+/**
+ * The key of `name` saved by attempt `attempt` of `step` (as the API names a task: a step id,
+ * `{step}.compensation` or `{step}[{i}]`). Throws the layout's ArtifactError (INVALID_KEY) for a
+ * run or step id that cannot be part of a key.
+ */
 export function artifactKey(runId: string, step: string, attempt: number, name: string): string {
-  return `runs/${runId}/${step}/attempt-${attempt}/${name}`;
+  const task = namedTask(step);
+  return `${attemptPrefix(runId, task.stepId, attempt, task.kind, task.elementIndex)}${name}`;
+}
+
+/** Order of keys of the task layout: step, its compensation after it, element, attempt, name. */
+function compareParsed(x: ParsedArtifactKey, y: ParsedArtifactKey): number {
+  if (x.stepId !== y.stepId) return x.stepId < y.stepId ? -1 : 1;
+  if (x.kind !== y.kind) return x.kind === "STEP" ? -1 : 1;
+  if (x.elementIndex !== y.elementIndex) return (x.elementIndex ?? -1) - (y.elementIndex ?? -1);
+  if (x.attempt !== y.attempt) return x.attempt - y.attempt;
+  return x.name < y.name ? -1 : x.name > y.name ? 1 : 0;
 }
 
 /** "512 B", "1.5 KiB", "20.0 MiB". */
@@ -64,21 +117,19 @@ export function formatSize(bytes: bigint | number): string {
   return `${value.toFixed(1)} ${units[unit]}`;
 }
 
-/** Rows of `artifacts list`, ordered by step, attempt (as a number) and name. */
+/** Rows of `artifacts list`, ordered by step, element (as a number), attempt (as a number) and name. */
 export function artifactRows(refs: readonly ArtifactRef[]): string[][] {
   return refs
-    .map((ref) => ({ ref, place: artifactPlace(ref.key) }))
+    .map((ref) => ({ ref, parsed: parseArtifactKey(ref.key) }))
     .sort((a, b) => {
-      const [x, y] = [a.place, b.place];
+      const [x, y] = [a.parsed, b.parsed];
       if (x === undefined || y === undefined) return a.ref.key < b.ref.key ? -1 : 1;
-      if (x.step !== y.step) return x.step < y.step ? -1 : 1;
-      if (x.attempt !== y.attempt) return x.attempt - y.attempt;
-      return x.name < y.name ? -1 : x.name > y.name ? 1 : 0;
+      return compareParsed(x, y);
     })
-    .map(({ ref, place }) => [
-      place?.step ?? "-",
-      place === undefined ? "-" : String(place.attempt),
-      place?.name ?? ref.key,
+    .map(({ ref, parsed }) => [
+      parsed === undefined ? "-" : taskName(parsed),
+      parsed === undefined ? "-" : String(parsed.attempt),
+      parsed?.name ?? ref.key,
       formatSize(ref.size),
       ref.contentType || "-",
     ]);
@@ -316,6 +367,12 @@ async function listCommand(args: string[], io: CommandIo): Promise<number> {
   });
 }
 
+/** "a, b, c" or "a, b, c, d, e and 3 more". */
+function some(items: readonly string[]): string {
+  const shown = items.slice(0, 5).join(", ");
+  return `${shown}${items.length > 5 ? ` and ${items.length - 5} more` : ""}`;
+}
+
 /** What is known when an artifact was not found, for the one line that says so. */
 function notFoundLine(
   runId: string,
@@ -328,15 +385,23 @@ function notFoundLine(
 ): string {
   let text = `no artifact ${JSON.stringify(name)} of step ${step}${attempt === undefined ? "" : ` attempt ${attempt}`} in run ${runId}`;
   if (listed !== undefined) {
-    const places = listed.map((r) => artifactPlace(r.key)).filter((p) => p !== undefined);
-    const attempts = [...new Set(places.filter((p) => p.name === name).map((p) => p.attempt))];
-    const names = [...new Set(places.map((p) => p.name))];
+    const places = listed
+      .map((r) => parseArtifactKey(r.key))
+      .filter((p) => p !== undefined)
+      .sort(compareParsed)
+      .map((p) => ({ step: taskName(p), attempt: p.attempt, name: p.name }));
+    // The listing of a map step holds its elements' files, which are theirs, not the step's.
+    const own = places.filter((p) => p.step === step);
+    const attempts = [...new Set(own.filter((p) => p.name === name).map((p) => p.attempt))];
+    const elsewhere = [
+      ...new Set(places.filter((p) => p.step !== step && p.name === name).map((p) => p.step)),
+    ];
+    const names = [...new Set((own.length > 0 ? own : places).map((p) => p.name))].sort();
     if (attempts.length > 0) text += ` (attempt ${attempts.join(", ")} has it)`;
+    else if (elsewhere.length > 0)
+      text += ` (${some(elsewhere)} ${elsewhere.length === 1 ? "has" : "have"} it: name an element of the map step, e.g. ${elsewhere[0]})`;
     else if (names.length === 0) text += " (the step stored nothing)";
-    else {
-      const shown = names.slice(0, 5).join(", ");
-      text += ` (it has ${shown}${names.length > 5 ? ` and ${names.length - 5} more` : ""})`;
-    }
+    else text += ` (${own.length > 0 ? "it has" : "its elements have"} ${some(names)})`;
   }
   return `${text}${why}; asked the gateway at ${url}`;
 }
@@ -364,6 +429,13 @@ async function getCommand(args: string[], io: ArtifactsIo): Promise<number> {
       );
     attempt = Number(values.attempt);
   }
+  let attemptKey: string | undefined;
+  try {
+    if (attempt !== undefined) attemptKey = artifactKey(runId, step, attempt, name);
+  } catch (e) {
+    if (isArtifactError(e)) throw new UsageError(`artifacts get: ${e.message}`);
+    throw e;
+  }
   const target =
     values.output === undefined || values.output === "-" ? undefined : resolve(io.cwd, values.output);
   return withGateway(io, "artifacts get", values, async ({ artifacts }, url) => {
@@ -375,7 +447,7 @@ async function getCommand(args: string[], io: ArtifactsIo): Promise<number> {
     };
 
     let key: string;
-    if (attempt !== undefined) key = artifactKey(runId, step, attempt, name);
+    if (attemptKey !== undefined) key = attemptKey;
     else {
       let listed: ArtifactRef[];
       try {
@@ -385,10 +457,11 @@ async function getCommand(args: string[], io: ArtifactsIo): Promise<number> {
           return notFound(undefined, ` (${e.rawMessage})`);
         throw e;
       }
-      // The latest attempt's file: what a retry saved replaces what an earlier attempt did.
+      // The latest attempt's file: what a retry saved replaces what an earlier attempt did. Only
+      // the task's own: the listing of a map step holds its elements' files too.
       const latest = listed
         .map((r) => ({ key: r.key, place: artifactPlace(r.key) }))
-        .filter((r) => r.place?.name === name)
+        .filter((r) => r.place?.step === step && r.place.name === name)
         .sort((a, b) => (b.place?.attempt ?? 0) - (a.place?.attempt ?? 0))[0];
       if (latest === undefined) return notFound(listed);
       key = latest.key;

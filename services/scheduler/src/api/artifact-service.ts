@@ -459,6 +459,17 @@ export function artifactService(options: ArtifactServiceOptions): grpc.UntypedSe
               throw ApiError.notFound(`run ${req.runId} does not exist`);
             throw ApiError.notFound(`run ${req.runId} has no step ${req.stepId}`);
           }
+          // A map step's own task runs nothing: its elements (`{step}[{i}]`, made from 0 on) do.
+          if (
+            task.attempts.length === 0 &&
+            step.kind === "STEP" &&
+            step.elementIndex === undefined &&
+            (await tasks.task(req.runId, `${step.stepId}[0]`, step.kind)) !== undefined
+          )
+            throw ApiError.notFound(
+              `step ${req.stepId} of run ${req.runId} is a map step: its elements run its task, ` +
+                `each with a log of its own; name one (${req.stepId}[0], ${req.stepId}[1], ...)`,
+            );
           const wanted = task.attempts.filter((a) => req.attempt === 0 || a.number === req.attempt);
           if (wanted.length === 0 && req.attempt > 0 && (!req.follow || TERMINAL_TASK.has(task.status)))
             throw ApiError.notFound(`step ${req.stepId} of run ${req.runId} has no attempt ${req.attempt}`);

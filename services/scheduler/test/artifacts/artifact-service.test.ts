@@ -328,4 +328,50 @@ describe("ArtifactService", () => {
     await assert.rejects(following, isCode(Code.Canceled));
     assert.deepEqual(seen, ["started"]);
   });
+
+  it("tells who asks for the log of a map step itself to name one of its elements", async () => {
+    const run = randomUUID();
+    // A map step's own task runs nothing; its elements are tasks of their own, `{step}[{i}]`.
+    fake.set(run, "each", { status: "SUCCEEDED", attempts: [] });
+    fake.set(run, "each[0]", { status: "SUCCEEDED", attempts: [{ number: 1, status: "SUCCEEDED" }] });
+    fake.set(run, "each[1]", { status: "SUCCEEDED", attempts: [{ number: 1, status: "SUCCEEDED" }] });
+    fake.set(run, "busy", { status: "WAITING", attempts: [] });
+    fake.set(run, "busy[0]", { status: "RUNNING", attempts: [{ number: 1, status: "RUNNING" }] });
+    fake.set(run, "skipped", { status: "SKIPPED", attempts: [] });
+    await store.put(`runs/${run}/each/element-0/attempt-1/logs.jsonl`, jsonl(1, "element 0"));
+    await store.put(`runs/${run}/each/element-1/attempt-1/logs.jsonl`, jsonl(1, "element 1"));
+    const refusal = async (stepId: string, follow = false, attempt = 0): Promise<string> => {
+      try {
+        await collect(client.getTaskLogs({ runId: run, stepId, follow, attempt }));
+      } catch (e) {
+        assert.ok(e instanceof ConnectError && e.code === Code.NotFound, String(e));
+        return e.rawMessage;
+      }
+      return assert.fail(`GetTaskLogs of ${stepId} answered`);
+    };
+    for (const [stepId, follow, attempt] of [
+      ["each", false, 0],
+      ["each", true, 0],
+      ["each", false, 1],
+      ["busy", false, 0],
+    ] as const)
+      assert.match(
+        await refusal(stepId, follow, attempt),
+        new RegExp(
+          `^step ${stepId} of run ${run} is a map step: .*name one \\(${stepId}\\[0\\], ${stepId}\\[1\\], \\.\\.\\.\\)$`,
+        ),
+      );
+    assert.match(
+      await refusal("skipped"),
+      /^step skipped of run .* never ran \(SKIPPED\), so it has no log$/,
+    );
+    assert.match(await refusal("each.compensation"), /has no step each\.compensation$/);
+    const lines = (await collect(client.getTaskLogs({ runId: run, stepId: "each[1]" }))).flatMap(
+      (m) => m.lines,
+    );
+    assert.deepEqual(
+      lines.map((l) => l.text),
+      ["element 1"],
+    );
+  });
 });

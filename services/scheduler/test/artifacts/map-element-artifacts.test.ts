@@ -169,6 +169,16 @@ describe("map elements' artifacts", () => {
       collect(artifacts.getTaskLogs({ runId: done.id, stepId: `each[${ELEMENTS}]` })),
       (e: unknown) => e instanceof ConnectError && e.code === Code.NotFound,
     );
+    // The map step's own task ran nothing: the answer names its elements, not "never ran".
+    await assert.rejects(
+      collect(artifacts.getTaskLogs({ runId: done.id, stepId: "each" })),
+      (e: unknown) =>
+        e instanceof ConnectError &&
+        e.code === Code.NotFound &&
+        /^step each of run \S+ is a map step: .*name one \(each\[0\], each\[1\], \.\.\.\)$/.test(
+          e.rawMessage,
+        ),
+    );
   });
 
   it("finds the refs reported for a map step's elements, or for one element", async () => {
