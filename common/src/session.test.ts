@@ -10,7 +10,17 @@ import {
   SessionResponseSchema,
   StartedSchema,
 } from "@nexusflow/gen";
-import { acknowledgedReports, encodeBatch, splitBatches, type EncodedItem } from "./session.js";
+import {
+  ELEMENT_FOLDERS_VERSION,
+  MIN_SESSION_PROTOCOL_VERSION,
+  SESSION_PROTOCOL_VERSION,
+  acknowledgedReports,
+  encodeBatch,
+  refusedVersionRange,
+  splitBatches,
+  versionRefusal,
+  type EncodedItem,
+} from "./session.js";
 
 const lease = (i: number, pad = 0): EncodedItem => ({
   single: SessionResponseSchema.field.lease.number,
@@ -99,5 +109,32 @@ describe("session batches", () => {
       ],
     );
     assert.equal(acknowledgedReports(batch.message), 2);
+  });
+});
+
+describe("session protocol version refusals", () => {
+  it("names the versions the scheduler speaks, in the text schedulers have sent since version 2", () => {
+    // A version 2 scheduler's refusal, word for word: executors parse it.
+    const older =
+      "attach.protocol_version: the executor speaks session protocol version 3, this scheduler versions 1 to 2; " +
+      "upgrade the scheduler or run an executor release that speaks one of those";
+    assert.equal(versionRefusal(3, 1, 2), older);
+    assert.deepEqual(refusedVersionRange(older), { min: 1, max: 2 });
+    assert.deepEqual(refusedVersionRange(versionRefusal(99)), {
+      min: MIN_SESSION_PROTOCOL_VERSION,
+      max: SESSION_PROTOCOL_VERSION,
+    });
+  });
+
+  it("tells a version refusal without the versions from any other refusal", () => {
+    assert.deepEqual(refusedVersionRange("attach.protocol_version: not spoken here"), {});
+    assert.deepEqual(refusedVersionRange("attach.protocol_version: this scheduler versions 3 to 1"), {});
+    assert.equal(refusedVersionRange("the first message of a session must be attach"), undefined);
+    assert.equal(refusedVersionRange("attach.executor_id: this scheduler versions 1 to 2"), undefined);
+  });
+
+  it("gives map elements their own folders from version 3", () => {
+    assert.equal(ELEMENT_FOLDERS_VERSION, 3);
+    assert.ok(SESSION_PROTOCOL_VERSION >= ELEMENT_FOLDERS_VERSION);
   });
 });

@@ -7,12 +7,55 @@ import type { SessionRequest } from "@nexusflow/gen";
 
 /**
  * The session protocol version this code speaks (see ExecutorService in executor_service.proto):
- * 2 adds LeaseBatch and Reports to version 1's single messages.
+ * 2 adds LeaseBatch and Reports to version 1's single messages; 3 (see
+ * {@link ELEMENT_FOLDERS_VERSION}) gives each element of a map step its own artifact folder.
  */
-export const SESSION_PROTOCOL_VERSION = 2;
+export const SESSION_PROTOCOL_VERSION = 3;
 
 /** The oldest session protocol version still spoken; an Attach without a version is this one. */
 export const MIN_SESSION_PROTOCOL_VERSION = 1;
+
+/**
+ * The first session protocol version in which a map element's lease carries element_index and the
+ * element's attempt folder is its own (`runs/{run}/{step}/element-{i}/attempt-{n}/`): on a session
+ * of this version or later the executor stores an element's objects there and the scheduler wants
+ * a report's keys there. Below it, every element of a map step stores in its step's attempt folder
+ * (`runs/{run}/{step}/attempt-{n}/`), as releases before element folders did.
+ */
+export const ELEMENT_FOLDERS_VERSION = 3;
+
+const REFUSAL = "attach.protocol_version: ";
+const REFUSED_RANGE = /this scheduler versions (\d{1,9}) to (\d{1,9})\b/;
+
+/**
+ * The details of the FAILED_PRECONDITION that ends a session whose Attach names a version the
+ * scheduler does not speak. The text is what schedulers have sent since version 2 (executors parse
+ * it: {@link refusedVersionRange}); keep it.
+ */
+export function versionRefusal(
+  executorVersion: number,
+  min = MIN_SESSION_PROTOCOL_VERSION,
+  max = SESSION_PROTOCOL_VERSION,
+): string {
+  return (
+    `${REFUSAL}the executor speaks session protocol version ${executorVersion}, ` +
+    `this scheduler versions ${min} to ${max}; ` +
+    "upgrade the scheduler or run an executor release that speaks one of those"
+  );
+}
+
+/**
+ * Whether `details` (of a FAILED_PRECONDITION ending a session before its AttachAck) is a refusal
+ * of the Attach's protocol version and, when it names them ({@link versionRefusal}), the versions
+ * the scheduler speaks: `{}` for a refusal that does not name them, undefined for any other.
+ */
+export function refusedVersionRange(details: string): { min?: number; max?: number } | undefined {
+  if (!details.startsWith(REFUSAL)) return undefined;
+  const m = REFUSED_RANGE.exec(details);
+  if (m === null) return {};
+  const [min, max] = [Number(m[1]), Number(m[2])];
+  return min <= max ? { min, max } : {};
+}
 
 /** Most items a Reports message may hold: a larger one is rejected as a whole. */
 export const MAX_BATCH_ITEMS = 4096;

@@ -11,14 +11,21 @@ import { after, before, describe, it } from "node:test";
 import { type JsonValue, create, fromJson, toJson } from "@bufbuild/protobuf";
 import { type Value, ValueSchema } from "@bufbuild/protobuf/wkt";
 import * as grpc from "@grpc/grpc-js";
+import { mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import {
+  ELEMENT_FOLDERS_VERSION,
   type LogLevel,
+  MIN_SESSION_PROTOCOL_VERSION,
   SESSION_PROTOCOL_VERSION,
   acknowledgedReports,
   createLogger,
   isAcknowledgedReport,
   serviceDefinition,
+  versionRefusal,
 } from "@nexusflow/common";
+import { FilesystemArtifactStore } from "@nexusflow/common/artifacts";
 import {
   AckedSchema,
   type Attach,
@@ -36,6 +43,7 @@ import {
   type SessionResponse,
   SessionResponseSchema,
 } from "@nexusflow/gen";
+import { ArtifactLogSink } from "./artifact-log-sink.js";
 import { isExecutorError } from "./errors.js";
 import { Executor, type ExecutorState } from "./executor.js";
 import { waitFor } from "./handlers/test-context.js";
@@ -130,6 +138,11 @@ interface FakeSchedulerOptions {
    * scheduler older than versions (default: the suite's, {@link schedulerProtocolVersion}).
    */
   protocolVersion?: number;
+  /**
+   * The highest protocol version it speaks: an Attach naming a higher one ends its session with
+   * FAILED_PRECONDITION naming the versions spoken, as a scheduler does (default: any).
+   */
+  speaks?: number;
 }
 
 /** The protocol version of the fake scheduler, unless a test names one. */
@@ -190,6 +203,17 @@ class FakeScheduler {
       for (const message of messages) {
         session.record(message);
         if (isAcknowledgedReport(message)) reports++;
+      }
+      const speaks = this.options.speaks;
+      if (request.message.case === "attach" && speaks !== undefined) {
+        const offered = request.message.value.protocolVersion;
+        if (offered > speaks) {
+          call.emit("error", {
+            code: grpc.status.FAILED_PRECONDITION,
+            details: versionRefusal(offered, MIN_SESSION_PROTOCOL_VERSION, speaks),
+          });
+          return;
+        }
       }
       if (acknowledgedReports(request.message) > 0 && this.options.ackReports !== false)
         session.send({ case: "acked", value: create(AckedSchema, { through: BigInt(reports) }) });
@@ -1046,14 +1070,17 @@ describe("Executor batches (session protocol version 2)", { timeout: 60_000 }, (
     return { scheduler, executor, session };
   };
 
-  it("start() rejects with ATTACH_REFUSED when the scheduler does not speak its protocol version", async () => {
+  it("start() rejects with ATTACH_REFUSED when the scheduler speaks none of its protocol versions", async () => {
     const server = new grpc.Server();
     servers.push(server);
-    const details =
-      "attach.protocol_version: the executor speaks session protocol version 2, this scheduler versions 1 to 1";
+    const details = versionRefusal(SESSION_PROTOCOL_VERSION, 7, 9);
+    let attaches = 0;
     server.addService(serviceDefinition(ExecutorService), {
       session: (call: ServerCall) =>
-        call.once("data", () => call.emit("error", { code: grpc.status.FAILED_PRECONDITION, details })),
+        call.once("data", () => {
+          attaches++;
+          call.emit("error", { code: grpc.status.FAILED_PRECONDITION, details });
+        }),
     });
     const port = await bind(server, 0);
     const executor = new Executor({ schedulerAddress: `127.0.0.1:${port}`, logger });
@@ -1063,6 +1090,7 @@ describe("Executor batches (session protocol version 2)", { timeout: 60_000 }, (
       (e) => isExecutorError(e, "ATTACH_REFUSED") && e.message.endsWith(`FAILED_PRECONDITION: ${details}`),
     );
     assert.equal(executor.state, "STOPPED");
+    assert.equal(attaches, 1, "no version of its own to fall back to");
   });
 
   it("says which protocol version it speaks in the Attach", async () => {
@@ -1132,4 +1160,96 @@ describe("Executor batches (session protocol version 2)", { timeout: 60_000 }, (
       assert.equal(executor.state, "STOPPED");
     },
   );
+});
+
+describe("Executor, map elements' folders by session protocol version", { timeout: 60_000 }, () => {
+  let root: string;
+  let store: FilesystemArtifactStore;
+  before(async () => {
+    root = await mkdtemp(join(tmpdir(), "nf-executor-element-folders-"));
+    store = new FilesystemArtifactStore({ root });
+    await store.ensureReady();
+  });
+  after(async () => {
+    await Promise.all(executors.map((e) => e.stop("test over")));
+    for (const server of servers) server.forceShutdown();
+    await rm(root, { recursive: true, force: true });
+  });
+
+  /** An executor storing in `store` (outputs over 64 bytes offloaded) attached to `scheduler`. */
+  const started = async (scheduler: FakeScheduler) => {
+    const executor = newExecutor(scheduler, {
+      artifacts: store,
+      logSink: new ArtifactLogSink({ store }),
+      offloadThresholdBytes: 64,
+    });
+    executor.register("element", (input: { i: number }, ctx) => {
+      ctx.log.info(`element ${input.i}`);
+      return { i: input.i, pad: "x".repeat(200) };
+    });
+    await executor.start();
+    return executor;
+  };
+
+  /** Sends element 3 of a map step on `session` and returns the folder its Completed names. */
+  const runElement = async (session: FakeSession): Promise<{ folder: string; l: Lease }> => {
+    await session.take("credit");
+    const l = lease("element", { i: 3 });
+    l.elementIndex = 3;
+    session.send({ case: "lease", value: l });
+    const done = await session.take("completed", (c) => sameKey(c.key, keyOf(l)));
+    const output = done.outputRef?.key ?? "";
+    assert.ok(output.endsWith("output.json"), "offloaded");
+    assert.equal(done.logs?.key, output.replace(/output\.json$/, "logs.jsonl"));
+    return { folder: output.slice(0, -"output.json".length), l };
+  };
+
+  it(`stores a map element in its own folder on a session of version ${ELEMENT_FOLDERS_VERSION}`, async () => {
+    const scheduler = await FakeScheduler.start(0, { protocolVersion: ELEMENT_FOLDERS_VERSION });
+    await started(scheduler);
+    const session = await scheduler.session(0);
+    assert.equal((await session.take("attach")).protocolVersion, SESSION_PROTOCOL_VERSION);
+    const { folder, l } = await runElement(session);
+    assert.equal(folder, `runs/${l.runId}/${l.stepId}/element-3/attempt-1/`);
+  });
+
+  it("attaches again with the version an older scheduler speaks, then stores map elements in the step's folder", async () => {
+    const scheduler = await FakeScheduler.start(0, { protocolVersion: 2, speaks: 2 });
+    const executor = await started(scheduler);
+    const refused = await scheduler.session(0);
+    assert.equal((await refused.take("attach")).protocolVersion, SESSION_PROTOCOL_VERSION);
+    const session = await scheduler.session(1);
+    assert.equal((await session.take("attach")).protocolVersion, 2);
+    assert.equal(executor.state, "ATTACHED");
+    const { folder, l } = await runElement(session);
+    // What the older scheduler's check takes: the step's attempt folder, as before element folders.
+    assert.equal(folder, `runs/${l.runId}/${l.stepId}/attempt-1/`);
+    assert.equal(scheduler.sessions.length, 2, "one refused session, one attached");
+  });
+
+  it("without the versions in the refusal, tries the version below its own", async () => {
+    const server = new grpc.Server();
+    servers.push(server);
+    const offered: number[] = [];
+    server.addService(serviceDefinition(ExecutorService), {
+      session: (call: ServerCall) =>
+        call.once("data", (request: SessionRequest) => {
+          const version = request.message.case === "attach" ? request.message.value.protocolVersion : 0;
+          offered.push(version);
+          call.emit("error", {
+            code: grpc.status.FAILED_PRECONDITION,
+            details: `attach.protocol_version: version ${version} is not spoken here`,
+          });
+        }),
+    });
+    const port = await bind(server, 0);
+    const executor = new Executor({ schedulerAddress: `127.0.0.1:${port}`, logger });
+    executors.push(executor);
+    await assert.rejects(executor.start(), (e) => isExecutorError(e, "ATTACH_REFUSED"));
+    assert.deepEqual(
+      offered,
+      Array.from({ length: SESSION_PROTOCOL_VERSION }, (_, i) => SESSION_PROTOCOL_VERSION - i),
+      "each version it speaks once, newest first",
+    );
+  });
 });

@@ -12,7 +12,12 @@
  */
 import { create } from "@bufbuild/protobuf";
 import * as grpc from "@grpc/grpc-js";
-import { type Logger, SESSION_PROTOCOL_VERSION } from "@nexusflow/common";
+import {
+  ELEMENT_FOLDERS_VERSION,
+  type Logger,
+  MIN_SESSION_PROTOCOL_VERSION,
+  SESSION_PROTOCOL_VERSION,
+} from "@nexusflow/common";
 import { TaskErrorType } from "@nexusflow/common/task-error-types";
 import {
   type AttachAck,
@@ -21,6 +26,7 @@ import {
   CreditSchema,
   DrainSchema,
   HeartbeatSchema,
+  type Lease,
   type LeaseKey,
   PongSchema,
   type Rejected,
@@ -61,7 +67,13 @@ import { type Link, newLink } from "./replica-links.js";
 import { ReplicaDiscovery } from "./replica-discovery.js";
 import { type ReplicaMap } from "./replica-map.js";
 import { ReplicaRouting } from "./replica-routing.js";
-import { type SessionCall, SchedulerSession, type SessionEnd, openSessionCall } from "./scheduler-session.js";
+import {
+  type SessionCall,
+  SchedulerSession,
+  type SessionEnd,
+  fallbackVersion,
+  openSessionCall,
+} from "./scheduler-session.js";
 import { RunningTasks, describeKey } from "./running-tasks.js";
 import { advertisedTypes, servedHandler } from "./served-types.js";
 import { runSessionLoop } from "./session-loop.js";
@@ -76,6 +88,21 @@ export type { ExecutorState } from "./executor-state.js";
 export type StateListener = (state: ExecutorState, previous: ExecutorState) => void;
 
 export { FATAL_ATTACH_CODES } from "./session-loop.js";
+
+/**
+ * The lease as the session's protocol version means it. Below version 3
+ * ({@link ELEMENT_FOLDERS_VERSION}) the scheduler wants each element of a map step to store in the
+ * step's attempt folder, as executors did before element folders (it checks a report's keys
+ * against that folder): the element index is left out, so the attempt stores there.
+ */
+function spokenLease(lease: Lease, session: SchedulerSession): Lease {
+  if (
+    lease.elementIndex !== undefined &&
+    (session.protocolVersion ?? MIN_SESSION_PROTOCOL_VERSION) < ELEMENT_FOLDERS_VERSION
+  )
+    lease.elementIndex = undefined;
+  return lease;
+}
 
 /** Used when AttachAck carries no heartbeat interval. */
 const DEFAULT_HEARTBEAT_INTERVAL_MS = 2_000;
@@ -398,8 +425,35 @@ export class Executor {
     start?.reject(error);
   }
 
-  /** Opens one session of `link` and resolves when it ends (never rejects). */
-  #openSession(run: Run, link: Link, metadata: grpc.Metadata): Promise<SessionEnd> {
+  /**
+   * Opens a session of `link`, attaching with {@link SESSION_PROTOCOL_VERSION}, and resolves when
+   * it ends (never rejects). A scheduler that does not speak that version (an older one, during a
+   * rolling upgrade) refuses the Attach naming the versions it speaks: the session is opened again
+   * at once with the highest of them this executor speaks (scheduler-session.ts fallbackVersion).
+   * Each new session tries the newest version first, so an upgraded scheduler gets it.
+   */
+  async #openSession(run: Run, link: Link, metadata: grpc.Metadata): Promise<SessionEnd> {
+    let version = SESSION_PROTOCOL_VERSION;
+    for (;;) {
+      const end = await this.#openSessionAt(run, link, metadata.clone(), version);
+      const next = fallbackVersion(end, version);
+      if (next === undefined || !reconnects(this.#state) || link.closing.signal.aborted || link.retired)
+        return end;
+      (link.primary ? this.#logger : this.#logger.child({ scheduler_address: link.address })).info(
+        { protocolVersion: version, fallbackVersion: next, details: end.details },
+        "the scheduler does not speak this session protocol version; attaching with an older one",
+      );
+      version = next;
+    }
+  }
+
+  /** Opens one session of `link` attaching with `protocolVersion`; resolves when it ends (never rejects). */
+  #openSessionAt(
+    run: Run,
+    link: Link,
+    metadata: grpc.Metadata,
+    protocolVersion: number,
+  ): Promise<SessionEnd> {
     let call: SessionCall;
     try {
       call = openSessionCall(link.client, metadata);
@@ -425,7 +479,7 @@ export class Executor {
         labels: { ...this.#options.labels },
         version: this.#options.version,
         heldLeases: this.#routing.heldLeases(this.#tasks.keys()),
-        protocolVersion: SESSION_PROTOCOL_VERSION,
+        protocolVersion,
       }),
     });
     return session.ended;
@@ -472,11 +526,11 @@ export class Executor {
     }
     switch (message.case) {
       case "lease":
-        this.#intake.take(link, message.value);
+        this.#intake.take(link, spokenLease(message.value, session));
         return;
       case "leases":
         // Each as if it had come alone, in order.
-        for (const lease of message.value.leases) this.#intake.take(link, lease);
+        for (const lease of message.value.leases) this.#intake.take(link, spokenLease(lease, session));
         return;
       case "cancel":
         this.#onCancel(message.value);

@@ -10,10 +10,14 @@
  * speaks protocol version 2 (AttachAck.protocol_version); one that does not gets each at once,
  * alone. Any other message written flushes them first, so the scheduler sees everything in the
  * order it was made.
+ *
+ * A scheduler that does not speak the version an Attach names ends the session with
+ * FAILED_PRECONDITION naming the versions it speaks: {@link fallbackVersion} says which to attach
+ * with next.
  */
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
-import type * as grpc from "@grpc/grpc-js";
-import type { Logger } from "@nexusflow/common";
+import * as grpc from "@grpc/grpc-js";
+import { type Logger, MIN_SESSION_PROTOCOL_VERSION, refusedVersionRange } from "@nexusflow/common";
 import {
   ExecutorService,
   HeartbeatSchema,
@@ -36,6 +40,23 @@ export interface SessionEnd {
   readonly attached: boolean;
   readonly code: grpc.status;
   readonly details: string;
+}
+
+/**
+ * The session protocol version to attach with after a session that offered `offered` ended as
+ * `end`, or undefined to attach with none other. A scheduler that does not speak `offered` refuses
+ * the Attach, before its AttachAck, with FAILED_PRECONDITION and "attach.protocol_version: ...,
+ * this scheduler versions {min} to {max}; ...": then the highest it speaks, when that is lower
+ * than `offered` and not below what this executor speaks; for such a refusal without the range,
+ * the version below `offered`.
+ */
+export function fallbackVersion(end: SessionEnd, offered: number): number | undefined {
+  if (end.attached || end.code !== grpc.status.FAILED_PRECONDITION) return undefined;
+  const range = refusedVersionRange(end.details);
+  if (range === undefined) return undefined;
+  const next = range.max ?? offered - 1;
+  if (next >= offered || next < MIN_SESSION_PROTOCOL_VERSION || next < (range.min ?? next)) return undefined;
+  return next;
 }
 
 const SESSION = ExecutorService.method.session;
@@ -92,6 +113,8 @@ export class SchedulerSession {
   readonly #options: SchedulerSessionOptions;
   readonly #changes = new Changes();
   #state: SessionState;
+  /** See {@link SchedulerSession.protocolVersion}. */
+  #protocolVersion: number | undefined;
 
   constructor(call: SessionCall, options: SchedulerSessionOptions) {
     this.number = options.number;
@@ -136,6 +159,14 @@ export class SchedulerSession {
   get id(): string | undefined {
     const s = this.#state;
     return s.t === "attached" || s.t === "closing" ? s.id : undefined;
+  }
+
+  /**
+   * The protocol version of the session once attached (the AttachAck's; 1 for a scheduler older
+   * than versions, whose AttachAck says 0), also while closing; undefined before.
+   */
+  get protocolVersion(): number | undefined {
+    return this.#protocolVersion;
   }
 
   /** Attached and not closing: leases may come, and reports and credit may go. */
@@ -193,6 +224,7 @@ export class SchedulerSession {
           })
         : undefined;
     // The Attach itself was the last write.
+    this.#protocolVersion = Math.max(protocolVersion, MIN_SESSION_PROTOCOL_VERSION);
     this.#enter({ t: "attached", id, frames, heartbeat, wroteSinceTick: true });
     return true;
   }

@@ -201,7 +201,9 @@ describe("batched session frames", () => {
     assert.equal(status.code, grpc.status.FAILED_PRECONDITION);
     assert.match(
       status.details,
-      /^attach\.protocol_version: the executor speaks session protocol version 99, this scheduler versions 1 to 2/,
+      new RegExp(
+        `^attach\\.protocol_version: the executor speaks session protocol version 99, this scheduler versions 1 to ${SESSION_PROTOCOL_VERSION};`,
+      ),
     );
 
     const negative = new RawSession(scheduler.address);

@@ -298,8 +298,9 @@ export type Attach = Message<"nexusflow.v1.Attach"> & {
   heldLeases: LeaseKey[];
 
   /**
-   * The session protocol version the executor speaks (see ExecutorService); 0 (unset) means 1.
-   * One the scheduler does not support ends the stream with FAILED_PRECONDITION naming both.
+   * The session protocol version the executor speaks (see ExecutorService: 2 adds batches, 3 map
+   * elements' own artifact folders); 0 (unset) means 1. One the scheduler does not support ends
+   * the stream with FAILED_PRECONDITION naming both (and the versions the scheduler speaks).
    *
    * @generated from field: int32 protocol_version = 7;
    */
@@ -349,7 +350,8 @@ export type AttachAck = Message<"nexusflow.v1.AttachAck"> & {
 
   /**
    * The protocol version of this session: the executor's (1 when its Attach had none). 0 from a
-   * scheduler that predates versions, which speaks version 1: send it no Reports.
+   * scheduler that predates versions, which speaks version 1: send it no Reports. Below 3, store
+   * every map element's objects in its step's attempt folder (element_index is not for folders).
    *
    * @generated from field: int32 protocol_version = 5;
    */
@@ -485,9 +487,11 @@ export type Lease = Message<"nexusflow.v1.Lease"> & {
    * id, so everything an attempt stores goes to its element's own folder of the artifact store:
    * `runs/{run_id}/{step_id}/element-{i}/attempt-{n}/` (logs.jsonl, logs/, output.json and the
    * handler's files) instead of the step's `runs/{run_id}/{step_id}/attempt-{n}/`, and a report's
-   * `output_ref` and `logs` keys must be in that folder. An executor that ignores the field writes
-   * every element's objects to the one step folder, where they overwrite each other: the scheduler
-   * rejects such a report (INVALID_ARGUMENT).
+   * `output_ref` and `logs` keys must be in that folder, on a session of protocol version 3 or
+   * later: there, a report with a key in the step's folder is rejected (INVALID_ARGUMENT). On a
+   * session of version 1 or 2 (an executor that ignores the field, or one attached to a scheduler
+   * older than version 3) every element's objects go to the one step folder, where they may
+   * overwrite each other, and the scheduler takes keys there as well as in the element's folder.
    *
    * @generated from field: optional int32 element_index = 11;
    */
@@ -1025,8 +1029,17 @@ export const DrainAckSchema: GenMessage<DrainAck> = /*@__PURE__*/
  *      executor may send several reports in one `reports` (Reports). Each item of a batch means
  *      exactly what it would mean alone, in its place: a batch is handled as if its items had
  *      arrived one after another, in order.
+ *   3: as 2, and a map element's attempt folder is the element's: its lease carries
+ *      `element_index` and everything the attempt stores goes to
+ *      `runs/{run_id}/{step_id}/element-{i}/attempt-{n}/`, where the scheduler wants a report's
+ *      `output_ref` and `logs` keys. On a session of version 1 or 2 the executor stores every
+ *      element of a map step in the step's `runs/{run_id}/{step_id}/attempt-{n}/`, as releases
+ *      before element folders did (the elements then share that folder), and the scheduler takes
+ *      an element's keys there too.
  * A version the scheduler does not support ends the stream with FAILED_PRECONDITION naming the
- * executor's version and the scheduler's.
+ * executor's version and the scheduler's: "attach.protocol_version: the executor speaks session
+ * protocol version {v}, this scheduler versions {min} to {max}; ...". An executor that speaks
+ * several versions attaches again, at once, with the highest of them within {min} to {max}.
  *
  * @generated from service nexusflow.v1.ExecutorService
  */

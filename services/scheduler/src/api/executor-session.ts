@@ -10,7 +10,9 @@
  * The Attach names the session protocol version (none: version 1); one this scheduler does not
  * speak ends the stream with FAILED_PRECONDITION naming both. A Reports message (version 2) is
  * handled item by item, in order, as if each item had come alone; leases go out in LeaseBatch
- * frames, already encoded, to version 2 sessions only (see lease-pump.ts).
+ * frames, already encoded, to sessions of version 2 and later only (see lease-pump.ts). The
+ * session's version goes with its reports to the rules: from version 3 a map element's keys must
+ * be in the element's own folder; below it the step's folder is taken too (core/reports.ts).
  */
 import { timestampMs } from "@bufbuild/protobuf/wkt";
 import { randomUUID } from "node:crypto";
@@ -45,6 +47,7 @@ import {
   replaceNulCharacters,
   serviceDefinition,
   valueToJsonChecked,
+  versionRefusal,
   type Logger,
 } from "@nexusflow/common";
 import {
@@ -350,12 +353,8 @@ export function executorService(
           }
           const protocolVersion = a.protocolVersion === 0 ? MIN_SESSION_PROTOCOL_VERSION : a.protocolVersion;
           if (protocolVersion < MIN_SESSION_PROTOCOL_VERSION || protocolVersion > SESSION_PROTOCOL_VERSION) {
-            fail(
-              grpc.status.FAILED_PRECONDITION,
-              `attach.protocol_version: the executor speaks session protocol version ${protocolVersion}, ` +
-                `this scheduler versions ${MIN_SESSION_PROTOCOL_VERSION} to ${SESSION_PROTOCOL_VERSION}; ` +
-                "upgrade the scheduler or run an executor release that speaks one of those",
-            );
+            // Executors read the versions spoken here from it, and attach again with one of them.
+            fail(grpc.status.FAILED_PRECONDITION, versionRefusal(protocolVersion));
             return;
           }
           if (a.executorId === "" || a.executorId.length > 200 || a.executorId.includes("\u0000")) {

@@ -27,6 +27,11 @@ export interface SessionLeases {
   readonly id: string;
   readonly executorId: string;
   readonly leases: Set<string>;
+  /**
+   * The session protocol version agreed in its attach (absent: 1): from version 3
+   * (ELEMENT_FOLDERS_VERSION) a map element's report keys must be in the element's own folder.
+   */
+  readonly protocolVersion?: number;
 }
 
 /** A timer the shell sets and, when it fires, feeds back as an input (see timeouts.ts). */

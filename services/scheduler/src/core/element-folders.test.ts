@@ -1,12 +1,17 @@
 /**
  * The elements of a map step share the step id, so each stores in its own folder
  * (`runs/{run}/{step}/element-{i}/attempt-{n}/`, Lease.element_index): a report's output_ref and
- * logs keys must be in its element's folder, not in the step's nor in another element's.
+ * logs keys must be in its element's folder, not in the step's nor in another element's, from a
+ * session of protocol version 3 (ELEMENT_FOLDERS_VERSION). An executor of an older session stores
+ * every element in the step's attempt folder, as releases before element folders did: there, the
+ * step's folder is taken too (a rolling upgrade must not fail every map element).
  */
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { attemptPrefix } from "@nexusflow/common/artifacts";
 import type { TaskState } from "../model/run-state.js";
+import { ELEMENT_FOLDERS_VERSION } from "@nexusflow/common";
+import type { SessionLeases } from "./context.js";
 import { completed, failed } from "./reports.js";
 import { beginRun, settleRuns, Simulation, workflowOf } from "./simulation.js";
 
@@ -26,10 +31,20 @@ const fan = workflowOf({
   ],
 });
 
-/** A run of `fan` whose 12 elements are all leased, by index. */
-function leasedElements(): { sim: Simulation; s: ReturnType<Simulation["session"]>; elements: TaskState[] } {
+/**
+ * A run of `fan` whose 12 elements are all leased, by index, to a session of `protocolVersion`
+ * (null: none named, which is 1).
+ */
+function leasedElements(protocolVersion: number | null = ELEMENT_FOLDERS_VERSION): {
+  sim: Simulation;
+  s: SessionLeases;
+  elements: TaskState[];
+} {
   const sim = new Simulation();
-  const s = sim.session("s");
+  const s: SessionLeases = Object.assign(
+    sim.session("s"),
+    protocolVersion === null ? {} : { protocolVersion },
+  );
   beginRun(sim, fan);
   const split = sim.lease(s)!;
   const items = Array.from({ length: 12 }, (_, i) => i);
@@ -94,6 +109,32 @@ describe("map elements' artifact folders (reports)", () => {
       null,
     );
   });
+
+  for (const protocolVersion of [null, 1, 2])
+    it(`takes an element's keys in the step's attempt folder too from a session of version ${protocolVersion ?? "unnamed"}`, () => {
+      const { sim, s, elements } = leasedElements(protocolVersion);
+      const [e, other, own] = [elements[1]!, elements[2]!, elements[3]!];
+      const step = folder(e, null);
+      assert.equal(step, `runs/${e.runId}/each/attempt-1/`);
+      const ref = { key: `${step}output.json` };
+      const logs = { key: `${step}logs.jsonl`, lines: "2" };
+      assert.equal(completed(sim.core, s, sim.key(e), null, ref, logs, sim.at()), null);
+      assert.deepEqual(e.outputRef, ref);
+      // Its own folder is taken as well; another element's, or another attempt's, still is not.
+      assert.equal(
+        completed(sim.core, s, sim.key(own), null, { key: `${folder(own)}output.json` }, null, sim.at()),
+        null,
+      );
+      for (const key of [`${folder(e)}output.json`, `runs/${e.runId}/each/attempt-2/output.json`]) {
+        const rejection = completed(sim.core, s, sim.key(other), null, { key }, null, sim.at());
+        assert.equal(rejection?.code, "INVALID_ARGUMENT", key);
+      }
+      const failure = { type: "BOOM", message: "broke", retryable: false };
+      assert.equal(
+        failed(sim.core, s, sim.key(other), failure, 0, { key: `${step}logs.jsonl`, lines: "1" }, sim.at()),
+        null,
+      );
+    });
 
   it("still wants a plain step's keys in the step's attempt folder", () => {
     const sim = new Simulation();

@@ -5,7 +5,7 @@
  */
 import { TaskErrorType } from "@nexusflow/common/task-error-types";
 import type { LeaseKey } from "@nexusflow/gen";
-import { jsonToValue } from "@nexusflow/common";
+import { ELEMENT_FOLDERS_VERSION, MIN_SESSION_PROTOCOL_VERSION, jsonToValue } from "@nexusflow/common";
 import { attemptPrefix, checkKey, toArtifactRef } from "@nexusflow/common/artifacts";
 import type { ErrorInfo, TaskState } from "../model/run-state.js";
 import { advanceCompensation } from "./compensation.js";
@@ -18,10 +18,11 @@ import { mapOutputResolved, mapOutputUnavailable } from "./maps.js";
 import { keysRead } from "./unread-keys.js";
 import { detach, failTerminally, finishAttempt, endTask, taskKind } from "./transitions.js";
 
-/** Who reports: the session and its executor. */
+/** Who reports: the session, its executor and its protocol version (absent: 1). */
 export interface Reporter {
   readonly id: string;
   readonly executorId: string;
+  readonly protocolVersion?: number;
 }
 
 /**
@@ -89,15 +90,26 @@ export function heartbeat(
  * output back into the run, and serves logs by these keys, so a key elsewhere (another run's
  * output, any object of the store) would hand an executor whatever it names. INVALID_ARGUMENT,
  * before anything changes; null when every key is the attempt's own.
+ *
+ * A map element's folder is its own (the elements share the step id, see Lease.element_index) on
+ * a session of protocol version 3 (ELEMENT_FOLDERS_VERSION) or later. An executor of an older
+ * session (an older release, or ours attached to an older scheduler) ignores element_index and
+ * stores every element's objects in the step's attempt folder, shared by the step's elements (the
+ * old bug: their outputs may overwrite each other) until it is upgraded: from such a session the
+ * step's attempt folder is taken too, so that a rolling upgrade does not fail every map element.
  */
-function foreignRefs(task: TaskState, refs: Record<string, unknown>): Rejection | null {
-  let prefix: string | undefined;
+function foreignRefs(
+  task: TaskState,
+  protocolVersion: number,
+  refs: Record<string, unknown>,
+): Rejection | null {
+  const folders: string[] = [];
   try {
-    // A map element's: its own folder (the elements share the step id, see Lease.element_index).
-    prefix = attemptPrefix(task.runId, task.stepId, task.attempt, task.kind, task.elementIndex);
+    folders.push(attemptPrefix(task.runId, task.stepId, task.attempt, task.kind, task.elementIndex));
+    if (task.elementIndex !== undefined && protocolVersion < ELEMENT_FOLDERS_VERSION)
+      folders.push(attemptPrefix(task.runId, task.stepId, task.attempt, task.kind));
   } catch {
     // No folder can be named for the attempt: no key is its own.
-    prefix = undefined;
   }
   for (const [field, ref] of Object.entries(refs)) {
     if (ref === null || ref === undefined) continue;
@@ -106,14 +118,15 @@ function foreignRefs(task: TaskState, refs: Record<string, unknown>): Rejection 
     if (field === "logs" && (key === undefined || key === "")) continue;
     let ok = false;
     try {
-      ok = prefix !== undefined && typeof key === "string" && checkKey(key) === key && key.startsWith(prefix);
+      ok =
+        typeof key === "string" && checkKey(key) === key && folders.some((folder) => key.startsWith(folder));
     } catch {
       ok = false;
     }
     if (!ok)
       return {
         code: "INVALID_ARGUMENT",
-        message: `${field}.key ${JSON.stringify(String(key)).slice(0, 300)} is not in the attempt's own folder ${prefix ?? ""}`,
+        message: `${field}.key ${JSON.stringify(String(key)).slice(0, 300)} is not in the attempt's own folder ${folders.join(" or ")}`,
       };
   }
   return null;
@@ -131,7 +144,10 @@ export function completed(
 ): Rejection | null {
   const task = checkReport(core, session, key);
   if (isRejection(task)) return task;
-  const foreign = foreignRefs(task, { output_ref: outputRef, logs });
+  const foreign = foreignRefs(task, session.protocolVersion ?? MIN_SESSION_PROTOCOL_VERSION, {
+    output_ref: outputRef,
+    logs,
+  });
   if (foreign !== null) return foreign;
   if (task.status === "LEASED") markStarted(core, task, session.executorId, at);
   const run = core.runs.get(task.runId);
@@ -179,7 +195,7 @@ export function failed(
 ): Rejection | null {
   const task = checkReport(core, session, key);
   if (isRejection(task)) return task;
-  const foreign = foreignRefs(task, { logs });
+  const foreign = foreignRefs(task, session.protocolVersion ?? MIN_SESSION_PROTOCOL_VERSION, { logs });
   if (foreign !== null) return foreign;
   if (task.status === "LEASED") markStarted(core, task, session.executorId, at);
   if (pauseKeyUntilMs > at.now.getTime())

@@ -29,7 +29,10 @@ export interface SessionHandle {
   readonly id: string;
   readonly executorId: string;
   readonly types: ReadonlySet<string>;
-  /** The session protocol version agreed in the attach (absent: 1); 2 and later take LeaseBatch frames. */
+  /**
+   * The session protocol version agreed in the attach (absent: 1); 2 and later take LeaseBatch
+   * frames; from 3 a map element's reports name keys in the element's own folder (core/reports.ts).
+   */
   readonly protocolVersion?: number;
   /** Leases the executor can still take. */
   credit: number;
