@@ -13,6 +13,7 @@ import type { TaskState } from "../model/run-state.js";
 import { ELEMENT_FOLDERS_VERSION } from "@nexusflow/common";
 import type { SessionLeases } from "./context.js";
 import { completed, failed } from "./reports.js";
+import { reclaim } from "./sessions.js";
 import { beginRun, settleRuns, Simulation, workflowOf } from "./simulation.js";
 
 const fan = workflowOf({
@@ -135,6 +136,43 @@ describe("map elements' artifact folders (reports)", () => {
         null,
       );
     });
+
+  it("judges by the session a lease was granted on, not by the one reporting it", () => {
+    // Granted on version 2 (the executor stores in the step's folder), then its executor
+    // re-attached to an upgraded scheduler at version 3 and reports there.
+    const { sim, s, elements } = leasedElements(2);
+    const e = elements[4]!;
+    const s3: SessionLeases = Object.assign(sim.session("s3"), {
+      executorId: s.executorId,
+      protocolVersion: ELEMENT_FOLDERS_VERSION,
+    });
+    assert.deepEqual(reclaim(sim.core, s3, [sim.key(e)]), []);
+    assert.equal(e.sessionId, s3.id);
+    const ref = { key: `${folder(e, null)}output.json` };
+    assert.equal(completed(sim.core, s3, sim.key(e), null, ref, null, sim.at()), null);
+    // A lease recovered from storage (granted by an earlier process): whichever folder it used.
+    const recovered = elements[5]!;
+    recovered.elementFolder = undefined;
+    assert.deepEqual(reclaim(sim.core, s3, [sim.key(recovered)]), []);
+    const stepRef = { key: `${folder(recovered, null)}output.json` };
+    assert.equal(completed(sim.core, s3, sim.key(recovered), null, stepRef, null, sim.at()), null);
+    // Granted on version 3: its own folder only, whatever session reports it.
+    const v3 = leasedElements(ELEMENT_FOLDERS_VERSION);
+    const own = v3.elements[4]!;
+    assert.equal(own.elementFolder, true);
+    assert.equal(
+      completed(
+        v3.sim.core,
+        v3.s,
+        v3.sim.key(own),
+        null,
+        { key: `${folder(own, null)}output.json` },
+        null,
+        v3.sim.at(),
+      )?.code,
+      "INVALID_ARGUMENT",
+    );
+  });
 
   it("still wants a plain step's keys in the step's attempt folder", () => {
     const sim = new Simulation();

@@ -3,6 +3,7 @@
  * token; the lease is sent only once that is committed, and only if it still stands then. A task
  * whose input no executor could decode is failed instead of leased (see {@link leaseInputProblem}).
  */
+import { ELEMENT_FOLDERS_VERSION, MIN_SESSION_PROTOCOL_VERSION } from "@nexusflow/common";
 import { TaskErrorType } from "@nexusflow/common/task-error-types";
 import {
   ACTIVE_LEASE,
@@ -185,6 +186,8 @@ export function grantLease(
   task.executorId = session.executorId;
   task.sessionId = session.id;
   task.queuedAt = null;
+  if (task.elementIndex !== undefined)
+    task.elementFolder = (session.protocolVersion ?? MIN_SESSION_PROTOCOL_VERSION) >= ELEMENT_FOLDERS_VERSION;
   const attempt = leasedAttempt(task, session.executorId, now);
   task.current = attempt;
   const startToClose = run.workflow.stepsById.get(task.stepId)?.timeouts.startToCloseMs ?? null;

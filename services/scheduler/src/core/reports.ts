@@ -96,7 +96,9 @@ export function heartbeat(
  * session (an older release, or ours attached to an older scheduler) ignores element_index and
  * stores every element's objects in the step's attempt folder, shared by the step's elements (the
  * old bug: their outputs may overwrite each other) until it is upgraded: from such a session the
- * step's attempt folder is taken too, so that a rolling upgrade does not fail every map element.
+ * step's attempt folder is taken too, so that a rolling upgrade does not fail every map element;
+ * and so it is for a lease granted on such a session and reported on a newer one (its executor
+ * re-attached to an upgraded scheduler), or recovered from storage (TaskState.elementFolder).
  */
 function foreignRefs(
   task: TaskState,
@@ -106,7 +108,12 @@ function foreignRefs(
   const folders: string[] = [];
   try {
     folders.push(attemptPrefix(task.runId, task.stepId, task.attempt, task.kind, task.elementIndex));
-    if (task.elementIndex !== undefined && protocolVersion < ELEMENT_FOLDERS_VERSION)
+    // The folder the lease's executor was told to use (its grant's session), or, for a lease
+    // recovered from storage, whichever it used.
+    if (
+      task.elementIndex !== undefined &&
+      (protocolVersion < ELEMENT_FOLDERS_VERSION || task.elementFolder !== true)
+    )
       folders.push(attemptPrefix(task.runId, task.stepId, task.attempt, task.kind));
   } catch {
     // No folder can be named for the attempt: no key is its own.

@@ -155,6 +155,15 @@ export interface TaskState {
    * `<step>[<index>]` (a step id cannot hold "["), `stepId` is the map step's own in memory.
    */
   elementIndex?: number | undefined;
+  /**
+   * A map element's current lease was granted on a session of protocol version 3 or later
+   * (common/src/session.ts ELEMENT_FOLDERS_VERSION): its executor stores the element's objects in
+   * the element's own folder, and only there is a key of its reports its own (core/reports.ts
+   * foreignRefs), whatever session reports it later. False after a grant on an older session,
+   * undefined for a lease this process did not grant (recovered from storage): the step's folder
+   * is taken too then. In memory only.
+   */
+  elementFolder?: boolean | undefined;
 }
 
 /**
