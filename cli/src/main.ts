@@ -51,6 +51,7 @@ const OPERATOR_USAGE = `Operator commands (talk to the gateway):
   events list [--prefix P] [--limit N] [--page-token T]
   logs <run-id> <step-id> [--attempt N] [--follow]
                                   a task's log lines; one that is not there is an error saying where it looked
+                                  (<step-id>: a step, step.compensation, or step[i] for element i of a map step)
   artifacts list <run-id> [<step-id>]
                                   what a run's tasks stored: step, attempt, name, size, content type
   artifacts get <run-id> <step-id> <name> [--attempt N] [-o FILE|-] [--force] [--stream]
