@@ -106,6 +106,7 @@ export {
   reclaim,
   sessionLost,
   type AskedLeases,
+  type RunRules,
   type Attached,
 } from "./sessions.js";
 export { armStartToClose } from "./timers.js";

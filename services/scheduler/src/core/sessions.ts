@@ -226,6 +226,7 @@ export function listedHeld(
   held: readonly LeaseKey[],
   at: Moment,
   judges: (runId: string) => boolean = () => true,
+  each: RunRules = direct,
 ): number {
   const listed = new Set(held.map((k) => `${k.taskRunId}/${k.attempt}/${k.fencingToken}`));
   let expired = 0;
@@ -240,13 +241,15 @@ export function listedHeld(
       !judges(task.runId)
     )
       continue;
-    core.fx.cancelLease(task, "the executor does not list this lease as held");
-    expireLost(
-      core,
-      task,
-      `executor ${session.executorId} does not hold this lease (not in its list of held leases)`,
-      at,
-    );
+    each(core.runs.get(task.runId), () => {
+      core.fx.cancelLease(task, "the executor does not list this lease as held");
+      expireLost(
+        core,
+        task,
+        `executor ${session.executorId} does not hold this lease (not in its list of held leases)`,
+        at,
+      );
+    });
     expired++;
   }
   return expired;

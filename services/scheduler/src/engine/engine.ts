@@ -276,6 +276,7 @@ export class Engine {
       detach: (session) => this.detachSession(session),
       judges: (runId) => this.partitions.judges(runId),
       pump: () => this.schedulePump(),
+      confine: (run, fn) => this.confined(run, fn),
     });
     this.waits = new DurableWaits({
       core: this.core,

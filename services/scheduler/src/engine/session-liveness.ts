@@ -27,6 +27,8 @@ export interface SessionLivenessHost {
   judges(runId: string): boolean;
   /** Hand out leases soon. */
   pump(): void;
+  /** Applies one run's rules, a fault in them failing that run only (engine/faults.ts). */
+  readonly confine: core.RunRules;
 }
 
 /** See the module comment. */
@@ -41,7 +43,14 @@ export class SessionLiveness {
     const at = host.moment();
     this.nonce++;
     for (const s of host.sessions()) {
-      for (const id of s.leases) core.checkHeartbeat(host.core, id, at);
+      // A fault in one run's rules fails that run; the tick goes on (it runs on a timer: a throw
+      // out of it would end the process).
+      for (const id of s.leases) {
+        const task = host.core.tasks.get(id);
+        host.confine(task === undefined ? undefined : host.core.runs.get(task.runId), () =>
+          core.checkHeartbeat(host.core, id, at),
+        );
+      }
       if (core.isSilent(s.lastSeen, at.mono, host.sessionTimeoutMs)) {
         host.log.warn(
           { session_id: s.id, executor_id: s.executorId },
@@ -78,8 +87,14 @@ export class SessionLiveness {
     const ask = session.heldAsk;
     if (held === undefined || ask === undefined || ask.answered || ask.nonce !== nonce) return 0;
     ask.answered = true;
-    const expired = core.listedHeld(host.core, session, ask.asked, held, host.moment(), (runId) =>
-      host.judges(runId),
+    const expired = core.listedHeld(
+      host.core,
+      session,
+      ask.asked,
+      held,
+      host.moment(),
+      (runId) => host.judges(runId),
+      host.confine,
     );
     if (expired > 0) {
       host.log.warn(
