@@ -16,6 +16,7 @@ import { cancelRun, failBrokenRun } from "./runs.js";
 import { beginRun, settleRuns, Simulation, workflowOf } from "./simulation.js";
 import { completeRun } from "./transitions.js";
 import { signalReceived } from "./waits.js";
+import { throwOnce } from "./fault-injection.js";
 
 /** A child that ends when it gets signal "go". */
 const childFlow = workflowOf({ name: "child", version: 1, steps: [{ id: "w", wait: { signal: "go" } }] });
@@ -27,33 +28,6 @@ const parentFlow = workflowOf({
     { id: "after", type: "t", dependsOn: ["c"] },
   ],
 });
-
-/** Makes `obj[key]` throw `message` once, the first time it is read or written while `when()` holds. */
-function throwOnce<T extends object>(
-  obj: T,
-  key: keyof T & string,
-  when: () => boolean,
-  message: string,
-): void {
-  let value = obj[key];
-  let thrown = false;
-  const strike = (): void => {
-    if (thrown || !when()) return;
-    thrown = true;
-    throw new Error(message);
-  };
-  Object.defineProperty(obj, key, {
-    configurable: true,
-    get: () => {
-      strike();
-      return value;
-    },
-    set: (v: T[keyof T & string]) => {
-      strike();
-      value = v;
-    },
-  });
-}
 
 /** A parent run with its child started (what the shell does for the child start asked for). */
 function family(sim: Simulation): { parent: RunState; child: RunState } {
@@ -77,7 +51,7 @@ void describe("rules of a run reached from another's (core)", () => {
     const sim = new Simulation();
     sim.confineFaults = true;
     const { parent, child } = family(sim);
-    throwOnce(parent, "workflow", () => TERMINAL_RUN_STATUSES.has(child.status), "parent fault");
+    throwOnce(parent, "workflow", "both", () => TERMINAL_RUN_STATUSES.has(child.status), "parent fault");
     signalReceived(sim.core, child, { name: "go", key: null, payload: 1 }, sim.at().now);
     assert.equal(child.status, "SUCCEEDED");
     assert.ok(sim.written.runs.has(child));
@@ -93,7 +67,7 @@ void describe("rules of a run reached from another's (core)", () => {
   it("by default the simulation throws such a fault on (a test sees its bug), recorded all the same", () => {
     const sim = new Simulation();
     const { parent, child } = family(sim);
-    throwOnce(parent, "workflow", () => TERMINAL_RUN_STATUSES.has(child.status), "parent fault");
+    throwOnce(parent, "workflow", "both", () => TERMINAL_RUN_STATUSES.has(child.status), "parent fault");
     assert.throws(
       () => signalReceived(sim.core, child, { name: "go", key: null, payload: 1 }, sim.at().now),
       /parent fault/,
@@ -108,7 +82,7 @@ void describe("rules of a run reached from another's (core)", () => {
     const sim = new Simulation();
     sim.confineFaults = true;
     const { parent, child } = family(sim);
-    throwOnce(child, "cancelRequested", () => true, "child fault");
+    throwOnce(child, "cancelRequested", "both", () => true, "child fault");
     assert.equal(cancelRun(sim.core, parent, "enough", false, sim.at().now), true);
     assert.equal(parent.status, "CANCELLED");
     assert.deepEqual(sim.eventsOf(parent.id).slice(-1), ["runCompleted"]);
@@ -129,7 +103,7 @@ void describe("rules of a run reached from another's (core)", () => {
       steps: [{ id: "s", type: "t" }],
     });
     const older = beginRun(sim, flow, { k: "a" });
-    throwOnce(older, "cancelRequested", () => true, "older fault");
+    throwOnce(older, "cancelRequested", "both", () => true, "older fault");
     const newer = beginRun(sim, flow, { k: "a" });
     assert.equal(newer.claim?.state, "held");
     assert.equal(newer.tasks.get("s")?.status, "QUEUED");
@@ -149,7 +123,7 @@ void describe("rules of a run reached from another's (core)", () => {
     });
     const run = beginRun(sim, flow, { k: "a" });
     assert.ok(run.claim);
-    throwOnce(run.claim, "state", () => TERMINAL_RUN_STATUSES.has(run.status), "release fault");
+    throwOnce(run.claim, "state", "both", () => TERMINAL_RUN_STATUSES.has(run.status), "release fault");
     sim.written.runs.clear();
     assert.throws(() => completeRun(sim.core, run, "SUCCEEDED", null, null, sim.at().now), /release fault/);
     assert.ok(sim.written.runs.has(run), "its row is written");
@@ -272,7 +246,7 @@ void describe("a fault in a child's rollback that its parent's rollback runs (co
     const { parent, child, read } = sagaRollingBack(sim);
     // A bug in starting the child's rollback, before it goes COMPENSATING: reading its compensations.
     onRevive(sim, child.id, (revived) =>
-      throwOnce(revived, "compensations", () => true, "child rollback fault"),
+      throwOnce(revived, "compensations", "both", () => true, "child rollback fault"),
     );
     read();
     assert.deepEqual(
@@ -298,7 +272,7 @@ void describe("a fault in a child's rollback that its parent's rollback runs (co
     // A bug in starting the child's rollback, once it is COMPENSATING: setting its waves.
     onRevive(sim, child.id, (r) => {
       revived = r;
-      throwOnce(r, "compensationWaves", () => true, "child waves fault");
+      throwOnce(r, "compensationWaves", "both", () => true, "child waves fault");
     });
     read();
     assert.ok(revived);

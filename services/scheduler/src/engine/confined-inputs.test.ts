@@ -20,6 +20,7 @@ import { MemoryEngineStore } from "../persistence/memory-engine-store.js";
 import { Definitions } from "./definitions.js";
 import type { SessionHandle } from "./dispatcher.js";
 import { Engine } from "./engine.js";
+import { throwOnce } from "../core/fault-injection.js";
 
 /** A session that holds every lease it gets (no reports but the test's), by run id. */
 class Holder implements SessionHandle {
@@ -43,38 +44,6 @@ class Holder implements SessionHandle {
   }
 
   close(): void {}
-}
-
-/**
- * Makes `obj[key]` throw `message` once, the first time it is read (`on: "get"`) or written
- * (`on: "set"`) while `when()` holds; it reads and writes as before otherwise.
- */
-function throwOnce<T extends object>(
-  obj: T,
-  key: keyof T & string,
-  on: "get" | "set",
-  when: () => boolean,
-  message: string,
-): void {
-  let value = obj[key];
-  let thrown = false;
-  const strike = (): void => {
-    if (thrown || !when()) return;
-    thrown = true;
-    throw new Error(message);
-  };
-  Object.defineProperty(obj, key, {
-    configurable: true,
-    enumerable: true,
-    get: () => {
-      if (on === "get") strike();
-      return value;
-    },
-    set: (v: T[keyof T & string]) => {
-      if (on === "set") strike();
-      value = v;
-    },
-  });
 }
 
 /** A proxy that throws `message` whenever it is read: a run's evaluation, so advancing it throws. */

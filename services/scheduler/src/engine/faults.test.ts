@@ -24,6 +24,7 @@ import { Definitions } from "./definitions.js";
 import type { SessionHandle } from "./dispatcher.js";
 import { Engine } from "./engine.js";
 import { faultConfinement } from "./faults.js";
+import { throwOnce } from "../core/fault-injection.js";
 
 const log = createLogger("faults-test", "silent");
 
@@ -160,38 +161,6 @@ class HeldStore extends MemoryEngineStore {
     for (const e of events) this.addEvent(e);
     return super.drain();
   }
-}
-
-/**
- * Makes `obj[key]` throw `message` once, the first time it is read (`on: "get"`) or written
- * (`on: "set"`) while `when()` holds; it reads and writes as before otherwise.
- */
-function throwOnce<T extends object>(
-  obj: T,
-  key: keyof T & string,
-  on: "get" | "set",
-  when: () => boolean,
-  message: string,
-): void {
-  let value = obj[key];
-  let thrown = false;
-  const strike = (): void => {
-    if (thrown || !when()) return;
-    thrown = true;
-    throw new Error(message);
-  };
-  Object.defineProperty(obj, key, {
-    configurable: true,
-    enumerable: true,
-    get: () => {
-      if (on === "get") strike();
-      return value;
-    },
-    set: (v: T[keyof T & string]) => {
-      if (on === "set") strike();
-      value = v;
-    },
-  });
 }
 
 /** Makes the method `name` of `obj` throw `message` once, the first time it is called while `when()` holds. */
