@@ -1,9 +1,11 @@
 /** Small hooks the pages share. */
 import { useEffect, useRef } from "preact/hooks";
+import { poll } from "./polling";
 
 /**
- * Calls `load` now and then every `intervalMs` after the previous call ended, until the component
- * unmounts or `deps` change; each call gets a signal aborted then.
+ * Calls `load` now and then every `intervalMs` after the previous call ended, not while the page
+ * is hidden (polling.ts), until the component unmounts or `deps` change; each call gets a signal
+ * aborted then.
  */
 export function usePolling(
   load: (signal: AbortSignal) => Promise<void>,
@@ -14,19 +16,7 @@ export function usePolling(
   loadRef.current = load;
   useEffect(() => {
     const controller = new AbortController();
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    const tick = (): void => {
-      loadRef
-        .current(controller.signal)
-        .catch(() => undefined)
-        .finally(() => {
-          if (!controller.signal.aborted) timer = setTimeout(tick, intervalMs);
-        });
-    };
-    tick();
-    return () => {
-      controller.abort();
-      if (timer !== undefined) clearTimeout(timer);
-    };
+    poll((signal) => loadRef.current(signal), intervalMs, controller.signal, document);
+    return () => controller.abort();
   }, deps);
 }
