@@ -74,6 +74,8 @@ interface Behaviour {
   runsNext?: (pageToken: string) => string;
   /** GetTaskLogs fails with this, when set. */
   logsError?: ConnectError;
+  /** GetRun's `n`-th call (from 1) fails with what this returns, when set. */
+  getRunError?: (n: number) => ConnectError | undefined;
 }
 
 let behaviour: Behaviour = { runs: new Map() };
@@ -160,6 +162,8 @@ describe("web UI with hostile data and a misbehaving API", () => {
       router.service(WorkflowService, {
         getRun(req) {
           calls.getRun++;
+          const refused = behaviour.getRunError?.(calls.getRun);
+          if (refused !== undefined) throw refused;
           const run = behaviour.runs.get(req.runId);
           if (run === undefined) throw new ConnectError(`run ${req.runId} not found`, Code.NotFound);
           return { run };
@@ -371,7 +375,11 @@ describe("web UI with hostile data and a misbehaving API", () => {
     );
     await last.click({ timeout: 20_000 });
     await page.getByRole("heading", { name: `Step s${CHAIN - 1}: succeeded` }).waitFor({ timeout: 20_000 });
-    assert.equal(await page.locator('svg.dag g.dag-node[data-step="s0"]').count(), 0, "far boxes dropped");
+    // Far boxes dropped (the drawing follows the scroll on the next frame: waited for, on a busy
+    // machine it may come after the click's heading).
+    await until("the far boxes dropped", async () =>
+      (await page.locator('svg.dag g.dag-node[data-step="s0"]').count()) === 0 ? true : undefined,
+    );
 
     await page.goto(`${gateway!.url}/ui/runs/map`);
     const waiting = page.getByTestId("waiting-for");
@@ -435,6 +443,49 @@ describe("web UI with hostile data and a misbehaving API", () => {
     await context.close();
     assert.deepEqual(errors, []);
   });
+
+  it(
+    "reads a run again when its first read fails for a while (UNAVAILABLE), but not a NotFound",
+    T,
+    async (t) => {
+      if (!chromiumOrSkip(t)) return;
+      behaviour = {
+        runs: new Map([["later", simpleRun("later", RunStatus.SUCCEEDED)]]),
+        getRunError: (n) =>
+          n === 1 ? new ConnectError("the gateway is restarting", Code.Unavailable) : undefined,
+      };
+      calls.getRun = 0;
+      const errors: string[] = [];
+      const { page, context } = await open("/ui/runs/later", errors);
+      const retrying = await until("the page to say it tries again", async () => {
+        const alert = page.getByRole("alert");
+        return (await alert.count()) > 0 ? ((await alert.first().textContent()) ?? "") : undefined;
+      });
+      assert.match(retrying, /the gateway is restarting \(trying again in 2 s\)/);
+      await until("the run shown", async () =>
+        (await page.getByTestId("run-status").count()) > 0 ? true : undefined,
+      );
+      assert.equal(await page.getByTestId("run-status").textContent(), "succeeded");
+      assert.equal(calls.getRun, 2);
+      // A run that is not there is said once, not asked again.
+      await context.close();
+      delete behaviour.getRunError;
+      calls.getRun = 0;
+      const second = await open("/ui/runs/missing", errors);
+      const missing = await until("the page to say the run is missing", async () => {
+        const alert = second.page.getByRole("alert");
+        return (await alert.count()) > 0 ? ((await alert.first().textContent()) ?? "") : undefined;
+      });
+      assert.match(missing, /run missing not found/);
+      assert.doesNotMatch(missing, /trying again/);
+      assert.equal(calls.getRun, 1);
+      await second.context.close();
+      assert.deepEqual(
+        errors.filter((e) => !/503|Service Unavailable|404|Not Found/.test(e)),
+        [],
+      );
+    },
+  );
 
   it("keeps a large run's values while its states move, and shows its output once it ended", T, async (t) => {
     if (!chromiumOrSkip(t)) return;

@@ -84,13 +84,27 @@ export function RunPage({ runId }: { runId: string }) {
       });
     const watch = async (): Promise<void> => {
       let first: Run | undefined;
-      try {
-        first = (await api.getRun({ runId }, { signal })).run;
-      } catch (e) {
-        if (isAborted(e)) return;
-        if (isUnauthenticated(e)) signOut(`The gateway refused the token: ${describeError(e)}`);
-        else setError(describeError(e));
-        return;
+      // A gateway restarting or a scheduler out of reach (UNAVAILABLE and the like) is asked
+      // again, as the stream below is; an answer that will not change (NOT_FOUND, a refused scope)
+      // is shown.
+      for (;;) {
+        try {
+          first = (await api.getRun({ runId }, { signal })).run;
+          setError(undefined);
+          break;
+        } catch (e) {
+          if (isAborted(e) || signal.aborted) return;
+          if (isUnauthenticated(e)) {
+            signOut(`The gateway refused the token: ${describeError(e)}`);
+            return;
+          }
+          if (isFinal(e)) {
+            setError(describeError(e));
+            return;
+          }
+          setError(`${describeError(e)} (trying again in ${RECONNECT_MS / 1000} s)`);
+          await wait(RECONNECT_MS);
+        }
       }
       if (first === undefined) return;
       setRun(first);
