@@ -301,6 +301,86 @@ describe("ReportLedger", () => {
     );
   });
 
+  it("names the report last sent on a lease, and revoking drops only that lease's queued reports", () => {
+    const ledger = new ReportLedger();
+    ledger.record(release(1), session(0).send); // refused: queued
+    ledger.record(completed(1), session().send); // sent before the Release
+    ledger.record(completed(2), undefined);
+    assert.equal(ledger.sentOn(key(1))?.report.case, "completed");
+    assert.equal(ledger.resend(session().send), 2);
+    assert.equal(ledger.sentOn(key(1))?.report.case, "release", "sent last, though made first");
+    ledger.record(failed(1), undefined);
+    assert.equal(ledger.revoke(key(1)), true, "the queued Failed");
+    assert.equal(ledger.holds(key(1)), true, "its sent reports still wait for their Acked");
+    assert.equal(ledger.sentOn(key(1))?.report.case, "release");
+    assert.equal(ledger.revoke(key(1)), false, "nothing queued on it any more");
+    assert.equal(ledger.ack(2), "acked"); // Completed 1, Release 1
+    assert.equal(ledger.sentOn(key(1)), undefined);
+    assert.equal(ledger.holds(key(1)), false);
+    ledger.detach(); // Completed 2 (sent after the Release) goes again
+    assert.equal(ledger.sentOn(key(2)), undefined, "nothing is sent on the next session yet");
+    assert.equal(ledger.resend(session().send), 1);
+    assert.equal(ledger.sentOn(key(2))?.report.case, "completed");
+    assert.equal(ledger.ack(1), "acked", "Completed 2, sent again on the new session");
+    assert.equal(ledger.size, 0);
+  });
+
+  it("finds the report a rejection names and drops a revoked lease's reports without a scan (10,000 waiting)", () => {
+    const ledger = new ReportLedger();
+    const s = session();
+    let reads = 0;
+    /** A Completed whose key counts how often it is read: a scan reads every waiting report's key. */
+    const counted = (n: number): Report => {
+      const value = create(CompletedSchema, {});
+      const k = key(n);
+      Object.defineProperty(value, "key", {
+        enumerable: true,
+        get: () => {
+          reads++;
+          return k;
+        },
+      });
+      return { case: "completed", value };
+    };
+    const reports: Report[] = [];
+    for (let n = 0; n < 10_000; n++) reports.push(counted(n));
+    for (let n = 0; n < 5_000; n++) ledger.record(reports[n]!, s.send); // sent, not acknowledged
+    for (let n = 5_000; n < 10_000; n++) ledger.record(reports[n]!, undefined); // queued
+    assert.equal(ledger.size, 10_000);
+    reads = 0;
+
+    // A Rejected for each report sent (thousands at once): each names its own.
+    for (let n = 0; n < 5_000; n++) assert.equal(ledger.sentOn(key(n))?.report, reports[n]);
+    for (let n = 5_000; n < 5_100; n++) assert.equal(ledger.sentOn(key(n)), undefined, "queued, not sent");
+    assert.equal(ledger.sentOn(key(20_000)), undefined);
+    assert.equal(ledger.ack(1_000), "acked");
+    assert.equal(ledger.sentOn(key(999)), undefined, "acknowledged");
+    assert.equal(ledger.sentOn(key(1_000))?.report, reports[1_000]);
+
+    // A re-attach: what was sent is queued again, and the scheduler revokes most of it.
+    ledger.detach();
+    assert.equal(ledger.queued, 9_000);
+    for (let n = 1_000; n < 9_000; n++) assert.equal(ledger.revoke(key(n)), true);
+    for (let n = 0; n < 1_000; n++) assert.equal(ledger.revoke(key(n)), false, "acknowledged already");
+    assert.equal(ledger.revoke(key(20_000)), false);
+    assert.equal(ledger.queued, 1_000);
+    // Scans of every waiting report read 54 million keys here; an index by lease reads none.
+    assert.equal(reads, 0, "no waiting report of another lease was looked at");
+
+    // What is left goes out in order, and its Acked counts one report at a time.
+    const next = session();
+    assert.equal(ledger.resend(next.send), 1_000);
+    assert.deepEqual(
+      next.sent,
+      Array.from({ length: 1_000 }, (_, i) => `completed task-run-${9_000 + i}`),
+    );
+    for (let through = 1; through <= 1_000; through++) {
+      assert.equal(ledger.ack(through), "acked");
+      assert.equal(ledger.unacknowledged, 1_000 - through);
+    }
+    assert.equal(ledger.size, 0);
+  });
+
   it("tells whether it holds a lease without looking at the reports waiting (10,000 of them)", () => {
     const ledger = new ReportLedger();
     const s = session();

@@ -49,20 +49,84 @@ export function reportKey(report: Report): LeaseKey | undefined {
   return report.value.key;
 }
 
+/** An entry in the ledger, linked into the chain it waits in (queued, or sent). */
+interface Node {
+  readonly entry: LedgerEntry;
+  /** {@link leaseKeyId} of its report's lease (undefined: a report without a key). */
+  readonly id: string | undefined;
+  /** Which chain it is in: `#queued` or `#sent`. */
+  in: "queued" | "sent";
+  /** When it was sent on the current session (a count): the latest of a lease is the one a Rejected names. */
+  sentAt: number;
+  prev: Node | undefined;
+  next: Node | undefined;
+}
+
+/** Nodes in order: appended, taken from the front, or removed anywhere, each in constant time. */
+class Chain {
+  head: Node | undefined;
+  tail: Node | undefined;
+  length = 0;
+
+  push(node: Node): void {
+    node.prev = this.tail;
+    node.next = undefined;
+    if (this.tail === undefined) this.head = node;
+    else this.tail.next = node;
+    this.tail = node;
+    this.length++;
+  }
+
+  remove(node: Node): void {
+    if (node.prev === undefined) this.head = node.next;
+    else node.prev.next = node.next;
+    if (node.next === undefined) this.tail = node.prev;
+    else node.next.prev = node.prev;
+    node.prev = node.next = undefined;
+    this.length--;
+  }
+
+  /** Puts every node of `front` before this chain's, in their order; `front` is left empty. */
+  prepend(front: Chain): void {
+    if (front.head === undefined || front.tail === undefined) return;
+    if (this.head === undefined) this.tail = front.tail;
+    else {
+      front.tail.next = this.head;
+      this.head.prev = front.tail;
+    }
+    this.head = front.head;
+    this.length += front.length;
+    front.head = front.tail = undefined;
+    front.length = 0;
+  }
+
+  *[Symbol.iterator](): Generator<Node> {
+    for (let node = this.head; node !== undefined;) {
+      const next = node.next;
+      yield node;
+      node = next;
+    }
+  }
+}
+
 /** Reports not yet in the scheduler's hands, in the order they were made. */
 export class ReportLedger {
   /** Not on the current session: made while detached, or sent on a session that ended unacknowledged. */
-  #queued: LedgerEntry[] = [];
+  readonly #queued = new Chain();
   /** Sent on the current session and not acknowledged yet, oldest first. */
-  #sent: LedgerEntry[] = [];
+  readonly #sent = new Chain();
   /** How many of the current session's acknowledged reports its `Acked` has covered. */
   #ackedThrough = 0;
+  /** How many reports were kept after sending (numbers `Node.sentAt`). */
+  #sends = 0;
   /**
-   * How many entries (queued or sent) each lease has here, by {@link leaseKeyId}: {@link holds} is
-   * asked for every lease that comes, and must not scan thousands of reports awaiting an `Acked`.
-   * Kept in step with `#queued` and `#sent` wherever an entry enters or leaves them.
+   * The entries (queued or sent) of each lease, by {@link leaseKeyId}: {@link holds} is asked for
+   * every lease that comes, {@link sentOn} for every Rejected and {@link revoke} for every lease an
+   * AttachAck revokes, and none may scan thousands of reports awaiting an `Acked` (thousands of
+   * rejections or revocations at once would hold the event loop for a quadratic time). Kept in
+   * step with `#queued` and `#sent` wherever an entry enters or leaves them.
    */
-  readonly #held = new Map<string, number>();
+  readonly #byLease = new Map<string, Set<Node>>();
   readonly #changes = new Changes();
 
   /** Reports the scheduler may not have: queued, or sent and not acknowledged. */
@@ -94,36 +158,45 @@ export class ReportLedger {
   put(entry: LedgerEntry, send: SendReport | undefined): void {
     const sent = send === undefined ? "refused" : this.#send(entry, send);
     if (sent === "done") return;
-    this.#count(entry, 1);
-    if (sent === "refused") {
-      this.#queued.push(entry);
+    const key = reportKey(entry.report);
+    const node: Node = {
+      entry,
+      id: key === undefined ? undefined : leaseKeyId(key),
+      in: "queued",
+      sentAt: 0,
+      prev: undefined,
+      next: undefined,
+    };
+    this.#index(node);
+    if (sent === "kept") this.#keep(node);
+    else {
+      this.#queued.push(node);
       this.#changes.notify();
     }
   }
 
   /** Takes the queued entries `moves` picks out of the ledger (to send them elsewhere), in order. */
   take(moves: (entry: LedgerEntry) => boolean): LedgerEntry[] {
-    const taken: LedgerEntry[] = [];
-    const kept: LedgerEntry[] = [];
-    for (const e of this.#queued) (moves(e) ? taken : kept).push(e);
-    if (taken.length === 0) return taken;
-    this.#queued = kept;
-    for (const e of taken) this.#count(e, -1);
+    const taken = [...this.#queued].filter((node) => moves(node.entry));
+    if (taken.length === 0) return [];
+    for (const node of taken) {
+      this.#queued.remove(node);
+      this.#unindex(node);
+    }
     this.#changes.notify();
-    return taken;
+    return taken.map((node) => node.entry);
   }
 
   /**
    * The latest report on `key`'s lease sent on the current session and not acknowledged yet (the
-   * one a Rejected names), if any.
+   * one a Rejected names), if any. Looks at that lease's reports only.
    */
   sentOn(key: LeaseKey): LedgerEntry | undefined {
-    const id = leaseKeyId(key);
-    for (let i = this.#sent.length - 1; i >= 0; i--) {
-      const k = reportKey(this.#sent[i]!.report);
-      if (k !== undefined && leaseKeyId(k) === id) return this.#sent[i];
+    let latest: Node | undefined;
+    for (const node of this.#byLease.get(leaseKeyId(key)) ?? []) {
+      if (node.in === "sent" && (latest === undefined || node.sentAt > latest.sentAt)) latest = node;
     }
-    return undefined;
+    return latest?.entry;
   }
 
   /**
@@ -131,16 +204,18 @@ export class ReportLedger {
    * queued, in order. Returns how many were sent.
    */
   resend(send: SendReport): number {
-    const queued = this.#queued;
-    this.#queued = [];
     let sent = 0;
-    for (const entry of queued) {
-      const result = this.#send(entry, send);
+    // Those queued now: any queued meanwhile wait behind the ones refused.
+    for (let left = this.#queued.length; left > 0; left--) {
+      const node = this.#queued.head;
+      if (node === undefined) break;
+      const result = this.#send(node.entry, send);
       if (result === "refused") break;
-      if (result === "done") this.#count(entry, -1);
+      this.#queued.remove(node);
+      if (result === "kept") this.#keep(node);
+      else this.#unindex(node);
       sent++;
     }
-    if (sent < queued.length) this.#queued = [...queued.slice(sent), ...this.#queued];
     // A Started that went out is done with: the ledger may be empty now.
     if (sent > 0) this.#changes.notify();
     return sent;
@@ -151,7 +226,12 @@ export class ReportLedger {
     const n = through - this.#ackedThrough;
     if (n <= 0) return "stale";
     if (n > this.#sent.length) return "ahead";
-    for (const entry of this.#sent.splice(0, n)) this.#count(entry, -1);
+    for (let i = 0; i < n; i++) {
+      const node = this.#sent.head;
+      if (node === undefined) break;
+      this.#sent.remove(node);
+      this.#unindex(node);
+    }
     this.#ackedThrough = through;
     this.#changes.notify();
     return "acked";
@@ -159,28 +239,28 @@ export class ReportLedger {
 
   /** The session ended: what it did not acknowledge goes out again first, on the next one. */
   detach(): void {
-    if (this.#sent.length > 0) this.#queued = [...this.#sent, ...this.#queued];
-    this.#sent = [];
+    for (const node of this.#sent) node.in = "queued";
+    this.#queued.prepend(this.#sent);
     this.#ackedThrough = 0;
     this.#changes.notify();
   }
 
   /**
    * The scheduler revoked a lease (it has its result already, or gave it away): its queued reports
-   * are dropped. Returns whether there were any.
+   * are dropped. Returns whether there were any. Looks at that lease's reports only.
    */
   revoke(key: LeaseKey): boolean {
-    const id = leaseKeyId(key);
-    const before = this.#queued.length;
-    this.#queued = this.#queued.filter((entry) => {
-      const k = reportKey(entry.report);
-      if (k === undefined || leaseKeyId(k) !== id) return true;
-      this.#count(entry, -1);
-      return false;
-    });
-    if (this.#queued.length === before) return false;
-    this.#changes.notify();
-    return true;
+    const nodes = this.#byLease.get(leaseKeyId(key));
+    if (nodes === undefined) return false;
+    let dropped = false;
+    for (const node of [...nodes]) {
+      if (node.in !== "queued") continue;
+      this.#queued.remove(node);
+      this.#unindex(node);
+      dropped = true;
+    }
+    if (dropped) this.#changes.notify();
+    return dropped;
   }
 
   /**
@@ -192,9 +272,10 @@ export class ReportLedger {
    */
   heldLeases(): LeaseKey[] {
     const held = new Map<string, LeaseKey>();
-    for (const { report, runId } of [...this.#sent, ...this.#queued]) {
-      const key = reportKey(report);
-      if (key !== undefined) held.set(leaseKeyId(key), create(LeaseKeySchema, { ...key, runId }));
+    for (const { entry } of [...this.#sent, ...this.#queued]) {
+      const key = reportKey(entry.report);
+      if (key !== undefined)
+        held.set(leaseKeyId(key), create(LeaseKeySchema, { ...key, runId: entry.runId }));
     }
     return [...held.values()];
   }
@@ -204,7 +285,7 @@ export class ReportLedger {
    * every lease that comes: one look-up, however many reports wait.
    */
   holds(key: LeaseKey): boolean {
-    return this.#held.has(leaseKeyId(key));
+    return this.#byLease.has(leaseKeyId(key));
   }
 
   /** Resolves true once every report is acknowledged, false if `signal` aborts first. */
@@ -212,21 +293,33 @@ export class ReportLedger {
     return this.#changes.until(() => this.size === 0, signal);
   }
 
-  /** Sends `entry`; one the scheduler acknowledges is kept in `#sent` (the caller counts it). */
+  /** Sends `entry`: one the scheduler acknowledges is to be kept until its `Acked` (the caller keeps it). */
   #send(entry: LedgerEntry, send: SendReport): Sent {
     if (!send(entry.report)) return "refused";
-    if (!isAcknowledgedReport(entry.report)) return "done";
-    this.#sent.push(entry);
-    return "kept";
+    return isAcknowledgedReport(entry.report) ? "kept" : "done";
   }
 
-  /** `entry` entered the ledger (1) or left it (-1): see `#held`. */
-  #count(entry: LedgerEntry, by: 1 | -1): void {
-    const key = reportKey(entry.report);
-    if (key === undefined) return;
-    const id = leaseKeyId(key);
-    const n = (this.#held.get(id) ?? 0) + by;
-    if (n > 0) this.#held.set(id, n);
-    else this.#held.delete(id);
+  /** `node` was sent on the current session: it waits for its `Acked`, the latest sent on its lease. */
+  #keep(node: Node): void {
+    node.in = "sent";
+    node.sentAt = ++this.#sends;
+    this.#sent.push(node);
+  }
+
+  /** `node` entered the ledger: see `#byLease`. */
+  #index(node: Node): void {
+    if (node.id === undefined) return;
+    const nodes = this.#byLease.get(node.id);
+    if (nodes === undefined) this.#byLease.set(node.id, new Set([node]));
+    else nodes.add(node);
+  }
+
+  /** `node` left the ledger (it is in neither chain now): see `#byLease`. */
+  #unindex(node: Node): void {
+    if (node.id === undefined) return;
+    const nodes = this.#byLease.get(node.id);
+    if (nodes === undefined) return;
+    nodes.delete(node);
+    if (nodes.size === 0) this.#byLease.delete(node.id);
   }
 }
