@@ -14,7 +14,6 @@ import type { EngineStore } from "../persistence/engine-store.js";
 import {
   STORAGE_REFUSED,
   storedStepId,
-  tasksOfRun,
   type ErrorInfo,
   type RunState,
   type TaskState,
@@ -38,6 +37,7 @@ import { PartitionRuns, type HeldPartitions } from "./partition-load.js";
 import type { ParkedRunStore } from "../persistence/parked-runs.js";
 import { RateLimitAdmin, RateLimitPauses, storeHandlerPause } from "./rate-limit-admin.js";
 import { confineCall, faultConfinement, faultSoon, type Confine } from "./faults.js";
+import { dropRun } from "./dropped-runs.js";
 import { RERUN_OF_LABEL, type RerunRunInput, rerunStart } from "./reruns.js";
 import { AttemptSpans, inRunSpan, tracedWrites } from "./tracing.js";
 import type { StartRunInput } from "../model/start-run.js";
@@ -453,78 +453,43 @@ export class Engine {
     const def = await this.definitions.resolve(req.workflowName, req.workflowVersion);
     checkStartInput(def.workflow, req.input ?? null);
     this.partitions.assertKeyStays(req.workflowName, req.idempotencyKey);
-    // A fault in its rules fails it SCHEDULER_ERROR (faults.ts), and the call answers INTERNAL.
+    return this.startStored({
+      definitionId: def.id,
+      workflow: def.workflow,
+      input: req.input ?? null,
+      idempotencyKey: req.idempotencyKey === "" ? null : req.idempotencyKey,
+      requestHash: hash,
+      labels: req.labels,
+      traceParent,
+    });
+  }
+
+  /**
+   * Starts a run (StartRun, RerunRun) and answers once it is committed. A fault in its rules
+   * fails it SCHEDULER_ERROR (faults.ts) and the call answers INTERNAL; a run refused by
+   * PostgreSQL, or dropped after a fault, before that commit was never stored (see refused).
+   */
+  private async startStored(start: Omit<core.RunStart, "id">): Promise<{ runId: string; created: boolean }> {
     const id = this.core.newId();
     const run = confineCall(
       this.confined,
       () => this.core.runs.get(id),
       "the run did not start",
-      () =>
-        core.startRun(
-          this.core,
-          {
-            id,
-            definitionId: def.id,
-            workflow: def.workflow,
-            input: req.input ?? null,
-            idempotencyKey: req.idempotencyKey === "" ? null : req.idempotencyKey,
-            requestHash: hash,
-            labels: req.labels,
-            traceParent,
-          },
-          new Date(),
-        ),
+      () => core.startRun(this.core, { ...start, id }, new Date()),
     );
     this.keyed.remember(run);
     await this.committed([run.id]);
-    // Refused by PostgreSQL in that commit (see refused): the run was never stored.
     if (run.error?.type === STORAGE_REFUSED)
       throw new ApiError(Code.INVALID_ARGUMENT, `the run was not created: ${run.error.message}`);
-    // Dropped after a fault before that commit (see refused): never stored either.
     if (run.error?.type === TaskErrorType.SCHEDULER_ERROR && !this.store.isStored(run))
       throw new ApiError(Code.INTERNAL, `the run was not created: ${run.error.type}: ${run.error.message}`);
     return { runId: run.id, created: true };
   }
 
-  /**
-   * A run whose changes PostgreSQL refused for their data (the writer dropped them and their
-   * events; retrying would fail forever). The run leaves memory: executors holding its leases are
-   * told to stop (their reports no longer match a task), and a run that was stored before is
-   * ended FAILED with STORAGE_REFUSED in the database, with its event. A new run was never stored:
-   * its StartRun call, which holds the run, sees the error and answers INVALID_ARGUMENT.
-   */
+  /** A run that cannot go on leaves memory and is ended in storage (dropped-runs.ts). */
   private refused(runId: string, cause: Error, error?: ErrorInfo): void {
-    const run = core.dropRefusedRun(this.core, runId, cause.message, error);
-    if (run === undefined) return;
-    // What is marked for it and not committed goes (a failure cut short: its own runCompleted,
-    // half a step's rows), never committed after or beside the end below (two runCompleted, or
-    // a gap in its sequence).
-    this.store.retire?.([run], [...tasksOfRun(run)]);
-    this.dirtyRuns.delete(run);
-    this.keyed.forget(run);
-    // A child's parent step fails with it (CHILD_FAILED, the STORAGE_REFUSED error in details).
-    if (run.parent !== null) core.childEnded(this.core, run, new Date());
-    const end = (): void => {
-      if (!this.store.isStored(run)) return;
-      this.store.failRefusedRun(runId, run.error as ErrorInfo).then(
-        (outcome) => {
-          this.log.error(
-            { run_id: runId, outcome },
-            `ended a run ${error === undefined ? "whose changes PostgreSQL refused" : "the scheduler could not advance"}`,
-          );
-          this.watchers.notify(runId);
-          this.watchers.eventsCommitted();
-        },
-        (e: unknown) =>
-          this.log.error(
-            { err: e, run_id: runId },
-            `could not end a run ${error === undefined ? "whose changes PostgreSQL refused" : "the scheduler could not advance"}`,
-          ),
-      );
-    };
-    // A run the rules could not advance may have a commit of its own in flight: it ends after it.
-    if (error === undefined) end();
-    else void this.store.flush().catch(ignore).then(end);
+    const { core, store, log, keyed, watchers, dirtyRuns } = this;
+    dropRun({ core, store, log, keyed, watchers, dirtyRuns }, runId, cause, error);
   }
 
   /**
@@ -562,20 +527,7 @@ export class Engine {
   ): Promise<{ runId: string; created: boolean }> {
     const start = await rerunStart(this.definitions, req, labels, hash);
     this.partitions.assertKeyStays(req.original.workflowName, req.idempotencyKey);
-    const id = this.core.newId();
-    const run = confineCall(
-      this.confined,
-      () => this.core.runs.get(id),
-      "the run did not start",
-      () => core.startRun(this.core, { ...start, id }, new Date()),
-    );
-    this.keyed.remember(run);
-    await this.committed([run.id]);
-    if (run.error?.type === STORAGE_REFUSED)
-      throw new ApiError(Code.INVALID_ARGUMENT, `the run was not created: ${run.error.message}`);
-    if (run.error?.type === TaskErrorType.SCHEDULER_ERROR && !this.store.isStored(run))
-      throw new ApiError(Code.INTERNAL, `the run was not created: ${run.error.type}: ${run.error.message}`);
-    return { runId: run.id, created: true };
+    return this.startStored(start);
   }
 
   /**
@@ -591,11 +543,6 @@ export class Engine {
     const cancel = (): boolean => core.cancelRun(this.core, run, reason, compensate, new Date());
     if (!confineCall(this.confined, run, `run ${runId} was not cancelled`, cancel)) return;
     await this.committed([runId]);
-  }
-
-  /** Queues the next wave of compensations once the previous one finished; completes the rollback. */
-  advanceCompensation(run: RunState): void {
-    this.confined(run, () => core.advanceCompensation(this.core, run, new Date()));
   }
 
   private assertRunning(): void {
