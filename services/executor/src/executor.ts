@@ -12,12 +12,7 @@
  */
 import { create } from "@bufbuild/protobuf";
 import * as grpc from "@grpc/grpc-js";
-import {
-  ELEMENT_FOLDERS_VERSION,
-  type Logger,
-  MIN_SESSION_PROTOCOL_VERSION,
-  SESSION_PROTOCOL_VERSION,
-} from "@nexusflow/common";
+import { type Logger, SESSION_PROTOCOL_VERSION } from "@nexusflow/common";
 import { TaskErrorType } from "@nexusflow/common/task-error-types";
 import {
   type AttachAck,
@@ -26,7 +21,6 @@ import {
   CreditSchema,
   DrainSchema,
   HeartbeatSchema,
-  type Lease,
   type LeaseKey,
   PongSchema,
   type Rejected,
@@ -73,6 +67,7 @@ import {
   type SessionEnd,
   fallbackVersion,
   openSessionCall,
+  spokenLease,
 } from "./scheduler-session.js";
 import { RunningTasks, describeKey } from "./running-tasks.js";
 import { advertisedTypes, servedHandler } from "./served-types.js";
@@ -88,21 +83,6 @@ export type { ExecutorState } from "./executor-state.js";
 export type StateListener = (state: ExecutorState, previous: ExecutorState) => void;
 
 export { FATAL_ATTACH_CODES } from "./session-loop.js";
-
-/**
- * The lease as the session's protocol version means it. Below version 3
- * ({@link ELEMENT_FOLDERS_VERSION}) the scheduler wants each element of a map step to store in the
- * step's attempt folder, as executors did before element folders (it checks a report's keys
- * against that folder): the element index is left out, so the attempt stores there.
- */
-function spokenLease(lease: Lease, session: SchedulerSession): Lease {
-  if (
-    lease.elementIndex !== undefined &&
-    (session.protocolVersion ?? MIN_SESSION_PROTOCOL_VERSION) < ELEMENT_FOLDERS_VERSION
-  )
-    lease.elementIndex = undefined;
-  return lease;
-}
 
 /** Used when AttachAck carries no heartbeat interval. */
 const DEFAULT_HEARTBEAT_INTERVAL_MS = 2_000;

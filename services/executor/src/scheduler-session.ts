@@ -17,10 +17,16 @@
  */
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import * as grpc from "@grpc/grpc-js";
-import { type Logger, MIN_SESSION_PROTOCOL_VERSION, refusedVersionRange } from "@nexusflow/common";
+import {
+  ELEMENT_FOLDERS_VERSION,
+  type Logger,
+  MIN_SESSION_PROTOCOL_VERSION,
+  refusedVersionRange,
+} from "@nexusflow/common";
 import {
   ExecutorService,
   HeartbeatSchema,
+  type Lease,
   type SessionRequest,
   SessionRequestSchema,
   type SessionResponse,
@@ -270,4 +276,19 @@ export class SchedulerSession {
     this.#state = next;
     this.#changes.notify();
   }
+}
+
+/**
+ * The lease as the session's protocol version means it. Below version 3
+ * ({@link ELEMENT_FOLDERS_VERSION}) the scheduler wants each element of a map step to store in the
+ * step's attempt folder, as executors did before element folders (it checks a report's keys
+ * against that folder): the element index is left out, so the attempt stores there.
+ */
+export function spokenLease(lease: Lease, session: SchedulerSession): Lease {
+  if (
+    lease.elementIndex !== undefined &&
+    (session.protocolVersion ?? MIN_SESSION_PROTOCOL_VERSION) < ELEMENT_FOLDERS_VERSION
+  )
+    lease.elementIndex = undefined;
+  return lease;
 }
