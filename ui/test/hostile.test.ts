@@ -361,6 +361,10 @@ describe("web UI with hostile data and a misbehaving API", () => {
     // Scrolled to its end (as a keyboard or a mouse would), the last steps are drawn and selectable.
     // Scrolled again until it is drawn: on a busy machine the first scroll may come before the
     // graph has its full width.
+    // The definition read (its arrows drawn) before scrolling: until then the steps stand in one
+    // column, and the last one, drawn at its bottom, moves to the far right when the definition
+    // comes (a busy machine's CI run scrolled to it there, then waited for it in vain).
+    await page.locator("svg.dag path.dag-edge").first().waitFor({ state: "attached", timeout: 20_000 });
     const last = page.locator(`svg.dag g.dag-node[data-step="s${CHAIN - 1}"]`);
     await until(
       "the last step drawn once scrolled to",
