@@ -363,6 +363,9 @@ function latencyTable(results: LatencyResult[]): string {
         "main-thread GC max ms (scav / m-c)",
         "worker threads' longest m-c ms",
         "other procs %",
+        "slowest ms (at s)",
+        "main loop held max ms",
+        "checkpoints",
       ],
       ...results.map((r) => [
         r.rate,
@@ -380,6 +383,9 @@ function latencyTable(results: LatencyResult[]): string {
           .map(([thread, gc]) => `${thread} ${gc.markCompacts.maxMs}`)
           .join(", ") || "-",
         r.cpu.othersPct,
+        `${r.stall.slowestMs} (${r.stall.slowestAtSecond})`,
+        r.stall.mainThreadLoopDelayMaxMs,
+        r.stall.checkpoints ?? "-",
       ]),
     ])
   );

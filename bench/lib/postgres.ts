@@ -55,6 +55,12 @@ export interface PgCounters {
   walBytes: number;
   /** WAL fsyncs (pg_stat_io, PostgreSQL 16+); null when not available. */
   walFsyncs: number | null;
+  /**
+   * Checkpoints the cluster completed (pg_stat_checkpointer, PostgreSQL 17+: `num_done` from 18,
+   * else timed and requested); null when not available. A checkpoint's writes and fsyncs share the
+   * disk with every commit's WAL flush: a phase with one in it may have a stall no other had.
+   */
+  checkpoints: number | null;
 }
 
 /** One statement's share of a phase, from pg_stat_statements. */
@@ -181,6 +187,7 @@ export class BenchPostgres {
     }
     const d = db.rows[0];
     return {
+      checkpoints: await this.checkpoints(),
       xactCommit: Number(d?.xact_commit ?? 0),
       xactRollback: Number(d?.xact_rollback ?? 0),
       tupInserted: Number(d?.tup_inserted ?? 0),
@@ -191,6 +198,23 @@ export class BenchPostgres {
       walBytes: Number(wal.rows[0]?.wal_bytes ?? 0),
       walFsyncs,
     };
+  }
+
+  /** See {@link PgCounters.checkpoints}. */
+  private async checkpoints(): Promise<number | null> {
+    for (const sql of [
+      "SELECT num_done AS n FROM pg_stat_checkpointer",
+      "SELECT num_timed + num_requested AS n FROM pg_stat_checkpointer",
+    ]) {
+      try {
+        const r = await this.monitor.query<{ n: string | null }>(sql);
+        const n = r.rows[0]?.n;
+        return n == null ? null : Number(n);
+      } catch {
+        // An older server: the next form, or none.
+      }
+    }
+    return null;
   }
 
   /** The statements of `database` since the last reset, most called first. */
@@ -245,6 +269,10 @@ export function diffCounters(before: PgCounters, after: PgCounters): PgCounters 
     walBytes: after.walBytes - before.walBytes,
     walFsyncs:
       after.walFsyncs === null || before.walFsyncs === null ? null : after.walFsyncs - before.walFsyncs,
+    checkpoints:
+      after.checkpoints === null || before.checkpoints === null
+        ? null
+        : after.checkpoints - before.checkpoints,
   };
 }
 

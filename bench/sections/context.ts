@@ -3,6 +3,7 @@ import { cpus } from "node:os";
 import { join } from "node:path";
 import type { Logger } from "@nexusflow/common";
 import type { BenchOptions, SystemName } from "../lib/cli.js";
+import { collectGarbage } from "../lib/collect-garbage.js";
 import { cpuBetween, cpuSnapshot, postmasterPid, type CpuSnapshot, type CpuUsage } from "../lib/cpu.js";
 import { diffCounters, type BenchPostgres, type PgCounters, type StatementCost } from "../lib/postgres.js";
 import { startProfile, type ProfileSummary } from "../lib/profile.js";
@@ -100,6 +101,8 @@ export class BenchContext {
     }
     await system.stop();
     await this.quiesce(system.database);
+    // The phase starts without the garbage of the ones before (lib/collect-garbage.ts).
+    collectGarbage();
   }
 
   /** Waits until no backend is connected to `database` (backends publish their stats on exit). */

@@ -126,8 +126,32 @@ export function partitioningTable(r: PartitioningResult): string {
       ]),
     ]) +
     formatTable([
-      ["mode", "open loop", "p50 ms", "p99 ms", "achieved/s", "not started"],
-      ...r.openLoops.map((o) => [label(o), `${o.rate}/s`, o.p50, o.p99, o.achievedPerSecond, o.notStarted]),
+      [
+        "mode",
+        "open loop",
+        "p50 ms",
+        "p99 ms",
+        "achieved/s",
+        "not started",
+        "slowest ms (at s)",
+        "main loop held max ms",
+        "main GC max ms",
+        "heap at start MiB",
+        "checkpoints",
+      ],
+      ...r.openLoops.map((o) => [
+        label(o),
+        `${o.rate}/s`,
+        o.p50,
+        o.p99,
+        o.achievedPerSecond,
+        o.notStarted,
+        `${o.stall.slowestMs} (${o.stall.slowestAtSecond})`,
+        o.stall.mainThreadLoopDelayMaxMs,
+        o.stall.mainThreadGcMaxMs,
+        o.stall.heapUsedAtStartMiB,
+        o.stall.checkpoints ?? "-",
+      ]),
     ]) +
     `\ncluster-1 over sole (means): drain ${r.drainRatio}, open loop p50 ${r.openLoopRatio.p50}, p99 ${r.openLoopRatio.p99}\n`
   );

@@ -7,6 +7,7 @@ import { phaseCost, type BenchContext, type PhaseCost } from "./context.js";
 import type { CpuUsage } from "../lib/cpu.js";
 import { type GcPauses, watchGcPauses } from "../lib/gc-pauses.js";
 import { closedLoop, openLoop, type OpenLoopResult } from "../lib/loops.js";
+import { monitorEventLoopDelay } from "node:perf_hooks";
 import { roundSummary, summarize, type Summary } from "../lib/stats.js";
 import { NexusflowSystem } from "../systems/nexusflow.js";
 import type { QueueSystem } from "../systems/types.js";
@@ -63,6 +64,22 @@ export interface LatencyResult {
   notStarted: number;
   cost: PhaseCost;
   cpu: CpuUsage;
+  /**
+   * What to look at when a phase has a tail the others lack: the slowest measured start (when its
+   * send was due, in seconds into the phase, and its latency), the longest the bench process's main
+   * thread's event loop was held (the scheduler's thread for Nexusflow: a stall there shows here, one
+   * in PostgreSQL does not), and the checkpoints PostgreSQL completed meanwhile (null: not known).
+   */
+  stall: {
+    slowestAtSecond: number;
+    slowestMs: number;
+    mainThreadLoopDelayMaxMs: number;
+    /** The longest garbage-collection pause of the main thread, of either kind, ms. */
+    mainThreadGcMaxMs: number;
+    /** The main thread's heap in use when the phase began, MiB (what earlier phases left). */
+    heapUsedAtStartMiB: number;
+    checkpoints: number | null;
+  };
 }
 
 /** Section 1 for one system: pre-load `n` no-op jobs, then measure how fast consumers drain them. */
@@ -158,6 +175,7 @@ export interface OpenLoopFigures {
   notStarted: number;
   /** CPU ms per task of the bench process (scheduler and executors) and of PostgreSQL. */
   cpuMsPerTask: { benchProcess: number; postgres: number } | undefined;
+  stall: LatencyResult["stall"];
 }
 
 /** The figures of one open loop (see {@link OpenLoopFigures}). */
@@ -170,6 +188,7 @@ export function openLoopFigures(r: LatencyResult): OpenLoopFigures {
     achievedPerSecond: r.achievedPerSecond,
     notStarted: r.notStarted,
     cpuMsPerTask: r.cpu.perTaskMs,
+    stall: r.stall,
   };
 }
 
@@ -197,8 +216,11 @@ export async function latencyPhase(
     throw e;
   });
   ctx.note(`  ${name}: ${rate}/s for ${seconds} s (${n} runs)`);
+  const heapUsedAtStartMiB = Math.round(process.memoryUsage().heapUsed / 2 ** 20);
   const cpu0 = ctx.cpu();
   const gc = watchGcPauses();
+  const loopDelay = monitorEventLoopDelay({ resolution: 10 });
+  loopDelay.enable();
   const { intended, sentAt, errors, firstError } = await ctx.profiled(
     `${name}-open-loop-${Math.round(rate)}`,
     async () => {
@@ -211,6 +233,7 @@ export async function latencyPhase(
   );
   const cpu = ctx.cpuSince(cpu0, n);
   const mainThreadGc = gc.stop();
+  loopDelay.disable();
   const calls = await ctx.pg.statementCalls(system.database);
   const statements = await ctx.pg.statements(system.database, 8);
   await system.stop();
@@ -224,6 +247,7 @@ export async function latencyPhase(
   const lag: number[] = [];
   let missing = 0;
   let lastStart = 0;
+  let slowest = { index: -1, ms: -Infinity };
   for (let i = warmup; i < n; i++) {
     const s = system.recorder.starts[i] as number;
     if (Number.isNaN(s)) {
@@ -231,11 +255,14 @@ export async function latencyPhase(
       continue;
     }
     lastStart = Math.max(lastStart, s);
-    lat.push(s - (intended[i] as number));
+    const latency = s - (intended[i] as number);
+    if (latency > slowest.ms) slowest = { index: i, ms: latency };
+    lat.push(latency);
     fromSend.push(s - (sentAt[i] as number));
     lag.push((sentAt[i] as number) - (intended[i] as number));
   }
   const first = intended[warmup] as number;
+  const cost = phaseCost(n, before, after, calls, system.probeQueries ?? 0, statements);
   return {
     system: name,
     rate,
@@ -251,8 +278,20 @@ export async function latencyPhase(
     failedSends: errors,
     ...(firstError === undefined ? {} : { firstError }),
     notStarted: missing,
-    cost: phaseCost(n, before, after, calls, system.probeQueries ?? 0, statements),
+    cost,
     cpu,
+    stall: {
+      slowestAtSecond:
+        slowest.index < 0
+          ? NaN
+          : Math.round(((intended[slowest.index] as number) - (intended[0] as number)) / 100) / 10,
+      slowestMs: slowest.index < 0 ? NaN : Math.round(slowest.ms * 10) / 10,
+      mainThreadLoopDelayMaxMs: Math.round(loopDelay.max / 1e5) / 10,
+      mainThreadGcMaxMs:
+        Math.round(Math.max(mainThreadGc.scavenges.maxMs, mainThreadGc.markCompacts.maxMs) * 10) / 10,
+      heapUsedAtStartMiB,
+      checkpoints: cost.counters.checkpoints,
+    },
   };
 }
 
