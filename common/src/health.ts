@@ -12,6 +12,30 @@ import * as grpc from "@grpc/grpc-js";
 /** `undefined` when ready, else why not (e.g. "the database does not answer"). */
 export type ReadinessCheck = () => Promise<string | undefined>;
 
+/**
+ * `check`, shared by every caller: at most one evaluation runs at a time, and its answer is reused
+ * for `maxAgeMs` after it came. The health service needs no token (probes carry none), so whatever
+ * its readiness costs (the scheduler's is a `SELECT 1` on its hot-path pool) must not grow with the
+ * callers: a flood of Check calls, or thousands of Watch streams, costs one evaluation a second.
+ */
+export function sharedReadiness(check: ReadinessCheck, maxAgeMs = 1000): ReadinessCheck {
+  let inFlight: Promise<string | undefined> | undefined;
+  let last: { at: number; answer: string | undefined } | undefined;
+  return () => {
+    if (last !== undefined && performance.now() - last.at < maxAgeMs) return Promise.resolve(last.answer);
+    inFlight ??= check()
+      .catch((e: unknown) => (e instanceof Error ? e.message : String(e)))
+      .then((answer) => {
+        last = { at: performance.now(), answer };
+        return answer;
+      })
+      .finally(() => {
+        inFlight = undefined;
+      });
+    return inFlight;
+  };
+}
+
 /** `grpc.health.v1.HealthCheckResponse.ServingStatus`. */
 export const ServingStatus = { UNKNOWN: 0, SERVING: 1, NOT_SERVING: 2, SERVICE_UNKNOWN: 3 } as const;
 /** A value of {@link ServingStatus}. */
@@ -112,7 +136,15 @@ export interface HealthServiceOptions {
   services: readonly string[];
   /** How often Watch re-evaluates readiness. @default 5000 */
   watchIntervalMs?: number;
+  /**
+   * Watch calls open at once; more are refused RESOURCE_EXHAUSTED (no token is needed to open one,
+   * and each holds a timer and a stream). @default {@link DEFAULT_MAX_HEALTH_WATCHES}
+   */
+  maxWatches?: number;
 }
+
+/** Default of {@link HealthServiceOptions.maxWatches}: far more probes than any deployment runs. */
+export const DEFAULT_MAX_HEALTH_WATCHES = 1000;
 
 /**
  * Adds `grpc.health.v1.Health` to `server`. Check answers SERVING or NOT_SERVING for "" and each
@@ -120,6 +152,8 @@ export interface HealthServiceOptions {
  */
 export function addHealthService(server: grpc.Server, options: HealthServiceOptions): void {
   const known = new Set(["", ...options.services]);
+  const maxWatches = options.maxWatches ?? DEFAULT_MAX_HEALTH_WATCHES;
+  let watches = 0;
   const status = async (): Promise<ServingStatus> =>
     (await options.ready().catch((e: unknown) => String(e))) === undefined
       ? ServingStatus.SERVING
@@ -139,6 +173,21 @@ export function addHealthService(server: grpc.Server, options: HealthServiceOpti
       );
     },
     watch(call: grpc.ServerWritableStream<HealthCheckRequest, ServingStatus>) {
+      if (watches >= maxWatches) {
+        call.emit("error", {
+          code: grpc.status.RESOURCE_EXHAUSTED,
+          details: `${maxWatches} health Watch calls are open on this server; close one or use Check`,
+        });
+        return;
+      }
+      watches++;
+      let counted = true;
+      const release = (): void => {
+        if (counted) {
+          counted = false;
+          watches--;
+        }
+      };
       let last: ServingStatus | undefined;
       let timer: NodeJS.Timeout | undefined;
       const send = (s: ServingStatus): void => {
@@ -157,10 +206,17 @@ export function addHealthService(server: grpc.Server, options: HealthServiceOpti
             send(s);
             if (!call.cancelled) timer = setTimeout(tick, options.watchIntervalMs ?? 5000);
           },
-          () => call.end(),
+          () => {
+            release();
+            call.end();
+          },
         );
       };
-      call.on("cancelled", () => clearTimeout(timer));
+      call.on("cancelled", () => {
+        clearTimeout(timer);
+        release();
+      });
+      call.on("close", release);
       tick();
     },
   });

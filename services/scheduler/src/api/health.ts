@@ -4,7 +4,7 @@
  * means the scheduler has recovered its state and serves (state RUNNING), and PostgreSQL answers.
  */
 import type * as grpc from "@grpc/grpc-js";
-import { type ReadinessCheck, addHealthService } from "@nexusflow/common";
+import { type ReadinessCheck, addHealthService, sharedReadiness } from "@nexusflow/common";
 import {
   ArtifactService,
   ClusterService,
@@ -28,24 +28,35 @@ export interface SchedulerHealthOptions {
   pool: pg.Pool;
 }
 
-/** The scheduler's readiness: running, and PostgreSQL answering within 2 s. */
+/**
+ * The scheduler's readiness: running, and PostgreSQL answering within 2 s. Whether it runs is read
+ * at every call; the database's answer is shared by all callers for a second (sharedReadiness): the
+ * health service needs no token, and its `SELECT 1` takes a connection of the pool the group
+ * commits use, so a flood of Check calls must not take them all.
+ */
 export function schedulerReadiness(options: SchedulerHealthOptions): ReadinessCheck {
+  const database = sharedReadiness(() => databaseAnswers(options.pool));
   return async () => {
     if (!options.running()) return "the scheduler is not running (starting, recovering or stopping)";
-    let timer: NodeJS.Timeout | undefined;
-    const timeout = new Promise<string>((resolve) => {
-      timer = setTimeout(() => resolve("PostgreSQL did not answer within 2 s"), DATABASE_CHECK_TIMEOUT_MS);
-    });
-    const query = options.pool.query("SELECT 1").then(
-      () => undefined,
-      (e: unknown) => `PostgreSQL: ${e instanceof Error ? e.message : String(e)}`,
-    );
-    try {
-      return await Promise.race([query, timeout]);
-    } finally {
-      clearTimeout(timer);
-    }
+    return database();
   };
+}
+
+/** `SELECT 1` on `pool` within 2 s: undefined, else why not. */
+async function databaseAnswers(pool: pg.Pool): Promise<string | undefined> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<string>((resolve) => {
+    timer = setTimeout(() => resolve("PostgreSQL did not answer within 2 s"), DATABASE_CHECK_TIMEOUT_MS);
+  });
+  const query = pool.query("SELECT 1").then(
+    () => undefined,
+    (e: unknown) => `PostgreSQL: ${e instanceof Error ? e.message : String(e)}`,
+  );
+  try {
+    return await Promise.race([query, timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
 }
 
 /** Adds `grpc.health.v1.Health` to the scheduler's server and returns its readiness check. */
