@@ -63,6 +63,7 @@ import {
   type ReadinessCheck,
   ServingStatus,
   createLogger,
+  sharedReadiness,
 } from "@nexusflow/common";
 import { http } from "@nexusflow/gen/google/api/annotations_pb";
 
@@ -495,10 +496,7 @@ export function replicasReadiness(
   options: ReplicasReadinessOptions,
 ): ReadinessCheck {
   const log = options.logger ?? createLogger("gateway", "silent");
-  const maxAgeMs = options.maxAgeMs ?? 1000;
   let lastDown = "";
-  let inFlight: Promise<string | undefined> | undefined;
-  let last: { at: number; answer: string | undefined } | undefined;
   const checkAll = async (): Promise<string | undefined> => {
     const answers = await Promise.all(
       addresses.map(async (address) => {
@@ -523,14 +521,5 @@ export function replicasReadiness(
     lastDown = summary;
     return ready ? undefined : summary;
   };
-  return () => {
-    if (last !== undefined && performance.now() - last.at < maxAgeMs) return Promise.resolve(last.answer);
-    inFlight ??= checkAll()
-      .then((answer) => {
-        last = { at: performance.now(), answer };
-        return answer;
-      })
-      .finally(() => (inFlight = undefined));
-    return inFlight;
-  };
+  return sharedReadiness(checkAll, options.maxAgeMs ?? 1000);
 }
