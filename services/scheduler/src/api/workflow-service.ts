@@ -50,7 +50,13 @@ import { NAME_PATTERN, SIGNAL_NAME_PATTERN, SIGNAL_NAME_RULE } from "../dag/inde
 import { NAME_RULE } from "../dag/checker.js";
 import { refuseReservedKey } from "../engine/keyed-starts.js";
 import { TERMINAL_RUN_STATUSES, type RunStatusName, type SignalState } from "../model/run-state.js";
-import { checkRunId, runPageToken, type RunDetail, type RunStore } from "../persistence/run-store.js";
+import {
+  checkRunId,
+  runPageToken,
+  type RunDetail,
+  type RunFilter,
+  type RunStore,
+} from "../persistence/run-store.js";
 import { parkedPendingReasons } from "../engine/parked-reasons.js";
 import {
   MAX_RUN_ANSWER_BYTES,
@@ -417,7 +423,7 @@ export function workflowService(
       refuseNul(req.workflowName, "workflow_name");
       for (const [k, v] of Object.entries(req.labels)) refuseNul(k + v, `labels[${k}]`);
       if (RunView[req.view] === undefined) throw ApiError.invalid("view", `unknown run view ${req.view}`);
-      const page = await runs.list({
+      const filter: RunFilter = {
         workflowName: req.workflowName,
         statuses: req.statuses.map(runStatusName),
         labels: req.labels,
@@ -425,7 +431,8 @@ export function workflowService(
         createdBefore: filterTime(req.createdBefore, "created_before"),
         pageSize: req.pageSize,
         pageToken: req.pageToken,
-      });
+      };
+      const page = await runs.list(filter);
       // Lists default to BASIC: a run's input, output and tasks can be megabytes each.
       if (req.view !== RunView.FULL) {
         return create(ListRunsResponseSchema, {
@@ -446,9 +453,13 @@ export function workflowService(
         const tooLarge = PAGE_TOKEN_ROOM + size > LIST_RUNS_PAGE_BYTES || runTooDeep(run);
         const last = details[i - 1];
         if (last !== undefined && (tooLarge || bytes + size > LIST_RUNS_PAGE_BYTES))
-          return create(ListRunsResponseSchema, { runs: full, nextPageToken: runPageToken(last.run) });
+          return create(ListRunsResponseSchema, {
+            runs: full,
+            nextPageToken: runPageToken(last.run, filter),
+          });
         if (tooLarge) {
-          const nextPageToken = i === details.length - 1 ? page.nextPageToken : runPageToken(detail.run);
+          const nextPageToken =
+            i === details.length - 1 ? page.nextPageToken : runPageToken(detail.run, filter);
           return create(ListRunsResponseSchema, { runs: [basicOf(run)], nextPageToken });
         }
         full.push(run);

@@ -4,6 +4,7 @@
  * come back with camelCase keys, JSON columns parsed, timestamps as Dates and int8 as numbers
  * (database.ts sets pg's parser).
  */
+import { createHash } from "node:crypto";
 import { ApiError } from "@nexusflow/common";
 import { decodeToken, encodeToken, pageSizeOf } from "./page-token.js";
 import type { Database } from "./database.js";
@@ -264,14 +265,22 @@ export class RunStore {
       const t = decodeToken(
         filter.pageToken,
         // Ours name a stored instant and a run id: a forged one PostgreSQL could not read is refused.
-        (v): v is { t: string; id: string } =>
+        (v): v is { t: string; id: string; f?: string } =>
           typeof v === "object" &&
           v !== null &&
           typeof (v as { t?: unknown }).t === "string" &&
           Number.isFinite(Date.parse((v as { t: string }).t)) &&
           typeof (v as { id?: unknown }).id === "string" &&
-          UUID.test((v as { id: string }).id),
+          UUID.test((v as { id: string }).id) &&
+          ["string", "undefined"].includes(typeof (v as { f?: unknown }).f),
       );
+      // A token continues the listing it came from; with other filters it would continue another
+      // one from the wrong place (AIP-158). Tokens from before filters were bound carry none.
+      if (t.f !== undefined && t.f !== filterDigest(filter))
+        throw ApiError.invalid(
+          "page_token",
+          "was returned for other filters: list with the same workflow_name, statuses, labels, created_after and created_before as the call that returned it",
+        );
       const at = param(new Date(t.t));
       where.push(`(created_at < ${at} OR (created_at = ${at} AND id < ${param(t.id)}))`);
     }
@@ -282,7 +291,10 @@ export class RunStore {
     );
     const page = rows.slice(0, size);
     const last = page[page.length - 1];
-    return { runs: page, nextPageToken: rows.length > size && last !== undefined ? runPageToken(last) : "" };
+    return {
+      runs: page,
+      nextPageToken: rows.length > size && last !== undefined ? runPageToken(last, filter) : "",
+    };
   }
 
   /** The tasks and attempts of each of `rows`, read in two queries, in the order of `rows`. */
@@ -306,7 +318,22 @@ export class RunStore {
   }
 }
 
-/** The ListRuns page token that continues after `run` (keyset: created_at, id). */
-export function runPageToken(run: RunRow): string {
-  return encodeToken({ t: run.createdAt.toISOString(), id: run.id });
+/**
+ * The ListRuns page token that continues after `run` (keyset: created_at, id) in the listing of
+ * `filter`, which it is bound to (its digest: {@link filterDigest}).
+ */
+export function runPageToken(run: RunRow, filter: RunFilter): string {
+  return encodeToken({ t: run.createdAt.toISOString(), id: run.id, f: filterDigest(filter) });
+}
+
+/** A short digest of what ListRuns selects by (not the page size, which may change between pages). */
+export function filterDigest(filter: RunFilter): string {
+  const canonical = JSON.stringify([
+    filter.workflowName,
+    [...filter.statuses].sort(),
+    Object.entries(filter.labels).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)),
+    filter.createdAfter?.toISOString() ?? null,
+    filter.createdBefore?.toISOString() ?? null,
+  ]);
+  return createHash("sha256").update(canonical).digest("base64url").slice(0, 16);
 }

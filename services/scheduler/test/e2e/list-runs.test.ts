@@ -84,6 +84,57 @@ describe("ListRuns views and page bound", () => {
     }
   });
 
+  it("binds a page token to the filters it was returned for: other filters are INVALID_ARGUMENT", async () => {
+    const ids = [await run({ n: 1 }, { suite: "bound" }), await run({ n: 2 }, { suite: "bound" })];
+    const first = await client.listRuns({ labels: { suite: "bound" }, pageSize: 1 });
+    assert.deepEqual(
+      first.runs.map((r) => r.id),
+      [ids[1]],
+    );
+    assert.notEqual(first.nextPageToken, "");
+    // The same filters (labels in any order, another page size): the next page.
+    const second = await client.listRuns({
+      labels: { suite: "bound" },
+      statuses: [],
+      pageSize: 5,
+      pageToken: first.nextPageToken,
+    });
+    assert.deepEqual(
+      second.runs.map((r) => r.id),
+      [ids[0]],
+    );
+    for (const other of [
+      { labels: { suite: "view" } },
+      { labels: { suite: "bound" }, workflowName: "list-view" },
+      { labels: { suite: "bound" }, statuses: [RunStatus.SUCCEEDED] },
+      { labels: { suite: "bound" }, createdAfter: { seconds: 1n, nanos: 0 } },
+    ]) {
+      const err = await client.listRuns({ ...other, pageToken: first.nextPageToken }).then(
+        () =>
+          assert.fail(
+            `accepted the token with ${JSON.stringify(other, (_, v: unknown) => (typeof v === "bigint" ? String(v) : v))}`,
+          ),
+        (e: unknown) => ConnectError.from(e),
+      );
+      assert.equal(Code[err.code], Code[Code.InvalidArgument]);
+      assert.match(err.rawMessage, /^page_token: was returned for other filters/);
+    }
+    // A token from before tokens were bound (no digest) still continues the listing.
+    const unbound = JSON.parse(Buffer.from(first.nextPageToken, "base64url").toString("utf8")) as Record<
+      string,
+      unknown
+    >;
+    delete unbound["f"];
+    const old = await client.listRuns({
+      labels: { suite: "bound" },
+      pageToken: Buffer.from(JSON.stringify(unbound)).toString("base64url"),
+    });
+    assert.deepEqual(
+      old.runs.map((r) => r.id),
+      [ids[0]],
+    );
+  });
+
   it("lists runs in the BASIC view by default, and with input, output and tasks in FULL", async () => {
     const id = await run({ n: 7, note: "kept out of lists" }, { suite: "view" });
 
