@@ -22,7 +22,14 @@ import {
   type PublishedEvent,
 } from "@nexusflow/gen";
 import { eventKeyProblem, MAX_EVENT_KEY_LENGTH } from "../dag/index.js";
-import { decodeToken, encodeToken, pageSizeOf } from "../persistence/page-token.js";
+import {
+  checkTokenFilters,
+  decodeToken,
+  encodeToken,
+  filterDigest,
+  isDigest,
+  pageSizeOf,
+} from "../persistence/page-token.js";
 import { EVENT_PAYLOAD_DEPTH, refuseTooDeep } from "../model/answer-depth.js";
 import type { EventRow, MatchRow } from "../triggers/event-store.js";
 import type { WaitMatchRow, WaitMatchStatus } from "../triggers/wait-matches.js";
@@ -160,12 +167,14 @@ export function eventService(deps: EventServiceDeps): grpc.UntypedServiceImpleme
           ? undefined
           : decodeToken(
               req.pageToken,
-              (v): v is { seq: string } =>
+              (v): v is { seq: string; f?: string } =>
                 typeof v === "object" &&
                 v !== null &&
                 typeof (v as { seq?: unknown }).seq === "string" &&
-                isEventSeq((v as { seq: string }).seq),
+                isEventSeq((v as { seq: string }).seq) &&
+                isDigest((v as { f?: unknown }).f),
             );
+      if (after !== undefined) checkTokenFilters(after.f, [req.keyPrefix], "key_prefix");
       const rows = await store.list({ keyPrefix: req.keyPrefix, beforeSeq: after?.seq, limit: size + 1 });
       const page: EventRow[] = [];
       let total = 0;
@@ -179,7 +188,8 @@ export function eventService(deps: EventServiceDeps): grpc.UntypedServiceImpleme
       const more = rows.length > page.length;
       return create(ListEventsResponseSchema, {
         events: page.map((row) => eventView(row, [])),
-        nextPageToken: more && last !== undefined ? encodeToken({ seq: last.seq }) : "",
+        nextPageToken:
+          more && last !== undefined ? encodeToken({ seq: last.seq, f: filterDigest([req.keyPrefix]) }) : "",
       });
     }),
   };

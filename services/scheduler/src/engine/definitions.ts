@@ -16,7 +16,14 @@ import {
 } from "../dag/index.js";
 import type { DefinitionRow, DefinitionStore } from "../persistence/definition-store.js";
 import type { ErrorInfo } from "../model/run-state.js";
-import { decodeToken, encodeToken, pageSizeOf } from "../persistence/page-token.js";
+import {
+  checkTokenFilters,
+  decodeToken,
+  encodeToken,
+  filterDigest,
+  isDigest,
+  pageSizeOf,
+} from "../persistence/page-token.js";
 
 export type { DefinitionRow };
 
@@ -195,18 +202,23 @@ export class Definitions {
         : decodeToken(
             pageToken,
             // Ours name a stored id: a forged one PostgreSQL could not read is refused.
-            (v): v is { id: number } =>
+            (v): v is { id: number; f?: string } =>
               typeof v === "object" &&
               v !== null &&
               Number.isSafeInteger((v as { id?: unknown }).id) &&
-              (v as { id: number }).id > 0,
+              (v as { id: number }).id > 0 &&
+              isDigest((v as { f?: unknown }).f),
           );
+    if (after !== undefined) checkTokenFilters(after.f, [name, latestOnly], "name and latest_only");
     const rows = await this.store.list({ name, beforeId: after?.id, latestOnly, limit: size + 1 });
     const page = rows.slice(0, size);
     const last = page[page.length - 1];
     return {
       rows: page,
-      nextPageToken: rows.length > size && last !== undefined ? encodeToken({ id: last.id }) : "",
+      nextPageToken:
+        rows.length > size && last !== undefined
+          ? encodeToken({ id: last.id, f: filterDigest([name, latestOnly]) })
+          : "",
     };
   }
 }

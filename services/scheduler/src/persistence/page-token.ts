@@ -1,4 +1,9 @@
-/** Opaque page tokens of the List RPCs: base64url JSON of the keyset position. */
+/**
+ * Opaque page tokens of the List RPCs: base64url JSON of the keyset position, and (`f`) a digest of
+ * the listing's filters: a token continues the listing it came from, and with other filters it is
+ * refused (AIP-158) rather than continuing another listing from the wrong place.
+ */
+import { createHash } from "node:crypto";
 import { ApiError } from "@nexusflow/common";
 
 /** Encodes a keyset position as a page token. */
@@ -15,6 +20,28 @@ export function decodeToken<T>(token: string, check: (v: unknown) => v is T): T 
     // fall through
   }
   throw ApiError.invalid("page_token", "not a page token returned by this API");
+}
+
+/** A short digest of what a listing selects by (never its page size, which may change between pages). */
+export function filterDigest(filters: readonly unknown[]): string {
+  return createHash("sha256").update(JSON.stringify(filters)).digest("base64url").slice(0, 16);
+}
+
+/** Whether `v` is a token's optional filter digest (tokens from before digests carry none). */
+export function isDigest(v: unknown): v is string | undefined {
+  return v === undefined || typeof v === "string";
+}
+
+/**
+ * Throws INVALID_ARGUMENT naming page_token when a token's digest `f` is not that of `filters`;
+ * `names` says which request fields those are.
+ */
+export function checkTokenFilters(f: string | undefined, filters: readonly unknown[], names: string): void {
+  if (f !== undefined && f !== filterDigest(filters))
+    throw ApiError.invalid(
+      "page_token",
+      `was returned for other filters: list with the same ${names} as the call that returned it`,
+    );
 }
 
 /** The page size a List RPC serves when asked for 0, and the most it serves. */

@@ -4,9 +4,15 @@
  * come back with camelCase keys, JSON columns parsed, timestamps as Dates and int8 as numbers
  * (database.ts sets pg's parser).
  */
-import { createHash } from "node:crypto";
 import { ApiError } from "@nexusflow/common";
-import { decodeToken, encodeToken, pageSizeOf } from "./page-token.js";
+import {
+  checkTokenFilters,
+  decodeToken,
+  encodeToken,
+  filterDigest,
+  isDigest,
+  pageSizeOf,
+} from "./page-token.js";
 import type { Database } from "./database.js";
 
 /** A run row as read (workflow_runs). */
@@ -272,15 +278,15 @@ export class RunStore {
           Number.isFinite(Date.parse((v as { t: string }).t)) &&
           typeof (v as { id?: unknown }).id === "string" &&
           UUID.test((v as { id: string }).id) &&
-          ["string", "undefined"].includes(typeof (v as { f?: unknown }).f),
+          isDigest((v as { f?: unknown }).f),
       );
       // A token continues the listing it came from; with other filters it would continue another
       // one from the wrong place (AIP-158). Tokens from before filters were bound carry none.
-      if (t.f !== undefined && t.f !== filterDigest(filter))
-        throw ApiError.invalid(
-          "page_token",
-          "was returned for other filters: list with the same workflow_name, statuses, labels, created_after and created_before as the call that returned it",
-        );
+      checkTokenFilters(
+        t.f,
+        runFilters(filter),
+        "workflow_name, statuses, labels, created_after and created_before",
+      );
       const at = param(new Date(t.t));
       where.push(`(created_at < ${at} OR (created_at = ${at} AND id < ${param(t.id)}))`);
     }
@@ -323,17 +329,16 @@ export class RunStore {
  * `filter`, which it is bound to (its digest: {@link filterDigest}).
  */
 export function runPageToken(run: RunRow, filter: RunFilter): string {
-  return encodeToken({ t: run.createdAt.toISOString(), id: run.id, f: filterDigest(filter) });
+  return encodeToken({ t: run.createdAt.toISOString(), id: run.id, f: filterDigest(runFilters(filter)) });
 }
 
-/** A short digest of what ListRuns selects by (not the page size, which may change between pages). */
-export function filterDigest(filter: RunFilter): string {
-  const canonical = JSON.stringify([
+/** What ListRuns selects by, for its tokens' digest (labels in key order). */
+function runFilters(filter: RunFilter): unknown[] {
+  return [
     filter.workflowName,
     [...filter.statuses].sort(),
     Object.entries(filter.labels).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)),
     filter.createdAfter?.toISOString() ?? null,
     filter.createdBefore?.toISOString() ?? null,
-  ]);
-  return createHash("sha256").update(canonical).digest("base64url").slice(0, 16);
+  ];
 }

@@ -6,7 +6,14 @@
  */
 import { ApiError } from "@nexusflow/common";
 import type pg from "pg";
-import { decodeToken, encodeToken, pageSizeOf } from "../persistence/page-token.js";
+import {
+  checkTokenFilters,
+  decodeToken,
+  encodeToken,
+  filterDigest,
+  isDigest,
+  pageSizeOf,
+} from "../persistence/page-token.js";
 import { timeFireKey } from "./fire-store.js";
 import { isScheduleRef, type ScheduleSpec } from "../dag/schedule-spec.js";
 import { coordinatorFenceSql, type CoordinatorFence } from "../cluster/coordinator.js";
@@ -95,11 +102,12 @@ export function toRow(r: Row): ScheduleRow {
 const notFound = (id: string): ApiError => ApiError.notFound(`schedule ${JSON.stringify(id)} does not exist`);
 
 /** A page token names a schedule id: anything else (a NUL PostgreSQL cannot take) is not ours. */
-const isToken = (v: unknown): v is { after: string } =>
+const isToken = (v: unknown): v is { after: string; f?: string } =>
   typeof v === "object" &&
   v !== null &&
   typeof (v as { after?: unknown }).after === "string" &&
-  isScheduleRef((v as { after: string }).after);
+  isScheduleRef((v as { after: string }).after) &&
+  isDigest((v as { f?: unknown }).f);
 
 /** Schedules and fires in PostgreSQL. */
 export class ScheduleStore {
@@ -146,7 +154,12 @@ export class ScheduleStore {
     pageToken: string,
   ): Promise<{ rows: ScheduleRow[]; nextPageToken: string }> {
     const size = pageSizeOf(pageSize);
-    const after = pageToken === "" ? "" : decodeToken(pageToken, isToken).after;
+    let after = "";
+    if (pageToken !== "") {
+      const token = decodeToken(pageToken, isToken);
+      checkTokenFilters(token.f, [workflowName], "workflow_name");
+      after = token.after;
+    }
     const { rows } = await this.pool.query<Row>(
       `SELECT ${COLUMNS} FROM schedules WHERE schedule_id > $1 AND ($2 = '' OR workflow_name = $2)
        ORDER BY schedule_id LIMIT $3`,
@@ -156,7 +169,10 @@ export class ScheduleStore {
     const last = page.at(-1);
     return {
       rows: page,
-      nextPageToken: rows.length > size && last !== undefined ? encodeToken({ after: last.scheduleId }) : "",
+      nextPageToken:
+        rows.length > size && last !== undefined
+          ? encodeToken({ after: last.scheduleId, f: filterDigest([workflowName]) })
+          : "",
     };
   }
 

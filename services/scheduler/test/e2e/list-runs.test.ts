@@ -119,6 +119,27 @@ describe("ListRuns views and page bound", () => {
       assert.equal(Code[err.code], Code[Code.InvalidArgument]);
       assert.match(err.rawMessage, /^page_token: was returned for other filters/);
     }
+    // ListWorkflows: bound to its name and latest_only.
+    for (const version of [1, 2])
+      await registerSpec(client, { name: "bound-wf", version, steps: [{ id: "a", type: "noop" }] });
+    const workflows = await client.listWorkflows({ name: "bound-wf", pageSize: 1 });
+    assert.notEqual(workflows.nextPageToken, "");
+    const rest = await client.listWorkflows({ name: "bound-wf", pageToken: workflows.nextPageToken });
+    assert.deepEqual(
+      rest.workflows.map((w) => w.version),
+      [1],
+    );
+    for (const other of [{ name: "list-view" }, { name: "bound-wf", latestOnly: true }]) {
+      const err = await client.listWorkflows({ ...other, pageToken: workflows.nextPageToken }).then(
+        () => assert.fail(`ListWorkflows accepted the token with ${JSON.stringify(other)}`),
+        (e: unknown) => ConnectError.from(e),
+      );
+      assert.equal(Code[err.code], Code[Code.InvalidArgument]);
+      assert.match(
+        err.rawMessage,
+        /^page_token: was returned for other filters: list with the same name and latest_only/,
+      );
+    }
     // A token from before tokens were bound (no digest) still continues the listing.
     const unbound = JSON.parse(Buffer.from(first.nextPageToken, "base64url").toString("utf8")) as Record<
       string,

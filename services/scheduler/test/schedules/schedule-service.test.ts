@@ -307,6 +307,16 @@ describe("ScheduleService", () => {
     const listed = await schedules.listSchedules({ workflowName: "tick", pageSize: 2 });
     assert.equal(listed.schedules.length, 2);
     assert.notEqual(listed.nextPageToken, "");
+    // A token continues its own listing: for every workflow's schedules it is refused.
+    const unfiltered = await refusal(schedules.listSchedules({ pageToken: listed.nextPageToken }));
+    assert.equal(unfiltered.code, Code.InvalidArgument, unfiltered.message);
+    assert.match(
+      unfiltered.message,
+      /^page_token: was returned for other filters: list with the same workflow_name/,
+    );
+    assert.ok(
+      (await schedules.listSchedules({ workflowName: "tick", pageToken: listed.nextPageToken })).schedules,
+    );
 
     await schedules.deleteSchedule({ scheduleId: "nightly" });
     assert.equal((await refusal(schedules.getSchedule({ scheduleId: "nightly" }))).code, Code.NotFound);

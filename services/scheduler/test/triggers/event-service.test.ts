@@ -296,6 +296,11 @@ describe("EventService", () => {
       pageToken = page.nextPageToken;
     } while (pageToken !== "");
     assert.deepEqual(seen, ["invoices.n4", "invoices.n3", "invoices.n2", "invoices.n1", "invoices.n0"]);
+    // A token continues its own listing: with another prefix it is refused, naming the field.
+    const first = await events.listEvents({ keyPrefix: "invoices.", pageSize: 2 });
+    const other = await refusal(events.listEvents({ keyPrefix: "invoices", pageToken: first.nextPageToken }));
+    assert.equal(other.code, Code.InvalidArgument, other.message);
+    assert.match(other.message, /^page_token: was returned for other filters: list with the same key_prefix/);
     // "_" is no wildcard in a prefix.
     assert.deepEqual((await events.listEvents({ keyPrefix: "invoices_" })).events, []);
   });
