@@ -129,6 +129,20 @@ describe("ClusterService.ListExecutors", () => {
       seen,
       all.map((e) => e.sessionId),
     );
+    // A token continues its own listing: for another task type it is refused, naming the field.
+    const first = await cluster.listExecutors({ pageSize: 1 });
+    await assert.rejects(
+      cluster.listExecutors({ taskType: "noop", pageToken: first.nextPageToken }),
+      (e: unknown) => {
+        assert.ok(e instanceof ConnectError);
+        assert.equal(e.code, Code.InvalidArgument, e.message);
+        assert.match(
+          e.rawMessage,
+          /^page_token: was returned for other filters: list with the same task_type/,
+        );
+        return true;
+      },
+    );
   });
 
   it("refuses bad fields with INVALID_ARGUMENT naming them", async () => {

@@ -6,7 +6,7 @@ import { create, toBinary } from "@bufbuild/protobuf";
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import type * as grpc from "@grpc/grpc-js";
 import { ApiError, unary } from "@nexusflow/common";
-import { pageSizeOf } from "../persistence/page-token.js";
+import { checkTokenFilters, filterDigest, isDigest, pageSizeOf } from "../persistence/page-token.js";
 import {
   type ExecutorSession,
   ExecutorSessionSchema,
@@ -26,13 +26,21 @@ export interface ClusterSource {
   executors(): ExecutorView[];
 }
 
-/** The position after `view`, as next_page_token. */
-export function executorPageToken(view: { executorId: string; sessionId: string }): string {
-  return Buffer.from(JSON.stringify([view.executorId, view.sessionId]), "utf8").toString("base64url");
+/** The position after `view` in the listing of `taskType`'s sessions, as next_page_token. */
+export function executorPageToken(view: { executorId: string; sessionId: string }, taskType: string): string {
+  return Buffer.from(
+    JSON.stringify([view.executorId, view.sessionId, filterDigest([taskType])]),
+    "utf8",
+  ).toString("base64url");
 }
 
 /** The position a page token names; INVALID_ARGUMENT naming page_token when it is not one of ours. */
-export function parseExecutorPageToken(token: string): { executorId: string; sessionId: string } {
+export function parseExecutorPageToken(token: string): {
+  executorId: string;
+  sessionId: string;
+  /** Digest of the task type listed (filterDigest); absent in tokens from before it was bound. */
+  f: string | undefined;
+} {
   const bad = (): ApiError =>
     ApiError.invalid("page_token", "not a token from a previous ListExecutors response");
   if (token.length > MAX_PAGE_TOKEN || !/^[A-Za-z0-9_-]+$/.test(token)) throw bad();
@@ -44,12 +52,13 @@ export function parseExecutorPageToken(token: string): { executorId: string; ses
   }
   if (
     !Array.isArray(parsed) ||
-    parsed.length !== 2 ||
+    (parsed.length !== 2 && parsed.length !== 3) ||
     typeof parsed[0] !== "string" ||
-    typeof parsed[1] !== "string"
+    typeof parsed[1] !== "string" ||
+    !isDigest(parsed[2])
   )
     throw bad();
-  return { executorId: parsed[0], sessionId: parsed[1] };
+  return { executorId: parsed[0], sessionId: parsed[1], f: parsed[2] };
 }
 
 /** One page of `views` (already ordered) as the request asks; bad fields are INVALID_ARGUMENT. */
@@ -64,6 +73,7 @@ export function executorsPage(
     );
   const size = pageSizeOf(req.pageSize);
   const after = req.pageToken === "" ? undefined : parseExecutorPageToken(req.pageToken);
+  if (after !== undefined) checkTokenFilters(after.f, [req.taskType], "task_type");
   const matching = views.filter(
     (v) =>
       (req.taskType === "" || v.taskTypes.some((t) => t.name === req.taskType)) &&
@@ -73,7 +83,7 @@ export function executorsPage(
   const last = executors.at(-1);
   return {
     executors,
-    nextPageToken: matching.length > size && last !== undefined ? executorPageToken(last) : "",
+    nextPageToken: matching.length > size && last !== undefined ? executorPageToken(last, req.taskType) : "",
   };
 }
 
@@ -103,7 +113,10 @@ export function executorSession(view: ExecutorView): ExecutorSession {
 export const LIST_EXECUTORS_PAGE_BYTES = 1024 * 1024;
 
 /** The page's sessions as messages, cut at {@link LIST_EXECUTORS_PAGE_BYTES}. */
-export function executorsMessages(page: { executors: ExecutorView[]; nextPageToken: string }): {
+export function executorsMessages(
+  page: { executors: ExecutorView[]; nextPageToken: string },
+  taskType: string,
+): {
   executors: ExecutorSession[];
   nextPageToken: string;
 } {
@@ -114,7 +127,7 @@ export function executorsMessages(page: { executors: ExecutorView[]; nextPageTok
     const size = toBinary(ExecutorSessionSchema, message).length;
     if (executors.length > 0 && bytes + size > LIST_EXECUTORS_PAGE_BYTES) {
       const last = page.executors[executors.length - 1] as ExecutorView;
-      return { executors, nextPageToken: executorPageToken(last) };
+      return { executors, nextPageToken: executorPageToken(last, taskType) };
     }
     executors.push(message);
     bytes += size;
@@ -127,7 +140,7 @@ export function clusterService(source: ClusterSource): grpc.UntypedServiceImplem
   return {
     listExecutors: unary((req: ListExecutorsRequest) => {
       try {
-        const page = executorsMessages(executorsPage(source.executors(), req));
+        const page = executorsMessages(executorsPage(source.executors(), req), req.taskType);
         return Promise.resolve(
           create(ListExecutorsResponseSchema, {
             executors: page.executors,
