@@ -22,14 +22,7 @@ import {
   type PublishedEvent,
 } from "@nexusflow/gen";
 import { eventKeyProblem, MAX_EVENT_KEY_LENGTH } from "../dag/index.js";
-import {
-  checkTokenFilters,
-  decodeToken,
-  encodeToken,
-  filterDigest,
-  isDigest,
-  pageSizeOf,
-} from "../persistence/page-token.js";
+import { type Listing, decodeToken, encodeToken, pageSizeOf } from "../persistence/page-token.js";
 import { EVENT_PAYLOAD_DEPTH, refuseTooDeep } from "../model/answer-depth.js";
 import type { EventRow, MatchRow } from "../triggers/event-store.js";
 import type { WaitMatchRow, WaitMatchStatus } from "../triggers/wait-matches.js";
@@ -162,19 +155,19 @@ export function eventService(deps: EventServiceDeps): grpc.UntypedServiceImpleme
         throw ApiError.invalid("key_prefix", `at most ${MAX_EVENT_KEY_LENGTH} characters`);
       refuseNul(req.keyPrefix, "key_prefix");
       const size = pageSizeOf(req.pageSize);
+      const listing: Listing = { filters: [req.keyPrefix], names: "key_prefix" };
       const after =
         req.pageToken === ""
           ? undefined
           : decodeToken(
               req.pageToken,
-              (v): v is { seq: string; f?: string } =>
+              (v): v is { seq: string } =>
                 typeof v === "object" &&
                 v !== null &&
                 typeof (v as { seq?: unknown }).seq === "string" &&
-                isEventSeq((v as { seq: string }).seq) &&
-                isDigest((v as { f?: unknown }).f),
+                isEventSeq((v as { seq: string }).seq),
+              listing,
             );
-      if (after !== undefined) checkTokenFilters(after.f, [req.keyPrefix], "key_prefix");
       const rows = await store.list({ keyPrefix: req.keyPrefix, beforeSeq: after?.seq, limit: size + 1 });
       const page: EventRow[] = [];
       let total = 0;
@@ -188,8 +181,7 @@ export function eventService(deps: EventServiceDeps): grpc.UntypedServiceImpleme
       const more = rows.length > page.length;
       return create(ListEventsResponseSchema, {
         events: page.map((row) => eventView(row, [])),
-        nextPageToken:
-          more && last !== undefined ? encodeToken({ seq: last.seq, f: filterDigest([req.keyPrefix]) }) : "",
+        nextPageToken: more && last !== undefined ? encodeToken({ seq: last.seq }, listing) : "",
       });
     }),
   };

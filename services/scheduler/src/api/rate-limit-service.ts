@@ -19,7 +19,7 @@ import {
 } from "@nexusflow/gen";
 import { RATE_LIMIT_NAME_PATTERN } from "../dag/index.js";
 import type { RateLimitAdmin, RateLimitView } from "../engine/rate-limit-admin.js";
-import { decodeToken, encodeToken, pageSizeOf } from "../persistence/page-token.js";
+import { type Listing, decodeToken, encodeToken, pageSizeOf } from "../persistence/page-token.js";
 import { callPrincipal } from "./auth.js";
 
 /** Longest pause an operator may set. */
@@ -29,22 +29,15 @@ export const MAX_PAUSE_NOTE_LENGTH = 500;
 /** Longest key value. */
 export const MAX_RATE_LIMIT_KEY_LENGTH = 1000;
 
-/** A ListRateLimits page token: the last bucket of the page before, and the limit it listed. */
+/** A ListRateLimits page token: the last bucket of the page before (bound to the name listed). */
 interface BucketPosition {
   n: string;
   k: string;
-  f: string;
 }
 
 function isPosition(v: unknown): v is BucketPosition {
   const p = v as Partial<BucketPosition> | null;
-  return (
-    typeof p === "object" &&
-    p !== null &&
-    typeof p.n === "string" &&
-    typeof p.k === "string" &&
-    typeof p.f === "string"
-  );
+  return typeof p === "object" && p !== null && typeof p.n === "string" && typeof p.k === "string";
 }
 
 function checkName(name: string): void {
@@ -112,19 +105,17 @@ export function rateLimitService(
     listRateLimits: unary(async (req: ListRateLimitsRequest) => {
       if (req.name !== "") checkName(req.name);
       const limit = pageSizeOf(req.pageSize);
+      const listing: Listing = { filters: [req.name], names: "name" };
       let after: { name: string; key: string } | null = null;
       if (req.pageToken !== "") {
-        const p = decodeToken(req.pageToken, isPosition);
-        if (p.f !== req.name)
-          throw ApiError.invalid("page_token", "the token is of another name filter: give the same name");
+        const p = decodeToken(req.pageToken, isPosition, listing);
         after = { name: p.n, key: p.k };
       }
       const { buckets, more } = await limits.list({ name: req.name, after, limit });
       const last = buckets.at(-1);
       return create(ListRateLimitsResponseSchema, {
         buckets: buckets.map(bucketMessage),
-        nextPageToken:
-          more && last !== undefined ? encodeToken({ n: last.name, k: last.key, f: req.name }) : "",
+        nextPageToken: more && last !== undefined ? encodeToken({ n: last.name, k: last.key }, listing) : "",
       });
     }),
   };

@@ -16,14 +16,7 @@ import {
 } from "../dag/index.js";
 import type { DefinitionRow, DefinitionStore } from "../persistence/definition-store.js";
 import type { ErrorInfo } from "../model/run-state.js";
-import {
-  checkTokenFilters,
-  decodeToken,
-  encodeToken,
-  filterDigest,
-  isDigest,
-  pageSizeOf,
-} from "../persistence/page-token.js";
+import { type Listing, decodeToken, encodeToken, pageSizeOf } from "../persistence/page-token.js";
 
 export type { DefinitionRow };
 
@@ -196,29 +189,26 @@ export class Definitions {
     latestOnly: boolean,
   ): Promise<DefinitionPage> {
     const size = pageSizeOf(pageSize);
+    const listing: Listing = { filters: [name, latestOnly], names: "name and latest_only" };
     const after =
       pageToken === ""
         ? undefined
         : decodeToken(
             pageToken,
             // Ours name a stored id: a forged one PostgreSQL could not read is refused.
-            (v): v is { id: number; f?: string } =>
+            (v): v is { id: number } =>
               typeof v === "object" &&
               v !== null &&
               Number.isSafeInteger((v as { id?: unknown }).id) &&
-              (v as { id: number }).id > 0 &&
-              isDigest((v as { f?: unknown }).f),
+              (v as { id: number }).id > 0,
+            listing,
           );
-    if (after !== undefined) checkTokenFilters(after.f, [name, latestOnly], "name and latest_only");
     const rows = await this.store.list({ name, beforeId: after?.id, latestOnly, limit: size + 1 });
     const page = rows.slice(0, size);
     const last = page[page.length - 1];
     return {
       rows: page,
-      nextPageToken:
-        rows.length > size && last !== undefined
-          ? encodeToken({ id: last.id, f: filterDigest([name, latestOnly]) })
-          : "",
+      nextPageToken: rows.length > size && last !== undefined ? encodeToken({ id: last.id }, listing) : "",
     };
   }
 }

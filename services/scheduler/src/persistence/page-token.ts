@@ -6,20 +6,35 @@
 import { createHash } from "node:crypto";
 import { ApiError } from "@nexusflow/common";
 
-/** Encodes a keyset position as a page token. */
-export function encodeToken(value: unknown): string {
+/** What a listing selects by, which its tokens are bound to, and the request fields that are. */
+export interface Listing {
+  filters: readonly unknown[];
+  /** The fields, for the refusal: "name and latest_only". */
+  names: string;
+}
+
+/** Encodes a keyset position as a page token, bound to `listing` when given (its digest as `f`). */
+export function encodeToken(position: object, listing?: Listing): string {
+  const value = listing === undefined ? position : { ...position, f: filterDigest(listing.filters) };
   return Buffer.from(JSON.stringify(value)).toString("base64url");
 }
 
-/** Decodes a page token or throws INVALID_ARGUMENT naming the field. */
-export function decodeToken<T>(token: string, check: (v: unknown) => v is T): T {
+/**
+ * Decodes a page token or throws INVALID_ARGUMENT naming the field: when it is not ours, or (with
+ * `listing`) when it was returned for other filters.
+ */
+export function decodeToken<T>(token: string, check: (v: unknown) => v is T, listing?: Listing): T {
+  let position: T | undefined;
   try {
     const v: unknown = JSON.parse(Buffer.from(token, "base64url").toString("utf8"));
-    if (check(v)) return v;
+    if (check(v) && (listing === undefined || isDigest((v as { f?: unknown }).f))) position = v;
   } catch {
     // fall through
   }
-  throw ApiError.invalid("page_token", "not a page token returned by this API");
+  if (position === undefined) throw ApiError.invalid("page_token", "not a page token returned by this API");
+  if (listing !== undefined)
+    checkTokenFilters((position as { f?: string }).f, listing.filters, listing.names);
+  return position;
 }
 
 /** A short digest of what a listing selects by (never its page size, which may change between pages). */

@@ -5,14 +5,7 @@
  * (database.ts sets pg's parser).
  */
 import { ApiError } from "@nexusflow/common";
-import {
-  checkTokenFilters,
-  decodeToken,
-  encodeToken,
-  filterDigest,
-  isDigest,
-  pageSizeOf,
-} from "./page-token.js";
+import { type Listing, decodeToken, encodeToken, pageSizeOf } from "./page-token.js";
 import type { Database } from "./database.js";
 
 /** A run row as read (workflow_runs). */
@@ -271,21 +264,14 @@ export class RunStore {
       const t = decodeToken(
         filter.pageToken,
         // Ours name a stored instant and a run id: a forged one PostgreSQL could not read is refused.
-        (v): v is { t: string; id: string; f?: string } =>
+        (v): v is { t: string; id: string } =>
           typeof v === "object" &&
           v !== null &&
           typeof (v as { t?: unknown }).t === "string" &&
           Number.isFinite(Date.parse((v as { t: string }).t)) &&
           typeof (v as { id?: unknown }).id === "string" &&
-          UUID.test((v as { id: string }).id) &&
-          isDigest((v as { f?: unknown }).f),
-      );
-      // A token continues the listing it came from; with other filters it would continue another
-      // one from the wrong place (AIP-158). Tokens from before filters were bound carry none.
-      checkTokenFilters(
-        t.f,
-        runFilters(filter),
-        "workflow_name, statuses, labels, created_after and created_before",
+          UUID.test((v as { id: string }).id),
+        runListing(filter),
       );
       const at = param(new Date(t.t));
       where.push(`(created_at < ${at} OR (created_at = ${at} AND id < ${param(t.id)}))`);
@@ -326,19 +312,22 @@ export class RunStore {
 
 /**
  * The ListRuns page token that continues after `run` (keyset: created_at, id) in the listing of
- * `filter`, which it is bound to (its digest: {@link filterDigest}).
+ * `filter`, which it is bound to.
  */
 export function runPageToken(run: RunRow, filter: RunFilter): string {
-  return encodeToken({ t: run.createdAt.toISOString(), id: run.id, f: filterDigest(runFilters(filter)) });
+  return encodeToken({ t: run.createdAt.toISOString(), id: run.id }, runListing(filter));
 }
 
-/** What ListRuns selects by, for its tokens' digest (labels in key order). */
-function runFilters(filter: RunFilter): unknown[] {
-  return [
-    filter.workflowName,
-    [...filter.statuses].sort(),
-    Object.entries(filter.labels).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)),
-    filter.createdAfter?.toISOString() ?? null,
-    filter.createdBefore?.toISOString() ?? null,
-  ];
+/** What ListRuns selects by (labels in key order), which its tokens are bound to. */
+function runListing(filter: RunFilter): Listing {
+  return {
+    filters: [
+      filter.workflowName,
+      [...filter.statuses].sort(),
+      Object.entries(filter.labels).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)),
+      filter.createdAfter?.toISOString() ?? null,
+      filter.createdBefore?.toISOString() ?? null,
+    ],
+    names: "workflow_name, statuses, labels, created_after and created_before",
+  };
 }

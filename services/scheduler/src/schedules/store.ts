@@ -6,14 +6,7 @@
  */
 import { ApiError } from "@nexusflow/common";
 import type pg from "pg";
-import {
-  checkTokenFilters,
-  decodeToken,
-  encodeToken,
-  filterDigest,
-  isDigest,
-  pageSizeOf,
-} from "../persistence/page-token.js";
+import { type Listing, decodeToken, encodeToken, pageSizeOf } from "../persistence/page-token.js";
 import { timeFireKey } from "./fire-store.js";
 import { isScheduleRef, type ScheduleSpec } from "../dag/schedule-spec.js";
 import { coordinatorFenceSql, type CoordinatorFence } from "../cluster/coordinator.js";
@@ -102,12 +95,11 @@ export function toRow(r: Row): ScheduleRow {
 const notFound = (id: string): ApiError => ApiError.notFound(`schedule ${JSON.stringify(id)} does not exist`);
 
 /** A page token names a schedule id: anything else (a NUL PostgreSQL cannot take) is not ours. */
-const isToken = (v: unknown): v is { after: string; f?: string } =>
+const isToken = (v: unknown): v is { after: string } =>
   typeof v === "object" &&
   v !== null &&
   typeof (v as { after?: unknown }).after === "string" &&
-  isScheduleRef((v as { after: string }).after) &&
-  isDigest((v as { f?: unknown }).f);
+  isScheduleRef((v as { after: string }).after);
 
 /** Schedules and fires in PostgreSQL. */
 export class ScheduleStore {
@@ -154,12 +146,8 @@ export class ScheduleStore {
     pageToken: string,
   ): Promise<{ rows: ScheduleRow[]; nextPageToken: string }> {
     const size = pageSizeOf(pageSize);
-    let after = "";
-    if (pageToken !== "") {
-      const token = decodeToken(pageToken, isToken);
-      checkTokenFilters(token.f, [workflowName], "workflow_name");
-      after = token.after;
-    }
+    const listing: Listing = { filters: [workflowName], names: "workflow_name" };
+    const after = pageToken === "" ? "" : decodeToken(pageToken, isToken, listing).after;
     const { rows } = await this.pool.query<Row>(
       `SELECT ${COLUMNS} FROM schedules WHERE schedule_id > $1 AND ($2 = '' OR workflow_name = $2)
        ORDER BY schedule_id LIMIT $3`,
@@ -170,9 +158,7 @@ export class ScheduleStore {
     return {
       rows: page,
       nextPageToken:
-        rows.length > size && last !== undefined
-          ? encodeToken({ after: last.scheduleId, f: filterDigest([workflowName]) })
-          : "",
+        rows.length > size && last !== undefined ? encodeToken({ after: last.scheduleId }, listing) : "",
     };
   }
 
