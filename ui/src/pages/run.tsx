@@ -82,6 +82,18 @@ export function RunPage({ runId }: { runId: string }) {
         const timer = setTimeout(resolve, ms);
         signal.addEventListener("abort", () => clearTimeout(timer), { once: true });
       });
+    /**
+     * What a failed call means here: stop (aborted, or the token refused: signed out), an answer
+     * that will not change (shown), or one to ask again.
+     */
+    const failureOf = (e: unknown): "stop" | "final" | "retry" => {
+      if (isAborted(e) || signal.aborted) return "stop";
+      if (isUnauthenticated(e)) {
+        signOut(`The gateway refused the token: ${describeError(e)}`);
+        return "stop";
+      }
+      return isFinal(e) ? "final" : "retry";
+    };
     const watch = async (): Promise<void> => {
       let first: Run | undefined;
       // A gateway restarting or a scheduler out of reach (UNAVAILABLE and the like) is asked
@@ -93,12 +105,9 @@ export function RunPage({ runId }: { runId: string }) {
           setError(undefined);
           break;
         } catch (e) {
-          if (isAborted(e) || signal.aborted) return;
-          if (isUnauthenticated(e)) {
-            signOut(`The gateway refused the token: ${describeError(e)}`);
-            return;
-          }
-          if (isFinal(e)) {
+          const failure = failureOf(e);
+          if (failure === "stop") return;
+          if (failure === "final") {
             setError(describeError(e));
             return;
           }
@@ -143,12 +152,9 @@ export function RunPage({ runId }: { runId: string }) {
             await wait(RECONNECT_MS);
           }
         } catch (e) {
-          if (isAborted(e) || signal.aborted) return;
-          if (isUnauthenticated(e)) {
-            signOut(`The gateway refused the token: ${describeError(e)}`);
-            return;
-          }
-          if (isFinal(e)) {
+          const failure = failureOf(e);
+          if (failure === "stop") return;
+          if (failure === "final") {
             setLive({ state: "stopped", error: describeError(e) });
             return;
           }
