@@ -4,6 +4,7 @@ import { describe, it } from "node:test";
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import {
   CompletedSchema,
+  type Lease,
   LeaseSchema,
   ReportSchema,
   SessionRequestSchema,
@@ -76,6 +77,63 @@ describe("session batches", () => {
       many.message.value?.leases.map((l) => l.key?.taskRunId),
       ["t1", "t2", "t3"],
     );
+  });
+
+  it("encodes byte for byte what toBinary encodes for the whole message, at every length boundary", () => {
+    // Every length of an item, an entry and a batch from just below to just above each change of
+    // a varint's width (127/128, 16383/16384), and one far above.
+    const pads = [
+      ...Array.from({ length: 48 }, (_, i) => 90 + i),
+      ...Array.from({ length: 48 }, (_, i) => 16_330 + i),
+      200_000,
+    ];
+    const asLease = (l: EncodedItem): Lease => fromBinary(LeaseSchema, l.bytes);
+    for (const pad of pads)
+      for (const items of [[lease(1, pad)], [lease(0), lease(1, pad)], [lease(1, pad), lease(2, pad)]]) {
+        const expected = toBinary(
+          SessionResponseSchema,
+          create(SessionResponseSchema, {
+            message:
+              items.length === 1
+                ? { case: "lease", value: asLease(items[0] as EncodedItem) }
+                : { case: "leases", value: { leases: items.map(asLease) } },
+          }),
+        );
+        assert.deepEqual(
+          encodeBatch(items, SessionResponseSchema.field.leases.number),
+          expected,
+          `${items.length} leases, pad ${pad}`,
+        );
+      }
+    const completed = (pad: number): EncodedItem => ({
+      single: SessionRequestSchema.field.completed.number,
+      item: ReportSchema.field.completed.number,
+      bytes: toBinary(
+        CompletedSchema,
+        create(CompletedSchema, { key: { taskRunId: "c" }, outputRef: { key: "r".repeat(pad) } }),
+      ),
+    });
+    for (const pad of pads) {
+      const reports = [completed(0), completed(pad)];
+      const expected = toBinary(
+        SessionRequestSchema,
+        create(SessionRequestSchema, {
+          message: {
+            case: "reports",
+            value: {
+              items: reports.map((r) => ({
+                report: { case: "completed" as const, value: fromBinary(CompletedSchema, r.bytes) },
+              })),
+            },
+          },
+        }),
+      );
+      assert.deepEqual(
+        encodeBatch(reports, SessionRequestSchema.field.reports.number),
+        expected,
+        `reports, pad ${pad}`,
+      );
+    }
   });
 
   it("frames reports as their single message or as Reports items, and counts them as Acked does", () => {

@@ -2,7 +2,7 @@
  * What the executor session's two ends must agree on beyond the messages themselves: the protocol
  * versions, which messages Acked counts, and how batches are bounded and framed.
  */
-import { BinaryWriter, WireType } from "@bufbuild/protobuf/wire";
+import { WireType } from "@bufbuild/protobuf/wire";
 import type { SessionRequest } from "@nexusflow/gen";
 
 /**
@@ -139,17 +139,61 @@ export function splitBatches<T extends EncodedItem>(items: readonly T[], bounds:
  * One session message holding `items`, encoded: a single item is the message it would be alone
  * (its `single` field); several are field `batch` (LeaseBatch, Reports) whose repeated field 1
  * holds each item, wrapped in its `item` field when that is not 0. Each item's bytes are copied,
- * not encoded again.
+ * not encoded again, into one buffer of the message's exact size (a BinaryWriter would grow its
+ * buffer by doubling from 128 bytes, copying at each step, and copy it again to finish).
  */
 export function encodeBatch(items: readonly EncodedItem[], batch: number): Uint8Array {
   const only = items.length === 1 ? items[0] : undefined;
-  if (only !== undefined)
-    return new BinaryWriter().tag(only.single, WireType.LengthDelimited).bytes(only.bytes).finish();
-  const w = new BinaryWriter().tag(batch, WireType.LengthDelimited).fork();
-  for (const item of items) {
-    w.tag(1, WireType.LengthDelimited);
-    if (item.item === 0) w.bytes(item.bytes);
-    else w.fork().tag(item.item, WireType.LengthDelimited).bytes(item.bytes).join();
+  if (only !== undefined) {
+    const n = only.bytes.byteLength;
+    const out = new Uint8Array(tagSize(only.single) + varintSize(n) + n);
+    out.set(only.bytes, writeVarint(out, writeTag(out, 0, only.single), n));
+    return out;
   }
-  return w.join().finish();
+  let inner = 0;
+  for (const item of items) {
+    const entry = entrySize(item);
+    inner += tagSize(1) + varintSize(entry) + entry;
+  }
+  const out = new Uint8Array(tagSize(batch) + varintSize(inner) + inner);
+  let pos = writeVarint(out, writeTag(out, 0, batch), inner);
+  for (const item of items) {
+    const n = item.bytes.byteLength;
+    pos = writeVarint(out, writeTag(out, pos, 1), entrySize(item));
+    if (item.item !== 0) pos = writeVarint(out, writeTag(out, pos, item.item), n);
+    out.set(item.bytes, pos);
+    pos += n;
+  }
+  return out;
+}
+
+/** Bytes of an item's entry in the batch's repeated field: its message, or its `item` field holding it. */
+function entrySize(item: EncodedItem): number {
+  const n = item.bytes.byteLength;
+  return item.item === 0 ? n : tagSize(item.item) + varintSize(n) + n;
+}
+
+/** Bytes of a length-delimited field's tag. */
+function tagSize(field: number): number {
+  return varintSize(((field << 3) | WireType.LengthDelimited) >>> 0);
+}
+
+/** Bytes of an unsigned 32-bit varint. */
+function varintSize(n: number): number {
+  return n < 0x80 ? 1 : n < 0x4000 ? 2 : n < 0x200000 ? 3 : n < 0x10000000 ? 4 : 5;
+}
+
+/** Writes a length-delimited field's tag at `pos`; returns the position after it. */
+function writeTag(out: Uint8Array, pos: number, field: number): number {
+  return writeVarint(out, pos, ((field << 3) | WireType.LengthDelimited) >>> 0);
+}
+
+/** Writes an unsigned 32-bit varint at `pos`; returns the position after it. */
+function writeVarint(out: Uint8Array, pos: number, n: number): number {
+  while (n >= 0x80) {
+    out[pos++] = (n & 0x7f) | 0x80;
+    n >>>= 7;
+  }
+  out[pos++] = n;
+  return pos;
 }

@@ -14,15 +14,14 @@ import {
   splitBatches,
 } from "@nexusflow/common";
 import {
-  CompletedSchema,
   FailedSchema,
   HeartbeatSchema,
   ReleaseSchema,
   ReportSchema,
   type SessionRequest,
   SessionRequestSchema,
-  StartedSchema,
 } from "@nexusflow/gen";
+import { encodeCompleted, encodeStarted } from "./report-encoding.js";
 
 /** A session message that may travel as an item of a Reports message. */
 export type BatchableMessage = Extract<
@@ -35,17 +34,20 @@ export const REPORTS_BOUNDS: BatchBounds = { maxBytes: BATCH_BYTES, maxItems: BA
 
 const REPORTS_FIELD = SessionRequestSchema.field.reports.number;
 
-/** `message` encoded once, with its field numbers alone and as a Reports item. */
+/**
+ * `message` encoded once, with its field numbers alone and as a Reports item (every task's Started
+ * and Completed by hand: report-encoding.ts).
+ */
 export function encodeReport(message: BatchableMessage): EncodedItem {
   const single = SessionRequestSchema.field[message.case].number;
   const item = ReportSchema.field[message.case].number;
   switch (message.case) {
     case "started":
-      return { single, item, bytes: toBinary(StartedSchema, message.value) };
+      return { single, item, bytes: encodeStarted(message.value) };
     case "heartbeat":
       return { single, item, bytes: toBinary(HeartbeatSchema, message.value) };
     case "completed":
-      return { single, item, bytes: toBinary(CompletedSchema, message.value) };
+      return { single, item, bytes: encodeCompleted(message.value) };
     case "failed":
       return { single, item, bytes: toBinary(FailedSchema, message.value) };
     case "release":

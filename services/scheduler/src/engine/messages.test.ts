@@ -141,6 +141,30 @@ describe("a lease encoded by hand", () => {
     }
   });
 
+  it("encodes each lease alone: after a larger one, and after one whose input failed half-way", () => {
+    const exact = (input: unknown, traceContext?: Record<string, string>): Uint8Array => {
+      const { run, task } = leasedTask(input);
+      const bytes = encodeLease(run, task, traceContext);
+      assert.deepEqual(bytes, toBinary(LeaseSchema, leaseValue(run, task, traceContext)));
+      return bytes;
+    };
+    const first = exact({ a: 1 }, { traceparent: "00-ab-cd-01" });
+    const kept = first.slice();
+    exact({ big: "x".repeat(300_000), list: [1, 2, { c: "é😀" }] });
+    const small = exact(null);
+    assert.ok(small.byteLength < 200, `${small.byteLength} bytes: only its own`);
+    // What an earlier call returned is its own, not a view the next lease writes over.
+    assert.deepEqual(first, kept);
+    let deep: unknown = 1;
+    for (let i = 0; i < 150; i++) deep = i % 2 === 0 ? { d: deep } : [deep];
+    for (const failing of [[1n], { a: [1, "x", { b: [2n] }] }, deep]) {
+      const { run, task } = leasedTask(failing);
+      assert.throws(() => encodeLease(run, task));
+      exact({ after: [1, "two", { three: 3 }] }, { traceparent: "00-ab-cd-01" });
+      exact(undefined);
+    }
+  });
+
   it("carries a map element's index, 0 included, and none for another task", () => {
     const decode = (task: TaskState): Lease => fromBinary(LeaseSchema, encodeLease(undefined, task));
     assert.equal(decode(leasedTask({}, false, 0).task).elementIndex, 0);
