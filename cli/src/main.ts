@@ -18,8 +18,10 @@ import { USAGE, commandUsage, wantsHelp } from "./usage.js";
 /** The repository root: cli/src/main.ts is two levels below it. */
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
 
-function usageError(message: string): never {
-  process.stderr.write(`nexusflow: ${message}\nRun "nexusflow help" for usage.\n`);
+/** Exits 2 with one line, and where to read the usage (of `command` when one is given). */
+function usageError(message: string, command?: string): never {
+  const help = command === undefined ? "nexusflow help" : `nexusflow help ${command}`;
+  process.stderr.write(`nexusflow: ${message}\nRun "${help}" for usage.\n`);
   process.exit(2);
 }
 
@@ -68,7 +70,7 @@ async function operator(
     return io.stdoutBroken ? BROKEN_PIPE_EXIT_CODE : code;
   } catch (e) {
     if (io.stdoutBroken) return BROKEN_PIPE_EXIT_CODE;
-    if (e instanceof UsageError) usageError(e.message);
+    if (e instanceof UsageError) usageError(e.message, command);
     io.stderr(`nexusflow: ${e instanceof Error ? e.message : String(e)}\n`);
     return 1;
   }
@@ -112,7 +114,7 @@ switch (command) {
           );
       }
     } catch (e) {
-      usageError(parseArgsErrorText(e, rest));
+      usageError(parseArgsErrorText(e, rest), "dev");
     }
 
     const shutdown = new AbortController();

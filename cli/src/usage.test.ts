@@ -86,6 +86,13 @@ describe("a command's help", () => {
     const all = await nexusflow(["help", "help"]);
     assert.equal(all.code, 0);
     assert.equal(all.stdout, USAGE);
+    // A usage error names the command's help.
+    const missing = await nexusflow(["runs", "get"]);
+    assert.equal(missing.code, 2);
+    assert.equal(
+      missing.stderr,
+      'nexusflow: runs get: expected <run-id>\nRun "nexusflow help runs" for usage.\n',
+    );
     for (const args of [
       ["bogus", "--help"],
       ["help", "bogus"],

@@ -608,7 +608,7 @@ describe("nexusflow artifacts and logs against a live stack (filesystem store)",
     ]) {
       const r = await nexusflow(args, env);
       assert.equal(r.code, 2, `${args.join(" ")}: ${r.stderr}`);
-      assert.match(r.stderr, /Run "nexusflow help" for usage/);
+      assert.match(r.stderr, /Run "nexusflow help artifacts" for usage/);
     }
   });
 });

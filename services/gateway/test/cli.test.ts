@@ -83,7 +83,7 @@ describe("nexusflow CLI against a live stack", () => {
     assert.equal(bad.code, 2);
     assert.match(
       bad.stderr,
-      /^nexusflow: --scope: unknown scope "runs:delete" \(known: .*\)\nRun "nexusflow help" for usage.\n$/,
+      /^nexusflow: --scope: unknown scope "runs:delete" \(known: .*\)\nRun "nexusflow help token" for usage.\n$/,
     );
   });
 
