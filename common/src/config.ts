@@ -427,6 +427,13 @@ function database(env: Env): DatabaseConfig {
   };
 }
 
+/**
+ * The largest task output (and progress, error details) an executor process sends inline, in bytes
+ * (3 MiB): every larger output goes to the artifact store, so `ARTIFACT_OFFLOAD_THRESHOLD` is at
+ * most this (a higher threshold would never apply).
+ */
+export const MAX_INLINE_OUTPUT_BYTES = 3 * 1024 * 1024;
+
 function artifacts(env: Env): ArtifactConfig {
   return {
     s3Endpoint: url(env, "S3_ENDPOINT", ["http:", "https:"]),
@@ -435,7 +442,14 @@ function artifacts(env: Env): ArtifactConfig {
     s3Region: str(env, "S3_REGION") ?? "us-east-1",
     s3Bucket: str(env, "S3_BUCKET") ?? "nexusflow",
     dir: str(env, "ARTIFACTS_DIR") ?? `${str(env, "NEXUSFLOW_DATA_DIR") ?? ".nexusflow"}/artifacts`,
-    offloadThresholdBytes: int(env, "ARTIFACT_OFFLOAD_THRESHOLD", 256 * 1024, 1024, 64 * 1024 * 1024),
+    offloadThresholdBytes: int(
+      env,
+      "ARTIFACT_OFFLOAD_THRESHOLD",
+      256 * 1024,
+      1024,
+      MAX_INLINE_OUTPUT_BYTES,
+      "an executor sends outputs of up to 3 MiB inline and stores every larger one in the artifact store, so a higher threshold would never apply",
+    ),
   };
 }
 

@@ -6,7 +6,7 @@
 import { createRequire } from "node:module";
 import { hostname } from "node:os";
 import * as grpc from "@grpc/grpc-js";
-import { createLogger, type Logger } from "@nexusflow/common";
+import { MAX_INLINE_OUTPUT_BYTES, createLogger, type Logger } from "@nexusflow/common";
 import { type ArtifactStore, DEFAULT_OFFLOAD_THRESHOLD_BYTES } from "@nexusflow/common/artifacts";
 import { ArtifactLogSink } from "./artifact-log-sink.js";
 import { DEFAULT_MAX_OFFLOAD_BYTES } from "./artifacts.js";
@@ -190,8 +190,11 @@ export const EXECUTOR_VERSION: string = (
 const MAX_SLOTS = 10_000;
 /** Largest {@link ExecutorOptions.maxPayloadBytes}: 1 MiB below the scheduler's 16 MiB receive limit. */
 export const MAX_PAYLOAD_BYTES = 15 * 1024 * 1024;
-/** Default {@link ExecutorOptions.maxPayloadBytes} (3 MiB): the executor process's, which no variable sets. */
-export const DEFAULT_MAX_PAYLOAD_BYTES = 3 * 1024 * 1024;
+/**
+ * Default {@link ExecutorOptions.maxPayloadBytes} (3 MiB): the executor process's, which no variable
+ * sets (the configuration bounds ARTIFACT_OFFLOAD_THRESHOLD by it).
+ */
+export const DEFAULT_MAX_PAYLOAD_BYTES = MAX_INLINE_OUTPUT_BYTES;
 /** Largest delay or timeout accepted: Node's timer limit (~24.8 days); longer ones would fire at once. */
 const MAX_MS = 2_147_483_647;
 

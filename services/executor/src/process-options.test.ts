@@ -2,10 +2,10 @@ import assert from "node:assert/strict";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, it } from "node:test";
-import { loadExecutorConfig } from "@nexusflow/common";
+import { ConfigError, MAX_INLINE_OUTPUT_BYTES, loadExecutorConfig } from "@nexusflow/common";
 import { FilesystemArtifactStore } from "@nexusflow/common/artifacts";
-import { isExecutorError } from "./errors.js";
 import { Executor } from "./executor.js";
+import { DEFAULT_MAX_PAYLOAD_BYTES } from "./options.js";
 import { processExecutorOptions, shellBaseEnv } from "./process-options.js";
 
 describe("processExecutorOptions", () => {
@@ -41,14 +41,20 @@ describe("processExecutorOptions", () => {
     assert.deepEqual(shellBaseEnv({ A: "1", B: undefined }), { A: "1" });
   });
 
-  it("refuses ARTIFACT_OFFLOAD_THRESHOLD above the largest output sent inline, naming both", () => {
+  it("refuses ARTIFACT_OFFLOAD_THRESHOLD above the largest output sent inline in the configuration", () => {
     const env = { ARTIFACT_OFFLOAD_THRESHOLD: String(3 * 1024 * 1024 + 1) };
     assert.throws(
-      () => processExecutorOptions(loadExecutorConfig(env), env, {}),
+      () => loadExecutorConfig(env),
       (e) =>
-        isExecutorError(e, "INVALID_OPTIONS") &&
-        e.message.startsWith("ARTIFACT_OFFLOAD_THRESHOLD: 3145729 is above") &&
-        e.message.includes("(maxPayloadBytes, 3145728 bytes)"),
+        e instanceof ConfigError &&
+        e.variable === "ARTIFACT_OFFLOAD_THRESHOLD" &&
+        e.message.startsWith("ARTIFACT_OFFLOAD_THRESHOLD: must be between 1024 and 3145728 (") &&
+        e.message.endsWith("got 3145729"),
+    );
+    assert.equal(
+      MAX_INLINE_OUTPUT_BYTES,
+      DEFAULT_MAX_PAYLOAD_BYTES,
+      "the bound is the process's maxPayloadBytes",
     );
   });
 

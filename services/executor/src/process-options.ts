@@ -4,7 +4,6 @@
  * environment that `shell` tasks inherit.
  */
 import type { ExecutorConfig } from "@nexusflow/common";
-import { ExecutorError } from "./errors.js";
 import { DEFAULT_MAX_PAYLOAD_BYTES, type ExecutorOptions } from "./options.js";
 
 /**
@@ -31,28 +30,19 @@ export function shellBaseEnv(env: NodeJS.ProcessEnv): Record<string, string> {
 
 /**
  * The options of an executor process: identity, capacity, types, scheduler and artifact offload
- * from `config`, `shell` tasks on `env` without its secrets, and what only the process knows
- * (`rest`: its artifact store, logger, session metadata, channel options). Throws
- * {@link ExecutorError} `INVALID_OPTIONS`, naming the variable, for ARTIFACT_OFFLOAD_THRESHOLD above
- * the largest output the process sends inline (`maxPayloadBytes`, 3 MiB): every output larger than
- * that is offloaded anyway, so such a threshold would never apply.
+ * from `config` (whose ARTIFACT_OFFLOAD_THRESHOLD is at most the largest output the process sends
+ * inline, `maxPayloadBytes`, 3 MiB), `shell` tasks on `env` without its secrets, and what only the
+ * process knows (`rest`: its artifact store, logger, session metadata, channel options).
  */
 export function processExecutorOptions(
   config: ExecutorConfig,
   env: NodeJS.ProcessEnv,
   rest: Pick<ExecutorOptions, "artifacts" | "logger" | "metadata" | "channelOptions">,
 ): ExecutorOptions {
-  const threshold = config.artifacts.offloadThresholdBytes;
-  if (threshold > DEFAULT_MAX_PAYLOAD_BYTES) {
-    throw new ExecutorError(
-      "INVALID_OPTIONS",
-      `ARTIFACT_OFFLOAD_THRESHOLD: ${threshold} is above the largest output the executor sends inline (maxPayloadBytes, ${DEFAULT_MAX_PAYLOAD_BYTES} bytes), so it would never apply: every output larger than that is stored in the artifact store; set ARTIFACT_OFFLOAD_THRESHOLD to at most ${DEFAULT_MAX_PAYLOAD_BYTES}`,
-    );
-  }
   return {
     ...rest,
     maxPayloadBytes: DEFAULT_MAX_PAYLOAD_BYTES,
-    offloadThresholdBytes: threshold,
+    offloadThresholdBytes: config.artifacts.offloadThresholdBytes,
     schedulerAddress: config.schedulerAddress,
     executorId: config.executorId,
     slots: config.slots,

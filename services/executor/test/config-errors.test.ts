@@ -66,7 +66,7 @@ describe("executor process configuration", { timeout: 2 * EXIT_WITHIN_MS }, () =
     assert.equal(lines.length, 1, stderr);
     assert.match(
       lines[0] ?? "",
-      /^nexusflow-executor: ARTIFACT_OFFLOAD_THRESHOLD: 8388608 is above the largest output the executor sends inline \(maxPayloadBytes, 3145728 bytes\)/,
+      /^nexusflow-executor: ARTIFACT_OFFLOAD_THRESHOLD: must be between 1024 and 3145728 \(an executor sends outputs of up to 3 MiB inline .*\), got 8388608$/,
     );
   });
 });
