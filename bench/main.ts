@@ -13,6 +13,7 @@ import { describeMachine, ROOT } from "./lib/machine.js";
 import { BenchPostgres, fsyncProbe, POSTGRES_SETTINGS, WAL_SEGMENTS } from "./lib/postgres.js";
 import { roundSummary } from "./lib/stats.js";
 import { benchTracing, type SinkStats } from "./lib/tracing.js";
+import type { AllocationSummary } from "./lib/profile.js";
 import { formatTable } from "./lib/table.js";
 import { dagSection, type DagResult } from "./sections/dag.js";
 import {
@@ -83,6 +84,8 @@ export interface BenchReport {
   tracing?: { sampleRatio: number } & SinkStats;
   targets?: Target[];
   profiles?: Record<string, unknown>;
+  /** What the executors' thread allocated in each profiled phase (--allocations). */
+  executorAllocations?: Record<string, unknown>;
   errors: { section: string; message: string }[];
 }
 
@@ -266,6 +269,25 @@ export async function runBench(argv: readonly string[], io: BenchIo): Promise<Be
           ]),
         );
       }
+    }
+    const allocations: [string, AllocationSummary][] = [
+      ...Object.entries(ctx.profiles).flatMap(([phase, p]): [string, AllocationSummary][] =>
+        p.allocations === undefined ? [] : [[`${phase} (scheduler's thread)`, p.allocations]],
+      ),
+      ...Object.entries(ctx.executorAllocations).map(([name, a]): [string, AllocationSummary] => [
+        `${name} (executors' thread)`,
+        a,
+      ]),
+    ];
+    if (allocations.length > 0) report.executorAllocations = ctx.executorAllocations;
+    for (const [what, a] of allocations) {
+      print(`\nallocated in ${what}: ${(a.bytes / 2 ** 20).toFixed(1)} MiB, ${a.file}`);
+      print(
+        formatTable([
+          ["MiB", "function", "where"],
+          ...a.functions.slice(0, 10).map((f) => [(f.bytes / 2 ** 20).toFixed(1), f.fn, f.where]),
+        ]),
+      );
     }
   } finally {
     stopCluster = undefined;

@@ -9,6 +9,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, it } from "node:test";
 import { parseArgs, scaled, UsageError } from "./lib/cli.js";
+import { ROOT } from "./lib/machine.js";
+import { allocationSummary } from "./lib/profile.js";
 import { quantile, summarize } from "./lib/stats.js";
 import { runBench, type BenchReport } from "./main.js";
 import { chainSteps, fanOutSteps } from "./sections/dag.js";
@@ -55,6 +57,47 @@ describe("bench command line", () => {
         (e: unknown) => e instanceof UsageError && /--tracing/.test(e.message),
         bad,
       );
+  });
+
+  it("takes --allocations as --profile with allocation sampling", () => {
+    assert.deepEqual(
+      [parseArgs(["--allocations"]).profile, parseArgs(["--allocations"]).allocations],
+      [true, true],
+    );
+    assert.deepEqual([parseArgs(["--profile"]).profile, parseArgs(["--profile"]).allocations], [true, false]);
+  });
+});
+
+describe("allocation profiles", () => {
+  it("sums every node's bytes and ranks the functions that allocated themselves", () => {
+    const frame = (functionName: string, url = "", lineNumber = 0) => ({ functionName, url, lineNumber });
+    const summary = allocationSummary({
+      callFrame: frame("(root)"),
+      selfSize: 0,
+      children: [
+        {
+          callFrame: frame("run", `file://${ROOT}/services/executor/src/task-attempt.ts`, 9),
+          selfSize: 4096,
+        },
+        {
+          callFrame: frame("outer"),
+          selfSize: 1024,
+          children: [
+            {
+              callFrame: frame("run", `file://${ROOT}/services/executor/src/task-attempt.ts`, 9),
+              selfSize: 2048,
+            },
+            { callFrame: frame(""), selfSize: 512 },
+          ],
+        },
+      ],
+    });
+    assert.equal(summary.bytes, 4096 + 1024 + 2048 + 512);
+    assert.deepEqual(summary.functions, [
+      { bytes: 6144, fn: "run", where: "services/executor/src/task-attempt.ts:10" },
+      { bytes: 1024, fn: "outer", where: "" },
+      { bytes: 512, fn: "(anonymous)", where: "" },
+    ]);
   });
 });
 

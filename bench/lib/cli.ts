@@ -40,6 +40,12 @@ export interface BenchOptions {
   /** Write a V8 CPU profile of the bench process for each Nexusflow phase. @default false */
   profile: boolean;
   /**
+   * With the CPU profiles, sample every allocation of each profiled thread (collected or not) into a
+   * .heapprofile beside each .cpuprofile, and print what each phase allocated. Implies `profile`.
+   * @default false
+   */
+  allocations: boolean;
+  /**
    * Nexusflow's scheduler records Prometheus metrics and is scraped every 15 s, as a deployment
    * is, to measure what metrics cost. @default false (no metrics)
    */
@@ -60,7 +66,7 @@ export interface BenchOptions {
 
 /** Usage text. */
 export const USAGE = `usage: npm run bench -- [--only ${SECTIONS.join("|")}[,...]] [--scale F]
-                        [--systems ${SYSTEMS.join(",")}] [--rates 100,500] [--profile] [--metrics] [--tracing RATIO] [--out DIR]
+                        [--systems ${SYSTEMS.join(",")}] [--rates 100,500] [--profile] [--allocations] [--metrics] [--tracing RATIO] [--out DIR]
   --only      run only these sections (comma-separated); cost needs throughput and runs it;
               bulk: enqueue through each system's bulk API (StartRuns, insert, addJobs), then drain;
               retention: the drain beside a purge of old runs (Nexusflow);
@@ -71,6 +77,9 @@ export const USAGE = `usage: npm run bench -- [--only ${SECTIONS.join("|")}[,...
   --systems   systems compared in throughput, latency and cost (dag: nexusflow, dbos)
   --rates     open-loop arrival rates in runs/s (default 100,500,1000 and half our drain rate)
   --profile   write a .cpuprofile per Nexusflow phase and print its hottest functions
+  --allocations
+              --profile, and every allocation sampled too: a .heapprofile per profiled thread and
+              phase, and the bytes each phase allocated
   --metrics   Nexusflow's scheduler and executors record Prometheus metrics, scraped every 15 s
               (their cost)
   --tracing   trace this share of Nexusflow's runs (e.g. 0.1) with OpenTelemetry, exported over
@@ -100,6 +109,7 @@ export function parseArgs(argv: readonly string[]): BenchOptions {
     scale: 1,
     systems: [...SYSTEMS],
     profile: false,
+    allocations: false,
     metrics: false,
     tracing: undefined,
     out: undefined,
@@ -139,6 +149,10 @@ export function parseArgs(argv: readonly string[]): BenchOptions {
       }
       case "--profile":
         options.profile = true;
+        break;
+      case "--allocations":
+        options.profile = true;
+        options.allocations = true;
         break;
       case "--metrics":
         options.metrics = true;

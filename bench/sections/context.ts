@@ -1,12 +1,12 @@
 /** What every section gets: options, the cluster, system factories, profiling and progress output. */
 import { cpus } from "node:os";
-import { join } from "node:path";
+import { basename, join } from "node:path";
 import type { Logger } from "@nexusflow/common";
 import type { BenchOptions, SystemName } from "../lib/cli.js";
 import { collectGarbage } from "../lib/collect-garbage.js";
 import { cpuBetween, cpuSnapshot, postmasterPid, type CpuSnapshot, type CpuUsage } from "../lib/cpu.js";
 import { diffCounters, type BenchPostgres, type PgCounters, type StatementCost } from "../lib/postgres.js";
-import { startProfile, type ProfileSummary } from "../lib/profile.js";
+import { type AllocationSummary, startProfile, type ProfileSummary } from "../lib/profile.js";
 import { DbosSystem, type DbosOptions } from "../systems/dbos.js";
 import { GraphileSystem } from "../systems/graphile.js";
 import { NexusflowSystem, type NexusflowOptions } from "../systems/nexusflow.js";
@@ -17,6 +17,8 @@ import type { QueueSystem } from "../systems/types.js";
 export class BenchContext {
   /** Profiles written, by phase. */
   readonly profiles: Record<string, ProfileSummary> = {};
+  /** What the executors' thread allocated in each profiled phase (--allocations), by profile name. */
+  readonly executorAllocations: Record<string, AllocationSummary> = {};
   private databases = 0;
 
   constructor(
@@ -58,6 +60,14 @@ export class BenchContext {
       log: this.log,
       metrics: this.options.metrics,
       ...(this.options.profile ? { executorProfilePrefix: join(this.outDir, `${this.stamp}-${phase}`) } : {}),
+      ...(this.options.allocations
+        ? {
+            executorAllocations: true,
+            onExecutorAllocations: (a: AllocationSummary) => {
+              this.executorAllocations[basename(a.file, ".heapprofile")] = a;
+            },
+          }
+        : {}),
       ...options,
     });
   }
@@ -127,7 +137,7 @@ export class BenchContext {
     while (this.profiles[n === 1 ? phase : `${phase}-${n}`] !== undefined) n++;
     if (n > 1) phase = `${phase}-${n}`;
     const file = join(this.outDir, `${this.stamp}-${phase}.cpuprofile`);
-    const profiling = await startProfile(file);
+    const profiling = await startProfile(file, { allocations: this.options.allocations });
     try {
       return await fn();
     } finally {

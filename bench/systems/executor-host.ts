@@ -14,7 +14,7 @@ import { createLogger } from "@nexusflow/common";
 import { createMetricsRegistry, grpcClientMetrics, type Registry } from "@nexusflow/common/metrics";
 import { Executor, registerExecutorMetrics } from "@nexusflow/executor";
 import { watchGcPauses } from "../lib/gc-pauses.js";
-import { type Profiling, startProfile } from "../lib/profile.js";
+import { type AllocationSummary, type Profiling, startProfile } from "../lib/profile.js";
 import { recordStart, type WorkerHostData } from "./types.js";
 
 /** What a phase's executors are: where they attach, what they run, where they record. */
@@ -33,6 +33,8 @@ export interface ExecutorHostStart {
   metrics?: { scrapeIntervalMs: number };
   /** Profile this thread while its executors are attached, into this file (--profile). */
   profileFile?: string;
+  /** With `profileFile`, sample its allocations too (--allocations). */
+  allocations?: boolean;
 }
 
 export type ExecutorHostMessage =
@@ -98,19 +100,25 @@ port.on("message", (message: ExecutorHostMessage) => {
   }
   if (message.kind === "start") {
     gc = watchGcPauses();
-    if (message.profileFile !== undefined) profiling = startProfile(message.profileFile);
+    if (message.profileFile !== undefined)
+      profiling = startProfile(message.profileFile, { allocations: message.allocations === true });
   }
+  let allocations: AllocationSummary | undefined;
   const done =
     message.kind === "start"
       ? attach(message)
       : detach(message.reason).then(async () => {
           const current = profiling;
           profiling = undefined;
-          if (current !== undefined) await (await current).stop();
+          if (current !== undefined) allocations = (await (await current).stop()).allocations;
         });
   done.then(
     () =>
-      port.postMessage(message.kind === "start" ? { kind: "started" } : { kind: "stopped", gc: gc?.stop() }),
+      port.postMessage(
+        message.kind === "start"
+          ? { kind: "started" }
+          : { kind: "stopped", gc: gc?.stop(), ...(allocations === undefined ? {} : { allocations }) },
+      ),
     (e: unknown) => port.postMessage({ kind: "error", message: String(e) }),
   );
 });

@@ -17,6 +17,7 @@ import { RunView, WorkflowService } from "@nexusflow/gen";
 import { createMetricsRegistry } from "@nexusflow/common/metrics";
 import { Scheduler } from "@nexusflow/scheduler";
 import type { GcPauses } from "../lib/gc-pauses.js";
+import type { AllocationSummary } from "../lib/profile.js";
 import { benchTracing } from "../lib/tracing.js";
 import type { ExecutorHostMessage } from "./executor-host.js";
 import type { ProducerCommand } from "./producer-host.js";
@@ -62,6 +63,9 @@ export interface NexusflowOptions {
    * when its executors stop. @default undefined (no profile)
    */
   executorProfilePrefix?: string;
+  /** With `executorProfilePrefix`, sample the executors' thread's allocations too, told to `onExecutorAllocations`. */
+  executorAllocations?: boolean;
+  onExecutorAllocations?: (allocations: AllocationSummary) => void;
   log?: Logger;
 }
 
@@ -261,7 +265,10 @@ export class NexusflowSystem implements QueueSystem {
       ...(this.options.metrics === true ? { metrics: { scrapeIntervalMs: SCRAPE_INTERVAL_MS } } : {}),
       ...(this.options.executorProfilePrefix === undefined
         ? {}
-        : { profileFile: `${this.options.executorProfilePrefix}-executors-${++this.profiles}.cpuprofile` }),
+        : {
+            profileFile: `${this.options.executorProfilePrefix}-executors-${++this.profiles}.cpuprofile`,
+            allocations: this.options.executorAllocations === true,
+          }),
     };
     await command(worker, start, "started");
     this.recorder.onReset = (starts, counts) => {
@@ -278,8 +285,9 @@ export class NexusflowSystem implements QueueSystem {
     const stop: ExecutorHostMessage = { kind: "stop", reason: "bench done" };
     const stopped = command(worker, stop, "stopped");
     await releaseWorker(EXECUTOR_HOST, worker, stopped);
-    const { gc } = await stopped;
+    const { gc, allocations } = await stopped;
     if (gc !== undefined) this.threadGcValue.executors = gc;
+    if (allocations !== undefined) this.options.onExecutorAllocations?.(allocations);
   }
 
   /** Runs still active in the engine (runs leave memory once their completion is committed). */
@@ -395,6 +403,8 @@ interface HostReply {
   firstError?: string;
   /** The host thread's collections (open loop: the producer's; stopped: the executors'). */
   gc?: GcPauses;
+  /** What the executors' thread allocated while profiled (stopped, --allocations). */
+  allocations?: AllocationSummary;
 }
 
 /** Waits for the host's next message, which must be `kind`; its `error` message or exit rejects. */
