@@ -33,6 +33,24 @@ describe("createTaskLog", () => {
     ]);
   });
 
+  it("works through methods taken off it, as a handler may (`const { info } = ctx.log`)", () => {
+    const { log, lines } = open();
+    const { info, warn, error, write, end } = log;
+    write("stdout", "x");
+    info("i");
+    warn("w", { a: 1 });
+    error("e");
+    end();
+    info("after end");
+    assert.deepEqual(lines(), [
+      ["log", "info", "i"],
+      ["log", "warn", "w"],
+      ["log", "error", "e"],
+      ["stdout", "", "x"],
+    ]);
+    assert.equal(log.info, info, "one function per method and attempt");
+  });
+
   it("cuts a line longer than MAX_LINE_CHARS", () => {
     const { log, lines } = open();
     log.write("stdout", "x".repeat(MAX_LINE_CHARS + 5));

@@ -18,59 +18,109 @@ export interface AttemptTaskLog extends TaskLog {
 
 /** Creates the `ctx.log` of one attempt over `sink`. */
 export function createTaskLog(sink: AttemptLog, attempt: number, mirror?: () => Logger): AttemptTaskLog {
-  let ended = false;
-  const partial = { stdout: "", stderr: "" };
-  const emit = (record: LogRecord): void => {
+  return new AttemptLogWriter(sink, attempt, mirror);
+}
+
+/**
+ * The `ctx.log` of one attempt. Its methods work detached (`const { info } = ctx.log`), as plain
+ * functions would: each is bound when first read, so an attempt that never logs (most of them)
+ * makes no function for it.
+ */
+class AttemptLogWriter implements AttemptTaskLog {
+  readonly #sink: AttemptLog;
+  readonly #attempt: number;
+  readonly #mirror: (() => Logger) | undefined;
+  #ended = false;
+  #stdout = "";
+  #stderr = "";
+  #info: TaskLog["info"] | undefined;
+  #warn: TaskLog["warn"] | undefined;
+  #error: TaskLog["error"] | undefined;
+  #write: TaskLog["write"] | undefined;
+  #end: (() => void) | undefined;
+
+  constructor(sink: AttemptLog, attempt: number, mirror: (() => Logger) | undefined) {
+    this.#sink = sink;
+    this.#attempt = attempt;
+    this.#mirror = mirror;
+  }
+
+  get info(): TaskLog["info"] {
+    return (this.#info ??= (message, fields) => this.#line("info", message, fields));
+  }
+
+  get warn(): TaskLog["warn"] {
+    return (this.#warn ??= (message, fields) => this.#line("warn", message, fields));
+  }
+
+  get error(): TaskLog["error"] {
+    return (this.#error ??= (message, fields) => this.#line("error", message, fields));
+  }
+
+  get write(): TaskLog["write"] {
+    return (this.#write ??= (stream, chunk) => this.#chunk(stream, chunk));
+  }
+
+  get end(): () => void {
+    return (this.#end ??= () => this.#finish());
+  }
+
+  #emit(record: LogRecord): void {
     try {
-      sink.append(record);
+      this.#sink.append(record);
     } catch (e) {
       // A broken sink must not fail the task; the mirror still has the line.
-      mirror?.().warn({ err: e }, "task log sink failed");
+      this.#mirror?.().warn({ err: e }, "task log sink failed");
     }
-  };
-  const line =
-    (level: "info" | "warn" | "error") =>
-    (message: string, fields?: Record<string, unknown>): void => {
-      if (ended) return;
-      const text = String(message);
-      emit(
-        fields === undefined
-          ? { time: new Date(), stream: "log", level, text, attempt }
-          : { time: new Date(), stream: "log", level, text, fields, attempt },
-      );
-      mirror?.().debug({ ...fields, taskLevel: level }, text);
-    };
-  const pushLines = (stream: "stdout" | "stderr", text: string): void => {
+  }
+
+  #line(level: "info" | "warn" | "error", message: string, fields?: Record<string, unknown>): void {
+    if (this.#ended) return;
+    const text = String(message);
+    const attempt = this.#attempt;
+    this.#emit(
+      fields === undefined
+        ? { time: new Date(), stream: "log", level, text, attempt }
+        : { time: new Date(), stream: "log", level, text, fields, attempt },
+    );
+    this.#mirror?.().debug({ ...fields, taskLevel: level }, text);
+  }
+
+  #pushLines(stream: "stdout" | "stderr", text: string): void {
     // An empty line is still a line; only over-long ones are cut.
     let at = 0;
     do {
-      emit({ time: new Date(), stream, level: "", text: text.slice(at, at + MAX_LINE_CHARS), attempt });
+      this.#emit({
+        time: new Date(),
+        stream,
+        level: "",
+        text: text.slice(at, at + MAX_LINE_CHARS),
+        attempt: this.#attempt,
+      });
       at += MAX_LINE_CHARS;
     } while (at < text.length);
-  };
-  return {
-    info: line("info"),
-    warn: line("warn"),
-    error: line("error"),
-    write(stream, chunk) {
-      if (ended) return;
-      const lines = (partial[stream] + String(chunk)).split("\n");
-      let rest = lines.pop() ?? "";
-      for (const l of lines) pushLines(stream, l.endsWith("\r") ? l.slice(0, -1) : l);
-      if (rest.length >= MAX_LINE_CHARS) {
-        const whole = rest.length - (rest.length % MAX_LINE_CHARS);
-        pushLines(stream, rest.slice(0, whole));
-        rest = rest.slice(whole);
-      }
-      partial[stream] = rest;
-    },
-    end() {
-      if (ended) return;
-      ended = true;
-      for (const stream of ["stdout", "stderr"] as const) {
-        if (partial[stream] !== "") pushLines(stream, partial[stream]);
-        partial[stream] = "";
-      }
-    },
-  };
+  }
+
+  #chunk(stream: "stdout" | "stderr", chunk: string): void {
+    if (this.#ended) return;
+    const lines = ((stream === "stdout" ? this.#stdout : this.#stderr) + String(chunk)).split("\n");
+    let rest = lines.pop() ?? "";
+    for (const l of lines) this.#pushLines(stream, l.endsWith("\r") ? l.slice(0, -1) : l);
+    if (rest.length >= MAX_LINE_CHARS) {
+      const whole = rest.length - (rest.length % MAX_LINE_CHARS);
+      this.#pushLines(stream, rest.slice(0, whole));
+      rest = rest.slice(whole);
+    }
+    if (stream === "stdout") this.#stdout = rest;
+    else this.#stderr = rest;
+  }
+
+  #finish(): void {
+    if (this.#ended) return;
+    this.#ended = true;
+    if (this.#stdout !== "") this.#pushLines("stdout", this.#stdout);
+    if (this.#stderr !== "") this.#pushLines("stderr", this.#stderr);
+    this.#stdout = "";
+    this.#stderr = "";
+  }
 }
