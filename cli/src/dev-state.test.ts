@@ -14,35 +14,9 @@ import { fileURLToPath } from "node:url";
 import { createTokenVerifier } from "@nexusflow/common";
 import { DEV_AUDIENCE, DEV_ISSUER, devKeysDir, ensureDevKeys } from "./dev-keys.js";
 import { devStateFile, readDevState, removeDevState, writeDevState } from "./dev-state.js";
+import { runNexusflow } from "./testing.js";
 
-const BIN = join(dirname(fileURLToPath(import.meta.url)), "bin.mjs");
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
-
-interface Result {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-}
-
-/** Runs `nexusflow ...args` in `cwd` with `env` on top of a base without NEXUSFLOW_* and XDG_RUNTIME_DIR. */
-function nexusflow(args: readonly string[], cwd: string, env: Record<string, string>): Promise<Result> {
-  const base = Object.fromEntries(
-    Object.entries(process.env).filter(([k]) => !k.startsWith("NEXUSFLOW_") && k !== "XDG_RUNTIME_DIR"),
-  );
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [BIN, ...args], {
-      cwd,
-      env: { ...base, NO_COLOR: "1", ...env },
-      stdio: ["ignore", "pipe", "pipe"],
-    });
-    let stdout = "";
-    let stderr = "";
-    child.stdout.setEncoding("utf8").on("data", (c: string) => (stdout += c));
-    child.stderr.setEncoding("utf8").on("data", (c: string) => (stderr += c));
-    child.on("error", reject);
-    child.on("close", (code) => resolve({ code, stdout, stderr }));
-  });
-}
 
 /** A pid that no process has any more. */
 async function deadPid(): Promise<number> {
@@ -79,7 +53,7 @@ describe("nexusflow token finds the running dev stack's key", () => {
       true,
     );
     try {
-      const r = await nexusflow(["token", "--scope", "admin"], elsewhere, env);
+      const r = await runNexusflow(["token", "--scope", "admin"], { cwd: elsewhere, env });
       assert.equal(r.code, 0, r.stderr);
       const verifier = await createTokenVerifier({
         publicKeyFiles: [keys.publicKeyFile],
@@ -107,7 +81,7 @@ describe("nexusflow token finds the running dev stack's key", () => {
       true,
     );
     assert.equal(await readDevState(env), undefined);
-    const r = await nexusflow(["token"], elsewhere, env);
+    const r = await runNexusflow(["token"], { cwd: elsewhere, env });
     assert.equal(r.code, 1);
     const lines = r.stderr.trim().split("\n");
     assert.equal(lines.length, 1, r.stderr);

@@ -1,30 +1,8 @@
 /** One command's help, cut from the CLI's usage (usage.ts), and the arguments that ask for it. */
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
-import { dirname, join } from "node:path";
 import { describe, it } from "node:test";
-import { fileURLToPath } from "node:url";
+import { runNexusflow } from "./testing.js";
 import { COMMANDS, OPERATOR_USAGE, USAGE, commandUsage, wantsHelp } from "./usage.js";
-
-const BIN = join(dirname(fileURLToPath(import.meta.url)), "bin.mjs");
-
-/** Runs `nexusflow ...args`; resolves with its exit code and output. */
-function nexusflow(
-  args: readonly string[],
-): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [BIN, ...args], {
-      env: { ...process.env, NO_COLOR: "1" },
-      stdio: ["ignore", "pipe", "pipe"],
-    });
-    let stdout = "";
-    let stderr = "";
-    child.stdout.setEncoding("utf8").on("data", (c: string) => (stdout += c));
-    child.stderr.setEncoding("utf8").on("data", (c: string) => (stderr += c));
-    child.on("error", reject);
-    child.on("close", (code) => resolve({ code, stdout, stderr }));
-  });
-}
 
 describe("a command's help", () => {
   it("has every line of the usage that names the command, and nothing of another", () => {
@@ -79,15 +57,15 @@ describe("a command's help", () => {
       ["help", "runs"],
       ["--help", "runs"],
     ]) {
-      const r = await nexusflow(args);
+      const r = await runNexusflow(args);
       assert.equal(r.code, 0, `${args.join(" ")}: ${r.stderr}`);
       assert.equal(r.stdout, runsUsage, args.join(" "));
     }
-    const all = await nexusflow(["help", "help"]);
+    const all = await runNexusflow(["help", "help"]);
     assert.equal(all.code, 0);
     assert.equal(all.stdout, USAGE);
     // A usage error names the command's help.
-    const missing = await nexusflow(["runs", "get"]);
+    const missing = await runNexusflow(["runs", "get"]);
     assert.equal(missing.code, 2);
     assert.equal(
       missing.stderr,
@@ -97,7 +75,7 @@ describe("a command's help", () => {
       ["bogus", "--help"],
       ["help", "bogus"],
     ]) {
-      const r = await nexusflow(args);
+      const r = await runNexusflow(args);
       assert.equal(r.code, 2, args.join(" "));
       assert.match(r.stderr, /unknown command "bogus"/);
       assert.equal(r.stdout, "");
