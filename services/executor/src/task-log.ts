@@ -13,7 +13,7 @@ export const MAX_LINE_CHARS = 64 * 1024;
 /** A {@link TaskLog} that also flushes the unterminated tail of its streams. */
 export interface AttemptTaskLog extends TaskLog {
   /** Emits what is left of stdout/stderr without a trailing newline. Later calls are ignored. */
-  end(): void;
+  end(this: void): void;
 }
 
 /** Creates the `ctx.log` of one attempt over `sink`. */

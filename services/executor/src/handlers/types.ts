@@ -28,16 +28,19 @@ export interface TaskArtifacts {
   put(name: string, data: ArtifactData, options?: PutArtifactOptions): Promise<ArtifactRef>;
 }
 
-/** Where a handler's log lines and its process output go (the task's log stream). */
+/**
+ * Where a handler's log lines and its process output go (the task's log stream). Its methods work
+ * detached too (`const { info } = ctx.log`; `child.stdout.on("data", (c) => write("stdout", c))`).
+ */
 export interface TaskLog {
   /** Logs an informational line with optional structured fields. */
-  info(message: string, fields?: Record<string, unknown>): void;
+  info(this: void, message: string, fields?: Record<string, unknown>): void;
   /** Logs a warning with optional structured fields. */
-  warn(message: string, fields?: Record<string, unknown>): void;
+  warn(this: void, message: string, fields?: Record<string, unknown>): void;
   /** Logs an error with optional structured fields. */
-  error(message: string, fields?: Record<string, unknown>): void;
+  error(this: void, message: string, fields?: Record<string, unknown>): void;
   /** Forwards raw output (e.g. from a child process) as it arrives; chunks are not line-aligned. */
-  write(stream: "stdout" | "stderr", chunk: string): void;
+  write(this: void, stream: "stdout" | "stderr", chunk: string): void;
 }
 
 /** Everything a handler gets besides its input. */
