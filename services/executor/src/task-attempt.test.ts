@@ -203,6 +203,59 @@ describe("TaskAttempt", () => {
     assert.ok(a.finished);
   });
 
+  it("reports without its log when storing the log fails, hangs past its bound, or the attempt is given up on", async (t) => {
+    /** A log sink whose close does what `close` says; counts the closes. */
+    const sinkClosing = (close: () => Promise<undefined>) => {
+      let closes = 0;
+      const logSink: TaskAttemptDeps["logSink"] = {
+        open: () => ({
+          append: () => undefined,
+          close: () => {
+            closes++;
+            return close();
+          },
+        }),
+      };
+      return { logSink, closes: () => closes };
+    };
+    // Why each log was not stored: the error of each warning.
+    const warnings: string[] = [];
+    const logger = createLogger("test", "silent");
+    logger.warn = (fields: { err: Error }) => void warnings.push(fields.err.message);
+    const deps = (logSink: TaskAttemptDeps["logSink"]) => ({ logSink, logger: () => logger });
+
+    const failing = sinkClosing(() => Promise.reject(new Error("disk full")));
+    const stored = await attempt({}, [], deps(failing.logSink)).run(() => ({ ok: 1 }));
+    assert.deepEqual([stored.status, stored.logs, failing.closes()], ["completed", undefined, 1]);
+
+    const hanging = sinkClosing(() => new Promise<never>(() => undefined));
+    const given = attempt({}, [], deps(hanging.logSink));
+    const givenUp = given.run(() => ({ ok: 2 }));
+    await waitFor(() => hanging.closes() === 1, "the log to be closing");
+    given.forceSettle({ type: "EXECUTOR_SHUTDOWN", message: "bye", retryable: true });
+    const outcome = await givenUp;
+    assert.deepEqual([outcome.status, outcome.logs], ["completed", undefined], "its outcome is kept");
+
+    t.mock.timers.enable({ apis: ["setTimeout"] });
+    const slow = sinkClosing(() => new Promise<never>(() => undefined));
+    const running = attempt({}, [], deps(slow.logSink)).run(() => ({ ok: 3 }));
+    let settled = false;
+    void running.then(() => (settled = true));
+    for (let i = 0; i < 20 && slow.closes() === 0; i++) await new Promise<void>((r) => setImmediate(r));
+    assert.equal(slow.closes(), 1);
+    t.mock.timers.tick(59_999);
+    await new Promise<void>((r) => setImmediate(r));
+    assert.equal(settled, false, "not before its bound");
+    t.mock.timers.tick(1);
+    const late = await running;
+    assert.deepEqual([late.status, late.logs], ["completed", undefined]);
+    assert.deepEqual(warnings, [
+      "disk full",
+      "the attempt was given up on while its log was being stored",
+      "storing the task's log took more than 60000 ms",
+    ]);
+  });
+
   it("drops failure details that cannot be sent but keeps the failure", async () => {
     const outcome = await attempt().run(() => {
       throw TaskError.retryable("BIG", "big details", { details: "y".repeat(500), retryAfterMs: 10 });

@@ -35,7 +35,7 @@ import {
 } from "./artifacts.js";
 import type { TaskContext, TaskHandler } from "./handlers/index.js";
 import { startTimer } from "./handlers/timers.js";
-import type { LogSink } from "./log-sink.js";
+import type { AttemptLog, LogSink } from "./log-sink.js";
 import { PayloadError, fromValue, toJsonPayload } from "./payload.js";
 import { TaskError, type TaskFailure, isTaskError, toTaskFailure } from "./handlers/task-error.js";
 import { createTaskLog } from "./task-log.js";
@@ -100,8 +100,12 @@ export class TaskAttempt {
   readonly #throttleMs: number;
   #silenced = false;
   #finished = false;
+  /**
+   * What {@link TaskAttempt.forceSettle} calls: resolves {@link #forced} while the handler runs,
+   * rejects the log's store afterwards ({@link #closeLog}).
+   */
   #force: ((settled: Settled) => void) | undefined;
-  /** Resolved by {@link TaskAttempt.forceSettle}: while the handler runs, then while its log is stored. */
+  /** Resolved by {@link TaskAttempt.forceSettle} while the handler runs. */
   #forced: Promise<Settled>;
   #lastHeartbeatAt = Number.NEGATIVE_INFINITY;
   #pendingProgress: { value: unknown } | undefined;
@@ -226,31 +230,42 @@ export class TaskAttempt {
       taskLog.error(`attempt failed: ${failure.type}: ${failure.message}`, { retryable: failure.retryable });
     }
     taskLog.end();
-    // Given up on while its log is stored (a drain's grace over), or storing it takes too long (an
-    // artifact store that accepts the connection and never answers): reported without its log,
-    // rather than holding its slot, and a stop, for ever.
-    this.#forced = new Promise((resolve) => (this.#force = resolve));
     let logs: LogRef | undefined;
-    let timer: NodeJS.Timeout | undefined;
     try {
-      logs = await Promise.race([
-        log.close(),
-        this.#forced.then(() => {
-          throw new Error("the attempt was given up on while its log was being stored");
-        }),
-        new Promise<never>((_, reject) => {
-          timer = setTimeout(
-            () => reject(new Error(`storing the task's log took more than ${LOG_CLOSE_TIMEOUT_MS} ms`)),
-            LOG_CLOSE_TIMEOUT_MS,
-          );
-        }),
-      ]);
+      logs = await this.#closeLog(log);
     } catch (e) {
       this.#deps.logger().warn({ err: e }, "could not store the task's log; reporting without it");
-    } finally {
-      clearTimeout(timer);
     }
     return { ...settled, logs };
+  }
+
+  /**
+   * Stores the attempt's log: its reference, or a rejection when the attempt is given up on
+   * meanwhile (a drain's grace over) or storing it takes too long (an artifact store that accepts
+   * the connection and never answers), so that the attempt is reported without its log rather than
+   * holding its slot, and a stop, for ever. One promise and one timer.
+   */
+  #closeLog(log: AttemptLog): Promise<LogRef | undefined> {
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(
+        () => reject(new Error(`storing the task's log took more than ${LOG_CLOSE_TIMEOUT_MS} ms`)),
+        LOG_CLOSE_TIMEOUT_MS,
+      );
+      this.#force = () => {
+        clearTimeout(timer);
+        reject(new Error("the attempt was given up on while its log was being stored"));
+      };
+      log.close().then(
+        (ref) => {
+          clearTimeout(timer);
+          resolve(ref);
+        },
+        (e: unknown) => {
+          clearTimeout(timer);
+          reject(e instanceof Error ? e : new Error(String(e)));
+        },
+      );
+    });
   }
 
   /**
