@@ -1,10 +1,10 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { create, toBinary } from "@bufbuild/protobuf";
-import { BinaryWriter } from "@bufbuild/protobuf/wire";
+import { BinaryWriter, WireType } from "@bufbuild/protobuf/wire";
 import { ListValueSchema, StructSchema, ValueSchema } from "@bufbuild/protobuf/wkt";
 import { jsonToValue } from "./json-value.js";
-import { writeJsonAsValue, writeValue } from "./value-wire.js";
+import { KeptWriter, writeJsonAsValue, writeValue } from "./value-wire.js";
 
 const json: unknown[] = [
   null,
@@ -93,5 +93,35 @@ describe("google.protobuf.Value written by hand", () => {
         written((w) => writeValue(w, x)),
         toBinary(ValueSchema, x),
       );
+  });
+});
+
+describe("KeptWriter", () => {
+  const text = (w: BinaryWriter, s: string): boolean => {
+    w.tag(1, WireType.LengthDelimited).string(s);
+    return true;
+  };
+  const alone = (s: string): Uint8Array =>
+    new BinaryWriter().tag(1, WireType.LengthDelimited).string(s).finish();
+
+  it("returns each message's own bytes, after a larger one, a refused one and one that threw", () => {
+    const kept = new KeptWriter();
+    const first = kept.encode(text, "a", undefined, undefined);
+    assert.deepEqual(first, alone("a"));
+    assert.deepEqual(kept.encode(text, "x".repeat(5000), undefined, undefined), alone("x".repeat(5000)));
+    assert.deepEqual(kept.encode(text, "b", undefined, undefined), alone("b"));
+    assert.deepEqual(first, alone("a"), "an earlier result is not written over");
+    const refused = (w: BinaryWriter): boolean => {
+      w.tag(2, WireType.LengthDelimited).fork().string("half");
+      return false;
+    };
+    assert.equal(kept.encode(refused, undefined, undefined, undefined), undefined);
+    assert.deepEqual(kept.encode(text, "c", undefined, undefined), alone("c"));
+    const throws = (w: BinaryWriter): boolean => {
+      w.tag(3, WireType.LengthDelimited).fork().string("half");
+      throw new Error("boom");
+    };
+    assert.throws(() => kept.encode(throws, undefined, undefined, undefined), /boom/);
+    assert.deepEqual(kept.encode(text, "d", undefined, undefined), alone("d"));
   });
 });

@@ -6,7 +6,7 @@
  * value-wire.test.ts compares the bytes with toBinary's.
  */
 import { toBinary } from "@bufbuild/protobuf";
-import { type BinaryWriter, WireType } from "@bufbuild/protobuf/wire";
+import { BinaryWriter, WireType } from "@bufbuild/protobuf/wire";
 import { type ListValue, type Struct, type Value, ValueSchema } from "@bufbuild/protobuf/wkt";
 
 const LEN = WireType.LengthDelimited;
@@ -127,5 +127,39 @@ export function writeJsonAsValue(w: BinaryWriter, json: unknown, depth = 0): boo
     }
     default:
       return false;
+  }
+}
+
+/**
+ * One BinaryWriter kept from one message to the next, for the hot hand encodings (a lease, a
+ * report). A BinaryWriter has no buffer until its first byte, then allocates 128 bytes and doubles
+ * (copying) whenever the message outgrows it, and `finish()` allocates the bytes it returns: three
+ * allocations outside the JS heap for a message of 129-256 bytes, each dearer than the encoding.
+ * Kept, its buffer grows once for all and `finish()` empties it; a write that throws half-way leaves
+ * it mid-message, so it is replaced then.
+ */
+export class KeptWriter {
+  #w = new BinaryWriter();
+
+  /**
+   * `write(w, a, b, c)` into the kept writer: the bytes written, or undefined when `write` returns
+   * false (a message it leaves to the generic way; the writer is emptied either way).
+   */
+  encode<A, B, C>(
+    write: (w: BinaryWriter, a: A, b: B, c: C) => boolean,
+    a: A,
+    b: B,
+    c: C,
+  ): Uint8Array | undefined {
+    const w = this.#w;
+    let finished = false;
+    try {
+      const whole = write(w, a, b, c);
+      const bytes = w.finish(); // empties it, open forks included
+      finished = true;
+      return whole ? bytes : undefined;
+    } finally {
+      if (!finished) this.#w = new BinaryWriter();
+    }
   }
 }

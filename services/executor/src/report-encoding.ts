@@ -3,16 +3,15 @@
  * from one report to the next, byte for byte as `toBinary` encodes them (report-encoding.test.ts
  * compares the two for every field, and fails when one of these messages gains a field).
  *
- * Why: `toBinary` makes a BinaryWriter per message, which allocates its buffer on the first byte
- * (128 bytes), again at each doubling past it, and once more for the bytes `finish()` returns; those
- * allocations (outside the JS heap) cost more than the encoding itself. A Completed with its log's
- * reference is over 128 bytes: three allocations, 5-7 µs a report where this takes about one
+ * Why: `toBinary` makes a BinaryWriter per message, whose buffer allocations cost more than the
+ * encoding itself (see KeptWriter in @nexusflow/common). A Completed with its log's reference is
+ * over 128 bytes: three allocations, 5-7 µs a report where this takes about one
  * (bench/notes/23-session-twenty-seven.md). Messages with unknown fields (none are made here) go
  * the generic way, which keeps them.
  */
 import { toBinary } from "@bufbuild/protobuf";
-import { BinaryWriter, WireType } from "@bufbuild/protobuf/wire";
-import { writeValueField } from "@nexusflow/common";
+import { type BinaryWriter, WireType } from "@bufbuild/protobuf/wire";
+import { KeptWriter, writeValueField } from "@nexusflow/common";
 import {
   type ArtifactRef,
   type Completed,
@@ -26,29 +25,13 @@ import {
 const LEN = WireType.LengthDelimited;
 const VARINT = WireType.Varint;
 
-/** The writer kept between reports; `finish()` empties it. Replaced if a write ever stops half-way. */
-let shared = new BinaryWriter();
-
-/** Runs `write` on the kept writer and returns its bytes. */
-function encoded(write: (w: BinaryWriter) => void): Uint8Array {
-  const w = shared;
-  let finished = false;
-  try {
-    write(w);
-    const bytes = w.finish();
-    finished = true;
-    return bytes;
-  } finally {
-    if (!finished) shared = new BinaryWriter();
-  }
-}
+/** The writer kept between reports (common's KeptWriter). */
+const reportWriter = new KeptWriter();
 
 /** A Started report, encoded. */
 export function encodeStarted(m: Started): Uint8Array {
   if (m.$unknown !== undefined || m.key?.$unknown !== undefined) return toBinary(StartedSchema, m);
-  return encoded((w) => {
-    if (m.key !== undefined) writeLeaseKey(w, 1, m.key);
-  });
+  return reportWriter.encode(writeStarted, m, undefined, undefined) ?? toBinary(StartedSchema, m);
 }
 
 /** A Completed report, encoded. */
@@ -61,13 +44,21 @@ export function encodeCompleted(m: Completed): Uint8Array {
     m.logs?.$unknown !== undefined
   )
     return toBinary(CompletedSchema, m);
-  return encoded((w) => {
-    if (m.key !== undefined) writeLeaseKey(w, 1, m.key);
-    // writeValueField keeps a Value's unknown fields itself.
-    if (m.output !== undefined) writeValueField(w, 2, m.output);
-    if (m.outputRef !== undefined) writeArtifactRef(w, 3, m.outputRef);
-    if (m.logs !== undefined) writeLogRef(w, 4, m.logs);
-  });
+  return reportWriter.encode(writeCompleted, m, undefined, undefined) ?? toBinary(CompletedSchema, m);
+}
+
+function writeStarted(w: BinaryWriter, m: Started): boolean {
+  if (m.key !== undefined) writeLeaseKey(w, 1, m.key);
+  return true;
+}
+
+function writeCompleted(w: BinaryWriter, m: Completed): boolean {
+  if (m.key !== undefined) writeLeaseKey(w, 1, m.key);
+  // writeValueField keeps a Value's unknown fields itself.
+  if (m.output !== undefined) writeValueField(w, 2, m.output);
+  if (m.outputRef !== undefined) writeArtifactRef(w, 3, m.outputRef);
+  if (m.logs !== undefined) writeLogRef(w, 4, m.logs);
+  return true;
 }
 
 function writeLeaseKey(w: BinaryWriter, no: number, k: LeaseKey): void {

@@ -1,10 +1,11 @@
 /** The session messages the engine sends an executor: leases (alone or in batches), a cancel, a ping. */
 import { create, toBinary } from "@bufbuild/protobuf";
-import { BinaryWriter, WireType } from "@bufbuild/protobuf/wire";
+import { type BinaryWriter, WireType } from "@bufbuild/protobuf/wire";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import {
   BATCH_BYTES,
   BATCH_ITEMS,
+  KeptWriter,
   encodeBatch,
   jsonToValue,
   splitBatches,
@@ -45,14 +46,8 @@ export function leaseValue(
   });
 }
 
-/**
- * The writer {@link encodeLease} writes into, kept from one lease to the next: a BinaryWriter
- * starts with no buffer and grows it by doubling, from 128 bytes, and a lease with a trace context
- * takes two of those allocations (off the JS heap, each slower than the rest of the encoding) besides
- * the copy `finish()` returns. Kept, its buffer has grown once for all; `finish()` empties it. A
- * lease whose writing stopped half-way (an input that fails) leaves it mid-message: it is replaced.
- */
-let leaseWriter = new BinaryWriter();
+/** The writer {@link encodeLease} writes into, kept from one lease to the next. */
+const leaseWriter = new KeptWriter();
 
 /**
  * The Lease of the task's current lease, encoded: the bytes of
@@ -66,27 +61,19 @@ export function encodeLease(
   task: TaskState,
   traceContext?: Record<string, string>,
 ): Uint8Array {
-  const w = leaseWriter;
-  let finished = false;
-  try {
-    const bytes = writeLease(w, run, task, traceContext);
-    finished = true;
-    return bytes ?? toBinary(LeaseSchema, leaseValue(run, task, traceContext));
-  } finally {
-    if (!finished) leaseWriter = new BinaryWriter();
-  }
+  return (
+    leaseWriter.encode(writeLease, run, task, traceContext) ??
+    toBinary(LeaseSchema, leaseValue(run, task, traceContext))
+  );
 }
 
-/**
- * Writes the lease into `w` and returns its bytes (`w` emptied), or undefined for an input the
- * fast path leaves to the generic way (see writeJsonAsValue; `w` emptied as well).
- */
+/** Writes the lease into `w`; false for an input the fast path leaves to the generic way (writeJsonAsValue). */
 function writeLease(
   w: BinaryWriter,
   run: RunState | undefined,
   task: TaskState,
   traceContext: Record<string, string> | undefined,
-): Uint8Array | undefined {
+): boolean {
   // The key as leaseKey(task) makes it: LeaseKey.run_id (4) is left unset (the Lease has run_id).
   w.tag(1, LEN).fork();
   if (task.id !== "") w.tag(1, LEN).string(task.id);
@@ -99,10 +86,7 @@ function writeLease(
   w.tag(5, VARINT).int32(task.kind === "STEP" ? TaskKind.STEP : TaskKind.COMPENSATION);
   w.tag(6, LEN).fork();
   // An input the fast path leaves goes the generic way, failing as it fails.
-  if (!writeJsonAsValue(w, task.input ?? null)) {
-    w.finish(); // empties it, open forks included
-    return undefined;
-  }
+  if (!writeJsonAsValue(w, task.input ?? null)) return false;
   w.join();
   if (task.leaseExpiresAt !== null) {
     const ms = task.leaseExpiresAt.getTime();
@@ -126,7 +110,7 @@ function writeLease(
   if (workflowName !== "") w.tag(10, LEN).string(workflowName);
   // Proto3 optional: written whenever set, 0 included.
   if (task.elementIndex !== undefined) w.tag(11, VARINT).int32(task.elementIndex);
-  return w.finish();
+  return true;
 }
 
 const LEN = WireType.LengthDelimited;
