@@ -90,44 +90,36 @@ ${OPERATOR_USAGE}`;
 /** Where the common options of the operator commands begin in {@link USAGE}. */
 const COMMON_OPTIONS_HEADING = "Common options:";
 
+/** The entries of a usage text (a line indented by two spaces, with the deeper-indented lines below it), by their first word. */
+function entriesOf(text: string): Map<string, string[]> {
+  const entries = new Map<string, string[]>();
+  let current: string[] | undefined;
+  for (const line of text.split("\n")) {
+    if (/^ {2}[a-z]/.test(line)) {
+      const word = line.slice(2).split(" ", 1)[0] as string;
+      current = entries.get(word) ?? [];
+      entries.set(word, current);
+    } else if (!/^ {3,}\S/.test(line)) current = undefined;
+    current?.push(line);
+  }
+  return entries;
+}
+
+const ENTRIES = entriesOf(USAGE);
+/** The commands that talk to the gateway: their help ends with the common options. */
+const OPERATORS = new Set(entriesOf(OPERATOR_USAGE).keys());
+
 /** The commands whose help is cut from {@link USAGE} (`help` itself prints the whole). */
-export const COMMANDS = [
-  "dev",
-  "executor",
-  "apply",
-  "runs",
-  "schedules",
-  "ratelimits",
-  "events",
-  "logs",
-  "artifacts",
-  "executors",
-  "cluster",
-  "token",
-] as const;
+export const COMMANDS: readonly string[] = [...ENTRIES.keys()].filter((c) => c !== "help");
 
 /**
- * The part of {@link USAGE} about `command`: each entry that starts with it (an entry is a line
- * indented by two spaces, with the deeper-indented lines that follow it), then, for a command that
- * talks to the gateway, the common options. Undefined for a command there is none of.
+ * The part of {@link USAGE} about `command`: each entry that starts with it, then, for a command
+ * that talks to the gateway, the common options. Undefined for a command there is none of.
  */
 export function commandUsage(command: string): string | undefined {
-  if (!(COMMANDS as readonly string[]).includes(command)) return undefined;
-  const operatorFrom = USAGE.indexOf(OPERATOR_USAGE);
-  const entries: string[] = [];
-  let operator = false;
-  let taking = false;
-  let at = 0;
-  for (const line of USAGE.split("\n")) {
-    if (/^ {2}\S/.test(line)) {
-      taking = line.slice(2).split(" ", 1)[0] === command;
-      if (taking && at >= operatorFrom) operator = true;
-    } else if (!/^ {3,}\S/.test(line)) taking = false;
-    if (taking) entries.push(line);
-    at += line.length + 1;
-  }
-  if (entries.length === 0) return undefined;
-  const common = operator ? `\n${USAGE.slice(USAGE.indexOf(COMMON_OPTIONS_HEADING))}` : "";
+  const entries = command === "help" ? undefined : ENTRIES.get(command);
+  if (entries === undefined) return undefined;
+  const common = OPERATORS.has(command) ? `\n${USAGE.slice(USAGE.indexOf(COMMON_OPTIONS_HEADING))}` : "";
   return `Usage (nexusflow ${command}):\n${entries.join("\n")}\n${common}`;
 }
 
