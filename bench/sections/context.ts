@@ -62,7 +62,6 @@ export class BenchContext {
       ...(this.options.profile ? { executorProfilePrefix: join(this.outDir, `${this.stamp}-${phase}`) } : {}),
       ...(this.options.allocations
         ? {
-            executorAllocations: true,
             onExecutorAllocations: (a: AllocationSummary) => {
               this.executorAllocations[basename(a.file, ".heapprofile")] = a;
             },

@@ -63,8 +63,7 @@ export interface NexusflowOptions {
    * when its executors stop. @default undefined (no profile)
    */
   executorProfilePrefix?: string;
-  /** With `executorProfilePrefix`, sample the executors' thread's allocations too, told to `onExecutorAllocations`. */
-  executorAllocations?: boolean;
+  /** With `executorProfilePrefix`, sample the executors' thread's allocations too, and tell them here. */
   onExecutorAllocations?: (allocations: AllocationSummary) => void;
   log?: Logger;
 }
@@ -267,7 +266,7 @@ export class NexusflowSystem implements QueueSystem {
         ? {}
         : {
             profileFile: `${this.options.executorProfilePrefix}-executors-${++this.profiles}.cpuprofile`,
-            allocations: this.options.executorAllocations === true,
+            allocations: this.options.onExecutorAllocations !== undefined,
           }),
     };
     await command(worker, start, "started");
