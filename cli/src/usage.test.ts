@@ -1,6 +1,8 @@
 /** One command's help, cut from the CLI's usage (usage.ts), and the arguments that ask for it. */
 import assert from "node:assert/strict";
+import { readFile } from "node:fs/promises";
 import { describe, it } from "node:test";
+import { fileURLToPath } from "node:url";
 import { runNexusflow } from "./testing.js";
 import { COMMANDS, OPERATOR_USAGE, USAGE, commandUsage, wantsHelp } from "./usage.js";
 
@@ -20,6 +22,18 @@ describe("a command's help", () => {
     // Every command in the usage is one of COMMANDS: none is left without its help.
     assert.deepEqual(
       all.filter((l) => !covered.has(l)),
+      [],
+    );
+  });
+
+  it("exists for every command the CLI dispatches (main.ts), so that its --help is never 'unknown command'", async () => {
+    // COMMANDS is read from the usage text: what could be missing is a dispatched command that the
+    // usage does not describe.
+    const main = await readFile(fileURLToPath(new URL("./main.ts", import.meta.url)), "utf8");
+    const dispatched = [...main.matchAll(/^ {2}case "([a-z]+)":/gm)].map((m) => m[1] as string);
+    assert.ok(dispatched.includes("runs") && dispatched.length >= 12, dispatched.join(","));
+    assert.deepEqual(
+      dispatched.filter((c) => c !== "help" && commandUsage(c) === undefined),
       [],
     );
   });
