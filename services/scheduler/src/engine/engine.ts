@@ -101,6 +101,8 @@ export type { StartRunInput };
 
 /** How long a Started report may wait for another commit to ride along with. */
 const STARTED_FLUSH_DELAY_MS = 20;
+/** Longest a call for a run waits for the runs of its partition, just taken, to load (Engine.load). */
+const PARTITION_LOAD_WAIT_MS = 10_000;
 
 const ignore = (): undefined => undefined;
 
@@ -285,6 +287,7 @@ export class Engine {
       committed: (runIds) => this.committed(runIds),
       parking: this.parking,
       confine: (run, fn) => this.confined(run, fn),
+      load: (runId) => this.load(runId),
     });
   }
 
@@ -772,9 +775,34 @@ export class Engine {
     return this.core.runs.get(runId);
   }
 
-  /** The active run `runId`, loaded back when parked (parking.ts); undefined when not active here. */
+  /**
+   * The active run `runId`, loaded back when parked (parking.ts); undefined when not active here.
+   * A run of a partition just taken, whose runs are still being read, is waited for.
+   */
   async load(runId: string): Promise<Readonly<RunState> | undefined> {
+    const run = this.core.runs.get(runId);
+    if (run !== undefined) return run;
+    await this.partitionLoaded(runId);
     return this.core.runs.get(runId) ?? (await this.parking?.load(runId));
+  }
+
+  /**
+   * Resolves once the run's partition has no load of its runs queued or running (a partition just
+   * taken: partition-load.ts), or after PARTITION_LOAD_WAIT_MS (a load retrying through a database
+   * outage): a call for one of its runs then finds it in memory, not missing ("not on this
+   * scheduler; retry"), and a call that still finds it missing answers as before.
+   */
+  private async partitionLoaded(runId: string): Promise<void> {
+    const loaded = this.partitions.whenLoaded(runId);
+    let timer: NodeJS.Timeout | undefined;
+    try {
+      await Promise.race([
+        loaded,
+        new Promise<void>((resolve) => (timer = setTimeout(resolve, PARTITION_LOAD_WAIT_MS))),
+      ]);
+    } finally {
+      clearTimeout(timer);
+    }
   }
 
   /** Whether the run is still active in memory. */

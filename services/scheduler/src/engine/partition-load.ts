@@ -101,6 +101,8 @@ export class PartitionRuns {
   private lossCount = 0;
   /** Partitions taken whose runs are not loaded yet (a load() queued or running). */
   private readonly loading = new Map<number, number>();
+  /** Calls waiting for a partition's loads to end (whenLoaded), told once none is left. */
+  private readonly loadWaiters = new Map<number, (() => void)[]>();
   /**
    * The epoch at which each partition's runs were last loaded (until they leave memory): a load of
    * a partition already loaded at the epoch it is held at reads nothing. Read again, a run that
@@ -160,12 +162,37 @@ export class PartitionRuns {
     };
   }
 
+  /**
+   * Resolves once no load of the run's partition is queued or running (at once when none is): a
+   * call for a run of a partition just taken waits for its runs to be in memory rather than find
+   * the run missing. Every load ends (loaded, the partition lost, or the engine stopped), so this
+   * always resolves; callers bound how long they wait.
+   */
+  whenLoaded(runId: string): Promise<void> {
+    const p = this.host.partitions;
+    if (p === undefined) return Promise.resolve();
+    const partition = partitionOf(runId, p.partitionCount);
+    if (!this.loading.has(partition)) return Promise.resolve();
+    return new Promise((resolve) => {
+      const waiters = this.loadWaiters.get(partition);
+      if (waiters === undefined) this.loadWaiters.set(partition, [resolve]);
+      else waiters.push(resolve);
+    });
+  }
+
   /** Counts the loads of `partitions` queued (+1) or done (-1). */
   private loadingOf(partitions: readonly number[], change: 1 | -1): void {
     for (const p of partitions) {
       const n = (this.loading.get(p) ?? 0) + change;
-      if (n > 0) this.loading.set(p, n);
-      else this.loading.delete(p);
+      if (n > 0) {
+        this.loading.set(p, n);
+        continue;
+      }
+      this.loading.delete(p);
+      const waiters = this.loadWaiters.get(p);
+      if (waiters === undefined) continue;
+      this.loadWaiters.delete(p);
+      for (const resolve of waiters) resolve();
     }
   }
 

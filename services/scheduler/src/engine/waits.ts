@@ -28,6 +28,11 @@ export interface DurableWaitsHost {
   readonly parking?: Parking | undefined;
   /** Applies rules to a run, a fault (a throw) confined to that run (faults.ts). */
   readonly confine: Confine;
+  /**
+   * The active run, loaded back when parked or once its partition, just taken, has loaded
+   * (Engine.load); undefined when it is not active here.
+   */
+  load(runId: string): Promise<RunState | undefined>;
 }
 
 /** Signals and events for the waits of the runs active here. */
@@ -40,7 +45,7 @@ export class DurableWaits {
    */
   async signal(runId: string, input: core.SignalInput): Promise<core.SignalOutcome | undefined> {
     this.host.assertRunning();
-    const run = await this.find(runId);
+    const run = await this.host.load(runId);
     if (run === undefined) return undefined;
     this.host.assertRunning();
     const outcome = confineCall(this.host.confine, run, `run ${runId} did not take the signal`, () =>
@@ -100,11 +105,6 @@ export class DurableWaits {
     }
     await this.host.committed();
     return outcomes;
-  }
-
-  /** The run in memory, or loaded back when parked. */
-  private async find(runId: string): Promise<RunState | undefined> {
-    return this.host.core.runs.get(runId) ?? (await this.host.parking?.load(runId));
   }
 }
 

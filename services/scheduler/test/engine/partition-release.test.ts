@@ -596,3 +596,69 @@ describe("a run whose partition is lost while its attempt is leased, tracing on"
     );
   });
 });
+
+describe("a call for a run of a partition just taken whose runs are still being read", () => {
+  const { store, held, engine } = oneStepEngine();
+  before(async () => {
+    await engine.definitions.register({
+      name: "gated",
+      version: 1,
+      steps: [{ id: "gate", wait: { signal: "go" } }],
+    });
+  });
+
+  // Answered before the load, a cancel found no run in memory and did nothing (the run went on,
+  // RUNNING), and a signal was refused "not on this scheduler; retry" by the run's own owner.
+  it("waits for the load, then cancels or signals the run", async () => {
+    const start = (workflowName: string) =>
+      engine.startRun({ workflowName, workflowVersion: 0, input: {}, idempotencyKey: "", labels: {} });
+    // A run of each kind in one partition.
+    const first = (await start("one")).runId;
+    const partition = partitionOf(first, COUNT);
+    let gated = "";
+    while (partitionOf(gated || "-", COUNT) !== partition || gated === "") {
+      const { runId } = await start("gated");
+      if (partitionOf(runId, COUNT) === partition) gated = runId;
+    }
+    // Lost, then taken again: its read is held until the test lets it answer.
+    held.delete(partition);
+    engine.partitions.unload([partition], "taken by another replica");
+    held.set(partition, 2);
+    assert.equal(engine.isActive(first), false);
+    const loadActive = store.loadActive.bind(store);
+    let reads = 0;
+    let answer = (): void => undefined;
+    const answered = new Promise<void>((resolve) => (answer = resolve));
+    store.loadActive = async (scope) => {
+      reads++;
+      await answered;
+      return loadActive(scope);
+    };
+    let loading: Promise<void> | undefined;
+    try {
+      loading = engine.partitions.load([partition]);
+      await waitFor("the partition's read to have begun", () => reads === 1);
+      let cancelDone = false;
+      const cancelling = engine.cancelRun(first, "by the test").then(() => (cancelDone = true));
+      const signalling = engine.waits.signal(gated, { name: "go", key: null, payload: null });
+      // Neither is answered while the partition's runs are not in memory.
+      await new Promise<void>((resolve) => setImmediate(resolve));
+      assert.equal(cancelDone, false, "the cancel waits for the load");
+      answer();
+      await loading;
+      await cancelling;
+      const outcome = await signalling;
+      assert.equal(outcome?.stepId, "gate");
+      assert.equal(outcome.duplicate, false);
+    } finally {
+      answer();
+      await loading;
+      store.loadActive = loadActive;
+    }
+    await waitFor("both runs ended", () =>
+      [first, gated].every((id) => TERMINAL_RUN_STATUSES.has(store.read().runs.get(id)?.status ?? "PENDING")),
+    );
+    assert.equal(store.read().runs.get(first)?.status, "CANCELLED");
+    assert.equal(store.read().runs.get(gated)?.status, "SUCCEEDED");
+  });
+});
