@@ -9,7 +9,7 @@
 import type pg from "pg";
 import { lifecycleEventId, withEventId } from "@nexusflow/common";
 import { LifecycleEventSchema } from "@nexusflow/gen";
-import { BinaryReader, WireType } from "@bufbuild/protobuf/wire";
+import { BinaryReader, WireType, getTextEncoding } from "@bufbuild/protobuf/wire";
 import { eventTraceContexts, splitEventBatch } from "../persistence/outbox.js";
 import type { OutboxRecord } from "./publisher.js";
 import { coordinatorFenceSql, type CoordinatorFence } from "../cluster/coordinator.js";
@@ -79,16 +79,101 @@ const EVENT_CASES = new Map(
   LifecycleEventSchema.fields.filter((f) => f.oneof?.name === "event").map((f) => [f.number, f.localName]),
 );
 
-/**
- * What a record needs from an event (its id, sequence and type), read from its bytes without
- * decoding the rest (inputs, outputs): the relay publishes the bytes as they are.
- */
-export function eventHeader(bytes: Uint8Array): {
+/** What a record needs from an event: its id, run, sequence and type (the `event` oneof's case). */
+export interface EventHeader {
   eventId: string;
   runId: string;
   sequence: number;
   type: string;
-} {
+}
+
+/**
+ * What a record needs from an event (its id, sequence and type), read from its bytes without
+ * decoding the rest (inputs, outputs): the relay publishes the bytes as they are. The fields are
+ * read straight from the bytes (no reader object, no tag arrays: the relay reads every event it
+ * publishes); an encoding that path does not take (a group, a varint past 2^49, bytes cut short)
+ * is read by protobuf-es's reader, which reads it or throws as it always did.
+ */
+export function eventHeader(bytes: Uint8Array): EventHeader {
+  return headerFast(bytes) ?? headerByReader(bytes);
+}
+
+/** Varints up to this many bytes (49 bits) are read exactly as numbers here. */
+const MAX_FAST_VARINT_BYTES = 7;
+
+/** Where {@link varintAt} stopped: the byte after the varint it read. */
+let cursor = 0;
+
+/** The varint at `pos` of `bytes` (cursor: past it), or -1 when cut short or past 2^49. */
+function varintAt(bytes: Uint8Array, pos: number): number {
+  let value = 0;
+  let scale = 1;
+  for (let i = 0; i < MAX_FAST_VARINT_BYTES; i++) {
+    if (pos >= bytes.length) return -1;
+    const b = bytes[pos++] as number;
+    value += (b & 0x7f) * scale;
+    if (b < 0x80) {
+      cursor = pos;
+      return value;
+    }
+    scale *= 128;
+  }
+  return -1;
+}
+
+/** Reads {@link eventHeader}'s fields, or undefined for what it leaves to protobuf-es. */
+function headerFast(bytes: Uint8Array): EventHeader | undefined {
+  const len = bytes.length;
+  let pos = 0;
+  let eventId = "";
+  let runId = "";
+  let sequence = 0;
+  let type = "unknown";
+  while (pos < len) {
+    const tag = varintAt(bytes, pos);
+    // Field 0 and tags past 32 bits are the reader's to refuse.
+    if (tag < 8 || tag > 0xffffffff) return undefined;
+    pos = cursor;
+    const field = Math.floor(tag / 8);
+    const wireType = (tag % 8) as WireType;
+    if (wireType === WireType.Varint) {
+      const v = varintAt(bytes, pos);
+      if (v < 0) return undefined;
+      pos = cursor;
+      if (field === 3) {
+        sequence = v;
+        continue;
+      }
+    } else if (wireType === WireType.LengthDelimited) {
+      const n = varintAt(bytes, pos);
+      if (n < 0 || cursor + n > len) return undefined;
+      const start = cursor;
+      pos = cursor + n;
+      if (field === 1) {
+        eventId = decodeUtf8(bytes, start, pos);
+        continue;
+      }
+      if (field === 2) {
+        runId = decodeUtf8(bytes, start, pos);
+        continue;
+      }
+    } else if (wireType === WireType.Bit64) pos += 8;
+    else if (wireType === WireType.Bit32) pos += 4;
+    else return undefined;
+    if (pos > len) return undefined;
+    const name = EVENT_CASES.get(field);
+    if (name !== undefined) type = name;
+  }
+  return { eventId, runId, sequence, type };
+}
+
+/** A string field's bytes as protobuf-es decodes them (not strict: a bad sequence is U+FFFD). */
+function decodeUtf8(bytes: Uint8Array, start: number, end: number): string {
+  return getTextEncoding().decodeUtf8(bytes.subarray(start, end));
+}
+
+/** {@link eventHeader} by protobuf-es's reader. Exported for tests. */
+export function headerByReader(bytes: Uint8Array): EventHeader {
   const reader = new BinaryReader(bytes);
   let eventId = "";
   let runId = "";
@@ -182,9 +267,10 @@ export class OutboxStore {
         const eventId = header.eventId === "" ? lifecycleEventId(runId, header.sequence) : header.eventId;
         records.push({
           id,
-          ...header,
           eventId,
           runId,
+          sequence: header.sequence,
+          type: header.type,
           payload: header.eventId === "" ? withEventId(stored, eventId) : stored,
           traceContext: traces[i] ?? null,
           createdAt: r.created_at,
