@@ -92,6 +92,9 @@ export interface PartitionRunsHost {
   live(): boolean;
 }
 
+/** whenCommitted's `failed` when none is given. */
+const ignoreFailure = (): undefined => undefined;
+
 /** See the module comment. */
 export class PartitionRuns {
   private chain: Promise<void> = Promise.resolve();
@@ -215,52 +218,15 @@ export class PartitionRuns {
   whenCommitted(
     runIds: readonly string[],
     done: () => void,
-    failed: (e: unknown) => void = () => undefined,
+    failed: (e: unknown) => void = ignoreFailure,
   ): void {
     const p = this.host.partitions;
-    // Without partitions nothing can move: the next commit is all (one per ended run, so no
-    // closures for epochs and retries are made for nothing).
+    // Without partitions nothing can move: the next commit is all.
     if (p === undefined) {
       void this.host.store.flush().then(done, failed);
       return;
     }
-    const epochs = runIds.map((id) => p.epochOf(partitionOf(id, p.partitionCount)));
-    /** Whether the commit refused by `e` will be made again with the changes of `runIds`. */
-    const again = (e: unknown): boolean => {
-      if (!isPartitionFencedError(e)) return false;
-      const lost = new Set(e.partitions);
-      return runIds.every((id, i) => {
-        const partition = partitionOf(id, p.partitionCount);
-        return epochs[i] !== undefined && !lost.has(partition) && p.epochOf(partition) === epochs[i];
-      });
-    };
-    /**
-     * A commit counts for the runs only while each one's partition is still held at the epoch it
-     * had: else their changes may have been dropped (refused with others, or marked under an
-     * earlier hold) in a commit this wait was not in, and "committed" would be a guess.
-     */
-    const moved = (): PartitionFencedError | undefined => {
-      const gone = runIds
-        .map((id, i) => [partitionOf(id, p.partitionCount), epochs[i]] as const)
-        .filter(([partition, epoch]) => epoch === undefined || p.epochOf(partition) !== epoch)
-        .map(([partition]) => partition);
-      return gone.length === 0
-        ? undefined
-        : new PartitionFencedError(
-            [...new Set(gone)].sort((a, b) => a - b),
-            "the run's partition moved to another scheduler replica while its changes were committed",
-          );
-    };
-    const wait = (): void =>
-      void this.host.store.flush().then(
-        () => {
-          const e = moved();
-          if (e === undefined) done();
-          else failed(e);
-        },
-        (e: unknown) => (again(e) ? wait() : failed(e)),
-      );
-    wait();
+    new CommitWait(p, this.host.store, runIds, done, failed).wait();
   }
 
   /**
@@ -567,5 +533,69 @@ export class PartitionRuns {
     // types they advertise until they have had the time to.
     if (recovered.queued > 0 || recovered.orphaned > 0) host.unserved.quietFor(host.sessionTimeoutMs);
     return recovered;
+  }
+}
+
+/**
+ * One {@link PartitionRuns.whenCommitted} wait (with partitions): the epochs its runs' partitions
+ * were held at when it began, and the flush it waits for, made again after a commit the fence
+ * refused for other partitions. Prototype methods, not closures: one is made per ended run.
+ */
+class CommitWait {
+  private readonly epochs: (number | undefined)[];
+
+  constructor(
+    private readonly partitions: HeldPartitions,
+    private readonly store: Pick<EngineStore, "flush">,
+    private readonly runIds: readonly string[],
+    private readonly done: () => void,
+    private readonly failed: (e: unknown) => void,
+  ) {
+    this.epochs = runIds.map((id) => partitions.epochOf(partitionOf(id, partitions.partitionCount)));
+  }
+
+  wait(): void {
+    void this.store.flush().then(
+      () => this.committed(),
+      (e: unknown) => (this.again(e) ? this.wait() : this.failed(e)),
+    );
+  }
+
+  private committed(): void {
+    const e = this.moved();
+    if (e === undefined) this.done();
+    else this.failed(e);
+  }
+
+  /** Whether the commit refused by `e` will be made again with the changes of the runs. */
+  private again(e: unknown): boolean {
+    if (!isPartitionFencedError(e)) return false;
+    const p = this.partitions;
+    const lost = new Set(e.partitions);
+    return this.runIds.every((id, i) => {
+      const partition = partitionOf(id, p.partitionCount);
+      return this.epochs[i] !== undefined && !lost.has(partition) && p.epochOf(partition) === this.epochs[i];
+    });
+  }
+
+  /**
+   * A commit counts for the runs only while each one's partition is still held at the epoch it
+   * had: else their changes may have been dropped (refused with others, or marked under an
+   * earlier hold) in a commit this wait was not in, and "committed" would be a guess.
+   */
+  private moved(): PartitionFencedError | undefined {
+    const p = this.partitions;
+    let gone: number[] | undefined;
+    for (let i = 0; i < this.runIds.length; i++) {
+      const partition = partitionOf(this.runIds[i] as string, p.partitionCount);
+      const epoch = this.epochs[i];
+      if (epoch === undefined || p.epochOf(partition) !== epoch) (gone ??= []).push(partition);
+    }
+    return gone === undefined
+      ? undefined
+      : new PartitionFencedError(
+          [...new Set(gone)].sort((a, b) => a - b),
+          "the run's partition moved to another scheduler replica while its changes were committed",
+        );
   }
 }
