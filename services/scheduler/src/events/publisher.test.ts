@@ -45,6 +45,9 @@ describe("event messages", () => {
     const event = LifecycleEventSchema.oneofs.find((o) => o.name === "event");
     assert.ok(event !== undefined && event.fields.some((f) => f.name === "task_held"));
     for (const f of event.fields) assert.equal(protoEventType(f.localName), f.name);
+    // Named again from what it remembered, and past its bound still named right.
+    for (const f of event.fields) assert.equal(protoEventType(f.localName), f.name);
+    for (let i = 0; i < 300; i++) assert.equal(protoEventType(`someCase${i}X`), `some_case${i}_x`);
   });
 
   it("keys by run id and carries type, content type, event id and sequence headers", () => {

@@ -60,9 +60,19 @@ export const EventHeaders = {
 /** Content type of the message value. */
 export const EVENT_CONTENT_TYPE = "application/x-protobuf";
 
-/** The .proto name of an event case: "taskSucceeded" -> "task_succeeded". */
+/** The .proto names of the event cases seen, by case (a few dozen at most: the oneof's cases). */
+const PROTO_EVENT_TYPES = new Map<string, string>();
+/** Past this many names, a name is made again each time (a bound: names come from stored rows). */
+const MAX_PROTO_EVENT_TYPES = 256;
+
+/** The .proto name of an event case: "taskSucceeded" -> "task_succeeded" (every event published names it). */
 export function protoEventType(camelCase: string): string {
-  return camelCase.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`);
+  let name = PROTO_EVENT_TYPES.get(camelCase);
+  if (name === undefined) {
+    name = camelCase.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`);
+    if (PROTO_EVENT_TYPES.size < MAX_PROTO_EVENT_TYPES) PROTO_EVENT_TYPES.set(camelCase, name);
+  }
+  return name;
 }
 
 /** A broker-neutral message: what the relay sends for one event. */
