@@ -105,6 +105,35 @@ function oneStepEngine(): ReturnType<typeof engineHolding> {
   return holding;
 }
 
+/**
+ * Holds the store's reads of active runs (its loadActive) until `answer()`: each read is made at
+ * once and answered then ("then wait"), or made only then ("wait, then read"). `reads()` counts
+ * them; `restore()` puts the store's own back.
+ */
+function holdReads(
+  store: MemoryEngineStore,
+  order: "then wait" | "wait, then read",
+): { reads: () => number; answer: () => void; restore: () => void } {
+  const loadActive = store.loadActive.bind(store);
+  let reads = 0;
+  let answer = (): void => undefined;
+  const answered = new Promise<void>((resolve) => (answer = resolve));
+  store.loadActive = async (scope) => {
+    reads++;
+    if (order === "wait, then read") await answered;
+    const rows = await loadActive(scope);
+    if (order === "then wait") await answered;
+    return rows;
+  };
+  return {
+    reads: () => reads,
+    answer: () => answer(),
+    restore: () => {
+      store.loadActive = loadActive;
+    },
+  };
+}
+
 describe("an Engine's runs follow the partitions it holds", () => {
   const { store, held, engine } = engineHolding();
   const session = new Session();
@@ -392,16 +421,7 @@ describe("a second load of a partition already loaded at the epoch it is held at
     const partition = partitionOf(runId, COUNT);
     // The read of a second load of its partition (a load retried after another one already loaded
     // it at this epoch) takes the run's rows now, RUNNING, and answers after it has finished.
-    const loadActive = store.loadActive.bind(store);
-    let reads = 0;
-    let answer = (): void => undefined;
-    const answered = new Promise<void>((resolve) => (answer = resolve));
-    store.loadActive = async (scope) => {
-      reads++;
-      const rows = await loadActive(scope);
-      await answered;
-      return rows;
-    };
+    const reads = holdReads(store, "then wait");
     try {
       const loading = engine.partitions.load([partition]);
       assert.equal(engine.onStarted(session, lease.key), null);
@@ -411,12 +431,12 @@ describe("a second load of a partition already loaded at the epoch it is held at
         () => store.read().runs.get(runId)?.status === "SUCCEEDED",
       );
       await waitFor("the run out of memory", () => !engine.isActive(runId));
-      answer();
+      reads.answer();
       await loading;
     } finally {
-      store.loadActive = loadActive;
+      reads.restore();
     }
-    assert.equal(reads, 0, "nothing read: the partition was loaded at this epoch");
+    assert.equal(reads.reads(), 0, "nothing read: the partition was loaded at this epoch");
     assert.equal(engine.isActive(runId), false, "the finished run stays finished");
     assert.equal(session.leased.filter((l) => l.runId === runId).length, 1, "its step leased once");
   });
@@ -616,7 +636,7 @@ describe("a call for a run of a partition just taken whose runs are still being 
     const first = (await start("one")).runId;
     const partition = partitionOf(first, COUNT);
     let gated = "";
-    while (partitionOf(gated || "-", COUNT) !== partition || gated === "") {
+    while (gated === "") {
       const { runId } = await start("gated");
       if (partitionOf(runId, COUNT) === partition) gated = runId;
     }
@@ -625,35 +645,27 @@ describe("a call for a run of a partition just taken whose runs are still being 
     engine.partitions.unload([partition], "taken by another replica");
     held.set(partition, 2);
     assert.equal(engine.isActive(first), false);
-    const loadActive = store.loadActive.bind(store);
-    let reads = 0;
-    let answer = (): void => undefined;
-    const answered = new Promise<void>((resolve) => (answer = resolve));
-    store.loadActive = async (scope) => {
-      reads++;
-      await answered;
-      return loadActive(scope);
-    };
+    const reads = holdReads(store, "wait, then read");
     let loading: Promise<void> | undefined;
     try {
       loading = engine.partitions.load([partition]);
-      await waitFor("the partition's read to have begun", () => reads === 1);
+      await waitFor("the partition's read to have begun", () => reads.reads() === 1);
       let cancelDone = false;
       const cancelling = engine.cancelRun(first, "by the test").then(() => (cancelDone = true));
       const signalling = engine.waits.signal(gated, { name: "go", key: null, payload: null });
       // Neither is answered while the partition's runs are not in memory.
       await new Promise<void>((resolve) => setImmediate(resolve));
       assert.equal(cancelDone, false, "the cancel waits for the load");
-      answer();
+      reads.answer();
       await loading;
       await cancelling;
       const outcome = await signalling;
       assert.equal(outcome?.stepId, "gate");
       assert.equal(outcome.duplicate, false);
     } finally {
-      answer();
+      reads.answer();
       await loading;
-      store.loadActive = loadActive;
+      reads.restore();
     }
     await waitFor("both runs ended", () =>
       [first, gated].every((id) => TERMINAL_RUN_STATUSES.has(store.read().runs.get(id)?.status ?? "PENDING")),
