@@ -542,6 +542,8 @@ export class Engine {
     this.assertRunning();
     const run = await this.load(runId);
     if (run === undefined) return;
+    // Loading it (a parked run, a partition just taken) may have outlasted the engine's run.
+    this.assertRunning();
     // A fault in its rules fails it SCHEDULER_ERROR (faults.ts), and the call answers INTERNAL.
     const cancel = (): boolean => core.cancelRun(this.core, run, reason, compensate, new Date());
     if (!confineCall(this.confined, run, `run ${runId} was not cancelled`, cancel)) return;
@@ -794,11 +796,16 @@ export class Engine {
    */
   private async partitionLoaded(runId: string): Promise<void> {
     const loaded = this.partitions.whenLoaded(runId);
+    if (loaded === undefined) return;
     let timer: NodeJS.Timeout | undefined;
     try {
       await Promise.race([
         loaded,
-        new Promise<void>((resolve) => (timer = setTimeout(resolve, PARTITION_LOAD_WAIT_MS))),
+        new Promise<void>((resolve) => {
+          timer = setTimeout(resolve, PARTITION_LOAD_WAIT_MS);
+          // A call waiting here does not keep a stopping process alive.
+          timer.unref();
+        }),
       ]);
     } finally {
       clearTimeout(timer);

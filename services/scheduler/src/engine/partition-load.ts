@@ -104,8 +104,8 @@ export class PartitionRuns {
   private lossCount = 0;
   /** Partitions taken whose runs are not loaded yet (a load() queued or running). */
   private readonly loading = new Map<number, number>();
-  /** Calls waiting for a partition's loads to end (whenLoaded), told once none is left. */
-  private readonly loadWaiters = new Map<number, (() => void)[]>();
+  /** What calls wait on for a partition's loads to end (whenLoaded), resolved once none is left. */
+  private readonly loadsEnded = new Map<number, { promise: Promise<void>; resolve: () => void }>();
   /**
    * The epoch at which each partition's runs were last loaded (until they leave memory): a load of
    * a partition already loaded at the epoch it is held at reads nothing. Read again, a run that
@@ -166,21 +166,25 @@ export class PartitionRuns {
   }
 
   /**
-   * Resolves once no load of the run's partition is queued or running (at once when none is): a
+   * Resolves once no load of the run's partition is queued or running; undefined when none is: a
    * call for a run of a partition just taken waits for its runs to be in memory rather than find
    * the run missing. Every load ends (loaded, the partition lost, or the engine stopped), so this
-   * always resolves; callers bound how long they wait.
+   * always resolves; callers bound how long they wait. The calls waiting on one partition share
+   * one promise.
    */
-  whenLoaded(runId: string): Promise<void> {
+  whenLoaded(runId: string): Promise<void> | undefined {
     const p = this.host.partitions;
-    if (p === undefined) return Promise.resolve();
+    if (p === undefined) return undefined;
     const partition = partitionOf(runId, p.partitionCount);
-    if (!this.loading.has(partition)) return Promise.resolve();
-    return new Promise((resolve) => {
-      const waiters = this.loadWaiters.get(partition);
-      if (waiters === undefined) this.loadWaiters.set(partition, [resolve]);
-      else waiters.push(resolve);
-    });
+    if (!this.loading.has(partition)) return undefined;
+    let ended = this.loadsEnded.get(partition);
+    if (ended === undefined) {
+      let resolve = (): void => undefined;
+      const promise = new Promise<void>((r) => (resolve = r));
+      ended = { promise, resolve };
+      this.loadsEnded.set(partition, ended);
+    }
+    return ended.promise;
   }
 
   /** Counts the loads of `partitions` queued (+1) or done (-1). */
@@ -192,10 +196,10 @@ export class PartitionRuns {
         continue;
       }
       this.loading.delete(p);
-      const waiters = this.loadWaiters.get(p);
-      if (waiters === undefined) continue;
-      this.loadWaiters.delete(p);
-      for (const resolve of waiters) resolve();
+      const ended = this.loadsEnded.get(p);
+      if (ended === undefined) continue;
+      this.loadsEnded.delete(p);
+      ended.resolve();
     }
   }
 

@@ -98,6 +98,18 @@ describe("the relay's event header", () => {
       }),
     );
     for (let n = 0; n <= bytes.length; n++) assertSame(bytes.subarray(0, n), `cut at ${n}`);
+    // Tags, lengths and values padded with continuation bytes (0x80 ... 0x00), up to ten bytes.
+    for (let pad = 0; pad <= 6; pad++) {
+      const padded = (b: number): number[] =>
+        pad === 0 ? [b] : [b | 0x80, ...Array<number>(pad - 1).fill(0x80), 0];
+      for (const [what, field] of [
+        ["event id", [...padded(0x0a), 1, 0x41]],
+        ["sequence", [...padded(0x18), 5]],
+        ["sequence value", [0x18, ...padded(5)]],
+        ["run id length", [0x12, ...padded(1), 0x42]],
+      ] as const)
+        assertSame(new Uint8Array(field), `${what} padded by ${pad}`);
+    }
     const next = random(7);
     for (let i = 0; i < 5000; i++) {
       const b = Uint8Array.from(bytes);

@@ -100,6 +100,8 @@ export function eventHeader(bytes: Uint8Array): EventHeader {
 
 /** Varints up to this many bytes (49 bits) are read exactly as numbers here. */
 const MAX_FAST_VARINT_BYTES = 7;
+/** A tag is a uint32 varint: protobuf-es's reader refuses one written in more bytes, padded or not. */
+const MAX_TAG_BYTES = 5;
 
 /** Where {@link varintAt} stopped: the byte after the varint it read. */
 let cursor = 0;
@@ -131,8 +133,8 @@ function headerFast(bytes: Uint8Array): EventHeader | undefined {
   let type = "unknown";
   while (pos < len) {
     const tag = varintAt(bytes, pos);
-    // Field 0 and tags past 32 bits are the reader's to refuse.
-    if (tag < 8 || tag > 0xffffffff) return undefined;
+    // Field 0, tags past 32 bits and tags padded past five bytes are the reader's to refuse.
+    if (tag < 8 || tag > 0xffffffff || cursor - pos > MAX_TAG_BYTES) return undefined;
     pos = cursor;
     const field = Math.floor(tag / 8);
     const wireType = (tag % 8) as WireType;
