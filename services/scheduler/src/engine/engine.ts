@@ -60,6 +60,11 @@ export interface EngineOptions {
   /** Longest wait for a commit before an API call answers UNAVAILABLE. @default 5000 */
   commitTimeoutMs?: number;
   /**
+   * Longest wait of a call for a run (CancelRun, SignalRun) for the load of its partition, just
+   * taken, before it answers UNAVAILABLE. @default 10000
+   */
+  partitionLoadWaitMs?: number;
+  /**
    * Reads an offloaded output (claim check, `Completed.output_ref`) back from the artifact store,
    * e.g. `(ref) => resolveOutputRef(store, ref)`. Dependents of such a step wait until it is read.
    * @default none: offloaded outputs read as null
@@ -101,8 +106,6 @@ export type { StartRunInput };
 
 /** How long a Started report may wait for another commit to ride along with. */
 const STARTED_FLUSH_DELAY_MS = 20;
-/** Longest a call for a run waits for the runs of its partition, just taken, to load (Engine.load). */
-const PARTITION_LOAD_WAIT_MS = 10_000;
 
 const ignore = (): undefined => undefined;
 
@@ -144,6 +147,7 @@ export class Engine {
   /** The runs of the partitions held: loaded as they are taken, unloaded as they go. */
   readonly partitions: PartitionRuns;
   private readonly commitTimeoutMs: number;
+  private readonly partitionLoadWaitMs: number;
   private readonly restartedAt: number | undefined;
   private stateValue: EngineState = "CREATED";
   private stopping: Promise<void> | undefined;
@@ -161,6 +165,7 @@ export class Engine {
     this.heartbeatIntervalMs = options.heartbeatIntervalMs ?? 2000;
     this.sessionTimeoutMs = options.sessionTimeoutMs ?? 10_000;
     this.commitTimeoutMs = options.commitTimeoutMs ?? 5000;
+    this.partitionLoadWaitMs = options.partitionLoadWaitMs ?? 10_000;
     this.dispatcher = new Dispatcher(options.priorityAgeingMs ?? DEFAULT_PRIORITY_AGEING_MS, (task, now) =>
       core.admitQueued(this.core, task, now),
     );
@@ -779,20 +784,27 @@ export class Engine {
 
   /**
    * The active run `runId`, loaded back when parked (parking.ts); undefined when not active here.
-   * A run of a partition just taken, whose runs are still being read, is waited for.
+   * A run of a partition just taken, whose runs are still being read, is waited for; UNAVAILABLE
+   * when they are still being read `partitionLoadWaitMs` later (a load retrying through a database
+   * outage): taken for "not active", a cancel would do nothing.
    */
   async load(runId: string): Promise<Readonly<RunState> | undefined> {
     const run = this.core.runs.get(runId);
     if (run !== undefined) return run;
     await this.partitionLoaded(runId);
-    return this.core.runs.get(runId) ?? (await this.parking?.load(runId));
+    const loaded = this.core.runs.get(runId);
+    if (loaded !== undefined) return loaded;
+    if (this.partitions.loading(runId))
+      throw new UnavailableError(
+        `run ${runId} is in a partition this scheduler just took, whose runs are still being loaded; retry`,
+      );
+    return await this.parking?.load(runId);
   }
 
   /**
    * Resolves once the run's partition has no load of its runs queued or running (a partition just
-   * taken: partition-load.ts), or after PARTITION_LOAD_WAIT_MS (a load retrying through a database
-   * outage): a call for one of its runs then finds it in memory, not missing ("not on this
-   * scheduler; retry"), and a call that still finds it missing answers as before.
+   * taken: partition-load.ts), or after `partitionLoadWaitMs`: a call for one of its runs then
+   * finds it in memory, not missing.
    */
   private async partitionLoaded(runId: string): Promise<void> {
     const loaded = this.partitions.whenLoaded(runId);
@@ -802,7 +814,7 @@ export class Engine {
       await Promise.race([
         loaded,
         new Promise<void>((resolve) => {
-          timer = setTimeout(resolve, PARTITION_LOAD_WAIT_MS);
+          timer = setTimeout(resolve, this.partitionLoadWaitMs);
           // A call waiting here does not keep a stopping process alive.
           timer.unref();
         }),

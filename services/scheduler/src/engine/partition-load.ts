@@ -103,7 +103,7 @@ export class PartitionRuns {
   readonly stats = { loadedRuns: 0, unloadedRuns: 0, revokedLeases: 0 };
   private lossCount = 0;
   /** Partitions taken whose runs are not loaded yet (a load() queued or running). */
-  private readonly loading = new Map<number, number>();
+  private readonly loadingCount = new Map<number, number>();
   /** What calls wait on for a partition's loads to end (whenLoaded), resolved once none is left. */
   private readonly loadsEnded = new Map<number, { promise: Promise<void>; resolve: () => void }>();
   /**
@@ -133,7 +133,7 @@ export class PartitionRuns {
     const p = this.host.partitions;
     if (p === undefined) return true;
     const partition = partitionOf(runId, p.partitionCount);
-    return p.epochOf(partition) !== undefined && !this.loading.has(partition);
+    return p.epochOf(partition) !== undefined && !this.loadingCount.has(partition);
   }
 
   /**
@@ -165,6 +165,12 @@ export class PartitionRuns {
     };
   }
 
+  /** Whether a load of the run's partition is queued or running (a partition just taken). */
+  loading(runId: string): boolean {
+    const p = this.host.partitions;
+    return p !== undefined && this.loadingCount.has(partitionOf(runId, p.partitionCount));
+  }
+
   /**
    * Resolves once no load of the run's partition is queued or running; undefined when none is: a
    * call for a run of a partition just taken waits for its runs to be in memory rather than find
@@ -176,7 +182,7 @@ export class PartitionRuns {
     const p = this.host.partitions;
     if (p === undefined) return undefined;
     const partition = partitionOf(runId, p.partitionCount);
-    if (!this.loading.has(partition)) return undefined;
+    if (!this.loadingCount.has(partition)) return undefined;
     let ended = this.loadsEnded.get(partition);
     if (ended === undefined) {
       let resolve = (): void => undefined;
@@ -190,12 +196,12 @@ export class PartitionRuns {
   /** Counts the loads of `partitions` queued (+1) or done (-1). */
   private loadingOf(partitions: readonly number[], change: 1 | -1): void {
     for (const p of partitions) {
-      const n = (this.loading.get(p) ?? 0) + change;
+      const n = (this.loadingCount.get(p) ?? 0) + change;
       if (n > 0) {
-        this.loading.set(p, n);
+        this.loadingCount.set(p, n);
         continue;
       }
-      this.loading.delete(p);
+      this.loadingCount.delete(p);
       const ended = this.loadsEnded.get(p);
       if (ended === undefined) continue;
       this.loadsEnded.delete(p);

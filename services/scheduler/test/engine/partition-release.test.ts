@@ -16,7 +16,7 @@ import type { Lease, LeaseKey, SessionResponse } from "@nexusflow/gen";
 import { PartitionFencedError, keyPartition, partitionOf } from "../../src/cluster/partitioning.js";
 import { Definitions } from "../../src/engine/definitions.js";
 import type { SessionHandle } from "../../src/engine/dispatcher.js";
-import { Engine } from "../../src/engine/engine.js";
+import { Engine, type EngineOptions } from "../../src/engine/engine.js";
 import type { HeldPartitions } from "../../src/engine/partition-load.js";
 import { TERMINAL_RUN_STATUSES } from "../../src/model/run-state.js";
 import { MemoryDefinitionStore } from "../../src/persistence/memory-definition-store.js";
@@ -52,7 +52,7 @@ class Session implements SessionHandle {
 }
 
 /** An Engine on the in-memory stores holding the partitions of `held` (partition -> epoch; every one at epoch 1 to begin with). */
-function engineHolding(): {
+function engineHolding(options: Partial<EngineOptions> = {}): {
   store: MemoryEngineStore;
   held: Map<number, number>;
   /** Partitions being handed over (rebalancing). */
@@ -81,6 +81,7 @@ function engineHolding(): {
     partitions,
     sessionTimeoutMs: 1000,
     heartbeatIntervalMs: 200,
+    ...options,
   });
   return { store, held, moving, asked, engine };
 }
@@ -89,8 +90,8 @@ function engineHolding(): {
  * {@link engineHolding} with the one-step workflow `one` registered, started before the suite's
  * tests and stopped after them (call inside a describe).
  */
-function oneStepEngine(): ReturnType<typeof engineHolding> {
-  const holding = engineHolding();
+function oneStepEngine(options: Partial<EngineOptions> = {}): ReturnType<typeof engineHolding> {
+  const holding = engineHolding(options);
   before(async () => {
     await holding.engine.start();
     await holding.engine.definitions.register({
@@ -618,7 +619,8 @@ describe("a run whose partition is lost while its attempt is leased, tracing on"
 });
 
 describe("a call for a run of a partition just taken whose runs are still being read", () => {
-  const { store, held, engine } = oneStepEngine();
+  // Long enough for the first test's load to end within it on a busy machine.
+  const { store, held, engine } = oneStepEngine({ partitionLoadWaitMs: 60_000 });
   before(async () => {
     await engine.definitions.register({
       name: "gated",
@@ -672,5 +674,41 @@ describe("a call for a run of a partition just taken whose runs are still being 
     );
     assert.equal(store.read().runs.get(first)?.status, "CANCELLED");
     assert.equal(store.read().runs.get(gated)?.status, "SUCCEEDED");
+  });
+});
+
+describe("a call for a run of a partition whose load outlasts the wait", () => {
+  const { store, held, engine } = oneStepEngine({ partitionLoadWaitMs: 50 });
+
+  it("answers UNAVAILABLE (a cancel never says it cancelled nothing), and goes through once loaded", async () => {
+    const { runId } = await startOne(engine);
+    const partition = partitionOf(runId, COUNT);
+    held.delete(partition);
+    engine.partitions.unload([partition], "taken by another replica");
+    held.set(partition, 2);
+    const reads = holdReads(store, "wait, then read");
+    let loading: Promise<void> | undefined;
+    try {
+      loading = engine.partitions.load([partition]);
+      await waitFor("the partition's read to have begun", () => reads.reads() === 1);
+      await assert.rejects(engine.cancelRun(runId, "by the test"), (e: unknown) => {
+        assert.ok(e instanceof UnavailableError, String(e));
+        assert.match(e.message, /still being loaded; retry/);
+        return true;
+      });
+      await assert.rejects(
+        engine.waits.signal(runId, { name: "go", key: null, payload: null }),
+        UnavailableError,
+      );
+      assert.notEqual(store.read().runs.get(runId)?.status, "CANCELLED");
+      reads.answer();
+      await loading;
+    } finally {
+      reads.answer();
+      await loading;
+      reads.restore();
+    }
+    await engine.cancelRun(runId, "by the test");
+    await waitFor("the run cancelled", () => store.read().runs.get(runId)?.status === "CANCELLED");
   });
 });
