@@ -147,7 +147,6 @@ export class Engine {
   /** The runs of the partitions held: loaded as they are taken, unloaded as they go. */
   readonly partitions: PartitionRuns;
   private readonly commitTimeoutMs: number;
-  private readonly partitionLoadWaitMs: number;
   private readonly restartedAt: number | undefined;
   private stateValue: EngineState = "CREATED";
   private stopping: Promise<void> | undefined;
@@ -165,7 +164,6 @@ export class Engine {
     this.heartbeatIntervalMs = options.heartbeatIntervalMs ?? 2000;
     this.sessionTimeoutMs = options.sessionTimeoutMs ?? 10_000;
     this.commitTimeoutMs = options.commitTimeoutMs ?? 5000;
-    this.partitionLoadWaitMs = options.partitionLoadWaitMs ?? 10_000;
     this.dispatcher = new Dispatcher(options.priorityAgeingMs ?? DEFAULT_PRIORITY_AGEING_MS, (task, now) =>
       core.admitQueued(this.core, task, now),
     );
@@ -273,6 +271,7 @@ export class Engine {
       pump: () => this.schedulePump(),
       sessionTimeoutMs: this.sessionTimeoutMs,
       heartbeatIntervalMs: this.heartbeatIntervalMs,
+      loadWaitMs: options.partitionLoadWaitMs ?? 10_000,
     });
     this.liveness = new SessionLiveness({
       core: this.core,
@@ -784,44 +783,14 @@ export class Engine {
 
   /**
    * The active run `runId`, loaded back when parked (parking.ts); undefined when not active here.
-   * A run of a partition just taken, whose runs are still being read, is waited for; UNAVAILABLE
-   * when they are still being read `partitionLoadWaitMs` later (a load retrying through a database
-   * outage): taken for "not active", a cancel would do nothing.
+   * A run of a partition just taken is waited for while its runs are read (PartitionRuns.settled:
+   * UNAVAILABLE when that outlasts `partitionLoadWaitMs`).
    */
   async load(runId: string): Promise<Readonly<RunState> | undefined> {
     const run = this.core.runs.get(runId);
     if (run !== undefined) return run;
-    await this.partitionLoaded(runId);
-    const loaded = this.core.runs.get(runId);
-    if (loaded !== undefined) return loaded;
-    if (this.partitions.loading(runId))
-      throw new UnavailableError(
-        `run ${runId} is in a partition this scheduler just took, whose runs are still being loaded; retry`,
-      );
-    return await this.parking?.load(runId);
-  }
-
-  /**
-   * Resolves once the run's partition has no load of its runs queued or running (a partition just
-   * taken: partition-load.ts), or after `partitionLoadWaitMs`: a call for one of its runs then
-   * finds it in memory, not missing.
-   */
-  private async partitionLoaded(runId: string): Promise<void> {
-    const loaded = this.partitions.whenLoaded(runId);
-    if (loaded === undefined) return;
-    let timer: NodeJS.Timeout | undefined;
-    try {
-      await Promise.race([
-        loaded,
-        new Promise<void>((resolve) => {
-          timer = setTimeout(resolve, this.partitionLoadWaitMs);
-          // A call waiting here does not keep a stopping process alive.
-          timer.unref();
-        }),
-      ]);
-    } finally {
-      clearTimeout(timer);
-    }
+    await this.partitions.settled(runId);
+    return this.core.runs.get(runId) ?? (await this.parking?.load(runId));
   }
 
   /** Whether the run is still active in memory. */

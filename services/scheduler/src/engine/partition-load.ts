@@ -83,6 +83,8 @@ export interface PartitionRunsHost {
   readonly unserved: Pick<UnservedTypes, "quietFor">;
   readonly sessionTimeoutMs: number;
   readonly heartbeatIntervalMs: number;
+  /** Longest wait of a call for a run for the load of its partition, just taken ({@link PartitionRuns.settled}). */
+  readonly loadWaitMs: number;
   /** The partitions held; undefined: every run is this engine's. */
   readonly partitions: HeldPartitions | undefined;
   moment(): Moment;
@@ -104,7 +106,7 @@ export class PartitionRuns {
   private lossCount = 0;
   /** Partitions taken whose runs are not loaded yet (a load() queued or running). */
   private readonly loadingCount = new Map<number, number>();
-  /** What calls wait on for a partition's loads to end (whenLoaded), resolved once none is left. */
+  /** What calls wait on for a partition's loads to end (settled), resolved once none is left. */
   private readonly loadsEnded = new Map<number, { promise: Promise<void>; resolve: () => void }>();
   /**
    * The epoch at which each partition's runs were last loaded (until they leave memory): a load of
@@ -165,24 +167,18 @@ export class PartitionRuns {
     };
   }
 
-  /** Whether a load of the run's partition is queued or running (a partition just taken). */
-  loading(runId: string): boolean {
-    const p = this.host.partitions;
-    return p !== undefined && this.loadingCount.has(partitionOf(runId, p.partitionCount));
-  }
-
   /**
-   * Resolves once no load of the run's partition is queued or running; undefined when none is: a
+   * Resolves once no load of the run's partition is queued or running (at once when none is): a
    * call for a run of a partition just taken waits for its runs to be in memory rather than find
-   * the run missing. Every load ends (loaded, the partition lost, or the engine stopped), so this
-   * always resolves; callers bound how long they wait. The calls waiting on one partition share
-   * one promise.
+   * the run missing (a cancel would cancel nothing). Throws UNAVAILABLE when the load is still
+   * pending `loadWaitMs` later (retrying through a database outage). The calls waiting on one
+   * partition share one promise, resolved when its last load ends.
    */
-  whenLoaded(runId: string): Promise<void> | undefined {
+  async settled(runId: string): Promise<void> {
     const p = this.host.partitions;
-    if (p === undefined) return undefined;
+    if (p === undefined) return;
     const partition = partitionOf(runId, p.partitionCount);
-    if (!this.loadingCount.has(partition)) return undefined;
+    if (!this.loadingCount.has(partition)) return;
     let ended = this.loadsEnded.get(partition);
     if (ended === undefined) {
       let resolve = (): void => undefined;
@@ -190,7 +186,23 @@ export class PartitionRuns {
       ended = { promise, resolve };
       this.loadsEnded.set(partition, ended);
     }
-    return ended.promise;
+    let timer: NodeJS.Timeout | undefined;
+    try {
+      await Promise.race([
+        ended.promise,
+        new Promise<void>((resolve) => {
+          timer = setTimeout(resolve, this.host.loadWaitMs);
+          // A call waiting here does not keep a stopping process alive.
+          timer.unref();
+        }),
+      ]);
+    } finally {
+      clearTimeout(timer);
+    }
+    if (this.loadingCount.has(partition))
+      throw new UnavailableError(
+        `run ${runId} is in a partition this scheduler just took, whose runs are still being loaded; retry`,
+      );
   }
 
   /** Counts the loads of `partitions` queued (+1) or done (-1). */
