@@ -48,10 +48,11 @@ describe("bench command line", () => {
     assert.throws(() => parseArgs(["--bogus"]), UsageError);
   });
 
-  it("takes --tracing as a share of runs in (0, 1]", () => {
+  it("takes --tracing as a share of runs in [0, 1]", () => {
     assert.equal(parseArgs(["--tracing", "0.1"]).tracing, 0.1);
+    assert.equal(parseArgs(["--tracing", "0"]).tracing, 0);
     assert.equal(parseArgs([]).tracing, undefined);
-    for (const bad of ["0", "1.5", "NaN", "ten"])
+    for (const bad of ["-0.1", "1.5", "NaN", "ten"])
       assert.throws(
         () => parseArgs(["--tracing", bad]),
         (e: unknown) => e instanceof UsageError && /--tracing/.test(e.message),

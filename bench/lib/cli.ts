@@ -83,7 +83,8 @@ export const USAGE = `usage: npm run bench -- [--only ${SECTIONS.join("|")}[,...
   --metrics   Nexusflow's scheduler and executors record Prometheus metrics, scraped every 15 s
               (their cost)
   --tracing   trace this share of Nexusflow's runs (e.g. 0.1) with OpenTelemetry, exported over
-              OTLP/HTTP to a discarding sink in its own process (their cost)
+              OTLP/HTTP to a discarding sink in its own process (their cost); 0 propagates every
+              run's trace context and records no span (what the sampled share costs, by difference)
   --out       directory for results (default bench/results)`;
 
 /** Raised for a bad command line; the message says what is wrong. */
@@ -160,8 +161,8 @@ export function parseArgs(argv: readonly string[]): BenchOptions {
       case "--tracing": {
         const v = value();
         const ratio = Number(v);
-        if (!Number.isFinite(ratio) || ratio <= 0 || ratio > 1)
-          throw new UsageError(`--tracing: expected a share of runs in (0, 1]; got ${JSON.stringify(v)}`);
+        if (!Number.isFinite(ratio) || ratio < 0 || ratio > 1)
+          throw new UsageError(`--tracing: expected a share of runs in [0, 1]; got ${JSON.stringify(v)}`);
         options.tracing = ratio;
         break;
       }

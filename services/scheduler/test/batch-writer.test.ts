@@ -116,6 +116,57 @@ describe("batch writer (PostgreSQL)", () => {
     await writer.close();
   });
 
+  it("shows each commit to its observers while the next statement runs, or at once when none follows", async () => {
+    // The order of what happens, through a pool that notes when a statement is sent and answered.
+    const order: string[] = [];
+    let statements = 0;
+    // A second run is marked while the first commit runs: the loop has more to send after it.
+    let second: RunState | undefined;
+    let secondDone: Promise<void> | undefined;
+    const whileFirst = (): void => {
+      second = markRun(writer, "writer");
+      secondDone = writer.flush().then(() => void order.push("second waiter"));
+    };
+    const pool = {
+      connect: async () => {
+        const client = await db.writerPool.connect();
+        return {
+          query: async (q: pg.QueryConfig) => {
+            const n = ++statements;
+            order.push(`sent ${n}`);
+            const answer = client.query(q);
+            if (n === 1) whileFirst();
+            const result = await answer;
+            order.push(`answered ${n}`);
+            return result;
+          },
+          release: (broken?: boolean) => client.release(broken),
+        };
+      },
+    } as unknown as pg.Pool;
+    const writer = new BatchWriter({ pool, log: testLogger("writer") });
+    let observed = 0;
+    writer.observe((commit) => order.push(`observed ${++observed} (${commit.events.length} events)`));
+    const first = markRun(writer, "writer");
+    await writer.flush().then(() => void order.push("first waiter"));
+    await secondDone;
+    assert.ok(second !== undefined);
+    assert.deepEqual(order, [
+      "sent 1",
+      "answered 1",
+      "first waiter",
+      "sent 2",
+      // The first commit is shown once the second statement is on its way, before its answer.
+      "observed 1 (1 events)",
+      "answered 2",
+      // Nothing follows the second commit: shown before its waiter goes on.
+      "observed 2 (1 events)",
+      "second waiter",
+    ]);
+    assert.deepEqual(await counts([first.id, second.id]), { runs: 2, tasks: 2, outbox: 2 });
+    await writer.close();
+  });
+
   it("retries only the half that failed; the half that committed is not written again", async () => {
     // Inserting a run named 'flaky' fails while the switch is on: a transient fault in one half.
     await db.pool.query(`CREATE TABLE writer_fault (failing boolean NOT NULL)`);

@@ -240,7 +240,7 @@ export class LifecycleMetrics {
         this.#runsCompleted.get(e.workflowName, status).inc();
         if (ev.value.status !== RunStatus.SUCCEEDED && ev.value.error !== undefined)
           this.#runFailures.get(e.workflowName, ev.value.error.type || "UNKNOWN").inc();
-        const run = runs.get(e.runId) ?? this.activeRun(e.runId);
+        const run = this.#run(runs, e.runId);
         if (run === undefined) return;
         const seconds = Math.max(0, millis(e) - run.createdAt.getTime()) / 1000;
         const traceId = recordedTraceId(run);
@@ -267,18 +267,18 @@ export class LifecycleMetrics {
         const now = millis(e);
         const id = ev.value.taskRunId;
         this.#track(this.#started, id, now);
-        const ready = this.#readyAt(e, id, ev.value.stepId, ev.value.attempt, ev.value.kind);
+        const ready = this.#readyAt(e, runs, id, ev.value.stepId, ev.value.attempt, ev.value.kind);
         if (ready !== undefined)
           this.#scheduleToStart.get(typeOf(tasks, id)).observe(Math.max(0, now - ready) / 1000);
         return;
       }
       case "taskSucceeded":
-        this.#ended(e, tasks, ev.value.taskRunId, "succeeded");
+        this.#ended(e, tasks, runs, ev.value.taskRunId, "succeeded");
         return;
       case "taskFailed": {
         const type = typeOf(tasks, ev.value.taskRunId);
         this.#failures.get(type, ev.value.error?.type || "UNKNOWN").inc();
-        this.#ended(e, tasks, ev.value.taskRunId, "failed");
+        this.#ended(e, tasks, runs, ev.value.taskRunId, "failed");
         return;
       }
       case "taskRetryScheduled": {
@@ -302,14 +302,29 @@ export class LifecycleMetrics {
     map.set(id, ms);
   }
 
-  #ended(e: LifecycleEvent, tasks: ReadonlyMap<string, TaskState>, id: string, outcome: string): void {
+  /**
+   * The run an event is about: as the commit wrote it, else the engine's. A commit is observed
+   * after its waiters went on (BatchWriter's observers), so a run it ended may have left the
+   * engine's memory already; such a run was written by that commit.
+   */
+  #run(runs: ReadonlyMap<string, RunState>, runId: string): Readonly<RunState> | undefined {
+    return runs.get(runId) ?? this.activeRun(runId);
+  }
+
+  #ended(
+    e: LifecycleEvent,
+    tasks: ReadonlyMap<string, TaskState>,
+    runs: ReadonlyMap<string, RunState>,
+    id: string,
+    outcome: string,
+  ): void {
     const started = this.#started.get(id);
     if (started === undefined) return;
     this.#started.delete(id);
     const type = typeOf(tasks, id);
     const seconds = Math.max(0, millis(e) - started) / 1000;
     // The attempt's spans are in its run's trace.
-    const traceId = recordedTraceId(this.activeRun(e.runId));
+    const traceId = recordedTraceId(this.#run(runs, e.runId));
     if (traceId === undefined) this.#handler.get(type, outcome).observe(seconds);
     else observeWithTrace(this.#handlerHistogram, { task_type: type, outcome }, seconds, traceId);
   }
@@ -317,6 +332,7 @@ export class LifecycleMetrics {
   /** When the attempt became ready, if the events tell (see the module comment). */
   #readyAt(
     e: LifecycleEvent,
+    runs: ReadonlyMap<string, RunState>,
     id: string,
     stepId: string,
     attempt: number,
@@ -328,7 +344,7 @@ export class LifecycleMetrics {
       return due;
     }
     if (attempt !== 1 || kind !== TaskKind.STEP) return undefined;
-    const run = this.activeRun(e.runId);
+    const run = this.#run(runs, e.runId);
     if (run === undefined) return undefined;
     let ready = run.createdAt.getTime();
     const deps = run.workflow.dependencies.get(stepId);

@@ -124,6 +124,15 @@ export class BatchWriter extends PendingChanges {
   private readonly retryMaxMs: number;
   private readonly observers: ((commit: CommitObservation) => void)[] = [];
   /**
+   * Commits not yet shown to the observers. They are shown while PostgreSQL works on the next
+   * statement (right after it is sent), or as soon as the loop has nothing more to commit or must
+   * wait to retry: never on the path from one commit's answer to the next statement, where the
+   * leases the commit freed and the next batch wait (what metrics derive costs no throughput),
+   * and always before the next commit's answer is handled (a run an observer reads is still in
+   * memory as the commit left it).
+   */
+  private unobserved: CommitObservation[] = [];
+  /**
    * Statistics, for the benchmark and metrics. `rows` counts rows written (an outbox row holds a
    * run's events of one commit); `commits` counts statements (a split batch is two); `refusedRuns`
    * counts runs whose changes PostgreSQL refused for their data (see {@link isDataError});
@@ -140,6 +149,14 @@ export class BatchWriter extends PendingChanges {
   /** Calls `observer` after each committed statement (metrics); it must not throw. */
   observe(observer: (commit: CommitObservation) => void): void {
     this.observers.push(observer);
+  }
+
+  /** Shows the observers the commits they have not seen yet, in commit order. */
+  private deliverObservations(): void {
+    if (this.unobserved.length === 0) return;
+    const commits = this.unobserved;
+    this.unobserved = [];
+    for (const commit of commits) for (const observer of this.observers) observer(commit);
   }
 
   /** False while commits are failing (the database is unreachable). */
@@ -171,6 +188,14 @@ export class BatchWriter extends PendingChanges {
 
   /** Commits until nothing is pending, retrying failed commits with backoff. */
   protected async drain(): Promise<void> {
+    try {
+      await this.commitUntilDone();
+    } finally {
+      this.deliverObservations();
+    }
+  }
+
+  private async commitUntilDone(): Promise<void> {
     let delay = this.retryInitialMs;
     while (this.hasWork() && !this.closed) {
       const waiters = this.takeWaiters();
@@ -216,6 +241,8 @@ export class BatchWriter extends PendingChanges {
         this.healthy = true;
         delay = this.retryInitialMs;
         if (fenced === undefined) for (const w of waiters) w.resolve();
+        // Nothing more to send: the observers see this commit now, before the waiters go on.
+        if (!this.hasWork()) this.deliverObservations();
         // The refused waiters whose runs were kept wait again (PartitionRuns.whenCommitted) in
         // their rejection's callbacks: a turn first, so that they are in the commit of what was
         // kept (refused in turn, it must reject them too; they would read "committed" after it).
@@ -230,6 +257,7 @@ export class BatchWriter extends PendingChanges {
         this.options.log.error({ err: failure }, "database commit failed; retrying until it is back");
       this.healthy = false;
       if (this.closed) break;
+      this.deliverObservations();
       await new Promise<void>((resolve) => {
         this.retryWake = resolve;
         this.retryTimer = setTimeout(() => {
@@ -316,10 +344,14 @@ export class BatchWriter extends PendingChanges {
     }
     if (part.statement !== undefined) this.stats.commits++;
     this.stats.rows += part.rows;
-    if (part.statement !== undefined && this.observers.length > 0) {
-      const commit = { rows: part.rows, seconds, events: part.events, tasks: part.tasks, runs: part.runs };
-      for (const observer of this.observers) observer(commit);
-    }
+    if (part.statement !== undefined && this.observers.length > 0)
+      this.unobserved.push({
+        rows: part.rows,
+        seconds,
+        events: part.events,
+        tasks: part.tasks,
+        runs: part.runs,
+      });
     this.options.onCommit?.({
       runIds: new Set([...part.runs.keys(), ...[...part.tasks.values()].map((t) => t.runId)]),
       taskIds: new Set(part.tasks.keys()),
@@ -349,7 +381,10 @@ export class BatchWriter extends PendingChanges {
     let broken = false;
     try {
       // Named: each connection parses and plans each shape of batch once, not on every commit.
-      await client.query({ name: statement.name, text: statement.sql, values: statement.params });
+      const answer = client.query({ name: statement.name, text: statement.sql, values: statement.params });
+      // Sent: the previous commits' observers run while PostgreSQL works on it.
+      this.deliverObservations();
+      await answer;
       return (performance.now() - started) / 1000;
     } catch (e) {
       const fenced = fencedByDatabase(e, checked);
