@@ -38,6 +38,7 @@ import {
 } from "./sections/composition.js";
 import { flowSection, flowTable, flowTargets, type FlowResult } from "./sections/flow.js";
 import { retentionSection, type RetentionResult } from "./sections/retention.js";
+import { samplingSection, samplingTable, type SamplingResult } from "./sections/sampling.js";
 import { sessionsSection, type SessionsResult } from "./sections/sessions.js";
 
 /** No-op workflows drained in section 1 at scale 1. */
@@ -80,6 +81,8 @@ export interface BenchReport {
   failover?: FailoverResult;
   /** `--only partitioning`: one scheduler in process without and with cluster mode. */
   partitioning?: PartitioningResult;
+  /** `--only sampling --tracing 0`: drains with none and a tenth of runs sampled, in one process. */
+  sampling?: SamplingResult;
   /** `--tracing`: the share of runs sampled and what the sink received. */
   tracing?: { sampleRatio: number } & SinkStats;
   targets?: Target[];
@@ -254,6 +257,13 @@ export async function runBench(argv: readonly string[], io: BenchIo): Promise<Be
         report.partitioning = await partitioningSection(ctx);
       });
       if (report.partitioning !== undefined) print(partitioningTable(report.partitioning));
+    }
+
+    if (want("sampling") && options.systems.includes("nexusflow")) {
+      await section("sampling", async () => {
+        report.sampling = await samplingSection(ctx);
+      });
+      if (report.sampling !== undefined) print(samplingTable(report.sampling));
     }
 
     report.targets = targets(report);

@@ -4,10 +4,12 @@
  * live in `npm run bench`, not in tests).
  */
 import assert from "node:assert/strict";
+import { execFile } from "node:child_process";
 import { mkdtemp, readdir, readFile, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, it } from "node:test";
+import { promisify } from "node:util";
 import { parseArgs, scaled, UsageError } from "./lib/cli.js";
 import { ROOT } from "./lib/machine.js";
 import { allocationSummary } from "./lib/profile.js";
@@ -238,4 +240,61 @@ describe("bench smoke run", () => {
       }
     },
   );
+  it(
+    "runs the sampling section with tracing on: drains with none and a tenth sampled by the caller, alternating",
+    { timeout: 150_000 },
+    async () => {
+      const out = await mkdtemp(join(tmpdir(), "nf-bench-smoke-"));
+      try {
+        // Tracing starts before the services' modules load (bench/start.ts): a process of its own.
+        const args = ["--only", "sampling", "--tracing", "0", "--scale", "0.005", "--systems", "nexusflow"];
+        await promisify(execFile)(
+          process.execPath,
+          ["--import", "tsx", join(ROOT, "bench", "start.ts"), ...args, "--out", out],
+          { cwd: ROOT, maxBuffer: 64 * 1024 * 1024 },
+        );
+        const files = (await readdir(out)).filter((f) => f.endsWith(".json"));
+        assert.equal(files.length, 1);
+        const report = JSON.parse(await readFile(join(out, files[0] as string), "utf8")) as BenchReport;
+        assert.deepEqual(report.errors, []);
+        const r = report.sampling;
+        assert.deepEqual(
+          r?.drains.map((d) => [d.sampled, d.warmUp]),
+          [
+            [0, true],
+            [0, false],
+            [0.1, false],
+            [0.1, false],
+            [0, false],
+            [0, false],
+            [0.1, false],
+            [0.1, false],
+            [0, false],
+          ],
+        );
+        for (const d of r?.drains ?? []) assert.ok(d.tasksPerSecond > 0 && d.tasks === 100);
+        assert.ok(Number.isFinite(r?.drainRatio) && Number.isFinite(r?.cpuRatio));
+        // The scheduler samples nothing by itself (ratio 0): the spans exported are the sampled
+        // runs', the callers' decision followed by the scheduler and the executors.
+        assert.ok((report.tracing?.services["nexusflow-scheduler"] ?? 0) > 0, "scheduler spans exported");
+        assert.ok((report.tracing?.services["nexusflow-executor"] ?? 0) > 0, "executor spans exported");
+      } finally {
+        await rm(out, { recursive: true, force: true });
+      }
+    },
+  );
+
+  it("refuses the sampling section without tracing, naming the flag", async () => {
+    const out = await mkdtemp(join(tmpdir(), "nf-bench-smoke-"));
+    try {
+      const report = await runBench(["--only", "sampling", "--systems", "nexusflow", "--out", out], {
+        print: () => undefined,
+        note: () => undefined,
+      });
+      assert.equal(report.sampling, undefined);
+      assert.match(report.errors[0]?.message ?? "", /--tracing/);
+    } finally {
+      await rm(out, { recursive: true, force: true });
+    }
+  });
 });

@@ -14,15 +14,16 @@ export const SECTIONS = [
   "recovery",
   "failover",
   "partitioning",
+  "sampling",
 ] as const;
 /** One section name. */
 export type Section = (typeof SECTIONS)[number];
 /**
- * The sections run without --only: recovery and failover (minutes of killed processes) and
- * partitioning (cluster mode's cost, ten phases) only when named.
+ * The sections run without --only: recovery and failover (minutes of killed processes),
+ * partitioning (cluster mode's cost, ten phases) and sampling (needs --tracing) only when named.
  */
 export const DEFAULT_SECTIONS: readonly Section[] = SECTIONS.filter(
-  (s) => s !== "recovery" && s !== "failover" && s !== "partitioning",
+  (s) => s !== "recovery" && s !== "failover" && s !== "partitioning" && s !== "sampling",
 );
 /** The systems compared in sections 1, 2 and 5 (and 3, those with a workflow model). */
 export const SYSTEMS = ["nexusflow", "pg-boss", "graphile-worker", "dbos"] as const;
@@ -73,6 +74,8 @@ export const USAGE = `usage: npm run bench -- [--only ${SECTIONS.join("|")}[,...
               recovery: SIGKILLed executors' tasks running again (Nexusflow; only when named)
               failover: SIGKILLed scheduler replicas' runs leased again (Nexusflow; only when named)
               partitioning: one scheduler without and with cluster mode, in process (only when named)
+              sampling: drains with none and a tenth of runs sampled by their caller, in one
+              process (with --tracing, e.g. --tracing 0; only when named)
   --scale     multiply sizes and durations (e.g. 0.1 for a quick run)
   --systems   systems compared in throughput, latency and cost (dag: nexusflow, dbos)
   --rates     open-loop arrival rates in runs/s (default 100,500,1000 and half our drain rate)

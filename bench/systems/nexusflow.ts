@@ -59,6 +59,12 @@ export interface NexusflowOptions {
   /** Record the scheduler's and executors' Prometheus metrics, scraped every 15 s. @default false */
   metrics?: boolean;
   /**
+   * The pre-load's StartRun calls carry a `traceparent` sampled for every `sampledEvery`-th run
+   * and not for the others (0: none), the caller's decision that the scheduler follows (the
+   * `sampling` section). @default undefined (no header: the scheduler's own sampler decides)
+   */
+  sampledEvery?: number;
+  /**
    * Profile the executors' thread (--profile): each attach writes `<prefix>-executors-<n>.cpuprofile`
    * when its executors stop. @default undefined (no profile)
    */
@@ -227,9 +233,18 @@ export class NexusflowSystem implements QueueSystem {
     };
   }
 
-  /** Pre-loads runs 0..n-1 from the producer thread, `concurrency` calls in flight. */
+  /**
+   * Pre-loads runs 0..n-1 from the producer thread, `concurrency` calls in flight, with the
+   * `traceparent` headers of {@link NexusflowOptions.sampledEvery}.
+   */
   async preload(n: number, concurrency: number): Promise<void> {
-    const { errors, firstError } = await this.produce({ kind: "closed", n, concurrency });
+    const { sampledEvery } = this.options;
+    const { errors, firstError } = await this.produce({
+      kind: "closed",
+      n,
+      concurrency,
+      ...(sampledEvery === undefined ? {} : { sampledEvery }),
+    });
     if (errors > 0) throw new Error(`${errors} StartRun calls failed: ${firstError ?? ""}`);
   }
 

@@ -1,0 +1,113 @@
+/**
+ * The `sampling` section (Nexusflow, with `--tracing`; only when named): what the sampled share of
+ * runs costs a drain, measured in one process. Sections 1 and 2 compare a run without telemetry
+ * against one with it, two processes whose drains differ by 10-25% with no change at all on a
+ * noisy machine (bench/notes/25-session-twenty-nine.md); here every drain runs in the same process
+ * with tracing on, and only the caller's decision differs: each StartRun carries a `traceparent` of
+ * a new trace, sampled for none of the runs or for every tenth, which the scheduler's
+ * parent-based sampler follows, as it follows a traced caller's. So the comparison is the sampled
+ * tenth's spans, contexts and export against the same propagation with nothing recorded
+ * (`--tracing 0` costs what no tracing does: the notes). A warm-up drain (none sampled, not
+ * counted), then {@link SAMPLING_ROUNDS} rounds of both, the order alternating, compared by medians.
+ */
+import { scaled } from "../lib/cli.js";
+import { formatTable } from "../lib/table.js";
+import { benchTracing } from "../lib/tracing.js";
+import type { BenchContext } from "./context.js";
+import { throughputPhase } from "./queue.js";
+
+/** Drains of each kind compared. */
+export const SAMPLING_ROUNDS = 4;
+/** Runs of each drain at --scale 1. */
+export const SAMPLING_TASKS = 20_000;
+/** The sampled phases sample every this many runs (10%, the issue's ratio). */
+export const SAMPLED_EVERY = 10;
+
+/** One drain of the section. */
+export interface SamplingDrain {
+  /** Share of runs sampled. */
+  sampled: number;
+  warmUp: boolean;
+  tasks: number;
+  tasksPerSecond: number;
+  /** CPU ms per task of the bench process (scheduler, executors, their export threads) and PostgreSQL. */
+  cpuMsPerTask: { benchProcess: number; postgres: number } | undefined;
+}
+
+/** Result of the section. */
+export interface SamplingResult {
+  drains: SamplingDrain[];
+  /** Median drain rate with the sampled share over the median with none sampled. */
+  drainRatio: number;
+  /** The same for the bench process's CPU per task. */
+  cpuRatio: number;
+}
+
+function median(values: number[]): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  const mid = sorted.length >> 1;
+  return sorted.length % 2 === 1
+    ? (sorted[mid] as number)
+    : ((sorted[mid - 1] as number) + (sorted[mid] as number)) / 2;
+}
+
+/** Median of `f` over the counted drains with `sampled` over those with none, to 3 decimals. */
+function ratio(drains: readonly SamplingDrain[], f: (d: SamplingDrain) => number | undefined): number {
+  const of = (sampled: boolean): number =>
+    median(
+      drains
+        .filter((d) => !d.warmUp && d.sampled > 0 === sampled)
+        .map(f)
+        .filter((v): v is number => v !== undefined),
+    );
+  return Math.round((of(true) / of(false)) * 1000) / 1000;
+}
+
+/** Runs the section (see the module comment). */
+export async function samplingSection(ctx: BenchContext): Promise<SamplingResult> {
+  if (benchTracing() === undefined)
+    throw new Error("the sampling section needs tracing on: run it with --tracing (e.g. --tracing 0)");
+  const n = scaled(SAMPLING_TASKS, ctx.options.scale, 100);
+  const drain = async (every: number, warmUp: boolean): Promise<SamplingDrain> => {
+    const sampled = every === 0 ? 0 : 1 / every;
+    ctx.note(
+      `  nexusflow: drain of ${n}, ${Math.round(sampled * 100)}% sampled${warmUp ? " (warm-up, not counted)" : ""}`,
+    );
+    const r = await throughputPhase(ctx, "nexusflow", n, undefined, () =>
+      ctx.nexusflow(`sampling-${every}`, { sampledEvery: every }),
+    );
+    return {
+      sampled,
+      warmUp,
+      tasks: r.tasks,
+      tasksPerSecond: r.drain.tasksPerSecond,
+      cpuMsPerTask: r.cpu.drain.perTaskMs,
+    };
+  };
+  const drains = [await drain(0, true)];
+  for (let round = 0; round < SAMPLING_ROUNDS; round++) {
+    const order = round % 2 === 0 ? [0, SAMPLED_EVERY] : [SAMPLED_EVERY, 0];
+    for (const every of order) drains.push(await drain(every, false));
+  }
+  return {
+    drains,
+    drainRatio: ratio(drains, (d) => d.tasksPerSecond),
+    cpuRatio: ratio(drains, (d) => d.cpuMsPerTask?.benchProcess),
+  };
+}
+
+/** The section's table. */
+export function samplingTable(r: SamplingResult): string {
+  return (
+    "\nSampling: drains with none and a tenth of the runs sampled by their caller, tracing on, one process\n" +
+    formatTable([
+      ["sampled", "drain tasks/s", "CPU ms/task (bench process + pg)"],
+      ...r.drains.map((d) => [
+        `${Math.round(d.sampled * 100)}%${d.warmUp ? " (warm-up)" : ""}`,
+        d.tasksPerSecond,
+        d.cpuMsPerTask === undefined ? "-" : `${d.cpuMsPerTask.benchProcess} + ${d.cpuMsPerTask.postgres}`,
+      ]),
+    ]) +
+    `medians, sampled over none: drain ${r.drainRatio}, bench process CPU per task ${r.cpuRatio}\n`
+  );
+}
