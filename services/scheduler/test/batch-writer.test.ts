@@ -167,6 +167,23 @@ describe("batch writer (PostgreSQL)", () => {
     await writer.close();
   });
 
+  it("goes on committing, and showing commits to the other observers, when an observer throws", async () => {
+    const writer = new BatchWriter({ pool: db.writerPool, log: testLogger("writer") });
+    writer.observe(() => {
+      throw new Error("a broken observer");
+    });
+    const seen: number[] = [];
+    writer.observe((commit) => seen.push(commit.events.length));
+    const first = markRun(writer, "writer");
+    await writer.flush();
+    const second = markRun(writer, "writer");
+    await writer.flush();
+    assert.deepEqual(seen, [1, 1]);
+    assert.equal(writer.stats.failedCommits, 0);
+    assert.deepEqual(await counts([first.id, second.id]), { runs: 2, tasks: 2, outbox: 2 });
+    await writer.close();
+  });
+
   it("retries only the half that failed; the half that committed is not written again", async () => {
     // Inserting a run named 'flaky' fails while the switch is on: a transient fault in one half.
     await db.pool.query(`CREATE TABLE writer_fault (failing boolean NOT NULL)`);

@@ -10,7 +10,7 @@ import { RunStatus, TaskKind } from "@nexusflow/gen";
 import type { CompiledWorkflow } from "../dag/index.js";
 import { newRunState, newTaskState, type RunState } from "../model/run-state.js";
 import type { CommitObservation } from "../persistence/batch-writer.js";
-import { lifecycleEventAt, type EventInit, type OutboxRow } from "../persistence/outbox.js";
+import { lifecycleEvent, lifecycleEventAt, type EventInit, type OutboxRow } from "../persistence/outbox.js";
 import { LifecycleMetrics } from "./lifecycle-metrics.js";
 
 const T0 = Date.parse("2026-01-01T00:00:00Z");
@@ -70,5 +70,51 @@ describe("lifecycle metrics", () => {
     );
     assert.equal(sample(text, "nexusflow_run_duration_seconds_count", 'workflow="w",status="SUCCEEDED"'), 1);
     assert.equal(sample(text, "nexusflow_runs_completed_total", 'workflow="w",status="SUCCEEDED"'), 1);
+  });
+
+  it("reads the run an event was made from when the commit did not write it and the engine let it go", async () => {
+    const run: RunState = newRunState({
+      definitionId: 1,
+      workflow: {
+        name: "w",
+        version: 1,
+        timeoutMs: null,
+        dependencies: new Map(),
+      } as unknown as CompiledWorkflow,
+      input: null,
+      idempotencyKey: null,
+      labels: {},
+      now: new Date(T0),
+    });
+    const task = newTaskState(run.id, "only", "STEP", "noop", 0, new Date(T0));
+    run.tasks.set(task.stepId, task);
+    // Events made by the engine carry their run (lifecycleEvent); these two change no run row.
+    const started = lifecycleEvent(
+      run,
+      { case: "taskStarted", value: { taskRunId: task.id, stepId: "only", attempt: 1, kind: TaskKind.STEP } },
+      new Date(T0 + 40),
+    );
+    const succeeded = lifecycleEvent(
+      run,
+      { case: "taskSucceeded", value: { taskRunId: task.id, stepId: "only", attempt: 1 } },
+      new Date(T0 + 100),
+    );
+    assert.equal(started.run, run);
+    const registry = createMetricsRegistry();
+    // Observed after the run left the engine (its partition released, or parked): not in the
+    // commit's runs, not active.
+    new LifecycleMetrics(registry, () => undefined).observe({
+      rows: 2,
+      seconds: 0.001,
+      events: [started, succeeded],
+      tasks: new Map([[task.id, task]]),
+      runs: new Map(),
+    });
+    const text = await registry.metrics();
+    assert.equal(sample(text, "nexusflow_task_schedule_to_start_seconds_sum", 'task_type="noop"'), 0.04);
+    assert.equal(
+      sample(text, "nexusflow_task_handler_duration_seconds_sum", 'task_type="noop",outcome="succeeded"'),
+      0.06,
+    );
   });
 });

@@ -222,13 +222,14 @@ export class LifecycleMetrics {
   observe(commit: CommitObservation): void {
     this.#batchRows.observe(commit.rows);
     this.#commitSeconds.observe(commit.seconds);
-    for (const row of commit.events) this.#event(row.message, commit.tasks, commit.runs);
+    for (const row of commit.events) this.#event(row.message, commit.tasks, commit.runs, row.run);
   }
 
   #event(
     e: LifecycleEvent,
     tasks: ReadonlyMap<string, TaskState>,
     runs: ReadonlyMap<string, RunState>,
+    of: RunState | undefined,
   ): void {
     const ev = e.event;
     switch (ev.case) {
@@ -240,7 +241,7 @@ export class LifecycleMetrics {
         this.#runsCompleted.get(e.workflowName, status).inc();
         if (ev.value.status !== RunStatus.SUCCEEDED && ev.value.error !== undefined)
           this.#runFailures.get(e.workflowName, ev.value.error.type || "UNKNOWN").inc();
-        const run = this.#run(runs, e.runId);
+        const run = this.#run(of, runs, e.runId);
         if (run === undefined) return;
         const seconds = Math.max(0, millis(e) - run.createdAt.getTime()) / 1000;
         const traceId = recordedTraceId(run);
@@ -267,18 +268,18 @@ export class LifecycleMetrics {
         const now = millis(e);
         const id = ev.value.taskRunId;
         this.#track(this.#started, id, now);
-        const ready = this.#readyAt(e, runs, id, ev.value.stepId, ev.value.attempt, ev.value.kind);
+        const ready = this.#readyAt(this.#run(of, runs, e.runId), id, ev.value);
         if (ready !== undefined)
           this.#scheduleToStart.get(typeOf(tasks, id)).observe(Math.max(0, now - ready) / 1000);
         return;
       }
       case "taskSucceeded":
-        this.#ended(e, tasks, runs, ev.value.taskRunId, "succeeded");
+        this.#ended(e, tasks, this.#run(of, runs, e.runId), ev.value.taskRunId, "succeeded");
         return;
       case "taskFailed": {
         const type = typeOf(tasks, ev.value.taskRunId);
         this.#failures.get(type, ev.value.error?.type || "UNKNOWN").inc();
-        this.#ended(e, tasks, runs, ev.value.taskRunId, "failed");
+        this.#ended(e, tasks, this.#run(of, runs, e.runId), ev.value.taskRunId, "failed");
         return;
       }
       case "taskRetryScheduled": {
@@ -303,18 +304,22 @@ export class LifecycleMetrics {
   }
 
   /**
-   * The run an event is about: as the commit wrote it, else the engine's. A commit is observed
-   * after its waiters went on (BatchWriter's observers), so a run it ended may have left the
-   * engine's memory already; such a run was written by that commit.
+   * The run an event is about: the one its row was made from, else as the commit wrote it, else
+   * the engine's. A commit is observed after its waiters went on (BatchWriter's observers), when
+   * the run may have left the engine's memory (ended, parked, its partition released).
    */
-  #run(runs: ReadonlyMap<string, RunState>, runId: string): Readonly<RunState> | undefined {
-    return runs.get(runId) ?? this.activeRun(runId);
+  #run(
+    of: RunState | undefined,
+    runs: ReadonlyMap<string, RunState>,
+    runId: string,
+  ): Readonly<RunState> | undefined {
+    return of ?? runs.get(runId) ?? this.activeRun(runId);
   }
 
   #ended(
     e: LifecycleEvent,
     tasks: ReadonlyMap<string, TaskState>,
-    runs: ReadonlyMap<string, RunState>,
+    run: Readonly<RunState> | undefined,
     id: string,
     outcome: string,
   ): void {
@@ -324,19 +329,16 @@ export class LifecycleMetrics {
     const type = typeOf(tasks, id);
     const seconds = Math.max(0, millis(e) - started) / 1000;
     // The attempt's spans are in its run's trace.
-    const traceId = recordedTraceId(this.#run(runs, e.runId));
+    const traceId = recordedTraceId(run);
     if (traceId === undefined) this.#handler.get(type, outcome).observe(seconds);
     else observeWithTrace(this.#handlerHistogram, { task_type: type, outcome }, seconds, traceId);
   }
 
   /** When the attempt became ready, if the events tell (see the module comment). */
   #readyAt(
-    e: LifecycleEvent,
-    runs: ReadonlyMap<string, RunState>,
+    run: Readonly<RunState> | undefined,
     id: string,
-    stepId: string,
-    attempt: number,
-    kind: TaskKind,
+    { stepId, attempt, kind }: { stepId: string; attempt: number; kind: TaskKind },
   ): number | undefined {
     const due = this.#retryDue.size === 0 ? undefined : this.#retryDue.get(id);
     if (due !== undefined) {
@@ -344,7 +346,6 @@ export class LifecycleMetrics {
       return due;
     }
     if (attempt !== 1 || kind !== TaskKind.STEP) return undefined;
-    const run = this.#run(runs, e.runId);
     if (run === undefined) return undefined;
     let ready = run.createdAt.getTime();
     const deps = run.workflow.dependencies.get(stepId);

@@ -151,12 +151,22 @@ export class BatchWriter extends PendingChanges {
     this.observers.push(observer);
   }
 
-  /** Shows the observers the commits they have not seen yet, in commit order. */
+  /**
+   * Shows the observers the commits they have not seen yet, in commit order. Never throws: an
+   * observer that does (it must not) is logged, and the others and the commits go on.
+   */
   private deliverObservations(): void {
     if (this.unobserved.length === 0) return;
     const commits = this.unobserved;
     this.unobserved = [];
-    for (const commit of commits) for (const observer of this.observers) observer(commit);
+    for (const commit of commits)
+      for (const observer of this.observers) {
+        try {
+          observer(commit);
+        } catch (e) {
+          this.options.log.error({ err: e }, "a commit's observer (metrics) failed; the commits go on");
+        }
+      }
   }
 
   /** False while commits are failing (the database is unreachable). */
@@ -382,10 +392,13 @@ export class BatchWriter extends PendingChanges {
     try {
       // Named: each connection parses and plans each shape of batch once, not on every commit.
       const answer = client.query({ name: statement.name, text: statement.sql, values: statement.params });
-      // Sent: the previous commits' observers run while PostgreSQL works on it.
+      // Sent: the previous commits' observers run while PostgreSQL works on it. Their time is
+      // not the commit's (an answer that came meanwhile waited for them).
+      const observing = performance.now();
       this.deliverObservations();
+      const observed = performance.now() - observing;
       await answer;
-      return (performance.now() - started) / 1000;
+      return (performance.now() - started - observed) / 1000;
     } catch (e) {
       const fenced = fencedByDatabase(e, checked);
       if (fenced !== undefined) throw fenced;

@@ -21,6 +21,12 @@ export interface OutboxRow {
    * kept by {@link encodeEventRows}; undefined until then.
    */
   writtenUnder?: string | undefined;
+  /**
+   * The run the event is about, when it was made from one (lifecycleEvent): what the metrics read
+   * of it when the commit is observed, which may be after the run left the engine's memory
+   * (BatchWriter's observers).
+   */
+  run?: RunState | undefined;
 }
 
 /** The `event` oneof of LifecycleEvent, as an init shape. */
@@ -51,7 +57,7 @@ export function lifecycleEventAt(
       ? { case: undefined }
       : { case: event.case, value: create(body.schema, event.value) }) as LifecycleEvent["event"],
   };
-  return { message, traceContext: null, writtenUnder: undefined };
+  return { message, traceContext: null, writtenUnder: undefined, run: undefined };
 }
 
 /** `timestampFromDate`, without create()'s walk. */
@@ -90,7 +96,7 @@ function entryAt(bytes: Uint8Array, pos: number): { start: number; end: number }
  * message is encoded later, with the rest of its commit's events (encodeEventRows).
  */
 export function lifecycleEvent(run: RunState, event: EventInit, now = new Date()): OutboxRow {
-  return lifecycleEventAt(
+  const row = lifecycleEventAt(
     {
       runId: run.id,
       sequence: BigInt(++run.eventSeq),
@@ -100,6 +106,8 @@ export function lifecycleEvent(run: RunState, event: EventInit, now = new Date()
     event,
     now,
   );
+  row.run = run;
+  return row;
 }
 
 /**
