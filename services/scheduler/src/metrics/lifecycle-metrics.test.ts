@@ -8,7 +8,7 @@ import { describe, it } from "node:test";
 import { createMetricsRegistry } from "@nexusflow/common/metrics";
 import { RunStatus, TaskKind } from "@nexusflow/gen";
 import type { CompiledWorkflow } from "../dag/index.js";
-import { newRunState, newTaskState, type RunState } from "../model/run-state.js";
+import { newRunState, newTaskState, type RunState, type TaskState } from "../model/run-state.js";
 import type { CommitObservation } from "../persistence/batch-writer.js";
 import { lifecycleEvent, lifecycleEventAt, type EventInit, type OutboxRow } from "../persistence/outbox.js";
 import { LifecycleMetrics } from "./lifecycle-metrics.js";
@@ -21,23 +21,29 @@ function sample(text: string, name: string, labels: string): number | undefined 
   return line === undefined ? undefined : Number(line.slice(line.lastIndexOf(" ") + 1));
 }
 
+/** A run of workflow "w" created at T0 with its one step's task (type "noop"). */
+function oneStepRun(): { run: RunState; task: TaskState } {
+  const run: RunState = newRunState({
+    definitionId: 1,
+    workflow: {
+      name: "w",
+      version: 1,
+      timeoutMs: null,
+      dependencies: new Map(),
+    } as unknown as CompiledWorkflow,
+    input: null,
+    idempotencyKey: null,
+    labels: {},
+    now: new Date(T0),
+  });
+  const task = newTaskState(run.id, "only", "STEP", "noop", 0, new Date(T0));
+  run.tasks.set(task.stepId, task);
+  return { run, task };
+}
+
 describe("lifecycle metrics", () => {
   it("observes a run that ended in the commit and already left the engine from the commit's own rows", async () => {
-    const run: RunState = newRunState({
-      definitionId: 1,
-      workflow: {
-        name: "w",
-        version: 1,
-        timeoutMs: null,
-        dependencies: new Map(),
-      } as unknown as CompiledWorkflow,
-      input: null,
-      idempotencyKey: null,
-      labels: {},
-      now: new Date(T0),
-    });
-    const task = newTaskState(run.id, "only", "STEP", "noop", 0, new Date(T0));
-    run.tasks.set(task.stepId, task);
+    const { run, task } = oneStepRun();
     let seq = 0n;
     const event = (at: number, e: EventInit): OutboxRow =>
       lifecycleEventAt(
@@ -73,21 +79,7 @@ describe("lifecycle metrics", () => {
   });
 
   it("reads the run an event was made from when the commit did not write it and the engine let it go", async () => {
-    const run: RunState = newRunState({
-      definitionId: 1,
-      workflow: {
-        name: "w",
-        version: 1,
-        timeoutMs: null,
-        dependencies: new Map(),
-      } as unknown as CompiledWorkflow,
-      input: null,
-      idempotencyKey: null,
-      labels: {},
-      now: new Date(T0),
-    });
-    const task = newTaskState(run.id, "only", "STEP", "noop", 0, new Date(T0));
-    run.tasks.set(task.stepId, task);
+    const { run, task } = oneStepRun();
     // Events made by the engine carry their run (lifecycleEvent); these two change no run row.
     const started = lifecycleEvent(
       run,
