@@ -22,6 +22,7 @@ import { checkStartInput, type Definitions } from "./definitions.js";
 import { ChildRuns } from "./children.js";
 import { DEFAULT_PRIORITY_AGEING_MS, Dispatcher, type SessionHandle } from "./dispatcher.js";
 import { type ExecutorView, describeSessions } from "./executors.js";
+import { ExecutorSessions } from "./executor-sessions.js";
 import { EngineTimers, commitWithin } from "./engine-timers.js";
 import { lifecycleEvent } from "../persistence/outbox.js";
 import { KeyedStarts } from "./keyed-starts.js";
@@ -136,6 +137,8 @@ export class Engine {
   private advanceScheduled = false;
   private livenessTimer: NodeJS.Timeout | undefined;
   private readonly liveness: SessionLiveness;
+  /** The attached sessions: attach, credit, drain, detach (executor-sessions.ts). */
+  private readonly executorSessions: ExecutorSessions;
   /** Heartbeat interval told to executors. */
   readonly heartbeatIntervalMs: number;
   /** Session timeout told to executors. */
@@ -272,6 +275,17 @@ export class Engine {
       sessionTimeoutMs: this.sessionTimeoutMs,
       heartbeatIntervalMs: this.heartbeatIntervalMs,
       loadWaitMs: options.partitionLoadWaitMs ?? 10_000,
+    });
+    this.executorSessions = new ExecutorSessions({
+      core: this.core,
+      dispatcher: this.dispatcher,
+      unserved: this.unserved,
+      log: options.log,
+      confined: this.confined,
+      judges: (runId) => this.partitions.judges(runId),
+      moment: () => this.moment(),
+      pump: () => this.schedulePump(),
+      stopping: () => this.stateValue === "STOPPING" || this.stateValue === "STOPPED",
     });
     this.liveness = new SessionLiveness({
       core: this.core,
@@ -685,78 +699,25 @@ export class Engine {
 
   /**
    * Registers an attached session (its executor id already authorised); returns the held leases
-   * that are no longer valid. The executor's other leases expire now (core/sessions.ts attached).
+   * that are no longer valid (executor-sessions.ts).
    */
   attach(session: SessionHandle, held: readonly LeaseKey[]): LeaseKey[] {
-    // Leases of this executor id that it does not list expire now (it no longer holds them); a
-    // fault in a lease's rules fails its run, and the other leases are handled (faults.ts).
-    const { revoked, expired, reclaimed } = core.attached(
-      this.core,
-      session,
-      held,
-      this.moment(),
-      (runId) => this.partitions.judges(runId),
-      this.confined,
-    );
-    // A re-attached executor replaces its earlier sessions, even ones whose connection never
-    // reported closing (half-open TCP): they must not take new leases.
-    for (const other of [...this.dispatcher.sessions.values()]) {
-      if (other.executorId === session.executorId && other.id !== session.id) {
-        other.close("superseded by a new session of the same executor");
-        this.detachSession(other);
-      }
-    }
-    this.dispatcher.sessions.set(session.id, session);
-    this.log.info(
-      {
-        session_id: session.id,
-        executor_id: session.executorId,
-        types: [...session.types],
-        reclaimed,
-        expired,
-      },
-      "executor attached",
-    );
-    this.unserved.attached(session.executorId, session.types, (type) => this.dispatcher.waiting(type).length);
-    this.schedulePump();
-    return revoked;
+    return this.executorSessions.attach(session, held);
   }
 
   /** Credit report. */
   onCredit(session: SessionHandle, n: number): Rejection | null {
-    if (!Number.isInteger(n) || n <= 0 || n > 100_000) {
-      return { code: "INVALID_ARGUMENT", message: `credit must be between 1 and 100000, got ${n}` };
-    }
-    if (session.credit + n > 1_000_000)
-      return { code: "RESOURCE_EXHAUSTED", message: "credit above 1000000" };
-    session.credit += n;
-    this.schedulePump();
-    return null;
+    return this.executorSessions.credit(session, n);
   }
 
-  /** Drain report: no more leases on this session. */
+  /** Drain report: no more leases on this session; returns the leases it still holds. */
   onDrain(session: SessionHandle): number {
-    session.draining = true;
-    // The next pass records that the types it alone ran now wait for it to finish draining.
-    this.schedulePump();
-    return session.leases.size;
+    return this.executorSessions.drain(session);
   }
 
-  /**
-   * The session's stream ended: its leases wait for a reconnect until the executor has been
-   * silent for the session timeout, then expire.
-   */
+  /** The session's stream ended: its leases wait for a reconnect until the session timeout. */
   detachSession(session: SessionHandle): void {
-    if (this.dispatcher.sessions.get(session.id) !== session) return;
-    this.dispatcher.sessions.delete(session.id);
-    // Stopping (stop() closes every session): the leases stay as stored, and the next start gives
-    // them their grace; a grace timer set now would outlive the engine.
-    if (this.stateValue === "STOPPING" || this.stateValue === "STOPPED") return;
-    // A fault in a lease's rules fails its run, and the other leases wait all the same (faults.ts).
-    core.sessionLost(this.core, session, performance.now() - session.lastSeen, this.confined);
-    // The next pass records whether the types it ran are now without an executor.
-    this.schedulePump();
-    this.log.info({ session_id: session.id, executor_id: session.executorId }, "executor session ended");
+    this.executorSessions.detach(session);
   }
 
   /** A Pong (SessionLiveness.onPong: an answer listing the executor's leases expires those it leaves out). */
