@@ -13,7 +13,7 @@ import { promisify } from "node:util";
 import { parseArgs, scaled, UsageError } from "./lib/cli.js";
 import { ROOT } from "./lib/machine.js";
 import { allocationSummary } from "./lib/profile.js";
-import { quantile, summarize } from "./lib/stats.js";
+import { median, quantile, summarize } from "./lib/stats.js";
 import { runBench, type BenchReport } from "./main.js";
 import { chainSteps, fanOutSteps } from "./sections/dag.js";
 
@@ -114,6 +114,12 @@ describe("bench statistics and shapes", () => {
     assert.equal(s.min, 1);
     assert.equal(s.max, 3);
     assert.equal(s.p50, 2);
+  });
+
+  it("takes the median of the middle value, or of the two middle ones, in any order", () => {
+    assert.equal(median([3, 1, 2]), 2);
+    assert.equal(median([4, 1, 3, 2]), 2.5);
+    assert.ok(Number.isNaN(median([])));
   });
 
   it("builds 1 -> 1000 -> 1 with one join over every fan-out step, and chains in order", () => {

@@ -19,6 +19,16 @@ export function quantile(sorted: readonly number[], q: number): number {
   return sorted[rank - 1] as number;
 }
 
+/** The median of `values` (any order): the middle one, or the mean of the two middle ones; NaN for none. */
+export function median(values: readonly number[]): number {
+  if (values.length === 0) return Number.NaN;
+  const sorted = [...values].sort((a, b) => a - b);
+  const mid = sorted.length >> 1;
+  return sorted.length % 2 === 1
+    ? (sorted[mid] as number)
+    : ((sorted[mid - 1] as number) + (sorted[mid] as number)) / 2;
+}
+
 /** Summarises samples; NaN fields when there are none. */
 export function summarize(samples: readonly number[]): Summary {
   const sorted = [...samples].sort((a, b) => a - b);

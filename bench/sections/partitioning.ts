@@ -9,6 +9,7 @@
  * the process warming up nor a drift of the machine favours one; the ratios compare their medians.
  */
 import { scaled } from "../lib/cli.js";
+import { median } from "../lib/stats.js";
 import { formatTable } from "../lib/table.js";
 import type { BenchContext } from "./context.js";
 import { latencyPhase, openLoopFigures, throughputPhase, type OpenLoopFigures } from "./queue.js";
@@ -70,15 +71,8 @@ export function clusterOverSole<T extends { mode: SchedulerMode; warmUp: boolean
   xs: readonly T[],
   f: (x: T) => number,
 ): number {
-  const median = (mode: SchedulerMode): number => {
-    const of = xs
-      .filter((x) => x.mode === mode && !x.warmUp)
-      .map(f)
-      .sort((a, b) => a - b);
-    const mid = of.length >> 1;
-    return of.length % 2 === 1 ? (of[mid] as number) : ((of[mid - 1] as number) + (of[mid] as number)) / 2;
-  };
-  return Math.round((median("cluster-1") / median("sole")) * 1000) / 1000;
+  const of = (mode: SchedulerMode): number => median(xs.filter((x) => x.mode === mode && !x.warmUp).map(f));
+  return Math.round((of("cluster-1") / of("sole")) * 1000) / 1000;
 }
 
 /** Runs the section (see the module comment). */

@@ -9,6 +9,7 @@
 import pg from "pg";
 import type { BenchContext } from "./context.js";
 import { databaseUrl } from "../lib/postgres.js";
+import { median } from "../lib/stats.js";
 import { NOOP_TYPE, NOOP_WORKFLOW, type NexusflowSystem } from "../systems/nexusflow.js";
 import { ENQUEUE_CONCURRENCY } from "./queue.js";
 
@@ -72,11 +73,6 @@ async function withClient<T>(url: string, fn: (c: pg.Client) => Promise<T>): Pro
   } finally {
     await client.end();
   }
-}
-
-function median(values: number[]): number {
-  const sorted = [...values].sort((a, b) => a - b);
-  return sorted[Math.floor((sorted.length - 1) / 2)] ?? Number.NaN;
 }
 
 async function phase(

@@ -11,6 +11,7 @@
  * counted), then {@link SAMPLING_ROUNDS} rounds of both, the order alternating, compared by medians.
  */
 import { scaled } from "../lib/cli.js";
+import { median } from "../lib/stats.js";
 import { formatTable } from "../lib/table.js";
 import { benchTracing } from "../lib/tracing.js";
 import type { BenchContext } from "./context.js";
@@ -41,14 +42,6 @@ export interface SamplingResult {
   drainRatio: number;
   /** The same for the bench process's CPU per task. */
   cpuRatio: number;
-}
-
-function median(values: number[]): number {
-  const sorted = [...values].sort((a, b) => a - b);
-  const mid = sorted.length >> 1;
-  return sorted.length % 2 === 1
-    ? (sorted[mid] as number)
-    : ((sorted[mid - 1] as number) + (sorted[mid] as number)) / 2;
 }
 
 /** Median of `f` over the counted drains with `sampled` over those with none, to 3 decimals. */
