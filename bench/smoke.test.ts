@@ -17,6 +17,16 @@ import { median, quantile, summarize } from "./lib/stats.js";
 import { runBench, type BenchReport } from "./main.js";
 import { chainSteps, fanOutSteps } from "./sections/dag.js";
 
+/** Runs `fn` with a new temporary folder, removed after it. */
+async function inTempDir(fn: (dir: string) => Promise<void>): Promise<void> {
+  const dir = await mkdtemp(join(tmpdir(), "nf-bench-smoke-"));
+  try {
+    await fn(dir);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
 describe("bench command line", () => {
   it("parses --only, --scale, --systems and --rates", () => {
     const o = parseArgs([
@@ -134,8 +144,7 @@ describe("bench statistics and shapes", () => {
 describe("bench smoke run", () => {
   // 150 s: section 4 first compiles the services as the image does (scripts/build-dist.mjs, ~30 s).
   it("runs every section at tiny sizes and writes a complete JSON report", { timeout: 150_000 }, async () => {
-    const out = await mkdtemp(join(tmpdir(), "nf-bench-smoke-"));
-    try {
+    await inTempDir(async (out) => {
       const printed: string[] = [];
       const report: BenchReport = await runBench(
         ["--scale", "0.005", "--rates", "40", "--systems", "nexusflow,graphile-worker,dbos", "--out", out],
@@ -198,17 +207,14 @@ describe("bench smoke run", () => {
       const written = JSON.parse(await readFile(join(out, files[0] as string), "utf8")) as BenchReport;
       assert.equal(written.postgres.server["synchronous_commit"], "on");
       assert.ok(written.machine["cores"]);
-    } finally {
-      await rm(out, { recursive: true, force: true });
-    }
+    });
   });
 
   it(
     "runs the partitioning section: a scheduler without and with cluster mode, alternating",
     { timeout: 150_000 },
     async () => {
-      const out = await mkdtemp(join(tmpdir(), "nf-bench-smoke-"));
-      try {
+      await inTempDir(async (out) => {
         const printed: string[] = [];
         const report: BenchReport = await runBench(
           ["--only", "partitioning", "--scale", "0.005", "--systems", "nexusflow", "--out", out],
@@ -241,17 +247,14 @@ describe("bench smoke run", () => {
         assert.ok(Number.isFinite(r?.drainRatio) && Number.isFinite(r?.openLoopRatio.p99));
         assert.ok(report.targets?.some((t) => t.target === "cost of partitioning, one replica in process"));
         assert.ok(printed.join("\n").includes("without and with cluster mode"));
-      } finally {
-        await rm(out, { recursive: true, force: true });
-      }
+      });
     },
   );
   it(
     "runs the sampling section with tracing on: drains with none and a tenth sampled by the caller, alternating",
     { timeout: 150_000 },
     async () => {
-      const out = await mkdtemp(join(tmpdir(), "nf-bench-smoke-"));
-      try {
+      await inTempDir(async (out) => {
         // Tracing starts before the services' modules load (bench/start.ts): a process of its own.
         const args = ["--only", "sampling", "--tracing", "0", "--scale", "0.005", "--systems", "nexusflow"];
         await promisify(execFile)(
@@ -284,23 +287,18 @@ describe("bench smoke run", () => {
         // runs', the callers' decision followed by the scheduler and the executors.
         assert.ok((report.tracing?.services["nexusflow-scheduler"] ?? 0) > 0, "scheduler spans exported");
         assert.ok((report.tracing?.services["nexusflow-executor"] ?? 0) > 0, "executor spans exported");
-      } finally {
-        await rm(out, { recursive: true, force: true });
-      }
+      });
     },
   );
 
   it("refuses the sampling section without tracing, naming the flag", async () => {
-    const out = await mkdtemp(join(tmpdir(), "nf-bench-smoke-"));
-    try {
+    await inTempDir(async (out) => {
       const report = await runBench(["--only", "sampling", "--systems", "nexusflow", "--out", out], {
         print: () => undefined,
         note: () => undefined,
       });
       assert.equal(report.sampling, undefined);
       assert.match(report.errors[0]?.message ?? "", /--tracing/);
-    } finally {
-      await rm(out, { recursive: true, force: true });
-    }
+    });
   });
 });
