@@ -287,6 +287,13 @@ describe("bench smoke run", () => {
         // runs', the callers' decision followed by the scheduler and the executors.
         assert.ok((report.tracing?.services["nexusflow-scheduler"] ?? 0) > 0, "scheduler spans exported");
         assert.ok((report.tracing?.services["nexusflow-executor"] ?? 0) > 0, "executor spans exported");
+        // The sink counts spans by name: at most one of each kind per sampled run (4 drains of 100
+        // runs, a tenth sampled), so a span made for a sampled-out run would show.
+        const spans = report.tracing?.spans ?? {};
+        for (const name of ["grpc.nexusflow.v1.WorkflowService/StartRun", "run", "attempt", "handler"]) {
+          const count = spans[name] ?? 0;
+          assert.ok(count > 0 && count <= 40, `${name}: ${count} spans (${JSON.stringify(spans)})`);
+        }
       });
     },
   );

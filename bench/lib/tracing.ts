@@ -18,6 +18,8 @@ export interface SinkStats {
   bytes: number;
   /** Requests by the exporting service's name (`nexusflow-scheduler`, `nexusflow-executor`). */
   services: Record<string, number>;
+  /** Spans received by name (its first word: `attempt`, not `attempt s1`). */
+  spans: Record<string, number>;
 }
 
 /** Tracing of this run, once started. */

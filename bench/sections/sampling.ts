@@ -101,6 +101,6 @@ export function samplingTable(r: SamplingResult): string {
         d.cpuMsPerTask === undefined ? "-" : `${d.cpuMsPerTask.benchProcess} + ${d.cpuMsPerTask.postgres}`,
       ]),
     ]) +
-    `medians, sampled over none: drain ${r.drainRatio}, bench process CPU per task ${r.cpuRatio}\n`
+    `\nmedians, sampled over none: drain ${r.drainRatio}, bench process CPU per task ${r.cpuRatio}\n`
   );
 }
