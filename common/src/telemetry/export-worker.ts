@@ -1,14 +1,20 @@
 /**
  * The export thread of a service's spans (started by ./worker-span-processor.ts): it receives the
- * ended spans in batches ({@link WireBatch}), and serializes and sends each batch with the SDK's own
- * OTLP/HTTP exporter, configured as the service's thread would configure it (the URL and headers
- * of the telemetry configuration; the exporter's other `OTEL_EXPORTER_OTLP_*` variables from this
- * thread's copy of the environment). It answers each batch with `done` once it is sent or has
- * failed, a `flush` once every batch before it is done, and `shutdown` after the exporter's own.
+ * ended spans in batches, each an OTLP `ExportTraceServiceRequest` body already encoded by the
+ * service's thread (./otlp-spans.ts), and sends each through the transport of the SDK's own
+ * OTLP/HTTP protobuf exporter (its retries, timeout, compression and concurrency limit),
+ * configured as the service's thread would configure that exporter (the URL and headers of the
+ * telemetry configuration; the other `OTEL_EXPORTER_OTLP_*` variables from this thread's copy of
+ * the environment). It answers each batch with `done` once it is sent or has failed, a `flush`
+ * once every batch before it is done, and `shutdown` after the transport's own.
  */
 import { parentPort, workerData } from "node:worker_threads";
-import { OTLPTraceExporter } from "@opentelemetry/exporter-trace-otlp-proto";
-import { type WireBatch, WireDecoder } from "./span-wire.js";
+import {
+  convertLegacyHttpOptions,
+  createOtlpHttpExportDelegate,
+} from "@opentelemetry/otlp-exporter-base/node-http";
+import { ProtobufTraceSerializer } from "@opentelemetry/otlp-transformer";
+import type { EncodedSpans } from "./otlp-spans.js";
 
 /** What the service's thread passes as `workerData`. */
 export interface ExportWorkerData {
@@ -20,7 +26,7 @@ export interface ExportWorkerData {
 
 /** A message to the export thread. */
 export type ToExportWorker =
-  { kind: "spans"; seq: number; batch: WireBatch } | { kind: "flush"; id: number } | { kind: "shutdown" };
+  ({ kind: "spans"; seq: number } & EncodedSpans) | { kind: "flush"; id: number } | { kind: "shutdown" };
 
 /** A message from the export thread. */
 export type FromExportWorker =
@@ -31,15 +37,27 @@ export type FromExportWorker =
 const port = parentPort;
 if (port === null) throw new Error("export-worker.ts runs in a worker thread");
 const data = workerData as ExportWorkerData;
-const exporter = new OTLPTraceExporter({ url: data.url, headers: data.headers });
-const decoder = new WireDecoder();
+/** The OTLP/HTTP exporter's transport, given bodies already serialized. */
+const exporter = createOtlpHttpExportDelegate<EncodedSpans, unknown>(
+  convertLegacyHttpOptions({ url: data.url, headers: data.headers }, "TRACES", "v1/traces", {
+    "Content-Type": "application/x-protobuf",
+  }),
+  {
+    serializeRequest: (spans) => spans.body,
+    deserializeResponse: (body) => ProtobufTraceSerializer.deserializeResponse(body),
+  },
+  // What the SDK's OTLPTraceExporter names itself (its own telemetry, off here: no meter provider).
+  "otlp_http_span_exporter",
+  { name: "span", countItems: (spans) => spans.count },
+  undefined,
+);
 /**
  * Batches sent at once, at most; the others wait here (as many as the service's queue bound lets
  * through). The SDK's batch processor sends one at a time; two keep a slow collector's round trip
  * from halving the rate, and stay far below the exporter's own limit of concurrent requests.
  */
 const MAX_CONCURRENT_EXPORTS = 2;
-const waiting: { seq: number; batch: WireBatch }[] = [];
+const waiting: { seq: number; spans: EncodedSpans }[] = [];
 let exporting = 0;
 let idle: (() => void)[] = [];
 
@@ -47,7 +65,7 @@ function post(message: FromExportWorker): void {
   port!.postMessage(message);
 }
 
-function exportBatch(seq: number, batch: WireBatch): Promise<void> {
+function exportBatch(seq: number, spans: EncodedSpans): Promise<void> {
   return new Promise<void>((resolve) => {
     let finished = false;
     const settle = (ok: boolean, error?: string): void => {
@@ -62,7 +80,7 @@ function exportBatch(seq: number, batch: WireBatch): Promise<void> {
       data.exportTimeoutMs,
     );
     try {
-      exporter.export(decoder.decode(batch), (result) =>
+      exporter.export(spans, (result) =>
         // ExportResultCode.SUCCESS (@opentelemetry/core) is 0.
         settle((result.code as number) === 0, result.error?.message),
       );
@@ -75,9 +93,9 @@ function exportBatch(seq: number, batch: WireBatch): Promise<void> {
 /** Starts the waiting batches' exports, up to the limit. */
 function pump(): void {
   while (exporting < MAX_CONCURRENT_EXPORTS && waiting.length > 0) {
-    const { seq, batch } = waiting.shift()!;
+    const { seq, spans } = waiting.shift()!;
     exporting++;
-    void exportBatch(seq, batch).then(() => {
+    void exportBatch(seq, spans).then(() => {
       exporting--;
       pump();
     });
@@ -98,7 +116,7 @@ function settled(): Promise<void> {
 port.on("message", (message: ToExportWorker) => {
   switch (message.kind) {
     case "spans":
-      waiting.push({ seq: message.seq, batch: message.batch });
+      waiting.push({ seq: message.seq, spans: { body: message.body, count: message.count } });
       pump();
       return;
     case "flush":

@@ -1,11 +1,11 @@
 /**
  * A span processor that batches a service's ended, sampled spans as the SDK's
  * `BatchSpanProcessor` does (a batch every `exportDelayMs`, or as soon as `maxExportBatchSize`
- * spans wait) but hands each batch to a worker thread (./export-worker.ts), which serializes it to
- * OTLP and sends it. The service's thread only puts each span's fields in a plain array, and
- * `postMessage` copies the batch (bench/notes/14-session-twelve.md: in a 10,000-task drain at 10%,
- * the OTLP serializer's ~20 ms of the scheduler's thread and 40-55 ms of the executors' thread
- * become 5-15 ms each).
+ * spans wait) but hands each batch to a worker thread (./export-worker.ts), which sends it. The
+ * service's thread encodes each span as OTLP/protobuf once, as it ends (./otlp-spans.ts), and a
+ * batch goes to the export thread as one request body whose buffer is moved, not copied
+ * (bench/notes/26-session-thirty.md; before it, plain arrays copied by `postMessage` and
+ * serialized there: bench/notes/14-session-twelve.md).
  *
  * Memory is bounded: at most `maxQueueSize` spans wait, counting those handed to the export thread
  * and not yet sent; a span ended while the queue is full is dropped and counted, with a warning
@@ -19,7 +19,7 @@ import { Worker } from "node:worker_threads";
 import { TraceFlags } from "@opentelemetry/api";
 import type { ReadableSpan, SpanProcessor } from "@opentelemetry/sdk-trace";
 import type { ExportWorkerData, FromExportWorker, ToExportWorker } from "./export-worker.js";
-import { type WireSpan, WireEncoder } from "./span-wire.js";
+import { OtlpSpanBuffer } from "./otlp-spans.js";
 
 /** Options of {@link WorkerSpanProcessor}. */
 export interface WorkerSpanProcessorOptions {
@@ -88,8 +88,7 @@ export interface ExportCounts {
 
 export class WorkerSpanProcessor implements SpanProcessor {
   private readonly options: Resolved;
-  private readonly encoder = new WireEncoder();
-  private buffer: WireSpan[] = [];
+  private readonly buffer = new OtlpSpanBuffer();
   /** Spans handed to the export thread and not yet done. */
   private handedOver = 0;
   private timer: NodeJS.Timeout | undefined;
@@ -121,9 +120,8 @@ export class WorkerSpanProcessor implements SpanProcessor {
       this.drop(1);
       return;
     }
-    let wire: WireSpan;
     try {
-      wire = this.encoder.encode(span);
+      this.buffer.add(span);
     } catch (e) {
       // Never the service's problem: ending a span must not throw.
       this.counts.failed += 1;
@@ -132,7 +130,6 @@ export class WorkerSpanProcessor implements SpanProcessor {
       });
       return;
     }
-    this.buffer.push(wire);
     if (this.buffer.length >= this.options.maxExportBatchSize) this.handOver();
     else if (this.timer === undefined) this.handOverLater();
   }
@@ -163,7 +160,7 @@ export class WorkerSpanProcessor implements SpanProcessor {
     this.clearTimer();
     // Spans no thread could take (it failed again at the flush) are lost.
     this.counts.failed += this.buffer.length;
-    this.buffer = [];
+    this.buffer.clear();
     this.warnDropped(true);
     if (state.kind !== "running") return;
     const closed = new Promise<void>((resolve) => {
@@ -190,15 +187,11 @@ export class WorkerSpanProcessor implements SpanProcessor {
       if (this.stopping === undefined) this.handOverLater();
       return false;
     }
-    const spans =
-      this.buffer.length <= this.options.maxExportBatchSize
-        ? this.buffer
-        : this.buffer.splice(0, this.options.maxExportBatchSize);
-    if (spans === this.buffer) this.buffer = [];
+    const { body, count } = this.buffer.take(this.options.maxExportBatchSize);
     const seq = ++this.seq;
-    state.sent.set(seq, spans.length);
-    this.handedOver += spans.length;
-    this.post(state, { kind: "spans", seq, batch: this.encoder.batch(spans) });
+    state.sent.set(seq, count);
+    this.handedOver += count;
+    this.post(state, { kind: "spans", seq, body, count }, [body.buffer as ArrayBuffer]);
     if (this.buffer.length > 0) this.handOverLater();
     return true;
   }
@@ -209,9 +202,13 @@ export class WorkerSpanProcessor implements SpanProcessor {
     this.timer.unref();
   }
 
-  private post(state: Extract<ThreadState, { kind: "running" }>, message: ToExportWorker): void {
+  private post(
+    state: Extract<ThreadState, { kind: "running" }>,
+    message: ToExportWorker,
+    transfer: ArrayBuffer[] = [],
+  ): void {
     try {
-      state.worker.postMessage(message);
+      state.worker.postMessage(message, transfer);
     } catch (e) {
       this.failed(state, e);
     }
@@ -244,7 +241,6 @@ export class WorkerSpanProcessor implements SpanProcessor {
       sent: new Map(),
       flushes: new Map(),
     };
-    this.encoder.reset();
     worker.unref();
     worker.on("message", (m: FromExportWorker) => this.onMessage(running, m));
     worker.on("error", (e) => this.failed(running, e));
