@@ -10,7 +10,10 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, it } from "node:test";
 import { promisify } from "node:util";
+import { existsSync } from "node:fs";
+import { Worker } from "node:worker_threads";
 import { parseArgs, scaled, UsageError } from "./lib/cli.js";
+import { threadCpu } from "./lib/cpu.js";
 import { ROOT } from "./lib/machine.js";
 import { allocationSummary } from "./lib/profile.js";
 import { median, quantile, summarize } from "./lib/stats.js";
@@ -26,6 +29,33 @@ async function inTempDir(fn: (dir: string) => Promise<void>): Promise<void> {
     await rm(dir, { recursive: true, force: true });
   }
 }
+
+describe("CPU by thread", () => {
+  it(
+    "groups this process's threads by the names they run under",
+    { skip: !existsSync("/proc/self/task") },
+    async () => {
+      const before = threadCpu();
+      // A named thread that spins for 50 ms of its own CPU.
+      const worker = new Worker(
+        "const end = process.threadCpuUsage().user + 50000; while (process.threadCpuUsage().user < end);" +
+          "require('node:worker_threads').parentPort.postMessage('done'); setInterval(() => {}, 1000);",
+        { eval: true, name: "executor-host" },
+      );
+      try {
+        await new Promise((resolve) => worker.once("message", resolve));
+        const after = threadCpu();
+        assert.ok(
+          (after["executor-host"] ?? 0) - (before["executor-host"] ?? 0) >= 40_000_000,
+          JSON.stringify(after),
+        );
+        assert.ok((after["main (scheduler)"] ?? 0) > 0);
+      } finally {
+        await worker.terminate();
+      }
+    },
+  );
+});
 
 describe("bench command line", () => {
   it("parses --only, --scale, --systems and --rates", () => {
@@ -282,6 +312,12 @@ describe("bench smoke run", () => {
           ],
         );
         for (const d of r?.drains ?? []) assert.ok(d.tasksPerSecond > 0 && d.tasks === 100);
+        // Where the CPU went, by thread (Linux): the scheduler's and the executors' at least.
+        if (existsSync("/proc/self/task")) {
+          const threads = r?.threads.map((t) => t.thread) ?? [];
+          for (const t of ["main (scheduler)", "executor-host"])
+            assert.ok(threads.includes(t), `${t} in ${threads.join(", ")}`);
+        }
         assert.ok(Number.isFinite(r?.drainRatio) && Number.isFinite(r?.cpuRatio));
         // The scheduler samples nothing by itself (ratio 0): the spans exported are the sampled
         // runs', the callers' decision followed by the scheduler and the executors.

@@ -18,6 +18,8 @@ export interface CpuSnapshot {
   selfUs: number;
   /** The PostgreSQL cluster, ticks. */
   pgTicks: number;
+  /** This process's threads by name ({@link threadCpu}), nanoseconds. */
+  threadsNs: Record<string, number>;
 }
 
 /** CPU of a phase, in percent of one core (a 2-core machine has 200). */
@@ -30,6 +32,53 @@ export interface CpuUsage {
   othersPct: number;
   /** CPU milliseconds per task (bench process, PostgreSQL), when `tasks` is given. */
   perTaskMs?: { benchProcess: number; postgres: number };
+  /**
+   * The bench process's CPU microseconds per task by thread ({@link threadCpu}), when `tasks` is
+   * given and the system says (Linux).
+   */
+  threadsUsPerTask?: Record<string, number>;
+}
+
+/**
+ * What each of this process's threads is, by the name the system gives it: the main thread runs the
+ * scheduler; the bench names its worker threads (executor-host, producer-host) and the services
+ * their span export threads (otlp-scheduler, otlp-executor); V8's helpers (concurrent and parallel
+ * garbage collection, compilation) are one group, libuv's thread pool another, the rest "other".
+ */
+function threadGroup(name: string): string {
+  if (name === "MainThread") return "main (scheduler)";
+  if (name === "V8Worker") return "V8 helpers (GC, JIT)";
+  if (name === "libuv-worker") return "libuv pool";
+  if (/^(executor-host|producer-host|otlp-)/.test(name)) return name;
+  return "other";
+}
+
+/**
+ * CPU of this process's threads by group ({@link threadGroup}), nanoseconds, from the scheduler's
+ * accounting in /proc (`schedstat`: time on a CPU, exact, unlike the 10 ms ticks of `stat`). A
+ * thread that ended takes its time with it: groups are compared over phases their threads outlive.
+ * Empty where /proc has no threads (not Linux).
+ */
+export function threadCpu(): Record<string, number> {
+  const out: Record<string, number> = {};
+  let tids: string[];
+  try {
+    tids = readdirSync("/proc/self/task");
+  } catch {
+    return out;
+  }
+  for (const tid of tids) {
+    try {
+      const name = readFileSync(`/proc/self/task/${tid}/comm`, "utf8").trim();
+      const ns = Number(readFileSync(`/proc/self/task/${tid}/schedstat`, "utf8").split(" ")[0]);
+      if (!Number.isFinite(ns)) continue;
+      const group = threadGroup(name);
+      out[group] = (out[group] ?? 0) + ns;
+    } catch {
+      // the thread ended between the listing and the reading
+    }
+  }
+  return out;
 }
 
 function procStat(pid: number): number[] | undefined {
@@ -97,6 +146,7 @@ export function cpuSnapshot(pgPid: number | undefined): CpuSnapshot {
     machineTotal: total,
     selfUs: self.user + self.system,
     pgTicks: pgPid === undefined ? 0 : treeTicks(pgPid),
+    threadsNs: threadCpu(),
   };
 }
 
@@ -118,10 +168,18 @@ export function cpuBetween(a: CpuSnapshot, b: CpuSnapshot, cores: number, tasks?
     postgresPct: pct(pgMs),
     othersPct: pct(Math.max(0, machineBusyMs - selfMs - pgMs)),
   };
-  if (tasks !== undefined && tasks > 0)
+  if (tasks !== undefined && tasks > 0) {
     usage.perTaskMs = {
       benchProcess: Math.round((selfMs / tasks) * 1000) / 1000,
       postgres: Math.round((pgMs / tasks) * 1000) / 1000,
     };
+    const threads: Record<string, number> = {};
+    for (const [group, ns] of Object.entries(b.threadsNs)) {
+      // A group that ended before b (a stopped export thread) has no later reading to compare.
+      const used = ns - (a.threadsNs[group] ?? 0);
+      if (used > 0) threads[group] = Math.round(used / tasks / 100) / 10;
+    }
+    if (Object.keys(threads).length > 0) usage.threadsUsPerTask = threads;
+  }
   return usage;
 }

@@ -33,6 +33,15 @@ export interface SamplingDrain {
   tasksPerSecond: number;
   /** CPU ms per task of the bench process (scheduler, executors, their export threads) and PostgreSQL. */
   cpuMsPerTask: { benchProcess: number; postgres: number } | undefined;
+  /** The bench process's CPU us per task by thread (Linux: lib/cpu.ts). */
+  threadsUsPerTask: Record<string, number> | undefined;
+}
+
+/** Median CPU us per task of one group of threads in the drains with none and with a tenth sampled. */
+export interface ThreadCost {
+  thread: string;
+  none: number;
+  sampled: number;
 }
 
 /** Result of the section. */
@@ -42,6 +51,8 @@ export interface SamplingResult {
   drainRatio: number;
   /** The same for the bench process's CPU per task. */
   cpuRatio: number;
+  /** Where the difference is: each group of threads' median CPU per task, by kind of drain. */
+  threads: ThreadCost[];
 }
 
 /** Median of `f` over the counted drains with `sampled` over those with none, to 3 decimals. */
@@ -75,6 +86,7 @@ export async function samplingSection(ctx: BenchContext): Promise<SamplingResult
       tasks: r.tasks,
       tasksPerSecond: r.drain.tasksPerSecond,
       cpuMsPerTask: r.cpu.drain.perTaskMs,
+      threadsUsPerTask: r.cpu.drain.threadsUsPerTask,
     };
   };
   const drains = [await drain(0, true)];
@@ -86,7 +98,20 @@ export async function samplingSection(ctx: BenchContext): Promise<SamplingResult
     drains,
     drainRatio: ratio(drains, (d) => d.tasksPerSecond),
     cpuRatio: ratio(drains, (d) => d.cpuMsPerTask?.benchProcess),
+    threads: threadCosts(drains),
   };
+}
+
+/** Each group of threads' median CPU per task over the counted drains of each kind. */
+function threadCosts(drains: readonly SamplingDrain[]): ThreadCost[] {
+  const counted = drains.filter((d) => !d.warmUp);
+  const groups = [...new Set(counted.flatMap((d) => Object.keys(d.threadsUsPerTask ?? {})))].sort();
+  const of = (group: string, sampled: boolean): number =>
+    Math.round(
+      median(counted.filter((d) => d.sampled > 0 === sampled).map((d) => d.threadsUsPerTask?.[group] ?? 0)) *
+        10,
+    ) / 10;
+  return groups.map((thread) => ({ thread, none: of(thread, false), sampled: of(thread, true) }));
 }
 
 /** The section's table. */
@@ -101,6 +126,14 @@ export function samplingTable(r: SamplingResult): string {
         d.cpuMsPerTask === undefined ? "-" : `${d.cpuMsPerTask.benchProcess} + ${d.cpuMsPerTask.postgres}`,
       ]),
     ]) +
-    `\nmedians, sampled over none: drain ${r.drainRatio}, bench process CPU per task ${r.cpuRatio}\n`
+    `\nmedians, sampled over none: drain ${r.drainRatio}, bench process CPU per task ${r.cpuRatio}\n` +
+    (r.threads.length === 0
+      ? ""
+      : "\nCPU us per task by thread (medians)\n" +
+        formatTable([
+          ["thread", "none sampled", "10% sampled", "difference"],
+          ...r.threads.map((t) => [t.thread, t.none, t.sampled, Math.round((t.sampled - t.none) * 10) / 10]),
+        ]) +
+        "\n")
   );
 }

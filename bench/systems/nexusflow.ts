@@ -391,6 +391,8 @@ async function spawnWorker(module: string): Promise<Worker> {
   };
   const worker = new Worker(new URL("./worker.mjs", import.meta.url), {
     workerData: data,
+    // The thread's name in /proc: the CPU of each thread is reported by it (lib/cpu.ts).
+    name: module === EXECUTOR_HOST ? "executor-host" : module === PRODUCER_HOST ? "producer-host" : "host",
     ...(module === PRODUCER_HOST
       ? { resourceLimits: { maxYoungGenerationSizeMb: PRODUCER_YOUNG_GENERATION_MB } }
       : {}),

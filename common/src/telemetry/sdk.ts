@@ -38,6 +38,8 @@ export async function startSdk(config: TelemetryConfig): Promise<() => Promise<v
         url: config.tracesUrl,
         headers: config.headers,
         exportDelayMs: config.exportDelayMs ?? DEFAULT_EXPORT_DELAY_MS,
+        // `otlp-scheduler`, `otlp-executor`, `otlp-gateway` in `top -H` and /proc/<pid>/task.
+        threadName: `otlp-${config.serviceName.replace(/^nexusflow-/, "")}`,
         // Spans dropped (the export queue full) and a failed export thread are process warnings,
         // which a service logs as JSON lines through its logger (logProcessWarnings).
         warn: (message) => process.emitWarning(message, "TraceExportWarning"),

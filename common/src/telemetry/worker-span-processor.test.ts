@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { once } from "node:events";
+import { existsSync, readFileSync, readdirSync } from "node:fs";
 import { type IncomingHttpHeaders, type ServerResponse, createServer } from "node:http";
 import { type AddressInfo } from "node:net";
 import { Worker } from "node:worker_threads";
@@ -204,13 +205,13 @@ describe("WorkerSpanProcessor", () => {
       url: `${base}/crash`,
       warn: (message) => warnings.push(message),
       // The first thread dies on its first batch; the next is the real one.
-      startThread: (data) =>
+      startThread: (data, name) =>
         ++started === 1
           ? new Worker(
               `require("node:worker_threads").parentPort.on("message", () => { throw new Error("boom"); });`,
               { eval: true },
             )
-          : startExportWorker(data),
+          : startExportWorker(data, name),
     });
     const provider = new TracerProvider({ spanProcessors: [worker] });
     const tracer = provider.getTracer("t");
@@ -226,6 +227,26 @@ describe("WorkerSpanProcessor", () => {
     assert.deepEqual(worker.exportCounts, { exported: 1, failed: 1, dropped: 0 });
     assert.ok(Buffer.concat(sink.bodies("/crash")).includes("sent"));
   });
+
+  it(
+    "names its export thread, as the operating system shows it",
+    { skip: !existsSync("/proc/self/task") },
+    async () => {
+      const worker = new WorkerSpanProcessor({ url: `${base}/named`, threadName: "otlp-named" });
+      const names = (): string[] =>
+        readdirSync("/proc/self/task").map((t) => {
+          try {
+            return readFileSync(`/proc/self/task/${t}/comm`, "utf8").trim();
+          } catch {
+            return ""; // the thread ended meanwhile
+          }
+        });
+      await waitFor("the export thread runs under its name", () =>
+        names().includes("otlp-named") ? true : undefined,
+      );
+      await worker.shutdown();
+    },
+  );
 
   it("counts an export the receiver refuses as failed", async () => {
     const worker = new WorkerSpanProcessor({ url: `${base}/refuse` });

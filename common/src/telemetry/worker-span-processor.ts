@@ -41,9 +41,14 @@ export interface WorkerSpanProcessorOptions {
    */
   warn?: (message: string, fields: Record<string, unknown>) => void;
   /**
+   * The export thread's name, which the operating system shows too (`top -H`, /proc; 15 characters
+   * at most are kept). @default "otlp-export"
+   */
+  threadName?: string;
+  /**
    * Starts an export thread (tests start one that fails). @default {@link startExportWorker}
    */
-  startThread?: (data: ExportWorkerData) => Worker;
+  startThread?: (data: ExportWorkerData, name: string) => Worker;
 }
 
 /** The warnings of dropped spans come at most this often (with the count since the last). */
@@ -65,6 +70,7 @@ function withDefaults(options: WorkerSpanProcessorOptions): Resolved {
     maxExportBatchSize: Math.min(options.maxExportBatchSize ?? 512, maxQueueSize),
     exportTimeoutMs: options.exportTimeoutMs ?? 30_000,
     warn: options.warn,
+    threadName: options.threadName ?? "otlp-export",
     startThread: options.startThread ?? startExportWorker,
   };
 }
@@ -222,11 +228,14 @@ export class WorkerSpanProcessor implements SpanProcessor {
     if (state.kind === "failed" && !now && performance.now() - state.at < RESTART_DELAY_MS) return undefined;
     let worker: Worker;
     try {
-      worker = this.options.startThread({
-        url: this.options.url,
-        headers: this.options.headers,
-        exportTimeoutMs: this.options.exportTimeoutMs,
-      });
+      worker = this.options.startThread(
+        {
+          url: this.options.url,
+          headers: this.options.headers,
+          exportTimeoutMs: this.options.exportTimeoutMs,
+        },
+        this.options.threadName,
+      );
     } catch (e) {
       this.state = { kind: "failed", at: performance.now() };
       const err = e instanceof Error ? e.message : String(e);
@@ -324,13 +333,13 @@ export class WorkerSpanProcessor implements SpanProcessor {
  * TypeScript sources, the `.ts` through tsx's loader registered in the new thread. The thread gets
  * none of the service's Node flags (they would preload the service's own modules there).
  */
-export function startExportWorker(data: ExportWorkerData): Worker {
+export function startExportWorker(data: ExportWorkerData, name = "otlp-export"): Worker {
   const self = import.meta.url;
   if (!self.endsWith(".ts")) {
-    return new Worker(new URL("./export-worker.js", self), { workerData: data, execArgv: [] });
+    return new Worker(new URL("./export-worker.js", self), { workerData: data, execArgv: [], name });
   }
   const module = new URL("./export-worker.ts", self).href;
   const tsx = import.meta.resolve("tsx/esm/api");
   const bootstrap = `import(${JSON.stringify(tsx)}).then(({ register }) => { register(); return import(${JSON.stringify(module)}); });`;
-  return new Worker(bootstrap, { eval: true, workerData: data, execArgv: [] });
+  return new Worker(bootstrap, { eval: true, workerData: data, execArgv: [], name });
 }
