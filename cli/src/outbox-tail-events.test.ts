@@ -47,6 +47,7 @@ describe("events tail lines", () => {
       run_id: RUN,
       payload: Buffer.from(payload),
       trace_context: null,
+      event_traces: null,
       created_at: new Date("2026-12-05T18:00:00Z"),
     });
     assert.equal(more, undefined);
@@ -81,17 +82,34 @@ describe("events tail lines", () => {
       LifecycleEventBatchSchema,
       create(LifecycleEventBatchSchema, { events: [event(1n), event(2n), event(3n)] }),
     );
-    const lines = decodeOutboxRow({
-      id: "8",
-      run_id: RUN,
-      payload: Buffer.from(payload),
-      // The second event has none; the third has the first's.
-      trace_context: [{ traceparent }, null, 0],
-      created_at: new Date("2026-12-05T18:00:00Z"),
-    });
-    assert.deepEqual(
-      lines.map((l) => l.headers["traceparent"]),
-      [traceparent, undefined, traceparent],
-    );
+    // The second event has none; the third has the first's: in event_traces (version 1, a
+    // traceparent's ids and flags, none, the first again), and as JSON in rows written before it.
+    const binary = Buffer.from([
+      1,
+      1,
+      ...new Array<number>(16).fill(0xaa),
+      ...new Array<number>(8).fill(0xbb),
+      0,
+      0,
+      3,
+      0,
+    ]);
+    for (const [trace_context, event_traces] of [
+      [null, binary],
+      [[{ traceparent }, null, 0], null],
+    ] as const) {
+      const lines = decodeOutboxRow({
+        id: "8",
+        run_id: RUN,
+        payload: Buffer.from(payload),
+        trace_context: trace_context === null ? null : [...trace_context],
+        event_traces,
+        created_at: new Date("2026-12-05T18:00:00Z"),
+      });
+      assert.deepEqual(
+        lines.map((l) => l.headers["traceparent"]),
+        [traceparent, undefined, traceparent],
+      );
+    }
   });
 });

@@ -15,7 +15,7 @@ import { lifecycleEventId } from "@nexusflow/common";
 import {
   decodeEventMessage,
   eventMessage,
-  eventTraceContexts,
+  rowTraceContexts,
   type DecodedEvent,
 } from "@nexusflow/scheduler/events";
 import pg from "pg";
@@ -52,16 +52,18 @@ interface Row {
   payload: Buffer;
   /**
    * One context for every event of the row, or one entry per event: a context, null, or the index
-   * of an earlier entry with the same context (read by eventTraceContexts).
+   * of an earlier entry with the same context; rows written before `event_traces` (rowTraceContexts).
    */
   trace_context: Record<string, unknown> | (Record<string, unknown> | number | null)[] | null;
+  /** The events' trace contexts, binary (the scheduler's persistence/event-traces.ts). */
+  event_traces: Buffer | null;
   created_at: Date;
 }
 
 const PAGE = 500;
 const START_SQL = "SELECT coalesce(max(id), 0)::text AS id FROM outbox_events";
 // A row holds a whole commit's events, of any runs: `--run` filters the decoded events.
-const POLL_SQL = `SELECT id::text AS id, run_id::text AS run_id, payload, trace_context, created_at
+const POLL_SQL = `SELECT id::text AS id, run_id::text AS run_id, payload, trace_context, event_traces, created_at
   FROM outbox_events WHERE id > $1::bigint ORDER BY id LIMIT ${PAGE}`;
 
 /** A URL without its password, for messages. */
@@ -78,7 +80,7 @@ export function redactDatabaseUrl(url: string): string {
 /** The events of one outbox row, decoded as the Kafka path decodes a consumed message. */
 export function decodeOutboxRow(row: Row): DecodedEvent[] {
   const batch = fromBinary(LifecycleEventBatchSchema, row.payload);
-  const traces = eventTraceContexts(row.trace_context, batch.events.length);
+  const traces = rowTraceContexts(row, batch.events.length);
   return batch.events.map((event, i) => {
     // Rows written before one row held a whole commit name their run only on the row.
     if (event.runId === "") event.runId = row.run_id;

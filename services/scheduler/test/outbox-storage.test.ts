@@ -1,7 +1,7 @@
 /**
- * How the outbox stores a row's trace contexts (Migration20261207000000OutboxTraceContextStorage):
- * as they are, not compressed, since a commit's `traceparent`s are random hex that PostgreSQL spent
- * CPU compressing at every insert for little gain.
+ * How the outbox stores a row's trace contexts (Migrations OutboxTraceContextStorage and
+ * OutboxEventTraces): as they are, not compressed, since a commit's `traceparent`s are random ids
+ * that PostgreSQL spent CPU compressing at every insert for little gain.
  */
 import assert from "node:assert/strict";
 import { randomBytes, randomUUID } from "node:crypto";
@@ -23,13 +23,13 @@ describe("outbox storage", () => {
     await server?.close();
   });
 
-  it("keeps a row's trace contexts uncompressed, and its payload compressible", async () => {
+  it("keeps a row's trace contexts uncompressed (the binary ones and the JSON of rows before), its payload compressible", async () => {
     const storage = await db.pool.query<{ attname: string; attstorage: string }>(
       `SELECT attname, attstorage FROM pg_attribute
-       WHERE attrelid = 'outbox_events'::regclass AND attname IN ('trace_context', 'payload')`,
+       WHERE attrelid = 'outbox_events'::regclass AND attname IN ('trace_context', 'event_traces', 'payload')`,
     );
     const of = Object.fromEntries(storage.rows.map((r) => [r.attname, r.attstorage]));
-    assert.deepEqual(of, { trace_context: "e", payload: "x" });
+    assert.deepEqual(of, { trace_context: "e", event_traces: "e", payload: "x" });
     // A commit of 200 runs' contexts: stored at its full size (compressed it would be smaller).
     const contexts = Array.from({ length: 200 }, () => ({
       traceparent: `00-${randomBytes(16).toString("hex")}-${randomBytes(8).toString("hex")}-00`,

@@ -40,7 +40,7 @@ import { randomUUID } from "node:crypto";
 import type { CompiledWorkflow } from "../src/dag/index.js";
 import { newRunState, newTaskState, type RunState, type TaskState } from "../src/model/run-state.js";
 import type { BatchWriter } from "../src/persistence/batch-writer.js";
-import { eventTraceContexts, lifecycleEvent } from "../src/persistence/outbox.js";
+import { lifecycleEvent, rowTraceContexts } from "../src/persistence/outbox.js";
 import { Scheduler, type SchedulerOptions } from "../src/scheduler.js";
 
 /** A quiet logger for tests (LOG_LEVEL overrides). */
@@ -390,9 +390,10 @@ export async function outboxEvents(
     run_id: string;
     payload: Buffer;
     trace_context: unknown;
+    event_traces: Buffer | null;
     published: boolean;
   }>(
-    `SELECT id::text, run_id, payload, trace_context, published_at IS NOT NULL AS published
+    `SELECT id::text, run_id, payload, trace_context, event_traces, published_at IS NOT NULL AS published
        FROM outbox_events ORDER BY id`,
   );
   const wanted = new Set(runIds);
@@ -400,7 +401,7 @@ export async function outboxEvents(
     .flatMap((r) =>
       fromBinary(LifecycleEventBatchSchema, r.payload).events.map((message, i, all) => ({
         runId: message.runId === "" ? r.run_id : message.runId,
-        traceContext: eventTraceContexts(r.trace_context, all.length)[i] ?? null,
+        traceContext: rowTraceContexts(r, all.length)[i] ?? null,
         sequence: Number(message.sequence),
         type: message.event.case ?? "unknown",
         // The outbox leaves event ids out; the relay derives them so.

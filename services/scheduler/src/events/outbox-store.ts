@@ -10,7 +10,7 @@ import type pg from "pg";
 import { lifecycleEventId, withEventId } from "@nexusflow/common";
 import { LifecycleEventSchema } from "@nexusflow/gen";
 import { BinaryReader, WireType, getTextEncoding } from "@bufbuild/protobuf/wire";
-import { eventTraceContexts, splitEventBatch } from "../persistence/outbox.js";
+import { rowTraceContexts, splitEventBatch } from "../persistence/outbox.js";
 import type { OutboxRecord } from "./publisher.js";
 import { coordinatorFenceSql, type CoordinatorFence } from "../cluster/coordinator.js";
 
@@ -27,14 +27,16 @@ interface OutboxRow {
   payload: Buffer;
   /**
    * One context for every event of the row, or one entry per event: a context, null, or the index
-   * of an earlier entry with the same context (read by eventTraceContexts).
+   * of an earlier entry with the same context (rows written before event_traces; rowTraceContexts).
    */
   trace_context: Record<string, unknown> | (Record<string, unknown> | number | null)[] | null;
+  /** The events' trace contexts (persistence/event-traces.ts); rows written before have trace_context. */
+  event_traces: Buffer | null;
   created_at: Date;
 }
 
 // A row holds the events of one commit (a LifecycleEventBatch); the relay publishes each.
-const FETCH_SQL = `SELECT id, run_id, first_sequence, event_count, payload, trace_context, created_at
+const FETCH_SQL = `SELECT id, run_id, first_sequence, event_count, payload, trace_context, event_traces, created_at
   FROM outbox_events WHERE published_at IS NULL ORDER BY id LIMIT $1`;
 const MARK_SQL = `UPDATE outbox_events SET published_at = now() WHERE id = ANY($1::bigint[])`;
 // The same under the coordinator's fence: NF001 (nothing marked) once another replica took over.
@@ -260,7 +262,7 @@ export class OutboxStore {
       const events = splitEventBatch(batch);
       if (events.length !== r.event_count)
         throw new Error(`outbox row ${id} holds ${events.length} events, expected ${r.event_count}`);
-      const traces = eventTraceContexts(r.trace_context, events.length);
+      const traces = rowTraceContexts(r, events.length);
       events.forEach((stored, i) => {
         const header = eventHeader(stored);
         // Rows written before one row held a whole commit name their run only on the row.

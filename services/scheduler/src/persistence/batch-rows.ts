@@ -27,7 +27,7 @@ import {
   type Row,
   type Section,
 } from "./batch-sql.js";
-import { encodeEventRows, type EventRow, type OutboxRow } from "./outbox.js";
+import { encodeEventRows, type OutboxRow } from "./outbox.js";
 import type { Changes } from "./pending-changes.js";
 
 function runUpdateRow(r: RunState, row: Row = {}): Row {
@@ -473,29 +473,35 @@ function eventSections(events: OutboxRow[], again: (event: OutboxRow) => boolean
   ] as const) {
     if (list.length === 0) continue;
     const rows = encodeEventRows(list, again);
+    // The binary parameter: every row's payload, then every row's trace contexts.
+    const parts: Uint8Array[] = [];
     let at = 0;
+    const place = (bytes: Uint8Array): number => {
+      const start = at;
+      parts.push(bytes);
+      at += bytes.byteLength;
+      return start;
+    };
+    const placed = rows.map((b) => ({
+      run_id: b.runId,
+      first_sequence: b.firstSequence,
+      event_count: b.eventCount,
+      payload_at: place(b.payload),
+      payload_length: b.payload.byteLength,
+      traces_at: null as number | null,
+      traces_length: null as number | null,
+    }));
+    rows.forEach((b, i) => {
+      if (b.traces === null) return;
+      const row = placed[i]!;
+      row.traces_at = place(b.traces);
+      row.traces_length = b.traces.byteLength;
+    });
     out.push({
       sql,
-      rows: rows.map((b) => {
-        const row = {
-          run_id: b.runId,
-          first_sequence: b.firstSequence,
-          event_count: b.eventCount,
-          payload_at: at,
-          payload_length: b.payload.byteLength,
-          trace_context: b.traceContext,
-        };
-        at += b.payload.byteLength;
-        return row;
-      }),
+      rows: placed,
       runIds: rows.map((b) => b.runId),
-      bytes:
-        rows.length === 1
-          ? bufferOf((rows[0] as EventRow).payload)
-          : Buffer.concat(
-              rows.map((b) => b.payload),
-              at,
-            ),
+      bytes: parts.length === 1 ? bufferOf(parts[0]!) : Buffer.concat(parts, at),
     });
   }
   return out;

@@ -113,10 +113,12 @@ ${HISTORY_UPSERT}`;
 // event (run_id, first_sequence); the relay publishes each event. The payloads travel as one binary
 // parameter, each row naming its bytes by offset and length: no base64 in the JSON, which cost the
 // writer's thread an encoding and pg a UTF-8 copy of a third more bytes, and PostgreSQL a decode.
-export const EVENT_SQL = `INSERT INTO outbox_events (run_id, first_sequence, event_count, payload, trace_context)
-SELECT run_id, first_sequence, event_count, substring($2::bytea FROM payload_at + 1 FOR payload_length), trace_context
+// The events' trace contexts (persistence/event-traces.ts) follow in the same parameter, when any.
+export const EVENT_SQL = `INSERT INTO outbox_events (run_id, first_sequence, event_count, payload, event_traces)
+SELECT run_id, first_sequence, event_count, substring($2::bytea FROM payload_at + 1 FOR payload_length),
+  CASE WHEN traces_at IS NOT NULL THEN substring($2::bytea FROM traces_at + 1 FOR traces_length) END
 FROM json_to_recordset($1::json) AS x(run_id uuid, first_sequence bigint, event_count int, payload_at int,
-  payload_length int, trace_context jsonb)`;
+  payload_length int, traces_at int, traces_length int)`;
 
 // The same rows again, from a statement that failed after it may have committed (the connection
 // broke before its answer): a row already there is that very row, written by the lost commit.

@@ -143,8 +143,9 @@ export const TaskAttemptEntity = defineEntity({
  * Transactional outbox: written in the same transaction as the state change it describes. One row
  * per commit; `payload` is a LifecycleEventBatch of the commit's `eventCount` events (of any runs,
  * each run's in sequence order), which the relay publishes one by one; `runId` and `firstSequence`
- * name its first event. `traceContext` is one context for all, or one entry per event (an array:
- * a context, null, or the index of an earlier entry with the same context; see
+ * name its first event. `eventTraces` holds the events' trace contexts (persistence/event-traces.ts);
+ * rows written before it held them in `traceContext`: one context for all, or one entry per event
+ * (an array: a context, null, or the index of an earlier entry with the same context; see
  * persistence/outbox.ts `eventTraceContexts`).
  */
 export const OutboxEventEntity = defineEntity({
@@ -157,6 +158,7 @@ export const OutboxEventEntity = defineEntity({
     eventCount: p.integer(),
     payload: p.blob(),
     traceContext: p.json<Record<string, string> | (Record<string, string> | number | null)[]>().nullable(),
+    eventTraces: p.blob().nullable(),
     createdAt: p.datetime().defaultRaw("now()"),
     publishedAt: p.datetime().nullable(),
   },

@@ -4,6 +4,7 @@ import { fromBinary, toBinary } from "@bufbuild/protobuf";
 import { jsonToValue } from "@nexusflow/common";
 import { LifecycleEventBatchSchema, LifecycleEventSchema, TaskKind } from "@nexusflow/gen";
 import { eventHeader } from "../events/outbox-store.js";
+import { decodeEventTraces } from "./event-traces.js";
 import {
   encodeEventRows,
   eventTraceContexts,
@@ -74,10 +75,15 @@ describe("outbox rows", () => {
     assert.equal(encoded.length, 1);
     const [row] = encoded as [EventRow];
     // Named by its first event; one trace context per event, null where an event has none.
-    assert.deepEqual(
-      [row.runId, row.firstSequence, row.eventCount, row.traceContext],
-      [r.id, 1, 6, [null, { traceparent: "00-abc-def-01" }, null, null, null, null]],
-    );
+    assert.deepEqual([row.runId, row.firstSequence, row.eventCount], [r.id, 1, 6]);
+    assert.deepEqual(decodeEventTraces(row.traces!, row.eventCount), [
+      null,
+      { traceparent: "00-abc-def-01" },
+      null,
+      null,
+      null,
+      null,
+    ]);
     const decoded = fromBinary(LifecycleEventBatchSchema, row.payload).events;
     assert.deepEqual(
       decoded.map((e) => e.eventId),
@@ -98,7 +104,7 @@ describe("outbox rows", () => {
     assert.deepEqual(encodeEventRows([]), []);
     assert.deepEqual(splitEventBatch(new Uint8Array()), []);
     // Without any trace context the column is null.
-    assert.equal(encodeEventRows([rows[0] as OutboxRow])[0]?.traceContext, null);
+    assert.equal(encodeEventRows([rows[0] as OutboxRow])[0]?.traces, null);
   });
 
   it("writes events that may be stored again as exactly the rows they were written in", () => {
@@ -133,15 +139,15 @@ describe("outbox rows", () => {
       traceContext: e.message.runId === r.id ? unsampled : e.message.runId === other.id ? otherCtx : null,
     }));
     const [row] = encodeEventRows(traced) as [EventRow];
-    // Events: r, other, r, r, other, r.
-    assert.deepEqual(row.traceContext, [unsampled, otherCtx, 0, 0, 1, 0]);
-    assert.equal(JSON.stringify(row.traceContext).split("traceparent").length - 1, 2);
-    // Through the column's JSON, as the relay reads it.
-    const read = eventTraceContexts(JSON.parse(JSON.stringify(row.traceContext)), row.eventCount);
+    // Events: r, other, r, r, other, r: two contexts of 26 bytes, four references of 2, the version.
+    assert.equal(row.traces?.byteLength, 1 + 2 * 26 + 4 * 2);
+    const read = decodeEventTraces(row.traces ?? new Uint8Array(), row.eventCount);
     assert.deepEqual(
       read,
       traced.map((e) => e.traceContext),
     );
+    // Events that shared a context share it again.
+    assert.equal(read[0], read[2]);
   });
 
   it("reads a row's trace contexts: none, one for all, or one per event", () => {

@@ -8,6 +8,7 @@ import type { Timestamp } from "@bufbuild/protobuf/wkt";
 import type { LifecycleEvent, LifecycleEventSchema } from "@nexusflow/gen";
 import type { RunState } from "../model/run-state.js";
 import { EVENT_FIELDS, encodeEventBatch } from "./event-encoding.js";
+import { decodeEventTraces, encodeEventTraces } from "./event-traces.js";
 
 /**
  * An outbox event: the LifecycleEvent (encoded when its batch commits, with the other events of
@@ -138,12 +139,11 @@ export interface EventRow {
   /** A LifecycleEventBatch encoding of the events. */
   payload: Uint8Array;
   /**
-   * The trace context of each event: null where it has none, or the index of an earlier entry
-   * where the event has the same context object as that entry's (a run whose trace is not
-   * recorded gives all its events one object: it is written once per row, not once per event);
-   * null when no event has one.
+   * The trace context of each event, as the row's `event_traces` bytes (./event-traces.ts: a
+   * context object shared by several events, as a run whose trace is not recorded shares its own,
+   * is written once per row); null when no event has one.
    */
-  traceContext: (Record<string, string> | number | null)[] | null;
+  traces: Uint8Array | null;
 }
 
 /**
@@ -168,37 +168,21 @@ export function encodeEventRows(
   for (const group of groups.values()) {
     const first = group[0] as OutboxRow;
     const key = `${first.message.runId}/${first.message.sequence}`;
-    let traced = false;
-    for (const e of group) {
-      e.writtenUnder = key;
-      if (e.traceContext !== null) traced = true;
-    }
+    for (const e of group) e.writtenUnder = key;
     out.push({
       runId: first.message.runId,
       firstSequence: Number(first.message.sequence),
       eventCount: group.length,
       payload: encodeEventBatch(group.map((e) => e.message)),
-      traceContext: traced ? traceContexts(group) : null,
+      traces: encodeEventTraces(group.map((e) => e.traceContext)),
     });
   }
   return out;
 }
 
-/** The events' trace contexts, each context object written once (see {@link EventRow.traceContext}). */
-function traceContexts(group: readonly OutboxRow[]): (Record<string, string> | number | null)[] {
-  const first = new Map<object, number>();
-  return group.map((e, i) => {
-    const c = e.traceContext;
-    if (c === null) return null;
-    const at = first.get(c);
-    if (at !== undefined) return at;
-    first.set(c, i);
-    return c;
-  });
-}
-
 /**
- * The trace context of each of a row's `count` events from its `trace_context` column: null (none),
+ * The trace context of each of a row's `count` events from its `trace_context` column (rows written
+ * before `event_traces`, ./event-traces.ts, held them): null (none),
  * one object for all (rows written before one row held a whole commit), or one entry per event,
  * an entry being a context, null, or the index of an earlier entry with the same context.
  */
@@ -217,4 +201,17 @@ export function eventTraceContexts(
   }
   const all = typeof column === "object" && column !== null ? (column as Record<string, unknown>) : null;
   return Array.from({ length: count }, () => all);
+}
+
+/**
+ * The trace context of each of an outbox row's `count` events: from its `event_traces` bytes, or,
+ * in a row written before them, from its `trace_context` JSON ({@link eventTraceContexts}).
+ */
+export function rowTraceContexts(
+  row: { trace_context?: unknown; event_traces?: Uint8Array | null },
+  count: number,
+): (Readonly<Record<string, unknown>> | null)[] {
+  return row.event_traces === null || row.event_traces === undefined
+    ? eventTraceContexts(row.trace_context ?? null, count)
+    : decodeEventTraces(row.event_traces, count);
 }

@@ -23,6 +23,7 @@ import { Migration20261206010000ParkedRuns } from "./Migration20261206010000Park
 import { Migration20261206020000RateLimitGrants } from "./Migration20261206020000RateLimitGrants.js";
 import { Migration20261206030000RateLimitFullAt } from "./Migration20261206030000RateLimitFullAt.js";
 import { Migration20261207000000OutboxTraceContextStorage } from "./Migration20261207000000OutboxTraceContextStorage.js";
+import { Migration20261207010000OutboxEventTraces } from "./Migration20261207010000OutboxEventTraces.js";
 
 /** The migrations MikroORM applies at start-up. */
 export const migrationsList = [
@@ -56,4 +57,5 @@ export const migrationsList = [
     name: "Migration20261207000000OutboxTraceContextStorage",
     class: Migration20261207000000OutboxTraceContextStorage,
   },
+  { name: "Migration20261207010000OutboxEventTraces", class: Migration20261207010000OutboxEventTraces },
 ];
