@@ -18,8 +18,8 @@ export interface CpuSnapshot {
   selfUs: number;
   /** The PostgreSQL cluster, ticks. */
   pgTicks: number;
-  /** This process's threads by name ({@link threadCpu}), nanoseconds. */
-  threadsNs: Record<string, number>;
+  /** This process's threads by id: their group ({@link threadCpu}) and CPU so far, nanoseconds. */
+  threads: Record<string, ThreadCpu>;
 }
 
 /** CPU of a phase, in percent of one core (a 2-core machine has 200). */
@@ -53,14 +53,28 @@ function threadGroup(name: string): string {
   return "other";
 }
 
+/** One thread's group and its CPU so far, nanoseconds. */
+export interface ThreadCpu {
+  group: string;
+  ns: number;
+}
+
+/** A thread's CPU from /proc: `schedstat` (exact), or `stat`'s 10 ms ticks where that reads 0. */
+function threadNs(tid: string): number {
+  const ns = Number(readFileSync(`/proc/self/task/${tid}/schedstat`, "utf8").split(" ")[0]);
+  if (ns > 0) return ns;
+  const text = readFileSync(`/proc/self/task/${tid}/stat`, "utf8");
+  const fields = text.slice(text.lastIndexOf(")") + 2).split(" ");
+  return (Number(fields[11]) + Number(fields[12])) * (1e9 / TICKS_PER_SECOND);
+}
+
 /**
- * CPU of this process's threads by group ({@link threadGroup}), nanoseconds, from the scheduler's
- * accounting in /proc (`schedstat`: time on a CPU, exact, unlike the 10 ms ticks of `stat`). A
- * thread that ended takes its time with it: groups are compared over phases their threads outlive.
- * Empty where /proc has no threads (not Linux).
+ * CPU of this process's threads by id, with each one's group ({@link threadGroup}), from the
+ * kernel's accounting in /proc (`schedstat`: time on a CPU, exact, unlike the 10 ms ticks of
+ * `stat`, the fallback where schedstat reads 0). Empty where /proc has no threads (not Linux).
  */
-export function threadCpu(): Record<string, number> {
-  const out: Record<string, number> = {};
+export function threadCpu(): Record<string, ThreadCpu> {
+  const out: Record<string, ThreadCpu> = {};
   let tids: string[];
   try {
     tids = readdirSync("/proc/self/task");
@@ -70,13 +84,29 @@ export function threadCpu(): Record<string, number> {
   for (const tid of tids) {
     try {
       const name = readFileSync(`/proc/self/task/${tid}/comm`, "utf8").trim();
-      const ns = Number(readFileSync(`/proc/self/task/${tid}/schedstat`, "utf8").split(" ")[0]);
-      if (!Number.isFinite(ns)) continue;
-      const group = threadGroup(name);
-      out[group] = (out[group] ?? 0) + ns;
+      const ns = threadNs(tid);
+      if (Number.isFinite(ns)) out[tid] = { group: threadGroup(name), ns };
     } catch {
       // the thread ended between the listing and the reading
     }
+  }
+  return out;
+}
+
+/**
+ * CPU used by each group of threads between two readings, nanoseconds: each thread's own
+ * difference (a thread started meanwhile counts from 0; one that ended meanwhile is not counted,
+ * its last reading being unknown).
+ */
+export function threadCpuBetween(
+  a: Record<string, ThreadCpu>,
+  b: Record<string, ThreadCpu>,
+): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const [tid, t] of Object.entries(b)) {
+    const before = a[tid];
+    const used = t.ns - (before !== undefined && before.group === t.group ? before.ns : 0);
+    if (used > 0) out[t.group] = (out[t.group] ?? 0) + used;
   }
   return out;
 }
@@ -146,7 +176,7 @@ export function cpuSnapshot(pgPid: number | undefined): CpuSnapshot {
     machineTotal: total,
     selfUs: self.user + self.system,
     pgTicks: pgPid === undefined ? 0 : treeTicks(pgPid),
-    threadsNs: threadCpu(),
+    threads: threadCpu(),
   };
 }
 
@@ -174,11 +204,8 @@ export function cpuBetween(a: CpuSnapshot, b: CpuSnapshot, cores: number, tasks?
       postgres: Math.round((pgMs / tasks) * 1000) / 1000,
     };
     const threads: Record<string, number> = {};
-    for (const [group, ns] of Object.entries(b.threadsNs)) {
-      // A group that ended before b (a stopped export thread) has no later reading to compare.
-      const used = ns - (a.threadsNs[group] ?? 0);
-      if (used > 0) threads[group] = Math.round(used / tasks / 100) / 10;
-    }
+    for (const [group, ns] of Object.entries(threadCpuBetween(a.threads, b.threads)))
+      threads[group] = Math.round(ns / tasks / 100) / 10;
     if (Object.keys(threads).length > 0) usage.threadsUsPerTask = threads;
   }
   return usage;

@@ -20,6 +20,7 @@ function varint(buf, at) {
   let shift = 0;
   for (;;) {
     const b = buf[at++];
+    if (b === undefined || shift > 63) throw new Error("truncated varint");
     value += (b & 0x7f) * 2 ** shift;
     if (b < 0x80) return [value, at];
     shift += 7;
@@ -39,6 +40,7 @@ function fields(buf, from, to, f) {
     else if (wire === 2) {
       let length;
       [length, at] = varint(buf, at);
+      if (at + length > to) throw new Error("truncated field");
       f(key >>> 3, at, at + length);
       at += length;
     } else throw new Error(`wire type ${wire}`);
@@ -74,7 +76,8 @@ const server = createServer((req, res) => {
       const body = Buffer.concat(chunks);
       const name = /nexusflow-[a-z]+/.exec(body.toString("latin1"))?.[0] ?? "unknown";
       try {
-        countSpans(body);
+        // A compressed body (OTEL_EXPORTER_OTLP_COMPRESSION) is counted as a request only.
+        if (req.headers["content-encoding"] === undefined) countSpans(body);
       } catch {
         spans["(undecodable)"] = (spans["(undecodable)"] ?? 0) + 1;
       }

@@ -22,7 +22,11 @@ export interface ThroughputResult {
   settings: Record<string, unknown>;
   /** `batch`: jobs per call of the bulk API (bulk section); absent: one job per call. */
   enqueue: { seconds: number; perSecond: number; concurrency: number; batch?: number };
-  drain: { seconds: number; tasksPerSecond: number };
+  /**
+   * `mainThreadGc`: the collections that paused the main thread (the scheduler's, for Nexusflow);
+   * `heapAtStartMiB`: its heap going in (what was left of the enqueue).
+   */
+  drain: { seconds: number; tasksPerSecond: number; mainThreadGc: GcPauses; heapAtStartMiB: number };
   cost: PhaseCost;
   /** CPU of the enqueue and of the drain. */
   cpu: { enqueue: CpuUsage; drain: CpuUsage };
@@ -131,6 +135,8 @@ export async function throughputPhase(
   ctx.note(`  ${name}: drain`);
   const d0 = performance.now();
   const cpuD = ctx.cpu();
+  const heapAtStartMiB = Math.round(process.memoryUsage().heapUsed / 1048576);
+  const drainGc = watchGcPauses();
   await ctx
     .profiled(`${name}-drain`, async () => {
       await system.startConsumers();
@@ -139,6 +145,7 @@ export async function throughputPhase(
     .catch(stopOnFailure);
   const drainSeconds = (performance.now() - d0) / 1000;
   const cpuDrain = ctx.cpuSince(cpuD, n);
+  const mainThreadGc = drainGc.stop();
   const c2 = nf?.writerStats().commits ?? 0;
   const drainCalls = await ctx.pg.statementCalls(system.database);
   const drainStatements = await ctx.pg.statements(system.database);
@@ -155,7 +162,12 @@ export async function throughputPhase(
       concurrency,
       ...(bulk === undefined ? {} : { batch: bulk.batch }),
     },
-    drain: { seconds: round3(drainSeconds), tasksPerSecond: Math.round(n / drainSeconds) },
+    drain: {
+      seconds: round3(drainSeconds),
+      tasksPerSecond: Math.round(n / drainSeconds),
+      mainThreadGc,
+      heapAtStartMiB,
+    },
     cost: phaseCost(n, before, after, enqueueCalls + drainCalls, system.probeQueries ?? 0, []),
     cpu: { enqueue: cpuEnqueue, drain: cpuDrain },
     statements: { enqueue: enqueueStatements, drain: drainStatements },

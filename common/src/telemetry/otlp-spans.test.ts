@@ -220,6 +220,22 @@ describe("OTLP spans encoded on the span's thread", () => {
     assertSameBytes([span(), span({ resource: OTHER })], buffer);
   });
 
+  it("encodes a resource again while its detected attributes are pending", () => {
+    const buffer = new OtlpSpanBuffer();
+    const attributes: Attributes = { "service.name": "s" };
+    const pending = { attributes, asyncAttributesPending: true } as unknown as Resource;
+    const first = span({ resource: pending });
+    buffer.add(first);
+    assert.deepEqual(buffer.take(10).body, ProtobufTraceSerializer.serializeRequest([first]));
+    // The detection ends: the next span's resource has its attributes.
+    attributes["host.name"] = "h1";
+    const second = span({ resource: pending });
+    buffer.add(second);
+    const body = buffer.take(10).body;
+    assert.deepEqual(body, ProtobufTraceSerializer.serializeRequest([second]));
+    assert.ok(Buffer.from(body).includes("h1"));
+  });
+
   it("keeps nothing of a span that cannot be encoded, and goes on", () => {
     const buffer = new OtlpSpanBuffer();
     const good = span();

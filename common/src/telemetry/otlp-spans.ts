@@ -270,9 +270,7 @@ function writeKeyValues(w: ProtoWriter, attributes: Record<string, unknown>, fie
 
 function spanFlags(traceFlags: number, isRemote: boolean | undefined): number {
   return (
-    (traceFlags & 0xff) |
-    SPAN_FLAGS_CONTEXT_HAS_IS_REMOTE |
-    (isRemote === true ? SPAN_FLAGS_CONTEXT_IS_REMOTE : 0)
+    (traceFlags & 0xff) | SPAN_FLAGS_CONTEXT_HAS_IS_REMOTE | (isRemote ? SPAN_FLAGS_CONTEXT_IS_REMOTE : 0)
   );
 }
 
@@ -283,7 +281,8 @@ function writeEvent(w: ProtoWriter, event: TimedEvent): void {
   w.string(event.name);
   if (event.attributes !== undefined) writeKeyValues(w, event.attributes, 3);
   w.tag(4, VARINT);
-  w.uint32(event.droppedAttributesCount ?? 0);
+  // `||`, as the SDK's serializer: NaN writes 0 too.
+  w.uint32(event.droppedAttributesCount || 0);
 }
 
 function writeLink(w: ProtoWriter, link: Link): void {
@@ -299,7 +298,7 @@ function writeLink(w: ProtoWriter, link: Link): void {
   }
   if (link.attributes !== undefined) writeKeyValues(w, link.attributes, 4);
   w.tag(5, VARINT);
-  w.uint32(link.droppedAttributesCount ?? 0);
+  w.uint32(link.droppedAttributesCount || 0);
   w.tag(6, FIXED32);
   w.fixed32(spanFlags(context.traceFlags, context.isRemote));
 }
@@ -430,7 +429,7 @@ export class OtlpSpanBuffer {
   private scopesOf: ScopeEntry[] = [];
   private ends: number[] = [];
   private readonly resources = new WeakMap<Resource, ResourceEntry>();
-  private readonly assembly = new ProtoWriter(64 * 1024);
+  private assembly = new ProtoWriter(64 * 1024);
 
   /** Spans waiting. */
   get length(): number {
@@ -494,6 +493,8 @@ export class OtlpSpanBuffer {
       w.end(resourceSpans);
     }
     const body = w.buf.slice(0, w.pos);
+    // A burst of large spans leaves its buffer behind only while it is small.
+    if (w.buf.length > ARENA_KEEP_BYTES) this.assembly = new ProtoWriter(64 * 1024);
     this.drop(count);
     return { body, count };
   }
@@ -527,7 +528,9 @@ export class OtlpSpanBuffer {
         schemaUrl: span.resource.schemaUrl,
         scopes: new WeakMap(),
       };
-      this.resources.set(span.resource, resource);
+      // A resource whose detected attributes are still coming is encoded again with each span
+      // until they are there (the services detect none: sdk.ts).
+      if (span.resource.asyncAttributesPending !== true) this.resources.set(span.resource, resource);
     }
     const scope = span.instrumentationScope as Scope;
     let entry = resource.scopes.get(scope);

@@ -248,6 +248,28 @@ describe("WorkerSpanProcessor", () => {
     },
   );
 
+  it("counts a batch it cannot assemble as failed, warns, and goes on", async () => {
+    const warnings: string[] = [];
+    const worker = new WorkerSpanProcessor({ url: `${base}/assemble`, warn: (m) => warnings.push(m) });
+    const provider = new TracerProvider({ spanProcessors: [worker] });
+    const tracer = provider.getTracer("t");
+    // The buffer fails once (as an allocation would), inside the span's end that fills a batch.
+    const buffer = (worker as unknown as { buffer: { take: (max: number) => unknown } }).buffer;
+    const take = buffer.take.bind(buffer);
+    buffer.take = () => {
+      buffer.take = take;
+      throw new RangeError("Array buffer allocation failed");
+    };
+    tracer.startSpan("lost").end();
+    await provider.forceFlush();
+    assert.match(warnings[0] ?? "", /a batch could not be assembled .*1 spans are lost/);
+    tracer.startSpan("sent").end();
+    await provider.shutdown();
+    assert.deepEqual(worker.exportCounts, { exported: 1, failed: 1, dropped: 0 });
+    const all = Buffer.concat(sink.bodies("/assemble"));
+    assert.ok(all.includes("sent") && !all.includes("lost"));
+  });
+
   it("counts an export the receiver refuses as failed", async () => {
     const worker = new WorkerSpanProcessor({ url: `${base}/refuse` });
     const provider = new TracerProvider({ spanProcessors: [worker] });

@@ -193,7 +193,25 @@ export class WorkerSpanProcessor implements SpanProcessor {
       if (this.stopping === undefined) this.handOverLater();
       return false;
     }
-    const { body, count } = this.buffer.take(this.options.maxExportBatchSize);
+    let taken: ReturnType<OtlpSpanBuffer["take"]>;
+    try {
+      taken = this.buffer.take(this.options.maxExportBatchSize);
+    } catch (e) {
+      // Never the service's problem (this runs inside a span's end, or a timer): the spans waiting
+      // are lost, counted and warned of.
+      const lost = this.buffer.length;
+      this.buffer.clear();
+      this.counts.failed += lost;
+      this.options.warn?.(
+        `trace export: a batch could not be assembled (${String(e)}); ${lost} spans are lost`,
+        {
+          err: String(e),
+          lost_spans: lost,
+        },
+      );
+      return false;
+    }
+    const { body, count } = taken;
     const seq = ++this.seq;
     state.sent.set(seq, count);
     this.handedOver += count;

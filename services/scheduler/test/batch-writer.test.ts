@@ -354,6 +354,67 @@ describe("batch writer (PostgreSQL)", () => {
     }
   });
 
+  it("writes each event's trace context with it: traced and untraced runs, new rows and a retried share in one statement", async () => {
+    const { pool, breaking } = breakingPool(true);
+    const writer = new BatchWriter({ pool, log: testLogger("writer"), retryInitialMs: 10, retryMaxMs: 10 });
+    try {
+      const context = (c: string): Readonly<Record<string, string>> =>
+        Object.freeze({ traceparent: `00-${c.repeat(32)}-${"b".repeat(16)}-00` });
+      const [contextA, contextC] = [context("a"), { ...context("c"), tracestate: "vendor=x" }];
+      const traced = (run: RunState, ctx: Readonly<Record<string, string>> | null): void => {
+        for (const value of [
+          { case: "runStarted", value: {} },
+          { case: "runCompleted", value: {} },
+        ] as const) {
+          const row = lifecycleEvent(run, value);
+          row.traceContext = ctx;
+          writer.addEvent(row);
+        }
+      };
+      const a = markQueuedRun(writer, definitionId, "traced-a");
+      const b = markQueuedRun(writer, definitionId, "untraced-b");
+      traced(a, contextA);
+      traced(b, null);
+      // The statement commits and is reported broken: its rows are written again (upserts), and
+      // what is marked meanwhile goes as new rows of the same retry.
+      let c: RunState | undefined;
+      breaking.meanwhile = () => {
+        c = markQueuedRun(writer, definitionId, "traced-c");
+        traced(c, contextC);
+      };
+      breaking.next = 1;
+      await writer.flush();
+      assert.equal(writer.stats.failedCommits, 1);
+      assert.ok(c !== undefined);
+      const events = await outboxEvents(db.pool, [a.id, b.id, c.id]);
+      const byRun = (run: RunState): unknown[] =>
+        events.filter((e) => e.runId === run.id).map((e) => [e.sequence, e.traceContext]);
+      // markQueuedRun's runStarted has none; the two events after it have the run's.
+      assert.deepEqual(byRun(a), [
+        [1, null],
+        [2, contextA],
+        [3, contextA],
+      ]);
+      assert.deepEqual(byRun(b), [
+        [1, null],
+        [2, null],
+        [3, null],
+      ]);
+      assert.deepEqual(byRun(c), [
+        [1, null],
+        [2, contextC],
+        [3, contextC],
+      ]);
+      const { rows } = await db.pool.query<{ binary: number; json: number }>(
+        "SELECT count(event_traces)::int AS binary, count(trace_context)::int AS json FROM outbox_events",
+      );
+      assert.equal(rows[0]?.json, 0, "no row is written with the JSON column any more");
+      assert.ok((rows[0]?.binary ?? 0) >= 2);
+    } finally {
+      await writer.close();
+    }
+  });
+
   it("names every partition the fence refused to the waiters when both halves of a batch are refused", async () => {
     // This writer holds every partition but 2 and 3 (at epoch 1, as the partitions table says):
     // a run's partition is its id's last hex digit, which also picks its half (2 even, 3 odd).

@@ -22,7 +22,6 @@ import { Migration20261206000000EventWaits } from "./Migration20261206000000Even
 import { Migration20261206010000ParkedRuns } from "./Migration20261206010000ParkedRuns.js";
 import { Migration20261206020000RateLimitGrants } from "./Migration20261206020000RateLimitGrants.js";
 import { Migration20261206030000RateLimitFullAt } from "./Migration20261206030000RateLimitFullAt.js";
-import { Migration20261207000000OutboxTraceContextStorage } from "./Migration20261207000000OutboxTraceContextStorage.js";
 import { Migration20261207010000OutboxEventTraces } from "./Migration20261207010000OutboxEventTraces.js";
 
 /** The migrations MikroORM applies at start-up. */
@@ -53,9 +52,5 @@ export const migrationsList = [
   { name: "Migration20261206010000ParkedRuns", class: Migration20261206010000ParkedRuns },
   { name: "Migration20261206020000RateLimitGrants", class: Migration20261206020000RateLimitGrants },
   { name: "Migration20261206030000RateLimitFullAt", class: Migration20261206030000RateLimitFullAt },
-  {
-    name: "Migration20261207000000OutboxTraceContextStorage",
-    class: Migration20261207000000OutboxTraceContextStorage,
-  },
   { name: "Migration20261207010000OutboxEventTraces", class: Migration20261207010000OutboxEventTraces },
 ];

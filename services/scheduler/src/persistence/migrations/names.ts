@@ -32,6 +32,5 @@ export const MIGRATION_NAMES: readonly string[] = [
   "Migration20261206010000ParkedRuns",
   "Migration20261206020000RateLimitGrants",
   "Migration20261206030000RateLimitFullAt",
-  "Migration20261207000000OutboxTraceContextStorage",
   "Migration20261207010000OutboxEventTraces",
 ];
