@@ -11,7 +11,7 @@
  * written, spans grouped by resource and then by instrumentation scope, each group in the order
  * its first span ended.
  */
-import type { Attributes, HrTime, Link, SpanStatus } from "@opentelemetry/api";
+import type { Attributes, HrTime, Link, SpanContext, SpanStatus } from "@opentelemetry/api";
 import type { ReadableSpan, TimedEvent } from "@opentelemetry/sdk-trace";
 
 /** OTLP `SpanFlags`: whether the parent's remoteness is known, and whether it is remote. */
@@ -285,8 +285,8 @@ function writeEvent(w: ProtoWriter, event: TimedEvent): void {
   w.uint32(event.droppedAttributesCount || 0);
 }
 
-function writeLink(w: ProtoWriter, link: Link): void {
-  const context = link.context;
+/** Fields 1-3 of a span or link: its trace id, span id and trace state (when not empty). */
+function writeContext(w: ProtoWriter, context: SpanContext): void {
   w.tag(1, LENGTH_DELIMITED);
   w.hexId(context.traceId);
   w.tag(2, LENGTH_DELIMITED);
@@ -296,6 +296,11 @@ function writeLink(w: ProtoWriter, link: Link): void {
     w.tag(3, LENGTH_DELIMITED);
     w.string(traceState);
   }
+}
+
+function writeLink(w: ProtoWriter, link: Link): void {
+  const context = link.context;
+  writeContext(w, context);
   if (link.attributes !== undefined) writeKeyValues(w, link.attributes, 4);
   w.tag(5, VARINT);
   w.uint32(link.droppedAttributesCount || 0);
@@ -312,19 +317,24 @@ function writeStatus(w: ProtoWriter, status: SpanStatus): void {
   w.uint32(status.code);
 }
 
+/** `value` as the nested message in field `field`, its fields written by `write`. */
+function writeMessage<T>(
+  w: ProtoWriter,
+  field: number,
+  value: T,
+  write: (w: ProtoWriter, value: T) => void,
+): void {
+  w.tag(field, LENGTH_DELIMITED);
+  const at = w.begin();
+  write(w, value);
+  w.end(at);
+}
+
 /** The fields of an OTLP `Span` (its body, without its own tag and length). */
 export function writeSpan(w: ProtoWriter, span: ReadableSpan): void {
   const sc = span.spanContext();
   const parent = span.parentSpanContext;
-  w.tag(1, LENGTH_DELIMITED);
-  w.hexId(sc.traceId);
-  w.tag(2, LENGTH_DELIMITED);
-  w.hexId(sc.spanId);
-  const traceState = sc.traceState?.serialize();
-  if (traceState) {
-    w.tag(3, LENGTH_DELIMITED);
-    w.string(traceState);
-  }
+  writeContext(w, sc);
   if (parent?.spanId) {
     w.tag(4, LENGTH_DELIMITED);
     w.hexId(parent.spanId);
@@ -344,26 +354,13 @@ export function writeSpan(w: ProtoWriter, span: ReadableSpan): void {
   writeKeyValues(w, span.attributes, 9);
   w.tag(10, VARINT);
   w.uint32(span.droppedAttributesCount);
-  for (const event of span.events) {
-    w.tag(11, LENGTH_DELIMITED);
-    const at = w.begin();
-    writeEvent(w, event);
-    w.end(at);
-  }
+  for (const event of span.events) writeMessage(w, 11, event, writeEvent);
   w.tag(12, VARINT);
   w.uint32(span.droppedEventsCount);
-  for (const link of span.links) {
-    w.tag(13, LENGTH_DELIMITED);
-    const at = w.begin();
-    writeLink(w, link);
-    w.end(at);
-  }
+  for (const link of span.links) writeMessage(w, 13, link, writeLink);
   w.tag(14, VARINT);
   w.uint32(span.droppedLinksCount);
-  w.tag(15, LENGTH_DELIMITED);
-  const status = w.begin();
-  writeStatus(w, span.status);
-  w.end(status);
+  writeMessage(w, 15, span.status, writeStatus);
   w.tag(16, FIXED32);
   w.fixed32(spanFlags(sc.traceFlags, parent?.isRemote));
 }

@@ -5,26 +5,14 @@
  */
 import assert from "node:assert/strict";
 import { randomUUID } from "node:crypto";
-import { after, before, describe, it } from "node:test";
-import { openDatabase, type Database } from "../src/persistence/database.js";
-import { startTestDatabase, testLogger } from "./support.js";
+import { describe, it } from "node:test";
+import { migratedTestDatabase } from "./support.js";
 
 describe("outbox storage", () => {
-  let server: Awaited<ReturnType<typeof startTestDatabase>>;
-  let db: Database;
-
-  before(async () => {
-    server = await startTestDatabase();
-    db = await openDatabase({ url: server.url, log: testLogger("db") });
-  });
-
-  after(async () => {
-    await db?.close();
-    await server?.close();
-  });
+  const test = migratedTestDatabase();
 
   it("keeps a row's trace contexts uncompressed and its payload compressible", async () => {
-    const storage = await db.pool.query<{ attname: string; attstorage: string }>(
+    const storage = await test.db.pool.query<{ attname: string; attstorage: string }>(
       `SELECT attname, attstorage FROM pg_attribute
        WHERE attrelid = 'outbox_events'::regclass AND attname IN ('event_traces', 'payload')`,
     );
@@ -32,13 +20,13 @@ describe("outbox storage", () => {
     assert.deepEqual(of, { event_traces: "e", payload: "x" });
     // 8 KiB that would compress to almost nothing: stored at their full size.
     const runId = randomUUID();
-    await db.pool.query(
+    await test.db.pool.query(
       `INSERT INTO outbox_events (run_id, first_sequence, event_count, payload, event_traces)
        VALUES ($1, 1, 1, '\\x00'::bytea, $2)`,
       [runId, Buffer.alloc(8192)],
     );
     // Read back from the table: the size of the value as stored.
-    const row = await db.pool.query<{ stored: number }>(
+    const row = await test.db.pool.query<{ stored: number }>(
       "SELECT pg_column_size(event_traces) AS stored FROM outbox_events WHERE run_id = $1",
       [runId],
     );

@@ -35,6 +35,8 @@ import {
 } from "@nexusflow/gen";
 import { Executor, type ExecutorOptions } from "@nexusflow/executor";
 import type pg from "pg";
+import { after, before } from "node:test";
+import { openDatabase, type Database } from "../src/persistence/database.js";
 import { startEmbeddedPostgres, type EmbeddedDatabase } from "../src/persistence/embedded-postgres.js";
 import { randomUUID } from "node:crypto";
 import type { CompiledWorkflow } from "../src/dag/index.js";
@@ -62,6 +64,35 @@ export async function startTestDatabase(): Promise<{
     async close() {
       await server.destroy();
       await rm(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+/**
+ * A migrated test database for the tests of the calling suite: started (and the schema applied)
+ * before them, closed after. Read `db` inside a test or hook.
+ */
+export function migratedTestDatabase(): { readonly db: Database; readonly url: string } {
+  let server: Awaited<ReturnType<typeof startTestDatabase>> | undefined;
+  let db: Database | undefined;
+  before(async () => {
+    server = await startTestDatabase();
+    db = await openDatabase({ url: server.url, log: testLogger("db") });
+  });
+  after(async () => {
+    await db?.close();
+    await server?.close();
+  });
+  const started = <T>(value: T | undefined): T => {
+    if (value === undefined) throw new Error("the test database is used before its suite started it");
+    return value;
+  };
+  return {
+    get db(): Database {
+      return started(db);
+    },
+    get url(): string {
+      return started(server).url;
     },
   };
 }

@@ -17,12 +17,12 @@ import { Coordinator } from "../../src/cluster/coordinator.js";
 import { PartitionLeases } from "../../src/cluster/partition-leases.js";
 import { OutboxStore } from "../../src/events/outbox-store.js";
 import { OutboxRelay } from "../../src/events/relay.js";
-import { openDatabase, type Database } from "../../src/persistence/database.js";
 import type { Scheduler } from "../../src/scheduler.js";
 import { registerSpec } from "../e2e/harness.js";
 import { MemoryPublisher, insertEvents } from "../events/support.js";
 import {
   eventClient,
+  migratedTestDatabase,
   startRunOf,
   scheduleClient,
   startTestDatabase,
@@ -383,27 +383,17 @@ describe("event waits in a cluster", () => {
 });
 
 describe("the outbox relay in a cluster", () => {
-  let server: Awaited<ReturnType<typeof startTestDatabase>>;
-  let db: Database;
-
-  before(async () => {
-    server = await startTestDatabase();
-    db = await openDatabase({ url: server.url, log: testLogger("db") });
-  });
-  after(async () => {
-    await db?.close();
-    await server?.close();
-  });
+  const test = migratedTestDatabase();
 
   /** A replica's leases, coordinator and coordinated relay publishing to its own publisher. */
   const relayReplica = async () => {
     const log = testLogger("relay-replica");
-    const leases = new PartitionLeases({ url: server.url, log, leaseMs: 1000 });
+    const leases = new PartitionLeases({ url: test.url, log, leaseMs: 1000 });
     const publisher = new MemoryPublisher();
     // eslint-disable-next-line prefer-const
     let coordinator: Coordinator;
     const relay = new OutboxRelay({
-      pool: db.pool,
+      pool: test.db.pool,
       publisher,
       log,
       coordinated: true,
@@ -449,7 +439,7 @@ describe("the outbox relay in a cluster", () => {
     assert.equal(b.coordinator.leading, false);
 
     // A row whose id is lower than rows committed after it: its transaction commits last.
-    const late = await db.pool.connect();
+    const late = await test.db.pool.connect();
     const lateRun = randomUUID();
     await late.query("BEGIN");
     const runs = Array.from({ length: 12 }, () => randomUUID());
@@ -458,7 +448,7 @@ describe("the outbox relay in a cluster", () => {
     const writer = async (mine: string[]): Promise<void> => {
       for (let seq = 1; seq <= 30; seq += 3)
         for (const run of mine) {
-          const ids = await insertEvents(db.pool, run, 3, seq, { perRow: 3 });
+          const ids = await insertEvents(test.db.pool, run, 3, seq, { perRow: 3 });
           expected.set(run, [...(expected.get(run) ?? []), ...ids]);
         }
     };
@@ -476,7 +466,7 @@ describe("the outbox relay in a cluster", () => {
 
     const total = [...expected.values()].reduce((n, ids) => n + ids.length, 0);
     await waitFor("every event published", async () => {
-      const { rows } = await db.pool.query<{ n: string }>(
+      const { rows } = await test.db.pool.query<{ n: string }>(
         "SELECT count(*) AS n FROM outbox_events WHERE published_at IS NULL",
       );
       return (
@@ -495,15 +485,16 @@ describe("the outbox relay in a cluster", () => {
 
     // A stale coordinator's mark (A's last epoch) is refused by the database, nothing marked.
     const staleRun = randomUUID();
-    await insertEvents(db.pool, staleRun, 2);
-    const store = new OutboxStore(db.pool, 0n, true);
+    await insertEvents(test.db.pool, staleRun, 2);
+    const store = new OutboxStore(test.db.pool, 0n, true);
     assert.equal(await store.tryLock(), true);
-    const { rows } = await db.pool.query<{ id: string }>("SELECT id FROM outbox_events WHERE run_id = $1", [
-      staleRun,
-    ]);
+    const { rows } = await test.db.pool.query<{ id: string }>(
+      "SELECT id FROM outbox_events WHERE run_id = $1",
+      [staleRun],
+    );
     const epoch = Number(
-      (await db.pool.query<{ epoch: string }>("SELECT epoch FROM partitions WHERE partition = 0")).rows[0]
-        ?.epoch,
+      (await test.db.pool.query<{ epoch: string }>("SELECT epoch FROM partitions WHERE partition = 0"))
+        .rows[0]?.epoch,
     );
     await assert.rejects(
       store.markPublished(
@@ -519,7 +510,7 @@ describe("the outbox relay in a cluster", () => {
 
   it("a resign while a turn connects (or prunes) waits for it, and the turn fetches nothing", async () => {
     const run = randomUUID();
-    await insertEvents(db.pool, run, 2);
+    await insertEvents(test.db.pool, run, 2);
     /** A publisher whose connect waits for the test: a broker slow to answer. */
     class SlowConnect extends MemoryPublisher {
       connects = 0;
@@ -532,7 +523,7 @@ describe("the outbox relay in a cluster", () => {
     }
     const publisher = new SlowConnect();
     const relay = new OutboxRelay({
-      pool: db.pool,
+      pool: test.db.pool,
       publisher,
       log: testLogger("relay"),
       coordinated: true,
@@ -556,7 +547,7 @@ describe("the outbox relay in a cluster", () => {
     } finally {
       await relay.stop();
     }
-    await db.pool.query("UPDATE outbox_events SET published_at = now() WHERE run_id = $1", [run]);
+    await test.db.pool.query("UPDATE outbox_events SET published_at = now() WHERE run_id = $1", [run]);
   });
 });
 
