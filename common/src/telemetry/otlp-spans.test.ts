@@ -224,9 +224,10 @@ describe("OTLP spans encoded on the span's thread", () => {
     const buffer = new OtlpSpanBuffer();
     const attributes: Attributes = { "service.name": "s" };
     const pending = { attributes, asyncAttributesPending: true } as unknown as Resource;
-    const first = span({ resource: pending });
-    buffer.add(first);
-    assert.deepEqual(buffer.take(10).body, ProtobufTraceSerializer.serializeRequest([first]));
+    // Two spans of it in one batch: one resource, as the SDK groups them.
+    const first = [span({ resource: pending }), span({ resource: pending })];
+    for (const s of first) buffer.add(s);
+    assert.deepEqual(buffer.take(10).body, ProtobufTraceSerializer.serializeRequest(first));
     // The detection ends: the next span's resource has its attributes.
     attributes["host.name"] = "h1";
     const second = span({ resource: pending });

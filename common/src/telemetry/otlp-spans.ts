@@ -371,16 +371,18 @@ type Scope = ReadableSpan["instrumentationScope"] & {
   droppedAttributesCount?: number;
 };
 
-/** A resource's encoded `Resource` body and schema URL, and its scopes. */
+/**
+ * A resource's encoded `Resource` body (once its detected attributes are all there: until then it
+ * is encoded with each batch, as the SDK reads them when it serializes), and its scopes.
+ */
 interface ResourceEntry {
-  body: Uint8Array;
-  schemaUrl: string | undefined;
+  body: Uint8Array | undefined;
   scopes: WeakMap<Scope, ScopeEntry>;
 }
 
 /** A scope's encoded `InstrumentationScope` body and schema URL, under its resource. */
 interface ScopeEntry {
-  resource: ResourceEntry;
+  resource: Resource;
   body: Uint8Array;
   schemaUrl: string | undefined;
 }
@@ -451,7 +453,7 @@ export class OtlpSpanBuffer {
   take(max: number): EncodedSpans {
     const count = Math.min(max, this.ends.length);
     // Grouped by resource, then scope, each in the order of its first span (as the SDK's serializer).
-    const groups = new Map<ResourceEntry, Map<ScopeEntry, number[]>>();
+    const groups = new Map<Resource, Map<ScopeEntry, number[]>>();
     for (let i = 0; i < count; i++) {
       const scope = this.scopesOf[i]!;
       let scopes = groups.get(scope.resource);
@@ -467,7 +469,7 @@ export class OtlpSpanBuffer {
       w.tag(1, LENGTH_DELIMITED);
       const resourceSpans = w.begin();
       w.tag(1, LENGTH_DELIMITED);
-      w.bytes(resource.body);
+      w.bytes(this.resourceBody(resource));
       for (const [scope, spans] of scopes) {
         w.tag(2, LENGTH_DELIMITED);
         const scopeSpans = w.begin();
@@ -517,22 +519,31 @@ export class OtlpSpanBuffer {
     this.ends = this.ends.slice(count).map((end) => end - from);
   }
 
-  private scopeOf(span: ReadableSpan): ScopeEntry {
-    let resource = this.resources.get(span.resource);
-    if (resource === undefined) {
-      resource = {
-        body: encodeResource(span.resource),
-        schemaUrl: span.resource.schemaUrl,
-        scopes: new WeakMap(),
-      };
-      // A resource whose detected attributes are still coming is encoded again with each span
-      // until they are there (the services detect none: sdk.ts).
-      if (span.resource.asyncAttributesPending !== true) this.resources.set(span.resource, resource);
+  private resourceEntry(resource: Resource): ResourceEntry {
+    let entry = this.resources.get(resource);
+    if (entry === undefined) {
+      entry = { body: undefined, scopes: new WeakMap() };
+      this.resources.set(resource, entry);
     }
+    return entry;
+  }
+
+  /** The `Resource` body of a batch's resource (kept once its detected attributes are all there). */
+  private resourceBody(resource: Resource): Uint8Array {
+    const entry = this.resourceEntry(resource);
+    if (entry.body !== undefined) return entry.body;
+    const body = encodeResource(resource);
+    // The services detect none (sdk.ts): theirs are kept at their first batch.
+    if (resource.asyncAttributesPending !== true) entry.body = body;
+    return body;
+  }
+
+  private scopeOf(span: ReadableSpan): ScopeEntry {
+    const resource = this.resourceEntry(span.resource);
     const scope = span.instrumentationScope as Scope;
     let entry = resource.scopes.get(scope);
     if (entry === undefined) {
-      entry = { resource, body: encodeScope(scope), schemaUrl: scope.schemaUrl };
+      entry = { resource: span.resource, body: encodeScope(scope), schemaUrl: scope.schemaUrl };
       resource.scopes.set(scope, entry);
     }
     return entry;

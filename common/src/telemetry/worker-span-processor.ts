@@ -19,7 +19,7 @@ import { Worker } from "node:worker_threads";
 import { TraceFlags } from "@opentelemetry/api";
 import type { ReadableSpan, SpanProcessor } from "@opentelemetry/sdk-trace";
 import type { ExportWorkerData, FromExportWorker, ToExportWorker } from "./export-worker.js";
-import { OtlpSpanBuffer } from "./otlp-spans.js";
+import { type EncodedSpans, OtlpSpanBuffer } from "./otlp-spans.js";
 
 /** Options of {@link WorkerSpanProcessor}. */
 export interface WorkerSpanProcessorOptions {
@@ -193,7 +193,7 @@ export class WorkerSpanProcessor implements SpanProcessor {
       if (this.stopping === undefined) this.handOverLater();
       return false;
     }
-    let taken: ReturnType<OtlpSpanBuffer["take"]>;
+    let taken: EncodedSpans;
     try {
       taken = this.buffer.take(this.options.maxExportBatchSize);
     } catch (e) {
