@@ -142,7 +142,10 @@ export async function throughputPhase(
       await system.startConsumers();
       await system.drained(120_000 + n * 5);
     })
-    .catch(stopOnFailure);
+    .catch((e: unknown) => {
+      drainGc.stop();
+      return stopOnFailure(e);
+    });
   const drainSeconds = (performance.now() - d0) / 1000;
   const cpuDrain = ctx.cpuSince(cpuD, n);
   const mainThreadGc = drainGc.stop();

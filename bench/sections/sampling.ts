@@ -55,16 +55,23 @@ export interface SamplingResult {
   threads: ThreadCost[];
 }
 
-/** Median of `f` over the counted drains with `sampled` over those with none, to 3 decimals. */
+/** Median of `f` over the counted drains with a sampled share (`sampled`) or with none. */
+function medianOf(
+  drains: readonly SamplingDrain[],
+  sampled: boolean,
+  f: (d: SamplingDrain) => number | undefined,
+): number {
+  return median(
+    drains
+      .filter((d) => !d.warmUp && d.sampled > 0 === sampled)
+      .map(f)
+      .filter((v): v is number => v !== undefined),
+  );
+}
+
+/** {@link medianOf} the drains with a sampled share over those with none, to 3 decimals. */
 function ratio(drains: readonly SamplingDrain[], f: (d: SamplingDrain) => number | undefined): number {
-  const of = (sampled: boolean): number =>
-    median(
-      drains
-        .filter((d) => !d.warmUp && d.sampled > 0 === sampled)
-        .map(f)
-        .filter((v): v is number => v !== undefined),
-    );
-  return Math.round((of(true) / of(false)) * 1000) / 1000;
+  return Math.round((medianOf(drains, true, f) / medianOf(drains, false, f)) * 1000) / 1000;
 }
 
 /** Runs the section (see the module comment). */
@@ -104,13 +111,9 @@ export async function samplingSection(ctx: BenchContext): Promise<SamplingResult
 
 /** Each group of threads' median CPU per task over the counted drains of each kind. */
 function threadCosts(drains: readonly SamplingDrain[]): ThreadCost[] {
-  const counted = drains.filter((d) => !d.warmUp);
-  const groups = [...new Set(counted.flatMap((d) => Object.keys(d.threadsUsPerTask ?? {})))].sort();
+  const groups = [...new Set(drains.flatMap((d) => Object.keys(d.threadsUsPerTask ?? {})))].sort();
   const of = (group: string, sampled: boolean): number =>
-    Math.round(
-      median(counted.filter((d) => d.sampled > 0 === sampled).map((d) => d.threadsUsPerTask?.[group] ?? 0)) *
-        10,
-    ) / 10;
+    Math.round(medianOf(drains, sampled, (d) => d.threadsUsPerTask?.[group] ?? 0) * 10) / 10;
   return groups.map((thread) => ({ thread, none: of(thread, false), sampled: of(thread, true) }));
 }
 
