@@ -473,14 +473,13 @@ function eventSections(events: OutboxRow[], again: (event: OutboxRow) => boolean
   ] as const) {
     if (list.length === 0) continue;
     const rows = encodeEventRows(list, again);
-    // The binary parameter: every row's payload, then every row's trace contexts.
+    // The binary parameter: each row's payload, then its trace contexts when it has any.
     const parts: Uint8Array[] = [];
     let at = 0;
     const place = (bytes: Uint8Array): number => {
-      const start = at;
       parts.push(bytes);
       at += bytes.byteLength;
-      return start;
+      return at - bytes.byteLength;
     };
     const placed = rows.map((b) => ({
       run_id: b.runId,
@@ -488,15 +487,9 @@ function eventSections(events: OutboxRow[], again: (event: OutboxRow) => boolean
       event_count: b.eventCount,
       payload_at: place(b.payload),
       payload_length: b.payload.byteLength,
-      traces_at: null as number | null,
-      traces_length: null as number | null,
+      traces_at: b.traces === null ? null : place(b.traces),
+      traces_length: b.traces?.byteLength ?? null,
     }));
-    rows.forEach((b, i) => {
-      if (b.traces === null) return;
-      const row = placed[i]!;
-      row.traces_at = place(b.traces);
-      row.traces_length = b.traces.byteLength;
-    });
     out.push({
       sql,
       rows: placed,

@@ -113,7 +113,7 @@ ${HISTORY_UPSERT}`;
 // event (run_id, first_sequence); the relay publishes each event. The payloads travel as one binary
 // parameter, each row naming its bytes by offset and length: no base64 in the JSON, which cost the
 // writer's thread an encoding and pg a UTF-8 copy of a third more bytes, and PostgreSQL a decode.
-// The events' trace contexts (persistence/event-traces.ts) follow in the same parameter, when any.
+// Each row's trace contexts (persistence/event-traces.ts), when it has any, travel in the same parameter.
 export const EVENT_SQL = `INSERT INTO outbox_events (run_id, first_sequence, event_count, payload, event_traces)
 SELECT run_id, first_sequence, event_count, substring($2::bytea FROM payload_at + 1 FOR payload_length),
   CASE WHEN traces_at IS NOT NULL THEN substring($2::bytea FROM traces_at + 1 FOR traces_length) END
