@@ -8,7 +8,7 @@
  * imports through import-in-the-middle's loader hook, registered here for just their modules.
  */
 import { register } from "node:module";
-import { GrpcInstrumentation } from "@opentelemetry/instrumentation-grpc";
+import { GrpcTracing } from "./grpc-instrumentation.js";
 import { HttpInstrumentation } from "@opentelemetry/instrumentation-http";
 import { PgInstrumentation } from "@opentelemetry/instrumentation-pg";
 import { NodeSDK } from "@opentelemetry/sdk-node";
@@ -49,7 +49,7 @@ export async function startSdk(config: TelemetryConfig): Promise<() => Promise<v
       // Not the executors' Session stream: it lasts as long as the executor is attached (hours), so
       // its span would never end in time to be seen, and every report it carries would run in its
       // context. A task's spans come from its lease's trace context instead (one trace per run).
-      new GrpcInstrumentation({ ignoreGrpcMethods: ["Session"] }),
+      new GrpcTracing({ ignoreGrpcMethods: ["Session"] }),
       new HttpInstrumentation(),
       new PgInstrumentation({ requireParentSpan: true }),
     ],

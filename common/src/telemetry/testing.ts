@@ -1,8 +1,10 @@
 /**
- * Tracing on in a test process, with the finished spans kept in memory (no SDK, no exporter):
+ * Tracing on in a test process, with the finished spans kept in memory (no SDK, no exporter) and
+ * W3C trace context propagation, as the SDK sets it up:
  * `const tracing = await startTestTracing(); ...; tracing.spans()`; `stop()` turns it off again.
  */
-import { context, trace } from "@opentelemetry/api";
+import { context, propagation, trace } from "@opentelemetry/api";
+import { W3CTraceContextPropagator } from "@opentelemetry/core";
 import { AsyncLocalStorageContextManager } from "@opentelemetry/context-async-hooks";
 import {
   InMemorySpanExporter,
@@ -33,9 +35,11 @@ export async function startTestTracing(options: { sampler?: Sampler } = {}): Pro
   const telemetry = await startTracingWith(() => {
     context.setGlobalContextManager(manager);
     trace.setGlobalTracerProvider(provider);
+    propagation.setGlobalPropagator(new W3CTraceContextPropagator());
     return Promise.resolve(async () => {
       await provider.shutdown();
       trace.disable();
+      propagation.disable();
       context.disable();
     });
   });
