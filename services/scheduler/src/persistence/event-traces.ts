@@ -13,15 +13,15 @@
  * - `0x02`, a varint length, that many bytes of UTF-8 JSON (an object of strings): any other new
  *   context (a `tracestate`, a `traceparent` of another shape);
  * - `0x03`, a varint `i`: the same context as the row's `i`-th new context (0-based).
- * Varints and lengths are protobuf's, written and read by protobuf-es's BinaryWriter and
- * BinaryReader (as event-encoding.ts writes the payload).
+ * Varints and lengths are protobuf's: written here straight into one array (a row's contexts are
+ * written per commit, see `encodeEventTraces`), read by protobuf-es's BinaryReader.
  *
  * Reading is lenient: what cannot be read (another version, truncated bytes, a bad reference) gives
  * events without a context, never an error, since an event is published without its trace rather
  * than held back.
  */
 
-import { BinaryReader, BinaryWriter } from "@bufbuild/protobuf/wire";
+import { BinaryReader } from "@bufbuild/protobuf/wire";
 
 const VERSION = 1;
 const NONE = 0x00;
@@ -30,68 +30,136 @@ const JSON_CONTEXT = 0x02;
 const SAME_AS = 0x03;
 /** Bytes of a version-00 `traceparent`: trace id, span id, flags. */
 const TRACEPARENT_BYTES = 25;
-/** A version-00 `traceparent` in lower case (what the SDK's propagator writes). */
-const TRACEPARENT_SHAPE = /^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$/;
 
 const utf8 = new TextEncoder();
 const utf8Decoder = new TextDecoder("utf-8", { fatal: true });
 
-/** The `traceparent` of a context that holds only a version-00 one, else undefined. */
+/** The value of a lower-case hex digit's character code; -1 for any other character. */
+function hexValue(c: number): number {
+  if (c >= 48 && c <= 57) return c - 48;
+  if (c >= 97 && c <= 102) return c - 87;
+  return -1;
+}
+
+/**
+ * Writes the trace id, span id and flags of `traceparent` at `at` of `out` (25 bytes) when it is a
+ * lower-case version-00 one (`00-<32 hex>-<16 hex>-<2 hex>`, what the SDK's propagator writes);
+ * false, with the bytes written so far meaningless, when it is not. Read from its character codes
+ * as it is checked: a context per run of every commit, so no string or array is made for it.
+ */
+function writeTraceparent(traceparent: string, out: Uint8Array, at: number): boolean {
+  if (
+    traceparent.length !== 55 ||
+    traceparent.charCodeAt(0) !== 48 ||
+    traceparent.charCodeAt(1) !== 48 ||
+    traceparent.charCodeAt(2) !== 45 ||
+    traceparent.charCodeAt(35) !== 45 ||
+    traceparent.charCodeAt(52) !== 45
+  )
+    return false;
+  for (let i = 3; i < 55; i += 2) {
+    if (i === 35 || i === 52) i++; // the dashes
+    const high = hexValue(traceparent.charCodeAt(i));
+    const low = hexValue(traceparent.charCodeAt(i + 1));
+    if (high < 0 || low < 0) return false;
+    out[at++] = (high << 4) | low;
+  }
+  return true;
+}
+
+/** The `traceparent` of a context that holds it and nothing else, else undefined. */
 function onlyTraceparent(context: Readonly<Record<string, string>>): string | undefined {
   let traceparent: string | undefined;
   for (const key in context) {
     if (key !== "traceparent") return undefined;
     traceparent = context[key];
   }
-  return traceparent !== undefined && TRACEPARENT_SHAPE.test(traceparent) ? traceparent : undefined;
+  return traceparent;
 }
 
-/** The value of a lower-case hex digit's character code (the shape was checked). */
-function hexDigit(c: number): number {
-  return c <= 57 ? c - 48 : c - 87;
+/** Bytes of a protobuf varint of `n` (an unsigned 32-bit integer). */
+function varintSize(n: number): number {
+  return n < 0x80 ? 1 : n < 0x4000 ? 2 : n < 0x200000 ? 3 : n < 0x10000000 ? 4 : 5;
 }
 
-/**
- * The trace id, span id and flags of a checked `traceparent` as bytes, read from its character
- * codes: a context per run of every commit, so no string is made for them.
- */
-function traceparentBytes(traceparent: string): Uint8Array {
-  const out = new Uint8Array(TRACEPARENT_BYTES);
-  let at = 0;
-  for (let i = 3; i < traceparent.length; i += 2) {
-    if (i === 35 || i === 52) i++; // the dashes
-    out[at++] = (hexDigit(traceparent.charCodeAt(i)) << 4) | hexDigit(traceparent.charCodeAt(i + 1));
+/** Writes `n` (an unsigned 32-bit integer) as a protobuf varint at `at`; the position after it. */
+function writeVarint(out: Uint8Array, at: number, n: number): number {
+  while (n >= 0x80) {
+    out[at++] = (n & 0x7f) | 0x80;
+    n >>>= 7;
   }
-  return out;
+  out[at++] = n;
+  return at;
 }
 
 /**
  * The `event_traces` bytes of events with these contexts (one per event, in order; the same object
- * twice is written once); null when none has one.
+ * twice is written once); null when none has one. Written into one array of the size worked out
+ * first (a JSON context, rare, is encoded in that first pass).
  */
 export function encodeEventTraces(
   contexts: readonly (Readonly<Record<string, string>> | null)[],
 ): Uint8Array | null {
-  if (contexts.every((c) => c === null)) return null;
-  /** Each context written so far, by its index among them. */
+  /** Each distinct context by its index among them, its JSON bytes for one that is not a lone `traceparent`. */
   const seen = new Map<object, number>();
-  const w = new BinaryWriter().uint32(VERSION);
+  const json = new Map<object, Uint8Array>();
+  let size = 1;
   for (const c of contexts) {
     if (c === null) {
-      w.uint32(NONE);
+      size += 1;
       continue;
     }
     const at = seen.get(c);
     if (at !== undefined) {
-      w.uint32(SAME_AS).uint32(at);
+      size += 1 + varintSize(at);
       continue;
     }
     seen.set(c, seen.size);
     const traceparent = onlyTraceparent(c);
-    if (traceparent !== undefined) w.uint32(TRACEPARENT).raw(traceparentBytes(traceparent));
-    else w.uint32(JSON_CONTEXT).bytes(utf8.encode(JSON.stringify(c)));
+    if (traceparent !== undefined && traceparent.length === 55) size += 1 + TRACEPARENT_BYTES;
+    else {
+      const bytes = utf8.encode(JSON.stringify(c));
+      json.set(c, bytes);
+      size += 1 + varintSize(bytes.length) + bytes.length;
+    }
   }
-  return w.finish();
+  if (seen.size === 0) return null;
+  // Sized for every `traceparent` of 55 characters written as 26 bytes; one of another shape is
+  // written as JSON below, in a second, larger array.
+  let out = new Uint8Array(size);
+  let at = writeVarint(out, 0, VERSION);
+  seen.clear();
+  for (const c of contexts) {
+    if (c === null) {
+      out[at++] = NONE;
+      continue;
+    }
+    const ref = seen.get(c);
+    if (ref !== undefined) {
+      out[at++] = SAME_AS;
+      at = writeVarint(out, at, ref);
+      continue;
+    }
+    seen.set(c, seen.size);
+    let bytes = json.get(c);
+    if (bytes === undefined) {
+      out[at] = TRACEPARENT;
+      if (writeTraceparent(c.traceparent!, out, at + 1)) {
+        at += 1 + TRACEPARENT_BYTES;
+        continue;
+      }
+      // Not a version-00 lower-case one: the context goes as JSON, which may not fit.
+      bytes = utf8.encode(JSON.stringify(c));
+      const grown = new Uint8Array(out.length + varintSize(bytes.length) + bytes.length);
+      grown.set(out.subarray(0, at));
+      out = grown;
+    }
+    out[at++] = JSON_CONTEXT;
+    at = writeVarint(out, at, bytes.length);
+    out.set(bytes, at);
+    at += bytes.length;
+  }
+  return at === out.length ? out : out.subarray(0, at);
 }
 
 /** A context read from JSON: an object of strings, else null. */
