@@ -1,9 +1,12 @@
 /**
  * gRPC call durations for grpc-js servers and clients, by method (`package.Service/Method`) and
- * status code name: a server interceptor (`new grpc.Server({ interceptors })`) and a client
- * interceptor (`new grpc.Client(address, credentials, { interceptors })`). A streaming call is
- * measured from its start to its status, so a Session lasts as long as the executor stays attached.
+ * status code name: for a server, its handlers wrapped ({@link meterServerHandlers}) or a server
+ * interceptor (`new grpc.Server({ interceptors })`, for a server with other interceptors that may
+ * end a call before its handler); for a client, a client interceptor (`new grpc.Client(address,
+ * credentials, { interceptors })`). A streaming call is measured from its start to its status, so
+ * a Session lasts as long as the executor stays attached.
  */
+import { errorMonitor } from "node:events";
 import * as grpc from "@grpc/grpc-js";
 import { Histogram, type Registry } from "prom-client";
 import { LATENCY_BUCKETS } from "./buckets.js";
@@ -67,9 +70,91 @@ export class GrpcCallDurations {
   }
 }
 
+/** A grpc-js service error's status code (UNKNOWN when it has none: what grpc-js sends then). */
+function errorCode(error: Partial<grpc.StatusObject> | Error): number {
+  const code = (error as { code?: unknown }).code;
+  return typeof code === "number" ? code : grpc.status.UNKNOWN;
+}
+
+type UnaryLike = (
+  call: grpc.ServerUnaryCall<unknown, unknown>,
+  callback: grpc.sendUnaryData<unknown>,
+) => void;
+type StreamLike = (call: grpc.ServerWritableStream<unknown, unknown>) => void;
+
+/** `handler` of the method at `path`, measured: a unary or client-streaming one (with a callback). */
+function meteredUnary(
+  durations: GrpcCallDurations,
+  path: string,
+  handler: UnaryLike,
+  self: object,
+): UnaryLike {
+  return (call, callback) => {
+    const started = performance.now();
+    handler.call(self, call, (error, value, trailer, flags) => {
+      durations.observe(path, error ? errorCode(error) : call.cancelled ? grpc.status.CANCELLED : 0, started);
+      callback(error, value, trailer, flags);
+    });
+  };
+}
+
+/** `handler` of the method at `path`, measured: a server-streaming or bidirectional one. */
+function meteredStream(
+  durations: GrpcCallDurations,
+  path: string,
+  handler: StreamLike,
+  self: object,
+): StreamLike {
+  return (call) => {
+    const started = performance.now();
+    let done = false;
+    const end = (code: number): void => {
+      if (done) return;
+      done = true;
+      durations.observe(path, code, started);
+    };
+    // An 'error' (the handler's status) comes first: grpc-js ends the stream on it, so 'finish' follows.
+    call.on(errorMonitor, (error: Partial<grpc.StatusObject>) => end(errorCode(error)));
+    call.once("finish", () => end(grpc.status.OK));
+    call.once("cancelled", () => end(grpc.status.CANCELLED));
+    handler.call(self, call);
+  };
+}
+
+/**
+ * Records `nexusflow_grpc_server_duration_seconds{method,code}` for every service added to
+ * `server` from now on (its `addService`, on this one server, wraps each handler), without an
+ * interceptor: grpc-js runs a server with no interceptors without its interceptor machinery, which
+ * cost ~1.4 KB and a few microseconds a call (bench/notes/27-session-thirty-one.md). A unary call
+ * is measured from its handler's start to its answer (CANCELLED if the client had gone by then); a
+ * stream to its finish, error or cancellation. A call that never reaches a handler of the
+ * implementation (an unknown method, one the implementation lacks) is not measured: on a server whose interceptors may refuse calls, use
+ * {@link grpcServerMetrics} first among them instead.
+ */
+export function meterServerHandlers(server: grpc.Server, registry: Registry): void {
+  const durations = new GrpcCallDurations(registry, "server");
+  const addService = server.addService.bind(server);
+  server.addService = (service, implementation) => {
+    // The implementation's own handlers stay reachable (and called with it as `this`, as grpc-js
+    // calls them); the metered ones shadow them.
+    const metered = Object.create(implementation) as grpc.UntypedServiceImplementation;
+    for (const [name, method] of Object.entries(service)) {
+      // grpc-js looks a method's handler up by its name, then by its original (camelCase) name.
+      const key = implementation[name] !== undefined ? name : (method.originalName ?? name);
+      const handler = implementation[key] as unknown;
+      if (typeof handler !== "function") continue;
+      metered[key] = method.responseStream
+        ? meteredStream(durations, method.path, handler as StreamLike, implementation)
+        : meteredUnary(durations, method.path, handler as UnaryLike, implementation);
+    }
+    addService(service, metered);
+  };
+}
+
 /**
  * A grpc-js server interceptor recording `nexusflow_grpc_server_duration_seconds{method,code}`.
- * Put it first in the server's interceptors so that calls refused by later ones count too.
+ * Put it first in the server's interceptors so that calls refused by later ones count too. (A
+ * server without other interceptors measures its calls more cheaply with {@link meterServerHandlers}.)
  */
 export function grpcServerMetrics(registry: Registry): grpc.ServerInterceptor {
   const durations = new GrpcCallDurations(registry, "server");
