@@ -11,7 +11,8 @@
  * - what depends on the method alone (span name, `rpc.*` attributes, whether it is ignored) is
  *   worked out once when the method is registered;
  * - each call extracts its parent from the metadata (the configured propagator) and starts its
- *   span with the `rpc.*` attributes (so samplers see them, as the specification asks);
+ *   span; the `rpc.*` attributes are set once it records (as the package sets them: given to
+ *   `startSpan`, the SDK would check and copy them for every call, recorded or not);
  * - a call whose span records nothing runs its handler in that span's context (its trace id and
  *   sampled flag still propagate to what the call starts), unwrapped; a stream's emitter is still
  *   bound, so that its listeners run in the call's context;
@@ -204,7 +205,7 @@ export class GrpcTracing extends GrpcInstrumentation {
       "rpc.method": method,
       "rpc.service": slash < 0 ? "" : path.slice(0, slash),
     };
-    const options: SpanOptions = { kind: SpanKind.SERVER, attributes };
+    const options: SpanOptions = { kind: SpanKind.SERVER };
     const streams = streamsResponses(type);
     // Read at each call: the tracer changes with the tracer provider (setTracerProvider).
     const tracer = (): Tracer => this.tracer;
@@ -217,7 +218,10 @@ export class GrpcTracing extends GrpcInstrumentation {
         const parent = propagation.extract(ROOT_CONTEXT, call.metadata, METADATA_GETTER);
         const span = tracer().startSpan(spanName, options, parent);
         const active: Context = trace.setSpan(parent, span);
-        if (!span.isRecording()) {
+        // Set once recorded, not given to startSpan: the SDK checks and copies a span's start
+        // attributes before it asks the sampler (~5 us a call, bench/notes/27-session-thirty-one.md).
+        if (span.isRecording()) span.setAttributes(attributes);
+        else {
           // Arguments passed through `with` rather than captured: no closure per call.
           if (type !== "unary") context.bind(active, call);
           return streams
