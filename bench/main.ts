@@ -39,6 +39,12 @@ import {
 import { flowSection, flowTable, flowTargets, type FlowResult } from "./sections/flow.js";
 import { retentionSection, type RetentionResult } from "./sections/retention.js";
 import { samplingSection, samplingTable, type SamplingResult } from "./sections/sampling.js";
+import {
+  telemetrySection,
+  telemetryTable,
+  telemetryTargets,
+  type TelemetryResult,
+} from "./sections/telemetry.js";
 import { sessionsSection, type SessionsResult } from "./sections/sessions.js";
 
 /** No-op workflows drained in section 1 at scale 1. */
@@ -83,6 +89,8 @@ export interface BenchReport {
   partitioning?: PartitioningResult;
   /** `--only sampling --tracing 0`: drains with none and a tenth of runs sampled, in one process. */
   sampling?: SamplingResult;
+  /** `--only telemetry`: sections 1 and 2 off and with metrics and 10% tracing, a process per phase. */
+  telemetry?: TelemetryResult;
   /** `--tracing`: the share of runs sampled and what the sink received. */
   tracing?: { sampleRatio: number } & SinkStats;
   targets?: Target[];
@@ -264,6 +272,13 @@ export async function runBench(argv: readonly string[], io: BenchIo): Promise<Be
         report.sampling = await samplingSection(ctx);
       });
       if (report.sampling !== undefined) print(samplingTable(report.sampling));
+    }
+
+    if (want("telemetry") && options.systems.includes("nexusflow")) {
+      await section("telemetry", async () => {
+        report.telemetry = await telemetrySection(ctx);
+      });
+      if (report.telemetry !== undefined) print(telemetryTable(report.telemetry));
     }
 
     report.targets = targets(report);
@@ -683,6 +698,7 @@ export function targets(r: BenchReport): Target[] {
   if (r.recovery !== undefined) out.push(...recoveryTargets(r.recovery));
   if (r.failover !== undefined) out.push(...failoverTargets(r.failover));
   if (r.partitioning !== undefined) out.push(...partitioningTargets(r.partitioning));
+  if (r.telemetry !== undefined) out.push(...telemetryTargets(r.telemetry));
   if (r.composition !== undefined) out.push(...compositionTargets(r.composition));
   if (r.flow !== undefined) out.push(...flowTargets(r.flow));
   return out;

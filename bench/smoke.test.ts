@@ -279,6 +279,45 @@ describe("bench smoke run", () => {
     },
   );
   it(
+    "runs the telemetry section: sections 1 and 2 off and with metrics and 10% tracing, a bench process per phase",
+    { timeout: 150_000 },
+    async () => {
+      await inTempDir(async (out) => {
+        const printed: string[] = [];
+        const report: BenchReport = await runBench(
+          ["--only", "telemetry", "--scale", "0.005", "--systems", "nexusflow", "--out", out],
+          { print: (s) => printed.push(s), note: () => undefined },
+        );
+        assert.deepEqual(report.errors, []);
+        const r = report.telemetry;
+        // A smoke run's scale makes one pair.
+        assert.deepEqual(
+          r?.phases.map((p) => [p.round, p.mode]),
+          [
+            [1, "off"],
+            [1, "on"],
+          ],
+        );
+        for (const p of r?.phases ?? []) {
+          assert.ok(p.drainTasksPerSecond > 0 && p.p50 > 0 && p.p99 >= p.p50, p.mode);
+          assert.ok(p.drainCpuMsPerTask !== undefined && p.drainCpuMsPerTask.benchProcess > 0, p.mode);
+        }
+        // The "on" phase traced: its export threads worked; the "off" one has none.
+        if (existsSync("/proc/self/task")) {
+          const [off, on] = r?.phases ?? [];
+          assert.equal(off?.drainThreadsUsPerTask?.["otlp-scheduler"], undefined);
+          assert.ok(on?.drainThreadsUsPerTask?.["main (scheduler)"] !== undefined);
+        }
+        for (const v of Object.values(r?.ratios ?? {})) assert.ok(Number.isFinite(v) && v > 0, String(v));
+        assert.ok(report.targets?.some((t) => t.target === "metrics and 10% tracing (#20)"));
+        assert.ok(printed.join("\n").includes("What metrics and 10% tracing cost"));
+        // The phases' own output directories are gone: only this run's report is left.
+        assert.deepEqual((await readdir(out)).filter((f) => f.endsWith(".json")).length, 1);
+      });
+    },
+  );
+
+  it(
     "runs the sampling section with tracing on: drains with none and a tenth sampled by the caller, alternating",
     { timeout: 150_000 },
     async () => {

@@ -15,15 +15,18 @@ export const SECTIONS = [
   "failover",
   "partitioning",
   "sampling",
+  "telemetry",
 ] as const;
 /** One section name. */
 export type Section = (typeof SECTIONS)[number];
 /**
  * The sections run without --only: recovery and failover (minutes of killed processes),
- * partitioning (cluster mode's cost, ten phases) and sampling (needs --tracing) only when named.
+ * partitioning (cluster mode's cost, ten phases), sampling (needs --tracing) and telemetry (ten
+ * bench processes) only when named.
  */
 export const DEFAULT_SECTIONS: readonly Section[] = SECTIONS.filter(
-  (s) => s !== "recovery" && s !== "failover" && s !== "partitioning" && s !== "sampling",
+  (s) =>
+    s !== "recovery" && s !== "failover" && s !== "partitioning" && s !== "sampling" && s !== "telemetry",
 );
 /** The systems compared in sections 1, 2 and 5 (and 3, those with a workflow model). */
 export const SYSTEMS = ["nexusflow", "pg-boss", "graphile-worker", "dbos"] as const;
@@ -76,6 +79,8 @@ export const USAGE = `usage: npm run bench -- [--only ${SECTIONS.join("|")}[,...
               partitioning: one scheduler without and with cluster mode, in process (only when named)
               sampling: drains with none and a tenth of runs sampled by their caller, in one
               process (with --tracing, e.g. --tracing 0; only when named)
+              telemetry: sections 1 and 2 without, then with --metrics --tracing 0.1, each in a
+              bench process of its own, five pairs compared by medians (only when named, ~8 min)
   --scale     multiply sizes and durations (e.g. 0.1 for a quick run)
   --systems   systems compared in throughput, latency and cost (dag: nexusflow, dbos)
   --rates     open-loop arrival rates in runs/s (default 100,500,1000 and half our drain rate)
