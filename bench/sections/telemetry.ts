@@ -39,6 +39,10 @@ export interface TelemetryPhase {
   drainCpuMsPerTask: { benchProcess: number; postgres: number } | undefined;
   /** The bench process's CPU us per drained task by thread (Linux: lib/cpu.ts). */
   drainThreadsUsPerTask: Record<string, number> | undefined;
+  /** The scheduler's heap going into the drain (what the enqueue left, garbage included), MiB. */
+  drainHeapAtStartMiB: number | undefined;
+  /** The scheduler thread's collections during the drain: scavenges and mark-compacts, and their ms. */
+  drainGc: { scavenges: number; scavengeMs: number; markCompacts: number; markCompactMs: number } | undefined;
   /** Schedule-to-start at {@link TELEMETRY_RATE}/s, ms. */
   p50: number;
   p99: number;
@@ -56,7 +60,11 @@ interface PhaseReport {
   errors: { section: string; message: string }[];
   throughput?: {
     system: string;
-    drain: { tasksPerSecond: number };
+    drain: {
+      tasksPerSecond: number;
+      heapAtStartMiB?: number;
+      mainThreadGc?: Record<"scavenges" | "markCompacts", { count: number; totalMs: number }>;
+    };
     cpu?: {
       drain?: {
         perTaskMs: { benchProcess: number; postgres: number };
@@ -123,6 +131,16 @@ function phaseOf(round: number, mode: TelemetryMode, report: PhaseReport): Telem
     drainTasksPerSecond: tp.drain.tasksPerSecond,
     drainCpuMsPerTask: tp.cpu?.drain?.perTaskMs,
     drainThreadsUsPerTask: tp.cpu?.drain?.threadsUsPerTask,
+    drainHeapAtStartMiB: tp.drain.heapAtStartMiB,
+    drainGc:
+      tp.drain.mainThreadGc === undefined
+        ? undefined
+        : {
+            scavenges: tp.drain.mainThreadGc.scavenges.count,
+            scavengeMs: Math.round(tp.drain.mainThreadGc.scavenges.totalMs),
+            markCompacts: tp.drain.mainThreadGc.markCompacts.count,
+            markCompactMs: Math.round(tp.drain.mainThreadGc.markCompacts.totalMs),
+          },
     p50: lat.scheduleToStart.p50,
     p99: lat.scheduleToStart.p99,
   };
@@ -192,6 +210,8 @@ export function telemetryTable(r: TelemetryResult): string {
         "drain tasks/s",
         "CPU ms/task (node+pg)",
         ...THREADS.map(([, short]) => `${short} us/task`),
+        "heap in MiB",
+        "GC ms (scav / m-c)",
         `${TELEMETRY_RATE}/s p50 ms`,
         "p99 ms",
       ],
@@ -203,6 +223,8 @@ export function telemetryTable(r: TelemetryResult): string {
           ? "-"
           : `${p.drainCpuMsPerTask.benchProcess} + ${p.drainCpuMsPerTask.postgres}`,
         ...THREADS.map(([name]) => p.drainThreadsUsPerTask?.[name] ?? "-"),
+        p.drainHeapAtStartMiB ?? "-",
+        p.drainGc === undefined ? "-" : `${p.drainGc.scavengeMs} / ${p.drainGc.markCompactMs}`,
         p.p50,
         p.p99,
       ]),
