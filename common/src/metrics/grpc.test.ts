@@ -33,6 +33,7 @@ const ECHO: grpc.ServiceDefinition = {
   Fail: method("Fail", false),
   Throw: method("Throw", false),
   Wait: method("Wait", false),
+  Explode: method("Explode", false),
   Count: method("Count", true),
   Break: method("Break", true),
   Hang: method("Hang", true),
@@ -58,10 +59,15 @@ class Echo {
     callback(new Error("no code"));
   }
 
-  /** Answers OK only once the client has cancelled. */
+  /** Answers, with an error of its own, only once the client has cancelled. */
   Wait(call: grpc.ServerUnaryCall<unknown, unknown>, callback: grpc.sendUnaryData<unknown>): void {
-    call.once("cancelled", () => callback(null, {}));
+    call.once("cancelled", () => callback({ code: grpc.status.ABORTED, details: "gave up" }));
     this.waiting?.();
+  }
+
+  /** Throws instead of answering: grpc-js answers UNKNOWN. */
+  Explode(): void {
+    throw new Error("exploded");
   }
 
   Count(call: grpc.ServerWritableStream<unknown, unknown>): void {
@@ -166,12 +172,14 @@ for (const variant of ["handlers", "interceptor"] as const) {
       assert.deepEqual(said.trailer?.get("x-by"), ["say"]);
       assert.equal((await unary("Fail").answer)?.code, grpc.status.NOT_FOUND);
       assert.equal((await unary("Throw").answer)?.code, grpc.status.UNKNOWN);
+      assert.equal((await unary("Explode").answer)?.code, grpc.status.UNKNOWN);
       assert.deepEqual(await codes("Say"), ["OK=1"]);
       assert.deepEqual(await codes("Fail"), ["NOT_FOUND=1"]);
       assert.deepEqual(await codes("Throw"), ["UNKNOWN=1"]);
+      assert.deepEqual(await codes("Explode"), ["UNKNOWN=1"]);
     });
 
-    it("measures a unary call the client cancelled as CANCELLED, once", async () => {
+    it("measures a unary call the client cancelled as CANCELLED, once, whatever its handler answered", async () => {
       const waiting = new Promise<void>((resolve) => (echo.waiting = resolve));
       const { call, answer } = unary("Wait");
       await waiting;

@@ -82,7 +82,11 @@ type UnaryLike = (
 ) => void;
 type StreamLike = (call: grpc.ServerWritableStream<unknown, unknown>) => void;
 
-/** `handler` of the method at `path`, measured: a unary or client-streaming one (with a callback). */
+/**
+ * `handler` of the method at `path`, measured: a unary or client-streaming one (with a callback).
+ * Its first answer counts (CANCELLED when the client was gone by then, whatever the handler said);
+ * a handler that throws counts as UNKNOWN, which grpc-js then sends.
+ */
 function meteredUnary(
   durations: GrpcCallDurations,
   path: string,
@@ -91,10 +95,23 @@ function meteredUnary(
 ): UnaryLike {
   return (call, callback) => {
     const started = performance.now();
-    handler.call(self, call, (error, value, trailer, flags) => {
-      durations.observe(path, error ? errorCode(error) : call.cancelled ? grpc.status.CANCELLED : 0, started);
-      callback(error, value, trailer, flags);
-    });
+    let answered = false;
+    try {
+      handler.call(self, call, (error, value, trailer, flags) => {
+        if (!answered) {
+          answered = true;
+          const code = call.cancelled ? grpc.status.CANCELLED : error ? errorCode(error) : grpc.status.OK;
+          durations.observe(path, code, started);
+        }
+        callback(error, value, trailer, flags);
+      });
+    } catch (e) {
+      if (!answered) {
+        answered = true;
+        durations.observe(path, grpc.status.UNKNOWN, started);
+      }
+      throw e;
+    }
   };
 }
 
@@ -127,9 +144,12 @@ function meteredStream(
  * interceptor: grpc-js runs a server with no interceptors without its interceptor machinery, which
  * cost ~1.4 KB and a few microseconds a call (bench/notes/27-session-thirty-one.md). A unary call
  * is measured from its handler's start to its answer (CANCELLED if the client had gone by then); a
- * stream to its finish, error or cancellation. A call that never reaches a handler of the
- * implementation (an unknown method, one the implementation lacks) is not measured: on a server whose interceptors may refuse calls, use
- * {@link grpcServerMetrics} first among them instead.
+ * stream to its finish, error or cancellation.
+ *
+ * What grpc-js ends by itself is not measured, where the interceptor measures it: a call that never
+ * reaches a handler (an unknown method, a request over the receive limit, a second unary message),
+ * and an answer it cannot serialize (sent as INTERNAL, counted with the handler's code). On a
+ * server whose interceptors may refuse calls, use {@link grpcServerMetrics} first among them.
  */
 export function meterServerHandlers(server: grpc.Server, registry: Registry): void {
   const durations = new GrpcCallDurations(registry, "server");

@@ -3,6 +3,7 @@ import { after, before, describe, it } from "node:test";
 import * as grpc from "@grpc/grpc-js";
 import { type SpanContext, SpanKind, SpanStatusCode, context, trace } from "@opentelemetry/api";
 import { AlwaysOnSampler, ParentBasedSampler } from "@opentelemetry/sdk-trace";
+import { waitFor } from "../testing.js";
 import { GrpcTracing } from "./grpc-instrumentation.js";
 import { traceparentOf } from "./index.js";
 import { type TestTracing, startTestTracing } from "./testing.js";
@@ -29,9 +30,11 @@ const ECHO: grpc.ServiceDefinition = {
   Fail: method("Fail", false),
   Ignored: method("Ignored", false),
   Count: method("Count", true),
+  Zero: method("Zero", false),
+  Hang: method("Hang", true),
 };
 
-/** What a handler saw: the `traceparent` of its active context, and of its call's 'cancelled' listener. */
+/** What a handler saw: the `traceparent` of its active context. */
 interface Seen {
   traceparent: string | undefined;
 }
@@ -86,6 +89,14 @@ describe("GrpcTracing: the gRPC instrumentation's server side", () => {
       Ignored: (_call: grpc.ServerUnaryCall<unknown, unknown>, callback: grpc.sendUnaryData<unknown>) => {
         active();
         callback(null, {});
+      },
+      // An "error" whose code is OK: grpc-js sends status OK.
+      Zero: (_call: grpc.ServerUnaryCall<unknown, unknown>, callback: grpc.sendUnaryData<unknown>) => {
+        callback({ code: grpc.status.OK, message: "not an error", name: "Fine" }, {});
+      },
+      // Never ends: the client cancels it.
+      Hang: (call: grpc.ServerWritableStream<unknown, unknown>) => {
+        call.write({ n: 1 });
       },
       Count: (call: grpc.ServerWritableStream<unknown, unknown>) => {
         active();
@@ -241,5 +252,30 @@ describe("GrpcTracing: the gRPC instrumentation's server side", () => {
     assert.equal(spans[0]?.attributes["rpc.grpc.status_code"], 0);
     assert.equal(spans[0]?.kind, SpanKind.SERVER);
     assert.equal(trace.getActiveSpan(), undefined);
+  });
+
+  it("does not mark a call answered with an OK-coded error as failed", async () => {
+    // grpc-js sends status OK (with no message, which the client then reports as a failure of its own).
+    await unary("Zero", sampledParent);
+    const [span] = spansNamed("grpc.test.v1.Echo/Zero");
+    assert.equal(span?.status.code, SpanStatusCode.UNSET);
+    assert.equal(span?.attributes["rpc.grpc.status_code"], 0);
+  });
+
+  it("ends a server stream's span CANCELLED when the client cancels it", async () => {
+    const call = client.makeServerStreamRequest(
+      "/test.v1.Echo/Hang",
+      json.serialize,
+      json.deserialize,
+      {},
+      metadata(sampledParent),
+    );
+    call.on("error", () => undefined);
+    await new Promise((resolve) => call.once("data", resolve));
+    call.cancel();
+    const span = await waitFor("the cancelled stream's span", () => spansNamed("grpc.test.v1.Echo/Hang")[0]);
+    assert.equal(span.status.code, SpanStatusCode.ERROR);
+    assert.equal(span.attributes["rpc.grpc.status_code"], grpc.status.CANCELLED);
+    assert.equal(spansNamed("grpc.test.v1.Echo/Hang").length, 1);
   });
 });

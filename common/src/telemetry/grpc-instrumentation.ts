@@ -18,11 +18,12 @@
  *   bound, so that its listeners run in the call's context;
  * - a recorded call is handled as the package handles it: the emitter bound, the status and the
  *   `rpc.grpc.status_code`, `grpc.error_name` and `grpc.error_message` attributes set when the
- *   call ends, the span ended then. A unary callback's trailer and flags are passed on (the
- *   package's drops them).
+ *   call ends, the span ended then. Unlike the package: a unary callback's trailer and flags are
+ *   passed on (the package drops them); an error without a code is UNKNOWN (2), as grpc-js sends
+ *   it; a stream the client cancels ends its span, CANCELLED (the package's stays open).
  *
- * When request or response metadata is captured as attributes (`metadataToSpanAttributes.server`),
- * the package's own server patch stays, which captures them.
+ * When request or response metadata is captured as attributes (`metadataToSpanAttributes.server`,
+ * as configured when grpc-js is loaded), the package's own server patch stays, which captures them.
  */
 import { errorMonitor } from "node:events";
 import type * as grpc from "@grpc/grpc-js";
@@ -90,8 +91,9 @@ function errorCode(error: { code?: unknown }): number {
 
 /** Sets the span's status and status-code attributes for a call that ended with `error` (or OK). */
 function endCallSpan(span: Span, error: (Error & { code?: unknown }) | null | undefined): void {
-  if (error) {
-    const code = errorCode(error);
+  // An error whose code is 0 (OK) is sent as OK by grpc-js: the span is not an error then.
+  const code = error ? errorCode(error) : 0;
+  if (error && code !== 0) {
     span.setStatus({ code: SpanStatusCode.ERROR, message: error.message });
     span.setAttributes({
       "rpc.grpc.status_code": code,
@@ -137,6 +139,13 @@ function tracedStream(
     if (ended) return;
     ended = true;
     endCallSpan(span, error);
+  });
+  // A stream the client cancels neither finishes nor errs: its span ends here, CANCELLED (after
+  // a status was sent grpc-js says 'cancelled' too, once the span has ended).
+  call.once("cancelled", () => {
+    if (ended) return;
+    ended = true;
+    endCallSpan(span, Object.assign(new Error("cancelled by the client"), { code: 1 }));
   });
   return func.call(self, call);
 }
@@ -198,7 +207,9 @@ export class GrpcTracing extends GrpcInstrumentation {
     const path = name.startsWith("/") ? name.slice(1) : name;
     const slash = path.indexOf("/");
     const method = slash < 0 ? path : path.slice(slash + 1);
-    if (ignored(method || name, this.getConfig().ignoreGrpcMethods)) return undefined;
+    // Matched by the path's last part, as the package matches them.
+    if (ignored(name.slice(name.lastIndexOf("/") + 1) || name, this.getConfig().ignoreGrpcMethods))
+      return undefined;
     const spanName = `grpc.${name.replace("/", "")}`;
     const attributes: Attributes = {
       "rpc.system": "grpc",
@@ -222,7 +233,10 @@ export class GrpcTracing extends GrpcInstrumentation {
         // attributes before it asks the sampler (~5 us a call, bench/notes/27-session-thirty-one.md).
         if (span.isRecording()) span.setAttributes(attributes);
         else {
-          // Arguments passed through `with` rather than captured: no closure per call.
+          // Arguments passed through `with` rather than captured: no closure per call. A unary
+          // call's emitter is not bound (six wrapped methods a call): its handler and what it
+          // awaits run in the call's context, a listener it adds to the call (its 'cancelled')
+          // in the context the event comes in. A stream's listeners are how it works: bound.
           if (type !== "unary") context.bind(active, call);
           return streams
             ? context.with(active, func, this, call)
