@@ -3,30 +3,12 @@ import { once } from "node:events";
 import { after, before, describe, it } from "node:test";
 import * as grpc from "@grpc/grpc-js";
 import { Registry } from "prom-client";
+import { json, jsonMethod, serveOnLoopback, type Serving } from "../grpc-test-support.js";
 import { waitFor } from "../testing.js";
 import { grpcServerMetrics, meterServerHandlers } from "./grpc.js";
 
-const json = {
-  serialize: (value: unknown): Buffer => Buffer.from(JSON.stringify(value)),
-  deserialize: (bytes: Buffer): unknown => JSON.parse(bytes.toString()) as unknown,
-};
-
-function method(
-  name: string,
-  responseStream: boolean,
-  originalName?: string,
-): grpc.MethodDefinition<unknown, unknown> {
-  return {
-    path: `/test.v1.Echo/${name}`,
-    requestStream: false,
-    responseStream,
-    requestSerialize: json.serialize,
-    requestDeserialize: json.deserialize,
-    responseSerialize: json.serialize,
-    responseDeserialize: json.deserialize,
-    ...(originalName === undefined ? {} : { originalName }),
-  };
-}
+const method = (name: string, responseStream: boolean, originalName?: string) =>
+  jsonMethod("test.v1.Echo", name, responseStream, originalName);
 
 const ECHO: grpc.ServiceDefinition = {
   Say: method("Say", false, "say"),
@@ -92,6 +74,7 @@ for (const variant of ["handlers", "interceptor"] as const) {
     const echo = new Echo();
     let server: grpc.Server;
     let client: grpc.Client;
+    let serving: Serving;
 
     before(async () => {
       server = new grpc.Server(
@@ -99,18 +82,11 @@ for (const variant of ["handlers", "interceptor"] as const) {
       );
       if (variant === "handlers") meterServerHandlers(server, registry);
       server.addService(ECHO, echo as unknown as grpc.UntypedServiceImplementation);
-      const port = await new Promise<number>((resolve, reject) =>
-        server.bindAsync("127.0.0.1:0", grpc.ServerCredentials.createInsecure(), (e, p) =>
-          e ? reject(e) : resolve(p),
-        ),
-      );
-      client = new grpc.Client(`127.0.0.1:${port}`, grpc.credentials.createInsecure());
+      serving = await serveOnLoopback(server);
+      client = serving.client;
     });
 
-    after(async () => {
-      client.close();
-      await new Promise<void>((resolve) => server.tryShutdown(() => resolve()));
-    });
+    after(() => serving.close());
 
     async function count(name: string, code: string): Promise<number> {
       const metric = await registry.getSingleMetric("nexusflow_grpc_server_duration_seconds")?.get();

@@ -3,27 +3,13 @@ import { after, before, describe, it } from "node:test";
 import * as grpc from "@grpc/grpc-js";
 import { type SpanContext, SpanKind, SpanStatusCode, context, trace } from "@opentelemetry/api";
 import { AlwaysOnSampler, ParentBasedSampler } from "@opentelemetry/sdk-trace";
+import { json, jsonMethod, serveOnLoopback, type Serving } from "../grpc-test-support.js";
 import { waitFor } from "../testing.js";
 import { GrpcTracing } from "./grpc-instrumentation.js";
 import { traceparentOf } from "./index.js";
 import { type TestTracing, startTestTracing } from "./testing.js";
 
-const json = {
-  serialize: (value: unknown): Buffer => Buffer.from(JSON.stringify(value)),
-  deserialize: (bytes: Buffer): unknown => JSON.parse(bytes.toString()) as unknown,
-};
-
-function method(name: string, responseStream: boolean): grpc.MethodDefinition<unknown, unknown> {
-  return {
-    path: `/test.v1.Echo/${name}`,
-    requestStream: false,
-    responseStream,
-    requestSerialize: json.serialize,
-    requestDeserialize: json.deserialize,
-    responseSerialize: json.serialize,
-    responseDeserialize: json.deserialize,
-  };
-}
+const method = (name: string, responseStream: boolean) => jsonMethod("test.v1.Echo", name, responseStream);
 
 const ECHO: grpc.ServiceDefinition = {
   Say: method("Say", false),
@@ -49,6 +35,7 @@ describe("GrpcTracing: the gRPC instrumentation's server side", () => {
   let instrumentation: GrpcTracing;
   let server: grpc.Server;
   let client: grpc.Client;
+  let serving: Serving;
   /** The module object the instrumentation patches (the server is real; the client side is not patched here). */
   const exportsObject = {
     Server: grpc.Server,
@@ -105,17 +92,12 @@ describe("GrpcTracing: the gRPC instrumentation's server side", () => {
         call.end();
       },
     });
-    const port = await new Promise<number>((resolve, reject) =>
-      server.bindAsync("127.0.0.1:0", grpc.ServerCredentials.createInsecure(), (e, p) =>
-        e ? reject(e) : resolve(p),
-      ),
-    );
-    client = new grpc.Client(`127.0.0.1:${port}`, grpc.credentials.createInsecure());
+    serving = await serveOnLoopback(server);
+    client = serving.client;
   });
 
   after(async () => {
-    client.close();
-    await new Promise<void>((resolve) => server.tryShutdown(() => resolve()));
+    await serving.close();
     for (const definition of instrumentation.getModuleDefinitions()) definition.unpatch?.(exportsObject);
     await tracing.stop();
   });
