@@ -77,7 +77,7 @@ function ignored(method: string, patterns: GrpcInstrumentationConfig["ignoreGrpc
         ? pattern.toLowerCase() === method.toLowerCase()
         : pattern instanceof RegExp
           ? pattern.test(method)
-          : pattern(method)
+          : typeof pattern === "function" && pattern(method)
     )
       return true;
   }
@@ -115,8 +115,12 @@ function tracedUnary(
   callback: (...args: unknown[]) => void,
 ): unknown {
   context.bind(context.active(), call);
+  let ended = false;
   return func.call(self, call, (error: (Error & { code?: unknown }) | null, ...rest: unknown[]) => {
-    endCallSpan(span, error);
+    if (!ended) {
+      ended = true;
+      endCallSpan(span, error);
+    }
     callback(error, ...rest);
   });
 }
