@@ -6,7 +6,6 @@ import * as grpc from "@grpc/grpc-js";
 import {
   ApiError,
   Code,
-  portInUse,
   serviceDefinition,
   type Logger,
   type MetricsConfig,
@@ -14,13 +13,7 @@ import {
   type TokenVerifier,
 } from "@nexusflow/common";
 import { type ArtifactStore, FilesystemArtifactStore, resolveOutputRef } from "@nexusflow/common/artifacts";
-import {
-  type OpsEndpoints,
-  type Registry,
-  grpcServerMetrics,
-  meterServerHandlers,
-  startOpsEndpoints,
-} from "@nexusflow/common/metrics";
+import { type OpsEndpoints, type Registry, startOpsEndpoints } from "@nexusflow/common/metrics";
 import {
   ArtifactService,
   ClusterService,
@@ -33,7 +26,7 @@ import {
 } from "@nexusflow/gen";
 import { Health } from "@nexusflow/gen/grpc/health/v1/health_pb";
 import { PgTaskIndex, artifactService } from "./api/artifact-service.js";
-import { authInterceptor } from "./api/auth.js";
+import { bindGrpcServer, createGrpcServer } from "./api/grpc-server.js";
 import { clusterService } from "./api/cluster-service.js";
 import { eventService } from "./api/event-service.js";
 import { replicaService, sharedView } from "./api/replica-service.js";
@@ -84,6 +77,7 @@ import {
   type SchedulerLockedError,
 } from "./persistence/scheduler-lock.js";
 
+export { PortInUseError } from "./api/grpc-server.js";
 export { SchedulerLockedError, isSchedulerLockedError } from "./persistence/scheduler-lock.js";
 export { SchemaNotCurrentError, isSchemaNotCurrentError } from "./persistence/schema.js";
 
@@ -221,11 +215,6 @@ export interface SchedulerOptions {
 
 /** Scheduler lifecycle. */
 export type SchedulerState = "IDLE" | "STARTING" | "RUNNING" | "STOPPING" | "STOPPED";
-
-/** Raised when the port is taken; the message names it. */
-export class PortInUseError extends Error {
-  override name = "PortInUseError";
-}
 
 /** The scheduler service. */
 export class Scheduler {
@@ -537,19 +526,7 @@ export class Scheduler {
         source.start();
         if (registry !== undefined) registerEventSourceMetrics(registry, source);
       }
-      const auth = this.options.auth;
-      const server = new grpc.Server({
-        "grpc.keepalive_permit_without_calls": 1,
-        "grpc.max_receive_message_length": 16 * 1024 * 1024, // over it: test/api-sizes/receive-limit.test.ts
-        // With authentication, metrics first: calls it refuses are measured too. Without, no
-        // interceptor at all (each costs grpc-js an intercepting call per call): the handlers are
-        // measured (meterServerHandlers, before any service is added).
-        interceptors:
-          auth === undefined
-            ? []
-            : [...(registry === undefined ? [] : [grpcServerMetrics(registry)]), authInterceptor(auth, log)],
-      });
-      if (auth === undefined && registry !== undefined) meterServerHandlers(server, registry);
+      const server = createGrpcServer({ auth: this.options.auth, registry, log });
       // A replica of a cluster forwards calls for runs another replica holds (cluster/replica-router.ts).
       if (this.options.cluster === true) {
         this.router = new ReplicaRouter({ pool: this.db.pool, leases, log });
@@ -615,32 +592,7 @@ export class Scheduler {
         pool: this.db.pool,
       });
       const host = this.options.host ?? "127.0.0.1";
-      const port = await new Promise<number>((resolve, reject) => {
-        server.bindAsync(
-          `${host}:${this.options.port ?? 0}`,
-          grpc.ServerCredentials.createInsecure(),
-          (e, p) => {
-            if (e === null) {
-              resolve(p);
-              return;
-            }
-            // grpc-js keeps only the text of the system error; the port itself says whether it is taken.
-            const port = this.options.port ?? 0;
-            portInUse(host, port).then(
-              (taken) =>
-                reject(
-                  taken
-                    ? new PortInUseError(
-                        `port ${port} on ${host} is already in use (set SCHEDULER_PORT to another port)`,
-                        { cause: e },
-                      )
-                    : e,
-                ),
-              () => reject(e),
-            );
-          },
-        );
-      });
+      const port = await bindGrpcServer(server, host, this.options.port ?? 0);
       this.server = server;
       this.ops = await startOpsEndpoints({
         metrics: this.options.metricsEndpoint,
