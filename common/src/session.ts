@@ -4,6 +4,7 @@
  */
 import { WireType } from "@bufbuild/protobuf/wire";
 import type { SessionRequest } from "@nexusflow/gen";
+import { varintSize, writeVarint } from "./varint.js";
 
 /**
  * The session protocol version this code speaks (see ExecutorService in executor_service.proto):
@@ -178,22 +179,7 @@ function tagSize(field: number): number {
   return varintSize(((field << 3) | WireType.LengthDelimited) >>> 0);
 }
 
-/** Bytes of an unsigned 32-bit varint. */
-function varintSize(n: number): number {
-  return n < 0x80 ? 1 : n < 0x4000 ? 2 : n < 0x200000 ? 3 : n < 0x10000000 ? 4 : 5;
-}
-
 /** Writes a length-delimited field's tag at `pos`; returns the position after it. */
 function writeTag(out: Uint8Array, pos: number, field: number): number {
   return writeVarint(out, pos, ((field << 3) | WireType.LengthDelimited) >>> 0);
-}
-
-/** Writes an unsigned 32-bit varint at `pos`; returns the position after it. */
-function writeVarint(out: Uint8Array, pos: number, n: number): number {
-  while (n >= 0x80) {
-    out[pos++] = (n & 0x7f) | 0x80;
-    n >>>= 7;
-  }
-  out[pos++] = n;
-  return pos;
 }

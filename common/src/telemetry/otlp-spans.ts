@@ -13,6 +13,7 @@
  */
 import type { Attributes, HrTime, Link, SpanContext, SpanStatus } from "@opentelemetry/api";
 import type { ReadableSpan, TimedEvent } from "@opentelemetry/sdk-trace";
+import { varintSize } from "../varint.js";
 
 /** OTLP `SpanFlags`: whether the parent's remoteness is known, and whether it is remote. */
 const SPAN_FLAGS_CONTEXT_HAS_IS_REMOTE = 0x100;
@@ -28,11 +29,6 @@ const MAX_INT64 = 2 ** 63;
 const ARENA_KEEP_BYTES = 4 * 1024 * 1024;
 
 const utf8 = new TextEncoder();
-
-/** Bytes a varint of the unsigned 32-bit `v` takes. */
-function varintSize(v: number): number {
-  return v < 0x80 ? 1 : v < 0x4000 ? 2 : v < 0x200000 ? 3 : v < 0x10000000 ? 4 : 5;
-}
 
 /** The value of one hex digit, as the SDK's serializer reads it. */
 function hexValue(c: number): number {

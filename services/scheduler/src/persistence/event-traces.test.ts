@@ -23,6 +23,19 @@ describe("an outbox row's trace contexts (event_traces)", () => {
     assert.equal(read[4], read[10]);
   });
 
+  it("writes a traceparent of the right length but not lower-case version 00 as JSON, as it is", () => {
+    const upper = { traceparent: A.traceparent.toUpperCase() };
+    const badDash = { traceparent: `${A.traceparent.slice(0, 35)}_${A.traceparent.slice(36)}` };
+    const notHex = { traceparent: `${A.traceparent.slice(0, 10)}g${A.traceparent.slice(11)}` };
+    const contexts = [upper, A, badDash, notHex, upper];
+    for (const c of [upper, badDash, notHex]) assert.equal(c.traceparent.length, 55);
+    const bytes = encodeEventTraces(contexts)!;
+    const json = [upper, badDash, notHex].map((c) => Buffer.byteLength(JSON.stringify(c)));
+    // The version, A as 26 bytes, three JSON ones with their lengths, one reference.
+    assert.equal(bytes.byteLength, 1 + 26 + json.reduce((a, n) => a + 2 + n, 0) + 2);
+    assert.deepEqual(decodeEventTraces(bytes, contexts.length), contexts);
+  });
+
   it("is null when no event has a context", () => {
     assert.equal(encodeEventTraces([]), null);
     assert.equal(encodeEventTraces([null, null]), null);

@@ -22,6 +22,7 @@
  */
 
 import { BinaryReader } from "@bufbuild/protobuf/wire";
+import { varintSize, writeVarint } from "@nexusflow/common";
 
 const VERSION = 1;
 const NONE = 0x00;
@@ -42,12 +43,11 @@ function hexValue(c: number): number {
 }
 
 /**
- * Writes the trace id, span id and flags of `traceparent` at `at` of `out` (25 bytes) when it is a
- * lower-case version-00 one (`00-<32 hex>-<16 hex>-<2 hex>`, what the SDK's propagator writes);
- * false, with the bytes written so far meaningless, when it is not. Read from its character codes
- * as it is checked: a context per run of every commit, so no string or array is made for it.
+ * Whether `traceparent` is a lower-case version-00 one (`00-<32 hex>-<16 hex>-<2 hex>`, what the
+ * SDK's propagator writes), which {@link writeTraceparent} writes as 25 bytes. Checked from its
+ * character codes: a context per run of every commit, so no regex runs and no string is made.
  */
-function writeTraceparent(traceparent: string, out: Uint8Array, at: number): boolean {
+function isVersion00(traceparent: string): boolean {
   if (
     traceparent.length !== 55 ||
     traceparent.charCodeAt(0) !== 48 ||
@@ -57,14 +57,17 @@ function writeTraceparent(traceparent: string, out: Uint8Array, at: number): boo
     traceparent.charCodeAt(52) !== 45
   )
     return false;
+  for (let i = 3; i < 55; i++)
+    if (i !== 35 && i !== 52 && hexValue(traceparent.charCodeAt(i)) < 0) return false;
+  return true;
+}
+
+/** Writes the trace id, span id and flags of a checked `traceparent` ({@link isVersion00}) at `at`. */
+function writeTraceparent(traceparent: string, out: Uint8Array, at: number): void {
   for (let i = 3; i < 55; i += 2) {
     if (i === 35 || i === 52) i++; // the dashes
-    const high = hexValue(traceparent.charCodeAt(i));
-    const low = hexValue(traceparent.charCodeAt(i + 1));
-    if (high < 0 || low < 0) return false;
-    out[at++] = (high << 4) | low;
+    out[at++] = (hexValue(traceparent.charCodeAt(i)) << 4) | hexValue(traceparent.charCodeAt(i + 1));
   }
-  return true;
 }
 
 /** The `traceparent` of a context that holds it and nothing else, else undefined. */
@@ -77,21 +80,6 @@ function onlyTraceparent(context: Readonly<Record<string, string>>): string | un
   return traceparent;
 }
 
-/** Bytes of a protobuf varint of `n` (an unsigned 32-bit integer). */
-function varintSize(n: number): number {
-  return n < 0x80 ? 1 : n < 0x4000 ? 2 : n < 0x200000 ? 3 : n < 0x10000000 ? 4 : 5;
-}
-
-/** Writes `n` (an unsigned 32-bit integer) as a protobuf varint at `at`; the position after it. */
-function writeVarint(out: Uint8Array, at: number, n: number): number {
-  while (n >= 0x80) {
-    out[at++] = (n & 0x7f) | 0x80;
-    n >>>= 7;
-  }
-  out[at++] = n;
-  return at;
-}
-
 /**
  * The `event_traces` bytes of events with these contexts (one per event, in order; the same object
  * twice is written once); null when none has one. Written into one array of the size worked out
@@ -100,8 +88,10 @@ function writeVarint(out: Uint8Array, at: number, n: number): number {
 export function encodeEventTraces(
   contexts: readonly (Readonly<Record<string, string>> | null)[],
 ): Uint8Array | null {
-  /** Each distinct context by its index among them, its JSON bytes for one that is not a lone `traceparent`. */
+  if (contexts.every((c) => c === null)) return null;
+  /** Each distinct context by its index among them. */
   const seen = new Map<object, number>();
+  /** The JSON bytes of each distinct context that is not a lone version-00 `traceparent`. */
   const json = new Map<object, Uint8Array>();
   let size = 1;
   for (const c of contexts) {
@@ -116,17 +106,14 @@ export function encodeEventTraces(
     }
     seen.set(c, seen.size);
     const traceparent = onlyTraceparent(c);
-    if (traceparent !== undefined && traceparent.length === 55) size += 1 + TRACEPARENT_BYTES;
+    if (traceparent !== undefined && isVersion00(traceparent)) size += 1 + TRACEPARENT_BYTES;
     else {
       const bytes = utf8.encode(JSON.stringify(c));
       json.set(c, bytes);
       size += 1 + varintSize(bytes.length) + bytes.length;
     }
   }
-  if (seen.size === 0) return null;
-  // Sized for every `traceparent` of 55 characters written as 26 bytes; one of another shape is
-  // written as JSON below, in a second, larger array.
-  let out = new Uint8Array(size);
+  const out = new Uint8Array(size);
   let at = writeVarint(out, 0, VERSION);
   seen.clear();
   for (const c of contexts) {
@@ -141,25 +128,19 @@ export function encodeEventTraces(
       continue;
     }
     seen.set(c, seen.size);
-    let bytes = json.get(c);
+    const bytes = json.get(c);
     if (bytes === undefined) {
-      out[at] = TRACEPARENT;
-      if (writeTraceparent(c.traceparent!, out, at + 1)) {
-        at += 1 + TRACEPARENT_BYTES;
-        continue;
-      }
-      // Not a version-00 lower-case one: the context goes as JSON, which may not fit.
-      bytes = utf8.encode(JSON.stringify(c));
-      const grown = new Uint8Array(out.length + varintSize(bytes.length) + bytes.length);
-      grown.set(out.subarray(0, at));
-      out = grown;
+      out[at++] = TRACEPARENT;
+      writeTraceparent(c.traceparent!, out, at);
+      at += TRACEPARENT_BYTES;
+    } else {
+      out[at++] = JSON_CONTEXT;
+      at = writeVarint(out, at, bytes.length);
+      out.set(bytes, at);
+      at += bytes.length;
     }
-    out[at++] = JSON_CONTEXT;
-    at = writeVarint(out, at, bytes.length);
-    out.set(bytes, at);
-    at += bytes.length;
   }
-  return at === out.length ? out : out.subarray(0, at);
+  return out;
 }
 
 /** A context read from JSON: an object of strings, else null. */
