@@ -16,6 +16,7 @@ import {
   decodeEventMessage,
   eventMessage,
   rowTraceContexts,
+  type OutboxTraceColumns,
   type DecodedEvent,
 } from "@nexusflow/scheduler/events";
 import pg from "pg";
@@ -46,17 +47,10 @@ export class OutboxTailError extends Error {
   override name = "OutboxTailError";
 }
 
-interface Row {
+interface Row extends OutboxTraceColumns {
   id: string;
   run_id: string;
   payload: Buffer;
-  /**
-   * One context for every event of the row, or one entry per event: a context, null, or the index
-   * of an earlier entry with the same context; rows written before `event_traces` (rowTraceContexts).
-   */
-  trace_context: Record<string, unknown> | (Record<string, unknown> | number | null)[] | null;
-  /** The events' trace contexts, binary (the scheduler's persistence/event-traces.ts). */
-  event_traces: Buffer | null;
   created_at: Date;
 }
 

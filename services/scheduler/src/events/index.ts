@@ -10,7 +10,7 @@ export {
 } from "./relay.js";
 export { KafkaPublisher, PublishError, type KafkaPublisherOptions } from "./kafka-publisher.js";
 export { OutboxStoreError } from "./outbox-store.js";
-export { rowTraceContexts } from "../persistence/outbox.js";
+export { rowTraceContexts, type OutboxTraceColumns } from "../persistence/outbox.js";
 export { createOutboxRelay, type EventsOptions } from "./setup.js";
 export {
   DiscardPublisher,

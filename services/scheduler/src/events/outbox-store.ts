@@ -10,7 +10,7 @@ import type pg from "pg";
 import { lifecycleEventId, withEventId } from "@nexusflow/common";
 import { LifecycleEventSchema } from "@nexusflow/gen";
 import { BinaryReader, WireType, getTextEncoding } from "@bufbuild/protobuf/wire";
-import { rowTraceContexts, splitEventBatch } from "../persistence/outbox.js";
+import { type OutboxTraceColumns, rowTraceContexts, splitEventBatch } from "../persistence/outbox.js";
 import type { OutboxRecord } from "./publisher.js";
 import { coordinatorFenceSql, type CoordinatorFence } from "../cluster/coordinator.js";
 
@@ -19,19 +19,12 @@ export class OutboxStoreError extends Error {
   override name = "OutboxStoreError";
 }
 
-interface OutboxRow {
+interface OutboxRow extends OutboxTraceColumns {
   id: string | number;
   run_id: string;
   first_sequence: string | number;
   event_count: number;
   payload: Buffer;
-  /**
-   * One context for every event of the row, or one entry per event: a context, null, or the index
-   * of an earlier entry with the same context (rows written before event_traces; rowTraceContexts).
-   */
-  trace_context: Record<string, unknown> | (Record<string, unknown> | number | null)[] | null;
-  /** The events' trace contexts (persistence/event-traces.ts); rows written before have trace_context. */
-  event_traces: Buffer | null;
   created_at: Date;
 }
 

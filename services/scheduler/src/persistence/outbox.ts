@@ -203,6 +203,17 @@ export function eventTraceContexts(
   return Array.from({ length: count }, () => all);
 }
 
+/** An `outbox_events` row's trace context columns, as `pg` reads them. */
+export interface OutboxTraceColumns {
+  /**
+   * One context for every event of the row, or one entry per event: a context, null, or the index
+   * of an earlier entry with the same context (rows written before `event_traces`).
+   */
+  trace_context: Record<string, unknown> | (Record<string, unknown> | number | null)[] | null;
+  /** The events' trace contexts, binary (./event-traces.ts); null in rows written before them. */
+  event_traces: Buffer | null;
+}
+
 /**
  * The trace context of each of an outbox row's `count` events: from its `event_traces` bytes, or,
  * in a row written before them, from its `trace_context` JSON ({@link eventTraceContexts}).
