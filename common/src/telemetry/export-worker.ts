@@ -116,7 +116,7 @@ function settled(): Promise<void> {
 port.on("message", (message: ToExportWorker) => {
   switch (message.kind) {
     case "spans":
-      waiting.push({ seq: message.seq, spans: { body: message.body, count: message.count } });
+      waiting.push({ seq: message.seq, spans: message });
       pump();
       return;
     case "flush":

@@ -253,7 +253,7 @@ describe("WorkerSpanProcessor", () => {
     const worker = new WorkerSpanProcessor({ url: `${base}/assemble`, warn: (m) => warnings.push(m) });
     const provider = new TracerProvider({ spanProcessors: [worker] });
     const tracer = provider.getTracer("t");
-    // The buffer fails once (as an allocation would), inside the span's end that fills a batch.
+    // The buffer's assembly of a batch fails once (as an allocation would), at the flush below.
     const buffer = (worker as unknown as { buffer: { take: (max: number) => unknown } }).buffer;
     const take = buffer.take.bind(buffer);
     buffer.take = () => {

@@ -60,6 +60,9 @@ type Resolved = Required<Omit<WorkerSpanProcessorOptions, "warn">> & {
   warn: WorkerSpanProcessorOptions["warn"] | undefined;
 };
 
+/** The export thread's name when none is given (`top -H`, /proc/<pid>/task/<tid>/comm). */
+const DEFAULT_THREAD_NAME = "otlp-export";
+
 function withDefaults(options: WorkerSpanProcessorOptions): Resolved {
   const maxQueueSize = options.maxQueueSize ?? 2048;
   return {
@@ -70,7 +73,7 @@ function withDefaults(options: WorkerSpanProcessorOptions): Resolved {
     maxExportBatchSize: Math.min(options.maxExportBatchSize ?? 512, maxQueueSize),
     exportTimeoutMs: options.exportTimeoutMs ?? 30_000,
     warn: options.warn,
-    threadName: options.threadName ?? "otlp-export",
+    threadName: options.threadName ?? DEFAULT_THREAD_NAME,
     startThread: options.startThread ?? startExportWorker,
   };
 }
@@ -351,7 +354,7 @@ export class WorkerSpanProcessor implements SpanProcessor {
  * TypeScript sources, the `.ts` through tsx's loader registered in the new thread. The thread gets
  * none of the service's Node flags (they would preload the service's own modules there).
  */
-export function startExportWorker(data: ExportWorkerData, name = "otlp-export"): Worker {
+export function startExportWorker(data: ExportWorkerData, name = DEFAULT_THREAD_NAME): Worker {
   const self = import.meta.url;
   if (!self.endsWith(".ts")) {
     return new Worker(new URL("./export-worker.js", self), { workerData: data, execArgv: [], name });
