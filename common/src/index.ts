@@ -12,6 +12,6 @@ export * from "./reflection.js";
 export * from "./json-value.js";
 export * from "./session.js";
 export * from "./value-wire.js";
-export * from "./varint.js";
+export * from "./wire/varint.js";
 export * from "./task-error-types.js";
 export * from "./text.js";

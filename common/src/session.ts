@@ -4,7 +4,7 @@
  */
 import { WireType } from "@bufbuild/protobuf/wire";
 import type { SessionRequest } from "@nexusflow/gen";
-import { varintSize, writeVarint } from "./varint.js";
+import { varintSize, writeVarint } from "./wire/varint.js";
 
 /**
  * The session protocol version this code speaks (see ExecutorService in executor_service.proto):

@@ -13,7 +13,7 @@
  */
 import type { Attributes, HrTime, Link, SpanContext, SpanStatus } from "@opentelemetry/api";
 import type { ReadableSpan, TimedEvent } from "@opentelemetry/sdk-trace";
-import { varintSize } from "../varint.js";
+import { varintSize } from "../wire/varint.js";
 
 /** OTLP `SpanFlags`: whether the parent's remoteness is known, and whether it is remote. */
 const SPAN_FLAGS_CONTEXT_HAS_IS_REMOTE = 0x100;
