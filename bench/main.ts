@@ -534,15 +534,17 @@ function failoverTable(r: FailoverResult): string {
     ]) +
     `\nThe cost of partitioning: ${r.scale[0]?.runs ?? 0} one-step no-op runs enqueued with StartRuns and drained by two executors (tasks/s; schedulers as processes)\n` +
     formatTable([
-      ["mode", "tasks/s", "scheduler CPU ms/task", "executor CPU ms/task", "commits/task"],
+      ["round", "mode", "tasks/s", "scheduler CPU ms/task", "executor CPU ms/task", "commits/task"],
       ...r.scale.map((d) => [
+        d.round,
         d.mode,
         d.tasksPerSecond,
         d.schedulerCpuMsPerTask,
         d.executorCpuMsPerTask,
         d.commitsPerTask,
       ]),
-    ])
+    ]) +
+    `\nmedians of the rounds' ratios: one replica over one scheduler ${r.scaleRatios.medianOneOverSole.toFixed(3)}, three replicas over one ${r.scaleRatios.medianThreeOverOne.toFixed(3)}\n`
   );
 }
 

@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { targets, type BenchReport } from "./main.js";
+import { scaleRatios, type FailoverResult, type ScaleDrain } from "./sections/failover.js";
 import type { LatencyResult } from "./sections/queue.js";
 
 const phase = (rate: number, p50: number, p99: number, system = "nexusflow"): LatencyResult =>
@@ -49,5 +50,53 @@ describe("targets", () => {
   it("reports a single phase as measured", () => {
     const [p50, p99] = targets({ latency: [phase(1000, 11.7, 52)] } as unknown as BenchReport);
     assert.deepEqual([p50?.measured, p50?.met, p99?.measured, p99?.met], ["11.7 ms", false, "52 ms", false]);
+  });
+
+  it("judges partitioning's cost by the median over rounds of each round's ratios, not by one lucky drain", () => {
+    const drain = (round: number, mode: ScaleDrain["mode"], tasksPerSecond: number): ScaleDrain => ({
+      round,
+      mode,
+      runs: 20_000,
+      tasksPerSecond,
+      schedulerCpuMsPerTask: 0.2,
+      executorCpuMsPerTask: 0.07,
+      commitsPerTask: 0.07,
+    });
+    // Round 2 has the best cluster-1 drain of all (a quiet minute); the rounds' ratios decide.
+    const scale = [
+      drain(1, "sole", 3000),
+      drain(1, "cluster-1", 2900),
+      drain(1, "cluster-3", 3000),
+      drain(2, "cluster-3", 3600),
+      drain(2, "cluster-1", 4000),
+      drain(2, "sole", 3900),
+      drain(3, "sole", 3500),
+      drain(3, "cluster-1", 3200),
+      drain(3, "cluster-3", 3100),
+      drain(4, "cluster-3", 2700),
+    ];
+    const ratios = scaleRatios(scale);
+    assert.deepEqual(ratios.oneOverSole, [0.967, 1.026, 0.914]);
+    assert.deepEqual(ratios.threeOverOne, [1.034, 0.9, 0.969]);
+    assert.equal(ratios.medianOneOverSole, 0.967);
+    assert.equal(ratios.medianThreeOverOne, 0.969);
+    const failover = {
+      firstLeaseMs: { p50: 800, max: 1200 },
+      takenMs: { p50: 1000, max: 1500 },
+      scale,
+      scaleRatios: ratios,
+    } as unknown as FailoverResult;
+    const byName = new Map(targets({ failover } as unknown as BenchReport).map((t) => [t.target, t]));
+    assert.equal(byName.get("cost of partitioning, one replica")?.met, true);
+    assert.equal(
+      byName.get("cost of partitioning, one replica")?.measured,
+      "0.967 (rounds: 0.967, 1.026, 0.914)",
+    );
+    assert.equal(
+      byName.get("three replicas on these cores")?.met,
+      false,
+      "best drains would say 3600 vs 4000",
+    );
+    assert.equal(byName.get("failover, SIGKILL of a partition owner")?.met, true);
   });
 });

@@ -18,7 +18,7 @@ import { loadSchedulerConfig } from "@nexusflow/common/config";
 import { WorkflowService } from "@nexusflow/gen";
 import pg from "pg";
 import { scaled } from "../lib/cli.js";
-import { roundSummary, summarize, type Summary } from "../lib/stats.js";
+import { median, roundSummary, summarize, type Summary } from "../lib/stats.js";
 import { pollUntil } from "../systems/types.js";
 import type { BenchContext } from "./context.js";
 import { EXECUTOR_MAIN, SCHEDULER_MAIN, ServiceProcess, each } from "./recovery.js";
@@ -42,6 +42,8 @@ export interface FailoverKill {
 
 /** One drain of the scale phase. */
 export interface ScaleDrain {
+  /** The round (from 1) the drain belongs to: one drain of each mode, adjacent. */
+  round: number;
   /** sole: one scheduler, not in cluster mode (the one-per-database lock); cluster-N: N replicas. */
   mode: "sole" | "cluster-1" | "cluster-3";
   runs: number;
@@ -72,6 +74,19 @@ export interface FailoverResult {
   takenMs: Summary;
   /** The cost of partitioning: the same drain with one scheduler, one replica and three (2 cores). */
   scale: ScaleDrain[];
+  /** Medians over the rounds of each round's ratios (see {@link scaleRatios}). */
+  scaleRatios: ScaleRatios;
+}
+
+/** The scale phase's ratios: each round's drains against each other, then the median over rounds. */
+export interface ScaleRatios {
+  /** One replica over one scheduler, per round (in round order), to 3 decimals. */
+  oneOverSole: number[];
+  /** Three replicas over one replica, per round. */
+  threeOverOne: number[];
+  /** Medians of the two lists (NaN when no round has both drains). */
+  medianOneOverSole: number;
+  medianThreeOverOne: number;
 }
 
 interface Replica {
@@ -94,6 +109,15 @@ async function startReplica(url: string, port: number, cluster = true): Promise<
 
 /** Runs of the scale phase's drains, at scale 1. */
 export const SCALE_RUNS = 20_000;
+/**
+ * Rounds of the scale phase at --scale 0.5 and above (two below). On these machines one drain moves
+ * 10-20% from the next with nothing changed and the drift lasts minutes: the modes of a round run
+ * back to back (the order reversed every other round) and the targets take the median over the
+ * rounds of each round's ratio, which one disturbed drain moves in its round only. The best drain of
+ * each of two rounds, used before, let one lucky drain decide (session 32's run: 89% one way, 108%
+ * the other).
+ */
+export const SCALE_ROUNDS = 4;
 
 /**
  * One drain of the scale phase: `mode`'s schedulers as processes on a fresh database, two
@@ -102,7 +126,12 @@ export const SCALE_RUNS = 20_000;
  * StartRuns (500 a call, the replicas in turn) while the executors drain them; the clock runs from
  * the first StartRuns to the last run SUCCEEDED (read from PostgreSQL).
  */
-async function scaleDrain(ctx: BenchContext, mode: ScaleDrain["mode"], runs: number): Promise<ScaleDrain> {
+async function scaleDrain(
+  ctx: BenchContext,
+  round: number,
+  mode: ScaleDrain["mode"],
+  runs: number,
+): Promise<ScaleDrain> {
   const db = await ctx.freshDatabase(`nf_scale_${mode.replace("-", "_")}`);
   const sql = new pg.Pool({ connectionString: db.url, max: 2 });
   const n = mode === "cluster-3" ? 3 : 1;
@@ -169,19 +198,31 @@ async function scaleDrain(ctx: BenchContext, mode: ScaleDrain["mode"], runs: num
           runs: Array.from({ length: size }, () => ({ workflowName: "bench-scale", input: jsonToValue({}) })),
         });
       });
+      // Polled through the partial index of active runs (it empties as the drain ends): a count of
+      // the SUCCEEDED rows every 20 ms scanned the whole table and its dead rows, PostgreSQL work
+      // taken from the drain it measures.
       await pollUntil(
-        `${total} runs SUCCEEDED`,
+        "no run active",
         async () =>
           Number(
             (
               await sql.query<{ n: number }>(
-                "SELECT count(*)::int AS n FROM workflow_runs WHERE status = 'SUCCEEDED'",
+                "SELECT count(*)::int AS n FROM workflow_runs WHERE status IN ('PENDING', 'RUNNING', 'COMPENSATING')",
               )
             ).rows[0]?.n,
-          ) >= total,
+          ) === 0,
         300_000,
         20,
       );
+      const succeeded = Number(
+        (
+          await sql.query<{ n: number }>(
+            "SELECT count(*)::int AS n FROM workflow_runs WHERE status = 'SUCCEEDED'",
+          )
+        ).rows[0]?.n,
+      );
+      if (succeeded < total)
+        throw new Error(`${succeeded} of ${total} runs SUCCEEDED; the others ended otherwise`);
     };
     // A warm-up drain in the same processes, not counted: each process pays for its JIT and caches
     // once, and three replicas pay it three times (the other sections warm up alike). Each scheduler
@@ -198,6 +239,7 @@ async function scaleDrain(ctx: BenchContext, mode: ScaleDrain["mode"], runs: num
     const seconds = (performance.now() - t0) / 1000;
     const round3 = (x: number): number => Math.round(x * 1000) / 1000;
     return {
+      round,
       mode,
       runs,
       tasksPerSecond: Math.round(runs / seconds),
@@ -366,29 +408,47 @@ export async function failoverSection(ctx: BenchContext): Promise<FailoverResult
     await Promise.all([...replicas.map((r) => r.process.kill()), ...executors.map((e) => e.kill())]);
     await sql.end();
   }
-  // The cost of partitioning, alternating so that machine noise falls on every mode alike.
+  // The cost of partitioning: rounds of one drain of each mode, back to back, the order reversed
+  // every other round, so that a drift of the machine falls on every mode alike.
   const scale: ScaleDrain[] = [];
   const runs = scaled(SCALE_RUNS, ctx.options.scale, 1000);
-  for (let round = 0; round < 2; round++)
-    for (const mode of ["sole", "cluster-1", "cluster-3"] as const) {
-      ctx.note(`  scale: ${mode}, round ${round + 1} of 2`);
-      scale.push(await scaleDrain(ctx, mode, runs));
+  const rounds = ctx.options.scale < 0.5 ? 2 : SCALE_ROUNDS;
+  const modes = ["sole", "cluster-1", "cluster-3"] as const;
+  for (let round = 1; round <= rounds; round++)
+    for (const mode of round % 2 === 1 ? modes : [...modes].reverse()) {
+      ctx.note(`  scale: ${mode}, round ${round} of ${rounds}`);
+      scale.push(await scaleDrain(ctx, round, mode, runs));
     }
   return {
     replicas: REPLICAS,
     partitionLeaseMs: defaults.partitionLeaseMs,
     scale,
+    scaleRatios: scaleRatios(scale),
     kills: results,
     firstLeaseMs: roundSummary(summarize(results.map((r) => r.firstLeaseMs))),
     takenMs: roundSummary(summarize(results.map((r) => r.takenMs))),
   };
 }
 
-/** The best drain of each mode (the rounds alternate; the best is the least disturbed). */
-export function bestDrains(r: FailoverResult): Map<ScaleDrain["mode"], number> {
-  const best = new Map<ScaleDrain["mode"], number>();
-  for (const d of r.scale) best.set(d.mode, Math.max(best.get(d.mode) ?? 0, d.tasksPerSecond));
-  return best;
+/** Each round's ratios (one replica over one scheduler, three replicas over one) and their medians. */
+export function scaleRatios(drains: readonly ScaleDrain[]): ScaleRatios {
+  const rounds = [...new Set(drains.map((d) => d.round))].sort((a, b) => a - b);
+  const rate = (round: number, mode: ScaleDrain["mode"]): number | undefined =>
+    drains.find((d) => d.round === round && d.mode === mode)?.tasksPerSecond;
+  const ratios = (num: ScaleDrain["mode"], den: ScaleDrain["mode"]): number[] =>
+    rounds.flatMap((round) => {
+      const n = rate(round, num);
+      const d = rate(round, den);
+      return n === undefined || d === undefined || d <= 0 ? [] : [Math.round((n / d) * 1000) / 1000];
+    });
+  const oneOverSole = ratios("cluster-1", "sole");
+  const threeOverOne = ratios("cluster-3", "cluster-1");
+  return {
+    oneOverSole,
+    threeOverOne,
+    medianOneOverSole: median(oneOverSole),
+    medianThreeOverOne: median(threeOverOne),
+  };
 }
 
 /** Issue #22's failover targets against what this run measured. */
@@ -403,23 +463,21 @@ export function failoverTargets(
       met: r.firstLeaseMs.p50 <= 2000 && r.firstLeaseMs.max <= 5000,
     },
   ];
-  const best = bestDrains(r);
-  const sole = best.get("sole");
-  const one = best.get("cluster-1");
-  const three = best.get("cluster-3");
-  if (sole !== undefined && one !== undefined)
+  const ratios = r.scaleRatios;
+  const listed = (xs: number[]): string => xs.map((x) => x.toFixed(3)).join(", ");
+  if (ratios.oneOverSole.length > 0)
     out.push({
       target: "cost of partitioning, one replica",
-      goal: "drain within 5% of one scheduler without cluster mode",
-      measured: `${one} vs ${sole} tasks/s (${((one / sole) * 100).toFixed(1)}%)`,
-      met: one >= 0.95 * sole,
+      goal: "drain within 5% of one scheduler without cluster mode (median of the rounds' ratios)",
+      measured: `${ratios.medianOneOverSole.toFixed(3)} (rounds: ${listed(ratios.oneOverSole)})`,
+      met: ratios.medianOneOverSole >= 0.95,
     });
-  if (one !== undefined && three !== undefined)
+  if (ratios.threeOverOne.length > 0)
     out.push({
       target: "three replicas on these cores",
-      goal: "total drain no lower than with one replica",
-      measured: `${three} vs ${one} tasks/s (${((three / one) * 100).toFixed(1)}%)`,
-      met: three >= one,
+      goal: "total drain no lower than with one replica (median of the rounds' ratios)",
+      measured: `${ratios.medianThreeOverOne.toFixed(3)} (rounds: ${listed(ratios.threeOverOne)})`,
+      met: ratios.medianThreeOverOne >= 1,
     });
   return out;
 }
