@@ -22,7 +22,14 @@ import {
   type LatencyResult,
   type ThroughputResult,
 } from "./sections/queue.js";
-import { failoverSection, failoverTargets, type FailoverResult } from "./sections/failover.js";
+import {
+  failoverSection,
+  failoverTargets,
+  scalingSection,
+  scalingTargets,
+  type FailoverResult,
+  type ScalingResult,
+} from "./sections/failover.js";
 import {
   partitioningSection,
   partitioningTable,
@@ -85,6 +92,7 @@ export interface BenchReport {
   /** `--only recovery`: SIGKILLed executors' tasks running again. */
   recovery?: RecoveryResult;
   failover?: FailoverResult;
+  scaling?: ScalingResult;
   /** `--only partitioning`: one scheduler in process without and with cluster mode. */
   partitioning?: PartitioningResult;
   /** `--only sampling --tracing 0`: drains with none and a tenth of runs sampled, in one process. */
@@ -258,6 +266,13 @@ export async function runBench(argv: readonly string[], io: BenchIo): Promise<Be
         report.failover = await failoverSection(ctx);
       });
       if (report.failover !== undefined) print(failoverTable(report.failover));
+    }
+
+    if (want("scaling") && options.systems.includes("nexusflow")) {
+      await section("scaling", async () => {
+        report.scaling = await scalingSection(ctx);
+      });
+      if (report.scaling !== undefined) print(scalingTable(report.scaling));
     }
 
     if (want("partitioning") && options.systems.includes("nexusflow")) {
@@ -532,6 +547,12 @@ function failoverTable(r: FailoverResult): string {
       ["p50", "", r.firstLeaseMs.p50, r.takenMs.p50],
       ["max", "", r.firstLeaseMs.max, r.takenMs.max],
     ]) +
+    scalingTable(r)
+  );
+}
+
+function scalingTable(r: ScalingResult): string {
+  return (
     `\nThe cost of partitioning: ${r.scale[0]?.runs ?? 0} one-step no-op runs enqueued with StartRuns and drained by two executors (tasks/s; schedulers as processes)\n` +
     formatTable([
       ["round", "mode", "tasks/s", "scheduler CPU ms/task", "executor CPU ms/task", "commits/task"],
@@ -699,6 +720,7 @@ export function targets(r: BenchReport): Target[] {
   }
   if (r.recovery !== undefined) out.push(...recoveryTargets(r.recovery));
   if (r.failover !== undefined) out.push(...failoverTargets(r.failover));
+  if (r.scaling !== undefined) out.push(...scalingTargets(r.scaling));
   if (r.partitioning !== undefined) out.push(...partitioningTargets(r.partitioning));
   if (r.telemetry !== undefined) out.push(...telemetryTargets(r.telemetry));
   if (r.composition !== undefined) out.push(...compositionTargets(r.composition));

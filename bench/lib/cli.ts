@@ -13,6 +13,7 @@ export const SECTIONS = [
   "retention",
   "recovery",
   "failover",
+  "scaling",
   "partitioning",
   "sampling",
   "telemetry",
@@ -20,13 +21,18 @@ export const SECTIONS = [
 /** One section name. */
 export type Section = (typeof SECTIONS)[number];
 /**
- * The sections run without --only: recovery and failover (minutes of killed processes),
- * partitioning (cluster mode's cost, ten phases), sampling (needs --tracing) and telemetry (ten
+ * The sections run without --only: recovery and failover (minutes of killed processes), scaling
+ * (failover's last phase alone: 12 drains of processes), partitioning (cluster mode's cost, ten phases), sampling (needs --tracing) and telemetry (ten
  * bench processes) only when named.
  */
 export const DEFAULT_SECTIONS: readonly Section[] = SECTIONS.filter(
   (s) =>
-    s !== "recovery" && s !== "failover" && s !== "partitioning" && s !== "sampling" && s !== "telemetry",
+    s !== "recovery" &&
+    s !== "failover" &&
+    s !== "scaling" &&
+    s !== "partitioning" &&
+    s !== "sampling" &&
+    s !== "telemetry",
 );
 /** The systems compared in sections 1, 2 and 5 (and 3, those with a workflow model). */
 export const SYSTEMS = ["nexusflow", "pg-boss", "graphile-worker", "dbos"] as const;
@@ -75,7 +81,8 @@ export const USAGE = `usage: npm run bench -- [--only ${SECTIONS.join("|")}[,...
               bulk: enqueue through each system's bulk API (StartRuns, insert, addJobs), then drain;
               retention: the drain beside a purge of old runs (Nexusflow);
               recovery: SIGKILLed executors' tasks running again (Nexusflow; only when named)
-              failover: SIGKILLed scheduler replicas' runs leased again (Nexusflow; only when named)
+              failover: SIGKILLed scheduler replicas' runs leased again, then scaling (Nexusflow; only when named)
+              scaling: failover's cost of partitioning alone: one scheduler, one replica, three (only when named)
               partitioning: one scheduler without and with cluster mode, in process (only when named)
               sampling: drains with none and a tenth of runs sampled by their caller, in one
               process (with --tracing, e.g. --tracing 0; only when named)
