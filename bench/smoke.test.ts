@@ -279,6 +279,38 @@ describe("bench smoke run", () => {
     },
   );
   it(
+    "runs the scaling section: one scheduler, one replica and three as processes, rounds in alternating order",
+    { timeout: 300_000 },
+    async () => {
+      await inTempDir(async (out) => {
+        const printed: string[] = [];
+        const report: BenchReport = await runBench(
+          ["--only", "scaling", "--scale", "0.01", "--systems", "nexusflow", "--out", out],
+          { print: (s) => printed.push(s), note: () => undefined },
+        );
+        assert.deepEqual(report.errors, []);
+        const r = report.scaling;
+        assert.deepEqual(
+          r?.scale.map((d) => `${d.round} ${d.mode}`),
+          ["1 sole", "1 cluster-1", "1 cluster-3", "2 cluster-3", "2 cluster-1", "2 sole"],
+        );
+        for (const d of r?.scale ?? []) {
+          assert.ok(d.runs === 1000 && d.tasksPerSecond > 0, d.mode);
+          assert.ok(d.schedulerCpuMsPerTask > 0 && d.commitsPerTask > 0, d.mode);
+        }
+        assert.equal(r?.scaleRatios.oneOverSole.length, 2);
+        assert.equal(r?.scaleRatios.threeOverOne.length, 2);
+        assert.ok(Number.isFinite(r?.scaleRatios.medianThreeOverOne));
+        const names = (report.targets ?? []).map((t) => t.target);
+        assert.ok(
+          names.includes("cost of partitioning, one replica") &&
+            names.includes("three replicas on these cores"),
+        );
+        assert.ok(printed.join("\n").includes("medians of the rounds' ratios"));
+      });
+    },
+  );
+  it(
     "runs the telemetry section: sections 1 and 2 off and with metrics and 10% tracing, a bench process per phase",
     { timeout: 150_000 },
     async () => {
