@@ -555,13 +555,24 @@ function scalingTable(r: ScalingResult): string {
   return (
     `\nThe cost of partitioning: ${r.scale[0]?.runs ?? 0} one-step no-op runs enqueued with StartRuns and drained by two executors (tasks/s; schedulers as processes)\n` +
     formatTable([
-      ["round", "mode", "tasks/s", "scheduler CPU ms/task", "executor CPU ms/task", "commits/task"],
+      [
+        "round",
+        "mode",
+        "tasks/s",
+        "scheduler CPU ms/task (kernel)",
+        "executor CPU ms/task",
+        "PostgreSQL CPU ms/task",
+        "machine busy %",
+        "commits/task",
+      ],
       ...r.scale.map((d) => [
         d.round,
         d.mode,
         d.tasksPerSecond,
-        d.schedulerCpuMsPerTask,
+        `${d.schedulerCpuMsPerTask} (${d.schedulerSystemMsPerTask})`,
         d.executorCpuMsPerTask,
+        d.postgresCpuMsPerTask,
+        d.machineBusyPct,
         d.commitsPerTask,
       ]),
     ]) +

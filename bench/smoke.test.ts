@@ -297,6 +297,11 @@ describe("bench smoke run", () => {
         for (const d of r?.scale ?? []) {
           assert.ok(d.runs === 1000 && d.tasksPerSecond > 0, d.mode);
           assert.ok(d.schedulerCpuMsPerTask > 0 && d.commitsPerTask > 0, d.mode);
+          assert.ok(
+            d.schedulerSystemMsPerTask >= 0 && d.schedulerSystemMsPerTask <= d.schedulerCpuMsPerTask,
+            d.mode,
+          );
+          assert.ok(d.postgresCpuMsPerTask > 0 && d.machineBusyPct > 0, d.mode);
         }
         assert.equal(r?.scaleRatios.oneOverSole.length, 2);
         assert.equal(r?.scaleRatios.threeOverOne.length, 2);

@@ -59,7 +59,10 @@ describe("targets", () => {
       runs: 20_000,
       tasksPerSecond,
       schedulerCpuMsPerTask: 0.2,
+      schedulerSystemMsPerTask: 0.05,
       executorCpuMsPerTask: 0.07,
+      postgresCpuMsPerTask: 0.06,
+      machineBusyPct: 95,
       commitsPerTask: 0.07,
     });
     // Round 2 has the best cluster-1 drain of all (a quiet minute); the rounds' ratios decide.

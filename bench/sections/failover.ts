@@ -51,18 +51,24 @@ export interface ScaleDrain {
   tasksPerSecond: number;
   /** CPU of the scheduler processes together, per task, in ms (user + system, /proc). */
   schedulerCpuMsPerTask: number;
+  /** Of that, in the kernel (system time: system calls, loopback TCP, scheduling), ms per task. */
+  schedulerSystemMsPerTask: number;
   /** CPU of the two executors together, per task, in ms. */
   executorCpuMsPerTask: number;
+  /** PostgreSQL's CPU (every process of the cluster), per task, in ms. */
+  postgresCpuMsPerTask: number;
+  /** The machine's busy share over the drain, % of all cores. */
+  machineBusyPct: number;
   /** PostgreSQL transactions committed per task (pg_stat_database.xact_commit of the database). */
   commitsPerTask: number;
 }
 
-/** User + system CPU of a process so far, in ms (Linux /proc; clock ticks of 10 ms). */
-async function cpuMs(pid: number): Promise<number> {
+/** User and system CPU of a process so far, in ms (Linux /proc; clock ticks of 10 ms). */
+async function cpuMs(pid: number): Promise<{ user: number; system: number }> {
   const stat = await readFile(`/proc/${pid}/stat`, "utf8");
   // Fields after the command name (which may hold spaces) start after the last ')'.
   const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-  return (Number(fields[11]) + Number(fields[12])) * 10;
+  return { user: Number(fields[11]) * 10, system: Number(fields[12]) * 10 };
 }
 
 /** Result of the scale phase (`--only scaling`, and the end of `--only failover`). */
@@ -190,8 +196,11 @@ async function scaleDrain(
           )
         ).rows[0]?.n,
       );
-    const cpu = async (ps: readonly ServiceProcess[]): Promise<number> =>
-      (await Promise.all(ps.map((p) => cpuMs(p.pid)))).reduce((a, b) => a + b, 0);
+    const cpu = async (ps: readonly ServiceProcess[]): Promise<{ user: number; system: number }> =>
+      (await Promise.all(ps.map((p) => cpuMs(p.pid)))).reduce(
+        (a, b) => ({ user: a.user + b.user, system: a.system + b.system }),
+        { user: 0, system: 0 },
+      );
     /** Enqueues `count` runs (StartRuns of 500, 4 in flight, the replicas in turn) and waits until `total` have SUCCEEDED. */
     const drain = async (count: number, total: number): Promise<void> => {
       const batches = Array.from({ length: Math.ceil(count / 500) }, (_, i) => i);
@@ -238,17 +247,28 @@ async function scaleDrain(
     const schedulersBefore = await cpu(replicas.map((r) => r.process));
     const executorsBefore = await cpu(executors);
     const commitsBefore = await commits();
+    const machineBefore = ctx.cpu();
     const t0 = performance.now();
     await drain(runs, warm + runs);
     const seconds = (performance.now() - t0) / 1000;
+    const machine = ctx.cpuSince(machineBefore, runs);
+    const schedulers = await cpu(replicas.map((r) => r.process));
+    const executorsAfter = await cpu(executors);
     const round3 = (x: number): number => Math.round(x * 1000) / 1000;
     return {
       round,
       mode,
       runs,
       tasksPerSecond: Math.round(runs / seconds),
-      schedulerCpuMsPerTask: round3(((await cpu(replicas.map((r) => r.process))) - schedulersBefore) / runs),
-      executorCpuMsPerTask: round3(((await cpu(executors)) - executorsBefore) / runs),
+      schedulerCpuMsPerTask: round3(
+        (schedulers.user + schedulers.system - schedulersBefore.user - schedulersBefore.system) / runs,
+      ),
+      schedulerSystemMsPerTask: round3((schedulers.system - schedulersBefore.system) / runs),
+      executorCpuMsPerTask: round3(
+        (executorsAfter.user + executorsAfter.system - executorsBefore.user - executorsBefore.system) / runs,
+      ),
+      postgresCpuMsPerTask: machine.perTaskMs?.postgres ?? Number.NaN,
+      machineBusyPct: machine.machineBusyPct,
       // The bench's own polling (one count every 20 ms) is in it too, alike for every mode.
       commitsPerTask: round3(((await commits()) - commitsBefore) / runs),
     };
