@@ -79,6 +79,8 @@ export interface BenchReport {
     fsync8kMs: unknown;
   };
   throughput?: ThroughputResult[];
+  /** With --warm-up: each system's first phase, not counted (its drain the process's first). */
+  throughputWarmUp?: ThroughputResult[];
   /** The bulk section: each system's bulk API, then the drain. */
   bulk?: ThroughputResult[];
   latency?: LatencyResult[];
@@ -173,7 +175,13 @@ export async function runBench(argv: readonly string[], io: BenchIo): Promise<Be
       await section("throughput", async () => {
         const n = scaled(THROUGHPUT_TASKS, options.scale, 100);
         report.throughput = [];
-        for (const system of options.systems) report.throughput.push(await throughputPhase(ctx, system, n));
+        for (const system of options.systems) {
+          if (options.warmUp) {
+            ctx.note(`  ${system}: warm-up phase (not counted)`);
+            (report.throughputWarmUp ??= []).push(await throughputPhase(ctx, system, n));
+          }
+          report.throughput.push(await throughputPhase(ctx, system, n));
+        }
       });
       if (report.throughput !== undefined && want("throughput")) print(throughputTable(report.throughput));
       if (report.throughput !== undefined && want("cost")) print(costTable(report.throughput, undefined));

@@ -74,6 +74,10 @@ describe("bench command line", () => {
     assert.deepEqual(parseArgs([]).systems, ["nexusflow", "pg-boss", "graphile-worker", "dbos"]);
     assert.deepEqual(parseArgs(["--systems", "dbos,pg-boss"]).systems, ["dbos", "pg-boss"]);
     assert.equal(scaled(20_000, 0.00001, 100), 100);
+    assert.equal(parseArgs([]).warmUp, false);
+    assert.equal(parseArgs(["--warm-up"]).warmUp, true);
+    assert.deepEqual(parseArgs(["--only", "scaling"]).only, ["scaling"]);
+    assert.ok(!parseArgs([]).only.includes("scaling"), "scaling runs only when named");
   });
 
   it("rejects unknown sections and bad scales with a message naming the flag", () => {
@@ -337,6 +341,8 @@ describe("bench smoke run", () => {
         );
         for (const p of r?.phases ?? []) {
           assert.ok(p.drainTasksPerSecond > 0 && p.p50 > 0 && p.p99 >= p.p50, p.mode);
+          // --warm-up: the measured drain is the process's second; the first is reported as cold.
+          assert.ok((p.coldDrainTasksPerSecond ?? 0) > 0, p.mode);
           assert.ok(p.drainCpuMsPerTask !== undefined && p.drainCpuMsPerTask.benchProcess > 0, p.mode);
         }
         // The "on" phase traced (its sink received spans); the "off" one has no export thread.

@@ -66,6 +66,13 @@ export interface BenchOptions {
    * their spans over OTLP/HTTP to a sink in its own process, which discards them. @default off
    */
   tracing: number | undefined;
+  /**
+   * Section 1 runs each system's phase twice in the same process and reports the second: the
+   * first (its enqueue and drain, not counted) compiles and warms the code paths, and starts the
+   * executors' threads, that the measured drain would otherwise pay for. @default false (one phase,
+   * its drain the process's first)
+   */
+  warmUp: boolean;
   /** Directory for the JSON results (and profiles). @default bench/results */
   out: string | undefined;
   /** Explicit open-loop rates (runs/s); replaces 100, 500, 1000 and half the drain rate. */
@@ -100,6 +107,8 @@ export const USAGE = `usage: npm run bench -- [--only ${SECTIONS.join("|")}[,...
   --tracing   trace this share of Nexusflow's runs (e.g. 0.1) with OpenTelemetry, exported over
               OTLP/HTTP to a discarding sink in its own process (their cost); 0 propagates every
               run's trace context and records no span (what the sampled share costs, by difference)
+  --warm-up   section 1 runs each system's enqueue and drain once first, not counted, in the same
+              process: the measured drain runs on warm code and started executors
   --out       directory for results (default bench/results)`;
 
 /** Raised for a bad command line; the message says what is wrong. */
@@ -128,6 +137,7 @@ export function parseArgs(argv: readonly string[]): BenchOptions {
     allocations: false,
     metrics: false,
     tracing: undefined,
+    warmUp: false,
     out: undefined,
     rates: undefined,
     help: false,
@@ -181,6 +191,9 @@ export function parseArgs(argv: readonly string[]): BenchOptions {
         options.tracing = ratio;
         break;
       }
+      case "--warm-up":
+        options.warmUp = true;
+        break;
       case "--out":
         options.out = value();
         break;

@@ -239,10 +239,14 @@ async function scaleDrain(
     };
     // A warm-up drain in the same processes, not counted: each process pays for its JIT and caches
     // once, and three replicas pay it three times (the other sections warm up alike). Each scheduler
-    // process warms up on as many runs as the one scheduler does: three replicas sharing one
+    // process warms up on as many runs as the measured drain has: three replicas sharing one
     // scheduler's warm-up ran their measured drain on code a third as warm (a 40,000-run drain
-    // measured 96% of one replica where the 20,000-run drain after the shared warm-up gave 76-89%).
-    const warm = Math.max(100, Math.round(runs / 4)) * n;
+    // measured 96% of one replica where the 20,000-run drain after the shared warm-up gave 76-89%),
+    // and with a quarter as many each (session 32, perf over the drains' last seconds) TurboFan was
+    // still compiling on the helper threads in the measured drain: 16% of one replica's scheduler
+    // CPU, 21% of three replicas' (each process compiles its own code over a third of the tasks),
+    // with concurrent major collections in the three and almost none in the one.
+    const warm = Math.max(100, runs) * n;
     await drain(warm, warm);
     const schedulersBefore = await cpu(replicas.map((r) => r.process));
     const executorsBefore = await cpu(executors);
