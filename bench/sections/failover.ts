@@ -59,7 +59,10 @@ export interface ScaleDrain {
   postgresCpuMsPerTask: number;
   /** The machine's busy CPU over the drain, % of one core (200 = both cores of two busy). */
   machineBusyPct: number;
-  /** PostgreSQL transactions committed per task (pg_stat_database.xact_commit of the database). */
+  /**
+   * PostgreSQL write transactions per task: transaction ids assigned over the drain (the cluster's;
+   * only this drain writes to it then), the group commits and any other writing statement.
+   */
   commitsPerTask: number;
 }
 
@@ -188,13 +191,15 @@ async function scaleDrain(
       60_000,
       50,
     );
+    // Write transactions so far: the next transaction id to be assigned. `pg_stat_database`'s
+    // xact_commit counted the bench's own read-only polls too, and a backend's commits only when it
+    // flushes its statistics (at most once a second while busy, ten seconds after it goes idle), so
+    // a drain's last second was missing from it. A read-only transaction gets no id, and reading the
+    // snapshot assigns none.
     const commits = async (): Promise<number> =>
       Number(
-        (
-          await sql.query<{ n: string }>(
-            "SELECT xact_commit::text AS n FROM pg_stat_database WHERE datname = current_database()",
-          )
-        ).rows[0]?.n,
+        (await sql.query<{ n: string }>("SELECT pg_snapshot_xmax(pg_current_snapshot())::text AS n")).rows[0]
+          ?.n,
       );
     const cpu = async (ps: readonly ServiceProcess[]): Promise<{ user: number; system: number }> =>
       (await Promise.all(ps.map((p) => cpuMs(p.pid)))).reduce(
@@ -273,7 +278,6 @@ async function scaleDrain(
       ),
       postgresCpuMsPerTask: machine.perTaskMs?.postgres ?? Number.NaN,
       machineBusyPct: machine.machineBusyPct,
-      // The bench's own polling (one count every 20 ms) is in it too, alike for every mode.
       commitsPerTask: round3(((await commits()) - commitsBefore) / runs),
     };
   } finally {
