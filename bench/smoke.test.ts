@@ -304,10 +304,6 @@ describe("bench smoke run", () => {
           // Transaction ids assigned over the drain: its group commits, counted at once (the
           // statistics view counted them only when a backend flushed, which a short drain may not see).
           assert.ok(d.commitsPerTask > 0, `${d.mode}: commits ${d.commitsPerTask}`);
-          assert.ok(
-            d.schedulerSystemMsPerTask >= 0 && d.schedulerSystemMsPerTask <= d.schedulerCpuMsPerTask,
-            d.mode,
-          );
           assert.ok(d.postgresCpuMsPerTask > 0 && d.machineBusyPct > 0, d.mode);
         }
         assert.equal(r?.scaleRatios.oneOverSole.length, 2);

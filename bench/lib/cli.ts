@@ -22,8 +22,8 @@ export const SECTIONS = [
 export type Section = (typeof SECTIONS)[number];
 /**
  * The sections run without --only: recovery and failover (minutes of killed processes), scaling
- * (failover's last phase alone: 12 drains of processes), partitioning (cluster mode's cost, ten phases), sampling (needs --tracing) and telemetry (ten
- * bench processes) only when named.
+ * (failover's last phase alone: 25 drains of processes), partitioning (cluster mode's cost, ten
+ * phases), sampling (needs --tracing) and telemetry (ten bench processes) only when named.
  */
 export const DEFAULT_SECTIONS: readonly Section[] = SECTIONS.filter(
   (s) =>
@@ -68,9 +68,9 @@ export interface BenchOptions {
   tracing: number | undefined;
   /**
    * Section 1 runs each system's phase twice in the same process and reports the second: the
-   * first (its enqueue and drain, not counted) compiles and warms the code paths, and starts the
-   * executors' threads, that the measured drain would otherwise pay for. @default false (one phase,
-   * its drain the process's first)
+   * first (its enqueue and drain, not counted) compiles the code paths the drain runs and fills
+   * the pooled executor thread; the consumers are started again inside the measured drain's window
+   * either way. @default false (one phase, its drain the process's first)
    */
   warmUp: boolean;
   /** Directory for the JSON results (and profiles). @default bench/results */
@@ -108,7 +108,7 @@ export const USAGE = `usage: npm run bench -- [--only ${SECTIONS.join("|")}[,...
               OTLP/HTTP to a discarding sink in its own process (their cost); 0 propagates every
               run's trace context and records no span (what the sampled share costs, by difference)
   --warm-up   section 1 runs each system's enqueue and drain once first, not counted, in the same
-              process: the measured drain runs on warm code and started executors
+              process: the measured drain runs on code already compiled
   --out       directory for results (default bench/results)`;
 
 /** Raised for a bad command line; the message says what is wrong. */
