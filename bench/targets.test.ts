@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { targets, type BenchReport } from "./main.js";
 import { scaleRatios, scalingTargets, type FailoverResult, type ScaleDrain } from "./sections/failover.js";
+import { clusterOverSole } from "./sections/partitioning.js";
 import type { LatencyResult } from "./sections/queue.js";
 
 const phase = (rate: number, p50: number, p99: number, system = "nexusflow"): LatencyResult =>
@@ -107,5 +108,36 @@ describe("targets", () => {
     assert.deepEqual([none.oneOverSole, none.threeOverOne], [[], []]);
     assert.ok(Number.isNaN(none.medianOneOverSole) && Number.isNaN(none.medianThreeOverOne));
     assert.deepEqual(scalingTargets({ scale: [], scaleRatios: none }), []);
+  });
+
+  it("pairs the partitioning section's phases by round, the warm-up left out", () => {
+    const phase = (round: number, mode: "sole" | "cluster-1", p99: number) => ({
+      round,
+      mode,
+      warmUp: round === 0,
+      p99,
+    });
+    const phases = [
+      phase(0, "sole", 500), // the warm-up: never counted
+      phase(1, "sole", 20),
+      phase(1, "cluster-1", 22),
+      phase(2, "cluster-1", 30),
+      phase(2, "sole", 40),
+      phase(3, "sole", 25),
+      phase(3, "cluster-1", 25),
+      phase(4, "cluster-1", 26), // a round cut short: no pair
+    ];
+    // Ratios 1.1, 0.75, 1.0: their median (the medians of each mode's phases, round 4's included, would give 25.5 / 25).
+    assert.equal(
+      clusterOverSole(phases, (p) => p.p99),
+      1,
+    );
+    assert.equal(
+      clusterOverSole(
+        phases.filter((p) => p.round !== 3),
+        (p) => p.p99,
+      ),
+      0.925,
+    );
   });
 });

@@ -5,8 +5,9 @@
  * the no-op drain of 20,000 runs and the 1,000/s open loop, each with `cluster` off (the
  * one-per-database lock, every run this scheduler's) and on (one replica holding all 16
  * partitions: the fence in every commit, the partition heartbeat, run ids drawn in held
- * partitions). After a warm-up (not counted), the two modes alternate four times, so that neither
- * the process warming up nor a drift of the machine favours one; the ratios compare their medians.
+ * partitions). After a warm-up (not counted), rounds of one phase of each mode, back to back, the
+ * order reversed every other round, so that neither the process warming up nor a drift of the
+ * machine favours one; each ratio is the median over the rounds of that round's ratio.
  */
 import { scaled } from "../lib/cli.js";
 import { median } from "../lib/stats.js";
@@ -26,6 +27,8 @@ export type SchedulerMode = "sole" | "cluster-1";
 
 /** One drain. */
 export interface PartitioningDrain {
+  /** The round (from 1; 0 for the warm-up). */
+  round: number;
   mode: SchedulerMode;
   /** True for the first drain of the section (not counted). */
   warmUp: boolean;
@@ -38,6 +41,8 @@ export interface PartitioningDrain {
 
 /** One open loop. */
 export interface PartitioningOpenLoop extends OpenLoopFigures {
+  /** The round (from 1; 0 for the warm-up). */
+  round: number;
   mode: SchedulerMode;
   warmUp: boolean;
 }
@@ -46,45 +51,62 @@ export interface PartitioningOpenLoop extends OpenLoopFigures {
 export interface PartitioningResult {
   drains: PartitioningDrain[];
   openLoops: PartitioningOpenLoop[];
-  /** Median cluster-1 over median sole (counted phases only), to 3 decimals. */
+  /** Median over the rounds of each round's cluster-1 over sole, to 3 decimals. */
   drainRatio: number;
   openLoopRatio: { p50: number; p99: number };
 }
 
 /**
- * Rounds of alternation (sole, then cluster-1) after the warm-up. A phase's p99 rests on its slowest
- * hundred starts, so one hiccup of the machine moves it by half: four rounds, compared by their
- * medians, let no single phase decide the ratio (two rounds by their means did).
+ * Rounds after the warm-up at --scale 0.5 and above (two below). A phase's p99 rests on its slowest
+ * hundred starts, so one hiccup of the machine moves it by half: two rounds by their means let one
+ * phase decide; four rounds with sole always first, compared by the medians of each mode's phases,
+ * gave p99 ratios from x0.68 to x1.35 between runs of the same code (bench/notes 28). Now eight
+ * rounds, the order reversed every other round, each round's ratio taken and their median.
  */
-export const PARTITIONING_ROUNDS = 4;
+export const PARTITIONING_ROUNDS = 8;
 
-/** A warm-up (sole, not counted), then sole and cluster-1 alternating, {@link PARTITIONING_ROUNDS} times. */
-async function alternate<T>(phase: (mode: SchedulerMode, warmUp: boolean) => Promise<T>): Promise<T[]> {
-  const out = [await phase("sole", true)];
-  for (let round = 0; round < PARTITIONING_ROUNDS; round++)
-    for (const mode of ["sole", "cluster-1"] as const) out.push(await phase(mode, false));
+/**
+ * A warm-up (sole, not counted), then `rounds` rounds of one phase of each mode, sole first in odd
+ * rounds and cluster-1 first in even ones.
+ */
+async function alternate<T>(
+  rounds: number,
+  phase: (mode: SchedulerMode, round: number) => Promise<T>,
+): Promise<T[]> {
+  const out = [await phase("sole", 0)];
+  for (let round = 1; round <= rounds; round++)
+    for (const mode of round % 2 === 1 ? (["sole", "cluster-1"] as const) : (["cluster-1", "sole"] as const))
+      out.push(await phase(mode, round));
   return out;
 }
 
-/** Median of `f` over the counted phases of cluster-1, over that of sole, to 3 decimals. */
-export function clusterOverSole<T extends { mode: SchedulerMode; warmUp: boolean }>(
+/** The median over the rounds (warm-up left out) of cluster-1's `f` over sole's, to 3 decimals. */
+export function clusterOverSole<T extends { round: number; mode: SchedulerMode; warmUp: boolean }>(
   xs: readonly T[],
   f: (x: T) => number,
 ): number {
-  const of = (mode: SchedulerMode): number => median(xs.filter((x) => x.mode === mode && !x.warmUp).map(f));
-  return Math.round((of("cluster-1") / of("sole")) * 1000) / 1000;
+  const ratios: number[] = [];
+  for (const round of new Set(xs.filter((x) => !x.warmUp).map((x) => x.round))) {
+    const sole = xs.find((x) => x.round === round && x.mode === "sole" && !x.warmUp);
+    const cluster = xs.find((x) => x.round === round && x.mode === "cluster-1" && !x.warmUp);
+    if (sole !== undefined && cluster !== undefined && f(sole) > 0) ratios.push(f(cluster) / f(sole));
+  }
+  return Math.round(median(ratios) * 1000) / 1000;
 }
 
 /** Runs the section (see the module comment). */
 export async function partitioningSection(ctx: BenchContext): Promise<PartitioningResult> {
   const n = scaled(PARTITIONING_TASKS, ctx.options.scale, 100);
   const options = (mode: SchedulerMode) => (mode === "cluster-1" ? { cluster: true } : {});
-  const drains = await alternate(async (mode, warmUp): Promise<PartitioningDrain> => {
+  const rounds = ctx.options.scale < 0.5 ? 2 : PARTITIONING_ROUNDS;
+  const drains = await alternate(rounds, async (mode, round): Promise<PartitioningDrain> => {
+    const warmUp = round === 0;
     ctx.note(`  nexusflow: drain of ${n}, ${mode}${warmUp ? " (warm-up, not counted)" : ""}`);
     const r = await throughputPhase(ctx, "nexusflow", n, undefined, () =>
       ctx.nexusflow(`part-${mode}`, options(mode)),
     );
     return {
+      round,
       mode,
       warmUp,
       tasks: r.tasks,
@@ -94,14 +116,15 @@ export async function partitioningSection(ctx: BenchContext): Promise<Partitioni
     };
   });
   const seconds = Math.max(2, Math.round(PARTITIONING_SECONDS * Math.min(1, ctx.options.scale)));
-  const openLoops = await alternate(async (mode, warmUp): Promise<PartitioningOpenLoop> => {
+  const openLoops = await alternate(rounds, async (mode, round): Promise<PartitioningOpenLoop> => {
+    const warmUp = round === 0;
     ctx.note(
       `  nexusflow: open loop ${PARTITIONING_RATE}/s, ${mode}${warmUp ? " (warm-up, not counted)" : ""}`,
     );
     const r = await latencyPhase(ctx, "nexusflow", PARTITIONING_RATE, seconds, () =>
       ctx.nexusflow(`part-lat-${mode}`, options(mode)),
     );
-    return { mode, warmUp, ...openLoopFigures(r) };
+    return { round, mode, warmUp, ...openLoopFigures(r) };
   });
   return {
     drains,
@@ -116,8 +139,8 @@ export async function partitioningSection(ctx: BenchContext): Promise<Partitioni
 
 /** The section's table. */
 export function partitioningTable(r: PartitioningResult): string {
-  const label = (x: { mode: SchedulerMode; warmUp: boolean }): string =>
-    x.warmUp ? `${x.mode} (warm-up)` : x.mode;
+  const label = (x: { round: number; mode: SchedulerMode; warmUp: boolean }): string =>
+    x.warmUp ? `${x.mode} (warm-up)` : `${x.round} ${x.mode}`;
   return (
     "\nPartitioning: one scheduler without and with cluster mode (one replica), in process (sections 1 and 2's harness)\n" +
     formatTable([
@@ -157,7 +180,7 @@ export function partitioningTable(r: PartitioningResult): string {
         o.stall.checkpoints ?? "-",
       ]),
     ]) +
-    `\ncluster-1 over sole (medians): drain ${r.drainRatio}, open loop p50 ${r.openLoopRatio.p50}, p99 ${r.openLoopRatio.p99}\n`
+    `\ncluster-1 over sole (medians of the rounds' ratios): drain ${r.drainRatio}, open loop p50 ${r.openLoopRatio.p50}, p99 ${r.openLoopRatio.p99}\n`
   );
 }
 
