@@ -22,8 +22,9 @@ export const SECTIONS = [
 export type Section = (typeof SECTIONS)[number];
 /**
  * The sections run without --only: recovery and failover (minutes of killed processes), scaling
- * (failover's last phase alone: 25 drains of processes), partitioning (cluster mode's cost, ten
- * phases), sampling (needs --tracing) and telemetry (ten bench processes) only when named.
+ * (failover's last phase alone: 25 drains of processes), partitioning (cluster mode's cost, 17
+ * drains and 17 open loops), sampling (needs --tracing) and telemetry (ten bench processes) only
+ * when named.
  */
 export const DEFAULT_SECTIONS: readonly Section[] = SECTIONS.filter(
   (s) =>
