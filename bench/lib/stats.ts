@@ -29,6 +29,33 @@ export function median(values: readonly number[]): number {
     : ((sorted[mid - 1] as number) + (sorted[mid] as number)) / 2;
 }
 
+/**
+ * Each round's ratio `f(num) / f(den)`, in round order: phases of one round run back to back, so a
+ * drift of the machine falls on both sides of a ratio. A round without both phases, or either
+ * figure, or a denominator above zero, gives none. The median of these is how the sections that
+ * alternate phases (scaling, partitioning, telemetry) compare two kinds.
+ */
+export function roundRatios<T extends { round: number }>(
+  phases: readonly T[],
+  num: (p: T) => boolean,
+  den: (p: T) => boolean,
+  f: (p: T) => number | undefined,
+): number[] {
+  const rounds = [...new Set(phases.map((p) => p.round))].sort((a, b) => a - b);
+  return rounds.flatMap((round) => {
+    const a = phases.find((p) => p.round === round && num(p));
+    const b = phases.find((p) => p.round === round && den(p));
+    const x = a === undefined ? undefined : f(a);
+    const y = b === undefined ? undefined : f(b);
+    return x === undefined || y === undefined || !(y > 0) ? [] : [x / y];
+  });
+}
+
+/** `x` to 3 decimals. */
+export function round3(x: number): number {
+  return Math.round(x * 1000) / 1000;
+}
+
 /** Summarises samples; NaN fields when there are none. */
 export function summarize(samples: readonly number[]): Summary {
   const sorted = [...samples].sort((a, b) => a - b);

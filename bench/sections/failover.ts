@@ -18,7 +18,7 @@ import { loadSchedulerConfig } from "@nexusflow/common/config";
 import { WorkflowService } from "@nexusflow/gen";
 import pg from "pg";
 import { scaled } from "../lib/cli.js";
-import { median, roundSummary, summarize, type Summary } from "../lib/stats.js";
+import { median, round3, roundRatios, roundSummary, summarize, type Summary } from "../lib/stats.js";
 import { pollUntil } from "../systems/types.js";
 import type { BenchContext } from "./context.js";
 import { EXECUTOR_MAIN, SCHEDULER_MAIN, ServiceProcess, each } from "./recovery.js";
@@ -270,7 +270,6 @@ async function scaleDrain(
     const machine = ctx.cpuSince(machineBefore, runs);
     const schedulers = await cpu(replicas.map((r) => r.process));
     const executorsAfter = await cpu(executors);
-    const round3 = (x: number): number => Math.round(x * 1000) / 1000;
     return {
       round,
       mode,
@@ -480,15 +479,13 @@ export async function scalingSection(ctx: BenchContext): Promise<ScalingResult> 
 
 /** Each round's ratios (one replica over one scheduler, three replicas over one) and their medians. */
 export function scaleRatios(drains: readonly ScaleDrain[]): ScaleRatios {
-  const rounds = [...new Set(drains.map((d) => d.round))].sort((a, b) => a - b);
-  const rate = (round: number, mode: ScaleDrain["mode"]): number | undefined =>
-    drains.find((d) => d.round === round && d.mode === mode)?.tasksPerSecond;
   const ratios = (num: ScaleDrain["mode"], den: ScaleDrain["mode"]): number[] =>
-    rounds.flatMap((round) => {
-      const n = rate(round, num);
-      const d = rate(round, den);
-      return n === undefined || d === undefined || d <= 0 ? [] : [Math.round((n / d) * 1000) / 1000];
-    });
+    roundRatios(
+      drains,
+      (d) => d.mode === num,
+      (d) => d.mode === den,
+      (d) => d.tasksPerSecond,
+    ).map(round3);
   const oneOverSole = ratios("cluster-1", "sole");
   const threeOverOne = ratios("cluster-3", "cluster-1");
   return {

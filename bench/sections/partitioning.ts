@@ -10,7 +10,7 @@
  * machine favours one; each ratio is the median over the rounds of that round's ratio.
  */
 import { scaled } from "../lib/cli.js";
-import { median } from "../lib/stats.js";
+import { median, round3, roundRatios } from "../lib/stats.js";
 import { formatTable } from "../lib/table.js";
 import type { BenchContext } from "./context.js";
 import { latencyPhase, openLoopFigures, throughputPhase, type OpenLoopFigures } from "./queue.js";
@@ -85,13 +85,17 @@ export function clusterOverSole<T extends { round: number; mode: SchedulerMode; 
   xs: readonly T[],
   f: (x: T) => number,
 ): number {
-  const ratios: number[] = [];
-  for (const round of new Set(xs.filter((x) => !x.warmUp).map((x) => x.round))) {
-    const sole = xs.find((x) => x.round === round && x.mode === "sole" && !x.warmUp);
-    const cluster = xs.find((x) => x.round === round && x.mode === "cluster-1" && !x.warmUp);
-    if (sole !== undefined && cluster !== undefined && f(sole) > 0) ratios.push(f(cluster) / f(sole));
-  }
-  return Math.round(median(ratios) * 1000) / 1000;
+  const counted = xs.filter((x) => !x.warmUp);
+  return round3(
+    median(
+      roundRatios(
+        counted,
+        (x) => x.mode === "cluster-1",
+        (x) => x.mode === "sole",
+        f,
+      ),
+    ),
+  );
 }
 
 /** Runs the section (see the module comment). */

@@ -14,7 +14,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { ROOT } from "../lib/machine.js";
-import { median } from "../lib/stats.js";
+import { median, round3, roundRatios } from "../lib/stats.js";
 import { formatTable } from "../lib/table.js";
 import type { BenchContext } from "./context.js";
 
@@ -176,15 +176,16 @@ export function pairedRatio(
   phases: readonly TelemetryPhase[],
   f: (p: TelemetryPhase) => number | undefined,
 ): number {
-  const ratios: number[] = [];
-  for (const round of new Set(phases.map((p) => p.round))) {
-    const off = phases.find((p) => p.round === round && p.mode === "off");
-    const on = phases.find((p) => p.round === round && p.mode === "on");
-    const a = off === undefined ? undefined : f(off);
-    const b = on === undefined ? undefined : f(on);
-    if (a !== undefined && b !== undefined && a > 0) ratios.push(b / a);
-  }
-  return Math.round(median(ratios) * 1000) / 1000;
+  return round3(
+    median(
+      roundRatios(
+        phases,
+        (p) => p.mode === "on",
+        (p) => p.mode === "off",
+        f,
+      ),
+    ),
+  );
 }
 
 const cpuOf = (p: TelemetryPhase): number | undefined =>
